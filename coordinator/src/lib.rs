@@ -1,0 +1,1 @@
+//! plexd: the cluster coordinator.
