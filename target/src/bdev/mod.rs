@@ -1,0 +1,235 @@
+//! The bdev framework: the block device trait, the I/O descriptor and its
+//! completion path. Every backend (`null`, `malloc`, `uring`, `error`) and every
+//! layer of the volume stack lives in its own module behind [`Bdev`].
+//!
+//! Life of an I/O: the submitter (a frontend connection, plexperf, a volume layer)
+//! gets the reactor-local channel of a bdev ([`crate::reactor::Reactor::channel`]),
+//! builds a [`BdevIo`] whose [`IoCallback`] names itself and a tag, and calls
+//! [`BdevChannel::submit`]. The bdev finishes the I/O on the same reactor by calling
+//! [`crate::reactor::Reactor::complete`], which queues the completion; the reactor
+//! loop then calls [`IoDone::io_done`]. Completions never run inside `submit`, so
+//! a layer may submit from its completion handler without re-entrancy.
+//!
+//! The submit path takes no lock and touches no shared atomic: channels are
+//! reactor-local (`Rc`, `Cell`, `RefCell`).
+
+pub mod malloc;
+pub mod null;
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use crate::buf::IoBuf;
+use crate::reactor::Reactor;
+
+/// What an I/O does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IoKind {
+    /// Read `len_bytes` at `offset_bytes` into the buffer.
+    Read,
+    /// Write the buffer at `offset_bytes`.
+    Write,
+    /// Make completed writes durable.
+    Flush,
+    /// Write zeroes over the range (no buffer).
+    WriteZeroes,
+    /// Deallocate the range (no buffer); reads after it return zeroes or old data.
+    Unmap,
+    /// Abort what can be aborted and return to a known state.
+    Reset,
+}
+
+impl IoKind {
+    /// True for kinds that carry data in the buffer.
+    pub fn has_data(self) -> bool {
+        matches!(self, IoKind::Read | IoKind::Write)
+    }
+
+    /// True for kinds that change the medium.
+    pub fn is_write_like(self) -> bool {
+        matches!(self, IoKind::Write | IoKind::WriteZeroes | IoKind::Unmap)
+    }
+}
+
+/// How an I/O ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoStatus {
+    /// Done.
+    Success,
+    /// Failed with this errno (EIO for medium errors, EINVAL for bad ranges...).
+    Failed(i32),
+}
+
+impl IoStatus {
+    /// True on success.
+    pub fn is_ok(self) -> bool {
+        self == IoStatus::Success
+    }
+
+    /// The status of a syscall-style result: negative errno or a byte count.
+    pub fn from_res(res: i32, expect_bytes: usize) -> IoStatus {
+        if res < 0 {
+            IoStatus::Failed(-res)
+        } else if res as usize != expect_bytes {
+            IoStatus::Failed(libc::EIO)
+        } else {
+            IoStatus::Success
+        }
+    }
+}
+
+/// Receives completions. Implemented by whoever submits I/O.
+pub trait IoDone {
+    /// The I/O submitted with `tag` finished with `status`.
+    fn io_done(&self, tag: u64, status: IoStatus);
+}
+
+/// Where a completion goes: a receiver and the tag it gave.
+#[derive(Clone)]
+pub struct IoCallback {
+    /// The receiver.
+    pub target: Rc<dyn IoDone>,
+    /// The receiver's own identifier for the I/O.
+    pub tag: u64,
+}
+
+impl IoCallback {
+    /// A callback to `target` with `tag`.
+    pub fn new(target: Rc<dyn IoDone>, tag: u64) -> Self {
+        IoCallback { target, tag }
+    }
+}
+
+/// One block I/O, by value. Offsets and lengths are in bytes and must be multiples
+/// of the bdev's block size (checked by [`check_range`]).
+#[derive(Clone)]
+pub struct BdevIo {
+    /// What to do.
+    pub kind: IoKind,
+    /// Start, in bytes from the bdev's start.
+    pub offset_bytes: u64,
+    /// Length in bytes (0 for flush and reset).
+    pub len_bytes: u64,
+    /// The data for reads and writes; empty otherwise.
+    pub buf: IoBuf,
+    /// Where the completion goes.
+    pub cb: IoCallback,
+}
+
+/// Properties of a bdev, as shown by the management API.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct BdevInfo {
+    /// Unique name within a target.
+    pub name: String,
+    /// Backend or layer: `null`, `malloc`, `uring`, `error`, `volume`.
+    pub kind: String,
+    /// Logical block size.
+    pub block_size: u32,
+    /// Capacity in bytes.
+    pub size_bytes: u64,
+    /// Backend-specific detail (path, hugepages, injected faults...).
+    pub detail: String,
+}
+
+/// A block device. Shared between reactors (`Send + Sync`); per-reactor state
+/// lives in its channels.
+pub trait Bdev: Send + Sync {
+    /// Unique name within a target.
+    fn name(&self) -> &str;
+    /// Logical block size in bytes (512 or 4096).
+    fn block_size(&self) -> u32;
+    /// Capacity in bytes.
+    fn size_bytes(&self) -> u64;
+    /// Properties for listings.
+    fn info(&self) -> BdevInfo;
+    /// Creates this bdev's channel on `reactor` (called on that reactor's thread,
+    /// once per reactor; the reactor caches it).
+    fn create_channel(
+        self: Arc<Self>,
+        reactor: &Rc<Reactor>,
+    ) -> Result<Rc<dyn BdevChannel>, String>;
+}
+
+/// A bdev's reactor-local submission context.
+pub trait BdevChannel {
+    /// Starts `io`. The completion is delivered later through the reactor, never
+    /// from inside this call.
+    fn submit(&self, io: BdevIo);
+}
+
+/// Validates an I/O's range against a bdev: alignment, bounds and buffer length.
+/// Returns the errno to fail it with.
+pub fn check_range(io: &BdevIo, block_size: u32, size_bytes: u64) -> Result<(), i32> {
+    let bs = block_size as u64;
+    match io.kind {
+        IoKind::Flush | IoKind::Reset => return Ok(()),
+        _ => {}
+    }
+    if io.offset_bytes % bs != 0 || io.len_bytes % bs != 0 || io.len_bytes == 0 {
+        return Err(libc::EINVAL);
+    }
+    match io.offset_bytes.checked_add(io.len_bytes) {
+        Some(end) if end <= size_bytes => {}
+        _ => return Err(libc::EINVAL),
+    }
+    if io.kind.has_data() && io.buf.len() as u64 != io.len_bytes {
+        return Err(libc::EINVAL);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Nop;
+    impl IoDone for Nop {
+        fn io_done(&self, _: u64, _: IoStatus) {}
+    }
+
+    fn io(kind: IoKind, off: u64, len: u64, buf_len: usize) -> BdevIo {
+        let mut v = vec![0u8; buf_len.max(1)];
+        BdevIo {
+            kind,
+            offset_bytes: off,
+            len_bytes: len,
+            // SAFETY: the vector outlives the check below, which only reads the length.
+            buf: unsafe { IoBuf::from_raw(v.as_mut_ptr(), buf_len) },
+            cb: IoCallback::new(Rc::new(Nop), 0),
+        }
+    }
+
+    #[test]
+    fn range_checks() {
+        assert_eq!(
+            check_range(&io(IoKind::Read, 0, 4096, 4096), 512, 8192),
+            Ok(())
+        );
+        assert_eq!(
+            check_range(&io(IoKind::Read, 4096, 4096, 4096), 512, 8192),
+            Ok(())
+        );
+        assert_eq!(
+            check_range(&io(IoKind::Read, 4608, 4096, 4096), 512, 8192),
+            Err(libc::EINVAL)
+        );
+        assert_eq!(
+            check_range(&io(IoKind::Read, 100, 512, 512), 512, 8192),
+            Err(libc::EINVAL)
+        );
+        assert_eq!(
+            check_range(&io(IoKind::Write, 0, 1024, 512), 512, 8192),
+            Err(libc::EINVAL)
+        );
+        assert_eq!(
+            check_range(&io(IoKind::Unmap, 0, 1024, 0), 512, 8192),
+            Ok(())
+        );
+        assert_eq!(check_range(&io(IoKind::Flush, 0, 0, 0), 512, 8192), Ok(()));
+        assert_eq!(
+            check_range(&io(IoKind::Read, u64::MAX - 511, 512, 512), 512, u64::MAX),
+            Err(libc::EINVAL)
+        );
+    }
+}

@@ -1,0 +1,818 @@
+//! Poll-mode reactors: one pinned thread per core of the cpumask.
+//!
+//! Each loop iteration: drain a bounded batch of messages, reap io_uring
+//! completions, deliver queued bdev completions, serve buffer waiters, run
+//! pollers, then submit the batch of new io_uring work once. With no work for
+//! `idle_spin` the reactor (in [`PollMode::Adaptive`]) blocks in `io_uring_enter`
+//! with an eventfd read armed, so a message, a completion or a poller's deadline
+//! wakes it; an idle target costs ~0% CPU.
+//!
+//! Everything on a [`Reactor`] is reactor-local (`Rc`, `Cell`, `RefCell`); other
+//! threads reach it only through its [`ReactorHandle`]'s message ring.
+
+mod mailbox;
+
+pub use mailbox::{CallError, Msg, ReactorHandle, RingFull, CONTROL_SEND_TIMEOUT, MAILBOX_SLOTS};
+
+use std::any::{Any, TypeId};
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::atomic::{fence, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+
+use crate::bdev::{Bdev, BdevChannel, IoCallback, IoStatus};
+use crate::buf::{BufCache, BufPool, IoBuf};
+use mailbox::Mailbox;
+
+/// Most messages handled per loop iteration, so I/O is never starved by control traffic.
+pub const MSG_BATCH: usize = 64;
+/// Submission queue entries per reactor ring.
+pub const URING_ENTRIES: u32 = 1024;
+/// Longest a sleeping reactor stays blocked without a deadline (it then re-checks).
+pub const MAX_SLEEP: Duration = Duration::from_millis(500);
+/// How often a reactor publishes its CPU time.
+const CPU_SAMPLE_PERIOD: Duration = Duration::from_millis(100);
+/// user_data of the eventfd read that wakes a sleeping reactor.
+const WAKE_USER_DATA: u64 = u64::MAX;
+
+/// Whether a reactor may sleep when idle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PollMode {
+    /// Spin for `idle_spin`, then sleep until work arrives (the default).
+    Adaptive,
+    /// Never sleep: pure polling, lowest latency, one full core per reactor.
+    Always,
+}
+
+/// How to start a set of reactors.
+#[derive(Clone, Debug)]
+pub struct ReactorConfig {
+    /// CPU cores, one reactor each. Empty means one reactor, unpinned.
+    pub cores: Vec<usize>,
+    /// Sleep policy.
+    pub poll_mode: PollMode,
+    /// Idle time before an adaptive reactor sleeps.
+    pub idle_spin: Duration,
+    /// Message ring slots per reactor.
+    pub mailbox_slots: usize,
+}
+
+impl Default for ReactorConfig {
+    fn default() -> Self {
+        ReactorConfig {
+            cores: Vec::new(),
+            poll_mode: PollMode::Adaptive,
+            idle_spin: Duration::from_micros(200),
+            mailbox_slots: MAILBOX_SLOTS,
+        }
+    }
+}
+
+/// Parses `0,1,4-6` or a hex mask `0x3` into core ids.
+pub fn parse_cores(s: &str) -> Result<Vec<usize>, String> {
+    let s = s.trim();
+    let mut cores = Vec::new();
+    if let Some(hex) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        let mask = u128::from_str_radix(hex, 16).map_err(|e| format!("bad cpumask {s:?}: {e}"))?;
+        for bit in 0..128 {
+            if mask & (1u128 << bit) != 0 {
+                cores.push(bit);
+            }
+        }
+    } else {
+        for part in s.split(',').filter(|p| !p.is_empty()) {
+            if let Some((a, b)) = part.split_once('-') {
+                let a: usize = a
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("bad core range {part:?}"))?;
+                let b: usize = b
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("bad core range {part:?}"))?;
+                if a > b {
+                    return Err(format!("bad core range {part:?}: start after end"));
+                }
+                cores.extend(a..=b);
+            } else {
+                cores.push(
+                    part.trim()
+                        .parse()
+                        .map_err(|_| format!("bad core id {part:?}"))?,
+                );
+            }
+        }
+    }
+    if cores.is_empty() {
+        return Err(format!("no cores in {s:?}"));
+    }
+    cores.sort_unstable();
+    cores.dedup();
+    Ok(cores)
+}
+
+/// Counters a reactor publishes for others to read (written only by its own thread).
+#[derive(Default, Debug)]
+pub struct ReactorStats {
+    /// Thread CPU time in nanoseconds, sampled every ~100 ms and before sleeping.
+    pub cpu_ns: AtomicU64,
+    /// Loop iterations that found work.
+    pub busy_loops: AtomicU64,
+    /// Times the reactor went to sleep.
+    pub sleeps: AtomicU64,
+}
+
+/// Periodic or event-driven work run by a reactor every iteration.
+pub trait Poller {
+    /// Does some work; returns how much (0 = idle).
+    fn poll(&self, now: Instant) -> usize;
+    /// The next instant the poller needs to run even if nothing else happens.
+    fn next_deadline(&self) -> Option<Instant> {
+        None
+    }
+}
+
+/// Receives io_uring completions for operations it queued with [`Reactor::uring_push`].
+pub trait UringDone {
+    /// The operation tagged `tag` finished with `res` (bytes or -errno) and CQE `flags`.
+    fn uring_done(&self, tag: u64, res: i32, flags: u32);
+}
+
+/// Identifies a registered poller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PollerId(u64);
+
+/// One reactor's state, living on its thread.
+pub struct Reactor {
+    id: usize,
+    mailbox: Arc<Mailbox>,
+    peers: Vec<ReactorHandle>,
+    poll_mode: PollMode,
+    idle_spin: Duration,
+    ring: RefCell<IoUring>,
+    uring_users: RefCell<slab::Slab<(Rc<dyn UringDone>, u64)>>,
+    uring_queued: Cell<usize>,
+    fixed_buf: Option<(usize, usize)>,
+    wake_armed: Cell<bool>,
+    wake_buf: Box<u64>,
+    completions: RefCell<VecDeque<(IoCallback, IoStatus)>>,
+    pollers: RefCell<Vec<(PollerId, Rc<dyn Poller>)>>,
+    next_poller: Cell<u64>,
+    channels: RefCell<HashMap<String, Rc<dyn BdevChannel>>>,
+    locals: RefCell<HashMap<TypeId, Rc<dyn Any>>>,
+    bufs: BufCache,
+    stats: Arc<ReactorStats>,
+    stop: Cell<bool>,
+}
+
+impl Reactor {
+    fn new(
+        id: usize,
+        mailbox: Arc<Mailbox>,
+        peers: Vec<ReactorHandle>,
+        cfg: &ReactorConfig,
+        pool: Arc<BufPool>,
+        stats: Arc<ReactorStats>,
+    ) -> std::io::Result<Reactor> {
+        let ring = IoUring::builder()
+            .setup_single_issuer()
+            .build(URING_ENTRIES)
+            .or_else(|_| IoUring::new(URING_ENTRIES))?;
+        let iov = pool.region_iovec();
+        // SAFETY: the iovec covers the pool's mapped region, which the reactor keeps
+        // alive (through `bufs`) for as long as the ring exists; the ring is dropped
+        // first because `ring` is declared before `bufs`.
+        let fixed_buf = match unsafe { ring.submitter().register_buffers(&[iov]) } {
+            Ok(()) => Some((iov.iov_base as usize, iov.iov_len)),
+            Err(e) => {
+                log::warn!("reactor {id}: cannot register I/O buffers with io_uring ({e}); using unregistered buffers");
+                None
+            }
+        };
+        Ok(Reactor {
+            id,
+            mailbox,
+            peers,
+            poll_mode: cfg.poll_mode,
+            idle_spin: cfg.idle_spin,
+            ring: RefCell::new(ring),
+            uring_users: RefCell::new(slab::Slab::with_capacity(URING_ENTRIES as usize * 2)),
+            uring_queued: Cell::new(0),
+            fixed_buf,
+            wake_armed: Cell::new(false),
+            wake_buf: Box::new(0),
+            completions: RefCell::new(VecDeque::with_capacity(4096)),
+            pollers: RefCell::new(Vec::new()),
+            next_poller: Cell::new(1),
+            channels: RefCell::new(HashMap::new()),
+            locals: RefCell::new(HashMap::new()),
+            bufs: BufCache::new(pool),
+            stats,
+            stop: Cell::new(false),
+        })
+    }
+
+    /// This reactor's index within its set.
+    pub fn id(&self) -> usize {
+        self.id
+    }
+
+    /// Handles of every reactor of the set (including this one), by index.
+    pub fn peers(&self) -> &[ReactorHandle] {
+        &self.peers
+    }
+
+    /// This reactor's buffer cache.
+    pub fn bufs(&self) -> &BufCache {
+        &self.bufs
+    }
+
+    /// Queues a bdev completion; it is delivered from the reactor loop.
+    pub fn complete(&self, cb: IoCallback, status: IoStatus) {
+        self.completions.borrow_mut().push_back((cb, status));
+    }
+
+    /// The reactor-local channel of `bdev`, created on first use.
+    pub fn channel(self: &Rc<Self>, bdev: &Arc<dyn Bdev>) -> Result<Rc<dyn BdevChannel>, String> {
+        if let Some(ch) = self.channels.borrow().get(bdev.name()) {
+            return Ok(Rc::clone(ch));
+        }
+        let ch = Arc::clone(bdev).create_channel(self)?;
+        self.channels
+            .borrow_mut()
+            .insert(bdev.name().to_string(), Rc::clone(&ch));
+        Ok(ch)
+    }
+
+    /// Drops this reactor's channel of the bdev named `name` (bdev deletion).
+    pub fn drop_channel(&self, name: &str) {
+        self.channels.borrow_mut().remove(name);
+    }
+
+    /// Reactor-local state of type `T`, created with `Default` on first use. Modules
+    /// keep their per-reactor registries here (no process-global state).
+    pub fn local<T: Any + Default>(&self) -> Rc<T> {
+        let key = TypeId::of::<T>();
+        if let Some(v) = self.locals.borrow().get(&key) {
+            return Rc::clone(v)
+                .downcast::<T>()
+                .expect("local keyed by its TypeId");
+        }
+        let v: Rc<T> = Rc::new(T::default());
+        self.locals
+            .borrow_mut()
+            .insert(key, v.clone() as Rc<dyn Any>);
+        v
+    }
+
+    /// Registers a poller run every iteration.
+    pub fn add_poller(&self, p: Rc<dyn Poller>) -> PollerId {
+        let id = PollerId(self.next_poller.get());
+        self.next_poller.set(id.0 + 1);
+        self.pollers.borrow_mut().push((id, p));
+        id
+    }
+
+    /// Unregisters a poller.
+    pub fn remove_poller(&self, id: PollerId) {
+        self.pollers.borrow_mut().retain(|(i, _)| *i != id);
+    }
+
+    /// The registered-buffer index for `buf`, when it lies in the registered pool region.
+    pub fn fixed_buf_index(&self, buf: &IoBuf) -> Option<u16> {
+        let (base, len) = self.fixed_buf?;
+        let p = buf.as_ptr() as usize;
+        (p >= base && p + buf.len() <= base + len).then_some(0)
+    }
+
+    /// Queues an io_uring operation; its completion goes to `user.uring_done(tag, ..)`.
+    /// The batch is submitted at the end of the loop iteration.
+    ///
+    /// # Safety
+    /// Every pointer inside `entry` (buffers, iovecs, paths) must stay valid until
+    /// the completion is delivered, and fixed-file or fixed-buffer indexes must
+    /// refer to resources registered with this reactor's ring.
+    pub unsafe fn uring_push(&self, entry: squeue::Entry, user: Rc<dyn UringDone>, tag: u64) {
+        let key = self.uring_users.borrow_mut().insert((user, tag));
+        let entry = entry.user_data(key as u64);
+        let mut ring = self.ring.borrow_mut();
+        // SAFETY: the caller guarantees the entry's memory outlives the operation.
+        while unsafe { ring.submission().push(&entry) }.is_err() {
+            // The submission queue is full: hand the batch to the kernel and retry.
+            if let Err(e) = ring.submit() {
+                log::error!("reactor {}: io_uring submit failed: {e}", self.id);
+            }
+            self.uring_queued.set(0);
+        }
+        self.uring_queued.set(self.uring_queued.get() + 1);
+    }
+
+    /// Registers files with this reactor's ring (uring bdevs), returning the
+    /// index of the first one.
+    pub fn register_files(&self, fds: &[i32]) -> std::io::Result<u32> {
+        // Registration is not incremental in this simple form; each uring bdev keeps
+        // a plain fd as a fallback, so failure here is not fatal to the caller.
+        let ring = self.ring.borrow();
+        ring.submitter().register_files(fds)?;
+        Ok(0)
+    }
+
+    /// The reactor's thread-safe handle.
+    pub fn handle(&self) -> ReactorHandle {
+        self.peers[self.id].clone()
+    }
+
+    /// Stops the loop after the current iteration.
+    pub fn stop(&self) {
+        self.stop.set(true);
+    }
+
+    fn drain_mailbox(self: &Rc<Self>) -> usize {
+        let mut n = 0;
+        while n < MSG_BATCH {
+            match self.mailbox.pop() {
+                Some(msg) => {
+                    msg(self);
+                    n += 1;
+                }
+                None => break,
+            }
+        }
+        n
+    }
+
+    fn reap_uring(&self) -> usize {
+        let mut n = 0;
+        loop {
+            let cqe = {
+                let mut ring = self.ring.borrow_mut();
+                let mut cq = ring.completion();
+                match cq.next() {
+                    Some(c) => c,
+                    None => break,
+                }
+            };
+            n += 1;
+            let key = cqe.user_data();
+            if key == WAKE_USER_DATA {
+                self.wake_armed.set(false);
+                continue;
+            }
+            let more = cqueue::more(cqe.flags());
+            let user = {
+                let mut users = self.uring_users.borrow_mut();
+                let key = key as usize;
+                if more {
+                    users.get(key).map(|(u, t)| (Rc::clone(u), *t))
+                } else {
+                    users.try_remove(key)
+                }
+            };
+            match user {
+                Some((u, tag)) => u.uring_done(tag, cqe.result(), cqe.flags()),
+                None => log::error!(
+                    "reactor {}: io_uring completion for unknown op {key}",
+                    self.id
+                ),
+            }
+        }
+        n
+    }
+
+    fn drain_completions(&self) -> usize {
+        let mut n = 0;
+        loop {
+            let next = self.completions.borrow_mut().pop_front();
+            match next {
+                Some((cb, status)) => {
+                    cb.target.io_done(cb.tag, status);
+                    n += 1;
+                }
+                None => break,
+            }
+        }
+        n
+    }
+
+    fn run_pollers(&self, now: Instant) -> usize {
+        // Clone the list so pollers may add or remove pollers while running.
+        let pollers: Vec<Rc<dyn Poller>> = self
+            .pollers
+            .borrow()
+            .iter()
+            .map(|(_, p)| Rc::clone(p))
+            .collect();
+        pollers.iter().map(|p| p.poll(now)).sum()
+    }
+
+    fn submit(&self) {
+        if self.uring_queued.get() == 0 {
+            return;
+        }
+        if let Err(e) = self.ring.borrow().submit() {
+            log::error!("reactor {}: io_uring submit failed: {e}", self.id);
+        }
+        self.uring_queued.set(0);
+    }
+
+    fn publish_cpu(&self) {
+        self.stats.cpu_ns.store(thread_cpu_ns(), Ordering::Relaxed);
+    }
+
+    fn sleep(&self) {
+        self.mailbox.sleeping.store(true, Ordering::SeqCst);
+        // Pairs with the fence in ReactorHandle::try_send.
+        fence(Ordering::SeqCst);
+        if !self.mailbox.is_empty() || !self.completions.borrow().is_empty() {
+            self.mailbox.sleeping.store(false, Ordering::SeqCst);
+            return;
+        }
+        let now = Instant::now();
+        let deadline = self
+            .pollers
+            .borrow()
+            .iter()
+            .filter_map(|(_, p)| p.next_deadline())
+            .min()
+            .unwrap_or(now + MAX_SLEEP)
+            .min(now + MAX_SLEEP);
+        let wait = deadline.saturating_duration_since(now);
+        if !wait.is_zero() {
+            if !self.wake_armed.get() {
+                let read = opcode::Read::new(
+                    types::Fd(self.mailbox.wake_fd.as_raw_fd()),
+                    &*self.wake_buf as *const u64 as *mut u8,
+                    8,
+                )
+                .build()
+                .user_data(WAKE_USER_DATA);
+                let mut ring = self.ring.borrow_mut();
+                // SAFETY: wake_buf is a heap u64 owned by the reactor, alive until the
+                // ring is dropped (the read completes or is cancelled by then).
+                if unsafe { ring.submission().push(&read) }.is_ok() {
+                    self.wake_armed.set(true);
+                }
+            }
+            self.publish_cpu();
+            self.stats.sleeps.fetch_add(1, Ordering::Relaxed);
+            let ts = types::Timespec::from(wait);
+            let args = types::SubmitArgs::new().timespec(&ts);
+            match self.ring.borrow().submitter().submit_with_args(1, &args) {
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)
+                    ) => {}
+                Err(e) => log::error!("reactor {}: io_uring wait failed: {e}", self.id),
+            }
+            self.uring_queued.set(0);
+        }
+        self.mailbox.sleeping.store(false, Ordering::SeqCst);
+    }
+
+    /// Runs one loop iteration; returns the amount of work done.
+    pub fn run_once(self: &Rc<Self>) -> usize {
+        let mut work = self.drain_mailbox();
+        work += self.reap_uring();
+        work += self.drain_completions();
+        if self.bufs.waiters() > 0 {
+            work += self.bufs.serve_waiters();
+        }
+        work += self.run_pollers(Instant::now());
+        work += self.drain_completions();
+        self.submit();
+        work
+    }
+
+    fn run(self: &Rc<Self>) {
+        let mut idle_since: Option<Instant> = None;
+        let mut last_cpu = Instant::now();
+        while !self.stop.get() {
+            let work = self.run_once();
+            let now = Instant::now();
+            if now.duration_since(last_cpu) >= CPU_SAMPLE_PERIOD {
+                self.publish_cpu();
+                last_cpu = now;
+            }
+            if work > 0 {
+                idle_since = None;
+                self.stats.busy_loops.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            if self.poll_mode == PollMode::Always {
+                continue;
+            }
+            let since = *idle_since.get_or_insert(now);
+            if now.duration_since(since) >= self.idle_spin {
+                self.sleep();
+                idle_since = None;
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        // Drop channels and locals on this thread, before the ring goes away.
+        self.channels.borrow_mut().clear();
+        self.locals.borrow_mut().clear();
+        self.pollers.borrow_mut().clear();
+        self.publish_cpu();
+    }
+}
+
+/// CPU time of the calling thread in nanoseconds.
+pub fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into a live timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// A running set of reactors. Dropping it stops and joins them.
+pub struct ReactorSet {
+    handles: Vec<ReactorHandle>,
+    stats: Vec<Arc<ReactorStats>>,
+    cores: Vec<Option<usize>>,
+    threads: Vec<JoinHandle<()>>,
+    pool: Arc<BufPool>,
+}
+
+impl ReactorSet {
+    /// Starts one reactor per configured core (pinned), or one unpinned reactor.
+    pub fn start(cfg: &ReactorConfig, pool: Arc<BufPool>) -> std::io::Result<ReactorSet> {
+        let cores: Vec<Option<usize>> = if cfg.cores.is_empty() {
+            vec![None]
+        } else {
+            cfg.cores.iter().map(|&c| Some(c)).collect()
+        };
+        let online = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        for c in cores.iter().flatten() {
+            if *c >= online.max(1) && !core_allowed(*c) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("core {c} is not available on this machine ({online} cores online)"),
+                ));
+            }
+        }
+        let mut handles = Vec::new();
+        for id in 0..cores.len() {
+            handles.push(ReactorHandle {
+                id,
+                mailbox: Arc::new(Mailbox::new(cfg.mailbox_slots)?),
+            });
+        }
+        let stats: Vec<Arc<ReactorStats>> = cores
+            .iter()
+            .map(|_| Arc::new(ReactorStats::default()))
+            .collect();
+        let mut threads = Vec::new();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+        for (id, core) in cores.iter().enumerate() {
+            let mailbox = Arc::clone(&handles[id].mailbox);
+            let peers = handles.clone();
+            let cfg = cfg.clone();
+            let pool = Arc::clone(&pool);
+            let st = Arc::clone(&stats[id]);
+            let core = *core;
+            let ready = ready_tx.clone();
+            let t = std::thread::Builder::new()
+                .name(format!("reactor-{id}"))
+                .spawn(move || {
+                    if let Some(c) = core {
+                        if let Err(e) = pin_to_core(c) {
+                            let _ = ready
+                                .send(Err(format!("reactor {id}: cannot pin to core {c}: {e}")));
+                            return;
+                        }
+                    }
+                    let r = match Reactor::new(id, mailbox, peers, &cfg, pool, st) {
+                        Ok(r) => Rc::new(r),
+                        Err(e) => {
+                            let _ = ready
+                                .send(Err(format!("reactor {id}: io_uring setup failed: {e}")));
+                            return;
+                        }
+                    };
+                    let _ = ready.send(Ok(()));
+                    drop(ready);
+                    log::debug!("reactor {id} running on core {core:?}");
+                    r.run();
+                })?;
+            threads.push(t);
+        }
+        drop(ready_tx);
+        let mut set = ReactorSet {
+            handles,
+            stats,
+            cores,
+            threads,
+            pool,
+        };
+        for _ in 0..set.threads.len() {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    set.stop();
+                    return Err(std::io::Error::other(e));
+                }
+                Err(_) => {
+                    set.stop();
+                    return Err(std::io::Error::other(
+                        "a reactor thread died during start-up",
+                    ));
+                }
+            }
+        }
+        Ok(set)
+    }
+
+    /// Handles of every reactor, by index.
+    pub fn handles(&self) -> &[ReactorHandle] {
+        &self.handles
+    }
+
+    /// Number of reactors.
+    pub fn len(&self) -> usize {
+        self.handles.len()
+    }
+
+    /// True when there are no reactors (never, once started).
+    pub fn is_empty(&self) -> bool {
+        self.handles.is_empty()
+    }
+
+    /// The core each reactor is pinned to.
+    pub fn cores(&self) -> &[Option<usize>] {
+        &self.cores
+    }
+
+    /// Published counters of each reactor.
+    pub fn stats(&self) -> &[Arc<ReactorStats>] {
+        &self.stats
+    }
+
+    /// The buffer pool shared by the reactors.
+    pub fn pool(&self) -> &Arc<BufPool> {
+        &self.pool
+    }
+
+    /// Runs `f` on every reactor and waits for all of them (control path).
+    pub fn broadcast_blocking<R: Send + 'static>(
+        &self,
+        f: impl Fn(&Rc<Reactor>) -> R + Send + Sync + 'static,
+    ) -> Result<Vec<R>, CallError> {
+        let f = Arc::new(f);
+        let mut rxs = Vec::new();
+        for h in &self.handles {
+            let f = Arc::clone(&f);
+            rxs.push((h.id(), h.call(move |r| f(r)).map_err(CallError::Full)?));
+        }
+        rxs.into_iter()
+            .map(|(id, rx)| {
+                futures::executor::block_on(rx).map_err(|_| CallError::Stopped { reactor: id })
+            })
+            .collect()
+    }
+
+    /// Stops every reactor and joins its thread.
+    pub fn stop(&mut self) {
+        for h in &self.handles {
+            let msg: Msg = Box::new(|r| r.stop());
+            // A reactor whose ring stays full for the whole timeout is wedged; joining
+            // it would hang, so it is left behind with a log line.
+            if h.send_timeout(msg, CONTROL_SEND_TIMEOUT).is_err() {
+                log::error!("reactor {}: could not deliver stop", h.id());
+            }
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for ReactorSet {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn core_allowed(core: usize) -> bool {
+    nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))
+        .map(|set| set.is_set(core).unwrap_or(false))
+        .unwrap_or(false)
+}
+
+fn pin_to_core(core: usize) -> nix::Result<()> {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(core)?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::buf::PoolConfig;
+    use std::sync::atomic::AtomicUsize;
+
+    fn pool() -> Arc<BufPool> {
+        BufPool::new(&PoolConfig {
+            chunks_per_class: [16, 4, 1, 1],
+            hugepages: false,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn parses_core_lists_and_masks() {
+        assert_eq!(parse_cores("0,1").unwrap(), vec![0, 1]);
+        assert_eq!(parse_cores("0x5").unwrap(), vec![0, 2]);
+        assert_eq!(parse_cores("2-4,1").unwrap(), vec![1, 2, 3, 4]);
+        assert!(parse_cores("").is_err());
+        assert!(parse_cores("4-2").is_err());
+        assert!(parse_cores("x").is_err());
+    }
+
+    #[test]
+    fn messages_run_on_each_reactor_and_sleepers_wake() {
+        let set = ReactorSet::start(
+            &ReactorConfig {
+                cores: vec![0, 1],
+                ..Default::default()
+            },
+            pool(),
+        )
+        .unwrap();
+        // Let them fall asleep, then wake them with messages.
+        std::thread::sleep(Duration::from_millis(20));
+        for round in 0..100 {
+            let ids = set.broadcast_blocking(|r| r.id()).unwrap();
+            assert_eq!(ids, vec![0, 1], "round {round}");
+        }
+        assert!(
+            set.stats()[0].sleeps.load(Ordering::Relaxed) > 0,
+            "adaptive reactor slept"
+        );
+    }
+
+    #[test]
+    fn a_full_ring_is_reported_not_fatal() {
+        let set = ReactorSet::start(
+            &ReactorConfig {
+                mailbox_slots: 4,
+                ..Default::default()
+            },
+            pool(),
+        )
+        .unwrap();
+        let h = set.handles()[0].clone();
+        // Block the reactor so its ring fills up.
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        h.try_send(Box::new(move |_| {
+            let _ = go_rx.recv_timeout(Duration::from_secs(10));
+        }))
+        .map_err(|(e, _)| e)
+        .unwrap();
+        let ran = Arc::new(AtomicUsize::new(0));
+        let mut full = 0;
+        for _ in 0..10 {
+            let ran = Arc::clone(&ran);
+            match h.try_send(Box::new(move |_| {
+                ran.fetch_add(1, Ordering::SeqCst);
+            })) {
+                Ok(()) => {}
+                Err((e, _)) => {
+                    assert_eq!(e.reactor, 0);
+                    full += 1;
+                }
+            }
+        }
+        assert!(
+            full >= 5,
+            "ring of 4 slots refused the overflow ({full} refused)"
+        );
+        go_tx.send(()).unwrap();
+        assert_eq!(h.call_blocking(|_| 7).unwrap(), 7);
+        assert_eq!(ran.load(Ordering::SeqCst), 10 - full);
+    }
+
+    #[test]
+    fn idle_reactor_uses_almost_no_cpu() {
+        let set = ReactorSet::start(&ReactorConfig::default(), pool()).unwrap();
+        let before = set.handles()[0].call_blocking(|_| thread_cpu_ns()).unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        let after = set.handles()[0].call_blocking(|_| thread_cpu_ns()).unwrap();
+        let pct = (after - before) as f64 / 500e6 * 100.0;
+        assert!(pct < 2.0, "idle reactor used {pct:.2}% of a core");
+    }
+}
