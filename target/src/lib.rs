@@ -3,7 +3,13 @@
 //! - [`reactor`]: poll-mode reactor threads, their message rings and io_uring.
 //! - [`buf`]: the I/O buffer pool (hugepages when present) and per-reactor caches.
 //! - [`bdev`]: the block device framework and its backends.
+//! - [`volume`]: subdisks, plexes and volumes; quiesce and layout changes.
+//! - [`target`]: a running target: reactors + bdev registry + events.
 
 pub mod bdev;
 pub mod buf;
 pub mod reactor;
+pub mod target;
+pub mod volume;
+
+pub use target::{Event, Target, TargetConfig, TargetError};

@@ -1,0 +1,284 @@
+//! A running target: its reactors, buffer pool, bdev registry and event stream.
+//! Several targets can live in one process (no globals); everything here is
+//! control-path code, the I/O path never touches the registry's lock.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::bdev::{Bdev, BdevInfo};
+use crate::buf::{BufPool, PoolConfig};
+use crate::reactor::{ReactorConfig, ReactorSet};
+
+/// Most events buffered per subscriber before new ones are dropped (and counted).
+pub const EVENT_QUEUE_DEPTH: usize = 1024;
+
+/// A typed error of the data plane's control operations; every variant names the object.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    /// No such object.
+    #[error("{kind} {name}: not found")]
+    NotFound {
+        /// `bdev`, `volume`, `plex`...
+        kind: &'static str,
+        /// Its name.
+        name: String,
+    },
+    /// The name is taken.
+    #[error("{kind} {name}: already exists")]
+    Exists {
+        /// `bdev`, `volume`...
+        kind: &'static str,
+        /// Its name.
+        name: String,
+    },
+    /// The object is used by another one.
+    #[error("{kind} {name}: in use by {user}")]
+    InUse {
+        /// `bdev`...
+        kind: &'static str,
+        /// Its name.
+        name: String,
+        /// Who uses it.
+        user: String,
+    },
+    /// A request that makes no sense for the object.
+    #[error("{object}: {reason}")]
+    Invalid {
+        /// The object, e.g. `volume vol1`.
+        object: String,
+        /// Why.
+        reason: String,
+    },
+    /// The data plane did not answer in time.
+    #[error("{object}: {reason}")]
+    Timeout {
+        /// The object, e.g. `volume vol1`.
+        object: String,
+        /// What did not finish, naming the reactors.
+        reason: String,
+    },
+    /// An operating-system error.
+    #[error("{object}: {reason}")]
+    Io {
+        /// The object.
+        object: String,
+        /// The OS error text.
+        reason: String,
+    },
+}
+
+impl TargetError {
+    /// Shorthand for [`TargetError::Invalid`].
+    pub fn invalid(object: impl Into<String>, reason: impl Into<String>) -> Self {
+        TargetError::Invalid {
+            object: object.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Something the data plane tells its controller.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// A write to a plex failed; writes held for it wait for a decision
+    /// (detach the plex or fail them).
+    PlexIoError {
+        /// The volume.
+        volume: String,
+        /// The failing plex.
+        plex: String,
+        /// errno of the failure.
+        errno: i32,
+    },
+    /// A plex changed state.
+    PlexState {
+        /// The volume.
+        volume: String,
+        /// The plex.
+        plex: String,
+        /// Its new state.
+        state: String,
+    },
+    /// A backing device went away.
+    DiskGone {
+        /// The bdev.
+        bdev: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// How the target starts.
+#[derive(Clone, Debug, Default)]
+pub struct TargetConfig {
+    /// Reactor threads.
+    pub reactors: ReactorConfig,
+    /// I/O buffer pool.
+    pub pool: PoolConfig,
+}
+
+/// What the target does on a plex write error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DetachPolicy {
+    /// Standalone: detach the failing plex locally (state STALE), then complete
+    /// the held writes.
+    Local,
+    /// Clustered: wait for the controller (the coordinator) to change the layout.
+    External,
+}
+
+struct Subscribers {
+    senders: Vec<smol::channel::Sender<Event>>,
+    dropped: u64,
+}
+
+/// One running data plane.
+pub struct Target {
+    reactors: ReactorSet,
+    bdevs: Mutex<BTreeMap<String, Arc<dyn Bdev>>>,
+    subscribers: Mutex<Subscribers>,
+    detach_policy: Mutex<DetachPolicy>,
+    /// Per-target state of the volume module (volumes, quiesce bookkeeping).
+    pub(crate) volumes: crate::volume::Registry,
+}
+
+impl Target {
+    /// Starts the reactors and an empty registry.
+    pub fn start(cfg: &TargetConfig) -> Result<Arc<Target>, TargetError> {
+        let io = |e: std::io::Error| TargetError::Io {
+            object: "target".into(),
+            reason: e.to_string(),
+        };
+        let pool = BufPool::new(&cfg.pool).map_err(io)?;
+        let reactors = ReactorSet::start(&cfg.reactors, pool).map_err(io)?;
+        Ok(Arc::new(Target {
+            reactors,
+            bdevs: Mutex::new(BTreeMap::new()),
+            subscribers: Mutex::new(Subscribers {
+                senders: Vec::new(),
+                dropped: 0,
+            }),
+            detach_policy: Mutex::new(DetachPolicy::Local),
+            volumes: Default::default(),
+        }))
+    }
+
+    /// The reactors.
+    pub fn reactors(&self) -> &ReactorSet {
+        &self.reactors
+    }
+
+    /// The buffer pool.
+    pub fn pool(&self) -> &Arc<BufPool> {
+        self.reactors.pool()
+    }
+
+    fn bdevs(&self) -> MutexGuard<'_, BTreeMap<String, Arc<dyn Bdev>>> {
+        self.bdevs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a bdev under its name.
+    pub fn add_bdev(&self, bdev: Arc<dyn Bdev>) -> Result<(), TargetError> {
+        let mut map = self.bdevs();
+        let name = bdev.name().to_string();
+        if name.is_empty() || name.len() > 128 || name.contains(['/', ' ', '\0']) {
+            return Err(TargetError::invalid(
+                format!("bdev {name:?}"),
+                "names are 1..128 characters without '/', spaces or NUL",
+            ));
+        }
+        if map.contains_key(&name) {
+            return Err(TargetError::Exists { kind: "bdev", name });
+        }
+        log::info!("bdev {name}: created ({})", bdev.info().kind);
+        map.insert(name, bdev);
+        Ok(())
+    }
+
+    /// The bdev named `name`.
+    pub fn bdev(&self, name: &str) -> Result<Arc<dyn Bdev>, TargetError> {
+        self.bdevs()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| TargetError::NotFound {
+                kind: "bdev",
+                name: name.to_string(),
+            })
+    }
+
+    /// Every bdev, by name.
+    pub fn list_bdevs(&self) -> Vec<BdevInfo> {
+        self.bdevs().values().map(|b| b.info()).collect()
+    }
+
+    /// Removes a bdev that no volume uses; drops its channels on every reactor.
+    pub fn delete_bdev(&self, name: &str) -> Result<(), TargetError> {
+        if let Some(user) = self.volumes.user_of(name) {
+            return Err(TargetError::InUse {
+                kind: "bdev",
+                name: name.into(),
+                user: format!("volume {user}"),
+            });
+        }
+        let removed = self.bdevs().remove(name);
+        if removed.is_none() {
+            return Err(TargetError::NotFound {
+                kind: "bdev",
+                name: name.into(),
+            });
+        }
+        let n = name.to_string();
+        self.reactors
+            .broadcast_blocking(move |r| r.drop_channel(&n))
+            .map_err(|e| TargetError::Timeout {
+                object: format!("bdev {name}"),
+                reason: e.to_string(),
+            })?;
+        log::info!("bdev {name}: deleted");
+        Ok(())
+    }
+
+    /// Removes a bdev from the registry without the in-use check (the volume
+    /// module uses it for the volume bdevs it owns).
+    pub(crate) fn remove_bdev_entry(&self, name: &str) {
+        self.bdevs().remove(name);
+    }
+
+    /// A new subscription to events. Each subscriber has its own bounded queue.
+    pub fn subscribe(&self) -> smol::channel::Receiver<Event> {
+        let (tx, rx) = smol::channel::bounded(EVENT_QUEUE_DEPTH);
+        self.subscribers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .senders
+            .push(tx);
+        rx
+    }
+
+    /// Publishes an event to every subscriber without blocking (safe on reactors).
+    pub fn publish(&self, ev: Event) {
+        let mut subs = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
+        subs.senders.retain(|s| !s.is_closed());
+        let mut dropped = 0;
+        for s in &subs.senders {
+            if s.try_send(ev.clone()).is_err() {
+                dropped += 1;
+            }
+        }
+        if dropped > 0 {
+            subs.dropped += dropped;
+            log::warn!("event {ev:?}: {dropped} subscriber queue(s) full, event dropped");
+        }
+    }
+
+    /// The current plex error policy.
+    pub fn detach_policy(&self) -> DetachPolicy {
+        *self.detach_policy.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets the plex error policy (a coordinator sets `External`).
+    pub fn set_detach_policy(&self, p: DetachPolicy) {
+        *self.detach_policy.lock().unwrap_or_else(|p| p.into_inner()) = p;
+    }
+}
