@@ -1,0 +1,1673 @@
+//! The object model, in VxVM's terms, and the changes that move it.
+//!
+//! A node's [`ClusterConfig`] holds the disk groups it has imported: the cluster's
+//! shared groups and its own private ones. A [`DiskGroupConfig`] is the unit stored in
+//! the private regions of the group's disks (see `ondisk`): its disks (`dm`), its
+//! volumes (`v`), their plexes (`pl`) and the plexes' subdisks (`sd`).
+//!
+//! Every configuration change is a [`Change`], applied by [`apply`] (or
+//! [`ClusterConfig::apply`]), which validates it completely and returns the new
+//! configuration or a [`ConfigError`] whose message names the object. Applying a change
+//! to a disk group bumps its `seq` by one. Nothing here does I/O: the coordinator
+//! decides where the result goes (the data plane through [`DiskGroupConfig::kernel_layout`],
+//! the disks through [`Change::disk_updates`] and `ondisk`).
+//!
+//! Units: every offset and length is in bytes and a multiple of [`ALLOC_ALIGN_BYTES`]
+//! (4 KiB) for subdisks; volume sizes are multiples of [`SECTOR_BYTES`].
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::alloc::{self, AllocError};
+pub use crate::size::SECTOR_BYTES;
+
+/// Every subdisk's offset and length is a multiple of this, so O_DIRECT I/O on 4K-sector
+/// devices stays aligned.
+pub const ALLOC_ALIGN_BYTES: u64 = 4096;
+/// The default stripe unit (VxVM's 128 sectors).
+pub const DEFAULT_STRIPE_UNIT_BYTES: u64 = 64 << 10;
+/// Most plexes (mirrors) a volume can have; the data plane's limit.
+pub const MAX_PLEXES: usize = 32;
+/// Most columns a stripe can have.
+pub const MAX_COLUMNS: u32 = 64;
+/// Longest object name, in bytes (VxVM's limit is 31 characters).
+pub const MAX_NAME_BYTES: usize = 31;
+
+/// A disk of a disk group: VxVM's disk media record (`dm`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Disk {
+    /// Disk media name, e.g. `disk01`, written in the disk's label at `disk init`.
+    pub name: String,
+    /// Unique disk id from the label.
+    pub id: String,
+    /// Device or file path on the node that added the disk.
+    pub path: String,
+    /// Size of the whole device.
+    #[serde(rename = "size")]
+    pub size_bytes: u64,
+    /// Where the public region (subdisk space) starts on the device.
+    pub public_offset_bytes: u64,
+    /// Length of the public region.
+    pub public_len_bytes: u64,
+}
+
+/// A disk group's whole configuration: what the private region's slots store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskGroupConfig {
+    /// Disk group name, e.g. `dg1`.
+    pub name: String,
+    /// Unique disk group id, fixed at creation.
+    pub id: String,
+    /// Shared (cluster-wide) or private (one host).
+    pub shared: bool,
+    /// Cluster id when shared, host id when private; empty while deported.
+    pub owner_id: String,
+    /// Configuration sequence number: 1 at creation, +1 per applied change.
+    pub seq: u64,
+    /// The group's disks, in the order they were added.
+    pub disks: Vec<Disk>,
+    /// The group's volumes, in creation order.
+    pub volumes: Vec<Volume>,
+}
+
+/// Whether a volume accepts I/O.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum VolumeState {
+    /// Started: the data plane serves it.
+    Enabled,
+    /// Stopped: no I/O.
+    Disabled,
+}
+
+/// How reads pick a plex.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "policy", rename_all = "kebab-case")]
+pub enum ReadPolicy {
+    /// Round robin over ACTIVE plexes.
+    Round,
+    /// One preferred plex while it is ACTIVE, else round robin.
+    Prefer {
+        /// Name of the preferred plex.
+        plex: String,
+    },
+    /// The ACTIVE plex with the fewest reads outstanding.
+    LeastOutstanding,
+}
+
+/// A volume (`v`): a block device made of 1..=32 mirrored plexes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Volume {
+    /// Volume name, e.g. `vol01`.
+    pub name: String,
+    /// Size the users see, a multiple of 512.
+    #[serde(rename = "size")]
+    pub size_bytes: u64,
+    /// Volume state.
+    pub state: VolumeState,
+    /// Read policy.
+    pub read_policy: ReadPolicy,
+    /// The mirrors.
+    pub plexes: Vec<Plex>,
+}
+
+/// The state of a plex.
+///
+/// A detached plex (by `plex detach` or after an I/O error) is `STALE`: VxVM's kernel
+/// state DETACHED is not a separate configuration state here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PlexState {
+    /// Up to date: reads and writes.
+    Active,
+    /// Out of date (detached): no I/O until attached and resynchronised.
+    Stale,
+    /// Being resynchronised from an ACTIVE plex: receives writes, serves no reads.
+    Syncing,
+    /// Newly added, never synchronised: no I/O until attached.
+    Empty,
+}
+
+impl PlexState {
+    /// The upper-case name printed by `plexctl` (`ACTIVE`, `STALE`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PlexState::Active => "ACTIVE",
+            PlexState::Stale => "STALE",
+            PlexState::Syncing => "SYNCING",
+            PlexState::Empty => "EMPTY",
+        }
+    }
+}
+
+impl VolumeState {
+    /// The upper-case name printed by `plexctl`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VolumeState::Enabled => "ENABLED",
+            VolumeState::Disabled => "DISABLED",
+        }
+    }
+}
+
+/// How a plex lays the volume's address space over its subdisks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum PlexLayout {
+    /// Subdisks one after the other.
+    Concat,
+    /// `columns` columns (each a concatenation of subdisks) interleaved every
+    /// `stripe_unit_bytes`.
+    Stripe {
+        /// Number of columns, each on its own disks.
+        columns: u32,
+        /// Bytes written to one column before moving to the next.
+        stripe_unit_bytes: u64,
+    },
+}
+
+/// A plex (`pl`): one complete copy of a volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plex {
+    /// Plex name, e.g. `vol01-01`.
+    pub name: String,
+    /// Plex state.
+    pub state: PlexState,
+    /// Layout.
+    pub layout: PlexLayout,
+    /// Subdisks, ordered by (column, `plex_offset_bytes`).
+    pub subdisks: Vec<Subdisk>,
+}
+
+/// A subdisk (`sd`): a contiguous extent of one disk's public region.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subdisk {
+    /// Subdisk name, e.g. `disk01-01`.
+    pub name: String,
+    /// Disk media name of the disk holding it.
+    pub disk: String,
+    /// Offset on the device (not relative to the public region).
+    pub disk_offset_bytes: u64,
+    /// Length.
+    pub len_bytes: u64,
+    /// Stripe column (0 for concat plexes).
+    pub column: u32,
+    /// Offset within the plex (concat) or within its column (stripe).
+    pub plex_offset_bytes: u64,
+}
+
+/// The disk groups a node has imported.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterConfig {
+    /// Shared and private disk groups, sorted by name.
+    pub disk_groups: Vec<DiskGroupConfig>,
+}
+
+/// The layout a user asks for at `vol create`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum VolumeLayout {
+    /// One concat plex.
+    Concat,
+    /// One stripe plex.
+    Stripe {
+        /// Columns.
+        columns: u32,
+        /// Stripe unit.
+        stripe_unit_bytes: u64,
+    },
+    /// `mirrors` concat plexes on distinct disks.
+    Mirror {
+        /// Number of plexes.
+        mirrors: u32,
+    },
+    /// `mirrors` stripe plexes, no disk shared between any two columns or plexes.
+    MirrorStripe {
+        /// Number of plexes.
+        mirrors: u32,
+        /// Columns of each plex.
+        columns: u32,
+        /// Stripe unit.
+        stripe_unit_bytes: u64,
+    },
+}
+
+impl VolumeLayout {
+    /// The number of plexes and the layout of each.
+    pub fn plexes(self) -> (u32, PlexLayout) {
+        match self {
+            VolumeLayout::Concat => (1, PlexLayout::Concat),
+            VolumeLayout::Stripe {
+                columns,
+                stripe_unit_bytes,
+            } => (
+                1,
+                PlexLayout::Stripe {
+                    columns,
+                    stripe_unit_bytes,
+                },
+            ),
+            VolumeLayout::Mirror { mirrors } => (mirrors, PlexLayout::Concat),
+            VolumeLayout::MirrorStripe {
+                mirrors,
+                columns,
+                stripe_unit_bytes,
+            } => (
+                mirrors,
+                PlexLayout::Stripe {
+                    columns,
+                    stripe_unit_bytes,
+                },
+            ),
+        }
+    }
+}
+
+/// A configuration change. `InitDisk` is not one: `disk init` only writes a label
+/// (`ondisk::init_disk`) and belongs to no disk group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum Change {
+    /// `dg create [--shared]`: a new group with at least one initialised disk.
+    DgCreate {
+        /// New group name.
+        dg: String,
+        /// New group id (see [`new_id`]).
+        dg_id: String,
+        /// Shared or private.
+        shared: bool,
+        /// Cluster id (shared) or host id (private).
+        owner_id: String,
+        /// The disks, as read from their labels.
+        disks: Vec<Disk>,
+    },
+    /// `dg add-disk`.
+    DgAddDisk {
+        /// Group.
+        dg: String,
+        /// The disk, as read from its label.
+        disk: Disk,
+    },
+    /// `dg rm-disk`: the disk must hold no subdisk and not be the last one.
+    DgRmDisk {
+        /// Group.
+        dg: String,
+        /// Disk media name.
+        disk: String,
+    },
+    /// `dg destroy`: the group and its volumes are gone; the disks are released.
+    DgDestroy {
+        /// Group.
+        dg: String,
+    },
+    /// `dg deport`: the node (or cluster) gives the group up; its disks keep the
+    /// configuration with an empty owner (see [`DiskGroupConfig::deported`]).
+    DgDeport {
+        /// Group.
+        dg: String,
+    },
+    /// `dg import`: takes a group read from its disks (`ondisk::read_config`).
+    DgImport {
+        /// The configuration found on the disks.
+        config: DiskGroupConfig,
+        /// Import as shared or private.
+        shared: bool,
+        /// Cluster id (shared) or host id (private).
+        owner_id: String,
+    },
+    /// `vol create`.
+    VolCreate {
+        /// Group.
+        dg: String,
+        /// New volume name.
+        volume: String,
+        /// Requested size; rounded up to a multiple of 512.
+        size_bytes: u64,
+        /// Requested layout.
+        layout: VolumeLayout,
+    },
+    /// `vol grow`: every plex is extended.
+    VolGrow {
+        /// Group.
+        dg: String,
+        /// Volume.
+        volume: String,
+        /// New size, larger than the current one; rounded up to a multiple of 512.
+        new_size_bytes: u64,
+    },
+    /// `vol rm`.
+    VolRm {
+        /// Group.
+        dg: String,
+        /// Volume.
+        volume: String,
+    },
+    /// `plex add`: a new EMPTY plex on disks the volume does not use yet.
+    PlexAdd {
+        /// Group.
+        dg: String,
+        /// Volume.
+        volume: String,
+        /// Layout of the new plex.
+        layout: PlexLayout,
+    },
+    /// `plex detach`: ACTIVE or SYNCING → STALE; never the last ACTIVE plex.
+    PlexDetach {
+        /// Group.
+        dg: String,
+        /// Plex name.
+        plex: String,
+    },
+    /// `plex attach`: STALE or EMPTY → SYNCING (the resync then sets it ACTIVE).
+    PlexAttach {
+        /// Group.
+        dg: String,
+        /// Plex name.
+        plex: String,
+    },
+    /// `plex rm`: never the last ACTIVE plex.
+    PlexRm {
+        /// Group.
+        dg: String,
+        /// Plex name.
+        plex: String,
+    },
+    /// Sets a plex's state (resync done, I/O-error detach); never leaves a volume
+    /// without an ACTIVE plex it had.
+    SetPlexState {
+        /// Group.
+        dg: String,
+        /// Plex name.
+        plex: String,
+        /// New state.
+        state: PlexState,
+    },
+}
+
+impl Change {
+    /// The disk group the change is about.
+    pub fn dg_name(&self) -> &str {
+        match self {
+            Change::DgImport { config, .. } => &config.name,
+            Change::DgCreate { dg, .. }
+            | Change::DgAddDisk { dg, .. }
+            | Change::DgRmDisk { dg, .. }
+            | Change::DgDestroy { dg }
+            | Change::DgDeport { dg }
+            | Change::VolCreate { dg, .. }
+            | Change::VolGrow { dg, .. }
+            | Change::VolRm { dg, .. }
+            | Change::PlexAdd { dg, .. }
+            | Change::PlexDetach { dg, .. }
+            | Change::PlexAttach { dg, .. }
+            | Change::PlexRm { dg, .. }
+            | Change::SetPlexState { dg, .. } => dg,
+        }
+    }
+
+    /// Disks that every node must be able to open before the change is accepted
+    /// (the slaves' check in step 2 of the transaction).
+    pub fn new_disks(&self) -> Vec<&Disk> {
+        match self {
+            Change::DgCreate { disks, .. } => disks.iter().collect(),
+            Change::DgAddDisk { disk, .. } => vec![disk],
+            Change::DgImport { config, .. } => config.disks.iter().collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// What the commit must write to disks, given the configurations before and after
+    /// [`apply`]: the new group configuration (on all its disks), or disks to release.
+    pub fn disk_updates(&self, before: &ClusterConfig, after: &ClusterConfig) -> Vec<DiskUpdate> {
+        let name = self.dg_name();
+        let old = before.disk_group(name);
+        let mut updates = Vec::new();
+        match self {
+            Change::DgDestroy { .. } => {
+                if let Some(old) = old {
+                    updates.extend(old.disks.iter().cloned().map(DiskUpdate::Release));
+                }
+            }
+            Change::DgDeport { .. } => {
+                if let Some(old) = old {
+                    updates.push(DiskUpdate::WriteConfig(old.deported()));
+                }
+            }
+            _ => {
+                if let Some(new) = after.disk_group(name) {
+                    updates.push(DiskUpdate::WriteConfig(new.clone()));
+                }
+                if let (Change::DgRmDisk { disk, .. }, Some(old)) = (self, old) {
+                    if let Some(d) = old.disk(disk) {
+                        updates.push(DiskUpdate::Release(d.clone()));
+                    }
+                }
+            }
+        }
+        updates
+    }
+}
+
+/// A write the commit of a change makes to disks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DiskUpdate {
+    /// Write this configuration (seq = `config.seq`) to every disk of the group,
+    /// updating labels whose disk group fields differ.
+    WriteConfig(DiskGroupConfig),
+    /// Clear the disk's disk group fields and slots (`ondisk::release_disk`).
+    Release(Disk),
+}
+
+/// Why a change or a configuration was refused. Messages name the object.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ConfigError {
+    /// A named object does not exist.
+    #[error("{kind} {name} does not exist{context}")]
+    NotFound {
+        /// `disk group`, `volume`, `plex`, `disk`.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+        /// Where it was looked for, e.g. ` in disk group dg1` (may be empty).
+        context: String,
+    },
+    /// An object of that name or id exists already.
+    #[error("{0}")]
+    Exists(String),
+    /// A shared group was requested where a private one of that name exists (or the
+    /// reverse); the slaves' check.
+    #[error("disk group {name} exists as a {existing} disk group")]
+    DgExistsOtherKind {
+        /// Group name.
+        name: String,
+        /// `private` or `shared`.
+        existing: &'static str,
+    },
+    /// The change would detach or remove the last ACTIVE plex of a volume.
+    #[error("plex {plex}: cannot {action} the last ACTIVE plex of volume {volume}")]
+    LastActivePlex {
+        /// Volume.
+        volume: String,
+        /// Plex.
+        plex: String,
+        /// `detach`, `remove`, `set STALE`...
+        action: String,
+    },
+    /// An object is in use.
+    #[error("{0}")]
+    InUse(String),
+    /// The layout cannot be placed on the group's free space.
+    #[error(transparent)]
+    NoSpace(#[from] AllocError),
+    /// Anything else that is malformed (bad name, zero size, bad state transition,
+    /// inconsistent configuration).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn not_found(kind: &'static str, name: &str, context: String) -> ConfigError {
+    ConfigError::NotFound {
+        kind,
+        name: name.to_string(),
+        context,
+    }
+}
+
+/// Checks an object name: 1..=31 bytes of `[A-Za-z0-9._-]`, starting with a letter or
+/// digit.
+pub fn validate_name(kind: &str, name: &str) -> Result<(), ConfigError> {
+    let ok_chars = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    let ok_start = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric());
+    if name.is_empty() || name.len() > MAX_NAME_BYTES || !ok_chars || !ok_start {
+        return Err(ConfigError::Invalid(format!(
+            "{kind} name {name:?} is invalid: use 1 to {MAX_NAME_BYTES} letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )));
+    }
+    Ok(())
+}
+
+/// A new random 128-bit id as 32 lowercase hex digits (disk and disk group ids).
+pub fn new_id() -> String {
+    let value: u128 = rand::random();
+    format!("{value:032x}")
+}
+
+fn round_up(value: u64, align: u64) -> Option<u64> {
+    value.checked_add(align - 1).map(|v| v / align * align)
+}
+
+/// Rounds a requested volume size up to a whole sector.
+pub fn round_volume_size(size_bytes: u64) -> Option<u64> {
+    round_up(size_bytes, SECTOR_BYTES)
+}
+
+impl PlexLayout {
+    /// Length of one column (the whole plex for concat) needed for a volume of
+    /// `volume_bytes`: rounded up to the alignment (concat) or to whole stripe rows.
+    pub fn column_len_bytes(self, volume_bytes: u64) -> u64 {
+        match self {
+            PlexLayout::Concat => round_up(volume_bytes, ALLOC_ALIGN_BYTES).unwrap_or(u64::MAX),
+            PlexLayout::Stripe {
+                columns,
+                stripe_unit_bytes,
+            } => {
+                let row = u64::from(columns).saturating_mul(stripe_unit_bytes).max(1);
+                volume_bytes.div_ceil(row).saturating_mul(stripe_unit_bytes)
+            }
+        }
+    }
+
+    /// Number of columns (1 for concat).
+    pub fn columns(self) -> u32 {
+        match self {
+            PlexLayout::Concat => 1,
+            PlexLayout::Stripe { columns, .. } => columns,
+        }
+    }
+
+    /// Checks the geometry: 1..=64 columns, stripe unit a non-zero multiple of 4 KiB.
+    pub fn validate(self) -> Result<(), ConfigError> {
+        if let PlexLayout::Stripe {
+            columns,
+            stripe_unit_bytes,
+        } = self
+        {
+            if !(1..=MAX_COLUMNS).contains(&columns) {
+                return Err(ConfigError::Invalid(format!(
+                    "stripe needs 1 to {MAX_COLUMNS} columns, got {columns}"
+                )));
+            }
+            if stripe_unit_bytes == 0 || stripe_unit_bytes % ALLOC_ALIGN_BYTES != 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "stripe unit {stripe_unit_bytes} bytes must be a non-zero multiple of {ALLOC_ALIGN_BYTES}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Plex {
+    /// Length of column `column`: the sum of its subdisks.
+    pub fn column_len_bytes(&self, column: u32) -> u64 {
+        self.subdisks
+            .iter()
+            .filter(|sd| sd.column == column)
+            .map(|sd| sd.len_bytes)
+            .sum()
+    }
+
+    /// Bytes of volume address space the plex covers.
+    pub fn capacity_bytes(&self) -> u64 {
+        match self.layout {
+            PlexLayout::Concat => self.column_len_bytes(0),
+            PlexLayout::Stripe { columns, .. } => (0..columns)
+                .map(|c| self.column_len_bytes(c))
+                .min()
+                .unwrap_or(0)
+                .saturating_mul(u64::from(columns)),
+        }
+    }
+
+    /// Names of the disks this plex uses.
+    pub fn disks(&self) -> BTreeSet<&str> {
+        self.subdisks.iter().map(|sd| sd.disk.as_str()).collect()
+    }
+}
+
+impl Volume {
+    /// A plex of this volume by name.
+    pub fn plex(&self, name: &str) -> Option<&Plex> {
+        self.plexes.iter().find(|p| p.name == name)
+    }
+
+    /// Number of ACTIVE plexes.
+    pub fn active_plexes(&self) -> usize {
+        self.plexes
+            .iter()
+            .filter(|p| p.state == PlexState::Active)
+            .count()
+    }
+
+    /// The next free plex name, `<volume>-NN`.
+    pub fn next_plex_name(&self) -> String {
+        (1..)
+            .map(|n| format!("{}-{n:02}", self.name))
+            .find(|candidate| self.plex(candidate).is_none())
+            .unwrap_or_default()
+    }
+}
+
+impl DiskGroupConfig {
+    /// A disk by media name.
+    pub fn disk(&self, name: &str) -> Option<&Disk> {
+        self.disks.iter().find(|d| d.name == name)
+    }
+
+    /// A volume by name.
+    pub fn volume(&self, name: &str) -> Option<&Volume> {
+        self.volumes.iter().find(|v| v.name == name)
+    }
+
+    /// The volume holding plex `plex`, and the plex's index in it.
+    pub fn find_plex(&self, plex: &str) -> Option<(usize, usize)> {
+        self.volumes.iter().enumerate().find_map(|(vi, v)| {
+            v.plexes
+                .iter()
+                .position(|p| p.name == plex)
+                .map(|pi| (vi, pi))
+        })
+    }
+
+    fn volume_index(&self, name: &str) -> Result<usize, ConfigError> {
+        self.volumes
+            .iter()
+            .position(|v| v.name == name)
+            .ok_or_else(|| not_found("volume", name, format!(" in disk group {}", self.name)))
+    }
+
+    fn plex_index(&self, plex: &str) -> Result<(usize, usize), ConfigError> {
+        self.find_plex(plex)
+            .ok_or_else(|| not_found("plex", plex, format!(" in disk group {}", self.name)))
+    }
+
+    /// The configuration written to the disks when the group is deported: same
+    /// objects, empty owner, seq + 1.
+    pub fn deported(&self) -> DiskGroupConfig {
+        let mut cfg = self.clone();
+        cfg.owner_id.clear();
+        cfg.seq += 1;
+        cfg
+    }
+
+    /// Checks every invariant: names valid and unique, subdisks inside their disk's
+    /// public region and not overlapping, aligned, columns contiguous and long enough,
+    /// plexes of a volume (and columns of a stripe) on distinct disks, at least one
+    /// disk.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |msg: String| {
+            Err(ConfigError::Invalid(format!(
+                "disk group {}: {msg}",
+                self.name
+            )))
+        };
+        validate_name("disk group", &self.name)?;
+        if self.disks.is_empty() {
+            return invalid("has no disks".into());
+        }
+        let mut names = BTreeSet::new();
+        let mut ids = BTreeSet::new();
+        for d in &self.disks {
+            validate_name("disk", &d.name)?;
+            if !names.insert(d.name.as_str()) || !ids.insert(d.id.as_str()) {
+                return invalid(format!("disk {} (id {}) appears twice", d.name, d.id));
+            }
+            let end = d.public_offset_bytes.checked_add(d.public_len_bytes);
+            if !matches!(end, Some(end) if end <= d.size_bytes) {
+                return invalid(format!(
+                    "disk {}: public region beyond the end of the disk",
+                    d.name
+                ));
+            }
+        }
+        let mut extents: Vec<(&str, u64, u64, &str)> = Vec::new();
+        let mut object_names = BTreeSet::new();
+        for v in &self.volumes {
+            validate_name("volume", &v.name)?;
+            if !object_names.insert(v.name.as_str()) {
+                return invalid(format!("name {} used twice", v.name));
+            }
+            if v.size_bytes == 0 || v.size_bytes % SECTOR_BYTES != 0 {
+                return invalid(format!(
+                    "volume {}: size {} is not a positive multiple of 512",
+                    v.name, v.size_bytes
+                ));
+            }
+            if v.plexes.is_empty() || v.plexes.len() > MAX_PLEXES {
+                return invalid(format!(
+                    "volume {}: has {} plexes (1 to {MAX_PLEXES} allowed)",
+                    v.name,
+                    v.plexes.len()
+                ));
+            }
+            let mut volume_disks = BTreeSet::new();
+            for p in &v.plexes {
+                validate_name("plex", &p.name)?;
+                if !object_names.insert(p.name.as_str()) {
+                    return invalid(format!("name {} used twice", p.name));
+                }
+                p.layout.validate()?;
+                let columns = p.layout.columns();
+                let mut plex_disks = BTreeSet::new();
+                for c in 0..columns {
+                    let mut expected_offset = 0;
+                    let mut column_disks = BTreeSet::new();
+                    for sd in p.subdisks.iter().filter(|sd| sd.column == c) {
+                        if sd.plex_offset_bytes != expected_offset {
+                            return invalid(format!(
+                                "plex {}: subdisk {} is not contiguous in column {c}",
+                                p.name, sd.name
+                            ));
+                        }
+                        expected_offset += sd.len_bytes;
+                        column_disks.insert(sd.disk.as_str());
+                    }
+                    if !column_disks.is_disjoint(&plex_disks) {
+                        return invalid(format!("plex {}: two columns share a disk", p.name));
+                    }
+                    plex_disks.extend(column_disks);
+                }
+                if let Some(sd) = p.subdisks.iter().find(|sd| sd.column >= columns) {
+                    return invalid(format!(
+                        "plex {}: subdisk {} in column {} of {columns}",
+                        p.name, sd.name, sd.column
+                    ));
+                }
+                if !plex_disks.is_disjoint(&volume_disks) {
+                    return invalid(format!(
+                        "volume {}: plex {} shares a disk with another plex",
+                        v.name, p.name
+                    ));
+                }
+                volume_disks.extend(plex_disks);
+                if p.capacity_bytes() < v.size_bytes {
+                    return invalid(format!(
+                        "plex {}: holds {} bytes, volume {} needs {}",
+                        p.name,
+                        p.capacity_bytes(),
+                        v.name,
+                        v.size_bytes
+                    ));
+                }
+                for sd in &p.subdisks {
+                    validate_name("subdisk", &sd.name)?;
+                    if !object_names.insert(sd.name.as_str()) {
+                        return invalid(format!("name {} used twice", sd.name));
+                    }
+                    let Some(d) = self.disk(&sd.disk) else {
+                        return invalid(format!(
+                            "subdisk {}: disk {} is not in the group",
+                            sd.name, sd.disk
+                        ));
+                    };
+                    let aligned = sd.disk_offset_bytes % ALLOC_ALIGN_BYTES == 0
+                        && sd.len_bytes % ALLOC_ALIGN_BYTES == 0
+                        && sd.len_bytes > 0;
+                    let inside = sd.disk_offset_bytes >= d.public_offset_bytes
+                        && sd
+                            .disk_offset_bytes
+                            .checked_add(sd.len_bytes)
+                            .is_some_and(|end| end <= d.public_offset_bytes + d.public_len_bytes);
+                    if !aligned || !inside {
+                        return invalid(format!("subdisk {}: extent {}+{} is unaligned or outside disk {}'s public region", sd.name, sd.disk_offset_bytes, sd.len_bytes, d.name));
+                    }
+                    extents.push((
+                        sd.disk.as_str(),
+                        sd.disk_offset_bytes,
+                        sd.len_bytes,
+                        sd.name.as_str(),
+                    ));
+                }
+            }
+        }
+        extents.sort();
+        for pair in extents.windows(2) {
+            let (a, b) = (pair[0], pair[1]);
+            if a.0 == b.0 && a.1 + a.2 > b.1 {
+                return invalid(format!(
+                    "subdisks {} and {} overlap on disk {}",
+                    a.3, b.3, a.0
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The view the data plane needs: per volume, per plex, the extents on devices and
+    /// the stripe geometry.
+    pub fn kernel_layout(&self) -> Vec<KernelVolume> {
+        self.volumes.iter().map(|v| self.kernel_volume(v)).collect()
+    }
+
+    /// [`kernel_layout`](Self::kernel_layout) for one volume.
+    pub fn kernel_volume(&self, volume: &Volume) -> KernelVolume {
+        let plexes = volume
+            .plexes
+            .iter()
+            .map(|p| {
+                let columns = (0..p.layout.columns())
+                    .map(|c| {
+                        p.subdisks
+                            .iter()
+                            .filter(|sd| sd.column == c)
+                            .map(|sd| {
+                                let disk = self.disk(&sd.disk);
+                                KernelExtent {
+                                    subdisk: sd.name.clone(),
+                                    disk_id: disk.map(|d| d.id.clone()).unwrap_or_default(),
+                                    disk_path: disk.map(|d| d.path.clone()).unwrap_or_default(),
+                                    offset_bytes: sd.disk_offset_bytes,
+                                    len_bytes: sd.len_bytes,
+                                }
+                            })
+                            .collect()
+                    })
+                    .collect();
+                KernelPlex {
+                    name: p.name.clone(),
+                    state: p.state,
+                    stripe_unit_bytes: match p.layout {
+                        PlexLayout::Concat => None,
+                        PlexLayout::Stripe {
+                            stripe_unit_bytes, ..
+                        } => Some(stripe_unit_bytes),
+                    },
+                    columns,
+                }
+            })
+            .collect();
+        KernelVolume {
+            dg: self.name.clone(),
+            name: volume.name.clone(),
+            size_bytes: volume.size_bytes,
+            state: volume.state,
+            read_policy: volume.read_policy.clone(),
+            plexes,
+        }
+    }
+}
+
+/// A volume as the data plane builds it: subdisk(bdev, offset, length) → plex(concat |
+/// stripe) → volume(plexes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelVolume {
+    /// Disk group name.
+    pub dg: String,
+    /// Volume name.
+    pub name: String,
+    /// Size.
+    pub size_bytes: u64,
+    /// Volume state.
+    pub state: VolumeState,
+    /// Read policy.
+    pub read_policy: ReadPolicy,
+    /// Plexes (all states; the data plane writes to ACTIVE and SYNCING ones and reads
+    /// from ACTIVE ones).
+    pub plexes: Vec<KernelPlex>,
+}
+
+/// A plex as the data plane builds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelPlex {
+    /// Plex name.
+    pub name: String,
+    /// Plex state.
+    pub state: PlexState,
+    /// `None` for concat, the stripe unit for stripe.
+    pub stripe_unit_bytes: Option<u64>,
+    /// Columns (one for concat), each a concatenation of extents in order.
+    pub columns: Vec<Vec<KernelExtent>>,
+}
+
+/// A subdisk as the data plane builds it: a range of a device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelExtent {
+    /// Subdisk name.
+    pub subdisk: String,
+    /// Disk id (from the label).
+    pub disk_id: String,
+    /// Device path recorded in the configuration.
+    pub disk_path: String,
+    /// Offset on the device.
+    pub offset_bytes: u64,
+    /// Length.
+    pub len_bytes: u64,
+}
+
+impl ClusterConfig {
+    /// A disk group by name.
+    pub fn disk_group(&self, name: &str) -> Option<&DiskGroupConfig> {
+        self.disk_groups.iter().find(|g| g.name == name)
+    }
+
+    /// Applies a change; see [`apply`].
+    pub fn apply(&self, change: &Change) -> Result<ClusterConfig, ConfigError> {
+        apply(self, change)
+    }
+
+    fn check_new_disks(
+        &self,
+        disks: &[Disk],
+        in_dg: Option<&DiskGroupConfig>,
+    ) -> Result<(), ConfigError> {
+        let mut seen = BTreeSet::new();
+        for d in disks {
+            validate_name("disk", &d.name)?;
+            if !seen.insert(d.id.as_str()) {
+                return Err(ConfigError::Exists(format!(
+                    "disk {} is listed twice",
+                    d.name
+                )));
+            }
+            if d.public_len_bytes < ALLOC_ALIGN_BYTES {
+                return Err(ConfigError::Invalid(format!(
+                    "disk {}: public region is empty",
+                    d.name
+                )));
+            }
+            for g in &self.disk_groups {
+                if let Some(other) = g.disks.iter().find(|o| o.id == d.id) {
+                    return Err(ConfigError::InUse(format!(
+                        "disk {} (id {}) is already in disk group {} as {}",
+                        d.name, d.id, g.name, other.name
+                    )));
+                }
+            }
+            if let Some(g) = in_dg {
+                if g.disk(&d.name).is_some() {
+                    return Err(ConfigError::Exists(format!(
+                        "disk {} already exists in disk group {}",
+                        d.name, g.name
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_dg_absent(&self, name: &str, id: &str, shared: bool) -> Result<(), ConfigError> {
+        if let Some(g) = self.disk_group(name) {
+            if g.shared != shared {
+                return Err(ConfigError::DgExistsOtherKind {
+                    name: name.to_string(),
+                    existing: if g.shared { "shared" } else { "private" },
+                });
+            }
+            return Err(ConfigError::Exists(format!(
+                "disk group {name} already exists"
+            )));
+        }
+        if let Some(g) = self.disk_groups.iter().find(|g| g.id == id) {
+            return Err(ConfigError::Exists(format!(
+                "disk group id {id} is already imported as {}",
+                g.name
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Applies a change to a node's configuration, validating it completely. The result
+/// keeps the disk groups sorted by name; the changed group's `seq` is bumped by one.
+pub fn apply(config: &ClusterConfig, change: &Change) -> Result<ClusterConfig, ConfigError> {
+    let mut next = config.clone();
+    match change {
+        Change::DgCreate {
+            dg,
+            dg_id,
+            shared,
+            owner_id,
+            disks,
+        } => {
+            validate_name("disk group", dg)?;
+            if dg_id.is_empty() {
+                return Err(ConfigError::Invalid(format!("disk group {dg}: empty id")));
+            }
+            config.check_dg_absent(dg, dg_id, *shared)?;
+            if disks.is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "disk group {dg}: needs at least one disk"
+                )));
+            }
+            config.check_new_disks(disks, None)?;
+            let mut names = BTreeSet::new();
+            if let Some(d) = disks.iter().find(|d| !names.insert(d.name.as_str())) {
+                return Err(ConfigError::Exists(format!(
+                    "disk name {} is used twice in disk group {dg}",
+                    d.name
+                )));
+            }
+            next.disk_groups.push(DiskGroupConfig {
+                name: dg.clone(),
+                id: dg_id.clone(),
+                shared: *shared,
+                owner_id: owner_id.clone(),
+                seq: 1,
+                disks: disks.clone(),
+                volumes: Vec::new(),
+            });
+        }
+        Change::DgImport {
+            config: found,
+            shared,
+            owner_id,
+        } => {
+            config.check_dg_absent(&found.name, &found.id, *shared)?;
+            config.check_new_disks(&found.disks, None)?;
+            found.validate()?;
+            let mut imported = found.clone();
+            imported.shared = *shared;
+            imported.owner_id = owner_id.clone();
+            imported.seq += 1;
+            next.disk_groups.push(imported);
+        }
+        Change::DgDestroy { dg } | Change::DgDeport { dg } => {
+            let index = dg_index(config, dg)?;
+            next.disk_groups.remove(index);
+        }
+        _ => {
+            let index = dg_index(config, change.dg_name())?;
+            if let Change::DgAddDisk { disk, .. } = change {
+                config.check_new_disks(
+                    std::slice::from_ref(disk),
+                    Some(&config.disk_groups[index]),
+                )?;
+            }
+            let updated = apply_dg(&config.disk_groups[index], change)?;
+            next.disk_groups[index] = updated;
+        }
+    }
+    next.disk_groups.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(next)
+}
+
+fn dg_index(config: &ClusterConfig, name: &str) -> Result<usize, ConfigError> {
+    config
+        .disk_groups
+        .iter()
+        .position(|g| g.name == name)
+        .ok_or_else(|| not_found("disk group", name, String::new()))
+}
+
+/// Applies a change that stays inside one disk group (disks, volumes, plexes). Group
+/// level changes (create, destroy, deport, import) need [`apply`]. Does not check that
+/// an added disk is free in other groups: [`apply`] does.
+pub fn apply_dg(dg: &DiskGroupConfig, change: &Change) -> Result<DiskGroupConfig, ConfigError> {
+    if change.dg_name() != dg.name {
+        return Err(ConfigError::Invalid(format!(
+            "change for disk group {} applied to disk group {}",
+            change.dg_name(),
+            dg.name
+        )));
+    }
+    let mut next = dg.clone();
+    match change {
+        Change::DgAddDisk { disk, .. } => {
+            validate_name("disk", &disk.name)?;
+            if let Some(d) = dg
+                .disks
+                .iter()
+                .find(|d| d.name == disk.name || d.id == disk.id)
+            {
+                return Err(ConfigError::Exists(format!(
+                    "disk {} already exists in disk group {} (id {})",
+                    d.name, dg.name, d.id
+                )));
+            }
+            next.disks.push(disk.clone());
+        }
+        Change::DgRmDisk { disk, .. } => {
+            let index = dg
+                .disks
+                .iter()
+                .position(|d| d.name == *disk)
+                .ok_or_else(|| not_found("disk", disk, format!(" in disk group {}", dg.name)))?;
+            let users: Vec<String> = dg
+                .volumes
+                .iter()
+                .flat_map(|v| v.plexes.iter().map(move |p| (v, p)))
+                .filter(|(_, p)| p.subdisks.iter().any(|sd| sd.disk == *disk))
+                .map(|(v, p)| format!("{}/{}", v.name, p.name))
+                .collect();
+            if !users.is_empty() {
+                return Err(ConfigError::InUse(format!(
+                    "disk {disk} in disk group {} holds subdisks of {}: remove those plexes or volumes first",
+                    dg.name,
+                    users.join(", ")
+                )));
+            }
+            if dg.disks.len() == 1 {
+                return Err(ConfigError::InUse(format!(
+                    "disk {disk} is the last disk of disk group {}: use dg destroy",
+                    dg.name
+                )));
+            }
+            next.disks.remove(index);
+        }
+        Change::VolCreate {
+            volume,
+            size_bytes,
+            layout,
+            ..
+        } => {
+            validate_name("volume", volume)?;
+            if dg.volume(volume).is_some() || dg.find_plex(volume).is_some() {
+                return Err(ConfigError::Exists(format!(
+                    "volume {volume} already exists in disk group {}",
+                    dg.name
+                )));
+            }
+            let size = checked_volume_size(volume, *size_bytes)?;
+            let (mirrors, plex_layout) = layout.plexes();
+            if mirrors == 0 || mirrors as usize > MAX_PLEXES {
+                return Err(ConfigError::Invalid(format!(
+                    "volume {volume}: {mirrors} mirrors requested, 1 to {MAX_PLEXES} allowed"
+                )));
+            }
+            plex_layout.validate()?;
+            let plexes = alloc::allocate_volume(dg, volume, size, *layout)?;
+            next.volumes.push(Volume {
+                name: volume.clone(),
+                size_bytes: size,
+                state: VolumeState::Enabled,
+                read_policy: ReadPolicy::Round,
+                plexes,
+            });
+        }
+        Change::VolGrow {
+            volume,
+            new_size_bytes,
+            ..
+        } => {
+            let vi = dg.volume_index(volume)?;
+            let size = checked_volume_size(volume, *new_size_bytes)?;
+            let current = dg.volumes[vi].size_bytes;
+            if size <= current {
+                return Err(ConfigError::Invalid(format!(
+                    "volume {volume}: new size {} is not larger than the current {}",
+                    crate::size::format_size(size),
+                    crate::size::format_size(current)
+                )));
+            }
+            next.volumes[vi].plexes = alloc::grow_volume(dg, volume, size)?;
+            next.volumes[vi].size_bytes = size;
+        }
+        Change::VolRm { volume, .. } => {
+            let vi = dg.volume_index(volume)?;
+            next.volumes.remove(vi);
+        }
+        Change::PlexAdd { volume, layout, .. } => {
+            let vi = dg.volume_index(volume)?;
+            let v = &dg.volumes[vi];
+            if v.plexes.len() >= MAX_PLEXES {
+                return Err(ConfigError::InUse(format!(
+                    "volume {volume} already has {MAX_PLEXES} plexes"
+                )));
+            }
+            layout.validate()?;
+            let plex = alloc::allocate_plex(dg, volume, *layout)?;
+            next.volumes[vi].plexes.push(plex);
+        }
+        Change::PlexDetach { plex, .. } => {
+            let (vi, pi) = dg.plex_index(plex)?;
+            let state = dg.volumes[vi].plexes[pi].state;
+            if !matches!(state, PlexState::Active | PlexState::Syncing) {
+                return Err(ConfigError::Invalid(format!(
+                    "plex {plex} is {}, not ACTIVE or SYNCING: nothing to detach",
+                    state.as_str()
+                )));
+            }
+            check_not_last_active(&dg.volumes[vi], pi, "detach")?;
+            next.volumes[vi].plexes[pi].state = PlexState::Stale;
+        }
+        Change::PlexAttach { plex, .. } => {
+            let (vi, pi) = dg.plex_index(plex)?;
+            let v = &dg.volumes[vi];
+            let state = v.plexes[pi].state;
+            if !matches!(state, PlexState::Stale | PlexState::Empty) {
+                return Err(ConfigError::Invalid(format!(
+                    "plex {plex} is {}, only a STALE or EMPTY plex can be attached",
+                    state.as_str()
+                )));
+            }
+            if v.active_plexes() == 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "plex {plex}: volume {} has no ACTIVE plex to resynchronise from",
+                    v.name
+                )));
+            }
+            next.volumes[vi].plexes[pi].state = PlexState::Syncing;
+        }
+        Change::PlexRm { plex, .. } => {
+            let (vi, pi) = dg.plex_index(plex)?;
+            let v = &dg.volumes[vi];
+            if v.plexes.len() == 1 {
+                return Err(ConfigError::InUse(format!(
+                    "plex {plex} is the only plex of volume {}: use vol rm",
+                    v.name
+                )));
+            }
+            check_not_last_active(v, pi, "remove")?;
+            next.volumes[vi].plexes.remove(pi);
+            if let ReadPolicy::Prefer { plex: preferred } = &v.read_policy {
+                if preferred == plex {
+                    next.volumes[vi].read_policy = ReadPolicy::Round;
+                }
+            }
+        }
+        Change::SetPlexState { plex, state, .. } => {
+            let (vi, pi) = dg.plex_index(plex)?;
+            if *state != PlexState::Active {
+                check_not_last_active(&dg.volumes[vi], pi, &format!("set {}", state.as_str()))?;
+            }
+            next.volumes[vi].plexes[pi].state = *state;
+        }
+        Change::DgCreate { .. }
+        | Change::DgDestroy { .. }
+        | Change::DgDeport { .. }
+        | Change::DgImport { .. } => {
+            return Err(ConfigError::Invalid(format!(
+                "disk group {}: group-level change needs the node's configuration (objects::apply)",
+                dg.name
+            )));
+        }
+    }
+    next.seq += 1;
+    if let Err(e) = next.validate() {
+        return Err(ConfigError::Invalid(format!(
+            "internal error, change refused: {e}"
+        )));
+    }
+    Ok(next)
+}
+
+fn checked_volume_size(volume: &str, size_bytes: u64) -> Result<u64, ConfigError> {
+    match round_volume_size(size_bytes) {
+        Some(size) if size > 0 => Ok(size),
+        _ => Err(ConfigError::Invalid(format!(
+            "volume {volume}: size must be larger than 0 (got {size_bytes} bytes)"
+        ))),
+    }
+}
+
+fn check_not_last_active(v: &Volume, plex_index: usize, action: &str) -> Result<(), ConfigError> {
+    let plex = &v.plexes[plex_index];
+    if plex.state == PlexState::Active && v.active_plexes() == 1 {
+        return Err(ConfigError::LastActivePlex {
+            volume: v.name.clone(),
+            plex: plex.name.clone(),
+            action: action.to_string(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+
+    /// A disk with a 1 MiB private region and `size_bytes` of public region.
+    pub fn disk(name: &str, public_bytes: u64) -> Disk {
+        Disk {
+            name: name.to_string(),
+            id: format!("id-{name}"),
+            path: format!("/dev/{name}"),
+            size_bytes: (1 << 20) + public_bytes,
+            public_offset_bytes: 1 << 20,
+            public_len_bytes: public_bytes,
+        }
+    }
+
+    /// A config with one group `dg1` of the given disks.
+    pub fn cluster(disks: &[(&str, u64)]) -> ClusterConfig {
+        let disks = disks.iter().map(|(n, s)| disk(n, *s)).collect();
+        apply(
+            &ClusterConfig::default(),
+            &Change::DgCreate {
+                dg: "dg1".into(),
+                dg_id: "dgid1".into(),
+                shared: true,
+                owner_id: "cluster1".into(),
+                disks,
+            },
+        )
+        .unwrap()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::*;
+    use super::*;
+
+    const GIB: u64 = 1 << 30;
+
+    fn create_vol(
+        c: &ClusterConfig,
+        name: &str,
+        size: u64,
+        layout: VolumeLayout,
+    ) -> Result<ClusterConfig, ConfigError> {
+        c.apply(&Change::VolCreate {
+            dg: "dg1".into(),
+            volume: name.into(),
+            size_bytes: size,
+            layout,
+        })
+    }
+
+    #[test]
+    fn dg_create_refuses_duplicates_and_reused_disks() {
+        let c = cluster(&[("disk01", GIB)]);
+        assert_eq!(c.disk_groups[0].seq, 1);
+        let again = Change::DgCreate {
+            dg: "dg1".into(),
+            dg_id: "other".into(),
+            shared: true,
+            owner_id: "c".into(),
+            disks: vec![disk("disk02", GIB)],
+        };
+        assert_eq!(
+            c.apply(&again).unwrap_err().to_string(),
+            "disk group dg1 already exists"
+        );
+        let private = Change::DgCreate {
+            dg: "dg1".into(),
+            dg_id: "other".into(),
+            shared: false,
+            owner_id: "hostA".into(),
+            disks: vec![disk("disk02", GIB)],
+        };
+        assert_eq!(
+            c.apply(&private).unwrap_err().to_string(),
+            "disk group dg1 exists as a shared disk group"
+        );
+        let reuse = Change::DgCreate {
+            dg: "dg2".into(),
+            dg_id: "dgid2".into(),
+            shared: true,
+            owner_id: "c".into(),
+            disks: vec![disk("disk01", GIB)],
+        };
+        let err = c.apply(&reuse).unwrap_err().to_string();
+        assert!(err.contains("already in disk group dg1"), "{err}");
+        let empty = Change::DgCreate {
+            dg: "dg2".into(),
+            dg_id: "dgid2".into(),
+            shared: true,
+            owner_id: "c".into(),
+            disks: vec![],
+        };
+        assert!(c.apply(&empty).is_err());
+        let bad_name = Change::DgCreate {
+            dg: "-x".into(),
+            dg_id: "dgid3".into(),
+            shared: true,
+            owner_id: "c".into(),
+            disks: vec![disk("disk03", GIB)],
+        };
+        assert!(c
+            .apply(&bad_name)
+            .unwrap_err()
+            .to_string()
+            .contains("invalid"));
+    }
+
+    #[test]
+    fn add_and_remove_disks() {
+        let c = cluster(&[("disk01", GIB)]);
+        let c = c
+            .apply(&Change::DgAddDisk {
+                dg: "dg1".into(),
+                disk: disk("disk02", GIB),
+            })
+            .unwrap();
+        assert_eq!(c.disk_groups[0].disks.len(), 2);
+        assert_eq!(c.disk_groups[0].seq, 2);
+        let dup = Change::DgAddDisk {
+            dg: "dg1".into(),
+            disk: disk("disk02", GIB),
+        };
+        assert!(c.apply(&dup).unwrap_err().to_string().contains("disk02"));
+        let c = create_vol(&c, "vol1", GIB / 2, VolumeLayout::Concat).unwrap();
+        let used = c.disk_groups[0].volumes[0].plexes[0].subdisks[0]
+            .disk
+            .clone();
+        let err = c
+            .apply(&Change::DgRmDisk {
+                dg: "dg1".into(),
+                disk: used.clone(),
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("vol1/vol1-01"), "{err}");
+        let other = if used == "disk01" { "disk02" } else { "disk01" };
+        let c2 = c
+            .apply(&Change::DgRmDisk {
+                dg: "dg1".into(),
+                disk: other.into(),
+            })
+            .unwrap();
+        let err = c2
+            .apply(&Change::DgRmDisk {
+                dg: "dg1".into(),
+                disk: "nope".into(),
+            })
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "disk nope does not exist in disk group dg1"
+        );
+        let updates = Change::DgRmDisk {
+            dg: "dg1".into(),
+            disk: other.into(),
+        }
+        .disk_updates(&c, &c2);
+        assert_eq!(updates.len(), 2);
+        assert!(matches!(&updates[1], DiskUpdate::Release(d) if d.name == other));
+    }
+
+    #[test]
+    fn vol_create_names_plexes_and_subdisks_vxvm_style() {
+        let c = cluster(&[("disk01", GIB), ("disk02", GIB)]);
+        let c = create_vol(&c, "vol01", 100 << 20, VolumeLayout::Mirror { mirrors: 2 }).unwrap();
+        let v = &c.disk_groups[0].volumes[0];
+        assert_eq!(v.plexes[0].name, "vol01-01");
+        assert_eq!(v.plexes[1].name, "vol01-02");
+        assert_eq!(v.plexes[0].subdisks[0].name, "disk01-01");
+        assert_eq!(v.plexes[1].subdisks[0].name, "disk02-01");
+        assert!(v.plexes.iter().all(|p| p.state == PlexState::Active));
+        let err = create_vol(&c, "vol01", GIB, VolumeLayout::Concat).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "volume vol01 already exists in disk group dg1"
+        );
+        let c = create_vol(&c, "vol02", 100 << 20, VolumeLayout::Concat).unwrap();
+        assert_eq!(
+            c.disk_groups[0].volumes[1].plexes[0].subdisks[0].name,
+            "disk01-02"
+        );
+        assert_eq!(c.disk_groups[0].seq, 3);
+        assert!(create_vol(&c, "vol03", 0, VolumeLayout::Concat).is_err());
+    }
+
+    #[test]
+    fn last_active_plex_can_never_be_detached() {
+        let c = cluster(&[("disk01", GIB), ("disk02", GIB)]);
+        let c = create_vol(&c, "vol1", 10 << 20, VolumeLayout::Mirror { mirrors: 2 }).unwrap();
+        let detach = |c: &ClusterConfig, plex: &str| {
+            c.apply(&Change::PlexDetach {
+                dg: "dg1".into(),
+                plex: plex.into(),
+            })
+        };
+        let c = detach(&c, "vol1-01").unwrap();
+        assert_eq!(
+            c.disk_groups[0].volumes[0].plexes[0].state,
+            PlexState::Stale
+        );
+        let err = detach(&c, "vol1-02").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "plex vol1-02: cannot detach the last ACTIVE plex of volume vol1"
+        );
+        let err = c
+            .apply(&Change::SetPlexState {
+                dg: "dg1".into(),
+                plex: "vol1-02".into(),
+                state: PlexState::Stale,
+            })
+            .unwrap_err();
+        assert!(matches!(err, ConfigError::LastActivePlex { .. }));
+        let err = c
+            .apply(&Change::PlexRm {
+                dg: "dg1".into(),
+                plex: "vol1-02".into(),
+            })
+            .unwrap_err();
+        assert!(matches!(err, ConfigError::LastActivePlex { .. }));
+        // Attach: STALE → SYNCING → ACTIVE.
+        let c = c
+            .apply(&Change::PlexAttach {
+                dg: "dg1".into(),
+                plex: "vol1-01".into(),
+            })
+            .unwrap();
+        assert_eq!(
+            c.disk_groups[0].volumes[0].plexes[0].state,
+            PlexState::Syncing
+        );
+        let c = c
+            .apply(&Change::SetPlexState {
+                dg: "dg1".into(),
+                plex: "vol1-01".into(),
+                state: PlexState::Active,
+            })
+            .unwrap();
+        let c = detach(&c, "vol1-02").unwrap();
+        let c = c
+            .apply(&Change::PlexRm {
+                dg: "dg1".into(),
+                plex: "vol1-02".into(),
+            })
+            .unwrap();
+        assert_eq!(c.disk_groups[0].volumes[0].plexes.len(), 1);
+        let err = c
+            .apply(&Change::PlexRm {
+                dg: "dg1".into(),
+                plex: "vol1-01".into(),
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("only plex"), "{err}");
+    }
+
+    #[test]
+    fn plex_add_uses_other_disks_and_starts_empty() {
+        let c = cluster(&[("disk01", GIB), ("disk02", GIB), ("disk03", GIB)]);
+        let c = create_vol(&c, "vol1", 10 << 20, VolumeLayout::Concat).unwrap();
+        let add = Change::PlexAdd {
+            dg: "dg1".into(),
+            volume: "vol1".into(),
+            layout: PlexLayout::Concat,
+        };
+        let c = c.apply(&add).unwrap();
+        let c = c.apply(&add).unwrap();
+        let v = &c.disk_groups[0].volumes[0];
+        assert_eq!(v.plexes[1].name, "vol1-02");
+        assert_eq!(v.plexes[1].state, PlexState::Empty);
+        let disks: BTreeSet<_> = v.plexes.iter().flat_map(|p| p.disks()).collect();
+        assert_eq!(disks.len(), 3);
+        let err = c.apply(&add).unwrap_err().to_string();
+        assert!(err.contains("distinct disks"), "{err}");
+    }
+
+    #[test]
+    fn deport_import_and_destroy() {
+        let c = cluster(&[("disk01", GIB)]);
+        let c = create_vol(&c, "vol1", 10 << 20, VolumeLayout::Concat).unwrap();
+        let deport = Change::DgDeport { dg: "dg1".into() };
+        let after = c.apply(&deport).unwrap();
+        assert!(after.disk_groups.is_empty());
+        let updates = deport.disk_updates(&c, &after);
+        let DiskUpdate::WriteConfig(on_disk) = &updates[0] else {
+            panic!("{updates:?}")
+        };
+        assert_eq!(on_disk.owner_id, "");
+        assert_eq!(on_disk.seq, 3);
+        let import = Change::DgImport {
+            config: on_disk.clone(),
+            shared: false,
+            owner_id: "hostA".into(),
+        };
+        let back = after.apply(&import).unwrap();
+        let g = &back.disk_groups[0];
+        assert!(!g.shared);
+        assert_eq!(g.owner_id, "hostA");
+        assert_eq!(g.seq, 4);
+        assert_eq!(g.volumes, c.disk_groups[0].volumes);
+        assert!(back.apply(&import).is_err());
+        let destroy = Change::DgDestroy { dg: "dg1".into() };
+        let gone = back.apply(&destroy).unwrap();
+        assert!(gone.disk_groups.is_empty());
+        assert!(matches!(
+            destroy.disk_updates(&back, &gone)[..],
+            [DiskUpdate::Release(_)]
+        ));
+        assert_eq!(
+            gone.apply(&destroy).unwrap_err().to_string(),
+            "disk group dg1 does not exist"
+        );
+    }
+
+    #[test]
+    fn kernel_layout_lists_extents_per_column() {
+        let c = cluster(&[("disk01", GIB), ("disk02", GIB)]);
+        let c = create_vol(
+            &c,
+            "vol1",
+            1 << 20,
+            VolumeLayout::Stripe {
+                columns: 2,
+                stripe_unit_bytes: 64 << 10,
+            },
+        )
+        .unwrap();
+        let k = c.disk_groups[0].kernel_layout();
+        assert_eq!(k.len(), 1);
+        let p = &k[0].plexes[0];
+        assert_eq!(p.stripe_unit_bytes, Some(64 << 10));
+        assert_eq!(p.columns.len(), 2);
+        assert_eq!(p.columns[0][0].disk_id, "id-disk01");
+        assert_eq!(p.columns[0][0].offset_bytes, 1 << 20);
+        assert_eq!(p.columns[0][0].len_bytes, 512 << 10);
+        assert_eq!(p.columns[1][0].disk_path, "/dev/disk02");
+    }
+
+    #[test]
+    fn json_uses_the_documented_field_names() {
+        let c = cluster(&[("disk01", GIB)]);
+        let c = create_vol(&c, "vol1", 10 << 20, VolumeLayout::Concat).unwrap();
+        let json = serde_json::to_value(&c).unwrap();
+        let g = &json["disk_groups"][0];
+        assert_eq!(g["name"], "dg1");
+        assert_eq!(g["shared"], true);
+        assert_eq!(g["seq"], 2);
+        assert_eq!(g["disks"][0]["name"], "disk01");
+        let v = &g["volumes"][0];
+        assert_eq!(v["size"], 10 << 20);
+        assert_eq!(v["state"], "ENABLED");
+        assert_eq!(v["plexes"][0]["state"], "ACTIVE");
+        assert_eq!(v["plexes"][0]["layout"]["type"], "concat");
+        assert_eq!(v["plexes"][0]["subdisks"][0]["disk"], "disk01");
+        let back: ClusterConfig = serde_json::from_value(json).unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn validate_catches_overlapping_subdisks() {
+        let c = cluster(&[("disk01", GIB)]);
+        let c = create_vol(&c, "vol1", 10 << 20, VolumeLayout::Concat).unwrap();
+        let c = create_vol(&c, "vol2", 10 << 20, VolumeLayout::Concat).unwrap();
+        let mut g = c.disk_groups[0].clone();
+        g.validate().unwrap();
+        g.volumes[1].plexes[0].subdisks[0].disk_offset_bytes = 1 << 20;
+        let err = g.validate().unwrap_err().to_string();
+        assert!(err.contains("overlap"), "{err}");
+    }
+}

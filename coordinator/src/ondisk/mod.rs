@@ -1,0 +1,1 @@
+//! On-disk private region (in progress).
