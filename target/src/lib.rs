@@ -5,11 +5,13 @@
 //! - [`bdev`]: the block device framework and its backends.
 //! - [`volume`]: subdisks, plexes and volumes; quiesce and layout changes.
 //! - [`target`]: a running target: reactors + bdev registry + events.
+//! - [`testutil`]: synchronous I/O helpers for tests and tools.
 
 pub mod bdev;
 pub mod buf;
 pub mod reactor;
 pub mod target;
+pub mod testutil;
 pub mod volume;
 
 pub use target::{Event, Target, TargetConfig, TargetError};

@@ -1,12 +1,613 @@
-//! Volumes: subdisk → plex (concat | stripe) → volume (mirrors), with lock-free quiesce.
+//! Volumes: subdisk (bdev, offset, length) → plex (concat | stripe) → volume
+//! (1..32 mirrored plexes), with the lock-free quiesce a reconfiguration needs.
+//!
+//! - [`spec`]: layouts as names and numbers; resolution against the bdev registry;
+//!   the offset mapping.
+//! - `channel`: the reactor-local I/O path (gate, mirror fan-out, read retry,
+//!   held writes).
+//! - this module: the per-target registry and the control operations
+//!   (create, delete, prepare/commit/abort, plex state, stats).
+//!
+//! Quiesce: `prepare` marks the volume quiesced (so channels created meanwhile
+//! start with a closed gate), then asks every reactor to close its channel's gate;
+//! each reactor answers once its own in-flight count for the volume reaches zero
+//! (it is told, it does not poll). New I/O is parked, not failed. `commit` swaps the
+//! staged layout in on every reactor and resubmits parked I/O; `abort` drops it.
+
+mod channel;
+pub mod spec;
+
+pub use channel::VolumeStats;
+pub use spec::{PlexKind, PlexSpec, PlexState, ReadPolicy, SubdiskSpec, VolumeSpec};
+
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use channel::VolumeChannel;
+use spec::Layout;
+
+use crate::bdev::{Bdev, BdevChannel, BdevInfo};
+use crate::reactor::Reactor;
+use crate::target::{DetachPolicy, Event, Target, TargetError};
+
+/// How long a prepare waits for in-flight I/O to drain by default.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+struct CtlState {
+    current: Arc<Layout>,
+    staged: Option<Arc<Layout>>,
+    quiesced: bool,
+    /// Incremented by every prepare, so late drain answers of an aborted prepare are ignored.
+    epoch: u64,
+}
+
+/// What every reactor shares about one volume (control path only).
+pub(crate) struct VolumeShared {
+    pub(crate) name: String,
+    id: u64,
+    state: Mutex<CtlState>,
+    notify: Box<dyn Fn(Event) + Send + Sync>,
+}
+
+impl VolumeShared {
+    fn ctl(&self) -> MutexGuard<'_, CtlState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The volume as a bdev: what frontends and plexperf submit to.
+struct VolumeBdev {
+    shared: Arc<VolumeShared>,
+    block_size: u32,
+    size_bytes: u64,
+}
+
+/// Reactor-local index of volume channels, for broadcasts.
+#[derive(Default)]
+struct LocalVolumes {
+    chans: std::cell::RefCell<HashMap<u64, Rc<VolumeChannel>>>,
+}
+
+impl Bdev for VolumeBdev {
+    fn name(&self) -> &str {
+        &self.shared.name
+    }
+    fn block_size(&self) -> u32 {
+        self.block_size
+    }
+    fn size_bytes(&self) -> u64 {
+        self.size_bytes
+    }
+    fn info(&self) -> BdevInfo {
+        BdevInfo {
+            name: self.shared.name.clone(),
+            kind: "volume".into(),
+            block_size: self.block_size,
+            size_bytes: self.size_bytes,
+            detail: format!("{} plex(es)", self.shared.ctl().current.plexes.len()),
+        }
+    }
+    fn create_channel(
+        self: Arc<Self>,
+        reactor: &Rc<Reactor>,
+    ) -> Result<Rc<dyn BdevChannel>, String> {
+        // Read under the lock so a channel created during a quiesce starts with a
+        // closed gate and the current layout (it is never on the I/O path).
+        let (layout, quiesced) = {
+            let c = self.shared.ctl();
+            (Arc::clone(&c.current), c.quiesced)
+        };
+        let ch = VolumeChannel::new(reactor, Arc::clone(&self.shared), layout, quiesced)?;
+        reactor
+            .local::<LocalVolumes>()
+            .chans
+            .borrow_mut()
+            .insert(self.shared.id, Rc::clone(&ch));
+        Ok(ch)
+    }
+}
 
 /// Per-target state of the volume module.
 #[derive(Default)]
-pub struct Registry {}
+pub struct Registry {
+    vols: Mutex<BTreeMap<String, Arc<VolumeShared>>>,
+    next_id: std::sync::atomic::AtomicU64,
+}
 
 impl Registry {
+    fn map(&self) -> MutexGuard<'_, BTreeMap<String, Arc<VolumeShared>>> {
+        self.vols.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The volume using bdev `name`, if any.
-    pub fn user_of(&self, _name: &str) -> Option<String> {
-        None
+    pub fn user_of(&self, name: &str) -> Option<String> {
+        self.map()
+            .values()
+            .find(|v| {
+                let c = v.ctl();
+                c.current.bdev_names().any(|b| b == name)
+                    || c.staged
+                        .as_ref()
+                        .is_some_and(|s| s.bdev_names().any(|b| b == name))
+            })
+            .map(|v| v.name.clone())
+    }
+}
+
+/// A plex as listed.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct PlexInfo {
+    /// Name.
+    pub name: String,
+    /// State on the target.
+    pub state: PlexState,
+    /// `concat` or `stripe`.
+    pub layout: String,
+    /// Usable bytes.
+    pub len_bytes: u64,
+    /// Subdisks per column.
+    pub columns: Vec<Vec<SubdiskSpec>>,
+}
+
+/// A volume as listed.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct VolumeInfo {
+    /// Name.
+    pub name: String,
+    /// Size in bytes.
+    pub size_bytes: u64,
+    /// Block size.
+    pub block_size: u32,
+    /// `ENABLED`, or `QUIESCED` while a prepare holds it.
+    pub state: String,
+    /// True when a staged layout waits for commit or abort.
+    pub staged: bool,
+    /// Read policy.
+    pub read_policy: ReadPolicy,
+    /// Plexes.
+    pub plexes: Vec<PlexInfo>,
+    /// Counters summed over reactors.
+    pub stats: VolumeStats,
+    /// I/Os in flight, parked and held, summed over reactors.
+    pub inflight: u64,
+    /// I/Os parked behind a closed gate.
+    pub parked: u64,
+    /// Writes held until a failed plex is detached.
+    pub held: u64,
+}
+
+fn vol_obj(name: &str) -> String {
+    format!("volume {name}")
+}
+
+fn call_err(name: &str) -> impl Fn(crate::reactor::CallError) -> TargetError + '_ {
+    move |e| TargetError::Timeout {
+        object: vol_obj(name),
+        reason: e.to_string(),
+    }
+}
+
+impl Target {
+    fn volume_shared(&self, name: &str) -> Result<Arc<VolumeShared>, TargetError> {
+        self.volumes
+            .map()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| TargetError::NotFound {
+                kind: "volume",
+                name: name.to_string(),
+            })
+    }
+
+    /// Creates a volume from `spec` and registers it as a bdev of the same name.
+    pub fn create_volume(self: &Arc<Self>, spec: &VolumeSpec) -> Result<VolumeInfo, TargetError> {
+        let layout = Arc::new(Layout::resolve(self, spec)?);
+        let mut vols = self.volumes.map();
+        if vols.contains_key(&spec.name) || self.bdev(&spec.name).is_ok() {
+            return Err(TargetError::Exists {
+                kind: "volume",
+                name: spec.name.clone(),
+            });
+        }
+        let weak = Arc::downgrade(self);
+        let shared = Arc::new(VolumeShared {
+            name: spec.name.clone(),
+            id: self
+                .volumes
+                .next_id
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            state: Mutex::new(CtlState {
+                current: Arc::clone(&layout),
+                staged: None,
+                quiesced: false,
+                epoch: 0,
+            }),
+            notify: Box::new(move |ev| {
+                if let Some(t) = weak.upgrade() {
+                    t.on_volume_event(ev);
+                }
+            }),
+        });
+        let bdev = Arc::new(VolumeBdev {
+            shared: Arc::clone(&shared),
+            block_size: layout.block_size,
+            size_bytes: spec.size_bytes,
+        });
+        self.add_bdev(bdev)?;
+        vols.insert(spec.name.clone(), shared);
+        drop(vols);
+        log::info!(
+            "volume {}: created, {} bytes, {} plex(es)",
+            spec.name,
+            spec.size_bytes,
+            spec.plexes.len()
+        );
+        self.volume_info(&spec.name)
+    }
+
+    /// Deletes a volume with no I/O in flight.
+    pub fn delete_volume(&self, name: &str) -> Result<(), TargetError> {
+        let shared = self.volume_shared(name)?;
+        if shared.ctl().quiesced {
+            return Err(TargetError::invalid(
+                vol_obj(name),
+                "a prepare is in progress; commit or abort it first",
+            ));
+        }
+        let id = shared.id;
+        let vname = name.to_string();
+        let busy: Vec<(usize, u32)> = self
+            .reactors()
+            .broadcast_blocking(move |r| {
+                let loc = r.local::<LocalVolumes>();
+                let busy = loc
+                    .chans
+                    .borrow()
+                    .get(&id)
+                    .map(|c| c.inflight() + c.held() as u32)
+                    .unwrap_or(0);
+                if busy == 0 {
+                    loc.chans.borrow_mut().remove(&id);
+                    r.drop_channel(&vname);
+                }
+                (r.id(), busy)
+            })
+            .map_err(call_err(name))?;
+        let busy: Vec<String> = busy
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(r, n)| format!("reactor {r}: {n}"))
+            .collect();
+        if !busy.is_empty() {
+            return Err(TargetError::InUse {
+                kind: "volume",
+                name: name.into(),
+                user: format!("I/O in flight ({})", busy.join(", ")),
+            });
+        }
+        self.volumes.map().remove(name);
+        self.remove_bdev_entry(name);
+        log::info!("volume {name}: deleted");
+        Ok(())
+    }
+
+    /// Runs `f` on each reactor's channel of the volume (reactors without one skip).
+    fn on_channels<R: Send + 'static>(
+        &self,
+        shared: &VolumeShared,
+        f: impl Fn(&VolumeChannel) -> R + Send + Sync + 'static,
+    ) -> Result<Vec<R>, TargetError> {
+        let id = shared.id;
+        let out = self
+            .reactors()
+            .broadcast_blocking(move |r| {
+                let ch = r.local::<LocalVolumes>().chans.borrow().get(&id).cloned();
+                ch.map(|c| f(&c))
+            })
+            .map_err(call_err(&shared.name))?;
+        Ok(out.into_iter().flatten().collect())
+    }
+
+    /// Quiesces the volume and stages `new` (kernel phase of a transaction):
+    /// new I/O is parked, in-flight I/O drains on every reactor, the layout is
+    /// validated and kept for [`Target::commit`]. On a drain timeout nothing
+    /// changes (the gate reopens) and the error names the reactors still busy.
+    pub fn prepare(
+        &self,
+        name: &str,
+        new: &VolumeSpec,
+        drain_timeout: Duration,
+    ) -> Result<Duration, TargetError> {
+        let started = Instant::now();
+        let shared = self.volume_shared(name)?;
+        if new.name != name {
+            return Err(TargetError::invalid(
+                vol_obj(name),
+                format!("a staged layout cannot rename it to {}", new.name),
+            ));
+        }
+        let staged = Arc::new(Layout::resolve(self, new)?);
+        let epoch = {
+            let mut c = shared.ctl();
+            if c.quiesced {
+                return Err(TargetError::invalid(
+                    vol_obj(name),
+                    "a prepare is already in progress",
+                ));
+            }
+            if staged.block_size != c.current.block_size {
+                return Err(TargetError::invalid(
+                    vol_obj(name),
+                    format!(
+                        "the new layout's block size {} differs from the volume's {}",
+                        staged.block_size, c.current.block_size
+                    ),
+                ));
+            }
+            c.quiesced = true;
+            c.epoch += 1;
+            c.staged = Some(staged);
+            c.epoch
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let id = shared.id;
+        let nreactors = self.reactors().len();
+        let mut waiting: Vec<bool> = vec![true; nreactors];
+        for h in self.reactors().handles() {
+            let tx = tx.clone();
+            let msg: crate::reactor::Msg = Box::new(move |r| {
+                let ch = r.local::<LocalVolumes>().chans.borrow().get(&id).cloned();
+                match ch {
+                    Some(c) => c.close_gate(epoch, tx),
+                    None => {
+                        let _ = tx.send((r.id(), epoch));
+                    }
+                }
+            });
+            if let Err(e) = h.send_timeout(msg, crate::reactor::CONTROL_SEND_TIMEOUT) {
+                drop(self.abort(name));
+                return Err(TargetError::Timeout {
+                    object: vol_obj(name),
+                    reason: e.to_string(),
+                });
+            }
+        }
+        drop(tx);
+        let deadline = started + drain_timeout;
+        let mut left = nreactors;
+        while left > 0 {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(wait) {
+                Ok((r, e)) if e == epoch && waiting[r] => {
+                    waiting[r] = false;
+                    left -= 1;
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        if left > 0 {
+            let busy: Vec<String> = waiting
+                .iter()
+                .enumerate()
+                .filter(|(_, w)| **w)
+                .map(|(r, _)| format!("reactor {r}"))
+                .collect();
+            let _ = self.abort(name);
+            let reason = format!(
+                "in-flight I/O did not drain within {} ms on {}; prepare aborted",
+                drain_timeout.as_millis(),
+                busy.join(", ")
+            );
+            log::warn!("volume {name}: {reason}");
+            return Err(TargetError::Timeout {
+                object: vol_obj(name),
+                reason,
+            });
+        }
+        Ok(started.elapsed())
+    }
+
+    /// Applies the staged layout on every reactor and resumes I/O.
+    pub fn commit(&self, name: &str) -> Result<(), TargetError> {
+        let shared = self.volume_shared(name)?;
+        let layout = {
+            let mut c = shared.ctl();
+            let Some(staged) = c.staged.take() else {
+                return Err(TargetError::invalid(
+                    vol_obj(name),
+                    "nothing staged to commit",
+                ));
+            };
+            c.current = Arc::clone(&staged);
+            c.quiesced = false;
+            staged
+        };
+        let l = Arc::clone(&layout);
+        self.on_channels(&shared, move |c| c.open_gate(Some(Arc::clone(&l))))?;
+        if let Ok(b) = self.bdev(name) {
+            if b.size_bytes() != layout.spec.size_bytes {
+                // The volume bdev's size follows the committed layout.
+                self.remove_bdev_entry(name);
+                let _ = self.add_bdev(Arc::new(VolumeBdev {
+                    shared: Arc::clone(&shared),
+                    block_size: layout.block_size,
+                    size_bytes: layout.spec.size_bytes,
+                }));
+            }
+        }
+        log::info!("volume {name}: layout committed");
+        Ok(())
+    }
+
+    /// Drops the staged layout (if any) and resumes I/O.
+    pub fn abort(&self, name: &str) -> Result<(), TargetError> {
+        let shared = self.volume_shared(name)?;
+        {
+            let mut c = shared.ctl();
+            c.staged = None;
+            c.quiesced = false;
+        }
+        self.on_channels(&shared, |c| c.open_gate(None))?;
+        Ok(())
+    }
+
+    /// Quiesces without a layout change (prepare with the current layout).
+    pub fn quiesce(&self, name: &str, drain_timeout: Duration) -> Result<Duration, TargetError> {
+        let spec = self.volume_shared(name)?.ctl().current.spec.clone();
+        self.prepare(name, &spec, drain_timeout)
+    }
+
+    /// Changes a plex's state without draining I/O (detach after an error,
+    /// administrative detach/attach). The last ACTIVE plex cannot leave ACTIVE.
+    pub fn set_plex_state(
+        &self,
+        name: &str,
+        plex: &str,
+        state: PlexState,
+    ) -> Result<(), TargetError> {
+        let shared = self.volume_shared(name)?;
+        {
+            let mut c = shared.ctl();
+            let mut spec = c.current.spec.clone();
+            let Some(p) = spec.plexes.iter_mut().find(|p| p.name == plex) else {
+                return Err(TargetError::NotFound {
+                    kind: "plex",
+                    name: format!("{plex} (volume {name})"),
+                });
+            };
+            p.state = state;
+            if !spec.plexes.iter().any(|p| p.state == PlexState::Active) {
+                return Err(TargetError::invalid(
+                    format!("plex {plex} (volume {name})"),
+                    "it is the last ACTIVE plex of the volume; it is never detached",
+                ));
+            }
+            let mut l = (*c.current).clone();
+            if let Some(lp) = l.plexes.iter_mut().find(|p| &*p.name == plex) {
+                lp.state = state;
+            }
+            l.spec = spec;
+            c.current = Arc::new(l);
+            if let Some(s) = c.staged.as_mut() {
+                let mut st = (**s).clone();
+                if let Some(sp) = st.spec.plexes.iter_mut().find(|p| p.name == plex) {
+                    sp.state = state;
+                }
+                if let Some(lp) = st.plexes.iter_mut().find(|p| &*p.name == plex) {
+                    lp.state = state;
+                }
+                *s = Arc::new(st);
+            }
+        }
+        let p = plex.to_string();
+        self.on_channels(&shared, move |c| c.set_plex_state(&p, state))?;
+        log::info!("volume {name}: plex {plex} is now {}", state.as_str());
+        self.publish(Event::PlexState {
+            volume: name.into(),
+            plex: plex.into(),
+            state: state.as_str().into(),
+        });
+        Ok(())
+    }
+
+    /// Fails the writes held for a failed plex (the controller will not detach it).
+    pub fn fail_held_writes(&self, name: &str) -> Result<(), TargetError> {
+        let shared = self.volume_shared(name)?;
+        self.on_channels(&shared, |c| c.fail_held())?;
+        Ok(())
+    }
+
+    /// The committed layout of a volume.
+    pub fn volume_spec(&self, name: &str) -> Result<VolumeSpec, TargetError> {
+        Ok(self.volume_shared(name)?.ctl().current.spec.clone())
+    }
+
+    /// A volume with its stats summed over reactors.
+    pub fn volume_info(&self, name: &str) -> Result<VolumeInfo, TargetError> {
+        let shared = self.volume_shared(name)?;
+        let per = self.on_channels(&shared, |c| {
+            (
+                c.stats(),
+                c.inflight() as u64,
+                c.parked() as u64,
+                c.held() as u64,
+            )
+        })?;
+        let mut stats = VolumeStats::default();
+        let (mut inflight, mut parked, mut held) = (0, 0, 0);
+        for (s, i, p, h) in per {
+            stats.add(&s);
+            inflight += i;
+            parked += p;
+            held += h;
+        }
+        let c = shared.ctl();
+        let l = &c.current;
+        Ok(VolumeInfo {
+            name: name.into(),
+            size_bytes: l.spec.size_bytes,
+            block_size: l.block_size,
+            state: if c.quiesced {
+                "QUIESCED".into()
+            } else {
+                "ENABLED".into()
+            },
+            staged: c.staged.is_some(),
+            read_policy: l.spec.read_policy.clone(),
+            plexes: l
+                .plexes
+                .iter()
+                .zip(&l.spec.plexes)
+                .map(|(p, s)| PlexInfo {
+                    name: s.name.clone(),
+                    state: p.state,
+                    layout: if channel::is_stripe(p.map.kind) {
+                        "stripe".into()
+                    } else {
+                        "concat".into()
+                    },
+                    len_bytes: p.map.len_bytes(),
+                    columns: s.columns.clone(),
+                })
+                .collect(),
+            stats,
+            inflight,
+            parked,
+            held,
+        })
+    }
+
+    /// Every volume.
+    pub fn list_volumes(&self) -> Vec<VolumeInfo> {
+        let names: Vec<String> = self.volumes.map().keys().cloned().collect();
+        names
+            .iter()
+            .filter_map(|n| self.volume_info(n).ok())
+            .collect()
+    }
+
+    fn on_volume_event(self: Arc<Self>, ev: Event) {
+        self.publish(ev.clone());
+        if let Event::PlexIoError { volume, plex, .. } = ev {
+            if self.detach_policy() == DetachPolicy::Local {
+                // Detaching talks to every reactor; do it off the reactor that saw the error.
+                let t = Arc::clone(&self);
+                let spawned = std::thread::Builder::new().name("plex-detach".into()).spawn(move || {
+                    match t.set_plex_state(&volume, &plex, PlexState::Stale) {
+                        Ok(()) => log::warn!("volume {volume}: plex {plex} detached (STALE) after a write error"),
+                        Err(e) => {
+                            log::error!("volume {volume}: cannot detach plex {plex}: {e}; failing its held writes");
+                            let _ = t.fail_held_writes(&volume);
+                        }
+                    }
+                });
+                if let Err(e) = spawned {
+                    log::error!("volume: cannot start the detach of a failed plex: {e}");
+                }
+            }
+        }
     }
 }

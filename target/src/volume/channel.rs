@@ -1,0 +1,595 @@
+//! A volume's reactor-local channel: the gate, the in-flight count, parked I/O,
+//! mirror fan-out, read retry and held writes. Everything here runs on one
+//! reactor and uses `Cell`/`RefCell` only: no lock, no shared atomic.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::spec::{Layout, PlexKind, PlexState, ReadPolicy};
+use super::VolumeShared;
+use crate::bdev::{check_range, BdevChannel, BdevIo, IoCallback, IoDone, IoKind, IoStatus};
+use crate::reactor::Reactor;
+use crate::target::Event;
+
+/// A subdisk as a reactor sees it.
+struct ChSubdisk {
+    ch: Rc<dyn BdevChannel>,
+    offset_bytes: u64,
+}
+
+struct ChPlex {
+    state: Cell<PlexState>,
+    columns: Vec<Vec<ChSubdisk>>,
+    /// Reads outstanding on this reactor (for least-busy).
+    outstanding: Cell<u32>,
+}
+
+/// The layout bound to this reactor's bdev channels.
+struct ChLayout {
+    layout: Arc<Layout>,
+    plexes: Vec<ChPlex>,
+    prefer: Option<usize>,
+}
+
+impl ChLayout {
+    fn build(reactor: &Rc<Reactor>, layout: Arc<Layout>) -> Result<ChLayout, String> {
+        let mut plexes = Vec::with_capacity(layout.plexes.len());
+        for p in &layout.plexes {
+            let mut columns = Vec::with_capacity(p.columns.len());
+            for c in &p.columns {
+                let mut sds = Vec::with_capacity(c.len());
+                for sd in c {
+                    sds.push(ChSubdisk {
+                        ch: reactor.channel(&sd.bdev)?,
+                        offset_bytes: sd.offset_bytes,
+                    });
+                }
+                columns.push(sds);
+            }
+            plexes.push(ChPlex {
+                state: Cell::new(p.state),
+                columns,
+                outstanding: Cell::new(0),
+            });
+        }
+        let prefer = match &layout.spec.read_policy {
+            ReadPolicy::Prefer(name) => layout.plexes.iter().position(|p| &*p.name == name),
+            _ => None,
+        };
+        Ok(ChLayout {
+            layout,
+            plexes,
+            prefer,
+        })
+    }
+}
+
+/// One volume I/O in flight on this reactor.
+struct VolIo {
+    io: BdevIo,
+    /// Child I/Os still outstanding.
+    pending: u32,
+    /// Plexes written to (write-like) or the plex being read.
+    targets: u32,
+    /// Plexes with at least one failed child.
+    failed: u32,
+    /// Plexes already tried (reads).
+    tried: u32,
+    errno: i32,
+    start: Instant,
+    /// Completed on every plex but held until failed plexes are detached.
+    held: bool,
+}
+
+/// Per-reactor counters of one volume.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct VolumeStats {
+    /// Completed reads.
+    pub read_ops: u64,
+    /// Completed writes (incl. write zeroes and unmap).
+    pub write_ops: u64,
+    /// Other completed I/O (flush, reset).
+    pub other_ops: u64,
+    /// Bytes read.
+    pub read_bytes: u64,
+    /// Bytes written.
+    pub write_bytes: u64,
+    /// I/Os completed with an error.
+    pub failed_ops: u64,
+    /// Reads that succeeded on another plex after a failure.
+    pub read_retries: u64,
+    /// Sum of latencies, ns.
+    pub latency_ns_total: u64,
+    /// Largest latency, ns.
+    pub latency_ns_max: u64,
+}
+
+impl VolumeStats {
+    /// Adds another reactor's counters.
+    pub fn add(&mut self, o: &VolumeStats) {
+        self.read_ops += o.read_ops;
+        self.write_ops += o.write_ops;
+        self.other_ops += o.other_ops;
+        self.read_bytes += o.read_bytes;
+        self.write_bytes += o.write_bytes;
+        self.failed_ops += o.failed_ops;
+        self.read_retries += o.read_retries;
+        self.latency_ns_total += o.latency_ns_total;
+        self.latency_ns_max = self.latency_ns_max.max(o.latency_ns_max);
+    }
+}
+
+/// A volume's channel on one reactor.
+pub(crate) struct VolumeChannel {
+    shared: Arc<VolumeShared>,
+    reactor: Rc<Reactor>,
+    me: RefCell<std::rc::Weak<VolumeChannel>>,
+    layout: RefCell<Rc<ChLayout>>,
+    gate_closed: Cell<bool>,
+    inflight: Cell<u32>,
+    parked: RefCell<VecDeque<BdevIo>>,
+    drain_waiter: RefCell<Option<(u64, std::sync::mpsc::Sender<(usize, u64)>)>>,
+    ios: RefCell<slab::Slab<VolIo>>,
+    held: RefCell<Vec<usize>>,
+    reported: Cell<u32>,
+    rr: Cell<usize>,
+    stats: Cell<VolumeStats>,
+}
+
+/// Tag layout of child I/Os: low 32 bits = slot, next 8 bits = plex index.
+fn child_tag(slot: usize, plex: usize) -> u64 {
+    slot as u64 | ((plex as u64) << 32)
+}
+
+impl VolumeChannel {
+    pub(crate) fn new(
+        reactor: &Rc<Reactor>,
+        shared: Arc<VolumeShared>,
+        layout: Arc<Layout>,
+        gate_closed: bool,
+    ) -> Result<Rc<VolumeChannel>, String> {
+        let chl = ChLayout::build(reactor, layout)?;
+        let ch = Rc::new(VolumeChannel {
+            shared,
+            reactor: Rc::clone(reactor),
+            me: RefCell::new(std::rc::Weak::new()),
+            layout: RefCell::new(Rc::new(chl)),
+            gate_closed: Cell::new(gate_closed),
+            inflight: Cell::new(0),
+            parked: RefCell::new(VecDeque::with_capacity(256)),
+            drain_waiter: RefCell::new(None),
+            ios: RefCell::new(slab::Slab::with_capacity(1024)),
+            held: RefCell::new(Vec::new()),
+            reported: Cell::new(0),
+            rr: Cell::new(0),
+            stats: Cell::new(VolumeStats::default()),
+        });
+        *ch.me.borrow_mut() = Rc::downgrade(&ch);
+        Ok(ch)
+    }
+
+    fn me(&self) -> Rc<VolumeChannel> {
+        self.me
+            .borrow()
+            .upgrade()
+            .expect("a volume channel alive while used")
+    }
+
+    pub(crate) fn stats(&self) -> VolumeStats {
+        self.stats.get()
+    }
+
+    pub(crate) fn inflight(&self) -> u32 {
+        self.inflight.get()
+    }
+
+    pub(crate) fn parked(&self) -> usize {
+        self.parked.borrow().len()
+    }
+
+    pub(crate) fn held(&self) -> usize {
+        self.held.borrow().len()
+    }
+
+    /// Closes the gate; `tx` hears `(reactor, epoch)` once nothing is in flight.
+    pub(crate) fn close_gate(&self, epoch: u64, tx: std::sync::mpsc::Sender<(usize, u64)>) {
+        self.gate_closed.set(true);
+        if self.inflight.get() == 0 {
+            let _ = tx.send((self.reactor.id(), epoch));
+        } else {
+            *self.drain_waiter.borrow_mut() = Some((epoch, tx));
+        }
+    }
+
+    /// Swaps in `layout` (when given), opens the gate and resubmits parked I/O.
+    pub(crate) fn open_gate(&self, layout: Option<Arc<Layout>>) {
+        if let Some(l) = layout {
+            if !Arc::ptr_eq(&self.layout.borrow().layout, &l) {
+                match ChLayout::build(&self.reactor, l) {
+                    Ok(chl) => {
+                        *self.layout.borrow_mut() = Rc::new(chl);
+                        self.reported.set(0);
+                    }
+                    Err(e) => log::error!(
+                        "volume {} on reactor {}: cannot bind new layout: {e}; keeping the old one",
+                        self.shared.name,
+                        self.reactor.id()
+                    ),
+                }
+            }
+        }
+        self.drain_waiter.borrow_mut().take();
+        self.gate_closed.set(false);
+        let parked: Vec<BdevIo> = self.parked.borrow_mut().drain(..).collect();
+        for io in parked {
+            self.submit(io);
+        }
+        self.recheck_held();
+    }
+
+    /// Applies a plex state change without a drain (detach after an error, attach).
+    pub(crate) fn set_plex_state(&self, plex: &str, state: PlexState) {
+        let l = self.layout.borrow().clone();
+        if let Some(i) = l.layout.plexes.iter().position(|p| &*p.name == plex) {
+            l.plexes[i].state.set(state);
+            if state == PlexState::Active {
+                self.reported.set(self.reported.get() & !(1 << i));
+            }
+        }
+        self.recheck_held();
+    }
+
+    fn active_mask(l: &ChLayout, pred: impl Fn(PlexState) -> bool) -> u32 {
+        let mut m = 0u32;
+        for (i, p) in l.plexes.iter().enumerate() {
+            if pred(p.state.get()) {
+                m |= 1 << i;
+            }
+        }
+        m
+    }
+
+    fn pick_read_plex(&self, l: &ChLayout, tried: u32) -> Option<usize> {
+        let cand = Self::active_mask(l, |s| s == PlexState::Active) & !tried;
+        if cand == 0 {
+            return None;
+        }
+        if let Some(p) = l.prefer {
+            if cand & (1 << p) != 0 {
+                return Some(p);
+            }
+        }
+        match l.layout.spec.read_policy {
+            ReadPolicy::Round => {
+                let n = l.plexes.len();
+                let start = self.rr.get();
+                self.rr.set((start + 1) % n);
+                (0..n)
+                    .map(|k| (start + k) % n)
+                    .find(|&i| cand & (1 << i) != 0)
+            }
+            _ => (0..l.plexes.len())
+                .filter(|&i| cand & (1 << i) != 0)
+                .min_by_key(|&i| l.plexes[i].outstanding.get()),
+        }
+    }
+
+    /// Sends the children of `slot` for plex `p`; returns how many were sent.
+    fn submit_to_plex(&self, l: &ChLayout, slot: usize, p: usize, io: &BdevIo) -> u32 {
+        let me: Rc<dyn IoDone> = self.me();
+        let plex = &l.plexes[p];
+        let map = &l.layout.plexes[p].map;
+        let mut n = 0u32;
+        match io.kind {
+            IoKind::Flush | IoKind::Reset => {
+                for sd in plex.columns.iter().flatten() {
+                    sd.ch.submit(BdevIo {
+                        kind: io.kind,
+                        offset_bytes: 0,
+                        len_bytes: 0,
+                        buf: io.buf,
+                        cb: IoCallback::new(Rc::clone(&me), child_tag(slot, p)),
+                    });
+                    n += 1;
+                }
+            }
+            _ => {
+                // Children are counted before any completes: completions are queued
+                // by the reactor, never delivered inside submit.
+                map.map(
+                    io.offset_bytes,
+                    io.len_bytes,
+                    |col, sdi, in_sd, in_req, len| {
+                        let sd = &plex.columns[col][sdi];
+                        let buf = if io.kind.has_data() {
+                            io.buf.slice(in_req as usize, len as usize)
+                        } else {
+                            io.buf
+                        };
+                        sd.ch.submit(BdevIo {
+                            kind: io.kind,
+                            offset_bytes: sd.offset_bytes + in_sd,
+                            len_bytes: len,
+                            buf,
+                            cb: IoCallback::new(Rc::clone(&me), child_tag(slot, p)),
+                        });
+                        n += 1;
+                    },
+                );
+            }
+        }
+        if io.kind == IoKind::Read {
+            plex.outstanding.set(plex.outstanding.get() + 1);
+        }
+        n
+    }
+
+    fn start(&self, slot: usize) {
+        let l = self.layout.borrow().clone();
+        let (io, tried) = {
+            let ios = self.ios.borrow();
+            (ios[slot].io.clone(), ios[slot].tried)
+        };
+        let targets = if io.kind == IoKind::Read {
+            match self.pick_read_plex(&l, tried) {
+                Some(p) => 1u32 << p,
+                None => 0,
+            }
+        } else {
+            Self::active_mask(&l, PlexState::takes_writes)
+        };
+        if targets == 0 {
+            let errno = self.ios.borrow()[slot].errno;
+            self.finish(
+                slot,
+                IoStatus::Failed(if errno != 0 { errno } else { libc::EIO }),
+            );
+            return;
+        }
+        {
+            let mut ios = self.ios.borrow_mut();
+            let v = &mut ios[slot];
+            v.targets = targets;
+            v.failed = 0;
+            v.tried |= if io.kind == IoKind::Read { targets } else { 0 };
+            v.pending = u32::MAX; // guard: no completion can finish it while we submit
+        }
+        let mut sent = 0;
+        for p in 0..l.plexes.len() {
+            if targets & (1 << p) != 0 {
+                sent += self.submit_to_plex(&l, slot, p, &io);
+            }
+        }
+        self.ios.borrow_mut()[slot].pending = sent;
+        if sent == 0 {
+            self.finish(slot, IoStatus::Success);
+        }
+    }
+
+    fn child_done(&self, slot: usize, plex: usize, status: IoStatus) {
+        let done = {
+            let mut ios = self.ios.borrow_mut();
+            let Some(v) = ios.get_mut(slot) else {
+                log::error!(
+                    "volume {}: completion for unknown I/O slot {slot}",
+                    self.shared.name
+                );
+                return;
+            };
+            if let IoStatus::Failed(e) = status {
+                v.failed |= 1 << plex;
+                v.errno = e;
+            }
+            v.pending -= 1;
+            v.pending == 0
+        };
+        if done {
+            self.all_children_done(slot);
+        }
+    }
+
+    fn all_children_done(&self, slot: usize) {
+        let l = self.layout.borrow().clone();
+        let (kind, targets, failed, errno) = {
+            let ios = self.ios.borrow();
+            let v = &ios[slot];
+            (v.io.kind, v.targets, v.failed, v.errno)
+        };
+        if kind == IoKind::Read {
+            let p = targets.trailing_zeros() as usize;
+            if let Some(pl) = l.plexes.get(p) {
+                pl.outstanding.set(pl.outstanding.get().saturating_sub(1));
+            }
+            if failed == 0 {
+                self.finish(slot, IoStatus::Success);
+            } else {
+                log::warn!(
+                    "volume {}: read failed on plex {} (errno {errno}); retrying on another plex",
+                    self.shared.name,
+                    l.layout.plexes.get(p).map(|x| &*x.name).unwrap_or("?")
+                );
+                let mut s = self.stats.get();
+                s.read_retries += 1;
+                self.stats.set(s);
+                self.start(slot);
+            }
+            return;
+        }
+        if failed == 0 {
+            self.finish(slot, IoStatus::Success);
+            return;
+        }
+        let ok = targets & !failed;
+        if ok == 0 {
+            // No plex took the write: fail it; never detach the last copy.
+            self.finish(
+                slot,
+                IoStatus::Failed(if errno != 0 { errno } else { libc::EIO }),
+            );
+            return;
+        }
+        // Some plexes failed, others hold the data: report and hold the write until the
+        // failed plexes stop being ACTIVE.
+        for p in 0..l.plexes.len() {
+            if failed & (1 << p) != 0
+                && l.plexes[p].state.get().takes_writes()
+                && self.reported.get() & (1 << p) == 0
+            {
+                self.reported.set(self.reported.get() | (1 << p));
+                let plex = l.layout.plexes[p].name.to_string();
+                log::warn!(
+                    "volume {}: write failed on plex {plex} (errno {errno}) on reactor {}; holding writes until it is detached",
+                    self.shared.name,
+                    self.reactor.id()
+                );
+                self.shared.plex_error(&plex, errno);
+            }
+        }
+        self.ios.borrow_mut()[slot].held = true;
+        self.held.borrow_mut().push(slot);
+        self.dec_inflight();
+        self.recheck_held();
+    }
+
+    /// Completes held writes whose failed plexes no longer take writes.
+    fn recheck_held(&self) {
+        if self.held.borrow().is_empty() {
+            return;
+        }
+        let l = self.layout.borrow().clone();
+        let writable = Self::active_mask(&l, PlexState::takes_writes);
+        let ready: Vec<usize> = {
+            let ios = self.ios.borrow();
+            self.held
+                .borrow()
+                .iter()
+                .copied()
+                .filter(|&s| ios[s].failed & writable == 0)
+                .collect()
+        };
+        if ready.is_empty() {
+            return;
+        }
+        self.held.borrow_mut().retain(|s| !ready.contains(s));
+        for slot in ready {
+            let ok = {
+                let ios = self.ios.borrow();
+                ios[slot].targets
+                    & !ios[slot].failed
+                    & Self::active_mask(&l, |s| s == PlexState::Active)
+                    != 0
+            };
+            self.complete(
+                slot,
+                if ok {
+                    IoStatus::Success
+                } else {
+                    IoStatus::Failed(libc::EIO)
+                },
+            );
+        }
+    }
+
+    /// Fails every held write with EIO (the controller refused to detach).
+    pub(crate) fn fail_held(&self) {
+        let held: Vec<usize> = self.held.borrow_mut().drain(..).collect();
+        for slot in held {
+            self.complete(slot, IoStatus::Failed(libc::EIO));
+        }
+    }
+
+    fn dec_inflight(&self) {
+        let n = self.inflight.get() - 1;
+        self.inflight.set(n);
+        if n == 0 && self.gate_closed.get() {
+            if let Some((epoch, tx)) = self.drain_waiter.borrow_mut().take() {
+                let _ = tx.send((self.reactor.id(), epoch));
+            }
+        }
+    }
+
+    fn finish(&self, slot: usize, status: IoStatus) {
+        self.dec_inflight();
+        self.complete(slot, status);
+    }
+
+    fn complete(&self, slot: usize, status: IoStatus) {
+        let v = self.ios.borrow_mut().remove(slot);
+        let mut s = self.stats.get();
+        match v.io.kind {
+            IoKind::Read => {
+                s.read_ops += 1;
+                s.read_bytes += v.io.len_bytes;
+            }
+            IoKind::Write | IoKind::WriteZeroes | IoKind::Unmap => {
+                s.write_ops += 1;
+                s.write_bytes += v.io.len_bytes;
+            }
+            IoKind::Flush | IoKind::Reset => s.other_ops += 1,
+        }
+        if !status.is_ok() {
+            s.failed_ops += 1;
+        }
+        let lat = v.start.elapsed().as_nanos() as u64;
+        s.latency_ns_total += lat;
+        s.latency_ns_max = s.latency_ns_max.max(lat);
+        self.stats.set(s);
+        self.reactor.complete(v.io.cb, status);
+    }
+}
+
+impl BdevChannel for VolumeChannel {
+    fn submit(&self, io: BdevIo) {
+        if self.gate_closed.get() {
+            self.parked.borrow_mut().push_back(io);
+            return;
+        }
+        let (bs, size) = {
+            let l = self.layout.borrow();
+            (l.layout.block_size, l.layout.spec.size_bytes)
+        };
+        if let Err(e) = check_range(&io, bs, size) {
+            self.reactor.complete(io.cb, IoStatus::Failed(e));
+            return;
+        }
+        if io.kind == IoKind::Write || io.kind == IoKind::WriteZeroes || io.kind == IoKind::Unmap {
+            debug_assert!(io.len_bytes > 0);
+        }
+        self.inflight.set(self.inflight.get() + 1);
+        let slot = self.ios.borrow_mut().insert(VolIo {
+            io,
+            pending: 0,
+            targets: 0,
+            failed: 0,
+            tried: 0,
+            errno: 0,
+            start: Instant::now(),
+            held: false,
+        });
+        self.start(slot);
+    }
+}
+
+impl IoDone for VolumeChannel {
+    fn io_done(&self, tag: u64, status: IoStatus) {
+        self.child_done((tag & 0xffff_ffff) as usize, (tag >> 32) as usize, status);
+    }
+}
+
+impl VolumeShared {
+    fn plex_error(&self, plex: &str, errno: i32) {
+        (self.notify)(Event::PlexIoError {
+            volume: self.name.clone(),
+            plex: plex.to_string(),
+            errno,
+        });
+    }
+}
+
+/// Whether a plex kind is a stripe (for listings).
+pub(crate) fn is_stripe(k: PlexKind) -> bool {
+    matches!(k, PlexKind::Stripe { .. })
+}

@@ -1,0 +1,511 @@
+//! Volume layouts as the controller describes them (names and numbers), and their
+//! resolution against a target's bdevs into a [`Layout`] the reactors can use.
+//! The mapping of a volume offset to subdisks is in [`Layout`]'s plexes
+//! ([`PlexMap::map`]), pure and unit-tested.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::bdev::Bdev;
+use crate::target::{Target, TargetError};
+
+/// Most plexes (mirrors) a volume may have.
+pub const MAX_PLEXES: usize = 32;
+/// Most stripe columns a plex may have.
+pub const MAX_COLUMNS: usize = 64;
+/// Most subdisks per column.
+pub const MAX_SUBDISKS_PER_COLUMN: usize = 256;
+
+/// A contiguous range of a bdev.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubdiskSpec {
+    /// The bdev holding it.
+    pub bdev: String,
+    /// Start on the bdev, in bytes.
+    pub offset_bytes: u64,
+    /// Length in bytes.
+    pub len_bytes: u64,
+}
+
+/// How a plex lays its columns out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum PlexKind {
+    /// One column; subdisks one after another.
+    Concat,
+    /// Data striped over the columns in units of `stripe_unit_bytes`.
+    Stripe {
+        /// Bytes per column before moving to the next column.
+        stripe_unit_bytes: u64,
+    },
+}
+
+/// State of a plex.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PlexState {
+    /// Up to date: takes reads and writes.
+    Active,
+    /// Out of date after an I/O error: takes neither.
+    Stale,
+    /// Detached by the administrator: takes neither.
+    Detached,
+    /// Being resynchronised: takes writes, not reads.
+    Syncing,
+}
+
+impl PlexState {
+    /// The name shown to users.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PlexState::Active => "ACTIVE",
+            PlexState::Stale => "STALE",
+            PlexState::Detached => "DETACHED",
+            PlexState::Syncing => "SYNCING",
+        }
+    }
+
+    /// Parses a user-facing name (any case).
+    pub fn parse(s: &str) -> Option<PlexState> {
+        match s.to_ascii_uppercase().as_str() {
+            "ACTIVE" => Some(PlexState::Active),
+            "STALE" => Some(PlexState::Stale),
+            "DETACHED" => Some(PlexState::Detached),
+            "SYNCING" => Some(PlexState::Syncing),
+            _ => None,
+        }
+    }
+
+    /// True when the plex receives writes.
+    pub fn takes_writes(self) -> bool {
+        matches!(self, PlexState::Active | PlexState::Syncing)
+    }
+}
+
+/// One plex: a full copy of the volume's data.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlexSpec {
+    /// Unique within the volume.
+    pub name: String,
+    /// Concat or stripe.
+    pub kind: PlexKind,
+    /// Columns, each a concatenation of subdisks. Concat plexes have one column.
+    pub columns: Vec<Vec<SubdiskSpec>>,
+    /// Current state.
+    pub state: PlexState,
+}
+
+/// How reads choose among ACTIVE plexes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(tag = "policy", content = "plex", rename_all = "kebab-case")]
+pub enum ReadPolicy {
+    /// Rotate over ACTIVE plexes.
+    Round,
+    /// Always this plex while it is ACTIVE, else the least busy.
+    Prefer(String),
+    /// The plex with the fewest reads outstanding on this reactor.
+    #[default]
+    LeastBusy,
+}
+
+impl ReadPolicy {
+    /// Parses `round`, `least-busy` or `prefer:<plex>` / `prefer <plex>`.
+    pub fn parse(s: &str) -> Result<ReadPolicy, String> {
+        let s = s.trim();
+        match s {
+            "round" => Ok(ReadPolicy::Round),
+            "least-busy" | "least_busy" => Ok(ReadPolicy::LeastBusy),
+            _ => match s
+                .strip_prefix("prefer")
+                .map(|r| r.trim_start_matches([':', ' ', '=']))
+            {
+                Some(p) if !p.is_empty() => Ok(ReadPolicy::Prefer(p.to_string())),
+                _ => Err(format!(
+                    "unknown read policy {s:?} (round, least-busy, prefer:<plex>)"
+                )),
+            },
+        }
+    }
+}
+
+/// A whole volume layout.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeSpec {
+    /// The volume's name (also its bdev name).
+    pub name: String,
+    /// Size in bytes exposed to hosts.
+    pub size_bytes: u64,
+    /// Mirrors.
+    pub plexes: Vec<PlexSpec>,
+    /// Read policy.
+    #[serde(default)]
+    pub read_policy: ReadPolicy,
+}
+
+/// A subdisk resolved to its bdev.
+#[derive(Clone)]
+pub struct Subdisk {
+    /// The bdev.
+    pub bdev: Arc<dyn Bdev>,
+    /// Start on the bdev.
+    pub offset_bytes: u64,
+    /// Length.
+    pub len_bytes: u64,
+}
+
+/// Geometry of a plex, without the bdevs: what the mapping needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlexMap {
+    /// Concat or stripe.
+    pub kind: PlexKind,
+    /// Per column, the lengths of its subdisks in order.
+    pub columns: Vec<Vec<u64>>,
+}
+
+impl PlexMap {
+    /// Usable bytes of the plex.
+    pub fn len_bytes(&self) -> u64 {
+        match self.kind {
+            PlexKind::Concat => self.columns.iter().flatten().sum(),
+            PlexKind::Stripe { stripe_unit_bytes } => {
+                let min_col: u64 = self
+                    .columns
+                    .iter()
+                    .map(|c| c.iter().sum::<u64>())
+                    .min()
+                    .unwrap_or(0);
+                (min_col / stripe_unit_bytes) * stripe_unit_bytes * self.columns.len() as u64
+            }
+        }
+    }
+
+    /// Splits `[offset, offset+len)` of the plex into pieces, calling
+    /// `f(column, subdisk_index, offset_in_subdisk, offset_in_request, len)` for each,
+    /// in ascending request order. The range must lie within [`PlexMap::len_bytes`].
+    pub fn map(&self, offset: u64, len: u64, mut f: impl FnMut(usize, usize, u64, u64, u64)) {
+        let mut done = 0u64;
+        while done < len {
+            let off = offset + done;
+            let (col, col_off, room) = match self.kind {
+                PlexKind::Concat => (0, off, len - done),
+                PlexKind::Stripe {
+                    stripe_unit_bytes: su,
+                } => {
+                    let ncols = self.columns.len() as u64;
+                    let unit = off / su;
+                    let within = off % su;
+                    let row = unit / ncols;
+                    let col = (unit % ncols) as usize;
+                    (col, row * su + within, (su - within).min(len - done))
+                }
+            };
+            // Walk the column's subdisks to the one holding col_off.
+            let mut start = 0u64;
+            let mut mapped = false;
+            for (i, &sd_len) in self.columns[col].iter().enumerate() {
+                if col_off < start + sd_len {
+                    let in_sd = col_off - start;
+                    let piece = room.min(sd_len - in_sd);
+                    f(col, i, in_sd, done, piece);
+                    done += piece;
+                    mapped = true;
+                    break;
+                }
+                start += sd_len;
+            }
+            assert!(
+                mapped,
+                "plex map: offset {off} beyond the plex (caller checks the range)"
+            );
+        }
+    }
+}
+
+/// A resolved plex.
+#[derive(Clone)]
+pub struct Plex {
+    /// Name.
+    pub name: Arc<str>,
+    /// State.
+    pub state: PlexState,
+    /// Geometry.
+    pub map: PlexMap,
+    /// Subdisks per column, parallel to `map.columns`.
+    pub columns: Vec<Vec<Subdisk>>,
+}
+
+/// A resolved volume layout, shared by every reactor.
+#[derive(Clone)]
+pub struct Layout {
+    /// The spec it came from.
+    pub spec: VolumeSpec,
+    /// Block size of the volume (largest of its bdevs').
+    pub block_size: u32,
+    /// Plexes in spec order.
+    pub plexes: Vec<Plex>,
+}
+
+impl Layout {
+    /// Validates `spec` and resolves its bdevs in `target`.
+    pub fn resolve(target: &Target, spec: &VolumeSpec) -> Result<Layout, TargetError> {
+        let vol = format!("volume {}", spec.name);
+        let bad = |reason: String| TargetError::invalid(vol.clone(), reason);
+        if spec.plexes.is_empty() || spec.plexes.len() > MAX_PLEXES {
+            return Err(bad(format!(
+                "needs 1..{MAX_PLEXES} plexes, got {}",
+                spec.plexes.len()
+            )));
+        }
+        if spec.size_bytes == 0 {
+            return Err(bad("size must be above zero".into()));
+        }
+        let mut plexes = Vec::new();
+        let mut block_size = 512u32;
+        for (i, p) in spec.plexes.iter().enumerate() {
+            let pname = format!("plex {}", p.name);
+            if spec.plexes[..i].iter().any(|q| q.name == p.name) {
+                return Err(bad(format!("{pname} appears twice")));
+            }
+            let ncols = p.columns.len();
+            match p.kind {
+                PlexKind::Concat if ncols != 1 => {
+                    return Err(bad(format!(
+                        "{pname}: a concat plex has exactly one column, got {ncols}"
+                    )))
+                }
+                PlexKind::Stripe { stripe_unit_bytes } => {
+                    if !(1..=MAX_COLUMNS).contains(&ncols) {
+                        return Err(bad(format!(
+                            "{pname}: a stripe needs 1..{MAX_COLUMNS} columns, got {ncols}"
+                        )));
+                    }
+                    if stripe_unit_bytes == 0 || stripe_unit_bytes % 512 != 0 {
+                        return Err(bad(format!(
+                            "{pname}: stripe unit {stripe_unit_bytes} is not a positive multiple of 512"
+                        )));
+                    }
+                }
+                _ => {}
+            }
+            let mut cols = Vec::new();
+            let mut lens = Vec::new();
+            for c in &p.columns {
+                if c.is_empty() || c.len() > MAX_SUBDISKS_PER_COLUMN {
+                    return Err(bad(format!(
+                        "{pname}: each column needs 1..{MAX_SUBDISKS_PER_COLUMN} subdisks, got {}",
+                        c.len()
+                    )));
+                }
+                let mut sds = Vec::new();
+                let mut sd_lens = Vec::new();
+                for sd in c {
+                    let bdev = target.bdev(&sd.bdev)?;
+                    let bs = bdev.block_size();
+                    block_size = block_size.max(bs);
+                    let end = sd.offset_bytes.checked_add(sd.len_bytes);
+                    if sd.len_bytes == 0
+                        || sd.offset_bytes % bs as u64 != 0
+                        || sd.len_bytes % bs as u64 != 0
+                        || end.is_none_or(|e| e > bdev.size_bytes())
+                    {
+                        return Err(bad(format!(
+                            "{pname}: subdisk {}@{}+{} is not block-aligned or does not fit bdev {} ({} bytes)",
+                            sd.bdev,
+                            sd.offset_bytes,
+                            sd.len_bytes,
+                            sd.bdev,
+                            bdev.size_bytes()
+                        )));
+                    }
+                    sds.push(Subdisk {
+                        bdev,
+                        offset_bytes: sd.offset_bytes,
+                        len_bytes: sd.len_bytes,
+                    });
+                    sd_lens.push(sd.len_bytes);
+                }
+                cols.push(sds);
+                lens.push(sd_lens);
+            }
+            let map = PlexMap {
+                kind: p.kind,
+                columns: lens,
+            };
+            if map.len_bytes() < spec.size_bytes {
+                return Err(bad(format!(
+                    "{pname} holds {} bytes, less than the volume size {}",
+                    map.len_bytes(),
+                    spec.size_bytes
+                )));
+            }
+            plexes.push(Plex {
+                name: Arc::from(p.name.as_str()),
+                state: p.state,
+                map,
+                columns: cols,
+            });
+        }
+        if let ReadPolicy::Prefer(p) = &spec.read_policy {
+            if !spec.plexes.iter().any(|q| &q.name == p) {
+                return Err(bad(format!(
+                    "read policy prefers plex {p}, which is not in the volume"
+                )));
+            }
+        }
+        if spec.size_bytes % block_size as u64 != 0 {
+            return Err(bad(format!(
+                "size {} is not a multiple of the block size {block_size}",
+                spec.size_bytes
+            )));
+        }
+        if !plexes.iter().any(|p| p.state == PlexState::Active) {
+            return Err(bad("needs at least one ACTIVE plex".into()));
+        }
+        Ok(Layout {
+            spec: spec.clone(),
+            block_size,
+            plexes,
+        })
+    }
+
+    /// Names of the bdevs this layout uses.
+    pub fn bdev_names(&self) -> impl Iterator<Item = &str> {
+        self.spec
+            .plexes
+            .iter()
+            .flat_map(|p| p.columns.iter().flatten().map(|s| s.bdev.as_str()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collect(m: &PlexMap, off: u64, len: u64) -> Vec<(usize, usize, u64, u64, u64)> {
+        let mut v = Vec::new();
+        m.map(off, len, |c, s, o, r, l| v.push((c, s, o, r, l)));
+        v
+    }
+
+    #[test]
+    fn concat_maps_within_and_across_subdisks() {
+        let m = PlexMap {
+            kind: PlexKind::Concat,
+            columns: vec![vec![4096, 8192, 4096]],
+        };
+        assert_eq!(m.len_bytes(), 16384);
+        assert_eq!(collect(&m, 0, 4096), vec![(0, 0, 0, 0, 4096)]);
+        assert_eq!(
+            collect(&m, 2048, 4096),
+            vec![(0, 0, 2048, 0, 2048), (0, 1, 0, 2048, 2048)]
+        );
+        assert_eq!(
+            collect(&m, 0, 16384),
+            vec![
+                (0, 0, 0, 0, 4096),
+                (0, 1, 0, 4096, 8192),
+                (0, 2, 0, 12288, 4096)
+            ]
+        );
+        assert_eq!(
+            collect(&m, 16384 - 512, 512),
+            vec![(0, 2, 4096 - 512, 0, 512)]
+        );
+    }
+
+    #[test]
+    fn stripe_maps_units_round_robin() {
+        let m = PlexMap {
+            kind: PlexKind::Stripe {
+                stripe_unit_bytes: 1024,
+            },
+            columns: vec![vec![4096], vec![4096], vec![4096]],
+        };
+        assert_eq!(m.len_bytes(), 12288);
+        // unit 0 -> col 0 row 0, unit 1 -> col 1, unit 2 -> col 2, unit 3 -> col 0 row 1.
+        assert_eq!(collect(&m, 0, 512), vec![(0, 0, 0, 0, 512)]);
+        assert_eq!(collect(&m, 1024, 1024), vec![(1, 0, 0, 0, 1024)]);
+        assert_eq!(
+            collect(&m, 3072 + 512, 512),
+            vec![(0, 0, 1024 + 512, 0, 512)]
+        );
+        assert_eq!(
+            collect(&m, 512, 3072),
+            vec![
+                (0, 0, 512, 0, 512),
+                (1, 0, 0, 512, 1024),
+                (2, 0, 0, 1536, 1024),
+                (0, 0, 1024, 2560, 512)
+            ]
+        );
+    }
+
+    #[test]
+    fn stripe_column_spanning_subdisks_and_uneven_columns() {
+        // Column 0 grew by a second subdisk; usable length follows the shortest column.
+        let m = PlexMap {
+            kind: PlexKind::Stripe {
+                stripe_unit_bytes: 1024,
+            },
+            columns: vec![vec![1024, 2048], vec![4096]],
+        };
+        assert_eq!(m.len_bytes(), 6144);
+        // unit 2 = col 0 row 1 = col offset 1024 = second subdisk of column 0.
+        assert_eq!(collect(&m, 2048, 1024), vec![(0, 1, 0, 0, 1024)]);
+        // A unit that straddles nothing but a request that spans units and subdisks.
+        assert_eq!(
+            collect(&m, 1536, 1536),
+            vec![(1, 0, 512, 0, 512), (0, 1, 0, 512, 1024)]
+        );
+    }
+
+    #[test]
+    fn every_byte_maps_exactly_once() {
+        let m = PlexMap {
+            kind: PlexKind::Stripe {
+                stripe_unit_bytes: 1536,
+            },
+            columns: vec![vec![3072, 1536], vec![4608], vec![1536, 1536, 1536]],
+        };
+        let total = m.len_bytes();
+        let mut seen = std::collections::HashSet::new();
+        for off in (0..total).step_by(512) {
+            let v = collect(&m, off, 512);
+            assert_eq!(v.len(), 1);
+            let (c, s, o, _, l) = v[0];
+            assert_eq!(l, 512);
+            assert!(
+                seen.insert((c, s, o)),
+                "offset {off} maps onto a used place"
+            );
+        }
+        // A whole-plex request yields the same set of places.
+        let mut whole = std::collections::HashSet::new();
+        m.map(0, total, |c, s, o, _, l| {
+            for k in (0..l).step_by(512) {
+                whole.insert((c, s, o + k));
+            }
+        });
+        assert_eq!(seen, whole);
+    }
+
+    #[test]
+    fn read_policy_parses() {
+        assert_eq!(ReadPolicy::parse("round").unwrap(), ReadPolicy::Round);
+        assert_eq!(
+            ReadPolicy::parse("least-busy").unwrap(),
+            ReadPolicy::LeastBusy
+        );
+        assert_eq!(
+            ReadPolicy::parse("prefer:v1-02").unwrap(),
+            ReadPolicy::Prefer("v1-02".into())
+        );
+        assert_eq!(
+            ReadPolicy::parse("prefer v1-02").unwrap(),
+            ReadPolicy::Prefer("v1-02".into())
+        );
+        assert!(ReadPolicy::parse("prefer").is_err());
+        assert!(ReadPolicy::parse("fastest").is_err());
+    }
+}
