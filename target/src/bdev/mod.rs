@@ -13,8 +13,10 @@
 //! The submit path takes no lock and touches no shared atomic: channels are
 //! reactor-local (`Rc`, `Cell`, `RefCell`).
 
+pub mod error;
 pub mod malloc;
 pub mod null;
+pub mod uring;
 
 use std::rc::Rc;
 use std::sync::Arc;

@@ -1,0 +1,777 @@
+//! The `uring` bdev: a file or a block device driven through each reactor's own
+//! io_uring.
+//!
+//! - Opened with `O_DIRECT`; when the file system refuses it at open (EINVAL) the
+//!   bdev falls back to buffered I/O with a warning, and `info().detail` says so.
+//! - Block size: the device's logical block size (`BLKSSZGET`) for block devices;
+//!   for files 512 bytes by default, raised to the file system's O_DIRECT offset
+//!   alignment (`statx` `STATX_DIOALIGN`) when that is larger, or as configured.
+//! - Size: `BLKGETSIZE64` (or the end offset) for block devices, the length for
+//!   files; it must be a positive multiple of the block size.
+//! - Channel: one per reactor, submitting to the reactor's ring with
+//!   [`Reactor::uring_push`]. Reads and writes use `ReadFixed`/`WriteFixed` when the
+//!   buffer lies in the registered pool region, plain `Read`/`Write` otherwise.
+//!   Flush is `fdatasync`, unmap is `fallocate(PUNCH_HOLE | KEEP_SIZE)` (success
+//!   when the file system cannot punch: unmap is advisory), write-zeroes is
+//!   `fallocate(ZERO_RANGE | KEEP_SIZE)` with a fallback to writing from a zero
+//!   buffer when the file system answers EOPNOTSUPP. Reset completes once the
+//!   channel's in-flight I/O has drained.
+//! - Files are not registered with the ring: [`Reactor::register_files`] replaces
+//!   the whole table, which would clobber other bdevs on the same reactor, so SQEs
+//!   carry the plain fd (`types::Fd`). Buffers are registered (the pool region).
+//! - Short reads and writes resubmit the remainder; EAGAIN/EINTR resubmit (bounded);
+//!   a read that makes no progress (end of file) fails with EIO. A completion result
+//!   never panics.
+//! - In-flight state lives in a slab preallocated per channel
+//!   ([`CHANNEL_SLOTS`] entries); I/O beyond it waits in a preallocated FIFO, so the
+//!   steady state allocates nothing per I/O.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::fs::File;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+
+use io_uring::{opcode, squeue, types};
+
+use super::{check_range, Bdev, BdevChannel, BdevInfo, BdevIo, IoCallback, IoKind, IoStatus};
+use crate::reactor::{Reactor, UringDone};
+
+/// Block size of a file when none is configured (raised to the O_DIRECT alignment
+/// of the file system when that is larger).
+pub const DEFAULT_FILE_BLOCK_SIZE_BYTES: u32 = 512;
+/// Largest configurable block size.
+pub const MAX_BLOCK_SIZE_BYTES: u32 = 64 << 10;
+/// In-flight operations per channel before further I/O waits in the channel's FIFO.
+pub const CHANNEL_SLOTS: usize = 1024;
+/// Largest length of one read or write SQE; longer I/O is issued in pieces.
+const MAX_OP_BYTES: u64 = 1 << 30;
+/// How many times one operation is resubmitted after EAGAIN/EINTR before it fails.
+const MAX_RETRIES: u32 = 128;
+/// Size of the per-channel zero buffer used when write-zeroes falls back to writes.
+const ZERO_BUF_BYTES: usize = 128 << 10;
+/// Alignment of the zero buffer (enough for O_DIRECT on 4 KiB-sector devices).
+const ZERO_BUF_ALIGN_BYTES: usize = 4096;
+
+/// How to open a `uring` bdev.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UringOpts {
+    /// Logical block size in bytes. `None`: the device's for block devices;
+    /// [`DEFAULT_FILE_BLOCK_SIZE_BYTES`] (or the file system's O_DIRECT alignment,
+    /// when larger) for files.
+    pub block_size_bytes: Option<u32>,
+    /// Open without O_DIRECT (through the page cache).
+    pub buffered: bool,
+}
+
+/// A file or block device served through io_uring.
+pub struct UringBdev {
+    name: String,
+    path: PathBuf,
+    file: File,
+    block_size: u32,
+    size_bytes: u64,
+    direct: bool,
+    block_device: bool,
+    /// Why the bdev is buffered, when O_DIRECT was asked for and refused.
+    fallback_reason: Option<String>,
+}
+
+impl UringBdev {
+    /// Opens `path` (a regular file or a block device) read-write.
+    ///
+    /// Errors name the bdev and the path and say what to change.
+    pub fn open(name: &str, path: &Path, opts: &UringOpts) -> Result<Arc<UringBdev>, String> {
+        let who = format!("uring bdev {name} ({})", path.display());
+        let (file, direct, fallback_reason) = open_file(&who, path, opts.buffered)?;
+        let meta = file
+            .metadata()
+            .map_err(|e| format!("{who}: cannot stat: {e}"))?;
+        let ft = meta.file_type();
+        let block_device = ft.is_block_device();
+        let (block_size, size_bytes) = if block_device {
+            let dev_bs = blk_logical_block_size(&file)
+                .map_err(|e| format!("{who}: BLKSSZGET failed: {e}"))?;
+            let size =
+                blk_size_bytes(&file).map_err(|e| format!("{who}: cannot get device size: {e}"))?;
+            let bs = match opts.block_size_bytes {
+                None => dev_bs,
+                Some(bs) => {
+                    check_block_size(&who, bs)?;
+                    if bs < dev_bs {
+                        return Err(format!(
+                            "{who}: block size {bs} is smaller than the device's logical block size {dev_bs}; use {dev_bs} or larger"
+                        ));
+                    }
+                    bs
+                }
+            };
+            (bs, size)
+        } else if ft.is_file() {
+            let dio_align = if direct { dio_offset_align(&file) } else { 0 };
+            let bs = match opts.block_size_bytes {
+                None => DEFAULT_FILE_BLOCK_SIZE_BYTES.max(dio_align),
+                Some(bs) => {
+                    check_block_size(&who, bs)?;
+                    if bs < dio_align {
+                        return Err(format!(
+                            "{who}: block size {bs} is smaller than the file system's O_DIRECT alignment {dio_align}; use {dio_align} or open buffered"
+                        ));
+                    }
+                    bs
+                }
+            };
+            check_block_size(&who, bs)?;
+            (bs, meta.len())
+        } else {
+            return Err(format!("{who}: not a regular file or a block device"));
+        };
+        if size_bytes == 0 || size_bytes % block_size as u64 != 0 {
+            return Err(format!(
+                "{who}: size {size_bytes} bytes is not a positive multiple of the block size {block_size}; resize it (e.g. truncate -s) or pick another block size"
+            ));
+        }
+        Ok(Arc::new(UringBdev {
+            name: name.to_string(),
+            path: path.to_path_buf(),
+            file,
+            block_size,
+            size_bytes,
+            direct,
+            block_device,
+            fallback_reason,
+        }))
+    }
+
+    /// True when the bdev does O_DIRECT I/O.
+    pub fn is_direct(&self) -> bool {
+        self.direct
+    }
+
+    /// The path it was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn check_block_size(who: &str, bs: u32) -> Result<(), String> {
+    if !bs.is_power_of_two() || !(512..=MAX_BLOCK_SIZE_BYTES).contains(&bs) {
+        return Err(format!(
+            "{who}: block size {bs} must be a power of two from 512 to {MAX_BLOCK_SIZE_BYTES}"
+        ));
+    }
+    Ok(())
+}
+
+/// Opens read-write, with O_DIRECT unless `buffered`; falls back to buffered when
+/// the file system refuses O_DIRECT (EINVAL at open).
+fn open_file(
+    who: &str,
+    path: &Path,
+    buffered: bool,
+) -> Result<(File, bool, Option<String>), String> {
+    let open = |flags: i32| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(flags | libc::O_CLOEXEC)
+            .open(path)
+    };
+    if buffered {
+        let f = open(0).map_err(|e| format!("{who}: cannot open: {e}"))?;
+        return Ok((f, false, None));
+    }
+    match open(libc::O_DIRECT) {
+        Ok(f) => Ok((f, true, None)),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            log::warn!("{who}: the file system refuses O_DIRECT ({e}); using buffered I/O");
+            let f = open(0).map_err(|e| format!("{who}: cannot open: {e}"))?;
+            Ok((f, false, Some(e.to_string())))
+        }
+        Err(e) => Err(format!("{who}: cannot open: {e}")),
+    }
+}
+
+fn blk_logical_block_size(file: &File) -> std::io::Result<u32> {
+    let mut bs: libc::c_int = 0;
+    // SAFETY: BLKSSZGET writes one int into `bs`, which lives across the call.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::BLKSSZGET, &mut bs) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    u32::try_from(bs).map_err(|_| std::io::Error::other(format!("bad block size {bs}")))
+}
+
+/// `_IOR(0x12, 114, size_t)` with the generic ioctl encoding of 64-bit targets.
+#[cfg(all(
+    target_pointer_width = "64",
+    any(
+        target_arch = "x86_64",
+        target_arch = "aarch64",
+        target_arch = "riscv64"
+    )
+))]
+const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+
+fn blk_size_bytes(file: &File) -> std::io::Result<u64> {
+    #[cfg(all(
+        target_pointer_width = "64",
+        any(
+            target_arch = "x86_64",
+            target_arch = "aarch64",
+            target_arch = "riscv64"
+        )
+    ))]
+    {
+        let mut size: u64 = 0;
+        // SAFETY: BLKGETSIZE64 writes one u64 into `size`, which lives across the call.
+        let rc = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64, &mut size) };
+        if rc == 0 {
+            return Ok(size);
+        }
+    }
+    // Elsewhere (or if the ioctl failed) the end offset of a block device is its size.
+    // SAFETY: lseek on an fd we own; it touches no memory.
+    let end = unsafe { libc::lseek(file.as_raw_fd(), 0, libc::SEEK_END) };
+    if end < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(end as u64)
+}
+
+/// The O_DIRECT file-offset alignment the file system reports, or 0 when unknown.
+fn dio_offset_align(file: &File) -> u32 {
+    // SAFETY: statx is plain old data; all-zero is a valid value.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: the empty C string and `stx` outlive the call; AT_EMPTY_PATH makes
+    // statx describe the fd itself.
+    let rc = unsafe {
+        libc::statx(
+            file.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_DIOALIGN,
+            &mut stx,
+        )
+    };
+    if rc != 0 || stx.stx_mask & libc::STATX_DIOALIGN == 0 {
+        return 0;
+    }
+    stx.stx_dio_offset_align
+}
+
+impl Bdev for UringBdev {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn block_size(&self) -> u32 {
+        self.block_size
+    }
+    fn size_bytes(&self) -> u64 {
+        self.size_bytes
+    }
+    fn info(&self) -> BdevInfo {
+        let kind = if self.block_device {
+            "block device"
+        } else {
+            "file"
+        };
+        let mode = match (&self.fallback_reason, self.direct) {
+            (_, true) => "O_DIRECT".to_string(),
+            (Some(why), false) => format!("buffered (O_DIRECT refused: {why})"),
+            (None, false) => "buffered".to_string(),
+        };
+        BdevInfo {
+            name: self.name.clone(),
+            kind: "uring".into(),
+            block_size: self.block_size,
+            size_bytes: self.size_bytes,
+            detail: format!("{} ({kind}, {mode})", self.path.display()),
+        }
+    }
+    fn create_channel(
+        self: Arc<Self>,
+        reactor: &Rc<Reactor>,
+    ) -> Result<Rc<dyn BdevChannel>, String> {
+        let zero_buf = ZeroBuf::new()
+            .ok_or_else(|| format!("uring bdev {}: cannot allocate zero buffer", self.name))?;
+        let fd = self.file.as_raw_fd();
+        let state = Rc::new_cyclic(|me| ChannelState {
+            me: me.clone(),
+            bdev: self,
+            reactor: Rc::clone(reactor),
+            fd,
+            ops: RefCell::new(slab::Slab::with_capacity(CHANNEL_SLOTS)),
+            waiting: RefCell::new(VecDeque::with_capacity(CHANNEL_SLOTS)),
+            resets: RefCell::new(Vec::with_capacity(4)),
+            zero_buf,
+            zero_range_unsupported: Cell::new(false),
+        });
+        Ok(Rc::new(UringChannel { state }))
+    }
+}
+
+/// An aligned, zero-filled buffer owned by a channel.
+struct ZeroBuf {
+    ptr: *mut u8,
+}
+
+impl ZeroBuf {
+    fn layout() -> std::alloc::Layout {
+        // Constant, valid size and power-of-two alignment.
+        std::alloc::Layout::from_size_align(ZERO_BUF_BYTES, ZERO_BUF_ALIGN_BYTES)
+            .expect("constant layout is valid")
+    }
+
+    fn new() -> Option<ZeroBuf> {
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc_zeroed(Self::layout()) };
+        (!ptr.is_null()).then_some(ZeroBuf { ptr })
+    }
+}
+
+impl Drop for ZeroBuf {
+    fn drop(&mut self) {
+        // SAFETY: ptr came from alloc_zeroed with the same layout. The channel state
+        // owning this buffer is kept alive by the reactor (its uring user table) until
+        // every operation using the buffer has completed.
+        unsafe { std::alloc::dealloc(self.ptr, Self::layout()) };
+    }
+}
+
+/// One operation in flight on a channel.
+struct Op {
+    io: BdevIo,
+    /// Bytes already transferred (reads, writes, zero-fill writes).
+    done_bytes: u64,
+    /// Bytes asked for by the SQE in flight.
+    issued_bytes: u64,
+    /// EAGAIN/EINTR resubmissions so far.
+    retries: u32,
+    /// Write-zeroes is being done by writing a zero buffer.
+    zero_fill: bool,
+}
+
+/// What to do after a read/write completion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// The I/O is finished.
+    Done(IoStatus),
+    /// `n` bytes went through; issue the rest.
+    Advance(u64),
+    /// Nothing went through (EAGAIN/EINTR); issue the same again.
+    Retry,
+}
+
+/// Decides what a read/write completion means. `issued_bytes` were asked for by the
+/// SQE, `remaining_bytes` are left in the whole I/O (>= issued). Never panics.
+fn data_step(issued_bytes: u64, remaining_bytes: u64, res: i32, retries: u32) -> Step {
+    if res == -libc::EAGAIN || res == -libc::EINTR {
+        return if retries < MAX_RETRIES {
+            Step::Retry
+        } else {
+            Step::Done(IoStatus::Failed(-res))
+        };
+    }
+    if res < 0 {
+        return Step::Done(IoStatus::Failed(res.checked_neg().unwrap_or(libc::EIO)));
+    }
+    let n = res as u64;
+    if n == 0 || n > issued_bytes || n > remaining_bytes {
+        // No progress (end of file, full device) or a result the kernel cannot
+        // legitimately give: fail rather than loop.
+        return Step::Done(IoStatus::Failed(libc::EIO));
+    }
+    if n == remaining_bytes {
+        Step::Done(IoStatus::Success)
+    } else {
+        Step::Advance(n)
+    }
+}
+
+/// What to do after an fsync/fallocate completion.
+fn control_step(kind: IoKind, res: i32, retries: u32) -> ControlStep {
+    if res >= 0 {
+        return ControlStep::Done(IoStatus::Success);
+    }
+    let errno = res.checked_neg().unwrap_or(libc::EIO);
+    match errno {
+        libc::EAGAIN | libc::EINTR if retries < MAX_RETRIES => ControlStep::Retry,
+        libc::EOPNOTSUPP if kind == IoKind::Unmap => ControlStep::Done(IoStatus::Success),
+        libc::EOPNOTSUPP if kind == IoKind::WriteZeroes => ControlStep::ZeroFill,
+        _ => ControlStep::Done(IoStatus::Failed(errno)),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ControlStep {
+    Done(IoStatus),
+    Retry,
+    /// The file system cannot zero a range: write zeroes instead.
+    ZeroFill,
+}
+
+struct UringChannel {
+    state: Rc<ChannelState>,
+}
+
+struct ChannelState {
+    /// Ourselves, to hand the reactor an `Rc<dyn UringDone>` (no allocation).
+    me: Weak<ChannelState>,
+    bdev: Arc<UringBdev>,
+    reactor: Rc<Reactor>,
+    fd: RawFd,
+    ops: RefCell<slab::Slab<Op>>,
+    /// I/O waiting for a free slot, in arrival order.
+    waiting: RefCell<VecDeque<BdevIo>>,
+    /// Resets waiting for the channel to drain.
+    resets: RefCell<Vec<IoCallback>>,
+    zero_buf: ZeroBuf,
+    /// Set once the file system answered EOPNOTSUPP to ZERO_RANGE.
+    zero_range_unsupported: Cell<bool>,
+}
+
+impl BdevChannel for UringChannel {
+    fn submit(&self, io: BdevIo) {
+        self.state.submit(io);
+    }
+}
+
+impl ChannelState {
+    fn submit(&self, io: BdevIo) {
+        if io.kind == IoKind::Reset {
+            if self.ops.borrow().is_empty() && self.waiting.borrow().is_empty() {
+                self.reactor.complete(io.cb, IoStatus::Success);
+            } else {
+                self.resets.borrow_mut().push(io.cb);
+            }
+            return;
+        }
+        if let Err(errno) = check_range(&io, self.bdev.block_size, self.bdev.size_bytes) {
+            self.reactor.complete(io.cb, IoStatus::Failed(errno));
+            return;
+        }
+        if self.ops.borrow().len() >= CHANNEL_SLOTS || !self.waiting.borrow().is_empty() {
+            self.waiting.borrow_mut().push_back(io);
+            return;
+        }
+        self.start(io);
+    }
+
+    fn start(&self, io: BdevIo) {
+        let zero_fill = io.kind == IoKind::WriteZeroes && self.zero_range_unsupported.get();
+        let key = self.ops.borrow_mut().insert(Op {
+            io,
+            done_bytes: 0,
+            issued_bytes: 0,
+            retries: 0,
+            zero_fill,
+        });
+        self.push_op(key);
+    }
+
+    /// Builds and queues the SQE for the current state of op `key`.
+    fn push_op(&self, key: usize) {
+        let Some(me) = self.me.upgrade() else {
+            // Cannot happen while a method runs on `self`; never panic on the I/O path.
+            log::error!("uring bdev {}: channel state gone", self.bdev.name);
+            return;
+        };
+        let fd = types::Fd(self.fd);
+        let entry = {
+            let mut ops = self.ops.borrow_mut();
+            let Some(op) = ops.get_mut(key) else {
+                log::error!("uring bdev {}: no op {key} to submit", self.bdev.name);
+                return;
+            };
+            let remaining = op.io.len_bytes - op.done_bytes;
+            let off = op.io.offset_bytes + op.done_bytes;
+            match op.io.kind {
+                IoKind::Read | IoKind::Write => {
+                    let n = remaining.min(MAX_OP_BYTES);
+                    op.issued_bytes = n;
+                    // check_range proved buf.len() == len_bytes, and done + n <= len.
+                    let piece = op.io.buf.slice(op.done_bytes as usize, n as usize);
+                    rw_entry(
+                        op.io.kind,
+                        fd,
+                        piece.as_ptr(),
+                        n as u32,
+                        off,
+                        self.reactor.fixed_buf_index(&op.io.buf),
+                    )
+                }
+                IoKind::WriteZeroes if op.zero_fill => {
+                    let n = remaining.min(ZERO_BUF_BYTES as u64);
+                    op.issued_bytes = n;
+                    opcode::Write::new(fd, self.zero_buf.ptr, n as u32)
+                        .offset(off)
+                        .build()
+                }
+                IoKind::WriteZeroes => opcode::Fallocate::new(fd, op.io.len_bytes)
+                    .offset(op.io.offset_bytes)
+                    .mode(libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE)
+                    .build(),
+                IoKind::Unmap => opcode::Fallocate::new(fd, op.io.len_bytes)
+                    .offset(op.io.offset_bytes)
+                    .mode(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE)
+                    .build(),
+                IoKind::Flush | IoKind::Reset => opcode::Fsync::new(fd)
+                    .flags(types::FsyncFlags::DATASYNC)
+                    .build(),
+            }
+        };
+        // SAFETY: the SQE points at (a) the I/O's buffer, which its submitter keeps
+        // alive until the completion (the IoBuf contract), (b) the zero buffer owned
+        // by this channel state, which the reactor keeps alive through `me` until
+        // the completion is delivered, or (c) no memory. The fd belongs to the bdev,
+        // which the state holds. The fixed-buffer index comes from this reactor's
+        // `fixed_buf_index`, so it names the region registered with its ring.
+        unsafe { self.reactor.uring_push(entry, me, key as u64) };
+    }
+
+    /// Completes op `key` and lets waiting work in.
+    fn finish(&self, key: usize, status: IoStatus) {
+        let op = self.ops.borrow_mut().try_remove(key);
+        if let Some(op) = op {
+            self.reactor.complete(op.io.cb, status);
+        }
+        loop {
+            if self.ops.borrow().len() >= CHANNEL_SLOTS {
+                break;
+            }
+            let next = self.waiting.borrow_mut().pop_front();
+            match next {
+                Some(io) => self.start(io),
+                None => break,
+            }
+        }
+        if self.ops.borrow().is_empty() && self.waiting.borrow().is_empty() {
+            let resets: Vec<IoCallback> = self.resets.borrow_mut().drain(..).collect();
+            for cb in resets {
+                self.reactor.complete(cb, IoStatus::Success);
+            }
+        }
+    }
+}
+
+fn rw_entry(
+    kind: IoKind,
+    fd: types::Fd,
+    ptr: *mut u8,
+    len: u32,
+    offset: u64,
+    fixed: Option<u16>,
+) -> squeue::Entry {
+    match (kind, fixed) {
+        (IoKind::Read, Some(idx)) => opcode::ReadFixed::new(fd, ptr, len, idx)
+            .offset(offset)
+            .build(),
+        (IoKind::Read, None) => opcode::Read::new(fd, ptr, len).offset(offset).build(),
+        (_, Some(idx)) => opcode::WriteFixed::new(fd, ptr, len, idx)
+            .offset(offset)
+            .build(),
+        (_, None) => opcode::Write::new(fd, ptr, len).offset(offset).build(),
+    }
+}
+
+impl UringDone for ChannelState {
+    fn uring_done(&self, tag: u64, res: i32, _flags: u32) {
+        let key = tag as usize;
+        enum Next {
+            Finish(IoStatus),
+            Resubmit,
+            Missing,
+        }
+        let next = {
+            let mut ops = self.ops.borrow_mut();
+            match ops.get_mut(key) {
+                None => Next::Missing,
+                Some(op) => {
+                    let data = matches!(op.io.kind, IoKind::Read | IoKind::Write) || op.zero_fill;
+                    if data {
+                        let remaining = op.io.len_bytes - op.done_bytes;
+                        match data_step(op.issued_bytes, remaining, res, op.retries) {
+                            Step::Done(s) => Next::Finish(s),
+                            Step::Advance(n) => {
+                                op.done_bytes += n;
+                                op.retries = 0;
+                                Next::Resubmit
+                            }
+                            Step::Retry => {
+                                op.retries += 1;
+                                Next::Resubmit
+                            }
+                        }
+                    } else {
+                        match control_step(op.io.kind, res, op.retries) {
+                            ControlStep::Done(s) => Next::Finish(s),
+                            ControlStep::Retry => {
+                                op.retries += 1;
+                                Next::Resubmit
+                            }
+                            ControlStep::ZeroFill => {
+                                if !self.zero_range_unsupported.replace(true) {
+                                    log::info!(
+                                        "uring bdev {}: no ZERO_RANGE support; writing zeroes instead",
+                                        self.bdev.name
+                                    );
+                                }
+                                op.zero_fill = true;
+                                op.retries = 0;
+                                Next::Resubmit
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        match next {
+            Next::Finish(status) => self.finish(key, status),
+            Next::Resubmit => self.push_op(key),
+            Next::Missing => log::error!(
+                "uring bdev {}: completion for unknown op {key} (res {res})",
+                self.bdev.name
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_file(tag: &str, len: u64) -> PathBuf {
+        let p = std::env::temp_dir().join(format!(
+            "plexd-uring-unit-{tag}-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let f = File::create(&p).unwrap();
+        f.set_len(len).unwrap();
+        p
+    }
+
+    #[test]
+    fn full_transfer_completes_and_short_transfer_advances() {
+        assert_eq!(
+            data_step(4096, 4096, 4096, 0),
+            Step::Done(IoStatus::Success)
+        );
+        assert_eq!(data_step(4096, 4096, 512, 0), Step::Advance(512));
+        assert_eq!(
+            data_step(1 << 30, 3 << 30, 1 << 30, 0),
+            Step::Advance(1 << 30)
+        );
+    }
+
+    #[test]
+    fn end_of_file_and_impossible_results_fail_instead_of_looping() {
+        assert_eq!(
+            data_step(4096, 4096, 0, 0),
+            Step::Done(IoStatus::Failed(libc::EIO))
+        );
+        assert_eq!(
+            data_step(4096, 4096, 8192, 0),
+            Step::Done(IoStatus::Failed(libc::EIO))
+        );
+        assert_eq!(
+            data_step(4096, 4096, -libc::EIO, 0),
+            Step::Done(IoStatus::Failed(libc::EIO))
+        );
+        assert_eq!(
+            data_step(4096, 4096, i32::MIN, 0),
+            Step::Done(IoStatus::Failed(libc::EIO))
+        );
+    }
+
+    #[test]
+    fn eagain_is_retried_a_bounded_number_of_times() {
+        assert_eq!(data_step(4096, 4096, -libc::EAGAIN, 0), Step::Retry);
+        assert_eq!(
+            data_step(4096, 4096, -libc::EAGAIN, MAX_RETRIES),
+            Step::Done(IoStatus::Failed(libc::EAGAIN))
+        );
+        assert_eq!(
+            control_step(IoKind::Flush, -libc::EINTR, 0),
+            ControlStep::Retry
+        );
+    }
+
+    #[test]
+    fn unsupported_unmap_succeeds_and_unsupported_zero_range_falls_back() {
+        assert_eq!(
+            control_step(IoKind::Unmap, -libc::EOPNOTSUPP, 0),
+            ControlStep::Done(IoStatus::Success)
+        );
+        assert_eq!(
+            control_step(IoKind::WriteZeroes, -libc::EOPNOTSUPP, 0),
+            ControlStep::ZeroFill
+        );
+        assert_eq!(
+            control_step(IoKind::Flush, -libc::EIO, 0),
+            ControlStep::Done(IoStatus::Failed(libc::EIO))
+        );
+    }
+
+    #[test]
+    fn size_not_a_multiple_of_the_block_size_is_refused_naming_the_path() {
+        let p = temp_file("odd", 4096 + 100);
+        let err = UringBdev::open("u0", &p, &UringOpts::default())
+            .err()
+            .expect("odd size refused");
+        assert!(err.contains(&p.display().to_string()), "{err}");
+        assert!(err.contains("multiple of the block size"), "{err}");
+        std::fs::remove_file(&p).unwrap();
+    }
+
+    #[test]
+    fn bad_block_sizes_and_missing_files_are_refused() {
+        let p = temp_file("bs", 1 << 20);
+        for bs in [0, 100, 1000, 1 << 20] {
+            let opts = UringOpts {
+                block_size_bytes: Some(bs),
+                ..Default::default()
+            };
+            assert!(UringBdev::open("u0", &p, &opts).is_err(), "block size {bs}");
+        }
+        let opts = UringOpts {
+            block_size_bytes: Some(4096),
+            ..Default::default()
+        };
+        let b = UringBdev::open("u0", &p, &opts).unwrap();
+        assert_eq!(b.block_size(), 4096);
+        assert_eq!(b.size_bytes(), 1 << 20);
+        std::fs::remove_file(&p).unwrap();
+        let err = UringBdev::open("u1", Path::new("/nonexistent/plexd.img"), &opts)
+            .err()
+            .unwrap();
+        assert!(err.contains("/nonexistent/plexd.img"), "{err}");
+    }
+
+    #[test]
+    fn files_open_with_o_direct_where_supported_and_say_so() {
+        let p = temp_file("direct", 1 << 20);
+        let b = UringBdev::open("u0", &p, &UringOpts::default()).unwrap();
+        let info = b.info();
+        assert_eq!(info.kind, "uring");
+        assert!(info.detail.contains(&p.display().to_string()));
+        if b.is_direct() {
+            assert!(info.detail.contains("O_DIRECT"), "{}", info.detail);
+        }
+        let buffered = UringBdev::open(
+            "u1",
+            &p,
+            &UringOpts {
+                buffered: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(!buffered.is_direct());
+        std::fs::remove_file(&p).unwrap();
+    }
+}

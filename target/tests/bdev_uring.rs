@@ -1,0 +1,291 @@
+//! The `uring` bdev through a running target: data round trips on one and two
+//! reactors, range checks, flush/unmap/write-zeroes, end of file, deep queues.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use plexd_target::bdev::uring::{UringBdev, UringOpts};
+use plexd_target::bdev::{Bdev, IoKind, IoStatus};
+use plexd_target::buf::PoolConfig;
+use plexd_target::reactor::ReactorConfig;
+use plexd_target::testutil::{pattern, run_ios, IoReq, TempPath};
+use plexd_target::{Target, TargetConfig};
+
+const WAIT: Duration = Duration::from_secs(20);
+const FILE_BYTES: u64 = 8 << 20;
+
+fn target(reactors: usize) -> Arc<Target> {
+    Target::start(&TargetConfig {
+        reactors: ReactorConfig {
+            cores: if reactors == 1 {
+                Vec::new()
+            } else {
+                (0..reactors).collect()
+            },
+            ..Default::default()
+        },
+        pool: PoolConfig {
+            chunks_per_class: [512, 32, 4, 4],
+            hugepages: false,
+        },
+    })
+    .expect("target starts")
+}
+
+fn uring(t: &Target, name: &str, path: &TempPath) -> Arc<dyn Bdev> {
+    let b = UringBdev::open(name, &path.0, &UringOpts::default()).expect("open uring bdev");
+    t.add_bdev(b).unwrap();
+    t.bdev(name).unwrap()
+}
+
+fn statuses(out: &[plexd_target::testutil::IoOutcome]) -> Vec<IoStatus> {
+    out.iter().map(|o| o.status).collect()
+}
+
+#[test]
+fn written_data_reads_back_and_reaches_the_file() {
+    let path = TempPath::file("uring-rt", FILE_BYTES).unwrap();
+    let t = target(1);
+    let b = uring(&t, "u0", &path);
+    let h = &t.reactors().handles()[0];
+    let small = pattern(1, 4096);
+    let big = pattern(2, 1 << 20);
+    let heap = pattern(3, 8192);
+    let out = run_ios(
+        h,
+        &b,
+        vec![
+            IoReq::write(0, small.clone()),
+            IoReq::write(1 << 20, big.clone()),
+            IoReq::write(4 << 20, heap.clone()).heap(),
+        ],
+        WAIT,
+    )
+    .unwrap();
+    assert_eq!(statuses(&out), vec![IoStatus::Success; 3]);
+    let out = run_ios(
+        h,
+        &b,
+        vec![
+            IoReq::read(0, 4096).heap(),
+            IoReq::read(1 << 20, 1 << 20),
+            IoReq::read(4 << 20, 8192),
+        ],
+        WAIT,
+    )
+    .unwrap();
+    assert_eq!(statuses(&out), vec![IoStatus::Success; 3]);
+    assert!(out[0].data == small, "4 KiB read back (heap buffer)");
+    assert!(out[1].data == big, "1 MiB read back (registered buffer)");
+    assert!(out[2].data == heap, "8 KiB read back");
+    let on_disk = std::fs::read(&path.0).unwrap();
+    assert!(on_disk[..4096] == small[..]);
+    assert!(on_disk[1 << 20..2 << 20] == big[..]);
+}
+
+#[test]
+fn two_reactors_see_each_others_writes() {
+    let path = TempPath::file("uring-2r", FILE_BYTES).unwrap();
+    let t = target(2);
+    let b = uring(&t, "u0", &path);
+    let hs = t.reactors().handles();
+    let a = pattern(10, 64 << 10);
+    let c = pattern(11, 64 << 10);
+    let w0 = run_ios(&hs[0], &b, vec![IoReq::write(0, a.clone())], WAIT).unwrap();
+    let w1 = run_ios(&hs[1], &b, vec![IoReq::write(1 << 20, c.clone())], WAIT).unwrap();
+    assert!(w0[0].status.is_ok() && w1[0].status.is_ok());
+    let r1 = run_ios(&hs[1], &b, vec![IoReq::read(0, 64 << 10)], WAIT).unwrap();
+    let r0 = run_ios(&hs[0], &b, vec![IoReq::read(1 << 20, 64 << 10)], WAIT).unwrap();
+    assert!(r1[0].status.is_ok() && r1[0].data == a);
+    assert!(r0[0].status.is_ok() && r0[0].data == c);
+}
+
+#[test]
+fn unaligned_or_out_of_range_io_fails_einval_without_touching_the_file() {
+    let path = TempPath::file("uring-inval", FILE_BYTES).unwrap();
+    let t = target(1);
+    let b = uring(&t, "u0", &path);
+    let bs = b.block_size() as u64;
+    let h = &t.reactors().handles()[0];
+    let mut unaligned_len = IoReq::write(0, pattern(5, 100));
+    unaligned_len.len_bytes = 100;
+    let out = run_ios(
+        h,
+        &b,
+        vec![
+            IoReq::write(100, pattern(4, bs as usize)),
+            unaligned_len,
+            IoReq::write(FILE_BYTES, pattern(6, bs as usize)),
+            IoReq::write(FILE_BYTES - bs, pattern(7, 2 * bs as usize)),
+            IoReq::read(bs / 2, bs),
+            IoReq::other(IoKind::Unmap, 1, bs),
+        ],
+        WAIT,
+    )
+    .unwrap();
+    assert_eq!(statuses(&out), vec![IoStatus::Failed(libc::EINVAL); 6]);
+    let on_disk = std::fs::read(&path.0).unwrap();
+    assert_eq!(on_disk.len() as u64, FILE_BYTES);
+    assert!(on_disk.iter().all(|&x| x == 0), "file untouched");
+}
+
+#[test]
+fn flush_unmap_and_write_zeroes_succeed_on_a_file() {
+    let path = TempPath::file("uring-ctl", FILE_BYTES).unwrap();
+    let t = target(1);
+    let b = uring(&t, "u0", &path);
+    let h = &t.reactors().handles()[0];
+    let data = pattern(20, 256 << 10);
+    let out = run_ios(
+        h,
+        &b,
+        vec![
+            IoReq::write(0, data.clone()),
+            IoReq::write(1 << 20, data.clone()),
+        ],
+        WAIT,
+    )
+    .unwrap();
+    assert_eq!(statuses(&out), vec![IoStatus::Success; 2]);
+    let out = run_ios(
+        h,
+        &b,
+        vec![
+            IoReq::other(IoKind::Flush, 0, 0),
+            IoReq::other(IoKind::Unmap, 0, 256 << 10),
+            IoReq::other(IoKind::WriteZeroes, 1 << 20, 128 << 10),
+        ],
+        WAIT,
+    )
+    .unwrap();
+    assert_eq!(statuses(&out), vec![IoStatus::Success; 3]);
+    let out = run_ios(
+        h,
+        &b,
+        vec![IoReq::read(0, 256 << 10), IoReq::read(1 << 20, 256 << 10)],
+        WAIT,
+    )
+    .unwrap();
+    assert_eq!(statuses(&out), vec![IoStatus::Success; 2]);
+    assert!(
+        out[0].data.iter().all(|&x| x == 0) || out[0].data == data,
+        "unmapped range reads zeroes or the old data"
+    );
+    assert!(
+        out[1].data[..128 << 10].iter().all(|&x| x == 0),
+        "write-zeroes range reads zeroes"
+    );
+    assert!(
+        out[1].data[128 << 10..] == data[128 << 10..],
+        "data after the zeroed range is intact"
+    );
+}
+
+#[test]
+fn reading_past_a_shrunken_file_fails_instead_of_hanging() {
+    let path = TempPath::file("uring-eof", 1 << 20).unwrap();
+    let t = target(1);
+    let b = uring(&t, "u0", &path);
+    let h = &t.reactors().handles()[0];
+    // The file shrinks behind the bdev's back: reads past the new end get 0 bytes.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path.0)
+        .unwrap()
+        .set_len(512 << 10)
+        .unwrap();
+    let out = run_ios(
+        h,
+        &b,
+        vec![
+            IoReq::read(768 << 10, 4096),
+            // Straddles the end: a short read, then nothing more.
+            IoReq::read((512 << 10) - 4096, 8192),
+            IoReq::read(0, 4096),
+        ],
+        WAIT,
+    )
+    .expect("completes within the deadline");
+    assert_eq!(
+        statuses(&out),
+        vec![
+            IoStatus::Failed(libc::EIO),
+            IoStatus::Failed(libc::EIO),
+            IoStatus::Success
+        ]
+    );
+}
+
+#[test]
+fn deep_queue_of_256_ios_from_one_reactor_keeps_every_block_right() {
+    let path = TempPath::file("uring-qd", FILE_BYTES).unwrap();
+    let t = target(1);
+    let b = uring(&t, "u0", &path);
+    let h = &t.reactors().handles()[0];
+    const N: u64 = 256;
+    let writes: Vec<IoReq> = (0..N)
+        .map(|i| {
+            let req = IoReq::write(i * 8192, pattern(100 + i, 4096));
+            if i % 4 == 0 {
+                req.heap()
+            } else {
+                req
+            }
+        })
+        .collect();
+    let out = run_ios(h, &b, writes, WAIT).unwrap();
+    assert!(out.iter().all(|o| o.status.is_ok()), "{:?}", statuses(&out));
+    // Reads in reverse order plus a reset, all in flight together.
+    let mut reads: Vec<IoReq> = (0..N).rev().map(|i| IoReq::read(i * 8192, 4096)).collect();
+    reads.push(IoReq::other(IoKind::Reset, 0, 0));
+    let out = run_ios(h, &b, reads, WAIT).unwrap();
+    assert!(out.iter().all(|o| o.status.is_ok()), "{:?}", statuses(&out));
+    for (k, i) in (0..N).rev().enumerate() {
+        assert!(out[k].data == pattern(100 + i, 4096), "block {i}");
+    }
+}
+
+#[test]
+fn dev_shm_works_direct_or_buffered_and_zeroes_fall_back_to_writes() {
+    let dir = std::path::Path::new("/dev/shm");
+    if !dir.is_dir() {
+        eprintln!("no /dev/shm; skipped");
+        return;
+    }
+    let path = TempPath(dir.join(format!("plexd-uring-shm-{}", std::process::id())));
+    std::fs::File::create(&path.0)
+        .unwrap()
+        .set_len(2 << 20)
+        .unwrap();
+    let t = target(1);
+    let b = UringBdev::open("shm0", &path.0, &UringOpts::default()).unwrap();
+    eprintln!(
+        "/dev/shm: O_DIRECT {}",
+        if b.is_direct() {
+            "accepted"
+        } else {
+            "refused (buffered)"
+        }
+    );
+    t.add_bdev(b).unwrap();
+    let b = t.bdev("shm0").unwrap();
+    let h = &t.reactors().handles()[0];
+    let data = pattern(30, 512 << 10);
+    let out = run_ios(h, &b, vec![IoReq::write(0, data.clone())], WAIT).unwrap();
+    assert!(out[0].status.is_ok());
+    // tmpfs has no ZERO_RANGE: the bdev writes zeroes instead (several pieces).
+    let out = run_ios(
+        h,
+        &b,
+        vec![IoReq::other(IoKind::WriteZeroes, 4096, 300 << 10)],
+        WAIT,
+    )
+    .unwrap();
+    assert_eq!(out[0].status, IoStatus::Success);
+    let out = run_ios(h, &b, vec![IoReq::read(0, 512 << 10)], WAIT).unwrap();
+    assert!(out[0].status.is_ok());
+    let got = &out[0].data;
+    assert!(got[..4096] == data[..4096]);
+    assert!(got[4096..4096 + (300 << 10)].iter().all(|&x| x == 0));
+    assert!(got[4096 + (300 << 10)..] == data[4096 + (300 << 10)..]);
+}
