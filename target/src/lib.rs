@@ -12,6 +12,7 @@ pub mod buf;
 pub mod reactor;
 pub mod target;
 pub mod testutil;
+pub mod units;
 pub mod volume;
 
 pub use target::{Event, Target, TargetConfig, TargetError};
