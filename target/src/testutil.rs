@@ -141,18 +141,45 @@ pub fn run_ios(
     reqs: Vec<IoReq>,
     timeout: Duration,
 ) -> Result<Vec<IoOutcome>, String> {
+    start_ios(handle, bdev, reqs)?.wait(timeout)
+}
+
+/// Submits `reqs` like [`run_ios`] but returns once they are submitted, so the
+/// caller can act (quiesce, inject, delete) while they are in flight.
+pub fn start_ios(
+    handle: &ReactorHandle,
+    bdev: &Arc<dyn Bdev>,
+    reqs: Vec<IoReq>,
+) -> Result<PendingIos, String> {
     let (tx, rx) = mpsc::channel();
     let bdev = Arc::clone(bdev);
-    let n = reqs.len();
+    let count = reqs.len();
     handle
         .call_blocking(move |r| Batch::start(r, &bdev, reqs, tx))
         .map_err(|e| format!("cannot reach reactor {}: {e}", handle.id()))??;
-    match rx.recv_timeout(timeout) {
-        Ok(out) => Ok(out),
-        Err(_) => Err(format!(
-            "{n} I/O(s) on reactor {} did not all complete within {timeout:?}",
-            handle.id()
-        )),
+    Ok(PendingIos {
+        rx,
+        count,
+        reactor: handle.id(),
+    })
+}
+
+/// I/Os submitted by [`start_ios`], not yet waited for.
+pub struct PendingIos {
+    rx: mpsc::Receiver<Vec<IoOutcome>>,
+    count: usize,
+    reactor: usize,
+}
+
+impl PendingIos {
+    /// Waits up to `timeout` for every completion; results are in request order.
+    pub fn wait(self, timeout: Duration) -> Result<Vec<IoOutcome>, String> {
+        self.rx.recv_timeout(timeout).map_err(|_| {
+            format!(
+                "{} I/O(s) on reactor {} did not all complete within {timeout:?}",
+                self.count, self.reactor
+            )
+        })
     }
 }
 

@@ -10,7 +10,7 @@ use plexd_target::bdev::uring::{UringBdev, UringOpts};
 use plexd_target::bdev::{Bdev, IoKind, IoStatus};
 use plexd_target::buf::PoolConfig;
 use plexd_target::reactor::ReactorConfig;
-use plexd_target::testutil::{pattern, run_ios, IoOutcome, IoReq, TempPath};
+use plexd_target::testutil::{pattern, run_ios, start_ios, IoOutcome, IoReq, TempPath};
 use plexd_target::{Target, TargetConfig};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -233,4 +233,23 @@ fn error_bdev_over_a_uring_file_passes_data_through() {
     assert_eq!(statuses(&out), vec![OK, EIO]);
     assert!(out[0].data == data);
     assert!(out[0].latency >= Duration::from_millis(1));
+}
+
+#[test]
+fn deleting_the_error_bdev_releases_held_completions() {
+    let (t, e, b) = setup(1);
+    let h = &t.reactors().handles()[0];
+    // An hour of latency: only the deletion can release these.
+    e.injection().set_latency_us(3_600_000_000);
+    e.injection().fail(FailOn::Writes, libc::EIO, Some(1));
+    let pending = start_ios(
+        h,
+        &b,
+        vec![IoReq::read(0, 4096), IoReq::write(0, pattern(1, 4096))],
+    )
+    .unwrap();
+    drop(b);
+    t.delete_bdev("e0").unwrap();
+    let out = pending.wait(WAIT).expect("released by the deletion");
+    assert_eq!(statuses(&out), vec![OK, EIO]);
 }

@@ -289,3 +289,25 @@ fn dev_shm_works_direct_or_buffered_and_zeroes_fall_back_to_writes() {
     assert!(got[4096..4096 + (300 << 10)].iter().all(|&x| x == 0));
     assert!(got[4096 + (300 << 10)..] == data[4096 + (300 << 10)..]);
 }
+
+#[test]
+fn reset_on_an_idle_channel_completes_at_once_and_later_io_still_works() {
+    let path = TempPath::file("uring-reset", 1 << 20).unwrap();
+    let t = target(1);
+    let b = uring(&t, "u0", &path);
+    let h = &t.reactors().handles()[0];
+    let out = run_ios(
+        h,
+        &b,
+        vec![
+            IoReq::other(IoKind::Reset, 0, 0),
+            IoReq::write(0, pattern(50, 4096)),
+            IoReq::other(IoKind::Reset, 0, 0),
+            IoReq::read(8192, 4096),
+            IoReq::other(IoKind::Reset, 0, 0),
+        ],
+        WAIT,
+    )
+    .unwrap();
+    assert_eq!(statuses(&out), vec![IoStatus::Success; 5]);
+}

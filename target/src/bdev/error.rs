@@ -14,7 +14,7 @@
 //! the channel's [`Poller`], whose `next_deadline` is the earliest due time, so a
 //! sleeping reactor wakes in time and nothing blocks.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -160,6 +160,11 @@ impl ErrorInjection {
         if cfg & kind_mask(kind) == 0 {
             return None;
         }
+        if self.fail_remaining.load(Ordering::Relaxed) == UNLIMITED {
+            // No write to the shared counter on the common "until cleared" case.
+            self.injected_failures.fetch_add(1, Ordering::Relaxed);
+            return Some((cfg >> ERRNO_SHIFT) as i32);
+        }
         let hit = self
             .fail_remaining
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| match r {
@@ -236,6 +241,7 @@ impl Bdev for ErrorBdev {
             reactor: Rc::clone(reactor),
             delayed: RefCell::new(slab::Slab::with_capacity(DELAY_SLOTS)),
             held: RefCell::new(VecDeque::with_capacity(DELAY_SLOTS)),
+            closed: Cell::new(false),
         });
         let poller = reactor.add_poller(Rc::clone(&state) as Rc<dyn Poller>);
         Ok(Rc::new(ErrorChannel { state, poller }))
@@ -262,10 +268,17 @@ struct ChannelState {
     delayed: RefCell<slab::Slab<(IoCallback, u64)>>,
     /// Completions waiting for their due time, earliest first.
     held: RefCell<VecDeque<Held>>,
+    /// The channel was dropped (bdev deleted): its poller is gone, so completions
+    /// still arriving from the inner bdev are delivered at once.
+    closed: Cell<bool>,
 }
 
 impl ChannelState {
     fn hold(&self, cb: IoCallback, status: IoStatus, due: Instant) {
+        if self.closed.get() {
+            self.reactor.complete(cb, status);
+            return;
+        }
         let mut held = self.held.borrow_mut();
         // Usually appends (constant latency keeps due times in order).
         let at = held.partition_point(|h| h.due <= due);
@@ -347,6 +360,7 @@ impl Poller for ChannelState {
 impl Drop for ErrorChannel {
     fn drop(&mut self) {
         self.state.reactor.remove_poller(self.poller);
+        self.state.closed.set(true);
         // Release held completions now rather than lose them.
         let held: Vec<Held> = self.state.held.borrow_mut().drain(..).collect();
         for h in held {

@@ -14,8 +14,9 @@
 //!   Flush is `fdatasync`, unmap is `fallocate(PUNCH_HOLE | KEEP_SIZE)` (success
 //!   when the file system cannot punch: unmap is advisory), write-zeroes is
 //!   `fallocate(ZERO_RANGE | KEEP_SIZE)` with a fallback to writing from a zero
-//!   buffer when the file system answers EOPNOTSUPP. Reset completes once the
-//!   channel's in-flight I/O has drained.
+//!   buffer when the file system answers EOPNOTSUPP. Reset aborts nothing (the
+//!   kernel owns submitted I/O): it completes once every I/O that reached the
+//!   channel before it has completed.
 //! - Files are not registered with the ring: [`Reactor::register_files`] replaces
 //!   the whole table, which would clobber other bdevs on the same reactor, so SQEs
 //!   carry the plain fd (`types::Fd`). Buffers are registered (the pool region).
@@ -306,7 +307,8 @@ impl Bdev for UringBdev {
             fd,
             ops: RefCell::new(slab::Slab::with_capacity(CHANNEL_SLOTS)),
             waiting: RefCell::new(VecDeque::with_capacity(CHANNEL_SLOTS)),
-            resets: RefCell::new(Vec::with_capacity(4)),
+            resets: RefCell::new(VecDeque::with_capacity(4)),
+            next_seq: Cell::new(0),
             zero_buf,
             zero_range_unsupported: Cell::new(false),
         });
@@ -345,6 +347,8 @@ impl Drop for ZeroBuf {
 /// One operation in flight on a channel.
 struct Op {
     io: BdevIo,
+    /// Arrival number on the channel (resets wait for every I/O that arrived before them).
+    seq: u64,
     /// Bytes already transferred (reads, writes, zero-fill writes).
     done_bytes: u64,
     /// Bytes asked for by the SQE in flight.
@@ -425,10 +429,13 @@ struct ChannelState {
     reactor: Rc<Reactor>,
     fd: RawFd,
     ops: RefCell<slab::Slab<Op>>,
-    /// I/O waiting for a free slot, in arrival order.
-    waiting: RefCell<VecDeque<BdevIo>>,
-    /// Resets waiting for the channel to drain.
-    resets: RefCell<Vec<IoCallback>>,
+    /// I/O waiting for a free slot, in arrival order, with its arrival number.
+    waiting: RefCell<VecDeque<(u64, BdevIo)>>,
+    /// Resets waiting for the I/O that arrived before them (arrival number, callback),
+    /// in arrival order.
+    resets: RefCell<VecDeque<(u64, IoCallback)>>,
+    /// Arrival number of the next I/O.
+    next_seq: Cell<u64>,
     zero_buf: ZeroBuf,
     /// Set once the file system answered EOPNOTSUPP to ZERO_RANGE.
     zero_range_unsupported: Cell<bool>,
@@ -442,11 +449,15 @@ impl BdevChannel for UringChannel {
 
 impl ChannelState {
     fn submit(&self, io: BdevIo) {
+        let seq = self.next_seq.get();
+        self.next_seq.set(seq + 1);
         if io.kind == IoKind::Reset {
-            if self.ops.borrow().is_empty() && self.waiting.borrow().is_empty() {
+            // Nothing can be aborted once handed to the kernel: a reset completes when
+            // every I/O that arrived before it has completed (later I/O does not delay it).
+            if self.oldest_in_flight().is_none() {
                 self.reactor.complete(io.cb, IoStatus::Success);
             } else {
-                self.resets.borrow_mut().push(io.cb);
+                self.resets.borrow_mut().push_back((seq, io.cb));
             }
             return;
         }
@@ -455,16 +466,46 @@ impl ChannelState {
             return;
         }
         if self.ops.borrow().len() >= CHANNEL_SLOTS || !self.waiting.borrow().is_empty() {
-            self.waiting.borrow_mut().push_back(io);
+            self.waiting.borrow_mut().push_back((seq, io));
             return;
         }
-        self.start(io);
+        self.start(seq, io);
     }
 
-    fn start(&self, io: BdevIo) {
+    /// Arrival number of the oldest I/O not yet completed, if any.
+    fn oldest_in_flight(&self) -> Option<u64> {
+        let in_ops = self.ops.borrow().iter().map(|(_, op)| op.seq).min();
+        let in_waiting = self.waiting.borrow().front().map(|(seq, _)| *seq);
+        match (in_ops, in_waiting) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Completes the resets whose predecessors have all completed.
+    fn release_resets(&self) {
+        // The scan over in-flight ops runs only while a reset waits (rare).
+        let oldest = self.oldest_in_flight().unwrap_or(u64::MAX);
+        loop {
+            let next = {
+                let mut resets = self.resets.borrow_mut();
+                match resets.front() {
+                    Some((seq, _)) if *seq < oldest => resets.pop_front(),
+                    _ => None,
+                }
+            };
+            match next {
+                Some((_, cb)) => self.reactor.complete(cb, IoStatus::Success),
+                None => break,
+            }
+        }
+    }
+
+    fn start(&self, seq: u64, io: BdevIo) {
         let zero_fill = io.kind == IoKind::WriteZeroes && self.zero_range_unsupported.get();
         let key = self.ops.borrow_mut().insert(Op {
             io,
+            seq,
             done_bytes: 0,
             issued_bytes: 0,
             retries: 0,
@@ -545,15 +586,12 @@ impl ChannelState {
             }
             let next = self.waiting.borrow_mut().pop_front();
             match next {
-                Some(io) => self.start(io),
+                Some((seq, io)) => self.start(seq, io),
                 None => break,
             }
         }
-        if self.ops.borrow().is_empty() && self.waiting.borrow().is_empty() {
-            let resets: Vec<IoCallback> = self.resets.borrow_mut().drain(..).collect();
-            for cb in resets {
-                self.reactor.complete(cb, IoStatus::Success);
-            }
+        if !self.resets.borrow().is_empty() {
+            self.release_resets();
         }
     }
 }
