@@ -584,7 +584,7 @@ impl PlexLayout {
                     "stripe needs 1 to {MAX_COLUMNS} columns, got {columns}"
                 )));
             }
-            if stripe_unit_bytes == 0 || stripe_unit_bytes % ALLOC_ALIGN_BYTES != 0 {
+            if stripe_unit_bytes == 0 || !stripe_unit_bytes.is_multiple_of(ALLOC_ALIGN_BYTES) {
                 return Err(ConfigError::Invalid(format!(
                     "stripe unit {stripe_unit_bytes} bytes must be a non-zero multiple of {ALLOC_ALIGN_BYTES}"
                 )));
@@ -724,7 +724,7 @@ impl DiskGroupConfig {
             if !object_names.insert(v.name.as_str()) {
                 return invalid(format!("name {} used twice", v.name));
             }
-            if v.size_bytes == 0 || v.size_bytes % SECTOR_BYTES != 0 {
+            if v.size_bytes == 0 || !v.size_bytes.is_multiple_of(SECTOR_BYTES) {
                 return invalid(format!(
                     "volume {}: size {} is not a positive multiple of 512",
                     v.name, v.size_bytes
@@ -797,8 +797,8 @@ impl DiskGroupConfig {
                             sd.name, sd.disk
                         ));
                     };
-                    let aligned = sd.disk_offset_bytes % ALLOC_ALIGN_BYTES == 0
-                        && sd.len_bytes % ALLOC_ALIGN_BYTES == 0
+                    let aligned = sd.disk_offset_bytes.is_multiple_of(ALLOC_ALIGN_BYTES)
+                        && sd.len_bytes.is_multiple_of(ALLOC_ALIGN_BYTES)
                         && sd.len_bytes > 0;
                     let inside = sd.disk_offset_bytes >= d.public_offset_bytes
                         && sd

@@ -1,1 +1,737 @@
-//! On-disk private region (in progress).
+//! The configuration database on the disks: each disk's private region.
+//!
+//! ```text
+//!  0        4K       8K            64K                 64K+S               64K+2S   P
+//!  | label  | label  | reserved    | slot 0            | slot 1            | pad    | public region →
+//!  |primary | backup | (zeros)     | hdr 4K | payload  | hdr 4K | payload  |        | (subdisks)
+//! ```
+//! (P = private region size, 1 MiB by default; S = slot length, 480 KiB by default.)
+//!
+//! - The label says what the disk is (id, media name, geometry) and which disk group
+//!   holds it. Two copies; the valid one with the higher generation wins.
+//! - The two slots hold the disk group's whole configuration, written alternately:
+//!   a write goes to the slot that does not hold this disk's newest configuration,
+//!   then `fdatasync`. A torn write can only damage the slot being written.
+//! - Reading: the newest valid slot (highest sequence number) across all given disks is
+//!   the configuration. A slot is valid when its header magic, version, CRC, slot
+//!   index and length are right, the payload CRC matches, the payload decodes and the
+//!   decoded configuration passes [`DiskGroupConfig::validate`].
+//!
+//! Nothing here panics on disk content: every problem is a typed [`OnDiskError`] or a
+//! per-slot [`SlotStatus::Invalid`] with the reason. Byte layouts: docs/ONDISK.md.
+
+pub mod codec;
+pub mod label;
+pub mod layout;
+pub mod slot;
+
+#[cfg(test)]
+mod tests;
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+pub use codec::{decode_config, encode_config, CONFIG_FORMAT_VERSION};
+pub use label::{Label, LabelDiskGroup, LABEL_VERSION};
+pub use layout::{Geometry, BLOCK_BYTES, DEFAULT_PRIVATE_REGION_BYTES};
+pub use slot::{SlotHeader, SlotProblem, SLOT_VERSION};
+
+use crate::objects::{new_id, validate_name, Disk, DiskGroupConfig};
+
+/// An on-disk operation that failed. Every variant names the disk (path) or the disk
+/// group and says why.
+#[derive(Debug, Error)]
+pub enum OnDiskError {
+    /// The device could not be opened, read, written or synced.
+    #[error("{}: {op}: {source}", .path.display())]
+    Io {
+        /// Device path.
+        path: PathBuf,
+        /// What was being done (`open`, `read label`, `write slot 1`, ...).
+        op: String,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// Neither label copy is valid.
+    #[error("{}: unreadable label: {reason}", .path.display())]
+    Label {
+        /// Device path.
+        path: PathBuf,
+        /// Why (blank, bad magic, checksum mismatch, bad geometry, device too small).
+        reason: String,
+    },
+    /// The operation is refused on this disk (not in the group, stale write, conflicting
+    /// transaction, already initialised, too small...).
+    #[error("{}: {reason}", .path.display())]
+    Refused {
+        /// Device path.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The configuration to write is itself invalid or does not fit a slot.
+    #[error("disk group {dg}: {reason}")]
+    BadConfig {
+        /// Disk group name.
+        dg: String,
+        /// Why.
+        reason: String,
+    },
+    /// No disk holds a valid configuration.
+    #[error("no valid configuration on any disk: {details}")]
+    NoValidConfig {
+        /// One `path: reason` entry per disk, separated by `; `.
+        details: String,
+    },
+    /// Two disks hold the same sequence number written by different transactions.
+    #[error(
+        "disk group {dg}: configuration seq {seq} written by different transactions: {details}"
+    )]
+    Conflict {
+        /// Disk group name.
+        dg: String,
+        /// The sequence number.
+        seq: u64,
+        /// Which disk holds which transaction.
+        details: String,
+    },
+    /// No disks were given.
+    #[error("no disks given")]
+    NoDisks,
+    /// A configuration write reached no disk.
+    #[error("disk group {dg}: configuration seq {seq} written to no disk: {details}")]
+    WriteFailed {
+        /// Disk group name.
+        dg: String,
+        /// The sequence number.
+        seq: u64,
+        /// The error of each disk.
+        details: String,
+    },
+}
+
+/// Options of [`init_disk`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InitOptions {
+    /// Private region size (default 1 MiB).
+    pub private_region_bytes: u64,
+    /// Re-initialise a disk that has a label (even one in a disk group).
+    pub force: bool,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            private_region_bytes: DEFAULT_PRIVATE_REGION_BYTES,
+            force: false,
+        }
+    }
+}
+
+/// What one slot of one disk holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SlotStatus {
+    /// Never written or cleared.
+    Empty,
+    /// A valid configuration.
+    Valid {
+        /// Its sequence number.
+        seq: u64,
+        /// The transaction that wrote it.
+        txn_id: u64,
+        /// Its disk group id.
+        dg_id: String,
+    },
+    /// Damaged or unreadable.
+    Invalid {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What [`read_config`] found on one disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskReport {
+    /// Device path.
+    pub path: PathBuf,
+    /// The label, when readable.
+    pub label: Option<Label>,
+    /// The device or label error, when not.
+    pub error: Option<String>,
+    /// Slots 0 and 1 (empty when the label could not be read).
+    pub slots: Vec<SlotStatus>,
+    /// This disk holds the returned configuration (a valid slot with its seq and
+    /// txn). False for a disk that missed the last write or lost it to a torn write:
+    /// the next [`write_config`] brings it up to date.
+    pub current: bool,
+}
+
+/// The configuration [`read_config`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigRead {
+    /// The newest valid configuration.
+    pub config: DiskGroupConfig,
+    /// Its sequence number.
+    pub seq: u64,
+    /// The transaction that wrote it.
+    pub txn_id: u64,
+    /// One entry per disk given, in order.
+    pub disks: Vec<DiskReport>,
+}
+
+/// What [`write_config`] did on each disk.
+#[derive(Debug)]
+pub struct WriteReport {
+    /// Disks written, with the slot used.
+    pub written: Vec<(PathBuf, usize)>,
+    /// Disks not written, with the reason.
+    pub failed: Vec<(PathBuf, OnDiskError)>,
+}
+
+impl WriteReport {
+    /// Every disk was written.
+    pub fn all_ok(&self) -> bool {
+        self.failed.is_empty()
+    }
+}
+
+/// An open disk or disk file.
+struct Device {
+    file: File,
+    path: PathBuf,
+    size_bytes: u64,
+}
+
+impl Device {
+    fn open(path: &Path, write: bool) -> Result<Device, OnDiskError> {
+        let io_err = |op: &str, source| OnDiskError::Io {
+            path: path.to_path_buf(),
+            op: op.to_string(),
+            source,
+        };
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(write)
+            .open(path)
+            .map_err(|e| io_err(if write { "open for writing" } else { "open" }, e))?;
+        let size_bytes = file.seek(SeekFrom::End(0)).map_err(|e| io_err("size", e))?;
+        let is_block = file
+            .metadata()
+            .map(|m| m.file_type().is_block_device())
+            .unwrap_or(false);
+        if is_block {
+            // Another host may have written the private region: drop cached pages so
+            // reads go to the device. Advisory; failure only means a cached read.
+            let len = i64::try_from(layout::MAX_PRIVATE_REGION_BYTES).unwrap_or(i64::MAX);
+            let _ = nix::fcntl::posix_fadvise(
+                file.as_raw_fd(),
+                0,
+                len,
+                nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+            );
+        }
+        Ok(Device {
+            file,
+            path: path.to_path_buf(),
+            size_bytes,
+        })
+    }
+
+    fn io_error(&self, op: String, source: io::Error) -> OnDiskError {
+        OnDiskError::Io {
+            path: self.path.clone(),
+            op,
+            source,
+        }
+    }
+
+    fn read_at(
+        &self,
+        offset_bytes: u64,
+        len_bytes: u64,
+        what: &str,
+    ) -> Result<Vec<u8>, OnDiskError> {
+        let end = offset_bytes.saturating_add(len_bytes);
+        if end > self.size_bytes {
+            return Err(self.io_error(
+                format!("read {what}"),
+                io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("device is {} bytes, {what} ends at {end}", self.size_bytes),
+                ),
+            ));
+        }
+        let len = usize::try_from(len_bytes).map_err(|_| {
+            self.io_error(format!("read {what}"), io::ErrorKind::InvalidInput.into())
+        })?;
+        let mut buf = vec![0u8; len];
+        self.file
+            .read_exact_at(&mut buf, offset_bytes)
+            .map_err(|e| self.io_error(format!("read {what}"), e))?;
+        Ok(buf)
+    }
+
+    fn write_at(&self, offset_bytes: u64, data: &[u8], what: &str) -> Result<(), OnDiskError> {
+        debug_assert_eq!(offset_bytes % BLOCK_BYTES, 0);
+        debug_assert_eq!(data.len() as u64 % BLOCK_BYTES, 0);
+        self.file
+            .write_all_at(data, offset_bytes)
+            .map_err(|e| self.io_error(format!("write {what}"), e))
+    }
+
+    fn sync(&self, what: &str) -> Result<(), OnDiskError> {
+        self.file
+            .sync_data()
+            .map_err(|e| self.io_error(format!("sync {what}"), e))
+    }
+
+    fn label_error(&self, reason: String) -> OnDiskError {
+        OnDiskError::Label {
+            path: self.path.clone(),
+            reason,
+        }
+    }
+
+    fn refused(&self, reason: String) -> OnDiskError {
+        OnDiskError::Refused {
+            path: self.path.clone(),
+            reason,
+        }
+    }
+
+    /// Reads both label copies and returns the valid one with the higher generation.
+    fn read_label(&self) -> Result<Label, OnDiskError> {
+        let both = self
+            .read_at(0, 2 * BLOCK_BYTES, "label")
+            .map_err(|e| match e {
+                OnDiskError::Io { source, .. } if source.kind() == io::ErrorKind::UnexpectedEof => {
+                    self.label_error(format!(
+                        "device is only {} bytes, too small to hold a label",
+                        self.size_bytes
+                    ))
+                }
+                other => other,
+            })?;
+        let block = BLOCK_BYTES as usize;
+        let primary = Label::decode(&both[..block]);
+        let backup = Label::decode(&both[block..]);
+        let label = match (primary, backup) {
+            (Ok(p), Ok(b)) => {
+                if b.generation > p.generation {
+                    b
+                } else {
+                    p
+                }
+            }
+            (Ok(p), Err(_)) => p,
+            (Err(_), Ok(b)) => b,
+            (Err(p), Err(b)) if p == b => return Err(self.label_error(p)),
+            (Err(p), Err(b)) => return Err(self.label_error(format!("primary: {p}; backup: {b}"))),
+        };
+        let public_end = label.public_offset_bytes + label.public_len_bytes;
+        if public_end > self.size_bytes {
+            return Err(self.label_error(format!(
+                "device is {} bytes but its label says the public region ends at {public_end} (truncated, or a different device)",
+                self.size_bytes
+            )));
+        }
+        Ok(label)
+    }
+
+    /// Writes the label: primary, sync, backup, sync (a torn write damages one copy).
+    fn write_label(&self, label: &Label) -> Result<(), OnDiskError> {
+        let block = label.encode();
+        for (copy, offset) in layout::LABEL_OFFSETS_BYTES.iter().enumerate() {
+            let what = if copy == 0 { "label" } else { "backup label" };
+            self.write_at(*offset, &block, what)?;
+            self.sync(what)?;
+        }
+        Ok(())
+    }
+
+    /// Reads slot `index`: its status and, when valid, its configuration.
+    fn read_slot(
+        &self,
+        label: &Label,
+        index: usize,
+    ) -> (SlotStatus, Option<(SlotHeader, DiskGroupConfig)>) {
+        let invalid = |reason: String| (SlotStatus::Invalid { reason }, None);
+        let offset = label.slot_offset_bytes(index);
+        let what = format!("slot {index}");
+        let block = match self.read_at(offset, BLOCK_BYTES, &what) {
+            Ok(b) => b,
+            Err(e) => return invalid(e.to_string()),
+        };
+        let header = match SlotHeader::decode(&block, index as u32, label.max_payload_bytes()) {
+            Ok(h) => h,
+            Err(SlotProblem::Empty) => return (SlotStatus::Empty, None),
+            Err(SlotProblem::Invalid(reason)) => return invalid(reason),
+        };
+        let payload = match self.read_at(offset + BLOCK_BYTES, header.payload_len_bytes, &what) {
+            Ok(p) => p,
+            Err(e) => return invalid(e.to_string()),
+        };
+        let crc = crc32c::crc32c(&payload);
+        if crc != header.payload_crc {
+            return invalid(format!(
+                "payload checksum mismatch (seq {}, stored {:#010x}, computed {crc:#010x}): torn or corrupt write",
+                header.seq, header.payload_crc
+            ));
+        }
+        let config = match decode_config(&payload) {
+            Ok(c) => c,
+            Err(reason) => return invalid(format!("seq {}: {reason}", header.seq)),
+        };
+        if config.id != header.dg_id || config.seq != header.seq {
+            return invalid(format!(
+                "header (disk group {}, seq {}) does not match its payload (disk group {}, seq {})",
+                header.dg_id, header.seq, config.id, config.seq
+            ));
+        }
+        if let Err(e) = config.validate() {
+            return invalid(format!(
+                "seq {}: configuration fails validation: {e}",
+                header.seq
+            ));
+        }
+        let status = SlotStatus::Valid {
+            seq: header.seq,
+            txn_id: header.txn_id,
+            dg_id: header.dg_id.clone(),
+        };
+        (status, Some((header, config)))
+    }
+}
+
+/// Reads and validates a disk's label (the valid copy with the higher generation).
+pub fn read_label(path: &Path) -> Result<Label, OnDiskError> {
+    Device::open(path, false)?.read_label()
+}
+
+/// Reads the labels of many disks (for `disk list` and discovery); one result per path.
+pub fn scan(paths: &[PathBuf]) -> Vec<(PathBuf, Result<Label, OnDiskError>)> {
+    paths.iter().map(|p| (p.clone(), read_label(p))).collect()
+}
+
+impl Label {
+    /// The disk record a disk group configuration keeps for this disk found at `path`.
+    pub fn disk_record(&self, path: &Path) -> Disk {
+        Disk {
+            name: self.disk_name.clone(),
+            id: self.disk_id.clone(),
+            path: path.display().to_string(),
+            size_bytes: self.disk_size_bytes,
+            public_offset_bytes: self.public_offset_bytes,
+            public_len_bytes: self.public_len_bytes,
+        }
+    }
+}
+
+/// `disk init`: writes a fresh label (new disk id, no disk group) and clears the
+/// private region. Initialising again with the same name a disk that is in no disk
+/// group returns its existing label; anything else over an existing label needs
+/// `force`.
+pub fn init_disk(path: &Path, name: &str, options: InitOptions) -> Result<Label, OnDiskError> {
+    let device = Device::open(path, true)?;
+    validate_name("disk", name).map_err(|e| device.refused(e.to_string()))?;
+    let geometry = Geometry::new(options.private_region_bytes, device.size_bytes)
+        .map_err(|reason| device.refused(reason))?;
+    if let Ok(existing) = device.read_label() {
+        if !options.force {
+            if let Some(g) = &existing.disk_group {
+                return Err(device.refused(format!(
+                    "disk {} is in disk group {}: remove it from the group first (or force)",
+                    existing.disk_name, g.name
+                )));
+            }
+            if existing.disk_name == name {
+                return Ok(existing);
+            }
+            return Err(device.refused(format!(
+                "already initialised as disk {} (id {}): use force to re-initialise",
+                existing.disk_name, existing.disk_id
+            )));
+        }
+    }
+    let zeros = vec![0u8; geometry.private_region_bytes as usize];
+    device.write_at(0, &zeros, "private region")?;
+    device.sync("private region")?;
+    let label = Label {
+        version: LABEL_VERSION,
+        generation: 1,
+        disk_id: new_id(),
+        disk_name: name.to_string(),
+        disk_size_bytes: device.size_bytes,
+        private_region_bytes: geometry.private_region_bytes,
+        public_offset_bytes: geometry.public_offset_bytes,
+        public_len_bytes: geometry.public_len_bytes,
+        slot_offsets_bytes: geometry.slot_offsets_bytes,
+        slot_len_bytes: geometry.slot_len_bytes,
+        disk_group: None,
+    };
+    device.write_label(&label)?;
+    Ok(label)
+}
+
+/// Takes a disk out of its disk group (`dg rm-disk`, `dg destroy`): clears both slots,
+/// then the label's disk group fields. Returns the new label.
+pub fn release_disk(path: &Path) -> Result<Label, OnDiskError> {
+    let device = Device::open(path, true)?;
+    let mut label = device.read_label()?;
+    let zeros = vec![0u8; BLOCK_BYTES as usize];
+    for index in 0..2 {
+        device.write_at(
+            label.slot_offset_bytes(index),
+            &zeros,
+            &format!("slot {index}"),
+        )?;
+    }
+    device.sync("slots")?;
+    label.disk_group = None;
+    label.generation += 1;
+    device.write_label(&label)?;
+    Ok(label)
+}
+
+/// Writes `config` (its `seq`, by transaction `txn_id`) to every disk in `paths`; each
+/// must be a disk of the configuration (checked by label disk id). On each disk the
+/// write goes to the slot not holding that disk's newest configuration, then the
+/// label's disk group fields are updated if they changed. Rewriting the same seq and
+/// txn is allowed (a new master finishing a commit); an older seq, or the same seq
+/// from another transaction, is refused on that disk.
+///
+/// Returns which disks were written and which failed; an error when none was.
+pub fn write_config(
+    paths: &[PathBuf],
+    config: &DiskGroupConfig,
+    txn_id: u64,
+) -> Result<WriteReport, OnDiskError> {
+    if paths.is_empty() {
+        return Err(OnDiskError::NoDisks);
+    }
+    let bad_config = |reason: String| OnDiskError::BadConfig {
+        dg: config.name.clone(),
+        reason,
+    };
+    config.validate().map_err(|e| bad_config(e.to_string()))?;
+    label::check_label_str("disk group id", &config.id).map_err(bad_config)?;
+    label::check_label_str("owner id", &config.owner_id).map_err(bad_config)?;
+    let payload = encode_config(config);
+    let mut report = WriteReport {
+        written: Vec::new(),
+        failed: Vec::new(),
+    };
+    for path in paths {
+        match write_one(path, config, &payload, txn_id) {
+            Ok(slot) => report.written.push((path.clone(), slot)),
+            Err(e) => report.failed.push((path.clone(), e)),
+        }
+    }
+    if report.written.is_empty() {
+        let details = report
+            .failed
+            .iter()
+            .map(|(_, e)| e.to_string())
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(OnDiskError::WriteFailed {
+            dg: config.name.clone(),
+            seq: config.seq,
+            details,
+        });
+    }
+    Ok(report)
+}
+
+fn write_one(
+    path: &Path,
+    config: &DiskGroupConfig,
+    payload: &[u8],
+    txn_id: u64,
+) -> Result<usize, OnDiskError> {
+    let device = Device::open(path, true)?;
+    let mut label = device.read_label()?;
+    if !config.disks.iter().any(|d| d.id == label.disk_id) {
+        return Err(device.refused(format!(
+            "disk {} (id {}) is not a disk of disk group {}",
+            label.disk_name, label.disk_id, config.name
+        )));
+    }
+    if payload.len() as u64 > label.max_payload_bytes() {
+        return Err(device.refused(format!(
+            "configuration of disk group {} is {} bytes, a slot holds {}",
+            config.name,
+            payload.len(),
+            label.max_payload_bytes()
+        )));
+    }
+    let newest = (0..2)
+        .filter_map(|i| match device.read_slot(&label, i).0 {
+            SlotStatus::Valid { seq, txn_id, dg_id } if dg_id == config.id => {
+                Some((i, seq, txn_id))
+            }
+            _ => None,
+        })
+        .max_by_key(|(i, seq, _)| (*seq, std::cmp::Reverse(*i)));
+    let target = match newest {
+        None => 0,
+        Some((_, seq, _)) if seq > config.seq => {
+            return Err(device.refused(format!(
+                "holds configuration seq {seq} of disk group {}, newer than seq {} being written",
+                config.name, config.seq
+            )));
+        }
+        Some((_, seq, txn)) if seq == config.seq && txn != txn_id => {
+            return Err(device.refused(format!(
+                "holds configuration seq {seq} of disk group {} from transaction {txn}, not {txn_id}",
+                config.name
+            )));
+        }
+        Some((i, _, _)) => 1 - i,
+    };
+    let header = SlotHeader {
+        seq: config.seq,
+        txn_id,
+        payload_len_bytes: payload.len() as u64,
+        payload_crc: crc32c::crc32c(payload),
+        slot_index: target as u32,
+        dg_id: config.id.clone(),
+    };
+    let mut buf = header.encode().map_err(|reason| device.refused(reason))?;
+    buf.extend_from_slice(payload);
+    let padded = (buf.len() as u64).div_ceil(BLOCK_BYTES) * BLOCK_BYTES;
+    buf.resize(padded as usize, 0);
+    let what = format!("slot {target}");
+    device.write_at(label.slot_offset_bytes(target), &buf, &what)?;
+    device.sync(&what)?;
+    let wanted = Some(LabelDiskGroup {
+        id: config.id.clone(),
+        name: config.name.clone(),
+        shared: config.shared,
+        owner_id: config.owner_id.clone(),
+    });
+    if label.disk_group != wanted {
+        label.disk_group = wanted;
+        label.generation += 1;
+        device.write_label(&label)?;
+    }
+    Ok(target)
+}
+
+/// Reads the disk group configuration from its disks: the newest valid slot across all
+/// of them. See [`read_config_of`] to pick one disk group among disks of several.
+pub fn read_config(paths: &[PathBuf]) -> Result<ConfigRead, OnDiskError> {
+    read_config_of(paths, None)
+}
+
+/// Like [`read_config`], considering only slots of disk group `dg_id` when given.
+pub fn read_config_of(paths: &[PathBuf], dg_id: Option<&str>) -> Result<ConfigRead, OnDiskError> {
+    if paths.is_empty() {
+        return Err(OnDiskError::NoDisks);
+    }
+    let mut reports = Vec::new();
+    // (seq, txn, config, report index)
+    let mut candidates: Vec<(u64, u64, DiskGroupConfig, usize)> = Vec::new();
+    for path in paths {
+        let mut report = DiskReport {
+            path: path.clone(),
+            label: None,
+            error: None,
+            slots: Vec::new(),
+            current: false,
+        };
+        let opened = Device::open(path, false).and_then(|d| d.read_label().map(|l| (d, l)));
+        match opened {
+            Err(e) => report.error = Some(e.to_string()),
+            Ok((device, label)) => {
+                for index in 0..2 {
+                    let (status, found) = device.read_slot(&label, index);
+                    if let Some((header, config)) = found {
+                        if dg_id.is_none_or_eq(&header.dg_id) {
+                            candidates.push((header.seq, header.txn_id, config, reports.len()));
+                        }
+                    }
+                    report.slots.push(status);
+                }
+                report.label = Some(label);
+            }
+        }
+        reports.push(report);
+    }
+    let Some(best) = candidates
+        .iter()
+        .max_by_key(|(seq, _, _, index)| (*seq, std::cmp::Reverse(*index)))
+        .cloned()
+    else {
+        let details = reports
+            .iter()
+            .map(describe_disk)
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(OnDiskError::NoValidConfig { details });
+    };
+    let (seq, txn_id, config, _) = best;
+    let same_seq: Vec<&(u64, u64, DiskGroupConfig, usize)> = candidates
+        .iter()
+        .filter(|(s, _, c, _)| *s == seq && c.id == config.id)
+        .collect();
+    if same_seq.iter().any(|(_, t, _, _)| *t != txn_id) {
+        let details = same_seq
+            .iter()
+            .map(|(_, t, _, i)| format!("{} has txn {t}", reports[*i].path.display()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(OnDiskError::Conflict {
+            dg: config.name.clone(),
+            seq,
+            details,
+        });
+    }
+    for (_, _, _, index) in same_seq {
+        reports[*index].current = true;
+    }
+    Ok(ConfigRead {
+        config,
+        seq,
+        txn_id,
+        disks: reports,
+    })
+}
+
+trait OptionStrExt {
+    fn is_none_or_eq(&self, value: &str) -> bool;
+}
+
+impl OptionStrExt for Option<&str> {
+    fn is_none_or_eq(&self, value: &str) -> bool {
+        match self {
+            None => true,
+            Some(wanted) => *wanted == value,
+        }
+    }
+}
+
+fn describe_disk(report: &DiskReport) -> String {
+    if let Some(error) = &report.error {
+        return error.clone();
+    }
+    let slots = report
+        .slots
+        .iter()
+        .enumerate()
+        .map(|(i, s)| match s {
+            SlotStatus::Empty => format!("slot {i} empty"),
+            SlotStatus::Valid { seq, dg_id, .. } => {
+                format!("slot {i} holds seq {seq} of another disk group ({dg_id})")
+            }
+            SlotStatus::Invalid { reason } => format!("slot {i} invalid ({reason})"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("{}: {slots}", report.path.display())
+}

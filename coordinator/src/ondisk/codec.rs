@@ -1,0 +1,305 @@
+//! The slot payload: a [`DiskGroupConfig`] as one Cap'n Proto message per
+//! `schema/ondisk.capnp` (standard framing, unpacked).
+
+use capnp::message::{Builder, ReaderOptions};
+use capnp::serialize;
+use plexd_proto::ondisk_capnp as wire;
+
+use crate::objects::{
+    Disk, DiskGroupConfig, Plex, PlexLayout, PlexState, ReadPolicy, Subdisk, Volume, VolumeState,
+};
+
+/// The `formatVersion` this code writes and the newest it reads.
+pub const CONFIG_FORMAT_VERSION: u32 = 1;
+
+/// Most words a decoded payload may make the reader traverse (bounds work on corrupt
+/// input; a 1 MiB payload is 128 Ki words).
+const TRAVERSAL_LIMIT_WORDS: usize = 1 << 20;
+
+/// Encodes a configuration into a slot payload.
+pub fn encode_config(config: &DiskGroupConfig) -> Vec<u8> {
+    let mut message = Builder::new_default();
+    let mut root = message.init_root::<wire::disk_group_config::Builder>();
+    root.set_format_version(CONFIG_FORMAT_VERSION);
+    root.set_name(config.name.as_str());
+    root.set_id(config.id.as_str());
+    root.set_shared(config.shared);
+    root.set_owner_id(config.owner_id.as_str());
+    root.set_seq(config.seq);
+    let mut disks = root.reborrow().init_disks(len_u32(config.disks.len()));
+    for (i, d) in (0..).zip(&config.disks) {
+        let mut b = disks.reborrow().get(i);
+        b.set_name(d.name.as_str());
+        b.set_id(d.id.as_str());
+        b.set_path(d.path.as_str());
+        b.set_size_bytes(d.size_bytes);
+        b.set_public_offset_bytes(d.public_offset_bytes);
+        b.set_public_len_bytes(d.public_len_bytes);
+    }
+    let mut volumes = root.init_volumes(len_u32(config.volumes.len()));
+    for (i, v) in (0..).zip(&config.volumes) {
+        encode_volume(v, volumes.reborrow().get(i));
+    }
+    serialize::write_message_to_words(&message)
+}
+
+fn len_u32(len: usize) -> u32 {
+    u32::try_from(len).unwrap_or(u32::MAX)
+}
+
+fn encode_volume(v: &Volume, mut b: wire::volume::Builder<'_>) {
+    b.set_name(v.name.as_str());
+    b.set_size_bytes(v.size_bytes);
+    b.set_state(match v.state {
+        VolumeState::Enabled => wire::VolumeState::Enabled,
+        VolumeState::Disabled => wire::VolumeState::Disabled,
+    });
+    {
+        let mut policy = b.reborrow().init_read_policy();
+        match &v.read_policy {
+            ReadPolicy::Round => policy.set_round(()),
+            ReadPolicy::Prefer { plex } => policy.set_prefer(plex.as_str()),
+            ReadPolicy::LeastOutstanding => policy.set_least_outstanding(()),
+        }
+    }
+    let mut plexes = b.init_plexes(len_u32(v.plexes.len()));
+    for (i, p) in (0..).zip(&v.plexes) {
+        let mut pb = plexes.reborrow().get(i);
+        pb.set_name(p.name.as_str());
+        pb.set_state(match p.state {
+            PlexState::Active => wire::PlexState::Active,
+            PlexState::Stale => wire::PlexState::Stale,
+            PlexState::Syncing => wire::PlexState::Syncing,
+            PlexState::Empty => wire::PlexState::Empty,
+        });
+        {
+            let mut layout = pb.reborrow().init_layout();
+            match p.layout {
+                PlexLayout::Concat => layout.set_concat(()),
+                PlexLayout::Stripe {
+                    columns,
+                    stripe_unit_bytes,
+                } => {
+                    let mut stripe = layout.init_stripe();
+                    stripe.set_columns(columns);
+                    stripe.set_stripe_unit_bytes(stripe_unit_bytes);
+                }
+            }
+        }
+        let mut sds = pb.init_subdisks(len_u32(p.subdisks.len()));
+        for (j, sd) in (0..).zip(&p.subdisks) {
+            let mut sb = sds.reborrow().get(j);
+            sb.set_name(sd.name.as_str());
+            sb.set_disk(sd.disk.as_str());
+            sb.set_disk_offset_bytes(sd.disk_offset_bytes);
+            sb.set_len_bytes(sd.len_bytes);
+            sb.set_column(sd.column);
+            sb.set_plex_offset_bytes(sd.plex_offset_bytes);
+        }
+    }
+}
+
+/// Decodes a slot payload. Any malformed input is an error (the message says what),
+/// never a panic. Does not run [`DiskGroupConfig::validate`].
+pub fn decode_config(payload: &[u8]) -> Result<DiskGroupConfig, String> {
+    let mut options = ReaderOptions::new();
+    options.traversal_limit_in_words(Some(TRAVERSAL_LIMIT_WORDS));
+    let mut slice = payload;
+    let message = serialize::read_message_from_flat_slice(&mut slice, options)
+        .map_err(|e| format!("not a Cap'n Proto message: {e}"))?;
+    if !slice.is_empty() {
+        return Err(format!("{} bytes after the message", slice.len()));
+    }
+    let root = message
+        .get_root::<wire::disk_group_config::Reader>()
+        .map_err(|e| format!("bad root: {e}"))?;
+    decode_root(root).map_err(|e| format!("malformed configuration: {e}"))
+}
+
+fn text(r: capnp::Result<capnp::text::Reader<'_>>) -> capnp::Result<String> {
+    r?.to_string()
+        .map_err(|e| capnp::Error::failed(format!("text is not UTF-8: {e}")))
+}
+
+fn not_in_schema(what: &str, e: capnp::NotInSchema) -> capnp::Error {
+    capnp::Error::failed(format!("unknown {what} {}", e.0))
+}
+
+fn decode_root(root: wire::disk_group_config::Reader<'_>) -> capnp::Result<DiskGroupConfig> {
+    let version = root.get_format_version();
+    if version == 0 || version > CONFIG_FORMAT_VERSION {
+        return Err(capnp::Error::failed(format!(
+            "configuration format version {version}, this plexd reads 1 to {CONFIG_FORMAT_VERSION}"
+        )));
+    }
+    let mut disks = Vec::new();
+    for d in root.get_disks()? {
+        disks.push(Disk {
+            name: text(d.get_name())?,
+            id: text(d.get_id())?,
+            path: text(d.get_path())?,
+            size_bytes: d.get_size_bytes(),
+            public_offset_bytes: d.get_public_offset_bytes(),
+            public_len_bytes: d.get_public_len_bytes(),
+        });
+    }
+    let mut volumes = Vec::new();
+    for v in root.get_volumes()? {
+        volumes.push(decode_volume(v)?);
+    }
+    Ok(DiskGroupConfig {
+        name: text(root.get_name())?,
+        id: text(root.get_id())?,
+        shared: root.get_shared(),
+        owner_id: text(root.get_owner_id())?,
+        seq: root.get_seq(),
+        disks,
+        volumes,
+    })
+}
+
+fn decode_volume(v: wire::volume::Reader<'_>) -> capnp::Result<Volume> {
+    let state = match v
+        .get_state()
+        .map_err(|e| not_in_schema("volume state", e))?
+    {
+        wire::VolumeState::Enabled => VolumeState::Enabled,
+        wire::VolumeState::Disabled => VolumeState::Disabled,
+    };
+    use wire::read_policy::Which;
+    let read_policy = match v
+        .get_read_policy()?
+        .which()
+        .map_err(|e| not_in_schema("read policy", e))?
+    {
+        Which::Round(()) => ReadPolicy::Round,
+        Which::Prefer(plex) => ReadPolicy::Prefer { plex: text(plex)? },
+        Which::LeastOutstanding(()) => ReadPolicy::LeastOutstanding,
+    };
+    let mut plexes = Vec::new();
+    for p in v.get_plexes()? {
+        plexes.push(decode_plex(p)?);
+    }
+    Ok(Volume {
+        name: text(v.get_name())?,
+        size_bytes: v.get_size_bytes(),
+        state,
+        read_policy,
+        plexes,
+    })
+}
+
+fn decode_plex(p: wire::plex::Reader<'_>) -> capnp::Result<Plex> {
+    let state = match p.get_state().map_err(|e| not_in_schema("plex state", e))? {
+        wire::PlexState::Active => PlexState::Active,
+        wire::PlexState::Stale => PlexState::Stale,
+        wire::PlexState::Syncing => PlexState::Syncing,
+        wire::PlexState::Empty => PlexState::Empty,
+    };
+    use wire::plex_layout::Which;
+    let layout = match p
+        .get_layout()?
+        .which()
+        .map_err(|e| not_in_schema("plex layout", e))?
+    {
+        Which::Concat(()) => PlexLayout::Concat,
+        Which::Stripe(s) => PlexLayout::Stripe {
+            columns: s.get_columns(),
+            stripe_unit_bytes: s.get_stripe_unit_bytes(),
+        },
+    };
+    let mut subdisks = Vec::new();
+    for sd in p.get_subdisks()? {
+        subdisks.push(Subdisk {
+            name: text(sd.get_name())?,
+            disk: text(sd.get_disk())?,
+            disk_offset_bytes: sd.get_disk_offset_bytes(),
+            len_bytes: sd.get_len_bytes(),
+            column: sd.get_column(),
+            plex_offset_bytes: sd.get_plex_offset_bytes(),
+        });
+    }
+    Ok(Plex {
+        name: text(p.get_name())?,
+        state,
+        layout,
+        subdisks,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::objects::test_support::cluster;
+    use crate::objects::{Change, VolumeLayout};
+    use rand::{Rng, SeedableRng};
+
+    fn sample() -> DiskGroupConfig {
+        let c = cluster(&[
+            ("disk01", 1 << 30),
+            ("disk02", 1 << 30),
+            ("disk03", 1 << 30),
+        ]);
+        let c = c
+            .apply(&Change::VolCreate {
+                dg: "dg1".into(),
+                volume: "vol1".into(),
+                size_bytes: 100 << 20,
+                layout: VolumeLayout::Mirror { mirrors: 2 },
+            })
+            .unwrap();
+        let c = c
+            .apply(&Change::VolCreate {
+                dg: "dg1".into(),
+                volume: "vol2".into(),
+                size_bytes: 10 << 20,
+                layout: VolumeLayout::MirrorStripe {
+                    mirrors: 1,
+                    columns: 3,
+                    stripe_unit_bytes: 128 << 10,
+                },
+            })
+            .unwrap();
+        let c = c
+            .apply(&Change::PlexDetach {
+                dg: "dg1".into(),
+                plex: "vol1-02".into(),
+            })
+            .unwrap();
+        let mut g = c.disk_groups[0].clone();
+        g.volumes[0].read_policy = ReadPolicy::Prefer {
+            plex: "vol1-01".into(),
+        };
+        g.volumes[1].state = VolumeState::Disabled;
+        g.volumes[1].read_policy = ReadPolicy::LeastOutstanding;
+        g
+    }
+
+    #[test]
+    fn config_round_trips_through_capnp() {
+        let g = sample();
+        let bytes = encode_config(&g);
+        assert_eq!(bytes.len() % 8, 0);
+        assert_eq!(decode_config(&bytes).unwrap(), g);
+    }
+
+    #[test]
+    fn decoding_garbage_is_an_error_not_a_panic() {
+        let good = encode_config(&sample());
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        assert!(decode_config(&[]).is_err());
+        for _ in 0..2000 {
+            let len = rng.gen_range(0..256);
+            let junk: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+            let _ = decode_config(&junk);
+            let mut flipped = good.clone();
+            for _ in 0..rng.gen_range(1..8) {
+                let i = rng.gen_range(0..flipped.len());
+                flipped[i] ^= 1 << rng.gen_range(0..8);
+            }
+            let _ = decode_config(&flipped);
+            let cut = rng.gen_range(0..good.len());
+            assert!(decode_config(&good[..cut]).is_err());
+        }
+    }
+}

@@ -1,0 +1,458 @@
+//! On-disk tests against sparse files in a temporary directory.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rand::{Rng, SeedableRng};
+
+use super::*;
+use crate::objects::{apply, Change, ClusterConfig, VolumeLayout};
+
+const DISK_BYTES: u64 = 64 << 20;
+
+/// A temporary directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "plexd-ondisk-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    /// A sparse disk file of `size` bytes.
+    fn disk(&self, name: &str, size: u64) -> PathBuf {
+        let path = self.0.join(format!("{name}.img"));
+        File::create(&path).unwrap().set_len(size).unwrap();
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `n` initialised disks `disk01..` and a shared group `dg1` over them with one
+/// mirrored volume.
+fn group(dir: &TempDir, n: usize) -> (Vec<PathBuf>, ClusterConfig) {
+    let mut paths = Vec::new();
+    let mut disks = Vec::new();
+    for i in 1..=n {
+        let name = format!("disk{i:02}");
+        let path = dir.disk(&name, DISK_BYTES);
+        let label = init_disk(&path, &name, InitOptions::default()).unwrap();
+        disks.push(label.disk_record(&path));
+        paths.push(path);
+    }
+    let c = apply(
+        &ClusterConfig::default(),
+        &Change::DgCreate {
+            dg: "dg1".into(),
+            dg_id: crate::objects::new_id(),
+            shared: true,
+            owner_id: "cluster-1".into(),
+            disks,
+        },
+    )
+    .unwrap();
+    let c = c
+        .apply(&Change::VolCreate {
+            dg: "dg1".into(),
+            volume: "vol1".into(),
+            size_bytes: 8 << 20,
+            layout: VolumeLayout::Mirror {
+                mirrors: n.min(2) as u32,
+            },
+        })
+        .unwrap();
+    (paths, c)
+}
+
+fn next(c: &ClusterConfig, volume: &str) -> ClusterConfig {
+    c.apply(&Change::VolCreate {
+        dg: "dg1".into(),
+        volume: volume.into(),
+        size_bytes: 1 << 20,
+        layout: VolumeLayout::Concat,
+    })
+    .unwrap()
+}
+
+fn corrupt(path: &Path, offset: u64, bytes: &[u8]) {
+    let f = OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(bytes, offset).unwrap();
+}
+
+fn slot_offset(path: &Path, index: usize) -> u64 {
+    read_label(path).unwrap().slot_offset_bytes(index)
+}
+
+#[test]
+fn init_writes_a_label_that_reads_back() {
+    let dir = TempDir::new();
+    let path = dir.disk("a", DISK_BYTES);
+    let label = init_disk(&path, "disk01", InitOptions::default()).unwrap();
+    assert_eq!(label.disk_name, "disk01");
+    assert_eq!(label.disk_id.len(), 32);
+    assert_eq!(label.public_offset_bytes, 1 << 20);
+    assert_eq!(label.public_len_bytes, DISK_BYTES - (1 << 20));
+    assert_eq!(label.disk_group, None);
+    assert_eq!(read_label(&path).unwrap(), label);
+    let disk = label.disk_record(&path);
+    assert_eq!(disk.size_bytes, DISK_BYTES);
+    // Same name again: idempotent; another name: refused without force.
+    assert_eq!(
+        init_disk(&path, "disk01", InitOptions::default()).unwrap(),
+        label
+    );
+    let err = init_disk(&path, "disk09", InitOptions::default()).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("already initialised as disk disk01"),
+        "{err}"
+    );
+    let forced = init_disk(
+        &path,
+        "disk09",
+        InitOptions {
+            force: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_ne!(forced.disk_id, label.disk_id);
+}
+
+#[test]
+fn init_refuses_small_disks_and_bad_names() {
+    let dir = TempDir::new();
+    let small = dir.disk("small", 1 << 20);
+    let err = init_disk(&small, "disk01", InitOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("too small"), "{err}");
+    let ok = dir.disk("ok", DISK_BYTES);
+    assert!(init_disk(&ok, "bad name", InitOptions::default()).is_err());
+    let missing = dir.0.join("missing.img");
+    let err = init_disk(&missing, "disk01", InitOptions::default()).unwrap_err();
+    assert!(matches!(err, OnDiskError::Io { .. }));
+    assert!(err.to_string().contains("missing.img"), "{err}");
+}
+
+#[test]
+fn config_round_trips_across_disks_and_updates_labels() {
+    let dir = TempDir::new();
+    let (paths, c) = group(&dir, 3);
+    let g = &c.disk_groups[0];
+    let report = write_config(&paths, g, 17).unwrap();
+    assert!(report.all_ok());
+    let read = read_config(&paths).unwrap();
+    assert_eq!(&read.config, g);
+    assert_eq!(read.seq, g.seq);
+    assert_eq!(read.txn_id, 17);
+    assert!(read.disks.iter().all(|d| d.current));
+    let label = read_label(&paths[0]).unwrap();
+    let lg = label.disk_group.unwrap();
+    assert_eq!(
+        (lg.name.as_str(), lg.shared, lg.owner_id.as_str()),
+        ("dg1", true, "cluster-1")
+    );
+    assert_eq!(lg.id, g.id);
+}
+
+#[test]
+fn slots_are_written_alternately() {
+    let dir = TempDir::new();
+    let (paths, c1) = group(&dir, 2);
+    let c2 = next(&c1, "v2");
+    let c3 = next(&c2, "v3");
+    let slots = |r: &WriteReport| r.written.iter().map(|(_, s)| *s).collect::<Vec<_>>();
+    assert_eq!(
+        slots(&write_config(&paths, &c1.disk_groups[0], 1).unwrap()),
+        [0, 0]
+    );
+    assert_eq!(
+        slots(&write_config(&paths, &c2.disk_groups[0], 2).unwrap()),
+        [1, 1]
+    );
+    assert_eq!(
+        slots(&write_config(&paths, &c3.disk_groups[0], 3).unwrap()),
+        [0, 0]
+    );
+    let read = read_config(&paths).unwrap();
+    assert_eq!(read.config, c3.disk_groups[0]);
+    let seqs: Vec<_> = read.disks[0]
+        .slots
+        .iter()
+        .map(|s| match s {
+            SlotStatus::Valid { seq, .. } => *seq,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(seqs, [c3.disk_groups[0].seq, c2.disk_groups[0].seq]);
+}
+
+#[test]
+fn torn_newest_slot_falls_back_to_the_previous_configuration() {
+    let dir = TempDir::new();
+    let (paths, c1) = group(&dir, 2);
+    let c2 = next(&c1, "v2");
+    write_config(&paths, &c1.disk_groups[0], 1).unwrap();
+    write_config(&paths, &c2.disk_groups[0], 2).unwrap();
+    // Tear the payload of the newest slot (slot 1) on every disk.
+    for p in &paths {
+        corrupt(p, slot_offset(p, 1) + BLOCK_BYTES + 100, &[0xff; 512]);
+    }
+    let read = read_config(&paths).unwrap();
+    assert_eq!(read.config, c1.disk_groups[0]);
+    assert_eq!(read.txn_id, 1);
+    assert!(matches!(
+        &read.disks[0].slots[1],
+        SlotStatus::Invalid { reason } if reason.contains("payload checksum mismatch")
+    ));
+    // The next write goes over the torn slot, not over the good one.
+    let report = write_config(&paths, &c2.disk_groups[0], 2).unwrap();
+    assert_eq!(report.written[0].1, 1);
+    assert_eq!(read_config(&paths).unwrap().config, c2.disk_groups[0]);
+}
+
+#[test]
+fn torn_header_is_detected() {
+    let dir = TempDir::new();
+    let (paths, c1) = group(&dir, 1);
+    let c2 = next(&c1, "v2");
+    write_config(&paths, &c1.disk_groups[0], 1).unwrap();
+    write_config(&paths, &c2.disk_groups[0], 2).unwrap();
+    // Half a header: the first sector new, the rest old... here: zero the second half
+    // of the header's first sector.
+    corrupt(&paths[0], slot_offset(&paths[0], 1) + 256, &[0; 256]);
+    let read = read_config(&paths).unwrap();
+    assert_eq!(read.config, c1.disk_groups[0]);
+    assert!(matches!(
+        &read.disks[0].slots[1],
+        SlotStatus::Invalid { reason } if reason.contains("header checksum")
+    ));
+}
+
+#[test]
+fn newest_slot_on_any_disk_wins_and_lagging_disks_are_reported() {
+    let dir = TempDir::new();
+    let (paths, c1) = group(&dir, 3);
+    let c2 = next(&c1, "v2");
+    write_config(&paths, &c1.disk_groups[0], 1).unwrap();
+    // The master died after writing one disk.
+    write_config(&paths[1..2], &c2.disk_groups[0], 2).unwrap();
+    let read = read_config(&paths).unwrap();
+    assert_eq!(read.config, c2.disk_groups[0]);
+    let current: Vec<bool> = read.disks.iter().map(|d| d.current).collect();
+    assert_eq!(current, [false, true, false]);
+    // The new master rewrites it idempotently everywhere.
+    let report = write_config(&paths, &c2.disk_groups[0], 2).unwrap();
+    assert!(report.all_ok());
+    assert!(read_config(&paths).unwrap().disks.iter().all(|d| d.current));
+}
+
+#[test]
+fn idempotent_rewrite_is_allowed_but_stale_or_conflicting_writes_are_refused() {
+    let dir = TempDir::new();
+    let (paths, c1) = group(&dir, 1);
+    let c2 = next(&c1, "v2");
+    write_config(&paths, &c2.disk_groups[0], 5).unwrap();
+    let again = write_config(&paths, &c2.disk_groups[0], 5).unwrap();
+    assert_eq!(again.written[0].1, 1, "rewrite goes to the other slot");
+    let err = write_config(&paths, &c2.disk_groups[0], 6).unwrap_err();
+    assert!(
+        err.to_string().contains("from transaction 5, not 6"),
+        "{err}"
+    );
+    let err = write_config(&paths, &c1.disk_groups[0], 4).unwrap_err();
+    assert!(err.to_string().contains("newer than seq"), "{err}");
+    assert_eq!(read_config(&paths).unwrap().txn_id, 5);
+}
+
+#[test]
+fn conflicting_transactions_with_the_same_seq_are_an_error() {
+    let dir = TempDir::new();
+    let (paths, c1) = group(&dir, 2);
+    write_config(&paths[..1], &c1.disk_groups[0], 1).unwrap();
+    write_config(&paths[1..], &c1.disk_groups[0], 2).unwrap();
+    let err = read_config(&paths).unwrap_err();
+    assert!(matches!(err, OnDiskError::Conflict { .. }), "{err}");
+}
+
+#[test]
+fn write_refuses_a_disk_outside_the_group() {
+    let dir = TempDir::new();
+    let (mut paths, c) = group(&dir, 1);
+    let stranger = dir.disk("stranger", DISK_BYTES);
+    init_disk(&stranger, "disk77", InitOptions::default()).unwrap();
+    paths.push(stranger.clone());
+    let report = write_config(&paths, &c.disk_groups[0], 1).unwrap();
+    assert_eq!(report.written.len(), 1);
+    let (path, err) = &report.failed[0];
+    assert_eq!(path, &stranger);
+    assert!(
+        err.to_string().contains("is not a disk of disk group dg1"),
+        "{err}"
+    );
+    let err = write_config(&paths[1..], &c.disk_groups[0], 1).unwrap_err();
+    assert!(matches!(err, OnDiskError::WriteFailed { .. }), "{err}");
+}
+
+#[test]
+fn all_slots_corrupt_is_a_clear_error_naming_each_disk() {
+    let dir = TempDir::new();
+    let (paths, c) = group(&dir, 2);
+    write_config(&paths, &c.disk_groups[0], 1).unwrap();
+    for p in &paths {
+        corrupt(p, slot_offset(p, 0) + 20, b"garbage!");
+    }
+    let err = read_config(&paths).unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, OnDiskError::NoValidConfig { .. }));
+    for p in &paths {
+        assert!(text.contains(&p.display().to_string()), "{text}");
+    }
+    assert!(text.contains("slot 0 invalid (header checksum"), "{text}");
+    assert!(text.contains("slot 1 empty"), "{text}");
+}
+
+#[test]
+fn a_corrupt_primary_label_is_recovered_from_the_backup() {
+    let dir = TempDir::new();
+    let (paths, c) = group(&dir, 1);
+    write_config(&paths, &c.disk_groups[0], 1).unwrap();
+    let before = read_label(&paths[0]).unwrap();
+    corrupt(&paths[0], 300, b"scribble");
+    assert_eq!(read_label(&paths[0]).unwrap(), before);
+    corrupt(&paths[0], BLOCK_BYTES + 300, b"scribble");
+    let err = read_label(&paths[0]).unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, OnDiskError::Label { .. }));
+    assert!(text.contains(&paths[0].display().to_string()), "{text}");
+    assert!(text.contains("checksum mismatch"), "{text}");
+    // read_config reports the disk and its reason.
+    let err = read_config(&paths).unwrap_err().to_string();
+    assert!(err.contains("unreadable label"), "{err}");
+}
+
+#[test]
+fn blank_and_truncated_disks_are_reported_with_the_reason() {
+    let dir = TempDir::new();
+    let blank = dir.disk("blank", DISK_BYTES);
+    let err = read_label(&blank).unwrap_err().to_string();
+    assert!(
+        err.contains("blank.img: unreadable label: no label (blank"),
+        "{err}"
+    );
+    let tiny = dir.disk("tiny", 100);
+    let err = read_label(&tiny).unwrap_err().to_string();
+    assert!(err.contains("too small to hold a label"), "{err}");
+    let (paths, _) = group(&dir, 1);
+    File::options()
+        .write(true)
+        .open(&paths[0])
+        .unwrap()
+        .set_len(4 << 20)
+        .unwrap();
+    let err = read_label(&paths[0]).unwrap_err().to_string();
+    assert!(err.contains("truncated"), "{err}");
+}
+
+#[test]
+fn release_clears_the_disk_group_and_the_slots() {
+    let dir = TempDir::new();
+    let (paths, c) = group(&dir, 2);
+    write_config(&paths, &c.disk_groups[0], 1).unwrap();
+    let label = release_disk(&paths[0]).unwrap();
+    assert_eq!(label.disk_group, None);
+    assert_eq!(read_label(&paths[0]).unwrap().disk_group, None);
+    let read = read_config(&paths).unwrap();
+    assert_eq!(read.disks[0].slots, [SlotStatus::Empty, SlotStatus::Empty]);
+    assert!(read.disks[1].current);
+    // A released disk can join another group.
+    assert!(init_disk(&paths[0], "disk01", InitOptions::default()).is_ok());
+}
+
+#[test]
+fn init_refuses_a_disk_in_a_group_unless_forced() {
+    let dir = TempDir::new();
+    let (paths, c) = group(&dir, 1);
+    write_config(&paths, &c.disk_groups[0], 1).unwrap();
+    let err = init_disk(&paths[0], "disk01", InitOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("is in disk group dg1"), "{err}");
+}
+
+#[test]
+fn read_config_of_picks_one_group() {
+    let dir = TempDir::new();
+    let (paths, c) = group(&dir, 1);
+    write_config(&paths, &c.disk_groups[0], 1).unwrap();
+    let id = c.disk_groups[0].id.clone();
+    assert!(read_config_of(&paths, Some(&id)).is_ok());
+    let err = read_config_of(&paths, Some("someoneelse"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("another disk group"), "{err}");
+}
+
+#[test]
+fn random_damage_to_the_private_region_never_panics() {
+    let dir = TempDir::new();
+    let (paths, c1) = group(&dir, 2);
+    let c2 = next(&c1, "v2");
+    write_config(&paths, &c1.disk_groups[0], 1).unwrap();
+    write_config(&paths, &c2.disk_groups[0], 2).unwrap();
+    let private = DEFAULT_PRIVATE_REGION_BYTES as usize;
+    let pristine: Vec<Vec<u8>> = paths
+        .iter()
+        .map(|p| {
+            let mut buf = vec![0u8; private];
+            File::open(p).unwrap().read_exact_at(&mut buf, 0).unwrap();
+            buf
+        })
+        .collect();
+    let slots = [slot_offset(&paths[0], 0), slot_offset(&paths[0], 1)];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
+    let (mut newest, mut older, mut failed) = (0, 0, 0);
+    for _ in 0..300 {
+        for (p, image) in paths.iter().zip(&pristine) {
+            corrupt(p, 0, image);
+        }
+        for _ in 0..rng.gen_range(1..8) {
+            let p = &paths[rng.gen_range(0..paths.len())];
+            let offset = match rng.gen_range(0..4) {
+                0 => rng.gen_range(0..2 * BLOCK_BYTES),
+                1 => slots[0] + rng.gen_range(0..2 * BLOCK_BYTES),
+                2 => slots[1] + rng.gen_range(0..2 * BLOCK_BYTES),
+                _ => rng.gen_range(0..private as u64 - 64),
+            };
+            let len = rng.gen_range(1..64);
+            let junk: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+            corrupt(p, offset, &junk);
+        }
+        match read_config(&paths) {
+            Ok(read) if read.config == c2.disk_groups[0] => newest += 1,
+            Ok(read) => {
+                assert_eq!(read.config, c1.disk_groups[0]);
+                older += 1;
+            }
+            Err(e) => {
+                assert!(!e.to_string().is_empty());
+                failed += 1;
+            }
+        }
+    }
+    assert!(
+        newest > 0 && older > 0,
+        "newest {newest}, older {older}, failed {failed}"
+    );
+}
