@@ -9,6 +9,7 @@
 
 pub mod bdev;
 pub mod buf;
+pub mod frontend;
 pub mod reactor;
 pub mod target;
 pub mod testutil;

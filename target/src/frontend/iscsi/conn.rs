@@ -1,0 +1,1668 @@
+//! One iSCSI connection on its reactor: socket I/O, PDU dispatch, tasks.
+//!
+//! Reading: a one-shot io_uring poll for POLLIN wakes the connection; it reads
+//! with nonblocking `read` into a fixed receive buffer sized for the largest PDU
+//! it accepts, parses whole PDUs in place and handles them. Reading pauses (no poll
+//! armed) while a command waits for an I/O buffer or while too much output is
+//! queued, so memory per connection is bounded.
+//!
+//! Writing: PDUs are serialized into an output buffer and written with
+//! nonblocking `write`; on EAGAIN a POLLOUT poll resumes the writing.
+//!
+//! Closing: `shutdown` wakes pending polls; their completions, and those of
+//! in-flight bdev I/O, drop the last references and close the socket.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::rc::{Rc, Weak};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use io_uring::{opcode, types};
+
+use super::login::{self, Login, LoginReq, SessionType};
+use super::pdu::{self, field, op, Bhs, Digests, Parsed, BHS_LEN, RESERVED_TAG};
+use super::portal::Listener;
+use super::pr::{Access, PrError};
+use super::scsi::{self, NexusState, Op, Response};
+use super::sense::{self, Sense};
+use super::text::{self, Params};
+use super::{LunRt, Session, Shared, TargetRt};
+use crate::bdev::{BdevIo, IoCallback, IoDone, IoKind, IoStatus};
+use crate::buf::{BufWaiter, IoBuf, PoolBuf};
+use crate::reactor::{Poller, Reactor, UringDone};
+
+/// Output queued beyond which the connection stops reading new requests.
+const WBUF_HIGH_BYTES: usize = 4 << 20;
+/// Most read() calls per readiness event.
+const READS_PER_EVENT: usize = 16;
+/// How often the keep-alive poller looks at connections.
+const KEEPALIVE_TICK: Duration = Duration::from_secs(1);
+/// Longest a login may take before the connection is closed.
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+const TAG_POLLIN: u64 = 1;
+const TAG_POLLOUT: u64 = 2;
+
+/// The iSCSI connections and listeners of one reactor.
+#[derive(Default)]
+pub(crate) struct Registry {
+    conns: RefCell<HashMap<(u64, u64), Rc<Conn>>>,
+    pub(crate) listeners: RefCell<Vec<Rc<Listener>>>,
+    next_id: Cell<u64>,
+    poller: Cell<bool>,
+}
+
+struct KeepAlive {
+    reactor: Weak<Reactor>,
+    next: Cell<Instant>,
+}
+
+impl Poller for KeepAlive {
+    fn poll(&self, now: Instant) -> usize {
+        if now < self.next.get() {
+            return 0;
+        }
+        self.next.set(now + KEEPALIVE_TICK);
+        let Some(r) = self.reactor.upgrade() else { return 0 };
+        let conns: Vec<Rc<Conn>> = r.local::<Registry>().conns.borrow().values().cloned().collect();
+        for c in conns {
+            c.tick(now);
+        }
+        0
+    }
+    fn next_deadline(&self) -> Option<Instant> {
+        Some(self.next.get())
+    }
+}
+
+/// Creates a connection for an accepted socket (runs on the chosen reactor).
+pub(crate) fn spawn(r: &Rc<Reactor>, shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+    if shared.stopping.load(Ordering::Acquire) {
+        return;
+    }
+    let reg = r.local::<Registry>();
+    if !reg.poller.replace(true) {
+        r.add_poller(Rc::new(KeepAlive {
+            reactor: Rc::downgrade(r),
+            next: Cell::new(Instant::now() + KEEPALIVE_TICK),
+        }));
+    }
+    let id = reg.next_id.get() + 1;
+    reg.next_id.set(id);
+    let limits = shared.limits();
+    let rcap = pdu::max_wire_len(limits.target_mrdsl as usize);
+    let local = stream.local_addr().ok();
+    let c = Rc::new_cyclic(|me| Conn {
+        id,
+        fid: shared.id,
+        stream,
+        peer,
+        local,
+        reactor: Rc::clone(r),
+        shared: Arc::clone(&shared),
+        me: me.clone(),
+        st: RefCell::new(St {
+            phase: Phase::Login(Box::new(Login::new(limits.clone()))),
+            rbuf: vec![0u8; rcap],
+            rlen: 0,
+            wbuf: Vec::with_capacity(64 << 10),
+            wpos: 0,
+            dig: Digests::default(),
+            params: Params::defaults(&limits),
+            statsn: 0,
+            exp_cmdsn: 0,
+            isid: [0; 6],
+            tsih: 0,
+            tasks: slab::Slab::with_capacity(shared.queue_depth as usize),
+            itts: HashMap::new(),
+            datain_q: VecDeque::new(),
+            session: None,
+            nexus: String::new(),
+            target: None,
+            target_gen: 0,
+            nexus_state: HashMap::new(),
+            poll_in: false,
+            poll_out: false,
+            stalled_on_buf: false,
+            ready_buf: None,
+            last_rx: Instant::now(),
+            started: Instant::now(),
+            nop_sent: None,
+            next_ttt: 1,
+            close_after_flush: false,
+            closed: false,
+        }),
+    });
+    log::debug!("iscsi: connection {id} from {peer} on reactor {}", r.id());
+    reg.conns.borrow_mut().insert((shared.id, id), Rc::clone(&c));
+    c.on_readable();
+}
+
+/// Closes one connection (management API: target removed, initiator denied).
+pub(crate) fn close_conn(r: &Rc<Reactor>, fid: u64, id: u64) {
+    let c = r.local::<Registry>().conns.borrow().get(&(fid, id)).cloned();
+    if let Some(c) = c {
+        c.close("closed by the management API");
+    }
+}
+
+/// Closes the listener and every connection of frontend `fid` on this reactor.
+pub(crate) fn close_frontend(r: &Rc<Reactor>, fid: u64) {
+    let reg = r.local::<Registry>();
+    let ls: Vec<Rc<Listener>> = reg.listeners.borrow().iter().filter(|l| l.fid == fid).cloned().collect();
+    reg.listeners.borrow_mut().retain(|l| l.fid != fid);
+    for l in ls {
+        l.close();
+    }
+    let cs: Vec<Rc<Conn>> = reg
+        .conns
+        .borrow()
+        .iter()
+        .filter(|((f, _), _)| *f == fid)
+        .map(|(_, c)| Rc::clone(c))
+        .collect();
+    for c in cs {
+        c.close("frontend stopped");
+    }
+}
+
+enum Phase {
+    Login(Box<Login>),
+    Full(SessionType),
+}
+
+struct R2t {
+    ttt: u32,
+    offset: u32,
+    len: u32,
+    got: u32,
+    datasn: u32,
+}
+
+struct Task {
+    itt: u32,
+    lun: Arc<LunRt>,
+    lun_field: u64,
+    op: Op,
+    edtl: u32,
+    buf: Option<PoolBuf>,
+    aux: Vec<u8>,
+    out_len: u32,
+    received: u32,
+    unsol_end: u32,
+    unsol_datasn: u32,
+    next_r2t: u32,
+    r2t: Option<R2t>,
+    r2tsn: u32,
+    inflight: u32,
+    stage: u8,
+    err: Option<Sense>,
+    aborted: bool,
+    /// Task was removed from `itts` (answered or aborted) while I/O is in flight.
+    orphan: bool,
+}
+
+struct St {
+    phase: Phase,
+    rbuf: Vec<u8>,
+    rlen: usize,
+    wbuf: Vec<u8>,
+    wpos: usize,
+    dig: Digests,
+    params: Params,
+    statsn: u32,
+    exp_cmdsn: u32,
+    isid: [u8; 6],
+    tsih: u16,
+    tasks: slab::Slab<Task>,
+    itts: HashMap<u32, usize>,
+    datain_q: VecDeque<usize>,
+    session: Option<Arc<Session>>,
+    nexus: String,
+    target: Option<Arc<TargetRt>>,
+    target_gen: u64,
+    nexus_state: HashMap<u64, NexusState>,
+    poll_in: bool,
+    poll_out: bool,
+    stalled_on_buf: bool,
+    ready_buf: Option<PoolBuf>,
+    last_rx: Instant,
+    started: Instant,
+    nop_sent: Option<(u32, Instant)>,
+    next_ttt: u32,
+    close_after_flush: bool,
+    closed: bool,
+}
+
+pub(crate) struct Conn {
+    id: u64,
+    fid: u64,
+    stream: TcpStream,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+    reactor: Rc<Reactor>,
+    shared: Arc<Shared>,
+    me: Weak<Conn>,
+    st: RefCell<St>,
+}
+
+/// What handling a PDU did with it.
+enum Handled {
+    /// Consumed.
+    Done,
+    /// Not consumed: wait (for a buffer) and look at it again later.
+    Stall,
+    /// The connection must close.
+    Close(String),
+}
+
+impl St {
+    fn pending_out(&self) -> usize {
+        self.wbuf.len() - self.wpos
+    }
+
+    fn max_cmdsn(&self, qd: u32) -> u32 {
+        let active = self.itts.len() as u32;
+        let room = qd.saturating_sub(active);
+        self.exp_cmdsn.wrapping_add(room).wrapping_sub(1)
+    }
+
+    fn take_statsn(&mut self) -> u32 {
+        let s = self.statsn;
+        self.statsn = self.statsn.wrapping_add(1);
+        s
+    }
+
+    fn emit(&mut self, bhs: &Bhs, data: &[u8]) {
+        pdu::encode(&mut self.wbuf, bhs, data, self.dig);
+    }
+
+    fn alloc_ttt(&mut self) -> u32 {
+        let t = self.next_ttt;
+        self.next_ttt = self.next_ttt.wrapping_add(1);
+        if self.next_ttt == RESERVED_TAG {
+            self.next_ttt = 1;
+        }
+        t
+    }
+}
+
+impl Conn {
+    fn rc(&self) -> Option<Rc<Conn>> {
+        self.me.upgrade()
+    }
+
+    fn fd(&self) -> i32 {
+        self.stream.as_raw_fd()
+    }
+
+    fn arm(&self, st: &mut St, out: bool) {
+        if st.closed {
+            return;
+        }
+        let armed = if out { &mut st.poll_out } else { &mut st.poll_in };
+        if *armed {
+            return;
+        }
+        let Some(me) = self.rc() else { return };
+        *armed = true;
+        let mask = if out { libc::POLLOUT } else { libc::POLLIN | libc::POLLRDHUP };
+        let e = opcode::PollAdd::new(types::Fd(self.fd()), mask as u32).build();
+        // SAFETY: a poll references no memory; the registration holds an Rc to
+        // this connection, which owns the socket, so the fd outlives the poll.
+        unsafe {
+            self.reactor
+                .uring_push(e, me, if out { TAG_POLLOUT } else { TAG_POLLIN })
+        };
+    }
+
+    /// Closes the connection: no more reading or writing; tasks without I/O in
+    /// flight give their buffers back now, the others when their I/O completes.
+    pub(crate) fn close(&self, why: &str) {
+        let mut st = self.st.borrow_mut();
+        if st.closed {
+            return;
+        }
+        st.closed = true;
+        log::info!("iscsi: connection {} from {} closed: {why}", self.id, self.peer);
+        // SAFETY: shutdown on a socket we own; it wakes pending polls.
+        unsafe { libc::shutdown(self.fd(), libc::SHUT_RDWR) };
+        let keys: Vec<usize> = st.tasks.iter().map(|(k, _)| k).collect();
+        for k in keys {
+            if st.tasks[k].inflight == 0 {
+                let t = st.tasks.remove(k);
+                self.release(t);
+            } else {
+                st.tasks[k].aborted = true;
+            }
+        }
+        st.itts.clear();
+        st.datain_q.clear();
+        if let Some(b) = st.ready_buf.take() {
+            self.reactor.bufs().put(b);
+        }
+        if let Some(s) = st.session.take() {
+            self.shared.sessions().remove(&s.tsih);
+            if let Some(t) = &st.target {
+                for l in t.luns.values() {
+                    let nexus = st.nexus.clone();
+                    l.with_pr(|p| {
+                        p.nexus_lost(&nexus);
+                        ((), false)
+                    });
+                }
+            }
+        }
+        drop(st);
+        self.reactor
+            .local::<Registry>()
+            .conns
+            .borrow_mut()
+            .remove(&(self.fid, self.id));
+    }
+
+    fn release(&self, mut t: Task) {
+        if let Some(b) = t.buf.take() {
+            self.reactor.bufs().put(b);
+        }
+    }
+
+    fn tick(&self, now: Instant) {
+        let mut why = None;
+        {
+            let mut st = self.st.borrow_mut();
+            if st.closed {
+                return;
+            }
+            match st.phase {
+                Phase::Login(_) => {
+                    if now.duration_since(st.started) > LOGIN_TIMEOUT {
+                        why = Some("login timed out".to_string());
+                    }
+                }
+                Phase::Full(_) => {
+                    if let Some((_, sent)) = st.nop_sent {
+                        if now.duration_since(sent) > self.shared.nop_timeout {
+                            why = Some("no answer to NOP-In keep-alive".to_string());
+                        }
+                    } else if let Some(iv) = self.shared.nop_interval {
+                        if now.duration_since(st.last_rx) > iv {
+                            let ttt = st.alloc_ttt();
+                            st.nop_sent = Some((ttt, now));
+                            let mut b = Bhs::new(op::NOP_IN, 0x80);
+                            let (sn, exp) = (st.statsn, st.exp_cmdsn);
+                            let max = st.max_cmdsn(self.shared.queue_depth);
+                            b.u32_at(16, RESERVED_TAG)
+                                .u32_at(20, ttt)
+                                .u32_at(24, sn)
+                                .u32_at(28, exp)
+                                .u32_at(32, max);
+                            st.emit(&b, &[]);
+                        }
+                    }
+                }
+            }
+        }
+        match why {
+            Some(w) => self.close(&w),
+            None => self.flush(),
+        }
+    }
+
+    fn on_readable(&self) {
+        let mut why: Option<String> = None;
+        {
+            let mut st = self.st.borrow_mut();
+            if st.closed {
+                return;
+            }
+            for _ in 0..READS_PER_EVENT {
+                if st.stalled_on_buf || st.pending_out() > WBUF_HIGH_BYTES || st.close_after_flush {
+                    break;
+                }
+                let cap = st.rbuf.len();
+                let rlen = st.rlen;
+                if rlen == cap {
+                    // A full buffer always holds a complete PDU (it is sized for the
+                    // largest one accepted), so this only happens when parsing stalled.
+                    break;
+                }
+                // SAFETY: reads into the unused tail of a buffer we own exclusively.
+                let n = unsafe {
+                    libc::read(
+                        self.fd(),
+                        st.rbuf.as_mut_ptr().add(rlen) as *mut libc::c_void,
+                        cap - rlen,
+                    )
+                };
+                if n > 0 {
+                    st.rlen += n as usize;
+                    st.last_rx = Instant::now();
+                    st.nop_sent = None;
+                    if let Err(w) = self.process(&mut st) {
+                        why = Some(w);
+                        break;
+                    }
+                    continue;
+                }
+                if n == 0 {
+                    why = Some("peer closed the connection".into());
+                    break;
+                }
+                let e = std::io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::EAGAIN) => {
+                        self.arm(&mut st, false);
+                        break;
+                    }
+                    Some(libc::EINTR) => continue,
+                    _ => {
+                        why = Some(format!("read failed: {e}"));
+                        break;
+                    }
+                }
+            }
+            if why.is_none() && !st.poll_in && !st.stalled_on_buf && st.pending_out() <= WBUF_HIGH_BYTES {
+                // The batch ended with data possibly left in the socket: come back.
+                self.arm(&mut st, false);
+            }
+        }
+        match why {
+            Some(w) => self.close(&w),
+            None => self.flush(),
+        }
+    }
+
+    /// Parses and handles every complete PDU in the receive buffer.
+    fn process(&self, st: &mut St) -> Result<(), String> {
+        let rbuf = std::mem::take(&mut st.rbuf);
+        let res = self.process_buf(st, &rbuf);
+        st.rbuf = rbuf;
+        let consumed = res?;
+        if consumed > 0 {
+            st.rbuf.copy_within(consumed..st.rlen, 0);
+            st.rlen -= consumed;
+        }
+        Ok(())
+    }
+
+    fn process_buf(&self, st: &mut St, rbuf: &[u8]) -> Result<usize, String> {
+        let mut pos = 0;
+        let max_data = match st.phase {
+            Phase::Login(_) => 8192usize.max(st.params.target_mrdsl as usize),
+            Phase::Full(_) => st.params.target_mrdsl as usize,
+        };
+        while pos < st.rlen && !st.closed && !st.close_after_flush {
+            let dig = st.dig;
+            let buf = &rbuf[pos..st.rlen];
+            match pdu::parse(buf, dig, max_data) {
+                Ok(Parsed::Need(_)) => break,
+                Ok(Parsed::Pdu(p)) => match self.handle(st, &p) {
+                    Handled::Done => pos += p.wire_len,
+                    Handled::Stall => break,
+                    Handled::Close(w) => return Err(w),
+                },
+                Err(pdu::PduError::DataDigest { got, want }) => {
+                    let bhs: &[u8; BHS_LEN] = buf[..BHS_LEN].try_into().expect("48 bytes");
+                    let len = pdu::wire_len(bhs, dig, max_data).map_err(|e| e.to_string())?;
+                    log::warn!(
+                        "iscsi: connection {}: data digest error (got {got:#x}, want {want:#x}) on opcode {:#x}; rejected",
+                        self.id,
+                        pdu::opcode(bhs)
+                    );
+                    if pdu::opcode(bhs) == op::DATA_OUT {
+                        return Err("data digest error on Data-Out".into());
+                    }
+                    self.reject(st, bhs, pdu::reject::DATA_DIGEST);
+                    if pdu::opcode(bhs) == op::SCSI_CMD && !pdu::immediate(bhs) {
+                        // The command is dropped; its CmdSN is consumed so the window moves.
+                        if field::cmdsn(bhs) == st.exp_cmdsn {
+                            st.exp_cmdsn = st.exp_cmdsn.wrapping_add(1);
+                        }
+                    }
+                    pos += len;
+                }
+                Err(e) => return Err(format!("bad PDU: {e}")),
+            }
+        }
+        Ok(pos)
+    }
+
+    fn reject(&self, st: &mut St, bhs: &[u8; BHS_LEN], reason: u8) {
+        let mut b = Bhs::new(op::REJECT, 0x80);
+        let sn = st.take_statsn();
+        let max = st.max_cmdsn(self.shared.queue_depth);
+        b.byte(2, reason)
+            .u32_at(16, RESERVED_TAG)
+            .u32_at(24, sn)
+            .u32_at(28, st.exp_cmdsn)
+            .u32_at(32, max);
+        st.emit(&b, bhs);
+    }
+
+    fn handle(&self, st: &mut St, p: &pdu::PduView) -> Handled {
+        let opc = pdu::opcode(p.bhs);
+        if let Phase::Login(_) = st.phase {
+            if opc != op::LOGIN_REQ {
+                return Handled::Close(format!("opcode {opc:#x} before login completed"));
+            }
+            return self.handle_login(st, p);
+        }
+        let discovery = matches!(st.phase, Phase::Full(SessionType::Discovery));
+        match opc {
+            op::NOP_OUT => self.handle_nop(st, p),
+            op::SCSI_CMD if !discovery => self.handle_cmd(st, p),
+            op::DATA_OUT if !discovery => self.handle_data_out(st, p),
+            op::TMF_REQ if !discovery => self.handle_tmf(st, p),
+            op::TEXT_REQ => self.handle_text(st, p),
+            op::LOGOUT_REQ => self.handle_logout(st, p),
+            op::LOGIN_REQ => Handled::Close("login request in full feature phase".into()),
+            _ => {
+                log::warn!("iscsi: connection {}: opcode {opc:#x} not supported; rejected", self.id);
+                self.reject(st, p.bhs, pdu::reject::NOT_SUPPORTED);
+                Handled::Done
+            }
+        }
+    }
+
+    /// Checks the CmdSN of a non-immediate request and advances the window.
+    /// Returns false when the request must be ignored.
+    fn take_cmdsn(&self, st: &mut St, bhs: &[u8; BHS_LEN]) -> bool {
+        let cmdsn = field::cmdsn(bhs);
+        if pdu::immediate(bhs) {
+            return true;
+        }
+        if cmdsn != st.exp_cmdsn {
+            log::warn!(
+                "iscsi: connection {}: CmdSN {cmdsn} outside the window (expected {}); ignored",
+                self.id,
+                st.exp_cmdsn
+            );
+            return false;
+        }
+        st.exp_cmdsn = st.exp_cmdsn.wrapping_add(1);
+        true
+    }
+
+    fn handle_login(&self, st: &mut St, p: &pdu::PduView) -> Handled {
+        let b = p.bhs;
+        let req = LoginReq {
+            flags: b[1],
+            version_max: b[2],
+            version_min: b[3],
+            tsih: pdu::be16(b, 14),
+            data: p.data,
+        };
+        st.isid.copy_from_slice(&b[8..14]);
+        let cmdsn = field::cmdsn(b);
+        if st.tsih == 0 && st.statsn == 0 {
+            st.statsn = field::exp_statsn(b);
+        }
+        st.exp_cmdsn = cmdsn;
+        let Phase::Login(lg) = &mut st.phase else {
+            return Handled::Close("login state lost".into());
+        };
+        let mut rng = |buf: &mut [u8]| rand::Rng::fill(&mut rand::thread_rng(), buf);
+        let reply = lg.step(&req, &*self.shared, &mut rng);
+        let mut status = reply.status;
+        let mut tsih = 0u16;
+        let mut session_type = lg.session_type;
+        let mut params = lg.params.clone();
+        let initiator = lg.initiator.clone();
+        let target_name = lg.target.clone();
+        if reply.full_feature && status == 0 {
+            session_type = lg.session_type;
+            params = lg.params.clone();
+            if self.shared.sessions().len() >= super::MAX_SESSIONS {
+                status = login::status::TOO_MANY_CONNECTIONS;
+            } else {
+                tsih = self.shared.alloc_tsih();
+            }
+        }
+        let mut bhs = Bhs::new(op::LOGIN_RESP, if status == 0 { reply.flags } else { reply.flags & 0x0c });
+        bhs.0[8..14].copy_from_slice(&b[8..14]);
+        pdu::put16(&mut bhs.0, 14, tsih);
+        let sn = st.take_statsn();
+        bhs.u32_at(16, field::itt(b))
+            .u32_at(24, sn)
+            .u32_at(28, cmdsn)
+            .u32_at(32, cmdsn.wrapping_add(self.shared.queue_depth - 1))
+            .byte(36, (status >> 8) as u8)
+            .byte(37, status as u8);
+        let data = if reply.data.len() > 8192 { &reply.data[..8192] } else { &reply.data[..] };
+        st.emit(&bhs, data);
+        if status != 0 {
+            log::warn!(
+                "iscsi: connection {} from {}: login of {initiator:?} to {target_name:?} failed with status {status:#06x}",
+                self.id,
+                self.peer
+            );
+            st.close_after_flush = true;
+            return Handled::Done;
+        }
+        if !reply.full_feature {
+            return Handled::Done;
+        }
+        // Full feature phase: digests apply from the next PDU.
+        st.dig = Digests {
+            header: params.header_digest,
+            data: params.data_digest,
+        };
+        st.params = params;
+        st.tsih = tsih;
+        st.phase = Phase::Full(session_type);
+        let isid_hex: String = st.isid.iter().map(|x| format!("{x:02x}")).collect();
+        st.nexus = format!("{initiator},i,0x{isid_hex}");
+        if session_type == SessionType::Normal {
+            st.target = self.shared.target(&target_name);
+            st.target_gen = self.shared.generation.load(Ordering::Acquire);
+            self.reinstate(&initiator, &isid_hex, &target_name);
+        }
+        let s = Arc::new(Session {
+            tsih,
+            initiator: initiator.clone(),
+            isid: isid_hex,
+            target: target_name.clone(),
+            reactor: self.reactor.id(),
+            peer: self.peer.to_string(),
+            conn_id: self.id,
+            stats: Default::default(),
+        });
+        self.shared.sessions().insert(tsih, Arc::clone(&s));
+        st.session = Some(s);
+        log::info!(
+            "iscsi: {initiator} logged in to {} (tsih {tsih}, reactor {}, {:?}, digests {:?})",
+            if target_name.is_empty() { "discovery" } else { &target_name },
+            self.reactor.id(),
+            self.peer,
+            st.dig
+        );
+        Handled::Done
+    }
+
+    /// Session reinstatement: an older session of the same initiator port and
+    /// target is closed (RFC 7143 §6.3.5).
+    fn reinstate(&self, initiator: &str, isid: &str, target: &str) {
+        let old: Vec<(usize, u64)> = self
+            .shared
+            .sessions()
+            .values()
+            .filter(|s| s.initiator == initiator && s.isid == isid && s.target == target)
+            .map(|s| (s.reactor, s.conn_id))
+            .collect();
+        let fid = self.fid;
+        for (reactor, conn_id) in old {
+            if reactor == self.reactor.id() {
+                let c = self.reactor.local::<Registry>().conns.borrow().get(&(fid, conn_id)).cloned();
+                if let Some(c) = c {
+                    if c.id != self.id {
+                        c.close("session reinstated by a new login");
+                    }
+                }
+            } else if let Some(h) = self.reactor.peers().get(reactor) {
+                let msg: crate::reactor::Msg = Box::new(move |r| close_conn(r, fid, conn_id));
+                if h.try_send(msg).is_err() {
+                    log::warn!("iscsi: could not reach reactor {reactor} to reinstate a session");
+                }
+            }
+        }
+    }
+
+    fn handle_nop(&self, st: &mut St, p: &pdu::PduView) -> Handled {
+        let b = p.bhs;
+        if !self.take_cmdsn(st, b) {
+            return Handled::Done;
+        }
+        let itt = field::itt(b);
+        if itt == RESERVED_TAG {
+            // An answer to our NOP-In, or a ping that wants no answer.
+            if field::w20(b) != RESERVED_TAG {
+                st.nop_sent = None;
+            }
+            return Handled::Done;
+        }
+        let n = p.data.len().min(st.params.initiator_mrdsl as usize);
+        let mut r = Bhs::new(op::NOP_IN, 0x80);
+        let sn = st.take_statsn();
+        let max = st.max_cmdsn(self.shared.queue_depth);
+        r.u64_at(8, field::lun(b))
+            .u32_at(16, itt)
+            .u32_at(20, RESERVED_TAG)
+            .u32_at(24, sn)
+            .u32_at(28, st.exp_cmdsn)
+            .u32_at(32, max);
+        st.emit(&r, &p.data[..n]);
+        Handled::Done
+    }
+
+    fn handle_text(&self, st: &mut St, p: &pdu::PduView) -> Handled {
+        let b = p.bhs;
+        if !self.take_cmdsn(st, b) {
+            return Handled::Done;
+        }
+        let pairs = match text::parse(p.data) {
+            Ok(v) => v,
+            Err(e) => {
+                log::warn!("iscsi: connection {}: bad text request: {e}; rejected", self.id);
+                self.reject(st, b, pdu::reject::PROTOCOL);
+                return Handled::Done;
+            }
+        };
+        let initiator = st.session.as_ref().map(|s| s.initiator.clone()).unwrap_or_default();
+        let mut out: Vec<(String, String)> = Vec::new();
+        for (k, v) in &pairs {
+            if k == "SendTargets" {
+                let addr = self.local.map(|a| a.to_string()).unwrap_or_default();
+                let ts = self.shared.targets();
+                for (iqn, t) in ts.iter() {
+                    let allowed = t.cfg.allow.is_empty() || t.cfg.allow.iter().any(|a| *a == initiator);
+                    let wanted = v == "All" || v == iqn || v.is_empty();
+                    if allowed && wanted {
+                        out.push(("TargetName".into(), iqn.clone()));
+                        out.push(("TargetAddress".into(), format!("{addr},1")));
+                    }
+                }
+            } else {
+                out.push((k.clone(), "NotUnderstood".into()));
+            }
+        }
+        let mut data = text::serialize(&out);
+        data.truncate(st.params.initiator_mrdsl as usize);
+        let mut r = Bhs::new(op::TEXT_RESP, 0x80);
+        let sn = st.take_statsn();
+        let max = st.max_cmdsn(self.shared.queue_depth);
+        r.u32_at(16, field::itt(b))
+            .u32_at(20, RESERVED_TAG)
+            .u32_at(24, sn)
+            .u32_at(28, st.exp_cmdsn)
+            .u32_at(32, max);
+        st.emit(&r, &data);
+        Handled::Done
+    }
+
+    fn handle_logout(&self, st: &mut St, p: &pdu::PduView) -> Handled {
+        let b = p.bhs;
+        let _ = self.take_cmdsn(st, b);
+        let reason = b[1] & 0x7f;
+        let mut r = Bhs::new(op::LOGOUT_RESP, 0x80);
+        let sn = st.take_statsn();
+        let max = st.max_cmdsn(self.shared.queue_depth);
+        r.byte(2, if reason <= 1 { 0 } else { 2 })
+            .u32_at(16, field::itt(b))
+            .u32_at(24, sn)
+            .u32_at(28, st.exp_cmdsn)
+            .u32_at(32, max);
+        st.emit(&r, &[]);
+        st.close_after_flush = true;
+        Handled::Done
+    }
+
+    fn refresh_target(&self, st: &mut St) {
+        let gen = self.shared.generation.load(Ordering::Acquire);
+        if gen != st.target_gen {
+            st.target_gen = gen;
+            if let Some(t) = &st.target {
+                let name = t.cfg.iqn.clone();
+                st.target = self.shared.target(&name);
+            }
+        }
+    }
+
+    fn handle_cmd(&self, st: &mut St, p: &pdu::PduView) -> Handled {
+        let b = p.bhs;
+        let itt = field::itt(b);
+        if st.stalled_on_buf && st.ready_buf.is_none() {
+            return Handled::Stall;
+        }
+        if !pdu::immediate(b) {
+            let cmdsn = field::cmdsn(b);
+            if cmdsn != st.exp_cmdsn {
+                log::warn!(
+                    "iscsi: connection {}: CmdSN {cmdsn} outside the window (expected {}); command ignored",
+                    self.id,
+                    st.exp_cmdsn
+                );
+                return Handled::Done;
+            }
+        }
+        if st.itts.contains_key(&itt) {
+            log::warn!("iscsi: connection {}: ITT {itt:#x} already in use; rejected", self.id);
+            self.reject(st, b, pdu::reject::INVALID_FIELD);
+            return Handled::Done;
+        }
+        if st.itts.len() >= self.shared.queue_depth as usize + 1 {
+            // Only immediate commands can exceed the window.
+            if !pdu::immediate(b) {
+                st.exp_cmdsn = st.exp_cmdsn.wrapping_add(1);
+            }
+            self.respond(st, itt, sense::TASK_SET_FULL, None, (0, 0));
+            return Handled::Done;
+        }
+        self.refresh_target(st);
+        let flags = b[1];
+        let (rd, wr) = (flags & 0x40 != 0, flags & 0x20 != 0);
+        let edtl = field::w20(b);
+        let lun_field = field::lun(b);
+        let lun_no = scsi::decode_lun_field(lun_field);
+        let mut cdb = [0u8; 16];
+        cdb.copy_from_slice(&b[32..48]);
+        let Some(target) = st.target.clone() else {
+            return Handled::Close("normal session without a target".into());
+        };
+        let lun = target.luns.get(&lun_no).cloned();
+        let luns: Vec<u64> = target.luns.keys().copied().collect();
+        let ns = st.nexus_state.entry(lun_no).or_default();
+        let opv = scsi::decode(&cdb, lun.as_ref().map(|l| &l.info), &luns, ns);
+        if let Some(s) = &st.session {
+            s.stats.commands.fetch_add(1, Ordering::Relaxed);
+        }
+        // Everything below consumes the command; check buffer needs first so a
+        // stall leaves it in the receive buffer untouched.
+        let bs = lun.as_ref().map_or(512, |l| l.info.block_size);
+        let out_len = opv.data_out_len(bs);
+        let in_len = match opv {
+            Op::Read { blocks, .. } => blocks * bs,
+            _ => 0,
+        };
+        let mismatch = out_len > 0 && (edtl != out_len || !wr);
+        let need_buf = if mismatch { 0 } else { out_len.max(in_len) };
+        let mut buf = None;
+        if need_buf > 0 {
+            if let Some(rb) = st.ready_buf.take() {
+                if rb.len() >= need_buf as usize {
+                    buf = Some(rb);
+                } else {
+                    self.reactor.bufs().put(rb);
+                }
+            }
+            if buf.is_none() {
+                let Some(me) = self.rc() else { return Handled::Close("gone".into()) };
+                let w: Rc<dyn BufWaiter> = me;
+                match self.reactor.bufs().get_or_wait(need_buf as usize, &w, 0) {
+                    Ok(Some(x)) => buf = Some(x),
+                    Ok(None) => {
+                        st.stalled_on_buf = true;
+                        return Handled::Stall;
+                    }
+                    Err(e) => {
+                        log::error!("iscsi: connection {}: {e}", self.id);
+                        return Handled::Close("buffer request too large".into());
+                    }
+                }
+            }
+        }
+        st.stalled_on_buf = false;
+        if !pdu::immediate(b) {
+            st.exp_cmdsn = st.exp_cmdsn.wrapping_add(1);
+        }
+        let _ = rd;
+        let Some(lun) = lun else {
+            // No such LUN: decode already answered.
+            if let Op::Done(r) = opv {
+                self.finish_simple(st, itt, lun_field, edtl, r);
+            }
+            return Handled::Done;
+        };
+        // Reservation conflicts.
+        if lun.pr_active.load(Ordering::Acquire) {
+            let acc = scsi::access_of(&cdb);
+            if acc != Access::Any && lun.pr().conflicts(&st.nexus, acc) {
+                if let Some(x) = buf {
+                    self.reactor.bufs().put(x);
+                }
+                self.finish_simple(st, itt, lun_field, edtl, Response::conflict());
+                return Handled::Done;
+            }
+        }
+        if mismatch {
+            let resid = residual(out_len, edtl);
+            if let Some(s) = &st.session {
+                s.stats.errors.fetch_add(1, Ordering::Relaxed);
+            }
+            self.respond(st, itt, sense::CHECK_CONDITION, Some(sense::INVALID_FIELD_IN_IU), resid);
+            return Handled::Done;
+        }
+        let opv = match opv {
+            Op::PrIn { sa, alloc } => {
+                let r = match lun.pr().read(sa) {
+                    Ok(mut d) => {
+                        d.truncate(alloc as usize);
+                        Response::good(d)
+                    }
+                    Err(s) => Response::check(s),
+                };
+                Op::Done(r)
+            }
+            Op::Reserve6 | Op::Release6 => {
+                let nexus = st.nexus.clone();
+                let r = lun.with_pr(|p| {
+                    let r = if matches!(opv, Op::Reserve6) { p.reserve6(&nexus) } else { p.release6(&nexus) };
+                    (r, false)
+                });
+                Op::Done(match r {
+                    Ok(()) => Response::good(Vec::new()),
+                    Err(PrError::Conflict) => Response::conflict(),
+                    Err(PrError::Check(s)) => Response::check(s),
+                })
+            }
+            o => o,
+        };
+        if let Op::Done(r) = opv {
+            if let Some(x) = buf {
+                self.reactor.bufs().put(x);
+            }
+            self.finish_simple(st, itt, lun_field, edtl, r);
+            return Handled::Done;
+        }
+        // A task with block I/O and/or data-out.
+        let mut t = Task {
+            itt,
+            lun,
+            lun_field,
+            op: opv,
+            edtl,
+            buf,
+            aux: Vec::new(),
+            out_len,
+            received: 0,
+            unsol_end: 0,
+            unsol_datasn: 0,
+            next_r2t: 0,
+            r2t: None,
+            r2tsn: 0,
+            inflight: 0,
+            stage: 0,
+            err: None,
+            aborted: false,
+            orphan: false,
+        };
+        if out_len > 0 {
+            let imm = p.data.len().min(out_len as usize);
+            if imm > 0 {
+                if !st.params.immediate_data {
+                    return Handled::Close("immediate data not negotiated".into());
+                }
+                if let Some(x) = t.buf.as_mut() {
+                    x.bytes_mut()[..imm].copy_from_slice(&p.data[..imm]);
+                }
+            }
+            t.received = imm as u32;
+            let fb = st.params.first_burst.min(out_len);
+            t.unsol_end = if flags & 0x80 != 0 || st.params.initial_r2t {
+                imm as u32
+            } else {
+                fb.max(imm as u32)
+            };
+            t.next_r2t = t.unsol_end;
+        }
+        let key = st.tasks.insert(t);
+        st.itts.insert(itt, key);
+        if out_len > 0 && st.tasks[key].received < out_len {
+            self.maybe_r2t(st, key);
+            return Handled::Done;
+        }
+        self.execute(st, key);
+        Handled::Done
+    }
+
+    /// Sends the next R2T of a task when none is outstanding and the unsolicited
+    /// part has arrived.
+    fn maybe_r2t(&self, st: &mut St, key: usize) {
+        let max_burst = st.params.max_burst;
+        let ttt = st.alloc_ttt();
+        let statsn = st.statsn;
+        let exp = st.exp_cmdsn;
+        let max = st.max_cmdsn(self.shared.queue_depth);
+        let t = &mut st.tasks[key];
+        if t.r2t.is_some() || t.next_r2t >= t.out_len {
+            return;
+        }
+        let len = (t.out_len - t.next_r2t).min(max_burst);
+        let off = t.next_r2t;
+        t.next_r2t += len;
+        t.r2t = Some(R2t {
+            ttt,
+            offset: off,
+            len,
+            got: 0,
+            datasn: 0,
+        });
+        let mut b = Bhs::new(op::R2T, 0x80);
+        b.u64_at(8, t.lun_field)
+            .u32_at(16, t.itt)
+            .u32_at(20, ttt)
+            .u32_at(24, statsn)
+            .u32_at(28, exp)
+            .u32_at(32, max)
+            .u32_at(36, t.r2tsn)
+            .u32_at(40, off)
+            .u32_at(44, len);
+        t.r2tsn += 1;
+        st.emit(&b, &[]);
+    }
+
+    fn handle_data_out(&self, st: &mut St, p: &pdu::PduView) -> Handled {
+        let b = p.bhs;
+        let itt = field::itt(b);
+        let ttt = field::w20(b);
+        let datasn = pdu::be32(b, 36);
+        let off = pdu::be32(b, 40);
+        let len = p.data.len() as u32;
+        let Some(&key) = st.itts.get(&itt) else {
+            // Data for a command already answered (e.g. rejected before its
+            // unsolicited data arrived): drop it.
+            log::debug!("iscsi: connection {}: Data-Out for unknown ITT {itt:#x} dropped", self.id);
+            return Handled::Done;
+        };
+        let t = &mut st.tasks[key];
+        if t.out_len == 0 || t.buf.is_none() {
+            return Handled::Done;
+        }
+        let end = match off.checked_add(len) {
+            Some(e) if e <= t.out_len => e,
+            _ => return Handled::Close(format!("Data-Out beyond the expected length (offset {off}, {len} bytes)")),
+        };
+        if ttt == RESERVED_TAG {
+            if end > t.unsol_end || datasn != t.unsol_datasn {
+                return Handled::Close(format!("bad unsolicited Data-Out (offset {off}, DataSN {datasn})"));
+            }
+            t.unsol_datasn += 1;
+        } else {
+            let Some(r) = t.r2t.as_mut() else {
+                return Handled::Close(format!("Data-Out with TTT {ttt:#x} but no R2T outstanding"));
+            };
+            if r.ttt != ttt || off < r.offset || end > r.offset + r.len || datasn != r.datasn {
+                return Handled::Close(format!(
+                    "Data-Out does not match its R2T (TTT {ttt:#x}, offset {off}, DataSN {datasn})"
+                ));
+            }
+            r.datasn += 1;
+            r.got += len;
+        }
+        if let Some(x) = t.buf.as_mut() {
+            x.bytes_mut()[off as usize..end as usize].copy_from_slice(p.data);
+        }
+        t.received += len;
+        let burst_done = t.r2t.as_ref().is_some_and(|r| r.got >= r.len);
+        if burst_done {
+            t.r2t = None;
+        }
+        if t.received >= t.out_len {
+            t.r2t = None;
+            self.execute(st, key);
+        } else if t.r2t.is_none() {
+            self.maybe_r2t(st, key);
+        }
+        Handled::Done
+    }
+
+    fn handle_tmf(&self, st: &mut St, p: &pdu::PduView) -> Handled {
+        let b = p.bhs;
+        let _ = self.take_cmdsn(st, b);
+        let func = b[1] & 0x7f;
+        let ref_itt = field::w20(b);
+        let lun_no = scsi::decode_lun_field(field::lun(b));
+        self.refresh_target(st);
+        let lun_exists = st.target.as_ref().is_some_and(|t| t.luns.contains_key(&lun_no));
+        let resp: u8 = match func {
+            // ABORT TASK
+            1 => match st.itts.get(&ref_itt).copied() {
+                Some(key) => {
+                    self.abort_task(st, key);
+                    0
+                }
+                None => 1,
+            },
+            // ABORT TASK SET, CLEAR TASK SET, LOGICAL UNIT RESET
+            2 | 3 | 5 => {
+                if !lun_exists {
+                    2
+                } else {
+                    let keys: Vec<usize> = st
+                        .itts
+                        .values()
+                        .copied()
+                        .filter(|k| st.tasks[*k].lun.info.lun == lun_no)
+                        .collect();
+                    for k in keys {
+                        self.abort_task(st, k);
+                    }
+                    if func == 5 {
+                        if let Some(t) = &st.target {
+                            if let Some(l) = t.luns.get(&lun_no) {
+                                l.with_pr(|p| {
+                                    p.reset();
+                                    ((), false)
+                                });
+                            }
+                        }
+                        st.nexus_state.remove(&lun_no);
+                    }
+                    0
+                }
+            }
+            // TARGET WARM RESET, TARGET COLD RESET
+            6 | 7 => {
+                let keys: Vec<usize> = st.itts.values().copied().collect();
+                for k in keys {
+                    self.abort_task(st, k);
+                }
+                if let Some(t) = &st.target {
+                    for l in t.luns.values() {
+                        l.with_pr(|p| {
+                            p.reset();
+                            ((), false)
+                        });
+                    }
+                }
+                st.nexus_state.clear();
+                if func == 7 {
+                    st.close_after_flush = true;
+                }
+                0
+            }
+            // CLEAR ACA, TASK REASSIGN: not supported at ErrorRecoveryLevel 0.
+            4 => 5,
+            8 => 4,
+            _ => 5,
+        };
+        let mut r = Bhs::new(op::TMF_RESP, 0x80);
+        let sn = st.take_statsn();
+        let max = st.max_cmdsn(self.shared.queue_depth);
+        r.byte(2, resp)
+            .u32_at(16, field::itt(b))
+            .u32_at(24, sn)
+            .u32_at(28, st.exp_cmdsn)
+            .u32_at(32, max);
+        st.emit(&r, &[]);
+        Handled::Done
+    }
+
+    fn abort_task(&self, st: &mut St, key: usize) {
+        let itt = st.tasks[key].itt;
+        st.itts.remove(&itt);
+        st.datain_q.retain(|k| *k != key);
+        if st.tasks[key].inflight == 0 {
+            let t = st.tasks.remove(key);
+            self.release(t);
+        } else {
+            st.tasks[key].aborted = true;
+            st.tasks[key].orphan = true;
+        }
+    }
+
+    /// A command answered without block I/O.
+    fn finish_simple(&self, st: &mut St, itt: u32, lun_field: u64, edtl: u32, r: Response) {
+        if r.status != sense::GOOD {
+            if let Some(s) = &st.session {
+                s.stats.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if r.status == sense::GOOD && !r.data.is_empty() && edtl > 0 {
+            let n = (r.data.len() as u32).min(edtl);
+            let resid = residual(r.data.len() as u32, edtl);
+            self.send_data_in(st, itt, lun_field, &r.data[..n as usize], Some(resid));
+            return;
+        }
+        let resid = if r.status == sense::GOOD {
+            residual(r.data.len() as u32, edtl)
+        } else {
+            residual(0, edtl)
+        };
+        self.respond(st, itt, r.status, r.sense, resid);
+    }
+
+    /// Data-In PDUs for `data`; with `status_resid`, the last one carries GOOD
+    /// status and the residual.
+    fn send_data_in(&self, st: &mut St, itt: u32, lun_field: u64, data: &[u8], status_resid: Option<(u8, u32)>) {
+        let mrdsl = st.params.initiator_mrdsl.max(512) as usize;
+        let burst = st.params.max_burst.max(512) as usize;
+        let mut off = 0usize;
+        let mut datasn = 0u32;
+        while off < data.len() || (off == 0 && data.is_empty()) {
+            let burst_left = burst - (off % burst);
+            let n = (data.len() - off).min(mrdsl).min(burst_left);
+            let last = off + n >= data.len();
+            let mut flags = 0u8;
+            if last || (off + n) % burst == 0 {
+                flags |= 0x80;
+            }
+            let mut b = Bhs::new(op::DATA_IN, 0);
+            let exp = st.exp_cmdsn;
+            if last {
+                if let Some((rf, rc)) = status_resid {
+                    flags |= 0x01 | rf;
+                    let sn = st.take_statsn();
+                    b.u32_at(24, sn).u32_at(44, rc);
+                } else {
+                    b.u32_at(24, 0);
+                }
+            }
+            let max = st.max_cmdsn(self.shared.queue_depth);
+            b.0[1] = flags;
+            b.u64_at(8, lun_field)
+                .u32_at(16, itt)
+                .u32_at(20, RESERVED_TAG)
+                .u32_at(28, exp)
+                .u32_at(32, max)
+                .u32_at(36, datasn)
+                .u32_at(40, off as u32);
+            st.emit(&b, &data[off..off + n]);
+            datasn += 1;
+            off += n;
+            if data.is_empty() {
+                break;
+            }
+        }
+    }
+
+    /// A SCSI Response PDU. `resid` is (flags, count) with flags 0x02 underflow or
+    /// 0x04 overflow.
+    fn respond(&self, st: &mut St, itt: u32, status: u8, s: Option<Sense>, resid: (u8, u32)) {
+        let mut b = Bhs::new(op::SCSI_RESP, 0x80 | resid.0);
+        let sn = st.take_statsn();
+        let max = st.max_cmdsn(self.shared.queue_depth);
+        b.byte(3, status)
+            .u32_at(16, itt)
+            .u32_at(24, sn)
+            .u32_at(28, st.exp_cmdsn)
+            .u32_at(32, max)
+            .u32_at(44, resid.1);
+        match s {
+            Some(s) => {
+                let f = s.to_fixed();
+                let mut d = Vec::with_capacity(2 + f.len());
+                d.extend_from_slice(&(f.len() as u16).to_be_bytes());
+                d.extend_from_slice(&f);
+                st.emit(&b, &d);
+            }
+            None => st.emit(&b, &[]),
+        }
+    }
+
+    fn submit(&self, st: &mut St, key: usize, kind: IoKind, lba: u64, blocks: u64, buf: IoBuf) {
+        let t = &mut st.tasks[key];
+        let bs = t.lun.info.block_size as u64;
+        let ch = match self.reactor.channel(&t.lun.bdev) {
+            Ok(c) => c,
+            Err(e) => {
+                log::error!("iscsi: lun {}: no channel: {e}", t.lun.info.lun);
+                t.err = Some(sense::INTERNAL_FAILURE);
+                return;
+            }
+        };
+        let Some(me) = self.rc() else { return };
+        t.inflight += 1;
+        ch.submit(BdevIo {
+            kind,
+            offset_bytes: lba * bs,
+            len_bytes: blocks * bs,
+            buf,
+            cb: IoCallback::new(me, key as u64),
+        });
+    }
+
+    /// Starts (or continues, after I/O) the block work of a task.
+    fn execute(&self, st: &mut St, key: usize) {
+        let t = &mut st.tasks[key];
+        if t.err.is_some() {
+            return self.complete(st, key);
+        }
+        let bs = t.lun.info.block_size;
+        let stage = t.stage;
+        t.stage += 1;
+        let op = t.op.clone();
+        let pool_io = t.buf.as_ref().map(|b| b.io());
+        match (op, stage) {
+            (Op::Read { lba, blocks }, 0) => {
+                let io = pool_io.map(|b| b.slice(0, (blocks * bs) as usize)).unwrap_or(IoBuf::empty());
+                self.submit(st, key, IoKind::Read, lba, blocks as u64, io);
+            }
+            (Op::Write { lba, blocks, .. }, 0) => {
+                let io = pool_io.map(|b| b.slice(0, (blocks * bs) as usize)).unwrap_or(IoBuf::empty());
+                self.submit(st, key, IoKind::Write, lba, blocks as u64, io);
+            }
+            (Op::Write { fua: true, .. }, 1) => {
+                self.submit(st, key, IoKind::Flush, 0, 0, IoBuf::empty());
+            }
+            (Op::Verify { lba, blocks, .. }, 0) | (Op::CompareAndWrite { lba, blocks }, 0) => {
+                t.aux = vec![0u8; (blocks * bs) as usize];
+                // SAFETY: the Vec's heap memory lives in the task, untouched until
+                // the read completes (the task outlives its in-flight I/O).
+                let io = unsafe { IoBuf::from_raw(t.aux.as_mut_ptr(), t.aux.len()) };
+                self.submit(st, key, IoKind::Read, lba, blocks as u64, io);
+            }
+            (Op::Verify { blocks, bytchk, .. }, 1) => {
+                let data = t.buf.as_ref().map(|b| b.bytes()).unwrap_or(&[]);
+                let res = if bytchk == 1 {
+                    scsi::compare(&data[..(blocks * bs) as usize], &t.aux)
+                } else {
+                    let one = &data[..bs as usize];
+                    t.aux
+                        .chunks(bs as usize)
+                        .enumerate()
+                        .try_for_each(|(i, blk)| {
+                            scsi::compare(one, blk).map_err(|mut s| {
+                                s.info = s.info.map(|o| o + i as u32 * bs);
+                                s
+                            })
+                        })
+                };
+                if let Err(s) = res {
+                    t.err = Some(s);
+                }
+                self.complete(st, key);
+            }
+            (Op::CompareAndWrite { lba, blocks }, 1) => {
+                let n = (blocks * bs) as usize;
+                let data = t.buf.as_ref().map(|b| b.bytes()).unwrap_or(&[]);
+                if let Err(s) = scsi::compare(&data[..n], &t.aux) {
+                    t.err = Some(s);
+                    return self.complete(st, key);
+                }
+                let io = pool_io.map(|b| b.slice(n, n)).unwrap_or(IoBuf::empty());
+                self.submit(st, key, IoKind::Write, lba, blocks as u64, io);
+            }
+            (Op::WriteSame { lba, blocks, unmap, ndob }, 0) => {
+                let data = t.buf.as_ref().map(|b| &b.bytes()[..bs as usize]);
+                let zero = ndob || data.is_some_and(|d| d.iter().all(|&x| x == 0));
+                if zero {
+                    let kind = if unmap { IoKind::Unmap } else { IoKind::WriteZeroes };
+                    self.submit(st, key, kind, lba, blocks as u64, IoBuf::empty());
+                } else {
+                    let pat = data.unwrap_or(&[]).to_vec();
+                    let mut aux = Vec::with_capacity((blocks * bs) as usize);
+                    for _ in 0..blocks {
+                        aux.extend_from_slice(&pat);
+                    }
+                    t.aux = aux;
+                    // SAFETY: as for verify: the Vec lives in the task until completion.
+                    let io = unsafe { IoBuf::from_raw(t.aux.as_mut_ptr(), t.aux.len()) };
+                    self.submit(st, key, IoKind::Write, lba, blocks as u64, io);
+                }
+            }
+            (Op::Unmap { len }, 0) => {
+                let data = t.buf.as_ref().map(|b| &b.bytes()[..len as usize]).unwrap_or(&[]);
+                match scsi::unmap_ranges(data, &t.lun.info) {
+                    Ok(ranges) => {
+                        if ranges.is_empty() {
+                            return self.complete(st, key);
+                        }
+                        for (lba, n) in ranges {
+                            self.submit(st, key, IoKind::Unmap, lba, n as u64, IoBuf::empty());
+                        }
+                    }
+                    Err(s) => {
+                        t.err = Some(s);
+                        self.complete(st, key);
+                    }
+                }
+            }
+            (Op::Flush, 0) => self.submit(st, key, IoKind::Flush, 0, 0, IoBuf::empty()),
+            (Op::ModeSelect { len, ten }, 0) => {
+                let data = t.buf.as_ref().map(|b| &b.bytes()[..len as usize]).unwrap_or(&[]);
+                if let Err(s) = scsi::mode_select(data, ten, &t.lun.info) {
+                    t.err = Some(s);
+                }
+                self.complete(st, key);
+            }
+            (Op::PrOut { sa, scope_type, len }, 0) => {
+                let data = t.buf.as_ref().map(|b| b.bytes()[..len as usize].to_vec()).unwrap_or_default();
+                let lun = Arc::clone(&t.lun);
+                let nexus = st.nexus.clone();
+                let r = lun.with_pr(|p| match p.out(&nexus, sa, scope_type, &data) {
+                    Ok(changed) => (Ok(()), changed),
+                    Err(e) => (Err(e), false),
+                });
+                match r {
+                    Ok(()) => self.complete(st, key),
+                    Err(PrError::Check(s)) => {
+                        st.tasks[key].err = Some(s);
+                        self.complete(st, key);
+                    }
+                    Err(PrError::Conflict) => {
+                        let t = st.tasks.remove(key);
+                        st.itts.remove(&t.itt);
+                        let (itt, lf, edtl) = (t.itt, t.lun_field, t.edtl);
+                        self.release(t);
+                        self.finish_simple(st, itt, lf, edtl, Response::conflict());
+                    }
+                }
+            }
+            _ => self.complete(st, key),
+        }
+    }
+
+    /// Sends the outcome of a task and frees it.
+    fn complete(&self, st: &mut St, key: usize) {
+        if st.tasks[key].inflight > 0 {
+            return;
+        }
+        let t = st.tasks.remove(key);
+        st.itts.remove(&t.itt);
+        let bs = t.lun.info.block_size;
+        if let Some(e) = t.err {
+            if let Some(s) = &st.session {
+                s.stats.errors.fetch_add(1, Ordering::Relaxed);
+            }
+            let resid = residual(0, t.edtl);
+            self.respond(st, t.itt, sense::CHECK_CONDITION, Some(e), resid);
+            return self.release(t);
+        }
+        match t.op {
+            Op::Read { blocks, .. } => {
+                let n = blocks * bs;
+                if let Some(s) = &st.session {
+                    s.stats.read_bytes.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                let resid = residual(n, t.edtl);
+                let send = n.min(t.edtl) as usize;
+                if send == 0 {
+                    self.respond(st, t.itt, sense::GOOD, None, resid);
+                } else if let Some(b) = &t.buf {
+                    self.send_data_in(st, t.itt, t.lun_field, &b.bytes()[..send], Some(resid));
+                }
+            }
+            _ => {
+                if let Some(s) = &st.session {
+                    s.stats.write_bytes.fetch_add(t.out_len as u64, Ordering::Relaxed);
+                }
+                self.respond(st, t.itt, sense::GOOD, None, residual(t.out_len, t.edtl));
+            }
+        }
+        self.release(t);
+    }
+
+    /// Writes queued output; arms POLLOUT when the socket is full.
+    fn flush(&self) {
+        let mut close_now = None;
+        {
+            let mut st = self.st.borrow_mut();
+            if st.closed {
+                return;
+            }
+            while st.wpos < st.wbuf.len() {
+                let pending = &st.wbuf[st.wpos..];
+                // SAFETY: writes from a live buffer; MSG_NOSIGNAL avoids SIGPIPE.
+                let n = unsafe {
+                    libc::send(
+                        self.fd(),
+                        pending.as_ptr() as *const libc::c_void,
+                        pending.len(),
+                        libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+                    )
+                };
+                if n > 0 {
+                    st.wpos += n as usize;
+                    continue;
+                }
+                let e = std::io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::EAGAIN) => {
+                        self.arm(&mut st, true);
+                        break;
+                    }
+                    Some(libc::EINTR) => continue,
+                    _ => {
+                        close_now = Some(format!("write failed: {e}"));
+                        break;
+                    }
+                }
+            }
+            if st.wpos == st.wbuf.len() {
+                st.wbuf.clear();
+                st.wpos = 0;
+                if st.wbuf.capacity() > 2 * WBUF_HIGH_BYTES {
+                    st.wbuf.shrink_to(64 << 10);
+                }
+                if st.close_after_flush && close_now.is_none() {
+                    close_now = Some("logged out".into());
+                }
+            } else if st.wpos > (1 << 20) {
+                let wpos = st.wpos;
+                st.wbuf.drain(..wpos);
+                st.wpos = 0;
+            }
+        }
+        if let Some(w) = close_now {
+            self.close(&w);
+        }
+    }
+
+    /// Resumes reading after a stall (buffer arrived or output drained).
+    fn resume(&self) {
+        let was_paused = {
+            let st = self.st.borrow();
+            !st.closed && !st.poll_in
+        };
+        if was_paused {
+            {
+                let mut st = self.st.borrow_mut();
+                if let Err(w) = self.process(&mut st) {
+                    drop(st);
+                    self.close(&w);
+                    return;
+                }
+            }
+            self.on_readable();
+        } else {
+            self.flush();
+        }
+    }
+}
+
+fn residual(spdtl: u32, edtl: u32) -> (u8, u32) {
+    if spdtl > edtl {
+        (0x04, spdtl - edtl)
+    } else if spdtl < edtl {
+        (0x02, edtl - spdtl)
+    } else {
+        (0, 0)
+    }
+}
+
+impl UringDone for Conn {
+    fn uring_done(&self, tag: u64, res: i32, _flags: u32) {
+        {
+            let mut st = self.st.borrow_mut();
+            if tag == TAG_POLLIN {
+                st.poll_in = false;
+            } else {
+                st.poll_out = false;
+            }
+            if st.closed {
+                return;
+            }
+        }
+        if res < 0 {
+            self.close(&format!("poll failed: {}", std::io::Error::from_raw_os_error(-res)));
+            return;
+        }
+        if tag == TAG_POLLIN {
+            self.on_readable();
+        } else {
+            self.flush();
+            let resume = {
+                let st = self.st.borrow();
+                !st.closed && !st.poll_in && st.pending_out() <= WBUF_HIGH_BYTES && !st.stalled_on_buf
+            };
+            if resume {
+                self.resume();
+            }
+        }
+    }
+}
+
+impl IoDone for Conn {
+    fn io_done(&self, tag: u64, status: IoStatus) {
+        let key = tag as usize;
+        {
+            let mut st = self.st.borrow_mut();
+            let Some(t) = st.tasks.get_mut(key) else {
+                log::error!("iscsi: connection {}: completion for unknown task {key}", self.id);
+                return;
+            };
+            debug_assert!(t.inflight > 0);
+            t.inflight -= 1;
+            if let IoStatus::Failed(errno) = status {
+                if t.err.is_none() {
+                    log::warn!(
+                        "iscsi: lun {}: {:?} failed with errno {errno}",
+                        t.lun.info.lun,
+                        t.op
+                    );
+                    t.err = Some(match t.op {
+                        Op::Read { .. } | Op::Verify { .. } => sense::READ_ERROR,
+                        _ => sense::WRITE_ERROR,
+                    });
+                }
+            }
+            if t.inflight > 0 {
+                return;
+            }
+            if t.aborted || st.closed {
+                let t = st.tasks.remove(key);
+                self.release(t);
+                return;
+            }
+            self.execute(&mut st, key);
+        }
+        self.flush();
+        let paused = {
+            let st = self.st.borrow();
+            !st.closed && !st.poll_in && st.pending_out() <= WBUF_HIGH_BYTES && !st.stalled_on_buf
+        };
+        if paused {
+            self.resume();
+        }
+    }
+}
+
+impl BufWaiter for Conn {
+    fn buf_ready(&self, _tag: u64, buf: PoolBuf) {
+        {
+            let mut st = self.st.borrow_mut();
+            if st.closed {
+                drop(st);
+                self.reactor.bufs().put(buf);
+                return;
+            }
+            st.ready_buf = Some(buf);
+        }
+        self.resume();
+        let mut st = self.st.borrow_mut();
+        if let Some(b) = st.ready_buf.take() {
+            // Not used (the command was aborted by a close): give it back.
+            if !st.stalled_on_buf {
+                drop(st);
+                self.reactor.bufs().put(b);
+            } else {
+                st.ready_buf = Some(b);
+            }
+        }
+    }
+}

