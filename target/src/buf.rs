@@ -91,8 +91,9 @@ impl IoBuf {
     /// The bytes, for reading.
     ///
     /// # Safety
-    /// No I/O may be writing into this memory while the slice is alive.
-    pub unsafe fn as_slice(&self) -> &[u8] {
+    /// No I/O may be writing into this memory while the slice is alive, and the
+    /// memory must outlive the chosen lifetime `'a`.
+    pub unsafe fn as_slice<'a>(&self) -> &'a [u8] {
         if self.len == 0 {
             return &[];
         }
@@ -102,10 +103,9 @@ impl IoBuf {
     /// The bytes, for writing.
     ///
     /// # Safety
-    /// No I/O may be reading or writing this memory while the slice is alive, and no
-    /// other slice of it may exist.
-    #[allow(clippy::mut_from_ref)]
-    pub unsafe fn as_mut_slice(&self) -> &mut [u8] {
+    /// No I/O may be reading or writing this memory while the slice is alive, no
+    /// other slice of it may exist, and the memory must outlive the lifetime `'a`.
+    pub unsafe fn as_mut_slice<'a>(&self) -> &'a mut [u8] {
         if self.len == 0 {
             return &mut [];
         }

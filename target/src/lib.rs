@@ -10,6 +10,7 @@
 pub mod bdev;
 pub mod buf;
 pub mod frontend;
+pub mod perf;
 pub mod reactor;
 pub mod target;
 pub mod testutil;

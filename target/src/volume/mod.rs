@@ -367,7 +367,7 @@ impl Target {
                 }
             });
             if let Err(e) = h.send_timeout(msg, crate::reactor::CONTROL_SEND_TIMEOUT) {
-                drop(self.abort(name));
+                self.abort_nowait(&shared);
                 return Err(TargetError::Timeout {
                     object: vol_obj(name),
                     reason: e.to_string(),
@@ -395,7 +395,8 @@ impl Target {
                 .filter(|(_, w)| **w)
                 .map(|(r, _)| format!("reactor {r}"))
                 .collect();
-            let _ = self.abort(name);
+            // A busy reactor cannot answer now: reopen the gates without waiting.
+            self.abort_nowait(&shared);
             let reason = format!(
                 "in-flight I/O did not drain within {} ms on {}; prepare aborted",
                 drain_timeout.as_millis(),
@@ -452,6 +453,28 @@ impl Target {
         }
         self.on_channels(&shared, |c| c.open_gate(None))?;
         Ok(())
+    }
+
+    /// Drops the staged layout and tells every reactor to reopen the gate, without
+    /// waiting for the answers (used when a reactor is too busy to answer).
+    fn abort_nowait(&self, shared: &Arc<VolumeShared>) {
+        {
+            let mut c = shared.ctl();
+            c.staged = None;
+            c.quiesced = false;
+        }
+        let id = shared.id;
+        for h in self.reactors().handles() {
+            let msg: crate::reactor::Msg = Box::new(move |r| {
+                let ch = r.local::<LocalVolumes>().chans.borrow().get(&id).cloned();
+                if let Some(c) = ch {
+                    c.open_gate(None);
+                }
+            });
+            if let Err(e) = h.send_timeout(msg, crate::reactor::CONTROL_SEND_TIMEOUT) {
+                log::error!("volume {}: cannot reopen the gate: {e}", shared.name);
+            }
+        }
     }
 
     /// Quiesces without a layout change (prepare with the current layout).
