@@ -1,5 +1,7 @@
 //! plexd: the cluster coordinator.
 pub mod alloc;
+pub mod core;
 pub mod objects;
 pub mod ondisk;
+pub mod sim;
 pub mod size;

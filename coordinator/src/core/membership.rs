@@ -1,0 +1,831 @@
+//! Membership: heartbeats, failure detection, forming a cluster, the join protocol,
+//! views and master takeover.
+
+use super::*;
+use txn::MasterState;
+
+impl<M: ConfigModel> Node<M> {
+    pub(super) fn on_tick(&mut self, now_ms: u64) {
+        self.maybe_heartbeat(now_ms);
+        self.detect_silent_peers(now_ms);
+        match self.state {
+            State::Discovering { since_ms } => self.maybe_form(now_ms, since_ms),
+            State::Abandoned { until_ms } if now_ms >= until_ms => {
+                self.state = State::Discovering { since_ms: now_ms };
+            }
+            _ => {}
+        }
+    }
+
+    fn maybe_heartbeat(&mut self, now_ms: u64) {
+        if let Some(last) = self.last_heartbeat_ms {
+            if now_ms < last + self.cfg.heartbeat_interval_ms {
+                return;
+            }
+        }
+        self.last_heartbeat_ms = Some(now_ms);
+        let member = matches!(self.state, State::Member | State::TakingOver { .. });
+        let master = match self.state {
+            State::Member => self.view.as_ref().map(|v| v.master),
+            _ => None,
+        };
+        let view_id = self.view.as_ref().map_or(0, |v| v.id);
+        let incarnation = self.cfg.incarnation;
+        let peers: Vec<NodeId> = self.peers.keys().copied().collect();
+        for p in peers {
+            self.send(
+                p,
+                Message::Heartbeat {
+                    incarnation,
+                    view_id,
+                    master,
+                    member,
+                },
+            );
+        }
+    }
+
+    fn detect_silent_peers(&mut self, now_ms: u64) {
+        let timeout_ms = self.cfg.heartbeat_timeout_ms;
+        let silent: Vec<NodeId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| !p.gone && p.last_heard_ms.is_some_and(|t| now_ms > t + timeout_ms))
+            .map(|(&id, _)| id)
+            .collect();
+        for p in silent {
+            self.on_peer_gone(now_ms, p, "no heartbeat within the timeout");
+        }
+    }
+
+    /// Forms a new cluster when nobody else is a member, this node has listened for
+    /// `form_wait_ms`, and no live unjoined peer has a lower id.
+    fn maybe_form(&mut self, now_ms: u64, since_ms: u64) {
+        if now_ms < since_ms + self.cfg.form_wait_ms || self.stopping {
+            return;
+        }
+        let me = self.cfg.me;
+        let timeout_ms = self.cfg.heartbeat_timeout_ms;
+        let alive = |p: &Peer| !p.gone && p.last_heard_ms.is_some_and(|t| now_ms <= t + timeout_ms);
+        let blocked = self
+            .peers
+            .iter()
+            .any(|(&id, p)| alive(p) && (p.member || id < me));
+        if blocked {
+            return;
+        }
+        log::info!("node {}: no cluster found; forming one", self.name(me));
+        self.state = State::Forming;
+        self.out.push(Action::ReadDisks);
+    }
+
+    fn finish_forming(&mut self, now_ms: u64, result: Result<Option<DiskRecord<M>>, String>) {
+        let me = self.cfg.me;
+        match result {
+            Ok(Some(record)) => {
+                self.committed = Committed {
+                    txn: record.txn,
+                    config: record.config,
+                }
+            }
+            Ok(None) => {
+                self.committed = Committed {
+                    txn: TxnId::default(),
+                    config: M::default(),
+                }
+            }
+            Err(e) => {
+                let line = format!("node {}: cannot read the configuration from the disks: {e}; not forming a cluster", self.name(me));
+                self.log(log::Level::Error, line);
+                self.state = State::Discovering { since_ms: now_ms };
+                return;
+            }
+        }
+        // View ids keep growing across the cluster's lives, so a transaction id
+        // (view, n) of this life never equals the one on the disks.
+        let view = View {
+            id: self.max_view_seen.max(self.committed.txn.view) + 1,
+            master: me,
+            members: vec![me],
+        };
+        self.state = State::Member;
+        self.master = Some(MasterState::new());
+        self.out.push(Action::KernelLoad {
+            config: self.committed.config.clone(),
+        });
+        self.install_view(now_ms, view);
+        let line = format!(
+            "node {}: formed the cluster as master (view {}, configuration seq {})",
+            self.name(me),
+            self.max_view_seen,
+            self.committed.config.seq()
+        );
+        self.log(log::Level::Info, line);
+    }
+
+    pub(super) fn on_message(&mut self, now_ms: u64, from: NodeId, msg: Message) {
+        let Some(peer) = self.peers.get_mut(&from) else {
+            log::warn!(
+                "node {}: message {} from unknown node {from} ignored",
+                self.cfg.me,
+                msg.kind()
+            );
+            return;
+        };
+        if let Message::Heartbeat { incarnation, .. } = msg {
+            let restarted = peer.incarnation.is_some_and(|i| i != incarnation);
+            peer.incarnation = Some(incarnation);
+            if restarted {
+                self.on_peer_gone(now_ms, from, "it restarted");
+            }
+        }
+        let Some(peer) = self.peers.get_mut(&from) else {
+            return;
+        };
+        peer.last_heard_ms = Some(now_ms);
+        peer.gone = false;
+        match msg {
+            Message::Heartbeat {
+                view_id,
+                master,
+                member,
+                ..
+            } => {
+                peer.view_id = view_id;
+                peer.master = master;
+                peer.member = member;
+                self.max_view_seen = self.max_view_seen.max(view_id);
+                if matches!(self.state, State::Discovering { .. })
+                    && member
+                    && master == Some(from)
+                    && !self.stopping
+                {
+                    self.state = State::Joining {
+                        master: from,
+                        step: JoinStep::Requested,
+                    };
+                    self.send(from, Message::JoinRequest);
+                }
+            }
+            Message::Forward { request, body } => {
+                self.master_on_forward(now_ms, from, request, body)
+            }
+            Message::Outcome { request, result } => self.on_outcome(from, request, result),
+            Message::Check {
+                txn,
+                change,
+                origin,
+            } => self.slave_on_check(from, txn, change, origin),
+            Message::CheckReply { txn, result } => {
+                self.master_on_check_reply(now_ms, from, txn, result)
+            }
+            Message::Prepare { txn } => self.slave_on_prepare(from, txn),
+            Message::PrepareReply { txn, result } => {
+                self.master_on_prepare_reply(now_ms, from, txn, result)
+            }
+            Message::Commit { txn } => self.slave_on_commit(from, txn),
+            Message::CommitAck { txn } => self.master_on_commit_ack(from, txn),
+            Message::Abort { txn } => self.slave_on_abort(from, txn),
+            Message::JoinRequest => self.master_on_join_request(now_ms, from),
+            Message::JoinOffer {
+                join,
+                config,
+                config_txn,
+                disks,
+            } => self.joiner_on_offer(now_ms, from, join, &config, config_txn, disks),
+            Message::JoinReady { join } => self.master_on_join_ready(now_ms, from, join),
+            Message::JoinAbandon { join, reason } => {
+                self.master_on_join_abandon(now_ms, from, join, reason)
+            }
+            Message::View {
+                view,
+                config_seq,
+                last_txn,
+                reasons,
+            } => self.on_view(now_ms, from, view, config_seq, last_txn, reasons),
+        }
+    }
+
+    /// A peer is gone: its connection broke or it fell silent.
+    pub(super) fn on_peer_gone(&mut self, now_ms: u64, peer: NodeId, why: &str) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        if p.gone {
+            return;
+        }
+        p.gone = true;
+        p.member = false;
+        log::info!("node {}: node {} is gone ({why})", self.cfg.me, peer);
+        let in_view = self.view.as_ref().is_some_and(|v| v.contains(peer));
+        match self.state {
+            State::Member if self.is_master() => {
+                if in_view {
+                    self.master_remove_member(now_ms, peer, why);
+                } else {
+                    self.master_forget_joiner(now_ms, peer);
+                }
+            }
+            State::Member => {
+                if in_view {
+                    self.suspected.insert(peer);
+                    self.maybe_take_over();
+                }
+            }
+            State::TakingOver { .. } => {
+                if in_view {
+                    self.suspected.insert(peer);
+                }
+            }
+            State::Joining { master, .. } if master == peer => {
+                log::info!(
+                    "node {}: master {peer} gone while joining; listening again",
+                    self.cfg.me
+                );
+                self.state = State::Discovering { since_ms: now_ms };
+            }
+            _ => {}
+        }
+    }
+
+    /// A slave whose master is gone takes over if it is the designated successor.
+    fn maybe_take_over(&mut self) {
+        let Some(view) = &self.view else { return };
+        if !self.suspected.contains(&view.master) {
+            return;
+        }
+        if view.successor(&self.suspected) != Some(self.cfg.me) {
+            return;
+        }
+        let line = format!(
+            "node {}: master node {} is gone; taking over as its designated successor",
+            self.name(self.cfg.me),
+            self.name(view.master)
+        );
+        self.log(log::Level::Warn, line);
+        self.state = State::TakingOver {
+            step: TakeoverStep::ReadingDisks,
+        };
+        self.out.push(Action::ReadDisks);
+    }
+
+    pub(super) fn on_disks_read(
+        &mut self,
+        now_ms: u64,
+        result: Result<Option<DiskRecord<M>>, String>,
+    ) {
+        match self.state {
+            State::Forming => self.finish_forming(now_ms, result),
+            State::TakingOver {
+                step: TakeoverStep::ReadingDisks,
+            } => self.takeover_decide(result),
+            _ => log::debug!("node {}: stale DisksRead ignored", self.cfg.me),
+        }
+    }
+
+    /// Takeover, step 1: decide the fate of the transaction in flight. It completes if
+    /// this node received COMMIT (then it is already in `committed`) or if the disks
+    /// already hold it (the old master wrote them after the commit point); otherwise
+    /// it is aborted.
+    fn takeover_decide(&mut self, result: Result<Option<DiskRecord<M>>, String>) {
+        let me = self.cfg.me;
+        let disk = match result {
+            Ok(record) => record,
+            Err(e) => {
+                let line = format!(
+                    "node {}: cannot read the disks during takeover: {e}",
+                    self.name(me)
+                );
+                self.log(log::Level::Error, line);
+                None
+            }
+        };
+        if let Some(st) = self.slave_txn.take() {
+            if st.staged
+                && st.phase == txn::SlavePhase::Prepared
+                && disk
+                    .as_ref()
+                    .is_some_and(|d| d.txn == st.id && d.config.seq() == st.new_config.seq())
+            {
+                let line = format!(
+                    "node {}: transaction {} is on the disks; completing it",
+                    self.name(me),
+                    st.id
+                );
+                self.log(log::Level::Warn, line);
+                self.commit_locally(st);
+            } else {
+                let line = format!(
+                    "node {}: transaction {} did not reach the commit point before the master was lost; aborting it",
+                    self.name(me),
+                    st.id
+                );
+                self.log(log::Level::Warn, line);
+                if st.staged {
+                    self.out.push(Action::KernelAbort { txn: st.id });
+                }
+            }
+        }
+        if let Some(d) = disk {
+            if d.config.seq() > self.committed.config.seq() {
+                let line = format!(
+                    "node {}: the disks hold configuration seq {} (transaction {}), newer than this node's seq {}; loading it",
+                    self.name(me),
+                    d.config.seq(),
+                    d.txn,
+                    self.committed.config.seq()
+                );
+                self.log(log::Level::Error, line);
+                self.committed = Committed {
+                    txn: d.txn,
+                    config: d.config,
+                };
+                self.out.push(Action::KernelLoad {
+                    config: self.committed.config.clone(),
+                });
+            }
+        }
+        self.state = State::TakingOver {
+            step: TakeoverStep::WritingDisks,
+        };
+        self.out.push(Action::WriteDisks {
+            record: DiskRecord {
+                txn: self.committed.txn,
+                config: self.committed.config.clone(),
+            },
+        });
+    }
+
+    /// Takeover, step 2: the disks hold this node's configuration (rewritten,
+    /// idempotently); install the new view, which tells the slaves the outcome.
+    pub(super) fn finish_takeover(&mut self, now_ms: u64, result: Result<(), String>) {
+        let me = self.cfg.me;
+        if let Err(e) = result {
+            let line = format!(
+                "node {}: rewriting the configuration during takeover failed: {e}",
+                self.name(me)
+            );
+            self.log(log::Level::Error, line);
+        }
+        let Some(old) = self.view.clone() else {
+            unreachable!("taking over without a view");
+        };
+        let members: Vec<NodeId> = old
+            .members
+            .iter()
+            .copied()
+            .filter(|&m| m == me || (m != old.master && !self.suspected.contains(&m)))
+            .collect();
+        let view = View {
+            id: old.id.max(self.max_view_seen) + 1,
+            master: me,
+            members,
+        };
+        self.state = State::Member;
+        self.master = Some(MasterState::new());
+        self.suspected.clear();
+        self.install_view(now_ms, view);
+        self.broadcast_view();
+        self.resolve_forwards(old.master);
+        let line = format!(
+            "node {}: took over as master from node {} (view {})",
+            self.name(me),
+            self.name(old.master),
+            self.max_view_seen
+        );
+        self.log(log::Level::Warn, line);
+        self.master_next(now_ms);
+    }
+
+    /// Installs `view` locally and tells the data plane.
+    fn install_view(&mut self, now_ms: u64, view: View) {
+        assert!(
+            view.contains(self.cfg.me),
+            "installing a view without this node"
+        );
+        assert!(
+            self.view.as_ref().map_or(true, |v| v.id < view.id),
+            "view ids only grow"
+        );
+        self.max_view_seen = self.max_view_seen.max(view.id);
+        for m in &view.members {
+            if let Some(p) = self.peers.get_mut(m) {
+                if p.last_heard_ms.is_none() {
+                    p.last_heard_ms = Some(now_ms);
+                }
+            }
+        }
+        self.suspected.retain(|s| view.contains(*s));
+        self.view = Some(view.clone());
+        self.out.push(Action::ViewChanged { view });
+    }
+
+    /// Master: sends the current view to every other member.
+    pub(super) fn broadcast_view(&mut self) {
+        let Some(view) = self.view.clone() else {
+            return;
+        };
+        let reasons: Vec<(NodeId, String)> =
+            self.reasons.iter().map(|(&k, v)| (k, v.clone())).collect();
+        for &m in &view.members {
+            if m != self.cfg.me {
+                self.send(
+                    m,
+                    Message::View {
+                        view: view.clone(),
+                        config_seq: self.committed.config.seq(),
+                        last_txn: self.committed.txn,
+                        reasons: reasons.clone(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Master: a new view with `members` and the next id.
+    fn master_new_view(&mut self, now_ms: u64, members: Vec<NodeId>) {
+        let me = self.cfg.me;
+        let old_id = self.view.as_ref().map_or(0, |v| v.id);
+        let view = View {
+            id: old_id.max(self.max_view_seen) + 1,
+            master: me,
+            members,
+        };
+        self.install_view(now_ms, view);
+        self.broadcast_view();
+    }
+
+    /// Master: a member is gone. Cluster reconfiguration takes precedence over a
+    /// transaction, except in its commit stage.
+    pub(super) fn master_remove_member(&mut self, now_ms: u64, peer: NodeId, why: &str) {
+        let Some(view) = self.view.clone() else {
+            return;
+        };
+        let members: Vec<NodeId> = view
+            .members
+            .iter()
+            .copied()
+            .filter(|&m| m != peer)
+            .collect();
+        let line = format!("node {} left the cluster ({why})", self.name(peer));
+        self.log(log::Level::Warn, line);
+        self.master_new_view(now_ms, members);
+        self.master_txn_member_lost(now_ms, peer);
+        self.master_forget_joiner(now_ms, peer);
+    }
+
+    /// Master: `peer` is no longer joining (gone or restarted).
+    fn master_forget_joiner(&mut self, now_ms: u64, peer: NodeId) {
+        let Some(ms) = self.master.as_mut() else {
+            return;
+        };
+        ms.joins.retain(|&j| j != peer);
+        if ms.join.as_ref().is_some_and(|j| j.node == peer) {
+            ms.join = None;
+            log::info!("node {}: join of node {peer} cancelled", self.cfg.me);
+            self.master_advance(now_ms);
+        }
+        self.master_next(now_ms);
+    }
+
+    fn master_on_join_request(&mut self, now_ms: u64, from: NodeId) {
+        if !self.is_master() {
+            log::debug!(
+                "node {}: JoinRequest from {from} ignored: not master",
+                self.cfg.me
+            );
+            return;
+        }
+        if self.view.as_ref().is_some_and(|v| v.contains(from)) {
+            // A member asking to join has restarted: it is gone first.
+            self.master_remove_member(now_ms, from, "it restarted");
+        }
+        self.master_forget_joiner(now_ms, from);
+        if let Some(ms) = self.master.as_mut() {
+            assert!(
+                ms.joins.len() < self.cfg.nodes.len(),
+                "join queue holds each node at most once"
+            );
+            ms.joins.push_back(from);
+        }
+        self.master_next(now_ms);
+    }
+
+    /// Master: offers `node` the shared disk groups' configuration and their disks.
+    pub(super) fn start_join(&mut self, node: NodeId) {
+        let config = self.committed.config.encode();
+        let disks = self.committed.config.shared_disks();
+        let config_txn = self.committed.txn;
+        let Some(ms) = self.master.as_mut() else {
+            return;
+        };
+        assert!(ms.join.is_none(), "one join at a time");
+        ms.next_join += 1;
+        let join = ms.next_join;
+        ms.join = Some(txn::ActiveJoin { node, join });
+        log::info!(
+            "node {}: offering node {node} to join (join {join})",
+            self.cfg.me
+        );
+        self.send(
+            node,
+            Message::JoinOffer {
+                join,
+                config,
+                config_txn,
+                disks,
+            },
+        );
+    }
+
+    fn master_on_join_ready(&mut self, now_ms: u64, from: NodeId, join: u64) {
+        if !self.is_master() {
+            return;
+        }
+        let Some(ms) = self.master.as_mut() else {
+            return;
+        };
+        if ms.join != Some(txn::ActiveJoin { node: from, join }) {
+            log::warn!(
+                "node {}: stale JoinReady from node {from} ignored",
+                self.cfg.me
+            );
+            return;
+        }
+        ms.join = None;
+        let Some(view) = self.view.clone() else {
+            return;
+        };
+        let mut members = view.members.clone();
+        members.push(from);
+        members.sort_unstable();
+        members.dedup();
+        self.reasons.remove(&from);
+        let line = format!("node {} joined the cluster", self.name(from));
+        self.log(log::Level::Info, line);
+        self.master_new_view(now_ms, members);
+        self.master_include_joiner(now_ms, from);
+        self.master_advance(now_ms);
+        self.master_next(now_ms);
+    }
+
+    fn master_on_join_abandon(&mut self, now_ms: u64, from: NodeId, join: u64, reason: String) {
+        if !self.is_master() {
+            return;
+        }
+        let Some(ms) = self.master.as_mut() else {
+            return;
+        };
+        if ms.join != Some(txn::ActiveJoin { node: from, join }) {
+            return;
+        }
+        ms.join = None;
+        let reason = truncate_reason(reason);
+        let line = format!("node {} abandoned its join: {reason}", self.name(from));
+        self.log(log::Level::Warn, line);
+        self.reasons.insert(from, reason);
+        self.master_advance(now_ms);
+        self.master_next(now_ms);
+    }
+
+    fn joiner_on_offer(
+        &mut self,
+        now_ms: u64,
+        from: NodeId,
+        join: u64,
+        config: &[u8],
+        config_txn: TxnId,
+        disks: Vec<String>,
+    ) {
+        let State::Joining { master, .. } = self.state else {
+            log::debug!(
+                "node {}: JoinOffer from {from} ignored: not joining",
+                self.cfg.me
+            );
+            return;
+        };
+        if master != from {
+            return;
+        }
+        match M::decode(config) {
+            Ok(config) => {
+                self.state = State::Joining {
+                    master,
+                    step: JoinStep::CheckingDisks {
+                        join,
+                        config,
+                        config_txn,
+                    },
+                };
+                self.out.push(Action::CheckDiskAccess { disks });
+            }
+            Err(e) => {
+                let reason = format!(
+                    "node {}: cannot decode the configuration from node {}: {e}",
+                    self.name(self.cfg.me),
+                    self.name(from)
+                );
+                self.abandon_join(now_ms, master, join, reason);
+            }
+        }
+    }
+
+    pub(super) fn on_disk_access_checked(&mut self, now_ms: u64, missing: Option<String>) {
+        let State::Joining {
+            master,
+            step: JoinStep::CheckingDisks { .. },
+        } = self.state
+        else {
+            return;
+        };
+        let State::Joining {
+            step:
+                JoinStep::CheckingDisks {
+                    join,
+                    config,
+                    config_txn,
+                },
+            ..
+        } = std::mem::replace(&mut self.state, State::Stopped)
+        else {
+            unreachable!()
+        };
+        if let Some(disk) = missing {
+            let reason = format!("cannot find disk {disk} on node {}", self.name(self.cfg.me));
+            self.abandon_join(now_ms, master, join, reason);
+            return;
+        }
+        self.failpoint("join.before_kernel");
+        self.out.push(Action::KernelLoad {
+            config: config.clone(),
+        });
+        self.state = State::Joining {
+            master,
+            step: JoinStep::Loading {
+                join,
+                config,
+                config_txn,
+            },
+        };
+    }
+
+    pub(super) fn on_kernel_loaded(&mut self, now_ms: u64, result: Result<(), String>) {
+        let State::Joining {
+            master,
+            step: JoinStep::Loading { .. },
+        } = self.state
+        else {
+            if let Err(e) = result {
+                let line = format!(
+                    "node {}: the data plane refused the configuration: {e}",
+                    self.name(self.cfg.me)
+                );
+                self.log(log::Level::Error, line);
+            }
+            return;
+        };
+        let State::Joining {
+            step:
+                JoinStep::Loading {
+                    join,
+                    config,
+                    config_txn,
+                },
+            ..
+        } = std::mem::replace(&mut self.state, State::Stopped)
+        else {
+            unreachable!()
+        };
+        if let Err(e) = result {
+            let reason = format!(
+                "node {}: the data plane refused the configuration: {e}",
+                self.name(self.cfg.me)
+            );
+            self.abandon_join(now_ms, master, join, reason);
+            return;
+        }
+        self.committed = Committed {
+            txn: config_txn,
+            config,
+        };
+        self.failpoint("join.after_kernel");
+        self.send(master, Message::JoinReady { join });
+        self.state = State::Joining {
+            master,
+            step: JoinStep::Ready,
+        };
+    }
+
+    fn abandon_join(&mut self, now_ms: u64, master: NodeId, join: u64, reason: String) {
+        let reason = truncate_reason(reason);
+        let line = format!("node {}: join abandoned: {reason}", self.name(self.cfg.me));
+        self.log(log::Level::Warn, line);
+        self.last_reason = Some(reason.clone());
+        self.send(
+            master,
+            Message::JoinAbandon {
+                join,
+                reason: reason.clone(),
+            },
+        );
+        self.out.push(Action::LeaveCluster { reason });
+        self.state = State::Abandoned {
+            until_ms: now_ms + self.cfg.join_retry_ms,
+        };
+    }
+
+    /// A View message: install it if it is newer and comes from its own master.
+    fn on_view(
+        &mut self,
+        now_ms: u64,
+        from: NodeId,
+        view: View,
+        config_seq: u64,
+        last_txn: TxnId,
+        reasons: Vec<(NodeId, String)>,
+    ) {
+        let me = self.cfg.me;
+        if from != view.master || from == me || view.members.windows(2).any(|w| w[0] >= w[1]) {
+            log::warn!("node {me}: malformed View from node {from} ignored");
+            return;
+        }
+        if self.view.as_ref().is_some_and(|v| view.id <= v.id) {
+            log::debug!("node {me}: old view {} from node {from} ignored", view.id);
+            return;
+        }
+        match self.state {
+            State::Joining {
+                master,
+                step: JoinStep::Ready,
+            } if master == from && view.contains(me) => {}
+            State::Member | State::TakingOver { .. } => {}
+            _ => {
+                log::debug!("node {me}: View from node {from} ignored in this state");
+                return;
+            }
+        }
+        self.max_view_seen = self.max_view_seen.max(view.id);
+        if !view.contains(me) {
+            self.leave_cluster(
+                now_ms,
+                format!(
+                    "removed from the cluster by master node {} in view {}",
+                    self.name(from),
+                    view.id
+                ),
+            );
+            return;
+        }
+        let old_master = self.view.as_ref().map(|v| v.master);
+        let joined = matches!(self.state, State::Joining { .. });
+        self.state = State::Member;
+        self.master = None;
+        if let Some(old) = old_master.filter(|&m| m != view.master) {
+            self.resolve_txn_after_master_change(last_txn);
+            self.install_view(now_ms, view);
+            self.resolve_forwards(old);
+        } else {
+            self.install_view(now_ms, view);
+        }
+        self.reasons = reasons
+            .into_iter()
+            .map(|(k, v)| (k, truncate_reason(v)))
+            .collect();
+        if joined {
+            let line = format!("node {}: joined the cluster", self.name(me));
+            self.log(log::Level::Info, line);
+        }
+        if self.committed.config.seq() != config_seq && self.slave_txn.is_none() {
+            let line = format!(
+                "node {}: configuration seq {} differs from the master's {config_seq}",
+                self.name(me),
+                self.committed.config.seq()
+            );
+            self.log(log::Level::Error, line);
+        }
+    }
+
+    /// This node is out of the cluster (removed by the master).
+    fn leave_cluster(&mut self, now_ms: u64, reason: String) {
+        if let Some(st) = self.slave_txn.take() {
+            if st.staged {
+                self.out.push(Action::KernelAbort { txn: st.id });
+            }
+        }
+        let old_master = self.view.as_ref().map(|v| v.master);
+        self.view = None;
+        self.master = None;
+        self.suspected.clear();
+        if let Some(m) = old_master {
+            self.resolve_forwards(m);
+        }
+        let line = format!(
+            "node {}: left the cluster: {reason}",
+            self.name(self.cfg.me)
+        );
+        self.log(log::Level::Warn, line);
+        self.last_reason = Some(truncate_reason(reason.clone()));
+        self.out.push(Action::LeaveCluster { reason });
+        self.state = State::Discovering { since_ms: now_ms };
+    }
+}

@@ -1,0 +1,286 @@
+//! The messages coordinators exchange, and the identifiers they carry.
+//!
+//! Messages are plain data with `serde` derives. Configurations and changes travel as
+//! opaque byte blobs produced by [`ConfigModel`](super::ConfigModel)'s encode functions,
+//! so this enum is not generic and the daemon can carry it in any envelope (the
+//! helpers [`Message::encode`] and [`Message::decode`] use JSON; a Cap'n Proto `Data`
+//! field can hold those bytes).
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A node's identifier from the cluster file.
+pub type NodeId = u32;
+
+/// Longest message [`Message::decode`] accepts, in bytes.
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// A transaction's identifier: the view in which the master started it and a counter
+/// within that view. Views only grow, so identifiers are unique within a cluster's life.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct TxnId {
+    /// View id at the start of the transaction.
+    pub view: u64,
+    /// Counter within that view, from 1.
+    pub n: u64,
+}
+
+impl fmt::Display for TxnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.view, self.n)
+    }
+}
+
+/// A client request's identifier, chosen by the driver; unique per node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RequestId(pub u64);
+
+/// Where a request came from: the node that received it from a client, and its id there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Origin {
+    /// The node the client talks to.
+    pub node: NodeId,
+    /// The request's id on that node.
+    pub request: RequestId,
+}
+
+/// A numbered cluster membership: who is in, and who is master.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct View {
+    /// Increments on every membership change.
+    pub id: u64,
+    /// The master of this view.
+    pub master: NodeId,
+    /// Members, sorted ascending, master included.
+    pub members: Vec<NodeId>,
+}
+
+impl View {
+    /// Whether `node` is a member.
+    pub fn contains(&self, node: NodeId) -> bool {
+        self.members.binary_search(&node).is_ok()
+    }
+
+    /// The designated successor: the lowest-numbered member other than the master
+    /// and other than the nodes in `excluded`.
+    pub fn successor(&self, excluded: &std::collections::BTreeSet<NodeId>) -> Option<NodeId> {
+        self.members
+            .iter()
+            .copied()
+            .find(|&m| m != self.master && !excluded.contains(&m))
+    }
+}
+
+/// A request as it travels from a slave to the master.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WireRequest {
+    /// A configuration change, encoded by `ConfigModel::encode_change`.
+    Change(Vec<u8>),
+    /// A plex I/O error reported by a data plane: detach the plex cluster-wide.
+    DetachPlex {
+        /// Volume name.
+        volume: String,
+        /// Plex name.
+        plex: String,
+    },
+}
+
+/// Every message between coordinators.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// Sent to every configured node every heartbeat interval.
+    Heartbeat {
+        /// The sender's incarnation (new at every start): a change means it restarted.
+        incarnation: u64,
+        /// The sender's view id (0 when it is not a member).
+        view_id: u64,
+        /// The master the sender knows of, if any.
+        master: Option<NodeId>,
+        /// Whether the sender is a member of a view.
+        member: bool,
+    },
+    /// Slave → master: a client's request.
+    Forward {
+        /// The request's id on the sender.
+        request: RequestId,
+        /// What the client asked for.
+        body: WireRequest,
+    },
+    /// Master → origin slave: the final result of a forwarded request.
+    Outcome {
+        /// The request's id on the receiver.
+        request: RequestId,
+        /// The result to give the client.
+        result: Result<(), String>,
+    },
+    /// Master → slaves: step 2, run your local checks on this change.
+    Check {
+        /// The transaction.
+        txn: TxnId,
+        /// The change, encoded by `ConfigModel::encode_change`.
+        change: Vec<u8>,
+        /// Who asked for it.
+        origin: Origin,
+    },
+    /// Slave → master: the local checks' result.
+    CheckReply {
+        /// The transaction.
+        txn: TxnId,
+        /// Ok, or why this node refuses (without the node name; the master adds it).
+        result: Result<(), String>,
+    },
+    /// Master → slaves: step 3, quiesce and stage the new layout.
+    Prepare {
+        /// The transaction.
+        txn: TxnId,
+    },
+    /// Slave → master: the kernel phase's result.
+    PrepareReply {
+        /// The transaction.
+        txn: TxnId,
+        /// Ok, or why the data plane refused.
+        result: Result<(), String>,
+    },
+    /// Master → slaves: step 4, apply the staged layout.
+    Commit {
+        /// The transaction.
+        txn: TxnId,
+    },
+    /// Slave → master: COMMIT applied (the successor's is the commit point).
+    CommitAck {
+        /// The transaction.
+        txn: TxnId,
+    },
+    /// Master → slaves: drop the transaction (and the staged layout).
+    Abort {
+        /// The transaction.
+        txn: TxnId,
+    },
+    /// Joiner → master: let me in.
+    JoinRequest,
+    /// Master → joiner: the shared disk groups' configuration and their disks.
+    JoinOffer {
+        /// The join attempt, echoed in the answer.
+        join: u64,
+        /// The committed configuration, encoded by `ConfigModel::encode`.
+        config: Vec<u8>,
+        /// The transaction that produced `config`.
+        config_txn: TxnId,
+        /// Every disk of the shared disk groups; the joiner must reach them all.
+        disks: Vec<String>,
+    },
+    /// Joiner → master: disks reached and configuration loaded in the data plane.
+    JoinReady {
+        /// The join attempt.
+        join: u64,
+    },
+    /// Joiner → master: the join is abandoned.
+    JoinAbandon {
+        /// The join attempt.
+        join: u64,
+        /// Why, e.g. `cannot find disk d1 on node c`.
+        reason: String,
+    },
+    /// Master → members: install this view.
+    View {
+        /// The new view.
+        view: View,
+        /// The master's committed configuration's sequence number.
+        config_seq: u64,
+        /// The transaction of the master's committed configuration. A new master uses
+        /// it to tell slaves whether their prepared transaction committed.
+        last_txn: TxnId,
+        /// Last failure reasons per node (abandoned joins), for `cluster status`.
+        reasons: Vec<(NodeId, String)>,
+    },
+}
+
+impl Message {
+    /// Serialises the message (JSON).
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Parses a message; malformed or oversized input is an error, never a panic.
+    pub fn decode(bytes: &[u8]) -> Result<Message, String> {
+        if bytes.len() > MAX_MESSAGE_BYTES {
+            return Err(format!(
+                "message of {} bytes exceeds the limit of {} bytes",
+                bytes.len(),
+                MAX_MESSAGE_BYTES
+            ));
+        }
+        serde_json::from_slice(bytes).map_err(|e| format!("malformed message: {e}"))
+    }
+
+    /// A one-line summary for logs and traces (blobs left out).
+    pub fn brief(&self) -> String {
+        match self {
+            Message::Forward {
+                request,
+                body: WireRequest::Change(b),
+            } => {
+                format!(
+                    "Forward {{ request: {}, change: {} bytes }}",
+                    request.0,
+                    b.len()
+                )
+            }
+            Message::Check { txn, origin, .. } => {
+                format!("Check {{ txn: {txn}, origin: {origin:?} }}")
+            }
+            Message::JoinOffer {
+                join,
+                config_txn,
+                disks,
+                ..
+            } => {
+                format!("JoinOffer {{ join: {join}, config_txn: {config_txn}, disks: {disks:?} }}")
+            }
+            m => format!("{m:?}"),
+        }
+    }
+
+    /// A short name for logs and traces.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Heartbeat { .. } => "Heartbeat",
+            Message::Forward { .. } => "Forward",
+            Message::Outcome { .. } => "Outcome",
+            Message::Check { .. } => "Check",
+            Message::CheckReply { .. } => "CheckReply",
+            Message::Prepare { .. } => "Prepare",
+            Message::PrepareReply { .. } => "PrepareReply",
+            Message::Commit { .. } => "Commit",
+            Message::CommitAck { .. } => "CommitAck",
+            Message::Abort { .. } => "Abort",
+            Message::JoinRequest => "JoinRequest",
+            Message::JoinOffer { .. } => "JoinOffer",
+            Message::JoinReady { .. } => "JoinReady",
+            Message::JoinAbandon { .. } => "JoinAbandon",
+            Message::View { .. } => "View",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_and_garbage_is_an_error() {
+        let m = Message::Check {
+            txn: TxnId { view: 3, n: 1 },
+            change: vec![1, 2, 3],
+            origin: Origin {
+                node: 2,
+                request: RequestId(9),
+            },
+        };
+        assert_eq!(Message::decode(&m.encode()).unwrap(), m);
+        assert!(Message::decode(b"{not json").is_err());
+        assert!(Message::decode(b"").is_err());
+    }
+}

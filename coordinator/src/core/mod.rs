@@ -1,0 +1,578 @@
+//! The coordinator's protocol core: membership and the volume reconfiguration
+//! transaction as a pure state machine.
+//!
+//! No sockets, clocks, threads or `async` in here (the quinn-proto / FoundationDB
+//! style): the driver feeds [`Event`]s to [`Node::handle`] together with the current
+//! time, and carries out the [`Action`]s it returns, in order. The daemon drives it
+//! over Cap'n Proto; [`crate::sim`] drives many nodes in one process under a seeded
+//! schedule. docs/PROTOCOL.md describes the protocol and its failure rules.
+
+mod membership;
+mod messages;
+mod model;
+mod txn;
+
+pub use messages::{
+    Message, NodeId, Origin, RequestId, TxnId, View, WireRequest, MAX_MESSAGE_BYTES,
+};
+pub use model::ConfigModel;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Most client requests the master queues while a transaction or join runs.
+pub const MAX_QUEUED_REQUESTS: usize = 64;
+/// Most requests a slave has forwarded to the master and not yet answered.
+pub const MAX_PENDING_FORWARDS: usize = 64;
+/// Longest failure reason kept per node, in bytes.
+pub const MAX_REASON_BYTES: usize = 512;
+
+/// Every failpoint the core emits, in protocol order.
+pub const FAILPOINTS: [&str; 9] = [
+    "txn.after_validate",
+    "txn.after_check",
+    "txn.after_prepare",
+    "txn.before_successor_commit",
+    "txn.after_successor_ack",
+    "txn.after_disk_write",
+    "txn.after_commit_sent",
+    "join.before_kernel",
+    "join.after_kernel",
+];
+
+/// A configured node: id and name from the cluster file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// Node id.
+    pub id: NodeId,
+    /// Host name, used in every message a person reads.
+    pub name: String,
+}
+
+/// Static settings of one node's core.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// This node.
+    pub me: NodeId,
+    /// This start of the node: must differ from the previous start's (a boot
+    /// counter, or the start time in nanoseconds). Peers see a restart by it.
+    pub incarnation: u64,
+    /// Every configured node, this one included.
+    pub nodes: Vec<NodeInfo>,
+    /// How often heartbeats go out.
+    pub heartbeat_interval_ms: u64,
+    /// Silence after which a peer is declared gone.
+    pub heartbeat_timeout_ms: u64,
+    /// How long a starting node listens for an existing cluster before forming one.
+    pub form_wait_ms: u64,
+    /// How long a node that abandoned a join waits before trying again.
+    pub join_retry_ms: u64,
+}
+
+impl NodeConfig {
+    /// Settings with incarnation 0 (set it) and the defaults: heartbeats every 500 ms, a peer is gone after
+    /// 2000 ms of silence, form after 2000 ms, retry an abandoned join after 30 s.
+    pub fn new(me: NodeId, nodes: Vec<NodeInfo>) -> NodeConfig {
+        NodeConfig {
+            me,
+            incarnation: 0,
+            nodes,
+            heartbeat_interval_ms: 500,
+            heartbeat_timeout_ms: 2000,
+            form_wait_ms: 2000,
+            join_retry_ms: 30_000,
+        }
+    }
+}
+
+/// A stored configuration record: what `WriteDisks` writes and `ReadDisks` returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskRecord<M> {
+    /// The transaction that produced the configuration.
+    pub txn: TxnId,
+    /// The configuration (its `seq()` is the record's sequence number).
+    pub config: M,
+}
+
+/// A request a client makes of the cluster.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Request<M: ConfigModel> {
+    /// A configuration change.
+    Change(M::Change),
+    /// Detach a plex after an I/O error.
+    DetachPlex {
+        /// Volume name.
+        volume: String,
+        /// Plex name.
+        plex: String,
+    },
+}
+
+/// What the driver tells the core.
+#[derive(Clone, Debug)]
+pub enum Event<M: ConfigModel> {
+    /// Time passed; call at least every heartbeat interval / 4.
+    Tick,
+    /// A message from a peer (decoded with [`Message::decode`]).
+    Message {
+        /// The sender.
+        from: NodeId,
+        /// The message.
+        msg: Message,
+    },
+    /// The connection to a peer broke (its process died or closed it).
+    ConnectionLost {
+        /// The peer.
+        peer: NodeId,
+    },
+    /// A client (`plexctl`) asks for a change; answered by [`Action::Reply`].
+    ClientRequest {
+        /// Id chosen by the driver, unique on this node.
+        request: RequestId,
+        /// The change.
+        change: M::Change,
+    },
+    /// This node's data plane reports a write error on a plex; answered by
+    /// [`Action::Reply`] once the plex is detached everywhere (Ok) or cannot be (Err).
+    PlexIoError {
+        /// Id chosen by the driver, unique on this node.
+        request: RequestId,
+        /// Volume name.
+        volume: String,
+        /// Plex name.
+        plex: String,
+    },
+    /// Result of [`Action::LocalCheck`].
+    LocalCheckDone {
+        /// The transaction.
+        txn: TxnId,
+        /// Ok, or why this node refuses the change.
+        result: Result<(), String>,
+    },
+    /// Result of [`Action::KernelPrepare`].
+    KernelPrepared {
+        /// The transaction.
+        txn: TxnId,
+        /// Ok, or why the data plane refused.
+        result: Result<(), String>,
+    },
+    /// Result of [`Action::WriteDisks`].
+    DiskWritten {
+        /// The transaction written.
+        txn: TxnId,
+        /// Ok, or the write error.
+        result: Result<(), String>,
+    },
+    /// Result of [`Action::ReadDisks`]: the newest valid record, if any.
+    DisksRead {
+        /// The record, none on blank disks, or the read error.
+        result: Result<Option<DiskRecord<M>>, String>,
+    },
+    /// Result of [`Action::CheckDiskAccess`].
+    DiskAccessChecked {
+        /// The first disk this node cannot open, if any.
+        missing: Option<String>,
+    },
+    /// Result of [`Action::KernelLoad`].
+    KernelLoaded {
+        /// Ok, or why the data plane refused.
+        result: Result<(), String>,
+    },
+    /// Stop cleanly: wait for an in-progress reconfiguration, then [`Action::ShutdownReady`].
+    Shutdown,
+}
+
+/// What the core asks the driver to do, in order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action<M: ConfigModel> {
+    /// Send a message to a peer (encode with [`Message::encode`]).
+    Send {
+        /// The peer.
+        to: NodeId,
+        /// The message.
+        msg: Message,
+    },
+    /// Answer a client request or plex error event.
+    Reply {
+        /// The request.
+        request: RequestId,
+        /// Its result; errors name the node.
+        result: Result<(), String>,
+    },
+    /// Run this node's local checks on a change (private disk group of the same name,
+    /// new disks accessible); answer with [`Event::LocalCheckDone`].
+    LocalCheck {
+        /// The transaction.
+        txn: TxnId,
+        /// The change.
+        change: M::Change,
+    },
+    /// Kernel phase: quiesce the affected volumes and stage `config`'s layout;
+    /// answer with [`Event::KernelPrepared`].
+    KernelPrepare {
+        /// The transaction.
+        txn: TxnId,
+        /// The configuration after the change.
+        config: M,
+    },
+    /// Apply the staged layout and resume I/O (no answer).
+    KernelCommit {
+        /// The transaction.
+        txn: TxnId,
+    },
+    /// Drop the staged layout, if any, and resume I/O (no answer).
+    KernelAbort {
+        /// The transaction.
+        txn: TxnId,
+    },
+    /// Load a whole configuration into the data plane (join, forming, resync);
+    /// answer with [`Event::KernelLoaded`].
+    KernelLoad {
+        /// The configuration.
+        config: M,
+    },
+    /// Write the configuration to the shared disks; answer with [`Event::DiskWritten`].
+    WriteDisks {
+        /// The record to write.
+        record: DiskRecord<M>,
+    },
+    /// Read the newest configuration record from the disks; answer with [`Event::DisksRead`].
+    ReadDisks,
+    /// Check that every disk can be opened from this node; answer with
+    /// [`Event::DiskAccessChecked`].
+    CheckDiskAccess {
+        /// Disk names.
+        disks: Vec<String>,
+    },
+    /// A new view is installed here: hand the membership to the data plane.
+    ViewChanged {
+        /// The view.
+        view: View,
+    },
+    /// This node is out of the cluster: fail I/O in progress to shared disks and
+    /// stop accessing them.
+    LeaveCluster {
+        /// Why.
+        reason: String,
+    },
+    /// A failpoint is reached: a driver configured to exit here exits at once.
+    Failpoint(&'static str),
+    /// A line for the operator's log (the master logs every failed transaction).
+    Log {
+        /// Severity.
+        level: log::Level,
+        /// The line.
+        message: String,
+    },
+    /// The clean shutdown may proceed (no reconfiguration in progress).
+    ShutdownReady,
+}
+
+/// A node's role, for `cluster status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Listening for an existing cluster.
+    Discovering,
+    /// Reading the disks to form a new cluster.
+    Forming,
+    /// Joining a cluster.
+    Joining,
+    /// Gave up a join; retries later.
+    Abandoned,
+    /// Member, not master.
+    Slave,
+    /// Member and master.
+    Master,
+    /// Designated successor taking over from a lost master.
+    TakingOver,
+    /// Shut down.
+    Stopped,
+}
+
+/// Everything `plexctl cluster status` shows about one node's view of the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    /// This node's role.
+    pub role: Role,
+    /// The installed view, if a member.
+    pub view: Option<View>,
+    /// Why this node last failed to join, if it did.
+    pub last_reason: Option<String>,
+    /// Last failure reasons of every node known to this node.
+    pub reasons: BTreeMap<NodeId, String>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Peer {
+    incarnation: Option<u64>,
+    last_heard_ms: Option<u64>,
+    gone: bool,
+    view_id: u64,
+    master: Option<NodeId>,
+    member: bool,
+}
+
+#[derive(Clone, Debug)]
+enum JoinStep<M> {
+    Requested,
+    CheckingDisks {
+        join: u64,
+        config: M,
+        config_txn: TxnId,
+    },
+    Loading {
+        join: u64,
+        config: M,
+        config_txn: TxnId,
+    },
+    Ready,
+}
+
+#[derive(Clone, Debug)]
+enum TakeoverStep {
+    ReadingDisks,
+    WritingDisks,
+}
+
+#[derive(Clone, Debug)]
+enum State<M> {
+    Discovering { since_ms: u64 },
+    Forming,
+    Joining { master: NodeId, step: JoinStep<M> },
+    Abandoned { until_ms: u64 },
+    Member,
+    TakingOver { step: TakeoverStep },
+    Stopped,
+}
+
+/// The committed configuration and the transaction that produced it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Committed<M> {
+    txn: TxnId,
+    config: M,
+}
+
+/// The protocol state machine of one node.
+#[derive(Debug)]
+pub struct Node<M: ConfigModel> {
+    cfg: NodeConfig,
+    state: State<M>,
+    view: Option<View>,
+    committed: Committed<M>,
+    peers: BTreeMap<NodeId, Peer>,
+    /// Members of the current view this slave has seen go (for succession).
+    suspected: BTreeSet<NodeId>,
+    last_heartbeat_ms: Option<u64>,
+    max_view_seen: u64,
+    master: Option<txn::MasterState<M>>,
+    slave_txn: Option<txn::SlaveTxn<M>>,
+    forwards: BTreeMap<RequestId, txn::Forward>,
+    last_reason: Option<String>,
+    reasons: BTreeMap<NodeId, String>,
+    stopping: bool,
+    out: Vec<Action<M>>,
+}
+
+impl<M: ConfigModel> Node<M> {
+    /// A node that has just started, at `now_ms`. It listens for a cluster, joins it
+    /// or, if none answers within `form_wait_ms`, forms one (reading its config from
+    /// the disks).
+    pub fn new(cfg: NodeConfig, now_ms: u64) -> Node<M> {
+        assert!(
+            cfg.nodes.iter().any(|n| n.id == cfg.me),
+            "node {} is not in the node list",
+            cfg.me
+        );
+        assert!(
+            cfg.heartbeat_interval_ms > 0 && cfg.heartbeat_timeout_ms > cfg.heartbeat_interval_ms
+        );
+        let peers = cfg
+            .nodes
+            .iter()
+            .filter(|n| n.id != cfg.me)
+            .map(|n| (n.id, Peer::default()))
+            .collect();
+        Node {
+            cfg,
+            state: State::Discovering { since_ms: now_ms },
+            view: None,
+            committed: Committed {
+                txn: TxnId::default(),
+                config: M::default(),
+            },
+            peers,
+            suspected: BTreeSet::new(),
+            last_heartbeat_ms: None,
+            max_view_seen: 0,
+            master: None,
+            slave_txn: None,
+            forwards: BTreeMap::new(),
+            last_reason: None,
+            reasons: BTreeMap::new(),
+            stopping: false,
+            out: Vec::new(),
+        }
+    }
+
+    /// Feeds one event; returns the actions to carry out, in order.
+    pub fn handle(&mut self, now_ms: u64, event: Event<M>) -> Vec<Action<M>> {
+        assert!(self.out.is_empty());
+        if matches!(self.state, State::Stopped) {
+            if let Event::ClientRequest { request, .. } | Event::PlexIoError { request, .. } = event
+            {
+                let err = format!("node {}: shutting down", self.name(self.cfg.me));
+                self.out.push(Action::Reply {
+                    request,
+                    result: Err(err),
+                });
+            }
+            return std::mem::take(&mut self.out);
+        }
+        match event {
+            Event::Tick => self.on_tick(now_ms),
+            Event::Message { from, msg } => self.on_message(now_ms, from, msg),
+            Event::ConnectionLost { peer } => self.on_peer_gone(now_ms, peer, "connection lost"),
+            Event::ClientRequest { request, change } => {
+                self.on_client_request(request, Request::Change(change))
+            }
+            Event::PlexIoError {
+                request,
+                volume,
+                plex,
+            } => self.on_client_request(request, Request::DetachPlex { volume, plex }),
+            Event::LocalCheckDone { txn, result } => self.on_local_check_done(txn, result),
+            Event::KernelPrepared { txn, result } => self.on_kernel_prepared(txn, result),
+            Event::DiskWritten { txn, result } => self.on_disk_written(now_ms, txn, result),
+            Event::DisksRead { result } => self.on_disks_read(now_ms, result),
+            Event::DiskAccessChecked { missing } => self.on_disk_access_checked(now_ms, missing),
+            Event::KernelLoaded { result } => self.on_kernel_loaded(now_ms, result),
+            Event::Shutdown => self.stopping = true,
+        }
+        self.maybe_finish_shutdown();
+        std::mem::take(&mut self.out)
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.cfg.me
+    }
+
+    /// The committed configuration.
+    pub fn config(&self) -> &M {
+        &self.committed.config
+    }
+
+    /// The transaction that produced the committed configuration.
+    pub fn config_txn(&self) -> TxnId {
+        self.committed.txn
+    }
+
+    /// The installed view, if this node is a member.
+    pub fn view(&self) -> Option<&View> {
+        self.view.as_ref()
+    }
+
+    /// This node's role.
+    pub fn role(&self) -> Role {
+        match &self.state {
+            State::Discovering { .. } => Role::Discovering,
+            State::Forming => Role::Forming,
+            State::Joining { .. } => Role::Joining,
+            State::Abandoned { .. } => Role::Abandoned,
+            State::Member if self.is_master() => Role::Master,
+            State::Member => Role::Slave,
+            State::TakingOver { .. } => Role::TakingOver,
+            State::Stopped => Role::Stopped,
+        }
+    }
+
+    /// What `cluster status` shows.
+    pub fn status(&self) -> Status {
+        Status {
+            role: self.role(),
+            view: self.view.clone(),
+            last_reason: self.last_reason.clone(),
+            reasons: self.reasons.clone(),
+        }
+    }
+
+    /// Whether no transaction, join or takeover is in progress on this node.
+    pub fn is_idle(&self) -> bool {
+        let master_idle = self.master.as_ref().map_or(true, |m| m.is_idle());
+        master_idle
+            && self.slave_txn.is_none()
+            && matches!(
+                self.state,
+                State::Member
+                    | State::Discovering { .. }
+                    | State::Abandoned { .. }
+                    | State::Stopped
+            )
+    }
+
+    /// Whether a transaction is in progress here (as master or slave).
+    pub fn txn_in_progress(&self) -> bool {
+        self.slave_txn.is_some() || self.master.as_ref().is_some_and(|m| m.txn.is_some())
+    }
+
+    /// The name of a node, for messages people read.
+    pub fn name(&self, id: NodeId) -> String {
+        self.cfg
+            .nodes
+            .iter()
+            .find(|n| n.id == id)
+            .map(|n| n.name.clone())
+            .unwrap_or_else(|| format!("#{id}"))
+    }
+
+    fn is_master(&self) -> bool {
+        matches!(self.state, State::Member)
+            && self.view.as_ref().is_some_and(|v| v.master == self.cfg.me)
+    }
+
+    fn send(&mut self, to: NodeId, msg: Message) {
+        debug_assert_ne!(to, self.cfg.me);
+        self.out.push(Action::Send { to, msg });
+    }
+
+    fn failpoint(&mut self, name: &'static str) {
+        debug_assert!(FAILPOINTS.contains(&name));
+        self.out.push(Action::Failpoint(name));
+    }
+
+    fn log(&mut self, level: log::Level, message: String) {
+        log::log!(level, "{message}");
+        self.out.push(Action::Log { level, message });
+    }
+
+    fn maybe_finish_shutdown(&mut self) {
+        if self.stopping && !matches!(self.state, State::Stopped) {
+            let busy = matches!(self.state, State::Forming | State::TakingOver { .. })
+                || matches!(
+                    self.state,
+                    State::Joining {
+                        step: JoinStep::CheckingDisks { .. }
+                            | JoinStep::Loading { .. }
+                            | JoinStep::Ready,
+                        ..
+                    }
+                )
+                || self.txn_in_progress()
+                || self.master.as_ref().is_some_and(|m| m.join.is_some());
+            if !busy {
+                self.state = State::Stopped;
+                self.out.push(Action::ShutdownReady);
+            }
+        }
+    }
+}
+
+fn truncate_reason(mut reason: String) -> String {
+    if reason.len() > MAX_REASON_BYTES {
+        let mut end = MAX_REASON_BYTES;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+    }
+    reason
+}

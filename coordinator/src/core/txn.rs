@@ -1,0 +1,836 @@
+//! The volume reconfiguration transaction: request, check, kernel phase, commit,
+//! reply; the master's and the slaves' halves, and request forwarding.
+
+use super::*;
+use std::collections::VecDeque;
+
+/// A join the master is running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct ActiveJoin {
+    pub(super) node: NodeId,
+    pub(super) join: u64,
+}
+
+/// What only the master keeps.
+#[derive(Debug)]
+pub(super) struct MasterState<M: ConfigModel> {
+    pub(super) txn: Option<MasterTxn<M>>,
+    /// Requests waiting for the transaction in progress (at most `MAX_QUEUED_REQUESTS`).
+    pub(super) queue: VecDeque<(Origin, Request<M>)>,
+    /// Nodes waiting to join (each at most once).
+    pub(super) joins: VecDeque<NodeId>,
+    pub(super) join: Option<ActiveJoin>,
+    pub(super) next_txn: u64,
+    pub(super) next_join: u64,
+}
+
+impl<M: ConfigModel> MasterState<M> {
+    pub(super) fn new() -> MasterState<M> {
+        MasterState {
+            txn: None,
+            queue: VecDeque::new(),
+            joins: VecDeque::new(),
+            join: None,
+            next_txn: 0,
+            next_join: 0,
+        }
+    }
+
+    pub(super) fn is_idle(&self) -> bool {
+        self.txn.is_none() && self.join.is_none()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Phase {
+    /// Step 2: waiting for these nodes' local checks (the master's included).
+    Checking { awaiting: BTreeSet<NodeId> },
+    /// Step 3: waiting for these nodes' kernel phase (the master's included).
+    Preparing { awaiting: BTreeSet<NodeId> },
+    /// Step 4: COMMIT sent to the designated successor; waiting for its ack.
+    SuccessorCommit { successor: NodeId },
+    /// Step 4: past the commit point, writing the disks.
+    DiskWrite,
+}
+
+/// The master's record of the transaction in progress.
+#[derive(Debug)]
+pub(super) struct MasterTxn<M: ConfigModel> {
+    pub(super) id: TxnId,
+    origin: Origin,
+    change: M::Change,
+    new_config: M,
+    /// Slaves taking part (every member but the master, plus joiners let in).
+    participants: BTreeSet<NodeId>,
+    pub(super) phase: Phase,
+    /// KernelPrepare was issued on the master.
+    staged: bool,
+    /// The slave COMMIT went to first (fixed when it is sent).
+    successor: Option<NodeId>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum SlavePhase {
+    Checking,
+    Checked,
+    Preparing,
+    Prepared,
+}
+
+/// A slave's record of the transaction in progress.
+#[derive(Debug)]
+pub(super) struct SlaveTxn<M> {
+    pub(super) id: TxnId,
+    origin: Origin,
+    pub(super) new_config: M,
+    pub(super) phase: SlavePhase,
+    /// KernelPrepare was issued: an abort must drop the staged layout.
+    pub(super) staged: bool,
+}
+
+/// A request this node forwarded to the master.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Forward {
+    /// This node applied the request's COMMIT.
+    committed: bool,
+}
+
+impl<M: ConfigModel> Node<M> {
+    fn me_name(&self) -> String {
+        self.name(self.cfg.me)
+    }
+
+    fn reply(&mut self, request: RequestId, result: Result<(), String>) {
+        self.out.push(Action::Reply { request, result });
+    }
+
+    /// Step 1: a client request arrives at this node.
+    pub(super) fn on_client_request(&mut self, request: RequestId, req: Request<M>) {
+        let me = self.cfg.me;
+        if self.stopping {
+            let err = format!("node {}: shutting down", self.me_name());
+            return self.reply(request, Err(err));
+        }
+        if self.is_master() {
+            return self.master_enqueue(Origin { node: me, request }, req);
+        }
+        let err = match (&self.state, &self.view) {
+            (State::Member, Some(view)) => {
+                let master = view.master;
+                if self.suspected.contains(&master) {
+                    format!(
+                        "node {}: master node {} is gone and its successor has not taken over yet; retry shortly",
+                        self.me_name(),
+                        self.name(master)
+                    )
+                } else if self.forwards.len() >= MAX_PENDING_FORWARDS || self.forwards.contains_key(&request) {
+                    format!(
+                        "node {}: {} requests already forwarded to master node {} (limit {MAX_PENDING_FORWARDS}); retry later",
+                        self.me_name(),
+                        self.forwards.len(),
+                        self.name(master)
+                    )
+                } else {
+                    let body = match req {
+                        Request::Change(c) => WireRequest::Change(M::encode_change(&c)),
+                        Request::DetachPlex { volume, plex } => WireRequest::DetachPlex { volume, plex },
+                    };
+                    self.forwards.insert(request, Forward { committed: false });
+                    self.send(master, Message::Forward { request, body });
+                    return;
+                }
+            }
+            (State::TakingOver { .. }, _) => {
+                format!("node {}: taking over as master; retry shortly", self.me_name())
+            }
+            _ => format!(
+                "node {} is not a cluster member ({:?}); no master is known to forward the request to",
+                self.me_name(),
+                self.role()
+            ),
+        };
+        self.reply(request, Err(err));
+    }
+
+    pub(super) fn master_on_forward(
+        &mut self,
+        now_ms: u64,
+        from: NodeId,
+        request: RequestId,
+        body: WireRequest,
+    ) {
+        let me_name = self.me_name();
+        if !self.is_master() {
+            let err = format!("node {me_name} is not the master; retry");
+            return self.send(
+                from,
+                Message::Outcome {
+                    request,
+                    result: Err(err),
+                },
+            );
+        }
+        if !self.view.as_ref().is_some_and(|v| v.contains(from)) {
+            let err = format!(
+                "node {me_name} (master): node {} is not a cluster member",
+                self.name(from)
+            );
+            return self.send(
+                from,
+                Message::Outcome {
+                    request,
+                    result: Err(err),
+                },
+            );
+        }
+        let req = match body {
+            WireRequest::Change(bytes) => match M::decode_change(&bytes) {
+                Ok(c) => Request::Change(c),
+                Err(e) => {
+                    let err = format!("node {me_name} (master): cannot decode the change: {e}");
+                    return self.send(
+                        from,
+                        Message::Outcome {
+                            request,
+                            result: Err(err),
+                        },
+                    );
+                }
+            },
+            WireRequest::DetachPlex { volume, plex } => Request::DetachPlex { volume, plex },
+        };
+        let _ = now_ms;
+        self.master_enqueue(
+            Origin {
+                node: from,
+                request,
+            },
+            req,
+        );
+    }
+
+    fn master_enqueue(&mut self, origin: Origin, req: Request<M>) {
+        let Some(ms) = self.master.as_mut() else {
+            return;
+        };
+        if ms.queue.len() >= MAX_QUEUED_REQUESTS {
+            let err = format!(
+                "node {} (master): {MAX_QUEUED_REQUESTS} requests already queued; retry later",
+                self.me_name()
+            );
+            return self.finish_request(origin, Err(err));
+        }
+        ms.queue.push_back((origin, req));
+        self.master_next(0);
+    }
+
+    /// Sends a request's final result to its origin.
+    fn finish_request(&mut self, origin: Origin, result: Result<(), String>) {
+        if origin.node == self.cfg.me {
+            self.reply(origin.request, result);
+        } else {
+            self.send(
+                origin.node,
+                Message::Outcome {
+                    request: origin.request,
+                    result,
+                },
+            );
+        }
+    }
+
+    pub(super) fn on_outcome(
+        &mut self,
+        from: NodeId,
+        request: RequestId,
+        result: Result<(), String>,
+    ) {
+        if self.view.as_ref().map(|v| v.master) != Some(from) {
+            log::warn!(
+                "node {}: Outcome from non-master node {from} ignored",
+                self.cfg.me
+            );
+            return;
+        }
+        if self.forwards.remove(&request).is_some() {
+            self.reply(request, result);
+        }
+    }
+
+    /// The master changed (or this node left): answers every forwarded request.
+    /// Those whose COMMIT this node applied succeeded (the disks hold them); the
+    /// others were not applied anywhere.
+    pub(super) fn resolve_forwards(&mut self, old_master: NodeId) {
+        let forwards = std::mem::take(&mut self.forwards);
+        for (request, f) in forwards {
+            let result = if f.committed {
+                Ok(())
+            } else {
+                Err(format!(
+                    "node {}: master node {} was lost before the change committed; it was not applied",
+                    self.me_name(),
+                    self.name(old_master)
+                ))
+            };
+            self.reply(request, result);
+        }
+    }
+
+    /// Master: starts the next queued join or transaction, if nothing blocks it.
+    /// Joins go first (cluster reconfiguration takes precedence); a join may run
+    /// while a transaction is in its check phase (the transaction is suspended).
+    pub(super) fn master_next(&mut self, _now_ms: u64) {
+        loop {
+            if !self.is_master() {
+                return;
+            }
+            let Some(ms) = self.master.as_mut() else {
+                return;
+            };
+            if ms.join.is_none() {
+                let join_allowed = match &ms.txn {
+                    None => true,
+                    Some(t) => matches!(t.phase, Phase::Checking { .. }),
+                };
+                if join_allowed {
+                    if let Some(j) = ms.joins.pop_front() {
+                        self.start_join(j);
+                        return;
+                    }
+                }
+            }
+            if ms.txn.is_some() || ms.join.is_some() || self.stopping {
+                return;
+            }
+            let Some((origin, req)) = ms.queue.pop_front() else {
+                return;
+            };
+            self.start_txn(origin, req);
+        }
+    }
+
+    /// Steps 1 and 2: validate against the master's configuration, then send CHECK.
+    fn start_txn(&mut self, origin: Origin, req: Request<M>) {
+        let me = self.cfg.me;
+        let change = match req {
+            Request::Change(c) => c,
+            Request::DetachPlex { volume, plex } => match self
+                .committed
+                .config
+                .detach_plex(&volume, &plex)
+            {
+                Ok(Some(c)) => c,
+                Ok(None) => return self.finish_request(origin, Ok(())),
+                Err(e) => {
+                    return self.fail_request(origin, None, format!("node {}: {e}", self.me_name()))
+                }
+            },
+        };
+        let new_config = match self.committed.config.validate_and_apply(&change) {
+            Ok(c) if c.seq() == self.committed.config.seq() + 1 => c,
+            Ok(c) => {
+                let err = format!(
+                    "node {}: configuration model error: seq {} after seq {}",
+                    self.me_name(),
+                    c.seq(),
+                    self.committed.config.seq()
+                );
+                return self.fail_request(origin, None, err);
+            }
+            Err(e) => {
+                return self.fail_request(origin, None, format!("node {}: {e}", self.me_name()))
+            }
+        };
+        let Some(view) = self.view.clone() else {
+            return;
+        };
+        let Some(ms) = self.master.as_mut() else {
+            return;
+        };
+        assert!(
+            ms.txn.is_none() && ms.join.is_none(),
+            "one transaction at a time, never during a join"
+        );
+        ms.next_txn += 1;
+        let id = TxnId {
+            view: view.id,
+            n: ms.next_txn,
+        };
+        let participants: BTreeSet<NodeId> =
+            view.members.iter().copied().filter(|&m| m != me).collect();
+        let mut awaiting = participants.clone();
+        awaiting.insert(me);
+        let encoded = M::encode_change(&change);
+        ms.txn = Some(MasterTxn {
+            id,
+            origin,
+            change: change.clone(),
+            new_config,
+            participants: participants.clone(),
+            phase: Phase::Checking { awaiting },
+            staged: false,
+            successor: None,
+        });
+        log::info!("node {me}: transaction {id} validated");
+        self.failpoint("txn.after_validate");
+        for p in participants {
+            self.send(
+                p,
+                Message::Check {
+                    txn: id,
+                    change: encoded.clone(),
+                    origin,
+                },
+            );
+        }
+        self.out.push(Action::LocalCheck { txn: id, change });
+    }
+
+    /// A request failed before it became a transaction, or a transaction failed:
+    /// log it on the master's console and answer the origin.
+    fn fail_request(&mut self, origin: Origin, txn: Option<TxnId>, error: String) {
+        let line = match txn {
+            Some(id) => format!("transaction {id} failed: {error}"),
+            None => format!("request failed: {error}"),
+        };
+        self.log(log::Level::Warn, line);
+        self.finish_request(origin, Err(error));
+    }
+
+    /// A joiner let in while the transaction was suspended in its check phase takes
+    /// part in it from now on.
+    pub(super) fn master_include_joiner(&mut self, _now_ms: u64, node: NodeId) {
+        let Some(t) = self.master.as_mut().and_then(|ms| ms.txn.as_mut()) else {
+            return;
+        };
+        let Phase::Checking { awaiting } = &mut t.phase else {
+            unreachable!("a join never runs past the check phase");
+        };
+        awaiting.insert(node);
+        t.participants.insert(node);
+        let msg = Message::Check {
+            txn: t.id,
+            change: M::encode_change(&t.change),
+            origin: t.origin,
+        };
+        self.send(node, msg);
+    }
+
+    /// Master: moves the transaction to its next phase once nobody is awaited.
+    pub(super) fn master_advance(&mut self, _now_ms: u64) {
+        let me = self.cfg.me;
+        let join_active = self.master.as_ref().is_some_and(|ms| ms.join.is_some());
+        let Some(t) = self.master.as_mut().and_then(|ms| ms.txn.as_mut()) else {
+            return;
+        };
+        match &t.phase {
+            Phase::Checking { awaiting } if awaiting.is_empty() && !join_active => {
+                let mut awaiting = t.participants.clone();
+                awaiting.insert(me);
+                t.phase = Phase::Preparing { awaiting };
+                t.staged = true;
+                let (id, participants, config) =
+                    (t.id, t.participants.clone(), t.new_config.clone());
+                self.failpoint("txn.after_check");
+                for p in participants {
+                    self.send(p, Message::Prepare { txn: id });
+                }
+                self.out.push(Action::KernelPrepare { txn: id, config });
+            }
+            Phase::Preparing { awaiting } if awaiting.is_empty() => {
+                let id = t.id;
+                let successor = t.participants.iter().next().copied();
+                t.successor = successor;
+                match successor {
+                    Some(s) => t.phase = Phase::SuccessorCommit { successor: s },
+                    None => t.phase = Phase::DiskWrite,
+                }
+                self.failpoint("txn.after_prepare");
+                self.failpoint("txn.before_successor_commit");
+                match successor {
+                    Some(s) => self.send(s, Message::Commit { txn: id }),
+                    None => {
+                        self.failpoint("txn.after_successor_ack");
+                        self.start_disk_write();
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn start_disk_write(&mut self) {
+        let Some(t) = self.master.as_mut().and_then(|ms| ms.txn.as_mut()) else {
+            return;
+        };
+        t.phase = Phase::DiskWrite;
+        let record = DiskRecord {
+            txn: t.id,
+            config: t.new_config.clone(),
+        };
+        self.out.push(Action::WriteDisks { record });
+    }
+
+    fn master_txn(&mut self, txn: TxnId) -> Option<&mut MasterTxn<M>> {
+        if !self.is_master() {
+            return None;
+        }
+        self.master
+            .as_mut()
+            .and_then(|ms| ms.txn.as_mut())
+            .filter(|t| t.id == txn)
+    }
+
+    pub(super) fn master_on_check_reply(
+        &mut self,
+        now_ms: u64,
+        from: NodeId,
+        txn: TxnId,
+        result: Result<(), String>,
+    ) {
+        let Some(t) = self.master_txn(txn) else {
+            return;
+        };
+        let Phase::Checking { awaiting } = &mut t.phase else {
+            return;
+        };
+        if !awaiting.remove(&from) {
+            return;
+        }
+        match result {
+            Ok(()) => self.master_advance(now_ms),
+            Err(e) => {
+                let err = format!("node {}: {e}", self.name(from));
+                self.master_abort(now_ms, err);
+            }
+        }
+    }
+
+    pub(super) fn master_on_prepare_reply(
+        &mut self,
+        now_ms: u64,
+        from: NodeId,
+        txn: TxnId,
+        result: Result<(), String>,
+    ) {
+        let Some(t) = self.master_txn(txn) else {
+            return;
+        };
+        let Phase::Preparing { awaiting } = &mut t.phase else {
+            return;
+        };
+        if !awaiting.remove(&from) {
+            return;
+        }
+        match result {
+            Ok(()) => self.master_advance(now_ms),
+            Err(e) => {
+                let err = format!("node {}: {e}", self.name(from));
+                self.master_abort(now_ms, err);
+            }
+        }
+    }
+
+    /// The designated successor acknowledged COMMIT: the commit point.
+    pub(super) fn master_on_commit_ack(&mut self, from: NodeId, txn: TxnId) {
+        let Some(t) = self.master_txn(txn) else {
+            return;
+        };
+        if t.phase != (Phase::SuccessorCommit { successor: from }) {
+            return;
+        }
+        self.failpoint("txn.after_successor_ack");
+        self.start_disk_write();
+    }
+
+    /// Master: the disks hold the new configuration; COMMIT goes to the other slaves,
+    /// the master applies it and the client gets its answer.
+    fn master_on_disk_written(&mut self, now_ms: u64, txn: TxnId, result: Result<(), String>) {
+        let me = self.cfg.me;
+        let Some(t) = self.master_txn(txn) else {
+            return;
+        };
+        if t.phase != Phase::DiskWrite {
+            return;
+        }
+        let t = self
+            .master
+            .as_mut()
+            .and_then(|ms| ms.txn.take())
+            .expect("checked above");
+        if let Err(e) = result {
+            let line = format!(
+                "node {}: writing transaction {} to the disks failed: {e}; it is past the commit point and completes",
+                self.me_name(),
+                t.id
+            );
+            self.log(log::Level::Error, line);
+        }
+        self.failpoint("txn.after_disk_write");
+        for &p in &t.participants {
+            if Some(p) != t.successor {
+                self.send(p, Message::Commit { txn: t.id });
+            }
+        }
+        self.failpoint("txn.after_commit_sent");
+        self.out.push(Action::KernelCommit { txn: t.id });
+        self.committed = Committed {
+            txn: t.id,
+            config: t.new_config,
+        };
+        log::info!(
+            "node {me}: transaction {} committed (seq {})",
+            t.id,
+            self.committed.config.seq()
+        );
+        self.finish_request(t.origin, Ok(()));
+        self.master_next(now_ms);
+    }
+
+    /// Master: the transaction fails everywhere (abort, drop staged layouts, answer).
+    fn master_abort(&mut self, now_ms: u64, error: String) {
+        let Some(t) = self.master.as_mut().and_then(|ms| ms.txn.take()) else {
+            return;
+        };
+        assert!(
+            !matches!(t.phase, Phase::DiskWrite),
+            "a transaction past the commit point never aborts"
+        );
+        for &p in &t.participants {
+            if self.view.as_ref().is_some_and(|v| v.contains(p)) {
+                self.send(p, Message::Abort { txn: t.id });
+            }
+        }
+        if t.staged {
+            self.out.push(Action::KernelAbort { txn: t.id });
+        }
+        self.fail_request(t.origin, Some(t.id), error);
+        self.master_next(now_ms);
+    }
+
+    /// Master: a participant left. Before the commit stage the transaction fails;
+    /// once COMMIT went to the successor it continues on the survivors, unless the
+    /// lost node is the successor and had not acknowledged.
+    pub(super) fn master_txn_member_lost(&mut self, now_ms: u64, peer: NodeId) {
+        let name = self.name(peer);
+        let Some(t) = self.master.as_mut().and_then(|ms| ms.txn.as_mut()) else {
+            return;
+        };
+        if !t.participants.contains(&peer) {
+            return;
+        }
+        let err = match &t.phase {
+            Phase::Checking { .. } | Phase::Preparing { .. } => {
+                format!("node {name}: left the cluster during the transaction; the change was not applied")
+            }
+            Phase::SuccessorCommit { successor } if *successor == peer => format!(
+                "node {name}: the designated successor left the cluster before acknowledging COMMIT; the change was not applied"
+            ),
+            Phase::SuccessorCommit { .. } | Phase::DiskWrite => {
+                t.participants.remove(&peer);
+                return;
+            }
+        };
+        t.participants.remove(&peer);
+        self.master_abort(now_ms, err);
+    }
+
+    pub(super) fn on_local_check_done(&mut self, txn: TxnId, result: Result<(), String>) {
+        let me = self.cfg.me;
+        if self.is_master() {
+            return self.master_on_check_reply(0, me, txn, result);
+        }
+        let Some(st) = self.slave_txn.as_mut().filter(|s| s.id == txn) else {
+            return;
+        };
+        if st.phase != SlavePhase::Checking {
+            return;
+        }
+        st.phase = SlavePhase::Checked;
+        let Some(master) = self.view.as_ref().map(|v| v.master) else {
+            return;
+        };
+        self.send(master, Message::CheckReply { txn, result });
+        self.failpoint("txn.after_check");
+    }
+
+    pub(super) fn on_kernel_prepared(&mut self, txn: TxnId, result: Result<(), String>) {
+        let me = self.cfg.me;
+        if self.is_master() {
+            return self.master_on_prepare_reply(0, me, txn, result);
+        }
+        let Some(st) = self.slave_txn.as_mut().filter(|s| s.id == txn) else {
+            return;
+        };
+        if st.phase != SlavePhase::Preparing {
+            return;
+        }
+        st.phase = SlavePhase::Prepared;
+        let Some(master) = self.view.as_ref().map(|v| v.master) else {
+            return;
+        };
+        self.send(master, Message::PrepareReply { txn, result });
+        self.failpoint("txn.after_prepare");
+    }
+
+    pub(super) fn on_disk_written(&mut self, now_ms: u64, txn: TxnId, result: Result<(), String>) {
+        match self.state {
+            State::TakingOver {
+                step: TakeoverStep::WritingDisks,
+            } => self.finish_takeover(now_ms, result),
+            State::Member if self.is_master() => self.master_on_disk_written(now_ms, txn, result),
+            _ => log::debug!("node {}: stale DiskWritten ignored", self.cfg.me),
+        }
+    }
+
+    fn from_my_master(&self, from: NodeId) -> bool {
+        matches!(self.state, State::Member)
+            && !self.is_master()
+            && self.view.as_ref().is_some_and(|v| v.master == from)
+    }
+
+    pub(super) fn slave_on_check(
+        &mut self,
+        from: NodeId,
+        txn: TxnId,
+        change: Vec<u8>,
+        origin: Origin,
+    ) {
+        if !self.from_my_master(from) {
+            log::debug!(
+                "node {}: Check from node {from} ignored: not my master",
+                self.cfg.me
+            );
+            return;
+        }
+        if let Some(old) = self.slave_txn.take() {
+            log::warn!(
+                "node {}: transaction {} replaced by {txn}",
+                self.cfg.me,
+                old.id
+            );
+            if old.staged {
+                self.out.push(Action::KernelAbort { txn: old.id });
+            }
+        }
+        let change = match M::decode_change(&change) {
+            Ok(c) => c,
+            Err(e) => {
+                let result = Err(format!("cannot decode the change: {e}"));
+                return self.send(from, Message::CheckReply { txn, result });
+            }
+        };
+        let new_config = match self.committed.config.validate_and_apply(&change) {
+            Ok(c) => c,
+            Err(e) => {
+                return self.send(
+                    from,
+                    Message::CheckReply {
+                        txn,
+                        result: Err(e),
+                    },
+                )
+            }
+        };
+        self.slave_txn = Some(SlaveTxn {
+            id: txn,
+            origin,
+            new_config,
+            phase: SlavePhase::Checking,
+            staged: false,
+        });
+        self.out.push(Action::LocalCheck { txn, change });
+    }
+
+    pub(super) fn slave_on_prepare(&mut self, from: NodeId, txn: TxnId) {
+        if !self.from_my_master(from) {
+            return;
+        }
+        let Some(st) = self.slave_txn.as_mut().filter(|s| s.id == txn) else {
+            return;
+        };
+        if st.phase != SlavePhase::Checked {
+            return;
+        }
+        st.phase = SlavePhase::Preparing;
+        st.staged = true;
+        let config = st.new_config.clone();
+        self.out.push(Action::KernelPrepare { txn, config });
+    }
+
+    pub(super) fn slave_on_commit(&mut self, from: NodeId, txn: TxnId) {
+        if !self.from_my_master(from) {
+            return;
+        }
+        let prepared = self
+            .slave_txn
+            .as_ref()
+            .is_some_and(|s| s.id == txn && s.phase == SlavePhase::Prepared);
+        if prepared {
+            let st = self.slave_txn.take().expect("checked above");
+            self.commit_locally(st);
+        } else if self.committed.txn != txn {
+            log::warn!(
+                "node {}: COMMIT of unknown transaction {txn} ignored",
+                self.cfg.me
+            );
+            return;
+        }
+        self.send(from, Message::CommitAck { txn });
+        let successor = self
+            .view
+            .as_ref()
+            .and_then(|v| v.successor(&BTreeSet::new()));
+        if successor == Some(self.cfg.me) {
+            self.failpoint("txn.after_successor_ack");
+        }
+    }
+
+    /// Applies a prepared transaction on this node.
+    pub(super) fn commit_locally(&mut self, st: SlaveTxn<M>) {
+        assert!(
+            st.staged && st.phase == SlavePhase::Prepared,
+            "only a prepared transaction commits"
+        );
+        assert_eq!(
+            st.new_config.seq(),
+            self.committed.config.seq() + 1,
+            "commits apply in order"
+        );
+        self.out.push(Action::KernelCommit { txn: st.id });
+        if st.origin.node == self.cfg.me {
+            if let Some(f) = self.forwards.get_mut(&st.origin.request) {
+                f.committed = true;
+            }
+        }
+        self.committed = Committed {
+            txn: st.id,
+            config: st.new_config,
+        };
+    }
+
+    pub(super) fn slave_on_abort(&mut self, from: NodeId, txn: TxnId) {
+        if !self.from_my_master(from) {
+            return;
+        }
+        if self.slave_txn.as_ref().is_some_and(|s| s.id == txn) {
+            let st = self.slave_txn.take().expect("checked above");
+            if st.staged {
+                self.out.push(Action::KernelAbort { txn: st.id });
+            }
+        }
+    }
+
+    /// A new master's view tells this slave how its pending transaction ended: it
+    /// committed if the new master's configuration came from it, else it is aborted.
+    pub(super) fn resolve_txn_after_master_change(&mut self, last_txn: TxnId) {
+        let Some(st) = self.slave_txn.take() else {
+            return;
+        };
+        if st.id == last_txn && st.phase == SlavePhase::Prepared {
+            self.commit_locally(st);
+        } else if st.staged {
+            self.out.push(Action::KernelAbort { txn: st.id });
+        }
+    }
+}

@@ -1,0 +1,989 @@
+//! A deterministic simulator for the protocol core (the FoundationDB / TigerBeetle
+//! VOPR approach): many [`Node`]s in one process, a network with random delays that
+//! keeps per-connection order (like TCP), crashes at random times and at failpoints,
+//! restarts, joins, client changes and plex I/O errors, all drawn from one seeded
+//! generator, with the invariants checked after every event.
+//!
+//! The simulated driver does what the daemon does: it carries out each [`Action`]
+//! (messages, local checks, kernel phase, disk writes) and answers with [`Event`]s
+//! after a random delay. The "shared disk" keeps the newest configuration record and
+//! survives crashes; a disk write in flight when its node crashes lands or not (a
+//! torn write loses only the record being written).
+
+mod random;
+mod toy;
+
+pub use random::{run_seed, RunStats};
+pub use toy::{ToyChange, ToyConfig, ToyGroup};
+
+use crate::core::{
+    Action, DiskRecord, Event, Message, Node, NodeConfig, NodeId, NodeInfo, RequestId, Role, TxnId,
+    View,
+};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// Lines of trace kept for a failure report.
+pub const TRACE_LINES: usize = 80;
+/// Log lines kept (the nodes' `Action::Log`).
+pub const MAX_LOG_LINES: usize = 10_000;
+/// Events processed by one `run_for` call at most (a runaway guard).
+pub const MAX_EVENTS_PER_RUN: u64 = 10_000_000;
+
+/// Simulator settings.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// Number of nodes, ids 1..=nodes, names a, b, c...
+    pub nodes: u32,
+    /// Seed of every random choice.
+    pub seed: u64,
+    /// Network delay bound (each message takes 1..=this, order kept per connection).
+    pub max_delay_ms: u64,
+    /// Driver work (checks, kernel, disks) takes 1..=this.
+    pub max_driver_delay_ms: u64,
+    /// Tick period of every node.
+    pub tick_ms: u64,
+    /// Heartbeat interval given to the cores.
+    pub heartbeat_interval_ms: u64,
+    /// Heartbeat timeout given to the cores.
+    pub heartbeat_timeout_ms: u64,
+    /// Form wait given to the cores.
+    pub form_wait_ms: u64,
+    /// Join retry given to the cores.
+    pub join_retry_ms: u64,
+    /// Probability (percent) that peers see a connection loss when a node crashes
+    /// (otherwise only the heartbeat timeout finds out).
+    pub connection_lost_percent: u32,
+    /// Record a trace of every event (slower; used to report failures).
+    pub trace: bool,
+}
+
+impl SimConfig {
+    /// Defaults: delays up to 20 ms, ticks every 20 ms, heartbeats every 100 ms,
+    /// timeout 500 ms, form after 500 ms, retry abandoned joins after 1 s.
+    pub fn new(nodes: u32, seed: u64) -> SimConfig {
+        SimConfig {
+            nodes,
+            seed,
+            max_delay_ms: 20,
+            max_driver_delay_ms: 5,
+            tick_ms: 20,
+            heartbeat_interval_ms: 100,
+            heartbeat_timeout_ms: 500,
+            form_wait_ms: 500,
+            join_retry_ms: 1000,
+            connection_lost_percent: 80,
+            trace: false,
+        }
+    }
+}
+
+/// A driver result the test can hold back on a node, to stop a transaction in a phase.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Hold {
+    /// `LocalCheckDone`.
+    LocalCheck,
+    /// `KernelPrepared`.
+    KernelPrepare,
+    /// `DiskWritten`.
+    DiskWrite,
+}
+
+#[derive(Debug)]
+enum SimEvent {
+    Start {
+        node: NodeId,
+    },
+    Tick {
+        node: NodeId,
+        inc: u64,
+    },
+    Deliver {
+        from: NodeId,
+        to: NodeId,
+        inc: u64,
+        bytes: Vec<u8>,
+    },
+    ConnLost {
+        from: NodeId,
+        to: NodeId,
+        inc: u64,
+    },
+    Driver {
+        node: NodeId,
+        inc: u64,
+        event: Event<ToyConfig>,
+    },
+}
+
+/// The simulated data plane of a node.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Kernel {
+    /// The layout in use.
+    pub active: ToyConfig,
+    /// A staged layout (kernel phase).
+    pub staged: Option<(TxnId, ToyConfig)>,
+    /// Shared disks given up (node left the cluster).
+    pub left: bool,
+}
+
+/// One simulated node: its core (when up) and its driver's state.
+#[derive(Debug)]
+pub struct SimNode {
+    /// Node id.
+    pub id: NodeId,
+    /// Incarnation, bumped at every start and crash.
+    pub inc: u64,
+    /// The core, when the node is up.
+    pub core: Option<Node<ToyConfig>>,
+    /// The data plane.
+    pub kernel: Kernel,
+    /// Crash when the core reaches this failpoint.
+    pub armed: Option<&'static str>,
+    /// Private disk groups on this node (its local checks refuse shared ones of the same name).
+    pub private_dgs: BTreeSet<String>,
+    /// The node cannot open the shared disks (its joins fail).
+    pub disk_access_broken: bool,
+    /// The next client request id.
+    next_request: u64,
+    holds: BTreeSet<Hold>,
+    held: Vec<Event<ToyConfig>>,
+    pending_writes: Vec<DiskRecord<ToyConfig>>,
+}
+
+/// A client request the simulator made, and what came of it.
+#[derive(Clone, Debug)]
+struct Pending {
+    inc: u64,
+    tag: Option<u64>,
+}
+
+/// The simulator.
+pub struct Sim {
+    cfg: SimConfig,
+    /// Random source of the whole run.
+    pub rng: StdRng,
+    now_ms: u64,
+    seq: u64,
+    queue: BTreeMap<(u64, u64), SimEvent>,
+    chan_last_ms: BTreeMap<(NodeId, NodeId), u64>,
+    nodes: Vec<SimNode>,
+    disk: Option<DiskRecord<ToyConfig>>,
+    pending: BTreeMap<(NodeId, RequestId), Pending>,
+    replies: BTreeMap<(NodeId, RequestId), Result<(), String>>,
+    acked: BTreeSet<u64>,
+    failed: BTreeSet<u64>,
+    views: BTreeMap<u64, View>,
+    aborted: BTreeSet<TxnId>,
+    next_tag: u64,
+    trace: VecDeque<String>,
+    logs: Vec<String>,
+    violation: Option<String>,
+    events: u64,
+}
+
+impl Sim {
+    /// A simulator with every node down.
+    pub fn new(cfg: SimConfig) -> Sim {
+        assert!((1..=26).contains(&cfg.nodes), "1 to 26 nodes");
+        let nodes = (1..=cfg.nodes)
+            .map(|id| SimNode {
+                id,
+                inc: 0,
+                core: None,
+                kernel: Kernel::default(),
+                armed: None,
+                private_dgs: BTreeSet::new(),
+                disk_access_broken: false,
+                next_request: 0,
+                holds: BTreeSet::new(),
+                held: Vec::new(),
+                pending_writes: Vec::new(),
+            })
+            .collect();
+        Sim {
+            rng: StdRng::seed_from_u64(cfg.seed),
+            cfg,
+            now_ms: 0,
+            seq: 0,
+            queue: BTreeMap::new(),
+            chan_last_ms: BTreeMap::new(),
+            nodes,
+            disk: None,
+            pending: BTreeMap::new(),
+            replies: BTreeMap::new(),
+            acked: BTreeSet::new(),
+            failed: BTreeSet::new(),
+            views: BTreeMap::new(),
+            aborted: BTreeSet::new(),
+            next_tag: 0,
+            trace: VecDeque::new(),
+            logs: Vec::new(),
+            violation: None,
+            events: 0,
+        }
+    }
+
+    /// A cluster of `nodes` nodes all started at time 0, run until one master leads
+    /// a view with all of them.
+    pub fn cluster(nodes: u32, seed: u64) -> Sim {
+        let mut sim = Sim::new(SimConfig::new(nodes, seed));
+        for id in 1..=nodes {
+            sim.start(id);
+        }
+        let formed = sim.run_until(5_000, |s| s.all_members(&(1..=nodes).collect::<Vec<_>>()));
+        assert!(
+            formed,
+            "cluster of {nodes} did not form:\n{}",
+            sim.trace_text()
+        );
+        sim
+    }
+
+    /// The name of node `id` (a, b, c...).
+    pub fn name(id: NodeId) -> String {
+        char::from(b'a' + (id as u8 - 1)).to_string()
+    }
+
+    /// The node list every core gets.
+    pub fn node_infos(&self) -> Vec<NodeInfo> {
+        (1..=self.cfg.nodes)
+            .map(|id| NodeInfo {
+                id,
+                name: Sim::name(id),
+            })
+            .collect()
+    }
+
+    /// Simulated time.
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
+    /// Events processed so far.
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &SimConfig {
+        &self.cfg
+    }
+
+    fn push(&mut self, at_ms: u64, ev: SimEvent) {
+        self.seq += 1;
+        self.queue.insert((at_ms, self.seq), ev);
+    }
+
+    fn node_mut(&mut self, id: NodeId) -> &mut SimNode {
+        &mut self.nodes[(id - 1) as usize]
+    }
+
+    /// A node's simulator record.
+    pub fn node(&self, id: NodeId) -> &SimNode {
+        &self.nodes[(id - 1) as usize]
+    }
+
+    /// A node's core, if it is up.
+    pub fn core(&self, id: NodeId) -> Option<&Node<ToyConfig>> {
+        self.node(id).core.as_ref()
+    }
+
+    /// Whether node `id` is up.
+    pub fn is_up(&self, id: NodeId) -> bool {
+        self.node(id).core.is_some()
+    }
+
+    /// Ids of all nodes.
+    pub fn ids(&self) -> Vec<NodeId> {
+        (1..=self.cfg.nodes).collect()
+    }
+
+    /// The shared disk's record.
+    pub fn disk(&self) -> Option<&DiskRecord<ToyConfig>> {
+        self.disk.as_ref()
+    }
+
+    /// Every `Action::Log` line so far, prefixed with the node's name.
+    pub fn logs(&self) -> &[String] {
+        &self.logs
+    }
+
+    /// The node that is master, if exactly one live node is.
+    pub fn master(&self) -> Option<NodeId> {
+        let masters: Vec<NodeId> = self
+            .ids()
+            .into_iter()
+            .filter(|&id| self.core(id).is_some_and(|c| c.role() == Role::Master))
+            .collect();
+        (masters.len() == 1).then(|| masters[0])
+    }
+
+    /// Whether all of `ids` are up and members of one view led by one master, idle.
+    pub fn all_members(&self, ids: &[NodeId]) -> bool {
+        let Some(m) = self.master() else { return false };
+        let Some(view) = self.core(m).and_then(|c| c.view()).cloned() else {
+            return false;
+        };
+        ids.iter().all(|&id| {
+            view.contains(id)
+                && self
+                    .core(id)
+                    .is_some_and(|c| c.view() == Some(&view) && c.is_idle())
+        })
+    }
+
+    /// Starts (or restarts) node `id` now.
+    pub fn start(&mut self, id: NodeId) {
+        assert!(!self.is_up(id), "node {id} is already up");
+        let cfg = NodeConfig {
+            heartbeat_interval_ms: self.cfg.heartbeat_interval_ms,
+            heartbeat_timeout_ms: self.cfg.heartbeat_timeout_ms,
+            form_wait_ms: self.cfg.form_wait_ms,
+            join_retry_ms: self.cfg.join_retry_ms,
+            ..NodeConfig::new(id, self.node_infos())
+        };
+        let now = self.now_ms;
+        let n = self.node_mut(id);
+        n.inc += 1;
+        let cfg = NodeConfig {
+            incarnation: n.inc,
+            ..cfg
+        };
+        n.core = Some(Node::new(cfg, now));
+        n.kernel = Kernel::default();
+        n.held.clear();
+        let inc = n.inc;
+        self.note(format!("start {}", Sim::name(id)));
+        self.push(now, SimEvent::Tick { node: id, inc });
+    }
+
+    /// Starts node `id` at a later time.
+    pub fn start_at(&mut self, id: NodeId, at_ms: u64) {
+        self.push(at_ms, SimEvent::Start { node: id });
+    }
+
+    /// Crashes node `id` now (as kill -9 of its coordinator and data plane).
+    pub fn crash(&mut self, id: NodeId) {
+        if !self.is_up(id) {
+            return;
+        }
+        self.note(format!("crash {}", Sim::name(id)));
+        let now = self.now_ms;
+        let writes = std::mem::take(&mut self.node_mut(id).pending_writes);
+        for w in writes {
+            if self.rng.gen_bool(0.5) {
+                self.land_write(id, w);
+            }
+        }
+        let n = self.node_mut(id);
+        n.core = None;
+        n.inc += 1;
+        n.kernel = Kernel::default();
+        n.armed = None;
+        n.held.clear();
+        let dead: Vec<(NodeId, RequestId)> = self
+            .pending
+            .keys()
+            .filter(|(n, _)| *n == id)
+            .copied()
+            .collect();
+        for k in dead {
+            self.pending.remove(&k);
+        }
+        for p in self.ids() {
+            if p != id
+                && self.is_up(p)
+                && self.rng.gen_range(0..100) < self.cfg.connection_lost_percent
+            {
+                let inc = self.node(p).inc;
+                let at = self.channel_time(id, p, now);
+                self.push(
+                    at,
+                    SimEvent::ConnLost {
+                        from: id,
+                        to: p,
+                        inc,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Crashes node `id` when its core reaches failpoint `name`.
+    pub fn arm_failpoint(&mut self, id: NodeId, name: &'static str) {
+        self.node_mut(id).armed = Some(name);
+    }
+
+    /// Gives node `id` a private disk group called `name`.
+    pub fn add_private_dg(&mut self, id: NodeId, name: &str) {
+        self.node_mut(id).private_dgs.insert(name.to_string());
+    }
+
+    /// Makes node `id` unable (or able again) to open the shared disks.
+    pub fn set_disk_access_broken(&mut self, id: NodeId, broken: bool) {
+        self.node_mut(id).disk_access_broken = broken;
+    }
+
+    /// Holds back the driver results of `kind` on node `id` until [`Sim::release`].
+    pub fn hold(&mut self, id: NodeId, kind: Hold) {
+        self.node_mut(id).holds.insert(kind);
+    }
+
+    /// Delivers every held result of node `id` and stops holding.
+    pub fn release(&mut self, id: NodeId) {
+        let n = self.node_mut(id);
+        n.holds.clear();
+        let held = std::mem::take(&mut n.held);
+        let inc = n.inc;
+        let now = self.now_ms;
+        for event in held {
+            self.push(
+                now + 1,
+                SimEvent::Driver {
+                    node: id,
+                    inc,
+                    event,
+                },
+            );
+        }
+    }
+
+    /// How many driver results node `id` holds back.
+    pub fn held(&self, id: NodeId) -> usize {
+        self.node(id).held.len()
+    }
+
+    /// A new unique change tag.
+    pub fn tag(&mut self) -> u64 {
+        self.next_tag += 1;
+        self.next_tag
+    }
+
+    /// A client submits `change` to node `id`; None if the node is down.
+    pub fn submit(&mut self, id: NodeId, change: ToyChange) -> Option<RequestId> {
+        let tag = match &change {
+            ToyChange::Create { tag, .. } | ToyChange::Destroy { tag, .. } => Some(*tag),
+            ToyChange::Detach { .. } => None,
+        };
+        self.note(format!("client → {}: {change:?}", Sim::name(id)));
+        self.request(id, tag, |request| Event::ClientRequest { request, change })
+    }
+
+    /// A client asks node `id` to create disk group `name` with `plexes` plexes.
+    pub fn create(&mut self, id: NodeId, name: &str, plexes: u8) -> Option<RequestId> {
+        let tag = self.tag();
+        let name = name.to_string();
+        self.submit(id, ToyChange::Create { tag, name, plexes })
+    }
+
+    /// Node `id`'s data plane reports a write error on `plex` of `volume`.
+    pub fn plex_io_error(&mut self, id: NodeId, volume: &str, plex: &str) -> Option<RequestId> {
+        self.note(format!(
+            "plex I/O error on {}: {volume}/{plex}",
+            Sim::name(id)
+        ));
+        let (volume, plex) = (volume.to_string(), plex.to_string());
+        self.request(id, None, |request| Event::PlexIoError {
+            request,
+            volume,
+            plex,
+        })
+    }
+
+    fn request(
+        &mut self,
+        id: NodeId,
+        tag: Option<u64>,
+        make: impl FnOnce(RequestId) -> Event<ToyConfig>,
+    ) -> Option<RequestId> {
+        if !self.is_up(id) {
+            return None;
+        }
+        let n = self.node_mut(id);
+        n.next_request += 1;
+        let request = RequestId(n.next_request);
+        let inc = n.inc;
+        self.pending.insert((id, request), Pending { inc, tag });
+        self.feed(id, make(request));
+        Some(request)
+    }
+
+    /// The reply node `id` gave to `request`, if any yet.
+    pub fn reply(&self, id: NodeId, request: RequestId) -> Option<&Result<(), String>> {
+        self.replies.get(&(id, request))
+    }
+
+    /// Requests still unanswered on live nodes.
+    pub fn unanswered(&self) -> Vec<(NodeId, RequestId)> {
+        self.pending.keys().copied().collect()
+    }
+
+    /// Tells the node's core to shut down cleanly.
+    pub fn shutdown(&mut self, id: NodeId) {
+        self.feed(id, Event::Shutdown);
+    }
+
+    /// Runs for `ms` of simulated time.
+    pub fn run_for(&mut self, ms: u64) {
+        let end = self.now_ms + ms;
+        self.run_until(ms, |s| s.now_ms >= end);
+        self.now_ms = self.now_ms.max(end);
+    }
+
+    /// Runs until `done` holds (checked after every event) or `max_ms` pass; true if
+    /// `done` held. Stops early at an invariant violation (see [`Sim::check`]).
+    pub fn run_until(&mut self, max_ms: u64, mut done: impl FnMut(&Sim) -> bool) -> bool {
+        let end = self.now_ms + max_ms;
+        for _ in 0..MAX_EVENTS_PER_RUN {
+            if done(self) {
+                return true;
+            }
+            if self.violation.is_some() {
+                return false;
+            }
+            let Some((&(at, _), _)) = self.queue.first_key_value() else {
+                return false;
+            };
+            if at > end {
+                self.now_ms = end;
+                return done(self);
+            }
+            self.step();
+        }
+        false
+    }
+
+    /// Processes the next event, then checks the invariants.
+    pub fn step(&mut self) {
+        let Some(((at, _), ev)) = self.queue.pop_first() else {
+            return;
+        };
+        self.now_ms = self.now_ms.max(at);
+        self.events += 1;
+        match ev {
+            SimEvent::Start { node } => {
+                if !self.is_up(node) {
+                    self.start(node);
+                }
+            }
+            SimEvent::Tick { node, inc } => {
+                if self.node(node).inc == inc && self.is_up(node) {
+                    let next = self.now_ms + self.cfg.tick_ms;
+                    self.push(next, SimEvent::Tick { node, inc });
+                    self.feed(node, Event::Tick);
+                }
+            }
+            SimEvent::Deliver {
+                from,
+                to,
+                inc,
+                bytes,
+            } => {
+                if self.node(to).inc == inc && self.is_up(to) {
+                    match Message::decode(&bytes) {
+                        Ok(msg) => {
+                            if self.cfg.trace && !matches!(msg, Message::Heartbeat { .. }) {
+                                self.note(format!(
+                                    "{} → {}: {}",
+                                    Sim::name(from),
+                                    Sim::name(to),
+                                    msg.brief()
+                                ));
+                            }
+                            self.feed(to, Event::Message { from, msg });
+                        }
+                        Err(e) => self.violate(format!("a message did not decode: {e}")),
+                    }
+                }
+            }
+            SimEvent::ConnLost { from, to, inc } => {
+                if self.node(to).inc == inc && self.is_up(to) {
+                    self.note(format!(
+                        "{} sees connection to {} lost",
+                        Sim::name(to),
+                        Sim::name(from)
+                    ));
+                    self.feed(to, Event::ConnectionLost { peer: from });
+                }
+            }
+            SimEvent::Driver { node, inc, event } => {
+                if self.node(node).inc == inc && self.is_up(node) {
+                    if let Event::DiskWritten { txn, .. } = &event {
+                        let txn = *txn;
+                        let n = self.node_mut(node);
+                        if let Some(i) = n.pending_writes.iter().position(|w| w.txn == txn) {
+                            let w = n.pending_writes.remove(i);
+                            self.land_write(node, w);
+                        }
+                    }
+                    let event = match event {
+                        Event::DisksRead { .. } => Event::DisksRead {
+                            result: Ok(self.disk.clone()),
+                        },
+                        e => e,
+                    };
+                    self.feed(node, event);
+                }
+            }
+        }
+        if self.violation.is_none() {
+            if let Err(e) = self.check() {
+                self.violation = Some(e);
+            }
+        }
+    }
+
+    /// The first invariant violation seen, if any.
+    pub fn violation(&self) -> Option<&str> {
+        self.violation.as_deref()
+    }
+
+    fn violate(&mut self, what: String) {
+        if self.violation.is_none() {
+            self.note(format!("VIOLATION: {what}"));
+            self.violation = Some(what);
+        }
+    }
+
+    fn note(&mut self, line: String) {
+        if self.cfg.trace {
+            if self.trace.len() == TRACE_LINES {
+                self.trace.pop_front();
+            }
+            self.trace
+                .push_back(format!("{:>7} ms  {line}", self.now_ms));
+        }
+    }
+
+    /// The last trace lines (empty unless `trace` is set).
+    pub fn trace_text(&self) -> String {
+        self.trace.iter().map(|l| format!("  {l}\n")).collect()
+    }
+
+    fn channel_time(&mut self, from: NodeId, to: NodeId, now_ms: u64) -> u64 {
+        let delay = self.rng.gen_range(1..=self.cfg.max_delay_ms);
+        let last = self.chan_last_ms.entry((from, to)).or_insert(0);
+        let at = (now_ms + delay).max(*last);
+        *last = at;
+        at
+    }
+
+    fn driver_later(&mut self, id: NodeId, hold: Option<Hold>, event: Event<ToyConfig>) {
+        let n = self.node(id);
+        if hold.is_some_and(|h| n.holds.contains(&h)) {
+            self.node_mut(id).held.push(event);
+            return;
+        }
+        let inc = n.inc;
+        let at = self.now_ms + self.rng.gen_range(1..=self.cfg.max_driver_delay_ms);
+        self.push(
+            at,
+            SimEvent::Driver {
+                node: id,
+                inc,
+                event,
+            },
+        );
+    }
+
+    fn land_write(&mut self, id: NodeId, w: DiskRecord<ToyConfig>) {
+        self.note(format!(
+            "disk ← {} seq {} txn {}",
+            Sim::name(id),
+            w.config.seq,
+            w.txn
+        ));
+        if let Some(d) = &self.disk {
+            if w.config.seq < d.config.seq {
+                return self.violate(format!(
+                    "node {} wrote seq {} over newer seq {}",
+                    Sim::name(id),
+                    w.config.seq,
+                    d.config.seq
+                ));
+            }
+            if w.config.seq == d.config.seq && w.config != d.config {
+                return self.violate(format!(
+                    "node {} wrote a different configuration with the same seq {}",
+                    Sim::name(id),
+                    w.config.seq
+                ));
+            }
+        }
+        self.disk = Some(w);
+    }
+
+    fn feed(&mut self, id: NodeId, event: Event<ToyConfig>) {
+        let now = self.now_ms;
+        let Some(core) = self.node_mut(id).core.as_mut() else {
+            return;
+        };
+        let actions = core.handle(now, event);
+        self.perform(id, actions);
+    }
+
+    /// Carries out node `id`'s actions, as the daemon would.
+    fn perform(&mut self, id: NodeId, actions: Vec<Action<ToyConfig>>) {
+        let name = Sim::name(id);
+        for action in actions {
+            if !self.is_up(id) {
+                return;
+            }
+            match action {
+                Action::Send { to, msg } => {
+                    if self.is_up(to) {
+                        let inc = self.node(to).inc;
+                        let at = self.channel_time(id, to, self.now_ms);
+                        let bytes = msg.encode();
+                        self.push(
+                            at,
+                            SimEvent::Deliver {
+                                from: id,
+                                to,
+                                inc,
+                                bytes,
+                            },
+                        );
+                    }
+                }
+                Action::Reply { request, result } => {
+                    self.note(format!(
+                        "{name} replies to request {}: {result:?}",
+                        request.0
+                    ));
+                    match self.pending.remove(&(id, request)) {
+                        None => self.violate(format!(
+                            "node {name} answered request {} twice or unasked",
+                            request.0
+                        )),
+                        Some(p) => {
+                            if let Some(tag) = p.tag {
+                                if result.is_ok() {
+                                    self.acked.insert(tag);
+                                } else {
+                                    self.failed.insert(tag);
+                                }
+                            }
+                            let _ = p.inc;
+                            self.replies.insert((id, request), result);
+                        }
+                    }
+                }
+                Action::LocalCheck { txn, change } => {
+                    let refuse = match &change {
+                        ToyChange::Create { name: dg, .. }
+                            if self.node(id).private_dgs.contains(dg) =>
+                        {
+                            Some(format!("disk group {dg} exists as a private disk group"))
+                        }
+                        _ => None,
+                    };
+                    let result = refuse.map_or(Ok(()), Err);
+                    self.driver_later(
+                        id,
+                        Some(Hold::LocalCheck),
+                        Event::LocalCheckDone { txn, result },
+                    );
+                }
+                Action::KernelPrepare { txn, config } => {
+                    self.node_mut(id).kernel.staged = Some((txn, config));
+                    let result = Ok(());
+                    self.driver_later(
+                        id,
+                        Some(Hold::KernelPrepare),
+                        Event::KernelPrepared { txn, result },
+                    );
+                }
+                Action::KernelCommit { txn } => {
+                    self.note(format!("{name} kernel commit {txn}"));
+                    if self.aborted.contains(&txn) {
+                        self.violate(format!(
+                            "node {name} committed transaction {txn} after it was aborted"
+                        ));
+                    }
+                    let k = &mut self.node_mut(id).kernel;
+                    match k.staged.take() {
+                        Some((t, config)) if t == txn => k.active = config,
+                        other => {
+                            let what = format!("node {name} committed {txn} with {other:?} staged");
+                            self.violate(what);
+                        }
+                    }
+                }
+                Action::KernelAbort { txn } => {
+                    self.note(format!("{name} kernel abort {txn}"));
+                    self.aborted.insert(txn);
+                    let k = &mut self.node_mut(id).kernel;
+                    if k.staged.as_ref().is_some_and(|(t, _)| *t == txn) {
+                        k.staged = None;
+                    }
+                }
+                Action::KernelLoad { config } => {
+                    let k = &mut self.node_mut(id).kernel;
+                    k.active = config;
+                    k.staged = None;
+                    k.left = false;
+                    self.driver_later(id, None, Event::KernelLoaded { result: Ok(()) });
+                }
+                Action::WriteDisks { record } => {
+                    let txn = record.txn;
+                    self.node_mut(id).pending_writes.push(record);
+                    self.driver_later(
+                        id,
+                        Some(Hold::DiskWrite),
+                        Event::DiskWritten {
+                            txn,
+                            result: Ok(()),
+                        },
+                    );
+                }
+                Action::ReadDisks => {
+                    // The content is read when the result is delivered.
+                    self.driver_later(id, None, Event::DisksRead { result: Ok(None) });
+                }
+                Action::CheckDiskAccess { disks } => {
+                    let missing = if self.node(id).disk_access_broken {
+                        disks.first().cloned()
+                    } else {
+                        None
+                    };
+                    self.driver_later(id, None, Event::DiskAccessChecked { missing });
+                }
+                Action::ViewChanged { view } => {
+                    self.note(format!("{name} installs view {view:?}"));
+                    match self.views.get(&view.id) {
+                        Some(v) if *v != view => {
+                            let what = format!("two views with id {}: {v:?} and {view:?}", view.id);
+                            self.violate(what);
+                        }
+                        _ => {
+                            self.views.insert(view.id, view);
+                        }
+                    }
+                }
+                Action::LeaveCluster { .. } => {
+                    let k = &mut self.node_mut(id).kernel;
+                    k.left = true;
+                    k.staged = None;
+                }
+                Action::Failpoint(fp) => {
+                    if self.node(id).armed == Some(fp) {
+                        self.note(format!("{name} reaches failpoint {fp}: crash"));
+                        self.crash(id);
+                        return;
+                    }
+                }
+                Action::Log { message, .. } => {
+                    self.note(format!("{name} log: {message}"));
+                    if self.logs.len() < MAX_LOG_LINES {
+                        self.logs.push(format!("{name}: {message}"));
+                    }
+                }
+                Action::ShutdownReady => {
+                    self.note(format!("{name} shut down cleanly"));
+                }
+            }
+        }
+    }
+
+    /// Checks the invariants now:
+    /// - every change acknowledged OK is on the disk (and in every idle member's
+    ///   configuration); a change that failed is nowhere;
+    /// - at most one master and one membership per view id (checked as views are
+    ///   installed), no commit of an aborted transaction, disk sequence never goes back;
+    /// - once no node is busy: members of one view hold the same configuration, their
+    ///   data planes hold it too, and the disk holds the master's.
+    pub fn check(&mut self) -> Result<(), String> {
+        if let Some(v) = &self.violation {
+            return Err(v.clone());
+        }
+        let disk_history: &[u64] = self.disk.as_ref().map_or(&[], |d| &d.config.history);
+        if let Some(tag) = self.acked.iter().find(|t| !disk_history.contains(t)) {
+            return Err(format!(
+                "change {tag} was acknowledged but is not on the disk"
+            ));
+        }
+        if let Some(tag) = self.failed.iter().find(|t| disk_history.contains(t)) {
+            return Err(format!("change {tag} failed but is on the disk"));
+        }
+        let mut any_member = false;
+        for n in &self.nodes {
+            let Some(core) = &n.core else { continue };
+            any_member |= matches!(core.role(), Role::Master | Role::Slave | Role::TakingOver);
+            for tag in &self.failed {
+                if core.config().has(*tag) || n.kernel.active.has(*tag) {
+                    return Err(format!(
+                        "change {tag} failed but node {} applied it",
+                        Sim::name(n.id)
+                    ));
+                }
+            }
+        }
+        if !any_member {
+            // The whole cluster is down: the next one numbers its views afresh.
+            self.views.clear();
+            self.aborted.clear();
+        }
+        let all_idle = self
+            .nodes
+            .iter()
+            .all(|n| n.core.as_ref().map_or(true, |c| c.is_idle()));
+        if !all_idle {
+            return Ok(());
+        }
+        let Some(m) = self.master() else {
+            return Ok(());
+        };
+        let mcore = self.core(m).expect("master is up");
+        let Some(view) = mcore.view().cloned() else {
+            return Ok(());
+        };
+        let mconfig = mcore.config().clone();
+        let disk_config = self
+            .disk
+            .as_ref()
+            .map(|d| d.config.clone())
+            .unwrap_or_default();
+        if disk_config != mconfig {
+            return Err(format!(
+                "the disk holds seq {} but master {} holds seq {}",
+                disk_config.seq,
+                Sim::name(m),
+                mconfig.seq
+            ));
+        }
+        for n in &self.nodes {
+            let Some(core) = &n.core else { continue };
+            if core.view() != Some(&view) {
+                continue;
+            }
+            if *core.config() != mconfig {
+                return Err(format!(
+                    "node {} holds seq {} but master {} holds seq {} in view {}",
+                    Sim::name(n.id),
+                    core.config().seq,
+                    Sim::name(m),
+                    mconfig.seq,
+                    view.id
+                ));
+            }
+            if n.kernel.active != mconfig || n.kernel.staged.is_some() {
+                return Err(format!(
+                    "node {}'s data plane holds seq {} (staged: {}) but the cluster holds seq {}",
+                    Sim::name(n.id),
+                    n.kernel.active.seq,
+                    n.kernel.staged.is_some(),
+                    mconfig.seq
+                ));
+            }
+        }
+        if let Some(tag) = self.acked.iter().find(|t| !mconfig.has(**t)) {
+            return Err(format!(
+                "change {tag} was acknowledged but the master does not hold it"
+            ));
+        }
+        Ok(())
+    }
+}

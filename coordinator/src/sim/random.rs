@@ -1,0 +1,162 @@
+//! Randomised runs: one seed, a schedule of faults, the invariants after every event,
+//! and at the end a quiet period after which the cluster must be whole again.
+
+use super::*;
+use crate::core::FAILPOINTS;
+
+/// What a random run did.
+#[derive(Clone, Debug, Default)]
+pub struct RunStats {
+    /// Events processed.
+    pub events: u64,
+    /// Client requests answered OK.
+    pub acked: usize,
+    /// Client requests answered with an error.
+    pub failed: usize,
+    /// Crashes (random and at failpoints armed).
+    pub crashes: usize,
+    /// Configuration sequence number at the end.
+    pub final_seq: u64,
+}
+
+/// Names the random changes use (few, so they collide).
+const NAMES: [&str; 6] = ["dg0", "dg1", "dg2", "dg3", "dg4", "dg5"];
+
+/// Runs one seed for `steps` steps of 10 ms of simulated time with random faults,
+/// then a quiet period. An error names the seed, the step and what broke, with the
+/// last trace lines (the seed is run again with tracing on to get them).
+pub fn run_seed(seed: u64, steps: u64) -> Result<RunStats, String> {
+    match run(seed, steps, false) {
+        Ok(s) => Ok(s),
+        Err(_) => {
+            let e = run(seed, steps, true)
+                .err()
+                .unwrap_or_else(|| "failure did not reproduce".into());
+            Err(format!(
+                "seed {seed}: {e}\n(reproduce: PLEXD_SIM_SEED={seed} cargo test -p plexd-coordinator --test sim)"
+            ))
+        }
+    }
+}
+
+fn run(seed: u64, steps: u64, trace: bool) -> Result<RunStats, String> {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
+    let nodes = rng.gen_range(3..=5);
+    let mut cfg = SimConfig::new(nodes, seed);
+    cfg.trace = trace;
+    let mut sim = Sim::new(cfg);
+    let mut stats = RunStats::default();
+    for id in 1..=nodes {
+        if rng.gen_bool(0.3) {
+            let dg = NAMES[rng.gen_range(0..NAMES.len())];
+            sim.add_private_dg(id, dg);
+        }
+        let at = rng.gen_range(0..300);
+        sim.start_at(id, at);
+    }
+    let fail = |sim: &Sim, step: u64, what: &str| -> String {
+        format!(
+            "step {step} (t = {} ms, {nodes} nodes): {what}\nlast events:\n{}",
+            sim.now_ms(),
+            sim.trace_text()
+        )
+    };
+    for step in 0..steps {
+        inject(&mut sim, &mut rng, &mut stats);
+        sim.run_for(10);
+        if let Some(v) = sim.violation() {
+            return Err(fail(&sim, step, v));
+        }
+    }
+    // Quiet period: no new faults, every node back up with working disks.
+    for id in 1..=nodes {
+        sim.node_mut(id).armed = None;
+        sim.set_disk_access_broken(id, false);
+        if !sim.is_up(id) {
+            sim.start(id);
+        }
+    }
+    let all: Vec<NodeId> = (1..=nodes).collect();
+    let whole = sim.run_until(10_000, |s| s.all_members(&all) && s.unanswered().is_empty());
+    if let Some(v) = sim.violation() {
+        return Err(fail(&sim, steps, v));
+    }
+    if !whole {
+        let roles: Vec<String> = all
+            .iter()
+            .map(|&id| {
+                let c = sim.core(id);
+                format!(
+                    "{}: {:?} view {:?} idle {:?}",
+                    Sim::name(id),
+                    c.map(|c| c.role()),
+                    c.and_then(|c| c.view())
+                        .map(|v| (v.id, v.master, v.members.clone())),
+                    c.map(|c| c.is_idle())
+                )
+            })
+            .collect();
+        let what = format!(
+            "the cluster did not become whole within 10 s of quiet: {}; unanswered requests {:?}",
+            roles.join("; "),
+            sim.unanswered()
+        );
+        return Err(fail(&sim, steps, &what));
+    }
+    stats.events = sim.events();
+    stats.acked = sim.acked.len();
+    stats.failed = sim.failed.len();
+    stats.final_seq = sim.disk().map_or(0, |d| d.config.seq);
+    Ok(stats)
+}
+
+fn inject(sim: &mut Sim, rng: &mut StdRng, stats: &mut RunStats) {
+    let ids = sim.ids();
+    let up: Vec<NodeId> = ids.iter().copied().filter(|&id| sim.is_up(id)).collect();
+    let down: Vec<NodeId> = ids.iter().copied().filter(|&id| !sim.is_up(id)).collect();
+    if !up.is_empty() && rng.gen_bool(0.12) {
+        let id = up[rng.gen_range(0..up.len())];
+        let name = NAMES[rng.gen_range(0..NAMES.len())].to_string();
+        let tag = sim.tag();
+        let change = if rng.gen_bool(0.7) {
+            ToyChange::Create {
+                tag,
+                name,
+                plexes: rng.gen_range(1..=3),
+            }
+        } else {
+            ToyChange::Destroy { tag, name }
+        };
+        sim.submit(id, change);
+    }
+    if !up.is_empty() && rng.gen_bool(0.03) {
+        let id = up[rng.gen_range(0..up.len())];
+        let config = sim.core(id).map(|c| c.config().clone()).unwrap_or_default();
+        if let Some((vol, g)) = config
+            .groups
+            .iter()
+            .nth(rng.gen_range(0..config.groups.len().max(1)))
+        {
+            let plexes: Vec<&String> = g.plexes.keys().collect();
+            let plex = plexes[rng.gen_range(0..plexes.len())].clone();
+            let vol = vol.clone();
+            sim.plex_io_error(id, &vol, &plex);
+        }
+    }
+    if !up.is_empty() && rng.gen_bool(0.008) {
+        let id = up[rng.gen_range(0..up.len())];
+        sim.crash(id);
+        stats.crashes += 1;
+    }
+    if !up.is_empty() && rng.gen_bool(0.02) {
+        let id = up[rng.gen_range(0..up.len())];
+        let fp = FAILPOINTS[rng.gen_range(0..FAILPOINTS.len())];
+        sim.arm_failpoint(id, fp);
+    }
+    if !down.is_empty() && rng.gen_bool(0.04) {
+        let id = down[rng.gen_range(0..down.len())];
+        let broken = rng.gen_bool(0.1);
+        sim.set_disk_access_broken(id, broken);
+        sim.start(id);
+    }
+}

@@ -1,0 +1,152 @@
+//! A small configuration model for the simulator: named disk groups, each with one
+//! volume of a few plexes, and the list of client changes applied so far (so the
+//! invariants can tell which changes a configuration holds).
+
+use crate::core::ConfigModel;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A disk group of the toy model: its volume's plexes, `true` when ACTIVE.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToyGroup {
+    /// Plex name → ACTIVE (false: STALE, detached).
+    pub plexes: BTreeMap<String, bool>,
+}
+
+/// The toy configuration.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToyConfig {
+    /// Sequence number.
+    pub seq: u64,
+    /// Disk groups by name; each holds one volume of the same name.
+    pub groups: BTreeMap<String, ToyGroup>,
+    /// Tags of the client changes applied, in order.
+    pub history: Vec<u64>,
+}
+
+/// A toy change. Client changes carry a unique tag.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ToyChange {
+    /// Create a shared disk group with a volume of `plexes` plexes.
+    Create {
+        /// Unique tag.
+        tag: u64,
+        /// Group (and volume) name.
+        name: String,
+        /// Number of plexes, 1 or more.
+        plexes: u8,
+    },
+    /// Destroy a disk group.
+    Destroy {
+        /// Unique tag.
+        tag: u64,
+        /// Group name.
+        name: String,
+    },
+    /// Detach a plex (made by the master after a plex I/O error).
+    Detach {
+        /// Volume name.
+        volume: String,
+        /// Plex name.
+        plex: String,
+    },
+}
+
+impl ToyConfig {
+    /// Whether a client change with this tag is applied.
+    pub fn has(&self, tag: u64) -> bool {
+        self.history.contains(&tag)
+    }
+}
+
+impl ConfigModel for ToyConfig {
+    type Change = ToyChange;
+
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    fn validate_and_apply(&self, change: &ToyChange) -> Result<ToyConfig, String> {
+        let mut next = self.clone();
+        next.seq += 1;
+        match change {
+            ToyChange::Create { tag, name, plexes } => {
+                if self.groups.contains_key(name) {
+                    return Err(format!("disk group {name} already exists"));
+                }
+                if *plexes == 0 {
+                    return Err(format!("volume {name} needs at least one plex"));
+                }
+                let plexes = (0..*plexes)
+                    .map(|i| (format!("{name}-{:02}", i + 1), true))
+                    .collect();
+                next.groups.insert(name.clone(), ToyGroup { plexes });
+                next.history.push(*tag);
+            }
+            ToyChange::Destroy { tag, name } => {
+                if next.groups.remove(name).is_none() {
+                    return Err(format!("no disk group {name}"));
+                }
+                next.history.push(*tag);
+            }
+            ToyChange::Detach { volume, plex } => {
+                let group = next
+                    .groups
+                    .get_mut(volume)
+                    .ok_or_else(|| format!("no volume {volume}"))?;
+                let active = group.plexes.values().filter(|&&a| a).count();
+                match group.plexes.get_mut(plex) {
+                    None => return Err(format!("no plex {plex} in volume {volume}")),
+                    Some(false) => {
+                        return Err(format!("plex {plex} of volume {volume} is already STALE"))
+                    }
+                    Some(_) if active <= 1 => {
+                        return Err(format!(
+                            "plex {plex} is the last ACTIVE plex of volume {volume}; not detached"
+                        ))
+                    }
+                    Some(a) => *a = false,
+                }
+            }
+        }
+        Ok(next)
+    }
+
+    fn shared_disks(&self) -> Vec<String> {
+        self.groups.keys().map(|g| format!("{g}-disk")).collect()
+    }
+
+    fn detach_plex(&self, volume: &str, plex: &str) -> Result<Option<ToyChange>, String> {
+        let group = self
+            .groups
+            .get(volume)
+            .ok_or_else(|| format!("no volume {volume}"))?;
+        match group.plexes.get(plex) {
+            None => Err(format!("no plex {plex} in volume {volume}")),
+            Some(false) => Ok(None),
+            Some(true) if group.plexes.values().filter(|&&a| a).count() <= 1 => Err(format!(
+                "plex {plex} is the last ACTIVE plex of volume {volume}; not detached"
+            )),
+            Some(true) => Ok(Some(ToyChange::Detach {
+                volume: volume.to_string(),
+                plex: plex.to_string(),
+            })),
+        }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    fn decode(bytes: &[u8]) -> Result<ToyConfig, String> {
+        serde_json::from_slice(bytes).map_err(|e| format!("malformed configuration: {e}"))
+    }
+
+    fn encode_change(change: &ToyChange) -> Vec<u8> {
+        serde_json::to_vec(change).unwrap_or_default()
+    }
+
+    fn decode_change(bytes: &[u8]) -> Result<ToyChange, String> {
+        serde_json::from_slice(bytes).map_err(|e| format!("malformed change: {e}"))
+    }
+}
