@@ -548,6 +548,27 @@ pub fn grow_volume(
     Ok(plexes)
 }
 
+/// The plexes of a volume shrunk to `new_size_bytes`: each column keeps its first
+/// `column_len_bytes(new_size_bytes)` bytes; subdisks beyond are dropped, the one
+/// straddling the cut is shortened. Frees space; never fails.
+pub fn shrink_plexes(plexes: &[Plex], new_size_bytes: u64) -> Vec<Plex> {
+    plexes
+        .iter()
+        .map(|plex| {
+            let keep = plex.layout.column_len_bytes(new_size_bytes);
+            let mut plex = plex.clone();
+            plex.subdisks.retain_mut(|sd| {
+                if sd.plex_offset_bytes >= keep {
+                    return false;
+                }
+                sd.len_bytes = sd.len_bytes.min(keep - sd.plex_offset_bytes);
+                true
+            });
+            plex
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -856,6 +877,27 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("volume nope does not exist"));
+    }
+
+    #[test]
+    fn shrink_stripe_cuts_every_column_to_whole_stripe_units() {
+        let c = cluster(&[("disk01", 10 * MIB), ("disk02", GIB)]);
+        let c = create(&c, "vol1", 8 * MIB, stripe(2)).unwrap();
+        // Column 0 is on disk01 (the tightest fit), grown in place to 8 MiB.
+        let c = grow(&c, "vol1", 16 * MIB).unwrap();
+        let c = c
+            .apply(&Change::VolShrink {
+                dg: "dg1".into(),
+                volume: "vol1".into(),
+                new_size_bytes: 3 * MIB + 1000,
+            })
+            .unwrap();
+        let p = &plexes(&c, "vol1")[0];
+        // 3 MiB + 1024 over 2 × 64 KiB rows → 25 rows → 1600 KiB per column.
+        assert_eq!(p.column_len_bytes(0), 1600 << 10);
+        assert_eq!(p.column_len_bytes(1), 1600 << 10);
+        let free = free_extents(&c.disk_groups[0]);
+        assert_eq!(free[0].1[0].len_bytes, 10 * MIB - (1600 << 10));
     }
 
     #[test]

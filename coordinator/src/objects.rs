@@ -337,6 +337,26 @@ pub enum Change {
         /// New size, larger than the current one; rounded up to a multiple of 512.
         new_size_bytes: u64,
     },
+    /// `vol shrink`: every plex is cut from the end (the data beyond the new size is
+    /// lost).
+    VolShrink {
+        /// Group.
+        dg: String,
+        /// Volume.
+        volume: String,
+        /// New size, smaller than the current one and larger than 0; rounded up to a
+        /// multiple of 512.
+        new_size_bytes: u64,
+    },
+    /// Sets a volume's read policy.
+    VolSetReadPolicy {
+        /// Group.
+        dg: String,
+        /// Volume.
+        volume: String,
+        /// New policy; `Prefer` must name one of the volume's plexes.
+        policy: ReadPolicy,
+    },
     /// `vol rm`.
     VolRm {
         /// Group.
@@ -398,6 +418,8 @@ impl Change {
             | Change::DgDeport { dg }
             | Change::VolCreate { dg, .. }
             | Change::VolGrow { dg, .. }
+            | Change::VolShrink { dg, .. }
+            | Change::VolSetReadPolicy { dg, .. }
             | Change::VolRm { dg, .. }
             | Change::PlexAdd { dg, .. }
             | Change::PlexDetach { dg, .. }
@@ -649,6 +671,11 @@ impl DiskGroupConfig {
     /// A disk by media name.
     pub fn disk(&self, name: &str) -> Option<&Disk> {
         self.disks.iter().find(|d| d.name == name)
+    }
+
+    /// The recorded paths of the group's disks (what `ondisk::write_config` takes).
+    pub fn disk_paths(&self) -> Vec<std::path::PathBuf> {
+        self.disks.iter().map(|d| d.path.clone().into()).collect()
     }
 
     /// A volume by name.
@@ -1189,6 +1216,33 @@ pub fn apply_dg(dg: &DiskGroupConfig, change: &Change) -> Result<DiskGroupConfig
             next.volumes[vi].plexes = alloc::grow_volume(dg, volume, size)?;
             next.volumes[vi].size_bytes = size;
         }
+        Change::VolShrink {
+            volume,
+            new_size_bytes,
+            ..
+        } => {
+            let vi = dg.volume_index(volume)?;
+            let size = checked_volume_size(volume, *new_size_bytes)?;
+            let current = dg.volumes[vi].size_bytes;
+            if size >= current {
+                return Err(ConfigError::Invalid(format!(
+                    "volume {volume}: new size {} is not smaller than the current {}",
+                    crate::size::format_size(size),
+                    crate::size::format_size(current)
+                )));
+            }
+            next.volumes[vi].plexes = alloc::shrink_plexes(&dg.volumes[vi].plexes, size);
+            next.volumes[vi].size_bytes = size;
+        }
+        Change::VolSetReadPolicy { volume, policy, .. } => {
+            let vi = dg.volume_index(volume)?;
+            if let ReadPolicy::Prefer { plex } = policy {
+                if dg.volumes[vi].plex(plex).is_none() {
+                    return Err(not_found("plex", plex, format!(" in volume {volume}")));
+                }
+            }
+            next.volumes[vi].read_policy = policy.clone();
+        }
         Change::VolRm { volume, .. } => {
             let vi = dg.volume_index(volume)?;
             next.volumes.remove(vi);
@@ -1657,6 +1711,41 @@ mod tests {
         assert_eq!(v["plexes"][0]["subdisks"][0]["disk"], "disk01");
         let back: ClusterConfig = serde_json::from_value(json).unwrap();
         assert_eq!(back, c);
+    }
+
+    #[test]
+    fn shrink_cuts_every_plex_and_read_policy_names_a_plex() {
+        let c = cluster(&[("disk01", GIB), ("disk02", GIB)]);
+        let c = create_vol(&c, "vol1", 100 << 20, VolumeLayout::Mirror { mirrors: 2 }).unwrap();
+        let shrink = |c: &ClusterConfig, size: u64| {
+            c.apply(&Change::VolShrink {
+                dg: "dg1".into(),
+                volume: "vol1".into(),
+                new_size_bytes: size,
+            })
+        };
+        let small = shrink(&c, 30 << 20).unwrap();
+        let v = &small.disk_groups[0].volumes[0];
+        assert_eq!(v.size_bytes, 30 << 20);
+        assert!(v.plexes.iter().all(|p| p.capacity_bytes() == 30 << 20));
+        assert!(shrink(&c, 200 << 20).is_err());
+        assert!(shrink(&c, 0).is_err());
+        let set = |plex: &str| Change::VolSetReadPolicy {
+            dg: "dg1".into(),
+            volume: "vol1".into(),
+            policy: ReadPolicy::Prefer { plex: plex.into() },
+        };
+        let preferred = small.apply(&set("vol1-02")).unwrap();
+        assert_eq!(
+            preferred.disk_groups[0].volumes[0].read_policy,
+            ReadPolicy::Prefer {
+                plex: "vol1-02".into()
+            }
+        );
+        assert_eq!(
+            small.apply(&set("vol9-01")).unwrap_err().to_string(),
+            "plex vol9-01 does not exist in volume vol1"
+        );
     }
 
     #[test]
