@@ -246,6 +246,33 @@ fn deep_queue_of_256_ios_from_one_reactor_keeps_every_block_right() {
 }
 
 #[test]
+fn more_ios_than_channel_slots_wait_their_turn_and_all_complete() {
+    use plexd_target::bdev::uring::CHANNEL_SLOTS;
+    let path = TempPath::file("uring-slots", FILE_BYTES).unwrap();
+    let t = target(1);
+    let b = uring(&t, "u0", &path);
+    let h = &t.reactors().handles()[0];
+    let n = (CHANNEL_SLOTS + CHANNEL_SLOTS / 2) as u64;
+    assert!(n * 4096 <= FILE_BYTES);
+    let req = |i: u64, r: IoReq| if i % 3 == 0 { r } else { r.heap() };
+    let mut writes: Vec<IoReq> = (0..n)
+        .map(|i| req(i, IoReq::write(i * 4096, pattern(1000 + i, 4096))))
+        .collect();
+    // A reset in the middle waits for the writes before it, not for those after.
+    writes.insert(CHANNEL_SLOTS, IoReq::other(IoKind::Reset, 0, 0));
+    let out = run_ios(h, &b, writes, WAIT).unwrap();
+    assert!(out.iter().all(|o| o.status.is_ok()), "{:?}", statuses(&out));
+    let reads: Vec<IoReq> = (0..n)
+        .map(|i| req(i, IoReq::read(i * 4096, 4096)))
+        .collect();
+    let out = run_ios(h, &b, reads, WAIT).unwrap();
+    for (i, o) in out.iter().enumerate() {
+        assert!(o.status.is_ok(), "read {i}: {:?}", o.status);
+        assert!(o.data == pattern(1000 + i as u64, 4096), "block {i}");
+    }
+}
+
+#[test]
 fn dev_shm_works_direct_or_buffered_and_zeroes_fall_back_to_writes() {
     let dir = std::path::Path::new("/dev/shm");
     if !dir.is_dir() {
