@@ -103,11 +103,7 @@ impl<M: ConfigModel> Node<M> {
         }
         // View ids keep growing across the cluster's lives, so a transaction id
         // (view, n) of this life never equals the one on the disks.
-        let view = View {
-            id: self.max_view_seen.max(self.committed.txn.view) + 1,
-            master: me,
-            members: vec![me],
-        };
+        let view = self.make_view(self.max_view_seen.max(self.committed.txn.view) + 1, vec![me]);
         self.state = State::Member;
         self.master = Some(MasterState::new());
         self.out.push(Action::KernelLoad {
@@ -132,7 +128,7 @@ impl<M: ConfigModel> Node<M> {
             );
             return;
         };
-        if let Message::Heartbeat { incarnation, .. } = msg {
+        if let Message::Heartbeat { incarnation, .. } | Message::JoinRequest { incarnation } = msg {
             let restarted = peer.incarnation.is_some_and(|i| i != incarnation);
             peer.incarnation = Some(incarnation);
             if restarted {
@@ -164,7 +160,8 @@ impl<M: ConfigModel> Node<M> {
                         master: from,
                         step: JoinStep::Requested,
                     };
-                    self.send(from, Message::JoinRequest);
+                    let incarnation = self.cfg.incarnation;
+                    self.send(from, Message::JoinRequest { incarnation });
                 }
             }
             Message::Forward { request, body } => {
@@ -186,7 +183,7 @@ impl<M: ConfigModel> Node<M> {
             Message::Commit { txn } => self.slave_on_commit(from, txn),
             Message::CommitAck { txn } => self.master_on_commit_ack(from, txn),
             Message::Abort { txn } => self.slave_on_abort(from, txn),
-            Message::JoinRequest => self.master_on_join_request(now_ms, from),
+            Message::JoinRequest { .. } => self.master_on_join_request(now_ms, from),
             Message::JoinOffer {
                 join,
                 config,
@@ -376,11 +373,7 @@ impl<M: ConfigModel> Node<M> {
             .copied()
             .filter(|&m| m == me || (m != old.master && !self.suspected.contains(&m)))
             .collect();
-        let view = View {
-            id: old.id.max(self.max_view_seen) + 1,
-            master: me,
-            members,
-        };
+        let view = self.make_view(old.id.max(self.max_view_seen) + 1, members);
         self.state = State::Member;
         self.master = Some(MasterState::new());
         self.suspected.clear();
@@ -397,27 +390,54 @@ impl<M: ConfigModel> Node<M> {
         self.master_next(now_ms);
     }
 
-    /// Installs `view` locally and tells the data plane.
+    /// A view led by this node, with the incarnations this node knows.
+    fn make_view(&self, id: u64, mut members: Vec<NodeId>) -> View {
+        members.sort_unstable();
+        members.dedup();
+        let incarnations = members
+            .iter()
+            .map(|m| match self.peers.get(m) {
+                Some(p) => p.incarnation.unwrap_or(0),
+                None => self.cfg.incarnation,
+            })
+            .collect();
+        View {
+            id,
+            master: self.cfg.me,
+            members,
+            incarnations,
+        }
+    }
+
+    /// Installs `view` locally and tells the data plane. A member this node has
+    /// heard with another incarnation than the view's has restarted: it is suspected.
     fn install_view(&mut self, now_ms: u64, view: View) {
-        assert!(
-            view.contains(self.cfg.me),
-            "installing a view without this node"
-        );
-        assert!(
-            self.view.as_ref().map_or(true, |v| v.id < view.id),
-            "view ids only grow"
-        );
+        assert!(view.contains(self.cfg.me), "installing a view without this node");
+        assert!(self.view.as_ref().map_or(true, |v| v.id < view.id), "view ids only grow");
         self.max_view_seen = self.max_view_seen.max(view.id);
-        for m in &view.members {
+        self.suspected.retain(|s| view.contains(*s));
+        let mut restarted = Vec::new();
+        for (m, inc) in view.members.iter().zip(&view.incarnations) {
             if let Some(p) = self.peers.get_mut(m) {
                 if p.last_heard_ms.is_none() {
                     p.last_heard_ms = Some(now_ms);
                 }
+                match p.incarnation {
+                    Some(i) if i != *inc => restarted.push(*m),
+                    Some(_) if p.gone => restarted.push(*m),
+                    Some(_) => {}
+                    None => p.incarnation = Some(*inc),
+                }
             }
         }
-        self.suspected.retain(|s| view.contains(*s));
         self.view = Some(view.clone());
         self.out.push(Action::ViewChanged { view });
+        for m in restarted {
+            if let Some(p) = self.peers.get_mut(&m) {
+                p.gone = false;
+            }
+            self.on_peer_gone(now_ms, m, "gone or restarted since the view was made");
+        }
     }
 
     /// Master: sends the current view to every other member.
@@ -444,13 +464,8 @@ impl<M: ConfigModel> Node<M> {
 
     /// Master: a new view with `members` and the next id.
     fn master_new_view(&mut self, now_ms: u64, members: Vec<NodeId>) {
-        let me = self.cfg.me;
         let old_id = self.view.as_ref().map_or(0, |v| v.id);
-        let view = View {
-            id: old_id.max(self.max_view_seen) + 1,
-            master: me,
-            members,
-        };
+        let view = self.make_view(old_id.max(self.max_view_seen) + 1, members);
         self.install_view(now_ms, view);
         self.broadcast_view();
     }
@@ -745,7 +760,7 @@ impl<M: ConfigModel> Node<M> {
         reasons: Vec<(NodeId, String)>,
     ) {
         let me = self.cfg.me;
-        if from != view.master || from == me || view.members.windows(2).any(|w| w[0] >= w[1]) {
+        if from != view.master || from == me || !view.is_well_formed() {
             log::warn!("node {me}: malformed View from node {from} ignored");
             return;
         }

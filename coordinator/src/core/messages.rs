@@ -55,9 +55,25 @@ pub struct View {
     pub master: NodeId,
     /// Members, sorted ascending, master included.
     pub members: Vec<NodeId>,
+    /// The incarnation of each member, in the order of `members`: a member heard
+    /// with another incarnation has restarted and is no longer in the view.
+    pub incarnations: Vec<u64>,
 }
 
 impl View {
+    /// The incarnation `node` has in this view, if it is a member.
+    pub fn incarnation(&self, node: NodeId) -> Option<u64> {
+        let i = self.members.binary_search(&node).ok()?;
+        self.incarnations.get(i).copied()
+    }
+
+    /// Whether the view is well formed: members sorted and unique, one incarnation each.
+    pub fn is_well_formed(&self) -> bool {
+        self.members.windows(2).all(|w| w[0] < w[1])
+            && self.incarnations.len() == self.members.len()
+            && self.contains(self.master)
+    }
+
     /// Whether `node` is a member.
     pub fn contains(&self, node: NodeId) -> bool {
         self.members.binary_search(&node).is_ok()
@@ -159,7 +175,10 @@ pub enum Message {
         txn: TxnId,
     },
     /// Joiner → master: let me in.
-    JoinRequest,
+    JoinRequest {
+        /// The joiner's incarnation.
+        incarnation: u64,
+    },
     /// Master → joiner: the shared disk groups' configuration and their disks.
     JoinOffer {
         /// The join attempt, echoed in the answer.
@@ -256,7 +275,7 @@ impl Message {
             Message::Commit { .. } => "Commit",
             Message::CommitAck { .. } => "CommitAck",
             Message::Abort { .. } => "Abort",
-            Message::JoinRequest => "JoinRequest",
+            Message::JoinRequest { .. } => "JoinRequest",
             Message::JoinOffer { .. } => "JoinOffer",
             Message::JoinReady { .. } => "JoinReady",
             Message::JoinAbandon { .. } => "JoinAbandon",
