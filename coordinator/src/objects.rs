@@ -969,6 +969,41 @@ impl ClusterConfig {
         apply(self, change)
     }
 
+    /// Paths of the disks of the shared disk groups: a joining node must open every
+    /// one.
+    pub fn shared_disk_paths(&self) -> Vec<String> {
+        self.disk_groups
+            .iter()
+            .filter(|g| g.shared)
+            .flat_map(|g| g.disks.iter().map(|d| d.path.clone()))
+            .collect()
+    }
+
+    /// The change that detaches `plex` of `volume` after an I/O error (global detach
+    /// policy): `Ok(None)` when the plex already gets no I/O (STALE or EMPTY), an error
+    /// when it is the volume's last ACTIVE plex or does not exist.
+    pub fn detach_change(&self, volume: &str, plex: &str) -> Result<Option<Change>, ConfigError> {
+        let found = self.disk_groups.iter().find_map(|g| {
+            g.volume(volume).and_then(|v| {
+                v.plexes
+                    .iter()
+                    .position(|p| p.name == plex)
+                    .map(|i| (g, v, i))
+            })
+        });
+        let Some((g, v, index)) = found else {
+            return Err(not_found("plex", plex, format!(" in volume {volume}")));
+        };
+        if matches!(v.plexes[index].state, PlexState::Stale | PlexState::Empty) {
+            return Ok(None);
+        }
+        check_not_last_active(v, index, "detach")?;
+        Ok(Some(Change::PlexDetach {
+            dg: g.name.clone(),
+            plex: plex.to_string(),
+        }))
+    }
+
     fn check_new_disks(
         &self,
         disks: &[Disk],
@@ -1746,6 +1781,21 @@ mod tests {
             small.apply(&set("vol9-01")).unwrap_err().to_string(),
             "plex vol9-01 does not exist in volume vol1"
         );
+    }
+
+    #[test]
+    fn io_error_detach_change_respects_the_last_active_plex() {
+        let c = cluster(&[("disk01", GIB), ("disk02", GIB)]);
+        let c = create_vol(&c, "vol1", 10 << 20, VolumeLayout::Mirror { mirrors: 2 }).unwrap();
+        assert_eq!(c.shared_disk_paths(), ["/dev/disk01", "/dev/disk02"]);
+        let change = c.detach_change("vol1", "vol1-02").unwrap().unwrap();
+        let c = c.apply(&change).unwrap();
+        assert_eq!(c.detach_change("vol1", "vol1-02").unwrap(), None);
+        assert!(matches!(
+            c.detach_change("vol1", "vol1-01"),
+            Err(ConfigError::LastActivePlex { .. })
+        ));
+        assert!(c.detach_change("vol1", "vol1-09").is_err());
     }
 
     #[test]

@@ -184,6 +184,94 @@ pub struct ConfigRead {
     pub disks: Vec<DiskReport>,
 }
 
+impl ConfigRead {
+    /// Paths of the disks given whose label says they are disks of the configuration
+    /// (by disk id): where the next [`write_config`] goes.
+    pub fn member_paths(&self) -> Vec<PathBuf> {
+        self.disks
+            .iter()
+            .filter(|r| {
+                r.label
+                    .as_ref()
+                    .is_some_and(|l| self.config.disks.iter().any(|d| d.id == l.disk_id))
+            })
+            .map(|r| r.path.clone())
+            .collect()
+    }
+
+    /// Media names of the configuration's disks not found among the disks given.
+    pub fn missing_disks(&self) -> Vec<String> {
+        self.config
+            .disks
+            .iter()
+            .filter(|d| {
+                !self
+                    .disks
+                    .iter()
+                    .any(|r| r.label.as_ref().is_some_and(|l| l.disk_id == d.id))
+            })
+            .map(|d| d.name.clone())
+            .collect()
+    }
+}
+
+/// A disk group found by [`discover`].
+#[derive(Debug)]
+pub struct FoundGroup {
+    /// Disk group id.
+    pub dg_id: String,
+    /// Disk group name as the labels say.
+    pub dg_name: String,
+    /// Its configuration, read from all the disks given (slots of this group only).
+    pub config: Result<ConfigRead, OnDiskError>,
+}
+
+/// What [`discover`] found on a set of disks.
+#[derive(Debug, Default)]
+pub struct Discovery {
+    /// Disk groups, by the labels' disk group ids, sorted by name.
+    pub groups: Vec<FoundGroup>,
+    /// Initialised disks in no disk group.
+    pub free_disks: Vec<(PathBuf, Label)>,
+    /// Disks whose label could not be read.
+    pub unreadable: Vec<(PathBuf, OnDiskError)>,
+}
+
+/// Finds the disk groups on `paths` (for `dg import` and for a restart): groups the
+/// disks by their labels, then reads each group's configuration from all the readable
+/// disks (so a disk whose label lags behind its slots still counts).
+pub fn discover(paths: &[PathBuf]) -> Discovery {
+    let mut found = Discovery::default();
+    let mut groups: Vec<(String, String)> = Vec::new();
+    let mut readable = Vec::new();
+    for (path, label) in scan(paths) {
+        match label {
+            Err(e) => found.unreadable.push((path, e)),
+            Ok(label) => {
+                match &label.disk_group {
+                    Some(g) => {
+                        if !groups.iter().any(|(id, _)| *id == g.id) {
+                            groups.push((g.id.clone(), g.name.clone()));
+                        }
+                    }
+                    None => found.free_disks.push((path.clone(), label)),
+                }
+                readable.push(path);
+            }
+        }
+    }
+    groups.sort_by(|a, b| (&a.1, &a.0).cmp(&(&b.1, &b.0)));
+    for (dg_id, dg_name) in groups {
+        let config = read_config_of(&readable, Some(&dg_id));
+        found.groups.push(FoundGroup {
+            dg_id,
+            dg_name,
+            config,
+        });
+    }
+    found
+}
+
 /// What [`write_config`] did on each disk.
 #[derive(Debug)]
 pub struct WriteReport {
@@ -458,8 +546,14 @@ pub fn init_disk(path: &Path, name: &str, options: InitOptions) -> Result<Label,
             )));
         }
     }
-    let zeros = vec![0u8; geometry.private_region_bytes as usize];
-    device.write_at(0, &zeros, "private region")?;
+    const ZERO_CHUNK_BYTES: u64 = 1 << 20;
+    let zeros = vec![0u8; ZERO_CHUNK_BYTES.min(geometry.private_region_bytes) as usize];
+    let mut offset = 0;
+    while offset < geometry.private_region_bytes {
+        let len = (geometry.private_region_bytes - offset).min(zeros.len() as u64);
+        device.write_at(offset, &zeros[..len as usize], "private region")?;
+        offset += len;
+    }
     device.sync("private region")?;
     let label = Label {
         version: LABEL_VERSION,

@@ -456,3 +456,48 @@ fn random_damage_to_the_private_region_never_panics() {
         "newest {newest}, older {older}, failed {failed}"
     );
 }
+
+#[test]
+fn discover_groups_disks_and_finds_lagging_labels() {
+    let dir = TempDir::new();
+    let (paths, c) = group(&dir, 2);
+    let g = &c.disk_groups[0];
+    write_config(&paths, g, 1).unwrap();
+    let free = dir.disk("free", DISK_BYTES);
+    let free_label = init_disk(&free, "disk03", InitOptions::default()).unwrap();
+    let blank = dir.disk("blank", DISK_BYTES);
+    let all = vec![
+        paths[0].clone(),
+        paths[1].clone(),
+        free.clone(),
+        blank.clone(),
+    ];
+    let found = discover(&all);
+    assert_eq!(found.groups.len(), 1);
+    assert_eq!(found.free_disks.len(), 1);
+    assert_eq!(found.unreadable[0].0, blank);
+    let read = found.groups[0].config.as_ref().unwrap();
+    assert_eq!(&read.config, g);
+    assert_eq!(read.member_paths(), paths);
+    assert!(read.missing_disks().is_empty());
+    // add-disk whose label update was lost: the slots still count.
+    let c2 = c
+        .apply(&Change::DgAddDisk {
+            dg: "dg1".into(),
+            disk: free_label.disk_record(&free),
+        })
+        .unwrap();
+    write_config(&all[..3], &c2.disk_groups[0], 2).unwrap();
+    let lbl = read_label(&free).unwrap();
+    let mut lagging = lbl.clone();
+    lagging.disk_group = None;
+    corrupt(&free, 0, &lagging.encode());
+    corrupt(&free, BLOCK_BYTES, &lagging.encode());
+    let found = discover(&all);
+    let read = found.groups[0].config.as_ref().unwrap();
+    assert_eq!(read.config, c2.disk_groups[0]);
+    assert_eq!(read.member_paths().len(), 3);
+    // A missing disk is named.
+    let read = read_config(&paths).unwrap();
+    assert_eq!(read.missing_disks(), ["disk03"]);
+}
