@@ -467,3 +467,56 @@ fn measure_uring_randread_4k_qd32_dev_shm() {
     );
     assert_eq!(failed, 0);
 }
+
+/// Manual check of the block-device path (BLKSSZGET, BLKGETSIZE64, fallocate on a
+/// device): `PLEXD_TEST_BLOCKDEV=/dev/loopN cargo test -p plexd-target --test
+/// bdev_uring -- --ignored block_device`. Overwrites the start of the device.
+#[test]
+#[ignore]
+fn block_device_round_trip_when_one_is_given() {
+    let Ok(dev) = std::env::var("PLEXD_TEST_BLOCKDEV") else {
+        eprintln!("PLEXD_TEST_BLOCKDEV not set; skipped");
+        return;
+    };
+    let t = target(1);
+    let u = UringBdev::open("blk0", std::path::Path::new(&dev), &UringOpts::default()).unwrap();
+    eprintln!("{:?}", u.info());
+    assert!(u.info().detail.contains("block device"));
+    t.add_bdev(u).unwrap();
+    let b = t.bdev("blk0").unwrap();
+    let h = &t.reactors().handles()[0];
+    let data = pattern(77, 128 << 10);
+    let out = run_ios(
+        h,
+        &b,
+        vec![
+            IoReq::write(0, data.clone()),
+            IoReq::write(1 << 20, data.clone()),
+        ],
+        WAIT,
+    )
+    .unwrap();
+    assert_eq!(statuses(&out), vec![IoStatus::Success; 2]);
+    let out = run_ios(
+        h,
+        &b,
+        vec![
+            IoReq::other(IoKind::Flush, 0, 0),
+            IoReq::other(IoKind::WriteZeroes, 1 << 20, 64 << 10),
+            IoReq::other(IoKind::Unmap, 2 << 20, 64 << 10),
+        ],
+        WAIT,
+    )
+    .unwrap();
+    assert_eq!(statuses(&out), vec![IoStatus::Success; 3]);
+    let out = run_ios(
+        h,
+        &b,
+        vec![IoReq::read(0, 128 << 10), IoReq::read(1 << 20, 128 << 10)],
+        WAIT,
+    )
+    .unwrap();
+    assert!(out[0].data == data);
+    assert!(out[1].data[..64 << 10].iter().all(|&x| x == 0));
+    assert!(out[1].data[64 << 10..] == data[64 << 10..]);
+}
