@@ -159,7 +159,7 @@ struct Job {
 fn fill_pattern(buf: &mut [u8], seed: u64, offset: u64, generation: u64) {
     let key = seed ^ generation.wrapping_mul(0xA076_1D64_78BD_642F);
     for (i, w) in buf.chunks_exact_mut(8).enumerate() {
-        let v = (offset + 8 * i as u64 ^ key).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let v = ((offset + 8 * i as u64) ^ key).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         w.copy_from_slice(&v.to_le_bytes());
     }
 }
@@ -360,7 +360,7 @@ pub fn start_job(target: &Arc<Target>, cfg: &JobConfig) -> Result<RunningJob, Ta
     let bdev = target.bdev(&cfg.bdev)?;
     let obj = format!("job on {}", cfg.bdev);
     let bs = cfg.block_bytes;
-    if bs == 0 || bs % bdev.block_size() as u64 != 0 || bs > (1 << 20) {
+    if bs == 0 || !bs.is_multiple_of(bdev.block_size() as u64) || bs > (1 << 20) {
         return Err(TargetError::invalid(
             obj.clone(),
             format!(

@@ -29,7 +29,7 @@ unsafe impl Sync for MallocBdev {}
 impl MallocBdev {
     /// A zero-filled RAM disk of `size_bytes`.
     pub fn new(name: &str, size_bytes: u64, block_size: u32) -> Result<Arc<MallocBdev>, String> {
-        if size_bytes == 0 || size_bytes % block_size as u64 != 0 {
+        if size_bytes == 0 || !size_bytes.is_multiple_of(block_size as u64) {
             return Err(format!(
                 "malloc bdev {name}: size {size_bytes} is not a positive multiple of the block size {block_size}"
             ));

@@ -168,7 +168,8 @@ pub fn check_range(io: &BdevIo, block_size: u32, size_bytes: u64) -> Result<(), 
         IoKind::Flush | IoKind::Reset => return Ok(()),
         _ => {}
     }
-    if io.offset_bytes % bs != 0 || io.len_bytes % bs != 0 || io.len_bytes == 0 {
+    if !io.offset_bytes.is_multiple_of(bs) || !io.len_bytes.is_multiple_of(bs) || io.len_bytes == 0
+    {
         return Err(libc::EINVAL);
     }
     match io.offset_bytes.checked_add(io.len_bytes) {

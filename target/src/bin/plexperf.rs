@@ -1,1 +1,430 @@
-fn main() {}
+//! plexperf: runs the data plane in-process and measures it (the bdevperf of plexd).
+//!
+//! ```text
+//! plexperf --bdev null:name=n0,size=8G --bdev null:name=n1,size=8G --volume mirror:n0,n1 \
+//!          --rw randread --bs 4k --qd 128 --time 5 --cores 0
+//! plexperf --bdev uring:name=u0,path=/dev/shm/x.img --rw randread --bs 4k --qd 32 --time 5
+//! plexperf --bdev malloc:name=m0,size=1G --volume concat:m0 --rw verify --quiesce-every 10
+//! plexperf --idle 2          # CPU use of idle reactors
+//! ```
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use plexd_target::bdev::malloc::MallocBdev;
+use plexd_target::bdev::null::NullBdev;
+use plexd_target::bdev::uring::UringBdev;
+use plexd_target::perf::{start_job, JobConfig, Workload};
+use plexd_target::reactor::{parse_cores, thread_cpu_ns, PollMode, ReactorConfig};
+use plexd_target::units::parse_size;
+use plexd_target::volume::{PlexKind, PlexSpec, PlexState, ReadPolicy, SubdiskSpec, VolumeSpec};
+use plexd_target::{Target, TargetConfig};
+
+/// The volume plexperf builds from --volume.
+const VOLUME_NAME: &str = "vol0";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "plexperf",
+    about = "Measure plexd's data plane in-process: bdevs, volumes, quiesce under load",
+    after_help = "Examples:\n  plexperf --bdev null:name=n0,size=8G --volume concat:n0 --rw randread --bs 4k --qd 128 --time 5 --cores 0\n  plexperf --bdev uring:name=u0,path=/dev/shm/x.img --rw randread --qd 32\n  plexperf --bdev malloc:name=m0,size=256M --bdev malloc:name=m1,size=256M --volume mirror:m0,m1 --rw verify --quiesce-every 10 --json"
+)]
+struct Args {
+    /// A bdev: null:name=N,size=S[,block_size=B] | malloc:name=N,size=S | uring:name=N,path=P[,block_size=B]
+    #[arg(long = "bdev")]
+    bdevs: Vec<String>,
+    /// A volume over the bdevs: concat:A,B | stripe:A,B[,unit=64K] | mirror:A,B (each plex a whole bdev)
+    #[arg(long)]
+    volume: Option<String>,
+    /// Workload: read, write, randread, randwrite, randrw[:READ_PCT], verify
+    #[arg(long, default_value = "randread")]
+    rw: String,
+    /// Block size
+    #[arg(long, default_value = "4k")]
+    bs: String,
+    /// I/Os in flight per reactor
+    #[arg(long, default_value_t = 32)]
+    qd: u32,
+    /// Seconds to run
+    #[arg(long, default_value_t = 5.0)]
+    time: f64,
+    /// Cores for reactors (0,1 or 0-3 or 0x3)
+    #[arg(long, default_value = "0")]
+    cores: String,
+    /// Reactor sleep policy: adaptive or always
+    #[arg(long, default_value = "adaptive")]
+    poll_mode: String,
+    /// Prepare/commit a layout change of the volume every MS milliseconds during the run
+    #[arg(long)]
+    quiesce_every: Option<u64>,
+    /// Measure idle CPU for SECS seconds instead of running I/O
+    #[arg(long)]
+    idle: Option<f64>,
+    /// Seed for offsets and patterns
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print one JSON object instead of text
+    #[arg(long)]
+    json: bool,
+}
+
+fn kv(spec: &str) -> Result<(String, std::collections::BTreeMap<String, String>), String> {
+    let (kind, rest) = spec
+        .split_once(':')
+        .ok_or_else(|| format!("bad --bdev {spec:?}: expected KIND:key=value,..."))?;
+    let mut m = std::collections::BTreeMap::new();
+    for part in rest.split(',').filter(|p| !p.is_empty()) {
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| format!("bad --bdev {spec:?}: {part:?} is not key=value"))?;
+        m.insert(k.to_string(), v.to_string());
+    }
+    Ok((kind.to_string(), m))
+}
+
+fn make_bdev(t: &Target, spec: &str) -> Result<(), String> {
+    let (kind, m) = kv(spec)?;
+    let name = m
+        .get("name")
+        .cloned()
+        .ok_or_else(|| format!("--bdev {spec:?}: name= is required"))?;
+    let bs: u32 = m
+        .get("block_size")
+        .map(|v| {
+            v.parse()
+                .map_err(|_| format!("--bdev {spec:?}: bad block_size"))
+        })
+        .transpose()?
+        .unwrap_or(512);
+    let size = || -> Result<u64, String> {
+        parse_size(
+            m.get("size")
+                .ok_or_else(|| format!("--bdev {spec:?}: size= is required"))?,
+        )
+    };
+    let b: Arc<dyn plexd_target::bdev::Bdev> = match kind.as_str() {
+        "null" => NullBdev::new(&name, size()?, bs),
+        "malloc" => MallocBdev::new(&name, size()?, bs)?,
+        "uring" => {
+            let path = m
+                .get("path")
+                .ok_or_else(|| format!("--bdev {spec:?}: path= is required"))?;
+            UringBdev::open(&name, std::path::Path::new(path), &Default::default())
+                .map_err(|e| e.to_string())?
+        }
+        other => {
+            return Err(format!(
+                "--bdev {spec:?}: unknown kind {other:?} (null, malloc, uring)"
+            ))
+        }
+    };
+    t.add_bdev(b).map_err(|e| e.to_string())
+}
+
+fn whole(t: &Target, name: &str) -> Result<SubdiskSpec, String> {
+    let b = t.bdev(name).map_err(|e| e.to_string())?;
+    Ok(SubdiskSpec {
+        bdev: name.to_string(),
+        offset_bytes: 0,
+        len_bytes: b.size_bytes(),
+    })
+}
+
+fn volume_spec(t: &Target, spec: &str) -> Result<VolumeSpec, String> {
+    let (kind, rest) = spec
+        .split_once(':')
+        .ok_or_else(|| format!("bad --volume {spec:?}: expected LAYOUT:bdev,bdev,..."))?;
+    let mut unit = 64u64 << 10;
+    let mut names = Vec::new();
+    for p in rest.split(',').filter(|p| !p.is_empty()) {
+        match p.strip_prefix("unit=") {
+            Some(u) => unit = parse_size(u)?,
+            None => names.push(p.to_string()),
+        }
+    }
+    if names.is_empty() {
+        return Err(format!("--volume {spec:?}: no bdevs"));
+    }
+    let sds: Vec<SubdiskSpec> = names
+        .iter()
+        .map(|n| whole(t, n))
+        .collect::<Result<_, _>>()?;
+    let plex = |name: String, kind: PlexKind, columns: Vec<Vec<SubdiskSpec>>| PlexSpec {
+        name,
+        kind,
+        columns,
+        state: PlexState::Active,
+    };
+    let (plexes, size) = match kind {
+        "concat" => {
+            let size = sds.iter().map(|s| s.len_bytes).sum();
+            (
+                vec![plex(
+                    format!("{VOLUME_NAME}-01"),
+                    PlexKind::Concat,
+                    vec![sds],
+                )],
+                size,
+            )
+        }
+        "stripe" => {
+            let min = sds.iter().map(|s| s.len_bytes).min().unwrap_or(0) / unit * unit;
+            let size = min * sds.len() as u64;
+            let cols = sds.into_iter().map(|s| vec![s]).collect();
+            (
+                vec![plex(
+                    format!("{VOLUME_NAME}-01"),
+                    PlexKind::Stripe {
+                        stripe_unit_bytes: unit,
+                    },
+                    cols,
+                )],
+                size,
+            )
+        }
+        "mirror" => {
+            let size = sds.iter().map(|s| s.len_bytes).min().unwrap_or(0);
+            let plexes = sds
+                .into_iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    plex(
+                        format!("{VOLUME_NAME}-{:02}", i + 1),
+                        PlexKind::Concat,
+                        vec![vec![s]],
+                    )
+                })
+                .collect();
+            (plexes, size)
+        }
+        other => {
+            return Err(format!(
+                "--volume {spec:?}: unknown layout {other:?} (concat, stripe, mirror)"
+            ))
+        }
+    };
+    Ok(VolumeSpec {
+        name: VOLUME_NAME.into(),
+        size_bytes: size,
+        plexes,
+        read_policy: ReadPolicy::LeastBusy,
+    })
+}
+
+fn percentile(sorted: &[Duration], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[i].as_secs_f64() * 1e6
+}
+
+fn run(args: &Args) -> Result<bool, String> {
+    let cores = parse_cores(&args.cores)?;
+    let poll_mode = match args.poll_mode.as_str() {
+        "adaptive" => PollMode::Adaptive,
+        "always" => PollMode::Always,
+        o => return Err(format!("--poll-mode {o:?}: expected adaptive or always")),
+    };
+    let t = Target::start(&TargetConfig {
+        reactors: ReactorConfig {
+            cores,
+            poll_mode,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .map_err(|e| e.to_string())?;
+
+    if let Some(secs) = args.idle {
+        let n = t.reactors().len();
+        let cpu = |t: &Arc<Target>| -> Vec<u64> {
+            (0..n)
+                .map(|r| {
+                    t.reactors().handles()[r]
+                        .call_blocking(|_| thread_cpu_ns())
+                        .unwrap_or(0)
+                })
+                .collect()
+        };
+        let before = cpu(&t);
+        let start = Instant::now();
+        std::thread::sleep(Duration::from_secs_f64(secs));
+        let after = cpu(&t);
+        let el = start.elapsed().as_nanos() as f64;
+        let pct: Vec<f64> = before
+            .iter()
+            .zip(&after)
+            .map(|(b, a)| (a - b) as f64 / el * 100.0)
+            .collect();
+        if args.json {
+            println!("{}", serde_json::json!({ "idle_s": secs, "cpu_pct": pct }));
+        } else {
+            for (i, p) in pct.iter().enumerate() {
+                println!("reactor {i}: {p:.2}% CPU idle over {secs} s");
+            }
+        }
+        return Ok(true);
+    }
+
+    if args.bdevs.is_empty() {
+        return Err("no --bdev given (see --help)".into());
+    }
+    for b in &args.bdevs {
+        make_bdev(&t, b)?;
+    }
+    let target_name = match &args.volume {
+        Some(v) => {
+            let spec = volume_spec(&t, v)?;
+            t.create_volume(&spec).map_err(|e| e.to_string())?;
+            VOLUME_NAME.to_string()
+        }
+        None => kv(&args.bdevs[0])?
+            .1
+            .get("name")
+            .cloned()
+            .unwrap_or_default(),
+    };
+    if args.quiesce_every.is_some() && args.volume.is_none() {
+        return Err("--quiesce-every needs --volume".into());
+    }
+    let cfg = JobConfig {
+        bdev: target_name.clone(),
+        workload: Workload::parse(&args.rw)?,
+        block_bytes: parse_size(&args.bs)?,
+        qd: args.qd,
+        reactors: vec![],
+        seed: args.seed,
+    };
+    let job = start_job(&t, &cfg).map_err(|e| e.to_string())?;
+    let end = Instant::now() + Duration::from_secs_f64(args.time);
+    let mut quiesce: Vec<Duration> = Vec::new();
+    let mut quiesce_errors = 0u64;
+    if let Some(ms) = args.quiesce_every {
+        // Alternate the read policy: a real layout swap on every reactor each time.
+        let base = t.volume_spec(VOLUME_NAME).map_err(|e| e.to_string())?;
+        let mut alt = base.clone();
+        alt.read_policy = ReadPolicy::Round;
+        let mut i = 0u64;
+        while Instant::now() < end {
+            std::thread::sleep(
+                Duration::from_millis(ms).min(end.saturating_duration_since(Instant::now())),
+            );
+            if Instant::now() >= end {
+                break;
+            }
+            let l = if i % 2 == 0 { &alt } else { &base };
+            match t.prepare(VOLUME_NAME, l, Duration::from_secs(5)) {
+                Ok(d) => {
+                    if let Err(e) = t.commit(VOLUME_NAME) {
+                        quiesce_errors += 1;
+                        log::error!("commit: {e}");
+                    }
+                    quiesce.push(d);
+                }
+                Err(e) => {
+                    quiesce_errors += 1;
+                    log::error!("prepare: {e}");
+                }
+            }
+            i += 1;
+        }
+    } else {
+        while Instant::now() < end {
+            std::thread::sleep(
+                end.saturating_duration_since(Instant::now())
+                    .min(Duration::from_millis(100)),
+            );
+        }
+    }
+    let res = job.stop().map_err(|e| e.to_string())?;
+    quiesce.sort();
+    let max_stall_us = res.latency_ns.max() as f64 / 1000.0;
+    let ok = res.failed_ios == 0 && res.verify_errors == 0 && quiesce_errors == 0;
+    if args.json {
+        let mut o = serde_json::json!({
+            "bdev": target_name,
+            "rw": args.rw,
+            "bs": cfg.block_bytes,
+            "qd": args.qd,
+            "reactors": t.reactors().len(),
+            "hugepages": t.pool().hugepages(),
+            "elapsed_s": res.elapsed.as_secs_f64(),
+            "ios": res.ios,
+            "iops": res.iops(),
+            "mib_per_s": res.mib_per_s(),
+            "lat_us": { "p50": res.lat_us(0.5), "p99": res.lat_us(0.99), "p999": res.lat_us(0.999), "max": max_stall_us },
+            "failed_ios": res.failed_ios,
+            "verify_errors": res.verify_errors,
+            "cpu_pct": res.cpu_pct,
+        });
+        if args.quiesce_every.is_some() {
+            o["quiesces"] = serde_json::json!(quiesce.len());
+            o["quiesce_errors"] = serde_json::json!(quiesce_errors);
+            o["quiesce_us"] = serde_json::json!({
+                "p50": percentile(&quiesce, 0.5),
+                "p99": percentile(&quiesce, 0.99),
+                "max": percentile(&quiesce, 1.0),
+            });
+            o["max_stall_us"] = serde_json::json!(max_stall_us);
+        }
+        println!("{o}");
+    } else {
+        println!(
+            "{target_name}: {} {} qd {} on {} reactor(s), {:.1} s",
+            args.rw,
+            args.bs,
+            args.qd,
+            t.reactors().len(),
+            res.elapsed.as_secs_f64()
+        );
+        println!("  IOPS        {:>12.0}", res.iops());
+        println!("  MiB/s       {:>12.1}", res.mib_per_s());
+        println!(
+            "  latency us  p50 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",
+            res.lat_us(0.5),
+            res.lat_us(0.99),
+            res.lat_us(0.999),
+            max_stall_us
+        );
+        let cpu: Vec<String> = res.cpu_pct.iter().map(|c| format!("{c:.0}%")).collect();
+        println!("  CPU         {}", cpu.join(" "));
+        println!(
+            "  failed I/Os {}   verify errors {}",
+            res.failed_ios, res.verify_errors
+        );
+        if args.quiesce_every.is_some() {
+            println!(
+                "  quiesce us  p50 {:.1}  p99 {:.1}  max {:.1} over {} changes ({} failed); longest I/O stall {:.1} us",
+                percentile(&quiesce, 0.5),
+                percentile(&quiesce, 0.99),
+                percentile(&quiesce, 1.0),
+                quiesce.len(),
+                quiesce_errors,
+                max_stall_us
+            );
+        }
+        if let Some(m) = &res.first_mismatch {
+            println!("  first mismatch: {m}");
+        }
+    }
+    Ok(ok)
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let args = Args::parse();
+    match run(&args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("plexperf: failed I/Os or verify errors (see above)");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("plexperf: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -67,6 +67,18 @@ impl ChLayout {
     }
 }
 
+/// Where a reactor reports `(reactor, epoch)` once its in-flight count drained.
+pub(crate) type DrainTx = std::sync::mpsc::Sender<(usize, u64)>;
+
+/// The data-describing part of an I/O (no callback), copied cheaply.
+#[derive(Clone, Copy)]
+struct IoShape {
+    kind: IoKind,
+    offset_bytes: u64,
+    len_bytes: u64,
+    buf: crate::buf::IoBuf,
+}
+
 /// One volume I/O in flight on this reactor.
 struct VolIo {
     io: BdevIo,
@@ -79,7 +91,8 @@ struct VolIo {
     /// Plexes already tried (reads).
     tried: u32,
     errno: i32,
-    start: Instant,
+    /// Set on sampled I/Os only (one in [`LATENCY_SAMPLE_EVERY`]).
+    start: Option<Instant>,
     /// Completed on every plex but held until failed plexes are detached.
     held: bool,
 }
@@ -101,9 +114,10 @@ pub struct VolumeStats {
     pub failed_ops: u64,
     /// Reads that succeeded on another plex after a failure.
     pub read_retries: u64,
-    /// Sum of latencies, ns.
+    /// Sum of latencies in ns, estimated from one I/O in [`LATENCY_SAMPLE_EVERY`]
+    /// (`latency_ns_total / ops` is the mean).
     pub latency_ns_total: u64,
-    /// Largest latency, ns.
+    /// Largest sampled latency, ns.
     pub latency_ns_max: u64,
 }
 
@@ -131,13 +145,20 @@ pub(crate) struct VolumeChannel {
     gate_closed: Cell<bool>,
     inflight: Cell<u32>,
     parked: RefCell<VecDeque<BdevIo>>,
-    drain_waiter: RefCell<Option<(u64, std::sync::mpsc::Sender<(usize, u64)>)>>,
+    drain_waiter: RefCell<Option<(u64, DrainTx)>>,
     ios: RefCell<slab::Slab<VolIo>>,
     held: RefCell<Vec<usize>>,
     reported: Cell<u32>,
     rr: Cell<usize>,
     stats: Cell<VolumeStats>,
+    /// I/Os accepted so far (drives latency sampling).
+    submitted: Cell<u64>,
+    /// True while `submit` runs: completions must then be queued, not delivered.
+    in_submit: Cell<bool>,
 }
+
+/// One I/O in this many has its latency measured (reading the clock costs).
+pub const LATENCY_SAMPLE_EVERY: u64 = 16;
 
 /// Tag layout of child I/Os: low 32 bits = slot, next 8 bits = plex index.
 fn child_tag(slot: usize, plex: usize) -> u64 {
@@ -166,6 +187,8 @@ impl VolumeChannel {
             reported: Cell::new(0),
             rr: Cell::new(0),
             stats: Cell::new(VolumeStats::default()),
+            submitted: Cell::new(0),
+            in_submit: Cell::new(false),
         });
         *ch.me.borrow_mut() = Rc::downgrade(&ch);
         Ok(ch)
@@ -253,6 +276,10 @@ impl VolumeChannel {
     }
 
     fn pick_read_plex(&self, l: &ChLayout, tried: u32) -> Option<usize> {
+        if l.plexes.len() == 1 {
+            let ok = tried == 0 && l.plexes[0].state.get() == PlexState::Active;
+            return ok.then_some(0);
+        }
         let cand = Self::active_mask(l, |s| s == PlexState::Active) & !tried;
         if cand == 0 {
             return None;
@@ -278,8 +305,14 @@ impl VolumeChannel {
     }
 
     /// Sends the children of `slot` for plex `p`; returns how many were sent.
-    fn submit_to_plex(&self, l: &ChLayout, slot: usize, p: usize, io: &BdevIo) -> u32 {
-        let me: Rc<dyn IoDone> = self.me();
+    fn submit_to_plex(
+        &self,
+        l: &ChLayout,
+        me: &Rc<dyn IoDone>,
+        slot: usize,
+        p: usize,
+        io: &IoShape,
+    ) -> u32 {
         let plex = &l.plexes[p];
         let map = &l.layout.plexes[p].map;
         let mut n = 0u32;
@@ -291,7 +324,7 @@ impl VolumeChannel {
                         offset_bytes: 0,
                         len_bytes: 0,
                         buf: io.buf,
-                        cb: IoCallback::new(Rc::clone(&me), child_tag(slot, p)),
+                        cb: IoCallback::new(Rc::clone(me), child_tag(slot, p)),
                     });
                     n += 1;
                 }
@@ -314,7 +347,7 @@ impl VolumeChannel {
                             offset_bytes: sd.offset_bytes + in_sd,
                             len_bytes: len,
                             buf,
-                            cb: IoCallback::new(Rc::clone(&me), child_tag(slot, p)),
+                            cb: IoCallback::new(Rc::clone(me), child_tag(slot, p)),
                         });
                         n += 1;
                     },
@@ -331,7 +364,16 @@ impl VolumeChannel {
         let l = self.layout.borrow().clone();
         let (io, tried) = {
             let ios = self.ios.borrow();
-            (ios[slot].io.clone(), ios[slot].tried)
+            let v = &ios[slot];
+            (
+                IoShape {
+                    kind: v.io.kind,
+                    offset_bytes: v.io.offset_bytes,
+                    len_bytes: v.io.len_bytes,
+                    buf: v.io.buf,
+                },
+                v.tried,
+            )
         };
         let targets = if io.kind == IoKind::Read {
             match self.pick_read_plex(&l, tried) {
@@ -357,11 +399,13 @@ impl VolumeChannel {
             v.tried |= if io.kind == IoKind::Read { targets } else { 0 };
             v.pending = u32::MAX; // guard: no completion can finish it while we submit
         }
+        let me: Rc<dyn IoDone> = self.me();
         let mut sent = 0;
-        for p in 0..l.plexes.len() {
-            if targets & (1 << p) != 0 {
-                sent += self.submit_to_plex(&l, slot, p, &io);
-            }
+        let mut left = targets;
+        while left != 0 {
+            let p = left.trailing_zeros() as usize;
+            left &= left - 1;
+            sent += self.submit_to_plex(&l, &me, slot, p, &io);
         }
         self.ios.borrow_mut()[slot].pending = sent;
         if sent == 0 {
@@ -533,11 +577,19 @@ impl VolumeChannel {
         if !status.is_ok() {
             s.failed_ops += 1;
         }
-        let lat = v.start.elapsed().as_nanos() as u64;
-        s.latency_ns_total += lat;
-        s.latency_ns_max = s.latency_ns_max.max(lat);
+        if let Some(start) = v.start {
+            let lat = start.elapsed().as_nanos() as u64;
+            // Each sample stands for LATENCY_SAMPLE_EVERY I/Os, so total/ops is the mean.
+            s.latency_ns_total += lat * LATENCY_SAMPLE_EVERY;
+            s.latency_ns_max = s.latency_ns_max.max(lat);
+        }
         self.stats.set(s);
-        self.reactor.complete(v.io.cb, status);
+        if self.in_submit.get() {
+            // Never complete inside submit: the submitter may not expect re-entry.
+            self.reactor.complete(v.io.cb, status);
+        } else {
+            v.io.cb.target.io_done(v.io.cb.tag, status);
+        }
     }
 }
 
@@ -559,6 +611,7 @@ impl BdevChannel for VolumeChannel {
             debug_assert!(io.len_bytes > 0);
         }
         self.inflight.set(self.inflight.get() + 1);
+        self.submitted.set(self.submitted.get().wrapping_add(1));
         let slot = self.ios.borrow_mut().insert(VolIo {
             io,
             pending: 0,
@@ -566,10 +619,12 @@ impl BdevChannel for VolumeChannel {
             failed: 0,
             tried: 0,
             errno: 0,
-            start: Instant::now(),
+            start: (self.submitted.get().is_multiple_of(LATENCY_SAMPLE_EVERY)).then(Instant::now),
             held: false,
         });
+        self.in_submit.set(true);
         self.start(slot);
+        self.in_submit.set(false);
     }
 }
 

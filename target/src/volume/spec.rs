@@ -353,7 +353,7 @@ impl Layout {
                 )));
             }
         }
-        if spec.size_bytes % block_size as u64 != 0 {
+        if !spec.size_bytes.is_multiple_of(block_size as u64) {
             return Err(bad(format!(
                 "size {} is not a multiple of the block size {block_size}",
                 spec.size_bytes
