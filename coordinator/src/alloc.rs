@@ -901,6 +901,107 @@ mod tests {
     }
 
     #[test]
+    fn random_change_sequences_keep_the_configuration_valid() {
+        use rand::{Rng, SeedableRng};
+        for seed in 0..20u64 {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let sizes: Vec<(String, u64)> = (1..=6)
+                .map(|i| (format!("disk{i:02}"), rng.gen_range(8..200) * MIB))
+                .collect();
+            let disks: Vec<(&str, u64)> = sizes.iter().map(|(n, s)| (n.as_str(), *s)).collect();
+            let mut c = cluster(&disks);
+            let mut applied = 0;
+            for step in 0..150 {
+                let names: Vec<String> = c.disk_groups[0]
+                    .volumes
+                    .iter()
+                    .map(|v| v.name.clone())
+                    .collect();
+                let pick =
+                    |rng: &mut rand::rngs::StdRng| names[rng.gen_range(0..names.len())].clone();
+                let change = match rng.gen_range(0..10) {
+                    0..=3 => {
+                        let layout = match rng.gen_range(0..4) {
+                            0 => VolumeLayout::Concat,
+                            1 => stripe(rng.gen_range(1..4)),
+                            2 => VolumeLayout::Mirror {
+                                mirrors: rng.gen_range(1..4),
+                            },
+                            _ => VolumeLayout::MirrorStripe {
+                                mirrors: rng.gen_range(1..3),
+                                columns: rng.gen_range(1..3),
+                                stripe_unit_bytes: 4096 << rng.gen_range(0..5),
+                            },
+                        };
+                        Change::VolCreate {
+                            dg: "dg1".into(),
+                            volume: format!("v{step}"),
+                            size_bytes: rng.gen_range(1..40 * MIB),
+                            layout,
+                        }
+                    }
+                    _ if names.is_empty() => continue,
+                    4 | 5 => {
+                        let volume = pick(&mut rng);
+                        let size = c.disk_groups[0].volume(&volume).unwrap().size_bytes;
+                        Change::VolGrow {
+                            dg: "dg1".into(),
+                            volume,
+                            new_size_bytes: size + rng.gen_range(1..20 * MIB),
+                        }
+                    }
+                    6 => {
+                        let volume = pick(&mut rng);
+                        let size = c.disk_groups[0].volume(&volume).unwrap().size_bytes;
+                        Change::VolShrink {
+                            dg: "dg1".into(),
+                            volume,
+                            new_size_bytes: rng.gen_range(1..=size),
+                        }
+                    }
+                    7 => Change::PlexAdd {
+                        dg: "dg1".into(),
+                        volume: pick(&mut rng),
+                        layout: if rng.gen_bool(0.5) {
+                            PlexLayout::Concat
+                        } else {
+                            PlexLayout::Stripe {
+                                columns: 2,
+                                stripe_unit_bytes: 64 << 10,
+                            }
+                        },
+                    },
+                    8 => {
+                        let volume = pick(&mut rng);
+                        let v = c.disk_groups[0].volume(&volume).unwrap();
+                        let plex = v.plexes[rng.gen_range(0..v.plexes.len())].name.clone();
+                        Change::PlexRm {
+                            dg: "dg1".into(),
+                            plex,
+                        }
+                    }
+                    _ => Change::VolRm {
+                        dg: "dg1".into(),
+                        volume: pick(&mut rng),
+                    },
+                };
+                match c.apply(&change) {
+                    Ok(next) => {
+                        next.disk_groups[0].validate().unwrap();
+                        c = next;
+                        applied += 1;
+                    }
+                    Err(ConfigError::Invalid(msg)) if msg.contains("internal error") => {
+                        panic!("seed {seed} step {step}: {change:?}: {msg}")
+                    }
+                    Err(_) => {}
+                }
+            }
+            assert!(applied >= 40, "seed {seed}: only {applied} changes applied");
+        }
+    }
+
+    #[test]
     fn allocation_is_deterministic() {
         let build = || {
             let c = cluster(&[("disk01", GIB), ("disk02", GIB), ("disk03", GIB)]);

@@ -1096,7 +1096,7 @@ pub fn apply(config: &ClusterConfig, change: &Change) -> Result<ClusterConfig, C
                     d.name
                 )));
             }
-            next.disk_groups.push(DiskGroupConfig {
+            let created = DiskGroupConfig {
                 name: dg.clone(),
                 id: dg_id.clone(),
                 shared: *shared,
@@ -1104,7 +1104,9 @@ pub fn apply(config: &ClusterConfig, change: &Change) -> Result<ClusterConfig, C
                 seq: 1,
                 disks: disks.clone(),
                 volumes: Vec::new(),
-            });
+            };
+            created.validate()?;
+            next.disk_groups.push(created);
         }
         Change::DgImport {
             config: found,
