@@ -1,5 +1,248 @@
 @0xeeaeaa242b46bff6;
 # The kernel interface: plexd (coordinator) -> plexd-target (data plane), over a Unix socket.
-# Also the management API of a standalone plexd-target.
+# Also the management API of a standalone plexd-target. docs/KERNEL_INTERFACE.md describes
+# every method, the error codes and the prepare/commit/abort contract.
+#
+# Conventions
+# - Sizes and offsets are in bytes (`...Bytes`), times carry their unit (`...Ms`, `...Us`).
+# - A method that can fail returns `error :Error` in its results. The call succeeded when the
+#   results have no `error` (`hasError()` is false); then the other results are set. Cap'n Proto
+#   exceptions are kept for transport failures (connection lost, malformed message).
 
-struct Placeholder { unused @0 :Bool; }
+# Why a request failed; the target's own error kinds.
+enum ErrorCode {
+  notFound @0;  # no such bdev, volume or plex
+  exists @1;    # the name is taken
+  inUse @2;     # the object is used by another one (a bdev by a volume...)
+  invalid @3;   # the request makes no sense for the object (bad layout, bad range...)
+  timeout @4;   # the data plane did not answer in time (a drain, a reactor)
+  io @5;        # an operating-system error (opening a file...)
+}
+
+struct Error {
+  code @0 :ErrorCode;
+  object @1 :Text;   # the object, e.g. "volume vol0", "bdev m0"
+  reason @2 :Text;   # why, e.g. "not found"
+  message @3 :Text;  # the whole text, "<object>: <reason>", as the target logs it
+}
+
+# ---- bdevs ----
+
+enum BdevKind {
+  null @0;    # completes everything at once, stores nothing
+  malloc @1;  # memory (hugepages when the machine has them)
+  uring @2;   # a file or block device through io_uring (O_DIRECT unless `buffered`)
+  error @3;   # wraps `inner` and injects failures or latency on command (injectError)
+}
+
+struct BdevRequest {
+  kind @0 :BdevKind;
+  name @1 :Text;
+  sizeBytes @2 :UInt64;   # null, malloc
+  blockSize @3 :UInt32;   # null, malloc, uring; 0 = default (512, or the device's for uring)
+  path @4 :Text;          # uring
+  inner @5 :Text;         # error: the bdev it wraps
+  buffered @6 :Bool;      # uring: through the page cache instead of O_DIRECT
+}
+
+struct BdevInfo {
+  name @0 :Text;
+  kind @1 :Text;          # null, malloc, uring, error, volume
+  blockSize @2 :UInt32;
+  sizeBytes @3 :UInt64;
+  detail @4 :Text;        # backend detail: path, hugepages, active injection...
+}
+
+# ---- volumes ----
+
+enum PlexState {
+  active @0;    # up to date: reads and writes
+  stale @1;     # out of date after an I/O error: neither
+  detached @2;  # detached by the administrator: neither
+  syncing @3;   # being resynchronised: writes, not reads
+}
+
+enum PlexLayout {
+  concat @0;
+  stripe @1;
+}
+
+struct SubdiskSpec {
+  bdev @0 :Text;
+  offsetBytes @1 :UInt64;
+  lenBytes @2 :UInt64;
+}
+
+struct Column {
+  subdisks @0 :List(SubdiskSpec);
+}
+
+struct PlexSpec {
+  name @0 :Text;
+  layout @1 :PlexLayout;
+  stripeUnitBytes @2 :UInt64;   # stripe only
+  columns @3 :List(Column);     # concat: exactly one
+  state @4 :PlexState;
+}
+
+struct ReadPolicy {
+  union {
+    leastBusy @0 :Void;   # fewest reads outstanding on the reactor (the default)
+    round @1 :Void;       # rotate over ACTIVE plexes
+    prefer @2 :Text;      # this plex while it is ACTIVE, else least busy
+  }
+}
+
+struct VolumeSpec {
+  name @0 :Text;
+  sizeBytes @1 :UInt64;
+  plexes @2 :List(PlexSpec);    # 1..32 mirrors
+  readPolicy @3 :ReadPolicy;
+}
+
+struct VolumeStats {
+  readOps @0 :UInt64;
+  writeOps @1 :UInt64;          # writes, write-zeroes, unmaps
+  otherOps @2 :UInt64;          # flushes, resets
+  readBytes @3 :UInt64;
+  writeBytes @4 :UInt64;
+  failedOps @5 :UInt64;
+  readRetries @6 :UInt64;       # reads that succeeded on another plex after a failure
+  latencyNsTotal @7 :UInt64;    # divide by the op count for the mean
+  latencyNsMax @8 :UInt64;
+}
+
+struct PlexInfo {
+  name @0 :Text;
+  state @1 :PlexState;
+  layout @2 :PlexLayout;
+  lenBytes @3 :UInt64;          # usable bytes
+  columns @4 :List(Column);
+}
+
+struct VolumeInfo {
+  name @0 :Text;
+  sizeBytes @1 :UInt64;
+  blockSize @2 :UInt32;
+  state @3 :Text;               # ENABLED, or QUIESCED while a prepare or quiesce holds it
+  staged @4 :Bool;              # a prepared layout waits for commit or abort
+  readPolicy @5 :ReadPolicy;
+  plexes @6 :List(PlexInfo);
+  stats @7 :VolumeStats;        # summed over reactors
+  inflight @8 :UInt64;          # I/Os under way
+  parked @9 :UInt64;            # I/Os waiting behind a closed gate
+  held @10 :UInt64;             # writes held until a failed plex is detached
+}
+
+# ---- faults, diagnostics, events ----
+
+enum DetachPolicy {
+  local @0;     # standalone: a plex whose write failed is detached (STALE) by the target
+  external @1;  # clustered: the controller decides (setPlexState or failHeldWrites)
+}
+
+enum FailOn {
+  reads @0;
+  writes @1;    # writes, write-zeroes, unmaps, flushes
+  both @2;
+}
+
+struct Injection {
+  union {
+    fail :group {
+      on @0 :FailOn;
+      errno @1 :Int32;          # 0 = EIO
+      count @2 :UInt64;         # the next `count` matching I/Os; 0 = until cleared
+    }
+    latencyUs @3 :UInt64;       # added to every I/O from now on; 0 removes it
+    clearFailures @4 :Void;
+    clear @5 :Void;             # failures and latency
+  }
+}
+
+enum IoOp {
+  read @0;
+  write @1;
+  flush @2;
+  writeZeroes @3;
+  unmap @4;
+}
+
+struct Event {
+  union {
+    plexIoError :group {        # a write to a plex failed; its writes are held
+      volume @0 :Text;
+      plex @1 :Text;
+      errno @2 :Int32;
+    }
+    plexState :group {          # a plex changed state
+      volume @3 :Text;
+      plex @4 :Text;
+      state @5 :PlexState;
+    }
+    diskGone :group {           # a backing device went away
+      bdev @6 :Text;
+      reason @7 :Text;
+    }
+  }
+}
+
+# Implemented by the subscriber; the target calls it once per event, in order, one call at a
+# time. An error or a disconnect ends the subscription.
+interface EventSink {
+  event @0 (event :Event) -> ();
+}
+
+enum PollMode {
+  adaptive @0;
+  always @1;
+}
+
+struct TargetInfo {
+  version @0 :Text;
+  reactors @1 :UInt32;
+  cores @2 :List(Int32);        # per reactor; -1 = not pinned
+  pollMode @3 :PollMode;
+  hugepages @4 :Bool;           # the buffer pool is on hugepages
+  socket @5 :Text;
+  pid @6 :UInt32;
+  detachPolicy @7 :DetachPolicy;
+}
+
+interface Kernel {
+  info @0 () -> (info :TargetInfo);
+
+  createBdev @1 (bdev :BdevRequest) -> (error :Error, info :BdevInfo);
+  deleteBdev @2 (name :Text) -> (error :Error);
+  listBdevs @3 () -> (error :Error, bdevs :List(BdevInfo));
+
+  createVolume @4 (spec :VolumeSpec) -> (error :Error, info :VolumeInfo);
+  deleteVolume @5 (name :Text) -> (error :Error);
+  listVolumes @6 () -> (error :Error, volumes :List(VolumeInfo));
+  getVolume @7 (name :Text) -> (error :Error, info :VolumeInfo, spec :VolumeSpec);
+
+  # Kernel phase of a transaction: close the volume's gate (new I/O is parked), wait up to
+  # drainTimeoutMs (0 = 10 s) for in-flight I/O to drain on every reactor, stage `spec`.
+  # On failure nothing is staged and I/O resumes. quiesceUs: time from call to drained.
+  prepare @8 (volume :Text, spec :VolumeSpec, drainTimeoutMs :UInt32)
+      -> (error :Error, quiesceUs :UInt64);
+  commit @9 (volume :Text) -> (error :Error);   # swap the staged layout in, resume I/O
+  abort @10 (volume :Text) -> (error :Error);   # drop the staged layout, resume I/O
+  quiesce @11 (volume :Text, drainTimeoutMs :UInt32) -> (error :Error, quiesceUs :UInt64);
+  resume @12 (volume :Text) -> (error :Error);  # end a quiesce (same as abort)
+
+  setPlexState @13 (volume :Text, plex :Text, state :PlexState) -> (error :Error);
+  failHeldWrites @14 (volume :Text) -> (error :Error);
+  setDetachPolicy @15 (policy :DetachPolicy) -> (error :Error);
+
+  injectError @16 (bdev :Text, injection :Injection) -> (error :Error, detail :Text);
+
+  # Events from now on go to `sink` until this connection closes or a sink call fails.
+  subscribe @17 (sink :EventSink) -> (error :Error);
+
+  # Diagnostics: one I/O on a bdev or volume, submitted on reactor `reactor`, at most
+  # 1 MiB; `data` is what to write (lenBytes long). status: 0 or the errno it failed with.
+  io @18 (bdev :Text, op :IoOp, offsetBytes :UInt64, lenBytes :UInt32, data :Data,
+          reactor :UInt32, timeoutMs :UInt32)
+      -> (error :Error, status :Int32, data :Data, latencyUs :UInt64);
+}

@@ -18,3 +18,5 @@ pub mod units;
 pub mod volume;
 
 pub use target::{Event, Target, TargetConfig, TargetError};
+pub mod api;
+pub mod config;

@@ -1,0 +1,628 @@
+//! A blocking client of the kernel interface, for the coordinator, tools and tests.
+//!
+//! ```no_run
+//! use plexd_target::api::{BdevRequest, KernelClient};
+//! let k = KernelClient::connect("/run/plexd/target0.sock")?;
+//! k.create_bdev(&BdevRequest::malloc("m0", 64 << 20))?;
+//! for b in k.list_bdevs()? {
+//!     println!("{} {} bytes", b.name, b.size_bytes);
+//! }
+//! # Ok::<(), plexd_target::api::ClientError>(())
+//! ```
+//!
+//! Cap'n Proto RPC objects are `!Send`, so each [`KernelClient`] owns one connection
+//! thread that runs the `RpcSystem` on a local executor; a blocking method hands its
+//! call to that thread and waits (bounded) for the answer. The client itself is `Send`
+//! and `Sync`: several threads may call it at once, their calls are in flight together.
+//! Dropping the client closes the connection (and ends its event subscriptions).
+
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use capnp_rpc::{rpc_twoparty_capnp, twoparty, RpcSystem};
+use futures::future::LocalBoxFuture;
+use futures::AsyncReadExt;
+use plexd_proto::kernel_capnp as k;
+use smol::{Async, LocalExecutor};
+
+use super::convert::*;
+use super::service::{BdevRequest, Injection, IoResult, TargetInfo};
+use super::{ApiError, ErrorCode};
+use crate::bdev::{BdevInfo, IoKind};
+use crate::target::{DetachPolicy, Event, EVENT_QUEUE_DEPTH};
+use crate::volume::{PlexState, VolumeInfo, VolumeSpec};
+
+/// How long a call waits for its answer by default (a prepare adds its drain timeout).
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Calls queued for the connection thread before callers wait.
+const JOB_QUEUE_DEPTH: usize = 256;
+
+/// Why a client call failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    /// The target refused the request (typed; the text names the object).
+    #[error("{0}")]
+    Api(ApiError),
+    /// The socket could not be reached.
+    #[error("kernel interface {path}: cannot connect: {reason}")]
+    Connect {
+        /// The socket.
+        path: String,
+        /// The OS error.
+        reason: String,
+    },
+    /// The RPC failed (connection lost, malformed answer).
+    #[error("kernel interface {path}: {reason}")]
+    Rpc {
+        /// The socket.
+        path: String,
+        /// What happened.
+        reason: String,
+    },
+    /// No answer in time.
+    #[error("kernel interface {path}: {method}: no answer within {timeout_ms} ms")]
+    Timeout {
+        /// The socket.
+        path: String,
+        /// The method.
+        method: String,
+        /// The wait.
+        timeout_ms: u64,
+    },
+}
+
+impl ClientError {
+    /// The target's error code, when the target refused the request.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Api(e) => Some(e.code),
+            _ => None,
+        }
+    }
+}
+
+type Job = Box<dyn FnOnce(&k::kernel::Client) -> LocalBoxFuture<'static, ()> + Send>;
+
+/// A connection to a target's kernel interface.
+pub struct KernelClient {
+    path: String,
+    jobs: Option<smol::channel::Sender<Job>>,
+    thread: Option<JoinHandle<()>>,
+    call_timeout: Duration,
+}
+
+/// Events from a [`KernelClient::subscribe`], in order. Dropping it (or the client)
+/// ends the subscription.
+pub struct Subscription {
+    rx: smol::channel::Receiver<Event>,
+}
+
+impl Subscription {
+    /// The next event, waiting at most `timeout`.
+    pub fn recv_timeout(&self, timeout: Duration) -> Option<Event> {
+        smol::block_on(smol::future::or(
+            async { self.rx.recv().await.ok() },
+            async {
+                smol::Timer::after(timeout).await;
+                None
+            },
+        ))
+    }
+
+    /// The next event if one is queued.
+    pub fn try_recv(&self) -> Option<Event> {
+        self.rx.try_recv().ok()
+    }
+
+    /// The channel itself, for async users.
+    pub fn receiver(&self) -> &smol::channel::Receiver<Event> {
+        &self.rx
+    }
+}
+
+struct Sink {
+    tx: smol::channel::Sender<Event>,
+}
+
+impl k::event_sink::Server for Sink {
+    async fn event(
+        self: Rc<Self>,
+        params: k::event_sink::EventParams,
+        _: k::event_sink::EventResults,
+    ) -> Result<(), capnp::Error> {
+        let ev = read_event(params.get()?.get_event()?)?;
+        match self.tx.try_send(ev) {
+            Ok(()) => Ok(()),
+            Err(smol::channel::TrySendError::Full(ev)) => {
+                log::warn!("kernel client: event queue full ({EVENT_QUEUE_DEPTH}); dropped {ev:?}");
+                Ok(())
+            }
+            Err(smol::channel::TrySendError::Closed(_)) => {
+                Err(capnp::Error::failed("subscriber gone".into()))
+            }
+        }
+    }
+}
+
+/// The result of an RPC whose results carry `error :Error`.
+fn check(
+    path: &str,
+    has_error: bool,
+    err: impl FnOnce() -> capnp::Result<ApiError>,
+) -> Result<(), ClientError> {
+    if !has_error {
+        return Ok(());
+    }
+    Err(match err() {
+        Ok(e) => ClientError::Api(e),
+        Err(e) => rpc_err(path, e),
+    })
+}
+
+fn rpc_err(path: &str, e: capnp::Error) -> ClientError {
+    ClientError::Rpc {
+        path: path.to_string(),
+        reason: e.to_string(),
+    }
+}
+
+/// Generates a blocking method for a call that takes a volume or bdev name and
+/// returns nothing but a possible error.
+macro_rules! name_call {
+    ($(#[$doc:meta])* $fn:ident, $req:ident, $setter:ident, $method:literal) => {
+        $(#[$doc])*
+        pub fn $fn(&self, name: &str) -> Result<(), ClientError> {
+            let name = name.to_string();
+            self.call($method, self.call_timeout, move |kc, path| {
+                Box::pin(async move {
+                    let mut req = kc.$req();
+                    req.get().$setter(name.as_str());
+                    let resp = req.send().promise.await.map_err(|e| rpc_err(&path, e))?;
+                    let r = resp.get().map_err(|e| rpc_err(&path, e))?;
+                    check(&path, r.has_error(), || read_error(r.get_error()?))
+                })
+            })
+        }
+    };
+}
+
+impl KernelClient {
+    /// Connects to the target serving on `path`.
+    pub fn connect(path: impl AsRef<Path>) -> Result<KernelClient, ClientError> {
+        let path_buf: PathBuf = path.as_ref().to_path_buf();
+        let shown = path_buf.display().to_string();
+        let connect_err = |reason: String| ClientError::Connect {
+            path: shown.clone(),
+            reason,
+        };
+        let stream = std::os::unix::net::UnixStream::connect(&path_buf)
+            .map_err(|e| connect_err(e.to_string()))?;
+        let stream = Async::new(stream).map_err(|e| connect_err(e.to_string()))?;
+        let (jobs_tx, jobs_rx) = smol::channel::bounded::<Job>(JOB_QUEUE_DEPTH);
+        let thread = std::thread::Builder::new()
+            .name("kernel-client".into())
+            .spawn(move || run_connection(stream, jobs_rx))
+            .map_err(|e| connect_err(format!("cannot start the connection thread: {e}")))?;
+        Ok(KernelClient {
+            path: shown,
+            jobs: Some(jobs_tx),
+            thread: Some(thread),
+            call_timeout: DEFAULT_CALL_TIMEOUT,
+        })
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Changes how long calls wait for their answer.
+    pub fn set_call_timeout(&mut self, timeout: Duration) {
+        self.call_timeout = timeout;
+    }
+
+    /// Runs `f` on the connection thread and waits up to `timeout` for its result.
+    fn call<T: Send + 'static>(
+        &self,
+        method: &str,
+        timeout: Duration,
+        f: impl FnOnce(k::kernel::Client, String) -> LocalBoxFuture<'static, Result<T, ClientError>>
+            + Send
+            + 'static,
+    ) -> Result<T, ClientError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let path = self.path.clone();
+        let job: Job = Box::new(move |kc: &k::kernel::Client| {
+            let fut = f(kc.clone(), path);
+            Box::pin(async move {
+                let _ = tx.send(fut.await);
+            })
+        });
+        let closed = || ClientError::Rpc {
+            path: self.path.clone(),
+            reason: format!("{method}: the connection is closed"),
+        };
+        let jobs = self.jobs.as_ref().ok_or_else(closed)?;
+        jobs.send_blocking(job).map_err(|_| closed())?;
+        match rx.recv_timeout(timeout) {
+            Ok(r) => r,
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(ClientError::Timeout {
+                path: self.path.clone(),
+                method: method.to_string(),
+                timeout_ms: timeout.as_millis() as u64,
+            }),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(closed()),
+        }
+    }
+
+    /// What the target is: reactors, cores, poll mode, hugepages, version.
+    pub fn info(&self) -> Result<TargetInfo, ClientError> {
+        self.call("info", self.call_timeout, |kc, path| {
+            Box::pin(async move {
+                let resp = kc
+                    .info_request()
+                    .send()
+                    .promise
+                    .await
+                    .map_err(|e| rpc_err(&path, e))?;
+                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
+                r.get_info()
+                    .and_then(read_info)
+                    .map_err(|e| rpc_err(&path, e))
+            })
+        })
+    }
+
+    /// Creates a bdev.
+    pub fn create_bdev(&self, req: &BdevRequest) -> Result<BdevInfo, ClientError> {
+        let req = req.clone();
+        self.call("createBdev", self.call_timeout, move |kc, path| {
+            Box::pin(async move {
+                let mut rq = kc.create_bdev_request();
+                set_bdev_request(rq.get().init_bdev(), &req);
+                let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
+                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
+                check(&path, r.has_error(), || read_error(r.get_error()?))?;
+                r.get_info()
+                    .and_then(read_bdev_info)
+                    .map_err(|e| rpc_err(&path, e))
+            })
+        })
+    }
+
+    name_call!(
+        /// Deletes a bdev no volume or error bdev uses.
+        delete_bdev, delete_bdev_request, set_name, "deleteBdev"
+    );
+
+    /// Every bdev (volumes included, as kind `volume`).
+    pub fn list_bdevs(&self) -> Result<Vec<BdevInfo>, ClientError> {
+        self.call("listBdevs", self.call_timeout, |kc, path| {
+            Box::pin(async move {
+                let resp = kc
+                    .list_bdevs_request()
+                    .send()
+                    .promise
+                    .await
+                    .map_err(|e| rpc_err(&path, e))?;
+                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
+                check(&path, r.has_error(), || read_error(r.get_error()?))?;
+                let list = r.get_bdevs().map_err(|e| rpc_err(&path, e))?;
+                list.iter()
+                    .map(read_bdev_info)
+                    .collect::<capnp::Result<Vec<_>>>()
+                    .map_err(|e| rpc_err(&path, e))
+            })
+        })
+    }
+
+    /// Creates a volume.
+    pub fn create_volume(&self, spec: &VolumeSpec) -> Result<VolumeInfo, ClientError> {
+        let spec = spec.clone();
+        self.call("createVolume", self.call_timeout, move |kc, path| {
+            Box::pin(async move {
+                let mut rq = kc.create_volume_request();
+                set_volume_spec(rq.get().init_spec(), &spec);
+                let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
+                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
+                check(&path, r.has_error(), || read_error(r.get_error()?))?;
+                r.get_info()
+                    .and_then(read_volume_info)
+                    .map_err(|e| rpc_err(&path, e))
+            })
+        })
+    }
+
+    name_call!(
+        /// Deletes a volume with no I/O in flight.
+        delete_volume, delete_volume_request, set_name, "deleteVolume"
+    );
+
+    /// Every volume with its plexes and stats.
+    pub fn list_volumes(&self) -> Result<Vec<VolumeInfo>, ClientError> {
+        self.call("listVolumes", self.call_timeout, |kc, path| {
+            Box::pin(async move {
+                let resp = kc
+                    .list_volumes_request()
+                    .send()
+                    .promise
+                    .await
+                    .map_err(|e| rpc_err(&path, e))?;
+                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
+                check(&path, r.has_error(), || read_error(r.get_error()?))?;
+                let list = r.get_volumes().map_err(|e| rpc_err(&path, e))?;
+                list.iter()
+                    .map(read_volume_info)
+                    .collect::<capnp::Result<Vec<_>>>()
+                    .map_err(|e| rpc_err(&path, e))
+            })
+        })
+    }
+
+    /// One volume: its state and stats, and its committed layout.
+    pub fn get_volume(&self, name: &str) -> Result<(VolumeInfo, VolumeSpec), ClientError> {
+        let name = name.to_string();
+        self.call("getVolume", self.call_timeout, move |kc, path| {
+            Box::pin(async move {
+                let mut rq = kc.get_volume_request();
+                rq.get().set_name(name.as_str());
+                let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
+                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
+                check(&path, r.has_error(), || read_error(r.get_error()?))?;
+                let info = r
+                    .get_info()
+                    .and_then(read_volume_info)
+                    .map_err(|e| rpc_err(&path, e))?;
+                let spec = r
+                    .get_spec()
+                    .and_then(read_volume_spec)
+                    .map_err(|e| rpc_err(&path, e))?;
+                Ok((info, spec))
+            })
+        })
+    }
+
+    /// Quiesces `volume` and stages `spec`; returns the time it took to drain.
+    pub fn prepare(
+        &self,
+        volume: &str,
+        spec: &VolumeSpec,
+        drain_timeout: Duration,
+    ) -> Result<Duration, ClientError> {
+        let volume = volume.to_string();
+        let spec = spec.clone();
+        let ms = drain_timeout.as_millis().min(u32::MAX as u128) as u32;
+        self.call(
+            "prepare",
+            self.call_timeout + drain_timeout,
+            move |kc, path| {
+                Box::pin(async move {
+                    let mut rq = kc.prepare_request();
+                    rq.get().set_volume(volume.as_str());
+                    rq.get().set_drain_timeout_ms(ms);
+                    set_volume_spec(rq.get().init_spec(), &spec);
+                    let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
+                    let r = resp.get().map_err(|e| rpc_err(&path, e))?;
+                    check(&path, r.has_error(), || read_error(r.get_error()?))?;
+                    Ok(Duration::from_micros(r.get_quiesce_us()))
+                })
+            },
+        )
+    }
+
+    name_call!(
+        /// Applies the staged layout and resumes I/O.
+        commit, commit_request, set_volume, "commit"
+    );
+    name_call!(
+        /// Drops the staged layout and resumes I/O.
+        abort, abort_request, set_volume, "abort"
+    );
+    name_call!(
+        /// Ends a quiesce (the same as abort).
+        resume, resume_request, set_volume, "resume"
+    );
+    name_call!(
+        /// Fails the writes held for a failed plex.
+        fail_held_writes, fail_held_writes_request, set_volume, "failHeldWrites"
+    );
+
+    /// Quiesces `volume` without a layout change; returns the time it took to drain.
+    pub fn quiesce(&self, volume: &str, drain_timeout: Duration) -> Result<Duration, ClientError> {
+        let volume = volume.to_string();
+        let ms = drain_timeout.as_millis().min(u32::MAX as u128) as u32;
+        self.call(
+            "quiesce",
+            self.call_timeout + drain_timeout,
+            move |kc, path| {
+                Box::pin(async move {
+                    let mut rq = kc.quiesce_request();
+                    rq.get().set_volume(volume.as_str());
+                    rq.get().set_drain_timeout_ms(ms);
+                    let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
+                    let r = resp.get().map_err(|e| rpc_err(&path, e))?;
+                    check(&path, r.has_error(), || read_error(r.get_error()?))?;
+                    Ok(Duration::from_micros(r.get_quiesce_us()))
+                })
+            },
+        )
+    }
+
+    /// Changes a plex's state (detach, attach).
+    pub fn set_plex_state(
+        &self,
+        volume: &str,
+        plex: &str,
+        state: PlexState,
+    ) -> Result<(), ClientError> {
+        let (volume, plex) = (volume.to_string(), plex.to_string());
+        self.call("setPlexState", self.call_timeout, move |kc, path| {
+            Box::pin(async move {
+                let mut rq = kc.set_plex_state_request();
+                rq.get().set_volume(volume.as_str());
+                rq.get().set_plex(plex.as_str());
+                rq.get().set_state(plex_state_to(state));
+                let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
+                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
+                check(&path, r.has_error(), || read_error(r.get_error()?))
+            })
+        })
+    }
+
+    /// Sets what the target does on a plex write error.
+    pub fn set_detach_policy(&self, policy: DetachPolicy) -> Result<(), ClientError> {
+        self.call("setDetachPolicy", self.call_timeout, move |kc, path| {
+            Box::pin(async move {
+                let mut rq = kc.set_detach_policy_request();
+                rq.get().set_policy(detach_policy_to(policy));
+                let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
+                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
+                check(&path, r.has_error(), || read_error(r.get_error()?))
+            })
+        })
+    }
+
+    /// Injects a fault into an `error` bdev; returns its injection state.
+    pub fn inject_error(&self, bdev: &str, inj: Injection) -> Result<String, ClientError> {
+        let bdev = bdev.to_string();
+        self.call("injectError", self.call_timeout, move |kc, path| {
+            Box::pin(async move {
+                let mut rq = kc.inject_error_request();
+                rq.get().set_bdev(bdev.as_str());
+                set_injection(rq.get().init_injection(), &inj);
+                let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
+                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
+                check(&path, r.has_error(), || read_error(r.get_error()?))?;
+                r.get_detail()
+                    .and_then(|d| Ok(d.to_string()?))
+                    .map_err(|e| rpc_err(&path, e))
+            })
+        })
+    }
+
+    /// Subscribes to the target's events (from now on).
+    pub fn subscribe(&self) -> Result<Subscription, ClientError> {
+        let (tx, rx) = smol::channel::bounded(EVENT_QUEUE_DEPTH);
+        self.call("subscribe", self.call_timeout, move |kc, path| {
+            Box::pin(async move {
+                let sink: k::event_sink::Client = capnp_rpc::new_client(Sink { tx });
+                let mut rq = kc.subscribe_request();
+                rq.get().set_sink(sink);
+                let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
+                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
+                check(&path, r.has_error(), || read_error(r.get_error()?))
+            })
+        })?;
+        Ok(Subscription { rx })
+    }
+
+    /// One diagnostic I/O (at most [`super::MAX_IO_BYTES`]) on reactor `reactor`.
+    /// A failed I/O is `Ok` with `status` set to its errno.
+    pub fn io(
+        &self,
+        bdev: &str,
+        kind: IoKind,
+        offset_bytes: u64,
+        len_bytes: u32,
+        data: &[u8],
+        reactor: u32,
+    ) -> Result<IoResult, ClientError> {
+        let Some(op) = io_op_to(kind) else {
+            return Err(ClientError::Api(ApiError {
+                code: ErrorCode::Invalid,
+                object: format!("bdev {bdev}"),
+                reason: format!("{kind:?} is not a diagnostic I/O"),
+            }));
+        };
+        let bdev = bdev.to_string();
+        let data = data.to_vec();
+        let timeout_ms = self.call_timeout.as_millis().min(u32::MAX as u128) as u32;
+        self.call("io", self.call_timeout * 2, move |kc, path| {
+            Box::pin(async move {
+                let mut rq = kc.io_request();
+                {
+                    let mut p = rq.get();
+                    p.set_bdev(bdev.as_str());
+                    p.set_op(op);
+                    p.set_offset_bytes(offset_bytes);
+                    p.set_len_bytes(len_bytes);
+                    p.set_data(&data);
+                    p.set_reactor(reactor);
+                    p.set_timeout_ms(timeout_ms);
+                }
+                let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
+                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
+                check(&path, r.has_error(), || read_error(r.get_error()?))?;
+                Ok(IoResult {
+                    status: r.get_status(),
+                    data: r.get_data().map_err(|e| rpc_err(&path, e))?.to_vec(),
+                    latency_us: r.get_latency_us(),
+                })
+            })
+        })
+    }
+
+    /// Writes `data` at `offset_bytes` of `bdev` on reactor 0; returns 0 or the errno.
+    pub fn write(&self, bdev: &str, offset_bytes: u64, data: &[u8]) -> Result<i32, ClientError> {
+        let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
+        Ok(self
+            .io(bdev, IoKind::Write, offset_bytes, len, data, 0)?
+            .status)
+    }
+
+    /// Reads `len_bytes` at `offset_bytes` of `bdev` on reactor 0.
+    pub fn read(
+        &self,
+        bdev: &str,
+        offset_bytes: u64,
+        len_bytes: u32,
+    ) -> Result<IoResult, ClientError> {
+        self.io(bdev, IoKind::Read, offset_bytes, len_bytes, &[], 0)
+    }
+}
+
+impl Drop for KernelClient {
+    fn drop(&mut self) {
+        // Closing the job queue ends the connection thread, which closes the socket.
+        self.jobs.take();
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                log::error!(
+                    "kernel client {}: the connection thread panicked",
+                    self.path
+                );
+            }
+        }
+    }
+}
+
+fn run_connection(
+    stream: Async<std::os::unix::net::UnixStream>,
+    jobs: smol::channel::Receiver<Job>,
+) {
+    let ex = Rc::new(LocalExecutor::new());
+    let ex2 = Rc::clone(&ex);
+    let (reader, writer) = stream.split();
+    let network = twoparty::VatNetwork::new(
+        futures::io::BufReader::new(reader),
+        futures::io::BufWriter::new(writer),
+        rpc_twoparty_capnp::Side::Client,
+        Default::default(),
+    );
+    let mut rpc = RpcSystem::new(Box::new(network), None);
+    let kernel: k::kernel::Client = rpc.bootstrap(rpc_twoparty_capnp::Side::Server);
+    smol::block_on(ex.run(async move {
+        ex2.spawn(async move {
+            if let Err(e) = rpc.await {
+                log::info!("kernel client: connection ended: {e}");
+            }
+        })
+        .detach();
+        while let Ok(job) = jobs.recv().await {
+            ex2.spawn(job(&kernel)).detach();
+        }
+    }));
+}

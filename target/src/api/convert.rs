@@ -1,0 +1,594 @@
+//! Rust types ⇄ `kernel.capnp` builders and readers, used by both the server and
+//! the client so the two sides cannot drift apart.
+
+use std::path::PathBuf;
+
+use capnp::Result;
+use plexd_proto::kernel_capnp as k;
+
+use super::service::{BdevKind, BdevRequest, Injection, TargetInfo};
+use super::{ApiError, ErrorCode};
+use crate::bdev::error::FailOn;
+use crate::bdev::{BdevInfo, IoKind};
+use crate::reactor::PollMode;
+use crate::target::{DetachPolicy, Event};
+use crate::volume::{
+    PlexInfo, PlexKind, PlexSpec, PlexState, ReadPolicy, SubdiskSpec, VolumeInfo, VolumeSpec,
+    VolumeStats,
+};
+
+// ---- enums ----
+
+pub(crate) fn error_code_to(c: ErrorCode) -> k::ErrorCode {
+    match c {
+        ErrorCode::NotFound => k::ErrorCode::NotFound,
+        ErrorCode::Exists => k::ErrorCode::Exists,
+        ErrorCode::InUse => k::ErrorCode::InUse,
+        ErrorCode::Invalid => k::ErrorCode::Invalid,
+        ErrorCode::Timeout => k::ErrorCode::Timeout,
+        ErrorCode::Io => k::ErrorCode::Io,
+    }
+}
+
+pub(crate) fn error_code_from(c: k::ErrorCode) -> ErrorCode {
+    match c {
+        k::ErrorCode::NotFound => ErrorCode::NotFound,
+        k::ErrorCode::Exists => ErrorCode::Exists,
+        k::ErrorCode::InUse => ErrorCode::InUse,
+        k::ErrorCode::Invalid => ErrorCode::Invalid,
+        k::ErrorCode::Timeout => ErrorCode::Timeout,
+        k::ErrorCode::Io => ErrorCode::Io,
+    }
+}
+
+pub(crate) fn plex_state_to(s: PlexState) -> k::PlexState {
+    match s {
+        PlexState::Active => k::PlexState::Active,
+        PlexState::Stale => k::PlexState::Stale,
+        PlexState::Detached => k::PlexState::Detached,
+        PlexState::Syncing => k::PlexState::Syncing,
+    }
+}
+
+pub(crate) fn plex_state_from(s: k::PlexState) -> PlexState {
+    match s {
+        k::PlexState::Active => PlexState::Active,
+        k::PlexState::Stale => PlexState::Stale,
+        k::PlexState::Detached => PlexState::Detached,
+        k::PlexState::Syncing => PlexState::Syncing,
+    }
+}
+
+pub(crate) fn bdev_kind_to(b: BdevKind) -> k::BdevKind {
+    match b {
+        BdevKind::Null => k::BdevKind::Null,
+        BdevKind::Malloc => k::BdevKind::Malloc,
+        BdevKind::Uring => k::BdevKind::Uring,
+        BdevKind::Error => k::BdevKind::Error,
+    }
+}
+
+pub(crate) fn bdev_kind_from(b: k::BdevKind) -> BdevKind {
+    match b {
+        k::BdevKind::Null => BdevKind::Null,
+        k::BdevKind::Malloc => BdevKind::Malloc,
+        k::BdevKind::Uring => BdevKind::Uring,
+        k::BdevKind::Error => BdevKind::Error,
+    }
+}
+
+pub(crate) fn detach_policy_to(p: DetachPolicy) -> k::DetachPolicy {
+    match p {
+        DetachPolicy::Local => k::DetachPolicy::Local,
+        DetachPolicy::External => k::DetachPolicy::External,
+    }
+}
+
+pub(crate) fn detach_policy_from(p: k::DetachPolicy) -> DetachPolicy {
+    match p {
+        k::DetachPolicy::Local => DetachPolicy::Local,
+        k::DetachPolicy::External => DetachPolicy::External,
+    }
+}
+
+pub(crate) fn fail_on_to(f: FailOn) -> k::FailOn {
+    match f {
+        FailOn::Reads => k::FailOn::Reads,
+        FailOn::Writes => k::FailOn::Writes,
+        FailOn::Both => k::FailOn::Both,
+    }
+}
+
+pub(crate) fn fail_on_from(f: k::FailOn) -> FailOn {
+    match f {
+        k::FailOn::Reads => FailOn::Reads,
+        k::FailOn::Writes => FailOn::Writes,
+        k::FailOn::Both => FailOn::Both,
+    }
+}
+
+/// `None` for kinds the diagnostic `io` method does not carry (reset).
+pub(crate) fn io_op_to(kind: IoKind) -> Option<k::IoOp> {
+    Some(match kind {
+        IoKind::Read => k::IoOp::Read,
+        IoKind::Write => k::IoOp::Write,
+        IoKind::Flush => k::IoOp::Flush,
+        IoKind::WriteZeroes => k::IoOp::WriteZeroes,
+        IoKind::Unmap => k::IoOp::Unmap,
+        IoKind::Reset => return None,
+    })
+}
+
+pub(crate) fn io_op_from(op: k::IoOp) -> IoKind {
+    match op {
+        k::IoOp::Read => IoKind::Read,
+        k::IoOp::Write => IoKind::Write,
+        k::IoOp::Flush => IoKind::Flush,
+        k::IoOp::WriteZeroes => IoKind::WriteZeroes,
+        k::IoOp::Unmap => IoKind::Unmap,
+    }
+}
+
+// ---- errors ----
+
+pub(crate) fn set_error(mut b: k::error::Builder<'_>, e: &ApiError) {
+    b.set_code(error_code_to(e.code));
+    b.set_object(e.object.as_str());
+    b.set_reason(e.reason.as_str());
+    b.set_message(e.to_string().as_str());
+}
+
+pub(crate) fn read_error(r: k::error::Reader<'_>) -> Result<ApiError> {
+    Ok(ApiError {
+        code: error_code_from(r.get_code()?),
+        object: r.get_object()?.to_string()?,
+        reason: r.get_reason()?.to_string()?,
+    })
+}
+
+// ---- bdevs ----
+
+pub(crate) fn set_bdev_request(mut b: k::bdev_request::Builder<'_>, r: &BdevRequest) {
+    b.set_kind(bdev_kind_to(r.kind));
+    b.set_name(r.name.as_str());
+    b.set_size_bytes(r.size_bytes);
+    b.set_block_size(r.block_size.unwrap_or(0));
+    if let Some(p) = &r.path {
+        b.set_path(p.to_string_lossy().as_ref());
+    }
+    if let Some(i) = &r.inner {
+        b.set_inner(i.as_str());
+    }
+    b.set_buffered(r.buffered);
+}
+
+pub(crate) fn read_bdev_request(r: k::bdev_request::Reader<'_>) -> Result<BdevRequest> {
+    let path = r.get_path()?.to_str()?;
+    let inner = r.get_inner()?.to_str()?;
+    Ok(BdevRequest {
+        kind: bdev_kind_from(r.get_kind()?),
+        name: r.get_name()?.to_string()?,
+        size_bytes: r.get_size_bytes(),
+        block_size: Some(r.get_block_size()).filter(|&b| b != 0),
+        path: (!path.is_empty()).then(|| PathBuf::from(path)),
+        inner: (!inner.is_empty()).then(|| inner.to_string()),
+        buffered: r.get_buffered(),
+    })
+}
+
+pub(crate) fn set_bdev_info(mut b: k::bdev_info::Builder<'_>, i: &BdevInfo) {
+    b.set_name(i.name.as_str());
+    b.set_kind(i.kind.as_str());
+    b.set_block_size(i.block_size);
+    b.set_size_bytes(i.size_bytes);
+    b.set_detail(i.detail.as_str());
+}
+
+pub(crate) fn read_bdev_info(r: k::bdev_info::Reader<'_>) -> Result<BdevInfo> {
+    Ok(BdevInfo {
+        name: r.get_name()?.to_string()?,
+        kind: r.get_kind()?.to_string()?,
+        block_size: r.get_block_size(),
+        size_bytes: r.get_size_bytes(),
+        detail: r.get_detail()?.to_string()?,
+    })
+}
+
+// ---- volumes ----
+
+fn set_columns(
+    mut b: capnp::struct_list::Builder<'_, k::column::Owned>,
+    cols: &[Vec<SubdiskSpec>],
+) {
+    for (i, col) in cols.iter().enumerate() {
+        let mut sds = b.reborrow().get(i as u32).init_subdisks(col.len() as u32);
+        for (j, sd) in col.iter().enumerate() {
+            let mut s = sds.reborrow().get(j as u32);
+            s.set_bdev(sd.bdev.as_str());
+            s.set_offset_bytes(sd.offset_bytes);
+            s.set_len_bytes(sd.len_bytes);
+        }
+    }
+}
+
+fn read_columns(
+    r: capnp::struct_list::Reader<'_, k::column::Owned>,
+) -> Result<Vec<Vec<SubdiskSpec>>> {
+    let mut cols = Vec::with_capacity(r.len() as usize);
+    for c in r.iter() {
+        let mut col = Vec::new();
+        for s in c.get_subdisks()?.iter() {
+            col.push(SubdiskSpec {
+                bdev: s.get_bdev()?.to_string()?,
+                offset_bytes: s.get_offset_bytes(),
+                len_bytes: s.get_len_bytes(),
+            });
+        }
+        cols.push(col);
+    }
+    Ok(cols)
+}
+
+fn set_read_policy(mut b: k::read_policy::Builder<'_>, p: &ReadPolicy) {
+    match p {
+        ReadPolicy::LeastBusy => b.set_least_busy(()),
+        ReadPolicy::Round => b.set_round(()),
+        ReadPolicy::Prefer(plex) => b.set_prefer(plex.as_str()),
+    }
+}
+
+fn read_read_policy(r: k::read_policy::Reader<'_>) -> Result<ReadPolicy> {
+    Ok(match r.which()? {
+        k::read_policy::LeastBusy(()) => ReadPolicy::LeastBusy,
+        k::read_policy::Round(()) => ReadPolicy::Round,
+        k::read_policy::Prefer(p) => ReadPolicy::Prefer(p?.to_string()?),
+    })
+}
+
+pub(crate) fn set_volume_spec(mut b: k::volume_spec::Builder<'_>, s: &VolumeSpec) {
+    b.set_name(s.name.as_str());
+    b.set_size_bytes(s.size_bytes);
+    set_read_policy(b.reborrow().init_read_policy(), &s.read_policy);
+    let mut plexes = b.init_plexes(s.plexes.len() as u32);
+    for (i, p) in s.plexes.iter().enumerate() {
+        let mut pb = plexes.reborrow().get(i as u32);
+        pb.set_name(p.name.as_str());
+        match p.kind {
+            PlexKind::Concat => pb.set_layout(k::PlexLayout::Concat),
+            PlexKind::Stripe { stripe_unit_bytes } => {
+                pb.set_layout(k::PlexLayout::Stripe);
+                pb.set_stripe_unit_bytes(stripe_unit_bytes);
+            }
+        }
+        pb.set_state(plex_state_to(p.state));
+        set_columns(pb.init_columns(p.columns.len() as u32), &p.columns);
+    }
+}
+
+pub(crate) fn read_volume_spec(r: k::volume_spec::Reader<'_>) -> Result<VolumeSpec> {
+    let mut plexes = Vec::new();
+    for p in r.get_plexes()?.iter() {
+        let kind = match p.get_layout()? {
+            k::PlexLayout::Concat => PlexKind::Concat,
+            k::PlexLayout::Stripe => PlexKind::Stripe {
+                stripe_unit_bytes: p.get_stripe_unit_bytes(),
+            },
+        };
+        plexes.push(PlexSpec {
+            name: p.get_name()?.to_string()?,
+            kind,
+            columns: read_columns(p.get_columns()?)?,
+            state: plex_state_from(p.get_state()?),
+        });
+    }
+    Ok(VolumeSpec {
+        name: r.get_name()?.to_string()?,
+        size_bytes: r.get_size_bytes(),
+        plexes,
+        read_policy: if r.has_read_policy() {
+            read_read_policy(r.get_read_policy()?)?
+        } else {
+            ReadPolicy::LeastBusy
+        },
+    })
+}
+
+fn set_stats(mut b: k::volume_stats::Builder<'_>, s: &VolumeStats) {
+    b.set_read_ops(s.read_ops);
+    b.set_write_ops(s.write_ops);
+    b.set_other_ops(s.other_ops);
+    b.set_read_bytes(s.read_bytes);
+    b.set_write_bytes(s.write_bytes);
+    b.set_failed_ops(s.failed_ops);
+    b.set_read_retries(s.read_retries);
+    b.set_latency_ns_total(s.latency_ns_total);
+    b.set_latency_ns_max(s.latency_ns_max);
+}
+
+fn read_stats(r: k::volume_stats::Reader<'_>) -> VolumeStats {
+    VolumeStats {
+        read_ops: r.get_read_ops(),
+        write_ops: r.get_write_ops(),
+        other_ops: r.get_other_ops(),
+        read_bytes: r.get_read_bytes(),
+        write_bytes: r.get_write_bytes(),
+        failed_ops: r.get_failed_ops(),
+        read_retries: r.get_read_retries(),
+        latency_ns_total: r.get_latency_ns_total(),
+        latency_ns_max: r.get_latency_ns_max(),
+    }
+}
+
+pub(crate) fn set_volume_info(mut b: k::volume_info::Builder<'_>, v: &VolumeInfo) {
+    b.set_name(v.name.as_str());
+    b.set_size_bytes(v.size_bytes);
+    b.set_block_size(v.block_size);
+    b.set_state(v.state.as_str());
+    b.set_staged(v.staged);
+    set_read_policy(b.reborrow().init_read_policy(), &v.read_policy);
+    set_stats(b.reborrow().init_stats(), &v.stats);
+    b.set_inflight(v.inflight);
+    b.set_parked(v.parked);
+    b.set_held(v.held);
+    let mut plexes = b.init_plexes(v.plexes.len() as u32);
+    for (i, p) in v.plexes.iter().enumerate() {
+        let mut pb = plexes.reborrow().get(i as u32);
+        pb.set_name(p.name.as_str());
+        pb.set_state(plex_state_to(p.state));
+        pb.set_layout(if p.layout == "stripe" {
+            k::PlexLayout::Stripe
+        } else {
+            k::PlexLayout::Concat
+        });
+        pb.set_len_bytes(p.len_bytes);
+        set_columns(pb.init_columns(p.columns.len() as u32), &p.columns);
+    }
+}
+
+pub(crate) fn read_volume_info(r: k::volume_info::Reader<'_>) -> Result<VolumeInfo> {
+    let mut plexes = Vec::new();
+    for p in r.get_plexes()?.iter() {
+        plexes.push(PlexInfo {
+            name: p.get_name()?.to_string()?,
+            state: plex_state_from(p.get_state()?),
+            layout: match p.get_layout()? {
+                k::PlexLayout::Concat => "concat".into(),
+                k::PlexLayout::Stripe => "stripe".into(),
+            },
+            len_bytes: p.get_len_bytes(),
+            columns: read_columns(p.get_columns()?)?,
+        });
+    }
+    Ok(VolumeInfo {
+        name: r.get_name()?.to_string()?,
+        size_bytes: r.get_size_bytes(),
+        block_size: r.get_block_size(),
+        state: r.get_state()?.to_string()?,
+        staged: r.get_staged(),
+        read_policy: read_read_policy(r.get_read_policy()?)?,
+        plexes,
+        stats: read_stats(r.get_stats()?),
+        inflight: r.get_inflight(),
+        parked: r.get_parked(),
+        held: r.get_held(),
+    })
+}
+
+// ---- injection, events, info ----
+
+pub(crate) fn set_injection(mut b: k::injection::Builder<'_>, i: &Injection) {
+    match *i {
+        Injection::Fail { on, errno, count } => {
+            let mut f = b.init_fail();
+            f.set_on(fail_on_to(on));
+            f.set_errno(errno);
+            f.set_count(count.unwrap_or(0));
+        }
+        Injection::LatencyUs(us) => b.set_latency_us(us),
+        Injection::ClearFailures => b.set_clear_failures(()),
+        Injection::Clear => b.set_clear(()),
+    }
+}
+
+pub(crate) fn read_injection(r: k::injection::Reader<'_>) -> Result<Injection> {
+    Ok(match r.which()? {
+        k::injection::Fail(f) => Injection::Fail {
+            on: fail_on_from(f.get_on()?),
+            errno: f.get_errno(),
+            count: Some(f.get_count()).filter(|&c| c != 0),
+        },
+        k::injection::LatencyUs(us) => Injection::LatencyUs(us),
+        k::injection::ClearFailures(()) => Injection::ClearFailures,
+        k::injection::Clear(()) => Injection::Clear,
+    })
+}
+
+pub(crate) fn set_event(b: k::event::Builder<'_>, ev: &Event) {
+    match ev {
+        Event::PlexIoError {
+            volume,
+            plex,
+            errno,
+        } => {
+            let mut g = b.init_plex_io_error();
+            g.set_volume(volume.as_str());
+            g.set_plex(plex.as_str());
+            g.set_errno(*errno);
+        }
+        Event::PlexState {
+            volume,
+            plex,
+            state,
+        } => {
+            let mut g = b.init_plex_state();
+            g.set_volume(volume.as_str());
+            g.set_plex(plex.as_str());
+            // States are published with PlexState::as_str; anything else is a bug
+            // upstream, shown as STALE (the conservative reading) rather than lost.
+            g.set_state(plex_state_to(
+                PlexState::parse(state).unwrap_or(PlexState::Stale),
+            ));
+        }
+        Event::DiskGone { bdev, reason } => {
+            let mut g = b.init_disk_gone();
+            g.set_bdev(bdev.as_str());
+            g.set_reason(reason.as_str());
+        }
+    }
+}
+
+pub(crate) fn read_event(r: k::event::Reader<'_>) -> Result<Event> {
+    Ok(match r.which()? {
+        k::event::PlexIoError(g) => Event::PlexIoError {
+            volume: g.get_volume()?.to_string()?,
+            plex: g.get_plex()?.to_string()?,
+            errno: g.get_errno(),
+        },
+        k::event::PlexState(g) => Event::PlexState {
+            volume: g.get_volume()?.to_string()?,
+            plex: g.get_plex()?.to_string()?,
+            state: plex_state_from(g.get_state()?).as_str().to_string(),
+        },
+        k::event::DiskGone(g) => Event::DiskGone {
+            bdev: g.get_bdev()?.to_string()?,
+            reason: g.get_reason()?.to_string()?,
+        },
+    })
+}
+
+pub(crate) fn set_info(mut b: k::target_info::Builder<'_>, i: &TargetInfo) {
+    b.set_version(i.version.as_str());
+    b.set_reactors(i.reactors);
+    b.set_poll_mode(match i.poll_mode {
+        PollMode::Adaptive => k::PollMode::Adaptive,
+        PollMode::Always => k::PollMode::Always,
+    });
+    b.set_hugepages(i.hugepages);
+    b.set_socket(i.socket.as_str());
+    b.set_pid(i.pid);
+    b.set_detach_policy(detach_policy_to(i.detach_policy));
+    let mut cores = b.init_cores(i.cores.len() as u32);
+    for (n, c) in i.cores.iter().enumerate() {
+        cores.set(n as u32, c.map_or(-1, |c| c as i32));
+    }
+}
+
+pub(crate) fn read_info(r: k::target_info::Reader<'_>) -> Result<TargetInfo> {
+    Ok(TargetInfo {
+        version: r.get_version()?.to_string()?,
+        reactors: r.get_reactors(),
+        cores: r
+            .get_cores()?
+            .iter()
+            .map(|c| usize::try_from(c).ok())
+            .collect(),
+        poll_mode: match r.get_poll_mode()? {
+            k::PollMode::Adaptive => PollMode::Adaptive,
+            k::PollMode::Always => PollMode::Always,
+        },
+        hugepages: r.get_hugepages(),
+        socket: r.get_socket()?.to_string()?,
+        pid: r.get_pid(),
+        detach_policy: detach_policy_from(r.get_detach_policy()?),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> VolumeSpec {
+        let sd = |b: &str, o, l| SubdiskSpec {
+            bdev: b.into(),
+            offset_bytes: o,
+            len_bytes: l,
+        };
+        VolumeSpec {
+            name: "v0".into(),
+            size_bytes: 1 << 20,
+            plexes: vec![
+                PlexSpec {
+                    name: "v0-01".into(),
+                    kind: PlexKind::Concat,
+                    columns: vec![vec![sd("m0", 0, 1 << 19), sd("m1", 4096, 1 << 19)]],
+                    state: PlexState::Active,
+                },
+                PlexSpec {
+                    name: "v0-02".into(),
+                    kind: PlexKind::Stripe {
+                        stripe_unit_bytes: 65536,
+                    },
+                    columns: vec![vec![sd("m2", 0, 1 << 19)], vec![sd("m3", 0, 1 << 19)]],
+                    state: PlexState::Syncing,
+                },
+            ],
+            read_policy: ReadPolicy::Prefer("v0-02".into()),
+        }
+    }
+
+    #[test]
+    fn volume_spec_round_trips() {
+        let s = spec();
+        let mut msg = capnp::message::Builder::new_default();
+        set_volume_spec(msg.init_root(), &s);
+        let r = msg.get_root_as_reader::<k::volume_spec::Reader>().unwrap();
+        assert_eq!(read_volume_spec(r).unwrap(), s);
+    }
+
+    #[test]
+    fn events_round_trip() {
+        for ev in [
+            Event::PlexIoError {
+                volume: "v0".into(),
+                plex: "v0-01".into(),
+                errno: 5,
+            },
+            Event::PlexState {
+                volume: "v0".into(),
+                plex: "v0-01".into(),
+                state: "STALE".into(),
+            },
+            Event::DiskGone {
+                bdev: "u0".into(),
+                reason: "ENODEV".into(),
+            },
+        ] {
+            let mut msg = capnp::message::Builder::new_default();
+            set_event(msg.init_root(), &ev);
+            let r = msg.get_root_as_reader::<k::event::Reader>().unwrap();
+            assert_eq!(read_event(r).unwrap(), ev);
+        }
+    }
+
+    #[test]
+    fn bdev_request_and_injection_round_trip() {
+        let mut req = BdevRequest::uring("u0", "/tmp/x.img");
+        req.block_size = Some(4096);
+        req.buffered = true;
+        let mut msg = capnp::message::Builder::new_default();
+        set_bdev_request(msg.init_root(), &req);
+        let r = msg.get_root_as_reader::<k::bdev_request::Reader>().unwrap();
+        assert_eq!(read_bdev_request(r).unwrap(), req);
+
+        for inj in [
+            Injection::Fail {
+                on: FailOn::Writes,
+                errno: 5,
+                count: Some(3),
+            },
+            Injection::Fail {
+                on: FailOn::Both,
+                errno: 61,
+                count: None,
+            },
+            Injection::LatencyUs(250),
+            Injection::ClearFailures,
+            Injection::Clear,
+        ] {
+            let mut msg = capnp::message::Builder::new_default();
+            set_injection(msg.init_root(), &inj);
+            let r = msg.get_root_as_reader::<k::injection::Reader>().unwrap();
+            assert_eq!(read_injection(r).unwrap(), inj);
+        }
+    }
+}

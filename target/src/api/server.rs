@@ -1,0 +1,612 @@
+//! The kernel interface's RPC server.
+//!
+//! One control thread (`kernel-api`) runs a `smol::LocalExecutor`: Cap'n Proto RPC
+//! objects are `!Send`, so every connection's `RpcSystem` lives on that thread. Target
+//! calls that block (a prepare waits for drains, most calls broadcast to reactors) run
+//! on `smol::unblock`'s thread pool, so one slow call never stalls other connections.
+//!
+//! The socket: a stale socket file (nobody answers on it) is removed at start; a live
+//! one (another target accepts a connection) is refused. On stop the file is removed
+//! if it is still the one this server bound.
+
+use std::cell::Cell;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use capnp_rpc::{rpc_twoparty_capnp, twoparty, RpcSystem};
+use futures::AsyncReadExt;
+use plexd_proto::kernel_capnp as k;
+use smol::{Async, LocalExecutor};
+
+use super::convert::*;
+use super::service::{DiagIo, KernelService};
+use super::ApiError;
+use crate::target::{Event, TargetError};
+use crate::volume::DEFAULT_DRAIN_TIMEOUT;
+
+/// Most client connections served at once; further ones are closed at accept.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Longest drain timeout a client may ask for.
+pub const MAX_DRAIN_TIMEOUT: Duration = Duration::from_secs(600);
+/// Longest the server waits for a subscriber's sink to take one event before it
+/// ends the subscription.
+pub const EVENT_DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause after a failed accept (e.g. out of file descriptors) before the next one.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// A running server. Dropping it stops it.
+pub struct ServerHandle {
+    path: PathBuf,
+    ino: u64,
+    stop_tx: Option<smol::channel::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+fn socket_err(path: &Path, reason: impl Into<String>) -> TargetError {
+    TargetError::Io {
+        object: format!("socket {}", path.display()),
+        reason: reason.into(),
+    }
+}
+
+/// Checks that `path` can be served: absent, or a stale socket (removed here).
+/// Refuses a socket another live target answers on, and anything that is not a
+/// socket. [`ServerHandle::start`] does it too; a binary calls it early to fail
+/// before it creates anything.
+pub fn clear_stale_socket(path: &Path) -> Result<(), TargetError> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(socket_err(path, format!("cannot stat: {e}"))),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(TargetError::invalid(
+            format!("socket {}", path.display()),
+            "the path exists and is not a socket; refusing to replace it",
+        ));
+    }
+    match UnixStream::connect(path) {
+        Ok(_) => Err(TargetError::InUse {
+            kind: "socket",
+            name: path.display().to_string(),
+            user:
+                "another live target (it accepted a connection); stop it or pick another --socket"
+                    .into(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            log::info!("socket {}: removing a stale socket file", path.display());
+            std::fs::remove_file(path)
+                .map_err(|e| socket_err(path, format!("cannot remove the stale socket: {e}")))
+        }
+        Err(e) => Err(socket_err(
+            path,
+            format!("cannot probe the existing socket: {e}"),
+        )),
+    }
+}
+
+impl ServerHandle {
+    /// Binds `path` and serves `service` on it from a new control thread.
+    pub fn start(service: Arc<KernelService>, path: &Path) -> Result<ServerHandle, TargetError> {
+        clear_stale_socket(path)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| socket_err(path, format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let listener =
+            UnixListener::bind(path).map_err(|e| socket_err(path, format!("cannot bind: {e}")))?;
+        let ino = std::fs::symlink_metadata(path)
+            .map(|m| m.ino())
+            .map_err(|e| socket_err(path, format!("cannot stat after bind: {e}")))?;
+        let listener = Async::new(listener)
+            .map_err(|e| socket_err(path, format!("cannot make non-blocking: {e}")))?;
+        service.set_socket(&path.to_string_lossy());
+        let (stop_tx, stop_rx) = smol::channel::bounded::<()>(1);
+        let shown = path.display().to_string();
+        let thread = std::thread::Builder::new()
+            .name("kernel-api".into())
+            .spawn(move || serve(service, listener, stop_rx, shown))
+            .map_err(|e| socket_err(path, format!("cannot start the control thread: {e}")))?;
+        log::info!("kernel interface: listening on {}", path.display());
+        Ok(ServerHandle {
+            path: path.to_path_buf(),
+            ino,
+            stop_tx: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Stops serving: closes every connection, joins the control thread, removes the
+    /// socket file if it is still ours.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        let Some(tx) = self.stop_tx.take() else {
+            return;
+        };
+        drop(tx);
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                log::error!("kernel interface: the control thread panicked");
+            }
+        }
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(m) if m.ino() == self.ino => {
+                if let Err(e) = std::fs::remove_file(&self.path) {
+                    log::warn!("socket {}: cannot remove: {e}", self.path.display());
+                }
+            }
+            _ => log::warn!(
+                "socket {}: replaced by someone else; left in place",
+                self.path.display()
+            ),
+        }
+        log::info!("kernel interface: stopped");
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn serve(
+    service: Arc<KernelService>,
+    listener: Async<UnixListener>,
+    stop_rx: smol::channel::Receiver<()>,
+    shown: String,
+) {
+    let ex = Rc::new(LocalExecutor::new());
+    let ex2 = Rc::clone(&ex);
+    let accept = async move {
+        let active = Rc::new(Cell::new(0usize));
+        let mut next_id = 0u64;
+        loop {
+            let stream = match listener.accept().await {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    log::warn!("kernel interface {shown}: accept failed: {e}");
+                    smol::Timer::after(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            };
+            if active.get() >= MAX_CONNECTIONS {
+                log::warn!(
+                    "kernel interface {shown}: {MAX_CONNECTIONS} connections open; refusing another"
+                );
+                continue;
+            }
+            next_id += 1;
+            active.set(active.get() + 1);
+            let conn = connection(
+                Arc::clone(&service),
+                Rc::clone(&ex2),
+                stream,
+                next_id,
+                Rc::clone(&active),
+            );
+            ex2.spawn(conn).detach();
+        }
+    };
+    let stop = async move {
+        // Ends when the handle drops its sender.
+        let _ = stop_rx.recv().await;
+    };
+    smol::block_on(ex.run(smol::future::or(accept, stop)));
+    // Dropping the executor cancels every connection task: their sockets close.
+}
+
+async fn connection(
+    service: Arc<KernelService>,
+    ex: Rc<LocalExecutor<'static>>,
+    stream: Async<UnixStream>,
+    id: u64,
+    active: Rc<Cell<usize>>,
+) {
+    struct Leave(Rc<Cell<usize>>);
+    impl Drop for Leave {
+        fn drop(&mut self) {
+            self.0.set(self.0.get().saturating_sub(1));
+        }
+    }
+    let _leave = Leave(active);
+    log::debug!("kernel interface: connection {id} open");
+    let (reader, writer) = stream.split();
+    let network = twoparty::VatNetwork::new(
+        futures::io::BufReader::new(reader),
+        futures::io::BufWriter::new(writer),
+        rpc_twoparty_capnp::Side::Server,
+        Default::default(),
+    );
+    // Dropped when the connection ends: tells this connection's subscriptions to stop.
+    let (closed_tx, closed_rx) = smol::channel::bounded::<()>(1);
+    let kernel: k::kernel::Client = capnp_rpc::new_client(KernelImpl {
+        service,
+        ex,
+        closed: closed_rx,
+        conn: id,
+    });
+    let rpc = RpcSystem::new(Box::new(network), Some(kernel.client));
+    match rpc.await {
+        Ok(()) => log::debug!("kernel interface: connection {id} closed"),
+        Err(e) => log::info!("kernel interface: connection {id} ended: {e}"),
+    }
+    drop(closed_tx);
+}
+
+/// The `Kernel` capability of one connection.
+struct KernelImpl {
+    service: Arc<KernelService>,
+    ex: Rc<LocalExecutor<'static>>,
+    closed: smol::channel::Receiver<()>,
+    conn: u64,
+}
+
+/// Records a failed request once (log) and in the results.
+fn fail(conn: u64, method: &str, e: &TargetError, b: k::error::Builder<'_>) {
+    log::warn!("kernel interface: connection {conn}: {method}: {e}");
+    set_error(b, &ApiError::from(e));
+}
+
+fn drain_timeout(ms: u32) -> Duration {
+    if ms == 0 {
+        DEFAULT_DRAIN_TIMEOUT
+    } else {
+        Duration::from_millis(ms as u64).min(MAX_DRAIN_TIMEOUT)
+    }
+}
+
+/// Runs a blocking service call off the control thread.
+async fn blocking<T: Send + 'static>(
+    svc: &Arc<KernelService>,
+    f: impl FnOnce(&KernelService) -> Result<T, TargetError> + Send + 'static,
+) -> Result<T, TargetError> {
+    let svc = Arc::clone(svc);
+    smol::unblock(move || f(&svc)).await
+}
+
+fn text(r: capnp::Result<capnp::text::Reader<'_>>) -> capnp::Result<String> {
+    Ok(r?.to_string()?)
+}
+
+impl k::kernel::Server for KernelImpl {
+    async fn info(
+        self: Rc<Self>,
+        _: k::kernel::InfoParams,
+        mut results: k::kernel::InfoResults,
+    ) -> Result<(), capnp::Error> {
+        set_info(results.get().init_info(), &self.service.info());
+        Ok(())
+    }
+
+    async fn create_bdev(
+        self: Rc<Self>,
+        params: k::kernel::CreateBdevParams,
+        mut results: k::kernel::CreateBdevResults,
+    ) -> Result<(), capnp::Error> {
+        let req = read_bdev_request(params.get()?.get_bdev()?)?;
+        match blocking(&self.service, move |s| s.create_bdev(&req)).await {
+            Ok(info) => set_bdev_info(results.get().init_info(), &info),
+            Err(e) => fail(self.conn, "createBdev", &e, results.get().init_error()),
+        }
+        Ok(())
+    }
+
+    async fn delete_bdev(
+        self: Rc<Self>,
+        params: k::kernel::DeleteBdevParams,
+        mut results: k::kernel::DeleteBdevResults,
+    ) -> Result<(), capnp::Error> {
+        let name = text(params.get()?.get_name())?;
+        if let Err(e) = blocking(&self.service, move |s| s.delete_bdev(&name)).await {
+            fail(self.conn, "deleteBdev", &e, results.get().init_error());
+        }
+        Ok(())
+    }
+
+    async fn list_bdevs(
+        self: Rc<Self>,
+        _: k::kernel::ListBdevsParams,
+        mut results: k::kernel::ListBdevsResults,
+    ) -> Result<(), capnp::Error> {
+        let list = self.service.target().list_bdevs();
+        let mut l = results.get().init_bdevs(list.len() as u32);
+        for (i, b) in list.iter().enumerate() {
+            set_bdev_info(l.reborrow().get(i as u32), b);
+        }
+        Ok(())
+    }
+
+    async fn create_volume(
+        self: Rc<Self>,
+        params: k::kernel::CreateVolumeParams,
+        mut results: k::kernel::CreateVolumeResults,
+    ) -> Result<(), capnp::Error> {
+        let spec = read_volume_spec(params.get()?.get_spec()?)?;
+        match blocking(&self.service, move |s| s.target().create_volume(&spec)).await {
+            Ok(info) => set_volume_info(results.get().init_info(), &info),
+            Err(e) => fail(self.conn, "createVolume", &e, results.get().init_error()),
+        }
+        Ok(())
+    }
+
+    async fn delete_volume(
+        self: Rc<Self>,
+        params: k::kernel::DeleteVolumeParams,
+        mut results: k::kernel::DeleteVolumeResults,
+    ) -> Result<(), capnp::Error> {
+        let name = text(params.get()?.get_name())?;
+        if let Err(e) = blocking(&self.service, move |s| s.target().delete_volume(&name)).await {
+            fail(self.conn, "deleteVolume", &e, results.get().init_error());
+        }
+        Ok(())
+    }
+
+    async fn list_volumes(
+        self: Rc<Self>,
+        _: k::kernel::ListVolumesParams,
+        mut results: k::kernel::ListVolumesResults,
+    ) -> Result<(), capnp::Error> {
+        let list = blocking(&self.service, |s| Ok(s.target().list_volumes())).await;
+        match list {
+            Ok(list) => {
+                let mut l = results.get().init_volumes(list.len() as u32);
+                for (i, v) in list.iter().enumerate() {
+                    set_volume_info(l.reborrow().get(i as u32), v);
+                }
+            }
+            Err(e) => fail(self.conn, "listVolumes", &e, results.get().init_error()),
+        }
+        Ok(())
+    }
+
+    async fn get_volume(
+        self: Rc<Self>,
+        params: k::kernel::GetVolumeParams,
+        mut results: k::kernel::GetVolumeResults,
+    ) -> Result<(), capnp::Error> {
+        let name = text(params.get()?.get_name())?;
+        let r = blocking(&self.service, move |s| {
+            let t = s.target();
+            Ok((t.volume_info(&name)?, t.volume_spec(&name)?))
+        })
+        .await;
+        match r {
+            Ok((info, spec)) => {
+                set_volume_info(results.get().init_info(), &info);
+                set_volume_spec(results.get().init_spec(), &spec);
+            }
+            Err(e) => fail(self.conn, "getVolume", &e, results.get().init_error()),
+        }
+        Ok(())
+    }
+
+    async fn prepare(
+        self: Rc<Self>,
+        params: k::kernel::PrepareParams,
+        mut results: k::kernel::PrepareResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get()?;
+        let name = text(p.get_volume())?;
+        let spec = read_volume_spec(p.get_spec()?)?;
+        let timeout = drain_timeout(p.get_drain_timeout_ms());
+        match blocking(&self.service, move |s| {
+            s.target().prepare(&name, &spec, timeout)
+        })
+        .await
+        {
+            Ok(d) => results.get().set_quiesce_us(d.as_micros() as u64),
+            Err(e) => fail(self.conn, "prepare", &e, results.get().init_error()),
+        }
+        Ok(())
+    }
+
+    async fn commit(
+        self: Rc<Self>,
+        params: k::kernel::CommitParams,
+        mut results: k::kernel::CommitResults,
+    ) -> Result<(), capnp::Error> {
+        let name = text(params.get()?.get_volume())?;
+        if let Err(e) = blocking(&self.service, move |s| s.target().commit(&name)).await {
+            fail(self.conn, "commit", &e, results.get().init_error());
+        }
+        Ok(())
+    }
+
+    async fn abort(
+        self: Rc<Self>,
+        params: k::kernel::AbortParams,
+        mut results: k::kernel::AbortResults,
+    ) -> Result<(), capnp::Error> {
+        let name = text(params.get()?.get_volume())?;
+        if let Err(e) = blocking(&self.service, move |s| s.target().abort(&name)).await {
+            fail(self.conn, "abort", &e, results.get().init_error());
+        }
+        Ok(())
+    }
+
+    async fn quiesce(
+        self: Rc<Self>,
+        params: k::kernel::QuiesceParams,
+        mut results: k::kernel::QuiesceResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get()?;
+        let name = text(p.get_volume())?;
+        let timeout = drain_timeout(p.get_drain_timeout_ms());
+        match blocking(&self.service, move |s| s.target().quiesce(&name, timeout)).await {
+            Ok(d) => results.get().set_quiesce_us(d.as_micros() as u64),
+            Err(e) => fail(self.conn, "quiesce", &e, results.get().init_error()),
+        }
+        Ok(())
+    }
+
+    async fn resume(
+        self: Rc<Self>,
+        params: k::kernel::ResumeParams,
+        mut results: k::kernel::ResumeResults,
+    ) -> Result<(), capnp::Error> {
+        let name = text(params.get()?.get_volume())?;
+        if let Err(e) = blocking(&self.service, move |s| s.target().abort(&name)).await {
+            fail(self.conn, "resume", &e, results.get().init_error());
+        }
+        Ok(())
+    }
+
+    async fn set_plex_state(
+        self: Rc<Self>,
+        params: k::kernel::SetPlexStateParams,
+        mut results: k::kernel::SetPlexStateResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get()?;
+        let vol = text(p.get_volume())?;
+        let plex = text(p.get_plex())?;
+        let state = plex_state_from(p.get_state()?);
+        if let Err(e) = blocking(&self.service, move |s| {
+            s.target().set_plex_state(&vol, &plex, state)
+        })
+        .await
+        {
+            fail(self.conn, "setPlexState", &e, results.get().init_error());
+        }
+        Ok(())
+    }
+
+    async fn fail_held_writes(
+        self: Rc<Self>,
+        params: k::kernel::FailHeldWritesParams,
+        mut results: k::kernel::FailHeldWritesResults,
+    ) -> Result<(), capnp::Error> {
+        let name = text(params.get()?.get_volume())?;
+        if let Err(e) = blocking(&self.service, move |s| s.target().fail_held_writes(&name)).await {
+            fail(self.conn, "failHeldWrites", &e, results.get().init_error());
+        }
+        Ok(())
+    }
+
+    async fn set_detach_policy(
+        self: Rc<Self>,
+        params: k::kernel::SetDetachPolicyParams,
+        _: k::kernel::SetDetachPolicyResults,
+    ) -> Result<(), capnp::Error> {
+        let p = detach_policy_from(params.get()?.get_policy()?);
+        self.service.target().set_detach_policy(p);
+        log::info!(
+            "kernel interface: connection {}: detach policy set to {p:?}",
+            self.conn
+        );
+        Ok(())
+    }
+
+    async fn inject_error(
+        self: Rc<Self>,
+        params: k::kernel::InjectErrorParams,
+        mut results: k::kernel::InjectErrorResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get()?;
+        let name = text(p.get_bdev())?;
+        let inj = read_injection(p.get_injection()?)?;
+        match self.service.inject_error(&name, inj) {
+            Ok(detail) => results.get().set_detail(detail.as_str()),
+            Err(e) => fail(self.conn, "injectError", &e, results.get().init_error()),
+        }
+        Ok(())
+    }
+
+    async fn subscribe(
+        self: Rc<Self>,
+        params: k::kernel::SubscribeParams,
+        _: k::kernel::SubscribeResults,
+    ) -> Result<(), capnp::Error> {
+        let sink = params.get()?.get_sink()?;
+        let events = self.service.target().subscribe();
+        log::info!(
+            "kernel interface: connection {}: subscribed to events",
+            self.conn
+        );
+        self.ex
+            .spawn(forward_events(events, sink, self.closed.clone(), self.conn))
+            .detach();
+        Ok(())
+    }
+
+    async fn io(
+        self: Rc<Self>,
+        params: k::kernel::IoParams,
+        mut results: k::kernel::IoResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get()?;
+        let io = DiagIo {
+            bdev: text(p.get_bdev())?,
+            kind: io_op_from(p.get_op()?),
+            offset_bytes: p.get_offset_bytes(),
+            len_bytes: p.get_len_bytes() as u64,
+            data: p.get_data()?.to_vec(),
+            reactor: p.get_reactor() as usize,
+            timeout: Duration::from_millis(p.get_timeout_ms() as u64),
+        };
+        match blocking(&self.service, move |s| s.io(io)).await {
+            Ok(r) => {
+                let mut b = results.get();
+                b.set_status(r.status);
+                b.set_data(&r.data);
+                b.set_latency_us(r.latency_us);
+            }
+            Err(e) => fail(self.conn, "io", &e, results.get().init_error()),
+        }
+        Ok(())
+    }
+}
+
+/// Sends every event to `sink`, one call at a time, until the connection closes, a
+/// call fails or takes longer than [`EVENT_DELIVERY_TIMEOUT`].
+async fn forward_events(
+    events: smol::channel::Receiver<Event>,
+    sink: k::event_sink::Client,
+    closed: smol::channel::Receiver<()>,
+    conn: u64,
+) {
+    loop {
+        let next = smol::future::or(async { events.recv().await.ok() }, async {
+            let _ = closed.recv().await;
+            None
+        })
+        .await;
+        let Some(ev) = next else {
+            break;
+        };
+        let mut req = sink.event_request();
+        set_event(req.get().init_event(), &ev);
+        let sent = smol::future::or(async { Some(req.send().promise.await) }, async {
+            smol::Timer::after(EVENT_DELIVERY_TIMEOUT).await;
+            None
+        })
+        .await;
+        match sent {
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                log::info!("kernel interface: connection {conn}: event sink failed ({e}); subscription ended");
+                break;
+            }
+            None => {
+                log::warn!(
+                    "kernel interface: connection {conn}: event sink did not answer within {EVENT_DELIVERY_TIMEOUT:?}; subscription ended"
+                );
+                break;
+            }
+        }
+    }
+    log::debug!("kernel interface: connection {conn}: event forwarding stopped");
+}

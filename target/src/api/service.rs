@@ -1,0 +1,445 @@
+//! The kernel interface's operations in plain Rust, on top of [`Target`]. The RPC
+//! server calls these (on `smol::unblock` threads: several of them block), and so
+//! does the standalone configuration loader, so a bdev made from a file and one made
+//! over the socket are the same thing.
+//!
+//! Besides the target, the service keeps the `error` bdevs it created by name: the
+//! target's registry holds them as `dyn Bdev`, and fault injection needs the
+//! concrete type.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use crate::bdev::error::{ErrorBdev, FailOn};
+use crate::bdev::malloc::MallocBdev;
+use crate::bdev::null::NullBdev;
+use crate::bdev::uring::{UringBdev, UringOpts};
+use crate::bdev::{Bdev, BdevInfo, IoKind, IoStatus};
+use crate::reactor::PollMode;
+use crate::target::{DetachPolicy, Target, TargetError};
+use crate::testutil::{run_ios, IoReq};
+
+/// Largest I/O of the diagnostic `io` method.
+pub const MAX_IO_BYTES: u64 = 1 << 20;
+/// Longest an `io` call waits for its completion (and the default when none is given).
+pub const MAX_IO_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default block size of `null` and `malloc` bdevs.
+pub const DEFAULT_BLOCK_SIZE_BYTES: u32 = 512;
+/// Largest block size accepted for `null` and `malloc` bdevs.
+pub const MAX_BLOCK_SIZE_BYTES: u32 = 64 << 10;
+
+/// Backends a client can create.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BdevKind {
+    /// Completes everything at once, stores nothing.
+    Null,
+    /// Memory.
+    Malloc,
+    /// A file or block device through io_uring.
+    Uring,
+    /// Wraps another bdev and injects faults on command.
+    Error,
+}
+
+impl BdevKind {
+    /// The name used in the schema and the configuration file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BdevKind::Null => "null",
+            BdevKind::Malloc => "malloc",
+            BdevKind::Uring => "uring",
+            BdevKind::Error => "error",
+        }
+    }
+}
+
+/// A bdev to create.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BdevRequest {
+    /// Backend.
+    pub kind: BdevKind,
+    /// Unique name.
+    pub name: String,
+    /// Capacity (`null`, `malloc`).
+    pub size_bytes: u64,
+    /// Block size; `None` = the backend's default.
+    pub block_size: Option<u32>,
+    /// File or block device (`uring`).
+    pub path: Option<PathBuf>,
+    /// The wrapped bdev (`error`).
+    pub inner: Option<String>,
+    /// Through the page cache instead of O_DIRECT (`uring`).
+    pub buffered: bool,
+}
+
+impl BdevRequest {
+    /// A `null` bdev.
+    pub fn null(name: &str, size_bytes: u64) -> BdevRequest {
+        BdevRequest::sized(BdevKind::Null, name, size_bytes)
+    }
+
+    /// A `malloc` bdev.
+    pub fn malloc(name: &str, size_bytes: u64) -> BdevRequest {
+        BdevRequest::sized(BdevKind::Malloc, name, size_bytes)
+    }
+
+    /// A `uring` bdev on `path`.
+    pub fn uring(name: &str, path: impl Into<PathBuf>) -> BdevRequest {
+        BdevRequest {
+            path: Some(path.into()),
+            ..BdevRequest::sized(BdevKind::Uring, name, 0)
+        }
+    }
+
+    /// An `error` bdev wrapping `inner`.
+    pub fn error(name: &str, inner: &str) -> BdevRequest {
+        BdevRequest {
+            inner: Some(inner.to_string()),
+            ..BdevRequest::sized(BdevKind::Error, name, 0)
+        }
+    }
+
+    fn sized(kind: BdevKind, name: &str, size_bytes: u64) -> BdevRequest {
+        BdevRequest {
+            kind,
+            name: name.to_string(),
+            size_bytes,
+            block_size: None,
+            path: None,
+            inner: None,
+            buffered: false,
+        }
+    }
+}
+
+/// A fault to inject into an `error` bdev.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Injection {
+    /// Fail matching I/Os with `errno` (EIO when 0), the next `count` of them or
+    /// until cleared (`None`).
+    Fail {
+        /// Which I/Os.
+        on: FailOn,
+        /// The errno.
+        errno: i32,
+        /// How many; `None` = until cleared.
+        count: Option<u64>,
+    },
+    /// Add this latency to every I/O (0 removes it).
+    LatencyUs(u64),
+    /// Stop failing I/Os.
+    ClearFailures,
+    /// Stop failures and latency.
+    Clear,
+}
+
+/// What the target is, as `info` reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetInfo {
+    /// plexd-target's version.
+    pub version: String,
+    /// Reactor threads.
+    pub reactors: u32,
+    /// Core of each reactor (`None`: not pinned).
+    pub cores: Vec<Option<usize>>,
+    /// Sleep policy of the reactors.
+    pub poll_mode: PollMode,
+    /// The buffer pool is on hugepages.
+    pub hugepages: bool,
+    /// The socket the API is served on (empty when not serving).
+    pub socket: String,
+    /// Process id.
+    pub pid: u32,
+    /// Plex write-error policy.
+    pub detach_policy: DetachPolicy,
+}
+
+/// How a diagnostic I/O ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IoResult {
+    /// 0, or the errno the I/O failed with.
+    pub status: i32,
+    /// For reads: the bytes read.
+    pub data: Vec<u8>,
+    /// From submit to completion, microseconds.
+    pub latency_us: u64,
+}
+
+/// One diagnostic I/O for [`KernelService::io`].
+#[derive(Clone, Debug)]
+pub struct DiagIo {
+    /// The bdev or volume.
+    pub bdev: String,
+    /// Read, write, flush, write-zeroes or unmap.
+    pub kind: IoKind,
+    /// Start in bytes.
+    pub offset_bytes: u64,
+    /// Length in bytes (at most [`MAX_IO_BYTES`]).
+    pub len_bytes: u64,
+    /// For writes: `len_bytes` of data.
+    pub data: Vec<u8>,
+    /// The reactor to submit on.
+    pub reactor: usize,
+    /// How long to wait (zero or above [`MAX_IO_TIMEOUT`]: that limit).
+    pub timeout: Duration,
+}
+
+/// The operations of the kernel interface on one target.
+pub struct KernelService {
+    target: Arc<Target>,
+    poll_mode: PollMode,
+    socket: Mutex<String>,
+    error_bdevs: Mutex<HashMap<String, Arc<ErrorBdev>>>,
+}
+
+fn bdev_obj(name: &str) -> String {
+    format!("bdev {name}")
+}
+
+impl KernelService {
+    /// A service over `target`, whose reactors run in `poll_mode` (reported by `info`).
+    pub fn new(target: Arc<Target>, poll_mode: PollMode) -> Arc<KernelService> {
+        Arc::new(KernelService {
+            target,
+            poll_mode,
+            socket: Mutex::new(String::new()),
+            error_bdevs: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The target.
+    pub fn target(&self) -> &Arc<Target> {
+        &self.target
+    }
+
+    /// Records the socket path `info` reports.
+    pub fn set_socket(&self, path: &str) {
+        *self.socket.lock().unwrap_or_else(|p| p.into_inner()) = path.to_string();
+    }
+
+    fn errors(&self) -> MutexGuard<'_, HashMap<String, Arc<ErrorBdev>>> {
+        self.error_bdevs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What the target is.
+    pub fn info(&self) -> TargetInfo {
+        let r = self.target.reactors();
+        TargetInfo {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            reactors: r.len() as u32,
+            cores: r.cores().to_vec(),
+            poll_mode: self.poll_mode,
+            hugepages: self.target.pool().hugepages(),
+            socket: self
+                .socket
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            pid: std::process::id(),
+            detach_policy: self.target.detach_policy(),
+        }
+    }
+
+    /// Creates and registers a bdev.
+    pub fn create_bdev(&self, req: &BdevRequest) -> Result<BdevInfo, TargetError> {
+        let obj = bdev_obj(&req.name);
+        let bad = |reason: String| TargetError::invalid(obj.clone(), reason);
+        let block_size = req.block_size.filter(|&b| b != 0);
+        if let Some(bs) = block_size {
+            if !bs.is_power_of_two() || !(512..=MAX_BLOCK_SIZE_BYTES).contains(&bs) {
+                return Err(bad(format!(
+                    "block size {bs} is not a power of two in 512..={MAX_BLOCK_SIZE_BYTES}"
+                )));
+            }
+        }
+        let bs = block_size.unwrap_or(DEFAULT_BLOCK_SIZE_BYTES);
+        let sized = |what: &str| -> Result<(), TargetError> {
+            if req.size_bytes == 0 || !req.size_bytes.is_multiple_of(bs as u64) {
+                return Err(bad(format!(
+                    "a {what} bdev needs a size that is a positive multiple of the block size {bs}, got {}",
+                    req.size_bytes
+                )));
+            }
+            Ok(())
+        };
+        let mut error_bdev = None;
+        let bdev: Arc<dyn Bdev> = match req.kind {
+            BdevKind::Null => {
+                sized("null")?;
+                NullBdev::new(&req.name, req.size_bytes, bs)
+            }
+            BdevKind::Malloc => {
+                sized("malloc")?;
+                MallocBdev::new(&req.name, req.size_bytes, bs).map_err(|reason| {
+                    TargetError::Io {
+                        object: obj.clone(),
+                        reason,
+                    }
+                })?
+            }
+            BdevKind::Uring => {
+                let Some(path) = req.path.as_ref().filter(|p| !p.as_os_str().is_empty()) else {
+                    return Err(bad("a uring bdev needs a path".into()));
+                };
+                let opts = UringOpts {
+                    block_size_bytes: block_size,
+                    buffered: req.buffered,
+                };
+                UringBdev::open(&req.name, path, &opts).map_err(|reason| TargetError::Io {
+                    object: obj.clone(),
+                    reason,
+                })?
+            }
+            BdevKind::Error => {
+                let Some(inner) = req.inner.as_deref().filter(|i| !i.is_empty()) else {
+                    return Err(bad("an error bdev needs an inner bdev".into()));
+                };
+                let e = ErrorBdev::new(&req.name, self.target.bdev(inner)?);
+                error_bdev = Some(Arc::clone(&e));
+                e
+            }
+        };
+        // Hold the error map across registration so a concurrent delete of the same
+        // name cannot interleave.
+        let mut errors = self.errors();
+        self.target.add_bdev(Arc::clone(&bdev))?;
+        if let Some(e) = error_bdev {
+            errors.insert(req.name.clone(), e);
+        }
+        Ok(bdev.info())
+    }
+
+    /// Deletes a bdev that neither a volume nor an `error` bdev uses. Volumes are
+    /// deleted with [`Target::delete_volume`].
+    pub fn delete_bdev(&self, name: &str) -> Result<(), TargetError> {
+        if self.target.volume_spec(name).is_ok() {
+            return Err(TargetError::invalid(
+                bdev_obj(name),
+                "it is a volume; delete it with deleteVolume",
+            ));
+        }
+        let mut errors = self.errors();
+        if let Some((user, _)) = errors.iter().find(|(_, e)| e.inner().name() == name) {
+            return Err(TargetError::InUse {
+                kind: "bdev",
+                name: name.to_string(),
+                user: format!("error bdev {user}"),
+            });
+        }
+        self.target.delete_bdev(name)?;
+        errors.remove(name);
+        Ok(())
+    }
+
+    /// Injects a fault into the `error` bdev `name`; returns its injection state.
+    pub fn inject_error(&self, name: &str, inj: Injection) -> Result<String, TargetError> {
+        let registered = self.target.bdev(name)?;
+        let e = self
+            .errors()
+            .get(name)
+            .cloned()
+            .filter(|e| std::ptr::addr_eq(Arc::as_ptr(e), Arc::as_ptr(&registered)))
+            .ok_or_else(|| {
+                TargetError::invalid(
+                    bdev_obj(name),
+                    format!(
+                        "it is a {} bdev; faults are injected into error bdevs",
+                        registered.info().kind
+                    ),
+                )
+            })?;
+        let i = e.injection();
+        match inj {
+            Injection::Fail { on, errno, count } => i.fail(on, errno, count),
+            Injection::LatencyUs(us) => i.set_latency_us(us),
+            Injection::ClearFailures => i.clear_failures(),
+            Injection::Clear => i.clear(),
+        }
+        let detail = i.describe();
+        log::info!("bdev {name}: injection now: {detail}");
+        Ok(detail)
+    }
+
+    /// Runs one diagnostic I/O (a bdev or a volume). A failed I/O is a result
+    /// (`status` = errno), not an error.
+    pub fn io(&self, io: DiagIo) -> Result<IoResult, TargetError> {
+        let DiagIo {
+            bdev,
+            kind,
+            offset_bytes,
+            len_bytes,
+            data,
+            reactor,
+            timeout,
+        } = io;
+        let bdev = bdev.as_str();
+        let obj = bdev_obj(bdev);
+        let b = self.target.bdev(bdev)?;
+        if len_bytes > MAX_IO_BYTES {
+            return Err(TargetError::invalid(
+                obj,
+                format!("diagnostic I/O of {len_bytes} bytes is above the limit of {MAX_IO_BYTES}"),
+            ));
+        }
+        if kind == IoKind::Write && data.len() as u64 != len_bytes {
+            return Err(TargetError::invalid(
+                obj,
+                format!(
+                    "write of {len_bytes} bytes carries {} bytes of data",
+                    data.len()
+                ),
+            ));
+        }
+        if kind == IoKind::Reset {
+            return Err(TargetError::invalid(obj, "reset is not a diagnostic I/O"));
+        }
+        let handles = self.target.reactors().handles();
+        let Some(h) = handles.get(reactor) else {
+            return Err(TargetError::invalid(
+                obj,
+                format!("no reactor {reactor} (the target has {})", handles.len()),
+            ));
+        };
+        let timeout = if timeout.is_zero() {
+            MAX_IO_TIMEOUT
+        } else {
+            timeout.min(MAX_IO_TIMEOUT)
+        };
+        let req = match kind {
+            IoKind::Write => IoReq::write(offset_bytes, data),
+            IoKind::Read => IoReq::read(offset_bytes, len_bytes),
+            k => IoReq::other(k, offset_bytes, len_bytes),
+        }
+        .heap();
+        let mut out = run_ios(h, &b, vec![req], timeout).map_err(|reason| {
+            // A completion that never came is a timeout; the rest are setup failures.
+            if reason.contains("did not all complete") {
+                TargetError::Timeout {
+                    object: obj.clone(),
+                    reason,
+                }
+            } else {
+                TargetError::invalid(obj.clone(), reason)
+            }
+        })?;
+        let Some(o) = out.pop() else {
+            return Err(TargetError::invalid(obj, "the I/O returned no result"));
+        };
+        let status = match o.status {
+            IoStatus::Success => 0,
+            IoStatus::Failed(errno) => errno,
+        };
+        Ok(IoResult {
+            status,
+            data: if kind == IoKind::Read && status == 0 {
+                o.data
+            } else {
+                Vec::new()
+            },
+            latency_us: o.latency.as_micros().min(u64::MAX as u128) as u64,
+        })
+    }
+}

@@ -1,0 +1,416 @@
+//! The kernel interface end to end: a real `plexd-target` process, driven through
+//! `KernelClient` over its Unix socket.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use plexd_target::api::process::TargetProcess;
+use plexd_target::api::{BdevRequest, ErrorCode, Injection, KernelClient};
+use plexd_target::bdev::error::FailOn;
+use plexd_target::volume::{PlexKind, PlexSpec, PlexState, ReadPolicy, SubdiskSpec, VolumeSpec};
+use plexd_target::Event;
+
+const MIB: u64 = 1 << 20;
+
+fn exe() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_plexd-target"))
+}
+
+fn start(tag: &str) -> TargetProcess {
+    TargetProcess::start(exe(), tag, &["--cores", "0,1"]).expect("plexd-target starts")
+}
+
+fn sd(bdev: &str, offset_bytes: u64, len_bytes: u64) -> SubdiskSpec {
+    SubdiskSpec {
+        bdev: bdev.into(),
+        offset_bytes,
+        len_bytes,
+    }
+}
+
+fn concat(name: &str, sds: Vec<SubdiskSpec>) -> PlexSpec {
+    PlexSpec {
+        name: name.into(),
+        kind: PlexKind::Concat,
+        columns: vec![sds],
+        state: PlexState::Active,
+    }
+}
+
+/// m0, m1 (malloc, 8 MiB), e1 (error over m1), and v0: a 4 MiB mirror of m0 and e1.
+fn mirrored(k: &KernelClient) -> VolumeSpec {
+    k.create_bdev(&BdevRequest::malloc("m0", 8 * MIB)).unwrap();
+    k.create_bdev(&BdevRequest::malloc("m1", 8 * MIB)).unwrap();
+    k.create_bdev(&BdevRequest::error("e1", "m1")).unwrap();
+    let spec = VolumeSpec {
+        name: "v0".into(),
+        size_bytes: 4 * MIB,
+        plexes: vec![
+            concat("v0-01", vec![sd("m0", 0, 4 * MIB)]),
+            concat("v0-02", vec![sd("e1", 0, 4 * MIB)]),
+        ],
+        read_policy: ReadPolicy::LeastBusy,
+    };
+    k.create_volume(&spec).unwrap();
+    spec
+}
+
+fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+#[test]
+fn creates_bdevs_and_a_mirrored_volume_and_lists_them() {
+    let t = start("api-list");
+    let k = t.client().unwrap();
+    let info = k.info().unwrap();
+    assert_eq!(info.reactors, 2);
+    assert_eq!(info.cores, vec![Some(0), Some(1)]);
+    assert_eq!(info.socket, t.socket().display().to_string());
+    mirrored(&k);
+
+    let names: Vec<String> = k
+        .list_bdevs()
+        .unwrap()
+        .into_iter()
+        .map(|b| b.name)
+        .collect();
+    assert_eq!(names, ["e1", "m0", "m1", "v0"]);
+    let vols = k.list_volumes().unwrap();
+    assert_eq!(vols.len(), 1);
+    let v = &vols[0];
+    assert_eq!(
+        (v.name.as_str(), v.size_bytes, v.state.as_str()),
+        ("v0", 4 * MIB, "ENABLED")
+    );
+    let states: Vec<PlexState> = v.plexes.iter().map(|p| p.state).collect();
+    assert_eq!(states, [PlexState::Active, PlexState::Active]);
+
+    // Data written through the volume lands on both plexes.
+    let data = pattern(7, 64 << 10);
+    assert_eq!(k.write("v0", MIB, &data).unwrap(), 0);
+    assert_eq!(k.read("v0", MIB, data.len() as u32).unwrap().data, data);
+    assert_eq!(k.read("m0", MIB, data.len() as u32).unwrap().data, data);
+    assert_eq!(k.read("m1", MIB, data.len() as u32).unwrap().data, data);
+    let (v, _) = k.get_volume("v0").unwrap();
+    assert!(
+        v.stats.write_ops >= 1 && v.stats.read_ops >= 1,
+        "{:?}",
+        v.stats
+    );
+    assert_eq!(v.stats.write_bytes, data.len() as u64);
+
+    k.delete_volume("v0").unwrap();
+    k.delete_bdev("e1").unwrap();
+    let names: Vec<String> = k
+        .list_bdevs()
+        .unwrap()
+        .into_iter()
+        .map(|b| b.name)
+        .collect();
+    assert_eq!(names, ["m0", "m1"]);
+}
+
+#[test]
+fn prepare_commit_grows_a_volume_and_abort_keeps_the_old_layout() {
+    let t = start("api-grow");
+    let k = t.client().unwrap();
+    let mut spec = mirrored(&k);
+    let data = pattern(3, 4096);
+    assert_eq!(k.write("v0", 4 * MIB - 4096, &data).unwrap(), 0);
+
+    // Grow both plexes by concatenating a second subdisk.
+    spec.size_bytes = 6 * MIB;
+    spec.plexes[0].columns[0].push(sd("m0", 4 * MIB, 2 * MIB));
+    spec.plexes[1].columns[0].push(sd("e1", 4 * MIB, 2 * MIB));
+    let quiesce = k.prepare("v0", &spec, Duration::from_secs(5)).unwrap();
+    assert!(quiesce < Duration::from_secs(5));
+    let (v, _) = k.get_volume("v0").unwrap();
+    assert_eq!((v.state.as_str(), v.staged), ("QUIESCED", true));
+    k.commit("v0").unwrap();
+    let (v, committed) = k.get_volume("v0").unwrap();
+    assert_eq!(
+        (v.state.as_str(), v.staged, v.size_bytes),
+        ("ENABLED", false, 6 * MIB)
+    );
+    assert_eq!(committed, spec);
+    assert_eq!(k.read("v0", 4 * MIB - 4096, 4096).unwrap().data, data);
+    assert_eq!(k.write("v0", 5 * MIB, &data).unwrap(), 0);
+
+    // A staged shrink that is aborted changes nothing.
+    let mut smaller = spec.clone();
+    smaller.size_bytes = 2 * MIB;
+    k.prepare("v0", &smaller, Duration::from_secs(5)).unwrap();
+    k.abort("v0").unwrap();
+    let (v, after) = k.get_volume("v0").unwrap();
+    assert_eq!(
+        (v.state.as_str(), v.staged, v.size_bytes),
+        ("ENABLED", false, 6 * MIB)
+    );
+    assert_eq!(after, spec);
+
+    // Quiesce and resume without a layout.
+    k.quiesce("v0", Duration::from_secs(5)).unwrap();
+    assert_eq!(k.get_volume("v0").unwrap().0.state, "QUIESCED");
+    k.resume("v0").unwrap();
+    assert_eq!(k.get_volume("v0").unwrap().0.state, "ENABLED");
+}
+
+#[test]
+fn bad_requests_get_typed_errors_naming_the_object() {
+    let t = start("api-errors");
+    let k = t.client().unwrap();
+    mirrored(&k);
+
+    let e = k.delete_bdev("nope").unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::NotFound), "{e}");
+    assert_eq!(e.to_string(), "bdev nope: not found");
+
+    let e = k.get_volume("vol9").unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::NotFound), "{e}");
+    assert!(e.to_string().contains("volume vol9"), "{e}");
+
+    let e = k.create_bdev(&BdevRequest::malloc("m0", MIB)).unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::Exists), "{e}");
+    assert!(e.to_string().contains("bdev m0"), "{e}");
+
+    let e = k.delete_bdev("m0").unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InUse), "{e}");
+    assert!(e.to_string().contains("volume v0"), "{e}");
+    let e = k.delete_bdev("m1").unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InUse), "{e}");
+    assert!(e.to_string().contains("error bdev e1"), "{e}");
+
+    let e = k.commit("v0").unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::Invalid), "{e}");
+    assert!(e.to_string().starts_with("volume v0: "), "{e}");
+
+    let e = k
+        .set_plex_state("v0", "v0-09", PlexState::Detached)
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::NotFound), "{e}");
+    assert!(e.to_string().contains("plex v0-09"), "{e}");
+
+    let e = k
+        .inject_error(
+            "m0",
+            Injection::Fail {
+                on: FailOn::Reads,
+                errno: 0,
+                count: None,
+            },
+        )
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::Invalid), "{e}");
+    assert!(e.to_string().contains("bdev m0"), "{e}");
+
+    let e = k
+        .create_bdev(&BdevRequest::uring("u0", "/nonexistent/disk.img"))
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::Io), "{e}");
+    assert!(e.to_string().contains("bdev u0"), "{e}");
+
+    let mut bad = k.get_volume("v0").unwrap().1;
+    bad.plexes[0].columns[0][0].bdev = "ghost".into();
+    let e = k.prepare("v0", &bad, Duration::from_secs(1)).unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::NotFound), "{e}");
+    assert!(e.to_string().contains("bdev ghost"), "{e}");
+
+    // The target is still serving and unchanged.
+    assert_eq!(k.list_volumes().unwrap()[0].state, "ENABLED");
+}
+
+#[test]
+fn a_failed_plex_write_raises_events_and_detaches_the_plex() {
+    let t = start("api-events");
+    let k = t.client().unwrap();
+    mirrored(&k);
+    let events = k.subscribe().unwrap();
+
+    k.inject_error(
+        "e1",
+        Injection::Fail {
+            on: FailOn::Writes,
+            errno: 0,
+            count: None,
+        },
+    )
+    .unwrap();
+    let data = pattern(9, 4096);
+    // Standalone policy: the failing plex is detached, the write succeeds on the other.
+    assert_eq!(k.write("v0", 0, &data).unwrap(), 0);
+
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen.len() < 2 && Instant::now() < deadline {
+        if let Some(ev) = events.recv_timeout(Duration::from_millis(200)) {
+            seen.push(ev);
+        }
+    }
+    assert_eq!(
+        seen,
+        [
+            Event::PlexIoError {
+                volume: "v0".into(),
+                plex: "v0-02".into(),
+                errno: libc::EIO,
+            },
+            Event::PlexState {
+                volume: "v0".into(),
+                plex: "v0-02".into(),
+                state: "STALE".into(),
+            },
+        ]
+    );
+    let (v, _) = k.get_volume("v0").unwrap();
+    assert_eq!(v.plexes[1].state, PlexState::Stale);
+    assert_eq!(v.held, 0);
+    assert_eq!(k.read("v0", 0, 4096).unwrap().data, data);
+
+    // The last ACTIVE plex is never detached.
+    let e = k
+        .set_plex_state("v0", "v0-01", PlexState::Detached)
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::Invalid), "{e}");
+
+    // An operator re-attaches the plex: another event.
+    k.inject_error("e1", Injection::Clear).unwrap();
+    k.set_plex_state("v0", "v0-02", PlexState::Active).unwrap();
+    let ev = events.recv_timeout(Duration::from_secs(10));
+    assert_eq!(
+        ev,
+        Some(Event::PlexState {
+            volume: "v0".into(),
+            plex: "v0-02".into(),
+            state: "ACTIVE".into(),
+        })
+    );
+}
+
+#[test]
+fn a_draining_prepare_does_not_stall_other_connections() {
+    let t = start("api-drain");
+    let k = t.client().unwrap();
+    mirrored(&k);
+    k.inject_error("e1", Injection::LatencyUs(1_500_000))
+        .unwrap();
+
+    std::thread::scope(|s| {
+        let writer = s.spawn(|| {
+            let w = t.client().unwrap();
+            w.write("v0", 0, &pattern(1, 4096)).unwrap()
+        });
+        // Wait (bounded) until the slow write is in flight.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while k.get_volume("v0").unwrap().0.inflight == 0 {
+            assert!(Instant::now() < deadline, "the write never went in flight");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // A drain that cannot finish in time fails with a typed timeout and resumes.
+        let e = k.quiesce("v0", Duration::from_millis(50)).unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::Timeout), "{e}");
+        assert!(e.to_string().contains("reactor"), "{e}");
+
+        let quiescer = s.spawn(|| {
+            let q = t.client().unwrap();
+            q.quiesce("v0", Duration::from_secs(10))
+        });
+        // While that drain waits for the slow write, other calls are answered.
+        let other = t.client().unwrap();
+        let started = Instant::now();
+        while !quiescer.is_finished() && started.elapsed() < Duration::from_millis(500) {
+            let t0 = Instant::now();
+            other.list_bdevs().unwrap();
+            assert!(
+                t0.elapsed() < Duration::from_millis(500),
+                "listBdevs stalled"
+            );
+        }
+        assert_eq!(writer.join().unwrap(), 0);
+        quiescer.join().unwrap().unwrap();
+    });
+    k.resume("v0").unwrap();
+    k.inject_error("e1", Injection::Clear).unwrap();
+    assert_eq!(k.write("v0", 0, &pattern(2, 4096)).unwrap(), 0);
+}
+
+#[test]
+fn socket_is_exclusive_stale_files_are_replaced_and_sigterm_stops_cleanly() {
+    let mut t = start("api-socket");
+    let sock = t.socket().to_path_buf();
+    let sock_s = sock.display().to_string();
+
+    // A second target on the same live socket is refused, naming the socket.
+    let mut second = TargetProcess::spawn(
+        exe(),
+        "api-socket2",
+        &[
+            "--socket".into(),
+            sock_s.clone(),
+            "--cores".into(),
+            "0".into(),
+        ],
+        sock.clone(),
+    )
+    .unwrap();
+    let st = second.wait_exit(Duration::from_secs(30)).unwrap();
+    assert_eq!(st.code(), Some(1), "{}", second.stderr());
+    let err = second.stderr();
+    assert!(
+        err.contains(&format!("socket {sock_s}")) && err.contains("live target"),
+        "{err}"
+    );
+    drop(second);
+
+    // SIGTERM: exit 0, socket removed.
+    let st = t
+        .signal_and_wait(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(30))
+        .unwrap();
+    assert_eq!(st.code(), Some(0), "{}", t.stderr());
+    assert!(!sock.exists());
+    assert!(t.stdout().contains("serving on"), "{}", t.stdout());
+
+    // A stale socket file (nobody listening) is replaced.
+    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    assert!(sock.exists());
+    let mut third = TargetProcess::spawn(
+        exe(),
+        "api-socket3",
+        &["--socket".into(), sock_s, "--cores".into(), "0".into()],
+        sock.clone(),
+    )
+    .unwrap();
+    third.wait_ready(Duration::from_secs(30)).unwrap();
+    let k = third.client().unwrap();
+    assert_eq!(k.info().unwrap().reactors, 1);
+    drop(k);
+    let st = third
+        .signal_and_wait(nix::sys::signal::Signal::SIGINT, Duration::from_secs(30))
+        .unwrap();
+    assert_eq!(st.code(), Some(0), "{}", third.stderr());
+}
+
+#[test]
+fn bad_flags_exit_2_and_start_errors_exit_1() {
+    let out = std::process::Command::new(exe())
+        .arg("--bogus")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = std::process::Command::new(exe())
+        .args(["--socket", "/tmp/plexd-never.sock", "--cores", "9999"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("core 9999"), "{err}");
+    assert_eq!(
+        err.lines()
+            .filter(|l| l.starts_with("plexd-target:"))
+            .count(),
+        1,
+        "{err}"
+    );
+}
