@@ -84,8 +84,14 @@ impl Fixture {
             ..Default::default()
         })
         .unwrap();
-        target.add_bdev(MallocBdev::new("m0", size_bytes, 512).unwrap()).unwrap();
-        let dir = std::env::temp_dir().join(format!("plexd-iscsi-test-{}-{}", std::process::id(), rand_suffix()));
+        target
+            .add_bdev(MallocBdev::new("m0", size_bytes, 512).unwrap())
+            .unwrap();
+        let dir = std::env::temp_dir().join(format!(
+            "plexd-iscsi-test-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
         let cfg = IscsiConfig {
             portal: Some("127.0.0.1:0".into()),
             pr_dir: Some(dir.clone()),
@@ -140,7 +146,9 @@ fn text(o: &Output) -> String {
 fn discovery_lists_the_target() {
     let f = Fixture::start(64 << 20);
     let o = run(
-        Command::new("iscsi-ls").arg("-s").arg(format!("iscsi://127.0.0.1:{}", f.fe.portal().port())),
+        Command::new("iscsi-ls")
+            .arg("-s")
+            .arg(format!("iscsi://127.0.0.1:{}", f.fe.portal().port())),
         Duration::from_secs(30),
     );
     let t = text(&o);
@@ -151,15 +159,111 @@ fn discovery_lists_the_target() {
 #[test]
 fn inquiry_and_capacity_over_the_wire() {
     let f = Fixture::start(64 << 20);
-    let o = run(Command::new("iscsi-inq").arg(f.url()), Duration::from_secs(30));
+    let o = run(
+        Command::new("iscsi-inq").arg(f.url()),
+        Duration::from_secs(30),
+    );
     let t = text(&o);
     assert!(o.status.success(), "iscsi-inq failed: {t}");
     assert!(t.contains("PLEXD"), "vendor missing: {t}");
-    let o = run(Command::new("iscsi-inq").args(["-e", "1", "-c", "0x83"]).arg(f.url()), Duration::from_secs(30));
+    let o = run(
+        Command::new("iscsi-inq")
+            .args(["-e", "1", "-c", "0x83"])
+            .arg(f.url()),
+        Duration::from_secs(30),
+    );
     assert!(o.status.success(), "iscsi-inq vpd 83 failed: {}", text(&o));
-    let o = run(Command::new("iscsi-readcapacity16").arg(f.url()), Duration::from_secs(30));
+    let o = run(
+        Command::new("iscsi-readcapacity16").arg(f.url()),
+        Duration::from_secs(30),
+    );
     let t = text(&o);
     assert!(o.status.success(), "readcapacity16 failed: {t}");
-    assert!(t.contains(&format!("{}", (64u64 << 20) / 512 - 1)) || t.contains("131071"), "{t}");
+    assert!(
+        t.contains(&format!("{}", (64u64 << 20) / 512 - 1)) || t.contains("131071"),
+        "{t}"
+    );
     assert_eq!(f.fe.sessions().len(), 0, "sessions are gone after logout");
+}
+
+/// Counts from iscsi-test-cu's CUnit summary.
+#[derive(Debug, Default)]
+struct CuSummary {
+    total: u32,
+    passed: u32,
+    failed: u32,
+    skipped: u32,
+}
+
+fn parse_cu(out: &str) -> CuSummary {
+    let mut s = CuSummary::default();
+    for line in out.lines() {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        // "               tests    230    230    221      0        0"
+        if w.first() == Some(&"tests") && w.len() >= 5 {
+            s.total = w[1].parse().unwrap_or(0);
+            s.passed = w[3].parse().unwrap_or(0);
+            s.failed = w[4].parse().unwrap_or(0);
+        }
+    }
+    // A test that logs [SKIPPED] still counts as passed in CUnit; count them apart.
+    let mut current = String::new();
+    let mut skipped_tests = std::collections::BTreeSet::new();
+    for line in out.lines() {
+        let l = line.trim();
+        if let Some(rest) = l.strip_prefix("Test: ") {
+            current = rest.split_whitespace().next().unwrap_or("").to_string();
+        }
+        if l.contains("[SKIPPED]") && !current.is_empty() {
+            skipped_tests.insert(current.clone());
+        }
+    }
+    s.skipped = skipped_tests.len() as u32;
+    s.passed = s.passed.saturating_sub(s.skipped);
+    s
+}
+
+#[test]
+fn libiscsi_conformance_suite_passes() {
+    let f = Fixture::start(256 << 20);
+    let url = f.url();
+    let start = Instant::now();
+    let o = run(
+        Command::new("iscsi-test-cu")
+            .args(["-d", "-S", "-t"])
+            .arg(std::env::var("PLEXD_ISCSI_CU_TESTS").unwrap_or_else(|_| "ALL".into()))
+            .arg(&url)
+            .arg(&url),
+        Duration::from_secs(600),
+    );
+    let elapsed = start.elapsed();
+    let t = text(&o);
+    if let Ok(p) = std::env::var("PLEXD_ISCSI_CU_LOG") {
+        let _ = std::fs::write(p, &t);
+    }
+    let s = parse_cu(&t);
+    eprintln!(
+        "iscsi-test-cu: {} tests, {} passed, {} failed, {} skipped in {:.1}s",
+        s.total,
+        s.passed,
+        s.failed,
+        s.skipped,
+        elapsed.as_secs_f64()
+    );
+    let failures: Vec<&str> = t
+        .lines()
+        .filter(|l| l.contains("[FAILED]"))
+        .take(40)
+        .collect();
+    assert!(
+        s.total > 0,
+        "no summary from iscsi-test-cu:\n{}",
+        &t[t.len().saturating_sub(4000)..]
+    );
+    assert_eq!(
+        s.failed,
+        0,
+        "iscsi-test-cu failures:\n{}",
+        failures.join("\n")
+    );
 }

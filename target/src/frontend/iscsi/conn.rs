@@ -67,8 +67,16 @@ impl Poller for KeepAlive {
             return 0;
         }
         self.next.set(now + KEEPALIVE_TICK);
-        let Some(r) = self.reactor.upgrade() else { return 0 };
-        let conns: Vec<Rc<Conn>> = r.local::<Registry>().conns.borrow().values().cloned().collect();
+        let Some(r) = self.reactor.upgrade() else {
+            return 0;
+        };
+        let conns: Vec<Rc<Conn>> = r
+            .local::<Registry>()
+            .conns
+            .borrow()
+            .values()
+            .cloned()
+            .collect();
         for c in conns {
             c.tick(now);
         }
@@ -138,13 +146,20 @@ pub(crate) fn spawn(r: &Rc<Reactor>, shared: Arc<Shared>, stream: TcpStream, pee
         }),
     });
     log::debug!("iscsi: connection {id} from {peer} on reactor {}", r.id());
-    reg.conns.borrow_mut().insert((shared.id, id), Rc::clone(&c));
+    reg.conns
+        .borrow_mut()
+        .insert((shared.id, id), Rc::clone(&c));
     c.on_readable();
 }
 
 /// Closes one connection (management API: target removed, initiator denied).
 pub(crate) fn close_conn(r: &Rc<Reactor>, fid: u64, id: u64) {
-    let c = r.local::<Registry>().conns.borrow().get(&(fid, id)).cloned();
+    let c = r
+        .local::<Registry>()
+        .conns
+        .borrow()
+        .get(&(fid, id))
+        .cloned();
     if let Some(c) = c {
         c.close("closed by the management API");
     }
@@ -153,7 +168,13 @@ pub(crate) fn close_conn(r: &Rc<Reactor>, fid: u64, id: u64) {
 /// Closes the listener and every connection of frontend `fid` on this reactor.
 pub(crate) fn close_frontend(r: &Rc<Reactor>, fid: u64) {
     let reg = r.local::<Registry>();
-    let ls: Vec<Rc<Listener>> = reg.listeners.borrow().iter().filter(|l| l.fid == fid).cloned().collect();
+    let ls: Vec<Rc<Listener>> = reg
+        .listeners
+        .borrow()
+        .iter()
+        .filter(|l| l.fid == fid)
+        .cloned()
+        .collect();
     reg.listeners.borrow_mut().retain(|l| l.fid != fid);
     for l in ls {
         l.close();
@@ -192,6 +213,10 @@ struct Task {
     buf: Option<PoolBuf>,
     aux: Vec<u8>,
     out_len: u32,
+    /// Data-out length the CDB asked for (for the residual).
+    spdtl: u32,
+    /// Highest data-out offset the initiator may send (its EDTL for writes).
+    recv_limit: u32,
     received: u32,
     unsol_end: u32,
     unsol_datasn: u32,
@@ -304,13 +329,21 @@ impl Conn {
         if st.closed {
             return;
         }
-        let armed = if out { &mut st.poll_out } else { &mut st.poll_in };
+        let armed = if out {
+            &mut st.poll_out
+        } else {
+            &mut st.poll_in
+        };
         if *armed {
             return;
         }
         let Some(me) = self.rc() else { return };
         *armed = true;
-        let mask = if out { libc::POLLOUT } else { libc::POLLIN | libc::POLLRDHUP };
+        let mask = if out {
+            libc::POLLOUT
+        } else {
+            libc::POLLIN | libc::POLLRDHUP
+        };
         let e = opcode::PollAdd::new(types::Fd(self.fd()), mask as u32).build();
         // SAFETY: a poll references no memory; the registration holds an Rc to
         // this connection, which owns the socket, so the fd outlives the poll.
@@ -328,7 +361,11 @@ impl Conn {
             return;
         }
         st.closed = true;
-        log::info!("iscsi: connection {} from {} closed: {why}", self.id, self.peer);
+        log::info!(
+            "iscsi: connection {} from {} closed: {why}",
+            self.id,
+            self.peer
+        );
         // SAFETY: shutdown on a socket we own; it wakes pending polls.
         unsafe { libc::shutdown(self.fd(), libc::SHUT_RDWR) };
         let keys: Vec<usize> = st.tasks.iter().map(|(k, _)| k).collect();
@@ -466,7 +503,11 @@ impl Conn {
                     }
                 }
             }
-            if why.is_none() && !st.poll_in && !st.stalled_on_buf && st.pending_out() <= WBUF_HIGH_BYTES {
+            if why.is_none()
+                && !st.poll_in
+                && !st.stalled_on_buf
+                && st.pending_out() <= WBUF_HIGH_BYTES
+            {
                 // The batch ended with data possibly left in the socket: come back.
                 self.arm(&mut st, false);
             }
@@ -562,7 +603,10 @@ impl Conn {
             op::LOGOUT_REQ => self.handle_logout(st, p),
             op::LOGIN_REQ => Handled::Close("login request in full feature phase".into()),
             _ => {
-                log::warn!("iscsi: connection {}: opcode {opc:#x} not supported; rejected", self.id);
+                log::warn!(
+                    "iscsi: connection {}: opcode {opc:#x} not supported; rejected",
+                    self.id
+                );
                 self.reject(st, p.bhs, pdu::reject::NOT_SUPPORTED);
                 Handled::Done
             }
@@ -623,7 +667,14 @@ impl Conn {
                 tsih = self.shared.alloc_tsih();
             }
         }
-        let mut bhs = Bhs::new(op::LOGIN_RESP, if status == 0 { reply.flags } else { reply.flags & 0x0c });
+        let mut bhs = Bhs::new(
+            op::LOGIN_RESP,
+            if status == 0 {
+                reply.flags
+            } else {
+                reply.flags & 0x0c
+            },
+        );
         bhs.0[8..14].copy_from_slice(&b[8..14]);
         pdu::put16(&mut bhs.0, 14, tsih);
         let sn = st.take_statsn();
@@ -633,7 +684,11 @@ impl Conn {
             .u32_at(32, cmdsn.wrapping_add(self.shared.queue_depth - 1))
             .byte(36, (status >> 8) as u8)
             .byte(37, status as u8);
-        let data = if reply.data.len() > 8192 { &reply.data[..8192] } else { &reply.data[..] };
+        let data = if reply.data.len() > 8192 {
+            &reply.data[..8192]
+        } else {
+            &reply.data[..]
+        };
         st.emit(&bhs, data);
         if status != 0 {
             log::warn!(
@@ -676,7 +731,11 @@ impl Conn {
         st.session = Some(s);
         log::info!(
             "iscsi: {initiator} logged in to {} (tsih {tsih}, reactor {}, {:?}, digests {:?})",
-            if target_name.is_empty() { "discovery" } else { &target_name },
+            if target_name.is_empty() {
+                "discovery"
+            } else {
+                &target_name
+            },
             self.reactor.id(),
             self.peer,
             st.dig
@@ -697,7 +756,13 @@ impl Conn {
         let fid = self.fid;
         for (reactor, conn_id) in old {
             if reactor == self.reactor.id() {
-                let c = self.reactor.local::<Registry>().conns.borrow().get(&(fid, conn_id)).cloned();
+                let c = self
+                    .reactor
+                    .local::<Registry>()
+                    .conns
+                    .borrow()
+                    .get(&(fid, conn_id))
+                    .cloned();
                 if let Some(c) = c {
                     if c.id != self.id {
                         c.close("session reinstated by a new login");
@@ -747,19 +812,26 @@ impl Conn {
         let pairs = match text::parse(p.data) {
             Ok(v) => v,
             Err(e) => {
-                log::warn!("iscsi: connection {}: bad text request: {e}; rejected", self.id);
+                log::warn!(
+                    "iscsi: connection {}: bad text request: {e}; rejected",
+                    self.id
+                );
                 self.reject(st, b, pdu::reject::PROTOCOL);
                 return Handled::Done;
             }
         };
-        let initiator = st.session.as_ref().map(|s| s.initiator.clone()).unwrap_or_default();
+        let initiator = st
+            .session
+            .as_ref()
+            .map(|s| s.initiator.clone())
+            .unwrap_or_default();
         let mut out: Vec<(String, String)> = Vec::new();
         for (k, v) in &pairs {
             if k == "SendTargets" {
                 let addr = self.local.map(|a| a.to_string()).unwrap_or_default();
                 let ts = self.shared.targets();
                 for (iqn, t) in ts.iter() {
-                    let allowed = t.cfg.allow.is_empty() || t.cfg.allow.iter().any(|a| *a == initiator);
+                    let allowed = t.cfg.allow.is_empty() || t.cfg.allow.contains(&initiator);
                     let wanted = v == "All" || v == iqn || v.is_empty();
                     if allowed && wanted {
                         out.push(("TargetName".into(), iqn.clone()));
@@ -830,11 +902,14 @@ impl Conn {
             }
         }
         if st.itts.contains_key(&itt) {
-            log::warn!("iscsi: connection {}: ITT {itt:#x} already in use; rejected", self.id);
+            log::warn!(
+                "iscsi: connection {}: ITT {itt:#x} already in use; rejected",
+                self.id
+            );
             self.reject(st, b, pdu::reject::INVALID_FIELD);
             return Handled::Done;
         }
-        if st.itts.len() >= self.shared.queue_depth as usize + 1 {
+        if st.itts.len() > self.shared.queue_depth as usize {
             // Only immediate commands can exceed the window.
             if !pdu::immediate(b) {
                 st.exp_cmdsn = st.exp_cmdsn.wrapping_add(1);
@@ -855,20 +930,61 @@ impl Conn {
         };
         let lun = target.luns.get(&lun_no).cloned();
         let luns: Vec<u64> = target.luns.keys().copied().collect();
+        let wp = lun.as_ref().is_some_and(|l| l.swp.load(Ordering::Relaxed));
+        let ua = match &lun {
+            Some(l) => {
+                let epoch = l.ua_epoch.load(Ordering::Acquire);
+                let ns = st.nexus_state.entry(lun_no).or_default();
+                let seen = ns.ua_epoch.get_or_insert(epoch);
+                let pending = *seen != epoch && !matches!(cdb[0], 0x12 | 0xa0 | 0x03);
+                if pending {
+                    *seen = epoch;
+                }
+                pending
+            }
+            None => false,
+        };
         let ns = st.nexus_state.entry(lun_no).or_default();
-        let opv = scsi::decode(&cdb, lun.as_ref().map(|l| &l.info), &luns, ns);
-        if let Some(s) = &st.session {
-            s.stats.commands.fetch_add(1, Ordering::Relaxed);
-        }
+        let mut opv = if ua {
+            Op::Done(Response::check(sense::RESET_OCCURRED))
+        } else {
+            scsi::decode(&cdb, lun.as_ref().map(|l| &l.info), &luns, ns, wp)
+        };
         // Everything below consumes the command; check buffer needs first so a
         // stall leaves it in the receive buffer untouched.
         let bs = lun.as_ref().map_or(512, |l| l.info.block_size);
+        let spdtl_out = opv.data_out_len(bs);
+        // A write whose EDTL differs from its CDB moves min(EDTL, CDB) bytes,
+        // rounded down to whole blocks, and reports the residual (FCP-4 rules).
+        let mut is_write = false;
+        if let Op::Write { lba, blocks, fua } = opv {
+            is_write = true;
+            let want = if wr { edtl.min(blocks * bs) / bs } else { 0 };
+            if want == 0 {
+                opv = Op::Done(Response::good(Vec::new()));
+            } else if want != blocks {
+                opv = Op::Write {
+                    lba,
+                    blocks: want,
+                    fua,
+                };
+            }
+        }
+        if cdb[0] == 0x89 && cdb[13] == 0 && edtl > 0 {
+            // Data offered for a zero-length compare: the CDB is inconsistent.
+            opv = Op::Done(Response::check(sense::INVALID_FIELD_IN_CDB));
+        }
         let out_len = opv.data_out_len(bs);
+        let recv_limit = if is_write && wr {
+            edtl.max(out_len)
+        } else {
+            out_len
+        };
         let in_len = match opv {
             Op::Read { blocks, .. } => blocks * bs,
             _ => 0,
         };
-        let mismatch = out_len > 0 && (edtl != out_len || !wr);
+        let mismatch = out_len > 0 && !is_write && (edtl != out_len || !wr);
         let need_buf = if mismatch { 0 } else { out_len.max(in_len) };
         let mut buf = None;
         if need_buf > 0 {
@@ -880,7 +996,9 @@ impl Conn {
                 }
             }
             if buf.is_none() {
-                let Some(me) = self.rc() else { return Handled::Close("gone".into()) };
+                let Some(me) = self.rc() else {
+                    return Handled::Close("gone".into());
+                };
                 let w: Rc<dyn BufWaiter> = me;
                 match self.reactor.bufs().get_or_wait(need_buf as usize, &w, 0) {
                     Ok(Some(x)) => buf = Some(x),
@@ -898,6 +1016,14 @@ impl Conn {
         st.stalled_on_buf = false;
         if !pdu::immediate(b) {
             st.exp_cmdsn = st.exp_cmdsn.wrapping_add(1);
+        }
+        if let Some(s) = &st.session {
+            s.stats.commands.fetch_add(1, Ordering::Relaxed);
+        }
+        if is_write && out_len == 0 && matches!(&opv, Op::Done(r) if r.status == sense::GOOD) {
+            // A write truncated to nothing by its EDTL.
+            self.respond(st, itt, sense::GOOD, None, residual(spdtl_out, edtl));
+            return Handled::Done;
         }
         let _ = rd;
         let Some(lun) = lun else {
@@ -923,7 +1049,13 @@ impl Conn {
             if let Some(s) = &st.session {
                 s.stats.errors.fetch_add(1, Ordering::Relaxed);
             }
-            self.respond(st, itt, sense::CHECK_CONDITION, Some(sense::INVALID_FIELD_IN_IU), resid);
+            self.respond(
+                st,
+                itt,
+                sense::CHECK_CONDITION,
+                Some(sense::INVALID_FIELD_IN_IU),
+                resid,
+            );
             return Handled::Done;
         }
         let opv = match opv {
@@ -940,7 +1072,11 @@ impl Conn {
             Op::Reserve6 | Op::Release6 => {
                 let nexus = st.nexus.clone();
                 let r = lun.with_pr(|p| {
-                    let r = if matches!(opv, Op::Reserve6) { p.reserve6(&nexus) } else { p.release6(&nexus) };
+                    let r = if matches!(opv, Op::Reserve6) {
+                        p.reserve6(&nexus)
+                    } else {
+                        p.release6(&nexus)
+                    };
                     (r, false)
                 });
                 Op::Done(match r {
@@ -968,6 +1104,8 @@ impl Conn {
             buf,
             aux: Vec::new(),
             out_len,
+            spdtl: spdtl_out,
+            recv_limit,
             received: 0,
             unsol_end: 0,
             unsol_datasn: 0,
@@ -991,13 +1129,14 @@ impl Conn {
                 }
             }
             t.received = imm as u32;
-            let fb = st.params.first_burst.min(out_len);
+            let sent = (p.data.len() as u32).min(recv_limit);
+            let fb = st.params.first_burst.min(recv_limit);
             t.unsol_end = if flags & 0x80 != 0 || st.params.initial_r2t {
-                imm as u32
+                sent
             } else {
-                fb.max(imm as u32)
+                fb.max(sent)
             };
-            t.next_r2t = t.unsol_end;
+            t.next_r2t = t.unsol_end.min(out_len);
         }
         let key = st.tasks.insert(t);
         st.itts.insert(itt, key);
@@ -1055,38 +1194,90 @@ impl Conn {
         let Some(&key) = st.itts.get(&itt) else {
             // Data for a command already answered (e.g. rejected before its
             // unsolicited data arrived): drop it.
-            log::debug!("iscsi: connection {}: Data-Out for unknown ITT {itt:#x} dropped", self.id);
+            log::debug!(
+                "iscsi: connection {}: Data-Out for unknown ITT {itt:#x} dropped",
+                self.id
+            );
             return Handled::Done;
         };
         let t = &mut st.tasks[key];
         if t.out_len == 0 || t.buf.is_none() {
             return Handled::Done;
         }
-        let end = match off.checked_add(len) {
-            Some(e) if e <= t.out_len => e,
-            _ => return Handled::Close(format!("Data-Out beyond the expected length (offset {off}, {len} bytes)")),
-        };
-        if ttt == RESERVED_TAG {
-            if end > t.unsol_end || datasn != t.unsol_datasn {
-                return Handled::Close(format!("bad unsolicited Data-Out (offset {off}, DataSN {datasn})"));
+        let bad = |why: String| -> Option<String> { Some(why) };
+        let mut problem = None;
+        let end = off.checked_add(len).filter(|e| *e <= t.recv_limit);
+        match end {
+            None => {
+                problem = bad(format!(
+                    "Data-Out beyond the expected length (offset {off}, {len} bytes)"
+                ))
             }
-            t.unsol_datasn += 1;
-        } else {
-            let Some(r) = t.r2t.as_mut() else {
-                return Handled::Close(format!("Data-Out with TTT {ttt:#x} but no R2T outstanding"));
-            };
-            if r.ttt != ttt || off < r.offset || end > r.offset + r.len || datasn != r.datasn {
-                return Handled::Close(format!(
-                    "Data-Out does not match its R2T (TTT {ttt:#x}, offset {off}, DataSN {datasn})"
-                ));
+            Some(end) if ttt == RESERVED_TAG => {
+                if end > t.unsol_end || datasn != t.unsol_datasn {
+                    problem = bad(format!(
+                        "bad unsolicited Data-Out (offset {off}, DataSN {datasn}, expected {})",
+                        t.unsol_datasn
+                    ));
+                } else {
+                    t.unsol_datasn += 1;
+                }
             }
-            r.datasn += 1;
-            r.got += len;
+            Some(end) => match t.r2t.as_mut() {
+                None => problem = bad(format!("Data-Out with TTT {ttt:#x} but no R2T outstanding")),
+                Some(r) => {
+                    if r.ttt != ttt
+                        || off < r.offset
+                        || end > r.offset + r.len
+                        || datasn != r.datasn
+                    {
+                        problem = bad(format!(
+                            "Data-Out does not match its R2T (TTT {ttt:#x}, offset {off}, DataSN {datasn})"
+                        ));
+                    } else {
+                        r.datasn += 1;
+                        r.got += len;
+                    }
+                }
+            },
         }
-        if let Some(x) = t.buf.as_mut() {
-            x.bytes_mut()[off as usize..end as usize].copy_from_slice(p.data);
+        if let Some(why) = problem {
+            // ErrorRecoveryLevel 0: the task ends with CHECK CONDITION; later
+            // Data-Out PDUs of it are dropped as belonging to no task.
+            log::warn!(
+                "iscsi: connection {}: ITT {itt:#x}: {why}; task failed",
+                self.id
+            );
+            st.itts.remove(&itt);
+            if st.tasks[key].inflight == 0 {
+                let t = st.tasks.remove(key);
+                self.release(t);
+            } else {
+                st.tasks[key].aborted = true;
+            }
+            if let Some(s) = &st.session {
+                s.stats.errors.fetch_add(1, Ordering::Relaxed);
+            }
+            self.respond(
+                st,
+                itt,
+                sense::CHECK_CONDITION,
+                Some(sense::DATA_PHASE_ERROR),
+                (0, 0),
+            );
+            return Handled::Done;
         }
-        t.received += len;
+        let end = end.unwrap_or(off);
+        let t = &mut st.tasks[key];
+        // Only the part inside what the command moves is kept.
+        let keep_end = end.min(t.out_len);
+        if off < keep_end {
+            if let Some(x) = t.buf.as_mut() {
+                x.bytes_mut()[off as usize..keep_end as usize]
+                    .copy_from_slice(&p.data[..(keep_end - off) as usize]);
+            }
+            t.received += keep_end - off;
+        }
         let burst_done = t.r2t.as_ref().is_some_and(|r| r.got >= r.len);
         if burst_done {
             t.r2t = None;
@@ -1107,7 +1298,10 @@ impl Conn {
         let ref_itt = field::w20(b);
         let lun_no = scsi::decode_lun_field(field::lun(b));
         self.refresh_target(st);
-        let lun_exists = st.target.as_ref().is_some_and(|t| t.luns.contains_key(&lun_no));
+        let lun_exists = st
+            .target
+            .as_ref()
+            .is_some_and(|t| t.luns.contains_key(&lun_no));
         let resp: u8 = match func {
             // ABORT TASK
             1 => match st.itts.get(&ref_itt).copied() {
@@ -1138,9 +1332,12 @@ impl Conn {
                                     p.reset();
                                     ((), false)
                                 });
+                                l.ua_epoch.fetch_add(1, Ordering::AcqRel);
                             }
                         }
-                        st.nexus_state.remove(&lun_no);
+                        if let Some(ns) = st.nexus_state.get_mut(&lun_no) {
+                            ns.prevent = false;
+                        }
                     }
                     0
                 }
@@ -1157,9 +1354,12 @@ impl Conn {
                             p.reset();
                             ((), false)
                         });
+                        l.ua_epoch.fetch_add(1, Ordering::AcqRel);
                     }
                 }
-                st.nexus_state.clear();
+                for ns in st.nexus_state.values_mut() {
+                    ns.prevent = false;
+                }
                 if func == 7 {
                     st.close_after_flush = true;
                 }
@@ -1218,7 +1418,14 @@ impl Conn {
 
     /// Data-In PDUs for `data`; with `status_resid`, the last one carries GOOD
     /// status and the residual.
-    fn send_data_in(&self, st: &mut St, itt: u32, lun_field: u64, data: &[u8], status_resid: Option<(u8, u32)>) {
+    fn send_data_in(
+        &self,
+        st: &mut St,
+        itt: u32,
+        lun_field: u64,
+        data: &[u8],
+        status_resid: Option<(u8, u32)>,
+    ) {
         let mrdsl = st.params.initiator_mrdsl.max(512) as usize;
         let burst = st.params.max_burst.max(512) as usize;
         let mut off = 0usize;
@@ -1228,7 +1435,7 @@ impl Conn {
             let n = (data.len() - off).min(mrdsl).min(burst_left);
             let last = off + n >= data.len();
             let mut flags = 0u8;
-            if last || (off + n) % burst == 0 {
+            if last || (off + n).is_multiple_of(burst) {
                 flags |= 0x80;
             }
             let mut b = Bhs::new(op::DATA_IN, 0);
@@ -1319,11 +1526,15 @@ impl Conn {
         let pool_io = t.buf.as_ref().map(|b| b.io());
         match (op, stage) {
             (Op::Read { lba, blocks }, 0) => {
-                let io = pool_io.map(|b| b.slice(0, (blocks * bs) as usize)).unwrap_or(IoBuf::empty());
+                let io = pool_io
+                    .map(|b| b.slice(0, (blocks * bs) as usize))
+                    .unwrap_or(IoBuf::empty());
                 self.submit(st, key, IoKind::Read, lba, blocks as u64, io);
             }
             (Op::Write { lba, blocks, .. }, 0) => {
-                let io = pool_io.map(|b| b.slice(0, (blocks * bs) as usize)).unwrap_or(IoBuf::empty());
+                let io = pool_io
+                    .map(|b| b.slice(0, (blocks * bs) as usize))
+                    .unwrap_or(IoBuf::empty());
                 self.submit(st, key, IoKind::Write, lba, blocks as u64, io);
             }
             (Op::Write { fua: true, .. }, 1) => {
@@ -1367,11 +1578,23 @@ impl Conn {
                 let io = pool_io.map(|b| b.slice(n, n)).unwrap_or(IoBuf::empty());
                 self.submit(st, key, IoKind::Write, lba, blocks as u64, io);
             }
-            (Op::WriteSame { lba, blocks, unmap, ndob }, 0) => {
+            (
+                Op::WriteSame {
+                    lba,
+                    blocks,
+                    unmap,
+                    ndob,
+                },
+                0,
+            ) => {
                 let data = t.buf.as_ref().map(|b| &b.bytes()[..bs as usize]);
                 let zero = ndob || data.is_some_and(|d| d.iter().all(|&x| x == 0));
                 if zero {
-                    let kind = if unmap { IoKind::Unmap } else { IoKind::WriteZeroes };
+                    let kind = if unmap {
+                        IoKind::Unmap
+                    } else {
+                        IoKind::WriteZeroes
+                    };
                     self.submit(st, key, kind, lba, blocks as u64, IoBuf::empty());
                 } else {
                     let pat = data.unwrap_or(&[]).to_vec();
@@ -1386,7 +1609,11 @@ impl Conn {
                 }
             }
             (Op::Unmap { len }, 0) => {
-                let data = t.buf.as_ref().map(|b| &b.bytes()[..len as usize]).unwrap_or(&[]);
+                let data = t
+                    .buf
+                    .as_ref()
+                    .map(|b| &b.bytes()[..len as usize])
+                    .unwrap_or(&[]);
                 match scsi::unmap_ranges(data, &t.lun.info) {
                     Ok(ranges) => {
                         if ranges.is_empty() {
@@ -1404,14 +1631,31 @@ impl Conn {
             }
             (Op::Flush, 0) => self.submit(st, key, IoKind::Flush, 0, 0, IoBuf::empty()),
             (Op::ModeSelect { len, ten }, 0) => {
-                let data = t.buf.as_ref().map(|b| &b.bytes()[..len as usize]).unwrap_or(&[]);
-                if let Err(s) = scsi::mode_select(data, ten, &t.lun.info) {
-                    t.err = Some(s);
+                let data = t
+                    .buf
+                    .as_ref()
+                    .map(|b| &b.bytes()[..len as usize])
+                    .unwrap_or(&[]);
+                match scsi::mode_select(data, ten, &t.lun.info) {
+                    Ok(Some(swp)) => t.lun.swp.store(swp, Ordering::Relaxed),
+                    Ok(None) => {}
+                    Err(s) => t.err = Some(s),
                 }
                 self.complete(st, key);
             }
-            (Op::PrOut { sa, scope_type, len }, 0) => {
-                let data = t.buf.as_ref().map(|b| b.bytes()[..len as usize].to_vec()).unwrap_or_default();
+            (
+                Op::PrOut {
+                    sa,
+                    scope_type,
+                    len,
+                },
+                0,
+            ) => {
+                let data = t
+                    .buf
+                    .as_ref()
+                    .map(|b| b.bytes()[..len as usize].to_vec())
+                    .unwrap_or_default();
                 let lun = Arc::clone(&t.lun);
                 let nexus = st.nexus.clone();
                 let r = lun.with_pr(|p| match p.out(&nexus, sa, scope_type, &data) {
@@ -1469,9 +1713,11 @@ impl Conn {
             }
             _ => {
                 if let Some(s) = &st.session {
-                    s.stats.write_bytes.fetch_add(t.out_len as u64, Ordering::Relaxed);
+                    s.stats
+                        .write_bytes
+                        .fetch_add(t.out_len as u64, Ordering::Relaxed);
                 }
-                self.respond(st, t.itt, sense::GOOD, None, residual(t.out_len, t.edtl));
+                self.respond(st, t.itt, sense::GOOD, None, residual(t.spdtl, t.edtl));
             }
         }
         self.release(t);
@@ -1579,7 +1825,10 @@ impl UringDone for Conn {
             }
         }
         if res < 0 {
-            self.close(&format!("poll failed: {}", std::io::Error::from_raw_os_error(-res)));
+            self.close(&format!(
+                "poll failed: {}",
+                std::io::Error::from_raw_os_error(-res)
+            ));
             return;
         }
         if tag == TAG_POLLIN {
@@ -1588,7 +1837,10 @@ impl UringDone for Conn {
             self.flush();
             let resume = {
                 let st = self.st.borrow();
-                !st.closed && !st.poll_in && st.pending_out() <= WBUF_HIGH_BYTES && !st.stalled_on_buf
+                !st.closed
+                    && !st.poll_in
+                    && st.pending_out() <= WBUF_HIGH_BYTES
+                    && !st.stalled_on_buf
             };
             if resume {
                 self.resume();
@@ -1603,7 +1855,10 @@ impl IoDone for Conn {
         {
             let mut st = self.st.borrow_mut();
             let Some(t) = st.tasks.get_mut(key) else {
-                log::error!("iscsi: connection {}: completion for unknown task {key}", self.id);
+                log::error!(
+                    "iscsi: connection {}: completion for unknown task {key}",
+                    self.id
+                );
                 return;
             };
             debug_assert!(t.inflight > 0);

@@ -316,7 +316,10 @@ impl Login {
                 if let Some(a) = t.alias {
                     out.push(kv("TargetAlias", a));
                 }
-                out.push(kv("TargetPortalGroupTag", env.portal_group_tag().to_string()));
+                out.push(kv(
+                    "TargetPortalGroupTag",
+                    env.portal_group_tag().to_string(),
+                ));
             }
         }
         if self.chap.is_none() && self.stage != STAGE_SECURITY {
@@ -347,7 +350,12 @@ impl Login {
         out: &mut Vec<(String, String)>,
         random: &mut dyn FnMut(&mut [u8]),
     ) -> Result<(), u16> {
-        let get = |k: &str| pairs.iter().find(|(pk, _)| pk == k).map(|(_, v)| v.as_str());
+        let get = |k: &str| {
+            pairs
+                .iter()
+                .find(|(pk, _)| pk == k)
+                .map(|(_, v)| v.as_str())
+        };
         match self.auth.clone() {
             Auth::Start => {
                 if self.chap.is_none() && pairs.iter().all(|(k, _)| k != "AuthMethod") {
@@ -400,7 +408,10 @@ impl Login {
                         if c == challenge {
                             return Err(status::AUTH_FAILED);
                         }
-                        let name = cfg.mutual_user.clone().unwrap_or_else(|| self.target.clone());
+                        let name = cfg
+                            .mutual_user
+                            .clone()
+                            .unwrap_or_else(|| self.target.clone());
                         out.push(kv("CHAP_N", name));
                         out.push(kv(
                             "CHAP_R",
@@ -482,10 +493,16 @@ mod tests {
 
     #[test]
     fn normal_login_without_auth() {
-        let env = Env { chap: None, allow: vec![] };
+        let env = Env {
+            chap: None,
+            allow: vec![],
+        };
         let mut l = Login::new(lim());
         let r = l.step(
-            &req(0x81, b"InitiatorName=iqn.i\0TargetName=iqn.t\0AuthMethod=None\0"),
+            &req(
+                0x81,
+                b"InitiatorName=iqn.i\0TargetName=iqn.t\0AuthMethod=None\0",
+            ),
             &env,
             &mut rnd,
         );
@@ -494,7 +511,10 @@ mod tests {
         assert_eq!(get(&r, "AuthMethod").unwrap(), "None");
         assert_eq!(get(&r, "TargetPortalGroupTag").unwrap(), "1");
         let r = l.step(
-            &req(0x87, b"HeaderDigest=CRC32C,None\0MaxRecvDataSegmentLength=65536\0X-foo=1\0"),
+            &req(
+                0x87,
+                b"HeaderDigest=CRC32C,None\0MaxRecvDataSegmentLength=65536\0X-foo=1\0",
+            ),
             &env,
             &mut rnd,
         );
@@ -508,12 +528,23 @@ mod tests {
 
     #[test]
     fn unknown_target_and_acl() {
-        let env = Env { chap: None, allow: vec!["iqn.ok".into()] };
+        let env = Env {
+            chap: None,
+            allow: vec!["iqn.ok".into()],
+        };
         let mut l = Login::new(lim());
-        let r = l.step(&req(0x81, b"InitiatorName=iqn.i\0TargetName=iqn.nope\0"), &env, &mut rnd);
+        let r = l.step(
+            &req(0x81, b"InitiatorName=iqn.i\0TargetName=iqn.nope\0"),
+            &env,
+            &mut rnd,
+        );
         assert_eq!(r.status, status::NOT_FOUND);
         let mut l = Login::new(lim());
-        let r = l.step(&req(0x81, b"InitiatorName=iqn.i\0TargetName=iqn.t\0"), &env, &mut rnd);
+        let r = l.step(
+            &req(0x81, b"InitiatorName=iqn.i\0TargetName=iqn.t\0"),
+            &env,
+            &mut rnd,
+        );
         assert_eq!(r.status, status::FORBIDDEN);
         let mut l = Login::new(lim());
         let r = l.step(&req(0x81, b"TargetName=iqn.t\0"), &env, &mut rnd);
@@ -522,9 +553,16 @@ mod tests {
 
     #[test]
     fn discovery_goes_straight_to_full_feature() {
-        let env = Env { chap: None, allow: vec![] };
+        let env = Env {
+            chap: None,
+            allow: vec![],
+        };
         let mut l = Login::new(lim());
-        let r = l.step(&req(0x87, b"InitiatorName=iqn.i\0SessionType=Discovery\0"), &env, &mut rnd);
+        let r = l.step(
+            &req(0x87, b"InitiatorName=iqn.i\0SessionType=Discovery\0"),
+            &env,
+            &mut rnd,
+        );
         assert_eq!(r.status, 0);
         assert!(r.full_feature);
         assert_eq!(l.session_type, SessionType::Discovery);
@@ -548,7 +586,10 @@ mod tests {
             let env = chap_env(mutual);
             let mut l = Login::new(lim());
             let r = l.step(
-                &req(0x81, b"InitiatorName=iqn.i\0TargetName=iqn.t\0AuthMethod=None,CHAP\0"),
+                &req(
+                    0x81,
+                    b"InitiatorName=iqn.i\0TargetName=iqn.t\0AuthMethod=None,CHAP\0",
+                ),
                 &env,
                 &mut rnd,
             );
@@ -577,28 +618,57 @@ mod tests {
     fn chap_bad_response_fails() {
         let env = chap_env(false);
         let mut l = Login::new(lim());
-        l.step(&req(0x81, b"InitiatorName=iqn.i\0TargetName=iqn.t\0AuthMethod=CHAP\0"), &env, &mut rnd);
+        l.step(
+            &req(
+                0x81,
+                b"InitiatorName=iqn.i\0TargetName=iqn.t\0AuthMethod=CHAP\0",
+            ),
+            &env,
+            &mut rnd,
+        );
         l.step(&req(0x01, b"CHAP_A=5\0"), &env, &mut rnd);
         let r = l.step(&req(0x81, b"CHAP_N=user\0CHAP_R=0x00\0"), &env, &mut rnd);
         assert_eq!(r.status, status::AUTH_FAILED);
         // Skipping security when CHAP is required fails.
         let mut l = Login::new(lim());
-        let r = l.step(&req(0x87, b"InitiatorName=iqn.i\0TargetName=iqn.t\0"), &env, &mut rnd);
+        let r = l.step(
+            &req(0x87, b"InitiatorName=iqn.i\0TargetName=iqn.t\0"),
+            &env,
+            &mut rnd,
+        );
         assert_eq!(r.status, status::AUTH_FAILED);
         // Offering only None fails.
         let mut l = Login::new(lim());
-        let r = l.step(&req(0x81, b"InitiatorName=iqn.i\0TargetName=iqn.t\0AuthMethod=None\0"), &env, &mut rnd);
+        let r = l.step(
+            &req(
+                0x81,
+                b"InitiatorName=iqn.i\0TargetName=iqn.t\0AuthMethod=None\0",
+            ),
+            &env,
+            &mut rnd,
+        );
         assert_eq!(r.status, status::AUTH_FAILED);
     }
 
     #[test]
     fn bad_stage_transitions_fail() {
-        let env = Env { chap: None, allow: vec![] };
+        let env = Env {
+            chap: None,
+            allow: vec![],
+        };
         let mut l = Login::new(lim());
-        let r = l.step(&req(0x80, b"InitiatorName=iqn.i\0TargetName=iqn.t\0"), &env, &mut rnd);
+        let r = l.step(
+            &req(0x80, b"InitiatorName=iqn.i\0TargetName=iqn.t\0"),
+            &env,
+            &mut rnd,
+        );
         assert_eq!(r.status, status::INITIATOR_ERROR);
         let mut l = Login::new(lim());
-        let r = l.step(&req(0x0c, b"InitiatorName=iqn.i\0TargetName=iqn.t\0"), &env, &mut rnd);
+        let r = l.step(
+            &req(0x0c, b"InitiatorName=iqn.i\0TargetName=iqn.t\0"),
+            &env,
+            &mut rnd,
+        );
         assert_eq!(r.status, status::INITIATOR_ERROR);
     }
 }

@@ -66,6 +66,11 @@ pub struct LunRt {
     /// True while any reservation is held: the I/O path checks only this.
     pr_active: AtomicBool,
     pr_path: Option<PathBuf>,
+    /// Software write protect (control mode page SWP), set by MODE SELECT.
+    swp: AtomicBool,
+    /// Bumped by LUN and target resets; a nexus that saw an older value gets a
+    /// unit attention on its next command.
+    ua_epoch: AtomicU64,
 }
 
 impl LunRt {
@@ -273,7 +278,10 @@ impl IscsiFrontend {
         }
         let bound = portal::start(target, &fe.shared, addr)?;
         *fe.shared.portal.lock().unwrap_or_else(|p| p.into_inner()) = bound;
-        log::info!("iscsi: portal {bound} listening, {} target(s)", cfg.targets.len());
+        log::info!(
+            "iscsi: portal {bound} listening, {} target(s)",
+            cfg.targets.len()
+        );
         Ok(fe)
     }
 
@@ -294,7 +302,13 @@ impl IscsiFrontend {
         let pr_path = self.shared.pr_dir.as_ref().map(|d| {
             let safe: String = format!("{iqn}-lun{}", l.lun)
                 .chars()
-                .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
                 .collect();
             d.join(format!("{safe}.pr.json"))
         });
@@ -318,6 +332,8 @@ impl IscsiFrontend {
             pr: Mutex::new(pr),
             pr_active: AtomicBool::new(active),
             pr_path,
+            swp: AtomicBool::new(false),
+            ua_epoch: AtomicU64::new(0),
         }))
     }
 
@@ -355,12 +371,25 @@ impl IscsiFrontend {
         let mut luns = BTreeMap::new();
         for l in &t.luns {
             if luns.contains_key(&l.lun) {
-                return Err(TargetError::invalid(obj, format!("LUN {} given twice", l.lun)));
+                return Err(TargetError::invalid(
+                    obj,
+                    format!("LUN {} given twice", l.lun),
+                ));
             }
             luns.insert(l.lun, self.build_lun(&t.iqn, l)?);
         }
-        self.publish(&t.iqn, Some(TargetRt { cfg: t.clone(), luns }));
-        log::info!("iscsi: target {} exported with {} LUN(s)", t.iqn, t.luns.len());
+        self.publish(
+            &t.iqn,
+            Some(TargetRt {
+                cfg: t.clone(),
+                luns,
+            }),
+        );
+        log::info!(
+            "iscsi: target {} exported with {} LUN(s)",
+            t.iqn,
+            t.luns.len()
+        );
         Ok(())
     }
 
@@ -383,10 +412,13 @@ impl IscsiFrontend {
         iqn: &str,
         f: impl FnOnce(&mut TargetRt) -> Result<(), TargetError>,
     ) -> Result<(), TargetError> {
-        let cur = self.shared.target(iqn).ok_or_else(|| TargetError::NotFound {
-            kind: "iscsi target",
-            name: iqn.to_string(),
-        })?;
+        let cur = self
+            .shared
+            .target(iqn)
+            .ok_or_else(|| TargetError::NotFound {
+                kind: "iscsi target",
+                name: iqn.to_string(),
+            })?;
         let mut t = TargetRt {
             cfg: cur.cfg.clone(),
             luns: cur.luns.clone(),
@@ -456,7 +488,11 @@ impl IscsiFrontend {
 
     /// The exported targets' configuration.
     pub fn targets(&self) -> Vec<TargetNodeConfig> {
-        self.shared.targets().values().map(|t| t.cfg.clone()).collect()
+        self.shared
+            .targets()
+            .values()
+            .map(|t| t.cfg.clone())
+            .collect()
     }
 
     /// Sessions with their counters.
@@ -491,7 +527,9 @@ impl IscsiFrontend {
             let fid = self.shared.id;
             let h = &self.target.reactors().handles()[reactor];
             let msg: crate::reactor::Msg = Box::new(move |r| conn::close_conn(r, fid, conn_id));
-            if h.send_timeout(msg, crate::reactor::CONTROL_SEND_TIMEOUT).is_err() {
+            if h.send_timeout(msg, crate::reactor::CONTROL_SEND_TIMEOUT)
+                .is_err()
+            {
                 log::error!("iscsi: could not ask reactor {reactor} to close connection {conn_id}");
             }
         }

@@ -69,11 +69,19 @@ impl Listener {
 
 impl UringDone for Listener {
     fn uring_done(&self, _tag: u64, res: i32, _flags: u32) {
-        if self.closed.get() || self.shared.stopping.load(std::sync::atomic::Ordering::Acquire) {
+        if self.closed.get()
+            || self
+                .shared
+                .stopping
+                .load(std::sync::atomic::Ordering::Acquire)
+        {
             return;
         }
         if res < 0 && res != -libc::EINTR {
-            log::error!("iscsi portal: poll failed: {}", std::io::Error::from_raw_os_error(-res));
+            log::error!(
+                "iscsi portal: poll failed: {}",
+                std::io::Error::from_raw_os_error(-res)
+            );
         }
         for _ in 0..ACCEPT_BATCH {
             match self.sock.accept() {
@@ -96,7 +104,11 @@ impl UringDone for Listener {
 }
 
 /// Binds `addr` and starts accepting on reactor 0; returns the bound address.
-pub(crate) fn start(target: &Arc<Target>, shared: &Arc<Shared>, addr: SocketAddr) -> Result<SocketAddr, TargetError> {
+pub(crate) fn start(
+    target: &Arc<Target>,
+    shared: &Arc<Shared>,
+    addr: SocketAddr,
+) -> Result<SocketAddr, TargetError> {
     let obj = || format!("iscsi portal {addr}");
     let sock = TcpListener::bind(addr).map_err(|e| TargetError::Io {
         object: obj(),
@@ -123,7 +135,10 @@ pub(crate) fn start(target: &Arc<Target>, shared: &Arc<Shared>, addr: SocketAddr
                 closed: Cell::new(false),
                 me: me.clone(),
             });
-            r.local::<Registry>().listeners.borrow_mut().push(Rc::clone(&l));
+            r.local::<Registry>()
+                .listeners
+                .borrow_mut()
+                .push(Rc::clone(&l));
             l.arm();
         })
         .map_err(|e| TargetError::Timeout {

@@ -164,7 +164,13 @@ impl PrState {
     }
 
     /// PERSISTENT RESERVE OUT. Returns whether the persistent state changed.
-    pub fn out(&mut self, nexus: &str, sa: u8, scope_type: u8, param: &[u8]) -> Result<bool, PrError> {
+    pub fn out(
+        &mut self,
+        nexus: &str,
+        sa: u8,
+        scope_type: u8,
+        param: &[u8],
+    ) -> Result<bool, PrError> {
         let check = |s: Sense| Err(PrError::Check(s));
         if sa > 7 {
             return check(sense::INVALID_FIELD_IN_CDB);
@@ -245,7 +251,9 @@ impl PrState {
                 if my_key != Some(rkey) {
                     return Err(PrError::Conflict);
                 }
-                let Some(r) = self.res.clone() else { return Ok(false) };
+                let Some(r) = self.res.clone() else {
+                    return Ok(false);
+                };
                 if !self.is_holder(nexus) {
                     return Ok(false);
                 }
@@ -462,7 +470,10 @@ mod tests {
         assert!(s.conflicts(B, Access::Write));
         assert!(!s.conflicts(B, Access::Read));
         assert!(!s.conflicts(A, Access::Write));
-        assert_eq!(s.out(B, 1, ty::WE, &param(0xbb, 0, false)), Err(PrError::Conflict));
+        assert_eq!(
+            s.out(B, 1, ty::WE, &param(0xbb, 0, false)),
+            Err(PrError::Conflict)
+        );
         assert_eq!(
             s.out(A, 2, ty::EA, &param(0xaa, 0, false)),
             Err(PrError::Check(sense::INVALID_RELEASE))
@@ -470,7 +481,10 @@ mod tests {
         assert_eq!(s.out(A, 2, ty::WE, &param(0xaa, 0, false)), Ok(true));
         assert!(!s.conflicts(B, Access::Write));
         // Wrong key is a conflict.
-        assert_eq!(s.out(A, 0, 0, &param(0x1, 0x2, false)), Err(PrError::Conflict));
+        assert_eq!(
+            s.out(A, 0, 0, &param(0x1, 0x2, false)),
+            Err(PrError::Conflict)
+        );
     }
 
     #[test]

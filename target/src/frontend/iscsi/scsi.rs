@@ -276,45 +276,228 @@ static COMMANDS: &[CmdDesc] = &[
     c(0x1b, None, &[0x1b, 0x01, 0, 0x0f, 0xf7, 0x07]),
     c(0x1e, None, &[0x1e, 0, 0, 0, 0x03, 0x07]),
     c(0x25, None, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0x07]),
-    c(0x28, None, &[0x28, 0x18, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0x07]),
-    c(0x2a, None, &[0x2a, 0x18, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0x07]),
-    c(0x2e, None, &[0x2e, 0x12, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0x07]),
-    c(0x2f, None, &[0x2f, 0x16, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0x07]),
-    c(0x34, None, &[0x34, 0x02, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0x07]),
-    c(0x35, None, &[0x35, 0x02, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0x07]),
+    c(
+        0x28,
+        None,
+        &[0x28, 0x18, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0x07],
+    ),
+    c(
+        0x2a,
+        None,
+        &[0x2a, 0x18, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0x07],
+    ),
+    c(
+        0x2e,
+        None,
+        &[0x2e, 0x12, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0x07],
+    ),
+    c(
+        0x2f,
+        None,
+        &[0x2f, 0x16, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0x07],
+    ),
+    c(
+        0x34,
+        None,
+        &[0x34, 0x02, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0x07],
+    ),
+    c(
+        0x35,
+        None,
+        &[0x35, 0x02, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0x07],
+    ),
     c(0x37, None, &[0x37, 0, 0x1f, 0, 0, 0, 0, 0xff, 0xff, 0x07]),
-    c(0x41, None, &[0x41, 0x08, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0x07]),
+    c(
+        0x41,
+        None,
+        &[0x41, 0x08, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0x07],
+    ),
     c(0x42, None, &[0x42, 0, 0, 0, 0, 0, 0x1f, 0xff, 0xff, 0x07]),
     c(0x55, None, &[0x55, 0x11, 0, 0, 0, 0, 0, 0xff, 0xff, 0x07]),
-    c(0x5a, None, &[0x5a, 0x18, 0xff, 0xff, 0, 0, 0, 0xff, 0xff, 0x07]),
-    c(0x5e, Some(0), &[0x5e, 0x1f, 0, 0, 0, 0, 0, 0xff, 0xff, 0x07]),
-    c(0x5e, Some(1), &[0x5e, 0x1f, 0, 0, 0, 0, 0, 0xff, 0xff, 0x07]),
-    c(0x5e, Some(2), &[0x5e, 0x1f, 0, 0, 0, 0, 0, 0xff, 0xff, 0x07]),
-    c(0x5e, Some(3), &[0x5e, 0x1f, 0, 0, 0, 0, 0, 0xff, 0xff, 0x07]),
-    c(0x5f, Some(0), &[0x5f, 0x1f, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x07]),
-    c(0x5f, Some(1), &[0x5f, 0x1f, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x07]),
-    c(0x5f, Some(2), &[0x5f, 0x1f, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x07]),
-    c(0x5f, Some(3), &[0x5f, 0x1f, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x07]),
-    c(0x5f, Some(4), &[0x5f, 0x1f, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x07]),
-    c(0x5f, Some(5), &[0x5f, 0x1f, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x07]),
-    c(0x5f, Some(6), &[0x5f, 0x1f, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x07]),
-    c(0x88, None, &[0x88, 0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x07]),
-    c(0x89, None, &[0x89, 0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0xff, 0x1f, 0x07]),
-    c(0x8a, None, &[0x8a, 0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x07]),
-    c(0x8e, None, &[0x8e, 0x12, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x07]),
-    c(0x8f, None, &[0x8f, 0x16, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x07]),
-    c(0x90, None, &[0x90, 0x02, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x07]),
-    c(0x91, None, &[0x91, 0x02, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x07]),
-    c(0x93, None, &[0x93, 0x09, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x07]),
-    c(0x9e, Some(0x10), &[0x9e, 0x10, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0x07]),
-    c(0x9e, Some(0x12), &[0x9e, 0x12, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0x07]),
-    c(0xa0, None, &[0xa0, 0, 0xff, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0x07]),
-    c(0xa3, Some(0x0c), &[0xa3, 0x0c, 0x87, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0x07]),
-    c(0xa8, None, &[0xa8, 0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x07]),
-    c(0xaa, None, &[0xaa, 0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x07]),
-    c(0xae, None, &[0xae, 0x12, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x07]),
-    c(0xaf, None, &[0xaf, 0x16, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x07]),
-    c(0xb7, None, &[0xb7, 0, 0x1f, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0x07]),
+    c(
+        0x5a,
+        None,
+        &[0x5a, 0x18, 0xff, 0xff, 0, 0, 0, 0xff, 0xff, 0x07],
+    ),
+    c(
+        0x5e,
+        Some(0),
+        &[0x5e, 0x1f, 0, 0, 0, 0, 0, 0xff, 0xff, 0x07],
+    ),
+    c(
+        0x5e,
+        Some(1),
+        &[0x5e, 0x1f, 0, 0, 0, 0, 0, 0xff, 0xff, 0x07],
+    ),
+    c(
+        0x5e,
+        Some(2),
+        &[0x5e, 0x1f, 0, 0, 0, 0, 0, 0xff, 0xff, 0x07],
+    ),
+    c(
+        0x5e,
+        Some(3),
+        &[0x5e, 0x1f, 0, 0, 0, 0, 0, 0xff, 0xff, 0x07],
+    ),
+    c(
+        0x5f,
+        Some(0),
+        &[0x5f, 0x1f, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x07],
+    ),
+    c(
+        0x5f,
+        Some(1),
+        &[0x5f, 0x1f, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x07],
+    ),
+    c(
+        0x5f,
+        Some(2),
+        &[0x5f, 0x1f, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x07],
+    ),
+    c(
+        0x5f,
+        Some(3),
+        &[0x5f, 0x1f, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x07],
+    ),
+    c(
+        0x5f,
+        Some(4),
+        &[0x5f, 0x1f, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x07],
+    ),
+    c(
+        0x5f,
+        Some(5),
+        &[0x5f, 0x1f, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x07],
+    ),
+    c(
+        0x5f,
+        Some(6),
+        &[0x5f, 0x1f, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x07],
+    ),
+    c(
+        0x88,
+        None,
+        &[
+            0x88, 0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            0x1f, 0x07,
+        ],
+    ),
+    c(
+        0x89,
+        None,
+        &[
+            0x89, 0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0xff, 0x1f, 0x07,
+        ],
+    ),
+    c(
+        0x8a,
+        None,
+        &[
+            0x8a, 0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            0x1f, 0x07,
+        ],
+    ),
+    c(
+        0x8e,
+        None,
+        &[
+            0x8e, 0x12, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            0x1f, 0x07,
+        ],
+    ),
+    c(
+        0x8f,
+        None,
+        &[
+            0x8f, 0x16, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            0x1f, 0x07,
+        ],
+    ),
+    c(
+        0x90,
+        None,
+        &[
+            0x90, 0x02, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            0x1f, 0x07,
+        ],
+    ),
+    c(
+        0x91,
+        None,
+        &[
+            0x91, 0x02, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            0x1f, 0x07,
+        ],
+    ),
+    c(
+        0x93,
+        None,
+        &[
+            0x93, 0x09, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            0x1f, 0x07,
+        ],
+    ),
+    c(
+        0x9e,
+        Some(0x10),
+        &[
+            0x9e, 0x10, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0,
+            0x07,
+        ],
+    ),
+    c(
+        0x9e,
+        Some(0x12),
+        &[
+            0x9e, 0x12, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0,
+            0x07,
+        ],
+    ),
+    c(
+        0xa0,
+        None,
+        &[0xa0, 0, 0xff, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0x07],
+    ),
+    c(
+        0xa3,
+        Some(0x0c),
+        &[
+            0xa3, 0x0c, 0x87, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0x07,
+        ],
+    ),
+    c(
+        0xa8,
+        None,
+        &[
+            0xa8, 0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x07,
+        ],
+    ),
+    c(
+        0xaa,
+        None,
+        &[
+            0xaa, 0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x07,
+        ],
+    ),
+    c(
+        0xae,
+        None,
+        &[
+            0xae, 0x12, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x07,
+        ],
+    ),
+    c(
+        0xaf,
+        None,
+        &[
+            0xaf, 0x16, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x07,
+        ],
+    ),
+    c(
+        0xb7,
+        None,
+        &[0xb7, 0, 0x1f, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0x07],
+    ),
 ];
 
 /// Per I_T nexus and LUN state the SCSI layer keeps (sense for REQUEST SENSE,
@@ -323,11 +506,20 @@ static COMMANDS: &[CmdDesc] = &[
 pub struct NexusState {
     /// PREVENT MEDIUM REMOVAL is in effect.
     pub prevent: bool,
+    /// The LUN's reset epoch this nexus last saw (a change is a unit attention).
+    pub ua_epoch: Option<u64>,
 }
 
 /// Decodes and, where possible, answers a command. `luns` lists every LUN of the
 /// target (REPORT LUNS); `lun` is None when the addressed LUN does not exist.
-pub fn decode(cdb: &[u8; 16], lun: Option<&LunInfo>, luns: &[u64], nexus: &mut NexusState) -> Op {
+/// `swp` is the software write protect bit of the control mode page.
+pub fn decode(
+    cdb: &[u8; 16],
+    lun: Option<&LunInfo>,
+    luns: &[u64],
+    nexus: &mut NexusState,
+    swp: bool,
+) -> Op {
     let opcode = cdb[0];
     // Commands valid on any LUN number.
     match opcode {
@@ -339,7 +531,7 @@ pub fn decode(cdb: &[u8; 16], lun: Option<&LunInfo>, luns: &[u64], nexus: &mut N
     let Some(info) = lun else {
         return Op::Done(Response::check(sense::LUN_NOT_SUPPORTED));
     };
-    match decode_lun(cdb, info, nexus) {
+    match decode_lun(cdb, info, nexus, swp) {
         Ok(op) => op,
         Err(s) => Op::Done(Response::check(s)),
     }
@@ -379,12 +571,17 @@ fn rw_fields(cdb: &[u8]) -> (u64, u32, usize) {
     }
 }
 
-fn decode_lun(cdb: &[u8; 16], info: &LunInfo, nexus: &mut NexusState) -> Result<Op, Sense> {
+fn decode_lun(
+    cdb: &[u8; 16],
+    info: &LunInfo,
+    nexus: &mut NexusState,
+    swp: bool,
+) -> Result<Op, Sense> {
     let opcode = cdb[0];
     let bs = info.block_size;
     let good = || Ok(Op::Done(Response::good(Vec::new())));
     let wp = |info: &LunInfo| -> Result<(), Sense> {
-        if info.read_only {
+        if info.read_only || swp {
             Err(sense::WRITE_PROTECTED)
         } else {
             Ok(())
@@ -450,7 +647,11 @@ fn decode_lun(cdb: &[u8; 16], info: &LunInfo, nexus: &mut NexusState) -> Result<
             if blocks == 0 || bytchk == 0 {
                 return good();
             }
-            Ok(Op::Verify { lba, blocks, bytchk })
+            Ok(Op::Verify {
+                lba,
+                blocks,
+                bytchk,
+            })
         }
         // PRE-FETCH 10/16: nothing to stage on these backends.
         0x34 | 0x90 => {
@@ -499,11 +700,8 @@ fn decode_lun(cdb: &[u8; 16], info: &LunInfo, nexus: &mut NexusState) -> Result<
                 // WSNZ=1 in the Block Limits page.
                 return Err(sense::INVALID_FIELD_IN_CDB);
             }
-            let max = if unmap || ndob {
-                MAX_UNMAP_BLOCKS
-            } else {
-                info.max_xfer_blocks()
-            };
+            // One limit for every form (the Block Limits page reports one).
+            let max = info.max_xfer_blocks();
             range_ok(info, lba, blocks as u64)?;
             if blocks > max {
                 return Err(sense::INVALID_FIELD_IN_CDB);
@@ -526,7 +724,7 @@ fn decode_lun(cdb: &[u8; 16], info: &LunInfo, nexus: &mut NexusState) -> Result<
             if len == 0 {
                 return good();
             }
-            if len < 8 || len > MAX_PARAM_BYTES {
+            if !(8..=MAX_PARAM_BYTES).contains(&len) {
                 return Err(sense::PARAM_LIST_LENGTH);
             }
             Ok(Op::Unmap { len })
@@ -571,7 +769,7 @@ fn decode_lun(cdb: &[u8; 16], info: &LunInfo, nexus: &mut NexusState) -> Result<
             }
         }
         // MODE SENSE 6/10
-        0x1a | 0x5a => mode_sense(cdb, info).map(Op::Done),
+        0x1a | 0x5a => mode_sense(cdb, info, swp).map(Op::Done),
         // MODE SELECT 6/10
         0x15 | 0x55 => {
             let ten = opcode == 0x55;
@@ -579,7 +777,11 @@ fn decode_lun(cdb: &[u8; 16], info: &LunInfo, nexus: &mut NexusState) -> Result<
             if cdb[1] & 0x01 != 0 {
                 return Err(sense::SAVING_NOT_SUPPORTED);
             }
-            let len = if ten { be16(cdb, 7) as u32 } else { cdb[4] as u32 };
+            let len = if ten {
+                be16(cdb, 7) as u32
+            } else {
+                cdb[4] as u32
+            };
             if len == 0 {
                 return good();
             }
@@ -782,7 +984,7 @@ fn inquiry(cdb: &[u8; 16], lun: Option<&LunInfo>) -> Response {
             put32(&mut b, 20, MAX_UNMAP_BLOCKS);
             put32(&mut b, 24, MAX_UNMAP_DESCRIPTORS);
             put32(&mut b, 28, 1);
-            put64(&mut b, 36, MAX_UNMAP_BLOCKS as u64);
+            put64(&mut b, 36, info.max_xfer_blocks() as u64);
         }
         0xb1 => {
             b.resize(64, 0);
@@ -801,7 +1003,7 @@ fn inquiry(cdb: &[u8; 16], lun: Option<&LunInfo>) -> Response {
     Response::good(trunc(b, alloc))
 }
 
-fn mode_page(page: u8, pc: u8) -> Option<Vec<u8>> {
+fn mode_page(page: u8, pc: u8, swp: bool) -> Option<Vec<u8>> {
     let changeable = pc == 1;
     match page {
         // Read-write error recovery.
@@ -821,9 +1023,14 @@ fn mode_page(page: u8, pc: u8) -> Option<Vec<u8>> {
             let mut p = vec![0u8; 12];
             p[0] = 0x0a;
             p[1] = 0x0a;
-            if !changeable {
+            if changeable {
+                p[4] = 0x08; // SWP is the one changeable bit
+            } else {
                 p[3] = 0x10; // queue algorithm modifier 1: unrestricted reordering
                 put16(&mut p, 8, 0xffff); // busy timeout period: unlimited
+                if swp && pc == 0 {
+                    p[4] = 0x08;
+                }
             }
             Some(p)
         }
@@ -838,7 +1045,7 @@ fn mode_page(page: u8, pc: u8) -> Option<Vec<u8>> {
     }
 }
 
-fn mode_sense(cdb: &[u8; 16], info: &LunInfo) -> Result<Response, Sense> {
+fn mode_sense(cdb: &[u8; 16], info: &LunInfo, swp: bool) -> Result<Response, Sense> {
     let ten = cdb[0] == 0x5a;
     control_ok(cdb, if ten { 10 } else { 6 })?;
     let dbd = cdb[1] & 0x08 != 0;
@@ -846,7 +1053,11 @@ fn mode_sense(cdb: &[u8; 16], info: &LunInfo) -> Result<Response, Sense> {
     let pc = cdb[2] >> 6;
     let page = cdb[2] & 0x3f;
     let subpage = cdb[3];
-    let alloc = if ten { be16(cdb, 7) as usize } else { cdb[4] as usize };
+    let alloc = if ten {
+        be16(cdb, 7) as usize
+    } else {
+        cdb[4] as usize
+    };
     if pc == 3 {
         return Err(sense::SAVING_NOT_SUPPORTED);
     }
@@ -856,13 +1067,13 @@ fn mode_sense(cdb: &[u8; 16], info: &LunInfo) -> Result<Response, Sense> {
             return Err(sense::INVALID_FIELD_IN_CDB);
         }
         for p in [0x01, 0x08, 0x0a, 0x1c] {
-            pages.extend(mode_page(p, pc).unwrap_or_default());
+            pages.extend(mode_page(p, pc, swp).unwrap_or_default());
         }
     } else {
         if subpage != 0 {
             return Err(sense::INVALID_FIELD_IN_CDB);
         }
-        pages = mode_page(page, pc).ok_or(sense::INVALID_FIELD_IN_CDB)?;
+        pages = mode_page(page, pc, swp).ok_or(sense::INVALID_FIELD_IN_CDB)?;
     }
     let mut bd = Vec::new();
     if !dbd {
@@ -872,13 +1083,17 @@ fn mode_sense(cdb: &[u8; 16], info: &LunInfo) -> Result<Response, Sense> {
             put32(&mut bd, 12, info.block_size);
         } else {
             bd = vec![0u8; 8];
-            put32(&mut bd, 0, u32::try_from(info.num_blocks).unwrap_or(u32::MAX));
+            put32(
+                &mut bd,
+                0,
+                u32::try_from(info.num_blocks).unwrap_or(u32::MAX),
+            );
             put32(&mut bd, 4, info.block_size & 0x00ff_ffff);
             bd[4] = 0;
         }
     }
     // Device-specific parameter: WP, DPOFUA.
-    let dsp = 0x10 | if info.read_only { 0x80 } else { 0 };
+    let dsp = 0x10 | if info.read_only || swp { 0x80 } else { 0 };
     let mut b = if ten {
         let mut h = vec![0u8; 8];
         h[3] = dsp;
@@ -901,9 +1116,10 @@ fn mode_sense(cdb: &[u8; 16], info: &LunInfo) -> Result<Response, Sense> {
     Ok(Response::good(trunc(b, alloc)))
 }
 
-/// MODE SELECT: accepts parameter lists that change nothing this target reports
-/// as changeable (nothing is), so any page equal to the current one is accepted.
-pub fn mode_select(data: &[u8], ten: bool, info: &LunInfo) -> Result<(), Sense> {
+/// MODE SELECT: accepts pages equal to the current ones except for the bits
+/// reported changeable (only SWP in the control page). Returns the new SWP value
+/// when the control page was given.
+pub fn mode_select(data: &[u8], ten: bool, info: &LunInfo) -> Result<Option<bool>, Sense> {
     let (hdr, bdl) = if ten {
         if data.len() < 8 {
             return Err(sense::PARAM_LIST_LENGTH);
@@ -916,6 +1132,7 @@ pub fn mode_select(data: &[u8], ten: bool, info: &LunInfo) -> Result<(), Sense> 
         (4, data[3] as usize)
     };
     let mut pos = hdr + bdl;
+    let mut swp = None;
     if pos > data.len() {
         return Err(sense::PARAM_LIST_LENGTH);
     }
@@ -940,19 +1157,29 @@ pub fn mode_select(data: &[u8], ten: bool, info: &LunInfo) -> Result<(), Sense> 
         if end > data.len() {
             return Err(sense::PARAM_LIST_LENGTH);
         }
-        let Some(cur) = mode_page(code, 0) else {
+        let (Some(cur), Some(mask)) = (mode_page(code, 0, false), mode_page(code, 1, false)) else {
             return Err(sense::INVALID_FIELD_IN_PARAM);
         };
         if spf || cur.len() != hl + plen {
             return Err(sense::INVALID_FIELD_IN_PARAM);
         }
-        // Ignore the PS bit; every other byte must match the current value.
-        if data[pos + 2..end] != cur[2..] {
+        // Ignore the PS bit; every other byte must match the current value
+        // outside the changeable bits.
+        let given = &data[pos + 2..end];
+        let differs = given
+            .iter()
+            .zip(&cur[2..])
+            .zip(&mask[2..])
+            .any(|((g, c), m)| (g & !m) != (c & !m));
+        if differs {
             return Err(sense::INVALID_FIELD_IN_PARAM);
+        }
+        if code == 0x0a {
+            swp = Some(given[2] & 0x08 != 0);
         }
         pos = end;
     }
-    Ok(())
+    Ok(swp)
 }
 
 fn report_opcodes(cdb: &[u8; 16]) -> Result<Response, Sense> {
@@ -987,13 +1214,17 @@ fn report_opcodes(cdb: &[u8; 16]) -> Result<Response, Sense> {
             put32(&mut b, 0, n);
         }
         1..=3 => {
-            let has_sa = COMMANDS.iter().any(|d| d.opcode == req_op && d.sa.is_some());
-            if (opts == 1 && has_sa) || (opts == 2 && !has_sa && COMMANDS.iter().any(|d| d.opcode == req_op)) {
+            let has_sa = COMMANDS
+                .iter()
+                .any(|d| d.opcode == req_op && d.sa.is_some());
+            if (opts == 1 && has_sa)
+                || (opts == 2 && !has_sa && COMMANDS.iter().any(|d| d.opcode == req_op))
+            {
                 return Err(sense::INVALID_FIELD_IN_CDB);
             }
-            let found = COMMANDS.iter().find(|d| {
-                d.opcode == req_op && (opts == 1 || !has_sa || d.sa == Some(req_sa))
-            });
+            let found = COMMANDS
+                .iter()
+                .find(|d| d.opcode == req_op && (opts == 1 || !has_sa || d.sa == Some(req_sa)));
             b = vec![0u8; 4];
             match found {
                 Some(d) => {
@@ -1018,7 +1249,7 @@ pub fn unmap_ranges(data: &[u8], info: &LunInfo) -> Result<Vec<(u64, u32)>, Sens
         return Err(sense::PARAM_LIST_LENGTH);
     }
     let bdl = be16(data, 2) as usize;
-    if bdl % 16 != 0 && bdl > 0 {
+    if !bdl.is_multiple_of(16) {
         return Err(sense::PARAM_LIST_LENGTH);
     }
     let n = bdl.min(data.len() - 8) / 16;
@@ -1075,7 +1306,13 @@ mod tests {
     }
 
     fn run(bytes: &[u8]) -> Op {
-        decode(&cdb(bytes), Some(&info()), &[0, 1], &mut NexusState::default())
+        decode(
+            &cdb(bytes),
+            Some(&info()),
+            &[0, 1],
+            &mut NexusState::default(),
+            false,
+        )
     }
 
     fn check_of(op: Op) -> Sense {
@@ -1105,12 +1342,33 @@ mod tests {
 
     #[test]
     fn reads_and_ranges() {
-        assert_eq!(run(&[0x28, 0, 0, 0, 0, 0, 0, 0, 8, 0]), Op::Read { lba: 0, blocks: 8 });
-        assert_eq!(run(&[0x08, 0, 0, 1, 0, 0]), Op::Read { lba: 1, blocks: 256 });
-        assert_eq!(check_of(run(&[0x28, 0, 0, 0, 0x08, 0, 0, 0, 1, 0])), sense::LBA_OUT_OF_RANGE);
-        assert_eq!(check_of(run(&[0x28, 0, 0, 0, 0x07, 0xff, 0, 0, 2, 0])), sense::LBA_OUT_OF_RANGE);
-        assert_eq!(check_of(run(&[0x28, 0x20, 0, 0, 0, 0, 0, 0, 1, 0])), sense::INVALID_FIELD_IN_CDB);
-        assert_eq!(data_of(run(&[0x28, 0, 0, 0, 0, 0, 0, 0, 0, 0])), Vec::<u8>::new());
+        assert_eq!(
+            run(&[0x28, 0, 0, 0, 0, 0, 0, 0, 8, 0]),
+            Op::Read { lba: 0, blocks: 8 }
+        );
+        assert_eq!(
+            run(&[0x08, 0, 0, 1, 0, 0]),
+            Op::Read {
+                lba: 1,
+                blocks: 256
+            }
+        );
+        assert_eq!(
+            check_of(run(&[0x28, 0, 0, 0, 0x08, 0, 0, 0, 1, 0])),
+            sense::LBA_OUT_OF_RANGE
+        );
+        assert_eq!(
+            check_of(run(&[0x28, 0, 0, 0, 0x07, 0xff, 0, 0, 2, 0])),
+            sense::LBA_OUT_OF_RANGE
+        );
+        assert_eq!(
+            check_of(run(&[0x28, 0x20, 0, 0, 0, 0, 0, 0, 1, 0])),
+            sense::INVALID_FIELD_IN_CDB
+        );
+        assert_eq!(
+            data_of(run(&[0x28, 0, 0, 0, 0, 0, 0, 0, 0, 0])),
+            Vec::<u8>::new()
+        );
         let mut c = [0u8; 16];
         c[0] = 0x88;
         put64(&mut c, 2, u64::MAX);
@@ -1136,11 +1394,23 @@ mod tests {
         assert_eq!(b0[3], 0x3c);
         let p83 = data_of(run(&[0x12, 1, 0x83, 0, 255, 0]));
         assert_eq!(&p83[8..24], &info().ident.naa);
-        assert_eq!(check_of(run(&[0x12, 1, 0x42, 0, 255, 0])), sense::INVALID_FIELD_IN_CDB);
-        assert_eq!(check_of(run(&[0x12, 0, 0x80, 0, 255, 0])), sense::INVALID_FIELD_IN_CDB);
+        assert_eq!(
+            check_of(run(&[0x12, 1, 0x42, 0, 255, 0])),
+            sense::INVALID_FIELD_IN_CDB
+        );
+        assert_eq!(
+            check_of(run(&[0x12, 0, 0x80, 0, 255, 0])),
+            sense::INVALID_FIELD_IN_CDB
+        );
         assert_eq!(data_of(run(&[0x12, 0, 0, 0, 5, 0])).len(), 5);
         // A LUN that does not exist answers INQUIRY with qualifier 3.
-        let r = decode(&cdb(&[0x12, 0, 0, 0, 36, 0]), None, &[0], &mut NexusState::default());
+        let r = decode(
+            &cdb(&[0x12, 0, 0, 0, 36, 0]),
+            None,
+            &[0],
+            &mut NexusState::default(),
+            false,
+        );
         assert_eq!(data_of(r)[0], 0x7f);
     }
 
@@ -1162,9 +1432,20 @@ mod tests {
     #[test]
     fn write_same_unmap_and_caw() {
         let op = run(&[0x41, 0x08, 0, 0, 0, 0, 0, 0, 4, 0]);
-        assert_eq!(op, Op::WriteSame { lba: 0, blocks: 4, unmap: true, ndob: false });
+        assert_eq!(
+            op,
+            Op::WriteSame {
+                lba: 0,
+                blocks: 4,
+                unmap: true,
+                ndob: false
+            }
+        );
         assert_eq!(op.data_out_len(512), 512);
-        assert_eq!(check_of(run(&[0x41, 0, 0, 0, 0, 0, 0, 0, 0, 0])), sense::INVALID_FIELD_IN_CDB);
+        assert_eq!(
+            check_of(run(&[0x41, 0, 0, 0, 0, 0, 0, 0, 0, 0])),
+            sense::INVALID_FIELD_IN_CDB
+        );
         let mut c = [0u8; 16];
         c[0] = 0x89;
         c[13] = 2;
@@ -1188,9 +1469,16 @@ mod tests {
         assert_eq!(ms[3], 8);
         let ctl = data_of(run(&[0x1a, 0x08, 0x0a, 0, 255, 0]));
         assert_eq!(ctl[4], 0x0a);
-        assert_eq!(check_of(run(&[0x1a, 0, 0xc0 | 0x0a, 0, 255, 0])), sense::SAVING_NOT_SUPPORTED);
+        assert_eq!(
+            check_of(run(&[0x1a, 0, 0xc0 | 0x0a, 0, 255, 0])),
+            sense::SAVING_NOT_SUPPORTED
+        );
         let mut sel = vec![0u8, 0, 0, 0];
-        sel.extend(mode_page(0x0a, 0).unwrap());
+        sel.extend(mode_page(0x0a, 0, false).unwrap());
+        assert_eq!(mode_select(&sel, false, &info()), Ok(Some(false)));
+        sel[8] |= 0x08;
+        assert_eq!(mode_select(&sel, false, &info()), Ok(Some(true)));
+        sel[8] &= !0x08;
         assert!(mode_select(&sel, false, &info()).is_ok());
         sel[6] ^= 0x04;
         assert!(mode_select(&sel, false, &info()).is_err());
@@ -1203,7 +1491,10 @@ mod tests {
         let one = data_of(run(&[0xa3, 0x0c, 1, 0x28, 0, 0, 0, 0, 0xff, 0xff, 0, 0]));
         assert_eq!(one[1] & 7, 3);
         assert_eq!(one[4], 0x28);
-        assert_eq!(check_of(run(&[0xa3, 0x0c, 1, 0x9e, 0, 0x10, 0, 0, 0xff, 0xff, 0, 0])), sense::INVALID_FIELD_IN_CDB);
+        assert_eq!(
+            check_of(run(&[0xa3, 0x0c, 1, 0x9e, 0, 0x10, 0, 0, 0xff, 0xff, 0, 0])),
+            sense::INVALID_FIELD_IN_CDB
+        );
         let sa = data_of(run(&[0xa3, 0x0c, 2, 0x9e, 0, 0x10, 0, 0, 0xff, 0xff, 0, 0]));
         assert_eq!(sa[1] & 7, 3);
     }
@@ -1212,7 +1503,13 @@ mod tests {
     fn read_only_luns_refuse_writes() {
         let mut i = info();
         i.read_only = true;
-        let r = decode(&cdb(&[0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0]), Some(&i), &[0], &mut NexusState::default());
+        let r = decode(
+            &cdb(&[0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0]),
+            Some(&i),
+            &[0],
+            &mut NexusState::default(),
+            false,
+        );
         assert_eq!(check_of(r), sense::WRITE_PROTECTED);
     }
 }

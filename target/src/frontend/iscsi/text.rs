@@ -320,7 +320,9 @@ mod tests {
         assert!(matches!(parse(b"=x\0"), Err(TextError::BadKey(_))));
         assert!(matches!(parse(b"a=1\0a=2\0"), Err(TextError::Duplicate(_))));
         assert!(matches!(parse(b"a=\xff\0"), Err(TextError::BadValue(_))));
-        let many: Vec<u8> = (0..300).flat_map(|i| format!("k{i}=v\0").into_bytes()).collect();
+        let many: Vec<u8> = (0..300)
+            .flat_map(|i| format!("k{i}=v\0").into_bytes())
+            .collect();
         assert_eq!(parse(&many), Err(TextError::TooMany));
     }
 
@@ -328,20 +330,44 @@ mod tests {
     fn negotiation_rules() {
         let l = lim();
         let mut p = Params::defaults(&l);
-        assert_eq!(negotiate("HeaderDigest", "CRC32C,None", &mut p, &l).unwrap(), "CRC32C");
+        assert_eq!(
+            negotiate("HeaderDigest", "CRC32C,None", &mut p, &l).unwrap(),
+            "CRC32C"
+        );
         assert!(p.header_digest);
         assert_eq!(negotiate("DataDigest", "None", &mut p, &l).unwrap(), "None");
-        assert_eq!(negotiate("DataDigest", "MD5", &mut p, &l).unwrap(), "Reject");
-        assert_eq!(negotiate("MaxRecvDataSegmentLength", "8192", &mut p, &l).unwrap(), "262144");
+        assert_eq!(
+            negotiate("DataDigest", "MD5", &mut p, &l).unwrap(),
+            "Reject"
+        );
+        assert_eq!(
+            negotiate("MaxRecvDataSegmentLength", "8192", &mut p, &l).unwrap(),
+            "262144"
+        );
         assert_eq!(p.initiator_mrdsl, 8192);
-        assert_eq!(negotiate("MaxBurstLength", "16776192", &mut p, &l).unwrap(), "1048576");
-        assert_eq!(negotiate("ImmediateData", "Yes", &mut p, &l).unwrap(), "Yes");
+        assert_eq!(
+            negotiate("MaxBurstLength", "16776192", &mut p, &l).unwrap(),
+            "1048576"
+        );
+        assert_eq!(
+            negotiate("ImmediateData", "Yes", &mut p, &l).unwrap(),
+            "Yes"
+        );
         assert_eq!(negotiate("InitialR2T", "No", &mut p, &l).unwrap(), "No");
         assert_eq!(negotiate("MaxConnections", "8", &mut p, &l).unwrap(), "1");
-        assert_eq!(negotiate("ErrorRecoveryLevel", "2", &mut p, &l).unwrap(), "0");
+        assert_eq!(
+            negotiate("ErrorRecoveryLevel", "2", &mut p, &l).unwrap(),
+            "0"
+        );
         assert_eq!(negotiate("DefaultTime2Wait", "0", &mut p, &l).unwrap(), "2");
-        assert_eq!(negotiate("MaxBurstLength", "0x10000", &mut p, &l).unwrap(), "65536");
-        assert_eq!(negotiate("MaxBurstLength", "1", &mut p, &l).unwrap(), "Reject");
+        assert_eq!(
+            negotiate("MaxBurstLength", "0x10000", &mut p, &l).unwrap(),
+            "65536"
+        );
+        assert_eq!(
+            negotiate("MaxBurstLength", "1", &mut p, &l).unwrap(),
+            "Reject"
+        );
         assert!(negotiate("InitiatorName", "x", &mut p, &l).is_none());
     }
 }
