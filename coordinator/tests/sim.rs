@@ -5,7 +5,7 @@
 //! `PLEXD_SIM_SEEDS=N` changes how many seeds the random test runs.
 
 use plexd_coordinator::core::Role;
-use plexd_coordinator::sim::{run_seed, Sim};
+use plexd_coordinator::sim::{run_seed, Coverage, Sim};
 use std::time::Instant;
 
 /// Seeds the random test runs by default.
@@ -27,16 +27,27 @@ fn random_schedules_keep_the_invariants() {
         }
     };
     let (mut events, mut acked, mut failed) = (0, 0, 0);
+    let mut cov = Coverage::default();
     for &seed in &seeds {
         match run_seed(seed, STEPS_PER_SEED) {
             Ok(s) => {
                 events += s.events;
                 acked += s.acked;
                 failed += s.failed;
+                let c = s.coverage;
+                cov.failpoint_crashes += c.failpoint_crashes;
+                cov.takeovers += c.takeovers;
+                cov.completed_by_new_master += c.completed_by_new_master;
+                cov.aborted_by_new_master += c.aborted_by_new_master;
+                cov.joins += c.joins;
+                cov.abandoned_joins += c.abandoned_joins;
+                cov.failed_txns += c.failed_txns;
+                cov.commits += c.commits;
             }
             Err(e) => panic!("{e}"),
         }
     }
+    eprintln!("simulator coverage: {cov:?}");
     eprintln!(
         "simulator: {} seeds × {STEPS_PER_SEED} steps, {events} events, {acked} changes acknowledged, {failed} refused, in {:.1} s",
         seeds.len(),
@@ -49,4 +60,412 @@ fn cluster_forms_with_one_master() {
     let sim = Sim::cluster(3, 1);
     let m = sim.master().unwrap();
     assert_eq!(sim.core(m).unwrap().role(), Role::Master);
+}
+
+// ---------------------------------------------------------------------------
+// Scenarios. `Sim::cluster(3, seed)` starts nodes a, b, c at once; a (lowest id)
+// forms the cluster and is master, b is the designated successor.
+// ---------------------------------------------------------------------------
+
+use plexd_coordinator::core::RequestId;
+use plexd_coordinator::sim::Hold;
+
+const A: u32 = 1;
+const B: u32 = 2;
+const C: u32 = 3;
+
+/// Runs until node `id` answers `request`; returns the answer.
+fn answer(sim: &mut Sim, id: u32, request: Option<RequestId>) -> Result<(), String> {
+    let request = request.expect("the node is up");
+    let answered = sim.run_until(10_000, |s| s.reply(id, request).is_some());
+    assert!(answered, "no answer from node {id}:\n{}", sim.trace_text());
+    assert_eq!(sim.violation(), None);
+    sim.reply(id, request).cloned().expect("answered")
+}
+
+/// Runs until `ids` form one idle view, then checks the invariants.
+fn settle(sim: &mut Sim, ids: &[u32]) {
+    let whole = sim.run_until(10_000, |s| s.all_members(ids));
+    assert!(whole, "nodes {ids:?} did not settle:\n{}", sim.trace_text());
+    sim.check().expect("invariants hold");
+}
+
+/// Whether every live node in `ids`, its data plane and the disk hold group `dg`.
+fn everywhere_has(sim: &Sim, ids: &[u32], dg: &str) -> bool {
+    ids.iter().all(|&id| {
+        sim.core(id)
+            .is_some_and(|c| c.config().groups.contains_key(dg))
+            && sim.node(id).kernel.active.groups.contains_key(dg)
+    }) && sim.disk().is_some_and(|d| d.config.groups.contains_key(dg))
+}
+
+/// Whether no node (live core or data plane) nor the disk holds group `dg`.
+fn nowhere_has(sim: &Sim, dg: &str) -> bool {
+    sim.ids().into_iter().all(|id| {
+        !sim.core(id)
+            .is_some_and(|c| c.config().groups.contains_key(dg))
+            && !sim.node(id).kernel.active.groups.contains_key(dg)
+            && sim.node(id).kernel.staged.is_none()
+    }) && !sim.disk().is_some_and(|d| d.config.groups.contains_key(dg))
+}
+
+fn traced_cluster(nodes: u32) -> Sim {
+    let mut sim = Sim::cluster(nodes, 7);
+    assert_eq!(sim.master(), Some(A));
+    sim.run_for(100);
+    sim
+}
+
+#[test]
+fn change_on_master_commits_on_every_node_and_the_disk() {
+    let mut sim = traced_cluster(3);
+    let r = sim.create(A, "dg1", 2);
+    assert_eq!(answer(&mut sim, A, r), Ok(()));
+    settle(&mut sim, &[A, B, C]);
+    assert!(everywhere_has(&sim, &[A, B, C], "dg1"));
+    assert_eq!(sim.disk().unwrap().config.seq, 1);
+}
+
+#[test]
+fn slave_forwards_change_to_master() {
+    let mut sim = traced_cluster(3);
+    let r = sim.create(C, "dg1", 1);
+    assert_eq!(answer(&mut sim, C, r), Ok(()));
+    settle(&mut sim, &[A, B, C]);
+    assert!(everywhere_has(&sim, &[A, B, C], "dg1"));
+}
+
+#[test]
+fn master_validation_refusal_names_the_master() {
+    let mut sim = traced_cluster(3);
+    let r = sim.create(B, "dg1", 1);
+    assert_eq!(answer(&mut sim, B, r), Ok(()));
+    let r = sim.create(B, "dg1", 1);
+    assert_eq!(
+        answer(&mut sim, B, r),
+        Err("node a: disk group dg1 already exists".into())
+    );
+    settle(&mut sim, &[A, B, C]);
+    assert_eq!(sim.disk().unwrap().config.seq, 1);
+}
+
+#[test]
+fn slave_check_refusal_names_the_node() {
+    let mut sim = traced_cluster(3);
+    sim.add_private_dg(B, "dg1");
+    let r = sim.create(C, "dg1", 1);
+    let expected = "node b: disk group dg1 exists as a private disk group";
+    assert_eq!(answer(&mut sim, C, r), Err(expected.into()));
+    assert!(
+        sim.logs()
+            .iter()
+            .any(|l| l.starts_with("a: ") && l.contains(expected)),
+        "the master logs the failure with the node's name: {:?}",
+        sim.logs()
+    );
+    settle(&mut sim, &[A, B, C]);
+    assert!(nowhere_has(&sim, "dg1"));
+}
+
+#[test]
+fn requests_queue_behind_the_transaction_in_progress() {
+    let mut sim = traced_cluster(3);
+    let rs: Vec<_> = ["dg1", "dg2", "dg3"]
+        .iter()
+        .map(|dg| sim.create(B, dg, 1))
+        .collect();
+    for r in rs {
+        assert_eq!(answer(&mut sim, B, r), Ok(()));
+    }
+    settle(&mut sim, &[A, B, C]);
+    assert_eq!(sim.disk().unwrap().config.seq, 3);
+}
+
+#[test]
+fn master_loss_after_commit_point_completes_on_survivors() {
+    for fp in [
+        "txn.after_successor_ack",
+        "txn.after_disk_write",
+        "txn.after_commit_sent",
+    ] {
+        let mut sim = traced_cluster(3);
+        sim.arm_failpoint(A, fp);
+        let r = sim.create(C, "dg1", 2);
+        assert_eq!(answer(&mut sim, C, r), Ok(()), "master killed at {fp}");
+        assert!(!sim.is_up(A));
+        settle(&mut sim, &[B, C]);
+        assert_eq!(sim.master(), Some(B), "the designated successor is master");
+        assert!(everywhere_has(&sim, &[B, C], "dg1"), "killed at {fp}");
+        // The old master comes back and gets the committed configuration.
+        sim.start(A);
+        settle(&mut sim, &[A, B, C]);
+        assert!(everywhere_has(&sim, &[A, B, C], "dg1"), "killed at {fp}");
+    }
+}
+
+#[test]
+fn master_loss_before_commit_point_aborts() {
+    for fp in [
+        "txn.after_validate",
+        "txn.after_check",
+        "txn.after_prepare",
+        "txn.before_successor_commit",
+    ] {
+        let mut sim = traced_cluster(3);
+        sim.arm_failpoint(A, fp);
+        let r = sim.create(C, "dg1", 2);
+        let err = answer(&mut sim, C, r).expect_err(fp);
+        assert_eq!(
+            err, "node c: master node a was lost before the change committed; it was not applied",
+            "killed at {fp}"
+        );
+        settle(&mut sim, &[B, C]);
+        assert_eq!(sim.master(), Some(B));
+        assert!(nowhere_has(&sim, "dg1"), "killed at {fp}");
+    }
+}
+
+#[test]
+fn coordinator_death_in_check_phase_fails_on_all_nodes() {
+    let mut sim = traced_cluster(3);
+    sim.hold(C, Hold::LocalCheck);
+    let r = sim.create(B, "dg1", 1);
+    assert!(sim.run_until(1_000, |s| s.held(C) == 1));
+    sim.crash(C);
+    let err = answer(&mut sim, B, r).unwrap_err();
+    assert_eq!(
+        err,
+        "node c: left the cluster during the transaction; the change was not applied"
+    );
+    settle(&mut sim, &[A, B]);
+    assert!(nowhere_has(&sim, "dg1"));
+}
+
+#[test]
+fn coordinator_death_in_kernel_phase_aborts_staged_layouts() {
+    let mut sim = traced_cluster(3);
+    sim.hold(C, Hold::KernelPrepare);
+    let r = sim.create(A, "dg1", 1);
+    assert!(sim.run_until(1_000, |s| s.held(C) == 1
+        && s.node(B).kernel.staged.is_some()));
+    sim.crash(C);
+    let err = answer(&mut sim, A, r).unwrap_err();
+    assert!(err.starts_with("node c: left the cluster"), "{err}");
+    settle(&mut sim, &[A, B]);
+    assert!(nowhere_has(&sim, "dg1"), "b's staged layout is dropped");
+}
+
+#[test]
+fn successor_loss_before_its_ack_aborts() {
+    let mut sim = traced_cluster(3);
+    sim.arm_failpoint(B, "txn.after_prepare");
+    // b crashes after its prepare reply: the master's COMMIT to b finds it gone.
+    let r = sim.create(A, "dg1", 1);
+    let err = answer(&mut sim, A, r).unwrap_err();
+    assert!(err.starts_with("node b: "), "{err}");
+    settle(&mut sim, &[A, C]);
+    assert!(nowhere_has(&sim, "dg1"));
+}
+
+#[test]
+fn slave_loss_after_commit_point_completes_on_survivors() {
+    let mut sim = traced_cluster(3);
+    sim.hold(A, Hold::DiskWrite);
+    let r = sim.create(A, "dg1", 1);
+    assert!(
+        sim.run_until(1_000, |s| s.held(A) == 1),
+        "past the commit point"
+    );
+    sim.crash(C);
+    sim.run_for(100);
+    sim.release(A);
+    assert_eq!(answer(&mut sim, A, r), Ok(()));
+    settle(&mut sim, &[A, B]);
+    assert!(everywhere_has(&sim, &[A, B], "dg1"));
+}
+
+/// Starts a and b only and lets them form a cluster; c stays down.
+fn two_of_three() -> Sim {
+    let mut cfg = plexd_coordinator::sim::SimConfig::new(3, 11);
+    cfg.trace = true;
+    let mut sim = Sim::new(cfg);
+    sim.start(A);
+    sim.start(B);
+    settle(&mut sim, &[A, B]);
+    sim
+}
+
+#[test]
+fn join_before_kernel_phase_suspends_txn() {
+    let mut sim = two_of_three();
+    sim.hold(B, Hold::LocalCheck);
+    let r = sim.create(A, "dg1", 1);
+    assert!(
+        sim.run_until(1_000, |s| s.held(B) == 1),
+        "transaction in its check phase"
+    );
+    sim.hold(C, Hold::DiskAccess);
+    sim.start(C);
+    assert!(sim.run_until(2_000, |s| s.held(C) == 1), "c is joining");
+    // b's check completes while c joins: the transaction must wait for the join.
+    sim.release(B);
+    sim.run_for(200);
+    assert!(
+        sim.ids()
+            .iter()
+            .all(|&id| sim.node(id).kernel.staged.is_none()),
+        "no kernel phase yet"
+    );
+    assert!(sim.core(A).unwrap().txn_in_progress());
+    sim.release(C);
+    assert_eq!(answer(&mut sim, A, r), Ok(()));
+    settle(&mut sim, &[A, B, C]);
+    assert!(
+        everywhere_has(&sim, &[A, B, C], "dg1"),
+        "the joiner took part"
+    );
+}
+
+#[test]
+fn join_during_kernel_phase_waits() {
+    let mut sim = two_of_three();
+    sim.hold(B, Hold::KernelPrepare);
+    let r = sim.create(B, "dg1", 1);
+    assert!(
+        sim.run_until(1_000, |s| s.held(B) == 1),
+        "transaction in its kernel phase"
+    );
+    sim.start(C);
+    sim.run_for(1_500);
+    assert_eq!(sim.core(C).unwrap().role(), Role::Joining, "c waits");
+    assert!(!sim.core(A).unwrap().view().unwrap().contains(C));
+    sim.release(B);
+    assert_eq!(answer(&mut sim, B, r), Ok(()));
+    settle(&mut sim, &[A, B, C]);
+    assert!(everywhere_has(&sim, &[A, B, C], "dg1"));
+}
+
+#[test]
+fn joiner_that_cannot_find_a_disk_abandons_with_the_reason() {
+    let mut sim = two_of_three();
+    let r = sim.create(A, "dg1", 1);
+    assert_eq!(answer(&mut sim, A, r), Ok(()));
+    sim.set_disk_access_broken(C, true);
+    sim.start(C);
+    assert!(sim.run_until(3_000, |s| s.core(C).unwrap().role() == Role::Abandoned));
+    let reason = "cannot find disk dg1-disk on node c";
+    assert_eq!(
+        sim.core(C).unwrap().status().last_reason.as_deref(),
+        Some(reason)
+    );
+    sim.run_for(100);
+    assert_eq!(
+        sim.core(A)
+            .unwrap()
+            .status()
+            .reasons
+            .get(&C)
+            .map(String::as_str),
+        Some(reason)
+    );
+    // Once the disk is reachable the retry succeeds.
+    sim.set_disk_access_broken(C, false);
+    settle(&mut sim, &[A, B, C]);
+    assert!(everywhere_has(&sim, &[A, B, C], "dg1"));
+}
+
+#[test]
+fn last_active_plex_is_never_detached() {
+    let mut sim = traced_cluster(3);
+    let r = sim.create(A, "v1", 2);
+    assert_eq!(answer(&mut sim, A, r), Ok(()));
+    settle(&mut sim, &[A, B, C]);
+    let r = sim.plex_io_error(B, "v1", "v1-01");
+    assert_eq!(
+        answer(&mut sim, B, r),
+        Ok(()),
+        "the first plex is detached cluster-wide"
+    );
+    settle(&mut sim, &[A, B, C]);
+    for id in [A, B, C] {
+        assert!(
+            !sim.core(id).unwrap().config().groups["v1"].plexes["v1-01"],
+            "v1-01 is STALE"
+        );
+    }
+    let r = sim.plex_io_error(C, "v1", "v1-02");
+    let err = answer(&mut sim, C, r).unwrap_err();
+    assert_eq!(
+        err,
+        "node a: plex v1-02 is the last ACTIVE plex of volume v1; not detached"
+    );
+    settle(&mut sim, &[A, B, C]);
+    for id in [A, B, C] {
+        assert!(
+            sim.core(id).unwrap().config().groups["v1"].plexes["v1-02"],
+            "v1-02 stays ACTIVE"
+        );
+    }
+    // A second error report for a plex already detached succeeds without a change.
+    let r = sim.plex_io_error(A, "v1", "v1-01");
+    assert_eq!(answer(&mut sim, A, r), Ok(()));
+    assert_eq!(sim.disk().unwrap().config.seq, 2);
+}
+
+#[test]
+fn request_on_a_node_without_master_names_the_situation() {
+    let mut sim = Sim::new(plexd_coordinator::sim::SimConfig::new(3, 3));
+    sim.start(C);
+    sim.run_for(50);
+    let r = sim.create(C, "dg1", 1);
+    let err = answer(&mut sim, C, r).unwrap_err();
+    assert_eq!(
+        err,
+        "node c is not a cluster member (Discovering); no master is known to forward the request to"
+    );
+}
+
+#[test]
+fn whole_cluster_restart_brings_back_the_last_committed_configuration() {
+    let mut sim = traced_cluster(3);
+    for dg in ["dg1", "dg2"] {
+        let r = sim.create(B, dg, 1);
+        assert_eq!(answer(&mut sim, B, r), Ok(()));
+    }
+    for id in [A, B, C] {
+        sim.crash(id);
+    }
+    sim.run_for(1_000);
+    for id in [C, B, A] {
+        sim.start(id);
+    }
+    settle(&mut sim, &[A, B, C]);
+    assert!(everywhere_has(&sim, &[A, B, C], "dg1") && everywhere_has(&sim, &[A, B, C], "dg2"));
+    assert_eq!(sim.core(A).unwrap().config().seq, 2);
+}
+
+#[test]
+fn clean_shutdown_waits_for_the_transaction_in_progress() {
+    let mut sim = traced_cluster(3);
+    sim.hold(B, Hold::KernelPrepare);
+    let r = sim.create(A, "dg1", 1);
+    assert!(sim.run_until(1_000, |s| s.held(B) == 1));
+    sim.shutdown(A);
+    sim.run_for(100);
+    assert_ne!(sim.core(A).unwrap().role(), Role::Stopped);
+    sim.release(B);
+    assert_eq!(answer(&mut sim, A, r), Ok(()));
+    assert_eq!(sim.core(A).unwrap().role(), Role::Stopped);
+}
+
+#[test]
+fn restarted_slave_rejoins_with_the_current_configuration() {
+    let mut sim = traced_cluster(3);
+    sim.crash(C);
+    assert!(sim.run_until(2_000, |s| !s.core(A).unwrap().view().unwrap().contains(C)));
+    let r = sim.create(A, "dg1", 1);
+    assert_eq!(answer(&mut sim, A, r), Ok(()));
+    sim.start(C);
+    settle(&mut sim, &[A, B, C]);
+    assert!(everywhere_has(&sim, &[A, B, C], "dg1"));
 }

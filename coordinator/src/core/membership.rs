@@ -103,7 +103,10 @@ impl<M: ConfigModel> Node<M> {
         }
         // View ids keep growing across the cluster's lives, so a transaction id
         // (view, n) of this life never equals the one on the disks.
-        let view = self.make_view(self.max_view_seen.max(self.committed.txn.view) + 1, vec![me]);
+        let view = self.make_view(
+            self.max_view_seen.max(self.committed.txn.view) + 1,
+            vec![me],
+        );
         self.state = State::Member;
         self.master = Some(MasterState::new());
         self.out.push(Action::KernelLoad {
@@ -223,16 +226,12 @@ impl<M: ConfigModel> Node<M> {
                     self.master_forget_joiner(now_ms, peer);
                 }
             }
-            State::Member => {
-                if in_view {
-                    self.suspected.insert(peer);
-                    self.maybe_take_over();
-                }
+            State::Member if in_view => {
+                self.suspected.insert(peer);
+                self.maybe_take_over();
             }
-            State::TakingOver { .. } => {
-                if in_view {
-                    self.suspected.insert(peer);
-                }
+            State::TakingOver { .. } if in_view => {
+                self.suspected.insert(peer);
             }
             State::Joining { master, .. } if master == peer => {
                 log::info!(
@@ -412,8 +411,14 @@ impl<M: ConfigModel> Node<M> {
     /// Installs `view` locally and tells the data plane. A member this node has
     /// heard with another incarnation than the view's has restarted: it is suspected.
     fn install_view(&mut self, now_ms: u64, view: View) {
-        assert!(view.contains(self.cfg.me), "installing a view without this node");
-        assert!(self.view.as_ref().map_or(true, |v| v.id < view.id), "view ids only grow");
+        assert!(
+            view.contains(self.cfg.me),
+            "installing a view without this node"
+        );
+        assert!(
+            self.view.as_ref().is_none_or(|v| v.id < view.id),
+            "view ids only grow"
+        );
         self.max_view_seen = self.max_view_seen.max(view.id);
         self.suspected.retain(|s| view.contains(*s));
         let mut restarted = Vec::new();

@@ -497,7 +497,7 @@ impl<M: ConfigModel> Node<M> {
 
     /// Whether no transaction, join or takeover is in progress on this node.
     pub fn is_idle(&self) -> bool {
-        let master_idle = self.master.as_ref().map_or(true, |m| m.is_idle());
+        let master_idle = self.master.as_ref().is_none_or(|m| m.is_idle());
         master_idle
             && self.slave_txn.is_none()
             && matches!(

@@ -683,7 +683,7 @@ impl<M: ConfigModel> Node<M> {
         }
     }
 
-    fn from_my_master(&self, from: NodeId) -> bool {
+    fn sent_by_my_master(&self, from: NodeId) -> bool {
         matches!(self.state, State::Member)
             && !self.is_master()
             && self.view.as_ref().is_some_and(|v| v.master == from)
@@ -696,7 +696,7 @@ impl<M: ConfigModel> Node<M> {
         change: Vec<u8>,
         origin: Origin,
     ) {
-        if !self.from_my_master(from) {
+        if !self.sent_by_my_master(from) {
             log::debug!(
                 "node {}: Check from node {from} ignored: not my master",
                 self.cfg.me
@@ -743,7 +743,7 @@ impl<M: ConfigModel> Node<M> {
     }
 
     pub(super) fn slave_on_prepare(&mut self, from: NodeId, txn: TxnId) {
-        if !self.from_my_master(from) {
+        if !self.sent_by_my_master(from) {
             return;
         }
         let Some(st) = self.slave_txn.as_mut().filter(|s| s.id == txn) else {
@@ -759,7 +759,7 @@ impl<M: ConfigModel> Node<M> {
     }
 
     pub(super) fn slave_on_commit(&mut self, from: NodeId, txn: TxnId) {
-        if !self.from_my_master(from) {
+        if !self.sent_by_my_master(from) {
             return;
         }
         let prepared = self
@@ -810,7 +810,7 @@ impl<M: ConfigModel> Node<M> {
     }
 
     pub(super) fn slave_on_abort(&mut self, from: NodeId, txn: TxnId) {
-        if !self.from_my_master(from) {
+        if !self.sent_by_my_master(from) {
             return;
         }
         if self.slave_txn.as_ref().is_some_and(|s| s.id == txn) {

@@ -88,6 +88,31 @@ pub enum Hold {
     KernelPrepare,
     /// `DiskWritten`.
     DiskWrite,
+    /// `DiskAccessChecked` (a joiner checking the shared disks).
+    DiskAccess,
+    /// `KernelLoaded`.
+    KernelLoad,
+}
+
+/// Counts of interesting things a run went through (to see what it covered).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Coverage {
+    /// Nodes crashed at an armed failpoint.
+    pub failpoint_crashes: usize,
+    /// Successors that took over as master.
+    pub takeovers: usize,
+    /// Transactions a new master completed (found on the disks or COMMIT received).
+    pub completed_by_new_master: usize,
+    /// Transactions a new master aborted.
+    pub aborted_by_new_master: usize,
+    /// Joins completed.
+    pub joins: usize,
+    /// Joins abandoned.
+    pub abandoned_joins: usize,
+    /// Transactions that failed after they started (logged by the master).
+    pub failed_txns: usize,
+    /// Transactions committed.
+    pub commits: usize,
 }
 
 #[derive(Debug)]
@@ -181,6 +206,8 @@ pub struct Sim {
     logs: Vec<String>,
     violation: Option<String>,
     events: u64,
+    /// What the run covered so far.
+    pub coverage: Coverage,
 }
 
 impl Sim {
@@ -222,13 +249,18 @@ impl Sim {
             logs: Vec::new(),
             violation: None,
             events: 0,
+            coverage: Coverage::default(),
         }
     }
 
-    /// A cluster of `nodes` nodes all started at time 0, run until one master leads
-    /// a view with all of them.
+    /// A cluster of `nodes` nodes all started at time 0 (tracing on), run until one
+    /// master leads a view with all of them.
     pub fn cluster(nodes: u32, seed: u64) -> Sim {
-        let mut sim = Sim::new(SimConfig::new(nodes, seed));
+        let cfg = SimConfig {
+            trace: true,
+            ..SimConfig::new(nodes, seed)
+        };
+        let mut sim = Sim::new(cfg);
         for id in 1..=nodes {
             sim.start(id);
         }
@@ -798,6 +830,9 @@ impl Sim {
                 }
                 Action::KernelCommit { txn } => {
                     self.note(format!("{name} kernel commit {txn}"));
+                    if self.core(id).is_some_and(|c| c.role() == Role::Master) {
+                        self.coverage.commits += 1;
+                    }
                     if self.aborted.contains(&txn) {
                         self.violate(format!(
                             "node {name} committed transaction {txn} after it was aborted"
@@ -825,7 +860,11 @@ impl Sim {
                     k.active = config;
                     k.staged = None;
                     k.left = false;
-                    self.driver_later(id, None, Event::KernelLoaded { result: Ok(()) });
+                    self.driver_later(
+                        id,
+                        Some(Hold::KernelLoad),
+                        Event::KernelLoaded { result: Ok(()) },
+                    );
                 }
                 Action::WriteDisks { record } => {
                     let txn = record.txn;
@@ -849,7 +888,11 @@ impl Sim {
                     } else {
                         None
                     };
-                    self.driver_later(id, None, Event::DiskAccessChecked { missing });
+                    self.driver_later(
+                        id,
+                        Some(Hold::DiskAccess),
+                        Event::DiskAccessChecked { missing },
+                    );
                 }
                 Action::ViewChanged { view } => {
                     self.note(format!("{name} installs view {view:?}"));
@@ -870,6 +913,7 @@ impl Sim {
                 }
                 Action::Failpoint(fp) => {
                     if self.node(id).armed == Some(fp) {
+                        self.coverage.failpoint_crashes += 1;
                         self.note(format!("{name} reaches failpoint {fp}: crash"));
                         self.crash(id);
                         return;
@@ -877,6 +921,22 @@ impl Sim {
                 }
                 Action::Log { message, .. } => {
                     self.note(format!("{name} log: {message}"));
+                    let c = &mut self.coverage;
+                    if message.contains("took over as master") {
+                        c.takeovers += 1;
+                    } else if message.contains("is on the disks; completing it") {
+                        c.completed_by_new_master += 1;
+                    } else if message.contains("did not reach the commit point") {
+                        c.aborted_by_new_master += 1;
+                    } else if message.ends_with(" joined the cluster")
+                        && !message.contains(": joined")
+                    {
+                        c.joins += 1;
+                    } else if message.contains("abandoned its join") {
+                        c.abandoned_joins += 1;
+                    } else if message.starts_with("transaction ") && message.contains(" failed: ") {
+                        c.failed_txns += 1;
+                    }
                     if self.logs.len() < MAX_LOG_LINES {
                         self.logs.push(format!("{name}: {message}"));
                     }
@@ -929,7 +989,7 @@ impl Sim {
         let all_idle = self
             .nodes
             .iter()
-            .all(|n| n.core.as_ref().map_or(true, |c| c.is_idle()));
+            .all(|n| n.core.as_ref().is_none_or(|c| c.is_idle()));
         if !all_idle {
             return Ok(());
         }

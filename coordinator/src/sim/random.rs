@@ -17,6 +17,8 @@ pub struct RunStats {
     pub crashes: usize,
     /// Configuration sequence number at the end.
     pub final_seq: u64,
+    /// What the run went through.
+    pub coverage: Coverage,
 }
 
 /// Names the random changes use (few, so they collide).
@@ -107,6 +109,7 @@ fn run(seed: u64, steps: u64, trace: bool) -> Result<RunStats, String> {
     stats.acked = sim.acked.len();
     stats.failed = sim.failed.len();
     stats.final_seq = sim.disk().map_or(0, |d| d.config.seq);
+    stats.coverage = sim.coverage.clone();
     Ok(stats)
 }
 
