@@ -115,6 +115,9 @@ pub enum OnDiskError {
     },
 }
 
+/// Most disks [`write_config`] writes at the same time.
+pub const MAX_PARALLEL_WRITES: usize = 16;
+
 /// Options of [`init_disk`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InitOptions {
@@ -599,7 +602,8 @@ pub fn release_disk(path: &Path) -> Result<Label, OnDiskError> {
 /// txn is allowed (a new master finishing a commit); an older seq, or the same seq
 /// from another transaction, is refused on that disk.
 ///
-/// Returns which disks were written and which failed; an error when none was.
+/// Disks are written in parallel. Returns which disks were written and which failed;
+/// an error when none was.
 pub fn write_config(
     paths: &[PathBuf],
     config: &DiskGroupConfig,
@@ -620,10 +624,33 @@ pub fn write_config(
         written: Vec::new(),
         failed: Vec::new(),
     };
-    for path in paths {
-        match write_one(path, config, &payload, txn_id) {
-            Ok(slot) => report.written.push((path.clone(), slot)),
-            Err(e) => report.failed.push((path.clone(), e)),
+    // Disks are written in parallel (one thread each, at most
+    // MAX_PARALLEL_WRITES at a time): the commit waits for the slowest fdatasync, not
+    // their sum.
+    for chunk in paths.chunks(MAX_PARALLEL_WRITES) {
+        let results: Vec<Result<usize, OnDiskError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = chunk
+                .iter()
+                .map(|path| scope.spawn(|| write_one(path, config, &payload, txn_id)))
+                .collect();
+            handles
+                .into_iter()
+                .zip(chunk)
+                .map(|(h, path)| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(OnDiskError::Refused {
+                            path: path.clone(),
+                            reason: "writer thread panicked".into(),
+                        })
+                    })
+                })
+                .collect()
+        });
+        for (path, result) in chunk.iter().zip(results) {
+            match result {
+                Ok(slot) => report.written.push((path.clone(), slot)),
+                Err(e) => report.failed.push((path.clone(), e)),
+            }
         }
     }
     if report.written.is_empty() {
