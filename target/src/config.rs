@@ -38,6 +38,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::api::{BdevKind, BdevRequest, KernelService};
+use crate::frontend::iscsi::IscsiConfig;
 use crate::reactor::{parse_cores, PollMode, ReactorConfig};
 use crate::target::TargetError;
 use crate::units::parse_size;
@@ -247,9 +248,10 @@ pub struct Config {
     /// Volumes, created in order after the bdevs.
     #[serde(default)]
     pub volumes: Vec<VolumeConfig>,
-    /// The iSCSI frontend's section, read by the frontend itself.
+    /// `[iscsi]`: the iSCSI frontend (portal, target nodes, LUNs), started after the
+    /// bdevs and volumes. See `docs/ISCSI.md`.
     #[serde(default)]
-    pub iscsi: Option<toml::Value>,
+    pub iscsi: Option<IscsiConfig>,
     #[serde(skip)]
     source: Source,
 }
@@ -545,6 +547,20 @@ impl Config {
                 .map_err(|e| self.err(at, &key, e.to_string()))?;
         }
         Ok(())
+    }
+
+    /// Starts the iSCSI frontend of `[iscsi]`, if the file has one (after
+    /// [`Config::apply`]: its LUNs name bdevs and volumes).
+    pub fn start_iscsi(
+        &self,
+        target: &std::sync::Arc<crate::Target>,
+    ) -> Result<Option<crate::frontend::iscsi::IscsiFrontend>, ConfigError> {
+        let Some(ic) = &self.iscsi else {
+            return Ok(None);
+        };
+        crate::frontend::iscsi::IscsiFrontend::start(target, ic)
+            .map(Some)
+            .map_err(|e| self.err(None, "iscsi", e.to_string()))
     }
 
     fn volume_spec(
@@ -1009,11 +1025,7 @@ plexes = [
         assert_eq!(c.reactor_config().cores, vec![1]);
         assert_eq!(c.reactor_config().poll_mode, PollMode::Always);
         assert_eq!(c.bdevs[0].size, Some(Size(2 << 20)));
-        let portal = c
-            .iscsi
-            .as_ref()
-            .and_then(|v| v.get("portal"))
-            .and_then(|v| v.as_str());
+        let portal = c.iscsi.as_ref().map(|i| i.portal());
         assert_eq!(portal, Some("127.0.0.1:3261"));
     }
 
@@ -1034,6 +1046,19 @@ plexes = [
         let e = parse(&text, &["target.cores=0"]).unwrap_err();
         assert_eq!(e.key, "bdevs[0].size", "{e}");
         assert_eq!(e.line, Some(10), "{e}");
+    }
+
+    #[test]
+    fn iscsi_section_is_typed() {
+        let text = format!(
+            "{GOOD}\n[iscsi]\nportal = \"127.0.0.1:0\"\n\n[[iscsi.targets]]\niqn = \"iqn.2026-11.io.plexd:t\"\nluns = [{{ lun = 0, bdev = \"vol0\" }}]\nflavour = 1\n"
+        );
+        let e = parse(&text, &[]).unwrap_err();
+        assert_eq!(e.key, "iscsi.targets[0].flavour", "{e}");
+        assert_eq!(e.line, Some(33), "{e}");
+        let ok = text.replace("flavour = 1\n", "");
+        let c = parse(&ok, &[]).unwrap();
+        assert_eq!(c.iscsi.unwrap().targets[0].luns[0].bdev, "vol0");
     }
 
     #[test]

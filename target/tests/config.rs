@@ -268,3 +268,45 @@ fn a_bad_override_is_refused_naming_it() {
     let line = refused(&s, &["--set", "bdevs.9.size=1G"]);
     assert!(line.contains("no element 9"), "{line}");
 }
+
+const ISCSI: &str = r#"
+[iscsi]
+portal = "127.0.0.1:3260"
+
+[[iscsi.targets]]
+iqn = "iqn.2026-11.io.plexd:cfgtest"
+luns = [{ lun = 0, bdev = "vol0" }]
+"#;
+
+#[test]
+fn the_iscsi_section_starts_the_frontend_after_volumes() {
+    let s = setup("cfg-iscsi", &format!("{GOOD}{ISCSI}"));
+    // Port 0: any free port (the ready line tells which).
+    let p = run(&s, &["--set", "iscsi.portal=127.0.0.1:0"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let portal = loop {
+        let out = p.stdout();
+        if let Some(rest) = out.split("iscsi portal ").nth(1) {
+            break rest.lines().next().unwrap_or("").trim().to_string();
+        }
+        assert!(std::time::Instant::now() < deadline, "no ready line: {out}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(portal.starts_with("127.0.0.1:"), "{portal}");
+    assert!(!portal.ends_with(":0"), "{portal}");
+    std::net::TcpStream::connect(&portal).unwrap();
+
+    // A LUN on a missing volume is refused at start, naming it.
+    let s = setup(
+        "cfg-iscsi-bad",
+        &format!(
+            "{GOOD}{}",
+            ISCSI.replace("bdev = \"vol0\"", "bdev = \"vol7\"")
+        ),
+    );
+    let line = refused(&s, &["--set", "iscsi.portal=127.0.0.1:0"]);
+    assert!(
+        line.contains(": iscsi: ") && line.contains("vol7"),
+        "{line}"
+    );
+}

@@ -1,6 +1,7 @@
 //! `plexd-target`: the data plane process. Starts the reactors, creates the bdevs
-//! and volumes of its configuration file, and serves the kernel interface on a Unix
-//! socket until SIGTERM or SIGINT.
+//! and volumes of its configuration file, starts its frontends (iSCSI), and serves
+//! the kernel interface on a Unix socket until SIGTERM or SIGINT; then it stops the
+//! frontends, the API server (removing the socket) and the reactors, and exits 0.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -117,9 +118,7 @@ fn run(args: &Args, signals: &SigSet) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     let svc = KernelService::new(Arc::clone(&target), poll_mode);
     cfg.apply(&svc).map_err(|e| e.to_string())?;
-    if cfg.iscsi.is_some() {
-        log::warn!("[iscsi]: this build has no iSCSI frontend wired in; the section is ignored");
-    }
+    let mut iscsi = cfg.start_iscsi(&target).map_err(|e| e.to_string())?;
     let server = ServerHandle::start(Arc::clone(&svc), &socket).map_err(|e| e.to_string())?;
 
     let cores: Vec<String> = target
@@ -128,8 +127,12 @@ fn run(args: &Args, signals: &SigSet) -> Result<(), String> {
         .iter()
         .map(|c| c.map_or_else(|| "unpinned".to_string(), |c| c.to_string()))
         .collect();
+    let frontends = iscsi
+        .as_ref()
+        .map(|f| format!("; iscsi portal {}", f.portal()))
+        .unwrap_or_default();
     println!(
-        "plexd-target: serving on {} with {} reactor(s) on cores {}",
+        "plexd-target: serving on {} with {} reactor(s) on cores {}{frontends}",
         socket.display(),
         cores.len(),
         cores.join(",")
@@ -140,6 +143,10 @@ fn run(args: &Args, signals: &SigSet) -> Result<(), String> {
         Ok(sig) => log::info!("{sig}: stopping"),
         Err(e) => log::error!("waiting for a stop signal failed ({e}); stopping"),
     }
+    if let Some(f) = iscsi.as_mut() {
+        f.stop();
+    }
+    drop(iscsi);
     server.stop();
     drop(svc);
     match Arc::try_unwrap(target) {
