@@ -19,6 +19,7 @@ use thiserror::Error;
 
 use crate::objects::{
     DiskGroupConfig, Plex, PlexLayout, PlexState, Subdisk, VolumeLayout, ALLOC_ALIGN_BYTES,
+    MAX_SUBDISKS_PER_COLUMN,
 };
 use crate::size::format_size;
 
@@ -380,6 +381,28 @@ impl Allocator {
     }
 }
 
+/// Refuses a plex whose columns would be split into more subdisks than the data
+/// plane takes (a badly fragmented group).
+fn check_fragmentation(volume: &str, plex: &Plex) -> Result<(), AllocError> {
+    for column in 0..plex.layout.columns() {
+        let count = plex
+            .subdisks
+            .iter()
+            .filter(|sd| sd.column == column)
+            .count();
+        if count > MAX_SUBDISKS_PER_COLUMN {
+            return Err(AllocError {
+                volume: volume.to_string(),
+                reason: format!(
+                    "free space too fragmented: plex {} column {column} would need {count} subdisks (at most {MAX_SUBDISKS_PER_COLUMN})",
+                    plex.name
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 fn volume_disks_except(plexes: &[Plex], except: usize) -> BTreeSet<String> {
     plexes
         .iter()
@@ -440,6 +463,7 @@ pub fn allocate_volume(
                 allocator.free_summary()
             )));
         };
+        check_fragmentation(volume, &plex)?;
         used.extend(plex.subdisks.iter().map(|sd| sd.disk.clone()));
         plexes.push(plex);
     }
@@ -480,7 +504,7 @@ pub fn allocate_plex(
         .flat_map(|p| p.subdisks.iter().map(|sd| sd.disk.clone()))
         .collect();
     let mut allocator = Allocator::new(dg);
-    allocator
+    let plex = allocator
         .new_plex(v.next_plex_name(), PlexState::Empty, layout, v.size_bytes, &used)
         .ok_or_else(|| AllocError {
             volume: volume.to_string(),
@@ -490,7 +514,9 @@ pub fn allocate_plex(
                 used.iter().cloned().collect::<Vec<_>>().join(", "),
                 allocator.free_summary()
             ),
-        })
+        })?;
+    check_fragmentation(volume, &plex)?;
+    Ok(plex)
 }
 
 /// Grows every plex of `volume` to hold `new_size_bytes`; returns the new plexes.
@@ -543,6 +569,7 @@ pub fn grow_volume(
                 });
             }
         }
+        check_fragmentation(volume, &plex)?;
         plexes[index] = plex;
     }
     Ok(plexes)
@@ -999,6 +1026,26 @@ mod tests {
             }
             assert!(applied >= 40, "seed {seed}: only {applied} changes applied");
         }
+    }
+
+    #[test]
+    fn refuses_a_plex_split_into_too_many_subdisks() {
+        let c = cluster(&[("disk01", 600 * 4096)]);
+        let mut c = c;
+        for i in 0..600 {
+            c = create(&c, &format!("v{i}"), 4096, VolumeLayout::Concat).unwrap();
+        }
+        for i in (0..600).step_by(2) {
+            c = c
+                .apply(&Change::VolRm {
+                    dg: "dg1".into(),
+                    volume: format!("v{i}"),
+                })
+                .unwrap();
+        }
+        let err = create(&c, "big", 300 * 4096, VolumeLayout::Concat).unwrap_err();
+        assert!(err.to_string().contains("too fragmented"), "{err}");
+        create(&c, "fits", 256 * 4096, VolumeLayout::Concat).unwrap();
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub const MAX_PLEXES: usize = 32;
 pub const MAX_COLUMNS: u32 = 64;
 /// Longest object name, in bytes (VxVM's limit is 31 characters).
 pub const MAX_NAME_BYTES: usize = 31;
+/// Most subdisks in one column (one concat plex); the data plane's limit.
+pub const MAX_SUBDISKS_PER_COLUMN: usize = 256;
 
 /// A disk of a disk group: VxVM's disk media record (`dm`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,6 +133,16 @@ pub enum PlexState {
 }
 
 impl PlexState {
+    /// True when the data plane writes to the plex (ACTIVE, SYNCING).
+    pub fn takes_writes(self) -> bool {
+        matches!(self, PlexState::Active | PlexState::Syncing)
+    }
+
+    /// True when the data plane may read from the plex (ACTIVE only).
+    pub fn takes_reads(self) -> bool {
+        self == PlexState::Active
+    }
+
     /// The upper-case name printed by `plexctl` (`ACTIVE`, `STALE`, ...).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -776,6 +788,13 @@ impl DiskGroupConfig {
                 for c in 0..columns {
                     let mut expected_offset = 0;
                     let mut column_disks = BTreeSet::new();
+                    let count = p.subdisks.iter().filter(|sd| sd.column == c).count();
+                    if count > MAX_SUBDISKS_PER_COLUMN {
+                        return invalid(format!(
+                            "plex {}: column {c} has {count} subdisks, at most {MAX_SUBDISKS_PER_COLUMN}",
+                            p.name
+                        ));
+                    }
                     for sd in p.subdisks.iter().filter(|sd| sd.column == c) {
                         if sd.plex_offset_bytes != expected_offset {
                             return invalid(format!(
@@ -926,7 +945,7 @@ pub struct KernelVolume {
     /// Read policy.
     pub read_policy: ReadPolicy,
     /// Plexes (all states; the data plane writes to ACTIVE and SYNCING ones and reads
-    /// from ACTIVE ones).
+    /// from ACTIVE ones; STALE and EMPTY get no I/O — the target's STALE/DETACHED).
     pub plexes: Vec<KernelPlex>,
 }
 
