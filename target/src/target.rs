@@ -141,6 +141,8 @@ pub struct Target {
     detach_policy: Mutex<DetachPolicy>,
     /// Per-target state of the volume module (volumes, quiesce bookkeeping).
     pub(crate) volumes: crate::volume::Registry,
+    /// Long-running operations (plex resyncs).
+    pub(crate) tasks: crate::volume::resync::Tasks,
 }
 
 impl Target {
@@ -161,6 +163,7 @@ impl Target {
             }),
             detach_policy: Mutex::new(DetachPolicy::Local),
             volumes: Default::default(),
+            tasks: Default::default(),
         }))
     }
 

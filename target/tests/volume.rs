@@ -313,3 +313,48 @@ fn the_last_active_plex_is_never_detached() {
     assert_eq!(info.plexes[0].state, PlexState::Detached);
     assert_eq!(info.stats.write_ops, 1);
 }
+
+#[test]
+fn a_channel_created_during_a_quiesce_inherits_the_closed_gate() {
+    let t = target(2);
+    malloc(&t, "d0", 4 * MIB);
+    t.create_volume(&VolumeSpec {
+        name: "v".into(),
+        size_bytes: 4 * MIB,
+        plexes: vec![plex(
+            "v-01",
+            PlexKind::Concat,
+            vec![vec![sd("d0", 0, 4 * MIB)]],
+        )],
+        read_policy: ReadPolicy::LeastBusy,
+    })
+    .unwrap();
+    // Only reactor 0 has used the volume so far.
+    write(&t, 0, "v", 0, &pattern(1, 0, 4096)).unwrap();
+    t.quiesce("v", Duration::from_secs(5)).unwrap();
+    // Reactor 1's first I/O creates its channel now, in the middle of the quiesce.
+    let data = pattern(2, 8192, 4096);
+    let pending = plexd_target::testutil::start_ios(
+        &t.reactors().handles()[1],
+        &t.bdev("v").unwrap(),
+        vec![IoReq::write(8192, data.clone())],
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while t.volume_info("v").unwrap().parked != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new channel's write was not parked"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(
+        read(&t, 0, "d0", 8192, 4096).unwrap(),
+        vec![0u8; 4096],
+        "parked, not written"
+    );
+    t.abort("v").unwrap();
+    let out = pending.wait(IO_TIMEOUT).unwrap();
+    assert!(out[0].status.is_ok());
+    assert_eq!(read(&t, 1, "v", 8192, 4096).unwrap(), data);
+}

@@ -15,9 +15,11 @@
 //! staged layout in on every reactor and resubmits parked I/O; `abort` drops it.
 
 mod channel;
+pub mod resync;
 pub mod spec;
 
 pub use channel::VolumeStats;
+pub use resync::TaskInfo;
 pub use spec::{PlexKind, PlexSpec, PlexState, ReadPolicy, SubdiskSpec, VolumeSpec};
 
 use std::collections::{BTreeMap, HashMap};
