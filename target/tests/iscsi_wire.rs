@@ -1,0 +1,462 @@
+//! The iSCSI target driven by a small initiator written here over a plain socket:
+//! data integrity with digests and R2Ts (checked against the bdev itself), CHAP,
+//! persistent reservations across a restart, and hostile PDUs that must close one
+//! connection without hurting the target. Every socket read has a timeout and
+//! only 127.0.0.1 is used.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::Duration;
+
+use plexd_target::bdev::malloc::MallocBdev;
+use plexd_target::bdev::Bdev;
+use plexd_target::frontend::iscsi::chap;
+use plexd_target::frontend::iscsi::pdu::{self, op, Bhs, Digests, BHS_LEN, RESERVED_TAG};
+use plexd_target::frontend::iscsi::{
+    ChapConfig, IscsiConfig, IscsiFrontend, LunConfig, TargetNodeConfig,
+};
+use plexd_target::reactor::ReactorConfig;
+use plexd_target::testutil::{pattern, run_ios, IoReq};
+use plexd_target::{Target, TargetConfig};
+
+const IQN: &str = "iqn.2026-11.io.plexd:wire";
+const BS: usize = 512;
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn start_target(size_bytes: u64) -> Arc<Target> {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let t = Target::start(&TargetConfig {
+        reactors: ReactorConfig {
+            cores: vec![0, 1],
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .unwrap();
+    t.add_bdev(MallocBdev::new("m0", size_bytes, BS as u32).unwrap())
+        .unwrap();
+    t
+}
+
+fn config(chap: Option<ChapConfig>, pr_dir: Option<std::path::PathBuf>) -> IscsiConfig {
+    IscsiConfig {
+        portal: Some("127.0.0.1:0".into()),
+        pr_dir,
+        targets: vec![TargetNodeConfig {
+            iqn: IQN.into(),
+            luns: vec![LunConfig {
+                lun: 0,
+                bdev: "m0".into(),
+                ..Default::default()
+            }],
+            chap,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// A minimal initiator: one connection, one command at a time.
+struct Ini {
+    s: TcpStream,
+    dig: Digests,
+    cmdsn: u32,
+    itt: u32,
+}
+
+struct Reply {
+    bhs: [u8; BHS_LEN],
+    data: Vec<u8>,
+}
+
+struct ScsiResult {
+    status: u8,
+    data: Vec<u8>,
+    sense_key: Option<u8>,
+}
+
+impl Ini {
+    fn connect(port: u16) -> Ini {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        s.set_nodelay(true).unwrap();
+        Ini {
+            s,
+            dig: Digests::default(),
+            cmdsn: 1,
+            itt: 1,
+        }
+    }
+
+    fn send(&mut self, bhs: &Bhs, data: &[u8]) {
+        let mut v = Vec::new();
+        pdu::encode(&mut v, bhs, data, self.dig);
+        self.s.write_all(&v).unwrap();
+    }
+
+    fn recv(&mut self) -> std::io::Result<Reply> {
+        let mut h = [0u8; BHS_LEN];
+        self.s.read_exact(&mut h)?;
+        let total = pdu::wire_len(&h, self.dig, 1 << 24).unwrap();
+        let mut rest = vec![0u8; total - BHS_LEN];
+        self.s.read_exact(&mut rest)?;
+        let mut all = h.to_vec();
+        all.extend_from_slice(&rest);
+        match pdu::parse(&all, self.dig, 1 << 24).unwrap() {
+            pdu::Parsed::Pdu(p) => Ok(Reply {
+                bhs: *p.bhs,
+                data: p.data.to_vec(),
+            }),
+            pdu::Parsed::Need(_) => unreachable!("whole PDU read"),
+        }
+    }
+
+    fn login_step(&mut self, flags: u8, text: &str) -> Reply {
+        let mut b = Bhs::new(op::LOGIN_REQ, flags);
+        b.byte(0, 0x40 | op::LOGIN_REQ);
+        b.0[8..14].copy_from_slice(&[0x80, 0, 0, 0x12, 0x34, 0x56]);
+        b.u32_at(16, self.itt).u32_at(24, self.cmdsn);
+        self.send(&b, text.as_bytes());
+        self.recv().unwrap()
+    }
+
+    fn keys(r: &Reply) -> Vec<(String, String)> {
+        String::from_utf8_lossy(&r.data)
+            .split('\0')
+            .filter(|x| !x.is_empty())
+            .filter_map(|kv| {
+                kv.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+            })
+            .collect()
+    }
+
+    /// Logs in without CHAP, straight to the operational stage; returns the status.
+    fn login(&mut self, digests: bool) -> u16 {
+        let d = if digests { "CRC32C" } else { "None" };
+        let r = self.login_step(
+            0x87,
+            &format!(
+                "InitiatorName=iqn.2026-11.io.plexd:ini\0TargetName={IQN}\0SessionType=Normal\0\
+                 HeaderDigest={d}\0DataDigest={d}\0MaxRecvDataSegmentLength=8192\0\
+                 ImmediateData=Yes\0InitialR2T=Yes\0FirstBurstLength=65536\0MaxBurstLength=131072\0"
+            ),
+        );
+        let status = pdu::be16(&r.bhs, 36);
+        if status == 0 {
+            assert_eq!(r.bhs[1] & 0x83, 0x83, "transit to full feature");
+            self.dig = Digests {
+                header: digests,
+                data: digests,
+            };
+        }
+        status
+    }
+
+    fn scsi(&mut self, cdb: &[u8], write: Option<&[u8]>, read_len: u32) -> ScsiResult {
+        let itt = self.itt;
+        self.itt += 1;
+        let mut flags = 0x80 | 0x01;
+        let edtl = match write {
+            Some(w) => {
+                flags |= 0x20;
+                w.len() as u32
+            }
+            None => {
+                if read_len > 0 {
+                    flags |= 0x40;
+                }
+                read_len
+            }
+        };
+        let mut b = Bhs::new(op::SCSI_CMD, flags);
+        b.u32_at(16, itt).u32_at(20, edtl).u32_at(24, self.cmdsn);
+        b.0[32..32 + cdb.len()].copy_from_slice(cdb);
+        self.cmdsn += 1;
+        let imm = write.map(|w| &w[..w.len().min(8192)]).unwrap_or(&[]);
+        self.send(&b, imm);
+        let mut data = Vec::new();
+        loop {
+            let r = self.recv().unwrap();
+            match pdu::opcode(&r.bhs) {
+                op::R2T => {
+                    let ttt = pdu::be32(&r.bhs, 20);
+                    let off = pdu::be32(&r.bhs, 40) as usize;
+                    let len = pdu::be32(&r.bhs, 44) as usize;
+                    let w = write.expect("R2T for a write");
+                    let mut sent = 0;
+                    let mut datasn = 0;
+                    while sent < len {
+                        let n = (len - sent).min(8192);
+                        let last = sent + n == len;
+                        let mut d = Bhs::new(op::DATA_OUT, if last { 0x80 } else { 0 });
+                        d.u32_at(16, itt)
+                            .u32_at(20, ttt)
+                            .u32_at(36, datasn)
+                            .u32_at(40, (off + sent) as u32);
+                        self.send(&d, &w[off + sent..off + sent + n]);
+                        sent += n;
+                        datasn += 1;
+                    }
+                }
+                op::DATA_IN => {
+                    let off = pdu::be32(&r.bhs, 40) as usize;
+                    assert_eq!(off, data.len(), "Data-In in order");
+                    data.extend_from_slice(&r.data);
+                    if r.bhs[1] & 0x01 != 0 {
+                        return ScsiResult {
+                            status: r.bhs[3],
+                            data,
+                            sense_key: None,
+                        };
+                    }
+                }
+                op::SCSI_RESP => {
+                    let sense_key = (r.data.len() >= 2 + 14).then(|| r.data[2 + 2] & 0x0f);
+                    return ScsiResult {
+                        status: r.bhs[3],
+                        data,
+                        sense_key,
+                    };
+                }
+                other => panic!("unexpected opcode {other:#x}"),
+            }
+        }
+    }
+
+    fn write10(&mut self, lba: u32, data: &[u8]) -> ScsiResult {
+        let n = (data.len() / BS) as u16;
+        let mut cdb = [0u8; 10];
+        cdb[0] = 0x2a;
+        cdb[2..6].copy_from_slice(&lba.to_be_bytes());
+        cdb[7..9].copy_from_slice(&n.to_be_bytes());
+        self.scsi(&cdb, Some(data), 0)
+    }
+
+    fn read10(&mut self, lba: u32, blocks: u16) -> ScsiResult {
+        let mut cdb = [0u8; 10];
+        cdb[0] = 0x28;
+        cdb[2..6].copy_from_slice(&lba.to_be_bytes());
+        cdb[7..9].copy_from_slice(&blocks.to_be_bytes());
+        self.scsi(&cdb, None, blocks as u32 * BS as u32)
+    }
+
+    fn logout(&mut self) {
+        let mut b = Bhs::new(op::LOGOUT_REQ, 0x80);
+        b.byte(0, 0x40 | op::LOGOUT_REQ)
+            .u32_at(16, self.itt)
+            .u32_at(24, self.cmdsn);
+        self.send(&b, &[]);
+        let r = self.recv().unwrap();
+        assert_eq!(pdu::opcode(&r.bhs), op::LOGOUT_RESP);
+    }
+
+    /// True when the target closed the connection (EOF or reset) within the timeout.
+    fn closed_by_target(&mut self) -> bool {
+        let mut b = [0u8; 4096];
+        loop {
+            match self.s.read(&mut b) {
+                Ok(0) => return true,
+                Ok(_) => continue, // a Reject or a response before the close
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
+#[test]
+fn writes_read_back_through_the_target_and_land_on_the_bdev() {
+    let t = start_target(64 << 20);
+    let fe = IscsiFrontend::start(&t, &config(None, None)).unwrap();
+    let mut ini = Ini::connect(fe.portal().port());
+    assert_eq!(ini.login(true), 0);
+    // Sizes: one block, immediate only, several R2T bursts, the largest transfer.
+    let cases: [(u32, usize); 4] = [(0, BS), (10, 8 << 10), (100, 300 << 10), (2000, 1 << 20)];
+    for (i, (lba, len)) in cases.iter().enumerate() {
+        let data = pattern(i as u64 + 1, *len);
+        let w = ini.write10(*lba, &data);
+        assert_eq!(w.status, 0, "write of {len} bytes at {lba}");
+        let r = ini.read10(*lba, (*len / BS) as u16);
+        assert_eq!(r.status, 0);
+        assert!(r.data == data, "read back {len} bytes at {lba}");
+        let bdev: Arc<dyn Bdev> = t.bdev("m0").unwrap();
+        let out = run_ios(
+            &t.reactors().handles()[1],
+            &bdev,
+            vec![IoReq::read(*lba as u64 * BS as u64, *len as u64)],
+            IO_TIMEOUT,
+        )
+        .unwrap();
+        assert!(out[0].data == data, "the bdev holds what was written");
+    }
+    // Beyond the end: CHECK CONDITION, the session stays usable.
+    let r = ini.read10(u32::MAX - 1, 1);
+    assert_eq!((r.status, r.sense_key), (2, Some(5)));
+    let s = fe.sessions();
+    assert_eq!(s.len(), 1);
+    assert!(s[0].write_bytes >= (1 << 20) as u64 && s[0].read_bytes >= (1 << 20) as u64);
+    ini.logout();
+}
+
+#[test]
+fn chap_one_way_accepts_the_secret_and_refuses_others() {
+    let t = start_target(16 << 20);
+    let secret = "secretsecret1234";
+    let fe = IscsiFrontend::start(
+        &t,
+        &config(
+            Some(ChapConfig {
+                user: "host1".into(),
+                secret: secret.into(),
+                ..Default::default()
+            }),
+            None,
+        ),
+    )
+    .unwrap();
+    for (pw, ok) in [(secret, true), ("wrongwrongwrong1", false)] {
+        let mut ini = Ini::connect(fe.portal().port());
+        let r = ini.login_step(
+            0x81,
+            &format!(
+                "InitiatorName=iqn.2026-11.io.plexd:ini\0TargetName={IQN}\0AuthMethod=CHAP,None\0"
+            ),
+        );
+        assert!(Ini::keys(&r).contains(&("AuthMethod".into(), "CHAP".into())));
+        let r = ini.login_step(0x01, "CHAP_A=5\0");
+        let k = Ini::keys(&r);
+        let get = |n: &str| k.iter().find(|(a, _)| a == n).unwrap().1.clone();
+        let id: u8 = get("CHAP_I").parse().unwrap();
+        let c = chap::from_binary(&get("CHAP_C")).unwrap();
+        let resp = chap::to_hex(&chap::response(id, pw.as_bytes(), &c));
+        let r = ini.login_step(0x81, &format!("CHAP_N=host1\0CHAP_R={resp}\0"));
+        let status = pdu::be16(&r.bhs, 36);
+        if ok {
+            assert_eq!(status, 0);
+            let r = ini.login_step(0x87, "MaxRecvDataSegmentLength=8192\0");
+            assert_eq!(pdu::be16(&r.bhs, 36), 0);
+        } else {
+            assert_eq!(status, 0x0201, "authentication failure");
+            assert!(ini.closed_by_target());
+        }
+    }
+    // Skipping authentication is refused too.
+    let mut ini = Ini::connect(fe.portal().port());
+    assert_eq!(ini.login(false), 0x0201);
+}
+
+#[test]
+fn persistent_reservations_survive_a_restart() {
+    let dir = plexd_target::testutil::TempPath::new("iscsi-pr");
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let t = start_target(16 << 20);
+    let prout = |ini: &mut Ini, sa: u8, ty: u8, rkey: u64, sakey: u64| {
+        let mut cdb = [0u8; 10];
+        cdb[0] = 0x5f;
+        cdb[1] = sa;
+        cdb[2] = ty;
+        cdb[8] = 24;
+        let mut p = vec![0u8; 24];
+        p[0..8].copy_from_slice(&rkey.to_be_bytes());
+        p[8..16].copy_from_slice(&sakey.to_be_bytes());
+        ini.scsi(&cdb, Some(&p), 0).status
+    };
+    let read_keys = |ini: &mut Ini| -> Vec<u8> {
+        let cdb = [0x5e, 0, 0, 0, 0, 0, 0, 0x10, 0, 0];
+        ini.scsi(&cdb, None, 4096).data
+    };
+    {
+        let fe = IscsiFrontend::start(&t, &config(None, Some(dir.0.clone()))).unwrap();
+        let mut ini = Ini::connect(fe.portal().port());
+        assert_eq!(ini.login(false), 0);
+        assert_eq!(prout(&mut ini, 0, 0, 0, 0xabcd), 0, "REGISTER");
+        assert_eq!(
+            prout(&mut ini, 1, 1, 0xabcd, 0),
+            0,
+            "RESERVE write exclusive"
+        );
+        ini.logout();
+    }
+    let fe = IscsiFrontend::start(&t, &config(None, Some(dir.0.clone()))).unwrap();
+    let mut ini = Ini::connect(fe.portal().port());
+    assert_eq!(ini.login(false), 0);
+    let keys = read_keys(&mut ini);
+    assert_eq!(&keys[4..8], &[0, 0, 0, 8], "one key registered");
+    assert_eq!(&keys[8..16], &0xabcdu64.to_be_bytes());
+    // The same initiator port still holds the reservation: it may write.
+    assert_eq!(ini.write10(0, &[7u8; BS]).status, 0);
+    assert_eq!(prout(&mut ini, 3, 0, 0xabcd, 0), 0, "CLEAR");
+    ini.logout();
+    let _ = std::fs::remove_dir_all(&dir.0);
+}
+
+#[test]
+fn hostile_pdus_close_the_connection_and_the_target_keeps_serving() {
+    let t = start_target(16 << 20);
+    let fe = IscsiFrontend::start(&t, &config(None, None)).unwrap();
+    let port = fe.portal().port();
+
+    // 1. Garbage before login.
+    let mut ini = Ini::connect(port);
+    ini.s.write_all(&[0xffu8; 48]).unwrap();
+    assert!(ini.closed_by_target(), "garbage closes the connection");
+
+    // 2. A data segment far beyond MaxRecvDataSegmentLength.
+    let mut ini = Ini::connect(port);
+    assert_eq!(ini.login(false), 0);
+    let mut b = Bhs::new(op::NOP_OUT, 0x80);
+    b.u32_at(16, 9).u32_at(20, RESERVED_TAG);
+    let mut v = b.0.to_vec();
+    v[5..8].copy_from_slice(&[0xff, 0xff, 0xff]);
+    ini.s.write_all(&v).unwrap();
+    assert!(
+        ini.closed_by_target(),
+        "oversize segment closes the connection"
+    );
+
+    // 3. A corrupted header digest.
+    let mut ini = Ini::connect(port);
+    assert_eq!(ini.login(true), 0);
+    let mut b = Bhs::new(op::NOP_OUT, 0x80);
+    b.u32_at(16, 9).u32_at(20, RESERVED_TAG);
+    let mut v = Vec::new();
+    pdu::encode(&mut v, &b, &[], ini.dig);
+    v[50] ^= 0x55;
+    ini.s.write_all(&v).unwrap();
+    assert!(
+        ini.closed_by_target(),
+        "bad header digest closes the connection"
+    );
+
+    // 4. A Data-Out for a task that does not exist, an unknown opcode, and a
+    //    command outside the CmdSN window: dropped or rejected, the session lives.
+    let mut ini = Ini::connect(port);
+    assert_eq!(ini.login(false), 0);
+    let mut d = Bhs::new(op::DATA_OUT, 0x80);
+    d.u32_at(16, 0x7777).u32_at(20, RESERVED_TAG);
+    ini.send(&d, &[1u8; 512]);
+    let mut x = Bhs::new(0x1e, 0x80);
+    x.u32_at(16, 0x7778);
+    ini.send(&x, &[]);
+    let r = ini.recv().unwrap();
+    assert_eq!(pdu::opcode(&r.bhs), op::REJECT);
+    let mut c = Bhs::new(op::SCSI_CMD, 0x80);
+    c.u32_at(16, 0x7779).u32_at(24, ini.cmdsn + 1000);
+    ini.send(&c, &[]);
+    let data = pattern(77, 4096);
+    assert_eq!(ini.write10(5, &data).status, 0);
+    assert!(ini.read10(5, 8).data == data);
+
+    // 5. A truncated PDU followed by a close.
+    let mut ini = Ini::connect(port);
+    ini.s.write_all(&[0x43, 0x87, 0, 0]).unwrap();
+    drop(ini);
+
+    // The target still serves new sessions.
+    let mut ini = Ini::connect(port);
+    assert_eq!(ini.login(true), 0);
+    assert_eq!(ini.read10(5, 8).status, 0);
+    ini.logout();
+}
