@@ -8,16 +8,24 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, suffix) = t.split_at(digits_end);
     if num.is_empty() {
-        return Err(format!("bad size {s:?}: expected a number with an optional K/M/G/T suffix"));
+        return Err(format!(
+            "bad size {s:?}: expected a number with an optional K/M/G/T suffix"
+        ));
     }
-    let n: u64 = num.parse().map_err(|_| format!("bad size {s:?}: number too large"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("bad size {s:?}: number too large"))?;
     let shift = match suffix.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 0,
         "k" | "kb" | "kib" => 10,
         "m" | "mb" | "mib" => 20,
         "g" | "gb" | "gib" => 30,
         "t" | "tb" | "tib" => 40,
-        other => return Err(format!("bad size {s:?}: unknown suffix {other:?} (use K, M, G or T)")),
+        other => {
+            return Err(format!(
+                "bad size {s:?}: unknown suffix {other:?} (use K, M, G or T)"
+            ))
+        }
     };
     n.checked_mul(1u64 << shift)
         .ok_or_else(|| format!("bad size {s:?}: too large"))
