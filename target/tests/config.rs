@@ -310,3 +310,33 @@ fn the_iscsi_section_starts_the_frontend_after_volumes() {
         "{line}"
     );
 }
+
+#[test]
+fn the_documented_example_file_starts() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples/target.toml");
+    let socket = TempPath::new("cfg-example-sock").0.with_extension("sock");
+    let args: Vec<String> = [
+        "--config",
+        &example.display().to_string(),
+        "--set",
+        &format!("target.socket={}", socket.display()),
+        "--set",
+        "target.cores=0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut p = TargetProcess::spawn(exe(), "cfg-example", &args, socket.clone()).unwrap();
+    p.wait_ready(Duration::from_secs(30)).unwrap();
+    let k = p.client().unwrap();
+    let vols: Vec<String> = k
+        .list_volumes()
+        .unwrap()
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
+    assert_eq!(vols, ["scratch", "vol0"]);
+    let (_, spec) = k.get_volume("vol0").unwrap();
+    assert_eq!(spec.plexes.len(), 2);
+    assert_eq!(spec.plexes[1].name, "vol0-02");
+}
