@@ -596,7 +596,8 @@ pub fn release_disk(path: &Path) -> Result<Label, OnDiskError> {
 }
 
 /// Writes `config` (its `seq`, by transaction `txn_id`) to every disk in `paths`; each
-/// must be a disk of the configuration (checked by label disk id). On each disk the
+/// must be a disk of the configuration (checked by label disk id) whose label names
+/// this disk group or none. On each disk the
 /// write goes to the slot not holding that disk's newest configuration, then the
 /// label's disk group fields are updated if they changed. Rewriting the same seq and
 /// txn is allowed (a new master finishing a commit); an older seq, or the same seq
@@ -681,6 +682,12 @@ fn write_one(
         return Err(device.refused(format!(
             "disk {} (id {}) is not a disk of disk group {}",
             label.disk_name, label.disk_id, config.name
+        )));
+    }
+    if let Some(g) = label.disk_group.as_ref().filter(|g| g.id != config.id) {
+        return Err(device.refused(format!(
+            "disk {} belongs to disk group {} (id {}), not {}: remove it from that group first",
+            label.disk_name, g.name, g.id, config.name
         )));
     }
     if payload.len() as u64 > label.max_payload_bytes() {

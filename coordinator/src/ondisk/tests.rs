@@ -501,3 +501,18 @@ fn discover_groups_disks_and_finds_lagging_labels() {
     let read = read_config(&paths).unwrap();
     assert_eq!(read.missing_disks(), ["disk03"]);
 }
+
+#[test]
+fn write_refuses_a_disk_labelled_for_another_group() {
+    let dir = TempDir::new();
+    let (paths, c) = group(&dir, 1);
+    write_config(&paths, &c.disk_groups[0], 1).unwrap();
+    // Another group claiming the same disk (e.g. created on a node that did not see
+    // dg1) must not overwrite it.
+    let mut other = c.disk_groups[0].clone();
+    other.name = "dg2".into();
+    other.id = crate::objects::new_id();
+    let err = write_config(&paths, &other, 1).unwrap_err().to_string();
+    assert!(err.contains("belongs to disk group dg1"), "{err}");
+    assert_eq!(read_config(&paths).unwrap().config, c.disk_groups[0]);
+}
