@@ -17,9 +17,10 @@
 //!   buffer when the file system answers EOPNOTSUPP. Reset aborts nothing (the
 //!   kernel owns submitted I/O): it completes once every I/O that reached the
 //!   channel before it has completed.
-//! - Files are not registered with the ring: [`Reactor::register_files`] replaces
-//!   the whole table, which would clobber other bdevs on the same reactor, so SQEs
-//!   carry the plain fd (`types::Fd`). Buffers are registered (the pool region).
+//! - Each channel registers its file in the reactor's registered-file table
+//!   ([`Reactor::register_file`]) and reads/writes name it by slot; control ops
+//!   (fsync, fallocate) and a full table fall back to the plain fd. Buffers are
+//!   registered too (the pool region).
 //! - Short reads and writes resubmit the remainder; EAGAIN/EINTR resubmit (bounded);
 //!   a read that makes no progress (end of file) fails with EIO. A completion result
 //!   never panics.
@@ -300,11 +301,16 @@ impl Bdev for UringBdev {
         let zero_buf = ZeroBuf::new()
             .ok_or_else(|| format!("uring bdev {}: cannot allocate zero buffer", self.name))?;
         let fd = self.file.as_raw_fd();
+        let file_ref = match reactor.register_file(fd) {
+            Some(slot) => FileRef::Fixed(slot),
+            None => FileRef::Fd(fd),
+        };
         let state = Rc::new_cyclic(|me| ChannelState {
             me: me.clone(),
             bdev: self,
             reactor: Rc::clone(reactor),
             fd,
+            file_ref,
             ops: RefCell::new(slab::Slab::with_capacity(CHANNEL_SLOTS)),
             waiting: RefCell::new(VecDeque::with_capacity(CHANNEL_SLOTS)),
             resets: RefCell::new(VecDeque::with_capacity(4)),
@@ -422,12 +428,23 @@ struct UringChannel {
     state: Rc<ChannelState>,
 }
 
+impl Drop for ChannelState {
+    fn drop(&mut self) {
+        // Runs once no op is in flight (each op's completion holds the state).
+        if let FileRef::Fixed(slot) = self.file_ref {
+            self.reactor.unregister_file(slot);
+        }
+    }
+}
+
 struct ChannelState {
     /// Ourselves, to hand the reactor an `Rc<dyn UringDone>` (no allocation).
     me: Weak<ChannelState>,
     bdev: Arc<UringBdev>,
     reactor: Rc<Reactor>,
     fd: RawFd,
+    /// How read/write SQEs name the file (registered slot or fd).
+    file_ref: FileRef,
     ops: RefCell<slab::Slab<Op>>,
     /// I/O waiting for a free slot, in arrival order, with its arrival number.
     waiting: RefCell<VecDeque<(u64, BdevIo)>>,
@@ -538,7 +555,7 @@ impl ChannelState {
                     let piece = op.io.buf.slice(op.done_bytes as usize, n as usize);
                     rw_entry(
                         op.io.kind,
-                        fd,
+                        self.file_ref,
                         piece.as_ptr(),
                         n as u32,
                         off,
@@ -596,23 +613,39 @@ impl ChannelState {
     }
 }
 
+/// The file of a channel as SQEs name it: a slot of the reactor's registered-file
+/// table when one was free (saves the kernel a file lookup per I/O), else the fd.
+#[derive(Clone, Copy)]
+enum FileRef {
+    Fixed(u32),
+    Fd(RawFd),
+}
+
 fn rw_entry(
     kind: IoKind,
-    fd: types::Fd,
+    file: FileRef,
     ptr: *mut u8,
     len: u32,
     offset: u64,
     fixed: Option<u16>,
 ) -> squeue::Entry {
-    match (kind, fixed) {
-        (IoKind::Read, Some(idx)) => opcode::ReadFixed::new(fd, ptr, len, idx)
-            .offset(offset)
-            .build(),
-        (IoKind::Read, None) => opcode::Read::new(fd, ptr, len).offset(offset).build(),
-        (_, Some(idx)) => opcode::WriteFixed::new(fd, ptr, len, idx)
-            .offset(offset)
-            .build(),
-        (_, None) => opcode::Write::new(fd, ptr, len).offset(offset).build(),
+    macro_rules! build {
+        ($f:expr) => {
+            match (kind, fixed) {
+                (IoKind::Read, Some(idx)) => opcode::ReadFixed::new($f, ptr, len, idx)
+                    .offset(offset)
+                    .build(),
+                (IoKind::Read, None) => opcode::Read::new($f, ptr, len).offset(offset).build(),
+                (_, Some(idx)) => opcode::WriteFixed::new($f, ptr, len, idx)
+                    .offset(offset)
+                    .build(),
+                (_, None) => opcode::Write::new($f, ptr, len).offset(offset).build(),
+            }
+        };
+    }
+    match file {
+        FileRef::Fixed(i) => build!(types::Fixed(i)),
+        FileRef::Fd(fd) => build!(types::Fd(fd)),
     }
 }
 

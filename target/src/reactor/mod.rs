@@ -34,6 +34,8 @@ use mailbox::Mailbox;
 pub const MSG_BATCH: usize = 64;
 /// Submission queue entries per reactor ring.
 pub const URING_ENTRIES: u32 = 1024;
+/// Slots of each reactor's registered-file table (one per uring bdev channel).
+pub const REGISTERED_FILE_SLOTS: u32 = 256;
 /// Longest a sleeping reactor stays blocked without a deadline (it then re-checks).
 pub const MAX_SLEEP: Duration = Duration::from_millis(500);
 /// How often a reactor publishes its CPU time.
@@ -160,6 +162,7 @@ pub struct Reactor {
     uring_users: RefCell<slab::Slab<(Rc<dyn UringDone>, u64)>>,
     uring_queued: Cell<usize>,
     fixed_buf: Option<(usize, usize)>,
+    free_file_slots: RefCell<Vec<u32>>,
     wake_armed: Cell<bool>,
     wake_buf: Box<u64>,
     completions: RefCell<VecDeque<(IoCallback, IoStatus)>>,
@@ -196,6 +199,16 @@ impl Reactor {
                 None
             }
         };
+        let free_file_slots = match ring
+            .submitter()
+            .register_files_sparse(REGISTERED_FILE_SLOTS)
+        {
+            Ok(()) => (0..REGISTERED_FILE_SLOTS).rev().collect(),
+            Err(e) => {
+                log::warn!("reactor {id}: no registered-file table ({e}); files are used by fd");
+                Vec::new()
+            }
+        };
         Ok(Reactor {
             id,
             mailbox,
@@ -206,6 +219,7 @@ impl Reactor {
             uring_users: RefCell::new(slab::Slab::with_capacity(URING_ENTRIES as usize * 2)),
             uring_queued: Cell::new(0),
             fixed_buf,
+            free_file_slots: RefCell::new(free_file_slots),
             wake_armed: Cell::new(false),
             wake_buf: Box::new(0),
             completions: RefCell::new(VecDeque::with_capacity(4096)),
@@ -314,14 +328,43 @@ impl Reactor {
         self.uring_queued.set(self.uring_queued.get() + 1);
     }
 
-    /// Registers files with this reactor's ring (uring bdevs), returning the
-    /// index of the first one.
-    pub fn register_files(&self, fds: &[i32]) -> std::io::Result<u32> {
-        // Registration is not incremental in this simple form; each uring bdev keeps
-        // a plain fd as a fallback, so failure here is not fatal to the caller.
-        let ring = self.ring.borrow();
-        ring.submitter().register_files(fds)?;
-        Ok(0)
+    /// Puts `fd` in a free slot of this reactor's registered-file table and returns
+    /// the slot, or None when the table is full or unavailable (use the fd then).
+    pub fn register_file(&self, fd: i32) -> Option<u32> {
+        let slot = self.free_file_slots.borrow_mut().pop()?;
+        match self
+            .ring
+            .borrow()
+            .submitter()
+            .register_files_update(slot, &[fd])
+        {
+            Ok(_) => Some(slot),
+            Err(e) => {
+                log::warn!(
+                    "reactor {}: cannot register fd {fd}: {e}; using it unregistered",
+                    self.id
+                );
+                self.free_file_slots.borrow_mut().push(slot);
+                None
+            }
+        }
+    }
+
+    /// Frees a slot taken by [`Reactor::register_file`] (no op may still use it).
+    pub fn unregister_file(&self, slot: u32) {
+        if let Err(e) = self
+            .ring
+            .borrow()
+            .submitter()
+            .register_files_update(slot, &[-1])
+        {
+            log::warn!(
+                "reactor {}: cannot clear registered file slot {slot}: {e}",
+                self.id
+            );
+            return;
+        }
+        self.free_file_slots.borrow_mut().push(slot);
     }
 
     /// The reactor's thread-safe handle.
