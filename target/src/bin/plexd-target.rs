@@ -131,13 +131,17 @@ fn run(args: &Args, signals: &SigSet) -> Result<(), String> {
         .as_ref()
         .map(|f| format!("; iscsi portal {}", f.portal()))
         .unwrap_or_default();
-    println!(
+    // Not println!: a closed stdout must not panic the data plane.
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
         "plexd-target: serving on {} with {} reactor(s) on cores {}{frontends}",
         socket.display(),
         cores.len(),
         cores.join(",")
     );
-    let _ = std::io::stdout().flush();
+    let _ = out.flush();
+    drop(out);
 
     match signals.wait() {
         Ok(sig) => log::info!("{sig}: stopping"),
