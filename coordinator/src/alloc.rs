@@ -267,9 +267,10 @@ impl Allocator {
             let last = plex.subdisks.iter_mut().rfind(|sd| sd.column == column);
             match last {
                 Some(sd)
-                    if sd.disk == disk && sd.disk_offset_bytes + sd.len_bytes == offset_bytes =>
+                    if sd.disk == disk
+                        && sd.disk_offset_bytes.saturating_add(sd.len_bytes) == offset_bytes =>
                 {
-                    sd.len_bytes += len_bytes;
+                    sd.len_bytes = sd.len_bytes.saturating_add(len_bytes);
                 }
                 _ => {
                     let name = self.next_subdisk_name(&disk);
@@ -351,7 +352,10 @@ impl Allocator {
             .map(|sd| sd.disk.clone())
             .collect();
         if let Some(last) = plex.subdisks.iter().rfind(|sd| sd.column == column) {
-            let (disk, end) = (last.disk.clone(), last.disk_offset_bytes + last.len_bytes);
+            let (disk, end) = (
+                last.disk.clone(),
+                last.disk_offset_bytes.saturating_add(last.len_bytes),
+            );
             let taken = self.take_at(&disk, end, remaining);
             if taken > 0 {
                 self.append(plex, column, vec![(disk, end, taken)]);

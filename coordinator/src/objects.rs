@@ -629,13 +629,13 @@ impl PlexLayout {
 }
 
 impl Plex {
-    /// Length of column `column`: the sum of its subdisks.
+    /// Length of column `column`: the sum of its subdisks (saturating: a corrupt
+    /// configuration must not overflow).
     pub fn column_len_bytes(&self, column: u32) -> u64 {
         self.subdisks
             .iter()
             .filter(|sd| sd.column == column)
-            .map(|sd| sd.len_bytes)
-            .sum()
+            .fold(0u64, |sum, sd| sum.saturating_add(sd.len_bytes))
     }
 
     /// Bytes of volume address space the plex covers.
@@ -802,7 +802,10 @@ impl DiskGroupConfig {
                                 p.name, sd.name
                             ));
                         }
-                        expected_offset += sd.len_bytes;
+                        let Some(next) = expected_offset.checked_add(sd.len_bytes) else {
+                            return invalid(format!("plex {}: column {c} overflows", p.name));
+                        };
+                        expected_offset = next;
                         column_disks.insert(sd.disk.as_str());
                     }
                     if !column_disks.is_disjoint(&plex_disks) {
@@ -1817,6 +1820,41 @@ mod tests {
             Err(ConfigError::LastActivePlex { .. })
         ));
         assert!(c.detach_change("vol1", "vol1-09").is_err());
+    }
+
+    #[test]
+    fn validate_refuses_extreme_values_without_panicking() {
+        let c = cluster(&[("disk01", GIB), ("disk02", GIB)]);
+        let c = create_vol(&c, "vol1", 1 << 20, VolumeLayout::Concat).unwrap();
+        let base = c.disk_groups[0].clone();
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(1);
+        let extremes = [0, 1, 4096, u64::MAX, u64::MAX - 4095, u64::MAX / 2 + 1];
+        for _ in 0..2000 {
+            let mut g = base.clone();
+            let pick = |rng: &mut rand::rngs::StdRng| {
+                extremes[rand::Rng::gen_range(rng, 0..extremes.len())]
+            };
+            let mut sd = g.volumes[0].plexes[0].subdisks[0].clone();
+            sd.name = "disk01-09".into();
+            sd.len_bytes = pick(&mut rng);
+            sd.disk_offset_bytes = pick(&mut rng);
+            sd.plex_offset_bytes = pick(&mut rng);
+            g.volumes[0].plexes[0].subdisks.push(sd);
+            g.volumes[0].size_bytes = pick(&mut rng);
+            g.disks[1].public_offset_bytes = pick(&mut rng);
+            g.disks[1].public_len_bytes = pick(&mut rng);
+            g.disks[1].size_bytes = pick(&mut rng);
+            if rand::Rng::gen_bool(&mut rng, 0.5) {
+                g.volumes[0].plexes[0].layout = PlexLayout::Stripe {
+                    columns: rand::Rng::gen_range(&mut rng, 0..3),
+                    stripe_unit_bytes: pick(&mut rng),
+                };
+            }
+            let _ = g.validate();
+            let _ = g.kernel_layout();
+            let _ = g.volumes[0].plexes[0].capacity_bytes();
+            let _ = crate::alloc::free_extents(&g);
+        }
     }
 
     #[test]
