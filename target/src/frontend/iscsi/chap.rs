@@ -78,7 +78,12 @@ pub fn to_hex(b: &[u8]) -> String {
 /// Decodes a binary value in `0x` hex or `0b` base64 form (RFC 7143 §6.1), bounded.
 pub fn from_binary(v: &str) -> Option<Vec<u8>> {
     if let Some(h) = v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
-        if h.len() > MAX_BINARY_BYTES * 2 || h.is_empty() {
+        // Only hex digits: slicing below is then on character boundaries (the
+        // fuzzer found a multi-byte character here).
+        if h.len() > MAX_BINARY_BYTES * 2
+            || h.is_empty()
+            || !h.bytes().all(|b| b.is_ascii_hexdigit())
+        {
             return None;
         }
         let h = if h.len() % 2 == 1 {
@@ -159,6 +164,8 @@ mod tests {
         assert!(from_binary("0xzz").is_none());
         assert!(from_binary("12").is_none());
         assert!(from_binary("0x").is_none());
+        // Found by fuzzing: a multi-byte character inside a hex value.
+        assert!(from_binary("0x0011\u{1db}ab").is_none());
     }
 
     #[test]
