@@ -1858,6 +1858,99 @@ mod tests {
     }
 
     #[test]
+    fn every_change_round_trips_through_json() {
+        let c = cluster(&[("disk01", GIB)]);
+        let g = c.disk_groups[0].clone();
+        let dg = || "dg1".to_string();
+        let changes = vec![
+            Change::DgCreate {
+                dg: dg(),
+                dg_id: "id".into(),
+                shared: true,
+                owner_id: "c".into(),
+                disks: g.disks.clone(),
+            },
+            Change::DgAddDisk {
+                dg: dg(),
+                disk: disk("disk02", u64::MAX / 2),
+            },
+            Change::DgRmDisk {
+                dg: dg(),
+                disk: "disk01".into(),
+            },
+            Change::DgDestroy { dg: dg() },
+            Change::DgDeport { dg: dg() },
+            Change::DgImport {
+                config: g.clone(),
+                shared: false,
+                owner_id: "h".into(),
+            },
+            Change::VolCreate {
+                dg: dg(),
+                volume: "v".into(),
+                size_bytes: u64::MAX,
+                layout: VolumeLayout::MirrorStripe {
+                    mirrors: 2,
+                    columns: 3,
+                    stripe_unit_bytes: DEFAULT_STRIPE_UNIT_BYTES,
+                },
+            },
+            Change::VolGrow {
+                dg: dg(),
+                volume: "v".into(),
+                new_size_bytes: 1,
+            },
+            Change::VolShrink {
+                dg: dg(),
+                volume: "v".into(),
+                new_size_bytes: 1,
+            },
+            Change::VolSetReadPolicy {
+                dg: dg(),
+                volume: "v".into(),
+                policy: ReadPolicy::Prefer {
+                    plex: "v-01".into(),
+                },
+            },
+            Change::VolRm {
+                dg: dg(),
+                volume: "v".into(),
+            },
+            Change::PlexAdd {
+                dg: dg(),
+                volume: "v".into(),
+                layout: PlexLayout::Stripe {
+                    columns: 2,
+                    stripe_unit_bytes: 4096,
+                },
+            },
+            Change::PlexDetach {
+                dg: dg(),
+                plex: "v-01".into(),
+            },
+            Change::PlexAttach {
+                dg: dg(),
+                plex: "v-01".into(),
+            },
+            Change::PlexRm {
+                dg: dg(),
+                plex: "v-01".into(),
+            },
+            Change::SetPlexState {
+                dg: dg(),
+                plex: "v-01".into(),
+                state: PlexState::Syncing,
+            },
+        ];
+        for change in changes {
+            let json = serde_json::to_string(&change).unwrap();
+            let back: Change = serde_json::from_str(&json).unwrap();
+            assert_eq!(back, change, "{json}");
+            assert_eq!(change.dg_name(), "dg1");
+        }
+    }
+
+    #[test]
     fn validate_catches_overlapping_subdisks() {
         let c = cluster(&[("disk01", GIB)]);
         let c = create_vol(&c, "vol1", 10 << 20, VolumeLayout::Concat).unwrap();
