@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use plexd_target::bdev::malloc::MallocBdev;
 use plexd_target::frontend::iscsi::{IscsiConfig, IscsiFrontend, LunConfig, TargetNodeConfig};
 use plexd_target::reactor::ReactorConfig;
+use plexd_target::volume::spec::{PlexKind, PlexSpec, PlexState, SubdiskSpec, VolumeSpec};
 use plexd_target::{Target, TargetConfig};
 
 const IQN: &str = "iqn.2026-11.io.plexd:test";
@@ -87,6 +88,25 @@ impl Fixture {
         target
             .add_bdev(MallocBdev::new("m0", size_bytes, 512).unwrap())
             .unwrap();
+        // The LUN is a volume (a concat plex over the malloc bdev), as exported in
+        // production.
+        target
+            .create_volume(&VolumeSpec {
+                name: "vol0".into(),
+                size_bytes,
+                plexes: vec![PlexSpec {
+                    name: "vol0-01".into(),
+                    kind: PlexKind::Concat,
+                    columns: vec![vec![SubdiskSpec {
+                        bdev: "m0".into(),
+                        offset_bytes: 0,
+                        len_bytes: size_bytes,
+                    }]],
+                    state: PlexState::Active,
+                }],
+                read_policy: Default::default(),
+            })
+            .unwrap();
         let dir = std::env::temp_dir().join(format!(
             "plexd-iscsi-test-{}-{}",
             std::process::id(),
@@ -100,7 +120,7 @@ impl Fixture {
                 alias: Some("test".into()),
                 luns: vec![LunConfig {
                     lun: 0,
-                    bdev: "m0".into(),
+                    bdev: "vol0".into(),
                     ..Default::default()
                 }],
                 ..Default::default()

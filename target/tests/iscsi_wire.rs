@@ -460,3 +460,62 @@ fn hostile_pdus_close_the_connection_and_the_target_keeps_serving() {
     assert_eq!(ini.read10(5, 8).status, 0);
     ini.logout();
 }
+
+#[test]
+fn a_mirror_with_a_failing_plex_keeps_data_intact() {
+    use plexd_target::bdev::error::{ErrorBdev, FailOn};
+    use plexd_target::volume::{PlexKind, PlexSpec, PlexState, SubdiskSpec, VolumeSpec};
+    let size = 16u64 << 20;
+    let t = start_target(size);
+    t.add_bdev(MallocBdev::new("m1", size, BS as u32).unwrap())
+        .unwrap();
+    let e1 = ErrorBdev::new("e1", t.bdev("m1").unwrap());
+    t.add_bdev(e1.clone()).unwrap();
+    let plex = |name: &str, bdev: &str| PlexSpec {
+        name: name.into(),
+        kind: PlexKind::Concat,
+        columns: vec![vec![SubdiskSpec {
+            bdev: bdev.into(),
+            offset_bytes: 0,
+            len_bytes: size,
+        }]],
+        state: PlexState::Active,
+    };
+    t.create_volume(&VolumeSpec {
+        name: "mv".into(),
+        size_bytes: size,
+        plexes: vec![plex("mv-01", "m0"), plex("mv-02", "e1")],
+        read_policy: Default::default(),
+    })
+    .unwrap();
+    let mut cfg = config(None, None);
+    cfg.targets[0].luns[0].bdev = "mv".into();
+    let fe = IscsiFrontend::start(&t, &cfg).unwrap();
+    let mut ini = Ini::connect(fe.portal().port());
+    assert_eq!(ini.login(true), 0);
+    let a = pattern(1, 64 << 10);
+    assert_eq!(ini.write10(0, &a).status, 0);
+    // The second plex starts failing every write: the volume detaches it and the
+    // host sees no error.
+    e1.injection().fail(FailOn::Writes, 5, None);
+    let b = pattern(2, 300 << 10);
+    assert_eq!(
+        ini.write10(256, &b).status,
+        0,
+        "write acked once the plex is detached"
+    );
+    for _ in 0..4 {
+        assert!(ini.read10(0, 128).data == a, "old data intact");
+        assert!(ini.read10(256, 600).data == b, "new data intact");
+    }
+    let m0: Arc<dyn Bdev> = t.bdev("m0").unwrap();
+    let out = run_ios(
+        &t.reactors().handles()[0],
+        &m0,
+        vec![IoReq::read(256 * BS as u64, b.len() as u64)],
+        IO_TIMEOUT,
+    )
+    .unwrap();
+    assert!(out[0].data == b, "the surviving plex holds the data");
+    ini.logout();
+}
