@@ -132,7 +132,14 @@ impl<M: ConfigModel> Node<M> {
             return;
         };
         if let Message::Heartbeat { incarnation, .. } | Message::JoinRequest { incarnation } = msg {
-            let restarted = peer.incarnation.is_some_and(|i| i != incarnation);
+            if peer.incarnation.is_some_and(|i| incarnation < i) {
+                log::debug!(
+                    "node {}: message from an older incarnation of node {from} ignored",
+                    self.cfg.me
+                );
+                return;
+            }
+            let restarted = peer.incarnation.is_some_and(|i| i < incarnation);
             peer.incarnation = Some(incarnation);
             if restarted {
                 self.on_peer_gone(now_ms, from, "it restarted");
@@ -377,7 +384,7 @@ impl<M: ConfigModel> Node<M> {
         self.master = Some(MasterState::new());
         self.suspected.clear();
         self.install_view(now_ms, view);
-        self.broadcast_view();
+        self.broadcast_view(&old.members);
         self.resolve_forwards(old.master);
         let line = format!(
             "node {}: took over as master from node {} (view {})",
@@ -428,10 +435,16 @@ impl<M: ConfigModel> Node<M> {
                     p.last_heard_ms = Some(now_ms);
                 }
                 match p.incarnation {
-                    Some(i) if i != *inc => restarted.push(*m),
-                    Some(_) if p.gone => restarted.push(*m),
-                    Some(_) => {}
-                    None => p.incarnation = Some(*inc),
+                    // Restarted since the view was made, or gone.
+                    Some(i) if i > *inc => restarted.push(*m),
+                    Some(i) if i == *inc && p.gone => restarted.push(*m),
+                    Some(i) if i == *inc => {}
+                    // The master knows a newer start than this node does.
+                    _ => {
+                        p.incarnation = Some(*inc);
+                        p.gone = false;
+                        p.last_heard_ms = Some(now_ms);
+                    }
                 }
             }
         }
@@ -445,14 +458,18 @@ impl<M: ConfigModel> Node<M> {
         }
     }
 
-    /// Master: sends the current view to every other member.
-    pub(super) fn broadcast_view(&mut self) {
+    /// Master: sends the current view to every other member, and to the members of
+    /// the previous view left out of it (a live one learns it is out, and rejoins).
+    pub(super) fn broadcast_view(&mut self, previous: &[NodeId]) {
         let Some(view) = self.view.clone() else {
             return;
         };
         let reasons: Vec<(NodeId, String)> =
             self.reasons.iter().map(|(&k, v)| (k, v.clone())).collect();
-        for &m in &view.members {
+        let mut to: Vec<NodeId> = view.members.iter().chain(previous).copied().collect();
+        to.sort_unstable();
+        to.dedup();
+        for m in to {
             if m != self.cfg.me {
                 self.send(
                     m,
@@ -469,10 +486,15 @@ impl<M: ConfigModel> Node<M> {
 
     /// Master: a new view with `members` and the next id.
     fn master_new_view(&mut self, now_ms: u64, members: Vec<NodeId>) {
+        let old_members = self
+            .view
+            .as_ref()
+            .map(|v| v.members.clone())
+            .unwrap_or_default();
         let old_id = self.view.as_ref().map_or(0, |v| v.id);
         let view = self.make_view(old_id.max(self.max_view_seen) + 1, members);
         self.install_view(now_ms, view);
-        self.broadcast_view();
+        self.broadcast_view(&old_members);
     }
 
     /// Master: a member is gone. Cluster reconfiguration takes precedence over a

@@ -53,8 +53,9 @@ pub struct NodeInfo {
 pub struct NodeConfig {
     /// This node.
     pub me: NodeId,
-    /// This start of the node: must differ from the previous start's (a boot
-    /// counter, or the start time in nanoseconds). Peers see a restart by it.
+    /// This start of the node: must be greater than the previous start's (a boot
+    /// counter, or the wall-clock start time in milliseconds). Peers see a restart
+    /// by it and ignore messages of an older start.
     pub incarnation: u64,
     /// Every configured node, this one included.
     pub nodes: Vec<NodeInfo>,
@@ -177,7 +178,9 @@ pub enum Event<M: ConfigModel> {
         /// Ok, or why the data plane refused.
         result: Result<(), String>,
     },
-    /// Stop cleanly: wait for an in-progress reconfiguration, then [`Action::ShutdownReady`].
+    /// Stop cleanly: refuse new requests, wait for an in-progress reconfiguration
+    /// (join, takeover, transaction, answers to forwarded requests), then
+    /// [`Action::ShutdownReady`].
     Shutdown,
 }
 
@@ -557,8 +560,10 @@ impl<M: ConfigModel> Node<M> {
                     }
                 )
                 || self.txn_in_progress()
+                || !self.forwards.is_empty()
                 || self.master.as_ref().is_some_and(|m| m.join.is_some());
             if !busy {
+                self.refuse_queued_requests();
                 self.state = State::Stopped;
                 self.out.push(Action::ShutdownReady);
             }

@@ -276,6 +276,23 @@ impl<M: ConfigModel> Node<M> {
         }
     }
 
+    /// Master shutting down: every queued request (not started, so not applied)
+    /// gets an error.
+    pub(super) fn refuse_queued_requests(&mut self) {
+        let err = format!(
+            "node {}: shutting down; the change was not applied",
+            self.me_name()
+        );
+        let queued = self
+            .master
+            .as_mut()
+            .map(|ms| std::mem::take(&mut ms.queue))
+            .unwrap_or_default();
+        for (origin, _) in queued {
+            self.finish_request(origin, Err(err.clone()));
+        }
+    }
+
     /// Master: starts the next queued join or transaction, if nothing blocks it.
     /// Joins go first (cluster reconfiguration takes precedence); a join may run
     /// while a transaction is in its check phase (the transaction is suspended).
@@ -287,7 +304,7 @@ impl<M: ConfigModel> Node<M> {
             let Some(ms) = self.master.as_mut() else {
                 return;
             };
-            if ms.join.is_none() {
+            if ms.join.is_none() && !self.stopping {
                 let join_allowed = match &ms.txn {
                     None => true,
                     Some(t) => matches!(t.phase, Phase::Checking { .. }),
@@ -665,7 +682,12 @@ impl<M: ConfigModel> Node<M> {
         if st.phase != SlavePhase::Preparing {
             return;
         }
-        st.phase = SlavePhase::Prepared;
+        // A refused prepare never commits: the phase stays short of Prepared.
+        st.phase = if result.is_ok() {
+            SlavePhase::Prepared
+        } else {
+            SlavePhase::Checked
+        };
         let Some(master) = self.view.as_ref().map(|v| v.master) else {
             return;
         };

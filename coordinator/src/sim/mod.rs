@@ -24,7 +24,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-/// Lines of trace kept for a failure report.
+/// Lines of trace kept for a failure report (`PLEXD_SIM_TRACE_LINES` overrides).
 pub const TRACE_LINES: usize = 80;
 /// Log lines kept (the nodes' `Action::Log`).
 pub const MAX_LOG_LINES: usize = 10_000;
@@ -55,6 +55,8 @@ pub struct SimConfig {
     /// Probability (percent) that peers see a connection loss when a node crashes
     /// (otherwise only the heartbeat timeout finds out).
     pub connection_lost_percent: u32,
+    /// Probability (percent) that a data plane refuses a kernel prepare.
+    pub kernel_refuse_percent: u32,
     /// Record a trace of every event (slower; used to report failures).
     pub trace: bool,
 }
@@ -74,6 +76,7 @@ impl SimConfig {
             form_wait_ms: 500,
             join_retry_ms: 1000,
             connection_lost_percent: 80,
+            kernel_refuse_percent: 0,
             trace: false,
         }
     }
@@ -681,7 +684,11 @@ impl Sim {
 
     fn note(&mut self, line: String) {
         if self.cfg.trace {
-            if self.trace.len() == TRACE_LINES {
+            let limit = std::env::var("PLEXD_SIM_TRACE_LINES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(TRACE_LINES);
+            while self.trace.len() >= limit.max(1) {
                 self.trace.pop_front();
             }
             self.trace
@@ -820,8 +827,12 @@ impl Sim {
                     );
                 }
                 Action::KernelPrepare { txn, config } => {
-                    self.node_mut(id).kernel.staged = Some((txn, config));
-                    let result = Ok(());
+                    let result = if self.rng.gen_range(0..100) < self.cfg.kernel_refuse_percent {
+                        Err(format!("volume {} is busy", config.seq))
+                    } else {
+                        self.node_mut(id).kernel.staged = Some((txn, config));
+                        Ok(())
+                    };
                     self.driver_later(
                         id,
                         Some(Hold::KernelPrepare),

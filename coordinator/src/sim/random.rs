@@ -46,6 +46,7 @@ fn run(seed: u64, steps: u64, trace: bool) -> Result<RunStats, String> {
     let nodes = rng.gen_range(3..=5);
     let mut cfg = SimConfig::new(nodes, seed);
     cfg.trace = trace;
+    cfg.kernel_refuse_percent = 2;
     let mut sim = Sim::new(cfg);
     let mut stats = RunStats::default();
     for id in 1..=nodes {
