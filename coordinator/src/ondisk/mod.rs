@@ -397,6 +397,12 @@ impl Device {
 
     /// Reads both label copies and returns the valid one with the higher generation.
     fn read_label(&self) -> Result<Label, OnDiskError> {
+        self.read_label_copies().map(|(label, _)| label)
+    }
+
+    /// Like [`read_label`](Self::read_label), also saying whether both copies are
+    /// valid and identical (false: the next label write repairs them).
+    fn read_label_copies(&self) -> Result<(Label, bool), OnDiskError> {
         let both = self
             .read_at(0, 2 * BLOCK_BYTES, "label")
             .map_err(|e| match e {
@@ -411,16 +417,13 @@ impl Device {
         let block = BLOCK_BYTES as usize;
         let primary = Label::decode(&both[..block]);
         let backup = Label::decode(&both[block..]);
-        let label = match (primary, backup) {
+        let (label, intact) = match (primary, backup) {
             (Ok(p), Ok(b)) => {
-                if b.generation > p.generation {
-                    b
-                } else {
-                    p
-                }
+                let same = p == b;
+                (if b.generation > p.generation { b } else { p }, same)
             }
-            (Ok(p), Err(_)) => p,
-            (Err(_), Ok(b)) => b,
+            (Ok(p), Err(_)) => (p, false),
+            (Err(_), Ok(b)) => (b, false),
             (Err(p), Err(b)) if p == b => return Err(self.label_error(p)),
             (Err(p), Err(b)) => return Err(self.label_error(format!("primary: {p}; backup: {b}"))),
         };
@@ -431,7 +434,7 @@ impl Device {
                 self.size_bytes
             )));
         }
-        Ok(label)
+        Ok((label, intact))
     }
 
     /// Writes the label: primary, sync, backup, sync (a torn write damages one copy).
@@ -677,7 +680,7 @@ fn write_one(
     txn_id: u64,
 ) -> Result<usize, OnDiskError> {
     let device = Device::open(path, true)?;
-    let mut label = device.read_label()?;
+    let (mut label, label_intact) = device.read_label_copies()?;
     if !config.disks.iter().any(|d| d.id == label.disk_id) {
         return Err(device.refused(format!(
             "disk {} (id {}) is not a disk of disk group {}",
@@ -743,7 +746,8 @@ fn write_one(
         shared: config.shared,
         owner_id: config.owner_id.clone(),
     });
-    if label.disk_group != wanted {
+    if label.disk_group != wanted || !label_intact {
+        // Also repairs a damaged label copy.
         label.disk_group = wanted;
         label.generation += 1;
         device.write_label(&label)?;

@@ -333,6 +333,18 @@ fn a_corrupt_primary_label_is_recovered_from_the_backup() {
     let before = read_label(&paths[0]).unwrap();
     corrupt(&paths[0], 300, b"scribble");
     assert_eq!(read_label(&paths[0]).unwrap(), before);
+    // The next configuration write repairs the damaged copy.
+    write_config(&paths, &c.disk_groups[0], 1).unwrap();
+    let mut primary = vec![0u8; BLOCK_BYTES as usize];
+    File::open(&paths[0])
+        .unwrap()
+        .read_exact_at(&mut primary, 0)
+        .unwrap();
+    let repaired = Label::decode(&primary).unwrap();
+    assert_eq!(repaired.generation, before.generation + 1);
+    let before = read_label(&paths[0]).unwrap();
+    corrupt(&paths[0], 300, b"scribble");
+    assert_eq!(read_label(&paths[0]).unwrap(), before);
     corrupt(&paths[0], BLOCK_BYTES + 300, b"scribble");
     let err = read_label(&paths[0]).unwrap_err();
     let text = err.to_string();
