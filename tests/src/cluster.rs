@@ -1,0 +1,990 @@
+//! A cluster of real `plexd-target` + `plexd` processes on loopback, sharing sparse
+//! disk files, as docs/CONTRACT.md describes; reaped on drop even when the test panics.
+//!
+//! ```no_run
+//! use plexd_tests::{Cluster, ClusterOpts};
+//! let mut c = Cluster::start(3, ClusterOpts::default());
+//! c.ctl_ok(1, "dg create dg1 d0 d1 --shared");
+//! c.ctl_ok(1, "vol create dg1 vol1 32M --layout mirror");
+//! c.write_pattern(0, "dg1", "vol1", 0, 1 << 20);
+//! c.check_invariants();
+//! ```
+
+use std::collections::BTreeSet;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use plexd_target::api::KernelClient;
+use serde_json::Value;
+
+use crate::bins::Bins;
+use crate::data::Pattern;
+use crate::proc::{tail, touch, Proc, Spec};
+use crate::wait::{try_wait_until, wait_until};
+
+/// Node names, in node id order (id = index + 1).
+pub const NODE_NAMES: [&str; 5] = ["a", "b", "c", "d", "e"];
+/// How long a process gets to answer after it starts.
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long the nodes get to agree on a membership.
+pub const JOIN_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long one plexctl command may take.
+pub const CTL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the members get to show the same configuration after a change.
+pub const CONVERGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a process armed with a failpoint gets to reach it.
+pub const FAILPOINT_TIMEOUT: Duration = Duration::from_secs(20);
+/// Log lines printed per process when a test fails.
+const TAIL_LINES: usize = 60;
+/// Longest part of a test name used in the temp dir (Unix socket paths are short).
+const DIR_NAME_CHARS: usize = 24;
+
+/// How to build a cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterOpts {
+    /// Disk files `d0.img`.. (disk media names `d0`..).
+    pub disks: usize,
+    /// Size of each (sparse).
+    pub disk_size_bytes: u64,
+    /// Heartbeat period.
+    pub heartbeat_interval_ms: u64,
+    /// Silence after which a node is gone.
+    pub heartbeat_timeout_ms: u64,
+    /// How long a starting node listens before forming.
+    pub form_wait_ms: u64,
+    /// RUST_LOG of every process.
+    pub rust_log: String,
+    /// `(node, failpoint)`: PLEXD_FAILPOINT of that node's first plexd.
+    pub failpoints: Vec<(usize, String)>,
+    /// `(node, disk)`: disk files that node's processes cannot see.
+    pub hidden: Vec<(usize, usize)>,
+    /// Run `plexctl disk init` on every disk once the cluster is up.
+    pub init_disks: bool,
+}
+
+impl Default for ClusterOpts {
+    fn default() -> ClusterOpts {
+        ClusterOpts {
+            disks: 6,
+            disk_size_bytes: 256 << 20,
+            heartbeat_interval_ms: 100,
+            heartbeat_timeout_ms: 600,
+            form_wait_ms: 300,
+            rust_log: std::env::var("PLEXD_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            failpoints: Vec::new(),
+            hidden: Vec::new(),
+            init_disks: true,
+        }
+    }
+}
+
+impl ClusterOpts {
+    /// Arms `failpoint` (e.g. `txn.after_check`) on `node`'s first plexd.
+    pub fn failpoint(mut self, node: usize, failpoint: &str) -> ClusterOpts {
+        self.failpoints.push((node, failpoint.to_string()));
+        self
+    }
+
+    /// Hides disk file `disk` from `node`'s processes.
+    pub fn hide_disk(mut self, node: usize, disk: usize) -> ClusterOpts {
+        self.hidden.push((node, disk));
+        self
+    }
+}
+
+/// One node: its processes and addresses.
+pub struct Node {
+    /// Name (`a`, `b`, ...).
+    pub name: String,
+    /// Node id (1, 2, ...).
+    pub id: u32,
+    /// plexd's address (cluster protocol and ctl API).
+    pub addr: String,
+    /// plexd-target's socket.
+    pub target_socket: PathBuf,
+    /// Node-local directory (logs, state).
+    pub dir: PathBuf,
+    target: Option<Proc>,
+    plexd: Option<Proc>,
+    failpoint: Option<String>,
+    hidden: Vec<usize>,
+    outside: bool,
+}
+
+/// A running cluster. See the module documentation.
+pub struct Cluster {
+    /// The test's temp dir (removed on success).
+    pub dir: PathBuf,
+    /// The cluster file.
+    pub cluster_file: PathBuf,
+    /// The shared disk files, `d0.img`...
+    pub disks: Vec<PathBuf>,
+    /// The nodes, by index (node id = index + 1).
+    pub nodes: Vec<Node>,
+    bins: Bins,
+    opts: ClusterOpts,
+    patterns: Vec<Pattern>,
+    next_seed: u64,
+    ctl_log: PathBuf,
+    empty_file: PathBuf,
+}
+
+fn free_ports(n: usize) -> Vec<u16> {
+    // Hold every listener until all ports are known, so they differ.
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("local_addr").port())
+        .collect()
+}
+
+fn test_dir() -> PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let thread = std::thread::current();
+    let name: String = thread
+        .name()
+        .unwrap_or("test")
+        .rsplit("::")
+        .next()
+        .unwrap_or("test")
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .take(DIR_NAME_CHARS)
+        .collect();
+    let base = std::env::var_os("PLEXD_TEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    base.join(format!("plexd-{name}-{}-{n}", std::process::id()))
+}
+
+/// Disk media name of disk file `i`.
+pub fn disk_name(i: usize) -> String {
+    format!("d{i}")
+}
+
+/// The shared disk groups of a `plexctl --json print`, by name.
+pub fn shared_groups(print: &Value) -> Vec<Value> {
+    let mut groups: Vec<Value> = print["disk_groups"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|g| g["shared"].as_bool() == Some(true))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    groups.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    groups
+}
+
+/// The disk group `dg` of a `--json print`.
+pub fn group<'a>(print: &'a Value, dg: &str) -> Option<&'a Value> {
+    print["disk_groups"]
+        .as_array()?
+        .iter()
+        .find(|g| g["name"].as_str() == Some(dg))
+}
+
+/// Volume `vol` of disk group `dg` of a `--json print`.
+pub fn volume<'a>(print: &'a Value, dg: &str, vol: &str) -> Option<&'a Value> {
+    group(print, dg)?["volumes"]
+        .as_array()?
+        .iter()
+        .find(|v| v["name"].as_str() == Some(vol))
+}
+
+/// Names of the members in a `--json cluster status` (role master or slave).
+pub fn members(status: &Value) -> BTreeSet<String> {
+    status["nodes"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|n| {
+                    let role = n["role"].as_str().unwrap_or("").to_ascii_lowercase();
+                    role == "master" || role == "slave"
+                })
+                .filter_map(|n| n["name"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl Cluster {
+    /// Starts `n` nodes one after the other (so the first one forms the cluster and
+    /// is master), waits until all are members, and initialises the disks.
+    pub fn start(n: usize, opts: ClusterOpts) -> Cluster {
+        let mut c = Cluster::create(n, opts).unwrap_or_else(|e| panic!("cluster setup: {e}"));
+        for i in 0..n {
+            c.start_target(i);
+            c.start_coordinator(i);
+            let up: Vec<usize> = (0..=i).collect();
+            c.wait_joined(&up);
+        }
+        if c.opts.init_disks {
+            c.init_disks();
+        }
+        c
+    }
+
+    /// Writes the files of an `n`-node cluster; starts nothing.
+    pub fn create(n: usize, opts: ClusterOpts) -> Result<Cluster, String> {
+        assert!(
+            n >= 1 && n <= NODE_NAMES.len(),
+            "1..={} nodes",
+            NODE_NAMES.len()
+        );
+        let bins = Bins::locate()?;
+        let dir = test_dir();
+        let _ = std::fs::remove_dir_all(&dir);
+        let mkdir = |p: &Path| {
+            std::fs::create_dir_all(p).map_err(|e| format!("cannot create {}: {e}", p.display()))
+        };
+        mkdir(&dir.join("disks"))?;
+        let mut disks = Vec::new();
+        for i in 0..opts.disks {
+            let p = dir.join("disks").join(format!("d{i}.img"));
+            let f = File::create(&p).map_err(|e| format!("cannot create {}: {e}", p.display()))?;
+            f.set_len(opts.disk_size_bytes)
+                .map_err(|e| format!("cannot size {}: {e}", p.display()))?;
+            disks.push(p);
+        }
+        let empty_file = dir.join("empty");
+        touch(&empty_file)?;
+        let ports = free_ports(n);
+        let mut nodes = Vec::new();
+        for (i, port) in ports.iter().enumerate() {
+            let ndir = dir.join(NODE_NAMES[i]);
+            mkdir(&ndir)?;
+            nodes.push(Node {
+                name: NODE_NAMES[i].to_string(),
+                id: i as u32 + 1,
+                addr: format!("127.0.0.1:{port}"),
+                target_socket: ndir.join("target.sock"),
+                dir: ndir,
+                target: None,
+                plexd: None,
+                failpoint: opts
+                    .failpoints
+                    .iter()
+                    .find(|(node, _)| *node == i)
+                    .map(|(_, f)| f.clone()),
+                hidden: opts
+                    .hidden
+                    .iter()
+                    .filter(|(node, _)| *node == i)
+                    .map(|(_, d)| *d)
+                    .collect(),
+                outside: false,
+            });
+        }
+        let cluster_file = dir.join("cluster.toml");
+        let mut toml = format!(
+            "[cluster]\nname = \"test\"\nid = \"test-{}\"\nmonitor = \"builtin\"\n\
+             heartbeat_interval_ms = {}\nheartbeat_timeout_ms = {}\nform_wait_ms = {}\n\
+             disk_paths = [{:?}]\n",
+            std::process::id(),
+            opts.heartbeat_interval_ms,
+            opts.heartbeat_timeout_ms,
+            opts.form_wait_ms,
+            dir.join("disks").join("*.img").display().to_string(),
+        );
+        for node in &nodes {
+            toml.push_str(&format!(
+                "\n[[nodes]]\nid = {}\nname = {:?}\naddress = {:?}\ntarget_socket = {:?}\nstate_dir = {:?}\n",
+                node.id,
+                node.name,
+                node.addr,
+                node.target_socket.display().to_string(),
+                node.dir.display().to_string()
+            ));
+        }
+        std::fs::write(&cluster_file, toml)
+            .map_err(|e| format!("cannot write {}: {e}", cluster_file.display()))?;
+        Ok(Cluster {
+            ctl_log: dir.join("ctl.log"),
+            dir,
+            cluster_file,
+            disks,
+            nodes,
+            bins,
+            opts,
+            patterns: Vec::new(),
+            next_seed: 1,
+            empty_file,
+        })
+    }
+
+    /// Node index by name.
+    pub fn index(&self, name: &str) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no node named {name:?}"))
+    }
+
+    fn spec(&self, i: usize, what: &str, exe: &Path, args: Vec<String>) -> Spec {
+        let node = &self.nodes[i];
+        let mut env = vec![("RUST_LOG".to_string(), self.opts.rust_log.clone())];
+        if what == "plexd" {
+            if let Some(fp) = &node.failpoint {
+                env.push(("PLEXD_FAILPOINT".into(), format!("{fp}:exit")));
+            }
+        }
+        Spec {
+            name: format!("{what} {}", node.name),
+            exe: exe.to_path_buf(),
+            args,
+            env,
+            cwd: node.dir.clone(),
+            log: node.dir.join(format!("{what}.log")),
+            hide: node.hidden.iter().map(|d| self.disks[*d].clone()).collect(),
+            hide_with: self.empty_file.clone(),
+        }
+    }
+
+    /// Starts node `i`'s plexd-target and waits until its socket answers.
+    pub fn start_target(&mut self, i: usize) {
+        let node = &self.nodes[i];
+        let _ = std::fs::remove_file(&node.target_socket);
+        let args = vec![
+            "--socket".to_string(),
+            node.target_socket.display().to_string(),
+            "--cores".into(),
+            "0".into(),
+        ];
+        let spec = self.spec(i, "plexd-target", &self.bins.target.clone(), args);
+        let p = Proc::spawn(&spec).unwrap_or_else(|e| panic!("{e}"));
+        self.nodes[i].target = Some(p);
+        let sock = self.nodes[i].target_socket.clone();
+        let desc = format!(
+            "plexd-target {} to answer on {}",
+            self.nodes[i].name,
+            sock.display()
+        );
+        wait_until(&desc, START_TIMEOUT, || {
+            if let Some(p) = self.nodes[i].target.as_mut() {
+                if let Some(s) = p.try_status() {
+                    return self.fail_now(format!(
+                        "plexd-target {} {} before answering",
+                        self.nodes[i].name,
+                        Proc::describe(Some(s))
+                    ));
+                }
+            }
+            KernelClient::connect(&sock)
+                .and_then(|k| k.info())
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        });
+    }
+
+    fn fail_now<T>(&self, msg: String) -> Result<T, String> {
+        panic!("{msg}");
+    }
+
+    /// Starts node `i`'s plexd (with its armed failpoint, if any) and waits until it
+    /// answers `cluster status` (not until it has joined: see [`Cluster::wait_joined`]).
+    pub fn start_coordinator(&mut self, i: usize) {
+        let args = vec![
+            "--cluster".to_string(),
+            self.cluster_file.display().to_string(),
+            "--node".into(),
+            self.nodes[i].name.clone(),
+        ];
+        let spec = self.spec(i, "plexd", &self.bins.plexd.clone(), args);
+        let p = Proc::spawn(&spec).unwrap_or_else(|e| panic!("{e}"));
+        self.nodes[i].plexd = Some(p);
+        let desc = format!("plexd {} to answer `cluster status`", self.nodes[i].name);
+        wait_until(&desc, START_TIMEOUT, || {
+            if let Some(p) = self.nodes[i].plexd.as_mut() {
+                if let Some(s) = p.try_status() {
+                    return self.fail_now(format!(
+                        "plexd {} {} before answering (failpoint {:?})",
+                        self.nodes[i].name,
+                        Proc::describe(Some(s)),
+                        self.nodes[i].failpoint
+                    ));
+                }
+            }
+            self.try_ctl_json(i, "cluster status").map(|_| ())
+        });
+    }
+
+    /// Arms (or with `None` disarms) `failpoint` for node `i`'s next plexd start.
+    pub fn set_failpoint(&mut self, i: usize, failpoint: Option<&str>) {
+        self.nodes[i].failpoint = failpoint.map(str::to_string);
+    }
+
+    /// Hides disk files from node `i`'s next process starts (empty: none hidden).
+    pub fn set_hidden_disks(&mut self, i: usize, disks: &[usize]) {
+        self.nodes[i].hidden = disks.to_vec();
+    }
+
+    /// plexd of node `i` is running.
+    pub fn coordinator_running(&mut self, i: usize) -> bool {
+        self.nodes[i].plexd.as_mut().is_some_and(|p| p.is_running())
+    }
+
+    /// plexd-target of node `i` is running.
+    pub fn target_running(&mut self, i: usize) -> bool {
+        self.nodes[i]
+            .target
+            .as_mut()
+            .is_some_and(|p| p.is_running())
+    }
+
+    /// Nodes whose plexd is running and that are expected to be members.
+    pub fn live(&mut self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|i| self.coordinator_running(*i) && !self.nodes[*i].outside)
+            .collect()
+    }
+
+    /// `kill -9` of node `i`'s plexd (its plexd-target keeps serving I/O).
+    pub fn kill_coordinator(&mut self, i: usize) {
+        if let Some(p) = self.nodes[i].plexd.as_mut() {
+            p.kill();
+        }
+    }
+
+    /// `kill -9` of both processes of node `i`.
+    pub fn kill_node(&mut self, i: usize) {
+        self.kill_coordinator(i);
+        if let Some(p) = self.nodes[i].target.as_mut() {
+            p.kill();
+        }
+    }
+
+    /// `kill -9` of every process of the cluster.
+    pub fn kill_all(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill_coordinator(i);
+        }
+        for i in 0..self.nodes.len() {
+            self.kill_node(i);
+        }
+    }
+
+    /// SIGTERM to node `i`'s plexd; returns its exit status (SIGKILL after a grace).
+    pub fn stop_coordinator(&mut self, i: usize) -> Option<ExitStatus> {
+        let p = self.nodes[i].plexd.as_mut()?;
+        let (status, clean) = p.terminate();
+        assert!(
+            clean,
+            "plexd {} did not stop on SIGTERM",
+            self.nodes[i].name
+        );
+        status
+    }
+
+    /// Waits for node `i`'s plexd to exit by itself (at its failpoint).
+    pub fn wait_coordinator_exit(&mut self, i: usize) -> ExitStatus {
+        let name = self.nodes[i].name.clone();
+        let fp = self.nodes[i].failpoint.clone();
+        let p = self.nodes[i]
+            .plexd
+            .as_mut()
+            .unwrap_or_else(|| panic!("plexd {name} was never started"));
+        p.wait_exit(FAILPOINT_TIMEOUT).unwrap_or_else(|| {
+            panic!(
+                "plexd {name} did not exit within {} s (failpoint {fp:?})",
+                FAILPOINT_TIMEOUT.as_secs()
+            )
+        })
+    }
+
+    /// Kills node `i`'s plexd if it runs, starts it again with `failpoint` armed (or
+    /// none), and waits until every node with a running plexd is a member.
+    pub fn restart_coordinator(&mut self, i: usize, failpoint: Option<&str>) {
+        self.kill_coordinator(i);
+        self.set_failpoint(i, failpoint);
+        if !self.target_running(i) {
+            self.start_target(i);
+        }
+        self.start_coordinator(i);
+        self.wait_all_joined();
+    }
+
+    /// Starts whatever of node `i` is not running (target, then plexd), waits joined.
+    pub fn restart_node(&mut self, i: usize) {
+        if !self.target_running(i) {
+            self.start_target(i);
+        }
+        if !self.coordinator_running(i) {
+            self.start_coordinator(i);
+        }
+        self.wait_all_joined();
+    }
+
+    /// Starts every node not running, in node order, and waits until all are members.
+    pub fn restart_all(&mut self) {
+        for i in 0..self.nodes.len() {
+            if !self.target_running(i) {
+                self.start_target(i);
+            }
+        }
+        for i in 0..self.nodes.len() {
+            if !self.coordinator_running(i) {
+                self.start_coordinator(i);
+            }
+        }
+        self.wait_all_joined();
+    }
+
+    // ---- plexctl ----
+
+    /// Runs `plexctl --node <node i> ARGS` (`cmd` split on spaces), bounded by
+    /// [`CTL_TIMEOUT`].
+    pub fn ctl(&self, i: usize, cmd: &str) -> Output {
+        self.ctl_args(i, &cmd.split_whitespace().collect::<Vec<_>>())
+    }
+
+    /// Runs `plexctl --node <node i> ARGS`.
+    pub fn ctl_args(&self, i: usize, args: &[&str]) -> Output {
+        let node = &self.nodes[i];
+        let mut cmd = Command::new(&self.bins.plexctl);
+        cmd.arg("--node")
+            .arg(&node.addr)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env("RUST_LOG", "warn")
+            .process_group(0);
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("PLEXD_") {
+                cmd.env_remove(k);
+            }
+        }
+        let started = Instant::now();
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.bins.plexctl.display()));
+        let pid = child.id() as i32;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        let out = match rx.recv_timeout(CTL_TIMEOUT) {
+            Ok(r) => r,
+            Err(_) => {
+                // SAFETY: kill(2) on the process group of our unreaped child.
+                unsafe {
+                    libc::kill(-pid, libc::SIGKILL);
+                }
+                let _ = rx.recv();
+                let _ = waiter.join();
+                panic!(
+                    "plexctl --node {} ({}) {}: no answer within {} s",
+                    node.addr,
+                    node.name,
+                    args.join(" "),
+                    CTL_TIMEOUT.as_secs()
+                );
+            }
+        };
+        let _ = waiter.join();
+        let out = out.unwrap_or_else(|e| panic!("plexctl {}: {e}", args.join(" ")));
+        if let Ok(mut f) = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.ctl_log)
+        {
+            let _ = writeln!(
+                f,
+                "[{}] {} ms: plexctl {} {} -> {}\n{}{}",
+                node.name,
+                started.elapsed().as_millis(),
+                node.addr,
+                args.join(" "),
+                Proc::describe(Some(out.status)),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        out
+    }
+
+    /// Runs a command that must succeed; returns its stdout.
+    pub fn ctl_ok(&self, i: usize, cmd: &str) -> String {
+        let out = self.ctl(i, cmd);
+        if !out.status.success() {
+            panic!(
+                "plexctl {cmd} on node {} failed ({}): {}",
+                self.nodes[i].name,
+                Proc::describe(Some(out.status)),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs a command that must fail with exit 1 and one line on stderr; returns it.
+    pub fn ctl_err(&self, i: usize, cmd: &str) -> String {
+        let out = self.ctl(i, cmd);
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "plexctl {cmd} on node {} should fail with exit 1; got {}: stdout {:?} stderr {stderr:?}",
+            self.nodes[i].name,
+            Proc::describe(Some(out.status)),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(
+            stderr.starts_with("plexctl: ") && stderr.lines().count() == 1,
+            "plexctl {cmd}: the error should be one line `plexctl: <reason>`, got {stderr:?}"
+        );
+        stderr
+    }
+
+    /// `plexctl --json CMD` on node `i`, parsed.
+    pub fn try_ctl_json(&self, i: usize, cmd: &str) -> Result<Value, String> {
+        let mut args = vec!["--json"];
+        args.extend(cmd.split_whitespace());
+        let out = self.ctl_args(i, &args);
+        if !out.status.success() {
+            return Err(format!(
+                "plexctl --json {cmd} on node {}: {}: {}",
+                self.nodes[i].name,
+                Proc::describe(Some(out.status)),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| {
+            format!(
+                "plexctl --json {cmd} on node {}: not JSON ({e}): {:?}",
+                self.nodes[i].name,
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// `plexctl --json CMD` on node `i`, which must succeed.
+    pub fn ctl_json(&self, i: usize, cmd: &str) -> Value {
+        self.try_ctl_json(i, cmd).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// `plexctl --json print` on node `i`.
+    pub fn print(&self, i: usize) -> Value {
+        self.ctl_json(i, "print")
+    }
+
+    /// `plexctl --json cluster status` on node `i`.
+    pub fn status(&self, i: usize) -> Value {
+        self.ctl_json(i, "cluster status")
+    }
+
+    /// The master's index, as every node in `nodes` agrees (with the same view) and
+    /// with every one of `nodes` a member; Err says what differs.
+    fn agreed_master(&self, nodes: &[usize]) -> Result<usize, String> {
+        let want: BTreeSet<String> = nodes.iter().map(|i| self.nodes[*i].name.clone()).collect();
+        let mut agreed: Option<(String, Value)> = None;
+        for &i in nodes {
+            let s = self.try_ctl_json(i, "cluster status")?;
+            let master = s["master"]
+                .as_str()
+                .ok_or_else(|| format!("node {} knows no master: {s}", self.nodes[i].name))?
+                .to_string();
+            let m = members(&s);
+            if m != want {
+                return Err(format!(
+                    "node {} sees members {m:?}, want {want:?}: {s}",
+                    self.nodes[i].name
+                ));
+            }
+            match &agreed {
+                None => agreed = Some((master, s["view"].clone())),
+                Some((am, av)) if *am == master && *av == s["view"] => {}
+                Some((am, av)) => {
+                    return Err(format!(
+                        "node {} sees master {master} view {}, another node master {am} view {av}",
+                        self.nodes[i].name, s["view"]
+                    ))
+                }
+            }
+        }
+        let (master, _) = agreed.ok_or("no nodes")?;
+        self.nodes
+            .iter()
+            .position(|n| n.name == master)
+            .ok_or_else(|| format!("master {master:?} is no configured node"))
+    }
+
+    /// Waits until exactly `nodes` are the members, all agreeing on master and view;
+    /// returns the master.
+    pub fn wait_joined(&self, nodes: &[usize]) -> usize {
+        let names: Vec<&str> = nodes.iter().map(|i| self.nodes[*i].name.as_str()).collect();
+        wait_until(
+            &format!("nodes {names:?} to be the members and agree on the master"),
+            JOIN_TIMEOUT,
+            || self.agreed_master(nodes),
+        )
+    }
+
+    /// Waits until every node with a running plexd is a member; returns the master.
+    pub fn wait_all_joined(&mut self) -> usize {
+        let live = self.live();
+        self.wait_joined(&live)
+    }
+
+    /// The current master (every live node must agree).
+    pub fn master(&mut self) -> usize {
+        self.wait_all_joined()
+    }
+
+    /// `plexctl disk init` of every disk file, from node 0 (names `d0`, `d1`, ...).
+    pub fn init_disks(&self) {
+        for (i, p) in self.disks.iter().enumerate() {
+            self.ctl_ok(
+                0,
+                &format!("disk init {} --name {}", p.display(), disk_name(i)),
+            );
+        }
+    }
+
+    /// Makes node `i` master with `failpoint` armed: restarts its plexd armed (it
+    /// rejoins as a slave), then restarts the master until `i` takes over (node `i`
+    /// must have the lowest id among the others for the succession to reach it).
+    pub fn arm_master(&mut self, i: usize, failpoint: &str) {
+        self.restart_coordinator(i, Some(failpoint));
+        for _ in 0..self.nodes.len() {
+            let m = self.master();
+            if m == i {
+                return;
+            }
+            self.kill_coordinator(m);
+            let survivors = self.live();
+            self.wait_joined(&survivors);
+            self.restart_coordinator(m, None);
+        }
+        let m = self.master();
+        assert_eq!(m, i, "node {} did not become master", self.nodes[i].name);
+    }
+
+    // ---- data ----
+
+    /// A kernel interface client of node `i`'s plexd-target.
+    pub fn kernel(&self, i: usize) -> KernelClient {
+        KernelClient::connect(&self.nodes[i].target_socket)
+            .unwrap_or_else(|e| panic!("node {}: {e}", self.nodes[i].name))
+    }
+
+    /// Writes a new pattern to `dg.vol` at `offset_bytes` through node `i`'s target and
+    /// records it for [`Cluster::verify_patterns`].
+    pub fn write_pattern(
+        &mut self,
+        i: usize,
+        dg: &str,
+        vol: &str,
+        offset_bytes: u64,
+        len_bytes: u64,
+    ) -> Pattern {
+        let p = Pattern {
+            bdev: format!("{dg}.{vol}"),
+            offset_bytes,
+            len_bytes,
+            seed: self.next_seed,
+        };
+        self.next_seed += 1;
+        let k = self.kernel(i);
+        p.write(&k)
+            .unwrap_or_else(|e| panic!("node {}: {e}", self.nodes[i].name));
+        self.patterns
+            .retain(|q| !(q.bdev == p.bdev && q.offset_bytes == p.offset_bytes));
+        self.patterns.push(p.clone());
+        p
+    }
+
+    /// Records a pattern written elsewhere (e.g. the last one of an [`crate::data::IoLoop`]).
+    pub fn record_pattern(&mut self, p: Pattern) {
+        self.patterns
+            .retain(|q| !(q.bdev == p.bdev && q.offset_bytes == p.offset_bytes));
+        self.next_seed = self.next_seed.max(p.seed + 1);
+        self.patterns.push(p);
+    }
+
+    /// A fresh pattern seed.
+    pub fn new_seed(&mut self) -> u64 {
+        self.next_seed += 1;
+        self.next_seed - 1
+    }
+
+    /// The scenario most tests start from: shared disk group `dg` on disks d0 and d1,
+    /// a 2-way mirrored volume `vol` of `size`, created on node `i`, and two 1 MiB
+    /// patterns written through it (at 0 and at 4 MiB).
+    pub fn shared_mirror(&mut self, i: usize, dg: &str, vol: &str, size: &str) {
+        self.ctl_ok(i, &format!("dg create {dg} d0 d1 --shared"));
+        self.ctl_ok(
+            i,
+            &format!("vol create {dg} {vol} {size} --layout mirror --mirrors 2"),
+        );
+        self.write_pattern(i, dg, vol, 0, 1 << 20);
+        self.write_pattern(i, dg, vol, 4 << 20, 1 << 20);
+    }
+
+    /// Marks node `i` as expected outside the membership while its plexd runs (a
+    /// joiner that abandoned its join), or back inside.
+    pub fn set_outside(&mut self, i: usize, outside: bool) {
+        self.nodes[i].outside = outside;
+    }
+
+    /// Forgets the patterns of a removed volume.
+    pub fn forget_volume(&mut self, dg: &str, vol: &str) {
+        let bdev = format!("{dg}.{vol}");
+        self.patterns.retain(|p| p.bdev != bdev);
+    }
+
+    /// The recorded patterns.
+    pub fn patterns(&self) -> &[Pattern] {
+        &self.patterns
+    }
+
+    /// Reads every recorded pattern back through each of `nodes`' targets.
+    pub fn verify_patterns_on(&self, nodes: &[usize]) -> Result<(), String> {
+        for &i in nodes {
+            let k = KernelClient::connect(&self.nodes[i].target_socket)
+                .map_err(|e| format!("node {}: {e}", self.nodes[i].name))?;
+            for p in &self.patterns {
+                p.verify(&k)
+                    .map_err(|e| format!("node {}: {e}", self.nodes[i].name))?;
+            }
+        }
+        Ok(())
+    }
+
+    // ---- invariants ----
+
+    /// The invariants after every step: the members agree on master and view and show
+    /// the same shared configuration; the disks hold it; each member's data plane has
+    /// every shared volume; every recorded pattern reads back on every member.
+    pub fn check_invariants(&mut self) {
+        let members = {
+            let live = self.live();
+            let m = self.wait_joined(&live);
+            let s = self.status(m);
+            let names = members(&s);
+            live.into_iter()
+                .filter(|i| names.contains(&self.nodes[*i].name))
+                .collect::<Vec<_>>()
+        };
+        let print = wait_until(
+            "every member to show the same shared configuration",
+            CONVERGE_TIMEOUT,
+            || self.same_print(&members),
+        );
+        if let Err(e) = crate::invariants::disks_hold(&print, &self.disks) {
+            panic!("the disks do not hold the configuration the nodes show: {e}");
+        }
+        for &i in &members {
+            if let Err(e) = crate::invariants::kernel_has_volumes(&print, &self.kernel(i)) {
+                panic!("node {}: {e}", self.nodes[i].name);
+            }
+        }
+        if let Err(e) = self.verify_patterns_on(&members) {
+            panic!("data lost: {e}");
+        }
+    }
+
+    /// The shared part of `--json print` if identical on all `nodes`.
+    fn same_print(&self, nodes: &[usize]) -> Result<Value, String> {
+        let mut first: Option<(usize, Value)> = None;
+        for &i in nodes {
+            let p = self.try_ctl_json(i, "print")?;
+            let shared = Value::Array(shared_groups(&p));
+            match &first {
+                None => first = Some((i, shared)),
+                Some((j, f)) if *f != shared => {
+                    return Err(format!(
+                        "node {} shows {shared}\nnode {} shows {f}",
+                        self.nodes[i].name, self.nodes[*j].name
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        first.map(|(_, v)| v).ok_or_else(|| "no members".into())
+    }
+
+    /// A shared configuration every member agrees on (waits for it).
+    pub fn agreed_print(&mut self) -> Value {
+        let live = self.live();
+        let m = self.wait_joined(&live);
+        let s = self.status(m);
+        let names = members(&s);
+        let members: Vec<usize> = live
+            .into_iter()
+            .filter(|i| names.contains(&self.nodes[*i].name))
+            .collect();
+        wait_until(
+            "every member to show the same shared configuration",
+            CONVERGE_TIMEOUT,
+            || self.same_print(&members),
+        )
+    }
+
+    fn report(&self) {
+        eprintln!(
+            "==== cluster test failed; its files are in {}",
+            self.dir.display()
+        );
+        for node in &self.nodes {
+            for what in ["plexd-target", "plexd"] {
+                let log = node.dir.join(format!("{what}.log"));
+                if log.exists() {
+                    eprintln!(
+                        "---- {what} {} (last {TAIL_LINES} lines of {}):\n{}",
+                        node.name,
+                        log.display(),
+                        tail(&log, TAIL_LINES)
+                    );
+                }
+            }
+        }
+        if self.ctl_log.exists() {
+            eprintln!(
+                "---- plexctl commands (last {TAIL_LINES} lines of {}):\n{}",
+                self.ctl_log.display(),
+                tail(&self.ctl_log, TAIL_LINES)
+            );
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(p) = node.plexd.as_mut() {
+                p.kill();
+            }
+        }
+        for node in &mut self.nodes {
+            if let Some(p) = node.target.as_mut() {
+                p.kill();
+            }
+        }
+        if std::thread::panicking() {
+            self.report();
+        } else if std::env::var_os("PLEXD_KEEP_TEST_DIR").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Runs `f` until it returns Ok, bounded; for tests that poll the cluster.
+pub fn eventually<T>(
+    desc: &str,
+    timeout: Duration,
+    f: impl FnMut() -> Result<T, String>,
+) -> Result<T, String> {
+    try_wait_until(desc, timeout, f)
+}

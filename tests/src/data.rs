@@ -1,0 +1,225 @@
+//! Data patterns written through a volume bdev and verified later, on any node.
+//!
+//! A pattern is a function of (seed, byte offset): every 8-byte word holds a hash of
+//! both, so a block read back from the wrong place or an old write is detected.
+
+use plexd_target::api::KernelClient;
+
+/// Largest single I/O the helpers issue (the kernel interface's diagnostic I/O limit).
+pub const CHUNK_BYTES: u64 = 1 << 20;
+
+/// A pattern written at `offset_bytes..offset_bytes+len_bytes` of bdev `bdev`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pattern {
+    /// Bdev name, e.g. `dg1.vol1`.
+    pub bdev: String,
+    /// Where it starts.
+    pub offset_bytes: u64,
+    /// How long (a multiple of 512).
+    pub len_bytes: u64,
+    /// Which pattern.
+    pub seed: u64,
+}
+
+fn splitmix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// The bytes of pattern `seed` at `offset_bytes..offset_bytes+len` (8-byte aligned).
+pub fn pattern_bytes(seed: u64, offset_bytes: u64, len: usize) -> Vec<u8> {
+    assert!(offset_bytes & 7 == 0 && len & 7 == 0, "pattern: unaligned");
+    let mut out = Vec::with_capacity(len);
+    let mut word = offset_bytes / 8;
+    while out.len() < len {
+        out.extend_from_slice(&splitmix64(seed ^ splitmix64(word)).to_le_bytes());
+        word += 1;
+    }
+    out
+}
+
+impl Pattern {
+    /// Writes it through `k`.
+    pub fn write(&self, k: &KernelClient) -> Result<(), String> {
+        self.chunks(|off, len| {
+            let data = pattern_bytes(self.seed, off, len as usize);
+            match k.write(&self.bdev, off, &data) {
+                Ok(0) => Ok(()),
+                Ok(errno) => Err(format!(
+                    "write {} at {off}+{len} via {}: errno {errno}",
+                    self.bdev,
+                    k.path()
+                )),
+                Err(e) => Err(format!("write {} at {off}+{len}: {e}", self.bdev)),
+            }
+        })
+    }
+
+    /// Reads it back through `k` and compares.
+    pub fn verify(&self, k: &KernelClient) -> Result<(), String> {
+        self.chunks(|off, len| {
+            let r = k
+                .read(&self.bdev, off, len as u32)
+                .map_err(|e| format!("read {} at {off}+{len}: {e}", self.bdev))?;
+            if r.status != 0 {
+                return Err(format!(
+                    "read {} at {off}+{len} via {}: errno {}",
+                    self.bdev,
+                    k.path(),
+                    r.status
+                ));
+            }
+            let want = pattern_bytes(self.seed, off, len as usize);
+            if r.data != want {
+                let at = r
+                    .data
+                    .iter()
+                    .zip(&want)
+                    .position(|(a, b)| a != b)
+                    .unwrap_or(r.data.len().min(want.len()));
+                return Err(format!(
+                    "{} via {}: pattern {} differs at byte {} (read {} bytes of {})",
+                    self.bdev,
+                    k.path(),
+                    self.seed,
+                    off + at as u64,
+                    r.data.len(),
+                    len
+                ));
+            }
+            Ok(())
+        })
+    }
+
+    fn chunks(&self, mut f: impl FnMut(u64, u64) -> Result<(), String>) -> Result<(), String> {
+        let end = self.offset_bytes + self.len_bytes;
+        let mut off = self.offset_bytes;
+        while off < end {
+            let len = CHUNK_BYTES.min(end - off);
+            f(off, len)?;
+            off += len;
+        }
+        Ok(())
+    }
+}
+
+/// Most rounds an [`IoLoop`] runs.
+pub const IO_LOOP_MAX_ROUNDS: u64 = 1_000_000;
+/// Longest an [`IoLoop`] runs.
+pub const IO_LOOP_MAX_TIME: std::time::Duration = std::time::Duration::from_secs(120);
+/// Errors an [`IoLoop`] keeps (it counts them all).
+const IO_LOOP_KEPT_ERRORS: usize = 10;
+
+/// A thread writing a new pattern to one region of a bdev and reading it back, round
+/// after round, until stopped (bounded in rounds and time), counting every error.
+pub struct IoLoop {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    rounds: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    handle: Option<std::thread::JoinHandle<IoLoopResult>>,
+}
+
+/// What an [`IoLoop`] saw.
+#[derive(Debug)]
+pub struct IoLoopResult {
+    /// Rounds completed (write then verify).
+    pub rounds: u64,
+    /// Failed rounds.
+    pub error_count: u64,
+    /// The first failures.
+    pub errors: Vec<String>,
+    /// The pattern the region holds now (the last one written), if any write succeeded.
+    pub last: Option<Pattern>,
+}
+
+impl IoLoop {
+    /// Starts the loop on `socket` (a plexd-target's) over `region`; seeds count up
+    /// from `region.seed`.
+    pub fn start(socket: std::path::PathBuf, region: Pattern) -> Result<IoLoop, String> {
+        use std::sync::atomic::Ordering;
+        let k = KernelClient::connect(&socket).map_err(|e| e.to_string())?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let rounds = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (stop2, rounds2) = (stop.clone(), rounds.clone());
+        let handle = std::thread::spawn(move || {
+            let started = std::time::Instant::now();
+            let mut res = IoLoopResult {
+                rounds: 0,
+                error_count: 0,
+                errors: Vec::new(),
+                last: None,
+            };
+            for round in 0..IO_LOOP_MAX_ROUNDS {
+                if stop2.load(Ordering::Relaxed) || started.elapsed() > IO_LOOP_MAX_TIME {
+                    break;
+                }
+                let p = Pattern {
+                    seed: region.seed + round,
+                    ..region.clone()
+                };
+                let r = p.write(&k).and_then(|_| {
+                    res.last = Some(p.clone());
+                    p.verify(&k)
+                });
+                if let Err(e) = r {
+                    res.error_count += 1;
+                    if res.errors.len() < IO_LOOP_KEPT_ERRORS {
+                        res.errors.push(format!("round {round}: {e}"));
+                    }
+                }
+                res.rounds += 1;
+                rounds2.store(res.rounds, Ordering::Relaxed);
+            }
+            res
+        });
+        Ok(IoLoop {
+            stop,
+            rounds,
+            handle: Some(handle),
+        })
+    }
+
+    /// Rounds completed so far.
+    pub fn rounds(&self) -> u64 {
+        self.rounds.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits (bounded) until `more` rounds beyond the current count have completed.
+    pub fn wait_more_rounds(&self, more: u64, timeout: std::time::Duration) {
+        let target = self.rounds() + more;
+        crate::wait::wait_until(
+            &format!("the I/O loop to complete round {target}"),
+            timeout,
+            || match self.rounds() {
+                r if r >= target => Ok(()),
+                r => Err(format!("at round {r}")),
+            },
+        );
+    }
+
+    /// Stops the loop and returns what it saw.
+    pub fn stop(mut self) -> IoLoopResult {
+        self.finish()
+    }
+
+    fn finish(&mut self) -> IoLoopResult {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        match self.handle.take().map(|h| h.join()) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => panic!("the I/O loop thread panicked"),
+            None => panic!("the I/O loop was already stopped"),
+        }
+    }
+}
+
+impl Drop for IoLoop {
+    fn drop(&mut self) {
+        if self.handle.is_some() {
+            self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            if let Some(h) = self.handle.take() {
+                let _ = h.join();
+            }
+        }
+    }
+}
