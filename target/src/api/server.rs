@@ -13,7 +13,7 @@ use std::cell::Cell;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -193,7 +193,7 @@ fn serve(
             active.set(active.get() + 1);
             let conn = connection(
                 Arc::clone(&service),
-                Rc::clone(&ex2),
+                Rc::downgrade(&ex2),
                 stream,
                 next_id,
                 Rc::clone(&active),
@@ -211,7 +211,7 @@ fn serve(
 
 async fn connection(
     service: Arc<KernelService>,
-    ex: Rc<LocalExecutor<'static>>,
+    ex: Weak<LocalExecutor<'static>>,
     stream: Async<UnixStream>,
     id: u64,
     active: Rc<Cell<usize>>,
@@ -247,10 +247,12 @@ async fn connection(
     drop(closed_tx);
 }
 
-/// The `Kernel` capability of one connection.
+/// The `Kernel` capability of one connection. It holds the executor weakly: its
+/// tasks hold it, and a strong reference would keep the executor (and every
+/// connection) alive after the server stops.
 struct KernelImpl {
     service: Arc<KernelService>,
-    ex: Rc<LocalExecutor<'static>>,
+    ex: Weak<LocalExecutor<'static>>,
     closed: smol::channel::Receiver<()>,
     conn: u64,
 }
@@ -531,13 +533,15 @@ impl k::kernel::Server for KernelImpl {
         _: k::kernel::SubscribeResults,
     ) -> Result<(), capnp::Error> {
         let sink = params.get()?.get_sink()?;
+        let Some(ex) = self.ex.upgrade() else {
+            return Err(capnp::Error::disconnected("the server is stopping".into()));
+        };
         let events = self.service.target().subscribe();
         log::info!(
             "kernel interface: connection {}: subscribed to events",
             self.conn
         );
-        self.ex
-            .spawn(forward_events(events, sink, self.closed.clone(), self.conn))
+        ex.spawn(forward_events(events, sink, self.closed.clone(), self.conn))
             .detach();
         Ok(())
     }
@@ -609,4 +613,57 @@ async fn forward_events(
         }
     }
     log::debug!("kernel interface: connection {conn}: event forwarding stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::KernelClient;
+    use crate::reactor::PollMode;
+    use crate::testutil::TempPath;
+    use crate::{Target, TargetConfig};
+
+    fn service() -> Arc<KernelService> {
+        let t = Target::start(&TargetConfig::default()).unwrap();
+        KernelService::new(t, PollMode::Adaptive)
+    }
+
+    #[test]
+    fn two_servers_in_one_process_and_an_exclusive_socket() {
+        let (a, b) = (service(), service());
+        let pa = TempPath::new("srv-a");
+        let pb = TempPath::new("srv-b");
+        let sa = ServerHandle::start(Arc::clone(&a), &pa.0).unwrap();
+        let sb = ServerHandle::start(Arc::clone(&b), &pb.0).unwrap();
+        let ka = KernelClient::connect(&pa.0).unwrap();
+        let kb = KernelClient::connect(&pb.0).unwrap();
+        ka.create_bdev(&crate::api::BdevRequest::null("n0", 1 << 20))
+            .unwrap();
+        assert_eq!(ka.list_bdevs().unwrap().len(), 1);
+        assert!(kb.list_bdevs().unwrap().is_empty());
+
+        // The live socket is refused, naming it.
+        let e = ServerHandle::start(Arc::clone(&b), &pa.0).err().unwrap();
+        assert!(matches!(e, TargetError::InUse { .. }), "{e}");
+        assert!(e.to_string().contains(&pa.0.display().to_string()), "{e}");
+
+        drop(ka);
+        sa.stop();
+        assert!(!pa.0.exists());
+        sb.stop();
+        // The client of a stopped server gets a transport error at once, not a hang.
+        let t0 = std::time::Instant::now();
+        let e = kb.info().unwrap_err();
+        assert!(matches!(e, crate::api::ClientError::Rpc { .. }), "{e}");
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    }
+
+    #[test]
+    fn a_path_that_is_not_a_socket_is_never_replaced() {
+        let p = TempPath::file("srv-file", 10).unwrap();
+        let e = ServerHandle::start(service(), &p.0).err().unwrap();
+        assert!(matches!(e, TargetError::Invalid { .. }), "{e}");
+        assert!(e.to_string().contains("not a socket"), "{e}");
+        assert_eq!(std::fs::metadata(&p.0).unwrap().len(), 10);
+    }
 }
