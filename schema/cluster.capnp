@@ -1,4 +1,15 @@
 @0x85c21f2ae4bde6cd;
 # The cluster protocol between plexd coordinators (membership, transactions).
+#
+# Each node serves one TCP address; its bootstrap capability is a `Peer`, which
+# extends the public `Ctl` interface so plexctl and peers share the port. A node opens
+# one connection to every other configured node and calls `deliver` for each protocol
+# message, in order. The message body is the core's `Message`, JSON-encoded by
+# `Message::encode` (configurations and changes inside it are the daemon's JSON
+# encoding of the model; see docs/OPERATIONS.md).
 
-struct Placeholder { unused @0 :Bool; }
+using Ctl = import "ctl.capnp";
+
+interface Peer extends(Ctl.Ctl) {
+  deliver @0 (from :UInt32, incarnation :UInt64, message :Data) -> ();
+}

@@ -1,4 +1,127 @@
 @0xa3d6f7923aac395a;
 # The ctl API: plexctl and Cap'n Proto RPC clients -> any plexd node.
+#
+# Served on the node's `address` from the cluster file (TCP). The bootstrap
+# capability is a `Ctl` (the cluster protocol's `Peer` extends it, so one port serves
+# both). Failures travel as data: `error` is empty on success, otherwise one line
+# naming the node and the object (`node b: disk group dg1 exists as a private disk group`).
 
-struct Placeholder { unused @0 :Bool; }
+enum Layout {
+  concat @0;
+  stripe @1;
+  mirror @2;
+  mirrorStripe @3;
+}
+
+struct DgCreate {
+  dg @0 :Text;
+  disks @1 :List(Text);   # disk media names (from `disk init`), found on the node's disk_paths
+  shared @2 :Bool;
+}
+
+struct DgDisk {
+  dg @0 :Text;
+  disk @1 :Text;
+}
+
+struct DgImport {
+  dg @0 :Text;
+  shared @1 :Bool;
+}
+
+struct VolCreate {
+  dg @0 :Text;
+  volume @1 :Text;
+  sizeBytes @2 :UInt64;
+  layout @3 :Layout;
+  mirrors @4 :UInt32;          # 0 = default (2 for mirror layouts)
+  columns @5 :UInt32;          # 0 = default (2 for stripe layouts)
+  stripeUnitBytes @6 :UInt64;  # 0 = default (64 KiB)
+}
+
+struct VolResize {
+  dg @0 :Text;
+  volume @1 :Text;
+  newSizeBytes @2 :UInt64;
+}
+
+struct DgVol {
+  dg @0 :Text;
+  volume @1 :Text;
+}
+
+struct DgPlex {
+  dg @0 :Text;
+  plex @1 :Text;
+}
+
+# One configuration change; mirrors the coordinator's objects::Change, carrying the
+# fields of each plexctl command.
+struct Change {
+  union {
+    dgCreate @0 :DgCreate;
+    dgAddDisk @1 :DgDisk;
+    dgRmDisk @2 :DgDisk;
+    dgDestroy @3 :Text;
+    dgDeport @4 :Text;
+    dgImport @5 :DgImport;
+    volCreate @6 :VolCreate;
+    volGrow @7 :VolResize;
+    volShrink @8 :VolResize;
+    volRm @9 :DgVol;
+    plexAdd @10 :DgVol;
+    plexDetach @11 :DgPlex;
+    plexAttach @12 :DgPlex;
+    plexRm @13 :DgPlex;
+  }
+}
+
+struct NodeStatus {
+  id @0 :UInt32;
+  name @1 :Text;
+  role @2 :Text;     # master | slave | joining | discovering | forming | abandoned | taking-over | stopped | down
+  state @3 :Text;    # up | down
+  reason @4 :Text;   # last failure reason, empty if none
+  address @5 :Text;
+}
+
+struct ClusterStatus {
+  node @0 :Text;     # the node that answered
+  master @1 :Text;   # empty if none
+  view @2 :UInt64;   # 0 if not a member
+  nodes @3 :List(NodeStatus);
+}
+
+struct DiskInfo {
+  name @0 :Text;
+  path @1 :Text;
+  sizeBytes @2 :UInt64;
+  dg @3 :Text;       # empty if in no disk group
+  state @4 :Text;    # online | free | error: <reason>
+  id @5 :Text;
+}
+
+struct Task {
+  id @0 :UInt64;
+  kind @1 :Text;     # resync
+  dg @2 :Text;
+  volume @3 :Text;
+  plex @4 :Text;
+  doneBytes @5 :UInt64;
+  totalBytes @6 :UInt64;
+  state @7 :Text;    # running | done | failed: <reason>
+  node @8 :Text;
+}
+
+interface Ctl {
+  # Runs a configuration change (on the master; a slave forwards it).
+  change @0 (change :Change) -> (error :Text);
+  clusterStatus @1 () -> (status :ClusterStatus, error :Text);
+  # The configuration as JSON text (docs/OPERATIONS.md shows its shape) and as the
+  # vxprint -ht-like text tree. `dg` empty = every disk group.
+  print @2 (dg :Text) -> (json :Text, text :Text, error :Text);
+  # Writes a label (`disk init`). `name` empty = the file name without extension.
+  diskInit @3 (path :Text, name :Text, force :Bool) -> (disk :DiskInfo, error :Text);
+  diskList @4 () -> (disks :List(DiskInfo), error :Text);
+  taskList @5 () -> (tasks :List(Task), error :Text);
+}

@@ -1,6 +1,7 @@
 //! plexd: the cluster coordinator.
 pub mod alloc;
 pub mod core;
+pub mod daemon;
 pub mod objects;
 pub mod ondisk;
 pub mod sim;

@@ -1,5 +1,877 @@
-//! plexctl: the command-line client of a plexd cluster.
-fn main() {
-    eprintln!("plexctl: not built yet");
-    std::process::exit(2);
+//! plexctl: the command-line client of a plexd cluster. It speaks only the ctl API
+//! (`schema/ctl.capnp`) to one node. See docs/OPERATIONS.md for every command.
+
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::rc::Rc;
+use std::time::Duration;
+
+use capnp_rpc::{rpc_twoparty_capnp, twoparty, RpcSystem};
+use clap::{Parser, Subcommand, ValueEnum};
+use futures::AsyncReadExt;
+use plexd_proto::ctl_capnp::{self as c, ctl};
+use serde_json::{json, Value};
+use smol::{Async, LocalExecutor};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// plexctl: manage a plexd cluster (disks, disk groups, volumes, plexes).
+///
+/// Examples:
+///   plexctl --node 127.0.0.1:7701 disk init /tmp/x/disks/d1.img --name d1
+///   plexctl --node a --cluster /tmp/x/cluster.toml dg create dg1 d1 d2 --shared
+///   plexctl vol create dg1 vol1 1G --layout mirror --mirrors 2
+///   plexctl --json cluster status
+#[derive(Parser, Debug)]
+#[command(version, verbatim_doc_comment)]
+struct Cli {
+    /// Node to talk to: ADDR (host:port) or a node NAME of the cluster file.
+    #[arg(long, env = "PLEXD_NODE", global = true)]
+    node: Option<String>,
+    /// The cluster file (to find a node by name, or any node).
+    #[arg(long, env = "PLEXD_CLUSTER", global = true)]
+    cluster: Option<PathBuf>,
+    /// Machine-readable output (read commands).
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Disks: `disk init PATH [--name NAME]`, `disk list`.
+    #[command(subcommand)]
+    Disk(DiskCmd),
+    /// Disk groups.
+    #[command(subcommand)]
+    Dg(DgCmd),
+    /// Volumes.
+    #[command(subcommand)]
+    Vol(VolCmd),
+    /// Plexes (mirrors).
+    #[command(subcommand)]
+    Plex(PlexCmd),
+    /// The configuration as a tree (dg / dm / v / pl / sd), like vxprint -ht.
+    Print {
+        /// Only this disk group.
+        dg: Option<String>,
+    },
+    /// Cluster membership.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+    /// Background tasks (plex resyncs).
+    #[command(subcommand)]
+    Task(TaskCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum DiskCmd {
+    /// Writes a label on a disk (file or block device). Example: disk init /dev/sdb --name d1
+    Init {
+        /// Disk path.
+        path: String,
+        /// Disk media name (default: the file name without extension).
+        #[arg(long)]
+        name: Option<String>,
+        /// Re-initialise a disk that already has a label.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Lists the disks on the cluster's disk paths.
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+enum DgCmd {
+    /// Creates a disk group from initialised disks. Example: dg create dg1 d1 d2 --shared
+    Create {
+        /// Disk group name.
+        dg: String,
+        /// Disk media names.
+        #[arg(required = true)]
+        disks: Vec<String>,
+        /// A shared (cluster) disk group; default private to the node.
+        #[arg(long)]
+        shared: bool,
+    },
+    /// Adds an initialised disk.
+    AddDisk {
+        /// Disk group.
+        dg: String,
+        /// Disk media name.
+        disk: String,
+    },
+    /// Removes a disk holding no subdisk.
+    RmDisk {
+        /// Disk group.
+        dg: String,
+        /// Disk media name.
+        disk: String,
+    },
+    /// Destroys the group and its volumes.
+    Destroy {
+        /// Disk group.
+        dg: String,
+    },
+    /// Gives the group up (its configuration stays on its disks).
+    Deport {
+        /// Disk group.
+        dg: String,
+    },
+    /// Imports a deported group found on the disks.
+    Import {
+        /// Disk group.
+        dg: String,
+        /// Import as a shared group.
+        #[arg(long)]
+        shared: bool,
+    },
+    /// Lists the disk groups.
+    List,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Layout {
+    Concat,
+    Stripe,
+    Mirror,
+    MirrorStripe,
+}
+
+#[derive(Subcommand, Debug)]
+enum VolCmd {
+    /// Creates a volume. Example: vol create dg1 vol1 1G --layout mirror --mirrors 2
+    Create {
+        /// Disk group.
+        dg: String,
+        /// Volume name.
+        vol: String,
+        /// Size (K/M/G/T suffixes).
+        size: String,
+        /// Layout.
+        #[arg(long, value_enum, default_value = "concat")]
+        layout: Layout,
+        /// Plexes of a mirror layout (default 2).
+        #[arg(long)]
+        mirrors: Option<u32>,
+        /// Columns of a stripe layout (default 2).
+        #[arg(long)]
+        columns: Option<u32>,
+        /// Stripe unit (default 64K).
+        #[arg(long)]
+        stripe_unit: Option<String>,
+    },
+    /// Grows a volume to NEWSIZE.
+    Grow {
+        /// Disk group.
+        dg: String,
+        /// Volume.
+        vol: String,
+        /// New size.
+        size: String,
+    },
+    /// Shrinks a volume to NEWSIZE (data beyond it is lost).
+    Shrink {
+        /// Disk group.
+        dg: String,
+        /// Volume.
+        vol: String,
+        /// New size.
+        size: String,
+    },
+    /// Removes a volume.
+    Rm {
+        /// Disk group.
+        dg: String,
+        /// Volume.
+        vol: String,
+    },
+    /// Lists volumes.
+    List {
+        /// Only this disk group.
+        dg: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PlexCmd {
+    /// Adds an EMPTY plex to a volume (then `plex attach` it).
+    Add {
+        /// Disk group.
+        dg: String,
+        /// Volume.
+        vol: String,
+    },
+    /// Detaches a plex (STALE).
+    Detach {
+        /// Disk group.
+        dg: String,
+        /// Plex.
+        plex: String,
+    },
+    /// Attaches a STALE or EMPTY plex: resync (see `task list`), then ACTIVE.
+    Attach {
+        /// Disk group.
+        dg: String,
+        /// Plex.
+        plex: String,
+    },
+    /// Removes a plex.
+    Rm {
+        /// Disk group.
+        dg: String,
+        /// Plex.
+        plex: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterCmd {
+    /// Nodes, roles, states, view, master, last failure reasons.
+    Status,
+    /// The configured nodes.
+    Nodes,
+}
+
+#[derive(Subcommand, Debug)]
+enum TaskCmd {
+    /// Lists tasks with progress.
+    List,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, suffix) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("size {s:?}: expected a number with an optional K/M/G/T suffix"))?;
+    let mult: u64 = match suffix.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "K" | "KB" | "KIB" => 1 << 10,
+        "M" | "MB" | "MIB" => 1 << 20,
+        "G" | "GB" | "GIB" => 1 << 30,
+        "T" | "TB" | "TIB" => 1 << 40,
+        other => return Err(format!("size {s:?}: unknown suffix {other:?} (K, M, G, T)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?}: too large"))
+}
+
+fn format_size(b: u64) -> String {
+    const UNITS: [(&str, u64); 4] = [
+        ("T", 1 << 40),
+        ("G", 1 << 30),
+        ("M", 1 << 20),
+        ("K", 1 << 10),
+    ];
+    for (u, m) in UNITS {
+        if b >= m {
+            return if b.is_multiple_of(m) {
+                format!("{}{u}", b / m)
+            } else {
+                format!("{:.1}{u}", b as f64 / m as f64)
+            };
+        }
+    }
+    format!("{b}")
+}
+
+/// Candidate addresses to try, in order.
+fn addresses(cli: &Cli) -> Result<Vec<String>, String> {
+    let file = match &cli.cluster {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| format!("cluster file {}: {e}", p.display()))?;
+            let v: toml::Value = toml::from_str(&text)
+                .map_err(|e| format!("cluster file {}: {}", p.display(), e.message()))?;
+            Some(v)
+        }
+        None => None,
+    };
+    let nodes: Vec<(String, String)> = file
+        .as_ref()
+        .and_then(|v| v.get("nodes"))
+        .and_then(|n| n.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|n| {
+                    Some((
+                        n.get("name")?.as_str()?.to_string(),
+                        n.get("address")?.as_str()?.to_string(),
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    match &cli.node {
+        Some(n) => {
+            if let Some((_, a)) = nodes.iter().find(|(name, _)| name == n) {
+                Ok(vec![a.clone()])
+            } else if n.contains(':') {
+                Ok(vec![n.clone()])
+            } else if file.is_some() {
+                Err(format!("node {n} is not in the cluster file"))
+            } else {
+                Err(format!(
+                    "node {n}: give an address (host:port) or --cluster FILE to find it by name"
+                ))
+            }
+        }
+        None if !nodes.is_empty() => Ok(nodes.into_iter().map(|(_, a)| a).collect()),
+        None => Err(
+            "no node given: use --node ADDR, or --cluster FILE (or PLEXD_NODE / PLEXD_CLUSTER)"
+                .into(),
+        ),
+    }
+}
+
+fn connect(addrs: &[String]) -> Result<(TcpStream, String), String> {
+    let mut last = String::new();
+    for a in addrs {
+        let sock = match a.to_socket_addrs().ok().and_then(|mut s| s.next()) {
+            Some(s) => s,
+            None => {
+                last = format!("{a}: cannot resolve");
+                continue;
+            }
+        };
+        match TcpStream::connect_timeout(&sock, CONNECT_TIMEOUT) {
+            Ok(s) => return Ok((s, a.clone())),
+            Err(e) => last = format!("cannot reach plexd at {a}: {e}"),
+        }
+    }
+    Err(last)
+}
+
+/// Runs `f` with a ctl client on a local executor.
+fn with_ctl<T: 'static>(
+    addrs: &[String],
+    f: impl AsyncFnOnce(ctl::Client) -> Result<T, String>,
+) -> Result<T, String> {
+    let (stream, addr) = connect(addrs)?;
+    let _ = stream.set_nodelay(true);
+    let stream = Async::new(stream).map_err(|e| format!("{addr}: {e}"))?;
+    let (reader, writer) = stream.split();
+    let network = twoparty::VatNetwork::new(
+        futures::io::BufReader::new(reader),
+        futures::io::BufWriter::new(writer),
+        rpc_twoparty_capnp::Side::Client,
+        Default::default(),
+    );
+    let mut rpc = RpcSystem::new(Box::new(network), None);
+    let client: ctl::Client = rpc.bootstrap(rpc_twoparty_capnp::Side::Server);
+    let ex = Rc::new(LocalExecutor::new());
+    let conn = async move {
+        let r = rpc.await;
+        Err(format!(
+            "{addr}: connection closed{}",
+            r.err().map(|e| format!(": {e}")).unwrap_or_default()
+        ))
+    };
+    smol::block_on(ex.run(smol::future::or(f(client), conn)))
+}
+
+fn rpc(e: capnp::Error) -> String {
+    format!("rpc: {e}")
+}
+
+fn text(r: capnp::Result<capnp::text::Reader<'_>>) -> Result<String, String> {
+    r.map_err(rpc)?
+        .to_string()
+        .map_err(|e| format!("rpc: bad text: {e}"))
+}
+
+fn check(error: String) -> Result<(), String> {
+    if error.is_empty() {
+        Ok(())
+    } else {
+        Err(error)
+    }
+}
+
+/// Fills the `Change` of a change request.
+type ChangeBuilder = Box<dyn Fn(c::change::Builder<'_>)>;
+
+fn build_change(cmd: &Cmd) -> Result<Option<ChangeBuilder>, String> {
+    Ok(Some(match cmd {
+        Cmd::Dg(DgCmd::Create { dg, disks, shared }) => {
+            let (dg, disks, shared) = (dg.clone(), disks.clone(), *shared);
+            Box::new(move |b| {
+                let mut x = b.init_dg_create();
+                x.set_dg(dg.as_str());
+                x.set_shared(shared);
+                let mut l = x.init_disks(disks.len() as u32);
+                for (i, d) in disks.iter().enumerate() {
+                    l.set(i as u32, d.as_str());
+                }
+            })
+        }
+        Cmd::Dg(DgCmd::AddDisk { dg, disk }) | Cmd::Dg(DgCmd::RmDisk { dg, disk }) => {
+            let add = matches!(cmd, Cmd::Dg(DgCmd::AddDisk { .. }));
+            let (dg, disk) = (dg.clone(), disk.clone());
+            Box::new(move |b| {
+                let mut x = if add {
+                    b.init_dg_add_disk()
+                } else {
+                    b.init_dg_rm_disk()
+                };
+                x.set_dg(dg.as_str());
+                x.set_disk(disk.as_str());
+            })
+        }
+        Cmd::Dg(DgCmd::Destroy { dg }) => {
+            let dg = dg.clone();
+            Box::new(move |mut b| b.set_dg_destroy(dg.as_str()))
+        }
+        Cmd::Dg(DgCmd::Deport { dg }) => {
+            let dg = dg.clone();
+            Box::new(move |mut b| b.set_dg_deport(dg.as_str()))
+        }
+        Cmd::Dg(DgCmd::Import { dg, shared }) => {
+            let (dg, shared) = (dg.clone(), *shared);
+            Box::new(move |b| {
+                let mut x = b.init_dg_import();
+                x.set_dg(dg.as_str());
+                x.set_shared(shared);
+            })
+        }
+        Cmd::Vol(VolCmd::Create {
+            dg,
+            vol,
+            size,
+            layout,
+            mirrors,
+            columns,
+            stripe_unit,
+        }) => {
+            let size = parse_size(size)?;
+            let su = match stripe_unit {
+                Some(s) => parse_size(s)?,
+                None => 0,
+            };
+            let (dg, vol, layout, mirrors, columns) = (
+                dg.clone(),
+                vol.clone(),
+                *layout,
+                mirrors.unwrap_or(0),
+                columns.unwrap_or(0),
+            );
+            Box::new(move |b| {
+                let mut x = b.init_vol_create();
+                x.set_dg(dg.as_str());
+                x.set_volume(vol.as_str());
+                x.set_size_bytes(size);
+                x.set_layout(match layout {
+                    Layout::Concat => c::Layout::Concat,
+                    Layout::Stripe => c::Layout::Stripe,
+                    Layout::Mirror => c::Layout::Mirror,
+                    Layout::MirrorStripe => c::Layout::MirrorStripe,
+                });
+                x.set_mirrors(mirrors);
+                x.set_columns(columns);
+                x.set_stripe_unit_bytes(su);
+            })
+        }
+        Cmd::Vol(VolCmd::Grow { dg, vol, size }) | Cmd::Vol(VolCmd::Shrink { dg, vol, size }) => {
+            let grow = matches!(cmd, Cmd::Vol(VolCmd::Grow { .. }));
+            let size = parse_size(size)?;
+            let (dg, vol) = (dg.clone(), vol.clone());
+            Box::new(move |b| {
+                let mut x = if grow {
+                    b.init_vol_grow()
+                } else {
+                    b.init_vol_shrink()
+                };
+                x.set_dg(dg.as_str());
+                x.set_volume(vol.as_str());
+                x.set_new_size_bytes(size);
+            })
+        }
+        Cmd::Vol(VolCmd::Rm { dg, vol }) => {
+            let (dg, vol) = (dg.clone(), vol.clone());
+            Box::new(move |b| {
+                let mut x = b.init_vol_rm();
+                x.set_dg(dg.as_str());
+                x.set_volume(vol.as_str());
+            })
+        }
+        Cmd::Plex(PlexCmd::Add { dg, vol }) => {
+            let (dg, vol) = (dg.clone(), vol.clone());
+            Box::new(move |b| {
+                let mut x = b.init_plex_add();
+                x.set_dg(dg.as_str());
+                x.set_volume(vol.as_str());
+            })
+        }
+        Cmd::Plex(PlexCmd::Detach { dg, plex })
+        | Cmd::Plex(PlexCmd::Attach { dg, plex })
+        | Cmd::Plex(PlexCmd::Rm { dg, plex }) => {
+            let op = match cmd {
+                Cmd::Plex(PlexCmd::Detach { .. }) => 0,
+                Cmd::Plex(PlexCmd::Attach { .. }) => 1,
+                _ => 2,
+            };
+            let (dg, plex) = (dg.clone(), plex.clone());
+            Box::new(move |b| {
+                let mut x = match op {
+                    0 => b.init_plex_detach(),
+                    1 => b.init_plex_attach(),
+                    _ => b.init_plex_rm(),
+                };
+                x.set_dg(dg.as_str());
+                x.set_plex(plex.as_str());
+            })
+        }
+        _ => return Ok(None),
+    }))
+}
+
+async fn print_json(client: &ctl::Client, dg: &str) -> Result<(Value, String), String> {
+    let mut req = client.print_request();
+    req.get().set_dg(dg);
+    let resp = req.send().promise.await.map_err(rpc)?;
+    let r = resp.get().map_err(rpc)?;
+    check(text(r.get_error())?)?;
+    let json: Value = serde_json::from_str(&text(r.get_json())?)
+        .map_err(|e| format!("malformed print answer: {e}"))?;
+    Ok((json, text(r.get_text())?))
+}
+
+async fn status(client: &ctl::Client) -> Result<Value, String> {
+    let resp = client
+        .cluster_status_request()
+        .send()
+        .promise
+        .await
+        .map_err(rpc)?;
+    let r = resp.get().map_err(rpc)?;
+    check(text(r.get_error())?)?;
+    let s = r.get_status().map_err(rpc)?;
+    let mut nodes = Vec::new();
+    for n in s.get_nodes().map_err(rpc)? {
+        nodes.push(json!({
+            "name": text(n.get_name())?,
+            "id": n.get_id(),
+            "role": text(n.get_role())?,
+            "state": text(n.get_state())?,
+            "reason": text(n.get_reason())?,
+            "address": text(n.get_address())?,
+        }));
+    }
+    Ok(json!({
+        "node": text(s.get_node())?,
+        "master": text(s.get_master())?,
+        "view": s.get_view(),
+        "nodes": nodes,
+    }))
+}
+
+fn disk_json(d: c::disk_info::Reader<'_>) -> Result<Value, String> {
+    Ok(json!({
+        "name": text(d.get_name())?,
+        "path": text(d.get_path())?,
+        "size": d.get_size_bytes(),
+        "dg": text(d.get_dg())?,
+        "state": text(d.get_state())?,
+        "id": text(d.get_id())?,
+    }))
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+async fn run(cmd: Cmd, json_out: bool, client: ctl::Client) -> Result<String, String> {
+    if let Some(build) = build_change(&cmd)? {
+        let mut req = client.change_request();
+        build(req.get().init_change());
+        let resp = req.send().promise.await.map_err(rpc)?;
+        check(text(resp.get().map_err(rpc)?.get_error())?)?;
+        return Ok(String::new());
+    }
+    let pretty = |v: &Value| serde_json::to_string_pretty(v).unwrap_or_default();
+    match cmd {
+        Cmd::Disk(DiskCmd::Init { path, name, force }) => {
+            let abs = std::path::absolute(&path)
+                .map(|p| p.display().to_string())
+                .unwrap_or(path);
+            let mut req = client.disk_init_request();
+            req.get().set_path(abs.as_str());
+            req.get().set_name(name.as_deref().unwrap_or(""));
+            req.get().set_force(force);
+            let resp = req.send().promise.await.map_err(rpc)?;
+            let r = resp.get().map_err(rpc)?;
+            check(text(r.get_error())?)?;
+            let d = disk_json(r.get_disk().map_err(rpc)?)?;
+            if json_out {
+                return Ok(pretty(&d));
+            }
+            Ok(format!(
+                "disk {} initialised on {} ({})",
+                s(&d["name"]),
+                s(&d["path"]),
+                format_size(d["size"].as_u64().unwrap_or(0))
+            ))
+        }
+        Cmd::Disk(DiskCmd::List) => {
+            let resp = client
+                .disk_list_request()
+                .send()
+                .promise
+                .await
+                .map_err(rpc)?;
+            let r = resp.get().map_err(rpc)?;
+            check(text(r.get_error())?)?;
+            let mut disks = Vec::new();
+            for d in r.get_disks().map_err(rpc)? {
+                disks.push(disk_json(d)?);
+            }
+            if json_out {
+                return Ok(pretty(&json!({ "disks": disks })));
+            }
+            let mut out = format!(
+                "{:<12} {:<40} {:>8}  {:<12} {}",
+                "DISK", "PATH", "SIZE", "GROUP", "STATE"
+            );
+            for d in &disks {
+                let dg = s(&d["dg"]);
+                out.push_str(&format!(
+                    "\n{:<12} {:<40} {:>8}  {:<12} {}",
+                    s(&d["name"]),
+                    s(&d["path"]),
+                    format_size(d["size"].as_u64().unwrap_or(0)),
+                    if dg.is_empty() { "-".into() } else { dg },
+                    s(&d["state"])
+                ));
+            }
+            Ok(out)
+        }
+        Cmd::Dg(DgCmd::List) => {
+            let (v, _) = print_json(&client, "").await?;
+            let groups: Vec<Value> = v["disk_groups"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|g| {
+                    json!({
+                        "name": g["name"], "shared": g["shared"], "seq": g["seq"],
+                        "disks": g["disks"].as_array().map(|a| a.len()).unwrap_or(0),
+                        "volumes": g["volumes"].as_array().map(|a| a.len()).unwrap_or(0),
+                    })
+                })
+                .collect();
+            if json_out {
+                return Ok(pretty(&json!({ "disk_groups": groups })));
+            }
+            let mut out = format!(
+                "{:<12} {:<8} {:>6} {:>6} {:>8}",
+                "GROUP", "KIND", "SEQ", "DISKS", "VOLUMES"
+            );
+            for g in &groups {
+                out.push_str(&format!(
+                    "\n{:<12} {:<8} {:>6} {:>6} {:>8}",
+                    s(&g["name"]),
+                    if g["shared"] == true {
+                        "shared"
+                    } else {
+                        "private"
+                    },
+                    s(&g["seq"]),
+                    s(&g["disks"]),
+                    s(&g["volumes"])
+                ));
+            }
+            Ok(out)
+        }
+        Cmd::Vol(VolCmd::List { dg }) => {
+            let (v, _) = print_json(&client, dg.as_deref().unwrap_or("")).await?;
+            let mut vols = Vec::new();
+            for g in v["disk_groups"].as_array().cloned().unwrap_or_default() {
+                for vol in g["volumes"].as_array().cloned().unwrap_or_default() {
+                    vols.push(json!({
+                        "dg": g["name"], "name": vol["name"], "size": vol["size"],
+                        "state": vol["state"],
+                        "plexes": vol["plexes"].as_array().map(|a| a.len()).unwrap_or(0),
+                    }));
+                }
+            }
+            if json_out {
+                return Ok(pretty(&json!({ "volumes": vols })));
+            }
+            let mut out = format!(
+                "{:<12} {:<12} {:>8} {:<9} {:>6}",
+                "GROUP", "VOLUME", "SIZE", "STATE", "PLEXES"
+            );
+            for v in &vols {
+                out.push_str(&format!(
+                    "\n{:<12} {:<12} {:>8} {:<9} {:>6}",
+                    s(&v["dg"]),
+                    s(&v["name"]),
+                    format_size(v["size"].as_u64().unwrap_or(0)),
+                    s(&v["state"]),
+                    s(&v["plexes"])
+                ));
+            }
+            Ok(out)
+        }
+        Cmd::Print { dg } => {
+            let (v, t) = print_json(&client, dg.as_deref().unwrap_or("")).await?;
+            Ok(if json_out {
+                pretty(&v)
+            } else {
+                t.trim_end().to_string()
+            })
+        }
+        Cmd::Cluster(which) => {
+            let v = status(&client).await?;
+            if json_out {
+                return Ok(pretty(&v));
+            }
+            let mut out = String::new();
+            if let ClusterCmd::Status = which {
+                out.push_str(&format!(
+                    "node {} sees: master {}, view {}\n",
+                    s(&v["node"]),
+                    if s(&v["master"]).is_empty() {
+                        "-".into()
+                    } else {
+                        s(&v["master"])
+                    },
+                    s(&v["view"])
+                ));
+            }
+            out.push_str(&format!(
+                "{:<4} {:<10} {:<22} {:<12} {:<6} {}",
+                "ID", "NODE", "ADDRESS", "ROLE", "STATE", "REASON"
+            ));
+            for n in v["nodes"].as_array().cloned().unwrap_or_default() {
+                out.push_str(&format!(
+                    "\n{:<4} {:<10} {:<22} {:<12} {:<6} {}",
+                    s(&n["id"]),
+                    s(&n["name"]),
+                    s(&n["address"]),
+                    s(&n["role"]),
+                    s(&n["state"]),
+                    s(&n["reason"])
+                ));
+            }
+            Ok(out)
+        }
+        Cmd::Task(TaskCmd::List) => {
+            let resp = client
+                .task_list_request()
+                .send()
+                .promise
+                .await
+                .map_err(rpc)?;
+            let r = resp.get().map_err(rpc)?;
+            check(text(r.get_error())?)?;
+            let mut tasks = Vec::new();
+            for t in r.get_tasks().map_err(rpc)? {
+                tasks.push(json!({
+                    "id": t.get_id(), "kind": text(t.get_kind())?, "dg": text(t.get_dg())?,
+                    "volume": text(t.get_volume())?, "plex": text(t.get_plex())?,
+                    "done": t.get_done_bytes(), "total": t.get_total_bytes(),
+                    "state": text(t.get_state())?, "node": text(t.get_node())?,
+                }));
+            }
+            if json_out {
+                return Ok(pretty(&json!({ "tasks": tasks })));
+            }
+            let mut out = format!(
+                "{:<4} {:<7} {:<10} {:<12} {:<12} {:>6} {:<8} {}",
+                "ID", "KIND", "GROUP", "VOLUME", "PLEX", "DONE", "NODE", "STATE"
+            );
+            for t in &tasks {
+                let total = t["total"].as_u64().unwrap_or(0).max(1);
+                let pct = t["done"].as_u64().unwrap_or(0) * 100 / total;
+                out.push_str(&format!(
+                    "\n{:<4} {:<7} {:<10} {:<12} {:<12} {:>5}% {:<8} {}",
+                    s(&t["id"]),
+                    s(&t["kind"]),
+                    s(&t["dg"]),
+                    s(&t["volume"]),
+                    s(&t["plex"]),
+                    pct,
+                    s(&t["node"]),
+                    s(&t["state"])
+                ));
+            }
+            Ok(out)
+        }
+        _ => Err("internal error: unhandled command".into()),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = addresses(&cli).and_then(|addrs| {
+        let json_out = cli.json;
+        with_ctl(&addrs, async move |client| {
+            run(cli.cmd, json_out, client).await
+        })
+    });
+    match result {
+        Ok(out) => {
+            if !out.is_empty() {
+                println!("{out}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("plexctl: {}", e.lines().next().unwrap_or(""));
+            ExitCode::from(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_accept_suffixes() {
+        assert_eq!(parse_size("64K").unwrap(), 64 << 10);
+        assert_eq!(parse_size("1g").unwrap(), 1 << 30);
+        assert_eq!(parse_size("512").unwrap(), 512);
+        assert!(parse_size("1X").is_err());
+        assert!(parse_size("").is_err());
+        assert_eq!(format_size(3 << 20), "3M");
+    }
+
+    #[test]
+    fn cli_parses_the_contract_commands() {
+        let c = Cli::try_parse_from([
+            "plexctl",
+            "--node",
+            "127.0.0.1:1",
+            "vol",
+            "create",
+            "dg1",
+            "v1",
+            "1G",
+            "--layout",
+            "mirror-stripe",
+            "--mirrors",
+            "2",
+            "--columns",
+            "2",
+            "--stripe-unit",
+            "64K",
+        ])
+        .unwrap();
+        assert!(build_change(&c.cmd).unwrap().is_some());
+        let c = Cli::try_parse_from(["plexctl", "--json", "cluster", "status"]).unwrap();
+        assert!(c.json);
+        assert!(build_change(&c.cmd).unwrap().is_none());
+        assert!(Cli::try_parse_from(["plexctl", "dg", "create", "dg1"]).is_err());
+    }
 }

@@ -1,0 +1,303 @@
+//! The cluster file (TOML): cluster name and id, monitor settings, the disk paths every
+//! node scans, and the nodes (id, name, coordinator address, target socket).
+//! docs/OPERATIONS.md shows an example.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::core::{NodeConfig, NodeInfo};
+
+/// Most nodes a cluster file may list.
+pub const MAX_NODES: usize = 64;
+/// Most disk files one `disk_paths` pattern may expand to.
+pub const MAX_DISKS_PER_PATTERN: usize = 4096;
+
+/// The `[cluster]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// Cluster name.
+    pub name: String,
+    /// Cluster id: the owner id of shared disk groups.
+    pub id: String,
+    /// Membership monitor; only `builtin`.
+    #[serde(default = "default_monitor")]
+    pub monitor: String,
+    /// Heartbeat period.
+    #[serde(default = "default_heartbeat_interval_ms")]
+    pub heartbeat_interval_ms: u64,
+    /// Silence after which a peer is declared gone.
+    #[serde(default = "default_heartbeat_timeout_ms")]
+    pub heartbeat_timeout_ms: u64,
+    /// How long a starting node listens for a cluster before forming one.
+    #[serde(default = "default_form_wait_ms")]
+    pub form_wait_ms: u64,
+    /// How long a node that abandoned a join waits before trying again.
+    #[serde(default = "default_join_retry_ms")]
+    pub join_retry_ms: u64,
+    /// Glob patterns (`*` and `?` in the last component) of the disks every node scans.
+    #[serde(default)]
+    pub disk_paths: Vec<String>,
+}
+
+fn default_monitor() -> String {
+    "builtin".into()
+}
+fn default_heartbeat_interval_ms() -> u64 {
+    500
+}
+fn default_heartbeat_timeout_ms() -> u64 {
+    2000
+}
+fn default_form_wait_ms() -> u64 {
+    2000
+}
+fn default_join_retry_ms() -> u64 {
+    5000
+}
+
+/// One `[[nodes]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeEntry {
+    /// Node id (unique, > 0).
+    pub id: u32,
+    /// Host name.
+    pub name: String,
+    /// `host:port` of the coordinator (cluster protocol and ctl API).
+    pub address: String,
+    /// The node's plexd-target management socket.
+    pub target_socket: PathBuf,
+    /// Node-local files (optional).
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+}
+
+/// A parsed and checked cluster file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFile {
+    /// The `[cluster]` table.
+    pub cluster: ClusterSection,
+    /// The nodes.
+    pub nodes: Vec<NodeEntry>,
+}
+
+impl ClusterFile {
+    /// Reads and checks `path`; errors name the file.
+    pub fn load(path: &Path) -> Result<ClusterFile, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cluster file {}: {e}", path.display()))?;
+        ClusterFile::parse(&text).map_err(|e| format!("cluster file {}: {e}", path.display()))
+    }
+
+    /// Parses and checks the text of a cluster file.
+    pub fn parse(text: &str) -> Result<ClusterFile, String> {
+        let file: ClusterFile = toml::from_str(text).map_err(|e| e.message().to_string())?;
+        file.check()?;
+        Ok(file)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let c = &self.cluster;
+        if c.name.is_empty() || c.id.is_empty() {
+            return Err("cluster: name and id must not be empty".into());
+        }
+        if c.monitor != "builtin" {
+            return Err(format!(
+                "cluster: monitor {:?} is not supported (only \"builtin\")",
+                c.monitor
+            ));
+        }
+        if c.heartbeat_interval_ms == 0 || c.heartbeat_timeout_ms <= c.heartbeat_interval_ms {
+            return Err(
+                "cluster: heartbeat_timeout_ms must be larger than heartbeat_interval_ms > 0"
+                    .into(),
+            );
+        }
+        if self.nodes.is_empty() || self.nodes.len() > MAX_NODES {
+            return Err(format!("nodes: between 1 and {MAX_NODES} nodes required"));
+        }
+        for (i, n) in self.nodes.iter().enumerate() {
+            if n.id == 0 || n.name.is_empty() || n.address.is_empty() {
+                return Err(format!(
+                    "nodes[{i}]: id must be > 0, name and address not empty"
+                ));
+            }
+            if self.nodes[..i]
+                .iter()
+                .any(|o| o.id == n.id || o.name == n.name || o.address == n.address)
+            {
+                return Err(format!(
+                    "nodes[{i}] ({}): id, name and address must be unique",
+                    n.name
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The node called `name`.
+    pub fn node(&self, name: &str) -> Option<&NodeEntry> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// The node with id `id`.
+    pub fn node_by_id(&self, id: u32) -> Option<&NodeEntry> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+
+    /// The core's settings for node `me`.
+    pub fn node_config(&self, me: u32, incarnation: u64) -> NodeConfig {
+        let nodes = self
+            .nodes
+            .iter()
+            .map(|n| NodeInfo {
+                id: n.id,
+                name: n.name.clone(),
+            })
+            .collect();
+        let mut cfg = NodeConfig::new(me, nodes);
+        cfg.incarnation = incarnation;
+        cfg.heartbeat_interval_ms = self.cluster.heartbeat_interval_ms;
+        cfg.heartbeat_timeout_ms = self.cluster.heartbeat_timeout_ms;
+        cfg.form_wait_ms = self.cluster.form_wait_ms;
+        cfg.join_retry_ms = self.cluster.join_retry_ms;
+        cfg
+    }
+
+    /// Every disk file the `disk_paths` patterns match now, sorted, without duplicates.
+    pub fn disk_files(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for pattern in &self.cluster.disk_paths {
+            out.extend(expand(pattern));
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
+/// Expands a pattern whose last component may hold `*` and `?`.
+pub fn expand(pattern: &str) -> Vec<PathBuf> {
+    let path = Path::new(pattern);
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+        return Vec::new();
+    };
+    if !name.contains(['*', '?']) {
+        return if path.exists() {
+            vec![path.to_path_buf()]
+        } else {
+            Vec::new()
+        };
+    }
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| wildcard_match(name.as_bytes(), n.as_bytes()))
+        })
+        .map(|e| dir.join(e.file_name()))
+        .take(MAX_DISKS_PER_PATTERN)
+        .collect();
+    out.sort();
+    out
+}
+
+/// `*` matches any run of bytes, `?` one byte.
+fn wildcard_match(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if p < pattern.len() && (pattern[p] == b'?' || pattern[p] == text[t]) {
+            p += 1;
+            t += 1;
+        } else if p < pattern.len() && pattern[p] == b'*' {
+            star = Some((p, t));
+            p += 1;
+        } else if let Some((sp, st)) = star {
+            p = sp + 1;
+            t = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+[cluster]
+name = "demo"
+id = "demo-0001"
+monitor = "builtin"
+heartbeat_interval_ms = 100
+heartbeat_timeout_ms = 600
+form_wait_ms = 300
+disk_paths = ["/tmp/x/disks/*.img"]
+
+[[nodes]]
+id = 1
+name = "a"
+address = "127.0.0.1:7701"
+target_socket = "/tmp/x/a/target.sock"
+state_dir = "/tmp/x/a"
+
+[[nodes]]
+id = 2
+name = "b"
+address = "127.0.0.1:7702"
+target_socket = "/tmp/x/b/target.sock"
+"#;
+
+    #[test]
+    fn contract_example_parses() {
+        let f = ClusterFile::parse(EXAMPLE).unwrap();
+        assert_eq!(f.cluster.id, "demo-0001");
+        assert_eq!(f.nodes.len(), 2);
+        assert_eq!(f.node("b").unwrap().id, 2);
+        let cfg = f.node_config(2, 7);
+        assert_eq!(cfg.heartbeat_timeout_ms, 600);
+        assert_eq!(cfg.nodes.len(), 2);
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let text = "[cluster]\nname='c'\nid='i'\n[[nodes]]\nid=1\nname='a'\naddress='127.0.0.1:1'\ntarget_socket='/s'\n";
+        let f = ClusterFile::parse(text).unwrap();
+        assert_eq!(f.cluster.heartbeat_timeout_ms, 2000);
+        assert_eq!(f.cluster.monitor, "builtin");
+    }
+
+    #[test]
+    fn duplicate_nodes_and_bad_monitor_are_refused() {
+        let dup = EXAMPLE.replace("name = \"b\"", "name = \"a\"");
+        assert!(ClusterFile::parse(&dup).unwrap_err().contains("unique"));
+        let bad = EXAMPLE.replace("monitor = \"builtin\"", "monitor = \"corosync\"");
+        assert!(ClusterFile::parse(&bad).unwrap_err().contains("corosync"));
+        assert!(ClusterFile::parse("[cluster]\nname='x'").is_err());
+    }
+
+    #[test]
+    fn wildcards_match() {
+        assert!(wildcard_match(b"*.img", b"d1.img"));
+        assert!(wildcard_match(b"d?.img", b"d1.img"));
+        assert!(!wildcard_match(b"*.img", b"d1.raw"));
+        assert!(wildcard_match(b"*", b""));
+        assert!(wildcard_match(b"a*b*c", b"axxbyyc"));
+    }
+}

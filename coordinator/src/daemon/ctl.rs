@@ -1,0 +1,610 @@
+//! The node's Cap'n Proto server: the public ctl API (`schema/ctl.capnp`) and the
+//! cluster protocol's `Peer.deliver` (`schema/cluster.capnp`) on one TCP address.
+//!
+//! The server runs on its own thread with a `smol::LocalExecutor` (RPC objects are
+//! `!Send`). It decodes each call into a [`CtlCall`] and hands it to the daemon's main
+//! loop (the only owner of the protocol core) with a one-shot reply channel; peer
+//! messages become [`Input::Peer`]. Nothing received here can panic the daemon:
+//! malformed input is an error answer or a logged, dropped message.
+
+use std::cell::Cell;
+use std::net::TcpListener;
+use std::rc::Rc;
+use std::sync::mpsc::SyncSender;
+use std::time::Duration;
+
+use capnp_rpc::{rpc_twoparty_capnp, twoparty, RpcSystem};
+use futures::AsyncReadExt;
+use plexd_proto::cluster_capnp::peer;
+use plexd_proto::ctl_capnp::{self as c, ctl};
+use serde::Serialize;
+use smol::{Async, LocalExecutor};
+
+use super::Input;
+use crate::core::{Message, MAX_MESSAGE_BYTES};
+
+/// Most connections (peers and clients) served at once.
+pub const MAX_CONNECTIONS: usize = 256;
+/// How long a ctl call waits for the main loop's answer (a change waits for its
+/// transaction).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A plexctl command, as the daemon sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CtlChange {
+    /// `dg create DG DISK... [--shared]`.
+    DgCreate {
+        /// Group.
+        dg: String,
+        /// Disk media names.
+        disks: Vec<String>,
+        /// Shared.
+        shared: bool,
+    },
+    /// `dg add-disk DG DISK`.
+    DgAddDisk {
+        /// Group.
+        dg: String,
+        /// Disk media name.
+        disk: String,
+    },
+    /// `dg rm-disk DG DISK`.
+    DgRmDisk {
+        /// Group.
+        dg: String,
+        /// Disk media name.
+        disk: String,
+    },
+    /// `dg destroy DG`.
+    DgDestroy(String),
+    /// `dg deport DG`.
+    DgDeport(String),
+    /// `dg import DG [--shared]`.
+    DgImport {
+        /// Group.
+        dg: String,
+        /// Shared.
+        shared: bool,
+    },
+    /// `vol create`.
+    VolCreate {
+        /// Group.
+        dg: String,
+        /// Volume.
+        volume: String,
+        /// Size.
+        size_bytes: u64,
+        /// concat | stripe | mirror | mirror-stripe.
+        layout: LayoutKind,
+        /// Mirrors (0 = default).
+        mirrors: u32,
+        /// Columns (0 = default).
+        columns: u32,
+        /// Stripe unit (0 = default).
+        stripe_unit_bytes: u64,
+    },
+    /// `vol grow` / `vol shrink`.
+    VolResize {
+        /// Group.
+        dg: String,
+        /// Volume.
+        volume: String,
+        /// New size.
+        new_size_bytes: u64,
+        /// Grow (true) or shrink.
+        grow: bool,
+    },
+    /// `vol rm`.
+    VolRm {
+        /// Group.
+        dg: String,
+        /// Volume.
+        volume: String,
+    },
+    /// `plex add DG VOL`.
+    PlexAdd {
+        /// Group.
+        dg: String,
+        /// Volume.
+        volume: String,
+    },
+    /// `plex detach|attach|rm DG PLEX`.
+    Plex {
+        /// Group.
+        dg: String,
+        /// Plex.
+        plex: String,
+        /// What to do.
+        op: PlexOp,
+    },
+}
+
+/// `vol create --layout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayoutKind {
+    /// One concat plex.
+    Concat,
+    /// One stripe plex.
+    Stripe,
+    /// Concat mirrors.
+    Mirror,
+    /// Stripe mirrors.
+    MirrorStripe,
+}
+
+/// A plex operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlexOp {
+    /// STALE.
+    Detach,
+    /// Resync back to ACTIVE.
+    Attach,
+    /// Remove.
+    Rm,
+}
+
+/// A call of the ctl API.
+#[derive(Debug, Clone)]
+pub enum CtlCall {
+    /// A configuration change.
+    Change(CtlChange),
+    /// `cluster status`.
+    ClusterStatus,
+    /// `print [DG]`.
+    Print(String),
+    /// `disk init`.
+    DiskInit {
+        /// Path.
+        path: String,
+        /// Media name.
+        name: String,
+        /// Re-initialise.
+        force: bool,
+    },
+    /// `disk list`.
+    DiskList,
+    /// `task list`.
+    TaskList,
+}
+
+/// One node in `cluster status`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct NodeStatusOut {
+    /// Name.
+    pub name: String,
+    /// Id.
+    pub id: u32,
+    /// Role.
+    pub role: String,
+    /// up | down.
+    pub state: String,
+    /// Last failure reason, empty if none.
+    pub reason: String,
+    /// Coordinator address.
+    pub address: String,
+}
+
+/// `cluster status`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StatusOut {
+    /// The answering node.
+    pub node: String,
+    /// Master name, empty if none.
+    pub master: String,
+    /// View id.
+    pub view: u64,
+    /// Nodes.
+    pub nodes: Vec<NodeStatusOut>,
+}
+
+/// One disk in `disk list`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DiskOut {
+    /// Media name.
+    pub name: String,
+    /// Path.
+    pub path: String,
+    /// Size.
+    pub size: u64,
+    /// Disk group, empty if none.
+    pub dg: String,
+    /// online | free | error: reason.
+    pub state: String,
+    /// Disk id.
+    pub id: String,
+}
+
+/// One task in `task list`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TaskOut {
+    /// Id.
+    pub id: u64,
+    /// Kind.
+    pub kind: String,
+    /// Group.
+    pub dg: String,
+    /// Volume.
+    pub volume: String,
+    /// Plex.
+    pub plex: String,
+    /// Copied.
+    pub done_bytes: u64,
+    /// To copy.
+    pub total_bytes: u64,
+    /// running | done | failed: reason.
+    pub state: String,
+    /// Node running it.
+    pub node: String,
+}
+
+/// The main loop's answer to a [`CtlCall`].
+#[derive(Debug, Clone)]
+pub enum CtlReply {
+    /// A change's result.
+    Done(Result<(), String>),
+    /// Cluster status.
+    Status(StatusOut),
+    /// The configuration.
+    Print {
+        /// JSON.
+        json: String,
+        /// Text tree.
+        text: String,
+    },
+    /// A disk.
+    Disk(DiskOut),
+    /// Disks.
+    Disks(Vec<DiskOut>),
+    /// Tasks.
+    Tasks(Vec<TaskOut>),
+    /// The call failed.
+    Error(String),
+}
+
+/// Binds `address` and serves it from a new thread.
+pub fn start(address: &str, inputs: SyncSender<Input>) -> Result<(), String> {
+    let listener =
+        TcpListener::bind(address).map_err(|e| format!("cannot listen on {address}: {e}"))?;
+    let listener = Async::new(listener).map_err(|e| format!("cannot listen on {address}: {e}"))?;
+    std::thread::Builder::new()
+        .name("ctl-server".into())
+        .spawn(move || serve(listener, inputs))
+        .map_err(|e| format!("cannot start the server thread: {e}"))?;
+    Ok(())
+}
+
+fn serve(listener: Async<TcpListener>, inputs: SyncSender<Input>) {
+    let ex = Rc::new(LocalExecutor::new());
+    let ex2 = Rc::clone(&ex);
+    let active = Rc::new(Cell::new(0usize));
+    smol::block_on(ex.run(async move {
+        loop {
+            let stream = match listener.accept().await {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    log::warn!("ctl server: accept failed: {e}");
+                    smol::Timer::after(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            if active.get() >= MAX_CONNECTIONS {
+                log::warn!("ctl server: {MAX_CONNECTIONS} connections open; refusing another");
+                continue;
+            }
+            let _ = stream.get_ref().set_nodelay(true);
+            active.set(active.get() + 1);
+            let active = Rc::clone(&active);
+            let inputs = inputs.clone();
+            ex2.spawn(async move {
+                let (reader, writer) = stream.split();
+                let network = twoparty::VatNetwork::new(
+                    futures::io::BufReader::new(reader),
+                    futures::io::BufWriter::new(writer),
+                    rpc_twoparty_capnp::Side::Server,
+                    Default::default(),
+                );
+                let node: peer::Client = capnp_rpc::new_client(NodeServer { inputs });
+                let rpc = RpcSystem::new(Box::new(network), Some(node.client));
+                if let Err(e) = rpc.await {
+                    log::debug!("ctl server: connection ended: {e}");
+                }
+                active.set(active.get().saturating_sub(1));
+            })
+            .detach();
+        }
+    }));
+}
+
+struct NodeServer {
+    inputs: SyncSender<Input>,
+}
+
+impl NodeServer {
+    async fn ask(&self, call: CtlCall) -> CtlReply {
+        let (tx, rx) = smol::channel::bounded(1);
+        if self
+            .inputs
+            .try_send(Input::Ctl { call, reply: tx })
+            .is_err()
+        {
+            return CtlReply::Error("the daemon is busy or stopping; try again".into());
+        }
+        let timeout = async {
+            smol::Timer::after(CALL_TIMEOUT).await;
+            CtlReply::Error(format!("no answer within {} s", CALL_TIMEOUT.as_secs()))
+        };
+        let answer = async {
+            rx.recv()
+                .await
+                .unwrap_or_else(|_| CtlReply::Error("the daemon is stopping".into()))
+        };
+        smol::future::or(answer, timeout).await
+    }
+}
+
+fn text(r: capnp::Result<capnp::text::Reader<'_>>) -> capnp::Result<String> {
+    r?.to_string()
+        .map_err(|e| capnp::Error::failed(format!("bad text: {e}")))
+}
+
+fn read_change(r: c::change::Reader<'_>) -> capnp::Result<CtlChange> {
+    use c::change::Which;
+    Ok(match r.which()? {
+        Which::DgCreate(x) => {
+            let x = x?;
+            let mut disks = Vec::new();
+            for d in x.get_disks()? {
+                disks.push(
+                    d?.to_string()
+                        .map_err(|e| capnp::Error::failed(e.to_string()))?,
+                );
+            }
+            CtlChange::DgCreate {
+                dg: text(x.get_dg())?,
+                disks,
+                shared: x.get_shared(),
+            }
+        }
+        Which::DgAddDisk(x) => {
+            let x = x?;
+            CtlChange::DgAddDisk {
+                dg: text(x.get_dg())?,
+                disk: text(x.get_disk())?,
+            }
+        }
+        Which::DgRmDisk(x) => {
+            let x = x?;
+            CtlChange::DgRmDisk {
+                dg: text(x.get_dg())?,
+                disk: text(x.get_disk())?,
+            }
+        }
+        Which::DgDestroy(x) => CtlChange::DgDestroy(text(x)?),
+        Which::DgDeport(x) => CtlChange::DgDeport(text(x)?),
+        Which::DgImport(x) => {
+            let x = x?;
+            CtlChange::DgImport {
+                dg: text(x.get_dg())?,
+                shared: x.get_shared(),
+            }
+        }
+        Which::VolCreate(x) => {
+            let x = x?;
+            CtlChange::VolCreate {
+                dg: text(x.get_dg())?,
+                volume: text(x.get_volume())?,
+                size_bytes: x.get_size_bytes(),
+                layout: match x.get_layout()? {
+                    c::Layout::Concat => LayoutKind::Concat,
+                    c::Layout::Stripe => LayoutKind::Stripe,
+                    c::Layout::Mirror => LayoutKind::Mirror,
+                    c::Layout::MirrorStripe => LayoutKind::MirrorStripe,
+                },
+                mirrors: x.get_mirrors(),
+                columns: x.get_columns(),
+                stripe_unit_bytes: x.get_stripe_unit_bytes(),
+            }
+        }
+        Which::VolGrow(x) | Which::VolShrink(x) => {
+            let grow = matches!(r.which()?, Which::VolGrow(_));
+            let x = x?;
+            CtlChange::VolResize {
+                dg: text(x.get_dg())?,
+                volume: text(x.get_volume())?,
+                new_size_bytes: x.get_new_size_bytes(),
+                grow,
+            }
+        }
+        Which::VolRm(x) => {
+            let x = x?;
+            CtlChange::VolRm {
+                dg: text(x.get_dg())?,
+                volume: text(x.get_volume())?,
+            }
+        }
+        Which::PlexAdd(x) => {
+            let x = x?;
+            CtlChange::PlexAdd {
+                dg: text(x.get_dg())?,
+                volume: text(x.get_volume())?,
+            }
+        }
+        Which::PlexDetach(x) | Which::PlexAttach(x) | Which::PlexRm(x) => {
+            let op = match r.which()? {
+                Which::PlexDetach(_) => PlexOp::Detach,
+                Which::PlexAttach(_) => PlexOp::Attach,
+                _ => PlexOp::Rm,
+            };
+            let x = x?;
+            CtlChange::Plex {
+                dg: text(x.get_dg())?,
+                plex: text(x.get_plex())?,
+                op,
+            }
+        }
+    })
+}
+
+fn set_disk(mut b: c::disk_info::Builder<'_>, d: &DiskOut) {
+    b.set_name(d.name.as_str());
+    b.set_path(d.path.as_str());
+    b.set_size_bytes(d.size);
+    b.set_dg(d.dg.as_str());
+    b.set_state(d.state.as_str());
+    b.set_id(d.id.as_str());
+}
+
+fn unexpected(r: &CtlReply) -> String {
+    match r {
+        CtlReply::Error(e) => e.clone(),
+        CtlReply::Done(Err(e)) => e.clone(),
+        other => format!("internal error: unexpected answer {other:?}"),
+    }
+}
+
+impl ctl::Server for NodeServer {
+    async fn change(
+        self: Rc<Self>,
+        params: ctl::ChangeParams,
+        mut results: ctl::ChangeResults,
+    ) -> Result<(), capnp::Error> {
+        let change = read_change(params.get()?.get_change()?)?;
+        match self.ask(CtlCall::Change(change)).await {
+            CtlReply::Done(Ok(())) => {}
+            other => results.get().set_error(unexpected(&other).as_str()),
+        }
+        Ok(())
+    }
+
+    async fn cluster_status(
+        self: Rc<Self>,
+        _: ctl::ClusterStatusParams,
+        mut results: ctl::ClusterStatusResults,
+    ) -> Result<(), capnp::Error> {
+        match self.ask(CtlCall::ClusterStatus).await {
+            CtlReply::Status(s) => {
+                let mut b = results.get().init_status();
+                b.set_node(s.node.as_str());
+                b.set_master(s.master.as_str());
+                b.set_view(s.view);
+                let mut list = b.init_nodes(s.nodes.len() as u32);
+                for (i, n) in s.nodes.iter().enumerate() {
+                    let mut nb = list.reborrow().get(i as u32);
+                    nb.set_id(n.id);
+                    nb.set_name(n.name.as_str());
+                    nb.set_role(n.role.as_str());
+                    nb.set_state(n.state.as_str());
+                    nb.set_reason(n.reason.as_str());
+                    nb.set_address(n.address.as_str());
+                }
+            }
+            other => results.get().set_error(unexpected(&other).as_str()),
+        }
+        Ok(())
+    }
+
+    async fn print(
+        self: Rc<Self>,
+        params: ctl::PrintParams,
+        mut results: ctl::PrintResults,
+    ) -> Result<(), capnp::Error> {
+        let dg = text(params.get()?.get_dg())?;
+        match self.ask(CtlCall::Print(dg)).await {
+            CtlReply::Print { json, text } => {
+                results.get().set_json(json.as_str());
+                results.get().set_text(text.as_str());
+            }
+            other => results.get().set_error(unexpected(&other).as_str()),
+        }
+        Ok(())
+    }
+
+    async fn disk_init(
+        self: Rc<Self>,
+        params: ctl::DiskInitParams,
+        mut results: ctl::DiskInitResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get()?;
+        let call = CtlCall::DiskInit {
+            path: text(p.get_path())?,
+            name: text(p.get_name())?,
+            force: p.get_force(),
+        };
+        match self.ask(call).await {
+            CtlReply::Disk(d) => set_disk(results.get().init_disk(), &d),
+            other => results.get().set_error(unexpected(&other).as_str()),
+        }
+        Ok(())
+    }
+
+    async fn disk_list(
+        self: Rc<Self>,
+        _: ctl::DiskListParams,
+        mut results: ctl::DiskListResults,
+    ) -> Result<(), capnp::Error> {
+        match self.ask(CtlCall::DiskList).await {
+            CtlReply::Disks(disks) => {
+                let mut list = results.get().init_disks(disks.len() as u32);
+                for (i, d) in disks.iter().enumerate() {
+                    set_disk(list.reborrow().get(i as u32), d);
+                }
+            }
+            other => results.get().set_error(unexpected(&other).as_str()),
+        }
+        Ok(())
+    }
+
+    async fn task_list(
+        self: Rc<Self>,
+        _: ctl::TaskListParams,
+        mut results: ctl::TaskListResults,
+    ) -> Result<(), capnp::Error> {
+        match self.ask(CtlCall::TaskList).await {
+            CtlReply::Tasks(tasks) => {
+                let mut list = results.get().init_tasks(tasks.len() as u32);
+                for (i, t) in tasks.iter().enumerate() {
+                    let mut b = list.reborrow().get(i as u32);
+                    b.set_id(t.id);
+                    b.set_kind(t.kind.as_str());
+                    b.set_dg(t.dg.as_str());
+                    b.set_volume(t.volume.as_str());
+                    b.set_plex(t.plex.as_str());
+                    b.set_done_bytes(t.done_bytes);
+                    b.set_total_bytes(t.total_bytes);
+                    b.set_state(t.state.as_str());
+                    b.set_node(t.node.as_str());
+                }
+            }
+            other => results.get().set_error(unexpected(&other).as_str()),
+        }
+        Ok(())
+    }
+}
+
+impl peer::Server for NodeServer {
+    async fn deliver(
+        self: Rc<Self>,
+        params: peer::DeliverParams,
+        _: peer::DeliverResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get()?;
+        let from = p.get_from();
+        let bytes = p.get_message()?;
+        if bytes.len() > MAX_MESSAGE_BYTES {
+            log::warn!(
+                "cluster: message of {} bytes from node {from} dropped",
+                bytes.len()
+            );
+            return Ok(());
+        }
+        match Message::decode(bytes) {
+            Ok(msg) => {
+                if self.inputs.send(Input::Peer { from, msg }).is_err() {
+                    return Err(capnp::Error::failed("the daemon is stopping".into()));
+                }
+            }
+            Err(e) => log::warn!("cluster: malformed message from node {from} dropped: {e}"),
+        }
+        Ok(())
+    }
+}

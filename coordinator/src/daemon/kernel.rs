@@ -1,0 +1,408 @@
+//! The kernel adapter: turns disk group configurations into the data plane's bdevs and
+//! volumes through [`KernelClient`].
+//!
+//! Names in the target: a disk is a `uring` bdev `DG.DISK` on the disk's path (the
+//! whole device; subdisk offsets are device offsets, past the private region); a
+//! volume is `DG.VOL`. Plex states map ACTIVE→ACTIVE, STALE→STALE, SYNCING→SYNCING,
+//! EMPTY→DETACHED.
+//!
+//! A transaction's kernel phase ([`Kernel::prepare`]) creates the bdevs of new disks,
+//! quiesces and stages every existing volume whose layout changes, and remembers the
+//! volumes to create and delete; [`Kernel::commit`] applies all of it. A change that
+//! only moves plex states (detach after an I/O error, attach) is applied at commit
+//! with `setPlexState`, which releases writes held for a failed plex without a
+//! quiesce (a quiesce would wait for those held writes).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use plexd_target::api::{BdevRequest, ClientError, KernelClient};
+use plexd_target::target::DetachPolicy;
+use plexd_target::volume::{
+    PlexKind, PlexSpec, PlexState as KPlexState, ReadPolicy as KReadPolicy, SubdiskSpec, VolumeSpec,
+};
+
+use crate::objects::{DiskGroupConfig, KernelVolume, PlexState, ReadPolicy};
+
+/// How long a prepare waits for in-flight I/O of a volume to drain.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The target's name of disk `disk` of disk group `dg`.
+pub fn disk_bdev(dg: &str, disk: &str) -> String {
+    format!("{dg}.{disk}")
+}
+
+/// The target's name of volume `volume` of disk group `dg`.
+pub fn volume_bdev(dg: &str, volume: &str) -> String {
+    format!("{dg}.{volume}")
+}
+
+/// A plex state in the target's terms.
+pub fn kernel_plex_state(state: PlexState) -> KPlexState {
+    match state {
+        PlexState::Active => KPlexState::Active,
+        PlexState::Stale => KPlexState::Stale,
+        PlexState::Syncing => KPlexState::Syncing,
+        PlexState::Empty => KPlexState::Detached,
+    }
+}
+
+/// The target's spec of a volume of disk group `dg`.
+pub fn volume_spec(dg: &DiskGroupConfig, kv: &KernelVolume) -> VolumeSpec {
+    let plexes = kv
+        .plexes
+        .iter()
+        .map(|p| PlexSpec {
+            name: p.name.clone(),
+            kind: match p.stripe_unit_bytes {
+                None => PlexKind::Concat,
+                Some(stripe_unit_bytes) => PlexKind::Stripe { stripe_unit_bytes },
+            },
+            columns: p
+                .columns
+                .iter()
+                .map(|col| {
+                    col.iter()
+                        .map(|e| SubdiskSpec {
+                            bdev: disk_bdev(&dg.name, &disk_name(dg, &e.disk_id)),
+                            offset_bytes: e.offset_bytes,
+                            len_bytes: e.len_bytes,
+                        })
+                        .collect()
+                })
+                .collect(),
+            state: kernel_plex_state(p.state),
+        })
+        .collect();
+    VolumeSpec {
+        name: volume_bdev(&kv.dg, &kv.name),
+        size_bytes: kv.size_bytes,
+        plexes,
+        read_policy: match &kv.read_policy {
+            ReadPolicy::Round => KReadPolicy::Round,
+            ReadPolicy::Prefer { plex } => KReadPolicy::Prefer(plex.clone()),
+            ReadPolicy::LeastOutstanding => KReadPolicy::LeastBusy,
+        },
+    }
+}
+
+fn disk_name(dg: &DiskGroupConfig, disk_id: &str) -> String {
+    dg.disks
+        .iter()
+        .find(|d| d.id == disk_id)
+        .map(|d| d.name.clone())
+        .unwrap_or_else(|| disk_id.to_string())
+}
+
+/// What the data plane should hold for a set of disk groups.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Desired {
+    /// Disk bdev name → path.
+    pub disks: BTreeMap<String, String>,
+    /// Volume bdev name → spec.
+    pub volumes: BTreeMap<String, VolumeSpec>,
+}
+
+impl Desired {
+    /// The bdevs and volumes of `groups`.
+    pub fn of<'a>(groups: impl IntoIterator<Item = &'a DiskGroupConfig>) -> Desired {
+        let mut d = Desired::default();
+        for g in groups {
+            for disk in &g.disks {
+                d.disks
+                    .insert(disk_bdev(&g.name, &disk.name), disk.path.clone());
+            }
+            for kv in g.kernel_layout() {
+                let spec = volume_spec(g, &kv);
+                d.volumes.insert(spec.name.clone(), spec);
+            }
+        }
+        d
+    }
+}
+
+/// A staged kernel phase.
+#[derive(Debug, Default)]
+struct Staged {
+    prepared: Vec<String>,
+    states: Vec<(String, String, KPlexState)>,
+    create: Vec<VolumeSpec>,
+    delete: Vec<String>,
+    desired: Desired,
+    prune: bool,
+}
+
+/// The connection to this node's data plane and what it was last told.
+pub struct Kernel {
+    client: KernelClient,
+    staged: Option<Staged>,
+}
+
+fn err(e: ClientError) -> String {
+    e.to_string()
+}
+
+impl Kernel {
+    /// Connects to the target socket, waiting up to `wait` for it to accept.
+    pub fn connect(socket: &std::path::Path, wait: Duration) -> Result<Kernel, String> {
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            match KernelClient::connect(socket) {
+                Ok(client) => {
+                    client
+                        .set_detach_policy(DetachPolicy::External)
+                        .map_err(|e| format!("cannot set the detach policy: {e}"))?;
+                    return Ok(Kernel {
+                        client,
+                        staged: None,
+                    });
+                }
+                Err(e) if std::time::Instant::now() >= deadline => return Err(e.to_string()),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
+    /// The client, for I/O (resync) and event subscriptions.
+    pub fn client(&self) -> &KernelClient {
+        &self.client
+    }
+
+    fn existing(&self) -> Result<(BTreeSet<String>, BTreeSet<String>), String> {
+        let bdevs = self.client.list_bdevs().map_err(err)?;
+        let volumes: BTreeSet<String> = self
+            .client
+            .list_volumes()
+            .map_err(err)?
+            .into_iter()
+            .map(|v| v.name)
+            .collect();
+        let bdevs = bdevs
+            .into_iter()
+            .map(|b| b.name)
+            .filter(|n| !volumes.contains(n))
+            .collect();
+        Ok((bdevs, volumes))
+    }
+
+    fn ensure_disks(&self, desired: &Desired, bdevs: &BTreeSet<String>) -> Result<(), String> {
+        for (name, path) in &desired.disks {
+            if !bdevs.contains(name) {
+                self.client
+                    .create_bdev(&BdevRequest::uring(name, path))
+                    .map_err(|e| format!("disk {name} ({path}): {e}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Kernel phase: stage `desired` (the whole configuration after the change).
+    /// With `prune`, volumes and disk bdevs (named `X.Y`) not in `desired` are
+    /// deleted at commit; without it they are left alone.
+    pub fn prepare(&mut self, desired: Desired, prune: bool) -> Result<(), String> {
+        self.abort();
+        let (bdevs, volumes) = self.existing()?;
+        self.ensure_disks(&desired, &bdevs)?;
+        let mut staged = Staged::default();
+        for (name, spec) in &desired.volumes {
+            if !volumes.contains(name) {
+                staged.create.push(spec.clone());
+                continue;
+            }
+            let (_, current) = self.client.get_volume(name).map_err(err)?;
+            if current == *spec {
+                continue;
+            }
+            if only_states_differ(&current, spec) {
+                for p in &spec.plexes {
+                    if current
+                        .plexes
+                        .iter()
+                        .any(|c| c.name == p.name && c.state != p.state)
+                    {
+                        staged.states.push((name.clone(), p.name.clone(), p.state));
+                    }
+                }
+                continue;
+            }
+            if let Err(e) = self.client.prepare(name, spec, DRAIN_TIMEOUT) {
+                self.staged = Some(staged);
+                self.abort();
+                return Err(format!("volume {name}: {e}"));
+            }
+            staged.prepared.push(name.clone());
+        }
+        if prune {
+            staged.delete = volumes
+                .iter()
+                .filter(|v| v.contains('.') && !desired.volumes.contains_key(*v))
+                .cloned()
+                .collect();
+        }
+        staged.prune = prune;
+        staged.desired = desired;
+        self.staged = Some(staged);
+        Ok(())
+    }
+
+    /// Applies the staged phase. Errors are logged and returned (the change is
+    /// committed cluster-wide; a later load repairs the data plane).
+    pub fn commit(&mut self) -> Result<(), String> {
+        let Some(staged) = self.staged.take() else {
+            return Ok(());
+        };
+        let mut errors = Vec::new();
+        for v in &staged.prepared {
+            if let Err(e) = self.client.commit(v) {
+                errors.push(format!("volume {v}: commit: {e}"));
+            }
+        }
+        // Activations first, so a detach never meets a volume without an ACTIVE plex.
+        let mut states = staged.states;
+        states.sort_by_key(|(_, _, s)| *s != KPlexState::Active);
+        for (v, p, s) in &states {
+            if let Err(e) = self.client.set_plex_state(v, p, *s) {
+                errors.push(format!("volume {v}: plex {p}: {e}"));
+            }
+        }
+        for spec in &staged.create {
+            if let Err(e) = self.client.create_volume(spec) {
+                errors.push(format!("volume {}: create: {e}", spec.name));
+            }
+        }
+        for v in &staged.delete {
+            if let Err(e) = self.client.delete_volume(v) {
+                errors.push(format!("volume {v}: delete: {e}"));
+            }
+        }
+        if staged.prune {
+            self.delete_unused_disks(&staged.desired);
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            let e = errors.join("; ");
+            log::error!("data plane: {e}");
+            Err(e)
+        }
+    }
+
+    /// Drops the staged phase and resumes I/O.
+    pub fn abort(&mut self) {
+        if let Some(staged) = self.staged.take() {
+            for v in &staged.prepared {
+                if let Err(e) = self.client.abort(v) {
+                    log::error!("data plane: volume {v}: abort: {e}");
+                }
+            }
+        }
+    }
+
+    /// Makes the data plane hold exactly `desired` (idempotent): used on forming,
+    /// joining and after a restart.
+    pub fn load(&mut self, desired: Desired) -> Result<(), String> {
+        self.prepare(desired, true)?;
+        self.commit()
+    }
+
+    fn delete_unused_disks(&self, desired: &Desired) {
+        let Ok((bdevs, _)) = self.existing() else {
+            return;
+        };
+        for b in bdevs {
+            if b.contains('.') && !desired.disks.contains_key(&b) {
+                if let Err(e) = self.client.delete_bdev(&b) {
+                    log::warn!("data plane: disk bdev {b}: delete: {e}");
+                }
+            }
+        }
+    }
+
+    /// Stops using every disk and volume (the node left the cluster).
+    pub fn leave(&mut self, keep: Desired) {
+        self.abort();
+        if let Err(e) = self.load(keep) {
+            log::error!("data plane: cannot drop the shared volumes: {e}");
+        }
+    }
+}
+
+fn only_states_differ(a: &VolumeSpec, b: &VolumeSpec) -> bool {
+    a.name == b.name
+        && a.size_bytes == b.size_bytes
+        && a.read_policy == b.read_policy
+        && a.plexes.len() == b.plexes.len()
+        && a.plexes
+            .iter()
+            .zip(&b.plexes)
+            .all(|(x, y)| x.name == y.name && x.kind == y.kind && x.columns == y.columns)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::objects::{apply, Change, ClusterConfig, Disk, VolumeLayout};
+
+    fn disk(name: &str, id: &str) -> Disk {
+        Disk {
+            name: name.into(),
+            id: id.into(),
+            path: format!("/tmp/{name}.img"),
+            size_bytes: 65 << 20,
+            public_offset_bytes: 1 << 20,
+            public_len_bytes: 64 << 20,
+        }
+    }
+
+    #[test]
+    fn mirror_volume_becomes_two_concat_plexes_on_disk_bdevs() {
+        let c = apply(
+            &ClusterConfig::default(),
+            &Change::DgCreate {
+                dg: "dg1".into(),
+                dg_id: "a".repeat(32),
+                shared: true,
+                owner_id: "demo".into(),
+                disks: vec![disk("d1", &"1".repeat(32)), disk("d2", &"2".repeat(32))],
+            },
+        )
+        .unwrap();
+        let c = apply(
+            &c,
+            &Change::VolCreate {
+                dg: "dg1".into(),
+                volume: "v1".into(),
+                size_bytes: 4 << 20,
+                layout: VolumeLayout::Mirror { mirrors: 2 },
+            },
+        )
+        .unwrap();
+        let d = Desired::of(&c.disk_groups);
+        assert_eq!(d.disks.get("dg1.d1").unwrap(), "/tmp/d1.img");
+        let spec = d.volumes.get("dg1.v1").unwrap();
+        assert_eq!(spec.size_bytes, 4 << 20);
+        assert_eq!(spec.plexes.len(), 2);
+        let bdevs: BTreeSet<&str> = spec
+            .plexes
+            .iter()
+            .map(|p| p.columns[0][0].bdev.as_str())
+            .collect();
+        assert_eq!(bdevs, ["dg1.d1", "dg1.d2"].into_iter().collect());
+        for p in &spec.plexes {
+            assert_eq!(p.kind, PlexKind::Concat);
+            assert_eq!(p.state, KPlexState::Active);
+            assert!(p.columns[0][0].offset_bytes >= 1 << 20);
+        }
+        let mut stale = spec.clone();
+        stale.plexes[1].state = KPlexState::Stale;
+        assert!(only_states_differ(spec, &stale));
+        stale.size_bytes += 512;
+        assert!(!only_states_differ(spec, &stale));
+    }
+
+    #[test]
+    fn empty_plex_is_detached_in_the_target() {
+        assert_eq!(kernel_plex_state(PlexState::Empty), KPlexState::Detached);
+        assert_eq!(kernel_plex_state(PlexState::Syncing), KPlexState::Syncing);
+    }
+}

@@ -1,0 +1,1053 @@
+//! The `plexd` daemon: a thin driver around the protocol core ([`crate::core`]).
+//!
+//! One main loop owns the core's [`Node`] and is the only place that feeds it events.
+//! Everything else talks to the main loop through one bounded queue of [`Input`]s:
+//!
+//! - `ctl` — the Cap'n Proto server on the node's address: the public ctl API and the
+//!   cluster protocol's `Peer.deliver` (peer messages become [`Input::Peer`]);
+//! - `transport` — one sender thread per peer (bounded queue, reconnect with backoff,
+//!   `ConnectionLost` when an established connection breaks);
+//! - a kernel event thread (plex I/O errors from the data plane), a signal thread
+//!   (SIGTERM/SIGINT → clean stop) and resync threads.
+//!
+//! The main loop carries out the core's actions itself, in order: kernel phases
+//! through [`kernel::Kernel`], disk reads and writes through [`disks`] (over
+//! `ondisk`), local checks, failpoints. Completions of those actions are fed back to
+//! the core after the batch that asked for them.
+//!
+//! Shared disk groups are the core's configuration ([`model::SharedConfig`]); private
+//! disk groups belong to this node only and are changed here without a cluster
+//! transaction (the same validation, kernel phase and disk write, locally).
+
+pub mod config;
+pub mod ctl;
+pub mod disks;
+pub mod kernel;
+pub mod model;
+pub mod print;
+pub mod resync;
+pub mod transport;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::time::{Duration, Instant};
+
+use crate::core::{Action, ConfigModel, Event, Message, Node, NodeId, RequestId, Role, TxnId};
+use crate::objects::{self, Change, ClusterConfig, PlexLayout, PlexState, VolumeLayout};
+
+use config::ClusterFile;
+use ctl::{CtlCall, CtlChange, CtlReply, LayoutKind, NodeStatusOut, PlexOp, StatusOut};
+use kernel::{Desired, Kernel};
+use model::SharedConfig;
+
+/// Inputs queued for the main loop before senders wait.
+pub const INPUT_QUEUE_DEPTH: usize = 4096;
+/// How long `plexd` waits for its target's socket at start.
+pub const TARGET_WAIT: Duration = Duration::from_secs(10);
+/// Exit status of a failpoint exit (as a process killed by SIGKILL reports).
+pub const FAILPOINT_EXIT_STATUS: i32 = 137;
+
+/// What the main loop receives.
+pub enum Input {
+    /// A protocol message from a peer.
+    Peer {
+        /// Sender.
+        from: NodeId,
+        /// The message.
+        msg: Message,
+    },
+    /// An established connection to a peer broke.
+    ConnectionLost {
+        /// The peer.
+        peer: NodeId,
+    },
+    /// A ctl call and where to answer it.
+    Ctl {
+        /// The call.
+        call: CtlCall,
+        /// The answer.
+        reply: smol::channel::Sender<CtlReply>,
+    },
+    /// The data plane reports a write error on a plex.
+    PlexIoError {
+        /// Volume bdev name (`DG.VOL`).
+        volume: String,
+        /// Plex.
+        plex: String,
+    },
+    /// A resync task progressed or ended.
+    Resync(resync::Progress),
+    /// SIGTERM / SIGINT.
+    Shutdown,
+}
+
+/// Command-line options of `plexd`.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The cluster file.
+    pub cluster: PathBuf,
+    /// This node's name.
+    pub node: String,
+    /// Start `plexd-target` if its socket does not answer.
+    pub spawn_target: bool,
+}
+
+/// The failpoint selected by `PLEXD_FAILPOINT=<name>:exit`, if any.
+pub fn failpoint_from_env() -> Result<Option<String>, String> {
+    let Ok(v) = std::env::var("PLEXD_FAILPOINT") else {
+        return Ok(None);
+    };
+    if v.is_empty() {
+        return Ok(None);
+    }
+    let Some((name, action)) = v.rsplit_once(':') else {
+        return Err(format!("PLEXD_FAILPOINT={v}: expected <name>:exit"));
+    };
+    if action != "exit" {
+        return Err(format!(
+            "PLEXD_FAILPOINT={v}: unknown action {action} (only exit)"
+        ));
+    }
+    if !crate::core::FAILPOINTS.contains(&name) {
+        return Err(format!(
+            "PLEXD_FAILPOINT={v}: unknown failpoint {name} (known: {})",
+            crate::core::FAILPOINTS.join(", ")
+        ));
+    }
+    Ok(Some(name.to_string()))
+}
+
+fn now_ms(start: Instant) -> u64 {
+    start.elapsed().as_millis() as u64
+}
+
+fn incarnation() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
+}
+
+/// Runs a node until a clean stop. Errors at start are returned (the binary prints
+/// them and exits non-zero).
+pub fn run(opts: Options) -> Result<(), String> {
+    let file = ClusterFile::load(&opts.cluster)?;
+    let me = file
+        .node(&opts.node)
+        .ok_or_else(|| {
+            format!(
+                "node {} is not in cluster file {}",
+                opts.node,
+                opts.cluster.display()
+            )
+        })?
+        .clone();
+    let failpoint = failpoint_from_env()?;
+    let signals = block_signals()?;
+    if opts.spawn_target {
+        spawn_target_if_dead(&me.target_socket)?;
+    }
+    let mut kernel = Kernel::connect(&me.target_socket, TARGET_WAIT).map_err(|e| {
+        format!(
+            "node {}: cannot reach plexd-target at {}: {e}",
+            me.name,
+            me.target_socket.display()
+        )
+    })?;
+    let (tx, rx) = mpsc::sync_channel(INPUT_QUEUE_DEPTH);
+    ctl::start(&me.address, tx.clone()).map_err(|e| format!("node {}: {e}", me.name))?;
+    start_signal_thread(signals, tx.clone());
+    start_kernel_events(&kernel, tx.clone());
+    let inc = incarnation();
+    let peers = file
+        .nodes
+        .iter()
+        .filter(|n| n.id != me.id)
+        .map(|n| (n.id, n.address.clone()))
+        .collect();
+    let transport = transport::Transport::start(me.id, inc, peers, tx.clone());
+    let files = file.disk_files();
+    let (_, private_groups, _) = disks::discover(&files, &file.cluster.id, &me.name);
+    let private = ClusterConfig {
+        disk_groups: private_groups,
+    };
+    // Private groups come back at once; shared volumes the target still serves are
+    // left alone until the cluster configuration is loaded (no I/O interruption).
+    if let Err(e) = kernel.prepare(Desired::of(&private.disk_groups), false) {
+        log::error!("node {}: cannot load the private disk groups: {e}", me.name);
+        kernel.abort();
+    } else if let Err(e) = kernel.commit() {
+        log::error!("node {}: cannot load the private disk groups: {e}", me.name);
+    }
+    let start = Instant::now();
+    let node = Node::new(file.node_config(me.id, inc), now_ms(start));
+    println!("plexd: node {} listening on {}", me.name, me.address);
+    log::info!(
+        "plexd: node {} (id {}) listening on {}; target {}",
+        me.name,
+        me.id,
+        me.address,
+        me.target_socket.display()
+    );
+    let mut d = Daemon {
+        file,
+        me: me.id,
+        name: me.name.clone(),
+        failpoint,
+        node,
+        kernel,
+        transport,
+        private,
+        start,
+        next_request: 1,
+        pending: BTreeMap::new(),
+        staged: None,
+        committed_txn: TxnId::default(),
+        offered: None,
+        tasks: resync::Tasks::default(),
+        tx: tx.clone(),
+        stopping: false,
+    };
+    d.main_loop(rx);
+    log::info!("plexd: node {} stopped", d.name);
+    Ok(())
+}
+
+fn block_signals() -> Result<nix::sys::signal::SigSet, String> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    set.thread_block()
+        .map_err(|e| format!("cannot block signals: {e}"))?;
+    Ok(set)
+}
+
+fn start_signal_thread(set: nix::sys::signal::SigSet, tx: SyncSender<Input>) {
+    let spawned = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || loop {
+            match set.wait() {
+                Ok(sig) => {
+                    log::info!("plexd: {sig} received; stopping cleanly");
+                    if tx.send(Input::Shutdown).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    log::error!("plexd: waiting for signals failed: {e}");
+                    return;
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::error!("plexd: cannot start the signal thread: {e}");
+    }
+}
+
+fn start_kernel_events(kernel: &Kernel, tx: SyncSender<Input>) {
+    let sub = match kernel.client().subscribe() {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("plexd: cannot subscribe to data plane events: {e}; plex I/O errors will not be handled");
+            return;
+        }
+    };
+    let spawned = std::thread::Builder::new()
+        .name("kernel-events".into())
+        .spawn(move || {
+            while let Ok(ev) = sub.receiver().recv_blocking() {
+                if let plexd_target::Event::PlexIoError {
+                    volume,
+                    plex,
+                    errno,
+                } = ev
+                {
+                    log::warn!(
+                        "data plane: volume {volume}: plex {plex}: write error (errno {errno})"
+                    );
+                    if tx.send(Input::PlexIoError { volume, plex }).is_err() {
+                        return;
+                    }
+                }
+            }
+            log::warn!("data plane: event subscription ended");
+        });
+    if let Err(e) = spawned {
+        log::error!("plexd: cannot start the kernel event thread: {e}");
+    }
+}
+
+fn spawn_target_if_dead(socket: &std::path::Path) -> Result<(), String> {
+    if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+        return Ok(());
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find plexd's path: {e}"))?;
+    let target = exe.with_file_name("plexd-target");
+    std::process::Command::new(&target)
+        .arg("--socket")
+        .arg(socket)
+        .arg("--cores")
+        .arg("0")
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", target.display()))?;
+    log::info!(
+        "plexd: started {} on {}",
+        target.display(),
+        socket.display()
+    );
+    Ok(())
+}
+
+/// Whom to answer when the core replies to a request.
+enum Pending {
+    /// A ctl client.
+    Client(smol::channel::Sender<CtlReply>),
+    /// A plex I/O error event.
+    PlexError { volume: String, plex: String },
+    /// The end of a resync (SetPlexState ACTIVE).
+    ResyncDone { task: u64 },
+}
+
+struct Daemon {
+    file: ClusterFile,
+    me: NodeId,
+    name: String,
+    failpoint: Option<String>,
+    node: Node<SharedConfig>,
+    kernel: Kernel,
+    transport: transport::Transport,
+    private: ClusterConfig,
+    start: Instant,
+    next_request: u64,
+    pending: BTreeMap<RequestId, Pending>,
+    staged: Option<(TxnId, SharedConfig)>,
+    committed_txn: TxnId,
+    offered: Option<SharedConfig>,
+    tasks: resync::Tasks,
+    tx: SyncSender<Input>,
+    stopping: bool,
+}
+
+impl Daemon {
+    fn main_loop(&mut self, rx: Receiver<Input>) {
+        let tick =
+            Duration::from_millis((self.file.cluster.heartbeat_interval_ms / 4).clamp(5, 100));
+        let mut next_tick = Instant::now();
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(wait) {
+                Ok(input) => self.on_input(input),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            if self.stopping && matches!(self.node.role(), Role::Stopped) {
+                return;
+            }
+            if Instant::now() >= next_tick {
+                self.feed(Event::Tick);
+                next_tick = Instant::now() + tick;
+            }
+            if self.stopping && matches!(self.node.role(), Role::Stopped) {
+                return;
+            }
+        }
+    }
+
+    fn request_id(&mut self) -> RequestId {
+        let id = RequestId(self.next_request);
+        self.next_request += 1;
+        id
+    }
+
+    fn on_input(&mut self, input: Input) {
+        match input {
+            Input::Peer { from, msg } => {
+                if let Message::JoinOffer { config, .. } = &msg {
+                    self.offered = SharedConfig::decode(config).ok();
+                }
+                self.feed(Event::Message { from, msg });
+            }
+            Input::ConnectionLost { peer } => self.feed(Event::ConnectionLost { peer }),
+            Input::Ctl { call, reply } => self.on_ctl(call, reply),
+            Input::PlexIoError { volume, plex } => self.on_plex_error(volume, plex),
+            Input::Resync(p) => self.on_resync(p),
+            Input::Shutdown => {
+                self.stopping = true;
+                self.feed(Event::Shutdown);
+            }
+        }
+    }
+
+    fn on_plex_error(&mut self, volume: String, plex: String) {
+        let Some((dg, vol)) = volume.split_once('.') else {
+            log::warn!("data plane: plex error on unknown volume {volume}");
+            return;
+        };
+        if self.private.disk_group(dg).is_some() {
+            let change = Change::PlexDetach {
+                dg: dg.to_string(),
+                plex: plex.clone(),
+            };
+            if let Err(e) = self.private_change(&change) {
+                log::error!("node {}: cannot detach plex {plex} of volume {volume}: {e}; failing its held writes", self.name);
+                let _ = self.kernel.client().fail_held_writes(&volume);
+            }
+            return;
+        }
+        let request = self.request_id();
+        self.pending.insert(
+            request,
+            Pending::PlexError {
+                volume: volume.clone(),
+                plex: plex.clone(),
+            },
+        );
+        self.feed(Event::PlexIoError {
+            request,
+            volume: vol.to_string(),
+            plex,
+        });
+    }
+
+    fn on_resync(&mut self, p: resync::Progress) {
+        let finished = self.tasks.update(&p);
+        if let Some(t) = finished {
+            if t.state == "done" {
+                let change = Change::SetPlexState {
+                    dg: t.dg.clone(),
+                    plex: t.plex.clone(),
+                    state: PlexState::Active,
+                };
+                if self.private.disk_group(&t.dg).is_some() {
+                    if let Err(e) = self.private_change(&change) {
+                        log::error!("node {}: resync of plex {}: {e}", self.name, t.plex);
+                    }
+                } else {
+                    let request = self.request_id();
+                    self.pending
+                        .insert(request, Pending::ResyncDone { task: t.id });
+                    self.feed(Event::ClientRequest { request, change });
+                }
+            }
+        }
+    }
+
+    /// Feeds one event and carries out the actions, feeding their completions too.
+    fn feed(&mut self, event: Event<SharedConfig>) {
+        let mut queue = std::collections::VecDeque::from([event]);
+        let mut budget = 10_000usize;
+        while let Some(ev) = queue.pop_front() {
+            budget -= 1;
+            if budget == 0 {
+                log::error!("node {}: event loop budget exhausted", self.name);
+                return;
+            }
+            let actions = self.node.handle(now_ms(self.start), ev);
+            for a in actions {
+                if let Some(next) = self.act(a) {
+                    queue.push_back(next);
+                }
+            }
+        }
+    }
+
+    fn desired_with(&self, shared: &SharedConfig) -> Desired {
+        Desired::of(shared.groups.iter().chain(self.private.disk_groups.iter()))
+    }
+
+    fn act(&mut self, action: Action<SharedConfig>) -> Option<Event<SharedConfig>> {
+        match action {
+            Action::Send { to, msg } => {
+                self.transport.send(to, &msg);
+                None
+            }
+            Action::Reply { request, result } => {
+                self.on_reply(request, result);
+                None
+            }
+            Action::LocalCheck { txn, change } => {
+                let result = disks::local_check(&change, &self.private);
+                if let Err(e) = &result {
+                    log::warn!(
+                        "node {}: transaction {txn}: local check refused: {e}",
+                        self.name
+                    );
+                }
+                Some(Event::LocalCheckDone { txn, result })
+            }
+            Action::KernelPrepare { txn, config } => {
+                let desired = self.desired_with(&config);
+                let result = self.kernel.prepare(desired, true);
+                if let Err(e) = &result {
+                    log::error!(
+                        "node {}: transaction {txn}: kernel phase failed: {e}",
+                        self.name
+                    );
+                }
+                self.staged = Some((txn, config));
+                Some(Event::KernelPrepared { txn, result })
+            }
+            Action::KernelCommit { txn } => {
+                if let Err(e) = self.kernel.commit() {
+                    log::error!(
+                        "node {}: transaction {txn}: data plane commit: {e}",
+                        self.name
+                    );
+                }
+                self.committed_txn = txn;
+                self.staged = None;
+                self.after_config_change();
+                None
+            }
+            Action::KernelAbort { txn } => {
+                log::info!("node {}: transaction {txn}: aborted", self.name);
+                self.kernel.abort();
+                self.staged = None;
+                None
+            }
+            Action::KernelLoad { config } => {
+                let desired = self.desired_with(&config);
+                let result = self.kernel.load(desired);
+                if let Err(e) = &result {
+                    log::error!(
+                        "node {}: cannot load the configuration into the data plane: {e}",
+                        self.name
+                    );
+                }
+                self.after_config_change();
+                Some(Event::KernelLoaded { result })
+            }
+            Action::WriteDisks { record } => {
+                let result = disks::write_record(&record);
+                if let Err(e) = &result {
+                    log::error!(
+                        "node {}: transaction {}: disk write failed: {e}",
+                        self.name,
+                        record.txn
+                    );
+                }
+                Some(Event::DiskWritten {
+                    txn: record.txn,
+                    result,
+                })
+            }
+            Action::ReadDisks => {
+                let mut known = vec![(self.node.config_txn(), self.node.config().clone())];
+                if let Some(s) = &self.staged {
+                    known.push(s.clone());
+                }
+                let files = self.file.disk_files();
+                let result = disks::read_shared(&files, &self.file.cluster.id, &self.name, &known);
+                Some(Event::DisksRead { result })
+            }
+            Action::CheckDiskAccess { disks: names } => {
+                let missing = self.check_disk_access(&names);
+                Some(Event::DiskAccessChecked { missing })
+            }
+            Action::ViewChanged { view } => {
+                log::info!(
+                    "node {}: view {} installed: master {}, members {:?}",
+                    self.name,
+                    view.id,
+                    self.node.name(view.master),
+                    view.members
+                );
+                None
+            }
+            Action::LeaveCluster { reason } => {
+                log::error!(
+                    "node {}: left the cluster: {reason}; stopping access to shared disks",
+                    self.name
+                );
+                self.tasks.cancel_all();
+                let keep = Desired::of(&self.private.disk_groups);
+                self.kernel.leave(keep);
+                None
+            }
+            Action::Failpoint(name) => {
+                if self.failpoint.as_deref() == Some(name) {
+                    log::error!("node {}: failpoint {name}: exiting now", self.name);
+                    eprintln!("plexd: node {}: failpoint {name}: exit", self.name);
+                    // SAFETY: _exit ends the process at once without running atexit
+                    // handlers or destructors, which is the point (a kill -9); it
+                    // touches no Rust state.
+                    unsafe { libc::_exit(FAILPOINT_EXIT_STATUS) };
+                }
+                None
+            }
+            Action::Log { .. } => None, // the core has logged it already
+            Action::ShutdownReady => {
+                log::info!("node {}: clean stop", self.name);
+                self.tasks.cancel_all();
+                None
+            }
+        }
+    }
+
+    fn check_disk_access(&self, names: &[String]) -> Option<String> {
+        let Some(offered) = &self.offered else {
+            return names.first().cloned();
+        };
+        for name in names {
+            let disk = offered
+                .groups
+                .iter()
+                .flat_map(|g| g.disks.iter())
+                .find(|d| &d.name == name);
+            match disk {
+                Some(d) => {
+                    if let Err(e) = disks::check_disk(d) {
+                        log::error!("node {}: {e}", self.name);
+                        return Some(name.clone());
+                    }
+                }
+                None => return Some(name.clone()),
+            }
+        }
+        None
+    }
+
+    fn on_reply(&mut self, request: RequestId, result: Result<(), String>) {
+        match self.pending.remove(&request) {
+            Some(Pending::Client(tx)) => {
+                let _ = tx.try_send(CtlReply::Done(result));
+            }
+            Some(Pending::PlexError { volume, plex }) => match result {
+                Ok(()) => log::warn!(
+                    "node {}: plex {plex} of volume {volume} detached after a write error",
+                    self.name
+                ),
+                Err(e) => {
+                    log::error!("node {}: plex {plex} of volume {volume} not detached: {e}; failing its held writes", self.name);
+                    if let Err(e) = self.kernel.client().fail_held_writes(&volume) {
+                        log::error!(
+                            "node {}: volume {volume}: cannot fail held writes: {e}",
+                            self.name
+                        );
+                    }
+                }
+            },
+            Some(Pending::ResyncDone { task }) => {
+                if let Err(e) = result {
+                    log::error!(
+                        "node {}: resync task {task}: cannot set the plex ACTIVE: {e}",
+                        self.name
+                    );
+                }
+            }
+            None => log::debug!("node {}: reply to unknown request {request:?}", self.name),
+        }
+    }
+
+    /// After the configuration changed here: start resyncs of SYNCING plexes (master).
+    fn after_config_change(&mut self) {
+        let is_master = matches!(self.node.role(), Role::Master);
+        let shared = self.node.config().groups.clone();
+        for g in shared.iter().filter(|_| is_master) {
+            self.start_resyncs(g);
+        }
+        let private = self.private.disk_groups.clone();
+        for g in &private {
+            self.start_resyncs(g);
+        }
+    }
+
+    fn start_resyncs(&mut self, g: &objects::DiskGroupConfig) {
+        for v in &g.volumes {
+            for p in v.plexes.iter().filter(|p| p.state == PlexState::Syncing) {
+                if self.tasks.running(&g.name, &p.name) {
+                    continue;
+                }
+                let Some(job) = resync::Job::new(g, v, p) else {
+                    log::error!(
+                        "node {}: plex {}: no ACTIVE plex to resync from",
+                        self.name,
+                        p.name
+                    );
+                    continue;
+                };
+                let (id, cancel) =
+                    self.tasks
+                        .add(&g.name, &v.name, &p.name, job.total_bytes(), &self.name);
+                log::info!(
+                    "node {}: resync task {id}: plex {} of volume {}",
+                    self.name,
+                    p.name,
+                    v.name
+                );
+                job.start(
+                    id,
+                    self.kernel.client().path().to_string(),
+                    cancel,
+                    self.tx.clone(),
+                );
+            }
+        }
+    }
+
+    fn on_ctl(&mut self, call: CtlCall, reply: smol::channel::Sender<CtlReply>) {
+        let answer = match call {
+            CtlCall::Change(c) => {
+                let change = match self.resolve(c) {
+                    Ok(ch) => ch,
+                    Err(e) => {
+                        log::warn!("node {}: request refused: {e}", self.name);
+                        let _ = reply.try_send(CtlReply::Done(Err(e)));
+                        return;
+                    }
+                };
+                if self.is_private(&change) {
+                    CtlReply::Done(self.private_change(&change))
+                } else {
+                    let request = self.request_id();
+                    self.pending.insert(request, Pending::Client(reply));
+                    self.feed(Event::ClientRequest { request, change });
+                    return;
+                }
+            }
+            CtlCall::ClusterStatus => CtlReply::Status(self.status()),
+            CtlCall::Print(dg) => self.print(&dg),
+            CtlCall::DiskInit { path, name, force } => self.disk_init(&path, &name, force),
+            CtlCall::DiskList => CtlReply::Disks(disks::list(&self.file.disk_files())),
+            CtlCall::TaskList => CtlReply::Tasks(self.tasks.list()),
+        };
+        let _ = reply.try_send(answer);
+    }
+
+    fn is_private(&self, change: &Change) -> bool {
+        match change {
+            Change::DgCreate { shared, .. } | Change::DgImport { shared, .. } => !shared,
+            other => self.private.disk_group(other.dg_name()).is_some(),
+        }
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> String {
+        format!("node {}: {e}", self.name)
+    }
+
+    /// Turns a plexctl command into a change: disks by media name, defaults.
+    fn resolve(&self, c: CtlChange) -> Result<Change, String> {
+        let files = self.file.disk_files();
+        let owner = |shared: bool| {
+            if shared {
+                self.file.cluster.id.clone()
+            } else {
+                self.name.clone()
+            }
+        };
+        Ok(match c {
+            CtlChange::DgCreate {
+                dg,
+                disks: names,
+                shared,
+            } => {
+                if names.is_empty() {
+                    return Err(self.err(format!("disk group {dg}: needs at least one disk")));
+                }
+                let mut list = Vec::new();
+                for n in &names {
+                    list.push(disks::find_free_disk(&files, n, &self.name)?);
+                }
+                if !shared && self.node.config().group(&dg).is_some() {
+                    return Err(self.err(format!("disk group {dg} exists as a shared disk group")));
+                }
+                Change::DgCreate {
+                    dg,
+                    dg_id: objects::new_id(),
+                    shared,
+                    owner_id: owner(shared),
+                    disks: list,
+                }
+            }
+            CtlChange::DgAddDisk { dg, disk } => Change::DgAddDisk {
+                disk: disks::find_free_disk(&files, &disk, &self.name)?,
+                dg,
+            },
+            CtlChange::DgRmDisk { dg, disk } => Change::DgRmDisk { dg, disk },
+            CtlChange::DgDestroy(dg) => Change::DgDestroy { dg },
+            CtlChange::DgDeport(dg) => Change::DgDeport { dg },
+            CtlChange::DgImport { dg, shared } => {
+                if self.private.disk_group(&dg).is_some() || self.node.config().group(&dg).is_some()
+                {
+                    return Err(self.err(format!("disk group {dg} is already imported")));
+                }
+                let (_, _, all) = disks::discover(&files, &self.file.cluster.id, &self.name);
+                let found: Vec<_> = all.into_iter().filter(|g| g.name == dg).collect();
+                let config = match found.len() {
+                    0 => {
+                        return Err(
+                            self.err(format!("disk group {dg}: not found on the disk paths"))
+                        )
+                    }
+                    1 => found.into_iter().next().unwrap_or_else(|| unreachable!()),
+                    n => {
+                        return Err(self.err(format!(
+                            "disk group {dg}: {n} groups of that name on the disks"
+                        )))
+                    }
+                };
+                if !config.owner_id.is_empty()
+                    && config.owner_id != self.file.cluster.id
+                    && config.owner_id != self.name
+                {
+                    return Err(self.err(format!(
+                        "disk group {dg} is imported by {}; deport it there first",
+                        config.owner_id
+                    )));
+                }
+                Change::DgImport {
+                    config,
+                    shared,
+                    owner_id: owner(shared),
+                }
+            }
+            CtlChange::VolCreate {
+                dg,
+                volume,
+                size_bytes,
+                layout,
+                mirrors,
+                columns,
+                stripe_unit_bytes,
+            } => {
+                let mirrors = if mirrors == 0 { 2 } else { mirrors };
+                let columns = if columns == 0 { 2 } else { columns };
+                let su = if stripe_unit_bytes == 0 {
+                    objects::DEFAULT_STRIPE_UNIT_BYTES
+                } else {
+                    stripe_unit_bytes
+                };
+                let layout = match layout {
+                    LayoutKind::Concat => VolumeLayout::Concat,
+                    LayoutKind::Stripe => VolumeLayout::Stripe {
+                        columns,
+                        stripe_unit_bytes: su,
+                    },
+                    LayoutKind::Mirror => VolumeLayout::Mirror { mirrors },
+                    LayoutKind::MirrorStripe => VolumeLayout::MirrorStripe {
+                        mirrors,
+                        columns,
+                        stripe_unit_bytes: su,
+                    },
+                };
+                Change::VolCreate {
+                    dg,
+                    volume,
+                    size_bytes,
+                    layout,
+                }
+            }
+            CtlChange::VolResize {
+                dg,
+                volume,
+                new_size_bytes,
+                grow,
+            } => {
+                if grow {
+                    Change::VolGrow {
+                        dg,
+                        volume,
+                        new_size_bytes,
+                    }
+                } else {
+                    Change::VolShrink {
+                        dg,
+                        volume,
+                        new_size_bytes,
+                    }
+                }
+            }
+            CtlChange::VolRm { dg, volume } => Change::VolRm { dg, volume },
+            CtlChange::PlexAdd { dg, volume } => {
+                let layout = self
+                    .group(&dg)
+                    .and_then(|g| g.volume(&volume))
+                    .and_then(|v| v.plexes.first())
+                    .map(|p| p.layout)
+                    .unwrap_or(PlexLayout::Concat);
+                Change::PlexAdd { dg, volume, layout }
+            }
+            CtlChange::Plex { dg, plex, op } => match op {
+                PlexOp::Detach => Change::PlexDetach { dg, plex },
+                PlexOp::Attach => Change::PlexAttach { dg, plex },
+                PlexOp::Rm => Change::PlexRm { dg, plex },
+            },
+        })
+    }
+
+    fn group(&self, name: &str) -> Option<&objects::DiskGroupConfig> {
+        self.private
+            .disk_group(name)
+            .or_else(|| self.node.config().group(name))
+    }
+
+    /// A change of a private disk group: validated, staged in the data plane, written
+    /// to the group's disks, committed — all on this node.
+    fn private_change(&mut self, change: &Change) -> Result<(), String> {
+        let before = self.private.clone();
+        let after = objects::apply(&before, change).map_err(|e| self.err(e))?;
+        let updates = change.disk_updates(&before, &after);
+        disks::local_check(change, &ClusterConfig::default()).map_err(|e| self.err(e))?;
+        let desired = Desired::of(
+            self.node
+                .config()
+                .groups
+                .iter()
+                .chain(after.disk_groups.iter()),
+        );
+        if let Err(e) = self.kernel.prepare(desired, true) {
+            self.kernel.abort();
+            let e = self.err(format!("disk group {}: data plane: {e}", change.dg_name()));
+            log::error!("{e}");
+            return Err(e);
+        }
+        let txn = incarnation();
+        if let Err(e) = disks::write_updates(&updates, txn) {
+            self.kernel.abort();
+            let e = self.err(e);
+            log::error!("{e}");
+            return Err(e);
+        }
+        self.private = after;
+        if let Err(e) = self.kernel.commit() {
+            log::error!(
+                "node {}: disk group {}: data plane commit: {e}",
+                self.name,
+                change.dg_name()
+            );
+        }
+        log::info!("node {}: private change committed: {change:?}", self.name);
+        self.after_config_change();
+        Ok(())
+    }
+
+    fn status(&self) -> StatusOut {
+        let st = self.node.status();
+        let view = st.view.clone();
+        let mut out = StatusOut {
+            node: self.name.clone(),
+            master: view
+                .as_ref()
+                .map(|v| self.node.name(v.master))
+                .unwrap_or_default(),
+            view: view.as_ref().map(|v| v.id).unwrap_or(0),
+            nodes: Vec::new(),
+        };
+        for n in &self.file.nodes {
+            let member = view.as_ref().is_some_and(|v| v.contains(n.id));
+            let role = if n.id == self.me {
+                role_name(st.role).to_string()
+            } else if view.as_ref().is_some_and(|v| v.master == n.id) {
+                "master".into()
+            } else if member {
+                "slave".into()
+            } else {
+                "out".into()
+            };
+            let mut reason = st.reasons.get(&n.id).cloned().unwrap_or_default();
+            if n.id == self.me {
+                if let Some(r) = &st.last_reason {
+                    reason = r.clone();
+                }
+            }
+            out.nodes.push(NodeStatusOut {
+                name: n.name.clone(),
+                id: n.id,
+                role,
+                state: if member { "up".into() } else { "down".into() },
+                reason,
+                address: n.address.clone(),
+            });
+        }
+        out
+    }
+
+    fn print(&self, dg: &str) -> CtlReply {
+        let mut groups: Vec<&objects::DiskGroupConfig> = self
+            .node
+            .config()
+            .groups
+            .iter()
+            .chain(self.private.disk_groups.iter())
+            .filter(|g| dg.is_empty() || g.name == dg)
+            .collect();
+        groups.sort_by(|a, b| a.name.cmp(&b.name));
+        if !dg.is_empty() && groups.is_empty() {
+            return CtlReply::Error(self.err(format!("disk group {dg} does not exist")));
+        }
+        CtlReply::Print {
+            json: print::json(&groups),
+            text: print::text(&groups),
+        }
+    }
+
+    fn disk_init(&self, path: &str, name: &str, force: bool) -> CtlReply {
+        let p = std::path::Path::new(path);
+        let name = if name.is_empty() {
+            p.file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("disk")
+                .to_string()
+        } else {
+            name.to_string()
+        };
+        let opts = crate::ondisk::InitOptions {
+            force,
+            ..Default::default()
+        };
+        match crate::ondisk::init_disk(p, &name, opts) {
+            Ok(l) => {
+                log::info!("node {}: disk {name} initialised on {path}", self.name);
+                CtlReply::Disk(ctl::DiskOut {
+                    name: l.disk_name,
+                    path: path.to_string(),
+                    size: l.disk_size_bytes,
+                    dg: String::new(),
+                    state: "free".into(),
+                    id: l.disk_id,
+                })
+            }
+            Err(e) => {
+                let e = self.err(format!("disk {name}: {e}"));
+                log::warn!("{e}");
+                CtlReply::Error(e)
+            }
+        }
+    }
+}
+
+fn role_name(r: Role) -> &'static str {
+    match r {
+        Role::Discovering => "discovering",
+        Role::Forming => "forming",
+        Role::Joining => "joining",
+        Role::Abandoned => "abandoned",
+        Role::Slave => "slave",
+        Role::Master => "master",
+        Role::TakingOver => "taking-over",
+        Role::Stopped => "stopped",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failpoint_env_is_checked() {
+        // One test touches the variable, so no other test races with it.
+        std::env::set_var("PLEXD_FAILPOINT", "txn.after_check:exit");
+        assert_eq!(
+            failpoint_from_env().unwrap().as_deref(),
+            Some("txn.after_check")
+        );
+        std::env::set_var("PLEXD_FAILPOINT", "txn.nowhere:exit");
+        assert!(failpoint_from_env().is_err());
+        std::env::set_var("PLEXD_FAILPOINT", "txn.after_check:abort");
+        assert!(failpoint_from_env().is_err());
+        std::env::remove_var("PLEXD_FAILPOINT");
+        assert_eq!(failpoint_from_env().unwrap(), None);
+    }
+}

@@ -1,0 +1,185 @@
+//! The configuration model the daemon runs the protocol core with: the cluster's
+//! shared disk groups (`objects`), a cluster-wide sequence number, and the disk
+//! writes the last change needs.
+//!
+//! Encoding: JSON (serde_json) of the whole [`SharedConfig`] and of
+//! [`objects::Change`]. The core carries these bytes inside its own JSON messages.
+//!
+//! Private disk groups are not part of it: they belong to one node and never travel
+//! (the daemon changes them locally, see `daemon::private`).
+
+use serde::{Deserialize, Serialize};
+
+use crate::core::ConfigModel;
+use crate::objects::{self, Change, ClusterConfig, DiskGroupConfig, DiskUpdate};
+
+/// The cluster-wide configuration: every shared disk group.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedConfig {
+    /// Increments by one on every committed change (cluster-wide counter; each disk
+    /// group also has its own `seq`, stored on its disks).
+    pub seq: u64,
+    /// Shared disk groups, sorted by name.
+    pub groups: Vec<DiskGroupConfig>,
+    /// What the commit of the change that produced this configuration writes to the
+    /// disks (empty for a configuration read from the disks).
+    pub updates: Vec<DiskUpdate>,
+}
+
+impl SharedConfig {
+    /// The groups as an `objects` cluster configuration.
+    pub fn cluster(&self) -> ClusterConfig {
+        ClusterConfig {
+            disk_groups: self.groups.clone(),
+        }
+    }
+
+    /// A shared disk group by name.
+    pub fn group(&self, name: &str) -> Option<&DiskGroupConfig> {
+        self.groups.iter().find(|g| g.name == name)
+    }
+}
+
+impl ConfigModel for SharedConfig {
+    type Change = Change;
+
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    fn validate_and_apply(&self, change: &Change) -> Result<Self, String> {
+        match change {
+            Change::DgCreate {
+                shared: false, dg, ..
+            }
+            | Change::DgImport {
+                shared: false,
+                config: DiskGroupConfig { name: dg, .. },
+                ..
+            } => {
+                return Err(format!(
+                    "disk group {dg}: a private disk group is not a cluster change"
+                ));
+            }
+            _ => {}
+        }
+        let before = self.cluster();
+        let after = objects::apply(&before, change).map_err(|e| e.to_string())?;
+        let updates = change.disk_updates(&before, &after);
+        Ok(SharedConfig {
+            seq: self.seq + 1,
+            groups: after.disk_groups,
+            updates,
+        })
+    }
+
+    fn shared_disks(&self) -> Vec<String> {
+        self.groups
+            .iter()
+            .flat_map(|g| g.disks.iter().map(|d| d.name.clone()))
+            .collect()
+    }
+
+    fn detach_plex(&self, volume: &str, plex: &str) -> Result<Option<Change>, String> {
+        self.cluster()
+            .detach_change(volume, plex)
+            .map_err(|e| e.to_string())
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, String> {
+        serde_json::from_slice(bytes).map_err(|e| format!("malformed configuration: {e}"))
+    }
+
+    fn encode_change(change: &Change) -> Vec<u8> {
+        serde_json::to_vec(change).unwrap_or_default()
+    }
+
+    fn decode_change(bytes: &[u8]) -> Result<Change, String> {
+        serde_json::from_slice(bytes).map_err(|e| format!("malformed change: {e}"))
+    }
+}
+
+/// The on-disk transaction id of a core transaction id: view in the high 32 bits,
+/// counter in the low 32.
+pub fn disk_txn(txn: crate::core::TxnId) -> u64 {
+    (txn.view << 32) | (txn.n & 0xffff_ffff)
+}
+
+/// The inverse of [`disk_txn`].
+pub fn core_txn(disk_txn: u64) -> crate::core::TxnId {
+    crate::core::TxnId {
+        view: disk_txn >> 32,
+        n: disk_txn & 0xffff_ffff,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::objects::{Disk, VolumeLayout};
+
+    fn disk(name: &str) -> Disk {
+        Disk {
+            name: name.into(),
+            id: format!(
+                "{:0>32}",
+                name.len() as u64 * 7 + name.as_bytes()[name.len() - 1] as u64
+            ),
+            path: format!("/tmp/{name}.img"),
+            size_bytes: 65 << 20,
+            public_offset_bytes: 1 << 20,
+            public_len_bytes: 64 << 20,
+        }
+    }
+
+    fn create() -> Change {
+        Change::DgCreate {
+            dg: "dg1".into(),
+            dg_id: "0123456789abcdef0123456789abcdef".into(),
+            shared: true,
+            owner_id: "demo".into(),
+            disks: vec![disk("d1"), disk("d2")],
+        }
+    }
+
+    #[test]
+    fn changes_bump_seq_and_round_trip() {
+        let c0 = SharedConfig::default();
+        let c1 = c0.validate_and_apply(&create()).unwrap();
+        assert_eq!(c1.seq, 1);
+        assert_eq!(c1.updates.len(), 1);
+        let vol = Change::VolCreate {
+            dg: "dg1".into(),
+            volume: "v1".into(),
+            size_bytes: 8 << 20,
+            layout: VolumeLayout::Mirror { mirrors: 2 },
+        };
+        let c2 = c1.validate_and_apply(&vol).unwrap();
+        assert_eq!(c2.seq, 2);
+        assert_eq!(SharedConfig::decode(&c2.encode()).unwrap(), c2);
+        let bytes = SharedConfig::encode_change(&vol);
+        assert_eq!(SharedConfig::decode_change(&bytes).unwrap(), vol);
+        assert!(c2.validate_and_apply(&create()).is_err());
+        assert_eq!(c2.shared_disks(), vec!["d1".to_string(), "d2".to_string()]);
+        assert!(SharedConfig::decode(b"{").is_err());
+    }
+
+    #[test]
+    fn private_changes_are_refused() {
+        let mut c = create();
+        if let Change::DgCreate { shared, .. } = &mut c {
+            *shared = false;
+        }
+        assert!(SharedConfig::default().validate_and_apply(&c).is_err());
+    }
+
+    #[test]
+    fn disk_txn_round_trips() {
+        let t = crate::core::TxnId { view: 9, n: 4 };
+        assert_eq!(core_txn(disk_txn(t)), t);
+    }
+}

@@ -1,0 +1,186 @@
+//! The cluster transport: one outgoing Cap'n Proto connection per peer, over which
+//! this node calls `Peer.deliver` for every protocol message, in order.
+//!
+//! Each peer has a thread with a bounded queue ([`PEER_QUEUE_DEPTH`]). While a peer is
+//! unreachable its queued messages are dropped (as a lost network would), and the
+//! thread reconnects with a backoff from [`BACKOFF_MIN`] to [`BACKOFF_MAX`]. An
+//! established connection that breaks is reported once as `ConnectionLost`.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::rc::Rc;
+use std::sync::mpsc::SyncSender;
+use std::time::Duration;
+
+use capnp_rpc::{rpc_twoparty_capnp, twoparty, RpcSystem};
+use futures::AsyncReadExt;
+use plexd_proto::cluster_capnp::peer;
+use smol::{Async, LocalExecutor};
+
+use super::Input;
+use crate::core::{Message, NodeId};
+
+/// Messages queued for one peer before new ones are dropped.
+pub const PEER_QUEUE_DEPTH: usize = 1024;
+/// First reconnect delay.
+pub const BACKOFF_MIN: Duration = Duration::from_millis(50);
+/// Longest reconnect delay.
+pub const BACKOFF_MAX: Duration = Duration::from_millis(1000);
+/// How long a connect attempt waits.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long one `deliver` call may take before the connection is declared broken.
+pub const DELIVER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The outgoing side of the transport.
+pub struct Transport {
+    me: NodeId,
+    peers: BTreeMap<NodeId, smol::channel::Sender<Vec<u8>>>,
+}
+
+impl Transport {
+    /// Starts a sender thread for every peer in `peers` (id, address).
+    pub fn start(
+        me: NodeId,
+        incarnation: u64,
+        peers: Vec<(NodeId, String)>,
+        inputs: SyncSender<Input>,
+    ) -> Transport {
+        let mut map = BTreeMap::new();
+        for (id, address) in peers {
+            let (tx, rx) = smol::channel::bounded(PEER_QUEUE_DEPTH);
+            let inputs = inputs.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("peer-{id}"))
+                .spawn(move || peer_thread(me, incarnation, id, address, rx, inputs));
+            match spawned {
+                Ok(_) => {
+                    map.insert(id, tx);
+                }
+                Err(e) => log::error!("transport: cannot start the thread for node {id}: {e}"),
+            }
+        }
+        Transport { me, peers: map }
+    }
+
+    /// Queues `msg` for `to`; drops it (logged) when the queue is full.
+    pub fn send(&self, to: NodeId, msg: &Message) {
+        let Some(tx) = self.peers.get(&to) else {
+            log::warn!("transport: node {}: no peer {to}", self.me);
+            return;
+        };
+        if let Err(smol::channel::TrySendError::Full(_)) = tx.try_send(msg.encode()) {
+            log::warn!(
+                "transport: queue to node {to} full ({PEER_QUEUE_DEPTH}); dropped {}",
+                msg.kind()
+            );
+        }
+    }
+}
+
+fn resolve(address: &str) -> Option<SocketAddr> {
+    address.to_socket_addrs().ok()?.next()
+}
+
+fn peer_thread(
+    me: NodeId,
+    incarnation: u64,
+    peer: NodeId,
+    address: String,
+    rx: smol::channel::Receiver<Vec<u8>>,
+    inputs: SyncSender<Input>,
+) {
+    let mut backoff = BACKOFF_MIN;
+    let mut logged_down = false;
+    loop {
+        if rx.is_closed() {
+            return;
+        }
+        let stream = resolve(&address)
+            .ok_or_else(|| "cannot resolve".to_string())
+            .and_then(|a| {
+                TcpStream::connect_timeout(&a, CONNECT_TIMEOUT).map_err(|e| e.to_string())
+            });
+        let stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                if !logged_down {
+                    log::info!("transport: node {peer} ({address}) unreachable: {e}; retrying");
+                    logged_down = true;
+                }
+                while rx.try_recv().is_ok() {}
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        logged_down = false;
+        backoff = BACKOFF_MIN;
+        log::info!("transport: connected to node {peer} ({address})");
+        let delivered = run_connection(me, incarnation, stream, &rx);
+        if rx.is_closed() {
+            return;
+        }
+        if delivered {
+            log::warn!("transport: connection to node {peer} ({address}) lost");
+            if inputs.send(Input::ConnectionLost { peer }).is_err() {
+                return;
+            }
+        }
+        std::thread::sleep(backoff);
+    }
+}
+
+/// Delivers queued messages until the connection breaks; returns whether it ever
+/// delivered one (an established connection).
+fn run_connection(
+    me: NodeId,
+    incarnation: u64,
+    stream: TcpStream,
+    rx: &smol::channel::Receiver<Vec<u8>>,
+) -> bool {
+    let Ok(stream) = Async::new(stream) else {
+        return false;
+    };
+    let ex = Rc::new(LocalExecutor::new());
+    let (reader, writer) = stream.split();
+    let network = twoparty::VatNetwork::new(
+        futures::io::BufReader::new(reader),
+        futures::io::BufWriter::new(writer),
+        rpc_twoparty_capnp::Side::Client,
+        Default::default(),
+    );
+    let mut rpc = RpcSystem::new(Box::new(network), None);
+    let client: peer::Client = rpc.bootstrap(rpc_twoparty_capnp::Side::Server);
+    let mut delivered = false;
+    let sender = async {
+        loop {
+            let Ok(bytes) = rx.recv().await else {
+                return;
+            };
+            let mut req = client.deliver_request();
+            req.get().set_from(me);
+            req.get().set_incarnation(incarnation);
+            req.get().set_message(&bytes);
+            let call = async { req.send().promise.await.map(|_| ()) };
+            let timeout = async {
+                smol::Timer::after(DELIVER_TIMEOUT).await;
+                Err(capnp::Error::failed("deliver timed out".into()))
+            };
+            match smol::future::or(call, timeout).await {
+                Ok(()) => delivered = true,
+                Err(e) => {
+                    log::debug!("transport: deliver failed: {e}");
+                    return;
+                }
+            }
+        }
+    };
+    let conn = async {
+        if let Err(e) = rpc.await {
+            log::debug!("transport: rpc ended: {e}");
+        }
+    };
+    smol::block_on(ex.run(smol::future::or(sender, conn)));
+    delivered
+}
