@@ -315,7 +315,7 @@ fn run(args: &Args) -> Result<bool, String> {
             if Instant::now() >= end {
                 break;
             }
-            let l = if i % 2 == 0 { &alt } else { &base };
+            let l = if i.is_multiple_of(2) { &alt } else { &base };
             match t.prepare(VOLUME_NAME, l, Duration::from_secs(5)) {
                 Ok(d) => {
                     if let Err(e) = t.commit(VOLUME_NAME) {
