@@ -218,6 +218,29 @@ fn bad_requests_get_typed_errors_naming_the_object() {
     assert_eq!(e.code(), Some(ErrorCode::NotFound), "{e}");
     assert!(e.to_string().contains("bdev ghost"), "{e}");
 
+    // Malformed requests are refused as data, never a crash.
+    let mut empty = k.get_volume("v0").unwrap().1;
+    empty.name = "v1".into();
+    empty.plexes.clear();
+    let e = k.create_volume(&empty).unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::Invalid), "{e}");
+    assert!(e.to_string().starts_with("volume v1: "), "{e}");
+    let e = k.create_bdev(&BdevRequest::null("n0", 0)).unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::Invalid), "{e}");
+    let mut odd = BdevRequest::malloc("m9", MIB);
+    odd.block_size = Some(1000);
+    let e = k.create_bdev(&odd).unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::Invalid), "{e}");
+    assert!(e.to_string().contains("bdev m9"), "{e}");
+    let e = k.read("v0", 0, 2 << 20).unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::Invalid), "{e}");
+    let e = k
+        .io("v0", plexd_target::bdev::IoKind::Read, 0, 512, &[], 9)
+        .unwrap_err();
+    assert!(e.to_string().contains("no reactor 9"), "{e}");
+    // A misaligned I/O is an I/O result (EINVAL), not an API error.
+    assert_eq!(k.read("v0", 100, 512).unwrap().status, libc::EINVAL);
+
     // The target is still serving and unchanged.
     assert_eq!(k.list_volumes().unwrap()[0].state, "ENABLED");
 }
