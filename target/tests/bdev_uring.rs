@@ -254,7 +254,7 @@ fn more_ios_than_channel_slots_wait_their_turn_and_all_complete() {
     let h = &t.reactors().handles()[0];
     let n = (CHANNEL_SLOTS + CHANNEL_SLOTS / 2) as u64;
     assert!(n * 4096 <= FILE_BYTES);
-    let req = |i: u64, r: IoReq| if i % 3 == 0 { r } else { r.heap() };
+    let req = |i: u64, r: IoReq| if i.is_multiple_of(3) { r } else { r.heap() };
     let mut writes: Vec<IoReq> = (0..n)
         .map(|i| req(i, IoReq::write(i * 4096, pattern(1000 + i, 4096))))
         .collect();
