@@ -427,8 +427,8 @@ impl<M: ConfigModel> Node<M> {
             "view ids only grow"
         );
         self.max_view_seen = self.max_view_seen.max(view.id);
-        self.suspected.retain(|s| view.contains(*s));
         let mut restarted = Vec::new();
+        let mut alive = Vec::new();
         for (m, inc) in view.members.iter().zip(&view.incarnations) {
             if let Some(p) = self.peers.get_mut(m) {
                 if p.last_heard_ms.is_none() {
@@ -438,16 +438,21 @@ impl<M: ConfigModel> Node<M> {
                     // Restarted since the view was made, or gone.
                     Some(i) if i > *inc => restarted.push(*m),
                     Some(i) if i == *inc && p.gone => restarted.push(*m),
-                    Some(i) if i == *inc => {}
+                    // Alive in the start the view has: a suspicion this node
+                    // holds was about an older start.
+                    Some(i) if i == *inc => alive.push(*m),
                     // The master knows a newer start than this node does.
                     _ => {
                         p.incarnation = Some(*inc);
                         p.gone = false;
                         p.last_heard_ms = Some(now_ms);
+                        alive.push(*m);
                     }
                 }
             }
         }
+        self.suspected
+            .retain(|s| view.contains(*s) && !alive.contains(s));
         self.view = Some(view.clone());
         self.out.push(Action::ViewChanged { view });
         for m in restarted {
@@ -858,8 +863,8 @@ impl<M: ConfigModel> Node<M> {
         self.view = None;
         self.master = None;
         self.suspected.clear();
-        if let Some(m) = old_master {
-            self.resolve_forwards(m);
+        if old_master.is_some() {
+            self.forwards_outcome_unknown();
         }
         let line = format!(
             "node {}: left the cluster: {reason}",

@@ -26,6 +26,10 @@ pub const MAX_PENDING_FORWARDS: usize = 64;
 /// Longest failure reason kept per node, in bytes.
 pub const MAX_REASON_BYTES: usize = 512;
 
+/// Text in an error whose change may or may not have been applied (the node that
+/// forwarded it left the cluster before the answer came).
+pub const OUTCOME_UNKNOWN: &str = "outcome unknown";
+
 /// Every failpoint the core emits, in protocol order.
 pub const FAILPOINTS: [&str; 9] = [
     "txn.after_validate",

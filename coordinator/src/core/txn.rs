@@ -276,6 +276,23 @@ impl<M: ConfigModel> Node<M> {
         }
     }
 
+    /// This node left the cluster: the master may still commit what it forwarded,
+    /// so the answer says the outcome is unknown (it contains [`OUTCOME_UNKNOWN`]).
+    pub(super) fn forwards_outcome_unknown(&mut self) {
+        let forwards = std::mem::take(&mut self.forwards);
+        for (request, f) in forwards {
+            let result = if f.committed {
+                Ok(())
+            } else {
+                Err(format!(
+                    "node {}: left the cluster while the change was in progress; {OUTCOME_UNKNOWN} (check the configuration)",
+                    self.me_name()
+                ))
+            };
+            self.reply(request, result);
+        }
+    }
+
     /// Master shutting down: every queued request (not started, so not applied)
     /// gets an error.
     pub(super) fn refuse_queued_requests(&mut self) {

@@ -18,7 +18,7 @@ pub use toy::{ToyChange, ToyConfig, ToyGroup};
 
 use crate::core::{
     Action, DiskRecord, Event, Message, Node, NodeConfig, NodeId, NodeInfo, RequestId, Role, TxnId,
-    View,
+    View, OUTCOME_UNKNOWN,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -799,10 +799,14 @@ impl Sim {
                         )),
                         Some(p) => {
                             if let Some(tag) = p.tag {
-                                if result.is_ok() {
-                                    self.acked.insert(tag);
-                                } else {
-                                    self.failed.insert(tag);
+                                match &result {
+                                    Ok(()) => {
+                                        self.acked.insert(tag);
+                                    }
+                                    Err(e) if e.contains(OUTCOME_UNKNOWN) => {}
+                                    Err(_) => {
+                                        self.failed.insert(tag);
+                                    }
                                 }
                             }
                             let _ = p.inc;
