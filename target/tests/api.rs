@@ -317,7 +317,7 @@ fn a_draining_prepare_does_not_stall_other_connections() {
     let t = start("api-drain");
     let k = t.client().unwrap();
     mirrored(&k);
-    k.inject_error("e1", Injection::LatencyUs(1_500_000))
+    k.inject_error("e1", Injection::LatencyUs(2_000_000))
         .unwrap();
 
     std::thread::scope(|s| {
@@ -343,14 +343,22 @@ fn a_draining_prepare_does_not_stall_other_connections() {
         // While that drain waits for the slow write, other calls are answered.
         let other = t.client().unwrap();
         let started = Instant::now();
-        while !quiescer.is_finished() && started.elapsed() < Duration::from_millis(500) {
+        let mut answered_while_draining = 0;
+        while !quiescer.is_finished() && started.elapsed() < Duration::from_millis(800) {
             let t0 = Instant::now();
             other.list_bdevs().unwrap();
             assert!(
-                t0.elapsed() < Duration::from_millis(500),
+                t0.elapsed() < Duration::from_millis(1000),
                 "listBdevs stalled"
             );
+            if !quiescer.is_finished() {
+                answered_while_draining += 1;
+            }
         }
+        assert!(
+            answered_while_draining > 0,
+            "the quiesce did not wait for the write"
+        );
         assert_eq!(writer.join().unwrap(), 0);
         quiescer.join().unwrap().unwrap();
     });
