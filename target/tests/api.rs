@@ -403,6 +403,15 @@ fn socket_is_exclusive_stale_files_are_replaced_and_sigterm_stops_cleanly() {
     assert!(!sock.exists());
     assert!(t.stdout().contains("serving on"), "{}", t.stdout());
 
+    // Nobody serves now: a bounded connect gives up with a connect error.
+    let e = KernelClient::connect_timeout(&sock, Duration::from_millis(100))
+        .err()
+        .unwrap();
+    assert!(
+        matches!(e, plexd_target::api::ClientError::Connect { .. }),
+        "{e}"
+    );
+
     // A stale socket file (nobody listening) is replaced.
     drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
     assert!(sock.exists());
@@ -413,8 +422,7 @@ fn socket_is_exclusive_stale_files_are_replaced_and_sigterm_stops_cleanly() {
         sock.clone(),
     )
     .unwrap();
-    third.wait_ready(Duration::from_secs(30)).unwrap();
-    let k = third.client().unwrap();
+    let k = KernelClient::connect_timeout(&sock, Duration::from_secs(30)).unwrap();
     assert_eq!(k.info().unwrap().reactors, 1);
     drop(k);
     let st = third

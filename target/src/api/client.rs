@@ -37,6 +37,8 @@ use crate::volume::{PlexState, VolumeInfo, VolumeSpec};
 
 /// How long a call waits for its answer by default (a prepare adds its drain timeout).
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause between two connection attempts of [`KernelClient::connect_timeout`].
+const CONNECT_RETRY_INTERVAL: Duration = Duration::from_millis(20);
 /// Calls queued for the connection thread before callers wait.
 const JOB_QUEUE_DEPTH: usize = 256;
 
@@ -212,6 +214,22 @@ impl KernelClient {
             thread: Some(thread),
             call_timeout: DEFAULT_CALL_TIMEOUT,
         })
+    }
+
+    /// Connects to `path`, retrying while the socket is absent or refuses (a target
+    /// that is still starting), for at most `timeout`.
+    pub fn connect_timeout(
+        path: impl AsRef<Path>,
+        timeout: Duration,
+    ) -> Result<KernelClient, ClientError> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            match KernelClient::connect(path.as_ref()) {
+                Ok(c) => return Ok(c),
+                Err(e) if std::time::Instant::now() >= deadline => return Err(e),
+                Err(_) => std::thread::sleep(CONNECT_RETRY_INTERVAL),
+            }
+        }
     }
 
     /// The socket path.
@@ -626,3 +644,9 @@ fn run_connection(
         }
     }));
 }
+
+// The client is shared between threads (the coordinator's driver, tests).
+const _: fn() = || {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<KernelClient>();
+};
