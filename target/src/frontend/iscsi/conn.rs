@@ -1540,7 +1540,9 @@ impl Conn {
             (Op::Write { fua: true, .. }, 1) => {
                 self.submit(st, key, IoKind::Flush, 0, 0, IoBuf::empty());
             }
-            (Op::Verify { lba, blocks, .. }, 0) | (Op::CompareAndWrite { lba, blocks }, 0) => {
+            (Op::Verify { lba, blocks, .. }, 0)
+            | (Op::CompareAndWrite { lba, blocks }, 0)
+            | (Op::OrWrite { lba, blocks }, 0) => {
                 t.aux = vec![0u8; (blocks * bs) as usize];
                 // SAFETY: the Vec's heap memory lives in the task, untouched until
                 // the read completes (the task outlives its in-flight I/O).
@@ -1567,6 +1569,15 @@ impl Conn {
                     t.err = Some(s);
                 }
                 self.complete(st, key);
+            }
+            (Op::OrWrite { lba, blocks }, 1) => {
+                let data = t.buf.as_ref().map(|b| b.bytes()).unwrap_or(&[]);
+                for (a, d) in t.aux.iter_mut().zip(data) {
+                    *a |= *d;
+                }
+                // SAFETY: as for the read: the Vec lives in the task until completion.
+                let io = unsafe { IoBuf::from_raw(t.aux.as_mut_ptr(), t.aux.len()) };
+                self.submit(st, key, IoKind::Write, lba, blocks as u64, io);
             }
             (Op::CompareAndWrite { lba, blocks }, 1) => {
                 let n = (blocks * bs) as usize;

@@ -147,6 +147,13 @@ pub enum Op {
         /// BYTCHK field.
         bytchk: u8,
     },
+    /// ORWRITE: read, OR the data-out into it, write the result.
+    OrWrite {
+        /// First block.
+        lba: u64,
+        /// Block count (nonzero).
+        blocks: u32,
+    },
     /// COMPARE AND WRITE: data-out is `blocks` to compare then `blocks` to write.
     CompareAndWrite {
         /// First block.
@@ -212,6 +219,7 @@ impl Op {
                 _ => 0,
             },
             Op::CompareAndWrite { blocks, .. } => 2 * blocks * bs,
+            Op::OrWrite { blocks, .. } => blocks * bs,
             Op::WriteSame { ndob, .. } => {
                 if ndob {
                     0
@@ -243,8 +251,8 @@ fn trunc(mut v: Vec<u8>, alloc: usize) -> Vec<u8> {
 pub fn access_of(cdb: &[u8]) -> Access {
     match cdb[0] {
         0x08 | 0x28 | 0xa8 | 0x88 | 0x2f | 0xaf | 0x8f | 0x34 | 0x90 => Access::Read,
-        0x0a | 0x2a | 0xaa | 0x8a | 0x2e | 0xae | 0x8e | 0x89 | 0x41 | 0x93 | 0x42 | 0x35
-        | 0x91 | 0x15 | 0x55 | 0x1a | 0x5a | 0x1b | 0x1e | 0x04 => Access::Write,
+        0x0a | 0x2a | 0xaa | 0x8a | 0x2e | 0xae | 0x8e | 0x89 | 0x8b | 0x9c | 0x41 | 0x93
+        | 0x42 | 0x35 | 0x91 | 0x15 | 0x55 | 0x1a | 0x5a | 0x1b | 0x1e | 0x04 => Access::Write,
         0x9e if cdb[1] & 0x1f == 0x12 => Access::Read,
         _ => Access::Any,
     }
@@ -387,6 +395,22 @@ static COMMANDS: &[CmdDesc] = &[
         None,
         &[
             0x89, 0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0xff, 0x1f, 0x07,
+        ],
+    ),
+    c(
+        0x8b,
+        None,
+        &[
+            0x8b, 0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            0x1f, 0x07,
+        ],
+    ),
+    c(
+        0x9c,
+        None,
+        &[
+            0x9c, 0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0xff, 0xff, 0x1f,
+            0x07,
         ],
     ),
     c(
@@ -567,6 +591,8 @@ fn rw_fields(cdb: &[u8]) -> (u64, u32, usize) {
             (be32(cdb, 2) as u64, be16(cdb, 7) as u32, 10)
         }
         0xa8 | 0xaa | 0xae | 0xaf => (be32(cdb, 2) as u64, be32(cdb, 6), 12),
+        // WRITE ATOMIC(16): a two-byte transfer length after the atomic boundary.
+        0x9c => (be64(cdb, 2), be16(cdb, 12) as u32, 16),
         _ => (be64(cdb, 2), be32(cdb, 10), 16),
     }
 }
@@ -611,10 +637,14 @@ fn decode_lun(
             }
             Ok(Op::Read { lba, blocks })
         }
-        // WRITE 6/10/12/16 and WRITE AND VERIFY 10/12/16
-        0x0a | 0x2a | 0xaa | 0x8a | 0x2e | 0xae | 0x8e => {
+        // WRITE 6/10/12/16, WRITE AND VERIFY 10/12/16, WRITE ATOMIC(16), ORWRITE(16)
+        0x0a | 0x2a | 0xaa | 0x8a | 0x2e | 0xae | 0x8e | 0x9c | 0x8b => {
             let (lba, blocks, len) = rw_fields(cdb);
             control_ok(cdb, len)?;
+            if opcode == 0x9c && be16(cdb, 10) != 0 {
+                // No atomic boundaries (MAXIMUM ATOMIC BOUNDARY SIZE is 0).
+                return Err(sense::INVALID_FIELD_IN_CDB);
+            }
             if len > 6 && cdb[1] & 0xe0 != 0 {
                 return Err(sense::INVALID_FIELD_IN_CDB); // WRPROTECT without protection
             }
@@ -627,6 +657,9 @@ fn decode_lun(
                 return good();
             }
             let fua = len > 6 && cdb[1] & 0x08 != 0;
+            if opcode == 0x8b {
+                return Ok(Op::OrWrite { lba, blocks });
+            }
             Ok(Op::Write { lba, blocks, fua })
         }
         // VERIFY 10/12/16
@@ -749,6 +782,10 @@ fn decode_lun(
                     put32(&mut b, 8, bs);
                     // LBPME (thin provisioning: UNMAP supported) and LBPRZ (reads
                     // after unmap return zeroes).
+                    // LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT stays 0: libiscsi
+                    // 1.19's GetLBAStatus.UnmapSingle expects descriptors to start
+                    // at the next physical block when it is above 0, which SBC-3
+                    // does not allow (see docs/ISCSI.md).
                     b[14] = 0x80 | 0x40;
                     Ok(Op::Done(Response::good(trunc(b, alloc))))
                 }
@@ -983,8 +1020,12 @@ fn inquiry(cdb: &[u8; 16], lun: Option<&LunInfo>) -> Response {
             put32(&mut b, 12, info.max_xfer_blocks());
             put32(&mut b, 20, MAX_UNMAP_BLOCKS);
             put32(&mut b, 24, MAX_UNMAP_DESCRIPTORS);
-            put32(&mut b, 28, 1);
+            put32(&mut b, 28, 1); // optimal unmap granularity
             put64(&mut b, 36, info.max_xfer_blocks() as u64);
+            // Atomic writes: any aligned length up to the largest transfer.
+            put32(&mut b, 44, info.max_xfer_blocks());
+            put32(&mut b, 48, 1);
+            put32(&mut b, 52, 1);
         }
         0xb1 => {
             b.resize(64, 0);
@@ -1220,7 +1261,7 @@ fn report_opcodes(cdb: &[u8; 16]) -> Result<Response, Sense> {
             if (opts == 1 && has_sa)
                 || (opts == 2 && !has_sa && COMMANDS.iter().any(|d| d.opcode == req_op))
             {
-                return Err(sense::INVALID_FIELD_IN_CDB);
+                return Err(sense::INVALID_FIELD_IN_CDB.at_cdb_byte(2));
             }
             let found = COMMANDS
                 .iter()
@@ -1238,7 +1279,7 @@ fn report_opcodes(cdb: &[u8; 16]) -> Result<Response, Sense> {
                 None => b[1] = 0x01,
             }
         }
-        _ => return Err(sense::INVALID_FIELD_IN_CDB),
+        _ => return Err(sense::INVALID_FIELD_IN_CDB.at_cdb_byte(2)),
     }
     Ok(Response::good(trunc(b, alloc)))
 }
@@ -1493,7 +1534,7 @@ mod tests {
         assert_eq!(one[4], 0x28);
         assert_eq!(
             check_of(run(&[0xa3, 0x0c, 1, 0x9e, 0, 0x10, 0, 0, 0xff, 0xff, 0, 0])),
-            sense::INVALID_FIELD_IN_CDB
+            sense::INVALID_FIELD_IN_CDB.at_cdb_byte(2)
         );
         let sa = data_of(run(&[0xa3, 0x0c, 2, 0x9e, 0, 0x10, 0, 0, 0xff, 0xff, 0, 0]));
         assert_eq!(sa[1] & 7, 3);

@@ -47,6 +47,8 @@ pub struct Sense {
     pub ascq: u8,
     /// INFORMATION (e.g. the offset of a miscompare).
     pub info: Option<u32>,
+    /// Sense-key specific field pointer: the CDB byte in error.
+    pub field: Option<u16>,
 }
 
 impl Sense {
@@ -57,6 +59,15 @@ impl Sense {
             asc,
             ascq,
             info: None,
+            field: None,
+        }
+    }
+
+    /// The same sense pointing at CDB byte `byte` (SKSV, C/D set).
+    pub const fn at_cdb_byte(self, byte: u16) -> Sense {
+        Sense {
+            field: Some(byte),
+            ..self
         }
     }
 
@@ -72,6 +83,10 @@ impl Sense {
         b[7] = 10;
         b[12] = self.asc;
         b[13] = self.ascq;
+        if let Some(f) = self.field {
+            b[15] = 0x80 | 0x40;
+            b[16..18].copy_from_slice(&f.to_be_bytes());
+        }
         b
     }
 }
