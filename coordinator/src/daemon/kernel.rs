@@ -1,9 +1,10 @@
 //! The kernel adapter: turns disk group configurations into the data plane's bdevs and
 //! volumes through [`KernelClient`].
 //!
-//! Names in the target: a disk is a `uring` bdev `DG.DISK` on the disk's path (the
-//! whole device; subdisk offsets are device offsets, past the private region); a
-//! volume is `DG.VOL`. Plex states map ACTIVE→ACTIVE, STALE→STALE, SYNCING→SYNCING,
+//! Names in the target: a disk is a `uring` bdev `DG.DISK.dev` on the disk's path
+//! (the whole device; subdisk offsets are device offsets, past the private region),
+//! wrapped by an `error` bdev `DG.DISK` that volumes use (a pass-through until a
+//! fault is injected, which is how tests fail a plex); a volume is `DG.VOL`. Plex states map ACTIVE→ACTIVE, STALE→STALE, SYNCING→SYNCING,
 //! EMPTY→DETACHED.
 //!
 //! A transaction's kernel phase ([`Kernel::prepare`]) creates the bdevs of new disks,
@@ -30,6 +31,11 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// The target's name of disk `disk` of disk group `dg`.
 pub fn disk_bdev(dg: &str, disk: &str) -> String {
     format!("{dg}.{disk}")
+}
+
+/// The target's name of the raw device under disk bdev `bdev`.
+pub fn raw_bdev(bdev: &str) -> String {
+    format!("{bdev}.dev")
 }
 
 /// The target's name of volume `volume` of disk group `dg`.
@@ -187,9 +193,15 @@ impl Kernel {
 
     fn ensure_disks(&self, desired: &Desired, bdevs: &BTreeSet<String>) -> Result<(), String> {
         for (name, path) in &desired.disks {
+            let raw = raw_bdev(name);
+            if !bdevs.contains(&raw) {
+                self.client
+                    .create_bdev(&BdevRequest::uring(&raw, path))
+                    .map_err(|e| format!("disk {name} ({path}): {e}"))?;
+            }
             if !bdevs.contains(name) {
                 self.client
-                    .create_bdev(&BdevRequest::uring(name, path))
+                    .create_bdev(&BdevRequest::error(name, &raw))
                     .map_err(|e| format!("disk {name} ({path}): {e}"))?;
             }
         }
@@ -309,11 +321,19 @@ impl Kernel {
         let Ok((bdevs, _)) = self.existing() else {
             return;
         };
-        for b in bdevs {
-            if b.contains('.') && !desired.disks.contains_key(&b) {
-                if let Err(e) = self.client.delete_bdev(&b) {
-                    log::warn!("data plane: disk bdev {b}: delete: {e}");
-                }
+        let wanted = |b: &str| {
+            desired.disks.contains_key(b)
+                || b.strip_suffix(".dev")
+                    .is_some_and(|d| desired.disks.contains_key(d))
+        };
+        // Wrappers first, then the raw devices under them.
+        let (raw, wrappers): (Vec<String>, Vec<String>) = bdevs
+            .into_iter()
+            .filter(|b| b.contains('.') && !wanted(b))
+            .partition(|b| b.ends_with(".dev"));
+        for b in wrappers.into_iter().chain(raw) {
+            if let Err(e) = self.client.delete_bdev(&b) {
+                log::warn!("data plane: disk bdev {b}: delete: {e}");
             }
         }
     }

@@ -166,7 +166,13 @@ pub fn run(opts: Options) -> Result<(), String> {
         .filter(|n| n.id != me.id)
         .map(|n| (n.id, n.address.clone()))
         .collect();
-    let transport = transport::Transport::start(me.id, inc, peers, tx.clone());
+    let transport = transport::Transport::start(
+        me.id,
+        inc,
+        peers,
+        Duration::from_millis(file.cluster.heartbeat_interval_ms),
+        tx.clone(),
+    );
     let files = file.disk_files();
     let (_, private_groups, _) = disks::discover(&files, &file.cluster.id, &me.name);
     let private = ClusterConfig {
@@ -364,6 +370,7 @@ impl Daemon {
     fn on_input(&mut self, input: Input) {
         match input {
             Input::Peer { from, msg } => {
+                self.transport.kick(from);
                 if let Message::JoinOffer { config, .. } = &msg {
                     self.offered = SharedConfig::decode(config).ok();
                 }

@@ -9,8 +9,10 @@
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::SyncSender;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use capnp_rpc::{rpc_twoparty_capnp, twoparty, RpcSystem};
 use futures::AsyncReadExt;
@@ -24,8 +26,11 @@ use crate::core::{Message, NodeId};
 pub const PEER_QUEUE_DEPTH: usize = 1024;
 /// First reconnect delay.
 pub const BACKOFF_MIN: Duration = Duration::from_millis(50);
-/// Longest reconnect delay.
+/// Longest reconnect delay (also capped at the heartbeat interval, so a restarted
+/// peer hears this node before its form wait ends).
 pub const BACKOFF_MAX: Duration = Duration::from_millis(1000);
+/// Granularity of a backoff sleep: how soon a kick is noticed.
+const KICK_POLL: Duration = Duration::from_millis(5);
 /// How long a connect attempt waits.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long one `deliver` call may take before the connection is declared broken.
@@ -34,27 +39,39 @@ pub const DELIVER_TIMEOUT: Duration = Duration::from_secs(5);
 /// The outgoing side of the transport.
 pub struct Transport {
     me: NodeId,
-    peers: BTreeMap<NodeId, smol::channel::Sender<Vec<u8>>>,
+    peers: BTreeMap<NodeId, PeerHandle>,
+}
+
+struct PeerHandle {
+    tx: smol::channel::Sender<Vec<u8>>,
+    kick: Arc<AtomicBool>,
 }
 
 impl Transport {
-    /// Starts a sender thread for every peer in `peers` (id, address).
+    /// Starts a sender thread for every peer in `peers` (id, address); reconnects
+    /// back off up to `max_backoff` (at most [`BACKOFF_MAX`]).
     pub fn start(
         me: NodeId,
         incarnation: u64,
         peers: Vec<(NodeId, String)>,
+        max_backoff: Duration,
         inputs: SyncSender<Input>,
     ) -> Transport {
+        let max_backoff = max_backoff.clamp(BACKOFF_MIN, BACKOFF_MAX);
         let mut map = BTreeMap::new();
         for (id, address) in peers {
             let (tx, rx) = smol::channel::bounded(PEER_QUEUE_DEPTH);
             let inputs = inputs.clone();
+            let kick = Arc::new(AtomicBool::new(false));
+            let k2 = Arc::clone(&kick);
             let spawned = std::thread::Builder::new()
                 .name(format!("peer-{id}"))
-                .spawn(move || peer_thread(me, incarnation, id, address, rx, inputs));
+                .spawn(move || {
+                    peer_thread(me, incarnation, id, address, rx, inputs, max_backoff, k2)
+                });
             match spawned {
                 Ok(_) => {
-                    map.insert(id, tx);
+                    map.insert(id, PeerHandle { tx, kick });
                 }
                 Err(e) => log::error!("transport: cannot start the thread for node {id}: {e}"),
             }
@@ -62,13 +79,20 @@ impl Transport {
         Transport { me, peers: map }
     }
 
+    /// A message came in from `peer`: if its connection is backing off, retry now.
+    pub fn kick(&self, peer: NodeId) {
+        if let Some(p) = self.peers.get(&peer) {
+            p.kick.store(true, Ordering::Relaxed);
+        }
+    }
+
     /// Queues `msg` for `to`; drops it (logged) when the queue is full.
     pub fn send(&self, to: NodeId, msg: &Message) {
-        let Some(tx) = self.peers.get(&to) else {
+        let Some(p) = self.peers.get(&to) else {
             log::warn!("transport: node {}: no peer {to}", self.me);
             return;
         };
-        if let Err(smol::channel::TrySendError::Full(_)) = tx.try_send(msg.encode()) {
+        if let Err(smol::channel::TrySendError::Full(_)) = p.tx.try_send(msg.encode()) {
             log::warn!(
                 "transport: queue to node {to} full ({PEER_QUEUE_DEPTH}); dropped {}",
                 msg.kind()
@@ -81,6 +105,18 @@ fn resolve(address: &str) -> Option<SocketAddr> {
     address.to_socket_addrs().ok()?.next()
 }
 
+/// Sleeps `d`, or less if kicked.
+fn backoff_sleep(d: Duration, kick: &AtomicBool) {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        if kick.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        std::thread::sleep(KICK_POLL.min(end.saturating_duration_since(Instant::now())));
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn peer_thread(
     me: NodeId,
     incarnation: u64,
@@ -88,6 +124,8 @@ fn peer_thread(
     address: String,
     rx: smol::channel::Receiver<Vec<u8>>,
     inputs: SyncSender<Input>,
+    max_backoff: Duration,
+    kick: Arc<AtomicBool>,
 ) {
     let mut backoff = BACKOFF_MIN;
     let mut logged_down = false;
@@ -108,8 +146,8 @@ fn peer_thread(
                     logged_down = true;
                 }
                 while rx.try_recv().is_ok() {}
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                backoff_sleep(backoff, &kick);
+                backoff = (backoff * 2).min(max_backoff);
                 continue;
             }
         };
@@ -127,7 +165,7 @@ fn peer_thread(
                 return;
             }
         }
-        std::thread::sleep(backoff);
+        backoff_sleep(backoff, &kick);
     }
 }
 
