@@ -204,6 +204,8 @@ impl<M: ConfigModel> Node<M> {
             Message::JoinAbandon { join, reason } => {
                 self.master_on_join_abandon(now_ms, from, join, reason)
             }
+            Message::TakeoverQuery => self.on_takeover_query(from),
+            Message::TakeoverInfo { view } => self.on_takeover_info(from, view),
             Message::View {
                 view,
                 config_seq,
@@ -237,8 +239,14 @@ impl<M: ConfigModel> Node<M> {
                 self.suspected.insert(peer);
                 self.maybe_take_over();
             }
-            State::TakingOver { .. } if in_view => {
-                self.suspected.insert(peer);
+            State::TakingOver { ref mut step } => {
+                if let TakeoverStep::Collecting { awaiting, .. } = step {
+                    awaiting.remove(&peer);
+                }
+                if in_view {
+                    self.suspected.insert(peer);
+                }
+                self.maybe_finish_collecting();
             }
             State::Joining { master, .. } if master == peer => {
                 log::info!(
@@ -253,7 +261,9 @@ impl<M: ConfigModel> Node<M> {
 
     /// A slave whose master is gone takes over if it is the designated successor.
     fn maybe_take_over(&mut self) {
-        let Some(view) = &self.view else { return };
+        let Some(view) = self.view.clone() else {
+            return;
+        };
         if !self.suspected.contains(&view.master) {
             return;
         }
@@ -266,6 +276,116 @@ impl<M: ConfigModel> Node<M> {
             self.name(view.master)
         );
         self.log(log::Level::Warn, line);
+        // A master that died in the middle of sending a view may have left some
+        // nodes with a newer view than this one: ask every live node first.
+        let newest = view;
+        let awaiting: BTreeSet<NodeId> = self
+            .peers
+            .iter()
+            .filter(|(id, p)| !p.gone && p.last_heard_ms.is_some() && !self.suspected.contains(id))
+            .map(|(&id, _)| id)
+            .collect();
+        for &p in &awaiting {
+            self.send(p, Message::TakeoverQuery);
+        }
+        self.state = State::TakingOver {
+            step: TakeoverStep::Collecting {
+                awaiting,
+                newest,
+                outsiders: BTreeSet::new(),
+            },
+        };
+        self.maybe_finish_collecting();
+    }
+
+    fn on_takeover_query(&mut self, from: NodeId) {
+        let view = match self.state {
+            State::Member | State::TakingOver { .. } => self.view.clone(),
+            _ => None,
+        };
+        self.send(from, Message::TakeoverInfo { view });
+    }
+
+    fn on_takeover_info(&mut self, from: NodeId, view: Option<View>) {
+        let State::TakingOver {
+            step:
+                TakeoverStep::Collecting {
+                    awaiting,
+                    newest,
+                    outsiders,
+                },
+        } = &mut self.state
+        else {
+            return;
+        };
+        if !awaiting.remove(&from) {
+            return;
+        }
+        match view {
+            None => {
+                outsiders.insert(from);
+            }
+            Some(v) if v.is_well_formed() && v.id > newest.id => *newest = v,
+            Some(_) => {}
+        }
+        self.maybe_finish_collecting();
+    }
+
+    /// Takeover, step 0: every live node answered. Base the takeover on the newest
+    /// view; go on only if this node is its designated successor.
+    fn maybe_finish_collecting(&mut self) {
+        let State::TakingOver {
+            step: TakeoverStep::Collecting { awaiting, .. },
+        } = &self.state
+        else {
+            return;
+        };
+        if !awaiting.is_empty() {
+            return;
+        }
+        let State::TakingOver {
+            step: TakeoverStep::Collecting {
+                newest, outsiders, ..
+            },
+        } = std::mem::replace(&mut self.state, State::Member)
+        else {
+            unreachable!()
+        };
+        let me = self.cfg.me;
+        let Some(mine) = self.view.clone() else {
+            unreachable!("taking over without a view")
+        };
+        self.max_view_seen = self.max_view_seen.max(newest.id);
+        let master_alive = self
+            .peers
+            .get(&newest.master)
+            .is_some_and(|p| !p.gone && !self.suspected.contains(&newest.master));
+        if newest.id > mine.id && (master_alive || !newest.contains(me)) {
+            log::info!(
+                "node {me}: view {} of master {} is newer; not taking over",
+                newest.id,
+                newest.master
+            );
+            return;
+        }
+        self.suspected.insert(newest.master);
+        self.suspected.extend(outsiders);
+        self.suspected.retain(|&s| s != me);
+        let gone: Vec<NodeId> = newest
+            .members
+            .iter()
+            .copied()
+            .filter(|m| self.peers.get(m).is_some_and(|p| p.gone))
+            .collect();
+        self.suspected.extend(gone);
+        if newest.successor(&self.suspected) != Some(me) {
+            log::info!(
+                "node {me}: not the designated successor in view {}; waiting for it",
+                newest.id
+            );
+            return;
+        }
+        self.view = Some(newest);
         self.state = State::TakingOver {
             step: TakeoverStep::ReadingDisks,
         };

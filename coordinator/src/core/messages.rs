@@ -202,6 +202,13 @@ pub enum Message {
         /// Why, e.g. `cannot find disk d1 on node c`.
         reason: String,
     },
+    /// Designated successor → every live node: which view do you hold?
+    TakeoverQuery,
+    /// Answer to `TakeoverQuery`: the sender's installed view, none if not a member.
+    TakeoverInfo {
+        /// The view.
+        view: Option<View>,
+    },
     /// Master → members: install this view.
     View {
         /// The new view.
@@ -279,6 +286,8 @@ impl Message {
             Message::JoinOffer { .. } => "JoinOffer",
             Message::JoinReady { .. } => "JoinReady",
             Message::JoinAbandon { .. } => "JoinAbandon",
+            Message::TakeoverQuery => "TakeoverQuery",
+            Message::TakeoverInfo { .. } => "TakeoverInfo",
             Message::View { .. } => "View",
         }
     }

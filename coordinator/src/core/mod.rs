@@ -336,6 +336,12 @@ enum JoinStep<M> {
 
 #[derive(Clone, Debug)]
 enum TakeoverStep {
+    /// Asking every live node for its view: the newest one is the base.
+    Collecting {
+        awaiting: BTreeSet<NodeId>,
+        newest: View,
+        outsiders: BTreeSet<NodeId>,
+    },
     ReadingDisks,
     WritingDisks,
 }

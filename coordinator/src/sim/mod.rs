@@ -169,6 +169,9 @@ pub struct SimNode {
     pub kernel: Kernel,
     /// Crash when the core reaches this failpoint.
     pub armed: Option<&'static str>,
+    /// Crash after this many more messages sent (in the middle of an action list,
+    /// as a kill -9 between two socket writes).
+    pub crash_after_sends: Option<u32>,
     /// Private disk groups on this node (its local checks refuse shared ones of the same name).
     pub private_dgs: BTreeSet<String>,
     /// The node cannot open the shared disks (its joins fail).
@@ -224,6 +227,7 @@ impl Sim {
                 core: None,
                 kernel: Kernel::default(),
                 armed: None,
+                crash_after_sends: None,
                 private_dgs: BTreeSet::new(),
                 disk_access_broken: false,
                 next_request: 0,
@@ -417,6 +421,7 @@ impl Sim {
         n.inc += 1;
         n.kernel = Kernel::default();
         n.armed = None;
+        n.crash_after_sends = None;
         n.held.clear();
         let dead: Vec<(NodeId, RequestId)> = self
             .pending
@@ -449,6 +454,11 @@ impl Sim {
     /// Crashes node `id` when its core reaches failpoint `name`.
     pub fn arm_failpoint(&mut self, id: NodeId, name: &'static str) {
         self.node_mut(id).armed = Some(name);
+    }
+
+    /// Crashes node `id` after it has sent `sends` more messages.
+    pub fn arm_crash_after_sends(&mut self, id: NodeId, sends: u32) {
+        self.node_mut(id).crash_after_sends = Some(sends);
     }
 
     /// Gives node `id` a private disk group called `name`.
@@ -772,6 +782,15 @@ impl Sim {
             }
             match action {
                 Action::Send { to, msg } => {
+                    if let Some(k) = self.node(id).crash_after_sends {
+                        if k == 0 {
+                            self.coverage.failpoint_crashes += 1;
+                            self.note(format!("{name} crashes between two sends"));
+                            self.crash(id);
+                            return;
+                        }
+                        self.node_mut(id).crash_after_sends = Some(k - 1);
+                    }
                     if self.is_up(to) {
                         let inc = self.node(to).inc;
                         let at = self.channel_time(id, to, self.now_ms);

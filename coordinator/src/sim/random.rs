@@ -44,6 +44,7 @@ pub fn run_seed(seed: u64, steps: u64) -> Result<RunStats, String> {
 fn run(seed: u64, steps: u64, trace: bool) -> Result<RunStats, String> {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
     let nodes = rng.gen_range(3..=5);
+    let mid_batch_crashes = std::env::var("PLEXD_SIM_MID_BATCH").is_ok();
     let mut cfg = SimConfig::new(nodes, seed);
     cfg.trace = trace;
     cfg.kernel_refuse_percent = 2;
@@ -65,7 +66,7 @@ fn run(seed: u64, steps: u64, trace: bool) -> Result<RunStats, String> {
         )
     };
     for step in 0..steps {
-        inject(&mut sim, &mut rng, &mut stats);
+        inject(&mut sim, &mut rng, &mut stats, mid_batch_crashes);
         sim.run_for(10);
         if let Some(v) = sim.violation() {
             return Err(fail(&sim, step, v));
@@ -74,6 +75,7 @@ fn run(seed: u64, steps: u64, trace: bool) -> Result<RunStats, String> {
     // Quiet period: no new faults, every node back up with working disks.
     for id in 1..=nodes {
         sim.node_mut(id).armed = None;
+        sim.node_mut(id).crash_after_sends = None;
         sim.set_disk_access_broken(id, false);
         if !sim.is_up(id) {
             sim.start(id);
@@ -114,7 +116,7 @@ fn run(seed: u64, steps: u64, trace: bool) -> Result<RunStats, String> {
     Ok(stats)
 }
 
-fn inject(sim: &mut Sim, rng: &mut StdRng, stats: &mut RunStats) {
+fn inject(sim: &mut Sim, rng: &mut StdRng, stats: &mut RunStats, mid_batch_crashes: bool) {
     let ids = sim.ids();
     let up: Vec<NodeId> = ids.iter().copied().filter(|&id| sim.is_up(id)).collect();
     let down: Vec<NodeId> = ids.iter().copied().filter(|&id| !sim.is_up(id)).collect();
@@ -156,6 +158,10 @@ fn inject(sim: &mut Sim, rng: &mut StdRng, stats: &mut RunStats) {
         let id = up[rng.gen_range(0..up.len())];
         let fp = FAILPOINTS[rng.gen_range(0..FAILPOINTS.len())];
         sim.arm_failpoint(id, fp);
+    }
+    if mid_batch_crashes && !up.is_empty() && rng.gen_bool(0.01) {
+        let id = up[rng.gen_range(0..up.len())];
+        sim.arm_crash_after_sends(id, rng.gen_range(0..6));
     }
     if !down.is_empty() && rng.gen_bool(0.04) {
         let id = down[rng.gen_range(0..down.len())];
