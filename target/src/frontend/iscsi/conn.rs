@@ -1600,7 +1600,9 @@ impl Conn {
             ) => {
                 let data = t.buf.as_ref().map(|b| &b.bytes()[..bs as usize]);
                 let zero = ndob || data.is_some_and(|d| d.iter().all(|&x| x == 0));
-                if zero {
+                // With UNMAP the blocks are deallocated whatever the data (they
+                // then read as zeroes, LBPRZ=1), as initiators expect.
+                if zero || unmap {
                     let kind = if unmap {
                         IoKind::Unmap
                     } else {

@@ -729,10 +729,15 @@ fn decode_lun(
                 return Err(sense::INVALID_FIELD_IN_CDB);
             }
             wp(info)?;
-            if blocks == 0 {
-                // WSNZ=1 in the Block Limits page.
-                return Err(sense::INVALID_FIELD_IN_CDB);
-            }
+            // WSNZ=0: zero blocks means up to the end of the medium.
+            let blocks = if blocks == 0 {
+                if lba >= info.num_blocks {
+                    return Err(sense::LBA_OUT_OF_RANGE);
+                }
+                u32::try_from(info.num_blocks - lba).unwrap_or(u32::MAX)
+            } else {
+                blocks
+            };
             // One limit for every form (the Block Limits page reports one).
             let max = info.max_xfer_blocks();
             range_ok(info, lba, blocks as u64)?;
@@ -1013,7 +1018,7 @@ fn inquiry(cdb: &[u8; 16], lun: Option<&LunInfo>) -> Response {
         }
         0xb0 => {
             b.resize(64, 0);
-            b[4] = 0x01; // WSNZ
+            b[4] = 0x00; // WSNZ=0: WRITE SAME with zero blocks runs to the end
             b[5] = info.max_caw_blocks() as u8;
             put16(&mut b, 6, 1);
             put32(&mut b, 8, info.max_xfer_blocks());
@@ -1483,9 +1488,24 @@ mod tests {
             }
         );
         assert_eq!(op.data_out_len(512), 512);
+        // Zero blocks runs to the end (this LUN is exactly the largest transfer).
         assert_eq!(
-            check_of(run(&[0x41, 0, 0, 0, 0, 0, 0, 0, 0, 0])),
-            sense::INVALID_FIELD_IN_CDB
+            run(&[0x41, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            Op::WriteSame {
+                lba: 0,
+                blocks: 2048,
+                unmap: false,
+                ndob: false
+            }
+        );
+        assert_eq!(
+            run(&[0x41, 0, 0, 0, 0x07, 0xf0, 0, 0, 0, 0]),
+            Op::WriteSame {
+                lba: 2032,
+                blocks: 16,
+                unmap: false,
+                ndob: false
+            }
         );
         let mut c = [0u8; 16];
         c[0] = 0x89;
