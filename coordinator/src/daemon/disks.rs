@@ -133,11 +133,20 @@ pub fn read_shared(
             }));
         }
     }
-    // Unknown to this node: newer than anything it has (a full restart, or a commit it
-    // missed). The cluster-wide seq is not stored on the disks; the sum of the groups'
-    // seqs is larger than any seq the node knows only if the content is new.
+    // Not a configuration this node has held. Newer (a commit this node missed, or a
+    // full restart) when written by a later transaction than any it knows: its
+    // cluster-wide seq (not stored on the disks) is then above every seq known here.
+    // Older otherwise: seq 0, so the core keeps (and rewrites) its own.
+    let newest_known = known.iter().map(|(t, _)| *t).max().unwrap_or_default();
     let floor = known.iter().map(|(_, k)| k.seq).max().unwrap_or(0);
-    let seq = groups.iter().map(|g| g.seq).sum::<u64>().max(floor + 1);
+    let seq = if txn > newest_known || floor == 0 {
+        groups.iter().map(|g| g.seq).sum::<u64>().max(floor + 1)
+    } else {
+        log::warn!(
+            "the disks hold an older configuration (transaction {txn}) than this node's (transaction {newest_known})"
+        );
+        0
+    };
     Ok(Some(DiskRecord {
         txn,
         config: SharedConfig {

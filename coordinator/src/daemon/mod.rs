@@ -45,6 +45,8 @@ use model::SharedConfig;
 pub const INPUT_QUEUE_DEPTH: usize = 4096;
 /// How long `plexd` waits for its target's socket at start.
 pub const TARGET_WAIT: Duration = Duration::from_secs(10);
+/// Configurations remembered to recognise the disks' content.
+pub const HISTORY_LEN: usize = 64;
 /// Exit status of a failpoint exit (as a process killed by SIGKILL reports).
 pub const FAILPOINT_EXIT_STATUS: i32 = 137;
 
@@ -211,6 +213,7 @@ pub fn run(opts: Options) -> Result<(), String> {
         staged: None,
         committed_txn: TxnId::default(),
         offered: None,
+        history: std::collections::VecDeque::new(),
         tasks: resync::Tasks::default(),
         tx: tx.clone(),
         stopping: false,
@@ -331,6 +334,9 @@ struct Daemon {
     staged: Option<(TxnId, SharedConfig)>,
     committed_txn: TxnId,
     offered: Option<SharedConfig>,
+    /// Configurations this node has held, newest last (at most [`HISTORY_LEN`]): a
+    /// configuration read from the disks is recognised by them.
+    history: std::collections::VecDeque<(TxnId, SharedConfig)>,
     tasks: resync::Tasks,
     tx: SyncSender<Input>,
     stopping: bool,
@@ -457,7 +463,24 @@ impl Daemon {
                     queue.push_back(next);
                 }
             }
+            self.remember_config();
         }
+    }
+
+    fn remember_config(&mut self) {
+        let txn = self.node.config_txn();
+        let config = self.node.config();
+        if self
+            .history
+            .back()
+            .is_some_and(|(t, c)| *t == txn && c == config)
+        {
+            return;
+        }
+        if self.history.len() >= HISTORY_LEN {
+            self.history.pop_front();
+        }
+        self.history.push_back((txn, config.clone()));
     }
 
     fn desired_with(&self, shared: &SharedConfig) -> Desired {
@@ -541,7 +564,8 @@ impl Daemon {
                 })
             }
             Action::ReadDisks => {
-                let mut known = vec![(self.node.config_txn(), self.node.config().clone())];
+                let mut known: Vec<(TxnId, SharedConfig)> = self.history.iter().cloned().collect();
+                known.push((self.node.config_txn(), self.node.config().clone()));
                 if let Some(s) = &self.staged {
                     known.push(s.clone());
                 }
