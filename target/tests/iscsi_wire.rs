@@ -60,6 +60,8 @@ fn config(chap: Option<ChapConfig>, pr_dir: Option<std::path::PathBuf>) -> Iscsi
 /// A minimal initiator: one connection, one command at a time.
 struct Ini {
     s: TcpStream,
+    /// Distinct per connection: the same ISID would reinstate (close) the older session.
+    isid: [u8; 6],
     dig: Digests,
     cmdsn: u32,
     itt: u32,
@@ -81,8 +83,11 @@ impl Ini {
         let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
         s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
         s.set_nodelay(true).unwrap();
+        static NEXT_ISID: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(1);
+        let n = NEXT_ISID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ini {
             s,
+            isid: [0x80, 0, 0, 0x12, 0x34, n],
             dig: Digests::default(),
             cmdsn: 1,
             itt: 1,
@@ -115,7 +120,7 @@ impl Ini {
     fn login_step(&mut self, flags: u8, text: &str) -> Reply {
         let mut b = Bhs::new(op::LOGIN_REQ, flags);
         b.byte(0, 0x40 | op::LOGIN_REQ);
-        b.0[8..14].copy_from_slice(&[0x80, 0, 0, 0x12, 0x34, 0x56]);
+        b.0[8..14].copy_from_slice(&self.isid);
         b.u32_at(16, self.itt).u32_at(24, self.cmdsn);
         self.send(&b, text.as_bytes());
         self.recv().unwrap()
@@ -219,6 +224,15 @@ impl Ini {
                         data,
                         sense_key,
                     };
+                }
+                op::NOP_IN => {
+                    // A keep-alive ping from the target: answer it.
+                    let mut a = Bhs::new(op::NOP_OUT, 0x80);
+                    a.byte(0, 0x40 | op::NOP_OUT)
+                        .u32_at(16, RESERVED_TAG)
+                        .u32_at(20, pdu::be32(&r.bhs, 20))
+                        .u32_at(24, self.cmdsn);
+                    self.send(&a, &[]);
                 }
                 other => panic!("unexpected opcode {other:#x}"),
             }
@@ -349,6 +363,7 @@ fn chap_one_way_accepts_the_secret_and_refuses_others() {
 
 #[test]
 fn persistent_reservations_survive_a_restart() {
+    const HOLDER_ISID: [u8; 6] = [0x80, 0, 0, 0xaa, 0xbb, 0xcc];
     let dir = plexd_target::testutil::TempPath::new("iscsi-pr");
     std::fs::create_dir_all(&dir.0).unwrap();
     let t = start_target(16 << 20);
@@ -370,6 +385,7 @@ fn persistent_reservations_survive_a_restart() {
     {
         let fe = IscsiFrontend::start(&t, &config(None, Some(dir.0.clone()))).unwrap();
         let mut ini = Ini::connect(fe.portal().port());
+        ini.isid = HOLDER_ISID;
         assert_eq!(ini.login(false), 0);
         assert_eq!(prout(&mut ini, 0, 0, 0, 0xabcd), 0, "REGISTER");
         assert_eq!(
@@ -380,7 +396,18 @@ fn persistent_reservations_survive_a_restart() {
         ini.logout();
     }
     let fe = IscsiFrontend::start(&t, &config(None, Some(dir.0.clone()))).unwrap();
+    // Another initiator port is not the holder: its writes conflict, reads pass.
+    let mut other = Ini::connect(fe.portal().port());
+    assert_eq!(other.login(false), 0);
+    assert_eq!(
+        other.write10(0, &[7u8; BS]).status,
+        0x18,
+        "RESERVATION CONFLICT"
+    );
+    assert_eq!(other.read10(0, 1).status, 0);
+    other.logout();
     let mut ini = Ini::connect(fe.portal().port());
+    ini.isid = HOLDER_ISID;
     assert_eq!(ini.login(false), 0);
     let keys = read_keys(&mut ini);
     assert_eq!(&keys[4..8], &[0, 0, 0, 8], "one key registered");
@@ -518,4 +545,36 @@ fn a_mirror_with_a_failing_plex_keeps_data_intact() {
     .unwrap();
     assert!(out[0].data == b, "the surviving plex holds the data");
     ini.logout();
+}
+
+#[test]
+fn silent_initiators_get_a_nop_in_and_are_closed_when_they_do_not_answer() {
+    let t = start_target(16 << 20);
+    let mut cfg = config(None, None);
+    cfg.nop_in_interval_s = Some(1);
+    cfg.nop_in_timeout_s = Some(1);
+    let fe = IscsiFrontend::start(&t, &cfg).unwrap();
+    // One initiator answers the ping and stays; the other stays silent.
+    let mut good = Ini::connect(fe.portal().port());
+    assert_eq!(good.login(false), 0);
+    let mut silent = Ini::connect(fe.portal().port());
+    assert_eq!(silent.login(false), 0);
+    let ping = good.recv().unwrap();
+    assert_eq!(pdu::opcode(&ping.bhs), op::NOP_IN);
+    assert_eq!(pdu::be32(&ping.bhs, 16), RESERVED_TAG, "a target ping");
+    let mut answer = Bhs::new(op::NOP_OUT, 0x80);
+    answer
+        .byte(0, 0x40 | op::NOP_OUT)
+        .u32_at(16, RESERVED_TAG)
+        .u32_at(20, pdu::be32(&ping.bhs, 20))
+        .u32_at(24, good.cmdsn);
+    good.send(&answer, &[]);
+    let p = silent.recv().unwrap();
+    assert_eq!(pdu::opcode(&p.bhs), op::NOP_IN);
+    assert!(
+        silent.closed_by_target(),
+        "no answer: the connection is closed"
+    );
+    // The answering initiator still works.
+    assert_eq!(good.read10(0, 1).status, 0);
 }
