@@ -7,6 +7,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use plexd_target::bdev::error::{ErrorBdev, FailOn};
 use plexd_target::bdev::malloc::MallocBdev;
 use plexd_target::frontend::iscsi::{IscsiConfig, IscsiFrontend, LunConfig, TargetNodeConfig};
 use plexd_target::reactor::ReactorConfig;
@@ -76,6 +77,12 @@ struct Fixture {
 
 impl Fixture {
     fn start(size_bytes: u64) -> Fixture {
+        Fixture::start_with(size_bytes, false)
+    }
+
+    /// With `mirror`, the LUN is a two-way mirror whose second plex sits on an
+    /// error bdev that fails every write from the start.
+    fn start_with(size_bytes: u64, mirror: bool) -> Fixture {
         let _ = env_logger::builder().is_test(true).try_init();
         let target = Target::start(&TargetConfig {
             reactors: ReactorConfig {
@@ -90,20 +97,31 @@ impl Fixture {
             .unwrap();
         // The LUN is a volume (a concat plex over the malloc bdev), as exported in
         // production.
+        let plex = |name: &str, bdev: &str| PlexSpec {
+            name: name.into(),
+            kind: PlexKind::Concat,
+            columns: vec![vec![SubdiskSpec {
+                bdev: bdev.into(),
+                offset_bytes: 0,
+                len_bytes: size_bytes,
+            }]],
+            state: PlexState::Active,
+        };
+        let mut plexes = vec![plex("vol0-01", "m0")];
+        if mirror {
+            target
+                .add_bdev(MallocBdev::new("m1", size_bytes, 512).unwrap())
+                .unwrap();
+            let e1 = ErrorBdev::new("e1", target.bdev("m1").unwrap());
+            e1.injection().fail(FailOn::Writes, 5, None);
+            target.add_bdev(e1).unwrap();
+            plexes.push(plex("vol0-02", "e1"));
+        }
         target
             .create_volume(&VolumeSpec {
                 name: "vol0".into(),
                 size_bytes,
-                plexes: vec![PlexSpec {
-                    name: "vol0-01".into(),
-                    kind: PlexKind::Concat,
-                    columns: vec![vec![SubdiskSpec {
-                        bdev: "m0".into(),
-                        offset_bytes: 0,
-                        len_bytes: size_bytes,
-                    }]],
-                    state: PlexState::Active,
-                }],
+                plexes,
                 read_policy: Default::default(),
             })
             .unwrap();
@@ -298,5 +316,31 @@ fn libiscsi_conformance_suite_passes() {
             elapsed < Duration::from_secs(300),
             "the suite took {elapsed:?}"
         );
+    }
+}
+
+#[test]
+fn data_survives_a_mirror_with_a_failing_plex_under_libiscsi() {
+    // Suites that write patterns and read them back (COMPARE AND WRITE compares
+    // the medium against what was written, ORWRITE and WRITE SAME read back).
+    let f = Fixture::start_with(64 << 20, true);
+    let url = f.url();
+    for suite in [
+        "ALL.CompareAndWrite",
+        "ALL.OrWrite",
+        "ALL.WriteSame10",
+        "ALL.Write16",
+    ] {
+        let o = run(
+            Command::new("iscsi-test-cu")
+                .args(["-d", "-t", suite])
+                .arg(&url),
+            Duration::from_secs(120),
+        );
+        let t = text(&o);
+        let s = parse_cu(&t);
+        assert!(s.total > 0, "{suite}: no summary:\n{t}");
+        assert_eq!(s.failed, 0, "{suite} through the degraded mirror:\n{t}");
+        assert!(s.passed > 0, "{suite}: nothing ran: {s:?}");
     }
 }
