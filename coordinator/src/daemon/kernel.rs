@@ -158,15 +158,35 @@ impl Kernel {
                     client
                         .set_detach_policy(DetachPolicy::External)
                         .map_err(|e| format!("cannot set the detach policy: {e}"))?;
-                    return Ok(Kernel {
+                    let k = Kernel {
                         client,
                         staged: None,
-                    });
+                    };
+                    k.drop_leftover_prepares()?;
+                    return Ok(k);
                 }
                 Err(e) if std::time::Instant::now() >= deadline => return Err(e.to_string()),
                 Err(_) => std::thread::sleep(Duration::from_millis(100)),
             }
         }
+    }
+
+    /// A previous coordinator that died in a kernel phase left volumes quiesced with a
+    /// staged layout: drop those (resuming their I/O); the cluster's configuration is
+    /// loaded after the join.
+    fn drop_leftover_prepares(&self) -> Result<(), String> {
+        for v in self.client.list_volumes().map_err(err)? {
+            if v.staged || v.state == "QUIESCED" {
+                log::warn!(
+                    "data plane: volume {} has a staged layout left by a previous plexd; aborting it",
+                    v.name
+                );
+                if let Err(e) = self.client.abort(&v.name) {
+                    log::error!("data plane: volume {}: abort: {e}", v.name);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The client, for I/O (resync) and event subscriptions.
