@@ -578,3 +578,26 @@ fn silent_initiators_get_a_nop_in_and_are_closed_when_they_do_not_answer() {
     // The answering initiator still works.
     assert_eq!(good.read10(0, 1).status, 0);
 }
+
+#[test]
+fn portals_are_added_and_removed_at_run_time() {
+    let t = start_target(16 << 20);
+    let mut fe = IscsiFrontend::start(&t, &config(None, None)).unwrap();
+    let second = fe.add_portal("127.0.0.1:0").unwrap();
+    assert_ne!(second, fe.portal());
+    let mut ini = Ini::connect(second.port());
+    assert_eq!(ini.login(false), 0);
+    fe.remove_portal(second).unwrap();
+    // The established session stays; new connections are refused.
+    assert_eq!(ini.read10(0, 1).status, 0);
+    let deadline = std::time::Instant::now() + IO_TIMEOUT;
+    while TcpStream::connect(second).is_ok() {
+        assert!(std::time::Instant::now() < deadline, "portal still accepts");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        fe.remove_portal(second).is_err(),
+        "removing twice is an error"
+    );
+    ini.logout();
+}

@@ -290,6 +290,36 @@ impl IscsiFrontend {
         *self.shared.portal.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Listens on one more portal (`address:port`, port 0 picks one); returns the
+    /// bound address. Every portal serves every target.
+    pub fn add_portal(&mut self, addr: &str) -> Result<SocketAddr, TargetError> {
+        let a: SocketAddr = addr
+            .parse()
+            .map_err(|e| TargetError::invalid(format!("iscsi portal {addr}"), format!("{e}")))?;
+        let bound = portal::start(&self.target, &self.shared, a)?;
+        log::info!("iscsi: portal {bound} listening");
+        Ok(bound)
+    }
+
+    /// Stops listening on a portal (established connections stay).
+    pub fn remove_portal(&mut self, addr: SocketAddr) -> Result<(), TargetError> {
+        let fid = self.shared.id;
+        let found = self.target.reactors().handles()[0]
+            .call_blocking(move |r| portal::stop(r, fid, addr))
+            .map_err(|e| TargetError::Timeout {
+                object: format!("iscsi portal {addr}"),
+                reason: e.to_string(),
+            })?;
+        if !found {
+            return Err(TargetError::NotFound {
+                kind: "iscsi portal",
+                name: addr.to_string(),
+            });
+        }
+        log::info!("iscsi: portal {addr} removed");
+        Ok(())
+    }
+
     fn build_lun(&self, iqn: &str, l: &LunConfig) -> Result<Arc<LunRt>, TargetError> {
         let bdev = self.target.bdev(&l.bdev)?;
         if l.lun >= 16384 {

@@ -19,6 +19,7 @@ const ACCEPT_BATCH: usize = 64;
 
 pub(crate) struct Listener {
     pub(crate) fid: u64,
+    pub(crate) addr: SocketAddr,
     sock: TcpListener,
     reactor: Rc<Reactor>,
     shared: Arc<Shared>,
@@ -103,6 +104,25 @@ impl UringDone for Listener {
     }
 }
 
+/// Stops the listener of frontend `fid` bound to `addr` (runs on reactor 0).
+pub(crate) fn stop(r: &Rc<Reactor>, fid: u64, addr: SocketAddr) -> bool {
+    let reg = r.local::<Registry>();
+    let found: Vec<Rc<Listener>> = reg
+        .listeners
+        .borrow()
+        .iter()
+        .filter(|l| l.fid == fid && l.addr == addr)
+        .cloned()
+        .collect();
+    reg.listeners
+        .borrow_mut()
+        .retain(|l| !(l.fid == fid && l.addr == addr));
+    for l in &found {
+        l.close();
+    }
+    !found.is_empty()
+}
+
 /// Binds `addr` and starts accepting on reactor 0; returns the bound address.
 pub(crate) fn start(
     target: &Arc<Target>,
@@ -128,6 +148,7 @@ pub(crate) fn start(
             let fid = shared.id;
             let l = Rc::new_cyclic(|me| Listener {
                 fid,
+                addr: bound,
                 sock,
                 reactor: Rc::clone(r),
                 shared,
