@@ -150,7 +150,7 @@ pub(crate) struct VolumeChannel {
     held: RefCell<Vec<usize>>,
     reported: Cell<u32>,
     rr: Cell<usize>,
-    stats: Cell<VolumeStats>,
+    stats: RefCell<VolumeStats>,
     /// I/Os accepted so far (drives latency sampling).
     submitted: Cell<u64>,
     /// True while `submit` runs: completions must then be queued, not delivered.
@@ -186,7 +186,7 @@ impl VolumeChannel {
             held: RefCell::new(Vec::new()),
             reported: Cell::new(0),
             rr: Cell::new(0),
-            stats: Cell::new(VolumeStats::default()),
+            stats: RefCell::new(VolumeStats::default()),
             submitted: Cell::new(0),
             in_submit: Cell::new(false),
         });
@@ -202,7 +202,7 @@ impl VolumeChannel {
     }
 
     pub(crate) fn stats(&self) -> VolumeStats {
-        self.stats.get()
+        *self.stats.borrow()
     }
 
     pub(crate) fn inflight(&self) -> u32 {
@@ -455,9 +455,7 @@ impl VolumeChannel {
                     self.shared.name,
                     l.layout.plexes.get(p).map(|x| &*x.name).unwrap_or("?")
                 );
-                let mut s = self.stats.get();
-                s.read_retries += 1;
-                self.stats.set(s);
+                self.stats.borrow_mut().read_retries += 1;
                 self.start(slot);
             }
             return;
@@ -562,7 +560,7 @@ impl VolumeChannel {
 
     fn complete(&self, slot: usize, status: IoStatus) {
         let v = self.ios.borrow_mut().remove(slot);
-        let mut s = self.stats.get();
+        let mut s = self.stats.borrow_mut();
         match v.io.kind {
             IoKind::Read => {
                 s.read_ops += 1;
@@ -583,7 +581,7 @@ impl VolumeChannel {
             s.latency_ns_total += lat * LATENCY_SAMPLE_EVERY;
             s.latency_ns_max = s.latency_ns_max.max(lat);
         }
-        self.stats.set(s);
+        drop(s);
         if self.in_submit.get() {
             // Never complete inside submit: the submitter may not expect re-entry.
             self.reactor.complete(v.io.cb, status);
