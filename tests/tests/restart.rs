@@ -1,0 +1,55 @@
+//! Restarts: a coordinator alone (I/O goes on), and every process at once (the disks
+//! bring back the last committed configuration).
+
+use std::time::Duration;
+
+use plexd_tests::data::IoLoop;
+use plexd_tests::{Cluster, ClusterOpts, Pattern};
+
+#[test]
+fn restarting_a_coordinator_alone_never_interrupts_io() {
+    let mut c = Cluster::start(3, ClusterOpts::default());
+    c.shared_mirror(0, "dg1", "vol1", "32M");
+    let region = Pattern {
+        bdev: "dg1.vol1".into(),
+        offset_bytes: 8 << 20,
+        len_bytes: 256 << 10,
+        seed: 1_000_000,
+    };
+    let io = IoLoop::start(c.nodes[1].target_socket.clone(), region).unwrap();
+    let wait = Duration::from_secs(20);
+    io.wait_more_rounds(3, wait);
+    c.kill_coordinator(1);
+    io.wait_more_rounds(10, wait); // I/O goes on with b's plexd dead
+    c.restart_coordinator(1, None); // b resynchronises and rejoins
+    io.wait_more_rounds(3, wait);
+    let seen = io.stop();
+    assert_eq!(
+        seen.error_count, 0,
+        "I/O failed while the coordinator restarted: {:?}",
+        seen.errors
+    );
+    c.record_pattern(seen.last.expect("the loop wrote"));
+    c.ctl_ok(1, "vol create dg1 vol2 16M --layout concat");
+    c.check_invariants();
+}
+
+#[test]
+fn kill_9_of_every_process_then_restart_brings_back_exactly_the_last_committed_configuration() {
+    let mut c = Cluster::start(3, ClusterOpts::default());
+    c.shared_mirror(0, "dg1", "vol1", "32M");
+    c.ctl_ok(1, "vol create dg1 vol2 16M --layout concat");
+    c.ctl_ok(2, "vol grow dg1 vol1 48M");
+    c.write_pattern(2, "dg1", "vol1", 40 << 20, 1 << 20);
+    c.ctl_ok(0, "dg create dg2 d2 d3 --shared");
+    c.ctl_ok(0, "vol create dg2 vol3 16M --layout stripe --columns 2");
+    c.write_pattern(1, "dg2", "vol3", 0, 2 << 20);
+    c.check_invariants();
+    let before = c.agreed_print();
+
+    c.kill_all();
+    c.restart_all();
+    assert_eq!(c.master(), 0, "a, started first, forms the new cluster");
+    assert_eq!(c.agreed_print(), before);
+    c.check_invariants();
+}

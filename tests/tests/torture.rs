@@ -1,0 +1,343 @@
+//! A bounded randomised torture test: random changes on random nodes, coordinators
+//! killed at random failpoints or by `kill -9`, whole nodes killed, restarts, and the
+//! invariants after every step. Prints its seed; `PLEXD_TORTURE_SEED=<seed>`
+//! reproduces a run, `PLEXD_TORTURE_STEPS` / `PLEXD_TORTURE_SECS` change its bounds.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+
+use plexd_tests::{group, volume, Cluster, ClusterOpts};
+
+/// Default bounds: whichever comes first.
+const DEFAULT_STEPS: u64 = 200;
+const DEFAULT_SECS: u64 = 60;
+/// Most volumes kept at once (disk space is 6 x 256 MiB).
+const MAX_VOLUMES: usize = 6;
+
+/// Failpoints of the transaction, each fires on whichever coordinator reaches it.
+const TXN_FAILPOINTS: [&str; 7] = [
+    "txn.after_validate",
+    "txn.after_check",
+    "txn.after_prepare",
+    "txn.before_successor_commit",
+    "txn.after_successor_ack",
+    "txn.after_disk_write",
+    "txn.after_commit_sent",
+];
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|s| s.parse().ok())
+}
+
+/// A change and how to see in a `--json print` that it was applied.
+#[derive(Debug, Clone)]
+enum Change {
+    VolCreate {
+        dg: String,
+        vol: String,
+        size_mib: u64,
+        layout: &'static str,
+    },
+    VolRm {
+        dg: String,
+        vol: String,
+    },
+    VolGrow {
+        dg: String,
+        vol: String,
+        size_mib: u64,
+    },
+    DgCreate {
+        dg: String,
+        disks: Vec<String>,
+    },
+    DgDestroy {
+        dg: String,
+    },
+}
+
+impl Change {
+    fn command(&self) -> String {
+        match self {
+            Change::VolCreate {
+                dg,
+                vol,
+                size_mib,
+                layout,
+            } => format!("vol create {dg} {vol} {size_mib}M {layout}"),
+            Change::VolRm { dg, vol } => format!("vol rm {dg} {vol}"),
+            Change::VolGrow { dg, vol, size_mib } => format!("vol grow {dg} {vol} {size_mib}M"),
+            Change::DgCreate { dg, disks } => {
+                format!("dg create {dg} {} --shared", disks.join(" "))
+            }
+            Change::DgDestroy { dg } => format!("dg destroy {dg}"),
+        }
+    }
+
+    fn applied(&self, print: &Value) -> bool {
+        match self {
+            Change::VolCreate { dg, vol, .. } => volume(print, dg, vol).is_some(),
+            Change::VolRm { dg, vol } => volume(print, dg, vol).is_none(),
+            Change::VolGrow { dg, vol, size_mib } => {
+                volume(print, dg, vol).is_some_and(|v| v["size"].as_u64() == Some(size_mib << 20))
+            }
+            Change::DgCreate { dg, .. } => group(print, dg).is_some(),
+            Change::DgDestroy { dg } => group(print, dg).is_none(),
+        }
+    }
+}
+
+/// Volumes of the shared groups: (dg, vol, size in bytes).
+fn volumes(print: &Value) -> Vec<(String, String, u64)> {
+    let mut out = Vec::new();
+    for g in plexd_tests::cluster::shared_groups(print) {
+        let dg = g["name"].as_str().unwrap_or("?").to_string();
+        for v in g["volumes"].as_array().cloned().unwrap_or_default() {
+            out.push((
+                dg.clone(),
+                v["name"].as_str().unwrap_or("?").to_string(),
+                v["size"].as_u64().unwrap_or(0),
+            ));
+        }
+    }
+    out
+}
+
+/// Disks (by media name) that no shared group of `print` uses.
+fn free_disks(print: &Value, n_disks: usize) -> Vec<String> {
+    let used = print.to_string();
+    (0..n_disks)
+        .map(plexd_tests::disk_name)
+        .filter(|d| !used.contains(&format!("\"{d}\"")))
+        .collect()
+}
+
+fn random_change(rng: &mut StdRng, print: &Value, n_disks: usize, serial: u64) -> Change {
+    let vols = volumes(print);
+    let groups: Vec<String> = plexd_tests::cluster::shared_groups(print)
+        .iter()
+        .filter_map(|g| g["name"].as_str().map(str::to_string))
+        .collect();
+    let removable: Vec<&(String, String, u64)> =
+        vols.iter().filter(|(_, v, _)| v != "vol1").collect();
+    loop {
+        match rng.gen_range(0..10) {
+            0..=3 if vols.len() < MAX_VOLUMES => {
+                let layout = [
+                    "--layout mirror --mirrors 2",
+                    "--layout concat",
+                    "--layout stripe --columns 2",
+                ][rng.gen_range(0..3)];
+                return Change::VolCreate {
+                    dg: groups[rng.gen_range(0..groups.len())].clone(),
+                    vol: format!("v{serial}"),
+                    size_mib: 8 * rng.gen_range(1..=3),
+                    layout,
+                };
+            }
+            4..=5 if !removable.is_empty() => {
+                let (dg, vol, _) = removable[rng.gen_range(0..removable.len())];
+                return Change::VolRm {
+                    dg: dg.clone(),
+                    vol: vol.clone(),
+                };
+            }
+            6..=7 if !vols.is_empty() => {
+                let (dg, vol, size) = &vols[rng.gen_range(0..vols.len())];
+                return Change::VolGrow {
+                    dg: dg.clone(),
+                    vol: vol.clone(),
+                    size_mib: (size >> 20) + 8,
+                };
+            }
+            8 => {
+                let free = free_disks(print, n_disks);
+                if free.len() >= 2 {
+                    return Change::DgCreate {
+                        dg: format!("g{serial}"),
+                        disks: free[..2].to_vec(),
+                    };
+                }
+            }
+            9 => {
+                let empty: Vec<&String> = groups
+                    .iter()
+                    .filter(|g| *g != "dg1" && !vols.iter().any(|(d, _, _)| d == *g))
+                    .collect();
+                if !empty.is_empty() {
+                    return Change::DgDestroy {
+                        dg: empty[rng.gen_range(0..empty.len())].clone(),
+                    };
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Restarts every coordinator that died and every target that was killed. A node
+/// still armed with a failpoint is killed and restarted disarmed too: it may be about
+/// to reach its failpoint after plexctl got its answer, so a kill -9 now keeps each
+/// failpoint's window to one change (and is one more crash to survive).
+fn restart_dead(c: &mut Cluster) -> bool {
+    let mut any = false;
+    for i in 0..c.nodes.len() {
+        if !c.target_running(i) || !c.coordinator_running(i) || c.failpoint(i).is_some() {
+            any = true;
+            c.kill_coordinator(i);
+            c.set_failpoint(i, None);
+            c.restart_node(i);
+        }
+    }
+    any
+}
+
+/// Forgets the patterns of volumes `print` no longer has.
+fn forget_removed(c: &mut Cluster, print: &Value) {
+    let vols = volumes(print);
+    let known: Vec<String> = c.patterns().iter().map(|p| p.bdev.clone()).collect();
+    for bdev in &known {
+        if !vols.iter().any(|(dg, v, _)| format!("{dg}.{v}") == *bdev) {
+            let (dg, v) = bdev.split_once('.').expect("dg.vol");
+            c.forget_volume(dg, v);
+        }
+    }
+}
+
+/// Gives every volume without a pattern one (in its last MiB).
+fn write_patterns(c: &mut Cluster, rng: &mut StdRng, print: &Value) {
+    let vols = volumes(print);
+    let known: Vec<String> = c.patterns().iter().map(|p| p.bdev.clone()).collect();
+    for (dg, v, size) in vols {
+        if !known.contains(&format!("{dg}.{v}")) && size >= 1 << 20 {
+            let node = rng.gen_range(0..c.nodes.len());
+            c.write_pattern(node, &dg, &v, size - (1 << 20), 1 << 20);
+        }
+    }
+}
+
+/// Runs the steps; returns how many completed.
+fn run(
+    c: &mut Cluster,
+    rng: &mut StdRng,
+    step_out: &mut u64,
+    max_steps: u64,
+    budget: Duration,
+) -> u64 {
+    let started = Instant::now();
+    let n_disks = c.disks.len();
+    for step in 0..max_steps {
+        *step_out = step;
+        if started.elapsed() > budget {
+            return step;
+        }
+        let before = c.agreed_print();
+        let change = random_change(rng, &before, n_disks, step);
+        let node = rng.gen_range(0..c.nodes.len());
+        let what = rng.gen_range(0..10);
+        let mut note = String::new();
+        match what {
+            0..=1 => {
+                let victim = rng.gen_range(0..c.nodes.len());
+                let fp = TXN_FAILPOINTS[rng.gen_range(0..TXN_FAILPOINTS.len())];
+                note = format!("node {victim} armed with {fp}; ");
+                c.restart_coordinator(victim, Some(fp));
+            }
+            2 => {
+                let victim = rng.gen_range(0..c.nodes.len());
+                note = format!("kill -9 of plexd {victim}; ");
+                c.kill_coordinator(victim);
+            }
+            3 => {
+                let victim = rng.gen_range(0..c.nodes.len());
+                note = format!("kill -9 of node {victim}; ");
+                c.kill_node(victim);
+            }
+            _ => {}
+        }
+        // A change on a live node (the issuing node is never the one just killed).
+        let live = c.live();
+        let issuer = live[node % live.len()];
+        let out = c.ctl(issuer, &change.command());
+        let code = out.status.code();
+        eprintln!(
+            "torture step {step}: {note}plexctl on {} {} -> {:?} {}",
+            c.nodes[issuer].name,
+            change.command(),
+            code,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        assert!(
+            matches!(code, Some(0) | Some(1)),
+            "step {step}: plexctl {} exited with {code:?}",
+            change.command()
+        );
+        // Whoever died (killed above, or at an armed failpoint) comes back disarmed.
+        let someone_died = restart_dead(c);
+        let after = c.agreed_print();
+        forget_removed(c, &after);
+        c.check_invariants();
+        let applied = change.applied(&after);
+        if !someone_died {
+            assert_eq!(
+                applied,
+                code == Some(0),
+                "step {step}: plexctl said {code:?} but the change is {}applied: {after}",
+                if applied { "" } else { "not " }
+            );
+        }
+        if !applied {
+            assert_eq!(
+                plexd_tests::cluster::shared_groups(&after),
+                plexd_tests::cluster::shared_groups(&before),
+                "step {step}: a change that was not applied changed the configuration"
+            );
+        }
+        write_patterns(c, rng, &after);
+    }
+    max_steps
+}
+
+#[test]
+#[ignore = "waiting for plexd: a coordinator restarted after dying in the kernel phase leaves \
+            its data plane's volume QUIESCED with a staged layout (seeds 1795316311402438788, \
+            1795316484864528643); see failover.rs"]
+fn torture_random_changes_with_kills_at_random_failpoints_keep_the_invariants() {
+    let seed = env_u64("PLEXD_TORTURE_SEED").unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+    });
+    let max_steps = env_u64("PLEXD_TORTURE_STEPS").unwrap_or(DEFAULT_STEPS);
+    let budget = Duration::from_secs(env_u64("PLEXD_TORTURE_SECS").unwrap_or(DEFAULT_SECS));
+    eprintln!(
+        "torture: seed {seed} (PLEXD_TORTURE_SEED={seed} reproduces), at most {max_steps} steps / {} s",
+        budget.as_secs()
+    );
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut c = Cluster::start(3, ClusterOpts::default());
+    c.shared_mirror(0, "dg1", "vol1", "32M");
+    let mut step = 0;
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        run(&mut c, &mut rng, &mut step, max_steps, budget)
+    }));
+    let completed = match r {
+        Ok(n) => n,
+        Err(e) => {
+            let msg = e
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            panic!(
+                "torture failed at step {step}; reproduce with PLEXD_TORTURE_SEED={seed}: {msg}"
+            );
+        }
+    };
+    eprintln!("torture: seed {seed}: {completed} steps passed");
+}
