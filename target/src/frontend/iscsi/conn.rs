@@ -41,6 +41,8 @@ const WBUF_HIGH_BYTES: usize = 4 << 20;
 const READS_PER_EVENT: usize = 16;
 /// How often the keep-alive poller looks at connections.
 const KEEPALIVE_TICK: Duration = Duration::from_secs(1);
+/// Most connections (logged in or not) one reactor serves; more are closed at once.
+pub(crate) const MAX_CONNS_PER_REACTOR: usize = 1024;
 /// Longest a login may take before the connection is closed.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -93,6 +95,13 @@ pub(crate) fn spawn(r: &Rc<Reactor>, shared: Arc<Shared>, stream: TcpStream, pee
         return;
     }
     let reg = r.local::<Registry>();
+    if reg.conns.borrow().len() >= MAX_CONNS_PER_REACTOR {
+        log::warn!(
+            "iscsi: reactor {} already serves {MAX_CONNS_PER_REACTOR} connections; closing the one from {peer}",
+            r.id()
+        );
+        return;
+    }
     if !reg.poller.replace(true) {
         r.add_poller(Rc::new(KeepAlive {
             reactor: Rc::downgrade(r),
@@ -929,7 +938,12 @@ impl Conn {
             return Handled::Close("normal session without a target".into());
         };
         let lun = target.luns.get(&lun_no).cloned();
-        let luns: Vec<u64> = target.luns.keys().copied().collect();
+        // The LUN list is only needed (and only allocated) for REPORT LUNS.
+        let luns: Vec<u64> = if cdb[0] == 0xa0 {
+            target.luns.keys().copied().collect()
+        } else {
+            Vec::new()
+        };
         let wp = lun.as_ref().is_some_and(|l| l.swp.load(Ordering::Relaxed));
         let ua = match &lun {
             Some(l) => {
