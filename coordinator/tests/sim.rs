@@ -9,7 +9,7 @@ use plexd_coordinator::sim::{run_seed, Coverage, Sim};
 use std::time::Instant;
 
 /// Seeds the random test runs by default.
-const DEFAULT_SEEDS: u64 = 300;
+const DEFAULT_SEEDS: u64 = 500;
 /// Steps of 10 ms of simulated time per seed.
 const STEPS_PER_SEED: u64 = 400;
 

@@ -8,6 +8,7 @@ impl<M: ConfigModel> Node<M> {
     pub(super) fn on_tick(&mut self, now_ms: u64) {
         self.maybe_heartbeat(now_ms);
         self.detect_silent_peers(now_ms);
+        self.answer_takeover_queries();
         match self.state {
             State::Discovering { since_ms } => self.maybe_form(now_ms, since_ms),
             State::Abandoned { until_ms } if now_ms >= until_ms => {
@@ -141,6 +142,7 @@ impl<M: ConfigModel> Node<M> {
             }
             let restarted = peer.incarnation.is_some_and(|i| i < incarnation);
             peer.incarnation = Some(incarnation);
+            peer.heard_incarnation = Some(incarnation);
             if restarted {
                 self.on_peer_gone(now_ms, from, "it restarted");
             }
@@ -204,7 +206,10 @@ impl<M: ConfigModel> Node<M> {
             Message::JoinAbandon { join, reason } => {
                 self.master_on_join_abandon(now_ms, from, join, reason)
             }
-            Message::TakeoverQuery => self.on_takeover_query(from),
+            Message::TakeoverQuery {
+                master,
+                incarnation,
+            } => self.on_takeover_query(from, master, incarnation),
             Message::TakeoverInfo { view } => self.on_takeover_info(from, view),
             Message::View {
                 view,
@@ -225,7 +230,12 @@ impl<M: ConfigModel> Node<M> {
         }
         p.gone = true;
         p.member = false;
-        log::info!("node {}: node {} is gone ({why})", self.cfg.me, peer);
+        let line = format!(
+            "node {}: node {} is gone ({why})",
+            self.name(self.cfg.me),
+            self.name(peer)
+        );
+        self.log(log::Level::Info, line);
         let in_view = self.view.as_ref().is_some_and(|v| v.contains(peer));
         match self.state {
             State::Member if self.is_master() => {
@@ -271,9 +281,11 @@ impl<M: ConfigModel> Node<M> {
             return;
         }
         let line = format!(
-            "node {}: master node {} is gone; taking over as its designated successor",
+            "node {}: master node {} is gone; taking over as its designated successor (view {}, gone: {:?})",
             self.name(self.cfg.me),
-            self.name(view.master)
+            self.name(view.master),
+            view.id,
+            self.suspected
         );
         self.log(log::Level::Warn, line);
         // A master that died in the middle of sending a view may have left some
@@ -285,8 +297,16 @@ impl<M: ConfigModel> Node<M> {
             .filter(|(id, p)| !p.gone && p.last_heard_ms.is_some() && !self.suspected.contains(id))
             .map(|(&id, _)| id)
             .collect();
+        let master = newest.master;
+        let incarnation = newest.incarnation(master).unwrap_or(0);
         for &p in &awaiting {
-            self.send(p, Message::TakeoverQuery);
+            self.send(
+                p,
+                Message::TakeoverQuery {
+                    master,
+                    incarnation,
+                },
+            );
         }
         self.state = State::TakingOver {
             step: TakeoverStep::Collecting {
@@ -298,12 +318,39 @@ impl<M: ConfigModel> Node<M> {
         self.maybe_finish_collecting();
     }
 
-    fn on_takeover_query(&mut self, from: NodeId) {
+    fn on_takeover_query(&mut self, from: NodeId, master: NodeId, incarnation: u64) {
+        self.deferred_queries.retain(|q| q.0 != from);
+        assert!(
+            self.deferred_queries.len() < self.cfg.nodes.len(),
+            "one query per asker"
+        );
+        self.deferred_queries.push((from, master, incarnation));
+        self.answer_takeover_queries();
+    }
+
+    /// Answers the takeover queries whose master this node has seen go (or never
+    /// heard): no view from that master can still be on its way here.
+    pub(super) fn answer_takeover_queries(&mut self) {
+        if self.deferred_queries.is_empty() {
+            return;
+        }
         let view = match self.state {
             State::Member | State::TakingOver { .. } => self.view.clone(),
             _ => None,
         };
-        self.send(from, Message::TakeoverInfo { view });
+        let queries = std::mem::take(&mut self.deferred_queries);
+        for (from, master, incarnation) in queries {
+            let seen_gone = self.peers.get(&master).is_none_or(|p| {
+                p.gone
+                    || p.last_heard_ms.is_none()
+                    || p.incarnation.is_some_and(|i| i > incarnation)
+            });
+            if seen_gone {
+                self.send(from, Message::TakeoverInfo { view: view.clone() });
+            } else {
+                self.deferred_queries.push((from, master, incarnation));
+            }
+        }
     }
 
     fn on_takeover_info(&mut self, from: NodeId, view: Option<View>) {
@@ -556,8 +603,8 @@ impl<M: ConfigModel> Node<M> {
                 }
                 match p.incarnation {
                     // Restarted since the view was made, or gone.
-                    Some(i) if i > *inc => restarted.push(*m),
-                    Some(i) if i == *inc && p.gone => restarted.push(*m),
+                    Some(i) if i > *inc => restarted.push((*m, true)),
+                    Some(i) if i == *inc && p.gone => restarted.push((*m, false)),
                     // Alive in the start the view has: a suspicion this node
                     // holds was about an older start.
                     Some(i) if i == *inc => alive.push(*m),
@@ -575,11 +622,17 @@ impl<M: ConfigModel> Node<M> {
             .retain(|s| view.contains(*s) && !alive.contains(s));
         self.view = Some(view.clone());
         self.out.push(Action::ViewChanged { view });
-        for m in restarted {
+        for (m, newer_start_alive) in restarted {
             if let Some(p) = self.peers.get_mut(&m) {
                 p.gone = false;
             }
             self.on_peer_gone(now_ms, m, "gone or restarted since the view was made");
+            if newer_start_alive {
+                // The start in the view is gone; the newer one is not.
+                if let Some(p) = self.peers.get_mut(&m) {
+                    p.gone = false;
+                }
+            }
         }
     }
 

@@ -202,8 +202,15 @@ pub enum Message {
         /// Why, e.g. `cannot find disk d1 on node c`.
         reason: String,
     },
-    /// Designated successor → every live node: which view do you hold?
-    TakeoverQuery,
+    /// Designated successor → every live node: which view do you hold? Answered
+    /// once the receiver has seen that start of the master go, so that no view from
+    /// the master is still on its way to it.
+    TakeoverQuery {
+        /// The lost master.
+        master: NodeId,
+        /// Its incarnation in the successor's view.
+        incarnation: u64,
+    },
     /// Answer to `TakeoverQuery`: the sender's installed view, none if not a member.
     TakeoverInfo {
         /// The view.
@@ -286,7 +293,7 @@ impl Message {
             Message::JoinOffer { .. } => "JoinOffer",
             Message::JoinReady { .. } => "JoinReady",
             Message::JoinAbandon { .. } => "JoinAbandon",
-            Message::TakeoverQuery => "TakeoverQuery",
+            Message::TakeoverQuery { .. } => "TakeoverQuery",
             Message::TakeoverInfo { .. } => "TakeoverInfo",
             Message::View { .. } => "View",
         }

@@ -310,7 +310,10 @@ pub struct Status {
 
 #[derive(Clone, Debug, Default)]
 struct Peer {
+    /// The newest start known (heard from the peer, or from a view).
     incarnation: Option<u64>,
+    /// The newest start heard from the peer itself.
+    heard_incarnation: Option<u64>,
     last_heard_ms: Option<u64>,
     gone: bool,
     view_id: u64,
@@ -381,6 +384,9 @@ pub struct Node<M: ConfigModel> {
     forwards: BTreeMap<RequestId, txn::Forward>,
     last_reason: Option<String>,
     reasons: BTreeMap<NodeId, String>,
+    /// Takeover queries waiting until this node has seen the master go:
+    /// (asker, master, master's incarnation); at most one per asker.
+    deferred_queries: Vec<(NodeId, NodeId, u64)>,
     stopping: bool,
     out: Vec<Action<M>>,
 }
@@ -421,6 +427,7 @@ impl<M: ConfigModel> Node<M> {
             forwards: BTreeMap::new(),
             last_reason: None,
             reasons: BTreeMap::new(),
+            deferred_queries: Vec::new(),
             stopping: false,
             out: Vec::new(),
         }
@@ -443,7 +450,17 @@ impl<M: ConfigModel> Node<M> {
         match event {
             Event::Tick => self.on_tick(now_ms),
             Event::Message { from, msg } => self.on_message(now_ms, from, msg),
-            Event::ConnectionLost { peer } => self.on_peer_gone(now_ms, peer, "connection lost"),
+            Event::ConnectionLost { peer } => {
+                // A view can teach this node of a peer's newer start before the
+                // loss of the older start's connection arrives: that loss is stale.
+                let stale = self.peers.get(&peer).is_some_and(|p| {
+                    p.heard_incarnation
+                        .is_some_and(|h| p.incarnation.is_some_and(|i| h < i))
+                });
+                if !stale {
+                    self.on_peer_gone(now_ms, peer, "connection lost");
+                }
+            }
             Event::ClientRequest { request, change } => {
                 self.on_client_request(request, Request::Change(change))
             }
@@ -460,6 +477,7 @@ impl<M: ConfigModel> Node<M> {
             Event::KernelLoaded { result } => self.on_kernel_loaded(now_ms, result),
             Event::Shutdown => self.stopping = true,
         }
+        self.answer_takeover_queries();
         self.maybe_finish_shutdown();
         std::mem::take(&mut self.out)
     }

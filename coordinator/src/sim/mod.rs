@@ -135,6 +135,7 @@ enum SimEvent {
     },
     ConnLost {
         from: NodeId,
+        from_inc: u64,
         to: NodeId,
         inc: u64,
     },
@@ -205,7 +206,8 @@ pub struct Sim {
     replies: BTreeMap<(NodeId, RequestId), Result<(), String>>,
     acked: BTreeSet<u64>,
     failed: BTreeSet<u64>,
-    views: BTreeMap<u64, View>,
+    /// Every view installed, and the nodes that installed it.
+    views: BTreeMap<u64, (View, BTreeSet<NodeId>)>,
     aborted: BTreeSet<TxnId>,
     next_tag: u64,
     trace: VecDeque<String>,
@@ -416,8 +418,13 @@ impl Sim {
                 self.land_write(id, w);
             }
         }
+        // A view only this node installed (a master that died before sending it)
+        // never existed for the cluster.
+        self.views
+            .retain(|_, (_, installers)| installers.iter().any(|&n| n != id));
         let n = self.node_mut(id);
         n.core = None;
+        let from_inc = n.inc;
         n.inc += 1;
         n.kernel = Kernel::default();
         n.armed = None;
@@ -443,6 +450,7 @@ impl Sim {
                     at,
                     SimEvent::ConnLost {
                         from: id,
+                        from_inc,
                         to: p,
                         inc,
                     },
@@ -643,13 +651,19 @@ impl Sim {
                     }
                 }
             }
-            SimEvent::ConnLost { from, to, inc } => {
+            SimEvent::ConnLost {
+                from,
+                from_inc,
+                to,
+                inc,
+            } => {
                 if self.node(to).inc == inc && self.is_up(to) {
                     self.note(format!(
                         "{} sees connection to {} lost",
                         Sim::name(to),
                         Sim::name(from)
                     ));
+                    let _ = from_inc;
                     self.feed(to, Event::ConnectionLost { peer: from });
                 }
             }
@@ -930,13 +944,16 @@ impl Sim {
                 }
                 Action::ViewChanged { view } => {
                     self.note(format!("{name} installs view {view:?}"));
-                    match self.views.get(&view.id) {
-                        Some(v) if *v != view => {
+                    match self.views.get_mut(&view.id) {
+                        Some((v, _)) if *v != view => {
                             let what = format!("two views with id {}: {v:?} and {view:?}", view.id);
                             self.violate(what);
                         }
-                        _ => {
-                            self.views.insert(view.id, view);
+                        Some((_, installers)) => {
+                            installers.insert(id);
+                        }
+                        None => {
+                            self.views.insert(view.id, (view, BTreeSet::from([id])));
                         }
                     }
                 }

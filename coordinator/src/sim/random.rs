@@ -44,7 +44,7 @@ pub fn run_seed(seed: u64, steps: u64) -> Result<RunStats, String> {
 fn run(seed: u64, steps: u64, trace: bool) -> Result<RunStats, String> {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
     let nodes = rng.gen_range(3..=5);
-    let mid_batch_crashes = std::env::var("PLEXD_SIM_MID_BATCH").is_ok();
+    let mid_batch_crashes = std::env::var("PLEXD_SIM_NO_MID_BATCH").is_err();
     let mut cfg = SimConfig::new(nodes, seed);
     cfg.trace = trace;
     cfg.kernel_refuse_percent = 2;
