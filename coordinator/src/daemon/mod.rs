@@ -458,10 +458,18 @@ impl Daemon {
                 return;
             }
             let actions = self.node.handle(now_ms(self.start), ev);
+            // Messages leave after the step's other actions: a failpoint exit in the
+            // step loses them, as a kill -9 before the network saw them would.
+            let mut sends = Vec::new();
             for a in actions {
-                if let Some(next) = self.act(a) {
+                if let Action::Send { to, msg } = a {
+                    sends.push((to, msg));
+                } else if let Some(next) = self.act(a) {
                     queue.push_back(next);
                 }
+            }
+            for (to, msg) in sends {
+                self.transport.send(to, &msg);
             }
             self.remember_config();
         }
