@@ -56,6 +56,9 @@ pub(crate) struct Registry {
     pub(crate) listeners: RefCell<Vec<Rc<Listener>>>,
     next_id: Cell<u64>,
     poller: Cell<bool>,
+    /// Connections with output produced by bdev completions, written once per
+    /// reactor iteration (one send for a batch of completions).
+    dirty: RefCell<Vec<Rc<Conn>>>,
 }
 
 struct KeepAlive {
@@ -65,13 +68,19 @@ struct KeepAlive {
 
 impl Poller for KeepAlive {
     fn poll(&self, now: Instant) -> usize {
-        if now < self.next.get() {
-            return 0;
-        }
-        self.next.set(now + KEEPALIVE_TICK);
         let Some(r) = self.reactor.upgrade() else {
             return 0;
         };
+        let dirty = std::mem::take(&mut *r.local::<Registry>().dirty.borrow_mut());
+        let flushed = dirty.len();
+        for c in dirty {
+            c.dirty.set(false);
+            c.flush();
+        }
+        if now < self.next.get() {
+            return flushed;
+        }
+        self.next.set(now + KEEPALIVE_TICK);
         let conns: Vec<Rc<Conn>> = r
             .local::<Registry>()
             .conns
@@ -82,7 +91,7 @@ impl Poller for KeepAlive {
         for c in conns {
             c.tick(now);
         }
-        0
+        flushed
     }
     fn next_deadline(&self) -> Option<Instant> {
         Some(self.next.get())
@@ -122,6 +131,7 @@ pub(crate) fn spawn(r: &Rc<Reactor>, shared: Arc<Shared>, stream: TcpStream, pee
         reactor: Rc::clone(r),
         shared: Arc::clone(&shared),
         me: me.clone(),
+        dirty: Cell::new(false),
         st: RefCell::new(St {
             phase: Phase::Login(Box::new(Login::new(limits.clone()))),
             rbuf: vec![0u8; rcap],
@@ -281,6 +291,8 @@ pub(crate) struct Conn {
     reactor: Rc<Reactor>,
     shared: Arc<Shared>,
     me: Weak<Conn>,
+    /// Queued in the registry's dirty list.
+    dirty: Cell<bool>,
     st: RefCell<St>,
 }
 
@@ -1806,6 +1818,17 @@ impl Conn {
         }
     }
 
+    /// Asks for a flush at the end of this reactor iteration.
+    fn mark_dirty(&self) {
+        if self.dirty.replace(true) {
+            return;
+        }
+        match self.rc() {
+            Some(me) => self.reactor.local::<Registry>().dirty.borrow_mut().push(me),
+            None => self.dirty.set(false),
+        }
+    }
+
     /// Resumes reading after a stall (buffer arrived or output drained).
     fn resume(&self) {
         let was_paused = {
@@ -1913,7 +1936,7 @@ impl IoDone for Conn {
             }
             self.execute(&mut st, key);
         }
-        self.flush();
+        self.mark_dirty();
         let paused = {
             let st = self.st.borrow();
             !st.closed && !st.poll_in && st.pending_out() <= WBUF_HIGH_BYTES && !st.stalled_on_buf
