@@ -45,13 +45,9 @@ const TAIL_LINES: usize = 60;
 /// Longest part of a test name used in the temp dir (Unix socket paths are short).
 const DIR_NAME_CHARS: usize = 24;
 
-/// form_wait_ms of the test clusters. docs/CONTRACT.md suggests 300 ms, but a node
-/// that starts after the cluster formed then often forms a second cluster of its own
-/// (plexd's reconnect backoff to a peer that was down grows to 1 s, so the master's
-/// heartbeats reach the starting node too late): see
-/// `a_node_started_after_the_cluster_formed_joins_it_within_a_short_form_wait` in
-/// tests/membership.rs. `PLEXD_TEST_FORM_WAIT_MS` overrides it.
-pub const FORM_WAIT_MS: u64 = 2000;
+/// form_wait_ms of the test clusters (docs/CONTRACT.md's test value);
+/// `PLEXD_TEST_FORM_WAIT_MS` overrides it.
+pub const FORM_WAIT_MS: u64 = 300;
 
 fn env_ms(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())

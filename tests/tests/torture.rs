@@ -303,9 +303,6 @@ fn run(
 }
 
 #[test]
-#[ignore = "waiting for plexd: a coordinator restarted after dying in the kernel phase leaves \
-            its data plane's volume QUIESCED with a staged layout (seeds 1795316311402438788, \
-            1795316484864528643); see failover.rs"]
 fn torture_random_changes_with_kills_at_random_failpoints_keep_the_invariants() {
     let seed = env_u64("PLEXD_TORTURE_SEED").unwrap_or_else(|| {
         std::time::SystemTime::now()
