@@ -361,6 +361,18 @@ impl Kernel {
     /// Stops using every disk and volume (the node left the cluster).
     pub fn leave(&mut self, keep: Desired) {
         self.abort();
+        if let Ok((_, volumes)) = self.existing() {
+            for v in volumes
+                .iter()
+                .filter(|v| v.contains('.') && !keep.volumes.contains_key(*v))
+            {
+                // Writes held for a failed plex would wait for a cluster decision
+                // that will not come: fail them.
+                if let Err(e) = self.client.fail_held_writes(v) {
+                    log::debug!("data plane: volume {v}: fail held writes: {e}");
+                }
+            }
+        }
         if let Err(e) = self.load(keep) {
             log::error!("data plane: cannot drop the shared volumes: {e}");
         }
