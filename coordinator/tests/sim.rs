@@ -2,7 +2,8 @@
 //! rule of docs/PROTOCOL.md, and many random seeds with crashes, restarts and joins.
 //!
 //! `PLEXD_SIM_SEED=N` runs that one seed (with its trace on failure);
-//! `PLEXD_SIM_SEEDS=N` changes how many seeds the random test runs.
+//! `PLEXD_SIM_SEEDS=N` changes how many seeds the random test runs,
+//! `PLEXD_SIM_STEPS=N` how many 10 ms steps each runs.
 
 use plexd_coordinator::core::Role;
 use plexd_coordinator::sim::{run_seed, Coverage, Sim};
@@ -26,10 +27,14 @@ fn random_schedules_keep_the_invariants() {
             (0..n).collect()
         }
     };
+    let steps: u64 = std::env::var("PLEXD_SIM_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(STEPS_PER_SEED);
     let (mut events, mut acked, mut failed) = (0, 0, 0);
     let mut cov = Coverage::default();
     for &seed in &seeds {
-        match run_seed(seed, STEPS_PER_SEED) {
+        match run_seed(seed, steps) {
             Ok(s) => {
                 events += s.events;
                 acked += s.acked;
@@ -49,7 +54,7 @@ fn random_schedules_keep_the_invariants() {
     }
     eprintln!("simulator coverage: {cov:?}");
     eprintln!(
-        "simulator: {} seeds × {STEPS_PER_SEED} steps, {events} events, {acked} changes acknowledged, {failed} refused, in {:.1} s",
+        "simulator: {} seeds × {steps} steps, {events} events, {acked} changes acknowledged, {failed} refused, in {:.1} s",
         seeds.len(),
         started.elapsed().as_secs_f64()
     );
