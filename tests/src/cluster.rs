@@ -402,15 +402,7 @@ impl Cluster {
     /// Starts node `i`'s plexd (with its armed failpoint, if any) and waits until it
     /// answers `cluster status` (not until it has joined: see [`Cluster::wait_joined`]).
     pub fn start_coordinator(&mut self, i: usize) {
-        let args = vec![
-            "--cluster".to_string(),
-            self.cluster_file.display().to_string(),
-            "--node".into(),
-            self.nodes[i].name.clone(),
-        ];
-        let spec = self.spec(i, "plexd", &self.bins.plexd.clone(), args);
-        let p = Proc::spawn(&spec).unwrap_or_else(|e| panic!("{e}"));
-        self.nodes[i].plexd = Some(p);
+        self.spawn_coordinator(i);
         let desc = format!("plexd {} to answer `cluster status`", self.nodes[i].name);
         wait_until(&desc, START_TIMEOUT, || {
             if let Some(p) = self.nodes[i].plexd.as_mut() {
@@ -425,6 +417,20 @@ impl Cluster {
             }
             self.try_ctl_json(i, "cluster status").map(|_| ())
         });
+    }
+
+    /// Starts node `i`'s plexd (with its armed failpoint, if any) without waiting for
+    /// anything (for a process expected to exit at its failpoint during its join).
+    pub fn spawn_coordinator(&mut self, i: usize) {
+        let args = vec![
+            "--cluster".to_string(),
+            self.cluster_file.display().to_string(),
+            "--node".into(),
+            self.nodes[i].name.clone(),
+        ];
+        let spec = self.spec(i, "plexd", &self.bins.plexd.clone(), args);
+        let p = Proc::spawn(&spec).unwrap_or_else(|e| panic!("{e}"));
+        self.nodes[i].plexd = Some(p);
     }
 
     /// Arms (or with `None` disarms) `failpoint` for node `i`'s next plexd start.

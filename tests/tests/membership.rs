@@ -102,3 +102,38 @@ fn a_node_started_after_the_cluster_formed_joins_it_within_a_short_form_wait() {
         assert_eq!(c.master(), 0);
     }
 }
+
+/// Node c's coordinator is down while a change commits; it comes back armed with a
+/// join failpoint and dies in its join; the members go on; plain, it joins and its data
+/// plane loads the change it missed.
+fn a_joiner_that_dies_in_its_join_rejoins_with_the_missed_change(failpoint: &str) {
+    let mut c = Cluster::start(3, ClusterOpts::default());
+    c.shared_mirror(0, "dg1", "vol1", "32M");
+    c.kill_coordinator(2); // c's data plane keeps serving vol1
+    c.wait_joined(&[0, 1]);
+    c.ctl_ok(1, "vol create dg1 vol2 16M --layout concat");
+    c.write_pattern(0, "dg1", "vol2", 0, 1 << 20);
+
+    c.set_failpoint(2, Some(failpoint));
+    c.spawn_coordinator(2);
+    c.wait_coordinator_exit(2);
+    assert_eq!(members(&c.status(0)), names(&["a", "b"]));
+    c.check_invariants();
+
+    c.restart_coordinator(2, None);
+    assert!(
+        plexd_tests::volume(&c.print(2), "dg1", "vol2").is_some(),
+        "c loaded the change it missed"
+    );
+    c.check_invariants();
+}
+
+#[test]
+fn a_joiner_that_dies_before_its_data_plane_loads_the_configuration_rejoins_later() {
+    a_joiner_that_dies_in_its_join_rejoins_with_the_missed_change("join.before_kernel");
+}
+
+#[test]
+fn a_joiner_that_dies_after_its_data_plane_loaded_the_configuration_rejoins_later() {
+    a_joiner_that_dies_in_its_join_rejoins_with_the_missed_change("join.after_kernel");
+}
