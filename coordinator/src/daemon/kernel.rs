@@ -28,6 +28,11 @@ use crate::objects::{DiskGroupConfig, KernelVolume, PlexState, ReadPolicy};
 /// How long a prepare waits for in-flight I/O of a volume to drain.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How often a prepare meeting a resync's quiesce is retried.
+const PREPARE_RETRIES: u32 = 20;
+/// Pause between those retries.
+const PREPARE_RETRY_PAUSE: Duration = Duration::from_millis(10);
+
 /// The target's name of disk `disk` of disk group `dg`.
 pub fn disk_bdev(dg: &str, disk: &str) -> String {
     format!("{dg}.{disk}")
@@ -257,7 +262,7 @@ impl Kernel {
                 }
                 continue;
             }
-            if let Err(e) = self.client.prepare(name, spec, DRAIN_TIMEOUT) {
+            if let Err(e) = self.prepare_volume(name, spec) {
                 self.staged = Some(staged);
                 self.abort();
                 return Err(format!("volume {name}: {e}"));
@@ -275,6 +280,22 @@ impl Kernel {
         staged.desired = desired;
         self.staged = Some(staged);
         Ok(())
+    }
+
+    /// Prepares one volume; a resync holds a volume quiesced for one chunk at a time,
+    /// so a prepare that meets such a quiesce is retried a few times.
+    fn prepare_volume(&self, name: &str, spec: &VolumeSpec) -> Result<(), ClientError> {
+        let mut tries = 0;
+        loop {
+            match self.client.prepare(name, spec, DRAIN_TIMEOUT) {
+                Ok(_) => return Ok(()),
+                Err(e) if tries < PREPARE_RETRIES && e.to_string().contains("in progress") => {
+                    tries += 1;
+                    std::thread::sleep(PREPARE_RETRY_PAUSE);
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Applies the staged phase. Errors are logged and returned (the change is
