@@ -255,8 +255,14 @@ pub enum CtlReply {
     Disk(DiskOut),
     /// Disks.
     Disks(Vec<DiskOut>),
-    /// Tasks.
-    Tasks(Vec<TaskOut>),
+    /// Tasks of this node, and the master's address when this node is a slave (the
+    /// master runs the resyncs of shared groups: its tasks are listed too).
+    Tasks {
+        /// This node's tasks.
+        tasks: Vec<TaskOut>,
+        /// The master's ctl address, if another node.
+        master: Option<String>,
+    },
     /// The call failed.
     Error(String),
 }
@@ -560,7 +566,13 @@ impl ctl::Server for NodeServer {
         mut results: ctl::TaskListResults,
     ) -> Result<(), capnp::Error> {
         match self.ask(CtlCall::TaskList).await {
-            CtlReply::Tasks(tasks) => {
+            CtlReply::Tasks { mut tasks, master } => {
+                if let Some(addr) = master {
+                    match master_tasks(&addr).await {
+                        Ok(more) => tasks.extend(more),
+                        Err(e) => log::warn!("task list: cannot ask the master at {addr}: {e}"),
+                    }
+                }
                 let mut list = results.get().init_tasks(tasks.len() as u32);
                 for (i, t) in tasks.iter().enumerate() {
                     let mut b = list.reborrow().get(i as u32);
@@ -579,6 +591,67 @@ impl ctl::Server for NodeServer {
         }
         Ok(())
     }
+}
+
+/// How long a slave waits for the master's task list.
+const MASTER_TASKS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The task list of the master at `addr` (its own tasks only: it is the master).
+async fn master_tasks(addr: &str) -> Result<Vec<TaskOut>, String> {
+    let sock = std::net::ToSocketAddrs::to_socket_addrs(addr)
+        .map_err(|e| e.to_string())?
+        .next()
+        .ok_or_else(|| "cannot resolve".to_string())?;
+    let work = async {
+        let stream = Async::<std::net::TcpStream>::connect(sock)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (reader, writer) = stream.split();
+        let network = twoparty::VatNetwork::new(
+            futures::io::BufReader::new(reader),
+            futures::io::BufWriter::new(writer),
+            rpc_twoparty_capnp::Side::Client,
+            Default::default(),
+        );
+        let mut rpc = RpcSystem::new(Box::new(network), None);
+        let client: ctl::Client = rpc.bootstrap(rpc_twoparty_capnp::Side::Server);
+        let call = async {
+            let resp = client
+                .task_list_request()
+                .send()
+                .promise
+                .await
+                .map_err(|e| e.to_string())?;
+            let r = resp.get().map_err(|e| e.to_string())?;
+            let mut out = Vec::new();
+            for t in r.get_tasks().map_err(|e| e.to_string())? {
+                let txt =
+                    |x: capnp::Result<capnp::text::Reader<'_>>| text(x).map_err(|e| e.to_string());
+                out.push(TaskOut {
+                    id: t.get_id(),
+                    kind: txt(t.get_kind())?,
+                    dg: txt(t.get_dg())?,
+                    volume: txt(t.get_volume())?,
+                    plex: txt(t.get_plex())?,
+                    done_bytes: t.get_done_bytes(),
+                    total_bytes: t.get_total_bytes(),
+                    state: txt(t.get_state())?,
+                    node: txt(t.get_node())?,
+                });
+            }
+            Ok(out)
+        };
+        let conn = async {
+            let r = rpc.await;
+            Err(format!("connection closed: {r:?}"))
+        };
+        smol::future::or(call, conn).await
+    };
+    let timeout = async {
+        smol::Timer::after(MASTER_TASKS_TIMEOUT).await;
+        Err("no answer in time".to_string())
+    };
+    smol::future::or(work, timeout).await
 }
 
 impl peer::Server for NodeServer {

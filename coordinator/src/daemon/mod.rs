@@ -750,7 +750,19 @@ impl Daemon {
             CtlCall::Print(dg) => self.print(&dg),
             CtlCall::DiskInit { path, name, force } => self.disk_init(&path, &name, force),
             CtlCall::DiskList => CtlReply::Disks(disks::list(&self.file.disk_files())),
-            CtlCall::TaskList => CtlReply::Tasks(self.tasks.list()),
+            CtlCall::TaskList => {
+                let master = self
+                    .node
+                    .view()
+                    .map(|v| v.master)
+                    .filter(|&m| m != self.me)
+                    .and_then(|m| self.file.node_by_id(m))
+                    .map(|n| n.address.clone());
+                CtlReply::Tasks {
+                    tasks: self.tasks.list(),
+                    master,
+                }
+            }
         };
         let _ = reply.try_send(answer);
     }
