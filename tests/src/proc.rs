@@ -86,6 +86,18 @@ impl Proc {
             }
         }
         cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
+        // SAFETY: prctl is async-signal-safe. If the test process dies without running
+        // its drop guards (SIGKILL by a CI timeout), the child dies with it. (The
+        // signal follows the spawning thread: a Proc must stay in the thread that
+        // started it, which the tests do.)
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         if !spec.hide.is_empty() {
             let with = cstring(&spec.hide_with)?;
             let targets = spec
