@@ -8,7 +8,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::spec::{Layout, PlexKind, PlexState, ReadPolicy};
+use super::spec::{Layout, PlexState, ReadPolicy};
 use super::VolumeShared;
 use crate::bdev::{check_range, BdevChannel, BdevIo, IoCallback, IoDone, IoKind, IoStatus};
 use crate::reactor::Reactor;
@@ -605,9 +605,6 @@ impl BdevChannel for VolumeChannel {
             self.reactor.complete(io.cb, IoStatus::Failed(e));
             return;
         }
-        if io.kind == IoKind::Write || io.kind == IoKind::WriteZeroes || io.kind == IoKind::Unmap {
-            debug_assert!(io.len_bytes > 0);
-        }
         self.inflight.set(self.inflight.get() + 1);
         self.submitted.set(self.submitted.get().wrapping_add(1));
         let slot = self.ios.borrow_mut().insert(VolIo {
@@ -640,9 +637,4 @@ impl VolumeShared {
             errno,
         });
     }
-}
-
-/// Whether a plex kind is a stripe (for listings).
-pub(crate) fn is_stripe(k: PlexKind) -> bool {
-    matches!(k, PlexKind::Stripe { .. })
 }

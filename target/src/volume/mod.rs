@@ -589,7 +589,7 @@ impl Target {
                 .map(|(p, s)| PlexInfo {
                     name: s.name.clone(),
                     state: p.state,
-                    layout: if channel::is_stripe(p.map.kind) {
+                    layout: if matches!(p.map.kind, PlexKind::Stripe { .. }) {
                         "stripe".into()
                     } else {
                         "concat".into()
