@@ -11,7 +11,7 @@
 
 # Why a request failed; the target's own error kinds.
 enum ErrorCode {
-  notFound @0;  # no such bdev, volume or plex
+  notFound @0;  # no such bdev, volume, plex, iSCSI portal, target or LUN
   exists @1;    # the name is taken
   inUse @2;     # the object is used by another one (a bdev by a volume...)
   invalid @3;   # the request makes no sense for the object (bad layout, bad range...)
@@ -209,6 +209,54 @@ struct TargetInfo {
   detachPolicy @7 :DetachPolicy;
 }
 
+# ---- iSCSI frontend (docs/ISCSI.md, "Managing targets at run time") ----
+# Errors name the iSCSI object: "iscsi portal 127.0.0.1:3260", "iscsi target iqn.…",
+# "lun 3 of iqn.…", "iscsi frontend".
+
+struct IscsiLun {
+  lun @0 :UInt64;         # 0..16383
+  bdev @1 :Text;          # a bdev or volume of this target
+  deviceId @2 :Text;      # the identity of VPD 80h/83h; empty = the bdev name
+  readOnly @3 :Bool;
+}
+
+# CHAP secrets are write-only: every answer leaves `secret` and `mutualSecret` empty and
+# says with `hasSecret` / `hasMutualSecret` whether they are set.
+struct IscsiChap {
+  user @0 :Text;
+  secret @1 :Text;
+  mutualUser @2 :Text;      # empty = none
+  mutualSecret @3 :Text;    # empty = no mutual CHAP
+  hasSecret @4 :Bool;       # answers only
+  hasMutualSecret @5 :Bool; # answers only
+}
+
+struct IscsiTarget {
+  iqn @0 :Text;
+  alias @1 :Text;               # empty = none
+  luns @2 :List(IscsiLun);
+  allow @3 :List(Text);         # initiators allowed; empty = every one not denied
+  deny @4 :List(Text);          # initiators refused (deny wins over allow)
+  chap @5 :IscsiChap;           # absent = no CHAP
+}
+
+struct IscsiConnection {
+  reactor @0 :UInt32;
+  peer @1 :Text;                # address:port of the initiator
+  commands @2 :UInt64;          # SCSI commands received
+  readBytes @3 :UInt64;         # bytes the initiator read
+  writeBytes @4 :UInt64;        # bytes the initiator wrote
+  errors @5 :UInt64;            # commands that ended in CHECK CONDITION or RESERVATION CONFLICT
+}
+
+struct IscsiSession {
+  tsih @0 :UInt16;
+  initiator @1 :Text;
+  isid @2 :Text;                # 12 hex digits
+  target @3 :Text;              # empty for discovery sessions
+  connections @4 :List(IscsiConnection);  # one today (MaxConnections=1)
+}
+
 interface Kernel {
   info @0 () -> (info :TargetInfo);
 
@@ -245,4 +293,19 @@ interface Kernel {
   io @18 (bdev :Text, op :IoOp, offsetBytes :UInt64, lenBytes :UInt32, data :Data,
           reactor :UInt32, timeoutMs :UInt32)
       -> (error :Error, status :Int32, data :Data, latencyUs :UInt64);
+
+  # iSCSI frontend. The first iscsiAddPortal (or iscsiAddTarget) of a target started
+  # without an [iscsi] section starts the frontend with its defaults.
+  iscsiAddPortal @19 (addr :Text) -> (error :Error, bound :Text);  # "ip:port", port 0 = pick
+  iscsiRemovePortal @20 (addr :Text) -> (error :Error);   # established sessions stay
+  iscsiPortals @21 () -> (error :Error, portals :List(Text));
+  iscsiAddTarget @22 (target :IscsiTarget) -> (error :Error);
+  iscsiRemoveTarget @23 (iqn :Text) -> (error :Error);    # closes its sessions
+  iscsiAddLun @24 (iqn :Text, lun :IscsiLun) -> (error :Error);
+  iscsiRemoveLun @25 (iqn :Text, lun :UInt64) -> (error :Error);
+  iscsiAllowInitiator @26 (iqn :Text, initiator :Text) -> (error :Error);
+  iscsiDenyInitiator @27 (iqn :Text, initiator :Text) -> (error :Error);  # closes its sessions
+  iscsiSetChap @28 (iqn :Text, chap :IscsiChap) -> (error :Error);  # chap absent = clear
+  iscsiTargets @29 () -> (error :Error, targets :List(IscsiTarget));  # secrets left out
+  iscsiSessions @30 () -> (error :Error, sessions :List(IscsiSession));
 }

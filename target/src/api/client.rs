@@ -16,6 +16,7 @@
 //! and `Sync`: several threads may call it at once, their calls are in flight together.
 //! Dropping the client closes the connection (and ends its event subscriptions).
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::mpsc;
@@ -32,6 +33,7 @@ use super::convert::*;
 use super::service::{BdevRequest, Injection, IoResult, TargetInfo};
 use super::{ApiError, ErrorCode};
 use crate::bdev::{BdevInfo, IoKind};
+use crate::frontend::iscsi::{ChapConfig, LunConfig, SessionInfo, TargetNodeConfig};
 use crate::target::{DetachPolicy, Event, EVENT_QUEUE_DEPTH};
 use crate::volume::{PlexState, VolumeInfo, VolumeSpec};
 
@@ -161,6 +163,13 @@ fn check(
     Err(match err() {
         Ok(e) => ClientError::Api(e),
         Err(e) => rpc_err(path, e),
+    })
+}
+
+fn parse_addr(path: &str, s: &str) -> Result<SocketAddr, ClientError> {
+    s.parse().map_err(|e| ClientError::Rpc {
+        path: path.to_string(),
+        reason: format!("the target answered a bad portal address {s:?}: {e}"),
     })
 }
 
@@ -589,6 +598,220 @@ impl KernelClient {
         Ok(self
             .io(bdev, IoKind::Write, offset_bytes, len, data, 0)?
             .status)
+    }
+
+    // ---- iSCSI frontend ----
+
+    /// Listens on `addr` (`ip:port`; port 0 picks a free port) and returns the
+    /// bound address. Starts the iSCSI frontend if the target has none running.
+    pub fn iscsi_add_portal(&self, addr: &str) -> Result<SocketAddr, ClientError> {
+        let addr = addr.to_string();
+        self.call("iscsiAddPortal", self.call_timeout, move |kc, path| {
+            Box::pin(async move {
+                let mut rq = kc.iscsi_add_portal_request();
+                rq.get().set_addr(addr.as_str());
+                let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
+                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
+                check(&path, r.has_error(), || read_error(r.get_error()?))?;
+                let bound = r
+                    .get_bound()
+                    .and_then(|b| Ok(b.to_string()?))
+                    .map_err(|e| rpc_err(&path, e))?;
+                parse_addr(&path, &bound)
+            })
+        })
+    }
+
+    /// Stops listening on `addr` (established sessions stay).
+    pub fn iscsi_remove_portal(&self, addr: &str) -> Result<(), ClientError> {
+        let addr = addr.to_string();
+        self.call("iscsiRemovePortal", self.call_timeout, move |kc, path| {
+            Box::pin(async move {
+                let mut rq = kc.iscsi_remove_portal_request();
+                rq.get().set_addr(addr.as_str());
+                let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
+                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
+                check(&path, r.has_error(), || read_error(r.get_error()?))
+            })
+        })
+    }
+
+    /// The portals listening now (empty when no frontend runs).
+    pub fn iscsi_portals(&self) -> Result<Vec<SocketAddr>, ClientError> {
+        self.call("iscsiPortals", self.call_timeout, |kc, path| {
+            Box::pin(async move {
+                let resp = kc
+                    .iscsi_portals_request()
+                    .send()
+                    .promise
+                    .await
+                    .map_err(|e| rpc_err(&path, e))?;
+                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
+                check(&path, r.has_error(), || read_error(r.get_error()?))?;
+                let list = r.get_portals().map_err(|e| rpc_err(&path, e))?;
+                let mut out = Vec::with_capacity(list.len() as usize);
+                for p in list.iter() {
+                    let p = p
+                        .and_then(|p| Ok(p.to_string()?))
+                        .map_err(|e| rpc_err(&path, e))?;
+                    out.push(parse_addr(&path, &p)?);
+                }
+                Ok(out)
+            })
+        })
+    }
+
+    /// Exports a target node with its LUNs, ACL and CHAP (starting the frontend,
+    /// without a portal, if none runs). `exists` when the IQN is exported already.
+    pub fn iscsi_add_target(&self, t: &TargetNodeConfig) -> Result<(), ClientError> {
+        let t = t.clone();
+        self.call("iscsiAddTarget", self.call_timeout, move |kc, path| {
+            Box::pin(async move {
+                let mut rq = kc.iscsi_add_target_request();
+                set_iscsi_target(rq.get().init_target(), &t, Secrets::Send);
+                let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
+                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
+                check(&path, r.has_error(), || read_error(r.get_error()?))
+            })
+        })
+    }
+
+    /// Removes a target node and closes its sessions.
+    pub fn iscsi_remove_target(&self, iqn: &str) -> Result<(), ClientError> {
+        let iqn = iqn.to_string();
+        self.call("iscsiRemoveTarget", self.call_timeout, move |kc, path| {
+            Box::pin(async move {
+                let mut rq = kc.iscsi_remove_target_request();
+                rq.get().set_iqn(iqn.as_str());
+                let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
+                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
+                check(&path, r.has_error(), || read_error(r.get_error()?))
+            })
+        })
+    }
+
+    /// Maps a LUN of target `iqn` to a bdev or volume: `exists` when the number is
+    /// taken, `notFound` when the bdev does not exist.
+    pub fn iscsi_add_lun(&self, iqn: &str, lun: &LunConfig) -> Result<(), ClientError> {
+        let (iqn, lun) = (iqn.to_string(), lun.clone());
+        self.call("iscsiAddLun", self.call_timeout, move |kc, path| {
+            Box::pin(async move {
+                let mut rq = kc.iscsi_add_lun_request();
+                rq.get().set_iqn(iqn.as_str());
+                set_iscsi_lun(rq.get().init_lun(), &lun);
+                let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
+                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
+                check(&path, r.has_error(), || read_error(r.get_error()?))
+            })
+        })
+    }
+
+    /// Unmaps LUN `lun` of target `iqn`.
+    pub fn iscsi_remove_lun(&self, iqn: &str, lun: u64) -> Result<(), ClientError> {
+        let iqn = iqn.to_string();
+        self.call("iscsiRemoveLun", self.call_timeout, move |kc, path| {
+            Box::pin(async move {
+                let mut rq = kc.iscsi_remove_lun_request();
+                rq.get().set_iqn(iqn.as_str());
+                rq.get().set_lun(lun);
+                let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
+                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
+                check(&path, r.has_error(), || read_error(r.get_error()?))
+            })
+        })
+    }
+
+    /// Allows `initiator` on target `iqn` (a non-empty allow list admits only its
+    /// initiators) and takes it off the deny list.
+    pub fn iscsi_allow_initiator(&self, iqn: &str, initiator: &str) -> Result<(), ClientError> {
+        let (iqn, ini) = (iqn.to_string(), initiator.to_string());
+        self.call("iscsiAllowInitiator", self.call_timeout, move |kc, path| {
+            Box::pin(async move {
+                let mut rq = kc.iscsi_allow_initiator_request();
+                rq.get().set_iqn(iqn.as_str());
+                rq.get().set_initiator(ini.as_str());
+                let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
+                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
+                check(&path, r.has_error(), || read_error(r.get_error()?))
+            })
+        })
+    }
+
+    /// Denies `initiator` on target `iqn` (deny wins over allow) and closes its
+    /// sessions there.
+    pub fn iscsi_deny_initiator(&self, iqn: &str, initiator: &str) -> Result<(), ClientError> {
+        let (iqn, ini) = (iqn.to_string(), initiator.to_string());
+        self.call("iscsiDenyInitiator", self.call_timeout, move |kc, path| {
+            Box::pin(async move {
+                let mut rq = kc.iscsi_deny_initiator_request();
+                rq.get().set_iqn(iqn.as_str());
+                rq.get().set_initiator(ini.as_str());
+                let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
+                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
+                check(&path, r.has_error(), || read_error(r.get_error()?))
+            })
+        })
+    }
+
+    /// Sets the CHAP secrets of target `iqn`, or clears them with `None` (new logins).
+    pub fn iscsi_set_chap(&self, iqn: &str, chap: Option<&ChapConfig>) -> Result<(), ClientError> {
+        let (iqn, chap) = (iqn.to_string(), chap.cloned());
+        self.call("iscsiSetChap", self.call_timeout, move |kc, path| {
+            Box::pin(async move {
+                let mut rq = kc.iscsi_set_chap_request();
+                rq.get().set_iqn(iqn.as_str());
+                if let Some(c) = &chap {
+                    set_iscsi_chap(rq.get().init_chap(), c, Secrets::Send);
+                }
+                let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
+                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
+                check(&path, r.has_error(), || read_error(r.get_error()?))
+            })
+        })
+    }
+
+    /// The exported target nodes. CHAP secrets are never sent back: `secret` is
+    /// empty, `mutual_secret` is `Some("")` when one is set.
+    pub fn iscsi_targets(&self) -> Result<Vec<TargetNodeConfig>, ClientError> {
+        self.call("iscsiTargets", self.call_timeout, |kc, path| {
+            Box::pin(async move {
+                let resp = kc
+                    .iscsi_targets_request()
+                    .send()
+                    .promise
+                    .await
+                    .map_err(|e| rpc_err(&path, e))?;
+                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
+                check(&path, r.has_error(), || read_error(r.get_error()?))?;
+                let list = r.get_targets().map_err(|e| rpc_err(&path, e))?;
+                list.iter()
+                    .map(read_iscsi_target)
+                    .collect::<capnp::Result<Vec<_>>>()
+                    .map_err(|e| rpc_err(&path, e))
+            })
+        })
+    }
+
+    /// The sessions (discovery ones included) with their connection's reactor,
+    /// peer and counters.
+    pub fn iscsi_sessions(&self) -> Result<Vec<SessionInfo>, ClientError> {
+        self.call("iscsiSessions", self.call_timeout, |kc, path| {
+            Box::pin(async move {
+                let resp = kc
+                    .iscsi_sessions_request()
+                    .send()
+                    .promise
+                    .await
+                    .map_err(|e| rpc_err(&path, e))?;
+                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
+                check(&path, r.has_error(), || read_error(r.get_error()?))?;
+                let list = r.get_sessions().map_err(|e| rpc_err(&path, e))?;
+                list.iter()
+                    .map(read_iscsi_session)
+                    .collect::<capnp::Result<Vec<_>>>()
+                    .map_err(|e| rpc_err(&path, e))
+            })
+        })
     }
 
     /// Reads `len_bytes` at `offset_bytes` of `bdev` on reactor 0.

@@ -10,6 +10,7 @@ use super::service::{BdevKind, BdevRequest, Injection, TargetInfo};
 use super::{ApiError, ErrorCode};
 use crate::bdev::error::FailOn;
 use crate::bdev::{BdevInfo, IoKind};
+use crate::frontend::iscsi::{ChapConfig, LunConfig, SessionInfo, TargetNodeConfig};
 use crate::reactor::PollMode;
 use crate::target::{DetachPolicy, Event};
 use crate::volume::{
@@ -493,6 +494,152 @@ pub(crate) fn read_info(r: k::target_info::Reader<'_>) -> Result<TargetInfo> {
     })
 }
 
+// ---- iSCSI ----
+
+pub(crate) fn set_iscsi_lun(mut b: k::iscsi_lun::Builder<'_>, l: &LunConfig) {
+    b.set_lun(l.lun);
+    b.set_bdev(l.bdev.as_str());
+    b.set_device_id(l.device_id.as_deref().unwrap_or(""));
+    b.set_read_only(l.read_only);
+}
+
+pub(crate) fn read_iscsi_lun(r: k::iscsi_lun::Reader<'_>) -> Result<LunConfig> {
+    let device_id = r.get_device_id()?.to_string()?;
+    Ok(LunConfig {
+        lun: r.get_lun(),
+        bdev: r.get_bdev()?.to_string()?,
+        device_id: (!device_id.is_empty()).then_some(device_id),
+        read_only: r.get_read_only(),
+    })
+}
+
+/// Whether CHAP secrets go into the message: requests carry them, answers never.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Secrets {
+    Send,
+    Withhold,
+}
+
+pub(crate) fn set_iscsi_chap(mut b: k::iscsi_chap::Builder<'_>, c: &ChapConfig, s: Secrets) {
+    b.set_user(c.user.as_str());
+    b.set_mutual_user(c.mutual_user.as_deref().unwrap_or(""));
+    b.set_has_secret(!c.secret.is_empty());
+    b.set_has_mutual_secret(c.mutual_secret.as_ref().is_some_and(|m| !m.is_empty()));
+    if s == Secrets::Send {
+        b.set_secret(c.secret.as_str());
+        b.set_mutual_secret(c.mutual_secret.as_deref().unwrap_or(""));
+    }
+}
+
+/// Reads a CHAP configuration. A request's secrets are taken as sent; an answer has
+/// none, so they read as empty strings (`mutual_secret` is `Some("")` when set).
+pub(crate) fn read_iscsi_chap(r: k::iscsi_chap::Reader<'_>) -> Result<ChapConfig> {
+    let mutual_user = r.get_mutual_user()?.to_string()?;
+    let mutual_secret = r.get_mutual_secret()?.to_string()?;
+    Ok(ChapConfig {
+        user: r.get_user()?.to_string()?,
+        secret: r.get_secret()?.to_string()?,
+        mutual_user: (!mutual_user.is_empty()).then_some(mutual_user),
+        mutual_secret: if !mutual_secret.is_empty() {
+            Some(mutual_secret)
+        } else if r.get_has_mutual_secret() {
+            Some(String::new())
+        } else {
+            None
+        },
+    })
+}
+
+fn set_text_list(mut b: capnp::text_list::Builder<'_>, v: &[String]) {
+    for (i, t) in v.iter().enumerate() {
+        b.set(i as u32, t.as_str());
+    }
+}
+
+fn read_text_list(r: capnp::text_list::Reader<'_>) -> Result<Vec<String>> {
+    r.iter().map(|t| Ok(t?.to_string()?)).collect()
+}
+
+pub(crate) fn set_iscsi_target(
+    mut b: k::iscsi_target::Builder<'_>,
+    t: &TargetNodeConfig,
+    s: Secrets,
+) {
+    b.set_iqn(t.iqn.as_str());
+    b.set_alias(t.alias.as_deref().unwrap_or(""));
+    let mut luns = b.reborrow().init_luns(t.luns.len() as u32);
+    for (i, l) in t.luns.iter().enumerate() {
+        set_iscsi_lun(luns.reborrow().get(i as u32), l);
+    }
+    set_text_list(b.reborrow().init_allow(t.allow.len() as u32), &t.allow);
+    set_text_list(b.reborrow().init_deny(t.deny.len() as u32), &t.deny);
+    if let Some(c) = &t.chap {
+        set_iscsi_chap(b.init_chap(), c, s);
+    }
+}
+
+pub(crate) fn read_iscsi_target(r: k::iscsi_target::Reader<'_>) -> Result<TargetNodeConfig> {
+    let alias = r.get_alias()?.to_string()?;
+    Ok(TargetNodeConfig {
+        iqn: r.get_iqn()?.to_string()?,
+        alias: (!alias.is_empty()).then_some(alias),
+        luns: r
+            .get_luns()?
+            .iter()
+            .map(read_iscsi_lun)
+            .collect::<Result<_>>()?,
+        allow: read_text_list(r.get_allow()?)?,
+        deny: read_text_list(r.get_deny()?)?,
+        chap: if r.has_chap() {
+            Some(read_iscsi_chap(r.get_chap()?)?)
+        } else {
+            None
+        },
+    })
+}
+
+pub(crate) fn set_iscsi_session(mut b: k::iscsi_session::Builder<'_>, s: &SessionInfo) {
+    b.set_tsih(s.tsih);
+    b.set_initiator(s.initiator.as_str());
+    b.set_isid(s.isid.as_str());
+    b.set_target(s.target.as_str());
+    let mut c = b.init_connections(1).get(0);
+    c.set_reactor(u32::try_from(s.reactor).unwrap_or(u32::MAX));
+    c.set_peer(s.peer.as_str());
+    c.set_commands(s.commands);
+    c.set_read_bytes(s.read_bytes);
+    c.set_write_bytes(s.write_bytes);
+    c.set_errors(s.errors);
+}
+
+/// Reads a session; with several connections the counters are summed and the
+/// first connection gives the reactor and peer.
+pub(crate) fn read_iscsi_session(r: k::iscsi_session::Reader<'_>) -> Result<SessionInfo> {
+    let mut s = SessionInfo {
+        tsih: r.get_tsih(),
+        initiator: r.get_initiator()?.to_string()?,
+        isid: r.get_isid()?.to_string()?,
+        target: r.get_target()?.to_string()?,
+        reactor: 0,
+        peer: String::new(),
+        commands: 0,
+        read_bytes: 0,
+        write_bytes: 0,
+        errors: 0,
+    };
+    for (i, c) in r.get_connections()?.iter().enumerate() {
+        if i == 0 {
+            s.reactor = c.get_reactor() as usize;
+            s.peer = c.get_peer()?.to_string()?;
+        }
+        s.commands += c.get_commands();
+        s.read_bytes += c.get_read_bytes();
+        s.write_bytes += c.get_write_bytes();
+        s.errors += c.get_errors();
+    }
+    Ok(s)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -558,6 +705,77 @@ mod tests {
             let r = msg.get_root_as_reader::<k::event::Reader>().unwrap();
             assert_eq!(read_event(r).unwrap(), ev);
         }
+    }
+
+    #[test]
+    fn iscsi_target_round_trip_withholds_secrets_in_answers() {
+        let t = TargetNodeConfig {
+            iqn: "iqn.2026-11.io.plexd:t".into(),
+            alias: Some("t".into()),
+            luns: vec![LunConfig {
+                lun: 3,
+                bdev: "vol0".into(),
+                device_id: Some("uuid".into()),
+                read_only: true,
+            }],
+            allow: vec!["iqn.a".into()],
+            deny: vec!["iqn.b".into()],
+            chap: Some(ChapConfig {
+                user: "u".into(),
+                secret: "0123456789ab".into(),
+                mutual_user: Some("tgt".into()),
+                mutual_secret: Some("ba9876543210".into()),
+            }),
+        };
+        let mut msg = capnp::message::Builder::new_default();
+        set_iscsi_target(msg.init_root(), &t, Secrets::Send);
+        let r = msg.get_root_as_reader::<k::iscsi_target::Reader>().unwrap();
+        assert_eq!(read_iscsi_target(r).unwrap(), t);
+
+        let mut msg = capnp::message::Builder::new_default();
+        set_iscsi_target(msg.init_root(), &t, Secrets::Withhold);
+        let r = msg.get_root_as_reader::<k::iscsi_target::Reader>().unwrap();
+        let c = r.get_chap().unwrap();
+        assert!(c.get_has_secret() && c.get_has_mutual_secret());
+        let back = read_iscsi_target(r).unwrap();
+        let chap = back.chap.clone().unwrap();
+        assert_eq!(
+            (chap.secret.as_str(), chap.mutual_secret.as_deref()),
+            ("", Some(""))
+        );
+        assert_eq!(chap.user, "u");
+        assert_eq!(back.luns, t.luns);
+
+        let none = TargetNodeConfig {
+            iqn: "iqn.x".into(),
+            ..Default::default()
+        };
+        let mut msg = capnp::message::Builder::new_default();
+        set_iscsi_target(msg.init_root(), &none, Secrets::Withhold);
+        let r = msg.get_root_as_reader::<k::iscsi_target::Reader>().unwrap();
+        assert_eq!(read_iscsi_target(r).unwrap(), none);
+    }
+
+    #[test]
+    fn iscsi_session_round_trip() {
+        let s = SessionInfo {
+            tsih: 7,
+            initiator: "iqn.i".into(),
+            isid: "800000123401".into(),
+            target: "iqn.t".into(),
+            reactor: 1,
+            peer: "127.0.0.1:40000".into(),
+            commands: 10,
+            read_bytes: 4096,
+            write_bytes: 512,
+            errors: 1,
+        };
+        let mut msg = capnp::message::Builder::new_default();
+        set_iscsi_session(msg.init_root(), &s);
+        let r = msg
+            .get_root_as_reader::<k::iscsi_session::Reader>()
+            .unwrap();
+        assert_eq!(read_iscsi_session(r).unwrap(), s);
     }
 
     #[test]

@@ -259,8 +259,22 @@ struct KernelImpl {
 
 /// Records a failed request once (log) and in the results.
 fn fail(conn: u64, method: &str, e: &TargetError, b: k::error::Builder<'_>) {
+    fail_api(conn, method, &ApiError::from(e), b);
+}
+
+/// [`fail`] for calls whose service answers an [`ApiError`].
+fn fail_api(conn: u64, method: &str, e: &ApiError, b: k::error::Builder<'_>) {
     log::warn!("kernel interface: connection {conn}: {method}: {e}");
-    set_error(b, &ApiError::from(e));
+    set_error(b, e);
+}
+
+/// Runs a blocking iSCSI service call off the control thread.
+async fn blocking_api<T: Send + 'static>(
+    svc: &Arc<KernelService>,
+    f: impl FnOnce(&KernelService) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let svc = Arc::clone(svc);
+    smol::unblock(move || f(&svc)).await
 }
 
 fn drain_timeout(ms: u32) -> Duration {
@@ -351,7 +365,7 @@ impl k::kernel::Server for KernelImpl {
         mut results: k::kernel::DeleteVolumeResults,
     ) -> Result<(), capnp::Error> {
         let name = text(params.get()?.get_name())?;
-        if let Err(e) = blocking(&self.service, move |s| s.target().delete_volume(&name)).await {
+        if let Err(e) = blocking(&self.service, move |s| s.delete_volume(&name)).await {
             fail(self.conn, "deleteVolume", &e, results.get().init_error());
         }
         Ok(())
@@ -569,6 +583,213 @@ impl k::kernel::Server for KernelImpl {
                 b.set_latency_us(r.latency_us);
             }
             Err(e) => fail(self.conn, "io", &e, results.get().init_error()),
+        }
+        Ok(())
+    }
+
+    async fn iscsi_add_portal(
+        self: Rc<Self>,
+        params: k::kernel::IscsiAddPortalParams,
+        mut results: k::kernel::IscsiAddPortalResults,
+    ) -> Result<(), capnp::Error> {
+        let addr = text(params.get()?.get_addr())?;
+        match blocking_api(&self.service, move |s| s.iscsi_add_portal(&addr)).await {
+            Ok(bound) => results.get().set_bound(bound.to_string().as_str()),
+            Err(e) => fail_api(self.conn, "iscsiAddPortal", &e, results.get().init_error()),
+        }
+        Ok(())
+    }
+
+    async fn iscsi_remove_portal(
+        self: Rc<Self>,
+        params: k::kernel::IscsiRemovePortalParams,
+        mut results: k::kernel::IscsiRemovePortalResults,
+    ) -> Result<(), capnp::Error> {
+        let addr = text(params.get()?.get_addr())?;
+        if let Err(e) = blocking_api(&self.service, move |s| s.iscsi_remove_portal(&addr)).await {
+            fail_api(
+                self.conn,
+                "iscsiRemovePortal",
+                &e,
+                results.get().init_error(),
+            );
+        }
+        Ok(())
+    }
+
+    async fn iscsi_portals(
+        self: Rc<Self>,
+        _: k::kernel::IscsiPortalsParams,
+        mut results: k::kernel::IscsiPortalsResults,
+    ) -> Result<(), capnp::Error> {
+        // Through the pool: the frontend's lock may be held by a slow call.
+        let list = match blocking_api(&self.service, |s| Ok(s.iscsi_portals())).await {
+            Ok(l) => l,
+            Err(e) => {
+                fail_api(self.conn, "iscsiPortals", &e, results.get().init_error());
+                return Ok(());
+            }
+        };
+        let mut l = results.get().init_portals(list.len() as u32);
+        for (i, p) in list.iter().enumerate() {
+            l.set(i as u32, p.to_string().as_str());
+        }
+        Ok(())
+    }
+
+    async fn iscsi_add_target(
+        self: Rc<Self>,
+        params: k::kernel::IscsiAddTargetParams,
+        mut results: k::kernel::IscsiAddTargetResults,
+    ) -> Result<(), capnp::Error> {
+        let t = read_iscsi_target(params.get()?.get_target()?)?;
+        if let Err(e) = blocking_api(&self.service, move |s| s.iscsi_add_target(&t)).await {
+            fail_api(self.conn, "iscsiAddTarget", &e, results.get().init_error());
+        }
+        Ok(())
+    }
+
+    async fn iscsi_remove_target(
+        self: Rc<Self>,
+        params: k::kernel::IscsiRemoveTargetParams,
+        mut results: k::kernel::IscsiRemoveTargetResults,
+    ) -> Result<(), capnp::Error> {
+        let iqn = text(params.get()?.get_iqn())?;
+        if let Err(e) = blocking_api(&self.service, move |s| s.iscsi_remove_target(&iqn)).await {
+            fail_api(
+                self.conn,
+                "iscsiRemoveTarget",
+                &e,
+                results.get().init_error(),
+            );
+        }
+        Ok(())
+    }
+
+    async fn iscsi_add_lun(
+        self: Rc<Self>,
+        params: k::kernel::IscsiAddLunParams,
+        mut results: k::kernel::IscsiAddLunResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get()?;
+        let iqn = text(p.get_iqn())?;
+        let lun = read_iscsi_lun(p.get_lun()?)?;
+        if let Err(e) = blocking_api(&self.service, move |s| s.iscsi_add_lun(&iqn, &lun)).await {
+            fail_api(self.conn, "iscsiAddLun", &e, results.get().init_error());
+        }
+        Ok(())
+    }
+
+    async fn iscsi_remove_lun(
+        self: Rc<Self>,
+        params: k::kernel::IscsiRemoveLunParams,
+        mut results: k::kernel::IscsiRemoveLunResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get()?;
+        let iqn = text(p.get_iqn())?;
+        let lun = p.get_lun();
+        if let Err(e) = blocking_api(&self.service, move |s| s.iscsi_remove_lun(&iqn, lun)).await {
+            fail_api(self.conn, "iscsiRemoveLun", &e, results.get().init_error());
+        }
+        Ok(())
+    }
+
+    async fn iscsi_allow_initiator(
+        self: Rc<Self>,
+        params: k::kernel::IscsiAllowInitiatorParams,
+        mut results: k::kernel::IscsiAllowInitiatorResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get()?;
+        let iqn = text(p.get_iqn())?;
+        let ini = text(p.get_initiator())?;
+        if let Err(e) =
+            blocking_api(&self.service, move |s| s.iscsi_allow_initiator(&iqn, &ini)).await
+        {
+            fail_api(
+                self.conn,
+                "iscsiAllowInitiator",
+                &e,
+                results.get().init_error(),
+            );
+        }
+        Ok(())
+    }
+
+    async fn iscsi_deny_initiator(
+        self: Rc<Self>,
+        params: k::kernel::IscsiDenyInitiatorParams,
+        mut results: k::kernel::IscsiDenyInitiatorResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get()?;
+        let iqn = text(p.get_iqn())?;
+        let ini = text(p.get_initiator())?;
+        if let Err(e) =
+            blocking_api(&self.service, move |s| s.iscsi_deny_initiator(&iqn, &ini)).await
+        {
+            fail_api(
+                self.conn,
+                "iscsiDenyInitiator",
+                &e,
+                results.get().init_error(),
+            );
+        }
+        Ok(())
+    }
+
+    async fn iscsi_set_chap(
+        self: Rc<Self>,
+        params: k::kernel::IscsiSetChapParams,
+        mut results: k::kernel::IscsiSetChapResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get()?;
+        let iqn = text(p.get_iqn())?;
+        let chap = if p.has_chap() {
+            Some(read_iscsi_chap(p.get_chap()?)?)
+        } else {
+            None
+        };
+        if let Err(e) = blocking_api(&self.service, move |s| s.iscsi_set_chap(&iqn, chap)).await {
+            fail_api(self.conn, "iscsiSetChap", &e, results.get().init_error());
+        }
+        Ok(())
+    }
+
+    async fn iscsi_targets(
+        self: Rc<Self>,
+        _: k::kernel::IscsiTargetsParams,
+        mut results: k::kernel::IscsiTargetsResults,
+    ) -> Result<(), capnp::Error> {
+        // Through the pool: the frontend's lock may be held by a slow call.
+        let list = match blocking_api(&self.service, |s| Ok(s.iscsi_targets())).await {
+            Ok(l) => l,
+            Err(e) => {
+                fail_api(self.conn, "iscsiTargets", &e, results.get().init_error());
+                return Ok(());
+            }
+        };
+        let mut l = results.get().init_targets(list.len() as u32);
+        for (i, t) in list.iter().enumerate() {
+            set_iscsi_target(l.reborrow().get(i as u32), t, Secrets::Withhold);
+        }
+        Ok(())
+    }
+
+    async fn iscsi_sessions(
+        self: Rc<Self>,
+        _: k::kernel::IscsiSessionsParams,
+        mut results: k::kernel::IscsiSessionsResults,
+    ) -> Result<(), capnp::Error> {
+        // Through the pool: the frontend's lock may be held by a slow call.
+        let list = match blocking_api(&self.service, |s| Ok(s.iscsi_sessions())).await {
+            Ok(l) => l,
+            Err(e) => {
+                fail_api(self.conn, "iscsiSessions", &e, results.get().init_error());
+                return Ok(());
+            }
+        };
+        let mut l = results.get().init_sessions(list.len() as u32);
+        for (i, s) in list.iter().enumerate() {
+            set_iscsi_session(l.reborrow().get(i as u32), s);
         }
         Ok(())
     }

@@ -5,9 +5,13 @@
 //!
 //! Besides the target, the service keeps the `error` bdevs it created by name: the
 //! target's registry holds them as `dyn Bdev`, and fault injection needs the
-//! concrete type.
+//! concrete type. It also holds the iSCSI frontend (started from the configuration
+//! file, or by the first `iscsi_add_portal` / `iscsi_add_target`), so the kernel
+//! interface manages portals, targets, LUNs, ACLs and CHAP at run time, and bdev and
+//! volume deletion can refuse what a LUN maps.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -17,9 +21,14 @@ use crate::bdev::malloc::MallocBdev;
 use crate::bdev::null::NullBdev;
 use crate::bdev::uring::{UringBdev, UringOpts};
 use crate::bdev::{Bdev, BdevInfo, IoKind, IoStatus};
+use crate::frontend::iscsi::{
+    lun_obj, ChapConfig, IscsiConfig, IscsiFrontend, LunConfig, SessionInfo, TargetNodeConfig,
+};
 use crate::reactor::PollMode;
 use crate::target::{DetachPolicy, Target, TargetError};
 use crate::testutil::{run_ios, IoReq};
+
+use super::{ApiError, ErrorCode};
 
 /// Largest I/O of the diagnostic `io` method.
 pub const MAX_IO_BYTES: u64 = 1 << 20;
@@ -193,6 +202,27 @@ pub struct KernelService {
     poll_mode: PollMode,
     socket: Mutex<String>,
     error_bdevs: Mutex<HashMap<String, Arc<ErrorBdev>>>,
+    /// Lock order: `iscsi` before `error_bdevs`.
+    iscsi: Mutex<IscsiSlot>,
+}
+
+/// The iSCSI frontend and what a run-time start uses.
+struct IscsiSlot {
+    fe: Option<IscsiFrontend>,
+    /// Settings of a frontend started by the API (its `portal` and `targets` are
+    /// not used).
+    defaults: IscsiConfig,
+    /// Set by [`KernelService::stop_iscsi`]: no frontend is started afterwards.
+    stopped: bool,
+}
+
+const FRONTEND: &str = "iscsi frontend";
+
+fn target_not_found(iqn: &str) -> ApiError {
+    ApiError::from(TargetError::NotFound {
+        kind: "iscsi target",
+        name: iqn.to_string(),
+    })
 }
 
 fn bdev_obj(name: &str) -> String {
@@ -207,6 +237,11 @@ impl KernelService {
             poll_mode,
             socket: Mutex::new(String::new()),
             error_bdevs: Mutex::new(HashMap::new()),
+            iscsi: Mutex::new(IscsiSlot {
+                fe: None,
+                defaults: IscsiConfig::default(),
+                stopped: false,
+            }),
         })
     }
 
@@ -222,6 +257,234 @@ impl KernelService {
 
     fn errors(&self) -> MutexGuard<'_, HashMap<String, Arc<ErrorBdev>>> {
         self.error_bdevs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn iscsi_slot(&self) -> MutexGuard<'_, IscsiSlot> {
+        self.iscsi.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hands the service the iSCSI frontend started from the configuration file.
+    pub fn set_iscsi(&self, fe: Option<IscsiFrontend>) {
+        self.iscsi_slot().fe = fe;
+    }
+
+    /// Settings (queue depth, NOP-In, `pr_dir`, discovery CHAP) of a frontend the
+    /// API starts when none runs; `portal` and `targets` are ignored.
+    pub fn set_iscsi_defaults(&self, cfg: IscsiConfig) {
+        self.iscsi_slot().defaults = cfg;
+    }
+
+    /// Stops the iSCSI frontend (portals and sessions closed); later calls that
+    /// would start one fail. Returns whether one was running.
+    pub fn stop_iscsi(&self) -> bool {
+        let fe = {
+            let mut slot = self.iscsi_slot();
+            slot.stopped = true;
+            slot.fe.take()
+        };
+        match fe {
+            Some(mut fe) => {
+                fe.stop();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Runs `f` on the frontend, starting one (with no portal) first when `start`
+    /// is set and none runs; without one and without `start`, `none` answers.
+    fn with_iscsi<T>(
+        &self,
+        start: bool,
+        none: impl FnOnce() -> Result<T, ApiError>,
+        f: impl FnOnce(&mut IscsiFrontend) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        let mut slot = self.iscsi_slot();
+        if slot.fe.is_none() {
+            if !start {
+                return none();
+            }
+            if slot.stopped {
+                return Err(ApiError {
+                    code: ErrorCode::Invalid,
+                    object: FRONTEND.into(),
+                    reason: "the target is stopping".into(),
+                });
+            }
+            let cfg = IscsiConfig {
+                portal: None,
+                targets: Vec::new(),
+                ..slot.defaults.clone()
+            };
+            let fe = IscsiFrontend::new(&self.target, &cfg)?;
+            log::info!(
+                "iscsi: frontend started by the kernel interface (queue depth {}, reservations in {})",
+                cfg.queue_depth(),
+                cfg.pr_dir
+                    .as_ref()
+                    .map_or_else(|| "memory".to_string(), |d| d.display().to_string())
+            );
+            slot.fe = Some(fe);
+        }
+        match slot.fe.as_mut() {
+            Some(fe) => f(fe),
+            None => none(),
+        }
+    }
+
+    /// Listens on `addr` (`ip:port`, port 0 picks one), starting the frontend if
+    /// none runs; returns the bound address.
+    pub fn iscsi_add_portal(&self, addr: &str) -> Result<SocketAddr, ApiError> {
+        self.with_iscsi(true, unreachable_frontend, |fe| Ok(fe.add_portal(addr)?))
+    }
+
+    /// Stops listening on `addr`; established sessions stay.
+    pub fn iscsi_remove_portal(&self, addr: &str) -> Result<(), ApiError> {
+        let a: SocketAddr = addr.parse().map_err(|e| ApiError {
+            code: ErrorCode::Invalid,
+            object: format!("iscsi portal {addr}"),
+            reason: format!("{e}"),
+        })?;
+        let not_found = || {
+            Err(ApiError::from(TargetError::NotFound {
+                kind: "iscsi portal",
+                name: a.to_string(),
+            }))
+        };
+        self.with_iscsi(false, not_found, |fe| Ok(fe.remove_portal(a)?))
+    }
+
+    /// The portals listening now.
+    pub fn iscsi_portals(&self) -> Vec<SocketAddr> {
+        self.iscsi_slot()
+            .fe
+            .as_ref()
+            .map(|f| f.portals())
+            .unwrap_or_default()
+    }
+
+    /// Exports a target node (starting the frontend, with no portal, if none runs).
+    pub fn iscsi_add_target(&self, t: &TargetNodeConfig) -> Result<(), ApiError> {
+        self.with_iscsi(true, unreachable_frontend, |fe| {
+            fe.add_target(t).map_err(|e| match e {
+                TargetError::NotFound { kind: "bdev", name } => ApiError {
+                    code: ErrorCode::NotFound,
+                    object: format!("iscsi target {}", t.iqn),
+                    reason: format!("bdev {name} not found"),
+                },
+                e => ApiError::from(e),
+            })
+        })
+    }
+
+    /// Removes a target node and closes its sessions.
+    pub fn iscsi_remove_target(&self, iqn: &str) -> Result<(), ApiError> {
+        self.with_iscsi(
+            false,
+            || Err(target_not_found(iqn)),
+            |fe| Ok(fe.remove_target(iqn)?),
+        )
+    }
+
+    /// Maps a LUN. A missing bdev is `notFound` on `lun N of IQN`.
+    pub fn iscsi_add_lun(&self, iqn: &str, lun: &LunConfig) -> Result<(), ApiError> {
+        self.with_iscsi(
+            false,
+            || Err(target_not_found(iqn)),
+            |fe| {
+                fe.add_lun(iqn, lun).map_err(|e| match e {
+                    TargetError::NotFound { kind: "bdev", name } => ApiError {
+                        code: ErrorCode::NotFound,
+                        object: lun_obj(iqn, lun.lun),
+                        reason: format!("bdev {name} not found"),
+                    },
+                    e => ApiError::from(e),
+                })
+            },
+        )
+    }
+
+    /// Unmaps a LUN.
+    pub fn iscsi_remove_lun(&self, iqn: &str, lun: u64) -> Result<(), ApiError> {
+        self.with_iscsi(
+            false,
+            || Err(target_not_found(iqn)),
+            |fe| Ok(fe.remove_lun(iqn, lun)?),
+        )
+    }
+
+    /// Allows an initiator on a target (and takes it off the deny list).
+    pub fn iscsi_allow_initiator(&self, iqn: &str, initiator: &str) -> Result<(), ApiError> {
+        self.with_iscsi(
+            false,
+            || Err(target_not_found(iqn)),
+            |fe| Ok(fe.allow_initiator(iqn, initiator)?),
+        )
+    }
+
+    /// Denies an initiator on a target and closes its sessions there.
+    pub fn iscsi_deny_initiator(&self, iqn: &str, initiator: &str) -> Result<(), ApiError> {
+        self.with_iscsi(
+            false,
+            || Err(target_not_found(iqn)),
+            |fe| Ok(fe.deny_initiator(iqn, initiator)?),
+        )
+    }
+
+    /// Sets (or with `None` clears) a target's CHAP secrets.
+    pub fn iscsi_set_chap(&self, iqn: &str, chap: Option<ChapConfig>) -> Result<(), ApiError> {
+        self.with_iscsi(
+            false,
+            || Err(target_not_found(iqn)),
+            |fe| Ok(fe.set_chap(iqn, chap)?),
+        )
+    }
+
+    /// The exported target nodes, secrets included (the RPC layer withholds them).
+    pub fn iscsi_targets(&self) -> Vec<TargetNodeConfig> {
+        self.iscsi_slot()
+            .fe
+            .as_ref()
+            .map(|f| f.targets())
+            .unwrap_or_default()
+    }
+
+    /// The sessions with their counters.
+    pub fn iscsi_sessions(&self) -> Vec<SessionInfo> {
+        self.iscsi_slot()
+            .fe
+            .as_ref()
+            .map(|f| f.sessions())
+            .unwrap_or_default()
+    }
+
+    /// Refuses to delete `name` (a `kind`) while a LUN maps it.
+    fn check_lun_users(
+        slot: &IscsiSlot,
+        kind: &'static str,
+        name: &str,
+    ) -> Result<(), TargetError> {
+        let users = slot
+            .fe
+            .as_ref()
+            .map(|f| f.lun_users(name))
+            .unwrap_or_default();
+        if users.is_empty() {
+            return Ok(());
+        }
+        Err(TargetError::InUse {
+            kind,
+            name: name.to_string(),
+            user: users.join(", "),
+        })
+    }
+
+    /// Deletes a volume no LUN maps (see [`Target::delete_volume`]).
+    pub fn delete_volume(&self, name: &str) -> Result<(), TargetError> {
+        // Held across the delete, so no LUN can map the volume meanwhile.
+        let slot = self.iscsi_slot();
+        Self::check_lun_users(&slot, "volume", name)?;
+        self.target.delete_volume(name)
     }
 
     /// What the target is.
@@ -312,7 +575,7 @@ impl KernelService {
         Ok(bdev.info())
     }
 
-    /// Deletes a bdev that neither a volume nor an `error` bdev uses. Volumes are
+    /// Deletes a bdev that neither a volume, an `error` bdev nor an iSCSI LUN uses. Volumes are
     /// deleted with [`Target::delete_volume`].
     pub fn delete_bdev(&self, name: &str) -> Result<(), TargetError> {
         if self.target.volume_spec(name).is_ok() {
@@ -321,6 +584,9 @@ impl KernelService {
                 "it is a volume; delete it with deleteVolume",
             ));
         }
+        // Held across the delete, so no LUN can map the bdev meanwhile.
+        let slot = self.iscsi_slot();
+        Self::check_lun_users(&slot, "bdev", name)?;
         let mut errors = self.errors();
         if let Some((user, _)) = errors.iter().find(|(_, e)| e.inner().name() == name) {
             return Err(TargetError::InUse {
@@ -442,4 +708,13 @@ impl KernelService {
             latency_us: o.latency.as_micros().min(u64::MAX as u128) as u64,
         })
     }
+}
+
+/// The answer of a call that starts the frontend when none runs: never reached.
+fn unreachable_frontend<T>() -> Result<T, ApiError> {
+    Err(ApiError {
+        code: ErrorCode::Invalid,
+        object: FRONTEND.into(),
+        reason: "not running".into(),
+    })
 }

@@ -2,6 +2,11 @@
 //! and volumes of its configuration file, starts its frontends (iSCSI), and serves
 //! the kernel interface on a Unix socket until SIGTERM or SIGINT; then it stops the
 //! frontends, the API server (removing the socket) and the reactors, and exits 0.
+//!
+//! The iSCSI frontend belongs to the kernel interface's service, which manages it at
+//! run time. Without an `[iscsi]` section the first `iscsiAddPortal` (or
+//! `iscsiAddTarget`) starts it with the defaults of `[iscsi]` and persistent
+//! reservations in `<socket path without extension>.iscsi-pr/`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -13,6 +18,7 @@ use nix::sys::signal::{SigSet, Signal};
 
 use plexd_target::api::{clear_stale_socket, KernelService, ServerHandle};
 use plexd_target::config::{Config, DEFAULT_SOCKET};
+use plexd_target::frontend::iscsi::IscsiConfig;
 use plexd_target::reactor::{parse_cores, PollMode};
 use plexd_target::{Target, TargetConfig};
 
@@ -118,8 +124,23 @@ fn run(args: &Args, signals: &SigSet) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     let svc = KernelService::new(Arc::clone(&target), poll_mode);
     cfg.apply(&svc).map_err(|e| e.to_string())?;
-    let mut iscsi = cfg.start_iscsi(&target).map_err(|e| e.to_string())?;
-    let server = ServerHandle::start(Arc::clone(&svc), &socket).map_err(|e| e.to_string())?;
+    let iscsi = cfg.start_iscsi(&target).map_err(|e| e.to_string())?;
+    let frontends = iscsi
+        .as_ref()
+        .map(|f| format!("; iscsi portal {}", f.portal()))
+        .unwrap_or_default();
+    svc.set_iscsi_defaults(IscsiConfig {
+        pr_dir: Some(default_pr_dir(&socket)),
+        ..Default::default()
+    });
+    svc.set_iscsi(iscsi);
+    let server = match ServerHandle::start(Arc::clone(&svc), &socket) {
+        Ok(s) => s,
+        Err(e) => {
+            svc.stop_iscsi();
+            return Err(e.to_string());
+        }
+    };
 
     let cores: Vec<String> = target
         .reactors()
@@ -127,10 +148,6 @@ fn run(args: &Args, signals: &SigSet) -> Result<(), String> {
         .iter()
         .map(|c| c.map_or_else(|| "unpinned".to_string(), |c| c.to_string()))
         .collect();
-    let frontends = iscsi
-        .as_ref()
-        .map(|f| format!("; iscsi portal {}", f.portal()))
-        .unwrap_or_default();
     // Not println!: a closed stdout must not panic the data plane.
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
@@ -147,10 +164,7 @@ fn run(args: &Args, signals: &SigSet) -> Result<(), String> {
         Ok(sig) => log::info!("{sig}: stopping"),
         Err(e) => log::error!("waiting for a stop signal failed ({e}); stopping"),
     }
-    if let Some(f) = iscsi.as_mut() {
-        f.stop();
-    }
-    drop(iscsi);
+    svc.stop_iscsi();
     server.stop();
     drop(svc);
     match Arc::try_unwrap(target) {
@@ -163,4 +177,11 @@ fn run(args: &Args, signals: &SigSet) -> Result<(), String> {
     }
     log::info!("stopped");
     Ok(())
+}
+
+/// Where a frontend started through the kernel interface keeps persistent
+/// reservations: next to the socket, `/run/plexd/target0.sock` ->
+/// `/run/plexd/target0.iscsi-pr`.
+fn default_pr_dir(socket: &std::path::Path) -> PathBuf {
+    socket.with_extension("iscsi-pr")
 }

@@ -68,6 +68,10 @@ pub struct TargetNodeConfig {
     /// Initiator IQNs allowed to log in; empty allows every initiator.
     #[serde(default)]
     pub allow: Vec<String>,
+    /// Initiator IQNs refused even when `allow` lists them (deny wins). With an
+    /// empty `allow`, every initiator but these may log in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<String>,
     /// CHAP secrets; when set, initiators must authenticate.
     #[serde(default)]
     pub chap: Option<ChapConfig>,

@@ -68,6 +68,10 @@ pub trait LoginEnv {
     fn target(&self, iqn: &str) -> Option<TargetAuth>;
     /// CHAP required for discovery sessions.
     fn discovery_chap(&self) -> Option<ChapConfig>;
+    /// True when `initiator` is on the deny list of target `iqn`.
+    fn denied(&self, _iqn: &str, _initiator: &str) -> bool {
+        false
+    }
     /// The portal group tag.
     fn portal_group_tag(&self) -> u16 {
         1
@@ -304,7 +308,9 @@ impl Login {
             SessionType::Normal => {
                 self.target = get("TargetName").ok_or(status::MISSING_PARAMETER)?;
                 let t = env.target(&self.target).ok_or(status::NOT_FOUND)?;
-                if !t.allow.is_empty() && !t.allow.iter().any(|a| a == &self.initiator) {
+                if (!t.allow.is_empty() && !t.allow.iter().any(|a| a == &self.initiator))
+                    || env.denied(&self.target, &self.initiator)
+                {
                     log::warn!(
                         "iscsi login: initiator {} is not allowed on target {}",
                         self.initiator,

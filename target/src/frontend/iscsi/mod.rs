@@ -97,10 +97,36 @@ impl LunRt {
 
 /// A target node as connections see it.
 pub struct TargetRt {
-    /// Configuration.
+    /// Configuration as connections apply it: `allow` is the effective allow list
+    /// (the configured one without denied initiators; [`NOBODY`] when that leaves
+    /// nobody), so discovery and login agree.
     pub cfg: TargetNodeConfig,
+    /// Configuration as given (listed by [`IscsiFrontend::targets`]).
+    conf: TargetNodeConfig,
     /// LUNs by number.
     pub luns: BTreeMap<u64, Arc<LunRt>>,
+}
+
+/// An allow-list entry no initiator can match (text keys cannot hold a NUL): the
+/// effective allow list of a target whose allowed initiators are all denied.
+pub const NOBODY: &str = "\0nobody";
+
+impl TargetRt {
+    fn new(conf: TargetNodeConfig, luns: BTreeMap<u64, Arc<LunRt>>) -> TargetRt {
+        let mut cfg = conf.clone();
+        if !conf.deny.is_empty() && !conf.allow.is_empty() {
+            cfg.allow.retain(|a| !conf.deny.contains(a));
+            if cfg.allow.is_empty() {
+                cfg.allow.push(NOBODY.to_string());
+            }
+        }
+        TargetRt { cfg, conf, luns }
+    }
+}
+
+/// `lun N of IQN`: how errors name a LUN mapping.
+pub fn lun_obj(iqn: &str, lun: u64) -> String {
+    format!("lun {lun} of {iqn}")
 }
 
 /// Counters of one session (written by its reactor only).
@@ -174,6 +200,8 @@ pub(crate) struct Shared {
     nop_timeout: Duration,
     discovery_chap: Option<ChapConfig>,
     portal: Mutex<SocketAddr>,
+    /// Every listening portal, in the order they were added.
+    portals: Mutex<Vec<SocketAddr>>,
     pr_dir: Option<PathBuf>,
     stopping: AtomicBool,
 }
@@ -184,6 +212,9 @@ impl Shared {
     }
     fn sessions(&self) -> MutexGuard<'_, BTreeMap<u16, Arc<Session>>> {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn portals(&self) -> MutexGuard<'_, Vec<SocketAddr>> {
+        self.portals.lock().unwrap_or_else(|p| p.into_inner())
     }
     fn limits(&self) -> text::Limits {
         text::Limits {
@@ -220,6 +251,10 @@ impl login::LoginEnv for Shared {
     fn discovery_chap(&self) -> Option<ChapConfig> {
         self.discovery_chap.clone()
     }
+    fn denied(&self, iqn: &str, initiator: &str) -> bool {
+        self.target(iqn)
+            .is_some_and(|t| t.conf.deny.iter().any(|d| d == initiator))
+    }
 }
 
 static NEXT_FRONTEND_ID: AtomicU64 = AtomicU64::new(1);
@@ -229,6 +264,44 @@ pub struct IscsiFrontend {
     target: Arc<Target>,
     shared: Arc<Shared>,
     stopped: bool,
+}
+
+/// Checks a CHAP configuration given at run time (or in a target node).
+fn check_chap(obj: &str, c: &ChapConfig) -> Result<(), TargetError> {
+    let bad = |reason: &str| Err(TargetError::invalid(obj.to_string(), reason.to_string()));
+    if c.user.is_empty() || c.user.len() > 255 || c.user.contains('\0') {
+        return bad("CHAP user must be 1..255 bytes without NUL");
+    }
+    if c.secret.is_empty() || c.secret.len() > 255 {
+        return bad("CHAP secret must be 1..255 bytes");
+    }
+    if let Some(m) = &c.mutual_secret {
+        if m.is_empty() || m.len() > 255 {
+            return bad("mutual CHAP secret must be 1..255 bytes");
+        }
+        if *m == c.secret {
+            return bad(
+                "the mutual CHAP secret must differ from the initiator's secret (RFC 7143 §12.1.3)",
+            );
+        }
+    }
+    if let Some(u) = &c.mutual_user {
+        if u.is_empty() || u.len() > 255 || u.contains('\0') {
+            return bad("mutual CHAP user must be 1..255 bytes without NUL");
+        }
+    }
+    Ok(())
+}
+
+/// Checks an initiator name of an allow or deny list.
+fn check_initiator(obj: &str, name: &str) -> Result<(), TargetError> {
+    if name.is_empty() || name.len() > 223 || name.contains('\0') {
+        return Err(TargetError::invalid(
+            obj.to_string(),
+            format!("initiator name {name:?} must be 1..223 bytes without NUL"),
+        ));
+    }
+    Ok(())
 }
 
 fn valid_iqn(iqn: &str) -> bool {
@@ -245,6 +318,20 @@ impl IscsiFrontend {
         let addr: SocketAddr = cfg.portal().parse().map_err(|e| {
             TargetError::invalid(format!("iscsi portal {}", cfg.portal()), format!("{e}"))
         })?;
+        let fe = IscsiFrontend::new(target, cfg)?;
+        let bound = portal::start(target, &fe.shared, addr)?;
+        *fe.shared.portal.lock().unwrap_or_else(|p| p.into_inner()) = bound;
+        fe.shared.portals().push(bound);
+        log::info!(
+            "iscsi: portal {bound} listening, {} target(s)",
+            cfg.targets.len()
+        );
+        Ok(fe)
+    }
+
+    /// Exports the configured targets without listening anywhere yet (`portal` of
+    /// `cfg` is not used); [`IscsiFrontend::add_portal`] adds listeners.
+    pub fn new(target: &Arc<Target>, cfg: &IscsiConfig) -> Result<IscsiFrontend, TargetError> {
         if let Some(d) = &cfg.pr_dir {
             std::fs::create_dir_all(d).map_err(|e| TargetError::Io {
                 object: format!("iscsi pr_dir {}", d.display()),
@@ -264,7 +351,8 @@ impl IscsiFrontend {
             },
             nop_timeout: Duration::from_secs(cfg.nop_in_timeout_s.unwrap_or(30).max(1)),
             discovery_chap: cfg.discovery_chap.clone(),
-            portal: Mutex::new(addr),
+            portal: Mutex::new(SocketAddr::from(([0, 0, 0, 0], 0))),
+            portals: Mutex::new(Vec::new()),
             pr_dir: cfg.pr_dir.clone(),
             stopping: AtomicBool::new(false),
         });
@@ -276,18 +364,19 @@ impl IscsiFrontend {
         for t in &cfg.targets {
             fe.add_target(t)?;
         }
-        let bound = portal::start(target, &fe.shared, addr)?;
-        *fe.shared.portal.lock().unwrap_or_else(|p| p.into_inner()) = bound;
-        log::info!(
-            "iscsi: portal {bound} listening, {} target(s)",
-            cfg.targets.len()
-        );
         Ok(fe)
     }
 
-    /// The address the portal listens on (with the real port when 0 was asked).
+    /// The address the portal of [`IscsiFrontend::start`] listens on (with the real
+    /// port when 0 was asked); `0.0.0.0:0` for a frontend made with
+    /// [`IscsiFrontend::new`].
     pub fn portal(&self) -> SocketAddr {
         *self.shared.portal.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every portal listening now, in the order they were added.
+    pub fn portals(&self) -> Vec<SocketAddr> {
+        self.shared.portals().clone()
     }
 
     /// Listens on one more portal (`address:port`, port 0 picks one); returns the
@@ -296,7 +385,14 @@ impl IscsiFrontend {
         let a: SocketAddr = addr
             .parse()
             .map_err(|e| TargetError::invalid(format!("iscsi portal {addr}"), format!("{e}")))?;
+        if a.port() != 0 && self.shared.portals().contains(&a) {
+            return Err(TargetError::Exists {
+                kind: "iscsi portal",
+                name: a.to_string(),
+            });
+        }
         let bound = portal::start(&self.target, &self.shared, a)?;
+        self.shared.portals().push(bound);
         log::info!("iscsi: portal {bound} listening");
         Ok(bound)
     }
@@ -316,21 +412,14 @@ impl IscsiFrontend {
                 name: addr.to_string(),
             });
         }
+        self.shared.portals().retain(|p| *p != addr);
         log::info!("iscsi: portal {addr} removed");
         Ok(())
     }
 
-    fn build_lun(&self, iqn: &str, l: &LunConfig) -> Result<Arc<LunRt>, TargetError> {
-        let bdev = self.target.bdev(&l.bdev)?;
-        if l.lun >= 16384 {
-            return Err(TargetError::invalid(
-                format!("iscsi target {iqn} lun {}", l.lun),
-                "LUN numbers are 0..16383",
-            ));
-        }
-        let device_id = l.device_id.clone().unwrap_or_else(|| l.bdev.clone());
-        let pr_path = self.shared.pr_dir.as_ref().map(|d| {
-            let safe: String = format!("{iqn}-lun{}", l.lun)
+    fn pr_path(&self, iqn: &str, lun: u64) -> Option<PathBuf> {
+        self.shared.pr_dir.as_ref().map(|d| {
+            let safe: String = format!("{iqn}-lun{lun}")
                 .chars()
                 .map(|c| {
                     if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
@@ -341,10 +430,41 @@ impl IscsiFrontend {
                 })
                 .collect();
             d.join(format!("{safe}.pr.json"))
-        });
+        })
+    }
+
+    /// Forgets the reservations of an unmapped LUN (its state file).
+    fn drop_pr_state(&self, iqn: &str, lun: u64) {
+        if let Some(p) = self.pr_path(iqn, lun) {
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => log::warn!(
+                    "iscsi {}: cannot remove reservation file {}: {e}",
+                    lun_obj(iqn, lun),
+                    p.display()
+                ),
+            }
+        }
+    }
+
+    fn build_lun(&self, iqn: &str, l: &LunConfig) -> Result<Arc<LunRt>, TargetError> {
+        if l.lun >= 16384 {
+            return Err(TargetError::invalid(
+                lun_obj(iqn, l.lun),
+                "LUN numbers are 0..16383",
+            ));
+        }
+        let bdev = self.target.bdev(&l.bdev)?;
+        let device_id = l
+            .device_id
+            .clone()
+            .filter(|d| !d.is_empty())
+            .unwrap_or_else(|| l.bdev.clone());
+        let pr_path = self.pr_path(iqn, l.lun);
         let pr = match &pr_path {
             Some(p) => PrState::load(p).map_err(|e| TargetError::Io {
-                object: format!("iscsi target {iqn} lun {}", l.lun),
+                object: lun_obj(iqn, l.lun),
                 reason: e,
             })?,
             None => PrState::default(),
@@ -398,23 +518,23 @@ impl IscsiFrontend {
         if self.shared.targets().len() >= MAX_TARGETS || t.luns.len() > MAX_LUNS {
             return Err(TargetError::invalid(obj, "too many targets or LUNs"));
         }
+        if let Some(c) = &t.chap {
+            check_chap(&obj, c)?;
+        }
+        for i in t.allow.iter().chain(&t.deny) {
+            check_initiator(&obj, i)?;
+        }
         let mut luns = BTreeMap::new();
         for l in &t.luns {
             if luns.contains_key(&l.lun) {
-                return Err(TargetError::invalid(
-                    obj,
-                    format!("LUN {} given twice", l.lun),
-                ));
+                return Err(TargetError::Exists {
+                    kind: "lun",
+                    name: format!("{} of {}", l.lun, t.iqn),
+                });
             }
             luns.insert(l.lun, self.build_lun(&t.iqn, l)?);
         }
-        self.publish(
-            &t.iqn,
-            Some(TargetRt {
-                cfg: t.clone(),
-                luns,
-            }),
-        );
+        self.publish(&t.iqn, Some(TargetRt::new(t.clone(), luns)));
         log::info!(
             "iscsi: target {} exported with {} LUN(s)",
             t.iqn,
@@ -423,16 +543,20 @@ impl IscsiFrontend {
         Ok(())
     }
 
-    /// Removes a target node and closes its sessions.
+    /// Removes a target node and closes its sessions; the reservations of its
+    /// LUNs are forgotten.
     pub fn remove_target(&mut self, iqn: &str) -> Result<(), TargetError> {
-        if self.shared.target(iqn).is_none() {
+        let Some(old) = self.shared.target(iqn) else {
             return Err(TargetError::NotFound {
                 kind: "iscsi target",
                 name: iqn.to_string(),
             });
-        }
+        };
         self.publish(iqn, None);
         self.close_sessions(|s| s.target == iqn);
+        for lun in old.luns.keys() {
+            self.drop_pr_state(iqn, *lun);
+        }
         log::info!("iscsi: target {iqn} removed");
         Ok(())
     }
@@ -440,7 +564,7 @@ impl IscsiFrontend {
     fn modify(
         &mut self,
         iqn: &str,
-        f: impl FnOnce(&mut TargetRt) -> Result<(), TargetError>,
+        f: impl FnOnce(&mut TargetNodeConfig, &mut BTreeMap<u64, Arc<LunRt>>) -> Result<(), TargetError>,
     ) -> Result<(), TargetError> {
         let cur = self
             .shared
@@ -449,79 +573,142 @@ impl IscsiFrontend {
                 kind: "iscsi target",
                 name: iqn.to_string(),
             })?;
-        let mut t = TargetRt {
-            cfg: cur.cfg.clone(),
-            luns: cur.luns.clone(),
-        };
-        f(&mut t)?;
-        self.publish(iqn, Some(t));
+        let mut conf = cur.conf.clone();
+        let mut luns = cur.luns.clone();
+        f(&mut conf, &mut luns)?;
+        self.publish(iqn, Some(TargetRt::new(conf, luns)));
         Ok(())
     }
 
-    /// Maps a LUN of a target to a bdev.
+    /// Maps a LUN of a target to a bdev. A LUN number in use is `Exists`
+    /// (`lun N of IQN`), a missing bdev `NotFound` (`bdev NAME`).
     pub fn add_lun(&mut self, iqn: &str, lun: &LunConfig) -> Result<(), TargetError> {
-        let rt = self.build_lun(iqn, lun)?;
-        self.modify(iqn, |t| {
-            if t.luns.contains_key(&lun.lun) || t.luns.len() >= MAX_LUNS {
+        let taken = |luns: &BTreeMap<u64, Arc<LunRt>>| {
+            if luns.contains_key(&lun.lun) {
                 return Err(TargetError::Exists {
-                    kind: "iscsi lun",
-                    name: format!("{iqn}/{}", lun.lun),
+                    kind: "lun",
+                    name: format!("{} of {iqn}", lun.lun),
                 });
             }
-            t.cfg.luns.push(lun.clone());
-            t.luns.insert(lun.lun, rt);
+            if luns.len() >= MAX_LUNS {
+                return Err(TargetError::invalid(
+                    lun_obj(iqn, lun.lun),
+                    format!("the target has {MAX_LUNS} LUNs already"),
+                ));
+            }
             Ok(())
-        })
+        };
+        // Checked before and after building (which opens the reservation file).
+        let cur = self
+            .shared
+            .target(iqn)
+            .ok_or_else(|| TargetError::NotFound {
+                kind: "iscsi target",
+                name: iqn.to_string(),
+            })?;
+        taken(&cur.luns)?;
+        let rt = self.build_lun(iqn, lun)?;
+        self.modify(iqn, |conf, luns| {
+            taken(luns)?;
+            conf.luns.push(lun.clone());
+            luns.insert(lun.lun, rt);
+            Ok(())
+        })?;
+        log::info!(
+            "iscsi: {} mapped to bdev {}",
+            lun_obj(iqn, lun.lun),
+            lun.bdev
+        );
+        Ok(())
     }
 
-    /// Unmaps a LUN.
+    /// Unmaps a LUN; its reservations are forgotten.
     pub fn remove_lun(&mut self, iqn: &str, lun: u64) -> Result<(), TargetError> {
-        self.modify(iqn, |t| {
-            if t.luns.remove(&lun).is_none() {
+        self.modify(iqn, |conf, luns| {
+            if luns.remove(&lun).is_none() {
                 return Err(TargetError::NotFound {
-                    kind: "iscsi lun",
-                    name: format!("{iqn}/{lun}"),
+                    kind: "lun",
+                    name: format!("{lun} of {iqn}"),
                 });
             }
-            t.cfg.luns.retain(|l| l.lun != lun);
+            conf.luns.retain(|l| l.lun != lun);
             Ok(())
-        })
+        })?;
+        self.drop_pr_state(iqn, lun);
+        log::info!("iscsi: {} unmapped", lun_obj(iqn, lun));
+        Ok(())
     }
 
-    /// Allows an initiator (an empty list allows everyone).
+    /// Allows an initiator: adds it to the allow list (a target with a non-empty
+    /// list admits only those) and takes it off the deny list.
     pub fn allow_initiator(&mut self, iqn: &str, initiator: &str) -> Result<(), TargetError> {
-        self.modify(iqn, |t| {
-            if !t.cfg.allow.iter().any(|a| a == initiator) {
-                t.cfg.allow.push(initiator.to_string());
+        check_initiator(&format!("iscsi target {iqn}"), initiator)?;
+        self.modify(iqn, |conf, _| {
+            if !conf.allow.iter().any(|a| a == initiator) {
+                conf.allow.push(initiator.to_string());
             }
+            conf.deny.retain(|d| d != initiator);
             Ok(())
-        })
+        })?;
+        log::info!("iscsi: target {iqn}: initiator {initiator} allowed");
+        Ok(())
     }
 
-    /// Removes an initiator from the allow list and closes its sessions.
+    /// Denies an initiator: puts it on the deny list (deny wins over allow; the
+    /// allow list is kept, so a restricted target never becomes open) and closes
+    /// its sessions.
     pub fn deny_initiator(&mut self, iqn: &str, initiator: &str) -> Result<(), TargetError> {
-        self.modify(iqn, |t| {
-            t.cfg.allow.retain(|a| a != initiator);
+        check_initiator(&format!("iscsi target {iqn}"), initiator)?;
+        self.modify(iqn, |conf, _| {
+            if !conf.deny.iter().any(|d| d == initiator) {
+                conf.deny.push(initiator.to_string());
+            }
             Ok(())
         })?;
         self.close_sessions(|s| s.target == iqn && s.initiator == initiator);
+        log::info!("iscsi: target {iqn}: initiator {initiator} denied");
         Ok(())
     }
 
     /// Sets or clears the CHAP secrets of a target (new logins only).
     pub fn set_chap(&mut self, iqn: &str, chap: Option<ChapConfig>) -> Result<(), TargetError> {
-        self.modify(iqn, |t| {
-            t.cfg.chap = chap;
+        if let Some(c) = &chap {
+            check_chap(&format!("iscsi target {iqn}"), c)?;
+        }
+        let on = chap.is_some();
+        self.modify(iqn, |conf, _| {
+            conf.chap = chap;
             Ok(())
-        })
+        })?;
+        log::info!(
+            "iscsi: target {iqn}: CHAP {}",
+            if on { "set" } else { "cleared" }
+        );
+        Ok(())
     }
 
-    /// The exported targets' configuration.
+    /// The exported targets' configuration, as given (secrets included).
     pub fn targets(&self) -> Vec<TargetNodeConfig> {
         self.shared
             .targets()
             .values()
-            .map(|t| t.cfg.clone())
+            .map(|t| t.conf.clone())
+            .collect()
+    }
+
+    /// The LUN mappings of bdev `bdev`, as `lun N of IQN`.
+    pub fn lun_users(&self, bdev: &str) -> Vec<String> {
+        self.shared
+            .targets()
+            .values()
+            .flat_map(|t| {
+                t.conf
+                    .luns
+                    .iter()
+                    .filter(|l| l.bdev == bdev)
+                    .map(|l| lun_obj(&t.conf.iqn, l.lun))
+                    .collect::<Vec<_>>()
+            })
             .collect()
     }
 
