@@ -37,7 +37,9 @@ fuzz_target!(|data: &[u8]| {
     let Some((&mode, mut rest)) = data.split_first() else {
         return;
     };
-    let env = Env { chap: mode & 1 != 0 };
+    let env = Env {
+        chap: mode & 1 != 0,
+    };
     let lim = text::Limits {
         target_mrdsl: 262_144,
         max_burst: 1 << 20,
