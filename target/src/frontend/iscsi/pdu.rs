@@ -331,21 +331,34 @@ impl Bhs {
 
 /// Appends a whole PDU (header, digests, data, padding) to `out`.
 pub fn encode(out: &mut Vec<u8>, bhs: &Bhs, data: &[u8], dig: Digests) {
+    encode_head(out, bhs, data.len(), dig);
+    out.extend_from_slice(data);
+    encode_tail(out, data, dig);
+}
+
+/// Appends the part of a PDU before its data segment (the header with
+/// DataSegmentLength = `data_len`, and the header digest), for a PDU whose data is
+/// sent from elsewhere (a vectored write) and followed by [`encode_tail`].
+pub fn encode_head(out: &mut Vec<u8>, bhs: &Bhs, data_len: usize, dig: Digests) {
     let mut h = *bhs;
-    h.data_len(data.len());
+    h.data_len(data_len);
     out.extend_from_slice(&h.0);
     if dig.header {
         out.extend_from_slice(&crc32c(&h.0).to_le_bytes());
     }
-    if !data.is_empty() {
-        let start = out.len();
-        out.extend_from_slice(data);
-        let pad = padded(data.len()) - data.len();
-        out.extend_from_slice(&[0u8; 3][..pad]);
-        if dig.data {
-            let c = crc32c(&out[start..]);
-            out.extend_from_slice(&c.to_le_bytes());
-        }
+}
+
+/// Appends the part of a PDU after its data segment `data`: padding to 4 bytes and
+/// the data digest (over data and padding). Nothing for an empty segment.
+pub fn encode_tail(out: &mut Vec<u8>, data: &[u8], dig: Digests) {
+    if data.is_empty() {
+        return;
+    }
+    let pad = &[0u8; 3][..padded(data.len()) - data.len()];
+    out.extend_from_slice(pad);
+    if dig.data {
+        let c = crc32c::crc32c_append(crc32c(data), pad);
+        out.extend_from_slice(&c.to_le_bytes());
     }
 }
 
@@ -423,6 +436,33 @@ mod tests {
             parse(&bad, dig, 8192),
             Err(PduError::DataDigest { .. })
         ));
+    }
+
+    #[test]
+    fn split_encoding_matches_whole() {
+        for dig in [
+            Digests::default(),
+            Digests {
+                header: true,
+                data: true,
+            },
+        ] {
+            for len in [0usize, 1, 3, 4, 5, 511, 4096] {
+                let data: Vec<u8> = (0..len).map(|i| (i * 7 + 1) as u8).collect();
+                let b = Bhs::new(op::DATA_IN, 0x81);
+                let mut whole = Vec::new();
+                encode(&mut whole, &b, &data, dig);
+                let mut split = Vec::new();
+                encode_head(&mut split, &b, data.len(), dig);
+                split.extend_from_slice(&data);
+                encode_tail(&mut split, &data, dig);
+                assert_eq!(whole, split, "len {len} {dig:?}");
+                match parse(&whole, dig, 8192).unwrap() {
+                    Parsed::Pdu(p) => assert_eq!(p.data, &data[..]),
+                    Parsed::Need(_) => panic!("complete pdu"),
+                }
+            }
+        }
     }
 
     #[test]
