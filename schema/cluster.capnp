@@ -12,4 +12,12 @@ using Ctl = import "ctl.capnp";
 
 interface Peer extends(Ctl.Ctl) {
   deliver @0 (from :UInt32, incarnation :UInt64, message :Data) -> ();
+
+  # Resync fences (coordinator/src/daemon/fence.rs): `hold` quiesces `volume` (a
+  # volume bdev, DG.VOL) on this node's data plane for the copy `token` of node
+  # `from`, which must be this node's master; this node must have applied
+  # transaction minTxnView.minTxnN. A release (`hold` false) resumes it and answers
+  # `intact` = the fence held from the hold until now. `error` empty = done.
+  fence @1 (from :UInt32, volume :Text, hold :Bool, token :UInt64,
+            minTxnView :UInt64, minTxnN :UInt64) -> (error :Text, intact :Bool);
 }

@@ -22,6 +22,7 @@
 pub mod config;
 pub mod ctl;
 pub mod disks;
+pub mod fence;
 pub mod kernel;
 pub mod model;
 pub mod print;
@@ -80,6 +81,22 @@ pub enum Input {
     },
     /// A resync task progressed or ended.
     Resync(resync::Progress),
+    /// A resync fence call (see [`fence`]), from a peer or from this node's own
+    /// resync thread.
+    Fence {
+        /// The node copying (must be this node's master, or this node).
+        from: NodeId,
+        /// Volume bdev name (`DG.VOL`).
+        volume: String,
+        /// Hold (true) or release (false).
+        hold: bool,
+        /// The copy's token.
+        token: u64,
+        /// The transaction this node must have applied before it fences.
+        min_txn: TxnId,
+        /// The answer: taken / held intact until the release.
+        reply: smol::channel::Sender<Result<bool, String>>,
+    },
     /// SIGTERM / SIGINT.
     Shutdown,
 }
@@ -215,6 +232,8 @@ pub fn run(opts: Options) -> Result<(), String> {
         offered: None,
         history: std::collections::VecDeque::new(),
         tasks: resync::Tasks::default(),
+        fences: fence::Fences::default(),
+        view: fence::SharedView::default(),
         tx: tx.clone(),
         stopping: false,
     };
@@ -338,6 +357,10 @@ struct Daemon {
     /// configuration read from the disks is recognised by them.
     history: std::collections::VecDeque<(TxnId, SharedConfig)>,
     tasks: resync::Tasks,
+    /// Resync fences this node holds for its master (or itself).
+    fences: fence::Fences,
+    /// The view as resync threads see it (updated after every event).
+    view: fence::SharedView,
     tx: SyncSender<Input>,
     stopping: bool,
 }
@@ -359,6 +382,9 @@ impl Daemon {
             }
             if Instant::now() >= next_tick {
                 self.feed(Event::Tick);
+                let master = self.node.view().map(|v| v.master);
+                self.fences
+                    .expire(self.kernel.client(), Instant::now(), self.me, master);
                 next_tick = Instant::now() + tick;
             }
             if self.stopping && matches!(self.node.role(), Role::Stopped) {
@@ -386,11 +412,73 @@ impl Daemon {
             Input::Ctl { call, reply } => self.on_ctl(call, reply),
             Input::PlexIoError { volume, plex } => self.on_plex_error(volume, plex),
             Input::Resync(p) => self.on_resync(p),
+            Input::Fence {
+                from,
+                volume,
+                hold,
+                token,
+                min_txn,
+                reply,
+            } => {
+                let answer = self.on_fence(from, &volume, hold, token, min_txn);
+                if let Err(e) = &answer {
+                    log::warn!(
+                        "node {}: fence on volume {volume} for node {}: {e}",
+                        self.name,
+                        self.node.name(from)
+                    );
+                }
+                let _ = reply.try_send(answer);
+            }
             Input::Shutdown => {
                 self.stopping = true;
+                self.fences
+                    .break_all(self.kernel.client(), "plexd is stopping");
                 self.feed(Event::Shutdown);
             }
         }
+    }
+
+    /// A resync fence call: only this node itself or its master fences, and only
+    /// once this node has applied `min_txn` (so its writes reach the SYNCING plex).
+    fn on_fence(
+        &mut self,
+        from: NodeId,
+        volume: &str,
+        hold: bool,
+        token: u64,
+        min_txn: TxnId,
+    ) -> Result<bool, String> {
+        if !hold {
+            return self.fences.release(self.kernel.client(), volume, token);
+        }
+        if self.stopping {
+            return Err(format!("node {}: plexd is stopping", self.name));
+        }
+        if from != self.me {
+            let member_of_from = self
+                .node
+                .view()
+                .is_some_and(|v| v.master == from && v.members.binary_search(&self.me).is_ok());
+            if !member_of_from {
+                return Err(format!(
+                    "node {}: node {} is not the master of this node's view",
+                    self.name,
+                    self.node.name(from)
+                ));
+            }
+            if self.node.config_txn() < min_txn {
+                return Err(format!(
+                    "node {}: transaction {min_txn} is not applied here yet (at {})",
+                    self.name,
+                    self.node.config_txn()
+                ));
+            }
+        }
+        self.fences
+            .hold(self.kernel.client(), volume, from, token, Instant::now())
+            .map(|()| true)
+            .map_err(|e| format!("node {}: {e}", self.name))
     }
 
     fn on_plex_error(&mut self, volume: String, plex: String) {
@@ -473,6 +561,33 @@ impl Daemon {
             }
             self.remember_config();
         }
+        self.publish_view();
+    }
+
+    /// Shares the current view with resync threads (when it changed).
+    fn publish_view(&self) {
+        let now = self.node.view().map(|v| fence::ViewSnapshot {
+            id: v.id,
+            master: v.master,
+            members: v
+                .members
+                .iter()
+                .map(|&id| {
+                    let address = self
+                        .file
+                        .nodes
+                        .iter()
+                        .find(|n| n.id == id)
+                        .map(|n| n.address.clone())
+                        .unwrap_or_default();
+                    (id, address)
+                })
+                .collect(),
+        });
+        let mut shared = self.view.lock().unwrap_or_else(|p| p.into_inner());
+        if *shared != now {
+            *shared = now;
+        }
     }
 
     fn remember_config(&mut self) {
@@ -517,6 +632,8 @@ impl Daemon {
             }
             Action::KernelPrepare { txn, config } => {
                 let desired = self.desired_with(&config);
+                self.fences
+                    .break_all(self.kernel.client(), "a transaction's kernel phase");
                 let result = self.kernel.prepare(desired, true);
                 if let Err(e) = &result {
                     log::error!(
@@ -547,6 +664,8 @@ impl Daemon {
             }
             Action::KernelLoad { config } => {
                 let desired = self.desired_with(&config);
+                self.fences
+                    .break_all(self.kernel.client(), "a configuration load");
                 let result = self.kernel.load(desired);
                 if let Err(e) = &result {
                     log::error!(
@@ -601,6 +720,8 @@ impl Daemon {
                     self.name
                 );
                 self.tasks.cancel_all();
+                self.fences
+                    .break_all(self.kernel.client(), "this node left the cluster");
                 let keep = Desired::of(&self.private.disk_groups);
                 self.kernel.leave(keep);
                 None
@@ -685,15 +806,17 @@ impl Daemon {
         let is_master = matches!(self.node.role(), Role::Master);
         let shared = self.node.config().groups.clone();
         for g in shared.iter().filter(|_| is_master) {
-            self.start_resyncs(g);
+            self.start_resyncs(g, true);
         }
         let private = self.private.disk_groups.clone();
         for g in &private {
-            self.start_resyncs(g);
+            self.start_resyncs(g, false);
         }
     }
 
-    fn start_resyncs(&mut self, g: &objects::DiskGroupConfig) {
+    /// Starts a resync of every SYNCING plex of `g` without one; a `shared` group's
+    /// copies are fenced on every member of the view.
+    fn start_resyncs(&mut self, g: &objects::DiskGroupConfig, shared: bool) {
         for v in &g.volumes {
             for p in v.plexes.iter().filter(|p| p.state == PlexState::Syncing) {
                 if self.tasks.running(&g.name, &p.name) {
@@ -716,9 +839,16 @@ impl Daemon {
                     p.name,
                     v.name
                 );
+                let fencer = fence::Fencer::new(
+                    self.me,
+                    shared.then(|| std::sync::Arc::clone(&self.view)),
+                    self.node.config_txn(),
+                    self.tx.clone(),
+                );
                 job.start(
                     id,
                     self.kernel.client().path().to_string(),
+                    fencer,
                     cancel,
                     self.tx.clone(),
                 );
@@ -948,6 +1078,8 @@ impl Daemon {
                 .iter()
                 .chain(after.disk_groups.iter()),
         );
+        self.fences
+            .break_all(self.kernel.client(), "a private transaction");
         if let Err(e) = self.kernel.prepare(desired, true) {
             self.kernel.abort();
             let e = self.err(format!("disk group {}: data plane: {e}", change.dg_name()));

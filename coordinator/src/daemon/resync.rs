@@ -1,11 +1,11 @@
 //! Plex resynchronisation (`plex attach`) and the task list.
 //!
-//! The data plane has no resync primitive, so the daemon copies: while the plex is
-//! SYNCING (it receives every new write), a resync thread walks the volume in chunks
-//! of at most [`CHUNK_BYTES`]; for each chunk it quiesces the volume (host I/O is
-//! parked, not failed), reads the chunk from an ACTIVE plex's disk bdev, writes it to
-//! the SYNCING plex's disk bdev, and resumes the volume. Quiescing per chunk keeps a
-//! host write from racing with the copy of the same range. When the copy is done the
+//! The daemon copies: while the plex is SYNCING (it receives every new write, on
+//! every node), a resync thread walks the volume in chunks of at most
+//! [`CHUNK_BYTES`]; each chunk is read from an ACTIVE plex's disk bdev and written to
+//! the SYNCING plex's disk bdev under a fence ([`super::fence`]): every member of the
+//! view has quiesced the volume (host I/O is parked, not failed), so no host write,
+//! through any node, races with the copy of the same range. When the copy is done the
 //! daemon runs `SetPlexState ACTIVE` as a normal (cluster) change. The master runs the
 //! resyncs of shared groups; a new master restarts any SYNCING plex without a task.
 
@@ -13,11 +13,11 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
-use std::time::Duration;
 
 use plexd_target::api::KernelClient;
 
 use super::ctl::TaskOut;
+use super::fence::Fencer;
 use super::kernel::{disk_bdev, volume_bdev};
 use super::Input;
 use crate::objects::{DiskGroupConfig, Plex, PlexLayout, PlexState, Volume};
@@ -28,8 +28,6 @@ pub const CHUNK_BYTES: u64 = 1 << 20;
 pub const MAX_TASKS: usize = 256;
 /// Progress is reported every this many chunks.
 const REPORT_EVERY_CHUNKS: u64 = 16;
-/// Drain timeout of each chunk's quiesce.
-const QUIESCE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A task's progress, sent to the main loop.
 #[derive(Debug, Clone)]
@@ -109,13 +107,21 @@ impl Job {
         self.size_bytes
     }
 
-    /// Runs the copy on a new thread with its own connection to the target.
-    pub fn start(self, task: u64, socket: String, cancel: Arc<AtomicBool>, tx: SyncSender<Input>) {
+    /// Runs the copy on a new thread with its own connection to the target, each
+    /// chunk under `fencer`'s fences.
+    pub fn start(
+        self,
+        task: u64,
+        socket: String,
+        fencer: Fencer,
+        cancel: Arc<AtomicBool>,
+        tx: SyncSender<Input>,
+    ) {
         let tx2 = tx.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("resync-{task}"))
             .spawn(move || {
-                let result = self.copy(task, &socket, &cancel, &tx);
+                let result = self.copy(task, &socket, &fencer, &cancel, &tx);
                 if let Err(e) = &result {
                     log::error!("resync task {task} of plex {}: {e}", self.target.name);
                 } else {
@@ -140,6 +146,7 @@ impl Job {
         &self,
         task: u64,
         socket: &str,
+        fencer: &Fencer,
         cancel: &AtomicBool,
         tx: &SyncSender<Input>,
     ) -> Result<(), String> {
@@ -162,13 +169,9 @@ impl Job {
                 .min(src_left)
                 .min(dst_left)
                 .min(self.size_bytes - offset);
-            k.quiesce(&self.volume, QUIESCE_TIMEOUT)
-                .map_err(|e| format!("volume {}: quiesce: {e}", self.volume))?;
-            let copied = copy_chunk(&k, &src, src_off, &dst, dst_off, len);
-            if let Err(e) = k.resume(&self.volume) {
-                return Err(format!("volume {}: resume: {e}", self.volume));
-            }
-            copied?;
+            fencer.run(&self.volume, cancel, || {
+                copy_chunk(&k, &src, src_off, &dst, dst_off, len)
+            })?;
             offset += len;
             chunks += 1;
             if chunks.is_multiple_of(REPORT_EVERY_CHUNKS) {

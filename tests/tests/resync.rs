@@ -1,0 +1,70 @@
+//! Plex resync of a shared volume while other nodes write to it: the master copies
+//! chunk by chunk under a cluster-wide fence, so no write made through another node
+//! during the copy of its chunk is overwritten with the older data the copy read.
+
+use std::time::Duration;
+
+use plexd_target::api::Injection;
+use plexd_tests::{wait_until, Cluster, ClusterOpts, Pattern};
+
+/// Latency added to the master's I/O on both disks: every chunk's copy then takes
+/// at least twice this, so writes from other nodes land while a copy is under way.
+const COPY_LATENCY_US: u64 = 100_000;
+
+fn plex_state(c: &Cluster, i: usize, plex: &str) -> Result<String, String> {
+    let p = c.try_ctl_json(i, "print")?;
+    let v = plexd_tests::volume(&p, "dg1", "vol1").ok_or("no volume vol1")?;
+    v["plexes"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == plex))
+        .and_then(|p| p["state"].as_str())
+        .map(|s| s.to_ascii_uppercase())
+        .ok_or_else(|| format!("no plex {plex}"))
+}
+
+#[test]
+fn resync_of_a_shared_mirror_keeps_the_writes_other_nodes_make_during_the_copy() {
+    let mut c = Cluster::start(3, ClusterOpts::default());
+    let m = c.master();
+    c.shared_mirror(m, "dg1", "vol1", "8M");
+    c.ctl_ok(m, "plex detach dg1 vol1-02");
+    // The patterns below overwrite parts of the scenario's; keep only ours.
+    c.forget_volume("dg1", "vol1");
+
+    let k = c.kernel(m);
+    for disk in ["dg1.d0", "dg1.d1"] {
+        k.inject_error(disk, Injection::LatencyUs(COPY_LATENCY_US))
+            .unwrap();
+    }
+    c.ctl_ok(m, "plex attach dg1 vol1-02");
+    // Each other node writes every chunk once, at once: whichever chunk is being
+    // copied meanwhile gets a write the copy must not undo.
+    let others: Vec<usize> = (0..3).filter(|&i| i != m).collect();
+    for (n, &i) in others.iter().enumerate() {
+        let kb = c.kernel(i);
+        for chunk in 0..8u64 {
+            let p = Pattern {
+                bdev: "dg1.vol1".into(),
+                offset_bytes: (chunk << 20) + ((n as u64 + 1) << 18),
+                len_bytes: 64 << 10,
+                seed: 9_000 + chunk * 10 + n as u64,
+            };
+            p.write(&kb).unwrap();
+            c.record_pattern(p);
+        }
+    }
+    wait_until(
+        "plex vol1-02 to be ACTIVE after its resync",
+        Duration::from_secs(60),
+        || match plex_state(&c, m, "vol1-02")?.as_str() {
+            "ACTIVE" => Ok(()),
+            s => Err(format!("vol1-02 is {s}")),
+        },
+    );
+    for disk in ["dg1.d0", "dg1.d1"] {
+        k.inject_error(disk, Injection::Clear).unwrap();
+    }
+    // Leave only the resynced plex: every read now comes from it.
+    c.ctl_ok(m, "plex detach dg1 vol1-01");
+    c.check_invariants();
+}
