@@ -475,12 +475,17 @@ impl Cluster {
         }
     }
 
-    /// `kill -9` of both processes of node `i`.
-    pub fn kill_node(&mut self, i: usize) {
-        self.kill_coordinator(i);
+    /// `kill -9` of node `i`'s plexd-target only (its plexd keeps running).
+    pub fn kill_target(&mut self, i: usize) {
         if let Some(p) = self.nodes[i].target.as_mut() {
             p.kill();
         }
+    }
+
+    /// `kill -9` of both processes of node `i`.
+    pub fn kill_node(&mut self, i: usize) {
+        self.kill_coordinator(i);
+        self.kill_target(i);
     }
 
     /// `kill -9` of every process of the cluster.

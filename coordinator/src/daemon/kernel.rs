@@ -15,6 +15,7 @@
 //! quiesce (a quiesce would wait for those held writes).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use plexd_target::api::{BdevRequest, ClientError, KernelClient};
@@ -145,8 +146,16 @@ struct Staged {
 
 /// The connection to this node's data plane and what it was last told.
 pub struct Kernel {
-    client: KernelClient,
+    /// Shared with the event thread, which watches this very connection (see
+    /// [`Kernel::shared_client`]); replaced by [`Kernel::reconnect`].
+    client: Arc<KernelClient>,
     staged: Option<Staged>,
+}
+
+/// Whether `e` means the connection to the data plane is gone (the target died or
+/// restarted), as opposed to a refusal or a slow answer.
+pub fn connection_lost(e: &ClientError) -> bool {
+    matches!(e, ClientError::Connect { .. } | ClientError::Rpc { .. })
 }
 
 fn err(e: ClientError) -> String {
@@ -158,35 +167,59 @@ impl Kernel {
     pub fn connect(socket: &std::path::Path, wait: Duration) -> Result<Kernel, String> {
         let deadline = std::time::Instant::now() + wait;
         loop {
-            match KernelClient::connect(socket) {
+            match Kernel::open(socket) {
                 Ok(client) => {
-                    client
-                        .set_detach_policy(DetachPolicy::External)
-                        .map_err(|e| format!("cannot set the detach policy: {e}"))?;
-                    let k = Kernel {
+                    return Ok(Kernel {
                         client,
                         staged: None,
-                    };
-                    k.drop_leftover_prepares()?;
-                    return Ok(k);
+                    })
                 }
-                Err(e) if std::time::Instant::now() >= deadline => return Err(e.to_string()),
+                Err(e) if std::time::Instant::now() >= deadline => return Err(e),
                 Err(_) => std::thread::sleep(Duration::from_millis(100)),
             }
         }
     }
 
+    /// One attempt to connect to the target at `socket` and set it up as at start:
+    /// detach policy `external`, leftover staged layouts dropped.
+    fn open(socket: &std::path::Path) -> Result<Arc<KernelClient>, String> {
+        let client = KernelClient::connect(socket).map_err(err)?;
+        client
+            .set_detach_policy(DetachPolicy::External)
+            .map_err(|e| format!("cannot set the detach policy: {e}"))?;
+        Kernel::drop_leftover_prepares(&client)?;
+        Ok(Arc::new(client))
+    }
+
+    /// One attempt to connect again to the same socket after the data plane was lost
+    /// (it restarted): on success the new connection replaces the old one and the
+    /// staged phase (which lived in the old target) is forgotten. The caller loads the
+    /// configuration again. Does not wait: a socket that does not answer is an error.
+    pub fn reconnect(&mut self) -> Result<(), String> {
+        let socket = std::path::PathBuf::from(self.client.path());
+        let client = Kernel::open(&socket)?;
+        self.client = client;
+        self.staged = None;
+        Ok(())
+    }
+
+    /// The connection, shared: the event thread subscribes on it and probes it, so a
+    /// dead connection is noticed even when no kernel phase runs.
+    pub fn shared_client(&self) -> Arc<KernelClient> {
+        Arc::clone(&self.client)
+    }
+
     /// A previous coordinator that died in a kernel phase left volumes quiesced with a
     /// staged layout: drop those (resuming their I/O); the cluster's configuration is
     /// loaded after the join.
-    fn drop_leftover_prepares(&self) -> Result<(), String> {
-        for v in self.client.list_volumes().map_err(err)? {
+    fn drop_leftover_prepares(client: &KernelClient) -> Result<(), String> {
+        for v in client.list_volumes().map_err(err)? {
             if v.staged || v.state == "QUIESCED" {
                 log::warn!(
                     "data plane: volume {} has a staged layout left by a previous plexd; aborting it",
                     v.name
                 );
-                if let Err(e) = self.client.abort(&v.name) {
+                if let Err(e) = client.abort(&v.name) {
                     log::error!("data plane: volume {}: abort: {e}", v.name);
                 }
             }

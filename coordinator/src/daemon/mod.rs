@@ -7,8 +7,13 @@
 //!   cluster protocol's `Peer.deliver` (peer messages become [`Input::Peer`]);
 //! - `transport` — one sender thread per peer (bounded queue, reconnect with backoff,
 //!   `ConnectionLost` when an established connection breaks);
-//! - a kernel event thread (plex I/O errors from the data plane), a signal thread
-//!   (SIGTERM/SIGINT → clean stop) and resync threads.
+//! - a kernel event thread (plex I/O errors from the data plane; it also notices
+//!   when the connection to the data plane breaks: [`Input::KernelLost`]), a signal
+//!   thread (SIGTERM/SIGINT → clean stop) and resync threads.
+//!
+//! When the data plane is lost (plexd-target died or restarted), the main loop
+//! reconnects from its ticks with a bounded backoff (starting the target again with
+//! `--spawn-target`), then loads the whole desired configuration into it.
 //!
 //! The main loop carries out the core's actions itself, in order: kernel phases
 //! through [`kernel::Kernel`], disk reads and writes through [`disks`] (over
@@ -50,6 +55,12 @@ pub const TARGET_WAIT: Duration = Duration::from_secs(10);
 pub const HISTORY_LEN: usize = 64;
 /// Exit status of a failpoint exit (as a process killed by SIGKILL reports).
 pub const FAILPOINT_EXIT_STATUS: i32 = 137;
+/// First pause between two attempts to reconnect to a lost data plane.
+pub const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(50);
+/// Longest pause between two attempts to reconnect (the pause doubles up to it).
+pub const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// How often the kernel event thread checks an idle connection to the data plane.
+pub const KERNEL_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What the main loop receives.
 pub enum Input {
@@ -78,6 +89,14 @@ pub enum Input {
         volume: String,
         /// Plex.
         plex: String,
+    },
+    /// The connection to the data plane broke (plexd-target died or restarted).
+    KernelLost {
+        /// Which connection (connections are numbered; a late report about an older
+        /// one is ignored).
+        epoch: u64,
+        /// What happened.
+        reason: String,
     },
     /// A resync task progressed or ended.
     Resync(resync::Progress),
@@ -164,9 +183,11 @@ pub fn run(opts: Options) -> Result<(), String> {
         .clone();
     let failpoint = failpoint_from_env()?;
     let signals = block_signals()?;
-    if opts.spawn_target {
-        spawn_target_if_dead(&me.target_socket)?;
-    }
+    let target_child = if opts.spawn_target {
+        spawn_target_if_dead(&me.target_socket)?
+    } else {
+        None
+    };
     let mut kernel = Kernel::connect(&me.target_socket, TARGET_WAIT).map_err(|e| {
         format!(
             "node {}: cannot reach plexd-target at {}: {e}",
@@ -177,7 +198,7 @@ pub fn run(opts: Options) -> Result<(), String> {
     let (tx, rx) = mpsc::sync_channel(INPUT_QUEUE_DEPTH);
     ctl::start(&me.address, tx.clone()).map_err(|e| format!("node {}: {e}", me.name))?;
     start_signal_thread(signals, tx.clone());
-    start_kernel_events(&kernel, tx.clone());
+    start_kernel_events(&kernel, tx.clone(), 0, &me.name);
     let inc = incarnation();
     let peers = file
         .nodes
@@ -236,6 +257,10 @@ pub fn run(opts: Options) -> Result<(), String> {
         view: fence::SharedView::default(),
         tx: tx.clone(),
         stopping: false,
+        spawn_target: opts.spawn_target,
+        target_child,
+        kernel_epoch: 0,
+        kernel_lost: None,
     };
     d.main_loop(rx);
     log::info!("plexd: node {} stopped", d.name);
@@ -274,46 +299,71 @@ fn start_signal_thread(set: nix::sys::signal::SigSet, tx: SyncSender<Input>) {
     }
 }
 
-fn start_kernel_events(kernel: &Kernel, tx: SyncSender<Input>) {
-    let sub = match kernel.client().subscribe() {
+/// Subscribes to the data plane's events on the kernel connection (`epoch`) and starts
+/// the thread that forwards them. The thread also watches the connection: when the
+/// subscription ends or an idle probe fails with a connection error, it sends one
+/// [`Input::KernelLost`] and ends.
+fn start_kernel_events(kernel: &Kernel, tx: SyncSender<Input>, epoch: u64, node: &str) {
+    let client = kernel.shared_client();
+    let sub = match client.subscribe() {
         Ok(s) => s,
+        Err(e) if kernel::connection_lost(&e) => {
+            // Called from the main loop (or before it starts): never block on its queue.
+            let reason = format!("cannot subscribe to events: {e}");
+            let _ = tx.try_send(Input::KernelLost { epoch, reason });
+            return;
+        }
         Err(e) => {
-            log::error!("plexd: cannot subscribe to data plane events: {e}; plex I/O errors will not be handled");
+            log::error!("node {node}: cannot subscribe to data plane events: {e}; plex I/O errors will not be handled");
             return;
         }
     };
+    let name = node.to_string();
     let spawned = std::thread::Builder::new()
         .name("kernel-events".into())
         .spawn(move || {
-            while let Ok(ev) = sub.receiver().recv_blocking() {
-                if let plexd_target::Event::PlexIoError {
-                    volume,
-                    plex,
-                    errno,
-                } = ev
-                {
-                    log::warn!(
-                        "data plane: volume {volume}: plex {plex}: write error (errno {errno})"
-                    );
-                    if tx.send(Input::PlexIoError { volume, plex }).is_err() {
-                        return;
+            let reason = loop {
+                match sub.recv_timeout(KERNEL_PROBE_INTERVAL) {
+                    Some(plexd_target::Event::PlexIoError {
+                        volume,
+                        plex,
+                        errno,
+                    }) => {
+                        log::warn!(
+                            "data plane: volume {volume}: plex {plex}: write error (errno {errno})"
+                        );
+                        if tx.send(Input::PlexIoError { volume, plex }).is_err() {
+                            return;
+                        }
                     }
+                    Some(_) => {}
+                    None if sub.receiver().is_closed() => {
+                        break "the event subscription ended (connection closed)".to_string();
+                    }
+                    None => match client.info() {
+                        Ok(_) => {}
+                        Err(e) if kernel::connection_lost(&e) => break e.to_string(),
+                        Err(e) => log::warn!("node {name}: data plane probe: {e}"),
+                    },
                 }
-            }
-            log::warn!("data plane: event subscription ended");
+            };
+            log::debug!("node {name}: kernel connection {epoch}: {reason}");
+            let _ = tx.send(Input::KernelLost { epoch, reason });
         });
     if let Err(e) = spawned {
-        log::error!("plexd: cannot start the kernel event thread: {e}");
+        log::error!("node {node}: cannot start the kernel event thread: {e}");
     }
 }
 
-fn spawn_target_if_dead(socket: &std::path::Path) -> Result<(), String> {
+/// Starts `plexd-target` (next to the `plexd` binary) on `socket` unless a target
+/// answers there; returns the new child, to be reaped when it exits.
+fn spawn_target_if_dead(socket: &std::path::Path) -> Result<Option<std::process::Child>, String> {
     if std::os::unix::net::UnixStream::connect(socket).is_ok() {
-        return Ok(());
+        return Ok(None);
     }
     let exe = std::env::current_exe().map_err(|e| format!("cannot find plexd's path: {e}"))?;
     let target = exe.with_file_name("plexd-target");
-    std::process::Command::new(&target)
+    let child = std::process::Command::new(&target)
         .arg("--socket")
         .arg(socket)
         .arg("--cores")
@@ -325,7 +375,19 @@ fn spawn_target_if_dead(socket: &std::path::Path) -> Result<(), String> {
         target.display(),
         socket.display()
     );
-    Ok(())
+    Ok(Some(child))
+}
+
+/// The data plane is lost; the main loop reconnects (see [`Daemon::try_reconnect`]).
+struct KernelLost {
+    reason: String,
+    since: Instant,
+    next_try: Instant,
+    backoff: Duration,
+    attempts: u32,
+    last_error: String,
+    /// When this node last started a plexd-target for this loss (`--spawn-target`).
+    spawned_at: Option<Instant>,
 }
 
 /// Whom to answer when the core replies to a request.
@@ -363,6 +425,14 @@ struct Daemon {
     view: fence::SharedView,
     tx: SyncSender<Input>,
     stopping: bool,
+    /// `--spawn-target`: start plexd-target again when it is lost.
+    spawn_target: bool,
+    /// The plexd-target this plexd started, if any (reaped once it exits).
+    target_child: Option<std::process::Child>,
+    /// Number of the current kernel connection (see [`Input::KernelLost`]).
+    kernel_epoch: u64,
+    /// Set while the data plane is lost.
+    kernel_lost: Option<KernelLost>,
 }
 
 impl Daemon {
@@ -371,7 +441,11 @@ impl Daemon {
             Duration::from_millis((self.file.cluster.heartbeat_interval_ms / 4).clamp(5, 100));
         let mut next_tick = Instant::now();
         loop {
-            let wait = next_tick.saturating_duration_since(Instant::now());
+            let until = match &self.kernel_lost {
+                Some(l) => next_tick.min(l.next_try),
+                None => next_tick,
+            };
+            let wait = until.saturating_duration_since(Instant::now());
             match rx.recv_timeout(wait) {
                 Ok(input) => self.on_input(input),
                 Err(RecvTimeoutError::Timeout) => {}
@@ -379,6 +453,13 @@ impl Daemon {
             }
             if self.stopping && matches!(self.node.role(), Role::Stopped) {
                 return;
+            }
+            if self
+                .kernel_lost
+                .as_ref()
+                .is_some_and(|l| Instant::now() >= l.next_try)
+            {
+                self.try_reconnect();
             }
             if Instant::now() >= next_tick {
                 self.feed(Event::Tick);
@@ -409,7 +490,14 @@ impl Daemon {
                 self.feed(Event::Message { from, msg });
             }
             Input::ConnectionLost { peer } => self.feed(Event::ConnectionLost { peer }),
+            Input::Ctl {
+                call: CtlCall::ClusterStatus,
+                reply,
+            } if self.kernel_lost.is_some() => {
+                let _ = reply.try_send(CtlReply::Status(self.status_while_lost()));
+            }
             Input::Ctl { call, reply } => self.on_ctl(call, reply),
+            Input::KernelLost { epoch, reason } => self.on_kernel_lost(epoch, reason),
             Input::PlexIoError { volume, plex } => self.on_plex_error(volume, plex),
             Input::Resync(p) => self.on_resync(p),
             Input::Fence {
@@ -437,6 +525,135 @@ impl Daemon {
                 self.feed(Event::Shutdown);
             }
         }
+    }
+
+    /// The connection to the data plane broke: remember it (the main loop reconnects),
+    /// drop what lived in the old target (fences, resync copies).
+    fn on_kernel_lost(&mut self, epoch: u64, reason: String) {
+        if epoch != self.kernel_epoch || self.kernel_lost.is_some() {
+            log::debug!(
+                "node {}: late report on kernel connection {epoch} ignored: {reason}",
+                self.name
+            );
+            return;
+        }
+        log::error!(
+            "node {}: data plane lost: {reason}; reconnecting to {}{}",
+            self.name,
+            self.kernel.client().path(),
+            if self.spawn_target {
+                " (starting plexd-target again)"
+            } else {
+                ""
+            }
+        );
+        let now = Instant::now();
+        self.kernel_lost = Some(KernelLost {
+            reason,
+            since: now,
+            next_try: now,
+            backoff: RECONNECT_BACKOFF_MIN,
+            attempts: 0,
+            last_error: String::new(),
+            spawned_at: None,
+        });
+        self.tasks.cancel_all();
+        self.fences
+            .break_all(self.kernel.client(), "the data plane was lost");
+    }
+
+    /// One attempt to reconnect to the lost data plane (from the main loop, when
+    /// its backoff ran out). Once connected: events again, the whole desired
+    /// configuration loaded (private groups, and the committed shared configuration
+    /// if this node is a member; a prepared transaction is staged again), resyncs.
+    fn try_reconnect(&mut self) {
+        let Some(lost) = self.kernel_lost.as_mut() else {
+            return;
+        };
+        let now = Instant::now();
+        lost.attempts += 1;
+        if let Some(child) = self.target_child.as_mut() {
+            if let Ok(Some(status)) = child.try_wait() {
+                log::warn!(
+                    "node {}: the plexd-target this plexd started exited ({status})",
+                    self.name
+                );
+                self.target_child = None;
+            }
+        }
+        let socket = PathBuf::from(self.kernel.client().path());
+        if self.spawn_target
+            && lost
+                .spawned_at
+                .is_none_or(|t| now.duration_since(t) >= TARGET_WAIT)
+        {
+            lost.spawned_at = Some(now);
+            match spawn_target_if_dead(&socket) {
+                Ok(Some(child)) => self.target_child = Some(child),
+                Ok(None) => {}
+                Err(e) => log::error!("node {}: {e}", self.name),
+            }
+        }
+        if let Err(e) = self.kernel.reconnect() {
+            log::debug!(
+                "node {}: reconnect attempt {} to the data plane: {e}",
+                self.name,
+                lost.attempts
+            );
+            lost.last_error = e;
+            lost.backoff = (lost.backoff * 2).min(RECONNECT_BACKOFF_MAX);
+            lost.next_try = Instant::now() + lost.backoff;
+            return;
+        }
+        let lost = self.kernel_lost.take().unwrap_or_else(|| unreachable!());
+        self.kernel_epoch += 1;
+        start_kernel_events(&self.kernel, self.tx.clone(), self.kernel_epoch, &self.name);
+        let member = self.node.view().is_some_and(|v| v.contains(self.me));
+        let desired = if member {
+            self.desired_with(self.node.config())
+        } else {
+            self.desired_with(&SharedConfig::default())
+        };
+        let volumes = desired.volumes.len();
+        let loaded = self.kernel.load(desired);
+        if let Some((txn, config)) = self.staged.clone() {
+            let staged = self.desired_with(&config);
+            if let Err(e) = self.kernel.prepare(staged, true) {
+                log::error!(
+                    "node {}: transaction {txn}: cannot stage it again in the reconnected data plane: {e}",
+                    self.name
+                );
+            }
+        }
+        let took = lost.since.elapsed().as_millis();
+        match loaded {
+            Ok(()) => log::info!(
+                "node {}: data plane reconnected, {volumes} volumes loaded ({took} ms after the loss, {} attempts{})",
+                self.name,
+                lost.attempts,
+                if member { "" } else { "; not a cluster member: private groups only" }
+            ),
+            Err(e) => log::error!(
+                "node {}: data plane reconnected ({took} ms after the loss), but loading its {volumes} volumes failed: {e}",
+                self.name
+            ),
+        }
+        self.after_config_change();
+    }
+
+    /// `cluster status` while the data plane is lost: this node's reason says so.
+    fn status_while_lost(&self) -> StatusOut {
+        let mut out = self.status();
+        if let Some(lost) = &self.kernel_lost {
+            let mut reason = format!("data plane lost: {}", lost.reason);
+            if !lost.last_error.is_empty() {
+                reason.push_str(&format!("; reconnecting ({})", lost.last_error));
+            }
+            for n in out.nodes.iter_mut().filter(|n| n.id == self.me) {
+                n.reason = reason.clone();
+            }
+        }
+        out
     }
 
     /// A resync fence call: only this node itself or its master fences, and only
