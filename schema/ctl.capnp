@@ -55,6 +55,22 @@ struct DgPlex {
   plex @1 :Text;
 }
 
+# `export PROTOCOL DG VOL`: hosts reach the volume over `protocol` ("iscsi").
+struct VolExport {
+  dg @0 :Text;
+  volume @1 :Text;
+  protocol @2 :Text;
+  iqn @3 :Text;                # empty = iqn.2026-11.io.plexd:<cluster>.<dg>.<volume>
+  nodes @4 :List(Text);        # empty = every node (--all)
+  portal @5 :Text;             # empty = each node's iscsi_portal; needs exactly one node
+}
+
+struct VolUnexport {
+  dg @0 :Text;
+  volume @1 :Text;
+  protocol @2 :Text;
+}
+
 # One configuration change; mirrors the coordinator's objects::Change, carrying the
 # fields of each plexctl command.
 struct Change {
@@ -73,6 +89,8 @@ struct Change {
     plexDetach @11 :DgPlex;
     plexAttach @12 :DgPlex;
     plexRm @13 :DgPlex;
+    volExport @14 :VolExport;
+    volUnexport @15 :VolUnexport;
   }
 }
 

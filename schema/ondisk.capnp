@@ -49,6 +49,14 @@ struct Volume {
   state @2 :VolumeState;
   readPolicy @3 :ReadPolicy;
   plexes @4 :List(Plex);
+  exports @5 :List(Export);     # added after format 1's first release; absent = none
+}
+
+struct Export {
+  protocol @0 :Text;            # "iscsi"; a reader refuses a protocol it does not know
+  iqn @1 :Text;                 # the target name, unique in the cluster
+  nodes @2 :List(Text);         # node names serving it; empty = every node
+  portal @3 :Text;              # "address:port"; empty = each node's own portal
 }
 
 enum PlexState {

@@ -113,6 +113,84 @@ pub struct Volume {
     pub read_policy: ReadPolicy,
     /// The mirrors.
     pub plexes: Vec<Plex>,
+    /// How hosts reach it (`plexctl export`); at most one per protocol.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exports: Vec<Export>,
+}
+
+/// The protocol of an export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExportProtocol {
+    /// iSCSI: one target per export, the volume as its LUN 0.
+    Iscsi,
+}
+
+impl ExportProtocol {
+    /// The name `plexctl` and the on-disk format use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExportProtocol::Iscsi => "iscsi",
+        }
+    }
+
+    /// Parses [`ExportProtocol::as_str`].
+    pub fn parse(s: &str) -> Option<ExportProtocol> {
+        match s {
+            "iscsi" => Some(ExportProtocol::Iscsi),
+            _ => None,
+        }
+    }
+}
+
+/// A volume exported to hosts by some or all nodes. Every node exporting it presents
+/// the same target name and device identifiers (multipath).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Export {
+    /// Protocol.
+    pub protocol: ExportProtocol,
+    /// The target name (an iSCSI qualified name).
+    pub iqn: String,
+    /// The nodes serving it, by name; empty = every node.
+    #[serde(default)]
+    pub nodes: Vec<String>,
+    /// `address:port` to serve it on; empty = each node's portal from the cluster
+    /// file.
+    #[serde(default)]
+    pub portal: String,
+}
+
+/// Longest iSCSI name (RFC 7143: 223 bytes).
+pub const MAX_IQN_BYTES: usize = 223;
+
+/// Checks an iSCSI name: `iqn.YYYY-MM.reversed.domain[:anything]`, `eui.` or `naa.`
+/// followed by hex digits; lowercase letters, digits, '.', '-', ':'.
+pub fn validate_iqn(iqn: &str) -> Result<(), ConfigError> {
+    let chars_ok = iqn
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | ':'));
+    let form_ok = if let Some(rest) = iqn.strip_prefix("iqn.") {
+        let date = rest.get(..7).unwrap_or("");
+        let b = date.as_bytes();
+        date.len() == 7
+            && b[..4].iter().all(u8::is_ascii_digit)
+            && b[4] == b'-'
+            && b[5..].iter().all(u8::is_ascii_digit)
+            && rest.len() > 8
+            && rest.as_bytes()[7] == b'.'
+    } else if let Some(hex) = iqn.strip_prefix("eui.") {
+        hex.len() == 16 && hex.chars().all(|c| c.is_ascii_hexdigit())
+    } else if let Some(hex) = iqn.strip_prefix("naa.") {
+        matches!(hex.len(), 16 | 32) && hex.chars().all(|c| c.is_ascii_hexdigit())
+    } else {
+        false
+    };
+    if iqn.len() > MAX_IQN_BYTES || !chars_ok || !form_ok {
+        return Err(ConfigError::Invalid(format!(
+            "iSCSI name {iqn:?} is invalid: use iqn.YYYY-MM.reversed.domain[:name] (lowercase letters, digits, '.', '-', ':'; at most {MAX_IQN_BYTES} bytes)"
+        )));
+    }
+    Ok(())
 }
 
 /// The state of a plex.
@@ -416,6 +494,24 @@ pub enum Change {
         /// New state.
         state: PlexState,
     },
+    /// `export`: hosts reach the volume over `export.protocol`.
+    VolExport {
+        /// Group.
+        dg: String,
+        /// Volume.
+        volume: String,
+        /// The export (its IQN unique in the cluster).
+        export: Export,
+    },
+    /// `unexport`: the volume's export over `protocol` ends on every node.
+    VolUnexport {
+        /// Group.
+        dg: String,
+        /// Volume.
+        volume: String,
+        /// Which export.
+        protocol: ExportProtocol,
+    },
 }
 
 impl Change {
@@ -437,7 +533,9 @@ impl Change {
             | Change::PlexDetach { dg, .. }
             | Change::PlexAttach { dg, .. }
             | Change::PlexRm { dg, .. }
-            | Change::SetPlexState { dg, .. } => dg,
+            | Change::SetPlexState { dg, .. }
+            | Change::VolExport { dg, .. }
+            | Change::VolUnexport { dg, .. } => dg,
         }
     }
 
@@ -991,6 +1089,16 @@ impl ClusterConfig {
         apply(self, change)
     }
 
+    /// The (disk group, volume) exported under `iqn`, if any.
+    pub fn exported_as(&self, iqn: &str) -> Option<(&str, &str)> {
+        self.disk_groups.iter().find_map(|g| {
+            g.volumes
+                .iter()
+                .find(|v| v.exports.iter().any(|e| e.iqn == iqn))
+                .map(|v| (g.name.as_str(), v.name.as_str()))
+        })
+    }
+
     /// Paths of the disks of the shared disk groups: a joining node must open every
     /// one.
     pub fn shared_disk_paths(&self) -> Vec<String> {
@@ -1156,6 +1264,20 @@ pub fn apply(config: &ClusterConfig, change: &Change) -> Result<ClusterConfig, C
                     Some(&config.disk_groups[index]),
                 )?;
             }
+            if let Change::VolExport {
+                dg, volume, export, ..
+            } = change
+            {
+                let other = config
+                    .exported_as(&export.iqn)
+                    .filter(|&(g, v)| (g, v) != (dg.as_str(), volume.as_str()));
+                if let Some((g, v)) = other {
+                    return Err(ConfigError::Exists(format!(
+                        "iSCSI name {} is already the export of volume {v} of disk group {g}",
+                        export.iqn
+                    )));
+                }
+            }
             let updated = apply_dg(&config.disk_groups[index], change)?;
             next.disk_groups[index] = updated;
         }
@@ -1255,6 +1377,7 @@ pub fn apply_dg(dg: &DiskGroupConfig, change: &Change) -> Result<DiskGroupConfig
                 state: VolumeState::Enabled,
                 read_policy: ReadPolicy::Round,
                 plexes,
+                exports: Vec::new(),
             });
         }
         Change::VolGrow {
@@ -1304,7 +1427,48 @@ pub fn apply_dg(dg: &DiskGroupConfig, change: &Change) -> Result<DiskGroupConfig
         }
         Change::VolRm { volume, .. } => {
             let vi = dg.volume_index(volume)?;
+            if let Some(e) = dg.volumes[vi].exports.first() {
+                return Err(ConfigError::InUse(format!(
+                    "volume {volume} is exported over {} as {}; unexport it first",
+                    e.protocol.as_str(),
+                    e.iqn
+                )));
+            }
             next.volumes.remove(vi);
+        }
+        Change::VolExport { volume, export, .. } => {
+            let vi = dg.volume_index(volume)?;
+            validate_iqn(&export.iqn)?;
+            for n in &export.nodes {
+                validate_name("node", n)?;
+            }
+            if let Some(e) = dg.volumes[vi]
+                .exports
+                .iter()
+                .find(|e| e.protocol == export.protocol)
+            {
+                return Err(ConfigError::Exists(format!(
+                    "volume {volume} is already exported over {} as {}; unexport it first",
+                    e.protocol.as_str(),
+                    e.iqn
+                )));
+            }
+            next.volumes[vi].exports.push(export.clone());
+            next.volumes[vi].exports.sort_by_key(|e| e.protocol);
+        }
+        Change::VolUnexport {
+            volume, protocol, ..
+        } => {
+            let vi = dg.volume_index(volume)?;
+            let before = next.volumes[vi].exports.len();
+            next.volumes[vi].exports.retain(|e| e.protocol != *protocol);
+            if next.volumes[vi].exports.len() == before {
+                return Err(not_found(
+                    "export",
+                    protocol.as_str(),
+                    format!(" of volume {volume}"),
+                ));
+            }
         }
         Change::PlexAdd { volume, layout, .. } => {
             let vi = dg.volume_index(volume)?;
@@ -1960,5 +2124,79 @@ mod tests {
         g.volumes[1].plexes[0].subdisks[0].disk_offset_bytes = 1 << 20;
         let err = g.validate().unwrap_err().to_string();
         assert!(err.contains("overlap"), "{err}");
+    }
+
+    fn export(iqn: &str) -> Export {
+        Export {
+            protocol: ExportProtocol::Iscsi,
+            iqn: iqn.into(),
+            nodes: Vec::new(),
+            portal: String::new(),
+        }
+    }
+
+    #[test]
+    fn iscsi_names_are_checked() {
+        for ok in [
+            "iqn.2026-11.io.plexd:demo",
+            "iqn.1994-05.com.redhat:ab12",
+            "eui.02004567a425678d",
+            "naa.52004567ba64678d",
+        ] {
+            assert!(validate_iqn(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "iqn.2026-11",
+            "iqn.26-11.io.plexd:x",
+            "IQN.2026-11.io.plexd:x",
+            "iqn.2026-11.io.plexd:Upper",
+            "iqn.2026-11.io.plexd:sp ace",
+            "eui.123",
+            "vol1",
+        ] {
+            assert!(validate_iqn(bad).is_err(), "{bad:?}");
+        }
+        assert!(validate_iqn(&format!("iqn.2026-11.io.plexd:{}", "a".repeat(300))).is_err());
+    }
+
+    #[test]
+    fn an_export_is_unique_keeps_its_volume_and_ends_with_unexport() {
+        let c = test_support::cluster(&[("disk01", 1 << 30)]);
+        let vol = |c: &ClusterConfig, v: &str| {
+            c.apply(&Change::VolCreate {
+                dg: "dg1".into(),
+                volume: v.into(),
+                size_bytes: 1 << 20,
+                layout: VolumeLayout::Concat,
+            })
+            .unwrap()
+        };
+        let exp = |v: &str, iqn: &str| Change::VolExport {
+            dg: "dg1".into(),
+            volume: v.into(),
+            export: export(iqn),
+        };
+        let c = vol(&vol(&c, "v1"), "v2");
+        let c = c.apply(&exp("v1", "iqn.2026-11.io.plexd:one")).unwrap();
+        assert_eq!(c.disk_groups[0].volumes[0].exports.len(), 1);
+        let e = c.apply(&exp("v1", "iqn.2026-11.io.plexd:two")).unwrap_err();
+        assert!(e.to_string().contains("already exported"), "{e}");
+        let e = c.apply(&exp("v2", "iqn.2026-11.io.plexd:one")).unwrap_err();
+        assert!(e.to_string().contains("volume v1"), "{e}");
+        let rm = Change::VolRm {
+            dg: "dg1".into(),
+            volume: "v1".into(),
+        };
+        let e = c.apply(&rm).unwrap_err();
+        assert!(e.to_string().contains("unexport it first"), "{e}");
+        let unexport = Change::VolUnexport {
+            dg: "dg1".into(),
+            volume: "v1".into(),
+            protocol: ExportProtocol::Iscsi,
+        };
+        let c = c.apply(&unexport).unwrap();
+        assert!(c.apply(&unexport).is_err(), "nothing left to unexport");
+        assert!(c.apply(&rm).is_ok());
     }
 }

@@ -64,6 +64,41 @@ enum Cmd {
     /// Background tasks (plex resyncs).
     #[command(subcommand)]
     Task(TaskCmd),
+    /// Exports a volume to hosts on every node, or only on the node given with
+    /// `--node` on the command line. Example: export iscsi dg1 vol1 --all
+    Export {
+        /// Protocol: iscsi (nvmf is refused until its frontend exists).
+        protocol: String,
+        /// Disk group.
+        dg: String,
+        /// Volume.
+        vol: String,
+        /// On every node (the default when `--node` is not on the command line).
+        #[arg(long)]
+        all: bool,
+        /// Target name (default iqn.2026-11.io.plexd:CLUSTER.DG.VOL).
+        #[arg(long)]
+        iqn: Option<String>,
+        /// ADDR:PORT to serve it on (with `--node` only; default: the node's
+        /// iscsi_portal from the cluster file).
+        #[arg(long)]
+        portal: Option<String>,
+    },
+    /// Ends a volume's export on every node. Example: unexport iscsi dg1 vol1
+    Unexport {
+        /// Protocol: iscsi.
+        protocol: String,
+        /// Disk group.
+        dg: String,
+        /// Volume.
+        vol: String,
+    },
+}
+
+/// Whether `--node` is on the command line (not only in PLEXD_NODE): for `export`
+/// it also names the exporting node.
+fn node_on_command_line() -> bool {
+    std::env::args().any(|a| a == "--node" || a.starts_with("--node="))
 }
 
 #[derive(Subcommand, Debug)]
@@ -523,6 +558,46 @@ fn build_change(cmd: &Cmd) -> Result<Option<ChangeBuilder>, String> {
                 };
                 x.set_dg(dg.as_str());
                 x.set_plex(plex.as_str());
+            })
+        }
+        Cmd::Export {
+            protocol,
+            dg,
+            vol,
+            all,
+            iqn,
+            portal,
+        } => {
+            let one_node = !all && node_on_command_line();
+            if portal.is_some() && !one_node {
+                return Err(
+                    "export --portal needs --node NODE (each node listens on its own address)"
+                        .into(),
+                );
+            }
+            let (protocol, dg, vol) = (protocol.clone(), dg.clone(), vol.clone());
+            let (iqn, portal) = (iqn.clone().unwrap_or_default(), portal.clone());
+            Box::new(move |b| {
+                let mut x = b.init_vol_export();
+                x.set_protocol(protocol.as_str());
+                x.set_dg(dg.as_str());
+                x.set_volume(vol.as_str());
+                x.set_iqn(iqn.as_str());
+                x.set_portal(portal.as_deref().unwrap_or(""));
+                // "." = the node that receives the request (the one --node names).
+                let mut nodes = x.init_nodes(u32::from(one_node));
+                if one_node {
+                    nodes.set(0, ".");
+                }
+            })
+        }
+        Cmd::Unexport { protocol, dg, vol } => {
+            let (protocol, dg, vol) = (protocol.clone(), dg.clone(), vol.clone());
+            Box::new(move |b| {
+                let mut x = b.init_vol_unexport();
+                x.set_protocol(protocol.as_str());
+                x.set_dg(dg.as_str());
+                x.set_volume(vol.as_str());
             })
         }
         _ => return Ok(None),

@@ -116,6 +116,8 @@ pub struct Node {
     pub addr: String,
     /// plexd-target's socket.
     pub target_socket: PathBuf,
+    /// Where the node's target serves iSCSI exports (`iscsi_portal`).
+    pub iscsi_portal: String,
     /// Node-local directory (logs, state).
     pub dir: PathBuf,
     target: Option<Proc>,
@@ -267,7 +269,8 @@ impl Cluster {
         }
         let empty_file = dir.join("empty");
         touch(&empty_file)?;
-        let ports = free_ports(n);
+        let all_ports = free_ports(2 * n);
+        let (ports, iscsi_ports) = all_ports.split_at(n);
         let mut nodes = Vec::new();
         for (i, port) in ports.iter().enumerate() {
             let ndir = dir.join(NODE_NAMES[i]);
@@ -277,6 +280,7 @@ impl Cluster {
                 id: i as u32 + 1,
                 addr: format!("127.0.0.1:{port}"),
                 target_socket: ndir.join("target.sock"),
+                iscsi_portal: format!("127.0.0.1:{}", iscsi_ports[i]),
                 dir: ndir,
                 target: None,
                 plexd: None,
@@ -307,12 +311,13 @@ impl Cluster {
         );
         for node in &nodes {
             toml.push_str(&format!(
-                "\n[[nodes]]\nid = {}\nname = {:?}\naddress = {:?}\ntarget_socket = {:?}\nstate_dir = {:?}\n",
+                "\n[[nodes]]\nid = {}\nname = {:?}\naddress = {:?}\ntarget_socket = {:?}\nstate_dir = {:?}\niscsi_portal = {:?}\n",
                 node.id,
                 node.name,
                 node.addr,
                 node.target_socket.display().to_string(),
-                node.dir.display().to_string()
+                node.dir.display().to_string(),
+                node.iscsi_portal
             ));
         }
         std::fs::write(&cluster_file, toml)
@@ -590,34 +595,8 @@ impl Cluster {
             }
         }
         let started = Instant::now();
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.bins.plexctl.display()));
-        let pid = child.id() as i32;
-        let (tx, rx) = std::sync::mpsc::channel();
-        let waiter = std::thread::spawn(move || {
-            let _ = tx.send(child.wait_with_output());
-        });
-        let out = match rx.recv_timeout(CTL_TIMEOUT) {
-            Ok(r) => r,
-            Err(_) => {
-                // SAFETY: kill(2) on the process group of our unreaped child.
-                unsafe {
-                    libc::kill(-pid, libc::SIGKILL);
-                }
-                let _ = rx.recv();
-                let _ = waiter.join();
-                panic!(
-                    "plexctl --node {} ({}) {}: no answer within {} s",
-                    node.addr,
-                    node.name,
-                    args.join(" "),
-                    CTL_TIMEOUT.as_secs()
-                );
-            }
-        };
-        let _ = waiter.join();
-        let out = out.unwrap_or_else(|e| panic!("plexctl {}: {e}", args.join(" ")));
+        let out = crate::proc::run_bounded(&mut cmd, CTL_TIMEOUT)
+            .unwrap_or_else(|e| panic!("plexctl {} on node {}: {e}", args.join(" "), node.name));
         if let Ok(mut f) = OpenOptions::new()
             .create(true)
             .append(true)

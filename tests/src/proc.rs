@@ -277,3 +277,38 @@ pub fn touch(path: &Path) -> Result<(), String> {
         .map(|_| ())
         .map_err(|e| format!("cannot create {}: {e}", path.display()))
 }
+
+/// Runs `cmd` to completion with its output captured, in its own process group; past
+/// `timeout` the whole group is killed and the error says so. Never leaves a child.
+pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> Result<std::process::Output, String> {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("cannot start {:?}: {e}", cmd.get_program()))?;
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = match rx.recv_timeout(timeout) {
+        Ok(r) => r,
+        Err(_) => {
+            // SAFETY: kill(2) on the process group of our own unreaped child; the
+            // waiter thread reaps it.
+            unsafe {
+                libc::kill(-pid, libc::SIGKILL);
+            }
+            let _ = rx.recv();
+            let _ = waiter.join();
+            return Err(format!(
+                "did not finish within {} s; killed",
+                timeout.as_secs()
+            ));
+        }
+    };
+    let _ = waiter.join();
+    out.map_err(|e| e.to_string())
+}

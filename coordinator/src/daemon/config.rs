@@ -72,6 +72,20 @@ pub struct NodeEntry {
     /// Node-local files (optional).
     #[serde(default)]
     pub state_dir: Option<PathBuf>,
+    /// `address:port` where this node's target serves iSCSI exports
+    /// ([`DEFAULT_ISCSI_PORTAL`] when absent).
+    #[serde(default)]
+    pub iscsi_portal: Option<String>,
+}
+
+/// The iSCSI portal of a node whose entry names none.
+pub const DEFAULT_ISCSI_PORTAL: &str = "127.0.0.1:3260";
+
+impl NodeEntry {
+    /// Where this node serves iSCSI exports.
+    pub fn iscsi_portal(&self) -> &str {
+        self.iscsi_portal.as_deref().unwrap_or(DEFAULT_ISCSI_PORTAL)
+    }
 }
 
 /// A parsed and checked cluster file.
@@ -120,6 +134,12 @@ impl ClusterFile {
             return Err(format!("nodes: between 1 and {MAX_NODES} nodes required"));
         }
         for (i, n) in self.nodes.iter().enumerate() {
+            if let Err(e) = n.iscsi_portal().parse::<std::net::SocketAddr>() {
+                return Err(format!(
+                    "nodes[{i}]: iscsi_portal {:?}: {e} (want address:port)",
+                    n.iscsi_portal()
+                ));
+            }
             if n.id == 0 || n.name.is_empty() || n.address.is_empty() {
                 return Err(format!(
                     "nodes[{i}]: id must be > 0, name and address not empty"

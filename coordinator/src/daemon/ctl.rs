@@ -117,6 +117,30 @@ pub enum CtlChange {
         /// What to do.
         op: PlexOp,
     },
+    /// `export PROTOCOL DG VOL [--node N]... [--iqn IQN] [--portal ADDR:PORT]`.
+    VolExport {
+        /// Group.
+        dg: String,
+        /// Volume.
+        volume: String,
+        /// Protocol name as given.
+        protocol: String,
+        /// Target name; empty = the default.
+        iqn: String,
+        /// Node names; empty = every node.
+        nodes: Vec<String>,
+        /// Portal; empty = each node's.
+        portal: String,
+    },
+    /// `unexport PROTOCOL DG VOL`.
+    VolUnexport {
+        /// Group.
+        dg: String,
+        /// Volume.
+        volume: String,
+        /// Protocol name as given.
+        protocol: String,
+    },
 }
 
 /// `vol create --layout`.
@@ -446,6 +470,29 @@ fn read_change(r: c::change::Reader<'_>) -> capnp::Result<CtlChange> {
                 dg: text(x.get_dg())?,
                 plex: text(x.get_plex())?,
                 op,
+            }
+        }
+        Which::VolExport(x) => {
+            let x = x?;
+            let mut nodes = Vec::new();
+            for n in x.get_nodes()? {
+                nodes.push(text(n)?);
+            }
+            CtlChange::VolExport {
+                dg: text(x.get_dg())?,
+                volume: text(x.get_volume())?,
+                protocol: text(x.get_protocol())?,
+                iqn: text(x.get_iqn())?,
+                nodes,
+                portal: text(x.get_portal())?,
+            }
+        }
+        Which::VolUnexport(x) => {
+            let x = x?;
+            CtlChange::VolUnexport {
+                dg: text(x.get_dg())?,
+                volume: text(x.get_volume())?,
+                protocol: text(x.get_protocol())?,
             }
         }
     })

@@ -113,6 +113,8 @@ pub struct Desired {
     pub disks: BTreeMap<String, String>,
     /// Volume bdev name → spec.
     pub volumes: BTreeMap<String, VolumeSpec>,
+    /// iSCSI targets this node serves, by IQN (see [`super::exports`]).
+    pub exports: BTreeMap<String, super::exports::ExportSpec>,
 }
 
 impl Desired {
@@ -356,11 +358,21 @@ impl Kernel {
                 errors.push(format!("volume {}: create: {e}", spec.name));
             }
         }
+        if staged.prune {
+            errors.extend(super::exports::remove_stale(
+                &self.client,
+                &staged.desired.exports,
+            ));
+        }
         for v in &staged.delete {
             if let Err(e) = self.client.delete_volume(v) {
                 errors.push(format!("volume {v}: delete: {e}"));
             }
         }
+        errors.extend(super::exports::add_missing(
+            &self.client,
+            &staged.desired.exports,
+        ));
         if staged.prune {
             self.delete_unused_disks(&staged.desired);
         }

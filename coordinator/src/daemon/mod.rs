@@ -27,6 +27,7 @@
 pub mod config;
 pub mod ctl;
 pub mod disks;
+pub mod exports;
 pub mod fence;
 pub mod kernel;
 pub mod model;
@@ -220,7 +221,9 @@ pub fn run(opts: Options) -> Result<(), String> {
     };
     // Private groups come back at once; shared volumes the target still serves are
     // left alone until the cluster configuration is loaded (no I/O interruption).
-    if let Err(e) = kernel.prepare(Desired::of(&private.disk_groups), false) {
+    let mut at_start = Desired::of(&private.disk_groups);
+    at_start.exports = exports::desired(&private.disk_groups, &me.name, me.iscsi_portal());
+    if let Err(e) = kernel.prepare(at_start, false) {
         log::error!("node {}: cannot load the private disk groups: {e}", me.name);
         kernel.abort();
     } else if let Err(e) = kernel.commit() {
@@ -612,7 +615,7 @@ impl Daemon {
         let desired = if member {
             self.desired_with(self.node.config())
         } else {
-            self.desired_with(&SharedConfig::default())
+            self.desired_private()
         };
         let volumes = desired.volumes.len();
         let loaded = self.kernel.load(desired);
@@ -824,7 +827,48 @@ impl Daemon {
     }
 
     fn desired_with(&self, shared: &SharedConfig) -> Desired {
-        Desired::of(shared.groups.iter().chain(self.private.disk_groups.iter()))
+        self.desired_of(&shared.groups, &self.private.disk_groups)
+    }
+
+    /// What the data plane holds for the private groups only (outside the cluster).
+    fn desired_private(&self) -> Desired {
+        self.desired_of(&[], &self.private.disk_groups)
+    }
+
+    /// The bdevs, volumes and this node's exports of `shared` and `private` groups.
+    fn desired_of(
+        &self,
+        shared: &[objects::DiskGroupConfig],
+        private: &[objects::DiskGroupConfig],
+    ) -> Desired {
+        let mut d = Desired::of(shared.iter().chain(private.iter()));
+        d.exports = exports::desired(
+            shared.iter().chain(private.iter()),
+            &self.name,
+            self.my_portal(),
+        );
+        d
+    }
+
+    /// This node's iSCSI portal (cluster file).
+    fn my_portal(&self) -> &str {
+        self.file
+            .node(&self.name)
+            .map(|n| n.iscsi_portal())
+            .unwrap_or(config::DEFAULT_ISCSI_PORTAL)
+    }
+
+    /// The local check of a change beyond the disks: an export this node would
+    /// serve needs a portal it can listen on.
+    fn check_export(&self, change: &Change) -> Result<(), String> {
+        let Change::VolExport { export, .. } = change else {
+            return Ok(());
+        };
+        if !exports::serves(export, &self.name) {
+            return Ok(());
+        }
+        let portal = exports::portal_of(export, self.my_portal());
+        exports::check(self.kernel.client(), portal).map_err(|e| format!("node {}: {e}", self.name))
     }
 
     fn act(&mut self, action: Action<SharedConfig>) -> Option<Event<SharedConfig>> {
@@ -838,7 +882,8 @@ impl Daemon {
                 None
             }
             Action::LocalCheck { txn, change } => {
-                let result = disks::local_check(&change, &self.private);
+                let result = disks::local_check(&change, &self.private)
+                    .and_then(|()| self.check_export(&change));
                 if let Err(e) = &result {
                     log::warn!(
                         "node {}: transaction {txn}: local check refused: {e}",
@@ -939,7 +984,7 @@ impl Daemon {
                 self.tasks.cancel_all();
                 self.fences
                     .break_all(self.kernel.client(), "this node left the cluster");
-                let keep = Desired::of(&self.private.disk_groups);
+                let keep = self.desired_private();
                 self.kernel.leave(keep);
                 None
             }
@@ -1125,6 +1170,17 @@ impl Daemon {
         format!("node {}: {e}", self.name)
     }
 
+    /// The protocol of `plexctl export PROTOCOL`.
+    fn export_protocol(&self, name: &str) -> Result<objects::ExportProtocol, String> {
+        match name {
+            "nvmf" => Err(self.err(
+                "export over nvmf: this build has no NVMe-oF/TCP frontend yet (iscsi is available)",
+            )),
+            _ => objects::ExportProtocol::parse(name)
+                .ok_or_else(|| self.err(format!("export protocol {name:?} is unknown (iscsi)"))),
+        }
+    }
+
     /// Turns a plexctl command into a change: disks by media name, defaults.
     fn resolve(&self, c: CtlChange) -> Result<Change, String> {
         let files = self.file.disk_files();
@@ -1258,6 +1314,76 @@ impl Daemon {
                 }
             }
             CtlChange::VolRm { dg, volume } => Change::VolRm { dg, volume },
+            CtlChange::VolExport {
+                dg,
+                volume,
+                protocol,
+                iqn,
+                nodes,
+                portal,
+            } => {
+                let protocol = self.export_protocol(&protocol)?;
+                let private = self.private.disk_group(&dg).is_some();
+                // "." is the node plexctl talks to: this one.
+                let nodes: Vec<String> = nodes
+                    .into_iter()
+                    .map(|n| if n == "." { self.name.clone() } else { n })
+                    .collect();
+                for n in &nodes {
+                    if self.file.node(n).is_none() {
+                        return Err(self.err(format!(
+                            "export of volume {volume}: node {n} is not in the cluster file"
+                        )));
+                    }
+                    if private && n != &self.name {
+                        return Err(self.err(format!(
+                            "export of volume {volume}: disk group {dg} is private to node {}; node {n} cannot export it",
+                            self.name
+                        )));
+                    }
+                }
+                let nodes = if private && nodes.is_empty() {
+                    vec![self.name.clone()]
+                } else {
+                    nodes
+                };
+                if !portal.is_empty() {
+                    if nodes.len() != 1 {
+                        return Err(self.err(format!(
+                            "export of volume {volume}: --portal {portal} needs exactly one --node (each node listens on its own address; without --portal each uses its iscsi_portal)"
+                        )));
+                    }
+                    if let Err(e) = portal.parse::<std::net::SocketAddr>() {
+                        return Err(self.err(format!(
+                            "export of volume {volume}: portal {portal:?}: {e} (want address:port)"
+                        )));
+                    }
+                }
+                let iqn = if iqn.is_empty() {
+                    exports::default_iqn(&self.file.cluster.name, &dg, &volume)
+                } else {
+                    iqn
+                };
+                Change::VolExport {
+                    dg,
+                    volume,
+                    export: objects::Export {
+                        protocol,
+                        iqn,
+                        nodes,
+                        portal,
+                    },
+                }
+            }
+            CtlChange::VolUnexport {
+                dg,
+                volume,
+                protocol,
+            } => Change::VolUnexport {
+                dg,
+                volume,
+                protocol: self.export_protocol(&protocol)?,
+            },
             CtlChange::PlexAdd { dg, volume } => {
                 let layout = self
                     .group(&dg)
@@ -1288,13 +1414,8 @@ impl Daemon {
         let after = objects::apply(&before, change).map_err(|e| self.err(e))?;
         let updates = change.disk_updates(&before, &after);
         disks::local_check(change, &ClusterConfig::default()).map_err(|e| self.err(e))?;
-        let desired = Desired::of(
-            self.node
-                .config()
-                .groups
-                .iter()
-                .chain(after.disk_groups.iter()),
-        );
+        self.check_export(change)?;
+        let desired = self.desired_of(&self.node.config().groups, &after.disk_groups);
         self.fences
             .break_all(self.kernel.client(), "a private transaction");
         if let Err(e) = self.kernel.prepare(desired, true) {

@@ -4,7 +4,9 @@
 //! "owner", "disks": [{"name", "id", "path", "size", "public_offset", "public_len"}],
 //! "volumes": [{"name", "size", "state", "read_policy", "plexes": [{"name", "state",
 //! "layout", "columns", "stripe_unit", "subdisks": [{"name", "disk", "disk_offset",
-//! "len", "column", "plex_offset"}]}]}]}]}`. Sizes are bytes.
+//! "len", "column", "plex_offset"}]}], "exports": [{"protocol", "iqn", "nodes",
+//! "portal"}]}]}]}`. Sizes are bytes; an export's empty `nodes` means every node, its
+//! empty `portal` each node's own.
 
 use serde::Serialize;
 
@@ -44,6 +46,15 @@ struct Vol<'a> {
     state: &'static str,
     read_policy: String,
     plexes: Vec<Pl<'a>>,
+    exports: Vec<Ex<'a>>,
+}
+
+#[derive(Serialize)]
+struct Ex<'a> {
+    protocol: &'static str,
+    iqn: &'a str,
+    nodes: &'a [String],
+    portal: &'a str,
 }
 
 #[derive(Serialize)]
@@ -141,6 +152,16 @@ pub fn json(groups: &[&DiskGroupConfig]) -> String {
                                 }
                             })
                             .collect(),
+                        exports: v
+                            .exports
+                            .iter()
+                            .map(|e| Ex {
+                                protocol: e.protocol.as_str(),
+                                iqn: &e.iqn,
+                                nodes: &e.nodes,
+                                portal: &e.portal,
+                            })
+                            .collect(),
                     })
                     .collect(),
             })
@@ -157,6 +178,7 @@ pub fn text(groups: &[&DiskGroupConfig]) -> String {
     s.push_str("V  NAME         STATE    LENGTH   READPOL\n");
     s.push_str("PL NAME         VOLUME       STATE    LAYOUT   LENGTH\n");
     s.push_str("SD NAME         PLEX         DISK     OFFSET   LENGTH   [COL/]OFF\n");
+    s.push_str("EX PROTO  VOLUME       NODES        PORTAL           TARGET\n");
     for g in groups {
         s.push('\n');
         let kind = if g.shared { "shared" } else { "private" };
@@ -181,6 +203,26 @@ pub fn text(groups: &[&DiskGroupConfig]) -> String {
                 format_size(v.size_bytes),
                 read_policy(&v.read_policy)
             ));
+            for e in &v.exports {
+                let nodes = if e.nodes.is_empty() {
+                    "all".to_string()
+                } else {
+                    e.nodes.join(",")
+                };
+                let portal = if e.portal.is_empty() {
+                    "(node's)"
+                } else {
+                    e.portal.as_str()
+                };
+                s.push_str(&format!(
+                    "ex {:<6} {:<12} {:<12} {:<16} {}\n",
+                    e.protocol.as_str(),
+                    v.name,
+                    nodes,
+                    portal,
+                    e.iqn
+                ));
+            }
             for p in &v.plexes {
                 let (kind, columns, su) = layout(p.layout);
                 let lay = if kind == "stripe" {

@@ -6,7 +6,8 @@ use capnp::serialize;
 use plexd_proto::ondisk_capnp as wire;
 
 use crate::objects::{
-    Disk, DiskGroupConfig, Plex, PlexLayout, PlexState, ReadPolicy, Subdisk, Volume, VolumeState,
+    Disk, DiskGroupConfig, Export, ExportProtocol, Plex, PlexLayout, PlexState, ReadPolicy,
+    Subdisk, Volume, VolumeState,
 };
 
 /// The `formatVersion` this code writes and the newest it reads.
@@ -60,6 +61,19 @@ fn encode_volume(v: &Volume, mut b: wire::volume::Builder<'_>) {
             ReadPolicy::Round => policy.set_round(()),
             ReadPolicy::Prefer { plex } => policy.set_prefer(plex.as_str()),
             ReadPolicy::LeastOutstanding => policy.set_least_outstanding(()),
+        }
+    }
+    {
+        let mut exports = b.reborrow().init_exports(len_u32(v.exports.len()));
+        for (i, e) in (0..).zip(&v.exports) {
+            let mut eb = exports.reborrow().get(i);
+            eb.set_protocol(e.protocol.as_str());
+            eb.set_iqn(e.iqn.as_str());
+            eb.set_portal(e.portal.as_str());
+            let mut nodes = eb.init_nodes(len_u32(e.nodes.len()));
+            for (j, n) in (0..).zip(&e.nodes) {
+                nodes.set(j, n.as_str());
+            }
         }
     }
     let mut plexes = b.init_plexes(len_u32(v.plexes.len()));
@@ -180,12 +194,30 @@ fn decode_volume(v: wire::volume::Reader<'_>) -> capnp::Result<Volume> {
     for p in v.get_plexes()? {
         plexes.push(decode_plex(p)?);
     }
+    let mut exports = Vec::new();
+    for e in v.get_exports()? {
+        let name = text(e.get_protocol())?;
+        let protocol = ExportProtocol::parse(&name).ok_or_else(|| {
+            capnp::Error::failed(format!("export protocol {name:?} is not known"))
+        })?;
+        let mut nodes = Vec::new();
+        for n in e.get_nodes()? {
+            nodes.push(text(n)?);
+        }
+        exports.push(Export {
+            protocol,
+            iqn: text(e.get_iqn())?,
+            nodes,
+            portal: text(e.get_portal())?,
+        });
+    }
     Ok(Volume {
         name: text(v.get_name())?,
         size_bytes: v.get_size_bytes(),
         state,
         read_policy,
         plexes,
+        exports,
     })
 }
 
@@ -264,6 +296,18 @@ mod tests {
             .apply(&Change::PlexDetach {
                 dg: "dg1".into(),
                 plex: "vol1-02".into(),
+            })
+            .unwrap();
+        let c = c
+            .apply(&Change::VolExport {
+                dg: "dg1".into(),
+                volume: "vol1".into(),
+                export: Export {
+                    protocol: ExportProtocol::Iscsi,
+                    iqn: "iqn.2026-11.io.plexd:test.dg1.vol1".into(),
+                    nodes: vec!["a".into(), "b".into()],
+                    portal: "127.0.0.1:3260".into(),
+                },
             })
             .unwrap();
         let mut g = c.disk_groups[0].clone();

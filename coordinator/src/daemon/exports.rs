@@ -1,0 +1,264 @@
+//! Volume exports (`plexctl export`): what this node's iSCSI target must serve, and
+//! bringing the target in line with it.
+//!
+//! An export is part of the disk group configuration (`objects::Export`), so it goes
+//! through the transaction like any change and every node learns it. Each node serves
+//! the exports that name it (or every node): one iSCSI target per export, the volume
+//! bdev `DG.VOL` as LUN 0, on the export's portal or the node's own (`iscsi_portal` in
+//! the cluster file). Every node derives the LUN's device identity from the disk
+//! group id and the volume name, so a host sees one device over several paths.
+//!
+//! The targets plexd manages carry the alias [`ALIAS_PREFIX`]`DG.VOL`; targets from
+//! the target's own config file are never touched.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use plexd_target::api::KernelClient;
+use plexd_target::frontend::iscsi::{LunConfig, TargetNodeConfig};
+
+use super::kernel::volume_bdev;
+use crate::objects::{DiskGroupConfig, Export, ExportProtocol};
+
+/// Alias prefix of the iSCSI targets plexd creates.
+pub const ALIAS_PREFIX: &str = "plexd:";
+
+/// One iSCSI target this node serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportSpec {
+    /// The volume bdev (`DG.VOL`).
+    pub bdev: String,
+    /// The LUN's device identity (same on every node).
+    pub device_id: String,
+    /// Where to listen.
+    pub portal: String,
+}
+
+/// Whether `export` is served by node `node`.
+pub fn serves(export: &Export, node: &str) -> bool {
+    export.nodes.is_empty() || export.nodes.iter().any(|n| n == node)
+}
+
+/// The portal `node` serves `export` on.
+pub fn portal_of<'a>(export: &'a Export, node_portal: &'a str) -> &'a str {
+    if export.portal.is_empty() {
+        node_portal
+    } else {
+        &export.portal
+    }
+}
+
+/// The iSCSI targets node `node` (whose own portal is `node_portal`) serves for
+/// `groups`, by IQN.
+pub fn desired<'a>(
+    groups: impl IntoIterator<Item = &'a DiskGroupConfig>,
+    node: &str,
+    node_portal: &str,
+) -> BTreeMap<String, ExportSpec> {
+    let mut out = BTreeMap::new();
+    for g in groups {
+        for v in &g.volumes {
+            for e in v
+                .exports
+                .iter()
+                .filter(|e| e.protocol == ExportProtocol::Iscsi && serves(e, node))
+            {
+                out.insert(
+                    e.iqn.clone(),
+                    ExportSpec {
+                        bdev: volume_bdev(&g.name, &v.name),
+                        device_id: format!("{}.{}", g.id, v.name),
+                        portal: portal_of(e, node_portal).to_string(),
+                    },
+                );
+            }
+        }
+    }
+    out
+}
+
+/// The default target name of volume `volume` of `dg` in cluster `cluster`:
+/// `iqn.2026-11.io.plexd:<cluster>.<dg>.<volume>`, lowercased, other characters as '-'.
+pub fn default_iqn(cluster: &str, dg: &str, volume: &str) -> String {
+    let clean = |s: &str| -> String {
+        s.chars()
+            .map(|c| match c.to_ascii_lowercase() {
+                c @ ('a'..='z' | '0'..='9' | '.' | '-') => c,
+                _ => '-',
+            })
+            .collect()
+    };
+    format!(
+        "iqn.2026-11.io.plexd:{}.{}.{}",
+        clean(cluster),
+        clean(dg),
+        clean(volume)
+    )
+}
+
+fn target_of(iqn: &str, spec: &ExportSpec) -> TargetNodeConfig {
+    TargetNodeConfig {
+        iqn: iqn.to_string(),
+        alias: Some(format!("{ALIAS_PREFIX}{}", spec.bdev)),
+        luns: vec![LunConfig {
+            lun: 0,
+            bdev: spec.bdev.clone(),
+            device_id: Some(spec.device_id.clone()),
+            read_only: false,
+        }],
+        ..TargetNodeConfig::default()
+    }
+}
+
+fn managed(t: &TargetNodeConfig) -> bool {
+    t.alias
+        .as_deref()
+        .is_some_and(|a| a.starts_with(ALIAS_PREFIX))
+}
+
+/// Removes the managed targets that `desired` does not hold as they are (before the
+/// volumes they map are deleted). Returns the errors, each naming the target.
+pub fn remove_stale(k: &KernelClient, desired: &BTreeMap<String, ExportSpec>) -> Vec<String> {
+    let targets = match k.iscsi_targets() {
+        Ok(t) => t,
+        Err(e) => return vec![format!("iscsi targets: {e}")],
+    };
+    let mut errors = Vec::new();
+    for t in targets.iter().filter(|t| managed(t)) {
+        let keep = desired.get(&t.iqn).is_some_and(|spec| {
+            let want = target_of(&t.iqn, spec);
+            want.luns == t.luns && want.alias == t.alias
+        });
+        if !keep {
+            match k.iscsi_remove_target(&t.iqn) {
+                Ok(()) => log::info!("data plane: iscsi target {} removed", t.iqn),
+                Err(e) => errors.push(format!("iscsi target {}: remove: {e}", t.iqn)),
+            }
+        }
+    }
+    errors
+}
+
+/// Creates the targets of `desired` the target lacks, listening on their portals
+/// first. Returns the errors, each naming the target or portal.
+pub fn add_missing(k: &KernelClient, desired: &BTreeMap<String, ExportSpec>) -> Vec<String> {
+    if desired.is_empty() {
+        return Vec::new();
+    }
+    let mut errors = Vec::new();
+    let mut portals: Vec<SocketAddr> = k.iscsi_portals().unwrap_or_default();
+    let existing: Vec<String> = match k.iscsi_targets() {
+        Ok(t) => t.into_iter().map(|t| t.iqn).collect(),
+        Err(e) => return vec![format!("iscsi targets: {e}")],
+    };
+    for (iqn, spec) in desired {
+        match spec.portal.parse::<SocketAddr>() {
+            Ok(addr) if !portals.contains(&addr) => match k.iscsi_add_portal(&spec.portal) {
+                Ok(bound) => {
+                    log::info!("data plane: iscsi portal {bound} listening");
+                    portals.push(addr);
+                }
+                Err(e) => {
+                    errors.push(format!("iscsi portal {} (for {iqn}): {e}", spec.portal));
+                    continue;
+                }
+            },
+            Ok(_) => {}
+            Err(e) => {
+                errors.push(format!("iscsi portal {:?} (for {iqn}): {e}", spec.portal));
+                continue;
+            }
+        }
+        if existing.contains(iqn) {
+            continue;
+        }
+        match k.iscsi_add_target(&target_of(iqn, spec)) {
+            Ok(()) => log::info!(
+                "data plane: iscsi target {iqn} exports {} on {}",
+                spec.bdev,
+                spec.portal
+            ),
+            Err(e) => errors.push(format!("iscsi target {iqn}: {e}")),
+        }
+    }
+    errors
+}
+
+/// The slave check of an export: this node can serve it (its portal is one its
+/// target listens on already, or one it can bind).
+pub fn check(k: &KernelClient, portal: &str) -> Result<(), String> {
+    let addr: SocketAddr = portal
+        .parse()
+        .map_err(|e| format!("iscsi portal {portal:?}: {e} (want address:port)"))?;
+    if k.iscsi_portals().unwrap_or_default().contains(&addr) {
+        return Ok(());
+    }
+    std::net::TcpListener::bind(addr)
+        .map(drop)
+        .map_err(|e| format!("iscsi portal {portal}: cannot listen: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::objects::test_support::cluster;
+    use crate::objects::Change;
+    use crate::objects::VolumeLayout;
+
+    fn exported(nodes: &[&str], portal: &str) -> Vec<DiskGroupConfig> {
+        let c = cluster(&[("disk01", 1 << 30)])
+            .apply(&Change::VolCreate {
+                dg: "dg1".into(),
+                volume: "vol1".into(),
+                size_bytes: 16 << 20,
+                layout: VolumeLayout::Concat,
+            })
+            .unwrap()
+            .apply(&Change::VolExport {
+                dg: "dg1".into(),
+                volume: "vol1".into(),
+                export: Export {
+                    protocol: ExportProtocol::Iscsi,
+                    iqn: default_iqn("Test_1", "dg1", "vol1"),
+                    nodes: nodes.iter().map(|n| n.to_string()).collect(),
+                    portal: portal.into(),
+                },
+            })
+            .unwrap();
+        c.disk_groups
+    }
+
+    #[test]
+    fn every_node_or_the_named_ones_serve_an_export_with_one_identity() {
+        let all = exported(&[], "");
+        let a = desired(&all, "a", "127.0.0.1:3260");
+        let b = desired(&all, "b", "127.0.0.1:3261");
+        let iqn = "iqn.2026-11.io.plexd:test-1.dg1.vol1";
+        assert_eq!(a[iqn].bdev, "dg1.vol1");
+        assert_eq!(a[iqn].portal, "127.0.0.1:3260");
+        assert_eq!(b[iqn].portal, "127.0.0.1:3261");
+        assert_eq!(a[iqn].device_id, b[iqn].device_id, "multipath identity");
+        let only_b = exported(&["b"], "127.0.0.1:3999");
+        assert!(desired(&only_b, "a", "127.0.0.1:3260").is_empty());
+        assert_eq!(
+            desired(&only_b, "b", "127.0.0.1:3261")[iqn].portal,
+            "127.0.0.1:3999"
+        );
+    }
+
+    #[test]
+    fn managed_targets_are_recognised_by_their_alias() {
+        let spec = ExportSpec {
+            bdev: "dg1.vol1".into(),
+            device_id: "x.vol1".into(),
+            portal: "127.0.0.1:3260".into(),
+        };
+        let t = target_of("iqn.2026-11.io.plexd:t", &spec);
+        assert!(managed(&t));
+        assert_eq!(t.luns[0].device_id.as_deref(), Some("x.vol1"));
+        assert!(!managed(&TargetNodeConfig {
+            iqn: "iqn.2026-11.io.plexd:static".into(),
+            ..TargetNodeConfig::default()
+        }));
+    }
+}
