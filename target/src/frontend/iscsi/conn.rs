@@ -720,6 +720,11 @@ impl Conn {
                         why = Some(w);
                         break;
                     }
+                    if (n as usize) < cap - rlen {
+                        // A short read drained the socket: wait for more with the
+                        // poll armed below instead of a read that would say EAGAIN.
+                        break;
+                    }
                     continue;
                 }
                 if n == 0 {
