@@ -169,6 +169,8 @@ pub struct Reactor {
     wake_buf: Box<u64>,
     completions: RefCell<VecDeque<(IoCallback, IoStatus)>>,
     pollers: RefCell<Vec<(PollerId, Rc<dyn Poller>)>>,
+    /// The pollers of the running pass (reused, so a pass allocates nothing).
+    poller_pass: Cell<Vec<Rc<dyn Poller>>>,
     next_poller: Cell<u64>,
     channels: RefCell<HashMap<String, Rc<dyn BdevChannel>>>,
     locals: RefCell<HashMap<TypeId, Rc<dyn Any>>>,
@@ -226,6 +228,7 @@ impl Reactor {
             wake_buf: Box::new(0),
             completions: RefCell::new(VecDeque::with_capacity(4096)),
             pollers: RefCell::new(Vec::new()),
+            poller_pass: Cell::new(Vec::new()),
             next_poller: Cell::new(1),
             channels: RefCell::new(HashMap::new()),
             locals: RefCell::new(HashMap::new()),
@@ -449,14 +452,14 @@ impl Reactor {
             return 0;
         }
         let now = Instant::now();
-        // Clone the list so pollers may add or remove pollers while running.
-        let pollers: Vec<Rc<dyn Poller>> = self
-            .pollers
-            .borrow()
-            .iter()
-            .map(|(_, p)| Rc::clone(p))
-            .collect();
-        pollers.iter().map(|p| p.poll(now)).sum()
+        // Run a copy of the list so pollers may add or remove pollers while running;
+        // the copy's storage is kept for the next pass.
+        let mut pass = self.poller_pass.take();
+        pass.extend(self.pollers.borrow().iter().map(|(_, p)| Rc::clone(p)));
+        let work = pass.iter().map(|p| p.poll(now)).sum();
+        pass.clear();
+        self.poller_pass.set(pass);
+        work
     }
 
     fn submit(&self) {
