@@ -466,6 +466,13 @@ fn acl_deny_refuses_the_login_and_allow_restores_it() {
     assert!(!inq(portal, INI_B, "iqn.2026-11.io.plexd:open", 0, None)
         .status
         .success());
+    // ... and hides the target from its discovery.
+    assert!(discover(portal, INI_A).contains("iqn.2026-11.io.plexd:open"));
+    let seen_by_b = discover(portal, INI_B);
+    assert!(
+        !seen_by_b.contains("iqn.2026-11.io.plexd:open"),
+        "a denied initiator discovers the target: {seen_by_b}"
+    );
 }
 
 #[test]

@@ -1072,7 +1072,8 @@ impl Conn {
                 let addr = self.local.map(|a| a.to_string()).unwrap_or_default();
                 let ts = self.shared.targets();
                 for (iqn, t) in ts.iter() {
-                    let allowed = t.cfg.allow.is_empty() || t.cfg.allow.contains(&initiator);
+                    let allowed = (t.cfg.allow.is_empty() || t.cfg.allow.contains(&initiator))
+                        && !t.cfg.deny.contains(&initiator);
                     let wanted = v == "All" || v == iqn || v.is_empty();
                     if allowed && wanted {
                         out.push(("TargetName".into(), iqn.clone()));
