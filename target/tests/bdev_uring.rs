@@ -315,6 +315,29 @@ fn dev_shm_works_direct_or_buffered_and_zeroes_fall_back_to_writes() {
     assert!(got[..4096] == data[..4096]);
     assert!(got[4096..4096 + (300 << 10)].iter().all(|&x| x == 0));
     assert!(got[4096 + (300 << 10)..] == data[4096 + (300 << 10)..]);
+    let detail = b.info().detail;
+    if !detail.contains("O_DIRECT)") {
+        // Buffered on tmpfs: reads and writes are done inline, not by io_uring workers.
+        assert!(detail.contains("inline"), "{detail}");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path.0)
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
+        let out = run_ios(
+            h,
+            &b,
+            vec![IoReq::read((1 << 20) + 4096, 4096), IoReq::read(0, 4096)],
+            WAIT,
+        )
+        .unwrap();
+        assert_eq!(
+            statuses(&out),
+            vec![IoStatus::Failed(libc::EIO), IoStatus::Success],
+            "a read past the shrunken end fails"
+        );
+    }
 }
 
 #[test]

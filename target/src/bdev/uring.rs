@@ -80,6 +80,30 @@ pub struct UringBdev {
     block_device: bool,
     /// Why the bdev is buffered, when O_DIRECT was asked for and refused.
     fallback_reason: Option<String>,
+    /// The file lives in memory (tmpfs, ramfs) and is buffered: reads and writes are
+    /// memory copies the kernel cannot do asynchronously (io_uring hands each one to a
+    /// worker thread), so the channel does them inline with pread/pwrite.
+    inline: bool,
+}
+
+/// `statfs` magic numbers of memory file systems (linux/magic.h).
+const TMPFS_MAGIC: i64 = 0x0102_1994;
+const RAMFS_MAGIC: i64 = 0x8584_58f6;
+
+/// Whether `file` is on a memory file system.
+fn on_memory_fs(file: &File) -> bool {
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::zeroed();
+    // SAFETY: fstatfs writes a statfs into the buffer we own for a valid fd; it is
+    // read only when the call succeeded.
+    let rc = unsafe { libc::fstatfs(file.as_raw_fd(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return false;
+    }
+    // SAFETY: fstatfs returned 0, so the struct is initialised.
+    // f_type's width differs between architectures (i64 here, u32/i32 elsewhere).
+    #[allow(clippy::unnecessary_cast)]
+    let magic = unsafe { st.assume_init() }.f_type as i64;
+    magic == TMPFS_MAGIC || magic == RAMFS_MAGIC
 }
 
 impl UringBdev {
@@ -136,6 +160,7 @@ impl UringBdev {
                 "{who}: size {size_bytes} bytes is not a positive multiple of the block size {block_size}; resize it (e.g. truncate -s) or pick another block size"
             ));
         }
+        let inline = !direct && !block_device && on_memory_fs(&file);
         Ok(Arc::new(UringBdev {
             name: name.to_string(),
             path: path.to_path_buf(),
@@ -145,6 +170,7 @@ impl UringBdev {
             direct,
             block_device,
             fallback_reason,
+            inline,
         }))
     }
 
@@ -285,6 +311,11 @@ impl Bdev for UringBdev {
             (_, true) => "O_DIRECT".to_string(),
             (Some(why), false) => format!("buffered (O_DIRECT refused: {why})"),
             (None, false) => "buffered".to_string(),
+        };
+        let mode = if self.inline {
+            format!("{mode}, memory file system: reads and writes inline")
+        } else {
+            mode
         };
         BdevInfo {
             name: self.name.clone(),
@@ -482,11 +513,48 @@ impl ChannelState {
             self.reactor.complete(io.cb, IoStatus::Failed(errno));
             return;
         }
+        if self.bdev.inline && matches!(io.kind, IoKind::Read | IoKind::Write) {
+            let status = self.rw_inline(&io);
+            self.reactor.complete(io.cb, status);
+            return;
+        }
         if self.ops.borrow().len() >= CHANNEL_SLOTS || !self.waiting.borrow().is_empty() {
             self.waiting.borrow_mut().push_back((seq, io));
             return;
         }
         self.start(seq, io);
+    }
+
+    /// A read or write of a memory-backed file, done now (see `UringBdev::inline`).
+    fn rw_inline(&self, io: &BdevIo) -> IoStatus {
+        let mut done = 0u64;
+        while done < io.len_bytes {
+            let piece = io.buf.slice(done as usize, (io.len_bytes - done) as usize);
+            let off = (io.offset_bytes + done) as libc::off_t;
+            // SAFETY: `piece` is a view of the I/O's buffer, valid for reads and writes
+            // while the I/O is in flight (IoBuf's contract), and check_range proved its
+            // length; pread/pwrite touch only those bytes.
+            let n = unsafe {
+                if io.kind == IoKind::Read {
+                    libc::pread(self.fd, piece.as_ptr().cast(), piece.len(), off)
+                } else {
+                    libc::pwrite(self.fd, piece.as_ptr().cast(), piece.len(), off)
+                }
+            };
+            match n {
+                n if n > 0 => done += n as u64,
+                0 => return IoStatus::Failed(libc::EIO),
+                _ => {
+                    let errno = std::io::Error::last_os_error()
+                        .raw_os_error()
+                        .unwrap_or(libc::EIO);
+                    if errno != libc::EINTR {
+                        return IoStatus::Failed(errno);
+                    }
+                }
+            }
+        }
+        IoStatus::Success
     }
 
     /// Arrival number of the oldest I/O not yet completed, if any.
