@@ -3,6 +3,10 @@
 //!
 //! - Opened with `O_DIRECT`; when the file system refuses it at open (EINVAL) the
 //!   bdev falls back to buffered I/O with a warning, and `info().detail` says so.
+//! - A buffered file on a memory file system (tmpfs, ramfs) is read and written
+//!   inline on the reactor with `pread`/`pwrite`: the kernel cannot do those
+//!   asynchronously (io_uring would hand each to a worker thread), and they are
+//!   memory copies. Only a tmpfs page swapped out can make one wait.
 //! - Block size: the device's logical block size (`BLKSSZGET`) for block devices;
 //!   for files 512 bytes by default, raised to the file system's O_DIRECT offset
 //!   alignment (`statx` `STATX_DIOALIGN`) when that is larger, or as configured.
