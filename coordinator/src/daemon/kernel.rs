@@ -13,6 +13,14 @@
 //! only moves plex states (detach after an I/O error, attach) is applied at commit
 //! with `setPlexState`, which releases writes held for a failed plex without a
 //! quiesce (a quiesce would wait for those held writes).
+//!
+//! The adapter remembers what the data plane holds after a pruning commit that went
+//! through without an error (the target changes volumes and exports only when this
+//! adapter asks it to). While it is sure, a kernel phase costs one `prepare` and one
+//! `commit` call per changed volume: no listing of bdevs and volumes, no `getVolume`
+//! of each volume, no iSCSI listing when the exports did not change. Any error, a
+//! reconnection, a [`Kernel::load`] or a change of the disk set makes it ask the
+//! target again.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -144,6 +152,9 @@ struct Staged {
     delete: Vec<String>,
     desired: Desired,
     prune: bool,
+    /// What the data plane held when this phase was staged, if known (see
+    /// [`Kernel::known`]).
+    before: Option<Desired>,
 }
 
 /// The connection to this node's data plane and what it was last told.
@@ -152,6 +163,9 @@ pub struct Kernel {
     /// [`Kernel::shared_client`]); replaced by [`Kernel::reconnect`].
     client: Arc<KernelClient>,
     staged: Option<Staged>,
+    /// What the data plane holds (volumes, disk bdevs, managed exports), as the last
+    /// pruning commit without an error left it; `None` when not sure.
+    known: Option<Desired>,
 }
 
 /// Whether `e` means the connection to the data plane is gone (the target died or
@@ -174,6 +188,7 @@ impl Kernel {
                     return Ok(Kernel {
                         client,
                         staged: None,
+                        known: None,
                     })
                 }
                 Err(e) if std::time::Instant::now() >= deadline => return Err(e),
@@ -202,6 +217,7 @@ impl Kernel {
         let client = Kernel::open(&socket)?;
         self.client = client;
         self.staged = None;
+        self.known = None;
         Ok(())
     }
 
@@ -273,15 +289,29 @@ impl Kernel {
     /// deleted at commit; without it they are left alone.
     pub fn prepare(&mut self, desired: Desired, prune: bool) -> Result<(), String> {
         self.abort();
-        let (bdevs, volumes) = self.existing()?;
-        self.ensure_disks(&desired, &bdevs)?;
+        // What the target holds: remembered (same disks: nothing to create), or asked.
+        let before = self
+            .known
+            .take()
+            .filter(|k| prune && k.disks == desired.disks);
+        let volumes: BTreeSet<String> = match &before {
+            Some(k) => k.volumes.keys().cloned().collect(),
+            None => {
+                let (bdevs, volumes) = self.existing()?;
+                self.ensure_disks(&desired, &bdevs)?;
+                volumes
+            }
+        };
         let mut staged = Staged::default();
         for (name, spec) in &desired.volumes {
             if !volumes.contains(name) {
                 staged.create.push(spec.clone());
                 continue;
             }
-            let (_, current) = self.client.get_volume(name).map_err(err)?;
+            let current = match before.as_ref().and_then(|k| k.volumes.get(name)) {
+                Some(c) => c.clone(),
+                None => self.client.get_volume(name).map_err(err)?.1,
+            };
             if current == *spec {
                 continue;
             }
@@ -304,6 +334,22 @@ impl Kernel {
             }
             staged.prepared.push(name.clone());
         }
+        if before.is_some() && staged.prepared.is_empty() {
+            // Nothing was asked of the data plane yet: it must answer (a lost data
+            // plane fails the kernel phase) and hold the volumes remembered.
+            let held: BTreeSet<String> = self
+                .client
+                .list_volumes()
+                .map_err(err)?
+                .into_iter()
+                .map(|v| v.name)
+                .filter(|v| v.contains('.'))
+                .collect();
+            if held != volumes {
+                log::warn!("data plane: holds volumes {held:?}, not {volumes:?} as remembered; asking it again");
+                return self.prepare(desired, prune);
+            }
+        }
         if prune {
             staged.delete = volumes
                 .iter()
@@ -313,6 +359,7 @@ impl Kernel {
         }
         staged.prune = prune;
         staged.desired = desired;
+        staged.before = before;
         self.staged = Some(staged);
         Ok(())
     }
@@ -339,6 +386,16 @@ impl Kernel {
         let Some(staged) = self.staged.take() else {
             return Ok(());
         };
+        self.known = None;
+        // The exports and disks as they were: nothing to list, add or remove.
+        let exports_same = staged
+            .before
+            .as_ref()
+            .is_some_and(|k| k.exports == staged.desired.exports);
+        let disks_same = staged
+            .before
+            .as_ref()
+            .is_some_and(|k| k.disks == staged.desired.disks);
         let mut errors = Vec::new();
         for v in &staged.prepared {
             if let Err(e) = self.client.commit(v) {
@@ -358,7 +415,7 @@ impl Kernel {
                 errors.push(format!("volume {}: create: {e}", spec.name));
             }
         }
-        if staged.prune {
+        if staged.prune && !exports_same {
             errors.extend(super::exports::remove_stale(
                 &self.client,
                 &staged.desired.exports,
@@ -369,14 +426,19 @@ impl Kernel {
                 errors.push(format!("volume {v}: delete: {e}"));
             }
         }
-        errors.extend(super::exports::add_missing(
-            &self.client,
-            &staged.desired.exports,
-        ));
-        if staged.prune {
+        if !exports_same {
+            errors.extend(super::exports::add_missing(
+                &self.client,
+                &staged.desired.exports,
+            ));
+        }
+        if staged.prune && !disks_same {
             self.delete_unused_disks(&staged.desired);
         }
         if errors.is_empty() {
+            if staged.prune {
+                self.known = Some(staged.desired);
+            }
             Ok(())
         } else {
             let e = errors.join("; ");
@@ -388,10 +450,16 @@ impl Kernel {
     /// Drops the staged phase and resumes I/O.
     pub fn abort(&mut self) {
         if let Some(staged) = self.staged.take() {
+            let mut clean = true;
             for v in &staged.prepared {
                 if let Err(e) = self.client.abort(v) {
                     log::error!("data plane: volume {v}: abort: {e}");
+                    clean = false;
                 }
+            }
+            // The data plane is back where it was (when that is known).
+            if clean {
+                self.known = staged.before;
             }
         }
     }
@@ -399,6 +467,8 @@ impl Kernel {
     /// Makes the data plane hold exactly `desired` (idempotent): used on forming,
     /// joining and after a restart.
     pub fn load(&mut self, desired: Desired) -> Result<(), String> {
+        self.abort();
+        self.known = None;
         self.prepare(desired, true)?;
         self.commit()
     }

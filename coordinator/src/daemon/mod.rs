@@ -264,6 +264,7 @@ pub fn run(opts: Options) -> Result<(), String> {
         target_child,
         kernel_epoch: 0,
         kernel_lost: None,
+        timer: None,
     };
     d.main_loop(rx);
     log::info!("plexd: node {} stopped", d.name);
@@ -436,6 +437,44 @@ struct Daemon {
     kernel_epoch: u64,
     /// Set while the data plane is lost.
     kernel_lost: Option<KernelLost>,
+    /// Phase timings of the transaction this node runs as master (see [`TxnTimer`]).
+    timer: Option<TxnTimer>,
+}
+
+/// Where a transaction this node runs as master spends its time, from the
+/// failpoints the core emits at each phase boundary (the core has no clock). Logged
+/// once per committed transaction (`ci/bench.d/cluster` reads that line).
+struct TxnTimer {
+    start: Instant,
+    /// Failpoint name → when the core emitted it.
+    marks: Vec<(&'static str, Instant)>,
+    /// This node's own kernel prepare.
+    local_prepare: Duration,
+}
+
+impl TxnTimer {
+    fn at(&self, name: &str) -> Option<Instant> {
+        self.marks.iter().find(|(n, _)| *n == name).map(|(_, t)| *t)
+    }
+
+    /// The log line of a transaction that committed (`end`: the master applied it).
+    fn line(&self, node: &str, txn: TxnId, end: Instant) -> Option<String> {
+        let ms = |a: Instant, b: Instant| b.saturating_duration_since(a).as_secs_f64() * 1000.0;
+        let check = self.at("txn.after_check")?;
+        let prepared = self.at("txn.after_prepare")?;
+        let acked = self.at("txn.after_successor_ack")?;
+        let written = self.at("txn.after_disk_write")?;
+        Some(format!(
+            "node {node}: transaction {txn} took {:.3} ms: check {:.3} ms, kernel prepare {:.3} ms (this node {:.3} ms), successor ack {:.3} ms, disk write {:.3} ms, commit {:.3} ms",
+            ms(self.start, end),
+            ms(self.start, check),
+            ms(check, prepared),
+            self.local_prepare.as_secs_f64() * 1000.0,
+            ms(prepared, acked),
+            ms(acked, written),
+            ms(written, end),
+        ))
+    }
 }
 
 impl Daemon {
@@ -767,12 +806,34 @@ impl Daemon {
             }
             let actions = self.node.handle(now_ms(self.start), ev);
             // Messages leave after the step's other actions: a failpoint exit in the
-            // step loses them, as a kill -9 before the network saw them would.
+            // step loses them, as a kill -9 before the network saw them would. Once no
+            // failpoint is left in the step, they leave before a slow local action
+            // (local check, kernel prepare or commit), so the peers work on them in
+            // the meantime (the master's Check and Prepare, its Commit to the others).
             let mut sends = Vec::new();
+            let mut failpoints_left = actions
+                .iter()
+                .filter(|a| matches!(a, Action::Failpoint(_)))
+                .count();
             for a in actions {
-                if let Action::Send { to, msg } = a {
-                    sends.push((to, msg));
-                } else if let Some(next) = self.act(a) {
+                match a {
+                    Action::Send { to, msg } => {
+                        sends.push((to, msg));
+                        continue;
+                    }
+                    Action::Failpoint(_) => failpoints_left -= 1,
+                    Action::LocalCheck { .. }
+                    | Action::KernelPrepare { .. }
+                    | Action::KernelCommit { .. }
+                        if failpoints_left == 0 =>
+                    {
+                        for (to, msg) in sends.drain(..) {
+                            self.transport.send(to, &msg);
+                        }
+                    }
+                    _ => {}
+                }
+                if let Some(next) = self.act(a) {
                     queue.push_back(next);
                 }
             }
@@ -893,10 +954,14 @@ impl Daemon {
                 Some(Event::LocalCheckDone { txn, result })
             }
             Action::KernelPrepare { txn, config } => {
+                let began = Instant::now();
                 let desired = self.desired_with(&config);
                 self.fences
                     .break_all(self.kernel.client(), "a transaction's kernel phase");
                 let result = self.kernel.prepare(desired, true);
+                if let Some(t) = self.timer.as_mut() {
+                    t.local_prepare = began.elapsed();
+                }
                 if let Err(e) = &result {
                     log::error!(
                         "node {}: transaction {txn}: kernel phase failed: {e}",
@@ -916,10 +981,19 @@ impl Daemon {
                 self.committed_txn = txn;
                 self.staged = None;
                 self.after_config_change();
+                if let Some(t) = self
+                    .timer
+                    .take_if(|t| t.at("txn.after_commit_sent").is_some())
+                {
+                    if let Some(line) = t.line(&self.name, txn, Instant::now()) {
+                        log::info!("{line}");
+                    }
+                }
                 None
             }
             Action::KernelAbort { txn } => {
                 log::info!("node {}: transaction {txn}: aborted", self.name);
+                self.timer = None;
                 self.kernel.abort();
                 self.staged = None;
                 None
@@ -989,6 +1063,7 @@ impl Daemon {
                 None
             }
             Action::Failpoint(name) => {
+                self.mark(name);
                 if self.failpoint.as_deref() == Some(name) {
                     log::error!("node {}: failpoint {name}: exiting now", self.name);
                     eprintln!("plexd: node {}: failpoint {name}: exit", self.name);
@@ -1005,6 +1080,22 @@ impl Daemon {
                 self.tasks.cancel_all();
                 None
             }
+        }
+    }
+
+    /// Phase boundaries of a transaction this node runs as master (see [`TxnTimer`]).
+    fn mark(&mut self, name: &'static str) {
+        let now = Instant::now();
+        if name == "txn.after_validate" {
+            self.timer = Some(TxnTimer {
+                start: now,
+                marks: Vec::new(),
+                local_prepare: Duration::ZERO,
+            });
+        } else if !matches!(self.node.role(), Role::Master) {
+            self.timer = None;
+        } else if let Some(t) = self.timer.as_mut() {
+            t.marks.push((name, now));
         }
     }
 

@@ -628,26 +628,26 @@ pub fn write_config(
         written: Vec::new(),
         failed: Vec::new(),
     };
-    // Disks are written in parallel (one thread each, at most
-    // MAX_PARALLEL_WRITES at a time): the commit waits for the slowest fdatasync, not
-    // their sum.
+    // Disks are written in parallel (at most MAX_PARALLEL_WRITES at a time: the
+    // first of each batch on this thread, every other on a thread of its own): the
+    // commit waits for the slowest fdatasync, not their sum.
     for chunk in paths.chunks(MAX_PARALLEL_WRITES) {
         let results: Vec<Result<usize, OnDiskError>> = std::thread::scope(|scope| {
             let handles: Vec<_> = chunk
                 .iter()
+                .skip(1)
                 .map(|path| scope.spawn(|| write_one(path, config, &payload, txn_id)))
                 .collect();
-            handles
-                .into_iter()
-                .zip(chunk)
-                .map(|(h, path)| {
+            let first = write_one(&chunk[0], config, &payload, txn_id);
+            std::iter::once(first)
+                .chain(handles.into_iter().zip(&chunk[1..]).map(|(h, path)| {
                     h.join().unwrap_or_else(|_| {
                         Err(OnDiskError::Refused {
                             path: path.clone(),
                             reason: "writer thread panicked".into(),
                         })
                     })
-                })
+                }))
                 .collect()
         });
         for (path, result) in chunk.iter().zip(results) {
