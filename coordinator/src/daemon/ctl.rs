@@ -653,15 +653,7 @@ async fn master_tasks(addr: &str) -> Result<Vec<TaskOut>, String> {
         let stream = Async::<std::net::TcpStream>::connect(sock)
             .await
             .map_err(|e| e.to_string())?;
-        let (reader, writer) = stream.split();
-        let network = twoparty::VatNetwork::new(
-            futures::io::BufReader::new(reader),
-            futures::io::BufWriter::new(writer),
-            rpc_twoparty_capnp::Side::Client,
-            Default::default(),
-        );
-        let mut rpc = RpcSystem::new(Box::new(network), None);
-        let client: ctl::Client = rpc.bootstrap(rpc_twoparty_capnp::Side::Server);
+        let (rpc, client) = super::transport::client_connection::<ctl::Client>(stream);
         let call = async {
             let resp = client
                 .task_list_request()

@@ -26,8 +26,6 @@ use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use capnp_rpc::{rpc_twoparty_capnp, twoparty, RpcSystem};
-use futures::AsyncReadExt;
 use plexd_proto::cluster_capnp::peer;
 use plexd_target::api::{ClientError, ErrorCode, KernelClient};
 use smol::{Async, LocalExecutor};
@@ -431,15 +429,7 @@ fn call_remote(
     let _ = stream.set_nodelay(true);
     let stream = Async::new(stream).map_err(|e| format!("{address}: {e}"))?;
     let ex = Rc::new(LocalExecutor::new());
-    let (reader, writer) = stream.split();
-    let network = twoparty::VatNetwork::new(
-        futures::io::BufReader::new(reader),
-        futures::io::BufWriter::new(writer),
-        rpc_twoparty_capnp::Side::Client,
-        Default::default(),
-    );
-    let mut rpc = RpcSystem::new(Box::new(network), None);
-    let client: peer::Client = rpc.bootstrap(rpc_twoparty_capnp::Side::Server);
+    let (rpc, client) = super::transport::client_connection::<peer::Client>(stream);
     let call = async {
         let mut rq = client.fence_request();
         {

@@ -101,6 +101,24 @@ impl Transport {
     }
 }
 
+/// The client side of a Cap'n Proto connection to a node on `stream`: the RPC system
+/// (poll it, e.g. race it against the calls) and the node's bootstrap capability (a
+/// `Peer`, which is also a `Ctl`).
+pub fn client_connection<C: capnp::capability::FromClientHook>(
+    stream: Async<TcpStream>,
+) -> (RpcSystem<rpc_twoparty_capnp::Side>, C) {
+    let (reader, writer) = stream.split();
+    let network = twoparty::VatNetwork::new(
+        futures::io::BufReader::new(reader),
+        futures::io::BufWriter::new(writer),
+        rpc_twoparty_capnp::Side::Client,
+        Default::default(),
+    );
+    let mut rpc = RpcSystem::new(Box::new(network), None);
+    let client: C = rpc.bootstrap(rpc_twoparty_capnp::Side::Server);
+    (rpc, client)
+}
+
 fn resolve(address: &str) -> Option<SocketAddr> {
     address.to_socket_addrs().ok()?.next()
 }
@@ -181,15 +199,7 @@ fn run_connection(
         return false;
     };
     let ex = Rc::new(LocalExecutor::new());
-    let (reader, writer) = stream.split();
-    let network = twoparty::VatNetwork::new(
-        futures::io::BufReader::new(reader),
-        futures::io::BufWriter::new(writer),
-        rpc_twoparty_capnp::Side::Client,
-        Default::default(),
-    );
-    let mut rpc = RpcSystem::new(Box::new(network), None);
-    let client: peer::Client = rpc.bootstrap(rpc_twoparty_capnp::Side::Server);
+    let (rpc, client) = client_connection::<peer::Client>(stream);
     let mut delivered = false;
     let sender = async {
         loop {
