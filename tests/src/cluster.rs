@@ -847,6 +847,27 @@ impl Cluster {
         self.patterns.retain(|p| p.bdev != bdev);
     }
 
+    /// The (name, state) of volume `vol`'s plex on disk `disk` of `dg`, as node `i`
+    /// shows it.
+    pub fn plex_on(&self, i: usize, dg: &str, vol: &str, disk: &str) -> (String, String) {
+        let p = self.print(i);
+        let v = volume(&p, dg, vol)
+            .unwrap_or_else(|| panic!("no volume {dg}/{vol}"))
+            .clone();
+        v["plexes"]
+            .as_array()
+            .expect("plexes")
+            .iter()
+            .find(|pl| pl["subdisks"].to_string().contains(&format!("\"{disk}\"")))
+            .map(|pl| {
+                (
+                    pl["name"].as_str().unwrap_or("?").to_string(),
+                    pl["state"].as_str().unwrap_or("?").to_string(),
+                )
+            })
+            .unwrap_or_else(|| panic!("no plex of {vol} on {disk}: {v}"))
+    }
+
     /// The recorded patterns.
     pub fn patterns(&self) -> &[Pattern] {
         &self.patterns

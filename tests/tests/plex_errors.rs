@@ -5,31 +5,13 @@ use std::time::Duration;
 
 use plexd_target::api::Injection;
 use plexd_target::bdev::error::FailOn;
-use plexd_tests::{volume, wait_until, Cluster, ClusterOpts};
-
-/// The name of vol1's plex on disk `disk`, as node `i` shows it, and its state.
-fn plex_on(c: &Cluster, i: usize, disk: &str) -> (String, String) {
-    let p = c.print(i);
-    let v = volume(&p, "dg1", "vol1").expect("dg1/vol1").clone();
-    v["plexes"]
-        .as_array()
-        .expect("plexes")
-        .iter()
-        .find(|pl| pl["subdisks"].to_string().contains(&format!("\"{disk}\"")))
-        .map(|pl| {
-            (
-                pl["name"].as_str().unwrap_or("?").to_string(),
-                pl["state"].as_str().unwrap_or("?").to_string(),
-            )
-        })
-        .unwrap_or_else(|| panic!("no plex of vol1 on {disk}: {v}"))
-}
+use plexd_tests::{wait_until, Cluster, ClusterOpts};
 
 #[test]
 fn a_plex_write_error_detaches_the_plex_on_every_node_and_the_write_succeeds() {
     let mut c = Cluster::start(3, ClusterOpts::default());
     c.shared_mirror(0, "dg1", "vol1", "32M");
-    let (plex, state) = plex_on(&c, 0, "d1");
+    let (plex, state) = c.plex_on(0, "dg1", "vol1", "d1");
     assert_eq!(state, "ACTIVE");
 
     let k = c.kernel(0);
@@ -51,7 +33,7 @@ fn a_plex_write_error_detaches_the_plex_on_every_node_and_the_write_succeeds() {
     .unwrap();
     c.write_pattern(0, "dg1", "vol1", 2 << 20, 64 << 10);
     assert_eq!(
-        plex_on(&c, 0, "d1").1,
+        c.plex_on(0, "dg1", "vol1", "d1").1,
         "STALE",
         "the master detached {plex} before the write completed"
     );
@@ -59,7 +41,7 @@ fn a_plex_write_error_detaches_the_plex_on_every_node_and_the_write_succeeds() {
         wait_until(
             &format!("{plex} to be STALE on node {i}"),
             Duration::from_secs(5),
-            || match plex_on(&c, i, "d1").1.as_str() {
+            || match c.plex_on(i, "dg1", "vol1", "d1").1.as_str() {
                 "STALE" => Ok(()),
                 s => Err(s.to_string()),
             },

@@ -27,19 +27,6 @@ fn own_reason(c: &Cluster, i: usize) -> Result<String, String> {
         .ok_or_else(|| format!("node {me} is not in its own status: {s}"))
 }
 
-/// The state of vol1's plex on disk `disk`, as node `i` shows it.
-fn plex_state_on(c: &Cluster, i: usize, disk: &str) -> String {
-    let p = c.print(i);
-    let v = volume(&p, "dg1", "vol1").expect("dg1/vol1").clone();
-    v["plexes"]
-        .as_array()
-        .expect("plexes")
-        .iter()
-        .find(|pl| pl["subdisks"].to_string().contains(&format!("\"{disk}\"")))
-        .map(|pl| pl["state"].as_str().unwrap_or("?").to_string())
-        .unwrap_or_else(|| panic!("no plex of vol1 on {disk}: {v}"))
-}
-
 /// The volumes node `i`'s target serves.
 fn target_volumes(c: &Cluster, i: usize) -> Result<Vec<String>, String> {
     let k = plexd_target::api::KernelClient::connect(&c.nodes[i].target_socket)
@@ -148,7 +135,7 @@ fn target_restart(victim: usize, is_master: bool) {
         wait_until(
             &format!("vol1's plex on d1 to be STALE on node {i}"),
             DETACH_TIMEOUT,
-            || match plex_state_on(&c, i, "d1").as_str() {
+            || match c.plex_on(i, "dg1", "vol1", "d1").1.as_str() {
                 "STALE" => Ok(()),
                 s => Err(s.to_string()),
             },

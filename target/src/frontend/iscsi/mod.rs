@@ -230,6 +230,13 @@ impl Shared {
     fn target(&self, iqn: &str) -> Option<Arc<TargetRt>> {
         self.targets().get(iqn).cloned()
     }
+    /// The target `iqn`, or `NotFound` naming it.
+    fn existing(&self, iqn: &str) -> Result<Arc<TargetRt>, TargetError> {
+        self.target(iqn).ok_or_else(|| TargetError::NotFound {
+            kind: "iscsi target",
+            name: iqn.to_string(),
+        })
+    }
     fn alloc_tsih(&self) -> u16 {
         loop {
             let t = self.next_tsih.fetch_add(1, Ordering::Relaxed);
@@ -546,12 +553,7 @@ impl IscsiFrontend {
     /// Removes a target node and closes its sessions; the reservations of its
     /// LUNs are forgotten.
     pub fn remove_target(&mut self, iqn: &str) -> Result<(), TargetError> {
-        let Some(old) = self.shared.target(iqn) else {
-            return Err(TargetError::NotFound {
-                kind: "iscsi target",
-                name: iqn.to_string(),
-            });
-        };
+        let old = self.shared.existing(iqn)?;
         self.publish(iqn, None);
         self.close_sessions(|s| s.target == iqn);
         for lun in old.luns.keys() {
@@ -566,13 +568,7 @@ impl IscsiFrontend {
         iqn: &str,
         f: impl FnOnce(&mut TargetNodeConfig, &mut BTreeMap<u64, Arc<LunRt>>) -> Result<(), TargetError>,
     ) -> Result<(), TargetError> {
-        let cur = self
-            .shared
-            .target(iqn)
-            .ok_or_else(|| TargetError::NotFound {
-                kind: "iscsi target",
-                name: iqn.to_string(),
-            })?;
+        let cur = self.shared.existing(iqn)?;
         let mut conf = cur.conf.clone();
         let mut luns = cur.luns.clone();
         f(&mut conf, &mut luns)?;
@@ -599,13 +595,7 @@ impl IscsiFrontend {
             Ok(())
         };
         // Checked before and after building (which opens the reservation file).
-        let cur = self
-            .shared
-            .target(iqn)
-            .ok_or_else(|| TargetError::NotFound {
-                kind: "iscsi target",
-                name: iqn.to_string(),
-            })?;
+        let cur = self.shared.existing(iqn)?;
         taken(&cur.luns)?;
         let rt = self.build_lun(iqn, lun)?;
         self.modify(iqn, |conf, luns| {
