@@ -50,6 +50,7 @@ fn mirrored(k: &KernelClient) -> VolumeSpec {
             concat("v0-02", vec![sd("e1", 0, 4 * MIB)]),
         ],
         read_policy: ReadPolicy::LeastBusy,
+        shared: false,
     };
     k.create_volume(&spec).unwrap();
     spec

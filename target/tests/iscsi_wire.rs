@@ -513,6 +513,7 @@ fn a_mirror_with_a_failing_plex_keeps_data_intact() {
         size_bytes: size,
         plexes: vec![plex("mv-01", "m0"), plex("mv-02", "e1")],
         read_policy: Default::default(),
+        shared: false,
     })
     .unwrap();
     let mut cfg = config(None, None);

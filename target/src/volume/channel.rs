@@ -1,6 +1,11 @@
 //! A volume's reactor-local channel: the gate, the in-flight count, parked I/O,
 //! mirror fan-out, read retry and held writes. Everything here runs on one
 //! reactor and uses `Cell`/`RefCell` only: no lock, no shared atomic.
+//!
+//! A shared volume's channel also checks the reactor-local lease flag
+//! ([`ReactorLease::fenced`]) before anything else: while fenced, new I/O fails
+//! with [`FENCED_ERRNO`] (parked I/O and held writes were failed at expiry by
+//! [`VolumeChannel::fence`]); children already at the disk complete normally.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -11,6 +16,7 @@ use std::time::Instant;
 use super::spec::{Layout, PlexState, ReadPolicy};
 use super::VolumeShared;
 use crate::bdev::{check_range, BdevChannel, BdevIo, IoCallback, IoDone, IoKind, IoStatus};
+use crate::lease::{ReactorLease, FENCED_ERRNO};
 use crate::reactor::Reactor;
 use crate::target::Event;
 
@@ -155,6 +161,10 @@ pub(crate) struct VolumeChannel {
     submitted: Cell<u64>,
     /// True while `submit` runs: completions must then be queued, not delivered.
     in_submit: Cell<bool>,
+    /// This reactor's view of the data-plane lease.
+    lease: Rc<ReactorLease>,
+    /// The bound layout is of a shared volume (served only under the lease).
+    is_shared: Cell<bool>,
 }
 
 /// One I/O in this many has its latency measured (reading the clock costs).
@@ -172,6 +182,7 @@ impl VolumeChannel {
         layout: Arc<Layout>,
         gate_closed: bool,
     ) -> Result<Rc<VolumeChannel>, String> {
+        let is_shared = layout.spec.shared;
         let chl = ChLayout::build(reactor, layout)?;
         let ch = Rc::new(VolumeChannel {
             shared,
@@ -189,6 +200,8 @@ impl VolumeChannel {
             stats: RefCell::new(VolumeStats::default()),
             submitted: Cell::new(0),
             in_submit: Cell::new(false),
+            lease: reactor.local::<ReactorLease>(),
+            is_shared: Cell::new(is_shared),
         });
         *ch.me.borrow_mut() = Rc::downgrade(&ch);
         Ok(ch)
@@ -231,9 +244,11 @@ impl VolumeChannel {
     pub(crate) fn open_gate(&self, layout: Option<Arc<Layout>>) {
         if let Some(l) = layout {
             if !Arc::ptr_eq(&self.layout.borrow().layout, &l) {
+                let is_shared = l.spec.shared;
                 match ChLayout::build(&self.reactor, l) {
                     Ok(chl) => {
                         *self.layout.borrow_mut() = Rc::new(chl);
+                        self.is_shared.set(is_shared);
                         self.reported.set(0);
                     }
                     Err(e) => log::error!(
@@ -251,6 +266,40 @@ impl VolumeChannel {
             self.submit(io);
         }
         self.recheck_held();
+    }
+
+    /// True while this is a shared volume and the lease is not valid on this reactor.
+    #[inline]
+    fn fenced(&self) -> bool {
+        self.is_shared.get() && self.lease.fenced()
+    }
+
+    /// The lease ran out on this reactor: fails the I/O parked behind a closed gate
+    /// and the writes held for a plex detach (a shared volume only). The gate and a
+    /// staged layout stay as they are; in-flight children complete normally.
+    pub(crate) fn fence(&self) {
+        if !self.is_shared.get() {
+            return;
+        }
+        let parked: Vec<BdevIo> = self.parked.borrow_mut().drain(..).collect();
+        let held: Vec<usize> = self.held.borrow_mut().drain(..).collect();
+        if parked.is_empty() && held.is_empty() {
+            return;
+        }
+        log::debug!(
+            "volume {} on reactor {}: lease expired; failing {} parked I/O(s) and {} held write(s)",
+            self.shared.name,
+            self.reactor.id(),
+            parked.len(),
+            held.len()
+        );
+        self.stats.borrow_mut().failed_ops += parked.len() as u64;
+        for io in parked {
+            self.reactor.complete(io.cb, IoStatus::Failed(FENCED_ERRNO));
+        }
+        for slot in held {
+            self.complete(slot, IoStatus::Failed(FENCED_ERRNO));
+        }
     }
 
     /// Applies a plex state change without a drain (detach after an error, attach).
@@ -449,6 +498,9 @@ impl VolumeChannel {
             }
             if failed == 0 {
                 self.finish(slot, IoStatus::Success);
+            } else if self.fenced() {
+                // No new disk I/O for a fenced shared volume: no retry.
+                self.finish(slot, IoStatus::Failed(FENCED_ERRNO));
             } else {
                 log::warn!(
                     "volume {}: read failed on plex {} (errno {errno}); retrying on another plex",
@@ -489,6 +541,11 @@ impl VolumeChannel {
                 );
                 self.shared.plex_error(&plex, errno);
             }
+        }
+        if self.fenced() {
+            // The lease ran out meanwhile: fail the write instead of holding it.
+            self.finish(slot, IoStatus::Failed(FENCED_ERRNO));
+            return;
         }
         self.ios.borrow_mut()[slot].held = true;
         self.held.borrow_mut().push(slot);
@@ -593,6 +650,11 @@ impl VolumeChannel {
 
 impl BdevChannel for VolumeChannel {
     fn submit(&self, io: BdevIo) {
+        if self.fenced() {
+            self.stats.borrow_mut().failed_ops += 1;
+            self.reactor.complete(io.cb, IoStatus::Failed(FENCED_ERRNO));
+            return;
+        }
         if self.gate_closed.get() {
             self.parked.borrow_mut().push_back(io);
             return;
@@ -620,6 +682,10 @@ impl BdevChannel for VolumeChannel {
         self.in_submit.set(true);
         self.start(slot);
         self.in_submit.set(false);
+    }
+
+    fn unavailable(&self) -> bool {
+        self.fenced()
     }
 }
 
