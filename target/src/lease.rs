@@ -214,10 +214,12 @@ impl Default for ReactorLease {
 }
 
 impl ReactorLease {
-    /// True while shared volumes must not be served on this reactor.
+    /// True while shared volumes must not be served on this reactor at `now` (the
+    /// reactor's cached clock). The deadline is compared too: the reactor may run
+    /// messages (new I/O) before its poller in the iteration the clock passes it.
     #[inline]
-    pub(crate) fn fenced(&self) -> bool {
-        self.fenced.get()
+    pub(crate) fn fenced(&self, now: Instant) -> bool {
+        self.fenced.get() || self.deadline.get().is_some_and(|d| now >= d)
     }
 
     /// Sets the flag; on the step from served to fenced, fails what waits on this

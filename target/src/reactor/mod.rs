@@ -247,6 +247,14 @@ impl Reactor {
         })
     }
 
+    /// The reactor's cached clock (what pollers are given): read when the loop reads
+    /// the clock anyway, so it costs nothing; a little behind the real time while the
+    /// reactor is busy (at most `BUSY_CLOCK_WORK` units of work).
+    #[inline]
+    pub fn now(&self) -> Instant {
+        self.clock.get()
+    }
+
     /// This reactor's index within its set.
     pub fn id(&self) -> usize {
         self.id

@@ -271,7 +271,7 @@ impl VolumeChannel {
     /// True while this is a shared volume and the lease is not valid on this reactor.
     #[inline]
     fn fenced(&self) -> bool {
-        self.is_shared.get() && self.lease.fenced()
+        self.is_shared.get() && self.lease.fenced(self.reactor.now())
     }
 
     /// The lease ran out on this reactor: fails the I/O parked behind a closed gate
