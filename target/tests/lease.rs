@@ -332,3 +332,74 @@ fn a_write_held_for_a_plex_detach_fails_at_expiry() {
     e1.injection().clear();
     assert_eq!(write(&t, 0, "sv", 0, &pattern(4, 4096)), IoStatus::Success);
 }
+
+/// Queue depth per reactor of the load test.
+const QD: u32 = 16;
+
+#[test]
+fn a_lease_running_out_under_load_fails_io_and_nothing_hangs() {
+    use plexd_target::perf::{start_job, JobConfig, Workload};
+    let t = start();
+    t.add_bdev(MallocBdev::new("m0", 32 * MIB, 512).unwrap())
+        .unwrap();
+    t.create_volume(&volume(
+        "sv",
+        32 * MIB,
+        vec![concat("sv-01", "m0", 32 * MIB)],
+        true,
+    ))
+    .unwrap();
+    let events = t.subscribe();
+    t.renew_lease(LONG_LEASE_MS).unwrap();
+    let job = start_job(
+        &t,
+        &JobConfig {
+            bdev: "sv".into(),
+            workload: Workload::RandRw(50),
+            block_bytes: 4096,
+            qd: QD,
+            reactors: vec![],
+            seed: 7,
+        },
+    )
+    .unwrap();
+    // Both reactors busy with I/O when the lease runs out.
+    wait_for("I/O under way", IO_TIMEOUT, || {
+        t.volume_info("sv").unwrap().stats.read_ops > 1000
+    });
+    let before = Instant::now();
+    t.renew_lease(SHORT_LEASE_MS).unwrap();
+    let earliest = before + Duration::from_millis(SHORT_LEASE_MS as u64);
+    let fenced = lease_expired(
+        &events,
+        Duration::from_millis(SHORT_LEASE_MS as u64) + EXPIRY_WAIT,
+    );
+    let seen = Instant::now();
+    assert_eq!(fenced, Some(vec!["sv".to_string()]));
+    assert!(seen >= earliest, "the lease expired early");
+    eprintln!(
+        "expiry reported {:?} after the deadline (busy reactors)",
+        seen - earliest
+    );
+    // Nothing new is served: beyond the I/Os already at the disk at the expiry (at
+    // most QD per reactor, which complete normally) and what a reactor whose cached
+    // clock had not reached the deadline yet still took (at most BUSY_CLOCK_WORK = 64
+    // units of work per reactor), the count of successful I/Os stops moving while
+    // failures pile up; and the job stops (nothing hangs).
+    let ok = || {
+        let s = t.volume_info("sv").unwrap().stats;
+        s.read_ops + s.write_ops - s.failed_ops
+    };
+    let ok_before = ok();
+    wait_for("fenced I/O fails", IO_TIMEOUT, || {
+        t.volume_info("sv").unwrap().stats.failed_ops > 1000
+    });
+    let served_after = ok() - ok_before;
+    assert!(
+        served_after <= (QD as u64 + 64) * 2,
+        "{served_after} I/Os served after the expiry was reported"
+    );
+    let res = job.stop().unwrap();
+    assert!(res.failed_ios > 0);
+    assert_eq!(res.verify_errors, 0);
+}

@@ -293,9 +293,8 @@ impl VolumeChannel {
             parked.len(),
             held.len()
         );
-        self.stats.borrow_mut().failed_ops += parked.len() as u64;
         for io in parked {
-            self.reactor.complete(io.cb, IoStatus::Failed(FENCED_ERRNO));
+            self.fail_fenced(io);
         }
         for slot in held {
             self.complete(slot, IoStatus::Failed(FENCED_ERRNO));
@@ -615,23 +614,36 @@ impl VolumeChannel {
         self.complete(slot, status);
     }
 
-    fn complete(&self, slot: usize, status: IoStatus) {
-        let v = self.ios.borrow_mut().remove(slot);
+    /// Counts a finished I/O in the stats.
+    fn count(&self, io: &BdevIo, status: IoStatus) {
         let mut s = self.stats.borrow_mut();
-        match v.io.kind {
+        match io.kind {
             IoKind::Read => {
                 s.read_ops += 1;
-                s.read_bytes += v.io.len_bytes;
+                s.read_bytes += io.len_bytes;
             }
             IoKind::Write | IoKind::WriteZeroes | IoKind::Unmap => {
                 s.write_ops += 1;
-                s.write_bytes += v.io.len_bytes;
+                s.write_bytes += io.len_bytes;
             }
             IoKind::Flush | IoKind::Reset => s.other_ops += 1,
         }
         if !status.is_ok() {
             s.failed_ops += 1;
         }
+    }
+
+    /// Fails an I/O that never started (no slot) because the volume is fenced.
+    fn fail_fenced(&self, io: BdevIo) {
+        let status = IoStatus::Failed(FENCED_ERRNO);
+        self.count(&io, status);
+        self.reactor.complete(io.cb, status);
+    }
+
+    fn complete(&self, slot: usize, status: IoStatus) {
+        let v = self.ios.borrow_mut().remove(slot);
+        self.count(&v.io, status);
+        let mut s = self.stats.borrow_mut();
         if let Some(start) = v.start {
             let lat = start.elapsed().as_nanos() as u64;
             // Each sample stands for LATENCY_SAMPLE_EVERY I/Os, so total/ops is the mean.
@@ -651,8 +663,7 @@ impl VolumeChannel {
 impl BdevChannel for VolumeChannel {
     fn submit(&self, io: BdevIo) {
         if self.fenced() {
-            self.stats.borrow_mut().failed_ops += 1;
-            self.reactor.complete(io.cb, IoStatus::Failed(FENCED_ERRNO));
+            self.fail_fenced(io);
             return;
         }
         if self.gate_closed.get() {
