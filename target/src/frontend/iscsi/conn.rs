@@ -1199,10 +1199,20 @@ impl Conn {
         } else {
             &mut scratch
         };
+        // MODE SENSE reads the write cache fresh (a volume's follows its layout).
+        let fresh;
+        let info = match &lun {
+            Some(l) if matches!(cdb[0], 0x1a | 0x5a) => {
+                fresh = l.info_now();
+                Some(&fresh)
+            }
+            Some(l) => Some(&l.info),
+            None => None,
+        };
         let mut opv = if ua {
             Op::Done(Response::check(sense::RESET_OCCURRED))
         } else {
-            scsi::decode(&cdb, lun.as_ref().map(|l| &l.info), &luns, ns, wp)
+            scsi::decode(&cdb, info, &luns, ns, wp)
         };
         // Everything below consumes the command; check buffer needs first so a
         // stall leaves it in the receive buffer untouched.
@@ -1940,7 +1950,7 @@ impl Conn {
                     .as_ref()
                     .map(|b| &b.bytes()[..len as usize])
                     .unwrap_or(&[]);
-                match scsi::mode_select(data, ten, &t.lun.info) {
+                match scsi::mode_select(data, ten, &t.lun.info_now()) {
                     Ok(Some(swp)) => t.lun.swp.store(swp, Ordering::Relaxed),
                     Ok(None) => {}
                     Err(s) => t.err = Some(s),

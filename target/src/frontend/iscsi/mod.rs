@@ -74,6 +74,15 @@ pub struct LunRt {
 }
 
 impl LunRt {
+    /// The SCSI view with the write cache read from the bdev now (a volume's
+    /// answer follows its layout); for MODE SENSE and MODE SELECT, not the I/O path.
+    pub fn info_now(&self) -> LunInfo {
+        LunInfo {
+            write_cache: self.bdev.volatile_write_cache(),
+            ..self.info.clone()
+        }
+    }
+
     fn pr(&self) -> MutexGuard<'_, PrState> {
         self.pr.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -484,6 +493,7 @@ impl IscsiFrontend {
                 num_blocks: bdev.size_bytes() / bdev.block_size() as u64,
                 read_only: l.read_only,
                 ident: Identity::from_device_id(&device_id),
+                write_cache: bdev.volatile_write_cache(),
             },
             bdev,
             pr: Mutex::new(pr),
