@@ -147,7 +147,8 @@ pub struct SessionStats {
     pub read_bytes: AtomicU64,
     /// Bytes written by the initiator.
     pub write_bytes: AtomicU64,
-    /// Commands that ended in CHECK CONDITION or RESERVATION CONFLICT.
+    /// Commands that ended in CHECK CONDITION (other than a unit attention) or
+    /// RESERVATION CONFLICT.
     pub errors: AtomicU64,
 }
 
@@ -743,7 +744,9 @@ impl IscsiFrontend {
         for (reactor, conn_id) in victims {
             let fid = self.shared.id;
             let h = &self.target.reactors().handles()[reactor];
-            let msg: crate::reactor::Msg = Box::new(move |r| conn::close_conn(r, fid, conn_id));
+            let msg: crate::reactor::Msg = Box::new(move |r| {
+                conn::close_conn(r, fid, conn_id, "closed by the management API")
+            });
             if h.send_timeout(msg, crate::reactor::CONTROL_SEND_TIMEOUT)
                 .is_err()
             {

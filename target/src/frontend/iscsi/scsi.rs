@@ -535,8 +535,27 @@ static COMMANDS: &[CmdDesc] = &[
 pub struct NexusState {
     /// PREVENT MEDIUM REMOVAL is in effect.
     pub prevent: bool,
-    /// The LUN's reset epoch this nexus last saw (a change is a unit attention).
+    /// The LUN's reset epoch this nexus last reported (a change is a unit
+    /// attention). None until the first unit attention is reported: a new I_T
+    /// nexus starts with POWER ON, RESET, OR BUS DEVICE RESET OCCURRED pending.
     pub ua_epoch: Option<u64>,
+}
+
+impl NexusState {
+    /// Whether command `opcode` gets the pending unit attention (POWER ON, RESET,
+    /// OR BUS DEVICE RESET OCCURRED: 06h/29h/00h) instead of running, given the
+    /// LUN's reset epoch; true consumes it. Pending when the nexus is new (like
+    /// tgt: every nexus hears of the power on, so a host learns of a target
+    /// restart and re-reads reservations and capacity) or the LUN was reset since
+    /// this nexus last heard. INQUIRY, REPORT LUNS and REQUEST SENSE run and leave
+    /// it pending (SPC-4 5.14).
+    pub fn take_unit_attention(&mut self, lun_epoch: u64, opcode: u8) -> bool {
+        if matches!(opcode, 0x12 | 0xa0 | 0x03) || self.ua_epoch == Some(lun_epoch) {
+            return false;
+        }
+        self.ua_epoch = Some(lun_epoch);
+        true
+    }
 }
 
 /// Decodes and, where possible, answers a command. `luns` lists every LUN of the
@@ -1556,6 +1575,21 @@ mod tests {
         assert!(mode_select(&sel, false, &info()).is_ok());
         sel[6] ^= 0x04;
         assert!(mode_select(&sel, false, &info()).is_err());
+    }
+
+    #[test]
+    fn a_new_nexus_has_a_power_on_unit_attention_reported_once() {
+        let mut ns = NexusState::default();
+        for op in [0x12, 0xa0, 0x03] {
+            assert!(!ns.take_unit_attention(0, op), "opcode {op:#x} runs");
+        }
+        assert!(ns.take_unit_attention(0, 0x00), "first TEST UNIT READY");
+        assert!(!ns.take_unit_attention(0, 0x00), "reported once");
+        assert!(!ns.take_unit_attention(0, 0x28));
+        // A LUN reset (epoch bump) raises it again, once.
+        assert!(!ns.take_unit_attention(1, 0x12));
+        assert!(ns.take_unit_attention(1, 0x2a));
+        assert!(!ns.take_unit_attention(1, 0x2a));
     }
 
     #[test]
