@@ -382,11 +382,6 @@ impl Bdev for UringBdev {
             (Some(why), false) => format!("buffered (O_DIRECT refused: {why})"),
             (None, false) => "buffered".to_string(),
         };
-        let mode = if self.volatile_cache {
-            format!("{mode}, volatile write cache")
-        } else {
-            mode
-        };
         let mode = if self.inline {
             format!("{mode}, memory file system: reads and writes inline")
         } else {
@@ -397,7 +392,15 @@ impl Bdev for UringBdev {
             kind: "uring".into(),
             block_size: self.block_size,
             size_bytes: self.size_bytes,
-            detail: format!("{} ({kind}, {mode})", self.path.display()),
+            detail: format!(
+                "{} ({kind}, {mode}){}",
+                self.path.display(),
+                if self.volatile_cache {
+                    "; volatile write cache"
+                } else {
+                    ""
+                }
+            ),
         }
     }
     fn volatile_write_cache(&self) -> bool {
