@@ -911,7 +911,10 @@ mod tests {
         })
         .unwrap();
         let (tx, rx) = std::sync::mpsc::channel::<usize>();
-        struct Tell(Mutex<std::sync::mpsc::Sender<usize>>, RefCell<Vec<PoolBuf>>);
+        struct Tell(
+            std::sync::Mutex<std::sync::mpsc::Sender<usize>>,
+            RefCell<Vec<PoolBuf>>,
+        );
         impl BufWaiter for Tell {
             fn buf_ready(&self, _tag: u64, buf: PoolBuf) {
                 let _ = self.0.lock().unwrap().send(buf.len());
@@ -921,7 +924,7 @@ mod tests {
         #[derive(Default)]
         struct Waiter(RefCell<Option<Rc<Tell>>>);
         h1.call_blocking(move |r| {
-            let tell = Rc::new(Tell(Mutex::new(tx), RefCell::new(Vec::new())));
+            let tell = Rc::new(Tell(std::sync::Mutex::new(tx), RefCell::new(Vec::new())));
             let w: Rc<dyn BufWaiter> = tell.clone();
             let queued = matches!(r.bufs().get_or_wait(1 << 20, &w, 7), Ok(BufWait::Queued));
             *r.local::<Waiter>().0.borrow_mut() = Some(tell);
