@@ -285,28 +285,42 @@ fn a_burst_of_1mib_io_on_one_reactor_does_not_hang_the_other() {
     assert_eq!(b.run(false, 0, MIB_BLOCKS as u16).unwrap().status, 0);
 }
 
-/// A normal client: qd 1, alternating 1 MiB reads, 64 KiB writes and 4 KiB reads
-/// for `dur`; returns (commands, worst latency).
+/// A normal client: 4 commands in flight, mixing 1 MiB reads, 64 KiB writes
+/// and 4 KiB reads, for `dur`; returns (commands, worst latency).
 fn normal_client(port: u16, seed: u32, dur: Duration) -> (usize, Duration) {
-    let mut ini = Ini::login(port);
-    let mut worst = Duration::ZERO;
-    let mut n = 0usize;
-    let end = Instant::now() + dur;
+    const QD: usize = 4;
     // Bounded: at most this many commands even on a very fast machine.
     const MAX_COMMANDS: usize = 100_000;
+    let mut ini = Ini::login(port);
+    let mut worst = Duration::ZERO;
+    let (mut n, mut k, mut inflight) = (0usize, 0usize, 0usize);
+    let end = Instant::now() + dur;
     while Instant::now() < end && n < MAX_COMMANDS {
-        let lba = ((seed as usize * 7 + n) % 64) as u32 * MIB_BLOCKS;
-        let (write, blocks) = match n % 3 {
-            0 => (false, MIB_BLOCKS as u16),
-            1 => (true, 128),
-            _ => (false, 8),
-        };
+        while inflight < QD && ini.window_open() {
+            let lba = ((seed as usize * 7 + k) % 64) as u32 * MIB_BLOCKS;
+            let (write, blocks) = match k % 3 {
+                0 => (false, MIB_BLOCKS as u16),
+                1 => (true, 128),
+                _ => (false, 8),
+            };
+            ini.start(write, lba, blocks);
+            k += 1;
+            inflight += 1;
+        }
         let d = ini
-            .run(write, lba, blocks)
+            .next_done()
             .unwrap_or_else(|e| panic!("client {seed}: command {n} did not complete: {e}"));
         assert_eq!(d.status, 0, "client {seed}: command {n}");
         worst = worst.max(d.latency);
+        inflight -= 1;
         n += 1;
+    }
+    while inflight > 0 {
+        let d = ini
+            .next_done()
+            .unwrap_or_else(|e| panic!("client {seed}: draining: {e}"));
+        worst = worst.max(d.latency);
+        inflight -= 1;
     }
     (n, worst)
 }
