@@ -779,7 +779,7 @@ impl Conn {
             return None;
         }
         let b = if queue {
-            let Some(me) = self.rc() else { return None };
+            let me = self.rc()?;
             let w: Rc<dyn BufWaiter> = me;
             match self
                 .reactor
