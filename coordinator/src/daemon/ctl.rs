@@ -55,10 +55,20 @@ pub enum CtlChange {
         /// Disk media name.
         disk: String,
     },
-    /// `dg destroy DG`.
-    DgDestroy(String),
-    /// `dg deport DG`.
-    DgDeport(String),
+    /// `dg destroy DG [--force]`.
+    DgDestroy {
+        /// Group.
+        dg: String,
+        /// End the group's exports too; for a failed group: release its disks.
+        force: bool,
+    },
+    /// `dg deport DG [--force]`.
+    DgDeport {
+        /// Group.
+        dg: String,
+        /// End the group's exports too.
+        force: bool,
+    },
     /// `dg import DG [--shared]`.
     DgImport {
         /// Group.
@@ -89,10 +99,12 @@ pub enum CtlChange {
         dg: String,
         /// Volume.
         volume: String,
-        /// New size.
+        /// New size, or the change when `relative`.
         new_size_bytes: u64,
         /// Grow (true) or shrink.
         grow: bool,
+        /// `+SIZE` / `-SIZE`: grow or shrink by `new_size_bytes`.
+        relative: bool,
     },
     /// `vol rm`.
     VolRm {
@@ -116,6 +128,8 @@ pub enum CtlChange {
         plex: String,
         /// What to do.
         op: PlexOp,
+        /// `plex rm --force`: remove an ACTIVE plex.
+        force: bool,
     },
     /// `export PROTOCOL DG VOL [--node N]... [--iqn IQN] [--portal ADDR:PORT]`.
     VolExport {
@@ -219,6 +233,8 @@ pub struct StatusOut {
     pub view: u64,
     /// Nodes.
     pub nodes: Vec<NodeStatusOut>,
+    /// Failed disk groups, `"dg1: <reason>"`.
+    pub failed_groups: Vec<String>,
 }
 
 /// One disk in `disk list`.
@@ -232,10 +248,12 @@ pub struct DiskOut {
     pub size: u64,
     /// Disk group, empty if none.
     pub dg: String,
-    /// online | free | error: reason.
+    /// online | free | failed: reason | error: reason.
     pub state: String,
     /// Disk id.
     pub id: String,
+    /// Label or configuration copies this node repaired on the disk since it started.
+    pub repairs: u64,
 }
 
 /// One task in `task list`.
@@ -266,6 +284,8 @@ pub struct TaskOut {
 pub enum CtlReply {
     /// A change's result.
     Done(Result<(), String>),
+    /// A change succeeded: what was done (object, size, placement, adjustments).
+    Changed(String),
     /// Cluster status.
     Status(StatusOut),
     /// The configuration.
@@ -409,8 +429,14 @@ fn read_change(r: c::change::Reader<'_>) -> capnp::Result<CtlChange> {
                 disk: text(x.get_disk())?,
             }
         }
-        Which::DgDestroy(x) => CtlChange::DgDestroy(text(x)?),
-        Which::DgDeport(x) => CtlChange::DgDeport(text(x)?),
+        Which::DgDestroy(x) => CtlChange::DgDestroy {
+            dg: text(x)?,
+            force: r.get_force(),
+        },
+        Which::DgDeport(x) => CtlChange::DgDeport {
+            dg: text(x)?,
+            force: r.get_force(),
+        },
         Which::DgImport(x) => {
             let x = x?;
             CtlChange::DgImport {
@@ -443,6 +469,7 @@ fn read_change(r: c::change::Reader<'_>) -> capnp::Result<CtlChange> {
                 volume: text(x.get_volume())?,
                 new_size_bytes: x.get_new_size_bytes(),
                 grow,
+                relative: x.get_relative(),
             }
         }
         Which::VolRm(x) => {
@@ -470,6 +497,7 @@ fn read_change(r: c::change::Reader<'_>) -> capnp::Result<CtlChange> {
                 dg: text(x.get_dg())?,
                 plex: text(x.get_plex())?,
                 op,
+                force: r.get_force(),
             }
         }
         Which::VolExport(x) => {
@@ -505,6 +533,7 @@ fn set_disk(mut b: c::disk_info::Builder<'_>, d: &DiskOut) {
     b.set_dg(d.dg.as_str());
     b.set_state(d.state.as_str());
     b.set_id(d.id.as_str());
+    b.set_repairs(d.repairs);
 }
 
 fn unexpected(r: &CtlReply) -> String {
@@ -524,6 +553,7 @@ impl ctl::Server for NodeServer {
         let change = read_change(params.get()?.get_change()?)?;
         match self.ask(CtlCall::Change(change)).await {
             CtlReply::Done(Ok(())) => {}
+            CtlReply::Changed(done) => results.get().set_done(done.as_str()),
             other => results.get().set_error(unexpected(&other).as_str()),
         }
         Ok(())
@@ -540,7 +570,7 @@ impl ctl::Server for NodeServer {
                 b.set_node(s.node.as_str());
                 b.set_master(s.master.as_str());
                 b.set_view(s.view);
-                let mut list = b.init_nodes(s.nodes.len() as u32);
+                let mut list = b.reborrow().init_nodes(s.nodes.len() as u32);
                 for (i, n) in s.nodes.iter().enumerate() {
                     let mut nb = list.reborrow().get(i as u32);
                     nb.set_id(n.id);
@@ -549,6 +579,10 @@ impl ctl::Server for NodeServer {
                     nb.set_state(n.state.as_str());
                     nb.set_reason(n.reason.as_str());
                     nb.set_address(n.address.as_str());
+                }
+                let mut failed = b.init_failed_groups(s.failed_groups.len() as u32);
+                for (i, f) in s.failed_groups.iter().enumerate() {
+                    failed.set(i as u32, f.as_str());
                 }
             }
             other => results.get().set_error(unexpected(&other).as_str()),

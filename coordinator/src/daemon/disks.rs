@@ -2,7 +2,9 @@
 //! shared and private disk groups, writing a change's disk updates, and the local
 //! checks of a transaction.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use crate::core::{DiskRecord, TxnId};
 use crate::objects::{Change, ClusterConfig, Disk, DiskGroupConfig, DiskUpdate};
@@ -11,13 +13,179 @@ use crate::ondisk::{self, Label};
 use super::ctl::DiskOut;
 use super::model::{core_txn, disk_txn, SharedConfig};
 
+/// Most disks whose repairs are counted (one entry per disk id; more are not counted).
+pub const MAX_REPAIR_ENTRIES: usize = 4096;
+
+/// Label and configuration copies this process repaired, by disk id (`disk list`).
+static REPAIRS: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
+
+/// How many label or slot copies this process repaired on disk `disk_id`.
+pub fn repairs_of(disk_id: &str) -> u64 {
+    let map = REPAIRS.lock().unwrap_or_else(|p| p.into_inner());
+    map.get(disk_id).copied().unwrap_or(0)
+}
+
+fn count_repair(disk_id: &str) {
+    let mut map = REPAIRS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(n) = map.get_mut(disk_id) {
+        *n += 1;
+    } else if map.len() < MAX_REPAIR_ENTRIES {
+        map.insert(disk_id.to_string(), 1);
+    }
+}
+
 /// Every disk file with its label (or the error reading it).
 pub fn scan(files: &[PathBuf]) -> Vec<(PathBuf, Result<Label, ondisk::OnDiskError>)> {
     ondisk::scan(files)
 }
 
-/// `disk list`.
-pub fn list(files: &[PathBuf]) -> Vec<DiskOut> {
+/// A disk group of this cluster (or private to this node) whose configuration cannot
+/// be read from any of its disks: every slot is damaged. It is shown as failed and
+/// keeps its name and disks until an operator gives it up (`dg destroy --force`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedGroup {
+    /// Name, from the labels.
+    pub name: String,
+    /// Disk group id, from the labels.
+    pub id: String,
+    /// Shared (cluster) or private (this node).
+    pub shared: bool,
+    /// Why no configuration could be read.
+    pub reason: String,
+    /// Its disks, by the labels: media name and path on this node.
+    pub disks: Vec<(String, PathBuf)>,
+}
+
+impl FailedGroup {
+    /// One line for `cluster status` and logs: `dg1: <reason>`.
+    pub fn line(&self) -> String {
+        format!("{}: {}", self.name, self.reason)
+    }
+}
+
+/// The failed disk groups on `files` that belong to cluster `cluster_id` (shared) or
+/// to host `host_id` (private), by the owner their disks' labels name.
+pub fn failed_groups(files: &[PathBuf], cluster_id: &str, host_id: &str) -> Vec<FailedGroup> {
+    let labels: Vec<(PathBuf, Label)> = scan(files)
+        .into_iter()
+        .filter_map(|(p, l)| l.ok().map(|l| (p, l)))
+        .collect();
+    let mut out = Vec::new();
+    for g in ondisk::discover(files).groups {
+        let Err(e) = g.config else { continue };
+        let members: Vec<&(PathBuf, Label)> = labels
+            .iter()
+            .filter(|(_, l)| l.disk_group.as_ref().is_some_and(|lg| lg.id == g.dg_id))
+            .collect();
+        let Some(owner) = members.first().and_then(|(_, l)| l.disk_group.clone()) else {
+            continue;
+        };
+        let ours = if owner.shared {
+            owner.owner_id == cluster_id
+        } else {
+            owner.owner_id == host_id
+        };
+        if !ours {
+            continue;
+        }
+        out.push(FailedGroup {
+            name: g.dg_name,
+            id: g.dg_id,
+            shared: owner.shared,
+            reason: format!(
+                "failed: no readable configuration copy on its {} disks ({e}); to give the group up and free its disks: plexctl dg destroy {} --force",
+                members.len(),
+                owner.name
+            ),
+            disks: members
+                .iter()
+                .map(|(p, l)| (l.disk_name.clone(), p.clone()))
+                .collect(),
+        });
+    }
+    out
+}
+
+/// The operator's way out of a failed group (`dg destroy --force` of it): releases
+/// every disk whose label names it (slots and disk group fields cleared). Errors
+/// name the disk.
+pub fn release_failed(g: &FailedGroup, node: &str) -> Result<(), String> {
+    let mut errors = Vec::new();
+    for (name, path) in &g.disks {
+        match ondisk::release_disk(path) {
+            Ok(_) => log::warn!(
+                "node {node}: failed disk group {}: disk {name} ({}) released by dg destroy --force",
+                g.name,
+                path.display()
+            ),
+            Err(e) => errors.push(format!("disk {name}: {e}")),
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "node {node}: failed disk group {}: cannot release every disk: {}",
+            g.name,
+            errors.join("; ")
+        ))
+    }
+}
+
+/// `disk init` (forced or not) of the disk at `path`: refused when a disk group this
+/// node knows (imported `groups`, `failed` ones) holds it, by path or by the disk id
+/// its label carries, even when the label itself is damaged. The label's own claim
+/// (a group imported on any host) is checked by `ondisk::init_disk`.
+pub fn check_unclaimed<'a>(
+    path: &Path,
+    name: &str,
+    groups: impl IntoIterator<Item = &'a DiskGroupConfig>,
+    failed: &[FailedGroup],
+) -> Result<(), String> {
+    let label_id = ondisk::read_label(path).ok().map(|l| l.disk_id);
+    let same = |p: &str| Path::new(p) == path || same_file(Path::new(p), path);
+    for g in groups {
+        if let Some(d) = g
+            .disks
+            .iter()
+            .find(|d| same(&d.path) || label_id.as_deref() == Some(d.id.as_str()))
+        {
+            return Err(format!(
+                "disk {name}: {} is disk {} of disk group {}; take it out of the group first (plexctl dg rm-disk {} {}), or destroy the group (plexctl dg destroy {})",
+                path.display(),
+                d.name,
+                g.name,
+                g.name,
+                d.name,
+                g.name
+            ));
+        }
+    }
+    if let Some(f) = failed
+        .iter()
+        .find(|f| f.disks.iter().any(|(_, p)| p == path || same_file(p, path)))
+    {
+        return Err(format!(
+            "disk {name}: {} is a disk of disk group {}, which is {}",
+            path.display(),
+            f.name,
+            f.reason
+        ));
+    }
+    Ok(())
+}
+
+/// Whether two paths name the same file (device and inode).
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
+}
+
+/// `disk list`; disks of a `failed` group say so.
+pub fn list(files: &[PathBuf], failed: &[FailedGroup]) -> Vec<DiskOut> {
     scan(files)
         .into_iter()
         .map(|(path, label)| match label {
@@ -30,12 +198,16 @@ pub fn list(files: &[PathBuf]) -> Vec<DiskOut> {
                     .as_ref()
                     .map(|g| g.name.clone())
                     .unwrap_or_default(),
-                state: if l.disk_group.is_some() {
-                    "online".into()
-                } else {
-                    "free".into()
+                state: match &l.disk_group {
+                    None => "free".into(),
+                    Some(g) => match failed.iter().find(|f| f.id == g.id) {
+                        Some(f) => f.reason.clone(),
+                        None if g.owner_id.is_empty() => "deported".into(),
+                        None => "online".into(),
+                    },
                 },
                 id: l.disk_id.clone(),
+                repairs: repairs_of(&l.disk_id),
             },
             Err(e) => DiskOut {
                 name: "-".into(),
@@ -44,6 +216,7 @@ pub fn list(files: &[PathBuf]) -> Vec<DiskOut> {
                 dg: String::new(),
                 state: format!("error: {e}"),
                 id: String::new(),
+                repairs: 0,
             },
         })
         .collect()
@@ -51,17 +224,31 @@ pub fn list(files: &[PathBuf]) -> Vec<DiskOut> {
 
 /// The free (in no disk group) initialised disk called `name`.
 pub fn find_free_disk(files: &[PathBuf], name: &str, node: &str) -> Result<Disk, String> {
-    let found: Vec<Disk> = scan(files)
+    let labelled: Vec<(PathBuf, Label)> = scan(files)
         .into_iter()
         .filter_map(|(p, l)| l.ok().map(|l| (p, l)))
-        .filter(|(_, l)| l.disk_name == name && l.disk_group.is_none())
-        .map(|(p, l)| l.disk_record(&p))
+        .filter(|(_, l)| l.disk_name == name)
+        .collect();
+    let found: Vec<Disk> = labelled
+        .iter()
+        .filter(|(_, l)| l.disk_group.is_none())
+        .map(|(p, l)| l.disk_record(p))
         .collect();
     match found.len() {
         1 => Ok(found.into_iter().next().unwrap_or_else(|| unreachable!())),
-        0 => Err(format!(
-            "node {node}: disk {name}: no free initialised disk of that name on the disk paths (plexctl disk init PATH --name {name})"
-        )),
+        0 => match labelled.iter().find_map(|(p, l)| l.disk_group.as_ref().map(|g| (p, g))) {
+            // The disk exists but a group holds it: never suggest `disk init`.
+            Some((path, g)) => Err(format!(
+                "node {node}: disk {name} ({}) is in disk group {}{}: take it out of that group first (plexctl dg rm-disk {} {name})",
+                path.display(),
+                g.name,
+                if g.owner_id.is_empty() { " (deported)" } else { "" },
+                g.name
+            )),
+            None => Err(format!(
+                "node {node}: disk {name}: no free initialised disk of that name on the disk paths (plexctl disk init PATH --name {name})"
+            )),
+        },
         n => Err(format!(
             "node {node}: disk {name}: {n} free disks carry that name; re-initialise one with another name"
         )),
@@ -157,13 +344,29 @@ pub fn read_shared(
     }))
 }
 
-/// Carries out a change's disk updates, written by transaction `txn`.
-pub fn write_updates(updates: &[DiskUpdate], txn: u64) -> Result<(), String> {
+/// Carries out a change's disk updates, written by transaction `txn` on node `node`.
+/// Every damaged copy a write replaces is logged (node, disk, what) and counted
+/// ([`repairs_of`]).
+pub fn write_updates(updates: &[DiskUpdate], txn: u64, node: &str) -> Result<(), String> {
     let mut errors = Vec::new();
     for u in updates {
         match u {
             DiskUpdate::WriteConfig(dg) => match ondisk::write_config(&dg.disk_paths(), dg, txn) {
                 Ok(report) => {
+                    for (path, disk_id, what) in &report.repaired {
+                        let name = dg
+                            .disks
+                            .iter()
+                            .find(|d| d.id == *disk_id)
+                            .map(|d| d.name.as_str())
+                            .unwrap_or("?");
+                        log::warn!(
+                            "node {node}: disk group {}: disk {name} ({}): repaired a damaged {what}",
+                            dg.name,
+                            path.display()
+                        );
+                        count_repair(disk_id);
+                    }
                     for (path, e) in &report.failed {
                         log::error!(
                             "disk group {}: seq {} not written to {}: {e}",
@@ -189,9 +392,9 @@ pub fn write_updates(updates: &[DiskUpdate], txn: u64) -> Result<(), String> {
     }
 }
 
-/// Writes the core's record ([`crate::core::Action::WriteDisks`]).
-pub fn write_record(record: &DiskRecord<SharedConfig>) -> Result<(), String> {
-    write_updates(&record.config.updates, disk_txn(record.txn))
+/// Writes the core's record ([`crate::core::Action::WriteDisks`]) on node `node`.
+pub fn write_record(record: &DiskRecord<SharedConfig>, node: &str) -> Result<(), String> {
+    write_updates(&record.config.updates, disk_txn(record.txn), node)
 }
 
 /// A slave's (and the master's) local checks of a change: no private disk group of
