@@ -2432,4 +2432,93 @@ mod tests {
         assert!(c.apply(&unexport).is_err(), "nothing left to unexport");
         assert!(c.apply(&rm).is_ok());
     }
+
+    #[test]
+    fn an_exported_group_is_deported_or_destroyed_only_with_force() {
+        let c = test_support::cluster(&[("disk01", 1 << 30)]);
+        let c = create_vol(&c, "v1", 1 << 20, VolumeLayout::Concat).unwrap();
+        let c = c
+            .apply(&Change::VolExport {
+                dg: "dg1".into(),
+                volume: "v1".into(),
+                export: export("iqn.2026-11.io.plexd:one"),
+            })
+            .unwrap();
+        for force in [false, true] {
+            let deport = Change::DgDeport {
+                dg: "dg1".into(),
+                force,
+            };
+            let destroy = Change::DgDestroy {
+                dg: "dg1".into(),
+                force,
+            };
+            if force {
+                let after = c.apply(&deport).unwrap();
+                let updates = deport.disk_updates(&c, &after);
+                let DiskUpdate::WriteConfig(on_disk) = &updates[0] else {
+                    panic!("{updates:?}")
+                };
+                assert!(on_disk.volumes[0].exports.is_empty(), "exports end");
+                assert!(c.apply(&destroy).is_ok());
+            } else {
+                for change in [deport, destroy] {
+                    let e = c.apply(&change).unwrap_err().to_string();
+                    assert!(
+                        e.contains("volume v1 is exported")
+                            && e.contains("plexctl unexport iscsi dg1 v1")
+                            && e.contains("--force"),
+                        "{e}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_active_mirror_is_removed_only_with_force_and_one_column_stripes_are_refused() {
+        let c = test_support::cluster(&[("disk01", 1 << 30), ("disk02", 1 << 30)]);
+        let c = create_vol(&c, "v1", 1 << 20, VolumeLayout::Mirror { mirrors: 2 }).unwrap();
+        let rm = |force| Change::PlexRm {
+            dg: "dg1".into(),
+            plex: "v1-02".into(),
+            force,
+        };
+        let e = c.apply(&rm(false)).unwrap_err().to_string();
+        assert!(e.contains("ACTIVE") && e.contains("--force"), "{e}");
+        assert_eq!(
+            c.apply(&rm(true)).unwrap().disk_groups[0].volumes[0]
+                .plexes
+                .len(),
+            1
+        );
+        let one_column = VolumeLayout::Stripe {
+            columns: 1,
+            stripe_unit_bytes: DEFAULT_STRIPE_UNIT_BYTES,
+        };
+        let e = create_vol(&c, "v2", 1 << 20, one_column)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at least 2 columns"), "{e}");
+    }
+
+    #[test]
+    fn describe_states_size_placement_and_rounding() {
+        let c = test_support::cluster(&[("disk01", 1 << 30), ("disk02", 1 << 30)]);
+        let change = Change::VolCreate {
+            dg: "dg1".into(),
+            volume: "v1".into(),
+            size_bytes: 513,
+            layout: VolumeLayout::Mirror { mirrors: 2 },
+        };
+        let after = c.apply(&change).unwrap();
+        let text = describe(&change, after.disk_group("dg1"));
+        assert!(
+            text.contains("volume v1 created in disk group dg1: 1.0 KiB"),
+            "{text}"
+        );
+        assert!(text.contains("513 bytes asked, rounded up"), "{text}");
+        assert!(text.contains("v1-01 ACTIVE concat on disk01"), "{text}");
+        assert!(text.contains("v1-02 ACTIVE concat on disk02"), "{text}");
+    }
 }

@@ -15,8 +15,9 @@ use serde_json::{json, Value};
 use smol::{Async, LocalExecutor};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// How long plexctl waits for an answer: longer than a node waits for its own main
-/// loop (`CALL_TIMEOUT`, 120 s), so the node's own timeout message wins when it has one.
+/// How long plexctl waits for an answer by default (`--timeout`): longer than a node
+/// waits for its own main loop (`CALL_TIMEOUT`, 120 s), so the node's own timeout
+/// message wins when it has one.
 const CALL_TIMEOUT: Duration = Duration::from_secs(150);
 /// Exit status of a usage error (bad option, bad size).
 const EXIT_USAGE: u8 = 2;
@@ -55,6 +56,10 @@ struct Cli {
     /// Machine-readable output (read commands).
     #[arg(long, global = true)]
     json: bool,
+    /// Seconds to wait for the node's answer (default 150: longer than a change
+    /// may take).
+    #[arg(long, global = true, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    timeout: Option<u64>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -427,6 +432,7 @@ fn connect(addrs: &[String]) -> Result<(TcpStream, String), String> {
 /// Runs `f` with a ctl client on a local executor.
 fn with_ctl<T: 'static>(
     addrs: &[String],
+    call_timeout: Duration,
     f: impl AsyncFnOnce(ctl::Client) -> Result<T, String>,
 ) -> Result<T, String> {
     let (stream, addr) = connect(addrs)?;
@@ -452,10 +458,10 @@ fn with_ctl<T: 'static>(
         ))
     };
     let timeout = async move {
-        smol::Timer::after(CALL_TIMEOUT).await;
+        smol::Timer::after(call_timeout).await;
         Err(format!(
             "{addr}: no answer within {} s; the node may be hung or overloaded (see its log); a change may still complete: check with plexctl print",
-            CALL_TIMEOUT.as_secs()
+            call_timeout.as_secs()
         ))
     };
     smol::block_on(ex.run(smol::future::or(smol::future::or(f(client), conn), timeout)))
@@ -1004,7 +1010,8 @@ fn main() -> ExitCode {
         Err(e) => Err(e),
         Ok(_) => addresses(&cli).map_err(Failure::Usage).and_then(|addrs| {
             let json_out = cli.json;
-            with_ctl(&addrs, async move |client| {
+            let call_timeout = cli.timeout.map(Duration::from_secs).unwrap_or(CALL_TIMEOUT);
+            with_ctl(&addrs, call_timeout, async move |client| {
                 run(cli.cmd, json_out, client).await
             })
             .map_err(Failure::Failed)

@@ -453,6 +453,11 @@ impl Cluster {
         self.nodes[i].hidden = disks.to_vec();
     }
 
+    /// The process id of node `i`'s plexd, while it runs.
+    pub fn plexd_pid(&self, i: usize) -> Option<u32> {
+        self.nodes[i].plexd.as_ref().and_then(|p| p.pid())
+    }
+
     /// plexd of node `i` is running.
     pub fn coordinator_running(&mut self, i: usize) -> bool {
         self.nodes[i].plexd.as_mut().is_some_and(|p| p.is_running())
