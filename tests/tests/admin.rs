@@ -352,3 +352,108 @@ fn sizes_exit_codes_and_what_changes_print() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("no answer within 2 s"), "{stderr}");
 }
+
+/// Node `i`'s status line for node `name` in `plexctl --json cluster status`.
+fn node_status(c: &Cluster, i: usize, name: &str) -> serde_json::Value {
+    let s = c.status(i);
+    s["nodes"]
+        .as_array()
+        .and_then(|a| a.iter().find(|n| n["name"] == name).cloned())
+        .unwrap_or_else(|| panic!("no node {name} in {s}"))
+}
+
+#[test]
+fn a_node_with_another_cluster_file_is_refused_and_bad_files_do_not_start() {
+    let mut c = Cluster::start(3, ClusterOpts::default());
+    let text = std::fs::read_to_string(&c.cluster_file).expect("cluster file");
+    let cluster_id = format!("id = \"test-{}\"", std::process::id());
+    assert!(text.contains(&cluster_id), "{text}");
+    let variants = [
+        (
+            "other-id.toml",
+            text.replace(&cluster_id, "id = \"another-cluster\""),
+            "cluster id",
+        ),
+        (
+            "other-nodes.toml",
+            text.replace("name = \"b\"", "name = \"bb\""),
+            "node lists differ",
+        ),
+    ];
+    for (file, content, why) in variants {
+        let path = c.dir.join(file);
+        std::fs::write(&path, content).expect("write cluster file");
+        c.kill_coordinator(2);
+        c.set_cluster_file(2, Some(path));
+        c.set_outside(2, true);
+        c.start_coordinator(2);
+        for (i, other) in [(0, "c"), (2, "a")] {
+            wait_until(
+                &format!("node {} to refuse node {other}", c.nodes[i].name),
+                Duration::from_secs(20),
+                || {
+                    let n = node_status(&c, i, other);
+                    let reason = n["reason"].as_str().unwrap_or("");
+                    if n["state"] == "down" && reason.contains("refused") && reason.contains(why) {
+                        Ok(())
+                    } else {
+                        Err(format!("{n}"))
+                    }
+                },
+            );
+        }
+        c.wait_joined(&[0, 1]);
+        let log = std::fs::read_to_string(c.nodes[0].dir.join("plexd.log")).unwrap_or_default();
+        assert!(
+            log.lines()
+                .any(|l| l.contains("node a (id 1)") && l.contains("node 3") && l.contains(why)),
+            "node a's log names neither both nodes nor the difference"
+        );
+    }
+    // With the cluster's file again, node c joins.
+    c.kill_coordinator(2);
+    c.set_cluster_file(2, None);
+    c.set_outside(2, false);
+    c.start_coordinator(2);
+    c.wait_all_joined();
+    let n = node_status(&c, 0, "c");
+    assert_eq!(n["reason"], "", "{n}");
+
+    // Files that cannot work are refused at start, naming what is wrong.
+    let bad = [
+        (
+            "dup-socket.toml",
+            text.replace(
+                &format!("{:?}", c.nodes[1].target_socket.display().to_string()),
+                &format!("{:?}", c.nodes[0].target_socket.display().to_string()),
+            ),
+            "target_socket",
+        ),
+        (
+            "no-disks.toml",
+            text.lines()
+                .filter(|l| !l.starts_with("disk_paths"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            "disk_paths",
+        ),
+    ];
+    for (file, content, what) in bad {
+        let path = c.dir.join(file);
+        std::fs::write(&path, content).expect("write cluster file");
+        let out = run_bounded(
+            Command::new(&c.bins().plexd)
+                .arg("--cluster")
+                .arg(&path)
+                .arg("--node")
+                .arg("a")
+                .stdin(Stdio::null()),
+            Duration::from_secs(20),
+        )
+        .expect("plexd");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "plexd started with {file}");
+        assert!(stderr.contains(what), "{file}: {stderr}");
+    }
+    c.check_invariants();
+}

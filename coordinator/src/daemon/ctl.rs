@@ -20,6 +20,7 @@ use plexd_proto::ctl_capnp::{self as c, ctl};
 use serde::Serialize;
 use smol::{Async, LocalExecutor};
 
+use super::transport::{Identity, Refusals};
 use super::Input;
 use crate::core::{Message, MAX_MESSAGE_BYTES};
 
@@ -311,19 +312,30 @@ pub enum CtlReply {
     Error(String),
 }
 
-/// Binds `address` and serves it from a new thread.
-pub fn start(address: &str, inputs: SyncSender<Input>) -> Result<(), String> {
+/// Binds `address` and serves it from a new thread. Peers must shake hands
+/// (`Peer.hello`) with `identity` before they deliver; refusals go to `refusals`.
+pub fn start(
+    address: &str,
+    inputs: SyncSender<Input>,
+    identity: Identity,
+    refusals: Refusals,
+) -> Result<(), String> {
     let listener =
         TcpListener::bind(address).map_err(|e| format!("cannot listen on {address}: {e}"))?;
     let listener = Async::new(listener).map_err(|e| format!("cannot listen on {address}: {e}"))?;
     std::thread::Builder::new()
         .name("ctl-server".into())
-        .spawn(move || serve(listener, inputs))
+        .spawn(move || serve(listener, inputs, Rc::new(identity), refusals))
         .map_err(|e| format!("cannot start the server thread: {e}"))?;
     Ok(())
 }
 
-fn serve(listener: Async<TcpListener>, inputs: SyncSender<Input>) {
+fn serve(
+    listener: Async<TcpListener>,
+    inputs: SyncSender<Input>,
+    identity: Rc<Identity>,
+    refusals: Refusals,
+) {
     let ex = Rc::new(LocalExecutor::new());
     let ex2 = Rc::clone(&ex);
     let active = Rc::new(Cell::new(0usize));
@@ -345,6 +357,8 @@ fn serve(listener: Async<TcpListener>, inputs: SyncSender<Input>) {
             active.set(active.get() + 1);
             let active = Rc::clone(&active);
             let inputs = inputs.clone();
+            let identity = Rc::clone(&identity);
+            let refusals = refusals.clone();
             ex2.spawn(async move {
                 let (reader, writer) = stream.split();
                 let network = twoparty::VatNetwork::new(
@@ -353,7 +367,12 @@ fn serve(listener: Async<TcpListener>, inputs: SyncSender<Input>) {
                     rpc_twoparty_capnp::Side::Server,
                     Default::default(),
                 );
-                let node: peer::Client = capnp_rpc::new_client(NodeServer { inputs });
+                let node: peer::Client = capnp_rpc::new_client(NodeServer {
+                    inputs,
+                    identity,
+                    refusals,
+                    shaken: Cell::new(None),
+                });
                 let rpc = RpcSystem::new(Box::new(network), Some(node.client));
                 if let Err(e) = rpc.await {
                     log::debug!("ctl server: connection ended: {e}");
@@ -367,6 +386,10 @@ fn serve(listener: Async<TcpListener>, inputs: SyncSender<Input>) {
 
 struct NodeServer {
     inputs: SyncSender<Input>,
+    identity: Rc<Identity>,
+    refusals: Refusals,
+    /// The peer that shook hands on this connection (`Peer.hello`).
+    shaken: Cell<Option<u32>>,
 }
 
 impl NodeServer {
@@ -735,6 +758,12 @@ impl peer::Server for NodeServer {
     ) -> Result<(), capnp::Error> {
         let p = params.get()?;
         let from = p.get_from();
+        if self.shaken.get() != Some(from) {
+            return Err(capnp::Error::failed(format!(
+                "node {}: no handshake (Peer.hello) from node {from} on this connection",
+                self.identity.name
+            )));
+        }
         let bytes = p.get_message()?;
         if bytes.len() > MAX_MESSAGE_BYTES {
             log::warn!(
@@ -750,6 +779,44 @@ impl peer::Server for NodeServer {
                 }
             }
             Err(e) => log::warn!("cluster: malformed message from node {from} dropped: {e}"),
+        }
+        Ok(())
+    }
+
+    async fn hello(
+        self: Rc<Self>,
+        params: peer::HelloParams,
+        mut results: peer::HelloResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get()?;
+        let from = p.get_from();
+        let cluster_id = text(p.get_cluster_id())?;
+        let node_list = text(p.get_node_list())?;
+        let id = &self.identity;
+        let mut r = results.get();
+        r.set_cluster_id(id.cluster_id.as_str());
+        r.set_node_list(id.node_list.as_str());
+        match id.mismatch(&cluster_id, &node_list) {
+            Some(why) => {
+                self.shaken.set(None);
+                if self.refusals.set(from, format!("refused: {why}")) {
+                    log::error!(
+                        "cluster: node {} (id {}) refuses node {from}: {why}; fix the cluster files so they agree",
+                        id.name,
+                        id.me
+                    );
+                }
+                r.set_error(format!("node {} refuses node {from}: {why}", id.name).as_str());
+            }
+            None => {
+                self.shaken.set(Some(from));
+                if self.refusals.clear(from) {
+                    log::info!(
+                        "cluster: node {} accepts node {from} again: the cluster files agree",
+                        id.name
+                    );
+                }
+            }
         }
         Ok(())
     }

@@ -197,7 +197,15 @@ pub fn run(opts: Options) -> Result<(), String> {
         )
     })?;
     let (tx, rx) = mpsc::sync_channel(INPUT_QUEUE_DEPTH);
-    ctl::start(&me.address, tx.clone()).map_err(|e| format!("node {}: {e}", me.name))?;
+    let identity = transport::Identity {
+        me: me.id,
+        name: me.name.clone(),
+        cluster_id: file.cluster.id.clone(),
+        node_list: file.node_list(),
+    };
+    let refusals = transport::Refusals::default();
+    ctl::start(&me.address, tx.clone(), identity.clone(), refusals.clone())
+        .map_err(|e| format!("node {}: {e}", me.name))?;
     start_signal_thread(signals, tx.clone());
     start_kernel_events(&kernel, tx.clone(), 0, &me.name);
     let inc = incarnation();
@@ -208,11 +216,12 @@ pub fn run(opts: Options) -> Result<(), String> {
         .map(|n| (n.id, n.address.clone()))
         .collect();
     let transport = transport::Transport::start(
-        me.id,
+        &identity,
         inc,
         peers,
         Duration::from_millis(file.cluster.heartbeat_interval_ms),
         tx.clone(),
+        refusals,
     );
     let files = file.disk_files();
     let (_, private_groups, _) = disks::discover(&files, &file.cluster.id, &me.name);
@@ -1709,6 +1718,8 @@ impl Daemon {
                 if let Some(r) = &st.last_reason {
                     reason = r.clone();
                 }
+            } else if let Some(r) = self.transport.refused(n.id) {
+                reason = r;
             }
             out.nodes.push(NodeStatusOut {
                 name: n.name.clone(),
