@@ -335,6 +335,13 @@ fn sizes_exit_codes_and_what_changes_print() {
     let done = c.ctl_ok(0, "vol shrink dg1 v1 -1M");
     assert!(done.contains("shrunk to 1.0 KiB"), "{done}");
     assert_eq!(size(&c), 1024);
+    // The data plane logs a resize, not a creation, for a layout change.
+    let log = std::fs::read_to_string(c.nodes[0].dir.join("plexd-target.log")).unwrap_or_default();
+    let created = log.matches("bdev dg1.v1: created").count();
+    assert_eq!(
+        created, 1,
+        "`created` logged {created} times for one volume"
+    );
     // An ACTIVE mirror is removed only with --force.
     let e = c.ctl_err(0, "plex rm dg1 v1-02");
     assert!(e.contains("ACTIVE") && e.contains("--force"), "{e}");
@@ -455,5 +462,51 @@ fn a_node_with_another_cluster_file_is_refused_and_bad_files_do_not_start() {
         assert!(!out.status.success(), "plexd started with {file}");
         assert!(stderr.contains(what), "{file}: {stderr}");
     }
+    c.check_invariants();
+}
+
+#[test]
+fn a_repaired_copy_is_logged_and_counted() {
+    let mut c = Cluster::start(2, ClusterOpts::default());
+    let m = c.master();
+    c.ctl_ok(m, "dg create dg1 d0 d1 --shared");
+    let before = c.ctl_json(m, "disk list");
+    assert!(
+        before["disks"]
+            .as_array()
+            .expect("disks")
+            .iter()
+            .all(|d| d["repairs"] == 0),
+        "{before}"
+    );
+    // Damage the backup label copy of d0: the next configuration write repairs it.
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&c.disks[0])
+            .expect("open d0");
+        f.write_all_at(&[0x5a; 16], 4096 + 8)
+            .expect("damage the backup label");
+        f.sync_all().expect("sync");
+    }
+    c.ctl_ok(0, "vol create dg1 vol1 8M");
+    let after = c.ctl_json(m, "disk list");
+    let d0 = after["disks"]
+        .as_array()
+        .and_then(|a| a.iter().find(|d| d["name"] == "d0"))
+        .expect("d0")
+        .clone();
+    assert_eq!(d0["repairs"], 1, "{after}");
+    let log = std::fs::read_to_string(c.nodes[m].dir.join("plexd.log")).unwrap_or_default();
+    assert!(
+        log.lines()
+            .any(|l| l.contains(&format!("node {}", c.nodes[m].name))
+                && l.contains("disk d0")
+                && l.contains("repaired a damaged label copy")),
+        "no repair line in the master's log"
+    );
+    let text = c.ctl_ok(m, "disk list");
+    assert!(text.contains("REPAIRS"), "{text}");
     c.check_invariants();
 }
