@@ -510,3 +510,55 @@ fn a_repaired_copy_is_logged_and_counted() {
     assert!(text.contains("REPAIRS"), "{text}");
     c.check_invariants();
 }
+
+#[test]
+fn each_node_finds_a_disk_by_its_id_under_its_own_path() {
+    let mut c = Cluster::start(3, ClusterOpts::default());
+    // On node c, d0 and d1 are not where node a sees them (their paths there are
+    // hidden: empty files) but under other names (hard links, as /dev/sdc may be
+    // /dev/sdb elsewhere).
+    let alt = c.dir.join("alt");
+    std::fs::create_dir_all(&alt).expect("alt dir");
+    for (disk, name) in [(0, "sdq.img"), (1, "sdr.img")] {
+        std::fs::hard_link(&c.disks[disk], alt.join(name)).expect("hard link");
+    }
+    let text = std::fs::read_to_string(&c.cluster_file).expect("cluster file");
+    let disks_line = text
+        .lines()
+        .find(|l| l.starts_with("disk_paths"))
+        .expect("disk_paths line")
+        .to_string();
+    let own = text.replace(
+        &disks_line,
+        &format!(
+            "disk_paths = [{:?}, {:?}]",
+            alt.join("*.img").display().to_string(),
+            c.dir.join("disks").join("*.img").display().to_string()
+        ),
+    );
+    let own_file = c.dir.join("cluster-c.toml");
+    std::fs::write(&own_file, own).expect("cluster file of c");
+    c.kill_node(2);
+    c.set_hidden_disks(2, &[0, 1]);
+    c.set_cluster_file(2, Some(own_file));
+    c.restart_node(2);
+
+    c.ctl_ok(2, "dg create dg1 d0 d1 --shared");
+    c.ctl_ok(0, "vol create dg1 vol1 16M --layout mirror");
+    c.write_pattern(0, "dg1", "vol1", 0, 1 << 20);
+    c.write_pattern(2, "dg1", "vol1", 4 << 20, 1 << 20);
+    let disks = c.ctl_json(2, "disk list");
+    let listed: Vec<String> = disks["disks"]
+        .as_array()
+        .expect("disks")
+        .iter()
+        .filter(|d| d["dg"] == "dg1")
+        .filter_map(|d| d["path"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        listed.iter().any(|p| p.ends_with("alt/sdq.img")),
+        "node c lists dg1's disks at {listed:?}"
+    );
+    // Every member's data plane serves the volume and reads both patterns back.
+    c.check_invariants();
+}

@@ -13,6 +13,48 @@ use crate::ondisk::{self, Label};
 use super::ctl::DiskOut;
 use super::model::{core_txn, disk_txn, SharedConfig};
 
+/// Where this node finds each disk, by the disk id in its label: a disk group records
+/// the path a disk had on the node that added it, but each node finds the disk by id
+/// on its own `disk_paths` (as VxVM does), so `/dev/sdb` on one node may be
+/// `/dev/sdc` on another.
+#[derive(Debug, Clone, Default)]
+pub struct LocalDisks(BTreeMap<String, Vec<PathBuf>>);
+
+impl LocalDisks {
+    /// Reads the labels of `files` (the node's `disk_paths`).
+    pub fn scan(files: &[PathBuf]) -> LocalDisks {
+        let mut map: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
+        for (path, label) in scan(files) {
+            if let Ok(l) = label {
+                map.entry(l.disk_id).or_default().push(path);
+            }
+        }
+        LocalDisks(map)
+    }
+
+    /// The path of disk `d` on this node: the recorded path when a file of that id
+    /// is there, else the first file whose label carries its id, else the recorded
+    /// path (whose check then says what is wrong).
+    pub fn path_of(&self, d: &Disk) -> PathBuf {
+        let recorded = PathBuf::from(&d.path);
+        match self.0.get(&d.id) {
+            Some(paths) if paths.contains(&recorded) => recorded,
+            Some(paths) => paths.first().cloned().unwrap_or(recorded),
+            None => recorded,
+        }
+    }
+
+    /// `g` with each disk's path as this node finds it (for this node's own use: the
+    /// data plane and the disk writes; the configuration keeps the recorded paths).
+    pub fn localize(&self, g: &DiskGroupConfig) -> DiskGroupConfig {
+        let mut local = g.clone();
+        for d in &mut local.disks {
+            d.path = self.path_of(d).display().to_string();
+        }
+        local
+    }
+}
+
 /// Most disks whose repairs are counted (one entry per disk id; more are not counted).
 pub const MAX_REPAIR_ENTRIES: usize = 4096;
 
@@ -344,42 +386,50 @@ pub fn read_shared(
     }))
 }
 
-/// Carries out a change's disk updates, written by transaction `txn` on node `node`.
-/// Every damaged copy a write replaces is logged (node, disk, what) and counted
-/// ([`repairs_of`]).
-pub fn write_updates(updates: &[DiskUpdate], txn: u64, node: &str) -> Result<(), String> {
+/// Carries out a change's disk updates, written by transaction `txn` on node `node`,
+/// finding the disks by id on `files` (the node's `disk_paths`). Every damaged copy a
+/// write replaces is logged (node, disk, what) and counted ([`repairs_of`]).
+pub fn write_updates(
+    updates: &[DiskUpdate],
+    txn: u64,
+    node: &str,
+    files: &[PathBuf],
+) -> Result<(), String> {
     let mut errors = Vec::new();
+    let local = LocalDisks::scan(files);
     for u in updates {
         match u {
-            DiskUpdate::WriteConfig(dg) => match ondisk::write_config(&dg.disk_paths(), dg, txn) {
-                Ok(report) => {
-                    for (path, disk_id, what) in &report.repaired {
-                        let name = dg
-                            .disks
-                            .iter()
-                            .find(|d| d.id == *disk_id)
-                            .map(|d| d.name.as_str())
-                            .unwrap_or("?");
-                        log::warn!(
+            DiskUpdate::WriteConfig(dg) => {
+                match ondisk::write_config(&local.localize(dg).disk_paths(), dg, txn) {
+                    Ok(report) => {
+                        for (path, disk_id, what) in &report.repaired {
+                            let name = dg
+                                .disks
+                                .iter()
+                                .find(|d| d.id == *disk_id)
+                                .map(|d| d.name.as_str())
+                                .unwrap_or("?");
+                            log::warn!(
                             "node {node}: disk group {}: disk {name} ({}): repaired a damaged {what}",
                             dg.name,
                             path.display()
                         );
-                        count_repair(disk_id);
+                            count_repair(disk_id);
+                        }
+                        for (path, e) in &report.failed {
+                            log::error!(
+                                "disk group {}: seq {} not written to {}: {e}",
+                                dg.name,
+                                dg.seq,
+                                path.display()
+                            );
+                        }
                     }
-                    for (path, e) in &report.failed {
-                        log::error!(
-                            "disk group {}: seq {} not written to {}: {e}",
-                            dg.name,
-                            dg.seq,
-                            path.display()
-                        );
-                    }
+                    Err(e) => errors.push(e.to_string()),
                 }
-                Err(e) => errors.push(e.to_string()),
-            },
+            }
             DiskUpdate::Release(disk) => {
-                if let Err(e) = ondisk::release_disk(Path::new(&disk.path)) {
+                if let Err(e) = ondisk::release_disk(&local.path_of(disk)) {
                     log::error!("disk {}: cannot release it: {e}", disk.name);
                 }
             }
@@ -392,14 +442,23 @@ pub fn write_updates(updates: &[DiskUpdate], txn: u64, node: &str) -> Result<(),
     }
 }
 
-/// Writes the core's record ([`crate::core::Action::WriteDisks`]) on node `node`.
-pub fn write_record(record: &DiskRecord<SharedConfig>, node: &str) -> Result<(), String> {
-    write_updates(&record.config.updates, disk_txn(record.txn), node)
+/// Writes the core's record ([`crate::core::Action::WriteDisks`]) on node `node`,
+/// whose disks are `files`.
+pub fn write_record(
+    record: &DiskRecord<SharedConfig>,
+    node: &str,
+    files: &[PathBuf],
+) -> Result<(), String> {
+    write_updates(&record.config.updates, disk_txn(record.txn), node, files)
 }
 
 /// A slave's (and the master's) local checks of a change: no private disk group of
-/// the same name; every new disk opens here and carries the expected label.
-pub fn local_check(change: &Change, private: &ClusterConfig) -> Result<(), String> {
+/// the same name; every new disk is found here (by id on `files`) and opens.
+pub fn local_check(
+    change: &Change,
+    private: &ClusterConfig,
+    files: &[PathBuf],
+) -> Result<(), String> {
     if let Change::DgCreate {
         dg, shared: true, ..
     } = change
@@ -421,20 +480,27 @@ pub fn local_check(change: &Change, private: &ClusterConfig) -> Result<(), Strin
             ));
         }
     }
+    let local = LocalDisks::scan(files);
     for d in change.new_disks() {
-        check_disk(d)?;
+        check_disk(d, &local)?;
     }
     Ok(())
 }
 
-/// Opens a disk and checks its label is the one the configuration records.
-pub fn check_disk(d: &Disk) -> Result<(), String> {
-    let label = ondisk::read_label(Path::new(&d.path))
-        .map_err(|e| format!("cannot find disk {}: {e}", d.name))?;
+/// Finds a disk on this node (by id, see [`LocalDisks`]), opens it and checks its
+/// label is the one the configuration records.
+pub fn check_disk(d: &Disk, local: &LocalDisks) -> Result<(), String> {
+    let path = local.path_of(d);
+    let label =
+        ondisk::read_label(&path).map_err(|e| format!("cannot find disk {}: {e}", d.name))?;
     if label.disk_id != d.id {
         return Err(format!(
-            "cannot find disk {}: {} holds disk {} (id {}), not id {}",
-            d.name, d.path, label.disk_name, label.disk_id, d.id
+            "cannot find disk {}: {} holds disk {} (id {}), not id {}, and no disk of that id is on the disk paths",
+            d.name,
+            path.display(),
+            label.disk_name,
+            label.disk_id,
+            d.id
         ));
     }
     Ok(())
@@ -454,7 +520,7 @@ mod tests {
             public_offset_bytes: 0,
             public_len_bytes: 0,
         };
-        let e = check_disk(&d).unwrap_err();
+        let e = check_disk(&d, &LocalDisks::default()).unwrap_err();
         assert!(e.starts_with("cannot find disk d9"), "{e}");
     }
 
@@ -478,7 +544,7 @@ mod tests {
             disks: Vec::new(),
         };
         assert_eq!(
-            local_check(&change, &private).unwrap_err(),
+            local_check(&change, &private, &[]).unwrap_err(),
             "disk group dg1 exists as a private disk group"
         );
     }

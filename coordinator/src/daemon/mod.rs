@@ -234,7 +234,13 @@ pub fn run(opts: Options) -> Result<(), String> {
     }
     // Private groups come back at once; shared volumes the target still serves are
     // left alone until the cluster configuration is loaded (no I/O interruption).
-    let mut at_start = Desired::of(&private.disk_groups);
+    let local = disks::LocalDisks::scan(&files);
+    let localized: Vec<_> = private
+        .disk_groups
+        .iter()
+        .map(|g| local.localize(g))
+        .collect();
+    let mut at_start = Desired::of(&localized);
     at_start.exports = exports::desired(&private.disk_groups, &me.name, me.iscsi_portal());
     if let Err(e) = kernel.prepare(at_start, false) {
         log::error!("node {}: cannot load the private disk groups: {e}", me.name);
@@ -913,13 +919,20 @@ impl Daemon {
         self.desired_of(&[], &self.private.disk_groups)
     }
 
-    /// The bdevs, volumes and this node's exports of `shared` and `private` groups.
+    /// The bdevs, volumes and this node's exports of `shared` and `private` groups,
+    /// each disk opened where this node finds it (by id, [`disks::LocalDisks`]).
     fn desired_of(
         &self,
         shared: &[objects::DiskGroupConfig],
         private: &[objects::DiskGroupConfig],
     ) -> Desired {
-        let mut d = Desired::of(shared.iter().chain(private.iter()));
+        let local = disks::LocalDisks::scan(&self.file.disk_files());
+        let groups: Vec<objects::DiskGroupConfig> = shared
+            .iter()
+            .chain(private.iter())
+            .map(|g| local.localize(g))
+            .collect();
+        let mut d = Desired::of(groups.iter());
         d.exports = exports::desired(
             shared.iter().chain(private.iter()),
             &self.name,
@@ -965,7 +978,7 @@ impl Daemon {
                 None
             }
             Action::LocalCheck { txn, change } => {
-                let result = disks::local_check(&change, &self.private)
+                let result = disks::local_check(&change, &self.private, &self.file.disk_files())
                     .and_then(|()| self.check_export(&change));
                 if let Err(e) = &result {
                     log::warn!(
@@ -1035,7 +1048,7 @@ impl Daemon {
                 Some(Event::KernelLoaded { result })
             }
             Action::WriteDisks { record } => {
-                let result = disks::write_record(&record, &self.name);
+                let result = disks::write_record(&record, &self.name, &self.file.disk_files());
                 if let Err(e) = &result {
                     log::error!(
                         "node {}: transaction {}: disk write failed: {e}",
@@ -1126,6 +1139,7 @@ impl Daemon {
         let Some(offered) = &self.offered else {
             return names.first().cloned();
         };
+        let local = disks::LocalDisks::scan(&self.file.disk_files());
         for name in names {
             let disk = offered
                 .groups
@@ -1134,7 +1148,7 @@ impl Daemon {
                 .find(|d| &d.name == name);
             match disk {
                 Some(d) => {
-                    if let Err(e) = disks::check_disk(d) {
+                    if let Err(e) = disks::check_disk(d, &local) {
                         log::error!("node {}: {e}", self.name);
                         return Some(name.clone());
                     }
@@ -1658,7 +1672,8 @@ impl Daemon {
         let before = self.private.clone();
         let after = objects::apply(&before, change).map_err(|e| self.err(e))?;
         let updates = change.disk_updates(&before, &after);
-        disks::local_check(change, &ClusterConfig::default()).map_err(|e| self.err(e))?;
+        disks::local_check(change, &ClusterConfig::default(), &self.file.disk_files())
+            .map_err(|e| self.err(e))?;
         self.check_export(change)?;
         let desired = self.desired_of(&self.node.config().groups, &after.disk_groups);
         self.fences
@@ -1670,7 +1685,7 @@ impl Daemon {
             return Err(e);
         }
         let txn = incarnation();
-        if let Err(e) = disks::write_updates(&updates, txn, &self.name) {
+        if let Err(e) = disks::write_updates(&updates, txn, &self.name, &self.file.disk_files()) {
             self.kernel.abort();
             let e = self.err(e);
             log::error!("{e}");
