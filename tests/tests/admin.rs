@@ -543,8 +543,9 @@ fn each_node_finds_a_disk_by_its_id_under_its_own_path() {
     c.set_cluster_file(2, Some(own_file));
     c.restart_node(2);
 
-    c.ctl_ok(2, "dg create dg1 d0 d1 --shared");
-    c.ctl_ok(0, "vol create dg1 vol1 16M --layout mirror");
+    // Node a records its paths; node c must find the disks by id.
+    c.ctl_ok(0, "dg create dg1 d0 d1 --shared");
+    c.ctl_ok(2, "vol create dg1 vol1 16M --layout mirror");
     c.write_pattern(0, "dg1", "vol1", 0, 1 << 20);
     c.write_pattern(2, "dg1", "vol1", 4 << 20, 1 << 20);
     let disks = c.ctl_json(2, "disk list");
