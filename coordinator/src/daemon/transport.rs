@@ -78,14 +78,22 @@ impl Identity {
 }
 
 /// Peers refused by the handshake (either side), with the reason; shared by the
-/// transport, the server and `cluster status`. At most one entry per configured node.
+/// transport, the server and `cluster status`. At most [`MAX_REFUSALS`] entries (a
+/// caller names its own id, which may be any number).
 #[derive(Debug, Clone, Default)]
 pub struct Refusals(Arc<Mutex<BTreeMap<NodeId, String>>>);
 
+/// Most refused peers remembered (a cluster file's most nodes).
+pub const MAX_REFUSALS: usize = super::config::MAX_NODES;
+
 impl Refusals {
-    /// Records that `peer` is refused for `reason`; true when the reason is new (log it).
+    /// Records that `peer` is refused for `reason`; true when the reason is new (log
+    /// it). Once [`MAX_REFUSALS`] peers are recorded, others are not (nor logged).
     pub fn set(&self, peer: NodeId, reason: String) -> bool {
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= MAX_REFUSALS && !map.contains_key(&peer) {
+            return false;
+        }
         map.insert(peer, reason.clone()).as_deref() != Some(reason.as_str())
     }
 
