@@ -20,4 +20,13 @@ interface Peer extends(Ctl.Ctl) {
   # `intact` = the fence held from the hold until now. `error` empty = done.
   fence @1 (from :UInt32, volume :Text, hold :Bool, token :UInt64,
             minTxnView :UInt64, minTxnN :UInt64) -> (error :Text, intact :Bool);
+
+  # The first call on a peer connection: node `from` says which cluster it belongs
+  # to (the cluster file's `id`) and the node list it was started with (`id=name@
+  # address` per node in id order, comma-separated). The callee answers with its own;
+  # `error` is non-empty when they differ (the callee then refuses every `deliver`
+  # on the connection and logs both nodes and the differing value). `deliver` is
+  # refused on a connection without a successful `hello`.
+  hello @2 (from :UInt32, clusterId :Text, nodeList :Text)
+        -> (error :Text, clusterId :Text, nodeList :Text);
 }

@@ -43,6 +43,7 @@ struct VolResize {
   dg @0 :Text;
   volume @1 :Text;
   newSizeBytes @2 :UInt64;
+  relative @3 :Bool;           # newSizeBytes is a change: grow by (volGrow), shrink by (volShrink)
 }
 
 struct DgVol {
@@ -92,6 +93,9 @@ struct Change {
     volExport @14 :VolExport;
     volUnexport @15 :VolUnexport;
   }
+  # `--force` of dgDestroy and dgDeport (end the group's exports; never while a host
+  # session is logged in) and of plexRm (remove an ACTIVE plex). Ignored by others.
+  force @16 :Bool;
 }
 
 struct NodeStatus {
@@ -108,6 +112,9 @@ struct ClusterStatus {
   master @1 :Text;   # empty if none
   view @2 :UInt64;   # 0 if not a member
   nodes @3 :List(NodeStatus);
+  # Disk groups of this cluster (or private to the answering node) whose
+  # configuration cannot be read from any of their disks: "dg1: <reason>".
+  failedGroups @4 :List(Text);
 }
 
 struct DiskInfo {
@@ -115,8 +122,9 @@ struct DiskInfo {
   path @1 :Text;
   sizeBytes @2 :UInt64;
   dg @3 :Text;       # empty if in no disk group
-  state @4 :Text;    # online | free | error: <reason>
+  state @4 :Text;    # online | free | failed: <reason> | error: <reason>
   id @5 :Text;
+  repairs @6 :UInt64; # label or configuration copies this node repaired on it since it started
 }
 
 struct Task {
@@ -132,8 +140,9 @@ struct Task {
 }
 
 interface Ctl {
-  # Runs a configuration change (on the master; a slave forwards it).
-  change @0 (change :Change) -> (error :Text);
+  # Runs a configuration change (on the master; a slave forwards it). `done` says
+  # what was done (object, size, placement, adjustments) when `error` is empty.
+  change @0 (change :Change) -> (error :Text, done :Text);
   clusterStatus @1 () -> (status :ClusterStatus, error :Text);
   # The configuration as JSON text (docs/OPERATIONS.md shows its shape) and as the
   # vxprint -ht-like text tree. `dg` empty = every disk group.

@@ -1009,6 +1009,7 @@ mod tests {
                         Change::PlexRm {
                             dg: "dg1".into(),
                             plex,
+                            force: rng.gen_bool(0.5),
                         }
                     }
                     _ => Change::VolRm {

@@ -32,6 +32,8 @@ pub const DEFAULT_STRIPE_UNIT_BYTES: u64 = 64 << 10;
 pub const MAX_PLEXES: usize = 32;
 /// Most columns a stripe can have.
 pub const MAX_COLUMNS: u32 = 64;
+/// Fewest columns `vol create` accepts for a stripe (one column is a concat).
+pub const MIN_STRIPE_COLUMNS: u32 = 2;
 /// Longest object name, in bytes (VxVM's limit is 31 characters).
 pub const MAX_NAME_BYTES: usize = 31;
 /// Most subdisks in one column (one concat plex); the data plane's limit.
@@ -388,15 +390,24 @@ pub enum Change {
         disk: String,
     },
     /// `dg destroy`: the group and its volumes are gone; the disks are released.
+    /// Refused while a volume is exported unless `force` (which ends the exports);
+    /// every node also refuses it while a host session uses a volume (local check).
     DgDestroy {
         /// Group.
         dg: String,
+        /// `--force`: end the volumes' exports too.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        force: bool,
     },
     /// `dg deport`: the node (or cluster) gives the group up; its disks keep the
-    /// configuration with an empty owner (see [`DiskGroupConfig::deported`]).
+    /// configuration with an empty owner (see [`DiskGroupConfig::deported`]). Refused
+    /// while exported unless `force`, like [`Change::DgDestroy`].
     DgDeport {
         /// Group.
         dg: String,
+        /// `--force`: end the volumes' exports too.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        force: bool,
     },
     /// `dg import`: takes a group read from its disks (`ondisk::read_config`).
     DgImport {
@@ -477,12 +488,16 @@ pub enum Change {
         /// Plex name.
         plex: String,
     },
-    /// `plex rm`: never the last ACTIVE plex.
+    /// `plex rm`: never the last ACTIVE plex; an ACTIVE plex (a working mirror) only
+    /// with `force`.
     PlexRm {
         /// Group.
         dg: String,
         /// Plex name.
         plex: String,
+        /// `--force`: remove an ACTIVE plex (the volume loses a mirror).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        force: bool,
     },
     /// Sets a plex's state (resync done, I/O-error detach); never leaves a volume
     /// without an ACTIVE plex it had.
@@ -522,8 +537,8 @@ impl Change {
             Change::DgCreate { dg, .. }
             | Change::DgAddDisk { dg, .. }
             | Change::DgRmDisk { dg, .. }
-            | Change::DgDestroy { dg }
-            | Change::DgDeport { dg }
+            | Change::DgDestroy { dg, .. }
+            | Change::DgDeport { dg, .. }
             | Change::VolCreate { dg, .. }
             | Change::VolGrow { dg, .. }
             | Change::VolShrink { dg, .. }
@@ -816,10 +831,14 @@ impl DiskGroupConfig {
     }
 
     /// The configuration written to the disks when the group is deported: same
-    /// objects, empty owner, seq + 1.
+    /// objects without exports (a deport of an exported group needs `--force`, which
+    /// ends them), empty owner, seq + 1.
     pub fn deported(&self) -> DiskGroupConfig {
         let mut cfg = self.clone();
         cfg.owner_id.clear();
+        for v in &mut cfg.volumes {
+            v.exports.clear();
+        }
         cfg.seq += 1;
         cfg
     }
@@ -1252,8 +1271,16 @@ pub fn apply(config: &ClusterConfig, change: &Change) -> Result<ClusterConfig, C
             imported.seq += 1;
             next.disk_groups.push(imported);
         }
-        Change::DgDestroy { dg } | Change::DgDeport { dg } => {
+        Change::DgDestroy { dg, force } | Change::DgDeport { dg, force } => {
             let index = dg_index(config, dg)?;
+            if !force {
+                let what = if matches!(change, Change::DgDestroy { .. }) {
+                    "destroy"
+                } else {
+                    "deport"
+                };
+                check_not_exported(&config.disk_groups[index], what)?;
+            }
             next.disk_groups.remove(index);
         }
         _ => {
@@ -1284,6 +1311,180 @@ pub fn apply(config: &ClusterConfig, change: &Change) -> Result<ClusterConfig, C
     }
     next.disk_groups.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(next)
+}
+
+/// What a committed change did, in one line for `plexctl` (object, size, placement,
+/// and any adjustment of what was asked). `after` is the change's disk group as it
+/// is now, when it still exists.
+pub fn describe(change: &Change, after: Option<&DiskGroupConfig>) -> String {
+    use crate::size::format_size;
+    let placement = |v: &Volume| -> String {
+        v.plexes
+            .iter()
+            .map(|p| {
+                let disks: Vec<&str> = p.disks().into_iter().collect();
+                let layout = match p.layout {
+                    PlexLayout::Concat => "concat".to_string(),
+                    PlexLayout::Stripe {
+                        columns,
+                        stripe_unit_bytes,
+                    } => format!(
+                        "stripe {columns} columns x {}",
+                        format_size(stripe_unit_bytes)
+                    ),
+                };
+                format!(
+                    "{} {} {layout} on {}",
+                    p.name,
+                    p.state.as_str(),
+                    disks.join("+")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let volume = |name: &str| after.and_then(|g| g.volume(name));
+    let rounded = |asked: u64, got: u64| {
+        if asked == got {
+            String::new()
+        } else {
+            format!(" ({asked} bytes asked, rounded up to whole {SECTOR_BYTES}-byte sectors)")
+        }
+    };
+    let dg = change.dg_name();
+    match change {
+        Change::DgCreate { shared, disks, .. } => format!(
+            "disk group {dg} created ({}) on disks {}",
+            if *shared { "shared" } else { "private" },
+            disks
+                .iter()
+                .map(|d| d.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Change::DgImport { shared, .. } => format!(
+            "disk group {dg} imported ({})",
+            if *shared { "shared" } else { "private" }
+        ),
+        Change::DgAddDisk { disk, .. } => format!(
+            "disk {} added to disk group {dg} ({} free)",
+            disk.name,
+            format_size(disk.public_len_bytes)
+        ),
+        Change::DgRmDisk { disk, .. } => format!("disk {disk} removed from disk group {dg}"),
+        Change::DgDestroy { force, .. } => format!(
+            "disk group {dg} destroyed, its disks released{}",
+            if *force { " (its exports ended)" } else { "" }
+        ),
+        Change::DgDeport { force, .. } => format!(
+            "disk group {dg} deported{}",
+            if *force { " (its exports ended)" } else { "" }
+        ),
+        Change::VolCreate {
+            volume: name,
+            size_bytes,
+            ..
+        } => match volume(name) {
+            Some(v) => format!(
+                "volume {name} created in disk group {dg}: {}{}: {}",
+                format_size(v.size_bytes),
+                rounded(*size_bytes, v.size_bytes),
+                placement(v)
+            ),
+            None => format!("volume {name} created in disk group {dg}"),
+        },
+        Change::VolGrow {
+            volume: name,
+            new_size_bytes,
+            ..
+        }
+        | Change::VolShrink {
+            volume: name,
+            new_size_bytes,
+            ..
+        } => {
+            let verb = if matches!(change, Change::VolGrow { .. }) {
+                "grown"
+            } else {
+                "shrunk"
+            };
+            match volume(name) {
+                Some(v) => format!(
+                    "volume {name} of disk group {dg} {verb} to {}{}: {}",
+                    format_size(v.size_bytes),
+                    rounded(*new_size_bytes, v.size_bytes),
+                    placement(v)
+                ),
+                None => format!("volume {name} of disk group {dg} {verb}"),
+            }
+        }
+        Change::VolSetReadPolicy { volume, .. } => {
+            format!("volume {volume} of disk group {dg}: read policy set")
+        }
+        Change::VolRm { volume, .. } => format!("volume {volume} removed from disk group {dg}"),
+        Change::PlexAdd { volume: name, .. } => match volume(name).and_then(|v| v.plexes.last()) {
+            Some(p) => format!(
+                "plex {} added to volume {name} of disk group {dg}: EMPTY on {} (plexctl plex attach {dg} {} to use it)",
+                p.name,
+                p.disks().into_iter().collect::<Vec<_>>().join("+"),
+                p.name
+            ),
+            None => format!("plex added to volume {name} of disk group {dg}"),
+        },
+        Change::PlexDetach { plex, .. } => format!("plex {plex} of disk group {dg} detached (STALE)"),
+        Change::PlexAttach { plex, .. } => format!(
+            "plex {plex} of disk group {dg} attached: SYNCING, ACTIVE once resynchronised (plexctl task list)"
+        ),
+        Change::PlexRm { plex, .. } => format!("plex {plex} removed from disk group {dg}"),
+        Change::SetPlexState { plex, state, .. } => {
+            format!("plex {plex} of disk group {dg} set {}", state.as_str())
+        }
+        Change::VolExport {
+            volume, export, ..
+        } => format!(
+            "volume {volume} of disk group {dg} exported over {} as {} on {}",
+            export.protocol.as_str(),
+            export.iqn,
+            if export.nodes.is_empty() {
+                "every node".to_string()
+            } else {
+                format!("node {}", export.nodes.join(", "))
+            }
+        ),
+        Change::VolUnexport {
+            volume, protocol, ..
+        } => format!(
+            "volume {volume} of disk group {dg}: {} export ended on every node",
+            protocol.as_str()
+        ),
+    }
+}
+
+/// Refuses a group-level change (`what`: destroy, deport) while a volume of `g` is
+/// exported (VxVM: "volumes are open").
+fn check_not_exported(g: &DiskGroupConfig, what: &str) -> Result<(), ConfigError> {
+    let exported: Vec<(&Volume, &Export)> = g
+        .volumes
+        .iter()
+        .flat_map(|v| v.exports.iter().map(move |e| (v, e)))
+        .collect();
+    let Some((v, e)) = exported.first() else {
+        return Ok(());
+    };
+    let more = match exported.len() {
+        1 => String::new(),
+        n => format!(" (and {} more exports)", n - 1),
+    };
+    Err(ConfigError::InUse(format!(
+        "cannot {what} disk group {}: volume {} is exported over {} as {}{more}; unexport it first (plexctl unexport {} {} {}), or {what} with --force to end every export of the group (refused while a host session is logged in)",
+        g.name,
+        v.name,
+        e.protocol.as_str(),
+        e.iqn,
+        e.protocol.as_str(),
+        g.name,
+        v.name
+    )))
 }
 
 fn dg_index(config: &ClusterConfig, name: &str) -> Result<usize, ConfigError> {
@@ -1368,6 +1569,13 @@ pub fn apply_dg(dg: &DiskGroupConfig, change: &Change) -> Result<DiskGroupConfig
                 return Err(ConfigError::Invalid(format!(
                     "volume {volume}: {mirrors} mirrors requested, 1 to {MAX_PLEXES} allowed"
                 )));
+            }
+            if let PlexLayout::Stripe { columns, .. } = plex_layout {
+                if columns < MIN_STRIPE_COLUMNS {
+                    return Err(ConfigError::Invalid(format!(
+                        "volume {volume}: a stripe needs at least {MIN_STRIPE_COLUMNS} columns, got {columns}; use the concat (or mirror) layout for one column"
+                    )));
+                }
             }
             plex_layout.validate()?;
             let plexes = alloc::allocate_volume(dg, volume, size, *layout)?;
@@ -1512,7 +1720,7 @@ pub fn apply_dg(dg: &DiskGroupConfig, change: &Change) -> Result<DiskGroupConfig
             }
             next.volumes[vi].plexes[pi].state = PlexState::Syncing;
         }
-        Change::PlexRm { plex, .. } => {
+        Change::PlexRm { plex, force, .. } => {
             let (vi, pi) = dg.plex_index(plex)?;
             let v = &dg.volumes[vi];
             if v.plexes.len() == 1 {
@@ -1522,6 +1730,15 @@ pub fn apply_dg(dg: &DiskGroupConfig, change: &Change) -> Result<DiskGroupConfig
                 )));
             }
             check_not_last_active(v, pi, "remove")?;
+            if v.plexes[pi].state == PlexState::Active && !force {
+                return Err(ConfigError::InUse(format!(
+                    "plex {plex} is an ACTIVE mirror of volume {} in disk group {} ({} ACTIVE plexes): removing it loses a copy of the data; detach it first (plexctl plex detach {} {plex}) or use plex rm --force",
+                    v.name,
+                    dg.name,
+                    v.active_plexes(),
+                    dg.name
+                )));
+            }
             next.volumes[vi].plexes.remove(pi);
             if let ReadPolicy::Prefer { plex: preferred } = &v.read_policy {
                 if preferred == plex {
@@ -1796,6 +2013,7 @@ mod tests {
             .apply(&Change::PlexRm {
                 dg: "dg1".into(),
                 plex: "vol1-02".into(),
+                force: true,
             })
             .unwrap_err();
         assert!(matches!(err, ConfigError::LastActivePlex { .. }));
@@ -1822,6 +2040,7 @@ mod tests {
             .apply(&Change::PlexRm {
                 dg: "dg1".into(),
                 plex: "vol1-02".into(),
+                force: true,
             })
             .unwrap();
         assert_eq!(c.disk_groups[0].volumes[0].plexes.len(), 1);
@@ -1829,6 +2048,7 @@ mod tests {
             .apply(&Change::PlexRm {
                 dg: "dg1".into(),
                 plex: "vol1-01".into(),
+                force: true,
             })
             .unwrap_err();
         assert!(err.to_string().contains("only plex"), "{err}");
@@ -1858,7 +2078,10 @@ mod tests {
     fn deport_import_and_destroy() {
         let c = cluster(&[("disk01", GIB)]);
         let c = create_vol(&c, "vol1", 10 << 20, VolumeLayout::Concat).unwrap();
-        let deport = Change::DgDeport { dg: "dg1".into() };
+        let deport = Change::DgDeport {
+            dg: "dg1".into(),
+            force: false,
+        };
         let after = c.apply(&deport).unwrap();
         assert!(after.disk_groups.is_empty());
         let updates = deport.disk_updates(&c, &after);
@@ -1879,7 +2102,10 @@ mod tests {
         assert_eq!(g.seq, 4);
         assert_eq!(g.volumes, c.disk_groups[0].volumes);
         assert!(back.apply(&import).is_err());
-        let destroy = Change::DgDestroy { dg: "dg1".into() };
+        let destroy = Change::DgDestroy {
+            dg: "dg1".into(),
+            force: false,
+        };
         let gone = back.apply(&destroy).unwrap();
         assert!(gone.disk_groups.is_empty());
         assert!(matches!(
@@ -2042,8 +2268,14 @@ mod tests {
                 dg: dg(),
                 disk: "disk01".into(),
             },
-            Change::DgDestroy { dg: dg() },
-            Change::DgDeport { dg: dg() },
+            Change::DgDestroy {
+                dg: dg(),
+                force: true,
+            },
+            Change::DgDeport {
+                dg: dg(),
+                force: false,
+            },
             Change::DgImport {
                 config: g.clone(),
                 shared: false,
@@ -2099,6 +2331,7 @@ mod tests {
             Change::PlexRm {
                 dg: dg(),
                 plex: "v-01".into(),
+                force: true,
             },
             Change::SetPlexState {
                 dg: dg(),
@@ -2198,5 +2431,94 @@ mod tests {
         let c = c.apply(&unexport).unwrap();
         assert!(c.apply(&unexport).is_err(), "nothing left to unexport");
         assert!(c.apply(&rm).is_ok());
+    }
+
+    #[test]
+    fn an_exported_group_is_deported_or_destroyed_only_with_force() {
+        let c = test_support::cluster(&[("disk01", 1 << 30)]);
+        let c = create_vol(&c, "v1", 1 << 20, VolumeLayout::Concat).unwrap();
+        let c = c
+            .apply(&Change::VolExport {
+                dg: "dg1".into(),
+                volume: "v1".into(),
+                export: export("iqn.2026-11.io.plexd:one"),
+            })
+            .unwrap();
+        for force in [false, true] {
+            let deport = Change::DgDeport {
+                dg: "dg1".into(),
+                force,
+            };
+            let destroy = Change::DgDestroy {
+                dg: "dg1".into(),
+                force,
+            };
+            if force {
+                let after = c.apply(&deport).unwrap();
+                let updates = deport.disk_updates(&c, &after);
+                let DiskUpdate::WriteConfig(on_disk) = &updates[0] else {
+                    panic!("{updates:?}")
+                };
+                assert!(on_disk.volumes[0].exports.is_empty(), "exports end");
+                assert!(c.apply(&destroy).is_ok());
+            } else {
+                for change in [deport, destroy] {
+                    let e = c.apply(&change).unwrap_err().to_string();
+                    assert!(
+                        e.contains("volume v1 is exported")
+                            && e.contains("plexctl unexport iscsi dg1 v1")
+                            && e.contains("--force"),
+                        "{e}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_active_mirror_is_removed_only_with_force_and_one_column_stripes_are_refused() {
+        let c = test_support::cluster(&[("disk01", 1 << 30), ("disk02", 1 << 30)]);
+        let c = create_vol(&c, "v1", 1 << 20, VolumeLayout::Mirror { mirrors: 2 }).unwrap();
+        let rm = |force| Change::PlexRm {
+            dg: "dg1".into(),
+            plex: "v1-02".into(),
+            force,
+        };
+        let e = c.apply(&rm(false)).unwrap_err().to_string();
+        assert!(e.contains("ACTIVE") && e.contains("--force"), "{e}");
+        assert_eq!(
+            c.apply(&rm(true)).unwrap().disk_groups[0].volumes[0]
+                .plexes
+                .len(),
+            1
+        );
+        let one_column = VolumeLayout::Stripe {
+            columns: 1,
+            stripe_unit_bytes: DEFAULT_STRIPE_UNIT_BYTES,
+        };
+        let e = create_vol(&c, "v2", 1 << 20, one_column)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at least 2 columns"), "{e}");
+    }
+
+    #[test]
+    fn describe_states_size_placement_and_rounding() {
+        let c = test_support::cluster(&[("disk01", 1 << 30), ("disk02", 1 << 30)]);
+        let change = Change::VolCreate {
+            dg: "dg1".into(),
+            volume: "v1".into(),
+            size_bytes: 513,
+            layout: VolumeLayout::Mirror { mirrors: 2 },
+        };
+        let after = c.apply(&change).unwrap();
+        let text = describe(&change, after.disk_group("dg1"));
+        assert!(
+            text.contains("volume v1 created in disk group dg1: 1.0 KiB"),
+            "{text}"
+        );
+        assert!(text.contains("513 bytes asked, rounded up"), "{text}");
+        assert!(text.contains("v1-01 ACTIVE concat on disk01"), "{text}");
+        assert!(text.contains("v1-02 ACTIVE concat on disk02"), "{text}");
     }
 }

@@ -15,6 +15,27 @@ use serde_json::{json, Value};
 use smol::{Async, LocalExecutor};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long plexctl waits for an answer by default (`--timeout`): longer than a node
+/// waits for its own main loop (`CALL_TIMEOUT`, 120 s), so the node's own timeout
+/// message wins when it has one.
+const CALL_TIMEOUT: Duration = Duration::from_secs(150);
+/// Exit status of a usage error (bad option, bad size).
+const EXIT_USAGE: u8 = 2;
+
+/// Why plexctl failed: a usage error (exit 2) or a failure (exit 1).
+#[derive(Debug)]
+enum Failure {
+    /// The command line is wrong.
+    Usage(String),
+    /// The command failed.
+    Failed(String),
+}
+
+impl From<String> for Failure {
+    fn from(e: String) -> Failure {
+        Failure::Failed(e)
+    }
+}
 
 /// plexctl: manage a plexd cluster (disks, disk groups, volumes, plexes).
 ///
@@ -35,6 +56,10 @@ struct Cli {
     /// Machine-readable output (read commands).
     #[arg(long, global = true)]
     json: bool,
+    /// Seconds to wait for the node's answer (default 150: longer than a change
+    /// may take).
+    #[arg(long, global = true, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    timeout: Option<u64>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -64,8 +89,8 @@ enum Cmd {
     /// Background tasks (plex resyncs).
     #[command(subcommand)]
     Task(TaskCmd),
-    /// Exports a volume to hosts on every node, or only on the node given with
-    /// `--node` on the command line. Example: export iscsi dg1 vol1 --all
+    /// Exports a volume to hosts on every node (the default), or only on the node
+    /// named with `--on`. Example: export iscsi dg1 vol1 --on b
     Export {
         /// Protocol: iscsi (nvmf is refused until its frontend exists).
         protocol: String,
@@ -73,15 +98,18 @@ enum Cmd {
         dg: String,
         /// Volume.
         vol: String,
-        /// On every node (the default when `--node` is not on the command line).
-        #[arg(long)]
+        /// On every node (the default).
+        #[arg(long, conflicts_with = "on")]
         all: bool,
+        /// Only on node NAME (a node of the cluster file).
+        #[arg(long, value_name = "NAME")]
+        on: Option<String>,
         /// Target name (default iqn.2026-11.io.plexd:CLUSTER.DG.VOL).
         #[arg(long)]
         iqn: Option<String>,
-        /// ADDR:PORT to serve it on (with `--node` only; default: the node's
+        /// ADDR:PORT to serve it on (with `--on` only; default: the node's
         /// iscsi_portal from the cluster file).
-        #[arg(long)]
+        #[arg(long, requires = "on")]
         portal: Option<String>,
     },
     /// Ends a volume's export on every node. Example: unexport iscsi dg1 vol1
@@ -95,12 +123,6 @@ enum Cmd {
     },
 }
 
-/// Whether `--node` is on the command line (not only in PLEXD_NODE): for `export`
-/// it also names the exporting node.
-fn node_on_command_line() -> bool {
-    std::env::args().any(|a| a == "--node" || a.starts_with("--node="))
-}
-
 #[derive(Subcommand, Debug)]
 enum DiskCmd {
     /// Writes a label on a disk (file or block device). Example: disk init /dev/sdb --name d1
@@ -110,7 +132,8 @@ enum DiskCmd {
         /// Disk media name (default: the file name without extension).
         #[arg(long)]
         name: Option<String>,
-        /// Re-initialise a disk that already has a label.
+        /// Re-initialise a disk that already has a label (a free disk or a disk of a
+        /// deported group; never a disk an imported group holds).
         #[arg(long)]
         force: bool,
     },
@@ -145,15 +168,24 @@ enum DgCmd {
         /// Disk media name.
         disk: String,
     },
-    /// Destroys the group and its volumes.
+    /// Destroys the group and its volumes. Refused while a volume is exported
+    /// (unexport first) or a host is logged in to one.
     Destroy {
         /// Disk group.
         dg: String,
+        /// End the group's exports too (never while a host session is logged in);
+        /// for a failed group: release its disks.
+        #[arg(long)]
+        force: bool,
     },
-    /// Gives the group up (its configuration stays on its disks).
+    /// Gives the group up (its configuration stays on its disks). Refused while a
+    /// volume is exported (unexport first) or a host is logged in to one.
     Deport {
         /// Disk group.
         dg: String,
+        /// End the group's exports too (never while a host session is logged in).
+        #[arg(long)]
+        force: bool,
     },
     /// Imports a deported group found on the disks.
     Import {
@@ -183,37 +215,39 @@ enum VolCmd {
         dg: String,
         /// Volume name.
         vol: String,
-        /// Size (K/M/G/T suffixes).
+        /// Size (K/M/G/T suffixes; rounded up to whole 512-byte sectors).
         size: String,
         /// Layout.
         #[arg(long, value_enum, default_value = "concat")]
         layout: Layout,
         /// Plexes of a mirror layout (default 2).
-        #[arg(long)]
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=32))]
         mirrors: Option<u32>,
         /// Columns of a stripe layout (default 2).
-        #[arg(long)]
+        #[arg(long, value_parser = clap::value_parser!(u32).range(2..=64))]
         columns: Option<u32>,
-        /// Stripe unit (default 64K).
+        /// Stripe unit (default 64K; a non-zero multiple of 4K).
         #[arg(long)]
         stripe_unit: Option<String>,
     },
-    /// Grows a volume to NEWSIZE.
+    /// Grows a volume to SIZE, or by SIZE with `+SIZE`. Example: vol grow dg1 vol1 +1G
     Grow {
         /// Disk group.
         dg: String,
         /// Volume.
         vol: String,
-        /// New size.
+        /// New size, or `+SIZE`.
         size: String,
     },
-    /// Shrinks a volume to NEWSIZE (data beyond it is lost).
+    /// Shrinks a volume to SIZE, or by SIZE with `-SIZE` (data beyond the new end is
+    /// lost). Example: vol shrink dg1 vol1 -- -512M
     Shrink {
         /// Disk group.
         dg: String,
         /// Volume.
         vol: String,
-        /// New size.
+        /// New size, or `-SIZE`.
+        #[arg(allow_hyphen_values = true)]
         size: String,
     },
     /// Removes a volume.
@@ -253,12 +287,15 @@ enum PlexCmd {
         /// Plex.
         plex: String,
     },
-    /// Removes a plex.
+    /// Removes a plex (an ACTIVE one only with `--force`; never the last ACTIVE one).
     Rm {
         /// Disk group.
         dg: String,
         /// Plex.
         plex: String,
+        /// Remove an ACTIVE plex (the volume loses a copy of its data).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -276,23 +313,34 @@ enum TaskCmd {
     List,
 }
 
-fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, suffix) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("size {s:?}: expected a number with an optional K/M/G/T suffix"))?;
-    let mult: u64 = match suffix.trim().to_ascii_uppercase().as_str() {
-        "" | "B" => 1,
-        "K" | "KB" | "KIB" => 1 << 10,
-        "M" | "MB" | "MIB" => 1 << 20,
-        "G" | "GB" | "GIB" => 1 << 30,
-        "T" | "TB" | "TIB" => 1 << 40,
-        other => return Err(format!("size {s:?}: unknown suffix {other:?} (K, M, G, T)")),
+/// A size on the command line (the coordinator's parser: K/M/G/T/P, `s` sectors, a
+/// fraction when it makes whole bytes); a bad one is a usage error.
+fn parse_size(s: &str) -> Result<u64, Failure> {
+    plexd_coordinator::size::parse_size(s).map_err(|e| Failure::Usage(e.to_string()))
+}
+
+/// `vol grow` / `vol shrink` SIZE: `(bytes, relative)`; `+SIZE` grows by, `-SIZE`
+/// shrinks by (the other sign is a usage error).
+fn parse_resize(s: &str, grow: bool) -> Result<(u64, bool), Failure> {
+    let (sign, rest) = match s.trim().chars().next() {
+        Some(c @ ('+' | '-')) => (Some(c), &s.trim()[1..]),
+        _ => (None, s),
     };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("size {s:?}: too large"))
+    match (sign, grow) {
+        (None, _) => Ok((parse_size(s)?, false)),
+        (Some('+'), true) | (Some('-'), false) => {
+            let by = parse_size(rest)?;
+            if by == 0 {
+                return Err(Failure::Usage(format!("size {s:?}: a change of 0 bytes")));
+            }
+            Ok((by, true))
+        }
+        (Some(_), _) => Err(Failure::Usage(format!(
+            "size {s:?}: vol {} takes SIZE or {}SIZE",
+            if grow { "grow" } else { "shrink" },
+            if grow { '+' } else { '-' }
+        ))),
+    }
 }
 
 fn format_size(b: u64) -> String {
@@ -384,6 +432,7 @@ fn connect(addrs: &[String]) -> Result<(TcpStream, String), String> {
 /// Runs `f` with a ctl client on a local executor.
 fn with_ctl<T: 'static>(
     addrs: &[String],
+    call_timeout: Duration,
     f: impl AsyncFnOnce(ctl::Client) -> Result<T, String>,
 ) -> Result<T, String> {
     let (stream, addr) = connect(addrs)?;
@@ -399,14 +448,23 @@ fn with_ctl<T: 'static>(
     let mut rpc = RpcSystem::new(Box::new(network), None);
     let client: ctl::Client = rpc.bootstrap(rpc_twoparty_capnp::Side::Server);
     let ex = Rc::new(LocalExecutor::new());
+    let addr2 = addr.clone();
     let conn = async move {
+        let addr = addr2;
         let r = rpc.await;
         Err(format!(
             "{addr}: connection closed{}",
             r.err().map(|e| format!(": {e}")).unwrap_or_default()
         ))
     };
-    smol::block_on(ex.run(smol::future::or(f(client), conn)))
+    let timeout = async move {
+        smol::Timer::after(call_timeout).await;
+        Err(format!(
+            "{addr}: no answer within {} s; the node may be hung or overloaded (see its log); a change may still complete: check with plexctl print",
+            call_timeout.as_secs()
+        ))
+    };
+    smol::block_on(ex.run(smol::future::or(smol::future::or(f(client), conn), timeout)))
 }
 
 fn rpc(e: capnp::Error) -> String {
@@ -430,7 +488,7 @@ fn check(error: String) -> Result<(), String> {
 /// Fills the `Change` of a change request.
 type ChangeBuilder = Box<dyn Fn(c::change::Builder<'_>)>;
 
-fn build_change(cmd: &Cmd) -> Result<Option<ChangeBuilder>, String> {
+fn build_change(cmd: &Cmd) -> Result<Option<ChangeBuilder>, Failure> {
     Ok(Some(match cmd {
         Cmd::Dg(DgCmd::Create { dg, disks, shared }) => {
             let (dg, disks, shared) = (dg.clone(), disks.clone(), *shared);
@@ -457,13 +515,19 @@ fn build_change(cmd: &Cmd) -> Result<Option<ChangeBuilder>, String> {
                 x.set_disk(disk.as_str());
             })
         }
-        Cmd::Dg(DgCmd::Destroy { dg }) => {
-            let dg = dg.clone();
-            Box::new(move |mut b| b.set_dg_destroy(dg.as_str()))
+        Cmd::Dg(DgCmd::Destroy { dg, force }) => {
+            let (dg, force) = (dg.clone(), *force);
+            Box::new(move |mut b| {
+                b.set_force(force);
+                b.set_dg_destroy(dg.as_str())
+            })
         }
-        Cmd::Dg(DgCmd::Deport { dg }) => {
-            let dg = dg.clone();
-            Box::new(move |mut b| b.set_dg_deport(dg.as_str()))
+        Cmd::Dg(DgCmd::Deport { dg, force }) => {
+            let (dg, force) = (dg.clone(), *force);
+            Box::new(move |mut b| {
+                b.set_force(force);
+                b.set_dg_deport(dg.as_str())
+            })
         }
         Cmd::Dg(DgCmd::Import { dg, shared }) => {
             let (dg, shared) = (dg.clone(), *shared);
@@ -483,8 +547,18 @@ fn build_change(cmd: &Cmd) -> Result<Option<ChangeBuilder>, String> {
             stripe_unit,
         }) => {
             let size = parse_size(size)?;
+            if size == 0 {
+                return Err(Failure::Usage(format!("volume {vol}: size 0")));
+            }
             let su = match stripe_unit {
-                Some(s) => parse_size(s)?,
+                Some(s) => match parse_size(s)? {
+                    0 => {
+                        return Err(Failure::Usage(format!(
+                            "--stripe-unit {s}: must be a non-zero multiple of 4K"
+                        )))
+                    }
+                    n => n,
+                },
                 None => 0,
             };
             let (dg, vol, layout, mirrors, columns) = (
@@ -512,7 +586,7 @@ fn build_change(cmd: &Cmd) -> Result<Option<ChangeBuilder>, String> {
         }
         Cmd::Vol(VolCmd::Grow { dg, vol, size }) | Cmd::Vol(VolCmd::Shrink { dg, vol, size }) => {
             let grow = matches!(cmd, Cmd::Vol(VolCmd::Grow { .. }));
-            let size = parse_size(size)?;
+            let (size, relative) = parse_resize(size, grow)?;
             let (dg, vol) = (dg.clone(), vol.clone());
             Box::new(move |b| {
                 let mut x = if grow {
@@ -523,6 +597,7 @@ fn build_change(cmd: &Cmd) -> Result<Option<ChangeBuilder>, String> {
                 x.set_dg(dg.as_str());
                 x.set_volume(vol.as_str());
                 x.set_new_size_bytes(size);
+                x.set_relative(relative);
             })
         }
         Cmd::Vol(VolCmd::Rm { dg, vol }) => {
@@ -543,14 +618,16 @@ fn build_change(cmd: &Cmd) -> Result<Option<ChangeBuilder>, String> {
         }
         Cmd::Plex(PlexCmd::Detach { dg, plex })
         | Cmd::Plex(PlexCmd::Attach { dg, plex })
-        | Cmd::Plex(PlexCmd::Rm { dg, plex }) => {
-            let op = match cmd {
-                Cmd::Plex(PlexCmd::Detach { .. }) => 0,
-                Cmd::Plex(PlexCmd::Attach { .. }) => 1,
-                _ => 2,
+        | Cmd::Plex(PlexCmd::Rm { dg, plex, .. }) => {
+            let (op, force) = match cmd {
+                Cmd::Plex(PlexCmd::Detach { .. }) => (0, false),
+                Cmd::Plex(PlexCmd::Attach { .. }) => (1, false),
+                Cmd::Plex(PlexCmd::Rm { force, .. }) => (2, *force),
+                _ => (2, false),
             };
             let (dg, plex) = (dg.clone(), plex.clone());
-            Box::new(move |b| {
+            Box::new(move |mut b| {
+                b.set_force(force);
                 let mut x = match op {
                     0 => b.init_plex_detach(),
                     1 => b.init_plex_attach(),
@@ -564,17 +641,12 @@ fn build_change(cmd: &Cmd) -> Result<Option<ChangeBuilder>, String> {
             protocol,
             dg,
             vol,
-            all,
+            all: _,
+            on,
             iqn,
             portal,
         } => {
-            let one_node = !all && node_on_command_line();
-            if portal.is_some() && !one_node {
-                return Err(
-                    "export --portal needs --node NODE (each node listens on its own address)"
-                        .into(),
-                );
-            }
+            let on = on.clone();
             let (protocol, dg, vol) = (protocol.clone(), dg.clone(), vol.clone());
             let (iqn, portal) = (iqn.clone().unwrap_or_default(), portal.clone());
             Box::new(move |b| {
@@ -584,10 +656,9 @@ fn build_change(cmd: &Cmd) -> Result<Option<ChangeBuilder>, String> {
                 x.set_volume(vol.as_str());
                 x.set_iqn(iqn.as_str());
                 x.set_portal(portal.as_deref().unwrap_or(""));
-                // "." = the node that receives the request (the one --node names).
-                let mut nodes = x.init_nodes(u32::from(one_node));
-                if one_node {
-                    nodes.set(0, ".");
+                let mut nodes = x.init_nodes(u32::from(on.is_some()));
+                if let Some(n) = &on {
+                    nodes.set(0, n.as_str());
                 }
             })
         }
@@ -636,11 +707,20 @@ async fn status(client: &ctl::Client) -> Result<Value, String> {
             "address": text(n.get_address())?,
         }));
     }
+    let mut failed = Vec::new();
+    for f in s.get_failed_groups().map_err(rpc)? {
+        failed.push(Value::String(
+            f.map_err(rpc)?
+                .to_string()
+                .map_err(|e| format!("rpc: bad text: {e}"))?,
+        ));
+    }
     Ok(json!({
         "node": text(s.get_node())?,
         "master": text(s.get_master())?,
         "view": s.get_view(),
         "nodes": nodes,
+        "failed_disk_groups": failed,
     }))
 }
 
@@ -652,6 +732,7 @@ fn disk_json(d: c::disk_info::Reader<'_>) -> Result<Value, String> {
         "dg": text(d.get_dg())?,
         "state": text(d.get_state())?,
         "id": text(d.get_id())?,
+        "repairs": d.get_repairs(),
     }))
 }
 
@@ -664,12 +745,18 @@ fn s(v: &Value) -> String {
 }
 
 async fn run(cmd: Cmd, json_out: bool, client: ctl::Client) -> Result<String, String> {
-    if let Some(build) = build_change(&cmd)? {
+    if let Ok(Some(build)) = build_change(&cmd) {
         let mut req = client.change_request();
         build(req.get().init_change());
         let resp = req.send().promise.await.map_err(rpc)?;
-        check(text(resp.get().map_err(rpc)?.get_error())?)?;
-        return Ok(String::new());
+        let r = resp.get().map_err(rpc)?;
+        check(text(r.get_error())?)?;
+        let done = text(r.get_done())?;
+        return Ok(if json_out {
+            serde_json::to_string_pretty(&json!({ "done": done })).unwrap_or_default()
+        } else {
+            done
+        });
     }
     let pretty = |v: &Value| serde_json::to_string_pretty(v).unwrap_or_default();
     match cmd {
@@ -712,17 +799,18 @@ async fn run(cmd: Cmd, json_out: bool, client: ctl::Client) -> Result<String, St
                 return Ok(pretty(&json!({ "disks": disks })));
             }
             let mut out = format!(
-                "{:<12} {:<40} {:>8}  {:<12} {}",
-                "DISK", "PATH", "SIZE", "GROUP", "STATE"
+                "{:<12} {:<40} {:>8}  {:<12} {:>7}  {}",
+                "DISK", "PATH", "SIZE", "GROUP", "REPAIRS", "STATE"
             );
             for d in &disks {
                 let dg = s(&d["dg"]);
                 out.push_str(&format!(
-                    "\n{:<12} {:<40} {:>8}  {:<12} {}",
+                    "\n{:<12} {:<40} {:>8}  {:<12} {:>7}  {}",
                     s(&d["name"]),
                     s(&d["path"]),
                     format_size(d["size"].as_u64().unwrap_or(0)),
                     if dg.is_empty() { "-".into() } else { dg },
+                    s(&d["repairs"]),
                     s(&d["state"])
                 ));
             }
@@ -740,28 +828,50 @@ async fn run(cmd: Cmd, json_out: bool, client: ctl::Client) -> Result<String, St
                         "name": g["name"], "shared": g["shared"], "seq": g["seq"],
                         "disks": g["disks"].as_array().map(|a| a.len()).unwrap_or(0),
                         "volumes": g["volumes"].as_array().map(|a| a.len()).unwrap_or(0),
+                        "state": "ok", "reason": "",
                     })
                 })
+                .chain(
+                    v["failed_disk_groups"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|g| {
+                            json!({
+                                "name": g["name"], "shared": g["shared"], "seq": Value::Null,
+                                "disks": g["disks"].as_array().map(|a| a.len()).unwrap_or(0),
+                                "volumes": Value::Null,
+                                "state": "failed", "reason": g["reason"],
+                            })
+                        }),
+                )
                 .collect();
             if json_out {
                 return Ok(pretty(&json!({ "disk_groups": groups })));
             }
             let mut out = format!(
-                "{:<12} {:<8} {:>6} {:>6} {:>8}",
-                "GROUP", "KIND", "SEQ", "DISKS", "VOLUMES"
+                "{:<12} {:<8} {:>6} {:>6} {:>8}  {}",
+                "GROUP", "KIND", "SEQ", "DISKS", "VOLUMES", "STATE"
             );
             for g in &groups {
+                let dash = |v: &Value| if v.is_null() { "-".into() } else { s(v) };
                 out.push_str(&format!(
-                    "\n{:<12} {:<8} {:>6} {:>6} {:>8}",
+                    "\n{:<12} {:<8} {:>6} {:>6} {:>8}  {}",
                     s(&g["name"]),
                     if g["shared"] == true {
                         "shared"
                     } else {
                         "private"
                     },
-                    s(&g["seq"]),
+                    dash(&g["seq"]),
                     s(&g["disks"]),
-                    s(&g["volumes"])
+                    dash(&g["volumes"]),
+                    if g["state"] == "failed" {
+                        format!("FAILED {}", s(&g["reason"]))
+                    } else {
+                        "ok".into()
+                    }
                 ));
             }
             Ok(out)
@@ -838,6 +948,13 @@ async fn run(cmd: Cmd, json_out: bool, client: ctl::Client) -> Result<String, St
                     s(&n["reason"])
                 ));
             }
+            for f in v["failed_disk_groups"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+            {
+                out.push_str(&format!("\ndisk group {}", s(&f)));
+            }
             Ok(out)
         }
         Cmd::Task(TaskCmd::List) => {
@@ -888,12 +1005,18 @@ async fn run(cmd: Cmd, json_out: bool, client: ctl::Client) -> Result<String, St
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = addresses(&cli).and_then(|addrs| {
-        let json_out = cli.json;
-        with_ctl(&addrs, async move |client| {
-            run(cli.cmd, json_out, client).await
-        })
-    });
+    // Usage errors (a bad size...) are found before any node is asked.
+    let result = match build_change(&cli.cmd) {
+        Err(e) => Err(e),
+        Ok(_) => addresses(&cli).map_err(Failure::Usage).and_then(|addrs| {
+            let json_out = cli.json;
+            let call_timeout = cli.timeout.map(Duration::from_secs).unwrap_or(CALL_TIMEOUT);
+            with_ctl(&addrs, call_timeout, async move |client| {
+                run(cli.cmd, json_out, client).await
+            })
+            .map_err(Failure::Failed)
+        }),
+    };
     match result {
         Ok(out) => {
             if !out.is_empty() {
@@ -901,7 +1024,11 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Err(e) => {
+        Err(Failure::Usage(e)) => {
+            eprintln!("plexctl: {}", e.lines().next().unwrap_or(""));
+            ExitCode::from(EXIT_USAGE)
+        }
+        Err(Failure::Failed(e)) => {
             eprintln!("plexctl: {}", e.lines().next().unwrap_or(""));
             ExitCode::from(1)
         }
@@ -913,13 +1040,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sizes_accept_suffixes() {
+    fn sizes_accept_suffixes_and_signs() {
         assert_eq!(parse_size("64K").unwrap(), 64 << 10);
         assert_eq!(parse_size("1g").unwrap(), 1 << 30);
         assert_eq!(parse_size("512").unwrap(), 512);
-        assert!(parse_size("1X").is_err());
-        assert!(parse_size("").is_err());
+        assert_eq!(parse_size("1.5M").unwrap(), 3 << 19);
+        for bad in ["1X", "", "12Q", "0.3K"] {
+            assert!(matches!(parse_size(bad), Err(Failure::Usage(_))), "{bad}");
+        }
         assert_eq!(format_size(3 << 20), "3M");
+        assert_eq!(parse_resize("+1G", true).unwrap(), (1 << 30, true));
+        assert_eq!(parse_resize("2G", true).unwrap(), (2 << 30, false));
+        assert_eq!(parse_resize("-512M", false).unwrap(), (512 << 20, true));
+        assert!(matches!(parse_resize("-1G", true), Err(Failure::Usage(_))));
+        assert!(matches!(parse_resize("+1G", false), Err(Failure::Usage(_))));
+        assert!(matches!(parse_resize("+0", true), Err(Failure::Usage(_))));
     }
 
     #[test]

@@ -257,6 +257,15 @@ impl Target {
         self.bdevs().remove(name);
     }
 
+    /// Puts `bdev` in the registry in place of the bdev of the same name (the volume
+    /// module re-registers a volume bdev whose size a committed layout changed).
+    /// Logs the new size, not a creation.
+    pub(crate) fn replace_bdev_entry(&self, bdev: Arc<dyn Bdev>) {
+        let name = bdev.name().to_string();
+        log::info!("bdev {name}: now {} bytes", bdev.size_bytes());
+        self.bdevs().insert(name, bdev);
+    }
+
     /// A new subscription to events. Each subscriber has its own bounded queue.
     pub fn subscribe(&self) -> smol::channel::Receiver<Event> {
         let (tx, rx) = smol::channel::bounded(EVENT_QUEUE_DEPTH);

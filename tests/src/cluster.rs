@@ -125,6 +125,8 @@ pub struct Node {
     failpoint: Option<String>,
     hidden: Vec<usize>,
     outside: bool,
+    /// A cluster file of this node's own instead of the cluster's.
+    cluster_file: Option<PathBuf>,
 }
 
 /// A running cluster. See the module documentation.
@@ -296,6 +298,7 @@ impl Cluster {
                     .map(|(_, d)| *d)
                     .collect(),
                 outside: false,
+                cluster_file: None,
             });
         }
         let cluster_file = dir.join("cluster.toml");
@@ -427,9 +430,13 @@ impl Cluster {
     /// Starts node `i`'s plexd (with its armed failpoint, if any) without waiting for
     /// anything (for a process expected to exit at its failpoint during its join).
     pub fn spawn_coordinator(&mut self, i: usize) {
+        let file = self.nodes[i]
+            .cluster_file
+            .as_ref()
+            .unwrap_or(&self.cluster_file);
         let args = vec![
             "--cluster".to_string(),
-            self.cluster_file.display().to_string(),
+            file.display().to_string(),
             "--node".into(),
             self.nodes[i].name.clone(),
         ];
@@ -451,6 +458,21 @@ impl Cluster {
     /// Hides disk files from node `i`'s next process starts (empty: none hidden).
     pub fn set_hidden_disks(&mut self, i: usize, disks: &[usize]) {
         self.nodes[i].hidden = disks.to_vec();
+    }
+
+    /// Starts node `i`'s next plexd with cluster file `file` (`None`: the cluster's).
+    pub fn set_cluster_file(&mut self, i: usize, file: Option<PathBuf>) {
+        self.nodes[i].cluster_file = file;
+    }
+
+    /// The binaries under test.
+    pub fn bins(&self) -> &Bins {
+        &self.bins
+    }
+
+    /// The process id of node `i`'s plexd, while it runs.
+    pub fn plexd_pid(&self, i: usize) -> Option<u32> {
+        self.nodes[i].plexd.as_ref().and_then(|p| p.pid())
     }
 
     /// plexd of node `i` is running.

@@ -110,7 +110,10 @@ fn an_export_on_one_node_survives_a_full_restart_and_refusals_name_node_and_reas
     assert!(e.contains("nosuch"), "{e}");
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let busy_addr = busy.local_addr().unwrap().to_string();
-    let e = c.ctl_err(2, &format!("export iscsi dg1 vol1 --portal {busy_addr}"));
+    let e = c.ctl_err(
+        2,
+        &format!("export iscsi dg1 vol1 --on c --portal {busy_addr}"),
+    );
     assert!(
         e.contains("node c") && e.contains(&busy_addr) && e.contains("cannot listen"),
         "{e}"
@@ -118,7 +121,7 @@ fn an_export_on_one_node_survives_a_full_restart_and_refusals_name_node_and_reas
     drop(busy);
 
     // Node b only, on its own portal.
-    c.ctl_ok(1, "export iscsi dg1 vol1");
+    c.ctl_ok(0, "export iscsi dg1 vol1 --on b");
     served_identity(&c.nodes[1].iscsi_portal, IQN);
     let (served_on_a, out) = tool("iscsi-inq", &[], &c.nodes[0].iscsi_portal, IQN);
     assert!(

@@ -154,8 +154,64 @@ impl ClusterFile {
                     n.name
                 ));
             }
+            for o in &self.nodes[..i] {
+                let same_host = host_of(&o.address) == host_of(&n.address);
+                let clash = if same_host && o.target_socket == n.target_socket {
+                    Some(format!("target_socket {}", n.target_socket.display()))
+                } else if same_host && o.state_dir.is_some() && o.state_dir == n.state_dir {
+                    Some(format!(
+                        "state_dir {}",
+                        n.state_dir.as_deref().unwrap_or(Path::new("")).display()
+                    ))
+                } else if n.iscsi_portal.is_some()
+                    && o.iscsi_portal.is_some()
+                    && same_address(n.iscsi_portal(), o.iscsi_portal())
+                {
+                    Some(format!("iscsi_portal {}", n.iscsi_portal()))
+                } else {
+                    None
+                };
+                if let Some(what) = clash {
+                    return Err(format!(
+                        "nodes {} and {} (same host {}) both use {what}; give each node its own",
+                        o.name,
+                        n.name,
+                        host_of(&n.address)
+                    ));
+                }
+            }
+            if let Some(o) = self
+                .nodes
+                .iter()
+                .find(|o| n.iscsi_portal.is_some() && same_address(n.iscsi_portal(), &o.address))
+            {
+                return Err(format!(
+                    "nodes[{i}] ({}): iscsi_portal {} is the address of node {}; use another port",
+                    n.name,
+                    n.iscsi_portal(),
+                    o.name
+                ));
+            }
+        }
+        if c.disk_paths.is_empty() || c.disk_paths.iter().any(|p| p.trim().is_empty()) {
+            return Err(
+                "cluster: disk_paths must list at least one non-empty pattern of the shared disks (e.g. [\"/dev/disk/by-id/wwn-*\"])"
+                    .into(),
+            );
         }
         Ok(())
+    }
+
+    /// The node list as every node must see it, one `id=name@address` per node in id
+    /// order: the cluster handshake compares it (with the cluster id) between nodes.
+    pub fn node_list(&self) -> String {
+        let mut nodes: Vec<&NodeEntry> = self.nodes.iter().collect();
+        nodes.sort_by_key(|n| n.id);
+        nodes
+            .iter()
+            .map(|n| format!("{}={}@{}", n.id, n.name, n.address))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// The node called `name`.
@@ -197,6 +253,47 @@ impl ClusterFile {
         out.dedup();
         out
     }
+}
+
+/// The host part of `host:port` (the whole text when it has no port).
+fn host_of(address: &str) -> &str {
+    address
+        .rsplit_once(':')
+        .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
+        .unwrap_or(address)
+}
+
+/// Two `address:port` texts name the same socket address.
+fn same_address(a: &str, b: &str) -> bool {
+    match (
+        a.parse::<std::net::SocketAddr>(),
+        b.parse::<std::net::SocketAddr>(),
+    ) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+/// The first difference between two node lists ([`ClusterFile::node_list`]): `mine`
+/// here, `theirs` on the other node, for a log line that names it.
+pub fn node_list_difference(mine: &str, theirs: &str) -> String {
+    let split = |s: &str| -> Vec<String> {
+        s.split(',')
+            .filter(|e| !e.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    let (a, b) = (split(mine), split(theirs));
+    for i in 0..a.len().max(b.len()) {
+        match (a.get(i), b.get(i)) {
+            (Some(x), Some(y)) if x == y => {}
+            (Some(x), Some(y)) => return format!("{x} here, {y} there"),
+            (Some(x), None) => return format!("{x} here, no such node there"),
+            (None, Some(y)) => return format!("no such node here, {y} there"),
+            (None, None) => {}
+        }
+    }
+    "the same".into()
 }
 
 /// Expands a pattern whose last component may hold `*` and `?`.
@@ -297,7 +394,7 @@ target_socket = "/tmp/x/b/target.sock"
 
     #[test]
     fn defaults_apply() {
-        let text = "[cluster]\nname='c'\nid='i'\n[[nodes]]\nid=1\nname='a'\naddress='127.0.0.1:1'\ntarget_socket='/s'\n";
+        let text = "[cluster]\nname='c'\nid='i'\ndisk_paths=['/d/*']\n[[nodes]]\nid=1\nname='a'\naddress='127.0.0.1:1'\ntarget_socket='/s'\n";
         let f = ClusterFile::parse(text).unwrap();
         assert_eq!(f.cluster.heartbeat_timeout_ms, 2000);
         assert_eq!(f.cluster.monitor, "builtin");
@@ -310,6 +407,49 @@ target_socket = "/tmp/x/b/target.sock"
         let bad = EXAMPLE.replace("monitor = \"builtin\"", "monitor = \"corosync\"");
         assert!(ClusterFile::parse(&bad).unwrap_err().contains("corosync"));
         assert!(ClusterFile::parse("[cluster]\nname='x'").is_err());
+    }
+
+    #[test]
+    fn clashing_nodes_and_missing_disk_paths_are_refused() {
+        let sock = EXAMPLE.replace("/tmp/x/b/target.sock", "/tmp/x/a/target.sock");
+        let e = ClusterFile::parse(&sock).unwrap_err();
+        assert!(
+            e.contains("nodes a and b") && e.contains("target_socket"),
+            "{e}"
+        );
+        // On other hosts the same socket path is normal.
+        let other_host = sock.replace("127.0.0.1:7702", "127.0.0.2:7702");
+        assert!(ClusterFile::parse(&other_host).is_ok());
+        let portals = EXAMPLE.replace(
+            "state_dir = \"/tmp/x/a\"",
+            "state_dir = \"/tmp/x/a\"\niscsi_portal = \"127.0.0.1:7702\"",
+        );
+        let e = ClusterFile::parse(&portals).unwrap_err();
+        assert!(
+            e.contains("iscsi_portal 127.0.0.1:7702 is the address of node b"),
+            "{e}"
+        );
+        let no_disks = EXAMPLE.replace("disk_paths = [\"/tmp/x/disks/*.img\"]", "");
+        assert!(ClusterFile::parse(&no_disks)
+            .unwrap_err()
+            .contains("disk_paths"));
+        let empty = EXAMPLE.replace("[\"/tmp/x/disks/*.img\"]", "[]");
+        assert!(ClusterFile::parse(&empty)
+            .unwrap_err()
+            .contains("disk_paths"));
+    }
+
+    #[test]
+    fn node_lists_name_their_first_difference() {
+        let f = ClusterFile::parse(EXAMPLE).unwrap();
+        let mine = f.node_list();
+        assert_eq!(mine, "1=a@127.0.0.1:7701,2=b@127.0.0.1:7702");
+        let theirs = mine.replace("2=b", "2=c");
+        assert_eq!(
+            node_list_difference(&mine, &theirs),
+            "2=b@127.0.0.1:7702 here, 2=c@127.0.0.1:7702 there"
+        );
+        assert_eq!(node_list_difference(&mine, &mine), "the same");
     }
 
     #[test]

@@ -20,6 +20,7 @@ use plexd_proto::ctl_capnp::{self as c, ctl};
 use serde::Serialize;
 use smol::{Async, LocalExecutor};
 
+use super::transport::{Identity, Refusals};
 use super::Input;
 use crate::core::{Message, MAX_MESSAGE_BYTES};
 
@@ -55,10 +56,20 @@ pub enum CtlChange {
         /// Disk media name.
         disk: String,
     },
-    /// `dg destroy DG`.
-    DgDestroy(String),
-    /// `dg deport DG`.
-    DgDeport(String),
+    /// `dg destroy DG [--force]`.
+    DgDestroy {
+        /// Group.
+        dg: String,
+        /// End the group's exports too; for a failed group: release its disks.
+        force: bool,
+    },
+    /// `dg deport DG [--force]`.
+    DgDeport {
+        /// Group.
+        dg: String,
+        /// End the group's exports too.
+        force: bool,
+    },
     /// `dg import DG [--shared]`.
     DgImport {
         /// Group.
@@ -89,10 +100,12 @@ pub enum CtlChange {
         dg: String,
         /// Volume.
         volume: String,
-        /// New size.
+        /// New size, or the change when `relative`.
         new_size_bytes: u64,
         /// Grow (true) or shrink.
         grow: bool,
+        /// `+SIZE` / `-SIZE`: grow or shrink by `new_size_bytes`.
+        relative: bool,
     },
     /// `vol rm`.
     VolRm {
@@ -116,6 +129,8 @@ pub enum CtlChange {
         plex: String,
         /// What to do.
         op: PlexOp,
+        /// `plex rm --force`: remove an ACTIVE plex.
+        force: bool,
     },
     /// `export PROTOCOL DG VOL [--node N]... [--iqn IQN] [--portal ADDR:PORT]`.
     VolExport {
@@ -219,6 +234,8 @@ pub struct StatusOut {
     pub view: u64,
     /// Nodes.
     pub nodes: Vec<NodeStatusOut>,
+    /// Failed disk groups, `"dg1: <reason>"`.
+    pub failed_groups: Vec<String>,
 }
 
 /// One disk in `disk list`.
@@ -232,10 +249,12 @@ pub struct DiskOut {
     pub size: u64,
     /// Disk group, empty if none.
     pub dg: String,
-    /// online | free | error: reason.
+    /// online | free | failed: reason | error: reason.
     pub state: String,
     /// Disk id.
     pub id: String,
+    /// Label or configuration copies this node repaired on the disk since it started.
+    pub repairs: u64,
 }
 
 /// One task in `task list`.
@@ -266,6 +285,8 @@ pub struct TaskOut {
 pub enum CtlReply {
     /// A change's result.
     Done(Result<(), String>),
+    /// A change succeeded: what was done (object, size, placement, adjustments).
+    Changed(String),
     /// Cluster status.
     Status(StatusOut),
     /// The configuration.
@@ -291,19 +312,30 @@ pub enum CtlReply {
     Error(String),
 }
 
-/// Binds `address` and serves it from a new thread.
-pub fn start(address: &str, inputs: SyncSender<Input>) -> Result<(), String> {
+/// Binds `address` and serves it from a new thread. Peers must shake hands
+/// (`Peer.hello`) with `identity` before they deliver; refusals go to `refusals`.
+pub fn start(
+    address: &str,
+    inputs: SyncSender<Input>,
+    identity: Identity,
+    refusals: Refusals,
+) -> Result<(), String> {
     let listener =
         TcpListener::bind(address).map_err(|e| format!("cannot listen on {address}: {e}"))?;
     let listener = Async::new(listener).map_err(|e| format!("cannot listen on {address}: {e}"))?;
     std::thread::Builder::new()
         .name("ctl-server".into())
-        .spawn(move || serve(listener, inputs))
+        .spawn(move || serve(listener, inputs, Rc::new(identity), refusals))
         .map_err(|e| format!("cannot start the server thread: {e}"))?;
     Ok(())
 }
 
-fn serve(listener: Async<TcpListener>, inputs: SyncSender<Input>) {
+fn serve(
+    listener: Async<TcpListener>,
+    inputs: SyncSender<Input>,
+    identity: Rc<Identity>,
+    refusals: Refusals,
+) {
     let ex = Rc::new(LocalExecutor::new());
     let ex2 = Rc::clone(&ex);
     let active = Rc::new(Cell::new(0usize));
@@ -325,6 +357,8 @@ fn serve(listener: Async<TcpListener>, inputs: SyncSender<Input>) {
             active.set(active.get() + 1);
             let active = Rc::clone(&active);
             let inputs = inputs.clone();
+            let identity = Rc::clone(&identity);
+            let refusals = refusals.clone();
             ex2.spawn(async move {
                 let (reader, writer) = stream.split();
                 let network = twoparty::VatNetwork::new(
@@ -333,7 +367,12 @@ fn serve(listener: Async<TcpListener>, inputs: SyncSender<Input>) {
                     rpc_twoparty_capnp::Side::Server,
                     Default::default(),
                 );
-                let node: peer::Client = capnp_rpc::new_client(NodeServer { inputs });
+                let node: peer::Client = capnp_rpc::new_client(NodeServer {
+                    inputs,
+                    identity,
+                    refusals,
+                    shaken: Cell::new(None),
+                });
                 let rpc = RpcSystem::new(Box::new(network), Some(node.client));
                 if let Err(e) = rpc.await {
                     log::debug!("ctl server: connection ended: {e}");
@@ -347,6 +386,10 @@ fn serve(listener: Async<TcpListener>, inputs: SyncSender<Input>) {
 
 struct NodeServer {
     inputs: SyncSender<Input>,
+    identity: Rc<Identity>,
+    refusals: Refusals,
+    /// The peer that shook hands on this connection (`Peer.hello`).
+    shaken: Cell<Option<u32>>,
 }
 
 impl NodeServer {
@@ -409,8 +452,14 @@ fn read_change(r: c::change::Reader<'_>) -> capnp::Result<CtlChange> {
                 disk: text(x.get_disk())?,
             }
         }
-        Which::DgDestroy(x) => CtlChange::DgDestroy(text(x)?),
-        Which::DgDeport(x) => CtlChange::DgDeport(text(x)?),
+        Which::DgDestroy(x) => CtlChange::DgDestroy {
+            dg: text(x)?,
+            force: r.get_force(),
+        },
+        Which::DgDeport(x) => CtlChange::DgDeport {
+            dg: text(x)?,
+            force: r.get_force(),
+        },
         Which::DgImport(x) => {
             let x = x?;
             CtlChange::DgImport {
@@ -443,6 +492,7 @@ fn read_change(r: c::change::Reader<'_>) -> capnp::Result<CtlChange> {
                 volume: text(x.get_volume())?,
                 new_size_bytes: x.get_new_size_bytes(),
                 grow,
+                relative: x.get_relative(),
             }
         }
         Which::VolRm(x) => {
@@ -470,6 +520,7 @@ fn read_change(r: c::change::Reader<'_>) -> capnp::Result<CtlChange> {
                 dg: text(x.get_dg())?,
                 plex: text(x.get_plex())?,
                 op,
+                force: r.get_force(),
             }
         }
         Which::VolExport(x) => {
@@ -505,6 +556,7 @@ fn set_disk(mut b: c::disk_info::Builder<'_>, d: &DiskOut) {
     b.set_dg(d.dg.as_str());
     b.set_state(d.state.as_str());
     b.set_id(d.id.as_str());
+    b.set_repairs(d.repairs);
 }
 
 fn unexpected(r: &CtlReply) -> String {
@@ -524,6 +576,7 @@ impl ctl::Server for NodeServer {
         let change = read_change(params.get()?.get_change()?)?;
         match self.ask(CtlCall::Change(change)).await {
             CtlReply::Done(Ok(())) => {}
+            CtlReply::Changed(done) => results.get().set_done(done.as_str()),
             other => results.get().set_error(unexpected(&other).as_str()),
         }
         Ok(())
@@ -540,7 +593,7 @@ impl ctl::Server for NodeServer {
                 b.set_node(s.node.as_str());
                 b.set_master(s.master.as_str());
                 b.set_view(s.view);
-                let mut list = b.init_nodes(s.nodes.len() as u32);
+                let mut list = b.reborrow().init_nodes(s.nodes.len() as u32);
                 for (i, n) in s.nodes.iter().enumerate() {
                     let mut nb = list.reborrow().get(i as u32);
                     nb.set_id(n.id);
@@ -549,6 +602,10 @@ impl ctl::Server for NodeServer {
                     nb.set_state(n.state.as_str());
                     nb.set_reason(n.reason.as_str());
                     nb.set_address(n.address.as_str());
+                }
+                let mut failed = b.init_failed_groups(s.failed_groups.len() as u32);
+                for (i, f) in s.failed_groups.iter().enumerate() {
+                    failed.set(i as u32, f.as_str());
                 }
             }
             other => results.get().set_error(unexpected(&other).as_str()),
@@ -701,6 +758,12 @@ impl peer::Server for NodeServer {
     ) -> Result<(), capnp::Error> {
         let p = params.get()?;
         let from = p.get_from();
+        if self.shaken.get() != Some(from) {
+            return Err(capnp::Error::failed(format!(
+                "node {}: no handshake (Peer.hello) from node {from} on this connection",
+                self.identity.name
+            )));
+        }
         let bytes = p.get_message()?;
         if bytes.len() > MAX_MESSAGE_BYTES {
             log::warn!(
@@ -716,6 +779,44 @@ impl peer::Server for NodeServer {
                 }
             }
             Err(e) => log::warn!("cluster: malformed message from node {from} dropped: {e}"),
+        }
+        Ok(())
+    }
+
+    async fn hello(
+        self: Rc<Self>,
+        params: peer::HelloParams,
+        mut results: peer::HelloResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get()?;
+        let from = p.get_from();
+        let cluster_id = text(p.get_cluster_id())?;
+        let node_list = text(p.get_node_list())?;
+        let id = &self.identity;
+        let mut r = results.get();
+        r.set_cluster_id(id.cluster_id.as_str());
+        r.set_node_list(id.node_list.as_str());
+        match id.mismatch(&cluster_id, &node_list) {
+            Some(why) => {
+                self.shaken.set(None);
+                if self.refusals.set(from, format!("refused: {why}")) {
+                    log::error!(
+                        "cluster: node {} (id {}) refuses node {from}: {why}; fix the cluster files so they agree",
+                        id.name,
+                        id.me
+                    );
+                }
+                r.set_error(format!("node {} refuses node {from}: {why}", id.name).as_str());
+            }
+            None => {
+                self.shaken.set(Some(from));
+                if self.refusals.clear(from) {
+                    log::info!(
+                        "cluster: node {} accepts node {from} again: the cluster files agree",
+                        id.name
+                    );
+                }
+            }
         }
         Ok(())
     }

@@ -2,7 +2,9 @@
 //! shared and private disk groups, writing a change's disk updates, and the local
 //! checks of a transaction.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use crate::core::{DiskRecord, TxnId};
 use crate::objects::{Change, ClusterConfig, Disk, DiskGroupConfig, DiskUpdate};
@@ -11,13 +13,221 @@ use crate::ondisk::{self, Label};
 use super::ctl::DiskOut;
 use super::model::{core_txn, disk_txn, SharedConfig};
 
+/// Where this node finds each disk, by the disk id in its label: a disk group records
+/// the path a disk had on the node that added it, but each node finds the disk by id
+/// on its own `disk_paths` (as VxVM does), so `/dev/sdb` on one node may be
+/// `/dev/sdc` on another.
+#[derive(Debug, Clone, Default)]
+pub struct LocalDisks(BTreeMap<String, Vec<PathBuf>>);
+
+impl LocalDisks {
+    /// Reads the labels of `files` (the node's `disk_paths`).
+    pub fn scan(files: &[PathBuf]) -> LocalDisks {
+        let mut map: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
+        for (path, label) in scan(files) {
+            if let Ok(l) = label {
+                map.entry(l.disk_id).or_default().push(path);
+            }
+        }
+        LocalDisks(map)
+    }
+
+    /// The path of disk `d` on this node: the recorded path when a file of that id
+    /// is there, else the first file whose label carries its id, else the recorded
+    /// path (whose check then says what is wrong).
+    pub fn path_of(&self, d: &Disk) -> PathBuf {
+        let recorded = PathBuf::from(&d.path);
+        match self.0.get(&d.id) {
+            Some(paths) if paths.contains(&recorded) => recorded,
+            Some(paths) => paths.first().cloned().unwrap_or(recorded),
+            None => recorded,
+        }
+    }
+
+    /// `g` with each disk's path as this node finds it (for this node's own use: the
+    /// data plane and the disk writes; the configuration keeps the recorded paths).
+    pub fn localize(&self, g: &DiskGroupConfig) -> DiskGroupConfig {
+        let mut local = g.clone();
+        for d in &mut local.disks {
+            d.path = self.path_of(d).display().to_string();
+        }
+        local
+    }
+}
+
+/// Most disks whose repairs are counted (one entry per disk id; more are not counted).
+pub const MAX_REPAIR_ENTRIES: usize = 4096;
+
+/// Label and configuration copies this process repaired, by disk id (`disk list`).
+static REPAIRS: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
+
+/// How many label or slot copies this process repaired on disk `disk_id`.
+pub fn repairs_of(disk_id: &str) -> u64 {
+    let map = REPAIRS.lock().unwrap_or_else(|p| p.into_inner());
+    map.get(disk_id).copied().unwrap_or(0)
+}
+
+fn count_repair(disk_id: &str) {
+    let mut map = REPAIRS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(n) = map.get_mut(disk_id) {
+        *n += 1;
+    } else if map.len() < MAX_REPAIR_ENTRIES {
+        map.insert(disk_id.to_string(), 1);
+    }
+}
+
 /// Every disk file with its label (or the error reading it).
 pub fn scan(files: &[PathBuf]) -> Vec<(PathBuf, Result<Label, ondisk::OnDiskError>)> {
     ondisk::scan(files)
 }
 
-/// `disk list`.
-pub fn list(files: &[PathBuf]) -> Vec<DiskOut> {
+/// A disk group of this cluster (or private to this node) whose configuration cannot
+/// be read from any of its disks: every slot is damaged. It is shown as failed and
+/// keeps its name and disks until an operator gives it up (`dg destroy --force`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedGroup {
+    /// Name, from the labels.
+    pub name: String,
+    /// Disk group id, from the labels.
+    pub id: String,
+    /// Shared (cluster) or private (this node).
+    pub shared: bool,
+    /// Why no configuration could be read.
+    pub reason: String,
+    /// Its disks, by the labels: media name and path on this node.
+    pub disks: Vec<(String, PathBuf)>,
+}
+
+impl FailedGroup {
+    /// One line for `cluster status` and logs: `dg1: <reason>`.
+    pub fn line(&self) -> String {
+        format!("{}: {}", self.name, self.reason)
+    }
+}
+
+/// The failed disk groups on `files` that belong to cluster `cluster_id` (shared) or
+/// to host `host_id` (private), by the owner their disks' labels name.
+pub fn failed_groups(files: &[PathBuf], cluster_id: &str, host_id: &str) -> Vec<FailedGroup> {
+    let labels: Vec<(PathBuf, Label)> = scan(files)
+        .into_iter()
+        .filter_map(|(p, l)| l.ok().map(|l| (p, l)))
+        .collect();
+    let mut out = Vec::new();
+    for g in ondisk::discover(files).groups {
+        let Err(e) = g.config else { continue };
+        let members: Vec<&(PathBuf, Label)> = labels
+            .iter()
+            .filter(|(_, l)| l.disk_group.as_ref().is_some_and(|lg| lg.id == g.dg_id))
+            .collect();
+        let Some(owner) = members.first().and_then(|(_, l)| l.disk_group.clone()) else {
+            continue;
+        };
+        let ours = if owner.shared {
+            owner.owner_id == cluster_id
+        } else {
+            owner.owner_id == host_id
+        };
+        if !ours {
+            continue;
+        }
+        out.push(FailedGroup {
+            name: g.dg_name,
+            id: g.dg_id,
+            shared: owner.shared,
+            reason: format!(
+                "failed: no readable configuration copy on its {} disks ({e}); to give the group up and free its disks: plexctl dg destroy {} --force",
+                members.len(),
+                owner.name
+            ),
+            disks: members
+                .iter()
+                .map(|(p, l)| (l.disk_name.clone(), p.clone()))
+                .collect(),
+        });
+    }
+    out
+}
+
+/// The operator's way out of a failed group (`dg destroy --force` of it): releases
+/// every disk whose label names it (slots and disk group fields cleared). Errors
+/// name the disk.
+pub fn release_failed(g: &FailedGroup, node: &str) -> Result<(), String> {
+    let mut errors = Vec::new();
+    for (name, path) in &g.disks {
+        match ondisk::release_disk(path) {
+            Ok(_) => log::warn!(
+                "node {node}: failed disk group {}: disk {name} ({}) released by dg destroy --force",
+                g.name,
+                path.display()
+            ),
+            Err(e) => errors.push(format!("disk {name}: {e}")),
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "node {node}: failed disk group {}: cannot release every disk: {}",
+            g.name,
+            errors.join("; ")
+        ))
+    }
+}
+
+/// `disk init` (forced or not) of the disk at `path`: refused when a disk group this
+/// node knows (imported `groups`, `failed` ones) holds it, by path or by the disk id
+/// its label carries, even when the label itself is damaged. The label's own claim
+/// (a group imported on any host) is checked by `ondisk::init_disk`.
+pub fn check_unclaimed<'a>(
+    path: &Path,
+    name: &str,
+    groups: impl IntoIterator<Item = &'a DiskGroupConfig>,
+    failed: &[FailedGroup],
+) -> Result<(), String> {
+    let label_id = ondisk::read_label(path).ok().map(|l| l.disk_id);
+    let same = |p: &str| Path::new(p) == path || same_file(Path::new(p), path);
+    for g in groups {
+        if let Some(d) = g
+            .disks
+            .iter()
+            .find(|d| same(&d.path) || label_id.as_deref() == Some(d.id.as_str()))
+        {
+            return Err(format!(
+                "disk {name}: {} is disk {} of disk group {}; take it out of the group first (plexctl dg rm-disk {} {}), or destroy the group (plexctl dg destroy {})",
+                path.display(),
+                d.name,
+                g.name,
+                g.name,
+                d.name,
+                g.name
+            ));
+        }
+    }
+    if let Some(f) = failed
+        .iter()
+        .find(|f| f.disks.iter().any(|(_, p)| p == path || same_file(p, path)))
+    {
+        return Err(format!(
+            "disk {name}: {} is a disk of disk group {}, which is {}",
+            path.display(),
+            f.name,
+            f.reason
+        ));
+    }
+    Ok(())
+}
+
+/// Whether two paths name the same file (device and inode).
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
+}
+
+/// `disk list`; disks of a `failed` group say so.
+pub fn list(files: &[PathBuf], failed: &[FailedGroup]) -> Vec<DiskOut> {
     scan(files)
         .into_iter()
         .map(|(path, label)| match label {
@@ -30,12 +240,16 @@ pub fn list(files: &[PathBuf]) -> Vec<DiskOut> {
                     .as_ref()
                     .map(|g| g.name.clone())
                     .unwrap_or_default(),
-                state: if l.disk_group.is_some() {
-                    "online".into()
-                } else {
-                    "free".into()
+                state: match &l.disk_group {
+                    None => "free".into(),
+                    Some(g) => match failed.iter().find(|f| f.id == g.id) {
+                        Some(f) => f.reason.clone(),
+                        None if g.owner_id.is_empty() => "deported".into(),
+                        None => "online".into(),
+                    },
                 },
                 id: l.disk_id.clone(),
+                repairs: repairs_of(&l.disk_id),
             },
             Err(e) => DiskOut {
                 name: "-".into(),
@@ -44,6 +258,7 @@ pub fn list(files: &[PathBuf]) -> Vec<DiskOut> {
                 dg: String::new(),
                 state: format!("error: {e}"),
                 id: String::new(),
+                repairs: 0,
             },
         })
         .collect()
@@ -51,17 +266,31 @@ pub fn list(files: &[PathBuf]) -> Vec<DiskOut> {
 
 /// The free (in no disk group) initialised disk called `name`.
 pub fn find_free_disk(files: &[PathBuf], name: &str, node: &str) -> Result<Disk, String> {
-    let found: Vec<Disk> = scan(files)
+    let labelled: Vec<(PathBuf, Label)> = scan(files)
         .into_iter()
         .filter_map(|(p, l)| l.ok().map(|l| (p, l)))
-        .filter(|(_, l)| l.disk_name == name && l.disk_group.is_none())
-        .map(|(p, l)| l.disk_record(&p))
+        .filter(|(_, l)| l.disk_name == name)
+        .collect();
+    let found: Vec<Disk> = labelled
+        .iter()
+        .filter(|(_, l)| l.disk_group.is_none())
+        .map(|(p, l)| l.disk_record(p))
         .collect();
     match found.len() {
         1 => Ok(found.into_iter().next().unwrap_or_else(|| unreachable!())),
-        0 => Err(format!(
-            "node {node}: disk {name}: no free initialised disk of that name on the disk paths (plexctl disk init PATH --name {name})"
-        )),
+        0 => match labelled.iter().find_map(|(p, l)| l.disk_group.as_ref().map(|g| (p, g))) {
+            // The disk exists but a group holds it: never suggest `disk init`.
+            Some((path, g)) => Err(format!(
+                "node {node}: disk {name} ({}) is in disk group {}{}: take it out of that group first (plexctl dg rm-disk {} {name})",
+                path.display(),
+                g.name,
+                if g.owner_id.is_empty() { " (deported)" } else { "" },
+                g.name
+            )),
+            None => Err(format!(
+                "node {node}: disk {name}: no free initialised disk of that name on the disk paths (plexctl disk init PATH --name {name})"
+            )),
+        },
         n => Err(format!(
             "node {node}: disk {name}: {n} free disks carry that name; re-initialise one with another name"
         )),
@@ -157,26 +386,50 @@ pub fn read_shared(
     }))
 }
 
-/// Carries out a change's disk updates, written by transaction `txn`.
-pub fn write_updates(updates: &[DiskUpdate], txn: u64) -> Result<(), String> {
+/// Carries out a change's disk updates, written by transaction `txn` on node `node`,
+/// finding the disks by id on `files` (the node's `disk_paths`). Every damaged copy a
+/// write replaces is logged (node, disk, what) and counted ([`repairs_of`]).
+pub fn write_updates(
+    updates: &[DiskUpdate],
+    txn: u64,
+    node: &str,
+    files: &[PathBuf],
+) -> Result<(), String> {
     let mut errors = Vec::new();
+    let local = LocalDisks::scan(files);
     for u in updates {
         match u {
-            DiskUpdate::WriteConfig(dg) => match ondisk::write_config(&dg.disk_paths(), dg, txn) {
-                Ok(report) => {
-                    for (path, e) in &report.failed {
-                        log::error!(
-                            "disk group {}: seq {} not written to {}: {e}",
+            DiskUpdate::WriteConfig(dg) => {
+                match ondisk::write_config(&local.localize(dg).disk_paths(), dg, txn) {
+                    Ok(report) => {
+                        for (path, disk_id, what) in &report.repaired {
+                            let name = dg
+                                .disks
+                                .iter()
+                                .find(|d| d.id == *disk_id)
+                                .map(|d| d.name.as_str())
+                                .unwrap_or("?");
+                            log::warn!(
+                            "node {node}: disk group {}: disk {name} ({}): repaired a damaged {what}",
                             dg.name,
-                            dg.seq,
                             path.display()
                         );
+                            count_repair(disk_id);
+                        }
+                        for (path, e) in &report.failed {
+                            log::error!(
+                                "disk group {}: seq {} not written to {}: {e}",
+                                dg.name,
+                                dg.seq,
+                                path.display()
+                            );
+                        }
                     }
+                    Err(e) => errors.push(e.to_string()),
                 }
-                Err(e) => errors.push(e.to_string()),
-            },
+            }
             DiskUpdate::Release(disk) => {
-                if let Err(e) = ondisk::release_disk(Path::new(&disk.path)) {
+                if let Err(e) = ondisk::release_disk(&local.path_of(disk)) {
                     log::error!("disk {}: cannot release it: {e}", disk.name);
                 }
             }
@@ -189,14 +442,23 @@ pub fn write_updates(updates: &[DiskUpdate], txn: u64) -> Result<(), String> {
     }
 }
 
-/// Writes the core's record ([`crate::core::Action::WriteDisks`]).
-pub fn write_record(record: &DiskRecord<SharedConfig>) -> Result<(), String> {
-    write_updates(&record.config.updates, disk_txn(record.txn))
+/// Writes the core's record ([`crate::core::Action::WriteDisks`]) on node `node`,
+/// whose disks are `files`.
+pub fn write_record(
+    record: &DiskRecord<SharedConfig>,
+    node: &str,
+    files: &[PathBuf],
+) -> Result<(), String> {
+    write_updates(&record.config.updates, disk_txn(record.txn), node, files)
 }
 
 /// A slave's (and the master's) local checks of a change: no private disk group of
-/// the same name; every new disk opens here and carries the expected label.
-pub fn local_check(change: &Change, private: &ClusterConfig) -> Result<(), String> {
+/// the same name; every new disk is found here (by id on `files`) and opens.
+pub fn local_check(
+    change: &Change,
+    private: &ClusterConfig,
+    files: &[PathBuf],
+) -> Result<(), String> {
     if let Change::DgCreate {
         dg, shared: true, ..
     } = change
@@ -218,20 +480,27 @@ pub fn local_check(change: &Change, private: &ClusterConfig) -> Result<(), Strin
             ));
         }
     }
+    let local = LocalDisks::scan(files);
     for d in change.new_disks() {
-        check_disk(d)?;
+        check_disk(d, &local)?;
     }
     Ok(())
 }
 
-/// Opens a disk and checks its label is the one the configuration records.
-pub fn check_disk(d: &Disk) -> Result<(), String> {
-    let label = ondisk::read_label(Path::new(&d.path))
-        .map_err(|e| format!("cannot find disk {}: {e}", d.name))?;
+/// Finds a disk on this node (by id, see [`LocalDisks`]), opens it and checks its
+/// label is the one the configuration records.
+pub fn check_disk(d: &Disk, local: &LocalDisks) -> Result<(), String> {
+    let path = local.path_of(d);
+    let label =
+        ondisk::read_label(&path).map_err(|e| format!("cannot find disk {}: {e}", d.name))?;
     if label.disk_id != d.id {
         return Err(format!(
-            "cannot find disk {}: {} holds disk {} (id {}), not id {}",
-            d.name, d.path, label.disk_name, label.disk_id, d.id
+            "cannot find disk {}: {} holds disk {} (id {}), not id {}, and no disk of that id is on the disk paths",
+            d.name,
+            path.display(),
+            label.disk_name,
+            label.disk_id,
+            d.id
         ));
     }
     Ok(())
@@ -251,7 +520,7 @@ mod tests {
             public_offset_bytes: 0,
             public_len_bytes: 0,
         };
-        let e = check_disk(&d).unwrap_err();
+        let e = check_disk(&d, &LocalDisks::default()).unwrap_err();
         assert!(e.starts_with("cannot find disk d9"), "{e}");
     }
 
@@ -275,7 +544,7 @@ mod tests {
             disks: Vec::new(),
         };
         assert_eq!(
-            local_check(&change, &private).unwrap_err(),
+            local_check(&change, &private, &[]).unwrap_err(),
             "disk group dg1 exists as a private disk group"
         );
     }

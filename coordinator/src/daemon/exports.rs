@@ -18,7 +18,7 @@ use plexd_target::api::KernelClient;
 use plexd_target::frontend::iscsi::{LunConfig, TargetNodeConfig};
 
 use super::kernel::volume_bdev;
-use crate::objects::{DiskGroupConfig, Export, ExportProtocol};
+use crate::objects::{Change, DiskGroupConfig, Export, ExportProtocol};
 
 /// Alias prefix of the iSCSI targets plexd creates.
 pub const ALIAS_PREFIX: &str = "plexd:";
@@ -198,11 +198,81 @@ pub fn check(k: &KernelClient, portal: &str) -> Result<(), String> {
         .map_err(|e| format!("iscsi portal {portal}: cannot listen: {e}"))
 }
 
+/// The volumes a change would take away from hosts on this node (`dg destroy`,
+/// `dg deport`, `vol rm`): their bdev names with the volume names, given the
+/// node's group configuration `g` (the group the change is about).
+pub fn volumes_taken_away(change: &Change, g: &DiskGroupConfig) -> Vec<(String, String)> {
+    match change {
+        Change::DgDestroy { .. } | Change::DgDeport { .. } => g
+            .volumes
+            .iter()
+            .map(|v| (volume_bdev(&g.name, &v.name), v.name.clone()))
+            .collect(),
+        Change::VolRm { volume, .. } => vec![(volume_bdev(&g.name, volume), volume.clone())],
+        _ => Vec::new(),
+    }
+}
+
+/// The local check of a change that takes volumes away from hosts: refused while an
+/// iSCSI session on this node's data plane is logged in to a target that maps one of
+/// `volumes` (`(bdev, volume)`), whatever `--force` says. The error names the disk
+/// group, the volume, the node, the initiator and what to do.
+pub fn check_no_sessions(
+    k: &KernelClient,
+    node: &str,
+    dg: &str,
+    volumes: &[(String, String)],
+) -> Result<(), String> {
+    if volumes.is_empty() {
+        return Ok(());
+    }
+    let targets = k
+        .iscsi_targets()
+        .map_err(|e| format!("node {node}: disk group {dg}: cannot list iSCSI targets to check for host sessions: {e}"))?;
+    let mapping: Vec<(&str, &str)> = targets
+        .iter()
+        .filter_map(|t| {
+            let volume = t.luns.iter().find_map(|l| {
+                volumes
+                    .iter()
+                    .find(|(bdev, _)| *bdev == l.bdev)
+                    .map(|(_, v)| v.as_str())
+            })?;
+            Some((t.iqn.as_str(), volume))
+        })
+        .collect();
+    if mapping.is_empty() {
+        return Ok(());
+    }
+    let sessions = k
+        .iscsi_sessions()
+        .map_err(|e| format!("node {node}: disk group {dg}: cannot list iSCSI sessions: {e}"))?;
+    let busy: Vec<_> = sessions
+        .iter()
+        .filter_map(|s| {
+            mapping
+                .iter()
+                .find(|(iqn, _)| *iqn == s.target)
+                .map(|(iqn, vol)| (s, *iqn, *vol))
+        })
+        .collect();
+    let Some((s, iqn, volume)) = busy.first() else {
+        return Ok(());
+    };
+    let more = match busy.len() {
+        1 => String::new(),
+        n => format!(" ({} more sessions)", n - 1),
+    };
+    Err(format!(
+        "node {node}: disk group {dg}: volume {volume} is in use: host {} ({}) is logged in to {iqn} on this node{more}; log the host out (iscsiadm -m node -T {iqn} --logout) and retry",
+        s.initiator, s.peer
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::objects::test_support::cluster;
-    use crate::objects::Change;
     use crate::objects::VolumeLayout;
 
     fn exported(nodes: &[&str], portal: &str) -> Vec<DiskGroupConfig> {

@@ -197,7 +197,15 @@ pub fn run(opts: Options) -> Result<(), String> {
         )
     })?;
     let (tx, rx) = mpsc::sync_channel(INPUT_QUEUE_DEPTH);
-    ctl::start(&me.address, tx.clone()).map_err(|e| format!("node {}: {e}", me.name))?;
+    let identity = transport::Identity {
+        me: me.id,
+        name: me.name.clone(),
+        cluster_id: file.cluster.id.clone(),
+        node_list: file.node_list(),
+    };
+    let refusals = transport::Refusals::default();
+    ctl::start(&me.address, tx.clone(), identity.clone(), refusals.clone())
+        .map_err(|e| format!("node {}: {e}", me.name))?;
     start_signal_thread(signals, tx.clone());
     start_kernel_events(&kernel, tx.clone(), 0, &me.name);
     let inc = incarnation();
@@ -208,20 +216,31 @@ pub fn run(opts: Options) -> Result<(), String> {
         .map(|n| (n.id, n.address.clone()))
         .collect();
     let transport = transport::Transport::start(
-        me.id,
+        &identity,
         inc,
         peers,
         Duration::from_millis(file.cluster.heartbeat_interval_ms),
         tx.clone(),
+        refusals,
     );
     let files = file.disk_files();
     let (_, private_groups, _) = disks::discover(&files, &file.cluster.id, &me.name);
     let private = ClusterConfig {
         disk_groups: private_groups,
     };
+    let failed = disks::failed_groups(&files, &file.cluster.id, &me.name);
+    for g in &failed {
+        log::error!("node {}: disk group {} {}", me.name, g.name, g.reason);
+    }
     // Private groups come back at once; shared volumes the target still serves are
     // left alone until the cluster configuration is loaded (no I/O interruption).
-    let mut at_start = Desired::of(&private.disk_groups);
+    let local = disks::LocalDisks::scan(&files);
+    let localized: Vec<_> = private
+        .disk_groups
+        .iter()
+        .map(|g| local.localize(g))
+        .collect();
+    let mut at_start = Desired::of(&localized);
     at_start.exports = exports::desired(&private.disk_groups, &me.name, me.iscsi_portal());
     if let Err(e) = kernel.prepare(at_start, false) {
         log::error!("node {}: cannot load the private disk groups: {e}", me.name);
@@ -265,6 +284,7 @@ pub fn run(opts: Options) -> Result<(), String> {
         kernel_epoch: 0,
         kernel_lost: None,
         timer: None,
+        failed,
     };
     d.main_loop(rx);
     log::info!("plexd: node {} stopped", d.name);
@@ -396,8 +416,8 @@ struct KernelLost {
 
 /// Whom to answer when the core replies to a request.
 enum Pending {
-    /// A ctl client.
-    Client(smol::channel::Sender<CtlReply>),
+    /// A ctl client, and the change it asked for (to say what was done).
+    Client(smol::channel::Sender<CtlReply>, Box<Change>),
     /// A plex I/O error event.
     PlexError { volume: String, plex: String },
     /// The end of a resync (SetPlexState ACTIVE).
@@ -439,6 +459,9 @@ struct Daemon {
     kernel_lost: Option<KernelLost>,
     /// Phase timings of the transaction this node runs as master (see [`TxnTimer`]).
     timer: Option<TxnTimer>,
+    /// Disk groups of this cluster or node whose configuration no disk holds
+    /// readable (read at start and whenever this node reads the disks).
+    failed: Vec<disks::FailedGroup>,
 }
 
 /// Where a transaction this node runs as master spends its time, from the
@@ -896,13 +919,20 @@ impl Daemon {
         self.desired_of(&[], &self.private.disk_groups)
     }
 
-    /// The bdevs, volumes and this node's exports of `shared` and `private` groups.
+    /// The bdevs, volumes and this node's exports of `shared` and `private` groups,
+    /// each disk opened where this node finds it (by id, [`disks::LocalDisks`]).
     fn desired_of(
         &self,
         shared: &[objects::DiskGroupConfig],
         private: &[objects::DiskGroupConfig],
     ) -> Desired {
-        let mut d = Desired::of(shared.iter().chain(private.iter()));
+        let local = disks::LocalDisks::scan(&self.file.disk_files());
+        let groups: Vec<objects::DiskGroupConfig> = shared
+            .iter()
+            .chain(private.iter())
+            .map(|g| local.localize(g))
+            .collect();
+        let mut d = Desired::of(groups.iter());
         d.exports = exports::desired(
             shared.iter().chain(private.iter()),
             &self.name,
@@ -920,8 +950,13 @@ impl Daemon {
     }
 
     /// The local check of a change beyond the disks: an export this node would
-    /// serve needs a portal it can listen on.
+    /// serve needs a portal it can listen on; a change that takes volumes away
+    /// from hosts is refused while a host session on this node uses one.
     fn check_export(&self, change: &Change) -> Result<(), String> {
+        if let Some(g) = self.group(change.dg_name()) {
+            let volumes = exports::volumes_taken_away(change, g);
+            exports::check_no_sessions(self.kernel.client(), &self.name, &g.name, &volumes)?;
+        }
         let Change::VolExport { export, .. } = change else {
             return Ok(());
         };
@@ -943,7 +978,7 @@ impl Daemon {
                 None
             }
             Action::LocalCheck { txn, change } => {
-                let result = disks::local_check(&change, &self.private)
+                let result = disks::local_check(&change, &self.private, &self.file.disk_files())
                     .and_then(|()| self.check_export(&change));
                 if let Err(e) = &result {
                     log::warn!(
@@ -1013,7 +1048,7 @@ impl Daemon {
                 Some(Event::KernelLoaded { result })
             }
             Action::WriteDisks { record } => {
-                let result = disks::write_record(&record);
+                let result = disks::write_record(&record, &self.name, &self.file.disk_files());
                 if let Err(e) = &result {
                     log::error!(
                         "node {}: transaction {}: disk write failed: {e}",
@@ -1034,6 +1069,7 @@ impl Daemon {
                 }
                 let files = self.file.disk_files();
                 let result = disks::read_shared(&files, &self.file.cluster.id, &self.name, &known);
+                self.refresh_failed();
                 Some(Event::DisksRead { result })
             }
             Action::CheckDiskAccess { disks: names } => {
@@ -1103,6 +1139,7 @@ impl Daemon {
         let Some(offered) = &self.offered else {
             return names.first().cloned();
         };
+        let local = disks::LocalDisks::scan(&self.file.disk_files());
         for name in names {
             let disk = offered
                 .groups
@@ -1111,7 +1148,7 @@ impl Daemon {
                 .find(|d| &d.name == name);
             match disk {
                 Some(d) => {
-                    if let Err(e) = disks::check_disk(d) {
+                    if let Err(e) = disks::check_disk(d, &local) {
                         log::error!("node {}: {e}", self.name);
                         return Some(name.clone());
                     }
@@ -1124,8 +1161,12 @@ impl Daemon {
 
     fn on_reply(&mut self, request: RequestId, result: Result<(), String>) {
         match self.pending.remove(&request) {
-            Some(Pending::Client(tx)) => {
-                let _ = tx.try_send(CtlReply::Done(result));
+            Some(Pending::Client(tx, change)) => {
+                let answer = match result {
+                    Ok(()) => CtlReply::Changed(self.describe(&change)),
+                    Err(e) => CtlReply::Done(Err(e)),
+                };
+                let _ = tx.try_send(answer);
             }
             Some(Pending::PlexError { volume, plex }) => match result {
                 Ok(()) => log::warn!(
@@ -1220,19 +1261,34 @@ impl Daemon {
                         return;
                     }
                 };
-                if self.is_private(&change) {
-                    CtlReply::Done(self.private_change(&change))
+                if let Some(answer) = self.destroy_failed(&change) {
+                    answer
+                } else if self.is_private(&change) {
+                    match self.private_change(&change) {
+                        Ok(()) => CtlReply::Changed(self.describe(&change)),
+                        Err(e) => CtlReply::Done(Err(e)),
+                    }
                 } else {
                     let request = self.request_id();
-                    self.pending.insert(request, Pending::Client(reply));
+                    self.pending
+                        .insert(request, Pending::Client(reply, Box::new(change.clone())));
                     self.feed(Event::ClientRequest { request, change });
                     return;
                 }
             }
-            CtlCall::ClusterStatus => CtlReply::Status(self.status()),
-            CtlCall::Print(dg) => self.print(&dg),
+            CtlCall::ClusterStatus => {
+                self.prune_failed();
+                CtlReply::Status(self.status())
+            }
+            CtlCall::Print(dg) => {
+                self.prune_failed();
+                self.print(&dg)
+            }
             CtlCall::DiskInit { path, name, force } => self.disk_init(&path, &name, force),
-            CtlCall::DiskList => CtlReply::Disks(disks::list(&self.file.disk_files())),
+            CtlCall::DiskList => {
+                self.refresh_failed();
+                CtlReply::Disks(disks::list(&self.file.disk_files(), &self.failed))
+            }
             CtlCall::TaskList => {
                 let master = self
                     .node
@@ -1273,13 +1329,14 @@ impl Daemon {
     }
 
     /// Turns a plexctl command into a change: disks by media name, defaults.
-    fn resolve(&self, c: CtlChange) -> Result<Change, String> {
+    fn resolve(&mut self, c: CtlChange) -> Result<Change, String> {
         let files = self.file.disk_files();
+        let (cluster_id, me) = (self.file.cluster.id.clone(), self.name.clone());
         let owner = |shared: bool| {
             if shared {
-                self.file.cluster.id.clone()
+                cluster_id.clone()
             } else {
-                self.name.clone()
+                me.clone()
             }
         };
         Ok(match c {
@@ -1291,6 +1348,7 @@ impl Daemon {
                 if names.is_empty() {
                     return Err(self.err(format!("disk group {dg}: needs at least one disk")));
                 }
+                self.check_name_free(&dg)?;
                 let mut list = Vec::new();
                 for n in &names {
                     list.push(disks::find_free_disk(&files, n, &self.name)?);
@@ -1311,13 +1369,14 @@ impl Daemon {
                 dg,
             },
             CtlChange::DgRmDisk { dg, disk } => Change::DgRmDisk { dg, disk },
-            CtlChange::DgDestroy(dg) => Change::DgDestroy { dg },
-            CtlChange::DgDeport(dg) => Change::DgDeport { dg },
+            CtlChange::DgDestroy { dg, force } => Change::DgDestroy { dg, force },
+            CtlChange::DgDeport { dg, force } => Change::DgDeport { dg, force },
             CtlChange::DgImport { dg, shared } => {
                 if self.private.disk_group(&dg).is_some() || self.node.config().group(&dg).is_some()
                 {
                     return Err(self.err(format!("disk group {dg} is already imported")));
                 }
+                self.check_name_free(&dg)?;
                 let (_, _, all) = disks::discover(&files, &self.file.cluster.id, &self.name);
                 let found: Vec<_> = all.into_iter().filter(|g| g.name == dg).collect();
                 let config = match found.len() {
@@ -1389,7 +1448,32 @@ impl Daemon {
                 volume,
                 new_size_bytes,
                 grow,
+                relative,
             } => {
+                let new_size_bytes = if relative {
+                    let current = self
+                        .group(&dg)
+                        .and_then(|g| g.volume(&volume))
+                        .map(|v| v.size_bytes)
+                        .ok_or_else(|| {
+                            self.err(format!("volume {volume} does not exist in disk group {dg}"))
+                        })?;
+                    let new = if grow {
+                        current.checked_add(new_size_bytes)
+                    } else {
+                        current.checked_sub(new_size_bytes).filter(|&n| n > 0)
+                    };
+                    new.ok_or_else(|| {
+                        self.err(format!(
+                            "volume {volume} of disk group {dg}: cannot {} {} by {}",
+                            if grow { "grow" } else { "shrink" },
+                            crate::size::format_size(current),
+                            crate::size::format_size(new_size_bytes)
+                        ))
+                    })?
+                } else {
+                    new_size_bytes
+                };
                 if grow {
                     Change::VolGrow {
                         dg,
@@ -1484,12 +1568,96 @@ impl Daemon {
                     .unwrap_or(PlexLayout::Concat);
                 Change::PlexAdd { dg, volume, layout }
             }
-            CtlChange::Plex { dg, plex, op } => match op {
+            CtlChange::Plex {
+                dg,
+                plex,
+                op,
+                force,
+            } => match op {
                 PlexOp::Detach => Change::PlexDetach { dg, plex },
                 PlexOp::Attach => Change::PlexAttach { dg, plex },
-                PlexOp::Rm => Change::PlexRm { dg, plex },
+                PlexOp::Rm => Change::PlexRm { dg, plex, force },
             },
         })
+    }
+
+    /// `dg create` / `dg import` of `dg`: the name is taken by an imported group or
+    /// by a failed one (read again from the disks now).
+    fn check_name_free(&mut self, dg: &str) -> Result<(), String> {
+        if let Some(g) = self.group(dg) {
+            return Err(self.err(format!(
+                "disk group {dg} already exists ({} disk group, {} disks, {} volumes)",
+                if g.shared { "a shared" } else { "a private" },
+                g.disks.len(),
+                g.volumes.len()
+            )));
+        }
+        self.refresh_failed();
+        if let Some(f) = self.failed.iter().find(|f| f.name == dg) {
+            return Err(self.err(format!("disk group {dg} exists and is {}", f.reason)));
+        }
+        Ok(())
+    }
+
+    /// Reads the failed disk groups from the disks again.
+    fn refresh_failed(&mut self) {
+        let files = self.file.disk_files();
+        let now = disks::failed_groups(&files, &self.file.cluster.id, &self.name);
+        for g in now.iter().filter(|g| !self.failed.contains(g)) {
+            log::error!("node {}: disk group {} {}", self.name, g.name, g.reason);
+        }
+        self.failed = now;
+    }
+
+    /// Drops the failed groups that are no longer failed (released, repaired): a
+    /// read for `print` and `cluster status` that never adds one (a group being
+    /// destroyed at that moment is not reported failed).
+    fn prune_failed(&mut self) {
+        if self.failed.is_empty() {
+            return;
+        }
+        let files = self.file.disk_files();
+        let now = disks::failed_groups(&files, &self.file.cluster.id, &self.name);
+        self.failed.retain(|g| now.iter().any(|n| n.id == g.id));
+    }
+
+    /// `dg destroy DG --force` of a failed group (not imported, configuration
+    /// unreadable): releases its disks on this node. `None` for any other change.
+    fn destroy_failed(&mut self, change: &Change) -> Option<CtlReply> {
+        let Change::DgDestroy { dg, force } = change else {
+            return None;
+        };
+        if self.group(dg).is_some() {
+            return None;
+        }
+        self.refresh_failed();
+        let g = self.failed.iter().find(|g| g.name == *dg)?.clone();
+        if !force {
+            return Some(CtlReply::Done(Err(
+                self.err(format!("disk group {dg} is {}", g.reason))
+            )));
+        }
+        let result = disks::release_failed(&g, &self.name);
+        self.refresh_failed();
+        Some(match result {
+            Ok(()) => CtlReply::Changed(format!(
+                "failed disk group {dg} destroyed: disks {} released",
+                g.disks
+                    .iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            Err(e) => {
+                log::error!("{e}");
+                CtlReply::Done(Err(e))
+            }
+        })
+    }
+
+    /// What a committed change did, for plexctl.
+    fn describe(&self, change: &Change) -> String {
+        objects::describe(change, self.group(change.dg_name()))
     }
 
     fn group(&self, name: &str) -> Option<&objects::DiskGroupConfig> {
@@ -1504,7 +1672,8 @@ impl Daemon {
         let before = self.private.clone();
         let after = objects::apply(&before, change).map_err(|e| self.err(e))?;
         let updates = change.disk_updates(&before, &after);
-        disks::local_check(change, &ClusterConfig::default()).map_err(|e| self.err(e))?;
+        disks::local_check(change, &ClusterConfig::default(), &self.file.disk_files())
+            .map_err(|e| self.err(e))?;
         self.check_export(change)?;
         let desired = self.desired_of(&self.node.config().groups, &after.disk_groups);
         self.fences
@@ -1516,7 +1685,7 @@ impl Daemon {
             return Err(e);
         }
         let txn = incarnation();
-        if let Err(e) = disks::write_updates(&updates, txn) {
+        if let Err(e) = disks::write_updates(&updates, txn, &self.name, &self.file.disk_files()) {
             self.kernel.abort();
             let e = self.err(e);
             log::error!("{e}");
@@ -1546,6 +1715,7 @@ impl Daemon {
                 .unwrap_or_default(),
             view: view.as_ref().map(|v| v.id).unwrap_or(0),
             nodes: Vec::new(),
+            failed_groups: self.failed.iter().map(|g| g.line()).collect(),
         };
         for n in &self.file.nodes {
             let member = view.as_ref().is_some_and(|v| v.contains(n.id));
@@ -1563,6 +1733,8 @@ impl Daemon {
                 if let Some(r) = &st.last_reason {
                     reason = r.clone();
                 }
+            } else if let Some(r) = self.transport.refused(n.id) {
+                reason = r;
             }
             out.nodes.push(NodeStatusOut {
                 name: n.name.clone(),
@@ -1586,12 +1758,17 @@ impl Daemon {
             .filter(|g| dg.is_empty() || g.name == dg)
             .collect();
         groups.sort_by(|a, b| a.name.cmp(&b.name));
-        if !dg.is_empty() && groups.is_empty() {
+        let failed: Vec<&disks::FailedGroup> = self
+            .failed
+            .iter()
+            .filter(|g| dg.is_empty() || g.name == dg)
+            .collect();
+        if !dg.is_empty() && groups.is_empty() && failed.is_empty() {
             return CtlReply::Error(self.err(format!("disk group {dg} does not exist")));
         }
         CtlReply::Print {
-            json: print::json(&groups),
-            text: print::text(&groups),
+            json: print::json_with_failed(&groups, &failed),
+            text: print::text_with_failed(&groups, &failed),
         }
     }
 
@@ -1605,6 +1782,17 @@ impl Daemon {
         } else {
             name.to_string()
         };
+        let groups = self
+            .node
+            .config()
+            .groups
+            .iter()
+            .chain(self.private.disk_groups.iter());
+        if let Err(e) = disks::check_unclaimed(p, &name, groups, &self.failed) {
+            let e = self.err(e);
+            log::warn!("{e}");
+            return CtlReply::Error(e);
+        }
         let opts = crate::ondisk::InitOptions {
             force,
             ..Default::default()
@@ -1619,6 +1807,7 @@ impl Daemon {
                     dg: String::new(),
                     state: "free".into(),
                     id: l.disk_id,
+                    repairs: 0,
                 })
             }
             Err(e) => {

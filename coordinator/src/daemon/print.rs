@@ -10,12 +10,26 @@
 
 use serde::Serialize;
 
+use super::disks::FailedGroup;
 use crate::objects::{DiskGroupConfig, PlexLayout, ReadPolicy};
 use crate::size::format_size;
 
 #[derive(Serialize)]
 struct Out<'a> {
     disk_groups: Vec<Dg<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    failed_disk_groups: Vec<Failed<'a>>,
+}
+
+/// A failed disk group (`disks::FailedGroup`): name, id, kind, reason, disks.
+#[derive(Serialize)]
+struct Failed<'a> {
+    name: &'a str,
+    id: &'a str,
+    shared: bool,
+    state: &'static str,
+    reason: &'a str,
+    disks: Vec<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -97,7 +111,24 @@ fn layout(l: PlexLayout) -> (&'static str, u32, u64) {
 
 /// The JSON document.
 pub fn json(groups: &[&DiskGroupConfig]) -> String {
+    json_with_failed(groups, &[])
+}
+
+/// The JSON document with the failed disk groups (`failed_disk_groups`, left out
+/// when there are none).
+pub fn json_with_failed(groups: &[&DiskGroupConfig], failed: &[&FailedGroup]) -> String {
     let out = Out {
+        failed_disk_groups: failed
+            .iter()
+            .map(|f| Failed {
+                name: &f.name,
+                id: &f.id,
+                shared: f.shared,
+                state: "failed",
+                reason: &f.reason,
+                disks: f.disks.iter().map(|(n, _)| n.as_str()).collect(),
+            })
+            .collect(),
         disk_groups: groups
             .iter()
             .map(|g| Dg {
@@ -172,6 +203,28 @@ pub fn json(groups: &[&DiskGroupConfig]) -> String {
 
 /// The text tree: `dg`, `dm`, `v`, `pl`, `sd` lines.
 pub fn text(groups: &[&DiskGroupConfig]) -> String {
+    text_with_failed(groups, &[])
+}
+
+/// The text tree, then one `dg NAME FAILED` line (with its disks and the reason) per
+/// failed disk group.
+pub fn text_with_failed(groups: &[&DiskGroupConfig], failed: &[&FailedGroup]) -> String {
+    let mut s = tree(groups);
+    for f in failed {
+        let kind = if f.shared { "shared" } else { "private" };
+        s.push('\n');
+        s.push_str(&format!(
+            "dg {:<12} {:<8} FAILED {}\n",
+            f.name, kind, f.reason
+        ));
+        for (name, path) in &f.disks {
+            s.push_str(&format!("dm {:<12} {}\n", name, path.display()));
+        }
+    }
+    s
+}
+
+fn tree(groups: &[&DiskGroupConfig]) -> String {
     let mut s = String::new();
     s.push_str("DG NAME         KIND     SEQ    OWNER\n");
     s.push_str("DM NAME         DEVICE                               LENGTH\n");

@@ -5,6 +5,12 @@
 //! unreachable its queued messages are dropped (as a lost network would), and the
 //! thread reconnects with a backoff from [`BACKOFF_MIN`] to [`BACKOFF_MAX`]. An
 //! established connection that breaks is reported once as `ConnectionLost`.
+//!
+//! Every connection starts with a handshake (`Peer.hello`): both nodes compare their
+//! cluster id and node list ([`Identity`]). On a mismatch neither side delivers a
+//! message over it: the peer is refused (logged once per reason, naming both nodes
+//! and the differing value, and shown by `cluster status` through [`Refusals`]), as
+//! if unreachable, and the sender retries at its longest backoff.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -12,6 +18,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use capnp_rpc::{rpc_twoparty_capnp, twoparty, RpcSystem};
@@ -36,10 +43,78 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long one `deliver` call may take before the connection is declared broken.
 pub const DELIVER_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What the handshake compares: this node's id, name, cluster id and node list
+/// ([`super::config::ClusterFile::node_list`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// This node's id.
+    pub me: NodeId,
+    /// This node's name.
+    pub name: String,
+    /// The cluster file's `id`.
+    pub cluster_id: String,
+    /// The cluster file's node list.
+    pub node_list: String,
+}
+
+impl Identity {
+    /// Why a peer that says `(cluster_id, node_list)` is refused, or `None` when it
+    /// belongs to this cluster as configured here.
+    pub fn mismatch(&self, cluster_id: &str, node_list: &str) -> Option<String> {
+        if cluster_id != self.cluster_id {
+            return Some(format!(
+                "cluster id {cluster_id:?} there, {:?} here",
+                self.cluster_id
+            ));
+        }
+        if node_list != self.node_list {
+            return Some(format!(
+                "the node lists differ: {}",
+                super::config::node_list_difference(&self.node_list, node_list)
+            ));
+        }
+        None
+    }
+}
+
+/// Peers refused by the handshake (either side), with the reason; shared by the
+/// transport, the server and `cluster status`. At most [`MAX_REFUSALS`] entries (a
+/// caller names its own id, which may be any number).
+#[derive(Debug, Clone, Default)]
+pub struct Refusals(Arc<Mutex<BTreeMap<NodeId, String>>>);
+
+/// Most refused peers remembered (a cluster file's most nodes).
+pub const MAX_REFUSALS: usize = super::config::MAX_NODES;
+
+impl Refusals {
+    /// Records that `peer` is refused for `reason`; true when the reason is new (log
+    /// it). Once [`MAX_REFUSALS`] peers are recorded, others are not (nor logged).
+    pub fn set(&self, peer: NodeId, reason: String) -> bool {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= MAX_REFUSALS && !map.contains_key(&peer) {
+            return false;
+        }
+        map.insert(peer, reason.clone()).as_deref() != Some(reason.as_str())
+    }
+
+    /// `peer` passed a handshake: true when it was refused before.
+    pub fn clear(&self, peer: NodeId) -> bool {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(&peer).is_some()
+    }
+
+    /// Why `peer` is refused, if it is.
+    pub fn get(&self, peer: NodeId) -> Option<String> {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&peer).cloned()
+    }
+}
+
 /// The outgoing side of the transport.
 pub struct Transport {
     me: NodeId,
     peers: BTreeMap<NodeId, PeerHandle>,
+    refusals: Refusals,
 }
 
 struct PeerHandle {
@@ -51,12 +126,14 @@ impl Transport {
     /// Starts a sender thread for every peer in `peers` (id, address); reconnects
     /// back off up to `max_backoff` (at most [`BACKOFF_MAX`]).
     pub fn start(
-        me: NodeId,
+        identity: &Identity,
         incarnation: u64,
         peers: Vec<(NodeId, String)>,
         max_backoff: Duration,
         inputs: SyncSender<Input>,
+        refusals: Refusals,
     ) -> Transport {
+        let me = identity.me;
         let max_backoff = max_backoff.clamp(BACKOFF_MIN, BACKOFF_MAX);
         let mut map = BTreeMap::new();
         for (id, address) in peers {
@@ -64,11 +141,16 @@ impl Transport {
             let inputs = inputs.clone();
             let kick = Arc::new(AtomicBool::new(false));
             let k2 = Arc::clone(&kick);
+            let link = Link {
+                identity: identity.clone(),
+                incarnation,
+                peer: id,
+                address,
+                refusals: refusals.clone(),
+            };
             let spawned = std::thread::Builder::new()
                 .name(format!("peer-{id}"))
-                .spawn(move || {
-                    peer_thread(me, incarnation, id, address, rx, inputs, max_backoff, k2)
-                });
+                .spawn(move || peer_thread(link, rx, inputs, max_backoff, k2));
             match spawned {
                 Ok(_) => {
                     map.insert(id, PeerHandle { tx, kick });
@@ -76,7 +158,16 @@ impl Transport {
                 Err(e) => log::error!("transport: cannot start the thread for node {id}: {e}"),
             }
         }
-        Transport { me, peers: map }
+        Transport {
+            me,
+            peers: map,
+            refusals,
+        }
+    }
+
+    /// Why the handshake refused `peer` (either side), if it did.
+    pub fn refused(&self, peer: NodeId) -> Option<String> {
+        self.refusals.get(peer)
     }
 
     /// A message came in from `peer`: if its connection is backing off, retry now.
@@ -134,24 +225,40 @@ fn backoff_sleep(d: Duration, kick: &AtomicBool) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn peer_thread(
-    me: NodeId,
+/// One peer connection's fixed facts.
+struct Link {
+    identity: Identity,
     incarnation: u64,
     peer: NodeId,
     address: String,
+    refusals: Refusals,
+}
+
+/// How a connection ended.
+enum Ended {
+    /// It never delivered a message (connect or RPC failure).
+    Idle,
+    /// It delivered at least one message, then broke.
+    Delivered,
+    /// The handshake refused it.
+    Refused,
+}
+
+fn peer_thread(
+    link: Link,
     rx: smol::channel::Receiver<Vec<u8>>,
     inputs: SyncSender<Input>,
     max_backoff: Duration,
     kick: Arc<AtomicBool>,
 ) {
+    let (peer, address) = (link.peer, link.address.as_str());
     let mut backoff = BACKOFF_MIN;
     let mut logged_down = false;
     loop {
         if rx.is_closed() {
             return;
         }
-        let stream = resolve(&address)
+        let stream = resolve(address)
             .ok_or_else(|| "cannot resolve".to_string())
             .and_then(|a| {
                 TcpStream::connect_timeout(&a, CONNECT_TIMEOUT).map_err(|e| e.to_string())
@@ -173,35 +280,107 @@ fn peer_thread(
         logged_down = false;
         backoff = BACKOFF_MIN;
         log::info!("transport: connected to node {peer} ({address})");
-        let delivered = run_connection(me, incarnation, stream, &rx);
+        let ended = run_connection(&link, stream, &rx);
         if rx.is_closed() {
             return;
         }
-        if delivered {
-            log::warn!("transport: connection to node {peer} ({address}) lost");
-            if inputs.send(Input::ConnectionLost { peer }).is_err() {
-                return;
+        match ended {
+            Ended::Delivered => {
+                log::warn!("transport: connection to node {peer} ({address}) lost");
+                if inputs.send(Input::ConnectionLost { peer }).is_err() {
+                    return;
+                }
             }
+            Ended::Refused => {
+                // Messages for a refused peer are dropped, as for an unreachable one.
+                while rx.try_recv().is_ok() {}
+                backoff_sleep(max_backoff, &kick);
+                continue;
+            }
+            Ended::Idle => {}
         }
         backoff_sleep(backoff, &kick);
     }
 }
 
-/// Delivers queued messages until the connection breaks; returns whether it ever
-/// delivered one (an established connection).
-fn run_connection(
-    me: NodeId,
-    incarnation: u64,
-    stream: TcpStream,
-    rx: &smol::channel::Receiver<Vec<u8>>,
-) -> bool {
-    let Ok(stream) = Async::new(stream) else {
-        return false;
+/// The handshake's answer.
+enum Hello {
+    Accepted,
+    Refused(String),
+    Failed(String),
+}
+
+/// Calls `Peer.hello` and compares the answer with this node's identity.
+async fn hello(link: &Link, client: &peer::Client) -> Hello {
+    let mut req = client.hello_request();
+    req.get().set_from(link.identity.me);
+    req.get().set_cluster_id(link.identity.cluster_id.as_str());
+    req.get().set_node_list(link.identity.node_list.as_str());
+    let call = async {
+        let resp = req.send().promise.await.map_err(|e| e.to_string())?;
+        let r = resp.get().map_err(|e| e.to_string())?;
+        let text = |t: capnp::Result<capnp::text::Reader<'_>>| -> Result<String, String> {
+            t.map_err(|e| e.to_string())?
+                .to_string()
+                .map_err(|e| e.to_string())
+        };
+        Ok::<_, String>((
+            text(r.get_error())?,
+            text(r.get_cluster_id())?,
+            text(r.get_node_list())?,
+        ))
     };
+    let timeout = async {
+        smol::Timer::after(DELIVER_TIMEOUT).await;
+        Err("hello timed out".to_string())
+    };
+    match smol::future::or(call, timeout).await {
+        Err(e) => Hello::Failed(e),
+        Ok((error, _, _)) if !error.is_empty() => Hello::Refused(format!("refused by it: {error}")),
+        Ok((_, cluster_id, node_list)) => match link.identity.mismatch(&cluster_id, &node_list) {
+            Some(why) => Hello::Refused(format!("refused: {why}")),
+            None => Hello::Accepted,
+        },
+    }
+}
+
+/// Shakes hands, then delivers queued messages until the connection breaks.
+fn run_connection(link: &Link, stream: TcpStream, rx: &smol::channel::Receiver<Vec<u8>>) -> Ended {
+    let Ok(stream) = Async::new(stream) else {
+        return Ended::Idle;
+    };
+    let (me, incarnation, peer) = (link.identity.me, link.incarnation, link.peer);
     let ex = Rc::new(LocalExecutor::new());
     let (rpc, client) = client_connection::<peer::Client>(stream);
     let mut delivered = false;
+    let mut refused = false;
     let sender = async {
+        match hello(link, &client).await {
+            Hello::Accepted => {
+                if link.refusals.clear(peer) {
+                    log::info!(
+                        "transport: node {} and node {peer} ({}) agree on the cluster again",
+                        link.identity.name,
+                        link.address
+                    );
+                }
+            }
+            Hello::Refused(why) => {
+                if link.refusals.set(peer, why.clone()) {
+                    log::error!(
+                        "transport: node {} (id {me}) and node {peer} ({}): {why}; no messages are exchanged until the cluster files agree",
+                        link.identity.name,
+                        link.address
+                    );
+                }
+                refused = true;
+                return;
+            }
+            Hello::Failed(e) => {
+                log::debug!("transport: node {peer}: hello failed: {e}");
+                return;
+            }
+        }
         loop {
             let Ok(bytes) = rx.recv().await else {
                 return;
@@ -230,5 +409,11 @@ fn run_connection(
         }
     };
     smol::block_on(ex.run(smol::future::or(sender, conn)));
-    delivered
+    if refused {
+        Ended::Refused
+    } else if delivered {
+        Ended::Delivered
+    } else {
+        Ended::Idle
+    }
 }

@@ -282,6 +282,9 @@ pub struct WriteReport {
     pub written: Vec<(PathBuf, usize)>,
     /// Disks not written, with the reason.
     pub failed: Vec<(PathBuf, OnDiskError)>,
+    /// Damaged copies the write replaced: (disk path, disk id, what: `label copy`,
+    /// `slot 1 (<why it was invalid>)`).
+    pub repaired: Vec<(PathBuf, String, String)>,
 }
 
 impl WriteReport {
@@ -529,18 +532,42 @@ impl Label {
 /// `disk init`: writes a fresh label (new disk id, no disk group) and clears the
 /// private region. Initialising again with the same name a disk that is in no disk
 /// group returns its existing label; anything else over an existing label needs
-/// `force`.
+/// `force`. A disk whose label names an imported disk group (a non-empty owner) is
+/// refused even with `force`: take it out of its group first.
 pub fn init_disk(path: &Path, name: &str, options: InitOptions) -> Result<Label, OnDiskError> {
     let device = Device::open(path, true)?;
     validate_name("disk", name).map_err(|e| device.refused(e.to_string()))?;
     let geometry = Geometry::new(options.private_region_bytes, device.size_bytes)
         .map_err(|reason| device.refused(reason))?;
     if let Ok(existing) = device.read_label() {
+        // A disk of an imported group (shared or private, on any host) is never
+        // re-initialised, forced or not: its label and slots are the group's.
+        if let Some(g) = existing
+            .disk_group
+            .as_ref()
+            .filter(|g| !g.owner_id.is_empty())
+        {
+            return Err(device.refused(format!(
+                "disk {} is in disk group {} ({}, owner {}){}: take it out of the group first (plexctl dg rm-disk {} {}), or destroy the group (plexctl dg destroy {})",
+                existing.disk_name,
+                g.name,
+                if g.shared { "shared" } else { "private" },
+                g.owner_id,
+                if options.force {
+                    "; --force re-initialises only free disks and disks of deported groups"
+                } else {
+                    ""
+                },
+                g.name,
+                existing.disk_name,
+                g.name
+            )));
+        }
         if !options.force {
             if let Some(g) = &existing.disk_group {
                 return Err(device.refused(format!(
-                    "disk {} is in disk group {}: remove it from the group first (or force)",
-                    existing.disk_name, g.name
+                    "disk {} is in deported disk group {}: import the group (plexctl dg import {}), or re-initialise the disk with --force (the group loses it)",
+                    existing.disk_name, g.name, g.name
                 )));
             }
             if existing.disk_name == name {
@@ -627,12 +654,13 @@ pub fn write_config(
     let mut report = WriteReport {
         written: Vec::new(),
         failed: Vec::new(),
+        repaired: Vec::new(),
     };
     // Disks are written in parallel (at most MAX_PARALLEL_WRITES at a time: the
     // first of each batch on this thread, every other on a thread of its own): the
     // commit waits for the slowest fdatasync, not their sum.
     for chunk in paths.chunks(MAX_PARALLEL_WRITES) {
-        let results: Vec<Result<usize, OnDiskError>> = std::thread::scope(|scope| {
+        let results: Vec<Result<Written, OnDiskError>> = std::thread::scope(|scope| {
             let handles: Vec<_> = chunk
                 .iter()
                 .skip(1)
@@ -652,7 +680,14 @@ pub fn write_config(
         });
         for (path, result) in chunk.iter().zip(results) {
             match result {
-                Ok(slot) => report.written.push((path.clone(), slot)),
+                Ok(w) => {
+                    report.written.push((path.clone(), w.slot));
+                    for what in w.repaired {
+                        report
+                            .repaired
+                            .push((path.clone(), w.disk_id.clone(), what));
+                    }
+                }
                 Err(e) => report.failed.push((path.clone(), e)),
             }
         }
@@ -673,12 +708,20 @@ pub fn write_config(
     Ok(report)
 }
 
+/// What [`write_one`] did on one disk.
+struct Written {
+    slot: usize,
+    disk_id: String,
+    /// Damaged copies replaced.
+    repaired: Vec<String>,
+}
+
 fn write_one(
     path: &Path,
     config: &DiskGroupConfig,
     payload: &[u8],
     txn_id: u64,
-) -> Result<usize, OnDiskError> {
+) -> Result<Written, OnDiskError> {
     let device = Device::open(path, true)?;
     let (mut label, label_intact) = device.read_label_copies()?;
     if !config.disks.iter().any(|d| d.id == label.disk_id) {
@@ -701,10 +744,13 @@ fn write_one(
             label.max_payload_bytes()
         )));
     }
-    let newest = (0..2)
-        .filter_map(|i| match device.read_slot(&label, i).0 {
-            SlotStatus::Valid { seq, txn_id, dg_id } if dg_id == config.id => {
-                Some((i, seq, txn_id))
+    let statuses: Vec<SlotStatus> = (0..2).map(|i| device.read_slot(&label, i).0).collect();
+    let newest = statuses
+        .iter()
+        .enumerate()
+        .filter_map(|(i, status)| match status {
+            SlotStatus::Valid { seq, txn_id, dg_id } if *dg_id == config.id => {
+                Some((i, *seq, *txn_id))
             }
             _ => None,
         })
@@ -740,6 +786,10 @@ fn write_one(
     let what = format!("slot {target}");
     device.write_at(label.slot_offset_bytes(target), &buf, &what)?;
     device.sync(&what)?;
+    let mut repaired = Vec::new();
+    if let Some(SlotStatus::Invalid { reason }) = statuses.get(target) {
+        repaired.push(format!("slot {target} ({reason})"));
+    }
     let wanted = Some(LabelDiskGroup {
         id: config.id.clone(),
         name: config.name.clone(),
@@ -751,8 +801,15 @@ fn write_one(
         label.disk_group = wanted;
         label.generation += 1;
         device.write_label(&label)?;
+        if !label_intact {
+            repaired.push("label copy".to_string());
+        }
     }
-    Ok(target)
+    Ok(Written {
+        slot: target,
+        disk_id: label.disk_id.clone(),
+        repaired,
+    })
 }
 
 /// Reads the disk group configuration from its disks: the newest valid slot across all

@@ -222,6 +222,20 @@ fn torn_newest_slot_falls_back_to_the_previous_configuration() {
     let report = write_config(&paths, &c2.disk_groups[0], 2).unwrap();
     assert_eq!(report.written[0].1, 1);
     assert_eq!(read_config(&paths).unwrap().config, c2.disk_groups[0]);
+    // ... and says so, per disk.
+    assert_eq!(report.repaired.len(), 2, "{:?}", report.repaired);
+    assert!(report.repaired[0].2.starts_with("slot 1 (payload checksum"));
+    // A damaged label copy is repaired (and reported) by the next write too.
+    corrupt(&paths[0], BLOCK_BYTES + 8, &[0xee; 16]);
+    let c3 = next(&c2, "v3");
+    let report = write_config(&paths, &c3.disk_groups[0], 3).unwrap();
+    let labels: Vec<_> = report
+        .repaired
+        .iter()
+        .filter(|r| r.2 == "label copy")
+        .collect();
+    assert_eq!(labels.len(), 1, "{:?}", report.repaired);
+    assert_eq!(labels[0].0, paths[0]);
 }
 
 #[test]
@@ -401,6 +415,26 @@ fn init_refuses_a_disk_in_a_group_unless_forced() {
     write_config(&paths, &c.disk_groups[0], 1).unwrap();
     let err = init_disk(&paths[0], "disk01", InitOptions::default()).unwrap_err();
     assert!(err.to_string().contains("is in disk group dg1"), "{err}");
+    assert!(!err.to_string().contains("(or force)"), "{err}");
+    // Forced: still refused while the group is imported (its label has an owner).
+    let forced = InitOptions {
+        force: true,
+        ..Default::default()
+    };
+    let err = init_disk(&paths[0], "disk01", forced)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("dg rm-disk dg1") && err.contains("--force"),
+        "{err}"
+    );
+    assert!(read_label(&paths[0]).unwrap().disk_group.is_some());
+    // A deported group's disk: refused without force, re-initialised with it.
+    write_config(&paths, &c.disk_groups[0].deported(), 2).unwrap();
+    let err = init_disk(&paths[0], "disk01", InitOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("deported"), "{err}");
+    let fresh = init_disk(&paths[0], "disk01", forced).unwrap();
+    assert!(fresh.disk_group.is_none());
 }
 
 #[test]

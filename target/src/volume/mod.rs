@@ -466,8 +466,7 @@ impl Target {
         if let Ok(b) = self.bdev(name) {
             if b.size_bytes() != layout.spec.size_bytes {
                 // The volume bdev's size follows the committed layout.
-                self.remove_bdev_entry(name);
-                let _ = self.add_bdev(Arc::new(VolumeBdev {
+                self.replace_bdev_entry(Arc::new(VolumeBdev {
                     shared: Arc::clone(&shared),
                     block_size: layout.block_size,
                     size_bytes: layout.spec.size_bytes,

@@ -1,0 +1,565 @@
+//! Administration that cannot destroy data by accident and tells the truth (issue 14):
+//! group commands against exported volumes and logged-in hosts, `disk init --force`
+//! on a disk a group holds, `dg create` of an existing group, failed disk groups,
+//! sizes, exit codes and what change commands print.
+
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use plexd_coordinator::ondisk;
+use plexd_tests::proc::run_bounded;
+use plexd_tests::{group, volume, wait_until, Cluster, ClusterOpts};
+
+const IQN: &str = "iqn.2026-11.io.plexd:test.dg1.vol1";
+const SESSION_TIMEOUT: Duration = Duration::from_secs(20);
+const TOOL_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A host logged in to a target with I/O running (libiscsi's `iscsi-perf`), killed
+/// with its process group when dropped (even when the test fails).
+struct Host(Child);
+
+impl Host {
+    fn start(portal: &str, iqn: &str, log: &std::path::Path) -> Host {
+        let out = std::fs::File::create(log).expect("iscsi-perf log");
+        let err = out.try_clone().expect("iscsi-perf log");
+        let child = Command::new("iscsi-perf")
+            .arg(format!("iscsi://{portal}/{iqn}/0"))
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0)
+            .spawn()
+            .expect("iscsi-perf (install libiscsi-bin: ci/setup)");
+        Host(child)
+    }
+
+    fn running(&mut self) -> bool {
+        matches!(self.0.try_wait(), Ok(None))
+    }
+
+    fn stop(&mut self) {
+        // SAFETY: kill(2) on the process group this test created (pgid = the child's
+        // pid); it touches no memory.
+        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The iSCSI sessions (not discovery ones) logged in to `iqn` on node `i`.
+fn sessions(c: &Cluster, i: usize, iqn: &str) -> usize {
+    c.kernel(i)
+        .iscsi_sessions()
+        .map(|s| s.iter().filter(|s| s.target == iqn).count())
+        .unwrap_or(0)
+}
+
+/// Whether `iqn` is served on `portal` (iscsi-inq answers).
+fn served(portal: &str, iqn: &str) -> bool {
+    let url = format!("iscsi://{portal}/{iqn}/0");
+    run_bounded(Command::new("iscsi-inq").arg(&url), TOOL_TIMEOUT)
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+#[test]
+fn group_commands_refuse_an_exported_volume_and_never_cut_a_logged_in_host() {
+    let mut c = Cluster::start(3, ClusterOpts::default());
+    let m = c.master();
+    c.shared_mirror(m, "dg1", "vol1", "32M");
+    // `--node b` (how the harness reaches node b) does not change what export does:
+    // every node serves it.
+    let done = c.ctl_ok(1, "export iscsi dg1 vol1");
+    assert!(
+        done.contains("exported over iscsi") && done.contains("every node"),
+        "{done}"
+    );
+    let print = c.agreed_print();
+    let vol = volume(&print, "dg1", "vol1").expect("vol1");
+    assert_eq!(
+        vol["exports"][0]["nodes"].as_array().map(Vec::len),
+        Some(0),
+        "{vol}"
+    );
+
+    let mut host = Host::start(&c.nodes[1].iscsi_portal, IQN, &c.dir.join("iscsi-perf.log"));
+    wait_until(
+        "the host to log in on node b",
+        SESSION_TIMEOUT,
+        || match sessions(&c, 1, IQN) {
+            0 if !host.running() => panic!("iscsi-perf exited before logging in"),
+            0 => Err("no session yet".to_string()),
+            n => Ok(n),
+        },
+    );
+
+    // Exported: refused, naming the group, the volume and what to do.
+    for cmd in ["dg deport dg1", "dg destroy dg1"] {
+        let e = c.ctl_err(0, cmd);
+        assert!(
+            e.contains("disk group dg1")
+                && e.contains("volume vol1 is exported")
+                && e.contains("plexctl unexport iscsi dg1 vol1")
+                && e.contains("--force"),
+            "{cmd}: {e}"
+        );
+    }
+    // --force ends exports, but never while a host is logged in: node b refuses.
+    for cmd in ["dg deport dg1 --force", "dg destroy dg1 --force"] {
+        let e = c.ctl_err(2, cmd);
+        assert!(
+            e.contains("node b")
+                && e.contains("disk group dg1")
+                && e.contains("volume vol1 is in use")
+                && e.contains("logout"),
+            "{cmd}: {e}"
+        );
+    }
+    assert!(host.running(), "the host's I/O was cut");
+    assert_eq!(
+        c.agreed_print(),
+        print,
+        "a refused command changed the configuration"
+    );
+    assert!(sessions(&c, 1, IQN) > 0, "the host session ended");
+
+    // Once the host has logged out, --force ends the exports and destroys the group.
+    host.stop();
+    wait_until(
+        "the session on node b to end",
+        SESSION_TIMEOUT,
+        || match sessions(&c, 1, IQN) {
+            0 => Ok(()),
+            n => Err(format!("{n} sessions")),
+        },
+    );
+    let done = c.ctl_ok(0, "dg destroy dg1 --force");
+    assert!(done.contains("disk group dg1 destroyed"), "{done}");
+    c.forget_volume("dg1", "vol1");
+    let print = c.agreed_print();
+    assert!(group(&print, "dg1").is_none(), "{print}");
+    for n in &c.nodes {
+        wait_until("the export to be gone", SESSION_TIMEOUT, || {
+            if served(&n.iscsi_portal, IQN) {
+                Err(format!("still served on {}", n.iscsi_portal))
+            } else {
+                Ok(())
+            }
+        });
+    }
+    c.check_invariants();
+}
+
+#[test]
+fn disk_init_force_never_wipes_a_disk_a_group_holds() {
+    let mut c = Cluster::start(3, ClusterOpts::default());
+    let m = c.master();
+    c.shared_mirror(m, "dg1", "vol1", "16M");
+    let d0 = c.disks[0].display().to_string();
+
+    let e = c.ctl_err(2, &format!("disk init {d0} --name d0"));
+    assert!(
+        e.contains("disk group dg1") && e.contains("plexctl dg rm-disk dg1 d0"),
+        "{e}"
+    );
+    assert!(
+        !e.contains("--force") && !e.contains("or force"),
+        "the hint must not lead to --force: {e}"
+    );
+    for name in ["d0", "other"] {
+        let e = c.ctl_err(2, &format!("disk init {d0} --name {name} --force"));
+        assert!(
+            e.contains("node c")
+                && e.contains("dg1")
+                && e.contains("plexctl dg rm-disk dg1 d0")
+                && e.contains("plexctl dg destroy dg1"),
+            "{e}"
+        );
+    }
+    let label = ondisk::read_label(&c.disks[0]).expect("label of d0");
+    assert_eq!(label.disk_group.map(|g| g.name).as_deref(), Some("dg1"));
+
+    // The disk is still the group's: a restarted node finds it and rejoins.
+    c.kill_node(2);
+    c.restart_node(2);
+    c.check_invariants();
+}
+
+#[test]
+fn dg_create_of_an_existing_group_says_so() {
+    let c = Cluster::start(2, ClusterOpts::default());
+    c.ctl_ok(0, "dg create dg1 d0 d1 --shared");
+    for i in [0, 1] {
+        for cmd in ["dg create dg1 d0 d1 --shared", "dg create dg1 d2"] {
+            let e = c.ctl_err(i, cmd);
+            assert!(e.contains("disk group dg1 already exists"), "{cmd}: {e}");
+            assert!(!e.contains("disk init"), "{cmd}: a destructive hint: {e}");
+        }
+    }
+    // A disk of the group given to another group: the group is named, not disk init.
+    let e = c.ctl_err(1, "dg create dg2 d2 d0 --shared");
+    assert!(
+        e.contains("disk d0") && e.contains("is in disk group dg1"),
+        "{e}"
+    );
+    assert!(!e.contains("disk init"), "{e}");
+}
+
+/// Overwrites the header block of both configuration slots of `disk`.
+fn damage_slots(disk: &std::path::Path) {
+    use std::os::unix::fs::FileExt;
+    let label = ondisk::read_label(disk).expect("label");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(disk)
+        .expect("open disk");
+    for i in 0..2 {
+        f.write_all_at(&[0xa5; 4096], label.slot_offset_bytes(i))
+            .expect("damage slot");
+    }
+    f.sync_all().expect("sync");
+}
+
+#[test]
+fn a_group_with_every_configuration_copy_damaged_is_failed_and_keeps_its_name_and_disks() {
+    let mut c = Cluster::start(3, ClusterOpts::default());
+    c.ctl_ok(0, "dg create dg1 d0 d1 --shared");
+    c.ctl_ok(0, "vol create dg1 vol1 16M --layout mirror");
+    c.kill_all();
+    damage_slots(&c.disks[0]);
+    damage_slots(&c.disks[1]);
+    c.restart_all();
+
+    for i in 0..3 {
+        let print = c.print(i);
+        assert!(group(&print, "dg1").is_none(), "{print}");
+        let failed = &print["failed_disk_groups"][0];
+        assert_eq!(failed["name"], "dg1", "node {i}: {print}");
+        assert_eq!(failed["state"], "failed", "{print}");
+        assert!(
+            failed["reason"]
+                .as_str()
+                .unwrap_or("")
+                .contains("dg destroy dg1 --force"),
+            "{print}"
+        );
+        let text = c.ctl_ok(i, "dg list");
+        assert!(text.contains("dg1") && text.contains("FAILED"), "{text}");
+        let text = c.ctl_ok(i, "print");
+        assert!(text.contains("FAILED"), "{text}");
+        let status = c.status(i);
+        assert!(
+            status["failed_disk_groups"][0]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("dg1: failed"),
+            "{status}"
+        );
+    }
+    let disks = c.ctl_json(1, "disk list");
+    let d0 = disks["disks"]
+        .as_array()
+        .and_then(|a| a.iter().find(|d| d["name"] == "d0"))
+        .expect("d0 listed")
+        .clone();
+    assert!(
+        d0["state"].as_str().unwrap_or("").starts_with("failed"),
+        "{d0}"
+    );
+
+    // Name and disks are kept until the operator gives the group up.
+    let e = c.ctl_err(1, "dg create dg1 d2 --shared");
+    assert!(e.contains("disk group dg1 exists and is failed"), "{e}");
+    let e = c.ctl_err(1, "dg create dg2 d0 --shared");
+    assert!(e.contains("disk d0") && e.contains("dg1"), "{e}");
+    let d1 = c.disks[1].display().to_string();
+    let e = c.ctl_err(2, &format!("disk init {d1} --name d1 --force"));
+    assert!(e.contains("dg1"), "{e}");
+    let e = c.ctl_err(2, "dg destroy dg1");
+    assert!(e.contains("dg destroy dg1 --force"), "{e}");
+
+    let done = c.ctl_ok(2, "dg destroy dg1 --force");
+    assert!(done.contains("failed disk group dg1 destroyed"), "{done}");
+    for i in 0..3 {
+        let print = c.print(i);
+        assert!(
+            print.get("failed_disk_groups").is_none(),
+            "node {i}: {print}"
+        );
+    }
+    c.ctl_ok(0, "dg create dg1 d0 d1 --shared");
+    c.check_invariants();
+}
+
+#[test]
+fn sizes_exit_codes_and_what_changes_print() {
+    let c = Cluster::start(1, ClusterOpts::default());
+    c.ctl_ok(0, "dg create dg1 d0 d1 d2 --shared");
+    // Usage errors exit 2 (bad size, zero counts, one-column stripes).
+    for cmd in [
+        "vol create dg1 v1 12Q",
+        "vol create dg1 v1 0.3K",
+        "vol create dg1 v1 1M --layout mirror --mirrors 0",
+        "vol create dg1 v1 1M --layout stripe --stripe-unit 0",
+        "vol create dg1 v1 1M --layout stripe --columns 1",
+        "vol grow dg1 v1 -1M",
+        "vol shrink dg1 v1 +1M",
+    ] {
+        let out = c.ctl(0, cmd);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // What was done, with the adjustment.
+    let done = c.ctl_ok(0, "vol create dg1 v1 513 --layout mirror");
+    assert!(
+        done.contains("volume v1 created in disk group dg1: 1.0 KiB")
+            && done.contains("513 bytes asked, rounded up")
+            && done.contains("v1-01 ACTIVE concat on d")
+            && done.contains("v1-02 ACTIVE concat on d"),
+        "{done}"
+    );
+    let size = |c: &Cluster| volume(&c.print(0), "dg1", "v1").expect("v1")["size"].clone();
+    let done = c.ctl_ok(0, "vol grow dg1 v1 +1M");
+    assert!(done.contains("grown to"), "{done}");
+    assert_eq!(size(&c), 1024 + (1 << 20));
+    let done = c.ctl_ok(0, "vol shrink dg1 v1 -1M");
+    assert!(done.contains("shrunk to 1.0 KiB"), "{done}");
+    assert_eq!(size(&c), 1024);
+    // The data plane logs a resize, not a creation, for a layout change.
+    let log = std::fs::read_to_string(c.nodes[0].dir.join("plexd-target.log")).unwrap_or_default();
+    let created = log.matches("bdev dg1.v1: created").count();
+    assert_eq!(
+        created, 1,
+        "`created` logged {created} times for one volume"
+    );
+    // An ACTIVE mirror is removed only with --force.
+    let e = c.ctl_err(0, "plex rm dg1 v1-02");
+    assert!(e.contains("ACTIVE") && e.contains("--force"), "{e}");
+    let done = c.ctl_ok(0, "plex rm dg1 v1-02 --force");
+    assert!(done.contains("plex v1-02 removed"), "{done}");
+
+    // A client timeout with a clear message: plexd stopped (SIGSTOP) answers nothing.
+    let pid = c.plexd_pid(0).expect("plexd a runs") as i32;
+    // SAFETY: kill(2) with SIGSTOP/SIGCONT on a process this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let out = c.ctl(0, "--timeout 2 cluster status");
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no answer within 2 s"), "{stderr}");
+}
+
+/// Node `i`'s status line for node `name` in `plexctl --json cluster status`.
+fn node_status(c: &Cluster, i: usize, name: &str) -> serde_json::Value {
+    let s = c.status(i);
+    s["nodes"]
+        .as_array()
+        .and_then(|a| a.iter().find(|n| n["name"] == name).cloned())
+        .unwrap_or_else(|| panic!("no node {name} in {s}"))
+}
+
+#[test]
+fn a_node_with_another_cluster_file_is_refused_and_bad_files_do_not_start() {
+    let mut c = Cluster::start(3, ClusterOpts::default());
+    let text = std::fs::read_to_string(&c.cluster_file).expect("cluster file");
+    let cluster_id = format!("id = \"test-{}\"", std::process::id());
+    assert!(text.contains(&cluster_id), "{text}");
+    let variants = [
+        (
+            "other-id.toml",
+            text.replace(&cluster_id, "id = \"another-cluster\""),
+            "cluster id",
+        ),
+        (
+            "other-nodes.toml",
+            text.replace("name = \"b\"", "name = \"bb\""),
+            "node lists differ",
+        ),
+    ];
+    for (file, content, why) in variants {
+        let path = c.dir.join(file);
+        std::fs::write(&path, content).expect("write cluster file");
+        c.kill_coordinator(2);
+        c.set_cluster_file(2, Some(path));
+        c.set_outside(2, true);
+        c.start_coordinator(2);
+        for (i, other) in [(0, "c"), (2, "a")] {
+            wait_until(
+                &format!("node {} to refuse node {other}", c.nodes[i].name),
+                Duration::from_secs(20),
+                || {
+                    let n = node_status(&c, i, other);
+                    let reason = n["reason"].as_str().unwrap_or("");
+                    if n["state"] == "down" && reason.contains("refused") && reason.contains(why) {
+                        Ok(())
+                    } else {
+                        Err(format!("{n}"))
+                    }
+                },
+            );
+        }
+        c.wait_joined(&[0, 1]);
+        let log = std::fs::read_to_string(c.nodes[0].dir.join("plexd.log")).unwrap_or_default();
+        assert!(
+            log.lines()
+                .any(|l| l.contains("node a (id 1)") && l.contains("node 3") && l.contains(why)),
+            "node a's log names neither both nodes nor the difference"
+        );
+    }
+    // With the cluster's file again, node c joins.
+    c.kill_coordinator(2);
+    c.set_cluster_file(2, None);
+    c.set_outside(2, false);
+    c.start_coordinator(2);
+    c.wait_all_joined();
+    let n = node_status(&c, 0, "c");
+    assert_eq!(n["reason"], "", "{n}");
+
+    // Files that cannot work are refused at start, naming what is wrong.
+    let bad = [
+        (
+            "dup-socket.toml",
+            text.replace(
+                &format!("{:?}", c.nodes[1].target_socket.display().to_string()),
+                &format!("{:?}", c.nodes[0].target_socket.display().to_string()),
+            ),
+            "target_socket",
+        ),
+        (
+            "no-disks.toml",
+            text.lines()
+                .filter(|l| !l.starts_with("disk_paths"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            "disk_paths",
+        ),
+    ];
+    for (file, content, what) in bad {
+        let path = c.dir.join(file);
+        std::fs::write(&path, content).expect("write cluster file");
+        let out = run_bounded(
+            Command::new(&c.bins().plexd)
+                .arg("--cluster")
+                .arg(&path)
+                .arg("--node")
+                .arg("a")
+                .stdin(Stdio::null()),
+            Duration::from_secs(20),
+        )
+        .expect("plexd");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "plexd started with {file}");
+        assert!(stderr.contains(what), "{file}: {stderr}");
+    }
+    c.check_invariants();
+}
+
+#[test]
+fn a_repaired_copy_is_logged_and_counted() {
+    let mut c = Cluster::start(2, ClusterOpts::default());
+    let m = c.master();
+    c.ctl_ok(m, "dg create dg1 d0 d1 --shared");
+    let before = c.ctl_json(m, "disk list");
+    assert!(
+        before["disks"]
+            .as_array()
+            .expect("disks")
+            .iter()
+            .all(|d| d["repairs"] == 0),
+        "{before}"
+    );
+    // Damage the backup label copy of d0: the next configuration write repairs it.
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&c.disks[0])
+            .expect("open d0");
+        f.write_all_at(&[0x5a; 16], 4096 + 8)
+            .expect("damage the backup label");
+        f.sync_all().expect("sync");
+    }
+    c.ctl_ok(0, "vol create dg1 vol1 8M");
+    let after = c.ctl_json(m, "disk list");
+    let d0 = after["disks"]
+        .as_array()
+        .and_then(|a| a.iter().find(|d| d["name"] == "d0"))
+        .expect("d0")
+        .clone();
+    assert_eq!(d0["repairs"], 1, "{after}");
+    let log = std::fs::read_to_string(c.nodes[m].dir.join("plexd.log")).unwrap_or_default();
+    assert!(
+        log.lines()
+            .any(|l| l.contains(&format!("node {}", c.nodes[m].name))
+                && l.contains("disk d0")
+                && l.contains("repaired a damaged label copy")),
+        "no repair line in the master's log"
+    );
+    let text = c.ctl_ok(m, "disk list");
+    assert!(text.contains("REPAIRS"), "{text}");
+    c.check_invariants();
+}
+
+#[test]
+fn each_node_finds_a_disk_by_its_id_under_its_own_path() {
+    let mut c = Cluster::start(3, ClusterOpts::default());
+    // On node c, d0 and d1 are not where node a sees them (their paths there are
+    // hidden: empty files) but under other names (hard links, as /dev/sdc may be
+    // /dev/sdb elsewhere).
+    let alt = c.dir.join("alt");
+    std::fs::create_dir_all(&alt).expect("alt dir");
+    for (disk, name) in [(0, "sdq.img"), (1, "sdr.img")] {
+        std::fs::hard_link(&c.disks[disk], alt.join(name)).expect("hard link");
+    }
+    let text = std::fs::read_to_string(&c.cluster_file).expect("cluster file");
+    let disks_line = text
+        .lines()
+        .find(|l| l.starts_with("disk_paths"))
+        .expect("disk_paths line")
+        .to_string();
+    let own = text.replace(
+        &disks_line,
+        &format!(
+            "disk_paths = [{:?}, {:?}]",
+            alt.join("*.img").display().to_string(),
+            c.dir.join("disks").join("*.img").display().to_string()
+        ),
+    );
+    let own_file = c.dir.join("cluster-c.toml");
+    std::fs::write(&own_file, own).expect("cluster file of c");
+    c.kill_node(2);
+    c.set_hidden_disks(2, &[0, 1]);
+    c.set_cluster_file(2, Some(own_file));
+    c.restart_node(2);
+
+    // Node a records its paths; node c must find the disks by id.
+    c.ctl_ok(0, "dg create dg1 d0 d1 --shared");
+    c.ctl_ok(2, "vol create dg1 vol1 16M --layout mirror");
+    c.write_pattern(0, "dg1", "vol1", 0, 1 << 20);
+    c.write_pattern(2, "dg1", "vol1", 4 << 20, 1 << 20);
+    let disks = c.ctl_json(2, "disk list");
+    let listed: Vec<String> = disks["disks"]
+        .as_array()
+        .expect("disks")
+        .iter()
+        .filter(|d| d["dg"] == "dg1")
+        .filter_map(|d| d["path"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        listed.iter().any(|p| p.ends_with("alt/sdq.img")),
+        "node c lists dg1's disks at {listed:?}"
+    );
+    // Every member's data plane serves the volume and reads both patterns back.
+    c.check_invariants();
+}
