@@ -227,7 +227,9 @@ impl Ini {
     fn clear_ua(&mut self, lun: u64) {
         for _ in 0..MAX_UA_RETRIES {
             let r = self.scsi_lun(lun, &[0u8; 6], None, 0);
-            if r.status == 0 {
+            // GOOD, or a LUN fenced by the data-plane lease (NOT READY 04h/0Ch):
+            // either way no unit attention is pending any more.
+            if r.status == 0 || (r.sense_key == Some(2) && r.asc == Some((0x04, 0x0c))) {
                 return;
             }
             assert_eq!(
