@@ -5,6 +5,8 @@
 //! - [`cluster_capnp`]: coordinator ↔ coordinator (membership, transactions).
 //! - [`ctl_capnp`]: `plexctl` and RPC clients → any node.
 //! - [`ondisk_capnp`]: the disk group configuration stored in the private region.
+//! - [`size`]: sizes as people type and read them (one parser and formatter for
+//!   `plexctl` and `plexd`).
 
 #![allow(clippy::all, missing_docs, unused_qualifications)]
 
@@ -21,3 +23,5 @@ schema_mod!(kernel_capnp, "kernel_capnp.rs");
 schema_mod!(cluster_capnp, "cluster_capnp.rs");
 schema_mod!(ctl_capnp, "ctl_capnp.rs");
 schema_mod!(ondisk_capnp, "ondisk_capnp.rs");
+
+pub mod size;

@@ -5,4 +5,4 @@ pub mod daemon;
 pub mod objects;
 pub mod ondisk;
 pub mod sim;
-pub mod size;
+pub use plexd_proto::size;

@@ -316,7 +316,7 @@ enum TaskCmd {
 /// A size on the command line (the coordinator's parser: K/M/G/T/P, `s` sectors, a
 /// fraction when it makes whole bytes); a bad one is a usage error.
 fn parse_size(s: &str) -> Result<u64, Failure> {
-    plexd_coordinator::size::parse_size(s).map_err(|e| Failure::Usage(e.to_string()))
+    plexd_proto::size::parse_size(s).map_err(|e| Failure::Usage(e.to_string()))
 }
 
 /// `vol grow` / `vol shrink` SIZE: `(bytes, relative)`; `+SIZE` grows by, `-SIZE`

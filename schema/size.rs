@@ -4,6 +4,10 @@
 //! the same. A decimal fraction is accepted when the result is a whole number of bytes
 //! (`"1.5G"`), and `s` means 512-byte sectors (`"2048s"` = 1 MiB).
 
+// The crate allows every clippy lint for the generated schema code; this module is
+// hand-written and held to the workspace's lints.
+#![warn(clippy::all)]
+
 use thiserror::Error;
 
 /// Bytes in a sector: the unit of `s` sizes and the alignment of every on-disk extent.
