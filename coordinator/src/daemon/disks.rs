@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use crate::core::{DiskRecord, TxnId};
 use crate::objects::{Change, ClusterConfig, Disk, DiskGroupConfig, DiskUpdate};
@@ -58,21 +57,23 @@ impl LocalDisks {
 /// Most disks whose repairs are counted (one entry per disk id; more are not counted).
 pub const MAX_REPAIR_ENTRIES: usize = 4096;
 
-/// Label and configuration copies this process repaired, by disk id (`disk list`).
-static REPAIRS: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
+/// Label and configuration copies this node's plexd repaired, by disk id (`disk
+/// list`). Owned by the daemon: several coordinators can live in one process.
+#[derive(Debug, Default)]
+pub struct Repairs(BTreeMap<String, u64>);
 
-/// How many label or slot copies this process repaired on disk `disk_id`.
-pub fn repairs_of(disk_id: &str) -> u64 {
-    let map = REPAIRS.lock().unwrap_or_else(|p| p.into_inner());
-    map.get(disk_id).copied().unwrap_or(0)
-}
+impl Repairs {
+    /// How many label or slot copies were repaired on disk `disk_id`.
+    pub fn of(&self, disk_id: &str) -> u64 {
+        self.0.get(disk_id).copied().unwrap_or(0)
+    }
 
-fn count_repair(disk_id: &str) {
-    let mut map = REPAIRS.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(n) = map.get_mut(disk_id) {
-        *n += 1;
-    } else if map.len() < MAX_REPAIR_ENTRIES {
-        map.insert(disk_id.to_string(), 1);
+    fn count(&mut self, disk_id: &str) {
+        if let Some(n) = self.0.get_mut(disk_id) {
+            *n += 1;
+        } else if self.0.len() < MAX_REPAIR_ENTRIES {
+            self.0.insert(disk_id.to_string(), 1);
+        }
     }
 }
 
@@ -227,7 +228,7 @@ fn same_file(a: &Path, b: &Path) -> bool {
 }
 
 /// `disk list`; disks of a `failed` group say so.
-pub fn list(files: &[PathBuf], failed: &[FailedGroup]) -> Vec<DiskOut> {
+pub fn list(files: &[PathBuf], failed: &[FailedGroup], repairs: &Repairs) -> Vec<DiskOut> {
     scan(files)
         .into_iter()
         .map(|(path, label)| match label {
@@ -249,7 +250,7 @@ pub fn list(files: &[PathBuf], failed: &[FailedGroup]) -> Vec<DiskOut> {
                     },
                 },
                 id: l.disk_id.clone(),
-                repairs: repairs_of(&l.disk_id),
+                repairs: repairs.of(&l.disk_id),
             },
             Err(e) => DiskOut {
                 name: "-".into(),
@@ -388,12 +389,13 @@ pub fn read_shared(
 
 /// Carries out a change's disk updates, written by transaction `txn` on node `node`,
 /// finding the disks by id on `files` (the node's `disk_paths`). Every damaged copy a
-/// write replaces is logged (node, disk, what) and counted ([`repairs_of`]).
+/// write replaces is logged (node, disk, what) and counted in `repairs`.
 pub fn write_updates(
     updates: &[DiskUpdate],
     txn: u64,
     node: &str,
     files: &[PathBuf],
+    repairs: &mut Repairs,
 ) -> Result<(), String> {
     let mut errors = Vec::new();
     let local = LocalDisks::scan(files);
@@ -414,7 +416,7 @@ pub fn write_updates(
                             dg.name,
                             path.display()
                         );
-                            count_repair(disk_id);
+                            repairs.count(disk_id);
                         }
                         for (path, e) in &report.failed {
                             log::error!(
@@ -448,8 +450,9 @@ pub fn write_record(
     record: &DiskRecord<SharedConfig>,
     node: &str,
     files: &[PathBuf],
+    repairs: &mut Repairs,
 ) -> Result<(), String> {
-    write_updates(&record.config.updates, disk_txn(record.txn), node, files)
+    write_updates(&record.config.updates, disk_txn(record.txn), node, files, repairs)
 }
 
 /// A slave's (and the master's) local checks of a change: no private disk group of

@@ -285,6 +285,7 @@ pub fn run(opts: Options) -> Result<(), String> {
         kernel_lost: None,
         timer: None,
         failed,
+        repairs: disks::Repairs::default(),
     };
     d.main_loop(rx);
     log::info!("plexd: node {} stopped", d.name);
@@ -462,6 +463,8 @@ struct Daemon {
     /// Disk groups of this cluster or node whose configuration no disk holds
     /// readable (read at start and whenever this node reads the disks).
     failed: Vec<disks::FailedGroup>,
+    /// Label and slot copies this node repaired (`disk list`).
+    repairs: disks::Repairs,
 }
 
 /// Where a transaction this node runs as master spends its time, from the
@@ -1048,7 +1051,7 @@ impl Daemon {
                 Some(Event::KernelLoaded { result })
             }
             Action::WriteDisks { record } => {
-                let result = disks::write_record(&record, &self.name, &self.file.disk_files());
+                let result = disks::write_record(&record, &self.name, &self.file.disk_files(), &mut self.repairs);
                 if let Err(e) = &result {
                     log::error!(
                         "node {}: transaction {}: disk write failed: {e}",
@@ -1287,7 +1290,7 @@ impl Daemon {
             CtlCall::DiskInit { path, name, force } => self.disk_init(&path, &name, force),
             CtlCall::DiskList => {
                 self.refresh_failed();
-                CtlReply::Disks(disks::list(&self.file.disk_files(), &self.failed))
+                CtlReply::Disks(disks::list(&self.file.disk_files(), &self.failed, &self.repairs))
             }
             CtlCall::TaskList => {
                 let master = self
@@ -1685,7 +1688,7 @@ impl Daemon {
             return Err(e);
         }
         let txn = incarnation();
-        if let Err(e) = disks::write_updates(&updates, txn, &self.name, &self.file.disk_files()) {
+        if let Err(e) = disks::write_updates(&updates, txn, &self.name, &self.file.disk_files(), &mut self.repairs) {
             self.kernel.abort();
             let e = self.err(e);
             log::error!("{e}");
