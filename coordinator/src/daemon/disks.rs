@@ -155,7 +155,11 @@ pub fn failed_groups(files: &[PathBuf], cluster_id: &str, host_id: &str) -> Vec<
 pub fn release_failed(g: &FailedGroup, node: &str) -> Result<(), String> {
     let mut errors = Vec::new();
     for (name, path) in &g.disks {
-        match ondisk::release_disk(path) {
+        let expect = ondisk::ReleaseExpect {
+            disk_id: None,
+            dg_id: Some(&g.id),
+        };
+        match ondisk::release_disk(path, &expect) {
             Ok(_) => log::warn!(
                 "node {node}: failed disk group {}: disk {name} ({}) released by dg destroy --force",
                 g.name,
@@ -431,7 +435,11 @@ pub fn write_updates(
                 }
             }
             DiskUpdate::Release(disk) => {
-                if let Err(e) = ondisk::release_disk(&local.path_of(disk)) {
+                let expect = ondisk::ReleaseExpect {
+                    disk_id: Some(&disk.id),
+                    dg_id: None,
+                };
+                if let Err(e) = ondisk::release_disk(&local.path_of(disk), &expect) {
                     log::error!("disk {}: cannot release it: {e}", disk.name);
                 }
             }
@@ -452,7 +460,13 @@ pub fn write_record(
     files: &[PathBuf],
     repairs: &mut Repairs,
 ) -> Result<(), String> {
-    write_updates(&record.config.updates, disk_txn(record.txn), node, files, repairs)
+    write_updates(
+        &record.config.updates,
+        disk_txn(record.txn),
+        node,
+        files,
+        repairs,
+    )
 }
 
 /// A slave's (and the master's) local checks of a change: no private disk group of

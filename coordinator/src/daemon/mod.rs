@@ -1051,7 +1051,12 @@ impl Daemon {
                 Some(Event::KernelLoaded { result })
             }
             Action::WriteDisks { record } => {
-                let result = disks::write_record(&record, &self.name, &self.file.disk_files(), &mut self.repairs);
+                let result = disks::write_record(
+                    &record,
+                    &self.name,
+                    &self.file.disk_files(),
+                    &mut self.repairs,
+                );
                 if let Err(e) = &result {
                     log::error!(
                         "node {}: transaction {}: disk write failed: {e}",
@@ -1290,7 +1295,11 @@ impl Daemon {
             CtlCall::DiskInit { path, name, force } => self.disk_init(&path, &name, force),
             CtlCall::DiskList => {
                 self.refresh_failed();
-                CtlReply::Disks(disks::list(&self.file.disk_files(), &self.failed, &self.repairs))
+                CtlReply::Disks(disks::list(
+                    &self.file.disk_files(),
+                    &self.failed,
+                    &self.repairs,
+                ))
             }
             CtlCall::TaskList => {
                 let master = self
@@ -1688,7 +1697,13 @@ impl Daemon {
             return Err(e);
         }
         let txn = incarnation();
-        if let Err(e) = disks::write_updates(&updates, txn, &self.name, &self.file.disk_files(), &mut self.repairs) {
+        if let Err(e) = disks::write_updates(
+            &updates,
+            txn,
+            &self.name,
+            &self.file.disk_files(),
+            &mut self.repairs,
+        ) {
             self.kernel.abort();
             let e = self.err(e);
             log::error!("{e}");

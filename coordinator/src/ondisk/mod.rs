@@ -607,9 +607,34 @@ pub fn init_disk(path: &Path, name: &str, options: InitOptions) -> Result<Label,
 
 /// Takes a disk out of its disk group (`dg rm-disk`, `dg destroy`): clears both slots,
 /// then the label's disk group fields. Returns the new label.
-pub fn release_disk(path: &Path) -> Result<Label, OnDiskError> {
+pub fn release_disk(path: &Path, expect: &ReleaseExpect) -> Result<Label, OnDiskError> {
     let device = Device::open(path, true)?;
     let mut label = device.read_label()?;
+    // The label is read again right before the write: the path may by now hold
+    // another disk, or the disk another group (released elsewhere and reused).
+    if let Some(id) = expect.disk_id {
+        if label.disk_id != id {
+            return Err(OnDiskError::Refused {
+                path: path.to_path_buf(),
+                reason: format!("holds disk id {}, not {id}: not released", label.disk_id),
+            });
+        }
+    }
+    if let Some(dg_id) = expect.dg_id {
+        let holder = label.disk_group.as_ref().map(|g| g.id.as_str());
+        if holder != Some(dg_id) {
+            return Err(OnDiskError::Refused {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "belongs to disk group {}, not to {dg_id}: not released",
+                    label
+                        .disk_group
+                        .as_ref()
+                        .map_or("(none)", |g| g.name.as_str())
+                ),
+            });
+        }
+    }
     let zeros = vec![0u8; BLOCK_BYTES as usize];
     for index in 0..2 {
         device.write_at(
@@ -623,6 +648,15 @@ pub fn release_disk(path: &Path) -> Result<Label, OnDiskError> {
     label.generation += 1;
     device.write_label(&label)?;
     Ok(label)
+}
+
+/// What a disk to release must still be when [`release_disk`] reads its label.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReleaseExpect<'a> {
+    /// The disk id it must carry.
+    pub disk_id: Option<&'a str>,
+    /// The disk group id its label must name.
+    pub dg_id: Option<&'a str>,
 }
 
 /// Writes `config` (its `seq`, by transaction `txn_id`) to every disk in `paths`; each

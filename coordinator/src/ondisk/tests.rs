@@ -398,7 +398,7 @@ fn release_clears_the_disk_group_and_the_slots() {
     let dir = TempDir::new();
     let (paths, c) = group(&dir, 2);
     write_config(&paths, &c.disk_groups[0], 1).unwrap();
-    let label = release_disk(&paths[0]).unwrap();
+    let label = release_disk(&paths[0], &ReleaseExpect::default()).unwrap();
     assert_eq!(label.disk_group, None);
     assert_eq!(read_label(&paths[0]).unwrap().disk_group, None);
     let read = read_config(&paths).unwrap();
@@ -561,4 +561,30 @@ fn write_refuses_a_disk_labelled_for_another_group() {
     let err = write_config(&paths, &other, 1).unwrap_err().to_string();
     assert!(err.contains("belongs to disk group dg1"), "{err}");
     assert_eq!(read_config(&paths).unwrap().config, c.disk_groups[0]);
+}
+
+#[test]
+fn release_refuses_a_disk_that_now_holds_another_disk_or_group() {
+    let dir = TempDir::new();
+    let (paths, c) = group(&dir, 2);
+    let dg = &c.disk_groups[0];
+    write_config(&paths, dg, 1).unwrap();
+    let other_group = ReleaseExpect {
+        disk_id: None,
+        dg_id: Some("not-this-group"),
+    };
+    assert!(release_disk(&paths[0], &other_group).is_err());
+    let other_disk = ReleaseExpect {
+        disk_id: Some("not-this-disk"),
+        dg_id: None,
+    };
+    assert!(release_disk(&paths[0], &other_disk).is_err());
+    // Refused means untouched: the group and its configuration are still there.
+    assert!(read_label(&paths[0]).unwrap().disk_group.is_some());
+    assert!(read_config(&paths).is_ok());
+    let same = ReleaseExpect {
+        disk_id: Some(&dg.disks[0].id),
+        dg_id: Some(&dg.id),
+    };
+    assert_eq!(release_disk(&paths[0], &same).unwrap().disk_group, None);
 }
