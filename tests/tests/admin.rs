@@ -308,7 +308,8 @@ fn sizes_exit_codes_and_what_changes_print() {
         "vol create dg1 v1 1M --layout mirror --mirrors 0",
         "vol create dg1 v1 1M --layout stripe --stripe-unit 0",
         "vol create dg1 v1 1M --layout stripe --columns 1",
-        "vol grow dg1 v1 -1M",
+        // `--` so the size reaches plexctl's sign check (clap alone refuses `-1M`).
+        "vol grow dg1 v1 -- -1M",
         "vol shrink dg1 v1 +1M",
     ] {
         let out = c.ctl(0, cmd);
