@@ -744,8 +744,15 @@ fn s(v: &Value) -> String {
     }
 }
 
-async fn run(cmd: Cmd, json_out: bool, client: ctl::Client) -> Result<String, String> {
-    if let Ok(Some(build)) = build_change(&cmd) {
+/// Runs `cmd` on a node: `change` is its change request, built (and checked for
+/// usage errors) before any node was asked; none for read commands.
+async fn run(
+    cmd: Cmd,
+    change: Option<ChangeBuilder>,
+    json_out: bool,
+    client: ctl::Client,
+) -> Result<String, String> {
+    if let Some(build) = change {
         let mut req = client.change_request();
         build(req.get().init_change());
         let resp = req.send().promise.await.map_err(rpc)?;
@@ -1008,11 +1015,11 @@ fn main() -> ExitCode {
     // Usage errors (a bad size...) are found before any node is asked.
     let result = match build_change(&cli.cmd) {
         Err(e) => Err(e),
-        Ok(_) => addresses(&cli).map_err(Failure::Usage).and_then(|addrs| {
+        Ok(change) => addresses(&cli).map_err(Failure::Usage).and_then(|addrs| {
             let json_out = cli.json;
             let call_timeout = cli.timeout.map(Duration::from_secs).unwrap_or(CALL_TIMEOUT);
             with_ctl(&addrs, call_timeout, async move |client| {
-                run(cli.cmd, json_out, client).await
+                run(cli.cmd, change, json_out, client).await
             })
             .map_err(Failure::Failed)
         }),
