@@ -1785,8 +1785,8 @@ impl Daemon {
             return CtlReply::Error(self.err(format!("disk group {dg} does not exist")));
         }
         CtlReply::Print {
-            json: print::json_with_failed(&groups, &failed),
-            text: print::text_with_failed(&groups, &failed),
+            json: print::json(&groups, &failed),
+            text: print::text(&groups, &failed),
         }
     }
 

@@ -109,14 +109,9 @@ fn layout(l: PlexLayout) -> (&'static str, u32, u64) {
     }
 }
 
-/// The JSON document.
-pub fn json(groups: &[&DiskGroupConfig]) -> String {
-    json_with_failed(groups, &[])
-}
-
-/// The JSON document with the failed disk groups (`failed_disk_groups`, left out
+/// The JSON document, with the failed disk groups (`failed_disk_groups`, left out
 /// when there are none).
-pub fn json_with_failed(groups: &[&DiskGroupConfig], failed: &[&FailedGroup]) -> String {
+pub fn json(groups: &[&DiskGroupConfig], failed: &[&FailedGroup]) -> String {
     let out = Out {
         failed_disk_groups: failed
             .iter()
@@ -201,14 +196,9 @@ pub fn json_with_failed(groups: &[&DiskGroupConfig], failed: &[&FailedGroup]) ->
     serde_json::to_string_pretty(&out).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
 }
 
-/// The text tree: `dg`, `dm`, `v`, `pl`, `sd` lines.
-pub fn text(groups: &[&DiskGroupConfig]) -> String {
-    text_with_failed(groups, &[])
-}
-
-/// The text tree, then one `dg NAME FAILED` line (with its disks and the reason) per
-/// failed disk group.
-pub fn text_with_failed(groups: &[&DiskGroupConfig], failed: &[&FailedGroup]) -> String {
+/// The text tree (`dg`, `dm`, `v`, `pl`, `sd` lines), then one `dg NAME FAILED` line
+/// (with its disks and the reason) per failed disk group.
+pub fn text(groups: &[&DiskGroupConfig], failed: &[&FailedGroup]) -> String {
     let mut s = tree(groups);
     for f in failed {
         let kind = if f.shared { "shared" } else { "private" };
@@ -346,7 +336,7 @@ mod tests {
         )
         .unwrap();
         let groups: Vec<&DiskGroupConfig> = c.disk_groups.iter().collect();
-        let v: serde_json::Value = serde_json::from_str(&json(&groups)).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&json(&groups, &[])).unwrap();
         let g = &v["disk_groups"][0];
         assert_eq!(g["name"], "dg1");
         assert_eq!(g["shared"], true);
@@ -358,7 +348,7 @@ mod tests {
         assert_eq!(vol["plexes"][0]["state"], "ACTIVE");
         assert_eq!(vol["plexes"][0]["layout"], "concat");
         assert_eq!(vol["plexes"][1]["subdisks"].as_array().unwrap().len(), 1);
-        let t = text(&groups);
+        let t = text(&groups, &[]);
         assert!(t.contains("dg dg1"));
         assert!(t.contains("pl "));
     }
