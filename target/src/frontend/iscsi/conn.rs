@@ -599,11 +599,26 @@ impl St {
         self.send_blocked_since.is_some()
     }
 
-    fn send_blocked_ms(&self, now: Instant) -> u64 {
+    /// Total time blocked on send; reads the clock only while blocked now.
+    fn send_blocked_ms(&self) -> u64 {
         let cur = self
             .send_blocked_since
-            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+            .map_or(Duration::ZERO, |t| t.elapsed());
         (self.send_blocked_total + cur).as_millis() as u64
+    }
+
+    /// A NOP-In carrying the current StatSN and window: a keep-alive (`ttt` wants an
+    /// answer) or, with the reserved tag, an announcement that wants none.
+    fn emit_nop_in(&mut self, ttt: u32, queue_depth: u32) {
+        let mut b = Bhs::new(op::NOP_IN, 0x80);
+        let (sn, exp) = (self.statsn, self.exp_cmdsn);
+        let max = self.max_cmdsn(queue_depth);
+        b.u32_at(16, RESERVED_TAG)
+            .u32_at(20, ttt)
+            .u32_at(24, sn)
+            .u32_at(28, exp)
+            .u32_at(32, max);
+        self.emit(&b, &[]);
     }
 
     fn take_statsn(&mut self) -> u32 {
@@ -743,8 +758,8 @@ impl Conn {
 
     /// Tells the pool whether this connection uses class `c` (fair shares).
     fn sync_active(&self, st: &mut St, c: usize) {
-        let now = !st.closed && (st.held[c] > 0 || st.parked_n[c] > 0);
-        let now = now || (st.closed && st.held[c] > 0);
+        // A closed connection still uses a class while it holds its buffers.
+        let now = st.held[c] > 0 || (!st.closed && st.parked_n[c] > 0);
         if now != st.active[c] {
             st.active[c] = now;
             self.pool().set_user_active(c, now);
@@ -763,7 +778,7 @@ impl Conn {
                 .store(st.parked.len() as u64, Ordering::Relaxed);
             s.stats
                 .send_blocked_ms
-                .store(st.send_blocked_ms(Instant::now()), Ordering::Relaxed);
+                .store(st.send_blocked_ms(), Ordering::Relaxed);
         }
     }
 
@@ -907,15 +922,7 @@ impl Conn {
                         if now.duration_since(st.last_rx) > iv {
                             let ttt = st.alloc_ttt();
                             st.nop_sent = Some((ttt, now));
-                            let mut b = Bhs::new(op::NOP_IN, 0x80);
-                            let (sn, exp) = (st.statsn, st.exp_cmdsn);
-                            let max = st.max_cmdsn(self.shared.queue_depth);
-                            b.u32_at(16, RESERVED_TAG)
-                                .u32_at(20, ttt)
-                                .u32_at(24, sn)
-                                .u32_at(28, exp)
-                                .u32_at(32, max);
-                            st.emit(&b, &[]);
+                            st.emit_nop_in(ttt, self.shared.queue_depth);
                         }
                     }
                 }
@@ -923,13 +930,8 @@ impl Conn {
         }
         match why {
             Some(w) => self.close(&w),
-            None => {
-                self.flush();
-                let mut st = self.st.borrow_mut();
-                if !st.closed {
-                    self.after(&mut st);
-                }
-            }
+            // flush() ends with after() (parked tasks, counters).
+            None => self.flush(),
         }
     }
 
@@ -2398,15 +2400,7 @@ impl Conn {
                 // open window with a NOP-In that wants no answer (RFC 7143 §11.19).
                 st.window_stale = false;
                 if matches!(st.phase, Phase::Full(_)) {
-                    let mut b = Bhs::new(op::NOP_IN, 0x80);
-                    let (sn, exp) = (st.statsn, st.exp_cmdsn);
-                    let max = st.max_cmdsn(self.shared.queue_depth);
-                    b.u32_at(16, RESERVED_TAG)
-                        .u32_at(20, RESERVED_TAG)
-                        .u32_at(24, sn)
-                        .u32_at(28, exp)
-                        .u32_at(32, max);
-                    st.emit(&b, &[]);
+                    st.emit_nop_in(RESERVED_TAG, self.shared.queue_depth);
                 }
             }
             if st.out.pending() == 0 && st.close_after_flush && close_now.is_none() {
