@@ -2412,6 +2412,12 @@ impl Conn {
             std::mem::swap(&mut done, &mut st.spare);
             if close_now.is_none() {
                 self.after(&mut st);
+                // Tasks unparked by the buffers this flush freed may have queued
+                // R2Ts or Data-In: send them on the next pass, not at the next tick
+                // (a blocked socket's POLLOUT resumes it by itself).
+                if st.out.pending() > 0 && st.send_blocked_since.is_none() {
+                    self.mark_dirty();
+                }
             }
         }
         if let Some(w) = close_now {
