@@ -10,7 +10,8 @@
 //! - a reactor's cache keeps at most `1/CACHE_SHARE_DIVISOR` of a class (and at most
 //!   [`CACHE_MAX_CHUNKS`]); chunks past that watermark go back to the shared list, so
 //!   idle chunks of a class can never all sit in one reactor's cache;
-//! - a reactor that finds a class exhausted while it has waiters joins the class's
+//! - a reactor that finds a class exhausted (a waiter's request or a plain
+//!   `try_get`) joins the class's
 //!   *hungry* queue (one entry per reactor, FIFO) and asks every other reactor to
 //!   release its cached chunks of that class; from then on every chunk of that class
 //!   given back anywhere is handed to the reactor at the head of the queue (through
@@ -55,7 +56,8 @@ pub const USER_SHARE_DIVISOR: usize = 4;
 const CACHE_BATCH_CHUNKS: usize = 16;
 
 /// Most buffer waiters one reactor queues per class; a request beyond that is
-/// refused ([`BufWait::Full`]) and the caller answers it with a busy status.
+/// refused ([`BufWait::Full`]): the iSCSI frontend then leaves the task parked until
+/// the connection frees a buffer of that class or its next buffer request is served.
 pub const MAX_WAITERS_PER_CLASS: usize = 4096;
 
 /// A borrowed view of I/O memory: where the data lives and how long it is.
@@ -644,7 +646,9 @@ impl BufCache {
                     };
                     let msg: Msg = Box::new(move |r| r.bufs().accept(ho));
                     // A full ring drops the message, and the Handoff puts the
-                    // chunk on the shared list, where the hungry reactor finds it.
+                    // chunk on the shared list; the hungry reactor, already taken
+                    // off the queue, finds it on its next try (at the latest when
+                    // its sleep ends, MAX_SLEEP).
                     let _ = h.try_send(msg);
                     return;
                 }

@@ -11,8 +11,10 @@
 //!   clock passes the deadline — also on an idle reactor, whose sleep is bounded by
 //!   the poller's deadline — and fails what waits on this reactor's shared volumes
 //!   (parked behind a closed gate, writes held for a plex detach). The reactor's
-//!   clock is refreshed at least every `BUSY_CLOCK_WORK` units of work, so the
-//!   expiry lags the deadline by at most that much work (well under a few ms).
+//!   clock is refreshed once `BUSY_CLOCK_WORK` units of work have run (checked after
+//!   each loop iteration), so the expiry lags the deadline by at most one iteration
+//!   plus that much work (about a millisecond on a loaded reactor; more when the
+//!   reactor thread itself is not scheduled).
 //! - Expiry is reported once per lease generation (the first reactor to see it):
 //!   one log line naming the fenced volumes, and [`Event::LeaseExpired`].
 //!

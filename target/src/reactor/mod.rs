@@ -42,9 +42,10 @@ pub const MAX_SLEEP: Duration = Duration::from_millis(500);
 const CPU_SAMPLE_PERIOD: Duration = Duration::from_millis(100);
 /// Busy loop iterations between two looks at the clock.
 const BUSY_CLOCK_EVERY: u64 = 256;
-/// Units of work (messages, completions, poller work) between two looks at the
-/// clock in a busy loop, so the cached clock pollers get (the data-plane lease's
-/// expiry among them) lags by at most this much work, whatever an iteration does.
+/// Units of work (messages, completions, poller work) after which a busy loop looks
+/// at the clock again, checked after each iteration: the cached clock pollers get
+/// (the data-plane lease's expiry among them) lags by at most one iteration plus
+/// this much work.
 const BUSY_CLOCK_WORK: usize = 64;
 /// user_data of the eventfd read that wakes a sleeping reactor.
 const WAKE_USER_DATA: u64 = u64::MAX;
