@@ -122,7 +122,7 @@ struct DiskInfo {
   path @1 :Text;
   sizeBytes @2 :UInt64;
   dg @3 :Text;       # empty if in no disk group
-  state @4 :Text;    # online | free | failed: <reason> | error: <reason>
+  state @4 :Text;    # online | free | deported | failed: <reason> | error: <reason>
   id @5 :Text;
   repairs @6 :UInt64; # label or configuration copies this node repaired on it since it started
 }

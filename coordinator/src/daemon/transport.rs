@@ -334,13 +334,18 @@ async fn hello(link: &Link, client: &peer::Client) -> Hello {
         smol::Timer::after(DELIVER_TIMEOUT).await;
         Err("hello timed out".to_string())
     };
+    // The peer answers with its identity even when it refuses: judging it here the
+    // way this node's server judges the peer's hello gives both sides of this node
+    // one reason per peer (logged once), not two that alternate.
     match smol::future::or(call, timeout).await {
         Err(e) => Hello::Failed(e),
-        Ok((error, _, _)) if !error.is_empty() => Hello::Refused(format!("refused by it: {error}")),
-        Ok((_, cluster_id, node_list)) => match link.identity.mismatch(&cluster_id, &node_list) {
-            Some(why) => Hello::Refused(format!("refused: {why}")),
-            None => Hello::Accepted,
-        },
+        Ok((error, cluster_id, node_list)) => {
+            match link.identity.mismatch(&cluster_id, &node_list) {
+                Some(why) => Hello::Refused(format!("refused: {why}")),
+                None if !error.is_empty() => Hello::Refused(format!("refused by it: {error}")),
+                None => Hello::Accepted,
+            }
+        }
     }
 }
 
