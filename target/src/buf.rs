@@ -248,9 +248,16 @@ struct Class {
     hungry: Mutex<VecDeque<usize>>,
     /// `hungry.len()`, read without the lock on every `put`.
     hungry_n: AtomicUsize,
-    /// Pool users currently holding or waiting for chunks of this class.
-    users: AtomicUsize,
+    /// Pool users currently holding or waiting for chunks of this class. Written
+    /// when a connection starts or stops using the class (as often as every command
+    /// at low queue depth): on a cache line of its own, away from `hungry_n`, which
+    /// every `put` of every reactor reads.
+    users: OwnLine<AtomicUsize>,
 }
+
+/// A value alone on its cache line (no false sharing with its neighbours).
+#[repr(align(64))]
+struct OwnLine<T>(T);
 
 impl Class {
     fn hungry(&self) -> std::sync::MutexGuard<'_, VecDeque<usize>> {
@@ -326,7 +333,7 @@ impl BufPool {
                 batch: (cache_cap / 2).clamp(1, CACHE_BATCH_CHUNKS),
                 hungry: Mutex::new(VecDeque::new()),
                 hungry_n: AtomicUsize::new(0),
-                users: AtomicUsize::new(0),
+                users: OwnLine(AtomicUsize::new(0)),
             });
             total += chunk_bytes * n;
         }
@@ -386,7 +393,7 @@ impl BufPool {
         let Some(c) = self.classes.get(class) else {
             return 0;
         };
-        let users = c.users.load(Ordering::Relaxed).max(1);
+        let users = c.users.0.load(Ordering::Relaxed).max(1);
         (c.chunks / users).min(c.chunks / USER_SHARE_DIVISOR).max(1)
     }
 
@@ -395,10 +402,11 @@ impl BufPool {
     pub fn set_user_active(&self, class: usize, active: bool) {
         if let Some(c) = self.classes.get(class) {
             if active {
-                c.users.fetch_add(1, Ordering::Relaxed);
+                c.users.0.fetch_add(1, Ordering::Relaxed);
             } else {
                 let _ = c
                     .users
+                    .0
                     .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| u.checked_sub(1));
             }
         }

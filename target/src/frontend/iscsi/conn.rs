@@ -707,6 +707,9 @@ impl Conn {
         }
         st.itts.clear();
         st.datain_q.clear();
+        // A closed connection may stay queued as a buffer waiter until a chunk of
+        // that class frees up: it keeps no receive buffer meanwhile.
+        st.rbuf = Vec::new();
         let mut done = std::mem::take(&mut st.spare);
         st.out.discard(&mut done);
         for b in done {
