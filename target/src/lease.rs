@@ -64,6 +64,7 @@ pub struct LeaseStatus {
     pub expiries: u64,
 }
 
+#[derive(Default)]
 struct LeaseCtl {
     deadline: Option<Instant>,
     /// Bumped by every renewal; reactors ignore an older one arriving late.
@@ -80,21 +81,10 @@ pub(crate) struct LeaseShared {
 }
 
 /// The control side of a target's lease.
+#[derive(Default)]
 pub(crate) struct Lease {
     ctl: Mutex<LeaseCtl>,
     shared: Arc<LeaseShared>,
-}
-
-impl Default for Lease {
-    fn default() -> Self {
-        Lease {
-            ctl: Mutex::new(LeaseCtl {
-                deadline: None,
-                generation: 0,
-            }),
-            shared: Arc::new(LeaseShared::default()),
-        }
-    }
 }
 
 impl Lease {
@@ -199,7 +189,7 @@ pub(crate) struct ReactorLease {
     /// Checked by shared volumes' channels on every submit. True until a lease is
     /// granted.
     fenced: Cell<bool>,
-    poller: Cell<bool>,
+    /// Set by the first renewal, which also adds the expiry poller.
     link: RefCell<Option<(Arc<LeaseShared>, Weak<Target>)>>,
 }
 
@@ -209,7 +199,6 @@ impl Default for ReactorLease {
             deadline: Cell::new(None),
             generation: Cell::new(0),
             fenced: Cell::new(true),
-            poller: Cell::new(false),
             link: RefCell::new(None),
         }
     }
@@ -284,8 +273,8 @@ fn apply(
     }
     l.generation.set(generation);
     l.deadline.set(Some(deadline));
-    *l.link.borrow_mut() = Some((shared, target));
-    if !l.poller.replace(true) {
+    let first = l.link.borrow_mut().replace((shared, target)).is_none();
+    if first {
         r.add_poller(Rc::new(LeasePoller {
             reactor: Rc::downgrade(r),
             lease: Rc::clone(&l),

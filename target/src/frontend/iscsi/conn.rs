@@ -1169,10 +1169,11 @@ impl Conn {
         bhs.0[8..14].copy_from_slice(&b[8..14]);
         pdu::put16(&mut bhs.0, 14, tsih);
         let sn = st.take_statsn();
+        let max_cmdsn = cmdsn.wrapping_add(self.shared.queue_depth - 1);
         bhs.u32_at(16, field::itt(b))
             .u32_at(24, sn)
             .u32_at(28, cmdsn)
-            .u32_at(32, cmdsn.wrapping_add(self.shared.queue_depth - 1))
+            .u32_at(32, max_cmdsn)
             .byte(36, (status >> 8) as u8)
             .byte(37, status as u8);
         let data = if reply.data.len() > 8192 {
@@ -1181,7 +1182,7 @@ impl Conn {
             &reply.data[..]
         };
         st.emit(&bhs, data);
-        st.max_adv = cmdsn.wrapping_add(self.shared.queue_depth - 1);
+        st.max_adv = max_cmdsn;
         if status != 0 {
             log::warn!(
                 "iscsi: connection {} from {}: login of {initiator:?} to {target_name:?} failed with status {status:#06x}",
