@@ -26,6 +26,9 @@ use crate::core::{Message, MAX_MESSAGE_BYTES};
 
 /// Most connections (peers and clients) served at once.
 pub const MAX_CONNECTIONS: usize = 256;
+/// Most bytes of cluster id and node list a peer's hello may carry (they are kept
+/// and logged when they differ): far above what a cluster file of `MAX_NODES` makes.
+pub const MAX_HELLO_BYTES: usize = 64 * 1024;
 /// How long a ctl call waits for the main loop's answer (a change waits for its
 /// transaction).
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(120);
@@ -792,6 +795,12 @@ impl peer::Server for NodeServer {
         let from = p.get_from();
         let cluster_id = text(p.get_cluster_id())?;
         let node_list = text(p.get_node_list())?;
+        if cluster_id.len() + node_list.len() > MAX_HELLO_BYTES {
+            return Err(capnp::Error::failed(format!(
+                "hello from node {from}: {} bytes of identity, more than {MAX_HELLO_BYTES}",
+                cluster_id.len() + node_list.len()
+            )));
+        }
         let id = &self.identity;
         let mut r = results.get();
         r.set_cluster_id(id.cluster_id.as_str());
