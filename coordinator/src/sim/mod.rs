@@ -52,6 +52,10 @@ pub struct SimConfig {
     pub form_wait_ms: u64,
     /// Join retry given to the cores.
     pub join_retry_ms: u64,
+    /// Data-plane lease given to the cores.
+    pub lease_ms: u64,
+    /// Lease margin given to the cores.
+    pub lease_margin_ms: u64,
     /// Probability (percent) that peers see a connection loss when a node crashes
     /// (otherwise only the heartbeat timeout finds out).
     pub connection_lost_percent: u32,
@@ -75,6 +79,8 @@ impl SimConfig {
             heartbeat_timeout_ms: 500,
             form_wait_ms: 500,
             join_retry_ms: 1000,
+            lease_ms: 1000,
+            lease_margin_ms: 100,
             connection_lost_percent: 80,
             kernel_refuse_percent: 0,
             trace: false,
@@ -293,6 +299,7 @@ impl Sim {
             .map(|id| NodeInfo {
                 id,
                 name: Sim::name(id),
+                votes: 1,
             })
             .collect()
     }
@@ -383,6 +390,8 @@ impl Sim {
             heartbeat_timeout_ms: self.cfg.heartbeat_timeout_ms,
             form_wait_ms: self.cfg.form_wait_ms,
             join_retry_ms: self.cfg.join_retry_ms,
+            lease_ms: self.cfg.lease_ms,
+            lease_margin_ms: self.cfg.lease_margin_ms,
             ..NodeConfig::new(id, self.node_infos())
         };
         let now = self.now_ms;
