@@ -288,19 +288,17 @@ impl<M: ConfigModel> Node<M> {
         }
     }
 
-    /// This node left the cluster: the master may still commit what it forwarded,
-    /// so the answer says the outcome is unknown (it contains [`OUTCOME_UNKNOWN`]).
+    /// This node left the cluster: the master may still commit what it forwarded
+    /// (or, if this node applied its COMMIT, the change may never reach the disks
+    /// when no quorate master completes it), so the answer says the outcome is
+    /// unknown (it contains [`OUTCOME_UNKNOWN`]).
     pub(super) fn forwards_outcome_unknown(&mut self) {
         let forwards = std::mem::take(&mut self.forwards);
-        for (request, f) in forwards {
-            let result = if f.committed {
-                Ok(())
-            } else {
-                Err(format!(
-                    "node {}: left the cluster while the change was in progress; {OUTCOME_UNKNOWN} (check the configuration)",
-                    self.me_name()
-                ))
-            };
+        for (request, _) in forwards {
+            let result = Err(format!(
+                "node {}: left the cluster while the change was in progress; {OUTCOME_UNKNOWN} (check the configuration)",
+                self.me_name()
+            ));
             self.reply(request, result);
         }
     }
