@@ -10,12 +10,25 @@ impl<M: ConfigModel> Node<M> {
         self.detect_silent_peers(now_ms);
         self.answer_takeover_queries(now_ms);
         self.check_lease(now_ms);
+        self.expire_forwards(now_ms);
         match self.state {
             State::Discovering { since_ms } => self.maybe_form(now_ms, since_ms),
             State::Abandoned { until_ms } if now_ms >= until_ms => {
                 self.state = State::Discovering { since_ms: now_ms };
             }
             State::TakingOver { .. } => self.on_tick_takeover(now_ms),
+            // A join whose request or view was lost (a partition) starts again.
+            State::Joining {
+                step: JoinStep::Requested | JoinStep::Ready,
+                ..
+            } if now_ms >= self.joining_since_ms + 3 * self.cfg.heartbeat_timeout_ms => {
+                log::info!(
+                    "node {}: no answer to the join for {} ms; listening again",
+                    self.cfg.me,
+                    now_ms - self.joining_since_ms
+                );
+                self.state = State::Discovering { since_ms: now_ms };
+            }
             State::Member if self.is_master() => self.master_next(now_ms),
             _ => {}
         }
@@ -48,6 +61,11 @@ impl<M: ConfigModel> Node<M> {
                     stamp_ms: now_ms,
                     echo,
                     lease_left_ms,
+                    max_view: self.max_view_seen,
+                    member_ago_ms: match self.state {
+                        State::Member | State::TakingOver { .. } => Some(0),
+                        _ => self.was_member_ms.map(|t| now_ms.saturating_sub(t)),
+                    },
                 },
             );
         }
@@ -70,6 +88,14 @@ impl<M: ConfigModel> Node<M> {
     /// `form_wait_ms`, and no live unjoined peer has a lower id.
     fn maybe_form(&mut self, now_ms: u64, since_ms: u64) {
         if now_ms < since_ms + self.cfg.form_wait_ms || self.stopping {
+            return;
+        }
+        // A cluster seen lately may have a master whose lease (and disk write in
+        // flight) has not run out yet: a new cluster forms only after it has.
+        if self
+            .last_cluster_ms
+            .is_some_and(|t| now_ms < t + self.cfg.lease_wait_ms())
+        {
             return;
         }
         let me = self.cfg.me;
@@ -188,8 +214,15 @@ impl<M: ConfigModel> Node<M> {
                 stamp_ms,
                 echo,
                 lease_left_ms,
+                max_view,
+                member_ago_ms,
                 ..
             } => {
+                self.max_view_seen = self.max_view_seen.max(max_view);
+                if let Some(ago) = member_ago_ms {
+                    let t = now_ms.saturating_sub(ago);
+                    self.last_cluster_ms = Some(self.last_cluster_ms.map_or(t, |l| l.max(t)));
+                }
                 peer.view_id = view_id;
                 peer.master = master;
                 peer.member = member;
@@ -276,6 +309,7 @@ impl<M: ConfigModel> Node<M> {
                         master: from,
                         step: JoinStep::Requested,
                     };
+                    self.joining_since_ms = now_ms;
                     let incarnation = self.cfg.incarnation;
                     self.send(from, Message::JoinRequest { incarnation });
                 }
@@ -447,6 +481,7 @@ impl<M: ConfigModel> Node<M> {
                     .get(&master)
                     .and_then(|p| p.last_heard_ms)
                     .unwrap_or(0),
+                started_ms: now_ms,
             },
         };
         self.maybe_finish_collecting(now_ms);
@@ -531,6 +566,7 @@ impl<M: ConfigModel> Node<M> {
                     newest,
                     outsiders,
                     heard_master_ms,
+                    ..
                 },
         } = &mut self.state
         else {
@@ -641,8 +677,23 @@ impl<M: ConfigModel> Node<M> {
         self.on_tick_takeover(now_ms);
     }
 
-    /// Takeover: once the lost master's lease has surely run out, read the disks.
+    /// Takeover: once the lost master's lease has surely run out, read the disks;
+    /// a takeover whose answers do not come (a partition) is given up.
     fn on_tick_takeover(&mut self, now_ms: u64) {
+        if let State::TakingOver {
+            step: TakeoverStep::Collecting { started_ms, .. },
+        } = self.state
+        {
+            if now_ms >= started_ms + 2 * self.cfg.heartbeat_timeout_ms {
+                let reason = format!(
+                    "{}; the live nodes did not answer the takeover within {} ms",
+                    self.no_quorum_reason(now_ms),
+                    2 * self.cfg.heartbeat_timeout_ms
+                );
+                self.leave_cluster(now_ms, reason);
+                return;
+            }
+        }
         if let State::TakingOver {
             step: TakeoverStep::WaitingLease { until_ms },
         } = self.state
@@ -1287,6 +1338,8 @@ impl<M: ConfigModel> Node<M> {
         self.slave_lease_until_ms = None;
         self.deposed.clear();
         self.grants.clear();
+        self.last_cluster_ms = Some(now_ms);
+        self.was_member_ms = Some(now_ms);
         if old_master.is_some() {
             self.forwards_outcome_unknown();
         }

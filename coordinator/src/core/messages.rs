@@ -140,6 +140,15 @@ pub enum Message {
         /// was left when it sent this (a slave's lease never outlasts its master's).
         #[serde(default)]
         lease_left_ms: u64,
+        /// The newest view id the sender has seen: a node that forms a cluster
+        /// numbers its view above every view still remembered anywhere.
+        #[serde(default)]
+        max_view: u64,
+        /// How long ago the sender was last a member of a view (none: never since it
+        /// started): a new cluster forms only once every live node's last cluster
+        /// is a lease in the past.
+        #[serde(default)]
+        member_ago_ms: Option<u64>,
     },
     /// Slave → master: a client's request.
     Forward {

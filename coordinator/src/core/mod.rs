@@ -377,6 +377,8 @@ enum TakeoverStep {
         outsiders: BTreeSet<NodeId>,
         /// The newest time (this node's clock) a voter last heard the lost master.
         heard_master_ms: u64,
+        /// When the queries went out (answers lost in a partition are given up on).
+        started_ms: u64,
     },
     /// A majority granted the takeover; the lost master's lease (and so every
     /// lease it capped) runs out before the disks are read.
@@ -438,6 +440,12 @@ pub struct Node<M: ConfigModel> {
     view_since_ms: u64,
     /// Why this node last left the cluster for want of quorum.
     quorum_reason: Option<String>,
+    /// When this node asked to join (a join that hears nothing starts again).
+    joining_since_ms: u64,
+    /// The newest time this node, or a live peer, was last a member of a cluster.
+    last_cluster_ms: Option<u64>,
+    /// When this node last left a cluster.
+    was_member_ms: Option<u64>,
     stopping: bool,
     out: Vec<Action<M>>,
 }
@@ -485,6 +493,9 @@ impl<M: ConfigModel> Node<M> {
             slave_lease_until_ms: None,
             view_since_ms: now_ms,
             quorum_reason: None,
+            joining_since_ms: 0,
+            last_cluster_ms: None,
+            was_member_ms: None,
             stopping: false,
             out: Vec::new(),
         }

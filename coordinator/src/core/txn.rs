@@ -96,6 +96,8 @@ pub(super) struct SlaveTxn<M> {
 pub(super) struct Forward {
     /// This node applied the request's COMMIT.
     committed: bool,
+    /// When it was forwarded (an answer lost in a partition is given up on).
+    sent_ms: u64,
 }
 
 impl<M: ConfigModel> Node<M> {
@@ -138,7 +140,13 @@ impl<M: ConfigModel> Node<M> {
                         Request::Change(c) => WireRequest::Change(M::encode_change(&c)),
                         Request::DetachPlex { volume, plex } => WireRequest::DetachPlex { volume, plex },
                     };
-                    self.forwards.insert(request, Forward { committed: false });
+                    self.forwards.insert(
+                        request,
+                        Forward {
+                            committed: false,
+                            sent_ms: now_ms,
+                        },
+                    );
                     self.send(master, Message::Forward { request, body });
                     return;
                 }
@@ -285,6 +293,27 @@ impl<M: ConfigModel> Node<M> {
                 ))
             };
             self.reply(request, result);
+        }
+    }
+
+    /// Forwarded requests whose answer has not come within a bound (a message lost
+    /// in a partition) are answered 'outcome unknown'. The bound covers a full
+    /// queue's wait, the lease a master waits out and a takeover.
+    pub(super) fn expire_forwards(&mut self, now_ms: u64) {
+        let bound_ms = 2 * self.cfg.lease_wait_ms() + 6 * self.cfg.heartbeat_timeout_ms;
+        let late: Vec<RequestId> = self
+            .forwards
+            .iter()
+            .filter(|(_, f)| now_ms >= f.sent_ms + bound_ms)
+            .map(|(&r, _)| r)
+            .collect();
+        for request in late {
+            self.forwards.remove(&request);
+            let err = format!(
+                "node {}: no answer from the master within {bound_ms} ms; {OUTCOME_UNKNOWN} (check the configuration)",
+                self.me_name()
+            );
+            self.reply(request, Err(err));
         }
     }
 
