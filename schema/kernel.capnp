@@ -98,6 +98,7 @@ struct VolumeSpec {
   sizeBytes @1 :UInt64;
   plexes @2 :List(PlexSpec);    # 1..32 mirrors
   readPolicy @3 :ReadPolicy;
+  shared @4 :Bool;              # served only under the data-plane lease (renewLease)
 }
 
 struct VolumeStats {
@@ -184,6 +185,9 @@ struct Event {
       bdev @6 :Text;
       reason @7 :Text;
     }
+    leaseExpired :group {       # the data-plane lease ran out (or was revoked): the
+      volumes @8 :List(Text);   # shared volumes now fenced (their I/O fails)
+    }
   }
 }
 
@@ -257,6 +261,14 @@ struct IscsiSession {
   connections @4 :List(IscsiConnection);  # one today (MaxConnections=1)
 }
 
+# ---- the data-plane lease (docs/KERNEL_INTERFACE.md, "The data-plane lease") ----
+
+enum LeaseState {
+  none @0;      # never granted: shared volumes are not served
+  valid @1;     # shared volumes are served until the lease runs out
+  expired @2;   # ran out or was revoked: shared volumes are fenced
+}
+
 interface Kernel {
   info @0 () -> (info :TargetInfo);
 
@@ -308,4 +320,12 @@ interface Kernel {
   iscsiSetChap @28 (iqn :Text, chap :IscsiChap) -> (error :Error);  # chap absent = clear
   iscsiTargets @29 () -> (error :Error, targets :List(IscsiTarget));  # secrets left out
   iscsiSessions @30 () -> (error :Error, sessions :List(IscsiSession));
+
+  # The data-plane lease. Shared volumes (VolumeSpec.shared) are served until now + leaseMs on
+  # the target's monotonic clock; leaseMs = 0 revokes at once. wasExpired: the lease had run
+  # out (or been revoked) before this call. Private volumes are never affected; creating,
+  # preparing, committing and aborting layouts is allowed in every lease state.
+  renewLease @31 (leaseMs :UInt32) -> (error :Error, wasExpired :Bool);
+  # remainingMs: 0 unless valid. expiries: how often the lease ran out or was revoked.
+  leaseStatus @32 () -> (error :Error, state :LeaseState, remainingMs :UInt64, expiries :UInt64);
 }

@@ -19,6 +19,7 @@
 //! name = "vol0"
 //! size = "512M"
 //! read_policy = "least-busy"
+//! shared = false          # true: served only under the data-plane lease
 //! plexes = [
 //!   { name = "vol0-01", layout = "concat", subdisks = [{ bdev = "m0", offset = "0", length = "512M" }] },
 //! ]
@@ -231,6 +232,10 @@ pub struct VolumeConfig {
     pub size: Size,
     /// `least-busy` (default), `round` or `prefer:<plex>`.
     pub read_policy: Option<Spanned<String>>,
+    /// Served only under the data-plane lease (`renewLease` over the kernel
+    /// interface); default false.
+    #[serde(default)]
+    pub shared: bool,
     /// Mirrors, 1..32.
     pub plexes: Vec<PlexConfig>,
 }
@@ -635,6 +640,7 @@ impl Config {
                 .as_ref()
                 .and_then(|r| ReadPolicy::parse(r.get_ref()).ok())
                 .unwrap_or_default(),
+            shared: v.shared,
         })
     }
 }

@@ -5,11 +5,13 @@
 //! - [`bdev`]: the block device framework and its backends.
 //! - [`volume`]: subdisks, plexes and volumes; quiesce and layout changes.
 //! - [`target`]: a running target: reactors + bdev registry + events.
+//! - [`lease`]: the data-plane lease that shared volumes are served under.
 //! - [`testutil`]: synchronous I/O helpers for tests and tools.
 
 pub mod bdev;
 pub mod buf;
 pub mod frontend;
+pub mod lease;
 pub mod perf;
 pub mod reactor;
 pub mod target;

@@ -107,6 +107,12 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// The data-plane lease ran out or was revoked: I/O to these shared volumes
+    /// fails until the lease is renewed.
+    LeaseExpired {
+        /// The shared volumes fenced.
+        volumes: Vec<String>,
+    },
 }
 
 /// How the target starts.
@@ -143,6 +149,8 @@ pub struct Target {
     pub(crate) volumes: crate::volume::Registry,
     /// Long-running operations (plex resyncs).
     pub(crate) tasks: crate::volume::resync::Tasks,
+    /// The data-plane lease shared volumes are served under.
+    pub(crate) lease: crate::lease::Lease,
 }
 
 impl Target {
@@ -164,6 +172,7 @@ impl Target {
             detach_policy: Mutex::new(DetachPolicy::Local),
             volumes: Default::default(),
             tasks: Default::default(),
+            lease: Default::default(),
         }))
     }
 

@@ -50,6 +50,7 @@ fn mirrored(k: &KernelClient) -> VolumeSpec {
             concat("v0-02", vec![sd("e1", 0, 4 * MIB)]),
         ],
         read_policy: ReadPolicy::LeastBusy,
+        shared: false,
     };
     k.create_volume(&spec).unwrap();
     spec
@@ -452,4 +453,84 @@ fn bad_flags_exit_2_and_start_errors_exit_1() {
         1,
         "{err}"
     );
+}
+
+#[test]
+fn renew_lease_and_lease_status_over_the_kernel_interface() {
+    use plexd_target::lease::{LeaseState, FENCED_ERRNO};
+    let t = start("api-lease");
+    let k = t.client().unwrap();
+    k.create_bdev(&BdevRequest::malloc("m0", 8 * MIB)).unwrap();
+    k.create_bdev(&BdevRequest::malloc("m1", 8 * MIB)).unwrap();
+    let shared = VolumeSpec {
+        name: "sv".into(),
+        size_bytes: 4 * MIB,
+        plexes: vec![concat("sv-01", vec![sd("m0", 0, 4 * MIB)])],
+        read_policy: ReadPolicy::LeastBusy,
+        shared: true,
+    };
+    k.create_volume(&shared).unwrap();
+    k.create_volume(&VolumeSpec {
+        name: "pv".into(),
+        plexes: vec![concat("pv-01", vec![sd("m1", 0, 4 * MIB)])],
+        shared: false,
+        ..shared.clone()
+    })
+    .unwrap();
+    assert!(
+        k.get_volume("sv").unwrap().1.shared,
+        "the flag crosses the socket"
+    );
+    let events = k.subscribe().unwrap();
+    let data = pattern(3, 4096);
+
+    // Never granted.
+    let st = k.lease_status().unwrap();
+    assert_eq!(
+        (st.state, st.remaining_ms, st.expiries),
+        (LeaseState::None, 0, 0)
+    );
+    assert_eq!(k.write("sv", 0, &data).unwrap(), FENCED_ERRNO);
+    assert_eq!(
+        k.write("pv", 0, &data).unwrap(),
+        0,
+        "private volumes need no lease"
+    );
+
+    // Granted.
+    assert!(!k.renew_lease(60_000).unwrap());
+    let st = k.lease_status().unwrap();
+    assert_eq!(st.state, LeaseState::Valid);
+    assert!(st.remaining_ms > 0 && st.remaining_ms <= 60_000, "{st:?}");
+    assert_eq!(k.write("sv", 0, &data).unwrap(), 0);
+
+    // A short lease runs out: one event naming the shared volume, I/O fails.
+    let before = Instant::now();
+    assert!(!k.renew_lease(200).unwrap());
+    let mut expired = None;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while expired.is_none() && Instant::now() < deadline {
+        if let Some(Event::LeaseExpired { volumes }) =
+            events.recv_timeout(Duration::from_millis(200))
+        {
+            expired = Some(volumes);
+        }
+    }
+    assert_eq!(expired, Some(vec!["sv".to_string()]));
+    assert!(before.elapsed() >= Duration::from_millis(200), "not early");
+    let st = k.lease_status().unwrap();
+    assert_eq!(
+        (st.state, st.remaining_ms, st.expiries),
+        (LeaseState::Expired, 0, 1)
+    );
+    assert_eq!(k.read("sv", 0, 4096).unwrap().status, FENCED_ERRNO);
+    assert_eq!(k.read("pv", 0, 4096).unwrap().data, data);
+
+    // Renewed after expiry: wasExpired, served again.
+    assert!(k.renew_lease(60_000).unwrap());
+    assert_eq!(k.read("sv", 0, 4096).unwrap().data, data);
+    // Too long a lease is a typed error.
+    let e = k.renew_lease(u32::MAX).unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::Invalid), "{e}");
+    assert_eq!(k.lease_status().unwrap().state, LeaseState::Valid);
 }

@@ -78,6 +78,7 @@ fn volume(k: &KernelClient) -> Vec<u8> {
             state: PlexState::Active,
         }],
         read_policy: ReadPolicy::LeastBusy,
+        shared: false,
     })
     .unwrap();
     data

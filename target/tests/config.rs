@@ -79,6 +79,7 @@ plexes = [
 [[volumes]]
 name = "vol1"
 size = "1M"
+shared = true
 plexes = [{ subdisks = [{ bdev = "m0", offset = "4M" }] }]
 "#;
 
@@ -139,6 +140,15 @@ fn a_good_file_creates_reactors_bdevs_and_volumes() {
     let (_, spec1) = k.get_volume("vol1").unwrap();
     assert_eq!(spec1.plexes[0].name, "vol1-01");
     assert_eq!(spec1.plexes[0].columns[0][0].len_bytes, 4 * MIB);
+    // vol1 is shared: served only under the data-plane lease.
+    assert!(spec1.shared && !spec0.shared);
+    let block = vec![7u8; 512];
+    assert_eq!(
+        k.write("vol1", 0, &block).unwrap(),
+        plexd_target::lease::FENCED_ERRNO
+    );
+    k.renew_lease(60_000).unwrap();
+    assert_eq!(k.write("vol1", 0, &block).unwrap(), 0);
 
     let data: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8).collect();
     assert_eq!(k.write("vol0", 0, &data).unwrap(), 0);

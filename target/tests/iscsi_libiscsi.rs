@@ -123,6 +123,7 @@ impl Fixture {
                 size_bytes,
                 plexes,
                 read_policy: Default::default(),
+                shared: false,
             })
             .unwrap();
         let dir = std::env::temp_dir().join(format!(

@@ -76,6 +76,8 @@ struct ScsiResult {
     status: u8,
     data: Vec<u8>,
     sense_key: Option<u8>,
+    /// ASC and ASCQ of the sense data, when there is any.
+    asc: Option<(u8, u8)>,
 }
 
 impl Ini {
@@ -214,15 +216,18 @@ impl Ini {
                             status: r.bhs[3],
                             data,
                             sense_key: None,
+                            asc: None,
                         };
                     }
                 }
                 op::SCSI_RESP => {
                     let sense_key = (r.data.len() >= 2 + 14).then(|| r.data[2 + 2] & 0x0f);
+                    let asc = (r.data.len() >= 2 + 14).then(|| (r.data[2 + 12], r.data[2 + 13]));
                     return ScsiResult {
                         status: r.bhs[3],
                         data,
                         sense_key,
+                        asc,
                     };
                 }
                 op::NOP_IN => {
@@ -254,6 +259,10 @@ impl Ini {
         cdb[2..6].copy_from_slice(&lba.to_be_bytes());
         cdb[7..9].copy_from_slice(&blocks.to_be_bytes());
         self.scsi(&cdb, None, blocks as u32 * BS as u32)
+    }
+
+    fn test_unit_ready(&mut self) -> ScsiResult {
+        self.scsi(&[0u8; 6], None, 0)
     }
 
     fn logout(&mut self) {
@@ -513,6 +522,7 @@ fn a_mirror_with_a_failing_plex_keeps_data_intact() {
         size_bytes: size,
         plexes: vec![plex("mv-01", "m0"), plex("mv-02", "e1")],
         read_policy: Default::default(),
+        shared: false,
     })
     .unwrap();
     let mut cfg = config(None, None);
@@ -599,5 +609,75 @@ fn portals_are_added_and_removed_at_run_time() {
         fe.remove_portal(second).is_err(),
         "removing twice is an error"
     );
+    ini.logout();
+}
+
+#[test]
+fn a_fenced_shared_volume_answers_not_ready_target_port_unavailable() {
+    use plexd_target::volume::{PlexKind, PlexSpec, PlexState, SubdiskSpec, VolumeSpec};
+    let size = 16u64 << 20;
+    let t = start_target(size);
+    t.create_volume(&VolumeSpec {
+        name: "sv".into(),
+        size_bytes: size,
+        plexes: vec![PlexSpec {
+            name: "sv-01".into(),
+            kind: PlexKind::Concat,
+            columns: vec![vec![SubdiskSpec {
+                bdev: "m0".into(),
+                offset_bytes: 0,
+                len_bytes: size,
+            }]],
+            state: PlexState::Active,
+        }],
+        read_policy: Default::default(),
+        shared: true,
+    })
+    .unwrap();
+    let mut cfg = config(None, None);
+    cfg.targets[0].luns[0].bdev = "sv".into();
+    let fe = IscsiFrontend::start(&t, &cfg).unwrap();
+    let mut ini = Ini::connect(fe.portal().port());
+    assert_eq!(ini.login(true), 0);
+    // NOT READY (2) / 04h 0Ch: a path failure to Linux (dm-multipath fails over).
+    let unavailable =
+        |r: &ScsiResult| (r.status, r.sense_key, r.asc) == (2, Some(2), Some((0x04, 0x0c)));
+    t.renew_lease(60_000).unwrap();
+    let a = pattern(5, 8 * BS);
+    assert_eq!(ini.write10(8, &a).status, 0);
+    assert_eq!(ini.test_unit_ready().status, 0);
+    // Revoked (an expiry does the same): reads, writes and TEST UNIT READY fail
+    // as a path failure; the session stays up.
+    t.renew_lease(0).unwrap();
+    let r = ini.read10(8, 8);
+    assert!(
+        unavailable(&r),
+        "read: status {} sense {:?} {:?}",
+        r.status,
+        r.sense_key,
+        r.asc
+    );
+    let r = ini.write10(8, &pattern(6, 8 * BS));
+    assert!(
+        unavailable(&r),
+        "write: status {} sense {:?} {:?}",
+        r.status,
+        r.sense_key,
+        r.asc
+    );
+    let r = ini.test_unit_ready();
+    assert!(
+        unavailable(&r),
+        "tur: status {} sense {:?} {:?}",
+        r.status,
+        r.sense_key,
+        r.asc
+    );
+    // Renewed: the path is back, the fenced write changed nothing.
+    t.renew_lease(60_000).unwrap();
+    assert_eq!(ini.test_unit_ready().status, 0);
+    let r = ini.read10(8, 8);
+    assert_eq!(r.status, 0);
+    assert!(r.data == a, "the data written before the expiry, untouched");
     ini.logout();
 }

@@ -51,6 +51,7 @@ fn mirror() -> (Arc<Target>, Arc<ErrorBdev>, Arc<ErrorBdev>) {
         size_bytes: 16 * MIB,
         plexes: vec![plex(0), plex(1)],
         read_policy: ReadPolicy::Round,
+        shared: false,
     })
     .unwrap();
     let e1 = errs.pop().unwrap();

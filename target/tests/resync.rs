@@ -69,6 +69,7 @@ fn detach_then_attach_under_load_resyncs_the_plex_without_failing_io() {
         size_bytes: 16 * MIB,
         plexes: vec![plex("v-01", "d0"), plex("v-02", "d1")],
         read_policy: ReadPolicy::Round,
+        shared: false,
     })
     .unwrap();
     let job = start_job(

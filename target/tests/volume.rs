@@ -123,6 +123,7 @@ fn writes_land_where_the_layout_says_on_every_mirror() {
         size_bytes: 8 * MIB,
         plexes: vec![concat.clone(), stripe.clone()],
         read_policy: ReadPolicy::Round,
+        shared: false,
     };
     t.create_volume(&spec).unwrap();
     // Boundary-spanning writes: across the concat's subdisks (3 MiB) and stripe units.
@@ -167,6 +168,7 @@ fn out_of_range_and_unaligned_io_fail_cleanly() {
             vec![vec![sd("d0", 0, 2 * MIB)]],
         )],
         read_policy: ReadPolicy::LeastBusy,
+        shared: false,
     })
     .unwrap();
     assert_eq!(read(&t, 0, "v", 2 * MIB, 4096), Err(libc::EINVAL));
@@ -183,6 +185,7 @@ fn bad_layouts_are_refused_with_the_object_named() {
         size_bytes: 2 * MIB,
         plexes,
         read_policy: ReadPolicy::LeastBusy,
+        shared: false,
     };
     let e = t
         .create_volume(&mk(vec![plex(
@@ -236,6 +239,7 @@ fn layout_changes_add_mirror_grow_remove_plex() {
         size_bytes: 4 * MIB,
         plexes: vec![p1],
         read_policy: ReadPolicy::LeastBusy,
+        shared: false,
     };
     t.create_volume(&spec).unwrap();
     let data = pattern(7, 0, 4 * MIB as usize);
@@ -297,6 +301,7 @@ fn the_last_active_plex_is_never_detached() {
             plex("v-02", PlexKind::Concat, vec![vec![sd("d1", 0, 4 * MIB)]]),
         ],
         read_policy: ReadPolicy::Prefer("v-02".into()),
+        shared: false,
     })
     .unwrap();
     t.set_plex_state("v", "v-01", PlexState::Detached).unwrap();
@@ -327,6 +332,7 @@ fn a_channel_created_during_a_quiesce_inherits_the_closed_gate() {
             vec![vec![sd("d0", 0, 4 * MIB)]],
         )],
         read_policy: ReadPolicy::LeastBusy,
+        shared: false,
     })
     .unwrap();
     // Only reactor 0 has used the volume so far.

@@ -34,6 +34,7 @@ use super::service::{BdevRequest, Injection, IoResult, TargetInfo};
 use super::{ApiError, ErrorCode};
 use crate::bdev::{BdevInfo, IoKind};
 use crate::frontend::iscsi::{ChapConfig, LunConfig, SessionInfo, TargetNodeConfig};
+use crate::lease::LeaseStatus;
 use crate::target::{DetachPolicy, Event, EVENT_QUEUE_DEPTH};
 use crate::volume::{PlexState, VolumeInfo, VolumeSpec};
 
@@ -810,6 +811,45 @@ impl KernelClient {
                     .map(read_iscsi_session)
                     .collect::<capnp::Result<Vec<_>>>()
                     .map_err(|e| rpc_err(&path, e))
+            })
+        })
+    }
+
+    // ---- the data-plane lease ----
+
+    /// Serves shared volumes for `lease_ms` more milliseconds of the target's
+    /// monotonic clock (0 revokes at once). Returns whether the lease had run out
+    /// (or been revoked) before this call.
+    pub fn renew_lease(&self, lease_ms: u32) -> Result<bool, ClientError> {
+        self.call("renewLease", self.call_timeout, move |kc, path| {
+            Box::pin(async move {
+                let mut rq = kc.renew_lease_request();
+                rq.get().set_lease_ms(lease_ms);
+                let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
+                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
+                check(&path, r.has_error(), || read_error(r.get_error()?))?;
+                Ok(r.get_was_expired())
+            })
+        })
+    }
+
+    /// The lease's state (none, valid, expired), time left and expiry count.
+    pub fn lease_status(&self) -> Result<LeaseStatus, ClientError> {
+        self.call("leaseStatus", self.call_timeout, |kc, path| {
+            Box::pin(async move {
+                let resp = kc
+                    .lease_status_request()
+                    .send()
+                    .promise
+                    .await
+                    .map_err(|e| rpc_err(&path, e))?;
+                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
+                check(&path, r.has_error(), || read_error(r.get_error()?))?;
+                Ok(LeaseStatus {
+                    state: lease_state_from(r.get_state().map_err(|e| rpc_err(&path, e.into()))?),
+                    remaining_ms: r.get_remaining_ms(),
+                    expiries: r.get_expiries(),
+                })
             })
         })
     }

@@ -11,6 +11,7 @@ use super::{ApiError, ErrorCode};
 use crate::bdev::error::FailOn;
 use crate::bdev::{BdevInfo, IoKind};
 use crate::frontend::iscsi::{ChapConfig, LunConfig, SessionInfo, TargetNodeConfig};
+use crate::lease::LeaseState;
 use crate::reactor::PollMode;
 use crate::target::{DetachPolicy, Event};
 use crate::volume::{
@@ -249,6 +250,7 @@ fn read_read_policy(r: k::read_policy::Reader<'_>) -> Result<ReadPolicy> {
 pub(crate) fn set_volume_spec(mut b: k::volume_spec::Builder<'_>, s: &VolumeSpec) {
     b.set_name(s.name.as_str());
     b.set_size_bytes(s.size_bytes);
+    b.set_shared(s.shared);
     set_read_policy(b.reborrow().init_read_policy(), &s.read_policy);
     let mut plexes = b.init_plexes(s.plexes.len() as u32);
     for (i, p) in s.plexes.iter().enumerate() {
@@ -291,6 +293,7 @@ pub(crate) fn read_volume_spec(r: k::volume_spec::Reader<'_>) -> Result<VolumeSp
         } else {
             ReadPolicy::LeastBusy
         },
+        shared: r.get_shared(),
     })
 }
 
@@ -435,6 +438,10 @@ pub(crate) fn set_event(b: k::event::Builder<'_>, ev: &Event) {
             g.set_bdev(bdev.as_str());
             g.set_reason(reason.as_str());
         }
+        Event::LeaseExpired { volumes } => {
+            let g = b.init_lease_expired();
+            set_text_list(g.init_volumes(volumes.len() as u32), volumes);
+        }
     }
 }
 
@@ -454,7 +461,26 @@ pub(crate) fn read_event(r: k::event::Reader<'_>) -> Result<Event> {
             bdev: g.get_bdev()?.to_string()?,
             reason: g.get_reason()?.to_string()?,
         },
+        k::event::LeaseExpired(g) => Event::LeaseExpired {
+            volumes: read_text_list(g.get_volumes()?)?,
+        },
     })
+}
+
+pub(crate) fn lease_state_to(s: LeaseState) -> k::LeaseState {
+    match s {
+        LeaseState::None => k::LeaseState::None,
+        LeaseState::Valid => k::LeaseState::Valid,
+        LeaseState::Expired => k::LeaseState::Expired,
+    }
+}
+
+pub(crate) fn lease_state_from(s: k::LeaseState) -> LeaseState {
+    match s {
+        k::LeaseState::None => LeaseState::None,
+        k::LeaseState::Valid => LeaseState::Valid,
+        k::LeaseState::Expired => LeaseState::Expired,
+    }
 }
 
 pub(crate) fn set_info(mut b: k::target_info::Builder<'_>, i: &TargetInfo) {
@@ -670,6 +696,7 @@ mod tests {
                 },
             ],
             read_policy: ReadPolicy::Prefer("v0-02".into()),
+            shared: true,
         }
     }
 
@@ -694,6 +721,9 @@ mod tests {
                 volume: "v0".into(),
                 plex: "v0-01".into(),
                 state: "STALE".into(),
+            },
+            Event::LeaseExpired {
+                volumes: vec!["v0".into(), "v1".into()],
             },
             Event::DiskGone {
                 bdev: "u0".into(),

@@ -793,6 +793,33 @@ impl k::kernel::Server for KernelImpl {
         }
         Ok(())
     }
+
+    async fn renew_lease(
+        self: Rc<Self>,
+        params: k::kernel::RenewLeaseParams,
+        mut results: k::kernel::RenewLeaseResults,
+    ) -> Result<(), capnp::Error> {
+        let ms = params.get()?.get_lease_ms();
+        // Through the pool: the renewal waits for every reactor to take it.
+        match blocking(&self.service, move |s| s.target().renew_lease(ms)).await {
+            Ok(was_expired) => results.get().set_was_expired(was_expired),
+            Err(e) => fail(self.conn, "renewLease", &e, results.get().init_error()),
+        }
+        Ok(())
+    }
+
+    async fn lease_status(
+        self: Rc<Self>,
+        _: k::kernel::LeaseStatusParams,
+        mut results: k::kernel::LeaseStatusResults,
+    ) -> Result<(), capnp::Error> {
+        let st = self.service.target().lease_status();
+        let mut b = results.get();
+        b.set_state(lease_state_to(st.state));
+        b.set_remaining_ms(st.remaining_ms);
+        b.set_expiries(st.expiries);
+        Ok(())
+    }
 }
 
 /// Sends every event to `sink`, one call at a time, until the connection closes, a

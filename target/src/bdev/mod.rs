@@ -158,6 +158,13 @@ pub trait BdevChannel {
     /// Starts `io`. The completion is delivered later through the reactor, never
     /// from inside this call.
     fn submit(&self, io: BdevIo);
+
+    /// True while this reactor must not serve the bdev at all (a shared volume
+    /// fenced by the data-plane lease): frontends answer TEST UNIT READY with a
+    /// path failure. Reactor-local and cheap; most bdevs are always available.
+    fn unavailable(&self) -> bool {
+        false
+    }
 }
 
 /// Validates an I/O's range against a bdev: alignment, bounds and buffer length.

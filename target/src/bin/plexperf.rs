@@ -210,6 +210,7 @@ fn volume_spec(t: &Target, spec: &str) -> Result<VolumeSpec, String> {
         size_bytes: size,
         plexes,
         read_policy: ReadPolicy::LeastBusy,
+        shared: false,
     })
 }
 

@@ -42,6 +42,10 @@ pub const MAX_SLEEP: Duration = Duration::from_millis(500);
 const CPU_SAMPLE_PERIOD: Duration = Duration::from_millis(100);
 /// Busy loop iterations between two looks at the clock.
 const BUSY_CLOCK_EVERY: u64 = 256;
+/// Units of work (messages, completions, poller work) between two looks at the
+/// clock in a busy loop, so the cached clock pollers get (the data-plane lease's
+/// expiry among them) lags by at most this much work, whatever an iteration does.
+const BUSY_CLOCK_WORK: usize = 64;
 /// user_data of the eventfd read that wakes a sleeping reactor.
 const WAKE_USER_DATA: u64 = u64::MAX;
 
@@ -172,8 +176,8 @@ pub struct Reactor {
     /// The pollers of the running pass (reused, so a pass allocates nothing).
     poller_pass: Cell<Vec<Rc<dyn Poller>>>,
     /// The time pollers are given: read by the run loop when it reads the clock anyway
-    /// (every idle iteration, every `BUSY_CLOCK_EVERY` busy ones), so a poller pass
-    /// costs no clock read; at most a few hundred loop iterations old.
+    /// (every idle iteration, every `BUSY_CLOCK_EVERY` busy ones or `BUSY_CLOCK_WORK`
+    /// units of work, whichever comes first), so a poller pass costs no clock read.
     clock: Cell<Instant>,
     next_poller: Cell<u64>,
     channels: RefCell<HashMap<String, Rc<dyn BdevChannel>>>,
@@ -241,6 +245,14 @@ impl Reactor {
             stats,
             stop: Cell::new(false),
         })
+    }
+
+    /// The reactor's cached clock (what pollers are given): read when the loop reads
+    /// the clock anyway, so it costs nothing; a little behind the real time while the
+    /// reactor is busy (at most `BUSY_CLOCK_WORK` units of work).
+    #[inline]
+    pub fn now(&self) -> Instant {
+        self.clock.get()
     }
 
     /// This reactor's index within its set.
@@ -552,14 +564,20 @@ impl Reactor {
         let mut idle_since: Option<Instant> = None;
         let mut last_cpu = Instant::now();
         let mut busy_loops = 0u64;
+        let mut work_since_clock = 0usize;
         while !self.stop.get() {
             let work = self.run_once();
             if work > 0 {
                 // Reading the clock costs tens of ns on some machines: busy loops
-                // look at it only every BUSY_CLOCK_EVERY iterations.
+                // look at it only every BUSY_CLOCK_EVERY iterations or
+                // BUSY_CLOCK_WORK units of work.
                 idle_since = None;
                 busy_loops += 1;
-                if busy_loops.is_multiple_of(BUSY_CLOCK_EVERY) {
+                work_since_clock += work;
+                if busy_loops.is_multiple_of(BUSY_CLOCK_EVERY)
+                    || work_since_clock >= BUSY_CLOCK_WORK
+                {
+                    work_since_clock = 0;
                     self.stats.busy_loops.store(busy_loops, Ordering::Relaxed);
                     let now = Instant::now();
                     self.clock.set(now);
@@ -570,6 +588,7 @@ impl Reactor {
                 }
                 continue;
             }
+            work_since_clock = 0;
             let now = Instant::now();
             self.clock.set(now);
             if now.duration_since(last_cpu) >= CPU_SAMPLE_PERIOD {

@@ -1,6 +1,11 @@
 //! A volume's reactor-local channel: the gate, the in-flight count, parked I/O,
 //! mirror fan-out, read retry and held writes. Everything here runs on one
 //! reactor and uses `Cell`/`RefCell` only: no lock, no shared atomic.
+//!
+//! A shared volume's channel also checks the reactor-local lease flag
+//! ([`ReactorLease::fenced`]) before anything else: while fenced, new I/O fails
+//! with [`FENCED_ERRNO`] (parked I/O and held writes were failed at expiry by
+//! [`VolumeChannel::fence`]); children already at the disk complete normally.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -11,6 +16,7 @@ use std::time::Instant;
 use super::spec::{Layout, PlexState, ReadPolicy};
 use super::VolumeShared;
 use crate::bdev::{check_range, BdevChannel, BdevIo, IoCallback, IoDone, IoKind, IoStatus};
+use crate::lease::{ReactorLease, FENCED_ERRNO};
 use crate::reactor::Reactor;
 use crate::target::Event;
 
@@ -155,6 +161,10 @@ pub(crate) struct VolumeChannel {
     submitted: Cell<u64>,
     /// True while `submit` runs: completions must then be queued, not delivered.
     in_submit: Cell<bool>,
+    /// This reactor's view of the data-plane lease.
+    lease: Rc<ReactorLease>,
+    /// The bound layout is of a shared volume (served only under the lease).
+    is_shared: Cell<bool>,
 }
 
 /// One I/O in this many has its latency measured (reading the clock costs).
@@ -172,6 +182,7 @@ impl VolumeChannel {
         layout: Arc<Layout>,
         gate_closed: bool,
     ) -> Result<Rc<VolumeChannel>, String> {
+        let is_shared = layout.spec.shared;
         let chl = ChLayout::build(reactor, layout)?;
         let ch = Rc::new(VolumeChannel {
             shared,
@@ -189,6 +200,8 @@ impl VolumeChannel {
             stats: RefCell::new(VolumeStats::default()),
             submitted: Cell::new(0),
             in_submit: Cell::new(false),
+            lease: reactor.local::<ReactorLease>(),
+            is_shared: Cell::new(is_shared),
         });
         *ch.me.borrow_mut() = Rc::downgrade(&ch);
         Ok(ch)
@@ -231,9 +244,11 @@ impl VolumeChannel {
     pub(crate) fn open_gate(&self, layout: Option<Arc<Layout>>) {
         if let Some(l) = layout {
             if !Arc::ptr_eq(&self.layout.borrow().layout, &l) {
+                let is_shared = l.spec.shared;
                 match ChLayout::build(&self.reactor, l) {
                     Ok(chl) => {
                         *self.layout.borrow_mut() = Rc::new(chl);
+                        self.is_shared.set(is_shared);
                         self.reported.set(0);
                     }
                     Err(e) => log::error!(
@@ -251,6 +266,39 @@ impl VolumeChannel {
             self.submit(io);
         }
         self.recheck_held();
+    }
+
+    /// True while this is a shared volume and the lease is not valid on this reactor.
+    #[inline]
+    fn fenced(&self) -> bool {
+        self.is_shared.get() && self.lease.fenced(self.reactor.now())
+    }
+
+    /// The lease ran out on this reactor: fails the I/O parked behind a closed gate
+    /// and the writes held for a plex detach (a shared volume only). The gate and a
+    /// staged layout stay as they are; in-flight children complete normally.
+    pub(crate) fn fence(&self) {
+        if !self.is_shared.get() {
+            return;
+        }
+        let parked: Vec<BdevIo> = self.parked.borrow_mut().drain(..).collect();
+        let held: Vec<usize> = self.held.borrow_mut().drain(..).collect();
+        if parked.is_empty() && held.is_empty() {
+            return;
+        }
+        log::debug!(
+            "volume {} on reactor {}: lease expired; failing {} parked I/O(s) and {} held write(s)",
+            self.shared.name,
+            self.reactor.id(),
+            parked.len(),
+            held.len()
+        );
+        for io in parked {
+            self.fail_fenced(io);
+        }
+        for slot in held {
+            self.complete(slot, IoStatus::Failed(FENCED_ERRNO));
+        }
     }
 
     /// Applies a plex state change without a drain (detach after an error, attach).
@@ -449,6 +497,9 @@ impl VolumeChannel {
             }
             if failed == 0 {
                 self.finish(slot, IoStatus::Success);
+            } else if self.fenced() {
+                // No new disk I/O for a fenced shared volume: no retry.
+                self.finish(slot, IoStatus::Failed(FENCED_ERRNO));
             } else {
                 log::warn!(
                     "volume {}: read failed on plex {} (errno {errno}); retrying on another plex",
@@ -489,6 +540,11 @@ impl VolumeChannel {
                 );
                 self.shared.plex_error(&plex, errno);
             }
+        }
+        if self.fenced() {
+            // The lease ran out meanwhile: fail the write instead of holding it.
+            self.finish(slot, IoStatus::Failed(FENCED_ERRNO));
+            return;
         }
         self.ios.borrow_mut()[slot].held = true;
         self.held.borrow_mut().push(slot);
@@ -558,23 +614,36 @@ impl VolumeChannel {
         self.complete(slot, status);
     }
 
-    fn complete(&self, slot: usize, status: IoStatus) {
-        let v = self.ios.borrow_mut().remove(slot);
+    /// Counts a finished I/O in the stats.
+    fn count(&self, io: &BdevIo, status: IoStatus) {
         let mut s = self.stats.borrow_mut();
-        match v.io.kind {
+        match io.kind {
             IoKind::Read => {
                 s.read_ops += 1;
-                s.read_bytes += v.io.len_bytes;
+                s.read_bytes += io.len_bytes;
             }
             IoKind::Write | IoKind::WriteZeroes | IoKind::Unmap => {
                 s.write_ops += 1;
-                s.write_bytes += v.io.len_bytes;
+                s.write_bytes += io.len_bytes;
             }
             IoKind::Flush | IoKind::Reset => s.other_ops += 1,
         }
         if !status.is_ok() {
             s.failed_ops += 1;
         }
+    }
+
+    /// Fails an I/O that never started (no slot) because the volume is fenced.
+    fn fail_fenced(&self, io: BdevIo) {
+        let status = IoStatus::Failed(FENCED_ERRNO);
+        self.count(&io, status);
+        self.reactor.complete(io.cb, status);
+    }
+
+    fn complete(&self, slot: usize, status: IoStatus) {
+        let v = self.ios.borrow_mut().remove(slot);
+        self.count(&v.io, status);
+        let mut s = self.stats.borrow_mut();
         if let Some(start) = v.start {
             let lat = start.elapsed().as_nanos() as u64;
             // Each sample stands for LATENCY_SAMPLE_EVERY I/Os, so total/ops is the mean.
@@ -593,6 +662,10 @@ impl VolumeChannel {
 
 impl BdevChannel for VolumeChannel {
     fn submit(&self, io: BdevIo) {
+        if self.fenced() {
+            self.fail_fenced(io);
+            return;
+        }
         if self.gate_closed.get() {
             self.parked.borrow_mut().push_back(io);
             return;
@@ -620,6 +693,10 @@ impl BdevChannel for VolumeChannel {
         self.in_submit.set(true);
         self.start(slot);
         self.in_submit.set(false);
+    }
+
+    fn unavailable(&self) -> bool {
+        self.fenced()
     }
 }
 

@@ -13,6 +13,11 @@
 //! each reactor answers once its own in-flight count for the volume reaches zero
 //! (it is told, it does not poll). New I/O is parked, not failed. `commit` swaps the
 //! staged layout in on every reactor and resubmits parked I/O; `abort` drops it.
+//!
+//! Shared volumes (`VolumeSpec::shared`) are also fenced by the data-plane lease
+//! ([`crate::lease`]): while it is not valid, their channels fail new I/O, parked
+//! I/O and held writes with [`crate::lease::FENCED_ERRNO`]; a staged layout stays
+//! staged.
 
 mod channel;
 pub mod resync;
@@ -188,6 +193,20 @@ fn call_err(name: &str) -> impl Fn(crate::reactor::CallError) -> TargetError + '
     move |e| TargetError::Timeout {
         object: vol_obj(name),
         reason: e.to_string(),
+    }
+}
+
+/// Fails what waits on this reactor's shared volumes (the lease ran out here).
+pub(crate) fn fence_reactor(r: &Reactor) {
+    let chans: Vec<Rc<VolumeChannel>> = r
+        .local::<LocalVolumes>()
+        .chans
+        .borrow()
+        .values()
+        .cloned()
+        .collect();
+    for c in chans {
+        c.fence();
     }
 }
 
@@ -603,6 +622,15 @@ impl Target {
             parked,
             held,
         })
+    }
+
+    /// The committed layout of every volume.
+    pub fn list_volume_specs(&self) -> Vec<VolumeSpec> {
+        self.volumes
+            .map()
+            .values()
+            .map(|v| v.ctl().current.spec.clone())
+            .collect()
     }
 
     /// Every volume.

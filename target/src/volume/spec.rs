@@ -141,6 +141,11 @@ pub struct VolumeSpec {
     /// Read policy.
     #[serde(default)]
     pub read_policy: ReadPolicy,
+    /// A shared volume (of a cluster's shared disk group) is served only while the
+    /// data-plane lease is valid ([`crate::Target::renew_lease`]); a private one
+    /// (the default) never depends on the lease.
+    #[serde(default)]
+    pub shared: bool,
 }
 
 /// A subdisk resolved to its bdev.

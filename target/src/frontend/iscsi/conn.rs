@@ -36,6 +36,7 @@ use super::text::{self, Params};
 use super::{LunRt, Session, Shared, TargetRt};
 use crate::bdev::{BdevIo, IoCallback, IoDone, IoKind, IoStatus};
 use crate::buf::{BufWaiter, IoBuf, PoolBuf};
+use crate::lease::FENCED_ERRNO;
 use crate::reactor::{Poller, Reactor, UringDone};
 
 /// Output queued beyond which the connection stops reading new requests.
@@ -1204,6 +1205,20 @@ impl Conn {
         } else {
             scsi::decode(&cdb, lun.as_ref().map(|l| &l.info), &luns, ns, wp)
         };
+        // TEST UNIT READY on a LUN this reactor must not serve (a shared volume
+        // fenced by the data-plane lease): the path is unavailable, so a path
+        // checker keeps it down until the lease is renewed.
+        if cdb[0] == 0x00 && matches!(&opv, Op::Done(r) if r.status == sense::GOOD) {
+            if let Some(l) = &lun {
+                if self
+                    .reactor
+                    .channel(&l.bdev)
+                    .is_ok_and(|ch| ch.unavailable())
+                {
+                    opv = Op::Done(Response::check(sense::PORT_UNAVAILABLE));
+                }
+            }
+        }
         // Everything below consumes the command; check buffer needs first so a
         // stall leaves it in the receive buffer untouched.
         let bs = lun.as_ref().map_or(512, |l| l.info.block_size);
@@ -2181,7 +2196,16 @@ impl IoDone for Conn {
             debug_assert!(t.inflight > 0);
             t.inflight -= 1;
             if let IoStatus::Failed(errno) = status {
-                if t.err.is_none() {
+                if t.err.is_none() && errno == FENCED_ERRNO {
+                    // The data-plane lease ran out (logged once by the target): a
+                    // path failure the host fails over, not a medium error.
+                    log::debug!(
+                        "iscsi: lun {}: {:?} fenced (lease expired)",
+                        t.lun.info.lun,
+                        t.op
+                    );
+                    t.err = Some(sense::PORT_UNAVAILABLE);
+                } else if t.err.is_none() {
                     log::warn!(
                         "iscsi: lun {}: {:?} failed with errno {errno}",
                         t.lun.info.lun,

@@ -121,6 +121,11 @@ pub const INTERNAL_FAILURE: Sense = Sense::new(key::HARDWARE_ERROR, 0x44, 0x00);
 pub const DATA_PHASE_ERROR: Sense = Sense::new(key::ABORTED_COMMAND, 0x4b, 0x00);
 /// MISCOMPARE / MISCOMPARE DURING VERIFY OPERATION.
 pub const MISCOMPARE: Sense = Sense::new(key::MISCOMPARE, 0x1d, 0x00);
+/// NOT READY / LOGICAL UNIT NOT ACCESSIBLE, TARGET PORT IN UNAVAILABLE STATE: the
+/// answer for a shared volume fenced by the data-plane lease. Linux fails the
+/// command with a path error (BLK_STS_IOERR), so dm-multipath fails the path over;
+/// multipathd's TUR checker keeps the path down while TEST UNIT READY gets it.
+pub const PORT_UNAVAILABLE: Sense = Sense::new(key::NOT_READY, 0x04, 0x0c);
 /// UNIT ATTENTION / POWER ON, RESET, OR BUS DEVICE RESET OCCURRED.
 pub const RESET_OCCURRED: Sense = Sense::new(key::UNIT_ATTENTION, 0x29, 0x00);
 

@@ -1,0 +1,325 @@
+//! The data-plane lease (self-fencing): a shared volume is served only while the
+//! coordinator keeps renewing the lease over the kernel interface (`renewLease`).
+//!
+//! - Control side ([`Lease`], in the [`Target`]): the deadline on the target's
+//!   monotonic clock (`Instant`), a generation bumped by every renewal, the expiry
+//!   count. [`Target::renew_lease`] hands the new deadline to every reactor through
+//!   its mailbox and waits until each one has it.
+//! - Reactor side ([`ReactorLease`], reactor-local): the deadline and one `fenced`
+//!   flag that a shared volume's channel checks on submit (a `Cell`: no lock, no
+//!   shared atomic on the I/O path). A poller flips the flag when the reactor's
+//!   clock passes the deadline — also on an idle reactor, whose sleep is bounded by
+//!   the poller's deadline — and fails what waits on this reactor's shared volumes
+//!   (parked behind a closed gate, writes held for a plex detach). The reactor's
+//!   clock is refreshed at least every `BUSY_CLOCK_WORK` units of work, so the
+//!   expiry lags the deadline by at most that much work (well under a few ms).
+//! - Expiry is reported once per lease generation (the first reactor to see it):
+//!   one log line naming the fenced volumes, and [`Event::LeaseExpired`].
+//!
+//! A never-granted lease (state none) fences shared volumes too. Creating, preparing,
+//! committing and aborting layouts is never refused: the data plane neither commits
+//! nor aborts a staged layout on its own. In-flight child I/O already at the disk
+//! completes normally.
+
+use std::cell::{Cell, RefCell};
+use std::rc::{Rc, Weak as RcWeak};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use crate::reactor::{Poller, Reactor};
+use crate::target::{Event, Target, TargetError};
+
+/// The errno a shared volume's I/O fails with while the lease is not valid
+/// (`ESHUTDOWN`, "cannot send after transport endpoint shutdown": this node's path
+/// to the volume is shut). Disks do not return it, so it is distinct from a medium
+/// error; the iSCSI frontend turns it into NOT READY, 04h/0Ch (docs/ISCSI.md).
+pub const FENCED_ERRNO: i32 = libc::ESHUTDOWN;
+
+/// Longest lease a renewal may grant.
+pub const MAX_LEASE: Duration = Duration::from_secs(3600);
+
+/// The lease as `leaseStatus` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaseState {
+    /// Never granted: shared volumes are not served.
+    None,
+    /// Shared volumes are served until the deadline.
+    Valid,
+    /// Ran out or was revoked: shared volumes are fenced.
+    Expired,
+}
+
+/// The answer of [`Target::lease_status`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseStatus {
+    /// None, valid or expired.
+    pub state: LeaseState,
+    /// Time left while valid, in milliseconds; 0 otherwise.
+    pub remaining_ms: u64,
+    /// How often the lease ran out or was revoked since the target started.
+    pub expiries: u64,
+}
+
+struct LeaseCtl {
+    deadline: Option<Instant>,
+    /// Bumped by every renewal; reactors ignore an older one arriving late.
+    generation: u64,
+}
+
+/// What reactors share with the control side (touched only at expiry, never on the
+/// I/O path).
+#[derive(Default)]
+pub(crate) struct LeaseShared {
+    /// The newest generation whose expiry was reported.
+    reported: AtomicU64,
+    expiries: AtomicU64,
+}
+
+/// The control side of a target's lease.
+pub(crate) struct Lease {
+    ctl: Mutex<LeaseCtl>,
+    shared: Arc<LeaseShared>,
+}
+
+impl Default for Lease {
+    fn default() -> Self {
+        Lease {
+            ctl: Mutex::new(LeaseCtl {
+                deadline: None,
+                generation: 0,
+            }),
+            shared: Arc::new(LeaseShared::default()),
+        }
+    }
+}
+
+impl Lease {
+    fn ctl(&self) -> MutexGuard<'_, LeaseCtl> {
+        self.ctl.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+const LEASE_OBJ: &str = "data-plane lease";
+
+impl Target {
+    /// Serves shared volumes until now + `lease_ms` (monotonic clock); 0 revokes at
+    /// once. Returns whether the lease had run out (or been revoked) before this
+    /// call. Returns once every reactor has the new deadline.
+    pub fn renew_lease(self: &Arc<Self>, lease_ms: u32) -> Result<bool, TargetError> {
+        if u128::from(lease_ms) > MAX_LEASE.as_millis() {
+            return Err(TargetError::invalid(
+                LEASE_OBJ,
+                format!(
+                    "a lease of {lease_ms} ms is longer than the limit of {} ms",
+                    MAX_LEASE.as_millis()
+                ),
+            ));
+        }
+        let now = Instant::now();
+        let deadline = now + Duration::from_millis(u64::from(lease_ms));
+        let (generation, was_expired) = {
+            let mut c = self.lease.ctl();
+            let was_expired = c.deadline.is_some_and(|d| d <= now);
+            c.generation += 1;
+            c.deadline = Some(deadline);
+            (c.generation, was_expired)
+        };
+        let shared = Arc::clone(&self.lease.shared);
+        let target = Arc::downgrade(self);
+        self.reactors()
+            .broadcast_blocking(move |r| {
+                apply(
+                    r,
+                    generation,
+                    deadline,
+                    Arc::clone(&shared),
+                    Weak::clone(&target),
+                )
+            })
+            .map_err(|e| {
+                let e = TargetError::Timeout {
+                    object: LEASE_OBJ.into(),
+                    reason: format!(
+                        "renewal ({lease_ms} ms) did not reach every reactor: {e}; a reactor \
+                         without it fences shared volumes at the previous deadline"
+                    ),
+                };
+                log::error!("{e}");
+                e
+            })?;
+        if lease_ms == 0 {
+            if !was_expired {
+                log::warn!("{LEASE_OBJ}: revoked; shared volumes are fenced");
+            }
+        } else if was_expired {
+            log::warn!(
+                "{LEASE_OBJ}: renewed after expiry; shared volumes are served again for {lease_ms} ms"
+            );
+        }
+        Ok(was_expired)
+    }
+
+    /// The lease's state, time left and expiry count.
+    pub fn lease_status(&self) -> LeaseStatus {
+        let now = Instant::now();
+        let deadline = self.lease.ctl().deadline;
+        let (state, remaining_ms) = match deadline {
+            None => (LeaseState::None, 0),
+            Some(d) if d <= now => (LeaseState::Expired, 0),
+            Some(d) => (
+                LeaseState::Valid,
+                u64::try_from(d.duration_since(now).as_millis()).unwrap_or(u64::MAX),
+            ),
+        };
+        LeaseStatus {
+            state,
+            remaining_ms,
+            expiries: self.lease.shared.expiries.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The shared volumes, by name.
+    fn shared_volume_names(&self) -> Vec<String> {
+        self.list_volume_specs()
+            .into_iter()
+            .filter(|s| s.shared)
+            .map(|s| s.name)
+            .collect()
+    }
+}
+
+/// The lease as one reactor sees it.
+pub(crate) struct ReactorLease {
+    deadline: Cell<Option<Instant>>,
+    generation: Cell<u64>,
+    /// Checked by shared volumes' channels on every submit. True until a lease is
+    /// granted.
+    fenced: Cell<bool>,
+    poller: Cell<bool>,
+    link: RefCell<Option<(Arc<LeaseShared>, Weak<Target>)>>,
+}
+
+impl Default for ReactorLease {
+    fn default() -> Self {
+        ReactorLease {
+            deadline: Cell::new(None),
+            generation: Cell::new(0),
+            fenced: Cell::new(true),
+            poller: Cell::new(false),
+            link: RefCell::new(None),
+        }
+    }
+}
+
+impl ReactorLease {
+    /// True while shared volumes must not be served on this reactor at `now` (the
+    /// reactor's cached clock). The deadline is compared too: the reactor may run
+    /// messages (new I/O) before its poller in the iteration the clock passes it.
+    #[inline]
+    pub(crate) fn fenced(&self, now: Instant) -> bool {
+        self.fenced.get() || self.deadline.get().is_some_and(|d| now >= d)
+    }
+
+    /// Sets the flag; on the step from served to fenced, fails what waits on this
+    /// reactor's shared volumes and reports the expiry (once per generation).
+    fn set_fenced(&self, r: &Rc<Reactor>, fenced: bool) {
+        let was = self.fenced.replace(fenced);
+        if fenced && !was {
+            crate::volume::fence_reactor(r);
+            self.report(r.id());
+        }
+    }
+
+    fn report(&self, reactor: usize) {
+        let Some((shared, target)) = self.link.borrow().clone() else {
+            return;
+        };
+        let generation = self.generation.get();
+        let prev = shared.reported.fetch_max(generation, Ordering::AcqRel);
+        if prev >= generation {
+            return; // another reactor reported this expiry
+        }
+        shared.expiries.fetch_add(1, Ordering::Relaxed);
+        // Listing volumes takes control-path locks: not on the reactor.
+        let spawned = std::thread::Builder::new()
+            .name("lease-expired".into())
+            .spawn(move || {
+                let Some(t) = target.upgrade() else {
+                    return;
+                };
+                let volumes = t.shared_volume_names();
+                log::error!(
+                    "{LEASE_OBJ}: expired (seen first on reactor {reactor}); shared volumes fenced \
+                     until the coordinator renews it: {} (their I/O fails with errno {FENCED_ERRNO}, \
+                     iSCSI NOT READY 04h/0Ch)",
+                    if volumes.is_empty() {
+                        "none".to_string()
+                    } else {
+                        volumes.join(", ")
+                    }
+                );
+                t.publish(Event::LeaseExpired { volumes });
+            });
+        if let Err(e) = spawned {
+            log::error!("{LEASE_OBJ}: expired on reactor {reactor}; cannot report it: {e}");
+        }
+    }
+}
+
+/// Takes a renewal on reactor `r` (run from its mailbox).
+fn apply(
+    r: &Rc<Reactor>,
+    generation: u64,
+    deadline: Instant,
+    shared: Arc<LeaseShared>,
+    target: Weak<Target>,
+) {
+    let l = r.local::<ReactorLease>();
+    if generation <= l.generation.get() {
+        return; // a newer renewal got here first
+    }
+    l.generation.set(generation);
+    l.deadline.set(Some(deadline));
+    *l.link.borrow_mut() = Some((shared, target));
+    if !l.poller.replace(true) {
+        r.add_poller(Rc::new(LeasePoller {
+            reactor: Rc::downgrade(r),
+            lease: Rc::clone(&l),
+        }));
+    }
+    l.set_fenced(r, deadline <= Instant::now());
+}
+
+/// Fences shared volumes when the reactor's clock passes the deadline, and bounds
+/// the reactor's sleep by it.
+struct LeasePoller {
+    reactor: RcWeak<Reactor>,
+    lease: Rc<ReactorLease>,
+}
+
+impl Poller for LeasePoller {
+    fn poll(&self, now: Instant) -> usize {
+        if self.lease.fenced.get() {
+            return 0;
+        }
+        match self.lease.deadline.get() {
+            Some(d) if now >= d => {
+                if let Some(r) = self.reactor.upgrade() {
+                    self.lease.set_fenced(&r, true);
+                }
+                1
+            }
+            _ => 0,
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        if self.lease.fenced.get() {
+            None
+        } else {
+            self.lease.deadline.get()
+        }
+    }
+}
