@@ -250,7 +250,7 @@ struct IscsiConnection {
   commands @2 :UInt64;          # SCSI commands received
   readBytes @3 :UInt64;         # bytes the initiator read
   writeBytes @4 :UInt64;        # bytes the initiator wrote
-  errors @5 :UInt64;            # commands that ended in CHECK CONDITION or RESERVATION CONFLICT
+  errors @5 :UInt64;            # commands that ended in CHECK CONDITION (not a unit attention) or RESERVATION CONFLICT
 }
 
 struct IscsiSession {

@@ -218,8 +218,9 @@ struct Ini {
 }
 
 impl Ini {
-    /// Logs in to `iqn` as `initiator` straight to full feature; `Err(status)` when
-    /// the target refuses.
+    /// Logs in to `iqn` as `initiator` straight to full feature, then clears LUN
+    /// 0's power-on unit attention with TEST UNIT READY as initiators do (two
+    /// commands); `Err(status)` when the target refuses.
     fn login(portal: SocketAddr, initiator: &str, iqn: &str, isid: u8) -> Result<Ini, u16> {
         let s = TcpStream::connect(portal).unwrap();
         s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
@@ -247,6 +248,8 @@ impl Ini {
         }
         assert_eq!(bhs[1] & 0x83, 0x83, "transit to full feature");
         ini.itt += 1;
+        assert_eq!(ini.command(0, &[0u8; 6], 0).0, 2, "power-on unit attention");
+        assert_eq!(ini.command(0, &[0u8; 6], 0).0, 0, "TEST UNIT READY");
         Ok(ini)
     }
 
@@ -618,7 +621,11 @@ fn sessions_list_a_connected_session_with_its_counters() {
     assert_eq!(s.peer, local.to_string());
     assert_eq!(s.isid, "800000567805");
     assert!(s.tsih != 0 && s.reactor < 2, "{s:?}");
-    assert_eq!(s.commands, reads);
+    assert_eq!(
+        s.commands,
+        reads + 2,
+        "the reads and login's TEST UNIT READYs"
+    );
     assert_eq!(s.read_bytes, reads * 16 * BS as u64);
     assert_eq!((s.write_bytes, s.errors), (0, 0));
 

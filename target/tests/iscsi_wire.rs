@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use plexd_target::bdev::malloc::MallocBdev;
+use plexd_target::bdev::uring::{UringBdev, UringOpts};
 use plexd_target::bdev::Bdev;
 use plexd_target::frontend::iscsi::chap;
 use plexd_target::frontend::iscsi::pdu::{self, op, Bhs, Digests, BHS_LEN, RESERVED_TAG};
@@ -23,9 +24,81 @@ use plexd_target::{Target, TargetConfig};
 const IQN: &str = "iqn.2026-11.io.plexd:wire";
 const BS: usize = 512;
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// TEST UNIT READY attempts to clear unit attentions after login.
+const MAX_UA_RETRIES: usize = 4;
+
+/// Most log lines kept by [`Capture`] (the oldest are dropped).
+const MAX_CAPTURED_LINES: usize = 4096;
+
+/// The test binary's logger: env_logger as usual, plus the last info-or-worse
+/// lines of plexd-target kept for tests that check what was logged.
+struct Capture {
+    inner: env_logger::Logger,
+    lines: std::sync::Mutex<std::collections::VecDeque<String>>,
+}
+
+impl log::Log for Capture {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.level() <= log::Level::Info || self.inner.enabled(m)
+    }
+    fn log(&self, r: &log::Record) {
+        if r.level() <= log::Level::Info && r.target().starts_with("plexd_target") {
+            let mut l = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+            if l.len() >= MAX_CAPTURED_LINES {
+                l.pop_front();
+            }
+            l.push_back(r.args().to_string());
+        }
+        if self.inner.matches(r) {
+            self.inner.log(r);
+        }
+    }
+    fn flush(&self) {
+        self.inner.flush();
+    }
+}
+
+fn capture() -> &'static Capture {
+    static CAPTURE: std::sync::OnceLock<&'static Capture> = std::sync::OnceLock::new();
+    CAPTURE.get_or_init(|| {
+        let inner = env_logger::Builder::from_default_env()
+            .is_test(true)
+            .build();
+        let max = inner.filter().max(log::LevelFilter::Info);
+        let c: &'static Capture = Box::leak(Box::new(Capture {
+            inner,
+            lines: Default::default(),
+        }));
+        if log::set_logger(c).is_ok() {
+            log::set_max_level(max);
+        }
+        c
+    })
+}
+
+/// Waits up to [`IO_TIMEOUT`] for `n` captured log lines satisfying `pred`;
+/// returns every such line.
+fn wait_for_log_lines(what: &str, n: usize, pred: impl Fn(&str) -> bool) -> Vec<String> {
+    let deadline = std::time::Instant::now() + IO_TIMEOUT;
+    loop {
+        let found: Vec<String> = {
+            let l = capture().lines.lock().unwrap_or_else(|p| p.into_inner());
+            l.iter().filter(|x| pred(x)).cloned().collect()
+        };
+        if found.len() >= n {
+            return found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} log line(s) {what} within {IO_TIMEOUT:?}, want {n}: {found:?}",
+            found.len()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
 
 fn start_target(size_bytes: u64) -> Arc<Target> {
-    let _ = env_logger::builder().is_test(true).try_init();
+    capture();
     let t = Target::start(&TargetConfig {
         reactors: ReactorConfig {
             cores: vec![0, 1],
@@ -76,7 +149,7 @@ struct ScsiResult {
     status: u8,
     data: Vec<u8>,
     sense_key: Option<u8>,
-    /// ASC and ASCQ of the sense data, when there is any.
+    /// (ASC, ASCQ) of fixed-format sense data.
     asc: Option<(u8, u8)>,
 }
 
@@ -139,8 +212,35 @@ impl Ini {
             .collect()
     }
 
-    /// Logs in without CHAP, straight to the operational stage; returns the status.
+    /// Logs in without CHAP, straight to the operational stage, then clears LUN 0's
+    /// power-on unit attention as initiators do; returns the login status.
     fn login(&mut self, digests: bool) -> u16 {
+        let status = self.login_raw(digests);
+        if status == 0 {
+            self.clear_ua(0);
+        }
+        status
+    }
+
+    /// TEST UNIT READY on `lun` until GOOD (bounded): consumes a pending unit
+    /// attention, as initiators do after login.
+    fn clear_ua(&mut self, lun: u64) {
+        for _ in 0..MAX_UA_RETRIES {
+            let r = self.scsi_lun(lun, &[0u8; 6], None, 0);
+            if r.status == 0 {
+                return;
+            }
+            assert_eq!(
+                r.sense_key,
+                Some(6),
+                "TEST UNIT READY: only a unit attention"
+            );
+        }
+        panic!("lun {lun}: TEST UNIT READY still fails after {MAX_UA_RETRIES} tries");
+    }
+
+    /// Logs in like [`Ini::login`] but leaves the unit attention pending.
+    fn login_raw(&mut self, digests: bool) -> u16 {
         let d = if digests { "CRC32C" } else { "None" };
         let r = self.login_step(
             0x87,
@@ -162,6 +262,16 @@ impl Ini {
     }
 
     fn scsi(&mut self, cdb: &[u8], write: Option<&[u8]>, read_len: u32) -> ScsiResult {
+        self.scsi_lun(0, cdb, write, read_len)
+    }
+
+    fn scsi_lun(
+        &mut self,
+        lun: u64,
+        cdb: &[u8],
+        write: Option<&[u8]>,
+        read_len: u32,
+    ) -> ScsiResult {
         let itt = self.itt;
         self.itt += 1;
         let mut flags = 0x80 | 0x01;
@@ -179,6 +289,7 @@ impl Ini {
         };
         let mut b = Bhs::new(op::SCSI_CMD, flags);
         b.u32_at(16, itt).u32_at(20, edtl).u32_at(24, self.cmdsn);
+        b.0[8..16].copy_from_slice(&(lun << 48).to_be_bytes());
         b.0[32..32 + cdb.len()].copy_from_slice(cdb);
         self.cmdsn += 1;
         let imm = write.map(|w| &w[..w.len().min(8192)]).unwrap_or(&[]);
@@ -221,8 +332,9 @@ impl Ini {
                     }
                 }
                 op::SCSI_RESP => {
-                    let sense_key = (r.data.len() >= 2 + 14).then(|| r.data[2 + 2] & 0x0f);
-                    let asc = (r.data.len() >= 2 + 14).then(|| (r.data[2 + 12], r.data[2 + 13]));
+                    let fixed = r.data.len() >= 2 + 14;
+                    let sense_key = fixed.then(|| r.data[2 + 2] & 0x0f);
+                    let asc = fixed.then(|| (r.data[2 + 12], r.data[2 + 13]));
                     return ScsiResult {
                         status: r.bhs[3],
                         data,
@@ -680,4 +792,429 @@ fn a_fenced_shared_volume_answers_not_ready_target_port_unavailable() {
     assert_eq!(r.status, 0);
     assert!(r.data == a, "the data written before the expiry, untouched");
     ini.logout();
+}
+
+/// A directory on a disk file system (the build directory), for files whose
+/// durability a test checks: on tmpfs there is no page cache to flush.
+fn disk_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+}
+
+/// A sparse file of `len` bytes in [`disk_dir`], removed on drop.
+fn disk_file(tag: &str, len: u64) -> plexd_target::testutil::TempPath {
+    let p = disk_dir().join(format!("plexd-wire-{tag}-{}.img", std::process::id()));
+    std::fs::File::create(&p).unwrap().set_len(len).unwrap();
+    plexd_target::testutil::TempPath(p)
+}
+
+/// Opens `path` as a buffered uring bdev and adds it to `t`; the file must be on
+/// a disk file system (a volatile page cache in front of stable storage).
+fn buffered_bdev(t: &Target, name: &str, path: &std::path::Path) -> Arc<UringBdev> {
+    let u = UringBdev::open(
+        name,
+        path,
+        &UringOpts {
+            buffered: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(
+        u.volatile_write_cache(),
+        "{} must be on a disk file system, not in memory: {}",
+        path.display(),
+        u.info().detail
+    );
+    t.add_bdev(u.clone()).unwrap();
+    u
+}
+
+/// Dirty plus under-writeback pages of `len` bytes at `off` of the file at `path`
+/// (cachestat(2)); None on kernels without it (before 6.5).
+fn unwritten_pages(path: &std::path::Path, off: u64, len: u64) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    #[repr(C)]
+    struct Range {
+        off: u64,
+        len: u64,
+    }
+    #[repr(C)]
+    #[derive(Default)]
+    struct Cachestat {
+        nr_cache: u64,
+        nr_dirty: u64,
+        nr_writeback: u64,
+        nr_evicted: u64,
+        nr_recently_evicted: u64,
+    }
+    /// The cachestat syscall number (the same on every Linux architecture).
+    const SYS_CACHESTAT: libc::c_long = 451;
+    let f = std::fs::File::open(path).unwrap();
+    let range = Range { off, len };
+    let mut cs = Cachestat::default();
+    // SAFETY: cachestat reads `range` and writes one `Cachestat` (the kernel's
+    // struct cachestat layout) into `cs`; both live across the call and the fd is
+    // open. It touches nothing else.
+    let rc = unsafe {
+        libc::syscall(
+            SYS_CACHESTAT,
+            f.as_raw_fd(),
+            &range as *const Range,
+            &mut cs as *mut Cachestat,
+            0u32,
+        )
+    };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSYS), "cachestat: {e}");
+        eprintln!("cachestat(2) is missing: the page cache state is not checked");
+        return None;
+    }
+    Some(cs.nr_dirty + cs.nr_writeback)
+}
+
+/// Drops the clean cached pages of the file at `path` (they are dropped only
+/// when clean, i.e. written back).
+fn drop_cache(path: &std::path::Path) {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path).unwrap();
+    // SAFETY: posix_fadvise on an open fd; it touches no memory of ours.
+    let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(rc, 0, "posix_fadvise(DONTNEED) on {}", path.display());
+}
+
+/// WCE of LUN `lun` from the caching mode page (MODE SENSE(6), DBD).
+fn wce(ini: &mut Ini, lun: u64) -> bool {
+    let r = ini.scsi_lun(lun, &[0x1a, 0x08, 0x08, 0, 255, 0], None, 255);
+    assert_eq!(r.status, 0, "MODE SENSE of lun {lun}");
+    assert_eq!(&r.data[4..6], &[0x08, 0x12], "caching page of lun {lun}");
+    r.data[6] & 0x04 != 0
+}
+
+/// SYNCHRONIZE CACHE(10) or (16) of the whole LUN; returns the status.
+fn sync_cache(ini: &mut Ini, lun: u64, sixteen: bool) -> u8 {
+    let cdb: &[u8] = if sixteen {
+        &[0x91, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    } else {
+        &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    };
+    ini.scsi_lun(lun, cdb, None, 0).status
+}
+
+#[test]
+fn synchronize_cache_puts_buffered_writes_on_the_disk() {
+    let t = start_target(16 << 20);
+    let file = disk_file("durable", 16 << 20);
+    let u0 = buffered_bdev(&t, "u0", &file.0);
+    let mut cfg = config(None, None);
+    cfg.targets[0].luns = vec![
+        LunConfig {
+            lun: 0,
+            bdev: "u0".into(),
+            ..Default::default()
+        },
+        LunConfig {
+            lun: 1,
+            bdev: "m0".into(),
+            ..Default::default()
+        },
+    ];
+    let fe = IscsiFrontend::start(&t, &cfg).unwrap();
+    let mut ini = Ini::connect(fe.portal().port());
+    assert_eq!(ini.login(false), 0);
+    ini.clear_ua(1);
+    // Buffered writes complete from the page cache: the host must be told, so that
+    // its fsync sends SYNCHRONIZE CACHE. The RAM disk has nothing to flush.
+    assert!(wce(&mut ini, 0), "buffered file: WCE=1");
+    assert!(!wce(&mut ini, 1), "malloc: WCE=0");
+
+    for (round, sixteen) in [false, true].into_iter().enumerate() {
+        let lba = 64 + round as u32 * 1024;
+        let (off, len) = (lba as u64 * BS as u64, 256u64 << 10);
+        let data = pattern(40 + round as u64, len as usize);
+        assert_eq!(ini.write10(lba, &data).status, 0);
+        let dirty = unwritten_pages(&file.0, off, len);
+        if let Some(n) = dirty {
+            // Dirty pages expire after dirty_expire_centisecs (30 s by default),
+            // far longer than this test takes: the write sits in the page cache.
+            assert!(n > 0, "the write is in the page cache, not yet on the disk");
+        }
+        let flushes = u0.flushes();
+        assert_eq!(sync_cache(&mut ini, 0, sixteen), 0, "SYNCHRONIZE CACHE");
+        assert_eq!(u0.flushes(), flushes + 1, "one fdatasync reached the file");
+        if dirty.is_some() {
+            assert_eq!(
+                unwritten_pages(&file.0, off, len),
+                Some(0),
+                "after SYNCHRONIZE CACHE nothing is left to write back"
+            );
+        }
+        // Read the file from the disk, around the page cache: O_DIRECT, after
+        // dropping the (clean) cached pages.
+        drop_cache(&file.0);
+        let direct =
+            UringBdev::open(&format!("direct{round}"), &file.0, &UringOpts::default()).unwrap();
+        assert!(direct.is_direct(), "{}", direct.info().detail);
+        let direct: Arc<dyn Bdev> = direct;
+        let out = run_ios(
+            &t.reactors().handles()[0],
+            &direct,
+            vec![IoReq::read(off, len)],
+            IO_TIMEOUT,
+        )
+        .unwrap();
+        assert!(out[0].data == data, "the file on the disk holds the write");
+    }
+    ini.logout();
+}
+
+#[test]
+fn a_mirror_flush_and_fua_writes_reach_every_plex() {
+    use plexd_target::volume::{PlexKind, PlexSpec, PlexState, SubdiskSpec, VolumeSpec};
+    let size = 8u64 << 20;
+    let t = start_target(size);
+    let files = [disk_file("plex1", size), disk_file("plex2", size)];
+    let plexes = [
+        buffered_bdev(&t, "u1", &files[0].0),
+        buffered_bdev(&t, "u2", &files[1].0),
+    ];
+    let plex = |name: &str, bdev: &str| PlexSpec {
+        name: name.into(),
+        kind: PlexKind::Concat,
+        columns: vec![vec![SubdiskSpec {
+            bdev: bdev.into(),
+            offset_bytes: 0,
+            len_bytes: size,
+        }]],
+        state: PlexState::Active,
+    };
+    for (name, plexes) in [
+        ("mv", vec![plex("mv-01", "u1"), plex("mv-02", "u2")]),
+        ("mm", vec![plex("mm-01", "m0")]),
+    ] {
+        t.create_volume(&VolumeSpec {
+            name: name.into(),
+            size_bytes: size,
+            plexes,
+            read_policy: Default::default(),
+        })
+        .unwrap();
+    }
+    let mut cfg = config(None, None);
+    cfg.targets[0].luns = vec![
+        LunConfig {
+            lun: 0,
+            bdev: "mv".into(),
+            ..Default::default()
+        },
+        LunConfig {
+            lun: 1,
+            bdev: "mm".into(),
+            ..Default::default()
+        },
+    ];
+    let fe = IscsiFrontend::start(&t, &cfg).unwrap();
+    let mut ini = Ini::connect(fe.portal().port());
+    assert_eq!(ini.login(true), 0);
+    ini.clear_ua(1);
+    assert!(wce(&mut ini, 0), "a volume with a buffered subdisk: WCE=1");
+    assert!(!wce(&mut ini, 1), "a volume on a RAM disk: WCE=0");
+    let flushes = || plexes.iter().map(|u| u.flushes()).collect::<Vec<_>>();
+    let unwritten = |off: u64, len: u64| {
+        files
+            .iter()
+            .map(|f| unwritten_pages(&f.0, off, len))
+            .collect::<Vec<_>>()
+    };
+
+    // A plain write, then SYNCHRONIZE CACHE: every plex's file is flushed.
+    let a = pattern(51, 128 << 10);
+    assert_eq!(ini.write10(0, &a).status, 0);
+    for n in unwritten(0, a.len() as u64).into_iter().flatten() {
+        assert!(n > 0, "the write is in the page cache of each plex's file");
+    }
+    let before = flushes();
+    assert_eq!(sync_cache(&mut ini, 0, true), 0);
+    assert_eq!(
+        flushes(),
+        vec![before[0] + 1, before[1] + 1],
+        "each plex flushed"
+    );
+    for n in unwritten(0, a.len() as u64) {
+        assert!(matches!(n, None | Some(0)), "written back: {n:?}");
+    }
+
+    // A FUA write is durable when it completes: each plex's file is flushed after it.
+    let b = pattern(52, 64 << 10);
+    let lba = 4096u32;
+    let mut cdb = [0u8; 10];
+    cdb[0] = 0x2a;
+    cdb[1] = 0x08; // FUA
+    cdb[2..6].copy_from_slice(&lba.to_be_bytes());
+    cdb[7..9].copy_from_slice(&((b.len() / BS) as u16).to_be_bytes());
+    let before = flushes();
+    assert_eq!(ini.scsi(&cdb, Some(&b), 0).status, 0, "FUA write");
+    assert_eq!(
+        flushes(),
+        vec![before[0] + 1, before[1] + 1],
+        "each plex flushed"
+    );
+    let off = lba as u64 * BS as u64;
+    for n in unwritten(off, b.len() as u64) {
+        assert!(matches!(n, None | Some(0)), "written back: {n:?}");
+    }
+    for f in &files {
+        drop_cache(&f.0);
+        let on_disk = std::fs::read(&f.0).unwrap();
+        assert!(
+            on_disk[..a.len()] == a[..],
+            "{}: first write",
+            f.0.display()
+        );
+        assert!(
+            on_disk[off as usize..off as usize + b.len()] == b[..],
+            "{}: FUA write",
+            f.0.display()
+        );
+    }
+    ini.logout();
+}
+
+#[test]
+fn a_new_session_gets_one_power_on_unit_attention_per_lun() {
+    let t = start_target(16 << 20);
+    let fe = IscsiFrontend::start(&t, &config(None, None)).unwrap();
+    for _session in 0..2 {
+        let mut ini = Ini::connect(fe.portal().port());
+        assert_eq!(ini.login_raw(false), 0);
+        // INQUIRY, REPORT LUNS and REQUEST SENSE run and leave it pending.
+        assert_eq!(ini.scsi(&[0x12, 0, 0, 0, 96, 0], None, 96).status, 0);
+        let rl = [0xa0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0];
+        assert_eq!(ini.scsi(&rl, None, 256).status, 0);
+        assert_eq!(ini.scsi(&[0x03, 0, 0, 0, 18, 0], None, 18).status, 0);
+        // The first other command gets POWER ON, RESET, OR BUS DEVICE RESET
+        // OCCURRED and does not run.
+        let w = ini.write10(7, &[0x5a; BS]);
+        assert_eq!(
+            (w.status, w.sense_key, w.asc),
+            (2, Some(6), Some((0x29, 0x00))),
+            "unit attention on the first command"
+        );
+        let r = ini.read10(7, 1);
+        assert_eq!(r.status, 0, "reported once");
+        assert!(r.data.iter().all(|&x| x == 0), "the write did not run");
+        assert_eq!(ini.write10(7, &[0x5a; BS]).status, 0);
+        assert_eq!(ini.write10(7, &[0; BS]).status, 0);
+        let s = fe.sessions();
+        let me = s
+            .iter()
+            .find(|x| x.isid.ends_with(&format!("{:02x}", ini.isid[5])));
+        assert_eq!(
+            me.map(|x| x.errors),
+            Some(0),
+            "a unit attention is no error"
+        );
+        ini.logout();
+    }
+    // A restarted frontend (as after a target restart): new nexuses, the same news.
+    drop(fe);
+    let fe = IscsiFrontend::start(&t, &config(None, None)).unwrap();
+    let mut ini = Ini::connect(fe.portal().port());
+    assert_eq!(ini.login_raw(false), 0);
+    let r = ini.scsi(&[0u8; 6], None, 0);
+    assert_eq!((r.status, r.asc), (2, Some((0x29, 0))), "after the restart");
+    assert_eq!(ini.scsi(&[0u8; 6], None, 0).status, 0);
+    ini.logout();
+}
+
+#[test]
+fn first_burst_length_above_max_burst_length_is_negotiated_down() {
+    let t = start_target(16 << 20);
+    let fe = IscsiFrontend::start(&t, &config(None, None)).unwrap();
+    let mut ini = Ini::connect(fe.portal().port());
+    let r = ini.login_step(
+        0x87,
+        &format!(
+            "InitiatorName=iqn.2026-11.io.plexd:ini\0TargetName={IQN}\0SessionType=Normal\0\
+             HeaderDigest=None\0DataDigest=None\0MaxRecvDataSegmentLength=8192\0\
+             ImmediateData=Yes\0InitialR2T=No\0FirstBurstLength=262144\0MaxBurstLength=65536\0"
+        ),
+    );
+    assert_eq!(pdu::be16(&r.bhs, 36), 0, "login succeeds");
+    let keys = Ini::keys(&r);
+    let get = |k: &str| keys.iter().find(|(a, _)| a == k).map(|(_, v)| v.clone());
+    assert_eq!(get("MaxBurstLength").as_deref(), Some("65536"));
+    assert_eq!(
+        get("FirstBurstLength").as_deref(),
+        Some("65536"),
+        "FirstBurstLength may not exceed MaxBurstLength (RFC 7143 §13.14): {keys:?}"
+    );
+    ini.clear_ua(0);
+    // The session works with what was negotiated: a write of 1 MiB in bursts.
+    let data = pattern(61, 1 << 20);
+    assert_eq!(ini.write10(0, &data).status, 0);
+    assert!(ini.read10(0, (data.len() / BS) as u16).data == data);
+    ini.logout();
+}
+
+#[test]
+fn a_session_reinstatement_is_logged_as_one() {
+    const ISID: [u8; 6] = [0x80, 0, 0, 0x5e, 0x55, 0x10];
+    /// Reinstatements tried to meet both cases (reactors are handed connections
+    /// in turn, so a filler connection puts the next login on the same reactor).
+    const MAX_ATTEMPTS: usize = 8;
+    let t = start_target(16 << 20);
+    let fe = IscsiFrontend::start(&t, &config(None, None)).unwrap();
+    let reactor_of = |ini: &Ini| {
+        let peer = ini.s.local_addr().unwrap().to_string();
+        let s = fe.sessions();
+        s.iter()
+            .find(|x| x.peer == peer)
+            .map(|x| x.reactor)
+            .unwrap()
+    };
+    let mut old = Ini::connect(fe.portal().port());
+    old.isid = ISID;
+    assert_eq!(old.login(false), 0);
+    let (mut same, mut cross, mut reinstated) = (false, false, 0);
+    for _ in 0..MAX_ATTEMPTS {
+        if same && cross {
+            break;
+        }
+        let old_reactor = reactor_of(&old);
+        let filler = (!same).then(|| TcpStream::connect(fe.portal()).unwrap());
+        let mut new = Ini::connect(fe.portal().port());
+        new.isid = ISID;
+        assert_eq!(new.login(false), 0);
+        assert!(old.closed_by_target(), "the older session is closed");
+        reinstated += 1;
+        if reactor_of(&new) == old_reactor {
+            same = true;
+        } else {
+            cross = true;
+        }
+        drop(filler);
+        old = new;
+    }
+    assert!(
+        same && cross,
+        "reinstated on one reactor {same}, across two {cross}"
+    );
+    let isid = "0x8000005e5510";
+    let lines = wait_for_log_lines("naming the reinstated session", reinstated, |l| {
+        l.contains("reinstated") && l.contains(isid)
+    });
+    assert_eq!(
+        lines.len(),
+        reinstated,
+        "one line per reinstatement: {lines:?}"
+    );
+    for l in &lines {
+        assert!(
+            l.contains("iqn.2026-11.io.plexd:ini") && l.contains(IQN),
+            "names initiator and target: {l}"
+        );
+        assert!(!l.contains("management API"), "{l}");
+    }
+    old.logout();
 }

@@ -228,6 +228,10 @@ impl Bdev for ErrorBdev {
             detail: format!("over {}: {}", self.inner.name(), self.injection.describe()),
         }
     }
+    /// That of the wrapped bdev (flushes pass through to it).
+    fn volatile_write_cache(&self) -> bool {
+        self.inner.volatile_write_cache()
+    }
     fn create_channel(
         self: Arc<Self>,
         reactor: &Rc<Reactor>,

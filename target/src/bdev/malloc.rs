@@ -134,6 +134,10 @@ impl Bdev for MallocBdev {
             },
         }
     }
+    /// Memory is the medium: a completed write is as durable as it will ever be.
+    fn volatile_write_cache(&self) -> bool {
+        false
+    }
     fn create_channel(
         self: Arc<Self>,
         reactor: &Rc<Reactor>,

@@ -145,6 +145,14 @@ pub trait Bdev: Send + Sync {
     fn size_bytes(&self) -> u64;
     /// Properties for listings.
     fn info(&self) -> BdevInfo;
+    /// True when a completed write may still be lost on a power failure until a
+    /// [`IoKind::Flush`] completes (a volatile write cache: the page cache of a
+    /// buffered file, a disk's write-back cache). Frontends report it to hosts
+    /// (the SCSI caching mode page's WCE bit) so that hosts send flushes. The
+    /// default, for a backend that cannot tell, is the safe answer: true.
+    fn volatile_write_cache(&self) -> bool {
+        true
+    }
     /// Creates this bdev's channel on `reactor` (called on that reactor's thread,
     /// once per reactor; the reactor caches it).
     fn create_channel(

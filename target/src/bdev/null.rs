@@ -44,6 +44,10 @@ impl Bdev for NullBdev {
             detail: String::new(),
         }
     }
+    /// Nothing is stored, so nothing is cached either.
+    fn volatile_write_cache(&self) -> bool {
+        false
+    }
     fn create_channel(
         self: Arc<Self>,
         reactor: &Rc<Reactor>,

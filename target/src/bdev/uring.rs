@@ -15,7 +15,7 @@
 //! - Channel: one per reactor, submitting to the reactor's ring with
 //!   [`Reactor::uring_push`]. Reads and writes use `ReadFixed`/`WriteFixed` when the
 //!   buffer lies in the registered pool region, plain `Read`/`Write` otherwise.
-//!   Flush is `fdatasync`, unmap is `fallocate(PUNCH_HOLE | KEEP_SIZE)` (success
+//!   Flush is `fdatasync` (`IORING_OP_FSYNC` with `DATASYNC`), unmap is `fallocate(PUNCH_HOLE | KEEP_SIZE)` (success
 //!   when the file system cannot punch: unmap is advisory), write-zeroes is
 //!   `fallocate(ZERO_RANGE | KEEP_SIZE)` with a fallback to writing from a zero
 //!   buffer when the file system answers EOPNOTSUPP. Reset aborts nothing (the
@@ -28,6 +28,19 @@
 //! - Short reads and writes resubmit the remainder; EAGAIN/EINTR resubmit (bounded);
 //!   a read that makes no progress (end of file) fails with EIO. A completion result
 //!   never panics.
+//! - Write cache ([`Bdev::volatile_write_cache`], the WCE hosts see): a buffered
+//!   file or device (configured, or the fallback when O_DIRECT is refused) completes
+//!   writes from the page cache, so it is volatile. An O_DIRECT regular file is
+//!   reported volatile too: the data bypasses the page cache, but an allocating
+//!   write (a sparse file, unwritten extents) leaves file system metadata that only
+//!   `fdatasync` commits, and the disk beneath may cache the data itself. An
+//!   O_DIRECT block device reports what the kernel says of the device
+//!   (`/sys/dev/block/M:m/queue/write_cache`, the whole disk's for a partition;
+//!   volatile when unreadable). A file on a memory file system is not volatile:
+//!   memory is its medium, there is nothing to flush to.
+//! - Completed flushes are counted ([`UringBdev::flushes`]): one relaxed atomic
+//!   add per flush, at its completion (an `fdatasync` costs far more), so hosts'
+//!   and tests' claims that flushes reach the file can be checked.
 //! - In-flight state lives in a slab preallocated per channel
 //!   ([`CHANNEL_SLOTS`] entries); I/O beyond it waits in a preallocated FIFO, so the
 //!   steady state allocates nothing per I/O.
@@ -39,6 +52,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::rc::{Rc, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use io_uring::{opcode, squeue, types};
@@ -88,6 +102,10 @@ pub struct UringBdev {
     /// memory copies the kernel cannot do asynchronously (io_uring hands each one to a
     /// worker thread), so the channel does them inline with pread/pwrite.
     inline: bool,
+    /// A completed write may be lost on power failure until a flush (module doc).
+    volatile_cache: bool,
+    /// Flushes (`fdatasync`) completed successfully.
+    flushes: AtomicU64,
 }
 
 /// `statfs` magic numbers of memory file systems (linux/magic.h).
@@ -164,7 +182,25 @@ impl UringBdev {
                 "{who}: size {size_bytes} bytes is not a positive multiple of the block size {block_size}; resize it (e.g. truncate -s) or pick another block size"
             ));
         }
-        let inline = !direct && !block_device && on_memory_fs(&file);
+        let memory_fs = !block_device && on_memory_fs(&file);
+        let inline = !direct && memory_fs;
+        let volatile_cache = if memory_fs {
+            false
+        } else if direct && block_device {
+            use std::os::unix::fs::MetadataExt;
+            let (major, minor) = (libc::major(meta.rdev()), libc::minor(meta.rdev()));
+            match device_write_cache(major, minor) {
+                Some(v) => v,
+                None => {
+                    log::info!(
+                        "{who}: cannot read the write cache mode of device {major}:{minor} from sysfs; assuming a volatile cache"
+                    );
+                    true
+                }
+            }
+        } else {
+            true
+        };
         Ok(Arc::new(UringBdev {
             name: name.to_string(),
             path: path.to_path_buf(),
@@ -175,7 +211,14 @@ impl UringBdev {
             block_device,
             fallback_reason,
             inline,
+            volatile_cache,
+            flushes: AtomicU64::new(0),
         }))
+    }
+
+    /// Flushes (`fdatasync`) that completed successfully since the bdev was opened.
+    pub fn flushes(&self) -> u64 {
+        self.flushes.load(Ordering::Relaxed)
     }
 
     /// True when the bdev does O_DIRECT I/O.
@@ -224,6 +267,29 @@ fn open_file(
             Ok((f, false, Some(e.to_string())))
         }
         Err(e) => Err(format!("{who}: cannot open: {e}")),
+    }
+}
+
+/// Whether block device `major:minor` has a volatile (write-back) cache, as the
+/// kernel reports it in sysfs; a partition answers for its whole disk. None when
+/// sysfs does not say.
+fn device_write_cache(major: u32, minor: u32) -> Option<bool> {
+    let dev = PathBuf::from(format!("/sys/dev/block/{major}:{minor}"));
+    [
+        dev.join("queue/write_cache"),
+        dev.join("../queue/write_cache"),
+    ]
+    .iter()
+    .find_map(|p| std::fs::read_to_string(p).ok())
+    .and_then(|s| parse_write_cache(&s))
+}
+
+/// Parses sysfs `queue/write_cache`: `write back` (volatile) or `write through`.
+fn parse_write_cache(s: &str) -> Option<bool> {
+    match s.trim() {
+        "write back" => Some(true),
+        "write through" => Some(false),
+        _ => None,
     }
 }
 
@@ -326,8 +392,19 @@ impl Bdev for UringBdev {
             kind: "uring".into(),
             block_size: self.block_size,
             size_bytes: self.size_bytes,
-            detail: format!("{} ({kind}, {mode})", self.path.display()),
+            detail: format!(
+                "{} ({kind}, {mode}){}",
+                self.path.display(),
+                if self.volatile_cache {
+                    "; volatile write cache"
+                } else {
+                    ""
+                }
+            ),
         }
+    }
+    fn volatile_write_cache(&self) -> bool {
+        self.volatile_cache
     }
     fn create_channel(
         self: Arc<Self>,
@@ -751,7 +828,12 @@ impl UringDone for ChannelState {
                         }
                     } else {
                         match control_step(op.io.kind, res, op.retries) {
-                            ControlStep::Done(s) => Next::Finish(s),
+                            ControlStep::Done(s) => {
+                                if s.is_ok() && op.io.kind == IoKind::Flush {
+                                    self.bdev.flushes.fetch_add(1, Ordering::Relaxed);
+                                }
+                                Next::Finish(s)
+                            }
                             ControlStep::Retry => {
                                 op.retries += 1;
                                 Next::Resubmit
@@ -858,6 +940,48 @@ mod tests {
             control_step(IoKind::Flush, -libc::EIO, 0),
             ControlStep::Done(IoStatus::Failed(libc::EIO))
         );
+    }
+
+    #[test]
+    fn write_cache_mode_of_a_device_is_parsed_from_sysfs_text() {
+        assert_eq!(parse_write_cache("write back\n"), Some(true));
+        assert_eq!(parse_write_cache("write through\n"), Some(false));
+        assert_eq!(parse_write_cache(""), None);
+        assert_eq!(parse_write_cache("writeback"), None);
+    }
+
+    #[test]
+    fn files_on_disk_report_a_volatile_write_cache_and_memory_files_do_not() {
+        let p = temp_file("wce", 1 << 20);
+        let on_memory = on_memory_fs(&File::open(&p).unwrap());
+        for buffered in [false, true] {
+            let opts = UringOpts {
+                buffered,
+                ..Default::default()
+            };
+            let b = UringBdev::open("u0", &p, &opts).unwrap();
+            // Buffered: the page cache; O_DIRECT on a file: metadata and the disk's
+            // own cache still need fdatasync. Memory file systems have no cache.
+            assert_eq!(b.volatile_write_cache(), !on_memory, "buffered {buffered}");
+            assert_eq!(
+                b.info().detail.contains("volatile write cache"),
+                !on_memory,
+                "{}",
+                b.info().detail
+            );
+            assert_eq!(b.flushes(), 0);
+        }
+        std::fs::remove_file(&p).unwrap();
+        let shm = Path::new("/dev/shm");
+        if shm.is_dir() {
+            let p = shm.join(format!("plexd-uring-unit-wce-{}", std::process::id()));
+            File::create(&p).unwrap().set_len(1 << 20).unwrap();
+            if on_memory_fs(&File::open(&p).unwrap()) {
+                let b = UringBdev::open("u1", &p, &UringOpts::default()).unwrap();
+                assert!(!b.volatile_write_cache(), "{}", b.info().detail);
+            }
+            std::fs::remove_file(&p).unwrap();
+        }
     }
 
     #[test]

@@ -96,6 +96,20 @@ impl Bdev for VolumeBdev {
             detail: format!("{} plex(es)", self.shared.ctl().current.plexes.len()),
         }
     }
+    /// True when any subdisk of any plex of the current layout has a volatile
+    /// write cache: a flush of the volume reaches every subdisk of every plex that
+    /// takes writes, so one volatile subdisk makes the volume's completed writes
+    /// volatile until then. Read under the control lock (never on the I/O path).
+    fn volatile_write_cache(&self) -> bool {
+        let layout = Arc::clone(&self.shared.ctl().current);
+        let volatile = layout.plexes.iter().any(|p| {
+            p.columns
+                .iter()
+                .flatten()
+                .any(|sd| sd.bdev.volatile_write_cache())
+        });
+        volatile
+    }
     fn create_channel(
         self: Arc<Self>,
         reactor: &Rc<Reactor>,

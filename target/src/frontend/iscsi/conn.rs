@@ -380,8 +380,9 @@ pub(crate) fn spawn(r: &Rc<Reactor>, shared: Arc<Shared>, stream: TcpStream, pee
     c.on_readable();
 }
 
-/// Closes one connection (management API: target removed, initiator denied).
-pub(crate) fn close_conn(r: &Rc<Reactor>, fid: u64, id: u64) {
+/// Closes one connection (management API: target removed, initiator denied; a
+/// session reinstated from another reactor); `why` goes into the log line.
+pub(crate) fn close_conn(r: &Rc<Reactor>, fid: u64, id: u64, why: &str) {
     let c = r
         .local::<Registry>()
         .conns
@@ -389,7 +390,7 @@ pub(crate) fn close_conn(r: &Rc<Reactor>, fid: u64, id: u64) {
         .get(&(fid, id))
         .cloned();
     if let Some(c) = c {
-        c.close("closed by the management API");
+        c.close(why);
     }
 }
 
@@ -996,6 +997,10 @@ impl Conn {
             .map(|s| (s.reactor, s.conn_id))
             .collect();
         let fid = self.fid;
+        let why = format!(
+            "session of {initiator} (ISID 0x{isid}) to {target} reinstated by a new login on connection {}",
+            self.id
+        );
         for (reactor, conn_id) in old {
             if reactor == self.reactor.id() {
                 let c = self
@@ -1007,13 +1012,16 @@ impl Conn {
                     .cloned();
                 if let Some(c) = c {
                     if c.id != self.id {
-                        c.close("session reinstated by a new login");
+                        c.close(&why);
                     }
                 }
             } else if let Some(h) = self.reactor.peers().get(reactor) {
-                let msg: crate::reactor::Msg = Box::new(move |r| close_conn(r, fid, conn_id));
+                let why = why.clone();
+                let msg: crate::reactor::Msg = Box::new(move |r| close_conn(r, fid, conn_id, &why));
                 if h.try_send(msg).is_err() {
-                    log::warn!("iscsi: could not reach reactor {reactor} to reinstate a session");
+                    log::warn!(
+                        "iscsi: could not reach reactor {reactor} to close the older session of {initiator} (ISID 0x{isid}) to {target} on reinstatement"
+                    );
                 }
             }
         }
@@ -1183,12 +1191,7 @@ impl Conn {
             Some(l) => {
                 let epoch = l.ua_epoch.load(Ordering::Acquire);
                 let ns = st.nexus_state.entry(lun_no).or_default();
-                let seen = ns.ua_epoch.get_or_insert(epoch);
-                let pending = *seen != epoch && !matches!(cdb[0], 0x12 | 0xa0 | 0x03);
-                if pending {
-                    *seen = epoch;
-                }
-                pending
+                ns.take_unit_attention(epoch, cdb[0])
             }
             None => false,
         };
@@ -1200,10 +1203,20 @@ impl Conn {
         } else {
             &mut scratch
         };
+        // MODE SENSE reads the write cache fresh (a volume's follows its layout).
+        let fresh;
+        let info = match &lun {
+            Some(l) if matches!(cdb[0], 0x1a | 0x5a) => {
+                fresh = l.info_now();
+                Some(&fresh)
+            }
+            Some(l) => Some(&l.info),
+            None => None,
+        };
         let mut opv = if ua {
             Op::Done(Response::check(sense::RESET_OCCURRED))
         } else {
-            scsi::decode(&cdb, lun.as_ref().map(|l| &l.info), &luns, ns, wp)
+            scsi::decode(&cdb, info, &luns, ns, wp)
         };
         // TEST UNIT READY on a LUN this reactor must not serve (a shared volume
         // fenced by the data-plane lease): the path is unavailable, so a path
@@ -1666,7 +1679,9 @@ impl Conn {
 
     /// A command answered without block I/O.
     fn finish_simple(&self, st: &mut St, itt: u32, lun_field: u64, edtl: u32, r: Response) {
-        if r.status != sense::GOOD {
+        // A unit attention is news for the host, not a failed command.
+        let ua = r.sense.is_some_and(|s| s.key == sense::key::UNIT_ATTENTION);
+        if r.status != sense::GOOD && !ua {
             if let Some(s) = &st.session {
                 s.stats.errors.fetch_add(1, Ordering::Relaxed);
             }
@@ -1955,7 +1970,7 @@ impl Conn {
                     .as_ref()
                     .map(|b| &b.bytes()[..len as usize])
                     .unwrap_or(&[]);
-                match scsi::mode_select(data, ten, &t.lun.info) {
+                match scsi::mode_select(data, ten, &t.lun.info_now()) {
                     Ok(Some(swp)) => t.lun.swp.store(swp, Ordering::Relaxed),
                     Ok(None) => {}
                     Err(s) => t.err = Some(s),

@@ -248,6 +248,7 @@ impl Login {
                 },
             }
         }
+        text::clamp_first_burst(&self.params, &mut out);
         if csg == STAGE_SECURITY {
             if let Err(st) = self.chap_step(&pairs, &mut out, random) {
                 return self.fail(st);

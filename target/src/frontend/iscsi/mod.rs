@@ -74,6 +74,15 @@ pub struct LunRt {
 }
 
 impl LunRt {
+    /// The SCSI view with the write cache read from the bdev now (a volume's
+    /// answer follows its layout); for MODE SENSE and MODE SELECT, not the I/O path.
+    pub fn info_now(&self) -> LunInfo {
+        LunInfo {
+            write_cache: self.bdev.volatile_write_cache(),
+            ..self.info.clone()
+        }
+    }
+
     fn pr(&self) -> MutexGuard<'_, PrState> {
         self.pr.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -138,7 +147,8 @@ pub struct SessionStats {
     pub read_bytes: AtomicU64,
     /// Bytes written by the initiator.
     pub write_bytes: AtomicU64,
-    /// Commands that ended in CHECK CONDITION or RESERVATION CONFLICT.
+    /// Commands that ended in CHECK CONDITION (other than a unit attention) or
+    /// RESERVATION CONFLICT.
     pub errors: AtomicU64,
 }
 
@@ -484,6 +494,7 @@ impl IscsiFrontend {
                 num_blocks: bdev.size_bytes() / bdev.block_size() as u64,
                 read_only: l.read_only,
                 ident: Identity::from_device_id(&device_id),
+                write_cache: bdev.volatile_write_cache(),
             },
             bdev,
             pr: Mutex::new(pr),
@@ -733,7 +744,9 @@ impl IscsiFrontend {
         for (reactor, conn_id) in victims {
             let fid = self.shared.id;
             let h = &self.target.reactors().handles()[reactor];
-            let msg: crate::reactor::Msg = Box::new(move |r| conn::close_conn(r, fid, conn_id));
+            let msg: crate::reactor::Msg = Box::new(move |r| {
+                conn::close_conn(r, fid, conn_id, "closed by the management API")
+            });
             if h.send_timeout(msg, crate::reactor::CONTROL_SEND_TIMEOUT)
                 .is_err()
             {

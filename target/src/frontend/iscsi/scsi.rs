@@ -68,6 +68,11 @@ pub struct LunInfo {
     pub read_only: bool,
     /// Device identifiers.
     pub ident: Identity,
+    /// The bdev has a volatile write cache: reported as WCE=1 in the caching mode
+    /// page, so hosts send SYNCHRONIZE CACHE and FUA writes. A volume's answer can
+    /// change with its layout, so callers refresh it from the bdev before MODE
+    /// SENSE and MODE SELECT.
+    pub write_cache: bool,
 }
 
 impl LunInfo {
@@ -530,8 +535,27 @@ static COMMANDS: &[CmdDesc] = &[
 pub struct NexusState {
     /// PREVENT MEDIUM REMOVAL is in effect.
     pub prevent: bool,
-    /// The LUN's reset epoch this nexus last saw (a change is a unit attention).
+    /// The LUN's reset epoch this nexus last reported (a change is a unit
+    /// attention). None until the first unit attention is reported: a new I_T
+    /// nexus starts with POWER ON, RESET, OR BUS DEVICE RESET OCCURRED pending.
     pub ua_epoch: Option<u64>,
+}
+
+impl NexusState {
+    /// Whether command `opcode` gets the pending unit attention (POWER ON, RESET,
+    /// OR BUS DEVICE RESET OCCURRED: 06h/29h/00h) instead of running, given the
+    /// LUN's reset epoch; true consumes it. Pending when the nexus is new (like
+    /// tgt: every nexus hears of the power on, so a host learns of a target
+    /// restart and re-reads reservations and capacity) or the LUN was reset since
+    /// this nexus last heard. INQUIRY, REPORT LUNS and REQUEST SENSE run and leave
+    /// it pending (SPC-4 5.14).
+    pub fn take_unit_attention(&mut self, lun_epoch: u64, opcode: u8) -> bool {
+        if matches!(opcode, 0x12 | 0xa0 | 0x03) || self.ua_epoch == Some(lun_epoch) {
+            return false;
+        }
+        self.ua_epoch = Some(lun_epoch);
+        true
+    }
 }
 
 /// Decodes and, where possible, answers a command. `luns` lists every LUN of the
@@ -1049,18 +1073,22 @@ fn inquiry(cdb: &[u8; 16], lun: Option<&LunInfo>) -> Response {
     Response::good(trunc(b, alloc))
 }
 
-fn mode_page(page: u8, pc: u8, swp: bool) -> Option<Vec<u8>> {
+/// Mode page `page` for page control `pc` (0 current, 1 changeable, 2 default).
+/// `wce`: the LUN has a volatile write cache.
+fn mode_page(page: u8, pc: u8, swp: bool, wce: bool) -> Option<Vec<u8>> {
     let changeable = pc == 1;
     match page {
         // Read-write error recovery.
         0x01 => Some(vec![0x01, 0x0a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
-        // Caching: WCE=0 (writes are durable on completion for these bdevs).
+        // Caching: WCE says whether a completed write may sit in a volatile cache
+        // (the bdev's answer; SYNCHRONIZE CACHE and FUA flush it). Not changeable:
+        // the backend decides, not the host.
         0x08 => {
             let mut p = vec![0u8; 20];
             p[0] = 0x08;
             p[1] = 0x12;
-            if !changeable {
-                p[2] = 0x00;
+            if !changeable && wce {
+                p[2] = 0x04;
             }
             Some(p)
         }
@@ -1113,13 +1141,13 @@ fn mode_sense(cdb: &[u8; 16], info: &LunInfo, swp: bool) -> Result<Response, Sen
             return Err(sense::INVALID_FIELD_IN_CDB);
         }
         for p in [0x01, 0x08, 0x0a, 0x1c] {
-            pages.extend(mode_page(p, pc, swp).unwrap_or_default());
+            pages.extend(mode_page(p, pc, swp, info.write_cache).unwrap_or_default());
         }
     } else {
         if subpage != 0 {
             return Err(sense::INVALID_FIELD_IN_CDB);
         }
-        pages = mode_page(page, pc, swp).ok_or(sense::INVALID_FIELD_IN_CDB)?;
+        pages = mode_page(page, pc, swp, info.write_cache).ok_or(sense::INVALID_FIELD_IN_CDB)?;
     }
     let mut bd = Vec::new();
     if !dbd {
@@ -1203,7 +1231,10 @@ pub fn mode_select(data: &[u8], ten: bool, info: &LunInfo) -> Result<Option<bool
         if end > data.len() {
             return Err(sense::PARAM_LIST_LENGTH);
         }
-        let (Some(cur), Some(mask)) = (mode_page(code, 0, false), mode_page(code, 1, false)) else {
+        let (Some(cur), Some(mask)) = (
+            mode_page(code, 0, false, info.write_cache),
+            mode_page(code, 1, false, info.write_cache),
+        ) else {
             return Err(sense::INVALID_FIELD_IN_PARAM);
         };
         if spf || cur.len() != hl + plen {
@@ -1342,6 +1373,7 @@ mod tests {
             num_blocks: 2048,
             read_only: false,
             ident: Identity::from_device_id("vol0"),
+            write_cache: false,
         }
     }
 
@@ -1535,7 +1567,7 @@ mod tests {
             sense::SAVING_NOT_SUPPORTED
         );
         let mut sel = vec![0u8, 0, 0, 0];
-        sel.extend(mode_page(0x0a, 0, false).unwrap());
+        sel.extend(mode_page(0x0a, 0, false, false).unwrap());
         assert_eq!(mode_select(&sel, false, &info()), Ok(Some(false)));
         sel[8] |= 0x08;
         assert_eq!(mode_select(&sel, false, &info()), Ok(Some(true)));
@@ -1543,6 +1575,60 @@ mod tests {
         assert!(mode_select(&sel, false, &info()).is_ok());
         sel[6] ^= 0x04;
         assert!(mode_select(&sel, false, &info()).is_err());
+    }
+
+    #[test]
+    fn a_new_nexus_has_a_power_on_unit_attention_reported_once() {
+        let mut ns = NexusState::default();
+        for op in [0x12, 0xa0, 0x03] {
+            assert!(!ns.take_unit_attention(0, op), "opcode {op:#x} runs");
+        }
+        assert!(ns.take_unit_attention(0, 0x00), "first TEST UNIT READY");
+        assert!(!ns.take_unit_attention(0, 0x00), "reported once");
+        assert!(!ns.take_unit_attention(0, 0x28));
+        // A LUN reset (epoch bump) raises it again, once.
+        assert!(!ns.take_unit_attention(1, 0x12));
+        assert!(ns.take_unit_attention(1, 0x2a));
+        assert!(!ns.take_unit_attention(1, 0x2a));
+    }
+
+    #[test]
+    fn caching_page_reports_the_write_cache_of_the_lun() {
+        let sense_caching = |i: &LunInfo, pc: u8| {
+            let r = decode(
+                &cdb(&[0x1a, 0x08, (pc << 6) | 0x08, 0, 255, 0]),
+                Some(i),
+                &[0],
+                &mut NexusState::default(),
+                false,
+            );
+            let d = data_of(r);
+            assert_eq!(&d[4..6], &[0x08, 0x12], "caching page after the header");
+            d[6]
+        };
+        let mut i = info();
+        assert_eq!(sense_caching(&i, 0) & 0x04, 0, "write-through: WCE=0");
+        i.write_cache = true;
+        assert_eq!(sense_caching(&i, 0) & 0x04, 0x04, "volatile cache: WCE=1");
+        assert_eq!(sense_caching(&i, 1) & 0x04, 0, "WCE is not changeable");
+        // DPOFUA is set: hosts may send FUA writes.
+        let ms = data_of(decode(
+            &cdb(&[0x1a, 0x08, 0x08, 0, 255, 0]),
+            Some(&i),
+            &[0],
+            &mut NexusState::default(),
+            false,
+        ));
+        assert_eq!(ms[2] & 0x10, 0x10);
+        // MODE SELECT may send the current caching page back, but not flip WCE.
+        let mut sel = vec![0u8, 0, 0, 0];
+        sel.extend(mode_page(0x08, 0, false, true).unwrap());
+        assert_eq!(mode_select(&sel, false, &i), Ok(None));
+        sel[6] &= !0x04;
+        assert_eq!(
+            mode_select(&sel, false, &i),
+            Err(sense::INVALID_FIELD_IN_PARAM)
+        );
     }
 
     #[test]

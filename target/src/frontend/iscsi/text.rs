@@ -215,13 +215,16 @@ pub fn negotiate(key: &str, val: &str, p: &mut Params, lim: &Limits) -> Option<S
         "MaxBurstLength" => match num(512, (1 << 24) - 1) {
             Some(n) => {
                 p.max_burst = (n as u32).min(lim.max_burst);
+                // FirstBurstLength never exceeds MaxBurstLength (RFC 7143 §13.14);
+                // an answer already in this exchange is fixed by `clamp_first_burst`.
+                p.first_burst = p.first_burst.min(p.max_burst);
                 p.max_burst.to_string()
             }
             None => reject(),
         },
         "FirstBurstLength" => match num(512, (1 << 24) - 1) {
             Some(n) => {
-                p.first_burst = (n as u32).min(lim.first_burst);
+                p.first_burst = (n as u32).min(lim.first_burst).min(p.max_burst);
                 p.first_burst.to_string()
             }
             None => reject(),
@@ -288,6 +291,18 @@ pub fn negotiate(key: &str, val: &str, p: &mut Params, lim: &Limits) -> Option<S
         _ => return None,
     };
     Some(ans)
+}
+
+/// Makes the FirstBurstLength answer among `answers` agree with `p` once every key
+/// of an exchange is negotiated: a MaxBurstLength after FirstBurstLength in the
+/// same request may have lowered it (RFC 7143 §13.14: FirstBurstLength MUST NOT
+/// exceed MaxBurstLength).
+pub fn clamp_first_burst(p: &Params, answers: &mut [(String, String)]) {
+    for (k, v) in answers.iter_mut() {
+        if k == "FirstBurstLength" && parse_number(v).is_some_and(|n| n > p.first_burst as u64) {
+            *v = p.first_burst.to_string();
+        }
+    }
 }
 
 #[cfg(test)]
@@ -369,5 +384,44 @@ mod tests {
             "Reject"
         );
         assert!(negotiate("InitiatorName", "x", &mut p, &l).is_none());
+    }
+
+    #[test]
+    fn first_burst_is_negotiated_down_to_max_burst_in_either_order() {
+        let l = lim();
+        // FirstBurstLength first: MaxBurstLength then lowers it.
+        let mut p = Params::defaults(&l);
+        let mut out = vec![
+            (
+                "FirstBurstLength".to_string(),
+                negotiate("FirstBurstLength", "262144", &mut p, &l).unwrap(),
+            ),
+            (
+                "MaxBurstLength".to_string(),
+                negotiate("MaxBurstLength", "65536", &mut p, &l).unwrap(),
+            ),
+        ];
+        clamp_first_burst(&p, &mut out);
+        assert_eq!(out[0].1, "65536");
+        assert_eq!(out[1].1, "65536");
+        assert_eq!((p.first_burst, p.max_burst), (65536, 65536));
+        // MaxBurstLength first.
+        let mut p = Params::defaults(&l);
+        assert_eq!(
+            negotiate("MaxBurstLength", "16384", &mut p, &l).unwrap(),
+            "16384"
+        );
+        assert_eq!(
+            negotiate("FirstBurstLength", "1048576", &mut p, &l).unwrap(),
+            "16384"
+        );
+        // Only MaxBurstLength below the default FirstBurstLength (65536).
+        let mut p = Params::defaults(&l);
+        negotiate("MaxBurstLength", "8192", &mut p, &l).unwrap();
+        assert_eq!(p.first_burst, 8192);
+        // Reject answers are left alone.
+        let mut out = vec![("FirstBurstLength".to_string(), "Reject".to_string())];
+        clamp_first_burst(&p, &mut out);
+        assert_eq!(out[0].1, "Reject");
     }
 }
