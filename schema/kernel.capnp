@@ -251,6 +251,9 @@ struct IscsiConnection {
   readBytes @3 :UInt64;         # bytes the initiator read
   writeBytes @4 :UInt64;        # bytes the initiator wrote
   errors @5 :UInt64;            # commands that ended in CHECK CONDITION (not a unit attention) or RESERVATION CONFLICT
+  buffersHeld @6 :UInt64;       # pool buffers the connection holds now (tasks, queued Data-In)
+  cmdsWaitingBuf @7 :UInt64;    # commands accepted but waiting for a pool buffer now
+  sendBlockedMs @8 :UInt64;     # total ms blocked on send (initiator not reading), current stretch included
 }
 
 struct IscsiSession {

@@ -5,13 +5,30 @@
 //! A [`PoolBuf`] owns one chunk; [`IoBuf`] is the borrowed (pointer, length) view the
 //! bdev layers pass down the stack. The owner of a `PoolBuf` keeps it alive until
 //! every I/O using its `IoBuf` has completed.
+//!
+//! The pool never deadlocks across reactors:
+//! - a reactor's cache keeps at most `1/CACHE_SHARE_DIVISOR` of a class (and at most
+//!   [`CACHE_MAX_CHUNKS`]); chunks past that watermark go back to the shared list, so
+//!   idle chunks of a class can never all sit in one reactor's cache;
+//! - a reactor that finds a class exhausted while it has waiters joins the class's
+//!   *hungry* queue (one entry per reactor, FIFO) and asks every other reactor to
+//!   release its cached chunks of that class; from then on every chunk of that class
+//!   given back anywhere is handed to the reactor at the head of the queue (through
+//!   its message ring, which wakes it), round robin between hungry reactors;
+//! - waiters queue per class, so a 4 KiB request never waits behind a 1 MiB one.
+//!
+//! Users of the pool (iSCSI connections) are also limited to a share of each class:
+//! [`BufPool::user_cap`] (see `docs/ISCSI.md`, "Buffers and fairness").
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crossbeam_queue::ArrayQueue;
+
+use crate::reactor::{Msg, ReactorHandle};
 
 /// Alignment of every buffer: enough for O_DIRECT on 4 KiB-sector devices.
 pub const BUF_ALIGN_BYTES: usize = 4096;
@@ -21,11 +38,25 @@ pub const BUF_ALIGN_BYTES: usize = 4096;
 pub const SIZE_CLASSES_BYTES: [usize; 4] = [4 << 10, 64 << 10, 256 << 10, 1 << 20];
 
 /// Most chunks a reactor keeps in its local cache per class before returning
-/// chunks to the shared free list.
+/// chunks to the shared free list (an absolute ceiling; see [`CACHE_SHARE_DIVISOR`]).
 pub const CACHE_MAX_CHUNKS: usize = 64;
 
-/// Chunks moved between the shared list and a reactor cache in one refill.
+/// A reactor's cache keeps at most `chunks / CACHE_SHARE_DIVISOR` chunks of a class
+/// (at least one): the 64 chunks of 1 MiB allow 8 per reactor cache.
+pub const CACHE_SHARE_DIVISOR: usize = 8;
+
+/// One pool user (an iSCSI connection) holds at most `chunks / USER_SHARE_DIVISOR`
+/// chunks of a class, so a few users that never give buffers back cannot take a
+/// whole class (16 of the 64 chunks of 1 MiB).
+pub const USER_SHARE_DIVISOR: usize = 4;
+
+/// Most chunks moved between the shared list and a reactor cache in one refill
+/// (half the class's cache watermark when that is smaller).
 const CACHE_BATCH_CHUNKS: usize = 16;
+
+/// Most buffer waiters one reactor queues per class; a request beyond that is
+/// refused ([`BufWait::Full`]) and the caller answers it with a busy status.
+pub const MAX_WAITERS_PER_CLASS: usize = 4096;
 
 /// A borrowed view of I/O memory: where the data lives and how long it is.
 ///
@@ -206,12 +237,69 @@ struct Class {
     offset_bytes: usize,
     chunks: usize,
     free: ArrayQueue<u32>,
+    /// Cache watermark of a reactor for this class.
+    cache_cap: usize,
+    /// Chunks moved per refill.
+    batch: usize,
+    /// Reactors waiting for a chunk of this class, in order, each at most once
+    /// (so at most one entry per reactor). Touched only on the slow path.
+    hungry: Mutex<VecDeque<usize>>,
+    /// `hungry.len()`, read without the lock on every `put`.
+    hungry_n: AtomicUsize,
+    /// Pool users currently holding or waiting for chunks of this class.
+    users: AtomicUsize,
+}
+
+impl Class {
+    fn hungry(&self) -> std::sync::MutexGuard<'_, VecDeque<usize>> {
+        self.hungry.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Joins the hungry queue; true when `reactor` was not in it yet.
+    fn join_hungry(&self, reactor: usize) -> bool {
+        let mut h = self.hungry();
+        if h.contains(&reactor) {
+            return false;
+        }
+        h.push_back(reactor);
+        self.hungry_n.store(h.len(), Ordering::Release);
+        true
+    }
+
+    /// The reactor to hand the next free chunk to, if any is hungry.
+    fn pop_hungry(&self) -> Option<usize> {
+        if self.hungry_n.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let mut h = self.hungry();
+        let r = h.pop_front();
+        self.hungry_n.store(h.len(), Ordering::Release);
+        r
+    }
 }
 
 /// The target-wide buffer pool. Shared by every reactor of one target.
 pub struct BufPool {
     region: Region,
     classes: Vec<Class>,
+}
+
+/// A chunk on its way from one reactor's cache to another's (a hand-off to a
+/// hungry reactor). If the message carrying it is dropped undelivered (a stopping
+/// reactor), the chunk goes back to the shared free list.
+struct Handoff {
+    pool: Arc<BufPool>,
+    class: usize,
+    idx: Option<u32>,
+}
+
+impl Drop for Handoff {
+    fn drop(&mut self) {
+        if let Some(i) = self.idx.take() {
+            // Cannot fail: the shared list has room for every chunk of its class.
+            let _ = self.pool.classes[self.class].free.push(i);
+        }
+    }
 }
 
 impl BufPool {
@@ -226,11 +314,17 @@ impl BufPool {
                 free.push(c as u32)
                     .expect("free list sized for every chunk");
             }
+            let cache_cap = (n / CACHE_SHARE_DIVISOR).clamp(1, CACHE_MAX_CHUNKS);
             classes.push(Class {
                 chunk_bytes,
                 offset_bytes: total,
                 chunks: n,
                 free,
+                cache_cap,
+                batch: (cache_cap / 2).clamp(1, CACHE_BATCH_CHUNKS),
+                hungry: Mutex::new(VecDeque::new()),
+                hungry_n: AtomicUsize::new(0),
+                users: AtomicUsize::new(0),
             });
             total += chunk_bytes * n;
         }
@@ -278,6 +372,36 @@ impl BufPool {
         self.classes.iter().map(|c| c.free.len()).collect()
     }
 
+    /// Chunks of `class` (0 when the class does not exist).
+    pub fn chunks(&self, class: usize) -> usize {
+        self.classes.get(class).map_or(0, |c| c.chunks)
+    }
+
+    /// Most chunks of `class` one pool user may hold right now: its fair share,
+    /// `chunks / users` for the users currently holding or waiting for the class,
+    /// and never more than `chunks / USER_SHARE_DIVISOR` (at least one).
+    pub fn user_cap(&self, class: usize) -> usize {
+        let Some(c) = self.classes.get(class) else {
+            return 0;
+        };
+        let users = c.users.load(Ordering::Relaxed).max(1);
+        (c.chunks / users).min(c.chunks / USER_SHARE_DIVISOR).max(1)
+    }
+
+    /// A pool user starts (`true`) or stops (`false`) holding or waiting for chunks
+    /// of `class`; [`BufPool::user_cap`] divides the class between the active users.
+    pub fn set_user_active(&self, class: usize, active: bool) {
+        if let Some(c) = self.classes.get(class) {
+            if active {
+                c.users.fetch_add(1, Ordering::Relaxed);
+            } else {
+                let _ = c
+                    .users
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| u.checked_sub(1));
+            }
+        }
+    }
+
     fn chunk_ptr(&self, class: usize, idx: u32) -> *mut u8 {
         let c = &self.classes[class];
         debug_assert!((idx as usize) < c.chunks);
@@ -309,6 +433,18 @@ impl PoolBuf {
         self.buf.len()
     }
 
+    /// The size class of the chunk (an index into [`SIZE_CLASSES_BYTES`]).
+    pub fn class(&self) -> usize {
+        self.class as usize
+    }
+
+    /// Uses the first `len_bytes` of the chunk (at most the chunk's size).
+    pub fn set_len(&mut self, len_bytes: usize) {
+        let len = len_bytes.min(SIZE_CLASSES_BYTES[self.class as usize]);
+        // SAFETY: the chunk is SIZE_CLASSES_BYTES[class] long and owned by this PoolBuf.
+        self.buf = unsafe { IoBuf::from_raw(self.buf.as_ptr(), len) };
+    }
+
     /// True when zero bytes were asked for.
     pub fn is_empty(&self) -> bool {
         self.buf.is_empty()
@@ -330,7 +466,8 @@ impl PoolBuf {
 
 /// Someone waiting for a buffer when the pool is exhausted.
 pub trait BufWaiter {
-    /// Called, in the order of the requests, once a buffer is available.
+    /// Called, in the order of the requests of each class, once a buffer is
+    /// available. Runs from the reactor loop, never inside a pool call.
     fn buf_ready(&self, tag: u64, buf: PoolBuf);
 }
 
@@ -340,25 +477,52 @@ struct Waiting {
     tag: u64,
 }
 
-/// A reactor's cache in front of the shared pool, with its queue of waiters.
+/// The answer of [`BufCache::get_or_wait`].
+pub enum BufWait {
+    /// A buffer, now.
+    Ready(PoolBuf),
+    /// Queued: `buf_ready` follows.
+    Queued,
+    /// The class's waiter queue is full ([`MAX_WAITERS_PER_CLASS`]); not queued.
+    Full,
+}
+
+/// Where a cache sends chunks to other reactors: its own id and every reactor's
+/// handle (empty for a cache that is not a reactor's, e.g. in unit tests).
+struct Peers {
+    me: usize,
+    handles: Vec<ReactorHandle>,
+}
+
+/// A reactor's cache in front of the shared pool, with its queues of waiters.
 pub struct BufCache {
     pool: Arc<BufPool>,
+    peers: Peers,
     local: RefCell<Vec<Vec<u32>>>,
-    waiting: RefCell<VecDeque<Waiting>>,
+    /// Waiters, one FIFO per class.
+    waiting: RefCell<Vec<VecDeque<Waiting>>>,
 }
 
 impl BufCache {
-    /// A cache over `pool`, for one reactor.
+    /// A cache over `pool` that belongs to no reactor set: nothing is handed to
+    /// other reactors (chunks past the watermark go to the shared list).
     pub fn new(pool: Arc<BufPool>) -> Self {
+        Self::for_reactor(pool, usize::MAX, Vec::new())
+    }
+
+    /// The cache of reactor `me`; `peers` are the handles of every reactor of the
+    /// set (indexed by reactor id), used to hand chunks to hungry reactors.
+    pub fn for_reactor(pool: Arc<BufPool>, me: usize, peers: Vec<ReactorHandle>) -> Self {
         let n = pool.classes.len();
         BufCache {
-            pool,
             local: RefCell::new(
                 (0..n)
-                    .map(|_| Vec::with_capacity(CACHE_MAX_CHUNKS + CACHE_BATCH_CHUNKS))
+                    .map(|c| Vec::with_capacity(pool.classes[c].cache_cap + CACHE_BATCH_CHUNKS))
                     .collect(),
             ),
-            waiting: RefCell::new(VecDeque::with_capacity(256)),
+            waiting: RefCell::new((0..n).map(|_| VecDeque::new()).collect()),
+            peers: Peers { me, handles: peers },
+            pool,
         }
     }
 
@@ -370,27 +534,33 @@ impl BufCache {
     /// A buffer of `len_bytes`, or None when the pool is exhausted (or the size is
     /// larger than the largest class). Does not queue.
     pub fn try_get(&self, len_bytes: usize) -> Option<PoolBuf> {
-        if !self.waiting.borrow().is_empty() {
-            // Keep order: earlier waiters are served first.
+        let class = BufPool::class_for(len_bytes)?;
+        if !self.waiting.borrow()[class].is_empty() {
+            // Keep order: earlier waiters of the class are served first.
             return None;
         }
-        self.take(len_bytes)
+        self.take(class, len_bytes)
     }
 
-    fn take(&self, len_bytes: usize) -> Option<PoolBuf> {
-        let class = BufPool::class_for(len_bytes)?;
-        let mut local = self.local.borrow_mut();
-        let list = &mut local[class];
-        if list.is_empty() {
-            let free = &self.pool.classes[class].free;
-            for _ in 0..CACHE_BATCH_CHUNKS {
-                match free.pop() {
-                    Some(i) => list.push(i),
-                    None => break,
+    fn take(&self, class: usize, len_bytes: usize) -> Option<PoolBuf> {
+        let idx = {
+            let mut local = self.local.borrow_mut();
+            let list = &mut local[class];
+            if list.is_empty() {
+                let c = &self.pool.classes[class];
+                for _ in 0..c.batch {
+                    match c.free.pop() {
+                        Some(i) => list.push(i),
+                        None => break,
+                    }
                 }
             }
-        }
-        let idx = list.pop()?;
+            list.pop()
+        };
+        let Some(idx) = idx else {
+            self.hungry(class);
+            return None;
+        };
         let ptr = self.pool.chunk_ptr(class, idx);
         Some(PoolBuf {
             class: class as u8,
@@ -400,67 +570,152 @@ impl BufCache {
         })
     }
 
+    /// The class is exhausted here: join its hungry queue and, the first time,
+    /// ask every other reactor to give back the chunks its cache holds.
+    fn hungry(&self, class: usize) {
+        if self.peers.handles.len() < 2 {
+            return;
+        }
+        let me = self.peers.me;
+        if !self.pool.classes[class].join_hungry(me) {
+            return;
+        }
+        for h in &self.peers.handles {
+            if h.id() == me {
+                continue;
+            }
+            let msg: Msg = Box::new(move |r| r.bufs().release_cached(class));
+            if let Err((full, _)) = h.try_send(msg) {
+                // The other reactor still hands us chunks as it frees them.
+                log::warn!(
+                    "buffer pool: reactor {me} could not ask reactor {} to release cached {} KiB chunks: {full}",
+                    h.id(),
+                    SIZE_CLASSES_BYTES[class] >> 10
+                );
+            }
+        }
+    }
+
     /// A buffer now, or later: when the pool is exhausted the request is queued and
-    /// `waiter.buf_ready(tag, buf)` runs once one is free, in request order. Sizes
-    /// larger than the largest class are a caller error (returns Err).
+    /// `waiter.buf_ready(tag, buf)` runs once one is free, in request order within
+    /// the class. Sizes larger than the largest class are a caller error (Err).
     pub fn get_or_wait(
         &self,
         len_bytes: usize,
         waiter: &Rc<dyn BufWaiter>,
         tag: u64,
-    ) -> Result<Option<PoolBuf>, BufTooLarge> {
-        if BufPool::class_for(len_bytes).is_none() {
+    ) -> Result<BufWait, BufTooLarge> {
+        let Some(class) = BufPool::class_for(len_bytes) else {
             return Err(BufTooLarge { len_bytes });
-        }
+        };
         if let Some(b) = self.try_get(len_bytes) {
-            return Ok(Some(b));
+            return Ok(BufWait::Ready(b));
         }
-        self.waiting.borrow_mut().push_back(Waiting {
+        let mut w = self.waiting.borrow_mut();
+        if w[class].len() >= MAX_WAITERS_PER_CLASS {
+            return Ok(BufWait::Full);
+        }
+        w[class].push_back(Waiting {
             len_bytes,
             waiter: Rc::clone(waiter),
             tag,
         });
-        Ok(None)
+        drop(w);
+        // Make sure somebody will give this reactor a chunk (joins the hungry queue).
+        self.hungry(class);
+        Ok(BufWait::Queued)
     }
 
-    /// Returns a buffer to the cache (or the shared list when the cache is full).
+    /// Returns a buffer: to the hungry reactor whose turn it is, else to this
+    /// cache, spilling to the shared list past the cache's watermark.
     pub fn put(&self, buf: PoolBuf) {
-        let class = buf.class as usize;
+        self.give_back(buf.class as usize, buf.idx);
+    }
+
+    fn give_back(&self, class: usize, idx: u32) {
+        let c = &self.pool.classes[class];
+        if let Some(to) = c.pop_hungry() {
+            if to != self.peers.me {
+                if let Some(h) = self.peers.handles.get(to) {
+                    let ho = Handoff {
+                        pool: Arc::clone(&self.pool),
+                        class,
+                        idx: Some(idx),
+                    };
+                    let msg: Msg = Box::new(move |r| r.bufs().accept(ho));
+                    // A full ring drops the message, and the Handoff puts the
+                    // chunk on the shared list, where the hungry reactor finds it.
+                    let _ = h.try_send(msg);
+                    return;
+                }
+            }
+        }
         let mut local = self.local.borrow_mut();
         let list = &mut local[class];
-        list.push(buf.idx);
-        if list.len() > CACHE_MAX_CHUNKS {
-            let free = &self.pool.classes[class].free;
-            for _ in 0..CACHE_BATCH_CHUNKS {
+        list.push(idx);
+        if list.len() > c.cache_cap {
+            while list.len() > c.cache_cap.saturating_sub(c.batch / 2) {
                 if let Some(i) = list.pop() {
                     // Cannot fail: the shared list has room for every chunk of its class.
-                    let _ = free.push(i);
+                    let _ = c.free.push(i);
                 }
             }
         }
     }
 
-    /// Number of queued waiters.
+    /// A chunk handed over by another reactor.
+    fn accept(&self, mut h: Handoff) {
+        if let Some(i) = h.idx.take() {
+            let class = h.class;
+            let mut local = self.local.borrow_mut();
+            local[class].push(i);
+            let c = &self.pool.classes[class];
+            if local[class].len() > c.cache_cap && self.waiting.borrow()[class].is_empty() {
+                if let Some(i) = local[class].pop() {
+                    drop(local);
+                    self.give_back(class, i);
+                }
+            }
+        }
+    }
+
+    /// Another reactor is hungry for `class`: give back every cached chunk of it.
+    fn release_cached(&self, class: usize) {
+        if !self.waiting.borrow()[class].is_empty() {
+            // This reactor waits for the class too: its cache is empty or in use.
+            return;
+        }
+        let chunks: Vec<u32> = std::mem::take(&mut self.local.borrow_mut()[class]);
+        for i in chunks {
+            self.give_back(class, i);
+        }
+    }
+
+    /// Number of queued waiters (all classes).
     pub fn waiters(&self) -> usize {
-        self.waiting.borrow().len()
+        self.waiting.borrow().iter().map(|q| q.len()).sum()
     }
 
     /// Serves queued waiters in order while buffers are available. Called by the
     /// reactor loop; returns how many were served.
     pub fn serve_waiters(&self) -> usize {
         let mut served = 0;
-        loop {
-            let (len, waiter, tag) = {
-                let w = self.waiting.borrow();
-                match w.front() {
-                    Some(f) => (f.len_bytes, Rc::clone(&f.waiter), f.tag),
-                    None => break,
-                }
-            };
-            let Some(buf) = self.take(len) else { break };
-            self.waiting.borrow_mut().pop_front();
-            waiter.buf_ready(tag, buf);
-            served += 1;
+        for class in 0..self.pool.classes.len() {
+            loop {
+                let (len, waiter, tag) = {
+                    let w = self.waiting.borrow();
+                    match w[class].front() {
+                        Some(f) => (f.len_bytes, Rc::clone(&f.waiter), f.tag),
+                        None => break,
+                    }
+                };
+                let Some(buf) = self.take(class, len) else {
+                    break;
+                };
+                self.waiting.borrow_mut()[class].pop_front();
+                waiter.buf_ready(tag, buf);
+                served += 1;
+            }
         }
         served
     }
@@ -527,7 +782,10 @@ mod tests {
         let rec = Rc::new(Recorder(RefCell::new(Vec::new())));
         let w: Rc<dyn BufWaiter> = rec.clone();
         for tag in 1..=3 {
-            assert!(cache.get_or_wait(4096, &w, tag).unwrap().is_none());
+            assert!(matches!(
+                cache.get_or_wait(4096, &w, tag).unwrap(),
+                BufWait::Queued
+            ));
         }
         assert_eq!(cache.waiters(), 3);
         // A newcomer may not jump the queue even though a buffer becomes free.
@@ -544,6 +802,74 @@ mod tests {
         let got: Vec<u64> = rec.0.borrow().iter().map(|(t, _)| *t).collect();
         assert_eq!(got, vec![2, 3]);
         assert_eq!(cache.waiters(), 0);
+    }
+
+    #[test]
+    fn a_reactor_cache_never_keeps_a_whole_class() {
+        // 64 chunks of 1 MiB, as in the default pool: one cache takes them all and
+        // gives them back; another cache must still find chunks in the shared list.
+        let pool = BufPool::new(&PoolConfig {
+            chunks_per_class: [1, 1, 1, 64],
+            hugepages: false,
+        })
+        .unwrap();
+        let a = BufCache::new(Arc::clone(&pool));
+        let b = BufCache::new(Arc::clone(&pool));
+        let held: Vec<PoolBuf> = (0..64).map(|_| a.try_get(1 << 20).unwrap()).collect();
+        assert!(b.try_get(1 << 20).is_none(), "all 64 are in use");
+        for x in held {
+            a.put(x);
+        }
+        assert!(
+            pool.free_chunks()[3] >= 64 - 64 / CACHE_SHARE_DIVISOR,
+            "chunks past the watermark went back: {:?}",
+            pool.free_chunks()
+        );
+        let got: Vec<PoolBuf> = (0..56).map(|_| b.try_get(1 << 20).unwrap()).collect();
+        for x in got {
+            b.put(x);
+        }
+    }
+
+    #[test]
+    fn a_small_request_does_not_wait_behind_a_large_one() {
+        let cache = BufCache::new(small_pool(1));
+        let big = cache.try_get(1 << 20).unwrap();
+        let rec = Rc::new(Recorder(RefCell::new(Vec::new())));
+        let w: Rc<dyn BufWaiter> = rec.clone();
+        assert!(matches!(
+            cache.get_or_wait(1 << 20, &w, 1).unwrap(),
+            BufWait::Queued
+        ));
+        // The 1 MiB class is exhausted with a waiter queued; 4 KiB is served at once.
+        let small = cache
+            .try_get(4096)
+            .expect("4 KiB not blocked by a 1 MiB waiter");
+        cache.put(small);
+        cache.put(big);
+        assert_eq!(cache.serve_waiters(), 1);
+        let (_, b) = rec.0.borrow_mut().remove(0);
+        cache.put(b);
+    }
+
+    #[test]
+    fn user_share_shrinks_with_users() {
+        let pool = BufPool::new(&PoolConfig {
+            chunks_per_class: [1, 1, 1, 64],
+            hugepages: false,
+        })
+        .unwrap();
+        assert_eq!(pool.user_cap(3), 64 / USER_SHARE_DIVISOR);
+        for _ in 0..10 {
+            pool.set_user_active(3, true);
+        }
+        assert_eq!(pool.user_cap(3), 6);
+        for _ in 0..10 {
+            pool.set_user_active(3, false);
+        }
+        pool.set_user_active(3, false);
+        assert_eq!(pool.user_cap(3), 16, "never below zero users");
+        assert_eq!(pool.user_cap(9), 0);
     }
 
     #[test]

@@ -997,6 +997,7 @@ fn a_mirror_flush_and_fua_writes_reach_every_plex() {
             size_bytes: size,
             plexes,
             read_policy: Default::default(),
+            shared: false,
         })
         .unwrap();
     }

@@ -636,6 +636,9 @@ pub(crate) fn set_iscsi_session(mut b: k::iscsi_session::Builder<'_>, s: &Sessio
     c.set_read_bytes(s.read_bytes);
     c.set_write_bytes(s.write_bytes);
     c.set_errors(s.errors);
+    c.set_buffers_held(s.buffers_held);
+    c.set_cmds_waiting_buf(s.cmds_waiting_buf);
+    c.set_send_blocked_ms(s.send_blocked_ms);
 }
 
 /// Reads a session; with several connections the counters are summed and the
@@ -652,6 +655,9 @@ pub(crate) fn read_iscsi_session(r: k::iscsi_session::Reader<'_>) -> Result<Sess
         read_bytes: 0,
         write_bytes: 0,
         errors: 0,
+        buffers_held: 0,
+        cmds_waiting_buf: 0,
+        send_blocked_ms: 0,
     };
     for (i, c) in r.get_connections()?.iter().enumerate() {
         if i == 0 {
@@ -662,6 +668,9 @@ pub(crate) fn read_iscsi_session(r: k::iscsi_session::Reader<'_>) -> Result<Sess
         s.read_bytes += c.get_read_bytes();
         s.write_bytes += c.get_write_bytes();
         s.errors += c.get_errors();
+        s.buffers_held += c.get_buffers_held();
+        s.cmds_waiting_buf += c.get_cmds_waiting_buf();
+        s.send_blocked_ms += c.get_send_blocked_ms();
     }
     Ok(s)
 }
@@ -799,6 +808,9 @@ mod tests {
             read_bytes: 4096,
             write_bytes: 512,
             errors: 1,
+            buffers_held: 3,
+            cmds_waiting_buf: 2,
+            send_blocked_ms: 1500,
         };
         let mut msg = capnp::message::Builder::new_default();
         set_iscsi_session(msg.init_root(), &s);

@@ -221,6 +221,7 @@ impl Reactor {
                 Vec::new()
             }
         };
+        let bufs = BufCache::for_reactor(pool, id, peers.clone());
         Ok(Reactor {
             id,
             mailbox,
@@ -241,7 +242,7 @@ impl Reactor {
             next_poller: Cell::new(1),
             channels: RefCell::new(HashMap::new()),
             locals: RefCell::new(HashMap::new()),
-            bufs: BufCache::new(pool),
+            bufs,
             stats,
             stop: Cell::new(false),
         })
@@ -892,6 +893,90 @@ mod tests {
         go_tx.send(()).unwrap();
         assert_eq!(h.call_blocking(|_| 7).unwrap(), 7);
         assert_eq!(ran.load(Ordering::SeqCst), 10 - full);
+    }
+
+    #[test]
+    fn a_freed_chunk_reaches_a_waiter_on_another_reactor() {
+        use crate::buf::{BufWait, BufWaiter, PoolBuf};
+        // Two chunks of 1 MiB. Reactor 0 takes both and gives them back one at a
+        // time into its own cache; reactor 1, waiting for one, must be served.
+        let pool = BufPool::new(&PoolConfig {
+            chunks_per_class: [4, 4, 1, 2],
+            hugepages: false,
+        })
+        .unwrap();
+        let set = ReactorSet::start(
+            &ReactorConfig {
+                cores: vec![0, 1],
+                ..Default::default()
+            },
+            pool,
+        )
+        .unwrap();
+        let (h0, h1) = (set.handles()[0].clone(), set.handles()[1].clone());
+        #[derive(Default)]
+        struct Held(RefCell<Vec<PoolBuf>>);
+        h0.call_blocking(|r| {
+            let held = r.local::<Held>();
+            for _ in 0..2 {
+                let b = r.bufs().try_get(1 << 20).expect("two free chunks");
+                held.0.borrow_mut().push(b);
+            }
+            // Reactor 0 cycles its chunks: its cache may keep one.
+            let b = held.0.borrow_mut().pop().unwrap();
+            r.bufs().put(b);
+            let b = r.bufs().try_get(1 << 20).unwrap();
+            held.0.borrow_mut().push(b);
+        })
+        .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<usize>();
+        struct Tell(
+            std::sync::Mutex<std::sync::mpsc::Sender<usize>>,
+            RefCell<Vec<PoolBuf>>,
+        );
+        impl BufWaiter for Tell {
+            fn buf_ready(&self, _tag: u64, buf: PoolBuf) {
+                let _ = self.0.lock().unwrap().send(buf.len());
+                self.1.borrow_mut().push(buf);
+            }
+        }
+        #[derive(Default)]
+        struct Waiter(RefCell<Option<Rc<Tell>>>);
+        h1.call_blocking(move |r| {
+            let tell = Rc::new(Tell(std::sync::Mutex::new(tx), RefCell::new(Vec::new())));
+            let w: Rc<dyn BufWaiter> = tell.clone();
+            let queued = matches!(r.bufs().get_or_wait(1 << 20, &w, 7), Ok(BufWait::Queued));
+            *r.local::<Waiter>().0.borrow_mut() = Some(tell);
+            queued
+        })
+        .map(|q| assert!(q, "reactor 1 waits: both chunks are on reactor 0"))
+        .unwrap();
+        // Reactor 0 gives one chunk back (into its own cache before the fix).
+        h0.call_blocking(|r| {
+            let b = r.local::<Held>().0.borrow_mut().pop().unwrap();
+            r.bufs().put(b);
+        })
+        .unwrap();
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(5)),
+            Ok(1 << 20),
+            "reactor 1's waiter got the chunk reactor 0 freed"
+        );
+        // Give everything back before the set stops.
+        h1.call_blocking(|r| {
+            if let Some(t) = r.local::<Waiter>().0.borrow_mut().take() {
+                for b in t.1.borrow_mut().drain(..) {
+                    r.bufs().put(b);
+                }
+            }
+        })
+        .unwrap();
+        h0.call_blocking(|r| {
+            for b in r.local::<Held>().0.borrow_mut().drain(..) {
+                r.bufs().put(b);
+            }
+        })
+        .unwrap();
     }
 
     #[test]

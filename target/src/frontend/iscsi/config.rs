@@ -9,6 +9,9 @@ pub const DEFAULT_PORTAL: &str = "127.0.0.1:3260";
 pub const DEFAULT_QUEUE_DEPTH: u32 = 64;
 /// Largest queue depth accepted.
 pub const MAX_QUEUE_DEPTH: u32 = 256;
+/// Default seconds a connection may stay blocked on send (its socket accepting
+/// nothing) before it is dropped and its buffers freed.
+pub const DEFAULT_SEND_TIMEOUT_S: u64 = 30;
 
 /// The whole `[iscsi]` table.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -38,6 +41,10 @@ pub struct IscsiConfig {
     /// CHAP required on discovery sessions (default: none).
     #[serde(default)]
     pub discovery_chap: Option<ChapConfig>,
+    /// Seconds a connection may stay blocked on send (the initiator reads nothing)
+    /// before it is dropped and its buffers freed (default 30, at least 1).
+    #[serde(default)]
+    pub send_timeout_s: Option<u64>,
 }
 
 impl IscsiConfig {

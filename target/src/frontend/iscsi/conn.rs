@@ -3,8 +3,22 @@
 //! Reading: a one-shot io_uring poll for POLLIN wakes the connection; it reads
 //! with nonblocking `read` into a fixed receive buffer sized for the largest PDU
 //! it accepts, parses whole PDUs in place and handles them. Reading pauses (no poll
-//! armed) while a command waits for an I/O buffer or while too much output is
-//! queued, so memory per connection is bounded.
+//! armed) only while too much output is queued, so memory per connection is
+//! bounded.
+//!
+//! Buffers: a command that needs a pool buffer it cannot have yet (pool class
+//! exhausted, the connection at its share of the class, or its socket not
+//! draining) is *parked*: it is accepted (it counts in the CmdSN window), its
+//! immediate and unsolicited data are kept aside (at most [`PARKED_DATA_MAX_BYTES`]
+//! per connection; beyond that the command gets TASK SET FULL), and reading goes
+//! on, so Data-Out, NOP-Out, task management and commands that need no or other
+//! buffers keep flowing. Parked commands get buffers in arrival order. A
+//! connection holds at most its fair share of each class (`BufPool::user_cap`).
+//!
+//! Send backpressure: while the socket accepts nothing (EAGAIN) the connection
+//! gets no new buffers and MaxCmdSN stops advancing; a connection blocked on
+//! send for longer than the frontend's send timeout (30 s by default) is dropped
+//! and its buffers freed.
 //!
 //! Writing: PDU headers (and small data segments) are serialized into an output
 //! buffer; read data goes out straight from the task's pool buffer, which the
@@ -35,7 +49,7 @@ use super::sense::{self, Sense};
 use super::text::{self, Params};
 use super::{LunRt, Session, Shared, TargetRt};
 use crate::bdev::{BdevIo, IoCallback, IoDone, IoKind, IoStatus};
-use crate::buf::{BufWaiter, IoBuf, PoolBuf};
+use crate::buf::{BufPool, BufWait, BufWaiter, IoBuf, PoolBuf, SIZE_CLASSES_BYTES};
 use crate::lease::FENCED_ERRNO;
 use crate::reactor::{Poller, Reactor, UringDone};
 
@@ -54,6 +68,12 @@ const TAG_POLLIN: u64 = 1;
 const TAG_POLLOUT: u64 = 2;
 /// Most iovecs per `sendmsg` (two per Data-In PDU sent from a pool buffer).
 const MAX_IOV: usize = 128;
+/// Most bytes of immediate and unsolicited data a connection keeps for commands
+/// parked while waiting for a pool buffer; a command that would exceed it is
+/// answered TASK SET FULL.
+pub(crate) const PARKED_DATA_MAX_BYTES: usize = 4 << 20;
+/// Number of pool size classes.
+const CLASSES: usize = SIZE_CLASSES_BYTES.len();
 
 /// Hasher for the small integer keys of per-connection maps (task tags, LUN
 /// numbers): one multiply instead of SipHash on every command. The peer picks
@@ -363,8 +383,17 @@ pub(crate) fn spawn(r: &Rc<Reactor>, shared: Arc<Shared>, stream: TcpStream, pee
             nexus_state: IntMap::default(),
             poll_in: false,
             poll_out: false,
-            stalled_on_buf: false,
-            ready_buf: None,
+            parked: VecDeque::new(),
+            parked_n: [0; CLASSES],
+            parked_bytes: 0,
+            buf_wait: [false; CLASSES],
+            held: [0; CLASSES],
+            active: [false; CLASSES],
+            need_serve: false,
+            send_blocked_since: None,
+            send_blocked_total: Duration::ZERO,
+            max_adv: 0,
+            window_stale: false,
             last_rx: Instant::now(),
             started: Instant::now(),
             nop_sent: None,
@@ -458,6 +487,14 @@ struct Task {
     aborted: bool,
     /// Task was removed from `itts` (answered or aborted) while I/O is in flight.
     orphan: bool,
+    /// Waiting for a pool buffer (in `St::parked`); `early` holds its data so far.
+    parked: bool,
+    /// Pool buffer bytes the task needs.
+    need_buf: u32,
+    /// Data received while parked (immediate and unsolicited), from offset 0.
+    early: Vec<u8>,
+    /// Bytes of `St::parked_bytes` reserved for `early`.
+    early_reserved: u32,
 }
 
 struct St {
@@ -484,8 +521,28 @@ struct St {
     nexus_state: IntMap<u64, NexusState>,
     poll_in: bool,
     poll_out: bool,
-    stalled_on_buf: bool,
-    ready_buf: Option<PoolBuf>,
+    /// Tasks waiting for a pool buffer, in arrival order.
+    parked: VecDeque<usize>,
+    /// Parked tasks per size class.
+    parked_n: [u32; CLASSES],
+    /// Bytes reserved for the data of parked tasks.
+    parked_bytes: usize,
+    /// Registered as a waiter with the reactor's buffer cache, per class.
+    buf_wait: [bool; CLASSES],
+    /// Pool chunks held (tasks and queued Data-In), per class.
+    held: [u32; CLASSES],
+    /// Counted as a user of the class by the pool (`BufPool::set_user_active`).
+    active: [bool; CLASSES],
+    /// A buffer was given back: parked tasks may proceed.
+    need_serve: bool,
+    /// Since when the socket accepts no output (EAGAIN, nothing sent since).
+    send_blocked_since: Option<Instant>,
+    /// Earlier stretches blocked on send.
+    send_blocked_total: Duration,
+    /// MaxCmdSN last advertised (frozen while blocked on send).
+    max_adv: u32,
+    /// A PDU went out with a frozen MaxCmdSN: announce the window once unblocked.
+    window_stale: bool,
     last_rx: Instant,
     started: Instant,
     nop_sent: Option<(u32, Instant)>,
@@ -512,8 +569,6 @@ pub(crate) struct Conn {
 enum Handled {
     /// Consumed.
     Done,
-    /// Not consumed: wait (for a buffer) and look at it again later.
-    Stall,
     /// The connection must close.
     Close(String),
 }
@@ -523,10 +578,32 @@ impl St {
         self.out.pending()
     }
 
-    fn max_cmdsn(&self, qd: u32) -> u32 {
+    /// MaxCmdSN to advertise: ExpCmdSN + free slots - 1, except that it does not
+    /// advance while the connection is blocked on send (a connection whose socket
+    /// does not drain gets no more commands).
+    fn max_cmdsn(&mut self, qd: u32) -> u32 {
         let active = self.itts.len() as u32;
         let room = qd.saturating_sub(active);
-        self.exp_cmdsn.wrapping_add(room).wrapping_sub(1)
+        let max = self.exp_cmdsn.wrapping_add(room).wrapping_sub(1);
+        if self.send_blocked_since.is_some() {
+            if max != self.max_adv {
+                self.window_stale = true;
+            }
+            return self.max_adv;
+        }
+        self.max_adv = max;
+        max
+    }
+
+    fn blocked_on_send(&self) -> bool {
+        self.send_blocked_since.is_some()
+    }
+
+    fn send_blocked_ms(&self, now: Instant) -> u64 {
+        let cur = self
+            .send_blocked_since
+            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+        (self.send_blocked_total + cur).as_millis() as u64
     }
 
     fn take_statsn(&mut self) -> u32 {
@@ -601,25 +678,29 @@ impl Conn {
         );
         // SAFETY: shutdown on a socket we own; it wakes pending polls.
         unsafe { libc::shutdown(self.fd(), libc::SHUT_RDWR) };
+        st.parked.clear();
+        st.parked_n = [0; CLASSES];
+        st.parked_bytes = 0;
         let keys: Vec<usize> = st.tasks.iter().map(|(k, _)| k).collect();
         for k in keys {
             if st.tasks[k].inflight == 0 {
                 let t = st.tasks.remove(k);
-                self.release(t);
+                self.release(&mut st, t);
             } else {
                 st.tasks[k].aborted = true;
             }
         }
         st.itts.clear();
         st.datain_q.clear();
-        if let Some(b) = st.ready_buf.take() {
-            self.reactor.bufs().put(b);
-        }
         let mut done = std::mem::take(&mut st.spare);
         st.out.discard(&mut done);
         for b in done {
-            self.reactor.bufs().put(b);
+            self.put_buf(&mut st, b);
         }
+        for c in 0..CLASSES {
+            self.sync_active(&mut st, c);
+        }
+        self.publish(&st);
         if let Some(s) = st.session.take() {
             self.shared.sessions().remove(&s.tsih);
             if let Some(t) = &st.target {
@@ -640,10 +721,154 @@ impl Conn {
             .remove(&(self.fid, self.id));
     }
 
-    fn release(&self, mut t: Task) {
+    fn release(&self, st: &mut St, mut t: Task) {
         if let Some(b) = t.buf.take() {
-            self.reactor.bufs().put(b);
+            self.put_buf(st, b);
         }
+    }
+
+    /// The pool behind the reactor's cache.
+    fn pool(&self) -> &Arc<BufPool> {
+        self.reactor.bufs().pool()
+    }
+
+    /// Gives a pool buffer back and accounts for it.
+    fn put_buf(&self, st: &mut St, b: PoolBuf) {
+        let c = b.class();
+        st.held[c] = st.held[c].saturating_sub(1);
+        self.reactor.bufs().put(b);
+        st.need_serve = true;
+        self.sync_active(st, c);
+    }
+
+    /// Tells the pool whether this connection uses class `c` (fair shares).
+    fn sync_active(&self, st: &mut St, c: usize) {
+        let now = !st.closed && (st.held[c] > 0 || st.parked_n[c] > 0);
+        let now = now || (st.closed && st.held[c] > 0);
+        if now != st.active[c] {
+            st.active[c] = now;
+            self.pool().set_user_active(c, now);
+        }
+    }
+
+    /// Publishes the buffer counters of the session.
+    fn publish(&self, st: &St) {
+        if let Some(s) = &st.session {
+            let held: u32 = st.held.iter().sum();
+            s.stats
+                .buffers_held
+                .store(u64::from(held), Ordering::Relaxed);
+            s.stats
+                .cmds_waiting_buf
+                .store(st.parked.len() as u64, Ordering::Relaxed);
+            s.stats
+                .send_blocked_ms
+                .store(st.send_blocked_ms(Instant::now()), Ordering::Relaxed);
+        }
+    }
+
+    /// A buffer of `len` bytes for a task, within this connection's share and
+    /// only while its socket drains; None when the task must wait. With
+    /// `queue`, the connection registers with the reactor's cache to be handed a
+    /// chunk when the pool is exhausted.
+    fn alloc_buf(&self, st: &mut St, len: usize, queue: bool) -> Option<PoolBuf> {
+        let c = BufPool::class_for(len)?;
+        if st.held[c] as usize >= self.pool().user_cap(c) || st.blocked_on_send() {
+            // Resumes when the connection gives a buffer back or its socket drains.
+            return None;
+        }
+        if st.buf_wait[c] {
+            return None;
+        }
+        let b = if queue {
+            let me = self.rc()?;
+            let w: Rc<dyn BufWaiter> = me;
+            match self
+                .reactor
+                .bufs()
+                .get_or_wait(SIZE_CLASSES_BYTES[c], &w, c as u64)
+            {
+                Ok(BufWait::Ready(b)) => b,
+                Ok(BufWait::Queued) => {
+                    st.buf_wait[c] = true;
+                    return None;
+                }
+                Ok(BufWait::Full) | Err(_) => return None,
+            }
+        } else {
+            self.reactor.bufs().try_get(SIZE_CLASSES_BYTES[c])?
+        };
+        st.held[c] += 1;
+        self.sync_active(st, c);
+        let mut b = b;
+        b.set_len(len);
+        Some(b)
+    }
+
+    /// Gives buffers to parked tasks, oldest first per class, while they can have
+    /// them; registers as a waiter where the pool is exhausted.
+    fn serve_parked(&self, st: &mut St) {
+        st.need_serve = false;
+        if st.closed || st.parked.is_empty() {
+            return;
+        }
+        for c in 0..CLASSES {
+            // Bounded: each round unparks a task or stops.
+            while st.parked_n[c] > 0 {
+                let Some(key) = st
+                    .parked
+                    .iter()
+                    .copied()
+                    .find(|k| BufPool::class_for(st.tasks[*k].need_buf as usize) == Some(c))
+                else {
+                    break;
+                };
+                let need = st.tasks[key].need_buf as usize;
+                match self.alloc_buf(st, need, true) {
+                    Some(b) => self.unpark(st, key, b),
+                    None => break,
+                }
+            }
+        }
+    }
+
+    /// A parked task got its buffer: take its early data and go on.
+    fn unpark(&self, st: &mut St, key: usize, mut b: PoolBuf) {
+        self.forget_parked(st, key);
+        let t = &mut st.tasks[key];
+        b.set_len(t.need_buf as usize);
+        let n = t.early.len().min(b.len());
+        b.bytes_mut()[..n].copy_from_slice(&t.early[..n]);
+        t.early = Vec::new();
+        t.buf = Some(b);
+        self.start_task(st, key);
+    }
+
+    /// Removes a parked task from the parked bookkeeping (not from `tasks`).
+    fn forget_parked(&self, st: &mut St, key: usize) {
+        let Some(t) = st.tasks.get_mut(key) else {
+            return;
+        };
+        if !t.parked {
+            return;
+        }
+        t.parked = false;
+        st.parked_bytes = st.parked_bytes.saturating_sub(t.early_reserved as usize);
+        t.early_reserved = 0;
+        if let Some(c) = BufPool::class_for(t.need_buf as usize) {
+            st.parked_n[c] = st.parked_n[c].saturating_sub(1);
+            st.parked.retain(|k| *k != key);
+            self.sync_active(st, c);
+        }
+    }
+
+    /// Runs at the end of every entry point: parked tasks whose buffers came
+    /// back proceed, counters are published.
+    fn after(&self, st: &mut St) {
+        if st.need_serve {
+            self.serve_parked(st);
+        }
+        self.publish(st);
     }
 
     fn tick(&self, now: Instant) {
@@ -660,7 +885,21 @@ impl Conn {
                     }
                 }
                 Phase::Full(_) => {
-                    if let Some((_, sent)) = st.nop_sent {
+                    let blocked = st
+                        .send_blocked_since
+                        .map(|t| now.saturating_duration_since(t));
+                    if blocked.is_some_and(|b| b > self.shared.send_timeout) {
+                        let (ini, tgt) = st
+                            .session
+                            .as_ref()
+                            .map(|s| (s.initiator.clone(), s.target.clone()))
+                            .unwrap_or_default();
+                        why = Some(format!(
+                            "initiator {ini} of target {tgt} read nothing for {} s (blocked on send); dropped, {} buffers freed",
+                            self.shared.send_timeout.as_secs(),
+                            st.held.iter().sum::<u32>()
+                        ));
+                    } else if let Some((_, sent)) = st.nop_sent {
                         if now.duration_since(sent) > self.shared.nop_timeout {
                             why = Some("no answer to NOP-In keep-alive".to_string());
                         }
@@ -684,7 +923,13 @@ impl Conn {
         }
         match why {
             Some(w) => self.close(&w),
-            None => self.flush(),
+            None => {
+                self.flush();
+                let mut st = self.st.borrow_mut();
+                if !st.closed {
+                    self.after(&mut st);
+                }
+            }
         }
     }
 
@@ -696,7 +941,7 @@ impl Conn {
                 return;
             }
             for _ in 0..READS_PER_EVENT {
-                if st.stalled_on_buf || st.pending_out() > WBUF_HIGH_BYTES || st.close_after_flush {
+                if st.pending_out() > WBUF_HIGH_BYTES || st.close_after_flush {
                     break;
                 }
                 let cap = st.rbuf.len();
@@ -746,13 +991,12 @@ impl Conn {
                     }
                 }
             }
-            if why.is_none()
-                && !st.poll_in
-                && !st.stalled_on_buf
-                && st.pending_out() <= WBUF_HIGH_BYTES
-            {
+            if why.is_none() && !st.poll_in && st.pending_out() <= WBUF_HIGH_BYTES {
                 // The batch ended with data possibly left in the socket: come back.
                 self.arm(&mut st, false);
+            }
+            if why.is_none() {
+                self.after(&mut st);
             }
         }
         match why {
@@ -787,7 +1031,6 @@ impl Conn {
                 Ok(Parsed::Need(_)) => break,
                 Ok(Parsed::Pdu(p)) => match self.handle(st, &p) {
                     Handled::Done => pos += p.wire_len,
-                    Handled::Stall => break,
                     Handled::Close(w) => return Err(w),
                 },
                 Err(pdu::PduError::DataDigest { got, want }) => {
@@ -933,6 +1176,7 @@ impl Conn {
             &reply.data[..]
         };
         st.emit(&bhs, data);
+        st.max_adv = cmdsn.wrapping_add(self.shared.queue_depth - 1);
         if status != 0 {
             log::warn!(
                 "iscsi: connection {} from {}: login of {initiator:?} to {target_name:?} failed with status {status:#06x}",
@@ -1138,9 +1382,6 @@ impl Conn {
     fn handle_cmd(&self, st: &mut St, p: &pdu::PduView) -> Handled {
         let b = p.bhs;
         let itt = field::itt(b);
-        if st.stalled_on_buf && st.ready_buf.is_none() {
-            return Handled::Stall;
-        }
         if !pdu::immediate(b) {
             let cmdsn = field::cmdsn(b);
             if cmdsn != st.exp_cmdsn {
@@ -1232,8 +1473,6 @@ impl Conn {
                 }
             }
         }
-        // Everything below consumes the command; check buffer needs first so a
-        // stall leaves it in the receive buffer untouched.
         let bs = lun.as_ref().map_or(512, |l| l.info.block_size);
         let spdtl_out = opv.data_out_len(bs);
         // A write whose EDTL differs from its CDB moves min(EDTL, CDB) bytes,
@@ -1268,34 +1507,14 @@ impl Conn {
         };
         let mismatch = out_len > 0 && !is_write && (edtl != out_len || !wr);
         let need_buf = if mismatch { 0 } else { out_len.max(in_len) };
-        let mut buf = None;
-        if need_buf > 0 {
-            if let Some(rb) = st.ready_buf.take() {
-                if rb.len() >= need_buf as usize {
-                    buf = Some(rb);
-                } else {
-                    self.reactor.bufs().put(rb);
-                }
-            }
-            if buf.is_none() {
-                let Some(me) = self.rc() else {
-                    return Handled::Close("gone".into());
-                };
-                let w: Rc<dyn BufWaiter> = me;
-                match self.reactor.bufs().get_or_wait(need_buf as usize, &w, 0) {
-                    Ok(Some(x)) => buf = Some(x),
-                    Ok(None) => {
-                        st.stalled_on_buf = true;
-                        return Handled::Stall;
-                    }
-                    Err(e) => {
-                        log::error!("iscsi: connection {}: {e}", self.id);
-                        return Handled::Close("buffer request too large".into());
-                    }
-                }
-            }
+        if need_buf > 0 && BufPool::class_for(need_buf as usize).is_none() {
+            log::error!(
+                "iscsi: connection {} from {}: ITT {itt:#x} needs a {need_buf}-byte buffer, larger than the largest pool class",
+                self.id,
+                self.peer
+            );
+            return Handled::Close("buffer request too large".into());
         }
-        st.stalled_on_buf = false;
         if !pdu::immediate(b) {
             st.exp_cmdsn = st.exp_cmdsn.wrapping_add(1);
         }
@@ -1319,9 +1538,6 @@ impl Conn {
         if lun.pr_active.load(Ordering::Acquire) {
             let acc = scsi::access_of(&cdb);
             if acc != Access::Any && lun.pr().conflicts(&st.nexus, acc) {
-                if let Some(x) = buf {
-                    self.reactor.bufs().put(x);
-                }
                 self.finish_simple(st, itt, lun_field, edtl, Response::conflict());
                 return Handled::Done;
             }
@@ -1370,9 +1586,6 @@ impl Conn {
             o => o,
         };
         if let Op::Done(r) = opv {
-            if let Some(x) = buf {
-                self.reactor.bufs().put(x);
-            }
             self.finish_simple(st, itt, lun_field, edtl, r);
             return Handled::Done;
         }
@@ -1383,7 +1596,7 @@ impl Conn {
             lun_field,
             op: opv,
             edtl,
-            buf,
+            buf: None,
             aux: Vec::new(),
             out_len,
             spdtl: spdtl_out,
@@ -1399,16 +1612,16 @@ impl Conn {
             err: None,
             aborted: false,
             orphan: false,
+            parked: false,
+            need_buf,
+            early: Vec::new(),
+            early_reserved: 0,
         };
+        let mut imm = 0;
         if out_len > 0 {
-            let imm = p.data.len().min(out_len as usize);
-            if imm > 0 {
-                if !st.params.immediate_data {
-                    return Handled::Close("immediate data not negotiated".into());
-                }
-                if let Some(x) = t.buf.as_mut() {
-                    x.bytes_mut()[..imm].copy_from_slice(&p.data[..imm]);
-                }
+            imm = p.data.len().min(out_len as usize);
+            if imm > 0 && !st.params.immediate_data {
+                return Handled::Close("immediate data not negotiated".into());
             }
             t.received = imm as u32;
             let sent = (p.data.len() as u32).min(recv_limit);
@@ -1420,14 +1633,65 @@ impl Conn {
             };
             t.next_r2t = t.unsol_end.min(out_len);
         }
+        if need_buf > 0 {
+            let class = BufPool::class_for(need_buf as usize).unwrap_or(0);
+            // Keep arrival order: behind parked tasks of the class, wait too.
+            let buf = if st.parked_n[class] == 0 {
+                self.alloc_buf(st, need_buf as usize, false)
+            } else {
+                None
+            };
+            match buf {
+                Some(mut x) => {
+                    x.bytes_mut()[..imm].copy_from_slice(&p.data[..imm]);
+                    t.buf = Some(x);
+                }
+                None => {
+                    // Park: the data that may arrive before the buffer is kept aside.
+                    let early = if out_len > 0 {
+                        t.unsol_end.max(imm as u32).min(out_len) as usize
+                    } else {
+                        0
+                    };
+                    if st.parked_bytes + early > PARKED_DATA_MAX_BYTES {
+                        log::warn!(
+                            "iscsi: connection {} from {}: ITT {itt:#x} waits for a buffer with {early} bytes of data, {} already kept for waiting commands; TASK SET FULL",
+                            self.id,
+                            self.peer,
+                            st.parked_bytes
+                        );
+                        self.respond(st, itt, sense::TASK_SET_FULL, None, (0, 0));
+                        return Handled::Done;
+                    }
+                    t.parked = true;
+                    t.early_reserved = early as u32;
+                    t.early = p.data[..imm].to_vec();
+                    st.parked_bytes += early;
+                    let key = st.tasks.insert(t);
+                    st.itts.insert(itt, key);
+                    st.parked.push_back(key);
+                    st.parked_n[class] += 1;
+                    self.sync_active(st, class);
+                    // Registers with the cache when the pool is what is short.
+                    st.need_serve = true;
+                    return Handled::Done;
+                }
+            }
+        }
         let key = st.tasks.insert(t);
         st.itts.insert(itt, key);
-        if out_len > 0 && st.tasks[key].received < out_len {
+        self.start_task(st, key);
+        Handled::Done
+    }
+
+    /// A task with its buffer: ask for the rest of its data, or run it.
+    fn start_task(&self, st: &mut St, key: usize) {
+        let t = &st.tasks[key];
+        if t.out_len > 0 && t.received < t.out_len {
             self.maybe_r2t(st, key);
-            return Handled::Done;
+            return;
         }
         self.execute(st, key);
-        Handled::Done
     }
 
     /// Sends the next R2T of a task when none is outstanding and the unsolicited
@@ -1439,7 +1703,7 @@ impl Conn {
         let exp = st.exp_cmdsn;
         let max = st.max_cmdsn(self.shared.queue_depth);
         let t = &mut st.tasks[key];
-        if t.r2t.is_some() || t.next_r2t >= t.out_len {
+        if t.parked || t.r2t.is_some() || t.next_r2t >= t.out_len {
             return;
         }
         let len = (t.out_len - t.next_r2t).min(max_burst);
@@ -1483,7 +1747,7 @@ impl Conn {
             return Handled::Done;
         };
         let t = &mut st.tasks[key];
-        if t.out_len == 0 || t.buf.is_none() {
+        if t.out_len == 0 || (t.buf.is_none() && !t.parked) {
             return Handled::Done;
         }
         let bad = |why: String| -> Option<String> { Some(why) };
@@ -1531,9 +1795,10 @@ impl Conn {
                 self.id
             );
             st.itts.remove(&itt);
+            self.forget_parked(st, key);
             if st.tasks[key].inflight == 0 {
                 let t = st.tasks.remove(key);
-                self.release(t);
+                self.release(st, t);
             } else {
                 st.tasks[key].aborted = true;
             }
@@ -1554,11 +1819,23 @@ impl Conn {
         // Only the part inside what the command moves is kept.
         let keep_end = end.min(t.out_len);
         if off < keep_end {
+            let src = &p.data[..(keep_end - off) as usize];
             if let Some(x) = t.buf.as_mut() {
-                x.bytes_mut()[off as usize..keep_end as usize]
-                    .copy_from_slice(&p.data[..(keep_end - off) as usize]);
+                x.bytes_mut()[off as usize..keep_end as usize].copy_from_slice(src);
+            } else if t.parked {
+                // Unsolicited data only (no R2T while parked): within the reserve.
+                let end = (keep_end as usize).min(t.early_reserved as usize);
+                if t.early.len() < end {
+                    t.early.resize(end, 0);
+                }
+                let n = end.saturating_sub(off as usize);
+                t.early[off as usize..off as usize + n].copy_from_slice(&src[..n]);
             }
             t.received += keep_end - off;
+        }
+        if t.parked {
+            // Runs (or asks for the rest) once its buffer comes.
+            return Handled::Done;
         }
         let burst_done = t.r2t.as_ref().is_some_and(|r| r.got >= r.len);
         if burst_done {
@@ -1668,9 +1945,10 @@ impl Conn {
         let itt = st.tasks[key].itt;
         st.itts.remove(&itt);
         st.datain_q.retain(|k| *k != key);
+        self.forget_parked(st, key);
         if st.tasks[key].inflight == 0 {
             let t = st.tasks.remove(key);
-            self.release(t);
+            self.release(st, t);
         } else {
             st.tasks[key].aborted = true;
             st.tasks[key].orphan = true;
@@ -2006,7 +2284,7 @@ impl Conn {
                         let t = st.tasks.remove(key);
                         st.itts.remove(&t.itt);
                         let (itt, lf, edtl) = (t.itt, t.lun_field, t.edtl);
-                        self.release(t);
+                        self.release(st, t);
                         self.finish_simple(st, itt, lf, edtl, Response::conflict());
                     }
                 }
@@ -2029,7 +2307,7 @@ impl Conn {
             }
             let resid = residual(0, t.edtl);
             self.respond(st, t.itt, sense::CHECK_CONDITION, Some(e), resid);
-            return self.release(t);
+            return self.release(st, t);
         }
         match t.op {
             Op::Read { blocks, .. } => {
@@ -2045,7 +2323,7 @@ impl Conn {
                 } else if let Some(b) = t.buf.take() {
                     self.send_data_in_buf(st, t.itt, t.lun_field, b, send, Some(resid));
                 }
-                return self.release(t);
+                return self.release(st, t);
             }
             _ => {
                 if let Some(s) = &st.session {
@@ -2056,7 +2334,7 @@ impl Conn {
                 self.respond(st, t.itt, sense::GOOD, None, residual(t.spdtl, t.edtl));
             }
         }
-        self.release(t);
+        self.release(st, t);
     }
 
     /// Writes queued output; arms POLLOUT when the socket is full.
@@ -2071,44 +2349,76 @@ impl Conn {
             std::mem::swap(&mut done, &mut st.spare);
             // SAFETY: iovec is plain data; every entry used is filled by `iovecs`.
             let mut iov: [libc::iovec; MAX_IOV] = unsafe { std::mem::zeroed() };
-            while st.out.pending() > 0 {
-                let n_iov = st.out.iovecs(&mut iov);
-                // SAFETY: a zeroed msghdr is valid (no address, no control data).
-                let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-                msg.msg_iov = iov.as_mut_ptr();
-                msg.msg_iovlen = n_iov as _;
-                // SAFETY: every iovec points at queued bytes: either inside
-                // `out.bytes` (not modified while `st` is borrowed here) or inside a
-                // pool buffer that `out.held` keeps until those bytes are sent
-                // (`Out::emit_ref`'s contract). The call is synchronous, so nothing
-                // refers to the iovecs after it returns. MSG_NOSIGNAL avoids SIGPIPE.
-                let n = unsafe {
-                    libc::sendmsg(self.fd(), &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
-                };
-                if n > 0 {
-                    st.out.advance(n as usize, &mut done);
-                    continue;
+            // Two rounds at most: the queued output, then the window announcement
+            // that may follow a blocked stretch.
+            for _ in 0..2 {
+                while st.out.pending() > 0 {
+                    let n_iov = st.out.iovecs(&mut iov);
+                    // SAFETY: a zeroed msghdr is valid (no address, no control data).
+                    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+                    msg.msg_iov = iov.as_mut_ptr();
+                    msg.msg_iovlen = n_iov as _;
+                    // SAFETY: every iovec points at queued bytes: either inside
+                    // `out.bytes` (not modified while `st` is borrowed here) or inside a
+                    // pool buffer that `out.held` keeps until those bytes are sent
+                    // (`Out::emit_ref`'s contract). The call is synchronous, so nothing
+                    // refers to the iovecs after it returns. MSG_NOSIGNAL avoids SIGPIPE.
+                    let n = unsafe {
+                        libc::sendmsg(self.fd(), &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
+                    };
+                    if n > 0 {
+                        st.out.advance(n as usize, &mut done);
+                        if let Some(since) = st.send_blocked_since.take() {
+                            // The socket drains again: buffers and the window open.
+                            st.send_blocked_total += since.elapsed();
+                            st.need_serve = true;
+                        }
+                        continue;
+                    }
+                    let e = std::io::Error::last_os_error();
+                    match e.raw_os_error() {
+                        Some(libc::EAGAIN) => {
+                            if st.send_blocked_since.is_none() {
+                                st.send_blocked_since = Some(Instant::now());
+                            }
+                            self.arm(&mut st, true);
+                            break;
+                        }
+                        Some(libc::EINTR) => continue,
+                        _ => {
+                            close_now = Some(format!("write failed: {e}"));
+                            break;
+                        }
+                    }
                 }
-                let e = std::io::Error::last_os_error();
-                match e.raw_os_error() {
-                    Some(libc::EAGAIN) => {
-                        self.arm(&mut st, true);
-                        break;
-                    }
-                    Some(libc::EINTR) => continue,
-                    _ => {
-                        close_now = Some(format!("write failed: {e}"));
-                        break;
-                    }
+                if st.out.pending() > 0 || close_now.is_some() || !st.window_stale {
+                    break;
+                }
+                // PDUs queued while blocked carried a frozen MaxCmdSN: announce the
+                // open window with a NOP-In that wants no answer (RFC 7143 §11.19).
+                st.window_stale = false;
+                if matches!(st.phase, Phase::Full(_)) {
+                    let mut b = Bhs::new(op::NOP_IN, 0x80);
+                    let (sn, exp) = (st.statsn, st.exp_cmdsn);
+                    let max = st.max_cmdsn(self.shared.queue_depth);
+                    b.u32_at(16, RESERVED_TAG)
+                        .u32_at(20, RESERVED_TAG)
+                        .u32_at(24, sn)
+                        .u32_at(28, exp)
+                        .u32_at(32, max);
+                    st.emit(&b, &[]);
                 }
             }
             if st.out.pending() == 0 && st.close_after_flush && close_now.is_none() {
                 close_now = Some("logged out".into());
             }
             for b in done.drain(..) {
-                self.reactor.bufs().put(b);
+                self.put_buf(&mut st, b);
             }
             std::mem::swap(&mut done, &mut st.spare);
+            if close_now.is_none() {
+                self.after(&mut st);
+            }
         }
         if let Some(w) = close_now {
             self.close(&w);
@@ -2184,10 +2494,7 @@ impl UringDone for Conn {
             self.flush();
             let resume = {
                 let st = self.st.borrow();
-                !st.closed
-                    && !st.poll_in
-                    && st.pending_out() <= WBUF_HIGH_BYTES
-                    && !st.stalled_on_buf
+                !st.closed && !st.poll_in && st.pending_out() <= WBUF_HIGH_BYTES
             };
             if resume {
                 self.resume();
@@ -2237,15 +2544,19 @@ impl IoDone for Conn {
             }
             if t.aborted || st.closed {
                 let t = st.tasks.remove(key);
-                self.release(t);
+                self.release(&mut st, t);
+                if !st.closed {
+                    self.after(&mut st);
+                }
                 return;
             }
             self.execute(&mut st, key);
+            self.after(&mut st);
         }
         self.mark_dirty();
         let paused = {
             let st = self.st.borrow();
-            !st.closed && !st.poll_in && st.pending_out() <= WBUF_HIGH_BYTES && !st.stalled_on_buf
+            !st.closed && !st.poll_in && st.pending_out() <= WBUF_HIGH_BYTES
         };
         if paused {
             self.resume();
@@ -2254,27 +2565,36 @@ impl IoDone for Conn {
 }
 
 impl BufWaiter for Conn {
-    fn buf_ready(&self, _tag: u64, buf: PoolBuf) {
+    /// The reactor's cache hands over a chunk of class `tag` (the connection
+    /// registered when the pool was exhausted): the oldest parked task of the
+    /// class takes it.
+    fn buf_ready(&self, tag: u64, buf: PoolBuf) {
         {
             let mut st = self.st.borrow_mut();
+            let c = buf.class();
+            if let Some(w) = st.buf_wait.get_mut(tag as usize) {
+                *w = false;
+            }
             if st.closed {
                 drop(st);
                 self.reactor.bufs().put(buf);
                 return;
             }
-            st.ready_buf = Some(buf);
-        }
-        self.resume();
-        let mut st = self.st.borrow_mut();
-        if let Some(b) = st.ready_buf.take() {
-            // Not used (the command was aborted by a close): give it back.
-            if !st.stalled_on_buf {
-                drop(st);
-                self.reactor.bufs().put(b);
-            } else {
-                st.ready_buf = Some(b);
+            st.held[c] += 1;
+            let key = st
+                .parked
+                .iter()
+                .copied()
+                .find(|k| BufPool::class_for(st.tasks[*k].need_buf as usize) == Some(c));
+            match key {
+                Some(k) => self.unpark(&mut st, k, buf),
+                // Not needed any more (the task was aborted): give it back.
+                None => self.put_buf(&mut st, buf),
             }
+            st.need_serve = true;
+            self.after(&mut st);
         }
+        self.mark_dirty();
     }
 }
 

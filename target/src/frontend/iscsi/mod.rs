@@ -150,6 +150,13 @@ pub struct SessionStats {
     /// Commands that ended in CHECK CONDITION (other than a unit attention) or
     /// RESERVATION CONFLICT.
     pub errors: AtomicU64,
+    /// Pool buffers the connection holds now (tasks and queued Data-In).
+    pub buffers_held: AtomicU64,
+    /// Commands accepted but waiting for a pool buffer now.
+    pub cmds_waiting_buf: AtomicU64,
+    /// Milliseconds the connection has spent blocked on send (socket full), in
+    /// total, including the current stretch.
+    pub send_blocked_ms: AtomicU64,
 }
 
 /// One logged-in session.
@@ -195,6 +202,15 @@ pub struct SessionInfo {
     pub write_bytes: u64,
     /// Failed commands.
     pub errors: u64,
+    /// Pool buffers the connection holds now.
+    #[serde(default)]
+    pub buffers_held: u64,
+    /// Commands waiting for a pool buffer now.
+    #[serde(default)]
+    pub cmds_waiting_buf: u64,
+    /// Milliseconds spent blocked on send (the initiator not reading), in total.
+    #[serde(default)]
+    pub send_blocked_ms: u64,
 }
 
 /// State shared by the frontend's control API and its connections.
@@ -208,6 +224,8 @@ pub(crate) struct Shared {
     queue_depth: u32,
     nop_interval: Option<Duration>,
     nop_timeout: Duration,
+    /// Longest a connection may stay blocked on send before it is dropped.
+    send_timeout: Duration,
     discovery_chap: Option<ChapConfig>,
     portal: Mutex<SocketAddr>,
     /// Every listening portal, in the order they were added.
@@ -367,6 +385,11 @@ impl IscsiFrontend {
                 s => Some(Duration::from_secs(s)),
             },
             nop_timeout: Duration::from_secs(cfg.nop_in_timeout_s.unwrap_or(30).max(1)),
+            send_timeout: Duration::from_secs(
+                cfg.send_timeout_s
+                    .unwrap_or(config::DEFAULT_SEND_TIMEOUT_S)
+                    .max(1),
+            ),
             discovery_chap: cfg.discovery_chap.clone(),
             portal: Mutex::new(SocketAddr::from(([0, 0, 0, 0], 0))),
             portals: Mutex::new(Vec::new()),
@@ -729,6 +752,9 @@ impl IscsiFrontend {
                 read_bytes: s.stats.read_bytes.load(Ordering::Relaxed),
                 write_bytes: s.stats.write_bytes.load(Ordering::Relaxed),
                 errors: s.stats.errors.load(Ordering::Relaxed),
+                buffers_held: s.stats.buffers_held.load(Ordering::Relaxed),
+                cmds_waiting_buf: s.stats.cmds_waiting_buf.load(Ordering::Relaxed),
+                send_blocked_ms: s.stats.send_blocked_ms.load(Ordering::Relaxed),
             })
             .collect()
     }
