@@ -111,6 +111,11 @@ impl Ini {
         assert_eq!(pdu::opcode(&h), op::LOGIN_RESP);
         assert_eq!(pdu::be16(&h, 36), 0, "login accepted");
         ini.max_cmdsn = pdu::be32(&h, 32);
+        // A new session's first command gets the power-on unit attention
+        // (06h/29h/00h): spend it on one small read so the measured commands
+        // start clean.
+        let d = ini.run(false, 0, 1).expect("first command");
+        assert!(matches!(d.status, 0 | 2), "status {}", d.status);
         ini
     }
 
