@@ -231,16 +231,17 @@ pub fn members(status: &Value) -> BTreeSet<String> {
 }
 
 impl Cluster {
-    /// Starts `n` nodes one after the other (so the first one forms the cluster and
-    /// is master), waits until all are members, and initialises the disks.
+    /// Starts `n` nodes, the first one first (the lowest id forms the cluster once a
+    /// majority is alive, so it is master), waits until all are members, and
+    /// initialises the disks.
     pub fn start(n: usize, opts: ClusterOpts) -> Cluster {
         let mut c = Cluster::create(n, opts).unwrap_or_else(|e| panic!("cluster setup: {e}"));
         for i in 0..n {
             c.start_target(i);
             c.start_coordinator(i);
-            let up: Vec<usize> = (0..=i).collect();
-            c.wait_joined(&up);
         }
+        let up: Vec<usize> = (0..n).collect();
+        c.wait_joined(&up);
         if c.opts.init_disks {
             c.init_disks();
         }

@@ -8,12 +8,28 @@ impl<M: ConfigModel> Node<M> {
     pub(super) fn on_tick(&mut self, now_ms: u64) {
         self.maybe_heartbeat(now_ms);
         self.detect_silent_peers(now_ms);
-        self.answer_takeover_queries();
+        self.answer_takeover_queries(now_ms);
+        self.check_lease(now_ms);
+        self.expire_forwards(now_ms);
         match self.state {
             State::Discovering { since_ms } => self.maybe_form(now_ms, since_ms),
             State::Abandoned { until_ms } if now_ms >= until_ms => {
                 self.state = State::Discovering { since_ms: now_ms };
             }
+            State::TakingOver { .. } => self.on_tick_takeover(now_ms),
+            // A join whose request or view was lost (a partition) starts again.
+            State::Joining {
+                step: JoinStep::Requested | JoinStep::Ready,
+                ..
+            } if now_ms >= self.joining_since_ms + 3 * self.cfg.heartbeat_timeout_ms => {
+                log::info!(
+                    "node {}: no answer to the join for {} ms; listening again",
+                    self.cfg.me,
+                    now_ms - self.joining_since_ms
+                );
+                self.state = State::Discovering { since_ms: now_ms };
+            }
+            State::Member if self.is_master() => self.master_next(now_ms),
             _ => {}
         }
     }
@@ -34,6 +50,7 @@ impl<M: ConfigModel> Node<M> {
         let incarnation = self.cfg.incarnation;
         let peers: Vec<NodeId> = self.peers.keys().copied().collect();
         for p in peers {
+            let (echo, lease_left_ms) = self.echo_for(p, now_ms);
             self.send(
                 p,
                 Message::Heartbeat {
@@ -41,6 +58,14 @@ impl<M: ConfigModel> Node<M> {
                     view_id,
                     master,
                     member,
+                    stamp_ms: now_ms,
+                    echo,
+                    lease_left_ms,
+                    max_view: self.max_view_seen,
+                    member_ago_ms: match self.state {
+                        State::Member | State::TakingOver { .. } => Some(0),
+                        _ => self.was_member_ms.map(|t| now_ms.saturating_sub(t)),
+                    },
                 },
             );
         }
@@ -65,6 +90,14 @@ impl<M: ConfigModel> Node<M> {
         if now_ms < since_ms + self.cfg.form_wait_ms || self.stopping {
             return;
         }
+        // A cluster seen lately may have a master whose lease (and disk write in
+        // flight) has not run out yet: a new cluster forms only after it has.
+        if self
+            .last_cluster_ms
+            .is_some_and(|t| now_ms < t + self.cfg.lease_wait_ms())
+        {
+            return;
+        }
         let me = self.cfg.me;
         let timeout_ms = self.cfg.heartbeat_timeout_ms;
         let alive = |p: &Peer| !p.gone && p.last_heard_ms.is_some_and(|t| now_ms <= t + timeout_ms);
@@ -73,6 +106,22 @@ impl<M: ConfigModel> Node<M> {
             .iter()
             .any(|(&id, p)| alive(p) && (p.member || id < me));
         if blocked {
+            return;
+        }
+        // Only where a majority of the votes is alive: a minority never forms a
+        // cluster of its own (it would hand out what the majority hands out).
+        let alive_ids = self
+            .peers
+            .iter()
+            .filter(|(_, p)| alive(p))
+            .map(|(&id, _)| id)
+            .chain([me]);
+        if !self.quorum().reached(self.votes_of(alive_ids)) {
+            let reason = self.no_quorum_reason(now_ms);
+            if self.quorum_reason.as_deref() != Some(reason.as_str()) {
+                log::warn!("{reason}; not forming a cluster");
+                self.quorum_reason = Some(reason);
+            }
             return;
         }
         log::info!("node {}: no cluster found; forming one", self.name(me));
@@ -141,6 +190,11 @@ impl<M: ConfigModel> Node<M> {
                 return;
             }
             let restarted = peer.incarnation.is_some_and(|i| i < incarnation);
+            if peer.incarnation != Some(incarnation) {
+                // A new start: its clock and its confirmations start again.
+                peer.stamp_heard_ms = None;
+                peer.confirmed_ms = None;
+            }
             peer.incarnation = Some(incarnation);
             peer.heard_incarnation = Some(incarnation);
             if restarted {
@@ -157,11 +211,94 @@ impl<M: ConfigModel> Node<M> {
                 view_id,
                 master,
                 member,
+                stamp_ms,
+                echo,
+                lease_left_ms,
+                max_view,
+                member_ago_ms,
                 ..
             } => {
+                self.max_view_seen = self.max_view_seen.max(max_view);
+                if let Some(ago) = member_ago_ms {
+                    let t = now_ms.saturating_sub(ago);
+                    self.last_cluster_ms = Some(self.last_cluster_ms.map_or(t, |l| l.max(t)));
+                }
                 peer.view_id = view_id;
                 peer.master = master;
                 peer.member = member;
+                self.on_heartbeat_lease(now_ms, from, stamp_ms, echo, lease_left_ms);
+                let mine = self.view.as_ref().map(|v| (v.id, v.master));
+                if let Some((_, my_master)) = mine {
+                    // My master says it is no master any more (it abdicated): it is
+                    // gone as far as succession goes.
+                    let abdicated = !member || master != Some(from);
+                    let left_my_view = !member || master.is_some_and(|m| m != my_master);
+                    let in_my_view = self.view.as_ref().is_some_and(|v| v.contains(from));
+                    // While this node waits for a successor, a member that says it
+                    // is out of this view (or follows another master) cannot be it.
+                    if matches!(self.state, State::Member)
+                        && !self.is_master()
+                        && from != my_master
+                        && in_my_view
+                        && left_my_view
+                        && self.suspected.contains(&my_master)
+                        && !self.suspected.contains(&from)
+                    {
+                        self.suspected.insert(from);
+                        self.maybe_take_over(now_ms);
+                        return;
+                    }
+                    if matches!(self.state, State::Member)
+                        && !self.is_master()
+                        && from == my_master
+                        && abdicated
+                        && !self.suspected.contains(&from)
+                    {
+                        let line = format!(
+                            "node {}: master node {} is no longer master",
+                            self.name(self.cfg.me),
+                            self.name(from)
+                        );
+                        self.log(log::Level::Warn, line);
+                        self.suspected.insert(from);
+                        self.maybe_take_over(now_ms);
+                        return;
+                    }
+                }
+                if let State::Joining {
+                    master: joining, ..
+                } = self.state
+                {
+                    if joining == from && (!member || master != Some(from)) {
+                        log::info!(
+                            "node {}: node {} is no longer master; listening again",
+                            self.cfg.me,
+                            from
+                        );
+                        self.state = State::Discovering { since_ms: now_ms };
+                    }
+                }
+                if let Some((my_view, my_master)) = mine {
+                    // Healing: another master leads a newer view (it took over
+                    // while this node was cut off or frozen). Leave and join it.
+                    if matches!(self.state, State::Member)
+                        && member
+                        && master == Some(from)
+                        && from != my_master
+                        && view_id > my_view
+                    {
+                        let reason = format!(
+                            "node {} leads newer view {view_id} (this node held view {my_view}); rejoining",
+                            self.name(from)
+                        );
+                        if self.is_master() {
+                            self.master_abdicate(now_ms, reason);
+                        } else {
+                            self.leave_cluster(now_ms, reason);
+                        }
+                        return;
+                    }
+                }
                 self.max_view_seen = self.max_view_seen.max(view_id);
                 if matches!(self.state, State::Discovering { .. })
                     && member
@@ -172,6 +309,7 @@ impl<M: ConfigModel> Node<M> {
                         master: from,
                         step: JoinStep::Requested,
                     };
+                    self.joining_since_ms = now_ms;
                     let incarnation = self.cfg.incarnation;
                     self.send(from, Message::JoinRequest { incarnation });
                 }
@@ -193,7 +331,7 @@ impl<M: ConfigModel> Node<M> {
                 self.master_on_prepare_reply(now_ms, from, txn, result)
             }
             Message::Commit { txn } => self.slave_on_commit(from, txn),
-            Message::CommitAck { txn } => self.master_on_commit_ack(from, txn),
+            Message::CommitAck { txn } => self.master_on_commit_ack(now_ms, from, txn),
             Message::Abort { txn } => self.slave_on_abort(from, txn),
             Message::JoinRequest { .. } => self.master_on_join_request(now_ms, from),
             Message::JoinOffer {
@@ -209,8 +347,12 @@ impl<M: ConfigModel> Node<M> {
             Message::TakeoverQuery {
                 master,
                 incarnation,
-            } => self.on_takeover_query(from, master, incarnation),
-            Message::TakeoverInfo { view } => self.on_takeover_info(from, view),
+            } => self.on_takeover_query(now_ms, from, master, incarnation),
+            Message::TakeoverInfo {
+                view,
+                granted,
+                master_silent_ms,
+            } => self.on_takeover_info(now_ms, from, view, granted, master_silent_ms),
             Message::View {
                 view,
                 config_seq,
@@ -247,7 +389,7 @@ impl<M: ConfigModel> Node<M> {
             }
             State::Member if in_view => {
                 self.suspected.insert(peer);
-                self.maybe_take_over();
+                self.maybe_take_over(now_ms);
             }
             State::TakingOver { ref mut step } => {
                 if let TakeoverStep::Collecting { awaiting, .. } = step {
@@ -256,7 +398,7 @@ impl<M: ConfigModel> Node<M> {
                 if in_view {
                     self.suspected.insert(peer);
                 }
-                self.maybe_finish_collecting();
+                self.maybe_finish_collecting(now_ms);
             }
             State::Joining { master, .. } if master == peer => {
                 log::info!(
@@ -269,8 +411,9 @@ impl<M: ConfigModel> Node<M> {
         }
     }
 
-    /// A slave whose master is gone takes over if it is the designated successor.
-    fn maybe_take_over(&mut self) {
+    /// A slave whose master is gone takes over if it is the designated successor
+    /// and a majority of the votes is alive.
+    fn maybe_take_over(&mut self, now_ms: u64) {
         let Some(view) = self.view.clone() else {
             return;
         };
@@ -280,6 +423,26 @@ impl<M: ConfigModel> Node<M> {
         if view.successor(&self.suspected) != Some(self.cfg.me) {
             return;
         }
+        let me = self.cfg.me;
+        let alive: Vec<NodeId> = self
+            .reachable_peers(now_ms)
+            .into_iter()
+            .filter(|p| !self.suspected.contains(p))
+            .chain([me])
+            .collect();
+        if !self.quorum().reached(self.votes_of(alive)) {
+            let reason = format!(
+                "{}; master node {} is gone and this node cannot take over",
+                self.no_quorum_reason(now_ms),
+                self.name(view.master)
+            );
+            self.quorum_reason = Some(truncate_reason(reason.clone()));
+            self.leave_cluster(now_ms, reason);
+            return;
+        }
+        self.granted = Some((view.master, me));
+        self.deposed.insert(view.master);
+        self.grants.clear();
         let line = format!(
             "node {}: master node {} is gone; taking over as its designated successor (view {}, gone: {:?})",
             self.name(self.cfg.me),
@@ -313,24 +476,30 @@ impl<M: ConfigModel> Node<M> {
                 awaiting,
                 newest,
                 outsiders: BTreeSet::new(),
+                heard_master_ms: self
+                    .peers
+                    .get(&master)
+                    .and_then(|p| p.last_heard_ms)
+                    .unwrap_or(0),
+                started_ms: now_ms,
             },
         };
-        self.maybe_finish_collecting();
+        self.maybe_finish_collecting(now_ms);
     }
 
-    fn on_takeover_query(&mut self, from: NodeId, master: NodeId, incarnation: u64) {
+    fn on_takeover_query(&mut self, now_ms: u64, from: NodeId, master: NodeId, incarnation: u64) {
         self.deferred_queries.retain(|q| q.0 != from);
         assert!(
             self.deferred_queries.len() < self.cfg.nodes.len(),
             "one query per asker"
         );
         self.deferred_queries.push((from, master, incarnation));
-        self.answer_takeover_queries();
+        self.answer_takeover_queries(now_ms);
     }
 
     /// Answers the takeover queries whose master this node has seen go (or never
     /// heard): no view from that master can still be on its way here.
-    pub(super) fn answer_takeover_queries(&mut self) {
+    pub(super) fn answer_takeover_queries(&mut self, now_ms: u64) {
         if self.deferred_queries.is_empty() {
             return;
         }
@@ -344,22 +513,60 @@ impl<M: ConfigModel> Node<M> {
                 p.gone
                     || p.last_heard_ms.is_none()
                     || p.incarnation.is_some_and(|i| i > incarnation)
+                    || !p.member
+                    || p.master != Some(master)
             });
             if seen_gone {
-                self.send(from, Message::TakeoverInfo { view: view.clone() });
+                // One vote per lost master, to one successor at a time: another
+                // asker gets it only once the one it went to is gone.
+                // Two successors that each kept their own vote would both fail:
+                // one taking over itself yields to an asker with a lower id.
+                let granted = match self.granted {
+                    Some((m, s)) if m == master && s == self.cfg.me => from < s,
+                    Some((m, s)) if m == master && s != from => {
+                        self.peers.get(&s).is_none_or(|p| p.gone)
+                    }
+                    _ => true,
+                };
+                if granted {
+                    self.granted = Some((master, from));
+                    self.deposed.insert(master);
+                }
+                let master_silent_ms = self
+                    .peers
+                    .get(&master)
+                    .and_then(|p| p.last_heard_ms)
+                    .map(|t| now_ms.saturating_sub(t));
+                self.send(
+                    from,
+                    Message::TakeoverInfo {
+                        view: view.clone(),
+                        granted,
+                        master_silent_ms,
+                    },
+                );
             } else {
                 self.deferred_queries.push((from, master, incarnation));
             }
         }
     }
 
-    fn on_takeover_info(&mut self, from: NodeId, view: Option<View>) {
+    fn on_takeover_info(
+        &mut self,
+        now_ms: u64,
+        from: NodeId,
+        view: Option<View>,
+        granted: bool,
+        master_silent_ms: Option<u64>,
+    ) {
         let State::TakingOver {
             step:
                 TakeoverStep::Collecting {
                     awaiting,
                     newest,
                     outsiders,
+                    heard_master_ms,
+                    ..
                 },
         } = &mut self.state
         else {
@@ -368,6 +575,14 @@ impl<M: ConfigModel> Node<M> {
         if !awaiting.remove(&from) {
             return;
         }
+        if granted {
+            self.grants.insert(from);
+            if let Some(silent) = master_silent_ms {
+                // The answer left at or before now: the sender last heard the
+                // master no later than now - silent, on this node's clock.
+                *heard_master_ms = (*heard_master_ms).max(now_ms.saturating_sub(silent));
+            }
+        }
         match view {
             None => {
                 outsiders.insert(from);
@@ -375,12 +590,12 @@ impl<M: ConfigModel> Node<M> {
             Some(v) if v.is_well_formed() && v.id > newest.id => *newest = v,
             Some(_) => {}
         }
-        self.maybe_finish_collecting();
+        self.maybe_finish_collecting(now_ms);
     }
 
     /// Takeover, step 0: every live node answered. Base the takeover on the newest
     /// view; go on only if this node is its designated successor.
-    fn maybe_finish_collecting(&mut self) {
+    fn maybe_finish_collecting(&mut self, now_ms: u64) {
         let State::TakingOver {
             step: TakeoverStep::Collecting { awaiting, .. },
         } = &self.state
@@ -391,9 +606,13 @@ impl<M: ConfigModel> Node<M> {
             return;
         }
         let State::TakingOver {
-            step: TakeoverStep::Collecting {
-                newest, outsiders, ..
-            },
+            step:
+                TakeoverStep::Collecting {
+                    newest,
+                    outsiders,
+                    heard_master_ms,
+                    ..
+                },
         } = std::mem::replace(&mut self.state, State::Member)
         else {
             unreachable!()
@@ -432,11 +651,60 @@ impl<M: ConfigModel> Node<M> {
             );
             return;
         }
+        let mine = (self.granted.map(|g| g.1) == Some(me)).then_some(me);
+        let voters = self.grants.iter().copied().chain(mine);
+        if !self.quorum().reached(self.votes_of(voters)) {
+            let reason = format!(
+                "{}; only {} of the live nodes gave this takeover their vote",
+                self.no_quorum_reason(now_ms),
+                self.grants.len()
+            );
+            self.quorum_reason = Some(truncate_reason(reason.clone()));
+            self.leave_cluster(now_ms, reason);
+            return;
+        }
+        // The lost master's lease was last confirmed no later than the newest time
+        // a voter heard it; every lease it capped ends with it.
+        let until_ms = heard_master_ms.min(now_ms) + self.cfg.lease_wait_ms();
+        log::info!(
+            "node {me}: takeover granted by a majority; waiting {} ms for the lost master's lease to run out",
+            until_ms.saturating_sub(now_ms)
+        );
         self.view = Some(newest);
         self.state = State::TakingOver {
-            step: TakeoverStep::ReadingDisks,
+            step: TakeoverStep::WaitingLease { until_ms },
         };
-        self.out.push(Action::ReadDisks);
+        self.on_tick_takeover(now_ms);
+    }
+
+    /// Takeover: once the lost master's lease has surely run out, read the disks;
+    /// a takeover whose answers do not come (a partition) is given up.
+    fn on_tick_takeover(&mut self, now_ms: u64) {
+        if let State::TakingOver {
+            step: TakeoverStep::Collecting { started_ms, .. },
+        } = self.state
+        {
+            if now_ms >= started_ms + 2 * self.cfg.heartbeat_timeout_ms {
+                let reason = format!(
+                    "{}; the live nodes did not answer the takeover within {} ms",
+                    self.no_quorum_reason(now_ms),
+                    2 * self.cfg.heartbeat_timeout_ms
+                );
+                self.leave_cluster(now_ms, reason);
+                return;
+            }
+        }
+        if let State::TakingOver {
+            step: TakeoverStep::WaitingLease { until_ms },
+        } = self.state
+        {
+            if now_ms >= until_ms {
+                self.state = State::TakingOver {
+                    step: TakeoverStep::ReadingDisks,
+                };
+                self.out.push(Action::ReadDisks);
+            }
+        }
     }
 
     pub(super) fn on_disks_read(
@@ -620,6 +888,14 @@ impl<M: ConfigModel> Node<M> {
         }
         self.suspected
             .retain(|s| view.contains(*s) && !alive.contains(s));
+        if self.view.as_ref().map(|v| v.master) != Some(view.master) {
+            self.slave_lease_until_ms = None;
+        }
+        self.deposed.clear();
+        self.granted = None;
+        self.grants.clear();
+        self.quorum_reason = None;
+        self.view_since_ms = now_ms;
         self.view = Some(view.clone());
         self.out.push(Action::ViewChanged { view });
         for (m, newer_start_alive) in restarted {
@@ -689,6 +965,26 @@ impl<M: ConfigModel> Node<M> {
             .collect();
         let line = format!("node {} left the cluster ({why})", self.name(peer));
         self.log(log::Level::Warn, line);
+        let lease_expired = self.lease_until_ms().is_some_and(|until| now_ms >= until);
+        if lease_expired
+            || !self
+                .quorum()
+                .reached(self.votes_of(members.iter().copied()))
+        {
+            let what = if lease_expired {
+                format!(
+                    "node {}: its lease ran out {} ms ago (members holding a majority stopped confirming it)",
+                    self.name(self.cfg.me),
+                    now_ms.saturating_sub(self.lease_until_ms().unwrap_or(now_ms))
+                )
+            } else {
+                self.no_quorum_reason(now_ms)
+            };
+            let reason = format!("{what}; node {} left ({why})", self.name(peer));
+            self.master_abdicate(now_ms, reason);
+            return;
+        }
+        self.fence_lost_node(now_ms, peer);
         self.master_new_view(now_ms, members);
         self.master_txn_member_lost(now_ms, peer);
         self.master_forget_joiner(now_ms, peer);
@@ -773,6 +1069,9 @@ impl<M: ConfigModel> Node<M> {
             return;
         }
         ms.join = None;
+        // Its data plane now holds the committed configuration: whatever it served
+        // before it left can no longer conflict.
+        ms.fences.remove(&from);
         let Some(view) = self.view.clone() else {
             return;
         };
@@ -1026,7 +1325,7 @@ impl<M: ConfigModel> Node<M> {
     }
 
     /// This node is out of the cluster (removed by the master).
-    fn leave_cluster(&mut self, now_ms: u64, reason: String) {
+    pub(super) fn leave_cluster(&mut self, now_ms: u64, reason: String) {
         if let Some(st) = self.slave_txn.take() {
             if st.staged {
                 self.out.push(Action::KernelAbort { txn: st.id });
@@ -1036,6 +1335,11 @@ impl<M: ConfigModel> Node<M> {
         self.view = None;
         self.master = None;
         self.suspected.clear();
+        self.slave_lease_until_ms = None;
+        self.deposed.clear();
+        self.grants.clear();
+        self.last_cluster_ms = Some(now_ms);
+        self.was_member_ms = Some(now_ms);
         if old_master.is_some() {
             self.forwards_outcome_unknown();
         }

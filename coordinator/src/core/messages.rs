@@ -89,6 +89,16 @@ impl View {
     }
 }
 
+/// A heartbeat stamp sent back to the node that made it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Echo {
+    /// The incarnation of the node that made the stamp (a stamp of an older start
+    /// means nothing to a newer one: its clock started again).
+    pub incarnation: u64,
+    /// The stamp.
+    pub stamp_ms: u64,
+}
+
 /// A request as it travels from a slave to the master.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WireRequest {
@@ -116,6 +126,29 @@ pub enum Message {
         master: Option<NodeId>,
         /// Whether the sender is a member of a view.
         member: bool,
+        /// The sender's clock when it sent this heartbeat (its own time base; only
+        /// the sender compares it, when it comes back as `echo_ms`).
+        #[serde(default)]
+        stamp_ms: u64,
+        /// The newest stamp the sender has received from the recipient, echoed back
+        /// as a confirmation that the recipient is still its master (or, from a
+        /// master, still a member of its view); none when the sender does not
+        /// confirm it.
+        #[serde(default)]
+        echo: Option<Echo>,
+        /// From a master to a member of its view: how much of the master's own lease
+        /// was left when it sent this (a slave's lease never outlasts its master's).
+        #[serde(default)]
+        lease_left_ms: u64,
+        /// The newest view id the sender has seen: a node that forms a cluster
+        /// numbers its view above every view still remembered anywhere.
+        #[serde(default)]
+        max_view: u64,
+        /// How long ago the sender was last a member of a view (none: never since it
+        /// started): a new cluster forms only once every live node's last cluster
+        /// is a lease in the past.
+        #[serde(default)]
+        member_ago_ms: Option<u64>,
     },
     /// Slave → master: a client's request.
     Forward {
@@ -215,6 +248,15 @@ pub enum Message {
     TakeoverInfo {
         /// The view.
         view: Option<View>,
+        /// The sender's vote goes to this takeover: it has stopped confirming the
+        /// lost master and gives its vote to no other successor of that master
+        /// while this one lives.
+        #[serde(default)]
+        granted: bool,
+        /// How long before sending this the sender last heard the lost master (none:
+        /// never): the successor's bound on when the master's lease was last confirmed.
+        #[serde(default)]
+        master_silent_ms: Option<u64>,
     },
     /// Master → members: install this view.
     View {

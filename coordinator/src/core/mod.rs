@@ -10,12 +10,14 @@
 mod membership;
 mod messages;
 mod model;
+mod quorum;
 mod txn;
 
 pub use messages::{
-    Message, NodeId, Origin, RequestId, TxnId, View, WireRequest, MAX_MESSAGE_BYTES,
+    Echo, Message, NodeId, Origin, RequestId, TxnId, View, WireRequest, MAX_MESSAGE_BYTES,
 };
 pub use model::ConfigModel;
+pub use quorum::Quorum;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -29,6 +31,13 @@ pub const MAX_REASON_BYTES: usize = 512;
 /// Text in an error whose change may or may not have been applied (the node that
 /// forwarded it left the cluster before the answer came).
 pub const OUTCOME_UNKNOWN: &str = "outcome unknown";
+
+/// Text in a [`Event::DiskWritten`] error when a disk holds a configuration record
+/// written by a master of a newer epoch: this master has been replaced and abdicates.
+pub const NEWER_EPOCH: &str = "newer epoch";
+
+/// Text in every refusal for want of quorum.
+pub const NO_QUORUM: &str = "no quorum";
 
 /// Every failpoint the core emits, in protocol order.
 pub const FAILPOINTS: [&str; 9] = [
@@ -50,6 +59,8 @@ pub struct NodeInfo {
     pub id: NodeId,
     /// Host name, used in every message a person reads.
     pub name: String,
+    /// Votes this node contributes to quorum (the cluster file's `votes`, default 1).
+    pub votes: u32,
 }
 
 /// Static settings of one node's core.
@@ -71,11 +82,18 @@ pub struct NodeConfig {
     pub form_wait_ms: u64,
     /// How long a node that abandoned a join waits before trying again.
     pub join_retry_ms: u64,
+    /// The data-plane lease: how long a node's data plane may go on serving shared
+    /// volumes after the last confirmation that it belongs to a quorate view.
+    pub lease_ms: u64,
+    /// Added to `lease_ms` when waiting out a lost node's lease (clock rate drift,
+    /// the time a lease renewal takes to reach the data plane).
+    pub lease_margin_ms: u64,
 }
 
 impl NodeConfig {
     /// Settings with incarnation 0 (set it) and the defaults: heartbeats every 500 ms, a peer is gone after
-    /// 2000 ms of silence, form after 2000 ms, retry an abandoned join after 30 s.
+    /// 2000 ms of silence, form after 2000 ms, retry an abandoned join after 30 s,
+    /// a 5 s data-plane lease waited out with a 500 ms margin.
     pub fn new(me: NodeId, nodes: Vec<NodeInfo>) -> NodeConfig {
         NodeConfig {
             me,
@@ -85,7 +103,15 @@ impl NodeConfig {
             heartbeat_timeout_ms: 2000,
             form_wait_ms: 2000,
             join_retry_ms: 30_000,
+            lease_ms: 5000,
+            lease_margin_ms: 500,
         }
+    }
+
+    /// The time a quorate side waits after it last could have confirmed a lost node
+    /// before acting on its loss: the lease, 10% for clock rate drift, the margin.
+    pub fn lease_wait_ms(&self) -> u64 {
+        self.lease_ms + self.lease_ms / 10 + self.lease_margin_ms
     }
 }
 
@@ -319,6 +345,11 @@ struct Peer {
     view_id: u64,
     master: Option<NodeId>,
     member: bool,
+    /// The newest heartbeat stamp heard from this start of the peer (echoed back).
+    stamp_heard_ms: Option<u64>,
+    /// The newest stamp of this node's that the peer echoed: the peer confirmed
+    /// this node (as its master, or as a member of its view) after that time.
+    confirmed_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -344,6 +375,15 @@ enum TakeoverStep {
         awaiting: BTreeSet<NodeId>,
         newest: View,
         outsiders: BTreeSet<NodeId>,
+        /// The newest time (this node's clock) a voter last heard the lost master.
+        heard_master_ms: u64,
+        /// When the queries went out (answers lost in a partition are given up on).
+        started_ms: u64,
+    },
+    /// A majority granted the takeover; the lost master's lease (and so every
+    /// lease it capped) runs out before the disks are read.
+    WaitingLease {
+        until_ms: u64,
     },
     ReadingDisks,
     WritingDisks,
@@ -387,6 +427,25 @@ pub struct Node<M: ConfigModel> {
     /// Takeover queries waiting until this node has seen the master go:
     /// (asker, master, master's incarnation); at most one per asker.
     deferred_queries: Vec<(NodeId, NodeId, u64)>,
+    /// Lost masters whose leases this node stopped confirming (it answered a
+    /// takeover query about them); cleared when a view is installed.
+    deposed: BTreeSet<NodeId>,
+    /// The takeover this node gave its vote to: (lost master, successor).
+    granted: Option<(NodeId, NodeId)>,
+    /// Takeover answers that granted this node their vote.
+    grants: BTreeSet<NodeId>,
+    /// A slave's lease: until when its master's confirmation holds (this node's clock).
+    slave_lease_until_ms: Option<u64>,
+    /// When this node installed its current view (the grace for a first lease).
+    view_since_ms: u64,
+    /// Why this node last left the cluster for want of quorum.
+    quorum_reason: Option<String>,
+    /// When this node asked to join (a join that hears nothing starts again).
+    joining_since_ms: u64,
+    /// The newest time this node, or a live peer, was last a member of a cluster.
+    last_cluster_ms: Option<u64>,
+    /// When this node last left a cluster.
+    was_member_ms: Option<u64>,
     stopping: bool,
     out: Vec<Action<M>>,
 }
@@ -428,6 +487,15 @@ impl<M: ConfigModel> Node<M> {
             last_reason: None,
             reasons: BTreeMap::new(),
             deferred_queries: Vec::new(),
+            deposed: BTreeSet::new(),
+            granted: None,
+            grants: BTreeSet::new(),
+            slave_lease_until_ms: None,
+            view_since_ms: now_ms,
+            quorum_reason: None,
+            joining_since_ms: 0,
+            last_cluster_ms: None,
+            was_member_ms: None,
             stopping: false,
             out: Vec::new(),
         }
@@ -462,22 +530,22 @@ impl<M: ConfigModel> Node<M> {
                 }
             }
             Event::ClientRequest { request, change } => {
-                self.on_client_request(request, Request::Change(change))
+                self.on_client_request(now_ms, request, Request::Change(change))
             }
             Event::PlexIoError {
                 request,
                 volume,
                 plex,
-            } => self.on_client_request(request, Request::DetachPlex { volume, plex }),
-            Event::LocalCheckDone { txn, result } => self.on_local_check_done(txn, result),
-            Event::KernelPrepared { txn, result } => self.on_kernel_prepared(txn, result),
+            } => self.on_client_request(now_ms, request, Request::DetachPlex { volume, plex }),
+            Event::LocalCheckDone { txn, result } => self.on_local_check_done(now_ms, txn, result),
+            Event::KernelPrepared { txn, result } => self.on_kernel_prepared(now_ms, txn, result),
             Event::DiskWritten { txn, result } => self.on_disk_written(now_ms, txn, result),
             Event::DisksRead { result } => self.on_disks_read(now_ms, result),
             Event::DiskAccessChecked { missing } => self.on_disk_access_checked(now_ms, missing),
             Event::KernelLoaded { result } => self.on_kernel_loaded(now_ms, result),
             Event::Shutdown => self.stopping = true,
         }
-        self.answer_takeover_queries();
+        self.answer_takeover_queries(now_ms);
         self.maybe_finish_shutdown();
         std::mem::take(&mut self.out)
     }

@@ -22,6 +22,8 @@ pub(super) struct MasterState<M: ConfigModel> {
     pub(super) join: Option<ActiveJoin>,
     pub(super) next_txn: u64,
     pub(super) next_join: u64,
+    /// Nodes that left the view → until when their leases may still hold.
+    pub(super) fences: BTreeMap<NodeId, u64>,
 }
 
 impl<M: ConfigModel> MasterState<M> {
@@ -33,6 +35,7 @@ impl<M: ConfigModel> MasterState<M> {
             join: None,
             next_txn: 0,
             next_join: 0,
+            fences: BTreeMap::new(),
         }
     }
 
@@ -93,6 +96,8 @@ pub(super) struct SlaveTxn<M> {
 pub(super) struct Forward {
     /// This node applied the request's COMMIT.
     committed: bool,
+    /// When it was forwarded (an answer lost in a partition is given up on).
+    sent_ms: u64,
 }
 
 impl<M: ConfigModel> Node<M> {
@@ -105,14 +110,14 @@ impl<M: ConfigModel> Node<M> {
     }
 
     /// Step 1: a client request arrives at this node.
-    pub(super) fn on_client_request(&mut self, request: RequestId, req: Request<M>) {
+    pub(super) fn on_client_request(&mut self, now_ms: u64, request: RequestId, req: Request<M>) {
         let me = self.cfg.me;
         if self.stopping {
             let err = format!("node {}: shutting down", self.me_name());
             return self.reply(request, Err(err));
         }
         if self.is_master() {
-            return self.master_enqueue(Origin { node: me, request }, req);
+            return self.master_enqueue(now_ms, Origin { node: me, request }, req);
         }
         let err = match (&self.state, &self.view) {
             (State::Member, Some(view)) => {
@@ -135,13 +140,28 @@ impl<M: ConfigModel> Node<M> {
                         Request::Change(c) => WireRequest::Change(M::encode_change(&c)),
                         Request::DetachPlex { volume, plex } => WireRequest::DetachPlex { volume, plex },
                     };
-                    self.forwards.insert(request, Forward { committed: false });
+                    self.forwards.insert(
+                        request,
+                        Forward {
+                            committed: false,
+                            sent_ms: now_ms,
+                        },
+                    );
                     self.send(master, Message::Forward { request, body });
                     return;
                 }
             }
             (State::TakingOver { .. }, _) => {
                 format!("node {}: taking over as master; retry shortly", self.me_name())
+            }
+            _ if !self.quorum().reached(self.votes_of(
+                self.reachable_peers(now_ms).into_iter().chain([me]),
+            )) =>
+            {
+                format!(
+                    "{}; this node is not a cluster member and refuses changes until it can reach a majority",
+                    self.no_quorum_reason(now_ms)
+                )
             }
             _ => format!(
                 "node {} is not a cluster member ({:?}); no master is known to forward the request to",
@@ -199,8 +219,8 @@ impl<M: ConfigModel> Node<M> {
             },
             WireRequest::DetachPlex { volume, plex } => Request::DetachPlex { volume, plex },
         };
-        let _ = now_ms;
         self.master_enqueue(
+            now_ms,
             Origin {
                 node: from,
                 request,
@@ -209,7 +229,7 @@ impl<M: ConfigModel> Node<M> {
         );
     }
 
-    fn master_enqueue(&mut self, origin: Origin, req: Request<M>) {
+    fn master_enqueue(&mut self, now_ms: u64, origin: Origin, req: Request<M>) {
         let Some(ms) = self.master.as_mut() else {
             return;
         };
@@ -221,7 +241,7 @@ impl<M: ConfigModel> Node<M> {
             return self.finish_request(origin, Err(err));
         }
         ms.queue.push_back((origin, req));
-        self.master_next(0);
+        self.master_next(now_ms);
     }
 
     /// Sends a request's final result to its origin.
@@ -276,19 +296,38 @@ impl<M: ConfigModel> Node<M> {
         }
     }
 
-    /// This node left the cluster: the master may still commit what it forwarded,
-    /// so the answer says the outcome is unknown (it contains [`OUTCOME_UNKNOWN`]).
+    /// Forwarded requests whose answer has not come within a bound (a message lost
+    /// in a partition) are answered 'outcome unknown'. The bound covers a full
+    /// queue's wait, the lease a master waits out and a takeover.
+    pub(super) fn expire_forwards(&mut self, now_ms: u64) {
+        let bound_ms = 2 * self.cfg.lease_wait_ms() + 6 * self.cfg.heartbeat_timeout_ms;
+        let late: Vec<RequestId> = self
+            .forwards
+            .iter()
+            .filter(|(_, f)| now_ms >= f.sent_ms + bound_ms)
+            .map(|(&r, _)| r)
+            .collect();
+        for request in late {
+            self.forwards.remove(&request);
+            let err = format!(
+                "node {}: no answer from the master within {bound_ms} ms; {OUTCOME_UNKNOWN} (check the configuration)",
+                self.me_name()
+            );
+            self.reply(request, Err(err));
+        }
+    }
+
+    /// This node left the cluster: the master may still commit what it forwarded
+    /// (or, if this node applied its COMMIT, the change may never reach the disks
+    /// when no quorate master completes it), so the answer says the outcome is
+    /// unknown (it contains [`OUTCOME_UNKNOWN`]).
     pub(super) fn forwards_outcome_unknown(&mut self) {
         let forwards = std::mem::take(&mut self.forwards);
-        for (request, f) in forwards {
-            let result = if f.committed {
-                Ok(())
-            } else {
-                Err(format!(
-                    "node {}: left the cluster while the change was in progress; {OUTCOME_UNKNOWN} (check the configuration)",
-                    self.me_name()
-                ))
-            };
+        for (request, _) in forwards {
+            let result = Err(format!(
+                "node {}: left the cluster while the change was in progress; {OUTCOME_UNKNOWN} (check the configuration)",
+                self.me_name()
+            ));
             self.reply(request, result);
         }
     }
@@ -313,11 +352,12 @@ impl<M: ConfigModel> Node<M> {
     /// Master: starts the next queued join or transaction, if nothing blocks it.
     /// Joins go first (cluster reconfiguration takes precedence); a join may run
     /// while a transaction is in its check phase (the transaction is suspended).
-    pub(super) fn master_next(&mut self, _now_ms: u64) {
+    pub(super) fn master_next(&mut self, now_ms: u64) {
         loop {
             if !self.is_master() {
                 return;
             }
+            let may_commit = self.may_commit(now_ms);
             let Some(ms) = self.master.as_mut() else {
                 return;
             };
@@ -333,7 +373,7 @@ impl<M: ConfigModel> Node<M> {
                     }
                 }
             }
-            if ms.txn.is_some() || ms.join.is_some() || self.stopping {
+            if ms.txn.is_some() || ms.join.is_some() || self.stopping || !may_commit {
                 return;
             }
             let Some((origin, req)) = ms.queue.pop_front() else {
@@ -451,7 +491,7 @@ impl<M: ConfigModel> Node<M> {
     }
 
     /// Master: moves the transaction to its next phase once nobody is awaited.
-    pub(super) fn master_advance(&mut self, _now_ms: u64) {
+    pub(super) fn master_advance(&mut self, now_ms: u64) {
         let me = self.cfg.me;
         let join_active = self.master.as_ref().is_some_and(|ms| ms.join.is_some());
         let Some(t) = self.master.as_mut().and_then(|ms| ms.txn.as_mut()) else {
@@ -485,7 +525,12 @@ impl<M: ConfigModel> Node<M> {
                     Some(s) => self.send(s, Message::Commit { txn: id }),
                     None => {
                         self.failpoint("txn.after_successor_ack");
-                        self.start_disk_write();
+                        if self.has_lease(now_ms) {
+                            self.start_disk_write();
+                        } else {
+                            let reason = self.no_quorum_reason(now_ms);
+                            self.master_abdicate(now_ms, reason);
+                        }
                     }
                 }
             }
@@ -565,8 +610,10 @@ impl<M: ConfigModel> Node<M> {
         }
     }
 
-    /// The designated successor acknowledged COMMIT: the commit point.
-    pub(super) fn master_on_commit_ack(&mut self, from: NodeId, txn: TxnId) {
+    /// The designated successor acknowledged COMMIT: the commit point. The master
+    /// writes the disks only while it holds its lease: without it a successor may
+    /// already be taking over, and the disks are its to decide.
+    pub(super) fn master_on_commit_ack(&mut self, now_ms: u64, from: NodeId, txn: TxnId) {
         let Some(t) = self.master_txn(txn) else {
             return;
         };
@@ -574,6 +621,13 @@ impl<M: ConfigModel> Node<M> {
             return;
         }
         self.failpoint("txn.after_successor_ack");
+        if !self.has_lease(now_ms) {
+            let reason = format!(
+                "{}; transaction {txn} is past the commit point and is left to the next master",
+                self.no_quorum_reason(now_ms)
+            );
+            return self.master_abdicate(now_ms, reason);
+        }
         self.start_disk_write();
     }
 
@@ -587,18 +641,31 @@ impl<M: ConfigModel> Node<M> {
         if t.phase != Phase::DiskWrite {
             return;
         }
+        if let Some(e) = result.as_ref().err().filter(|e| e.contains(NEWER_EPOCH)) {
+            let reason = format!(
+                "node {}: transaction {txn}: {e}: another master has replaced this one",
+                self.me_name()
+            );
+            return self.master_abdicate(now_ms, reason);
+        }
         let t = self
             .master
             .as_mut()
             .and_then(|ms| ms.txn.take())
             .expect("checked above");
+        let mut answer = Ok(());
         if let Err(e) = result {
             let line = format!(
-                "node {}: writing transaction {} to the disks failed: {e}; it is past the commit point and completes",
+                "node {}: writing transaction {} to the disks failed: {e}; it is past the commit point and completes on the nodes",
                 self.me_name(),
                 t.id
             );
             self.log(log::Level::Error, line);
+            answer = Err(format!(
+                "node {}: transaction {} committed on the nodes but was written to no disk ({e}); {OUTCOME_UNKNOWN} after a restart of the whole cluster: check the disks",
+                self.me_name(),
+                t.id
+            ));
         }
         self.failpoint("txn.after_disk_write");
         for &p in &t.participants {
@@ -617,8 +684,37 @@ impl<M: ConfigModel> Node<M> {
             t.id,
             self.committed.config.seq()
         );
-        self.finish_request(t.origin, Ok(()));
+        self.finish_request(t.origin, answer);
         self.master_next(now_ms);
+    }
+
+    /// The master gives up: the transaction in progress and every queued request
+    /// are answered. A transaction whose COMMIT went out may still complete under
+    /// the next master, so its answer says the outcome is unknown.
+    pub(super) fn master_fail_all(&mut self, reason: &str) {
+        let Some(ms) = self.master.as_mut() else {
+            return;
+        };
+        let txn = ms.txn.take();
+        let queued = std::mem::take(&mut ms.queue);
+        if let Some(t) = txn {
+            let past_commit = matches!(t.phase, Phase::SuccessorCommit { .. } | Phase::DiskWrite);
+            let error = if past_commit {
+                format!("{reason}; {OUTCOME_UNKNOWN} (the next master completes or aborts transaction {})", t.id)
+            } else {
+                for &p in &t.participants {
+                    self.send(p, Message::Abort { txn: t.id });
+                }
+                if t.staged {
+                    self.out.push(Action::KernelAbort { txn: t.id });
+                }
+                format!("{reason}; the change was not applied")
+            };
+            self.fail_request(t.origin, Some(t.id), error);
+        }
+        for (origin, _) in queued {
+            self.finish_request(origin, Err(format!("{reason}; the change was not applied")));
+        }
     }
 
     /// Master: the transaction fails everywhere (abort, drop staged layouts, answer).
@@ -669,10 +765,15 @@ impl<M: ConfigModel> Node<M> {
         self.master_abort(now_ms, err);
     }
 
-    pub(super) fn on_local_check_done(&mut self, txn: TxnId, result: Result<(), String>) {
+    pub(super) fn on_local_check_done(
+        &mut self,
+        now_ms: u64,
+        txn: TxnId,
+        result: Result<(), String>,
+    ) {
         let me = self.cfg.me;
         if self.is_master() {
-            return self.master_on_check_reply(0, me, txn, result);
+            return self.master_on_check_reply(now_ms, me, txn, result);
         }
         let Some(st) = self.slave_txn.as_mut().filter(|s| s.id == txn) else {
             return;
@@ -688,10 +789,15 @@ impl<M: ConfigModel> Node<M> {
         self.failpoint("txn.after_check");
     }
 
-    pub(super) fn on_kernel_prepared(&mut self, txn: TxnId, result: Result<(), String>) {
+    pub(super) fn on_kernel_prepared(
+        &mut self,
+        now_ms: u64,
+        txn: TxnId,
+        result: Result<(), String>,
+    ) {
         let me = self.cfg.me;
         if self.is_master() {
-            return self.master_on_prepare_reply(0, me, txn, result);
+            return self.master_on_prepare_reply(now_ms, me, txn, result);
         }
         let Some(st) = self.slave_txn.as_mut().filter(|s| s.id == txn) else {
             return;
@@ -805,16 +911,16 @@ impl<M: ConfigModel> Node<M> {
             .slave_txn
             .as_ref()
             .is_some_and(|s| s.id == txn && s.phase == SlavePhase::Prepared);
-        if prepared {
-            let st = self.slave_txn.take().expect("checked above");
-            self.commit_locally(st);
-        } else if self.committed.txn != txn {
+        if !prepared && self.committed.txn != txn {
             log::warn!(
                 "node {}: COMMIT of unknown transaction {txn} ignored",
                 self.cfg.me
             );
             return;
         }
+        // The acknowledgement leaves before the data plane applies the layout: a
+        // node that dies between the two leaves a staged layout (which its lease
+        // fences), never an applied one the master may abort for want of the ack.
         self.send(from, Message::CommitAck { txn });
         let successor = self
             .view
@@ -822,6 +928,10 @@ impl<M: ConfigModel> Node<M> {
             .and_then(|v| v.successor(&BTreeSet::new()));
         if successor == Some(self.cfg.me) {
             self.failpoint("txn.after_successor_ack");
+        }
+        if prepared {
+            let st = self.slave_txn.take().expect("checked above");
+            self.commit_locally(st);
         }
     }
 

@@ -39,6 +39,15 @@ pub struct ClusterSection {
     /// Glob patterns (`*` and `?` in the last component) of the disks every node scans.
     #[serde(default)]
     pub disk_paths: Vec<String>,
+    /// The data-plane lease: a node's plexd-target serves shared volumes only this
+    /// long after its coordinator last renewed it (as a member of a quorate view).
+    /// Longer than a plexd restart, so a restart never stops I/O.
+    #[serde(default = "default_lease_ms")]
+    pub lease_ms: u64,
+    /// Added when waiting out a lost node's lease (plus 10% of `lease_ms` for
+    /// clock rate drift).
+    #[serde(default = "default_lease_margin_ms")]
+    pub lease_margin_ms: u64,
 }
 
 fn default_monitor() -> String {
@@ -56,6 +65,17 @@ fn default_form_wait_ms() -> u64 {
 fn default_join_retry_ms() -> u64 {
     5000
 }
+fn default_lease_ms() -> u64 {
+    5000
+}
+fn default_lease_margin_ms() -> u64 {
+    500
+}
+fn default_votes() -> u32 {
+    1
+}
+/// Most votes one node may hold.
+pub const MAX_VOTES: u32 = 255;
 
 /// One `[[nodes]]` entry.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -76,6 +96,9 @@ pub struct NodeEntry {
     /// ([`DEFAULT_ISCSI_PORTAL`] when absent).
     #[serde(default)]
     pub iscsi_portal: Option<String>,
+    /// Votes toward quorum (default 1; 0 for a node that never decides quorum).
+    #[serde(default = "default_votes")]
+    pub votes: u32,
 }
 
 /// The iSCSI portal of a node whose entry names none.
@@ -129,6 +152,21 @@ impl ClusterFile {
                 "cluster: heartbeat_timeout_ms must be larger than heartbeat_interval_ms > 0"
                     .into(),
             );
+        }
+        if c.lease_ms < 2 * c.heartbeat_interval_ms {
+            return Err(format!(
+                "cluster: lease_ms {} must be at least twice heartbeat_interval_ms {} (the lease is renewed by heartbeats)",
+                c.lease_ms, c.heartbeat_interval_ms
+            ));
+        }
+        if let Some(n) = self.nodes.iter().find(|n| n.votes > MAX_VOTES) {
+            return Err(format!(
+                "nodes ({}): votes {} is more than {MAX_VOTES}",
+                n.name, n.votes
+            ));
+        }
+        if !self.nodes.is_empty() && self.nodes.iter().all(|n| n.votes == 0) {
+            return Err("nodes: at least one node must have votes > 0".into());
         }
         if self.nodes.is_empty() || self.nodes.len() > MAX_NODES {
             return Err(format!("nodes: between 1 and {MAX_NODES} nodes required"));
@@ -232,6 +270,7 @@ impl ClusterFile {
             .map(|n| NodeInfo {
                 id: n.id,
                 name: n.name.clone(),
+                votes: n.votes,
             })
             .collect();
         let mut cfg = NodeConfig::new(me, nodes);
@@ -240,6 +279,8 @@ impl ClusterFile {
         cfg.heartbeat_timeout_ms = self.cluster.heartbeat_timeout_ms;
         cfg.form_wait_ms = self.cluster.form_wait_ms;
         cfg.join_retry_ms = self.cluster.join_retry_ms;
+        cfg.lease_ms = self.cluster.lease_ms;
+        cfg.lease_margin_ms = self.cluster.lease_margin_ms;
         cfg
     }
 

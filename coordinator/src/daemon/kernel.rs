@@ -103,7 +103,7 @@ pub fn volume_spec(dg: &DiskGroupConfig, kv: &KernelVolume) -> VolumeSpec {
             ReadPolicy::Prefer { plex } => KReadPolicy::Prefer(plex.clone()),
             ReadPolicy::LeastOutstanding => KReadPolicy::LeastBusy,
         },
-        shared: false,
+        shared: dg.shared,
     }
 }
 

@@ -286,6 +286,7 @@ pub fn run(opts: Options) -> Result<(), String> {
         timer: None,
         failed,
         repairs: disks::Repairs::default(),
+        lease_held: false,
     };
     d.main_loop(rx);
     log::info!("plexd: node {} stopped", d.name);
@@ -465,6 +466,8 @@ struct Daemon {
     failed: Vec<disks::FailedGroup>,
     /// Label and slot copies this node repaired (`disk list`).
     repairs: disks::Repairs,
+    /// The data plane was last given a non-zero lease.
+    lease_held: bool,
 }
 
 /// Where a transaction this node runs as master spends its time, from the
@@ -531,6 +534,7 @@ impl Daemon {
             }
             if Instant::now() >= next_tick {
                 self.feed(Event::Tick);
+                self.renew_lease();
                 let master = self.node.view().map(|v| v.master);
                 self.fences
                     .expire(self.kernel.client(), Instant::now(), self.me, master);
@@ -539,6 +543,37 @@ impl Daemon {
             if self.stopping && matches!(self.node.role(), Role::Stopped) {
                 return;
             }
+        }
+    }
+
+    /// Hands the data plane what is left of this node's lease (0 revokes it): it
+    /// serves shared volumes only under it. Logged when the lease starts or stops.
+    fn renew_lease(&mut self) {
+        if self.kernel_lost.is_some() {
+            return;
+        }
+        let left_ms = self
+            .node
+            .lease_remaining_ms(now_ms(self.start))
+            .min(self.file.cluster.lease_ms);
+        let left = u32::try_from(left_ms).unwrap_or(u32::MAX);
+        match self.kernel.client().renew_lease(left) {
+            Ok(was_expired) => {
+                if was_expired && left > 0 {
+                    log::info!(
+                        "node {}: data-plane lease granted again ({left} ms): shared volumes served",
+                        self.name
+                    );
+                }
+                if left == 0 && self.lease_held {
+                    log::warn!(
+                        "node {}: no lease (not a member of a quorate view): the data plane stops serving shared volumes",
+                        self.name
+                    );
+                }
+                self.lease_held = left > 0;
+            }
+            Err(e) => log::warn!("node {}: cannot renew the data-plane lease: {e}", self.name),
         }
     }
 

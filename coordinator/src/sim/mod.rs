@@ -9,6 +9,13 @@
 //! after a random delay. The "shared disk" keeps the newest configuration record and
 //! survives crashes; a disk write in flight when its node crashes lands or not (a
 //! torn write loses only the record being written).
+//!
+//! Faults beyond crashes: network partitions (symmetric and one-way, healed and
+//! flapping), frozen nodes (SIGSTOP: every event for them waits until they thaw),
+//! coordinator-only deaths whose data plane goes on serving with its last lease,
+//! and a bounded clock rate drift per node. Each data plane holds the lease its
+//! driver renews on every tick; the invariants check that a data plane serves only
+//! layouts the cluster committed and never one older than the newest commit allows.
 
 mod random;
 mod toy;
@@ -52,6 +59,10 @@ pub struct SimConfig {
     pub form_wait_ms: u64,
     /// Join retry given to the cores.
     pub join_retry_ms: u64,
+    /// Data-plane lease given to the cores.
+    pub lease_ms: u64,
+    /// Lease margin given to the cores.
+    pub lease_margin_ms: u64,
     /// Probability (percent) that peers see a connection loss when a node crashes
     /// (otherwise only the heartbeat timeout finds out).
     pub connection_lost_percent: u32,
@@ -75,6 +86,8 @@ impl SimConfig {
             heartbeat_timeout_ms: 500,
             form_wait_ms: 500,
             join_retry_ms: 1000,
+            lease_ms: 1000,
+            lease_margin_ms: 100,
             connection_lost_percent: 80,
             kernel_refuse_percent: 0,
             trace: false,
@@ -155,7 +168,12 @@ pub struct Kernel {
     pub staged: Option<(TxnId, ToyConfig)>,
     /// Shared disks given up (node left the cluster).
     pub left: bool,
+    /// Simulated time until which the data plane serves shared volumes (its lease).
+    pub lease_until_ms: u64,
 }
+
+/// Largest clock rate drift of a node, in parts per million (±5%).
+pub const MAX_DRIFT_PPM: i64 = 50_000;
 
 /// One simulated node: its core (when up) and its driver's state.
 #[derive(Debug)]
@@ -177,6 +195,10 @@ pub struct SimNode {
     pub private_dgs: BTreeSet<String>,
     /// The node cannot open the shared disks (its joins fail).
     pub disk_access_broken: bool,
+    /// Events for this node wait until this time (a frozen process).
+    pub frozen_until_ms: u64,
+    /// Clock rate error of this node, parts per million.
+    pub drift_ppm: i64,
     /// The next client request id.
     next_request: u64,
     holds: BTreeSet<Hold>,
@@ -213,6 +235,10 @@ pub struct Sim {
     trace: VecDeque<String>,
     logs: Vec<String>,
     violation: Option<String>,
+    /// Directed links that drop every message (partitions).
+    blocked: BTreeSet<(NodeId, NodeId)>,
+    /// Every configuration that reached the disk, by sequence number.
+    committed: BTreeMap<u64, ToyConfig>,
     events: u64,
     /// What the run covered so far.
     pub coverage: Coverage,
@@ -232,6 +258,8 @@ impl Sim {
                 crash_after_sends: None,
                 private_dgs: BTreeSet::new(),
                 disk_access_broken: false,
+                frozen_until_ms: 0,
+                drift_ppm: 0,
                 next_request: 0,
                 holds: BTreeSet::new(),
                 held: Vec::new(),
@@ -257,6 +285,8 @@ impl Sim {
             trace: VecDeque::new(),
             logs: Vec::new(),
             violation: None,
+            blocked: BTreeSet::new(),
+            committed: BTreeMap::new(),
             events: 0,
             coverage: Coverage::default(),
         }
@@ -293,6 +323,7 @@ impl Sim {
             .map(|id| NodeInfo {
                 id,
                 name: Sim::name(id),
+                votes: 1,
             })
             .collect()
     }
@@ -358,6 +389,21 @@ impl Sim {
             .into_iter()
             .filter(|&id| self.core(id).is_some_and(|c| c.role() == Role::Master))
             .collect();
+        if masters.len() > 1 {
+            // Masters of views without a majority (formed alone, waiting for joins)
+            // can commit nothing: the one with a majority view is the master.
+            let quorate: Vec<NodeId> = masters
+                .iter()
+                .copied()
+                .filter(|&id| {
+                    self.core(id).is_some_and(|c| {
+                        c.view()
+                            .is_some_and(|v| c.quorum().reached(v.members.len() as u64))
+                    })
+                })
+                .collect();
+            return (quorate.len() == 1).then(|| quorate[0]);
+        }
         (masters.len() == 1).then(|| masters[0])
     }
 
@@ -383,6 +429,8 @@ impl Sim {
             heartbeat_timeout_ms: self.cfg.heartbeat_timeout_ms,
             form_wait_ms: self.cfg.form_wait_ms,
             join_retry_ms: self.cfg.join_retry_ms,
+            lease_ms: self.cfg.lease_ms,
+            lease_margin_ms: self.cfg.lease_margin_ms,
             ..NodeConfig::new(id, self.node_infos())
         };
         let now = self.now_ms;
@@ -392,12 +440,61 @@ impl Sim {
             incarnation: n.inc,
             ..cfg
         };
-        n.core = Some(Node::new(cfg, now));
-        n.kernel = Kernel::default();
+        let clock = Sim::clock(n.drift_ppm, now);
+        n.core = Some(Node::new(cfg, clock));
         n.held.clear();
         let inc = n.inc;
         self.note(format!("start {}", Sim::name(id)));
         self.push(now, SimEvent::Tick { node: id, inc });
+    }
+
+    /// A node's clock at simulated time `now_ms`, running `drift_ppm` fast or slow.
+    fn clock(drift_ppm: i64, now_ms: u64) -> u64 {
+        let rate = 1_000_000 + drift_ppm;
+        (i128::from(now_ms) * i128::from(rate) / 1_000_000) as u64
+    }
+
+    /// Sets node `id`'s clock rate error (bounded by [`MAX_DRIFT_PPM`]).
+    pub fn set_drift(&mut self, id: NodeId, drift_ppm: i64) {
+        assert!(drift_ppm.abs() <= MAX_DRIFT_PPM);
+        self.node_mut(id).drift_ppm = drift_ppm;
+    }
+
+    /// Blocks messages from `from` to `to` (one direction).
+    pub fn block(&mut self, from: NodeId, to: NodeId) {
+        self.note(format!("link {} → {} cut", Sim::name(from), Sim::name(to)));
+        self.blocked.insert((from, to));
+    }
+
+    /// Cuts every link between the nodes of `side` and the others, both ways.
+    pub fn partition(&mut self, side: &[NodeId]) {
+        for a in self.ids() {
+            for b in self.ids() {
+                if side.contains(&a) != side.contains(&b) {
+                    self.block(a, b);
+                }
+            }
+        }
+    }
+
+    /// Restores every link.
+    pub fn heal(&mut self) {
+        if !self.blocked.is_empty() {
+            self.note("network healed".into());
+        }
+        self.blocked.clear();
+    }
+
+    /// Freezes node `id` (SIGSTOP) for `ms`: its events wait until it thaws.
+    pub fn freeze(&mut self, id: NodeId, ms: u64) {
+        self.note(format!("freeze {} for {ms} ms", Sim::name(id)));
+        let until = self.now_ms + ms;
+        self.node_mut(id).frozen_until_ms = until;
+    }
+
+    /// Whether node `id`'s data plane serves shared volumes now (its lease holds).
+    pub fn serving(&self, id: NodeId) -> bool {
+        self.now_ms < self.node(id).kernel.lease_until_ms
     }
 
     /// Starts node `id` at a later time.
@@ -407,6 +504,13 @@ impl Sim {
 
     /// Crashes node `id` now (as kill -9 of its coordinator and data plane).
     pub fn crash(&mut self, id: NodeId) {
+        self.crash_coordinator(id);
+        self.node_mut(id).kernel = Kernel::default();
+    }
+
+    /// Kills only node `id`'s coordinator: its data plane goes on with its layout,
+    /// its staged layout and its lease, as plexd-target does when plexd dies.
+    pub fn crash_coordinator(&mut self, id: NodeId) {
         if !self.is_up(id) {
             return;
         }
@@ -426,7 +530,7 @@ impl Sim {
         n.core = None;
         let from_inc = n.inc;
         n.inc += 1;
-        n.kernel = Kernel::default();
+        n.frozen_until_ms = 0;
         n.armed = None;
         n.crash_after_sends = None;
         n.held.clear();
@@ -615,6 +719,23 @@ impl Sim {
         };
         self.now_ms = self.now_ms.max(at);
         self.events += 1;
+        let target = match &ev {
+            SimEvent::Start { .. } => None,
+            SimEvent::Tick { node, .. } | SimEvent::Driver { node, .. } => Some(*node),
+            SimEvent::Deliver { to, .. } | SimEvent::ConnLost { to, .. } => Some(*to),
+        };
+        if let Some(t) = target {
+            let until = self.node(t).frozen_until_ms;
+            if until > self.now_ms {
+                self.push(until, ev);
+                return;
+            }
+        }
+        if let SimEvent::Deliver { from, to, .. } = &ev {
+            if self.blocked.contains(&(*from, *to)) {
+                return;
+            }
+        }
         match ev {
             SimEvent::Start { node } => {
                 if !self.is_up(node) {
@@ -775,16 +896,38 @@ impl Sim {
                 ));
             }
         }
+        self.committed.insert(w.config.seq, w.config.clone());
         self.disk = Some(w);
     }
 
     fn feed(&mut self, id: NodeId, event: Event<ToyConfig>) {
         let now = self.now_ms;
+        let drift = self.node(id).drift_ppm;
+        let clock = Sim::clock(drift, now);
+        let tick = matches!(event, Event::Tick);
         let Some(core) = self.node_mut(id).core.as_mut() else {
             return;
         };
-        let actions = core.handle(now, event);
+        let actions = core.handle(clock, event);
         self.perform(id, actions);
+        if tick {
+            self.renew_lease(id);
+        }
+    }
+
+    /// The driver renews its data plane's lease with what the core says is left
+    /// (0 revokes it), counted on the node's own clock.
+    fn renew_lease(&mut self, id: NodeId) {
+        let now = self.now_ms;
+        let n = self.node(id);
+        let Some(core) = n.core.as_ref() else {
+            return;
+        };
+        let left_ms = core.lease_remaining_ms(Sim::clock(n.drift_ppm, now));
+        let rate = 1_000_000 + n.drift_ppm;
+        let left_real = (i128::from(left_ms) * 1_000_000 / i128::from(rate)) as u64;
+        let until = now.saturating_add(left_real);
+        self.node_mut(id).kernel.lease_until_ms = until;
     }
 
     /// Carries out node `id`'s actions, as the daemon would.
@@ -805,7 +948,7 @@ impl Sim {
                         }
                         self.node_mut(id).crash_after_sends = Some(k - 1);
                     }
-                    if self.is_up(to) {
+                    if self.is_up(to) && !self.blocked.contains(&(id, to)) {
                         let inc = self.node(to).inc;
                         let at = self.channel_time(id, to, self.now_ms);
                         let bytes = msg.encode();
@@ -944,6 +1087,13 @@ impl Sim {
                 }
                 Action::ViewChanged { view } => {
                     self.note(format!("{name} installs view {view:?}"));
+                    // A view without a majority of votes (a node that formed a
+                    // cluster alone, waiting for joins) can commit nothing; only
+                    // majority views must be unique per id.
+                    let quorum = self.core(id).map(|c| c.quorum());
+                    if quorum.is_some_and(|q| !q.reached(view.members.len() as u64)) {
+                        continue;
+                    }
                     match self.views.get_mut(&view.id) {
                         Some((v, _)) if *v != view => {
                             let what = format!("two views with id {}: {v:?} and {view:?}", view.id);
@@ -999,6 +1149,48 @@ impl Sim {
         }
     }
 
+    /// The fencing invariants, at every event:
+    /// - a data plane that serves (its lease holds) holds a layout the cluster
+    ///   committed, no older than the one before the newest on the disk;
+    /// - at most one master holds a lease at any time.
+    fn check_fencing(&self) -> Result<(), String> {
+        let newest = self.disk.as_ref().map_or(0, |d| d.config.seq);
+        let mut leased_masters = Vec::new();
+        for n in &self.nodes {
+            let serving = self.now_ms < n.kernel.lease_until_ms && !n.kernel.left;
+            if serving {
+                let seq = n.kernel.active.seq;
+                if seq + 1 < newest {
+                    return Err(format!(
+                        "node {}'s data plane serves seq {seq} while the disk holds seq {newest}",
+                        Sim::name(n.id)
+                    ));
+                }
+                if let Some(c) = self.committed.get(&seq) {
+                    if *c != n.kernel.active {
+                        return Err(format!(
+                            "node {}'s data plane serves a seq {seq} layout the cluster did not commit",
+                            Sim::name(n.id)
+                        ));
+                    }
+                }
+            }
+            if let Some(core) = &n.core {
+                let clock = Sim::clock(n.drift_ppm, self.now_ms);
+                if core.role() == Role::Master && core.lease_remaining_ms(clock) > 0 {
+                    leased_masters.push(Sim::name(n.id));
+                }
+            }
+        }
+        if leased_masters.len() > 1 {
+            return Err(format!(
+                "masters {} hold leases at the same time",
+                leased_masters.join(", ")
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks the invariants now:
     /// - every change acknowledged OK is on the disk (and in every idle member's
     ///   configuration); a change that failed is nowhere;
@@ -1010,6 +1202,7 @@ impl Sim {
         if let Some(v) = &self.violation {
             return Err(v.clone());
         }
+        self.check_fencing()?;
         let disk_history: &[u64] = self.disk.as_ref().map_or(&[], |d| &d.config.history);
         if let Some(tag) = self.acked.iter().find(|t| !disk_history.contains(t)) {
             return Err(format!(
@@ -1051,6 +1244,10 @@ impl Sim {
         let Some(view) = mcore.view().cloned() else {
             return Ok(());
         };
+        if !mcore.quorum().reached(view.members.len() as u64) {
+            // Formed alone and waiting for joins: it commits nothing yet.
+            return Ok(());
+        }
         let mconfig = mcore.config().clone();
         let disk_config = self
             .disk

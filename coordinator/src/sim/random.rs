@@ -15,6 +15,10 @@ pub struct RunStats {
     pub failed: usize,
     /// Crashes (random and at failpoints armed).
     pub crashes: usize,
+    /// Partitions (both ways or one way) started.
+    pub partitions: usize,
+    /// Nodes frozen.
+    pub freezes: usize,
     /// Configuration sequence number at the end.
     pub final_seq: u64,
     /// What the run went through.
@@ -45,6 +49,7 @@ fn run(seed: u64, steps: u64, trace: bool) -> Result<RunStats, String> {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
     let nodes = rng.gen_range(3..=5);
     let mid_batch_crashes = std::env::var("PLEXD_SIM_NO_MID_BATCH").is_err();
+    let partitions = std::env::var("PLEXD_SIM_PARTITIONS").is_ok();
     let mut cfg = SimConfig::new(nodes, seed);
     cfg.trace = trace;
     cfg.kernel_refuse_percent = 2;
@@ -57,6 +62,9 @@ fn run(seed: u64, steps: u64, trace: bool) -> Result<RunStats, String> {
         }
         let at = rng.gen_range(0..300);
         sim.start_at(id, at);
+        if rng.gen_bool(0.5) {
+            sim.set_drift(id, rng.gen_range(-MAX_DRIFT_PPM..=MAX_DRIFT_PPM));
+        }
     }
     let fail = |sim: &Sim, step: u64, what: &str| -> String {
         format!(
@@ -66,14 +74,23 @@ fn run(seed: u64, steps: u64, trace: bool) -> Result<RunStats, String> {
         )
     };
     for step in 0..steps {
-        inject(&mut sim, &mut rng, &mut stats, mid_batch_crashes);
+        inject(
+            &mut sim,
+            &mut rng,
+            &mut stats,
+            mid_batch_crashes,
+            partitions,
+        );
         sim.run_for(10);
         if let Some(v) = sim.violation() {
             return Err(fail(&sim, step, v));
         }
     }
-    // Quiet period: no new faults, every node back up with working disks.
+    // Quiet period: no new faults, the network whole, every node thawed, back up
+    // and with working disks.
+    sim.heal();
     for id in 1..=nodes {
+        sim.node_mut(id).frozen_until_ms = 0;
         sim.node_mut(id).armed = None;
         sim.node_mut(id).crash_after_sends = None;
         sim.set_disk_access_broken(id, false);
@@ -116,7 +133,13 @@ fn run(seed: u64, steps: u64, trace: bool) -> Result<RunStats, String> {
     Ok(stats)
 }
 
-fn inject(sim: &mut Sim, rng: &mut StdRng, stats: &mut RunStats, mid_batch_crashes: bool) {
+fn inject(
+    sim: &mut Sim,
+    rng: &mut StdRng,
+    stats: &mut RunStats,
+    mid_batch_crashes: bool,
+    partitions: bool,
+) {
     let ids = sim.ids();
     let up: Vec<NodeId> = ids.iter().copied().filter(|&id| sim.is_up(id)).collect();
     let down: Vec<NodeId> = ids.iter().copied().filter(|&id| !sim.is_up(id)).collect();
@@ -151,8 +174,44 @@ fn inject(sim: &mut Sim, rng: &mut StdRng, stats: &mut RunStats, mid_batch_crash
     }
     if !up.is_empty() && rng.gen_bool(0.008) {
         let id = up[rng.gen_range(0..up.len())];
-        sim.crash(id);
+        if rng.gen_bool(0.5) {
+            sim.crash(id);
+        } else {
+            sim.crash_coordinator(id);
+        }
         stats.crashes += 1;
+    }
+    // Partitions: a random side cut off both ways, or one direction of one link;
+    // healed at random, so some links flap. Frozen processes. Both only with
+    // PLEXD_SIM_PARTITIONS set: some seeds still break an invariant under them
+    // (docs/TESTING.md), so CI's default schedule leaves them out for now.
+    if !partitions {
+        return;
+    }
+    if rng.gen_bool(0.006) {
+        let side: Vec<NodeId> = ids.iter().copied().filter(|_| rng.gen_bool(0.4)).collect();
+        if !side.is_empty() && side.len() < ids.len() {
+            sim.partition(&side);
+            stats.partitions += 1;
+        }
+    }
+    if rng.gen_bool(0.004) && ids.len() > 1 {
+        let a = ids[rng.gen_range(0..ids.len())];
+        let b = ids[rng.gen_range(0..ids.len())];
+        if a != b {
+            sim.block(a, b);
+            stats.partitions += 1;
+        }
+    }
+    if rng.gen_bool(0.01) {
+        sim.heal();
+    }
+    // A frozen process (SIGSTOP, a paused VM) for up to 3 leases.
+    if !up.is_empty() && rng.gen_bool(0.004) {
+        let id = up[rng.gen_range(0..up.len())];
+        let ms = rng.gen_range(100..=3 * sim.config().lease_ms);
+        sim.freeze(id, ms);
+        stats.freezes += 1;
     }
     if !up.is_empty() && rng.gen_bool(0.02) {
         let id = up[rng.gen_range(0..up.len())];
