@@ -49,6 +49,10 @@ const DIR_NAME_CHARS: usize = 24;
 /// `PLEXD_TEST_FORM_WAIT_MS` overrides it.
 pub const FORM_WAIT_MS: u64 = 300;
 
+/// lease_ms of the test clusters: long enough for several heartbeats, short
+/// enough that a failover waits little for the lost node's lease.
+pub const LEASE_MS: u64 = 1200;
+
 fn env_ms(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
@@ -66,6 +70,11 @@ pub struct ClusterOpts {
     pub heartbeat_timeout_ms: u64,
     /// How long a starting node listens before forming.
     pub form_wait_ms: u64,
+    /// Data-plane lease (short, so failover tests wait little for a lost
+    /// node's lease to run out).
+    pub lease_ms: u64,
+    /// Added to a lost node's lease wait.
+    pub lease_margin_ms: u64,
     /// RUST_LOG of every process.
     pub rust_log: String,
     /// `(node, failpoint)`: PLEXD_FAILPOINT of that node's first plexd.
@@ -84,6 +93,8 @@ impl Default for ClusterOpts {
             heartbeat_interval_ms: 100,
             heartbeat_timeout_ms: 600,
             form_wait_ms: env_ms("PLEXD_TEST_FORM_WAIT_MS").unwrap_or(FORM_WAIT_MS),
+            lease_ms: LEASE_MS,
+            lease_margin_ms: 100,
             rust_log: std::env::var("PLEXD_TEST_LOG").unwrap_or_else(|_| "info".into()),
             failpoints: Vec::new(),
             hidden: Vec::new(),
@@ -306,11 +317,13 @@ impl Cluster {
         let mut toml = format!(
             "[cluster]\nname = \"test\"\nid = \"test-{}\"\nmonitor = \"builtin\"\n\
              heartbeat_interval_ms = {}\nheartbeat_timeout_ms = {}\nform_wait_ms = {}\n\
-             disk_paths = [{:?}]\n",
+             lease_ms = {}\nlease_margin_ms = {}\ndisk_paths = [{:?}]\n",
             std::process::id(),
             opts.heartbeat_interval_ms,
             opts.heartbeat_timeout_ms,
             opts.form_wait_ms,
+            opts.lease_ms,
+            opts.lease_margin_ms,
             dir.join("disks").join("*.img").display().to_string(),
         );
         for node in &nodes {
@@ -823,7 +836,7 @@ impl Cluster {
         };
         self.next_seed += 1;
         let k = self.kernel(i);
-        p.write(&k)
+        p.write_served(&k, CONVERGE_TIMEOUT)
             .unwrap_or_else(|e| panic!("node {}: {e}", self.nodes[i].name));
         self.patterns
             .retain(|q| !(q.bdev == p.bdev && q.offset_bytes == p.offset_bytes));
@@ -902,7 +915,7 @@ impl Cluster {
             let k = KernelClient::connect(&self.nodes[i].target_socket)
                 .map_err(|e| format!("node {}: {e}", self.nodes[i].name))?;
             for p in &self.patterns {
-                p.verify(&k)
+                p.verify_served(&k, CONVERGE_TIMEOUT)
                     .map_err(|e| format!("node {}: {e}", self.nodes[i].name))?;
             }
         }

@@ -3,7 +3,10 @@
 //! A pattern is a function of (seed, byte offset): every 8-byte word holds a hash of
 //! both, so a block read back from the wrong place or an old write is detected.
 
+use crate::wait::try_wait_until;
 use plexd_target::api::KernelClient;
+use plexd_target::lease::FENCED_ERRNO;
+use std::time::Duration;
 
 /// Largest single I/O the helpers issue (the kernel interface's diagnostic I/O limit).
 pub const CHUNK_BYTES: u64 = 1 << 20;
@@ -43,54 +46,77 @@ pub fn pattern_bytes(seed: u64, offset_bytes: u64, len: usize) -> Vec<u8> {
 impl Pattern {
     /// Writes it through `k`.
     pub fn write(&self, k: &KernelClient) -> Result<(), String> {
-        self.chunks(|off, len| {
-            let data = pattern_bytes(self.seed, off, len as usize);
-            match k.write(&self.bdev, off, &data) {
-                Ok(0) => Ok(()),
-                Ok(errno) => Err(format!(
-                    "write {} at {off}+{len} via {}: errno {errno}",
-                    self.bdev,
-                    k.path()
-                )),
-                Err(e) => Err(format!("write {} at {off}+{len}: {e}", self.bdev)),
-            }
-        })
+        self.chunks(|off, len| self.write_chunk(k, off, len).map_err(|f| f.what))
+    }
+
+    /// Writes it through `k`, waiting up to `fenced_for` while the node's data plane
+    /// is fenced (no data-plane lease: after a failover, until the node's coordinator
+    /// renews it), as a multipath host retries a path that answers NOT READY.
+    pub fn write_served(&self, k: &KernelClient, fenced_for: Duration) -> Result<(), String> {
+        self.chunks(|off, len| served(fenced_for, || self.write_chunk(k, off, len)))
     }
 
     /// Reads it back through `k` and compares.
     pub fn verify(&self, k: &KernelClient) -> Result<(), String> {
-        self.chunks(|off, len| {
-            let r = k
-                .read(&self.bdev, off, len as u32)
-                .map_err(|e| format!("read {} at {off}+{len}: {e}", self.bdev))?;
-            if r.status != 0 {
-                return Err(format!(
+        self.chunks(|off, len| self.verify_chunk(k, off, len).map_err(|f| f.what))
+    }
+
+    /// Like [`Pattern::verify`], waiting up to `fenced_for` while the node's data
+    /// plane is fenced (see [`Pattern::write_served`]).
+    pub fn verify_served(&self, k: &KernelClient, fenced_for: Duration) -> Result<(), String> {
+        self.chunks(|off, len| served(fenced_for, || self.verify_chunk(k, off, len)))
+    }
+
+    fn write_chunk(&self, k: &KernelClient, off: u64, len: u64) -> Result<(), IoFail> {
+        let data = pattern_bytes(self.seed, off, len as usize);
+        match k.write(&self.bdev, off, &data) {
+            Ok(0) => Ok(()),
+            Ok(errno) => Err(IoFail {
+                fenced: errno == FENCED_ERRNO,
+                what: format!(
+                    "write {} at {off}+{len} via {}: errno {errno}",
+                    self.bdev,
+                    k.path()
+                ),
+            }),
+            Err(e) => Err(IoFail::other(format!("write {} at {off}+{len}: {e}", self.bdev))),
+        }
+    }
+
+    fn verify_chunk(&self, k: &KernelClient, off: u64, len: u64) -> Result<(), IoFail> {
+        let r = k
+            .read(&self.bdev, off, len as u32)
+            .map_err(|e| IoFail::other(format!("read {} at {off}+{len}: {e}", self.bdev)))?;
+        if r.status != 0 {
+            return Err(IoFail {
+                fenced: r.status == FENCED_ERRNO,
+                what: format!(
                     "read {} at {off}+{len} via {}: errno {}",
                     self.bdev,
                     k.path(),
                     r.status
-                ));
-            }
-            let want = pattern_bytes(self.seed, off, len as usize);
-            if r.data != want {
-                let at = r
-                    .data
-                    .iter()
-                    .zip(&want)
-                    .position(|(a, b)| a != b)
-                    .unwrap_or(r.data.len().min(want.len()));
-                return Err(format!(
-                    "{} via {}: pattern {} differs at byte {} (read {} bytes of {})",
-                    self.bdev,
-                    k.path(),
-                    self.seed,
-                    off + at as u64,
-                    r.data.len(),
-                    len
-                ));
-            }
-            Ok(())
-        })
+                ),
+            });
+        }
+        let want = pattern_bytes(self.seed, off, len as usize);
+        if r.data != want {
+            let at = r
+                .data
+                .iter()
+                .zip(&want)
+                .position(|(a, b)| a != b)
+                .unwrap_or(r.data.len().min(want.len()));
+            return Err(IoFail::other(format!(
+                "{} via {}: pattern {} differs at byte {} (read {} bytes of {})",
+                self.bdev,
+                k.path(),
+                self.seed,
+                off + at as u64,
+                r.data.len(),
+                len
+            )));
+        }
+        Ok(())
     }
 
     fn chunks(&self, mut f: impl FnMut(u64, u64) -> Result<(), String>) -> Result<(), String> {
@@ -102,6 +128,42 @@ impl Pattern {
             off += len;
         }
         Ok(())
+    }
+}
+
+/// Why one chunk's I/O failed.
+struct IoFail {
+    /// The data plane refused it for want of a lease ([`FENCED_ERRNO`]).
+    fenced: bool,
+    what: String,
+}
+
+impl IoFail {
+    fn other(what: String) -> IoFail {
+        IoFail {
+            fenced: false,
+            what,
+        }
+    }
+}
+
+/// Runs `io` until it succeeds, fails for another reason than the fence, or has been
+/// fenced for `fenced_for`.
+fn served(fenced_for: Duration, mut io: impl FnMut() -> Result<(), IoFail>) -> Result<(), String> {
+    let mut other = None;
+    let r = try_wait_until("the data plane to serve again (lease)", fenced_for, || {
+        match io() {
+            Ok(()) => Ok(()),
+            Err(f) if f.fenced => Err(f.what),
+            Err(f) => {
+                other = Some(f.what);
+                Ok(())
+            }
+        }
+    });
+    match other {
+        Some(what) => Err(what),
+        None => r,
     }
 }
 

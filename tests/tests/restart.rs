@@ -8,7 +8,12 @@ use plexd_tests::{Cluster, ClusterOpts, Pattern};
 
 #[test]
 fn restarting_a_coordinator_alone_never_interrupts_io() {
-    let mut c = Cluster::start(3, ClusterOpts::default());
+    // The default lease (5 s): the restart and rejoin fit inside it.
+    let opts = ClusterOpts {
+        lease_ms: 5000,
+        ..ClusterOpts::default()
+    };
+    let mut c = Cluster::start(3, opts);
     c.shared_mirror(0, "dg1", "vol1", "32M");
     let region = Pattern {
         bdev: "dg1.vol1".into(),

@@ -29,7 +29,10 @@ impl<M: ConfigModel> Node<M> {
                 );
                 self.state = State::Discovering { since_ms: now_ms };
             }
-            State::Member if self.is_master() => self.master_next(now_ms),
+            State::Member if self.is_master() => {
+                self.master_txn_timers(now_ms);
+                self.master_next(now_ms);
+            }
             _ => {}
         }
     }

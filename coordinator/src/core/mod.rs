@@ -88,12 +88,17 @@ pub struct NodeConfig {
     /// Added to `lease_ms` when waiting out a lost node's lease (clock rate drift,
     /// the time a lease renewal takes to reach the data plane).
     pub lease_margin_ms: u64,
+    /// How long the master waits for a member's answer to CHECK or PREPARE before
+    /// the transaction fails (a message lost in a partition, a member that stopped
+    /// taking part); longer than the data plane's drain bound.
+    pub reply_timeout_ms: u64,
 }
 
 impl NodeConfig {
     /// Settings with incarnation 0 (set it) and the defaults: heartbeats every 500 ms, a peer is gone after
     /// 2000 ms of silence, form after 2000 ms, retry an abandoned join after 30 s,
-    /// a 5 s data-plane lease waited out with a 500 ms margin.
+    /// a 5 s data-plane lease waited out with a 500 ms margin, 15 s for a member's
+    /// answer to CHECK or PREPARE.
     pub fn new(me: NodeId, nodes: Vec<NodeInfo>) -> NodeConfig {
         NodeConfig {
             me,
@@ -105,6 +110,7 @@ impl NodeConfig {
             join_retry_ms: 30_000,
             lease_ms: 5000,
             lease_margin_ms: 500,
+            reply_timeout_ms: 15_000,
         }
     }
 

@@ -142,6 +142,13 @@ impl<M: ConfigModel> Node<M> {
     }
 
     /// Whether this node holds a lease at `now_ms`.
+    /// Master: a majority of the view (this node included) has confirmed a
+    /// heartbeat this node sent at or after `since_ms`.
+    pub(super) fn lease_confirmed_since(&self, since_ms: u64) -> bool {
+        self.master_lease_until()
+            .is_some_and(|until| until == u64::MAX || until - self.cfg.lease_ms >= since_ms)
+    }
+
     pub(super) fn has_lease(&self, now_ms: u64) -> bool {
         self.lease_until_ms().is_some_and(|until| now_ms < until)
     }

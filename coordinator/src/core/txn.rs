@@ -52,6 +52,13 @@ pub(super) enum Phase {
     Preparing { awaiting: BTreeSet<NodeId> },
     /// Step 4: COMMIT sent to the designated successor; waiting for its ack.
     SuccessorCommit { successor: NodeId },
+    /// Step 4: the designated successor left before its ack came (at `since_ms`).
+    /// It may have applied COMMIT and, on the other side of a partition, may complete
+    /// the transaction as the next master; the master aborts it only once a majority
+    /// has confirmed its lease since then (so no majority is granting the successor
+    /// a takeover) and the successor's lease has surely run out. A master that loses
+    /// its lease first answers 'outcome unknown' and leaves the layout staged.
+    SuccessorLost { successor: NodeId, since_ms: u64 },
     /// Step 4: past the commit point, writing the disks.
     DiskWrite,
 }
@@ -70,6 +77,9 @@ pub(super) struct MasterTxn<M: ConfigModel> {
     staged: bool,
     /// The slave COMMIT went to first (fixed when it is sent).
     successor: Option<NodeId>,
+    /// When the current phase started (or a joiner was let in), for the reply
+    /// timeout of the check and prepare phases.
+    phase_since_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -379,12 +389,12 @@ impl<M: ConfigModel> Node<M> {
             let Some((origin, req)) = ms.queue.pop_front() else {
                 return;
             };
-            self.start_txn(origin, req);
+            self.start_txn(now_ms, origin, req);
         }
     }
 
     /// Steps 1 and 2: validate against the master's configuration, then send CHECK.
-    fn start_txn(&mut self, origin: Origin, req: Request<M>) {
+    fn start_txn(&mut self, now_ms: u64, origin: Origin, req: Request<M>) {
         let me = self.cfg.me;
         let change = match req {
             Request::Change(c) => c,
@@ -444,6 +454,7 @@ impl<M: ConfigModel> Node<M> {
             phase: Phase::Checking { awaiting },
             staged: false,
             successor: None,
+            phase_since_ms: now_ms,
         });
         log::info!("node {me}: transaction {id} validated");
         self.failpoint("txn.after_validate");
@@ -473,10 +484,11 @@ impl<M: ConfigModel> Node<M> {
 
     /// A joiner let in while the transaction was suspended in its check phase takes
     /// part in it from now on.
-    pub(super) fn master_include_joiner(&mut self, _now_ms: u64, node: NodeId) {
+    pub(super) fn master_include_joiner(&mut self, now_ms: u64, node: NodeId) {
         let Some(t) = self.master.as_mut().and_then(|ms| ms.txn.as_mut()) else {
             return;
         };
+        t.phase_since_ms = now_ms;
         let Phase::Checking { awaiting } = &mut t.phase else {
             unreachable!("a join never runs past the check phase");
         };
@@ -502,6 +514,7 @@ impl<M: ConfigModel> Node<M> {
                 let mut awaiting = t.participants.clone();
                 awaiting.insert(me);
                 t.phase = Phase::Preparing { awaiting };
+                t.phase_since_ms = now_ms;
                 t.staged = true;
                 let (id, participants, config) =
                     (t.id, t.participants.clone(), t.new_config.clone());
@@ -698,7 +711,10 @@ impl<M: ConfigModel> Node<M> {
         let txn = ms.txn.take();
         let queued = std::mem::take(&mut ms.queue);
         if let Some(t) = txn {
-            let past_commit = matches!(t.phase, Phase::SuccessorCommit { .. } | Phase::DiskWrite);
+            let past_commit = matches!(
+                t.phase,
+                Phase::SuccessorCommit { .. } | Phase::SuccessorLost { .. } | Phase::DiskWrite
+            );
             let error = if past_commit {
                 format!("{reason}; {OUTCOME_UNKNOWN} (the next master completes or aborts transaction {})", t.id)
             } else {
@@ -753,15 +769,73 @@ impl<M: ConfigModel> Node<M> {
             Phase::Checking { .. } | Phase::Preparing { .. } => {
                 format!("node {name}: left the cluster during the transaction; the change was not applied")
             }
-            Phase::SuccessorCommit { successor } if *successor == peer => format!(
-                "node {name}: the designated successor left the cluster before acknowledging COMMIT; the change was not applied"
-            ),
-            Phase::SuccessorCommit { .. } | Phase::DiskWrite => {
+            Phase::SuccessorCommit { successor } if *successor == peer => {
+                t.phase = Phase::SuccessorLost {
+                    successor: peer,
+                    since_ms: now_ms,
+                };
+                t.participants.remove(&peer);
+                let id = t.id;
+                let line = format!(
+                    "node {}: transaction {id}: the designated successor node {name} left before acknowledging COMMIT; it may have applied it, so the transaction is aborted only once a majority confirms this master and node {name}'s lease has run out",
+                    self.me_name()
+                );
+                self.log(log::Level::Warn, line);
+                return;
+            }
+            Phase::SuccessorCommit { .. } | Phase::SuccessorLost { .. } | Phase::DiskWrite => {
                 t.participants.remove(&peer);
                 return;
             }
         };
         t.participants.remove(&peer);
+        self.master_abort(now_ms, err);
+    }
+
+    /// Master, on every tick: a transaction whose successor was lost before its ack
+    /// is aborted once that is safe (see [`Phase::SuccessorLost`]); one whose check
+    /// or prepare answers have not all come within `reply_timeout_ms` fails.
+    pub(super) fn master_txn_timers(&mut self, now_ms: u64) {
+        let join_active = self.master.as_ref().is_some_and(|ms| ms.join.is_some());
+        let Some((phase, since)) = self
+            .master
+            .as_ref()
+            .and_then(|ms| ms.txn.as_ref())
+            .map(|t| (t.phase.clone(), t.phase_since_ms))
+        else {
+            return;
+        };
+        let late = |awaiting: &BTreeSet<NodeId>| -> Option<Vec<NodeId>> {
+            (now_ms >= since + self.cfg.reply_timeout_ms).then(|| awaiting.iter().copied().collect())
+        };
+        let (step, silent) = match &phase {
+            Phase::SuccessorLost {
+                successor,
+                since_ms,
+            } => {
+                if self.may_commit(now_ms) && self.lease_confirmed_since(*since_ms) {
+                    let err = format!(
+                        "node {}: the designated successor left the cluster before acknowledging COMMIT; the change was not applied",
+                        self.name(*successor)
+                    );
+                    self.master_abort(now_ms, err);
+                }
+                return;
+            }
+            Phase::Checking { awaiting } if !join_active => ("CHECK", late(awaiting)),
+            Phase::Preparing { awaiting } => ("PREPARE", late(awaiting)),
+            _ => return,
+        };
+        let Some(silent) = silent.filter(|s| !s.is_empty()) else {
+            return;
+        };
+        let names: Vec<String> = silent.iter().map(|&n| self.name(n)).collect();
+        let err = format!(
+            "node {}: no answer to {step} within {} ms from {}; the change was not applied",
+            self.me_name(),
+            self.cfg.reply_timeout_ms,
+            names.join(", ")
+        );
         self.master_abort(now_ms, err);
     }
 

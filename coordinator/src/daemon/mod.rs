@@ -557,6 +557,12 @@ impl Daemon {
             .lease_remaining_ms(now_ms(self.start))
             .min(self.file.cluster.lease_ms);
         let left = u32::try_from(left_ms).unwrap_or(u32::MAX);
+        if left == 0 && !self.lease_held {
+            // Nothing this process granted to revoke. A lease an earlier plexd
+            // granted runs on (the cluster waits it out): a restart inside the
+            // lease never stops I/O.
+            return;
+        }
         match self.kernel.client().renew_lease(left) {
             Ok(was_expired) => {
                 if was_expired && left > 0 {

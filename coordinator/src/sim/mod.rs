@@ -174,6 +174,9 @@ pub struct Kernel {
 
 /// Largest clock rate drift of a node, in parts per million (±5%).
 pub const MAX_DRIFT_PPM: i64 = 50_000;
+/// The cores' `reply_timeout_ms` under the simulator (its driver answers within
+/// `max_driver_delay_ms`).
+pub const SIM_REPLY_TIMEOUT_MS: u64 = 2000;
 
 /// One simulated node: its core (when up) and its driver's state.
 #[derive(Debug)]
@@ -431,6 +434,7 @@ impl Sim {
             join_retry_ms: self.cfg.join_retry_ms,
             lease_ms: self.cfg.lease_ms,
             lease_margin_ms: self.cfg.lease_margin_ms,
+            reply_timeout_ms: SIM_REPLY_TIMEOUT_MS,
             ..NodeConfig::new(id, self.node_infos())
         };
         let now = self.now_ms;
