@@ -112,7 +112,7 @@ pub fn disk_txn(txn: crate::core::TxnId) -> u64 {
 /// The inverse of [`disk_txn`].
 pub fn core_txn(disk_txn: u64) -> crate::core::TxnId {
     crate::core::TxnId {
-        view: disk_txn >> 32,
+        view: crate::ondisk::txn_epoch(disk_txn),
         n: disk_txn & 0xffff_ffff,
     }
 }

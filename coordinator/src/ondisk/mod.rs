@@ -100,6 +100,20 @@ pub enum OnDiskError {
         /// Which disk holds which transaction.
         details: String,
     },
+    /// A disk holds this shared group's configuration from a master of a newer
+    /// epoch: the writer has been replaced (the message contains
+    /// [`crate::core::NEWER_EPOCH`], on which the core's master abdicates).
+    #[error("disk group {dg}: configuration seq {seq} of epoch {epoch} refused: {details}")]
+    NewerEpoch {
+        /// Disk group name.
+        dg: String,
+        /// The sequence number being written.
+        seq: u64,
+        /// The writer's epoch.
+        epoch: u64,
+        /// Which disk holds what.
+        details: String,
+    },
     /// No disks were given.
     #[error("no disks given")]
     NoDisks,
@@ -113,6 +127,26 @@ pub enum OnDiskError {
         /// The error of each disk.
         details: String,
     },
+}
+
+/// The epoch of a transaction id: the view id of the master that wrote it (the
+/// upper 32 bits; the lower 32 count the transactions of that view).
+pub fn txn_epoch(txn_id: u64) -> u64 {
+    txn_id >> 32
+}
+
+/// A shared group's configuration `newer` (epoch, seq) supersedes `older`: it was
+/// written by a master of a newer epoch at the same or a lower seq, so `older` was
+/// written later by a master that had been replaced (a stale lineage).
+fn supersedes(newer: (u64, u64), older: (u64, u64)) -> bool {
+    txn_epoch(newer.0) > txn_epoch(older.0) && newer.1 <= older.1
+}
+
+/// Two configurations of one disk group are of one lineage of cluster masters: both
+/// shared, with the same non-empty owner (a group imported from a host or another
+/// cluster starts a new lineage, whose transaction ids are not comparable).
+fn same_lineage(a: &DiskGroupConfig, b: &DiskGroupConfig) -> bool {
+    a.id == b.id && a.shared && b.shared && !a.owner_id.is_empty() && a.owner_id == b.owner_id
 }
 
 /// Most disks [`write_config`] writes at the same time.
@@ -665,7 +699,10 @@ pub struct ReleaseExpect<'a> {
 /// write goes to the slot not holding that disk's newest configuration, then the
 /// label's disk group fields are updated if they changed. Rewriting the same seq and
 /// txn is allowed (a new master finishing a commit); an older seq, or the same seq
-/// from another transaction, is refused on that disk.
+/// from another transaction, is refused on that disk. A shared group's disk holding
+/// a configuration of a newer epoch ([`txn_epoch`]) under the same owner refuses the
+/// write, and the whole write fails with [`OnDiskError::NewerEpoch`] even when other
+/// disks took it: the writer is a replaced master.
 ///
 /// Disks are written in parallel. Returns which disks were written and which failed;
 /// an error when none was.
@@ -726,6 +763,20 @@ pub fn write_config(
             }
         }
     }
+    let newer: Vec<String> = report
+        .failed
+        .iter()
+        .filter(|(_, e)| e.to_string().contains(crate::core::NEWER_EPOCH))
+        .map(|(_, e)| e.to_string())
+        .collect();
+    if !newer.is_empty() {
+        return Err(OnDiskError::NewerEpoch {
+            dg: config.name.clone(),
+            seq: config.seq,
+            epoch: txn_epoch(txn_id),
+            details: newer.join("; "),
+        });
+    }
     if report.written.is_empty() {
         let details = report
             .failed
@@ -778,10 +829,37 @@ fn write_one(
             label.max_payload_bytes()
         )));
     }
-    let statuses: Vec<SlotStatus> = (0..2).map(|i| device.read_slot(&label, i).0).collect();
+    let slots: Vec<_> = (0..2).map(|i| device.read_slot(&label, i)).collect();
+    if let Some((header, _)) = slots
+        .iter()
+        .filter_map(|(_, found)| found.as_ref())
+        .filter(|(h, c)| same_lineage(c, config) && txn_epoch(h.txn_id) > txn_epoch(txn_id))
+        .max_by_key(|(h, _)| (txn_epoch(h.txn_id), h.seq))
+    {
+        return Err(device.refused(format!(
+            "holds configuration seq {} of disk group {} written in epoch {} by a master of a {} than this write's epoch {}",
+            header.seq,
+            config.name,
+            txn_epoch(header.txn_id),
+            crate::core::NEWER_EPOCH,
+            txn_epoch(txn_id)
+        )));
+    }
+    // A slot this write supersedes (a replaced master's stale lineage, see
+    // [`supersedes`]) is no configuration to keep or to be refused by.
+    let superseded: Vec<bool> = slots
+        .iter()
+        .map(|(_, found)| {
+            found.as_ref().is_some_and(|(h, c)| {
+                same_lineage(c, config) && supersedes((txn_id, config.seq), (h.txn_id, h.seq))
+            })
+        })
+        .collect();
+    let statuses: Vec<SlotStatus> = slots.into_iter().map(|(status, _)| status).collect();
     let newest = statuses
         .iter()
         .enumerate()
+        .filter(|(i, _)| !superseded[*i])
         .filter_map(|(i, status)| match status {
             SlotStatus::Valid { seq, txn_id, dg_id } if *dg_id == config.id => {
                 Some((i, *seq, *txn_id))
@@ -886,6 +964,18 @@ pub fn read_config_of(paths: &[PathBuf], dg_id: Option<&str>) -> Result<ConfigRe
         }
         reports.push(report);
     }
+    // A configuration a replaced master wrote after a newer master's is not the
+    // group's: drop it (see [`supersedes`]).
+    let stale: Vec<bool> = candidates
+        .iter()
+        .map(|(seq, txn, c, _)| {
+            candidates.iter().any(|(s2, t2, c2, _)| {
+                same_lineage(c, c2) && supersedes((*t2, *s2), (*txn, *seq))
+            })
+        })
+        .collect();
+    let mut stale = stale.into_iter();
+    candidates.retain(|_| !stale.next().unwrap_or(false));
     let Some(best) = candidates
         .iter()
         .max_by_key(|(seq, _, _, index)| (*seq, std::cmp::Reverse(*index)))

@@ -588,3 +588,37 @@ fn release_refuses_a_disk_that_now_holds_another_disk_or_group() {
     };
     assert_eq!(release_disk(&paths[0], &same).unwrap().disk_group, None);
 }
+
+/// A transaction id of epoch (master's view) `epoch`, number `n` in it.
+fn txn(epoch: u64, n: u64) -> u64 {
+    (epoch << 32) | n
+}
+
+#[test]
+fn a_replaced_master_cannot_write_over_a_newer_epoch_and_readers_drop_its_stale_lineage() {
+    let dir = TempDir::new();
+    let (paths, c1) = group(&dir, 2);
+    write_config(&paths, &c1.disk_groups[0], txn(3, 1)).unwrap();
+    // The new master (epoch 5) commits seq 2, reaching the first disk only.
+    let new2 = next(&c1, "new");
+    write_config(&paths[..1], &new2.disk_groups[0], txn(5, 1)).unwrap();
+    // The replaced master (epoch 3) writes its own seq 2: the first disk refuses it
+    // and the whole write fails naming the newer epoch, although the second disk
+    // took it.
+    let old2 = next(&c1, "old");
+    let err = write_config(&paths, &old2.disk_groups[0], txn(3, 2)).unwrap_err();
+    assert!(matches!(err, OnDiskError::NewerEpoch { .. }), "{err}");
+    assert!(err.to_string().contains(crate::core::NEWER_EPOCH), "{err}");
+    // It goes on to seq 3 on the second disk only, which knows no newer epoch.
+    let old3 = next(&old2, "old3");
+    write_config(&paths[1..], &old3.disk_groups[0], txn(3, 3)).unwrap();
+    // Readers take the newer epoch's seq 2 over the stale lineage's seq 3.
+    let read = read_config(&paths).unwrap();
+    assert_eq!(read.config, new2.disk_groups[0]);
+    assert_eq!(read.txn_id, txn(5, 1));
+    // The new master's next write brings the second disk back into its lineage.
+    let new3 = next(&new2, "new3");
+    let report = write_config(&paths, &new3.disk_groups[0], txn(5, 2)).unwrap();
+    assert!(report.all_ok(), "{:?}", report.failed);
+    assert_eq!(read_config(&paths).unwrap().config, new3.disk_groups[0]);
+}
