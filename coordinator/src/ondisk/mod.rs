@@ -969,9 +969,9 @@ pub fn read_config_of(paths: &[PathBuf], dg_id: Option<&str>) -> Result<ConfigRe
     let stale: Vec<bool> = candidates
         .iter()
         .map(|(seq, txn, c, _)| {
-            candidates.iter().any(|(s2, t2, c2, _)| {
-                same_lineage(c, c2) && supersedes((*t2, *s2), (*txn, *seq))
-            })
+            candidates
+                .iter()
+                .any(|(s2, t2, c2, _)| same_lineage(c, c2) && supersedes((*t2, *s2), (*txn, *seq)))
         })
         .collect();
     let mut stale = stale.into_iter();
