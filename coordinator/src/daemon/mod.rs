@@ -565,10 +565,15 @@ impl Daemon {
         }
         match self.kernel.client().renew_lease(left) {
             Ok(was_expired) => {
-                if was_expired && left > 0 {
+                if left > 0 && (was_expired || !self.lease_held) {
                     log::info!(
-                        "node {}: data-plane lease granted again ({left} ms): shared volumes served",
-                        self.name
+                        "node {}: data-plane lease granted ({left} ms{}): shared volumes served",
+                        self.name,
+                        if was_expired {
+                            ", after it had run out"
+                        } else {
+                            ""
+                        }
                     );
                 }
                 if left == 0 && self.lease_held {

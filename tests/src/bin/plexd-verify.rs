@@ -8,8 +8,10 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use plexd_proto::size::parse_size;
 use plexd_target::api::KernelClient;
 use plexd_tests::Pattern;
 
@@ -42,22 +44,15 @@ struct Args {
     /// Which pattern.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-}
-
-fn parse_size(s: &str) -> Result<u64, String> {
-    let (num, mult) = match s.chars().last() {
-        Some('K' | 'k') => (&s[..s.len() - 1], 1u64 << 10),
-        Some('M' | 'm') => (&s[..s.len() - 1], 1 << 20),
-        Some('G' | 'g') => (&s[..s.len() - 1], 1 << 30),
-        _ => (s, 1),
-    };
-    num.parse::<u64>()
-        .map(|n| n * mult)
-        .map_err(|_| format!("--len {s}: not a size (e.g. 4M)"))
+    /// Wait up to this many seconds while the node's data plane is fenced (errno
+    /// 108: no data-plane lease yet, e.g. just after the node joined), as a
+    /// multipath host retries a path that answers NOT READY. 0: fail at once.
+    #[arg(long, default_value_t = 0)]
+    wait_served: u64,
 }
 
 fn run(args: &Args) -> Result<String, String> {
-    let len = parse_size(&args.len)?;
+    let len = parse_size(&args.len).map_err(|e| format!("--len: {e}"))?;
     if len == 0 || len & 511 != 0 || args.offset & 511 != 0 {
         return Err("--offset and --len must be multiples of 512 (and --len > 0)".into());
     }
@@ -68,9 +63,10 @@ fn run(args: &Args) -> Result<String, String> {
         len_bytes: len,
         seed: args.seed,
     };
+    let fenced_for = Duration::from_secs(args.wait_served);
     match args.mode {
-        Mode::Write => p.write(&k).map(|_| "written"),
-        Mode::Verify => p.verify(&k).map(|_| "verified"),
+        Mode::Write => p.write_served(&k, fenced_for).map(|_| "written"),
+        Mode::Verify => p.verify_served(&k, fenced_for).map(|_| "verified"),
     }
     .map(|what| {
         format!(
