@@ -222,6 +222,28 @@ struct IscsiLun {
   bdev @1 :Text;          # a bdev or volume of this target
   deviceId @2 :Text;      # the identity of VPD 80h/83h; empty = the bdev name
   readOnly @3 :Bool;
+  alua @4 :Alua;          # absent: one group 1, relative port 1, active/optimized
+}
+
+# ALUA (docs/ISCSI.md, "ALUA"): the target port groups of the device a LUN is a path to.
+struct Alua {
+  localGroup @0 :UInt16;           # this target's port group
+  relativePort @1 :UInt16;         # this target's port (relative target port id)
+  groups @2 :List(AluaPortGroup);  # every group, this one included (at most 64)
+}
+
+struct AluaPortGroup {
+  id @0 :UInt16;
+  state @1 :AluaState;
+  ports @2 :List(UInt16);          # relative target port ids (at most 16)
+}
+
+enum AluaState {
+  activeOptimized @0;
+  activeNonOptimized @1;
+  standby @2;
+  unavailable @3;
+  transitioning @4;
 }
 
 # CHAP secrets are write-only: every answer leaves `secret` and `mutualSecret` empty and
@@ -331,4 +353,7 @@ interface Kernel {
   renewLease @31 (leaseMs :UInt32) -> (error :Error, wasExpired :Bool);
   # remainingMs: 0 unless valid. expiries: how often the lease ran out or was revoked.
   leaseStatus @32 () -> (error :Error, state :LeaseState, remainingMs :UInt64, expiries :UInt64);
+  # Replaces a LUN's ALUA view (its groups and their states); a LUN fenced by the lease
+  # reports its own group unavailable whatever was set.
+  iscsiSetAlua @33 (iqn :Text, lun :UInt64, alua :Alua) -> (error :Error);
 }

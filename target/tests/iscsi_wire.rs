@@ -12,6 +12,7 @@ use std::time::Duration;
 use plexd_target::bdev::malloc::MallocBdev;
 use plexd_target::bdev::uring::{UringBdev, UringOpts};
 use plexd_target::bdev::Bdev;
+use plexd_target::frontend::iscsi::alua::{self, Alua, AluaState, PortGroup};
 use plexd_target::frontend::iscsi::chap;
 use plexd_target::frontend::iscsi::pdu::{self, op, Bhs, Digests, BHS_LEN, RESERVED_TAG};
 use plexd_target::frontend::iscsi::{
@@ -793,6 +794,96 @@ fn a_fenced_shared_volume_answers_not_ready_target_port_unavailable() {
     let r = ini.read10(8, 8);
     assert_eq!(r.status, 0);
     assert!(r.data == a, "the data written before the expiry, untouched");
+    ini.logout();
+}
+
+fn rtpg(ini: &mut Ini) -> Vec<(u16, u8, Vec<u16>)> {
+    let r = ini.scsi(&[0xa3, 0x0a, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0], None, 1024);
+    assert_eq!(
+        r.status, 0,
+        "REPORT TARGET PORT GROUPS: sense {:?} {:?}",
+        r.sense_key, r.asc
+    );
+    let len = u32::from_be_bytes(r.data[0..4].try_into().unwrap()) as usize;
+    assert_eq!(len, r.data.len() - 4);
+    let mut at = 4;
+    let mut out = Vec::new();
+    while at < r.data.len() {
+        let d = alua::descriptor_at(&r.data, at).expect("a whole descriptor");
+        at += 8 + 4 * d.2.len();
+        out.push(d);
+    }
+    out
+}
+
+#[test]
+fn alua_reports_the_coordinators_groups_and_a_fenced_port_as_unavailable() {
+    use plexd_target::volume::{PlexKind, PlexSpec, PlexState, SubdiskSpec, VolumeSpec};
+    let size = 16u64 << 20;
+    let t = start_target(size);
+    t.create_volume(&VolumeSpec {
+        name: "sv".into(),
+        size_bytes: size,
+        plexes: vec![PlexSpec {
+            name: "sv-01".into(),
+            kind: PlexKind::Concat,
+            columns: vec![vec![SubdiskSpec {
+                bdev: "m0".into(),
+                offset_bytes: 0,
+                len_bytes: size,
+            }]],
+            state: PlexState::Active,
+        }],
+        read_policy: Default::default(),
+        shared: true,
+    })
+    .unwrap();
+    t.renew_lease(60_000).unwrap();
+    let mut cfg = config(None, None);
+    cfg.targets[0].luns[0].bdev = "sv".into();
+    let mut fe = IscsiFrontend::start(&t, &cfg).unwrap();
+    let mut ini = Ini::connect(fe.portal().port());
+    assert_eq!(ini.login(true), 0);
+    ini.clear_ua(0);
+    // A target on its own: one group, this port, active/optimized; TPGS = implicit.
+    assert_eq!(rtpg(&mut ini), [(1, 0x0, vec![1])]);
+    let std = ini.scsi(&[0x12, 0, 0, 0, 96, 0], None, 96);
+    assert_eq!(std.data[5] & 0x30, 0x10);
+    // The coordinator says: node 1 is the master (optimized), this is node 2.
+    let view = Alua {
+        local_group: 2,
+        relative_port: 2,
+        groups: vec![
+            PortGroup {
+                id: 1,
+                state: AluaState::ActiveOptimized,
+                ports: vec![1],
+            },
+            PortGroup {
+                id: 2,
+                state: AluaState::ActiveNonOptimized,
+                ports: vec![2],
+            },
+        ],
+    };
+    fe.set_alua(IQN, 0, &view).unwrap();
+    assert_eq!(rtpg(&mut ini), [(1, 0x0, vec![1]), (2, 0x1, vec![2])]);
+    let p83 = ini.scsi(&[0x12, 1, 0x83, 1, 0, 0], None, 256);
+    assert_eq!(
+        &p83.data[p83.data.len() - 16..],
+        &alua::port_designators(&view)[..]
+    );
+    // Fenced (the lease revoked or run out): this port's group is unavailable.
+    t.renew_lease(0).unwrap();
+    assert_eq!(rtpg(&mut ini), [(1, 0x0, vec![1]), (2, 0x3, vec![2])]);
+    t.renew_lease(60_000).unwrap();
+    assert_eq!(rtpg(&mut ini), [(1, 0x0, vec![1]), (2, 0x1, vec![2])]);
+    // A malformed view is refused, naming the LUN; the old one stays.
+    let mut bad = view.clone();
+    bad.local_group = 9;
+    let e = fe.set_alua(IQN, 0, &bad).unwrap_err().to_string();
+    assert!(e.contains("lun 0") && e.contains("local group 9"), "{e}");
+    assert_eq!(rtpg(&mut ini).len(), 2);
     ini.logout();
 }
 

@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use plexd_target::api::KernelClient;
+use plexd_target::frontend::iscsi::alua::{Alua, AluaState, PortGroup};
 use plexd_target::frontend::iscsi::{LunConfig, TargetNodeConfig};
 
 use super::kernel::volume_bdev;
@@ -105,9 +106,97 @@ fn target_of(iqn: &str, spec: &ExportSpec) -> TargetNodeConfig {
             bdev: spec.bdev.clone(),
             device_id: Some(spec.device_id.clone()),
             read_only: false,
+            // Set apart (sync_alua): it follows the view, not the configuration.
+            alua: None,
         }],
         ..TargetNodeConfig::default()
     }
+}
+
+/// The nodes of a cluster as ALUA sees them: (node id, name) of every configured
+/// node, and the view (master, members) this node holds, if any.
+pub struct AluaView<'a> {
+    /// Every configured node: (id, name).
+    pub nodes: &'a [(u32, String)],
+    /// This node's id.
+    pub me: u32,
+    /// The master and the members of this node's view; None outside a view.
+    pub view: Option<(u32, &'a [u32])>,
+}
+
+/// The ALUA view of `export` as node `view.me` reports it: one target port group per
+/// serving node (group id = relative port id = node id); the master is
+/// active/optimized (or, when it does not serve the export, the serving member with
+/// the lowest id), the other members active/non-optimized, nodes outside the view
+/// unavailable. A node outside any view reports every group but its own unavailable
+/// and its own by the lease (its target makes it unavailable once fenced).
+pub fn alua_of(export: &Export, v: &AluaView<'_>) -> Option<Alua> {
+    let serving: Vec<u32> = v
+        .nodes
+        .iter()
+        .filter(|(_, name)| serves(export, name))
+        .map(|(id, _)| *id)
+        .collect();
+    let me = u16::try_from(v.me).ok()?;
+    if !serving.contains(&v.me) || serving.iter().any(|&id| u16::try_from(id).is_err()) {
+        return None;
+    }
+    let optimized = v.view.and_then(|(master, members)| {
+        if serving.contains(&master) {
+            Some(master)
+        } else {
+            serving
+                .iter()
+                .copied()
+                .filter(|id| members.contains(id))
+                .min()
+        }
+    });
+    let groups = serving
+        .iter()
+        .map(|&id| {
+            let state = match v.view {
+                _ if Some(id) == optimized => AluaState::ActiveOptimized,
+                Some((_, members)) if members.contains(&id) => AluaState::ActiveNonOptimized,
+                None if id == v.me => AluaState::ActiveNonOptimized,
+                _ => AluaState::Unavailable,
+            };
+            PortGroup {
+                id: id as u16,
+                state,
+                ports: vec![id as u16],
+            }
+        })
+        .collect();
+    Some(Alua {
+        local_group: me,
+        relative_port: me,
+        groups,
+    })
+}
+
+/// Gives each served export's LUN the ALUA view `alua_by_iqn` holds for it. Returns
+/// the errors, each naming the target.
+pub fn sync_alua(k: &KernelClient, alua_by_iqn: &BTreeMap<String, Alua>) -> Vec<String> {
+    let targets = match k.iscsi_targets() {
+        Ok(t) => t,
+        Err(e) => return vec![format!("iscsi targets: {e}")],
+    };
+    let mut errors = Vec::new();
+    for t in targets.iter().filter(|t| managed(t)) {
+        let Some(want) = alua_by_iqn.get(&t.iqn) else {
+            continue;
+        };
+        for l in t.luns.iter().filter(|l| l.alua.as_ref() != Some(want)) {
+            if let Err(e) = k.iscsi_set_alua(&t.iqn, l.lun, want) {
+                errors.push(format!(
+                    "iscsi target {} lun {}: set ALUA: {e}",
+                    t.iqn, l.lun
+                ));
+            }
+        }
+    }
+    errors
 }
 
 fn managed(t: &TargetNodeConfig) -> bool {
@@ -127,7 +216,11 @@ pub fn remove_stale(k: &KernelClient, desired: &BTreeMap<String, ExportSpec>) ->
     for t in targets.iter().filter(|t| managed(t)) {
         let keep = desired.get(&t.iqn).is_some_and(|spec| {
             let want = target_of(&t.iqn, spec);
-            want.luns == t.luns && want.alias == t.alias
+            let mut have = t.luns.clone();
+            for l in &mut have {
+                l.alua = None;
+            }
+            want.luns == have && want.alias == t.alias
         });
         if !keep {
             match k.iscsi_remove_target(&t.iqn) {
@@ -296,6 +389,57 @@ mod tests {
             })
             .unwrap();
         c.disk_groups
+    }
+
+    fn export(nodes: &[&str]) -> Export {
+        Export {
+            protocol: ExportProtocol::Iscsi,
+            iqn: default_iqn("c", "dg1", "vol1"),
+            nodes: nodes.iter().map(|n| n.to_string()).collect(),
+            portal: String::new(),
+        }
+    }
+
+    fn states(a: &Alua) -> Vec<(u16, AluaState)> {
+        a.groups.iter().map(|g| (g.id, g.state)).collect()
+    }
+
+    #[test]
+    fn alua_prefers_the_master_and_marks_nodes_outside_the_view_unavailable() {
+        use AluaState::*;
+        let nodes: Vec<(u32, String)> = vec![(1, "a".into()), (2, "b".into()), (3, "c".into())];
+        let view = |me, master, members: &'static [u32]| AluaView {
+            nodes: &nodes,
+            me,
+            view: Some((master, members)),
+        };
+        let a = alua_of(&export(&[]), &view(2, 1, &[1, 2])).unwrap();
+        assert_eq!((a.local_group, a.relative_port), (2, 2));
+        assert!(a.validate().is_ok());
+        assert_eq!(
+            states(&a),
+            [
+                (1, ActiveOptimized),
+                (2, ActiveNonOptimized),
+                (3, Unavailable)
+            ]
+        );
+        // The master does not serve it: the lowest serving member is preferred.
+        let a = alua_of(&export(&["b", "c"]), &view(3, 1, &[1, 2, 3])).unwrap();
+        assert_eq!(states(&a), [(2, ActiveOptimized), (3, ActiveNonOptimized)]);
+        // A node that does not serve the export reports nothing.
+        assert!(alua_of(&export(&["b"]), &view(3, 1, &[1, 2, 3])).is_none());
+        // Outside any view: the others unavailable, its own left to the lease.
+        let out = AluaView {
+            nodes: &nodes,
+            me: 3,
+            view: None,
+        };
+        let a = alua_of(&export(&[]), &out).unwrap();
+        assert_eq!(
+            states(&a),
+            [(1, Unavailable), (2, Unavailable), (3, ActiveNonOptimized)]
+        );
     }
 
     #[test]

@@ -33,6 +33,7 @@ use super::convert::*;
 use super::service::{BdevRequest, Injection, IoResult, TargetInfo};
 use super::{ApiError, ErrorCode};
 use crate::bdev::{BdevInfo, IoKind};
+use crate::frontend::iscsi::alua::Alua;
 use crate::frontend::iscsi::{ChapConfig, LunConfig, SessionInfo, TargetNodeConfig};
 use crate::lease::LeaseStatus;
 use crate::target::{DetachPolicy, Event, EVENT_QUEUE_DEPTH};
@@ -715,6 +716,22 @@ impl KernelClient {
                 let mut rq = kc.iscsi_remove_lun_request();
                 rq.get().set_iqn(iqn.as_str());
                 rq.get().set_lun(lun);
+                let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
+                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
+                check(&path, r.has_error(), || read_error(r.get_error()?))
+            })
+        })
+    }
+
+    /// Replaces the ALUA view (port groups and states) of LUN `lun` of target `iqn`.
+    pub fn iscsi_set_alua(&self, iqn: &str, lun: u64, alua: &Alua) -> Result<(), ClientError> {
+        let (iqn, alua) = (iqn.to_string(), alua.clone());
+        self.call("iscsiSetAlua", self.call_timeout, move |kc, path| {
+            Box::pin(async move {
+                let mut rq = kc.iscsi_set_alua_request();
+                rq.get().set_iqn(iqn.as_str());
+                rq.get().set_lun(lun);
+                set_alua(rq.get().init_alua(), &alua);
                 let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
                 let r = resp.get().map_err(|e| rpc_err(&path, e))?;
                 check(&path, r.has_error(), || read_error(r.get_error()?))

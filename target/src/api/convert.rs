@@ -10,6 +10,9 @@ use super::service::{BdevKind, BdevRequest, Injection, TargetInfo};
 use super::{ApiError, ErrorCode};
 use crate::bdev::error::FailOn;
 use crate::bdev::{BdevInfo, IoKind};
+use crate::frontend::iscsi::alua::{
+    Alua, AluaState, PortGroup, MAX_PORTS_PER_GROUP, MAX_PORT_GROUPS,
+};
 use crate::frontend::iscsi::{ChapConfig, LunConfig, SessionInfo, TargetNodeConfig};
 use crate::lease::LeaseState;
 use crate::reactor::PollMode;
@@ -527,6 +530,9 @@ pub(crate) fn set_iscsi_lun(mut b: k::iscsi_lun::Builder<'_>, l: &LunConfig) {
     b.set_bdev(l.bdev.as_str());
     b.set_device_id(l.device_id.as_deref().unwrap_or(""));
     b.set_read_only(l.read_only);
+    if let Some(a) = &l.alua {
+        set_alua(b.init_alua(), a);
+    }
 }
 
 pub(crate) fn read_iscsi_lun(r: k::iscsi_lun::Reader<'_>) -> Result<LunConfig> {
@@ -536,6 +542,83 @@ pub(crate) fn read_iscsi_lun(r: k::iscsi_lun::Reader<'_>) -> Result<LunConfig> {
         bdev: r.get_bdev()?.to_string()?,
         device_id: (!device_id.is_empty()).then_some(device_id),
         read_only: r.get_read_only(),
+        alua: if r.has_alua() {
+            Some(read_alua(r.get_alua()?)?)
+        } else {
+            None
+        },
+    })
+}
+
+fn alua_state_to(s: AluaState) -> k::AluaState {
+    match s {
+        AluaState::ActiveOptimized => k::AluaState::ActiveOptimized,
+        AluaState::ActiveNonOptimized => k::AluaState::ActiveNonOptimized,
+        AluaState::Standby => k::AluaState::Standby,
+        AluaState::Unavailable => k::AluaState::Unavailable,
+        AluaState::Transitioning => k::AluaState::Transitioning,
+    }
+}
+
+fn alua_state_from(s: k::AluaState) -> AluaState {
+    match s {
+        k::AluaState::ActiveOptimized => AluaState::ActiveOptimized,
+        k::AluaState::ActiveNonOptimized => AluaState::ActiveNonOptimized,
+        k::AluaState::Standby => AluaState::Standby,
+        k::AluaState::Unavailable => AluaState::Unavailable,
+        k::AluaState::Transitioning => AluaState::Transitioning,
+    }
+}
+
+pub(crate) fn set_alua(mut b: k::alua::Builder<'_>, a: &Alua) {
+    b.set_local_group(a.local_group);
+    b.set_relative_port(a.relative_port);
+    let mut groups = b.init_groups(a.groups.len() as u32);
+    for (i, g) in a.groups.iter().enumerate() {
+        let mut gb = groups.reborrow().get(i as u32);
+        gb.set_id(g.id);
+        gb.set_state(alua_state_to(g.state));
+        let mut ports = gb.init_ports(g.ports.len() as u32);
+        for (j, p) in g.ports.iter().enumerate() {
+            ports.set(j as u32, *p);
+        }
+    }
+}
+
+/// Reads an ALUA view; more groups or ports than the frontend allows are an error
+/// (the frontend's validation names the limits).
+pub(crate) fn read_alua(r: k::alua::Reader<'_>) -> Result<Alua> {
+    let groups = r.get_groups()?;
+    if groups.len() as usize > MAX_PORT_GROUPS {
+        return Err(capnp::Error::failed(format!(
+            "alua: {} port groups, at most {MAX_PORT_GROUPS}",
+            groups.len()
+        )));
+    }
+    let mut out = Vec::with_capacity(groups.len() as usize);
+    for g in groups.iter() {
+        let ports = g.get_ports()?;
+        if ports.len() as usize > MAX_PORTS_PER_GROUP {
+            return Err(capnp::Error::failed(format!(
+                "alua: port group {} has {} ports, at most {MAX_PORTS_PER_GROUP}",
+                g.get_id(),
+                ports.len()
+            )));
+        }
+        let state = g
+            .get_state()
+            .map(alua_state_from)
+            .map_err(|e| capnp::Error::failed(format!("alua: unknown state {e}")))?;
+        out.push(PortGroup {
+            id: g.get_id(),
+            state,
+            ports: ports.iter().collect(),
+        });
+    }
+    Ok(Alua {
+        local_group: r.get_local_group(),
+        relative_port: r.get_relative_port(),
+        groups: out,
     })
 }
 
@@ -756,6 +839,22 @@ mod tests {
                 bdev: "vol0".into(),
                 device_id: Some("uuid".into()),
                 read_only: true,
+                alua: Some(Alua {
+                    local_group: 2,
+                    relative_port: 2,
+                    groups: vec![
+                        PortGroup {
+                            id: 1,
+                            state: AluaState::ActiveOptimized,
+                            ports: vec![1],
+                        },
+                        PortGroup {
+                            id: 2,
+                            state: AluaState::Transitioning,
+                            ports: vec![2],
+                        },
+                    ],
+                }),
             }],
             allow: vec!["iqn.a".into()],
             deny: vec!["iqn.b".into()],

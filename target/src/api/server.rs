@@ -694,6 +694,23 @@ impl k::kernel::Server for KernelImpl {
         Ok(())
     }
 
+    async fn iscsi_set_alua(
+        self: Rc<Self>,
+        params: k::kernel::IscsiSetAluaParams,
+        mut results: k::kernel::IscsiSetAluaResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get()?;
+        let iqn = text(p.get_iqn())?;
+        let lun = p.get_lun();
+        let alua = read_alua(p.get_alua()?)?;
+        if let Err(e) =
+            blocking_api(&self.service, move |s| s.iscsi_set_alua(&iqn, lun, &alua)).await
+        {
+            fail_api(self.conn, "iscsiSetAlua", &e, results.get().init_error());
+        }
+        Ok(())
+    }
+
     async fn iscsi_allow_initiator(
         self: Rc<Self>,
         params: k::kernel::IscsiAllowInitiatorParams,

@@ -21,6 +21,7 @@ use crate::bdev::malloc::MallocBdev;
 use crate::bdev::null::NullBdev;
 use crate::bdev::uring::{UringBdev, UringOpts};
 use crate::bdev::{Bdev, BdevInfo, IoKind, IoStatus};
+use crate::frontend::iscsi::alua::Alua;
 use crate::frontend::iscsi::{
     lun_obj, ChapConfig, IscsiConfig, IscsiFrontend, LunConfig, SessionInfo, TargetNodeConfig,
 };
@@ -410,6 +411,15 @@ impl KernelService {
             false,
             || Err(target_not_found(iqn)),
             |fe| Ok(fe.remove_lun(iqn, lun)?),
+        )
+    }
+
+    /// Replaces the ALUA view of a LUN.
+    pub fn iscsi_set_alua(&self, iqn: &str, lun: u64, alua: &Alua) -> Result<(), ApiError> {
+        self.with_iscsi(
+            false,
+            || Err(target_not_found(iqn)),
+            |fe| Ok(fe.set_alua(iqn, lun, alua)?),
         )
     }
 

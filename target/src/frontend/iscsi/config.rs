@@ -100,6 +100,10 @@ pub struct LunConfig {
     /// Reject writes with DATA PROTECT / WRITE PROTECTED.
     #[serde(default)]
     pub read_only: bool,
+    /// ALUA target port groups of the device and this port's group (docs/ISCSI.md,
+    /// "ALUA"); absent: one group 1 with this port (relative port 1), active/optimized.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alua: Option<super::alua::Alua>,
 }
 
 /// CHAP secrets of a target (or of discovery).

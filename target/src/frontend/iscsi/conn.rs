@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 
 use io_uring::{opcode, types};
 
+use super::alua::AluaState;
 use super::login::{self, Login, LoginReq, SessionType};
 use super::pdu::{self, field, op, Bhs, Digests, Parsed, BHS_LEN, RESERVED_TAG};
 use super::portal::Listener;
@@ -1450,11 +1451,23 @@ impl Conn {
         } else {
             &mut scratch
         };
-        // MODE SENSE reads the write cache fresh (a volume's follows its layout).
+        // MODE SENSE reads the write cache fresh (a volume's follows its layout);
+        // INQUIRY and REPORT TARGET PORT GROUPS the ALUA view, with this port's
+        // group unavailable while the LUN is fenced on this reactor.
         let fresh;
+        let alua_report = cdb[0] == 0x12 || (cdb[0] == 0xa3 && cdb[1] & 0x1f == 0x0a);
         let info = match &lun {
-            Some(l) if matches!(cdb[0], 0x1a | 0x5a) => {
-                fresh = l.info_now();
+            Some(l) if matches!(cdb[0], 0x1a | 0x5a) || alua_report => {
+                let mut f = l.info_now();
+                if alua_report
+                    && self
+                        .reactor
+                        .channel(&l.bdev)
+                        .is_ok_and(|ch| ch.unavailable())
+                {
+                    f.alua = f.alua.with_local_state(AluaState::Unavailable);
+                }
+                fresh = f;
                 Some(&fresh)
             }
             Some(l) => Some(&l.info),

@@ -19,6 +19,7 @@
 //! target table, persistent reservations, session list) sits behind mutexes that
 //! the I/O path takes only for reservation checks while a reservation exists.
 
+pub mod alua;
 pub mod chap;
 pub mod config;
 mod conn;
@@ -71,6 +72,9 @@ pub struct LunRt {
     /// Bumped by LUN and target resets; a nexus that saw an older value gets a
     /// unit attention on its next command.
     ua_epoch: AtomicU64,
+    /// The ALUA view, changed at run time by the coordinator ([`IscsiFrontend::set_alua`]);
+    /// read by INQUIRY and REPORT TARGET PORT GROUPS only, never on the I/O path.
+    alua: Mutex<alua::Alua>,
 }
 
 impl LunRt {
@@ -79,6 +83,7 @@ impl LunRt {
     pub fn info_now(&self) -> LunInfo {
         LunInfo {
             write_cache: self.bdev.volatile_write_cache(),
+            alua: self.alua.lock().unwrap_or_else(|p| p.into_inner()).clone(),
             ..self.info.clone()
         }
     }
@@ -510,6 +515,9 @@ impl IscsiFrontend {
             None => PrState::default(),
         };
         let active = pr.any();
+        let alua = l.alua.clone().unwrap_or_default();
+        alua.validate()
+            .map_err(|e| TargetError::invalid(lun_obj(iqn, l.lun), e))?;
         Ok(Arc::new(LunRt {
             info: LunInfo {
                 lun: l.lun,
@@ -518,7 +526,9 @@ impl IscsiFrontend {
                 read_only: l.read_only,
                 ident: Identity::from_device_id(&device_id),
                 write_cache: bdev.volatile_write_cache(),
+                alua: alua.clone(),
             },
+            alua: Mutex::new(alua),
             bdev,
             pr: Mutex::new(pr),
             pr_active: AtomicBool::new(active),
@@ -644,6 +654,35 @@ impl IscsiFrontend {
             lun.bdev
         );
         Ok(())
+    }
+
+    /// Replaces the ALUA view of a LUN (its port groups and their states): hosts
+    /// see it in their next INQUIRY or REPORT TARGET PORT GROUPS. Logged when the
+    /// local group's state changes.
+    pub fn set_alua(&mut self, iqn: &str, lun: u64, alua: &alua::Alua) -> Result<(), TargetError> {
+        alua.validate()
+            .map_err(|e| TargetError::invalid(lun_obj(iqn, lun), e))?;
+        self.modify(iqn, |conf, luns| {
+            let rt = luns.get(&lun).ok_or_else(|| TargetError::NotFound {
+                kind: "lun",
+                name: format!("{lun} of {iqn}"),
+            })?;
+            let mut cur = rt.alua.lock().unwrap_or_else(|p| p.into_inner());
+            if cur.local_state() != alua.local_state() {
+                log::info!(
+                    "iscsi: {}: ALUA state of port group {} {:?} -> {:?}",
+                    lun_obj(iqn, lun),
+                    alua.local_group,
+                    cur.local_state(),
+                    alua.local_state()
+                );
+            }
+            *cur = alua.clone();
+            if let Some(c) = conf.luns.iter_mut().find(|c| c.lun == lun) {
+                c.alua = Some(alua.clone());
+            }
+            Ok(())
+        })
     }
 
     /// Unmaps a LUN; its reservations are forgotten.

@@ -4,6 +4,7 @@
 //! compares, unmaps), and the helpers here finish those ops (compare buffers,
 //! parse UNMAP and MODE SELECT parameter lists). No I/O happens in this file.
 
+use super::alua::{self, Alua};
 use super::chap::md5;
 use super::pdu::{be16, be32, be64, put16, put32, put64};
 use super::pr::Access;
@@ -73,6 +74,10 @@ pub struct LunInfo {
     /// change with its layout, so callers refresh it from the bdev before MODE
     /// SENSE and MODE SELECT.
     pub write_cache: bool,
+    /// Target port groups and this port's place in them (INQUIRY, REPORT TARGET
+    /// PORT GROUPS). Callers refresh it (states change at run time) for those
+    /// commands, with this port's own group unavailable while the LUN is fenced.
+    pub alua: Alua,
 }
 
 impl LunInfo {
@@ -489,6 +494,11 @@ static COMMANDS: &[CmdDesc] = &[
     ),
     c(
         0xa3,
+        Some(0x0a),
+        &[0xa3, 0xea, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0x07],
+    ),
+    c(
+        0xa3,
         Some(0x0c),
         &[
             0xa3, 0x0c, 0x87, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0x07,
@@ -891,6 +901,11 @@ fn decode_lun(
             b[1] &= 0x1f;
             Ok(Op::Done(Response::good(trunc(b, alloc))))
         }
+        // MAINTENANCE IN: REPORT TARGET PORT GROUPS
+        0xa3 if cdb[1] & 0x1f == 0x0a => {
+            control_ok(cdb, 12)?;
+            alua::report_target_port_groups(cdb, &info.alua).map(|b| Op::Done(Response::good(b)))
+        }
         // MAINTENANCE IN: REPORT SUPPORTED OPERATION CODES
         0xa3 if cdb[1] & 0x1f == 0x0c => report_opcodes(cdb).map(Op::Done),
         0x5e => {
@@ -1002,8 +1017,7 @@ fn inquiry(cdb: &[u8; 16], lun: Option<&LunInfo>) -> Response {
         b[2] = 0x06; // SPC-4
         b[3] = 0x12; // HiSup, response data format 2
         b[4] = (b.len() - 5) as u8;
-        b[5] = 0x08; // PROTECT=0, 3PC=0, TPGS=0; ACC=0... (bit 3: reserved in SPC-4? keep 0)
-        b[5] = 0x00;
+        b[5] = alua::TPGS_IMPLICIT; // PROTECT=0, 3PC=0, ACC=0: implicit ALUA only
         b[6] = 0x00;
         b[7] = 0x02; // CmdQue
         b[8..16].copy_from_slice(VENDOR);
@@ -1037,8 +1051,8 @@ fn inquiry(cdb: &[u8; 16], lun: Option<&LunInfo>) -> Response {
             t10.extend_from_slice(info.ident.t10.as_bytes());
             b.extend_from_slice(&[0x02, 0x01, 0x00, t10.len() as u8]);
             b.extend_from_slice(&t10);
-            // Relative target port 1, associated with the target port (iSCSI).
-            b.extend_from_slice(&[0x51, 0x14, 0x00, 4, 0, 0, 0, 1]);
+            // Relative target port and target port group (ALUA), of the target port.
+            b.extend_from_slice(&alua::port_designators(&info.alua));
         }
         0xb0 => {
             b.resize(64, 0);
@@ -1374,6 +1388,7 @@ mod tests {
             read_only: false,
             ident: Identity::from_device_id("vol0"),
             write_cache: false,
+            alua: Alua::default(),
         }
     }
 
@@ -1460,6 +1475,19 @@ mod tests {
     }
 
     #[test]
+    fn report_target_port_groups_answers_from_the_lun_view() {
+        let r = data_of(run(&[0xa3, 0x0a, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0]));
+        assert_eq!(alua::descriptor_at(&r, 4), Some((1, 0x0, vec![1])));
+        assert_eq!(
+            check_of(run(&[0xa3, 0x4a, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0])),
+            sense::INVALID_FIELD_IN_CDB
+        );
+        // Listed by REPORT SUPPORTED OPERATION CODES (one command: MAINTENANCE IN/0Ah).
+        let one = data_of(run(&[0xa3, 0x0c, 2, 0xa3, 0, 0x0a, 0, 0, 0xff, 0xff, 0, 0]));
+        assert_eq!(one[1] & 0x07, 0x03, "supported");
+    }
+
+    #[test]
     fn inquiry_pages() {
         let std = data_of(run(&[0x12, 0, 0, 0, 96, 0]));
         assert_eq!(std.len(), 96);
@@ -1481,6 +1509,10 @@ mod tests {
             sense::INVALID_FIELD_IN_CDB
         );
         assert_eq!(data_of(run(&[0x12, 0, 0, 0, 5, 0])).len(), 5);
+        // Implicit ALUA; the page names the port and its target port group.
+        assert_eq!(std[5] & 0x30, 0x10);
+        let tail = &p83[p83.len() - 16..];
+        assert_eq!(tail, &alua::port_designators(&Alua::default())[..]);
         // A LUN that does not exist answers INQUIRY with qualifier 3.
         let r = decode(
             &cdb(&[0x12, 0, 0, 0, 36, 0]),
