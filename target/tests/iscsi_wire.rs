@@ -1178,14 +1178,26 @@ fn a_mirror_flush_and_fua_writes_reach_every_plex() {
 fn a_new_session_gets_one_power_on_unit_attention_per_lun() {
     let t = start_target(16 << 20);
     let fe = IscsiFrontend::start(&t, &config(None, None)).unwrap();
-    for _session in 0..2 {
+    for session in 0..3 {
         let mut ini = Ini::connect(fe.portal().port());
         assert_eq!(ini.login_raw(false), 0);
-        // INQUIRY, REPORT LUNS and REQUEST SENSE run and leave it pending.
+        // INQUIRY, REPORT LUNS and a REQUEST SENSE it cannot answer (descriptor
+        // format) run and leave it pending.
         assert_eq!(ini.scsi(&[0x12, 0, 0, 0, 96, 0], None, 96).status, 0);
         let rl = [0xa0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0];
         assert_eq!(ini.scsi(&rl, None, 256).status, 0);
-        assert_eq!(ini.scsi(&[0x03, 0, 0, 0, 18, 0], None, 18).status, 0);
+        assert_eq!(ini.scsi(&[0x03, 1, 0, 0, 18, 0], None, 18).status, 2);
+        if session == 2 {
+            // REQUEST SENSE reports it (GOOD, the sense as data) and clears it.
+            let rs = ini.scsi(&[0x03, 0, 0, 0, 18, 0], None, 18);
+            assert_eq!(rs.status, 0);
+            assert_eq!((rs.data[2] & 0x0f, rs.data[12], rs.data[13]), (6, 0x29, 0));
+            let rs = ini.scsi(&[0x03, 0, 0, 0, 18, 0], None, 18);
+            assert_eq!((rs.data[2] & 0x0f, rs.data[12]), (0, 0), "reported once");
+            assert_eq!(ini.write10(7, &[0; BS]).status, 0);
+            ini.logout();
+            continue;
+        }
         // The first other command gets POWER ON, RESET, OR BUS DEVICE RESET
         // OCCURRED and does not run.
         let w = ini.write10(7, &[0x5a; BS]);
@@ -1205,8 +1217,8 @@ fn a_new_session_gets_one_power_on_unit_attention_per_lun() {
             .find(|x| x.isid.ends_with(&format!("{:02x}", ini.isid[5])));
         assert_eq!(
             me.map(|x| x.errors),
-            Some(0),
-            "a unit attention is no error"
+            Some(1),
+            "a unit attention is no error (the one error: the descriptor-format REQUEST SENSE)"
         );
         ini.logout();
     }

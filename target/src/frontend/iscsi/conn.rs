@@ -1435,13 +1435,16 @@ impl Conn {
             Vec::new()
         };
         let wp = lun.as_ref().is_some_and(|l| l.swp.load(Ordering::Relaxed));
+        // REQUEST SENSE in descriptor format is refused (invalid field) and must not
+        // consume the unit attention it cannot report.
+        let desc_sense = cdb[0] == 0x03 && cdb[1] & 0x01 != 0;
         let ua = match &lun {
-            Some(l) => {
+            Some(l) if !desc_sense => {
                 let epoch = l.ua_epoch.load(Ordering::Acquire);
                 let ns = st.nexus_state.entry(lun_no).or_default();
                 ns.take_unit_attention(epoch, cdb[0])
             }
-            None => false,
+            _ => false,
         };
         // State is kept only for LUNs that exist, so commands to made-up LUN
         // numbers cannot grow the map.
@@ -1473,7 +1476,9 @@ impl Conn {
             Some(l) => Some(&l.info),
             None => None,
         };
-        let mut opv = if ua {
+        let mut opv = if ua && cdb[0] == 0x03 {
+            Op::Done(scsi::request_sense(&cdb, Some(sense::RESET_OCCURRED)))
+        } else if ua {
             Op::Done(Response::check(sense::RESET_OCCURRED))
         } else {
             scsi::decode(&cdb, info, &luns, ns, wp)

@@ -557,10 +557,11 @@ impl NexusState {
     /// LUN's reset epoch; true consumes it. Pending when the nexus is new (like
     /// tgt: every nexus hears of the power on, so a host learns of a target
     /// restart and re-reads reservations and capacity) or the LUN was reset since
-    /// this nexus last heard. INQUIRY, REPORT LUNS and REQUEST SENSE run and leave
-    /// it pending (SPC-4 5.14).
+    /// this nexus last heard. INQUIRY and REPORT LUNS run and leave it pending;
+    /// REQUEST SENSE consumes it and reports it as its sense data (SPC-4 5.14,
+    /// UA_INTLCK_CTRL 00b; see [`request_sense`]).
     pub fn take_unit_attention(&mut self, lun_epoch: u64, opcode: u8) -> bool {
-        if matches!(opcode, 0x12 | 0xa0 | 0x03) || self.ua_epoch == Some(lun_epoch) {
+        if matches!(opcode, 0x12 | 0xa0) || self.ua_epoch == Some(lun_epoch) {
             return false;
         }
         self.ua_epoch = Some(lun_epoch);
@@ -583,7 +584,7 @@ pub fn decode(
     match opcode {
         0x12 => return Op::Done(inquiry(cdb, lun)),
         0xa0 => return Op::Done(report_luns(cdb, luns)),
-        0x03 => return Op::Done(request_sense(cdb)),
+        0x03 => return Op::Done(request_sense(cdb, None)),
         _ => {}
     }
     let Some(info) = lun else {
@@ -950,11 +951,16 @@ fn decode_lun(
     }
 }
 
-fn request_sense(cdb: &[u8; 16]) -> Response {
+/// REQUEST SENSE: GOOD with the pending unit attention's sense data when there is
+/// one (the caller has consumed it), else NO SENSE. Fixed format only: DESC=1 is an
+/// invalid field, and the caller leaves a unit attention pending for it.
+pub fn request_sense(cdb: &[u8; 16], pending: Option<Sense>) -> Response {
     if cdb[1] & 0x01 != 0 {
         return Response::check(sense::INVALID_FIELD_IN_CDB);
     }
-    let s = Sense::new(sense::key::NO_SENSE, 0, 0).to_fixed();
+    let s = pending
+        .unwrap_or(Sense::new(sense::key::NO_SENSE, 0, 0))
+        .to_fixed();
     Response::good(trunc(s.to_vec(), cdb[4] as usize))
 }
 
