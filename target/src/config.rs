@@ -42,8 +42,8 @@ use crate::api::{BdevKind, BdevRequest, KernelService};
 use crate::frontend::iscsi::IscsiConfig;
 use crate::reactor::{parse_cores, PollMode, ReactorConfig};
 use crate::target::TargetError;
-use crate::units::parse_size;
 use crate::volume::{PlexKind, PlexSpec, PlexState, ReadPolicy, SubdiskSpec, VolumeSpec};
+use plexd_proto::size::parse_size;
 
 /// Largest configuration file read.
 pub const MAX_CONFIG_BYTES: u64 = 4 << 20;

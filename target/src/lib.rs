@@ -6,17 +6,18 @@
 //! - [`volume`]: subdisks, plexes and volumes; quiesce and layout changes.
 //! - [`target`]: a running target: reactors + bdev registry + events.
 //! - [`lease`]: the data-plane lease that shared volumes are served under.
-//! - [`testutil`]: synchronous I/O helpers for tests and tools.
+//! - [`diag`]: synchronous bdev I/O from a control thread (diagnostic I/O, plexperf, tests).
+//! - [`testutil`]: data patterns and temporary files for tests.
 
 pub mod bdev;
 pub mod buf;
+pub mod diag;
 pub mod frontend;
 pub mod lease;
 pub mod perf;
 pub mod reactor;
 pub mod target;
 pub mod testutil;
-pub mod units;
 pub mod volume;
 
 pub use target::{Event, Target, TargetConfig, TargetError};

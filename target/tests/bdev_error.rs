@@ -9,8 +9,9 @@ use plexd_target::bdev::malloc::MallocBdev;
 use plexd_target::bdev::uring::{UringBdev, UringOpts};
 use plexd_target::bdev::{Bdev, IoKind, IoStatus};
 use plexd_target::buf::PoolConfig;
+use plexd_target::diag::{run_ios, start_ios, IoOutcome, IoReq};
 use plexd_target::reactor::ReactorConfig;
-use plexd_target::testutil::{pattern, run_ios, start_ios, IoOutcome, IoReq, TempPath};
+use plexd_target::testutil::{pattern, TempPath};
 use plexd_target::{Target, TargetConfig};
 
 const WAIT: Duration = Duration::from_secs(20);

@@ -7,8 +7,9 @@ use std::time::Duration;
 use plexd_target::bdev::uring::{UringBdev, UringOpts};
 use plexd_target::bdev::{Bdev, IoKind, IoStatus};
 use plexd_target::buf::PoolConfig;
+use plexd_target::diag::{run_ios, IoReq};
 use plexd_target::reactor::ReactorConfig;
-use plexd_target::testutil::{pattern, run_ios, IoReq, TempPath};
+use plexd_target::testutil::{pattern, TempPath};
 use plexd_target::{Target, TargetConfig};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -38,7 +39,7 @@ fn uring(t: &Target, name: &str, path: &TempPath) -> Arc<dyn Bdev> {
     t.bdev(name).unwrap()
 }
 
-fn statuses(out: &[plexd_target::testutil::IoOutcome]) -> Vec<IoStatus> {
+fn statuses(out: &[plexd_target::diag::IoOutcome]) -> Vec<IoStatus> {
     out.iter().map(|o| o.status).collect()
 }
 

@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 use plexd_target::bdev::error::{ErrorBdev, FailOn};
 use plexd_target::bdev::malloc::MallocBdev;
 use plexd_target::bdev::IoStatus;
+use plexd_target::diag::{run_ios, start_ios, IoReq};
 use plexd_target::lease::{LeaseState, FENCED_ERRNO};
 use plexd_target::reactor::ReactorConfig;
 use plexd_target::target::DetachPolicy;
-use plexd_target::testutil::{pattern, run_ios, start_ios, IoReq};
+use plexd_target::testutil::pattern;
 use plexd_target::volume::{PlexKind, PlexSpec, PlexState, ReadPolicy, SubdiskSpec, VolumeSpec};
 use plexd_target::{Event, Target, TargetConfig};
 

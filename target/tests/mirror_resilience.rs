@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use plexd_target::bdev::error::{ErrorBdev, FailOn};
 use plexd_target::bdev::malloc::MallocBdev;
 use plexd_target::bdev::IoStatus;
+use plexd_target::diag::{run_ios, IoReq};
 use plexd_target::perf::{start_job, JobConfig, Workload};
 use plexd_target::reactor::ReactorConfig;
-use plexd_target::testutil::{run_ios, IoReq};
 use plexd_target::volume::{PlexKind, PlexSpec, PlexState, ReadPolicy, SubdiskSpec, VolumeSpec};
 use plexd_target::{Event, Target, TargetConfig};
 

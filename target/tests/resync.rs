@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use plexd_target::bdev::malloc::MallocBdev;
+use plexd_target::diag::{run_ios, IoReq};
 use plexd_target::perf::{start_job, JobConfig, Workload};
 use plexd_target::reactor::ReactorConfig;
-use plexd_target::testutil::{run_ios, IoReq};
 use plexd_target::volume::{PlexKind, PlexSpec, PlexState, ReadPolicy, SubdiskSpec, VolumeSpec};
 use plexd_target::{Target, TargetConfig};
 

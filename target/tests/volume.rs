@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use plexd_target::bdev::malloc::MallocBdev;
+use plexd_target::diag::{run_ios, IoReq};
 use plexd_target::reactor::ReactorConfig;
-use plexd_target::testutil::{run_ios, IoReq};
 use plexd_target::volume::{PlexKind, PlexSpec, PlexState, ReadPolicy, SubdiskSpec, VolumeSpec};
 use plexd_target::{Target, TargetConfig};
 
@@ -340,7 +340,7 @@ fn a_channel_created_during_a_quiesce_inherits_the_closed_gate() {
     t.quiesce("v", Duration::from_secs(5)).unwrap();
     // Reactor 1's first I/O creates its channel now, in the middle of the quiesce.
     let data = pattern(2, 8192, 4096);
-    let pending = plexd_target::testutil::start_ios(
+    let pending = plexd_target::diag::start_ios(
         &t.reactors().handles()[1],
         &t.bdev("v").unwrap(),
         vec![IoReq::write(8192, data.clone())],

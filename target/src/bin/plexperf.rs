@@ -18,7 +18,10 @@ use plexd_target::bdev::null::NullBdev;
 use plexd_target::bdev::uring::UringBdev;
 use plexd_target::perf::{start_job, JobConfig, Workload};
 use plexd_target::reactor::{parse_cores, thread_cpu_ns, PollMode, ReactorConfig};
-use plexd_target::units::parse_size;
+/// A size as people type it (the project's one size parser), errors as text.
+fn parse_size(s: &str) -> Result<u64, String> {
+    plexd_proto::size::parse_size(s).map_err(|e| e.to_string())
+}
 use plexd_target::volume::{PlexKind, PlexSpec, PlexState, ReadPolicy, SubdiskSpec, VolumeSpec};
 use plexd_target::{Target, TargetConfig};
 

@@ -20,8 +20,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::spec::{Layout, Plex, PlexState};
+use crate::diag::{run_ios, IoReq};
 use crate::target::{Target, TargetError};
-use crate::testutil::{run_ios, IoReq};
 
 /// Bytes copied per quiesce.
 pub const RESYNC_CHUNK_BYTES: u64 = 1 << 20;

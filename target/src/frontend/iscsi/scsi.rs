@@ -1618,10 +1618,14 @@ mod tests {
     #[test]
     fn a_new_nexus_has_a_power_on_unit_attention_reported_once() {
         let mut ns = NexusState::default();
-        for op in [0x12, 0xa0, 0x03] {
+        for op in [0x12, 0xa0] {
             assert!(!ns.take_unit_attention(0, op), "opcode {op:#x} runs");
         }
         assert!(ns.take_unit_attention(0, 0x00), "first TEST UNIT READY");
+        // REQUEST SENSE consumes it (it reports it as its data).
+        let mut rs = NexusState::default();
+        assert!(rs.take_unit_attention(0, 0x03));
+        assert!(!rs.take_unit_attention(0, 0x00));
         assert!(!ns.take_unit_attention(0, 0x00), "reported once");
         assert!(!ns.take_unit_attention(0, 0x28));
         // A LUN reset (epoch bump) raises it again, once.
