@@ -84,7 +84,10 @@ pub fn disks_hold(print: &Value, disks: &[PathBuf]) -> Result<(), String> {
     let mut on_disk = Vec::new();
     for g in &found.groups {
         match &g.config {
-            Ok(read) if read.config.shared => on_disk.push(summary_of_disk(&read.config)),
+            Ok(read) if read.config.shared => {
+                no_shared_extents(&read.config)?;
+                on_disk.push(summary_of_disk(&read.config));
+            }
             Ok(_) => {}
             Err(e) => {
                 return Err(format!(
@@ -102,6 +105,34 @@ pub fn disks_hold(print: &Value, disks: &[PathBuf]) -> Result<(), String> {
             Value::Array(shown),
             Value::Array(on_disk)
         ));
+    }
+    Ok(())
+}
+
+/// No two subdisks of disk group `c` (of one volume or of two) overlap on a disk.
+pub fn no_shared_extents(c: &DiskGroupConfig) -> Result<(), String> {
+    let mut extents: Vec<(&str, u64, u64, String)> = Vec::new();
+    for v in &c.volumes {
+        for p in &v.plexes {
+            for sd in &p.subdisks {
+                extents.push((
+                    sd.disk.as_str(),
+                    sd.disk_offset_bytes,
+                    sd.disk_offset_bytes + sd.len_bytes,
+                    format!("{}/{}/{}", v.name, p.name, sd.name),
+                ));
+            }
+        }
+    }
+    extents.sort();
+    for w in extents.windows(2) {
+        let ((d1, _, end1, n1), (d2, start2, _, n2)) = (&w[0], &w[1]);
+        if d1 == d2 && start2 < end1 {
+            return Err(format!(
+                "disk group {}: subdisks {n1} and {n2} overlap on disk {d1} (seq {})",
+                c.name, c.seq
+            ));
+        }
     }
     Ok(())
 }
