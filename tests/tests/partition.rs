@@ -14,7 +14,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use plexd_target::api::KernelClient;
+use plexd_target::api::{ClientError, ErrorCode, KernelClient};
 use plexd_target::lease::FENCED_ERRNO;
 use plexd_tests::cluster::LEASE_MS;
 use plexd_tests::{volume, Cluster, ClusterOpts, Pattern};
@@ -66,6 +66,10 @@ fn has_volume(c: &Cluster, i: usize, vol: &str) -> bool {
     volume(&c.print(i), "dg1", vol).is_some()
 }
 
+/// What [`probe`] returns when the volume is not in the node's data plane (a node
+/// that left the cluster removes the shared volumes from it).
+const GONE: i32 = -1;
+
 /// The next probe pattern of `bdev` (its own slot of the probe region).
 fn next_probe(bdev: &str) -> Pattern {
     static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -88,8 +92,8 @@ fn record_probe(c: &mut Cluster, p: Pattern, errno: i32) {
     }
 }
 
-/// One probe write through node `i`'s target to `bdev`; returns the errno and how
-/// long it took. Panics if the write did not return within `bound`.
+/// One probe write through node `i`'s target to `bdev`; returns the errno ([`GONE`]
+/// if the volume is not there) and how long it took. Panics if the write did not return within `bound`.
 fn probe(c: &mut Cluster, i: usize, bdev: &str, bound: Duration) -> (i32, Duration) {
     let mut k = KernelClient::connect(&c.nodes[i].target_socket)
         .unwrap_or_else(|e| panic!("node {}: {e}", c.nodes[i].name));
@@ -99,13 +103,15 @@ fn probe(c: &mut Cluster, i: usize, bdev: &str, bound: Duration) -> (i32, Durati
     let started = Instant::now();
     let r = k.write(bdev, p.offset_bytes, &data);
     let took = started.elapsed();
-    let errno = r.unwrap_or_else(|e| {
-        panic!(
-            "write to {bdev} through node {}'s target: no answer within {} ms: {e}",
+    let errno = match r {
+        Ok(errno) => errno,
+        Err(ClientError::Api(e)) if e.code == ErrorCode::NotFound => GONE,
+        Err(e) => panic!(
+            "write to {bdev} through node {}'s target: failed after {} ms: {e}",
             c.nodes[i].name,
             took.as_millis()
-        )
-    });
+        ),
+    };
     assert!(
         took <= bound,
         "write to {bdev} through node {}'s target blocked {} ms (bound {} ms), errno {errno}",
@@ -117,15 +123,17 @@ fn probe(c: &mut Cluster, i: usize, bdev: &str, bound: Duration) -> (i32, Durati
     (errno, took)
 }
 
-/// Probes node `i`'s target until a write fails with the fence's errno; panics if that
-/// takes longer than [`FENCE_BOUND`] after `since`, or a write fails otherwise.
-/// Returns how long after `since` it was fenced.
-fn wait_fenced(c: &mut Cluster, i: usize, since: Instant) -> Duration {
+/// Probes node `i`'s target until a write fails with the fence's errno (or, when
+/// `may_leave`, finds the volume gone: the node left the cluster); panics if that takes
+/// longer than [`FENCE_BOUND`] after `since`, or a write fails otherwise. Returns how
+/// long after `since` it was fenced, and the errno.
+fn wait_fenced(c: &mut Cluster, i: usize, since: Instant, may_leave: bool) -> (Duration, i32) {
     loop {
         let (errno, _) = probe(c, i, "dg1.vol1", FENCE_BOUND);
         let at = since.elapsed();
         match errno {
-            FENCED_ERRNO => return at,
+            FENCED_ERRNO => return (at, errno),
+            GONE if may_leave => return (at, errno),
             0 => {}
             e => panic!(
                 "write through node {}'s target failed with errno {e}, want {FENCED_ERRNO} or success",
@@ -185,11 +193,16 @@ fn cut_off(minority: usize, want_master: usize, unreachable: &str) {
 
     c.net().cut(minority);
     let cut = Instant::now();
-    let fenced_after = wait_fenced(&mut c, minority, cut);
+    let (fenced_after, how) = wait_fenced(&mut c, minority, cut, true);
     eprintln!(
-        "partition: node {} fenced {} ms after the cut",
+        "partition: node {} fenced {} ms after the cut ({})",
         c.nodes[minority].name,
-        fenced_after.as_millis()
+        fenced_after.as_millis(),
+        if how == GONE {
+            "volume removed from its data plane"
+        } else {
+            "errno 108"
+        }
     );
     let e = wait_no_quorum(
         &c,
@@ -208,10 +221,10 @@ fn cut_off(minority: usize, want_master: usize, unreachable: &str) {
     c.ctl_ok(at, VOL2);
     c.write_pattern(to, "dg1", "vol2", 0, 1 << 20);
     c.write_pattern(at, "dg1", "vol1", 12 << 20, 1 << 20);
-    assert_eq!(
-        probe(&mut c, minority, "dg1.vol1", FENCE_BOUND).0,
-        FENCED_ERRNO,
-        "the minority's data plane stays fenced"
+    let (errno, _) = probe(&mut c, minority, "dg1.vol1", FENCE_BOUND);
+    assert!(
+        errno == FENCED_ERRNO || errno == GONE,
+        "the minority's data plane stays fenced: errno {errno}"
     );
 
     c.net().heal(minority);
@@ -252,7 +265,7 @@ fn a_frozen_master_is_replaced_and_rejoins_as_a_slave_when_it_wakes() {
     let mut c = cluster(false);
     c.freeze(0);
     let frozen = Instant::now();
-    let fenced_after = wait_fenced(&mut c, 0, frozen);
+    let (fenced_after, _) = wait_fenced(&mut c, 0, frozen, false);
     eprintln!(
         "freeze: a's data plane fenced {} ms after the freeze",
         fenced_after.as_millis()
@@ -382,7 +395,7 @@ fn a_target_whose_plexd_died_fences_once_the_lease_ran_out_and_serves_after_the_
     let mut c = cluster(false);
     c.kill_coordinator(0);
     let killed = Instant::now();
-    let fenced_after = wait_fenced(&mut c, 0, killed);
+    let (fenced_after, _) = wait_fenced(&mut c, 0, killed, false);
     eprintln!(
         "kill: a's data plane fenced {} ms after its plexd died",
         fenced_after.as_millis()
