@@ -41,6 +41,8 @@ pub const CTL_TIMEOUT: Duration = Duration::from_secs(30);
 pub const CONVERGE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a process armed with a failpoint gets to reach it.
 pub const FAILPOINT_TIMEOUT: Duration = Duration::from_secs(20);
+/// What plexd's answer says when a change may go through if asked again soon.
+pub const RETRY_SHORTLY: &str = "retry shortly";
 /// plexd's port on a node with a network namespace of its own.
 pub const NETNS_PORT: u16 = 7700;
 /// The iSCSI portal's port on a node with a network namespace of its own.
@@ -735,6 +737,33 @@ impl Cluster {
     /// Runs a command that must succeed; returns its stdout.
     pub fn ctl_ok(&self, i: usize, cmd: &str) -> String {
         let out = self.ctl(i, cmd);
+        if !out.status.success() {
+            panic!(
+                "plexctl {cmd} on node {} failed ({}): {}",
+                self.nodes[i].name,
+                Proc::describe(Some(out.status)),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs a command that must succeed, asking again while plexd answers that it
+    /// cannot take changes for a moment (`retry shortly`: a takeover in progress), as
+    /// an admin would, for at most `timeout`; returns its stdout.
+    pub fn ctl_retry_ok(&self, i: usize, cmd: &str, timeout: Duration) -> String {
+        let out = wait_until(
+            &format!("plexctl {cmd} on node {} to be taken", self.nodes[i].name),
+            timeout,
+            || {
+                let out = self.ctl(i, cmd);
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                if !out.status.success() && stderr.contains(RETRY_SHORTLY) {
+                    return Err(stderr.trim().to_string());
+                }
+                Ok(out)
+            },
+        );
         if !out.status.success() {
             panic!(
                 "plexctl {cmd} on node {} failed ({}): {}",
