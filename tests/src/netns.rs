@@ -225,46 +225,91 @@ impl Netns {
         self.must(&format!("reconnect node {i}"), r);
     }
 
+    /// Loads nftables table `table` with one output rule `rule` in node `i`'s
+    /// namespace.
+    fn nft_output_rule(&self, i: usize, table: &str, rule: &str) -> Result<(), String> {
+        let ns = &self.nodes[i];
+        let script = format!(
+            "add table inet {table}\n\
+             add chain inet {table} out {{ type filter hook output priority 0 ; policy accept ; }}\n\
+             add rule inet {table} out {rule}\n"
+        );
+        let file = std::env::temp_dir().join(format!("{ns}-{table}.nft"));
+        let r = std::fs::write(&file, script)
+            .map_err(|e| format!("cannot write {}: {e}", file.display()))
+            .and_then(|_| {
+                let nft = self.nft.display().to_string();
+                let f = file.display().to_string();
+                self.ip(&["netns", "exec", ns, &nft, "-f", &f])
+            });
+        let _ = std::fs::remove_file(&file);
+        r
+    }
+
+    /// Deletes nftables table `table` of node `i`'s namespace.
+    fn nft_delete(&self, i: usize, table: &str) -> Result<(), String> {
+        let nft = self.nft.display().to_string();
+        self.ip(&[
+            "netns",
+            "exec",
+            &self.nodes[i],
+            &nft,
+            "delete",
+            "table",
+            "inet",
+            table,
+        ])
+    }
+
     /// Drops every packet node `from` sends to node `to` (nftables in `from`'s
     /// namespace); packets from `to` to `from` still pass.
     pub fn block(&self, from: usize, to: usize) {
-        let ns = &self.nodes[from];
-        let table = block_table(to);
-        let rule = format!(
-            "add table inet {table}\n\
-             add chain inet {table} out {{ type filter hook output priority 0 ; policy accept ; }}\n\
-             add rule inet {table} out ip daddr {} drop\n",
-            self.addr(to)
-        );
-        let file = std::env::temp_dir().join(format!("{ns}-{table}.nft"));
-        let r = std::fs::write(&file, rule)
-            .map_err(|e| format!("cannot write {}: {e}", file.display()))
-            .and_then(|_| {
-                let f = file.display().to_string();
-                self.ip(&[
-                    "netns",
-                    "exec",
-                    ns,
-                    &self.nft.display().to_string(),
-                    "-f",
-                    &f,
-                ])
-            });
-        let _ = std::fs::remove_file(&file);
+        let rule = format!("ip daddr {} drop", self.addr(to));
+        let r = self.nft_output_rule(from, &block_table(to), &rule);
         self.must(&format!("block node {from} -> node {to}"), r);
     }
 
     /// Undoes [`Netns::block`].
     pub fn unblock(&self, from: usize, to: usize) {
-        let ns = &self.nodes[from];
-        let table = block_table(to);
-        let nft = self.nft.display().to_string();
-        let r = self.ip(&["netns", "exec", ns, &nft, "delete", "table", "inet", &table]);
+        let r = self.nft_delete(from, &block_table(to));
         self.must(&format!("unblock node {from} -> node {to}"), r);
     }
 
+    /// Drops `percent` % of the packets node `i` sends to the other nodes, at random
+    /// (nftables `numgen random`: works on kernels without netem).
+    pub fn loss(&self, i: usize, percent: u32) {
+        assert!((1..=100).contains(&percent), "loss: 1..=100 %, not {percent}");
+        let rule = match percent {
+            100 => "oifname \"eth0\" drop".to_string(),
+            p => format!("oifname \"eth0\" numgen random mod 100 < {p} drop"),
+        };
+        let r = self.nft_output_rule(i, LOSS_TABLE, &rule);
+        self.must(&format!("loss on node {i}"), r);
+    }
+
+    /// Undoes [`Netns::loss`].
+    pub fn clear_loss(&self, i: usize) {
+        let r = self.nft_delete(i, LOSS_TABLE);
+        self.must(&format!("clear loss on node {i}"), r);
+    }
+
+    /// Whether the kernel has `tc netem` (`CONFIG_NET_SCH_NETEM`; some test machines'
+    /// kernels do not, and [`Netns::netem`] then panics with tc's error).
+    pub fn netem_available(&self) -> bool {
+        let tc = |args: &[&str]| run(&self.tc, args);
+        let br = self.bridge.as_str();
+        let r = tc(&[
+            "-n", br, "qdisc", "add", "dev", "br0", "root", "netem", "delay", "1ms",
+        ]);
+        if r.is_ok() {
+            let _ = tc(&["-n", br, "qdisc", "del", "dev", "br0", "root"]);
+        }
+        r.is_ok()
+    }
+
     /// Delays every packet node `i` sends by `delay_ms` and drops `loss_percent` % of
-    /// them (`tc netem` on its `eth0`); replaces an earlier setting.
+    /// them (`tc netem` on its `eth0`); replaces an earlier setting. Needs a kernel
+    /// with netem ([`Netns::netem_available`]).
     pub fn netem(&self, i: usize, delay_ms: u32, loss_percent: u32) {
         let delay = format!("{delay_ms}ms");
         let loss = format!("{loss_percent}%");
@@ -317,6 +362,9 @@ fn node_letter(i: usize) -> char {
 fn bridge_port(i: usize) -> String {
     format!("v{}", node_letter(i))
 }
+
+/// The nftables table of [`Netns::loss`].
+const LOSS_TABLE: &str = "pxt_loss";
 
 /// The nftables table blocking traffic to node `to`.
 fn block_table(to: usize) -> String {

@@ -10,6 +10,8 @@
 //! Needs root and iproute2 + nftables (ci/setup installs them; CI runs as root): a
 //! test fails with the reason when it cannot create namespaces.
 
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -17,7 +19,8 @@ use std::time::{Duration, Instant};
 use plexd_target::api::{ClientError, ErrorCode, KernelClient};
 use plexd_target::lease::FENCED_ERRNO;
 use plexd_tests::cluster::LEASE_MS;
-use plexd_tests::{volume, Cluster, ClusterOpts, Pattern};
+use plexd_tests::netns::{self, Netns};
+use plexd_tests::{volume, wait_until, Cluster, ClusterOpts, Pattern};
 
 /// The test clusters' data-plane lease.
 const LEASE: Duration = Duration::from_millis(LEASE_MS);
@@ -570,4 +573,122 @@ fn io_until_fenced(k: &KernelClient, sock: &Path, finished: impl Fn() -> bool) -
         std::thread::sleep(Duration::from_millis(50));
     }
     seen
+}
+
+/// Runs `f` on a thread that entered network namespace `ns` (a thread's own: the
+/// test process stays where it is; sockets made there stay in `ns`).
+fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    let path = Path::new("/run/netns").join(ns);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let file = std::fs::File::open(&path)
+                .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
+            // SAFETY: setns(2) with a namespace fd we own and keep open for the call;
+            // CLONE_NEWNET moves only this (scoped, short-lived) thread.
+            let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(
+                r,
+                0,
+                "setns {}: {}",
+                path.display(),
+                std::io::Error::last_os_error()
+            );
+            f()
+        })
+        .join()
+        .expect("namespace thread")
+    })
+}
+
+/// How long a connect that should not get through is given.
+const NO_CONNECT: Duration = Duration::from_millis(800);
+
+/// Connects from node `from`'s namespace to `to:port`; Ok with the time it took.
+fn connect(net: &Netns, from: usize, to: &SocketAddr) -> Result<Duration, String> {
+    in_ns(net.ns(from), || {
+        let t = Instant::now();
+        TcpStream::connect_timeout(to, NO_CONNECT)
+            .map(|_| t.elapsed())
+            .map_err(|e| e.to_string())
+    })
+}
+
+#[test]
+fn the_netns_fixture_cuts_heals_blocks_and_delays_and_cleans_up() {
+    require_netns();
+    // A namespace left by a test process that died is removed by the next fixture.
+    let mut dead = std::process::Command::new("true").spawn().expect("true");
+    let dead_pid = dead.id();
+    dead.wait().expect("reap true");
+    let stale = format!("{}{dead_pid}-0-br", netns::NETNS_PREFIX);
+    let ip = netns::find_program("ip").expect("ip");
+    let st = std::process::Command::new(&ip)
+        .args(["netns", "add", &stale])
+        .status()
+        .expect("ip netns add");
+    assert!(st.success(), "ip netns add {stale}");
+
+    let net = Netns::create(2);
+    assert!(
+        !Path::new("/run/netns").join(&stale).exists(),
+        "the stale namespace {stale} was not removed"
+    );
+    let a: SocketAddr = format!("{}:7000", net.addr(0)).parse().expect("address");
+    let listener = in_ns(net.ns(0), || TcpListener::bind(a)).expect("listen in a's namespace");
+    let connects = |what: &str| {
+        wait_until(
+            &format!("b to reach a {what}"),
+            Duration::from_secs(5),
+            || connect(&net, 1, &a),
+        )
+    };
+    connects("at first");
+
+    net.cut(0);
+    assert!(connect(&net, 1, &a).is_err(), "a is cut off");
+    net.heal(0);
+    connects("after the heal");
+
+    net.block(1, 0);
+    assert!(
+        connect(&net, 1, &a).is_err(),
+        "b's packets to a are dropped"
+    );
+    net.unblock(1, 0);
+    connects("after b -> a was unblocked");
+    net.block(0, 1);
+    assert!(
+        connect(&net, 1, &a).is_err(),
+        "a's answers to b are dropped"
+    );
+    net.unblock(0, 1);
+    connects("after a -> b was unblocked");
+
+    net.loss(1, 100);
+    assert!(connect(&net, 1, &a).is_err(), "b loses every packet");
+    net.clear_loss(1);
+    connects("after the loss was cleared");
+
+    if net.netem_available() {
+        net.netem(1, 300, 0);
+        let took = connects("through a 300 ms delay");
+        assert!(
+            took >= Duration::from_millis(300),
+            "netem delays b's packets: the connect took {} ms",
+            took.as_millis()
+        );
+        net.clear_netem(1);
+    } else {
+        eprintln!("netns: this kernel has no netem (CONFIG_NET_SCH_NETEM); delay not checked");
+    }
+    drop(listener);
+
+    let names = [net.ns(0).to_string(), net.ns(1).to_string()];
+    drop(net);
+    for n in names {
+        assert!(
+            !Path::new("/run/netns").join(&n).exists(),
+            "namespace {n} outlived the fixture"
+        );
+    }
 }
