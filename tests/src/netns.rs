@@ -131,7 +131,7 @@ impl Netns {
             panic!("{why}");
         }
         assert!(
-            n >= 1 && n <= MAX_NETNS_NODES,
+            (1..=MAX_NETNS_NODES).contains(&n),
             "1..={MAX_NETNS_NODES} nodes"
         );
         static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -278,7 +278,10 @@ impl Netns {
     /// Drops `percent` % of the packets node `i` sends to the other nodes, at random
     /// (nftables `numgen random`: works on kernels without netem).
     pub fn loss(&self, i: usize, percent: u32) {
-        assert!((1..=100).contains(&percent), "loss: 1..=100 %, not {percent}");
+        assert!(
+            (1..=100).contains(&percent),
+            "loss: 1..=100 %, not {percent}"
+        );
         let rule = match percent {
             100 => "oifname \"eth0\" drop".to_string(),
             p => format!("oifname \"eth0\" numgen random mod 100 < {p} drop"),
