@@ -66,28 +66,32 @@ fn cluster(netns: bool) -> Cluster {
 }
 
 /// Every node that says it is a member (master or slave) agrees with c on master and
-/// view, and they hold a majority: one cluster, no second one. Returns its members.
-fn one_cluster(c: &Cluster) -> Vec<String> {
-    let view_of_c = c.status(2);
+/// view, and they are a majority: one cluster, no second one. Returns its members.
+fn try_one_cluster(c: &Cluster) -> Result<Vec<String>, String> {
+    let view_of_c = c.try_ctl_json(2, "cluster status")?;
     let (master, view) = (view_of_c["master"].clone(), view_of_c["view"].clone());
     let members = plexd_tests::members(&view_of_c);
-    assert!(
-        members.len() >= 2,
-        "c, which reaches both, is in no majority: {view_of_c}"
-    );
+    if members.len() < 2 {
+        return Err(format!(
+            "c, which reaches both, is in no majority: {view_of_c}"
+        ));
+    }
     for i in 0..3 {
-        let s = c.status(i);
+        let s = c.try_ctl_json(i, "cluster status")?;
         let me = &c.nodes[i].name;
-        if plexd_tests::members(&s).contains(me) {
-            assert!(
-                s["master"] == master && s["view"] == view,
+        if plexd_tests::members(&s).contains(me) && (s["master"] != master || s["view"] != view) {
+            return Err(format!(
                 "node {me} is a member of master {} view {}, c of master {master} view {view}",
-                s["master"],
-                s["view"]
-            );
+                s["master"], s["view"]
+            ));
         }
     }
-    members.into_iter().collect()
+    Ok(members.into_iter().collect())
+}
+
+/// Waits (bounded) until [`try_one_cluster`] holds.
+fn one_cluster(c: &Cluster) -> Vec<String> {
+    wait_until("one cluster", SETTLE, || try_one_cluster(c))
 }
 
 fn has_volume(c: &Cluster, i: usize, vol: &str) -> bool {
