@@ -696,3 +696,72 @@ fn the_netns_fixture_cuts_heals_blocks_and_delays_and_cleans_up() {
         );
     }
 }
+
+/// Cuts node `minority` off `delay` after `cmd` was asked on node `asker`, heals, and
+/// checks that plexctl's answer, every node and the disks agree on the outcome.
+/// Returns plexctl's answer.
+fn cut_during_change(
+    c: &mut Cluster,
+    minority: usize,
+    asker: usize,
+    delay: Duration,
+    vol: &str,
+) -> String {
+    let cmd = format!("vol create dg1 {vol} 8M --layout mirror --mirrors 2");
+    let out = std::thread::scope(|s| {
+        let change = s.spawn(|| c.ctl(asker, &cmd));
+        // Where the cut lands in the change is the scenario: a deliberate delay.
+        std::thread::sleep(delay);
+        c.net().cut(minority);
+        change.join().expect("plexctl thread")
+    });
+    let majority: Vec<usize> = (0..3).filter(|&i| i != minority).collect();
+    c.wait_joined(&majority);
+    c.net().heal(minority);
+    c.wait_joined(&[0, 1, 2]);
+    let print = c.agreed_print();
+    let applied = volume(&print, "dg1", vol).is_some();
+    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    let answer = if out.status.success() {
+        "ok".to_string()
+    } else {
+        stderr.clone()
+    };
+    if out.status.success() {
+        assert!(applied, "`{cmd}` on {asker} succeeded, {vol} is not there");
+    } else {
+        assert_eq!(out.status.code(), Some(1), "`{cmd}`: {stderr}");
+        if !stderr.contains("outcome unknown") {
+            assert!(
+                !applied,
+                "`{cmd}` failed ({stderr}) but {vol} is there after the heal"
+            );
+        }
+    }
+    if applied {
+        c.write_pattern(asker, "dg1", vol, 0, 1 << 20);
+    }
+    c.check_invariants();
+    format!("{answer} (applied: {applied})")
+}
+
+#[test]
+fn a_partition_in_the_middle_of_a_change_leaves_one_outcome_on_every_node_and_disk() {
+    let mut c = cluster(true);
+    // (cut off, asked on): the master and a slave, each asking or asked through.
+    // The cut 0 or 5 ms after plexctl started: before, in or after the transaction.
+    let rounds = [(0, 0), (0, 1), (2, 2), (2, 0)];
+    let mut k = 0;
+    for delay_ms in [0, 5] {
+        for (minority, asker) in rounds {
+            let vol = format!("mid{k}");
+            k += 1;
+            let delay = Duration::from_millis(delay_ms);
+            let answer = cut_during_change(&mut c, minority, asker, delay, &vol);
+            eprintln!(
+                "mid-change: cut {} {delay_ms} ms after {} asked: {answer}",
+                c.nodes[minority].name, c.nodes[asker].name
+            );
+        }
+    }
+}
