@@ -1,5 +1,7 @@
-//! A cluster of real `plexd-target` + `plexd` processes on loopback, sharing sparse
-//! disk files, as docs/CONTRACT.md describes; reaped on drop even when the test panics.
+//! A cluster of real `plexd-target` + `plexd` processes on loopback (or each node in a
+//! network namespace of its own, `ClusterOpts::netns`, to partition them), sharing
+//! sparse disk files, as docs/CONTRACT.md describes; reaped on drop even when the test
+//! panics.
 //!
 //! ```no_run
 //! use plexd_tests::{Cluster, ClusterOpts};
