@@ -765,3 +765,64 @@ fn a_partition_in_the_middle_of_a_change_leaves_one_outcome_on_every_node_and_di
         }
     }
 }
+
+/// Changes asked during [`a_lossy_link_on_the_master_leaves_one_outcome_per_change`],
+/// one every `LOSSY_PACE`.
+const LOSSY_CHANGES: usize = 8;
+const LOSSY_PACE: Duration = Duration::from_millis(700);
+/// Longest the lossy phase lasts.
+const LOSSY_FOR: Duration = Duration::from_secs(15);
+/// Packets a's link loses meanwhile (TCP retransmits; heartbeats arrive late).
+const LOSSY_PERCENT: u32 = 10;
+
+/// 10 % of what the master sends is lost while 8 changes are asked on it
+/// and through it: whether each one goes through depends on the timing (the test
+/// clusters' 600 ms heartbeat timeout is short for TCP retransmits), but after the
+/// loss stops every answer plexctl gave agrees with what every node and the disks
+/// hold, and the cluster is one again.
+
+#[test]
+fn a_lossy_link_on_the_master_leaves_one_outcome_per_change() {
+    let mut c = cluster(true);
+    c.net().loss(0, LOSSY_PERCENT);
+    let started = Instant::now();
+    let mut asked = Vec::new();
+    for k in 0..LOSSY_CHANGES {
+        if started.elapsed() > LOSSY_FOR {
+            break;
+        }
+        let vol = format!("lossy{k}");
+        let asker = [2, 0][k % 2]; // through the master's lossy link, or on the master
+        let out = c.ctl(asker, &format!("vol create dg1 {vol} 8M --layout concat"));
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        asked.push((vol, asker, out.status.code(), stderr));
+        // The pace of the changes is the scenario, not a wait for a condition.
+        std::thread::sleep(LOSSY_PACE);
+    }
+    c.net().clear_loss(0);
+    let lossy = started.elapsed();
+    c.wait_joined(&[0, 1, 2]);
+    let print = c.agreed_print();
+    for (vol, asker, code, stderr) in &asked {
+        let applied = volume(&print, "dg1", vol).is_some();
+        eprintln!(
+            "lossy: {vol} on {}: {code:?} {stderr} (applied: {applied})",
+            c.nodes[*asker].name
+        );
+        match code {
+            Some(0) => assert!(applied, "{vol}: plexctl said ok, not applied"),
+            Some(1) if stderr.contains("outcome unknown") => {}
+            Some(1) => assert!(!applied, "{vol}: plexctl said {stderr}, applied"),
+            other => panic!("{vol}: plexctl exit {other:?}: {stderr}"),
+        }
+    }
+    let ok = asked.iter().filter(|a| a.2 == Some(0)).count();
+    eprintln!(
+        "lossy: {ok} of {} changes went through in {} ms",
+        asked.len(),
+        lossy.as_millis()
+    );
+    c.ctl_retry_ok(1, VOL2, SETTLE);
+    c.write_pattern(0, "dg1", "vol2", 0, 1 << 20);
+    c.check_invariants();
+}
