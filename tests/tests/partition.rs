@@ -12,8 +12,9 @@
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use plexd_target::api::{ClientError, ErrorCode, KernelClient};
@@ -222,6 +223,10 @@ fn cut_off(minority: usize, want_master: usize, unreachable: &str) {
     let mut c = cluster(true);
     let pid = c.plexd_pid(minority);
     let majority: Vec<usize> = (0..3).filter(|&i| i != minority).collect();
+    // Host I/O through a node of the majority all along: it may pause (fenced while
+    // the majority waits out the lost node's lease), never fail otherwise or hang.
+    let io = HostIo::start(c.nodes[majority[1]].target_socket.clone());
+    io.wait_writes(3);
 
     c.net().cut(minority);
     let cut = Instant::now();
@@ -257,6 +262,15 @@ fn cut_off(minority: usize, want_master: usize, unreachable: &str) {
     assert!(
         errno == FENCED_ERRNO || errno == GONE,
         "the minority's data plane stays fenced: errno {errno}"
+    );
+    io.wait_writes(3); // the majority's data plane serves again
+    let seen = io.stop(&mut c);
+    eprintln!(
+        "partition: host I/O through node {}: {} written, {} fenced, slowest {} ms",
+        c.nodes[majority[1]].name,
+        seen.written,
+        seen.fenced,
+        seen.slowest.as_millis()
     );
 
     c.net().heal(minority);
@@ -295,6 +309,8 @@ fn a_slave_cut_off_refuses_changes_fences_its_data_plane_and_rejoins_after_the_h
 #[test]
 fn a_frozen_master_is_replaced_and_rejoins_as_a_slave_when_it_wakes() {
     let mut c = cluster(false);
+    let io = HostIo::start(c.nodes[2].target_socket.clone());
+    io.wait_writes(3);
     c.freeze(0);
     let frozen = Instant::now();
     let (fenced_after, _) = wait_fenced(&mut c, 0, frozen, false);
@@ -316,6 +332,14 @@ fn a_frozen_master_is_replaced_and_rejoins_as_a_slave_when_it_wakes() {
     );
     assert_eq!(c.wait_joined(&[1, 2]), 1, "b took over");
     c.write_pattern(2, "dg1", "vol2", 0, 1 << 20);
+    io.wait_writes(3); // c serves again under b
+    let seen = io.stop(&mut c);
+    eprintln!(
+        "freeze: host I/O through c: {} written, {} fenced, slowest {} ms",
+        seen.written,
+        seen.fenced,
+        seen.slowest.as_millis()
+    );
     // The freeze lasts 3 leases (longer if the change took longer: it must happen
     // while a is frozen): a deliberate duration, not a wait for a condition.
     std::thread::sleep((3 * LEASE).saturating_sub(frozen.elapsed()));
@@ -515,6 +539,107 @@ fn io_through_a_node_whose_plexd_died_after_prepare_never_hangs() {
     c.wait_joined(&[0, 1]);
     c.restart_coordinator(2, None);
     c.check_invariants();
+}
+
+/// Host I/O through one node's target on a thread of its own: probe writes (bounded
+/// by [`FENCE_BOUND`] each, [`IO_PROBES`] in all, 50 ms apart) until stopped.
+struct HostIo {
+    stop: Arc<AtomicBool>,
+    written: Arc<AtomicU64>,
+    handle: Option<std::thread::JoinHandle<Result<IoSeen, String>>>,
+}
+
+impl HostIo {
+    fn start(sock: PathBuf) -> HostIo {
+        let stop = Arc::new(AtomicBool::new(false));
+        let written = Arc::new(AtomicU64::new(0));
+        let (stop2, written2) = (stop.clone(), written.clone());
+        let handle = std::thread::spawn(move || {
+            let mut k = KernelClient::connect(&sock).map_err(|e| e.to_string())?;
+            k.set_call_timeout(FENCE_BOUND);
+            let mut seen = IoSeen {
+                written: 0,
+                fenced: 0,
+                slowest: Duration::ZERO,
+                writes: Vec::new(),
+            };
+            for round in 0..IO_PROBES {
+                if stop2.load(Ordering::Relaxed) {
+                    break;
+                }
+                let p = next_probe("dg1.vol1");
+                let data =
+                    plexd_tests::data::pattern_bytes(p.seed, p.offset_bytes, PROBE_LEN as usize);
+                let t = Instant::now();
+                let r = k.write(&p.bdev, p.offset_bytes, &data);
+                let took = t.elapsed();
+                seen.slowest = seen.slowest.max(took);
+                match r {
+                    Ok(0) if took <= FENCE_BOUND => {
+                        seen.written += 1;
+                        written2.fetch_add(1, Ordering::Relaxed);
+                        seen.writes.push((p, 0));
+                    }
+                    Ok(FENCED_ERRNO) if took <= FENCE_BOUND => {
+                        seen.fenced += 1;
+                        seen.writes.push((p, FENCED_ERRNO));
+                    }
+                    other => {
+                        return Err(format!(
+                            "host write {round} through {} {other:?} after {} ms (bound {} ms)",
+                            sock.display(),
+                            took.as_millis(),
+                            FENCE_BOUND.as_millis()
+                        ))
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Ok(seen)
+        });
+        HostIo {
+            stop,
+            written,
+            handle: Some(handle),
+        }
+    }
+
+    /// Waits (bounded) until `more` further writes succeeded.
+    fn wait_writes(&self, more: u64) {
+        let want = self.written.load(Ordering::Relaxed) + more;
+        wait_until("host writes to succeed", SETTLE, || {
+            match self.written.load(Ordering::Relaxed) {
+                n if n >= want => Ok(()),
+                n => Err(format!("{n} written, want {want}")),
+            }
+        });
+    }
+
+    /// Stops the writes, records their outcome in `c` and returns them; panics if one
+    /// failed otherwise than fenced or took longer than its bound.
+    fn stop(mut self, c: &mut Cluster) -> IoSeen {
+        self.stop.store(true, Ordering::Relaxed);
+        let seen = self
+            .handle
+            .take()
+            .expect("running")
+            .join()
+            .expect("host I/O thread")
+            .unwrap_or_else(|e| panic!("{e}"));
+        for (p, errno) in seen.writes.iter().cloned() {
+            record_probe(c, p, errno);
+        }
+        seen
+    }
+}
+
+impl Drop for HostIo {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
 }
 
 /// What [`io_until_fenced`] saw.
