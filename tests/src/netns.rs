@@ -275,6 +275,35 @@ impl Netns {
         self.must(&format!("unblock node {from} -> node {to}"), r);
     }
 
+    /// Splits the nodes in two: every packet between a node of `side` and a node not
+    /// in it is dropped (both directions, [`Netns::block`]); the nodes on each side
+    /// still reach each other.
+    pub fn split(&self, side: &[usize]) {
+        for (from, to) in self.across(side) {
+            self.block(from, to);
+        }
+    }
+
+    /// Undoes [`Netns::split`] of the same `side`.
+    pub fn unsplit(&self, side: &[usize]) {
+        for (from, to) in self.across(side) {
+            self.unblock(from, to);
+        }
+    }
+
+    /// Every (from, to) pair with one node in `side` and the other not.
+    fn across(&self, side: &[usize]) -> Vec<(usize, usize)> {
+        let n = self.nodes.len();
+        let mut pairs = Vec::new();
+        for &i in side {
+            for j in (0..n).filter(|j| !side.contains(j)) {
+                pairs.push((i, j));
+                pairs.push((j, i));
+            }
+        }
+        pairs
+    }
+
     /// Drops `percent` % of the packets node `i` sends to the other nodes, at random
     /// (nftables `numgen random`: works on kernels without netem).
     pub fn loss(&self, i: usize, percent: u32) {

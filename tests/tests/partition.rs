@@ -21,7 +21,7 @@ use plexd_target::api::{ClientError, ErrorCode, KernelClient};
 use plexd_target::lease::FENCED_ERRNO;
 use plexd_tests::cluster::LEASE_MS;
 use plexd_tests::netns::{self, Netns};
-use plexd_tests::{volume, wait_until, Cluster, ClusterOpts, Pattern};
+use plexd_tests::{volume, wait_until, Cluster, ClusterOpts, Pattern, NODE_NAMES};
 
 /// The test clusters' data-plane lease.
 const LEASE: Duration = Duration::from_millis(LEASE_MS);
@@ -950,4 +950,83 @@ fn a_lossy_link_on_the_master_leaves_one_outcome_per_change() {
     c.ctl_retry_ok(1, VOL2, SETTLE);
     c.write_pattern(0, "dg1", "vol2", 0, 1 << 20);
     c.check_invariants();
+}
+
+/// Five nodes split 2 | 3 with the master in the pair: the pair, which still hears
+/// itself, forms no cluster and changes nothing; the three elect c and go on; after
+/// the heal, one cluster of five with the three's change. Returns the master after
+/// the heal.
+fn split_two_three() -> (Cluster, usize) {
+    require_netns();
+    let opts = ClusterOpts {
+        netns: true,
+        ..ClusterOpts::default()
+    };
+    let mut c = Cluster::start(5, opts);
+    c.shared_mirror(0, "dg1", "vol1", "32M");
+    assert_eq!(c.master(), 0);
+    let pair = [0, 1];
+    let three = [2, 3, 4];
+    c.net().split(&pair);
+    let split = Instant::now();
+    for i in pair {
+        let (after, _) = wait_fenced(&mut c, i, split, true);
+        eprintln!(
+            "split: node {} fenced {} ms after the split",
+            c.nodes[i].name,
+            after.as_millis()
+        );
+        let e = wait_no_quorum(
+            &c,
+            i,
+            "vol create dg1 pair 8M --layout concat",
+            "(c, d, e unreachable)",
+        );
+        eprintln!("split: {e}");
+    }
+    assert_eq!(
+        c.wait_joined(&three),
+        2,
+        "c, lowest id of the three, is master"
+    );
+    c.ctl_retry_ok(3, VOL2, SETTLE);
+    c.write_pattern(4, "dg1", "vol2", 0, 1 << 20);
+    for i in pair {
+        let s = c.status(i);
+        assert!(
+            !plexd_tests::members(&s).contains(&c.nodes[i].name),
+            "node {} of the pair is a member of a cluster: {s}",
+            c.nodes[i].name
+        );
+    }
+    c.net().unsplit(&pair);
+    let master = c.wait_joined(&[0, 1, 2, 3, 4]);
+    for i in 0..5 {
+        assert!(!has_volume(&c, i, "pair"), "node {i} has the pair's change");
+        assert!(
+            has_volume(&c, i, "vol2"),
+            "node {i} lost the three's change"
+        );
+    }
+    c.check_invariants();
+    (c, master)
+}
+
+#[test]
+fn a_split_of_five_into_two_and_three_leaves_the_three_in_charge() {
+    let (_c, master) = split_two_three();
+    eprintln!("split: master after the heal: node {}", NODE_NAMES[master]);
+}
+
+/// The majority's master should stay master when the partition heals. It does not,
+/// about half of the runs: see the ignore reason (docs/TESTING.md, "Tests waiting for
+/// plexd").
+#[test]
+#[ignore = "plexd bug: the pair's master a, losing c, d, e one by one, installs views 6 [a b d e] and 7 [a b e] with only b reachable before it abdicates; after the heal c (master of view 6 [c d e], which committed vol2) abdicates on 'node a leads newer view 7', every node leaves the cluster and stops shared I/O for ~2 s, and a (or e) forms a new cluster from the disks"]
+fn healing_a_split_of_five_keeps_the_majoritys_master() {
+    let (_c, master) = split_two_three();
+    assert_eq!(
+        master, 2,
+        "the majority's master c should still be master after the heal"
+    );
 }
