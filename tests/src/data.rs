@@ -79,10 +79,7 @@ impl Pattern {
                     k.path()
                 ),
             }),
-            Err(e) => Err(IoFail::other(format!(
-                "write {} at {off}+{len}: {e}",
-                self.bdev
-            ))),
+            Err(e) => Err(IoFail::other(format!("write {} at {off}+{len}: {e}", self.bdev))),
         }
     }
 
@@ -154,18 +151,16 @@ impl IoFail {
 /// fenced for `fenced_for`.
 fn served(fenced_for: Duration, mut io: impl FnMut() -> Result<(), IoFail>) -> Result<(), String> {
     let mut other = None;
-    let r = try_wait_until(
-        "the data plane to serve again (lease)",
-        fenced_for,
-        || match io() {
+    let r = try_wait_until("the data plane to serve again (lease)", fenced_for, || {
+        match io() {
             Ok(()) => Ok(()),
             Err(f) if f.fenced => Err(f.what),
             Err(f) => {
                 other = Some(f.what);
                 Ok(())
             }
-        },
-    );
+        }
+    });
     match other {
         Some(what) => Err(what),
         None => r,
