@@ -379,6 +379,9 @@ fn a_frozen_master_is_replaced_and_rejoins_as_a_slave_when_it_wakes() {
     c.check_invariants();
 }
 
+/// Most changes [`one_way_block`] asks before one must have gone through.
+const ONE_WAY_ATTEMPTS: usize = 20;
+
 /// Blocks packets `from` -> `to` only; the cluster goes on (a change on c, which
 /// reaches both, succeeds) and after the block is lifted it is one cluster.
 fn one_way_block(from: usize, to: usize) {
@@ -387,7 +390,7 @@ fn one_way_block(from: usize, to: usize) {
     let started = Instant::now();
     let mut attempts = Vec::new();
     let mut done = false;
-    for k in 0..20 {
+    for k in 0..ONE_WAY_ATTEMPTS {
         if started.elapsed() > SETTLE {
             break;
         }
