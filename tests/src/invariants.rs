@@ -181,3 +181,66 @@ pub fn kernel_has_volumes(print: &Value, k: &KernelClient) -> Result<(), String>
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plexd_coordinator::objects::{
+        Plex, PlexLayout, PlexState, ReadPolicy, Subdisk, Volume, VolumeState,
+    };
+
+    fn volume(name: &str, disk: &str, offset: u64, len: u64) -> Volume {
+        Volume {
+            name: name.into(),
+            size_bytes: len,
+            state: VolumeState::Enabled,
+            read_policy: ReadPolicy::Round,
+            plexes: vec![Plex {
+                name: format!("{name}-01"),
+                state: PlexState::Active,
+                layout: PlexLayout::Concat,
+                subdisks: vec![Subdisk {
+                    name: format!("{disk}-{name}"),
+                    disk: disk.into(),
+                    disk_offset_bytes: offset,
+                    len_bytes: len,
+                    column: 0,
+                    plex_offset_bytes: 0,
+                }],
+            }],
+            exports: Vec::new(),
+        }
+    }
+
+    fn group(volumes: Vec<Volume>) -> DiskGroupConfig {
+        DiskGroupConfig {
+            name: "dg1".into(),
+            id: "id".into(),
+            shared: true,
+            owner_id: "test".into(),
+            seq: 7,
+            disks: Vec::new(),
+            volumes,
+        }
+    }
+
+    #[test]
+    fn subdisks_sharing_an_extent_are_refused_and_neighbours_are_not() {
+        let mb = 1 << 20;
+        let ok = group(vec![
+            volume("v1", "d0", 0, 4 * mb),
+            volume("v2", "d0", 4 * mb, 4 * mb),
+            volume("v3", "d1", 0, 4 * mb),
+        ]);
+        assert_eq!(no_shared_extents(&ok), Ok(()));
+        let bad = group(vec![
+            volume("v1", "d0", 0, 4 * mb),
+            volume("v2", "d0", 4 * mb - 512, 4 * mb),
+        ]);
+        let e = no_shared_extents(&bad).unwrap_err();
+        assert!(
+            e.contains("v1/v1-01") && e.contains("v2/v2-01") && e.contains("d0"),
+            "{e}"
+        );
+    }
+}
