@@ -1,5 +1,7 @@
-//! A cluster of real `plexd-target` + `plexd` processes on loopback, sharing sparse
-//! disk files, as docs/CONTRACT.md describes; reaped on drop even when the test panics.
+//! A cluster of real `plexd-target` + `plexd` processes on loopback (or each node in a
+//! network namespace of its own, `ClusterOpts::netns`, to partition them), sharing
+//! sparse disk files, as docs/CONTRACT.md describes; reaped on drop even when the test
+//! panics.
 //!
 //! ```no_run
 //! use plexd_tests::{Cluster, ClusterOpts};
@@ -25,6 +27,7 @@ use serde_json::Value;
 
 use crate::bins::Bins;
 use crate::data::Pattern;
+use crate::netns::Netns;
 use crate::proc::{tail, touch, Proc, Spec};
 use crate::wait::{try_wait_until, wait_until};
 
@@ -40,6 +43,12 @@ pub const CTL_TIMEOUT: Duration = Duration::from_secs(30);
 pub const CONVERGE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a process armed with a failpoint gets to reach it.
 pub const FAILPOINT_TIMEOUT: Duration = Duration::from_secs(20);
+/// What plexd's answer says when a change may go through if asked again soon.
+pub const RETRY_SHORTLY: &str = "retry shortly";
+/// plexd's port on a node with a network namespace of its own.
+pub const NETNS_PORT: u16 = 7700;
+/// The iSCSI portal's port on a node with a network namespace of its own.
+pub const NETNS_ISCSI_PORT: u16 = 3260;
 /// Log lines printed per process when a test fails.
 const TAIL_LINES: usize = 60;
 /// Longest part of a test name used in the temp dir (Unix socket paths are short).
@@ -83,6 +92,9 @@ pub struct ClusterOpts {
     pub hidden: Vec<(usize, usize)>,
     /// Run `plexctl disk init` on every disk once the cluster is up.
     pub init_disks: bool,
+    /// Run each node in a network namespace of its own ([`crate::netns`]), so the
+    /// test can partition them ([`Cluster::net`]). Needs root.
+    pub netns: bool,
 }
 
 impl Default for ClusterOpts {
@@ -99,6 +111,7 @@ impl Default for ClusterOpts {
             failpoints: Vec::new(),
             hidden: Vec::new(),
             init_disks: true,
+            netns: false,
         }
     }
 }
@@ -138,6 +151,8 @@ pub struct Node {
     outside: bool,
     /// A cluster file of this node's own instead of the cluster's.
     cluster_file: Option<PathBuf>,
+    /// Its plexd is stopped by SIGSTOP ([`Cluster::freeze`]).
+    frozen: bool,
 }
 
 /// A running cluster. See the module documentation.
@@ -156,6 +171,9 @@ pub struct Cluster {
     next_seed: u64,
     ctl_log: PathBuf,
     empty_file: PathBuf,
+    /// The nodes' network namespaces (`ClusterOpts::netns`); removed after the
+    /// processes are dead (see `Drop`).
+    netns: Option<Netns>,
 }
 
 fn free_ports(n: usize) -> Vec<u16> {
@@ -283,8 +301,19 @@ impl Cluster {
         }
         let empty_file = dir.join("empty");
         touch(&empty_file)?;
-        let all_ports = free_ports(2 * n);
-        let (ports, iscsi_ports) = all_ports.split_at(n);
+        // In namespaces every node has an address of its own, so fixed ports do.
+        let netns = opts.netns.then(|| Netns::create(n));
+        let (ports, iscsi_ports) = match &netns {
+            Some(_) => (vec![NETNS_PORT; n], vec![NETNS_ISCSI_PORT; n]),
+            None => {
+                let all = free_ports(2 * n);
+                (all[..n].to_vec(), all[n..].to_vec())
+            }
+        };
+        let host = |i: usize| match &netns {
+            Some(ns) => ns.addr(i),
+            None => "127.0.0.1".to_string(),
+        };
         let mut nodes = Vec::new();
         for (i, port) in ports.iter().enumerate() {
             let ndir = dir.join(NODE_NAMES[i]);
@@ -292,9 +321,9 @@ impl Cluster {
             nodes.push(Node {
                 name: NODE_NAMES[i].to_string(),
                 id: i as u32 + 1,
-                addr: format!("127.0.0.1:{port}"),
+                addr: format!("{}:{port}", host(i)),
                 target_socket: ndir.join("target.sock"),
-                iscsi_portal: format!("127.0.0.1:{}", iscsi_ports[i]),
+                iscsi_portal: format!("{}:{}", host(i), iscsi_ports[i]),
                 dir: ndir,
                 target: None,
                 plexd: None,
@@ -311,6 +340,7 @@ impl Cluster {
                     .collect(),
                 outside: false,
                 cluster_file: None,
+                frozen: false,
             });
         }
         let cluster_file = dir.join("cluster.toml");
@@ -350,6 +380,7 @@ impl Cluster {
             patterns: Vec::new(),
             next_seed: 1,
             empty_file,
+            netns,
         })
     }
 
@@ -369,9 +400,10 @@ impl Cluster {
                 env.push(("PLEXD_FAILPOINT".into(), format!("{fp}:exit")));
             }
         }
+        let (exe, args) = self.in_netns(i, exe, args);
         Spec {
             name: format!("{what} {}", node.name),
-            exe: exe.to_path_buf(),
+            exe,
             args,
             env,
             cwd: node.dir.clone(),
@@ -379,6 +411,55 @@ impl Cluster {
             hide: node.hidden.iter().map(|d| self.disks[*d].clone()).collect(),
             hide_with: self.empty_file.clone(),
         }
+    }
+
+    /// `exe args` as run for node `i`: as is, or through `ip netns exec NS` (which
+    /// execs, so the process id is the program's own) when the nodes have namespaces.
+    fn in_netns(&self, i: usize, exe: &Path, args: Vec<String>) -> (PathBuf, Vec<String>) {
+        match &self.netns {
+            None => (exe.to_path_buf(), args),
+            Some(ns) => {
+                let mut all = vec![
+                    "netns".to_string(),
+                    "exec".to_string(),
+                    ns.ns(i).to_string(),
+                    exe.display().to_string(),
+                ];
+                all.extend(args);
+                (ns.ip_program().to_path_buf(), all)
+            }
+        }
+    }
+
+    /// The nodes' network namespaces, to partition them; panics unless the cluster
+    /// was started with `ClusterOpts::netns`.
+    pub fn net(&self) -> &Netns {
+        self.netns
+            .as_ref()
+            .expect("the cluster runs without network namespaces (ClusterOpts::netns)")
+    }
+
+    /// SIGSTOP to node `i`'s plexd: it stays alive but does nothing (not even renew its
+    /// data plane's lease) until [`Cluster::thaw`]; dropping the cluster thaws it
+    /// before killing it.
+    pub fn freeze(&mut self, i: usize) {
+        let pid = self
+            .plexd_pid(i)
+            .unwrap_or_else(|| panic!("plexd {} is not running", self.nodes[i].name));
+        if let Err(e) = signal_pid(pid, libc::SIGSTOP) {
+            panic!("SIGSTOP to plexd {} (pid {pid}): {e}", self.nodes[i].name);
+        }
+        self.nodes[i].frozen = true;
+    }
+
+    /// SIGCONT to node `i`'s plexd (after [`Cluster::freeze`]).
+    pub fn thaw(&mut self, i: usize) {
+        if let Some(pid) = self.plexd_pid(i) {
+            if let Err(e) = signal_pid(pid, libc::SIGCONT) {
+                panic!("SIGCONT to plexd {} (pid {pid}): {e}", self.nodes[i].name);
+            }
+        }
+        self.nodes[i].frozen = false;
     }
 
     /// Starts node `i`'s plexd-target and waits until its socket answers.
@@ -512,8 +593,9 @@ impl Cluster {
     /// `kill -9` of node `i`'s plexd (its plexd-target keeps serving I/O).
     pub fn kill_coordinator(&mut self, i: usize) {
         if let Some(p) = self.nodes[i].plexd.as_mut() {
-            p.kill();
+            p.kill(); // SIGKILL ends a stopped (frozen) process too
         }
+        self.nodes[i].frozen = false;
     }
 
     /// `kill -9` of node `i`'s plexd-target only (its plexd keeps running).
@@ -616,10 +698,11 @@ impl Cluster {
     /// Runs `plexctl --node <node i> ARGS`.
     pub fn ctl_args(&self, i: usize, args: &[&str]) -> Output {
         let node = &self.nodes[i];
-        let mut cmd = Command::new(&self.bins.plexctl);
-        cmd.arg("--node")
-            .arg(&node.addr)
-            .args(args)
+        let mut ctl_args = vec!["--node".to_string(), node.addr.clone()];
+        ctl_args.extend(args.iter().map(|a| a.to_string()));
+        let (exe, ctl_args) = self.in_netns(i, &self.bins.plexctl, ctl_args);
+        let mut cmd = Command::new(exe);
+        cmd.args(ctl_args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -656,6 +739,33 @@ impl Cluster {
     /// Runs a command that must succeed; returns its stdout.
     pub fn ctl_ok(&self, i: usize, cmd: &str) -> String {
         let out = self.ctl(i, cmd);
+        if !out.status.success() {
+            panic!(
+                "plexctl {cmd} on node {} failed ({}): {}",
+                self.nodes[i].name,
+                Proc::describe(Some(out.status)),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs a command that must succeed, asking again while plexd answers that it
+    /// cannot take changes for a moment (`retry shortly`: a takeover in progress), as
+    /// an admin would, for at most `timeout`; returns its stdout.
+    pub fn ctl_retry_ok(&self, i: usize, cmd: &str, timeout: Duration) -> String {
+        let out = wait_until(
+            &format!("plexctl {cmd} on node {} to be taken", self.nodes[i].name),
+            timeout,
+            || {
+                let out = self.ctl(i, cmd);
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                if !out.status.success() && stderr.contains(RETRY_SHORTLY) {
+                    return Err(stderr.trim().to_string());
+                }
+                Ok(out)
+            },
+        );
         if !out.status.success() {
             panic!(
                 "plexctl {cmd} on node {} failed ({}): {}",
@@ -852,6 +962,13 @@ impl Cluster {
         self.patterns.push(p);
     }
 
+    /// Forgets the pattern recorded at `offset_bytes` of `bdev`, if any (a write there
+    /// failed: the region may hold part of it).
+    pub fn forget_pattern(&mut self, bdev: &str, offset_bytes: u64) {
+        self.patterns
+            .retain(|q| !(q.bdev == bdev && q.offset_bytes == offset_bytes));
+    }
+
     /// A fresh pattern seed.
     pub fn new_seed(&mut self) -> u64 {
         self.next_seed += 1;
@@ -1025,6 +1142,13 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         for node in &mut self.nodes {
             if let Some(p) = node.plexd.as_mut() {
+                if node.frozen {
+                    if let Some(pid) = p.pid() {
+                        if let Err(e) = signal_pid(pid, libc::SIGCONT) {
+                            eprintln!("harness: SIGCONT to plexd {}: {e}", node.name);
+                        }
+                    }
+                }
                 p.kill();
             }
         }
@@ -1033,12 +1157,24 @@ impl Drop for Cluster {
                 p.kill();
             }
         }
+        // Every process is dead: the namespaces can go.
+        self.netns = None;
         if std::thread::panicking() {
             self.report();
         } else if std::env::var_os("PLEXD_KEEP_TEST_DIR").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// Sends `sig` to process `pid` (a node's plexd, not yet reaped).
+fn signal_pid(pid: u32, sig: i32) -> std::io::Result<()> {
+    // SAFETY: kill(2) on our own child, not reaped yet (the caller holds its Proc), so
+    // the id cannot have been reused.
+    if unsafe { libc::kill(pid as i32, sig) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Runs `f` until it returns Ok, bounded; for tests that poll the cluster.

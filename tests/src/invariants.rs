@@ -84,7 +84,10 @@ pub fn disks_hold(print: &Value, disks: &[PathBuf]) -> Result<(), String> {
     let mut on_disk = Vec::new();
     for g in &found.groups {
         match &g.config {
-            Ok(read) if read.config.shared => on_disk.push(summary_of_disk(&read.config)),
+            Ok(read) if read.config.shared => {
+                no_shared_extents(&read.config)?;
+                on_disk.push(summary_of_disk(&read.config));
+            }
             Ok(_) => {}
             Err(e) => {
                 return Err(format!(
@@ -102,6 +105,34 @@ pub fn disks_hold(print: &Value, disks: &[PathBuf]) -> Result<(), String> {
             Value::Array(shown),
             Value::Array(on_disk)
         ));
+    }
+    Ok(())
+}
+
+/// No two subdisks of disk group `c` (of one volume or of two) overlap on a disk.
+pub fn no_shared_extents(c: &DiskGroupConfig) -> Result<(), String> {
+    let mut extents: Vec<(&str, u64, u64, String)> = Vec::new();
+    for v in &c.volumes {
+        for p in &v.plexes {
+            for sd in &p.subdisks {
+                extents.push((
+                    sd.disk.as_str(),
+                    sd.disk_offset_bytes,
+                    sd.disk_offset_bytes + sd.len_bytes,
+                    format!("{}/{}/{}", v.name, p.name, sd.name),
+                ));
+            }
+        }
+    }
+    extents.sort();
+    for w in extents.windows(2) {
+        let ((d1, _, end1, n1), (d2, start2, _, n2)) = (&w[0], &w[1]);
+        if d1 == d2 && start2 < end1 {
+            return Err(format!(
+                "disk group {}: subdisks {n1} and {n2} overlap on disk {d1} (seq {})",
+                c.name, c.seq
+            ));
+        }
     }
     Ok(())
 }
@@ -149,4 +180,67 @@ pub fn kernel_has_volumes(print: &Value, k: &KernelClient) -> Result<(), String>
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plexd_coordinator::objects::{
+        Plex, PlexLayout, PlexState, ReadPolicy, Subdisk, Volume, VolumeState,
+    };
+
+    fn volume(name: &str, disk: &str, offset: u64, len: u64) -> Volume {
+        Volume {
+            name: name.into(),
+            size_bytes: len,
+            state: VolumeState::Enabled,
+            read_policy: ReadPolicy::Round,
+            plexes: vec![Plex {
+                name: format!("{name}-01"),
+                state: PlexState::Active,
+                layout: PlexLayout::Concat,
+                subdisks: vec![Subdisk {
+                    name: format!("{disk}-{name}"),
+                    disk: disk.into(),
+                    disk_offset_bytes: offset,
+                    len_bytes: len,
+                    column: 0,
+                    plex_offset_bytes: 0,
+                }],
+            }],
+            exports: Vec::new(),
+        }
+    }
+
+    fn group(volumes: Vec<Volume>) -> DiskGroupConfig {
+        DiskGroupConfig {
+            name: "dg1".into(),
+            id: "id".into(),
+            shared: true,
+            owner_id: "test".into(),
+            seq: 7,
+            disks: Vec::new(),
+            volumes,
+        }
+    }
+
+    #[test]
+    fn subdisks_sharing_an_extent_are_refused_and_neighbours_are_not() {
+        let mb = 1 << 20;
+        let ok = group(vec![
+            volume("v1", "d0", 0, 4 * mb),
+            volume("v2", "d0", 4 * mb, 4 * mb),
+            volume("v3", "d1", 0, 4 * mb),
+        ]);
+        assert_eq!(no_shared_extents(&ok), Ok(()));
+        let bad = group(vec![
+            volume("v1", "d0", 0, 4 * mb),
+            volume("v2", "d0", 4 * mb - 512, 4 * mb),
+        ]);
+        let e = no_shared_extents(&bad).unwrap_err();
+        assert!(
+            e.contains("v1/v1-01") && e.contains("v2/v2-01") && e.contains("d0"),
+            "{e}"
+        );
+    }
 }
