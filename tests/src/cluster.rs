@@ -366,7 +366,13 @@ impl Cluster {
         let mut env = vec![("RUST_LOG".to_string(), self.opts.rust_log.clone())];
         if what == "plexd" {
             if let Some(fp) = &node.failpoint {
-                env.push(("PLEXD_FAILPOINT".into(), format!("{fp}:exit")));
+                // A failpoint given with its action (`name:sleep=ms`) is used as is.
+                let v = if fp.contains(':') {
+                    fp.clone()
+                } else {
+                    format!("{fp}:exit")
+                };
+                env.push(("PLEXD_FAILPOINT".into(), v));
             }
         }
         Spec {

@@ -28,6 +28,7 @@ pub mod config;
 pub mod ctl;
 pub mod disks;
 pub mod exports;
+pub mod failpoint;
 pub mod fence;
 pub mod kernel;
 pub mod model;
@@ -45,6 +46,7 @@ use crate::objects::{self, Change, ClusterConfig, PlexLayout, PlexState, VolumeL
 
 use config::ClusterFile;
 use ctl::{CtlCall, CtlChange, CtlReply, LayoutKind, NodeStatusOut, PlexOp, StatusOut};
+pub use failpoint::{failpoint_from_env, Failpoint, FAILPOINT_EXIT_STATUS};
 use kernel::{Desired, Kernel};
 use model::SharedConfig;
 
@@ -54,8 +56,6 @@ pub const INPUT_QUEUE_DEPTH: usize = 4096;
 pub const TARGET_WAIT: Duration = Duration::from_secs(10);
 /// Configurations remembered to recognise the disks' content.
 pub const HISTORY_LEN: usize = 64;
-/// Exit status of a failpoint exit (as a process killed by SIGKILL reports).
-pub const FAILPOINT_EXIT_STATUS: i32 = 137;
 /// First pause between two attempts to reconnect to a lost data plane.
 pub const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(50);
 /// Longest pause between two attempts to reconnect (the pause doubles up to it).
@@ -130,31 +130,6 @@ pub struct Options {
     pub node: String,
     /// Start `plexd-target` if its socket does not answer.
     pub spawn_target: bool,
-}
-
-/// The failpoint selected by `PLEXD_FAILPOINT=<name>:exit`, if any.
-pub fn failpoint_from_env() -> Result<Option<String>, String> {
-    let Ok(v) = std::env::var("PLEXD_FAILPOINT") else {
-        return Ok(None);
-    };
-    if v.is_empty() {
-        return Ok(None);
-    }
-    let Some((name, action)) = v.rsplit_once(':') else {
-        return Err(format!("PLEXD_FAILPOINT={v}: expected <name>:exit"));
-    };
-    if action != "exit" {
-        return Err(format!(
-            "PLEXD_FAILPOINT={v}: unknown action {action} (only exit)"
-        ));
-    }
-    if !crate::core::FAILPOINTS.contains(&name) {
-        return Err(format!(
-            "PLEXD_FAILPOINT={v}: unknown failpoint {name} (known: {})",
-            crate::core::FAILPOINTS.join(", ")
-        ));
-    }
-    Ok(Some(name.to_string()))
 }
 
 fn now_ms(start: Instant) -> u64 {
@@ -430,7 +405,7 @@ struct Daemon {
     file: ClusterFile,
     me: NodeId,
     name: String,
-    failpoint: Option<String>,
+    failpoint: Option<Failpoint>,
     node: Node<SharedConfig>,
     kernel: Kernel,
     transport: transport::Transport,
@@ -1038,6 +1013,7 @@ impl Daemon {
                 self.fences
                     .break_all(self.kernel.client(), "a transaction's kernel phase");
                 let result = self.kernel.prepare(desired, true);
+                self.failpoint_sleep("driver.kernel_prepare");
                 if let Some(t) = self.timer.as_mut() {
                     t.local_prepare = began.elapsed();
                 }
@@ -1092,6 +1068,7 @@ impl Daemon {
                 Some(Event::KernelLoaded { result })
             }
             Action::WriteDisks { record } => {
+                self.failpoint_sleep("driver.write_disks");
                 let result = disks::write_record(
                     &record,
                     &self.name,
@@ -1149,7 +1126,7 @@ impl Daemon {
             }
             Action::Failpoint(name) => {
                 self.mark(name);
-                if self.failpoint.as_deref() == Some(name) {
+                if self.failpoint.as_ref().is_some_and(|f| f.exits_at(name)) {
                     log::error!("node {}: failpoint {name}: exiting now", self.name);
                     eprintln!("plexd: node {}: failpoint {name}: exit", self.name);
                     // SAFETY: _exit ends the process at once without running atexit
@@ -1165,6 +1142,18 @@ impl Daemon {
                 self.tasks.cancel_all();
                 None
             }
+        }
+    }
+
+    /// Driver point `name`: sleeps when `PLEXD_FAILPOINT=<name>:sleep=<ms>` names it.
+    fn failpoint_sleep(&self, name: &str) {
+        if let Some(d) = self.failpoint.as_ref().and_then(|f| f.sleep_at(name)) {
+            log::warn!(
+                "node {}: failpoint {name}: sleeping {} ms",
+                self.name,
+                d.as_millis()
+            );
+            std::thread::sleep(d);
         }
     }
 
@@ -1888,26 +1877,5 @@ fn role_name(r: Role) -> &'static str {
         Role::Master => "master",
         Role::TakingOver => "taking-over",
         Role::Stopped => "stopped",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn failpoint_env_is_checked() {
-        // One test touches the variable, so no other test races with it.
-        std::env::set_var("PLEXD_FAILPOINT", "txn.after_check:exit");
-        assert_eq!(
-            failpoint_from_env().unwrap().as_deref(),
-            Some("txn.after_check")
-        );
-        std::env::set_var("PLEXD_FAILPOINT", "txn.nowhere:exit");
-        assert!(failpoint_from_env().is_err());
-        std::env::set_var("PLEXD_FAILPOINT", "txn.after_check:abort");
-        assert!(failpoint_from_env().is_err());
-        std::env::remove_var("PLEXD_FAILPOINT");
-        assert_eq!(failpoint_from_env().unwrap(), None);
     }
 }
