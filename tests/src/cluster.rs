@@ -104,7 +104,8 @@ impl Default for ClusterOpts {
 }
 
 impl ClusterOpts {
-    /// Arms `failpoint` (e.g. `txn.after_check`) on `node`'s first plexd.
+    /// Arms `failpoint` (e.g. `txn.after_check`, or with its action:
+    /// `driver.write_disks:sleep=2500`) on `node`'s first plexd.
     pub fn failpoint(mut self, node: usize, failpoint: &str) -> ClusterOpts {
         self.failpoints.push((node, failpoint.to_string()));
         self

@@ -297,6 +297,7 @@ pub fn run(opts: Options) -> Result<(), String> {
         kernel_epoch: 0,
         kernel_lost: None,
         reconnecting: false,
+        early_lost: None,
         timer: None,
         failed,
         repairs,
@@ -349,7 +350,8 @@ fn start_kernel_events(kernel: &Kernel, tx: SyncSender<Input>, epoch: u64, node:
     let sub = match client.subscribe() {
         Ok(s) => s,
         Err(e) if kernel::connection_lost(&e) => {
-            // Called from the main loop (or before it starts): never block on its queue.
+            // Called from the driver (or before the main loop starts): never block on
+            // the main loop's queue.
             let reason = format!("cannot subscribe to events: {e}");
             let _ = tx.try_send(Input::KernelLost { epoch, reason });
             return;
@@ -487,6 +489,8 @@ struct Daemon {
     kernel_lost: Option<KernelLost>,
     /// A reconnection attempt is with the driver.
     reconnecting: bool,
+    /// A loss of the connection the driver is making, reported before its answer.
+    early_lost: Option<(u64, String)>,
     /// Phase timings of the transaction this node runs as master (see [`TxnTimer`]).
     timer: Option<TxnTimer>,
     /// Disk groups of this cluster or node whose configuration no disk holds
@@ -695,6 +699,11 @@ impl Daemon {
     /// The connection to the data plane broke: remember it (the main loop reconnects),
     /// drop what lived in the old target (fences, resync copies).
     fn on_kernel_lost(&mut self, epoch: u64, reason: String) {
+        if epoch > self.kernel_epoch {
+            // The connection the driver just made broke before its answer came.
+            self.early_lost = Some((epoch, reason));
+            return;
+        }
         if epoch != self.kernel_epoch || self.kernel_lost.is_some() {
             log::debug!(
                 "node {}: late report on kernel connection {epoch} ignored: {reason}",
@@ -806,6 +815,12 @@ impl Daemon {
         };
         self.kernel_epoch = epoch;
         self.lease.set_client(Some(client));
+        if let Some((e, reason)) = self.early_lost.take() {
+            if e == epoch {
+                self.on_kernel_lost(e, reason);
+                return;
+            }
+        }
         let member = self.node.view().is_some_and(|v| v.contains(self.me));
         let took = lost.since.elapsed().as_millis();
         match loaded {
