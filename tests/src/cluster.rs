@@ -496,6 +496,11 @@ impl Cluster {
         self.nodes[i].plexd.as_ref().and_then(|p| p.pid())
     }
 
+    /// The PID of node `i`'s plexd-target, if it was started.
+    pub fn target_pid(&self, i: usize) -> Option<u32> {
+        self.nodes[i].target.as_ref().and_then(|p| p.pid())
+    }
+
     /// plexd of node `i` is running.
     pub fn coordinator_running(&mut self, i: usize) -> bool {
         self.nodes[i].plexd.as_mut().is_some_and(|p| p.is_running())

@@ -2,6 +2,9 @@
 //! data-plane lease: the driver carries those actions out off the main loop
 //! (docs/ARCHITECTURE.md, "The daemon's main loop and its driver").
 //!
+//! A plexd-target that hangs (SIGSTOP) holds up its plexd's driver and lease threads
+//! only: the node stays a member.
+//!
 //! The slow action is a failpoint (`driver.kernel_prepare:sleep=<ms>`: the volumes stay
 //! staged that long, as in a slow drain; `driver.write_disks:sleep=<ms>`: a slow
 //! disk) lasting several heartbeat timeouts and two leases. Meanwhile no node may be
@@ -12,9 +15,15 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use plexd_tests::data::IoLoop;
 use plexd_tests::{members, Cluster, ClusterOpts, Pattern};
+use serde_json::Value;
 
+/// How long a plexd-target stays stopped (SIGSTOP) in the hung-target test: as
+/// long as the slow actions.
+const HUNG_MS: u64 = SLOW_MS;
 /// How long the slow action takes: four heartbeat timeouts and two leases of the
 /// test clusters (600 ms, 1.2 s), so the old loop that blocked on it lost both.
 const SLOW_MS: u64 = 2500;
@@ -26,13 +35,44 @@ const POLL_PAUSE: Duration = Duration::from_millis(50);
 /// Rounds of `cluster status` at most (bounds the polling loop in count).
 const MAX_POLLS: usize = 2000;
 
+/// Asks every node for `cluster status` until `finished()` (bounded in time and
+/// count), checking each answer shows `view` with every node a member; returns the
+/// number of rounds.
+fn watch_view(c: &Cluster, view: &Value, what: &str, finished: impl Fn() -> bool) -> usize {
+    let everyone: BTreeSet<String> = c.nodes.iter().map(|n| n.name.clone()).collect();
+    let began = Instant::now();
+    let mut polls = 0;
+    while !finished() && polls < MAX_POLLS && began.elapsed() < CHANGE_TIMEOUT {
+        for i in 0..c.nodes.len() {
+            let st = c
+                .try_ctl_json(i, "cluster status")
+                .unwrap_or_else(|e| panic!("while {what}: {e}"));
+            assert_eq!(
+                (members(&st), &st["view"]),
+                (everyone.clone(), view),
+                "node {} changed its view while {what} ({} ms in): {st}",
+                c.nodes[i].name,
+                began.elapsed().as_millis()
+            );
+        }
+        polls += 1;
+        std::thread::sleep(POLL_PAUSE);
+    }
+    polls
+}
+
+/// The view every node must keep, checked once before the slow part.
+fn current_view(c: &Cluster) -> Value {
+    let everyone: BTreeSet<String> = c.nodes.iter().map(|n| n.name.clone()).collect();
+    let before = c.status(0);
+    assert_eq!(members(&before), everyone, "all members before: {before}");
+    before["view"].clone()
+}
+
 /// Runs `cmd` on node `on` while node `slow`'s failpoint slows it down, with an I/O
 /// loop through node `slow`'s target; checks the view and the I/O throughout.
 fn change_while_slow(c: &mut Cluster, on: usize, slow: usize, cmd: &str, point: &str) {
-    let everyone: BTreeSet<String> = c.nodes.iter().map(|n| n.name.clone()).collect();
-    let before = c.status(0);
-    let view = before["view"].clone();
-    assert_eq!(members(&before), everyone, "all members before: {before}");
+    let view = current_view(c);
     let region = Pattern {
         bdev: "dg1.vol1".into(),
         offset_bytes: 8 << 20,
@@ -44,26 +84,10 @@ fn change_while_slow(c: &mut Cluster, on: usize, slow: usize, cmd: &str, point: 
     let rounds_before = io.rounds();
     let began = Instant::now();
     let c_ref: &Cluster = c;
+    let what = format!("node {} is slow in `{cmd}`", c.nodes[slow].name);
     let (out, polls) = std::thread::scope(|s| {
         let change = s.spawn(|| c_ref.ctl(on, cmd));
-        let mut polls = 0;
-        while !change.is_finished() && polls < MAX_POLLS && began.elapsed() < CHANGE_TIMEOUT {
-            for i in 0..c_ref.nodes.len() {
-                let st = c_ref
-                    .try_ctl_json(i, "cluster status")
-                    .unwrap_or_else(|e| panic!("while node {slow} is slow: {e}"));
-                assert_eq!(
-                    (members(&st), &st["view"]),
-                    (everyone.clone(), &view),
-                    "node {} changed its view while node {} was slow ({} ms into `{cmd}`): {st}",
-                    c_ref.nodes[i].name,
-                    c_ref.nodes[slow].name,
-                    began.elapsed().as_millis()
-                );
-            }
-            polls += 1;
-            std::thread::sleep(POLL_PAUSE);
-        }
+        let polls = watch_view(c_ref, &view, &what, || change.is_finished());
         (change.join().expect("the ctl thread"), polls)
     });
     let took = began.elapsed();
@@ -140,4 +164,45 @@ fn a_slow_disk_write_on_the_master_keeps_it_master_and_serving() {
     let vol2 = plexd_tests::volume(&c.print(2), "dg1", "vol2").cloned();
     assert!(vol2.is_some(), "vol2 is on node c after the change");
     c.check_invariants();
+}
+
+/// Sends SIGCONT to a stopped process when dropped (also when the test fails).
+struct Stopped(Pid);
+
+impl Stopped {
+    fn new(pid: u32) -> Stopped {
+        let pid = Pid::from_raw(i32::try_from(pid).expect("a PID fits in i32"));
+        kill(pid, Signal::SIGSTOP).expect("SIGSTOP the target");
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = kill(self.0, Signal::SIGCONT);
+    }
+}
+
+#[test]
+fn a_hung_target_holds_up_neither_heartbeats_nor_the_view() {
+    let mut c = Cluster::start(3, ClusterOpts::default());
+    c.shared_mirror(0, "dg1", "vol1", "32M");
+    let view = current_view(&c);
+    let pid = c.target_pid(1).expect("b's target runs");
+    let polls = {
+        let _stopped = Stopped::new(pid);
+        let until = Instant::now() + Duration::from_millis(HUNG_MS);
+        watch_view(&c, &view, "node b's target is stopped", || {
+            Instant::now() >= until
+        })
+    };
+    assert!(
+        polls > 0,
+        "no `cluster status` round ran while the target hung"
+    );
+    // Running again: b serves again (its lease is renewed) and a change completes.
+    c.write_pattern(1, "dg1", "vol1", 8 << 20, 1 << 20);
+    c.ctl_ok(0, "vol create dg1 vol2 16M --layout concat");
+    c.check_invariants();
+    eprintln!("target of b stopped for {HUNG_MS} ms; {polls} status rounds, view kept");
 }
