@@ -20,7 +20,7 @@
 //! its jobs one at a time in the order given; the answer comes back as the core's
 //! completion event. What the core asked *after* a slow action in the same step, and
 //! replies and failpoints of later steps, wait in the loop's ordered pipeline until
-//! the driver finished the jobs before them (see [`Daemon::run_step`]), so the
+//! the driver finished the jobs before them (see [`pipeline`]), so the
 //! effects happen in the order of the old synchronous loop; heartbeats never wait.
 //! The data-plane lease is renewed by its own thread ([`lease`]).
 //!
@@ -42,6 +42,7 @@ pub mod fence;
 pub mod kernel;
 pub mod lease;
 pub mod model;
+pub mod pipeline;
 pub mod print;
 pub mod resync;
 pub mod transport;
@@ -61,6 +62,7 @@ use driver::{Done, Driver, DriverHandle, Job};
 pub use failpoint::{failpoint_from_env, Failpoint, FAILPOINT_EXIT_STATUS};
 use kernel::Kernel;
 use model::SharedConfig;
+use pipeline::{Item, Op, Pipeline, PIPELINE_MAX};
 
 /// Inputs queued for the main loop before senders wait.
 pub const INPUT_QUEUE_DEPTH: usize = 4096;
@@ -74,9 +76,6 @@ pub const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(50);
 pub const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// How often the kernel event thread checks an idle connection to the data plane.
 pub const KERNEL_PROBE_INTERVAL: Duration = Duration::from_secs(1);
-/// Items (jobs and what waits behind them) the main loop's pipeline holds before the
-/// loop stops reading inputs and only waits for the driver.
-pub const PIPELINE_MAX: usize = 4 * driver::DRIVER_QUEUE_DEPTH;
 /// Private disk-group changes waiting for the one in progress, at most.
 pub const MAX_QUEUED_PRIVATE: usize = 64;
 
@@ -274,9 +273,7 @@ pub fn run(opts: Options) -> Result<(), String> {
         failpoint,
         node,
         driver,
-        pipeline: VecDeque::new(),
-        deferred_to: BTreeMap::new(),
-        hold_all: false,
+        pipeline: Pipeline::default(),
         lease,
         socket,
         transport,
@@ -452,13 +449,8 @@ struct Daemon {
     /// The driver thread: every slow action, in order.
     driver: DriverHandle,
     /// What was handed to the driver and what waits behind it, in order (see
-    /// [`Daemon::run_step`]); at most about [`PIPELINE_MAX`] items.
-    pipeline: VecDeque<Item>,
-    /// Messages per peer waiting in the pipeline (a later message to that peer waits
-    /// behind them: per-peer order).
-    deferred_to: BTreeMap<NodeId, usize>,
-    /// An armed exit failpoint waits in the pipeline: everything after it waits too.
-    hold_all: bool,
+    /// [`pipeline`]); about [`PIPELINE_MAX`] entries at most.
+    pipeline: Pipeline,
     /// The data-plane lease renewer thread.
     lease: lease::Renewer,
     /// The data plane's socket.
@@ -503,20 +495,6 @@ struct Daemon {
     private_queue: VecDeque<PrivateRequest>,
     /// The private change with the driver, and the private groups after it.
     private_running: Option<(PrivateRequest, ClusterConfig)>,
-}
-
-/// What waits in the main loop's pipeline (see [`Daemon::run_step`]).
-enum Item {
-    /// A job with the driver (its number).
-    Job(u64),
-    /// A message to a peer.
-    Send(NodeId, Message),
-    /// The core's reply to a request.
-    Reply(RequestId, Result<(), String>),
-    /// A failpoint (timer mark; exit when armed).
-    Failpoint(&'static str),
-    /// The core is ready to stop.
-    ShutdownReady,
 }
 
 /// A private disk-group change and whom to answer.
@@ -783,7 +761,8 @@ impl Daemon {
             private: self.private.disk_groups.clone(),
             staged: self.staged.as_ref().map(|(t, c)| (*t, c.groups.clone())),
         };
-        self.reconnecting = self.submit(job);
+        self.submit(job);
+        self.reconnecting = true;
     }
 
     /// The driver's reconnection attempt ended.
@@ -898,11 +877,8 @@ impl Daemon {
             token,
             reply: reply.clone(),
         };
-        if self.submit(job) {
-            Ok(())
-        } else {
-            Err(format!("node {}: the driver thread is gone", self.name))
-        }
+        self.submit(job);
+        Ok(())
     }
 
     fn on_plex_error(&mut self, volume: String, plex: String) {
@@ -969,107 +945,44 @@ impl Daemon {
         self.publish_view();
     }
 
-    /// Carries out one step of the core (the actions of one event), in order.
-    ///
-    /// Slow actions become driver jobs ([`Daemon::submit_action`]); their completion
-    /// events come back through [`Daemon::on_driver_done`]. Everything else happens
-    /// on the loop, at once when nothing waits in the pipeline, else behind it:
-    ///
-    /// - Messages leave after the step's other actions: a failpoint exit in the step
-    ///   loses them, as a kill -9 before the network saw them would. Once no failpoint
-    ///   is left in the step, they leave before a slow local action (local check,
-    ///   kernel prepare or commit), so the peers work on them in the meantime (the
-    ///   master's Check and Prepare, its Commit to the others). A message the step
-    ///   sends after one of its own jobs waits for that job (nothing leaves before
-    ///   the disk write or the kernel phase it follows), and a message to a peer with
-    ///   messages waiting waits behind them (per-peer order). Other messages leave at
-    ///   once, even while older jobs run: peers are answered.
-    /// - Replies, failpoints and the stop wait for every job before them (a client
-    ///   hears of a change once this node's data plane applied it).
-    /// - Heartbeats never wait, unless an armed exit failpoint waits (the process is
-    ///   as good as dead from there).
+    /// Carries out one step of the core (the actions of one event) in the order
+    /// [`pipeline::plan`] gives: slow actions become driver jobs
+    /// ([`Daemon::submit_action`], their completion events come back through
+    /// [`Daemon::on_driver_done`]); the rest is carried out at once or waits in the
+    /// pipeline for the jobs before it.
     fn run_step(&mut self, actions: Vec<Action<SharedConfig>>) {
-        let mut sends = Vec::new();
-        let mut failpoints_left = actions
-            .iter()
-            .filter(|a| matches!(a, Action::Failpoint(_)))
-            .count();
-        let mut after_job = false;
-        for a in actions {
-            match a {
-                Action::Send { to, msg } => sends.push((to, msg)),
-                Action::Reply { request, result } => self.later(Item::Reply(request, result)),
-                Action::Failpoint(name) => {
-                    failpoints_left -= 1;
-                    let armed = self.failpoint.as_ref().is_some_and(|f| f.exits_at(name));
-                    if armed && !self.pipeline.is_empty() {
-                        self.hold_all = true;
+        for op in pipeline::plan(actions) {
+            match op {
+                Op::Job(a) => self.submit_action(a),
+                Op::Later(item) => {
+                    let armed = matches!(item, Item::Failpoint(name)
+                        if self.failpoint.as_ref().is_some_and(|f| f.exits_at(name)));
+                    if let Some(now) = self.pipeline.later(item, armed) {
+                        self.run_item(now);
                     }
-                    self.later(Item::Failpoint(name));
                 }
-                Action::ViewChanged { view } => log::info!(
+                Op::Send(msgs, after_job) => {
+                    for (to, msg) in msgs {
+                        if let Some((to, msg)) = self.pipeline.message(to, msg, after_job) {
+                            self.transport.send(to, &msg);
+                        }
+                    }
+                }
+                Op::Now(Action::ViewChanged { view }) => log::info!(
                     "node {}: view {} installed: master {}, members {:?}",
                     self.name,
                     view.id,
                     self.node.name(view.master),
                     view.members
                 ),
-                Action::Log { .. } => {} // the core has logged it already
-                Action::ShutdownReady => self.later(Item::ShutdownReady),
-                slow => {
-                    let flush_before = matches!(
-                        slow,
-                        Action::LocalCheck { .. }
-                            | Action::KernelPrepare { .. }
-                            | Action::KernelCommit { .. }
-                    );
-                    if flush_before && failpoints_left == 0 {
-                        self.flush(&mut sends, after_job);
-                    }
-                    after_job |= self.submit_action(slow);
-                }
+                Op::Now(_) => {} // Log: the core has logged it already
             }
-        }
-        self.flush(&mut sends, after_job);
-    }
-
-    /// Sends the step's messages gathered so far, or queues them in the pipeline
-    /// (see [`Daemon::run_step`]); `after_job`: the step handed a job to the driver
-    /// before them.
-    fn flush(&mut self, sends: &mut Vec<(NodeId, Message)>, after_job: bool) {
-        for (to, msg) in sends.drain(..) {
-            let heartbeat = matches!(msg, Message::Heartbeat { .. });
-            let queued_to = self.deferred_to.get(&to).is_some_and(|n| *n > 0);
-            if self.hold_all || (!heartbeat && (after_job || queued_to)) {
-                *self.deferred_to.entry(to).or_default() += 1;
-                self.pipeline.push_back(Item::Send(to, msg));
-            } else {
-                self.transport.send(to, &msg);
-            }
-        }
-    }
-
-    /// Carries out `item` now if nothing waits in the pipeline, else after it.
-    fn later(&mut self, item: Item) {
-        if self.pipeline.is_empty() {
-            self.run_item(item);
-        } else {
-            self.pipeline.push_back(item);
         }
     }
 
     fn run_item(&mut self, item: Item) {
         match item {
-            Item::Job(seq) => log::error!(
-                "node {}: driver job {seq} taken for a loop item (a bug); skipped",
-                self.name
-            ),
-            Item::Send(to, msg) => {
-                if let Some(n) = self.deferred_to.get_mut(&to) {
-                    *n = n.saturating_sub(1);
-                }
-                self.transport.send(to, &msg);
-            }
+            Item::Send(to, msg) => self.transport.send(to, &msg),
             Item::Reply(request, result) => self.on_reply(request, result),
             Item::Failpoint(name) => {
                 self.mark(name);
@@ -1089,27 +1002,11 @@ impl Daemon {
         }
     }
 
-    /// Runs what waits in the pipeline up to the next job.
-    fn run_ready(&mut self) {
-        while self
-            .pipeline
-            .front()
-            .is_some_and(|i| !matches!(i, Item::Job(_)))
-        {
-            if let Some(item) = self.pipeline.pop_front() {
-                self.run_item(item);
-            }
-        }
-    }
-
-    /// Hands `job` to the driver and queues its place in the pipeline. A driver
-    /// thread that is gone (a bug) stops this plexd: nothing could be carried out.
-    fn submit(&mut self, job: Job) -> bool {
+    /// Hands `job` to the driver and notes it in the pipeline. A driver thread that
+    /// is gone (a bug) stops this plexd: nothing could be carried out any more.
+    fn submit(&mut self, job: Job) {
         match self.driver.submit(job) {
-            Ok(seq) => {
-                self.pipeline.push_back(Item::Job(seq));
-                true
-            }
+            Ok(seq) => self.pipeline.job(seq),
             Err(e) => {
                 log::error!("node {}: {e}; plexd exits", self.name);
                 std::process::exit(1);
@@ -1119,7 +1016,7 @@ impl Daemon {
 
     /// A slow action of the core as a driver job, with what the loop notes when the
     /// core asks for it (the staged transaction, cancelled resyncs).
-    fn submit_action(&mut self, action: Action<SharedConfig>) -> bool {
+    fn submit_action(&mut self, action: Action<SharedConfig>) {
         let job = match action {
             Action::LocalCheck { txn, change } => Job::LocalCheck {
                 txn,
@@ -1172,33 +1069,30 @@ impl Daemon {
                     private: self.private.disk_groups.clone(),
                 }
             }
-            Action::Send { .. }
+            other @ (Action::Send { .. }
             | Action::Reply { .. }
             | Action::Failpoint(_)
             | Action::ViewChanged { .. }
             | Action::Log { .. }
-            | Action::ShutdownReady => return false, // carried out by run_step
+            | Action::ShutdownReady) => {
+                log::error!("node {}: {other:?} is no driver job (a bug)", self.name);
+                return;
+            }
         };
-        self.submit(job)
+        self.submit(job);
     }
 
-    /// The driver answered job `seq` (the head of the pipeline): what waited behind
-    /// it runs, then the core gets the completion event.
+    /// The driver answered job `seq` (the oldest): its answer is noted, what waited
+    /// behind it is carried out, then the core gets the completion event.
     fn on_driver_done(&mut self, seq: u64, done: Done) {
-        match self.pipeline.pop_front() {
-            Some(Item::Job(s)) if s == seq => {}
-            other => {
-                log::error!(
-                    "node {}: driver answer {seq} is not the oldest job (a bug)",
-                    self.name
-                );
-                if let Some(item) = other {
-                    self.pipeline.push_front(item);
-                }
-            }
-        }
+        let due = self.pipeline.done(seq).unwrap_or_else(|e| {
+            log::error!("node {}: {e} (a bug)", self.name);
+            Vec::new()
+        });
         let event = self.complete(done);
-        self.run_ready();
+        for item in due {
+            self.run_item(item);
+        }
         if let Some(ev) = event {
             self.feed(ev);
         }
@@ -1848,9 +1742,8 @@ impl Daemon {
                 group: self.group(req.change.dg_name()).cloned(),
                 txn: incarnation(),
             };
-            if self.submit(job) {
-                self.private_running = Some((req, after));
-            }
+            self.submit(job);
+            self.private_running = Some((req, after));
         }
     }
 
