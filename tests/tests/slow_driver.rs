@@ -3,7 +3,8 @@
 //! (docs/ARCHITECTURE.md, "The daemon's main loop and its driver").
 //!
 //! A plexd-target that hangs (SIGSTOP) holds up its plexd's driver and lease threads
-//! only: the node stays a member.
+//! only: the node stays a member. SIGTERM during a slow kernel prepare lets the
+//! change complete before plexd stops (exit 0).
 //!
 //! The slow action is a failpoint (`driver.kernel_prepare:sleep=<ms>`: the volumes stay
 //! staged that long, as in a slow drain; `driver.write_disks:sleep=<ms>`: a slow
@@ -18,7 +19,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use plexd_tests::data::IoLoop;
-use plexd_tests::{members, Cluster, ClusterOpts, Pattern};
+use plexd_tests::{members, wait_until, Cluster, ClusterOpts, Pattern};
 use serde_json::Value;
 
 /// How long a plexd-target stays stopped (SIGSTOP) in the hung-target test: as
@@ -205,4 +206,47 @@ fn a_hung_target_holds_up_neither_heartbeats_nor_the_view() {
     c.ctl_ok(0, "vol create dg1 vol2 16M --layout concat");
     c.check_invariants();
     eprintln!("target of b stopped for {HUNG_MS} ms; {polls} status rounds, view kept");
+}
+
+#[test]
+fn sigterm_during_a_slow_kernel_prepare_lets_the_change_complete_then_stops_cleanly() {
+    let mut c = Cluster::start(3, ClusterOpts::default());
+    c.shared_mirror(0, "dg1", "vol1", "32M");
+    let fp = format!("driver.kernel_prepare:sleep={SLOW_MS}");
+    c.restart_coordinator(1, Some(&fp));
+    let log = c.nodes[1].dir.join("plexd.log");
+    let pid = Pid::from_raw(i32::try_from(c.plexd_pid(1).expect("b's plexd runs")).unwrap());
+    let c_ref: &Cluster = &c;
+    let out = std::thread::scope(|s| {
+        let change = s.spawn(|| c_ref.ctl(0, "vol create dg1 vol2 16M --layout concat"));
+        wait_until(
+            "node b to sleep in its kernel prepare",
+            CHANGE_TIMEOUT,
+            || {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                match text.contains("failpoint driver.kernel_prepare: sleeping") {
+                    true => Ok(()),
+                    false => Err("not yet".to_string()),
+                }
+            },
+        );
+        kill(pid, Signal::SIGTERM).expect("SIGTERM b's plexd");
+        change.join().expect("the ctl thread")
+    });
+    assert!(
+        out.status.success(),
+        "the change failed when node b was asked to stop in its kernel prepare: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let status = c.wait_coordinator_exit(1);
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "b's plexd stopped cleanly: {status:?}"
+    );
+    c.wait_joined(&[0, 2]);
+    for i in [0, 2] {
+        let vol2 = plexd_tests::volume(&c.print(i), "dg1", "vol2").cloned();
+        assert!(vol2.is_some(), "vol2 is on node {}", c.nodes[i].name);
+    }
 }
