@@ -117,7 +117,8 @@ impl Default for ClusterOpts {
 }
 
 impl ClusterOpts {
-    /// Arms `failpoint` (e.g. `txn.after_check`) on `node`'s first plexd.
+    /// Arms `failpoint` (e.g. `txn.after_check`, or with its action:
+    /// `driver.write_disks:sleep=2500`) on `node`'s first plexd.
     pub fn failpoint(mut self, node: usize, failpoint: &str) -> ClusterOpts {
         self.failpoints.push((node, failpoint.to_string()));
         self
@@ -397,7 +398,13 @@ impl Cluster {
         let mut env = vec![("RUST_LOG".to_string(), self.opts.rust_log.clone())];
         if what == "plexd" {
             if let Some(fp) = &node.failpoint {
-                env.push(("PLEXD_FAILPOINT".into(), format!("{fp}:exit")));
+                // A failpoint given with its action (`name:sleep=ms`) is used as is.
+                let v = if fp.contains(':') {
+                    fp.clone()
+                } else {
+                    format!("{fp}:exit")
+                };
+                env.push(("PLEXD_FAILPOINT".into(), v));
             }
         }
         let (exe, args) = self.in_netns(i, exe, args);
@@ -568,6 +575,11 @@ impl Cluster {
     /// The process id of node `i`'s plexd, while it runs.
     pub fn plexd_pid(&self, i: usize) -> Option<u32> {
         self.nodes[i].plexd.as_ref().and_then(|p| p.pid())
+    }
+
+    /// The PID of node `i`'s plexd-target, if it was started.
+    pub fn target_pid(&self, i: usize) -> Option<u32> {
+        self.nodes[i].target.as_ref().and_then(|p| p.pid())
     }
 
     /// plexd of node `i` is running.

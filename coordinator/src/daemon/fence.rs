@@ -15,7 +15,7 @@
 //! only for its master and only once it has applied the transaction that made the
 //! plex SYNCING, so every fenced node sends its writes to the SYNCING plex too.
 //!
-//! [`Fences`] is the node side (the main loop's table); [`Fencer`] is the copying
+//! [`Fences`] is the node side (the driver thread's table); [`Fencer`] is the copying
 //! side, used by a resync thread.
 
 use std::collections::BTreeMap;
@@ -227,7 +227,8 @@ pub struct ViewSnapshot {
     pub members: Vec<(NodeId, String)>,
 }
 
-/// The current view, shared by the main loop (writer) and resync threads (readers).
+/// The current view, shared by the main loop (writer), the driver and resync threads
+/// (readers).
 pub type SharedView = Arc<Mutex<Option<ViewSnapshot>>>;
 
 fn snapshot(view: &SharedView) -> Option<ViewSnapshot> {

@@ -495,13 +495,18 @@ impl Kernel {
         }
     }
 
-    /// Stops using every disk and volume (the node left the cluster).
-    pub fn leave(&mut self, keep: Desired) {
+    /// The node left the cluster: a staged layout is dropped and writes held for a
+    /// cluster decision fail, but the shared volumes and their exports stay in the
+    /// data plane, fenced by the lease (revoked on the next tick: no quorate view),
+    /// so hosts get NOT READY on a path that stays logged in and comes back when
+    /// the node rejoins and loads the cluster's configuration. `private` holds the
+    /// volumes whose decisions stay local.
+    pub fn leave(&mut self, private: &Desired) {
         self.abort();
         if let Ok((_, volumes)) = self.existing() {
             for v in volumes
                 .iter()
-                .filter(|v| v.contains('.') && !keep.volumes.contains_key(*v))
+                .filter(|v| v.contains('.') && !private.volumes.contains_key(*v))
             {
                 // Writes held for a failed plex would wait for a cluster decision
                 // that will not come: fail them.
@@ -509,9 +514,6 @@ impl Kernel {
                     log::debug!("data plane: volume {v}: fail held writes: {e}");
                 }
             }
-        }
-        if let Err(e) = self.load(keep) {
-            log::error!("data plane: cannot drop the shared volumes: {e}");
         }
     }
 }

@@ -9,16 +9,24 @@
 //!   `ConnectionLost` when an established connection breaks);
 //! - a kernel event thread (plex I/O errors from the data plane; it also notices
 //!   when the connection to the data plane breaks: [`Input::KernelLost`]), a signal
-//!   thread (SIGTERM/SIGINT → clean stop) and resync threads.
+//!   thread (SIGTERM/SIGINT → clean stop) and resync threads;
+//! - the [`driver`] thread, which answers the jobs the main loop gave it
+//!   ([`Input::DriverDone`] wakes the loop up).
+//!
+//! The main loop never waits for the data plane or a disk. It sends messages and
+//! answers requests itself; every slow action of the core (kernel phases, disk reads
+//! and writes, local checks, disk access checks, leaving the cluster) is a job of the
+//! [`driver`] thread, which owns the data-plane adapter ([`kernel::Kernel`]) and runs
+//! its jobs one at a time in the order given; the answer comes back as the core's
+//! completion event. What the core asked *after* a slow action in the same step, and
+//! replies and failpoints of later steps, wait in the loop's ordered pipeline until
+//! the driver finished the jobs before them (see [`pipeline`]), so the
+//! effects happen in the order of the old synchronous loop; heartbeats never wait.
+//! The data-plane lease is renewed by its own thread ([`lease`]).
 //!
 //! When the data plane is lost (plexd-target died or restarted), the main loop
 //! reconnects from its ticks with a bounded backoff (starting the target again with
-//! `--spawn-target`), then loads the whole desired configuration into it.
-//!
-//! The main loop carries out the core's actions itself, in order: kernel phases
-//! through [`kernel::Kernel`], disk reads and writes through [`disks`] (over
-//! `ondisk`), local checks, failpoints. Completions of those actions are fed back to
-//! the core after the batch that asked for them.
+//! `--spawn-target`); the driver reconnects and loads the whole desired configuration.
 //!
 //! Shared disk groups are the core's configuration ([`model::SharedConfig`]); private
 //! disk groups belong to this node only and are changed here without a cluster
@@ -27,17 +35,22 @@
 pub mod config;
 pub mod ctl;
 pub mod disks;
+pub mod driver;
 pub mod exports;
+pub mod failpoint;
 pub mod fence;
 pub mod kernel;
+pub mod lease;
 pub mod model;
+pub mod pipeline;
 pub mod print;
 pub mod resync;
 pub mod transport;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::core::{Action, ConfigModel, Event, Message, Node, NodeId, RequestId, Role, TxnId};
@@ -45,8 +58,11 @@ use crate::objects::{self, Change, ClusterConfig, PlexLayout, PlexState, VolumeL
 
 use config::ClusterFile;
 use ctl::{CtlCall, CtlChange, CtlReply, LayoutKind, NodeStatusOut, PlexOp, StatusOut};
-use kernel::{Desired, Kernel};
+use driver::{Done, Driver, DriverHandle, Job};
+pub use failpoint::{failpoint_from_env, Failpoint, FAILPOINT_EXIT_STATUS};
+use kernel::Kernel;
 use model::SharedConfig;
+use pipeline::{Item, Op, Pipeline, PIPELINE_MAX};
 
 /// Inputs queued for the main loop before senders wait.
 pub const INPUT_QUEUE_DEPTH: usize = 4096;
@@ -54,14 +70,14 @@ pub const INPUT_QUEUE_DEPTH: usize = 4096;
 pub const TARGET_WAIT: Duration = Duration::from_secs(10);
 /// Configurations remembered to recognise the disks' content.
 pub const HISTORY_LEN: usize = 64;
-/// Exit status of a failpoint exit (as a process killed by SIGKILL reports).
-pub const FAILPOINT_EXIT_STATUS: i32 = 137;
 /// First pause between two attempts to reconnect to a lost data plane.
 pub const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(50);
 /// Longest pause between two attempts to reconnect (the pause doubles up to it).
 pub const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// How often the kernel event thread checks an idle connection to the data plane.
 pub const KERNEL_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// Private disk-group changes waiting for the one in progress, at most.
+pub const MAX_QUEUED_PRIVATE: usize = 64;
 
 /// What the main loop receives.
 pub enum Input {
@@ -119,6 +135,8 @@ pub enum Input {
     },
     /// SIGTERM / SIGINT.
     Shutdown,
+    /// The driver answered a job (the answer is on its completion channel).
+    DriverDone,
 }
 
 /// Command-line options of `plexd`.
@@ -130,31 +148,6 @@ pub struct Options {
     pub node: String,
     /// Start `plexd-target` if its socket does not answer.
     pub spawn_target: bool,
-}
-
-/// The failpoint selected by `PLEXD_FAILPOINT=<name>:exit`, if any.
-pub fn failpoint_from_env() -> Result<Option<String>, String> {
-    let Ok(v) = std::env::var("PLEXD_FAILPOINT") else {
-        return Ok(None);
-    };
-    if v.is_empty() {
-        return Ok(None);
-    }
-    let Some((name, action)) = v.rsplit_once(':') else {
-        return Err(format!("PLEXD_FAILPOINT={v}: expected <name>:exit"));
-    };
-    if action != "exit" {
-        return Err(format!(
-            "PLEXD_FAILPOINT={v}: unknown action {action} (only exit)"
-        ));
-    }
-    if !crate::core::FAILPOINTS.contains(&name) {
-        return Err(format!(
-            "PLEXD_FAILPOINT={v}: unknown failpoint {name} (known: {})",
-            crate::core::FAILPOINTS.join(", ")
-        ));
-    }
-    Ok(Some(name.to_string()))
 }
 
 fn now_ms(start: Instant) -> u64 {
@@ -234,20 +227,35 @@ pub fn run(opts: Options) -> Result<(), String> {
     }
     // Private groups come back at once; shared volumes the target still serves are
     // left alone until the cluster configuration is loaded (no I/O interruption).
-    let local = disks::LocalDisks::scan(&files);
-    let localized: Vec<_> = private
-        .disk_groups
-        .iter()
-        .map(|g| local.localize(g))
-        .collect();
-    let mut at_start = Desired::of(&localized);
-    at_start.exports = exports::desired(&private.disk_groups, &me.name, me.iscsi_portal());
+    let at_start = driver::desired_of(
+        &files,
+        &me.name,
+        me.iscsi_portal(),
+        &[],
+        &private.disk_groups,
+    );
     if let Err(e) = kernel.prepare(at_start, false) {
         log::error!("node {}: cannot load the private disk groups: {e}", me.name);
         kernel.abort();
     } else if let Err(e) = kernel.commit() {
         log::error!("node {}: cannot load the private disk groups: {e}", me.name);
     }
+    let lease = lease::Renewer::start(&me.name, kernel.shared_client());
+    let socket = kernel.client().path().to_string();
+    let view = fence::SharedView::default();
+    let repairs = Arc::new(Mutex::new(disks::Repairs::default()));
+    let driver = Driver {
+        file: file.clone(),
+        me: me.id,
+        name: me.name.clone(),
+        kernel,
+        fences: fence::Fences::default(),
+        repairs: Arc::clone(&repairs),
+        view: Arc::clone(&view),
+        tx: tx.clone(),
+        failpoint: failpoint.clone(),
+    }
+    .start()?;
     let start = Instant::now();
     let node = Node::new(file.node_config(me.id, inc), now_ms(start));
     println!("plexd: node {} listening on {}", me.name, me.address);
@@ -264,7 +272,10 @@ pub fn run(opts: Options) -> Result<(), String> {
         name: me.name.clone(),
         failpoint,
         node,
-        kernel,
+        driver,
+        pipeline: Pipeline::default(),
+        lease,
+        socket,
         transport,
         private,
         start,
@@ -275,18 +286,20 @@ pub fn run(opts: Options) -> Result<(), String> {
         offered: None,
         history: std::collections::VecDeque::new(),
         tasks: resync::Tasks::default(),
-        fences: fence::Fences::default(),
-        view: fence::SharedView::default(),
+        view,
         tx: tx.clone(),
         stopping: false,
         spawn_target: opts.spawn_target,
         target_child,
         kernel_epoch: 0,
         kernel_lost: None,
+        reconnecting: false,
+        early_lost: None,
         timer: None,
         failed,
-        repairs: disks::Repairs::default(),
-        lease_held: false,
+        repairs,
+        private_queue: VecDeque::new(),
+        private_running: None,
     };
     d.main_loop(rx);
     log::info!("plexd: node {} stopped", d.name);
@@ -334,7 +347,8 @@ fn start_kernel_events(kernel: &Kernel, tx: SyncSender<Input>, epoch: u64, node:
     let sub = match client.subscribe() {
         Ok(s) => s,
         Err(e) if kernel::connection_lost(&e) => {
-            // Called from the main loop (or before it starts): never block on its queue.
+            // Called from the driver (or before the main loop starts): never block on
+            // the main loop's queue.
             let reason = format!("cannot subscribe to events: {e}");
             let _ = tx.try_send(Input::KernelLost { epoch, reason });
             return;
@@ -430,9 +444,17 @@ struct Daemon {
     file: ClusterFile,
     me: NodeId,
     name: String,
-    failpoint: Option<String>,
+    failpoint: Option<Failpoint>,
     node: Node<SharedConfig>,
-    kernel: Kernel,
+    /// The driver thread: every slow action, in order.
+    driver: DriverHandle,
+    /// What was handed to the driver and what waits behind it, in order (see
+    /// [`pipeline`]); about [`PIPELINE_MAX`] entries at most.
+    pipeline: Pipeline,
+    /// The data-plane lease renewer thread.
+    lease: lease::Renewer,
+    /// The data plane's socket.
+    socket: String,
     transport: transport::Transport,
     private: ClusterConfig,
     start: Instant,
@@ -445,8 +467,6 @@ struct Daemon {
     /// configuration read from the disks is recognised by them.
     history: std::collections::VecDeque<(TxnId, SharedConfig)>,
     tasks: resync::Tasks,
-    /// Resync fences this node holds for its master (or itself).
-    fences: fence::Fences,
     /// The view as resync threads see it (updated after every event).
     view: fence::SharedView,
     tx: SyncSender<Input>,
@@ -459,15 +479,38 @@ struct Daemon {
     kernel_epoch: u64,
     /// Set while the data plane is lost.
     kernel_lost: Option<KernelLost>,
+    /// A reconnection attempt is with the driver.
+    reconnecting: bool,
+    /// A loss of the connection the driver is making, reported before its answer.
+    early_lost: Option<(u64, String)>,
     /// Phase timings of the transaction this node runs as master (see [`TxnTimer`]).
     timer: Option<TxnTimer>,
     /// Disk groups of this cluster or node whose configuration no disk holds
     /// readable (read at start and whenever this node reads the disks).
     failed: Vec<disks::FailedGroup>,
-    /// Label and slot copies this node repaired (`disk list`).
-    repairs: disks::Repairs,
-    /// The data plane was last given a non-zero lease.
-    lease_held: bool,
+    /// Label and slot copies this node repaired (`disk list`; the driver counts).
+    repairs: Arc<Mutex<disks::Repairs>>,
+    /// Private disk-group changes waiting for the one in progress (one at a time,
+    /// each validated against the result of the one before).
+    private_queue: VecDeque<PrivateRequest>,
+    /// The private change with the driver, and the private groups after it.
+    private_running: Option<(PrivateRequest, ClusterConfig)>,
+}
+
+/// A private disk-group change and whom to answer.
+struct PrivateRequest {
+    change: Change,
+    origin: PrivateOrigin,
+}
+
+/// Who asked for a private change.
+enum PrivateOrigin {
+    /// A ctl client.
+    Client(smol::channel::Sender<CtlReply>),
+    /// A plex I/O error (detach the plex, else fail its held writes).
+    PlexError { volume: String, plex: String },
+    /// The end of a resync (the plex becomes ACTIVE).
+    ResyncDone { plex: String },
 }
 
 /// Where a transaction this node runs as master spends its time, from the
@@ -517,37 +560,55 @@ impl Daemon {
                 None => next_tick,
             };
             let wait = until.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(wait) {
-                Ok(input) => self.on_input(input),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return,
+            if self.pipeline.len() >= PIPELINE_MAX {
+                // Overloaded: take no more inputs until the driver caught up.
+                match self.driver.done_timeout(wait) {
+                    Ok(Some((seq, done))) => self.on_driver_done(seq, done),
+                    Ok(None) => {}
+                    Err(e) => {
+                        log::error!("node {}: {e}; stopping", self.name);
+                        return;
+                    }
+                }
+            } else {
+                match rx.recv_timeout(wait) {
+                    Ok(input) => self.on_input(input),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
             }
-            if self.stopping && matches!(self.node.role(), Role::Stopped) {
+            while let Some((seq, done)) = self.driver.try_done() {
+                self.on_driver_done(seq, done);
+            }
+            if self.stopped() {
                 return;
             }
-            if self
-                .kernel_lost
-                .as_ref()
-                .is_some_and(|l| Instant::now() >= l.next_try)
+            if !self.reconnecting
+                && self
+                    .kernel_lost
+                    .as_ref()
+                    .is_some_and(|l| Instant::now() >= l.next_try)
             {
                 self.try_reconnect();
             }
             if Instant::now() >= next_tick {
                 self.feed(Event::Tick);
                 self.renew_lease();
-                let master = self.node.view().map(|v| v.master);
-                self.fences
-                    .expire(self.kernel.client(), Instant::now(), self.me, master);
                 next_tick = Instant::now() + tick;
             }
-            if self.stopping && matches!(self.node.role(), Role::Stopped) {
+            if self.stopped() {
                 return;
             }
         }
     }
 
-    /// Hands the data plane what is left of this node's lease (0 revokes it): it
-    /// serves shared volumes only under it. Logged when the lease starts or stops.
+    /// A clean stop is complete: the core stopped and the driver did all it was given.
+    fn stopped(&self) -> bool {
+        self.stopping && matches!(self.node.role(), Role::Stopped) && self.pipeline.is_empty()
+    }
+
+    /// Hands the lease thread what is left of this node's lease now (0 revokes it):
+    /// the data plane serves shared volumes only under it.
     fn renew_lease(&mut self) {
         if self.kernel_lost.is_some() {
             return;
@@ -556,36 +617,7 @@ impl Daemon {
             .node
             .lease_remaining_ms(now_ms(self.start))
             .min(self.file.cluster.lease_ms);
-        let left = u32::try_from(left_ms).unwrap_or(u32::MAX);
-        if left == 0 && !self.lease_held {
-            // Nothing this process granted to revoke. A lease an earlier plexd
-            // granted runs on (the cluster waits it out): a restart inside the
-            // lease never stops I/O.
-            return;
-        }
-        match self.kernel.client().renew_lease(left) {
-            Ok(was_expired) => {
-                if left > 0 && (was_expired || !self.lease_held) {
-                    log::info!(
-                        "node {}: data-plane lease granted ({left} ms{}): shared volumes served",
-                        self.name,
-                        if was_expired {
-                            ", after it had run out"
-                        } else {
-                            ""
-                        }
-                    );
-                }
-                if left == 0 && self.lease_held {
-                    log::warn!(
-                        "node {}: no lease (not a member of a quorate view): the data plane stops serving shared volumes",
-                        self.name
-                    );
-                }
-                self.lease_held = left > 0;
-            }
-            Err(e) => log::warn!("node {}: cannot renew the data-plane lease: {e}", self.name),
-        }
+        self.lease.publish(left_ms);
     }
 
     fn request_id(&mut self) -> RequestId {
@@ -622,28 +654,34 @@ impl Daemon {
                 min_txn,
                 reply,
             } => {
-                let answer = self.on_fence(from, &volume, hold, token, min_txn);
-                if let Err(e) = &answer {
+                if let Err(e) = self.on_fence(from, volume.clone(), hold, token, min_txn, &reply) {
                     log::warn!(
                         "node {}: fence on volume {volume} for node {}: {e}",
                         self.name,
                         self.node.name(from)
                     );
+                    let _ = reply.try_send(Err(e));
                 }
-                let _ = reply.try_send(answer);
             }
             Input::Shutdown => {
                 self.stopping = true;
-                self.fences
-                    .break_all(self.kernel.client(), "plexd is stopping");
+                self.submit(Job::BreakFences {
+                    why: "plexd is stopping".into(),
+                });
                 self.feed(Event::Shutdown);
             }
+            Input::DriverDone => {} // the main loop reads the answers after every input
         }
     }
 
     /// The connection to the data plane broke: remember it (the main loop reconnects),
     /// drop what lived in the old target (fences, resync copies).
     fn on_kernel_lost(&mut self, epoch: u64, reason: String) {
+        if epoch > self.kernel_epoch {
+            // The connection the driver just made broke before its answer came.
+            self.early_lost = Some((epoch, reason));
+            return;
+        }
         if epoch != self.kernel_epoch || self.kernel_lost.is_some() {
             log::debug!(
                 "node {}: late report on kernel connection {epoch} ignored: {reason}",
@@ -654,7 +692,7 @@ impl Daemon {
         log::error!(
             "node {}: data plane lost: {reason}; reconnecting to {}{}",
             self.name,
-            self.kernel.client().path(),
+            self.socket,
             if self.spawn_target {
                 " (starting plexd-target again)"
             } else {
@@ -672,14 +710,17 @@ impl Daemon {
             spawned_at: None,
         });
         self.tasks.cancel_all();
-        self.fences
-            .break_all(self.kernel.client(), "the data plane was lost");
+        self.lease.set_client(None);
+        self.submit(Job::BreakFences {
+            why: "the data plane was lost".into(),
+        });
     }
 
     /// One attempt to reconnect to the lost data plane (from the main loop, when
-    /// its backoff ran out). Once connected: events again, the whole desired
-    /// configuration loaded (private groups, and the committed shared configuration
-    /// if this node is a member; a prepared transaction is staged again), resyncs.
+    /// its backoff ran out): the driver reconnects and loads the whole desired
+    /// configuration (private groups, and the committed shared configuration if this
+    /// node is a member; a prepared transaction is staged again); see
+    /// [`Daemon::on_reconnected`].
     fn try_reconnect(&mut self) {
         let Some(lost) = self.kernel_lost.as_mut() else {
             return;
@@ -695,7 +736,7 @@ impl Daemon {
                 self.target_child = None;
             }
         }
-        let socket = PathBuf::from(self.kernel.client().path());
+        let socket = PathBuf::from(&self.socket);
         if self.spawn_target
             && lost
                 .spawned_at
@@ -708,47 +749,68 @@ impl Daemon {
                 Err(e) => log::error!("node {}: {e}", self.name),
             }
         }
-        if let Err(e) = self.kernel.reconnect() {
-            log::debug!(
-                "node {}: reconnect attempt {} to the data plane: {e}",
-                self.name,
-                lost.attempts
-            );
-            lost.last_error = e;
-            lost.backoff = (lost.backoff * 2).min(RECONNECT_BACKOFF_MAX);
-            lost.next_try = Instant::now() + lost.backoff;
-            return;
-        }
-        let lost = self.kernel_lost.take().unwrap_or_else(|| unreachable!());
-        self.kernel_epoch += 1;
-        start_kernel_events(&self.kernel, self.tx.clone(), self.kernel_epoch, &self.name);
         let member = self.node.view().is_some_and(|v| v.contains(self.me));
-        let desired = if member {
-            self.desired_with(self.node.config())
+        let shared = if member {
+            self.node.config().groups.clone()
         } else {
-            self.desired_private()
+            Vec::new()
         };
-        let volumes = desired.volumes.len();
-        let loaded = self.kernel.load(desired);
-        if let Some((txn, config)) = self.staged.clone() {
-            let staged = self.desired_with(&config);
-            if let Err(e) = self.kernel.prepare(staged, true) {
-                log::error!(
-                    "node {}: transaction {txn}: cannot stage it again in the reconnected data plane: {e}",
-                    self.name
+        let job = Job::Reconnect {
+            epoch: self.kernel_epoch + 1,
+            shared,
+            private: self.private.disk_groups.clone(),
+            staged: self.staged.as_ref().map(|(t, c)| (*t, c.groups.clone())),
+        };
+        self.submit(job);
+        self.reconnecting = true;
+    }
+
+    /// The driver's reconnection attempt ended.
+    fn on_reconnected(
+        &mut self,
+        epoch: u64,
+        result: Result<(Arc<plexd_target::api::KernelClient>, Result<usize, String>), String>,
+    ) {
+        self.reconnecting = false;
+        let Some(lost) = self.kernel_lost.as_mut() else {
+            return;
+        };
+        let (client, loaded) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                log::debug!(
+                    "node {}: reconnect attempt {} to the data plane: {e}",
+                    self.name,
+                    lost.attempts
                 );
+                lost.last_error = e;
+                lost.backoff = (lost.backoff * 2).min(RECONNECT_BACKOFF_MAX);
+                lost.next_try = Instant::now() + lost.backoff;
+                return;
+            }
+        };
+        let Some(lost) = self.kernel_lost.take() else {
+            return;
+        };
+        self.kernel_epoch = epoch;
+        self.lease.set_client(Some(client));
+        if let Some((e, reason)) = self.early_lost.take() {
+            if e == epoch {
+                self.on_kernel_lost(e, reason);
+                return;
             }
         }
+        let member = self.node.view().is_some_and(|v| v.contains(self.me));
         let took = lost.since.elapsed().as_millis();
         match loaded {
-            Ok(()) => log::info!(
+            Ok(volumes) => log::info!(
                 "node {}: data plane reconnected, {volumes} volumes loaded ({took} ms after the loss, {} attempts{})",
                 self.name,
                 lost.attempts,
                 if member { "" } else { "; not a cluster member: private groups only" }
             ),
             Err(e) => log::error!(
-                "node {}: data plane reconnected ({took} ms after the loss), but loading its {volumes} volumes failed: {e}",
+                "node {}: data plane reconnected ({took} ms after the loss), but loading its volumes failed: {e}",
                 self.name
             ),
         }
@@ -772,44 +834,51 @@ impl Daemon {
 
     /// A resync fence call: only this node itself or its master fences, and only
     /// once this node has applied `min_txn` (so its writes reach the SYNCING plex).
+    /// Accepted calls go to the driver, which answers `reply` (after the jobs before
+    /// it: a transaction's commit is applied before a fence of the copy it enables).
     fn on_fence(
         &mut self,
         from: NodeId,
-        volume: &str,
+        volume: String,
         hold: bool,
         token: u64,
         min_txn: TxnId,
-    ) -> Result<bool, String> {
-        if !hold {
-            return self.fences.release(self.kernel.client(), volume, token);
-        }
-        if self.stopping {
-            return Err(format!("node {}: plexd is stopping", self.name));
-        }
-        if from != self.me {
-            let member_of_from = self
-                .node
-                .view()
-                .is_some_and(|v| v.master == from && v.members.binary_search(&self.me).is_ok());
-            if !member_of_from {
-                return Err(format!(
-                    "node {}: node {} is not the master of this node's view",
-                    self.name,
-                    self.node.name(from)
-                ));
+        reply: &smol::channel::Sender<Result<bool, String>>,
+    ) -> Result<(), String> {
+        if hold {
+            if self.stopping {
+                return Err(format!("node {}: plexd is stopping", self.name));
             }
-            if self.node.config_txn() < min_txn {
-                return Err(format!(
-                    "node {}: transaction {min_txn} is not applied here yet (at {})",
-                    self.name,
-                    self.node.config_txn()
-                ));
+            if from != self.me {
+                let member_of_from = self
+                    .node
+                    .view()
+                    .is_some_and(|v| v.master == from && v.members.binary_search(&self.me).is_ok());
+                if !member_of_from {
+                    return Err(format!(
+                        "node {}: node {} is not the master of this node's view",
+                        self.name,
+                        self.node.name(from)
+                    ));
+                }
+                if self.node.config_txn() < min_txn {
+                    return Err(format!(
+                        "node {}: transaction {min_txn} is not applied here yet (at {})",
+                        self.name,
+                        self.node.config_txn()
+                    ));
+                }
             }
         }
-        self.fences
-            .hold(self.kernel.client(), volume, from, token, Instant::now())
-            .map(|()| true)
-            .map_err(|e| format!("node {}: {e}", self.name))
+        let job = Job::Fence {
+            from,
+            volume,
+            hold,
+            token,
+            reply: reply.clone(),
+        };
+        self.submit(job);
+        Ok(())
     }
 
     fn on_plex_error(&mut self, volume: String, plex: String) {
@@ -822,10 +891,11 @@ impl Daemon {
                 dg: dg.to_string(),
                 plex: plex.clone(),
             };
-            if let Err(e) = self.private_change(&change) {
-                log::error!("node {}: cannot detach plex {plex} of volume {volume}: {e}; failing its held writes", self.name);
-                let _ = self.kernel.client().fail_held_writes(&volume);
-            }
+            let origin = PrivateOrigin::PlexError {
+                volume: volume.clone(),
+                plex,
+            };
+            self.private_request(change, origin);
             return;
         }
         let request = self.request_id();
@@ -853,9 +923,10 @@ impl Daemon {
                     state: PlexState::Active,
                 };
                 if self.private.disk_group(&t.dg).is_some() {
-                    if let Err(e) = self.private_change(&change) {
-                        log::error!("node {}: resync of plex {}: {e}", self.name, t.plex);
-                    }
+                    let origin = PrivateOrigin::ResyncDone {
+                        plex: t.plex.clone(),
+                    };
+                    self.private_request(change, origin);
                 } else {
                     let request = self.request_id();
                     self.pending
@@ -866,55 +937,210 @@ impl Daemon {
         }
     }
 
-    /// Feeds one event and carries out the actions, feeding their completions too.
+    /// Feeds one event to the core and carries out its actions ([`Daemon::run_step`]).
     fn feed(&mut self, event: Event<SharedConfig>) {
-        let mut queue = std::collections::VecDeque::from([event]);
-        let mut budget = 10_000usize;
-        while let Some(ev) = queue.pop_front() {
-            budget -= 1;
-            if budget == 0 {
-                log::error!("node {}: event loop budget exhausted", self.name);
-                return;
-            }
-            let actions = self.node.handle(now_ms(self.start), ev);
-            // Messages leave after the step's other actions: a failpoint exit in the
-            // step loses them, as a kill -9 before the network saw them would. Once no
-            // failpoint is left in the step, they leave before a slow local action
-            // (local check, kernel prepare or commit), so the peers work on them in
-            // the meantime (the master's Check and Prepare, its Commit to the others).
-            let mut sends = Vec::new();
-            let mut failpoints_left = actions
-                .iter()
-                .filter(|a| matches!(a, Action::Failpoint(_)))
-                .count();
-            for a in actions {
-                match a {
-                    Action::Send { to, msg } => {
-                        sends.push((to, msg));
-                        continue;
+        let actions = self.node.handle(now_ms(self.start), event);
+        self.run_step(actions);
+        self.remember_config();
+        self.publish_view();
+    }
+
+    /// Carries out one step of the core (the actions of one event) in the order
+    /// [`pipeline::plan`] gives: slow actions become driver jobs
+    /// ([`Daemon::submit_action`], their completion events come back through
+    /// [`Daemon::on_driver_done`]); the rest is carried out at once or waits in the
+    /// pipeline for the jobs before it.
+    fn run_step(&mut self, actions: Vec<Action<SharedConfig>>) {
+        for op in pipeline::plan(actions) {
+            match op {
+                Op::Job(a) => self.submit_action(a),
+                Op::Later(item) => {
+                    let armed = matches!(item, Item::Failpoint(name)
+                        if self.failpoint.as_ref().is_some_and(|f| f.exits_at(name)));
+                    if let Some(now) = self.pipeline.later(item, armed) {
+                        self.run_item(now);
                     }
-                    Action::Failpoint(_) => failpoints_left -= 1,
-                    Action::LocalCheck { .. }
-                    | Action::KernelPrepare { .. }
-                    | Action::KernelCommit { .. }
-                        if failpoints_left == 0 =>
-                    {
-                        for (to, msg) in sends.drain(..) {
+                }
+                Op::Send(msgs, after_job) => {
+                    for (to, msg) in msgs {
+                        if let Some((to, msg)) = self.pipeline.message(to, msg, after_job) {
                             self.transport.send(to, &msg);
                         }
                     }
-                    _ => {}
                 }
-                if let Some(next) = self.act(a) {
-                    queue.push_back(next);
-                }
+                Op::Now(Action::ViewChanged { view }) => log::info!(
+                    "node {}: view {} installed: master {}, members {:?}",
+                    self.name,
+                    view.id,
+                    self.node.name(view.master),
+                    view.members
+                ),
+                Op::Now(_) => {} // Log: the core has logged it already
             }
-            for (to, msg) in sends {
-                self.transport.send(to, &msg);
-            }
-            self.remember_config();
         }
-        self.publish_view();
+    }
+
+    fn run_item(&mut self, item: Item) {
+        match item {
+            Item::Send(to, msg) => self.transport.send(to, &msg),
+            Item::Reply(request, result) => self.on_reply(request, result),
+            Item::Failpoint(name) => {
+                self.mark(name);
+                if self.failpoint.as_ref().is_some_and(|f| f.exits_at(name)) {
+                    log::error!("node {}: failpoint {name}: exiting now", self.name);
+                    eprintln!("plexd: node {}: failpoint {name}: exit", self.name);
+                    // SAFETY: _exit ends the process at once without running atexit
+                    // handlers or destructors, which is the point (a kill -9); it
+                    // touches no Rust state.
+                    unsafe { libc::_exit(FAILPOINT_EXIT_STATUS) };
+                }
+            }
+            Item::ShutdownReady => {
+                log::info!("node {}: clean stop", self.name);
+                self.tasks.cancel_all();
+            }
+        }
+    }
+
+    /// Hands `job` to the driver and notes it in the pipeline. A driver thread that
+    /// is gone (a bug) stops this plexd: nothing could be carried out any more.
+    fn submit(&mut self, job: Job) {
+        match self.driver.submit(job) {
+            Ok(seq) => self.pipeline.job(seq),
+            Err(e) => {
+                log::error!("node {}: {e}; plexd exits", self.name);
+                std::process::exit(1);
+            }
+        }
+    }
+
+    /// A slow action of the core as a driver job, with what the loop notes when the
+    /// core asks for it (the staged transaction, cancelled resyncs).
+    fn submit_action(&mut self, action: Action<SharedConfig>) {
+        let job = match action {
+            Action::LocalCheck { txn, change } => Job::LocalCheck {
+                txn,
+                group: self.group(change.dg_name()).cloned(),
+                private: self.private.clone(),
+                change,
+            },
+            Action::KernelPrepare { txn, config } => {
+                let shared = config.groups.clone();
+                self.staged = Some((txn, config));
+                Job::KernelPrepare {
+                    txn,
+                    shared,
+                    private: self.private.disk_groups.clone(),
+                }
+            }
+            Action::KernelCommit { txn } => {
+                self.staged = None;
+                Job::KernelCommit { txn }
+            }
+            Action::KernelAbort { txn } => {
+                self.timer = None;
+                self.staged = None;
+                Job::KernelAbort { txn }
+            }
+            Action::KernelLoad { config } => Job::KernelLoad {
+                shared: config.groups.clone(),
+                private: self.private.disk_groups.clone(),
+            },
+            Action::WriteDisks { record } => Job::WriteDisks { record },
+            Action::ReadDisks => {
+                let mut known: Vec<(TxnId, SharedConfig)> = self.history.iter().cloned().collect();
+                known.push((self.node.config_txn(), self.node.config().clone()));
+                if let Some(s) = &self.staged {
+                    known.push(s.clone());
+                }
+                Job::ReadDisks { known }
+            }
+            Action::CheckDiskAccess { disks } => Job::CheckDiskAccess {
+                disks,
+                offered: self.offered.clone(),
+            },
+            Action::LeaveCluster { reason } => {
+                log::error!(
+                    "node {}: left the cluster: {reason}; its shared volumes stay fenced (no lease) until it rejoins",
+                    self.name
+                );
+                self.tasks.cancel_all();
+                Job::Leave {
+                    private: self.private.disk_groups.clone(),
+                }
+            }
+            other @ (Action::Send { .. }
+            | Action::Reply { .. }
+            | Action::Failpoint(_)
+            | Action::ViewChanged { .. }
+            | Action::Log { .. }
+            | Action::ShutdownReady) => {
+                log::error!("node {}: {other:?} is no driver job (a bug)", self.name);
+                return;
+            }
+        };
+        self.submit(job);
+    }
+
+    /// The driver answered job `seq` (the oldest): its answer is noted, what waited
+    /// behind it is carried out, then the core gets the completion event.
+    fn on_driver_done(&mut self, seq: u64, done: Done) {
+        let due = self.pipeline.done(seq).unwrap_or_else(|e| {
+            log::error!("node {}: {e} (a bug)", self.name);
+            Vec::new()
+        });
+        let event = self.complete(done);
+        for item in due {
+            self.run_item(item);
+        }
+        if let Some(ev) = event {
+            self.feed(ev);
+        }
+    }
+
+    /// What the loop does with a job's answer; the core's completion event, if any.
+    fn complete(&mut self, done: Done) -> Option<Event<SharedConfig>> {
+        match done {
+            Done::LocalChecked { txn, result } => Some(Event::LocalCheckDone { txn, result }),
+            Done::KernelPrepared { txn, result, took } => {
+                if let Some(t) = self.timer.as_mut() {
+                    t.local_prepare = took;
+                }
+                Some(Event::KernelPrepared { txn, result })
+            }
+            Done::KernelCommitted { txn } => {
+                self.committed_txn = txn;
+                self.after_config_change();
+                if let Some(t) = self
+                    .timer
+                    .take_if(|t| t.at("txn.after_commit_sent").is_some())
+                {
+                    if let Some(line) = t.line(&self.name, txn, Instant::now()) {
+                        log::info!("{line}");
+                    }
+                }
+                None
+            }
+            Done::KernelLoaded { result } => {
+                self.after_config_change();
+                Some(Event::KernelLoaded { result })
+            }
+            Done::DiskWritten { txn, result } => Some(Event::DiskWritten { txn, result }),
+            Done::DisksRead { result, failed } => {
+                self.set_failed(failed);
+                Some(Event::DisksRead { result })
+            }
+            Done::DiskAccessChecked { missing } => Some(Event::DiskAccessChecked { missing }),
+            Done::Private { result } => {
+                self.private_done(result);
+                None
+            }
+            Done::Reconnected { epoch, result } => {
+                self.on_reconnected(epoch, result);
+                None
+            }
+            Done::Nothing => None,
+        }
     }
 
     /// Shares the current view with resync threads (when it changed).
@@ -959,220 +1185,6 @@ impl Daemon {
         self.history.push_back((txn, config.clone()));
     }
 
-    fn desired_with(&self, shared: &SharedConfig) -> Desired {
-        self.desired_of(&shared.groups, &self.private.disk_groups)
-    }
-
-    /// What the data plane holds for the private groups only (outside the cluster).
-    fn desired_private(&self) -> Desired {
-        self.desired_of(&[], &self.private.disk_groups)
-    }
-
-    /// The bdevs, volumes and this node's exports of `shared` and `private` groups,
-    /// each disk opened where this node finds it (by id, [`disks::LocalDisks`]).
-    fn desired_of(
-        &self,
-        shared: &[objects::DiskGroupConfig],
-        private: &[objects::DiskGroupConfig],
-    ) -> Desired {
-        let local = disks::LocalDisks::scan(&self.file.disk_files());
-        let groups: Vec<objects::DiskGroupConfig> = shared
-            .iter()
-            .chain(private.iter())
-            .map(|g| local.localize(g))
-            .collect();
-        let mut d = Desired::of(groups.iter());
-        d.exports = exports::desired(
-            shared.iter().chain(private.iter()),
-            &self.name,
-            self.my_portal(),
-        );
-        d
-    }
-
-    /// This node's iSCSI portal (cluster file).
-    fn my_portal(&self) -> &str {
-        self.file
-            .node(&self.name)
-            .map(|n| n.iscsi_portal())
-            .unwrap_or(config::DEFAULT_ISCSI_PORTAL)
-    }
-
-    /// The local check of a change beyond the disks: an export this node would
-    /// serve needs a portal it can listen on; a change that takes volumes away
-    /// from hosts is refused while a host session on this node uses one.
-    fn check_export(&self, change: &Change) -> Result<(), String> {
-        if let Some(g) = self.group(change.dg_name()) {
-            let volumes = exports::volumes_taken_away(change, g);
-            exports::check_no_sessions(self.kernel.client(), &self.name, &g.name, &volumes)?;
-        }
-        let Change::VolExport { export, .. } = change else {
-            return Ok(());
-        };
-        if !exports::serves(export, &self.name) {
-            return Ok(());
-        }
-        let portal = exports::portal_of(export, self.my_portal());
-        exports::check(self.kernel.client(), portal).map_err(|e| format!("node {}: {e}", self.name))
-    }
-
-    fn act(&mut self, action: Action<SharedConfig>) -> Option<Event<SharedConfig>> {
-        match action {
-            Action::Send { to, msg } => {
-                self.transport.send(to, &msg);
-                None
-            }
-            Action::Reply { request, result } => {
-                self.on_reply(request, result);
-                None
-            }
-            Action::LocalCheck { txn, change } => {
-                let result = disks::local_check(&change, &self.private, &self.file.disk_files())
-                    .and_then(|()| self.check_export(&change));
-                if let Err(e) = &result {
-                    log::warn!(
-                        "node {}: transaction {txn}: local check refused: {e}",
-                        self.name
-                    );
-                }
-                Some(Event::LocalCheckDone { txn, result })
-            }
-            Action::KernelPrepare { txn, config } => {
-                let began = Instant::now();
-                let desired = self.desired_with(&config);
-                self.fences
-                    .break_all(self.kernel.client(), "a transaction's kernel phase");
-                let result = self.kernel.prepare(desired, true);
-                if let Some(t) = self.timer.as_mut() {
-                    t.local_prepare = began.elapsed();
-                }
-                if let Err(e) = &result {
-                    log::error!(
-                        "node {}: transaction {txn}: kernel phase failed: {e}",
-                        self.name
-                    );
-                }
-                self.staged = Some((txn, config));
-                Some(Event::KernelPrepared { txn, result })
-            }
-            Action::KernelCommit { txn } => {
-                if let Err(e) = self.kernel.commit() {
-                    log::error!(
-                        "node {}: transaction {txn}: data plane commit: {e}",
-                        self.name
-                    );
-                }
-                self.committed_txn = txn;
-                self.staged = None;
-                self.after_config_change();
-                if let Some(t) = self
-                    .timer
-                    .take_if(|t| t.at("txn.after_commit_sent").is_some())
-                {
-                    if let Some(line) = t.line(&self.name, txn, Instant::now()) {
-                        log::info!("{line}");
-                    }
-                }
-                None
-            }
-            Action::KernelAbort { txn } => {
-                log::info!("node {}: transaction {txn}: aborted", self.name);
-                self.timer = None;
-                self.kernel.abort();
-                self.staged = None;
-                None
-            }
-            Action::KernelLoad { config } => {
-                let desired = self.desired_with(&config);
-                self.fences
-                    .break_all(self.kernel.client(), "a configuration load");
-                let result = self.kernel.load(desired);
-                if let Err(e) = &result {
-                    log::error!(
-                        "node {}: cannot load the configuration into the data plane: {e}",
-                        self.name
-                    );
-                }
-                self.after_config_change();
-                Some(Event::KernelLoaded { result })
-            }
-            Action::WriteDisks { record } => {
-                let result = disks::write_record(
-                    &record,
-                    &self.name,
-                    &self.file.disk_files(),
-                    &mut self.repairs,
-                );
-                if let Err(e) = &result {
-                    log::error!(
-                        "node {}: transaction {}: disk write failed: {e}",
-                        self.name,
-                        record.txn
-                    );
-                }
-                Some(Event::DiskWritten {
-                    txn: record.txn,
-                    result,
-                })
-            }
-            Action::ReadDisks => {
-                let mut known: Vec<(TxnId, SharedConfig)> = self.history.iter().cloned().collect();
-                known.push((self.node.config_txn(), self.node.config().clone()));
-                if let Some(s) = &self.staged {
-                    known.push(s.clone());
-                }
-                let files = self.file.disk_files();
-                let result = disks::read_shared(&files, &self.file.cluster.id, &self.name, &known);
-                self.refresh_failed();
-                Some(Event::DisksRead { result })
-            }
-            Action::CheckDiskAccess { disks: names } => {
-                let missing = self.check_disk_access(&names);
-                Some(Event::DiskAccessChecked { missing })
-            }
-            Action::ViewChanged { view } => {
-                log::info!(
-                    "node {}: view {} installed: master {}, members {:?}",
-                    self.name,
-                    view.id,
-                    self.node.name(view.master),
-                    view.members
-                );
-                None
-            }
-            Action::LeaveCluster { reason } => {
-                log::error!(
-                    "node {}: left the cluster: {reason}; stopping access to shared disks",
-                    self.name
-                );
-                self.tasks.cancel_all();
-                self.fences
-                    .break_all(self.kernel.client(), "this node left the cluster");
-                let keep = self.desired_private();
-                self.kernel.leave(keep);
-                None
-            }
-            Action::Failpoint(name) => {
-                self.mark(name);
-                if self.failpoint.as_deref() == Some(name) {
-                    log::error!("node {}: failpoint {name}: exiting now", self.name);
-                    eprintln!("plexd: node {}: failpoint {name}: exit", self.name);
-                    // SAFETY: _exit ends the process at once without running atexit
-                    // handlers or destructors, which is the point (a kill -9); it
-                    // touches no Rust state.
-                    unsafe { libc::_exit(FAILPOINT_EXIT_STATUS) };
-                }
-                None
-            }
-            Action::Log { .. } => None, // the core has logged it already
-            Action::ShutdownReady => {
-                log::info!("node {}: clean stop", self.name);
-                self.tasks.cancel_all();
-                None
-            }
-        }
-    }
-
     /// Phase boundaries of a transaction this node runs as master (see [`TxnTimer`]).
     fn mark(&mut self, name: &'static str) {
         let now = Instant::now();
@@ -1187,30 +1199,6 @@ impl Daemon {
         } else if let Some(t) = self.timer.as_mut() {
             t.marks.push((name, now));
         }
-    }
-
-    fn check_disk_access(&self, names: &[String]) -> Option<String> {
-        let Some(offered) = &self.offered else {
-            return names.first().cloned();
-        };
-        let local = disks::LocalDisks::scan(&self.file.disk_files());
-        for name in names {
-            let disk = offered
-                .groups
-                .iter()
-                .flat_map(|g| g.disks.iter())
-                .find(|d| &d.name == name);
-            match disk {
-                Some(d) => {
-                    if let Err(e) = disks::check_disk(d, &local) {
-                        log::error!("node {}: {e}", self.name);
-                        return Some(name.clone());
-                    }
-                }
-                None => return Some(name.clone()),
-            }
-        }
-        None
     }
 
     fn on_reply(&mut self, request: RequestId, result: Result<(), String>) {
@@ -1229,12 +1217,7 @@ impl Daemon {
                 ),
                 Err(e) => {
                     log::error!("node {}: plex {plex} of volume {volume} not detached: {e}; failing its held writes", self.name);
-                    if let Err(e) = self.kernel.client().fail_held_writes(&volume) {
-                        log::error!(
-                            "node {}: volume {volume}: cannot fail held writes: {e}",
-                            self.name
-                        );
-                    }
+                    self.submit(Job::FailHeldWrites { volume });
                 }
             },
             Some(Pending::ResyncDone { task }) => {
@@ -1293,13 +1276,7 @@ impl Daemon {
                     self.node.config_txn(),
                     self.tx.clone(),
                 );
-                job.start(
-                    id,
-                    self.kernel.client().path().to_string(),
-                    fencer,
-                    cancel,
-                    self.tx.clone(),
-                );
+                job.start(id, self.socket.clone(), fencer, cancel, self.tx.clone());
             }
         }
     }
@@ -1318,10 +1295,8 @@ impl Daemon {
                 if let Some(answer) = self.destroy_failed(&change) {
                     answer
                 } else if self.is_private(&change) {
-                    match self.private_change(&change) {
-                        Ok(()) => CtlReply::Changed(self.describe(&change)),
-                        Err(e) => CtlReply::Done(Err(e)),
-                    }
+                    self.private_request(change, PrivateOrigin::Client(reply));
+                    return;
                 } else {
                     let request = self.request_id();
                     self.pending
@@ -1341,11 +1316,8 @@ impl Daemon {
             CtlCall::DiskInit { path, name, force } => self.disk_init(&path, &name, force),
             CtlCall::DiskList => {
                 self.refresh_failed();
-                CtlReply::Disks(disks::list(
-                    &self.file.disk_files(),
-                    &self.failed,
-                    &self.repairs,
-                ))
+                let repairs = self.repairs.lock().unwrap_or_else(|p| p.into_inner());
+                CtlReply::Disks(disks::list(&self.file.disk_files(), &self.failed, &repairs))
             }
             CtlCall::TaskList => {
                 let master = self
@@ -1661,6 +1633,11 @@ impl Daemon {
     fn refresh_failed(&mut self) {
         let files = self.file.disk_files();
         let now = disks::failed_groups(&files, &self.file.cluster.id, &self.name);
+        self.set_failed(now);
+    }
+
+    /// The failed disk groups as the disks show them now (new ones are logged).
+    fn set_failed(&mut self, now: Vec<disks::FailedGroup>) {
         for g in now.iter().filter(|g| !self.failed.contains(g)) {
             log::error!("node {}: disk group {} {}", self.name, g.name, g.reason);
         }
@@ -1724,48 +1701,87 @@ impl Daemon {
             .or_else(|| self.node.config().group(name))
     }
 
-    /// A change of a private disk group: validated, staged in the data plane, written
-    /// to the group's disks, committed — all on this node.
-    fn private_change(&mut self, change: &Change) -> Result<(), String> {
-        let before = self.private.clone();
-        let after = objects::apply(&before, change).map_err(|e| self.err(e))?;
-        let updates = change.disk_updates(&before, &after);
-        disks::local_check(change, &ClusterConfig::default(), &self.file.disk_files())
-            .map_err(|e| self.err(e))?;
-        self.check_export(change)?;
-        let desired = self.desired_of(&self.node.config().groups, &after.disk_groups);
-        self.fences
-            .break_all(self.kernel.client(), "a private transaction");
-        if let Err(e) = self.kernel.prepare(desired, true) {
-            self.kernel.abort();
-            let e = self.err(format!("disk group {}: data plane: {e}", change.dg_name()));
-            log::error!("{e}");
-            return Err(e);
+    /// Queues a change of a private disk group. They run one at a time, each as one
+    /// driver job (validated against the groups the one before left, checked, staged
+    /// in the data plane, written to the group's disks, committed — all on this node).
+    fn private_request(&mut self, change: Change, origin: PrivateOrigin) {
+        let req = PrivateRequest { change, origin };
+        if self.private_queue.len() >= MAX_QUEUED_PRIVATE {
+            let e = self.err(format!(
+                "disk group {}: {MAX_QUEUED_PRIVATE} private changes are waiting already; retry",
+                req.change.dg_name()
+            ));
+            log::warn!("{e}");
+            self.private_answer(req, Err(e));
+            return;
         }
-        let txn = incarnation();
-        if let Err(e) = disks::write_updates(
-            &updates,
-            txn,
-            &self.name,
-            &self.file.disk_files(),
-            &mut self.repairs,
-        ) {
-            self.kernel.abort();
-            let e = self.err(e);
-            log::error!("{e}");
-            return Err(e);
+        self.private_queue.push_back(req);
+        self.next_private();
+    }
+
+    /// Starts the next private change unless one runs.
+    fn next_private(&mut self) {
+        while self.private_running.is_none() {
+            let Some(req) = self.private_queue.pop_front() else {
+                return;
+            };
+            let before = self.private.clone();
+            let after = match objects::apply(&before, &req.change) {
+                Ok(after) => after,
+                Err(e) => {
+                    let e = self.err(e);
+                    self.private_answer(req, Err(e));
+                    continue;
+                }
+            };
+            let job = Job::Private {
+                change: req.change.clone(),
+                before,
+                after: after.clone(),
+                shared: self.node.config().groups.clone(),
+                group: self.group(req.change.dg_name()).cloned(),
+                txn: incarnation(),
+            };
+            self.submit(job);
+            self.private_running = Some((req, after));
         }
-        self.private = after;
-        if let Err(e) = self.kernel.commit() {
-            log::error!(
-                "node {}: disk group {}: data plane commit: {e}",
-                self.name,
-                change.dg_name()
-            );
+    }
+
+    /// The driver finished the private change in progress.
+    fn private_done(&mut self, result: Result<(), String>) {
+        let Some((req, after)) = self.private_running.take() else {
+            return;
+        };
+        if result.is_ok() {
+            self.private = after;
+            self.after_config_change();
         }
-        log::info!("node {}: private change committed: {change:?}", self.name);
-        self.after_config_change();
-        Ok(())
+        self.private_answer(req, result);
+        self.next_private();
+    }
+
+    /// Tells whoever asked how a private change ended.
+    fn private_answer(&mut self, req: PrivateRequest, result: Result<(), String>) {
+        match req.origin {
+            PrivateOrigin::Client(reply) => {
+                let answer = match result {
+                    Ok(()) => CtlReply::Changed(self.describe(&req.change)),
+                    Err(e) => CtlReply::Done(Err(e)),
+                };
+                let _ = reply.try_send(answer);
+            }
+            PrivateOrigin::PlexError { volume, plex } => {
+                if let Err(e) = result {
+                    log::error!("node {}: cannot detach plex {plex} of volume {volume}: {e}; failing its held writes", self.name);
+                    self.submit(Job::FailHeldWrites { volume });
+                }
+            }
+            PrivateOrigin::ResyncDone { plex } => {
+                if let Err(e) = result {
+                    log::error!("node {}: resync of plex {plex}: {e}", self.name);
+                }
+            }
+        }
     }
 
     fn status(&self) -> StatusOut {
@@ -1893,26 +1909,5 @@ fn role_name(r: Role) -> &'static str {
         Role::Master => "master",
         Role::TakingOver => "taking-over",
         Role::Stopped => "stopped",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn failpoint_env_is_checked() {
-        // One test touches the variable, so no other test races with it.
-        std::env::set_var("PLEXD_FAILPOINT", "txn.after_check:exit");
-        assert_eq!(
-            failpoint_from_env().unwrap().as_deref(),
-            Some("txn.after_check")
-        );
-        std::env::set_var("PLEXD_FAILPOINT", "txn.nowhere:exit");
-        assert!(failpoint_from_env().is_err());
-        std::env::set_var("PLEXD_FAILPOINT", "txn.after_check:abort");
-        assert!(failpoint_from_env().is_err());
-        std::env::remove_var("PLEXD_FAILPOINT");
-        assert_eq!(failpoint_from_env().unwrap(), None);
     }
 }

@@ -1,0 +1,670 @@
+//! The driver: one thread that carries out the slow work of the daemon, in order, off
+//! the main loop — kernel phases (prepare with its drain, commit, abort, load,
+//! leave), disk writes and reads, local checks, private disk-group transactions,
+//! resync fences and the reconnection to a lost data plane.
+//!
+//! It owns the data-plane adapter ([`Kernel`]) and the fence table ([`Fences`]), so
+//! every call that changes the data plane runs here, one after the other, in the
+//! order the main loop submitted them (a FIFO of [`Job`]s). Each job answers one
+//! [`Done`] on the completion channel, in the same order, and wakes the main loop
+//! ([`Input::DriverDone`]); the main loop turns it into the core's completion event.
+//!
+//! Meanwhile the main loop keeps ticking: heartbeats leave, peers and `plexctl` are
+//! answered, and the data-plane lease is renewed by its own thread ([`super::lease`]).
+//! Between jobs (and at least every [`FENCE_EXPIRY_PERIOD`]) the driver breaks fences
+//! whose lease ran out or whose holder is no longer the master.
+
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use plexd_target::api::KernelClient;
+
+use super::config::{self, ClusterFile};
+use super::disks::{self, FailedGroup, Repairs};
+use super::exports;
+use super::failpoint::Failpoint;
+use super::fence::{Fences, SharedView};
+use super::kernel::{Desired, Kernel};
+use super::model::SharedConfig;
+use super::Input;
+use crate::core::{DiskRecord, NodeId, TxnId};
+use crate::objects::{Change, ClusterConfig, DiskGroupConfig};
+
+/// Jobs submitted to the driver and not yet answered, at most; the main loop waits
+/// for the driver when it would submit more (see [`DriverHandle::submit`]).
+pub const DRIVER_QUEUE_DEPTH: usize = 256;
+/// How often an idle driver checks the fences' leases and holders.
+pub const FENCE_EXPIRY_PERIOD: Duration = Duration::from_millis(100);
+
+/// One piece of slow work. Each carries the snapshot of the main loop's state it
+/// needs (configurations are taken when the core asked, not when the job runs).
+pub enum Job {
+    /// The local checks of a transaction (disks, exports, host sessions).
+    LocalCheck {
+        /// Transaction.
+        txn: TxnId,
+        /// The change.
+        change: Change,
+        /// This node's private groups.
+        private: ClusterConfig,
+        /// The change's disk group as it is now, if it exists.
+        group: Option<DiskGroupConfig>,
+    },
+    /// Stage a transaction's configuration in the data plane (quiesce, drain).
+    KernelPrepare {
+        /// Transaction.
+        txn: TxnId,
+        /// The shared groups after the transaction.
+        shared: Vec<DiskGroupConfig>,
+        /// The private groups.
+        private: Vec<DiskGroupConfig>,
+    },
+    /// Apply the staged transaction.
+    KernelCommit {
+        /// Transaction.
+        txn: TxnId,
+    },
+    /// Drop the staged transaction.
+    KernelAbort {
+        /// Transaction.
+        txn: TxnId,
+    },
+    /// Load a whole configuration (forming, joining).
+    KernelLoad {
+        /// Shared groups.
+        shared: Vec<DiskGroupConfig>,
+        /// Private groups.
+        private: Vec<DiskGroupConfig>,
+    },
+    /// Write the core's record to the shared disks.
+    WriteDisks {
+        /// The record.
+        record: DiskRecord<SharedConfig>,
+    },
+    /// Read the newest shared record.
+    ReadDisks {
+        /// Configurations this node knows (recognised on the disks).
+        known: Vec<(TxnId, SharedConfig)>,
+    },
+    /// A joiner opens the disks it was offered.
+    CheckDiskAccess {
+        /// Disk media names.
+        disks: Vec<String>,
+        /// The configuration of the join offer.
+        offered: Option<SharedConfig>,
+    },
+    /// This node left the cluster: drop a staged layout, fail writes held for a
+    /// cluster decision; the shared volumes stay, fenced by the lease.
+    Leave {
+        /// Private groups.
+        private: Vec<DiskGroupConfig>,
+    },
+    /// A private disk-group change, all of it (checks, stage, write, commit).
+    Private {
+        /// The change.
+        change: Change,
+        /// The private groups before it.
+        before: ClusterConfig,
+        /// And after it.
+        after: ClusterConfig,
+        /// The shared groups (kept as they are in the data plane).
+        shared: Vec<DiskGroupConfig>,
+        /// The change's disk group as it is now, if it exists.
+        group: Option<DiskGroupConfig>,
+        /// The transaction id written to the disks.
+        txn: u64,
+    },
+    /// Hold or release a resync fence (the main loop checked who asks).
+    Fence {
+        /// Fencing node.
+        from: NodeId,
+        /// Volume bdev name.
+        volume: String,
+        /// Hold (true) or release.
+        hold: bool,
+        /// The copy's token.
+        token: u64,
+        /// The answer.
+        reply: smol::channel::Sender<Result<bool, String>>,
+    },
+    /// Fail the writes a volume holds for a plex that was not detached.
+    FailHeldWrites {
+        /// Volume bdev name.
+        volume: String,
+    },
+    /// Break every fence (I/O resumes).
+    BreakFences {
+        /// Why (logged).
+        why: String,
+    },
+    /// One attempt to reconnect to the lost data plane and load it.
+    Reconnect {
+        /// The number of the new connection (for its event thread).
+        epoch: u64,
+        /// Shared groups to load (empty when this node is no member).
+        shared: Vec<DiskGroupConfig>,
+        /// Private groups.
+        private: Vec<DiskGroupConfig>,
+        /// A transaction prepared at this moment, to stage again.
+        staged: Option<(TxnId, Vec<DiskGroupConfig>)>,
+    },
+}
+
+/// The answer to a [`Job`].
+pub enum Done {
+    /// [`Job::LocalCheck`].
+    LocalChecked {
+        /// Transaction.
+        txn: TxnId,
+        /// Refusal, if any.
+        result: Result<(), String>,
+    },
+    /// [`Job::KernelPrepare`].
+    KernelPrepared {
+        /// Transaction.
+        txn: TxnId,
+        /// Result.
+        result: Result<(), String>,
+        /// How long this node's prepare took.
+        took: Duration,
+    },
+    /// [`Job::KernelCommit`].
+    KernelCommitted {
+        /// Transaction.
+        txn: TxnId,
+    },
+    /// [`Job::KernelLoad`].
+    KernelLoaded {
+        /// Result.
+        result: Result<(), String>,
+    },
+    /// [`Job::WriteDisks`].
+    DiskWritten {
+        /// Transaction.
+        txn: TxnId,
+        /// Result.
+        result: Result<(), String>,
+    },
+    /// [`Job::ReadDisks`].
+    DisksRead {
+        /// The newest valid record, if any.
+        result: Result<Option<DiskRecord<SharedConfig>>, String>,
+        /// The failed disk groups as the disks show them now.
+        failed: Vec<FailedGroup>,
+    },
+    /// [`Job::CheckDiskAccess`].
+    DiskAccessChecked {
+        /// The first disk that is missing, if any.
+        missing: Option<String>,
+    },
+    /// [`Job::Private`].
+    Private {
+        /// Result (the error names the node).
+        result: Result<(), String>,
+    },
+    /// [`Job::Reconnect`].
+    Reconnected {
+        /// The connection's number.
+        epoch: u64,
+        /// The new connection and the result of loading it, or why it failed.
+        result: Result<(Arc<KernelClient>, Result<usize, String>), String>,
+    },
+    /// Jobs without a result for the main loop.
+    Nothing,
+}
+
+/// The main loop's side of the driver.
+pub struct DriverHandle {
+    jobs: SyncSender<(u64, Job)>,
+    done: Receiver<(u64, Done)>,
+    next: u64,
+}
+
+impl DriverHandle {
+    /// Hands `job` to the driver; returns its number (its [`Done`] carries it). Waits
+    /// only when [`DRIVER_QUEUE_DEPTH`] jobs are queued (the driver never waits for
+    /// the main loop, so it makes room). `Err` when the driver thread is gone.
+    pub fn submit(&mut self, job: Job) -> Result<u64, String> {
+        let seq = self.next;
+        self.next += 1;
+        self.jobs
+            .send((seq, job))
+            .map_err(|_| "the driver thread is gone".to_string())?;
+        Ok(seq)
+    }
+
+    /// The next answer, if one is ready.
+    pub fn try_done(&self) -> Option<(u64, Done)> {
+        self.done.try_recv().ok()
+    }
+
+    /// The next answer, waiting at most `wait`; `Err` when the driver is gone.
+    pub fn done_timeout(&self, wait: Duration) -> Result<Option<(u64, Done)>, String> {
+        match self.done.recv_timeout(wait) {
+            Ok(d) => Ok(Some(d)),
+            Err(RecvTimeoutError::Timeout) => Ok(None),
+            Err(RecvTimeoutError::Disconnected) => Err("the driver thread is gone".into()),
+        }
+    }
+}
+
+/// The driver thread's state.
+pub struct Driver {
+    /// The cluster file.
+    pub file: ClusterFile,
+    /// This node.
+    pub me: NodeId,
+    /// This node's name.
+    pub name: String,
+    /// The data-plane adapter.
+    pub kernel: Kernel,
+    /// Resync fences this node holds.
+    pub fences: Fences,
+    /// Label and slot copies repaired (shared with `disk list`).
+    pub repairs: Arc<Mutex<Repairs>>,
+    /// The view as the main loop last published it (fence holders are checked
+    /// against its master).
+    pub view: SharedView,
+    /// The main loop's input (wake-ups; kernel events of a new connection).
+    pub tx: SyncSender<Input>,
+    /// The failpoint armed in this process.
+    pub failpoint: Option<Failpoint>,
+}
+
+impl Driver {
+    /// Starts the driver thread.
+    pub fn start(self) -> Result<DriverHandle, String> {
+        let (jobs_tx, jobs_rx) = mpsc::sync_channel(DRIVER_QUEUE_DEPTH);
+        // Holds at most one answer per job submitted: bounded by the job queue.
+        let (done_tx, done_rx) = mpsc::channel();
+        let name = self.name.clone();
+        std::thread::Builder::new()
+            .name("driver".into())
+            .spawn(move || self.run(jobs_rx, done_tx))
+            .map_err(|e| format!("node {name}: cannot start the driver thread: {e}"))?;
+        Ok(DriverHandle {
+            jobs: jobs_tx,
+            done: done_rx,
+            next: 0,
+        })
+    }
+
+    fn run(mut self, jobs: Receiver<(u64, Job)>, done: Sender<(u64, Done)>) {
+        let mut last_expiry = Instant::now();
+        loop {
+            match jobs.recv_timeout(FENCE_EXPIRY_PERIOD) {
+                Ok((seq, job)) => {
+                    let answer = self.execute(job);
+                    if done.send((seq, answer)).is_err() {
+                        return;
+                    }
+                    // A full input queue is being read anyway: the main loop
+                    // looks for answers after every input.
+                    let _ = self.tx.try_send(Input::DriverDone);
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            if last_expiry.elapsed() >= FENCE_EXPIRY_PERIOD {
+                let master = self
+                    .view
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                    .map(|v| v.master);
+                self.fences
+                    .expire(self.kernel.client(), Instant::now(), self.me, master);
+                last_expiry = Instant::now();
+            }
+        }
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> String {
+        format!("node {}: {e}", self.name)
+    }
+
+    fn portal(&self) -> &str {
+        self.file
+            .node(&self.name)
+            .map(|n| n.iscsi_portal())
+            .unwrap_or(config::DEFAULT_ISCSI_PORTAL)
+    }
+
+    fn files(&self) -> Vec<PathBuf> {
+        self.file.disk_files()
+    }
+
+    fn desired(&self, shared: &[DiskGroupConfig], private: &[DiskGroupConfig]) -> Desired {
+        desired_of(&self.files(), &self.name, self.portal(), shared, private)
+    }
+
+    /// Driver point `point`: sleeps when `PLEXD_FAILPOINT=<point>:sleep=<ms>` names it.
+    fn failpoint_sleep(&self, point: &str) {
+        if let Some(d) = self.failpoint.as_ref().and_then(|f| f.sleep_at(point)) {
+            log::warn!(
+                "node {}: failpoint {point}: sleeping {} ms",
+                self.name,
+                d.as_millis()
+            );
+            std::thread::sleep(d);
+        }
+    }
+
+    fn check_export(&self, group: Option<&DiskGroupConfig>, change: &Change) -> Result<(), String> {
+        check_export(
+            self.kernel.client(),
+            &self.name,
+            self.portal(),
+            group,
+            change,
+        )
+    }
+
+    fn execute(&mut self, job: Job) -> Done {
+        match job {
+            Job::LocalCheck {
+                txn,
+                change,
+                private,
+                group,
+            } => {
+                let result = disks::local_check(&change, &private, &self.files())
+                    .and_then(|()| self.check_export(group.as_ref(), &change));
+                if let Err(e) = &result {
+                    log::warn!(
+                        "node {}: transaction {txn}: local check refused: {e}",
+                        self.name
+                    );
+                }
+                Done::LocalChecked { txn, result }
+            }
+            Job::KernelPrepare {
+                txn,
+                shared,
+                private,
+            } => {
+                let began = Instant::now();
+                let desired = self.desired(&shared, &private);
+                self.fences
+                    .break_all(self.kernel.client(), "a transaction's kernel phase");
+                let result = self.kernel.prepare(desired, true);
+                self.failpoint_sleep("driver.kernel_prepare");
+                if let Err(e) = &result {
+                    log::error!(
+                        "node {}: transaction {txn}: kernel phase failed: {e}",
+                        self.name
+                    );
+                }
+                Done::KernelPrepared {
+                    txn,
+                    result,
+                    took: began.elapsed(),
+                }
+            }
+            Job::KernelCommit { txn } => {
+                if let Err(e) = self.kernel.commit() {
+                    log::error!(
+                        "node {}: transaction {txn}: data plane commit: {e}",
+                        self.name
+                    );
+                }
+                Done::KernelCommitted { txn }
+            }
+            Job::KernelAbort { txn } => {
+                log::info!("node {}: transaction {txn}: aborted", self.name);
+                self.kernel.abort();
+                Done::Nothing
+            }
+            Job::KernelLoad { shared, private } => {
+                let desired = self.desired(&shared, &private);
+                self.fences
+                    .break_all(self.kernel.client(), "a configuration load");
+                let result = self.kernel.load(desired);
+                if let Err(e) = &result {
+                    log::error!(
+                        "node {}: cannot load the configuration into the data plane: {e}",
+                        self.name
+                    );
+                }
+                Done::KernelLoaded { result }
+            }
+            Job::WriteDisks { record } => {
+                self.failpoint_sleep("driver.write_disks");
+                let mut repairs = self.repairs.lock().unwrap_or_else(|p| p.into_inner());
+                let result = disks::write_record(&record, &self.name, &self.files(), &mut repairs);
+                drop(repairs);
+                if let Err(e) = &result {
+                    log::error!(
+                        "node {}: transaction {}: disk write failed: {e}",
+                        self.name,
+                        record.txn
+                    );
+                }
+                Done::DiskWritten {
+                    txn: record.txn,
+                    result,
+                }
+            }
+            Job::ReadDisks { known } => {
+                let files = self.files();
+                let result = disks::read_shared(&files, &self.file.cluster.id, &self.name, &known);
+                let failed = disks::failed_groups(&files, &self.file.cluster.id, &self.name);
+                Done::DisksRead { result, failed }
+            }
+            Job::CheckDiskAccess { disks, offered } => Done::DiskAccessChecked {
+                missing: self.check_disk_access(&disks, offered.as_ref()),
+            },
+            Job::Leave { private } => {
+                self.fences
+                    .break_all(self.kernel.client(), "this node left the cluster");
+                let private = self.desired(&[], &private);
+                self.kernel.leave(&private);
+                Done::Nothing
+            }
+            Job::Private {
+                change,
+                before,
+                after,
+                shared,
+                group,
+                txn,
+            } => Done::Private {
+                result: self.private_change(&change, &before, &after, &shared, group, txn),
+            },
+            Job::Fence {
+                from,
+                volume,
+                hold,
+                token,
+                reply,
+            } => {
+                let answer = if hold {
+                    self.fences
+                        .hold(self.kernel.client(), &volume, from, token, Instant::now())
+                        .map(|()| true)
+                        .map_err(|e| self.err(e))
+                } else {
+                    self.fences.release(self.kernel.client(), &volume, token)
+                };
+                if let Err(e) = &answer {
+                    log::warn!(
+                        "node {}: fence on volume {volume} for node {from}: {e}",
+                        self.name
+                    );
+                }
+                let _ = reply.try_send(answer);
+                Done::Nothing
+            }
+            Job::FailHeldWrites { volume } => {
+                if let Err(e) = self.kernel.client().fail_held_writes(&volume) {
+                    log::error!(
+                        "node {}: volume {volume}: cannot fail held writes: {e}",
+                        self.name
+                    );
+                }
+                Done::Nothing
+            }
+            Job::BreakFences { why } => {
+                self.fences.break_all(self.kernel.client(), &why);
+                Done::Nothing
+            }
+            Job::Reconnect {
+                epoch,
+                shared,
+                private,
+                staged,
+            } => Done::Reconnected {
+                epoch,
+                result: self.reconnect(epoch, &shared, &private, staged),
+            },
+        }
+    }
+
+    /// A change of a private disk group: validated, staged in the data plane, written
+    /// to the group's disks, committed — all on this node.
+    fn private_change(
+        &mut self,
+        change: &Change,
+        before: &ClusterConfig,
+        after: &ClusterConfig,
+        shared: &[DiskGroupConfig],
+        group: Option<DiskGroupConfig>,
+        txn: u64,
+    ) -> Result<(), String> {
+        let updates = change.disk_updates(before, after);
+        disks::local_check(change, &ClusterConfig::default(), &self.files())
+            .map_err(|e| self.err(e))?;
+        self.check_export(group.as_ref(), change)?;
+        let desired = self.desired(shared, &after.disk_groups);
+        self.fences
+            .break_all(self.kernel.client(), "a private transaction");
+        if let Err(e) = self.kernel.prepare(desired, true) {
+            self.kernel.abort();
+            let e = self.err(format!("disk group {}: data plane: {e}", change.dg_name()));
+            log::error!("{e}");
+            return Err(e);
+        }
+        let mut repairs = self.repairs.lock().unwrap_or_else(|p| p.into_inner());
+        let written = disks::write_updates(&updates, txn, &self.name, &self.files(), &mut repairs);
+        drop(repairs);
+        if let Err(e) = written {
+            self.kernel.abort();
+            let e = self.err(e);
+            log::error!("{e}");
+            return Err(e);
+        }
+        if let Err(e) = self.kernel.commit() {
+            log::error!(
+                "node {}: disk group {}: data plane commit: {e}",
+                self.name,
+                change.dg_name()
+            );
+        }
+        log::info!("node {}: private change committed: {change:?}", self.name);
+        Ok(())
+    }
+
+    fn check_disk_access(
+        &self,
+        names: &[String],
+        offered: Option<&SharedConfig>,
+    ) -> Option<String> {
+        let Some(offered) = offered else {
+            return names.first().cloned();
+        };
+        let local = disks::LocalDisks::scan(&self.files());
+        for name in names {
+            let disk = offered
+                .groups
+                .iter()
+                .flat_map(|g| g.disks.iter())
+                .find(|d| &d.name == name);
+            match disk {
+                Some(d) => {
+                    if let Err(e) = disks::check_disk(d, &local) {
+                        log::error!("node {}: {e}", self.name);
+                        return Some(name.clone());
+                    }
+                }
+                None => return Some(name.clone()),
+            }
+        }
+        None
+    }
+
+    /// One attempt to reconnect to the lost data plane. Once connected: events again
+    /// (connection `epoch`), the whole desired configuration loaded, a prepared
+    /// transaction staged again. Returns the new connection and how many volumes the
+    /// load held (or why it failed).
+    fn reconnect(
+        &mut self,
+        epoch: u64,
+        shared: &[DiskGroupConfig],
+        private: &[DiskGroupConfig],
+        staged: Option<(TxnId, Vec<DiskGroupConfig>)>,
+    ) -> Result<(Arc<KernelClient>, Result<usize, String>), String> {
+        self.kernel.reconnect()?;
+        super::start_kernel_events(&self.kernel, self.tx.clone(), epoch, &self.name);
+        let desired = self.desired(shared, private);
+        let volumes = desired.volumes.len();
+        let loaded = self.kernel.load(desired).map(|()| volumes);
+        if let Some((txn, config)) = staged {
+            let again = self.desired(&config, private);
+            if let Err(e) = self.kernel.prepare(again, true) {
+                log::error!(
+                    "node {}: transaction {txn}: cannot stage it again in the reconnected data plane: {e}",
+                    self.name
+                );
+            }
+        }
+        Ok((self.kernel.shared_client(), loaded))
+    }
+}
+
+/// The bdevs, volumes and exports node `name` (iSCSI portal `portal`) serves for
+/// `shared` and `private` groups, each disk opened where this node finds it (by id
+/// on `files`, [`disks::LocalDisks`]).
+pub fn desired_of(
+    files: &[PathBuf],
+    name: &str,
+    portal: &str,
+    shared: &[DiskGroupConfig],
+    private: &[DiskGroupConfig],
+) -> Desired {
+    let local = disks::LocalDisks::scan(files);
+    let groups: Vec<DiskGroupConfig> = shared
+        .iter()
+        .chain(private.iter())
+        .map(|g| local.localize(g))
+        .collect();
+    let mut d = Desired::of(groups.iter());
+    d.exports = exports::desired(shared.iter().chain(private.iter()), name, portal);
+    d
+}
+
+/// The local check of a change beyond the disks: an export this node would serve
+/// needs a portal it can listen on; a change that takes volumes away from hosts is
+/// refused while a host session on this node uses one. `group`: the change's disk
+/// group as it is now.
+pub fn check_export(
+    k: &KernelClient,
+    name: &str,
+    portal: &str,
+    group: Option<&DiskGroupConfig>,
+    change: &Change,
+) -> Result<(), String> {
+    if let Some(g) = group {
+        let volumes = exports::volumes_taken_away(change, g);
+        exports::check_no_sessions(k, name, &g.name, &volumes)?;
+    }
+    let Change::VolExport { export, .. } = change else {
+        return Ok(());
+    };
+    if !exports::serves(export, name) {
+        return Ok(());
+    }
+    let portal = exports::portal_of(export, portal);
+    exports::check(k, portal).map_err(|e| format!("node {name}: {e}"))
+}

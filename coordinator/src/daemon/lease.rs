@@ -1,0 +1,148 @@
+//! The data-plane lease renewer: a small thread of its own that hands the data plane
+//! what is left of this node's lease (`renewLease`), so a renewal never waits behind
+//! a drain, a disk write or any other work of the driver, and a data plane that hangs
+//! holds up this thread only, never the main loop.
+//!
+//! The main loop publishes, at every tick, "`left` ms of lease at instant `at`"
+//! ([`Renewer::publish`]); the thread renews with what is left of it *now*
+//! (`left - (now - at)`), so a renewal that waited carries the current value, never a
+//! stale one.
+
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use plexd_target::api::KernelClient;
+
+/// Longest the thread sleeps without news from the main loop before it checks
+/// whether it must stop.
+const IDLE_WAKE: Duration = Duration::from_secs(1);
+
+#[derive(Default)]
+struct State {
+    /// The connection to renew on; none while the data plane is lost.
+    client: Option<Arc<KernelClient>>,
+    /// The newest value: lease left (ms) at that instant.
+    value: Option<(u64, Instant)>,
+    /// Bumped at every publish (the thread renews once per new value).
+    generation: u64,
+    stop: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    wake: Condvar,
+}
+
+/// The main loop's handle on the renewer thread.
+pub struct Renewer {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Renewer {
+    /// Starts the thread for node `node`, renewing on `client`.
+    pub fn start(node: &str, client: Arc<KernelClient>) -> Renewer {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                client: Some(client),
+                ..State::default()
+            }),
+            wake: Condvar::new(),
+        });
+        let s = Arc::clone(&shared);
+        let name = node.to_string();
+        let thread = std::thread::Builder::new()
+            .name("lease".into())
+            .spawn(move || run(&name, &s))
+            .map_err(|e| log::error!("node {node}: cannot start the lease thread: {e}; the data plane will not be given a lease"))
+            .ok();
+        Renewer { shared, thread }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `left_ms` of lease are left now: renew the data plane with it.
+    pub fn publish(&self, left_ms: u64) {
+        let mut st = self.lock();
+        st.value = Some((left_ms, Instant::now()));
+        st.generation += 1;
+        drop(st);
+        self.shared.wake.notify_one();
+    }
+
+    /// The connection to renew on (none while the data plane is lost).
+    pub fn set_client(&self, client: Option<Arc<KernelClient>>) {
+        self.lock().client = client;
+    }
+}
+
+impl Drop for Renewer {
+    fn drop(&mut self) {
+        self.lock().stop = true;
+        self.shared.wake.notify_one();
+        // A renewal in flight ends within the client's call timeout; do not wait
+        // for it at exit.
+        drop(self.thread.take());
+    }
+}
+
+fn run(node: &str, shared: &Shared) {
+    let mut seen = 0u64;
+    // The data plane was last given a non-zero lease by this process.
+    let mut held = false;
+    loop {
+        let (client, left_ms, at) = {
+            let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+            while !st.stop && st.generation == seen {
+                st = shared
+                    .wake
+                    .wait_timeout(st, IDLE_WAKE)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+            if st.stop {
+                return;
+            }
+            seen = st.generation;
+            let Some((left_ms, at)) = st.value else {
+                continue;
+            };
+            let Some(client) = st.client.clone() else {
+                continue;
+            };
+            (client, left_ms, at)
+        };
+        let aged = u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let left = u32::try_from(left_ms.saturating_sub(aged)).unwrap_or(u32::MAX);
+        if left == 0 && !held {
+            // Nothing this process granted to revoke. A lease an earlier plexd
+            // granted runs on (the cluster waits it out): a restart inside the
+            // lease never stops I/O.
+            continue;
+        }
+        match client.renew_lease(left) {
+            Ok(was_expired) => {
+                if left > 0 && (was_expired || !held) {
+                    let again = if was_expired {
+                        ", after it had run out"
+                    } else {
+                        ""
+                    };
+                    log::info!(
+                        "node {node}: data-plane lease granted ({left} ms{again}): shared volumes served"
+                    );
+                }
+                if left == 0 && held {
+                    log::warn!(
+                        "node {node}: no lease (not a member of a quorate view): the data plane stops serving shared volumes"
+                    );
+                }
+                held = left > 0;
+            }
+            Err(e) => log::warn!("node {node}: cannot renew the data-plane lease: {e}"),
+        }
+    }
+}
