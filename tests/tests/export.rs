@@ -4,6 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
+use plexd_target::frontend::iscsi::alua::AluaState;
 use plexd_tests::proc::run_bounded;
 use plexd_tests::{wait_until, Cluster, ClusterOpts};
 
@@ -47,6 +48,31 @@ fn wait_not_served(portal: &str, iqn: &str) {
     );
 }
 
+/// Node `i`'s id (ALUA group and relative port).
+fn c_id(i: usize) -> u16 {
+    i as u16 + 1
+}
+
+/// Waits until node `i`'s target holds the ALUA view `groups` (id, state) for LUN 0
+/// of the export, with itself as the local group and port.
+fn wait_alua(c: &Cluster, i: usize, groups: &[(u16, AluaState)]) {
+    wait_until(
+        &format!("node {}'s ALUA view {groups:?}", c.nodes[i].name),
+        SERVE_TIMEOUT,
+        || {
+            let targets = c.kernel(i).iscsi_targets().map_err(|e| e.to_string())?;
+            let t = targets.iter().find(|t| t.iqn == IQN).ok_or("no target")?;
+            let a = t.luns[0].alua.clone().ok_or("no ALUA view yet")?;
+            let got: Vec<(u16, AluaState)> = a.groups.iter().map(|g| (g.id, g.state)).collect();
+            if a.local_group == c_id(i) && a.relative_port == c_id(i) && got == groups {
+                Ok(())
+            } else {
+                Err(format!("{a:?}"))
+            }
+        },
+    )
+}
+
 #[test]
 fn a_shared_volume_exported_on_every_node_is_one_device_behind_every_portal() {
     let mut c = Cluster::start(3, ClusterOpts::default());
@@ -60,6 +86,25 @@ fn a_shared_volume_exported_on_every_node_is_one_device_behind_every_portal() {
     assert_eq!(vol["exports"][0]["iqn"], IQN, "{vol}");
     assert_eq!(vol["exports"][0]["nodes"].as_array().map(Vec::len), Some(0));
 
+    // ALUA: one target port group per node (id = node id = relative port), the
+    // master active/optimized, the others active/non-optimized, as every node says.
+    let want = |master: usize, out: Option<usize>| -> Vec<(u16, AluaState)> {
+        (0..3)
+            .map(|i| {
+                let state = if i == master {
+                    AluaState::ActiveOptimized
+                } else if Some(i) == out {
+                    AluaState::Unavailable
+                } else {
+                    AluaState::ActiveNonOptimized
+                };
+                (c_id(i), state)
+            })
+            .collect()
+    };
+    for i in 0..3 {
+        wait_alua(&c, i, &want(m, None));
+    }
     let ids: Vec<String> = c
         .nodes
         .iter()
@@ -80,6 +125,20 @@ fn a_shared_volume_exported_on_every_node_is_one_device_behind_every_portal() {
         cap.contains(&format!("{}", (32u64 << 20) / 512 - 1)),
         "capacity is not 32 MiB: {cap}"
     );
+
+    // The master's plexd dies: the new master is optimized, the old one (its target
+    // still up, fenced) unavailable as the survivors report it.
+    c.kill_coordinator(m);
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != m).collect();
+    let nm = c.wait_joined(&survivors);
+    for &i in &survivors {
+        wait_alua(&c, i, &want(nm, Some(m)));
+    }
+    c.restart_coordinator(m, None);
+    c.wait_joined(&[0, 1, 2]);
+    for i in 0..3 {
+        wait_alua(&c, i, &want(nm, None));
+    }
 
     let e = c.ctl_err(0, "vol rm dg1 vol1");
     assert!(e.contains("exported") && e.contains(IQN), "{e}");

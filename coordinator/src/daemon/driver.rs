@@ -134,6 +134,11 @@ pub enum Job {
         /// Volume bdev name.
         volume: String,
     },
+    /// Give the exported LUNs of shared volumes their ALUA views, by IQN.
+    SyncAlua {
+        /// The view of each served export.
+        alua: std::collections::BTreeMap<String, plexd_target::frontend::iscsi::alua::Alua>,
+    },
     /// Break every fence (I/O resumes).
     BreakFences {
         /// Why (logged).
@@ -503,6 +508,12 @@ impl Driver {
                         "node {}: volume {volume}: cannot fail held writes: {e}",
                         self.name
                     );
+                }
+                Done::Nothing
+            }
+            Job::SyncAlua { alua } => {
+                for e in super::exports::sync_alua(self.kernel.client(), &alua) {
+                    log::warn!("node {}: data plane: {e}", self.name);
                 }
                 Done::Nothing
             }

@@ -293,6 +293,7 @@ pub fn run(opts: Options) -> Result<(), String> {
         target_child,
         kernel_epoch: 0,
         kernel_lost: None,
+        alua_sent: BTreeMap::new(),
         reconnecting: false,
         early_lost: None,
         timer: None,
@@ -495,6 +496,9 @@ struct Daemon {
     private_queue: VecDeque<PrivateRequest>,
     /// The private change with the driver, and the private groups after it.
     private_running: Option<(PrivateRequest, ClusterConfig)>,
+    /// The ALUA views last handed to the driver for this node's shared exports, by
+    /// IQN (cleared when the data plane is reconnected, so they are sent again).
+    alua_sent: BTreeMap<String, plexd_target::frontend::iscsi::alua::Alua>,
 }
 
 /// A private disk-group change and whom to answer.
@@ -755,6 +759,7 @@ impl Daemon {
         } else {
             Vec::new()
         };
+        self.alua_sent.clear();
         let job = Job::Reconnect {
             epoch: self.kernel_epoch + 1,
             shared,
@@ -943,6 +948,47 @@ impl Daemon {
         self.run_step(actions);
         self.remember_config();
         self.publish_view();
+        self.sync_alua();
+    }
+
+    /// Hands the driver the ALUA views of this node's shared exports when the view
+    /// or the exports changed ([`exports::alua_of`]: the master optimized, other
+    /// members non-optimized, nodes outside the view unavailable). The job runs after
+    /// the ones that created the targets.
+    fn sync_alua(&mut self) {
+        if self.kernel_lost.is_some() || self.reconnecting {
+            return;
+        }
+        let nodes: Vec<(u32, String)> = self
+            .file
+            .nodes
+            .iter()
+            .map(|n| (n.id, n.name.clone()))
+            .collect();
+        let view = self.node.view().map(|v| (v.master, v.members.as_slice()));
+        let av = exports::AluaView {
+            nodes: &nodes,
+            me: self.me,
+            view,
+        };
+        let mut want = BTreeMap::new();
+        for g in &self.node.config().groups {
+            for v in &g.volumes {
+                for e in v
+                    .exports
+                    .iter()
+                    .filter(|e| e.protocol == objects::ExportProtocol::Iscsi)
+                {
+                    if let Some(a) = exports::alua_of(e, &av) {
+                        want.insert(e.iqn.clone(), a);
+                    }
+                }
+            }
+        }
+        if want != self.alua_sent {
+            self.alua_sent = want.clone();
+            self.submit(Job::SyncAlua { alua: want });
+        }
     }
 
     /// Carries out one step of the core (the actions of one event) in the order
