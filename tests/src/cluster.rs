@@ -348,7 +348,7 @@ impl Cluster {
         let mut toml = format!(
             "[cluster]\nname = \"test\"\nid = \"test-{}\"\nmonitor = \"builtin\"\n\
              heartbeat_interval_ms = {}\nheartbeat_timeout_ms = {}\nform_wait_ms = {}\n\
-             lease_ms = {}\nlease_margin_ms = {}\ndisk_paths = [{:?}]\n",
+             lease_ms = {}\nlease_margin_ms = {}\nfault_injection = true\ndisk_paths = [{:?}]\n",
             std::process::id(),
             opts.heartbeat_interval_ms,
             opts.heartbeat_timeout_ms,

@@ -48,6 +48,11 @@ pub struct ClusterSection {
     /// clock rate drift).
     #[serde(default = "default_lease_margin_ms")]
     pub lease_margin_ms: u64,
+    /// Wrap every disk in an `error` bdev so faults can be injected through the
+    /// kernel interface (`injectError`; tests do). Off by default: the wrapper costs
+    /// shared counters on every I/O.
+    #[serde(default)]
+    pub fault_injection: bool,
 }
 
 fn default_monitor() -> String {

@@ -1,10 +1,11 @@
 //! The kernel adapter: turns disk group configurations into the data plane's bdevs and
 //! volumes through [`KernelClient`].
 //!
-//! Names in the target: a disk is a `uring` bdev `DG.DISK.dev` on the disk's path
-//! (the whole device; subdisk offsets are device offsets, past the private region),
-//! wrapped by an `error` bdev `DG.DISK` that volumes use (a pass-through until a
-//! fault is injected, which is how tests fail a plex); a volume is `DG.VOL`. Plex states map ACTIVE→ACTIVE, STALE→STALE, SYNCING→SYNCING,
+//! Names in the target: a disk is a `uring` bdev `DG.DISK` on the disk's path (the
+//! whole device; subdisk offsets are device offsets, past the private region) that
+//! volumes use. With the cluster file's `fault_injection`, the `uring` bdev is
+//! `DG.DISK.dev`, wrapped by an `error` bdev `DG.DISK` (a pass-through until a fault
+//! is injected, which is how tests fail a plex). A volume is `DG.VOL`. Plex states map ACTIVE→ACTIVE, STALE→STALE, SYNCING→SYNCING,
 //! EMPTY→DETACHED.
 //!
 //! A transaction's kernel phase ([`Kernel::prepare`]) creates the bdevs of new disks,
@@ -167,6 +168,8 @@ pub struct Kernel {
     /// What the data plane holds (volumes, disk bdevs, managed exports), as the last
     /// pruning commit without an error left it; `None` when not sure.
     known: Option<Desired>,
+    /// Disks are wrapped in `error` bdevs (see the module documentation).
+    fault_injection: bool,
 }
 
 /// Whether `e` means the connection to the data plane is gone (the target died or
@@ -190,12 +193,19 @@ impl Kernel {
                         client,
                         staged: None,
                         known: None,
+                        fault_injection: false,
                     })
                 }
                 Err(e) if std::time::Instant::now() >= deadline => return Err(e),
                 Err(_) => std::thread::sleep(Duration::from_millis(100)),
             }
         }
+    }
+
+    /// Wraps disks created from now on in `error` bdevs (the cluster file's
+    /// `fault_injection`).
+    pub fn set_fault_injection(&mut self, on: bool) {
+        self.fault_injection = on;
     }
 
     /// One attempt to connect to the target at `socket` and set it up as at start:
@@ -270,6 +280,14 @@ impl Kernel {
 
     fn ensure_disks(&self, desired: &Desired, bdevs: &BTreeSet<String>) -> Result<(), String> {
         for (name, path) in &desired.disks {
+            if !self.fault_injection {
+                if !bdevs.contains(name) {
+                    self.client
+                        .create_bdev(&BdevRequest::uring(name, path))
+                        .map_err(|e| format!("disk {name} ({path}): {e}"))?;
+                }
+                continue;
+            }
             let raw = raw_bdev(name);
             if !bdevs.contains(&raw) {
                 self.client

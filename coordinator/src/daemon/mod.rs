@@ -189,6 +189,7 @@ pub fn run(opts: Options) -> Result<(), String> {
             me.target_socket.display()
         )
     })?;
+    kernel.set_fault_injection(file.cluster.fault_injection);
     let (tx, rx) = mpsc::sync_channel(INPUT_QUEUE_DEPTH);
     let identity = transport::Identity {
         me: me.id,
