@@ -135,6 +135,9 @@ impl Bdev for VolumeBdev {
 pub struct Registry {
     vols: Mutex<BTreeMap<String, Arc<VolumeShared>>>,
     next_id: std::sync::atomic::AtomicU64,
+    /// Plexes (volume, plex) whose local detach is under way (standalone policy):
+    /// one detach thread per failed plex, however many of its writes fail.
+    detaching: Mutex<std::collections::BTreeSet<(String, String)>>,
 }
 
 impl Registry {
@@ -659,6 +662,17 @@ impl Target {
         self.publish(ev.clone());
         if let Event::PlexIoError { volume, plex, .. } = ev {
             if self.detach_policy() == DetachPolicy::Local {
+                let key = (volume.clone(), plex.clone());
+                let first = self
+                    .volumes
+                    .detaching
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(key.clone());
+                if !first {
+                    // A detach of this plex is under way: it releases this write too.
+                    return;
+                }
                 // Detaching talks to every reactor; do it off the reactor that saw the error.
                 let t = Arc::clone(&self);
                 let spawned = std::thread::Builder::new().name("plex-detach".into()).spawn(move || {
@@ -669,9 +683,19 @@ impl Target {
                             let _ = t.fail_held_writes(&volume);
                         }
                     }
+                    t.volumes
+                        .detaching
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&(volume, plex));
                 });
                 if let Err(e) = spawned {
                     log::error!("volume: cannot start the detach of a failed plex: {e}");
+                    self.volumes
+                        .detaching
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&key);
                 }
             }
         }
