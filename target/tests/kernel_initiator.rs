@@ -84,6 +84,9 @@ login() {
   for k in HeaderDigest DataDigest; do
     iscsiadm -m node -T $IQN -p $P -I $1 -o update -n "node.conn[0].iscsi.$k" -v $2
   done
+  # A NOP-Out unanswered for 15 s (default 5 s) is a ping timeout: a stalled
+  # connection never answers, a guest descheduled on a loaded host may for seconds.
+  iscsiadm -m node -T $IQN -p $P -I $1 -o update -n 'node.conn[0].timeo.noop_out_timeout' -v 15
   timeout 30 iscsiadm -m node -T $IQN -p $P -I $1 --login; res login-$1-$2 rc=$?
   NEW=""
   for i in $(seq 1 40); do
