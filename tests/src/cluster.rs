@@ -966,6 +966,23 @@ impl Cluster {
         p
     }
 
+    /// Waits until node `i`'s data plane serves `dg.vol` (a node serves shared
+    /// volumes once its coordinator holds a data-plane lease: about a heartbeat after
+    /// it joined or after a failover): one probe read of the first block.
+    pub fn wait_served(&self, i: usize, dg: &str, vol: &str) {
+        let bdev = format!("{dg}.{vol}");
+        let k = self.kernel(i);
+        wait_until(
+            &format!("node {} to serve {bdev}", self.nodes[i].name),
+            CONVERGE_TIMEOUT,
+            || match k.read(&bdev, 0, 512) {
+                Ok(r) if r.status == 0 => Ok(()),
+                Ok(r) => Err(format!("errno {}", r.status)),
+                Err(e) => Err(e.to_string()),
+            },
+        );
+    }
+
     /// Records a pattern written elsewhere (e.g. the last one of an [`crate::data::IoLoop`]).
     pub fn record_pattern(&mut self, p: Pattern) {
         self.patterns

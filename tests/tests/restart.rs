@@ -21,6 +21,7 @@ fn restarting_a_coordinator_alone_never_interrupts_io() {
         len_bytes: 256 << 10,
         seed: 1_000_000,
     };
+    c.wait_served(1, "dg1", "vol1");
     let io = IoLoop::start(c.nodes[1].target_socket.clone(), region).unwrap();
     let wait = Duration::from_secs(20);
     io.wait_more_rounds(3, wait);

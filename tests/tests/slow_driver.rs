@@ -80,6 +80,7 @@ fn change_while_slow(c: &mut Cluster, on: usize, slow: usize, cmd: &str, point: 
         len_bytes: 256 << 10,
         seed: 1_000_000,
     };
+    c.wait_served(slow, "dg1", "vol1");
     let io = IoLoop::start(c.nodes[slow].target_socket.clone(), region).unwrap();
     io.wait_more_rounds(2, Duration::from_secs(20));
     let rounds_before = io.rounds();
