@@ -157,7 +157,7 @@ impl<M: ConfigModel> Node<M> {
         // View ids keep growing across the cluster's lives, so a transaction id
         // (view, n) of this life never equals the one on the disks.
         let view = self.make_view(
-            self.max_view_seen.max(self.committed.txn.view) + 1,
+            self.next_view_id(self.max_view_seen.max(self.committed.txn.view)),
             vec![me],
         );
         self.state = State::Member;
@@ -817,7 +817,7 @@ impl<M: ConfigModel> Node<M> {
             .copied()
             .filter(|&m| m == me || (m != old.master && !self.suspected.contains(&m)))
             .collect();
-        let view = self.make_view(old.id.max(self.max_view_seen) + 1, members);
+        let view = self.make_view(self.next_view_id(old.id.max(self.max_view_seen)), members);
         self.state = State::Member;
         self.master = Some(MasterState::new());
         self.suspected.clear();
@@ -832,6 +832,19 @@ impl<M: ConfigModel> Node<M> {
         );
         self.log(log::Level::Warn, line);
         self.master_next(now_ms);
+    }
+
+    /// The id of the next view this node makes: the smallest id above `above` in
+    /// this node's residue class. With `N` configured nodes and this node the
+    /// `i`-th of them by id (from 0), every view it makes has `id % N == i`, so two
+    /// masters (one cut off and not yet aware of it, one that took over) can never
+    /// number a view alike, and nor can their transactions (`TxnId` = view, n).
+    pub(super) fn next_view_id(&self, above: u64) -> u64 {
+        let n = self.cfg.nodes.len() as u64;
+        let me = self.cfg.me;
+        let i = self.cfg.nodes.iter().filter(|node| node.id < me).count() as u64;
+        let first = above + 1;
+        first + (i + n - first % n) % n
     }
 
     /// A view led by this node, with the incarnations this node knows.
@@ -949,7 +962,7 @@ impl<M: ConfigModel> Node<M> {
             .map(|v| v.members.clone())
             .unwrap_or_default();
         let old_id = self.view.as_ref().map_or(0, |v| v.id);
-        let view = self.make_view(old_id.max(self.max_view_seen) + 1, members);
+        let view = self.make_view(self.next_view_id(old_id.max(self.max_view_seen)), members);
         self.install_view(now_ms, view);
         self.broadcast_view(&old_members);
     }

@@ -806,7 +806,8 @@ impl<M: ConfigModel> Node<M> {
             return;
         };
         let late = |awaiting: &BTreeSet<NodeId>| -> Option<Vec<NodeId>> {
-            (now_ms >= since + self.cfg.reply_timeout_ms).then(|| awaiting.iter().copied().collect())
+            (now_ms >= since + self.cfg.reply_timeout_ms)
+                .then(|| awaiting.iter().copied().collect())
         };
         let (step, silent) = match &phase {
             Phase::SuccessorLost {
