@@ -521,3 +521,35 @@ fn a_cut_off_master_and_its_successor_never_number_a_view_alike() {
     sim.run_for(3_000);
     assert_eq!(sim.violation(), None);
 }
+
+/// The master dies past the commit point (its successor b applied COMMIT) while
+/// slave c is cut off from everyone: c cannot reach a majority, leaves the cluster
+/// and drops its staged layout; b takes over with d's and e's votes and completes
+/// the transaction on d and e. c's drop on leaving decides nothing: the simulator
+/// used to count it as the cluster aborting the transaction (seeds 553, 667).
+#[test]
+fn a_slave_leaving_with_a_staged_layout_does_not_abort_the_transaction() {
+    let mut sim = Sim::cluster(5, 7);
+    assert_eq!(sim.master(), Some(A));
+    sim.run_for(100);
+    sim.hold(A, Hold::DiskWrite);
+    let r = sim.create(D, "dg1", 1);
+    assert!(
+        sim.run_until(1_000, |s| s.held(A) == 1),
+        "past the commit point"
+    );
+    assert!(sim.node(C).kernel.staged.is_some(), "c staged the layout");
+    sim.crash(A);
+    sim.partition(&[C]);
+    assert_eq!(answer(&mut sim, D, r), Ok(()));
+    assert!(
+        sim.logs()
+            .iter()
+            .any(|l| l.starts_with("c: node c: left the cluster")),
+        "c left the cluster"
+    );
+    sim.heal();
+    sim.start(A);
+    settle(&mut sim, &[A, B, C, D, E]);
+    assert!(everywhere_has(&sim, &[A, B, C, D, E], "dg1"));
+}

@@ -233,6 +233,8 @@ pub struct Sim {
     failed: BTreeSet<u64>,
     /// Every view installed, and the nodes that installed it.
     views: BTreeMap<u64, (View, BTreeSet<NodeId>)>,
+    /// Transactions the cluster decided to abort (a master's or a takeover's abort,
+    /// and members following it); a leaving node's own discard is not one.
     aborted: BTreeSet<TxnId>,
     next_tag: u64,
     trace: VecDeque<String>,
@@ -943,6 +945,10 @@ impl Sim {
             }
             match action {
                 Action::Send { to, msg } => {
+                    if let Message::Abort { txn } = &msg {
+                        // A master's decision, whether or not the message arrives.
+                        self.aborted.insert(*txn);
+                    }
                     if let Some(k) = self.node(id).crash_after_sends {
                         if k == 0 {
                             self.coverage.failpoint_crashes += 1;
@@ -1044,7 +1050,17 @@ impl Sim {
                 }
                 Action::KernelAbort { txn } => {
                     self.note(format!("{name} kernel abort {txn}"));
-                    self.aborted.insert(txn);
+                    // An abort is a decision when a member makes or follows it (a
+                    // master's or a takeover's abort, a slave told by ABORT, a new
+                    // master's view or the next CHECK). A node that leaves the
+                    // cluster drops its staged layout on its own: that decides
+                    // nothing, and the transaction may still commit without it.
+                    let member = self.core(id).is_some_and(|c| {
+                        matches!(c.role(), Role::Master | Role::Slave | Role::TakingOver)
+                    });
+                    if member {
+                        self.aborted.insert(txn);
+                    }
                     let k = &mut self.node_mut(id).kernel;
                     if k.staged.as_ref().is_some_and(|(t, _)| *t == txn) {
                         k.staged = None;
