@@ -553,3 +553,66 @@ fn a_slave_leaving_with_a_staged_layout_does_not_abort_the_transaction() {
     settle(&mut sim, &[A, B, C, D, E]);
     assert!(everywhere_has(&sim, &[A, B, C, D, E], "dg1"));
 }
+
+/// Cuts the link from a to c while a completes the transaction whose disk write
+/// it holds: c's COMMIT is lost, c keeps its staged layout. Heals at once (c never
+/// misses enough heartbeats to suspect a).
+fn lose_commit_to_c(sim: &mut Sim, dg: &str) {
+    sim.hold(A, Hold::DiskWrite);
+    let r = sim.create(A, dg, 1);
+    assert!(
+        sim.run_until(1_000, |s| s.held(A) == 1),
+        "past the commit point"
+    );
+    assert!(sim.node(C).kernel.staged.is_some(), "c staged the layout");
+    sim.block(A, C);
+    sim.release(A);
+    assert_eq!(answer(sim, A, r), Ok(()));
+    sim.run_for(50);
+    sim.heal();
+    assert!(sim.node(C).kernel.staged.is_some(), "c's COMMIT was lost");
+}
+
+/// Seed 788: c's COMMIT of 1 was lost on a link cut for a moment, then the CHECK
+/// of the next transaction arrived. c dropped its staged layout as if aborted and
+/// checked the next change against its old configuration: c held seq 1 while the
+/// master held seq 2 (and could have committed a layout no one else has). Every
+/// CHECK now carries the master's committed transaction: c applies the one whose
+/// COMMIT it missed first.
+#[test]
+fn a_slave_that_missed_a_commit_applies_it_before_the_next_check() {
+    let mut sim = traced_cluster(3);
+    lose_commit_to_c(&mut sim, "dg1");
+    let r = sim.create(A, "dg2", 1);
+    assert_eq!(answer(&mut sim, A, r), Ok(()));
+    settle(&mut sim, &[A, B, C]);
+    assert!(everywhere_has(&sim, &[A, B, C], "dg1"));
+    assert!(everywhere_has(&sim, &[A, B, C], "dg2"));
+}
+
+/// A lost COMMIT with no transaction after it, and a lost ABORT: the master's
+/// heartbeats say where its transactions stand, so c applies the committed one
+/// and drops the aborted one instead of holding them (and staying busy) forever.
+#[test]
+fn a_slave_that_missed_a_commit_or_an_abort_catches_up_from_heartbeats() {
+    let mut sim = traced_cluster(3);
+    lose_commit_to_c(&mut sim, "dg1");
+    settle(&mut sim, &[A, B, C]);
+    assert!(everywhere_has(&sim, &[A, B, C], "dg1"));
+
+    // b refuses the next change (a private disk group of that name) after c has
+    // checked it; the ABORT to c is lost.
+    sim.add_private_dg(B, "dg2");
+    sim.hold(B, Hold::LocalCheck);
+    let r = sim.create(A, "dg2", 1);
+    assert!(sim.run_until(1_000, |s| s.held(B) == 1));
+    sim.run_for(100);
+    sim.block(A, C);
+    sim.release(B);
+    let err = answer(&mut sim, A, r).unwrap_err();
+    assert!(err.starts_with("node b: "), "{err}");
+    sim.run_for(50);
+    sim.heal();
+    settle(&mut sim, &[A, B, C]);
+    assert!(nowhere_has(&sim, "dg2"));
+}

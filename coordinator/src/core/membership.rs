@@ -69,6 +69,7 @@ impl<M: ConfigModel> Node<M> {
                         State::Member | State::TakingOver { .. } => Some(0),
                         _ => self.was_member_ms.map(|t| now_ms.saturating_sub(t)),
                     },
+                    txns: self.txn_state_for(p),
                 },
             );
         }
@@ -219,6 +220,7 @@ impl<M: ConfigModel> Node<M> {
                 lease_left_ms,
                 max_view,
                 member_ago_ms,
+                txns,
                 ..
             } => {
                 self.max_view_seen = self.max_view_seen.max(max_view);
@@ -303,6 +305,19 @@ impl<M: ConfigModel> Node<M> {
                     }
                 }
                 self.max_view_seen = self.max_view_seen.max(view_id);
+                if let Some(state) = txns {
+                    let from_my_master = matches!(self.state, State::Member)
+                        && !self.is_master()
+                        && member
+                        && master == Some(from)
+                        && self
+                            .view
+                            .as_ref()
+                            .is_some_and(|v| v.master == from && v.id == view_id);
+                    if from_my_master {
+                        let _ = self.slave_sync(now_ms, from, state);
+                    }
+                }
                 if matches!(self.state, State::Discovering { .. })
                     && member
                     && master == Some(from)
@@ -325,7 +340,8 @@ impl<M: ConfigModel> Node<M> {
                 txn,
                 change,
                 origin,
-            } => self.slave_on_check(from, txn, change, origin),
+                base,
+            } => self.slave_on_check(now_ms, from, txn, change, origin, base),
             Message::CheckReply { txn, result } => {
                 self.master_on_check_reply(now_ms, from, txn, result)
             }

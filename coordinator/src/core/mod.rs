@@ -14,7 +14,7 @@ mod quorum;
 mod txn;
 
 pub use messages::{
-    Echo, Message, NodeId, Origin, RequestId, TxnId, View, WireRequest, MAX_MESSAGE_BYTES,
+    Echo, Message, NodeId, Origin, RequestId, TxnId, TxnState, View, WireRequest, MAX_MESSAGE_BYTES,
 };
 pub use model::ConfigModel;
 pub use quorum::Quorum;
