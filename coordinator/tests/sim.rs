@@ -616,3 +616,23 @@ fn a_slave_that_missed_a_commit_or_an_abort_catches_up_from_heartbeats() {
     settle(&mut sim, &[A, B, C]);
     assert!(nowhere_has(&sim, "dg2"));
 }
+
+/// c is frozen while a and b crash and start again: they form a new cluster (c is
+/// not heard, so it cannot stop them) and a numbers its views from scratch, above
+/// what the disks and the live nodes remember, reusing the ids of its dead start's
+/// views that only c still holds (seed 1011). The dead start can act no more, so
+/// that is no conflict; c, thawed, must see that its master restarted and join the
+/// new cluster.
+#[test]
+fn a_frozen_slave_rejoins_a_cluster_its_restarted_master_formed_anew() {
+    let mut sim = traced_cluster(3);
+    sim.freeze(C, 4_000);
+    sim.crash(A);
+    sim.crash(B);
+    sim.start(A);
+    sim.start(B);
+    let formed = sim.run_until(3_000, |s| s.all_members(&[A, B]));
+    assert_eq!(sim.violation(), None);
+    assert!(formed, "a and b formed a new cluster:\n{}", sim.trace_text());
+    settle(&mut sim, &[A, B, C]);
+}

@@ -1114,6 +1114,18 @@ impl Sim {
                     if quorum.is_some_and(|q| !q.reached(view.members.len() as u64)) {
                         continue;
                     }
+                    // A restarted node numbers its views above what the disks and
+                    // the live nodes remember, so it may reuse the id of a view of
+                    // its own dead start that only a frozen or cut-off node still
+                    // holds: that view's master can no longer act.
+                    let dead_start = self.views.get(&view.id).is_some_and(|(v, _)| {
+                        v.master == view.master
+                            && v.incarnation(v.master) != view.incarnation(view.master)
+                            && v.incarnation(v.master) != Some(self.node(v.master).inc)
+                    });
+                    if dead_start {
+                        self.views.remove(&view.id);
+                    }
                     match self.views.get_mut(&view.id) {
                         Some((v, _)) if *v != view => {
                             let what = format!("two views with id {}: {v:?} and {view:?}", view.id);
