@@ -633,6 +633,52 @@ fn a_frozen_slave_rejoins_a_cluster_its_restarted_master_formed_anew() {
     sim.start(B);
     let formed = sim.run_until(3_000, |s| s.all_members(&[A, B]));
     assert_eq!(sim.violation(), None);
-    assert!(formed, "a and b formed a new cluster:\n{}", sim.trace_text());
+    assert!(
+        formed,
+        "a and b formed a new cluster:\n{}",
+        sim.trace_text()
+    );
     settle(&mut sim, &[A, B, C]);
+}
+
+/// Seed 1086: master a dies right after its successor b applied COMMIT of dg1 (not
+/// on the disks yet); b collects a majority's votes for the takeover and, while it
+/// waits out a's lease, is frozen. c crashes too; a and c start again and, not
+/// hearing b, form a new cluster from the disks and commit dg2 with the same
+/// sequence number. Thawed, b used to read the disks and write its dg1
+/// configuration over dg2. Votes given before the wait are now confirmed again
+/// after it (and a takeover that stalls after that gives up): c and a, in a newer
+/// cluster, refuse, and b rejoins.
+#[test]
+fn a_takeover_frozen_while_a_new_cluster_forms_gives_up() {
+    let mut sim = traced_cluster(3);
+    sim.arm_failpoint(A, "txn.after_successor_ack");
+    sim.create(A, "dg1", 1);
+    assert!(sim.run_until(2_000, |s| !s.is_up(A)));
+    assert!(sim.run_until(2_000, |s| s
+        .core(B)
+        .is_some_and(|c| c.role() == Role::TakingOver)));
+    // c votes once it has seen a go too (at the latest a heartbeat timeout later);
+    // b then waits out a's lease (1.2 s after a was last heard).
+    sim.run_for(700);
+    assert_eq!(sim.core(B).map(|c| c.role()), Some(Role::TakingOver));
+    sim.freeze(B, 4_000);
+    sim.crash(C);
+    sim.start(A);
+    sim.start(C);
+    let formed = sim.run_until(3_000, |s| s.all_members(&[A, C]));
+    assert_eq!(sim.violation(), None);
+    assert!(
+        formed,
+        "a and c formed a new cluster:\n{}",
+        sim.trace_text()
+    );
+    let r = sim.create(A, "dg2", 1);
+    assert_eq!(answer(&mut sim, A, r), Ok(()));
+    settle(&mut sim, &[A, B, C]);
+    assert!(everywhere_has(&sim, &[A, B, C], "dg2"));
+    assert!(sim
+        .logs()
+        .iter()
+        .any(|l| l.starts_with("b: node b: left the cluster")));
 }

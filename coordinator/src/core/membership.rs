@@ -212,6 +212,7 @@ impl<M: ConfigModel> Node<M> {
         peer.gone = false;
         match msg {
             Message::Heartbeat {
+                incarnation,
                 view_id,
                 master,
                 member,
@@ -310,10 +311,12 @@ impl<M: ConfigModel> Node<M> {
                         && !self.is_master()
                         && member
                         && master == Some(from)
-                        && self
-                            .view
-                            .as_ref()
-                            .is_some_and(|v| v.master == from && v.id == view_id);
+                        && !self.suspected.contains(&from)
+                        && self.view.as_ref().is_some_and(|v| {
+                            v.master == from
+                                && v.id == view_id
+                                && v.incarnation(from) == Some(incarnation)
+                        });
                     if from_my_master {
                         let _ = self.slave_sync(now_ms, from, state);
                     }
@@ -472,7 +475,18 @@ impl<M: ConfigModel> Node<M> {
         self.log(log::Level::Warn, line);
         // A master that died in the middle of sending a view may have left some
         // nodes with a newer view than this one: ask every live node first.
-        let newest = view;
+        let heard_master_ms = self
+            .peers
+            .get(&view.master)
+            .and_then(|p| p.last_heard_ms)
+            .unwrap_or(0);
+        self.takeover_round(now_ms, view, heard_master_ms, 0);
+    }
+
+    /// Takeover: asks every live node for its view and its vote (round 0), or for
+    /// its vote again once the lost master's lease has run out (later rounds).
+    fn takeover_round(&mut self, now_ms: u64, newest: View, heard_master_ms: u64, round: u32) {
+        self.grants.clear();
         let awaiting: BTreeSet<NodeId> = self
             .peers
             .iter()
@@ -495,12 +509,9 @@ impl<M: ConfigModel> Node<M> {
                 awaiting,
                 newest,
                 outsiders: BTreeSet::new(),
-                heard_master_ms: self
-                    .peers
-                    .get(&master)
-                    .and_then(|p| p.last_heard_ms)
-                    .unwrap_or(0),
+                heard_master_ms,
                 started_ms: now_ms,
+                round,
             },
         };
         self.maybe_finish_collecting(now_ms);
@@ -540,7 +551,14 @@ impl<M: ConfigModel> Node<M> {
                 // asker gets it only once the one it went to is gone.
                 // Two successors that each kept their own vote would both fail:
                 // one taking over itself yields to an asker with a lower id.
+                // A node that follows (or is) a newer start of that master is in
+                // a newer cluster: the asker's view is stale, it gets no vote.
+                let newer_start = matches!(self.state, State::Member)
+                    && self.view.as_ref().is_some_and(|v| {
+                        v.master == master && v.incarnation(master) != Some(incarnation)
+                    });
                 let granted = match self.granted {
+                    _ if newer_start => false,
                     Some((m, s)) if m == master && s == self.cfg.me => from < s,
                     Some((m, s)) if m == master && s != from => {
                         self.peers.get(&s).is_none_or(|p| p.gone)
@@ -630,6 +648,7 @@ impl<M: ConfigModel> Node<M> {
                     newest,
                     outsiders,
                     heard_master_ms,
+                    round,
                     ..
                 },
         } = std::mem::replace(&mut self.state, State::Member)
@@ -645,12 +664,39 @@ impl<M: ConfigModel> Node<M> {
             .peers
             .get(&newest.master)
             .is_some_and(|p| !p.gone && !self.suspected.contains(&newest.master));
-        if newest.id > mine.id && (master_alive || !newest.contains(me)) {
+        if newest.id > mine.id && !newest.contains(me) {
+            let reason = format!(
+                "node {}: view {} of master node {} is newer than this node's view {} and leaves this node out; rejoining",
+                self.name(me),
+                newest.id,
+                self.name(newest.master),
+                mine.id
+            );
+            self.leave_cluster(now_ms, reason);
+            return;
+        }
+        if newest.id > mine.id && master_alive {
             log::info!(
                 "node {me}: view {} of master {} is newer; not taking over",
                 newest.id,
                 newest.master
             );
+            return;
+        }
+        if self.max_view_seen > newest.id {
+            // A live node has seen a view newer than every view the answers hold:
+            // a newer master formed a cluster or took over since (this node was
+            // frozen or cut off), wrote the disks, and may have committed over the
+            // base view's pending transaction. That transaction and the base view
+            // are no longer this node's to complete: it rejoins instead.
+            let reason = format!(
+                "node {}: view {} is newer than view {} this takeover from master node {} would build on; rejoining instead",
+                self.name(me),
+                self.max_view_seen,
+                newest.id,
+                self.name(newest.master)
+            );
+            self.leave_cluster(now_ms, reason);
             return;
         }
         self.suspected.insert(newest.master);
@@ -685,13 +731,39 @@ impl<M: ConfigModel> Node<M> {
         // The lost master's lease was last confirmed no later than the newest time
         // a voter heard it; every lease it capped ends with it.
         let until_ms = heard_master_ms.min(now_ms) + self.cfg.lease_wait_ms();
+        self.view = Some(newest);
+        if now_ms >= until_ms {
+            // A majority's votes, given now that the lease has run out: read the
+            // disks at once. Votes given before a wait are confirmed again after
+            // it: a voter may have restarted (forgetting its vote) or left meanwhile
+            // and, with this node frozen or cut off, helped a new cluster form and
+            // commit; its answer then shows the newer view.
+            log::info!(
+                "node {me}: takeover confirmed by a majority (round {round}); reading the disks"
+            );
+            self.state = State::TakingOver {
+                step: TakeoverStep::ReadingDisks {
+                    confirmed_ms: now_ms,
+                },
+            };
+            self.out.push(Action::ReadDisks);
+            return;
+        }
+        if round + 1 >= MAX_TAKEOVER_ROUNDS {
+            let reason = format!(
+                "node {}: the lease of master node {} was still confirmed after {round} rounds of takeover votes; giving up",
+                self.name(me),
+                self.name(self.view.as_ref().map_or(0, |v| v.master))
+            );
+            self.leave_cluster(now_ms, reason);
+            return;
+        }
         log::info!(
             "node {me}: takeover granted by a majority; waiting {} ms for the lost master's lease to run out",
             until_ms.saturating_sub(now_ms)
         );
-        self.view = Some(newest);
         self.state = State::TakingOver {
-            step: TakeoverStep::WaitingLease { until_ms },
+            step: TakeoverStep::WaitingLease { until_ms, round },
         };
         self.on_tick_takeover(now_ms);
     }
@@ -714,14 +786,15 @@ impl<M: ConfigModel> Node<M> {
             }
         }
         if let State::TakingOver {
-            step: TakeoverStep::WaitingLease { until_ms },
+            step: TakeoverStep::WaitingLease { until_ms, round },
         } = self.state
         {
             if now_ms >= until_ms {
-                self.state = State::TakingOver {
-                    step: TakeoverStep::ReadingDisks,
+                let Some(base) = self.view.clone() else {
+                    unreachable!("taking over without a view")
                 };
-                self.out.push(Action::ReadDisks);
+                let heard_master_ms = until_ms - self.cfg.lease_wait_ms();
+                self.takeover_round(now_ms, base, heard_master_ms, round + 1);
             }
         }
     }
@@ -734,8 +807,8 @@ impl<M: ConfigModel> Node<M> {
         match self.state {
             State::Forming => self.finish_forming(now_ms, result),
             State::TakingOver {
-                step: TakeoverStep::ReadingDisks,
-            } => self.takeover_decide(result),
+                step: TakeoverStep::ReadingDisks { confirmed_ms },
+            } => self.takeover_decide(now_ms, confirmed_ms, result),
             _ => log::debug!("node {}: stale DisksRead ignored", self.cfg.me),
         }
     }
@@ -744,8 +817,24 @@ impl<M: ConfigModel> Node<M> {
     /// this node received COMMIT (then it is already in `committed`) or if the disks
     /// already hold it (the old master wrote them after the commit point); otherwise
     /// it is aborted.
-    fn takeover_decide(&mut self, result: Result<Option<DiskRecord<M>>, String>) {
+    fn takeover_decide(
+        &mut self,
+        now_ms: u64,
+        confirmed_ms: u64,
+        result: Result<Option<DiskRecord<M>>, String>,
+    ) {
         let me = self.cfg.me;
+        if now_ms > confirmed_ms + self.cfg.heartbeat_timeout_ms {
+            // Frozen or stalled since the votes came: a new cluster may have formed
+            // meanwhile. Writing the disks now could overwrite what it committed.
+            let reason = format!(
+                "node {}: the disks were read {} ms after a majority confirmed the takeover (this node was frozen or stalled); giving it up",
+                self.name(me),
+                now_ms - confirmed_ms
+            );
+            self.leave_cluster(now_ms, reason);
+            return;
+        }
         let disk = match result {
             Ok(record) => record,
             Err(e) => {
@@ -762,7 +851,7 @@ impl<M: ConfigModel> Node<M> {
                 && st.phase == txn::SlavePhase::Prepared
                 && disk
                     .as_ref()
-                    .is_some_and(|d| d.txn == st.id && d.config.seq() == st.new_config.seq())
+                    .is_some_and(|d| d.txn == st.id && d.config == st.new_config)
             {
                 let line = format!(
                     "node {}: transaction {} is on the disks; completing it",
