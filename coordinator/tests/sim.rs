@@ -682,3 +682,27 @@ fn a_takeover_frozen_while_a_new_cluster_forms_gives_up() {
         .iter()
         .any(|l| l.starts_with("b: node b: left the cluster")));
 }
+
+/// Seeds 434, 1680, 1708, 1776: a View was lost on a link cut for a moment (not
+/// long enough for anyone to suspect anyone), and nothing would ever send it again:
+/// the member stayed in an older view of the same master for good. The master now
+/// sends its view again to a member whose heartbeats name an older one.
+#[test]
+fn a_member_that_missed_a_view_gets_it_again() {
+    let mut cfg = plexd_coordinator::sim::SimConfig::new(4, 11);
+    cfg.trace = true;
+    let mut sim = Sim::new(cfg);
+    for id in [A, B, C] {
+        sim.start(id);
+    }
+    settle(&mut sim, &[A, B, C]);
+    sim.block(A, C);
+    sim.start(D);
+    assert!(sim.run_until(2_000, |s| s
+        .core(A)
+        .and_then(|c| c.view())
+        .is_some_and(|v| v.contains(D))));
+    sim.run_for(30);
+    sim.heal();
+    settle(&mut sim, &[A, B, C, D]);
+}

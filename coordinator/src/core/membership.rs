@@ -284,6 +284,9 @@ impl<M: ConfigModel> Node<M> {
                         self.state = State::Discovering { since_ms: now_ms };
                     }
                 }
+                if self.is_master() && member && master == Some(self.cfg.me) {
+                    self.master_resend_view(now_ms, from, view_id);
+                }
                 if let Some((my_view, my_master)) = mine {
                     // Healing: another master leads a newer view (it took over
                     // while this node was cut off or frozen). Leave and join it.
@@ -1039,23 +1042,48 @@ impl<M: ConfigModel> Node<M> {
         let Some(view) = self.view.clone() else {
             return;
         };
-        let reasons: Vec<(NodeId, String)> =
-            self.reasons.iter().map(|(&k, v)| (k, v.clone())).collect();
         let mut to: Vec<NodeId> = view.members.iter().chain(previous).copied().collect();
         to.sort_unstable();
         to.dedup();
         for m in to {
             if m != self.cfg.me {
-                self.send(
-                    m,
-                    Message::View {
-                        view: view.clone(),
-                        config_seq: self.committed.config.seq(),
-                        last_txn: self.committed.txn,
-                        reasons: reasons.clone(),
-                    },
-                );
+                self.send_view(m, &view);
             }
+        }
+    }
+
+    fn send_view(&mut self, to: NodeId, view: &View) {
+        let reasons: Vec<(NodeId, String)> =
+            self.reasons.iter().map(|(&k, v)| (k, v.clone())).collect();
+        self.send(
+            to,
+            Message::View {
+                view: view.clone(),
+                config_seq: self.committed.config.seq(),
+                last_txn: self.committed.txn,
+                reasons,
+            },
+        );
+    }
+
+    /// Master: a member of its view heartbeats an older view of this master (the
+    /// View message was lost while a link was cut, and nothing else would tell it):
+    /// the view goes to it again. A heartbeat sent before the View arrived gets a
+    /// duplicate, which the member ignores.
+    fn master_resend_view(&mut self, now_ms: u64, from: NodeId, view_id: u64) {
+        let Some(view) = self.view.clone() else {
+            return;
+        };
+        if view_id < view.id
+            && view.contains(from)
+            && now_ms >= self.view_since_ms + self.cfg.heartbeat_interval_ms
+        {
+            log::info!(
+                "node {}: node {from} still holds view {view_id}; sending view {} again",
+                self.cfg.me,
+                view.id
+            );
+            self.send_view(from, &view);
         }
     }
 
