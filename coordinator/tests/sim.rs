@@ -706,3 +706,47 @@ fn a_member_that_missed_a_view_gets_it_again() {
     sim.heal();
     settle(&mut sim, &[A, B, C, D]);
 }
+
+/// Seeds 705 and 1514: the random runs thaw every node for their quiet period by
+/// clearing its freeze, but the messages that had waited for it stayed queued
+/// until the old thaw time, so newer messages on the same connection overtook
+/// them. Here b, the successor, applies COMMIT of a change it forwarded, its ack
+/// is lost and it is frozen; a removes b (the View waits for b) and, once b's
+/// lease has run out, aborts the change. b thawed before the abort used to get the
+/// Outcome 'not applied' before that View and answer its client so while holding
+/// the change. `Sim::thaw` delivers the waiting events first.
+#[test]
+fn a_thawed_node_gets_its_waiting_messages_first() {
+    let mut sim = traced_cluster(3);
+    sim.hold(C, Hold::KernelPrepare);
+    let r = sim.create(B, "dg1", 1);
+    assert!(sim.run_until(1_000, |s| s.held(C) == 1));
+    sim.run_for(50);
+    assert!(sim.node(B).kernel.staged.is_some(), "b prepared");
+    sim.block(B, A);
+    sim.release(C);
+    assert!(sim.run_until(1_000, |s| s.node(B).kernel.staged.is_none()));
+    assert!(sim.node(B).kernel.active.groups.contains_key("dg1"));
+    sim.freeze(B, 10_000);
+    assert!(sim.run_until(3_000, |s| s
+        .core(A)
+        .and_then(|c| c.view())
+        .is_some_and(|v| !v.contains(B))));
+    // The View removing b reaches b (and waits for it) within the network delay.
+    sim.run_for(100);
+    sim.thaw(B);
+    assert!(sim
+        .run_until(3_000, |s| s.logs().iter().any(|l| l
+            .starts_with("a: transaction ")
+            && l.contains(" failed: "))));
+    let answer = answer(&mut sim, B, r);
+    assert!(
+        answer
+            .as_ref()
+            .is_err_and(|e| e.contains("outcome unknown")),
+        "{answer:?}"
+    );
+    sim.heal();
+    settle(&mut sim, &[A, B, C]);
+    assert!(nowhere_has(&sim, "dg1"));
+}

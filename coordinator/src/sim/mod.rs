@@ -159,6 +159,17 @@ enum SimEvent {
     },
 }
 
+impl SimEvent {
+    /// The node the event happens on, if any.
+    fn target(&self) -> Option<NodeId> {
+        match self {
+            SimEvent::Start { .. } => None,
+            SimEvent::Tick { node, .. } | SimEvent::Driver { node, .. } => Some(*node),
+            SimEvent::Deliver { to, .. } | SimEvent::ConnLost { to, .. } => Some(*to),
+        }
+    }
+}
+
 /// The simulated data plane of a node.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Kernel {
@@ -242,6 +253,8 @@ pub struct Sim {
     violation: Option<String>,
     /// Directed links that drop every message (partitions).
     blocked: BTreeSet<(NodeId, NodeId)>,
+    /// Queue keys of events that wait for a frozen node to thaw.
+    deferred: BTreeSet<(u64, u64)>,
     /// Every configuration that reached the disk, by sequence number.
     committed: BTreeMap<u64, ToyConfig>,
     events: u64,
@@ -291,6 +304,7 @@ impl Sim {
             logs: Vec::new(),
             violation: None,
             blocked: BTreeSet::new(),
+            deferred: BTreeSet::new(),
             committed: BTreeMap::new(),
             events: 0,
             coverage: Coverage::default(),
@@ -489,6 +503,27 @@ impl Sim {
             self.note("network healed".into());
         }
         self.blocked.clear();
+    }
+
+    /// Thaws node `id` now (SIGCONT): the events that waited for it come first, in
+    /// the order they came, before anything that arrives from now on.
+    pub fn thaw(&mut self, id: NodeId) {
+        let now = self.now_ms;
+        self.node_mut(id).frozen_until_ms = 0;
+        let waiting: Vec<(u64, u64)> = self
+            .deferred
+            .iter()
+            .copied()
+            .filter(|k| self.queue.get(k).and_then(SimEvent::target) == Some(id))
+            .collect();
+        for (at, seq) in waiting {
+            self.deferred.remove(&(at, seq));
+            if let Some(ev) = self.queue.remove(&(at, seq)) {
+                // Keys order by time, then by sequence: the old sequence numbers
+                // keep these ahead of every event pushed for `now` later.
+                self.queue.insert((now, seq), ev);
+            }
+        }
     }
 
     /// Freezes node `id` (SIGSTOP) for `ms`: its events wait until it thaws.
@@ -720,20 +755,17 @@ impl Sim {
 
     /// Processes the next event, then checks the invariants.
     pub fn step(&mut self) {
-        let Some(((at, _), ev)) = self.queue.pop_first() else {
+        let Some(((at, seq), ev)) = self.queue.pop_first() else {
             return;
         };
+        self.deferred.remove(&(at, seq));
         self.now_ms = self.now_ms.max(at);
         self.events += 1;
-        let target = match &ev {
-            SimEvent::Start { .. } => None,
-            SimEvent::Tick { node, .. } | SimEvent::Driver { node, .. } => Some(*node),
-            SimEvent::Deliver { to, .. } | SimEvent::ConnLost { to, .. } => Some(*to),
-        };
-        if let Some(t) = target {
+        if let Some(t) = ev.target() {
             let until = self.node(t).frozen_until_ms;
             if until > self.now_ms {
                 self.push(until, ev);
+                self.deferred.insert((until, self.seq));
                 return;
             }
         }

@@ -90,7 +90,7 @@ fn run(seed: u64, steps: u64, trace: bool) -> Result<RunStats, String> {
     // and with working disks.
     sim.heal();
     for id in 1..=nodes {
-        sim.node_mut(id).frozen_until_ms = 0;
+        sim.thaw(id);
         sim.node_mut(id).armed = None;
         sim.node_mut(id).crash_after_sends = None;
         sim.set_disk_access_broken(id, false);
