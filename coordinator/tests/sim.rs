@@ -750,3 +750,43 @@ fn a_thawed_node_gets_its_waiting_messages_first() {
     settle(&mut sim, &[A, B, C]);
     assert!(nowhere_has(&sim, "dg1"));
 }
+
+/// Seed 1996: a, cut off from b and c just before the cluster forms, still counts
+/// them alive and forms alone (reading configuration seq 0), waiting for joins;
+/// b and c, no longer hearing a, form their own cluster and commit dg1 (seq 1).
+/// b dies and the network heals: c, out of its cluster, joins a, whose view so
+/// gained a majority holding seq 0 while the disks held seq 1. A join that gives
+/// a view its first majority now waits until the members left other clusters a
+/// lease ago and checks the disks: a abdicates, and the cluster forms again from
+/// the disks.
+#[test]
+fn a_master_that_formed_alone_checks_the_disks_before_a_majority_joins() {
+    let mut cfg = plexd_coordinator::sim::SimConfig::new(3, 11);
+    cfg.trace = true;
+    let mut sim = Sim::new(cfg);
+    for id in [A, B, C] {
+        sim.start(id);
+    }
+    sim.run_for(350);
+    sim.partition(&[A]);
+    assert!(sim.run_until(1_000, |s| s
+        .core(A)
+        .is_some_and(|c| c.role() == Role::Master)));
+    assert!(sim.run_until(2_000, |s| s.all_members(&[B, C])));
+    let r = sim.create(B, "dg1", 1);
+    assert_eq!(answer(&mut sim, B, r), Ok(()));
+    assert_eq!(
+        sim.core(A).map(|c| c.role()),
+        Some(Role::Master),
+        "a still waits for joins:\n{}",
+        sim.trace_text()
+    );
+    sim.crash(B);
+    sim.heal();
+    let formed = sim.run_until(5_000, |s| s.all_members(&[A, C]));
+    assert_eq!(sim.violation(), None);
+    assert!(formed, "a and c form a cluster:\n{}", sim.trace_text());
+    sim.start(B);
+    settle(&mut sim, &[A, B, C]);
+    assert!(everywhere_has(&sim, &[A, B, C], "dg1"));
+}

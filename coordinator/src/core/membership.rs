@@ -228,6 +228,9 @@ impl<M: ConfigModel> Node<M> {
                 if let Some(ago) = member_ago_ms {
                     let t = now_ms.saturating_sub(ago);
                     self.last_cluster_ms = Some(self.last_cluster_ms.map_or(t, |l| l.max(t)));
+                    if !(member && master == Some(self.cfg.me)) {
+                        peer.other_cluster_ms = Some(peer.other_cluster_ms.map_or(t, |l| l.max(t)));
+                    }
                 }
                 peer.view_id = view_id;
                 peer.master = master;
@@ -812,6 +815,14 @@ impl<M: ConfigModel> Node<M> {
             State::TakingOver {
                 step: TakeoverStep::ReadingDisks { confirmed_ms },
             } => self.takeover_decide(now_ms, confirmed_ms, result),
+            State::Member
+                if self
+                    .master
+                    .as_ref()
+                    .is_some_and(|ms| ms.verifying.is_some()) =>
+            {
+                self.master_disks_verified(now_ms, result)
+            }
             _ => log::debug!("node {}: stale DisksRead ignored", self.cfg.me),
         }
     }
@@ -1147,6 +1158,7 @@ impl<M: ConfigModel> Node<M> {
         ms.joins.retain(|&j| j != peer);
         if ms.join.as_ref().is_some_and(|j| j.node == peer) {
             ms.join = None;
+            ms.verifying = None;
             log::info!("node {}: join of node {peer} cancelled", self.cfg.me);
             self.master_advance(now_ms);
         }
@@ -1210,20 +1222,41 @@ impl<M: ConfigModel> Node<M> {
         let Some(ms) = self.master.as_mut() else {
             return;
         };
-        if ms.join != Some(txn::ActiveJoin { node: from, join }) {
+        if ms.join != Some(txn::ActiveJoin { node: from, join }) || ms.verifying.is_some() {
             log::warn!(
                 "node {}: stale JoinReady from node {from} ignored",
                 self.cfg.me
             );
             return;
         }
+        let verified = ms.verified_join.take() == Some(join);
+        let Some(view) = self.view.clone() else {
+            return;
+        };
+        let q = self.quorum();
+        let votes = self.votes_of(view.members.iter().copied());
+        if !verified && !q.reached(votes) && q.reached(votes + self.votes_of([from])) {
+            // This join gives the view its first majority. The configuration was
+            // read from the disks when this node formed the cluster or took over;
+            // another cluster may have committed since (this node was cut off from
+            // it, waiting for joins). It is checked against the disks first.
+            if let Some(ms) = self.master.as_mut() {
+                ms.verifying = Some(join);
+            }
+            log::info!(
+                "node {}: node {from} gives the view its first majority; checking the disks first",
+                self.cfg.me
+            );
+            self.out.push(Action::ReadDisks);
+            return;
+        }
+        let Some(ms) = self.master.as_mut() else {
+            return;
+        };
         ms.join = None;
         // Its data plane now holds the committed configuration: whatever it served
         // before it left can no longer conflict.
         ms.fences.remove(&from);
-        let Some(view) = self.view.clone() else {
-            return;
-        };
         let mut members = view.members.clone();
         members.push(from);
         members.sort_unstable();
@@ -1237,6 +1270,87 @@ impl<M: ConfigModel> Node<M> {
         self.master_next(now_ms);
     }
 
+    /// A master whose view lacks a majority may let in `joiner` now: unless that
+    /// gives the view its first majority, always. Otherwise only once every
+    /// member of the view it would make (this node aside) left any other cluster a
+    /// lease ago: a master of another cluster (which this node never heard of) can
+    /// hold a lease only while members of a majority confirm it, and every
+    /// majority includes one of them; its disk writes have landed by then, so the
+    /// disks read at the join are current.
+    pub(super) fn may_gain_majority_with(&self, now_ms: u64, joiner: NodeId) -> bool {
+        let me = self.cfg.me;
+        let Some(view) = self.view.as_ref() else {
+            return false;
+        };
+        let q = self.quorum();
+        let votes = self.votes_of(view.members.iter().copied());
+        if q.reached(votes) || !q.reached(votes + self.votes_of([joiner])) {
+            return true;
+        }
+        let wait = self.cfg.lease_wait_ms();
+        view.members
+            .iter()
+            .copied()
+            .chain([joiner])
+            .filter(|&m| m != me)
+            .all(|m| {
+                self.peers.get(&m).is_some_and(|p| {
+                    !(p.member && p.master != Some(me))
+                        && p.other_cluster_ms.is_none_or(|t| now_ms >= t + wait)
+                })
+            })
+    }
+
+    /// The disks read before a join gives the view its first majority: the join
+    /// completes if they hold this master's configuration; otherwise another
+    /// cluster committed since this node read them, and it abdicates (it forms or
+    /// joins again, which loads the current configuration).
+    fn master_disks_verified(
+        &mut self,
+        now_ms: u64,
+        result: Result<Option<DiskRecord<M>>, String>,
+    ) {
+        let me = self.cfg.me;
+        let Some(ms) = self.master.as_mut() else {
+            return;
+        };
+        let Some(verifying) = ms.verifying.take() else {
+            return;
+        };
+        let Some(active) = ms.join.filter(|j| j.join == verifying) else {
+            return;
+        };
+        let current = match &result {
+            Ok(Some(d)) => d.txn == self.committed.txn && d.config == self.committed.config,
+            Ok(None) => {
+                self.committed.txn == TxnId::default() && self.committed.config == M::default()
+            }
+            Err(_) => false,
+        };
+        if !current {
+            let what = match result {
+                Ok(Some(d)) => format!(
+                    "the disks hold configuration seq {} (transaction {}), not this master's seq {} (transaction {})",
+                    d.config.seq(),
+                    d.txn,
+                    self.committed.config.seq(),
+                    self.committed.txn
+                ),
+                Ok(None) => "the disks hold no configuration".to_string(),
+                Err(e) => format!("the disks cannot be read: {e}"),
+            };
+            let reason = format!(
+                "node {}: before node {} joined and gave the view a majority, {what}; another cluster committed since this node read them",
+                self.name(me),
+                self.name(active.node)
+            );
+            self.master_abdicate(now_ms, reason);
+            return;
+        }
+        ms.verified_join = Some(active.join);
+        self.master_on_join_ready(now_ms, active.node, active.join);
+    }
+
     fn master_on_join_abandon(&mut self, now_ms: u64, from: NodeId, join: u64, reason: String) {
         if !self.is_master() {
             return;
@@ -1248,6 +1362,7 @@ impl<M: ConfigModel> Node<M> {
             return;
         }
         ms.join = None;
+        ms.verifying = None;
         let reason = truncate_reason(reason);
         let line = format!("node {} abandoned its join: {reason}", self.name(from));
         self.log(log::Level::Warn, line);

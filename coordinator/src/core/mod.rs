@@ -359,6 +359,9 @@ struct Peer {
     /// The newest stamp of this node's that the peer echoed: the peer confirmed
     /// this node (as its master, or as a member of its view) after that time.
     confirmed_ms: Option<u64>,
+    /// The newest time (this node's clock) the peer was a member of a view this
+    /// node does not lead, as its heartbeats tell.
+    other_cluster_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug)]

@@ -24,6 +24,12 @@ pub(super) struct MasterState<M: ConfigModel> {
     pub(super) next_join: u64,
     /// Nodes that left the view → until when their leases may still hold.
     pub(super) fences: BTreeMap<NodeId, u64>,
+    /// The join (by number) that would give this master's view its first majority
+    /// is ready, and the disks are being read to check that its configuration is
+    /// current.
+    pub(super) verifying: Option<u64>,
+    /// That check passed for this join.
+    pub(super) verified_join: Option<u64>,
 }
 
 impl<M: ConfigModel> MasterState<M> {
@@ -36,6 +42,8 @@ impl<M: ConfigModel> MasterState<M> {
             next_txn: 0,
             next_join: 0,
             fences: BTreeMap::new(),
+            verifying: None,
+            verified_join: None,
         }
     }
 
@@ -377,7 +385,13 @@ impl<M: ConfigModel> Node<M> {
                     Some(t) => matches!(t.phase, Phase::Checking { .. }),
                 };
                 if join_allowed {
-                    if let Some(j) = ms.joins.pop_front() {
+                    if let Some(&j) = ms.joins.front() {
+                        if !self.may_gain_majority_with(now_ms, j) {
+                            return;
+                        }
+                        if let Some(ms) = self.master.as_mut() {
+                            ms.joins.pop_front();
+                        }
                         self.start_join(j);
                         return;
                     }
