@@ -790,3 +790,27 @@ fn a_master_that_formed_alone_checks_the_disks_before_a_majority_joins() {
     settle(&mut sim, &[A, B, C]);
     assert!(everywhere_has(&sim, &[A, B, C], "dg1"));
 }
+
+/// Seed 1940: master a is frozen past its lease; b takes over with c and commits
+/// dg1, then b dies and c leaves for want of quorum. Every live node is idle and
+/// a, still frozen, is the only node in the Master role: the simulator compared
+/// its stale configuration with the disks ('the disk holds seq 1 but master a
+/// holds seq 0'). A master without a lease acts no more (it abdicates on its next
+/// tick); the idle-cluster check now looks only at a master that holds one.
+#[test]
+fn a_master_frozen_past_its_lease_is_no_measure_of_the_cluster() {
+    let mut sim = traced_cluster(3);
+    sim.freeze(A, 6_000);
+    assert!(sim.run_until(5_000, |s| quorate_master(s, B, 3)
+        && s.core(C).and_then(|c| c.view()) == s.core(B).and_then(|c| c.view())
+        && s.core(B).is_some_and(|c| c.is_idle())));
+    let r = sim.create(B, "dg1", 1);
+    assert_eq!(answer(&mut sim, B, r), Ok(()));
+    sim.crash(B);
+    sim.run_for(1_000);
+    assert_eq!(sim.core(A).map(|c| c.role()), Some(Role::Master));
+    assert_eq!(sim.violation(), None);
+    sim.start(B);
+    settle(&mut sim, &[A, B, C]);
+    assert!(everywhere_has(&sim, &[A, B, C], "dg1"));
+}

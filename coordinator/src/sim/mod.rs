@@ -1308,6 +1308,13 @@ impl Sim {
         let Some(view) = mcore.view().cloned() else {
             return Ok(());
         };
+        let clock = Sim::clock(self.node(m).drift_ppm, self.now_ms);
+        if mcore.lease_remaining_ms(clock) == 0 {
+            // A master without a lease (frozen past it, or cut off) acts no more:
+            // it commits nothing and abdicates at its next tick. Its state is no
+            // measure of the cluster's.
+            return Ok(());
+        }
         if !mcore.quorum().reached(view.members.len() as u64) {
             // Formed alone and waiting for joins: it commits nothing yet.
             return Ok(());
