@@ -814,3 +814,26 @@ fn a_master_frozen_past_its_lease_is_no_measure_of_the_cluster() {
     settle(&mut sim, &[A, B, C]);
     assert!(everywhere_has(&sim, &[A, B, C], "dg1"));
 }
+
+/// Seeds 0 and 379: the COMMIT to the designated successor was lost on a link cut
+/// for a moment; the master waited for its ack for good (only CHECK and PREPARE
+/// had a timeout), its transaction and every queued request and join stuck
+/// behind it. The master now sends the COMMIT again when no ack came within a
+/// heartbeat timeout.
+#[test]
+fn a_commit_lost_on_the_way_to_the_successor_is_sent_again() {
+    let mut sim = traced_cluster(3);
+    sim.hold(C, Hold::KernelPrepare);
+    let r = sim.create(A, "dg1", 1);
+    assert!(sim.run_until(1_000, |s| s.held(C) == 1));
+    sim.run_for(50);
+    assert!(sim.node(B).kernel.staged.is_some(), "b prepared");
+    sim.block(A, B);
+    sim.release(C);
+    sim.run_for(50);
+    sim.heal();
+    assert!(sim.node(B).kernel.staged.is_some(), "b's COMMIT was lost");
+    assert_eq!(answer(&mut sim, A, r), Ok(()));
+    settle(&mut sim, &[A, B, C]);
+    assert!(everywhere_has(&sim, &[A, B, C], "dg1"));
+}

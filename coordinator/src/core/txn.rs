@@ -550,6 +550,7 @@ impl<M: ConfigModel> Node<M> {
                     Some(s) => t.phase = Phase::SuccessorCommit { successor: s },
                     None => t.phase = Phase::DiskWrite,
                 }
+                t.phase_since_ms = now_ms;
                 self.failpoint("txn.after_prepare");
                 self.failpoint("txn.before_successor_commit");
                 match successor {
@@ -838,6 +839,31 @@ impl<M: ConfigModel> Node<M> {
                         self.name(*successor)
                     );
                     self.master_abort(now_ms, err);
+                }
+                return;
+            }
+            Phase::SuccessorCommit { successor } => {
+                // The COMMIT or its ack was lost on a link cut for a moment (the
+                // successor is still a member): the same decision goes again; a
+                // successor that applied it already acknowledges it again.
+                if now_ms >= since + self.cfg.heartbeat_timeout_ms {
+                    let (successor, id) = (
+                        *successor,
+                        self.master
+                            .as_ref()
+                            .and_then(|ms| ms.txn.as_ref())
+                            .map(|t| t.id),
+                    );
+                    if let Some(t) = self.master.as_mut().and_then(|ms| ms.txn.as_mut()) {
+                        t.phase_since_ms = now_ms;
+                    }
+                    if let Some(id) = id {
+                        log::info!(
+                            "node {}: no ack of COMMIT {id} from node {successor} yet; sending it again",
+                            self.cfg.me
+                        );
+                        self.send(successor, Message::Commit { txn: id });
+                    }
                 }
                 return;
             }
