@@ -380,7 +380,8 @@ impl<M: ConfigModel> Node<M> {
                 view,
                 granted,
                 master_silent_ms,
-            } => self.on_takeover_info(now_ms, from, view, granted, master_silent_ms),
+                vote_kept,
+            } => self.on_takeover_info(now_ms, from, view, granted, master_silent_ms, vote_kept),
             Message::View {
                 view,
                 config_seq,
@@ -563,6 +564,7 @@ impl<M: ConfigModel> Node<M> {
                     && self.view.as_ref().is_some_and(|v| {
                         v.master == master && v.incarnation(master) != Some(incarnation)
                     });
+                let vote_kept = self.granted == Some((master, from));
                 let granted = match self.granted {
                     _ if newer_start => false,
                     Some((m, s)) if m == master && s == self.cfg.me => from < s,
@@ -586,6 +588,7 @@ impl<M: ConfigModel> Node<M> {
                         view: view.clone(),
                         granted,
                         master_silent_ms,
+                        vote_kept: vote_kept && granted,
                     },
                 );
             } else {
@@ -601,6 +604,7 @@ impl<M: ConfigModel> Node<M> {
         view: Option<View>,
         granted: bool,
         master_silent_ms: Option<u64>,
+        vote_kept: bool,
     ) {
         let State::TakingOver {
             step:
@@ -609,6 +613,7 @@ impl<M: ConfigModel> Node<M> {
                     newest,
                     outsiders,
                     heard_master_ms,
+                    round,
                     ..
                 },
         } = &mut self.state
@@ -620,7 +625,11 @@ impl<M: ConfigModel> Node<M> {
         }
         if granted {
             self.grants.insert(from);
-            if let Some(silent) = master_silent_ms {
+            // A vote kept since an earlier round: the wait already covers the last
+            // time that voter could have confirmed the master (re-reading its
+            // silence would only add clock drift and message delay each round).
+            let known = *round > 0 && vote_kept;
+            if let Some(silent) = master_silent_ms.filter(|_| !known) {
                 // The answer left at or before now: the sender last heard the
                 // master no later than now - silent, on this node's clock.
                 *heard_master_ms = (*heard_master_ms).max(now_ms.saturating_sub(silent));

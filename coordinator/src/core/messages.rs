@@ -278,6 +278,11 @@ pub enum Message {
         /// never): the successor's bound on when the master's lease was last confirmed.
         #[serde(default)]
         master_silent_ms: Option<u64>,
+        /// The sender's vote was already with this successor when the query came:
+        /// it has confirmed the lost master no more since it first gave it (so a
+        /// later round of votes need not wait for its `master_silent_ms` again).
+        #[serde(default)]
+        vote_kept: bool,
     },
     /// Master → members: install this view.
     View {
