@@ -837,3 +837,48 @@ fn a_commit_lost_on_the_way_to_the_successor_is_sent_again() {
     settle(&mut sim, &[A, B, C]);
     assert!(everywhere_has(&sim, &[A, B, C], "dg1"));
 }
+
+/// Seed 9202: the transaction ids of a restarted master's reused views recur too.
+/// Here a and c form the cluster (view 6) and 6.1 fails there (c refuses it); b
+/// joins and is then frozen, a and c restart and form anew, reaching view 6 again
+/// (b, frozen, does not tell them of view 9), and the new 6.1 commits. The
+/// simulator took that for committing an aborted transaction; it now forgets the
+/// aborts of a dead start's view when a new start reuses its id.
+#[test]
+fn a_restarted_master_may_reuse_the_ids_of_its_dead_starts_transactions() {
+    let mut sim = two_of_three_ac();
+    let first = sim.core(A).and_then(|c| c.view()).map(|v| v.id);
+    sim.add_private_dg(C, "dg1");
+    let r = sim.create(A, "dg1", 1);
+    assert!(answer(&mut sim, A, r).is_err(), "c refuses dg1");
+    sim.start(B);
+    settle(&mut sim, &[A, B, C]);
+    sim.freeze(B, 4_000);
+    sim.crash(A);
+    sim.crash(C);
+    sim.start(A);
+    sim.start(C);
+    let reused = sim.run_until(3_000, |s| {
+        s.all_members(&[A, C]) && s.core(A).and_then(|c| c.view()).map(|v| v.id) == first
+    });
+    assert!(
+        reused,
+        "the new start reached view {first:?}:\n{}",
+        sim.trace_text()
+    );
+    let r = sim.create(A, "dg2", 1);
+    assert_eq!(answer(&mut sim, A, r), Ok(()));
+    settle(&mut sim, &[A, B, C]);
+    assert!(everywhere_has(&sim, &[A, B, C], "dg2"));
+}
+
+/// Starts a and c only and lets them form a cluster; b stays down.
+fn two_of_three_ac() -> Sim {
+    let mut cfg = plexd_coordinator::sim::SimConfig::new(3, 11);
+    cfg.trace = true;
+    let mut sim = Sim::new(cfg);
+    sim.start(A);
+    sim.start(C);
+    settle(&mut sim, &[A, C]);
+    sim
+}

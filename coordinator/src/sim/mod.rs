@@ -1156,7 +1156,10 @@ impl Sim {
                             && v.incarnation(v.master) != Some(self.node(v.master).inc)
                     });
                     if dead_start {
+                        // The dead start's transactions (numbered by its view) are
+                        // gone with it; the new start's reuse their ids.
                         self.views.remove(&view.id);
+                        self.aborted.retain(|t| t.view != view.id);
                     }
                     match self.views.get_mut(&view.id) {
                         Some((v, _)) if *v != view => {
