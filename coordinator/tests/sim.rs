@@ -1,7 +1,9 @@
 //! The protocol core under the deterministic simulator: focused scenarios, one per
-//! rule of docs/PROTOCOL.md, and many random seeds with crashes, restarts and joins.
+//! rule of docs/PROTOCOL.md and one per partition or freeze bug found, and many
+//! random seeds with crashes, restarts, joins, partitions and frozen processes.
 //!
 //! `PLEXD_SIM_SEED=N` runs that one seed (with its trace on failure);
+//! `PLEXD_SIM_NO_PARTITIONS=1` leaves partitions and freezes out of the schedules;
 //! `PLEXD_SIM_SEEDS=N` changes how many seeds the random test runs,
 //! `PLEXD_SIM_STEPS=N` how many 10 ms steps each runs.
 
@@ -10,7 +12,7 @@ use plexd_coordinator::sim::{run_seed, Coverage, Sim};
 use std::time::Instant;
 
 /// Seeds the random test runs by default.
-const DEFAULT_SEEDS: u64 = 500;
+const DEFAULT_SEEDS: u64 = 1000;
 /// Steps of 10 ms of simulated time per seed.
 const STEPS_PER_SEED: u64 = 400;
 
