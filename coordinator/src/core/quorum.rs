@@ -109,7 +109,7 @@ impl<M: ConfigModel> Node<M> {
                 (!p.gone && p.master == Some(me)).then_some((t, self.votes_of([*m])))
             })
             .collect();
-        confirmations.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        confirmations.sort_unstable_by_key(|c| std::cmp::Reverse(c.0));
         let q = self.quorum();
         let mut votes = self.votes_of([me]);
         if q.reached(votes) {
