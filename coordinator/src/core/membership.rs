@@ -874,7 +874,7 @@ impl<M: ConfigModel> Node<M> {
                 && st.phase == txn::SlavePhase::Prepared
                 && disk
                     .as_ref()
-                    .is_some_and(|d| d.txn == st.id && d.config == st.new_config)
+                    .is_some_and(|d| d.txn == st.id && d.config.seq() == st.new_config.seq())
             {
                 let line = format!(
                     "node {}: transaction {} is on the disks; completing it",
@@ -1329,11 +1329,14 @@ impl<M: ConfigModel> Node<M> {
         let Some(active) = ms.join.filter(|j| j.join == verifying) else {
             return;
         };
+        // Transaction and sequence number: what a driver reads back faithfully (the
+        // daemon's configuration read from the disks lacks what only a commit
+        // carries, so whole configurations would never compare equal).
         let current = match &result {
-            Ok(Some(d)) => d.txn == self.committed.txn && d.config == self.committed.config,
-            Ok(None) => {
-                self.committed.txn == TxnId::default() && self.committed.config == M::default()
+            Ok(Some(d)) => {
+                d.txn == self.committed.txn && d.config.seq() == self.committed.config.seq()
             }
+            Ok(None) => self.committed.config.seq() == 0,
             Err(_) => false,
         };
         if !current {
