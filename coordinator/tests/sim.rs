@@ -884,3 +884,29 @@ fn two_of_three_ac() -> Sim {
     settle(&mut sim, &[A, C]);
     sim
 }
+
+/// Seed 15188: successor b applies COMMIT of a change, its ack is lost and b is
+/// cut off; b leaves the cluster for want of quorum, and a aborts the change once
+/// b's lease has run out. b, out of the cluster and fenced, still holds the change
+/// until it joins again: the simulator reported 'change failed but node b applied
+/// it'. Only members and serving data planes must never hold a failed change.
+#[test]
+fn a_cut_off_successor_may_hold_an_aborted_change_until_it_rejoins() {
+    let mut sim = traced_cluster(3);
+    sim.hold(C, Hold::KernelPrepare);
+    let r = sim.create(A, "dg1", 1);
+    assert!(sim.run_until(1_000, |s| s.held(C) == 1));
+    sim.run_for(50);
+    sim.block(B, A);
+    sim.block(B, C);
+    sim.release(C);
+    assert!(sim.run_until(1_000, |s| s.node(B).kernel.staged.is_none()));
+    assert!(sim.node(B).kernel.active.groups.contains_key("dg1"));
+    sim.block(A, B);
+    sim.block(C, B);
+    let err = answer(&mut sim, A, r).unwrap_err();
+    assert!(err.starts_with("node b: "), "{err}");
+    sim.heal();
+    settle(&mut sim, &[A, B, C]);
+    assert!(nowhere_has(&sim, "dg1"));
+}

@@ -1282,9 +1282,16 @@ impl Sim {
         let mut any_member = false;
         for n in &self.nodes {
             let Some(core) = &n.core else { continue };
-            any_member |= matches!(core.role(), Role::Master | Role::Slave | Role::TakingOver);
+            let member = matches!(core.role(), Role::Master | Role::Slave | Role::TakingOver);
+            any_member |= member;
+            // A node out of the cluster may still hold a change the cluster then
+            // aborted (a successor that applied COMMIT, lost its ack and was cut
+            // off): its data plane serves nothing and it loads the committed
+            // configuration when it joins again. Members and serving data planes
+            // never hold a failed change.
+            let serving = self.now_ms < n.kernel.lease_until_ms && !n.kernel.left;
             for tag in &self.failed {
-                if core.config().has(*tag) || n.kernel.active.has(*tag) {
+                if (member && core.config().has(*tag)) || (serving && n.kernel.active.has(*tag)) {
                     return Err(format!(
                         "change {tag} failed but node {} applied it",
                         Sim::name(n.id)
