@@ -1,7 +1,9 @@
 //! The protocol core under the deterministic simulator: focused scenarios, one per
-//! rule of docs/PROTOCOL.md, and many random seeds with crashes, restarts and joins.
+//! rule of docs/PROTOCOL.md and one per partition or freeze bug found, and many
+//! random seeds with crashes, restarts, joins, partitions and frozen processes.
 //!
 //! `PLEXD_SIM_SEED=N` runs that one seed (with its trace on failure);
+//! `PLEXD_SIM_NO_PARTITIONS=1` leaves partitions and freezes out of the schedules;
 //! `PLEXD_SIM_SEEDS=N` changes how many seeds the random test runs,
 //! `PLEXD_SIM_STEPS=N` how many 10 ms steps each runs.
 
@@ -10,7 +12,7 @@ use plexd_coordinator::sim::{run_seed, Coverage, Sim};
 use std::time::Instant;
 
 /// Seeds the random test runs by default.
-const DEFAULT_SEEDS: u64 = 500;
+const DEFAULT_SEEDS: u64 = 1000;
 /// Steps of 10 ms of simulated time per seed.
 const STEPS_PER_SEED: u64 = 400;
 
@@ -473,4 +475,438 @@ fn restarted_slave_rejoins_with_the_current_configuration() {
     sim.start(C);
     settle(&mut sim, &[A, B, C]);
     assert!(everywhere_has(&sim, &[A, B, C], "dg1"));
+}
+
+// ---------------------------------------------------------------------------
+// Partitions and frozen processes (issue 8): one scenario per root cause fixed.
+// ---------------------------------------------------------------------------
+
+const D: u32 = 4;
+const E: u32 = 5;
+
+/// Whether node `id` is master of a view holding a majority of `nodes`.
+fn quorate_master(sim: &Sim, id: u32, nodes: usize) -> bool {
+    sim.core(id).is_some_and(|c| {
+        c.role() == Role::Master && c.view().is_some_and(|v| 2 * v.members.len() > nodes)
+    })
+}
+
+/// Master a is cut off so that nothing it sends arrives and it no longer hears c
+/// and d: it removes them and numbers new majority views ([a, b, d, e], [a, b, e])
+/// that no other node ever receives, while b takes over from the last view they
+/// all hold. Before views were numbered in per-node classes, b numbered its view
+/// like a's first one (seed 734: "two views with id 6"), and so did their
+/// transactions.
+#[test]
+fn a_cut_off_master_and_its_successor_never_number_a_view_alike() {
+    let mut sim = Sim::cluster(5, 7);
+    assert_eq!(sim.master(), Some(A));
+    sim.run_for(100);
+    for to in [B, C, D, E] {
+        sim.block(A, to);
+    }
+    sim.block(C, A);
+    sim.block(D, A);
+    let took_over = sim.run_until(10_000, |s| {
+        quorate_master(s, B, 5) || s.violation().is_some()
+    });
+    assert_eq!(sim.violation(), None);
+    assert!(took_over, "b did not take over:\n{}", sim.trace_text());
+    assert!(
+        sim.logs()
+            .iter()
+            .any(|l| l == "a: node c left the cluster (no heartbeat within the timeout)"),
+        "a made a view without c that nobody received"
+    );
+    // The simulator checks every majority view installed against the others
+    // with its id (one membership and one master per view id).
+    sim.run_for(3_000);
+    assert_eq!(sim.violation(), None);
+}
+
+/// The master dies past the commit point (its successor b applied COMMIT) while
+/// slave c is cut off from everyone: c cannot reach a majority, leaves the cluster
+/// and drops its staged layout; b takes over with d's and e's votes and completes
+/// the transaction on d and e. c's drop on leaving decides nothing: the simulator
+/// used to count it as the cluster aborting the transaction (seeds 553, 667).
+#[test]
+fn a_slave_leaving_with_a_staged_layout_does_not_abort_the_transaction() {
+    let mut sim = Sim::cluster(5, 7);
+    assert_eq!(sim.master(), Some(A));
+    sim.run_for(100);
+    sim.hold(A, Hold::DiskWrite);
+    let r = sim.create(D, "dg1", 1);
+    assert!(
+        sim.run_until(1_000, |s| s.held(A) == 1),
+        "past the commit point"
+    );
+    assert!(sim.node(C).kernel.staged.is_some(), "c staged the layout");
+    sim.crash(A);
+    sim.partition(&[C]);
+    assert_eq!(answer(&mut sim, D, r), Ok(()));
+    assert!(
+        sim.logs()
+            .iter()
+            .any(|l| l.starts_with("c: node c: left the cluster")),
+        "c left the cluster"
+    );
+    sim.heal();
+    sim.start(A);
+    settle(&mut sim, &[A, B, C, D, E]);
+    assert!(everywhere_has(&sim, &[A, B, C, D, E], "dg1"));
+}
+
+/// Cuts the link from a to c while a completes the transaction whose disk write
+/// it holds: c's COMMIT is lost, c keeps its staged layout. Heals at once (c never
+/// misses enough heartbeats to suspect a).
+fn lose_commit_to_c(sim: &mut Sim, dg: &str) {
+    sim.hold(A, Hold::DiskWrite);
+    let r = sim.create(A, dg, 1);
+    assert!(
+        sim.run_until(1_000, |s| s.held(A) == 1),
+        "past the commit point"
+    );
+    assert!(sim.node(C).kernel.staged.is_some(), "c staged the layout");
+    sim.block(A, C);
+    sim.release(A);
+    assert_eq!(answer(sim, A, r), Ok(()));
+    sim.run_for(50);
+    sim.heal();
+    assert!(sim.node(C).kernel.staged.is_some(), "c's COMMIT was lost");
+}
+
+/// Seed 788: c's COMMIT of 1 was lost on a link cut for a moment, then the CHECK
+/// of the next transaction arrived. c dropped its staged layout as if aborted and
+/// checked the next change against its old configuration: c held seq 1 while the
+/// master held seq 2 (and could have committed a layout no one else has). Every
+/// CHECK now carries the master's committed transaction: c applies the one whose
+/// COMMIT it missed first.
+#[test]
+fn a_slave_that_missed_a_commit_applies_it_before_the_next_check() {
+    let mut sim = traced_cluster(3);
+    lose_commit_to_c(&mut sim, "dg1");
+    let r = sim.create(A, "dg2", 1);
+    assert_eq!(answer(&mut sim, A, r), Ok(()));
+    settle(&mut sim, &[A, B, C]);
+    assert!(everywhere_has(&sim, &[A, B, C], "dg1"));
+    assert!(everywhere_has(&sim, &[A, B, C], "dg2"));
+}
+
+/// A lost COMMIT with no transaction after it, and a lost ABORT: the master's
+/// heartbeats say where its transactions stand, so c applies the committed one
+/// and drops the aborted one instead of holding them (and staying busy) forever.
+#[test]
+fn a_slave_that_missed_a_commit_or_an_abort_catches_up_from_heartbeats() {
+    let mut sim = traced_cluster(3);
+    lose_commit_to_c(&mut sim, "dg1");
+    settle(&mut sim, &[A, B, C]);
+    assert!(everywhere_has(&sim, &[A, B, C], "dg1"));
+
+    // b refuses the next change (a private disk group of that name) after c has
+    // checked it; the ABORT to c is lost.
+    sim.add_private_dg(B, "dg2");
+    sim.hold(B, Hold::LocalCheck);
+    let r = sim.create(A, "dg2", 1);
+    assert!(sim.run_until(1_000, |s| s.held(B) == 1));
+    sim.run_for(100);
+    sim.block(A, C);
+    sim.release(B);
+    let err = answer(&mut sim, A, r).unwrap_err();
+    assert!(err.starts_with("node b: "), "{err}");
+    sim.run_for(50);
+    sim.heal();
+    settle(&mut sim, &[A, B, C]);
+    assert!(nowhere_has(&sim, "dg2"));
+}
+
+/// c is frozen while a and b crash and start again: they form a new cluster (c is
+/// not heard, so it cannot stop them) and a numbers its views from scratch, above
+/// what the disks and the live nodes remember, reusing the ids of its dead start's
+/// views that only c still holds (seed 1011). The dead start can act no more, so
+/// that is no conflict; c, thawed, must see that its master restarted and join the
+/// new cluster.
+#[test]
+fn a_frozen_slave_rejoins_a_cluster_its_restarted_master_formed_anew() {
+    let mut sim = traced_cluster(3);
+    sim.freeze(C, 4_000);
+    sim.crash(A);
+    sim.crash(B);
+    sim.start(A);
+    sim.start(B);
+    let formed = sim.run_until(3_000, |s| s.all_members(&[A, B]));
+    assert_eq!(sim.violation(), None);
+    assert!(
+        formed,
+        "a and b formed a new cluster:\n{}",
+        sim.trace_text()
+    );
+    settle(&mut sim, &[A, B, C]);
+}
+
+/// Seed 1086: master a dies right after its successor b applied COMMIT of dg1 (not
+/// on the disks yet); b collects a majority's votes for the takeover and, while it
+/// waits out a's lease, is frozen. c crashes too; a and c start again and, not
+/// hearing b, form a new cluster from the disks and commit dg2 with the same
+/// sequence number. Thawed, b used to read the disks and write its dg1
+/// configuration over dg2. Votes given before the wait are now confirmed again
+/// after it (and a takeover that stalls after that gives up): c and a, in a newer
+/// cluster, refuse, and b rejoins.
+#[test]
+fn a_takeover_frozen_while_a_new_cluster_forms_gives_up() {
+    let mut sim = traced_cluster(3);
+    sim.arm_failpoint(A, "txn.after_successor_ack");
+    sim.create(A, "dg1", 1);
+    assert!(sim.run_until(2_000, |s| !s.is_up(A)));
+    assert!(sim.run_until(2_000, |s| s
+        .core(B)
+        .is_some_and(|c| c.role() == Role::TakingOver)));
+    // c votes once it has seen a go too (at the latest a heartbeat timeout later);
+    // b then waits out a's lease (1.2 s after a was last heard).
+    sim.run_for(700);
+    assert_eq!(sim.core(B).map(|c| c.role()), Some(Role::TakingOver));
+    sim.freeze(B, 4_000);
+    sim.crash(C);
+    sim.start(A);
+    sim.start(C);
+    let formed = sim.run_until(3_000, |s| s.all_members(&[A, C]));
+    assert_eq!(sim.violation(), None);
+    assert!(
+        formed,
+        "a and c formed a new cluster:\n{}",
+        sim.trace_text()
+    );
+    let r = sim.create(A, "dg2", 1);
+    assert_eq!(answer(&mut sim, A, r), Ok(()));
+    settle(&mut sim, &[A, B, C]);
+    assert!(everywhere_has(&sim, &[A, B, C], "dg2"));
+    assert!(sim
+        .logs()
+        .iter()
+        .any(|l| l.starts_with("b: node b: left the cluster")));
+}
+
+/// Seeds 434, 1680, 1708, 1776: a View was lost on a link cut for a moment (not
+/// long enough for anyone to suspect anyone), and nothing would ever send it again:
+/// the member stayed in an older view of the same master for good. The master now
+/// sends its view again to a member whose heartbeats name an older one.
+#[test]
+fn a_member_that_missed_a_view_gets_it_again() {
+    let mut cfg = plexd_coordinator::sim::SimConfig::new(4, 11);
+    cfg.trace = true;
+    let mut sim = Sim::new(cfg);
+    for id in [A, B, C] {
+        sim.start(id);
+    }
+    settle(&mut sim, &[A, B, C]);
+    sim.block(A, C);
+    sim.start(D);
+    assert!(sim.run_until(2_000, |s| s
+        .core(A)
+        .and_then(|c| c.view())
+        .is_some_and(|v| v.contains(D))));
+    sim.run_for(30);
+    sim.heal();
+    settle(&mut sim, &[A, B, C, D]);
+}
+
+/// Seeds 705 and 1514: the random runs thaw every node for their quiet period by
+/// clearing its freeze, but the messages that had waited for it stayed queued
+/// until the old thaw time, so newer messages on the same connection overtook
+/// them. Here b, the successor, applies COMMIT of a change it forwarded, its ack
+/// is lost and it is frozen; a removes b (the View waits for b) and, once b's
+/// lease has run out, aborts the change. b thawed before the abort used to get the
+/// Outcome 'not applied' before that View and answer its client so while holding
+/// the change. `Sim::thaw` delivers the waiting events first.
+#[test]
+fn a_thawed_node_gets_its_waiting_messages_first() {
+    let mut sim = traced_cluster(3);
+    sim.hold(C, Hold::KernelPrepare);
+    let r = sim.create(B, "dg1", 1);
+    assert!(sim.run_until(1_000, |s| s.held(C) == 1));
+    sim.run_for(50);
+    assert!(sim.node(B).kernel.staged.is_some(), "b prepared");
+    sim.block(B, A);
+    sim.release(C);
+    assert!(sim.run_until(1_000, |s| s.node(B).kernel.staged.is_none()));
+    assert!(sim.node(B).kernel.active.groups.contains_key("dg1"));
+    sim.freeze(B, 10_000);
+    assert!(sim.run_until(3_000, |s| s
+        .core(A)
+        .and_then(|c| c.view())
+        .is_some_and(|v| !v.contains(B))));
+    // The View removing b reaches b (and waits for it) within the network delay.
+    sim.run_for(100);
+    sim.thaw(B);
+    assert!(sim
+        .run_until(3_000, |s| s.logs().iter().any(|l| l
+            .starts_with("a: transaction ")
+            && l.contains(" failed: "))));
+    let answer = answer(&mut sim, B, r);
+    assert!(
+        answer
+            .as_ref()
+            .is_err_and(|e| e.contains("outcome unknown")),
+        "{answer:?}"
+    );
+    sim.heal();
+    settle(&mut sim, &[A, B, C]);
+    assert!(nowhere_has(&sim, "dg1"));
+}
+
+/// Seed 1996: a, cut off from b and c just before the cluster forms, still counts
+/// them alive and forms alone (reading configuration seq 0), waiting for joins;
+/// b and c, no longer hearing a, form their own cluster and commit dg1 (seq 1).
+/// b dies and the network heals: c, out of its cluster, joins a, whose view so
+/// gained a majority holding seq 0 while the disks held seq 1. A join that gives
+/// a view its first majority now waits until the members left other clusters a
+/// lease ago and checks the disks: a abdicates, and the cluster forms again from
+/// the disks.
+#[test]
+fn a_master_that_formed_alone_checks_the_disks_before_a_majority_joins() {
+    let mut cfg = plexd_coordinator::sim::SimConfig::new(3, 11);
+    cfg.trace = true;
+    let mut sim = Sim::new(cfg);
+    for id in [A, B, C] {
+        sim.start(id);
+    }
+    sim.run_for(350);
+    sim.partition(&[A]);
+    assert!(sim.run_until(1_000, |s| s
+        .core(A)
+        .is_some_and(|c| c.role() == Role::Master)));
+    assert!(sim.run_until(2_000, |s| s.all_members(&[B, C])));
+    let r = sim.create(B, "dg1", 1);
+    assert_eq!(answer(&mut sim, B, r), Ok(()));
+    assert_eq!(
+        sim.core(A).map(|c| c.role()),
+        Some(Role::Master),
+        "a still waits for joins:\n{}",
+        sim.trace_text()
+    );
+    sim.crash(B);
+    sim.heal();
+    let formed = sim.run_until(5_000, |s| s.all_members(&[A, C]));
+    assert_eq!(sim.violation(), None);
+    assert!(formed, "a and c form a cluster:\n{}", sim.trace_text());
+    sim.start(B);
+    settle(&mut sim, &[A, B, C]);
+    assert!(everywhere_has(&sim, &[A, B, C], "dg1"));
+}
+
+/// Seed 1940: master a is frozen past its lease; b takes over with c and commits
+/// dg1, then b dies and c leaves for want of quorum. Every live node is idle and
+/// a, still frozen, is the only node in the Master role: the simulator compared
+/// its stale configuration with the disks ('the disk holds seq 1 but master a
+/// holds seq 0'). A master without a lease acts no more (it abdicates on its next
+/// tick); the idle-cluster check now looks only at a master that holds one.
+#[test]
+fn a_master_frozen_past_its_lease_is_no_measure_of_the_cluster() {
+    let mut sim = traced_cluster(3);
+    sim.freeze(A, 6_000);
+    assert!(sim.run_until(5_000, |s| quorate_master(s, B, 3)
+        && s.core(C).and_then(|c| c.view()) == s.core(B).and_then(|c| c.view())
+        && s.core(B).is_some_and(|c| c.is_idle())));
+    let r = sim.create(B, "dg1", 1);
+    assert_eq!(answer(&mut sim, B, r), Ok(()));
+    sim.crash(B);
+    sim.run_for(1_000);
+    assert_eq!(sim.core(A).map(|c| c.role()), Some(Role::Master));
+    assert_eq!(sim.violation(), None);
+    sim.start(B);
+    settle(&mut sim, &[A, B, C]);
+    assert!(everywhere_has(&sim, &[A, B, C], "dg1"));
+}
+
+/// Seeds 0 and 379: the COMMIT to the designated successor was lost on a link cut
+/// for a moment; the master waited for its ack for good (only CHECK and PREPARE
+/// had a timeout), its transaction and every queued request and join stuck
+/// behind it. The master now sends the COMMIT again when no ack came within a
+/// heartbeat timeout.
+#[test]
+fn a_commit_lost_on_the_way_to_the_successor_is_sent_again() {
+    let mut sim = traced_cluster(3);
+    sim.hold(C, Hold::KernelPrepare);
+    let r = sim.create(A, "dg1", 1);
+    assert!(sim.run_until(1_000, |s| s.held(C) == 1));
+    sim.run_for(50);
+    assert!(sim.node(B).kernel.staged.is_some(), "b prepared");
+    sim.block(A, B);
+    sim.release(C);
+    sim.run_for(50);
+    sim.heal();
+    assert!(sim.node(B).kernel.staged.is_some(), "b's COMMIT was lost");
+    assert_eq!(answer(&mut sim, A, r), Ok(()));
+    settle(&mut sim, &[A, B, C]);
+    assert!(everywhere_has(&sim, &[A, B, C], "dg1"));
+}
+
+/// Seed 9202: the transaction ids of a restarted master's reused views recur too.
+/// Here a and c form the cluster (view 6) and 6.1 fails there (c refuses it); b
+/// joins and is then frozen, a and c restart and form anew, reaching view 6 again
+/// (b, frozen, does not tell them of view 9), and the new 6.1 commits. The
+/// simulator took that for committing an aborted transaction; it now forgets the
+/// aborts of a dead start's view when a new start reuses its id.
+#[test]
+fn a_restarted_master_may_reuse_the_ids_of_its_dead_starts_transactions() {
+    let mut sim = two_of_three_ac();
+    let first = sim.core(A).and_then(|c| c.view()).map(|v| v.id);
+    sim.add_private_dg(C, "dg1");
+    let r = sim.create(A, "dg1", 1);
+    assert!(answer(&mut sim, A, r).is_err(), "c refuses dg1");
+    sim.start(B);
+    settle(&mut sim, &[A, B, C]);
+    sim.freeze(B, 4_000);
+    sim.crash(A);
+    sim.crash(C);
+    sim.start(A);
+    sim.start(C);
+    let reused = sim.run_until(3_000, |s| {
+        s.all_members(&[A, C]) && s.core(A).and_then(|c| c.view()).map(|v| v.id) == first
+    });
+    assert!(
+        reused,
+        "the new start reached view {first:?}:\n{}",
+        sim.trace_text()
+    );
+    let r = sim.create(A, "dg2", 1);
+    assert_eq!(answer(&mut sim, A, r), Ok(()));
+    settle(&mut sim, &[A, B, C]);
+    assert!(everywhere_has(&sim, &[A, B, C], "dg2"));
+}
+
+/// Starts a and c only and lets them form a cluster; b stays down.
+fn two_of_three_ac() -> Sim {
+    let mut cfg = plexd_coordinator::sim::SimConfig::new(3, 11);
+    cfg.trace = true;
+    let mut sim = Sim::new(cfg);
+    sim.start(A);
+    sim.start(C);
+    settle(&mut sim, &[A, C]);
+    sim
+}
+
+/// Seed 15188: successor b applies COMMIT of a change, its ack is lost and b is
+/// cut off; b leaves the cluster for want of quorum, and a aborts the change once
+/// b's lease has run out. b, out of the cluster and fenced, still holds the change
+/// until it joins again: the simulator reported 'change failed but node b applied
+/// it'. Only members and serving data planes must never hold a failed change.
+#[test]
+fn a_cut_off_successor_may_hold_an_aborted_change_until_it_rejoins() {
+    let mut sim = traced_cluster(3);
+    sim.hold(C, Hold::KernelPrepare);
+    let r = sim.create(A, "dg1", 1);
+    assert!(sim.run_until(1_000, |s| s.held(C) == 1));
+    sim.run_for(50);
+    sim.block(B, A);
+    sim.block(B, C);
+    sim.release(C);
+    assert!(sim.run_until(1_000, |s| s.node(B).kernel.staged.is_none()));
+    assert!(sim.node(B).kernel.active.groups.contains_key("dg1"));
+    sim.block(A, B);
+    sim.block(C, B);
+    let err = answer(&mut sim, A, r).unwrap_err();
+    assert!(err.starts_with("node b: "), "{err}");
+    sim.heal();
+    settle(&mut sim, &[A, B, C]);
+    assert!(nowhere_has(&sim, "dg1"));
 }

@@ -69,6 +69,7 @@ impl<M: ConfigModel> Node<M> {
                         State::Member | State::TakingOver { .. } => Some(0),
                         _ => self.was_member_ms.map(|t| now_ms.saturating_sub(t)),
                     },
+                    txns: self.txn_state_for(p),
                 },
             );
         }
@@ -157,7 +158,7 @@ impl<M: ConfigModel> Node<M> {
         // View ids keep growing across the cluster's lives, so a transaction id
         // (view, n) of this life never equals the one on the disks.
         let view = self.make_view(
-            self.max_view_seen.max(self.committed.txn.view) + 1,
+            self.next_view_id(self.max_view_seen.max(self.committed.txn.view)),
             vec![me],
         );
         self.state = State::Member;
@@ -211,6 +212,7 @@ impl<M: ConfigModel> Node<M> {
         peer.gone = false;
         match msg {
             Message::Heartbeat {
+                incarnation,
                 view_id,
                 master,
                 member,
@@ -219,12 +221,16 @@ impl<M: ConfigModel> Node<M> {
                 lease_left_ms,
                 max_view,
                 member_ago_ms,
+                txns,
                 ..
             } => {
                 self.max_view_seen = self.max_view_seen.max(max_view);
                 if let Some(ago) = member_ago_ms {
                     let t = now_ms.saturating_sub(ago);
                     self.last_cluster_ms = Some(self.last_cluster_ms.map_or(t, |l| l.max(t)));
+                    if !(member && master == Some(self.cfg.me)) {
+                        peer.other_cluster_ms = Some(peer.other_cluster_ms.map_or(t, |l| l.max(t)));
+                    }
                 }
                 peer.view_id = view_id;
                 peer.master = master;
@@ -281,6 +287,9 @@ impl<M: ConfigModel> Node<M> {
                         self.state = State::Discovering { since_ms: now_ms };
                     }
                 }
+                if self.is_master() && member && master == Some(self.cfg.me) {
+                    self.master_resend_view(now_ms, from, view_id);
+                }
                 if let Some((my_view, my_master)) = mine {
                     // Healing: another master leads a newer view (it took over
                     // while this node was cut off or frozen). Leave and join it.
@@ -303,6 +312,21 @@ impl<M: ConfigModel> Node<M> {
                     }
                 }
                 self.max_view_seen = self.max_view_seen.max(view_id);
+                if let Some(state) = txns {
+                    let from_my_master = matches!(self.state, State::Member)
+                        && !self.is_master()
+                        && member
+                        && master == Some(from)
+                        && !self.suspected.contains(&from)
+                        && self.view.as_ref().is_some_and(|v| {
+                            v.master == from
+                                && v.id == view_id
+                                && v.incarnation(from) == Some(incarnation)
+                        });
+                    if from_my_master {
+                        let _ = self.slave_sync(now_ms, from, state);
+                    }
+                }
                 if matches!(self.state, State::Discovering { .. })
                     && member
                     && master == Some(from)
@@ -325,7 +349,8 @@ impl<M: ConfigModel> Node<M> {
                 txn,
                 change,
                 origin,
-            } => self.slave_on_check(from, txn, change, origin),
+                base,
+            } => self.slave_on_check(now_ms, from, txn, change, origin, base),
             Message::CheckReply { txn, result } => {
                 self.master_on_check_reply(now_ms, from, txn, result)
             }
@@ -355,7 +380,8 @@ impl<M: ConfigModel> Node<M> {
                 view,
                 granted,
                 master_silent_ms,
-            } => self.on_takeover_info(now_ms, from, view, granted, master_silent_ms),
+                vote_kept,
+            } => self.on_takeover_info(now_ms, from, view, granted, master_silent_ms, vote_kept),
             Message::View {
                 view,
                 config_seq,
@@ -456,7 +482,18 @@ impl<M: ConfigModel> Node<M> {
         self.log(log::Level::Warn, line);
         // A master that died in the middle of sending a view may have left some
         // nodes with a newer view than this one: ask every live node first.
-        let newest = view;
+        let heard_master_ms = self
+            .peers
+            .get(&view.master)
+            .and_then(|p| p.last_heard_ms)
+            .unwrap_or(0);
+        self.takeover_round(now_ms, view, heard_master_ms, 0);
+    }
+
+    /// Takeover: asks every live node for its view and its vote (round 0), or for
+    /// its vote again once the lost master's lease has run out (later rounds).
+    fn takeover_round(&mut self, now_ms: u64, newest: View, heard_master_ms: u64, round: u32) {
+        self.grants.clear();
         let awaiting: BTreeSet<NodeId> = self
             .peers
             .iter()
@@ -479,12 +516,9 @@ impl<M: ConfigModel> Node<M> {
                 awaiting,
                 newest,
                 outsiders: BTreeSet::new(),
-                heard_master_ms: self
-                    .peers
-                    .get(&master)
-                    .and_then(|p| p.last_heard_ms)
-                    .unwrap_or(0),
+                heard_master_ms,
                 started_ms: now_ms,
+                round,
             },
         };
         self.maybe_finish_collecting(now_ms);
@@ -524,7 +558,15 @@ impl<M: ConfigModel> Node<M> {
                 // asker gets it only once the one it went to is gone.
                 // Two successors that each kept their own vote would both fail:
                 // one taking over itself yields to an asker with a lower id.
+                // A node that follows (or is) a newer start of that master is in
+                // a newer cluster: the asker's view is stale, it gets no vote.
+                let newer_start = matches!(self.state, State::Member)
+                    && self.view.as_ref().is_some_and(|v| {
+                        v.master == master && v.incarnation(master) != Some(incarnation)
+                    });
+                let vote_kept = self.granted == Some((master, from));
                 let granted = match self.granted {
+                    _ if newer_start => false,
                     Some((m, s)) if m == master && s == self.cfg.me => from < s,
                     Some((m, s)) if m == master && s != from => {
                         self.peers.get(&s).is_none_or(|p| p.gone)
@@ -546,6 +588,7 @@ impl<M: ConfigModel> Node<M> {
                         view: view.clone(),
                         granted,
                         master_silent_ms,
+                        vote_kept: vote_kept && granted,
                     },
                 );
             } else {
@@ -561,6 +604,7 @@ impl<M: ConfigModel> Node<M> {
         view: Option<View>,
         granted: bool,
         master_silent_ms: Option<u64>,
+        vote_kept: bool,
     ) {
         let State::TakingOver {
             step:
@@ -569,6 +613,7 @@ impl<M: ConfigModel> Node<M> {
                     newest,
                     outsiders,
                     heard_master_ms,
+                    round,
                     ..
                 },
         } = &mut self.state
@@ -580,7 +625,11 @@ impl<M: ConfigModel> Node<M> {
         }
         if granted {
             self.grants.insert(from);
-            if let Some(silent) = master_silent_ms {
+            // A vote kept since an earlier round: the wait already covers the last
+            // time that voter could have confirmed the master (re-reading its
+            // silence would only add clock drift and message delay each round).
+            let known = *round > 0 && vote_kept;
+            if let Some(silent) = master_silent_ms.filter(|_| !known) {
                 // The answer left at or before now: the sender last heard the
                 // master no later than now - silent, on this node's clock.
                 *heard_master_ms = (*heard_master_ms).max(now_ms.saturating_sub(silent));
@@ -614,6 +663,7 @@ impl<M: ConfigModel> Node<M> {
                     newest,
                     outsiders,
                     heard_master_ms,
+                    round,
                     ..
                 },
         } = std::mem::replace(&mut self.state, State::Member)
@@ -629,12 +679,39 @@ impl<M: ConfigModel> Node<M> {
             .peers
             .get(&newest.master)
             .is_some_and(|p| !p.gone && !self.suspected.contains(&newest.master));
-        if newest.id > mine.id && (master_alive || !newest.contains(me)) {
+        if newest.id > mine.id && !newest.contains(me) {
+            let reason = format!(
+                "node {}: view {} of master node {} is newer than this node's view {} and leaves this node out; rejoining",
+                self.name(me),
+                newest.id,
+                self.name(newest.master),
+                mine.id
+            );
+            self.leave_cluster(now_ms, reason);
+            return;
+        }
+        if newest.id > mine.id && master_alive {
             log::info!(
                 "node {me}: view {} of master {} is newer; not taking over",
                 newest.id,
                 newest.master
             );
+            return;
+        }
+        if self.max_view_seen > newest.id {
+            // A live node has seen a view newer than every view the answers hold:
+            // a newer master formed a cluster or took over since (this node was
+            // frozen or cut off), wrote the disks, and may have committed over the
+            // base view's pending transaction. That transaction and the base view
+            // are no longer this node's to complete: it rejoins instead.
+            let reason = format!(
+                "node {}: view {} is newer than view {} this takeover from master node {} would build on; rejoining instead",
+                self.name(me),
+                self.max_view_seen,
+                newest.id,
+                self.name(newest.master)
+            );
+            self.leave_cluster(now_ms, reason);
             return;
         }
         self.suspected.insert(newest.master);
@@ -669,13 +746,39 @@ impl<M: ConfigModel> Node<M> {
         // The lost master's lease was last confirmed no later than the newest time
         // a voter heard it; every lease it capped ends with it.
         let until_ms = heard_master_ms.min(now_ms) + self.cfg.lease_wait_ms();
+        self.view = Some(newest);
+        if now_ms >= until_ms {
+            // A majority's votes, given now that the lease has run out: read the
+            // disks at once. Votes given before a wait are confirmed again after
+            // it: a voter may have restarted (forgetting its vote) or left meanwhile
+            // and, with this node frozen or cut off, helped a new cluster form and
+            // commit; its answer then shows the newer view.
+            log::info!(
+                "node {me}: takeover confirmed by a majority (round {round}); reading the disks"
+            );
+            self.state = State::TakingOver {
+                step: TakeoverStep::ReadingDisks {
+                    confirmed_ms: now_ms,
+                },
+            };
+            self.out.push(Action::ReadDisks);
+            return;
+        }
+        if round + 1 >= MAX_TAKEOVER_ROUNDS {
+            let reason = format!(
+                "node {}: the lease of master node {} was still confirmed after {round} rounds of takeover votes; giving up",
+                self.name(me),
+                self.name(self.view.as_ref().map_or(0, |v| v.master))
+            );
+            self.leave_cluster(now_ms, reason);
+            return;
+        }
         log::info!(
             "node {me}: takeover granted by a majority; waiting {} ms for the lost master's lease to run out",
             until_ms.saturating_sub(now_ms)
         );
-        self.view = Some(newest);
         self.state = State::TakingOver {
-            step: TakeoverStep::WaitingLease { until_ms },
+            step: TakeoverStep::WaitingLease { until_ms, round },
         };
         self.on_tick_takeover(now_ms);
     }
@@ -698,14 +801,15 @@ impl<M: ConfigModel> Node<M> {
             }
         }
         if let State::TakingOver {
-            step: TakeoverStep::WaitingLease { until_ms },
+            step: TakeoverStep::WaitingLease { until_ms, round },
         } = self.state
         {
             if now_ms >= until_ms {
-                self.state = State::TakingOver {
-                    step: TakeoverStep::ReadingDisks,
+                let Some(base) = self.view.clone() else {
+                    unreachable!("taking over without a view")
                 };
-                self.out.push(Action::ReadDisks);
+                let heard_master_ms = until_ms - self.cfg.lease_wait_ms();
+                self.takeover_round(now_ms, base, heard_master_ms, round + 1);
             }
         }
     }
@@ -718,8 +822,16 @@ impl<M: ConfigModel> Node<M> {
         match self.state {
             State::Forming => self.finish_forming(now_ms, result),
             State::TakingOver {
-                step: TakeoverStep::ReadingDisks,
-            } => self.takeover_decide(result),
+                step: TakeoverStep::ReadingDisks { confirmed_ms },
+            } => self.takeover_decide(now_ms, confirmed_ms, result),
+            State::Member
+                if self
+                    .master
+                    .as_ref()
+                    .is_some_and(|ms| ms.verifying.is_some()) =>
+            {
+                self.master_disks_verified(now_ms, result)
+            }
             _ => log::debug!("node {}: stale DisksRead ignored", self.cfg.me),
         }
     }
@@ -728,8 +840,24 @@ impl<M: ConfigModel> Node<M> {
     /// this node received COMMIT (then it is already in `committed`) or if the disks
     /// already hold it (the old master wrote them after the commit point); otherwise
     /// it is aborted.
-    fn takeover_decide(&mut self, result: Result<Option<DiskRecord<M>>, String>) {
+    fn takeover_decide(
+        &mut self,
+        now_ms: u64,
+        confirmed_ms: u64,
+        result: Result<Option<DiskRecord<M>>, String>,
+    ) {
         let me = self.cfg.me;
+        if now_ms > confirmed_ms + self.cfg.heartbeat_timeout_ms {
+            // Frozen or stalled since the votes came: a new cluster may have formed
+            // meanwhile. Writing the disks now could overwrite what it committed.
+            let reason = format!(
+                "node {}: the disks were read {} ms after a majority confirmed the takeover (this node was frozen or stalled); giving it up",
+                self.name(me),
+                now_ms - confirmed_ms
+            );
+            self.leave_cluster(now_ms, reason);
+            return;
+        }
         let disk = match result {
             Ok(record) => record,
             Err(e) => {
@@ -817,7 +945,7 @@ impl<M: ConfigModel> Node<M> {
             .copied()
             .filter(|&m| m == me || (m != old.master && !self.suspected.contains(&m)))
             .collect();
-        let view = self.make_view(old.id.max(self.max_view_seen) + 1, members);
+        let view = self.make_view(self.next_view_id(old.id.max(self.max_view_seen)), members);
         self.state = State::Member;
         self.master = Some(MasterState::new());
         self.suspected.clear();
@@ -832,6 +960,19 @@ impl<M: ConfigModel> Node<M> {
         );
         self.log(log::Level::Warn, line);
         self.master_next(now_ms);
+    }
+
+    /// The id of the next view this node makes: the smallest id above `above` in
+    /// this node's residue class. With `N` configured nodes and this node the
+    /// `i`-th of them by id (from 0), every view it makes has `id % N == i`, so two
+    /// masters (one cut off and not yet aware of it, one that took over) can never
+    /// number a view alike, and nor can their transactions (`TxnId` = view, n).
+    pub(super) fn next_view_id(&self, above: u64) -> u64 {
+        let n = self.cfg.nodes.len() as u64;
+        let me = self.cfg.me;
+        let i = self.cfg.nodes.iter().filter(|node| node.id < me).count() as u64;
+        let first = above + 1;
+        first + (i + n - first % n) % n
     }
 
     /// A view led by this node, with the incarnations this node knows.
@@ -921,23 +1062,48 @@ impl<M: ConfigModel> Node<M> {
         let Some(view) = self.view.clone() else {
             return;
         };
-        let reasons: Vec<(NodeId, String)> =
-            self.reasons.iter().map(|(&k, v)| (k, v.clone())).collect();
         let mut to: Vec<NodeId> = view.members.iter().chain(previous).copied().collect();
         to.sort_unstable();
         to.dedup();
         for m in to {
             if m != self.cfg.me {
-                self.send(
-                    m,
-                    Message::View {
-                        view: view.clone(),
-                        config_seq: self.committed.config.seq(),
-                        last_txn: self.committed.txn,
-                        reasons: reasons.clone(),
-                    },
-                );
+                self.send_view(m, &view);
             }
+        }
+    }
+
+    fn send_view(&mut self, to: NodeId, view: &View) {
+        let reasons: Vec<(NodeId, String)> =
+            self.reasons.iter().map(|(&k, v)| (k, v.clone())).collect();
+        self.send(
+            to,
+            Message::View {
+                view: view.clone(),
+                config_seq: self.committed.config.seq(),
+                last_txn: self.committed.txn,
+                reasons,
+            },
+        );
+    }
+
+    /// Master: a member of its view heartbeats an older view of this master (the
+    /// View message was lost while a link was cut, and nothing else would tell it):
+    /// the view goes to it again. A heartbeat sent before the View arrived gets a
+    /// duplicate, which the member ignores.
+    fn master_resend_view(&mut self, now_ms: u64, from: NodeId, view_id: u64) {
+        let Some(view) = self.view.clone() else {
+            return;
+        };
+        if view_id < view.id
+            && view.contains(from)
+            && now_ms >= self.view_since_ms + self.cfg.heartbeat_interval_ms
+        {
+            log::info!(
+                "node {}: node {from} still holds view {view_id}; sending view {} again",
+                self.cfg.me,
+                view.id
+            );
+            self.send_view(from, &view);
         }
     }
 
@@ -949,7 +1115,7 @@ impl<M: ConfigModel> Node<M> {
             .map(|v| v.members.clone())
             .unwrap_or_default();
         let old_id = self.view.as_ref().map_or(0, |v| v.id);
-        let view = self.make_view(old_id.max(self.max_view_seen) + 1, members);
+        let view = self.make_view(self.next_view_id(old_id.max(self.max_view_seen)), members);
         self.install_view(now_ms, view);
         self.broadcast_view(&old_members);
     }
@@ -1001,6 +1167,7 @@ impl<M: ConfigModel> Node<M> {
         ms.joins.retain(|&j| j != peer);
         if ms.join.as_ref().is_some_and(|j| j.node == peer) {
             ms.join = None;
+            ms.verifying = None;
             log::info!("node {}: join of node {peer} cancelled", self.cfg.me);
             self.master_advance(now_ms);
         }
@@ -1064,20 +1231,41 @@ impl<M: ConfigModel> Node<M> {
         let Some(ms) = self.master.as_mut() else {
             return;
         };
-        if ms.join != Some(txn::ActiveJoin { node: from, join }) {
+        if ms.join != Some(txn::ActiveJoin { node: from, join }) || ms.verifying.is_some() {
             log::warn!(
                 "node {}: stale JoinReady from node {from} ignored",
                 self.cfg.me
             );
             return;
         }
+        let verified = ms.verified_join.take() == Some(join);
+        let Some(view) = self.view.clone() else {
+            return;
+        };
+        let q = self.quorum();
+        let votes = self.votes_of(view.members.iter().copied());
+        if !verified && !q.reached(votes) && q.reached(votes + self.votes_of([from])) {
+            // This join gives the view its first majority. The configuration was
+            // read from the disks when this node formed the cluster or took over;
+            // another cluster may have committed since (this node was cut off from
+            // it, waiting for joins). It is checked against the disks first.
+            if let Some(ms) = self.master.as_mut() {
+                ms.verifying = Some(join);
+            }
+            log::info!(
+                "node {}: node {from} gives the view its first majority; checking the disks first",
+                self.cfg.me
+            );
+            self.out.push(Action::ReadDisks);
+            return;
+        }
+        let Some(ms) = self.master.as_mut() else {
+            return;
+        };
         ms.join = None;
         // Its data plane now holds the committed configuration: whatever it served
         // before it left can no longer conflict.
         ms.fences.remove(&from);
-        let Some(view) = self.view.clone() else {
-            return;
-        };
         let mut members = view.members.clone();
         members.push(from);
         members.sort_unstable();
@@ -1091,6 +1279,90 @@ impl<M: ConfigModel> Node<M> {
         self.master_next(now_ms);
     }
 
+    /// A master whose view lacks a majority may let in `joiner` now: unless that
+    /// gives the view its first majority, always. Otherwise only once every
+    /// member of the view it would make (this node aside) left any other cluster a
+    /// lease ago: a master of another cluster (which this node never heard of) can
+    /// hold a lease only while members of a majority confirm it, and every
+    /// majority includes one of them; its disk writes have landed by then, so the
+    /// disks read at the join are current.
+    pub(super) fn may_gain_majority_with(&self, now_ms: u64, joiner: NodeId) -> bool {
+        let me = self.cfg.me;
+        let Some(view) = self.view.as_ref() else {
+            return false;
+        };
+        let q = self.quorum();
+        let votes = self.votes_of(view.members.iter().copied());
+        if q.reached(votes) || !q.reached(votes + self.votes_of([joiner])) {
+            return true;
+        }
+        let wait = self.cfg.lease_wait_ms();
+        view.members
+            .iter()
+            .copied()
+            .chain([joiner])
+            .filter(|&m| m != me)
+            .all(|m| {
+                self.peers.get(&m).is_some_and(|p| {
+                    !(p.member && p.master != Some(me))
+                        && p.other_cluster_ms.is_none_or(|t| now_ms >= t + wait)
+                })
+            })
+    }
+
+    /// The disks read before a join gives the view its first majority: the join
+    /// completes if they hold this master's configuration; otherwise another
+    /// cluster committed since this node read them, and it abdicates (it forms or
+    /// joins again, which loads the current configuration).
+    fn master_disks_verified(
+        &mut self,
+        now_ms: u64,
+        result: Result<Option<DiskRecord<M>>, String>,
+    ) {
+        let me = self.cfg.me;
+        let Some(ms) = self.master.as_mut() else {
+            return;
+        };
+        let Some(verifying) = ms.verifying.take() else {
+            return;
+        };
+        let Some(active) = ms.join.filter(|j| j.join == verifying) else {
+            return;
+        };
+        // Transaction and sequence number: what a driver reads back faithfully (the
+        // daemon's configuration read from the disks lacks what only a commit
+        // carries, so whole configurations would never compare equal).
+        let current = match &result {
+            Ok(Some(d)) => {
+                d.txn == self.committed.txn && d.config.seq() == self.committed.config.seq()
+            }
+            Ok(None) => self.committed.config.seq() == 0,
+            Err(_) => false,
+        };
+        if !current {
+            let what = match result {
+                Ok(Some(d)) => format!(
+                    "the disks hold configuration seq {} (transaction {}), not this master's seq {} (transaction {})",
+                    d.config.seq(),
+                    d.txn,
+                    self.committed.config.seq(),
+                    self.committed.txn
+                ),
+                Ok(None) => "the disks hold no configuration".to_string(),
+                Err(e) => format!("the disks cannot be read: {e}"),
+            };
+            let reason = format!(
+                "node {}: before node {} joined and gave the view a majority, {what}; another cluster committed since this node read them",
+                self.name(me),
+                self.name(active.node)
+            );
+            self.master_abdicate(now_ms, reason);
+            return;
+        }
+        ms.verified_join = Some(active.join);
+        self.master_on_join_ready(now_ms, active.node, active.join);
+    }
+
     fn master_on_join_abandon(&mut self, now_ms: u64, from: NodeId, join: u64, reason: String) {
         if !self.is_master() {
             return;
@@ -1102,6 +1374,7 @@ impl<M: ConfigModel> Node<M> {
             return;
         }
         ms.join = None;
+        ms.verifying = None;
         let reason = truncate_reason(reason);
         let line = format!("node {} abandoned its join: {reason}", self.name(from));
         self.log(log::Level::Warn, line);

@@ -99,6 +99,19 @@ pub struct Echo {
     pub stamp_ms: u64,
 }
 
+/// Where a master's transactions stand, as it tells the members of its view (in
+/// heartbeats and with every CHECK): a member that missed a COMMIT or an ABORT (a
+/// message lost while a link was cut) catches up, or rejoins when it cannot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnState {
+    /// The transaction of the master's committed configuration.
+    pub committed: TxnId,
+    /// The committed configuration's sequence number.
+    pub seq: u64,
+    /// The transaction the master is running, if any.
+    pub running: Option<TxnId>,
+}
+
 /// A request as it travels from a slave to the master.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WireRequest {
@@ -149,6 +162,9 @@ pub enum Message {
         /// is a lease in the past.
         #[serde(default)]
         member_ago_ms: Option<u64>,
+        /// From a master to the members of its view: where its transactions stand.
+        #[serde(default)]
+        txns: Option<TxnState>,
     },
     /// Slave → master: a client's request.
     Forward {
@@ -172,6 +188,11 @@ pub enum Message {
         change: Vec<u8>,
         /// Who asked for it.
         origin: Origin,
+        /// The master's committed transaction this one builds on (`running` is
+        /// `txn`): a slave whose COMMIT of it was lost applies it first; one that
+        /// is otherwise out of step refuses and rejoins.
+        #[serde(default)]
+        base: Option<TxnState>,
     },
     /// Slave → master: the local checks' result.
     CheckReply {
@@ -257,6 +278,11 @@ pub enum Message {
         /// never): the successor's bound on when the master's lease was last confirmed.
         #[serde(default)]
         master_silent_ms: Option<u64>,
+        /// The sender's vote was already with this successor when the query came:
+        /// it has confirmed the lost master no more since it first gave it (so a
+        /// later round of votes need not wait for its `master_silent_ms` again).
+        #[serde(default)]
+        vote_kept: bool,
     },
     /// Master → members: install this view.
     View {
@@ -355,6 +381,11 @@ mod tests {
                 node: 2,
                 request: RequestId(9),
             },
+            base: Some(TxnState {
+                committed: TxnId { view: 2, n: 4 },
+                seq: 7,
+                running: Some(TxnId { view: 3, n: 1 }),
+            }),
         };
         assert_eq!(Message::decode(&m.encode()).unwrap(), m);
         assert!(Message::decode(b"{not json").is_err());

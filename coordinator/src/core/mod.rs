@@ -14,7 +14,7 @@ mod quorum;
 mod txn;
 
 pub use messages::{
-    Echo, Message, NodeId, Origin, RequestId, TxnId, View, WireRequest, MAX_MESSAGE_BYTES,
+    Echo, Message, NodeId, Origin, RequestId, TxnId, TxnState, View, WireRequest, MAX_MESSAGE_BYTES,
 };
 pub use model::ConfigModel;
 pub use quorum::Quorum;
@@ -25,6 +25,9 @@ use std::collections::{BTreeMap, BTreeSet};
 pub const MAX_QUEUED_REQUESTS: usize = 64;
 /// Most requests a slave has forwarded to the master and not yet answered.
 pub const MAX_PENDING_FORWARDS: usize = 64;
+/// Most rounds of votes a takeover collects (the first, then one more after each
+/// wait for the lost master's lease) before it gives up.
+pub const MAX_TAKEOVER_ROUNDS: u32 = 4;
 /// Longest failure reason kept per node, in bytes.
 pub const MAX_REASON_BYTES: usize = 512;
 
@@ -356,6 +359,9 @@ struct Peer {
     /// The newest stamp of this node's that the peer echoed: the peer confirmed
     /// this node (as its master, or as a member of its view) after that time.
     confirmed_ms: Option<u64>,
+    /// The newest time (this node's clock) the peer was a member of a view this
+    /// node does not lead, as its heartbeats tell.
+    other_cluster_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -385,13 +391,20 @@ enum TakeoverStep {
         heard_master_ms: u64,
         /// When the queries went out (answers lost in a partition are given up on).
         started_ms: u64,
+        /// 0: the first round; from 1 on: the votes confirmed again after waiting
+        /// out the lost master's lease (at most `MAX_TAKEOVER_ROUNDS`).
+        round: u32,
     },
     /// A majority granted the takeover; the lost master's lease (and so every
-    /// lease it capped) runs out before the disks are read.
+    /// lease it capped) runs out, then the votes are confirmed again.
     WaitingLease {
         until_ms: u64,
+        round: u32,
     },
-    ReadingDisks,
+    /// Reading the disks; a majority confirmed its votes at `confirmed_ms`.
+    ReadingDisks {
+        confirmed_ms: u64,
+    },
     WritingDisks,
 }
 

@@ -24,6 +24,12 @@ pub(super) struct MasterState<M: ConfigModel> {
     pub(super) next_join: u64,
     /// Nodes that left the view → until when their leases may still hold.
     pub(super) fences: BTreeMap<NodeId, u64>,
+    /// The join (by number) that would give this master's view its first majority
+    /// is ready, and the disks are being read to check that its configuration is
+    /// current.
+    pub(super) verifying: Option<u64>,
+    /// That check passed for this join.
+    pub(super) verified_join: Option<u64>,
 }
 
 impl<M: ConfigModel> MasterState<M> {
@@ -36,6 +42,8 @@ impl<M: ConfigModel> MasterState<M> {
             next_txn: 0,
             next_join: 0,
             fences: BTreeMap::new(),
+            verifying: None,
+            verified_join: None,
         }
     }
 
@@ -377,7 +385,13 @@ impl<M: ConfigModel> Node<M> {
                     Some(t) => matches!(t.phase, Phase::Checking { .. }),
                 };
                 if join_allowed {
-                    if let Some(j) = ms.joins.pop_front() {
+                    if let Some(&j) = ms.joins.front() {
+                        if !self.may_gain_majority_with(now_ms, j) {
+                            return;
+                        }
+                        if let Some(ms) = self.master.as_mut() {
+                            ms.joins.pop_front();
+                        }
                         self.start_join(j);
                         return;
                     }
@@ -457,6 +471,7 @@ impl<M: ConfigModel> Node<M> {
             phase_since_ms: now_ms,
         });
         log::info!("node {me}: transaction {id} validated");
+        let base = Some(self.txn_state());
         self.failpoint("txn.after_validate");
         for p in participants {
             self.send(
@@ -465,6 +480,7 @@ impl<M: ConfigModel> Node<M> {
                     txn: id,
                     change: encoded.clone(),
                     origin,
+                    base,
                 },
             );
         }
@@ -485,6 +501,7 @@ impl<M: ConfigModel> Node<M> {
     /// A joiner let in while the transaction was suspended in its check phase takes
     /// part in it from now on.
     pub(super) fn master_include_joiner(&mut self, now_ms: u64, node: NodeId) {
+        let base = Some(self.txn_state());
         let Some(t) = self.master.as_mut().and_then(|ms| ms.txn.as_mut()) else {
             return;
         };
@@ -498,6 +515,7 @@ impl<M: ConfigModel> Node<M> {
             txn: t.id,
             change: M::encode_change(&t.change),
             origin: t.origin,
+            base,
         };
         self.send(node, msg);
     }
@@ -532,6 +550,7 @@ impl<M: ConfigModel> Node<M> {
                     Some(s) => t.phase = Phase::SuccessorCommit { successor: s },
                     None => t.phase = Phase::DiskWrite,
                 }
+                t.phase_since_ms = now_ms;
                 self.failpoint("txn.after_prepare");
                 self.failpoint("txn.before_successor_commit");
                 match successor {
@@ -823,6 +842,31 @@ impl<M: ConfigModel> Node<M> {
                 }
                 return;
             }
+            Phase::SuccessorCommit { successor } => {
+                // The COMMIT or its ack was lost on a link cut for a moment (the
+                // successor is still a member): the same decision goes again; a
+                // successor that applied it already acknowledges it again.
+                if now_ms >= since + self.cfg.heartbeat_timeout_ms {
+                    let (successor, id) = (
+                        *successor,
+                        self.master
+                            .as_ref()
+                            .and_then(|ms| ms.txn.as_ref())
+                            .map(|t| t.id),
+                    );
+                    if let Some(t) = self.master.as_mut().and_then(|ms| ms.txn.as_mut()) {
+                        t.phase_since_ms = now_ms;
+                    }
+                    if let Some(id) = id {
+                        log::info!(
+                            "node {}: no ack of COMMIT {id} from node {successor} yet; sending it again",
+                            self.cfg.me
+                        );
+                        self.send(successor, Message::Commit { txn: id });
+                    }
+                }
+                return;
+            }
             Phase::Checking { awaiting } if !join_active => ("CHECK", late(awaiting)),
             Phase::Preparing { awaiting } => ("PREPARE", late(awaiting)),
             _ => return,
@@ -911,10 +955,12 @@ impl<M: ConfigModel> Node<M> {
 
     pub(super) fn slave_on_check(
         &mut self,
+        now_ms: u64,
         from: NodeId,
         txn: TxnId,
         change: Vec<u8>,
         origin: Origin,
+        base: Option<TxnState>,
     ) {
         if !self.sent_by_my_master(from) {
             log::debug!(
@@ -922,6 +968,17 @@ impl<M: ConfigModel> Node<M> {
                 self.cfg.me
             );
             return;
+        }
+        if let Some(state) = base {
+            if let Err(reason) = self.slave_sync(now_ms, from, state) {
+                return self.send(
+                    from,
+                    Message::CheckReply {
+                        txn,
+                        result: Err(reason),
+                    },
+                );
+            }
         }
         if let Some(old) = self.slave_txn.take() {
             log::warn!(
@@ -1043,6 +1100,87 @@ impl<M: ConfigModel> Node<M> {
                 self.out.push(Action::KernelAbort { txn: st.id });
             }
         }
+    }
+
+    /// Where this master's transactions stand (see [`TxnState`]).
+    pub(super) fn txn_state(&self) -> TxnState {
+        TxnState {
+            committed: self.committed.txn,
+            seq: self.committed.config.seq(),
+            running: self
+                .master
+                .as_ref()
+                .and_then(|ms| ms.txn.as_ref())
+                .map(|t| t.id),
+        }
+    }
+
+    /// What a heartbeat to `peer` says of the transactions: from a master to a
+    /// member of its view, where they stand; nothing otherwise.
+    pub(super) fn txn_state_for(&self, peer: NodeId) -> Option<TxnState> {
+        (self.is_master() && self.view.as_ref().is_some_and(|v| v.contains(peer)))
+            .then(|| self.txn_state())
+    }
+
+    /// A slave learns from its master (a heartbeat, a CHECK) where the master's
+    /// transactions stand, and catches up with what a lost message did not tell it:
+    /// a prepared transaction the master has committed is applied (its COMMIT was
+    /// lost), one the master is no longer running and did not commit is dropped
+    /// (its ABORT was lost, or it failed before this node prepared). A committed
+    /// configuration that still differs from the master's (and is not the one the
+    /// master is completing, whose COMMIT this node applied as its successor) is
+    /// out of step: this node leaves the cluster and rejoins, which loads the
+    /// master's configuration. The error names why.
+    pub(super) fn slave_sync(
+        &mut self,
+        now_ms: u64,
+        master: NodeId,
+        state: TxnState,
+    ) -> Result<(), String> {
+        if let Some(st) = self.slave_txn.take() {
+            if Some(st.id) == state.running {
+                self.slave_txn = Some(st);
+            } else if st.id == state.committed
+                && st.staged
+                && st.phase == SlavePhase::Prepared
+                && st.new_config.seq() == state.seq
+                && st.new_config.seq() == self.committed.config.seq() + 1
+            {
+                let line = format!(
+                    "node {}: master node {} committed transaction {} but its COMMIT did not arrive; applying it",
+                    self.me_name(),
+                    self.name(master),
+                    st.id
+                );
+                self.log(log::Level::Warn, line);
+                self.commit_locally(st);
+            } else {
+                log::info!(
+                    "node {}: master node {} no longer runs transaction {} and did not commit it; dropping it",
+                    self.cfg.me,
+                    master,
+                    st.id
+                );
+                if st.staged {
+                    self.out.push(Action::KernelAbort { txn: st.id });
+                }
+            }
+        }
+        let mine = (self.committed.txn, self.committed.config.seq());
+        if mine == (state.committed, state.seq) || state.running == Some(mine.0) {
+            return Ok(());
+        }
+        let reason = format!(
+            "node {}: holds configuration seq {} (transaction {}) but master node {} holds seq {} (transaction {}); rejoining to load it",
+            self.me_name(),
+            mine.1,
+            mine.0,
+            self.name(master),
+            state.seq,
+            state.committed
+        );
+        self.leave_cluster(now_ms, reason.clone());
+        Err(reason)
     }
 
     /// A new master's view tells this slave how its pending transaction ended: it

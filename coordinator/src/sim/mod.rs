@@ -159,6 +159,17 @@ enum SimEvent {
     },
 }
 
+impl SimEvent {
+    /// The node the event happens on, if any.
+    fn target(&self) -> Option<NodeId> {
+        match self {
+            SimEvent::Start { .. } => None,
+            SimEvent::Tick { node, .. } | SimEvent::Driver { node, .. } => Some(*node),
+            SimEvent::Deliver { to, .. } | SimEvent::ConnLost { to, .. } => Some(*to),
+        }
+    }
+}
+
 /// The simulated data plane of a node.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Kernel {
@@ -233,6 +244,8 @@ pub struct Sim {
     failed: BTreeSet<u64>,
     /// Every view installed, and the nodes that installed it.
     views: BTreeMap<u64, (View, BTreeSet<NodeId>)>,
+    /// Transactions the cluster decided to abort (a master's or a takeover's abort,
+    /// and members following it); a leaving node's own discard is not one.
     aborted: BTreeSet<TxnId>,
     next_tag: u64,
     trace: VecDeque<String>,
@@ -240,6 +253,8 @@ pub struct Sim {
     violation: Option<String>,
     /// Directed links that drop every message (partitions).
     blocked: BTreeSet<(NodeId, NodeId)>,
+    /// Queue keys of events that wait for a frozen node to thaw.
+    deferred: BTreeSet<(u64, u64)>,
     /// Every configuration that reached the disk, by sequence number.
     committed: BTreeMap<u64, ToyConfig>,
     events: u64,
@@ -289,6 +304,7 @@ impl Sim {
             logs: Vec::new(),
             violation: None,
             blocked: BTreeSet::new(),
+            deferred: BTreeSet::new(),
             committed: BTreeMap::new(),
             events: 0,
             coverage: Coverage::default(),
@@ -487,6 +503,27 @@ impl Sim {
             self.note("network healed".into());
         }
         self.blocked.clear();
+    }
+
+    /// Thaws node `id` now (SIGCONT): the events that waited for it come first, in
+    /// the order they came, before anything that arrives from now on.
+    pub fn thaw(&mut self, id: NodeId) {
+        let now = self.now_ms;
+        self.node_mut(id).frozen_until_ms = 0;
+        let waiting: Vec<(u64, u64)> = self
+            .deferred
+            .iter()
+            .copied()
+            .filter(|k| self.queue.get(k).and_then(SimEvent::target) == Some(id))
+            .collect();
+        for (at, seq) in waiting {
+            self.deferred.remove(&(at, seq));
+            if let Some(ev) = self.queue.remove(&(at, seq)) {
+                // Keys order by time, then by sequence: the old sequence numbers
+                // keep these ahead of every event pushed for `now` later.
+                self.queue.insert((now, seq), ev);
+            }
+        }
     }
 
     /// Freezes node `id` (SIGSTOP) for `ms`: its events wait until it thaws.
@@ -718,20 +755,17 @@ impl Sim {
 
     /// Processes the next event, then checks the invariants.
     pub fn step(&mut self) {
-        let Some(((at, _), ev)) = self.queue.pop_first() else {
+        let Some(((at, seq), ev)) = self.queue.pop_first() else {
             return;
         };
+        self.deferred.remove(&(at, seq));
         self.now_ms = self.now_ms.max(at);
         self.events += 1;
-        let target = match &ev {
-            SimEvent::Start { .. } => None,
-            SimEvent::Tick { node, .. } | SimEvent::Driver { node, .. } => Some(*node),
-            SimEvent::Deliver { to, .. } | SimEvent::ConnLost { to, .. } => Some(*to),
-        };
-        if let Some(t) = target {
+        if let Some(t) = ev.target() {
             let until = self.node(t).frozen_until_ms;
             if until > self.now_ms {
                 self.push(until, ev);
+                self.deferred.insert((until, self.seq));
                 return;
             }
         }
@@ -943,6 +977,10 @@ impl Sim {
             }
             match action {
                 Action::Send { to, msg } => {
+                    if let Message::Abort { txn } = &msg {
+                        // A master's decision, whether or not the message arrives.
+                        self.aborted.insert(*txn);
+                    }
                     if let Some(k) = self.node(id).crash_after_sends {
                         if k == 0 {
                             self.coverage.failpoint_crashes += 1;
@@ -1044,7 +1082,17 @@ impl Sim {
                 }
                 Action::KernelAbort { txn } => {
                     self.note(format!("{name} kernel abort {txn}"));
-                    self.aborted.insert(txn);
+                    // An abort is a decision when a member makes or follows it (a
+                    // master's or a takeover's abort, a slave told by ABORT, a new
+                    // master's view or the next CHECK). A node that leaves the
+                    // cluster drops its staged layout on its own: that decides
+                    // nothing, and the transaction may still commit without it.
+                    let member = self.core(id).is_some_and(|c| {
+                        matches!(c.role(), Role::Master | Role::Slave | Role::TakingOver)
+                    });
+                    if member {
+                        self.aborted.insert(txn);
+                    }
                     let k = &mut self.node_mut(id).kernel;
                     if k.staged.as_ref().is_some_and(|(t, _)| *t == txn) {
                         k.staged = None;
@@ -1097,6 +1145,21 @@ impl Sim {
                     let quorum = self.core(id).map(|c| c.quorum());
                     if quorum.is_some_and(|q| !q.reached(view.members.len() as u64)) {
                         continue;
+                    }
+                    // A restarted node numbers its views above what the disks and
+                    // the live nodes remember, so it may reuse the id of a view of
+                    // its own dead start that only a frozen or cut-off node still
+                    // holds: that view's master can no longer act.
+                    let dead_start = self.views.get(&view.id).is_some_and(|(v, _)| {
+                        v.master == view.master
+                            && v.incarnation(v.master) != view.incarnation(view.master)
+                            && v.incarnation(v.master) != Some(self.node(v.master).inc)
+                    });
+                    if dead_start {
+                        // The dead start's transactions (numbered by its view) are
+                        // gone with it; the new start's reuse their ids.
+                        self.views.remove(&view.id);
+                        self.aborted.retain(|t| t.view != view.id);
                     }
                     match self.views.get_mut(&view.id) {
                         Some((v, _)) if *v != view => {
@@ -1219,9 +1282,16 @@ impl Sim {
         let mut any_member = false;
         for n in &self.nodes {
             let Some(core) = &n.core else { continue };
-            any_member |= matches!(core.role(), Role::Master | Role::Slave | Role::TakingOver);
+            let member = matches!(core.role(), Role::Master | Role::Slave | Role::TakingOver);
+            any_member |= member;
+            // A node out of the cluster may still hold a change the cluster then
+            // aborted (a successor that applied COMMIT, lost its ack and was cut
+            // off): its data plane serves nothing and it loads the committed
+            // configuration when it joins again. Members and serving data planes
+            // never hold a failed change.
+            let serving = self.now_ms < n.kernel.lease_until_ms && !n.kernel.left;
             for tag in &self.failed {
-                if core.config().has(*tag) || n.kernel.active.has(*tag) {
+                if (member && core.config().has(*tag)) || (serving && n.kernel.active.has(*tag)) {
                     return Err(format!(
                         "change {tag} failed but node {} applied it",
                         Sim::name(n.id)
@@ -1248,6 +1318,13 @@ impl Sim {
         let Some(view) = mcore.view().cloned() else {
             return Ok(());
         };
+        let clock = Sim::clock(self.node(m).drift_ppm, self.now_ms);
+        if mcore.lease_remaining_ms(clock) == 0 {
+            // A master without a lease (frozen past it, or cut off) acts no more:
+            // it commits nothing and abdicates at its next tick. Its state is no
+            // measure of the cluster's.
+            return Ok(());
+        }
         if !mcore.quorum().reached(view.members.len() as u64) {
             // Formed alone and waiting for joins: it commits nothing yet.
             return Ok(());

@@ -49,7 +49,7 @@ fn run(seed: u64, steps: u64, trace: bool) -> Result<RunStats, String> {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
     let nodes = rng.gen_range(3..=5);
     let mid_batch_crashes = std::env::var("PLEXD_SIM_NO_MID_BATCH").is_err();
-    let partitions = std::env::var("PLEXD_SIM_PARTITIONS").is_ok();
+    let partitions = std::env::var("PLEXD_SIM_NO_PARTITIONS").is_err();
     let mut cfg = SimConfig::new(nodes, seed);
     cfg.trace = trace;
     cfg.kernel_refuse_percent = 2;
@@ -90,7 +90,7 @@ fn run(seed: u64, steps: u64, trace: bool) -> Result<RunStats, String> {
     // and with working disks.
     sim.heal();
     for id in 1..=nodes {
-        sim.node_mut(id).frozen_until_ms = 0;
+        sim.thaw(id);
         sim.node_mut(id).armed = None;
         sim.node_mut(id).crash_after_sends = None;
         sim.set_disk_access_broken(id, false);
@@ -182,9 +182,8 @@ fn inject(
         stats.crashes += 1;
     }
     // Partitions: a random side cut off both ways, or one direction of one link;
-    // healed at random, so some links flap. Frozen processes. Both only with
-    // PLEXD_SIM_PARTITIONS set: some seeds still break an invariant under them
-    // (docs/TESTING.md), so CI's default schedule leaves them out for now.
+    // healed at random, so some links flap. Frozen processes. Both on by default;
+    // PLEXD_SIM_NO_PARTITIONS=1 leaves them out (the schedule before issue 8).
     if !partitions {
         return;
     }
