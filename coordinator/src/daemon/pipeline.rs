@@ -239,6 +239,7 @@ mod tests {
             lease_left_ms: 0,
             max_view: 1,
             member_ago_ms: Some(0),
+            txns: None,
         }
     }
 
