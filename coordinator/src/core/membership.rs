@@ -51,6 +51,7 @@ impl<M: ConfigModel> Node<M> {
         };
         let view_id = self.view.as_ref().map_or(0, |v| v.id);
         let incarnation = self.cfg.incarnation;
+        let leased = self.is_master() && self.has_lease(now_ms);
         let peers: Vec<NodeId> = self.peers.keys().copied().collect();
         for p in peers {
             let (echo, lease_left_ms) = self.echo_for(p, now_ms);
@@ -70,6 +71,7 @@ impl<M: ConfigModel> Node<M> {
                         _ => self.was_member_ms.map(|t| now_ms.saturating_sub(t)),
                     },
                     txns: self.txn_state_for(p),
+                    leased,
                 },
             );
         }
@@ -222,6 +224,7 @@ impl<M: ConfigModel> Node<M> {
                 max_view,
                 member_ago_ms,
                 txns,
+                leased,
                 ..
             } => {
                 self.max_view_seen = self.max_view_seen.max(max_view);
@@ -292,12 +295,15 @@ impl<M: ConfigModel> Node<M> {
                 }
                 if let Some((my_view, my_master)) = mine {
                     // Healing: another master leads a newer view (it took over
-                    // while this node was cut off or frozen). Leave and join it.
+                    // while this node was cut off or frozen) and holds its lease.
+                    // Leave and join it. A master without a lease (one cut off
+                    // that numbered views nobody else received) gives way itself.
                     if matches!(self.state, State::Member)
                         && member
                         && master == Some(from)
                         && from != my_master
                         && view_id > my_view
+                        && leased
                     {
                         let reason = format!(
                             "node {} leads newer view {view_id} (this node held view {my_view}); rejoining",
@@ -1556,6 +1562,24 @@ impl<M: ConfigModel> Node<M> {
             State::Member | State::TakingOver { .. } => {}
             _ => {
                 log::debug!("node {me}: View from node {from} ignored in this state");
+                return;
+            }
+        }
+        // A view of another master is taken only when this node's own master is
+        // gone (a takeover): never by a master, never while this node's master is
+        // heard. A View delayed in a partition, sent before its master lost its
+        // majority, must not undo the takeover that followed (a newer master's
+        // leased heartbeat is what makes a node give way, see the healing rule).
+        if let Some(cur) = self.view.as_ref().filter(|v| v.master != from) {
+            let master_alive = !self.suspected.contains(&cur.master)
+                && self.peers.get(&cur.master).is_some_and(|p| !p.gone);
+            if cur.master == me || master_alive {
+                log::info!(
+                    "node {me}: view {} of node {from} ignored: this node follows master {} (view {})",
+                    view.id,
+                    cur.master,
+                    cur.id
+                );
                 return;
             }
         }

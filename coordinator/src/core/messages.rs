@@ -165,6 +165,11 @@ pub enum Message {
         /// From a master to the members of its view: where its transactions stand.
         #[serde(default)]
         txns: Option<TxnState>,
+        /// The sender is a master holding its lease (a majority confirmed it within
+        /// the lease). Only such a master's newer view makes another master give way
+        /// when a partition heals: a cut-off master's views may carry higher ids.
+        #[serde(default)]
+        leased: bool,
     },
     /// Slave → master: a client's request.
     Forward {

@@ -240,6 +240,7 @@ mod tests {
             max_view: 1,
             member_ago_ms: Some(0),
             txns: None,
+            leased: false,
         }
     }
 
