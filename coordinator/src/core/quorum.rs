@@ -82,6 +82,15 @@ impl<M: ConfigModel> Node<M> {
             .map(|&id| self.name(id))
             .collect();
         let q = self.quorum();
+        if q.reached(votes) {
+            // Every vote is reachable, yet no majority confirmed this node in time
+            // (messages lost or late: a lossy link, a stalled process).
+            return format!(
+                "node {}: {NO_QUORUM}: {votes} of {} votes reachable now, but no majority confirmed this node in time",
+                self.name(me),
+                q.total
+            );
+        }
         let mut line = format!(
             "node {}: {NO_QUORUM}: {votes} of {} votes, {} needed",
             self.name(me),
