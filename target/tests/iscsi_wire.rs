@@ -728,8 +728,9 @@ fn portals_are_added_and_removed_at_run_time() {
     ini.logout();
 }
 
-#[test]
-fn a_fenced_shared_volume_answers_not_ready_target_port_unavailable() {
+/// A target with a 16 MiB shared volume `sv` (one concat plex on `m0`), served only
+/// under the data-plane lease; no lease granted yet.
+fn shared_volume_target() -> Arc<Target> {
     use plexd_target::volume::{PlexKind, PlexSpec, PlexState, SubdiskSpec, VolumeSpec};
     let size = 16u64 << 20;
     let t = start_target(size);
@@ -750,6 +751,12 @@ fn a_fenced_shared_volume_answers_not_ready_target_port_unavailable() {
         shared: true,
     })
     .unwrap();
+    t
+}
+
+#[test]
+fn a_fenced_shared_volume_answers_not_ready_target_port_unavailable() {
+    let t = shared_volume_target();
     let mut cfg = config(None, None);
     cfg.targets[0].luns[0].bdev = "sv".into();
     let fe = IscsiFrontend::start(&t, &cfg).unwrap();
@@ -819,26 +826,7 @@ fn rtpg(ini: &mut Ini) -> Vec<(u16, u8, Vec<u16>)> {
 
 #[test]
 fn alua_reports_the_coordinators_groups_and_a_fenced_port_as_unavailable() {
-    use plexd_target::volume::{PlexKind, PlexSpec, PlexState, SubdiskSpec, VolumeSpec};
-    let size = 16u64 << 20;
-    let t = start_target(size);
-    t.create_volume(&VolumeSpec {
-        name: "sv".into(),
-        size_bytes: size,
-        plexes: vec![PlexSpec {
-            name: "sv-01".into(),
-            kind: PlexKind::Concat,
-            columns: vec![vec![SubdiskSpec {
-                bdev: "m0".into(),
-                offset_bytes: 0,
-                len_bytes: size,
-            }]],
-            state: PlexState::Active,
-        }],
-        read_policy: Default::default(),
-        shared: true,
-    })
-    .unwrap();
+    let t = shared_volume_target();
     t.renew_lease(60_000).unwrap();
     let mut cfg = config(None, None);
     cfg.targets[0].luns[0].bdev = "sv".into();

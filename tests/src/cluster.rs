@@ -748,9 +748,9 @@ impl Cluster {
         out
     }
 
-    /// Runs a command that must succeed; returns its stdout.
-    pub fn ctl_ok(&self, i: usize, cmd: &str) -> String {
-        let out = self.ctl(i, cmd);
+    /// The stdout of a plexctl run that must have succeeded (panics naming the node,
+    /// the exit status and stderr otherwise).
+    fn stdout_of_success(&self, i: usize, cmd: &str, out: Output) -> String {
         if !out.status.success() {
             panic!(
                 "plexctl {cmd} on node {} failed ({}): {}",
@@ -760,6 +760,12 @@ impl Cluster {
             );
         }
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs a command that must succeed; returns its stdout.
+    pub fn ctl_ok(&self, i: usize, cmd: &str) -> String {
+        let out = self.ctl(i, cmd);
+        self.stdout_of_success(i, cmd, out)
     }
 
     /// Runs a command that must succeed, asking again while plexd answers that it
@@ -778,15 +784,7 @@ impl Cluster {
                 Ok(out)
             },
         );
-        if !out.status.success() {
-            panic!(
-                "plexctl {cmd} on node {} failed ({}): {}",
-                self.nodes[i].name,
-                Proc::describe(Some(out.status)),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        self.stdout_of_success(i, cmd, out)
     }
 
     /// Runs a command that must fail with exit 1 and one line on stderr; returns it.

@@ -295,6 +295,7 @@ pub fn run(opts: Options) -> Result<(), String> {
         kernel_epoch: 0,
         kernel_lost: None,
         alua_sent: BTreeMap::new(),
+        alua_basis: None,
         reconnecting: false,
         early_lost: None,
         timer: None,
@@ -500,6 +501,9 @@ struct Daemon {
     /// The ALUA views last handed to the driver for this node's shared exports, by
     /// IQN (cleared when the data plane is reconnected, so they are sent again).
     alua_sent: BTreeMap<String, plexd_target::frontend::iscsi::alua::Alua>,
+    /// (view id, master, configuration transaction) the ALUA views were last
+    /// computed for: they depend on nothing else, so other events skip the work.
+    alua_basis: Option<(u64, NodeId, TxnId)>,
 }
 
 /// A private disk-group change and whom to answer.
@@ -761,6 +765,7 @@ impl Daemon {
             Vec::new()
         };
         self.alua_sent.clear();
+        self.alua_basis = None;
         let job = Job::Reconnect {
             epoch: self.kernel_epoch + 1,
             shared,
@@ -960,6 +965,16 @@ impl Daemon {
         if self.kernel_lost.is_some() || self.reconnecting {
             return;
         }
+        let basis = self
+            .node
+            .view()
+            .map_or((0, 0, self.node.config_txn()), |v| {
+                (v.id, v.master, self.node.config_txn())
+            });
+        if self.alua_basis == Some(basis) {
+            return;
+        }
+        self.alua_basis = Some(basis);
         let nodes: Vec<(u32, String)> = self
             .file
             .nodes
