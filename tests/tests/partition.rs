@@ -1050,11 +1050,11 @@ fn a_split_of_five_into_two_and_three_leaves_the_three_in_charge() {
     eprintln!("split: master after the heal: node {}", NODE_NAMES[master]);
 }
 
-/// The majority's master stays master when the partition heals: the pair's master,
-/// which numbered views nobody else received, holds no lease, so its higher view id
-/// makes no one give way, and its delayed View messages are ignored by nodes that
-/// follow a live master.
+/// The majority's master should stay master when the partition heals. It passed
+/// twice after the healing rules of the core changed, then failed once more: see the
+/// ignore reason (docs/TESTING.md, "Tests waiting for plexd").
 #[test]
+#[ignore = "plexd bug: after the heal of a 2 | 3 split, node a (the pair's old master) again led a view (30) it held a lease on, and the three's master c (view 27) abdicated on 'node a leads newer view 30'; seen once in three runs after the leased-heartbeat rule"]
 fn healing_a_split_of_five_keeps_the_majoritys_master() {
     let (_c, master) = split_two_three();
     assert_eq!(
