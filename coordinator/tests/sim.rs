@@ -5,6 +5,8 @@
 //! `PLEXD_SIM_SEED=N` runs that one seed (with its trace on failure);
 //! `PLEXD_SIM_NO_PARTITIONS=1` leaves partitions and freezes out of the schedules;
 //! `PLEXD_SIM_SEEDS=N` changes how many seeds the random test runs,
+//! `PLEXD_SIM_FIRST=N` the first of them (default 0), `PLEXD_SIM_ALL=1` runs every
+//! seed and names all failing ones at the end instead of stopping at the first,
 //! `PLEXD_SIM_STEPS=N` how many 10 ms steps each runs.
 
 use plexd_coordinator::core::Role;
@@ -26,9 +28,15 @@ fn random_schedules_keep_the_invariants() {
                 .ok()
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(DEFAULT_SEEDS);
-            (0..n).collect()
+            let first: u64 = std::env::var("PLEXD_SIM_FIRST")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            (first..first + n).collect()
         }
     };
+    let keep_going = std::env::var("PLEXD_SIM_ALL").is_ok_and(|v| v == "1");
+    let mut failing: Vec<(u64, String)> = Vec::new();
     let steps: u64 = std::env::var("PLEXD_SIM_STEPS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -51,8 +59,16 @@ fn random_schedules_keep_the_invariants() {
                 cov.failed_txns += c.failed_txns;
                 cov.commits += c.commits;
             }
+            Err(e) if keep_going => {
+                eprintln!("seed {seed} FAILED: {}", e.lines().next().unwrap_or(""));
+                failing.push((seed, e));
+            }
             Err(e) => panic!("{e}"),
         }
+    }
+    if let Some((_, first)) = failing.first() {
+        let seeds: Vec<u64> = failing.iter().map(|(s, _)| *s).collect();
+        panic!("{} seeds failed: {seeds:?}; the first:\n{first}", seeds.len());
     }
     eprintln!("simulator coverage: {cov:?}");
     eprintln!(
