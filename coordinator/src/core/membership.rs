@@ -55,6 +55,12 @@ impl<M: ConfigModel> Node<M> {
         let peers: Vec<NodeId> = self.peers.keys().copied().collect();
         for p in peers {
             let (echo, lease_left_ms) = self.echo_for(p, now_ms);
+            let heard = self.peers.get(&p).and_then(|peer| {
+                Some(Echo {
+                    incarnation: peer.incarnation?,
+                    stamp_ms: peer.stamp_heard_ms?,
+                })
+            });
             self.send(
                 p,
                 Message::Heartbeat {
@@ -72,9 +78,21 @@ impl<M: ConfigModel> Node<M> {
                     },
                     txns: self.txn_state_for(p),
                     leased,
+                    heard,
                 },
             );
         }
+    }
+
+    /// Whether a peer's heartbeat that says it heard `heard` from this node left
+    /// within a heartbeat timeout of now: sent after that stamp, on this node's
+    /// clock (a heartbeat buffered through a partition echoes an old stamp).
+    fn heard_lately(&self, now_ms: u64, heard: Option<Echo>) -> bool {
+        heard.is_some_and(|e| {
+            e.incarnation == self.cfg.incarnation
+                && e.stamp_ms <= now_ms
+                && now_ms - e.stamp_ms <= self.cfg.heartbeat_timeout_ms
+        })
     }
 
     fn detect_silent_peers(&mut self, now_ms: u64) {
@@ -164,6 +182,7 @@ impl<M: ConfigModel> Node<M> {
             vec![me],
         );
         self.state = State::Member;
+        self.record_membership(now_ms);
         self.master = Some(MasterState::new());
         self.out.push(Action::KernelLoad {
             config: self.committed.config.clone(),
@@ -225,6 +244,7 @@ impl<M: ConfigModel> Node<M> {
                 member_ago_ms,
                 txns,
                 leased,
+                heard,
                 ..
             } => {
                 self.max_view_seen = self.max_view_seen.max(max_view);
@@ -304,6 +324,7 @@ impl<M: ConfigModel> Node<M> {
                         && from != my_master
                         && view_id > my_view
                         && leased
+                        && self.heard_lately(now_ms, heard)
                     {
                         let reason = format!(
                             "node {} leads newer view {view_id} (this node held view {my_view}); rejoining",
@@ -953,6 +974,7 @@ impl<M: ConfigModel> Node<M> {
             .collect();
         let view = self.make_view(self.next_view_id(old.id.max(self.max_view_seen)), members);
         self.state = State::Member;
+        self.record_membership(now_ms);
         self.master = Some(MasterState::new());
         self.suspected.clear();
         self.install_view(now_ms, view);
@@ -1598,6 +1620,7 @@ impl<M: ConfigModel> Node<M> {
         let old_master = self.view.as_ref().map(|v| v.master);
         let joined = matches!(self.state, State::Joining { .. });
         self.state = State::Member;
+        self.record_membership(now_ms);
         self.master = None;
         if let Some(old) = old_master.filter(|&m| m != view.master) {
             self.resolve_txn_after_master_change(last_txn);

@@ -170,6 +170,12 @@ pub enum Message {
         /// when a partition heals: a cut-off master's views may carry higher ids.
         #[serde(default)]
         leased: bool,
+        /// The newest stamp the sender has heard from the recipient, whether or
+        /// not it confirms it: the recipient learns this heartbeat left after it
+        /// sent that stamp, so a heartbeat held in a buffer through a partition
+        /// shows its age (a stale `leased` makes nobody give way).
+        #[serde(default)]
+        heard: Option<Echo>,
     },
     /// Slave → master: a client's request.
     Forward {

@@ -95,6 +95,13 @@ pub struct NodeConfig {
     /// the transaction fails (a message lost in a partition, a member that stopped
     /// taking part); longer than the data plane's drain bound.
     pub reply_timeout_ms: u64,
+    /// How long before this start the node's previous start may last have been a
+    /// member of a view, from the record it kept ([`Action::RecordMembership`]);
+    /// None: no record (never a member since the machine booted, or the record is
+    /// gone). A restarted node may have confirmed a master's lease just before it
+    /// died; until that lease has surely run out it counts as a member of another
+    /// cluster (no cluster forms with it, no join gives a view its first majority).
+    pub member_ago_at_start_ms: Option<u64>,
 }
 
 impl NodeConfig {
@@ -114,6 +121,7 @@ impl NodeConfig {
             lease_ms: 5000,
             lease_margin_ms: 500,
             reply_timeout_ms: 15_000,
+            member_ago_at_start_ms: None,
         }
     }
 
@@ -226,6 +234,15 @@ pub enum Event<M: ConfigModel> {
 /// What the core asks the driver to do, in order.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action<M: ConfigModel> {
+    /// Record, where the next start of this node's process finds it (a file that
+    /// survives a process restart; see `NodeConfig::member_ago_at_start_ms`), that
+    /// this node may be a member of a view until `until_ms` (this node's clock).
+    /// Carry it out before any later action: the messages that follow may confirm
+    /// a master's lease.
+    RecordMembership {
+        /// Until when (this node's clock).
+        until_ms: u64,
+    },
     /// Send a message to a peer (encode with [`Message::encode`]).
     Send {
         /// The peer.
@@ -465,6 +482,8 @@ pub struct Node<M: ConfigModel> {
     last_cluster_ms: Option<u64>,
     /// When this node last left a cluster.
     was_member_ms: Option<u64>,
+    /// Until when the driver has recorded that this node may be a member.
+    membership_recorded_until_ms: u64,
     stopping: bool,
     out: Vec<Action<M>>,
 }
@@ -488,6 +507,11 @@ impl<M: ConfigModel> Node<M> {
             .filter(|n| n.id != cfg.me)
             .map(|n| (n.id, Peer::default()))
             .collect();
+        // A member until `ago` before this start: its lease promises may hold
+        // until a lease after that (see `NodeConfig::member_ago_at_start_ms`).
+        let was_member_ms = cfg
+            .member_ago_at_start_ms
+            .map(|ago| now_ms.saturating_sub(ago));
         Node {
             cfg,
             state: State::Discovering { since_ms: now_ms },
@@ -513,8 +537,9 @@ impl<M: ConfigModel> Node<M> {
             view_since_ms: now_ms,
             quorum_reason: None,
             joining_since_ms: 0,
-            last_cluster_ms: None,
-            was_member_ms: None,
+            last_cluster_ms: was_member_ms,
+            was_member_ms,
+            membership_recorded_until_ms: 0,
             stopping: false,
             out: Vec::new(),
         }
@@ -534,6 +559,7 @@ impl<M: ConfigModel> Node<M> {
             }
             return std::mem::take(&mut self.out);
         }
+        self.record_membership(now_ms);
         match event {
             Event::Tick => self.on_tick(now_ms),
             Event::Message { from, msg } => self.on_message(now_ms, from, msg),

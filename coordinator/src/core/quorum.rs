@@ -303,6 +303,22 @@ impl<M: ConfigModel> Node<M> {
                 .is_none_or(|ms| ms.fences.values().all(|&until| now_ms >= until))
     }
 
+    /// A member keeps a record, a lease ahead, that it may be a member: a restart
+    /// of its process then knows it may have confirmed a master's lease just before.
+    /// Called at every event and wherever this node becomes a member, before the
+    /// messages of the step.
+    pub(super) fn record_membership(&mut self, now_ms: u64) {
+        if !matches!(self.state, State::Member) {
+            return;
+        }
+        if self.membership_recorded_until_ms >= now_ms + self.cfg.lease_ms / 2 {
+            return;
+        }
+        let until_ms = now_ms + self.cfg.lease_ms;
+        self.membership_recorded_until_ms = until_ms;
+        self.out.push(Action::RecordMembership { until_ms });
+    }
+
     /// Master: `node` left the view; nothing conflicting commits until its lease
     /// has surely run out (it was last heard at `last_heard_ms`, or now).
     pub(super) fn fence_lost_node(&mut self, now_ms: u64, node: NodeId) {

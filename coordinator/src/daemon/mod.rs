@@ -41,6 +41,7 @@ pub mod failpoint;
 pub mod fence;
 pub mod kernel;
 pub mod lease;
+pub mod membership;
 pub mod model;
 pub mod pipeline;
 pub mod print;
@@ -258,7 +259,18 @@ pub fn run(opts: Options) -> Result<(), String> {
     }
     .start()?;
     let start = Instant::now();
-    let node = Node::new(file.node_config(me.id, inc), now_ms(start));
+    let membership_path =
+        membership::record_path(me.state_dir.as_deref(), &me.target_socket, me.id);
+    let mut node_config = file.node_config(me.id, inc);
+    node_config.member_ago_at_start_ms = membership::read_ago_ms(&membership_path);
+    if let Some(ago) = node_config.member_ago_at_start_ms {
+        log::info!(
+            "node {}: its previous start may have been a cluster member {ago} ms ago ({}): it counts as a member of another cluster until that lease has surely run out",
+            me.name,
+            membership_path.display()
+        );
+    }
+    let node = Node::new(node_config, now_ms(start));
     println!("plexd: node {} listening on {}", me.name, me.address);
     log::info!(
         "plexd: node {} (id {}) listening on {}; target {}",
@@ -280,6 +292,7 @@ pub fn run(opts: Options) -> Result<(), String> {
         transport,
         private,
         start,
+        membership_path,
         next_request: 1,
         pending: BTreeMap::new(),
         staged: None,
@@ -461,6 +474,8 @@ struct Daemon {
     transport: transport::Transport,
     private: ClusterConfig,
     start: Instant,
+    /// Where this node records that it may be a cluster member ([`membership`]).
+    membership_path: std::path::PathBuf,
     next_request: u64,
     pending: BTreeMap<RequestId, Pending>,
     staged: Option<(TxnId, SharedConfig)>,
@@ -1030,6 +1045,16 @@ impl Daemon {
                         }
                     }
                 }
+                Op::Now(Action::RecordMembership { until_ms }) => {
+                    let ahead = until_ms.saturating_sub(now_ms(self.start));
+                    if let Err(e) = membership::write(&self.membership_path, ahead) {
+                        log::error!(
+                            "node {}: cannot write the membership record {}: {e}; a restart of this plexd would not know it was a member",
+                            self.name,
+                            self.membership_path.display()
+                        );
+                    }
+                }
                 Op::Now(Action::ViewChanged { view }) => log::info!(
                     "node {}: view {} installed: master {}, members {:?}",
                     self.name,
@@ -1132,6 +1157,7 @@ impl Daemon {
                 }
             }
             other @ (Action::Send { .. }
+            | Action::RecordMembership { .. }
             | Action::Reply { .. }
             | Action::Failpoint(_)
             | Action::ViewChanged { .. }

@@ -241,6 +241,7 @@ mod tests {
             member_ago_ms: Some(0),
             txns: None,
             leased: false,
+            heard: None,
         }
     }
 

@@ -213,6 +213,9 @@ pub struct SimNode {
     pub frozen_until_ms: u64,
     /// Clock rate error of this node, parts per million.
     pub drift_ppm: i64,
+    /// The membership record the core asked for (its clock): it survives crashes,
+    /// as the daemon's file survives a process restart.
+    pub membership_record: Option<u64>,
     /// The next client request id.
     next_request: u64,
     holds: BTreeSet<Hold>,
@@ -253,6 +256,11 @@ pub struct Sim {
     violation: Option<String>,
     /// Directed links that drop every message (partitions).
     blocked: BTreeSet<(NodeId, NodeId)>,
+    /// Cut links whose messages wait in the sender's buffers (a TCP connection that
+    /// outlives the cut) instead of being lost, delivered in order at the heal.
+    buffering: BTreeSet<(NodeId, NodeId)>,
+    /// The messages waiting on buffering links.
+    buffered: Vec<SimEvent>,
     /// Queue keys of events that wait for a frozen node to thaw.
     deferred: BTreeSet<(u64, u64)>,
     /// Every configuration that reached the disk, by sequence number.
@@ -278,6 +286,7 @@ impl Sim {
                 disk_access_broken: false,
                 frozen_until_ms: 0,
                 drift_ppm: 0,
+                membership_record: None,
                 next_request: 0,
                 holds: BTreeSet::new(),
                 held: Vec::new(),
@@ -304,6 +313,8 @@ impl Sim {
             logs: Vec::new(),
             violation: None,
             blocked: BTreeSet::new(),
+            buffering: BTreeSet::new(),
+            buffered: Vec::new(),
             deferred: BTreeSet::new(),
             committed: BTreeMap::new(),
             events: 0,
@@ -461,6 +472,10 @@ impl Sim {
             ..cfg
         };
         let clock = Sim::clock(n.drift_ppm, now);
+        let cfg = NodeConfig {
+            member_ago_at_start_ms: n.membership_record.map(|until| clock.saturating_sub(until)),
+            ..cfg
+        };
         n.core = Some(Node::new(cfg, clock));
         n.held.clear();
         let inc = n.inc;
@@ -497,12 +512,25 @@ impl Sim {
         }
     }
 
-    /// Restores every link.
+    /// Cuts every link between the nodes of `side` and the others, both ways, with
+    /// the messages sent meanwhile kept in buffers and delivered at the heal, in
+    /// order (a partition that TCP connections outlive).
+    pub fn partition_buffered(&mut self, side: &[NodeId]) {
+        self.partition(side);
+        self.buffering.extend(self.blocked.iter().copied());
+    }
+
+    /// Restores every link; messages buffered on them arrive now, in order.
     pub fn heal(&mut self) {
         if !self.blocked.is_empty() {
             self.note("network healed".into());
         }
         self.blocked.clear();
+        self.buffering.clear();
+        let now = self.now_ms;
+        for ev in std::mem::take(&mut self.buffered) {
+            self.push(now, ev);
+        }
     }
 
     /// Thaws node `id` now (SIGCONT): the events that waited for it come first, in
@@ -770,6 +798,10 @@ impl Sim {
             }
         }
         if let SimEvent::Deliver { from, to, .. } = &ev {
+            if self.buffering.contains(&(*from, *to)) {
+                self.buffered.push(ev);
+                return;
+            }
             if self.blocked.contains(&(*from, *to)) {
                 return;
             }
@@ -976,6 +1008,9 @@ impl Sim {
                 return;
             }
             match action {
+                Action::RecordMembership { until_ms } => {
+                    self.node_mut(id).membership_record = Some(until_ms);
+                }
                 Action::Send { to, msg } => {
                     if let Message::Abort { txn } = &msg {
                         // A master's decision, whether or not the message arrives.
@@ -990,7 +1025,10 @@ impl Sim {
                         }
                         self.node_mut(id).crash_after_sends = Some(k - 1);
                     }
-                    if self.is_up(to) && !self.blocked.contains(&(id, to)) {
+                    let link = (id, to);
+                    if self.is_up(to)
+                        && (!self.blocked.contains(&link) || self.buffering.contains(&link))
+                    {
                         let inc = self.node(to).inc;
                         let at = self.channel_time(id, to, self.now_ms);
                         let bytes = msg.encode();
