@@ -982,3 +982,50 @@ fn nodes_restarted_inside_a_frozen_masters_lease_form_no_cluster_before_it_ran_o
     settle(&mut sim, &[A, B, C]);
     assert_eq!(sim.violation(), None);
 }
+
+/// Seed 90212 (the last of 100,000 to fail): successor d, granted the takeover by
+/// a majority, issued its disk write completing the lost master's committed
+/// transaction and was frozen with the write queued; the voters, no longer hearing
+/// d, helped a new cluster form from disks that did not hold the transaction yet;
+/// d's write landed 2.9 s later and d answered success for a change the new
+/// cluster never had. A write now carries a deadline (a takeover's: a lease after
+/// its votes were asked for; a master's: its lease end) checked just before each
+/// disk's write, and a voter counts as a member of the takeover's cluster for a
+/// lease after it voted.
+#[test]
+fn a_takeover_write_held_up_by_a_freeze_never_lands_after_its_deadline() {
+    let mut sim = traced_cluster(3);
+    sim.arm_failpoint(A, "txn.after_successor_ack");
+    sim.hold(B, Hold::DiskWrite);
+    let _ = sim.create(C, "dg1", 1);
+    assert!(
+        sim.run_until(5_000, |s| s.held(B) == 1),
+        "a dies after b acknowledged COMMIT; b takes over and issues its disk write:\n{}",
+        sim.trace_text()
+    );
+    // b is frozen with the write queued; a restarts and forms a cluster with c.
+    sim.freeze(B, 6_000);
+    sim.release(B);
+    sim.start(A);
+    assert!(
+        sim.run_until(5_500, |s| s.violation().is_some()
+            || quorate_master(s, A, 3)
+            || quorate_master(s, C, 3)),
+        "a and c form a cluster while b is frozen:\n{}",
+        sim.trace_text()
+    );
+    let m = if quorate_master(&sim, A, 3) { A } else { C };
+    let r = sim.create(m, "dg2", 1);
+    assert_eq!(answer(&mut sim, m, r), Ok(()), "{}", sim.trace_text());
+    // b wakes: its write's deadline has passed, no disk takes it (it would write
+    // a seq 1 without dg2 over the new cluster's), and b gives the takeover up
+    // and rejoins.
+    sim.thaw(B);
+    settle(&mut sim, &[A, B, C]);
+    assert_eq!(sim.violation(), None, "{}", sim.trace_text());
+    assert!(
+        sim.trace_text().contains("past its deadline: refused"),
+        "the write waited past its deadline:\n{}",
+        sim.trace_text()
+    );
+}

@@ -603,6 +603,7 @@ impl<M: ConfigModel> Node<M> {
                 if granted {
                     self.granted = Some((master, from));
                     self.deposed.insert(master);
+                    self.hold_for_takeover(now_ms);
                 }
                 let master_silent_ms = self
                     .peers
@@ -691,6 +692,7 @@ impl<M: ConfigModel> Node<M> {
                     outsiders,
                     heard_master_ms,
                     round,
+                    started_ms,
                     ..
                 },
         } = std::mem::replace(&mut self.state, State::Member)
@@ -786,6 +788,7 @@ impl<M: ConfigModel> Node<M> {
             self.state = State::TakingOver {
                 step: TakeoverStep::ReadingDisks {
                     confirmed_ms: now_ms,
+                    asked_ms: started_ms,
                 },
             };
             self.out.push(Action::ReadDisks);
@@ -849,8 +852,12 @@ impl<M: ConfigModel> Node<M> {
         match self.state {
             State::Forming => self.finish_forming(now_ms, result),
             State::TakingOver {
-                step: TakeoverStep::ReadingDisks { confirmed_ms },
-            } => self.takeover_decide(now_ms, confirmed_ms, result),
+                step:
+                    TakeoverStep::ReadingDisks {
+                        confirmed_ms,
+                        asked_ms,
+                    },
+            } => self.takeover_decide(now_ms, confirmed_ms, asked_ms, result),
             State::Member
                 if self
                     .master
@@ -871,6 +878,7 @@ impl<M: ConfigModel> Node<M> {
         &mut self,
         now_ms: u64,
         confirmed_ms: u64,
+        asked_ms: u64,
         result: Result<Option<DiskRecord<M>>, String>,
     ) {
         let me = self.cfg.me;
@@ -944,11 +952,15 @@ impl<M: ConfigModel> Node<M> {
         self.state = State::TakingOver {
             step: TakeoverStep::WritingDisks,
         };
+        // The voters count as members of this takeover for a lease after they
+        // answered (no cluster forms with them meanwhile), and they answered after
+        // the queries left: the write must not reach a disk after that.
         self.out.push(Action::WriteDisks {
             record: DiskRecord {
                 txn: self.committed.txn,
                 config: self.committed.config.clone(),
             },
+            deadline_ms: Some(asked_ms + self.cfg.lease_ms),
         });
     }
 
@@ -957,6 +969,16 @@ impl<M: ConfigModel> Node<M> {
     pub(super) fn finish_takeover(&mut self, now_ms: u64, result: Result<(), String>) {
         let me = self.cfg.me;
         if let Err(e) = result {
+            if e.contains(WRITE_DEADLINE) || e.contains(NEWER_EPOCH) {
+                // Frozen or stalled with the write queued, or replaced: the votes
+                // no longer hold and another master may have formed.
+                let reason = format!(
+                    "node {}: rewriting the configuration during takeover: {e}; giving the takeover up",
+                    self.name(me)
+                );
+                self.leave_cluster(now_ms, reason);
+                return;
+            }
             let line = format!(
                 "node {}: rewriting the configuration during takeover failed: {e}",
                 self.name(me)

@@ -39,6 +39,11 @@ pub const OUTCOME_UNKNOWN: &str = "outcome unknown";
 /// written by a master of a newer epoch: this master has been replaced and abdicates.
 pub const NEWER_EPOCH: &str = "newer epoch";
 
+/// Text in a [`Event::DiskWritten`] error when the write's deadline passed before it
+/// reached a disk (this node was frozen or stalled with the write queued): the
+/// authority it was issued under may have passed to another master.
+pub const WRITE_DEADLINE: &str = "write deadline passed";
+
 /// Text in every refusal for want of quorum.
 pub const NO_QUORUM: &str = "no quorum";
 
@@ -293,6 +298,11 @@ pub enum Action<M: ConfigModel> {
     WriteDisks {
         /// The record to write.
         record: DiskRecord<M>,
+        /// This node's clock: no disk is written from then on (the driver checks it
+        /// just before each disk's write and answers [`WRITE_DEADLINE`]): a
+        /// takeover's votes hold until then. None: while this node's lease holds
+        /// (a master; the lease it holds when the write starts).
+        deadline_ms: Option<u64>,
     },
     /// Read the newest configuration record from the disks; answer with [`Event::DisksRead`].
     ReadDisks,
@@ -418,9 +428,11 @@ enum TakeoverStep {
         until_ms: u64,
         round: u32,
     },
-    /// Reading the disks; a majority confirmed its votes at `confirmed_ms`.
+    /// Reading the disks; a majority confirmed its votes at `confirmed_ms`, in
+    /// answer to queries sent at `asked_ms`.
     ReadingDisks {
         confirmed_ms: u64,
+        asked_ms: u64,
     },
     WritingDisks,
 }

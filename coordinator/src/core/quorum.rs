@@ -319,6 +319,23 @@ impl<M: ConfigModel> Node<M> {
         self.out.push(Action::RecordMembership { until_ms });
     }
 
+    /// A node that gives a successor its takeover vote counts as a member of that
+    /// cluster for a lease from now (its heartbeats say so, it forms no cluster,
+    /// a restart remembers it): the successor writes the disks within a lease of
+    /// asking ([`Action::WriteDisks`]'s deadline), so no cluster formed meanwhile
+    /// reads disks that write is still to reach.
+    pub(super) fn hold_for_takeover(&mut self, now_ms: u64) {
+        if !matches!(self.state, State::Member | State::TakingOver { .. }) {
+            self.was_member_ms = Some(self.was_member_ms.map_or(now_ms, |t| t.max(now_ms)));
+            self.last_cluster_ms = Some(self.last_cluster_ms.map_or(now_ms, |t| t.max(now_ms)));
+        }
+        let until_ms = now_ms + self.cfg.lease_ms;
+        if self.membership_recorded_until_ms < until_ms {
+            self.membership_recorded_until_ms = until_ms;
+            self.out.push(Action::RecordMembership { until_ms });
+        }
+    }
+
     /// Master: `node` left the view; nothing conflicting commits until its lease
     /// has surely run out (it was last heard at `last_heard_ms`, or now).
     pub(super) fn fence_lost_node(&mut self, now_ms: u64, node: NodeId) {

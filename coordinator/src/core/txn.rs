@@ -579,7 +579,12 @@ impl<M: ConfigModel> Node<M> {
             txn: t.id,
             config: t.new_config.clone(),
         };
-        self.out.push(Action::WriteDisks { record });
+        // Written under the lease only: a write that waited past it (a frozen
+        // process) may land after another master took over.
+        self.out.push(Action::WriteDisks {
+            record,
+            deadline_ms: None,
+        });
     }
 
     fn master_txn(&mut self, txn: TxnId) -> Option<&mut MasterTxn<M>> {
@@ -673,7 +678,11 @@ impl<M: ConfigModel> Node<M> {
         if t.phase != Phase::DiskWrite {
             return;
         }
-        if let Some(e) = result.as_ref().err().filter(|e| e.contains(NEWER_EPOCH)) {
+        if let Some(e) = result
+            .as_ref()
+            .err()
+            .filter(|e| e.contains(NEWER_EPOCH) || e.contains(WRITE_DEADLINE))
+        {
             let reason = format!(
                 "node {}: transaction {txn}: {e}: another master has replaced this one",
                 self.me_name()

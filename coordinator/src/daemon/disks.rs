@@ -400,13 +400,14 @@ pub fn write_updates(
     node: &str,
     files: &[PathBuf],
     repairs: &mut Repairs,
+    deadline: Option<std::time::Instant>,
 ) -> Result<(), String> {
     let mut errors = Vec::new();
     let local = LocalDisks::scan(files);
     for u in updates {
         match u {
             DiskUpdate::WriteConfig(dg) => {
-                match ondisk::write_config(&local.localize(dg).disk_paths(), dg, txn) {
+                match ondisk::write_config(&local.localize(dg).disk_paths(), dg, txn, deadline) {
                     Ok(report) => {
                         for (path, disk_id, what) in &report.repaired {
                             let name = dg
@@ -454,11 +455,13 @@ pub fn write_updates(
 
 /// Writes the core's record ([`crate::core::Action::WriteDisks`]) on node `node`,
 /// whose disks are `files`.
+/// No disk is written after `deadline` ([`crate::core::WRITE_DEADLINE`]).
 pub fn write_record(
     record: &DiskRecord<SharedConfig>,
     node: &str,
     files: &[PathBuf],
     repairs: &mut Repairs,
+    deadline: std::time::Instant,
 ) -> Result<(), String> {
     write_updates(
         &record.config.updates,
@@ -466,6 +469,7 @@ pub fn write_record(
         node,
         files,
         repairs,
+        Some(deadline),
     )
 }
 

@@ -82,6 +82,9 @@ pub enum Job {
     WriteDisks {
         /// The record.
         record: DiskRecord<SharedConfig>,
+        /// No disk is written after it (the core's `deadline_ms`); None: after
+        /// this node's lease, as published when the write starts.
+        deadline: Option<Instant>,
     },
     /// Read the newest shared record.
     ReadDisks {
@@ -276,6 +279,9 @@ pub struct Driver {
     pub tx: SyncSender<Input>,
     /// The failpoint armed in this process.
     pub failpoint: Option<Failpoint>,
+    /// This node's lease as the main loop last published it (a master's disk
+    /// writes are checked against it).
+    pub lease: super::lease::LeaseView,
 }
 
 impl Driver {
@@ -435,10 +441,16 @@ impl Driver {
                 }
                 Done::KernelLoaded { result }
             }
-            Job::WriteDisks { record } => {
+            Job::WriteDisks { record, deadline } => {
                 self.failpoint_sleep("driver.write_disks");
                 let mut repairs = self.repairs.lock().unwrap_or_else(|p| p.into_inner());
-                let result = disks::write_record(&record, &self.name, &self.files(), &mut repairs);
+                let files = self.files();
+                // A lease never published (or none) gives a deadline already past.
+                let deadline = deadline
+                    .or_else(|| self.lease.end())
+                    .unwrap_or_else(|| Instant::now() - Duration::from_millis(1));
+                let result =
+                    disks::write_record(&record, &self.name, &files, &mut repairs, deadline);
                 drop(repairs);
                 if let Err(e) = &result {
                     log::error!(
@@ -558,7 +570,8 @@ impl Driver {
             return Err(e);
         }
         let mut repairs = self.repairs.lock().unwrap_or_else(|p| p.into_inner());
-        let written = disks::write_updates(&updates, txn, &self.name, &self.files(), &mut repairs);
+        let written =
+            disks::write_updates(&updates, txn, &self.name, &self.files(), &mut repairs, None);
         drop(repairs);
         if let Err(e) = written {
             self.kernel.abort();

@@ -77,6 +77,38 @@ impl Renewer {
     pub fn set_client(&self, client: Option<Arc<KernelClient>>) {
         self.lock().client = client;
     }
+
+    /// A read-only view of the newest published lease, for other threads.
+    pub fn view(&self) -> LeaseView {
+        LeaseView {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+/// Until when this node's lease holds, as the main loop last published it: what the
+/// driver checks a master's disk write against (a process frozen past its lease
+/// publishes nothing new, so the end it finds has passed).
+#[derive(Clone)]
+pub struct LeaseView {
+    shared: Arc<Shared>,
+}
+
+impl LeaseView {
+    /// The end of the newest published lease; None when none was published or the
+    /// last one was none (0 ms). A lease too long to represent ends in a year.
+    pub fn end(&self) -> Option<Instant> {
+        let st = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (left_ms, at) = st.value?;
+        if left_ms == 0 {
+            return None;
+        }
+        let year = Duration::from_secs(365 * 86_400);
+        Some(
+            at.checked_add(Duration::from_millis(left_ms).min(year))
+                .unwrap_or(at + year),
+        )
+    }
 }
 
 impl Drop for Renewer {

@@ -256,6 +256,7 @@ pub fn run(opts: Options) -> Result<(), String> {
         view: Arc::clone(&view),
         tx: tx.clone(),
         failpoint: failpoint.clone(),
+        lease: lease.view(),
     }
     .start()?;
     let start = Instant::now();
@@ -1133,7 +1134,18 @@ impl Daemon {
                 shared: config.groups.clone(),
                 private: self.private.disk_groups.clone(),
             },
-            Action::WriteDisks { record } => Job::WriteDisks { record },
+            Action::WriteDisks {
+                record,
+                deadline_ms,
+            } => Job::WriteDisks {
+                record,
+                // The core's clock counts from `start` (see `now_ms`).
+                deadline: deadline_ms.map(|ms| {
+                    self.start
+                        .checked_add(Duration::from_millis(ms))
+                        .unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 86_400))
+                }),
+            },
             Action::ReadDisks => {
                 let mut known: Vec<(TxnId, SharedConfig)> = self.history.iter().cloned().collect();
                 known.push((self.node.config_txn(), self.node.config().clone()));

@@ -308,6 +308,7 @@ mod tests {
                     txn: txn(),
                     config: SharedConfig::default(),
                 },
+                deadline_ms: None,
             },
             send(2, commit()),
         ]);

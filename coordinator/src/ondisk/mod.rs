@@ -101,8 +101,9 @@ pub enum OnDiskError {
         details: String,
     },
     /// A disk holds this shared group's configuration from a master of a newer
-    /// epoch: the writer has been replaced (the message contains
-    /// [`crate::core::NEWER_EPOCH`], on which the core's master abdicates).
+    /// epoch (the message contains [`crate::core::NEWER_EPOCH`]), or the write's
+    /// deadline passed before a disk was written ([`crate::core::WRITE_DEADLINE`]):
+    /// the writer has been, or may have been, replaced, and the core gives up.
     #[error("disk group {dg}: configuration seq {seq} of epoch {epoch} refused: {details}")]
     NewerEpoch {
         /// Disk group name.
@@ -710,6 +711,7 @@ pub fn write_config(
     paths: &[PathBuf],
     config: &DiskGroupConfig,
     txn_id: u64,
+    deadline: Option<std::time::Instant>,
 ) -> Result<WriteReport, OnDiskError> {
     if paths.is_empty() {
         return Err(OnDiskError::NoDisks);
@@ -735,9 +737,9 @@ pub fn write_config(
             let handles: Vec<_> = chunk
                 .iter()
                 .skip(1)
-                .map(|path| scope.spawn(|| write_one(path, config, &payload, txn_id)))
+                .map(|path| scope.spawn(|| write_one(path, config, &payload, txn_id, deadline)))
                 .collect();
-            let first = write_one(&chunk[0], config, &payload, txn_id);
+            let first = write_one(&chunk[0], config, &payload, txn_id, deadline);
             std::iter::once(first)
                 .chain(handles.into_iter().zip(&chunk[1..]).map(|(h, path)| {
                     h.join().unwrap_or_else(|_| {
@@ -766,7 +768,10 @@ pub fn write_config(
     let newer: Vec<String> = report
         .failed
         .iter()
-        .filter(|(_, e)| e.to_string().contains(crate::core::NEWER_EPOCH))
+        .filter(|(_, e)| {
+            let e = e.to_string();
+            e.contains(crate::core::NEWER_EPOCH) || e.contains(crate::core::WRITE_DEADLINE)
+        })
         .map(|(_, e)| e.to_string())
         .collect();
     if !newer.is_empty() {
@@ -806,6 +811,7 @@ fn write_one(
     config: &DiskGroupConfig,
     payload: &[u8],
     txn_id: u64,
+    deadline: Option<std::time::Instant>,
 ) -> Result<Written, OnDiskError> {
     let device = Device::open(path, true)?;
     let (mut label, label_intact) = device.read_label_copies()?;
@@ -896,6 +902,16 @@ fn write_one(
     let padded = (buf.len() as u64).div_ceil(BLOCK_BYTES) * BLOCK_BYTES;
     buf.resize(padded as usize, 0);
     let what = format!("slot {target}");
+    // The last moment to give up: a writer stalled (frozen) past its deadline may
+    // no longer hold the authority it started the write under.
+    if deadline.is_some_and(|d| std::time::Instant::now() > d) {
+        return Err(device.refused(format!(
+            "configuration seq {} of disk group {} not written: {}",
+            config.seq,
+            config.name,
+            crate::core::WRITE_DEADLINE
+        )));
+    }
     device.write_at(label.slot_offset_bytes(target), &buf, &what)?;
     device.sync(&what)?;
     let mut repaired = Vec::new();

@@ -152,7 +152,7 @@ fn config_round_trips_across_disks_and_updates_labels() {
     let dir = TempDir::new();
     let (paths, c) = group(&dir, 3);
     let g = &c.disk_groups[0];
-    let report = write_config(&paths, g, 17).unwrap();
+    let report = write_config(&paths, g, 17, None).unwrap();
     assert!(report.all_ok());
     let read = read_config(&paths).unwrap();
     assert_eq!(&read.config, g);
@@ -169,6 +169,24 @@ fn config_round_trips_across_disks_and_updates_labels() {
 }
 
 #[test]
+fn a_write_past_its_deadline_reaches_no_disk() {
+    let dir = TempDir::new();
+    let (paths, c1) = group(&dir, 2);
+    write_config(&paths, &c1.disk_groups[0], 1, None).unwrap();
+    let c2 = next(&c1, "v2");
+    let past = std::time::Instant::now() - std::time::Duration::from_millis(1);
+    let err = write_config(&paths, &c2.disk_groups[0], 2, Some(past)).unwrap_err();
+    assert!(
+        err.to_string().contains(crate::core::WRITE_DEADLINE),
+        "{err}"
+    );
+    assert_eq!(read_config(&paths).unwrap().config, c1.disk_groups[0]);
+    let future = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    write_config(&paths, &c2.disk_groups[0], 2, Some(future)).unwrap();
+    assert_eq!(read_config(&paths).unwrap().config, c2.disk_groups[0]);
+}
+
+#[test]
 fn slots_are_written_alternately() {
     let dir = TempDir::new();
     let (paths, c1) = group(&dir, 2);
@@ -176,15 +194,15 @@ fn slots_are_written_alternately() {
     let c3 = next(&c2, "v3");
     let slots = |r: &WriteReport| r.written.iter().map(|(_, s)| *s).collect::<Vec<_>>();
     assert_eq!(
-        slots(&write_config(&paths, &c1.disk_groups[0], 1).unwrap()),
+        slots(&write_config(&paths, &c1.disk_groups[0], 1, None).unwrap()),
         [0, 0]
     );
     assert_eq!(
-        slots(&write_config(&paths, &c2.disk_groups[0], 2).unwrap()),
+        slots(&write_config(&paths, &c2.disk_groups[0], 2, None).unwrap()),
         [1, 1]
     );
     assert_eq!(
-        slots(&write_config(&paths, &c3.disk_groups[0], 3).unwrap()),
+        slots(&write_config(&paths, &c3.disk_groups[0], 3, None).unwrap()),
         [0, 0]
     );
     let read = read_config(&paths).unwrap();
@@ -205,8 +223,8 @@ fn torn_newest_slot_falls_back_to_the_previous_configuration() {
     let dir = TempDir::new();
     let (paths, c1) = group(&dir, 2);
     let c2 = next(&c1, "v2");
-    write_config(&paths, &c1.disk_groups[0], 1).unwrap();
-    write_config(&paths, &c2.disk_groups[0], 2).unwrap();
+    write_config(&paths, &c1.disk_groups[0], 1, None).unwrap();
+    write_config(&paths, &c2.disk_groups[0], 2, None).unwrap();
     // Tear the payload of the newest slot (slot 1) on every disk.
     for p in &paths {
         corrupt(p, slot_offset(p, 1) + BLOCK_BYTES + 100, &[0xff; 512]);
@@ -219,7 +237,7 @@ fn torn_newest_slot_falls_back_to_the_previous_configuration() {
         SlotStatus::Invalid { reason } if reason.contains("payload checksum mismatch")
     ));
     // The next write goes over the torn slot, not over the good one.
-    let report = write_config(&paths, &c2.disk_groups[0], 2).unwrap();
+    let report = write_config(&paths, &c2.disk_groups[0], 2, None).unwrap();
     assert_eq!(report.written[0].1, 1);
     assert_eq!(read_config(&paths).unwrap().config, c2.disk_groups[0]);
     // ... and says so, per disk.
@@ -228,7 +246,7 @@ fn torn_newest_slot_falls_back_to_the_previous_configuration() {
     // A damaged label copy is repaired (and reported) by the next write too.
     corrupt(&paths[0], BLOCK_BYTES + 8, &[0xee; 16]);
     let c3 = next(&c2, "v3");
-    let report = write_config(&paths, &c3.disk_groups[0], 3).unwrap();
+    let report = write_config(&paths, &c3.disk_groups[0], 3, None).unwrap();
     let labels: Vec<_> = report
         .repaired
         .iter()
@@ -243,8 +261,8 @@ fn torn_header_is_detected() {
     let dir = TempDir::new();
     let (paths, c1) = group(&dir, 1);
     let c2 = next(&c1, "v2");
-    write_config(&paths, &c1.disk_groups[0], 1).unwrap();
-    write_config(&paths, &c2.disk_groups[0], 2).unwrap();
+    write_config(&paths, &c1.disk_groups[0], 1, None).unwrap();
+    write_config(&paths, &c2.disk_groups[0], 2, None).unwrap();
     // Half a header: the first sector new, the rest old... here: zero the second half
     // of the header's first sector.
     corrupt(&paths[0], slot_offset(&paths[0], 1) + 256, &[0; 256]);
@@ -261,15 +279,15 @@ fn newest_slot_on_any_disk_wins_and_lagging_disks_are_reported() {
     let dir = TempDir::new();
     let (paths, c1) = group(&dir, 3);
     let c2 = next(&c1, "v2");
-    write_config(&paths, &c1.disk_groups[0], 1).unwrap();
+    write_config(&paths, &c1.disk_groups[0], 1, None).unwrap();
     // The master died after writing one disk.
-    write_config(&paths[1..2], &c2.disk_groups[0], 2).unwrap();
+    write_config(&paths[1..2], &c2.disk_groups[0], 2, None).unwrap();
     let read = read_config(&paths).unwrap();
     assert_eq!(read.config, c2.disk_groups[0]);
     let current: Vec<bool> = read.disks.iter().map(|d| d.current).collect();
     assert_eq!(current, [false, true, false]);
     // The new master rewrites it idempotently everywhere.
-    let report = write_config(&paths, &c2.disk_groups[0], 2).unwrap();
+    let report = write_config(&paths, &c2.disk_groups[0], 2, None).unwrap();
     assert!(report.all_ok());
     assert!(read_config(&paths).unwrap().disks.iter().all(|d| d.current));
 }
@@ -279,15 +297,15 @@ fn idempotent_rewrite_is_allowed_but_stale_or_conflicting_writes_are_refused() {
     let dir = TempDir::new();
     let (paths, c1) = group(&dir, 1);
     let c2 = next(&c1, "v2");
-    write_config(&paths, &c2.disk_groups[0], 5).unwrap();
-    let again = write_config(&paths, &c2.disk_groups[0], 5).unwrap();
+    write_config(&paths, &c2.disk_groups[0], 5, None).unwrap();
+    let again = write_config(&paths, &c2.disk_groups[0], 5, None).unwrap();
     assert_eq!(again.written[0].1, 1, "rewrite goes to the other slot");
-    let err = write_config(&paths, &c2.disk_groups[0], 6).unwrap_err();
+    let err = write_config(&paths, &c2.disk_groups[0], 6, None).unwrap_err();
     assert!(
         err.to_string().contains("from transaction 5, not 6"),
         "{err}"
     );
-    let err = write_config(&paths, &c1.disk_groups[0], 4).unwrap_err();
+    let err = write_config(&paths, &c1.disk_groups[0], 4, None).unwrap_err();
     assert!(err.to_string().contains("newer than seq"), "{err}");
     assert_eq!(read_config(&paths).unwrap().txn_id, 5);
 }
@@ -296,8 +314,8 @@ fn idempotent_rewrite_is_allowed_but_stale_or_conflicting_writes_are_refused() {
 fn conflicting_transactions_with_the_same_seq_are_an_error() {
     let dir = TempDir::new();
     let (paths, c1) = group(&dir, 2);
-    write_config(&paths[..1], &c1.disk_groups[0], 1).unwrap();
-    write_config(&paths[1..], &c1.disk_groups[0], 2).unwrap();
+    write_config(&paths[..1], &c1.disk_groups[0], 1, None).unwrap();
+    write_config(&paths[1..], &c1.disk_groups[0], 2, None).unwrap();
     let err = read_config(&paths).unwrap_err();
     assert!(matches!(err, OnDiskError::Conflict { .. }), "{err}");
 }
@@ -309,7 +327,7 @@ fn write_refuses_a_disk_outside_the_group() {
     let stranger = dir.disk("stranger", DISK_BYTES);
     init_disk(&stranger, "disk77", InitOptions::default()).unwrap();
     paths.push(stranger.clone());
-    let report = write_config(&paths, &c.disk_groups[0], 1).unwrap();
+    let report = write_config(&paths, &c.disk_groups[0], 1, None).unwrap();
     assert_eq!(report.written.len(), 1);
     let (path, err) = &report.failed[0];
     assert_eq!(path, &stranger);
@@ -317,7 +335,7 @@ fn write_refuses_a_disk_outside_the_group() {
         err.to_string().contains("is not a disk of disk group dg1"),
         "{err}"
     );
-    let err = write_config(&paths[1..], &c.disk_groups[0], 1).unwrap_err();
+    let err = write_config(&paths[1..], &c.disk_groups[0], 1, None).unwrap_err();
     assert!(matches!(err, OnDiskError::WriteFailed { .. }), "{err}");
 }
 
@@ -325,7 +343,7 @@ fn write_refuses_a_disk_outside_the_group() {
 fn all_slots_corrupt_is_a_clear_error_naming_each_disk() {
     let dir = TempDir::new();
     let (paths, c) = group(&dir, 2);
-    write_config(&paths, &c.disk_groups[0], 1).unwrap();
+    write_config(&paths, &c.disk_groups[0], 1, None).unwrap();
     for p in &paths {
         corrupt(p, slot_offset(p, 0) + 20, b"garbage!");
     }
@@ -343,12 +361,12 @@ fn all_slots_corrupt_is_a_clear_error_naming_each_disk() {
 fn a_corrupt_primary_label_is_recovered_from_the_backup() {
     let dir = TempDir::new();
     let (paths, c) = group(&dir, 1);
-    write_config(&paths, &c.disk_groups[0], 1).unwrap();
+    write_config(&paths, &c.disk_groups[0], 1, None).unwrap();
     let before = read_label(&paths[0]).unwrap();
     corrupt(&paths[0], 300, b"scribble");
     assert_eq!(read_label(&paths[0]).unwrap(), before);
     // The next configuration write repairs the damaged copy.
-    write_config(&paths, &c.disk_groups[0], 1).unwrap();
+    write_config(&paths, &c.disk_groups[0], 1, None).unwrap();
     let mut primary = vec![0u8; BLOCK_BYTES as usize];
     File::open(&paths[0])
         .unwrap()
@@ -397,7 +415,7 @@ fn blank_and_truncated_disks_are_reported_with_the_reason() {
 fn release_clears_the_disk_group_and_the_slots() {
     let dir = TempDir::new();
     let (paths, c) = group(&dir, 2);
-    write_config(&paths, &c.disk_groups[0], 1).unwrap();
+    write_config(&paths, &c.disk_groups[0], 1, None).unwrap();
     let label = release_disk(&paths[0], &ReleaseExpect::default()).unwrap();
     assert_eq!(label.disk_group, None);
     assert_eq!(read_label(&paths[0]).unwrap().disk_group, None);
@@ -412,7 +430,7 @@ fn release_clears_the_disk_group_and_the_slots() {
 fn init_refuses_a_disk_in_a_group_unless_forced() {
     let dir = TempDir::new();
     let (paths, c) = group(&dir, 1);
-    write_config(&paths, &c.disk_groups[0], 1).unwrap();
+    write_config(&paths, &c.disk_groups[0], 1, None).unwrap();
     let err = init_disk(&paths[0], "disk01", InitOptions::default()).unwrap_err();
     assert!(err.to_string().contains("is in disk group dg1"), "{err}");
     assert!(!err.to_string().contains("(or force)"), "{err}");
@@ -430,7 +448,7 @@ fn init_refuses_a_disk_in_a_group_unless_forced() {
     );
     assert!(read_label(&paths[0]).unwrap().disk_group.is_some());
     // A deported group's disk: refused without force, re-initialised with it.
-    write_config(&paths, &c.disk_groups[0].deported(), 2).unwrap();
+    write_config(&paths, &c.disk_groups[0].deported(), 2, None).unwrap();
     let err = init_disk(&paths[0], "disk01", InitOptions::default()).unwrap_err();
     assert!(err.to_string().contains("deported"), "{err}");
     let fresh = init_disk(&paths[0], "disk01", forced).unwrap();
@@ -441,7 +459,7 @@ fn init_refuses_a_disk_in_a_group_unless_forced() {
 fn read_config_of_picks_one_group() {
     let dir = TempDir::new();
     let (paths, c) = group(&dir, 1);
-    write_config(&paths, &c.disk_groups[0], 1).unwrap();
+    write_config(&paths, &c.disk_groups[0], 1, None).unwrap();
     let id = c.disk_groups[0].id.clone();
     assert!(read_config_of(&paths, Some(&id)).is_ok());
     let err = read_config_of(&paths, Some("someoneelse"))
@@ -455,8 +473,8 @@ fn random_damage_to_the_private_region_never_panics() {
     let dir = TempDir::new();
     let (paths, c1) = group(&dir, 2);
     let c2 = next(&c1, "v2");
-    write_config(&paths, &c1.disk_groups[0], 1).unwrap();
-    write_config(&paths, &c2.disk_groups[0], 2).unwrap();
+    write_config(&paths, &c1.disk_groups[0], 1, None).unwrap();
+    write_config(&paths, &c2.disk_groups[0], 2, None).unwrap();
     let private = DEFAULT_PRIVATE_REGION_BYTES as usize;
     let pristine: Vec<Vec<u8>> = paths
         .iter()
@@ -508,7 +526,7 @@ fn discover_groups_disks_and_finds_lagging_labels() {
     let dir = TempDir::new();
     let (paths, c) = group(&dir, 2);
     let g = &c.disk_groups[0];
-    write_config(&paths, g, 1).unwrap();
+    write_config(&paths, g, 1, None).unwrap();
     let free = dir.disk("free", DISK_BYTES);
     let free_label = init_disk(&free, "disk03", InitOptions::default()).unwrap();
     let blank = dir.disk("blank", DISK_BYTES);
@@ -533,7 +551,7 @@ fn discover_groups_disks_and_finds_lagging_labels() {
             disk: free_label.disk_record(&free),
         })
         .unwrap();
-    write_config(&all[..3], &c2.disk_groups[0], 2).unwrap();
+    write_config(&all[..3], &c2.disk_groups[0], 2, None).unwrap();
     let lbl = read_label(&free).unwrap();
     let mut lagging = lbl.clone();
     lagging.disk_group = None;
@@ -552,13 +570,15 @@ fn discover_groups_disks_and_finds_lagging_labels() {
 fn write_refuses_a_disk_labelled_for_another_group() {
     let dir = TempDir::new();
     let (paths, c) = group(&dir, 1);
-    write_config(&paths, &c.disk_groups[0], 1).unwrap();
+    write_config(&paths, &c.disk_groups[0], 1, None).unwrap();
     // Another group claiming the same disk (e.g. created on a node that did not see
     // dg1) must not overwrite it.
     let mut other = c.disk_groups[0].clone();
     other.name = "dg2".into();
     other.id = crate::objects::new_id();
-    let err = write_config(&paths, &other, 1).unwrap_err().to_string();
+    let err = write_config(&paths, &other, 1, None)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("belongs to disk group dg1"), "{err}");
     assert_eq!(read_config(&paths).unwrap().config, c.disk_groups[0]);
 }
@@ -568,7 +588,7 @@ fn release_refuses_a_disk_that_now_holds_another_disk_or_group() {
     let dir = TempDir::new();
     let (paths, c) = group(&dir, 2);
     let dg = &c.disk_groups[0];
-    write_config(&paths, dg, 1).unwrap();
+    write_config(&paths, dg, 1, None).unwrap();
     let other_group = ReleaseExpect {
         disk_id: None,
         dg_id: Some("not-this-group"),
@@ -598,27 +618,27 @@ fn txn(epoch: u64, n: u64) -> u64 {
 fn a_replaced_master_cannot_write_over_a_newer_epoch_and_readers_drop_its_stale_lineage() {
     let dir = TempDir::new();
     let (paths, c1) = group(&dir, 2);
-    write_config(&paths, &c1.disk_groups[0], txn(3, 1)).unwrap();
+    write_config(&paths, &c1.disk_groups[0], txn(3, 1), None).unwrap();
     // The new master (epoch 5) commits seq 2, reaching the first disk only.
     let new2 = next(&c1, "new");
-    write_config(&paths[..1], &new2.disk_groups[0], txn(5, 1)).unwrap();
+    write_config(&paths[..1], &new2.disk_groups[0], txn(5, 1), None).unwrap();
     // The replaced master (epoch 3) writes its own seq 2: the first disk refuses it
     // and the whole write fails naming the newer epoch, although the second disk
     // took it.
     let old2 = next(&c1, "old");
-    let err = write_config(&paths, &old2.disk_groups[0], txn(3, 2)).unwrap_err();
+    let err = write_config(&paths, &old2.disk_groups[0], txn(3, 2), None).unwrap_err();
     assert!(matches!(err, OnDiskError::NewerEpoch { .. }), "{err}");
     assert!(err.to_string().contains(crate::core::NEWER_EPOCH), "{err}");
     // It goes on to seq 3 on the second disk only, which knows no newer epoch.
     let old3 = next(&old2, "old3");
-    write_config(&paths[1..], &old3.disk_groups[0], txn(3, 3)).unwrap();
+    write_config(&paths[1..], &old3.disk_groups[0], txn(3, 3), None).unwrap();
     // Readers take the newer epoch's seq 2 over the stale lineage's seq 3.
     let read = read_config(&paths).unwrap();
     assert_eq!(read.config, new2.disk_groups[0]);
     assert_eq!(read.txn_id, txn(5, 1));
     // The new master's next write brings the second disk back into its lineage.
     let new3 = next(&new2, "new3");
-    let report = write_config(&paths, &new3.disk_groups[0], txn(5, 2)).unwrap();
+    let report = write_config(&paths, &new3.disk_groups[0], txn(5, 2), None).unwrap();
     assert!(report.all_ok(), "{:?}", report.failed);
     assert_eq!(read_config(&paths).unwrap().config, new3.disk_groups[0]);
 }

@@ -25,7 +25,7 @@ pub use toy::{ToyChange, ToyConfig, ToyGroup};
 
 use crate::core::{
     Action, DiskRecord, Event, Message, Node, NodeConfig, NodeId, NodeInfo, RequestId, Role, TxnId,
-    View, OUTCOME_UNKNOWN,
+    View, OUTCOME_UNKNOWN, WRITE_DEADLINE,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -220,7 +220,8 @@ pub struct SimNode {
     next_request: u64,
     holds: BTreeSet<Hold>,
     held: Vec<Event<ToyConfig>>,
-    pending_writes: Vec<DiskRecord<ToyConfig>>,
+    /// Disk writes in flight, with their deadlines (the node's clock).
+    pending_writes: Vec<(DiskRecord<ToyConfig>, Option<u64>)>,
 }
 
 /// A client request the simulator made, and what came of it.
@@ -586,8 +587,8 @@ impl Sim {
         self.note(format!("crash {}", Sim::name(id)));
         let now = self.now_ms;
         let writes = std::mem::take(&mut self.node_mut(id).pending_writes);
-        for w in writes {
-            if self.rng.gen_bool(0.5) {
+        for (w, deadline_ms) in writes {
+            if self.rng.gen_bool(0.5) && self.write_in_time(id, deadline_ms) {
                 self.land_write(id, w);
             }
         }
@@ -860,12 +861,24 @@ impl Sim {
             }
             SimEvent::Driver { node, inc, event } => {
                 if self.node(node).inc == inc && self.is_up(node) {
+                    let mut event = event;
                     if let Event::DiskWritten { txn, .. } = &event {
                         let txn = *txn;
                         let n = self.node_mut(node);
-                        if let Some(i) = n.pending_writes.iter().position(|w| w.txn == txn) {
-                            let w = n.pending_writes.remove(i);
-                            self.land_write(node, w);
+                        if let Some(i) = n.pending_writes.iter().position(|w| w.0.txn == txn) {
+                            let (w, deadline_ms) = n.pending_writes.remove(i);
+                            if self.write_in_time(node, deadline_ms) {
+                                self.land_write(node, w);
+                            } else {
+                                self.note(format!(
+                                    "{} write of txn {txn} past its deadline: refused",
+                                    Sim::name(node)
+                                ));
+                                event = Event::DiskWritten {
+                                    txn,
+                                    result: Err(WRITE_DEADLINE.to_string()),
+                                };
+                            }
                         }
                     }
                     let event = match event {
@@ -940,6 +953,21 @@ impl Sim {
                 event,
             },
         );
+    }
+
+    /// Whether node `id`'s clock has not passed a write's deadline (None: the
+    /// node's lease): the daemon's driver checks it just before each disk's write.
+    fn write_in_time(&self, id: NodeId, deadline_ms: Option<u64>) -> bool {
+        let n = self.node(id);
+        let clock = Sim::clock(n.drift_ppm, self.now_ms);
+        match deadline_ms {
+            Some(d) => clock <= d,
+            None => n
+                .core
+                .as_ref()
+                .and_then(|c| c.lease_until_ms())
+                .is_some_and(|until| clock < until),
+        }
     }
 
     fn land_write(&mut self, id: NodeId, w: DiskRecord<ToyConfig>) {
@@ -1147,9 +1175,12 @@ impl Sim {
                         Event::KernelLoaded { result: Ok(()) },
                     );
                 }
-                Action::WriteDisks { record } => {
+                Action::WriteDisks {
+                    record,
+                    deadline_ms,
+                } => {
                     let txn = record.txn;
-                    self.node_mut(id).pending_writes.push(record);
+                    self.node_mut(id).pending_writes.push((record, deadline_ms));
                     self.driver_later(
                         id,
                         Some(Hold::DiskWrite),
