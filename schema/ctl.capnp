@@ -5,6 +5,34 @@
 # capability is a `Ctl` (the cluster protocol's `Peer` extends it, so one port serves
 # both). Failures travel as data: `error` is empty on success, otherwise one line
 # naming the node and the object (`node b: disk group dg1 exists as a private disk group`).
+# Since the typed errors, every failed call also sets `failure` (a `CtlError`: the kind,
+# the node, the object and the same line); `error` stays for older clients.
+# Versioning: fields are only ever added, never renumbered.
+
+# What kind of failure a call met: what a client can do about it. Every kind but
+# `outcomeUnknown` means nothing changed. plexctl exits with a status per kind
+# (docs/OPERATIONS.md, "Exit status").
+enum ErrorKind {
+  internal @0;        # a malformed message or answer, a bug (also: a kind this client does not know)
+  refused @1;         # invalid, or conflicts with the configuration
+  inUse @2;           # an object the change needs or removes is in use (exported, a host logged in)
+  notFound @3;        # a named object does not exist
+  exists @4;          # the name or the disk is taken
+  usage @5;           # the command line is wrong (plexctl's own; never sent by a node)
+  unreachable @6;     # a node or the master did not answer (cannot connect, timeout)
+  noQuorum @7;        # this side of the cluster has no majority of the votes
+  notMaster @8;       # no master can take the change now (lost, taking over, not a member)
+  busy @9;            # too many requests waiting, or the node is stopping
+  outcomeUnknown @10; # the cluster may or may not have applied the change
+  failed @11;         # a node could not carry it out (data plane, disks, a node left)
+}
+
+struct CtlError {
+  kind @0 :ErrorKind;
+  node @1 :Text;      # the node that refused or failed (the answering node when no other)
+  object @2 :Text;    # the object the call was about (`volume vol1 in disk group dg1`), empty if none
+  message @3 :Text;   # one line naming the node and the object: the same text as `error`
+}
 
 enum Layout {
   concat @0;
@@ -142,13 +170,13 @@ struct Task {
 interface Ctl {
   # Runs a configuration change (on the master; a slave forwards it). `done` says
   # what was done (object, size, placement, adjustments) when `error` is empty.
-  change @0 (change :Change) -> (error :Text, done :Text);
-  clusterStatus @1 () -> (status :ClusterStatus, error :Text);
+  change @0 (change :Change) -> (error :Text, done :Text, failure :CtlError);
+  clusterStatus @1 () -> (status :ClusterStatus, error :Text, failure :CtlError);
   # The configuration as JSON text (docs/OPERATIONS.md shows its shape) and as the
   # vxprint -ht-like text tree. `dg` empty = every disk group.
-  print @2 (dg :Text) -> (json :Text, text :Text, error :Text);
+  print @2 (dg :Text) -> (json :Text, text :Text, error :Text, failure :CtlError);
   # Writes a label (`disk init`). `name` empty = the file name without extension.
-  diskInit @3 (path :Text, name :Text, force :Bool) -> (disk :DiskInfo, error :Text);
-  diskList @4 () -> (disks :List(DiskInfo), error :Text);
-  taskList @5 () -> (tasks :List(Task), error :Text);
+  diskInit @3 (path :Text, name :Text, force :Bool) -> (disk :DiskInfo, error :Text, failure :CtlError);
+  diskList @4 () -> (disks :List(DiskInfo), error :Text, failure :CtlError);
+  taskList @5 () -> (tasks :List(Task), error :Text, failure :CtlError);
 }

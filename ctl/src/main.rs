@@ -19,21 +19,122 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// waits for its own main loop (`CALL_TIMEOUT`, 120 s), so the node's own timeout
 /// message wins when it has one.
 const CALL_TIMEOUT: Duration = Duration::from_secs(150);
+/// The exit status of each kind of failure (0 is success). Shown by `--help` and
+/// documented in docs/OPERATIONS.md ("Exit status").
+const EXIT_CODES: &str = "\
+Exit status:
+  0  success
+  1  refused: invalid, in use, not found or exists (nothing changed)
+  2  usage: the command line is wrong (nothing was asked)
+  3  unreachable: the node or its master did not answer (cannot connect,
+     timeout); a change whose answer was lost is 5
+  4  no quorum, no master, or busy: nothing changed; retry later
+  5  outcome unknown: the change may or may not have been applied
+     (check with plexctl print)
+  6  failed: a node could not carry the change out (nothing changed)
+  7  internal error (a malformed answer, or a node without typed errors)
+With --json, a failure prints one JSON line on stderr:
+  {\"error\": {\"kind\", \"node\", \"object\", \"message\", \"exit\"}}";
+
 /// Exit status of a usage error (bad option, bad size).
 const EXIT_USAGE: u8 = 2;
 
-/// Why plexctl failed: a usage error (exit 2) or a failure (exit 1).
+/// The exit status of a failure of `kind` (see [`EXIT_CODES`]).
+fn exit_code(kind: c::ErrorKind) -> u8 {
+    use c::ErrorKind as K;
+    match kind {
+        K::Refused | K::InUse | K::NotFound | K::Exists => 1,
+        K::Usage => EXIT_USAGE,
+        K::Unreachable => 3,
+        K::NoQuorum | K::NotMaster | K::Busy => 4,
+        K::OutcomeUnknown => 5,
+        K::Failed => 6,
+        K::Internal => 7,
+    }
+}
+
+/// The schema's name of `kind` (the JSON error's `kind`).
+fn kind_name(kind: c::ErrorKind) -> &'static str {
+    use c::ErrorKind as K;
+    match kind {
+        K::Internal => "internal",
+        K::Refused => "refused",
+        K::InUse => "inUse",
+        K::NotFound => "notFound",
+        K::Exists => "exists",
+        K::Usage => "usage",
+        K::Unreachable => "unreachable",
+        K::NoQuorum => "noQuorum",
+        K::NotMaster => "notMaster",
+        K::Busy => "busy",
+        K::OutcomeUnknown => "outcomeUnknown",
+        K::Failed => "failed",
+    }
+}
+
+/// A typed failure: the ctl API's `CtlError`, or plexctl's own.
+#[derive(Debug)]
+struct CtlFailure {
+    kind: c::ErrorKind,
+    /// The node that refused or failed (or the address plexctl could not reach).
+    node: String,
+    /// The object the command was about; empty if none.
+    object: String,
+    /// One line naming the node and the object.
+    message: String,
+}
+
+impl CtlFailure {
+    /// A failure plexctl found by itself.
+    fn internal(message: impl Into<String>) -> CtlFailure {
+        CtlFailure {
+            kind: c::ErrorKind::Internal,
+            node: String::new(),
+            object: String::new(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Why plexctl failed.
 #[derive(Debug)]
 enum Failure {
-    /// The command line is wrong.
+    /// The command line is wrong (exit 2).
     Usage(String),
-    /// The command failed.
-    Failed(String),
+    /// The node answered with an error.
+    Node(CtlFailure),
+    /// No node could be reached: the last address tried and why (exit 3).
+    Unreachable(String, String),
+    /// The connection failed or gave no answer after the request went out: a change
+    /// may have been applied (exit 5), a read was not answered (exit 3).
+    Lost(String),
 }
 
 impl From<String> for Failure {
     fn from(e: String) -> Failure {
-        Failure::Failed(e)
+        Failure::Lost(e)
+    }
+}
+
+impl Failure {
+    /// The typed failure; `change`: the command was a change; `addr`: the node asked.
+    fn typed(self, change: bool, addr: &str) -> CtlFailure {
+        let plain = |kind, message| CtlFailure {
+            kind,
+            node: addr.to_string(),
+            object: String::new(),
+            message,
+        };
+        match self {
+            Failure::Usage(m) => plain(c::ErrorKind::Usage, m),
+            Failure::Node(f) => f,
+            Failure::Unreachable(a, m) => CtlFailure {
+                node: a,
+                ..plain(c::ErrorKind::Unreachable, m)
+            },
+            Failure::Lost(m) if change => plain(c::ErrorKind::OutcomeUnknown, m),
+            Failure::Lost(m) => plain(c::ErrorKind::Unreachable, m),
+        }
     }
 }
 
@@ -45,7 +146,7 @@ impl From<String> for Failure {
 ///   plexctl vol create dg1 vol1 1G --layout mirror --mirrors 2
 ///   plexctl --json cluster status
 #[derive(Parser, Debug)]
-#[command(version, verbatim_doc_comment)]
+#[command(version, verbatim_doc_comment, after_help = EXIT_CODES)]
 struct Cli {
     /// Node to talk to: ADDR (host:port) or a node NAME of the cluster file.
     #[arg(long, env = "PLEXD_NODE", global = true)]
@@ -411,33 +512,44 @@ fn addresses(cli: &Cli) -> Result<Vec<String>, String> {
     }
 }
 
-fn connect(addrs: &[String]) -> Result<(TcpStream, String), String> {
+fn connect(addrs: &[String]) -> Result<(TcpStream, String), Failure> {
     let mut last = String::new();
+    let mut last_addr = String::new();
     for a in addrs {
         let sock = match a.to_socket_addrs().ok().and_then(|mut s| s.next()) {
             Some(s) => s,
             None => {
                 last = format!("{a}: cannot resolve");
+                last_addr = a.clone();
                 continue;
             }
         };
         match TcpStream::connect_timeout(&sock, CONNECT_TIMEOUT) {
             Ok(s) => return Ok((s, a.clone())),
-            Err(e) => last = format!("cannot reach plexd at {a}: {e}"),
+            Err(e) => {
+                last = format!("cannot reach plexd at {a}: {e}");
+                last_addr = a.clone();
+            }
         }
     }
-    Err(last)
+    Err(Failure::Unreachable(last_addr, last))
 }
 
-/// Runs `f` with a ctl client on a local executor.
+/// Runs `f` with a ctl client on a local executor; returns the address asked too.
 fn with_ctl<T: 'static>(
     addrs: &[String],
     call_timeout: Duration,
-    f: impl AsyncFnOnce(ctl::Client) -> Result<T, String>,
-) -> Result<T, String> {
-    let (stream, addr) = connect(addrs)?;
+    f: impl AsyncFnOnce(ctl::Client) -> Result<T, Failure>,
+) -> (String, Result<T, Failure>) {
+    let (stream, addr) = match connect(addrs) {
+        Ok(c) => c,
+        Err(e) => return (addrs.last().cloned().unwrap_or_default(), Err(e)),
+    };
     let _ = stream.set_nodelay(true);
-    let stream = Async::new(stream).map_err(|e| format!("{addr}: {e}"))?;
+    let stream = match Async::new(stream) {
+        Ok(s) => s,
+        Err(e) => return (addr.clone(), Err(Failure::Lost(format!("{addr}: {e}")))),
+    };
     let (reader, writer) = stream.split();
     let network = twoparty::VatNetwork::new(
         futures::io::BufReader::new(reader),
@@ -452,19 +564,22 @@ fn with_ctl<T: 'static>(
     let conn = async move {
         let addr = addr2;
         let r = rpc.await;
-        Err(format!(
+        Err(Failure::Lost(format!(
             "{addr}: connection closed{}",
             r.err().map(|e| format!(": {e}")).unwrap_or_default()
-        ))
+        )))
     };
+    let addr3 = addr.clone();
     let timeout = async move {
         smol::Timer::after(call_timeout).await;
-        Err(format!(
-            "{addr}: no answer within {} s; the node may be hung or overloaded (see its log); a change may still complete: check with plexctl print",
+        Err(Failure::Lost(format!(
+            "{addr3}: no answer within {} s; the node may be hung or overloaded (see its log); a change may still complete: check with plexctl print",
             call_timeout.as_secs()
-        ))
+        )))
     };
-    smol::block_on(ex.run(smol::future::or(smol::future::or(f(client), conn), timeout)))
+    let result =
+        smol::block_on(ex.run(smol::future::or(smol::future::or(f(client), conn), timeout)));
+    (addr, result)
 }
 
 fn rpc(e: capnp::Error) -> String {
@@ -477,11 +592,27 @@ fn text(r: capnp::Result<capnp::text::Reader<'_>>) -> Result<String, String> {
         .map_err(|e| format!("rpc: bad text: {e}"))
 }
 
-fn check(error: String) -> Result<(), String> {
+/// The call's failure, if any: the typed `failure` when the node sets it, else the
+/// `error` text of a node without typed errors (kind internal).
+fn check(
+    error: capnp::Result<capnp::text::Reader<'_>>,
+    failure: Option<capnp::Result<c::ctl_error::Reader<'_>>>,
+) -> Result<(), Failure> {
+    let error = text(error)?;
+    if let Some(f) = failure {
+        let f = f.map_err(rpc)?;
+        return Err(Failure::Node(CtlFailure {
+            // A kind this plexctl does not know (a newer node) is internal.
+            kind: f.get_kind().unwrap_or(c::ErrorKind::Internal),
+            node: text(f.get_node())?,
+            object: text(f.get_object())?,
+            message: text(f.get_message())?,
+        }));
+    }
     if error.is_empty() {
         Ok(())
     } else {
-        Err(error)
+        Err(Failure::Node(CtlFailure::internal(error)))
     }
 }
 
@@ -675,18 +806,18 @@ fn build_change(cmd: &Cmd) -> Result<Option<ChangeBuilder>, Failure> {
     }))
 }
 
-async fn print_json(client: &ctl::Client, dg: &str) -> Result<(Value, String), String> {
+async fn print_json(client: &ctl::Client, dg: &str) -> Result<(Value, String), Failure> {
     let mut req = client.print_request();
     req.get().set_dg(dg);
     let resp = req.send().promise.await.map_err(rpc)?;
     let r = resp.get().map_err(rpc)?;
-    check(text(r.get_error())?)?;
+    check(r.get_error(), r.has_failure().then(|| r.get_failure()))?;
     let json: Value = serde_json::from_str(&text(r.get_json())?)
         .map_err(|e| format!("malformed print answer: {e}"))?;
     Ok((json, text(r.get_text())?))
 }
 
-async fn status(client: &ctl::Client) -> Result<Value, String> {
+async fn status(client: &ctl::Client) -> Result<Value, Failure> {
     let resp = client
         .cluster_status_request()
         .send()
@@ -694,7 +825,7 @@ async fn status(client: &ctl::Client) -> Result<Value, String> {
         .await
         .map_err(rpc)?;
     let r = resp.get().map_err(rpc)?;
-    check(text(r.get_error())?)?;
+    check(r.get_error(), r.has_failure().then(|| r.get_failure()))?;
     let s = r.get_status().map_err(rpc)?;
     let mut nodes = Vec::new();
     for n in s.get_nodes().map_err(rpc)? {
@@ -751,13 +882,13 @@ async fn run(
     change: Option<ChangeBuilder>,
     json_out: bool,
     client: ctl::Client,
-) -> Result<String, String> {
+) -> Result<String, Failure> {
     if let Some(build) = change {
         let mut req = client.change_request();
         build(req.get().init_change());
         let resp = req.send().promise.await.map_err(rpc)?;
         let r = resp.get().map_err(rpc)?;
-        check(text(r.get_error())?)?;
+        check(r.get_error(), r.has_failure().then(|| r.get_failure()))?;
         let done = text(r.get_done())?;
         return Ok(if json_out {
             serde_json::to_string_pretty(&json!({ "done": done })).unwrap_or_default()
@@ -777,7 +908,7 @@ async fn run(
             req.get().set_force(force);
             let resp = req.send().promise.await.map_err(rpc)?;
             let r = resp.get().map_err(rpc)?;
-            check(text(r.get_error())?)?;
+            check(r.get_error(), r.has_failure().then(|| r.get_failure()))?;
             let d = disk_json(r.get_disk().map_err(rpc)?)?;
             if json_out {
                 return Ok(pretty(&d));
@@ -797,7 +928,7 @@ async fn run(
                 .await
                 .map_err(rpc)?;
             let r = resp.get().map_err(rpc)?;
-            check(text(r.get_error())?)?;
+            check(r.get_error(), r.has_failure().then(|| r.get_failure()))?;
             let mut disks = Vec::new();
             for d in r.get_disks().map_err(rpc)? {
                 disks.push(disk_json(d)?);
@@ -972,7 +1103,7 @@ async fn run(
                 .await
                 .map_err(rpc)?;
             let r = resp.get().map_err(rpc)?;
-            check(text(r.get_error())?)?;
+            check(r.get_error(), r.has_failure().then(|| r.get_failure()))?;
             let mut tasks = Vec::new();
             for t in r.get_tasks().map_err(rpc)? {
                 tasks.push(json!({
@@ -1006,23 +1137,50 @@ async fn run(
             }
             Ok(out)
         }
-        _ => Err("internal error: unhandled command".into()),
+        _ => Err(Failure::Node(CtlFailure::internal(
+            "internal error: unhandled command",
+        ))),
     }
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // With --json a command-line error is the JSON error too (help and version
+        // print as usual).
+        Err(e) if e.use_stderr() && std::env::args().skip(1).any(|a| a == "--json") => {
+            let message = e.to_string();
+            let line = message
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim_start_matches("error: ");
+            let v = json!({ "error": {
+                "kind": kind_name(c::ErrorKind::Usage),
+                "node": "",
+                "object": "",
+                "message": line,
+                "exit": EXIT_USAGE,
+            }});
+            eprintln!("{v}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+        Err(e) => e.exit(),
+    };
+    let json_out = cli.json;
+    let is_change = matches!(build_change(&cli.cmd), Ok(Some(_)));
     // Usage errors (a bad size...) are found before any node is asked.
-    let result = match build_change(&cli.cmd) {
-        Err(e) => Err(e),
-        Ok(change) => addresses(&cli).map_err(Failure::Usage).and_then(|addrs| {
-            let json_out = cli.json;
-            let call_timeout = cli.timeout.map(Duration::from_secs).unwrap_or(CALL_TIMEOUT);
-            with_ctl(&addrs, call_timeout, async move |client| {
-                run(cli.cmd, change, json_out, client).await
-            })
-            .map_err(Failure::Failed)
-        }),
+    let (addr, result) = match build_change(&cli.cmd) {
+        Err(e) => (String::new(), Err(e)),
+        Ok(change) => match addresses(&cli) {
+            Err(e) => (String::new(), Err(Failure::Usage(e))),
+            Ok(addrs) => {
+                let call_timeout = cli.timeout.map(Duration::from_secs).unwrap_or(CALL_TIMEOUT);
+                with_ctl(&addrs, call_timeout, async move |client| {
+                    run(cli.cmd, change, json_out, client).await
+                })
+            }
+        },
     };
     match result {
         Ok(out) => {
@@ -1031,13 +1189,23 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Err(Failure::Usage(e)) => {
-            eprintln!("plexctl: {}", e.lines().next().unwrap_or(""));
-            ExitCode::from(EXIT_USAGE)
-        }
-        Err(Failure::Failed(e)) => {
-            eprintln!("plexctl: {}", e.lines().next().unwrap_or(""));
-            ExitCode::from(1)
+        Err(e) => {
+            let f = e.typed(is_change, &addr);
+            let code = exit_code(f.kind);
+            let line = f.message.lines().next().unwrap_or("");
+            if json_out {
+                let v = json!({ "error": {
+                    "kind": kind_name(f.kind),
+                    "node": f.node,
+                    "object": f.object,
+                    "message": line,
+                    "exit": code,
+                }});
+                eprintln!("{v}");
+            } else {
+                eprintln!("plexctl: {line}");
+            }
+            ExitCode::from(code)
         }
     }
 }

@@ -130,6 +130,12 @@ fn prepare_commit_grows_a_volume_and_abort_keeps_the_old_layout() {
     assert!(quiesce < Duration::from_secs(5));
     let (v, _) = k.get_volume("v0").unwrap();
     assert_eq!((v.state.as_str(), v.staged), ("QUIESCED", true));
+    // A second prepare meanwhile is refused as `inUse` (the coordinator retries on
+    // that code), and so is a delete.
+    let e = k.prepare("v0", &spec, Duration::from_secs(5)).unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InUse), "{e}");
+    let e = k.delete_volume("v0").unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InUse), "{e}");
     k.commit("v0").unwrap();
     let (v, committed) = k.get_volume("v0").unwrap();
     assert_eq!(

@@ -1,6 +1,6 @@
 //! A cluster of real `plexd-target` + `plexd` processes on loopback (or each node in a
 //! network namespace of its own, `ClusterOpts::netns`, to partition them), sharing
-//! sparse disk files, as docs/CONTRACT.md describes; reaped on drop even when the test
+//! sparse disk files, as docs/OPERATIONS.md describes; reaped on drop even when the test
 //! panics.
 //!
 //! ```no_run
@@ -45,6 +45,18 @@ pub const CONVERGE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const FAILPOINT_TIMEOUT: Duration = Duration::from_secs(20);
 /// What plexd's answer says when a change may go through if asked again soon.
 pub const RETRY_SHORTLY: &str = "retry shortly";
+/// plexctl's exit status for a refused command (docs/OPERATIONS.md, "Exit status").
+pub const EXIT_REFUSED: i32 = 1;
+/// plexctl's exit status for a command-line error.
+pub const EXIT_USAGE: i32 = 2;
+/// plexctl's exit status when the node (or its master) did not answer.
+pub const EXIT_UNREACHABLE: i32 = 3;
+/// plexctl's exit status for no quorum, no master, or a busy node.
+pub const EXIT_NO_QUORUM: i32 = 4;
+/// plexctl's exit status when a change may or may not have been applied.
+pub const EXIT_OUTCOME_UNKNOWN: i32 = 5;
+/// plexctl's exit status when a node could not carry a change out.
+pub const EXIT_FAILED: i32 = 6;
 /// plexd's port on a node with a network namespace of its own.
 pub const NETNS_PORT: u16 = 7700;
 /// The iSCSI portal's port on a node with a network namespace of its own.
@@ -54,7 +66,7 @@ const TAIL_LINES: usize = 60;
 /// Longest part of a test name used in the temp dir (Unix socket paths are short).
 const DIR_NAME_CHARS: usize = 24;
 
-/// form_wait_ms of the test clusters (docs/CONTRACT.md's test value);
+/// form_wait_ms of the test clusters (docs/OPERATIONS.md's test value);
 /// `PLEXD_TEST_FORM_WAIT_MS` overrides it.
 pub const FORM_WAIT_MS: u64 = 300;
 
@@ -787,14 +799,20 @@ impl Cluster {
         self.stdout_of_success(i, cmd, out)
     }
 
-    /// Runs a command that must fail with exit 1 and one line on stderr; returns it.
+    /// Runs a command that must be refused (exit [`EXIT_REFUSED`]) with one line on
+    /// stderr; returns it.
     pub fn ctl_err(&self, i: usize, cmd: &str) -> String {
+        self.ctl_fails(i, cmd, &[EXIT_REFUSED])
+    }
+
+    /// Runs a command that must fail with one of the exit statuses `codes` (see
+    /// docs/OPERATIONS.md, "Exit status") and one line on stderr; returns it.
+    pub fn ctl_fails(&self, i: usize, cmd: &str, codes: &[i32]) -> String {
         let out = self.ctl(i, cmd);
         let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-        assert_eq!(
-            out.status.code(),
-            Some(1),
-            "plexctl {cmd} on node {} should fail with exit 1; got {}: stdout {:?} stderr {stderr:?}",
+        assert!(
+            out.status.code().is_some_and(|c| codes.contains(&c)),
+            "plexctl {cmd} on node {} should fail with exit status {codes:?}; got {}: stdout {:?} stderr {stderr:?}",
             self.nodes[i].name,
             Proc::describe(Some(out.status)),
             String::from_utf8_lossy(&out.stdout)
@@ -804,6 +822,32 @@ impl Cluster {
             "plexctl {cmd}: the error should be one line `plexctl: <reason>`, got {stderr:?}"
         );
         stderr
+    }
+
+    /// `plexctl --json CMD` on node `i`, which must fail: its exit status and the
+    /// typed error it printed as one JSON line on stderr (`{"error": {...}}`).
+    pub fn ctl_json_err(&self, i: usize, cmd: &str) -> (i32, Value) {
+        let mut args = vec!["--json"];
+        args.extend(cmd.split_whitespace());
+        let out = self.ctl_args(i, &args);
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        let code = out.status.code().unwrap_or(-1);
+        assert!(
+            code > 0 && out.stdout.is_empty(),
+            "plexctl --json {cmd} on node {} should fail with nothing on stdout; got {}: stdout {:?} stderr {stderr:?}",
+            self.nodes[i].name,
+            Proc::describe(Some(out.status)),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert_eq!(
+            stderr.lines().count(),
+            1,
+            "plexctl --json {cmd}: {stderr:?}"
+        );
+        let v: Value = serde_json::from_str(&stderr).unwrap_or_else(|e| {
+            panic!("plexctl --json {cmd}: stderr is not JSON ({e}): {stderr:?}")
+        });
+        (code, v["error"].clone())
     }
 
     /// `plexctl --json CMD` on node `i`, parsed.

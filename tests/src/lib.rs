@@ -2,7 +2,7 @@
 //! processes, reap them in a drop guard, wait on conditions with bounded deadlines,
 //! write and verify data patterns, and check the cluster's invariants.
 //!
-//! docs/TESTING.md describes the suite; docs/CONTRACT.md the interface it tests.
+//! docs/TESTING.md describes the suite; docs/OPERATIONS.md the interface it tests.
 
 pub mod bins;
 pub mod cluster;

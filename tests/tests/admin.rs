@@ -1,13 +1,17 @@
 //! Administration that cannot destroy data by accident and tells the truth (issue 14):
 //! group commands against exported volumes and logged-in hosts, `disk init --force`
 //! on a disk a group holds, `dg create` of an existing group, failed disk groups,
-//! sizes, exit codes and what change commands print.
+//! sizes, exit codes and what change commands print; typed errors (an exit status
+//! per kind, `--json` errors).
 
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use plexd_coordinator::ondisk;
+use plexd_tests::cluster::{
+    CTL_TIMEOUT, EXIT_NO_QUORUM, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_USAGE,
+};
 use plexd_tests::proc::run_bounded;
 use plexd_tests::{group, volume, wait_until, Cluster, ClusterOpts};
 
@@ -357,8 +361,147 @@ fn sizes_exit_codes_and_what_changes_print() {
     // SAFETY: as above.
     unsafe { libc::kill(pid, libc::SIGCONT) };
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(out.status.code(), Some(EXIT_UNREACHABLE), "{stderr}");
     assert!(stderr.contains("no answer within 2 s"), "{stderr}");
+}
+
+/// How long a 2-node cluster that lost a node gets to refuse changes for want of
+/// quorum: the master's lease (1.2 s in the test clusters) plus a takeover's wait,
+/// generously.
+const NO_QUORUM_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Checks a `--json` error's fields: its kind, exit status and node, and that the
+/// message names the node.
+fn assert_typed(err: &serde_json::Value, code: i32, kind: &str, node: &str) {
+    assert_eq!(err["kind"], kind, "{err}");
+    assert_eq!(err["exit"], code, "{err}");
+    assert_eq!(err["node"], node, "{err}");
+    let message = err["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&format!("node {node}")),
+        "the message names node {node}: {err}"
+    );
+}
+
+#[test]
+fn each_kind_of_failure_has_its_exit_status_and_json_error() {
+    let mut c = Cluster::start(2, ClusterOpts::default());
+    c.wait_all_joined();
+    c.ctl_ok(0, "dg create dg1 d0 d1 --shared");
+    c.ctl_ok(1, "vol create dg1 vol1 8M --layout mirror");
+
+    // Refused, in use: both disks hold a plex of vol1. Exit 1 (as before), and the
+    // JSON error says why as a kind; the master refused it.
+    let master = c.status(0)["master"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let (code, e) = c.ctl_json_err(1, "dg rm-disk dg1 d0");
+    assert_eq!(code, EXIT_REFUSED, "{e}");
+    assert_typed(&e, EXIT_REFUSED, "inUse", &master);
+    assert_eq!(e["object"], "disk d0 in disk group dg1", "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("holds subdisks"),
+        "{e}"
+    );
+    // The same refusal without --json: one line, exit 1.
+    let line = c.ctl_err(0, "dg rm-disk dg1 d0");
+    assert!(line.contains("holds subdisks"), "{line}");
+    // Other refusals: not found, exists (still exit 1).
+    let (code, e) = c.ctl_json_err(0, "vol rm dg1 nosuch");
+    assert_eq!(
+        (code, e["kind"].as_str()),
+        (EXIT_REFUSED, Some("notFound")),
+        "{e}"
+    );
+    assert_eq!(e["object"], "volume nosuch in disk group dg1", "{e}");
+    let (code, e) = c.ctl_json_err(1, "dg create dg1 d2 --shared");
+    assert_eq!(
+        (code, e["kind"].as_str()),
+        (EXIT_REFUSED, Some("exists")),
+        "{e}"
+    );
+    assert_typed(&e, EXIT_REFUSED, "exists", "b");
+
+    // Usage: exit 2, whether plexctl or its argument parser finds it.
+    let (code, e) = c.ctl_json_err(0, "vol create dg1 v2 12Q");
+    assert_eq!(
+        (code, e["kind"].as_str()),
+        (EXIT_USAGE, Some("usage")),
+        "{e}"
+    );
+    let (code, e) = c.ctl_json_err(0, "vol create dg1 v2 1M --layout nosuch");
+    assert_eq!(
+        (code, e["kind"].as_str()),
+        (EXIT_USAGE, Some("usage")),
+        "{e}"
+    );
+
+    // Unreachable: a port nobody listens on (bound, then closed). Exit 3.
+    let nobody = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let addr = nobody.local_addr().expect("its address").to_string();
+    drop(nobody);
+    for args in [
+        vec!["cluster", "status"],
+        vec!["--json", "dg", "destroy", "dg1"],
+    ] {
+        let mut cmd = Command::new(&c.bins().plexctl);
+        cmd.arg("--node")
+            .arg(&addr)
+            .args(&args)
+            .env_remove("PLEXD_NODE");
+        cmd.env_remove("PLEXD_CLUSTER");
+        let out = run_bounded(&mut cmd, CTL_TIMEOUT).expect("plexctl runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(EXIT_UNREACHABLE),
+            "{args:?}: {stderr}"
+        );
+        assert!(stderr.contains(&addr), "{args:?}: {stderr}");
+        if args[0] == "--json" {
+            let v: serde_json::Value = serde_json::from_str(stderr.trim()).expect("JSON");
+            assert_eq!(v["error"]["kind"], "unreachable", "{v}");
+            assert_eq!(v["error"]["node"], addr.as_str(), "{v}");
+        }
+    }
+    assert!(
+        group(&c.print(0), "dg1").is_some(),
+        "dg1 is still there after the refused and unreachable commands"
+    );
+
+    // No quorum: a 2-node cluster that lost a node has no majority. Node a refuses
+    // changes with exit 4 (first perhaps as a master that waits and gives up, or a
+    // slave whose master is gone: no master, also 4; then for want of quorum).
+    c.kill_node(1);
+    let e = wait_until(
+        "node a to refuse a change for want of quorum",
+        NO_QUORUM_TIMEOUT,
+        || {
+            let (code, e) = c.ctl_json_err(0, "vol create dg1 v3 1M");
+            if code != EXIT_NO_QUORUM {
+                panic!("exit {code} while the cluster lost its majority: {e}");
+            }
+            match e["kind"].as_str() {
+                Some("noQuorum") => Ok(e),
+                Some("notMaster") | Some("busy") => Err(format!("not yet: {e}")),
+                _ => panic!("exit 4 with kind {e}"),
+            }
+        },
+    );
+    assert_typed(&e, EXIT_NO_QUORUM, "noQuorum", "a");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no quorum"),
+        "{e}"
+    );
+    let line = c.ctl_fails(0, "vol create dg1 v3 1M", &[EXIT_NO_QUORUM]);
+    assert!(line.contains("no quorum"), "{line}");
 }
 
 /// Node `i`'s status line for node `name` in `plexctl --json cluster status`.

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use plexd_target::api::Injection;
 use plexd_target::bdev::error::FailOn;
+use plexd_tests::cluster::EXIT_FAILED;
 use plexd_tests::{members, volume, wait_until, Cluster, ClusterOpts};
 
 /// How long a plexd gets to notice that its target died.
@@ -73,7 +74,11 @@ fn target_restart(victim: usize, is_master: bool) {
     c.ctl_ok(victim, "task list");
     // A transaction's kernel phase fails on the node: the change fails everywhere,
     // naming it.
-    let e = c.ctl_err(other, "vol create dg1 volx 16M --layout concat");
+    let e = c.ctl_fails(
+        other,
+        "vol create dg1 volx 16M --layout concat",
+        &[EXIT_FAILED],
+    );
     assert!(
         e.contains(&format!("node {name}")),
         "the failed change should name node {name}: {e}"

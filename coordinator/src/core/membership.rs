@@ -371,14 +371,22 @@ impl<M: ConfigModel> Node<M> {
             Message::Forward { request, body } => {
                 self.master_on_forward(now_ms, from, request, body)
             }
-            Message::Outcome { request, result } => self.on_outcome(from, request, result),
+            Message::Outcome {
+                request,
+                result,
+                kind,
+                node,
+            } => self.on_outcome(from, request, result, kind, node),
             Message::Check {
                 txn,
                 change,
                 origin,
                 base,
             } => self.slave_on_check(now_ms, from, txn, change, origin, base),
-            Message::CheckReply { txn, result } => {
+            Message::CheckReply { txn, result, kind } => {
+                // An older slave's refusal (no kind) is a refusal.
+                let result = result
+                    .map_err(|e| RequestError::unplaced(kind.unwrap_or(ErrorKind::Refused), e));
                 self.master_on_check_reply(now_ms, from, txn, result)
             }
             Message::Prepare { txn } => self.slave_on_prepare(from, txn),

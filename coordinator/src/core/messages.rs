@@ -9,6 +9,8 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+use super::ErrorKind;
+
 /// A node's identifier from the cluster file.
 pub type NodeId = u32;
 
@@ -190,6 +192,12 @@ pub enum Message {
         request: RequestId,
         /// The result to give the client.
         result: Result<(), String>,
+        /// The kind of the failure (absent from an older master's answer).
+        #[serde(default)]
+        kind: Option<ErrorKind>,
+        /// The node that refused or failed (absent from an older master's answer).
+        #[serde(default)]
+        node: Option<String>,
     },
     /// Master → slaves: step 2, run your local checks on this change.
     Check {
@@ -211,6 +219,9 @@ pub enum Message {
         txn: TxnId,
         /// Ok, or why this node refuses (without the node name; the master adds it).
         result: Result<(), String>,
+        /// The kind of the refusal (absent from an older slave's answer: refused).
+        #[serde(default)]
+        kind: Option<ErrorKind>,
     },
     /// Master → slaves: step 3, quiesce and stage the new layout.
     Prepare {
@@ -399,6 +410,23 @@ mod tests {
             }),
         };
         assert_eq!(Message::decode(&m.encode()).unwrap(), m);
+        let o = Message::Outcome {
+            request: RequestId(4),
+            result: Err("node b: volume v1 is in use".into()),
+            kind: Some(ErrorKind::InUse),
+            node: Some("b".into()),
+        };
+        assert_eq!(Message::decode(&o.encode()).unwrap(), o);
+        // An older node's Outcome (no kind, no node) still decodes.
+        let old = br#"{"Outcome":{"request":4,"result":{"Err":"x"}}}"#;
+        assert!(matches!(
+            Message::decode(old),
+            Ok(Message::Outcome {
+                kind: None,
+                node: None,
+                ..
+            })
+        ));
         assert!(Message::decode(b"{not json").is_err());
         assert!(Message::decode(b"").is_err());
     }

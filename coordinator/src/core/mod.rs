@@ -7,12 +7,14 @@
 //! over Cap'n Proto; [`crate::sim`] drives many nodes in one process under a seeded
 //! schedule. docs/PROTOCOL.md describes the protocol and its failure rules.
 
+mod error;
 mod membership;
 mod messages;
 mod model;
 mod quorum;
 mod txn;
 
+pub use error::{ErrorKind, RequestError};
 pub use messages::{
     Echo, Message, NodeId, Origin, RequestId, TxnId, TxnState, View, WireRequest, MAX_MESSAGE_BYTES,
 };
@@ -198,8 +200,8 @@ pub enum Event<M: ConfigModel> {
     LocalCheckDone {
         /// The transaction.
         txn: TxnId,
-        /// Ok, or why this node refuses the change.
-        result: Result<(), String>,
+        /// Ok, or why this node refuses the change (its node is placed by the master).
+        result: Result<(), RequestError>,
     },
     /// Result of [`Action::KernelPrepare`].
     KernelPrepared {
@@ -259,8 +261,8 @@ pub enum Action<M: ConfigModel> {
     Reply {
         /// The request.
         request: RequestId,
-        /// Its result; errors name the node.
-        result: Result<(), String>,
+        /// Its result; errors name the node and say what kind of failure it is.
+        result: Result<(), RequestError>,
     },
     /// Run this node's local checks on a change (private disk group of the same name,
     /// new disks accessible); answer with [`Event::LocalCheckDone`].
@@ -563,10 +565,11 @@ impl<M: ConfigModel> Node<M> {
         if matches!(self.state, State::Stopped) {
             if let Event::ClientRequest { request, .. } | Event::PlexIoError { request, .. } = event
             {
-                let err = format!("node {}: shutting down", self.name(self.cfg.me));
+                let me = self.name(self.cfg.me);
+                let err = format!("node {me}: shutting down");
                 self.out.push(Action::Reply {
                     request,
-                    result: Err(err),
+                    result: Err(RequestError::new(ErrorKind::Busy, me, err)),
                 });
             }
             return std::mem::take(&mut self.out);

@@ -2,6 +2,8 @@
 
 use std::fmt::Debug;
 
+use super::RequestError;
+
 /// A disk group configuration database, as far as the protocol needs to know it.
 ///
 /// The core never looks inside a configuration: it validates changes through this
@@ -16,8 +18,8 @@ pub trait ConfigModel: Clone + Eq + Debug + Default {
 
     /// Validates `change` against this configuration and returns the configuration
     /// after it, whose `seq()` is `self.seq() + 1`. The error says what is wrong, e.g.
-    /// `disk group dg1 already exists`.
-    fn validate_and_apply(&self, change: &Self::Change) -> Result<Self, String>;
+    /// `disk group dg1 already exists`, and its kind (the core names the node).
+    fn validate_and_apply(&self, change: &Self::Change) -> Result<Self, RequestError>;
 
     /// The disks of the shared disk groups: a joiner must reach every one.
     fn shared_disks(&self) -> Vec<String>;
@@ -25,7 +27,7 @@ pub trait ConfigModel: Clone + Eq + Debug + Default {
     /// The change that detaches `plex` of `volume` after an I/O error (global detach
     /// policy). `Ok(None)`: nothing to do (already detached). An error refuses the
     /// detach, e.g. because it is the volume's last ACTIVE plex.
-    fn detach_plex(&self, volume: &str, plex: &str) -> Result<Option<Self::Change>, String>;
+    fn detach_plex(&self, volume: &str, plex: &str) -> Result<Option<Self::Change>, RequestError>;
 
     /// Serialises the configuration.
     fn encode(&self) -> Vec<u8>;

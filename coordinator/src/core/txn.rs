@@ -123,36 +123,40 @@ impl<M: ConfigModel> Node<M> {
         self.name(self.cfg.me)
     }
 
-    fn reply(&mut self, request: RequestId, result: Result<(), String>) {
+    fn reply(&mut self, request: RequestId, result: Result<(), RequestError>) {
         self.out.push(Action::Reply { request, result });
     }
 
     /// Step 1: a client request arrives at this node.
     pub(super) fn on_client_request(&mut self, now_ms: u64, request: RequestId, req: Request<M>) {
         let me = self.cfg.me;
+        let me_name = self.me_name();
         if self.stopping {
-            let err = format!("node {}: shutting down", self.me_name());
-            return self.reply(request, Err(err));
+            let err = format!("node {me_name}: shutting down");
+            return self.reply(
+                request,
+                Err(RequestError::new(ErrorKind::Busy, me_name, err)),
+            );
         }
         if self.is_master() {
             return self.master_enqueue(now_ms, Origin { node: me, request }, req);
         }
-        let err = match (&self.state, &self.view) {
+        let (kind, err) = match (&self.state, &self.view) {
             (State::Member, Some(view)) => {
                 let master = view.master;
                 if self.suspected.contains(&master) {
-                    format!(
+                    (ErrorKind::NotMaster, format!(
                         "node {}: master node {} is gone and its successor has not taken over yet; retry shortly",
                         self.me_name(),
                         self.name(master)
-                    )
+                    ))
                 } else if self.forwards.len() >= MAX_PENDING_FORWARDS || self.forwards.contains_key(&request) {
-                    format!(
+                    (ErrorKind::Busy, format!(
                         "node {}: {} requests already forwarded to master node {} (limit {MAX_PENDING_FORWARDS}); retry later",
                         self.me_name(),
                         self.forwards.len(),
                         self.name(master)
-                    )
+                    ))
                 } else {
                     let body = match req {
                         Request::Change(c) => WireRequest::Change(M::encode_change(&c)),
@@ -169,25 +173,26 @@ impl<M: ConfigModel> Node<M> {
                     return;
                 }
             }
-            (State::TakingOver { .. }, _) => {
-                format!("node {}: taking over as master; retry shortly", self.me_name())
-            }
+            (State::TakingOver { .. }, _) => (
+                ErrorKind::NotMaster,
+                format!("node {}: taking over as master; retry shortly", self.me_name()),
+            ),
             _ if !self.quorum().reached(self.votes_of(
                 self.reachable_peers(now_ms).into_iter().chain([me]),
             )) =>
             {
-                format!(
+                (ErrorKind::NoQuorum, format!(
                     "{}; this node is not a cluster member and refuses changes until it can reach a majority",
                     self.no_quorum_reason(now_ms)
-                )
+                ))
             }
-            _ => format!(
+            _ => (ErrorKind::NotMaster, format!(
                 "node {} is not a cluster member ({:?}); no master is known to forward the request to",
                 self.me_name(),
                 self.role()
-            ),
+            )),
         };
-        self.reply(request, Err(err));
+        self.reply(request, Err(RequestError::new(kind, me_name, err)));
     }
 
     pub(super) fn master_on_forward(
@@ -200,39 +205,24 @@ impl<M: ConfigModel> Node<M> {
         let me_name = self.me_name();
         if !self.is_master() {
             let err = format!("node {me_name} is not the master; retry");
-            return self.send(
-                from,
-                Message::Outcome {
-                    request,
-                    result: Err(err),
-                },
-            );
+            let err = RequestError::new(ErrorKind::NotMaster, me_name, err);
+            return self.send(from, Self::outcome(request, Err(err)));
         }
         if !self.view.as_ref().is_some_and(|v| v.contains(from)) {
             let err = format!(
                 "node {me_name} (master): node {} is not a cluster member",
                 self.name(from)
             );
-            return self.send(
-                from,
-                Message::Outcome {
-                    request,
-                    result: Err(err),
-                },
-            );
+            let err = RequestError::new(ErrorKind::NotMaster, me_name, err);
+            return self.send(from, Self::outcome(request, Err(err)));
         }
         let req = match body {
             WireRequest::Change(bytes) => match M::decode_change(&bytes) {
                 Ok(c) => Request::Change(c),
                 Err(e) => {
                     let err = format!("node {me_name} (master): cannot decode the change: {e}");
-                    return self.send(
-                        from,
-                        Message::Outcome {
-                            request,
-                            result: Err(err),
-                        },
-                    );
+                    let err = RequestError::new(ErrorKind::Internal, me_name, err);
+                    return self.send(from, Self::outcome(request, Err(err)));
                 }
             },
             WireRequest::DetachPlex { volume, plex } => Request::DetachPlex { volume, plex },
@@ -256,6 +246,7 @@ impl<M: ConfigModel> Node<M> {
                 "node {} (master): {MAX_QUEUED_REQUESTS} requests already queued; retry later",
                 self.me_name()
             );
+            let err = RequestError::new(ErrorKind::Busy, self.me_name(), err);
             return self.finish_request(origin, Err(err));
         }
         ms.queue.push_back((origin, req));
@@ -263,26 +254,43 @@ impl<M: ConfigModel> Node<M> {
     }
 
     /// Sends a request's final result to its origin.
-    fn finish_request(&mut self, origin: Origin, result: Result<(), String>) {
+    fn finish_request(&mut self, origin: Origin, result: Result<(), RequestError>) {
         if origin.node == self.cfg.me {
             self.reply(origin.request, result);
         } else {
-            self.send(
-                origin.node,
-                Message::Outcome {
-                    request: origin.request,
-                    result,
-                },
-            );
+            self.send(origin.node, Self::outcome(origin.request, result));
         }
     }
 
+    /// The Outcome message carrying `result`.
+    fn outcome(request: RequestId, result: Result<(), RequestError>) -> Message {
+        let (kind, node) = match &result {
+            Ok(()) => (None, None),
+            Err(e) => (Some(e.kind), Some(e.node.clone())),
+        };
+        Message::Outcome {
+            request,
+            result: result.map_err(|e| e.message),
+            kind,
+            node,
+        }
+    }
+
+    /// The master's answer to a request this node forwarded; an older master's
+    /// failure (no kind) counts as [`ErrorKind::Failed`] on the master.
     pub(super) fn on_outcome(
         &mut self,
         from: NodeId,
         request: RequestId,
         result: Result<(), String>,
+        kind: Option<ErrorKind>,
+        node: Option<String>,
     ) {
+        let result = result.map_err(|message| RequestError {
+            kind: kind.unwrap_or(ErrorKind::Failed),
+            node: node.unwrap_or_else(|| self.name(from)),
+            message,
+        });
         if self.view.as_ref().map(|v| v.master) != Some(from) {
             log::warn!(
                 "node {}: Outcome from non-master node {from} ignored",
@@ -304,11 +312,11 @@ impl<M: ConfigModel> Node<M> {
             let result = if f.committed {
                 Ok(())
             } else {
-                Err(format!(
+                Err(RequestError::new(ErrorKind::NotMaster, self.me_name(), format!(
                     "node {}: master node {} was lost before the change committed; it was not applied",
                     self.me_name(),
                     self.name(old_master)
-                ))
+                )))
             };
             self.reply(request, result);
         }
@@ -331,6 +339,7 @@ impl<M: ConfigModel> Node<M> {
                 "node {}: no answer from the master within {bound_ms} ms; {OUTCOME_UNKNOWN} (check the configuration)",
                 self.me_name()
             );
+            let err = RequestError::new(ErrorKind::OutcomeUnknown, self.me_name(), err);
             self.reply(request, Err(err));
         }
     }
@@ -342,10 +351,10 @@ impl<M: ConfigModel> Node<M> {
     pub(super) fn forwards_outcome_unknown(&mut self) {
         let forwards = std::mem::take(&mut self.forwards);
         for (request, _) in forwards {
-            let result = Err(format!(
+            let result = Err(RequestError::new(ErrorKind::OutcomeUnknown, self.me_name(), format!(
                 "node {}: left the cluster while the change was in progress; {OUTCOME_UNKNOWN} (check the configuration)",
                 self.me_name()
-            ));
+            )));
             self.reply(request, result);
         }
     }
@@ -357,6 +366,7 @@ impl<M: ConfigModel> Node<M> {
             "node {}: shutting down; the change was not applied",
             self.me_name()
         );
+        let err = RequestError::new(ErrorKind::Busy, self.me_name(), err);
         let queued = self
             .master
             .as_mut()
@@ -412,17 +422,13 @@ impl<M: ConfigModel> Node<M> {
         let me = self.cfg.me;
         let change = match req {
             Request::Change(c) => c,
-            Request::DetachPlex { volume, plex } => match self
-                .committed
-                .config
-                .detach_plex(&volume, &plex)
-            {
-                Ok(Some(c)) => c,
-                Ok(None) => return self.finish_request(origin, Ok(())),
-                Err(e) => {
-                    return self.fail_request(origin, None, format!("node {}: {e}", self.me_name()))
+            Request::DetachPlex { volume, plex } => {
+                match self.committed.config.detach_plex(&volume, &plex) {
+                    Ok(Some(c)) => c,
+                    Ok(None) => return self.finish_request(origin, Ok(())),
+                    Err(e) => return self.fail_request(origin, None, e.on(&self.me_name())),
                 }
-            },
+            }
         };
         let new_config = match self.committed.config.validate_and_apply(&change) {
             Ok(c) if c.seq() == self.committed.config.seq() + 1 => c,
@@ -433,11 +439,10 @@ impl<M: ConfigModel> Node<M> {
                     c.seq(),
                     self.committed.config.seq()
                 );
+                let err = RequestError::new(ErrorKind::Internal, self.me_name(), err);
                 return self.fail_request(origin, None, err);
             }
-            Err(e) => {
-                return self.fail_request(origin, None, format!("node {}: {e}", self.me_name()))
-            }
+            Err(e) => return self.fail_request(origin, None, e.on(&self.me_name())),
         };
         let Some(view) = self.view.clone() else {
             return;
@@ -489,7 +494,7 @@ impl<M: ConfigModel> Node<M> {
 
     /// A request failed before it became a transaction, or a transaction failed:
     /// log it on the master's console and answer the origin.
-    fn fail_request(&mut self, origin: Origin, txn: Option<TxnId>, error: String) {
+    fn fail_request(&mut self, origin: Origin, txn: Option<TxnId>, error: RequestError) {
         let line = match txn {
             Some(id) => format!("transaction {id} failed: {error}"),
             None => format!("request failed: {error}"),
@@ -602,7 +607,7 @@ impl<M: ConfigModel> Node<M> {
         now_ms: u64,
         from: NodeId,
         txn: TxnId,
-        result: Result<(), String>,
+        result: Result<(), RequestError>,
     ) {
         let Some(t) = self.master_txn(txn) else {
             return;
@@ -616,7 +621,7 @@ impl<M: ConfigModel> Node<M> {
         match result {
             Ok(()) => self.master_advance(now_ms),
             Err(e) => {
-                let err = format!("node {}: {e}", self.name(from));
+                let err = e.on(&self.name(from));
                 self.master_abort(now_ms, err);
             }
         }
@@ -641,8 +646,9 @@ impl<M: ConfigModel> Node<M> {
         match result {
             Ok(()) => self.master_advance(now_ms),
             Err(e) => {
-                let err = format!("node {}: {e}", self.name(from));
-                self.master_abort(now_ms, err);
+                let node = self.name(from);
+                let err = format!("node {node}: {e}");
+                self.master_abort(now_ms, RequestError::new(ErrorKind::Failed, node, err));
             }
         }
     }
@@ -702,11 +708,11 @@ impl<M: ConfigModel> Node<M> {
                 t.id
             );
             self.log(log::Level::Error, line);
-            answer = Err(format!(
+            answer = Err(RequestError::new(ErrorKind::OutcomeUnknown, self.me_name(), format!(
                 "node {}: transaction {} committed on the nodes but was written to no disk ({e}); {OUTCOME_UNKNOWN} after a restart of the whole cluster: check the disks",
                 self.me_name(),
                 t.id
-            ));
+            )));
         }
         self.failpoint("txn.after_disk_write");
         for &p in &t.participants {
@@ -744,7 +750,8 @@ impl<M: ConfigModel> Node<M> {
                 Phase::SuccessorCommit { .. } | Phase::SuccessorLost { .. } | Phase::DiskWrite
             );
             let error = if past_commit {
-                format!("{reason}; {OUTCOME_UNKNOWN} (the next master completes or aborts transaction {})", t.id)
+                let e = format!("{reason}; {OUTCOME_UNKNOWN} (the next master completes or aborts transaction {})", t.id);
+                RequestError::new(ErrorKind::OutcomeUnknown, self.me_name(), e)
             } else {
                 for &p in &t.participants {
                     self.send(p, Message::Abort { txn: t.id });
@@ -752,17 +759,20 @@ impl<M: ConfigModel> Node<M> {
                 if t.staged {
                     self.out.push(Action::KernelAbort { txn: t.id });
                 }
-                format!("{reason}; the change was not applied")
+                let e = format!("{reason}; the change was not applied");
+                RequestError::new(ErrorKind::NotMaster, self.me_name(), e)
             };
             self.fail_request(t.origin, Some(t.id), error);
         }
         for (origin, _) in queued {
-            self.finish_request(origin, Err(format!("{reason}; the change was not applied")));
+            let e = format!("{reason}; the change was not applied");
+            let e = RequestError::new(ErrorKind::NotMaster, self.me_name(), e);
+            self.finish_request(origin, Err(e));
         }
     }
 
     /// Master: the transaction fails everywhere (abort, drop staged layouts, answer).
-    fn master_abort(&mut self, now_ms: u64, error: String) {
+    fn master_abort(&mut self, now_ms: u64, error: RequestError) {
         let Some(t) = self.master.as_mut().and_then(|ms| ms.txn.take()) else {
             return;
         };
@@ -794,9 +804,11 @@ impl<M: ConfigModel> Node<M> {
             return;
         }
         let err = match &t.phase {
-            Phase::Checking { .. } | Phase::Preparing { .. } => {
-                format!("node {name}: left the cluster during the transaction; the change was not applied")
-            }
+            Phase::Checking { .. } | Phase::Preparing { .. } => RequestError::new(
+                ErrorKind::Failed,
+                name.clone(),
+                format!("node {name}: left the cluster during the transaction; the change was not applied"),
+            ),
             Phase::SuccessorCommit { successor } if *successor == peer => {
                 t.phase = Phase::SuccessorLost {
                     successor: peer,
@@ -843,11 +855,11 @@ impl<M: ConfigModel> Node<M> {
                 since_ms,
             } => {
                 if self.may_commit(now_ms) && self.lease_confirmed_since(*since_ms) {
+                    let node = self.name(*successor);
                     let err = format!(
-                        "node {}: the designated successor left the cluster before acknowledging COMMIT; the change was not applied",
-                        self.name(*successor)
+                        "node {node}: the designated successor left the cluster before acknowledging COMMIT; the change was not applied"
                     );
-                    self.master_abort(now_ms, err);
+                    self.master_abort(now_ms, RequestError::new(ErrorKind::Failed, node, err));
                 }
                 return;
             }
@@ -890,14 +902,15 @@ impl<M: ConfigModel> Node<M> {
             self.cfg.reply_timeout_ms,
             names.join(", ")
         );
-        self.master_abort(now_ms, err);
+        let node = names.first().cloned().unwrap_or_default();
+        self.master_abort(now_ms, RequestError::new(ErrorKind::Unreachable, node, err));
     }
 
     pub(super) fn on_local_check_done(
         &mut self,
         now_ms: u64,
         txn: TxnId,
-        result: Result<(), String>,
+        result: Result<(), RequestError>,
     ) {
         let me = self.cfg.me;
         if self.is_master() {
@@ -913,7 +926,7 @@ impl<M: ConfigModel> Node<M> {
         let Some(master) = self.view.as_ref().map(|v| v.master) else {
             return;
         };
-        self.send(master, Message::CheckReply { txn, result });
+        self.send(master, Self::check_reply(txn, result));
         self.failpoint("txn.after_check");
     }
 
@@ -980,13 +993,8 @@ impl<M: ConfigModel> Node<M> {
         }
         if let Some(state) = base {
             if let Err(reason) = self.slave_sync(now_ms, from, state) {
-                return self.send(
-                    from,
-                    Message::CheckReply {
-                        txn,
-                        result: Err(reason),
-                    },
-                );
+                let err = RequestError::unplaced(ErrorKind::Failed, reason);
+                return self.send(from, Self::check_reply(txn, Err(err)));
             }
         }
         if let Some(old) = self.slave_txn.take() {
@@ -1002,21 +1010,14 @@ impl<M: ConfigModel> Node<M> {
         let change = match M::decode_change(&change) {
             Ok(c) => c,
             Err(e) => {
-                let result = Err(format!("cannot decode the change: {e}"));
-                return self.send(from, Message::CheckReply { txn, result });
+                let err = format!("cannot decode the change: {e}");
+                let result = Err(RequestError::unplaced(ErrorKind::Internal, err));
+                return self.send(from, Self::check_reply(txn, result));
             }
         };
         let new_config = match self.committed.config.validate_and_apply(&change) {
             Ok(c) => c,
-            Err(e) => {
-                return self.send(
-                    from,
-                    Message::CheckReply {
-                        txn,
-                        result: Err(e),
-                    },
-                )
-            }
+            Err(e) => return self.send(from, Self::check_reply(txn, Err(e))),
         };
         self.slave_txn = Some(SlaveTxn {
             id: txn,
@@ -1026,6 +1027,16 @@ impl<M: ConfigModel> Node<M> {
             staged: false,
         });
         self.out.push(Action::LocalCheck { txn, change });
+    }
+
+    /// The CheckReply message carrying `result`.
+    fn check_reply(txn: TxnId, result: Result<(), RequestError>) -> Message {
+        let kind = result.as_ref().err().map(|e| e.kind);
+        Message::CheckReply {
+            txn,
+            result: result.map_err(|e| e.message),
+            kind,
+        }
     }
 
     pub(super) fn slave_on_prepare(&mut self, from: NodeId, txn: TxnId) {

@@ -22,7 +22,7 @@ use smol::{Async, LocalExecutor};
 
 use super::transport::{Identity, Refusals};
 use super::Input;
-use crate::core::{Message, MAX_MESSAGE_BYTES};
+use crate::core::{ErrorKind, Message, RequestError, MAX_MESSAGE_BYTES};
 
 /// Most connections (peers and clients) served at once.
 pub const MAX_CONNECTIONS: usize = 256;
@@ -161,6 +161,31 @@ pub enum CtlChange {
     },
 }
 
+impl CtlChange {
+    /// The object the change is about, for the typed error (`volume vol1 in disk
+    /// group dg1`).
+    pub fn object(&self) -> String {
+        match self {
+            CtlChange::DgCreate { dg, .. }
+            | CtlChange::DgDestroy { dg, .. }
+            | CtlChange::DgDeport { dg, .. }
+            | CtlChange::DgImport { dg, .. } => format!("disk group {dg}"),
+            CtlChange::DgAddDisk { dg, disk } | CtlChange::DgRmDisk { dg, disk } => {
+                format!("disk {disk} in disk group {dg}")
+            }
+            CtlChange::VolCreate { dg, volume, .. }
+            | CtlChange::VolResize { dg, volume, .. }
+            | CtlChange::VolRm { dg, volume }
+            | CtlChange::PlexAdd { dg, volume }
+            | CtlChange::VolExport { dg, volume, .. }
+            | CtlChange::VolUnexport { dg, volume, .. } => {
+                format!("volume {volume} in disk group {dg}")
+            }
+            CtlChange::Plex { dg, plex, .. } => format!("plex {plex} in disk group {dg}"),
+        }
+    }
+}
+
 /// `vol create --layout`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LayoutKind {
@@ -287,7 +312,7 @@ pub struct TaskOut {
 #[derive(Debug, Clone)]
 pub enum CtlReply {
     /// A change's result.
-    Done(Result<(), String>),
+    Done(Result<(), RequestError>),
     /// A change succeeded: what was done (object, size, placement, adjustments).
     Changed(String),
     /// Cluster status.
@@ -312,7 +337,7 @@ pub enum CtlReply {
         master: Option<String>,
     },
     /// The call failed.
-    Error(String),
+    Error(RequestError),
 }
 
 /// Binds `address` and serves it from a new thread. Peers must shake hands
@@ -396,26 +421,90 @@ struct NodeServer {
 }
 
 impl NodeServer {
+    /// Hands `call` to the main loop and waits for its answer. A change that gets
+    /// no answer may still complete: its error is [`ErrorKind::OutcomeUnknown`].
     async fn ask(&self, call: CtlCall) -> CtlReply {
+        let change = matches!(call, CtlCall::Change(_));
+        let name = &self.identity.name;
         let (tx, rx) = smol::channel::bounded(1);
         if self
             .inputs
             .try_send(Input::Ctl { call, reply: tx })
             .is_err()
         {
-            return CtlReply::Error("the daemon is busy or stopping; try again".into());
+            let e = format!("node {name}: the daemon is busy or stopping; try again");
+            return CtlReply::Error(RequestError::new(ErrorKind::Busy, name.as_str(), e));
         }
+        let (kind, may_apply) = if change {
+            (
+                ErrorKind::OutcomeUnknown,
+                "; the change may still complete: check with plexctl print",
+            )
+        } else {
+            (ErrorKind::Unreachable, "")
+        };
         let timeout = async {
             smol::Timer::after(CALL_TIMEOUT).await;
-            CtlReply::Error(format!("no answer within {} s", CALL_TIMEOUT.as_secs()))
+            let e = format!(
+                "node {name}: no answer within {} s{may_apply}",
+                CALL_TIMEOUT.as_secs()
+            );
+            log::warn!("ctl server: {e}");
+            CtlReply::Error(RequestError::new(kind, name.as_str(), e))
         };
         let answer = async {
-            rx.recv()
-                .await
-                .unwrap_or_else(|_| CtlReply::Error("the daemon is stopping".into()))
+            rx.recv().await.unwrap_or_else(|_| {
+                let e = format!("node {name}: the daemon is stopping{may_apply}");
+                let kind = if change { kind } else { ErrorKind::Busy };
+                CtlReply::Error(RequestError::new(kind, name.as_str(), e))
+            })
         };
         smol::future::or(answer, timeout).await
     }
+
+    /// The typed error of a failed call: `reply` if it is one, else an internal
+    /// error (the main loop answered with something else).
+    fn failure(&self, reply: CtlReply) -> RequestError {
+        match reply {
+            CtlReply::Error(e) | CtlReply::Done(Err(e)) => e,
+            other => {
+                let name = &self.identity.name;
+                let e = format!("node {name}: internal error: unexpected answer {other:?}");
+                log::error!("ctl server: {e}");
+                RequestError::new(ErrorKind::Internal, name.as_str(), e)
+            }
+        }
+    }
+}
+
+/// The ctl API's kind of a core error kind.
+fn kind_of(k: ErrorKind) -> c::ErrorKind {
+    match k {
+        ErrorKind::Refused => c::ErrorKind::Refused,
+        ErrorKind::InUse => c::ErrorKind::InUse,
+        ErrorKind::NotFound => c::ErrorKind::NotFound,
+        ErrorKind::Exists => c::ErrorKind::Exists,
+        ErrorKind::NoQuorum => c::ErrorKind::NoQuorum,
+        ErrorKind::NotMaster => c::ErrorKind::NotMaster,
+        ErrorKind::Busy => c::ErrorKind::Busy,
+        ErrorKind::Unreachable => c::ErrorKind::Unreachable,
+        ErrorKind::OutcomeUnknown => c::ErrorKind::OutcomeUnknown,
+        ErrorKind::Failed => c::ErrorKind::Failed,
+        ErrorKind::Internal => c::ErrorKind::Internal,
+    }
+}
+
+/// Fills a call's typed error (`failure`); `node` names the answering node, used
+/// when the error names none; `object` is what the call was about.
+fn set_failure(mut b: c::ctl_error::Builder<'_>, e: &RequestError, node: &str, object: &str) {
+    b.set_kind(kind_of(e.kind));
+    b.set_node(if e.node.is_empty() {
+        node
+    } else {
+        e.node.as_str()
+    });
+    b.set_object(object);
+    b.set_message(e.message.as_str());
 }
 
 fn text(r: capnp::Result<capnp::text::Reader<'_>>) -> capnp::Result<String> {
@@ -562,14 +651,6 @@ fn set_disk(mut b: c::disk_info::Builder<'_>, d: &DiskOut) {
     b.set_repairs(d.repairs);
 }
 
-fn unexpected(r: &CtlReply) -> String {
-    match r {
-        CtlReply::Error(e) => e.clone(),
-        CtlReply::Done(Err(e)) => e.clone(),
-        other => format!("internal error: unexpected answer {other:?}"),
-    }
-}
-
 impl ctl::Server for NodeServer {
     async fn change(
         self: Rc<Self>,
@@ -577,10 +658,16 @@ impl ctl::Server for NodeServer {
         mut results: ctl::ChangeResults,
     ) -> Result<(), capnp::Error> {
         let change = read_change(params.get()?.get_change()?)?;
+        let object = change.object();
         match self.ask(CtlCall::Change(change)).await {
             CtlReply::Done(Ok(())) => {}
             CtlReply::Changed(done) => results.get().set_done(done.as_str()),
-            other => results.get().set_error(unexpected(&other).as_str()),
+            other => {
+                let e = self.failure(other);
+                let mut r = results.get();
+                r.set_error(e.message.as_str());
+                set_failure(r.init_failure(), &e, &self.identity.name, &object);
+            }
         }
         Ok(())
     }
@@ -611,7 +698,12 @@ impl ctl::Server for NodeServer {
                     failed.set(i as u32, f.as_str());
                 }
             }
-            other => results.get().set_error(unexpected(&other).as_str()),
+            other => {
+                let e = self.failure(other);
+                let mut r = results.get();
+                r.set_error(e.message.as_str());
+                set_failure(r.init_failure(), &e, &self.identity.name, "");
+            }
         }
         Ok(())
     }
@@ -622,12 +714,22 @@ impl ctl::Server for NodeServer {
         mut results: ctl::PrintResults,
     ) -> Result<(), capnp::Error> {
         let dg = text(params.get()?.get_dg())?;
+        let object = if dg.is_empty() {
+            String::new()
+        } else {
+            format!("disk group {dg}")
+        };
         match self.ask(CtlCall::Print(dg)).await {
             CtlReply::Print { json, text } => {
                 results.get().set_json(json.as_str());
                 results.get().set_text(text.as_str());
             }
-            other => results.get().set_error(unexpected(&other).as_str()),
+            other => {
+                let e = self.failure(other);
+                let mut r = results.get();
+                r.set_error(e.message.as_str());
+                set_failure(r.init_failure(), &e, &self.identity.name, &object);
+            }
         }
         Ok(())
     }
@@ -643,9 +745,19 @@ impl ctl::Server for NodeServer {
             name: text(p.get_name())?,
             force: p.get_force(),
         };
+        let object = match &call {
+            CtlCall::DiskInit { path, name, .. } if name.is_empty() => format!("disk {path}"),
+            CtlCall::DiskInit { path, name, .. } => format!("disk {name} ({path})"),
+            _ => String::new(),
+        };
         match self.ask(call).await {
             CtlReply::Disk(d) => set_disk(results.get().init_disk(), &d),
-            other => results.get().set_error(unexpected(&other).as_str()),
+            other => {
+                let e = self.failure(other);
+                let mut r = results.get();
+                r.set_error(e.message.as_str());
+                set_failure(r.init_failure(), &e, &self.identity.name, &object);
+            }
         }
         Ok(())
     }
@@ -662,7 +774,12 @@ impl ctl::Server for NodeServer {
                     set_disk(list.reborrow().get(i as u32), d);
                 }
             }
-            other => results.get().set_error(unexpected(&other).as_str()),
+            other => {
+                let e = self.failure(other);
+                let mut r = results.get();
+                r.set_error(e.message.as_str());
+                set_failure(r.init_failure(), &e, &self.identity.name, "");
+            }
         }
         Ok(())
     }
@@ -694,7 +811,12 @@ impl ctl::Server for NodeServer {
                     b.set_node(t.node.as_str());
                 }
             }
-            other => results.get().set_error(unexpected(&other).as_str()),
+            other => {
+                let e = self.failure(other);
+                let mut r = results.get();
+                r.set_error(e.message.as_str());
+                set_failure(r.init_failure(), &e, &self.identity.name, "");
+            }
         }
         Ok(())
     }

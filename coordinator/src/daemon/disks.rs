@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::core::{DiskRecord, TxnId};
+use crate::core::{DiskRecord, ErrorKind, RequestError, TxnId};
 use crate::objects::{Change, ClusterConfig, Disk, DiskGroupConfig, DiskUpdate};
 use crate::ondisk::{self, Label};
 
@@ -474,18 +474,23 @@ pub fn write_record(
 }
 
 /// A slave's (and the master's) local checks of a change: no private disk group of
-/// the same name; every new disk is found here (by id on `files`) and opens.
+/// the same name; every new disk is found here (by id on `files`) and opens. The
+/// refusal does not name the node (the caller places it).
 pub fn local_check(
     change: &Change,
     private: &ClusterConfig,
     files: &[PathBuf],
-) -> Result<(), String> {
+) -> Result<(), RequestError> {
+    let exists = |dg: &str| {
+        let e = format!("disk group {dg} exists as a private disk group");
+        RequestError::unplaced(ErrorKind::Exists, e)
+    };
     if let Change::DgCreate {
         dg, shared: true, ..
     } = change
     {
         if private.disk_group(dg).is_some() {
-            return Err(format!("disk group {dg} exists as a private disk group"));
+            return Err(exists(dg));
         }
     }
     if let Change::DgImport {
@@ -495,15 +500,12 @@ pub fn local_check(
     } = change
     {
         if private.disk_group(&config.name).is_some() {
-            return Err(format!(
-                "disk group {} exists as a private disk group",
-                config.name
-            ));
+            return Err(exists(&config.name));
         }
     }
     let local = LocalDisks::scan(files);
     for d in change.new_disks() {
-        check_disk(d, &local)?;
+        check_disk(d, &local).map_err(|e| RequestError::unplaced(ErrorKind::Refused, e))?;
     }
     Ok(())
 }
@@ -564,9 +566,8 @@ mod tests {
             owner_id: "c".into(),
             disks: Vec::new(),
         };
-        assert_eq!(
-            local_check(&change, &private, &[]).unwrap_err(),
-            "disk group dg1 exists as a private disk group"
-        );
+        let e = local_check(&change, &private, &[]).unwrap_err();
+        assert_eq!(e.message, "disk group dg1 exists as a private disk group");
+        assert_eq!(e.kind, ErrorKind::Exists);
     }
 }

@@ -29,7 +29,7 @@ use super::fence::{Fences, SharedView};
 use super::kernel::{Desired, Kernel};
 use super::model::SharedConfig;
 use super::Input;
-use crate::core::{DiskRecord, NodeId, TxnId};
+use crate::core::{DiskRecord, ErrorKind, NodeId, RequestError, TxnId};
 use crate::objects::{Change, ClusterConfig, DiskGroupConfig};
 
 /// Jobs submitted to the driver and not yet answered, at most; the main loop waits
@@ -167,7 +167,7 @@ pub enum Done {
         /// Transaction.
         txn: TxnId,
         /// Refusal, if any.
-        result: Result<(), String>,
+        result: Result<(), RequestError>,
     },
     /// [`Job::KernelPrepare`].
     KernelPrepared {
@@ -210,7 +210,7 @@ pub enum Done {
     /// [`Job::Private`].
     Private {
         /// Result (the error names the node).
-        result: Result<(), String>,
+        result: Result<(), RequestError>,
     },
     /// [`Job::Reconnect`].
     Reconnected {
@@ -363,7 +363,11 @@ impl Driver {
         }
     }
 
-    fn check_export(&self, group: Option<&DiskGroupConfig>, change: &Change) -> Result<(), String> {
+    fn check_export(
+        &self,
+        group: Option<&DiskGroupConfig>,
+        change: &Change,
+    ) -> Result<(), RequestError> {
         check_export(
             self.kernel.client(),
             &self.name,
@@ -555,11 +559,12 @@ impl Driver {
         shared: &[DiskGroupConfig],
         group: Option<DiskGroupConfig>,
         txn: u64,
-    ) -> Result<(), String> {
+    ) -> Result<(), RequestError> {
         let updates = change.disk_updates(before, after);
         disks::local_check(change, &ClusterConfig::default(), &self.files())
-            .map_err(|e| self.err(e))?;
+            .map_err(|e| e.on(&self.name))?;
         self.check_export(group.as_ref(), change)?;
+        let failed = |e: String| RequestError::new(ErrorKind::Failed, self.name.clone(), e);
         let desired = self.desired(shared, &after.disk_groups);
         self.fences
             .break_all(self.kernel.client(), "a private transaction");
@@ -567,7 +572,7 @@ impl Driver {
             self.kernel.abort();
             let e = self.err(format!("disk group {}: data plane: {e}", change.dg_name()));
             log::error!("{e}");
-            return Err(e);
+            return Err(failed(e));
         }
         let mut repairs = self.repairs.lock().unwrap_or_else(|p| p.into_inner());
         let written =
@@ -577,7 +582,7 @@ impl Driver {
             self.kernel.abort();
             let e = self.err(e);
             log::error!("{e}");
-            return Err(e);
+            return Err(failed(e));
         }
         if let Err(e) = self.kernel.commit() {
             log::error!(
@@ -678,7 +683,7 @@ pub fn check_export(
     portal: &str,
     group: Option<&DiskGroupConfig>,
     change: &Change,
-) -> Result<(), String> {
+) -> Result<(), RequestError> {
     if let Some(g) = group {
         let volumes = exports::volumes_taken_away(change, g);
         exports::check_no_sessions(k, name, &g.name, &volumes)?;
@@ -690,5 +695,6 @@ pub fn check_export(
         return Ok(());
     }
     let portal = exports::portal_of(export, portal);
-    exports::check(k, portal).map_err(|e| format!("node {name}: {e}"))
+    exports::check(k, portal)
+        .map_err(|e| RequestError::new(ErrorKind::Refused, name, format!("node {name}: {e}")))
 }

@@ -19,6 +19,7 @@ use plexd_target::frontend::iscsi::alua::{Alua, AluaState, PortGroup};
 use plexd_target::frontend::iscsi::{LunConfig, TargetNodeConfig};
 
 use super::kernel::volume_bdev;
+use crate::core::{ErrorKind, RequestError};
 use crate::objects::{Change, DiskGroupConfig, Export, ExportProtocol};
 
 /// Alias prefix of the iSCSI targets plexd creates.
@@ -315,13 +316,14 @@ pub fn check_no_sessions(
     node: &str,
     dg: &str,
     volumes: &[(String, String)],
-) -> Result<(), String> {
+) -> Result<(), RequestError> {
     if volumes.is_empty() {
         return Ok(());
     }
+    let failed = |e: String| RequestError::new(ErrorKind::Failed, node, e);
     let targets = k
         .iscsi_targets()
-        .map_err(|e| format!("node {node}: disk group {dg}: cannot list iSCSI targets to check for host sessions: {e}"))?;
+        .map_err(|e| failed(format!("node {node}: disk group {dg}: cannot list iSCSI targets to check for host sessions: {e}")))?;
     let mapping: Vec<(&str, &str)> = targets
         .iter()
         .filter_map(|t| {
@@ -337,9 +339,11 @@ pub fn check_no_sessions(
     if mapping.is_empty() {
         return Ok(());
     }
-    let sessions = k
-        .iscsi_sessions()
-        .map_err(|e| format!("node {node}: disk group {dg}: cannot list iSCSI sessions: {e}"))?;
+    let sessions = k.iscsi_sessions().map_err(|e| {
+        failed(format!(
+            "node {node}: disk group {dg}: cannot list iSCSI sessions: {e}"
+        ))
+    })?;
     let busy: Vec<_> = sessions
         .iter()
         .filter_map(|s| {
@@ -356,10 +360,10 @@ pub fn check_no_sessions(
         1 => String::new(),
         n => format!(" ({} more sessions)", n - 1),
     };
-    Err(format!(
+    Err(RequestError::new(ErrorKind::InUse, node, format!(
         "node {node}: disk group {dg}: volume {volume} is in use: host {} ({}) is logged in to {iqn} on this node{more}; log the host out (iscsiadm -m node -T {iqn} --logout) and retry",
         s.initiator, s.peer
-    ))
+    )))
 }
 
 #[cfg(test)]

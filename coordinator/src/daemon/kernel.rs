@@ -27,7 +27,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use plexd_target::api::{BdevRequest, ClientError, KernelClient};
+use plexd_target::api::{BdevRequest, ClientError, ErrorCode, KernelClient};
 use plexd_target::target::DetachPolicy;
 use plexd_target::volume::{
     PlexKind, PlexSpec, PlexState as KPlexState, ReadPolicy as KReadPolicy, SubdiskSpec, VolumeSpec,
@@ -390,7 +390,8 @@ impl Kernel {
         loop {
             match self.client.prepare(name, spec, DRAIN_TIMEOUT) {
                 Ok(_) => return Ok(()),
-                Err(e) if tries < PREPARE_RETRIES && e.to_string().contains("in progress") => {
+                // A resync's quiesce of one chunk holds the volume: `inUse`.
+                Err(e) if tries < PREPARE_RETRIES && e.code() == Some(ErrorCode::InUse) => {
                     tries += 1;
                     std::thread::sleep(PREPARE_RETRY_PAUSE);
                 }

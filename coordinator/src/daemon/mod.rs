@@ -54,7 +54,10 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::core::{Action, ConfigModel, Event, Message, Node, NodeId, RequestId, Role, TxnId};
+use crate::core::{
+    Action, ConfigModel, ErrorKind, Event, Message, Node, NodeId, RequestError, RequestId, Role,
+    TxnId,
+};
 use crate::objects::{self, Change, ClusterConfig, PlexLayout, PlexState, VolumeLayout};
 
 use config::ClusterFile;
@@ -1301,7 +1304,7 @@ impl Daemon {
         }
     }
 
-    fn on_reply(&mut self, request: RequestId, result: Result<(), String>) {
+    fn on_reply(&mut self, request: RequestId, result: Result<(), RequestError>) {
         match self.pending.remove(&request) {
             Some(Pending::Client(tx, change)) => {
                 let answer = match result {
@@ -1447,6 +1450,21 @@ impl Daemon {
         format!("node {}: {e}", self.name)
     }
 
+    /// A refusal of kind `kind` by this node: `e` without the node name.
+    fn refuse_as(&self, kind: ErrorKind, e: impl std::fmt::Display) -> RequestError {
+        RequestError::new(kind, self.name.clone(), self.err(e))
+    }
+
+    /// A refusal by this node ([`ErrorKind::Refused`]): `e` without the node name.
+    fn refuse(&self, e: impl std::fmt::Display) -> RequestError {
+        self.refuse_as(ErrorKind::Refused, e)
+    }
+
+    /// A refusal by this node ([`ErrorKind::Refused`]) whose text names the node.
+    fn refused(&self, e: String) -> RequestError {
+        RequestError::new(ErrorKind::Refused, self.name.clone(), e)
+    }
+
     /// The protocol of `plexctl export PROTOCOL`.
     fn export_protocol(&self, name: &str) -> Result<objects::ExportProtocol, String> {
         match name {
@@ -1459,7 +1477,7 @@ impl Daemon {
     }
 
     /// Turns a plexctl command into a change: disks by media name, defaults.
-    fn resolve(&mut self, c: CtlChange) -> Result<Change, String> {
+    fn resolve(&mut self, c: CtlChange) -> Result<Change, RequestError> {
         let files = self.file.disk_files();
         let (cluster_id, me) = (self.file.cluster.id.clone(), self.name.clone());
         let owner = |shared: bool| {
@@ -1476,15 +1494,21 @@ impl Daemon {
                 shared,
             } => {
                 if names.is_empty() {
-                    return Err(self.err(format!("disk group {dg}: needs at least one disk")));
+                    return Err(self.refuse(format!("disk group {dg}: needs at least one disk")));
                 }
                 self.check_name_free(&dg)?;
                 let mut list = Vec::new();
                 for n in &names {
-                    list.push(disks::find_free_disk(&files, n, &self.name)?);
+                    list.push(
+                        disks::find_free_disk(&files, n, &self.name)
+                            .map_err(|e| self.refused(e))?,
+                    );
                 }
                 if !shared && self.node.config().group(&dg).is_some() {
-                    return Err(self.err(format!("disk group {dg} exists as a shared disk group")));
+                    return Err(self.refuse_as(
+                        ErrorKind::Exists,
+                        format!("disk group {dg} exists as a shared disk group"),
+                    ));
                 }
                 Change::DgCreate {
                     dg,
@@ -1495,7 +1519,8 @@ impl Daemon {
                 }
             }
             CtlChange::DgAddDisk { dg, disk } => Change::DgAddDisk {
-                disk: disks::find_free_disk(&files, &disk, &self.name)?,
+                disk: disks::find_free_disk(&files, &disk, &self.name)
+                    .map_err(|e| self.refused(e))?,
                 dg,
             },
             CtlChange::DgRmDisk { dg, disk } => Change::DgRmDisk { dg, disk },
@@ -1504,20 +1529,24 @@ impl Daemon {
             CtlChange::DgImport { dg, shared } => {
                 if self.private.disk_group(&dg).is_some() || self.node.config().group(&dg).is_some()
                 {
-                    return Err(self.err(format!("disk group {dg} is already imported")));
+                    return Err(self.refuse_as(
+                        ErrorKind::Exists,
+                        format!("disk group {dg} is already imported"),
+                    ));
                 }
                 self.check_name_free(&dg)?;
                 let (_, _, all) = disks::discover(&files, &self.file.cluster.id, &self.name);
                 let found: Vec<_> = all.into_iter().filter(|g| g.name == dg).collect();
                 let config = match found.len() {
                     0 => {
-                        return Err(
-                            self.err(format!("disk group {dg}: not found on the disk paths"))
-                        )
+                        return Err(self.refuse_as(
+                            ErrorKind::NotFound,
+                            format!("disk group {dg}: not found on the disk paths"),
+                        ))
                     }
                     1 => found.into_iter().next().unwrap_or_else(|| unreachable!()),
                     n => {
-                        return Err(self.err(format!(
+                        return Err(self.refuse(format!(
                             "disk group {dg}: {n} groups of that name on the disks"
                         )))
                     }
@@ -1526,7 +1555,7 @@ impl Daemon {
                     && config.owner_id != self.file.cluster.id
                     && config.owner_id != self.name
                 {
-                    return Err(self.err(format!(
+                    return Err(self.refuse(format!(
                         "disk group {dg} is imported by {}; deport it there first",
                         config.owner_id
                     )));
@@ -1586,7 +1615,10 @@ impl Daemon {
                         .and_then(|g| g.volume(&volume))
                         .map(|v| v.size_bytes)
                         .ok_or_else(|| {
-                            self.err(format!("volume {volume} does not exist in disk group {dg}"))
+                            self.refuse_as(
+                                ErrorKind::NotFound,
+                                format!("volume {volume} does not exist in disk group {dg}"),
+                            )
                         })?;
                     let new = if grow {
                         current.checked_add(new_size_bytes)
@@ -1594,7 +1626,7 @@ impl Daemon {
                         current.checked_sub(new_size_bytes).filter(|&n| n > 0)
                     };
                     new.ok_or_else(|| {
-                        self.err(format!(
+                        self.refuse(format!(
                             "volume {volume} of disk group {dg}: cannot {} {} by {}",
                             if grow { "grow" } else { "shrink" },
                             crate::size::format_size(current),
@@ -1627,7 +1659,9 @@ impl Daemon {
                 nodes,
                 portal,
             } => {
-                let protocol = self.export_protocol(&protocol)?;
+                let protocol = self
+                    .export_protocol(&protocol)
+                    .map_err(|e| self.refused(e))?;
                 let private = self.private.disk_group(&dg).is_some();
                 // "." is the node plexctl talks to: this one.
                 let nodes: Vec<String> = nodes
@@ -1636,12 +1670,12 @@ impl Daemon {
                     .collect();
                 for n in &nodes {
                     if self.file.node(n).is_none() {
-                        return Err(self.err(format!(
+                        return Err(self.refuse(format!(
                             "export of volume {volume}: node {n} is not in the cluster file"
                         )));
                     }
                     if private && n != &self.name {
-                        return Err(self.err(format!(
+                        return Err(self.refuse(format!(
                             "export of volume {volume}: disk group {dg} is private to node {}; node {n} cannot export it",
                             self.name
                         )));
@@ -1654,12 +1688,12 @@ impl Daemon {
                 };
                 if !portal.is_empty() {
                     if nodes.len() != 1 {
-                        return Err(self.err(format!(
+                        return Err(self.refuse(format!(
                             "export of volume {volume}: --portal {portal} needs exactly one --node (each node listens on its own address; without --portal each uses its iscsi_portal)"
                         )));
                     }
                     if let Err(e) = portal.parse::<std::net::SocketAddr>() {
-                        return Err(self.err(format!(
+                        return Err(self.refuse(format!(
                             "export of volume {volume}: portal {portal:?}: {e} (want address:port)"
                         )));
                     }
@@ -1687,7 +1721,9 @@ impl Daemon {
             } => Change::VolUnexport {
                 dg,
                 volume,
-                protocol: self.export_protocol(&protocol)?,
+                protocol: self
+                    .export_protocol(&protocol)
+                    .map_err(|e| self.refused(e))?,
             },
             CtlChange::PlexAdd { dg, volume } => {
                 let layout = self
@@ -1713,18 +1749,22 @@ impl Daemon {
 
     /// `dg create` / `dg import` of `dg`: the name is taken by an imported group or
     /// by a failed one (read again from the disks now).
-    fn check_name_free(&mut self, dg: &str) -> Result<(), String> {
+    fn check_name_free(&mut self, dg: &str) -> Result<(), RequestError> {
         if let Some(g) = self.group(dg) {
-            return Err(self.err(format!(
-                "disk group {dg} already exists ({} disk group, {} disks, {} volumes)",
-                if g.shared { "a shared" } else { "a private" },
-                g.disks.len(),
-                g.volumes.len()
-            )));
+            return Err(self.refuse_as(
+                ErrorKind::Exists,
+                format!(
+                    "disk group {dg} already exists ({} disk group, {} disks, {} volumes)",
+                    if g.shared { "a shared" } else { "a private" },
+                    g.disks.len(),
+                    g.volumes.len()
+                ),
+            ));
         }
         self.refresh_failed();
         if let Some(f) = self.failed.iter().find(|f| f.name == dg) {
-            return Err(self.err(format!("disk group {dg} exists and is {}", f.reason)));
+            let e = format!("disk group {dg} exists and is {}", f.reason);
+            return Err(self.refuse_as(ErrorKind::Exists, e));
         }
         Ok(())
     }
@@ -1769,7 +1809,7 @@ impl Daemon {
         let g = self.failed.iter().find(|g| g.name == *dg)?.clone();
         if !force {
             return Some(CtlReply::Done(Err(
-                self.err(format!("disk group {dg} is {}", g.reason))
+                self.refuse(format!("disk group {dg} is {}", g.reason))
             )));
         }
         let result = disks::release_failed(&g, &self.name);
@@ -1785,7 +1825,11 @@ impl Daemon {
             )),
             Err(e) => {
                 log::error!("{e}");
-                CtlReply::Done(Err(e))
+                CtlReply::Done(Err(RequestError::new(
+                    ErrorKind::Failed,
+                    self.name.clone(),
+                    e,
+                )))
             }
         })
     }
@@ -1812,6 +1856,7 @@ impl Daemon {
                 req.change.dg_name()
             ));
             log::warn!("{e}");
+            let e = RequestError::new(ErrorKind::Busy, self.name.clone(), e);
             self.private_answer(req, Err(e));
             return;
         }
@@ -1829,7 +1874,7 @@ impl Daemon {
             let after = match objects::apply(&before, &req.change) {
                 Ok(after) => after,
                 Err(e) => {
-                    let e = self.err(e);
+                    let e = model::refusal(&e).on(&self.name);
                     self.private_answer(req, Err(e));
                     continue;
                 }
@@ -1848,7 +1893,7 @@ impl Daemon {
     }
 
     /// The driver finished the private change in progress.
-    fn private_done(&mut self, result: Result<(), String>) {
+    fn private_done(&mut self, result: Result<(), RequestError>) {
         let Some((req, after)) = self.private_running.take() else {
             return;
         };
@@ -1861,7 +1906,7 @@ impl Daemon {
     }
 
     /// Tells whoever asked how a private change ended.
-    fn private_answer(&mut self, req: PrivateRequest, result: Result<(), String>) {
+    fn private_answer(&mut self, req: PrivateRequest, result: Result<(), RequestError>) {
         match req.origin {
             PrivateOrigin::Client(reply) => {
                 let answer = match result {
@@ -1944,7 +1989,8 @@ impl Daemon {
             .filter(|g| dg.is_empty() || g.name == dg)
             .collect();
         if !dg.is_empty() && groups.is_empty() && failed.is_empty() {
-            return CtlReply::Error(self.err(format!("disk group {dg} does not exist")));
+            let e = format!("disk group {dg} does not exist");
+            return CtlReply::Error(self.refuse_as(ErrorKind::NotFound, e));
         }
         CtlReply::Print {
             json: print::json(&groups, &failed),
@@ -1969,7 +2015,7 @@ impl Daemon {
             .iter()
             .chain(self.private.disk_groups.iter());
         if let Err(e) = disks::check_unclaimed(p, &name, groups, &self.failed) {
-            let e = self.err(e);
+            let e = self.refuse_as(ErrorKind::InUse, e);
             log::warn!("{e}");
             return CtlReply::Error(e);
         }
@@ -1991,7 +2037,7 @@ impl Daemon {
                 })
             }
             Err(e) => {
-                let e = self.err(format!("disk {name}: {e}"));
+                let e = self.refuse(format!("disk {name}: {e}"));
                 log::warn!("{e}");
                 CtlReply::Error(e)
             }

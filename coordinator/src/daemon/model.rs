@@ -10,8 +10,25 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::ConfigModel;
-use crate::objects::{self, Change, ClusterConfig, DiskGroupConfig, DiskUpdate};
+use crate::core::{ConfigModel, ErrorKind, RequestError};
+use crate::objects::{self, Change, ClusterConfig, ConfigError, DiskGroupConfig, DiskUpdate};
+
+/// The kind of a refused change: what `plexctl` exits with.
+pub fn error_kind(e: &ConfigError) -> ErrorKind {
+    match e {
+        ConfigError::NotFound { .. } => ErrorKind::NotFound,
+        ConfigError::Exists(_) | ConfigError::DgExistsOtherKind { .. } => ErrorKind::Exists,
+        ConfigError::InUse(_) => ErrorKind::InUse,
+        ConfigError::LastActivePlex { .. } | ConfigError::NoSpace(_) | ConfigError::Invalid(_) => {
+            ErrorKind::Refused
+        }
+    }
+}
+
+/// A refused change as the core carries it (the core names the node).
+pub fn refusal(e: &ConfigError) -> RequestError {
+    RequestError::unplaced(error_kind(e), e.to_string())
+}
 
 /// The cluster-wide configuration: every shared disk group.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,7 +64,7 @@ impl ConfigModel for SharedConfig {
         self.seq
     }
 
-    fn validate_and_apply(&self, change: &Change) -> Result<Self, String> {
+    fn validate_and_apply(&self, change: &Change) -> Result<Self, RequestError> {
         match change {
             Change::DgCreate {
                 shared: false, dg, ..
@@ -57,14 +74,15 @@ impl ConfigModel for SharedConfig {
                 config: DiskGroupConfig { name: dg, .. },
                 ..
             } => {
-                return Err(format!(
-                    "disk group {dg}: a private disk group is not a cluster change"
+                return Err(RequestError::unplaced(
+                    ErrorKind::Internal,
+                    format!("disk group {dg}: a private disk group is not a cluster change"),
                 ));
             }
             _ => {}
         }
         let before = self.cluster();
-        let after = objects::apply(&before, change).map_err(|e| e.to_string())?;
+        let after = objects::apply(&before, change).map_err(|e| refusal(&e))?;
         let updates = change.disk_updates(&before, &after);
         Ok(SharedConfig {
             seq: self.seq + 1,
@@ -80,10 +98,10 @@ impl ConfigModel for SharedConfig {
             .collect()
     }
 
-    fn detach_plex(&self, volume: &str, plex: &str) -> Result<Option<Change>, String> {
+    fn detach_plex(&self, volume: &str, plex: &str) -> Result<Option<Change>, RequestError> {
         self.cluster()
             .detach_change(volume, plex)
-            .map_err(|e| e.to_string())
+            .map_err(|e| refusal(&e))
     }
 
     fn encode(&self) -> Vec<u8> {
@@ -163,7 +181,8 @@ mod tests {
         assert_eq!(SharedConfig::decode(&c2.encode()).unwrap(), c2);
         let bytes = SharedConfig::encode_change(&vol);
         assert_eq!(SharedConfig::decode_change(&bytes).unwrap(), vol);
-        assert!(c2.validate_and_apply(&create()).is_err());
+        let e = c2.validate_and_apply(&create()).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Exists, "{e}");
         assert_eq!(c2.shared_disks(), vec!["d1".to_string(), "d2".to_string()]);
         assert!(SharedConfig::decode(b"{").is_err());
     }

@@ -22,7 +22,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::core::{Action, ConfigModel, Message, NodeId, RequestId};
+use crate::core::{Action, ConfigModel, Message, NodeId, RequestError, RequestId};
 
 /// Jobs and the loop's work waiting behind them, at most, before the main loop stops
 /// reading inputs and only waits for the driver.
@@ -34,7 +34,7 @@ pub enum Item {
     /// A message to a peer.
     Send(NodeId, Message),
     /// The core's reply to a request.
-    Reply(RequestId, Result<(), String>),
+    Reply(RequestId, Result<(), RequestError>),
     /// A failpoint (a timer mark; an exit when armed).
     Failpoint(&'static str),
     /// The core is ready to stop.

@@ -24,8 +24,8 @@ pub use random::{run_seed, RunStats};
 pub use toy::{ToyChange, ToyConfig, ToyGroup};
 
 use crate::core::{
-    Action, DiskRecord, Event, Message, Node, NodeConfig, NodeId, NodeInfo, RequestId, Role, TxnId,
-    View, OUTCOME_UNKNOWN, WRITE_DEADLINE,
+    Action, DiskRecord, ErrorKind, Event, Message, Node, NodeConfig, NodeId, NodeInfo,
+    RequestError, RequestId, Role, TxnId, View, OUTCOME_UNKNOWN, WRITE_DEADLINE,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -1082,19 +1082,31 @@ impl Sim {
                             request.0
                         )),
                         Some(p) => {
+                            // Only an outcome-unknown failure may have been applied:
+                            // the kind decides, and the text must agree with it.
+                            if let Err(e) = &result {
+                                let unknown = e.kind == ErrorKind::OutcomeUnknown;
+                                if unknown != e.message.contains(OUTCOME_UNKNOWN) {
+                                    self.violate(format!(
+                                        "node {name}: request {}: kind {:?} for {:?}",
+                                        request.0, e.kind, e.message
+                                    ));
+                                }
+                            }
                             if let Some(tag) = p.tag {
                                 match &result {
                                     Ok(()) => {
                                         self.acked.insert(tag);
                                     }
-                                    Err(e) if e.contains(OUTCOME_UNKNOWN) => {}
+                                    Err(e) if e.kind == ErrorKind::OutcomeUnknown => {}
                                     Err(_) => {
                                         self.failed.insert(tag);
                                     }
                                 }
                             }
                             let _ = p.inc;
-                            self.replies.insert((id, request), result);
+                            self.replies
+                                .insert((id, request), result.map_err(|e| e.message));
                         }
                     }
                 }
@@ -1107,7 +1119,9 @@ impl Sim {
                         }
                         _ => None,
                     };
-                    let result = refuse.map_or(Ok(()), Err);
+                    let result = refuse.map_or(Ok(()), |e| {
+                        Err(RequestError::unplaced(ErrorKind::Refused, e))
+                    });
                     self.driver_later(
                         id,
                         Some(Hold::LocalCheck),

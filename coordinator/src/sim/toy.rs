@@ -2,7 +2,7 @@
 //! volume of a few plexes, and the list of client changes applied so far (so the
 //! invariants can tell which changes a configuration holds).
 
-use crate::core::ConfigModel;
+use crate::core::{ConfigModel, ErrorKind, RequestError};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -57,16 +57,9 @@ impl ToyConfig {
     pub fn has(&self, tag: u64) -> bool {
         self.history.contains(&tag)
     }
-}
 
-impl ConfigModel for ToyConfig {
-    type Change = ToyChange;
-
-    fn seq(&self) -> u64 {
-        self.seq
-    }
-
-    fn validate_and_apply(&self, change: &ToyChange) -> Result<ToyConfig, String> {
+    /// [`ConfigModel::validate_and_apply`] with the reason as text.
+    fn apply(&self, change: &ToyChange) -> Result<ToyConfig, String> {
         let mut next = self.clone();
         next.seq += 1;
         match change {
@@ -112,11 +105,8 @@ impl ConfigModel for ToyConfig {
         Ok(next)
     }
 
-    fn shared_disks(&self) -> Vec<String> {
-        self.groups.keys().map(|g| format!("{g}-disk")).collect()
-    }
-
-    fn detach_plex(&self, volume: &str, plex: &str) -> Result<Option<ToyChange>, String> {
+    /// [`ConfigModel::detach_plex`] with the reason as text.
+    fn detach_change(&self, volume: &str, plex: &str) -> Result<Option<ToyChange>, String> {
         let group = self
             .groups
             .get(volume)
@@ -132,6 +122,28 @@ impl ConfigModel for ToyConfig {
                 plex: plex.to_string(),
             })),
         }
+    }
+}
+
+impl ConfigModel for ToyConfig {
+    type Change = ToyChange;
+
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    fn validate_and_apply(&self, change: &ToyChange) -> Result<ToyConfig, RequestError> {
+        self.apply(change)
+            .map_err(|e| RequestError::unplaced(ErrorKind::Refused, e))
+    }
+
+    fn shared_disks(&self) -> Vec<String> {
+        self.groups.keys().map(|g| format!("{g}-disk")).collect()
+    }
+
+    fn detach_plex(&self, volume: &str, plex: &str) -> Result<Option<ToyChange>, RequestError> {
+        self.detach_change(volume, plex)
+            .map_err(|e| RequestError::unplaced(ErrorKind::Refused, e))
     }
 
     fn encode(&self) -> Vec<u8> {

@@ -289,10 +289,11 @@ impl Target {
     pub fn delete_volume(&self, name: &str) -> Result<(), TargetError> {
         let shared = self.volume_shared(name)?;
         if shared.ctl().quiesced {
-            return Err(TargetError::invalid(
-                vol_obj(name),
-                "a prepare is in progress; commit or abort it first",
-            ));
+            return Err(TargetError::InUse {
+                kind: "volume",
+                name: name.into(),
+                user: "a prepare in progress (commit or abort it first)".into(),
+            });
         }
         let id = shared.id;
         let vname = name.to_string();
@@ -370,10 +371,11 @@ impl Target {
         let epoch = {
             let mut c = shared.ctl();
             if c.quiesced {
-                return Err(TargetError::invalid(
-                    vol_obj(name),
-                    "a prepare is already in progress",
-                ));
+                return Err(TargetError::InUse {
+                    kind: "volume",
+                    name: name.into(),
+                    user: "a prepare already in progress".into(),
+                });
             }
             if staged.block_size != c.current.block_size {
                 return Err(TargetError::invalid(
