@@ -40,17 +40,18 @@ use std::time::{Duration, Instant};
 
 use io_uring::{opcode, types};
 
-use super::alua::AluaState;
 use super::login::{self, Login, LoginReq, SessionType};
 use super::pdu::{self, field, op, Bhs, Digests, Parsed, BHS_LEN, RESERVED_TAG};
 use super::portal::Listener;
-use super::pr::{Access, PrError};
-use super::scsi::{self, NexusState, Op, Response};
-use super::sense::{self, Sense};
 use super::text::{self, Params};
-use super::{LunRt, Session, Shared, TargetRt};
+use super::{Session, Shared, TargetRt};
 use crate::bdev::{BdevIo, IoCallback, IoDone, IoKind, IoStatus};
 use crate::buf::{BufPool, BufWait, BufWaiter, IoBuf, PoolBuf, SIZE_CLASSES_BYTES};
+use crate::frontend::scsi::alua::AluaState;
+use crate::frontend::scsi::cdb::{self, NexusState, Op, Response};
+use crate::frontend::scsi::pr::{Access, PrError};
+use crate::frontend::scsi::sense::{self, Sense};
+use crate::frontend::scsi::LunRt;
 use crate::lease::FENCED_ERRNO;
 use crate::reactor::{Poller, Reactor, UringDone};
 
@@ -724,11 +725,7 @@ impl Conn {
             self.shared.sessions().remove(&s.tsih);
             if let Some(t) = &st.target {
                 for l in t.luns.values() {
-                    let nexus = st.nexus.clone();
-                    l.with_pr(|p| {
-                        p.nexus_lost(&nexus);
-                        ((), false)
-                    });
+                    l.nexus_lost(&st.nexus);
                 }
             }
         }
@@ -1421,7 +1418,7 @@ impl Conn {
         let (rd, wr) = (flags & 0x40 != 0, flags & 0x20 != 0);
         let edtl = field::w20(b);
         let lun_field = field::lun(b);
-        let lun_no = scsi::decode_lun_field(lun_field);
+        let lun_no = cdb::decode_lun_field(lun_field);
         let mut cdb = [0u8; 16];
         cdb.copy_from_slice(&b[32..48]);
         let Some(target) = st.target.clone() else {
@@ -1434,13 +1431,13 @@ impl Conn {
         } else {
             Vec::new()
         };
-        let wp = lun.as_ref().is_some_and(|l| l.swp.load(Ordering::Relaxed));
+        let wp = lun.as_ref().is_some_and(|l| l.swp());
         // REQUEST SENSE in descriptor format is refused (invalid field) and must not
         // consume the unit attention it cannot report.
         let desc_sense = cdb[0] == 0x03 && cdb[1] & 0x01 != 0;
         let ua = match &lun {
             Some(l) if !desc_sense => {
-                let epoch = l.ua_epoch.load(Ordering::Acquire);
+                let epoch = l.ua_epoch();
                 let ns = st.nexus_state.entry(lun_no).or_default();
                 ns.take_unit_attention(epoch, cdb[0])
             }
@@ -1477,11 +1474,11 @@ impl Conn {
             None => None,
         };
         let mut opv = if ua && cdb[0] == 0x03 {
-            Op::Done(scsi::request_sense(&cdb, Some(sense::RESET_OCCURRED)))
+            Op::Done(cdb::request_sense(&cdb, Some(sense::RESET_OCCURRED)))
         } else if ua {
             Op::Done(Response::check(sense::RESET_OCCURRED))
         } else {
-            scsi::decode(&cdb, info, &luns, ns, wp)
+            cdb::decode(&cdb, info, &luns, ns, wp)
         };
         // TEST UNIT READY on a LUN this reactor must not serve (a shared volume
         // fenced by the data-plane lease): the path is unavailable, so a path
@@ -1559,8 +1556,8 @@ impl Conn {
             return Handled::Done;
         };
         // Reservation conflicts.
-        if lun.pr_active.load(Ordering::Acquire) {
-            let acc = scsi::access_of(&cdb);
+        if lun.reserved() {
+            let acc = cdb::access_of(&cdb);
             if acc != Access::Any && lun.pr().conflicts(&st.nexus, acc) {
                 self.finish_simple(st, itt, lun_field, edtl, Response::conflict());
                 return Handled::Done;
@@ -1879,7 +1876,7 @@ impl Conn {
         let _ = self.take_cmdsn(st, b);
         let func = b[1] & 0x7f;
         let ref_itt = field::w20(b);
-        let lun_no = scsi::decode_lun_field(field::lun(b));
+        let lun_no = cdb::decode_lun_field(field::lun(b));
         self.refresh_target(st);
         let lun_exists = st
             .target
@@ -1911,11 +1908,7 @@ impl Conn {
                     if func == 5 {
                         if let Some(t) = &st.target {
                             if let Some(l) = t.luns.get(&lun_no) {
-                                l.with_pr(|p| {
-                                    p.reset();
-                                    ((), false)
-                                });
-                                l.ua_epoch.fetch_add(1, Ordering::AcqRel);
+                                l.reset();
                             }
                         }
                         if let Some(ns) = st.nexus_state.get_mut(&lun_no) {
@@ -1933,11 +1926,7 @@ impl Conn {
                 }
                 if let Some(t) = &st.target {
                     for l in t.luns.values() {
-                        l.with_pr(|p| {
-                            p.reset();
-                            ((), false)
-                        });
-                        l.ua_epoch.fetch_add(1, Ordering::AcqRel);
+                        l.reset();
                     }
                 }
                 for ns in st.nexus_state.values_mut() {
@@ -2175,14 +2164,14 @@ impl Conn {
             (Op::Verify { blocks, bytchk, .. }, 1) => {
                 let data = t.buf.as_ref().map(|b| b.bytes()).unwrap_or(&[]);
                 let res = if bytchk == 1 {
-                    scsi::compare(&data[..(blocks * bs) as usize], &t.aux)
+                    cdb::compare(&data[..(blocks * bs) as usize], &t.aux)
                 } else {
                     let one = &data[..bs as usize];
                     t.aux
                         .chunks(bs as usize)
                         .enumerate()
                         .try_for_each(|(i, blk)| {
-                            scsi::compare(one, blk).map_err(|mut s| {
+                            cdb::compare(one, blk).map_err(|mut s| {
                                 s.info = s.info.map(|o| o + i as u32 * bs);
                                 s
                             })
@@ -2205,7 +2194,7 @@ impl Conn {
             (Op::CompareAndWrite { lba, blocks }, 1) => {
                 let n = (blocks * bs) as usize;
                 let data = t.buf.as_ref().map(|b| b.bytes()).unwrap_or(&[]);
-                if let Err(s) = scsi::compare(&data[..n], &t.aux) {
+                if let Err(s) = cdb::compare(&data[..n], &t.aux) {
                     t.err = Some(s);
                     return self.complete(st, key);
                 }
@@ -2250,7 +2239,7 @@ impl Conn {
                     .as_ref()
                     .map(|b| &b.bytes()[..len as usize])
                     .unwrap_or(&[]);
-                match scsi::unmap_ranges(data, &t.lun.info) {
+                match cdb::unmap_ranges(data, &t.lun.info) {
                     Ok(ranges) => {
                         if ranges.is_empty() {
                             return self.complete(st, key);
@@ -2272,8 +2261,8 @@ impl Conn {
                     .as_ref()
                     .map(|b| &b.bytes()[..len as usize])
                     .unwrap_or(&[]);
-                match scsi::mode_select(data, ten, &t.lun.info_now()) {
-                    Ok(Some(swp)) => t.lun.swp.store(swp, Ordering::Relaxed),
+                match cdb::mode_select(data, ten, &t.lun.info_now()) {
+                    Ok(Some(swp)) => t.lun.set_swp(swp),
                     Ok(None) => {}
                     Err(s) => t.err = Some(s),
                 }

@@ -4,9 +4,9 @@
 //! compares, unmaps), and the helpers here finish those ops (compare buffers,
 //! parse UNMAP and MODE SELECT parameter lists). No I/O happens in this file.
 
-use super::alua::{self, Alua};
-use super::chap::md5;
-use super::pdu::{be16, be32, be64, put16, put32, put64};
+use super::alua;
+use super::bytes::{be16, be32, be64, put16, put32, put64};
+use super::lun::LunInfo;
 use super::pr::Access;
 use super::sense::{self, Sense};
 
@@ -24,70 +24,6 @@ pub const VENDOR: &[u8; 8] = b"PLEXD   ";
 pub const PRODUCT: &[u8; 16] = b"plexd volume    ";
 /// Product revision (4 bytes).
 pub const REVISION: &[u8; 4] = b"0001";
-
-/// Device identifiers derived from a LUN's `device_id` (by default the volume name
-/// or uuid): the same string gives the same ids on every node and after restarts.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Identity {
-    /// NAA IEEE Registered Extended (type 6) designator, 16 bytes.
-    pub naa: [u8; 16],
-    /// Unit serial number (VPD 80h), 32 hex characters.
-    pub serial: String,
-    /// T10 vendor id designator's vendor-specific part.
-    pub t10: String,
-}
-
-impl Identity {
-    /// Identity of `device_id`.
-    pub fn from_device_id(device_id: &str) -> Identity {
-        let h = md5(&[b"plexd-lun:", device_id.as_bytes()]);
-        let mut naa = h;
-        naa[0] = 0x60 | (naa[0] & 0x0f);
-        let serial: String = h.iter().map(|b| format!("{b:02x}")).collect();
-        let mut t10: String = device_id
-            .chars()
-            .filter(|c| c.is_ascii_graphic())
-            .take(64)
-            .collect();
-        if t10.is_empty() {
-            t10 = serial.clone();
-        }
-        Identity { naa, serial, t10 }
-    }
-}
-
-/// What the SCSI layer knows about a LUN.
-#[derive(Clone, Debug)]
-pub struct LunInfo {
-    /// The LUN number.
-    pub lun: u64,
-    /// Logical block size.
-    pub block_size: u32,
-    /// Capacity in blocks.
-    pub num_blocks: u64,
-    /// Writes are refused.
-    pub read_only: bool,
-    /// Device identifiers.
-    pub ident: Identity,
-    /// The bdev has a volatile write cache: reported as WCE=1 in the caching mode
-    /// page, so hosts send SYNCHRONIZE CACHE and FUA writes. A volume's answer can
-    /// change with its layout, so callers refresh it from the bdev before MODE
-    /// SENSE and MODE SELECT.
-    pub write_cache: bool,
-    /// Target port groups and this port's place in them (INQUIRY, REPORT TARGET
-    /// PORT GROUPS). Callers refresh it (states change at run time) for those
-    /// commands, with this port's own group unavailable while the LUN is fenced.
-    pub alua: Alua,
-}
-
-impl LunInfo {
-    fn max_xfer_blocks(&self) -> u32 {
-        MAX_TRANSFER_BYTES / self.block_size
-    }
-    fn max_caw_blocks(&self) -> u32 {
-        (MAX_TRANSFER_BYTES / 2 / self.block_size).min(255)
-    }
-}
 
 /// A finished command: status, Data-In bytes and sense.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -1385,6 +1321,8 @@ pub fn compare(expected: &[u8], actual: &[u8]) -> Result<(), Sense> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frontend::scsi::alua::Alua;
+    use crate::frontend::scsi::lun::Identity;
 
     fn info() -> LunInfo {
         LunInfo {
