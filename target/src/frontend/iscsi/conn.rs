@@ -45,14 +45,12 @@ use super::pdu::{self, field, op, Bhs, Digests, Parsed, BHS_LEN, RESERVED_TAG};
 use super::portal::Listener;
 use super::text::{self, Params};
 use super::{Session, Shared, TargetRt};
-use crate::bdev::{BdevIo, IoCallback, IoDone, IoKind, IoStatus};
-use crate::buf::{BufPool, BufWait, BufWaiter, IoBuf, PoolBuf, SIZE_CLASSES_BYTES};
-use crate::frontend::scsi::alua::AluaState;
+use crate::bdev::{BdevIo, IoCallback, IoDone, IoStatus};
+use crate::buf::{BufPool, BufWait, BufWaiter, PoolBuf, SIZE_CLASSES_BYTES};
 use crate::frontend::scsi::cdb::{self, NexusState, Op, Response};
-use crate::frontend::scsi::pr::{Access, PrError};
 use crate::frontend::scsi::sense::{self, Sense};
+use crate::frontend::scsi::task::{self, BlockIo, ScsiTask, Step};
 use crate::frontend::scsi::LunRt;
-use crate::lease::FENCED_ERRNO;
 use crate::reactor::{Poller, Reactor, UringDone};
 
 /// Output queued beyond which the connection stops reading new requests.
@@ -377,7 +375,6 @@ pub(crate) fn spawn(r: &Rc<Reactor>, shared: Arc<Shared>, stream: TcpStream, pee
             tsih: 0,
             tasks: slab::Slab::with_capacity(shared.queue_depth as usize),
             itts: IntMap::default(),
-            datain_q: VecDeque::new(),
             session: None,
             nexus: String::new(),
             target: None,
@@ -464,14 +461,15 @@ struct R2t {
     datasn: u32,
 }
 
+/// An iSCSI task: a SCSI task plus its transfer state on this connection.
 struct Task {
     itt: u32,
-    lun: Arc<LunRt>,
+    /// The SCSI command it carries (op, LUN, block work, outcome).
+    scsi: ScsiTask,
     lun_field: u64,
-    op: Op,
     edtl: u32,
+    /// Data-out as it arrives, then data-in for reads.
     buf: Option<PoolBuf>,
-    aux: Vec<u8>,
     out_len: u32,
     /// Data-out length the CDB asked for (for the residual).
     spdtl: u32,
@@ -483,9 +481,6 @@ struct Task {
     next_r2t: u32,
     r2t: Option<R2t>,
     r2tsn: u32,
-    inflight: u32,
-    stage: u8,
-    err: Option<Sense>,
     aborted: bool,
     /// Task was removed from `itts` (answered or aborted) while I/O is in flight.
     orphan: bool,
@@ -514,7 +509,6 @@ struct St {
     tsih: u16,
     tasks: slab::Slab<Task>,
     itts: IntMap<u32, usize>,
-    datain_q: VecDeque<usize>,
     session: Option<Arc<Session>>,
     nexus: String,
     target: Option<Arc<TargetRt>>,
@@ -700,7 +694,7 @@ impl Conn {
         st.parked_bytes = 0;
         let keys: Vec<usize> = st.tasks.iter().map(|(k, _)| k).collect();
         for k in keys {
-            if st.tasks[k].inflight == 0 {
+            if st.tasks[k].scsi.inflight() == 0 {
                 let t = st.tasks.remove(k);
                 self.release(&mut st, t);
             } else {
@@ -708,7 +702,6 @@ impl Conn {
             }
         }
         st.itts.clear();
-        st.datain_q.clear();
         // A closed connection may stay queued as a buffer waiter until a chunk of
         // that class frees up: it keeps no receive buffer meanwhile.
         st.rbuf = Vec::new();
@@ -1048,11 +1041,12 @@ impl Conn {
                         return Err("data digest error on Data-Out".into());
                     }
                     self.reject(st, bhs, pdu::reject::DATA_DIGEST);
-                    if pdu::opcode(bhs) == op::SCSI_CMD && !pdu::immediate(bhs) {
+                    if pdu::opcode(bhs) == op::SCSI_CMD
+                        && !pdu::immediate(bhs)
+                        && self.cmdsn_in_window(st, bhs)
+                    {
                         // The command is dropped; its CmdSN is consumed so the window moves.
-                        if field::cmdsn(bhs) == st.exp_cmdsn {
-                            st.exp_cmdsn = st.exp_cmdsn.wrapping_add(1);
-                        }
+                        Self::consume_cmdsn(st, bhs);
                     }
                     pos += len;
                 }
@@ -1102,22 +1096,38 @@ impl Conn {
         }
     }
 
-    /// Checks the CmdSN of a non-immediate request and advances the window.
-    /// Returns false when the request must be ignored.
-    fn take_cmdsn(&self, st: &mut St, bhs: &[u8; BHS_LEN]) -> bool {
+    /// The CmdSN window, checked here only (RFC 7143 §3.2.2.1): an immediate
+    /// request always passes; any other must carry CmdSN = ExpCmdSN (this target
+    /// runs one connection per session, so requests arrive in order), else it is
+    /// ignored with a log line.
+    fn cmdsn_in_window(&self, st: &St, bhs: &[u8; BHS_LEN]) -> bool {
         let cmdsn = field::cmdsn(bhs);
-        if pdu::immediate(bhs) {
+        if pdu::immediate(bhs) || cmdsn == st.exp_cmdsn {
             return true;
         }
-        if cmdsn != st.exp_cmdsn {
-            log::warn!(
-                "iscsi: connection {}: CmdSN {cmdsn} outside the window (expected {}); ignored",
-                self.id,
-                st.exp_cmdsn
-            );
+        log::warn!(
+            "iscsi: connection {}: opcode {:#x} with CmdSN {cmdsn} outside the window (expected {}); ignored",
+            self.id,
+            pdu::opcode(bhs),
+            st.exp_cmdsn
+        );
+        false
+    }
+
+    /// Moves the window past a request that [`Conn::cmdsn_in_window`] let in.
+    fn consume_cmdsn(st: &mut St, bhs: &[u8; BHS_LEN]) {
+        if !pdu::immediate(bhs) {
+            st.exp_cmdsn = st.exp_cmdsn.wrapping_add(1);
+        }
+    }
+
+    /// Checks the CmdSN of a request and advances the window; false when the
+    /// request must be ignored.
+    fn take_cmdsn(&self, st: &mut St, bhs: &[u8; BHS_LEN]) -> bool {
+        if !self.cmdsn_in_window(st, bhs) {
             return false;
         }
-        st.exp_cmdsn = st.exp_cmdsn.wrapping_add(1);
+        Self::consume_cmdsn(st, bhs);
         true
     }
 
@@ -1386,16 +1396,8 @@ impl Conn {
     fn handle_cmd(&self, st: &mut St, p: &pdu::PduView) -> Handled {
         let b = p.bhs;
         let itt = field::itt(b);
-        if !pdu::immediate(b) {
-            let cmdsn = field::cmdsn(b);
-            if cmdsn != st.exp_cmdsn {
-                log::warn!(
-                    "iscsi: connection {}: CmdSN {cmdsn} outside the window (expected {}); command ignored",
-                    self.id,
-                    st.exp_cmdsn
-                );
-                return Handled::Done;
-            }
+        if !self.cmdsn_in_window(st, b) {
+            return Handled::Done;
         }
         if st.itts.contains_key(&itt) {
             log::warn!(
@@ -1407,15 +1409,13 @@ impl Conn {
         }
         if st.itts.len() > self.shared.queue_depth as usize {
             // Only immediate commands can exceed the window.
-            if !pdu::immediate(b) {
-                st.exp_cmdsn = st.exp_cmdsn.wrapping_add(1);
-            }
+            Self::consume_cmdsn(st, b);
             self.respond(st, itt, sense::TASK_SET_FULL, None, (0, 0));
             return Handled::Done;
         }
         self.refresh_target(st);
         let flags = b[1];
-        let (rd, wr) = (flags & 0x40 != 0, flags & 0x20 != 0);
+        let wr = flags & 0x20 != 0;
         let edtl = field::w20(b);
         let lun_field = field::lun(b);
         let lun_no = cdb::decode_lun_field(lun_field);
@@ -1431,18 +1431,6 @@ impl Conn {
         } else {
             Vec::new()
         };
-        let wp = lun.as_ref().is_some_and(|l| l.swp());
-        // REQUEST SENSE in descriptor format is refused (invalid field) and must not
-        // consume the unit attention it cannot report.
-        let desc_sense = cdb[0] == 0x03 && cdb[1] & 0x01 != 0;
-        let ua = match &lun {
-            Some(l) if !desc_sense => {
-                let epoch = l.ua_epoch();
-                let ns = st.nexus_state.entry(lun_no).or_default();
-                ns.take_unit_attention(epoch, cdb[0])
-            }
-            _ => false,
-        };
         // State is kept only for LUNs that exist, so commands to made-up LUN
         // numbers cannot grow the map.
         let mut scratch = NexusState::default();
@@ -1451,49 +1439,9 @@ impl Conn {
         } else {
             &mut scratch
         };
-        // MODE SENSE reads the write cache fresh (a volume's follows its layout);
-        // INQUIRY and REPORT TARGET PORT GROUPS the ALUA view, with this port's
-        // group unavailable while the LUN is fenced on this reactor.
-        let fresh;
-        let alua_report = cdb[0] == 0x12 || (cdb[0] == 0xa3 && cdb[1] & 0x1f == 0x0a);
-        let info = match &lun {
-            Some(l) if matches!(cdb[0], 0x1a | 0x5a) || alua_report => {
-                let mut f = l.info_now();
-                if alua_report
-                    && self
-                        .reactor
-                        .channel(&l.bdev)
-                        .is_ok_and(|ch| ch.unavailable())
-                {
-                    f.alua = f.alua.with_local_state(AluaState::Unavailable);
-                }
-                fresh = f;
-                Some(&fresh)
-            }
-            Some(l) => Some(&l.info),
-            None => None,
-        };
-        let mut opv = if ua && cdb[0] == 0x03 {
-            Op::Done(cdb::request_sense(&cdb, Some(sense::RESET_OCCURRED)))
-        } else if ua {
-            Op::Done(Response::check(sense::RESET_OCCURRED))
-        } else {
-            cdb::decode(&cdb, info, &luns, ns, wp)
-        };
-        // TEST UNIT READY on a LUN this reactor must not serve (a shared volume
-        // fenced by the data-plane lease): the path is unavailable, so a path
-        // checker keeps it down until the lease is renewed.
-        if cdb[0] == 0x00 && matches!(&opv, Op::Done(r) if r.status == sense::GOOD) {
-            if let Some(l) = &lun {
-                if self
-                    .reactor
-                    .channel(&l.bdev)
-                    .is_ok_and(|ch| ch.unavailable())
-                {
-                    opv = Op::Done(Response::check(sense::PORT_UNAVAILABLE));
-                }
-            }
-        }
+        let reactor = &self.reactor;
+        let fenced = |l: &LunRt| reactor.channel(&l.bdev).is_ok_and(|ch| ch.unavailable());
+        let mut opv = task::decode_command(&cdb, lun.as_deref(), &luns, ns, &fenced);
         let bs = lun.as_ref().map_or(512, |l| l.info.block_size);
         let spdtl_out = opv.data_out_len(bs);
         // A write whose EDTL differs from its CDB moves min(EDTL, CDB) bytes,
@@ -1536,9 +1484,7 @@ impl Conn {
             );
             return Handled::Close("buffer request too large".into());
         }
-        if !pdu::immediate(b) {
-            st.exp_cmdsn = st.exp_cmdsn.wrapping_add(1);
-        }
+        Self::consume_cmdsn(st, b);
         if let Some(s) = &st.session {
             s.stats.commands.fetch_add(1, Ordering::Relaxed);
         }
@@ -1547,7 +1493,6 @@ impl Conn {
             self.respond(st, itt, sense::GOOD, None, residual(spdtl_out, edtl));
             return Handled::Done;
         }
-        let _ = rd;
         let Some(lun) = lun else {
             // No such LUN: decode already answered.
             if let Op::Done(r) = opv {
@@ -1555,13 +1500,9 @@ impl Conn {
             }
             return Handled::Done;
         };
-        // Reservation conflicts.
-        if lun.reserved() {
-            let acc = cdb::access_of(&cdb);
-            if acc != Access::Any && lun.pr().conflicts(&st.nexus, acc) {
-                self.finish_simple(st, itt, lun_field, edtl, Response::conflict());
-                return Handled::Done;
-            }
+        if task::reservation_conflict(&lun, &st.nexus, &cdb) {
+            self.finish_simple(st, itt, lun_field, edtl, Response::conflict());
+            return Handled::Done;
         }
         if mismatch {
             let resid = residual(out_len, edtl);
@@ -1577,35 +1518,7 @@ impl Conn {
             );
             return Handled::Done;
         }
-        let opv = match opv {
-            Op::PrIn { sa, alloc } => {
-                let r = match lun.pr().read(sa) {
-                    Ok(mut d) => {
-                        d.truncate(alloc as usize);
-                        Response::good(d)
-                    }
-                    Err(s) => Response::check(s),
-                };
-                Op::Done(r)
-            }
-            Op::Reserve6 | Op::Release6 => {
-                let nexus = st.nexus.clone();
-                let r = lun.with_pr(|p| {
-                    let r = if matches!(opv, Op::Reserve6) {
-                        p.reserve6(&nexus)
-                    } else {
-                        p.release6(&nexus)
-                    };
-                    (r, false)
-                });
-                Op::Done(match r {
-                    Ok(()) => Response::good(Vec::new()),
-                    Err(PrError::Conflict) => Response::conflict(),
-                    Err(PrError::Check(s)) => Response::check(s),
-                })
-            }
-            o => o,
-        };
+        let opv = task::reservation_op(opv, &lun, &st.nexus);
         if let Op::Done(r) = opv {
             self.finish_simple(st, itt, lun_field, edtl, r);
             return Handled::Done;
@@ -1613,12 +1526,10 @@ impl Conn {
         // A task with block I/O and/or data-out.
         let mut t = Task {
             itt,
-            lun,
+            scsi: ScsiTask::new(lun, opv),
             lun_field,
-            op: opv,
             edtl,
             buf: None,
-            aux: Vec::new(),
             out_len,
             spdtl: spdtl_out,
             recv_limit,
@@ -1628,9 +1539,6 @@ impl Conn {
             next_r2t: 0,
             r2t: None,
             r2tsn: 0,
-            inflight: 0,
-            stage: 0,
-            err: None,
             aborted: false,
             orphan: false,
             parked: false,
@@ -1817,7 +1725,7 @@ impl Conn {
             );
             st.itts.remove(&itt);
             self.forget_parked(st, key);
-            if st.tasks[key].inflight == 0 {
+            if st.tasks[key].scsi.inflight() == 0 {
                 let t = st.tasks.remove(key);
                 self.release(st, t);
             } else {
@@ -1900,7 +1808,7 @@ impl Conn {
                         .itts
                         .values()
                         .copied()
-                        .filter(|k| st.tasks[*k].lun.info.lun == lun_no)
+                        .filter(|k| st.tasks[*k].scsi.lun.info.lun == lun_no)
                         .collect();
                     for k in keys {
                         self.abort_task(st, k);
@@ -1957,9 +1865,8 @@ impl Conn {
     fn abort_task(&self, st: &mut St, key: usize) {
         let itt = st.tasks[key].itt;
         st.itts.remove(&itt);
-        st.datain_q.retain(|k| *k != key);
         self.forget_parked(st, key);
-        if st.tasks[key].inflight == 0 {
+        if st.tasks[key].scsi.inflight() == 0 {
             let t = st.tasks.remove(key);
             self.release(st, t);
         } else {
@@ -2103,218 +2010,57 @@ impl Conn {
         }
     }
 
-    fn submit(&self, st: &mut St, key: usize, kind: IoKind, lba: u64, blocks: u64, buf: IoBuf) {
-        let t = &mut st.tasks[key];
-        let bs = t.lun.info.block_size as u64;
-        let ch = match self.reactor.channel(&t.lun.bdev) {
-            Ok(c) => c,
-            Err(e) => {
-                log::error!("iscsi: lun {}: no channel: {e}", t.lun.info.lun);
-                t.err = Some(sense::INTERNAL_FAILURE);
-                return;
-            }
-        };
-        let Some(me) = self.rc() else { return };
-        t.inflight += 1;
+    /// Hands a block I/O of task `key` to the LUN's bdev channel on this reactor.
+    fn submit(&self, key: usize, lun: &LunRt, io: BlockIo) -> Result<(), Sense> {
+        let ch = self.reactor.channel(&lun.bdev).map_err(|e| {
+            log::error!(
+                "iscsi: lun {} ({}): no channel on reactor {}: {e}",
+                lun.info.lun,
+                lun.bdev.name(),
+                self.reactor.id()
+            );
+            sense::INTERNAL_FAILURE
+        })?;
+        let me = self.rc().ok_or(sense::INTERNAL_FAILURE)?;
         ch.submit(BdevIo {
-            kind,
-            offset_bytes: lba * bs,
-            len_bytes: blocks * bs,
-            buf,
+            kind: io.kind,
+            offset_bytes: io.offset_bytes,
+            len_bytes: io.len_bytes,
+            buf: io.buf,
             cb: IoCallback::new(me, key as u64),
         });
+        Ok(())
     }
 
     /// Starts (or continues, after I/O) the block work of a task.
     fn execute(&self, st: &mut St, key: usize) {
-        let t = &mut st.tasks[key];
-        if t.err.is_some() {
-            return self.complete(st, key);
-        }
-        let bs = t.lun.info.block_size;
-        let stage = t.stage;
-        t.stage += 1;
-        let op = t.op.clone();
-        let pool_io = t.buf.as_ref().map(|b| b.io());
-        match (op, stage) {
-            (Op::Read { lba, blocks }, 0) => {
-                let io = pool_io
-                    .map(|b| b.slice(0, (blocks * bs) as usize))
-                    .unwrap_or(IoBuf::empty());
-                self.submit(st, key, IoKind::Read, lba, blocks as u64, io);
+        let St { tasks, nexus, .. } = st;
+        let t = &mut tasks[key];
+        let step = t.scsi.step(t.buf.as_ref(), nexus, &mut |lun, io| {
+            self.submit(key, lun, io)
+        });
+        match step {
+            Step::Wait => {}
+            Step::Done => self.complete(st, key),
+            Step::Conflict => {
+                let t = st.tasks.remove(key);
+                st.itts.remove(&t.itt);
+                let (itt, lf, edtl) = (t.itt, t.lun_field, t.edtl);
+                self.release(st, t);
+                self.finish_simple(st, itt, lf, edtl, Response::conflict());
             }
-            (Op::Write { lba, blocks, .. }, 0) => {
-                let io = pool_io
-                    .map(|b| b.slice(0, (blocks * bs) as usize))
-                    .unwrap_or(IoBuf::empty());
-                self.submit(st, key, IoKind::Write, lba, blocks as u64, io);
-            }
-            (Op::Write { fua: true, .. }, 1) => {
-                self.submit(st, key, IoKind::Flush, 0, 0, IoBuf::empty());
-            }
-            (Op::Verify { lba, blocks, .. }, 0)
-            | (Op::CompareAndWrite { lba, blocks }, 0)
-            | (Op::OrWrite { lba, blocks }, 0) => {
-                t.aux = vec![0u8; (blocks * bs) as usize];
-                // SAFETY: the Vec's heap memory lives in the task, untouched until
-                // the read completes (the task outlives its in-flight I/O).
-                let io = unsafe { IoBuf::from_raw(t.aux.as_mut_ptr(), t.aux.len()) };
-                self.submit(st, key, IoKind::Read, lba, blocks as u64, io);
-            }
-            (Op::Verify { blocks, bytchk, .. }, 1) => {
-                let data = t.buf.as_ref().map(|b| b.bytes()).unwrap_or(&[]);
-                let res = if bytchk == 1 {
-                    cdb::compare(&data[..(blocks * bs) as usize], &t.aux)
-                } else {
-                    let one = &data[..bs as usize];
-                    t.aux
-                        .chunks(bs as usize)
-                        .enumerate()
-                        .try_for_each(|(i, blk)| {
-                            cdb::compare(one, blk).map_err(|mut s| {
-                                s.info = s.info.map(|o| o + i as u32 * bs);
-                                s
-                            })
-                        })
-                };
-                if let Err(s) = res {
-                    t.err = Some(s);
-                }
-                self.complete(st, key);
-            }
-            (Op::OrWrite { lba, blocks }, 1) => {
-                let data = t.buf.as_ref().map(|b| b.bytes()).unwrap_or(&[]);
-                for (a, d) in t.aux.iter_mut().zip(data) {
-                    *a |= *d;
-                }
-                // SAFETY: as for the read: the Vec lives in the task until completion.
-                let io = unsafe { IoBuf::from_raw(t.aux.as_mut_ptr(), t.aux.len()) };
-                self.submit(st, key, IoKind::Write, lba, blocks as u64, io);
-            }
-            (Op::CompareAndWrite { lba, blocks }, 1) => {
-                let n = (blocks * bs) as usize;
-                let data = t.buf.as_ref().map(|b| b.bytes()).unwrap_or(&[]);
-                if let Err(s) = cdb::compare(&data[..n], &t.aux) {
-                    t.err = Some(s);
-                    return self.complete(st, key);
-                }
-                let io = pool_io.map(|b| b.slice(n, n)).unwrap_or(IoBuf::empty());
-                self.submit(st, key, IoKind::Write, lba, blocks as u64, io);
-            }
-            (
-                Op::WriteSame {
-                    lba,
-                    blocks,
-                    unmap,
-                    ndob,
-                },
-                0,
-            ) => {
-                let data = t.buf.as_ref().map(|b| &b.bytes()[..bs as usize]);
-                let zero = ndob || data.is_some_and(|d| d.iter().all(|&x| x == 0));
-                // With UNMAP the blocks are deallocated whatever the data (they
-                // then read as zeroes, LBPRZ=1), as initiators expect.
-                if zero || unmap {
-                    let kind = if unmap {
-                        IoKind::Unmap
-                    } else {
-                        IoKind::WriteZeroes
-                    };
-                    self.submit(st, key, kind, lba, blocks as u64, IoBuf::empty());
-                } else {
-                    let pat = data.unwrap_or(&[]).to_vec();
-                    let mut aux = Vec::with_capacity((blocks * bs) as usize);
-                    for _ in 0..blocks {
-                        aux.extend_from_slice(&pat);
-                    }
-                    t.aux = aux;
-                    // SAFETY: as for verify: the Vec lives in the task until completion.
-                    let io = unsafe { IoBuf::from_raw(t.aux.as_mut_ptr(), t.aux.len()) };
-                    self.submit(st, key, IoKind::Write, lba, blocks as u64, io);
-                }
-            }
-            (Op::Unmap { len }, 0) => {
-                let data = t
-                    .buf
-                    .as_ref()
-                    .map(|b| &b.bytes()[..len as usize])
-                    .unwrap_or(&[]);
-                match cdb::unmap_ranges(data, &t.lun.info) {
-                    Ok(ranges) => {
-                        if ranges.is_empty() {
-                            return self.complete(st, key);
-                        }
-                        for (lba, n) in ranges {
-                            self.submit(st, key, IoKind::Unmap, lba, n as u64, IoBuf::empty());
-                        }
-                    }
-                    Err(s) => {
-                        t.err = Some(s);
-                        self.complete(st, key);
-                    }
-                }
-            }
-            (Op::Flush, 0) => self.submit(st, key, IoKind::Flush, 0, 0, IoBuf::empty()),
-            (Op::ModeSelect { len, ten }, 0) => {
-                let data = t
-                    .buf
-                    .as_ref()
-                    .map(|b| &b.bytes()[..len as usize])
-                    .unwrap_or(&[]);
-                match cdb::mode_select(data, ten, &t.lun.info_now()) {
-                    Ok(Some(swp)) => t.lun.set_swp(swp),
-                    Ok(None) => {}
-                    Err(s) => t.err = Some(s),
-                }
-                self.complete(st, key);
-            }
-            (
-                Op::PrOut {
-                    sa,
-                    scope_type,
-                    len,
-                },
-                0,
-            ) => {
-                let data = t
-                    .buf
-                    .as_ref()
-                    .map(|b| b.bytes()[..len as usize].to_vec())
-                    .unwrap_or_default();
-                let lun = Arc::clone(&t.lun);
-                let nexus = st.nexus.clone();
-                let r = lun.with_pr(|p| match p.out(&nexus, sa, scope_type, &data) {
-                    Ok(changed) => (Ok(()), changed),
-                    Err(e) => (Err(e), false),
-                });
-                match r {
-                    Ok(()) => self.complete(st, key),
-                    Err(PrError::Check(s)) => {
-                        st.tasks[key].err = Some(s);
-                        self.complete(st, key);
-                    }
-                    Err(PrError::Conflict) => {
-                        let t = st.tasks.remove(key);
-                        st.itts.remove(&t.itt);
-                        let (itt, lf, edtl) = (t.itt, t.lun_field, t.edtl);
-                        self.release(st, t);
-                        self.finish_simple(st, itt, lf, edtl, Response::conflict());
-                    }
-                }
-            }
-            _ => self.complete(st, key),
         }
     }
 
     /// Sends the outcome of a task and frees it.
     fn complete(&self, st: &mut St, key: usize) {
-        if st.tasks[key].inflight > 0 {
+        if st.tasks[key].scsi.inflight() > 0 {
             return;
         }
         let t = st.tasks.remove(key);
         st.itts.remove(&t.itt);
-        let bs = t.lun.info.block_size;
-        if let Some(e) = t.err {
+        let bs = t.scsi.lun.info.block_size;
+        if let Some(e) = t.scsi.err {
             if let Some(s) = &st.session {
                 s.stats.errors.fetch_add(1, Ordering::Relaxed);
             }
@@ -2322,7 +2068,7 @@ impl Conn {
             self.respond(st, t.itt, sense::CHECK_CONDITION, Some(e), resid);
             return self.release(st, t);
         }
-        match t.op {
+        match t.scsi.op {
             Op::Read { blocks, .. } => {
                 let n = blocks * bs;
                 if let Some(s) = &st.session {
@@ -2526,31 +2272,7 @@ impl IoDone for Conn {
                 );
                 return;
             };
-            debug_assert!(t.inflight > 0);
-            t.inflight -= 1;
-            if let IoStatus::Failed(errno) = status {
-                if t.err.is_none() && errno == FENCED_ERRNO {
-                    // The data-plane lease ran out (logged once by the target): a
-                    // path failure the host fails over, not a medium error.
-                    log::debug!(
-                        "iscsi: lun {}: {:?} fenced (lease expired)",
-                        t.lun.info.lun,
-                        t.op
-                    );
-                    t.err = Some(sense::PORT_UNAVAILABLE);
-                } else if t.err.is_none() {
-                    log::warn!(
-                        "iscsi: lun {}: {:?} failed with errno {errno}",
-                        t.lun.info.lun,
-                        t.op
-                    );
-                    t.err = Some(match t.op {
-                        Op::Read { .. } | Op::Verify { .. } => sense::READ_ERROR,
-                        _ => sense::WRITE_ERROR,
-                    });
-                }
-            }
-            if t.inflight > 0 {
+            if !t.scsi.io_done(status) {
                 return;
             }
             if t.aborted || st.closed {

@@ -155,8 +155,9 @@ impl LunRt {
             if let Some(p) = &self.pr_path {
                 if let Err(e) = g.save(p) {
                     log::error!(
-                        "iscsi lun {}: cannot save reservations to {}: {e}",
+                        "scsi: lun {} ({}): cannot save reservations to {}: {e}",
                         self.info.lun,
+                        self.bdev.name(),
                         p.display()
                     );
                 }

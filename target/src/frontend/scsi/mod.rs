@@ -7,6 +7,9 @@
 //!
 //! Code map:
 //! - [`cdb`]: CDB decode: a command is answered from the CDB or becomes an [`Op`].
+//! - [`task`]: a command for a LUN and an I_T nexus, from its CDB to its outcome:
+//!   unit attentions, reservations, and the block work as a state machine
+//!   ([`ScsiTask`], its [`task::Stage`]s named).
 //! - [`lun`]: the LUN object ([`LunRt`]: bdev, identity, reservations, ALUA view).
 //! - [`sense`]: status codes and sense data.
 //! - [`pr`]: persistent reservations and RESERVE(6), with their state file.
@@ -23,6 +26,8 @@ pub mod cdb;
 pub mod lun;
 pub mod pr;
 pub mod sense;
+pub mod task;
 
 pub use cdb::{NexusState, Op, Response};
 pub use lun::{Identity, LunInfo, LunRt};
+pub use task::{ScsiTask, Step};
