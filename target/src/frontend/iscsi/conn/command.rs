@@ -6,11 +6,63 @@
 use super::*;
 
 impl Conn {
+    /// A SCSI Command PDU: admitted by the window, decoded by the SCSI layer,
+    /// answered at once or turned into a task that gets its buffer and data.
     pub(super) fn handle_cmd(&self, st: &mut St, p: &pdu::PduView) -> Handled {
         let b = p.bhs;
         let itt = field::itt(b);
-        if !self.cmdsn_in_window(st, b) {
+        if !self.admit_cmd(st, b) {
             return Handled::Done;
+        }
+        self.refresh_target(st);
+        let Some(target) = st.target.clone() else {
+            return Handled::Close("normal session without a target".into());
+        };
+        let mut plan = self.plan_cmd(st, &target, b);
+        if plan.need_buf > 0 && BufPool::class_for(plan.need_buf as usize).is_none() {
+            log::error!(
+                "iscsi: connection {} from {}: ITT {itt:#x} needs a {}-byte buffer, larger than the largest pool class",
+                self.id,
+                self.peer,
+                plan.need_buf
+            );
+            return Handled::Close("buffer request too large".into());
+        }
+        Self::consume_cmdsn(st, b);
+        if let Some(s) = &st.session {
+            s.stats.commands.fetch_add(1, Ordering::Relaxed);
+        }
+        let Some((lun, opv)) = self.answer_early(st, itt, &mut plan) else {
+            return Handled::Done;
+        };
+        let mut t = Task::new(itt, ScsiTask::new(lun, opv), &plan);
+        let mut imm = 0;
+        if plan.out_len > 0 {
+            imm = p.data.len().min(plan.out_len as usize);
+            if imm > 0 && !st.params.immediate_data {
+                return Handled::Close("immediate data not negotiated".into());
+            }
+            t.received = imm as u32;
+            let sent = (p.data.len() as u32).min(plan.recv_limit);
+            let fb = st.params.first_burst.min(plan.recv_limit);
+            t.unsol_end = if b[1] & 0x80 != 0 || st.params.initial_r2t {
+                sent
+            } else {
+                fb.max(sent)
+            };
+            t.next_r2t = t.unsol_end.min(plan.out_len);
+        }
+        self.buffer_or_park(st, t, &p.data[..imm]);
+        Handled::Done
+    }
+
+    /// The checks before a command is decoded: the CmdSN window, a free ITT and
+    /// room in the session's task set (TASK SET FULL beyond it). False when the
+    /// command was ignored or answered.
+    fn admit_cmd(&self, st: &mut St, b: &[u8; BHS_LEN]) -> bool {
+        let itt = field::itt(b);
+        if !self.cmdsn_in_window(st, b) {
+            return false;
         }
         if st.itts.contains_key(&itt) {
             log::warn!(
@@ -18,25 +70,24 @@ impl Conn {
                 self.id
             );
             self.reject(st, b, pdu::reject::INVALID_FIELD);
-            return Handled::Done;
+            return false;
         }
         if st.itts.len() > self.shared.queue_depth as usize {
             // Only immediate commands can exceed the window.
             Self::consume_cmdsn(st, b);
             self.respond(st, itt, sense::TASK_SET_FULL, None, (0, 0));
-            return Handled::Done;
+            return false;
         }
-        self.refresh_target(st);
-        let flags = b[1];
-        let wr = flags & 0x20 != 0;
-        let edtl = field::w20(b);
+        true
+    }
+
+    /// Decodes the command (SCSI layer) and sizes its transfer against the
+    /// EDTL of the PDU.
+    fn plan_cmd(&self, st: &mut St, target: &TargetRt, b: &[u8; BHS_LEN]) -> CmdPlan {
         let lun_field = field::lun(b);
         let lun_no = cdb::decode_lun_field(lun_field);
         let mut cdb = [0u8; 16];
         cdb.copy_from_slice(&b[32..48]);
-        let Some(target) = st.target.clone() else {
-            return Handled::Close("normal session without a target".into());
-        };
         let lun = target.luns.get(&lun_no).cloned();
         // The LUN list is only needed (and only allocated) for REPORT LUNS.
         let luns: Vec<u64> = if cdb[0] == 0xa0 {
@@ -54,127 +105,57 @@ impl Conn {
         };
         let reactor = &self.reactor;
         let fenced = |l: &LunRt| reactor.channel(&l.bdev).is_ok_and(|ch| ch.unavailable());
-        let mut opv = task::decode_command(&cdb, lun.as_deref(), &luns, ns, &fenced);
-        let bs = lun.as_ref().map_or(512, |l| l.info.block_size);
-        let spdtl_out = opv.data_out_len(bs);
-        // A write whose EDTL differs from its CDB moves min(EDTL, CDB) bytes,
-        // rounded down to whole blocks, and reports the residual (FCP-4 rules).
-        let mut is_write = false;
-        if let Op::Write { lba, blocks, fua } = opv {
-            is_write = true;
-            let want = if wr { edtl.min(blocks * bs) / bs } else { 0 };
-            if want == 0 {
-                opv = Op::Done(Response::good(Vec::new()));
-            } else if want != blocks {
-                opv = Op::Write {
-                    lba,
-                    blocks: want,
-                    fua,
-                };
-            }
-        }
-        if cdb[0] == 0x89 && cdb[13] == 0 && edtl > 0 {
-            // Data offered for a zero-length compare: the CDB is inconsistent.
-            opv = Op::Done(Response::check(sense::INVALID_FIELD_IN_CDB));
-        }
-        let out_len = opv.data_out_len(bs);
-        let recv_limit = if is_write && wr {
-            edtl.max(out_len)
-        } else {
-            out_len
-        };
-        let in_len = match opv {
-            Op::Read { blocks, .. } => blocks * bs,
-            _ => 0,
-        };
-        let mismatch = out_len > 0 && !is_write && (edtl != out_len || !wr);
-        let need_buf = if mismatch { 0 } else { out_len.max(in_len) };
-        if need_buf > 0 && BufPool::class_for(need_buf as usize).is_none() {
-            log::error!(
-                "iscsi: connection {} from {}: ITT {itt:#x} needs a {need_buf}-byte buffer, larger than the largest pool class",
-                self.id,
-                self.peer
-            );
-            return Handled::Close("buffer request too large".into());
-        }
-        Self::consume_cmdsn(st, b);
-        if let Some(s) = &st.session {
-            s.stats.commands.fetch_add(1, Ordering::Relaxed);
-        }
-        if is_write && out_len == 0 && matches!(&opv, Op::Done(r) if r.status == sense::GOOD) {
+        let op = task::decode_command(&cdb, lun.as_deref(), &luns, ns, &fenced);
+        CmdPlan::new(cdb, lun, op, lun_field, b)
+    }
+
+    /// Answers what needs no task: a write cut to nothing by its EDTL, no such
+    /// LUN, a reservation conflict, a data-out length that does not match, and
+    /// commands finished by the SCSI layer. Otherwise returns the LUN and the op
+    /// of the task to run.
+    fn answer_early(&self, st: &mut St, itt: u32, plan: &mut CmdPlan) -> Option<(Arc<LunRt>, Op)> {
+        let (edtl, lun_field) = (plan.edtl, plan.lun_field);
+        let op = std::mem::replace(&mut plan.op, Op::Flush);
+        let good = matches!(&op, Op::Done(r) if r.status == sense::GOOD);
+        if plan.is_write && plan.out_len == 0 && good {
             // A write truncated to nothing by its EDTL.
-            self.respond(st, itt, sense::GOOD, None, residual(spdtl_out, edtl));
-            return Handled::Done;
+            self.respond(st, itt, sense::GOOD, None, residual(plan.spdtl, edtl));
+            return None;
         }
-        let Some(lun) = lun else {
+        let Some(lun) = plan.lun.take() else {
             // No such LUN: decode already answered.
-            if let Op::Done(r) = opv {
+            if let Op::Done(r) = op {
                 self.finish_simple(st, itt, lun_field, edtl, r);
             }
-            return Handled::Done;
+            return None;
         };
-        if task::reservation_conflict(&lun, &st.nexus, &cdb) {
+        if task::reservation_conflict(&lun, &st.nexus, &plan.cdb) {
             self.finish_simple(st, itt, lun_field, edtl, Response::conflict());
-            return Handled::Done;
+            return None;
         }
-        if mismatch {
-            let resid = residual(out_len, edtl);
+        if plan.mismatch {
+            let resid = residual(plan.out_len, edtl);
             if let Some(s) = &st.session {
                 s.stats.errors.fetch_add(1, Ordering::Relaxed);
             }
-            self.respond(
-                st,
-                itt,
-                sense::CHECK_CONDITION,
-                Some(sense::INVALID_FIELD_IN_IU),
-                resid,
-            );
-            return Handled::Done;
+            let s = Some(sense::INVALID_FIELD_IN_IU);
+            self.respond(st, itt, sense::CHECK_CONDITION, s, resid);
+            return None;
         }
-        let opv = task::reservation_op(opv, &lun, &st.nexus);
-        if let Op::Done(r) = opv {
-            self.finish_simple(st, itt, lun_field, edtl, r);
-            return Handled::Done;
-        }
-        // A task with block I/O and/or data-out.
-        let mut t = Task {
-            itt,
-            scsi: ScsiTask::new(lun, opv),
-            lun_field,
-            edtl,
-            buf: None,
-            out_len,
-            spdtl: spdtl_out,
-            recv_limit,
-            received: 0,
-            unsol_end: 0,
-            unsol_datasn: 0,
-            next_r2t: 0,
-            r2t: None,
-            r2tsn: 0,
-            aborted: false,
-            orphan: false,
-            parked: false,
-            need_buf,
-            early: Vec::new(),
-            early_reserved: 0,
-        };
-        let mut imm = 0;
-        if out_len > 0 {
-            imm = p.data.len().min(out_len as usize);
-            if imm > 0 && !st.params.immediate_data {
-                return Handled::Close("immediate data not negotiated".into());
+        match task::reservation_op(op, &lun, &st.nexus) {
+            Op::Done(r) => {
+                self.finish_simple(st, itt, lun_field, edtl, r);
+                None
             }
-            t.received = imm as u32;
-            let sent = (p.data.len() as u32).min(recv_limit);
-            let fb = st.params.first_burst.min(recv_limit);
-            t.unsol_end = if flags & 0x80 != 0 || st.params.initial_r2t {
-                sent
-            } else {
-                fb.max(sent)
-            };
-            t.next_r2t = t.unsol_end.min(out_len);
+            op => Some((lun, op)),
         }
+    }
+
+    /// Gives a new task its buffer (with the immediate data `imm`) and starts it,
+    /// or parks it until a buffer comes (TASK SET FULL when the data kept for
+    /// parked commands would pass [`PARKED_DATA_MAX_BYTES`]).
+    fn buffer_or_park(&self, st: &mut St, mut t: Task, imm: &[u8]) {
+        let (itt, need_buf) = (t.itt, t.need_buf);
         if need_buf > 0 {
             let class = BufPool::class_for(need_buf as usize).unwrap_or(0);
             // Keep arrival order: behind parked tasks of the class, wait too.
@@ -183,47 +164,47 @@ impl Conn {
             } else {
                 None
             };
-            match buf {
-                Some(mut x) => {
-                    x.bytes_mut()[..imm].copy_from_slice(&p.data[..imm]);
-                    t.buf = Some(x);
-                }
-                None => {
-                    // Park: the data that may arrive before the buffer is kept aside.
-                    let early = if out_len > 0 {
-                        t.unsol_end.max(imm as u32).min(out_len) as usize
-                    } else {
-                        0
-                    };
-                    if st.parked_bytes + early > PARKED_DATA_MAX_BYTES {
-                        log::warn!(
-                            "iscsi: connection {} from {}: ITT {itt:#x} waits for a buffer with {early} bytes of data, {} already kept for waiting commands; TASK SET FULL",
-                            self.id,
-                            self.peer,
-                            st.parked_bytes
-                        );
-                        self.respond(st, itt, sense::TASK_SET_FULL, None, (0, 0));
-                        return Handled::Done;
-                    }
-                    t.parked = true;
-                    t.early_reserved = early as u32;
-                    t.early = p.data[..imm].to_vec();
-                    st.parked_bytes += early;
-                    let key = st.tasks.insert(t);
-                    st.itts.insert(itt, key);
-                    st.parked.push_back(key);
-                    st.parked_n[class] += 1;
-                    self.sync_active(st, class);
-                    // Registers with the cache when the pool is what is short.
-                    st.need_serve = true;
-                    return Handled::Done;
-                }
-            }
+            let Some(mut x) = buf else {
+                return self.park(st, t, imm, class);
+            };
+            x.bytes_mut()[..imm.len()].copy_from_slice(imm);
+            t.buf = Some(x);
         }
         let key = st.tasks.insert(t);
         st.itts.insert(itt, key);
         self.start_task(st, key);
-        Handled::Done
+    }
+
+    /// Parks a new task of size class `class`: the data that may arrive before
+    /// its buffer is kept aside.
+    fn park(&self, st: &mut St, mut t: Task, imm: &[u8], class: usize) {
+        let itt = t.itt;
+        let early = if t.out_len > 0 {
+            t.unsol_end.max(imm.len() as u32).min(t.out_len) as usize
+        } else {
+            0
+        };
+        if st.parked_bytes + early > PARKED_DATA_MAX_BYTES {
+            log::warn!(
+                "iscsi: connection {} from {}: ITT {itt:#x} waits for a buffer with {early} bytes of data, {} already kept for waiting commands; TASK SET FULL",
+                self.id,
+                self.peer,
+                st.parked_bytes
+            );
+            self.respond(st, itt, sense::TASK_SET_FULL, None, (0, 0));
+            return;
+        }
+        t.parked = true;
+        t.early_reserved = early as u32;
+        t.early = imm.to_vec();
+        st.parked_bytes += early;
+        let key = st.tasks.insert(t);
+        st.itts.insert(itt, key);
+        st.parked.push_back(key);
+        st.parked_n[class] += 1;
+        self.sync_active(st, class);
+        // Registers with the cache when the pool is what is short.
+        st.need_serve = true;
     }
 
     /// A task with its buffer: ask for the rest of its data, or run it.
@@ -512,6 +493,117 @@ impl IoDone for Conn {
         };
         if paused {
             self.resume();
+        }
+    }
+}
+
+/// A decoded command sized against its PDU (FCP-4 rules for EDTL mismatches).
+struct CmdPlan {
+    cdb: [u8; 16],
+    /// None: no such LUN.
+    lun: Option<Arc<LunRt>>,
+    /// What the SCSI layer made of it, writes cut to the EDTL (taken by
+    /// `answer_early`).
+    op: Op,
+    lun_field: u64,
+    edtl: u32,
+    /// Data-out length the CDB asked for (for the residual).
+    spdtl: u32,
+    /// Data-out the op moves.
+    out_len: u32,
+    /// Highest data-out offset the initiator may send (its EDTL for writes).
+    recv_limit: u32,
+    /// Pool buffer bytes the task needs.
+    need_buf: u32,
+    is_write: bool,
+    /// Data-out for a non-write whose EDTL or W bit disagrees with the CDB.
+    mismatch: bool,
+}
+
+impl CmdPlan {
+    fn new(
+        cdb: [u8; 16],
+        lun: Option<Arc<LunRt>>,
+        mut op: Op,
+        lun_field: u64,
+        b: &[u8; BHS_LEN],
+    ) -> CmdPlan {
+        let wr = b[1] & 0x20 != 0;
+        let edtl = field::w20(b);
+        let bs = lun.as_ref().map_or(512, |l| l.info.block_size);
+        let spdtl = op.data_out_len(bs);
+        // A write whose EDTL differs from its CDB moves min(EDTL, CDB) bytes,
+        // rounded down to whole blocks, and reports the residual (FCP-4 rules).
+        let mut is_write = false;
+        if let Op::Write { lba, blocks, fua } = op {
+            is_write = true;
+            let want = if wr { edtl.min(blocks * bs) / bs } else { 0 };
+            if want == 0 {
+                op = Op::Done(Response::good(Vec::new()));
+            } else if want != blocks {
+                op = Op::Write {
+                    lba,
+                    blocks: want,
+                    fua,
+                };
+            }
+        }
+        if cdb[0] == 0x89 && cdb[13] == 0 && edtl > 0 {
+            // Data offered for a zero-length compare: the CDB is inconsistent.
+            op = Op::Done(Response::check(sense::INVALID_FIELD_IN_CDB));
+        }
+        let out_len = op.data_out_len(bs);
+        let recv_limit = if is_write && wr {
+            edtl.max(out_len)
+        } else {
+            out_len
+        };
+        let in_len = match op {
+            Op::Read { blocks, .. } => blocks * bs,
+            _ => 0,
+        };
+        let mismatch = out_len > 0 && !is_write && (edtl != out_len || !wr);
+        let need_buf = if mismatch { 0 } else { out_len.max(in_len) };
+        CmdPlan {
+            cdb,
+            lun,
+            op,
+            lun_field,
+            edtl,
+            spdtl,
+            out_len,
+            recv_limit,
+            need_buf,
+            is_write,
+            mismatch,
+        }
+    }
+}
+
+impl Task {
+    /// A task for `scsi`, with the transfer sizes of `plan`, before any data.
+    fn new(itt: u32, scsi: ScsiTask, plan: &CmdPlan) -> Task {
+        Task {
+            itt,
+            scsi,
+            lun_field: plan.lun_field,
+            edtl: plan.edtl,
+            buf: None,
+            out_len: plan.out_len,
+            spdtl: plan.spdtl,
+            recv_limit: plan.recv_limit,
+            received: 0,
+            unsol_end: 0,
+            unsol_datasn: 0,
+            next_r2t: 0,
+            r2t: None,
+            r2tsn: 0,
+            aborted: false,
+            orphan: false,
+            parked: false,
+            need_buf: plan.need_buf,
+            early: Vec::new(),
+            early_reserved: 0,
         }
     }
 }
