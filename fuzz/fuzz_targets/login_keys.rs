@@ -6,9 +6,9 @@ use libfuzzer_sys::fuzz_target;
 
 #[path = "codec.rs"]
 mod codec;
-use codec::config::ChapConfig;
-use codec::login::{Login, LoginEnv, LoginReq, TargetAuth};
-use codec::text;
+use codec::iscsi::config::ChapConfig;
+use codec::iscsi::login::{Login, LoginEnv, LoginReq, TargetAuth};
+use codec::iscsi::text;
 
 struct Env {
     chap: bool,

@@ -6,7 +6,7 @@ use libfuzzer_sys::fuzz_target;
 
 #[path = "codec.rs"]
 mod codec;
-use codec::{pdu, text};
+use codec::iscsi::{pdu, text};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, buf)) = data.split_first() else {

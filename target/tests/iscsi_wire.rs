@@ -13,12 +13,12 @@ use plexd_target::bdev::malloc::MallocBdev;
 use plexd_target::bdev::uring::{UringBdev, UringOpts};
 use plexd_target::bdev::Bdev;
 use plexd_target::diag::{run_ios, IoReq};
-use plexd_target::frontend::iscsi::alua::{self, Alua, AluaState, PortGroup};
 use plexd_target::frontend::iscsi::chap;
 use plexd_target::frontend::iscsi::pdu::{self, op, Bhs, Digests, BHS_LEN, RESERVED_TAG};
 use plexd_target::frontend::iscsi::{
     ChapConfig, IscsiConfig, IscsiFrontend, LunConfig, TargetNodeConfig,
 };
+use plexd_target::frontend::scsi::alua::{self, Alua, AluaState, PortGroup};
 use plexd_target::reactor::ReactorConfig;
 use plexd_target::testutil::pattern;
 use plexd_target::{Target, TargetConfig};

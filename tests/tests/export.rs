@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use plexd_target::frontend::iscsi::alua::AluaState;
+use plexd_target::frontend::scsi::alua::AluaState;
 use plexd_tests::proc::run_bounded;
 use plexd_tests::{wait_until, Cluster, ClusterOpts};
 

@@ -140,7 +140,7 @@ pub enum Job {
     /// Give the exported LUNs of shared volumes their ALUA views, by IQN.
     SyncAlua {
         /// The view of each served export.
-        alua: std::collections::BTreeMap<String, plexd_target::frontend::iscsi::alua::Alua>,
+        alua: std::collections::BTreeMap<String, plexd_target::frontend::scsi::alua::Alua>,
     },
     /// Break every fence (I/O resumes).
     BreakFences {

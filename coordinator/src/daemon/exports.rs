@@ -15,8 +15,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use plexd_target::api::KernelClient;
-use plexd_target::frontend::iscsi::alua::{Alua, AluaState, PortGroup};
 use plexd_target::frontend::iscsi::{LunConfig, TargetNodeConfig};
+use plexd_target::frontend::scsi::alua::{Alua, AluaState, PortGroup};
 
 use super::kernel::volume_bdev;
 use crate::core::{ErrorKind, RequestError};

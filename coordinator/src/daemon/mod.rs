@@ -519,7 +519,7 @@ struct Daemon {
     private_running: Option<(PrivateRequest, ClusterConfig)>,
     /// The ALUA views last handed to the driver for this node's shared exports, by
     /// IQN (cleared when the data plane is reconnected, so they are sent again).
-    alua_sent: BTreeMap<String, plexd_target::frontend::iscsi::alua::Alua>,
+    alua_sent: BTreeMap<String, plexd_target::frontend::scsi::alua::Alua>,
     /// (view id, master, configuration transaction) the ALUA views were last
     /// computed for: they depend on nothing else, so other events skip the work.
     alua_basis: Option<(u64, NodeId, TxnId)>,

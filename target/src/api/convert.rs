@@ -10,10 +10,10 @@ use super::service::{BdevKind, BdevRequest, Injection, TargetInfo};
 use super::{ApiError, ErrorCode};
 use crate::bdev::error::FailOn;
 use crate::bdev::{BdevInfo, IoKind};
-use crate::frontend::iscsi::alua::{
+use crate::frontend::iscsi::{ChapConfig, LunConfig, SessionInfo, TargetNodeConfig};
+use crate::frontend::scsi::alua::{
     Alua, AluaState, PortGroup, MAX_PORTS_PER_GROUP, MAX_PORT_GROUPS,
 };
-use crate::frontend::iscsi::{ChapConfig, LunConfig, SessionInfo, TargetNodeConfig};
 use crate::lease::LeaseState;
 use crate::reactor::PollMode;
 use crate::target::{DetachPolicy, Event};

@@ -22,10 +22,10 @@ use crate::bdev::null::NullBdev;
 use crate::bdev::uring::{UringBdev, UringOpts};
 use crate::bdev::{Bdev, BdevInfo, IoKind, IoStatus};
 use crate::diag::{run_ios, IoReq};
-use crate::frontend::iscsi::alua::Alua;
 use crate::frontend::iscsi::{
     lun_obj, ChapConfig, IscsiConfig, IscsiFrontend, LunConfig, SessionInfo, TargetNodeConfig,
 };
+use crate::frontend::scsi::alua::Alua;
 use crate::reactor::PollMode;
 use crate::target::{DetachPolicy, Target, TargetError};
 

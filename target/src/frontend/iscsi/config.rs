@@ -103,7 +103,7 @@ pub struct LunConfig {
     /// ALUA target port groups of the device and this port's group (docs/ISCSI.md,
     /// "ALUA"); absent: one group 1 with this port (relative port 1), active/optimized.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub alua: Option<super::alua::Alua>,
+    pub alua: Option<super::super::scsi::alua::Alua>,
 }
 
 /// CHAP secrets of a target (or of discovery).

@@ -5,9 +5,8 @@
 //! - [`text`]: `key=value` text and the negotiation rule of each operational key.
 //! - [`login`]: the login state machine (stages, ACL, CHAP); pure logic.
 //! - [`chap`]: MD5 and CHAP helpers.
-//! - [`scsi`], [`sense`]: the SCSI command layer (SPC-4/SBC-3); pure logic that
-//!   answers from the CDB or says which block operation to run.
-//! - [`pr`]: persistent reservations and RESERVE(6), with their state file.
+//! - The SCSI layer it carries (CDB decode, sense, reservations, ALUA, the LUN
+//!   object) is [`super::scsi`], shared with any other SCSI transport.
 //! - `conn`: the connection driver on a reactor: socket I/O through io_uring
 //!   polls, PDUs, tasks, Data-In/R2T/Data-Out, bdev I/O.
 //! - `portal`: the listening socket and the round-robin hand-off of connections.
@@ -19,16 +18,12 @@
 //! target table, persistent reservations, session list) sits behind mutexes that
 //! the I/O path takes only for reservation checks while a reservation exists.
 
-pub mod alua;
 pub mod chap;
 pub mod config;
 mod conn;
 pub mod login;
 pub mod pdu;
 mod portal;
-pub mod pr;
-pub mod scsi;
-pub mod sense;
 pub mod text;
 
 use std::collections::BTreeMap;
@@ -40,10 +35,10 @@ use std::time::Duration;
 
 pub use config::{ChapConfig, IscsiConfig, LunConfig, TargetNodeConfig};
 
-use crate::bdev::Bdev;
+use super::scsi::alua;
+use super::scsi::pr::PrState;
+use super::scsi::{Identity, LunInfo, LunRt};
 use crate::target::{Target, TargetError};
-use pr::PrState;
-use scsi::{Identity, LunInfo};
 
 /// MaxRecvDataSegmentLength this target declares.
 pub const TARGET_MRDSL_BYTES: u32 = 256 << 10;
@@ -55,59 +50,6 @@ pub const MAX_TARGETS: usize = 1024;
 pub const MAX_LUNS: usize = 256;
 /// Most sessions per frontend; further logins are refused.
 pub const MAX_SESSIONS: usize = 1024;
-
-/// A LUN as connections see it: its bdev, SCSI identity and reservations.
-pub struct LunRt {
-    /// The SCSI view.
-    pub info: LunInfo,
-    /// The bdev the LUN maps to.
-    pub bdev: Arc<dyn Bdev>,
-    /// Reservation state.
-    pr: Mutex<PrState>,
-    /// True while any reservation is held: the I/O path checks only this.
-    pr_active: AtomicBool,
-    pr_path: Option<PathBuf>,
-    /// Software write protect (control mode page SWP), set by MODE SELECT.
-    swp: AtomicBool,
-    /// Bumped by LUN and target resets; a nexus that saw an older value gets a
-    /// unit attention on its next command.
-    ua_epoch: AtomicU64,
-    /// The ALUA view, changed at run time by the coordinator ([`IscsiFrontend::set_alua`]);
-    /// read by INQUIRY and REPORT TARGET PORT GROUPS only, never on the I/O path.
-    alua: Mutex<alua::Alua>,
-}
-
-impl LunRt {
-    /// The SCSI view with the write cache read from the bdev now (a volume's
-    /// answer follows its layout); for MODE SENSE and MODE SELECT, not the I/O path.
-    pub fn info_now(&self) -> LunInfo {
-        LunInfo {
-            write_cache: self.bdev.volatile_write_cache(),
-            alua: self.alua.lock().unwrap_or_else(|p| p.into_inner()).clone(),
-            ..self.info.clone()
-        }
-    }
-
-    fn pr(&self) -> MutexGuard<'_, PrState> {
-        self.pr.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Runs `f` on the reservation state, then refreshes the fast flag and, when
-    /// `f` says the persistent part changed, saves it.
-    fn with_pr<R>(&self, f: impl FnOnce(&mut PrState) -> (R, bool)) -> R {
-        let mut g = self.pr();
-        let (r, changed) = f(&mut g);
-        self.pr_active.store(g.any(), Ordering::Release);
-        if changed {
-            if let Some(p) = &self.pr_path {
-                if let Err(e) = g.save(p) {
-                    log::error!("iscsi lun {}: cannot save reservations: {e}", self.info.lun);
-                }
-            }
-        }
-        r
-    }
-}
 
 /// A target node as connections see it.
 pub struct TargetRt {
@@ -514,28 +456,19 @@ impl IscsiFrontend {
             })?,
             None => PrState::default(),
         };
-        let active = pr.any();
         let alua = l.alua.clone().unwrap_or_default();
         alua.validate()
             .map_err(|e| TargetError::invalid(lun_obj(iqn, l.lun), e))?;
-        Ok(Arc::new(LunRt {
-            info: LunInfo {
-                lun: l.lun,
-                block_size: bdev.block_size(),
-                num_blocks: bdev.size_bytes() / bdev.block_size() as u64,
-                read_only: l.read_only,
-                ident: Identity::from_device_id(&device_id),
-                write_cache: bdev.volatile_write_cache(),
-                alua: alua.clone(),
-            },
-            alua: Mutex::new(alua),
-            bdev,
-            pr: Mutex::new(pr),
-            pr_active: AtomicBool::new(active),
-            pr_path,
-            swp: AtomicBool::new(false),
-            ua_epoch: AtomicU64::new(0),
-        }))
+        let info = LunInfo {
+            lun: l.lun,
+            block_size: bdev.block_size(),
+            num_blocks: bdev.size_bytes() / bdev.block_size() as u64,
+            read_only: l.read_only,
+            ident: Identity::from_device_id(&device_id),
+            write_cache: bdev.volatile_write_cache(),
+            alua,
+        };
+        Ok(Arc::new(LunRt::new(info, bdev, pr, pr_path)))
     }
 
     fn publish(&self, iqn: &str, t: Option<TargetRt>) {
@@ -667,7 +600,7 @@ impl IscsiFrontend {
                 kind: "lun",
                 name: format!("{lun} of {iqn}"),
             })?;
-            let mut cur = rt.alua.lock().unwrap_or_else(|p| p.into_inner());
+            let mut cur = rt.alua();
             if cur.local_state() != alua.local_state() {
                 log::info!(
                     "iscsi: {}: ALUA state of port group {} {:?} -> {:?}",

@@ -7,6 +7,9 @@
 //! checked against a limit before any byte is trusted, so no input can panic or
 //! make the caller allocate more than its receive buffer.
 
+// A relative path (not `crate::`), so the fuzz crate can compile this file too.
+pub use super::super::scsi::bytes::{be16, be32, be64, put16, put32, put64};
+
 /// Length of the basic header segment.
 pub const BHS_LEN: usize = 48;
 /// Largest AHS: TotalAHSLength is one byte counting 4-byte words.
@@ -233,38 +236,6 @@ pub fn immediate(bhs: &[u8; BHS_LEN]) -> bool {
 /// The final bit (byte 1, top bit).
 pub fn final_bit(bhs: &[u8; BHS_LEN]) -> bool {
     bhs[1] & 0x80 != 0
-}
-
-/// A big-endian u32 at `off`.
-pub fn be32(b: &[u8], off: usize) -> u32 {
-    u32::from_be_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
-}
-
-/// A big-endian u16 at `off`.
-pub fn be16(b: &[u8], off: usize) -> u16 {
-    u16::from_be_bytes([b[off], b[off + 1]])
-}
-
-/// A big-endian u64 at `off`.
-pub fn be64(b: &[u8], off: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[off..off + 8]);
-    u64::from_be_bytes(a)
-}
-
-/// Writes a big-endian u32 at `off`.
-pub fn put32(b: &mut [u8], off: usize, v: u32) {
-    b[off..off + 4].copy_from_slice(&v.to_be_bytes());
-}
-
-/// Writes a big-endian u16 at `off`.
-pub fn put16(b: &mut [u8], off: usize, v: u16) {
-    b[off..off + 2].copy_from_slice(&v.to_be_bytes());
-}
-
-/// Writes a big-endian u64 at `off`.
-pub fn put64(b: &mut [u8], off: usize, v: u64) {
-    b[off..off + 8].copy_from_slice(&v.to_be_bytes());
 }
 
 /// Fields common to requests (initiator → target).

@@ -13,7 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::pdu::{be16, be32, put16, put32};
+use super::bytes::{be16, be32, put16, put32};
 use super::sense::{self, Sense};
 
 /// Most target port groups one LUN may list (one per node of a cluster).

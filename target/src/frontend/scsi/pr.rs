@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::pdu::{be32, be64, put16, put32, put64};
+use super::bytes::{be32, be64, put16, put32, put64};
 use super::sense::{self, Sense};
 
 /// Most registrations kept per LUN (REGISTER beyond it gets INSUFFICIENT RESOURCES).

@@ -1,0 +1,200 @@
+//! The LUN object: the bdev a LUN maps to, its SCSI identity, and the state every
+//! I_T nexus shares (reservations, software write protect, reset epoch, ALUA view).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::alua::Alua;
+use super::cdb::MAX_TRANSFER_BYTES;
+use super::pr::PrState;
+use crate::bdev::Bdev;
+
+/// Device identifiers derived from a LUN's `device_id` (by default the volume name
+/// or uuid): the same string gives the same ids on every node and after restarts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// NAA IEEE Registered Extended (type 6) designator, 16 bytes.
+    pub naa: [u8; 16],
+    /// Unit serial number (VPD 80h), 32 hex characters.
+    pub serial: String,
+    /// T10 vendor id designator's vendor-specific part.
+    pub t10: String,
+}
+
+impl Identity {
+    /// Identity of `device_id`.
+    pub fn from_device_id(device_id: &str) -> Identity {
+        use md5::{Digest, Md5};
+        let h: [u8; 16] = Md5::new()
+            .chain_update(b"plexd-lun:")
+            .chain_update(device_id.as_bytes())
+            .finalize()
+            .into();
+        let mut naa = h;
+        naa[0] = 0x60 | (naa[0] & 0x0f);
+        let serial: String = h.iter().map(|b| format!("{b:02x}")).collect();
+        let mut t10: String = device_id
+            .chars()
+            .filter(|c| c.is_ascii_graphic())
+            .take(64)
+            .collect();
+        if t10.is_empty() {
+            t10 = serial.clone();
+        }
+        Identity { naa, serial, t10 }
+    }
+}
+
+/// What the SCSI layer knows about a LUN.
+#[derive(Clone, Debug)]
+pub struct LunInfo {
+    /// The LUN number.
+    pub lun: u64,
+    /// Logical block size.
+    pub block_size: u32,
+    /// Capacity in blocks.
+    pub num_blocks: u64,
+    /// Writes are refused.
+    pub read_only: bool,
+    /// Device identifiers.
+    pub ident: Identity,
+    /// The bdev has a volatile write cache: reported as WCE=1 in the caching mode
+    /// page, so hosts send SYNCHRONIZE CACHE and FUA writes. A volume's answer can
+    /// change with its layout, so callers refresh it from the bdev before MODE
+    /// SENSE and MODE SELECT.
+    pub write_cache: bool,
+    /// Target port groups and this port's place in them (INQUIRY, REPORT TARGET
+    /// PORT GROUPS). Callers refresh it (states change at run time) for those
+    /// commands, with this port's own group unavailable while the LUN is fenced.
+    pub alua: Alua,
+}
+
+impl LunInfo {
+    /// Most blocks one command may move.
+    pub(crate) fn max_xfer_blocks(&self) -> u32 {
+        MAX_TRANSFER_BYTES / self.block_size
+    }
+    /// Most blocks of one COMPARE AND WRITE (half of a transfer: compare + write data).
+    pub(crate) fn max_caw_blocks(&self) -> u32 {
+        (MAX_TRANSFER_BYTES / 2 / self.block_size).min(255)
+    }
+}
+
+/// A LUN as transports see it: its bdev, SCSI identity and the state shared by
+/// every I_T nexus.
+pub struct LunRt {
+    /// The SCSI view.
+    pub info: LunInfo,
+    /// The bdev the LUN maps to.
+    pub bdev: Arc<dyn Bdev>,
+    /// Reservation state.
+    pr: Mutex<PrState>,
+    /// True while any reservation is held: the I/O path checks only this.
+    pr_active: AtomicBool,
+    pr_path: Option<PathBuf>,
+    /// Software write protect (control mode page SWP), set by MODE SELECT.
+    swp: AtomicBool,
+    /// Bumped by LUN and target resets; a nexus that saw an older value gets a
+    /// unit attention on its next command.
+    ua_epoch: AtomicU64,
+    /// The ALUA view, changed at run time by the coordinator
+    /// ([`crate::frontend::iscsi::IscsiFrontend::set_alua`]); read by INQUIRY and
+    /// REPORT TARGET PORT GROUPS only, never on the I/O path.
+    alua: Mutex<Alua>,
+}
+
+impl LunRt {
+    /// A LUN over `bdev` with the reservations `pr` (saved to `pr_path` on change,
+    /// when given) and the ALUA view of `info`.
+    pub fn new(info: LunInfo, bdev: Arc<dyn Bdev>, pr: PrState, pr_path: Option<PathBuf>) -> LunRt {
+        LunRt {
+            alua: Mutex::new(info.alua.clone()),
+            pr_active: AtomicBool::new(pr.any()),
+            pr: Mutex::new(pr),
+            pr_path,
+            info,
+            bdev,
+            swp: AtomicBool::new(false),
+            ua_epoch: AtomicU64::new(0),
+        }
+    }
+
+    /// The SCSI view with the write cache read from the bdev now (a volume's
+    /// answer follows its layout); for MODE SENSE and MODE SELECT, not the I/O path.
+    pub fn info_now(&self) -> LunInfo {
+        LunInfo {
+            write_cache: self.bdev.volatile_write_cache(),
+            alua: self.alua().clone(),
+            ..self.info.clone()
+        }
+    }
+
+    /// The ALUA view (replace it through the guard).
+    pub fn alua(&self) -> MutexGuard<'_, Alua> {
+        self.alua.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The reservation state, for reading.
+    pub fn pr(&self) -> MutexGuard<'_, PrState> {
+        self.pr.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// True while any reservation is held (a lock-free check for the I/O path).
+    pub fn reserved(&self) -> bool {
+        self.pr_active.load(Ordering::Acquire)
+    }
+
+    /// Runs `f` on the reservation state, then refreshes the fast flag and, when
+    /// `f` says the persistent part changed, saves it.
+    pub fn with_pr<R>(&self, f: impl FnOnce(&mut PrState) -> (R, bool)) -> R {
+        let mut g = self.pr();
+        let (r, changed) = f(&mut g);
+        self.pr_active.store(g.any(), Ordering::Release);
+        if changed {
+            if let Some(p) = &self.pr_path {
+                if let Err(e) = g.save(p) {
+                    log::error!(
+                        "scsi: lun {} ({}): cannot save reservations to {}: {e}",
+                        self.info.lun,
+                        self.bdev.name(),
+                        p.display()
+                    );
+                }
+            }
+        }
+        r
+    }
+
+    /// Software write protect (control mode page SWP).
+    pub fn swp(&self) -> bool {
+        self.swp.load(Ordering::Relaxed)
+    }
+
+    /// Sets software write protect (MODE SELECT).
+    pub fn set_swp(&self, on: bool) {
+        self.swp.store(on, Ordering::Relaxed)
+    }
+
+    /// The reset epoch (a nexus that saw an older one has a unit attention).
+    pub fn ua_epoch(&self) -> u64 {
+        self.ua_epoch.load(Ordering::Acquire)
+    }
+
+    /// A LUN reset: reservations of RESERVE(6) go, every nexus gets a unit attention.
+    pub fn reset(&self) {
+        self.with_pr(|p| {
+            p.reset();
+            ((), false)
+        });
+        self.ua_epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// An I_T nexus is gone (its session ended).
+    pub fn nexus_lost(&self, nexus: &str) {
+        self.with_pr(|p| {
+            p.nexus_lost(nexus);
+            ((), false)
+        });
+    }
+}

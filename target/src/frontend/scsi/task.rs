@@ -1,0 +1,556 @@
+//! A SCSI command from its CDB to its outcome, for any SCSI transport.
+//!
+//! [`decode_command`] turns a CDB for a LUN on one I_T nexus into an [`Op`]
+//! (unit attentions, the LUN's current view, fencing); [`reservation_op`] answers
+//! the reservation commands that need the LUN's state. An op with block work
+//! becomes a [`ScsiTask`]: the transport moves the data-out into its buffer, then
+//! calls [`ScsiTask::step`] until it says [`Step::Done`], submitting the block I/O
+//! the task asks for and reporting each completion with [`ScsiTask::io_done`].
+//! The transport sends the outcome: [`ScsiTask::err`] (CHECK CONDITION) or GOOD,
+//! with the read data for [`Op::Read`].
+
+use std::sync::Arc;
+
+use super::alua::AluaState;
+use super::cdb::{self, NexusState, Op, Response};
+use super::lun::LunRt;
+use super::pr::{Access, PrError};
+use super::sense::{self, Sense};
+use crate::bdev::{IoKind, IoStatus};
+use crate::buf::{IoBuf, PoolBuf};
+use crate::lease::FENCED_ERRNO;
+
+/// Decodes `cdb` for `lun` (None: no such LUN) on one I_T nexus whose state for
+/// this LUN is `ns`. `luns` lists the target's LUNs (REPORT LUNS only);
+/// `fenced` says whether this reactor must not serve a LUN now (a shared volume
+/// without a valid data-plane lease).
+pub fn decode_command(
+    cdb: &[u8; 16],
+    lun: Option<&LunRt>,
+    luns: &[u64],
+    ns: &mut NexusState,
+    fenced: &dyn Fn(&LunRt) -> bool,
+) -> Op {
+    let wp = lun.is_some_and(|l| l.swp());
+    // REQUEST SENSE in descriptor format is refused (invalid field) and must not
+    // consume the unit attention it cannot report.
+    let desc_sense = cdb[0] == 0x03 && cdb[1] & 0x01 != 0;
+    let ua = match lun {
+        Some(l) if !desc_sense => ns.take_unit_attention(l.ua_epoch(), cdb[0]),
+        _ => false,
+    };
+    if ua {
+        return Op::Done(if cdb[0] == 0x03 {
+            cdb::request_sense(cdb, Some(sense::RESET_OCCURRED))
+        } else {
+            Response::check(sense::RESET_OCCURRED)
+        });
+    }
+    // MODE SENSE reads the write cache fresh (a volume's follows its layout);
+    // INQUIRY and REPORT TARGET PORT GROUPS the ALUA view, with this port's
+    // group unavailable while the LUN is fenced on this reactor.
+    let alua_report = cdb[0] == 0x12 || (cdb[0] == 0xa3 && cdb[1] & 0x1f == 0x0a);
+    let fresh;
+    let info = match lun {
+        Some(l) if matches!(cdb[0], 0x1a | 0x5a) || alua_report => {
+            let mut f = l.info_now();
+            if alua_report && fenced(l) {
+                f.alua = f.alua.with_local_state(AluaState::Unavailable);
+            }
+            fresh = f;
+            Some(&fresh)
+        }
+        Some(l) => Some(&l.info),
+        None => None,
+    };
+    let op = cdb::decode(cdb, info, luns, ns, wp);
+    // TEST UNIT READY on a LUN this reactor must not serve: the path is
+    // unavailable, so a path checker keeps it down until the lease is renewed.
+    if cdb[0] == 0x00 && matches!(&op, Op::Done(r) if r.status == sense::GOOD) {
+        if let Some(l) = lun {
+            if fenced(l) {
+                return Op::Done(Response::check(sense::PORT_UNAVAILABLE));
+            }
+        }
+    }
+    op
+}
+
+/// True when a reservation held on `lun` keeps `nexus` from running `cdb`.
+pub fn reservation_conflict(lun: &LunRt, nexus: &str, cdb: &[u8; 16]) -> bool {
+    if !lun.reserved() {
+        return false;
+    }
+    let acc = cdb::access_of(cdb);
+    acc != Access::Any && lun.pr().conflicts(nexus, acc)
+}
+
+/// Runs the reservation commands that need no data-out (PERSISTENT RESERVE IN,
+/// RESERVE(6), RELEASE(6)) for `nexus`; every other op is returned as is.
+pub fn reservation_op(op: Op, lun: &LunRt, nexus: &str) -> Op {
+    match op {
+        Op::PrIn { sa, alloc } => Op::Done(match lun.pr().read(sa) {
+            Ok(mut d) => {
+                d.truncate(alloc as usize);
+                Response::good(d)
+            }
+            Err(s) => Response::check(s),
+        }),
+        Op::Reserve6 | Op::Release6 => {
+            let reserve = matches!(op, Op::Reserve6);
+            let r = lun.with_pr(|p| {
+                let r = if reserve {
+                    p.reserve6(nexus)
+                } else {
+                    p.release6(nexus)
+                };
+                (r, false)
+            });
+            Op::Done(match r {
+                Ok(()) => Response::good(Vec::new()),
+                Err(PrError::Conflict) => Response::conflict(),
+                Err(PrError::Check(s)) => Response::check(s),
+            })
+        }
+        o => o,
+    }
+}
+
+/// Where the block work of a task stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Nothing ran yet (the data-out, if any, is in the buffer).
+    Start,
+    /// The command's own I/O is in flight (read, write, WRITE SAME, UNMAP, flush).
+    Transfer,
+    /// FUA write: the flush after the write is in flight.
+    Flush,
+    /// VERIFY, COMPARE AND WRITE, ORWRITE: the blocks on the medium are being read.
+    ReadOld,
+    /// COMPARE AND WRITE, ORWRITE: the new blocks are being written.
+    WriteNew,
+    /// Nothing more to run: the outcome can be sent.
+    Done,
+}
+
+/// What the transport does after [`ScsiTask::step`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Block I/O is in flight: call `step` again once [`ScsiTask::io_done`] says
+    /// the last one completed.
+    Wait,
+    /// Finished: send [`ScsiTask::err`] as CHECK CONDITION, or GOOD.
+    Done,
+    /// PERSISTENT RESERVE OUT was refused: RESERVATION CONFLICT.
+    Conflict,
+}
+
+/// One block I/O a task asks the transport to submit to the LUN's bdev.
+pub struct BlockIo {
+    /// Read, write, flush...
+    pub kind: IoKind,
+    /// Byte offset on the bdev.
+    pub offset_bytes: u64,
+    /// Length in bytes.
+    pub len_bytes: u64,
+    /// The memory (empty for flush, unmap, zeroes).
+    pub buf: IoBuf,
+}
+
+/// The execution of one SCSI command with block work on a LUN.
+pub struct ScsiTask {
+    /// The LUN it runs on.
+    pub lun: Arc<LunRt>,
+    /// What it does.
+    pub op: Op,
+    /// The first failure; the task ends with CHECK CONDITION and this sense.
+    pub err: Option<Sense>,
+    stage: Stage,
+    /// Block I/O submitted and not completed.
+    inflight: u32,
+    /// Memory of the second buffer some ops need (blocks read back for VERIFY,
+    /// COMPARE AND WRITE and ORWRITE; the pattern of WRITE SAME).
+    aux: Vec<u8>,
+}
+
+impl ScsiTask {
+    /// A task for `op` on `lun`, not started.
+    pub fn new(lun: Arc<LunRt>, op: Op) -> ScsiTask {
+        ScsiTask {
+            lun,
+            op,
+            err: None,
+            stage: Stage::Start,
+            inflight: 0,
+            aux: Vec::new(),
+        }
+    }
+
+    /// Where it stands.
+    pub fn stage(&self) -> Stage {
+        self.stage
+    }
+
+    /// Block I/O submitted and not completed.
+    pub fn inflight(&self) -> u32 {
+        self.inflight
+    }
+
+    /// One of its block I/Os completed; true when none is left in flight. A
+    /// failure becomes its sense: a fenced volume (data-plane lease expired) a path
+    /// failure the host fails over, anything else a medium error.
+    pub fn io_done(&mut self, status: IoStatus) -> bool {
+        self.inflight = self.inflight.saturating_sub(1);
+        if let IoStatus::Failed(errno) = status {
+            if self.err.is_none() && errno == FENCED_ERRNO {
+                // Logged once by the target when the lease runs out.
+                log::debug!(
+                    "scsi: lun {} ({}): {:?} fenced (lease expired)",
+                    self.lun.info.lun,
+                    self.lun.bdev.name(),
+                    self.op
+                );
+                self.err = Some(sense::PORT_UNAVAILABLE);
+            } else if self.err.is_none() {
+                log::warn!(
+                    "scsi: lun {} ({}): {:?} failed with errno {errno}",
+                    self.lun.info.lun,
+                    self.lun.bdev.name(),
+                    self.op
+                );
+                self.err = Some(match self.op {
+                    Op::Read { .. } | Op::Verify { .. } => sense::READ_ERROR,
+                    _ => sense::WRITE_ERROR,
+                });
+            }
+        }
+        self.inflight == 0
+    }
+
+    /// Runs the next stage. `data` is the task's buffer (data-out received, room
+    /// for data-in), `nexus` the I_T nexus (reservations), `submit` hands a block
+    /// I/O to the LUN's bdev (an error fails the task with that sense).
+    pub fn step(
+        &mut self,
+        data: Option<&PoolBuf>,
+        nexus: &str,
+        submit: &mut dyn FnMut(&LunRt, BlockIo) -> Result<(), Sense>,
+    ) -> Step {
+        if self.err.is_some() || self.stage == Stage::Done {
+            self.stage = Stage::Done;
+            return Step::Done;
+        }
+        let stage = self.stage;
+        let next = match self.op.clone() {
+            Op::Read { lba, blocks } => self.read(stage, data, lba, blocks, submit),
+            Op::Write { lba, blocks, fua } => self.write(stage, data, lba, blocks, fua, submit),
+            Op::Verify {
+                lba,
+                blocks,
+                bytchk,
+            } => self.verify(stage, data, lba, blocks, bytchk, submit),
+            Op::CompareAndWrite { lba, blocks } => {
+                self.compare_and_write(stage, data, lba, blocks, submit)
+            }
+            Op::OrWrite { lba, blocks } => self.or_write(stage, data, lba, blocks, submit),
+            Op::WriteSame {
+                lba,
+                blocks,
+                unmap,
+                ndob,
+            } => self.write_same(stage, data, (lba, blocks), unmap, ndob, submit),
+            Op::Unmap { len } => self.unmap(stage, data, len, submit),
+            Op::Flush if stage == Stage::Start => {
+                self.submit(submit, IoKind::Flush, 0, 0, IoBuf::empty());
+                Stage::Transfer
+            }
+            Op::ModeSelect { len, ten } if stage == Stage::Start => {
+                self.mode_select(data, len, ten)
+            }
+            Op::PrOut {
+                sa,
+                scope_type,
+                len,
+            } if stage == Stage::Start => {
+                let param = bytes(data, len as usize).to_vec();
+                let r = self
+                    .lun
+                    .with_pr(|p| match p.out(nexus, sa, scope_type, &param) {
+                        Ok(changed) => (Ok(()), changed),
+                        Err(e) => (Err(e), false),
+                    });
+                match r {
+                    Ok(()) => {}
+                    Err(PrError::Check(s)) => self.err = Some(s),
+                    Err(PrError::Conflict) => {
+                        self.stage = Stage::Done;
+                        return Step::Conflict;
+                    }
+                }
+                Stage::Done
+            }
+            _ => Stage::Done,
+        };
+        self.stage = next;
+        if next == Stage::Done {
+            Step::Done
+        } else {
+            // Also when a submit failed (`err` set): with nothing in flight no
+            // completion calls `step` again, and the task waits until its connection
+            // closes (as before this module existed; the only cause is a bdev channel
+            // that cannot be created).
+            Step::Wait
+        }
+    }
+
+    /// Submits one I/O of `blocks` at `lba` through `submit`.
+    fn submit(
+        &mut self,
+        submit: &mut dyn FnMut(&LunRt, BlockIo) -> Result<(), Sense>,
+        kind: IoKind,
+        lba: u64,
+        blocks: u64,
+        buf: IoBuf,
+    ) {
+        let bs = self.lun.info.block_size as u64;
+        let io = BlockIo {
+            kind,
+            offset_bytes: lba * bs,
+            len_bytes: blocks * bs,
+            buf,
+        };
+        match submit(&self.lun, io) {
+            Ok(()) => self.inflight += 1,
+            Err(s) => self.err = Some(s),
+        }
+    }
+
+    /// The first `len` bytes of the task buffer as an I/O view.
+    fn pool_io(data: Option<&PoolBuf>, off: usize, len: usize) -> IoBuf {
+        data.map(|b| b.io().slice(off, len))
+            .unwrap_or(IoBuf::empty())
+    }
+
+    /// The aux buffer as an I/O view.
+    fn aux_io(&mut self) -> IoBuf {
+        // SAFETY: the Vec's heap memory lives in the task, which outlives its
+        // in-flight I/O (the transport keeps the task until `io_done` says none is
+        // left), and nothing touches `aux` until then.
+        unsafe { IoBuf::from_raw(self.aux.as_mut_ptr(), self.aux.len()) }
+    }
+
+    fn read(
+        &mut self,
+        stage: Stage,
+        data: Option<&PoolBuf>,
+        lba: u64,
+        blocks: u32,
+        submit: &mut dyn FnMut(&LunRt, BlockIo) -> Result<(), Sense>,
+    ) -> Stage {
+        if stage != Stage::Start {
+            return Stage::Done;
+        }
+        let n = (blocks * self.lun.info.block_size) as usize;
+        let io = Self::pool_io(data, 0, n);
+        self.submit(submit, IoKind::Read, lba, blocks as u64, io);
+        Stage::Transfer
+    }
+
+    fn write(
+        &mut self,
+        stage: Stage,
+        data: Option<&PoolBuf>,
+        lba: u64,
+        blocks: u32,
+        fua: bool,
+        submit: &mut dyn FnMut(&LunRt, BlockIo) -> Result<(), Sense>,
+    ) -> Stage {
+        match stage {
+            Stage::Start => {
+                let n = (blocks * self.lun.info.block_size) as usize;
+                let io = Self::pool_io(data, 0, n);
+                self.submit(submit, IoKind::Write, lba, blocks as u64, io);
+                Stage::Transfer
+            }
+            Stage::Transfer if fua => {
+                self.submit(submit, IoKind::Flush, 0, 0, IoBuf::empty());
+                Stage::Flush
+            }
+            _ => Stage::Done,
+        }
+    }
+
+    /// Reads the blocks on the medium into `aux` (VERIFY, COMPARE AND WRITE, ORWRITE).
+    fn read_old(
+        &mut self,
+        lba: u64,
+        blocks: u32,
+        submit: &mut dyn FnMut(&LunRt, BlockIo) -> Result<(), Sense>,
+    ) -> Stage {
+        self.aux = vec![0u8; (blocks * self.lun.info.block_size) as usize];
+        let io = self.aux_io();
+        self.submit(submit, IoKind::Read, lba, blocks as u64, io);
+        Stage::ReadOld
+    }
+
+    fn verify(
+        &mut self,
+        stage: Stage,
+        data: Option<&PoolBuf>,
+        lba: u64,
+        blocks: u32,
+        bytchk: u8,
+        submit: &mut dyn FnMut(&LunRt, BlockIo) -> Result<(), Sense>,
+    ) -> Stage {
+        match stage {
+            Stage::Start => self.read_old(lba, blocks, submit),
+            Stage::ReadOld => {
+                let bs = self.lun.info.block_size;
+                let data = data.map(|b| b.bytes()).unwrap_or(&[]);
+                let res = if bytchk == 1 {
+                    cdb::compare(&data[..(blocks * bs) as usize], &self.aux)
+                } else {
+                    let one = &data[..bs as usize];
+                    self.aux
+                        .chunks(bs as usize)
+                        .enumerate()
+                        .try_for_each(|(i, blk)| {
+                            cdb::compare(one, blk).map_err(|mut s| {
+                                s.info = s.info.map(|o| o + i as u32 * bs);
+                                s
+                            })
+                        })
+                };
+                if let Err(s) = res {
+                    self.err = Some(s);
+                }
+                Stage::Done
+            }
+            _ => Stage::Done,
+        }
+    }
+
+    fn compare_and_write(
+        &mut self,
+        stage: Stage,
+        data: Option<&PoolBuf>,
+        lba: u64,
+        blocks: u32,
+        submit: &mut dyn FnMut(&LunRt, BlockIo) -> Result<(), Sense>,
+    ) -> Stage {
+        match stage {
+            Stage::Start => self.read_old(lba, blocks, submit),
+            Stage::ReadOld => {
+                let n = (blocks * self.lun.info.block_size) as usize;
+                let bytes = data.map(|b| b.bytes()).unwrap_or(&[]);
+                if let Err(s) = cdb::compare(&bytes[..n], &self.aux) {
+                    self.err = Some(s);
+                    return Stage::Done;
+                }
+                let io = Self::pool_io(data, n, n);
+                self.submit(submit, IoKind::Write, lba, blocks as u64, io);
+                Stage::WriteNew
+            }
+            _ => Stage::Done,
+        }
+    }
+
+    fn or_write(
+        &mut self,
+        stage: Stage,
+        data: Option<&PoolBuf>,
+        lba: u64,
+        blocks: u32,
+        submit: &mut dyn FnMut(&LunRt, BlockIo) -> Result<(), Sense>,
+    ) -> Stage {
+        match stage {
+            Stage::Start => self.read_old(lba, blocks, submit),
+            Stage::ReadOld => {
+                let bytes = data.map(|b| b.bytes()).unwrap_or(&[]);
+                for (a, d) in self.aux.iter_mut().zip(bytes) {
+                    *a |= *d;
+                }
+                let io = self.aux_io();
+                self.submit(submit, IoKind::Write, lba, blocks as u64, io);
+                Stage::WriteNew
+            }
+            _ => Stage::Done,
+        }
+    }
+
+    fn write_same(
+        &mut self,
+        stage: Stage,
+        data: Option<&PoolBuf>,
+        (lba, blocks): (u64, u32),
+        unmap: bool,
+        ndob: bool,
+        submit: &mut dyn FnMut(&LunRt, BlockIo) -> Result<(), Sense>,
+    ) -> Stage {
+        if stage != Stage::Start {
+            return Stage::Done;
+        }
+        let bs = self.lun.info.block_size;
+        let block = data.map(|b| &b.bytes()[..bs as usize]);
+        let zero = ndob || block.is_some_and(|d| d.iter().all(|&x| x == 0));
+        // With UNMAP the blocks are deallocated whatever the data (they then read
+        // as zeroes, LBPRZ=1), as initiators expect.
+        if zero || unmap {
+            let kind = if unmap {
+                IoKind::Unmap
+            } else {
+                IoKind::WriteZeroes
+            };
+            self.submit(submit, kind, lba, blocks as u64, IoBuf::empty());
+        } else {
+            let pat = block.unwrap_or(&[]);
+            let mut aux = Vec::with_capacity((blocks * bs) as usize);
+            for _ in 0..blocks {
+                aux.extend_from_slice(pat);
+            }
+            self.aux = aux;
+            let io = self.aux_io();
+            self.submit(submit, IoKind::Write, lba, blocks as u64, io);
+        }
+        Stage::Transfer
+    }
+
+    fn unmap(
+        &mut self,
+        stage: Stage,
+        data: Option<&PoolBuf>,
+        len: u32,
+        submit: &mut dyn FnMut(&LunRt, BlockIo) -> Result<(), Sense>,
+    ) -> Stage {
+        if stage != Stage::Start {
+            return Stage::Done;
+        }
+        match cdb::unmap_ranges(bytes(data, len as usize), &self.lun.info) {
+            Ok(ranges) if ranges.is_empty() => Stage::Done,
+            Ok(ranges) => {
+                for (lba, n) in ranges {
+                    self.submit(submit, IoKind::Unmap, lba, n as u64, IoBuf::empty());
+                }
+                Stage::Transfer
+            }
+            Err(s) => {
+                self.err = Some(s);
+                Stage::Done
+            }
+        }
+    }
+
+    fn mode_select(&mut self, data: Option<&PoolBuf>, len: u32, ten: bool) -> Stage {
+        match cdb::mode_select(bytes(data, len as usize), ten, &self.lun.info_now()) {
+            Ok(Some(swp)) => self.lun.set_swp(swp),
+            Ok(None) => {}
+            Err(s) => self.err = Some(s),
+        }
+        Stage::Done
+    }
+}
+
+/// The first `len` bytes of the task buffer (a parameter list).
+fn bytes(data: Option<&PoolBuf>, len: usize) -> &[u8] {
+    data.map(|b| &b.bytes()[..len]).unwrap_or(&[])
+}
