@@ -201,7 +201,11 @@ fn wait_no_quorum(c: &Cluster, i: usize, cmd: &str, unreachable: &str) -> String
         );
         last = String::from_utf8_lossy(&out.stderr).trim().to_string();
         if last.contains("no quorum") {
-            assert_eq!(out.status.code(), Some(1), "exit status of `{cmd}`: {last}");
+            assert_eq!(
+                out.status.code(),
+                Some(plexd_tests::cluster::EXIT_NO_QUORUM),
+                "exit status of `{cmd}`: {last}"
+            );
             assert!(
                 last.contains(&format!("node {name}")) && last.contains(unreachable),
                 "the error names node {name} and the unreachable nodes ({unreachable}): {last}"
@@ -359,7 +363,7 @@ fn a_frozen_master_is_replaced_and_rejoins_as_a_slave_when_it_wakes() {
     let out = c.ctl(0, "vol create dg1 vol3 16M --layout mirror --mirrors 2");
     let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
     assert!(
-        out.status.success() || (out.status.code() == Some(1) && stderr.lines().count() == 1),
+        out.status.success() || stderr.lines().count() == 1,
         "a change on a after it woke either goes through or fails with one line: {:?} {stderr:?}",
         out.status
     );
@@ -868,8 +872,14 @@ fn cut_during_change(
     if out.status.success() {
         assert!(applied, "`{cmd}` on {asker} succeeded, {vol} is not there");
     } else {
-        assert_eq!(out.status.code(), Some(1), "`{cmd}`: {stderr}");
-        if !stderr.contains("outcome unknown") {
+        let unknown = out.status.code() == Some(plexd_tests::cluster::EXIT_OUTCOME_UNKNOWN);
+        assert_eq!(
+            unknown,
+            stderr.contains("outcome unknown"),
+            "`{cmd}`: exit {:?} and the text disagree: {stderr}",
+            out.status.code()
+        );
+        if !unknown {
             assert!(
                 !applied,
                 "`{cmd}` failed ({stderr}) but {vol} is there after the heal"
@@ -949,8 +959,13 @@ fn a_lossy_link_on_the_master_leaves_one_outcome_per_change() {
         );
         match code {
             Some(0) => assert!(applied, "{vol}: plexctl said ok, not applied"),
-            Some(1) if stderr.contains("outcome unknown") => {}
-            Some(1) => assert!(!applied, "{vol}: plexctl said {stderr}, applied"),
+            Some(plexd_tests::cluster::EXIT_OUTCOME_UNKNOWN) => {}
+            Some(
+                plexd_tests::cluster::EXIT_REFUSED
+                | plexd_tests::cluster::EXIT_NO_QUORUM
+                | plexd_tests::cluster::EXIT_FAILED
+                | plexd_tests::cluster::EXIT_UNREACHABLE,
+            ) => assert!(!applied, "{vol}: plexctl said {stderr}, applied"),
             other => panic!("{vol}: plexctl exit {other:?}: {stderr}"),
         }
     }
@@ -1067,4 +1082,59 @@ fn healing_a_split_of_five_keeps_the_majoritys_master() {
         master, 2,
         "the majority's master c should still be master after the heal"
     );
+}
+
+/// Four nodes split 2 | 2 (without a quorum disk): neither side has a majority of
+/// the votes, so neither commits a change or serves shared volumes; after the heal
+/// the four form one cluster again, on their own, and changes work.
+#[test]
+fn a_split_of_four_into_two_and_two_leaves_nobody_in_charge_until_the_heal() {
+    require_netns();
+    let opts = ClusterOpts {
+        netns: true,
+        ..ClusterOpts::default()
+    };
+    let mut c = Cluster::start(4, opts);
+    c.shared_mirror(0, "dg1", "vol1", "32M");
+    assert_eq!(c.master(), 0);
+    let pair = [0, 1];
+    c.net().split(&pair);
+    let split = Instant::now();
+    for (i, unreachable) in [
+        (0, "(c, d unreachable)"),
+        (1, "(c, d unreachable)"),
+        (2, "(a, b unreachable)"),
+        (3, "(a, b unreachable)"),
+    ] {
+        let (after, _) = wait_fenced(&mut c, i, split, false);
+        let e = wait_no_quorum(&c, i, "vol create dg1 half 8M --layout concat", unreachable);
+        eprintln!(
+            "split 2|2: node {} fenced {} ms after the split; {e}",
+            c.nodes[i].name,
+            after.as_millis()
+        );
+    }
+    for i in 0..4 {
+        let s = c.status(i);
+        assert!(
+            !plexd_tests::members(&s).contains(&c.nodes[i].name),
+            "node {} is a member of a cluster during a 2 | 2 split: {s}",
+            c.nodes[i].name
+        );
+    }
+    c.net().unsplit(&pair);
+    c.wait_joined(&[0, 1, 2, 3]);
+    c.ctl_retry_ok(2, VOL2, SETTLE);
+    for i in 0..4 {
+        assert!(
+            !has_volume(&c, i, "half"),
+            "node {i} has a change made during the split"
+        );
+        assert!(
+            has_volume(&c, i, "vol2"),
+            "node {i} lacks the change made after the heal"
+        );
+    }
+    c.write_pattern(3, "dg1", "vol2", 0, 1 << 20);
+    c.check_invariants();
 }
