@@ -968,7 +968,8 @@ impl<M: ConfigModel> Node<M> {
                 txn: self.committed.txn,
                 config: self.committed.config.clone(),
             },
-            deadline_ms: Some(asked_ms + self.cfg.lease_ms),
+            deadline_ms: asked_ms + self.cfg.lease_ms,
+            lease_extends: false,
         });
     }
 

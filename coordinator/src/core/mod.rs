@@ -302,9 +302,11 @@ pub enum Action<M: ConfigModel> {
         record: DiskRecord<M>,
         /// This node's clock: no disk is written from then on (the driver checks it
         /// just before each disk's write and answers [`WRITE_DEADLINE`]): a
-        /// takeover's votes hold until then. None: while this node's lease holds
-        /// (a master; the lease it holds when the write starts).
-        deadline_ms: Option<u64>,
+        /// takeover's votes hold until then; a master's lease end when it asked.
+        deadline_ms: u64,
+        /// The deadline moves on with this node's lease as the driver last heard
+        /// of it (a master's lease renewed while the write waited).
+        lease_extends: bool,
     },
     /// Read the newest configuration record from the disks; answer with [`Event::DisksRead`].
     ReadDisks,

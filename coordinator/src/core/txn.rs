@@ -586,9 +586,11 @@ impl<M: ConfigModel> Node<M> {
         };
         // Written under the lease only: a write that waited past it (a frozen
         // process) may land after another master took over.
+        let deadline_ms = self.lease_until_ms().unwrap_or(0);
         self.out.push(Action::WriteDisks {
             record,
-            deadline_ms: None,
+            deadline_ms,
+            lease_extends: true,
         });
     }
 

@@ -82,9 +82,10 @@ pub enum Job {
     WriteDisks {
         /// The record.
         record: DiskRecord<SharedConfig>,
-        /// No disk is written after it (the core's `deadline_ms`); None: after
-        /// this node's lease, as published when the write starts.
-        deadline: Option<Instant>,
+        /// No disk is written after it (the core's `deadline_ms`)...
+        deadline: Instant,
+        /// ...or after this node's lease as last published, if that is later.
+        lease_extends: bool,
     },
     /// Read the newest shared record.
     ReadDisks {
@@ -445,14 +446,18 @@ impl Driver {
                 }
                 Done::KernelLoaded { result }
             }
-            Job::WriteDisks { record, deadline } => {
+            Job::WriteDisks {
+                record,
+                deadline,
+                lease_extends,
+            } => {
                 self.failpoint_sleep("driver.write_disks");
                 let mut repairs = self.repairs.lock().unwrap_or_else(|p| p.into_inner());
                 let files = self.files();
-                // A lease never published (or none) gives a deadline already past.
-                let deadline = deadline
-                    .or_else(|| self.lease.end())
-                    .unwrap_or_else(|| Instant::now() - Duration::from_millis(1));
+                let deadline = match self.lease.end().filter(|_| lease_extends) {
+                    Some(end) => end.max(deadline),
+                    None => deadline,
+                };
                 let result =
                     disks::write_record(&record, &self.name, &files, &mut repairs, deadline);
                 drop(repairs);

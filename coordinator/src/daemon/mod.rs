@@ -1140,14 +1140,16 @@ impl Daemon {
             Action::WriteDisks {
                 record,
                 deadline_ms,
+                lease_extends,
             } => Job::WriteDisks {
                 record,
-                // The core's clock counts from `start` (see `now_ms`).
-                deadline: deadline_ms.map(|ms| {
-                    self.start
-                        .checked_add(Duration::from_millis(ms))
-                        .unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 86_400))
-                }),
+                // The core's clock counts from `start` (see `now_ms`); u64::MAX (a
+                // master alone holding a majority) is a year away.
+                deadline: self
+                    .start
+                    .checked_add(Duration::from_millis(deadline_ms))
+                    .unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 86_400)),
+                lease_extends,
             },
             Action::ReadDisks => {
                 let mut known: Vec<(TxnId, SharedConfig)> = self.history.iter().cloned().collect();

@@ -308,7 +308,8 @@ mod tests {
                     txn: txn(),
                     config: SharedConfig::default(),
                 },
-                deadline_ms: None,
+                deadline_ms: u64::MAX,
+                lease_extends: false,
             },
             send(2, commit()),
         ]);

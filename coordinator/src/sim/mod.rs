@@ -221,7 +221,7 @@ pub struct SimNode {
     holds: BTreeSet<Hold>,
     held: Vec<Event<ToyConfig>>,
     /// Disk writes in flight, with their deadlines (the node's clock).
-    pending_writes: Vec<(DiskRecord<ToyConfig>, Option<u64>)>,
+    pending_writes: Vec<(DiskRecord<ToyConfig>, (u64, bool))>,
 }
 
 /// A client request the simulator made, and what came of it.
@@ -955,19 +955,18 @@ impl Sim {
         );
     }
 
-    /// Whether node `id`'s clock has not passed a write's deadline (None: the
-    /// node's lease): the daemon's driver checks it just before each disk's write.
-    fn write_in_time(&self, id: NodeId, deadline_ms: Option<u64>) -> bool {
+    /// Whether node `id`'s clock has not passed a write's deadline (or the node's
+    /// lease, when it extends it): the daemon's driver checks it just before each
+    /// disk's write.
+    fn write_in_time(&self, id: NodeId, (deadline_ms, lease_extends): (u64, bool)) -> bool {
         let n = self.node(id);
         let clock = Sim::clock(n.drift_ppm, self.now_ms);
-        match deadline_ms {
-            Some(d) => clock <= d,
-            None => n
-                .core
-                .as_ref()
-                .and_then(|c| c.lease_until_ms())
-                .is_some_and(|until| clock < until),
-        }
+        clock <= deadline_ms
+            || (lease_extends
+                && n.core
+                    .as_ref()
+                    .and_then(|c| c.lease_until_ms())
+                    .is_some_and(|until| clock < until))
     }
 
     fn land_write(&mut self, id: NodeId, w: DiskRecord<ToyConfig>) {
@@ -1192,9 +1191,12 @@ impl Sim {
                 Action::WriteDisks {
                     record,
                     deadline_ms,
+                    lease_extends,
                 } => {
                     let txn = record.txn;
-                    self.node_mut(id).pending_writes.push((record, deadline_ms));
+                    self.node_mut(id)
+                        .pending_writes
+                        .push((record, (deadline_ms, lease_extends)));
                     self.driver_later(
                         id,
                         Some(Hold::DiskWrite),
