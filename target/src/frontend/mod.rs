@@ -2,9 +2,12 @@
 //!
 //! - [`iscsi`]: an iSCSI target (RFC 7143, SBC-3 disks over SPC-4), each
 //!   connection pinned to one reactor, connections spread across reactors.
+//! - [`nvmf`]: an NVMe over Fabrics target, TCP transport (NVMe/TCP): each queue
+//!   pair pinned to one reactor, queue pairs spread across reactors.
 //!
 //! A frontend never owns block devices: it maps its own names (LUNs) to bdevs
 //! registered in the [`crate::Target`] and submits I/O through their reactor-local
 //! channels, like any other bdev user.
 
 pub mod iscsi;
+pub mod nvmf;
