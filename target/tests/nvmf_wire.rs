@@ -139,7 +139,7 @@ impl Host {
         self.s.read_exact(&mut ch)?;
         let plen = pdu::le32(&ch, 4) as usize;
         let hlen = ch[2] as usize;
-        assert!(plen >= 8 && plen < (4 << 20), "PLEN {plen}");
+        assert!((8..(4 << 20)).contains(&plen), "PLEN {plen}");
         let mut rest = vec![0u8; plen - 8];
         self.s.read_exact(&mut rest)?;
         let mut all = ch.to_vec();

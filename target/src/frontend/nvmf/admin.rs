@@ -464,7 +464,7 @@ fn get_log_page(sh: &Shared, ctrl: &Arc<Ctrl>, sqe: &Sqe) -> AdminDone {
     let numd = (((sqe.cdw(11) & 0xffff) as u64) << 16 | (sqe.cdw(10) >> 16) as u64) + 1;
     let off = sqe.cdw(12) as u64 | ((sqe.cdw(13) as u64) << 32);
     let len = numd * 4;
-    if off % 4 != 0 {
+    if !off.is_multiple_of(4) {
         return reply(Status::INVALID_FIELD);
     }
     let page: Vec<u8> = match lid {

@@ -861,10 +861,8 @@ impl Conn {
                     ));
                 }
             }
-            Phase::Io { .. } => {
-                if ctrl.io_epoch.load(Ordering::Acquire) != st.io_epoch {
-                    return Some("its controller was disabled or shut down".into());
-                }
+            Phase::Io { .. } if ctrl.io_epoch.load(Ordering::Acquire) != st.io_epoch => {
+                return Some("its controller was disabled or shut down".into());
             }
             _ => {}
         }
