@@ -125,7 +125,7 @@ fn run(args: &Args, signals: &SigSet) -> Result<(), String> {
     let svc = KernelService::new(Arc::clone(&target), poll_mode);
     cfg.apply(&svc).map_err(|e| e.to_string())?;
     let iscsi = cfg.start_iscsi(&target).map_err(|e| e.to_string())?;
-    let mut nvmf = cfg.start_nvmf(&target).map_err(|e| e.to_string())?;
+    let nvmf = cfg.start_nvmf(&target).map_err(|e| e.to_string())?;
     let mut frontends = iscsi
         .as_ref()
         .map(|f| format!("; iscsi portal {}", f.portal()))
@@ -139,10 +139,12 @@ fn run(args: &Args, signals: &SigSet) -> Result<(), String> {
         ..Default::default()
     });
     svc.set_iscsi(iscsi);
+    svc.set_nvmf(nvmf);
     let server = match ServerHandle::start(Arc::clone(&svc), &socket) {
         Ok(s) => s,
         Err(e) => {
             svc.stop_iscsi();
+            svc.stop_nvmf();
             return Err(e.to_string());
         }
     };
@@ -170,10 +172,7 @@ fn run(args: &Args, signals: &SigSet) -> Result<(), String> {
         Err(e) => log::error!("waiting for a stop signal failed ({e}); stopping"),
     }
     svc.stop_iscsi();
-    if let Some(n) = nvmf.as_mut() {
-        n.stop();
-    }
-    drop(nvmf);
+    svc.stop_nvmf();
     server.stop();
     drop(svc);
     match Arc::try_unwrap(target) {
