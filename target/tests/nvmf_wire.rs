@@ -725,3 +725,50 @@ fn ana_state_changes_reach_the_host_and_inaccessible_fails_io_with_a_path_error(
     fe.set_ana(AnaState::NonOptimized);
     assert_eq!(q.rw(0x02, 0, 1, &[], false).sc(), 0);
 }
+
+#[test]
+fn a_fenced_shared_volume_fails_io_with_the_ana_inaccessible_path_error() {
+    use plexd_target::volume::{PlexKind, PlexSpec, PlexState, SubdiskSpec, VolumeSpec};
+    let size = 16u64 << 20;
+    let t = start_target(size);
+    t.create_volume(&VolumeSpec {
+        name: "sv".into(),
+        size_bytes: size,
+        plexes: vec![PlexSpec {
+            name: "sv-01".into(),
+            kind: PlexKind::Concat,
+            columns: vec![vec![SubdiskSpec {
+                bdev: "m0".into(),
+                offset_bytes: 0,
+                len_bytes: size,
+            }]],
+            state: PlexState::Active,
+        }],
+        read_policy: Default::default(),
+        shared: true,
+    })
+    .unwrap();
+    let mut cfg = config();
+    cfg.subsystems[0].namespaces[0].bdev = "sv".into();
+    let fe = NvmfFrontend::start(&t, &cfg).unwrap();
+    let port = fe.listeners()[0].port();
+    let (_a, cntlid) = admin_queue(port, Digests::default(), 5000);
+    let mut q = io_queue(port, Digests::default(), 1, cntlid);
+    t.renew_lease(60_000).unwrap();
+    let a = pattern(5, 4096);
+    assert_eq!(q.rw(0x01, 8, 8, &a, true).sc(), 0);
+    // Revoked (an expiry does the same): reads and writes fail with the path
+    // error Linux fails over on; the queue stays up.
+    t.renew_lease(0).unwrap();
+    assert_eq!(q.rw(0x02, 8, 8, &[], false).sc(), 0x302, "read fenced");
+    assert_eq!(
+        q.rw(0x01, 8, 8, &pattern(6, 4096), true).sc(),
+        0x302,
+        "write fenced"
+    );
+    // Renewed: the path is back and the fenced write changed nothing.
+    t.renew_lease(60_000).unwrap();
+    let r = q.rw(0x02, 8, 8, &[], false);
+    assert_eq!(r.sc(), 0);
+    assert!(r.data == a);
+}
