@@ -10,6 +10,14 @@
 //! recovery. Against the code before the buffer pool fix (71b3c6d) it fails with
 //! "ping timeout" in the VM's dmesg.
 //!
+//! The NVMe/TCP target against the kernel's nvme-tcp host in the same VM (issue 9,
+//! `linux_nvme_tcp_host_discovers_connects_and_verifies`): nvme discover, connect,
+//! id-ctrl / id-ns / ana-log, a dd pattern compared by sha256, fio verification,
+//! disconnect, then the same with header and data digests. Before the NVMe/TCP
+//! frontend, plexd-target refuses the `[nvmf]` section (unknown field) and the test
+//! fails at start. One VM runs at a time (`VM_LOCK`). `PLEXD_VM_VERBOSE=1` prints the
+//! results and keeps the console and target log in /tmp/plexd-vm-*.log.
+//!
 //! Needs root (network namespace, tap device) and qemu-system-x86_64 (ci/setup); the
 //! first run downloads the VM's packages (ci/vm/fetch, cached in build/vm/). Every
 //! child (plexd-target, qemu) runs in its own process group, SIGKILLed and reaped on

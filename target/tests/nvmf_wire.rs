@@ -772,3 +772,50 @@ fn a_fenced_shared_volume_fails_io_with_the_ana_inaccessible_path_error() {
     assert_eq!(r.sc(), 0);
     assert!(r.data == a);
 }
+
+/// Pause between the pieces of a PDU sent in parts: only pacing, so the pieces
+/// leave as separate segments; no assertion depends on it.
+const PIECE_PAUSE: Duration = Duration::from_millis(20);
+
+#[test]
+fn pdus_arriving_in_pieces_are_resumed() {
+    let t = start_target(16 << 20);
+    let fe = NvmfFrontend::start(&t, &config()).unwrap();
+    let port = fe.listeners()[0].port();
+    let dig = Digests {
+        header: true,
+        data: true,
+    };
+    let (_a, cntlid) = admin_queue(port, dig, 5000);
+    let mut q = io_queue(port, dig, 1, cntlid);
+    // A write capsule with 4 KiB in-capsule data, cut inside the common header,
+    // inside the SQE, inside the header digest and inside the data.
+    let data = pattern(21, 4096);
+    let mut sqe = [0u8; 64];
+    sqe[0] = 0x01;
+    sqe[2..4].copy_from_slice(&500u16.to_le_bytes());
+    sqe[4..8].copy_from_slice(&1u32.to_le_bytes());
+    sqe[40..48].copy_from_slice(&16u64.to_le_bytes());
+    sqe[48..50].copy_from_slice(&7u16.to_le_bytes());
+    sqe[32..36].copy_from_slice(&4096u32.to_le_bytes());
+    sqe[39] = 0x01;
+    let mut v = Vec::new();
+    pdu::encode(&mut v, ty::CAPSULE_CMD, 0, &sqe, &data, dig, 0);
+    let cuts = [3usize, 40, 74, 1000, v.len()];
+    let mut from = 0;
+    for to in cuts {
+        q.send_raw(&v[from..to]);
+        from = to;
+        std::thread::sleep(PIECE_PAUSE);
+    }
+    let p = q.recv().unwrap();
+    assert_eq!(p.ty, ty::CAPSULE_RESP);
+    assert_eq!(pdu::le16(&p.hdr[8..], 12), 500);
+    assert_eq!(
+        (pdu::le16(&p.hdr[8..], 14) >> 1) & 0x7ff,
+        0,
+        "write in pieces"
+    );
+    let r = q.rw(0x02, 16, 8, &[], false);
+    assert!(r.data == data, "read back what was written in pieces");
+}
