@@ -48,7 +48,7 @@ use super::{
     Shared, IN_CAPSULE_DATA_BYTES, MAX_ADMIN_DATA_BYTES, MAX_C2H_DATA_BYTES, MAX_H2C_DATA_BYTES,
     MAX_IO_QUEUES, MAX_QUEUE_ENTRIES, MAX_TRANSFER_BYTES,
 };
-use crate::bdev::{BdevIo, IoCallback, IoDone, IoKind, IoStatus};
+use crate::bdev::{BdevChannel, BdevIo, IoCallback, IoDone, IoKind, IoStatus};
 use crate::buf::{BufPool, BufWait, BufWaiter, IoBuf, PoolBuf, SIZE_CLASSES_BYTES};
 use crate::lease::FENCED_ERRNO;
 use crate::reactor::{Poller, Reactor, UringDone};
@@ -816,9 +816,14 @@ impl Conn {
 
     fn tick(&self, now: Instant) {
         let why = {
-            let st = self.st.borrow();
+            let mut st = self.st.borrow_mut();
             if st.closed {
                 return;
+            }
+            // Commands still waiting for a buffer try again (also when the pool's
+            // waiter queue was full and nobody will hand this connection a chunk).
+            if !st.waiting.is_empty() {
+                st.need_serve = true;
             }
             self.expired(&st, now)
         };
@@ -1540,23 +1545,19 @@ impl Conn {
         }
     }
 
-    fn submit(&self, st: &mut St, key: usize, kind: IoKind, off: u64, len: u64, buf: IoBuf) {
+    #[allow(clippy::too_many_arguments)]
+    fn submit(
+        &self,
+        st: &mut St,
+        ch: &Rc<dyn BdevChannel>,
+        key: usize,
+        kind: IoKind,
+        off: u64,
+        len: u64,
+        buf: IoBuf,
+    ) {
         let Some(me) = self.rc() else { return };
         let c = &mut st.cmds[key];
-        let Some(ns) = c.ns.clone() else { return };
-        let ch = match self.reactor.channel(&ns.bdev) {
-            Ok(ch) => ch,
-            Err(e) => {
-                log::error!(
-                    "nvmf: namespace {} (bdev {}): no channel on reactor {}: {e}",
-                    ns.conf.nsid,
-                    ns.conf.bdev,
-                    self.reactor.id()
-                );
-                c.status = Status::INTERNAL;
-                return;
-            }
-        };
         c.inflight += 1;
         ch.submit(BdevIo {
             kind,
@@ -1571,20 +1572,28 @@ impl Conn {
         let (Some(plan), Some(ns)) = (st.cmds[key].plan, st.cmds[key].ns.clone()) else {
             return self.finish_now(st, key, Status::INTERNAL, 0, 0, &[]);
         };
+        let ch = match self.reactor.channel(&ns.bdev) {
+            Ok(ch) => ch,
+            Err(e) => {
+                log::error!(
+                    "nvmf: namespace {} (bdev {}): no channel on reactor {}: {e}",
+                    ns.conf.nsid,
+                    ns.conf.bdev,
+                    self.reactor.id()
+                );
+                return self.finish_now(st, key, Status::INTERNAL, 0, 0, &[]);
+            }
+        };
         // A path this node must not serve now: ANA inaccessible or the lease
         // fenced the volume on this reactor. Linux fails over on this status.
-        let fenced = self
-            .reactor
-            .channel(&ns.bdev)
-            .map(|ch| ch.unavailable())
-            .unwrap_or(false);
-        if fenced || self.shared.ana_state() == AnaState::Inaccessible {
+        if ch.unavailable() || self.shared.ana_state() == AnaState::Inaccessible {
             return self.finish_now(st, key, Status::ANA_INACCESSIBLE, 0, 0, &[]);
         }
         let buf = st.cmds[key].buf.as_ref().map(|b| b.io());
         match plan {
             IoPlan::Read { off, len } | IoPlan::Compare { off, len } => self.submit(
                 st,
+                &ch,
                 key,
                 IoKind::Read,
                 off,
@@ -1593,15 +1602,16 @@ impl Conn {
             ),
             IoPlan::Write { off, len } => self.submit(
                 st,
+                &ch,
                 key,
                 IoKind::Write,
                 off,
                 len,
                 buf.unwrap_or(IoBuf::empty()),
             ),
-            IoPlan::Flush => self.submit(st, key, IoKind::Flush, 0, 0, IoBuf::empty()),
+            IoPlan::Flush => self.submit(st, &ch, key, IoKind::Flush, 0, 0, IoBuf::empty()),
             IoPlan::WriteZeroes { off, len } => {
-                self.submit(st, key, IoKind::WriteZeroes, off, len, IoBuf::empty())
+                self.submit(st, &ch, key, IoKind::WriteZeroes, off, len, IoBuf::empty())
             }
             IoPlan::Dsm { deallocate, .. } => {
                 if !deallocate {
@@ -1612,7 +1622,7 @@ impl Conn {
                     Err(s) => return self.finish_now(st, key, s, 0, 0, &[]),
                 };
                 for (off, len) in ranges {
-                    self.submit(st, key, IoKind::Unmap, off, len, IoBuf::empty());
+                    self.submit(st, &ch, key, IoKind::Unmap, off, len, IoBuf::empty());
                 }
             }
         }
