@@ -333,10 +333,6 @@ fn admin_queue(port: u16, dig: Digests, kato_ms: u32) -> (Host, u16) {
     let c = a.connect(0, 0xffff, kato_ms, NQN);
     assert_eq!(c.sc(), 0, "admin connect");
     let cntlid = c.dw0 as u16;
-    assert!(
-        (100..=199).contains(&cntlid),
-        "cntlid {cntlid} from the configured range"
-    );
     let cap = a.prop_get(0x00, true);
     assert_eq!(cap & 0xffff, 127, "MQES");
     assert!(cap & (1 << 37) != 0, "NVM command set");
@@ -378,6 +374,10 @@ fn identify_and_io(dig: Digests) {
     let fe = NvmfFrontend::start(&t, &config()).unwrap();
     let port = fe.listeners()[0].port();
     let (mut a, cntlid) = admin_queue(port, dig, 5000);
+    assert!(
+        (100..=199).contains(&cntlid),
+        "cntlid {cntlid} from the configured range"
+    );
 
     let id = a.admin(0x06, 0, 1, 0, 4096);
     assert_eq!(id.sc(), 0);
@@ -818,4 +818,36 @@ fn pdus_arriving_in_pieces_are_resumed() {
     );
     let r = q.rw(0x02, 16, 8, &[], false);
     assert!(r.data == data, "read back what was written in pieces");
+}
+
+#[test]
+fn two_nodes_exporting_one_volume_present_one_namespace_identity() {
+    // Two frontends stand for two nodes exporting the same shared volume: the same
+    // identity, their own controller id ranges and ANA groups.
+    let t = start_target(16 << 20);
+    let a = NvmfFrontend::start(&t, &config()).unwrap();
+    let mut cfg_b = config();
+    cfg_b.cntlid_range = Some((200, 299));
+    cfg_b.ana_group = Some(4);
+    let b = NvmfFrontend::start(&t, &cfg_b).unwrap();
+    let mut seen = Vec::new();
+    for fe in [&a, &b] {
+        let (mut h, cntlid) = admin_queue(fe.listeners()[0].port(), Digests::default(), 5000);
+        let ns = h.admin(0x06, 1, 0, 0, 4096);
+        let descs = h.admin(0x06, 1, 3, 0, 4096);
+        seen.push((
+            cntlid,
+            pdu::le32(&ns.data, 92),
+            ns.data[104..128].to_vec(),
+            descs.data[..64].to_vec(),
+        ));
+    }
+    assert!((100..=199).contains(&seen[0].0) && (200..=299).contains(&seen[1].0));
+    assert_eq!((seen[0].1, seen[1].1), (3, 4), "one ANA group per node");
+    assert_eq!(seen[0].2, seen[1].2, "same NGUID and EUI-64");
+    assert_eq!(
+        seen[0].3, seen[1].3,
+        "same identification descriptors (UUID too)"
+    );
+    assert!(seen[0].2.iter().any(|x| *x != 0));
 }
