@@ -356,4 +356,59 @@ interface Kernel {
   # Replaces a LUN's ALUA view (its groups and their states); a LUN fenced by the lease
   # reports its own group unavailable whatever was set.
   iscsiSetAlua @33 (iqn :Text, lun :UInt64, alua :Alua) -> (error :Error);
+
+  # NVMe-oF/TCP frontend (docs/NVMF.md). The first nvmfAddListener (or
+  # nvmfAddSubsystem) of a target started without an [nvmf] section starts the
+  # frontend (controller ids 1..=65519, ANA group 1).
+  nvmfAddListener @34 (addr :Text) -> (error :Error, bound :Text);  # "ip:port", port 0 = pick
+  nvmfRemoveListener @35 (addr :Text) -> (error :Error);  # established connections stay
+  nvmfAddSubsystem @36 (subsystem :NvmfSubsystem) -> (error :Error);
+  nvmfRemoveSubsystem @37 (nqn :Text) -> (error :Error);  # drops its controllers
+  nvmfAddNamespace @38 (nqn :Text, namespace :NvmfNamespace) -> (error :Error);
+  nvmfRemoveNamespace @39 (nqn :Text, nsid :UInt32) -> (error :Error);
+  # This node's ANA group state; hosts that enabled ANA change notices get an AEN.
+  nvmfSetAna @40 (state :NvmfAnaState) -> (error :Error, group :UInt32);
+  nvmfSubsystems @41 () -> (error :Error, subsystems :List(NvmfSubsystem), listeners :List(Text));
+  nvmfControllers @42 () -> (error :Error, controllers :List(NvmfController));
+}
+
+struct NvmfNamespace {
+  nsid @0 :UInt32;              # 1..=1024
+  bdev @1 :Text;                # bdev or volume
+  identity @2 :Text;            # NGUID/EUI-64/UUID derive from it; empty = the bdev name
+  readOnly @3 :Bool;
+}
+
+struct NvmfSubsystem {
+  nqn @0 :Text;
+  serial @1 :Text;              # empty = derived from the NQN
+  model @2 :Text;               # empty = "plexd"
+  hosts @3 :List(Text);         # host NQNs allowed (unless allowAny)
+  allowAny @4 :Bool;
+  namespaces @5 :List(NvmfNamespace);
+}
+
+enum NvmfAnaState {
+  optimized @0;
+  nonOptimized @1;
+  inaccessible @2;
+}
+
+struct NvmfIoQueue {
+  qid @0 :UInt16;
+  reactor @1 :UInt32;
+}
+
+struct NvmfController {
+  cntlid @0 :UInt16;
+  subnqn @1 :Text;
+  hostnqn @2 :Text;
+  peer @3 :Text;                # address:port of the admin queue's host side
+  reactor @4 :UInt32;           # of the admin queue
+  ioQueues @5 :List(NvmfIoQueue);
+  katoMs @6 :UInt32;
+  commands @7 :UInt64;
+  readBytes @8 :UInt64;
+  writeBytes @9 :UInt64;
+  errors @10 :UInt64;
 }

@@ -40,6 +40,7 @@ use toml::Spanned;
 
 use crate::api::{BdevKind, BdevRequest, KernelService};
 use crate::frontend::iscsi::IscsiConfig;
+use crate::frontend::nvmf::NvmfConfig;
 use crate::reactor::{parse_cores, PollMode, ReactorConfig};
 use crate::target::TargetError;
 use crate::volume::{PlexKind, PlexSpec, PlexState, ReadPolicy, SubdiskSpec, VolumeSpec};
@@ -257,6 +258,10 @@ pub struct Config {
     /// bdevs and volumes. See `docs/ISCSI.md`.
     #[serde(default)]
     pub iscsi: Option<IscsiConfig>,
+    /// `[nvmf]`: the NVMe-oF/TCP frontend (listeners, subsystems, namespaces),
+    /// started after the bdevs and volumes. See `docs/NVMF.md`.
+    #[serde(default)]
+    pub nvmf: Option<NvmfConfig>,
     #[serde(skip)]
     source: Source,
 }
@@ -566,6 +571,20 @@ impl Config {
         crate::frontend::iscsi::IscsiFrontend::start(target, ic)
             .map(Some)
             .map_err(|e| self.err(None, "iscsi", e.to_string()))
+    }
+
+    /// Starts the NVMe-oF/TCP frontend of `[nvmf]`, if the file has one (after
+    /// [`Config::apply`]: its namespaces name bdevs and volumes).
+    pub fn start_nvmf(
+        &self,
+        target: &std::sync::Arc<crate::Target>,
+    ) -> Result<Option<crate::frontend::nvmf::NvmfFrontend>, ConfigError> {
+        let Some(nc) = &self.nvmf else {
+            return Ok(None);
+        };
+        crate::frontend::nvmf::NvmfFrontend::start(target, nc)
+            .map(Some)
+            .map_err(|e| self.err(None, "nvmf", e.to_string()))
     }
 
     fn volume_spec(
@@ -1065,6 +1084,23 @@ plexes = [
         let ok = text.replace("flavour = 1\n", "");
         let c = parse(&ok, &[]).unwrap();
         assert_eq!(c.iscsi.unwrap().targets[0].luns[0].bdev, "vol0");
+    }
+
+    #[test]
+    fn nvmf_section_is_typed() {
+        let text = format!(
+            "{GOOD}\n[nvmf]\nlisteners = [\"127.0.0.1:0\"]\ncntlid_range = [100, 199]\n\n[[nvmf.subsystems]]\nnqn = \"nqn.2026-11.io.plexd:t\"\nallow_any = true\nnamespaces = [{{ nsid = 1, bdev = \"vol0\", identity = \"dg/vol0\" }}]\ncolour = 1\n"
+        );
+        let e = parse(&text, &[]).unwrap_err();
+        assert_eq!(e.key, "nvmf.subsystems[0].colour", "{e}");
+        let ok = text.replace("colour = 1\n", "");
+        let c = parse(&ok, &[]).unwrap();
+        let n = c.nvmf.unwrap();
+        assert_eq!(n.cntlid_range, Some((100, 199)));
+        assert_eq!(
+            n.subsystems[0].namespaces[0].identity.as_deref(),
+            Some("dg/vol0")
+        );
     }
 
     #[test]

@@ -10,6 +10,14 @@
 //! recovery. Against the code before the buffer pool fix (71b3c6d) it fails with
 //! "ping timeout" in the VM's dmesg.
 //!
+//! The NVMe/TCP target against the kernel's nvme-tcp host in the same VM (issue 9,
+//! `linux_nvme_tcp_host_discovers_connects_and_verifies`): nvme discover, connect,
+//! id-ctrl / id-ns / ana-log, a dd pattern compared by sha256, fio verification,
+//! disconnect, then the same with header and data digests. Before the NVMe/TCP
+//! frontend, plexd-target refuses the `[nvmf]` section (unknown field) and the test
+//! fails at start. One VM runs at a time (`VM_LOCK`). `PLEXD_VM_VERBOSE=1` prints the
+//! results and keeps the console and target log in /tmp/plexd-vm-*.log.
+//!
 //! Needs root (network namespace, tap device) and qemu-system-x86_64 (ci/setup); the
 //! first run downloads the VM's packages (ci/vm/fetch, cached in build/vm/). Every
 //! child (plexd-target, qemu) runs in its own process group, SIGKILLed and reaped on
@@ -287,8 +295,51 @@ impl Drop for TempDir {
     }
 }
 
-#[test]
-fn linux_initiator_writes_and_verifies_without_session_recovery() {
+/// What a VM run left: the console (script output and dmesg), the target's log.
+struct VmRun {
+    out: String,
+    dmesg: String,
+    target_log: String,
+    status: Option<std::process::ExitStatus>,
+    elapsed: Duration,
+}
+
+impl VmRun {
+    /// The tails of the VM's dmesg and the target's log and the results, for
+    /// failure messages.
+    fn context(&self) -> String {
+        format!(
+            "\n--- VM console/dmesg (last {TAIL_LINES} lines) ---\n{}\n--- plexd-target log ---\n{}\n--- results ---\n{}",
+            tail(&self.dmesg, TAIL_LINES),
+            tail(&self.target_log, TAIL_LINES),
+            self.out
+                .lines()
+                .filter(|l| l.starts_with("PLEXD-") || l.contains(": "))
+                .filter(|l| !l.starts_with('['))
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    }
+
+    /// The `PLEXD-RESULT step rc=N` lines, in order.
+    fn results(&self) -> Vec<(&str, &str)> {
+        self.out
+            .lines()
+            .filter_map(|l| l.strip_prefix("PLEXD-RESULT "))
+            .filter_map(|l| l.trim().split_once(' '))
+            .collect()
+    }
+}
+
+/// One VM at a time in this binary: two under TCG on the CI's cores would
+/// only make both slow.
+static VM_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Builds the image, starts plexd-target in a new namespace with the malloc-backed
+/// volume `vol0` of `LUN_BYTES` and the frontend section `frontend_toml`, waits for
+/// `listening` in its log and runs `script` in the VM (bounded by VM_DEADLINE).
+fn run_vm(tag: &str, frontend_toml: &str, listening: &str, script: &str) -> VmRun {
+    let _one = VM_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     assert!(
         is_root(),
         "kernel_initiator needs root (a network namespace and a tap device); CI runs as root"
@@ -308,7 +359,7 @@ fn linux_initiator_writes_and_verifies_without_session_recovery() {
     assert!(st.success(), "ci/vm/image failed: {st}");
 
     let dir = std::env::temp_dir().join(format!(
-        "plexd-kernel-initiator-{}-{}",
+        "plexd-kernel-{tag}-{}-{}",
         std::process::id(),
         nanos()
     ));
@@ -317,7 +368,7 @@ fn linux_initiator_writes_and_verifies_without_session_recovery() {
     let ns = Netns::create();
 
     // plexd-target in the namespace: a concat volume over a malloc bdev on two
-    // reactors, as in docs/examples/iscsi.toml.
+    // reactors, as in docs/examples/iscsi.toml and nvmf.toml.
     let cfg = dir.0.join("target.toml");
     std::fs::write(
         &cfg,
@@ -334,15 +385,10 @@ block_size = 512
 name = "vol0"
 size = "{LUN_BYTES}"
 plexes = [ {{ name = "vol0-01", layout = "concat", subdisks = [{{ bdev = "m0", offset = "0", length = "{LUN_BYTES}" }}] }} ]
-[iscsi]
-portal = "{TARGET_IP}:3260"
-pr_dir = "{pr}"
-[[iscsi.targets]]
-iqn = "{IQN}"
-luns = [{{ lun = 0, bdev = "vol0", device_id = "vol0" }}]
+{front}
 "#,
             sock = dir.0.join("target.sock").display(),
-            pr = dir.0.join("pr").display(),
+            front = frontend_toml.replace("@DIR@", &dir.0.display().to_string()),
         ),
     )
     .unwrap();
@@ -359,12 +405,11 @@ luns = [{{ lun = 0, bdev = "vol0", device_id = "vol0" }}]
             .stdout(log_file.try_clone().unwrap())
             .stderr(log_file),
     );
-    let listening = format!("portal {TARGET_IP}:3260 listening");
     let start = Instant::now();
-    while !read(&target_log).contains(&listening) {
+    while !read(&target_log).contains(listening) {
         assert!(
             start.elapsed() < TARGET_START_DEADLINE,
-            "plexd-target did not listen on {TARGET_IP}:3260 in namespace {} within {TARGET_START_DEADLINE:?}:\n{}",
+            "plexd-target did not log `{listening}` in namespace {} within {TARGET_START_DEADLINE:?}:\n{}",
             ns.name,
             tail(&read(&target_log), TAIL_LINES)
         );
@@ -372,21 +417,15 @@ luns = [{{ lun = 0, bdev = "vol0", device_id = "vol0" }}]
     }
 
     // The VM: its serial console goes to a file.
-    let script = dir.0.join("vm.sh");
-    std::fs::write(
-        &script,
-        VM_SCRIPT
-            .replace("@PORTAL@", &format!("{TARGET_IP}:3260"))
-            .replace("@IQN@", IQN),
-    )
-    .unwrap();
+    let script_path = dir.0.join("vm.sh");
+    std::fs::write(&script_path, script).unwrap();
     let console = dir.0.join("console.log");
     let started = Instant::now();
     let mut vm = Group::spawn(
         ns.exec(&vm_dir.join("boot"))
             .args(["--tap", TAP, "--ip", VM_IP, "--timeout"])
             .arg(VM_DEADLINE.as_secs().to_string())
-            .arg(&script)
+            .arg(&script_path)
             .stdout(File::create(&console).unwrap())
             .stderr(Stdio::inherit()),
     );
@@ -400,18 +439,35 @@ luns = [{{ lun = 0, bdev = "vol0", device_id = "vol0" }}]
         .map(|s| s.split("PLEXD-DMESG-END").next().unwrap_or(s))
         .unwrap_or(&out)
         .to_string();
-    let context = || {
-        format!(
-            "\n--- VM console/dmesg (last {TAIL_LINES} lines) ---\n{}\n--- plexd-target log ---\n{}\n--- results ---\n{}",
-            tail(&dmesg, TAIL_LINES),
-            tail(&read(&target_log), TAIL_LINES),
-            out.lines()
-                .filter(|l| l.starts_with("PLEXD-") || l.contains(": "))
-                .filter(|l| !l.starts_with('['))
-                .collect::<Vec<_>>()
-                .join("\n")
-        )
-    };
+    VmRun {
+        dmesg,
+        target_log: read(&target_log),
+        out,
+        status,
+        elapsed,
+    }
+}
+
+#[test]
+fn linux_initiator_writes_and_verifies_without_session_recovery() {
+    let run = run_vm(
+        "iscsi",
+        &format!(
+            r#"[iscsi]
+portal = "{TARGET_IP}:3260"
+pr_dir = "@DIR@/pr"
+[[iscsi.targets]]
+iqn = "{IQN}"
+luns = [{{ lun = 0, bdev = "vol0", device_id = "vol0" }}]
+"#
+        ),
+        &format!("portal {TARGET_IP}:3260 listening"),
+        &VM_SCRIPT
+            .replace("@PORTAL@", &format!("{TARGET_IP}:3260"))
+            .replace("@IQN@", IQN),
+    );
+    let (out, dmesg, status, elapsed) = (&run.out, &run.dmesg, run.status, run.elapsed);
+    let context = || run.context();
     assert!(
         status.is_some() && out.contains("PLEXD-VM-END"),
         "the VM did not finish within {VM_DEADLINE:?} (status {status:?}){}",
@@ -419,11 +475,7 @@ luns = [{{ lun = 0, bdev = "vol0", device_id = "vol0" }}]
     );
 
     // Every step, in order, with rc=0.
-    let results: Vec<(&str, &str)> = out
-        .lines()
-        .filter_map(|l| l.strip_prefix("PLEXD-RESULT "))
-        .filter_map(|l| l.trim().split_once(' '))
-        .collect();
+    let results = run.results();
     let names: Vec<&str> = results.iter().map(|r| r.0).collect();
     assert_eq!(names, STEPS, "steps reported by the VM{}", context());
     for (step, rc) in &results {
@@ -455,5 +507,160 @@ luns = [{{ lun = 0, bdev = "vol0", device_id = "vol0" }}]
         "kernel_initiator: VM run {:.1} s; 1 MiB sequential write, iodepth 1 (TCG): {}",
         elapsed.as_secs_f64(),
         w1m.trim()
+    );
+}
+
+/// The subsystem of the NVMe/TCP run.
+const NVME_NQN: &str = "nqn.2026-11.io.plexd:kernel";
+/// NVMe/TCP's port.
+const NVME_PORT: u16 = 4420;
+
+/// The VM's script for the NVMe/TCP target: `nvme discover`, `nvme connect`
+/// (digests off), `nvme list` / `id-ctrl` / `id-ns` / `ana-log`, a pattern written
+/// with dd through the page cache (fsync, caches dropped) and read back compared by
+/// sha256, fio with crc32c verification (1 MiB sequential writes, 4 KiB random
+/// read/write), `nvme disconnect`; then a connect with header and data digests,
+/// 4 KiB and 128 KiB random jobs, a read-back verify of the first writes, and a
+/// disconnect. Regions (MiB): w1m 0-32, rr4k 64-72, dd 100-108, rr4k-crc 112-120,
+/// rr128k-crc 128-160.
+const NVME_SCRIPT: &str = r#"
+A=@ADDR@; S=@PORT@; NQN=@NQN@
+res() { echo "PLEXD-RESULT $*"; }
+# ndev: waits for the namespace's block device (not the hidden nvmeXcYnZ paths).
+ndev() {
+  DEV=""
+  for i in $(seq 1 40); do
+    for d in /sys/block/nvme*; do
+      [ -e "$d" ] || continue
+      case "${d##*/}" in *c*) continue ;; esac
+      DEV=/dev/${d##*/}
+    done
+    [ -n "$DEV" ] && [ -b "$DEV" ] && break; DEV=""; sleep 0.5
+  done
+  echo "namespace device: $DEV"
+}
+gone() { for i in $(seq 1 40); do ls /sys/block | grep -q nvme || return 0; sleep 0.5; done; return 1; }
+job() {
+  name=$1; dev=$2; shift 2
+  timeout 120 fio --name=$name --filename=$dev --direct=1 --ioengine=libaio \
+    --verify=crc32c --do_verify=1 --verify_fatal=1 "$@" >/tmp/$name.out 2>&1
+  rc=$?
+  grep -E 'err=|READ: bw|WRITE: bw|verify|fio:' /tmp/$name.out | sed "s/^/$name: /"
+  res job-$name rc=$rc
+}
+rc=1
+for i in $(seq 1 10); do
+  timeout 30 nvme discover -t tcp -a $A -s $S >/tmp/disc 2>&1 && grep -q "$NQN" /tmp/disc && { rc=0; break; }
+  sleep 1
+done
+cat /tmp/disc; res discover rc=$rc
+timeout 60 nvme connect -t tcp -a $A -s $S -n $NQN; rc=$?; ndev
+[ -n "$DEV" ] || rc=1; res connect rc=$rc
+nvme list
+timeout 30 nvme id-ctrl $DEV >/tmp/idc && timeout 30 nvme id-ns $DEV >/tmp/idn && timeout 30 nvme ana-log $DEV >/tmp/ana; rc=$?
+grep -E '^(sn|mn|cntlid|subnqn|ioccsz|cmic|anacap) ' /tmp/idc; grep -E '^(nsze|nmic|anagrpid) ' /tmp/idn; cat /tmp/ana
+grep -q "$NQN" /tmp/idc || rc=1; res identify rc=$rc
+dd if=/dev/urandom of=/tmp/pat bs=1M count=8 2>/dev/null
+dd if=/tmp/pat of=$DEV bs=1M seek=100 conv=fsync 2>/dev/null; rc=$?
+echo 3 > /proc/sys/vm/drop_caches
+dd if=$DEV of=/tmp/back bs=1M skip=100 count=8 2>/dev/null || rc=1
+a=$(sha256sum </tmp/pat); b=$(sha256sum </tmp/back); echo "dd sha256 $a / $b"
+[ "$a" = "$b" ] || rc=1; res dd-sha256 rc=$rc
+job w1m $DEV --rw=write --bs=1m --iodepth=4 --size=32m
+job rr4k $DEV --rw=randrw --bs=4k --iodepth=16 --offset=64m --size=8m --randrepeat=0
+timeout 30 nvme disconnect -n $NQN; rc=$?; gone || rc=1; res disconnect rc=$rc
+timeout 60 nvme connect -t tcp -a $A -s $S -n $NQN --hdr-digest --data-digest; rc=$?; ndev
+[ -n "$DEV" ] || rc=1; res connect-digests rc=$rc
+job rr4k-crc $DEV --rw=randrw --bs=4k --iodepth=16 --offset=112m --size=8m --randrepeat=0
+job rr128k-crc $DEV --rw=randrw --bs=128k --iodepth=16 --offset=128m --size=32m --randrepeat=0
+job readback $DEV --rw=write --bs=1m --iodepth=4 --size=32m --verify_only
+timeout 30 nvme disconnect -n $NQN; rc=$?; gone || rc=1; res disconnect rc=$rc
+echo PLEXD-DMESG-BEGIN; dmesg; echo PLEXD-DMESG-END
+"#;
+
+/// The steps NVME_SCRIPT must report with rc=0.
+const NVME_STEPS: [&str; 12] = [
+    "discover",
+    "connect",
+    "identify",
+    "dd-sha256",
+    "job-w1m",
+    "job-rr4k",
+    "disconnect",
+    "connect-digests",
+    "job-rr4k-crc",
+    "job-rr128k-crc",
+    "job-readback",
+    "disconnect",
+];
+
+/// Words in an `nvme` line of the VM's dmesg that mean the controller broke.
+const NVME_TROUBLE: [&str; 4] = ["timeout", "error recovery", "reconnect", "failed"];
+
+#[test]
+fn linux_nvme_tcp_host_discovers_connects_and_verifies() {
+    let run = run_vm(
+        "nvmf",
+        &format!(
+            r#"[nvmf]
+listeners = ["{TARGET_IP}:{NVME_PORT}"]
+[[nvmf.subsystems]]
+nqn = "{NVME_NQN}"
+allow_any = true
+namespaces = [{{ nsid = 1, bdev = "vol0", identity = "kernel/vol0" }}]
+"#
+        ),
+        &format!("nvmf: listening on {TARGET_IP}:{NVME_PORT}"),
+        &NVME_SCRIPT
+            .replace("@ADDR@", TARGET_IP)
+            .replace("@PORT@", &NVME_PORT.to_string())
+            .replace("@NQN@", NVME_NQN),
+    );
+    assert!(
+        run.status.is_some() && run.out.contains("PLEXD-VM-END"),
+        "the VM did not finish within {VM_DEADLINE:?} (status {:?}){}",
+        run.status,
+        run.context()
+    );
+    let results = run.results();
+    let names: Vec<&str> = results.iter().map(|r| r.0).collect();
+    assert_eq!(
+        names,
+        NVME_STEPS,
+        "steps reported by the VM{}",
+        run.context()
+    );
+    for (step, rc) in &results {
+        assert_eq!(*rc, "rc=0", "{step} failed in the VM{}", run.context());
+    }
+    assert!(
+        run.target_log
+            .contains("digests Digests { header: true, data: true }"),
+        "the second connect negotiated header and data digests{}",
+        run.context()
+    );
+    for l in run.dmesg.lines().filter(|l| l.contains("nvme")) {
+        let low = l.to_lowercase();
+        for t in NVME_TROUBLE {
+            assert!(
+                !low.contains(t),
+                "the VM's dmesg shows `{t}`: {l}{}",
+                run.context()
+            );
+        }
+    }
+    if std::env::var_os("PLEXD_VM_VERBOSE").is_some() {
+        let _ = std::fs::write("/tmp/plexd-vm-console.log", &run.out);
+        let _ = std::fs::write("/tmp/plexd-vm-target.log", &run.target_log);
+        eprintln!("{}", run.context());
+    }
+    eprintln!(
+        "kernel_initiator: NVMe/TCP VM run {:.1} s; {}",
+        run.elapsed.as_secs_f64(),
+        run.out
+            .lines()
+            .find(|l| l.starts_with("w1m: ") && l.contains("WRITE: bw="))
+            .unwrap_or("w1m: no WRITE line")
+            .trim()
     );
 }

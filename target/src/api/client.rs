@@ -30,10 +30,12 @@ use plexd_proto::kernel_capnp as k;
 use smol::{Async, LocalExecutor};
 
 use super::convert::*;
+use super::nvmf as nv;
 use super::service::{BdevRequest, Injection, IoResult, TargetInfo};
 use super::{ApiError, ErrorCode};
 use crate::bdev::{BdevInfo, IoKind};
 use crate::frontend::iscsi::{ChapConfig, LunConfig, SessionInfo, TargetNodeConfig};
+use crate::frontend::nvmf::{AnaState, ControllerInfo, NamespaceConfig, SubsystemConfig};
 use crate::frontend::scsi::alua::Alua;
 use crate::lease::LeaseStatus;
 use crate::target::{DetachPolicy, Event, EVENT_QUEUE_DEPTH};
@@ -827,6 +829,163 @@ impl KernelClient {
                 list.iter()
                     .map(read_iscsi_session)
                     .collect::<capnp::Result<Vec<_>>>()
+                    .map_err(|e| rpc_err(&path, e))
+            })
+        })
+    }
+
+    // ---- NVMe-oF/TCP frontend ----
+
+    /// Listens on `addr` (`ip:port`; port 0 picks one) and returns the bound
+    /// address. Starts the NVMe-oF frontend if the target has none running.
+    pub fn nvmf_add_listener(&self, addr: &str) -> Result<SocketAddr, ClientError> {
+        let addr = addr.to_string();
+        self.call("nvmfAddListener", self.call_timeout, move |kc, path| {
+            Box::pin(async move {
+                let mut rq = kc.nvmf_add_listener_request();
+                rq.get().set_addr(addr.as_str());
+                let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
+                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
+                check(&path, r.has_error(), || read_error(r.get_error()?))?;
+                let bound = r
+                    .get_bound()
+                    .and_then(|b| Ok(b.to_string()?))
+                    .map_err(|e| rpc_err(&path, e))?;
+                parse_addr(&path, &bound)
+            })
+        })
+    }
+
+    /// Stops listening on `addr` (established connections stay).
+    pub fn nvmf_remove_listener(&self, addr: &str) -> Result<(), ClientError> {
+        let addr = addr.to_string();
+        self.call("nvmfRemoveListener", self.call_timeout, move |kc, path| {
+            Box::pin(async move {
+                let mut rq = kc.nvmf_remove_listener_request();
+                rq.get().set_addr(addr.as_str());
+                let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
+                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
+                check(&path, r.has_error(), || read_error(r.get_error()?))
+            })
+        })
+    }
+
+    /// Exports a subsystem with its namespaces (starting the frontend, without a
+    /// listener, if none runs). `exists` when the NQN is exported already.
+    pub fn nvmf_add_subsystem(&self, sub: &SubsystemConfig) -> Result<(), ClientError> {
+        let sub = sub.clone();
+        self.call("nvmfAddSubsystem", self.call_timeout, move |kc, path| {
+            Box::pin(async move {
+                let mut rq = kc.nvmf_add_subsystem_request();
+                nv::set_subsystem(rq.get().init_subsystem(), &sub);
+                let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
+                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
+                check(&path, r.has_error(), || read_error(r.get_error()?))
+            })
+        })
+    }
+
+    /// Removes a subsystem; its controllers are dropped.
+    pub fn nvmf_remove_subsystem(&self, nqn: &str) -> Result<(), ClientError> {
+        let nqn = nqn.to_string();
+        self.call("nvmfRemoveSubsystem", self.call_timeout, move |kc, path| {
+            Box::pin(async move {
+                let mut rq = kc.nvmf_remove_subsystem_request();
+                rq.get().set_nqn(nqn.as_str());
+                let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
+                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
+                check(&path, r.has_error(), || read_error(r.get_error()?))
+            })
+        })
+    }
+
+    /// Adds a namespace to subsystem `nqn`.
+    pub fn nvmf_add_namespace(&self, nqn: &str, ns: &NamespaceConfig) -> Result<(), ClientError> {
+        let (nqn, ns) = (nqn.to_string(), ns.clone());
+        self.call("nvmfAddNamespace", self.call_timeout, move |kc, path| {
+            Box::pin(async move {
+                let mut rq = kc.nvmf_add_namespace_request();
+                rq.get().set_nqn(nqn.as_str());
+                nv::set_namespace(rq.get().init_namespace(), &ns);
+                let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
+                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
+                check(&path, r.has_error(), || read_error(r.get_error()?))
+            })
+        })
+    }
+
+    /// Removes namespace `nsid` of subsystem `nqn`.
+    pub fn nvmf_remove_namespace(&self, nqn: &str, nsid: u32) -> Result<(), ClientError> {
+        let nqn = nqn.to_string();
+        self.call("nvmfRemoveNamespace", self.call_timeout, move |kc, path| {
+            Box::pin(async move {
+                let mut rq = kc.nvmf_remove_namespace_request();
+                rq.get().set_nqn(nqn.as_str());
+                rq.get().set_nsid(nsid);
+                let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
+                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
+                check(&path, r.has_error(), || read_error(r.get_error()?))
+            })
+        })
+    }
+
+    /// Sets this node's ANA group state; returns the group id.
+    pub fn nvmf_set_ana(&self, state: AnaState) -> Result<u32, ClientError> {
+        self.call("nvmfSetAna", self.call_timeout, move |kc, path| {
+            Box::pin(async move {
+                let mut rq = kc.nvmf_set_ana_request();
+                rq.get().set_state(nv::ana_to(state));
+                let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
+                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
+                check(&path, r.has_error(), || read_error(r.get_error()?))?;
+                Ok(r.get_group())
+            })
+        })
+    }
+
+    /// The exported subsystems and the listeners (empty when no frontend runs).
+    pub fn nvmf_subsystems(&self) -> Result<(Vec<SubsystemConfig>, Vec<SocketAddr>), ClientError> {
+        self.call("nvmfSubsystems", self.call_timeout, |kc, path| {
+            Box::pin(async move {
+                let resp = kc
+                    .nvmf_subsystems_request()
+                    .send()
+                    .promise
+                    .await
+                    .map_err(|e| rpc_err(&path, e))?;
+                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
+                check(&path, r.has_error(), || read_error(r.get_error()?))?;
+                let subs = r
+                    .get_subsystems()
+                    .and_then(|l| l.iter().map(nv::read_subsystem).collect())
+                    .map_err(|e| rpc_err(&path, e))?;
+                let list = r.get_listeners().map_err(|e| rpc_err(&path, e))?;
+                let mut ls = Vec::with_capacity(list.len() as usize);
+                for p in list.iter() {
+                    let p = p
+                        .and_then(|p| Ok(p.to_string()?))
+                        .map_err(|e| rpc_err(&path, e))?;
+                    ls.push(parse_addr(&path, &p)?);
+                }
+                Ok((subs, ls))
+            })
+        })
+    }
+
+    /// The controllers with their I/O queues and counters.
+    pub fn nvmf_controllers(&self) -> Result<Vec<ControllerInfo>, ClientError> {
+        self.call("nvmfControllers", self.call_timeout, |kc, path| {
+            Box::pin(async move {
+                let resp = kc
+                    .nvmf_controllers_request()
+                    .send()
+                    .promise
+                    .await
+                    .map_err(|e| rpc_err(&path, e))?;
+                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
+                check(&path, r.has_error(), || read_error(r.get_error()?))?;
+                r.get_controllers()
+                    .and_then(|l| l.iter().map(nv::read_controller).collect())
                     .map_err(|e| rpc_err(&path, e))
             })
         })

@@ -11,6 +11,7 @@
 //!   the coordinator, tools and tests.
 //! - [`process`]: a `plexd-target` child process for tests (kill and reap on drop).
 //! - `convert`: Rust types ⇄ Cap'n Proto builders and readers.
+//! - `nvmf`: the NVMe-oF/TCP calls (service operations and conversions).
 //!
 //! Failures of the target travel as data (`error :Error` in the results), not as
 //! Cap'n Proto exceptions: [`ApiError`] carries the [`ErrorCode`], the object and the
@@ -18,6 +19,7 @@
 
 pub mod client;
 mod convert;
+mod nvmf;
 pub mod process;
 pub mod server;
 pub mod service;

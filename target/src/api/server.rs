@@ -24,6 +24,7 @@ use plexd_proto::kernel_capnp as k;
 use smol::{Async, LocalExecutor};
 
 use super::convert::*;
+use super::nvmf as nv;
 use super::service::{DiagIo, KernelService};
 use super::ApiError;
 use crate::target::{Event, TargetError};
@@ -690,6 +691,170 @@ impl k::kernel::Server for KernelImpl {
         let lun = p.get_lun();
         if let Err(e) = blocking_api(&self.service, move |s| s.iscsi_remove_lun(&iqn, lun)).await {
             fail_api(self.conn, "iscsiRemoveLun", &e, results.get().init_error());
+        }
+        Ok(())
+    }
+
+    async fn nvmf_add_listener(
+        self: Rc<Self>,
+        params: k::kernel::NvmfAddListenerParams,
+        mut results: k::kernel::NvmfAddListenerResults,
+    ) -> Result<(), capnp::Error> {
+        let addr = text(params.get()?.get_addr())?;
+        match blocking_api(&self.service, move |s| s.nvmf_add_listener(&addr)).await {
+            Ok(bound) => results.get().set_bound(bound.to_string().as_str()),
+            Err(e) => fail_api(self.conn, "nvmfAddListener", &e, results.get().init_error()),
+        }
+        Ok(())
+    }
+
+    async fn nvmf_remove_listener(
+        self: Rc<Self>,
+        params: k::kernel::NvmfRemoveListenerParams,
+        mut results: k::kernel::NvmfRemoveListenerResults,
+    ) -> Result<(), capnp::Error> {
+        let addr = text(params.get()?.get_addr())?;
+        if let Err(e) = blocking_api(&self.service, move |s| s.nvmf_remove_listener(&addr)).await {
+            fail_api(
+                self.conn,
+                "nvmfRemoveListener",
+                &e,
+                results.get().init_error(),
+            );
+        }
+        Ok(())
+    }
+
+    async fn nvmf_add_subsystem(
+        self: Rc<Self>,
+        params: k::kernel::NvmfAddSubsystemParams,
+        mut results: k::kernel::NvmfAddSubsystemResults,
+    ) -> Result<(), capnp::Error> {
+        let sub = nv::read_subsystem(params.get()?.get_subsystem()?)?;
+        if let Err(e) = blocking_api(&self.service, move |s| s.nvmf_add_subsystem(&sub)).await {
+            fail_api(
+                self.conn,
+                "nvmfAddSubsystem",
+                &e,
+                results.get().init_error(),
+            );
+        }
+        Ok(())
+    }
+
+    async fn nvmf_remove_subsystem(
+        self: Rc<Self>,
+        params: k::kernel::NvmfRemoveSubsystemParams,
+        mut results: k::kernel::NvmfRemoveSubsystemResults,
+    ) -> Result<(), capnp::Error> {
+        let nqn = text(params.get()?.get_nqn())?;
+        if let Err(e) = blocking_api(&self.service, move |s| s.nvmf_remove_subsystem(&nqn)).await {
+            fail_api(
+                self.conn,
+                "nvmfRemoveSubsystem",
+                &e,
+                results.get().init_error(),
+            );
+        }
+        Ok(())
+    }
+
+    async fn nvmf_add_namespace(
+        self: Rc<Self>,
+        params: k::kernel::NvmfAddNamespaceParams,
+        mut results: k::kernel::NvmfAddNamespaceResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get()?;
+        let nqn = text(p.get_nqn())?;
+        let ns = nv::read_namespace(p.get_namespace()?)?;
+        if let Err(e) = blocking_api(&self.service, move |s| s.nvmf_add_namespace(&nqn, &ns)).await
+        {
+            fail_api(
+                self.conn,
+                "nvmfAddNamespace",
+                &e,
+                results.get().init_error(),
+            );
+        }
+        Ok(())
+    }
+
+    async fn nvmf_remove_namespace(
+        self: Rc<Self>,
+        params: k::kernel::NvmfRemoveNamespaceParams,
+        mut results: k::kernel::NvmfRemoveNamespaceResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get()?;
+        let nqn = text(p.get_nqn())?;
+        let nsid = p.get_nsid();
+        if let Err(e) =
+            blocking_api(&self.service, move |s| s.nvmf_remove_namespace(&nqn, nsid)).await
+        {
+            fail_api(
+                self.conn,
+                "nvmfRemoveNamespace",
+                &e,
+                results.get().init_error(),
+            );
+        }
+        Ok(())
+    }
+
+    async fn nvmf_set_ana(
+        self: Rc<Self>,
+        params: k::kernel::NvmfSetAnaParams,
+        mut results: k::kernel::NvmfSetAnaResults,
+    ) -> Result<(), capnp::Error> {
+        let state = nv::ana_from(params.get()?.get_state()?);
+        match blocking_api(&self.service, move |s| s.nvmf_set_ana(state)).await {
+            Ok(g) => results.get().set_group(g),
+            Err(e) => fail_api(self.conn, "nvmfSetAna", &e, results.get().init_error()),
+        }
+        Ok(())
+    }
+
+    async fn nvmf_subsystems(
+        self: Rc<Self>,
+        _: k::kernel::NvmfSubsystemsParams,
+        mut results: k::kernel::NvmfSubsystemsResults,
+    ) -> Result<(), capnp::Error> {
+        // Through the pool: the frontend's lock may be held by a slow call.
+        let (subs, ls) = match blocking_api(&self.service, |s| Ok(s.nvmf_subsystems())).await {
+            Ok(x) => x,
+            Err(e) => {
+                fail_api(self.conn, "nvmfSubsystems", &e, results.get().init_error());
+                return Ok(());
+            }
+        };
+        let mut r = results.get();
+        {
+            let mut l = r.reborrow().init_subsystems(subs.len() as u32);
+            for (i, s) in subs.iter().enumerate() {
+                nv::set_subsystem(l.reborrow().get(i as u32), s);
+            }
+        }
+        let mut l = r.init_listeners(ls.len() as u32);
+        for (i, a) in ls.iter().enumerate() {
+            l.set(i as u32, a.to_string().as_str());
+        }
+        Ok(())
+    }
+
+    async fn nvmf_controllers(
+        self: Rc<Self>,
+        _: k::kernel::NvmfControllersParams,
+        mut results: k::kernel::NvmfControllersResults,
+    ) -> Result<(), capnp::Error> {
+        let list = match blocking_api(&self.service, |s| Ok(s.nvmf_controllers())).await {
+            Ok(l) => l,
+            Err(e) => {
+                fail_api(self.conn, "nvmfControllers", &e, results.get().init_error());
+                return Ok(());
+            }
+        };
+        let mut l = results.get().init_controllers(list.len() as u32);
+        for (i, c) in list.iter().enumerate() {
+            nv::set_controller(l.reborrow().get(i as u32), c);
         }
         Ok(())
     }

@@ -203,8 +203,10 @@ pub struct KernelService {
     poll_mode: PollMode,
     socket: Mutex<String>,
     error_bdevs: Mutex<HashMap<String, Arc<ErrorBdev>>>,
-    /// Lock order: `iscsi` before `error_bdevs`.
+    /// Lock order: `iscsi` before `nvmf` before `error_bdevs`.
     iscsi: Mutex<IscsiSlot>,
+    /// The NVMe-oF frontend (`super::nvmf`).
+    pub(super) nvmf: Mutex<super::nvmf::NvmfSlot>,
 }
 
 /// The iSCSI frontend and what a run-time start uses.
@@ -243,6 +245,7 @@ impl KernelService {
                 defaults: IscsiConfig::default(),
                 stopped: false,
             }),
+            nvmf: Mutex::new(Default::default()),
         })
     }
 
@@ -489,12 +492,29 @@ impl KernelService {
         })
     }
 
-    /// Deletes a volume no LUN maps (see [`Target::delete_volume`]).
+    /// Deletes a volume no LUN or namespace maps (see [`Target::delete_volume`]).
     pub fn delete_volume(&self, name: &str) -> Result<(), TargetError> {
         // Held across the delete, so no LUN can map the volume meanwhile.
         let slot = self.iscsi_slot();
         Self::check_lun_users(&slot, "volume", name)?;
+        Self::check_ns_users(self.nvmf_users(name), "volume", name)?;
         self.target.delete_volume(name)
+    }
+
+    /// Refuses to delete `name` (a `kind`) while an NVMe-oF namespace maps it.
+    fn check_ns_users(
+        users: Vec<String>,
+        kind: &'static str,
+        name: &str,
+    ) -> Result<(), TargetError> {
+        if users.is_empty() {
+            return Ok(());
+        }
+        Err(TargetError::InUse {
+            kind,
+            name: name.to_string(),
+            user: users.join(", "),
+        })
     }
 
     /// What the target is.
@@ -597,6 +617,7 @@ impl KernelService {
         // Held across the delete, so no LUN can map the bdev meanwhile.
         let slot = self.iscsi_slot();
         Self::check_lun_users(&slot, "bdev", name)?;
+        Self::check_ns_users(self.nvmf_users(name), "bdev", name)?;
         let mut errors = self.errors();
         if let Some((user, _)) = errors.iter().find(|(_, e)| e.inner().name() == name) {
             return Err(TargetError::InUse {

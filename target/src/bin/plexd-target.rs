@@ -125,19 +125,26 @@ fn run(args: &Args, signals: &SigSet) -> Result<(), String> {
     let svc = KernelService::new(Arc::clone(&target), poll_mode);
     cfg.apply(&svc).map_err(|e| e.to_string())?;
     let iscsi = cfg.start_iscsi(&target).map_err(|e| e.to_string())?;
-    let frontends = iscsi
+    let nvmf = cfg.start_nvmf(&target).map_err(|e| e.to_string())?;
+    let mut frontends = iscsi
         .as_ref()
         .map(|f| format!("; iscsi portal {}", f.portal()))
         .unwrap_or_default();
+    if let Some(n) = &nvmf {
+        let l: Vec<String> = n.listeners().iter().map(|a| a.to_string()).collect();
+        frontends.push_str(&format!("; nvmf listeners {}", l.join(",")));
+    }
     svc.set_iscsi_defaults(IscsiConfig {
         pr_dir: Some(default_pr_dir(&socket)),
         ..Default::default()
     });
     svc.set_iscsi(iscsi);
+    svc.set_nvmf(nvmf);
     let server = match ServerHandle::start(Arc::clone(&svc), &socket) {
         Ok(s) => s,
         Err(e) => {
             svc.stop_iscsi();
+            svc.stop_nvmf();
             return Err(e.to_string());
         }
     };
@@ -165,6 +172,7 @@ fn run(args: &Args, signals: &SigSet) -> Result<(), String> {
         Err(e) => log::error!("waiting for a stop signal failed ({e}); stopping"),
     }
     svc.stop_iscsi();
+    svc.stop_nvmf();
     server.stop();
     drop(svc);
     match Arc::try_unwrap(target) {

@@ -4,10 +4,13 @@
 //!   connection pinned to one reactor, connections spread across reactors.
 //! - [`scsi`]: the SCSI layer (CDB decode, sense, reservations, ALUA, the LUN
 //!   object) that SCSI transports share; it knows nothing of iSCSI.
+//! - [`nvmf`]: an NVMe over Fabrics target, TCP transport (NVMe/TCP): each queue
+//!   pair pinned to one reactor, queue pairs spread across reactors.
 //!
 //! A frontend never owns block devices: it maps its own names (LUNs) to bdevs
 //! registered in the [`crate::Target`] and submits I/O through their reactor-local
 //! channels, like any other bdev user.
 
 pub mod iscsi;
+pub mod nvmf;
 pub mod scsi;

@@ -1,0 +1,591 @@
+//! Fabrics and admin commands: Connect's parameters, Property Get/Set, Identify,
+//! Get Log Page, Set/Get Features, Keep Alive, Abort, Asynchronous Event Request.
+//! Pure logic over the subsystem model: the queue pair moves the bytes.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::nvme::{admin_op, c_str, fctype, put16, put32, put64, put_str, Sqe, Status};
+use super::subsys::{Ctrl, Namespace, Subsystem, DISCOVERY_NQN};
+use super::{
+    Shared, FW_REV, IN_CAPSULE_DATA_BYTES, MAX_AERS, MAX_ANA_GROUP, MAX_IO_QUEUES, MAX_NAMESPACES,
+    MAX_QUEUE_ENTRIES, MDTS,
+};
+
+/// Identify data size.
+pub const IDENTIFY_LEN: usize = 4096;
+/// NVMe version reported: 1.4.
+pub const VERSION: u32 = 0x0001_0400;
+/// Size of the data of a Connect command.
+pub const CONNECT_DATA_LEN: usize = 1024;
+/// Property offsets.
+pub mod prop {
+    /// Controller capabilities (8 bytes).
+    pub const CAP: u32 = 0x00;
+    /// Version.
+    pub const VS: u32 = 0x08;
+    /// Controller configuration.
+    pub const CC: u32 = 0x14;
+    /// Controller status.
+    pub const CSTS: u32 = 0x1C;
+}
+/// Async event configuration bit: namespace attribute notices.
+pub const AEC_NS_ATTR: u32 = 1 << 8;
+/// Async event configuration bit: ANA change notices.
+pub const AEC_ANA: u32 = 1 << 11;
+/// Async event configuration bit: discovery log change notices.
+pub const AEC_DISC: u32 = 1 << 31;
+/// AER dword 0: namespace attribute changed (notice, info 0, log page 04h).
+pub const AEN_NS_CHANGED: u32 = 0x02 | (0x04 << 16);
+/// AER dword 0: ANA change (notice, info 03h, log page 0Ch).
+pub const AEN_ANA_CHANGE: u32 = 0x02 | (0x03 << 8) | (0x0C << 16);
+
+/// What an admin command came to.
+pub enum AdminDone {
+    /// Complete it with this status, dword 0 and data for the host.
+    Reply {
+        /// Status.
+        status: Status,
+        /// Dword 0 of the completion.
+        dw0: u32,
+        /// Dword 1 of the completion.
+        dw1: u32,
+        /// Data for the host (truncated to the host's buffer by the caller).
+        data: Vec<u8>,
+    },
+    /// An Asynchronous Event Request: held until an event.
+    HoldAer,
+    /// Disconnect: complete with success, then close the queue.
+    Disconnect,
+}
+
+fn reply(status: Status) -> AdminDone {
+    AdminDone::Reply {
+        status,
+        dw0: 0,
+        dw1: 0,
+        data: Vec::new(),
+    }
+}
+
+fn dw0(v: u32) -> AdminDone {
+    AdminDone::Reply {
+        status: Status::SUCCESS,
+        dw0: v,
+        dw1: 0,
+        data: Vec::new(),
+    }
+}
+
+fn data(d: Vec<u8>) -> AdminDone {
+    AdminDone::Reply {
+        status: Status::SUCCESS,
+        dw0: 0,
+        dw1: 0,
+        data: d,
+    }
+}
+
+/// A parsed Connect command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectReq {
+    /// Queue id (0: admin).
+    pub qid: u16,
+    /// Queue size, 0-based.
+    pub sqsize: u16,
+    /// Connect attributes (bit 2: SQ flow control disabled).
+    pub cattr: u8,
+    /// Keep alive timeout in ms.
+    pub kato_ms: u32,
+    /// Host identifier.
+    pub hostid: [u8; 16],
+    /// Controller id (0xFFFF: any, for the admin queue).
+    pub cntlid: u16,
+    /// Subsystem NQN.
+    pub subnqn: String,
+    /// Host NQN.
+    pub hostnqn: String,
+}
+
+/// Reads a Connect command and its data. Errors carry the status and dword 0
+/// (the invalid parameter's attribute and offset).
+pub fn parse_connect(sqe: &Sqe, d: &[u8]) -> Result<ConnectReq, (Status, u32)> {
+    let recfmt = super::pdu::le16(&sqe.0, 40);
+    if recfmt != 0 {
+        return Err((Status::CONNECT_FORMAT, 0));
+    }
+    if d.len() < CONNECT_DATA_LEN {
+        return Err((Status::SGL_LENGTH, 0));
+    }
+    let qid = super::pdu::le16(&sqe.0, 42);
+    let sqsize = super::pdu::le16(&sqe.0, 44);
+    // Invalid parameter in the command: IATTR 0, IPO = byte offset.
+    if sqsize == 0 || u32::from(sqsize) >= MAX_QUEUE_ENTRIES as u32 {
+        return Err((Status::CONNECT_INVALID, 44));
+    }
+    let mut hostid = [0u8; 16];
+    hostid.copy_from_slice(&d[..16]);
+    Ok(ConnectReq {
+        qid,
+        sqsize,
+        cattr: sqe.0[46],
+        kato_ms: super::pdu::le32(&sqe.0, 48),
+        hostid,
+        cntlid: super::pdu::le16(d, 16),
+        subnqn: c_str(&d[256..512]),
+        hostnqn: c_str(&d[512..768]),
+    })
+}
+
+/// Dword 0 of a Connect failing on a field of its data at `offset`.
+pub fn invalid_data_field(offset: u16) -> u32 {
+    u32::from(offset) | (1 << 16)
+}
+
+/// The CAP property.
+pub fn cap() -> u64 {
+    let mqes = (MAX_QUEUE_ENTRIES - 1) as u64;
+    // CQR, timeout 15 s (500 ms units), NVM command set.
+    mqes | (1 << 16) | (30 << 24) | (1 << 37)
+}
+
+/// Property Get.
+pub fn property_get(ctrl: &Ctrl, sqe: &Sqe) -> AdminDone {
+    let eight = sqe.0[40] & 7 == 1;
+    let off = sqe.cdw(11);
+    let v: u64 = match off {
+        prop::CAP => cap(),
+        prop::VS => VERSION.into(),
+        prop::CC => ctrl.cc.load(Ordering::Acquire).into(),
+        prop::CSTS => ctrl.csts.load(Ordering::Acquire).into(),
+        _ => return reply(Status::INVALID_FIELD),
+    };
+    if !eight && off == prop::CAP {
+        return reply(Status::INVALID_FIELD);
+    }
+    AdminDone::Reply {
+        status: Status::SUCCESS,
+        dw0: v as u32,
+        dw1: (v >> 32) as u32,
+        data: Vec::new(),
+    }
+}
+
+/// What a Property Set did to the controller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CcChange {
+    /// Nothing that matters.
+    None,
+    /// Enabled.
+    Enabled,
+    /// Disabled (reset): the I/O queues go.
+    Disabled,
+    /// Shutdown requested (done at once).
+    Shutdown,
+}
+
+/// Property Set.
+pub fn property_set(ctrl: &Ctrl, sqe: &Sqe) -> (AdminDone, CcChange) {
+    let off = sqe.cdw(11);
+    let v = sqe.cdw(12);
+    if off != prop::CC {
+        return (reply(Status::INVALID_FIELD), CcChange::None);
+    }
+    let old = ctrl.cc.swap(v, Ordering::AcqRel);
+    let mut change = CcChange::None;
+    let mut csts = ctrl.csts.load(Ordering::Acquire);
+    if v & 1 != 0 && old & 1 == 0 {
+        csts = (csts | 1) & !0xC;
+        change = CcChange::Enabled;
+    } else if v & 1 == 0 && old & 1 != 0 {
+        csts &= !1;
+        ctrl.io_epoch.fetch_add(1, Ordering::AcqRel);
+        change = CcChange::Disabled;
+    }
+    if (v >> 14) & 3 != 0 && (old >> 14) & 3 == 0 {
+        // Shutdown: nothing is cached here, so it is complete at once.
+        csts = (csts & !0xC) | (2 << 2);
+        ctrl.io_epoch.fetch_add(1, Ordering::AcqRel);
+        change = CcChange::Shutdown;
+    }
+    ctrl.csts.store(csts, Ordering::Release);
+    (reply(Status::SUCCESS), change)
+}
+
+/// Runs an admin command other than Connect (and other than the fabrics
+/// commands the queue pair handles itself). `held_aers` is how many AERs the
+/// queue holds now.
+pub(crate) fn execute(sh: &Shared, ctrl: &Arc<Ctrl>, sqe: &Sqe, held_aers: usize) -> AdminDone {
+    match sqe.opcode() {
+        admin_op::FABRICS => match sqe.fctype() {
+            fctype::PROPERTY_GET => property_get(ctrl, sqe),
+            fctype::DISCONNECT => AdminDone::Disconnect,
+            _ => reply(Status::INVALID_FIELD),
+        },
+        admin_op::KEEP_ALIVE => {
+            ctrl.last_ka_ms.store(sh.now_ms(), Ordering::Release);
+            reply(Status::SUCCESS)
+        }
+        admin_op::IDENTIFY => identify(sh, ctrl, sqe),
+        admin_op::GET_LOG_PAGE => get_log_page(sh, ctrl, sqe),
+        admin_op::SET_FEATURES => set_features(ctrl, sqe),
+        admin_op::GET_FEATURES => get_features(sh, ctrl, sqe),
+        admin_op::ASYNC_EVENT => {
+            if held_aers >= MAX_AERS {
+                reply(Status::AER_LIMIT)
+            } else {
+                AdminDone::HoldAer
+            }
+        }
+        // Commands complete too fast here to be aborted: "not aborted".
+        admin_op::ABORT => dw0(1),
+        _ => reply(Status::INVALID_OPCODE),
+    }
+}
+
+fn identify(sh: &Shared, ctrl: &Arc<Ctrl>, sqe: &Sqe) -> AdminDone {
+    let cns = sqe.cdw(10) as u8;
+    let sub = sh.subsystem(&ctrl.subnqn);
+    let ns_of = |nsid: u32| sub.as_ref().and_then(|s| s.namespaces.get(&nsid).cloned());
+    match cns {
+        0x01 => data(identify_ctrl(ctrl, sub.as_deref())),
+        _ if ctrl.discovery => reply(Status::INVALID_FIELD),
+        0x00 => match ns_of(sqe.nsid()) {
+            Some(ns) => data(identify_ns(&ns, sh.ana_group)),
+            // An inactive id in range: all zeroes.
+            None if sqe.nsid() >= 1 && sqe.nsid() <= MAX_NAMESPACES => {
+                data(vec![0u8; IDENTIFY_LEN])
+            }
+            None => reply(Status::INVALID_NS),
+        },
+        0x02 | 0x10 => {
+            let mut d = vec![0u8; IDENTIFY_LEN];
+            if let Some(s) = &sub {
+                for (i, nsid) in s
+                    .namespaces
+                    .keys()
+                    .filter(|n| **n > sqe.nsid())
+                    .take(IDENTIFY_LEN / 4)
+                    .enumerate()
+                {
+                    put32(&mut d, i * 4, *nsid);
+                }
+            }
+            data(d)
+        }
+        0x03 => match ns_of(sqe.nsid()) {
+            Some(ns) => data(ns_descs(&ns)),
+            None => reply(Status::INVALID_NS),
+        },
+        // I/O command set specific (NVM, CSI 0): controller and namespace; no
+        // limits beyond MDTS.
+        0x05 | 0x06 if (sqe.cdw(11) >> 24) == 0 => data(vec![0u8; IDENTIFY_LEN]),
+        _ => reply(Status::INVALID_FIELD),
+    }
+}
+
+/// Identify Controller.
+pub fn identify_ctrl(ctrl: &Ctrl, sub: Option<&Subsystem>) -> Vec<u8> {
+    let mut d = vec![0u8; IDENTIFY_LEN];
+    let (serial, model) = match sub {
+        Some(s) => (s.serial(), s.model()),
+        None => ("plexd-discovery".to_string(), "plexd discovery".to_string()),
+    };
+    put_str(&mut d[4..24], &serial, b' ');
+    put_str(&mut d[24..64], &model, b' ');
+    put_str(&mut d[64..72], FW_REV, b' ');
+    d[72] = 6; // recommended arbitration burst
+    if !ctrl.discovery {
+        // Multi-port, multi-controller, ANA reporting.
+        d[76] = 0x0b;
+    }
+    d[77] = MDTS;
+    put16(&mut d, 78, ctrl.cntlid);
+    put32(&mut d, 80, VERSION);
+    // OAES: namespace attribute and ANA change notices (discovery: log changes).
+    put32(
+        &mut d,
+        92,
+        if ctrl.discovery {
+            AEC_DISC
+        } else {
+            AEC_NS_ATTR | AEC_ANA
+        },
+    );
+    d[111] = if ctrl.discovery { 2 } else { 1 };
+    d[258] = 3; // abort limit, 0-based
+    d[259] = (MAX_AERS - 1) as u8;
+    d[260] = 0x03; // one firmware slot, read-only
+    d[261] = 0x04; // extended data for Get Log Page (offsets)
+    put16(&mut d, 266, 0x0157); // warning temperature threshold (343 K)
+    put16(&mut d, 268, 0x0175); // critical temperature threshold (373 K)
+    put16(&mut d, 320, 10); // keep alive granularity: 1 s (100 ms units)
+    if !ctrl.discovery {
+        d[342] = 10; // ANA transition time (s)
+        d[343] = 0x47; // optimized, non-optimized, inaccessible; group ids fixed
+        put32(&mut d, 344, MAX_ANA_GROUP);
+        put32(&mut d, 348, MAX_ANA_GROUP);
+    }
+    d[512] = 0x66;
+    d[513] = 0x44;
+    put16(&mut d, 514, MAX_QUEUE_ENTRIES as u16);
+    if !ctrl.discovery {
+        put32(&mut d, 516, MAX_NAMESPACES);
+        // Compare, Dataset Management, Write Zeroes.
+        put16(&mut d, 520, 0x01 | 0x04 | 0x08);
+        let vwc = sub.is_some_and(|s| s.namespaces.values().any(|n| n.bdev.volatile_write_cache()));
+        // Bits 2:1 = 10b: no broadcast Flush (NSID FFFFFFFFh).
+        d[525] = u8::from(vwc) | 0x04;
+        put32(&mut d, 540, MAX_NAMESPACES);
+    }
+    // SGLs supported (no alignment), SGL offsets (in-capsule data).
+    put32(&mut d, 536, 0x01 | (1 << 20));
+    let nqn = if ctrl.discovery {
+        DISCOVERY_NQN
+    } else {
+        &ctrl.subnqn
+    };
+    put_str(&mut d[768..1024], nqn, 0);
+    put32(&mut d, 1792, ((64 + IN_CAPSULE_DATA_BYTES) / 16) as u32);
+    put32(&mut d, 1796, 1);
+    put16(&mut d, 1800, 0);
+    d[1802] = 0; // dynamic controller model
+    d[1803] = 1; // one SGL descriptor
+    d
+}
+
+/// Identify Namespace.
+pub fn identify_ns(ns: &Namespace, ana_group: u32) -> Vec<u8> {
+    let mut d = vec![0u8; IDENTIFY_LEN];
+    let blocks = ns.blocks();
+    put64(&mut d, 0, blocks);
+    put64(&mut d, 8, blocks);
+    put64(&mut d, 16, blocks);
+    d[25] = 0; // one LBA format
+    d[26] = 0;
+    d[30] = 1; // may be shared by several controllers
+    put32(&mut d, 92, ana_group);
+    d[99] = u8::from(ns.conf.read_only);
+    d[104..120].copy_from_slice(&ns.ident.nguid);
+    d[120..128].copy_from_slice(&ns.ident.eui64);
+    d[130] = ns.block_size().max(1).trailing_zeros() as u8;
+    d
+}
+
+/// Namespace identification descriptor list.
+pub fn ns_descs(ns: &Namespace) -> Vec<u8> {
+    let mut d = Vec::with_capacity(IDENTIFY_LEN);
+    d.extend_from_slice(&[1, 8, 0, 0]);
+    d.extend_from_slice(&ns.ident.eui64);
+    d.extend_from_slice(&[2, 16, 0, 0]);
+    d.extend_from_slice(&ns.ident.nguid);
+    d.extend_from_slice(&[3, 16, 0, 0]);
+    d.extend_from_slice(&ns.ident.uuid);
+    d.extend_from_slice(&[4, 1, 0, 0, 0]);
+    d.resize(IDENTIFY_LEN, 0);
+    d
+}
+
+fn set_features(ctrl: &Ctrl, sqe: &Sqe) -> AdminDone {
+    if sqe.cdw(10) & (1 << 31) != 0 {
+        return reply(Status::NOT_SAVEABLE);
+    }
+    let v = sqe.cdw(11);
+    match sqe.cdw(10) as u8 {
+        0x07 => {
+            if ctrl.discovery {
+                return reply(Status::INVALID_FIELD);
+            }
+            let (nsq, ncq) = (v & 0xffff, v >> 16);
+            if nsq == 0xffff || ncq == 0xffff {
+                return reply(Status::INVALID_FIELD);
+            }
+            let grant = (nsq.min(ncq) + 1).min(MAX_IO_QUEUES);
+            ctrl.io_queues.store(grant, Ordering::Release);
+            dw0((grant - 1) | ((grant - 1) << 16))
+        }
+        0x0F => {
+            ctrl.kato_ms.store(v, Ordering::Release);
+            reply(Status::SUCCESS)
+        }
+        0x0B => {
+            let supported = if ctrl.discovery {
+                AEC_DISC
+            } else {
+                AEC_NS_ATTR | AEC_ANA
+            };
+            ctrl.aec.store(v & supported, Ordering::Release);
+            reply(Status::SUCCESS)
+        }
+        // Accepted and ignored: temperature threshold, error recovery, volatile
+        // write cache (the cache follows the bdev), interrupt coalescing.
+        0x04 | 0x05 | 0x06 | 0x08 => reply(Status::SUCCESS),
+        _ => reply(Status::INVALID_FIELD),
+    }
+}
+
+fn get_features(sh: &Shared, ctrl: &Ctrl, sqe: &Sqe) -> AdminDone {
+    let sel = (sqe.cdw(10) >> 8) & 7;
+    let fid = sqe.cdw(10) as u8;
+    if sel == 3 {
+        // Supported capabilities: changeable, not saveable, not per namespace.
+        return match fid {
+            0x04 | 0x05 | 0x06 | 0x07 | 0x08 | 0x0B | 0x0F => dw0(0x4),
+            _ => reply(Status::INVALID_FIELD),
+        };
+    }
+    match fid {
+        0x07 if !ctrl.discovery => {
+            let g = if sel == 1 {
+                MAX_IO_QUEUES
+            } else {
+                ctrl.io_queues.load(Ordering::Acquire)
+            };
+            dw0((g - 1) | ((g - 1) << 16))
+        }
+        0x0F => dw0(ctrl.kato_ms.load(Ordering::Acquire)),
+        0x0B => dw0(ctrl.aec.load(Ordering::Acquire)),
+        0x04 => dw0(0x0157),
+        0x05 | 0x08 => dw0(0),
+        0x06 => {
+            let vwc = sh
+                .subsystem(&ctrl.subnqn)
+                .is_some_and(|s| s.namespaces.values().any(|n| n.bdev.volatile_write_cache()));
+            dw0(u32::from(vwc))
+        }
+        _ => reply(Status::INVALID_FIELD),
+    }
+}
+
+fn get_log_page(sh: &Shared, ctrl: &Arc<Ctrl>, sqe: &Sqe) -> AdminDone {
+    let lid = sqe.cdw(10) as u8;
+    let lsp = (sqe.cdw(10) >> 8) & 0xf;
+    let numd = (((sqe.cdw(11) & 0xffff) as u64) << 16 | (sqe.cdw(10) >> 16) as u64) + 1;
+    let off = sqe.cdw(12) as u64 | ((sqe.cdw(13) as u64) << 32);
+    let len = numd * 4;
+    if !off.is_multiple_of(4) {
+        return reply(Status::INVALID_FIELD);
+    }
+    let page: Vec<u8> = match lid {
+        0x70 if ctrl.discovery => discovery_log(sh, ctrl),
+        _ if ctrl.discovery => return reply(Status::INVALID_LOG_PAGE),
+        0x01 => vec![0u8; 64],
+        0x02 => smart_log(ctrl),
+        0x03 => {
+            let mut d = vec![0u8; 512];
+            d[0] = 1;
+            put_str(&mut d[8..16], FW_REV, b' ');
+            d
+        }
+        0x04 => {
+            let mut d = vec![0u8; 4096];
+            let ch = ctrl.take_changed();
+            if ch.len() > 1024 {
+                put32(&mut d, 0, 0xffff_ffff);
+            } else {
+                for (i, n) in ch.iter().enumerate() {
+                    put32(&mut d, i * 4, *n);
+                }
+            }
+            d
+        }
+        0x0C => ana_log(sh, ctrl, lsp & 1 != 0),
+        _ => return reply(Status::INVALID_LOG_PAGE),
+    };
+    // Bounded by the host's buffer (the caller truncates to the SGL) and by a
+    // 64 KiB window (larger reads see zeroes past the page).
+    let len = len.min(super::MAX_ADMIN_DATA_BYTES as u64) as usize;
+    let mut out = vec![0u8; len];
+    if (off as usize) < page.len() {
+        let o = off as usize;
+        let n = (page.len() - o).min(len);
+        out[..n].copy_from_slice(&page[o..o + n]);
+    }
+    data(out)
+}
+
+fn smart_log(ctrl: &Ctrl) -> Vec<u8> {
+    let mut d = vec![0u8; 512];
+    put16(&mut d, 1, 300); // composite temperature, K
+    d[3] = 100; // available spare
+    d[4] = 10; // its threshold
+    let units = |b: u64| b.div_ceil(512_000);
+    put64(
+        &mut d,
+        32,
+        units(ctrl.stats.read_bytes.load(Ordering::Relaxed)),
+    );
+    put64(
+        &mut d,
+        48,
+        units(ctrl.stats.write_bytes.load(Ordering::Relaxed)),
+    );
+    d
+}
+
+/// The ANA log page: this node's one group, its state and its namespaces.
+pub(crate) fn ana_log(sh: &Shared, ctrl: &Ctrl, groups_only: bool) -> Vec<u8> {
+    let nsids: Vec<u32> = sh
+        .subsystem(&ctrl.subnqn)
+        .map(|s| s.namespaces.keys().copied().collect())
+        .unwrap_or_default();
+    let chg = sh.ana_chgcnt.load(Ordering::Acquire);
+    let mut d = vec![0u8; 16 + 32];
+    put64(&mut d, 0, chg);
+    put16(&mut d, 8, 1);
+    put32(&mut d, 16, sh.ana_group);
+    put32(&mut d, 20, if groups_only { 0 } else { nsids.len() as u32 });
+    put64(&mut d, 24, chg);
+    d[32] = sh.ana_state().code();
+    if !groups_only {
+        for n in nsids {
+            d.extend_from_slice(&n.to_le_bytes());
+        }
+    }
+    d
+}
+
+/// The discovery log page: every subsystem this host may reach (the discovery
+/// subsystem itself included), through every listener of this node.
+pub(crate) fn discovery_log(sh: &Shared, ctrl: &Ctrl) -> Vec<u8> {
+    let mut entries: Vec<(String, SocketAddr, u8)> = Vec::new();
+    let listeners = sh.listener_addrs();
+    let subs = sh.subsystem_list();
+    for (i, l) in listeners.iter().enumerate() {
+        let addr = match (l.ip().is_unspecified(), ctrl.local) {
+            (true, Some(local)) => SocketAddr::new(local.ip(), l.port()),
+            _ => *l,
+        };
+        let _ = i;
+        entries.push((DISCOVERY_NQN.to_string(), addr, 3));
+        for s in &subs {
+            if s.allows(&ctrl.hostnqn) {
+                entries.push((s.conf.nqn.clone(), addr, 2));
+            }
+        }
+    }
+    let mut d = vec![0u8; 1024 + 1024 * entries.len()];
+    put64(&mut d, 0, sh.generation());
+    put64(&mut d, 8, entries.len() as u64);
+    for (i, (nqn, addr, subtype)) in entries.iter().enumerate() {
+        let e = &mut d[1024 * (i + 1)..1024 * (i + 2)];
+        e[0] = 3; // TCP
+        e[1] = if addr.is_ipv4() { 1 } else { 2 };
+        e[2] = *subtype;
+        e[3] = 0x02; // secure channel not required
+        let portid = listeners
+            .iter()
+            .position(|l| l.port() == addr.port())
+            .unwrap_or(0) as u16
+            + 1;
+        put16(e, 4, portid);
+        put16(e, 6, 0xffff);
+        put16(e, 8, MAX_QUEUE_ENTRIES as u16);
+        put_str(&mut e[32..64], &addr.port().to_string(), b' ');
+        put_str(&mut e[256..512], nqn, 0);
+        put_str(&mut e[512..768], &addr.ip().to_string(), b' ');
+        e[768] = 0; // no security
+    }
+    d
+}

@@ -1,0 +1,171 @@
+//! NVMe/TCP listeners: nonblocking listening sockets on reactor 0, woken by an io_uring
+//! poll, whose accepted connections (queue pairs) are handed round-robin to the
+//! reactors, so the I/O queues of a controller spread over them.
+
+use std::cell::Cell;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use io_uring::{opcode, types};
+
+use super::qpair::{self, Registry};
+use super::Shared;
+use crate::reactor::{Msg, Reactor, UringDone};
+use crate::target::{Target, TargetError};
+
+/// Most connections accepted per readiness event (the poll is re-armed after).
+const ACCEPT_BATCH: usize = 64;
+
+pub(crate) struct Listener {
+    pub(crate) fid: u64,
+    pub(crate) addr: SocketAddr,
+    sock: TcpListener,
+    reactor: Rc<Reactor>,
+    shared: Arc<Shared>,
+    next: Cell<usize>,
+    closed: Cell<bool>,
+    me: std::rc::Weak<Listener>,
+}
+
+impl Listener {
+    fn arm(&self) {
+        let Some(me) = self.me.upgrade() else { return };
+        let e = opcode::PollAdd::new(types::Fd(self.sock.as_raw_fd()), libc::POLLIN as u32).build();
+        // SAFETY: a poll references no memory; the fd stays open while the poll is
+        // registered because the registration holds an Rc to this listener.
+        unsafe { self.reactor.uring_push(e, me, 0) };
+    }
+
+    /// Stops accepting: shutdown wakes the pending poll, whose completion drops
+    /// the last reference and closes the socket.
+    pub(crate) fn close(&self) {
+        if !self.closed.replace(true) {
+            // SAFETY: shutdown on a socket we own.
+            unsafe { libc::shutdown(self.sock.as_raw_fd(), libc::SHUT_RDWR) };
+        }
+    }
+
+    fn dispatch(&self, stream: std::net::TcpStream, peer: SocketAddr) {
+        let peers = self.reactor.peers();
+        let n = peers.len();
+        let start = self.next.get();
+        self.next.set((start + 1) % n);
+        let shared = Arc::clone(&self.shared);
+        let mut msg: Msg = Box::new(move |r| qpair::spawn(r, shared, stream, peer));
+        for i in 0..n {
+            let h = &peers[(start + i) % n];
+            match h.try_send(msg) {
+                Ok(()) => return,
+                Err((full, m)) => {
+                    log::warn!("nvmf listener: {full}; trying the next reactor for {peer}");
+                    msg = m;
+                }
+            }
+        }
+        log::error!("nvmf listener: every reactor's ring is full; closing connection from {peer}");
+        drop(msg);
+    }
+}
+
+impl UringDone for Listener {
+    fn uring_done(&self, _tag: u64, res: i32, _flags: u32) {
+        if self.closed.get()
+            || self
+                .shared
+                .stopping
+                .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return;
+        }
+        if res < 0 && res != -libc::EINTR {
+            log::error!(
+                "nvmf listener: poll failed: {}",
+                std::io::Error::from_raw_os_error(-res)
+            );
+        }
+        for _ in 0..ACCEPT_BATCH {
+            match self.sock.accept() {
+                Ok((s, peer)) => {
+                    if s.set_nonblocking(true).is_err() {
+                        continue;
+                    }
+                    let _ = s.set_nodelay(true);
+                    self.dispatch(s, peer);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    log::warn!("nvmf listener: accept failed: {e}");
+                    break;
+                }
+            }
+        }
+        self.arm();
+    }
+}
+
+/// Stops the listener of frontend `fid` bound to `addr` (runs on reactor 0).
+pub(crate) fn stop(r: &Rc<Reactor>, fid: u64, addr: SocketAddr) -> bool {
+    let reg = r.local::<Registry>();
+    let found: Vec<Rc<Listener>> = reg
+        .listeners
+        .borrow()
+        .iter()
+        .filter(|l| l.fid == fid && l.addr == addr)
+        .cloned()
+        .collect();
+    reg.listeners
+        .borrow_mut()
+        .retain(|l| !(l.fid == fid && l.addr == addr));
+    for l in &found {
+        l.close();
+    }
+    !found.is_empty()
+}
+
+/// Binds `addr` and starts accepting on reactor 0; returns the bound address.
+pub(crate) fn start(
+    target: &Arc<Target>,
+    shared: &Arc<Shared>,
+    addr: SocketAddr,
+) -> Result<SocketAddr, TargetError> {
+    let obj = || format!("nvmf listener {addr}");
+    let sock = TcpListener::bind(addr).map_err(|e| TargetError::Io {
+        object: obj(),
+        reason: format!("{e} (is another target listening there?)"),
+    })?;
+    sock.set_nonblocking(true).map_err(|e| TargetError::Io {
+        object: obj(),
+        reason: e.to_string(),
+    })?;
+    let bound = sock.local_addr().map_err(|e| TargetError::Io {
+        object: obj(),
+        reason: e.to_string(),
+    })?;
+    let shared = Arc::clone(shared);
+    target.reactors().handles()[0]
+        .call_blocking(move |r| {
+            let fid = shared.id;
+            let l = Rc::new_cyclic(|me| Listener {
+                fid,
+                addr: bound,
+                sock,
+                reactor: Rc::clone(r),
+                shared,
+                next: Cell::new(0),
+                closed: Cell::new(false),
+                me: me.clone(),
+            });
+            r.local::<Registry>()
+                .listeners
+                .borrow_mut()
+                .push(Rc::clone(&l));
+            l.arm();
+        })
+        .map_err(|e| TargetError::Timeout {
+            object: obj(),
+            reason: e.to_string(),
+        })?;
+    Ok(bound)
+}

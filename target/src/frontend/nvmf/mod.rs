@@ -1,0 +1,608 @@
+//! The NVMe over Fabrics target, TCP transport (NVMe/TCP, TP 8000), exporting
+//! bdevs and volumes as namespaces of NVM subsystems.
+//!
+//! Code map:
+//! - [`pdu`]: the PDU codec (common header, digests, lengths); no panics.
+//! - [`nvme`]: submission / completion queue entries, status codes, opcodes.
+//! - [`admin`]: fabrics (Connect parameters, properties) and admin commands
+//!   (Identify, Get Log Page, features, keep alive, AER, abort); pure logic.
+//! - [`io`]: I/O commands decoded into block operations; pure logic.
+//! - [`subsys`]: subsystems, namespaces and their identity, controllers, ANA.
+//! - `qpair`: one queue pair (one TCP connection) on its reactor: socket I/O
+//!   through io_uring polls, in-capsule data, R2T / H2CData, C2HData from pool
+//!   buffers, keep alive.
+//! - `listener`: the listening sockets and the round-robin hand-off of
+//!   connections (so I/O queues spread over the reactors).
+//! - [`config`]: the TOML configuration.
+//!
+//! Threads: the control API ([`NvmfFrontend`]) runs on control threads and
+//! reaches reactors through their message rings. A queue pair lives on one
+//! reactor; what controllers share (properties, keep-alive time, pending
+//! events) sits in [`subsys::Ctrl`] (atomics and short mutexes, never taken by
+//! the I/O path).
+
+pub mod admin;
+pub mod config;
+pub mod io;
+mod listener;
+pub mod nvme;
+pub mod pdu;
+mod qpair;
+pub mod subsys;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+pub use config::{NamespaceConfig, NvmfConfig, SubsystemConfig};
+pub use subsys::{AnaState, DISCOVERY_NQN};
+
+use crate::target::{Target, TargetError};
+use subsys::{CntlidAlloc, Ctrl, Namespace, NsIdent, Subsystem};
+
+/// In-capsule data a command may carry (IOCCSZ announces 64 + this).
+pub const IN_CAPSULE_DATA_BYTES: usize = 8192;
+/// Largest data section of one H2CData PDU (MAXH2CDATA of the ICResp).
+pub const MAX_H2C_DATA_BYTES: usize = 128 << 10;
+/// Largest data section of one C2HData PDU sent.
+pub const MAX_C2H_DATA_BYTES: usize = 128 << 10;
+/// Entries of a queue (MQES + 1, MAXCMD): commands outstanding per queue pair.
+pub const MAX_QUEUE_ENTRIES: usize = 128;
+/// I/O queues granted per controller at most.
+pub const MAX_IO_QUEUES: u32 = 64;
+/// Asynchronous Event Requests held per controller (AERL + 1).
+pub const MAX_AERS: usize = 4;
+/// Largest namespace id (NN, MNAN).
+pub const MAX_NAMESPACES: u32 = 1024;
+/// Largest ANA group id (ANAGRPMAX).
+pub const MAX_ANA_GROUP: u32 = 128;
+/// MDTS: 2^8 pages of 4 KiB, the largest pool buffer class.
+pub const MDTS: u8 = 8;
+/// Largest data transfer of one command (MDTS in bytes).
+pub const MAX_TRANSFER_BYTES: usize = 4096 << MDTS;
+/// Largest admin or fabrics data (in or out) and Dataset Management ranges.
+pub const MAX_ADMIN_DATA_BYTES: usize = 64 << 10;
+/// Most subsystems per frontend.
+pub const MAX_SUBSYSTEMS: usize = 1024;
+/// Most controllers (associations) per frontend.
+pub const MAX_CONTROLLERS: usize = 4096;
+/// Firmware revision reported.
+pub const FW_REV: &str = "plexd01";
+
+/// A subsystem or namespace object name for errors.
+fn ns_obj(nqn: &str, nsid: u32) -> String {
+    format!("namespace {nsid} of nvmf subsystem {nqn}")
+}
+
+/// A controller as listed by the management API.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ControllerInfo {
+    /// Controller id.
+    pub cntlid: u16,
+    /// Subsystem NQN.
+    pub subnqn: String,
+    /// Host NQN.
+    pub hostnqn: String,
+    /// Peer address of the admin queue.
+    pub peer: String,
+    /// Reactor of the admin queue.
+    pub reactor: usize,
+    /// I/O queues connected: (queue id, reactor).
+    pub io_queues: Vec<(u16, usize)>,
+    /// Keep alive timeout, ms.
+    pub kato_ms: u32,
+    /// Commands received (every queue).
+    pub commands: u64,
+    /// Bytes read by the host.
+    pub read_bytes: u64,
+    /// Bytes written by the host.
+    pub write_bytes: u64,
+    /// Failed commands.
+    pub errors: u64,
+}
+
+/// State shared by the frontend's control API and its queue pairs.
+pub(crate) struct Shared {
+    pub(crate) id: u64,
+    subsystems: Mutex<BTreeMap<String, Arc<Subsystem>>>,
+    /// Bumped on every change of `subsystems`; queue pairs re-read on change.
+    generation: AtomicU64,
+    ctrls: Mutex<BTreeMap<(String, u16), Arc<Ctrl>>>,
+    cntlids: Mutex<CntlidAlloc>,
+    pub(crate) ana_group: u32,
+    ana_state: AtomicU8,
+    pub(crate) ana_chgcnt: AtomicU64,
+    listeners: Mutex<Vec<SocketAddr>>,
+    pub(crate) stopping: AtomicBool,
+    epoch: Instant,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+    pub(crate) fn subsystem(&self, nqn: &str) -> Option<Arc<Subsystem>> {
+        lock(&self.subsystems).get(nqn).cloned()
+    }
+    pub(crate) fn subsystem_list(&self) -> Vec<Arc<Subsystem>> {
+        lock(&self.subsystems).values().cloned().collect()
+    }
+    pub(crate) fn listener_addrs(&self) -> Vec<SocketAddr> {
+        lock(&self.listeners).clone()
+    }
+    pub(crate) fn ana_state(&self) -> AnaState {
+        AnaState::from_code(self.ana_state.load(Ordering::Acquire))
+    }
+    /// Registers a new controller of `subnqn`; None when no id is free.
+    pub(crate) fn add_ctrl(
+        &self,
+        make: impl FnOnce(u16) -> Ctrl,
+        subnqn: &str,
+    ) -> Option<Arc<Ctrl>> {
+        let mut ctrls = lock(&self.ctrls);
+        if ctrls.len() >= MAX_CONTROLLERS {
+            return None;
+        }
+        let id = lock(&self.cntlids).alloc(subnqn)?;
+        let c = Arc::new(make(id));
+        ctrls.insert((subnqn.to_string(), id), Arc::clone(&c));
+        Some(c)
+    }
+    pub(crate) fn ctrl(&self, subnqn: &str, cntlid: u16) -> Option<Arc<Ctrl>> {
+        lock(&self.ctrls)
+            .get(&(subnqn.to_string(), cntlid))
+            .cloned()
+    }
+    /// Forgets a controller (its admin queue closed or it timed out).
+    pub(crate) fn remove_ctrl(&self, c: &Ctrl) {
+        c.dead.store(true, Ordering::Release);
+        let mut ctrls = lock(&self.ctrls);
+        if let Some(cur) = ctrls.get(&(c.subnqn.clone(), c.cntlid)) {
+            if std::ptr::eq(Arc::as_ptr(cur), c) {
+                ctrls.remove(&(c.subnqn.clone(), c.cntlid));
+                lock(&self.cntlids).free(&c.subnqn, c.cntlid);
+            }
+        }
+    }
+    fn ctrl_list(&self) -> Vec<Arc<Ctrl>> {
+        lock(&self.ctrls).values().cloned().collect()
+    }
+}
+
+static NEXT_FRONTEND_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A running NVMe-oF/TCP frontend of one [`Target`].
+pub struct NvmfFrontend {
+    target: Arc<Target>,
+    shared: Arc<Shared>,
+    stopped: bool,
+}
+
+fn valid_nqn(nqn: &str) -> bool {
+    nqn.len() <= 223
+        && nqn.starts_with("nqn.")
+        && nqn.is_ascii()
+        && !nqn.chars().any(|c| c.is_ascii_control() || c == ' ')
+}
+
+impl NvmfFrontend {
+    /// Exports the configured subsystems and starts the configured listeners.
+    pub fn start(target: &Arc<Target>, cfg: &NvmfConfig) -> Result<NvmfFrontend, TargetError> {
+        let mut fe = NvmfFrontend::new(target, cfg)?;
+        for l in cfg.listeners() {
+            fe.add_listener(&l)?;
+        }
+        Ok(fe)
+    }
+
+    /// Exports the configured subsystems without listening anywhere yet.
+    pub fn new(target: &Arc<Target>, cfg: &NvmfConfig) -> Result<NvmfFrontend, TargetError> {
+        let range = cfg.cntlid_range.unwrap_or(config::DEFAULT_CNTLID_RANGE);
+        if range.0 == 0 || range.0 > range.1 || range.1 > config::DEFAULT_CNTLID_RANGE.1 {
+            return Err(TargetError::invalid(
+                "nvmf cntlid_range",
+                format!("{range:?} must be [min, max] within 1..=65519"),
+            ));
+        }
+        let group = cfg.ana_group.unwrap_or(config::DEFAULT_ANA_GROUP);
+        if group == 0 || group > MAX_ANA_GROUP {
+            return Err(TargetError::invalid(
+                "nvmf ana_group",
+                format!("{group} is outside 1..={MAX_ANA_GROUP}"),
+            ));
+        }
+        let shared = Arc::new(Shared {
+            id: NEXT_FRONTEND_ID.fetch_add(1, Ordering::Relaxed),
+            subsystems: Mutex::new(BTreeMap::new()),
+            generation: AtomicU64::new(1),
+            ctrls: Mutex::new(BTreeMap::new()),
+            cntlids: Mutex::new(CntlidAlloc::new(range)),
+            ana_group: group,
+            ana_state: AtomicU8::new(AnaState::Optimized.code()),
+            ana_chgcnt: AtomicU64::new(1),
+            listeners: Mutex::new(Vec::new()),
+            stopping: AtomicBool::new(false),
+            epoch: Instant::now(),
+        });
+        let mut fe = NvmfFrontend {
+            target: Arc::clone(target),
+            shared,
+            stopped: false,
+        };
+        for s in &cfg.subsystems {
+            fe.add_subsystem(s)?;
+        }
+        Ok(fe)
+    }
+
+    /// Listens on `address:port` (port 0 picks one); returns the bound address.
+    pub fn add_listener(&mut self, addr: &str) -> Result<SocketAddr, TargetError> {
+        let a: SocketAddr = addr
+            .parse()
+            .map_err(|e| TargetError::invalid(format!("nvmf listener {addr}"), format!("{e}")))?;
+        if a.port() != 0 && lock(&self.shared.listeners).contains(&a) {
+            return Err(TargetError::Exists {
+                kind: "nvmf listener",
+                name: a.to_string(),
+            });
+        }
+        let bound = listener::start(&self.target, &self.shared, a)?;
+        lock(&self.shared.listeners).push(bound);
+        self.shared.generation.fetch_add(1, Ordering::AcqRel);
+        log::info!("nvmf: listening on {bound}");
+        Ok(bound)
+    }
+
+    /// Stops listening on `addr` (established connections stay).
+    pub fn remove_listener(&mut self, addr: SocketAddr) -> Result<(), TargetError> {
+        let fid = self.shared.id;
+        let found = self.target.reactors().handles()[0]
+            .call_blocking(move |r| listener::stop(r, fid, addr))
+            .map_err(|e| TargetError::Timeout {
+                object: format!("nvmf listener {addr}"),
+                reason: e.to_string(),
+            })?;
+        if !found {
+            return Err(TargetError::NotFound {
+                kind: "nvmf listener",
+                name: addr.to_string(),
+            });
+        }
+        lock(&self.shared.listeners).retain(|l| *l != addr);
+        self.shared.generation.fetch_add(1, Ordering::AcqRel);
+        log::info!("nvmf: listener {addr} removed");
+        Ok(())
+    }
+
+    /// Every listener, in the order they were added.
+    pub fn listeners(&self) -> Vec<SocketAddr> {
+        self.shared.listener_addrs()
+    }
+
+    fn build_ns(&self, nqn: &str, n: &NamespaceConfig) -> Result<Arc<Namespace>, TargetError> {
+        if n.nsid == 0 || n.nsid > MAX_NAMESPACES {
+            return Err(TargetError::invalid(
+                ns_obj(nqn, n.nsid),
+                format!("namespace ids are 1..={MAX_NAMESPACES}"),
+            ));
+        }
+        let bdev = self.target.bdev(&n.bdev)?;
+        let identity = n
+            .identity
+            .clone()
+            .filter(|i| !i.is_empty())
+            .unwrap_or_else(|| n.bdev.clone());
+        Ok(Arc::new(Namespace {
+            conf: n.clone(),
+            ident: NsIdent::derive(&identity),
+            bdev,
+        }))
+    }
+
+    fn publish(&self, nqn: &str, s: Option<Subsystem>) {
+        let mut m = lock(&self.shared.subsystems);
+        match s {
+            Some(s) => {
+                m.insert(nqn.to_string(), Arc::new(s));
+            }
+            None => {
+                m.remove(nqn);
+            }
+        }
+        self.shared.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Exports a subsystem.
+    pub fn add_subsystem(&mut self, s: &SubsystemConfig) -> Result<(), TargetError> {
+        let obj = format!("nvmf subsystem {}", s.nqn);
+        if !valid_nqn(&s.nqn) || s.nqn == DISCOVERY_NQN {
+            return Err(TargetError::invalid(
+                obj,
+                "an NQN is nqn.YYYY-MM.domain:name, at most 223 printable ASCII bytes, \
+                 and not the discovery NQN",
+            ));
+        }
+        if self.shared.subsystem(&s.nqn).is_some() {
+            return Err(TargetError::Exists {
+                kind: "nvmf subsystem",
+                name: s.nqn.clone(),
+            });
+        }
+        if lock(&self.shared.subsystems).len() >= MAX_SUBSYSTEMS {
+            return Err(TargetError::invalid(
+                obj,
+                format!("{MAX_SUBSYSTEMS} subsystems already"),
+            ));
+        }
+        if s.serial
+            .as_ref()
+            .is_some_and(|x| x.len() > 20 || !x.is_ascii())
+            || s.model
+                .as_ref()
+                .is_some_and(|x| x.len() > 40 || !x.is_ascii())
+        {
+            return Err(TargetError::invalid(
+                obj,
+                "serial is at most 20 and model at most 40 ASCII characters",
+            ));
+        }
+        for h in &s.hosts {
+            if !valid_nqn(h) {
+                return Err(TargetError::invalid(
+                    obj,
+                    format!("host NQN {h:?} is not an NQN"),
+                ));
+            }
+        }
+        let mut namespaces = BTreeMap::new();
+        for n in &s.namespaces {
+            if namespaces.contains_key(&n.nsid) {
+                return Err(TargetError::Exists {
+                    kind: "nvmf namespace",
+                    name: ns_obj(&s.nqn, n.nsid),
+                });
+            }
+            namespaces.insert(n.nsid, self.build_ns(&s.nqn, n)?);
+        }
+        self.publish(
+            &s.nqn,
+            Some(Subsystem {
+                conf: s.clone(),
+                namespaces,
+            }),
+        );
+        log::info!(
+            "nvmf: subsystem {} exported with {} namespace(s)",
+            s.nqn,
+            s.namespaces.len()
+        );
+        Ok(())
+    }
+
+    /// Removes a subsystem; its controllers are dropped.
+    pub fn remove_subsystem(&mut self, nqn: &str) -> Result<(), TargetError> {
+        if self.shared.subsystem(nqn).is_none() {
+            return Err(TargetError::NotFound {
+                kind: "nvmf subsystem",
+                name: nqn.to_string(),
+            });
+        }
+        self.publish(nqn, None);
+        for c in self.shared.ctrl_list() {
+            if c.subnqn == nqn {
+                self.close_ctrl(&c, "its subsystem was removed");
+            }
+        }
+        log::info!("nvmf: subsystem {nqn} removed");
+        Ok(())
+    }
+
+    fn close_ctrl(&self, c: &Arc<Ctrl>, why: &'static str) {
+        self.shared.remove_ctrl(c);
+        let fid = self.shared.id;
+        let at = c.admin;
+        let h = &self.target.reactors().handles()[at.reactor];
+        let msg: crate::reactor::Msg = Box::new(move |r| qpair::close_conn(r, fid, at.conn, why));
+        if h.send_timeout(msg, crate::reactor::CONTROL_SEND_TIMEOUT)
+            .is_err()
+        {
+            log::error!(
+                "nvmf: controller {} of {}: could not reach reactor {}; its queues close at their next tick",
+                c.cntlid,
+                c.subnqn,
+                at.reactor
+            );
+        }
+    }
+
+    fn modify(
+        &mut self,
+        nqn: &str,
+        f: impl FnOnce(
+            &mut SubsystemConfig,
+            &mut BTreeMap<u32, Arc<Namespace>>,
+        ) -> Result<(), TargetError>,
+    ) -> Result<(), TargetError> {
+        let cur = self
+            .shared
+            .subsystem(nqn)
+            .ok_or_else(|| TargetError::NotFound {
+                kind: "nvmf subsystem",
+                name: nqn.to_string(),
+            })?;
+        let mut conf = cur.conf.clone();
+        let mut namespaces = cur.namespaces.clone();
+        f(&mut conf, &mut namespaces)?;
+        self.publish(nqn, Some(Subsystem { conf, namespaces }));
+        Ok(())
+    }
+
+    /// Adds a namespace to a subsystem; its controllers get a namespace
+    /// attribute changed event.
+    pub fn add_namespace(&mut self, nqn: &str, n: &NamespaceConfig) -> Result<(), TargetError> {
+        let ns = self.build_ns(nqn, n)?;
+        self.modify(nqn, |conf, map| {
+            if map.contains_key(&n.nsid) {
+                return Err(TargetError::Exists {
+                    kind: "nvmf namespace",
+                    name: ns_obj(nqn, n.nsid),
+                });
+            }
+            conf.namespaces.push(n.clone());
+            map.insert(n.nsid, ns);
+            Ok(())
+        })?;
+        self.ns_changed(nqn, n.nsid);
+        log::info!("nvmf: {} mapped to bdev {}", ns_obj(nqn, n.nsid), n.bdev);
+        Ok(())
+    }
+
+    /// Removes a namespace from a subsystem.
+    pub fn remove_namespace(&mut self, nqn: &str, nsid: u32) -> Result<(), TargetError> {
+        self.modify(nqn, |conf, map| {
+            if map.remove(&nsid).is_none() {
+                return Err(TargetError::NotFound {
+                    kind: "nvmf namespace",
+                    name: ns_obj(nqn, nsid),
+                });
+            }
+            conf.namespaces.retain(|x| x.nsid != nsid);
+            Ok(())
+        })?;
+        self.ns_changed(nqn, nsid);
+        log::info!("nvmf: {} removed", ns_obj(nqn, nsid));
+        Ok(())
+    }
+
+    fn ns_changed(&self, nqn: &str, nsid: u32) {
+        for c in self.shared.ctrl_list() {
+            if c.subnqn == nqn {
+                c.ns_changed(nsid);
+                if c.push_aen(admin::AEN_NS_CHANGED, admin::AEC_NS_ATTR) {
+                    self.kick(&c);
+                }
+            }
+        }
+    }
+
+    /// Asks a controller's admin queue to deliver its pending events.
+    fn kick(&self, c: &Ctrl) {
+        let fid = self.shared.id;
+        let at = c.admin;
+        let h = &self.target.reactors().handles()[at.reactor];
+        let msg: crate::reactor::Msg = Box::new(move |r| qpair::deliver_aens(r, fid, at.conn));
+        if let Err((full, _)) = h.try_send(msg) {
+            // The event stays pending: the next AER the host sends takes it.
+            log::warn!(
+                "nvmf: controller {} of {}: event not delivered now ({full}); it waits for the next AER",
+                c.cntlid,
+                c.subnqn
+            );
+        }
+    }
+
+    /// Sets the ANA state of this node's group; hosts get an ANA change event.
+    pub fn set_ana(&mut self, state: AnaState) {
+        let old = AnaState::from_code(self.shared.ana_state.swap(state.code(), Ordering::AcqRel));
+        if old == state {
+            return;
+        }
+        self.shared.ana_chgcnt.fetch_add(1, Ordering::AcqRel);
+        log::info!(
+            "nvmf: ANA group {} {old:?} -> {state:?}",
+            self.shared.ana_group
+        );
+        for c in self.shared.ctrl_list() {
+            if !c.discovery && c.push_aen(admin::AEN_ANA_CHANGE, admin::AEC_ANA) {
+                self.kick(&c);
+            }
+        }
+    }
+
+    /// The ANA group of this node and its state.
+    pub fn ana(&self) -> (u32, AnaState) {
+        (self.shared.ana_group, self.shared.ana_state())
+    }
+
+    /// The exported subsystems' configuration, as given.
+    pub fn subsystems(&self) -> Vec<SubsystemConfig> {
+        self.shared
+            .subsystem_list()
+            .iter()
+            .map(|s| s.conf.clone())
+            .collect()
+    }
+
+    /// The namespaces mapping bdev `bdev`, as `namespace N of nvmf subsystem NQN`.
+    pub fn namespace_users(&self, bdev: &str) -> Vec<String> {
+        self.shared
+            .subsystem_list()
+            .iter()
+            .flat_map(|s| {
+                s.conf
+                    .namespaces
+                    .iter()
+                    .filter(|n| n.bdev == bdev)
+                    .map(|n| ns_obj(&s.conf.nqn, n.nsid))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// The controllers, with their counters.
+    pub fn controllers(&self) -> Vec<ControllerInfo> {
+        self.shared
+            .ctrl_list()
+            .iter()
+            .map(|c| ControllerInfo {
+                cntlid: c.cntlid,
+                subnqn: c.subnqn.clone(),
+                hostnqn: c.hostnqn.clone(),
+                peer: c.peer.clone(),
+                reactor: c.admin.reactor,
+                io_queues: c.io_queue_list(),
+                kato_ms: c.kato_ms.load(Ordering::Relaxed),
+                commands: c.stats.commands.load(Ordering::Relaxed),
+                read_bytes: c.stats.read_bytes.load(Ordering::Relaxed),
+                write_bytes: c.stats.write_bytes.load(Ordering::Relaxed),
+                errors: c.stats.errors.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+
+    /// Stops the listeners and closes every connection.
+    pub fn stop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        self.stopped = true;
+        self.shared.stopping.store(true, Ordering::Release);
+        let fid = self.shared.id;
+        if let Err(e) = self
+            .target
+            .reactors()
+            .broadcast_blocking(move |r| qpair::close_frontend(r, fid))
+        {
+            log::error!("nvmf: stop could not reach every reactor: {e}");
+        }
+        for c in self.shared.ctrl_list() {
+            self.shared.remove_ctrl(&c);
+        }
+        log::info!("nvmf: stopped");
+    }
+}
+
+impl Drop for NvmfFrontend {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

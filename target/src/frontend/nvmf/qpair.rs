@@ -1,0 +1,1906 @@
+//! One NVMe/TCP queue pair (one TCP connection) on its reactor: socket I/O,
+//! PDU dispatch, commands, data transfers, keep alive.
+//!
+//! Reading: a one-shot io_uring poll for POLLIN wakes the queue pair; it reads
+//! with nonblocking `read` into a receive buffer sized for the largest PDU it
+//! accepts; a PDU that arrived in part stays in the buffer and parsing resumes
+//! when the rest arrives. Reading pauses only while too much output is queued,
+//! so memory per connection is bounded: at most [`MAX_QUEUE_ENTRIES`] commands
+//! (the host's SQ size, checked), each holding at most one pool buffer of at
+//! most [`MAX_TRANSFER_BYTES`] and at most [`MAX_ADMIN_DATA_BYTES`] of memory.
+//!
+//! Data: write data (in-capsule, or H2CData after an R2T that covers the whole
+//! transfer) lands in a pool buffer that the bdev I/O uses; read data goes out
+//! in C2HData PDUs straight from the pool buffer the read filled (the output
+//! queue holds the buffer until its bytes are sent). A command that needs a
+//! pool buffer the pool cannot give now waits in arrival order (its in-capsule
+//! data copied aside, at most [`super::IN_CAPSULE_DATA_BYTES`] per command)
+//! while reading goes on, so H2CData of other commands keeps flowing and
+//! buffers come back: no deadlock.
+//!
+//! Errors: a malformed PDU, a PDU out of sequence, a header digest error, a
+//! data digest error on H2CData or data out of range end the connection with
+//! a C2HTermReq and one log line; a data digest error on a command capsule
+//! fails that command (transient transport error).
+//!
+//! Closing: `shutdown` wakes pending polls; their completions, and those of
+//! in-flight bdev I/O, drop the last references and close the socket. The
+//! commands of a closed queue are aborted: their I/O completes, nothing is sent.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::rc::{Rc, Weak};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use io_uring::{opcode, types};
+
+use super::admin::{self, AdminDone, CcChange};
+use super::io::{self, IoPlan};
+use super::listener::Listener;
+use super::nvme::{admin_op, fctype, sgl, Cqe, Sqe, Status};
+use super::pdu::{self, fes, flag, ty, Digests, Parsed, PduView};
+use super::subsys::{AnaState, Ctrl, Namespace, QueueAt, Subsystem, DISCOVERY_NQN};
+use super::{
+    Shared, IN_CAPSULE_DATA_BYTES, MAX_ADMIN_DATA_BYTES, MAX_C2H_DATA_BYTES, MAX_H2C_DATA_BYTES,
+    MAX_IO_QUEUES, MAX_QUEUE_ENTRIES, MAX_TRANSFER_BYTES,
+};
+use crate::bdev::{BdevChannel, BdevIo, IoCallback, IoDone, IoKind, IoStatus};
+use crate::buf::{BufPool, BufWait, BufWaiter, IoBuf, PoolBuf, SIZE_CLASSES_BYTES};
+use crate::lease::FENCED_ERRNO;
+use crate::reactor::{Poller, Reactor, UringDone};
+
+/// Output queued beyond which the connection stops reading new PDUs.
+const WBUF_HIGH_BYTES: usize = 4 << 20;
+/// Most read() calls per readiness event.
+const READS_PER_EVENT: usize = 16;
+/// How often the keep-alive poller looks at connections.
+const TICK: Duration = Duration::from_secs(1);
+/// Most connections one reactor serves; more are closed at once.
+pub(crate) const MAX_CONNS_PER_REACTOR: usize = 1024;
+/// Longest a connection may take to send ICReq and Connect.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A controller is dropped when no Keep Alive came for KATO times this.
+const KATO_FACTOR: u64 = 2;
+/// Longest a connection may stay blocked on send (the host reads nothing).
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest PDU on the wire: a capsule or H2CData with its largest data.
+const MAX_PDU_BYTES: usize = pdu::CMD_HLEN
+    + 2 * pdu::DIGEST_LEN
+    + 255
+    + if MAX_H2C_DATA_BYTES > IN_CAPSULE_DATA_BYTES {
+        MAX_H2C_DATA_BYTES
+    } else {
+        IN_CAPSULE_DATA_BYTES
+    };
+/// Bytes of the offending PDU header echoed in a C2HTermReq.
+const TERM_ECHO_BYTES: usize = 128;
+
+const TAG_POLLIN: u64 = 1;
+const TAG_POLLOUT: u64 = 2;
+/// Most iovecs per `sendmsg`.
+const MAX_IOV: usize = 128;
+/// Number of pool size classes.
+const CLASSES: usize = SIZE_CLASSES_BYTES.len();
+
+type IntMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<IntHasher>>;
+
+/// Hasher for the command ids of a queue (bounded by its size): one multiply.
+#[derive(Default, Clone, Copy)]
+struct IntHasher(u64);
+
+impl std::hash::Hasher for IntHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u16(&mut self, v: u16) {
+        self.write_u64(u64::from(v));
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+/// A run of queued output bytes.
+enum Seg {
+    /// The next `len` unsent bytes of [`Out::bytes`].
+    Inline(usize),
+    /// `len` bytes at `ptr`, inside a pool buffer in [`Out::held`].
+    Pool { ptr: *const u8, len: usize },
+}
+
+/// The output queue of a connection.
+#[derive(Default)]
+struct Out {
+    bytes: Vec<u8>,
+    pos: usize,
+    segs: VecDeque<Seg>,
+    held: VecDeque<(u64, PoolBuf)>,
+    queued: u64,
+    sent: u64,
+}
+
+impl Out {
+    fn pending(&self) -> usize {
+        (self.queued - self.sent) as usize
+    }
+
+    fn push_inline(&mut self, start: usize) {
+        let n = self.bytes.len() - start;
+        if n == 0 {
+            return;
+        }
+        self.queued += n as u64;
+        if let Some(Seg::Inline(len)) = self.segs.back_mut() {
+            *len += n;
+        } else {
+            self.segs.push_back(Seg::Inline(n));
+        }
+    }
+
+    /// Queues a whole PDU, copying its data.
+    fn emit(&mut self, t: u8, flags: u8, specific: &[u8], data: &[u8], dig: Digests, hpda: u8) {
+        let start = self.bytes.len();
+        pdu::encode(&mut self.bytes, t, flags, specific, data, dig, hpda);
+        self.push_inline(start);
+    }
+
+    /// Queues a PDU whose data is sent from where it lies.
+    ///
+    /// # Safety
+    /// `data` must lie in a pool buffer the caller passes to [`Out::hold`] before
+    /// anything else touches this queue.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn emit_ref(
+        &mut self,
+        t: u8,
+        flags: u8,
+        specific: &[u8],
+        data: &[u8],
+        dig: Digests,
+        hpda: u8,
+    ) {
+        let start = self.bytes.len();
+        pdu::encode_head(&mut self.bytes, t, flags, specific, data.len(), dig, hpda);
+        self.push_inline(start);
+        if !data.is_empty() {
+            self.queued += data.len() as u64;
+            self.segs.push_back(Seg::Pool {
+                ptr: data.as_ptr(),
+                len: data.len(),
+            });
+        }
+        let start = self.bytes.len();
+        pdu::encode_tail(&mut self.bytes, data, dig);
+        self.push_inline(start);
+    }
+
+    fn hold(&mut self, buf: PoolBuf) {
+        self.held.push_back((self.queued, buf));
+    }
+
+    fn iovecs(&self, iov: &mut [libc::iovec; MAX_IOV]) -> usize {
+        let mut n = 0;
+        let mut pos = self.pos;
+        for seg in &self.segs {
+            if n == MAX_IOV {
+                break;
+            }
+            let (base, len) = match *seg {
+                Seg::Inline(len) => {
+                    let p = self.bytes[pos..pos + len].as_ptr();
+                    pos += len;
+                    (p, len)
+                }
+                Seg::Pool { ptr, len } => (ptr, len),
+            };
+            iov[n] = libc::iovec {
+                iov_base: base as *mut libc::c_void,
+                iov_len: len,
+            };
+            n += 1;
+        }
+        n
+    }
+
+    fn advance(&mut self, mut n: usize, done: &mut Vec<PoolBuf>) {
+        self.sent += n as u64;
+        while n > 0 {
+            let Some(front) = self.segs.front_mut() else {
+                break;
+            };
+            let left = match front {
+                Seg::Inline(len) => {
+                    let k = n.min(*len);
+                    *len -= k;
+                    self.pos += k;
+                    n -= k;
+                    *len
+                }
+                Seg::Pool { ptr, len } => {
+                    let k = n.min(*len);
+                    *len -= k;
+                    *ptr = ptr.wrapping_add(k);
+                    n -= k;
+                    *len
+                }
+            };
+            if left == 0 {
+                self.segs.pop_front();
+            }
+        }
+        while self.held.front().is_some_and(|(end, _)| *end <= self.sent) {
+            if let Some((_, b)) = self.held.pop_front() {
+                done.push(b);
+            }
+        }
+        if self.segs.is_empty() {
+            self.bytes.clear();
+            self.pos = 0;
+            if self.bytes.capacity() > 2 * WBUF_HIGH_BYTES {
+                self.bytes.shrink_to(64 << 10);
+            }
+        } else if self.pos > (1 << 20) {
+            self.bytes.drain(..self.pos);
+            self.pos = 0;
+        }
+    }
+
+    fn discard(&mut self, done: &mut Vec<PoolBuf>) {
+        self.segs.clear();
+        self.bytes.clear();
+        self.pos = 0;
+        self.sent = self.queued;
+        done.extend(self.held.drain(..).map(|(_, b)| b));
+    }
+}
+
+/// The NVMe/TCP connections and listeners of one reactor.
+#[derive(Default)]
+pub(crate) struct Registry {
+    conns: RefCell<HashMap<(u64, u64), Rc<Conn>>>,
+    pub(crate) listeners: RefCell<Vec<Rc<Listener>>>,
+    next_id: Cell<u64>,
+    poller: Cell<bool>,
+    dirty: RefCell<Vec<Rc<Conn>>>,
+}
+
+/// Runs every reactor iteration: flushes connections with new output; once a
+/// second looks at every connection (connect timeout, keep alive).
+struct Ticker {
+    reactor: Weak<Reactor>,
+    reg: Rc<Registry>,
+    next: Cell<Instant>,
+    batch: RefCell<Vec<Rc<Conn>>>,
+}
+
+impl Poller for Ticker {
+    fn poll(&self, now: Instant) -> usize {
+        let mut flushed = 0;
+        if !self.reg.dirty.borrow().is_empty() {
+            let mut batch = self.batch.take();
+            std::mem::swap(&mut batch, &mut *self.reg.dirty.borrow_mut());
+            flushed = batch.len();
+            for c in batch.drain(..) {
+                c.dirty.set(false);
+                c.flush();
+            }
+            *self.batch.borrow_mut() = batch;
+        }
+        if now < self.next.get() {
+            return flushed;
+        }
+        let Some(r) = self.reactor.upgrade() else {
+            return flushed;
+        };
+        self.next.set(now + TICK);
+        let conns: Vec<Rc<Conn>> = r
+            .local::<Registry>()
+            .conns
+            .borrow()
+            .values()
+            .cloned()
+            .collect();
+        for c in conns {
+            c.tick(now);
+        }
+        flushed
+    }
+    fn next_deadline(&self) -> Option<Instant> {
+        Some(self.next.get())
+    }
+}
+
+/// Creates a queue pair for an accepted socket (runs on the chosen reactor).
+pub(crate) fn spawn(r: &Rc<Reactor>, shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+    if shared.stopping.load(Ordering::Acquire) {
+        return;
+    }
+    let reg = r.local::<Registry>();
+    if reg.conns.borrow().len() >= MAX_CONNS_PER_REACTOR {
+        log::warn!(
+            "nvmf: reactor {} already serves {MAX_CONNS_PER_REACTOR} connections; closing the one from {peer}",
+            r.id()
+        );
+        return;
+    }
+    if !reg.poller.replace(true) {
+        r.add_poller(Rc::new(Ticker {
+            reactor: Rc::downgrade(r),
+            reg: Rc::clone(&reg),
+            next: Cell::new(Instant::now() + TICK),
+            batch: RefCell::new(Vec::new()),
+        }));
+    }
+    let id = reg.next_id.get() + 1;
+    reg.next_id.set(id);
+    let local = stream.local_addr().ok();
+    let c = Rc::new_cyclic(|me| Conn {
+        id,
+        fid: shared.id,
+        stream,
+        peer,
+        local,
+        reactor: Rc::clone(r),
+        shared: Arc::clone(&shared),
+        me: me.clone(),
+        dirty: Cell::new(false),
+        st: RefCell::new(St {
+            phase: Phase::AwaitIcReq,
+            ctrl: None,
+            sub: None,
+            sub_gen: 0,
+            io_epoch: 0,
+            dig: Digests::default(),
+            hpda: 0,
+            rbuf: vec![0u8; MAX_PDU_BYTES],
+            rlen: 0,
+            out: Out {
+                bytes: Vec::with_capacity(16 << 10),
+                ..Out::default()
+            },
+            spare: Vec::new(),
+            cmds: slab::Slab::with_capacity(32),
+            cids: IntMap::default(),
+            entries: MAX_QUEUE_ENTRIES as u32,
+            sqhd: 0,
+            sqfc_off: false,
+            waiting: VecDeque::new(),
+            buf_wait: [false; CLASSES],
+            held: [0; CLASSES],
+            active: [false; CLASSES],
+            need_serve: false,
+            aers: Vec::new(),
+            next_ttag: 1,
+            started: Instant::now(),
+            send_blocked_since: None,
+            poll_in: false,
+            poll_out: false,
+            close_after_flush: false,
+            closed: false,
+        }),
+    });
+    log::debug!("nvmf: connection {id} from {peer} on reactor {}", r.id());
+    reg.conns
+        .borrow_mut()
+        .insert((shared.id, id), Rc::clone(&c));
+    c.on_readable();
+}
+
+fn find(r: &Rc<Reactor>, fid: u64, id: u64) -> Option<Rc<Conn>> {
+    r.local::<Registry>()
+        .conns
+        .borrow()
+        .get(&(fid, id))
+        .cloned()
+}
+
+/// Closes one connection (management API).
+pub(crate) fn close_conn(r: &Rc<Reactor>, fid: u64, id: u64, why: &str) {
+    if let Some(c) = find(r, fid, id) {
+        c.close(why);
+    }
+}
+
+/// Completes held Asynchronous Event Requests of the admin queue `id` with
+/// its controller's pending events.
+pub(crate) fn deliver_aens(r: &Rc<Reactor>, fid: u64, id: u64) {
+    if let Some(c) = find(r, fid, id) {
+        {
+            let mut st = c.st.borrow_mut();
+            c.deliver(&mut st);
+        }
+        c.flush();
+    }
+}
+
+/// Closes the listeners and every connection of frontend `fid` on this reactor.
+pub(crate) fn close_frontend(r: &Rc<Reactor>, fid: u64) {
+    let reg = r.local::<Registry>();
+    let ls: Vec<Rc<Listener>> = reg
+        .listeners
+        .borrow()
+        .iter()
+        .filter(|l| l.fid == fid)
+        .cloned()
+        .collect();
+    reg.listeners.borrow_mut().retain(|l| l.fid != fid);
+    for l in ls {
+        l.close();
+    }
+    let cs: Vec<Rc<Conn>> = reg
+        .conns
+        .borrow()
+        .iter()
+        .filter(|((f, _), _)| *f == fid)
+        .map(|(_, c)| Rc::clone(c))
+        .collect();
+    for c in cs {
+        c.close("frontend stopped");
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    AwaitIcReq,
+    AwaitConnect,
+    Admin,
+    Io { qid: u16 },
+}
+
+/// One command of the queue.
+struct Cmd {
+    sqe: Sqe,
+    ns: Option<Arc<Namespace>>,
+    plan: Option<IoPlan>,
+    /// The pool buffer the bdev I/O uses (reads, writes, compares).
+    buf: Option<PoolBuf>,
+    /// Bytes of pool buffer needed (0: none).
+    pool_len: usize,
+    /// Host data kept in memory: admin data, DSM ranges, compare data, or
+    /// in-capsule write data while the command waits for its pool buffer.
+    vdata: Vec<u8>,
+    /// Host data bytes expected and received.
+    need: usize,
+    got: usize,
+    /// True when host data goes to the pool buffer.
+    to_pool: bool,
+    ttag: u16,
+    r2t_sent: bool,
+    waiting: bool,
+    inflight: u32,
+    status: Status,
+    aborted: bool,
+}
+
+struct St {
+    phase: Phase,
+    ctrl: Option<Arc<Ctrl>>,
+    sub: Option<Arc<Subsystem>>,
+    sub_gen: u64,
+    io_epoch: u32,
+    dig: Digests,
+    hpda: u8,
+    rbuf: Vec<u8>,
+    rlen: usize,
+    out: Out,
+    spare: Vec<PoolBuf>,
+    cmds: slab::Slab<Cmd>,
+    cids: IntMap<u16, usize>,
+    /// Entries of the submission queue (SQSIZE + 1): commands outstanding at most.
+    entries: u32,
+    sqhd: u32,
+    sqfc_off: bool,
+    /// Commands waiting for a pool buffer, in arrival order.
+    waiting: VecDeque<usize>,
+    buf_wait: [bool; CLASSES],
+    held: [u32; CLASSES],
+    active: [bool; CLASSES],
+    need_serve: bool,
+    /// Held Asynchronous Event Requests (command ids).
+    aers: Vec<u16>,
+    next_ttag: u16,
+    started: Instant,
+    send_blocked_since: Option<Instant>,
+    poll_in: bool,
+    poll_out: bool,
+    close_after_flush: bool,
+    closed: bool,
+}
+
+impl St {
+    fn qid(&self) -> u16 {
+        match self.phase {
+            Phase::Io { qid } => qid,
+            _ => 0,
+        }
+    }
+
+    fn emit(&mut self, t: u8, flags: u8, specific: &[u8], data: &[u8]) {
+        let (dig, hpda) = (self.dig, self.hpda);
+        self.out.emit(t, flags, specific, data, dig, hpda);
+    }
+
+    /// A CapsuleResp.
+    fn respond(&mut self, cid: u16, status: Status, dw0: u32, dw1: u32) {
+        let cqe = Cqe {
+            dw0,
+            dw1,
+            sqhd: self.sqhd as u16,
+            sqid: self.qid(),
+            cid,
+            status: status.0,
+        };
+        self.emit(ty::CAPSULE_RESP, 0, &cqe.bytes(), &[]);
+    }
+
+    /// C2HData PDUs carrying `data` (copied).
+    fn c2h_copy(&mut self, cid: u16, data: &[u8]) {
+        let mut off = 0;
+        while off < data.len() {
+            let n = (data.len() - off).min(MAX_C2H_DATA_BYTES);
+            let last = off + n == data.len();
+            let f = if last { flag::LAST_PDU } else { 0 };
+            let h = pdu::data_hdr(cid, 0, off as u32, n as u32);
+            self.emit(ty::C2H_DATA, f, &h, &data[off..off + n]);
+            off += n;
+        }
+    }
+
+    /// C2HData PDUs from the first `len` bytes of a pool buffer, without a
+    /// copy; with `success`, the last one carries the SUCCESS flag.
+    fn c2h_pool(&mut self, cid: u16, buf: PoolBuf, len: usize, success: bool) {
+        let (dig, hpda) = (self.dig, self.hpda);
+        let data = &buf.bytes()[..len.min(buf.len())];
+        let mut off = 0;
+        while off < data.len() {
+            let n = (data.len() - off).min(MAX_C2H_DATA_BYTES);
+            let last = off + n == data.len();
+            let mut f = 0;
+            if last {
+                f |= flag::LAST_PDU;
+                if success {
+                    f |= flag::SUCCESS;
+                }
+            }
+            let h = pdu::data_hdr(cid, 0, off as u32, n as u32);
+            // SAFETY: the bytes lie in `buf`, which is handed to `hold` right
+            // after this loop, before anything else touches the queue.
+            unsafe {
+                self.out
+                    .emit_ref(ty::C2H_DATA, f, &h, &data[off..off + n], dig, hpda)
+            };
+            off += n;
+        }
+        self.out.hold(buf);
+    }
+
+    fn pending_out(&self) -> usize {
+        self.out.pending()
+    }
+}
+
+/// One queue pair.
+pub(crate) struct Conn {
+    id: u64,
+    fid: u64,
+    stream: TcpStream,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+    reactor: Rc<Reactor>,
+    shared: Arc<Shared>,
+    me: Weak<Conn>,
+    dirty: Cell<bool>,
+    st: RefCell<St>,
+}
+
+/// The outcome of handling a PDU.
+enum Handled {
+    Done,
+    /// A fatal transport error: terminate with (FES, FEI) and this reason.
+    Fatal(u16, u32, String),
+    /// Close without a termination request.
+    Close(String),
+}
+
+impl Conn {
+    fn rc(&self) -> Option<Rc<Conn>> {
+        self.me.upgrade()
+    }
+
+    fn fd(&self) -> i32 {
+        self.stream.as_raw_fd()
+    }
+
+    /// Names the connection in log lines: peer, queue, controller.
+    fn who(&self, st: &St) -> String {
+        match (&st.ctrl, st.phase) {
+            (Some(c), Phase::Io { qid }) => format!(
+                "nvmf: queue {qid} of controller {} ({} -> {}) from {}",
+                c.cntlid, c.hostnqn, c.subnqn, self.peer
+            ),
+            (Some(c), _) => format!(
+                "nvmf: admin queue of controller {} ({} -> {}) from {}",
+                c.cntlid, c.hostnqn, c.subnqn, self.peer
+            ),
+            _ => format!("nvmf: connection {} from {}", self.id, self.peer),
+        }
+    }
+
+    fn arm(&self, st: &mut St, out: bool) {
+        if st.closed {
+            return;
+        }
+        let armed = if out {
+            &mut st.poll_out
+        } else {
+            &mut st.poll_in
+        };
+        if *armed {
+            return;
+        }
+        let Some(me) = self.rc() else { return };
+        *armed = true;
+        let mask = if out {
+            libc::POLLOUT
+        } else {
+            libc::POLLIN | libc::POLLRDHUP
+        };
+        let e = opcode::PollAdd::new(types::Fd(self.fd()), mask as u32).build();
+        // SAFETY: a poll references no memory; the registration holds an Rc to
+        // this connection, which owns the socket, so the fd outlives the poll.
+        unsafe {
+            self.reactor
+                .uring_push(e, me, if out { TAG_POLLOUT } else { TAG_POLLIN })
+        };
+    }
+
+    /// Closes the queue pair: no more reading or writing; commands without I/O
+    /// in flight give their buffers back now, the others when it completes. An
+    /// admin queue takes its controller (and so its I/O queues) with it.
+    pub(crate) fn close(&self, why: &str) {
+        let mut st = self.st.borrow_mut();
+        if st.closed {
+            return;
+        }
+        st.closed = true;
+        log::info!("{} closed: {why}", self.who(&st));
+        // SAFETY: shutdown on a socket we own; it wakes pending polls.
+        unsafe { libc::shutdown(self.fd(), libc::SHUT_RDWR) };
+        st.waiting.clear();
+        let keys: Vec<usize> = st.cmds.iter().map(|(k, _)| k).collect();
+        for k in keys {
+            if st.cmds[k].inflight == 0 {
+                let c = st.cmds.remove(k);
+                self.release(&mut st, c);
+            } else {
+                st.cmds[k].aborted = true;
+            }
+        }
+        st.cids.clear();
+        st.aers.clear();
+        st.rbuf = Vec::new();
+        let mut done = std::mem::take(&mut st.spare);
+        st.out.discard(&mut done);
+        for b in done {
+            self.put_buf(&mut st, b);
+        }
+        for c in 0..CLASSES {
+            self.sync_active(&mut st, c);
+        }
+        if let Some(ctrl) = st.ctrl.take() {
+            match st.phase {
+                Phase::Admin => self.shared.remove_ctrl(&ctrl),
+                Phase::Io { qid } => ctrl.release_qid(qid),
+                _ => {}
+            }
+        }
+        drop(st);
+        self.reactor
+            .local::<Registry>()
+            .conns
+            .borrow_mut()
+            .remove(&(self.fid, self.id));
+    }
+
+    fn release(&self, st: &mut St, mut c: Cmd) {
+        if let Some(b) = c.buf.take() {
+            self.put_buf(st, b);
+        }
+    }
+
+    fn pool(&self) -> &Arc<BufPool> {
+        self.reactor.bufs().pool()
+    }
+
+    fn put_buf(&self, st: &mut St, b: PoolBuf) {
+        let c = b.class();
+        st.held[c] = st.held[c].saturating_sub(1);
+        self.reactor.bufs().put(b);
+        st.need_serve = true;
+        self.sync_active(st, c);
+    }
+
+    /// Tells the pool whether this connection uses class `c` (fair shares).
+    fn sync_active(&self, st: &mut St, c: usize) {
+        let waiting = !st.closed
+            && st
+                .waiting
+                .iter()
+                .any(|k| BufPool::class_for(st.cmds[*k].pool_len) == Some(c));
+        let now = st.held[c] > 0 || waiting;
+        if now != st.active[c] {
+            st.active[c] = now;
+            self.pool().set_user_active(c, now);
+        }
+    }
+
+    /// A pool buffer of `len` bytes within this connection's share, or None
+    /// (then the connection is registered to be handed one when the pool
+    /// has none, and the command waits).
+    fn alloc_buf(&self, st: &mut St, len: usize) -> Option<PoolBuf> {
+        let c = BufPool::class_for(len)?;
+        if st.held[c] as usize >= self.pool().user_cap(c) || st.buf_wait[c] {
+            return None;
+        }
+        if st.send_blocked_since.is_some() {
+            return None;
+        }
+        let me = self.rc()?;
+        let w: Rc<dyn BufWaiter> = me;
+        let b = match self
+            .reactor
+            .bufs()
+            .get_or_wait(SIZE_CLASSES_BYTES[c], &w, c as u64)
+        {
+            Ok(BufWait::Ready(b)) => b,
+            Ok(BufWait::Queued) => {
+                st.buf_wait[c] = true;
+                return None;
+            }
+            Ok(BufWait::Full) | Err(_) => return None,
+        };
+        st.held[c] += 1;
+        self.sync_active(st, c);
+        let mut b = b;
+        b.set_len(len);
+        Some(b)
+    }
+
+    /// Gives buffers to waiting commands, oldest first, while they can have them.
+    fn serve_waiting(&self, st: &mut St) {
+        st.need_serve = false;
+        // Bounded: each round serves a command or stops.
+        for _ in 0..st.waiting.len() {
+            let Some(&key) = st.waiting.front() else {
+                break;
+            };
+            let len = st.cmds[key].pool_len;
+            match self.alloc_buf(st, len) {
+                Some(b) => {
+                    st.waiting.pop_front();
+                    st.cmds[key].waiting = false;
+                    self.got_buf(st, key, b);
+                    self.advance(st, key);
+                }
+                None => break,
+            }
+        }
+    }
+
+    /// A command got its pool buffer: data received early moves into it.
+    fn got_buf(&self, st: &mut St, key: usize, mut b: PoolBuf) {
+        let c = &mut st.cmds[key];
+        b.set_len(c.pool_len);
+        if c.to_pool && !c.vdata.is_empty() {
+            let n = c.vdata.len().min(b.len());
+            b.bytes_mut()[..n].copy_from_slice(&c.vdata[..n]);
+            c.vdata = Vec::new();
+        }
+        c.buf = Some(b);
+    }
+
+    fn after(&self, st: &mut St) {
+        if st.need_serve && !st.closed {
+            self.serve_waiting(st);
+        }
+    }
+
+    fn tick(&self, now: Instant) {
+        let why = {
+            let mut st = self.st.borrow_mut();
+            if st.closed {
+                return;
+            }
+            // Commands still waiting for a buffer try again (also when the pool's
+            // waiter queue was full and nobody will hand this connection a chunk).
+            if !st.waiting.is_empty() {
+                st.need_serve = true;
+            }
+            self.expired(&st, now)
+        };
+        match why {
+            Some(w) => self.close(&w),
+            None => self.flush(),
+        }
+    }
+
+    /// Why the connection must go now, if it must.
+    fn expired(&self, st: &St, now: Instant) -> Option<String> {
+        if let Some(since) = st.send_blocked_since {
+            if now.saturating_duration_since(since) > SEND_TIMEOUT {
+                return Some(format!(
+                    "the host read nothing for {} s (blocked on send)",
+                    SEND_TIMEOUT.as_secs()
+                ));
+            }
+        }
+        let Some(ctrl) = &st.ctrl else {
+            if now.saturating_duration_since(st.started) > CONNECT_TIMEOUT {
+                return Some(format!(
+                    "no ICReq and Connect within {} s",
+                    CONNECT_TIMEOUT.as_secs()
+                ));
+            }
+            return None;
+        };
+        if ctrl.dead.load(Ordering::Acquire) {
+            return Some("its controller is gone".into());
+        }
+        match st.phase {
+            Phase::Admin => {
+                let kato = u64::from(ctrl.kato_ms.load(Ordering::Acquire));
+                let last = ctrl.last_ka_ms.load(Ordering::Acquire);
+                let idle = self.shared.now_ms().saturating_sub(last);
+                if kato > 0 && idle > kato * KATO_FACTOR {
+                    return Some(format!(
+                        "keep alive timeout: no Keep Alive for {idle} ms (KATO {kato} ms); controller dropped, its commands aborted"
+                    ));
+                }
+            }
+            Phase::Io { .. } if ctrl.io_epoch.load(Ordering::Acquire) != st.io_epoch => {
+                return Some("its controller was disabled or shut down".into());
+            }
+            _ => {}
+        }
+        None
+    }
+
+    fn on_readable(&self) {
+        let mut why: Option<String> = None;
+        {
+            let mut st = self.st.borrow_mut();
+            if st.closed {
+                return;
+            }
+            for _ in 0..READS_PER_EVENT {
+                if st.pending_out() > WBUF_HIGH_BYTES || st.close_after_flush {
+                    break;
+                }
+                let cap = st.rbuf.len();
+                let rlen = st.rlen;
+                if rlen == cap {
+                    break;
+                }
+                // SAFETY: reads into the unused tail of a buffer we own exclusively.
+                let n = unsafe {
+                    libc::read(
+                        self.fd(),
+                        st.rbuf.as_mut_ptr().add(rlen) as *mut libc::c_void,
+                        cap - rlen,
+                    )
+                };
+                if n > 0 {
+                    st.rlen += n as usize;
+                    if let Err(w) = self.process(&mut st) {
+                        why = Some(w);
+                        break;
+                    }
+                    if (n as usize) < cap - rlen {
+                        break;
+                    }
+                    continue;
+                }
+                if n == 0 {
+                    why = Some("the host closed the connection".into());
+                    break;
+                }
+                let e = std::io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::EAGAIN) => {
+                        self.arm(&mut st, false);
+                        break;
+                    }
+                    Some(libc::EINTR) => continue,
+                    _ => {
+                        why = Some(format!("read failed: {e}"));
+                        break;
+                    }
+                }
+            }
+            if why.is_none()
+                && !st.poll_in
+                && !st.close_after_flush
+                && st.pending_out() <= WBUF_HIGH_BYTES
+            {
+                self.arm(&mut st, false);
+            }
+            if why.is_none() {
+                self.after(&mut st);
+            }
+        }
+        match why {
+            Some(w) => self.close(&w),
+            None => self.flush(),
+        }
+    }
+
+    /// Parses and handles every complete PDU in the receive buffer.
+    fn process(&self, st: &mut St) -> Result<(), String> {
+        let rbuf = std::mem::take(&mut st.rbuf);
+        let res = self.process_buf(st, &rbuf);
+        st.rbuf = rbuf;
+        let consumed = res?;
+        if consumed > 0 && !st.rbuf.is_empty() {
+            st.rbuf.copy_within(consumed..st.rlen, 0);
+            st.rlen -= consumed;
+        }
+        Ok(())
+    }
+
+    fn process_buf(&self, st: &mut St, rbuf: &[u8]) -> Result<usize, String> {
+        let mut pos = 0;
+        while pos < st.rlen && !st.closed && !st.close_after_flush {
+            let buf = &rbuf[pos..st.rlen];
+            let outcome = match pdu::parse(buf, st.dig, MAX_H2C_DATA_BYTES) {
+                Ok(Parsed::Need(_)) => break,
+                Ok(Parsed::Pdu(p)) => {
+                    let n = p.wire_len;
+                    let h = self.handle(st, &p);
+                    pos += n;
+                    h
+                }
+                Err(e) => {
+                    let (f, i) = e.fes_fei();
+                    Handled::Fatal(f, i, format!("bad PDU: {e}"))
+                }
+            };
+            match outcome {
+                Handled::Done => {}
+                Handled::Close(w) => return Err(w),
+                Handled::Fatal(f, i, w) => {
+                    let echo = &buf[..buf.len().min(TERM_ECHO_BYTES)];
+                    self.terminate(st, f, i, echo, &w);
+                    break;
+                }
+            }
+        }
+        Ok(pos)
+    }
+
+    /// Sends a C2HTermReq and closes once it is out.
+    fn terminate(&self, st: &mut St, fes: u16, fei: u32, echo: &[u8], why: &str) {
+        log::warn!(
+            "{}: {why}; terminating the connection (FES {fes:#x})",
+            self.who(st)
+        );
+        let h = pdu::term_hdr(fes, fei);
+        // A termination request carries no digests.
+        let hpda = st.hpda;
+        st.out
+            .emit(ty::C2H_TERM, 0, &h, echo, Digests::default(), hpda);
+        st.close_after_flush = true;
+    }
+
+    fn handle(&self, st: &mut St, p: &PduView) -> Handled {
+        match (p.ty, st.phase) {
+            (ty::IC_REQ, Phase::AwaitIcReq) => self.handle_icreq(st, p),
+            (ty::IC_REQ, _) | (_, Phase::AwaitIcReq) => Handled::Fatal(
+                fes::SEQUENCE,
+                0,
+                format!("PDU type {:#04x} out of sequence", p.ty),
+            ),
+            (ty::H2C_TERM, _) => Handled::Close(format!(
+                "the host terminated the connection (FES {:#x})",
+                pdu::le16(p.hdr, 8)
+            )),
+            (ty::CAPSULE_CMD, _) => self.handle_capsule(st, p),
+            (ty::H2C_DATA, _) => self.handle_h2c(st, p),
+            _ => Handled::Fatal(fes::INVALID_HEADER_FIELD, 0, "unexpected PDU type".into()),
+        }
+    }
+
+    fn handle_icreq(&self, st: &mut St, p: &PduView) -> Handled {
+        let req = pdu::ic_req(p.hdr);
+        if req.pfv != 0 {
+            return Handled::Fatal(
+                fes::UNSUPPORTED_PARAMETER,
+                8,
+                format!("ICReq PDU format version {}", req.pfv),
+            );
+        }
+        if req.hpda > 31 {
+            return Handled::Fatal(
+                fes::UNSUPPORTED_PARAMETER,
+                10,
+                format!("ICReq HPDA {}", req.hpda),
+            );
+        }
+        let resp = pdu::ic_resp(req.dig, MAX_H2C_DATA_BYTES as u32);
+        st.out
+            .emit(ty::IC_RESP, 0, &resp, &[], Digests::default(), 0);
+        st.dig = req.dig;
+        st.hpda = req.hpda;
+        st.phase = Phase::AwaitConnect;
+        Handled::Done
+    }
+
+    fn handle_capsule(&self, st: &mut St, p: &PduView) -> Handled {
+        let sqe = Sqe::from_slice(&p.hdr[pdu::CH_LEN..]);
+        let cid = sqe.cid();
+        if st.cids.contains_key(&cid) {
+            return Handled::Fatal(
+                fes::INVALID_HEADER_FIELD,
+                10,
+                format!("command id {cid} is already in use"),
+            );
+        }
+        if st.cmds.len() as u32 >= st.entries {
+            return Handled::Fatal(
+                fes::SEQUENCE,
+                0,
+                format!("more than {} commands outstanding (SQ size)", st.entries),
+            );
+        }
+        st.sqhd = (st.sqhd + 1) % st.entries.max(1);
+        if let Some(c) = &st.ctrl {
+            c.stats.commands.fetch_add(1, Ordering::Relaxed);
+        }
+        if p.data_digest_bad {
+            log::warn!(
+                "{}: data digest error on command {cid}; failed with a transient transport error",
+                self.who(st)
+            );
+            st.respond(cid, Status::TRANSIENT_TRANSPORT, 0, 0);
+            return Handled::Done;
+        }
+        // The data of the command: in the capsule or through R2T, by direction.
+        let dir = sqe.direction();
+        let (need, inline) = match self.data_layout(&sqe, p.data, dir) {
+            Ok(x) => x,
+            Err(s) => {
+                st.respond(cid, s, 0, 0);
+                return Handled::Done;
+            }
+        };
+        let is_connect = sqe.opcode() == admin_op::FABRICS && sqe.fctype() == fctype::CONNECT;
+        if st.phase == Phase::AwaitConnect && !is_connect {
+            st.respond(cid, Status::SEQUENCE, 0, 0);
+            return Handled::Done;
+        }
+        let mut cmd = Cmd {
+            sqe,
+            ns: None,
+            plan: None,
+            buf: None,
+            pool_len: 0,
+            vdata: Vec::new(),
+            need,
+            got: 0,
+            to_pool: false,
+            ttag: 0,
+            r2t_sent: false,
+            waiting: false,
+            inflight: 0,
+            status: Status::SUCCESS,
+            aborted: false,
+        };
+        if let Phase::Io { .. } = st.phase {
+            if !(is_connect || sqe.opcode() == admin_op::FABRICS) {
+                if let Err(s) = self.plan_io(st, &mut cmd) {
+                    self.fail_count(st);
+                    st.respond(cid, s, 0, 0);
+                    return Handled::Done;
+                }
+            }
+        }
+        if !cmd.to_pool && need > MAX_ADMIN_DATA_BYTES {
+            st.respond(cid, Status::SGL_LENGTH, 0, 0);
+            return Handled::Done;
+        }
+        if inline {
+            if cmd.to_pool {
+                // Copied into the pool buffer once the command has one.
+                cmd.vdata = p.data.to_vec();
+            } else {
+                cmd.vdata = p.data.to_vec();
+            }
+            cmd.got = need;
+        } else if !cmd.to_pool {
+            cmd.vdata = vec![0u8; need];
+        }
+        let key = st.cmds.insert(cmd);
+        st.cids.insert(cid, key);
+        self.advance(st, key);
+        Handled::Done
+    }
+
+    /// Host data length and whether it is in the capsule, checked against the
+    /// command's SGL.
+    fn data_layout(&self, sqe: &Sqe, data: &[u8], dir: u8) -> Result<(usize, bool), Status> {
+        let len = sqe.sgl_len() as usize;
+        let t = sqe.sgl_type();
+        if dir != 1 {
+            if !data.is_empty() {
+                return Err(Status::INVALID_FIELD);
+            }
+            if dir == 2 && len > 0 && t != sgl::TRANSPORT {
+                return Err(Status::SGL_TYPE);
+            }
+            return Ok((0, false));
+        }
+        match t {
+            sgl::IN_CAPSULE => {
+                if sqe.sgl_addr() != 0 || data.len() != len || len > IN_CAPSULE_DATA_BYTES {
+                    return Err(Status::SGL_LENGTH);
+                }
+                Ok((len, true))
+            }
+            sgl::TRANSPORT => {
+                if !data.is_empty() {
+                    return Err(Status::SGL_LENGTH);
+                }
+                Ok((len, false))
+            }
+            _ if len == 0 && data.is_empty() => Ok((0, false)),
+            _ => Err(Status::SGL_TYPE),
+        }
+    }
+
+    fn refresh_sub(&self, st: &mut St) {
+        let gen = self.shared.generation();
+        if st.sub_gen != gen {
+            st.sub_gen = gen;
+            st.sub = st
+                .ctrl
+                .as_ref()
+                .and_then(|c| self.shared.subsystem(&c.subnqn));
+        }
+    }
+
+    /// Decodes an I/O command: its namespace, its plan, where its data goes.
+    fn plan_io(&self, st: &mut St, cmd: &mut Cmd) -> Result<(), Status> {
+        self.refresh_sub(st);
+        let ns = st
+            .sub
+            .as_ref()
+            .and_then(|s| s.namespaces.get(&cmd.sqe.nsid()).cloned())
+            .ok_or(Status::INVALID_NS)?;
+        let plan = io::decode(&cmd.sqe, &ns)?;
+        let host = plan.host_data_len() as usize;
+        let to_host = plan.ctrl_data_len() as usize;
+        if cmd.need != host {
+            return Err(Status::SGL_LENGTH);
+        }
+        if to_host > 0 && (cmd.sqe.sgl_len() as usize) < to_host {
+            return Err(Status::SGL_LENGTH);
+        }
+        match plan {
+            IoPlan::Read { len, .. } | IoPlan::Compare { len, .. } => cmd.pool_len = len as usize,
+            IoPlan::Write { len, .. } => {
+                cmd.pool_len = len as usize;
+                cmd.to_pool = true;
+            }
+            _ => {}
+        }
+        debug_assert!(cmd.pool_len <= MAX_TRANSFER_BYTES);
+        cmd.ns = Some(ns);
+        cmd.plan = Some(plan);
+        Ok(())
+    }
+
+    /// Moves a command on: pool buffer, then host data (R2T), then execution.
+    fn advance(&self, st: &mut St, key: usize) {
+        let c = &st.cmds[key];
+        if c.waiting {
+            return;
+        }
+        if c.pool_len > 0 && c.buf.is_none() {
+            // Keep arrival order: behind earlier waiters.
+            let b = if st.waiting.is_empty() {
+                self.alloc_buf(st, c.pool_len)
+            } else {
+                None
+            };
+            match b {
+                Some(b) => self.got_buf(st, key, b),
+                None => {
+                    st.cmds[key].waiting = true;
+                    st.waiting.push_back(key);
+                    let class = BufPool::class_for(st.cmds[key].pool_len).unwrap_or(0);
+                    self.sync_active(st, class);
+                    return;
+                }
+            }
+        }
+        let c = &mut st.cmds[key];
+        if c.got < c.need {
+            if !c.r2t_sent {
+                c.r2t_sent = true;
+                let ttag = st.next_ttag;
+                st.next_ttag = st.next_ttag.wrapping_add(1).max(1);
+                let c = &mut st.cmds[key];
+                c.ttag = ttag;
+                let h = pdu::data_hdr(c.sqe.cid(), ttag, c.got as u32, (c.need - c.got) as u32);
+                st.emit(ty::R2T, 0, &h, &[]);
+            }
+            return;
+        }
+        self.execute(st, key);
+    }
+
+    fn handle_h2c(&self, st: &mut St, p: &PduView) -> Handled {
+        let cccid = pdu::le16(p.hdr, 8);
+        let ttag = pdu::le16(p.hdr, 10);
+        let datao = pdu::le32(p.hdr, 12) as usize;
+        let datal = pdu::le32(p.hdr, 16) as usize;
+        let Some(&key) = st.cids.get(&cccid) else {
+            return Handled::Fatal(
+                fes::INVALID_HEADER_FIELD,
+                8,
+                format!("H2CData for unknown command {cccid}"),
+            );
+        };
+        if p.data_digest_bad {
+            return Handled::Fatal(
+                fes::INVALID_HEADER_FIELD,
+                0,
+                format!("data digest error in H2CData of command {cccid}"),
+            );
+        }
+        let c = &mut st.cmds[key];
+        if !c.r2t_sent || c.ttag != ttag {
+            return Handled::Fatal(
+                fes::INVALID_HEADER_FIELD,
+                10,
+                format!("H2CData of command {cccid} with transfer tag {ttag} that no R2T gave"),
+            );
+        }
+        if datal != p.data.len() || datao != c.got || datao + datal > c.need {
+            return Handled::Fatal(
+                fes::DATA_OUT_OF_RANGE,
+                12,
+                format!(
+                    "H2CData of command {cccid}: offset {datao} length {datal} (data {}), expected offset {} of {}",
+                    p.data.len(),
+                    c.got,
+                    c.need
+                ),
+            );
+        }
+        if c.to_pool {
+            match c.buf.as_mut() {
+                Some(b) => b.bytes_mut()[datao..datao + datal].copy_from_slice(p.data),
+                None => {
+                    return Handled::Fatal(fes::SEQUENCE, 0, "H2CData before its buffer".into())
+                }
+            }
+        } else {
+            c.vdata[datao..datao + datal].copy_from_slice(p.data);
+        }
+        c.got += datal;
+        if c.got == c.need {
+            self.advance(st, key);
+        }
+        Handled::Done
+    }
+
+    fn fail_count(&self, st: &St) {
+        if let Some(c) = &st.ctrl {
+            c.stats.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Finishes a command that moved no bdev I/O: removes it and responds.
+    fn finish_now(&self, st: &mut St, key: usize, status: Status, dw0: u32, dw1: u32, data: &[u8]) {
+        let c = st.cmds.remove(key);
+        st.cids.remove(&c.sqe.cid());
+        if !status.ok() {
+            self.fail_count(st);
+        }
+        if status.ok() && !data.is_empty() {
+            let n = data.len().min(c.sqe.sgl_len() as usize);
+            st.c2h_copy(c.sqe.cid(), &data[..n]);
+        }
+        st.respond(c.sqe.cid(), status, dw0, dw1);
+        self.release(st, c);
+    }
+
+    fn execute(&self, st: &mut St, key: usize) {
+        let sqe = st.cmds[key].sqe;
+        if sqe.opcode() == admin_op::FABRICS && sqe.fctype() == fctype::CONNECT {
+            return self.connect(st, key);
+        }
+        match st.phase {
+            Phase::Admin => self.execute_admin(st, key),
+            Phase::Io { .. } => {
+                if sqe.opcode() == admin_op::FABRICS {
+                    if sqe.fctype() == fctype::DISCONNECT {
+                        self.finish_now(st, key, Status::SUCCESS, 0, 0, &[]);
+                        st.close_after_flush = true;
+                    } else {
+                        self.finish_now(st, key, Status::INVALID_OPCODE, 0, 0, &[]);
+                    }
+                    return;
+                }
+                self.execute_io(st, key);
+            }
+            _ => self.finish_now(st, key, Status::SEQUENCE, 0, 0, &[]),
+        }
+    }
+
+    fn connect(&self, st: &mut St, key: usize) {
+        let cmd = &st.cmds[key];
+        let req = match admin::parse_connect(&cmd.sqe, &cmd.vdata) {
+            Ok(r) => r,
+            Err((s, dw0)) => return self.connect_failed(st, key, s, dw0, "malformed Connect"),
+        };
+        if st.phase != Phase::AwaitConnect {
+            return self.finish_now(st, key, Status::SEQUENCE, 0, 0, &[]);
+        }
+        let is_disc = req.subnqn == DISCOVERY_NQN;
+        let sub = if is_disc {
+            None
+        } else {
+            match self.shared.subsystem(&req.subnqn) {
+                Some(s) => Some(s),
+                None => {
+                    let why = format!("Connect to unknown subsystem {}", req.subnqn);
+                    return self.connect_failed(
+                        st,
+                        key,
+                        Status::CONNECT_INVALID,
+                        admin::invalid_data_field(256),
+                        &why,
+                    );
+                }
+            }
+        };
+        if req.hostnqn.is_empty() {
+            return self.connect_failed(
+                st,
+                key,
+                Status::CONNECT_INVALID,
+                admin::invalid_data_field(512),
+                "Connect without a host NQN",
+            );
+        }
+        if let Some(s) = &sub {
+            if !s.allows(&req.hostnqn) {
+                let why = format!("host {} is not allowed on {}", req.hostnqn, req.subnqn);
+                return self.connect_failed(st, key, Status::CONNECT_HOST, 0, &why);
+            }
+        }
+        st.entries = u32::from(req.sqsize) + 1;
+        st.sqhd %= st.entries;
+        st.sqfc_off = req.cattr & 0x04 != 0;
+        if req.qid == 0 {
+            if req.cntlid != 0xffff && req.cntlid != 0xfffe {
+                return self.connect_failed(
+                    st,
+                    key,
+                    Status::CONNECT_INVALID,
+                    admin::invalid_data_field(16),
+                    "admin Connect for a static controller id",
+                );
+            }
+            let at = QueueAt {
+                reactor: self.reactor.id(),
+                conn: self.id,
+            };
+            let now = self.shared.now_ms();
+            let (local, peer) = (self.local, self.peer.to_string());
+            let made = self.shared.add_ctrl(
+                |id| {
+                    Ctrl::new(
+                        id,
+                        &req.subnqn,
+                        &req.hostnqn,
+                        req.hostid,
+                        req.kato_ms,
+                        at,
+                        local,
+                        peer,
+                        now,
+                        MAX_IO_QUEUES,
+                    )
+                },
+                &req.subnqn,
+            );
+            let Some(ctrl) = made else {
+                return self.connect_failed(
+                    st,
+                    key,
+                    Status::CONNECT_BUSY,
+                    0,
+                    "no controller id free in this node's range",
+                );
+            };
+            let cntlid = ctrl.cntlid;
+            st.ctrl = Some(ctrl);
+            st.phase = Phase::Admin;
+            log::info!(
+                "{}: connected (KATO {} ms, SQ size {}, digests {:?})",
+                self.who(st),
+                req.kato_ms,
+                st.entries,
+                st.dig
+            );
+            return self.finish_now(st, key, Status::SUCCESS, u32::from(cntlid), 0, &[]);
+        }
+        let ctrl = match self.shared.ctrl(&req.subnqn, req.cntlid) {
+            Some(c) if !is_disc && c.hostnqn == req.hostnqn => c,
+            _ => {
+                let why = format!(
+                    "I/O queue Connect for controller {} of {} that host {} does not own",
+                    req.cntlid, req.subnqn, req.hostnqn
+                );
+                return self.connect_failed(
+                    st,
+                    key,
+                    Status::CONNECT_INVALID,
+                    admin::invalid_data_field(16),
+                    &why,
+                );
+            }
+        };
+        if !ctrl.enabled() {
+            return self.connect_failed(
+                st,
+                key,
+                Status::SEQUENCE,
+                0,
+                "I/O queue Connect before the controller was enabled",
+            );
+        }
+        if !ctrl.claim_qid(req.qid, self.reactor.id()) {
+            let why = format!("I/O queue {} is connected already or not granted", req.qid);
+            return self.connect_failed(st, key, Status::CONNECT_INVALID, 42, &why);
+        }
+        st.io_epoch = ctrl.io_epoch.load(Ordering::Acquire);
+        let cntlid = ctrl.cntlid;
+        st.ctrl = Some(ctrl);
+        st.phase = Phase::Io { qid: req.qid };
+        log::debug!(
+            "{}: connected on reactor {}",
+            self.who(st),
+            self.reactor.id()
+        );
+        self.finish_now(st, key, Status::SUCCESS, u32::from(cntlid), 0, &[]);
+    }
+
+    fn connect_failed(&self, st: &mut St, key: usize, s: Status, dw0: u32, why: &str) {
+        log::warn!("{}: Connect refused: {why}", self.who(st));
+        self.finish_now(st, key, s, dw0, 0, &[]);
+    }
+
+    fn execute_admin(&self, st: &mut St, key: usize) {
+        let Some(ctrl) = st.ctrl.clone() else {
+            return self.finish_now(st, key, Status::SEQUENCE, 0, 0, &[]);
+        };
+        let sqe = st.cmds[key].sqe;
+        if sqe.opcode() == admin_op::FABRICS && sqe.fctype() == fctype::PROPERTY_SET {
+            let (done, change) = admin::property_set(&ctrl, &sqe);
+            match change {
+                CcChange::Enabled => log::debug!("{}: enabled", self.who(st)),
+                CcChange::Disabled => log::info!("{}: disabled (reset)", self.who(st)),
+                CcChange::Shutdown => log::info!("{}: shut down", self.who(st)),
+                CcChange::None => {}
+            }
+            return self.reply(st, key, done);
+        }
+        let done = admin::execute(&self.shared, &ctrl, &sqe, st.aers.len());
+        self.reply(st, key, done);
+    }
+
+    fn reply(&self, st: &mut St, key: usize, done: AdminDone) {
+        match done {
+            AdminDone::Reply {
+                status,
+                dw0,
+                dw1,
+                data,
+            } => self.finish_now(st, key, status, dw0, dw1, &data),
+            AdminDone::Disconnect => {
+                self.finish_now(st, key, Status::SUCCESS, 0, 0, &[]);
+                st.close_after_flush = true;
+            }
+            AdminDone::HoldAer => {
+                let c = st.cmds.remove(key);
+                st.cids.remove(&c.sqe.cid());
+                st.aers.push(c.sqe.cid());
+                self.deliver(st);
+            }
+        }
+    }
+
+    /// Completes held AERs with pending events.
+    fn deliver(&self, st: &mut St) {
+        let Some(ctrl) = st.ctrl.clone() else { return };
+        if st.closed {
+            return;
+        }
+        while !st.aers.is_empty() {
+            let Some(ev) = ctrl.pop_aen() else { break };
+            let cid = st.aers.remove(0);
+            st.respond(cid, Status::SUCCESS, ev, 0);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn submit(
+        &self,
+        st: &mut St,
+        ch: &Rc<dyn BdevChannel>,
+        key: usize,
+        kind: IoKind,
+        off: u64,
+        len: u64,
+        buf: IoBuf,
+    ) {
+        let Some(me) = self.rc() else { return };
+        let c = &mut st.cmds[key];
+        c.inflight += 1;
+        ch.submit(BdevIo {
+            kind,
+            offset_bytes: off,
+            len_bytes: len,
+            buf,
+            cb: IoCallback::new(me, key as u64),
+        });
+    }
+
+    fn execute_io(&self, st: &mut St, key: usize) {
+        let (Some(plan), Some(ns)) = (st.cmds[key].plan, st.cmds[key].ns.clone()) else {
+            return self.finish_now(st, key, Status::INTERNAL, 0, 0, &[]);
+        };
+        let ch = match self.reactor.channel(&ns.bdev) {
+            Ok(ch) => ch,
+            Err(e) => {
+                log::error!(
+                    "nvmf: namespace {} (bdev {}): no channel on reactor {}: {e}",
+                    ns.conf.nsid,
+                    ns.conf.bdev,
+                    self.reactor.id()
+                );
+                return self.finish_now(st, key, Status::INTERNAL, 0, 0, &[]);
+            }
+        };
+        // A path this node must not serve now: ANA inaccessible or the lease
+        // fenced the volume on this reactor. Linux fails over on this status.
+        if ch.unavailable() || self.shared.ana_state() == AnaState::Inaccessible {
+            return self.finish_now(st, key, Status::ANA_INACCESSIBLE, 0, 0, &[]);
+        }
+        let buf = st.cmds[key].buf.as_ref().map(|b| b.io());
+        match plan {
+            IoPlan::Read { off, len } | IoPlan::Compare { off, len } => self.submit(
+                st,
+                &ch,
+                key,
+                IoKind::Read,
+                off,
+                len,
+                buf.unwrap_or(IoBuf::empty()),
+            ),
+            IoPlan::Write { off, len } => self.submit(
+                st,
+                &ch,
+                key,
+                IoKind::Write,
+                off,
+                len,
+                buf.unwrap_or(IoBuf::empty()),
+            ),
+            IoPlan::Flush => self.submit(st, &ch, key, IoKind::Flush, 0, 0, IoBuf::empty()),
+            IoPlan::WriteZeroes { off, len } => {
+                self.submit(st, &ch, key, IoKind::WriteZeroes, off, len, IoBuf::empty())
+            }
+            IoPlan::Dsm { deallocate, .. } => {
+                if !deallocate {
+                    return self.finish_now(st, key, Status::SUCCESS, 0, 0, &[]);
+                }
+                let ranges = match io::dsm_ranges(&st.cmds[key].vdata, &ns) {
+                    Ok(r) => r,
+                    Err(s) => return self.finish_now(st, key, s, 0, 0, &[]),
+                };
+                for (off, len) in ranges {
+                    self.submit(st, &ch, key, IoKind::Unmap, off, len, IoBuf::empty());
+                }
+            }
+        }
+        if st.cmds[key].inflight == 0 {
+            let s = st.cmds[key].status;
+            self.finish_now(st, key, s, 0, 0, &[]);
+        }
+    }
+
+    /// Every bdev I/O of the command is done: send data and the response.
+    fn complete(&self, st: &mut St, key: usize) {
+        let mut c = st.cmds.remove(key);
+        let cid = c.sqe.cid();
+        st.cids.remove(&cid);
+        let mut status = c.status;
+        let ctrl = st.ctrl.clone();
+        match c.plan {
+            Some(IoPlan::Read { len, .. }) if status.ok() => {
+                if let Some(ct) = &ctrl {
+                    ct.stats.read_bytes.fetch_add(len, Ordering::Relaxed);
+                }
+                if let Some(b) = c.buf.take() {
+                    let success = st.sqfc_off;
+                    st.c2h_pool(cid, b, len as usize, success);
+                    if success {
+                        return;
+                    }
+                }
+            }
+            Some(IoPlan::Compare { len, .. }) if status.ok() => {
+                let same = c
+                    .buf
+                    .as_ref()
+                    .is_some_and(|b| b.bytes()[..len as usize] == c.vdata[..len as usize]);
+                if !same {
+                    status = Status::COMPARE_FAILURE;
+                }
+            }
+            Some(IoPlan::Write { len, .. }) if status.ok() => {
+                if let Some(ct) = &ctrl {
+                    ct.stats.write_bytes.fetch_add(len, Ordering::Relaxed);
+                }
+            }
+            _ => {}
+        }
+        if !status.ok() {
+            self.fail_count(st);
+        }
+        st.respond(cid, status, 0, 0);
+        self.release(st, c);
+    }
+
+    /// Writes queued output; arms POLLOUT when the socket is full.
+    fn flush(&self) {
+        let mut close_now = None;
+        let mut done = Vec::new();
+        {
+            let mut st = self.st.borrow_mut();
+            if st.closed {
+                return;
+            }
+            std::mem::swap(&mut done, &mut st.spare);
+            // SAFETY: iovec is plain data; every entry used is filled by `iovecs`.
+            let mut iov: [libc::iovec; MAX_IOV] = unsafe { std::mem::zeroed() };
+            while st.out.pending() > 0 {
+                let n_iov = st.out.iovecs(&mut iov);
+                // SAFETY: a zeroed msghdr is valid (no address, no control data).
+                let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+                msg.msg_iov = iov.as_mut_ptr();
+                msg.msg_iovlen = n_iov as _;
+                // SAFETY: every iovec points at queued bytes: inside `out.bytes` (not
+                // modified while `st` is borrowed here) or inside a pool buffer that
+                // `out.held` keeps until those bytes are sent (`Out::emit_ref`). The
+                // call is synchronous; MSG_NOSIGNAL avoids SIGPIPE.
+                let n = unsafe {
+                    libc::sendmsg(self.fd(), &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
+                };
+                if n > 0 {
+                    st.out.advance(n as usize, &mut done);
+                    if st.send_blocked_since.take().is_some() {
+                        st.need_serve = true;
+                    }
+                    continue;
+                }
+                let e = std::io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::EAGAIN) => {
+                        if st.send_blocked_since.is_none() {
+                            st.send_blocked_since = Some(Instant::now());
+                        }
+                        self.arm(&mut st, true);
+                        break;
+                    }
+                    Some(libc::EINTR) => continue,
+                    _ => {
+                        close_now = Some(format!("write failed: {e}"));
+                        break;
+                    }
+                }
+            }
+            if st.out.pending() == 0 && st.close_after_flush && close_now.is_none() {
+                close_now = Some("connection ended (disconnect or termination)".into());
+            }
+            for b in done.drain(..) {
+                self.put_buf(&mut st, b);
+            }
+            std::mem::swap(&mut done, &mut st.spare);
+            if close_now.is_none() {
+                self.after(&mut st);
+                if st.out.pending() > 0 && st.send_blocked_since.is_none() {
+                    self.mark_dirty();
+                }
+            }
+        }
+        if let Some(w) = close_now {
+            self.close(&w);
+        }
+    }
+
+    fn mark_dirty(&self) {
+        if self.dirty.replace(true) {
+            return;
+        }
+        match self.rc() {
+            Some(me) => self.reactor.local::<Registry>().dirty.borrow_mut().push(me),
+            None => self.dirty.set(false),
+        }
+    }
+
+    /// Resumes reading after a stall (output drained).
+    fn resume(&self) {
+        let was_paused = {
+            let st = self.st.borrow();
+            !st.closed && !st.poll_in && !st.close_after_flush
+        };
+        if was_paused {
+            {
+                let mut st = self.st.borrow_mut();
+                if let Err(w) = self.process(&mut st) {
+                    drop(st);
+                    self.close(&w);
+                    return;
+                }
+            }
+            self.on_readable();
+        } else {
+            self.flush();
+        }
+    }
+}
+
+impl UringDone for Conn {
+    fn uring_done(&self, tag: u64, res: i32, _flags: u32) {
+        {
+            let mut st = self.st.borrow_mut();
+            if tag == TAG_POLLIN {
+                st.poll_in = false;
+            } else {
+                st.poll_out = false;
+            }
+            if st.closed {
+                return;
+            }
+        }
+        if res < 0 {
+            self.close(&format!(
+                "poll failed: {}",
+                std::io::Error::from_raw_os_error(-res)
+            ));
+            return;
+        }
+        if tag == TAG_POLLIN {
+            self.on_readable();
+        } else {
+            self.flush();
+            let resume = {
+                let st = self.st.borrow();
+                !st.closed && !st.poll_in && st.pending_out() <= WBUF_HIGH_BYTES
+            };
+            if resume {
+                self.resume();
+            }
+        }
+    }
+}
+
+impl IoDone for Conn {
+    fn io_done(&self, tag: u64, status: IoStatus) {
+        let key = tag as usize;
+        {
+            let mut st = self.st.borrow_mut();
+            let Some(c) = st.cmds.get_mut(key) else {
+                log::error!(
+                    "nvmf: connection {}: completion for unknown command slot {key}",
+                    self.id
+                );
+                return;
+            };
+            c.inflight = c.inflight.saturating_sub(1);
+            if let IoStatus::Failed(errno) = status {
+                if c.status.ok() {
+                    c.status = if errno == FENCED_ERRNO {
+                        // The data-plane lease ran out (logged once by the
+                        // target): a path error the host fails over on.
+                        Status::ANA_INACCESSIBLE
+                    } else {
+                        log::warn!(
+                            "nvmf: namespace {}: command {:#04x} failed with errno {errno}",
+                            c.sqe.nsid(),
+                            c.sqe.opcode()
+                        );
+                        match c.plan {
+                            Some(IoPlan::Read { .. }) | Some(IoPlan::Compare { .. }) => {
+                                Status::READ_ERROR
+                            }
+                            _ => Status::WRITE_FAULT,
+                        }
+                    };
+                }
+            }
+            if c.inflight > 0 {
+                return;
+            }
+            if c.aborted || st.closed {
+                let c = st.cmds.remove(key);
+                self.release(&mut st, c);
+                return;
+            }
+            self.complete(&mut st, key);
+            self.after(&mut st);
+        }
+        self.mark_dirty();
+        let paused = {
+            let st = self.st.borrow();
+            !st.closed
+                && !st.poll_in
+                && !st.close_after_flush
+                && st.pending_out() <= WBUF_HIGH_BYTES
+        };
+        if paused {
+            self.resume();
+        }
+    }
+}
+
+impl BufWaiter for Conn {
+    /// The reactor's cache hands over a chunk of class `tag`: the oldest
+    /// waiting command of the class takes it.
+    fn buf_ready(&self, tag: u64, buf: PoolBuf) {
+        {
+            let mut st = self.st.borrow_mut();
+            let c = buf.class();
+            if let Some(w) = st.buf_wait.get_mut(tag as usize) {
+                *w = false;
+            }
+            if st.closed {
+                drop(st);
+                self.reactor.bufs().put(buf);
+                return;
+            }
+            st.held[c] += 1;
+            let pos = st
+                .waiting
+                .iter()
+                .position(|k| BufPool::class_for(st.cmds[*k].pool_len) == Some(c));
+            match pos {
+                Some(i) => {
+                    if let Some(key) = st.waiting.remove(i) {
+                        st.cmds[key].waiting = false;
+                        self.got_buf(&mut st, key, buf);
+                        self.advance(&mut st, key);
+                    }
+                }
+                None => self.put_buf(&mut st, buf),
+            }
+            st.need_serve = true;
+            self.after(&mut st);
+        }
+        self.mark_dirty();
+    }
+}

@@ -1,0 +1,853 @@
+//! The NVMe/TCP target driven by a small host written here over plain sockets:
+//! ICReq, admin and I/O Connect, properties, Identify, writes read back (in-capsule
+//! and through R2T, checked against the bdev itself) with and without digests,
+//! two I/O queues on two reactors, discovery, ANA, keep-alive expiry and hostile
+//! PDUs that must close one connection without hurting the target. Every socket
+//! read has a timeout and only 127.0.0.1 is used.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use plexd_target::bdev::malloc::MallocBdev;
+use plexd_target::bdev::Bdev;
+use plexd_target::diag::{run_ios, IoReq};
+use plexd_target::frontend::nvmf::pdu::{self, flag, ty, Digests};
+use plexd_target::frontend::nvmf::{
+    AnaState, NamespaceConfig, NvmfConfig, NvmfFrontend, SubsystemConfig, DISCOVERY_NQN,
+};
+use plexd_target::reactor::ReactorConfig;
+use plexd_target::testutil::pattern;
+use plexd_target::{Target, TargetConfig};
+
+const NQN: &str = "nqn.2026-11.io.plexd:wire";
+const HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-000000000001";
+const BS: usize = 512;
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on PDUs read while waiting for one command's answer.
+const MAX_PDUS_PER_CMD: usize = 4096;
+
+fn start_target(size_bytes: u64) -> Arc<Target> {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let t = Target::start(&TargetConfig {
+        reactors: ReactorConfig {
+            cores: vec![0, 1],
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .unwrap();
+    t.add_bdev(MallocBdev::new("m0", size_bytes, BS as u32).unwrap())
+        .unwrap();
+    t
+}
+
+fn config() -> NvmfConfig {
+    NvmfConfig {
+        listeners: vec!["127.0.0.1:0".into()],
+        subsystems: vec![SubsystemConfig {
+            nqn: NQN.into(),
+            allow_any: true,
+            namespaces: vec![NamespaceConfig {
+                nsid: 1,
+                bdev: "m0".into(),
+                identity: Some("dg-1/vol0".into()),
+                read_only: false,
+            }],
+            ..Default::default()
+        }],
+        cntlid_range: Some((100, 199)),
+        ana_group: Some(3),
+    }
+}
+
+/// A completion as the host sees it.
+#[derive(Debug, Default)]
+struct Done {
+    dw0: u32,
+    dw1: u32,
+    status: u16,
+    data: Vec<u8>,
+    success_flag: bool,
+}
+
+impl Done {
+    /// SCT << 8 | SC.
+    fn sc(&self) -> u16 {
+        (self.status >> 1) & 0x7ff
+    }
+}
+
+struct Host {
+    s: TcpStream,
+    dig: Digests,
+    cid: u16,
+    maxh2c: usize,
+}
+
+struct Pdu {
+    ty: u8,
+    flags: u8,
+    hdr: Vec<u8>,
+    data: Vec<u8>,
+}
+
+impl Host {
+    fn tcp(port: u16) -> Host {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        s.set_nodelay(true).unwrap();
+        Host {
+            s,
+            dig: Digests::default(),
+            cid: 0,
+            maxh2c: 0,
+        }
+    }
+
+    /// TCP connection and ICReq/ICResp.
+    fn ic(port: u16, dig: Digests) -> Host {
+        let mut h = Host::tcp(port);
+        let mut req = [0u8; 120];
+        req[3] = u8::from(dig.header) | (u8::from(dig.data) << 1);
+        let mut v = Vec::new();
+        pdu::encode(&mut v, ty::IC_REQ, 0, &req, &[], Digests::default(), 0);
+        h.s.write_all(&v).unwrap();
+        let p = h.recv().unwrap();
+        assert_eq!(p.ty, ty::IC_RESP);
+        assert_eq!(p.hdr.len(), 128);
+        assert_eq!(p.hdr[11], req[3], "digests granted as asked");
+        h.maxh2c = pdu::le32(&p.hdr, 12) as usize;
+        assert!(h.maxh2c >= 4096);
+        h.dig = dig;
+        h
+    }
+
+    fn send_raw(&mut self, b: &[u8]) {
+        self.s.write_all(b).unwrap();
+    }
+
+    fn send(&mut self, t: u8, flags: u8, specific: &[u8], data: &[u8]) {
+        let mut v = Vec::new();
+        pdu::encode(&mut v, t, flags, specific, data, self.dig, 0);
+        self.send_raw(&v);
+    }
+
+    fn recv(&mut self) -> std::io::Result<Pdu> {
+        let mut ch = [0u8; 8];
+        self.s.read_exact(&mut ch)?;
+        let plen = pdu::le32(&ch, 4) as usize;
+        let hlen = ch[2] as usize;
+        assert!((8..(4 << 20)).contains(&plen), "PLEN {plen}");
+        let mut rest = vec![0u8; plen - 8];
+        self.s.read_exact(&mut rest)?;
+        let mut all = ch.to_vec();
+        all.extend_from_slice(&rest);
+        let (t, flags, pdo) = (ch[0], ch[1], ch[3] as usize);
+        let hd = flags & flag::HDGSTF != 0;
+        let dd = flags & flag::DDGSTF != 0;
+        if t != ty::IC_RESP && t != ty::C2H_TERM {
+            assert_eq!(hd, self.dig.header, "header digest flag on type {t:#x}");
+        }
+        if hd {
+            assert_eq!(
+                pdu::le32(&all, hlen),
+                pdu::digest(&all[..hlen]),
+                "header digest"
+            );
+        }
+        let head = hlen + if hd { 4 } else { 0 };
+        let data = if plen > head {
+            let end = plen - if dd { 4 } else { 0 };
+            let d = all[pdo..end].to_vec();
+            if dd {
+                assert_eq!(pdu::le32(&all, end), pdu::digest(&d), "data digest");
+            } else {
+                assert!(!self.dig.data || d.is_empty(), "data without its digest");
+            }
+            d
+        } else {
+            Vec::new()
+        };
+        Ok(Pdu {
+            ty: t,
+            flags,
+            hdr: all[..hlen].to_vec(),
+            data,
+        })
+    }
+
+    fn next_cid(&mut self) -> u16 {
+        self.cid = self.cid.wrapping_add(1);
+        self.cid
+    }
+
+    /// Sends a command (`sqe` without its cid and SGL) with `out` data (in the
+    /// capsule when `inline`, else after R2T) and reads `read_len` bytes back.
+    fn cmd(&mut self, mut sqe: [u8; 64], out: &[u8], inline: bool, read_len: usize) -> Done {
+        let cid = self.next_cid();
+        sqe[2..4].copy_from_slice(&cid.to_le_bytes());
+        let sgl_len = if out.is_empty() { read_len } else { out.len() };
+        sqe[32..36].copy_from_slice(&(sgl_len as u32).to_le_bytes());
+        sqe[39] = if inline && !out.is_empty() {
+            0x01
+        } else {
+            0x5A
+        };
+        let cap_data = if inline { out } else { &[][..] };
+        self.send(ty::CAPSULE_CMD, 0, &sqe, cap_data);
+        let mut done = Done {
+            data: vec![0u8; read_len],
+            ..Default::default()
+        };
+        let mut got = 0usize;
+        for _ in 0..MAX_PDUS_PER_CMD {
+            let p = self.recv().expect("an answer");
+            match p.ty {
+                ty::C2H_DATA => {
+                    assert_eq!(pdu::le16(&p.hdr, 8), cid);
+                    let off = pdu::le32(&p.hdr, 12) as usize;
+                    let len = pdu::le32(&p.hdr, 16) as usize;
+                    assert_eq!(len, p.data.len());
+                    assert_eq!(off, got, "C2HData in order");
+                    done.data[off..off + len].copy_from_slice(&p.data);
+                    got += len;
+                    if p.flags & flag::SUCCESS != 0 {
+                        assert!(p.flags & flag::LAST_PDU != 0);
+                        done.success_flag = true;
+                        done.data.truncate(got);
+                        return done;
+                    }
+                }
+                ty::R2T => {
+                    assert_eq!(pdu::le16(&p.hdr, 8), cid);
+                    let ttag = pdu::le16(&p.hdr, 10);
+                    let off = pdu::le32(&p.hdr, 12) as usize;
+                    let len = pdu::le32(&p.hdr, 16) as usize;
+                    assert!(off + len <= out.len());
+                    let mut o = off;
+                    while o < off + len {
+                        let n = (off + len - o).min(self.maxh2c).min(64 << 10);
+                        let last = o + n == off + len;
+                        let h = pdu::data_hdr(cid, ttag, o as u32, n as u32);
+                        let f = if last { flag::LAST_PDU } else { 0 };
+                        self.send(ty::H2C_DATA, f, &h, &out[o..o + n]);
+                        o += n;
+                    }
+                }
+                ty::CAPSULE_RESP => {
+                    let c = &p.hdr[8..24];
+                    assert_eq!(pdu::le16(c, 12), cid, "response to our command");
+                    done.dw0 = pdu::le32(c, 0);
+                    done.dw1 = pdu::le32(c, 4);
+                    done.status = pdu::le16(c, 14);
+                    done.data.truncate(got);
+                    return done;
+                }
+                t => panic!("unexpected PDU type {t:#x}"),
+            }
+        }
+        panic!("no answer within {MAX_PDUS_PER_CMD} PDUs");
+    }
+
+    fn connect(&mut self, qid: u16, cntlid: u16, kato_ms: u32, subnqn: &str) -> Done {
+        let mut sqe = [0u8; 64];
+        sqe[0] = 0x7f;
+        sqe[4] = 0x01;
+        sqe[42..44].copy_from_slice(&qid.to_le_bytes());
+        sqe[44..46].copy_from_slice(&31u16.to_le_bytes());
+        sqe[48..52].copy_from_slice(&kato_ms.to_le_bytes());
+        let mut d = vec![0u8; 1024];
+        d[0] = 0x42;
+        d[16..18].copy_from_slice(&cntlid.to_le_bytes());
+        d[256..256 + subnqn.len()].copy_from_slice(subnqn.as_bytes());
+        d[512..512 + HOST.len()].copy_from_slice(HOST.as_bytes());
+        self.cmd(sqe, &d, true, 0)
+    }
+
+    fn prop_get(&mut self, off: u32, eight: bool) -> u64 {
+        let mut sqe = [0u8; 64];
+        sqe[0] = 0x7f;
+        sqe[4] = 0x04;
+        sqe[40] = u8::from(eight);
+        sqe[44..48].copy_from_slice(&off.to_le_bytes());
+        let d = self.cmd(sqe, &[], false, 0);
+        assert_eq!(d.sc(), 0);
+        d.dw0 as u64 | ((d.dw1 as u64) << 32)
+    }
+
+    fn prop_set(&mut self, off: u32, v: u32) {
+        let mut sqe = [0u8; 64];
+        sqe[0] = 0x7f;
+        sqe[4] = 0x00;
+        sqe[44..48].copy_from_slice(&off.to_le_bytes());
+        sqe[48..52].copy_from_slice(&v.to_le_bytes());
+        assert_eq!(self.cmd(sqe, &[], false, 0).sc(), 0);
+    }
+
+    fn admin(&mut self, opcode: u8, nsid: u32, cdw10: u32, cdw11: u32, read_len: usize) -> Done {
+        let mut sqe = [0u8; 64];
+        sqe[0] = opcode;
+        sqe[4..8].copy_from_slice(&nsid.to_le_bytes());
+        sqe[40..44].copy_from_slice(&cdw10.to_le_bytes());
+        sqe[44..48].copy_from_slice(&cdw11.to_le_bytes());
+        self.cmd(sqe, &[], false, read_len)
+    }
+
+    fn rw(&mut self, opcode: u8, lba: u64, blocks: u16, out: &[u8], inline: bool) -> Done {
+        let mut sqe = [0u8; 64];
+        sqe[0] = opcode;
+        sqe[4..8].copy_from_slice(&1u32.to_le_bytes());
+        sqe[40..48].copy_from_slice(&lba.to_le_bytes());
+        sqe[48..50].copy_from_slice(&(blocks - 1).to_le_bytes());
+        let read_len = if opcode == 0x02 {
+            blocks as usize * BS
+        } else {
+            0
+        };
+        self.cmd(sqe, out, inline, read_len)
+    }
+
+    /// True once the target closed the connection (EOF or reset), maybe after
+    /// a C2HTermReq; false if it stays open for IO_TIMEOUT.
+    fn closed_by_target(&mut self) -> bool {
+        let mut b = [0u8; 4096];
+        let deadline = Instant::now() + IO_TIMEOUT;
+        while Instant::now() < deadline {
+            match self.s.read(&mut b) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return false,
+                Err(_) => return true,
+            }
+        }
+        false
+    }
+}
+
+/// An admin queue, connected and enabled; returns the host and the controller id.
+fn admin_queue(port: u16, dig: Digests, kato_ms: u32) -> (Host, u16) {
+    let mut a = Host::ic(port, dig);
+    let c = a.connect(0, 0xffff, kato_ms, NQN);
+    assert_eq!(c.sc(), 0, "admin connect");
+    let cntlid = c.dw0 as u16;
+    let cap = a.prop_get(0x00, true);
+    assert_eq!(cap & 0xffff, 127, "MQES");
+    assert!(cap & (1 << 37) != 0, "NVM command set");
+    assert_eq!(a.prop_get(0x08, false), 0x0001_0400);
+    a.prop_set(0x14, 0x0046_0001);
+    assert_eq!(a.prop_get(0x1c, false) & 1, 1, "CSTS.RDY");
+    (a, cntlid)
+}
+
+fn io_queue(port: u16, dig: Digests, qid: u16, cntlid: u16) -> Host {
+    let mut q = Host::ic(port, dig);
+    let c = q.connect(qid, cntlid, 0, NQN);
+    assert_eq!(c.sc(), 0, "I/O connect of queue {qid}");
+    q
+}
+
+fn bdev_read(t: &Arc<Target>, off: u64, len: u64) -> Vec<u8> {
+    let bdev: Arc<dyn Bdev> = t.bdev("m0").unwrap();
+    let out = run_ios(
+        &t.reactors().handles()[0],
+        &bdev,
+        vec![IoReq::read(off, len)],
+        IO_TIMEOUT,
+    )
+    .unwrap();
+    out[0].data.clone()
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while !f() {
+        assert!(Instant::now() < deadline, "{what} within {IO_TIMEOUT:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn identify_and_io(dig: Digests) {
+    let t = start_target(64 << 20);
+    let fe = NvmfFrontend::start(&t, &config()).unwrap();
+    let port = fe.listeners()[0].port();
+    let (mut a, cntlid) = admin_queue(port, dig, 5000);
+    assert!(
+        (100..=199).contains(&cntlid),
+        "cntlid {cntlid} from the configured range"
+    );
+
+    let id = a.admin(0x06, 0, 1, 0, 4096);
+    assert_eq!(id.sc(), 0);
+    assert_eq!(id.data.len(), 4096);
+    assert_eq!(
+        pdu::le16(&id.data, 78),
+        cntlid,
+        "Identify's cntlid is Connect's"
+    );
+    assert_eq!(&id.data[768..768 + NQN.len()], NQN.as_bytes());
+    assert!(
+        pdu::le32(&id.data, 1792) as usize * 16 >= 64 + 8192,
+        "IOCCSZ"
+    );
+    assert_eq!(id.data[76] & 0x08, 0x08, "ANA reporting");
+    let ns = a.admin(0x06, 1, 0, 0, 4096);
+    assert_eq!(ns.sc(), 0);
+    assert_eq!(pdu::le64(&ns.data, 0), (64 << 20) / BS as u64, "NSZE");
+    assert_eq!(pdu::le32(&ns.data, 92), 3, "ANA group");
+    let list = a.admin(0x06, 0, 2, 0, 4096);
+    assert_eq!(pdu::le32(&list.data, 0), 1);
+    assert_eq!(pdu::le32(&list.data, 4), 0);
+    let descs = a.admin(0x06, 1, 3, 0, 4096);
+    assert_eq!(&descs.data[..2], &[1, 8], "EUI-64 descriptor first");
+    assert_eq!(
+        &descs.data[16..32],
+        &ns.data[104..120],
+        "NGUID descriptor = Identify's NGUID"
+    );
+    // Two I/O queues granted, then connected from two sockets.
+    let q = a.admin(0x09, 0, 0x07, 0x0001_0001, 0);
+    assert_eq!((q.sc(), q.dw0), (0, 0x0001_0001));
+    let mut q1 = io_queue(port, dig, 1, cntlid);
+    let mut q2 = io_queue(port, dig, 2, cntlid);
+    let ctrls = fe.controllers();
+    assert_eq!(ctrls.len(), 1);
+    let qs = &ctrls[0].io_queues;
+    assert_eq!(qs.len(), 2);
+    assert_ne!(
+        qs[0].1, qs[1].1,
+        "the two I/O queues live on two reactors: {qs:?}"
+    );
+
+    // In-capsule (4 KiB), R2T (256 KiB > in-capsule size), the largest (1 MiB).
+    let cases: [(u64, usize, bool); 4] = [
+        (0, BS, true),
+        (8, 4096, true),
+        (100, 256 << 10, false),
+        (4096, 1 << 20, false),
+    ];
+    for (i, (lba, len, inline)) in cases.iter().enumerate() {
+        let data = pattern(i as u64 + 7, *len);
+        let q = if i % 2 == 0 { &mut q1 } else { &mut q2 };
+        let w = q.rw(0x01, *lba, (*len / BS) as u16, &data, *inline);
+        assert_eq!(w.sc(), 0, "write of {len} bytes at {lba}");
+        let r = q.rw(0x02, *lba, (*len / BS) as u16, &[], false);
+        assert_eq!(r.sc(), 0);
+        assert!(r.data == data, "read back {len} bytes at {lba}");
+        assert!(
+            bdev_read(&t, lba * BS as u64, *len as u64) == data,
+            "the bdev holds what was written"
+        );
+    }
+    // Compare: equal, then different.
+    let data = pattern(7, BS);
+    assert_eq!(q1.rw(0x05, 0, 1, &data, true).sc(), 0);
+    assert_eq!(q1.rw(0x05, 0, 1, &pattern(8, BS), true).sc(), 0x285);
+    // Flush, Write Zeroes, beyond the end.
+    assert_eq!(q2.rw(0x00, 0, 1, &[], false).sc(), 0);
+    assert_eq!(q2.rw(0x08, 8, 8, &[], false).sc(), 0);
+    assert!(bdev_read(&t, 8 * BS as u64, 4096).iter().all(|b| *b == 0));
+    assert_eq!(
+        q2.rw(0x02, (64 << 20) / BS as u64, 1, &[], false).sc(),
+        0x80
+    );
+    let c = &fe.controllers()[0];
+    assert!(c.write_bytes >= 1 << 20 && c.read_bytes >= 1 << 20);
+    // Keep alive, then disconnect: the controller goes.
+    assert_eq!(a.admin(0x18, 0, 0, 0, 0).sc(), 0);
+    drop(q1);
+    drop(q2);
+    let mut sqe = [0u8; 64];
+    sqe[0] = 0x7f;
+    sqe[4] = 0x08;
+    assert_eq!(a.cmd(sqe, &[], false, 0).sc(), 0);
+    assert!(a.closed_by_target());
+    wait_until("controller gone", || fe.controllers().is_empty());
+}
+
+#[test]
+fn identify_write_and_read_back_without_digests() {
+    identify_and_io(Digests::default());
+}
+
+#[test]
+fn identify_write_and_read_back_with_header_and_data_digests() {
+    identify_and_io(Digests {
+        header: true,
+        data: true,
+    });
+}
+
+#[test]
+fn c2h_success_flag_only_when_the_host_disabled_sq_flow_control() {
+    let t = start_target(16 << 20);
+    let fe = NvmfFrontend::start(&t, &config()).unwrap();
+    let port = fe.listeners()[0].port();
+    let (_a, cntlid) = admin_queue(port, Digests::default(), 5000);
+    let mut q = io_queue(port, Digests::default(), 1, cntlid);
+    let r = q.rw(0x02, 0, 8, &[], false);
+    assert_eq!(r.sc(), 0);
+    assert!(
+        !r.success_flag,
+        "SQ flow control on: a response capsule follows"
+    );
+    // A queue whose Connect sets CATTR bit 2 (SQ flow control disabled).
+    let mut q2 = Host::ic(port, Digests::default());
+    let mut sqe = [0u8; 64];
+    sqe[0] = 0x7f;
+    sqe[4] = 0x01;
+    sqe[42..44].copy_from_slice(&2u16.to_le_bytes());
+    sqe[44..46].copy_from_slice(&31u16.to_le_bytes());
+    sqe[46] = 0x04;
+    let mut d = vec![0u8; 1024];
+    d[16..18].copy_from_slice(&cntlid.to_le_bytes());
+    d[256..256 + NQN.len()].copy_from_slice(NQN.as_bytes());
+    d[512..512 + HOST.len()].copy_from_slice(HOST.as_bytes());
+    assert_eq!(q2.cmd(sqe, &d, true, 0).sc(), 0);
+    let r = q2.rw(0x02, 0, 8, &[], false);
+    assert!(r.success_flag && r.data.len() == 4096);
+}
+
+#[test]
+fn a_silent_host_is_dropped_after_its_keep_alive_timeout() {
+    let t = start_target(16 << 20);
+    let fe = NvmfFrontend::start(&t, &config()).unwrap();
+    let port = fe.listeners()[0].port();
+    let (mut a, cntlid) = admin_queue(port, Digests::default(), 1000);
+    let mut q = io_queue(port, Digests::default(), 1, cntlid);
+    assert_eq!(fe.controllers().len(), 1);
+    let t0 = Instant::now();
+    assert!(a.closed_by_target(), "admin queue closed");
+    assert!(q.closed_by_target(), "I/O queue closed with its controller");
+    // Not before KATO: the target waits at least the timeout the host gave.
+    assert!(t0.elapsed() >= Duration::from_millis(1000));
+    wait_until("controller gone", || fe.controllers().is_empty());
+    // A host that keeps sending Keep Alive stays.
+    let (mut b, _) = admin_queue(port, Digests::default(), 1000);
+    let until = Instant::now() + Duration::from_millis(3500);
+    while Instant::now() < until {
+        assert_eq!(b.admin(0x18, 0, 0, 0, 0).sc(), 0);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(fe.controllers().len(), 1);
+}
+
+#[test]
+fn hostile_pdus_close_the_connection_and_the_target_keeps_serving() {
+    let t = start_target(16 << 20);
+    let fe = NvmfFrontend::start(&t, &config()).unwrap();
+    let port = fe.listeners()[0].port();
+    let mut rng_state = 0x1234_5678u64;
+    let mut garbage = vec![0u8; 4096];
+    for b in garbage.iter_mut() {
+        rng_state ^= rng_state << 13;
+        rng_state ^= rng_state >> 7;
+        rng_state ^= rng_state << 17;
+        *b = rng_state as u8;
+    }
+    // Garbage before ICReq.
+    let mut h = Host::tcp(port);
+    h.send_raw(&garbage);
+    assert!(h.closed_by_target(), "garbage");
+    // A capsule before ICReq: a termination request, then close.
+    let mut h = Host::tcp(port);
+    let mut v = Vec::new();
+    pdu::encode(
+        &mut v,
+        ty::CAPSULE_CMD,
+        0,
+        &[0u8; 64],
+        &[],
+        Digests::default(),
+        0,
+    );
+    h.send_raw(&v);
+    let p = h.recv().unwrap();
+    assert_eq!(p.ty, ty::C2H_TERM);
+    assert_eq!(pdu::le16(&p.hdr, 8), 0x02, "PDU sequence error");
+    assert!(h.closed_by_target());
+    // After ICReq: a bad HLEN, a huge PLEN, H2CData for no command, a header
+    // digest error, garbage.
+    let cases: Vec<(&str, Vec<u8>, Digests)> = vec![
+        (
+            "bad hlen",
+            vec![0x04, 0, 20, 0, 72, 0, 0, 0],
+            Digests::default(),
+        ),
+        (
+            "huge plen",
+            vec![0x06, 0, 24, 0, 0xff, 0xff, 0xff, 0x7f],
+            Digests::default(),
+        ),
+        (
+            "unknown command",
+            {
+                let mut v = Vec::new();
+                pdu::encode(
+                    &mut v,
+                    ty::H2C_DATA,
+                    flag::LAST_PDU,
+                    &pdu::data_hdr(9, 1, 0, 4),
+                    b"abcd",
+                    Digests::default(),
+                    0,
+                );
+                v
+            },
+            Digests::default(),
+        ),
+        (
+            "header digest",
+            {
+                let d = Digests {
+                    header: true,
+                    data: false,
+                };
+                let mut v = Vec::new();
+                pdu::encode(&mut v, ty::CAPSULE_CMD, 0, &[0u8; 64], &[], d, 0);
+                v[72] ^= 0xff;
+                v
+            },
+            Digests {
+                header: true,
+                data: false,
+            },
+        ),
+        ("garbage", garbage.clone(), Digests::default()),
+    ];
+    for (what, bytes, dig) in cases {
+        let mut h = Host::ic(port, dig);
+        h.send_raw(&bytes);
+        let p = h.recv();
+        if let Ok(p) = p {
+            assert_eq!(p.ty, ty::C2H_TERM, "{what}: a termination request");
+        }
+        assert!(h.closed_by_target(), "{what}: closed");
+    }
+    // Too many commands outstanding for the queue size (SQ size 32): the host
+    // sends 40 commands that wait for data (R2T) and never sends the data.
+    let (_a, cntlid) = admin_queue(port, Digests::default(), 5000);
+    let mut q = io_queue(port, Digests::default(), 1, cntlid);
+    let mut all = Vec::new();
+    for cid in 100..140u16 {
+        let mut sqe = [0u8; 64];
+        sqe[0] = 0x01;
+        sqe[2..4].copy_from_slice(&cid.to_le_bytes());
+        sqe[4..8].copy_from_slice(&1u32.to_le_bytes());
+        sqe[32..36].copy_from_slice(&512u32.to_le_bytes());
+        sqe[39] = 0x5A;
+        pdu::encode(
+            &mut all,
+            ty::CAPSULE_CMD,
+            0,
+            &sqe,
+            &[],
+            Digests::default(),
+            0,
+        );
+    }
+    q.send_raw(&all);
+    assert!(q.closed_by_target(), "queue overrun");
+    // The target still serves.
+    let (_a2, cntlid) = admin_queue(port, Digests::default(), 5000);
+    let mut q = io_queue(port, Digests::default(), 1, cntlid);
+    let data = pattern(3, 8192);
+    assert_eq!(q.rw(0x01, 0, 16, &data, true).sc(), 0);
+    assert!(q.rw(0x02, 0, 16, &[], false).data == data);
+}
+
+#[test]
+fn discovery_lists_the_subsystem_and_refuses_io() {
+    let t = start_target(16 << 20);
+    let fe = NvmfFrontend::start(&t, &config()).unwrap();
+    let port = fe.listeners()[0].port();
+    let mut d = Host::ic(port, Digests::default());
+    let c = d.connect(0, 0xffff, 0, DISCOVERY_NQN);
+    assert_eq!(c.sc(), 0);
+    d.prop_set(0x14, 1);
+    let id = d.admin(0x06, 0, 1, 0, 4096);
+    assert_eq!(id.data[111], 2, "a discovery controller");
+    // Header first (as nvme-cli does), then the whole log.
+    let numd = |len: u32| (len / 4 - 1) << 16;
+    let head = d.admin(0x02, 0, 0x70 | numd(16), 0, 16);
+    let n = pdu::le64(&head.data, 8) as usize;
+    assert_eq!(n, 2, "the discovery subsystem and ours");
+    let len = (1024 * (n + 1)) as u32;
+    let log = d.admin(0x02, 0, 0x70 | numd(len), 0, len as usize);
+    let e = &log.data[2048..3072];
+    assert_eq!(e[0], 3, "TCP");
+    assert_eq!(e[2], 2, "an NVM subsystem");
+    assert_eq!(&e[256..256 + NQN.len()], NQN.as_bytes());
+    assert_eq!(
+        std::str::from_utf8(&e[32..64]).unwrap().trim(),
+        port.to_string()
+    );
+    assert_eq!(
+        std::str::from_utf8(&e[512..768]).unwrap().trim(),
+        "127.0.0.1"
+    );
+    // Namespaces are not a discovery controller's business.
+    assert_ne!(d.admin(0x06, 1, 0, 0, 4096).sc(), 0);
+    drop(fe);
+}
+
+#[test]
+fn ana_state_changes_reach_the_host_and_inaccessible_fails_io_with_a_path_error() {
+    let t = start_target(16 << 20);
+    let mut fe = NvmfFrontend::start(&t, &config()).unwrap();
+    let port = fe.listeners()[0].port();
+    let (mut a, cntlid) = admin_queue(port, Digests::default(), 5000);
+    let mut q = io_queue(port, Digests::default(), 1, cntlid);
+    // Enable ANA change notices and post an AER.
+    assert_eq!(a.admin(0x09, 0, 0x0B, 1 << 11, 0).sc(), 0);
+    let cid = a.next_cid();
+    let mut sqe = [0u8; 64];
+    sqe[0] = 0x0C;
+    sqe[2..4].copy_from_slice(&cid.to_le_bytes());
+    a.send(ty::CAPSULE_CMD, 0, &sqe, &[]);
+    let ana = |a: &mut Host| a.admin(0x02, 0, 0x0C | ((4096 / 4 - 1) << 16), 0, 4096);
+    let l = ana(&mut a);
+    assert_eq!(pdu::le32(&l.data, 16), 3, "group id");
+    assert_eq!(l.data[32], 1, "optimized");
+    fe.set_ana(AnaState::Inaccessible);
+    let p = a.recv().unwrap();
+    assert_eq!(p.ty, ty::CAPSULE_RESP);
+    assert_eq!(pdu::le16(&p.hdr[8..], 12), cid, "the AER completes");
+    assert_eq!(pdu::le32(&p.hdr[8..], 0), 0x000C_0302, "ANA change notice");
+    let l = ana(&mut a);
+    assert_eq!(l.data[32], 3, "inaccessible");
+    assert_eq!(pdu::le32(&l.data, 20), 1, "one namespace");
+    assert_eq!(pdu::le32(&l.data, 48), 1, "namespace 1");
+    let r = q.rw(0x02, 0, 1, &[], false);
+    assert_eq!(r.sc(), 0x302, "ANA inaccessible");
+    fe.set_ana(AnaState::NonOptimized);
+    assert_eq!(q.rw(0x02, 0, 1, &[], false).sc(), 0);
+}
+
+#[test]
+fn a_fenced_shared_volume_fails_io_with_the_ana_inaccessible_path_error() {
+    use plexd_target::volume::{PlexKind, PlexSpec, PlexState, SubdiskSpec, VolumeSpec};
+    let size = 16u64 << 20;
+    let t = start_target(size);
+    t.create_volume(&VolumeSpec {
+        name: "sv".into(),
+        size_bytes: size,
+        plexes: vec![PlexSpec {
+            name: "sv-01".into(),
+            kind: PlexKind::Concat,
+            columns: vec![vec![SubdiskSpec {
+                bdev: "m0".into(),
+                offset_bytes: 0,
+                len_bytes: size,
+            }]],
+            state: PlexState::Active,
+        }],
+        read_policy: Default::default(),
+        shared: true,
+    })
+    .unwrap();
+    let mut cfg = config();
+    cfg.subsystems[0].namespaces[0].bdev = "sv".into();
+    let fe = NvmfFrontend::start(&t, &cfg).unwrap();
+    let port = fe.listeners()[0].port();
+    let (_a, cntlid) = admin_queue(port, Digests::default(), 5000);
+    let mut q = io_queue(port, Digests::default(), 1, cntlid);
+    t.renew_lease(60_000).unwrap();
+    let a = pattern(5, 4096);
+    assert_eq!(q.rw(0x01, 8, 8, &a, true).sc(), 0);
+    // Revoked (an expiry does the same): reads and writes fail with the path
+    // error Linux fails over on; the queue stays up.
+    t.renew_lease(0).unwrap();
+    assert_eq!(q.rw(0x02, 8, 8, &[], false).sc(), 0x302, "read fenced");
+    assert_eq!(
+        q.rw(0x01, 8, 8, &pattern(6, 4096), true).sc(),
+        0x302,
+        "write fenced"
+    );
+    // Renewed: the path is back and the fenced write changed nothing.
+    t.renew_lease(60_000).unwrap();
+    let r = q.rw(0x02, 8, 8, &[], false);
+    assert_eq!(r.sc(), 0);
+    assert!(r.data == a);
+}
+
+/// Pause between the pieces of a PDU sent in parts: only pacing, so the pieces
+/// leave as separate segments; no assertion depends on it.
+const PIECE_PAUSE: Duration = Duration::from_millis(20);
+
+#[test]
+fn pdus_arriving_in_pieces_are_resumed() {
+    let t = start_target(16 << 20);
+    let fe = NvmfFrontend::start(&t, &config()).unwrap();
+    let port = fe.listeners()[0].port();
+    let dig = Digests {
+        header: true,
+        data: true,
+    };
+    let (_a, cntlid) = admin_queue(port, dig, 5000);
+    let mut q = io_queue(port, dig, 1, cntlid);
+    // A write capsule with 4 KiB in-capsule data, cut inside the common header,
+    // inside the SQE, inside the header digest and inside the data.
+    let data = pattern(21, 4096);
+    let mut sqe = [0u8; 64];
+    sqe[0] = 0x01;
+    sqe[2..4].copy_from_slice(&500u16.to_le_bytes());
+    sqe[4..8].copy_from_slice(&1u32.to_le_bytes());
+    sqe[40..48].copy_from_slice(&16u64.to_le_bytes());
+    sqe[48..50].copy_from_slice(&7u16.to_le_bytes());
+    sqe[32..36].copy_from_slice(&4096u32.to_le_bytes());
+    sqe[39] = 0x01;
+    let mut v = Vec::new();
+    pdu::encode(&mut v, ty::CAPSULE_CMD, 0, &sqe, &data, dig, 0);
+    let cuts = [3usize, 40, 74, 1000, v.len()];
+    let mut from = 0;
+    for to in cuts {
+        q.send_raw(&v[from..to]);
+        from = to;
+        std::thread::sleep(PIECE_PAUSE);
+    }
+    let p = q.recv().unwrap();
+    assert_eq!(p.ty, ty::CAPSULE_RESP);
+    assert_eq!(pdu::le16(&p.hdr[8..], 12), 500);
+    assert_eq!(
+        (pdu::le16(&p.hdr[8..], 14) >> 1) & 0x7ff,
+        0,
+        "write in pieces"
+    );
+    let r = q.rw(0x02, 16, 8, &[], false);
+    assert!(r.data == data, "read back what was written in pieces");
+}
+
+#[test]
+fn two_nodes_exporting_one_volume_present_one_namespace_identity() {
+    // Two frontends stand for two nodes exporting the same shared volume: the same
+    // identity, their own controller id ranges and ANA groups.
+    let t = start_target(16 << 20);
+    let a = NvmfFrontend::start(&t, &config()).unwrap();
+    let mut cfg_b = config();
+    cfg_b.cntlid_range = Some((200, 299));
+    cfg_b.ana_group = Some(4);
+    let b = NvmfFrontend::start(&t, &cfg_b).unwrap();
+    let mut seen = Vec::new();
+    for fe in [&a, &b] {
+        let (mut h, cntlid) = admin_queue(fe.listeners()[0].port(), Digests::default(), 5000);
+        let ns = h.admin(0x06, 1, 0, 0, 4096);
+        let descs = h.admin(0x06, 1, 3, 0, 4096);
+        seen.push((
+            cntlid,
+            pdu::le32(&ns.data, 92),
+            ns.data[104..128].to_vec(),
+            descs.data[..64].to_vec(),
+        ));
+    }
+    assert!((100..=199).contains(&seen[0].0) && (200..=299).contains(&seen[1].0));
+    assert_eq!((seen[0].1, seen[1].1), (3, 4), "one ANA group per node");
+    assert_eq!(seen[0].2, seen[1].2, "same NGUID and EUI-64");
+    assert_eq!(
+        seen[0].3, seen[1].3,
+        "same identification descriptors (UUID too)"
+    );
+    assert!(seen[0].2.iter().any(|x| *x != 0));
+}
