@@ -291,14 +291,16 @@ impl ScsiTask {
             }
             _ => Stage::Done,
         };
-        self.stage = next;
-        if next == Stage::Done {
+        // A submit that failed (`err` set) with nothing in flight: no completion
+        // will call `step` again, so the task ends now with that sense (it used to
+        // wait until its connection closed; the cause is a bdev channel that cannot
+        // be created).
+        let failed_idle = self.err.is_some() && self.inflight == 0;
+        if next == Stage::Done || failed_idle {
+            self.stage = Stage::Done;
             Step::Done
         } else {
-            // Also when a submit failed (`err` set): with nothing in flight no
-            // completion calls `step` again, and the task waits until its connection
-            // closes (as before this module existed; the only cause is a bdev channel
-            // that cannot be created).
+            self.stage = next;
             Step::Wait
         }
     }
@@ -553,4 +555,36 @@ impl ScsiTask {
 /// The first `len` bytes of the task buffer (a parameter list).
 fn bytes(data: Option<&PoolBuf>, len: usize) -> &[u8] {
     data.map(|b| &b.bytes()[..len]).unwrap_or(&[])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bdev::null::NullBdev;
+    use crate::frontend::scsi::alua::Alua;
+    use crate::frontend::scsi::lun::{Identity, LunInfo};
+    use crate::frontend::scsi::pr::PrState;
+
+    fn lun() -> Arc<LunRt> {
+        let bdev = NullBdev::new("t0", 1 << 20, 512);
+        let info = LunInfo {
+            lun: 0,
+            block_size: 512,
+            num_blocks: 2048,
+            read_only: false,
+            ident: Identity::from_device_id("t0"),
+            write_cache: false,
+            alua: Alua::default(),
+        };
+        Arc::new(LunRt::new(info, bdev, PrState::default(), None))
+    }
+
+    #[test]
+    fn a_submit_that_fails_with_nothing_in_flight_ends_the_task_with_its_sense() {
+        let mut task = ScsiTask::new(lun(), Op::Flush);
+        let mut refuse = |_: &LunRt, _: BlockIo| Err(sense::WRITE_ERROR);
+        assert!(matches!(task.step(None, "i", &mut refuse), Step::Done));
+        assert_eq!(task.inflight(), 0);
+        assert_eq!(task.err, Some(sense::WRITE_ERROR));
+    }
 }
