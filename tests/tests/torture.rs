@@ -271,8 +271,22 @@ fn run(
             code,
             String::from_utf8_lossy(&out.stderr).trim()
         );
+        // Success, or a typed failure (refused, unreachable, no quorum or busy,
+        // outcome unknown, failed on a node); never a usage or internal error.
+        use plexd_tests::cluster::{
+            EXIT_FAILED, EXIT_NO_QUORUM, EXIT_OUTCOME_UNKNOWN, EXIT_REFUSED, EXIT_UNREACHABLE,
+        };
         assert!(
-            matches!(code, Some(0) | Some(1)),
+            matches!(
+                code,
+                Some(
+                    0 | EXIT_REFUSED
+                        | EXIT_UNREACHABLE
+                        | EXIT_NO_QUORUM
+                        | EXIT_OUTCOME_UNKNOWN
+                        | EXIT_FAILED
+                )
+            ),
             "step {step}: plexctl {} exited with {code:?}",
             change.command()
         );
