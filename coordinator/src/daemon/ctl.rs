@@ -22,7 +22,7 @@ use smol::{Async, LocalExecutor};
 
 use super::transport::{Identity, Refusals};
 use super::Input;
-use crate::core::{ErrorKind, Message, RequestError, MAX_MESSAGE_BYTES};
+use crate::core::{ErrorKind, Message, RequestError, PROTOCOL_VERSION};
 
 /// Most connections (peers and clients) served at once.
 pub const MAX_CONNECTIONS: usize = 256;
@@ -889,21 +889,18 @@ impl peer::Server for NodeServer {
                 self.identity.name
             )));
         }
-        let bytes = p.get_message()?;
-        if bytes.len() > MAX_MESSAGE_BYTES {
-            log::warn!(
-                "cluster: message of {} bytes from node {from} dropped",
-                bytes.len()
-            );
-            return Ok(());
-        }
-        match Message::decode(bytes) {
+        // Message::read refuses a message over MAX_MESSAGE_BYTES, of another protocol
+        // version or that does not decode; it is dropped like a lost message.
+        match Message::read(p.get_message()?) {
             Ok(msg) => {
                 if self.inputs.send(Input::Peer { from, msg }).is_err() {
                     return Err(capnp::Error::failed("the daemon is stopping".into()));
                 }
             }
-            Err(e) => log::warn!("cluster: malformed message from node {from} dropped: {e}"),
+            Err(e) => log::warn!(
+                "cluster: node {}: message from node {from} dropped: {e}",
+                self.identity.name
+            ),
         }
         Ok(())
     }
@@ -927,7 +924,8 @@ impl peer::Server for NodeServer {
         let mut r = results.get();
         r.set_cluster_id(id.cluster_id.as_str());
         r.set_node_list(id.node_list.as_str());
-        match id.mismatch(&cluster_id, &node_list) {
+        r.set_protocol_version(PROTOCOL_VERSION);
+        match id.mismatch(&cluster_id, &node_list, p.get_protocol_version()) {
             Some(why) => {
                 self.shaken.set(None);
                 if self.refusals.set(from, format!("refused: {why}")) {
