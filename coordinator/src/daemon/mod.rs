@@ -43,6 +43,7 @@ pub mod kernel;
 pub mod lease;
 pub mod membership;
 pub mod model;
+pub mod model_codec;
 pub mod pipeline;
 pub mod print;
 pub mod resync;
