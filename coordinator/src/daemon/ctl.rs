@@ -317,12 +317,12 @@ pub enum CtlReply {
     Changed(String),
     /// Cluster status.
     Status(StatusOut),
-    /// The configuration.
+    /// The configuration (`print`).
     Print {
-        /// JSON.
-        json: String,
-        /// Text tree.
-        text: String,
+        /// The disk groups asked for, sorted by name.
+        groups: Vec<crate::objects::DiskGroupConfig>,
+        /// The disk groups asked for whose configuration cannot be read.
+        failed: Vec<super::disks::FailedGroup>,
     },
     /// A disk.
     Disk(DiskOut),
@@ -720,9 +720,14 @@ impl ctl::Server for NodeServer {
             format!("disk group {dg}")
         };
         match self.ask(CtlCall::Print(dg)).await {
-            CtlReply::Print { json, text } => {
-                results.get().set_json(json.as_str());
-                results.get().set_text(text.as_str());
+            CtlReply::Print { groups, failed } => {
+                let mut r = results.get();
+                let mut config = r.reborrow().init_config();
+                super::print::write(&groups, &failed, config.reborrow());
+                // The renderings for a plexctl older than `config`.
+                let (json, text) = super::print::render(config.into_reader())?;
+                r.set_json(json.as_str());
+                r.set_text(text.as_str());
             }
             other => {
                 let e = self.failure(other);

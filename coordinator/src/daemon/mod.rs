@@ -1994,8 +1994,8 @@ impl Daemon {
             return CtlReply::Error(self.refuse_as(ErrorKind::NotFound, e));
         }
         CtlReply::Print {
-            json: print::json(&groups, &failed),
-            text: print::text(&groups, &failed),
+            groups: groups.into_iter().cloned().collect(),
+            failed: failed.into_iter().cloned().collect(),
         }
     }
 
