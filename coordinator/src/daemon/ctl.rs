@@ -935,7 +935,7 @@ impl peer::Server for NodeServer {
                 self.shaken.set(None);
                 if self.refusals.set(from, format!("refused: {why}")) {
                     log::error!(
-                        "cluster: node {} (id {}) refuses node {from}: {why}; fix the cluster files so they agree",
+                        "cluster: node {} (id {}) refuses node {from}: {why}; fix the cluster files (or run one plexd release) so they agree",
                         id.name,
                         id.me
                     );
@@ -946,7 +946,7 @@ impl peer::Server for NodeServer {
                 self.shaken.set(Some(from));
                 if self.refusals.clear(from) {
                     log::info!(
-                        "cluster: node {} accepts node {from} again: the cluster files agree",
+                        "cluster: node {} accepts node {from} again: the cluster files and protocol versions agree",
                         id.name
                     );
                 }

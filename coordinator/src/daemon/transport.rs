@@ -390,7 +390,7 @@ fn run_connection(link: &Link, stream: TcpStream, rx: &smol::channel::Receiver<M
             Hello::Refused(why) => {
                 if link.refusals.set(peer, why.clone()) {
                     log::error!(
-                        "transport: node {} (id {me}) and node {peer} ({}): {why}; no messages are exchanged until the cluster files agree",
+                        "transport: node {} (id {me}) and node {peer} ({}): {why}; no messages are exchanged until the cluster files and protocol versions agree",
                         link.identity.name,
                         link.address
                     );
