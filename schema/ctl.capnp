@@ -9,6 +9,8 @@
 # the node, the object and the same line); `error` stays for older clients.
 # Versioning: fields are only ever added, never renumbered.
 
+using Disk = import "ondisk.capnp";
+
 # What kind of failure a call met: what a client can do about it. Every kind but
 # `outcomeUnknown` means nothing changed. plexctl exits with a status per kind
 # (docs/OPERATIONS.md, "Exit status").
@@ -167,14 +169,40 @@ struct Task {
   node @8 :Text;
 }
 
+# `print`'s answer: the configuration as the answering node holds it, each disk
+# group in its on-disk encoding (ondisk.capnp), and the disk groups whose
+# configuration it cannot read. plexctl renders its text tree and its --json
+# document from these (plexd-proto's `print` module; docs/OPERATIONS.md shows the
+# JSON shape).
+struct PrintedConfig {
+  diskGroups @0 :List(Disk.DiskGroupConfig);
+  failedGroups @1 :List(FailedGroup);
+}
+
+# A disk group found on disks whose configuration cannot be read from any of them.
+struct FailedGroup {
+  name @0 :Text;     # from the labels
+  id @1 :Text;
+  shared @2 :Bool;
+  reason @3 :Text;   # why no configuration could be read
+  disks @4 :List(FailedDisk);
+}
+
+struct FailedDisk {
+  name @0 :Text;     # disk media name, from the label
+  path @1 :Text;     # its path on the answering node
+}
+
 interface Ctl {
   # Runs a configuration change (on the master; a slave forwards it). `done` says
   # what was done (object, size, placement, adjustments) when `error` is empty.
   change @0 (change :Change) -> (error :Text, done :Text, failure :CtlError);
   clusterStatus @1 () -> (status :ClusterStatus, error :Text, failure :CtlError);
-  # The configuration as JSON text (docs/OPERATIONS.md shows its shape) and as the
-  # vxprint -ht-like text tree. `dg` empty = every disk group.
-  print @2 (dg :Text) -> (json :Text, text :Text, error :Text, failure :CtlError);
+  # The configuration (`config`). `dg` empty = every disk group. `json` and `text`
+  # are the same rendered as plexctl's --json document and text tree, for a plexctl
+  # older than `config`; a client renders `config` itself (they will go).
+  print @2 (dg :Text) -> (json :Text, text :Text, error :Text, failure :CtlError,
+                          config :PrintedConfig);
   # Writes a label (`disk init`). `name` empty = the file name without extension.
   diskInit @3 (path :Text, name :Text, force :Bool) -> (disk :DiskInfo, error :Text, failure :CtlError);
   diskList @4 () -> (disks :List(DiskInfo), error :Text, failure :CtlError);

@@ -7,6 +7,8 @@
 //! - [`ondisk_capnp`]: the disk group configuration stored in the private region.
 //! - [`size`]: sizes as people type and read them (one parser and formatter for
 //!   `plexctl` and `plexd`).
+//! - [`print`]: `plexctl print`'s JSON document and text tree, rendered from the ctl
+//!   API's `PrintedConfig`.
 
 #![allow(clippy::all, missing_docs, unused_qualifications)]
 
@@ -24,4 +26,5 @@ schema_mod!(cluster_capnp, "cluster_capnp.rs");
 schema_mod!(ctl_capnp, "ctl_capnp.rs");
 schema_mod!(ondisk_capnp, "ondisk_capnp.rs");
 
+pub mod print;
 pub mod size;

@@ -812,9 +812,19 @@ async fn print_json(client: &ctl::Client, dg: &str) -> Result<(Value, String), F
     let resp = req.send().promise.await.map_err(rpc)?;
     let r = resp.get().map_err(rpc)?;
     check(r.get_error(), r.has_failure().then(|| r.get_failure()))?;
-    let json: Value = serde_json::from_str(&text(r.get_json())?)
-        .map_err(|e| format!("malformed print answer: {e}"))?;
-    Ok((json, text(r.get_text())?))
+    if !r.has_config() {
+        return Err(Failure::Node(CtlFailure::internal(
+            "the node's print answer has no configuration structs (`config`): the node is \
+             older than this plexctl; use the plexctl of its release",
+        )));
+    }
+    let config = r.get_config().map_err(rpc)?;
+    let malformed = |e: capnp::Error| format!("malformed print answer: {e}");
+    let json = plexd_proto::print::json(config).map_err(malformed)?;
+    Ok((
+        json,
+        plexd_proto::print::text_tree(config).map_err(malformed)?,
+    ))
 }
 
 async fn status(client: &ctl::Client) -> Result<Value, Failure> {

@@ -1,12 +1,12 @@
 //! The messages coordinators exchange, and the identifiers they carry.
 //!
-//! Messages are plain data with `serde` derives. Configurations and changes travel as
-//! opaque byte blobs produced by [`ConfigModel`](super::ConfigModel)'s encode functions,
-//! so this enum is not generic and the daemon can carry it in any envelope (the
-//! helpers [`Message::encode`] and [`Message::decode`] use JSON; a Cap'n Proto `Data`
-//! field can hold those bytes).
+//! Messages are plain data. Configurations and changes travel as opaque byte blobs
+//! produced by [`ConfigModel`](super::ConfigModel)'s encode functions, so this enum is
+//! not generic. On the wire a message is the `Message` struct of
+//! `schema/cluster.capnp` (`super::codec`: [`Message::write`]/[`Message::read`] for
+//! `Peer.deliver`, [`Message::encode`]/[`Message::decode`] for bytes); a field added
+//! here is added there with a new ordinal, its default meaning what an older node did.
 
-use serde::{Deserialize, Serialize};
 use std::fmt;
 
 use super::ErrorKind;
@@ -14,14 +14,12 @@ use super::ErrorKind;
 /// A node's identifier from the cluster file.
 pub type NodeId = u32;
 
-/// Longest message [`Message::decode`] accepts, in bytes.
+/// Longest message [`Message::decode`] and [`Message::read`] accept, in bytes.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
 /// A transaction's identifier: the view in which the master started it and a counter
 /// within that view. Views only grow, so identifiers are unique within a cluster's life.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TxnId {
     /// View id at the start of the transaction.
     pub view: u64,
@@ -36,11 +34,11 @@ impl fmt::Display for TxnId {
 }
 
 /// A client request's identifier, chosen by the driver; unique per node.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RequestId(pub u64);
 
 /// Where a request came from: the node that received it from a client, and its id there.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Origin {
     /// The node the client talks to.
     pub node: NodeId,
@@ -49,7 +47,7 @@ pub struct Origin {
 }
 
 /// A numbered cluster membership: who is in, and who is master.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct View {
     /// Increments on every membership change.
     pub id: u64,
@@ -92,7 +90,7 @@ impl View {
 }
 
 /// A heartbeat stamp sent back to the node that made it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Echo {
     /// The incarnation of the node that made the stamp (a stamp of an older start
     /// means nothing to a newer one: its clock started again).
@@ -104,7 +102,7 @@ pub struct Echo {
 /// Where a master's transactions stand, as it tells the members of its view (in
 /// heartbeats and with every CHECK): a member that missed a COMMIT or an ABORT (a
 /// message lost while a link was cut) catches up, or rejoins when it cannot.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TxnState {
     /// The transaction of the master's committed configuration.
     pub committed: TxnId,
@@ -115,7 +113,7 @@ pub struct TxnState {
 }
 
 /// A request as it travels from a slave to the master.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WireRequest {
     /// A configuration change, encoded by `ConfigModel::encode_change`.
     Change(Vec<u8>),
@@ -129,7 +127,7 @@ pub enum WireRequest {
 }
 
 /// Every message between coordinators.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
     /// Sent to every configured node every heartbeat interval.
     Heartbeat {
@@ -143,40 +141,32 @@ pub enum Message {
         member: bool,
         /// The sender's clock when it sent this heartbeat (its own time base; only
         /// the sender compares it, when it comes back as `echo_ms`).
-        #[serde(default)]
         stamp_ms: u64,
         /// The newest stamp the sender has received from the recipient, echoed back
         /// as a confirmation that the recipient is still its master (or, from a
         /// master, still a member of its view); none when the sender does not
         /// confirm it.
-        #[serde(default)]
         echo: Option<Echo>,
         /// From a master to a member of its view: how much of the master's own lease
         /// was left when it sent this (a slave's lease never outlasts its master's).
-        #[serde(default)]
         lease_left_ms: u64,
         /// The newest view id the sender has seen: a node that forms a cluster
         /// numbers its view above every view still remembered anywhere.
-        #[serde(default)]
         max_view: u64,
         /// How long ago the sender was last a member of a view (none: never since it
         /// started): a new cluster forms only once every live node's last cluster
         /// is a lease in the past.
-        #[serde(default)]
         member_ago_ms: Option<u64>,
         /// From a master to the members of its view: where its transactions stand.
-        #[serde(default)]
         txns: Option<TxnState>,
         /// The sender is a master holding its lease (a majority confirmed it within
         /// the lease). Only such a master's newer view makes another master give way
         /// when a partition heals: a cut-off master's views may carry higher ids.
-        #[serde(default)]
         leased: bool,
         /// The newest stamp the sender has heard from the recipient, whether or
         /// not it confirms it: the recipient learns this heartbeat left after it
         /// sent that stamp, so a heartbeat held in a buffer through a partition
         /// shows its age (a stale `leased` makes nobody give way).
-        #[serde(default)]
         heard: Option<Echo>,
     },
     /// Slave → master: a client's request.
@@ -193,10 +183,8 @@ pub enum Message {
         /// The result to give the client.
         result: Result<(), String>,
         /// The kind of the failure (absent from an older master's answer).
-        #[serde(default)]
         kind: Option<ErrorKind>,
         /// The node that refused or failed (absent from an older master's answer).
-        #[serde(default)]
         node: Option<String>,
     },
     /// Master → slaves: step 2, run your local checks on this change.
@@ -210,7 +198,6 @@ pub enum Message {
         /// The master's committed transaction this one builds on (`running` is
         /// `txn`): a slave whose COMMIT of it was lost applies it first; one that
         /// is otherwise out of step refuses and rejoins.
-        #[serde(default)]
         base: Option<TxnState>,
     },
     /// Slave → master: the local checks' result.
@@ -220,7 +207,6 @@ pub enum Message {
         /// Ok, or why this node refuses (without the node name; the master adds it).
         result: Result<(), String>,
         /// The kind of the refusal (absent from an older slave's answer: refused).
-        #[serde(default)]
         kind: Option<ErrorKind>,
     },
     /// Master → slaves: step 3, quiesce and stage the new layout.
@@ -294,16 +280,13 @@ pub enum Message {
         /// The sender's vote goes to this takeover: it has stopped confirming the
         /// lost master and gives its vote to no other successor of that master
         /// while this one lives.
-        #[serde(default)]
         granted: bool,
         /// How long before sending this the sender last heard the lost master (none:
         /// never): the successor's bound on when the master's lease was last confirmed.
-        #[serde(default)]
         master_silent_ms: Option<u64>,
         /// The sender's vote was already with this successor when the query came:
         /// it has confirmed the lost master no more since it first gave it (so a
         /// later round of votes need not wait for its `master_silent_ms` again).
-        #[serde(default)]
         vote_kept: bool,
     },
     /// Master → members: install this view.
@@ -321,23 +304,6 @@ pub enum Message {
 }
 
 impl Message {
-    /// Serialises the message (JSON).
-    pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
-    }
-
-    /// Parses a message; malformed or oversized input is an error, never a panic.
-    pub fn decode(bytes: &[u8]) -> Result<Message, String> {
-        if bytes.len() > MAX_MESSAGE_BYTES {
-            return Err(format!(
-                "message of {} bytes exceeds the limit of {} bytes",
-                bytes.len(),
-                MAX_MESSAGE_BYTES
-            ));
-        }
-        serde_json::from_slice(bytes).map_err(|e| format!("malformed message: {e}"))
-    }
-
     /// A one-line summary for logs and traces (blobs left out).
     pub fn brief(&self) -> String {
         match self {
@@ -387,47 +353,5 @@ impl Message {
             Message::TakeoverInfo { .. } => "TakeoverInfo",
             Message::View { .. } => "View",
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn messages_round_trip_and_garbage_is_an_error() {
-        let m = Message::Check {
-            txn: TxnId { view: 3, n: 1 },
-            change: vec![1, 2, 3],
-            origin: Origin {
-                node: 2,
-                request: RequestId(9),
-            },
-            base: Some(TxnState {
-                committed: TxnId { view: 2, n: 4 },
-                seq: 7,
-                running: Some(TxnId { view: 3, n: 1 }),
-            }),
-        };
-        assert_eq!(Message::decode(&m.encode()).unwrap(), m);
-        let o = Message::Outcome {
-            request: RequestId(4),
-            result: Err("node b: volume v1 is in use".into()),
-            kind: Some(ErrorKind::InUse),
-            node: Some("b".into()),
-        };
-        assert_eq!(Message::decode(&o.encode()).unwrap(), o);
-        // An older node's Outcome (no kind, no node) still decodes.
-        let old = br#"{"Outcome":{"request":4,"result":{"Err":"x"}}}"#;
-        assert!(matches!(
-            Message::decode(old),
-            Ok(Message::Outcome {
-                kind: None,
-                node: None,
-                ..
-            })
-        ));
-        assert!(Message::decode(b"{not json").is_err());
-        assert!(Message::decode(b"").is_err());
     }
 }

@@ -7,6 +7,7 @@
 //! over Cap'n Proto; [`crate::sim`] drives many nodes in one process under a seeded
 //! schedule. docs/PROTOCOL.md describes the protocol and its failure rules.
 
+mod codec;
 mod error;
 mod membership;
 mod messages;
@@ -14,6 +15,7 @@ mod model;
 mod quorum;
 mod txn;
 
+pub use codec::PROTOCOL_VERSION;
 pub use error::{ErrorKind, RequestError};
 pub use messages::{
     Echo, Message, NodeId, Origin, RequestId, TxnId, TxnState, View, WireRequest, MAX_MESSAGE_BYTES,

@@ -22,7 +22,7 @@ use smol::{Async, LocalExecutor};
 
 use super::transport::{Identity, Refusals};
 use super::Input;
-use crate::core::{ErrorKind, Message, RequestError, MAX_MESSAGE_BYTES};
+use crate::core::{ErrorKind, Message, RequestError, PROTOCOL_VERSION};
 
 /// Most connections (peers and clients) served at once.
 pub const MAX_CONNECTIONS: usize = 256;
@@ -317,12 +317,12 @@ pub enum CtlReply {
     Changed(String),
     /// Cluster status.
     Status(StatusOut),
-    /// The configuration.
+    /// The configuration (`print`).
     Print {
-        /// JSON.
-        json: String,
-        /// Text tree.
-        text: String,
+        /// The disk groups asked for, sorted by name.
+        groups: Vec<crate::objects::DiskGroupConfig>,
+        /// The disk groups asked for whose configuration cannot be read.
+        failed: Vec<super::disks::FailedGroup>,
     },
     /// A disk.
     Disk(DiskOut),
@@ -720,9 +720,14 @@ impl ctl::Server for NodeServer {
             format!("disk group {dg}")
         };
         match self.ask(CtlCall::Print(dg)).await {
-            CtlReply::Print { json, text } => {
-                results.get().set_json(json.as_str());
-                results.get().set_text(text.as_str());
+            CtlReply::Print { groups, failed } => {
+                let mut r = results.get();
+                let mut config = r.reborrow().init_config();
+                super::print::write(&groups, &failed, config.reborrow());
+                // The renderings for a plexctl older than `config`.
+                let (json, text) = super::print::render(config.into_reader())?;
+                r.set_json(json.as_str());
+                r.set_text(text.as_str());
             }
             other => {
                 let e = self.failure(other);
@@ -889,21 +894,18 @@ impl peer::Server for NodeServer {
                 self.identity.name
             )));
         }
-        let bytes = p.get_message()?;
-        if bytes.len() > MAX_MESSAGE_BYTES {
-            log::warn!(
-                "cluster: message of {} bytes from node {from} dropped",
-                bytes.len()
-            );
-            return Ok(());
-        }
-        match Message::decode(bytes) {
+        // Message::read refuses a message over MAX_MESSAGE_BYTES, of another protocol
+        // version or that does not decode; it is dropped like a lost message.
+        match Message::read(p.get_message()?) {
             Ok(msg) => {
                 if self.inputs.send(Input::Peer { from, msg }).is_err() {
                     return Err(capnp::Error::failed("the daemon is stopping".into()));
                 }
             }
-            Err(e) => log::warn!("cluster: malformed message from node {from} dropped: {e}"),
+            Err(e) => log::warn!(
+                "cluster: node {}: message from node {from} dropped: {e}",
+                self.identity.name
+            ),
         }
         Ok(())
     }
@@ -927,12 +929,13 @@ impl peer::Server for NodeServer {
         let mut r = results.get();
         r.set_cluster_id(id.cluster_id.as_str());
         r.set_node_list(id.node_list.as_str());
-        match id.mismatch(&cluster_id, &node_list) {
+        r.set_protocol_version(PROTOCOL_VERSION);
+        match id.mismatch(&cluster_id, &node_list, p.get_protocol_version()) {
             Some(why) => {
                 self.shaken.set(None);
                 if self.refusals.set(from, format!("refused: {why}")) {
                     log::error!(
-                        "cluster: node {} (id {}) refuses node {from}: {why}; fix the cluster files so they agree",
+                        "cluster: node {} (id {}) refuses node {from}: {why}; fix the cluster files (or run one plexd release) so they agree",
                         id.name,
                         id.me
                     );
@@ -943,7 +946,7 @@ impl peer::Server for NodeServer {
                 self.shaken.set(Some(from));
                 if self.refusals.clear(from) {
                     log::info!(
-                        "cluster: node {} accepts node {from} again: the cluster files agree",
+                        "cluster: node {} accepts node {from} again: the cluster files and protocol versions agree",
                         id.name
                     );
                 }

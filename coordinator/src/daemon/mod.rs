@@ -43,6 +43,7 @@ pub mod kernel;
 pub mod lease;
 pub mod membership;
 pub mod model;
+pub mod model_codec;
 pub mod pipeline;
 pub mod print;
 pub mod resync;
@@ -1995,8 +1996,8 @@ impl Daemon {
             return CtlReply::Error(self.refuse_as(ErrorKind::NotFound, e));
         }
         CtlReply::Print {
-            json: print::json(&groups, &failed),
-            text: print::text(&groups, &failed),
+            groups: groups.into_iter().cloned().collect(),
+            failed: failed.into_iter().cloned().collect(),
         }
     }
 

@@ -2,14 +2,14 @@
 //! shared disk groups (`objects`), a cluster-wide sequence number, and the disk
 //! writes the last change needs.
 //!
-//! Encoding: JSON (serde_json) of the whole [`SharedConfig`] and of
-//! [`objects::Change`]. The core carries these bytes inside its own JSON messages.
+//! Encoding: Cap'n Proto, `cluster.capnp`'s `SharedConfig` and `ConfigChange`
+//! ([`super::model_codec`], reusing the on-disk encoding of disk groups). The core
+//! carries these bytes in its messages' `Data` fields.
 //!
 //! Private disk groups are not part of it: they belong to one node and never travel
 //! (the daemon changes them locally, see `daemon::private`).
 
-use serde::{Deserialize, Serialize};
-
+use super::model_codec;
 use crate::core::{ConfigModel, ErrorKind, RequestError};
 use crate::objects::{self, Change, ClusterConfig, ConfigError, DiskGroupConfig, DiskUpdate};
 
@@ -31,7 +31,7 @@ pub fn refusal(e: &ConfigError) -> RequestError {
 }
 
 /// The cluster-wide configuration: every shared disk group.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SharedConfig {
     /// Increments by one on every committed change (cluster-wide counter; each disk
     /// group also has its own `seq`, stored on its disks).
@@ -105,19 +105,19 @@ impl ConfigModel for SharedConfig {
     }
 
     fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
+        model_codec::encode_config(self)
     }
 
     fn decode(bytes: &[u8]) -> Result<Self, String> {
-        serde_json::from_slice(bytes).map_err(|e| format!("malformed configuration: {e}"))
+        model_codec::decode_config(bytes)
     }
 
     fn encode_change(change: &Change) -> Vec<u8> {
-        serde_json::to_vec(change).unwrap_or_default()
+        model_codec::encode_change(change)
     }
 
     fn decode_change(bytes: &[u8]) -> Result<Change, String> {
-        serde_json::from_slice(bytes).map_err(|e| format!("malformed change: {e}"))
+        model_codec::decode_change(bytes)
     }
 }
 

@@ -1,5 +1,6 @@
 //! The cluster transport: one outgoing Cap'n Proto connection per peer, over which
-//! this node calls `Peer.deliver` for every protocol message, in order.
+//! this node calls `Peer.deliver` for every protocol message, in order (the message
+//! as `cluster.capnp`'s `Message` struct, written by [`Message::write`]).
 //!
 //! Each peer has a thread with a bounded queue ([`PEER_QUEUE_DEPTH`]). While a peer is
 //! unreachable its queued messages are dropped (as a lost network would), and the
@@ -7,7 +8,8 @@
 //! established connection that breaks is reported once as `ConnectionLost`.
 //!
 //! Every connection starts with a handshake (`Peer.hello`): both nodes compare their
-//! cluster id and node list ([`Identity`]). On a mismatch neither side delivers a
+//! cluster id, node list and cluster protocol version ([`Identity`]; nodes of
+//! different protocol versions do not talk). On a mismatch neither side delivers a
 //! message over it: the peer is refused (logged once per reason, naming both nodes
 //! and the differing value, and shown by `cluster status` through [`Refusals`]), as
 //! if unreachable, and the sender retries at its longest backoff.
@@ -27,7 +29,7 @@ use plexd_proto::cluster_capnp::peer;
 use smol::{Async, LocalExecutor};
 
 use super::Input;
-use crate::core::{Message, NodeId};
+use crate::core::{Message, NodeId, PROTOCOL_VERSION};
 
 /// Messages queued for one peer before new ones are dropped.
 pub const PEER_QUEUE_DEPTH: usize = 1024;
@@ -58,9 +60,22 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// Why a peer that says `(cluster_id, node_list)` is refused, or `None` when it
-    /// belongs to this cluster as configured here.
-    pub fn mismatch(&self, cluster_id: &str, node_list: &str) -> Option<String> {
+    /// Why a peer that says `(cluster_id, node_list, protocol_version)` is refused,
+    /// or `None` when it belongs to this cluster as configured here and speaks this
+    /// node's protocol version ([`PROTOCOL_VERSION`]; 0 is a node from before
+    /// `hello` carried one: the JSON messages).
+    pub fn mismatch(
+        &self,
+        cluster_id: &str,
+        node_list: &str,
+        protocol_version: u32,
+    ) -> Option<String> {
+        if protocol_version != PROTOCOL_VERSION {
+            return Some(format!(
+                "cluster protocol version {protocol_version} there, {PROTOCOL_VERSION} here; \
+                 run the same plexd release on every node"
+            ));
+        }
         if cluster_id != self.cluster_id {
             return Some(format!(
                 "cluster id {cluster_id:?} there, {:?} here",
@@ -118,7 +133,7 @@ pub struct Transport {
 }
 
 struct PeerHandle {
-    tx: smol::channel::Sender<Vec<u8>>,
+    tx: smol::channel::Sender<Message>,
     kick: Arc<AtomicBool>,
 }
 
@@ -183,7 +198,7 @@ impl Transport {
             log::warn!("transport: node {}: no peer {to}", self.me);
             return;
         };
-        if let Err(smol::channel::TrySendError::Full(_)) = p.tx.try_send(msg.encode()) {
+        if let Err(smol::channel::TrySendError::Full(_)) = p.tx.try_send(msg.clone()) {
             log::warn!(
                 "transport: queue to node {to} full ({PEER_QUEUE_DEPTH}); dropped {}",
                 msg.kind()
@@ -246,7 +261,7 @@ enum Ended {
 
 fn peer_thread(
     link: Link,
-    rx: smol::channel::Receiver<Vec<u8>>,
+    rx: smol::channel::Receiver<Message>,
     inputs: SyncSender<Input>,
     max_backoff: Duration,
     kick: Arc<AtomicBool>,
@@ -316,6 +331,7 @@ async fn hello(link: &Link, client: &peer::Client) -> Hello {
     req.get().set_from(link.identity.me);
     req.get().set_cluster_id(link.identity.cluster_id.as_str());
     req.get().set_node_list(link.identity.node_list.as_str());
+    req.get().set_protocol_version(PROTOCOL_VERSION);
     let call = async {
         let resp = req.send().promise.await.map_err(|e| e.to_string())?;
         let r = resp.get().map_err(|e| e.to_string())?;
@@ -328,6 +344,7 @@ async fn hello(link: &Link, client: &peer::Client) -> Hello {
             text(r.get_error())?,
             text(r.get_cluster_id())?,
             text(r.get_node_list())?,
+            r.get_protocol_version(),
         ))
     };
     let timeout = async {
@@ -339,8 +356,8 @@ async fn hello(link: &Link, client: &peer::Client) -> Hello {
     // one reason per peer (logged once), not two that alternate.
     match smol::future::or(call, timeout).await {
         Err(e) => Hello::Failed(e),
-        Ok((error, cluster_id, node_list)) => {
-            match link.identity.mismatch(&cluster_id, &node_list) {
+        Ok((error, cluster_id, node_list, version)) => {
+            match link.identity.mismatch(&cluster_id, &node_list, version) {
                 Some(why) => Hello::Refused(format!("refused: {why}")),
                 None if !error.is_empty() => Hello::Refused(format!("refused by it: {error}")),
                 None => Hello::Accepted,
@@ -350,7 +367,7 @@ async fn hello(link: &Link, client: &peer::Client) -> Hello {
 }
 
 /// Shakes hands, then delivers queued messages until the connection breaks.
-fn run_connection(link: &Link, stream: TcpStream, rx: &smol::channel::Receiver<Vec<u8>>) -> Ended {
+fn run_connection(link: &Link, stream: TcpStream, rx: &smol::channel::Receiver<Message>) -> Ended {
     let Ok(stream) = Async::new(stream) else {
         return Ended::Idle;
     };
@@ -373,7 +390,7 @@ fn run_connection(link: &Link, stream: TcpStream, rx: &smol::channel::Receiver<V
             Hello::Refused(why) => {
                 if link.refusals.set(peer, why.clone()) {
                     log::error!(
-                        "transport: node {} (id {me}) and node {peer} ({}): {why}; no messages are exchanged until the cluster files agree",
+                        "transport: node {} (id {me}) and node {peer} ({}): {why}; no messages are exchanged until the cluster files and protocol versions agree",
                         link.identity.name,
                         link.address
                     );
@@ -387,13 +404,13 @@ fn run_connection(link: &Link, stream: TcpStream, rx: &smol::channel::Receiver<V
             }
         }
         loop {
-            let Ok(bytes) = rx.recv().await else {
+            let Ok(msg) = rx.recv().await else {
                 return;
             };
             let mut req = client.deliver_request();
             req.get().set_from(me);
             req.get().set_incarnation(incarnation);
-            req.get().set_message(&bytes);
+            msg.write(req.get().init_message());
             let call = async { req.send().promise.await.map(|_| ()) };
             let timeout = async {
                 smol::Timer::after(DELIVER_TIMEOUT).await;
@@ -420,5 +437,27 @@ fn run_connection(link: &Link, stream: TcpStream, rx: &smol::channel::Receiver<V
         Ended::Delivered
     } else {
         Ended::Idle
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_refuses_another_protocol_version() {
+        let id = Identity {
+            me: 1,
+            name: "a".into(),
+            cluster_id: "c1".into(),
+            node_list: "1=a@127.0.0.1:1,2=b@127.0.0.1:2".into(),
+        };
+        let list = id.node_list.clone();
+        assert_eq!(id.mismatch("c1", &list, PROTOCOL_VERSION), None);
+        // A node from before the field (the JSON messages) says 0.
+        let why = id.mismatch("c1", &list, 0).unwrap();
+        assert!(why.contains("protocol version 0 there, 1 here"), "{why}");
+        assert!(id.mismatch("c1", &list, PROTOCOL_VERSION + 1).is_some());
+        assert!(id.mismatch("c2", &list, PROTOCOL_VERSION).is_some());
     }
 }

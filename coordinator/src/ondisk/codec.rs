@@ -20,7 +20,13 @@ const TRAVERSAL_LIMIT_WORDS: usize = 1 << 20;
 /// Encodes a configuration into a slot payload.
 pub fn encode_config(config: &DiskGroupConfig) -> Vec<u8> {
     let mut message = Builder::new_default();
-    let mut root = message.init_root::<wire::disk_group_config::Builder>();
+    write_group(config, message.init_root());
+    serialize::write_message_to_words(&message)
+}
+
+/// Writes `config` into `root` (a slot's root, or a disk group inside another
+/// message: the cluster protocol's configurations reuse this encoding).
+pub fn write_group(config: &DiskGroupConfig, mut root: wire::disk_group_config::Builder<'_>) {
     root.set_format_version(CONFIG_FORMAT_VERSION);
     root.set_name(config.name.as_str());
     root.set_id(config.id.as_str());
@@ -29,19 +35,139 @@ pub fn encode_config(config: &DiskGroupConfig) -> Vec<u8> {
     root.set_seq(config.seq);
     let mut disks = root.reborrow().init_disks(len_u32(config.disks.len()));
     for (i, d) in (0..).zip(&config.disks) {
-        let mut b = disks.reborrow().get(i);
-        b.set_name(d.name.as_str());
-        b.set_id(d.id.as_str());
-        b.set_path(d.path.as_str());
-        b.set_size_bytes(d.size_bytes);
-        b.set_public_offset_bytes(d.public_offset_bytes);
-        b.set_public_len_bytes(d.public_len_bytes);
+        write_disk(d, disks.reborrow().get(i));
     }
     let mut volumes = root.init_volumes(len_u32(config.volumes.len()));
     for (i, v) in (0..).zip(&config.volumes) {
         encode_volume(v, volumes.reborrow().get(i));
     }
-    serialize::write_message_to_words(&message)
+}
+
+/// Writes a disk record.
+pub fn write_disk(d: &Disk, mut b: wire::disk::Builder<'_>) {
+    b.set_name(d.name.as_str());
+    b.set_id(d.id.as_str());
+    b.set_path(d.path.as_str());
+    b.set_size_bytes(d.size_bytes);
+    b.set_public_offset_bytes(d.public_offset_bytes);
+    b.set_public_len_bytes(d.public_len_bytes);
+}
+
+/// Reads a disk record.
+pub fn read_disk(d: wire::disk::Reader<'_>) -> capnp::Result<Disk> {
+    Ok(Disk {
+        name: text(d.get_name())?,
+        id: text(d.get_id())?,
+        path: text(d.get_path())?,
+        size_bytes: d.get_size_bytes(),
+        public_offset_bytes: d.get_public_offset_bytes(),
+        public_len_bytes: d.get_public_len_bytes(),
+    })
+}
+
+/// Writes a read policy.
+pub fn write_read_policy(p: &ReadPolicy, mut policy: wire::read_policy::Builder<'_>) {
+    match p {
+        ReadPolicy::Round => policy.set_round(()),
+        ReadPolicy::Prefer { plex } => policy.set_prefer(plex.as_str()),
+        ReadPolicy::LeastOutstanding => policy.set_least_outstanding(()),
+    }
+}
+
+/// Reads a read policy.
+pub fn read_read_policy(p: wire::read_policy::Reader<'_>) -> capnp::Result<ReadPolicy> {
+    use wire::read_policy::Which;
+    Ok(
+        match p.which().map_err(|e| not_in_schema("read policy", e))? {
+            Which::Round(()) => ReadPolicy::Round,
+            Which::Prefer(plex) => ReadPolicy::Prefer { plex: text(plex)? },
+            Which::LeastOutstanding(()) => ReadPolicy::LeastOutstanding,
+        },
+    )
+}
+
+/// Writes an export.
+pub fn write_export(e: &Export, mut eb: wire::export::Builder<'_>) {
+    eb.set_protocol(e.protocol.as_str());
+    eb.set_iqn(e.iqn.as_str());
+    eb.set_portal(e.portal.as_str());
+    let mut nodes = eb.init_nodes(len_u32(e.nodes.len()));
+    for (j, n) in (0..).zip(&e.nodes) {
+        nodes.set(j, n.as_str());
+    }
+}
+
+/// Reads an export; a protocol this plexd does not know is an error.
+pub fn read_export(e: wire::export::Reader<'_>) -> capnp::Result<Export> {
+    let protocol = read_protocol(e.get_protocol())?;
+    let mut nodes = Vec::new();
+    for n in e.get_nodes()? {
+        nodes.push(text(n)?);
+    }
+    Ok(Export {
+        protocol,
+        iqn: text(e.get_iqn())?,
+        nodes,
+        portal: text(e.get_portal())?,
+    })
+}
+
+/// Reads an export protocol's name ([`ExportProtocol::as_str`]).
+pub fn read_protocol(
+    name: capnp::Result<capnp::text::Reader<'_>>,
+) -> capnp::Result<ExportProtocol> {
+    let name = text(name)?;
+    ExportProtocol::parse(&name)
+        .ok_or_else(|| capnp::Error::failed(format!("export protocol {name:?} is not known")))
+}
+
+/// The wire value of a plex state.
+pub fn wire_plex_state(s: PlexState) -> wire::PlexState {
+    match s {
+        PlexState::Active => wire::PlexState::Active,
+        PlexState::Stale => wire::PlexState::Stale,
+        PlexState::Syncing => wire::PlexState::Syncing,
+        PlexState::Empty => wire::PlexState::Empty,
+    }
+}
+
+/// The plex state of a wire value; one this plexd does not know is an error.
+pub fn read_plex_state(s: Result<wire::PlexState, capnp::NotInSchema>) -> capnp::Result<PlexState> {
+    Ok(match s.map_err(|e| not_in_schema("plex state", e))? {
+        wire::PlexState::Active => PlexState::Active,
+        wire::PlexState::Stale => PlexState::Stale,
+        wire::PlexState::Syncing => PlexState::Syncing,
+        wire::PlexState::Empty => PlexState::Empty,
+    })
+}
+
+/// Writes a plex layout.
+pub fn write_plex_layout(l: &PlexLayout, mut layout: wire::plex_layout::Builder<'_>) {
+    match *l {
+        PlexLayout::Concat => layout.set_concat(()),
+        PlexLayout::Stripe {
+            columns,
+            stripe_unit_bytes,
+        } => {
+            let mut stripe = layout.init_stripe();
+            stripe.set_columns(columns);
+            stripe.set_stripe_unit_bytes(stripe_unit_bytes);
+        }
+    }
+}
+
+/// Reads a plex layout.
+pub fn read_plex_layout(l: wire::plex_layout::Reader<'_>) -> capnp::Result<PlexLayout> {
+    use wire::plex_layout::Which;
+    Ok(
+        match l.which().map_err(|e| not_in_schema("plex layout", e))? {
+            Which::Concat(()) => PlexLayout::Concat,
+            Which::Stripe(s) => PlexLayout::Stripe {
+                columns: s.get_columns(),
+                stripe_unit_bytes: s.get_stripe_unit_bytes(),
+            },
+        },
+    )
 }
 
 fn len_u32(len: usize) -> u32 {
@@ -55,51 +181,19 @@ fn encode_volume(v: &Volume, mut b: wire::volume::Builder<'_>) {
         VolumeState::Enabled => wire::VolumeState::Enabled,
         VolumeState::Disabled => wire::VolumeState::Disabled,
     });
-    {
-        let mut policy = b.reborrow().init_read_policy();
-        match &v.read_policy {
-            ReadPolicy::Round => policy.set_round(()),
-            ReadPolicy::Prefer { plex } => policy.set_prefer(plex.as_str()),
-            ReadPolicy::LeastOutstanding => policy.set_least_outstanding(()),
-        }
-    }
+    write_read_policy(&v.read_policy, b.reborrow().init_read_policy());
     {
         let mut exports = b.reborrow().init_exports(len_u32(v.exports.len()));
         for (i, e) in (0..).zip(&v.exports) {
-            let mut eb = exports.reborrow().get(i);
-            eb.set_protocol(e.protocol.as_str());
-            eb.set_iqn(e.iqn.as_str());
-            eb.set_portal(e.portal.as_str());
-            let mut nodes = eb.init_nodes(len_u32(e.nodes.len()));
-            for (j, n) in (0..).zip(&e.nodes) {
-                nodes.set(j, n.as_str());
-            }
+            write_export(e, exports.reborrow().get(i));
         }
     }
     let mut plexes = b.init_plexes(len_u32(v.plexes.len()));
     for (i, p) in (0..).zip(&v.plexes) {
         let mut pb = plexes.reborrow().get(i);
         pb.set_name(p.name.as_str());
-        pb.set_state(match p.state {
-            PlexState::Active => wire::PlexState::Active,
-            PlexState::Stale => wire::PlexState::Stale,
-            PlexState::Syncing => wire::PlexState::Syncing,
-            PlexState::Empty => wire::PlexState::Empty,
-        });
-        {
-            let mut layout = pb.reborrow().init_layout();
-            match p.layout {
-                PlexLayout::Concat => layout.set_concat(()),
-                PlexLayout::Stripe {
-                    columns,
-                    stripe_unit_bytes,
-                } => {
-                    let mut stripe = layout.init_stripe();
-                    stripe.set_columns(columns);
-                    stripe.set_stripe_unit_bytes(stripe_unit_bytes);
-                }
-            }
-        }
+        pb.set_state(wire_plex_state(p.state));
+        write_plex_layout(&p.layout, pb.reborrow().init_layout());
         let mut sds = pb.init_subdisks(len_u32(p.subdisks.len()));
         for (j, sd) in (0..).zip(&p.subdisks) {
             let mut sb = sds.reborrow().get(j);
@@ -127,10 +221,11 @@ pub fn decode_config(payload: &[u8]) -> Result<DiskGroupConfig, String> {
     let root = message
         .get_root::<wire::disk_group_config::Reader>()
         .map_err(|e| format!("bad root: {e}"))?;
-    decode_root(root).map_err(|e| format!("malformed configuration: {e}"))
+    read_group(root).map_err(|e| format!("malformed configuration: {e}"))
 }
 
-fn text(r: capnp::Result<capnp::text::Reader<'_>>) -> capnp::Result<String> {
+/// A text field as a `String`; text that is not UTF-8 is an error.
+pub fn text(r: capnp::Result<capnp::text::Reader<'_>>) -> capnp::Result<String> {
     r?.to_string()
         .map_err(|e| capnp::Error::failed(format!("text is not UTF-8: {e}")))
 }
@@ -139,7 +234,9 @@ fn not_in_schema(what: &str, e: capnp::NotInSchema) -> capnp::Error {
     capnp::Error::failed(format!("unknown {what} {}", e.0))
 }
 
-fn decode_root(root: wire::disk_group_config::Reader<'_>) -> capnp::Result<DiskGroupConfig> {
+/// Reads a disk group written by [`write_group`]; a `formatVersion` this plexd does
+/// not read is an error.
+pub fn read_group(root: wire::disk_group_config::Reader<'_>) -> capnp::Result<DiskGroupConfig> {
     let version = root.get_format_version();
     if version == 0 || version > CONFIG_FORMAT_VERSION {
         return Err(capnp::Error::failed(format!(
@@ -148,14 +245,7 @@ fn decode_root(root: wire::disk_group_config::Reader<'_>) -> capnp::Result<DiskG
     }
     let mut disks = Vec::new();
     for d in root.get_disks()? {
-        disks.push(Disk {
-            name: text(d.get_name())?,
-            id: text(d.get_id())?,
-            path: text(d.get_path())?,
-            size_bytes: d.get_size_bytes(),
-            public_offset_bytes: d.get_public_offset_bytes(),
-            public_len_bytes: d.get_public_len_bytes(),
-        });
+        disks.push(read_disk(d)?);
     }
     let mut volumes = Vec::new();
     for v in root.get_volumes()? {
@@ -180,36 +270,14 @@ fn decode_volume(v: wire::volume::Reader<'_>) -> capnp::Result<Volume> {
         wire::VolumeState::Enabled => VolumeState::Enabled,
         wire::VolumeState::Disabled => VolumeState::Disabled,
     };
-    use wire::read_policy::Which;
-    let read_policy = match v
-        .get_read_policy()?
-        .which()
-        .map_err(|e| not_in_schema("read policy", e))?
-    {
-        Which::Round(()) => ReadPolicy::Round,
-        Which::Prefer(plex) => ReadPolicy::Prefer { plex: text(plex)? },
-        Which::LeastOutstanding(()) => ReadPolicy::LeastOutstanding,
-    };
+    let read_policy = read_read_policy(v.get_read_policy()?)?;
     let mut plexes = Vec::new();
     for p in v.get_plexes()? {
         plexes.push(decode_plex(p)?);
     }
     let mut exports = Vec::new();
     for e in v.get_exports()? {
-        let name = text(e.get_protocol())?;
-        let protocol = ExportProtocol::parse(&name).ok_or_else(|| {
-            capnp::Error::failed(format!("export protocol {name:?} is not known"))
-        })?;
-        let mut nodes = Vec::new();
-        for n in e.get_nodes()? {
-            nodes.push(text(n)?);
-        }
-        exports.push(Export {
-            protocol,
-            iqn: text(e.get_iqn())?,
-            nodes,
-            portal: text(e.get_portal())?,
-        });
+        exports.push(read_export(e)?);
     }
     Ok(Volume {
         name: text(v.get_name())?,
@@ -222,24 +290,8 @@ fn decode_volume(v: wire::volume::Reader<'_>) -> capnp::Result<Volume> {
 }
 
 fn decode_plex(p: wire::plex::Reader<'_>) -> capnp::Result<Plex> {
-    let state = match p.get_state().map_err(|e| not_in_schema("plex state", e))? {
-        wire::PlexState::Active => PlexState::Active,
-        wire::PlexState::Stale => PlexState::Stale,
-        wire::PlexState::Syncing => PlexState::Syncing,
-        wire::PlexState::Empty => PlexState::Empty,
-    };
-    use wire::plex_layout::Which;
-    let layout = match p
-        .get_layout()?
-        .which()
-        .map_err(|e| not_in_schema("plex layout", e))?
-    {
-        Which::Concat(()) => PlexLayout::Concat,
-        Which::Stripe(s) => PlexLayout::Stripe {
-            columns: s.get_columns(),
-            stripe_unit_bytes: s.get_stripe_unit_bytes(),
-        },
-    };
+    let state = read_plex_state(p.get_state())?;
+    let layout = read_plex_layout(p.get_layout()?)?;
     let mut subdisks = Vec::new();
     for sd in p.get_subdisks()? {
         subdisks.push(Subdisk {

@@ -1,0 +1,272 @@
+//! `plexctl print`'s two renderings of the ctl API's `PrintedConfig`: the stable
+//! JSON document and the vxprint -ht-like text tree. plexctl renders a node's answer
+//! with them; a node renders the same for the answer's older `json`/`text` fields.
+//!
+//! JSON shape (docs/OPERATIONS.md): `{"disk_groups": [{"name", "id", "shared", "seq",
+//! "owner", "disks": [{"name", "id", "path", "size", "public_offset", "public_len"}],
+//! "volumes": [{"name", "size", "state", "read_policy", "plexes": [{"name", "state",
+//! "layout", "columns", "stripe_unit", "subdisks": [{"name", "disk", "disk_offset",
+//! "len", "column", "plex_offset"}]}], "exports": [{"protocol", "iqn", "nodes",
+//! "portal"}]}]}], "failed_disk_groups": [{"name", "id", "shared", "state", "reason",
+//! "disks"}]}` (`failed_disk_groups` left out when empty). Sizes are bytes; an
+//! export's empty `nodes` means every node, its empty `portal` each node's own.
+//!
+//! A value this build does not know (a state or layout a newer node added) is shown
+//! as `unknown(N)` rather than failing the whole answer.
+
+use serde_json::{json, Value};
+
+use crate::ctl_capnp::printed_config;
+use crate::ondisk_capnp as disk;
+use crate::size::format_size;
+
+fn text(r: capnp::Result<capnp::text::Reader<'_>>) -> capnp::Result<String> {
+    r?.to_string()
+        .map_err(|e| capnp::Error::failed(format!("text is not UTF-8: {e}")))
+}
+
+fn volume_state(s: Result<disk::VolumeState, capnp::NotInSchema>) -> String {
+    match s {
+        Ok(disk::VolumeState::Enabled) => "ENABLED".into(),
+        Ok(disk::VolumeState::Disabled) => "DISABLED".into(),
+        Err(e) => format!("unknown({})", e.0),
+    }
+}
+
+fn plex_state(s: Result<disk::PlexState, capnp::NotInSchema>) -> String {
+    match s {
+        Ok(disk::PlexState::Active) => "ACTIVE".into(),
+        Ok(disk::PlexState::Stale) => "STALE".into(),
+        Ok(disk::PlexState::Syncing) => "SYNCING".into(),
+        Ok(disk::PlexState::Empty) => "EMPTY".into(),
+        Err(e) => format!("unknown({})", e.0),
+    }
+}
+
+fn read_policy(p: disk::read_policy::Reader<'_>) -> capnp::Result<String> {
+    use disk::read_policy::Which;
+    Ok(match p.which() {
+        Ok(Which::Round(())) => "round".into(),
+        Ok(Which::Prefer(plex)) => format!("prefer:{}", text(plex)?),
+        Ok(Which::LeastOutstanding(())) => "least-busy".into(),
+        Err(e) => format!("unknown({})", e.0),
+    })
+}
+
+/// A plex layout's name, columns and stripe unit (concat: 1 column, no unit).
+fn layout(l: disk::plex_layout::Reader<'_>) -> (String, u32, u64) {
+    use disk::plex_layout::Which;
+    match l.which() {
+        Ok(Which::Concat(())) => ("concat".into(), 1, 0),
+        Ok(Which::Stripe(s)) => ("stripe".into(), s.get_columns(), s.get_stripe_unit_bytes()),
+        Err(e) => (format!("unknown({})", e.0), 0, 0),
+    }
+}
+
+/// The JSON document.
+pub fn json(c: printed_config::Reader<'_>) -> capnp::Result<Value> {
+    let mut groups = Vec::new();
+    for g in c.get_disk_groups()? {
+        let mut disks = Vec::new();
+        for d in g.get_disks()? {
+            disks.push(json!({
+                "name": text(d.get_name())?,
+                "id": text(d.get_id())?,
+                "path": text(d.get_path())?,
+                "size": d.get_size_bytes(),
+                "public_offset": d.get_public_offset_bytes(),
+                "public_len": d.get_public_len_bytes(),
+            }));
+        }
+        let mut volumes = Vec::new();
+        for v in g.get_volumes()? {
+            let mut plexes = Vec::new();
+            for p in v.get_plexes()? {
+                let (kind, columns, su) = layout(p.get_layout()?);
+                let mut subdisks = Vec::new();
+                for s in p.get_subdisks()? {
+                    subdisks.push(json!({
+                        "name": text(s.get_name())?,
+                        "disk": text(s.get_disk())?,
+                        "disk_offset": s.get_disk_offset_bytes(),
+                        "len": s.get_len_bytes(),
+                        "column": s.get_column(),
+                        "plex_offset": s.get_plex_offset_bytes(),
+                    }));
+                }
+                plexes.push(json!({
+                    "name": text(p.get_name())?,
+                    "state": plex_state(p.get_state()),
+                    "layout": kind,
+                    "columns": columns,
+                    "stripe_unit": su,
+                    "subdisks": subdisks,
+                }));
+            }
+            let mut exports = Vec::new();
+            for e in v.get_exports()? {
+                let mut nodes = Vec::new();
+                for n in e.get_nodes()? {
+                    nodes.push(text(n)?);
+                }
+                exports.push(json!({
+                    "protocol": text(e.get_protocol())?,
+                    "iqn": text(e.get_iqn())?,
+                    "nodes": nodes,
+                    "portal": text(e.get_portal())?,
+                }));
+            }
+            volumes.push(json!({
+                "name": text(v.get_name())?,
+                "size": v.get_size_bytes(),
+                "state": volume_state(v.get_state()),
+                "read_policy": read_policy(v.get_read_policy()?)?,
+                "plexes": plexes,
+                "exports": exports,
+            }));
+        }
+        groups.push(json!({
+            "name": text(g.get_name())?,
+            "id": text(g.get_id())?,
+            "shared": g.get_shared(),
+            "seq": g.get_seq(),
+            "owner": text(g.get_owner_id())?,
+            "disks": disks,
+            "volumes": volumes,
+        }));
+    }
+    let mut failed = Vec::new();
+    for f in c.get_failed_groups()? {
+        let mut disks = Vec::new();
+        for d in f.get_disks()? {
+            disks.push(text(d.get_name())?);
+        }
+        failed.push(json!({
+            "name": text(f.get_name())?,
+            "id": text(f.get_id())?,
+            "shared": f.get_shared(),
+            "state": "failed",
+            "reason": text(f.get_reason())?,
+            "disks": disks,
+        }));
+    }
+    Ok(if failed.is_empty() {
+        json!({ "disk_groups": groups })
+    } else {
+        json!({ "disk_groups": groups, "failed_disk_groups": failed })
+    })
+}
+
+/// The text tree (`dg`, `dm`, `v`, `ex`, `pl`, `sd` lines), then one
+/// `dg NAME KIND FAILED reason` line (with its `dm` lines) per failed disk group.
+pub fn text_tree(c: printed_config::Reader<'_>) -> capnp::Result<String> {
+    let mut s = String::new();
+    s.push_str("DG NAME         KIND     SEQ    OWNER\n");
+    s.push_str("DM NAME         DEVICE                               LENGTH\n");
+    s.push_str("V  NAME         STATE    LENGTH   READPOL\n");
+    s.push_str("PL NAME         VOLUME       STATE    LAYOUT   LENGTH\n");
+    s.push_str("SD NAME         PLEX         DISK     OFFSET   LENGTH   [COL/]OFF\n");
+    s.push_str("EX PROTO  VOLUME       NODES        PORTAL           TARGET\n");
+    for g in c.get_disk_groups()? {
+        s.push('\n');
+        let kind = if g.get_shared() { "shared" } else { "private" };
+        s.push_str(&format!(
+            "dg {:<12} {:<8} {:<6} {}\n",
+            text(g.get_name())?,
+            kind,
+            g.get_seq(),
+            text(g.get_owner_id())?
+        ));
+        for d in g.get_disks()? {
+            s.push_str(&format!(
+                "dm {:<12} {:<36} {}\n",
+                text(d.get_name())?,
+                text(d.get_path())?,
+                format_size(d.get_public_len_bytes())
+            ));
+        }
+        for v in g.get_volumes()? {
+            let vname = text(v.get_name())?;
+            s.push('\n');
+            s.push_str(&format!(
+                "v  {:<12} {:<8} {:<8} {}\n",
+                vname,
+                volume_state(v.get_state()),
+                format_size(v.get_size_bytes()),
+                read_policy(v.get_read_policy()?)?
+            ));
+            for e in v.get_exports()? {
+                let mut nodes = Vec::new();
+                for n in e.get_nodes()? {
+                    nodes.push(text(n)?);
+                }
+                let nodes = if nodes.is_empty() {
+                    "all".to_string()
+                } else {
+                    nodes.join(",")
+                };
+                let portal = text(e.get_portal())?;
+                let portal = if portal.is_empty() {
+                    "(node's)".to_string()
+                } else {
+                    portal
+                };
+                s.push_str(&format!(
+                    "ex {:<6} {:<12} {:<12} {:<16} {}\n",
+                    text(e.get_protocol())?,
+                    vname,
+                    nodes,
+                    portal,
+                    text(e.get_iqn())?
+                ));
+            }
+            for p in v.get_plexes()? {
+                let pname = text(p.get_name())?;
+                let (kind, columns, su) = layout(p.get_layout()?);
+                let lay = match kind.as_str() {
+                    "stripe" => format!("STRIPE {columns}/{}", format_size(su)),
+                    "concat" => "CONCAT".to_string(),
+                    other => other.to_string(),
+                };
+                s.push_str(&format!(
+                    "pl {:<12} {:<12} {:<8} {:<8} {}\n",
+                    pname,
+                    vname,
+                    plex_state(p.get_state()),
+                    lay,
+                    format_size(v.get_size_bytes())
+                ));
+                for sd in p.get_subdisks()? {
+                    s.push_str(&format!(
+                        "sd {:<12} {:<12} {:<8} {:<8} {:<8} {}/{}\n",
+                        text(sd.get_name())?,
+                        pname,
+                        text(sd.get_disk())?,
+                        format_size(sd.get_disk_offset_bytes()),
+                        format_size(sd.get_len_bytes()),
+                        sd.get_column(),
+                        format_size(sd.get_plex_offset_bytes())
+                    ));
+                }
+            }
+        }
+    }
+    for f in c.get_failed_groups()? {
+        let kind = if f.get_shared() { "shared" } else { "private" };
+        s.push('\n');
+        s.push_str(&format!(
+            "dg {:<12} {:<8} FAILED {}\n",
+            text(f.get_name())?,
+            kind,
+            text(f.get_reason())?
+        ));
+        for d in f.get_disks()? {
+            s.push_str(&format!(
+                "dm {:<12} {}\n",
+                text(d.get_name())?,
+                text(d.get_path())?
+            ));
+        }
+    }
+    Ok(s)
+}
