@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::alua::Alua;
 use super::cdb::MAX_TRANSFER_BYTES;
-use super::pr::PrState;
+use super::pr::{Nexus, PrState};
+use super::pr_cluster::PrBroker;
 use crate::bdev::Bdev;
 
 /// Device identifiers derived from a LUN's `device_id` (by default the volume name
@@ -93,6 +94,9 @@ pub struct LunRt {
     /// True while any reservation is held: the I/O path checks only this.
     pr_active: AtomicBool,
     pr_path: Option<PathBuf>,
+    /// Set for a LUN of a shared volume: the cluster keeps its reservations (PR
+    /// OUT goes through the broker; the state is set by the coordinator).
+    cluster: Option<Arc<PrBroker>>,
     /// Software write protect (control mode page SWP), set by MODE SELECT.
     swp: AtomicBool,
     /// Bumped by LUN and target resets; a nexus that saw an older value gets a
@@ -113,11 +117,41 @@ impl LunRt {
             pr_active: AtomicBool::new(pr.any()),
             pr: Mutex::new(pr),
             pr_path,
+            cluster: None,
             info,
             bdev,
             swp: AtomicBool::new(false),
             ua_epoch: AtomicU64::new(0),
         }
+    }
+
+    /// A LUN of a shared volume whose reservations the cluster keeps: it starts with
+    /// the committed state `broker` holds for its bdev and forwards PR OUT to it.
+    pub fn new_cluster(info: LunInfo, bdev: Arc<dyn Bdev>, broker: Arc<PrBroker>) -> LunRt {
+        let pr = broker.state(bdev.name());
+        let mut l = LunRt::new(info, bdev, pr, None);
+        l.cluster = Some(broker);
+        l
+    }
+
+    /// The cluster's broker when the cluster keeps this LUN's reservations.
+    pub fn cluster_pr(&self) -> Option<&Arc<PrBroker>> {
+        self.cluster.as_ref()
+    }
+
+    /// Installs the cluster's committed reservation state (a LUN of a shared
+    /// volume); this node's RESERVE(6) holder stays.
+    pub fn set_committed_pr(&self, state: &PrState) {
+        self.with_pr(|p| {
+            p.set_persistent(state);
+            ((), false)
+        });
+    }
+
+    /// The I_T nexus of initiator port `initiator` on this LUN: with this target's
+    /// relative port from the ALUA view (the node id in a cluster, else 1).
+    pub fn nexus(&self, initiator: &str) -> Nexus {
+        Nexus::new(initiator, self.alua().relative_port)
     }
 
     /// The SCSI view with the write cache read from the bdev now (a volume's
