@@ -85,9 +85,12 @@ struct Pending {
     since: Instant,
 }
 
-/// The waiting tasks of one reactor: request id → (receiver, its tag).
+/// A waiting task: its receiver (gone when its connection closed) and its tag.
+type Waiter = (Weak<dyn PrDone>, u64);
+
+/// The waiting tasks of one reactor, by request id.
 #[derive(Default)]
-struct Waiters(RefCell<HashMap<u64, (Weak<dyn PrDone>, u64)>>);
+struct Waiters(RefCell<HashMap<u64, Waiter>>);
 
 /// The cluster reservation state of a target's shared volumes and the PR OUT
 /// requests waiting for the coordinator.
