@@ -618,17 +618,17 @@ impl IscsiFrontend {
                 kind: "lun",
                 name: format!("{lun} of {iqn}"),
             })?;
-            let mut cur = rt.alua();
-            if cur.local_state() != alua.local_state() {
+            let was = rt.alua().local_state();
+            if was != alua.local_state() {
                 log::info!(
                     "iscsi: {}: ALUA state of port group {} {:?} -> {:?}",
                     lun_obj(iqn, lun),
                     alua.local_group,
-                    cur.local_state(),
+                    was,
                     alua.local_state()
                 );
             }
-            *cur = alua.clone();
+            rt.set_alua(alua);
             if let Some(c) = conf.luns.iter_mut().find(|c| c.lun == lun) {
                 c.alua = Some(alua.clone());
             }

@@ -2,7 +2,7 @@
 //! I_T nexus shares (reservations, software write protect, reset epoch, ALUA view).
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::alua::Alua;
@@ -106,6 +106,9 @@ pub struct LunRt {
     /// ([`crate::frontend::iscsi::IscsiFrontend::set_alua`]); read by INQUIRY and
     /// REPORT TARGET PORT GROUPS only, never on the I/O path.
     alua: Mutex<Alua>,
+    /// This target's relative port in `alua` (the I_T nexus of reservations), read
+    /// without the lock by the reservation checks of the I/O path.
+    port: AtomicU16,
 }
 
 impl LunRt {
@@ -113,6 +116,7 @@ impl LunRt {
     /// when given) and the ALUA view of `info`.
     pub fn new(info: LunInfo, bdev: Arc<dyn Bdev>, pr: PrState, pr_path: Option<PathBuf>) -> LunRt {
         LunRt {
+            port: AtomicU16::new(info.alua.relative_port),
             alua: Mutex::new(info.alua.clone()),
             pr_active: AtomicBool::new(pr.any()),
             pr: Mutex::new(pr),
@@ -151,7 +155,7 @@ impl LunRt {
     /// The I_T nexus of initiator port `initiator` on this LUN: with this target's
     /// relative port from the ALUA view (the node id in a cluster, else 1).
     pub fn nexus(&self, initiator: &str) -> Nexus {
-        Nexus::new(initiator, self.alua().relative_port)
+        Nexus::new(initiator, self.port.load(Ordering::Acquire))
     }
 
     /// The SCSI view with the write cache read from the bdev now (a volume's
@@ -164,9 +168,16 @@ impl LunRt {
         }
     }
 
-    /// The ALUA view (replace it through the guard).
+    /// The ALUA view (read it; replace it with [`LunRt::set_alua`]).
     pub fn alua(&self) -> MutexGuard<'_, Alua> {
         self.alua.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Replaces the ALUA view (and with it this target's relative port).
+    pub fn set_alua(&self, a: &Alua) {
+        let mut g = self.alua();
+        *g = a.clone();
+        self.port.store(a.relative_port, Ordering::Release);
     }
 
     /// The reservation state, for reading.

@@ -499,6 +499,10 @@ impl Conn {
             }
         }
         st.itts.clear();
+        // PR OUT requests still with the cluster: their answers are not awaited.
+        for w in std::mem::take(&mut st.pr_waits) {
+            w.broker.cancel(&self.reactor, w.id);
+        }
         // A closed connection may stay queued as a buffer waiter until a chunk of
         // that class frees up: it keeps no receive buffer meanwhile.
         st.rbuf = Vec::new();
