@@ -1405,7 +1405,13 @@ impl Daemon {
                 // is wrong for them now); the data plane decides again on the state
                 // it holds, which has every change committed before this answer.
                 let answer = match &result {
-                    Ok(()) => PrOutResult::Committed,
+                    Ok(()) => {
+                        log::info!(
+                            "node {}: volume {volume}: persistent reservations changed (a host's PERSISTENT RESERVE OUT through this node)",
+                            self.name
+                        );
+                        PrOutResult::Committed
+                    }
                     Err(e) if e.kind == ErrorKind::Refused => PrOutResult::Stale,
                     Err(e) => {
                         log::warn!(
