@@ -366,5 +366,14 @@ struct ConfigChange {
       volume @48 :Text;
       protocol @49 :Text;     # "iscsi"
     }
+    volPrOut :group {         # a host's PERSISTENT RESERVE OUT on a shared volume
+      dg @50 :Text;
+      volume @51 :Text;
+      initiator @52 :Text;    # the I_T nexus: initiator port...
+      targetPort @53 :UInt16; # ...and relative target port
+      serviceAction @54 :UInt8;
+      scopeType @55 :UInt8;
+      parameters @56 :Data;
+    }
   }
 }

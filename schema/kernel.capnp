@@ -188,6 +188,15 @@ struct Event {
     leaseExpired :group {       # the data-plane lease ran out (or was revoked): the
       volumes @8 :List(Text);   # shared volumes now fenced (their I/O fails)
     }
+    prOut :group {              # a PERSISTENT RESERVE OUT on a LUN whose reservations the
+      request @9 :UInt64;       # cluster keeps (IscsiLun.clusterReservations) would change
+      volume @10 :Text;         # them: run it cluster-wide, then answer with prOutDone
+      initiator @11 :Text;      # I_T nexus: initiator port name "iqn,i,0x<ISID>"
+      relativePort @12 :UInt16; # I_T nexus: this target's relative port (ALUA)
+      serviceAction @13 :UInt8;
+      scopeType @14 :UInt8;     # the CDB's scope and type byte
+      parameters @15 :Data;     # the parameter list (24 bytes)
+    }
   }
 }
 
@@ -223,6 +232,8 @@ struct IscsiLun {
   deviceId @2 :Text;      # the identity of VPD 80h/83h; empty = the bdev name
   readOnly @3 :Bool;
   alua @4 :Alua;          # absent: one group 1, relative port 1, active/optimized
+  clusterReservations @5 :Bool;  # persistent reservations kept by the cluster (a shared
+                                 # volume): set by setReservations, PR OUT as prOut events
 }
 
 # ALUA (docs/ISCSI.md, "ALUA"): the target port groups of the device a LUN is a path to.
@@ -284,6 +295,30 @@ struct IscsiSession {
   isid @2 :Text;                # 12 hex digits
   target @3 :Text;              # empty for discovery sessions
   connections @4 :List(IscsiConnection);  # one today (MaxConnections=1)
+}
+
+# ---- persistent reservations kept by the cluster (docs/ISCSI.md, "Persistent reservations") ----
+
+struct PrRegistration {
+  initiator @0 :Text;         # initiator port name
+  relativePort @1 :UInt16;    # the target port it registered through
+  key @2 :UInt64;
+}
+
+struct Reservations {
+  generation @0 :UInt32;      # PRgeneration
+  aptpl @1 :Bool;
+  registrations @2 :List(PrRegistration);
+  reserved @3 :Bool;          # a persistent reservation is held (then the fields below)
+  holder @4 :Text;            # its holder's initiator port (all-registrants types: any)
+  holderPort @5 :UInt16;
+  type @6 :UInt8;             # SPC-4 type code (1 WE, 3 EA, 5 WE_RO, 6 EA_RO, 7 WE_AR, 8 EA_AR)
+}
+
+enum PrOutResult {
+  committed @0;     # the cluster committed it (setReservations came first): GOOD
+  stale @1;         # refused against a newer state: the target decides again
+  unavailable @2;   # the cluster cannot run it now: NOT READY 04h/0Ah, hosts retry
 }
 
 # ---- the data-plane lease (docs/KERNEL_INTERFACE.md, "The data-plane lease") ----
@@ -370,6 +405,13 @@ interface Kernel {
   nvmfSetAna @40 (state :NvmfAnaState) -> (error :Error, group :UInt32);
   nvmfSubsystems @41 () -> (error :Error, subsystems :List(NvmfSubsystem), listeners :List(Text));
   nvmfControllers @42 () -> (error :Error, controllers :List(NvmfController));
+  # The committed reservations of shared volume `volume` (a bdev name): every LUN of it
+  # with clusterReservations takes them (RESERVE(6) holders stay), and so does a LUN
+  # mapped later. Allowed whether or not a LUN maps the volume now.
+  setReservations @43 (volume :Text, state :Reservations) -> (error :Error);
+  # The answer to the prOut event `request`; notFound when no such request waits (it
+  # timed out, or was answered).
+  prOutDone @44 (request :UInt64, result :PrOutResult) -> (error :Error);
 }
 
 struct NvmfNamespace {

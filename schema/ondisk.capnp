@@ -50,6 +50,26 @@ struct Volume {
   readPolicy @3 :ReadPolicy;
   plexes @4 :List(Plex);
   exports @5 :List(Export);     # added after format 1's first release; absent = none
+  reservations @6 :Reservations;  # SCSI persistent reservations of a shared volume;
+                                  # added later in format 1; absent = none
+}
+
+# A volume's SCSI persistent reservations (SPC-4 5.13), kept by the cluster for a shared
+# volume and changed by hosts' PERSISTENT RESERVE OUT through any node (docs/ISCSI.md).
+struct Reservations {
+  generation @0 :UInt32;        # PRgeneration
+  aptpl @1 :Bool;               # activate persist through power loss, as last registered
+  registrations @2 :List(PrRegistration);
+  reserved @3 :Bool;            # a reservation is held: the three fields below are set
+  holder @4 :Text;              # holder's initiator port "iqn,i,0x<ISID>"
+  holderPort @5 :UInt16;        # holder's relative target port (the node id)
+  type @6 :UInt8;               # SPC-4 type code: 1, 3, 5, 6, 7 or 8
+}
+
+struct PrRegistration {
+  initiator @0 :Text;           # initiator port "iqn,i,0x<ISID>"
+  relativePort @1 :UInt16;      # the target port (node id) it registered through
+  key @2 :UInt64;               # reservation key
 }
 
 struct Export {

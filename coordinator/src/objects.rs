@@ -22,6 +22,7 @@ use thiserror::Error;
 
 use crate::alloc::{self, AllocError};
 pub use crate::size::SECTOR_BYTES;
+pub use plexd_target::frontend::scsi::pr::{Nexus, PrState};
 
 /// Every subdisk's offset and length is a multiple of this, so O_DIRECT I/O on 4K-sector
 /// devices stays aligned.
@@ -118,6 +119,11 @@ pub struct Volume {
     /// How hosts reach it (`plexctl export`); at most one per protocol.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exports: Vec<Export>,
+    /// SCSI persistent reservations of a shared volume (registrations and the
+    /// reservation held), changed by [`Change::VolPrOut`]; empty for a private
+    /// volume (its node keeps them).
+    #[serde(default, skip_serializing_if = "PrState::is_empty")]
+    pub reservations: PrState,
 }
 
 /// The protocol of an export.
@@ -164,6 +170,8 @@ pub struct Export {
 
 /// Longest iSCSI name (RFC 7143: 223 bytes).
 pub const MAX_IQN_BYTES: usize = 223;
+/// Longest initiator port name a reservation records (`<iqn>,i,0x<ISID>`).
+pub const MAX_NEXUS_NAME_BYTES: usize = MAX_IQN_BYTES + 32;
 
 /// Checks an iSCSI name: `iqn.YYYY-MM.reversed.domain[:anything]`, `eui.` or `naa.`
 /// followed by hex digits; lowercase letters, digits, '.', '-', ':'.
@@ -527,6 +535,24 @@ pub enum Change {
         /// Which export.
         protocol: ExportProtocol,
     },
+    /// A host's PERSISTENT RESERVE OUT on a shared volume, sent by the data plane of
+    /// the node it reached: [`PrState::out`] on the volume's reservations. Refused
+    /// (kind Refused) unless it changes them: the requesting node then decides the
+    /// command's outcome again on the newest state (docs/ISCSI.md).
+    VolPrOut {
+        /// Group (shared).
+        dg: String,
+        /// Volume.
+        volume: String,
+        /// The I_T nexus: initiator port and relative target port.
+        nexus: Nexus,
+        /// Service action.
+        service_action: u8,
+        /// The CDB's scope and type byte.
+        scope_type: u8,
+        /// The parameter list.
+        parameters: Vec<u8>,
+    },
 }
 
 impl Change {
@@ -550,7 +576,8 @@ impl Change {
             | Change::PlexRm { dg, .. }
             | Change::SetPlexState { dg, .. }
             | Change::VolExport { dg, .. }
-            | Change::VolUnexport { dg, .. } => dg,
+            | Change::VolUnexport { dg, .. }
+            | Change::VolPrOut { dg, .. } => dg,
         }
     }
 
@@ -1451,6 +1478,14 @@ pub fn describe(change: &Change, after: Option<&DiskGroupConfig>) -> String {
                 format!("node {}", export.nodes.join(", "))
             }
         ),
+        Change::VolPrOut {
+            volume,
+            nexus,
+            service_action,
+            ..
+        } => format!(
+            "volume {volume} of disk group {dg}: persistent reservations changed (service action {service_action} from {nexus})"
+        ),
         Change::VolUnexport {
             volume, protocol, ..
         } => format!(
@@ -1586,6 +1621,7 @@ pub fn apply_dg(dg: &DiskGroupConfig, change: &Change) -> Result<DiskGroupConfig
                 read_policy: ReadPolicy::Round,
                 plexes,
                 exports: Vec::new(),
+                reservations: PrState::default(),
             });
         }
         Change::VolGrow {
@@ -1663,6 +1699,53 @@ pub fn apply_dg(dg: &DiskGroupConfig, change: &Change) -> Result<DiskGroupConfig
             }
             next.volumes[vi].exports.push(export.clone());
             next.volumes[vi].exports.sort_by_key(|e| e.protocol);
+        }
+        Change::VolPrOut {
+            volume,
+            nexus,
+            service_action,
+            scope_type,
+            parameters,
+            ..
+        } => {
+            let vi = dg.volume_index(volume)?;
+            let what = || {
+                format!(
+                    "volume {volume} of disk group {}: PERSISTENT RESERVE OUT (service action {service_action}) from {nexus}",
+                    dg.name
+                )
+            };
+            if !dg.shared {
+                return Err(ConfigError::Invalid(format!(
+                    "{}: a private volume's reservations are kept by its node",
+                    what()
+                )));
+            }
+            if nexus.initiator.is_empty() || nexus.initiator.len() > MAX_NEXUS_NAME_BYTES {
+                return Err(ConfigError::Invalid(format!(
+                    "{}: the initiator port name must be 1..{MAX_NEXUS_NAME_BYTES} bytes",
+                    what()
+                )));
+            }
+            let r =
+                next.volumes[vi]
+                    .reservations
+                    .out(nexus, *service_action, *scope_type, parameters);
+            match r {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(ConfigError::Invalid(format!(
+                        "{}: changes nothing in the reservations now",
+                        what()
+                    )))
+                }
+                Err(e) => {
+                    return Err(ConfigError::Invalid(format!(
+                        "{}: refused by the reservations now ({e:?})",
+                        what()
+                    )))
+                }
+            }
         }
         Change::VolUnexport {
             volume, protocol, ..
@@ -1845,6 +1928,68 @@ mod tests {
             size_bytes: size,
             layout,
         })
+    }
+
+    fn pr_out(nexus: &Nexus, sa: u8, ty: u8, rkey: u64, sakey: u64) -> Change {
+        Change::VolPrOut {
+            dg: "dg1".into(),
+            volume: "v1".into(),
+            nexus: nexus.clone(),
+            service_action: sa,
+            scope_type: ty,
+            parameters: plexd_target::frontend::scsi::pr::param(rkey, sakey, false),
+        }
+    }
+
+    #[test]
+    fn persistent_reservations_are_changed_by_the_cluster_and_refused_when_stale() {
+        use plexd_target::frontend::scsi::pr::{ty, Access};
+        let c = create_vol(
+            &cluster(&[("d1", GIB)]),
+            "v1",
+            8 << 20,
+            VolumeLayout::Concat,
+        )
+        .unwrap();
+        let a = Nexus::new("iqn.a,i,0x1", 1);
+        let b = Nexus::new("iqn.b,i,0x2", 2);
+        let c = c.apply(&pr_out(&a, 0, 0, 0, 0xa)).unwrap();
+        let c = c.apply(&pr_out(&a, 1, ty::WE, 0xa, 0)).unwrap();
+        assert_eq!(c.disk_groups[0].seq, 4, "each change bumps seq");
+        let r = &c.disk_groups[0].volumes[0].reservations;
+        assert!(r.conflicts(&b, Access::Write));
+        assert!(!r.conflicts(&a, Access::Write));
+        // What changes nothing (a second identical RESERVE) or conflicts is refused:
+        // the requesting node answers it from the state it then holds.
+        for stale in [pr_out(&a, 1, ty::WE, 0xa, 0), pr_out(&b, 1, ty::WE, 0xb, 0)] {
+            let e = c.apply(&stale).unwrap_err();
+            assert!(matches!(e, ConfigError::Invalid(_)), "{e}");
+            assert!(e.to_string().contains("volume v1 of disk group dg1"), "{e}");
+        }
+        // PREEMPT by another nexus removes a's key and takes the reservation.
+        let c = c.apply(&pr_out(&b, 0, 0, 0, 0xb)).unwrap();
+        let c = c.apply(&pr_out(&b, 4, ty::WE, 0xb, 0xa)).unwrap();
+        let r = &c.disk_groups[0].volumes[0].reservations;
+        assert_eq!(r.regs.len(), 1);
+        assert!(r.conflicts(&a, Access::Write));
+        // A private group's volume keeps its reservations on its node.
+        let private = apply(
+            &ClusterConfig::default(),
+            &Change::DgCreate {
+                dg: "dg1".into(),
+                dg_id: "dgid1".into(),
+                shared: false,
+                owner_id: "host1".into(),
+                disks: vec![disk("d1", GIB)],
+            },
+        )
+        .unwrap();
+        let private = create_vol(&private, "v1", 8 << 20, VolumeLayout::Concat).unwrap();
+        assert!(private.apply(&pr_out(&a, 0, 0, 0, 0xa)).is_err());
+        // The change travels as JSON like every other.
+        let ch = pr_out(&a, 0, 0, 0, 0xa);
+        let back: Change = serde_json::from_str(&serde_json::to_string(&ch).unwrap()).unwrap();
+        assert_eq!(back, ch);
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::bdev::{Bdev, BdevInfo};
 use crate::buf::{BufPool, PoolConfig};
+use crate::frontend::scsi::pr_cluster::{PrBroker, PrOutResult};
 use crate::reactor::{ReactorConfig, ReactorSet};
 
 /// Most events buffered per subscriber before new ones are dropped (and counted).
@@ -113,6 +114,25 @@ pub enum Event {
         /// The shared volumes fenced.
         volumes: Vec<String>,
     },
+    /// A PERSISTENT RESERVE OUT on a LUN of a shared volume, for the cluster to run
+    /// (see [`crate::frontend::scsi::pr_cluster`]); answered with
+    /// [`Target::complete_pr_out`].
+    PrOut {
+        /// The request id to answer.
+        request: u64,
+        /// The volume (the LUN's bdev).
+        volume: String,
+        /// Initiator port name of the I_T nexus.
+        initiator: String,
+        /// Relative target port of the I_T nexus.
+        relative_port: u16,
+        /// Service action.
+        service_action: u8,
+        /// Scope and type byte.
+        scope_type: u8,
+        /// The parameter list.
+        parameters: Vec<u8>,
+    },
 }
 
 /// How the target starts.
@@ -151,6 +171,8 @@ pub struct Target {
     pub(crate) tasks: crate::volume::resync::Tasks,
     /// The data-plane lease shared volumes are served under.
     pub(crate) lease: crate::lease::Lease,
+    /// Reservations of shared volumes, kept by the cluster.
+    pr: Arc<PrBroker>,
 }
 
 impl Target {
@@ -162,7 +184,8 @@ impl Target {
         };
         let pool = BufPool::new(&cfg.pool).map_err(io)?;
         let reactors = ReactorSet::start(&cfg.reactors, pool).map_err(io)?;
-        Ok(Arc::new(Target {
+        Ok(Arc::new_cyclic(|me| Target {
+            pr: Arc::new(PrBroker::new(me.clone())),
             reactors,
             bdevs: Mutex::new(BTreeMap::new()),
             subscribers: Mutex::new(Subscribers {
@@ -278,19 +301,33 @@ impl Target {
     }
 
     /// Publishes an event to every subscriber without blocking (safe on reactors).
-    pub fn publish(&self, ev: Event) {
+    /// Returns how many subscribers got it.
+    pub fn publish(&self, ev: Event) -> usize {
         let mut subs = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
         subs.senders.retain(|s| !s.is_closed());
-        let mut dropped = 0;
+        let mut dropped = 0usize;
         for s in &subs.senders {
             if s.try_send(ev.clone()).is_err() {
                 dropped += 1;
             }
         }
         if dropped > 0 {
-            subs.dropped += dropped;
+            subs.dropped += dropped as u64;
             log::warn!("event {ev:?}: {dropped} subscriber queue(s) full, event dropped");
         }
+        subs.senders.len() - dropped
+    }
+
+    /// The reservations of shared volumes kept by the cluster, and the PR OUT
+    /// requests waiting for the coordinator.
+    pub fn pr_broker(&self) -> &Arc<PrBroker> {
+        &self.pr
+    }
+
+    /// The coordinator's answer to the PR OUT request `request` (an
+    /// [`Event::PrOut`]).
+    pub fn complete_pr_out(&self, request: u64, result: PrOutResult) -> Result<(), TargetError> {
+        self.pr.complete(request, result)
     }
 
     /// The current plex error policy.

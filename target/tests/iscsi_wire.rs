@@ -1313,3 +1313,171 @@ fn a_session_reinstatement_is_logged_as_one() {
     }
     old.logout();
 }
+
+/// PR OUT of the test's initiator: status and (sense key, ASC, ASCQ).
+fn pr_out(ini: &mut Ini, sa: u8, ty: u8, rkey: u64, sakey: u64) -> (u8, Option<(u8, u8, u8)>) {
+    let mut cdb = [0u8; 10];
+    cdb[0] = 0x5f;
+    cdb[1] = sa;
+    cdb[2] = ty;
+    cdb[8] = 24;
+    let p = plexd_target::frontend::scsi::pr::param(rkey, sakey, false);
+    let r = ini.scsi(&cdb, Some(&p), 0);
+    let sense = r.sense_key.zip(r.asc).map(|(k, (a, q))| (k, a, q));
+    (r.status, sense)
+}
+
+#[test]
+fn a_shared_volumes_pr_out_goes_to_the_cluster_and_its_committed_state_is_served() {
+    use plexd_target::frontend::scsi::pr::{keys_of, Nexus, PrState};
+    use plexd_target::frontend::scsi::pr_cluster::PrOutResult;
+    use plexd_target::Event;
+    const NOT_READY_TRANSITION: Option<(u8, u8, u8)> = Some((2, 0x04, 0x0a));
+    let t = start_target(16 << 20);
+    let mut cfg = config(None, None);
+    cfg.targets[0].luns[0].cluster_reservations = true;
+    cfg.targets[0].luns[0].alua = Some(Alua {
+        local_group: 3,
+        relative_port: 3,
+        groups: vec![PortGroup {
+            id: 3,
+            state: AluaState::ActiveOptimized,
+            ports: vec![3],
+        }],
+    });
+    let fe = Arc::new(std::sync::Mutex::new(
+        IscsiFrontend::start(&t, &cfg).unwrap(),
+    ));
+    let port = fe.lock().unwrap().portal().port();
+    let mut ini = Ini::connect(port);
+    assert_eq!(ini.login(false), 0);
+
+    // No coordinator listens: the host is told to retry, nothing changes.
+    assert_eq!(pr_out(&mut ini, 0, 0, 0, 0xa), (2, NOT_READY_TRANSITION));
+    assert_eq!(t.pr_broker().waiting(), 0);
+
+    // A fake coordinator: answers each request as `answers` says (the committed
+    // state set first, as plexd's kernel commit does), and records the requests.
+    let events = t.subscribe();
+    let (seen_tx, seen_rx) = std::sync::mpsc::channel();
+    let (answer_tx, answer_rx) = std::sync::mpsc::channel::<(PrState, PrOutResult)>();
+    let coordinator = {
+        let (t, fe) = (Arc::clone(&t), Arc::clone(&fe));
+        std::thread::spawn(move || {
+            // One answer per request; ends when the test drops `answer_tx`.
+            for (state, result) in answer_rx {
+                let next = smol::block_on(smol::future::or(
+                    async {
+                        loop {
+                            match events.recv().await {
+                                Ok(ev @ Event::PrOut { .. }) => return Some(ev),
+                                Ok(_) => continue,
+                                Err(_) => return None,
+                            }
+                        }
+                    },
+                    async {
+                        smol::Timer::after(IO_TIMEOUT).await;
+                        None
+                    },
+                ));
+                let Some(ev) = next else {
+                    panic!("no PR OUT event within {IO_TIMEOUT:?}");
+                };
+                let Event::PrOut { request, .. } = ev else {
+                    unreachable!("only PR OUT events are kept");
+                };
+                seen_tx.send(ev).unwrap();
+                t.pr_broker().set_state("m0", &state);
+                fe.lock().unwrap().set_reservations("m0", &state);
+                t.complete_pr_out(request, result).unwrap();
+            }
+        })
+    };
+    let me = Nexus::new(
+        format!("iqn.2026-11.io.plexd:ini,i,0x{}", hex(&ini.isid)),
+        3,
+    );
+    let other = Nexus::new("iqn.2026-11.io.plexd:other,i,0x1", 7);
+
+    // REGISTER: forwarded with the nexus (relative port 3, the ALUA port), committed.
+    let mut committed = PrState::default();
+    committed
+        .out(
+            &me,
+            0,
+            0,
+            &plexd_target::frontend::scsi::pr::param(0, 0xa, false),
+        )
+        .unwrap();
+    answer_tx
+        .send((committed.clone(), PrOutResult::Committed))
+        .unwrap();
+    assert_eq!(pr_out(&mut ini, 0, 0, 0, 0xa), (0, None));
+    match seen_rx.recv_timeout(IO_TIMEOUT).unwrap() {
+        Event::PrOut {
+            volume,
+            initiator,
+            relative_port,
+            service_action,
+            parameters,
+            ..
+        } => {
+            assert_eq!(
+                (
+                    volume.as_str(),
+                    initiator.as_str(),
+                    relative_port,
+                    service_action
+                ),
+                ("m0", me.initiator.as_str(), 3, 0)
+            );
+            assert_eq!(parameters.len(), 24);
+        }
+        other => panic!("{other:?}"),
+    }
+    let keys = ini
+        .scsi(&[0x5e, 0, 0, 0, 0, 0, 0, 0x10, 0, 0], None, 4096)
+        .data;
+    assert_eq!(keys_of(&keys), vec![0xa], "PR IN reads the committed state");
+
+    // A RESERVE the cluster finds stale (another node's host reserved meanwhile):
+    // decided again on the new state, it is a RESERVATION CONFLICT.
+    let mut newer = committed.clone();
+    let p = |r, s| plexd_target::frontend::scsi::pr::param(r, s, false);
+    newer.out(&other, 0, 0, &p(0, 0xb)).unwrap();
+    newer.out(&other, 1, 1, &p(0xb, 0)).unwrap();
+    answer_tx.send((newer.clone(), PrOutResult::Stale)).unwrap();
+    assert_eq!(pr_out(&mut ini, 1, 1, 0xa, 0), (0x18, None));
+    assert!(matches!(
+        seen_rx.recv_timeout(IO_TIMEOUT),
+        Ok(Event::PrOut { .. })
+    ));
+    assert!(
+        seen_rx.try_recv().is_err(),
+        "a conflict on the new state is not sent again"
+    );
+    // Writes of this nexus now conflict (write exclusive held by the other one).
+    assert_eq!(ini.write10(0, &[1u8; BS]).status, 0x18);
+
+    // The cluster cannot run it (no quorum): NOT READY 04h/0Ah, state unchanged.
+    answer_tx
+        .send((newer.clone(), PrOutResult::Unavailable))
+        .unwrap();
+    assert_eq!(pr_out(&mut ini, 0, 0, 0xa, 0xc), (2, NOT_READY_TRANSITION));
+    let keys = ini
+        .scsi(&[0x5e, 0, 0, 0, 0, 0, 0, 0x10, 0, 0], None, 4096)
+        .data;
+    assert_eq!(keys_of(&keys), vec![0xa, 0xb]);
+    assert_eq!(t.pr_broker().waiting(), 0, "every request was answered");
+    // An answer to a request nobody waits for is refused, naming it.
+    let e = t.complete_pr_out(9999, PrOutResult::Committed).unwrap_err();
+    assert!(e.to_string().contains("9999"), "{e}");
+    ini.logout();
+    drop(answer_tx);
+    coordinator.join().unwrap();
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}

@@ -209,6 +209,7 @@ mod tests {
                 }],
             }],
             exports: Vec::new(),
+            reservations: Default::default(),
         }
     }
 

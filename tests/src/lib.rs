@@ -8,6 +8,7 @@ pub mod bins;
 pub mod cluster;
 pub mod data;
 pub mod invariants;
+pub mod iscsi;
 pub mod netns;
 pub mod proc;
 pub mod wait;

@@ -138,6 +138,14 @@ pub enum Job {
         /// Volume bdev name.
         volume: String,
     },
+    /// Answer the data plane's PR OUT request `request` (after the transaction's
+    /// kernel commit, which set the new reservations).
+    PrOutDone {
+        /// The data plane's request id.
+        request: u64,
+        /// The answer.
+        result: plexd_target::frontend::scsi::pr_cluster::PrOutResult,
+    },
     /// Give the exported LUNs of shared volumes their ALUA views, by IQN.
     SyncAlua {
         /// The view of each served export.
@@ -527,6 +535,15 @@ impl Driver {
                 if let Err(e) = self.kernel.client().fail_held_writes(&volume) {
                     log::error!(
                         "node {}: volume {volume}: cannot fail held writes: {e}",
+                        self.name
+                    );
+                }
+                Done::Nothing
+            }
+            Job::PrOutDone { request, result } => {
+                if let Err(e) = self.kernel.client().pr_out_done(request, result) {
+                    log::warn!(
+                        "node {}: data plane: persistent reserve out request {request}: cannot answer {result:?}: {e}",
                         self.name
                     );
                 }

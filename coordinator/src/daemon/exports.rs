@@ -34,6 +34,8 @@ pub struct ExportSpec {
     pub device_id: String,
     /// Where to listen.
     pub portal: String,
+    /// The volume is shared: the cluster keeps its persistent reservations.
+    pub cluster_reservations: bool,
 }
 
 /// Whether `export` is served by node `node`.
@@ -71,6 +73,7 @@ pub fn desired<'a>(
                         bdev: volume_bdev(&g.name, &v.name),
                         device_id: format!("{}.{}", g.id, v.name),
                         portal: portal_of(e, node_portal).to_string(),
+                        cluster_reservations: g.shared,
                     },
                 );
             }
@@ -109,6 +112,7 @@ fn target_of(iqn: &str, spec: &ExportSpec) -> TargetNodeConfig {
             read_only: false,
             // Set apart (sync_alua): it follows the view, not the configuration.
             alua: None,
+            cluster_reservations: spec.cluster_reservations,
         }],
         ..TargetNodeConfig::default()
     }
@@ -470,10 +474,12 @@ mod tests {
             bdev: "dg1.vol1".into(),
             device_id: "x.vol1".into(),
             portal: "127.0.0.1:3260".into(),
+            cluster_reservations: true,
         };
         let t = target_of("iqn.2026-11.io.plexd:t", &spec);
         assert!(managed(&t));
         assert_eq!(t.luns[0].device_id.as_deref(), Some("x.vol1"));
+        assert!(t.luns[0].cluster_reservations, "a shared volume's LUN");
         assert!(!managed(&TargetNodeConfig {
             iqn: "iqn.2026-11.io.plexd:static".into(),
             ..TargetNodeConfig::default()

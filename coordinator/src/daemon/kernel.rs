@@ -33,7 +33,7 @@ use plexd_target::volume::{
     PlexKind, PlexSpec, PlexState as KPlexState, ReadPolicy as KReadPolicy, SubdiskSpec, VolumeSpec,
 };
 
-use crate::objects::{DiskGroupConfig, KernelVolume, PlexState, ReadPolicy};
+use crate::objects::{DiskGroupConfig, KernelVolume, PlexState, PrState, ReadPolicy};
 
 /// How long a prepare waits for in-flight I/O of a volume to drain.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -125,6 +125,9 @@ pub struct Desired {
     pub volumes: BTreeMap<String, VolumeSpec>,
     /// iSCSI targets this node serves, by IQN (see [`super::exports`]).
     pub exports: BTreeMap<String, super::exports::ExportSpec>,
+    /// Persistent reservations of the shared volumes, by volume bdev name (empty
+    /// states left out).
+    pub reservations: BTreeMap<String, PrState>,
 }
 
 impl Desired {
@@ -139,6 +142,14 @@ impl Desired {
             for kv in g.kernel_layout() {
                 let spec = volume_spec(g, &kv);
                 d.volumes.insert(spec.name.clone(), spec);
+            }
+            for v in g
+                .volumes
+                .iter()
+                .filter(|v| g.shared && !v.reservations.is_empty())
+            {
+                d.reservations
+                    .insert(volume_bdev(&g.name, &v.name), v.reservations.clone());
             }
         }
         d
@@ -446,6 +457,11 @@ impl Kernel {
                 errors.push(format!("volume {v}: delete: {e}"));
             }
         }
+        // Reservations before new exports: a LUN mapped after takes its volume's.
+        errors.extend(self.set_reservations(
+            staged.before.as_ref().map(|k| &k.reservations),
+            &staged.desired,
+        ));
         if !exports_same {
             errors.extend(super::exports::add_missing(
                 &self.client,
@@ -465,6 +481,44 @@ impl Kernel {
             log::error!("data plane: {e}");
             Err(e)
         }
+    }
+
+    /// Gives the data plane the reservations of `desired` that differ from `before`
+    /// (all of them when not known), and empties those of the shared volumes that
+    /// have none any more. Returns the errors, each naming the volume.
+    fn set_reservations(
+        &self,
+        before: Option<&BTreeMap<String, PrState>>,
+        desired: &Desired,
+    ) -> Vec<String> {
+        let empty = PrState::default();
+        let mut errors = Vec::new();
+        let mut set = |volume: &str, state: &PrState| {
+            if let Err(e) = self.client.set_reservations(volume, state) {
+                errors.push(format!("volume {volume}: set reservations: {e}"));
+            }
+        };
+        for (v, state) in &desired.reservations {
+            if before.and_then(|b| b.get(v)) != Some(state) {
+                set(v, state);
+            }
+        }
+        match before {
+            Some(b) => {
+                for v in b.keys().filter(|v| !desired.reservations.contains_key(*v)) {
+                    set(v, &empty);
+                }
+            }
+            None => {
+                // Not known: every shared volume without reservations is told so.
+                for (v, spec) in &desired.volumes {
+                    if spec.shared && !desired.reservations.contains_key(v) {
+                        set(v, &empty);
+                    }
+                }
+            }
+        }
+        errors
     }
 
     /// Drops the staged phase and resumes I/O.

@@ -60,6 +60,7 @@ use crate::core::{
     TxnId,
 };
 use crate::objects::{self, Change, ClusterConfig, PlexLayout, PlexState, VolumeLayout};
+use plexd_target::frontend::scsi::pr_cluster::PrOutResult;
 
 use config::ClusterFile;
 use ctl::{CtlCall, CtlChange, CtlReply, LayoutKind, NodeStatusOut, PlexOp, StatusOut};
@@ -111,6 +112,22 @@ pub enum Input {
         volume: String,
         /// Plex.
         plex: String,
+    },
+    /// A host's PERSISTENT RESERVE OUT on a shared volume, from the data plane: run
+    /// it as a cluster change and answer the data plane.
+    PrOut {
+        /// The data plane's request id.
+        request: u64,
+        /// Volume bdev name (`DG.VOL`).
+        volume: String,
+        /// The I_T nexus.
+        nexus: objects::Nexus,
+        /// Service action.
+        service_action: u8,
+        /// Scope and type byte.
+        scope_type: u8,
+        /// Parameter list.
+        parameters: Vec<u8>,
     },
     /// The connection to the data plane broke (plexd-target died or restarted).
     KernelLost {
@@ -397,6 +414,27 @@ fn start_kernel_events(kernel: &Kernel, tx: SyncSender<Input>, epoch: u64, node:
                             return;
                         }
                     }
+                    Some(plexd_target::Event::PrOut {
+                        request,
+                        volume,
+                        initiator,
+                        relative_port,
+                        service_action,
+                        scope_type,
+                        parameters,
+                    }) => {
+                        let input = Input::PrOut {
+                            request,
+                            volume,
+                            nexus: objects::Nexus::new(initiator, relative_port),
+                            service_action,
+                            scope_type,
+                            parameters,
+                        };
+                        if tx.send(input).is_err() {
+                            return;
+                        }
+                    }
                     Some(_) => {}
                     None if sub.receiver().is_closed() => {
                         break "the event subscription ended (connection closed)".to_string();
@@ -459,6 +497,8 @@ enum Pending {
     PlexError { volume: String, plex: String },
     /// The end of a resync (SetPlexState ACTIVE).
     ResyncDone { task: u64 },
+    /// A host's PERSISTENT RESERVE OUT: the data plane's request id.
+    PrOut { request: u64, volume: String },
 }
 
 struct Daemon {
@@ -674,6 +714,40 @@ impl Daemon {
             Input::Ctl { call, reply } => self.on_ctl(call, reply),
             Input::KernelLost { epoch, reason } => self.on_kernel_lost(epoch, reason),
             Input::PlexIoError { volume, plex } => self.on_plex_error(volume, plex),
+            Input::PrOut {
+                request,
+                volume,
+                nexus,
+                service_action,
+                scope_type,
+                parameters,
+            } => {
+                let Some((dg, vol)) = volume.split_once('.') else {
+                    log::warn!(
+                        "node {}: data plane: persistent reserve out on unknown volume {volume}",
+                        self.name
+                    );
+                    self.submit(Job::PrOutDone {
+                        request,
+                        result: PrOutResult::Unavailable,
+                    });
+                    return;
+                };
+                let change = Change::VolPrOut {
+                    dg: dg.to_string(),
+                    volume: vol.to_string(),
+                    nexus,
+                    service_action,
+                    scope_type,
+                    parameters,
+                };
+                let id = self.request_id();
+                self.pending.insert(id, Pending::PrOut { request, volume });
+                self.feed(Event::ClientRequest {
+                    request: id,
+                    change,
+                });
+            }
             Input::Resync(p) => self.on_resync(p),
             Input::Fence {
                 from,
@@ -1326,6 +1400,41 @@ impl Daemon {
                     self.submit(Job::FailHeldWrites { volume });
                 }
             },
+            Some(Pending::PrOut {
+                request: pr,
+                volume,
+            }) => {
+                // Refused by the master: the reservations moved on (or the command
+                // is wrong for them now); the data plane decides again on the state
+                // it holds, which has every change committed before this answer.
+                let answer = match &result {
+                    Ok(()) => {
+                        log::info!(
+                            "node {}: volume {volume}: persistent reservations changed (a host's PERSISTENT RESERVE OUT through this node)",
+                            self.name
+                        );
+                        PrOutResult::Committed
+                    }
+                    Err(e) if e.kind == ErrorKind::Refused => PrOutResult::Stale,
+                    Err(e) => {
+                        log::warn!(
+                            "node {}: volume {volume}: persistent reserve out not run by the cluster: {e}; the host retries",
+                            self.name
+                        );
+                        PrOutResult::Unavailable
+                    }
+                };
+                if let Err(e) = &result {
+                    log::debug!(
+                        "node {}: volume {volume}: persistent reserve out: {e}",
+                        self.name
+                    );
+                }
+                self.submit(Job::PrOutDone {
+                    request: pr,
+                    result: answer,
+                });
+            }
             Some(Pending::ResyncDone { task }) => {
                 if let Err(e) = result {
                     log::error!(

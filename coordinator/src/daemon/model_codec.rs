@@ -12,7 +12,7 @@ use plexd_proto::cluster_capnp as wire;
 
 use super::model::SharedConfig;
 use crate::core::MAX_MESSAGE_BYTES;
-use crate::objects::{Change, DiskUpdate, VolumeLayout};
+use crate::objects::{Change, DiskUpdate, Nexus, VolumeLayout};
 use crate::ondisk::codec as disk;
 
 /// Most words a decoded configuration or change may make the reader traverse: it
@@ -293,6 +293,23 @@ fn write_change(c: &Change, b: wire::config_change::Builder<'_>) {
             g.set_volume(volume.as_str());
             g.set_protocol(protocol.as_str());
         }
+        Change::VolPrOut {
+            dg,
+            volume,
+            nexus,
+            service_action,
+            scope_type,
+            parameters,
+        } => {
+            let mut g = b.init_vol_pr_out();
+            g.set_dg(dg.as_str());
+            g.set_volume(volume.as_str());
+            g.set_initiator(nexus.initiator.as_str());
+            g.set_target_port(nexus.port);
+            g.set_service_action(*service_action);
+            g.set_scope_type(*scope_type);
+            g.set_parameters(parameters);
+        }
     }
 }
 
@@ -392,6 +409,14 @@ fn read_change(r: wire::config_change::Reader<'_>) -> capnp::Result<Change> {
             volume: text(g.get_volume())?,
             protocol: disk::read_protocol(g.get_protocol())?,
         },
+        Which::VolPrOut(g) => Change::VolPrOut {
+            dg: text(g.get_dg())?,
+            volume: text(g.get_volume())?,
+            nexus: Nexus::new(text(g.get_initiator())?, g.get_target_port()),
+            service_action: g.get_service_action(),
+            scope_type: g.get_scope_type(),
+            parameters: g.get_parameters()?.to_vec(),
+        },
     })
 }
 
@@ -424,6 +449,7 @@ mod tests {
             Change::SetPlexState { .. } => "SetPlexState",
             Change::VolExport { .. } => "VolExport",
             Change::VolUnexport { .. } => "VolUnexport",
+            Change::VolPrOut { .. } => "VolPrOut",
         }
     }
 
@@ -581,6 +607,14 @@ mod tests {
                 volume: "v1".into(),
                 protocol: ExportProtocol::Iscsi,
             },
+            Change::VolPrOut {
+                dg: dg(),
+                volume: "v1".into(),
+                nexus: Nexus::new("iqn.2026-12.io.example:h1,i,0x23d000000001", 2),
+                service_action: 0,
+                scope_type: 0,
+                parameters: vec![0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7],
+            },
         ]
     }
 
@@ -588,7 +622,7 @@ mod tests {
     fn every_change_round_trips() {
         let changes = changes();
         let names: std::collections::BTreeSet<_> = changes.iter().map(name).collect();
-        assert_eq!(names.len(), 18, "a sample of every change: {names:?}");
+        assert_eq!(names.len(), 19, "a sample of every change: {names:?}");
         for c in &changes {
             let bytes = encode_change(c);
             assert_eq!(decode_change(&bytes).as_ref(), Ok(c));

@@ -6,9 +6,10 @@ use capnp::serialize;
 use plexd_proto::ondisk_capnp as wire;
 
 use crate::objects::{
-    Disk, DiskGroupConfig, Export, ExportProtocol, Plex, PlexLayout, PlexState, ReadPolicy,
-    Subdisk, Volume, VolumeState,
+    Disk, DiskGroupConfig, Export, ExportProtocol, Plex, PlexLayout, PlexState, PrState,
+    ReadPolicy, Subdisk, Volume, VolumeState,
 };
+use plexd_target::frontend::scsi::pr::{Registration, Reservation, MAX_REGISTRATIONS};
 
 /// The `formatVersion` this code writes and the newest it reads.
 pub const CONFIG_FORMAT_VERSION: u32 = 1;
@@ -188,6 +189,9 @@ fn encode_volume(v: &Volume, mut b: wire::volume::Builder<'_>) {
             write_export(e, exports.reborrow().get(i));
         }
     }
+    if !v.reservations.is_empty() {
+        encode_reservations(&v.reservations, b.reborrow().init_reservations());
+    }
     let mut plexes = b.init_plexes(len_u32(v.plexes.len()));
     for (i, p) in (0..).zip(&v.plexes) {
         let mut pb = plexes.reborrow().get(i);
@@ -205,6 +209,54 @@ fn encode_volume(v: &Volume, mut b: wire::volume::Builder<'_>) {
             sb.set_plex_offset_bytes(sd.plex_offset_bytes);
         }
     }
+}
+
+fn encode_reservations(r: &PrState, mut b: wire::reservations::Builder<'_>) {
+    b.set_generation(r.generation);
+    b.set_aptpl(r.aptpl);
+    if let Some(res) = &r.res {
+        b.set_reserved(true);
+        b.set_holder(res.holder.as_str());
+        b.set_holder_port(res.holder_port);
+        b.set_type(res.ty);
+    }
+    let mut regs = b.init_registrations(len_u32(r.regs.len()));
+    for (i, reg) in (0..).zip(&r.regs) {
+        let mut rb = regs.reborrow().get(i);
+        rb.set_initiator(reg.nexus.as_str());
+        rb.set_relative_port(reg.port);
+        rb.set_key(reg.key);
+    }
+}
+
+fn decode_reservations(r: wire::reservations::Reader<'_>) -> capnp::Result<PrState> {
+    let regs = r.get_registrations()?;
+    if regs.len() as usize > MAX_REGISTRATIONS {
+        return Err(capnp::Error::failed(format!(
+            "{} reservation registrations, at most {MAX_REGISTRATIONS}",
+            regs.len()
+        )));
+    }
+    let mut out = PrState {
+        generation: r.get_generation(),
+        aptpl: r.get_aptpl(),
+        ..PrState::default()
+    };
+    for g in regs {
+        out.regs.push(Registration {
+            nexus: text(g.get_initiator())?,
+            port: g.get_relative_port(),
+            key: g.get_key(),
+        });
+    }
+    if r.get_reserved() {
+        out.res = Some(Reservation {
+            holder: text(r.get_holder())?,
+            holder_port: r.get_holder_port(),
+            ty: r.get_type(),
+        });
+    }
+    Ok(out)
 }
 
 /// Decodes a slot payload. Any malformed input is an error (the message says what),
@@ -279,6 +331,11 @@ fn decode_volume(v: wire::volume::Reader<'_>) -> capnp::Result<Volume> {
     for e in v.get_exports()? {
         exports.push(read_export(e)?);
     }
+    let reservations = if v.has_reservations() {
+        decode_reservations(v.get_reservations()?)?
+    } else {
+        PrState::default()
+    };
     Ok(Volume {
         name: text(v.get_name())?,
         size_bytes: v.get_size_bytes(),
@@ -286,6 +343,7 @@ fn decode_volume(v: wire::volume::Reader<'_>) -> capnp::Result<Volume> {
         read_policy,
         plexes,
         exports,
+        reservations,
     })
 }
 
@@ -368,6 +426,22 @@ mod tests {
         };
         g.volumes[1].state = VolumeState::Disabled;
         g.volumes[1].read_policy = ReadPolicy::LeastOutstanding;
+        let host = crate::objects::Nexus::new("iqn.1994-05.com.example:h1,i,0x1", 2);
+        let r = &mut g.volumes[0].reservations;
+        r.out(
+            &host,
+            0,
+            0,
+            &plexd_target::frontend::scsi::pr::param(0, 0xab, true),
+        )
+        .unwrap();
+        r.out(
+            &host,
+            1,
+            5,
+            &plexd_target::frontend::scsi::pr::param(0xab, 0, false),
+        )
+        .unwrap();
         g
     }
 

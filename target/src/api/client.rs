@@ -37,6 +37,8 @@ use crate::bdev::{BdevInfo, IoKind};
 use crate::frontend::iscsi::{ChapConfig, LunConfig, SessionInfo, TargetNodeConfig};
 use crate::frontend::nvmf::{AnaState, ControllerInfo, NamespaceConfig, SubsystemConfig};
 use crate::frontend::scsi::alua::Alua;
+use crate::frontend::scsi::pr::PrState;
+use crate::frontend::scsi::pr_cluster::PrOutResult;
 use crate::lease::LeaseStatus;
 use crate::target::{DetachPolicy, Event, EVENT_QUEUE_DEPTH};
 use crate::volume::{PlexState, VolumeInfo, VolumeSpec};
@@ -734,6 +736,36 @@ impl KernelClient {
                 rq.get().set_iqn(iqn.as_str());
                 rq.get().set_lun(lun);
                 set_alua(rq.get().init_alua(), &alua);
+                let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
+                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
+                check(&path, r.has_error(), || read_error(r.get_error()?))
+            })
+        })
+    }
+
+    /// Gives shared volume `volume` the committed reservations `state` (every LUN
+    /// of it whose reservations the cluster keeps, and LUNs mapped later).
+    pub fn set_reservations(&self, volume: &str, state: &PrState) -> Result<(), ClientError> {
+        let (volume, state) = (volume.to_string(), state.clone());
+        self.call("setReservations", self.call_timeout, move |kc, path| {
+            Box::pin(async move {
+                let mut rq = kc.set_reservations_request();
+                rq.get().set_volume(volume.as_str());
+                set_reservations(rq.get().init_state(), &state);
+                let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
+                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
+                check(&path, r.has_error(), || read_error(r.get_error()?))
+            })
+        })
+    }
+
+    /// Answers the PR OUT request `request` (an [`Event::PrOut`]) with `result`.
+    pub fn pr_out_done(&self, request: u64, result: PrOutResult) -> Result<(), ClientError> {
+        self.call("prOutDone", self.call_timeout, move |kc, path| {
+            Box::pin(async move {
+                let mut rq = kc.pr_out_done_request();
+                rq.get().set_request(request);
+                rq.get().set_result(pr_out_result_to(result));
                 let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
                 let r = resp.get().map_err(|e| rpc_err(&path, e))?;
                 check(&path, r.has_error(), || read_error(r.get_error()?))

@@ -14,6 +14,8 @@ use crate::frontend::iscsi::{ChapConfig, LunConfig, SessionInfo, TargetNodeConfi
 use crate::frontend::scsi::alua::{
     Alua, AluaState, PortGroup, MAX_PORTS_PER_GROUP, MAX_PORT_GROUPS,
 };
+use crate::frontend::scsi::pr::{PrState, Registration, Reservation};
+use crate::frontend::scsi::pr_cluster::PrOutResult;
 use crate::lease::LeaseState;
 use crate::reactor::PollMode;
 use crate::target::{DetachPolicy, Event};
@@ -445,6 +447,24 @@ pub(crate) fn set_event(b: k::event::Builder<'_>, ev: &Event) {
             let g = b.init_lease_expired();
             set_text_list(g.init_volumes(volumes.len() as u32), volumes);
         }
+        Event::PrOut {
+            request,
+            volume,
+            initiator,
+            relative_port,
+            service_action,
+            scope_type,
+            parameters,
+        } => {
+            let mut g = b.init_pr_out();
+            g.set_request(*request);
+            g.set_volume(volume.as_str());
+            g.set_initiator(initiator.as_str());
+            g.set_relative_port(*relative_port);
+            g.set_service_action(*service_action);
+            g.set_scope_type(*scope_type);
+            g.set_parameters(parameters);
+        }
     }
 }
 
@@ -466,6 +486,15 @@ pub(crate) fn read_event(r: k::event::Reader<'_>) -> Result<Event> {
         },
         k::event::LeaseExpired(g) => Event::LeaseExpired {
             volumes: read_text_list(g.get_volumes()?)?,
+        },
+        k::event::PrOut(g) => Event::PrOut {
+            request: g.get_request(),
+            volume: g.get_volume()?.to_string()?,
+            initiator: g.get_initiator()?.to_string()?,
+            relative_port: g.get_relative_port(),
+            service_action: g.get_service_action(),
+            scope_type: g.get_scope_type(),
+            parameters: g.get_parameters()?.to_vec(),
         },
     })
 }
@@ -530,6 +559,7 @@ pub(crate) fn set_iscsi_lun(mut b: k::iscsi_lun::Builder<'_>, l: &LunConfig) {
     b.set_bdev(l.bdev.as_str());
     b.set_device_id(l.device_id.as_deref().unwrap_or(""));
     b.set_read_only(l.read_only);
+    b.set_cluster_reservations(l.cluster_reservations);
     if let Some(a) = &l.alua {
         set_alua(b.init_alua(), a);
     }
@@ -547,7 +577,75 @@ pub(crate) fn read_iscsi_lun(r: k::iscsi_lun::Reader<'_>) -> Result<LunConfig> {
         } else {
             None
         },
+        cluster_reservations: r.get_cluster_reservations(),
     })
+}
+
+/// Most registrations a `Reservations` message may carry (the PR logic's own bound).
+const MAX_WIRE_REGISTRATIONS: u32 = crate::frontend::scsi::pr::MAX_REGISTRATIONS as u32;
+
+pub(crate) fn set_reservations(mut b: k::reservations::Builder<'_>, s: &PrState) {
+    b.set_generation(s.generation);
+    b.set_aptpl(s.aptpl);
+    if let Some(r) = &s.res {
+        b.set_reserved(true);
+        b.set_holder(r.holder.as_str());
+        b.set_holder_port(r.holder_port);
+        b.set_type(r.ty);
+    }
+    let mut l = b.init_registrations(s.regs.len() as u32);
+    for (i, r) in s.regs.iter().enumerate() {
+        let mut rb = l.reborrow().get(i as u32);
+        rb.set_initiator(r.nexus.as_str());
+        rb.set_relative_port(r.port);
+        rb.set_key(r.key);
+    }
+}
+
+pub(crate) fn read_reservations(r: k::reservations::Reader<'_>) -> Result<PrState> {
+    let regs = r.get_registrations()?;
+    if regs.len() > MAX_WIRE_REGISTRATIONS {
+        return Err(capnp::Error::failed(format!(
+            "reservations: {} registrations, at most {MAX_WIRE_REGISTRATIONS}",
+            regs.len()
+        )));
+    }
+    let mut out = PrState {
+        generation: r.get_generation(),
+        aptpl: r.get_aptpl(),
+        ..PrState::default()
+    };
+    for g in regs.iter() {
+        out.regs.push(Registration {
+            nexus: g.get_initiator()?.to_string()?,
+            port: g.get_relative_port(),
+            key: g.get_key(),
+        });
+    }
+    if r.get_reserved() {
+        out.res = Some(Reservation {
+            holder: r.get_holder()?.to_string()?,
+            holder_port: r.get_holder_port(),
+            ty: r.get_type(),
+        });
+    }
+    Ok(out)
+}
+
+pub(crate) fn pr_out_result_to(r: PrOutResult) -> k::PrOutResult {
+    match r {
+        PrOutResult::Committed => k::PrOutResult::Committed,
+        PrOutResult::Stale => k::PrOutResult::Stale,
+        PrOutResult::Unavailable => k::PrOutResult::Unavailable,
+    }
+}
+
+pub(crate) fn pr_out_result_from(r: k::PrOutResult) -> PrOutResult {
+    match r {
+        k::PrOutResult::Committed => PrOutResult::Committed,
+        k::PrOutResult::Stale => PrOutResult::Stale,
+        k::PrOutResult::Unavailable => PrOutResult::Unavailable,
+    }
 }
 
 fn alua_state_to(s: AluaState) -> k::AluaState {
@@ -802,6 +900,31 @@ mod tests {
     }
 
     #[test]
+    fn reservations_round_trip() {
+        use crate::frontend::scsi::pr::{param, Nexus};
+        let mut s = PrState::default();
+        s.out(&Nexus::new("iqn.a,i,0x1", 2), 0, 0, &param(0, 5, true))
+            .unwrap();
+        s.out(&Nexus::new("iqn.b,i,0x2", 3), 0, 0, &param(0, 6, false))
+            .unwrap();
+        s.out(&Nexus::new("iqn.b,i,0x2", 3), 1, 5, &param(6, 0, false))
+            .unwrap();
+        for state in [PrState::default(), s] {
+            let mut msg = capnp::message::Builder::new_default();
+            set_reservations(msg.init_root(), &state);
+            let r = msg.get_root_as_reader::<k::reservations::Reader>().unwrap();
+            assert_eq!(read_reservations(r).unwrap(), state);
+        }
+        for r in [
+            PrOutResult::Committed,
+            PrOutResult::Stale,
+            PrOutResult::Unavailable,
+        ] {
+            assert_eq!(pr_out_result_from(pr_out_result_to(r)), r);
+        }
+    }
+
+    #[test]
     fn events_round_trip() {
         for ev in [
             Event::PlexIoError {
@@ -820,6 +943,15 @@ mod tests {
             Event::DiskGone {
                 bdev: "u0".into(),
                 reason: "ENODEV".into(),
+            },
+            Event::PrOut {
+                request: 7,
+                volume: "dg1.vol1".into(),
+                initiator: "iqn.a,i,0x1".into(),
+                relative_port: 2,
+                service_action: 4,
+                scope_type: 1,
+                parameters: vec![9; 24],
             },
         ] {
             let mut msg = capnp::message::Builder::new_default();
@@ -855,6 +987,7 @@ mod tests {
                         },
                     ],
                 }),
+                cluster_reservations: true,
             }],
             allow: vec!["iqn.a".into()],
             deny: vec!["iqn.b".into()],

@@ -876,6 +876,36 @@ impl k::kernel::Server for KernelImpl {
         Ok(())
     }
 
+    async fn set_reservations(
+        self: Rc<Self>,
+        params: k::kernel::SetReservationsParams,
+        mut results: k::kernel::SetReservationsResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get()?;
+        let volume = text(p.get_volume())?;
+        let state = read_reservations(p.get_state()?)?;
+        if let Err(e) =
+            blocking_api(&self.service, move |s| s.set_reservations(&volume, &state)).await
+        {
+            fail_api(self.conn, "setReservations", &e, results.get().init_error());
+        }
+        Ok(())
+    }
+
+    async fn pr_out_done(
+        self: Rc<Self>,
+        params: k::kernel::PrOutDoneParams,
+        mut results: k::kernel::PrOutDoneResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get()?;
+        let request = p.get_request();
+        let result = pr_out_result_from(p.get_result()?);
+        if let Err(e) = blocking_api(&self.service, move |s| s.pr_out_done(request, result)).await {
+            fail_api(self.conn, "prOutDone", &e, results.get().init_error());
+        }
+        Ok(())
+    }
+
     async fn iscsi_allow_initiator(
         self: Rc<Self>,
         params: k::kernel::IscsiAllowInitiatorParams,

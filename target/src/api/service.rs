@@ -26,6 +26,8 @@ use crate::frontend::iscsi::{
     lun_obj, ChapConfig, IscsiConfig, IscsiFrontend, LunConfig, SessionInfo, TargetNodeConfig,
 };
 use crate::frontend::scsi::alua::Alua;
+use crate::frontend::scsi::pr::PrState;
+use crate::frontend::scsi::pr_cluster::PrOutResult;
 use crate::reactor::PollMode;
 use crate::target::{DetachPolicy, Target, TargetError};
 
@@ -415,6 +417,25 @@ impl KernelService {
             || Err(target_not_found(iqn)),
             |fe| Ok(fe.remove_lun(iqn, lun)?),
         )
+    }
+
+    /// The committed reservations of shared volume `volume` (kept by the cluster):
+    /// recorded for LUNs mapped later and given to every LUN of it now.
+    pub fn set_reservations(&self, volume: &str, state: &PrState) -> Result<(), ApiError> {
+        self.target.pr_broker().set_state(volume, state);
+        self.with_iscsi(
+            false,
+            || Ok(()),
+            |fe| {
+                fe.set_reservations(volume, state);
+                Ok(())
+            },
+        )
+    }
+
+    /// The coordinator's answer to a PR OUT request (an `Event::PrOut`).
+    pub fn pr_out_done(&self, request: u64, result: PrOutResult) -> Result<(), ApiError> {
+        Ok(self.target.complete_pr_out(request, result)?)
     }
 
     /// Replaces the ALUA view of a LUN.

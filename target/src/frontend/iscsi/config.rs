@@ -104,6 +104,11 @@ pub struct LunConfig {
     /// "ALUA"); absent: one group 1 with this port (relative port 1), active/optimized.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alua: Option<super::super::scsi::alua::Alua>,
+    /// Persistent reservations kept by a cluster (a shared volume's LUN): the state
+    /// comes from `setReservations`, a PR OUT goes to the coordinator as a `prOut`
+    /// event. Set by plexd for its exports; not for a standalone target.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cluster_reservations: bool,
 }
 
 /// CHAP secrets of a target (or of discovery).

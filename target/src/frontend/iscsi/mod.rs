@@ -448,7 +448,8 @@ impl IscsiFrontend {
             .clone()
             .filter(|d| !d.is_empty())
             .unwrap_or_else(|| l.bdev.clone());
-        let pr_path = self.pr_path(iqn, l.lun);
+        // A cluster's LUN keeps no state file: its state comes from the cluster.
+        let pr_path = self.pr_path(iqn, l.lun).filter(|_| !l.cluster_reservations);
         let pr = match &pr_path {
             Some(p) => PrState::load(p).map_err(|e| TargetError::Io {
                 object: lun_obj(iqn, l.lun),
@@ -468,7 +469,24 @@ impl IscsiFrontend {
             write_cache: bdev.volatile_write_cache(),
             alua,
         };
+        if l.cluster_reservations {
+            let broker = Arc::clone(self.target.pr_broker());
+            return Ok(Arc::new(LunRt::new_cluster(info, bdev, broker)));
+        }
         Ok(Arc::new(LunRt::new(info, bdev, pr, pr_path)))
+    }
+
+    /// Gives every LUN of bdev `volume` whose reservations the cluster keeps the
+    /// committed state `state`.
+    pub fn set_reservations(&mut self, volume: &str, state: &PrState) {
+        let targets: Vec<Arc<TargetRt>> = self.shared.targets().values().cloned().collect();
+        for t in targets {
+            for l in t.luns.values() {
+                if l.cluster_pr().is_some() && l.bdev.name() == volume {
+                    l.set_committed_pr(state);
+                }
+            }
+        }
     }
 
     fn publish(&self, iqn: &str, t: Option<TargetRt>) {
@@ -600,17 +618,17 @@ impl IscsiFrontend {
                 kind: "lun",
                 name: format!("{lun} of {iqn}"),
             })?;
-            let mut cur = rt.alua();
-            if cur.local_state() != alua.local_state() {
+            let was = rt.alua().local_state();
+            if was != alua.local_state() {
                 log::info!(
                     "iscsi: {}: ALUA state of port group {} {:?} -> {:?}",
                     lun_obj(iqn, lun),
                     alua.local_group,
-                    cur.local_state(),
+                    was,
                     alua.local_state()
                 );
             }
-            *cur = alua.clone();
+            rt.set_alua(alua);
             if let Some(c) = conf.luns.iter_mut().find(|c| c.lun == lun) {
                 c.alua = Some(alua.clone());
             }

@@ -2,12 +2,13 @@
 //! I_T nexus shares (reservations, software write protect, reset epoch, ALUA view).
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::alua::Alua;
 use super::cdb::MAX_TRANSFER_BYTES;
-use super::pr::PrState;
+use super::pr::{Nexus, PrState};
+use super::pr_cluster::PrBroker;
 use crate::bdev::Bdev;
 
 /// Device identifiers derived from a LUN's `device_id` (by default the volume name
@@ -93,6 +94,9 @@ pub struct LunRt {
     /// True while any reservation is held: the I/O path checks only this.
     pr_active: AtomicBool,
     pr_path: Option<PathBuf>,
+    /// Set for a LUN of a shared volume: the cluster keeps its reservations (PR
+    /// OUT goes through the broker; the state is set by the coordinator).
+    cluster: Option<Arc<PrBroker>>,
     /// Software write protect (control mode page SWP), set by MODE SELECT.
     swp: AtomicBool,
     /// Bumped by LUN and target resets; a nexus that saw an older value gets a
@@ -102,6 +106,9 @@ pub struct LunRt {
     /// ([`crate::frontend::iscsi::IscsiFrontend::set_alua`]); read by INQUIRY and
     /// REPORT TARGET PORT GROUPS only, never on the I/O path.
     alua: Mutex<Alua>,
+    /// This target's relative port in `alua` (the I_T nexus of reservations), read
+    /// without the lock by the reservation checks of the I/O path.
+    port: AtomicU16,
 }
 
 impl LunRt {
@@ -109,15 +116,46 @@ impl LunRt {
     /// when given) and the ALUA view of `info`.
     pub fn new(info: LunInfo, bdev: Arc<dyn Bdev>, pr: PrState, pr_path: Option<PathBuf>) -> LunRt {
         LunRt {
+            port: AtomicU16::new(info.alua.relative_port),
             alua: Mutex::new(info.alua.clone()),
             pr_active: AtomicBool::new(pr.any()),
             pr: Mutex::new(pr),
             pr_path,
+            cluster: None,
             info,
             bdev,
             swp: AtomicBool::new(false),
             ua_epoch: AtomicU64::new(0),
         }
+    }
+
+    /// A LUN of a shared volume whose reservations the cluster keeps: it starts with
+    /// the committed state `broker` holds for its bdev and forwards PR OUT to it.
+    pub fn new_cluster(info: LunInfo, bdev: Arc<dyn Bdev>, broker: Arc<PrBroker>) -> LunRt {
+        let pr = broker.state(bdev.name());
+        let mut l = LunRt::new(info, bdev, pr, None);
+        l.cluster = Some(broker);
+        l
+    }
+
+    /// The cluster's broker when the cluster keeps this LUN's reservations.
+    pub fn cluster_pr(&self) -> Option<&Arc<PrBroker>> {
+        self.cluster.as_ref()
+    }
+
+    /// Installs the cluster's committed reservation state (a LUN of a shared
+    /// volume); this node's RESERVE(6) holder stays.
+    pub fn set_committed_pr(&self, state: &PrState) {
+        self.with_pr(|p| {
+            p.set_persistent(state);
+            ((), false)
+        });
+    }
+
+    /// The I_T nexus of initiator port `initiator` on this LUN: with this target's
+    /// relative port from the ALUA view (the node id in a cluster, else 1).
+    pub fn nexus(&self, initiator: &str) -> Nexus {
+        Nexus::new(initiator, self.port.load(Ordering::Acquire))
     }
 
     /// The SCSI view with the write cache read from the bdev now (a volume's
@@ -130,9 +168,16 @@ impl LunRt {
         }
     }
 
-    /// The ALUA view (replace it through the guard).
+    /// The ALUA view (read it; replace it with [`LunRt::set_alua`]).
     pub fn alua(&self) -> MutexGuard<'_, Alua> {
         self.alua.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Replaces the ALUA view (and with it this target's relative port).
+    pub fn set_alua(&self, a: &Alua) {
+        let mut g = self.alua();
+        *g = a.clone();
+        self.port.store(a.relative_port, Ordering::Release);
     }
 
     /// The reservation state, for reading.

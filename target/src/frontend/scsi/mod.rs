@@ -13,6 +13,8 @@
 //! - [`lun`]: the LUN object ([`LunRt`]: bdev, identity, reservations, ALUA view).
 //! - [`sense`]: status codes and sense data.
 //! - [`pr`]: persistent reservations and RESERVE(6), with their state file.
+//! - [`pr_cluster`]: the reservations of a shared volume, kept by the cluster (PR
+//!   OUT forwarded to the coordinator, its committed state per volume).
 //! - [`alua`]: target port groups and their reports.
 //! - [`bytes`]: big-endian field helpers.
 //!
@@ -25,6 +27,7 @@ pub mod bytes;
 pub mod cdb;
 pub mod lun;
 pub mod pr;
+pub mod pr_cluster;
 pub mod sense;
 pub mod task;
 

@@ -2,8 +2,10 @@
 //! LUN. Pure state plus a small file (written to a temporary name, then renamed)
 //! so reservations survive target restarts.
 //!
-//! An I_T nexus is named by the initiator port name `iqn,i,0x<ISID>`; this target
-//! has one target port (relative port 1).
+//! An I_T nexus ([`Nexus`]) is the initiator port name `iqn,i,0x<ISID>` with the
+//! relative target port id: 1 on a standalone target, the node id in a cluster
+//! (one port per node, see `alua.rs`), so a host's registration through one node's
+//! portal is a different nexus from the same host's through another node's.
 
 use std::path::{Path, PathBuf};
 
@@ -49,22 +51,75 @@ pub enum PrError {
     Check(Sense),
 }
 
+/// An I_T nexus: an initiator port and the target port it reaches this LUN through.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Nexus {
+    /// Initiator port name (`iqn,i,0x<ISID>`).
+    pub initiator: String,
+    /// Relative target port identifier.
+    pub port: u16,
+}
+
+impl Nexus {
+    /// The nexus of `initiator` through relative target port `port`.
+    pub fn new(initiator: impl Into<String>, port: u16) -> Nexus {
+        Nexus {
+            initiator: initiator.into(),
+            port,
+        }
+    }
+}
+
+impl std::fmt::Display for Nexus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} via target port {}", self.initiator, self.port)
+    }
+}
+
+/// The relative target port of state saved before ports were recorded (a
+/// standalone target's only port).
+fn port_one() -> u16 {
+    1
+}
+
 /// One registration.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Registration {
     /// Initiator port name.
     pub nexus: String,
+    /// Relative target port the registration was made through.
+    #[serde(default = "port_one")]
+    pub port: u16,
     /// Reservation key.
     pub key: u64,
+}
+
+impl Registration {
+    fn is(&self, n: &Nexus) -> bool {
+        self.nexus == n.initiator && self.port == n.port
+    }
 }
 
 /// The persistent reservation held on a LUN.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Reservation {
-    /// Holder (meaningless for the all-registrants types).
+    /// Holder's initiator port (meaningless for the all-registrants types).
     pub holder: String,
+    /// Holder's relative target port.
+    #[serde(default = "port_one")]
+    pub holder_port: u16,
     /// Type.
     pub ty: u8,
+}
+
+impl Reservation {
+    fn held_by(&self, n: &Nexus) -> bool {
+        self.holder == n.initiator && self.holder_port == n.port
+    }
+
+    fn holder(&self) -> Nexus {
+        Nexus::new(self.holder.clone(), self.holder_port)
+    }
 }
 
 /// Reservation state of one LUN.
@@ -78,9 +133,9 @@ pub struct PrState {
     pub res: Option<Reservation>,
     /// Activate persist through power loss (as last set by REGISTER).
     pub aptpl: bool,
-    /// RESERVE(6) holder; not persisted.
+    /// RESERVE(6) holder; not persisted (and kept per node in a cluster).
     #[serde(skip)]
-    pub legacy: Option<String>,
+    pub legacy: Option<Nexus>,
 }
 
 fn all_registrants(t: u8) -> bool {
@@ -88,16 +143,30 @@ fn all_registrants(t: u8) -> bool {
 }
 
 impl PrState {
-    fn key_of(&self, nexus: &str) -> Option<u64> {
-        self.regs.iter().find(|r| r.nexus == nexus).map(|r| r.key)
+    fn key_of(&self, nexus: &Nexus) -> Option<u64> {
+        self.regs.iter().find(|r| r.is(nexus)).map(|r| r.key)
     }
 
-    fn is_holder(&self, nexus: &str) -> bool {
+    fn is_holder(&self, nexus: &Nexus) -> bool {
         match &self.res {
             Some(r) if all_registrants(r.ty) => self.key_of(nexus).is_some(),
-            Some(r) => r.holder == nexus,
+            Some(r) => r.held_by(nexus),
             None => false,
         }
+    }
+
+    /// True when nothing persistent is recorded (no registration, no reservation,
+    /// generation 0): how a volume without reservations is stored.
+    pub fn is_empty(&self) -> bool {
+        self.generation == 0 && self.regs.is_empty() && self.res.is_none() && !self.aptpl
+    }
+
+    /// Replaces the persistent part with `other`'s, keeping this node's RESERVE(6)
+    /// holder (a cluster's committed state arriving on a node).
+    pub fn set_persistent(&mut self, other: &PrState) {
+        let legacy = self.legacy.take();
+        *self = other.clone();
+        self.legacy = legacy;
     }
 
     /// True when any reservation is held (a cheap pre-check for the I/O path).
@@ -106,7 +175,7 @@ impl PrState {
     }
 
     /// Whether `nexus` may run a command with `access`.
-    pub fn conflicts(&self, nexus: &str, access: Access) -> bool {
+    pub fn conflicts(&self, nexus: &Nexus, access: Access) -> bool {
         if access == Access::Any {
             return false;
         }
@@ -127,33 +196,37 @@ impl PrState {
     }
 
     /// RESERVE(6).
-    pub fn reserve6(&mut self, nexus: &str) -> Result<(), PrError> {
+    pub fn reserve6(&mut self, nexus: &Nexus) -> Result<(), PrError> {
         if self.res.is_some() {
             return Err(PrError::Conflict);
         }
         match &self.legacy {
             Some(h) if h != nexus => Err(PrError::Conflict),
             _ => {
-                self.legacy = Some(nexus.to_string());
+                self.legacy = Some(nexus.clone());
                 Ok(())
             }
         }
     }
 
     /// RELEASE(6): a no-op unless `nexus` holds the reservation.
-    pub fn release6(&mut self, nexus: &str) -> Result<(), PrError> {
+    pub fn release6(&mut self, nexus: &Nexus) -> Result<(), PrError> {
         if self.res.is_some() {
             return Err(PrError::Conflict);
         }
-        if self.legacy.as_deref() == Some(nexus) {
+        if self.legacy.as_ref() == Some(nexus) {
             self.legacy = None;
         }
         Ok(())
     }
 
     /// The nexus went away (logout, connection loss): drop its RESERVE(6).
-    pub fn nexus_lost(&mut self, nexus: &str) {
-        if self.legacy.as_deref() == Some(nexus) {
+    pub fn nexus_lost(&mut self, initiator: &str) {
+        if self
+            .legacy
+            .as_ref()
+            .is_some_and(|h| h.initiator == initiator)
+        {
             self.legacy = None;
         }
     }
@@ -166,7 +239,7 @@ impl PrState {
     /// PERSISTENT RESERVE OUT. Returns whether the persistent state changed.
     pub fn out(
         &mut self,
-        nexus: &str,
+        nexus: &Nexus,
         sa: u8,
         scope_type: u8,
         param: &[u8],
@@ -191,7 +264,7 @@ impl PrState {
         let my_key = self.key_of(nexus);
         match sa {
             0 | 6 => {
-                if self.legacy.is_some() && self.legacy.as_deref() != Some(nexus) {
+                if self.legacy.is_some() && self.legacy.as_ref() != Some(nexus) {
                     return Err(PrError::Conflict);
                 }
                 match my_key {
@@ -206,7 +279,8 @@ impl PrState {
                             return check(Sense::new(sense::key::ILLEGAL_REQUEST, 0x55, 0x04));
                         }
                         self.regs.push(Registration {
-                            nexus: nexus.to_string(),
+                            nexus: nexus.initiator.clone(),
+                            port: nexus.port,
                             key: sakey,
                         });
                     }
@@ -216,7 +290,7 @@ impl PrState {
                         }
                         if sakey == 0 {
                             self.unregister(nexus);
-                        } else if let Some(r) = self.regs.iter_mut().find(|r| r.nexus == nexus) {
+                        } else if let Some(r) = self.regs.iter_mut().find(|r| r.is(nexus)) {
                             r.key = sakey;
                         }
                     }
@@ -240,7 +314,8 @@ impl PrState {
                     Some(_) => Err(PrError::Conflict),
                     None => {
                         self.res = Some(Reservation {
-                            holder: nexus.to_string(),
+                            holder: nexus.initiator.clone(),
+                            holder_port: nexus.port,
                             ty: rtype,
                         });
                         Ok(true)
@@ -284,9 +359,9 @@ impl PrState {
         }
     }
 
-    fn unregister(&mut self, nexus: &str) {
+    fn unregister(&mut self, nexus: &Nexus) {
         let was_holder = self.is_holder(nexus);
-        self.regs.retain(|r| r.nexus != nexus);
+        self.regs.retain(|r| !r.is(nexus));
         if let Some(r) = &self.res {
             if all_registrants(r.ty) {
                 if self.regs.is_empty() {
@@ -298,7 +373,12 @@ impl PrState {
         }
     }
 
-    fn preempt(&mut self, nexus: &str, sakey: u64, rtype: u8, scope: u8) -> Result<(), PrError> {
+    fn preempt(&mut self, nexus: &Nexus, sakey: u64, rtype: u8, scope: u8) -> Result<(), PrError> {
+        let mine = Reservation {
+            holder: nexus.initiator.clone(),
+            holder_port: nexus.port,
+            ty: rtype,
+        };
         let valid_type = scope == 0 && matches!(rtype, 1 | 3 | 5 | 6 | 7 | 8);
         match self.res.clone() {
             Some(r) if all_registrants(r.ty) => {
@@ -306,40 +386,34 @@ impl PrState {
                     if !valid_type {
                         return Err(PrError::Check(sense::INVALID_FIELD_IN_CDB));
                     }
-                    self.regs.retain(|x| x.nexus == nexus);
-                    self.res = Some(Reservation {
-                        holder: nexus.to_string(),
-                        ty: rtype,
-                    });
+                    self.regs.retain(|x| x.is(nexus));
+                    self.res = Some(mine);
                 } else {
                     let before = self.regs.len();
-                    self.regs.retain(|x| x.key != sakey || x.nexus == nexus);
+                    self.regs.retain(|x| x.key != sakey || x.is(nexus));
                     if self.regs.len() == before {
                         return Err(PrError::Conflict);
                     }
                 }
             }
-            Some(r) if self.key_of(&r.holder) == Some(sakey) => {
+            Some(r) if self.key_of(&r.holder()) == Some(sakey) => {
                 if !valid_type {
                     return Err(PrError::Check(sense::INVALID_FIELD_IN_CDB));
                 }
-                self.regs.retain(|x| x.key != sakey || x.nexus == nexus);
-                self.res = Some(Reservation {
-                    holder: nexus.to_string(),
-                    ty: rtype,
-                });
+                self.regs.retain(|x| x.key != sakey || x.is(nexus));
+                self.res = Some(mine);
             }
             _ => {
                 if sakey == 0 {
                     return Err(PrError::Check(sense::INVALID_FIELD_IN_PARAM));
                 }
                 let before = self.regs.len();
-                self.regs.retain(|x| x.key != sakey || x.nexus == nexus);
+                self.regs.retain(|x| x.key != sakey || x.is(nexus));
                 if self.regs.len() == before {
                     return Err(PrError::Conflict);
                 }
                 if let Some(r) = &self.res {
-                    if !self.regs.iter().any(|x| x.nexus == r.holder) {
+                    if !self.regs.iter().any(|x| x.is(&r.holder())) {
                         self.res = None;
                     }
                 }
@@ -368,7 +442,7 @@ impl PrState {
                     let key = if all_registrants(r.ty) {
                         0
                     } else {
-                        self.key_of(&r.holder).unwrap_or(0)
+                        self.key_of(&r.holder()).unwrap_or(0)
                     };
                     b.resize(24, 0);
                     put64(&mut b, 8, key);
@@ -394,12 +468,12 @@ impl PrState {
                     b.resize(start + 24 + tid_len, 0);
                     let d = &mut b[start..];
                     put64(d, 0, r.key);
-                    let holder = self.is_holder(&r.nexus);
+                    let holder = self.is_holder(&Nexus::new(r.nexus.clone(), r.port));
                     if holder {
                         d[12] = 0x01;
                         d[13] = self.res.as_ref().map_or(0, |x| x.ty & 0x0f);
                     }
-                    put16(d, 18, 1);
+                    put16(d, 18, r.port);
                     put32(d, 20, tid_len as u32);
                     d[24] = 0x40 | 0x05;
                     put16(d, 26, (tid_len - 4) as u16);
@@ -457,32 +531,42 @@ pub fn keys_of(data: &[u8]) -> Vec<u64> {
 mod tests {
     use super::*;
 
-    const A: &str = "iqn.a,i,0x1";
-    const B: &str = "iqn.b,i,0x2";
+    const A_NAME: &str = "iqn.a,i,0x1";
+    const B_NAME: &str = "iqn.b,i,0x2";
+
+    fn n(name: &str) -> Nexus {
+        Nexus::new(name, 1)
+    }
 
     #[test]
     fn register_reserve_release() {
         let mut s = PrState::default();
-        assert_eq!(s.out(A, 0, 0, &param(0, 0xaa, false)), Ok(true));
-        assert_eq!(s.out(B, 0, 0, &param(0, 0xbb, false)), Ok(true));
+        assert_eq!(s.out(&n(A_NAME), 0, 0, &param(0, 0xaa, false)), Ok(true));
+        assert_eq!(s.out(&n(B_NAME), 0, 0, &param(0, 0xbb, false)), Ok(true));
         assert_eq!(keys_of(&s.read(0).unwrap()), vec![0xaa, 0xbb]);
-        assert_eq!(s.out(A, 1, ty::WE, &param(0xaa, 0, false)), Ok(true));
-        assert!(s.conflicts(B, Access::Write));
-        assert!(!s.conflicts(B, Access::Read));
-        assert!(!s.conflicts(A, Access::Write));
         assert_eq!(
-            s.out(B, 1, ty::WE, &param(0xbb, 0, false)),
+            s.out(&n(A_NAME), 1, ty::WE, &param(0xaa, 0, false)),
+            Ok(true)
+        );
+        assert!(s.conflicts(&n(B_NAME), Access::Write));
+        assert!(!s.conflicts(&n(B_NAME), Access::Read));
+        assert!(!s.conflicts(&n(A_NAME), Access::Write));
+        assert_eq!(
+            s.out(&n(B_NAME), 1, ty::WE, &param(0xbb, 0, false)),
             Err(PrError::Conflict)
         );
         assert_eq!(
-            s.out(A, 2, ty::EA, &param(0xaa, 0, false)),
+            s.out(&n(A_NAME), 2, ty::EA, &param(0xaa, 0, false)),
             Err(PrError::Check(sense::INVALID_RELEASE))
         );
-        assert_eq!(s.out(A, 2, ty::WE, &param(0xaa, 0, false)), Ok(true));
-        assert!(!s.conflicts(B, Access::Write));
+        assert_eq!(
+            s.out(&n(A_NAME), 2, ty::WE, &param(0xaa, 0, false)),
+            Ok(true)
+        );
+        assert!(!s.conflicts(&n(B_NAME), Access::Write));
         // Wrong key is a conflict.
         assert_eq!(
-            s.out(A, 0, 0, &param(0x1, 0x2, false)),
+            s.out(&n(A_NAME), 0, 0, &param(0x1, 0x2, false)),
             Err(PrError::Conflict)
         );
     }
@@ -490,28 +574,29 @@ mod tests {
     #[test]
     fn registrants_only_and_preempt() {
         let mut s = PrState::default();
-        s.out(A, 0, 0, &param(0, 1, false)).unwrap();
-        s.out(B, 0, 0, &param(0, 2, false)).unwrap();
-        s.out(A, 1, ty::EA_RO, &param(1, 0, false)).unwrap();
-        assert!(!s.conflicts(B, Access::Read));
-        assert!(s.conflicts("iqn.c,i,0x3", Access::Read));
-        s.out(B, 4, ty::EA, &param(2, 1, false)).unwrap();
-        assert_eq!(s.res.as_ref().unwrap().holder, B);
+        s.out(&n(A_NAME), 0, 0, &param(0, 1, false)).unwrap();
+        s.out(&n(B_NAME), 0, 0, &param(0, 2, false)).unwrap();
+        s.out(&n(A_NAME), 1, ty::EA_RO, &param(1, 0, false))
+            .unwrap();
+        assert!(!s.conflicts(&n(B_NAME), Access::Read));
+        assert!(s.conflicts(&n("iqn.c,i,0x3"), Access::Read));
+        s.out(&n(B_NAME), 4, ty::EA, &param(2, 1, false)).unwrap();
+        assert_eq!(s.res.as_ref().unwrap().holder, B_NAME);
         assert_eq!(keys_of(&s.read(0).unwrap()), vec![2]);
-        assert!(s.conflicts(A, Access::Read));
+        assert!(s.conflicts(&n(A_NAME), Access::Read));
     }
 
     #[test]
     fn legacy_reserve() {
         let mut s = PrState::default();
-        s.reserve6(A).unwrap();
-        s.reserve6(A).unwrap();
-        assert_eq!(s.reserve6(B), Err(PrError::Conflict));
-        assert!(s.conflicts(B, Access::Read));
-        s.release6(B).unwrap();
-        assert!(s.conflicts(B, Access::Read));
-        s.nexus_lost(A);
-        assert!(!s.conflicts(B, Access::Read));
+        s.reserve6(&n(A_NAME)).unwrap();
+        s.reserve6(&n(A_NAME)).unwrap();
+        assert_eq!(s.reserve6(&n(B_NAME)), Err(PrError::Conflict));
+        assert!(s.conflicts(&n(B_NAME), Access::Read));
+        s.release6(&n(B_NAME)).unwrap();
+        assert!(s.conflicts(&n(B_NAME), Access::Read));
+        s.nexus_lost(A_NAME);
+        assert!(!s.conflicts(&n(B_NAME), Access::Read));
     }
 
     #[test]
@@ -520,11 +605,57 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("lun0.json");
         let mut s = PrState::default();
-        s.out(A, 0, 0, &param(0, 7, true)).unwrap();
-        s.out(A, 1, ty::WE_AR, &param(7, 0, false)).unwrap();
+        s.out(&n(A_NAME), 0, 0, &param(0, 7, true)).unwrap();
+        s.out(&n(A_NAME), 1, ty::WE_AR, &param(7, 0, false))
+            .unwrap();
         s.save(&path).unwrap();
         let back = PrState::load(&path).unwrap();
         assert_eq!(back, s);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_target_port_is_part_of_the_nexus() {
+        let mut s = PrState::default();
+        let via1 = Nexus::new(A_NAME, 1);
+        let via2 = Nexus::new(A_NAME, 2);
+        s.out(&via1, 0, 0, &param(0, 0xa1, false)).unwrap();
+        s.out(&via1, 1, ty::WE, &param(0xa1, 0, false)).unwrap();
+        // The same initiator port through another target port is another nexus:
+        // not registered, not the holder.
+        assert!(s.conflicts(&via2, Access::Write));
+        assert!(!s.conflicts(&via1, Access::Write));
+        assert_eq!(
+            s.out(&via2, 1, ty::WE, &param(0xa1, 0, false)),
+            Err(PrError::Conflict)
+        );
+        s.out(&via2, 0, 0, &param(0, 0xa2, false)).unwrap();
+        assert_eq!(keys_of(&s.read(0).unwrap()), vec![0xa1, 0xa2]);
+        // READ FULL STATUS reports each registration's relative target port.
+        let full = s.read(3).unwrap();
+        let first = 8;
+        let second = first + 24 + be32(&full, first + 20) as usize;
+        assert_eq!(super::super::bytes::be16(&full, first + 18), 1);
+        assert_eq!(super::super::bytes::be16(&full, second + 18), 2);
+        assert_eq!(full[first + 12], 0x01, "the holder");
+        assert_eq!(full[second + 12], 0x00);
+        // State saved before ports were recorded reads as port 1.
+        let old = r#"{"generation":3,"regs":[{"nexus":"iqn.a,i,0x1","key":5}],"res":{"holder":"iqn.a,i,0x1","ty":1},"aptpl":false}"#;
+        let back: PrState = serde_json::from_str(old).unwrap();
+        assert!(!back.conflicts(&via1, Access::Write));
+        assert!(back.conflicts(&via2, Access::Write));
+    }
+
+    #[test]
+    fn a_committed_state_keeps_the_local_reserve6_holder() {
+        let mut local = PrState::default();
+        local.reserve6(&n(A_NAME)).unwrap();
+        let mut cluster = PrState::default();
+        cluster.out(&n(B_NAME), 0, 0, &param(0, 9, false)).unwrap();
+        local.set_persistent(&cluster);
+        assert_eq!(local.legacy, Some(n(A_NAME)));
+        assert_eq!(local.regs, cluster.regs);
+        assert!(PrState::default().is_empty());
+        assert!(!cluster.is_empty());
     }
 }

@@ -90,6 +90,11 @@ impl Sense {
         b
     }
 }
+/// NOT READY, LOGICAL UNIT NOT ACCESSIBLE, ASYMMETRIC ACCESS STATE TRANSITION
+/// (02h/04h/0Ah): a transient condition the host retries on the same path (Linux's
+/// ALUA handler retries it as NEEDS_RETRY). A PERSISTENT RESERVE OUT of a shared
+/// volume gets it when the cluster cannot run it now (no quorum, not a member).
+pub const STATE_TRANSITION: Sense = Sense::new(key::NOT_READY, 0x04, 0x0a);
 
 /// ILLEGAL REQUEST / INVALID COMMAND OPERATION CODE.
 pub const INVALID_OPCODE: Sense = Sense::new(key::ILLEGAL_REQUEST, 0x20, 0x00);

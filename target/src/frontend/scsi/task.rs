@@ -7,7 +7,9 @@
 //! calls [`ScsiTask::step`] until it says [`Step::Done`], submitting the block I/O
 //! the task asks for and reporting each completion with [`ScsiTask::io_done`].
 //! The transport sends the outcome: [`ScsiTask::err`] (CHECK CONDITION) or GOOD,
-//! with the read data for [`Op::Read`].
+//! with the read data for [`Op::Read`]. A PERSISTENT RESERVE OUT that changes the
+//! reservations of a shared volume is [`Step::Forward`]ed to the cluster instead
+//! (see [`super::pr_cluster`]); its result comes back with [`ScsiTask::pr_done`].
 
 use std::sync::Arc;
 
@@ -15,6 +17,7 @@ use super::alua::AluaState;
 use super::cdb::{self, NexusState, Op, Response};
 use super::lun::LunRt;
 use super::pr::{Access, PrError};
+use super::pr_cluster::{PrOutRequest, PrOutResult, PR_OUT_TRIES};
 use super::sense::{self, Sense};
 use crate::bdev::{IoKind, IoStatus};
 use crate::buf::{IoBuf, PoolBuf};
@@ -76,17 +79,24 @@ pub fn decode_command(
     op
 }
 
-/// True when a reservation held on `lun` keeps `nexus` from running `cdb`.
+/// True when a reservation held on `lun` keeps the initiator port `nexus` (through
+/// this target's port) from running `cdb`.
 pub fn reservation_conflict(lun: &LunRt, nexus: &str, cdb: &[u8; 16]) -> bool {
     if !lun.reserved() {
         return false;
     }
     let acc = cdb::access_of(cdb);
-    acc != Access::Any && lun.pr().conflicts(nexus, acc)
+    if acc == Access::Any {
+        return false;
+    }
+    let nexus = lun.nexus(nexus);
+    lun.pr().conflicts(&nexus, acc)
 }
 
 /// Runs the reservation commands that need no data-out (PERSISTENT RESERVE IN,
-/// RESERVE(6), RELEASE(6)) for `nexus`; every other op is returned as is.
+/// RESERVE(6), RELEASE(6)) for the initiator port `nexus`; every other op is
+/// returned as is. RESERVE(6) stays local to this target, also for a LUN whose
+/// persistent reservations the cluster keeps.
 pub fn reservation_op(op: Op, lun: &LunRt, nexus: &str) -> Op {
     match op {
         Op::PrIn { sa, alloc } => Op::Done(match lun.pr().read(sa) {
@@ -98,11 +108,12 @@ pub fn reservation_op(op: Op, lun: &LunRt, nexus: &str) -> Op {
         }),
         Op::Reserve6 | Op::Release6 => {
             let reserve = matches!(op, Op::Reserve6);
+            let nexus = lun.nexus(nexus);
             let r = lun.with_pr(|p| {
                 let r = if reserve {
-                    p.reserve6(nexus)
+                    p.reserve6(&nexus)
                 } else {
-                    p.release6(nexus)
+                    p.release6(&nexus)
                 };
                 (r, false)
             });
@@ -125,6 +136,8 @@ pub enum Stage {
     Transfer,
     /// FUA write: the flush after the write is in flight.
     Flush,
+    /// PERSISTENT RESERVE OUT of a shared volume: the cluster is running it.
+    Cluster,
     /// VERIFY, COMPARE AND WRITE, ORWRITE: the blocks on the medium are being read.
     ReadOld,
     /// COMPARE AND WRITE, ORWRITE: the new blocks are being written.
@@ -134,7 +147,7 @@ pub enum Stage {
 }
 
 /// What the transport does after [`ScsiTask::step`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
     /// Block I/O is in flight: call `step` again once [`ScsiTask::io_done`] says
     /// the last one completed.
@@ -143,6 +156,10 @@ pub enum Step {
     Done,
     /// PERSISTENT RESERVE OUT was refused: RESERVATION CONFLICT.
     Conflict,
+    /// PERSISTENT RESERVE OUT of a shared volume: send it to the cluster (the
+    /// LUN's [`super::pr_cluster::PrBroker`]) and report the result with
+    /// [`ScsiTask::pr_done`] (it counts as in flight until then).
+    Forward(PrOutRequest),
 }
 
 /// One block I/O a task asks the transport to submit to the LUN's bdev.
@@ -171,6 +188,8 @@ pub struct ScsiTask {
     /// Memory of the second buffer some ops need (blocks read back for VERIFY,
     /// COMPARE AND WRITE and ORWRITE; the pattern of WRITE SAME).
     aux: Vec<u8>,
+    /// Times a PR OUT was sent to the cluster (at most [`PR_OUT_TRIES`]).
+    pr_tries: u32,
 }
 
 impl ScsiTask {
@@ -183,6 +202,7 @@ impl ScsiTask {
             stage: Stage::Start,
             inflight: 0,
             aux: Vec::new(),
+            pr_tries: 0,
         }
     }
 
@@ -222,6 +242,24 @@ impl ScsiTask {
                     Op::Read { .. } | Op::Verify { .. } => sense::READ_ERROR,
                     _ => sense::WRITE_ERROR,
                 });
+            }
+        }
+        self.inflight == 0
+    }
+
+    /// The cluster's answer to the PR OUT this task forwarded; true when nothing
+    /// is left in flight (call [`ScsiTask::step`] then). Committed: GOOD. Stale:
+    /// the next step decides again on the state this node holds now. Unavailable:
+    /// NOT READY, ASYMMETRIC ACCESS STATE TRANSITION, which hosts retry.
+    pub fn pr_done(&mut self, result: PrOutResult) -> bool {
+        self.inflight = self.inflight.saturating_sub(1);
+        match result {
+            PrOutResult::Committed => {}
+            PrOutResult::Stale => self.stage = Stage::Start,
+            PrOutResult::Unavailable => {
+                if self.err.is_none() {
+                    self.err = Some(sense::STATE_TRANSITION);
+                }
             }
         }
         self.inflight == 0
@@ -273,12 +311,43 @@ impl ScsiTask {
                 len,
             } if stage == Stage::Start => {
                 let param = bytes(data, len as usize).to_vec();
-                let r = self
-                    .lun
-                    .with_pr(|p| match p.out(nexus, sa, scope_type, &param) {
-                        Ok(changed) => (Ok(()), changed),
-                        Err(e) => (Err(e), false),
-                    });
+                let nexus = self.lun.nexus(nexus);
+                let r = if self.lun.cluster_pr().is_some() {
+                    // Decided on a copy of the committed state: a conflict, a bad
+                    // parameter or a no-op is answered here; a change goes to the
+                    // cluster, which commits it (or finds the state moved on).
+                    let mut copy = self.lun.pr().clone();
+                    match copy.out(&nexus, sa, scope_type, &param) {
+                        Ok(true) if self.pr_tries >= PR_OUT_TRIES => {
+                            log::warn!(
+                                "scsi: lun {} ({}): PERSISTENT RESERVE OUT by {nexus}: the reservations changed under it {PR_OUT_TRIES} times; the host retries",
+                                self.lun.info.lun,
+                                self.lun.bdev.name()
+                            );
+                            Err(PrError::Check(sense::STATE_TRANSITION))
+                        }
+                        Ok(true) => {
+                            self.pr_tries += 1;
+                            self.inflight += 1;
+                            self.stage = Stage::Cluster;
+                            return Step::Forward(PrOutRequest {
+                                volume: self.lun.bdev.name().to_string(),
+                                nexus,
+                                sa,
+                                scope_type,
+                                param,
+                            });
+                        }
+                        Ok(false) => Ok(()),
+                        Err(e) => Err(e),
+                    }
+                } else {
+                    self.lun
+                        .with_pr(|p| match p.out(&nexus, sa, scope_type, &param) {
+                            Ok(changed) => (Ok(()), changed),
+                            Err(e) => (Err(e), false),
+                        })
+                };
                 match r {
                     Ok(()) => {}
                     Err(PrError::Check(s)) => self.err = Some(s),

@@ -412,6 +412,103 @@ impl Conn {
                 self.release(st, t);
                 self.finish_simple(st, itt, lf, edtl, Response::conflict());
             }
+            Step::Forward(req) => self.forward_pr(st, key, req),
+        }
+    }
+
+    /// Sends the PERSISTENT RESERVE OUT of task `key` to the cluster through its
+    /// LUN's broker; the result comes back through [`PrDone`]. A request that
+    /// cannot be sent fails the task with a sense the host retries.
+    fn forward_pr(&self, st: &mut St, key: usize, req: PrOutRequest) {
+        let lun = Arc::clone(&st.tasks[key].scsi.lun);
+        let sent = match (lun.cluster_pr(), self.rc()) {
+            (Some(b), Some(me)) => {
+                let me: Rc<dyn PrDone> = me;
+                b.forward(&self.reactor, req, Rc::downgrade(&me), key as u64)
+                    .map(|id| (id, Arc::clone(b)))
+            }
+            _ => Err("the LUN's reservations are not kept by a cluster".to_string()),
+        };
+        match sent {
+            Ok((id, broker)) => st.pr_waits.push(PrWait {
+                key,
+                id,
+                deadline: Instant::now() + PR_OUT_TIMEOUT,
+                broker,
+            }),
+            Err(e) => {
+                log::warn!(
+                    "iscsi: connection {} from {}: lun {} ({}): PERSISTENT RESERVE OUT cannot reach the cluster: {e}",
+                    self.id,
+                    self.peer,
+                    lun.info.lun,
+                    lun.bdev.name()
+                );
+                st.tasks[key].scsi.pr_done(PrOutResult::Unavailable);
+                self.execute(st, key);
+            }
+        }
+    }
+
+    /// Fails the PR OUT tasks whose cluster answer is overdue (from the tick).
+    pub(super) fn expire_pr_waits(&self, now: Instant) {
+        let expired: Vec<PrWait> = {
+            let mut st = self.st.borrow_mut();
+            if st.pr_waits.iter().all(|w| w.deadline > now) {
+                return;
+            }
+            let (late, keep) = std::mem::take(&mut st.pr_waits)
+                .into_iter()
+                .partition(|w| w.deadline <= now);
+            st.pr_waits = keep;
+            late
+        };
+        for w in expired {
+            log::warn!(
+                "iscsi: connection {} from {}: PERSISTENT RESERVE OUT request {}: no answer from the cluster within {} s; the host retries",
+                self.id,
+                self.peer,
+                w.id,
+                PR_OUT_TIMEOUT.as_secs()
+            );
+            w.broker.cancel(&self.reactor, w.id);
+            self.task_event(w.key, |t| t.pr_done(PrOutResult::Unavailable));
+        }
+    }
+
+    /// A completion for task `key`: `f` records it and says whether nothing is
+    /// left in flight; then the task goes on (or is dropped if it was aborted).
+    fn task_event(&self, key: usize, f: impl FnOnce(&mut ScsiTask) -> bool) {
+        {
+            let mut st = self.st.borrow_mut();
+            let Some(t) = st.tasks.get_mut(key) else {
+                log::error!(
+                    "iscsi: connection {}: completion for unknown task {key}",
+                    self.id
+                );
+                return;
+            };
+            if !f(&mut t.scsi) {
+                return;
+            }
+            if t.aborted || st.closed {
+                let t = st.tasks.remove(key);
+                self.release(&mut st, t);
+                if !st.closed {
+                    self.after(&mut st);
+                }
+                return;
+            }
+            self.execute(&mut st, key);
+            self.after(&mut st);
+        }
+        self.mark_dirty();
+        let paused = {
+            let st = self.st.borrow();
+            !st.closed && !st.poll_in && st.pending_out() <= WBUF_HIGH_BYTES
+        };
+        if paused {
+            self.resume();
         }
     }
 
@@ -462,38 +559,15 @@ impl Conn {
 
 impl IoDone for Conn {
     fn io_done(&self, tag: u64, status: IoStatus) {
+        self.task_event(tag as usize, |t| t.io_done(status));
+    }
+}
+
+impl PrDone for Conn {
+    fn pr_done(&self, tag: u64, result: PrOutResult) {
         let key = tag as usize;
-        {
-            let mut st = self.st.borrow_mut();
-            let Some(t) = st.tasks.get_mut(key) else {
-                log::error!(
-                    "iscsi: connection {}: completion for unknown task {key}",
-                    self.id
-                );
-                return;
-            };
-            if !t.scsi.io_done(status) {
-                return;
-            }
-            if t.aborted || st.closed {
-                let t = st.tasks.remove(key);
-                self.release(&mut st, t);
-                if !st.closed {
-                    self.after(&mut st);
-                }
-                return;
-            }
-            self.execute(&mut st, key);
-            self.after(&mut st);
-        }
-        self.mark_dirty();
-        let paused = {
-            let st = self.st.borrow();
-            !st.closed && !st.poll_in && st.pending_out() <= WBUF_HIGH_BYTES
-        };
-        if paused {
-            self.resume();
-        }
+        self.st.borrow_mut().pr_waits.retain(|w| w.key != key);
+        self.task_event(key, |t| t.pr_done(result));
     }
 }
 

@@ -70,6 +70,9 @@ use super::{Session, Shared, TargetRt};
 use crate::bdev::{BdevIo, IoCallback, IoDone, IoStatus};
 use crate::buf::{BufPool, BufWait, BufWaiter, PoolBuf, SIZE_CLASSES_BYTES};
 use crate::frontend::scsi::cdb::{self, NexusState, Op, Response};
+use crate::frontend::scsi::pr_cluster::{
+    PrBroker, PrDone, PrOutRequest, PrOutResult, PR_OUT_TIMEOUT,
+};
 use crate::frontend::scsi::sense::{self, Sense};
 use crate::frontend::scsi::task::{self, BlockIo, ScsiTask, Step};
 use crate::frontend::scsi::LunRt;
@@ -185,6 +188,7 @@ pub(crate) fn spawn(r: &Rc<Reactor>, shared: Arc<Shared>, stream: TcpStream, pee
             itts: IntMap::default(),
             session: None,
             nexus: String::new(),
+            pr_waits: Vec::new(),
             target: None,
             target_gen: 0,
             nexus_state: IntMap::default(),
@@ -302,6 +306,17 @@ struct Task {
     early_reserved: u32,
 }
 
+/// A task whose PERSISTENT RESERVE OUT the cluster is running.
+struct PrWait {
+    /// The task.
+    key: usize,
+    /// The broker's request id.
+    id: u64,
+    /// When the task fails if no answer came.
+    deadline: Instant,
+    broker: Arc<PrBroker>,
+}
+
 struct St {
     phase: Phase,
     rbuf: Vec<u8>,
@@ -319,6 +334,8 @@ struct St {
     itts: IntMap<u32, usize>,
     session: Option<Arc<Session>>,
     nexus: String,
+    /// Tasks waiting for the cluster's answer to their PR OUT (at most one per task).
+    pr_waits: Vec<PrWait>,
     target: Option<Arc<TargetRt>>,
     target_gen: u64,
     /// Per-LUN state of this I_T nexus, for LUNs that exist.
@@ -482,6 +499,10 @@ impl Conn {
             }
         }
         st.itts.clear();
+        // PR OUT requests still with the cluster: their answers are not awaited.
+        for w in std::mem::take(&mut st.pr_waits) {
+            w.broker.cancel(&self.reactor, w.id);
+        }
         // A closed connection may stay queued as a buffer waiter until a chunk of
         // that class frees up: it keeps no receive buffer meanwhile.
         st.rbuf = Vec::new();
@@ -561,7 +582,10 @@ impl Conn {
         match why {
             Some(w) => self.close(&w),
             // flush() ends with after() (parked tasks, counters).
-            None => self.flush(),
+            None => {
+                self.expire_pr_waits(now);
+                self.flush()
+            }
         }
     }
 

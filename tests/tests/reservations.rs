@@ -1,0 +1,169 @@
+//! SCSI persistent reservations of a shared volume are cluster-wide: registered and
+//! reserved through one node's portal, they hold through every other node's portal,
+//! a PREEMPT through one node fences the preempted host on every node, and the state
+//! is on the disks (it survives a restart of every plexd and plexd-target). A PR OUT
+//! the cluster cannot run (no quorum) gets NOT READY 04h/0Ah, which hosts retry.
+//! Driven by the raw initiator of `plexd_tests::iscsi` against each node's portal.
+
+use std::time::Duration;
+
+use plexd_tests::iscsi::{Initiator, ScsiResult};
+use plexd_tests::{wait_until, Cluster, ClusterOpts};
+
+const IQN: &str = "iqn.2026-11.io.plexd:test.dg1.vol1";
+const HOST1: &str = "iqn.2026-11.io.plexd:host1";
+const HOST2: &str = "iqn.2026-11.io.plexd:host2";
+const ISID1: [u8; 6] = [0x80, 0, 0, 0, 0, 1];
+const ISID2: [u8; 6] = [0x80, 0, 0, 0, 0, 2];
+/// Reservation type Write Exclusive.
+const WE: u8 = 1;
+/// How long a node may take to apply a committed change or to serve the export.
+const CONVERGE: Duration = Duration::from_secs(30);
+/// Longest wait for a refused PR OUT without quorum: one attempt may wait for the
+/// coordinator's refusal (a takeover attempt without quorum) or the target's own
+/// 30 s bound on an unanswered request.
+const NO_QUORUM_WAIT: Duration = Duration::from_secs(90);
+/// RESERVATION CONFLICT status.
+const CONFLICT: u8 = 0x18;
+
+/// Waits until node `i` serves the export's LUN with its own relative target port
+/// (the node id, set with its ALUA view) and cluster-kept reservations.
+fn wait_lun(c: &Cluster, i: usize) {
+    let id = c.nodes[i].id as u16;
+    wait_until(
+        &format!("node {}'s LUN with target port {id}", c.nodes[i].name),
+        CONVERGE,
+        || {
+            let targets = c.kernel(i).iscsi_targets().map_err(|e| e.to_string())?;
+            let t = targets.iter().find(|t| t.iqn == IQN).ok_or("no target")?;
+            let l = t.luns.first().ok_or("no LUN")?;
+            match &l.alua {
+                Some(a) if a.relative_port == id && l.cluster_reservations => Ok(()),
+                _ => Err(format!("{l:?}")),
+            }
+        },
+    );
+    c.wait_served(i, "dg1", "vol1");
+}
+
+/// A session of `host` (ISID `isid`) through node `i`'s portal, unit attention read.
+fn session(c: &Cluster, i: usize, host: &str, isid: [u8; 6]) -> Initiator {
+    let portal = c.nodes[i].iscsi_portal.clone();
+    wait_until(&format!("{host} logged in on {portal}"), CONVERGE, || {
+        let mut ini = Initiator::login(&portal, host, isid, IQN)?;
+        ini.clear_ua()?;
+        Ok(ini)
+    })
+}
+
+fn ok(r: Result<ScsiResult, String>, what: &str) -> ScsiResult {
+    let r = r.unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert_eq!(r.status, 0, "{what}: {r:?}");
+    r
+}
+
+fn status(r: Result<ScsiResult, String>, what: &str) -> u8 {
+    r.unwrap_or_else(|e| panic!("{what}: {e}")).status
+}
+
+/// Waits until READ KEYS through `ini` lists exactly `keys`.
+fn wait_keys(ini: &mut Initiator, keys: &[u64], what: &str) {
+    wait_until(what, CONVERGE, || match ini.read_keys() {
+        Ok((_, k)) if k == keys => Ok(()),
+        Ok((g, k)) => Err(format!("generation {g}, keys {k:x?}")),
+        Err(e) => Err(e),
+    });
+}
+
+#[test]
+fn reservations_of_a_shared_volume_hold_through_every_node_and_survive_a_restart() {
+    let mut c = Cluster::start(2, ClusterOpts::default());
+    let m = c.master();
+    c.shared_mirror(m, "dg1", "vol1", "32M");
+    c.ctl_ok(0, "export iscsi dg1 vol1 --all");
+    wait_lun(&c, 0);
+    wait_lun(&c, 1);
+    let block = vec![0x5au8; 512];
+
+    // Host 1 registers and reserves (write exclusive) through node a.
+    let mut h1a = session(&c, 0, HOST1, ISID1);
+    ok(h1a.pr_out(0, 0, 0, 0xa1), "REGISTER 0xa1 through a");
+    ok(h1a.pr_out(1, WE, 0xa1, 0), "RESERVE through a");
+    assert_eq!(h1a.read_reservation().unwrap(), Some((0xa1, WE)));
+    ok(h1a.write10(0, &block), "the holder writes through a");
+
+    // Through node b: the key and the reservation are there. Host 2 (not
+    // registered) may read but not write; host 1 through b is another I_T nexus
+    // (another target port), not the holder either.
+    let mut h2b = session(&c, 1, HOST2, ISID2);
+    wait_keys(&mut h2b, &[0xa1], "node b to list a's key");
+    assert_eq!(h2b.read_reservation().unwrap(), Some((0xa1, WE)));
+    assert_eq!(
+        status(h2b.write10(0, &block), "host 2 write through b"),
+        CONFLICT
+    );
+    ok(h2b.read10(0, 1), "host 2 reads through b");
+    let mut h1b = session(&c, 1, HOST1, ISID1);
+    assert_eq!(
+        status(h1b.write10(0, &block), "host 1 write through b"),
+        CONFLICT,
+        "the reservation belongs to host 1's nexus through node a only"
+    );
+    // A conflicting RESERVE through b is answered by b from the cluster's state.
+    ok(h2b.pr_out(0, 0, 0, 0xb2), "REGISTER 0xb2 through b");
+    assert_eq!(
+        status(h2b.pr_out(1, WE, 0xb2, 0), "RESERVE by host 2 through b"),
+        CONFLICT
+    );
+
+    // Host 2 preempts host 1 through b: host 1's key is gone on every node and its
+    // next write through a conflicts.
+    ok(h2b.pr_out(4, WE, 0xb2, 0xa1), "PREEMPT 0xa1 through b");
+    assert_eq!(h2b.read_reservation().unwrap(), Some((0xb2, WE)));
+    ok(h2b.write10(0, &block), "the new holder writes through b");
+    wait_keys(&mut h1a, &[0xb2], "node a to see the preemption");
+    assert_eq!(h1a.read_reservation().unwrap(), Some((0xb2, WE)));
+    assert_eq!(
+        status(h1a.write10(0, &block), "host 1 write through a"),
+        CONFLICT
+    );
+    let (generation, _) = h1a.read_keys().unwrap();
+    drop((h1a, h1b, h2b));
+
+    // The reservations are on the disks: every plexd and plexd-target restarts.
+    c.kill_all();
+    c.restart_all();
+    wait_lun(&c, 0);
+    wait_lun(&c, 1);
+    for i in 0..2 {
+        let mut h = session(&c, i, HOST1, ISID1);
+        let (g, keys) = h.read_keys().unwrap();
+        assert_eq!(
+            (g, keys),
+            (generation, vec![0xb2]),
+            "node {i} after the restart"
+        );
+        assert_eq!(h.read_reservation().unwrap(), Some((0xb2, WE)));
+        assert_eq!(status(h.write10(0, &block), "host 1 write"), CONFLICT);
+    }
+    let mut h2b = session(&c, 1, HOST2, ISID2);
+    ok(h2b.write10(0, &block), "the holder still writes through b");
+
+    // Without quorum (node a's plexd is gone; 1 of 2 votes) a PR OUT through b is
+    // refused with a sense hosts retry, and changes nothing.
+    c.kill_coordinator(0);
+    let mut h1b = session(&c, 1, HOST1, ISID1);
+    wait_until(
+        "a PR OUT through b to get NOT READY 04h/0Ah",
+        NO_QUORUM_WAIT,
+        || match h1b.pr_out(0, 0, 0, 0xc3) {
+            Ok(r) if r.status == 2 && r.sense_key == Some(2) && r.asc == Some((0x04, 0x0a)) => {
+                Ok(())
+            }
+            Ok(r) if r.status == 0 => panic!("a PR OUT committed without quorum: {r:?}"),
+            Ok(r) => Err(format!("{r:?}")),
+            Err(e) => Err(e),
+        },
+    );
+    assert_eq!(h1b.read_keys().unwrap().1, vec![0xb2]);
+}
