@@ -178,6 +178,9 @@ pub enum Message {
         /// shows its age (a stale `leased` makes nobody give way).
         #[serde(default)]
         heard: Option<Echo>,
+        /// The sender counts the quorum disk's vote (for `cluster status`).
+        #[serde(default)]
+        disk_vote: bool,
     },
     /// Slave → master: a client's request.
     Forward {

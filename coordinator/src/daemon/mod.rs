@@ -1172,6 +1172,8 @@ impl Daemon {
                 }
             }
             other @ (Action::Send { .. }
+            | Action::ReadQuorumDisk { .. }
+            | Action::WriteQuorumDisk { .. }
             | Action::RecordMembership { .. }
             | Action::Reply { .. }
             | Action::Failpoint(_)
