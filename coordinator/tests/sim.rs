@@ -61,6 +61,7 @@ fn random_schedules_keep_the_invariants() {
                 cov.commits += c.commits;
                 cov.quorum_disk_acquired += c.quorum_disk_acquired;
                 cov.quorum_disk_lost += c.quorum_disk_lost;
+                cov.quorum_disk_takeovers += c.quorum_disk_takeovers;
                 disk_seeds += usize::from(s.quorum_disk);
             }
             Err(e) if keep_going => {

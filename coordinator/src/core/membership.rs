@@ -793,9 +793,12 @@ impl<M: ConfigModel> Node<M> {
         {
             // One vote short: acquire the quorum disk, then ask for the votes
             // again (the voters' votes hold for a lease; acquiring takes longer).
-            log::info!(
-                "node {me}: the takeover is one vote short; acquiring the quorum disk"
+            let line = format!(
+                "node {}: the takeover of master node {} is one vote short; acquiring the quorum disk",
+                self.name(me),
+                self.name(newest.master)
             );
+            self.log(log::Level::Warn, line);
             self.view = Some(newest);
             self.state = State::TakingOver {
                 step: TakeoverStep::AcquiringDisk {

@@ -129,6 +129,8 @@ pub(super) struct QDisk {
     pub(super) form_wanted: bool,
     /// The last record read (for the status line and the no-quorum reason).
     last_seen: Option<QuorumDiskRecord>,
+    /// The last read error logged (a disk that stays unreadable is logged once).
+    last_error: Option<String>,
 }
 
 impl QDisk {
@@ -140,6 +142,7 @@ impl QDisk {
             counter: 0,
             form_wanted: false,
             last_seen: None,
+            last_error: None,
         }
     }
 }
@@ -216,7 +219,7 @@ impl<M: ConfigModel> Node<M> {
     }
 
     /// `quorum disk: held by a` / `quorum disk: not held (last written by b)`.
-    pub(super) fn quorum_disk_line(&self) -> Option<String> {
+    pub fn quorum_disk_line(&self) -> Option<String> {
         let st = self.quorum_disk_status()?;
         Some(match (st.holder, st.acquiring) {
             (Some(h), _) => format!("quorum disk: held by {}", self.name(h)),
@@ -352,6 +355,7 @@ impl<M: ConfigModel> Node<M> {
         };
         if let Ok(r) = &result {
             self.qdisk.last_seen = *r;
+            self.qdisk.last_error = None;
         }
         let wait = self.cfg.lease_wait_ms();
         let renew = renew_interval_ms(&self.cfg);
@@ -361,11 +365,14 @@ impl<M: ConfigModel> Node<M> {
                 let record = match result {
                     Ok(r) => r,
                     Err(e) => {
-                        let line = format!(
-                            "node {}: cannot read the quorum disk: {e}",
-                            self.name(self.cfg.me)
-                        );
-                        self.log(log::Level::Warn, line);
+                        if self.qdisk.last_error.as_deref() != Some(e.as_str()) {
+                            let line = format!(
+                                "node {}: cannot read the quorum disk: {e}",
+                                self.name(self.cfg.me)
+                            );
+                            self.log(log::Level::Warn, line);
+                            self.qdisk.last_error = Some(e);
+                        }
                         self.qdisk.phase = Phase::Watching {
                             seen: None,
                             next_read_ms: now_ms + renew,

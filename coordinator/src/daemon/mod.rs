@@ -45,6 +45,7 @@ pub mod membership;
 pub mod model;
 pub mod pipeline;
 pub mod print;
+pub mod qdisk;
 pub mod resync;
 pub mod transport;
 
@@ -141,6 +142,8 @@ pub enum Input {
     Shutdown,
     /// The driver answered a job (the answer is on its completion channel).
     DriverDone,
+    /// The quorum disk thread answered a read or a write ([`qdisk`]).
+    QuorumDisk(qdisk::Done),
 }
 
 /// Command-line options of `plexd`.
@@ -222,6 +225,25 @@ pub fn run(opts: Options) -> Result<(), String> {
         refusals,
     );
     let files = file.disk_files();
+    let qdisk = match &file.cluster.quorum_disk {
+        Some(path) => {
+            if files.iter().any(|f| f == path) {
+                return Err(format!(
+                    "node {}: quorum disk {} is one of the disks disk_paths matches; give it a path of its own",
+                    me.name,
+                    path.display()
+                ));
+            }
+            log::info!("node {}: quorum disk {}", me.name, path.display());
+            Some(qdisk::QuorumDisk::start(
+                &me.name,
+                path.clone(),
+                file.cluster.id.clone(),
+                tx.clone(),
+            )?)
+        }
+        None => None,
+    };
     let (_, private_groups, _) = disks::discover(&files, &file.cluster.id, &me.name);
     let private = ClusterConfig {
         disk_groups: private_groups,
@@ -320,6 +342,7 @@ pub fn run(opts: Options) -> Result<(), String> {
         repairs,
         private_queue: VecDeque::new(),
         private_running: None,
+        qdisk,
     };
     d.main_loop(rx);
     log::info!("plexd: node {} stopped", d.name);
@@ -523,6 +546,8 @@ struct Daemon {
     /// (view id, master, configuration transaction) the ALUA views were last
     /// computed for: they depend on nothing else, so other events skip the work.
     alua_basis: Option<(u64, NodeId, TxnId)>,
+    /// The quorum disk's I/O thread, when one is configured.
+    qdisk: Option<qdisk::QuorumDisk>,
 }
 
 /// A private disk-group change and whom to answer.
@@ -699,6 +724,10 @@ impl Daemon {
                 self.feed(Event::Shutdown);
             }
             Input::DriverDone => {} // the main loop reads the answers after every input
+            Input::QuorumDisk(done) => self.feed(match done {
+                qdisk::Done::Read { op, result } => Event::QuorumDiskRead { op, result },
+                qdisk::Done::Written { op, result } => Event::QuorumDiskWritten { op, result },
+            }),
         }
     }
 
@@ -1059,6 +1088,33 @@ impl Daemon {
                         );
                     }
                 }
+                Op::Now(Action::ReadQuorumDisk { op }) => {
+                    let sent = match &self.qdisk {
+                        Some(q) => q.read(op),
+                        None => Err("no quorum disk is configured".into()),
+                    };
+                    if let Err(e) = sent {
+                        self.qdisk_failed(qdisk::Done::Read { op, result: Err(e) });
+                    }
+                }
+                Op::Now(Action::WriteQuorumDisk {
+                    op,
+                    record,
+                    deadline_ms,
+                }) => {
+                    // The core's clock counts from `start` (see `now_ms`).
+                    let deadline = self
+                        .start
+                        .checked_add(Duration::from_millis(deadline_ms))
+                        .unwrap_or_else(Instant::now);
+                    let sent = match &self.qdisk {
+                        Some(q) => q.write(op, record, deadline),
+                        None => Err("no quorum disk is configured".into()),
+                    };
+                    if let Err(e) = sent {
+                        self.qdisk_failed(qdisk::Done::Written { op, result: Err(e) });
+                    }
+                }
                 Op::Now(Action::ViewChanged { view }) => log::info!(
                     "node {}: view {} installed: master {}, members {:?}",
                     self.name,
@@ -1068,6 +1124,19 @@ impl Daemon {
                 ),
                 Op::Now(_) => {} // Log: the core has logged it already
             }
+        }
+    }
+
+    /// A quorum disk request that could not be handed to its thread: the core
+    /// gets the failure as the request's answer (through the input queue, after
+    /// the step that asked).
+    fn qdisk_failed(&mut self, done: qdisk::Done) {
+        log::error!("node {}: quorum disk: {done:?}", self.name);
+        if self.tx.try_send(Input::QuorumDisk(done)).is_err() {
+            log::error!(
+                "node {}: the input queue is full; the quorum disk request is lost and this node stops using the disk",
+                self.name
+            );
         }
     }
 
@@ -1943,6 +2012,7 @@ impl Daemon {
             view: view.as_ref().map(|v| v.id).unwrap_or(0),
             nodes: Vec::new(),
             failed_groups: self.failed.iter().map(|g| g.line()).collect(),
+            quorum_disk: self.node.quorum_disk_line().unwrap_or_default(),
         };
         for n in &self.file.nodes {
             let member = view.as_ref().is_some_and(|v| v.contains(n.id));

@@ -137,6 +137,8 @@ pub struct Coverage {
     pub commits: usize,
     /// Quorum disk acquisitions (a node read its record back after writing it).
     pub quorum_disk_acquired: usize,
+    /// Takeovers one vote short that went for the quorum disk.
+    pub quorum_disk_takeovers: usize,
     /// Quorum disk holds lost (another node's record, a failed renewal, a hold
     /// that ran out).
     pub quorum_disk_lost: usize,
@@ -1405,6 +1407,8 @@ impl Sim {
                         && !message.contains(": joined")
                     {
                         c.joins += 1;
+                    } else if message.contains("one vote short; acquiring the quorum disk") {
+                        c.quorum_disk_takeovers += 1;
                     } else if message.contains("acquired the quorum disk") {
                         c.quorum_disk_acquired += 1;
                     } else if message.contains("lost the quorum disk") {
