@@ -1066,7 +1066,9 @@ fn two_nodes_with_a_quorum_disk_keep_a_master_when_the_slave_dies() {
     assert_eq!(sim.violation(), None, "{}", sim.trace_text());
     let r = sim.create(A, "dg1", 1);
     assert_eq!(answer(&mut sim, A, r), Ok(()), "{}", sim.trace_text());
-    assert!(sim.disk().is_some_and(|d| d.config.groups.contains_key("dg1")));
+    assert!(sim
+        .disk()
+        .is_some_and(|d| d.config.groups.contains_key("dg1")));
     // b comes back and joins.
     sim.start(B);
     settle(&mut sim, &[A, B]);
@@ -1089,7 +1091,11 @@ fn two_nodes_with_a_quorum_disk_take_over_when_the_master_dies() {
     let died_ms = sim.now_ms();
     sim.crash(A);
     let took_over = sim.run_until(10_000, |s| s.master() == Some(B) && s.leased_master(B));
-    assert!(took_over, "b takes over with the disk:\n{}", sim.trace_text());
+    assert!(
+        took_over,
+        "b takes over with the disk:\n{}",
+        sim.trace_text()
+    );
     assert_eq!(sim.violation(), None, "{}", sim.trace_text());
     // b waited for a's hold to run out (the record unchanged for lease_wait), then
     // for its own write's lease_wait before the vote counted.
@@ -1126,7 +1132,10 @@ fn four_nodes_split_two_two_leave_the_disk_holders_side_in_charge() {
     let r = sim.create(D, "dg2", 1);
     let err = answer(&mut sim, D, r).unwrap_err();
     assert!(err.contains("no quorum"), "{err}");
-    assert!(err.contains("quorum disk"), "the reason names the disk: {err}");
+    assert!(
+        err.contains("quorum disk"),
+        "the reason names the disk: {err}"
+    );
     sim.heal();
     settle(&mut sim, &[A, B, C, D]);
     assert!(everywhere_has(&sim, &[A, B, C, D], "dg1"));
@@ -1149,13 +1158,23 @@ fn a_frozen_disk_holder_thawing_after_another_acquired_it_does_not_use_the_vote(
     let mut sim = disk_cluster(2);
     sim.freeze(A, 4_000);
     let took_over = sim.run_until(4_000, |s| s.master() == Some(B) && s.counts_disk_vote(B));
-    assert!(took_over, "b takes over with the disk:\n{}", sim.trace_text());
-    sim.run_until(4_000, |s| s.node(A).frozen_until_ms == 0 || s.now_ms() >= 4_000);
+    assert!(
+        took_over,
+        "b takes over with the disk:\n{}",
+        sim.trace_text()
+    );
+    sim.run_until(4_000, |s| {
+        s.node(A).frozen_until_ms == 0 || s.now_ms() >= 4_000
+    });
     sim.thaw(A);
     // The simulator checks after every event that at most one node counts the
     // disk's vote; a in particular never does again.
     let used = sim.run_until(3_000, |s| s.counts_disk_vote(A) || s.leased_master(A));
-    assert!(!used, "a used the disk's vote after thawing:\n{}", sim.trace_text());
+    assert!(
+        !used,
+        "a used the disk's vote after thawing:\n{}",
+        sim.trace_text()
+    );
     assert_eq!(sim.violation(), None, "{}", sim.trace_text());
     settle(&mut sim, &[A, B]);
     assert_eq!(sim.master(), Some(B));
@@ -1170,12 +1189,17 @@ fn a_renewal_queued_through_a_freeze_never_overwrites_the_new_holder() {
     assert!(sim.run_until(1_000, |s| s.qdisk_writes_in_flight(A) == 1));
     sim.freeze(A, 4_000);
     let took_over = sim.run_until(4_000, |s| s.master() == Some(B) && s.counts_disk_vote(B));
-    assert!(took_over, "b takes over with the disk:\n{}", sim.trace_text());
+    assert!(
+        took_over,
+        "b takes over with the disk:\n{}",
+        sim.trace_text()
+    );
     sim.thaw(A);
     sim.run_for(1_000);
     assert_eq!(sim.violation(), None, "{}", sim.trace_text());
     assert!(
-        sim.trace_text().contains("quorum disk write") && sim.trace_text().contains("past its deadline: refused"),
+        sim.trace_text().contains("quorum disk write")
+            && sim.trace_text().contains("past its deadline: refused"),
         "a's queued write was refused:\n{}",
         sim.trace_text()
     );

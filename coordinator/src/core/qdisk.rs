@@ -73,14 +73,22 @@ pub fn settle_ms(cfg: &NodeConfig) -> u64 {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum IoKind {
     /// Acquiring: watching the record; the read started at `issued_ms`.
-    WatchRead { issued_ms: u64 },
+    WatchRead {
+        issued_ms: u64,
+    },
     /// Acquiring: our record, after the read at `read_ms`.
-    AcquireWrite { read_ms: u64 },
+    AcquireWrite {
+        read_ms: u64,
+    },
     /// Acquiring: reading our record back.
     SettleRead,
     /// Holding: the renewal that started at `start_ms`.
-    RenewRead { start_ms: u64 },
-    RenewWrite { start_ms: u64 },
+    RenewRead {
+        start_ms: u64,
+    },
+    RenewWrite {
+        start_ms: u64,
+    },
 }
 
 #[derive(Clone, Copy, Debug)]

@@ -78,8 +78,7 @@ impl<M: ConfigModel> Node<M> {
     pub(super) fn no_quorum_reason(&self, now_ms: u64) -> String {
         let me = self.cfg.me;
         let reachable = self.reachable_peers(now_ms);
-        let votes =
-            self.votes_of(reachable.iter().copied().chain([me])) + self.disk_vote(now_ms);
+        let votes = self.votes_of(reachable.iter().copied().chain([me])) + self.disk_vote(now_ms);
         let disk = self.quorum_disk_line();
         let unreachable: Vec<String> = self
             .peers

@@ -1209,15 +1209,24 @@ impl Daemon {
             Action::WriteDisks {
                 record,
                 deadline_ms,
-            } => Job::WriteDisks {
-                record,
-                // The core's clock counts from `start` (see `now_ms`).
-                deadline: deadline_ms.map(|ms| {
-                    self.start
-                        .checked_add(Duration::from_millis(ms))
-                        .unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 86_400))
-                }),
-            },
+            } => {
+                if deadline_ms.is_none() {
+                    // The driver checks a master's write against the newest
+                    // published lease: publish it now, not at the next tick (a
+                    // lease won by a message just before, e.g. the first one of a
+                    // view a join gave its majority, is not published yet).
+                    self.renew_lease();
+                }
+                Job::WriteDisks {
+                    record,
+                    // The core's clock counts from `start` (see `now_ms`).
+                    deadline: deadline_ms.map(|ms| {
+                        self.start
+                            .checked_add(Duration::from_millis(ms))
+                            .unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 86_400))
+                    }),
+                }
+            }
             Action::ReadDisks => {
                 let mut known: Vec<(TxnId, SharedConfig)> = self.history.iter().cloned().collect();
                 known.push((self.node.config_txn(), self.node.config().clone()));

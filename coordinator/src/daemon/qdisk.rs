@@ -90,10 +90,15 @@ pub fn decode(cluster_id: &str, block: &[u8]) -> Result<Option<QuorumDiskRecord>
     }
     let version = le_u32(block, 8);
     if version != QDISK_VERSION {
-        return Err(format!("record version {version}, this plexd reads {QDISK_VERSION}"));
+        return Err(format!(
+            "record version {version}, this plexd reads {QDISK_VERSION}"
+        ));
     }
     let id_field = &block[CLUSTER_ID_OFFSET..CRC_OFFSET];
-    let id_len = id_field.iter().position(|&x| x == 0).unwrap_or(id_field.len());
+    let id_len = id_field
+        .iter()
+        .position(|&x| x == 0)
+        .unwrap_or(id_field.len());
     let id = String::from_utf8_lossy(&id_field[..id_len]);
     if id != cluster_id {
         return Err(format!(
@@ -166,7 +171,12 @@ impl QuorumDisk {
     }
 
     /// Writes `record` unless `deadline` has passed when the write would start.
-    pub fn write(&self, op: u64, record: QuorumDiskRecord, deadline: Instant) -> Result<(), String> {
+    pub fn write(
+        &self,
+        op: u64,
+        record: QuorumDiskRecord,
+        deadline: Instant,
+    ) -> Result<(), String> {
         self.send(Request::Write {
             op,
             record,
@@ -209,12 +219,7 @@ fn read_block(f: &File) -> Result<Vec<u8>, String> {
     Ok(b)
 }
 
-fn run(
-    path: &Path,
-    cluster_id: &str,
-    rx: &Receiver<Request>,
-    inputs: &SyncSender<Input>,
-) {
+fn run(path: &Path, cluster_id: &str, rx: &Receiver<Request>, inputs: &SyncSender<Input>) {
     let mut file: Option<File> = None;
     let what = |e: String| format!("quorum disk {}: {e}", path.display());
     while let Ok(req) = rx.recv() {
@@ -296,7 +301,9 @@ mod tests {
         assert_eq!(decode("demo-0001", &b), Ok(None));
         let mut junk = vec![0u8; QDISK_BLOCK_BYTES];
         junk[100] = 1;
-        assert!(decode("demo-0001", &junk).unwrap_err().contains("not blank"));
+        assert!(decode("demo-0001", &junk)
+            .unwrap_err()
+            .contains("not blank"));
         assert!(encode(&"x".repeat(65), &rec()).is_err());
     }
 }

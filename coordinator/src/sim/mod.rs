@@ -25,8 +25,7 @@ pub use toy::{ToyChange, ToyConfig, ToyGroup};
 
 use crate::core::{
     Action, DiskRecord, ErrorKind, Event, Message, Node, NodeConfig, NodeId, NodeInfo,
-    QuorumDiskRecord, RequestError, RequestId, Role, TxnId, View, OUTCOME_UNKNOWN,
-    WRITE_DEADLINE,
+    QuorumDiskRecord, RequestError, RequestId, Role, TxnId, View, OUTCOME_UNKNOWN, WRITE_DEADLINE,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -1306,7 +1305,10 @@ impl Sim {
                     self.driver_later(
                         id,
                         Some(Hold::QuorumDisk),
-                        Event::QuorumDiskRead { op, result: Ok(None) },
+                        Event::QuorumDiskRead {
+                            op,
+                            result: Ok(None),
+                        },
                     );
                 }
                 Action::WriteQuorumDisk {
@@ -1346,9 +1348,8 @@ impl Sim {
                     // majority views must be unique per id.
                     // With a quorum disk, a view may have a majority with its vote.
                     let could_be_quorate = self.core(id).is_none_or(|c| {
-                        c.quorum().reached(
-                            view.members.len() as u64 + u64::from(c.has_quorum_disk()),
-                        )
+                        c.quorum()
+                            .reached(view.members.len() as u64 + u64::from(c.has_quorum_disk()))
                     });
                     if !could_be_quorate {
                         continue;

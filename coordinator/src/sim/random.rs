@@ -80,7 +80,11 @@ fn run(seed: u64, steps: u64, trace: bool) -> Result<RunStats, String> {
             sim.set_drift(id, rng.gen_range(-MAX_DRIFT_PPM..=MAX_DRIFT_PPM));
         }
     }
-    let disk_note = if quorum_disk { " and a quorum disk" } else { "" };
+    let disk_note = if quorum_disk {
+        " and a quorum disk"
+    } else {
+        ""
+    };
     let fail = |sim: &Sim, step: u64, what: &str| -> String {
         format!(
             "step {step} (t = {} ms, {nodes} nodes{disk_note}): {what}\nlast events:\n{}",
@@ -133,7 +137,8 @@ fn run(seed: u64, steps: u64, trace: bool) -> Result<RunStats, String> {
                 )
             })
             .collect();
-        let what = format!(
+        let what =
+            format!(
             "the cluster did not become whole within 10 s of quiet: {}; unanswered requests {:?}{}",
             roles.join("; "),
             sim.unanswered(),
