@@ -1,9 +1,10 @@
 //! Quorum and leases: who may act for the cluster, and for how long a data plane may
 //! go on serving shared volumes without hearing from it.
 //!
-//! - Quorum: a strict majority of the configured votes. A cluster forms only where a
-//!   majority is alive; a master never makes a view without a majority of votes and
-//!   gives up its view (abdicates) when it loses quorum.
+//! - Quorum: a strict majority of the configured votes (with a quorum disk, its one
+//!   vote too, counted for the node holding its lease: [`super::qdisk`]). A cluster
+//!   forms only where a majority is alive; a master never makes a view without a
+//!   majority of votes and gives up its view (abdicates) when it loses quorum.
 //! - Confirmations: every heartbeat carries the sender's stamp (its clock) and echoes
 //!   the newest stamp it heard from the recipient when it confirms the recipient: a
 //!   slave confirms its master, a master the members of its view. A node stops
