@@ -6,7 +6,8 @@
 //!
 //! The record is one 4 KiB block at offset 0 of the configured file or device
 //! (docs/ONDISK.md, "The quorum disk"): written with `pwrite` and made durable with
-//! `fdatasync` (like the configuration database's slots), read with `pread`. A blank
+//! `fdatasync` (like the configuration database's slots), read with `pread` (on a
+//! block device after dropping the cached block: another host writes it). A blank
 //! block (all zeros, or a file shorter than a block that holds only zeros) is
 //! nobody's and gets initialized by the first write; a block with plexd's magic and
 //! a bad checksum is a torn write: nobody's too. A block of another cluster, or one
@@ -204,6 +205,18 @@ fn open(path: &Path) -> Result<File, String> {
 }
 
 fn read_block(f: &File) -> Result<Vec<u8>, String> {
+    use std::os::unix::fs::FileTypeExt;
+    if f.metadata().is_ok_and(|m| m.file_type().is_block_device()) {
+        // Another host writes the record: drop the cached block so the read goes
+        // to the device (as the configuration database does; docs/ONDISK.md,
+        // "Page cache"). Advisory; failure only means a cached read.
+        let _ = nix::fcntl::posix_fadvise(
+            std::os::fd::AsRawFd::as_raw_fd(f),
+            0,
+            QDISK_BLOCK_BYTES as i64,
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+        );
+    }
     let mut b = vec![0u8; QDISK_BLOCK_BYTES];
     let mut done = 0;
     // Bounded: each pass reads at least one byte or stops (a file shorter than a
