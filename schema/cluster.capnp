@@ -114,6 +114,7 @@ struct Heartbeat {
   txns @11 :TxnState;         # null = none
   leased @12 :Bool;
   heard @13 :Echo;            # null = none
+  diskVote @14 :Bool;         # the sender counts the quorum disk's vote
 }
 
 # A request as it travels from a slave to the master.

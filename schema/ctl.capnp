@@ -145,6 +145,9 @@ struct ClusterStatus {
   # Disk groups of this cluster (or private to the answering node) whose
   # configuration cannot be read from any of their disks: "dg1: <reason>".
   failedGroups @4 :List(Text);
+  # The quorum disk as the answering node sees it: "quorum disk: held by a",
+  # "quorum disk: not held (last written by b)"; empty when none is configured.
+  quorumDisk @5 :Text;
 }
 
 struct DiskInfo {

@@ -43,6 +43,7 @@ fn random_schedules_keep_the_invariants() {
         .unwrap_or(STEPS_PER_SEED);
     let (mut events, mut acked, mut failed) = (0, 0, 0);
     let mut cov = Coverage::default();
+    let mut disk_seeds = 0;
     for &seed in &seeds {
         match run_seed(seed, steps) {
             Ok(s) => {
@@ -58,6 +59,10 @@ fn random_schedules_keep_the_invariants() {
                 cov.abandoned_joins += c.abandoned_joins;
                 cov.failed_txns += c.failed_txns;
                 cov.commits += c.commits;
+                cov.quorum_disk_acquired += c.quorum_disk_acquired;
+                cov.quorum_disk_lost += c.quorum_disk_lost;
+                cov.quorum_disk_takeovers += c.quorum_disk_takeovers;
+                disk_seeds += usize::from(s.quorum_disk);
             }
             Err(e) if keep_going => {
                 eprintln!("seed {seed} FAILED: {}", e.lines().next().unwrap_or(""));
@@ -73,7 +78,7 @@ fn random_schedules_keep_the_invariants() {
             seeds.len()
         );
     }
-    eprintln!("simulator coverage: {cov:?}");
+    eprintln!("simulator coverage: {cov:?}; {disk_seeds} seeds with a quorum disk");
     eprintln!(
         "simulator: {} seeds × {steps} steps, {events} events, {acked} changes acknowledged, {failed} refused, in {:.1} s",
         seeds.len(),
@@ -1028,4 +1033,177 @@ fn a_takeover_write_held_up_by_a_freeze_never_lands_after_its_deadline() {
         "the write waited past its deadline:\n{}",
         sim.trace_text()
     );
+}
+
+// ---------------------------------------------------------------------------
+// The quorum disk (docs/PROTOCOL.md, "The quorum disk"): one more vote, for the
+// node that holds its lease. Without it (`SimConfig::quorum_disk` false, the code
+// before it) a 2-node cluster loses quorum with either node and a 2|2 split of 4
+// leaves no side in charge: each scenario below asserts what only the disk's vote
+// gives, and `*_without_a_quorum_disk_*` shows the same schedule failing without it.
+// ---------------------------------------------------------------------------
+
+/// A cluster of `nodes` with a quorum disk, run until master a counts its vote.
+fn disk_cluster(nodes: u32) -> Sim {
+    let mut sim = Sim::cluster_with_quorum_disk(nodes, 11);
+    assert_eq!(sim.master(), Some(A));
+    assert!(
+        sim.run_until(10_000, |s| s.counts_disk_vote(A)),
+        "master a acquires the quorum disk:\n{}",
+        sim.trace_text()
+    );
+    assert_eq!(sim.quorum_disk().map(|r| r.owner), Some(A));
+    sim
+}
+
+#[test]
+fn two_nodes_with_a_quorum_disk_keep_a_master_when_the_slave_dies() {
+    let mut sim = disk_cluster(2);
+    sim.crash(B);
+    // Three leases: a stays a leased master all along (its own vote and the disk's).
+    let lost = sim.run_until(3_000, |s| !s.leased_master(A));
+    assert!(!lost, "a lost its lease:\n{}", sim.trace_text());
+    assert_eq!(sim.violation(), None, "{}", sim.trace_text());
+    let r = sim.create(A, "dg1", 1);
+    assert_eq!(answer(&mut sim, A, r), Ok(()), "{}", sim.trace_text());
+    assert!(sim
+        .disk()
+        .is_some_and(|d| d.config.groups.contains_key("dg1")));
+    // b comes back and joins.
+    sim.start(B);
+    settle(&mut sim, &[A, B]);
+    assert!(everywhere_has(&sim, &[A, B], "dg1"));
+}
+
+#[test]
+fn two_nodes_without_a_quorum_disk_lose_the_master_with_the_slave() {
+    let mut sim = traced_cluster(2);
+    sim.crash(B);
+    let lost = sim.run_until(3_000, |s| !s.leased_master(A));
+    assert!(lost, "without the disk's vote a alone is no majority");
+}
+
+#[test]
+fn two_nodes_with_a_quorum_disk_take_over_when_the_master_dies() {
+    let mut sim = disk_cluster(2);
+    let r = sim.create(B, "dg1", 1);
+    assert_eq!(answer(&mut sim, B, r), Ok(()));
+    let died_ms = sim.now_ms();
+    sim.crash(A);
+    let took_over = sim.run_until(10_000, |s| s.master() == Some(B) && s.leased_master(B));
+    assert!(
+        took_over,
+        "b takes over with the disk:\n{}",
+        sim.trace_text()
+    );
+    assert_eq!(sim.violation(), None, "{}", sim.trace_text());
+    // b waited for a's hold to run out (the record unchanged for lease_wait), then
+    // for its own write's lease_wait before the vote counted.
+    let cfg = sim.config();
+    let lease_wait = cfg.lease_ms + cfg.lease_ms / 10 + cfg.lease_margin_ms;
+    assert!(
+        sim.now_ms() >= died_ms + 2 * lease_wait,
+        "b took over after {} ms, before two lease waits",
+        sim.now_ms() - died_ms
+    );
+    assert!(sim.counts_disk_vote(B));
+    let r = sim.create(B, "dg2", 1);
+    assert_eq!(answer(&mut sim, B, r), Ok(()), "{}", sim.trace_text());
+    assert!(everywhere_has(&sim, &[B], "dg1") && everywhere_has(&sim, &[B], "dg2"));
+    sim.start(A);
+    settle(&mut sim, &[A, B]);
+    assert!(everywhere_has(&sim, &[A, B], "dg2"));
+}
+
+/// 4 nodes and the disk: 5 votes, 3 needed. Split 2|2 with the designated
+/// successor b on the other side: a's side (a, c and the disk it holds) stays in
+/// charge; b and d cannot acquire the disk a keeps renewing, and refuse changes.
+#[test]
+fn four_nodes_split_two_two_leave_the_disk_holders_side_in_charge() {
+    let mut sim = disk_cluster(4);
+    sim.partition(&[A, C]);
+    sim.run_for(6_000);
+    assert_eq!(sim.violation(), None, "{}", sim.trace_text());
+    assert!(sim.leased_master(A), "a is still a leased master");
+    assert!(!sim.leased_master(B) && !sim.leased_master(D));
+    assert!(!sim.counts_disk_vote(B) && !sim.counts_disk_vote(D));
+    let r = sim.create(C, "dg1", 1);
+    assert_eq!(answer(&mut sim, C, r), Ok(()), "{}", sim.trace_text());
+    let r = sim.create(D, "dg2", 1);
+    let err = answer(&mut sim, D, r).unwrap_err();
+    assert!(err.contains("no quorum"), "{err}");
+    assert!(
+        err.contains("quorum disk"),
+        "the reason names the disk: {err}"
+    );
+    sim.heal();
+    settle(&mut sim, &[A, B, C, D]);
+    assert!(everywhere_has(&sim, &[A, B, C, D], "dg1"));
+    assert!(nowhere_has(&sim, "dg2"));
+}
+
+#[test]
+fn four_nodes_split_two_two_without_a_quorum_disk_leave_nobody_in_charge() {
+    let mut sim = traced_cluster(4);
+    sim.partition(&[A, C]);
+    sim.run_for(6_000);
+    assert!(!sim.ids().into_iter().any(|id| sim.leased_master(id)));
+}
+
+/// a holds the disk and freezes for four leases: b takes the disk over and becomes
+/// master. a thaws believing nothing happened: its hold ran out on its own clock,
+/// so it never counts the disk's vote again; it rejoins as b's slave.
+#[test]
+fn a_frozen_disk_holder_thawing_after_another_acquired_it_does_not_use_the_vote() {
+    let mut sim = disk_cluster(2);
+    sim.freeze(A, 4_000);
+    let took_over = sim.run_until(4_000, |s| s.master() == Some(B) && s.counts_disk_vote(B));
+    assert!(
+        took_over,
+        "b takes over with the disk:\n{}",
+        sim.trace_text()
+    );
+    sim.run_until(4_000, |s| {
+        s.node(A).frozen_until_ms == 0 || s.now_ms() >= 4_000
+    });
+    sim.thaw(A);
+    // The simulator checks after every event that at most one node counts the
+    // disk's vote; a in particular never does again.
+    let used = sim.run_until(3_000, |s| s.counts_disk_vote(A) || s.leased_master(A));
+    assert!(
+        !used,
+        "a used the disk's vote after thawing:\n{}",
+        sim.trace_text()
+    );
+    assert_eq!(sim.violation(), None, "{}", sim.trace_text());
+    settle(&mut sim, &[A, B]);
+    assert_eq!(sim.master(), Some(B));
+}
+
+/// a is frozen with a renewal write of the disk queued (issued, not yet carried
+/// out); b takes the disk over meanwhile. When a thaws, the write's deadline has
+/// passed: it never lands over b's record.
+#[test]
+fn a_renewal_queued_through_a_freeze_never_overwrites_the_new_holder() {
+    let mut sim = disk_cluster(2);
+    assert!(sim.run_until(1_000, |s| s.qdisk_writes_in_flight(A) == 1));
+    sim.freeze(A, 4_000);
+    let took_over = sim.run_until(4_000, |s| s.master() == Some(B) && s.counts_disk_vote(B));
+    assert!(
+        took_over,
+        "b takes over with the disk:\n{}",
+        sim.trace_text()
+    );
+    sim.thaw(A);
+    sim.run_for(1_000);
+    assert_eq!(sim.violation(), None, "{}", sim.trace_text());
+    assert!(
+        sim.trace_text().contains("quorum disk write")
+            && sim.trace_text().contains("past its deadline: refused"),
+        "a's queued write was refused:\n{}",
+        sim.trace_text()
+    );
+    assert_eq!(sim.quorum_disk().map(|r| r.owner), Some(B));
+    assert!(sim.counts_disk_vote(B));
+    settle(&mut sim, &[A, B]);
 }

@@ -862,6 +862,7 @@ async fn status(client: &ctl::Client) -> Result<Value, Failure> {
         "view": s.get_view(),
         "nodes": nodes,
         "failed_disk_groups": failed,
+        "quorum_disk": text(s.get_quorum_disk())?,
     }))
 }
 
@@ -1080,6 +1081,9 @@ async fn run(
                     },
                     s(&v["view"])
                 ));
+                if !s(&v["quorum_disk"]).is_empty() {
+                    out.push_str(&format!("{}\n", s(&v["quorum_disk"])));
+                }
             }
             out.push_str(&format!(
                 "{:<4} {:<10} {:<22} {:<12} {:<6} {}",

@@ -107,6 +107,9 @@ pub struct ClusterOpts {
     /// Run each node in a network namespace of its own ([`crate::netns`]), so the
     /// test can partition them ([`Cluster::net`]). Needs root.
     pub netns: bool,
+    /// Give the cluster a quorum disk: a blank 4 KiB file `qdisk.img` beside the
+    /// disks' directory ([`Cluster::quorum_disk_path`]), named in the cluster file.
+    pub quorum_disk: bool,
 }
 
 impl Default for ClusterOpts {
@@ -124,6 +127,7 @@ impl Default for ClusterOpts {
             hidden: Vec::new(),
             init_disks: true,
             netns: false,
+            quorum_disk: false,
         }
     }
 }
@@ -314,6 +318,11 @@ impl Cluster {
         }
         let empty_file = dir.join("empty");
         touch(&empty_file)?;
+        let quorum_disk = dir.join("qdisk.img");
+        if opts.quorum_disk {
+            std::fs::write(&quorum_disk, vec![0u8; 4096])
+                .map_err(|e| format!("cannot create {}: {e}", quorum_disk.display()))?;
+        }
         // In namespaces every node has an address of its own, so fixed ports do.
         let netns = opts.netns.then(|| Netns::create(n));
         let (ports, iscsi_ports) = match &netns {
@@ -369,6 +378,12 @@ impl Cluster {
             opts.lease_margin_ms,
             dir.join("disks").join("*.img").display().to_string(),
         );
+        if opts.quorum_disk {
+            toml.push_str(&format!(
+                "quorum_disk = {:?}\n",
+                quorum_disk.display().to_string()
+            ));
+        }
         for node in &nodes {
             toml.push_str(&format!(
                 "\n[[nodes]]\nid = {}\nname = {:?}\naddress = {:?}\ntarget_socket = {:?}\nstate_dir = {:?}\niscsi_portal = {:?}\n",
@@ -395,6 +410,11 @@ impl Cluster {
             empty_file,
             netns,
         })
+    }
+
+    /// The quorum disk's file (it exists only with [`ClusterOpts::quorum_disk`]).
+    pub fn quorum_disk_path(&self) -> PathBuf {
+        self.dir.join("qdisk.img")
     }
 
     /// Node index by name.

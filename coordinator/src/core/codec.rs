@@ -85,6 +85,7 @@ impl Message {
                 txns,
                 leased,
                 heard,
+                disk_vote,
             } => {
                 let mut h = b.init_heartbeat();
                 h.set_incarnation(*incarnation);
@@ -111,6 +112,7 @@ impl Message {
                 if let Some(e) = heard {
                     write_echo(e, h.reborrow().init_heard());
                 }
+                h.set_disk_vote(*disk_vote);
             }
             Message::Forward { request, body } => {
                 let mut f = b.init_forward();
@@ -439,6 +441,7 @@ fn read_message(r: wire::message::Reader<'_>) -> capnp::Result<Message> {
                 } else {
                     None
                 },
+                disk_vote: h.get_disk_vote(),
             }
         }
         Which::Forward(f) => {
@@ -639,6 +642,7 @@ mod tests {
                     incarnation: 6,
                     stamp_ms: 1,
                 }),
+                disk_vote: true,
             },
             Message::Heartbeat {
                 incarnation: 1,
@@ -653,6 +657,7 @@ mod tests {
                 txns: None,
                 leased: false,
                 heard: None,
+                disk_vote: false,
             },
             Message::Heartbeat {
                 incarnation: 1,
@@ -667,6 +672,7 @@ mod tests {
                 txns: Some(state(None)),
                 leased: false,
                 heard: None,
+                disk_vote: false,
             },
             Message::Forward {
                 request: RequestId(3),
@@ -899,6 +905,7 @@ mod tests {
                 txns: None,
                 leased: false,
                 heard: None,
+                disk_vote: false,
             })
         );
     }

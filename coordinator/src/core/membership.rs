@@ -52,6 +52,7 @@ impl<M: ConfigModel> Node<M> {
         let view_id = self.view.as_ref().map_or(0, |v| v.id);
         let incarnation = self.cfg.incarnation;
         let leased = self.is_master() && self.has_lease(now_ms);
+        let disk_vote = self.disk_vote(now_ms) == 1;
         let peers: Vec<NodeId> = self.peers.keys().copied().collect();
         for p in peers {
             let (echo, lease_left_ms) = self.echo_for(p, now_ms);
@@ -79,6 +80,7 @@ impl<M: ConfigModel> Node<M> {
                     txns: self.txn_state_for(p),
                     leased,
                     heard,
+                    disk_vote,
                 },
             );
         }
@@ -111,6 +113,8 @@ impl<M: ConfigModel> Node<M> {
     /// Forms a new cluster when nobody else is a member, this node has listened for
     /// `form_wait_ms`, and no live unjoined peer has a lower id.
     fn maybe_form(&mut self, now_ms: u64, since_ms: u64) {
+        // Set again below when the quorum disk's vote is the one missing.
+        self.qdisk.form_wanted = false;
         if now_ms < since_ms + self.cfg.form_wait_ms || self.stopping {
             return;
         }
@@ -134,13 +138,20 @@ impl<M: ConfigModel> Node<M> {
         }
         // Only where a majority of the votes is alive: a minority never forms a
         // cluster of its own (it would hand out what the majority hands out).
+        // A majority with the quorum disk's vote: the disk is acquired first
+        // (while it is, nobody else counts it: docs/PROTOCOL.md).
         let alive_ids = self
             .peers
             .iter()
             .filter(|(_, p)| alive(p))
             .map(|(&id, _)| id)
             .chain([me]);
-        if !self.quorum().reached(self.votes_of(alive_ids)) {
+        let votes = self.votes_of(alive_ids);
+        let q = self.quorum();
+        if !q.reached(votes) && self.cfg.quorum_disk && q.reached(votes + 1) {
+            self.qdisk.form_wanted = true;
+        }
+        if !q.reached(votes + self.disk_vote(now_ms)) {
             let reason = self.no_quorum_reason(now_ms);
             if self.quorum_reason.as_deref() != Some(reason.as_str()) {
                 log::warn!("{reason}; not forming a cluster");
@@ -245,6 +256,7 @@ impl<M: ConfigModel> Node<M> {
                 txns,
                 leased,
                 heard,
+                disk_vote,
                 ..
             } => {
                 self.max_view_seen = self.max_view_seen.max(max_view);
@@ -258,6 +270,7 @@ impl<M: ConfigModel> Node<M> {
                 peer.view_id = view_id;
                 peer.master = master;
                 peer.member = member;
+                peer.disk_vote = disk_vote;
                 self.on_heartbeat_lease(now_ms, from, stamp_ms, echo, lease_left_ms);
                 let mine = self.view.as_ref().map(|v| (v.id, v.master));
                 if let Some((_, my_master)) = mine {
@@ -494,7 +507,9 @@ impl<M: ConfigModel> Node<M> {
             .filter(|p| !self.suspected.contains(p))
             .chain([me])
             .collect();
-        if !self.quorum().reached(self.votes_of(alive)) {
+        // With a quorum disk, a successor one vote short acquires it (below).
+        let disk = u64::from(self.cfg.quorum_disk);
+        if !self.quorum().reached(self.votes_of(alive) + disk) {
             let reason = format!(
                 "{}; master node {} is gone and this node cannot take over",
                 self.no_quorum_reason(now_ms),
@@ -770,7 +785,31 @@ impl<M: ConfigModel> Node<M> {
         }
         let mine = (self.granted.map(|g| g.1) == Some(me)).then_some(me);
         let voters = self.grants.iter().copied().chain(mine);
-        if !self.quorum().reached(self.votes_of(voters)) {
+        let votes = self.votes_of(voters);
+        let q = self.quorum();
+        if !q.reached(votes + self.disk_vote(now_ms))
+            && self.cfg.quorum_disk
+            && q.reached(votes + 1)
+        {
+            // One vote short: acquire the quorum disk, then ask for the votes
+            // again (the voters' votes hold for a lease; acquiring takes longer).
+            let line = format!(
+                "node {}: the takeover of master node {} is one vote short; acquiring the quorum disk",
+                self.name(me),
+                self.name(newest.master)
+            );
+            self.log(log::Level::Warn, line);
+            self.view = Some(newest);
+            self.state = State::TakingOver {
+                step: TakeoverStep::AcquiringDisk {
+                    heard_master_ms,
+                    round,
+                    since_ms: now_ms,
+                },
+            };
+            return;
+        }
+        if !q.reached(votes + self.disk_vote(now_ms)) {
             let reason = format!(
                 "{}; only {} of the live nodes gave this takeover their vote",
                 self.no_quorum_reason(now_ms),
@@ -837,6 +876,37 @@ impl<M: ConfigModel> Node<M> {
                 self.leave_cluster(now_ms, reason);
                 return;
             }
+        }
+        if let State::TakingOver {
+            step:
+                TakeoverStep::AcquiringDisk {
+                    heard_master_ms,
+                    round,
+                    since_ms,
+                },
+        } = self.state
+        {
+            if self.disk_vote_until(now_ms).is_some() {
+                let Some(base) = self.view.clone() else {
+                    unreachable!("taking over without a view")
+                };
+                self.takeover_round(now_ms, base, heard_master_ms, round + 1);
+                return;
+            }
+            // Acquiring takes two waits and a settle when its holder is gone; a
+            // holder that keeps renewing (the lost master on the other side of a
+            // partition) keeps it.
+            let bound = 3 * self.cfg.lease_wait_ms() + 2 * self.cfg.heartbeat_timeout_ms;
+            if now_ms >= since_ms + bound || round + 1 >= MAX_TAKEOVER_ROUNDS {
+                let reason = format!(
+                    "{}; master node {} is gone and this node could not acquire the quorum disk within {bound} ms",
+                    self.no_quorum_reason(now_ms),
+                    self.name(self.view.as_ref().map_or(0, |v| v.master))
+                );
+                self.quorum_reason = Some(truncate_reason(reason.clone()));
+                self.leave_cluster(now_ms, reason);
+            }
+            return;
         }
         if let State::TakingOver {
             step: TakeoverStep::WaitingLease { until_ms, round },
@@ -968,7 +1038,9 @@ impl<M: ConfigModel> Node<M> {
                 txn: self.committed.txn,
                 config: self.committed.config.clone(),
             },
-            deadline_ms: asked_ms + self.cfg.lease_ms,
+            // With the quorum disk's vote: while this node's hold of it lasts.
+            deadline_ms: (asked_ms + self.cfg.lease_ms)
+                .min(self.disk_vote_until(now_ms).unwrap_or(u64::MAX)),
             lease_extends: false,
         });
     }
@@ -1197,7 +1269,7 @@ impl<M: ConfigModel> Node<M> {
         if lease_expired
             || !self
                 .quorum()
-                .reached(self.votes_of(members.iter().copied()))
+                .reached(self.votes_of(members.iter().copied()) + self.disk_vote(now_ms))
         {
             let what = if lease_expired {
                 format!(
@@ -1302,7 +1374,7 @@ impl<M: ConfigModel> Node<M> {
             return;
         };
         let q = self.quorum();
-        let votes = self.votes_of(view.members.iter().copied());
+        let votes = self.votes_of(view.members.iter().copied()) + self.disk_vote(now_ms);
         if !verified && !q.reached(votes) && q.reached(votes + self.votes_of([from])) {
             // This join gives the view its first majority. The configuration was
             // read from the disks when this node formed the cluster or took over;
@@ -1351,7 +1423,7 @@ impl<M: ConfigModel> Node<M> {
             return false;
         };
         let q = self.quorum();
-        let votes = self.votes_of(view.members.iter().copied());
+        let votes = self.votes_of(view.members.iter().copied()) + self.disk_vote(now_ms);
         if q.reached(votes) || !q.reached(votes + self.votes_of([joiner])) {
             return true;
         }

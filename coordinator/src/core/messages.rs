@@ -168,6 +168,8 @@ pub enum Message {
         /// sent that stamp, so a heartbeat held in a buffer through a partition
         /// shows its age (a stale `leased` makes nobody give way).
         heard: Option<Echo>,
+        /// The sender counts the quorum disk's vote (for `cluster status`).
+        disk_vote: bool,
     },
     /// Slave → master: a client's request.
     Forward {

@@ -12,6 +12,7 @@ mod error;
 mod membership;
 mod messages;
 mod model;
+mod qdisk;
 mod quorum;
 mod txn;
 
@@ -21,6 +22,7 @@ pub use messages::{
     Echo, Message, NodeId, Origin, RequestId, TxnId, TxnState, View, WireRequest, MAX_MESSAGE_BYTES,
 };
 pub use model::ConfigModel;
+pub use qdisk::{QuorumDiskRecord, QuorumDiskStatus};
 pub use quorum::Quorum;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -111,6 +113,9 @@ pub struct NodeConfig {
     /// died; until that lease has surely run out it counts as a member of another
     /// cluster (no cluster forms with it, no join gives a view its first majority).
     pub member_ago_at_start_ms: Option<u64>,
+    /// A quorum disk is configured (the cluster file's `quorum_disk`): it gives one
+    /// more vote, to the node holding its lease (`core::qdisk`).
+    pub quorum_disk: bool,
 }
 
 impl NodeConfig {
@@ -131,6 +136,7 @@ impl NodeConfig {
             lease_margin_ms: 500,
             reply_timeout_ms: 15_000,
             member_ago_at_start_ms: None,
+            quorum_disk: false,
         }
     }
 
@@ -234,6 +240,22 @@ pub enum Event<M: ConfigModel> {
         /// Ok, or why the data plane refused.
         result: Result<(), String>,
     },
+    /// Result of [`Action::ReadQuorumDisk`].
+    QuorumDiskRead {
+        /// The operation's number, from the action.
+        op: u64,
+        /// The lease record; none when the disk is blank or its record torn (nobody
+        /// holds it); an error when it cannot be read.
+        result: Result<Option<QuorumDiskRecord>, String>,
+    },
+    /// Result of [`Action::WriteQuorumDisk`].
+    QuorumDiskWritten {
+        /// The operation's number, from the action.
+        op: u64,
+        /// Ok once the record is durable; the error otherwise (the deadline passed:
+        /// [`WRITE_DEADLINE`]).
+        result: Result<(), String>,
+    },
     /// Stop cleanly: refuse new requests, wait for an in-progress reconfiguration
     /// (join, takeover, transaction, answers to forwarded requests), then
     /// [`Action::ShutdownReady`].
@@ -312,6 +334,24 @@ pub enum Action<M: ConfigModel> {
     },
     /// Read the newest configuration record from the disks; answer with [`Event::DisksRead`].
     ReadDisks,
+    /// Read the quorum disk's lease record; answer with [`Event::QuorumDiskRead`].
+    /// One quorum disk operation is in flight at a time.
+    ReadQuorumDisk {
+        /// The operation's number (echoed in the event).
+        op: u64,
+    },
+    /// Write the quorum disk's lease record durably (O_DIRECT or fdatasync); answer
+    /// with [`Event::QuorumDiskWritten`].
+    WriteQuorumDisk {
+        /// The operation's number (echoed in the event).
+        op: u64,
+        /// The record.
+        record: QuorumDiskRecord,
+        /// This node's clock: the write does not start from then on (the driver
+        /// answers [`WRITE_DEADLINE`]): a write issued long after the read it
+        /// follows could overwrite a newer holder's record.
+        deadline_ms: u64,
+    },
     /// Check that every disk can be opened from this node; answer with
     /// [`Event::DiskAccessChecked`].
     CheckDiskAccess {
@@ -374,6 +414,8 @@ pub struct Status {
     pub last_reason: Option<String>,
     /// Last failure reasons of every node known to this node.
     pub reasons: BTreeMap<NodeId, String>,
+    /// The quorum disk as this node sees it (none when none is configured).
+    pub quorum_disk: Option<QuorumDiskStatus>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -395,6 +437,8 @@ struct Peer {
     /// The newest time (this node's clock) the peer was a member of a view this
     /// node does not lead, as its heartbeats tell.
     other_cluster_ms: Option<u64>,
+    /// The peer's last heartbeat said it counts the quorum disk's vote.
+    disk_vote: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -427,6 +471,13 @@ enum TakeoverStep {
         /// 0: the first round; from 1 on: the votes confirmed again after waiting
         /// out the lost master's lease (at most `MAX_TAKEOVER_ROUNDS`).
         round: u32,
+    },
+    /// The votes are one short: the quorum disk is being acquired; then the
+    /// votes are asked for again (round + 1).
+    AcquiringDisk {
+        heard_master_ms: u64,
+        round: u32,
+        since_ms: u64,
     },
     /// A majority granted the takeover; the lost master's lease (and so every
     /// lease it capped) runs out, then the votes are confirmed again.
@@ -502,6 +553,10 @@ pub struct Node<M: ConfigModel> {
     was_member_ms: Option<u64>,
     /// Until when the driver has recorded that this node may be a member.
     membership_recorded_until_ms: u64,
+    /// The quorum disk's lease (idle when none is configured).
+    qdisk: qdisk::QDisk,
+    /// The time of the event being handled (or the last one): this node's clock.
+    clock_ms: u64,
     stopping: bool,
     out: Vec<Action<M>>,
 }
@@ -558,6 +613,8 @@ impl<M: ConfigModel> Node<M> {
             last_cluster_ms: was_member_ms,
             was_member_ms,
             membership_recorded_until_ms: 0,
+            qdisk: qdisk::QDisk::new(),
+            clock_ms: now_ms,
             stopping: false,
             out: Vec::new(),
         }
@@ -578,6 +635,7 @@ impl<M: ConfigModel> Node<M> {
             }
             return std::mem::take(&mut self.out);
         }
+        self.clock_ms = self.clock_ms.max(now_ms);
         self.record_membership(now_ms);
         match event {
             Event::Tick => self.on_tick(now_ms),
@@ -607,10 +665,13 @@ impl<M: ConfigModel> Node<M> {
             Event::DisksRead { result } => self.on_disks_read(now_ms, result),
             Event::DiskAccessChecked { missing } => self.on_disk_access_checked(now_ms, missing),
             Event::KernelLoaded { result } => self.on_kernel_loaded(now_ms, result),
+            Event::QuorumDiskRead { op, result } => self.on_qdisk_read(now_ms, op, result),
+            Event::QuorumDiskWritten { op, result } => self.on_qdisk_written(now_ms, op, result),
             Event::Shutdown => self.stopping = true,
         }
         self.answer_takeover_queries(now_ms);
         self.maybe_finish_shutdown();
+        self.qdisk_poll(now_ms);
         std::mem::take(&mut self.out)
     }
 
@@ -655,6 +716,7 @@ impl<M: ConfigModel> Node<M> {
             view: self.view.clone(),
             last_reason: self.last_reason.clone(),
             reasons: self.reasons.clone(),
+            quorum_disk: self.quorum_disk_status(),
         }
     }
 

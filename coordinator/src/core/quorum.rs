@@ -1,9 +1,10 @@
 //! Quorum and leases: who may act for the cluster, and for how long a data plane may
 //! go on serving shared volumes without hearing from it.
 //!
-//! - Quorum: a strict majority of the configured votes. A cluster forms only where a
-//!   majority is alive; a master never makes a view without a majority of votes and
-//!   gives up its view (abdicates) when it loses quorum.
+//! - Quorum: a strict majority of the configured votes (with a quorum disk, its one
+//!   vote too, counted for the node holding its lease: [`super::qdisk`]). A cluster
+//!   forms only where a majority is alive; a master never makes a view without a
+//!   majority of votes and gives up its view (abdicates) when it loses quorum.
 //! - Confirmations: every heartbeat carries the sender's stamp (its clock) and echoes
 //!   the newest stamp it heard from the recipient when it confirms the recipient: a
 //!   slave confirms its master, a master the members of its view. A node stops
@@ -31,9 +32,11 @@ pub struct Quorum {
 }
 
 impl Quorum {
-    /// The quorum of a node list.
-    pub fn of(nodes: &[NodeInfo]) -> Quorum {
-        let total: u64 = nodes.iter().map(|n| u64::from(n.votes)).sum();
+    /// The quorum of a node list, and of the quorum disk's one vote if there is
+    /// one.
+    pub fn of(nodes: &[NodeInfo], quorum_disk: bool) -> Quorum {
+        let total: u64 =
+            nodes.iter().map(|n| u64::from(n.votes)).sum::<u64>() + u64::from(quorum_disk);
         Quorum {
             total,
             needed: total / 2 + 1,
@@ -47,9 +50,9 @@ impl Quorum {
 }
 
 impl<M: ConfigModel> Node<M> {
-    /// The cluster's quorum.
+    /// The cluster's quorum (the quorum disk's vote included in the total).
     pub fn quorum(&self) -> Quorum {
-        Quorum::of(&self.cfg.nodes)
+        Quorum::of(&self.cfg.nodes, self.cfg.quorum_disk)
     }
 
     /// Votes of the nodes in `ids`.
@@ -70,11 +73,14 @@ impl<M: ConfigModel> Node<M> {
             .collect()
     }
 
-    /// `node a: no quorum: 1 of 3 votes (b, c unreachable)`.
+    /// `node a: no quorum: 1 of 3 votes (b, c unreachable)`; with a quorum disk
+    /// `node a: no quorum: 1 of 3 votes, 2 needed (b unreachable; quorum disk: not
+    /// held)`.
     pub(super) fn no_quorum_reason(&self, now_ms: u64) -> String {
         let me = self.cfg.me;
         let reachable = self.reachable_peers(now_ms);
-        let votes = self.votes_of(reachable.iter().copied().chain([me]));
+        let votes = self.votes_of(reachable.iter().copied().chain([me])) + self.disk_vote(now_ms);
+        let disk = self.quorum_disk_line();
         let unreachable: Vec<String> = self
             .peers
             .keys()
@@ -85,11 +91,15 @@ impl<M: ConfigModel> Node<M> {
         if q.reached(votes) {
             // Every vote is reachable, yet no majority confirmed this node in time
             // (messages lost or late: a lossy link, a stalled process).
-            return format!(
+            let mut line = format!(
                 "node {}: {NO_QUORUM}: {votes} of {} votes reachable now, but no majority confirmed this node in time",
                 self.name(me),
                 q.total
             );
+            if let Some(d) = disk {
+                line.push_str(&format!(" ({d})"));
+            }
+            return line;
         }
         let mut line = format!(
             "node {}: {NO_QUORUM}: {votes} of {} votes, {} needed",
@@ -97,15 +107,30 @@ impl<M: ConfigModel> Node<M> {
             q.total,
             q.needed
         );
+        let mut notes = Vec::new();
         if !unreachable.is_empty() {
-            line.push_str(&format!(" ({} unreachable)", unreachable.join(", ")));
+            notes.push(format!("{} unreachable", unreachable.join(", ")));
+        }
+        notes.extend(disk);
+        if !notes.is_empty() {
+            line.push_str(&format!(" ({})", notes.join("; ")));
         }
         line
     }
 
     /// A master's lease: until when members holding a majority of votes have
-    /// confirmed it (see the module doc). None when they never have.
+    /// confirmed it (see the module doc), the quorum disk's vote counting until
+    /// this node's hold of it runs out. None when they never have.
     fn master_lease_until(&self) -> Option<u64> {
+        let without = self.master_lease_with(0);
+        let with_disk = self
+            .disk_vote_until(self.clock_ms)
+            .and_then(|hold| self.master_lease_with(1).map(|until| until.min(hold)));
+        without.max(with_disk)
+    }
+
+    /// [`Self::master_lease_until`] with `extra` votes on top of the members'.
+    fn master_lease_with(&self, extra: u64) -> Option<u64> {
         let me = self.cfg.me;
         let view = self.view.as_ref()?;
         let mut confirmations: Vec<(u64, u64)> = view
@@ -120,7 +145,7 @@ impl<M: ConfigModel> Node<M> {
             .collect();
         confirmations.sort_unstable_by_key(|c| std::cmp::Reverse(c.0));
         let q = self.quorum();
-        let mut votes = self.votes_of([me]);
+        let mut votes = self.votes_of([me]) + extra;
         if q.reached(votes) {
             return Some(u64::MAX);
         }
@@ -257,11 +282,17 @@ impl<M: ConfigModel> Node<M> {
             .is_some_and(|v| self.suspected.contains(&v.master));
         if master_suspected {
             // Waiting for a successor: it has had the lost master's lease and a
-            // heartbeat timeout on top to take over. Past that, none is coming.
+            // heartbeat timeout on top to take over (and with a quorum disk, the
+            // time to acquire it). Past that, none is coming.
             let lease_end = self
                 .slave_lease_until_ms
                 .unwrap_or(self.view_since_ms + self.cfg.lease_ms);
-            let give_up = lease_end + self.cfg.lease_wait_ms() + 2 * self.cfg.heartbeat_timeout_ms;
+            let mut give_up =
+                lease_end + self.cfg.lease_wait_ms() + 2 * self.cfg.heartbeat_timeout_ms;
+            if self.cfg.quorum_disk {
+                // A successor one vote short acquires the quorum disk first.
+                give_up += 3 * self.cfg.lease_wait_ms() + 2 * self.cfg.heartbeat_timeout_ms;
+            }
             if now_ms >= give_up {
                 let reason = format!(
                     "{}; the master is gone and no successor took over",

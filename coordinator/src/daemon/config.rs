@@ -53,6 +53,12 @@ pub struct ClusterSection {
     /// shared counters on every I/O.
     #[serde(default)]
     pub fault_injection: bool,
+    /// The quorum disk: a small file or block device every node reaches (not one of
+    /// `disk_paths`' disks), whose lease gives one more vote to the node holding
+    /// it (the master). plexd writes its first 4 KiB; a blank one is initialized,
+    /// one of another cluster refused. None: no quorum disk.
+    #[serde(default)]
+    pub quorum_disk: Option<PathBuf>,
 }
 
 fn default_monitor() -> String {
@@ -163,6 +169,21 @@ impl ClusterFile {
                 "cluster: lease_ms {} must be at least twice heartbeat_interval_ms {} (the lease is renewed by heartbeats)",
                 c.lease_ms, c.heartbeat_interval_ms
             ));
+        }
+        if let Some(q) = &c.quorum_disk {
+            if !q.is_absolute() {
+                return Err(format!(
+                    "cluster: quorum_disk {} must be an absolute path",
+                    q.display()
+                ));
+            }
+            if c.id.len() > super::qdisk::QDISK_MAX_CLUSTER_ID_BYTES {
+                return Err(format!(
+                    "cluster: id {:?} is longer than {} bytes, the most a quorum disk record holds",
+                    c.id,
+                    super::qdisk::QDISK_MAX_CLUSTER_ID_BYTES
+                ));
+            }
         }
         if let Some(n) = self.nodes.iter().find(|n| n.votes > MAX_VOTES) {
             return Err(format!(
@@ -286,6 +307,7 @@ impl ClusterFile {
         cfg.join_retry_ms = self.cluster.join_retry_ms;
         cfg.lease_ms = self.cluster.lease_ms;
         cfg.lease_margin_ms = self.cluster.lease_margin_ms;
+        cfg.quorum_disk = self.cluster.quorum_disk.is_some();
         cfg
     }
 
@@ -436,6 +458,26 @@ target_socket = "/tmp/x/b/target.sock"
         let cfg = f.node_config(2, 7);
         assert_eq!(cfg.heartbeat_timeout_ms, 600);
         assert_eq!(cfg.nodes.len(), 2);
+        assert!(!cfg.quorum_disk);
+    }
+
+    #[test]
+    fn a_quorum_disk_adds_a_vote_and_must_be_an_absolute_path() {
+        let text = EXAMPLE.replace(
+            "disk_paths = [",
+            "quorum_disk = \"/tmp/x/qdisk\"\ndisk_paths = [",
+        );
+        let f = ClusterFile::parse(&text).unwrap();
+        assert_eq!(
+            f.cluster.quorum_disk.as_deref(),
+            Some(Path::new("/tmp/x/qdisk"))
+        );
+        let cfg = f.node_config(1, 1);
+        assert!(cfg.quorum_disk);
+        let q = crate::core::Quorum::of(&cfg.nodes, cfg.quorum_disk);
+        assert_eq!((q.total, q.needed), (3, 2));
+        let rel = text.replace("/tmp/x/qdisk", "qdisk");
+        assert!(ClusterFile::parse(&rel).unwrap_err().contains("absolute"));
     }
 
     #[test]

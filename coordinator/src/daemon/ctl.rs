@@ -264,6 +264,8 @@ pub struct StatusOut {
     pub nodes: Vec<NodeStatusOut>,
     /// Failed disk groups, `"dg1: <reason>"`.
     pub failed_groups: Vec<String>,
+    /// `quorum disk: held by a`; empty when no quorum disk is configured.
+    pub quorum_disk: String,
 }
 
 /// One disk in `disk list`.
@@ -693,6 +695,7 @@ impl ctl::Server for NodeServer {
                     nb.set_reason(n.reason.as_str());
                     nb.set_address(n.address.as_str());
                 }
+                b.set_quorum_disk(s.quorum_disk.as_str());
                 let mut failed = b.init_failed_groups(s.failed_groups.len() as u32);
                 for (i, f) in s.failed_groups.iter().enumerate() {
                     failed.set(i as u32, f.as_str());

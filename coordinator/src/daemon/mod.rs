@@ -46,6 +46,7 @@ pub mod model;
 pub mod model_codec;
 pub mod pipeline;
 pub mod print;
+pub mod qdisk;
 pub mod resync;
 pub mod transport;
 
@@ -159,6 +160,8 @@ pub enum Input {
     Shutdown,
     /// The driver answered a job (the answer is on its completion channel).
     DriverDone,
+    /// The quorum disk thread answered a read or a write ([`qdisk`]).
+    QuorumDisk(qdisk::Done),
 }
 
 /// Command-line options of `plexd`.
@@ -240,6 +243,25 @@ pub fn run(opts: Options) -> Result<(), String> {
         refusals,
     );
     let files = file.disk_files();
+    let qdisk = match &file.cluster.quorum_disk {
+        Some(path) => {
+            if files.iter().any(|f| f == path) {
+                return Err(format!(
+                    "node {}: quorum disk {} is one of the disks disk_paths matches; give it a path of its own",
+                    me.name,
+                    path.display()
+                ));
+            }
+            log::info!("node {}: quorum disk {}", me.name, path.display());
+            Some(qdisk::QuorumDisk::start(
+                &me.name,
+                path.clone(),
+                file.cluster.id.clone(),
+                tx.clone(),
+            )?)
+        }
+        None => None,
+    };
     let (_, private_groups, _) = disks::discover(&files, &file.cluster.id, &me.name);
     let private = ClusterConfig {
         disk_groups: private_groups,
@@ -338,6 +360,7 @@ pub fn run(opts: Options) -> Result<(), String> {
         repairs,
         private_queue: VecDeque::new(),
         private_running: None,
+        qdisk,
     };
     d.main_loop(rx);
     log::info!("plexd: node {} stopped", d.name);
@@ -564,6 +587,8 @@ struct Daemon {
     /// (view id, master, configuration transaction) the ALUA views were last
     /// computed for: they depend on nothing else, so other events skip the work.
     alua_basis: Option<(u64, NodeId, TxnId)>,
+    /// The quorum disk's I/O thread, when one is configured.
+    qdisk: Option<qdisk::QuorumDisk>,
 }
 
 /// A private disk-group change and whom to answer.
@@ -774,6 +799,10 @@ impl Daemon {
                 self.feed(Event::Shutdown);
             }
             Input::DriverDone => {} // the main loop reads the answers after every input
+            Input::QuorumDisk(done) => self.feed(match done {
+                qdisk::Done::Read { op, result } => Event::QuorumDiskRead { op, result },
+                qdisk::Done::Written { op, result } => Event::QuorumDiskWritten { op, result },
+            }),
         }
     }
 
@@ -1134,6 +1163,33 @@ impl Daemon {
                         );
                     }
                 }
+                Op::Now(Action::ReadQuorumDisk { op }) => {
+                    let sent = match &self.qdisk {
+                        Some(q) => q.read(op),
+                        None => Err("no quorum disk is configured".into()),
+                    };
+                    if let Err(e) = sent {
+                        self.qdisk_failed(qdisk::Done::Read { op, result: Err(e) });
+                    }
+                }
+                Op::Now(Action::WriteQuorumDisk {
+                    op,
+                    record,
+                    deadline_ms,
+                }) => {
+                    // The core's clock counts from `start` (see `now_ms`).
+                    let deadline = self
+                        .start
+                        .checked_add(Duration::from_millis(deadline_ms))
+                        .unwrap_or_else(Instant::now);
+                    let sent = match &self.qdisk {
+                        Some(q) => q.write(op, record, deadline),
+                        None => Err("no quorum disk is configured".into()),
+                    };
+                    if let Err(e) = sent {
+                        self.qdisk_failed(qdisk::Done::Written { op, result: Err(e) });
+                    }
+                }
                 Op::Now(Action::ViewChanged { view }) => log::info!(
                     "node {}: view {} installed: master {}, members {:?}",
                     self.name,
@@ -1143,6 +1199,19 @@ impl Daemon {
                 ),
                 Op::Now(_) => {} // Log: the core has logged it already
             }
+        }
+    }
+
+    /// A quorum disk request that could not be handed to its thread: the core
+    /// gets the failure as the request's answer (through the input queue, after
+    /// the step that asked).
+    fn qdisk_failed(&mut self, done: qdisk::Done) {
+        log::error!("node {}: quorum disk: {done:?}", self.name);
+        if self.tx.try_send(Input::QuorumDisk(done)).is_err() {
+            log::error!(
+                "node {}: the input queue is full; the quorum disk request is lost and this node stops using the disk",
+                self.name
+            );
         }
     }
 
@@ -1216,16 +1285,25 @@ impl Daemon {
                 record,
                 deadline_ms,
                 lease_extends,
-            } => Job::WriteDisks {
-                record,
-                // The core's clock counts from `start` (see `now_ms`); u64::MAX (a
-                // master alone holding a majority) is a year away.
-                deadline: self
-                    .start
-                    .checked_add(Duration::from_millis(deadline_ms))
-                    .unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 86_400)),
-                lease_extends,
-            },
+            } => {
+                if lease_extends {
+                    // The driver checks a master's write against the newest
+                    // published lease: publish it now, not at the next tick (a
+                    // lease won by a message just before, e.g. the first one of a
+                    // view a join gave its majority, is not published yet).
+                    self.renew_lease();
+                }
+                Job::WriteDisks {
+                    record,
+                    // The core's clock counts from `start` (see `now_ms`); u64::MAX
+                    // (a master alone holding a majority) is a year away.
+                    deadline: self
+                        .start
+                        .checked_add(Duration::from_millis(deadline_ms))
+                        .unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 86_400)),
+                    lease_extends,
+                }
+            }
             Action::ReadDisks => {
                 let mut known: Vec<(TxnId, SharedConfig)> = self.history.iter().cloned().collect();
                 known.push((self.node.config_txn(), self.node.config().clone()));
@@ -1249,6 +1327,8 @@ impl Daemon {
                 }
             }
             other @ (Action::Send { .. }
+            | Action::ReadQuorumDisk { .. }
+            | Action::WriteQuorumDisk { .. }
             | Action::RecordMembership { .. }
             | Action::Reply { .. }
             | Action::Failpoint(_)
@@ -2053,6 +2133,7 @@ impl Daemon {
             view: view.as_ref().map(|v| v.id).unwrap_or(0),
             nodes: Vec::new(),
             failed_groups: self.failed.iter().map(|g| g.line()).collect(),
+            quorum_disk: self.node.quorum_disk_line().unwrap_or_default(),
         };
         for n in &self.file.nodes {
             let member = view.as_ref().is_some_and(|v| v.contains(n.id));

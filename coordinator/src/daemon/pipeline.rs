@@ -242,6 +242,7 @@ mod tests {
             txns: None,
             leased: false,
             heard: None,
+            disk_vote: false,
         }
     }
 

@@ -25,7 +25,7 @@ pub use toy::{ToyChange, ToyConfig, ToyGroup};
 
 use crate::core::{
     Action, DiskRecord, ErrorKind, Event, Message, Node, NodeConfig, NodeId, NodeInfo,
-    RequestError, RequestId, Role, TxnId, View, OUTCOME_UNKNOWN, WRITE_DEADLINE,
+    QuorumDiskRecord, RequestError, RequestId, Role, TxnId, View, OUTCOME_UNKNOWN, WRITE_DEADLINE,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -70,6 +70,8 @@ pub struct SimConfig {
     pub kernel_refuse_percent: u32,
     /// Record a trace of every event (slower; used to report failures).
     pub trace: bool,
+    /// The cluster has a quorum disk (one more vote; `core::qdisk`).
+    pub quorum_disk: bool,
 }
 
 impl SimConfig {
@@ -91,6 +93,7 @@ impl SimConfig {
             connection_lost_percent: 80,
             kernel_refuse_percent: 0,
             trace: false,
+            quorum_disk: false,
         }
     }
 }
@@ -108,6 +111,8 @@ pub enum Hold {
     DiskAccess,
     /// `KernelLoaded`.
     KernelLoad,
+    /// `QuorumDiskRead` and `QuorumDiskWritten` (a quorum disk that stalls).
+    QuorumDisk,
 }
 
 /// Counts of interesting things a run went through (to see what it covered).
@@ -129,6 +134,13 @@ pub struct Coverage {
     pub failed_txns: usize,
     /// Transactions committed.
     pub commits: usize,
+    /// Quorum disk acquisitions (a node read its record back after writing it).
+    pub quorum_disk_acquired: usize,
+    /// Takeovers one vote short that went for the quorum disk.
+    pub quorum_disk_takeovers: usize,
+    /// Quorum disk holds lost (another node's record, a failed renewal, a hold
+    /// that ran out).
+    pub quorum_disk_lost: usize,
 }
 
 #[derive(Debug)]
@@ -222,6 +234,8 @@ pub struct SimNode {
     held: Vec<Event<ToyConfig>>,
     /// Disk writes in flight, with their deadlines (the node's clock).
     pending_writes: Vec<(DiskRecord<ToyConfig>, (u64, bool))>,
+    /// Quorum disk writes in flight: operation, record, deadline (the node's clock).
+    pending_qdisk_writes: Vec<(u64, QuorumDiskRecord, u64)>,
 }
 
 /// A client request the simulator made, and what came of it.
@@ -242,6 +256,8 @@ pub struct Sim {
     chan_last_ms: BTreeMap<(NodeId, NodeId), u64>,
     nodes: Vec<SimNode>,
     disk: Option<DiskRecord<ToyConfig>>,
+    /// The quorum disk's record (none: blank); survives crashes.
+    qdisk: Option<QuorumDiskRecord>,
     pending: BTreeMap<(NodeId, RequestId), Pending>,
     replies: BTreeMap<(NodeId, RequestId), Result<(), String>>,
     acked: BTreeSet<u64>,
@@ -292,6 +308,7 @@ impl Sim {
                 holds: BTreeSet::new(),
                 held: Vec::new(),
                 pending_writes: Vec::new(),
+                pending_qdisk_writes: Vec::new(),
             })
             .collect();
         Sim {
@@ -303,6 +320,7 @@ impl Sim {
             chan_last_ms: BTreeMap::new(),
             nodes,
             disk: None,
+            qdisk: None,
             pending: BTreeMap::new(),
             replies: BTreeMap::new(),
             acked: BTreeSet::new(),
@@ -326,10 +344,25 @@ impl Sim {
     /// A cluster of `nodes` nodes all started at time 0 (tracing on), run until one
     /// master leads a view with all of them.
     pub fn cluster(nodes: u32, seed: u64) -> Sim {
-        let cfg = SimConfig {
+        Sim::cluster_of(SimConfig {
             trace: true,
             ..SimConfig::new(nodes, seed)
-        };
+        })
+    }
+
+    /// [`Sim::cluster`] with a quorum disk.
+    pub fn cluster_with_quorum_disk(nodes: u32, seed: u64) -> Sim {
+        Sim::cluster_of(SimConfig {
+            trace: true,
+            quorum_disk: true,
+            ..SimConfig::new(nodes, seed)
+        })
+    }
+
+    /// A cluster of `cfg.nodes` nodes all started at time 0, run until one master
+    /// leads a view with all of them.
+    pub fn cluster_of(cfg: SimConfig) -> Sim {
+        let nodes = cfg.nodes;
         let mut sim = Sim::new(cfg);
         for id in 1..=nodes {
             sim.start(id);
@@ -408,6 +441,34 @@ impl Sim {
         self.disk.as_ref()
     }
 
+    /// The quorum disk's record (none: blank).
+    pub fn quorum_disk(&self) -> Option<QuorumDiskRecord> {
+        self.qdisk
+    }
+
+    /// Quorum disk writes node `id` has issued that have not landed yet.
+    pub fn qdisk_writes_in_flight(&self, id: NodeId) -> usize {
+        self.node(id).pending_qdisk_writes.len()
+    }
+
+    /// Whether node `id` counts the quorum disk's vote now (its clock).
+    pub fn counts_disk_vote(&self, id: NodeId) -> bool {
+        let n = self.node(id);
+        let clock = Sim::clock(n.drift_ppm, self.now_ms);
+        n.core
+            .as_ref()
+            .is_some_and(|c| c.disk_vote_until(clock).is_some())
+    }
+
+    /// Whether node `id` is a master holding its lease now (its clock).
+    pub fn leased_master(&self, id: NodeId) -> bool {
+        let n = self.node(id);
+        let clock = Sim::clock(n.drift_ppm, self.now_ms);
+        n.core
+            .as_ref()
+            .is_some_and(|c| c.role() == Role::Master && c.lease_remaining_ms(clock) > 0)
+    }
+
     /// Every `Action::Log` line so far, prefixed with the node's name.
     pub fn logs(&self) -> &[String] {
         &self.logs
@@ -426,12 +487,7 @@ impl Sim {
             let quorate: Vec<NodeId> = masters
                 .iter()
                 .copied()
-                .filter(|&id| {
-                    self.core(id).is_some_and(|c| {
-                        c.view()
-                            .is_some_and(|v| c.quorum().reached(v.members.len() as u64))
-                    })
-                })
+                .filter(|&id| self.core(id).is_some_and(|c| c.view_quorate()))
                 .collect();
             return (quorate.len() == 1).then(|| quorate[0]);
         }
@@ -463,6 +519,7 @@ impl Sim {
             lease_ms: self.cfg.lease_ms,
             lease_margin_ms: self.cfg.lease_margin_ms,
             reply_timeout_ms: SIM_REPLY_TIMEOUT_MS,
+            quorum_disk: self.cfg.quorum_disk,
             ..NodeConfig::new(id, self.node_infos())
         };
         let now = self.now_ms;
@@ -590,6 +647,12 @@ impl Sim {
         for (w, deadline_ms) in writes {
             if self.rng.gen_bool(0.5) && self.write_in_time(id, deadline_ms) {
                 self.land_write(id, w);
+            }
+        }
+        let qwrites = std::mem::take(&mut self.node_mut(id).pending_qdisk_writes);
+        for (_, record, deadline_ms) in qwrites {
+            if self.rng.gen_bool(0.5) && self.write_in_time(id, (deadline_ms, false)) {
+                self.land_qdisk_write(id, record);
             }
         }
         // A view only this node installed (a master that died before sending it)
@@ -881,9 +944,32 @@ impl Sim {
                             }
                         }
                     }
+                    if let Event::QuorumDiskWritten { op, .. } = &event {
+                        let op = *op;
+                        let n = self.node_mut(node);
+                        if let Some(i) = n.pending_qdisk_writes.iter().position(|w| w.0 == op) {
+                            let (_, record, deadline_ms) = n.pending_qdisk_writes.remove(i);
+                            if self.write_in_time(node, (deadline_ms, false)) {
+                                self.land_qdisk_write(node, record);
+                            } else {
+                                self.note(format!(
+                                    "{} quorum disk write {record:?} past its deadline: refused",
+                                    Sim::name(node)
+                                ));
+                                event = Event::QuorumDiskWritten {
+                                    op,
+                                    result: Err(WRITE_DEADLINE.to_string()),
+                                };
+                            }
+                        }
+                    }
                     let event = match event {
                         Event::DisksRead { .. } => Event::DisksRead {
                             result: Ok(self.disk.clone()),
+                        },
+                        Event::QuorumDiskRead { op, .. } => Event::QuorumDiskRead {
+                            op,
+                            result: Ok(self.qdisk),
                         },
                         e => e,
                     };
@@ -967,6 +1053,16 @@ impl Sim {
                     .as_ref()
                     .and_then(|c| c.lease_until_ms())
                     .is_some_and(|until| clock < until))
+    }
+
+    fn land_qdisk_write(&mut self, id: NodeId, record: QuorumDiskRecord) {
+        self.note(format!(
+            "quorum disk ← {} (start {}, counter {})",
+            Sim::name(id),
+            record.incarnation,
+            record.counter
+        ));
+        self.qdisk = Some(record);
     }
 
     fn land_write(&mut self, id: NodeId, w: DiskRecord<ToyConfig>) {
@@ -1206,6 +1302,31 @@ impl Sim {
                         },
                     );
                 }
+                Action::ReadQuorumDisk { op } => {
+                    // The record is read when the result is delivered.
+                    self.driver_later(
+                        id,
+                        Some(Hold::QuorumDisk),
+                        Event::QuorumDiskRead {
+                            op,
+                            result: Ok(None),
+                        },
+                    );
+                }
+                Action::WriteQuorumDisk {
+                    op,
+                    record,
+                    deadline_ms,
+                } => {
+                    self.node_mut(id)
+                        .pending_qdisk_writes
+                        .push((op, record, deadline_ms));
+                    self.driver_later(
+                        id,
+                        Some(Hold::QuorumDisk),
+                        Event::QuorumDiskWritten { op, result: Ok(()) },
+                    );
+                }
                 Action::ReadDisks => {
                     // The content is read when the result is delivered.
                     self.driver_later(id, None, Event::DisksRead { result: Ok(None) });
@@ -1227,8 +1348,12 @@ impl Sim {
                     // A view without a majority of votes (a node that formed a
                     // cluster alone, waiting for joins) can commit nothing; only
                     // majority views must be unique per id.
-                    let quorum = self.core(id).map(|c| c.quorum());
-                    if quorum.is_some_and(|q| !q.reached(view.members.len() as u64)) {
+                    // With a quorum disk, a view may have a majority with its vote.
+                    let could_be_quorate = self.core(id).is_none_or(|c| {
+                        c.quorum()
+                            .reached(view.members.len() as u64 + u64::from(c.has_quorum_disk()))
+                    });
+                    if !could_be_quorate {
                         continue;
                     }
                     // A restarted node numbers its views above what the disks and
@@ -1285,6 +1410,12 @@ impl Sim {
                         && !message.contains(": joined")
                     {
                         c.joins += 1;
+                    } else if message.contains("one vote short; acquiring the quorum disk") {
+                        c.quorum_disk_takeovers += 1;
+                    } else if message.contains("acquired the quorum disk") {
+                        c.quorum_disk_acquired += 1;
+                    } else if message.contains("lost the quorum disk") {
+                        c.quorum_disk_lost += 1;
                     } else if message.contains("abandoned its join") {
                         c.abandoned_joins += 1;
                     } else if message.starts_with("transaction ") && message.contains(" failed: ") {
@@ -1338,6 +1469,18 @@ impl Sim {
             return Err(format!(
                 "masters {} hold leases at the same time",
                 leased_masters.join(", ")
+            ));
+        }
+        let disk_voters: Vec<String> = self
+            .ids()
+            .into_iter()
+            .filter(|&id| self.counts_disk_vote(id))
+            .map(Sim::name)
+            .collect();
+        if disk_voters.len() > 1 {
+            return Err(format!(
+                "nodes {} count the quorum disk's vote at the same time",
+                disk_voters.join(", ")
             ));
         }
         Ok(())
@@ -1410,7 +1553,7 @@ impl Sim {
             // measure of the cluster's.
             return Ok(());
         }
-        if !mcore.quorum().reached(view.members.len() as u64) {
+        if !mcore.view_quorate() {
             // Formed alone and waiting for joins: it commits nothing yet.
             return Ok(());
         }

@@ -23,7 +23,12 @@ pub struct RunStats {
     pub final_seq: u64,
     /// What the run went through.
     pub coverage: Coverage,
+    /// The cluster had a quorum disk.
+    pub quorum_disk: bool,
 }
+
+/// Share of the seeds (percent) whose cluster has a quorum disk.
+pub const QUORUM_DISK_PERCENT: u32 = 25;
 
 /// Names the random changes use (few, so they collide).
 const NAMES: [&str; 6] = ["dg0", "dg1", "dg2", "dg3", "dg4", "dg5"];
@@ -47,11 +52,20 @@ pub fn run_seed(seed: u64, steps: u64) -> Result<RunStats, String> {
 
 fn run(seed: u64, steps: u64, trace: bool) -> Result<RunStats, String> {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
-    let nodes = rng.gen_range(3..=5);
+    let mut nodes = rng.gen_range(3..=5);
     let mid_batch_crashes = std::env::var("PLEXD_SIM_NO_MID_BATCH").is_err();
     let partitions = std::env::var("PLEXD_SIM_NO_PARTITIONS").is_err();
+    // A quarter of the seeds configure a quorum disk, mostly on 2 or 4 nodes (the
+    // clusters it is for: 2 nodes, 2|2 splits). Drawn from a generator of its own,
+    // so the other seeds keep the schedules they had before the disk existed.
+    let mut disk_rng = StdRng::seed_from_u64(seed ^ 0x0d15c);
+    let quorum_disk = disk_rng.gen_bool(QUORUM_DISK_PERCENT as f64 / 100.0);
+    if quorum_disk {
+        nodes = [2, 2, 3, 4, 4, 5][disk_rng.gen_range(0..6)];
+    }
     let mut cfg = SimConfig::new(nodes, seed);
     cfg.trace = trace;
+    cfg.quorum_disk = quorum_disk;
     cfg.kernel_refuse_percent = 2;
     let mut sim = Sim::new(cfg);
     let mut stats = RunStats::default();
@@ -66,9 +80,14 @@ fn run(seed: u64, steps: u64, trace: bool) -> Result<RunStats, String> {
             sim.set_drift(id, rng.gen_range(-MAX_DRIFT_PPM..=MAX_DRIFT_PPM));
         }
     }
+    let disk_note = if quorum_disk {
+        " and a quorum disk"
+    } else {
+        ""
+    };
     let fail = |sim: &Sim, step: u64, what: &str| -> String {
         format!(
-            "step {step} (t = {} ms, {nodes} nodes): {what}\nlast events:\n{}",
+            "step {step} (t = {} ms, {nodes} nodes{disk_note}): {what}\nlast events:\n{}",
             sim.now_ms(),
             sim.trace_text()
         )
@@ -118,10 +137,12 @@ fn run(seed: u64, steps: u64, trace: bool) -> Result<RunStats, String> {
                 )
             })
             .collect();
-        let what = format!(
-            "the cluster did not become whole within 10 s of quiet: {}; unanswered requests {:?}",
+        let what =
+            format!(
+            "the cluster did not become whole within 10 s of quiet: {}; unanswered requests {:?}{}",
             roles.join("; "),
-            sim.unanswered()
+            sim.unanswered(),
+            if quorum_disk { " (with a quorum disk)" } else { "" }
         );
         return Err(fail(&sim, steps, &what));
     }
@@ -130,6 +151,7 @@ fn run(seed: u64, steps: u64, trace: bool) -> Result<RunStats, String> {
     stats.failed = sim.failed.len();
     stats.final_seq = sim.disk().map_or(0, |d| d.config.seq);
     stats.coverage = sim.coverage.clone();
+    stats.quorum_disk = quorum_disk;
     Ok(stats)
 }
 
