@@ -370,6 +370,10 @@ interface Kernel {
   nvmfSetAna @40 (state :NvmfAnaState) -> (error :Error, group :UInt32);
   nvmfSubsystems @41 () -> (error :Error, subsystems :List(NvmfSubsystem), listeners :List(Text));
   nvmfControllers @42 () -> (error :Error, controllers :List(NvmfController));
+  # Starts the frontend with this node's controller id range and ANA group if none
+  # runs; one running with the same settings is fine, other settings are `invalid`
+  # (they are fixed while it runs).
+  nvmfStart @43 (cntlidMin :UInt16, cntlidMax :UInt16, anaGroup :UInt32) -> (error :Error);
 }
 
 struct NvmfNamespace {
@@ -386,6 +390,7 @@ struct NvmfSubsystem {
   hosts @3 :List(Text);         # host NQNs allowed (unless allowAny)
   allowAny @4 :Bool;
   namespaces @5 :List(NvmfNamespace);
+  peerListeners @6 :List(Text); # "ip:port" of other nodes exporting it: listed in the discovery log
 }
 
 enum NvmfAnaState {
