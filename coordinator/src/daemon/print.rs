@@ -5,8 +5,9 @@
 //! "volumes": [{"name", "size", "state", "read_policy", "plexes": [{"name", "state",
 //! "layout", "columns", "stripe_unit", "subdisks": [{"name", "disk", "disk_offset",
 //! "len", "column", "plex_offset"}]}], "exports": [{"protocol", "iqn", "nodes",
-//! "portal"}]}]}]}`. Sizes are bytes; an export's empty `nodes` means every node, its
-//! empty `portal` each node's own.
+//! "portal", "hosts"}]}]}]}`. Sizes are bytes; an export's empty `nodes` means every
+//! node, its empty `portal` each node's own, its empty `hosts` (nvmf) any host; `iqn`
+//! is the target name (the subsystem NQN for nvmf).
 
 use serde::Serialize;
 
@@ -69,6 +70,7 @@ struct Ex<'a> {
     iqn: &'a str,
     nodes: &'a [String],
     portal: &'a str,
+    hosts: &'a [String],
 }
 
 #[derive(Serialize)]
@@ -186,6 +188,7 @@ pub fn json(groups: &[&DiskGroupConfig], failed: &[&FailedGroup]) -> String {
                                 iqn: &e.iqn,
                                 nodes: &e.nodes,
                                 portal: &e.portal,
+                                hosts: &e.hosts,
                             })
                             .collect(),
                     })
@@ -257,8 +260,13 @@ fn tree(groups: &[&DiskGroupConfig]) -> String {
                 } else {
                     e.portal.as_str()
                 };
+                let hosts = match (e.protocol, e.hosts.is_empty()) {
+                    (crate::objects::ExportProtocol::Nvmf, true) => " hosts=any".to_string(),
+                    (_, true) => String::new(),
+                    (_, false) => format!(" hosts={}", e.hosts.join(",")),
+                };
                 s.push_str(&format!(
-                    "ex {:<6} {:<12} {:<12} {:<16} {}\n",
+                    "ex {:<6} {:<12} {:<12} {:<16} {}{hosts}\n",
                     e.protocol.as_str(),
                     v.name,
                     nodes,
