@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod data;
 pub mod invariants;
 pub mod netns;
+pub mod nvmf_host;
 pub mod proc;
 pub mod wait;
 
