@@ -483,7 +483,10 @@ fn discovery_lists_the_subsystem_at_the_other_nodes_listeners_too() {
         ],
         "this node's listener, then the other nodes' ones, each its own port id: {entries:?}"
     );
-    assert_eq!(n, 4, "the discovery subsystem and ours three times: {entries:?}");
+    assert_eq!(
+        n, 4,
+        "the discovery subsystem and ours three times: {entries:?}"
+    );
     // A bad peer listener is refused, naming it.
     let e = fe
         .add_subsystem(&SubsystemConfig {
@@ -563,7 +566,11 @@ fn a_fenced_shared_volume_fails_io_with_the_ana_inaccessible_path_error() {
         l.data[32]
     };
     t.renew_lease(60_000).unwrap();
-    assert_eq!(ana_state(&mut adm), 0x01, "optimized while the lease is valid");
+    assert_eq!(
+        ana_state(&mut adm),
+        0x01,
+        "optimized while the lease is valid"
+    );
     let a = pattern(5, 4096);
     assert_eq!(q.rw(0x01, 8, 8, &a, true).sc(), 0);
     // Revoked (an expiry does the same): reads and writes fail with the path

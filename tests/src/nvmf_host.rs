@@ -274,7 +274,14 @@ impl Host {
     }
 
     /// An admin command reading `read_len` bytes.
-    pub fn admin(&mut self, opcode: u8, nsid: u32, cdw10: u32, cdw11: u32, read_len: usize) -> Done {
+    pub fn admin(
+        &mut self,
+        opcode: u8,
+        nsid: u32,
+        cdw10: u32,
+        cdw11: u32,
+        read_len: usize,
+    ) -> Done {
         let mut sqe = [0u8; 64];
         sqe[0] = opcode;
         sqe[4..8].copy_from_slice(&nsid.to_le_bytes());
@@ -316,4 +323,3 @@ impl Host {
         false
     }
 }
-

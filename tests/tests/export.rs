@@ -304,11 +304,23 @@ fn an_nvmf_export_is_one_namespace_behind_every_node_with_ana_from_membership() 
 
     // Written through the slave, read back through the master (R2T path).
     let mut qs = Host::ic(port_of(&c.nodes[s].nvmf_portal), Digests::default());
-    assert_eq!(qs.connect(1, cs, 0, &nqn).sc(), 0, "I/O Connect on the slave");
+    assert_eq!(
+        qs.connect(1, cs, 0, &nqn).sc(),
+        0,
+        "I/O Connect on the slave"
+    );
     let mut qm = Host::ic(port_of(&c.nodes[m].nvmf_portal), Digests::default());
-    assert_eq!(qm.connect(1, cm, 0, &nqn).sc(), 0, "I/O Connect on the master");
+    assert_eq!(
+        qm.connect(1, cm, 0, &nqn).sc(),
+        0,
+        "I/O Connect on the master"
+    );
     let data = pattern(11, 128 << 10);
-    assert_eq!(qs.rw(0x01, 64, 256, &data, false).sc(), 0, "write on the slave");
+    assert_eq!(
+        qs.rw(0x01, 64, 256, &data, false).sc(),
+        0,
+        "write on the slave"
+    );
     let r = qm.rw(0x02, 64, 256, &[], false);
     assert_eq!(r.sc(), 0, "read on the master");
     assert!(r.data == data, "the master reads what the slave wrote");
@@ -342,7 +354,10 @@ fn an_nvmf_export_is_one_namespace_behind_every_node_with_ana_from_membership() 
     listed.sort();
     let mut every: Vec<String> = c.nodes.iter().map(|n| n.nvmf_portal.clone()).collect();
     every.sort();
-    assert_eq!(listed, every, "the discovery log lists every node's listener");
+    assert_eq!(
+        listed, every,
+        "the discovery log lists every node's listener"
+    );
     drop(d);
 
     // Host connected: the volume cannot be taken away, even with --force.
@@ -364,11 +379,22 @@ fn an_nvmf_export_is_one_namespace_behind_every_node_with_ana_from_membership() 
     let survivors: Vec<usize> = (0..3).filter(|&i| i != m).collect();
     let nm = c.wait_joined(&survivors);
     wait_ana(&mut am, &c.nodes[m].name, ANA_INACCESSIBLE);
-    assert_eq!(qm.rw(0x02, 64, 256, &[], false).sc(), 0x302, "the old master's path is fenced");
-    let want_s = if nm == s { ANA_OPTIMIZED } else { ANA_NON_OPTIMIZED };
+    assert_eq!(
+        qm.rw(0x02, 64, 256, &[], false).sc(),
+        0x302,
+        "the old master's path is fenced"
+    );
+    let want_s = if nm == s {
+        ANA_OPTIMIZED
+    } else {
+        ANA_NON_OPTIMIZED
+    };
     wait_ana(&mut as_, &c.nodes[s].name, want_s);
     let r = qs.rw(0x02, 64, 256, &[], false);
-    assert!(r.sc() == 0 && r.data == data, "I/O through the slave goes on");
+    assert!(
+        r.sc() == 0 && r.data == data,
+        "I/O through the slave goes on"
+    );
     c.restart_coordinator(m, None);
     c.wait_joined(&[0, 1, 2]);
     wait_ana(&mut am, &c.nodes[m].name, ANA_NON_OPTIMIZED);
@@ -385,7 +411,10 @@ fn an_nvmf_export_is_one_namespace_behind_every_node_with_ana_from_membership() 
             },
         );
     }
-    assert!(qs.closed_by_target(), "the host's queue closed with its subsystem");
+    assert!(
+        qs.closed_by_target(),
+        "the host's queue closed with its subsystem"
+    );
     c.ctl_ok(0, "vol rm dg1 vol1");
     c.forget_volume("dg1", "vol1");
     c.check_invariants();

@@ -548,7 +548,10 @@ target_socket = "/tmp/x/b/target.sock"
                 "target_socket = \"/tmp/x/b/target.sock\"\nnvmf_portal = \"127.0.0.1:4421\"",
             );
         let e = ClusterFile::parse(&both).unwrap_err();
-        assert!(e.contains("nodes a and b") && e.contains("nvmf_portal"), "{e}");
+        assert!(
+            e.contains("nodes a and b") && e.contains("nvmf_portal"),
+            "{e}"
+        );
         let mixed = EXAMPLE.replace(
             "state_dir = \"/tmp/x/a\"",
             "state_dir = \"/tmp/x/a\"\niscsi_portal = \"127.0.0.1:4420\"",

@@ -324,7 +324,9 @@ impl NvmfNode {
         let mut nodes: Vec<_> = file.nodes.iter().collect();
         nodes.sort_by_key(|n| n.id);
         let index = nodes.iter().position(|n| n.name == name)?;
-        let i = u16::try_from(index).ok().filter(|&i| usize::from(i) < MAX_NODES)?;
+        let i = u16::try_from(index)
+            .ok()
+            .filter(|&i| usize::from(i) < MAX_NODES)?;
         Some(NvmfNode {
             listener: nodes[index].nvmf_portal().to_string(),
             cntlid_range: (1 + i * CNTLID_SPAN, (i + 1) * CNTLID_SPAN),
@@ -816,17 +818,21 @@ mod tests {
         assert!(desired(&all, "a", "127.0.0.1:3260").is_empty(), "no iSCSI");
         let sub = subsystem_of(&nqn, &a[&nqn]);
         assert!(managed_nvmf(&sub) && !sub.allow_any);
-        assert_eq!(sub.namespaces[0].identity.as_deref(), Some(a[&nqn].identity.as_str()));
+        assert_eq!(
+            sub.namespaces[0].identity.as_deref(),
+            Some(a[&nqn].identity.as_str())
+        );
         let bc = c.apply(&export(&["b", "c"])).unwrap().disk_groups;
         assert!(desired_nvmf(&bc, "a", &nodes).is_empty());
-        assert_eq!(desired_nvmf(&bc, "c", &nodes)[&nqn].peers, ["127.0.0.1:4421"]);
+        assert_eq!(
+            desired_nvmf(&bc, "c", &nodes)[&nqn].peers,
+            ["127.0.0.1:4421"]
+        );
     }
 
     #[test]
     fn nvmf_nodes_get_disjoint_controller_ids_and_their_own_ana_group() {
-        let mut text = String::from(
-            "[cluster]\nname='c'\nid='i'\ndisk_paths=['/d/*']\n",
-        );
+        let mut text = String::from("[cluster]\nname='c'\nid='i'\ndisk_paths=['/d/*']\n");
         // Ids out of file order: the index follows the ids.
         for id in [7, 2, 64, 3] {
             text.push_str(&format!(

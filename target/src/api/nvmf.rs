@@ -262,7 +262,9 @@ pub(crate) fn set_subsystem(mut b: k::nvmf_subsystem::Builder<'_>, s: &Subsystem
         }
     }
     {
-        let mut p = b.reborrow().init_peer_listeners(s.peer_listeners.len() as u32);
+        let mut p = b
+            .reborrow()
+            .init_peer_listeners(s.peer_listeners.len() as u32);
         for (i, x) in s.peer_listeners.iter().enumerate() {
             p.set(i as u32, x.as_str());
         }

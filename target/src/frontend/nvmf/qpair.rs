@@ -1521,9 +1521,11 @@ impl Conn {
         let Some(sub) = self.shared.subsystem(&ctrl.subnqn) else {
             return false;
         };
-        sub.namespaces
-            .values()
-            .any(|ns| self.reactor.channel(&ns.bdev).is_ok_and(|ch| ch.unavailable()))
+        sub.namespaces.values().any(|ns| {
+            self.reactor
+                .channel(&ns.bdev)
+                .is_ok_and(|ch| ch.unavailable())
+        })
     }
 
     fn reply(&self, st: &mut St, key: usize, done: AdminDone) {
