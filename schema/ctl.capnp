@@ -86,14 +86,17 @@ struct DgPlex {
   plex @1 :Text;
 }
 
-# `export PROTOCOL DG VOL`: hosts reach the volume over `protocol` ("iscsi").
+# `export PROTOCOL DG VOL`: hosts reach the volume over `protocol` ("iscsi" or "nvmf").
 struct VolExport {
   dg @0 :Text;
   volume @1 :Text;
   protocol @2 :Text;
-  iqn @3 :Text;                # empty = iqn.2026-11.io.plexd:<cluster>.<dg>.<volume>
+  iqn @3 :Text;                # the target name: IQN (iscsi) or subsystem NQN (nvmf); empty =
+                               # iqn.2026-11.io.plexd:<cluster>.<dg>.<volume> /
+                               # nqn.2026-11.io.plexd:<cluster id>.<dg>.<volume>
   nodes @4 :List(Text);        # empty = every node (--all)
-  portal @5 :Text;             # empty = each node's iscsi_portal; needs exactly one node
+  portal @5 :Text;             # iscsi: empty = each node's iscsi_portal; needs exactly one node
+  hosts @6 :List(Text);        # nvmf: host NQNs allowed to connect; empty = any host
 }
 
 struct VolUnexport {

@@ -412,6 +412,10 @@ interface Kernel {
   # The answer to the prOut event `request`; notFound when no such request waits (it
   # timed out, or was answered).
   prOutDone @44 (request :UInt64, result :PrOutResult) -> (error :Error);
+  # Starts the frontend with this node's controller id range and ANA group if none
+  # runs; one running with the same settings is fine, other settings are `invalid`
+  # (they are fixed while it runs).
+  nvmfStart @45 (cntlidMin :UInt16, cntlidMax :UInt16, anaGroup :UInt32) -> (error :Error);
 }
 
 struct NvmfNamespace {
@@ -428,6 +432,7 @@ struct NvmfSubsystem {
   hosts @3 :List(Text);         # host NQNs allowed (unless allowAny)
   allowAny @4 :Bool;
   namespaces @5 :List(NvmfNamespace);
+  peerListeners @6 :List(Text); # "ip:port" of other nodes exporting it: listed in the discovery log
 }
 
 enum NvmfAnaState {

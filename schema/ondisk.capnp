@@ -73,10 +73,11 @@ struct PrRegistration {
 }
 
 struct Export {
-  protocol @0 :Text;            # "iscsi"; a reader refuses a protocol it does not know
-  iqn @1 :Text;                 # the target name, unique in the cluster
+  protocol @0 :Text;            # "iscsi" or "nvmf"; a reader refuses a protocol it does not know
+  iqn @1 :Text;                 # the target name (iscsi: IQN, nvmf: subsystem NQN), unique in the cluster
   nodes @2 :List(Text);         # node names serving it; empty = every node
-  portal @3 :Text;              # "address:port"; empty = each node's own portal
+  portal @3 :Text;              # "address:port"; empty = each node's own portal (always empty for nvmf)
+  hosts @4 :List(Text);         # nvmf: host NQNs allowed; empty/absent = any host (added later, additive)
 }
 
 enum PlexState {

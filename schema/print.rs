@@ -7,9 +7,10 @@
 //! "volumes": [{"name", "size", "state", "read_policy", "plexes": [{"name", "state",
 //! "layout", "columns", "stripe_unit", "subdisks": [{"name", "disk", "disk_offset",
 //! "len", "column", "plex_offset"}]}], "exports": [{"protocol", "iqn", "nodes",
-//! "portal"}]}]}], "failed_disk_groups": [{"name", "id", "shared", "state", "reason",
-//! "disks"}]}` (`failed_disk_groups` left out when empty). Sizes are bytes; an
-//! export's empty `nodes` means every node, its empty `portal` each node's own.
+//! "portal", "hosts"}]}]}], "failed_disk_groups": [{"name", "id", "shared", "state",
+//! "reason", "disks"}]}` (`failed_disk_groups` left out when empty). Sizes are bytes;
+//! an export's empty `nodes` means every node, its empty `portal` each node's own, its
+//! empty `hosts` (nvmf) any host; `iqn` is the target name (the NQN for nvmf).
 //!
 //! A value this build does not know (a state or layout a newer node added) is shown
 //! as `unknown(N)` rather than failing the whole answer.
@@ -109,11 +110,16 @@ pub fn json(c: printed_config::Reader<'_>) -> capnp::Result<Value> {
                 for n in e.get_nodes()? {
                     nodes.push(text(n)?);
                 }
+                let mut hosts = Vec::new();
+                for h in e.get_hosts()? {
+                    hosts.push(text(h)?);
+                }
                 exports.push(json!({
                     "protocol": text(e.get_protocol())?,
                     "iqn": text(e.get_iqn())?,
                     "nodes": nodes,
                     "portal": text(e.get_portal())?,
+                    "hosts": hosts,
                 }));
             }
             volumes.push(json!({
@@ -211,9 +217,19 @@ pub fn text_tree(c: printed_config::Reader<'_>) -> capnp::Result<String> {
                 } else {
                     portal
                 };
+                let protocol = text(e.get_protocol())?;
+                let mut hosts = Vec::new();
+                for h in e.get_hosts()? {
+                    hosts.push(text(h)?);
+                }
+                let hosts = match (protocol.as_str(), hosts.is_empty()) {
+                    ("nvmf", true) => " hosts=any".to_string(),
+                    (_, true) => String::new(),
+                    (_, false) => format!(" hosts={}", hosts.join(",")),
+                };
                 s.push_str(&format!(
-                    "ex {:<6} {:<12} {:<12} {:<16} {}\n",
-                    text(e.get_protocol())?,
+                    "ex {:<6} {:<12} {:<12} {:<16} {}{hosts}\n",
+                    protocol,
                     vname,
                     nodes,
                     portal,

@@ -132,6 +132,8 @@ pub struct Volume {
 pub enum ExportProtocol {
     /// iSCSI: one target per export, the volume as its LUN 0.
     Iscsi,
+    /// NVMe-oF/TCP: one NVM subsystem per export, the volume as its namespace 1.
+    Nvmf,
 }
 
 impl ExportProtocol {
@@ -139,6 +141,7 @@ impl ExportProtocol {
     pub fn as_str(self) -> &'static str {
         match self {
             ExportProtocol::Iscsi => "iscsi",
+            ExportProtocol::Nvmf => "nvmf",
         }
     }
 
@@ -146,6 +149,7 @@ impl ExportProtocol {
     pub fn parse(s: &str) -> Option<ExportProtocol> {
         match s {
             "iscsi" => Some(ExportProtocol::Iscsi),
+            "nvmf" => Some(ExportProtocol::Nvmf),
             _ => None,
         }
     }
@@ -157,15 +161,81 @@ impl ExportProtocol {
 pub struct Export {
     /// Protocol.
     pub protocol: ExportProtocol,
-    /// The target name (an iSCSI qualified name).
+    /// The target name: an iSCSI qualified name (`iscsi`) or the NVM subsystem's
+    /// NQN (`nvmf`); unique in the cluster.
     pub iqn: String,
     /// The nodes serving it, by name; empty = every node.
     #[serde(default)]
     pub nodes: Vec<String>,
     /// `address:port` to serve it on; empty = each node's portal from the cluster
-    /// file.
+    /// file (`nvmf`: always empty, each node's `nvmf_portal`).
     #[serde(default)]
     pub portal: String,
+    /// `nvmf`: the host NQNs allowed to connect; empty = any host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+}
+
+/// The NQN of the discovery subsystem, which no export may take.
+pub const DISCOVERY_NQN: &str = "nqn.2014-08.org.nvmexpress.discovery";
+
+/// Checks an NVMe qualified name (a subsystem's or a host's):
+/// `nqn.YYYY-MM.reversed.domain:anything`, at most 223 bytes of printable ASCII
+/// without spaces; `what` names it in the error.
+pub fn validate_nqn(what: &str, nqn: &str) -> Result<(), ConfigError> {
+    let form_ok = nqn.strip_prefix("nqn.").is_some_and(|rest| {
+        let b = rest.as_bytes();
+        b.len() > 8
+            && b[..4].iter().all(u8::is_ascii_digit)
+            && b[4] == b'-'
+            && b[5..7].iter().all(u8::is_ascii_digit)
+            && b[7] == b'.'
+    });
+    let chars_ok = nqn.bytes().all(|c| c.is_ascii_graphic());
+    if nqn.len() > MAX_IQN_BYTES || !form_ok || !chars_ok || nqn == DISCOVERY_NQN {
+        return Err(ConfigError::Invalid(format!(
+            "{what} {nqn:?} is invalid: use nqn.YYYY-MM.reversed.domain:name (printable ASCII without spaces, at most {MAX_IQN_BYTES} bytes, not the discovery NQN)"
+        )));
+    }
+    Ok(())
+}
+
+/// Most host NQNs one NVMe-oF export may allow.
+pub const MAX_EXPORT_HOSTS: usize = 64;
+
+impl Export {
+    /// Checks the export's names as its protocol wants them.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match self.protocol {
+            ExportProtocol::Iscsi => {
+                validate_iqn(&self.iqn)?;
+                if !self.hosts.is_empty() {
+                    return Err(ConfigError::Invalid(
+                        "an iSCSI export takes no host NQNs (--host is for nvmf)".into(),
+                    ));
+                }
+            }
+            ExportProtocol::Nvmf => {
+                validate_nqn("subsystem NQN", &self.iqn)?;
+                if !self.portal.is_empty() {
+                    return Err(ConfigError::Invalid(format!(
+                        "an NVMe-oF export is served on each node's nvmf_portal, not on {}",
+                        self.portal
+                    )));
+                }
+                if self.hosts.len() > MAX_EXPORT_HOSTS {
+                    return Err(ConfigError::Invalid(format!(
+                        "{} host NQNs: at most {MAX_EXPORT_HOSTS}",
+                        self.hosts.len()
+                    )));
+                }
+                for h in &self.hosts {
+                    validate_nqn("host NQN", h)?;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Longest iSCSI name (RFC 7143: 223 bytes).
@@ -1326,8 +1396,12 @@ pub fn apply(config: &ClusterConfig, change: &Change) -> Result<ClusterConfig, C
                     .exported_as(&export.iqn)
                     .filter(|&(g, v)| (g, v) != (dg.as_str(), volume.as_str()));
                 if let Some((g, v)) = other {
+                    let kind = match export.protocol {
+                        ExportProtocol::Iscsi => "iSCSI name",
+                        ExportProtocol::Nvmf => "NQN",
+                    };
                     return Err(ConfigError::Exists(format!(
-                        "iSCSI name {} is already the export of volume {v} of disk group {g}",
+                        "{kind} {} is already the export of volume {v} of disk group {g}",
                         export.iqn
                     )));
                 }
@@ -1682,7 +1756,7 @@ pub fn apply_dg(dg: &DiskGroupConfig, change: &Change) -> Result<DiskGroupConfig
         }
         Change::VolExport { volume, export, .. } => {
             let vi = dg.volume_index(volume)?;
-            validate_iqn(&export.iqn)?;
+            export.validate()?;
             for n in &export.nodes {
                 validate_name("node", n)?;
             }
@@ -2506,6 +2580,7 @@ mod tests {
 
     fn export(iqn: &str) -> Export {
         Export {
+            hosts: Vec::new(),
             protocol: ExportProtocol::Iscsi,
             iqn: iqn.into(),
             nodes: Vec::new(),
@@ -2536,6 +2611,81 @@ mod tests {
             assert!(validate_iqn(bad).is_err(), "{bad:?}");
         }
         assert!(validate_iqn(&format!("iqn.2026-11.io.plexd:{}", "a".repeat(300))).is_err());
+    }
+
+    #[test]
+    fn nvmf_exports_check_their_nqns_and_hosts_and_sit_beside_iscsi() {
+        for ok in [
+            "nqn.2026-11.io.plexd:test.dg1.vol1",
+            "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-000000000001",
+        ] {
+            assert!(validate_nqn("NQN", ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "nqn.2026-11",
+            "iqn.2026-11.io.plexd:x",
+            "nqn.26-11.io.plexd:x",
+            "nqn.2026-11.io.plexd:sp ace",
+            DISCOVERY_NQN,
+        ] {
+            assert!(validate_nqn("NQN", bad).is_err(), "{bad:?}");
+        }
+        let c = test_support::cluster(&[("disk01", 1 << 30)])
+            .apply(&Change::VolCreate {
+                dg: "dg1".into(),
+                volume: "v1".into(),
+                size_bytes: 1 << 20,
+                layout: VolumeLayout::Concat,
+            })
+            .unwrap()
+            .apply(&Change::VolExport {
+                dg: "dg1".into(),
+                volume: "v1".into(),
+                export: export("iqn.2026-11.io.plexd:one"),
+            })
+            .unwrap();
+        let nvmf = |nqn: &str, hosts: &[&str], portal: &str| Change::VolExport {
+            dg: "dg1".into(),
+            volume: "v1".into(),
+            export: Export {
+                protocol: ExportProtocol::Nvmf,
+                iqn: nqn.into(),
+                nodes: Vec::new(),
+                portal: portal.into(),
+                hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            },
+        };
+        let e = c
+            .apply(&nvmf("nqn.2026-11.io.plexd:one", &["bad host"], ""))
+            .unwrap_err();
+        assert!(e.to_string().contains("host NQN \"bad host\""), "{e}");
+        let e = c
+            .apply(&nvmf("nqn.2026-11.io.plexd:one", &[], "127.0.0.1:4420"))
+            .unwrap_err();
+        assert!(e.to_string().contains("nvmf_portal"), "{e}");
+        let host = "nqn.2014-08.org.nvmexpress:uuid:1";
+        let c = c
+            .apply(&nvmf("nqn.2026-11.io.plexd:one", &[host], ""))
+            .unwrap();
+        let v = &c.disk_groups[0].volumes[0];
+        assert_eq!(
+            v.exports.iter().map(|e| e.protocol).collect::<Vec<_>>(),
+            [ExportProtocol::Iscsi, ExportProtocol::Nvmf]
+        );
+        assert_eq!(v.exports[1].hosts, [host]);
+        let e = c
+            .apply(&nvmf("nqn.2026-11.io.plexd:two", &[], ""))
+            .unwrap_err();
+        assert!(e.to_string().contains("already exported over nvmf"), "{e}");
+        let c = c
+            .apply(&Change::VolUnexport {
+                dg: "dg1".into(),
+                volume: "v1".into(),
+                protocol: ExportProtocol::Nvmf,
+            })
+            .unwrap();
+        assert_eq!(c.disk_groups[0].volumes[0].exports.len(), 1, "iSCSI stays");
     }
 
     #[test]

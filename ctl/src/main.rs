@@ -191,9 +191,10 @@ enum Cmd {
     #[command(subcommand)]
     Task(TaskCmd),
     /// Exports a volume to hosts on every node (the default), or only on the node
-    /// named with `--on`. Example: export iscsi dg1 vol1 --on b
+    /// named with `--on`. Examples: export iscsi dg1 vol1 --on b;
+    /// export nvmf dg1 vol1 --host nqn.2014-08.org.nvmexpress:uuid:...
     Export {
-        /// Protocol: iscsi (nvmf is refused until its frontend exists).
+        /// Protocol: iscsi or nvmf (NVMe/TCP).
         protocol: String,
         /// Disk group.
         dg: String,
@@ -205,17 +206,24 @@ enum Cmd {
         /// Only on node NAME (a node of the cluster file).
         #[arg(long, value_name = "NAME")]
         on: Option<String>,
-        /// Target name (default iqn.2026-11.io.plexd:CLUSTER.DG.VOL).
-        #[arg(long)]
+        /// iscsi: target name (default iqn.2026-11.io.plexd:CLUSTER.DG.VOL).
+        #[arg(long, conflicts_with = "nqn")]
         iqn: Option<String>,
-        /// ADDR:PORT to serve it on (with `--on` only; default: the node's
-        /// iscsi_portal from the cluster file).
+        /// nvmf: subsystem NQN (default nqn.2026-11.io.plexd:CLUSTER-ID.DG.VOL).
+        #[arg(long)]
+        nqn: Option<String>,
+        /// iscsi: ADDR:PORT to serve it on (with `--on` only; default: the node's
+        /// iscsi_portal from the cluster file). nvmf exports use each node's
+        /// nvmf_portal.
         #[arg(long, requires = "on")]
         portal: Option<String>,
+        /// nvmf: a host NQN allowed to connect (repeatable; default: any host).
+        #[arg(long = "host", value_name = "NQN")]
+        hosts: Vec<String>,
     },
     /// Ends a volume's export on every node. Example: unexport iscsi dg1 vol1
     Unexport {
-        /// Protocol: iscsi.
+        /// Protocol: iscsi or nvmf.
         protocol: String,
         /// Disk group.
         dg: String,
@@ -775,18 +783,28 @@ fn build_change(cmd: &Cmd) -> Result<Option<ChangeBuilder>, Failure> {
             all: _,
             on,
             iqn,
+            nqn,
             portal,
+            hosts,
         } => {
             let on = on.clone();
             let (protocol, dg, vol) = (protocol.clone(), dg.clone(), vol.clone());
-            let (iqn, portal) = (iqn.clone().unwrap_or_default(), portal.clone());
+            // One name field carries either (the node checks it for the protocol).
+            let name = iqn.clone().or_else(|| nqn.clone()).unwrap_or_default();
+            let (portal, hosts) = (portal.clone(), hosts.clone());
             Box::new(move |b| {
                 let mut x = b.init_vol_export();
                 x.set_protocol(protocol.as_str());
                 x.set_dg(dg.as_str());
                 x.set_volume(vol.as_str());
-                x.set_iqn(iqn.as_str());
+                x.set_iqn(name.as_str());
                 x.set_portal(portal.as_deref().unwrap_or(""));
+                {
+                    let mut h = x.reborrow().init_hosts(hosts.len() as u32);
+                    for (i, n) in hosts.iter().enumerate() {
+                        h.set(i as u32, n.as_str());
+                    }
+                }
                 let mut nodes = x.init_nodes(u32::from(on.is_some()));
                 if let Some(n) = &on {
                     nodes.set(0, n.as_str());

@@ -88,6 +88,26 @@ fn subsystems_namespaces_listeners_and_ana_through_the_kernel_interface() {
         code(k.nvmf_set_ana(AnaState::Inaccessible).unwrap_err()),
         ErrorCode::Invalid
     );
+    // nvmfStart: a bad range or group is refused; then the frontend runs with this
+    // node's settings, which a second call with others cannot change.
+    assert_eq!(
+        code(k.nvmf_start((10, 5), 2).unwrap_err()),
+        ErrorCode::Invalid
+    );
+    assert_eq!(
+        code(k.nvmf_start((1024, 2046), 0).unwrap_err()),
+        ErrorCode::Invalid
+    );
+    k.nvmf_start((1024, 2046), 2).unwrap();
+    k.nvmf_start((1024, 2046), 2).unwrap();
+    let e = k.nvmf_start((1, 1023), 1).unwrap_err();
+    assert!(e.to_string().contains("1024..=2046"), "{e}");
+    assert_eq!(code(e), ErrorCode::Invalid);
+    assert_eq!(
+        k.nvmf_set_ana(AnaState::Optimized).unwrap(),
+        2,
+        "its ANA group"
+    );
 
     let sub = SubsystemConfig {
         nqn: NQN.into(),
@@ -153,8 +173,12 @@ fn subsystems_namespaces_listeners_and_ana_through_the_kernel_interface() {
     let c = k.nvmf_controllers().unwrap();
     assert_eq!(c.len(), 1);
     assert_eq!((c[0].cntlid as u32, c[0].hostnqn.as_str()), (cntlid, HOST));
+    assert!(
+        (1024..=2046).contains(&cntlid),
+        "controller id {cntlid} from the range nvmfStart gave"
+    );
 
-    assert_eq!(k.nvmf_set_ana(AnaState::NonOptimized).unwrap(), 1);
+    assert_eq!(k.nvmf_set_ana(AnaState::NonOptimized).unwrap(), 2);
 
     // Removing the subsystem drops its controller and closes the connection.
     k.nvmf_remove_subsystem(NQN).unwrap();

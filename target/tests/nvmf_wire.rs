@@ -5,8 +5,6 @@
 //! PDUs that must close one connection without hurting the target. Every socket
 //! read has a timeout and only 127.0.0.1 is used.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,11 +20,8 @@ use plexd_target::testutil::pattern;
 use plexd_target::{Target, TargetConfig};
 
 const NQN: &str = "nqn.2026-11.io.plexd:wire";
-const HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-000000000001";
-const BS: usize = 512;
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
-/// Bound on PDUs read while waiting for one command's answer.
-const MAX_PDUS_PER_CMD: usize = 4096;
+const BS: usize = nvmf_host::BS;
+const IO_TIMEOUT: Duration = nvmf_host::IO_TIMEOUT;
 
 fn start_target(size_bytes: u64) -> Arc<Target> {
     let _ = env_logger::builder().is_test(true).try_init();
@@ -62,270 +57,10 @@ fn config() -> NvmfConfig {
     }
 }
 
-/// A completion as the host sees it.
-#[derive(Debug, Default)]
-struct Done {
-    dw0: u32,
-    dw1: u32,
-    status: u16,
-    data: Vec<u8>,
-    success_flag: bool,
-}
-
-impl Done {
-    /// SCT << 8 | SC.
-    fn sc(&self) -> u16 {
-        (self.status >> 1) & 0x7ff
-    }
-}
-
-struct Host {
-    s: TcpStream,
-    dig: Digests,
-    cid: u16,
-    maxh2c: usize,
-}
-
-struct Pdu {
-    ty: u8,
-    flags: u8,
-    hdr: Vec<u8>,
-    data: Vec<u8>,
-}
-
-impl Host {
-    fn tcp(port: u16) -> Host {
-        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        s.set_nodelay(true).unwrap();
-        Host {
-            s,
-            dig: Digests::default(),
-            cid: 0,
-            maxh2c: 0,
-        }
-    }
-
-    /// TCP connection and ICReq/ICResp.
-    fn ic(port: u16, dig: Digests) -> Host {
-        let mut h = Host::tcp(port);
-        let mut req = [0u8; 120];
-        req[3] = u8::from(dig.header) | (u8::from(dig.data) << 1);
-        let mut v = Vec::new();
-        pdu::encode(&mut v, ty::IC_REQ, 0, &req, &[], Digests::default(), 0);
-        h.s.write_all(&v).unwrap();
-        let p = h.recv().unwrap();
-        assert_eq!(p.ty, ty::IC_RESP);
-        assert_eq!(p.hdr.len(), 128);
-        assert_eq!(p.hdr[11], req[3], "digests granted as asked");
-        h.maxh2c = pdu::le32(&p.hdr, 12) as usize;
-        assert!(h.maxh2c >= 4096);
-        h.dig = dig;
-        h
-    }
-
-    fn send_raw(&mut self, b: &[u8]) {
-        self.s.write_all(b).unwrap();
-    }
-
-    fn send(&mut self, t: u8, flags: u8, specific: &[u8], data: &[u8]) {
-        let mut v = Vec::new();
-        pdu::encode(&mut v, t, flags, specific, data, self.dig, 0);
-        self.send_raw(&v);
-    }
-
-    fn recv(&mut self) -> std::io::Result<Pdu> {
-        let mut ch = [0u8; 8];
-        self.s.read_exact(&mut ch)?;
-        let plen = pdu::le32(&ch, 4) as usize;
-        let hlen = ch[2] as usize;
-        assert!((8..(4 << 20)).contains(&plen), "PLEN {plen}");
-        let mut rest = vec![0u8; plen - 8];
-        self.s.read_exact(&mut rest)?;
-        let mut all = ch.to_vec();
-        all.extend_from_slice(&rest);
-        let (t, flags, pdo) = (ch[0], ch[1], ch[3] as usize);
-        let hd = flags & flag::HDGSTF != 0;
-        let dd = flags & flag::DDGSTF != 0;
-        if t != ty::IC_RESP && t != ty::C2H_TERM {
-            assert_eq!(hd, self.dig.header, "header digest flag on type {t:#x}");
-        }
-        if hd {
-            assert_eq!(
-                pdu::le32(&all, hlen),
-                pdu::digest(&all[..hlen]),
-                "header digest"
-            );
-        }
-        let head = hlen + if hd { 4 } else { 0 };
-        let data = if plen > head {
-            let end = plen - if dd { 4 } else { 0 };
-            let d = all[pdo..end].to_vec();
-            if dd {
-                assert_eq!(pdu::le32(&all, end), pdu::digest(&d), "data digest");
-            } else {
-                assert!(!self.dig.data || d.is_empty(), "data without its digest");
-            }
-            d
-        } else {
-            Vec::new()
-        };
-        Ok(Pdu {
-            ty: t,
-            flags,
-            hdr: all[..hlen].to_vec(),
-            data,
-        })
-    }
-
-    fn next_cid(&mut self) -> u16 {
-        self.cid = self.cid.wrapping_add(1);
-        self.cid
-    }
-
-    /// Sends a command (`sqe` without its cid and SGL) with `out` data (in the
-    /// capsule when `inline`, else after R2T) and reads `read_len` bytes back.
-    fn cmd(&mut self, mut sqe: [u8; 64], out: &[u8], inline: bool, read_len: usize) -> Done {
-        let cid = self.next_cid();
-        sqe[2..4].copy_from_slice(&cid.to_le_bytes());
-        let sgl_len = if out.is_empty() { read_len } else { out.len() };
-        sqe[32..36].copy_from_slice(&(sgl_len as u32).to_le_bytes());
-        sqe[39] = if inline && !out.is_empty() {
-            0x01
-        } else {
-            0x5A
-        };
-        let cap_data = if inline { out } else { &[][..] };
-        self.send(ty::CAPSULE_CMD, 0, &sqe, cap_data);
-        let mut done = Done {
-            data: vec![0u8; read_len],
-            ..Default::default()
-        };
-        let mut got = 0usize;
-        for _ in 0..MAX_PDUS_PER_CMD {
-            let p = self.recv().expect("an answer");
-            match p.ty {
-                ty::C2H_DATA => {
-                    assert_eq!(pdu::le16(&p.hdr, 8), cid);
-                    let off = pdu::le32(&p.hdr, 12) as usize;
-                    let len = pdu::le32(&p.hdr, 16) as usize;
-                    assert_eq!(len, p.data.len());
-                    assert_eq!(off, got, "C2HData in order");
-                    done.data[off..off + len].copy_from_slice(&p.data);
-                    got += len;
-                    if p.flags & flag::SUCCESS != 0 {
-                        assert!(p.flags & flag::LAST_PDU != 0);
-                        done.success_flag = true;
-                        done.data.truncate(got);
-                        return done;
-                    }
-                }
-                ty::R2T => {
-                    assert_eq!(pdu::le16(&p.hdr, 8), cid);
-                    let ttag = pdu::le16(&p.hdr, 10);
-                    let off = pdu::le32(&p.hdr, 12) as usize;
-                    let len = pdu::le32(&p.hdr, 16) as usize;
-                    assert!(off + len <= out.len());
-                    let mut o = off;
-                    while o < off + len {
-                        let n = (off + len - o).min(self.maxh2c).min(64 << 10);
-                        let last = o + n == off + len;
-                        let h = pdu::data_hdr(cid, ttag, o as u32, n as u32);
-                        let f = if last { flag::LAST_PDU } else { 0 };
-                        self.send(ty::H2C_DATA, f, &h, &out[o..o + n]);
-                        o += n;
-                    }
-                }
-                ty::CAPSULE_RESP => {
-                    let c = &p.hdr[8..24];
-                    assert_eq!(pdu::le16(c, 12), cid, "response to our command");
-                    done.dw0 = pdu::le32(c, 0);
-                    done.dw1 = pdu::le32(c, 4);
-                    done.status = pdu::le16(c, 14);
-                    done.data.truncate(got);
-                    return done;
-                }
-                t => panic!("unexpected PDU type {t:#x}"),
-            }
-        }
-        panic!("no answer within {MAX_PDUS_PER_CMD} PDUs");
-    }
-
-    fn connect(&mut self, qid: u16, cntlid: u16, kato_ms: u32, subnqn: &str) -> Done {
-        let mut sqe = [0u8; 64];
-        sqe[0] = 0x7f;
-        sqe[4] = 0x01;
-        sqe[42..44].copy_from_slice(&qid.to_le_bytes());
-        sqe[44..46].copy_from_slice(&31u16.to_le_bytes());
-        sqe[48..52].copy_from_slice(&kato_ms.to_le_bytes());
-        let mut d = vec![0u8; 1024];
-        d[0] = 0x42;
-        d[16..18].copy_from_slice(&cntlid.to_le_bytes());
-        d[256..256 + subnqn.len()].copy_from_slice(subnqn.as_bytes());
-        d[512..512 + HOST.len()].copy_from_slice(HOST.as_bytes());
-        self.cmd(sqe, &d, true, 0)
-    }
-
-    fn prop_get(&mut self, off: u32, eight: bool) -> u64 {
-        let mut sqe = [0u8; 64];
-        sqe[0] = 0x7f;
-        sqe[4] = 0x04;
-        sqe[40] = u8::from(eight);
-        sqe[44..48].copy_from_slice(&off.to_le_bytes());
-        let d = self.cmd(sqe, &[], false, 0);
-        assert_eq!(d.sc(), 0);
-        d.dw0 as u64 | ((d.dw1 as u64) << 32)
-    }
-
-    fn prop_set(&mut self, off: u32, v: u32) {
-        let mut sqe = [0u8; 64];
-        sqe[0] = 0x7f;
-        sqe[4] = 0x00;
-        sqe[44..48].copy_from_slice(&off.to_le_bytes());
-        sqe[48..52].copy_from_slice(&v.to_le_bytes());
-        assert_eq!(self.cmd(sqe, &[], false, 0).sc(), 0);
-    }
-
-    fn admin(&mut self, opcode: u8, nsid: u32, cdw10: u32, cdw11: u32, read_len: usize) -> Done {
-        let mut sqe = [0u8; 64];
-        sqe[0] = opcode;
-        sqe[4..8].copy_from_slice(&nsid.to_le_bytes());
-        sqe[40..44].copy_from_slice(&cdw10.to_le_bytes());
-        sqe[44..48].copy_from_slice(&cdw11.to_le_bytes());
-        self.cmd(sqe, &[], false, read_len)
-    }
-
-    fn rw(&mut self, opcode: u8, lba: u64, blocks: u16, out: &[u8], inline: bool) -> Done {
-        let mut sqe = [0u8; 64];
-        sqe[0] = opcode;
-        sqe[4..8].copy_from_slice(&1u32.to_le_bytes());
-        sqe[40..48].copy_from_slice(&lba.to_le_bytes());
-        sqe[48..50].copy_from_slice(&(blocks - 1).to_le_bytes());
-        let read_len = if opcode == 0x02 {
-            blocks as usize * BS
-        } else {
-            0
-        };
-        self.cmd(sqe, out, inline, read_len)
-    }
-
-    /// True once the target closed the connection (EOF or reset), maybe after
-    /// a C2HTermReq; false if it stays open for IO_TIMEOUT.
-    fn closed_by_target(&mut self) -> bool {
-        let mut b = [0u8; 4096];
-        let deadline = Instant::now() + IO_TIMEOUT;
-        while Instant::now() < deadline {
-            match self.s.read(&mut b) {
-                Ok(0) => return true,
-                Ok(_) => continue,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
-                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return false,
-                Err(_) => return true,
-            }
-        }
-        false
-    }
-}
+#[allow(dead_code)]
+#[path = "../../tests/src/nvmf_host.rs"]
+mod nvmf_host;
+use nvmf_host::{Host, HOST};
 
 /// An admin queue, connected and enabled; returns the host and the controller id.
 fn admin_queue(port: u16, dig: Digests, kato_ms: u32) -> (Host, u16) {
@@ -694,6 +429,76 @@ fn discovery_lists_the_subsystem_and_refuses_io() {
 }
 
 #[test]
+fn discovery_lists_the_subsystem_at_the_other_nodes_listeners_too() {
+    let t = start_target(16 << 20);
+    let mut cfg = config();
+    cfg.subsystems[0].peer_listeners = vec!["127.0.0.2:4421".into(), "127.0.0.3:4422".into()];
+    let mut fe = NvmfFrontend::start(&t, &cfg).unwrap();
+    let port = fe.listeners()[0].port();
+    // A second subsystem for another host only: not listed for ours.
+    fe.add_subsystem(&SubsystemConfig {
+        nqn: "nqn.2026-11.io.plexd:other".into(),
+        hosts: vec!["nqn.2026-11.io.plexd:someone-else".into()],
+        peer_listeners: vec!["127.0.0.4:4420".into()],
+        ..Default::default()
+    })
+    .unwrap();
+    let mut d = Host::ic(port, Digests::default());
+    assert_eq!(d.connect(0, 0xffff, 0, DISCOVERY_NQN).sc(), 0);
+    d.prop_set(0x14, 1);
+    let numd = |len: u32| (len / 4 - 1) << 16;
+    let head = d.admin(0x02, 0, 0x70 | numd(16), 0, 16);
+    let n = pdu::le64(&head.data, 8) as usize;
+    let len = (1024 * (n + 1)) as u32;
+    let log = d.admin(0x02, 0, 0x70 | numd(len), 0, len as usize);
+    let text = |e: &[u8], r: std::ops::Range<usize>| {
+        std::str::from_utf8(&e[r])
+            .unwrap()
+            .trim_matches(|c| c == ' ' || c == '\0')
+            .to_string()
+    };
+    let entries: Vec<(String, String, String, u16)> = (1..=n)
+        .map(|i| {
+            let e = &log.data[1024 * i..1024 * (i + 1)];
+            (
+                text(e, 256..512),
+                text(e, 512..768),
+                text(e, 32..64),
+                pdu::le16(e, 4),
+            )
+        })
+        .collect();
+    let ours: Vec<(&str, &str, u16)> = entries
+        .iter()
+        .filter(|e| e.0 == NQN)
+        .map(|e| (e.1.as_str(), e.2.as_str(), e.3))
+        .collect();
+    let p = port.to_string();
+    assert_eq!(
+        ours,
+        [
+            ("127.0.0.1", p.as_str(), 1),
+            ("127.0.0.2", "4421", 2),
+            ("127.0.0.3", "4422", 3)
+        ],
+        "this node's listener, then the other nodes' ones, each its own port id: {entries:?}"
+    );
+    assert_eq!(
+        n, 4,
+        "the discovery subsystem and ours three times: {entries:?}"
+    );
+    // A bad peer listener is refused, naming it.
+    let e = fe
+        .add_subsystem(&SubsystemConfig {
+            nqn: "nqn.2026-11.io.plexd:bad".into(),
+            peer_listeners: vec!["nowhere".into()],
+            ..Default::default()
+        })
+        .unwrap_err();
+    assert!(e.to_string().contains("nowhere"), "{e}");
+}
+
+#[test]
 fn ana_state_changes_reach_the_host_and_inaccessible_fails_io_with_a_path_error() {
     let t = start_target(16 << 20);
     let mut fe = NvmfFrontend::start(&t, &config()).unwrap();
@@ -752,14 +557,29 @@ fn a_fenced_shared_volume_fails_io_with_the_ana_inaccessible_path_error() {
     cfg.subsystems[0].namespaces[0].bdev = "sv".into();
     let fe = NvmfFrontend::start(&t, &cfg).unwrap();
     let port = fe.listeners()[0].port();
-    let (_a, cntlid) = admin_queue(port, Digests::default(), 5000);
+    let (mut adm, cntlid) = admin_queue(port, Digests::default(), 5000);
     let mut q = io_queue(port, Digests::default(), 1, cntlid);
+    // The state byte of the ANA log's one group descriptor.
+    let ana_state = |h: &mut Host| {
+        let l = h.admin(0x02, 0, 0x0C | ((4096 / 4 - 1) << 16), 0, 4096);
+        assert_eq!(l.sc(), 0);
+        l.data[32]
+    };
     t.renew_lease(60_000).unwrap();
+    assert_eq!(
+        ana_state(&mut adm),
+        0x01,
+        "optimized while the lease is valid"
+    );
     let a = pattern(5, 4096);
     assert_eq!(q.rw(0x01, 8, 8, &a, true).sc(), 0);
     // Revoked (an expiry does the same): reads and writes fail with the path
-    // error Linux fails over on; the queue stays up.
+    // error Linux fails over on; the queue stays up; the ANA log says
+    // inaccessible (what was set is optimized), so a host re-reading it after the
+    // path error keeps away from this path.
     t.renew_lease(0).unwrap();
+    assert_eq!(ana_state(&mut adm), 0x03, "inaccessible while fenced");
+    assert_eq!(fe.ana().1, AnaState::Optimized, "the set state is kept");
     assert_eq!(q.rw(0x02, 8, 8, &[], false).sc(), 0x302, "read fenced");
     assert_eq!(
         q.rw(0x01, 8, 8, &pattern(6, 4096), true).sc(),
@@ -768,6 +588,7 @@ fn a_fenced_shared_volume_fails_io_with_the_ana_inaccessible_path_error() {
     );
     // Renewed: the path is back and the fenced write changed nothing.
     t.renew_lease(60_000).unwrap();
+    assert_eq!(ana_state(&mut adm), 0x01, "optimized again");
     let r = q.rw(0x02, 8, 8, &[], false);
     assert_eq!(r.sc(), 0);
     assert!(r.data == a);

@@ -61,6 +61,8 @@ pub const EXIT_FAILED: i32 = 6;
 pub const NETNS_PORT: u16 = 7700;
 /// The iSCSI portal's port on a node with a network namespace of its own.
 pub const NETNS_ISCSI_PORT: u16 = 3260;
+/// The NVMe/TCP listener's port on a node with a network namespace of its own.
+pub const NETNS_NVMF_PORT: u16 = 4420;
 /// Log lines printed per process when a test fails.
 const TAIL_LINES: usize = 60;
 /// Longest part of a test name used in the temp dir (Unix socket paths are short).
@@ -159,6 +161,8 @@ pub struct Node {
     pub target_socket: PathBuf,
     /// Where the node's target serves iSCSI exports (`iscsi_portal`).
     pub iscsi_portal: String,
+    /// Where the node's target serves NVMe-oF exports (`nvmf_portal`).
+    pub nvmf_portal: String,
     /// Node-local directory (logs, state).
     pub dir: PathBuf,
     target: Option<Proc>,
@@ -325,11 +329,19 @@ impl Cluster {
         }
         // In namespaces every node has an address of its own, so fixed ports do.
         let netns = opts.netns.then(|| Netns::create(n));
-        let (ports, iscsi_ports) = match &netns {
-            Some(_) => (vec![NETNS_PORT; n], vec![NETNS_ISCSI_PORT; n]),
+        let (ports, iscsi_ports, nvmf_ports) = match &netns {
+            Some(_) => (
+                vec![NETNS_PORT; n],
+                vec![NETNS_ISCSI_PORT; n],
+                vec![NETNS_NVMF_PORT; n],
+            ),
             None => {
-                let all = free_ports(2 * n);
-                (all[..n].to_vec(), all[n..].to_vec())
+                let all = free_ports(3 * n);
+                (
+                    all[..n].to_vec(),
+                    all[n..2 * n].to_vec(),
+                    all[2 * n..].to_vec(),
+                )
             }
         };
         let host = |i: usize| match &netns {
@@ -346,6 +358,7 @@ impl Cluster {
                 addr: format!("{}:{port}", host(i)),
                 target_socket: ndir.join("target.sock"),
                 iscsi_portal: format!("{}:{}", host(i), iscsi_ports[i]),
+                nvmf_portal: format!("{}:{}", host(i), nvmf_ports[i]),
                 dir: ndir,
                 target: None,
                 plexd: None,
@@ -386,13 +399,14 @@ impl Cluster {
         }
         for node in &nodes {
             toml.push_str(&format!(
-                "\n[[nodes]]\nid = {}\nname = {:?}\naddress = {:?}\ntarget_socket = {:?}\nstate_dir = {:?}\niscsi_portal = {:?}\n",
+                "\n[[nodes]]\nid = {}\nname = {:?}\naddress = {:?}\ntarget_socket = {:?}\nstate_dir = {:?}\niscsi_portal = {:?}\nnvmf_portal = {:?}\n",
                 node.id,
                 node.name,
                 node.addr,
                 node.target_socket.display().to_string(),
                 node.dir.display().to_string(),
-                node.iscsi_portal
+                node.iscsi_portal,
+                node.nvmf_portal
             ));
         }
         std::fs::write(&cluster_file, toml)

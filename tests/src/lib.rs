@@ -10,6 +10,7 @@ pub mod data;
 pub mod invariants;
 pub mod iscsi;
 pub mod netns;
+pub mod nvmf_host;
 pub mod proc;
 pub mod wait;
 

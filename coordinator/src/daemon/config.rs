@@ -107,6 +107,10 @@ pub struct NodeEntry {
     /// ([`DEFAULT_ISCSI_PORTAL`] when absent).
     #[serde(default)]
     pub iscsi_portal: Option<String>,
+    /// `address:port` where this node's target listens for NVMe/TCP hosts (NVMe-oF
+    /// exports; [`DEFAULT_NVMF_PORTAL`] when absent).
+    #[serde(default)]
+    pub nvmf_portal: Option<String>,
     /// Votes toward quorum (default 1; 0 for a node that never decides quorum).
     #[serde(default = "default_votes")]
     pub votes: u32,
@@ -115,10 +119,18 @@ pub struct NodeEntry {
 /// The iSCSI portal of a node whose entry names none.
 pub const DEFAULT_ISCSI_PORTAL: &str = "127.0.0.1:3260";
 
+/// The NVMe/TCP listener of a node whose entry names none.
+pub const DEFAULT_NVMF_PORTAL: &str = "127.0.0.1:4420";
+
 impl NodeEntry {
     /// Where this node serves iSCSI exports.
     pub fn iscsi_portal(&self) -> &str {
         self.iscsi_portal.as_deref().unwrap_or(DEFAULT_ISCSI_PORTAL)
+    }
+
+    /// Where this node serves NVMe-oF exports.
+    pub fn nvmf_portal(&self) -> &str {
+        self.nvmf_portal.as_deref().unwrap_or(DEFAULT_NVMF_PORTAL)
     }
 }
 
@@ -204,6 +216,19 @@ impl ClusterFile {
                     n.iscsi_portal()
                 ));
             }
+            if let Err(e) = n.nvmf_portal().parse::<std::net::SocketAddr>() {
+                return Err(format!(
+                    "nodes[{i}]: nvmf_portal {:?}: {e} (want address:port)",
+                    n.nvmf_portal()
+                ));
+            }
+            if same_address(n.nvmf_portal(), n.iscsi_portal()) {
+                return Err(format!(
+                    "nodes[{i}] ({}): nvmf_portal and iscsi_portal are both {}; use another port",
+                    n.name,
+                    n.nvmf_portal()
+                ));
+            }
             if n.id == 0 || n.name.is_empty() || n.address.is_empty() {
                 return Err(format!(
                     "nodes[{i}]: id must be > 0, name and address not empty"
@@ -232,6 +257,23 @@ impl ClusterFile {
                     && same_address(n.iscsi_portal(), o.iscsi_portal())
                 {
                     Some(format!("iscsi_portal {}", n.iscsi_portal()))
+                } else if n.nvmf_portal.is_some()
+                    && o.nvmf_portal.is_some()
+                    && same_address(n.nvmf_portal(), o.nvmf_portal())
+                {
+                    Some(format!("nvmf_portal {}", n.nvmf_portal()))
+                } else if n.nvmf_portal.is_some()
+                    && o.iscsi_portal.is_some()
+                    && same_address(n.nvmf_portal(), o.iscsi_portal())
+                    || n.iscsi_portal.is_some()
+                        && o.nvmf_portal.is_some()
+                        && same_address(n.iscsi_portal(), o.nvmf_portal())
+                {
+                    Some(format!(
+                        "one address as iscsi_portal and nvmf_portal ({} / {})",
+                        n.iscsi_portal(),
+                        n.nvmf_portal()
+                    ))
                 } else {
                     None
                 };
@@ -253,6 +295,18 @@ impl ClusterFile {
                     "nodes[{i}] ({}): iscsi_portal {} is the address of node {}; use another port",
                     n.name,
                     n.iscsi_portal(),
+                    o.name
+                ));
+            }
+            if let Some(o) = self
+                .nodes
+                .iter()
+                .find(|o| n.nvmf_portal.is_some() && same_address(n.nvmf_portal(), &o.address))
+            {
+                return Err(format!(
+                    "nodes[{i}] ({}): nvmf_portal {} is the address of node {}; use another port",
+                    n.name,
+                    n.nvmf_portal(),
                     o.name
                 ));
             }
@@ -517,6 +571,35 @@ target_socket = "/tmp/x/b/target.sock"
             e.contains("iscsi_portal 127.0.0.1:7702 is the address of node b"),
             "{e}"
         );
+        let nvmf = EXAMPLE.replace(
+            "state_dir = \"/tmp/x/a\"",
+            "state_dir = \"/tmp/x/a\"\nnvmf_portal = \"127.0.0.1:7702\"",
+        );
+        let e = ClusterFile::parse(&nvmf).unwrap_err();
+        assert!(
+            e.contains("nvmf_portal 127.0.0.1:7702 is the address of node b"),
+            "{e}"
+        );
+        let both = EXAMPLE
+            .replace(
+                "state_dir = \"/tmp/x/a\"",
+                "state_dir = \"/tmp/x/a\"\nnvmf_portal = \"127.0.0.1:4421\"",
+            )
+            .replace(
+                "target_socket = \"/tmp/x/b/target.sock\"",
+                "target_socket = \"/tmp/x/b/target.sock\"\nnvmf_portal = \"127.0.0.1:4421\"",
+            );
+        let e = ClusterFile::parse(&both).unwrap_err();
+        assert!(
+            e.contains("nodes a and b") && e.contains("nvmf_portal"),
+            "{e}"
+        );
+        let mixed = EXAMPLE.replace(
+            "state_dir = \"/tmp/x/a\"",
+            "state_dir = \"/tmp/x/a\"\niscsi_portal = \"127.0.0.1:4420\"",
+        );
+        let e = ClusterFile::parse(&mixed).unwrap_err();
+        assert!(e.contains("nvmf_portal and iscsi_portal"), "{e}");
         let no_disks = EXAMPLE.replace("disk_paths = [\"/tmp/x/disks/*.img\"]", "");
         assert!(ClusterFile::parse(&no_disks)
             .unwrap_err()

@@ -135,7 +135,8 @@ pub enum CtlChange {
         /// `plex rm --force`: remove an ACTIVE plex.
         force: bool,
     },
-    /// `export PROTOCOL DG VOL [--node N]... [--iqn IQN] [--portal ADDR:PORT]`.
+    /// `export PROTOCOL DG VOL [--node N]... [--iqn IQN | --nqn NQN] [--portal ADDR:PORT]
+    /// [--host NQN]...`.
     VolExport {
         /// Group.
         dg: String,
@@ -143,12 +144,14 @@ pub enum CtlChange {
         volume: String,
         /// Protocol name as given.
         protocol: String,
-        /// Target name; empty = the default.
+        /// Target name (IQN or NQN); empty = the default.
         iqn: String,
         /// Node names; empty = every node.
         nodes: Vec<String>,
         /// Portal; empty = each node's.
         portal: String,
+        /// nvmf: host NQNs allowed; empty = any host.
+        hosts: Vec<String>,
     },
     /// `unexport PROTOCOL DG VOL`.
     VolUnexport {
@@ -623,6 +626,10 @@ fn read_change(r: c::change::Reader<'_>) -> capnp::Result<CtlChange> {
             for n in x.get_nodes()? {
                 nodes.push(text(n)?);
             }
+            let mut hosts = Vec::new();
+            for h in x.get_hosts()? {
+                hosts.push(text(h)?);
+            }
             CtlChange::VolExport {
                 dg: text(x.get_dg())?,
                 volume: text(x.get_volume())?,
@@ -630,6 +637,7 @@ fn read_change(r: c::change::Reader<'_>) -> capnp::Result<CtlChange> {
                 iqn: text(x.get_iqn())?,
                 nodes,
                 portal: text(x.get_portal())?,
+                hosts,
             }
         }
         Which::VolUnexport(x) => {

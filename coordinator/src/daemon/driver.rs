@@ -30,7 +30,7 @@ use super::kernel::{Desired, Kernel};
 use super::model::SharedConfig;
 use super::Input;
 use crate::core::{DiskRecord, ErrorKind, NodeId, RequestError, TxnId};
-use crate::objects::{Change, ClusterConfig, DiskGroupConfig};
+use crate::objects::{Change, ClusterConfig, DiskGroupConfig, ExportProtocol};
 
 /// Jobs submitted to the driver and not yet answered, at most; the main loop waits
 /// for the driver when it would submit more (see [`DriverHandle::submit`]).
@@ -146,10 +146,13 @@ pub enum Job {
         /// The answer.
         result: plexd_target::frontend::scsi::pr_cluster::PrOutResult,
     },
-    /// Give the exported LUNs of shared volumes their ALUA views, by IQN.
+    /// Give the exported LUNs of shared volumes their ALUA views, by IQN, and this
+    /// node's NVMe-oF ANA group its state.
     SyncAlua {
         /// The view of each served export.
         alua: std::collections::BTreeMap<String, plexd_target::frontend::scsi::alua::Alua>,
+        /// The ANA state, when this node serves an NVMe-oF export.
+        ana: Option<plexd_target::frontend::nvmf::AnaState>,
     },
     /// Break every fence (I/O resumes).
     BreakFences {
@@ -352,12 +355,19 @@ impl Driver {
             .unwrap_or(config::DEFAULT_ISCSI_PORTAL)
     }
 
+    fn nvmf_portal(&self) -> &str {
+        self.file
+            .node(&self.name)
+            .map(|n| n.nvmf_portal())
+            .unwrap_or(config::DEFAULT_NVMF_PORTAL)
+    }
+
     fn files(&self) -> Vec<PathBuf> {
         self.file.disk_files()
     }
 
     fn desired(&self, shared: &[DiskGroupConfig], private: &[DiskGroupConfig]) -> Desired {
-        desired_of(&self.files(), &self.name, self.portal(), shared, private)
+        desired_of(&self.files(), &self.file, &self.name, shared, private)
     }
 
     /// Driver point `point`: sleeps when `PLEXD_FAILPOINT=<point>:sleep=<ms>` names it.
@@ -380,7 +390,7 @@ impl Driver {
         check_export(
             self.kernel.client(),
             &self.name,
-            self.portal(),
+            (self.portal(), self.nvmf_portal()),
             group,
             change,
         )
@@ -549,8 +559,12 @@ impl Driver {
                 }
                 Done::Nothing
             }
-            Job::SyncAlua { alua } => {
-                for e in super::exports::sync_alua(self.kernel.client(), &alua) {
+            Job::SyncAlua { alua, ana } => {
+                let mut errors = super::exports::sync_alua(self.kernel.client(), &alua);
+                if let Some(state) = ana {
+                    errors.extend(super::exports::sync_ana(self.kernel.client(), state));
+                }
+                for e in errors {
                     log::warn!("node {}: data plane: {e}", self.name);
                 }
                 Done::Nothing
@@ -674,16 +688,25 @@ impl Driver {
     }
 }
 
-/// The bdevs, volumes and exports node `name` (iSCSI portal `portal`) serves for
+/// The bdevs, volumes and exports node `name` of cluster file `file` serves for
 /// `shared` and `private` groups, each disk opened where this node finds it (by id
 /// on `files`, [`disks::LocalDisks`]).
 pub fn desired_of(
     files: &[PathBuf],
+    file: &ClusterFile,
     name: &str,
-    portal: &str,
     shared: &[DiskGroupConfig],
     private: &[DiskGroupConfig],
 ) -> Desired {
+    let portal = file
+        .node(name)
+        .map(|n| n.iscsi_portal())
+        .unwrap_or(config::DEFAULT_ISCSI_PORTAL);
+    let nvmf_nodes: Vec<(String, String)> = file
+        .nodes
+        .iter()
+        .map(|n| (n.name.clone(), n.nvmf_portal().to_string()))
+        .collect();
     let local = disks::LocalDisks::scan(files);
     let groups: Vec<DiskGroupConfig> = shared
         .iter()
@@ -692,17 +715,20 @@ pub fn desired_of(
         .collect();
     let mut d = Desired::of(groups.iter());
     d.exports = exports::desired(shared.iter().chain(private.iter()), name, portal);
+    d.nvmf = exports::desired_nvmf(shared.iter().chain(private.iter()), name, &nvmf_nodes);
+    d.nvmf_node = exports::NvmfNode::of(file, name).unwrap_or_default();
     d
 }
 
 /// The local check of a change beyond the disks: an export this node would serve
-/// needs a portal it can listen on; a change that takes volumes away from hosts is
-/// refused while a host session on this node uses one. `group`: the change's disk
+/// needs a portal it can listen on (`portals`: this node's iSCSI portal and NVMe/TCP
+/// listener); a change that takes volumes away from hosts is refused while a host
+/// session or NVMe-oF controller on this node uses one. `group`: the change's disk
 /// group as it is now.
 pub fn check_export(
     k: &KernelClient,
     name: &str,
-    portal: &str,
+    portals: (&str, &str),
     group: Option<&DiskGroupConfig>,
     change: &Change,
 ) -> Result<(), RequestError> {
@@ -716,7 +742,9 @@ pub fn check_export(
     if !exports::serves(export, name) {
         return Ok(());
     }
-    let portal = exports::portal_of(export, portal);
-    exports::check(k, portal)
-        .map_err(|e| RequestError::new(ErrorKind::Refused, name, format!("node {name}: {e}")))
+    let checked = match export.protocol {
+        ExportProtocol::Iscsi => exports::check(k, exports::portal_of(export, portals.0)),
+        ExportProtocol::Nvmf => exports::check_nvmf(k, portals.1),
+    };
+    checked.map_err(|e| RequestError::new(ErrorKind::Refused, name, format!("node {name}: {e}")))
 }

@@ -10,14 +10,26 @@
 //!
 //! The targets plexd manages carry the alias [`ALIAS_PREFIX`]`DG.VOL`; targets from
 //! the target's own config file are never touched.
+//!
+//! NVMe-oF exports (`plexctl export nvmf`) are the same idea on the target's NVMe/TCP
+//! frontend: one NVM subsystem per export (model number [`NVMF_MODEL`], which marks
+//! the subsystems plexd manages), the volume as namespace 1 with an identity derived
+//! from the disk group id and the volume name (so every node presents one NGUID,
+//! EUI-64 and UUID), on the node's own listener (`nvmf_portal` in the cluster file).
+//! Each node is one ANA group and hands out its own controller id range
+//! ([`NvmfNode`], from its index in the cluster file); the discovery log of each node
+//! lists the listeners of every node serving the subsystem. The ANA state of the
+//! node's group follows the view ([`ana_of`]).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use plexd_target::api::KernelClient;
 use plexd_target::frontend::iscsi::{LunConfig, TargetNodeConfig};
+use plexd_target::frontend::nvmf::{AnaState, NamespaceConfig, SubsystemConfig};
 use plexd_target::frontend::scsi::alua::{Alua, AluaState, PortGroup};
 
+use super::config::{ClusterFile, MAX_NODES};
 use super::kernel::volume_bdev;
 use crate::core::{ErrorKind, RequestError};
 use crate::objects::{Change, DiskGroupConfig, Export, ExportProtocol};
@@ -99,6 +111,13 @@ pub fn default_iqn(cluster: &str, dg: &str, volume: &str) -> String {
         clean(dg),
         clean(volume)
     )
+}
+
+/// The default subsystem NQN of volume `volume` of `dg` in the cluster with id
+/// `cluster_id`: `nqn.2026-11.io.plexd:<cluster id>.<dg>.<volume>`, lowercased, other
+/// characters as '-'.
+pub fn default_nqn(cluster_id: &str, dg: &str, volume: &str) -> String {
+    default_iqn(cluster_id, dg, volume).replacen("iqn.", "nqn.", 1)
 }
 
 fn target_of(iqn: &str, spec: &ExportSpec) -> TargetNodeConfig {
@@ -282,6 +301,220 @@ pub fn add_missing(k: &KernelClient, desired: &BTreeMap<String, ExportSpec>) -> 
     errors
 }
 
+/// Model number of the NVM subsystems plexd manages (subsystems from the target's
+/// own config file, with another model, are never touched).
+pub const NVMF_MODEL: &str = "plexd cluster volume";
+
+/// Controller ids each node hands out: node index i gets
+/// `1 + i * CNTLID_SPAN ..= (i + 1) * CNTLID_SPAN`, all within 1..=0xFFEF.
+pub const CNTLID_SPAN: u16 = (0xFFEF / MAX_NODES) as u16;
+
+/// A node's NVMe-oF frontend settings, the same for all its subsystems.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NvmfNode {
+    /// Its listener (`nvmf_portal`).
+    pub listener: String,
+    /// Controller ids it hands out (min, max): disjoint between nodes.
+    pub cntlid_range: (u16, u16),
+    /// Its ANA group: its index in the cluster file's id order, plus one.
+    pub ana_group: u32,
+}
+
+impl NvmfNode {
+    /// Node `name`'s settings from the cluster file (None for a node not in it).
+    /// The index is the node's position in id order, which every node agrees on
+    /// (the cluster handshake compares the node lists).
+    pub fn of(file: &ClusterFile, name: &str) -> Option<NvmfNode> {
+        let mut nodes: Vec<_> = file.nodes.iter().collect();
+        nodes.sort_by_key(|n| n.id);
+        let index = nodes.iter().position(|n| n.name == name)?;
+        let i = u16::try_from(index)
+            .ok()
+            .filter(|&i| usize::from(i) < MAX_NODES)?;
+        Some(NvmfNode {
+            listener: nodes[index].nvmf_portal().to_string(),
+            cntlid_range: (1 + i * CNTLID_SPAN, (i + 1) * CNTLID_SPAN),
+            ana_group: u32::from(i) + 1,
+        })
+    }
+}
+
+/// One NVM subsystem this node serves (an `nvmf` export).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NvmfSpec {
+    /// The volume bdev (`DG.VOL`), namespace 1.
+    pub bdev: String,
+    /// The namespace identity (same on every node).
+    pub identity: String,
+    /// Host NQNs allowed; empty = any host.
+    pub hosts: Vec<String>,
+    /// The listeners of the other nodes serving it (for the discovery log).
+    pub peers: Vec<String>,
+}
+
+/// The NVM subsystems node `node` serves for `groups`, by NQN. `nodes`: every
+/// node of the cluster file as (name, nvmf_portal).
+pub fn desired_nvmf<'a>(
+    groups: impl IntoIterator<Item = &'a DiskGroupConfig>,
+    node: &str,
+    nodes: &[(String, String)],
+) -> BTreeMap<String, NvmfSpec> {
+    let mut out = BTreeMap::new();
+    for g in groups {
+        for v in &g.volumes {
+            for e in v
+                .exports
+                .iter()
+                .filter(|e| e.protocol == ExportProtocol::Nvmf && serves(e, node))
+            {
+                let peers = nodes
+                    .iter()
+                    .filter(|(name, _)| name != node && serves(e, name))
+                    .map(|(_, portal)| portal.clone())
+                    .collect();
+                out.insert(
+                    e.iqn.clone(),
+                    NvmfSpec {
+                        bdev: volume_bdev(&g.name, &v.name),
+                        identity: format!("{}.{}", g.id, v.name),
+                        hosts: e.hosts.clone(),
+                        peers,
+                    },
+                );
+            }
+        }
+    }
+    out
+}
+
+/// The subsystem the data plane gets for `spec`.
+pub fn subsystem_of(nqn: &str, spec: &NvmfSpec) -> SubsystemConfig {
+    SubsystemConfig {
+        nqn: nqn.to_string(),
+        serial: None,
+        model: Some(NVMF_MODEL.to_string()),
+        hosts: spec.hosts.clone(),
+        allow_any: spec.hosts.is_empty(),
+        namespaces: vec![NamespaceConfig {
+            nsid: 1,
+            bdev: spec.bdev.clone(),
+            identity: Some(spec.identity.clone()),
+            read_only: false,
+        }],
+        peer_listeners: spec.peers.clone(),
+    }
+}
+
+fn managed_nvmf(s: &SubsystemConfig) -> bool {
+    s.model.as_deref() == Some(NVMF_MODEL)
+}
+
+/// Removes the managed subsystems that `desired` does not hold as they are (before
+/// the volumes they map are deleted). Returns the errors, each naming the subsystem.
+pub fn remove_stale_nvmf(k: &KernelClient, desired: &BTreeMap<String, NvmfSpec>) -> Vec<String> {
+    let subs = match k.nvmf_subsystems() {
+        Ok((s, _)) => s,
+        Err(e) => return vec![format!("nvmf subsystems: {e}")],
+    };
+    let mut errors = Vec::new();
+    for s in subs.iter().filter(|s| managed_nvmf(s)) {
+        let keep = desired
+            .get(&s.nqn)
+            .is_some_and(|spec| subsystem_of(&s.nqn, spec) == *s);
+        if !keep {
+            match k.nvmf_remove_subsystem(&s.nqn) {
+                Ok(()) => log::info!("data plane: nvmf subsystem {} removed", s.nqn),
+                Err(e) => errors.push(format!("nvmf subsystem {}: remove: {e}", s.nqn)),
+            }
+        }
+    }
+    errors
+}
+
+/// Starts the NVMe-oF frontend with this node's settings, listens on its listener
+/// and creates the subsystems of `desired` the target lacks. Returns the errors,
+/// each naming the subsystem, listener or frontend.
+pub fn add_missing_nvmf(
+    k: &KernelClient,
+    node: &NvmfNode,
+    desired: &BTreeMap<String, NvmfSpec>,
+) -> Vec<String> {
+    if desired.is_empty() {
+        return Vec::new();
+    }
+    if let Err(e) = k.nvmf_start(node.cntlid_range, node.ana_group) {
+        return vec![format!("nvmf frontend: {e}")];
+    }
+    let (existing, listeners) = match k.nvmf_subsystems() {
+        Ok(x) => x,
+        Err(e) => return vec![format!("nvmf subsystems: {e}")],
+    };
+    match node.listener.parse::<SocketAddr>() {
+        Ok(addr) if listeners.contains(&addr) => {}
+        Ok(_) => match k.nvmf_add_listener(&node.listener) {
+            Ok(bound) => log::info!("data plane: nvmf listener {bound} listening"),
+            Err(e) => return vec![format!("nvmf listener {}: {e}", node.listener)],
+        },
+        Err(e) => return vec![format!("nvmf listener {:?}: {e}", node.listener)],
+    }
+    let mut errors = Vec::new();
+    for (nqn, spec) in desired {
+        if existing.iter().any(|s| s.nqn == *nqn) {
+            continue;
+        }
+        match k.nvmf_add_subsystem(&subsystem_of(nqn, spec)) {
+            Ok(()) => log::info!(
+                "data plane: nvmf subsystem {nqn} exports {} on {}",
+                spec.bdev,
+                node.listener
+            ),
+            Err(e) => errors.push(format!("nvmf subsystem {nqn}: {e}")),
+        }
+    }
+    errors
+}
+
+/// The ANA state of this node's group: optimized on the master, non-optimized on
+/// the other members of the view, inaccessible outside any view (no quorum, or
+/// left the cluster). One state for every subsystem of the node (one group per
+/// node): when the master serves none of an export, all its paths are
+/// non-optimized, which hosts use as well.
+pub fn ana_of(me: u32, view: Option<(u32, &[u32])>) -> AnaState {
+    match view {
+        Some((master, _)) if master == me => AnaState::Optimized,
+        Some((_, members)) if members.contains(&me) => AnaState::NonOptimized,
+        _ => AnaState::Inaccessible,
+    }
+}
+
+/// Sets this node's ANA state when it differs. Returns the errors.
+pub fn sync_ana(k: &KernelClient, state: AnaState) -> Vec<String> {
+    match k.nvmf_set_ana(state) {
+        Ok(group) => {
+            log::debug!("data plane: nvmf ANA group {group} {state:?}");
+            Vec::new()
+        }
+        Err(e) => vec![format!("nvmf ANA state {state:?}: {e}")],
+    }
+}
+
+/// The slave check of an NVMe-oF export: this node can listen on its `nvmf_portal`
+/// (it listens there already, or can bind it).
+pub fn check_nvmf(k: &KernelClient, listener: &str) -> Result<(), String> {
+    let addr: SocketAddr = listener
+        .parse()
+        .map_err(|e| format!("nvmf_portal {listener:?}: {e} (want address:port)"))?;
+    if k.nvmf_subsystems()
+        .map(|(_, l)| l.contains(&addr))
+        .unwrap_or(false)
+    {
+        return Ok(());
+    }
+    std::net::TcpListener::bind(addr)
+        .map(drop)
+        .map_err(|e| format!("nvmf_portal {listener}: cannot listen: {e}"))
+}
+
 /// The slave check of an export: this node can serve it (its portal is one its
 /// target listens on already, or one it can bind).
 pub fn check(k: &KernelClient, portal: &str) -> Result<(), String> {
@@ -312,9 +545,10 @@ pub fn volumes_taken_away(change: &Change, g: &DiskGroupConfig) -> Vec<(String, 
 }
 
 /// The local check of a change that takes volumes away from hosts: refused while an
-/// iSCSI session on this node's data plane is logged in to a target that maps one of
-/// `volumes` (`(bdev, volume)`), whatever `--force` says. The error names the disk
-/// group, the volume, the node, the initiator and what to do.
+/// iSCSI session on this node's data plane is logged in to a target, or an NVMe/TCP
+/// host is connected to a subsystem, that maps one of `volumes` (`(bdev, volume)`),
+/// whatever `--force` says. The error names the disk group, the volume, the node,
+/// the host and what to do.
 pub fn check_no_sessions(
     k: &KernelClient,
     node: &str,
@@ -324,6 +558,23 @@ pub fn check_no_sessions(
     if volumes.is_empty() {
         return Ok(());
     }
+    check_no_iscsi_sessions(k, node, dg, volumes)?;
+    check_no_nvmf_hosts(k, node, dg, volumes)
+}
+
+fn volume_of<'a>(volumes: &'a [(String, String)], bdev: &str) -> Option<&'a str> {
+    volumes
+        .iter()
+        .find(|(b, _)| b == bdev)
+        .map(|(_, v)| v.as_str())
+}
+
+fn check_no_iscsi_sessions(
+    k: &KernelClient,
+    node: &str,
+    dg: &str,
+    volumes: &[(String, String)],
+) -> Result<(), RequestError> {
     let failed = |e: String| RequestError::new(ErrorKind::Failed, node, e);
     let targets = k
         .iscsi_targets()
@@ -331,12 +582,7 @@ pub fn check_no_sessions(
     let mapping: Vec<(&str, &str)> = targets
         .iter()
         .filter_map(|t| {
-            let volume = t.luns.iter().find_map(|l| {
-                volumes
-                    .iter()
-                    .find(|(bdev, _)| *bdev == l.bdev)
-                    .map(|(_, v)| v.as_str())
-            })?;
+            let volume = t.luns.iter().find_map(|l| volume_of(volumes, &l.bdev))?;
             Some((t.iqn.as_str(), volume))
         })
         .collect();
@@ -370,6 +616,58 @@ pub fn check_no_sessions(
     )))
 }
 
+fn check_no_nvmf_hosts(
+    k: &KernelClient,
+    node: &str,
+    dg: &str,
+    volumes: &[(String, String)],
+) -> Result<(), RequestError> {
+    let failed = |e: String| RequestError::new(ErrorKind::Failed, node, e);
+    let (subs, _) = k.nvmf_subsystems().map_err(|e| {
+        failed(format!(
+            "node {node}: disk group {dg}: cannot list NVMe-oF subsystems to check for connected hosts: {e}"
+        ))
+    })?;
+    let mapping: Vec<(&str, &str)> = subs
+        .iter()
+        .filter_map(|s| {
+            let volume = s
+                .namespaces
+                .iter()
+                .find_map(|n| volume_of(volumes, &n.bdev))?;
+            Some((s.nqn.as_str(), volume))
+        })
+        .collect();
+    if mapping.is_empty() {
+        return Ok(());
+    }
+    let ctrls = k.nvmf_controllers().map_err(|e| {
+        failed(format!(
+            "node {node}: disk group {dg}: cannot list NVMe-oF controllers: {e}"
+        ))
+    })?;
+    let busy: Vec<_> = ctrls
+        .iter()
+        .filter_map(|c| {
+            mapping
+                .iter()
+                .find(|(nqn, _)| *nqn == c.subnqn)
+                .map(|(nqn, vol)| (c, *nqn, *vol))
+        })
+        .collect();
+    let Some((c, nqn, volume)) = busy.first() else {
+        return Ok(());
+    };
+    let more = match busy.len() {
+        1 => String::new(),
+        n => format!(" ({} more controllers)", n - 1),
+    };
+    Err(RequestError::new(ErrorKind::InUse, node, format!(
+        "node {node}: disk group {dg}: volume {volume} is in use: host {} ({}) is connected to {nqn} on this node (controller {}){more}; disconnect the host (nvme disconnect -n {nqn}) and retry",
+        c.hostnqn, c.peer, c.cntlid
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -393,6 +691,7 @@ mod tests {
                     iqn: default_iqn("Test_1", "dg1", "vol1"),
                     nodes: nodes.iter().map(|n| n.to_string()).collect(),
                     portal: portal.into(),
+                    hosts: Vec::new(),
                 },
             })
             .unwrap();
@@ -405,6 +704,7 @@ mod tests {
             iqn: default_iqn("c", "dg1", "vol1"),
             nodes: nodes.iter().map(|n| n.to_string()).collect(),
             portal: String::new(),
+            hosts: Vec::new(),
         }
     }
 
@@ -484,5 +784,97 @@ mod tests {
             iqn: "iqn.2026-11.io.plexd:static".into(),
             ..TargetNodeConfig::default()
         }));
+    }
+
+    #[test]
+    fn nvmf_exports_share_one_identity_and_list_the_other_nodes_listeners() {
+        let c = cluster(&[("disk01", 1 << 30)])
+            .apply(&Change::VolCreate {
+                dg: "dg1".into(),
+                volume: "vol1".into(),
+                size_bytes: 16 << 20,
+                layout: VolumeLayout::Concat,
+            })
+            .unwrap();
+        let nqn = default_nqn("Test-ID", "dg1", "vol1");
+        assert_eq!(nqn, "nqn.2026-11.io.plexd:test-id.dg1.vol1");
+        let export = |nodes: &[&str]| Change::VolExport {
+            dg: "dg1".into(),
+            volume: "vol1".into(),
+            export: Export {
+                protocol: ExportProtocol::Nvmf,
+                iqn: nqn.clone(),
+                nodes: nodes.iter().map(|n| n.to_string()).collect(),
+                portal: String::new(),
+                hosts: vec!["nqn.2014-08.org.nvmexpress:uuid:1".into()],
+            },
+        };
+        let nodes: Vec<(String, String)> = ["a", "b", "c"]
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.to_string(), format!("127.0.0.1:{}", 4420 + i)))
+            .collect();
+        let all = c.apply(&export(&[])).unwrap().disk_groups;
+        let a = desired_nvmf(&all, "a", &nodes);
+        let b = desired_nvmf(&all, "b", &nodes);
+        assert_eq!(a[&nqn].bdev, "dg1.vol1");
+        assert_eq!(a[&nqn].identity, b[&nqn].identity, "one namespace identity");
+        assert_eq!(a[&nqn].peers, ["127.0.0.1:4421", "127.0.0.1:4422"]);
+        assert_eq!(b[&nqn].peers, ["127.0.0.1:4420", "127.0.0.1:4422"]);
+        assert!(desired(&all, "a", "127.0.0.1:3260").is_empty(), "no iSCSI");
+        let sub = subsystem_of(&nqn, &a[&nqn]);
+        assert!(managed_nvmf(&sub) && !sub.allow_any);
+        assert_eq!(
+            sub.namespaces[0].identity.as_deref(),
+            Some(a[&nqn].identity.as_str())
+        );
+        let bc = c.apply(&export(&["b", "c"])).unwrap().disk_groups;
+        assert!(desired_nvmf(&bc, "a", &nodes).is_empty());
+        assert_eq!(
+            desired_nvmf(&bc, "c", &nodes)[&nqn].peers,
+            ["127.0.0.1:4421"]
+        );
+    }
+
+    #[test]
+    fn nvmf_nodes_get_disjoint_controller_ids_and_their_own_ana_group() {
+        let mut text = String::from("[cluster]\nname='c'\nid='i'\ndisk_paths=['/d/*']\n");
+        // Ids out of file order: the index follows the ids.
+        for id in [7, 2, 64, 3] {
+            text.push_str(&format!(
+                "[[nodes]]\nid={id}\nname='n{id}'\naddress='127.0.0.1:{}'\ntarget_socket='/s{id}'\nnvmf_portal='127.0.0.1:{}'\n",
+                7000 + id,
+                5000 + id
+            ));
+        }
+        let f = ClusterFile::parse(&text).unwrap();
+        let all: Vec<NvmfNode> = ["n2", "n3", "n7", "n64"]
+            .iter()
+            .map(|n| NvmfNode::of(&f, n).unwrap())
+            .collect();
+        assert_eq!(
+            all.iter().map(|n| n.ana_group).collect::<Vec<_>>(),
+            [1, 2, 3, 4]
+        );
+        assert_eq!(all[0].listener, "127.0.0.1:5002");
+        for (i, n) in all.iter().enumerate() {
+            let (lo, hi) = n.cntlid_range;
+            assert!(lo >= 1 && lo <= hi && hi <= 0xFFEF, "{:?}", n.cntlid_range);
+            for m in &all[i + 1..] {
+                assert!(hi < m.cntlid_range.0, "ranges overlap: {all:?}");
+            }
+        }
+        // The 64th node still fits below the reserved ids.
+        assert!(usize::from(CNTLID_SPAN) * MAX_NODES <= 0xFFEF);
+        assert!(NvmfNode::of(&f, "nosuch").is_none());
+    }
+
+    #[test]
+    fn ana_follows_the_view() {
+        let members: &[u32] = &[1, 2];
+        assert_eq!(ana_of(1, Some((1, members))), AnaState::Optimized);
+        assert_eq!(ana_of(2, Some((1, members))), AnaState::NonOptimized);
+        assert_eq!(ana_of(3, Some((1, members))), AnaState::Inaccessible);
+        assert_eq!(ana_of(2, None), AnaState::Inaccessible);
     }
 }

@@ -128,6 +128,10 @@ pub struct Desired {
     /// Persistent reservations of the shared volumes, by volume bdev name (empty
     /// states left out).
     pub reservations: BTreeMap<String, PrState>,
+    /// NVM subsystems this node serves, by NQN.
+    pub nvmf: BTreeMap<String, super::exports::NvmfSpec>,
+    /// This node's NVMe-oF frontend settings (used when `nvmf` is not empty).
+    pub nvmf_node: super::exports::NvmfNode,
 }
 
 impl Desired {
@@ -423,6 +427,9 @@ impl Kernel {
             .before
             .as_ref()
             .is_some_and(|k| k.exports == staged.desired.exports);
+        let nvmf_same = staged.before.as_ref().is_some_and(|k| {
+            k.nvmf == staged.desired.nvmf && k.nvmf_node == staged.desired.nvmf_node
+        });
         let disks_same = staged
             .before
             .as_ref()
@@ -452,6 +459,12 @@ impl Kernel {
                 &staged.desired.exports,
             ));
         }
+        if staged.prune && !nvmf_same {
+            errors.extend(super::exports::remove_stale_nvmf(
+                &self.client,
+                &staged.desired.nvmf,
+            ));
+        }
         for v in &staged.delete {
             if let Err(e) = self.client.delete_volume(v) {
                 errors.push(format!("volume {v}: delete: {e}"));
@@ -466,6 +479,13 @@ impl Kernel {
             errors.extend(super::exports::add_missing(
                 &self.client,
                 &staged.desired.exports,
+            ));
+        }
+        if !nvmf_same {
+            errors.extend(super::exports::add_missing_nvmf(
+                &self.client,
+                &staged.desired.nvmf_node,
+                &staged.desired.nvmf,
             ));
         }
         if staged.prune && !disks_same {

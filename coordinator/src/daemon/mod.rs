@@ -272,13 +272,7 @@ pub fn run(opts: Options) -> Result<(), String> {
     }
     // Private groups come back at once; shared volumes the target still serves are
     // left alone until the cluster configuration is loaded (no I/O interruption).
-    let at_start = driver::desired_of(
-        &files,
-        &me.name,
-        me.iscsi_portal(),
-        &[],
-        &private.disk_groups,
-    );
+    let at_start = driver::desired_of(&files, &file, &me.name, &[], &private.disk_groups);
     if let Err(e) = kernel.prepare(at_start, false) {
         log::error!("node {}: cannot load the private disk groups: {e}", me.name);
         kernel.abort();
@@ -352,6 +346,7 @@ pub fn run(opts: Options) -> Result<(), String> {
         kernel_epoch: 0,
         kernel_lost: None,
         alua_sent: BTreeMap::new(),
+        ana_sent: None,
         alua_basis: None,
         reconnecting: false,
         early_lost: None,
@@ -584,6 +579,9 @@ struct Daemon {
     /// The ALUA views last handed to the driver for this node's shared exports, by
     /// IQN (cleared when the data plane is reconnected, so they are sent again).
     alua_sent: BTreeMap<String, plexd_target::frontend::scsi::alua::Alua>,
+    /// The NVMe-oF ANA state last handed to the driver (None: none sent, or this
+    /// node serves no NVMe-oF export); cleared with `alua_sent`.
+    ana_sent: Option<plexd_target::frontend::nvmf::AnaState>,
     /// (view id, master, configuration transaction) the ALUA views were last
     /// computed for: they depend on nothing else, so other events skip the work.
     alua_basis: Option<(u64, NodeId, TxnId)>,
@@ -888,6 +886,7 @@ impl Daemon {
             Vec::new()
         };
         self.alua_sent.clear();
+        self.ana_sent = None;
         self.alua_basis = None;
         let job = Job::Reconnect {
             epoch: self.kernel_epoch + 1,
@@ -1082,8 +1081,9 @@ impl Daemon {
 
     /// Hands the driver the ALUA views of this node's shared exports when the view
     /// or the exports changed ([`exports::alua_of`]: the master optimized, other
-    /// members non-optimized, nodes outside the view unavailable). The job runs after
-    /// the ones that created the targets.
+    /// members non-optimized, nodes outside the view unavailable), and the ANA state
+    /// of its NVMe-oF group when it serves an NVMe-oF export ([`exports::ana_of`]).
+    /// The job runs after the ones that created the targets and subsystems.
     fn sync_alua(&mut self) {
         if self.kernel_lost.is_some() || self.reconnecting {
             return;
@@ -1111,22 +1111,26 @@ impl Daemon {
             view,
         };
         let mut want = BTreeMap::new();
+        let mut nvmf = false;
         for g in &self.node.config().groups {
             for v in &g.volumes {
-                for e in v
-                    .exports
-                    .iter()
-                    .filter(|e| e.protocol == objects::ExportProtocol::Iscsi)
-                {
-                    if let Some(a) = exports::alua_of(e, &av) {
-                        want.insert(e.iqn.clone(), a);
+                for e in &v.exports {
+                    match e.protocol {
+                        objects::ExportProtocol::Iscsi => {
+                            if let Some(a) = exports::alua_of(e, &av) {
+                                want.insert(e.iqn.clone(), a);
+                            }
+                        }
+                        objects::ExportProtocol::Nvmf => nvmf |= exports::serves(e, &self.name),
                     }
                 }
             }
         }
-        if want != self.alua_sent {
+        let ana = nvmf.then(|| exports::ana_of(self.me, view));
+        if want != self.alua_sent || ana != self.ana_sent {
             self.alua_sent = want.clone();
-            self.submit(Job::SyncAlua { alua: want });
+            self.ana_sent = ana;
+            self.submit(Job::SyncAlua { alua: want, ana });
         }
     }
 
@@ -1659,13 +1663,8 @@ impl Daemon {
 
     /// The protocol of `plexctl export PROTOCOL`.
     fn export_protocol(&self, name: &str) -> Result<objects::ExportProtocol, String> {
-        match name {
-            "nvmf" => Err(self.err(
-                "export over nvmf: this build has no NVMe-oF/TCP frontend yet (iscsi is available)",
-            )),
-            _ => objects::ExportProtocol::parse(name)
-                .ok_or_else(|| self.err(format!("export protocol {name:?} is unknown (iscsi)"))),
-        }
+        objects::ExportProtocol::parse(name)
+            .ok_or_else(|| self.err(format!("export protocol {name:?} is unknown (iscsi, nvmf)")))
     }
 
     /// Turns a plexctl command into a change: disks by media name, defaults.
@@ -1850,10 +1849,22 @@ impl Daemon {
                 iqn,
                 nodes,
                 portal,
+                hosts,
             } => {
                 let protocol = self
                     .export_protocol(&protocol)
                     .map_err(|e| self.refused(e))?;
+                let nvmf = protocol == objects::ExportProtocol::Nvmf;
+                if nvmf && !portal.is_empty() {
+                    return Err(self.refuse(format!(
+                        "export of volume {volume}: --portal is for iscsi; an NVMe-oF export is served on each node's nvmf_portal (cluster file)"
+                    )));
+                }
+                if !nvmf && !hosts.is_empty() {
+                    return Err(self.refuse(format!(
+                        "export of volume {volume}: --host is for nvmf (iSCSI exports take no host NQNs)"
+                    )));
+                }
                 let private = self.private.disk_group(&dg).is_some();
                 // "." is the node plexctl talks to: this one.
                 let nodes: Vec<String> = nodes
@@ -1890,10 +1901,10 @@ impl Daemon {
                         )));
                     }
                 }
-                let iqn = if iqn.is_empty() {
-                    exports::default_iqn(&self.file.cluster.name, &dg, &volume)
-                } else {
-                    iqn
+                let iqn = match (iqn.is_empty(), nvmf) {
+                    (false, _) => iqn,
+                    (true, false) => exports::default_iqn(&self.file.cluster.name, &dg, &volume),
+                    (true, true) => exports::default_nqn(&self.file.cluster.id, &dg, &volume),
                 };
                 Change::VolExport {
                     dg,
@@ -1903,6 +1914,7 @@ impl Daemon {
                         iqn,
                         nodes,
                         portal,
+                        hosts,
                     },
                 }
             }

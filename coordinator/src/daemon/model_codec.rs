@@ -494,6 +494,7 @@ mod tests {
                 iqn: "iqn.2026-11.io.plexd:c1.dg1.v1".into(),
                 nodes: vec!["a".into(), "b".into()],
                 portal: "127.0.0.1:3260".into(),
+                hosts: Vec::new(),
             },
         }
     }
@@ -606,6 +607,17 @@ mod tests {
                 dg: dg(),
                 volume: "v1".into(),
                 protocol: ExportProtocol::Iscsi,
+            },
+            Change::VolExport {
+                dg: dg(),
+                volume: "v1".into(),
+                export: Export {
+                    protocol: ExportProtocol::Nvmf,
+                    iqn: "nqn.2026-11.io.plexd:c1.dg1.v1".into(),
+                    nodes: Vec::new(),
+                    portal: String::new(),
+                    hosts: vec!["nqn.2014-08.org.nvmexpress:uuid:h1".into()],
+                },
             },
             Change::VolPrOut {
                 dg: dg(),

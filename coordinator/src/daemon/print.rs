@@ -101,6 +101,7 @@ mod tests {
                     iqn: "iqn.2026-11.io.plexd:test.dg1.vol1".into(),
                     nodes: vec!["a".into(), "b".into()],
                     portal: "127.0.0.1:3260".into(),
+                    hosts: Vec::new(),
                 },
             },
             Change::VolExport {
@@ -111,6 +112,7 @@ mod tests {
                     iqn: "iqn.2026-11.io.plexd:test.dg1.vol2".into(),
                     nodes: Vec::new(),
                     portal: String::new(),
+                    hosts: Vec::new(),
                 },
             },
         ] {

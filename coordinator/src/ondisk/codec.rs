@@ -92,9 +92,17 @@ pub fn write_export(e: &Export, mut eb: wire::export::Builder<'_>) {
     eb.set_protocol(e.protocol.as_str());
     eb.set_iqn(e.iqn.as_str());
     eb.set_portal(e.portal.as_str());
-    let mut nodes = eb.init_nodes(len_u32(e.nodes.len()));
-    for (j, n) in (0..).zip(&e.nodes) {
-        nodes.set(j, n.as_str());
+    {
+        let mut nodes = eb.reborrow().init_nodes(len_u32(e.nodes.len()));
+        for (j, n) in (0..).zip(&e.nodes) {
+            nodes.set(j, n.as_str());
+        }
+    }
+    if !e.hosts.is_empty() {
+        let mut hosts = eb.init_hosts(len_u32(e.hosts.len()));
+        for (j, h) in (0..).zip(&e.hosts) {
+            hosts.set(j, h.as_str());
+        }
     }
 }
 
@@ -105,11 +113,16 @@ pub fn read_export(e: wire::export::Reader<'_>) -> capnp::Result<Export> {
     for n in e.get_nodes()? {
         nodes.push(text(n)?);
     }
+    let mut hosts = Vec::new();
+    for h in e.get_hosts()? {
+        hosts.push(text(h)?);
+    }
     Ok(Export {
         protocol,
         iqn: text(e.get_iqn())?,
         nodes,
         portal: text(e.get_portal())?,
+        hosts,
     })
 }
 
@@ -417,6 +430,20 @@ mod tests {
                     iqn: "iqn.2026-11.io.plexd:test.dg1.vol1".into(),
                     nodes: vec!["a".into(), "b".into()],
                     portal: "127.0.0.1:3260".into(),
+                    hosts: Vec::new(),
+                },
+            })
+            .unwrap();
+        let c = c
+            .apply(&Change::VolExport {
+                dg: "dg1".into(),
+                volume: "vol1".into(),
+                export: Export {
+                    protocol: ExportProtocol::Nvmf,
+                    iqn: "nqn.2026-11.io.plexd:test.dg1.vol1".into(),
+                    nodes: Vec::new(),
+                    portal: String::new(),
+                    hosts: vec!["nqn.2014-08.org.nvmexpress:uuid:1".into()],
                 },
             })
             .unwrap();

@@ -975,6 +975,23 @@ impl KernelClient {
         })
     }
 
+    /// Starts the NVMe-oF frontend with controller ids `cntlid_range` (min, max)
+    /// and ANA group `ana_group` if none runs; `invalid` when one runs with other
+    /// settings.
+    pub fn nvmf_start(&self, cntlid_range: (u16, u16), ana_group: u32) -> Result<(), ClientError> {
+        self.call("nvmfStart", self.call_timeout, move |kc, path| {
+            Box::pin(async move {
+                let mut rq = kc.nvmf_start_request();
+                rq.get().set_cntlid_min(cntlid_range.0);
+                rq.get().set_cntlid_max(cntlid_range.1);
+                rq.get().set_ana_group(ana_group);
+                let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
+                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
+                check(&path, r.has_error(), || read_error(r.get_error()?))
+            })
+        })
+    }
+
     /// The exported subsystems and the listeners (empty when no frontend runs).
     pub fn nvmf_subsystems(&self) -> Result<(Vec<SubsystemConfig>, Vec<SocketAddr>), ClientError> {
         self.call("nvmfSubsystems", self.call_timeout, |kc, path| {

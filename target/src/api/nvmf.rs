@@ -105,6 +105,50 @@ impl KernelService {
         }
     }
 
+    /// Starts the frontend with controller ids `cntlid_range` and ANA group
+    /// `ana_group` if none runs; a running one must have these settings (they are
+    /// fixed while it runs).
+    pub fn nvmf_start(
+        &self,
+        cntlid_range: (u16, u16),
+        ana_group: u32,
+    ) -> std::result::Result<(), ApiError> {
+        let mut slot = self.nvmf_slot();
+        if let Some(fe) = slot.fe.as_ref() {
+            let (have_range, have_group) = (fe.cntlid_range(), fe.ana().0);
+            if (have_range, have_group) == (cntlid_range, ana_group) {
+                return Ok(());
+            }
+            return Err(ApiError {
+                code: ErrorCode::Invalid,
+                object: FRONTEND.into(),
+                reason: format!(
+                    "runs with controller ids {}..={} and ANA group {have_group}, not {}..={} and {ana_group}; these are fixed while it runs (restart plexd-target, or change its [nvmf] section)",
+                    have_range.0, have_range.1, cntlid_range.0, cntlid_range.1
+                ),
+            });
+        }
+        if slot.stopped {
+            return Err(ApiError {
+                code: ErrorCode::Invalid,
+                object: FRONTEND.into(),
+                reason: "the target is stopping".into(),
+            });
+        }
+        let cfg = NvmfConfig {
+            cntlid_range: Some(cntlid_range),
+            ana_group: Some(ana_group),
+            ..NvmfConfig::default()
+        };
+        slot.fe = Some(NvmfFrontend::new(self.target(), &cfg)?);
+        log::info!(
+            "nvmf: frontend started by the kernel interface (controller ids {}..={}, ANA group {ana_group})",
+            cntlid_range.0,
+            cntlid_range.1
+        );
+        Ok(())
+    }
+
     /// Listens on `addr` (port 0 picks one), starting the frontend if none runs.
     pub fn nvmf_add_listener(&self, addr: &str) -> std::result::Result<SocketAddr, ApiError> {
         self.with_nvmf(true, not_running, |fe| Ok(fe.add_listener(addr)?))
@@ -217,6 +261,14 @@ pub(crate) fn set_subsystem(mut b: k::nvmf_subsystem::Builder<'_>, s: &Subsystem
             h.set(i as u32, x.as_str());
         }
     }
+    {
+        let mut p = b
+            .reborrow()
+            .init_peer_listeners(s.peer_listeners.len() as u32);
+        for (i, x) in s.peer_listeners.iter().enumerate() {
+            p.set(i as u32, x.as_str());
+        }
+    }
     let mut l = b.init_namespaces(s.namespaces.len() as u32);
     for (i, n) in s.namespaces.iter().enumerate() {
         set_namespace(l.reborrow().get(i as u32), n);
@@ -230,11 +282,13 @@ fn opt(s: String) -> Option<String> {
 pub(crate) fn read_subsystem(r: k::nvmf_subsystem::Reader<'_>) -> Result<SubsystemConfig> {
     let hosts = r.get_hosts()?;
     let nss = r.get_namespaces()?;
-    if hosts.len() > MAX_LIST || nss.len() > MAX_LIST {
+    let peers = r.get_peer_listeners()?;
+    if hosts.len() > MAX_LIST || nss.len() > MAX_LIST || peers.len() > MAX_LIST {
         return Err(capnp::Error::failed(format!(
-            "nvmf subsystem: {} hosts and {} namespaces, at most {MAX_LIST} each",
+            "nvmf subsystem: {} hosts, {} namespaces and {} peer listeners, at most {MAX_LIST} each",
             hosts.len(),
-            nss.len()
+            nss.len(),
+            peers.len()
         )));
     }
     Ok(SubsystemConfig {
@@ -247,6 +301,10 @@ pub(crate) fn read_subsystem(r: k::nvmf_subsystem::Reader<'_>) -> Result<Subsyst
             .collect::<Result<Vec<_>>>()?,
         allow_any: r.get_allow_any(),
         namespaces: nss.iter().map(read_namespace).collect::<Result<Vec<_>>>()?,
+        peer_listeners: peers
+            .iter()
+            .map(|p| Ok(p?.to_string()?))
+            .collect::<Result<Vec<_>>>()?,
     })
 }
 

@@ -859,6 +859,19 @@ impl k::kernel::Server for KernelImpl {
         Ok(())
     }
 
+    async fn nvmf_start(
+        self: Rc<Self>,
+        params: k::kernel::NvmfStartParams,
+        mut results: k::kernel::NvmfStartResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get()?;
+        let (range, group) = ((p.get_cntlid_min(), p.get_cntlid_max()), p.get_ana_group());
+        if let Err(e) = blocking_api(&self.service, move |s| s.nvmf_start(range, group)).await {
+            fail_api(self.conn, "nvmfStart", &e, results.get().init_error());
+        }
+        Ok(())
+    }
+
     async fn iscsi_set_alua(
         self: Rc<Self>,
         params: k::kernel::IscsiSetAluaParams,

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::nvme::{admin_op, c_str, fctype, put16, put32, put64, put_str, Sqe, Status};
-use super::subsys::{Ctrl, Namespace, Subsystem, DISCOVERY_NQN};
+use super::subsys::{AnaState, Ctrl, Namespace, Subsystem, DISCOVERY_NQN};
 use super::{
     Shared, FW_REV, IN_CAPSULE_DATA_BYTES, MAX_AERS, MAX_ANA_GROUP, MAX_IO_QUEUES, MAX_NAMESPACES,
     MAX_QUEUE_ENTRIES, MDTS,
@@ -38,6 +38,8 @@ pub const AEC_ANA: u32 = 1 << 11;
 pub const AEC_DISC: u32 = 1 << 31;
 /// AER dword 0: namespace attribute changed (notice, info 0, log page 04h).
 pub const AEN_NS_CHANGED: u32 = 0x02 | (0x04 << 16);
+/// Log page id of the ANA log.
+pub const LID_ANA: u8 = 0x0C;
 /// AER dword 0: ANA change (notice, info 03h, log page 0Ch).
 pub const AEN_ANA_CHANGE: u32 = 0x02 | (0x03 << 8) | (0x0C << 16);
 
@@ -215,8 +217,16 @@ pub fn property_set(ctrl: &Ctrl, sqe: &Sqe) -> (AdminDone, CcChange) {
 
 /// Runs an admin command other than Connect (and other than the fabrics
 /// commands the queue pair handles itself). `held_aers` is how many AERs the
-/// queue holds now.
-pub(crate) fn execute(sh: &Shared, ctrl: &Arc<Ctrl>, sqe: &Sqe, held_aers: usize) -> AdminDone {
+/// queue holds now. `fenced`: this node must not serve the subsystem's
+/// namespaces now (the data-plane lease fenced a shared volume of it), so the ANA
+/// log reports this node's group inaccessible whatever state was set.
+pub(crate) fn execute(
+    sh: &Shared,
+    ctrl: &Arc<Ctrl>,
+    sqe: &Sqe,
+    held_aers: usize,
+    fenced: bool,
+) -> AdminDone {
     match sqe.opcode() {
         admin_op::FABRICS => match sqe.fctype() {
             fctype::PROPERTY_GET => property_get(ctrl, sqe),
@@ -228,7 +238,7 @@ pub(crate) fn execute(sh: &Shared, ctrl: &Arc<Ctrl>, sqe: &Sqe, held_aers: usize
             reply(Status::SUCCESS)
         }
         admin_op::IDENTIFY => identify(sh, ctrl, sqe),
-        admin_op::GET_LOG_PAGE => get_log_page(sh, ctrl, sqe),
+        admin_op::GET_LOG_PAGE => get_log_page(sh, ctrl, sqe, fenced),
         admin_op::SET_FEATURES => set_features(ctrl, sqe),
         admin_op::GET_FEATURES => get_features(sh, ctrl, sqe),
         admin_op::ASYNC_EVENT => {
@@ -458,7 +468,7 @@ fn get_features(sh: &Shared, ctrl: &Ctrl, sqe: &Sqe) -> AdminDone {
     }
 }
 
-fn get_log_page(sh: &Shared, ctrl: &Arc<Ctrl>, sqe: &Sqe) -> AdminDone {
+fn get_log_page(sh: &Shared, ctrl: &Arc<Ctrl>, sqe: &Sqe, fenced: bool) -> AdminDone {
     let lid = sqe.cdw(10) as u8;
     let lsp = (sqe.cdw(10) >> 8) & 0xf;
     let numd = (((sqe.cdw(11) & 0xffff) as u64) << 16 | (sqe.cdw(10) >> 16) as u64) + 1;
@@ -490,7 +500,7 @@ fn get_log_page(sh: &Shared, ctrl: &Arc<Ctrl>, sqe: &Sqe) -> AdminDone {
             }
             d
         }
-        0x0C => ana_log(sh, ctrl, lsp & 1 != 0),
+        LID_ANA => ana_log(sh, ctrl, lsp & 1 != 0, fenced),
         _ => return reply(Status::INVALID_LOG_PAGE),
     };
     // Bounded by the host's buffer (the caller truncates to the SGL) and by a
@@ -524,8 +534,9 @@ fn smart_log(ctrl: &Ctrl) -> Vec<u8> {
     d
 }
 
-/// The ANA log page: this node's one group, its state and its namespaces.
-pub(crate) fn ana_log(sh: &Shared, ctrl: &Ctrl, groups_only: bool) -> Vec<u8> {
+/// The ANA log page: this node's one group, its state (inaccessible while
+/// `fenced`) and its namespaces.
+pub(crate) fn ana_log(sh: &Shared, ctrl: &Ctrl, groups_only: bool, fenced: bool) -> Vec<u8> {
     let nsids: Vec<u32> = sh
         .subsystem(&ctrl.subnqn)
         .map(|s| s.namespaces.keys().copied().collect())
@@ -537,7 +548,11 @@ pub(crate) fn ana_log(sh: &Shared, ctrl: &Ctrl, groups_only: bool) -> Vec<u8> {
     put32(&mut d, 16, sh.ana_group);
     put32(&mut d, 20, if groups_only { 0 } else { nsids.len() as u32 });
     put64(&mut d, 24, chg);
-    d[32] = sh.ana_state().code();
+    d[32] = if fenced {
+        AnaState::Inaccessible.code()
+    } else {
+        sh.ana_state().code()
+    };
     if !groups_only {
         for n in nsids {
             d.extend_from_slice(&n.to_le_bytes());
@@ -547,39 +562,68 @@ pub(crate) fn ana_log(sh: &Shared, ctrl: &Ctrl, groups_only: bool) -> Vec<u8> {
 }
 
 /// The discovery log page: every subsystem this host may reach (the discovery
-/// subsystem itself included), through every listener of this node.
+/// subsystem itself included), through every listener of this node, then at the
+/// listeners of the other nodes that export it too (`peer_listeners`), each
+/// address once per subsystem.
 pub(crate) fn discovery_log(sh: &Shared, ctrl: &Ctrl) -> Vec<u8> {
-    let mut entries: Vec<(String, SocketAddr, u8)> = Vec::new();
+    // (NQN, address, subtype, port id)
+    let mut entries: Vec<(String, SocketAddr, u8, u16)> = Vec::new();
     let listeners = sh.listener_addrs();
     let subs = sh.subsystem_list();
-    for (i, l) in listeners.iter().enumerate() {
+    let mut local: Vec<SocketAddr> = Vec::new();
+    for l in &listeners {
         let addr = match (l.ip().is_unspecified(), ctrl.local) {
             (true, Some(local)) => SocketAddr::new(local.ip(), l.port()),
             _ => *l,
         };
-        let _ = i;
-        entries.push((DISCOVERY_NQN.to_string(), addr, 3));
-        for s in &subs {
-            if s.allows(&ctrl.hostnqn) {
-                entries.push((s.conf.nqn.clone(), addr, 2));
-            }
-        }
-    }
-    let mut d = vec![0u8; 1024 + 1024 * entries.len()];
-    put64(&mut d, 0, sh.generation());
-    put64(&mut d, 8, entries.len() as u64);
-    for (i, (nqn, addr, subtype)) in entries.iter().enumerate() {
-        let e = &mut d[1024 * (i + 1)..1024 * (i + 2)];
-        e[0] = 3; // TCP
-        e[1] = if addr.is_ipv4() { 1 } else { 2 };
-        e[2] = *subtype;
-        e[3] = 0x02; // secure channel not required
         let portid = listeners
             .iter()
             .position(|l| l.port() == addr.port())
             .unwrap_or(0) as u16
             + 1;
-        put16(e, 4, portid);
+        local.push(addr);
+        entries.push((DISCOVERY_NQN.to_string(), addr, 3, portid));
+        for s in &subs {
+            if s.allows(&ctrl.hostnqn) {
+                entries.push((s.conf.nqn.clone(), addr, 2, portid));
+            }
+        }
+    }
+    // Other nodes' ports are numbered after this node's, in order of appearance.
+    let mut peers: Vec<SocketAddr> = Vec::new();
+    for s in subs.iter().filter(|s| s.allows(&ctrl.hostnqn)) {
+        let mut listed: Vec<SocketAddr> = Vec::new();
+        for addr in s
+            .conf
+            .peer_listeners
+            .iter()
+            .filter_map(|p| p.parse::<SocketAddr>().ok())
+        {
+            if local.contains(&addr) || listed.contains(&addr) {
+                continue;
+            }
+            listed.push(addr);
+            let at = match peers.iter().position(|p| *p == addr) {
+                Some(i) => i,
+                None => {
+                    peers.push(addr);
+                    peers.len() - 1
+                }
+            };
+            let portid = (listeners.len() + 1 + at).min(0xfffe) as u16;
+            entries.push((s.conf.nqn.clone(), addr, 2, portid));
+        }
+    }
+    let mut d = vec![0u8; 1024 + 1024 * entries.len()];
+    put64(&mut d, 0, sh.generation());
+    put64(&mut d, 8, entries.len() as u64);
+    for (i, (nqn, addr, subtype, portid)) in entries.iter().enumerate() {
+        let e = &mut d[1024 * (i + 1)..1024 * (i + 2)];
+        e[0] = 3; // TCP
+        e[1] = if addr.is_ipv4() { 1 } else { 2 };
+        e[2] = *subtype;
+        e[3] = 0x02; // secure channel not required
+        put16(e, 4, *portid);
         put16(e, 6, 0xffff);
         put16(e, 8, MAX_QUEUE_ENTRIES as u16);
         put_str(&mut e[32..64], &addr.port().to_string(), b' ');

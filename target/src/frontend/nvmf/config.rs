@@ -63,6 +63,12 @@ pub struct SubsystemConfig {
     /// Namespaces.
     #[serde(default)]
     pub namespaces: Vec<NamespaceConfig>,
+    /// Listeners (`address:port`) of other nodes that export this subsystem too
+    /// (at most [`super::MAX_PEER_LISTENERS`]): the discovery log lists the
+    /// subsystem at each of them after this node's own listeners, so a host that
+    /// discovers through one node finds every path.
+    #[serde(default)]
+    pub peer_listeners: Vec<String>,
 }
 
 /// One namespace of a subsystem.

@@ -68,6 +68,9 @@ pub const MAX_ADMIN_DATA_BYTES: usize = 64 << 10;
 pub const MAX_SUBSYSTEMS: usize = 1024;
 /// Most controllers (associations) per frontend.
 pub const MAX_CONTROLLERS: usize = 4096;
+/// Most peer listeners (other nodes' addresses) one subsystem lists in the
+/// discovery log.
+pub const MAX_PEER_LISTENERS: usize = 64;
 /// Firmware revision reported.
 pub const FW_REV: &str = "plexd01";
 
@@ -111,6 +114,7 @@ pub(crate) struct Shared {
     generation: AtomicU64,
     ctrls: Mutex<BTreeMap<(String, u16), Arc<Ctrl>>>,
     cntlids: Mutex<CntlidAlloc>,
+    cntlid_range: (u16, u16),
     pub(crate) ana_group: u32,
     ana_state: AtomicU8,
     pub(crate) ana_chgcnt: AtomicU64,
@@ -226,6 +230,7 @@ impl NvmfFrontend {
             generation: AtomicU64::new(1),
             ctrls: Mutex::new(BTreeMap::new()),
             cntlids: Mutex::new(CntlidAlloc::new(range)),
+            cntlid_range: range,
             ana_group: group,
             ana_state: AtomicU8::new(AnaState::Optimized.code()),
             ana_chgcnt: AtomicU64::new(1),
@@ -362,6 +367,22 @@ impl NvmfFrontend {
                     format!("host NQN {h:?} is not an NQN"),
                 ));
             }
+        }
+        if s.peer_listeners.len() > MAX_PEER_LISTENERS {
+            return Err(TargetError::invalid(
+                obj,
+                format!("at most {MAX_PEER_LISTENERS} peer listeners"),
+            ));
+        }
+        if let Some((p, e)) = s
+            .peer_listeners
+            .iter()
+            .find_map(|p| p.parse::<SocketAddr>().err().map(|e| (p, e)))
+        {
+            return Err(TargetError::invalid(
+                obj,
+                format!("peer listener {p:?}: {e} (want address:port)"),
+            ));
         }
         let mut namespaces = BTreeMap::new();
         for n in &s.namespaces {
@@ -531,6 +552,11 @@ impl NvmfFrontend {
     /// The ANA group of this node and its state.
     pub fn ana(&self) -> (u32, AnaState) {
         (self.shared.ana_group, self.shared.ana_state())
+    }
+
+    /// The controller ids this frontend hands out, `(min, max)`.
+    pub fn cntlid_range(&self) -> (u16, u16) {
+        self.shared.cntlid_range
     }
 
     /// The exported subsystems' configuration, as given.

@@ -1507,8 +1507,25 @@ impl Conn {
             }
             return self.reply(st, key, done);
         }
-        let done = admin::execute(&self.shared, &ctrl, &sqe, st.aers.len());
+        let fenced = sqe.opcode() == admin_op::GET_LOG_PAGE
+            && sqe.cdw(10) as u8 == admin::LID_ANA
+            && self.fenced_here(&ctrl);
+        let done = admin::execute(&self.shared, &ctrl, &sqe, st.aers.len(), fenced);
         self.reply(st, key, done);
+    }
+
+    /// Whether this reactor must not serve a namespace of `ctrl`'s subsystem now
+    /// (a shared volume fenced by the data-plane lease), as I/O to it would fail
+    /// with the ANA-inaccessible path error.
+    fn fenced_here(&self, ctrl: &Ctrl) -> bool {
+        let Some(sub) = self.shared.subsystem(&ctrl.subnqn) else {
+            return false;
+        };
+        sub.namespaces.values().any(|ns| {
+            self.reactor
+                .channel(&ns.bdev)
+                .is_ok_and(|ch| ch.unavailable())
+        })
     }
 
     fn reply(&self, st: &mut St, key: usize, done: AdminDone) {
