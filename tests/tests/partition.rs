@@ -38,9 +38,9 @@ const SETTLE: Duration = Duration::from_secs(20);
 const PROBE_REGION: u64 = 16 << 20;
 const PROBE_LEN: u64 = 64 << 10;
 const PROBE_SLOTS: u64 = (16 << 20) / PROBE_LEN;
-/// Flapping: link down and up every `FLAP_PERIOD`, this many times (30 s).
+/// Flapping: link down and up every `FLAP_PERIOD`, this many times (a minute).
 const FLAP_PERIOD: Duration = Duration::from_secs(1);
-const FLAP_TOGGLES: u32 = 30;
+const FLAP_TOGGLES: u32 = 60;
 
 const VOL2: &str = "vol create dg1 vol2 16M --layout mirror --mirrors 2";
 
