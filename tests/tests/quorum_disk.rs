@@ -1,5 +1,6 @@
 //! The quorum disk with real processes (issue 8, item 1): a 2-node cluster keeps a
-//! master that commits when the slave's plexd is killed, and a 2|2 split of 4 nodes
+//! master that commits when the slave's plexd is killed, the slave takes over when
+//! the master's plexd is killed, and a 2|2 split of 4 nodes
 //! leaves the side whose master holds the disk in charge while the other refuses
 //! changes for want of quorum.
 //!
@@ -72,6 +73,38 @@ fn two_nodes_with_a_quorum_disk_commit_after_the_slaves_plexd_is_killed() {
     c.restart_coordinator(1, None);
     c.wait_joined(&[0, 1]);
     assert!(volume(&c.print(1), "dg1", "vol2").is_some(), "b sees vol2");
+    c.check_invariants();
+}
+
+/// The master of two dies (kill -9 of its plexd, its data plane fenced once its lease
+/// runs out): the slave, one vote short, acquires the quorum disk once the dead
+/// master's renewals have stopped for a lease wait, takes over and commits; the old
+/// master comes back as a slave.
+#[test]
+fn two_nodes_with_a_quorum_disk_take_over_when_the_masters_plexd_is_killed() {
+    let mut c = Cluster::start(2, opts(false));
+    c.shared_mirror(0, "dg1", "vol1", "32M");
+    assert_eq!(c.master(), 0, "a, started first, is master");
+    wait_disk_held(&c, 1, "a");
+
+    c.kill_coordinator(0);
+    let killed = Instant::now();
+    wait_disk_held(&c, 1, "b");
+    c.ctl_retry_ok(1, VOL2, SETTLE);
+    eprintln!(
+        "quorum disk: b took over and committed {} ms after a's plexd was killed",
+        killed.elapsed().as_millis()
+    );
+    let s = c.status(1);
+    assert_eq!(s["master"], "b", "{s}");
+    c.write_pattern(1, "dg1", "vol2", 0, 1 << 20);
+    c.write_pattern(1, "dg1", "vol1", 0, 1 << 20);
+
+    c.restart_coordinator(0, None);
+    c.wait_joined(&[0, 1]);
+    let s = c.status(0);
+    assert_eq!(s["master"], "b", "a rejoined as a slave: {s}");
+    assert!(volume(&c.print(0), "dg1", "vol2").is_some(), "a sees vol2");
     c.check_invariants();
 }
 
