@@ -6,11 +6,14 @@
 //!   object) that SCSI transports share; it knows nothing of iSCSI.
 //! - [`nvmf`]: an NVMe over Fabrics target, TCP transport (NVMe/TCP): each queue
 //!   pair pinned to one reactor, queue pairs spread across reactors.
+//! - `listener`: the TCP listener both use (accept on reactor 0, hand out round
+//!   robin), generic over the frontend's shared state.
 //!
 //! A frontend never owns block devices: it maps its own names (LUNs) to bdevs
 //! registered in the [`crate::Target`] and submits I/O through their reactor-local
 //! channels, like any other bdev user.
 
 pub mod iscsi;
+pub(crate) mod listener;
 pub mod nvmf;
 pub mod scsi;

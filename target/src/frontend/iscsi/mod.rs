@@ -23,9 +23,9 @@ pub mod config;
 mod conn;
 pub mod login;
 pub mod pdu;
-mod portal;
 pub mod text;
 
+use crate::frontend::listener;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -301,7 +301,7 @@ impl IscsiFrontend {
             TargetError::invalid(format!("iscsi portal {}", cfg.portal()), format!("{e}"))
         })?;
         let fe = IscsiFrontend::new(target, cfg)?;
-        let bound = portal::start(target, &fe.shared, addr)?;
+        let bound = listener::start(target, &fe.shared, addr)?;
         *fe.shared.portal.lock().unwrap_or_else(|p| p.into_inner()) = bound;
         fe.shared.portals().push(bound);
         log::info!(
@@ -378,7 +378,7 @@ impl IscsiFrontend {
                 name: a.to_string(),
             });
         }
-        let bound = portal::start(&self.target, &self.shared, a)?;
+        let bound = listener::start(&self.target, &self.shared, a)?;
         self.shared.portals().push(bound);
         log::info!("iscsi: portal {bound} listening");
         Ok(bound)
@@ -388,7 +388,7 @@ impl IscsiFrontend {
     pub fn remove_portal(&mut self, addr: SocketAddr) -> Result<(), TargetError> {
         let fid = self.shared.id;
         let found = self.target.reactors().handles()[0]
-            .call_blocking(move |r| portal::stop(r, fid, addr))
+            .call_blocking(move |r| listener::stop::<Shared>(r, fid, addr))
             .map_err(|e| TargetError::Timeout {
                 object: format!("iscsi portal {addr}"),
                 reason: e.to_string(),
@@ -793,5 +793,29 @@ impl IscsiFrontend {
 impl Drop for IscsiFrontend {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+impl crate::frontend::listener::Protocol for Shared {
+    const WHAT: &'static str = "iscsi portal";
+    type Registry = conn::Registry;
+    fn listeners(
+        reg: &conn::Registry,
+    ) -> &std::cell::RefCell<Vec<std::rc::Rc<listener::Listener<Shared>>>> {
+        &reg.listeners
+    }
+    fn frontend_id(&self) -> u64 {
+        self.id
+    }
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+    fn spawn(
+        r: &std::rc::Rc<crate::reactor::Reactor>,
+        shared: Arc<Shared>,
+        stream: std::net::TcpStream,
+        peer: SocketAddr,
+    ) {
+        conn::spawn(r, shared, stream, peer)
     }
 }

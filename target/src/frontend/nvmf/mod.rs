@@ -24,12 +24,12 @@
 pub mod admin;
 pub mod config;
 pub mod io;
-mod listener;
 pub mod nvme;
 pub mod pdu;
 mod qpair;
 pub mod subsys;
 
+use crate::frontend::listener;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
@@ -271,7 +271,7 @@ impl NvmfFrontend {
     pub fn remove_listener(&mut self, addr: SocketAddr) -> Result<(), TargetError> {
         let fid = self.shared.id;
         let found = self.target.reactors().handles()[0]
-            .call_blocking(move |r| listener::stop(r, fid, addr))
+            .call_blocking(move |r| listener::stop::<Shared>(r, fid, addr))
             .map_err(|e| TargetError::Timeout {
                 object: format!("nvmf listener {addr}"),
                 reason: e.to_string(),
@@ -630,5 +630,29 @@ impl NvmfFrontend {
 impl Drop for NvmfFrontend {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+impl crate::frontend::listener::Protocol for Shared {
+    const WHAT: &'static str = "nvmf listener";
+    type Registry = qpair::Registry;
+    fn listeners(
+        reg: &qpair::Registry,
+    ) -> &std::cell::RefCell<Vec<std::rc::Rc<listener::Listener<Shared>>>> {
+        &reg.listeners
+    }
+    fn frontend_id(&self) -> u64 {
+        self.id
+    }
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+    fn spawn(
+        r: &std::rc::Rc<crate::reactor::Reactor>,
+        shared: Arc<Shared>,
+        stream: std::net::TcpStream,
+        peer: SocketAddr,
+    ) {
+        qpair::spawn(r, shared, stream, peer)
     }
 }

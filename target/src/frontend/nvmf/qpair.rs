@@ -40,7 +40,6 @@ use io_uring::{opcode, types};
 
 use super::admin::{self, AdminDone, CcChange};
 use super::io::{self, IoPlan};
-use super::listener::Listener;
 use super::nvme::{admin_op, fctype, sgl, Cqe, Sqe, Status};
 use super::pdu::{self, fes, flag, ty, Digests, Parsed, PduView};
 use super::subsys::{AnaState, Ctrl, Namespace, QueueAt, Subsystem, DISCOVERY_NQN};
@@ -50,6 +49,7 @@ use super::{
 };
 use crate::bdev::{BdevChannel, BdevIo, IoCallback, IoDone, IoKind, IoStatus};
 use crate::buf::{BufPool, BufWait, BufWaiter, IoBuf, PoolBuf, SIZE_CLASSES_BYTES};
+use crate::frontend::listener::Listener;
 use crate::lease::FENCED_ERRNO;
 use crate::reactor::{Poller, Reactor, UringDone};
 
@@ -267,7 +267,7 @@ impl Out {
 #[derive(Default)]
 pub(crate) struct Registry {
     conns: RefCell<HashMap<(u64, u64), Rc<Conn>>>,
-    pub(crate) listeners: RefCell<Vec<Rc<Listener>>>,
+    pub(crate) listeners: RefCell<Vec<Rc<Listener<Shared>>>>,
     next_id: Cell<u64>,
     poller: Cell<bool>,
     dirty: RefCell<Vec<Rc<Conn>>>,
@@ -425,7 +425,7 @@ pub(crate) fn deliver_aens(r: &Rc<Reactor>, fid: u64, id: u64) {
 /// Closes the listeners and every connection of frontend `fid` on this reactor.
 pub(crate) fn close_frontend(r: &Rc<Reactor>, fid: u64) {
     let reg = r.local::<Registry>();
-    let ls: Vec<Rc<Listener>> = reg
+    let ls: Vec<Rc<Listener<Shared>>> = reg
         .listeners
         .borrow()
         .iter()

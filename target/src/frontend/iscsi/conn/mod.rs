@@ -64,11 +64,11 @@ use io_uring::{opcode, types};
 
 use super::login::{self, Login, LoginReq, SessionType};
 use super::pdu::{self, field, op, Bhs, Digests, Parsed, BHS_LEN, RESERVED_TAG};
-use super::portal::Listener;
 use super::text::{self, Params};
 use super::{Session, Shared, TargetRt};
 use crate::bdev::{BdevIo, IoCallback, IoDone, IoStatus};
 use crate::buf::{BufPool, BufWait, BufWaiter, PoolBuf, SIZE_CLASSES_BYTES};
+use crate::frontend::listener::Listener;
 use crate::frontend::scsi::cdb::{self, NexusState, Op, Response};
 use crate::frontend::scsi::pr_cluster::{
     PrBroker, PrDone, PrOutRequest, PrOutResult, PR_OUT_TIMEOUT,
@@ -133,7 +133,7 @@ type IntMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<IntHasher>>;
 #[derive(Default)]
 pub(crate) struct Registry {
     conns: RefCell<HashMap<(u64, u64), Rc<Conn>>>,
-    pub(crate) listeners: RefCell<Vec<Rc<Listener>>>,
+    pub(crate) listeners: RefCell<Vec<Rc<Listener<Shared>>>>,
     next_id: Cell<u64>,
     poller: Cell<bool>,
     /// Connections with output produced by bdev completions, written once per
@@ -237,7 +237,7 @@ pub(crate) fn close_conn(r: &Rc<Reactor>, fid: u64, id: u64, why: &str) {
 /// Closes the listener and every connection of frontend `fid` on this reactor.
 pub(crate) fn close_frontend(r: &Rc<Reactor>, fid: u64) {
     let reg = r.local::<Registry>();
-    let ls: Vec<Rc<Listener>> = reg
+    let ls: Vec<Rc<Listener<Shared>>> = reg
         .listeners
         .borrow()
         .iter()

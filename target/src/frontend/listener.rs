@@ -1,7 +1,10 @@
-//! The portal: a nonblocking listening socket on reactor 0, woken by an io_uring
-//! poll, whose accepted connections are handed round-robin to the reactors.
+//! A frontend's TCP listener (the iSCSI portal, the NVMe/TCP listener): a
+//! nonblocking listening socket on reactor 0, woken by an io_uring poll, whose
+//! accepted connections are handed round-robin to the reactors. One implementation
+//! for every frontend; what differs is the [`Protocol`].
 
-use std::cell::Cell;
+use std::any::Any;
+use std::cell::{Cell, RefCell};
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
@@ -9,26 +12,40 @@ use std::sync::Arc;
 
 use io_uring::{opcode, types};
 
-use super::conn::{self, Registry};
-use super::Shared;
 use crate::reactor::{Msg, Reactor, UringDone};
 use crate::target::{Target, TargetError};
 
 /// Most connections accepted per readiness event (the poll is re-armed after).
 const ACCEPT_BATCH: usize = 64;
 
-pub(crate) struct Listener {
+/// What a frontend gives its listener: its shared state is `Self`.
+pub(crate) trait Protocol: Sized + Send + Sync + 'static {
+    /// How logs and errors name a listener: "iscsi portal", "nvmf listener".
+    const WHAT: &'static str;
+    /// The reactor-local registry (`Reactor::local`) holding the listeners.
+    type Registry: Any + Default;
+    /// The listeners in a reactor's registry.
+    fn listeners(reg: &Self::Registry) -> &RefCell<Vec<Rc<Listener<Self>>>>;
+    /// The frontend's id.
+    fn frontend_id(&self) -> u64;
+    /// The frontend is stopping: accept nothing more.
+    fn stopping(&self) -> bool;
+    /// Serves an accepted connection on reactor `r`.
+    fn spawn(r: &Rc<Reactor>, shared: Arc<Self>, stream: std::net::TcpStream, peer: SocketAddr);
+}
+
+pub(crate) struct Listener<P: Protocol> {
     pub(crate) fid: u64,
     pub(crate) addr: SocketAddr,
     sock: TcpListener,
     reactor: Rc<Reactor>,
-    shared: Arc<Shared>,
+    shared: Arc<P>,
     next: Cell<usize>,
     closed: Cell<bool>,
-    me: std::rc::Weak<Listener>,
+    me: std::rc::Weak<Listener<P>>,
 }
 
-impl Listener {
+impl<P: Protocol> Listener<P> {
     fn arm(&self) {
         let Some(me) = self.me.upgrade() else { return };
         let e = opcode::PollAdd::new(types::Fd(self.sock.as_raw_fd()), libc::POLLIN as u32).build();
@@ -52,35 +69,34 @@ impl Listener {
         let start = self.next.get();
         self.next.set((start + 1) % n);
         let shared = Arc::clone(&self.shared);
-        let mut msg: Msg = Box::new(move |r| conn::spawn(r, shared, stream, peer));
+        let mut msg: Msg = Box::new(move |r| P::spawn(r, shared, stream, peer));
         for i in 0..n {
             let h = &peers[(start + i) % n];
             match h.try_send(msg) {
                 Ok(()) => return,
                 Err((full, m)) => {
-                    log::warn!("iscsi portal: {full}; trying the next reactor for {peer}");
+                    log::warn!("{}: {full}; trying the next reactor for {peer}", P::WHAT);
                     msg = m;
                 }
             }
         }
-        log::error!("iscsi portal: every reactor's ring is full; closing connection from {peer}");
+        log::error!(
+            "{}: every reactor's ring is full; closing connection from {peer}",
+            P::WHAT
+        );
         drop(msg);
     }
 }
 
-impl UringDone for Listener {
+impl<P: Protocol> UringDone for Listener<P> {
     fn uring_done(&self, _tag: u64, res: i32, _flags: u32) {
-        if self.closed.get()
-            || self
-                .shared
-                .stopping
-                .load(std::sync::atomic::Ordering::Acquire)
-        {
+        if self.closed.get() || self.shared.stopping() {
             return;
         }
         if res < 0 && res != -libc::EINTR {
             log::error!(
-                "iscsi portal: poll failed: {}",
+                "{}: poll failed: {}",
+                P::WHAT,
                 std::io::Error::from_raw_os_error(-res)
             );
         }
@@ -95,7 +111,7 @@ impl UringDone for Listener {
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => {
-                    log::warn!("iscsi portal: accept failed: {e}");
+                    log::warn!("{}: accept failed: {e}", P::WHAT);
                     break;
                 }
             }
@@ -105,16 +121,16 @@ impl UringDone for Listener {
 }
 
 /// Stops the listener of frontend `fid` bound to `addr` (runs on reactor 0).
-pub(crate) fn stop(r: &Rc<Reactor>, fid: u64, addr: SocketAddr) -> bool {
-    let reg = r.local::<Registry>();
-    let found: Vec<Rc<Listener>> = reg
-        .listeners
+pub(crate) fn stop<P: Protocol>(r: &Rc<Reactor>, fid: u64, addr: SocketAddr) -> bool {
+    let reg = r.local::<P::Registry>();
+    let listeners = P::listeners(&reg);
+    let found: Vec<Rc<Listener<P>>> = listeners
         .borrow()
         .iter()
         .filter(|l| l.fid == fid && l.addr == addr)
         .cloned()
         .collect();
-    reg.listeners
+    listeners
         .borrow_mut()
         .retain(|l| !(l.fid == fid && l.addr == addr));
     for l in &found {
@@ -124,12 +140,12 @@ pub(crate) fn stop(r: &Rc<Reactor>, fid: u64, addr: SocketAddr) -> bool {
 }
 
 /// Binds `addr` and starts accepting on reactor 0; returns the bound address.
-pub(crate) fn start(
+pub(crate) fn start<P: Protocol>(
     target: &Arc<Target>,
-    shared: &Arc<Shared>,
+    shared: &Arc<P>,
     addr: SocketAddr,
 ) -> Result<SocketAddr, TargetError> {
-    let obj = || format!("iscsi portal {addr}");
+    let obj = || format!("{} {addr}", P::WHAT);
     let sock = TcpListener::bind(addr).map_err(|e| TargetError::Io {
         object: obj(),
         reason: format!("{e} (is another target listening there?)"),
@@ -145,7 +161,7 @@ pub(crate) fn start(
     let shared = Arc::clone(shared);
     target.reactors().handles()[0]
         .call_blocking(move |r| {
-            let fid = shared.id;
+            let fid = shared.frontend_id();
             let l = Rc::new_cyclic(|me| Listener {
                 fid,
                 addr: bound,
@@ -156,10 +172,8 @@ pub(crate) fn start(
                 closed: Cell::new(false),
                 me: me.clone(),
             });
-            r.local::<Registry>()
-                .listeners
-                .borrow_mut()
-                .push(Rc::clone(&l));
+            let reg = r.local::<P::Registry>();
+            P::listeners(&reg).borrow_mut().push(Rc::clone(&l));
             l.arm();
         })
         .map_err(|e| TargetError::Timeout {
