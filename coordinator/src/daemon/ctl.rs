@@ -325,7 +325,7 @@ pub enum CtlReply {
     /// The configuration (`print`).
     Print {
         /// The disk groups asked for, sorted by name.
-        groups: Vec<crate::objects::DiskGroupConfig>,
+        groups: Vec<crate::model::DiskGroupConfig>,
         /// The disk groups asked for whose configuration cannot be read.
         failed: Vec<super::disks::FailedGroup>,
     },

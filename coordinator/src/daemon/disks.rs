@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::core::{DiskRecord, ErrorKind, RequestError, TxnId};
-use crate::objects::{Change, ClusterConfig, Disk, DiskGroupConfig, DiskUpdate};
+use crate::model::{Change, ClusterConfig, Disk, DiskGroupConfig, DiskUpdate};
 use crate::ondisk::{self, Label};
 
 use super::ctl::DiskOut;

@@ -30,7 +30,7 @@ use super::kernel::{Desired, Kernel};
 use super::model::SharedConfig;
 use super::Input;
 use crate::core::{DiskRecord, ErrorKind, NodeId, RequestError, TxnId};
-use crate::objects::{Change, ClusterConfig, DiskGroupConfig, ExportProtocol};
+use crate::model::{Change, ClusterConfig, DiskGroupConfig, ExportProtocol};
 
 /// Jobs submitted to the driver and not yet answered, at most; the main loop waits
 /// for the driver when it would submit more (see [`DriverHandle::submit`]).

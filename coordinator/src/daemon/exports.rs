@@ -1,7 +1,7 @@
 //! Volume exports (`plexctl export`): what this node's iSCSI target must serve, and
 //! bringing the target in line with it.
 //!
-//! An export is part of the disk group configuration (`objects::Export`), so it goes
+//! An export is part of the disk group configuration (`model::Export`), so it goes
 //! through the transaction like any change and every node learns it. Each node serves
 //! the exports that name it (or every node): one iSCSI target per export, the volume
 //! bdev `DG.VOL` as LUN 0, on the export's portal or the node's own (`iscsi_portal` in
@@ -32,7 +32,7 @@ use plexd_target::frontend::scsi::alua::{Alua, AluaState, PortGroup};
 use super::config::{ClusterFile, MAX_NODES};
 use super::kernel::volume_bdev;
 use crate::core::{ErrorKind, RequestError};
-use crate::objects::{Change, DiskGroupConfig, Export, ExportProtocol};
+use crate::model::{Change, DiskGroupConfig, Export, ExportProtocol};
 
 /// Alias prefix of the iSCSI targets plexd creates.
 pub const ALIAS_PREFIX: &str = "plexd:";
@@ -671,8 +671,8 @@ fn check_no_nvmf_hosts(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::objects::test_support::cluster;
-    use crate::objects::VolumeLayout;
+    use crate::model::test_support::cluster;
+    use crate::model::VolumeLayout;
 
     fn exported(nodes: &[&str], portal: &str) -> Vec<DiskGroupConfig> {
         let c = cluster(&[("disk01", 1 << 30)])

@@ -33,7 +33,7 @@ use plexd_target::volume::{
     PlexKind, PlexSpec, PlexState as KPlexState, ReadPolicy as KReadPolicy, SubdiskSpec, VolumeSpec,
 };
 
-use crate::objects::{DiskGroupConfig, KernelVolume, PlexState, PrState, ReadPolicy};
+use crate::model::{DiskGroupConfig, KernelVolume, PlexState, PrState, ReadPolicy};
 
 /// How long a prepare waits for in-flight I/O of a volume to drain.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -625,7 +625,7 @@ fn only_states_differ(a: &VolumeSpec, b: &VolumeSpec) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::objects::{apply, Change, ClusterConfig, Disk, VolumeLayout};
+    use crate::model::{apply, Change, ClusterConfig, Disk, VolumeLayout};
 
     fn disk(name: &str, id: &str) -> Disk {
         Disk {

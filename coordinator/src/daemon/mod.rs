@@ -60,7 +60,7 @@ use crate::core::{
     Action, ConfigModel, ErrorKind, Event, Message, Node, NodeId, RequestError, RequestId, Role,
     TxnId,
 };
-use crate::objects::{self, Change, ClusterConfig, PlexLayout, PlexState, VolumeLayout};
+use crate::model::{Change, ClusterConfig, PlexLayout, PlexState, VolumeLayout};
 use plexd_target::frontend::scsi::pr_cluster::PrOutResult;
 
 use config::ClusterFile;
@@ -122,7 +122,7 @@ pub enum Input {
         /// Volume bdev name (`DG.VOL`).
         volume: String,
         /// The I_T nexus.
-        nexus: objects::Nexus,
+        nexus: crate::model::Nexus,
         /// Service action.
         service_action: u8,
         /// Scope and type byte.
@@ -444,7 +444,7 @@ fn start_kernel_events(kernel: &Kernel, tx: SyncSender<Input>, epoch: u64, node:
                         let input = Input::PrOut {
                             request,
                             volume,
-                            nexus: objects::Nexus::new(initiator, relative_port),
+                            nexus: crate::model::Nexus::new(initiator, relative_port),
                             service_action,
                             scope_type,
                             parameters,
@@ -1116,12 +1116,14 @@ impl Daemon {
             for v in &g.volumes {
                 for e in &v.exports {
                     match e.protocol {
-                        objects::ExportProtocol::Iscsi => {
+                        crate::model::ExportProtocol::Iscsi => {
                             if let Some(a) = exports::alua_of(e, &av) {
                                 want.insert(e.iqn.clone(), a);
                             }
                         }
-                        objects::ExportProtocol::Nvmf => nvmf |= exports::serves(e, &self.name),
+                        crate::model::ExportProtocol::Nvmf => {
+                            nvmf |= exports::serves(e, &self.name)
+                        }
                     }
                 }
             }
@@ -1546,7 +1548,7 @@ impl Daemon {
 
     /// Starts a resync of every SYNCING plex of `g` without one; a `shared` group's
     /// copies are fenced on every member of the view.
-    fn start_resyncs(&mut self, g: &objects::DiskGroupConfig, shared: bool) {
+    fn start_resyncs(&mut self, g: &crate::model::DiskGroupConfig, shared: bool) {
         for v in &g.volumes {
             for p in v.plexes.iter().filter(|p| p.state == PlexState::Syncing) {
                 if self.tasks.running(&g.name, &p.name) {
@@ -1662,8 +1664,8 @@ impl Daemon {
     }
 
     /// The protocol of `plexctl export PROTOCOL`.
-    fn export_protocol(&self, name: &str) -> Result<objects::ExportProtocol, String> {
-        objects::ExportProtocol::parse(name)
+    fn export_protocol(&self, name: &str) -> Result<crate::model::ExportProtocol, String> {
+        crate::model::ExportProtocol::parse(name)
             .ok_or_else(|| self.err(format!("export protocol {name:?} is unknown (iscsi, nvmf)")))
     }
 
@@ -1703,7 +1705,7 @@ impl Daemon {
                 }
                 Change::DgCreate {
                     dg,
-                    dg_id: objects::new_id(),
+                    dg_id: crate::model::new_id(),
                     shared,
                     owner_id: owner(shared),
                     disks: list,
@@ -1769,7 +1771,7 @@ impl Daemon {
                 let mirrors = if mirrors == 0 { 2 } else { mirrors };
                 let columns = if columns == 0 { 2 } else { columns };
                 let su = if stripe_unit_bytes == 0 {
-                    objects::DEFAULT_STRIPE_UNIT_BYTES
+                    crate::model::DEFAULT_STRIPE_UNIT_BYTES
                 } else {
                     stripe_unit_bytes
                 };
@@ -1854,7 +1856,7 @@ impl Daemon {
                 let protocol = self
                     .export_protocol(&protocol)
                     .map_err(|e| self.refused(e))?;
-                let nvmf = protocol == objects::ExportProtocol::Nvmf;
+                let nvmf = protocol == crate::model::ExportProtocol::Nvmf;
                 if nvmf && !portal.is_empty() {
                     return Err(self.refuse(format!(
                         "export of volume {volume}: --portal is for iscsi; an NVMe-oF export is served on each node's nvmf_portal (cluster file)"
@@ -1909,7 +1911,7 @@ impl Daemon {
                 Change::VolExport {
                     dg,
                     volume,
-                    export: objects::Export {
+                    export: crate::model::Export {
                         protocol,
                         iqn,
                         nodes,
@@ -2040,10 +2042,10 @@ impl Daemon {
 
     /// What a committed change did, for plexctl.
     fn describe(&self, change: &Change) -> String {
-        objects::describe(change, self.group(change.dg_name()))
+        crate::model::describe(change, self.group(change.dg_name()))
     }
 
-    fn group(&self, name: &str) -> Option<&objects::DiskGroupConfig> {
+    fn group(&self, name: &str) -> Option<&crate::model::DiskGroupConfig> {
         self.private
             .disk_group(name)
             .or_else(|| self.node.config().group(name))
@@ -2075,7 +2077,7 @@ impl Daemon {
                 return;
             };
             let before = self.private.clone();
-            let after = match objects::apply(&before, &req.change) {
+            let after = match crate::model::apply(&before, &req.change) {
                 Ok(after) => after,
                 Err(e) => {
                     let e = model::refusal(&e).on(&self.name);
@@ -2179,7 +2181,7 @@ impl Daemon {
     }
 
     fn print(&self, dg: &str) -> CtlReply {
-        let mut groups: Vec<&objects::DiskGroupConfig> = self
+        let mut groups: Vec<&crate::model::DiskGroupConfig> = self
             .node
             .config()
             .groups

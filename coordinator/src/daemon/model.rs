@@ -1,5 +1,5 @@
 //! The configuration model the daemon runs the protocol core with: the cluster's
-//! shared disk groups (`objects`), a cluster-wide sequence number, and the disk
+//! shared disk groups (`crate::model`), a cluster-wide sequence number, and the disk
 //! writes the last change needs.
 //!
 //! Encoding: Cap'n Proto, `cluster.capnp`'s `SharedConfig` and `ConfigChange`
@@ -11,7 +11,7 @@
 
 use super::model_codec;
 use crate::core::{ConfigModel, ErrorKind, RequestError};
-use crate::objects::{self, Change, ClusterConfig, ConfigError, DiskGroupConfig, DiskUpdate};
+use crate::model::{Change, ClusterConfig, ConfigError, DiskGroupConfig, DiskUpdate};
 
 /// The kind of a refused change: what `plexctl` exits with.
 pub fn error_kind(e: &ConfigError) -> ErrorKind {
@@ -44,7 +44,7 @@ pub struct SharedConfig {
 }
 
 impl SharedConfig {
-    /// The groups as an `objects` cluster configuration.
+    /// The groups as a `model` cluster configuration.
     pub fn cluster(&self) -> ClusterConfig {
         ClusterConfig {
             disk_groups: self.groups.clone(),
@@ -82,7 +82,7 @@ impl ConfigModel for SharedConfig {
             _ => {}
         }
         let before = self.cluster();
-        let after = objects::apply(&before, change).map_err(|e| refusal(&e))?;
+        let after = crate::model::apply(&before, change).map_err(|e| refusal(&e))?;
         let updates = change.disk_updates(&before, &after);
         Ok(SharedConfig {
             seq: self.seq + 1,
@@ -138,7 +138,7 @@ pub fn core_txn(disk_txn: u64) -> crate::core::TxnId {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::objects::{Disk, VolumeLayout};
+    use crate::model::{Disk, VolumeLayout};
 
     fn disk(name: &str) -> Disk {
         Disk {

@@ -1,5 +1,5 @@
 //! The wire encoding of the daemon's configuration model: a [`SharedConfig`] as
-//! `cluster.capnp`'s `SharedConfig` and an [`objects::Change`] as its `ConfigChange`,
+//! `cluster.capnp`'s `SharedConfig` and an [`model::Change`] as its `ConfigChange`,
 //! each one Cap'n Proto message (standard framing, unpacked) that travels in a `Data`
 //! field of the core's messages. Disk groups, disks, exports, read policies and plex
 //! layouts reuse the on-disk encoding (`crate::ondisk::codec`, `ondisk.capnp`).
@@ -12,7 +12,7 @@ use plexd_proto::cluster_capnp as wire;
 
 use super::model::SharedConfig;
 use crate::core::MAX_MESSAGE_BYTES;
-use crate::objects::{Change, DiskUpdate, Nexus, VolumeLayout};
+use crate::model::{Change, DiskUpdate, Nexus, VolumeLayout};
 use crate::ondisk::codec as disk;
 
 /// Most words a decoded configuration or change may make the reader traverse: it
@@ -424,8 +424,8 @@ fn read_change(r: wire::config_change::Reader<'_>) -> capnp::Result<Change> {
 mod tests {
     use super::*;
     use crate::core::ConfigModel;
-    use crate::objects::test_support::{cluster, disk};
-    use crate::objects::{Export, ExportProtocol, PlexLayout, PlexState, ReadPolicy};
+    use crate::model::test_support::{cluster, disk};
+    use crate::model::{Export, ExportProtocol, PlexLayout, PlexState, ReadPolicy};
     use rand::{Rng, SeedableRng};
 
     /// The variant's name; exhaustive, so a new variant must get a sample below.

@@ -213,7 +213,7 @@ mod tests {
     use super::*;
     use crate::core::{DiskRecord, TxnId};
     use crate::daemon::model::SharedConfig;
-    use crate::objects::Change;
+    use crate::model::Change;
 
     type A = Action<SharedConfig>;
 

@@ -7,7 +7,7 @@
 use plexd_proto::ctl_capnp::printed_config;
 
 use super::disks::FailedGroup;
-use crate::objects::DiskGroupConfig;
+use crate::model::DiskGroupConfig;
 use crate::ondisk::codec::write_group;
 
 fn len_u32(len: usize) -> u32 {
@@ -48,8 +48,8 @@ pub fn render(c: printed_config::Reader<'_>) -> capnp::Result<(String, String)> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::objects::test_support::cluster;
-    use crate::objects::{
+    use crate::model::test_support::cluster;
+    use crate::model::{
         Change, ClusterConfig, Export, ExportProtocol, PlexLayout, ReadPolicy, VolumeLayout,
         VolumeState,
     };

@@ -20,7 +20,7 @@ use super::ctl::TaskOut;
 use super::fence::Fencer;
 use super::kernel::{disk_bdev, volume_bdev};
 use super::Input;
-use crate::objects::{DiskGroupConfig, Plex, PlexLayout, PlexState, Volume};
+use crate::model::{DiskGroupConfig, Plex, PlexLayout, PlexState, Volume};
 
 /// Largest copy per quiesce.
 pub const CHUNK_BYTES: u64 = 1 << 20;
@@ -312,7 +312,7 @@ impl Tasks {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::objects::{apply, Change, ClusterConfig, Disk, VolumeLayout};
+    use crate::model::{apply, Change, ClusterConfig, Disk, VolumeLayout};
 
     fn group(layout: VolumeLayout) -> DiskGroupConfig {
         let disk = |n: &str, id: char| Disk {

@@ -5,7 +5,7 @@ use capnp::message::{Builder, ReaderOptions};
 use capnp::serialize;
 use plexd_proto::ondisk_capnp as wire;
 
-use crate::objects::{
+use crate::model::{
     Disk, DiskGroupConfig, Export, ExportProtocol, Plex, PlexLayout, PlexState, PrState,
     ReadPolicy, Subdisk, Volume, VolumeState,
 };
@@ -385,8 +385,8 @@ fn decode_plex(p: wire::plex::Reader<'_>) -> capnp::Result<Plex> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::objects::test_support::cluster;
-    use crate::objects::{Change, VolumeLayout};
+    use crate::model::test_support::cluster;
+    use crate::model::{Change, VolumeLayout};
     use rand::{Rng, SeedableRng};
 
     fn sample() -> DiskGroupConfig {
@@ -453,7 +453,7 @@ mod tests {
         };
         g.volumes[1].state = VolumeState::Disabled;
         g.volumes[1].read_policy = ReadPolicy::LeastOutstanding;
-        let host = crate::objects::Nexus::new("iqn.1994-05.com.example:h1,i,0x1", 2);
+        let host = crate::model::Nexus::new("iqn.1994-05.com.example:h1,i,0x1", 2);
         let r = &mut g.volumes[0].reservations;
         r.out(
             &host,

@@ -2,7 +2,7 @@
 //! docs/ONDISK.md; every field little-endian.
 
 use super::layout::*;
-use crate::objects::validate_name;
+use crate::model::validate_name;
 
 /// Magic at the start of a label block.
 pub const LABEL_MAGIC: &[u8; 8] = b"PLEXDLBL";

@@ -41,7 +41,7 @@ pub use label::{Label, LabelDiskGroup, LABEL_VERSION};
 pub use layout::{Geometry, BLOCK_BYTES, DEFAULT_PRIVATE_REGION_BYTES};
 pub use slot::{SlotHeader, SlotProblem, SLOT_VERSION};
 
-use crate::objects::{new_id, validate_name, Disk, DiskGroupConfig};
+use crate::model::{new_id, validate_name, Disk, DiskGroupConfig};
 
 /// An on-disk operation that failed. Every variant names the disk (path) or the disk
 /// group and says why.

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rand::{Rng, SeedableRng};
 
 use super::*;
-use crate::objects::{apply, Change, ClusterConfig, VolumeLayout};
+use crate::model::{apply, Change, ClusterConfig, VolumeLayout};
 
 const DISK_BYTES: u64 = 64 << 20;
 
@@ -58,7 +58,7 @@ fn group(dir: &TempDir, n: usize) -> (Vec<PathBuf>, ClusterConfig) {
         &ClusterConfig::default(),
         &Change::DgCreate {
             dg: "dg1".into(),
-            dg_id: crate::objects::new_id(),
+            dg_id: crate::model::new_id(),
             shared: true,
             owner_id: "cluster-1".into(),
             disks,
@@ -575,7 +575,7 @@ fn write_refuses_a_disk_labelled_for_another_group() {
     // dg1) must not overwrite it.
     let mut other = c.disk_groups[0].clone();
     other.name = "dg2".into();
-    other.id = crate::objects::new_id();
+    other.id = crate::model::new_id();
     let err = write_config(&paths, &other, 1, None)
         .unwrap_err()
         .to_string();

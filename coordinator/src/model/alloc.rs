@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use thiserror::Error;
 
-use crate::objects::{
+use crate::model::{
     DiskGroupConfig, Plex, PlexLayout, PlexState, Subdisk, VolumeLayout, ALLOC_ALIGN_BYTES,
     MAX_SUBDISKS_PER_COLUMN,
 };
@@ -603,8 +603,8 @@ pub fn shrink_plexes(plexes: &[Plex], new_size_bytes: u64) -> Vec<Plex> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::objects::test_support::cluster;
-    use crate::objects::{Change, ClusterConfig, ConfigError};
+    use crate::model::test_support::cluster;
+    use crate::model::{Change, ClusterConfig, ConfigError};
 
     const MIB: u64 = 1 << 20;
     const GIB: u64 = 1 << 30;

@@ -1,0 +1,750 @@
+//! Applying a change: validation against the whole configuration, allocation, and
+//! the new configuration with the changed group's `seq` bumped.
+
+use std::collections::BTreeSet;
+
+use super::*;
+
+impl ClusterConfig {
+    /// A disk group by name.
+    pub fn disk_group(&self, name: &str) -> Option<&DiskGroupConfig> {
+        self.disk_groups.iter().find(|g| g.name == name)
+    }
+
+    /// Applies a change; see [`apply`].
+    pub fn apply(&self, change: &Change) -> Result<ClusterConfig, ConfigError> {
+        apply(self, change)
+    }
+
+    /// The (disk group, volume) exported under `iqn`, if any.
+    pub fn exported_as(&self, iqn: &str) -> Option<(&str, &str)> {
+        self.disk_groups.iter().find_map(|g| {
+            g.volumes
+                .iter()
+                .find(|v| v.exports.iter().any(|e| e.iqn == iqn))
+                .map(|v| (g.name.as_str(), v.name.as_str()))
+        })
+    }
+
+    /// Paths of the disks of the shared disk groups: a joining node must open every
+    /// one.
+    pub fn shared_disk_paths(&self) -> Vec<String> {
+        self.disk_groups
+            .iter()
+            .filter(|g| g.shared)
+            .flat_map(|g| g.disks.iter().map(|d| d.path.clone()))
+            .collect()
+    }
+
+    /// The change that detaches `plex` of `volume` after an I/O error (global detach
+    /// policy): `Ok(None)` when the plex already gets no I/O (STALE or EMPTY), an error
+    /// when it is the volume's last ACTIVE plex or does not exist.
+    pub fn detach_change(&self, volume: &str, plex: &str) -> Result<Option<Change>, ConfigError> {
+        let found = self.disk_groups.iter().find_map(|g| {
+            g.volume(volume).and_then(|v| {
+                v.plexes
+                    .iter()
+                    .position(|p| p.name == plex)
+                    .map(|i| (g, v, i))
+            })
+        });
+        let Some((g, v, index)) = found else {
+            return Err(not_found("plex", plex, format!(" in volume {volume}")));
+        };
+        if matches!(v.plexes[index].state, PlexState::Stale | PlexState::Empty) {
+            return Ok(None);
+        }
+        check_not_last_active(v, index, "detach")?;
+        Ok(Some(Change::PlexDetach {
+            dg: g.name.clone(),
+            plex: plex.to_string(),
+        }))
+    }
+
+    fn check_new_disks(
+        &self,
+        disks: &[Disk],
+        in_dg: Option<&DiskGroupConfig>,
+    ) -> Result<(), ConfigError> {
+        let mut seen = BTreeSet::new();
+        for d in disks {
+            validate_name("disk", &d.name)?;
+            if !seen.insert(d.id.as_str()) {
+                return Err(ConfigError::Exists(format!(
+                    "disk {} is listed twice",
+                    d.name
+                )));
+            }
+            if d.public_len_bytes < ALLOC_ALIGN_BYTES {
+                return Err(ConfigError::Invalid(format!(
+                    "disk {}: public region is empty",
+                    d.name
+                )));
+            }
+            for g in &self.disk_groups {
+                if let Some(other) = g.disks.iter().find(|o| o.id == d.id) {
+                    return Err(ConfigError::InUse(format!(
+                        "disk {} (id {}) is already in disk group {} as {}",
+                        d.name, d.id, g.name, other.name
+                    )));
+                }
+            }
+            if let Some(g) = in_dg {
+                if g.disk(&d.name).is_some() {
+                    return Err(ConfigError::Exists(format!(
+                        "disk {} already exists in disk group {}",
+                        d.name, g.name
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_dg_absent(&self, name: &str, id: &str, shared: bool) -> Result<(), ConfigError> {
+        if let Some(g) = self.disk_group(name) {
+            if g.shared != shared {
+                return Err(ConfigError::DgExistsOtherKind {
+                    name: name.to_string(),
+                    existing: if g.shared { "shared" } else { "private" },
+                });
+            }
+            return Err(ConfigError::Exists(format!(
+                "disk group {name} already exists"
+            )));
+        }
+        if let Some(g) = self.disk_groups.iter().find(|g| g.id == id) {
+            return Err(ConfigError::Exists(format!(
+                "disk group id {id} is already imported as {}",
+                g.name
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Applies a change to a node's configuration, validating it completely. The result
+/// keeps the disk groups sorted by name; the changed group's `seq` is bumped by one.
+pub fn apply(config: &ClusterConfig, change: &Change) -> Result<ClusterConfig, ConfigError> {
+    let mut next = config.clone();
+    match change {
+        Change::DgCreate {
+            dg,
+            dg_id,
+            shared,
+            owner_id,
+            disks,
+        } => {
+            validate_name("disk group", dg)?;
+            if dg_id.is_empty() {
+                return Err(ConfigError::Invalid(format!("disk group {dg}: empty id")));
+            }
+            config.check_dg_absent(dg, dg_id, *shared)?;
+            if disks.is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "disk group {dg}: needs at least one disk"
+                )));
+            }
+            config.check_new_disks(disks, None)?;
+            let mut names = BTreeSet::new();
+            if let Some(d) = disks.iter().find(|d| !names.insert(d.name.as_str())) {
+                return Err(ConfigError::Exists(format!(
+                    "disk name {} is used twice in disk group {dg}",
+                    d.name
+                )));
+            }
+            let created = DiskGroupConfig {
+                name: dg.clone(),
+                id: dg_id.clone(),
+                shared: *shared,
+                owner_id: owner_id.clone(),
+                seq: 1,
+                disks: disks.clone(),
+                volumes: Vec::new(),
+            };
+            created.validate()?;
+            next.disk_groups.push(created);
+        }
+        Change::DgImport {
+            config: found,
+            shared,
+            owner_id,
+        } => {
+            config.check_dg_absent(&found.name, &found.id, *shared)?;
+            config.check_new_disks(&found.disks, None)?;
+            found.validate()?;
+            let mut imported = found.clone();
+            imported.shared = *shared;
+            imported.owner_id = owner_id.clone();
+            imported.seq += 1;
+            next.disk_groups.push(imported);
+        }
+        Change::DgDestroy { dg, force } | Change::DgDeport { dg, force } => {
+            let index = dg_index(config, dg)?;
+            if !force {
+                let what = if matches!(change, Change::DgDestroy { .. }) {
+                    "destroy"
+                } else {
+                    "deport"
+                };
+                check_not_exported(&config.disk_groups[index], what)?;
+            }
+            next.disk_groups.remove(index);
+        }
+        _ => {
+            let index = dg_index(config, change.dg_name())?;
+            if let Change::DgAddDisk { disk, .. } = change {
+                config.check_new_disks(
+                    std::slice::from_ref(disk),
+                    Some(&config.disk_groups[index]),
+                )?;
+            }
+            if let Change::VolExport {
+                dg, volume, export, ..
+            } = change
+            {
+                let other = config
+                    .exported_as(&export.iqn)
+                    .filter(|&(g, v)| (g, v) != (dg.as_str(), volume.as_str()));
+                if let Some((g, v)) = other {
+                    let kind = match export.protocol {
+                        ExportProtocol::Iscsi => "iSCSI name",
+                        ExportProtocol::Nvmf => "NQN",
+                    };
+                    return Err(ConfigError::Exists(format!(
+                        "{kind} {} is already the export of volume {v} of disk group {g}",
+                        export.iqn
+                    )));
+                }
+            }
+            let updated = apply_dg(&config.disk_groups[index], change)?;
+            next.disk_groups[index] = updated;
+        }
+    }
+    next.disk_groups.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(next)
+}
+
+/// Refuses a group-level change (`what`: destroy, deport) while a volume of `g` is
+/// exported (VxVM: "volumes are open").
+fn check_not_exported(g: &DiskGroupConfig, what: &str) -> Result<(), ConfigError> {
+    let exported: Vec<(&Volume, &Export)> = g
+        .volumes
+        .iter()
+        .flat_map(|v| v.exports.iter().map(move |e| (v, e)))
+        .collect();
+    let Some((v, e)) = exported.first() else {
+        return Ok(());
+    };
+    let more = match exported.len() {
+        1 => String::new(),
+        n => format!(" (and {} more exports)", n - 1),
+    };
+    Err(ConfigError::InUse(format!(
+        "cannot {what} disk group {}: volume {} is exported over {} as {}{more}; unexport it first (plexctl unexport {} {} {}), or {what} with --force to end every export of the group (refused while a host session is logged in)",
+        g.name,
+        v.name,
+        e.protocol.as_str(),
+        e.iqn,
+        e.protocol.as_str(),
+        g.name,
+        v.name
+    )))
+}
+
+fn dg_index(config: &ClusterConfig, name: &str) -> Result<usize, ConfigError> {
+    config
+        .disk_groups
+        .iter()
+        .position(|g| g.name == name)
+        .ok_or_else(|| not_found("disk group", name, String::new()))
+}
+
+/// Applies a change that stays inside one disk group (disks, volumes, plexes). Group
+/// level changes (create, destroy, deport, import) need [`apply`]. Does not check that
+/// an added disk is free in other groups: [`apply`] does.
+pub fn apply_dg(dg: &DiskGroupConfig, change: &Change) -> Result<DiskGroupConfig, ConfigError> {
+    if change.dg_name() != dg.name {
+        return Err(ConfigError::Invalid(format!(
+            "change for disk group {} applied to disk group {}",
+            change.dg_name(),
+            dg.name
+        )));
+    }
+    let mut next = dg.clone();
+    match change {
+        Change::DgAddDisk { disk, .. } => dg_add_disk(dg, &mut next, disk)?,
+        Change::DgRmDisk { disk, .. } => dg_rm_disk(dg, &mut next, disk)?,
+        Change::VolCreate {
+            volume,
+            size_bytes,
+            layout,
+            ..
+        } => vol_create(dg, &mut next, volume, *size_bytes, *layout)?,
+        Change::VolGrow {
+            volume,
+            new_size_bytes,
+            ..
+        } => vol_grow(dg, &mut next, volume, *new_size_bytes)?,
+        Change::VolShrink {
+            volume,
+            new_size_bytes,
+            ..
+        } => vol_shrink(dg, &mut next, volume, *new_size_bytes)?,
+        Change::VolSetReadPolicy { volume, policy, .. } => {
+            vol_set_read_policy(dg, &mut next, volume, policy)?
+        }
+        Change::VolRm { volume, .. } => vol_rm(dg, &mut next, volume)?,
+        Change::VolExport { volume, export, .. } => vol_export(dg, &mut next, volume, export)?,
+        Change::VolPrOut {
+            volume,
+            nexus,
+            service_action,
+            scope_type,
+            parameters,
+            ..
+        } => vol_pr_out(
+            dg,
+            &mut next,
+            volume,
+            nexus,
+            *service_action,
+            *scope_type,
+            parameters,
+        )?,
+        Change::VolUnexport {
+            volume, protocol, ..
+        } => vol_unexport(dg, &mut next, volume, *protocol)?,
+        Change::PlexAdd { volume, layout, .. } => plex_add(dg, &mut next, volume, *layout)?,
+        Change::PlexDetach { plex, .. } => plex_detach(dg, &mut next, plex)?,
+        Change::PlexAttach { plex, .. } => plex_attach(dg, &mut next, plex)?,
+        Change::PlexRm { plex, force, .. } => plex_rm(dg, &mut next, plex, *force)?,
+        Change::SetPlexState { plex, state, .. } => set_plex_state(dg, &mut next, plex, *state)?,
+        Change::DgCreate { .. }
+        | Change::DgDestroy { .. }
+        | Change::DgDeport { .. }
+        | Change::DgImport { .. } => {
+            return Err(ConfigError::Invalid(format!(
+                "disk group {}: group-level change needs the node's configuration (model::apply)",
+                dg.name
+            )));
+        }
+    }
+    next.seq += 1;
+    if let Err(e) = next.validate() {
+        return Err(ConfigError::Invalid(format!(
+            "internal error, change refused: {e}"
+        )));
+    }
+    Ok(next)
+}
+
+fn checked_volume_size(volume: &str, size_bytes: u64) -> Result<u64, ConfigError> {
+    match round_volume_size(size_bytes) {
+        Some(size) if size > 0 => Ok(size),
+        _ => Err(ConfigError::Invalid(format!(
+            "volume {volume}: size must be larger than 0 (got {size_bytes} bytes)"
+        ))),
+    }
+}
+
+fn check_not_last_active(v: &Volume, plex_index: usize, action: &str) -> Result<(), ConfigError> {
+    let plex = &v.plexes[plex_index];
+    if plex.state == PlexState::Active && v.active_plexes() == 1 {
+        return Err(ConfigError::LastActivePlex {
+            volume: v.name.clone(),
+            plex: plex.name.clone(),
+            action: action.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Applies [`Change::DgAddDisk`] to `next` (a copy of `dg`).
+fn dg_add_disk(
+    dg: &DiskGroupConfig,
+    next: &mut DiskGroupConfig,
+    disk: &Disk,
+) -> Result<(), ConfigError> {
+    validate_name("disk", &disk.name)?;
+    if let Some(d) = dg
+        .disks
+        .iter()
+        .find(|d| d.name == disk.name || d.id == disk.id)
+    {
+        return Err(ConfigError::Exists(format!(
+            "disk {} already exists in disk group {} (id {})",
+            d.name, dg.name, d.id
+        )));
+    }
+    next.disks.push(disk.clone());
+    Ok(())
+}
+
+/// Applies [`Change::DgRmDisk`] to `next` (a copy of `dg`).
+fn dg_rm_disk(
+    dg: &DiskGroupConfig,
+    next: &mut DiskGroupConfig,
+    disk: &str,
+) -> Result<(), ConfigError> {
+    let index = dg
+        .disks
+        .iter()
+        .position(|d| d.name == *disk)
+        .ok_or_else(|| not_found("disk", disk, format!(" in disk group {}", dg.name)))?;
+    let users: Vec<String> = dg
+        .volumes
+        .iter()
+        .flat_map(|v| v.plexes.iter().map(move |p| (v, p)))
+        .filter(|(_, p)| p.subdisks.iter().any(|sd| sd.disk == *disk))
+        .map(|(v, p)| format!("{}/{}", v.name, p.name))
+        .collect();
+    if !users.is_empty() {
+        return Err(ConfigError::InUse(format!(
+            "disk {disk} in disk group {} holds subdisks of {}: remove those plexes or volumes first",
+            dg.name,
+            users.join(", ")
+        )));
+    }
+    if dg.disks.len() == 1 {
+        return Err(ConfigError::InUse(format!(
+            "disk {disk} is the last disk of disk group {}: use dg destroy",
+            dg.name
+        )));
+    }
+    next.disks.remove(index);
+    Ok(())
+}
+
+/// Applies [`Change::VolCreate`] to `next` (a copy of `dg`).
+fn vol_create(
+    dg: &DiskGroupConfig,
+    next: &mut DiskGroupConfig,
+    volume: &str,
+    size_bytes: u64,
+    layout: VolumeLayout,
+) -> Result<(), ConfigError> {
+    validate_name("volume", volume)?;
+    if dg.volume(volume).is_some() || dg.find_plex(volume).is_some() {
+        return Err(ConfigError::Exists(format!(
+            "volume {volume} already exists in disk group {}",
+            dg.name
+        )));
+    }
+    let size = checked_volume_size(volume, size_bytes)?;
+    let (mirrors, plex_layout) = layout.plexes();
+    if mirrors == 0 || mirrors as usize > MAX_PLEXES {
+        return Err(ConfigError::Invalid(format!(
+            "volume {volume}: {mirrors} mirrors requested, 1 to {MAX_PLEXES} allowed"
+        )));
+    }
+    if let PlexLayout::Stripe { columns, .. } = plex_layout {
+        if columns < MIN_STRIPE_COLUMNS {
+            return Err(ConfigError::Invalid(format!(
+                "volume {volume}: a stripe needs at least {MIN_STRIPE_COLUMNS} columns, got {columns}; use the concat (or mirror) layout for one column"
+            )));
+        }
+    }
+    plex_layout.validate()?;
+    let plexes = alloc::allocate_volume(dg, volume, size, layout)?;
+    next.volumes.push(Volume {
+        name: volume.to_string(),
+        size_bytes: size,
+        state: VolumeState::Enabled,
+        read_policy: ReadPolicy::Round,
+        plexes,
+        exports: Vec::new(),
+        reservations: PrState::default(),
+    });
+    Ok(())
+}
+
+/// Applies [`Change::VolGrow`] to `next` (a copy of `dg`).
+fn vol_grow(
+    dg: &DiskGroupConfig,
+    next: &mut DiskGroupConfig,
+    volume: &str,
+    new_size_bytes: u64,
+) -> Result<(), ConfigError> {
+    let vi = dg.volume_index(volume)?;
+    let size = checked_volume_size(volume, new_size_bytes)?;
+    let current = dg.volumes[vi].size_bytes;
+    if size <= current {
+        return Err(ConfigError::Invalid(format!(
+            "volume {volume}: new size {} is not larger than the current {}",
+            crate::size::format_size(size),
+            crate::size::format_size(current)
+        )));
+    }
+    next.volumes[vi].plexes = alloc::grow_volume(dg, volume, size)?;
+    next.volumes[vi].size_bytes = size;
+    Ok(())
+}
+
+/// Applies [`Change::VolShrink`] to `next` (a copy of `dg`).
+fn vol_shrink(
+    dg: &DiskGroupConfig,
+    next: &mut DiskGroupConfig,
+    volume: &str,
+    new_size_bytes: u64,
+) -> Result<(), ConfigError> {
+    let vi = dg.volume_index(volume)?;
+    let size = checked_volume_size(volume, new_size_bytes)?;
+    let current = dg.volumes[vi].size_bytes;
+    if size >= current {
+        return Err(ConfigError::Invalid(format!(
+            "volume {volume}: new size {} is not smaller than the current {}",
+            crate::size::format_size(size),
+            crate::size::format_size(current)
+        )));
+    }
+    next.volumes[vi].plexes = alloc::shrink_plexes(&dg.volumes[vi].plexes, size);
+    next.volumes[vi].size_bytes = size;
+    Ok(())
+}
+
+/// Applies [`Change::VolSetReadPolicy`] to `next` (a copy of `dg`).
+fn vol_set_read_policy(
+    dg: &DiskGroupConfig,
+    next: &mut DiskGroupConfig,
+    volume: &str,
+    policy: &ReadPolicy,
+) -> Result<(), ConfigError> {
+    let vi = dg.volume_index(volume)?;
+    if let ReadPolicy::Prefer { plex } = policy {
+        if dg.volumes[vi].plex(plex).is_none() {
+            return Err(not_found("plex", plex, format!(" in volume {volume}")));
+        }
+    }
+    next.volumes[vi].read_policy = policy.clone();
+    Ok(())
+}
+
+/// Applies [`Change::VolRm`] to `next` (a copy of `dg`).
+fn vol_rm(
+    dg: &DiskGroupConfig,
+    next: &mut DiskGroupConfig,
+    volume: &str,
+) -> Result<(), ConfigError> {
+    let vi = dg.volume_index(volume)?;
+    if let Some(e) = dg.volumes[vi].exports.first() {
+        return Err(ConfigError::InUse(format!(
+            "volume {volume} is exported over {} as {}; unexport it first",
+            e.protocol.as_str(),
+            e.iqn
+        )));
+    }
+    next.volumes.remove(vi);
+    Ok(())
+}
+
+/// Applies [`Change::VolExport`] to `next` (a copy of `dg`).
+fn vol_export(
+    dg: &DiskGroupConfig,
+    next: &mut DiskGroupConfig,
+    volume: &str,
+    export: &Export,
+) -> Result<(), ConfigError> {
+    let vi = dg.volume_index(volume)?;
+    export.validate()?;
+    for n in &export.nodes {
+        validate_name("node", n)?;
+    }
+    if let Some(e) = dg.volumes[vi]
+        .exports
+        .iter()
+        .find(|e| e.protocol == export.protocol)
+    {
+        return Err(ConfigError::Exists(format!(
+            "volume {volume} is already exported over {} as {}; unexport it first",
+            e.protocol.as_str(),
+            e.iqn
+        )));
+    }
+    next.volumes[vi].exports.push(export.clone());
+    next.volumes[vi].exports.sort_by_key(|e| e.protocol);
+    Ok(())
+}
+
+/// Applies [`Change::VolPrOut`] to `next` (a copy of `dg`).
+fn vol_pr_out(
+    dg: &DiskGroupConfig,
+    next: &mut DiskGroupConfig,
+    volume: &str,
+    nexus: &Nexus,
+    service_action: u8,
+    scope_type: u8,
+    parameters: &[u8],
+) -> Result<(), ConfigError> {
+    let vi = dg.volume_index(volume)?;
+    let what = || {
+        format!(
+            "volume {volume} of disk group {}: PERSISTENT RESERVE OUT (service action {service_action}) from {nexus}",
+            dg.name
+        )
+    };
+    if !dg.shared {
+        return Err(ConfigError::Invalid(format!(
+            "{}: a private volume's reservations are kept by its node",
+            what()
+        )));
+    }
+    if nexus.initiator.is_empty() || nexus.initiator.len() > MAX_NEXUS_NAME_BYTES {
+        return Err(ConfigError::Invalid(format!(
+            "{}: the initiator port name must be 1..{MAX_NEXUS_NAME_BYTES} bytes",
+            what()
+        )));
+    }
+    let r = next.volumes[vi]
+        .reservations
+        .out(nexus, service_action, scope_type, parameters);
+    match r {
+        Ok(true) => {}
+        Ok(false) => {
+            return Err(ConfigError::Invalid(format!(
+                "{}: changes nothing in the reservations now",
+                what()
+            )))
+        }
+        Err(e) => {
+            return Err(ConfigError::Invalid(format!(
+                "{}: refused by the reservations now ({e:?})",
+                what()
+            )))
+        }
+    }
+    Ok(())
+}
+
+/// Applies [`Change::VolUnexport`] to `next` (a copy of `dg`).
+fn vol_unexport(
+    dg: &DiskGroupConfig,
+    next: &mut DiskGroupConfig,
+    volume: &str,
+    protocol: ExportProtocol,
+) -> Result<(), ConfigError> {
+    let vi = dg.volume_index(volume)?;
+    let before = next.volumes[vi].exports.len();
+    next.volumes[vi].exports.retain(|e| e.protocol != protocol);
+    if next.volumes[vi].exports.len() == before {
+        return Err(not_found(
+            "export",
+            protocol.as_str(),
+            format!(" of volume {volume}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Applies [`Change::PlexAdd`] to `next` (a copy of `dg`).
+fn plex_add(
+    dg: &DiskGroupConfig,
+    next: &mut DiskGroupConfig,
+    volume: &str,
+    layout: PlexLayout,
+) -> Result<(), ConfigError> {
+    let vi = dg.volume_index(volume)?;
+    let v = &dg.volumes[vi];
+    if v.plexes.len() >= MAX_PLEXES {
+        return Err(ConfigError::InUse(format!(
+            "volume {volume} already has {MAX_PLEXES} plexes"
+        )));
+    }
+    layout.validate()?;
+    let plex = alloc::allocate_plex(dg, volume, layout)?;
+    next.volumes[vi].plexes.push(plex);
+    Ok(())
+}
+
+/// Applies [`Change::PlexDetach`] to `next` (a copy of `dg`).
+fn plex_detach(
+    dg: &DiskGroupConfig,
+    next: &mut DiskGroupConfig,
+    plex: &str,
+) -> Result<(), ConfigError> {
+    let (vi, pi) = dg.plex_index(plex)?;
+    let state = dg.volumes[vi].plexes[pi].state;
+    if !matches!(state, PlexState::Active | PlexState::Syncing) {
+        return Err(ConfigError::Invalid(format!(
+            "plex {plex} is {}, not ACTIVE or SYNCING: nothing to detach",
+            state.as_str()
+        )));
+    }
+    check_not_last_active(&dg.volumes[vi], pi, "detach")?;
+    next.volumes[vi].plexes[pi].state = PlexState::Stale;
+    Ok(())
+}
+
+/// Applies [`Change::PlexAttach`] to `next` (a copy of `dg`).
+fn plex_attach(
+    dg: &DiskGroupConfig,
+    next: &mut DiskGroupConfig,
+    plex: &str,
+) -> Result<(), ConfigError> {
+    let (vi, pi) = dg.plex_index(plex)?;
+    let v = &dg.volumes[vi];
+    let state = v.plexes[pi].state;
+    if !matches!(state, PlexState::Stale | PlexState::Empty) {
+        return Err(ConfigError::Invalid(format!(
+            "plex {plex} is {}, only a STALE or EMPTY plex can be attached",
+            state.as_str()
+        )));
+    }
+    if v.active_plexes() == 0 {
+        return Err(ConfigError::Invalid(format!(
+            "plex {plex}: volume {} has no ACTIVE plex to resynchronise from",
+            v.name
+        )));
+    }
+    next.volumes[vi].plexes[pi].state = PlexState::Syncing;
+    Ok(())
+}
+
+/// Applies [`Change::PlexRm`] to `next` (a copy of `dg`).
+fn plex_rm(
+    dg: &DiskGroupConfig,
+    next: &mut DiskGroupConfig,
+    plex: &str,
+    force: bool,
+) -> Result<(), ConfigError> {
+    let (vi, pi) = dg.plex_index(plex)?;
+    let v = &dg.volumes[vi];
+    if v.plexes.len() == 1 {
+        return Err(ConfigError::InUse(format!(
+            "plex {plex} is the only plex of volume {}: use vol rm",
+            v.name
+        )));
+    }
+    check_not_last_active(v, pi, "remove")?;
+    if v.plexes[pi].state == PlexState::Active && !force {
+        return Err(ConfigError::InUse(format!(
+            "plex {plex} is an ACTIVE mirror of volume {} in disk group {} ({} ACTIVE plexes): removing it loses a copy of the data; detach it first (plexctl plex detach {} {plex}) or use plex rm --force",
+            v.name,
+            dg.name,
+            v.active_plexes(),
+            dg.name
+        )));
+    }
+    next.volumes[vi].plexes.remove(pi);
+    if let ReadPolicy::Prefer { plex: preferred } = &v.read_policy {
+        if preferred == plex {
+            next.volumes[vi].read_policy = ReadPolicy::Round;
+        }
+    }
+    Ok(())
+}
+
+/// Applies [`Change::SetPlexState`] to `next` (a copy of `dg`).
+fn set_plex_state(
+    dg: &DiskGroupConfig,
+    next: &mut DiskGroupConfig,
+    plex: &str,
+    state: PlexState,
+) -> Result<(), ConfigError> {
+    let (vi, pi) = dg.plex_index(plex)?;
+    if state != PlexState::Active {
+        check_not_last_active(&dg.volumes[vi], pi, &format!("set {}", state.as_str()))?;
+    }
+    next.volumes[vi].plexes[pi].state = state;
+    Ok(())
+}

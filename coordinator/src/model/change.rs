@@ -1,0 +1,430 @@
+//! Configuration changes: what moves the model, which disk writes each needs, and
+//! the one-line description `plexctl` prints after a commit.
+
+use serde::{Deserialize, Serialize};
+
+use super::*;
+
+/// A configuration change. `InitDisk` is not one: `disk init` only writes a label
+/// (`ondisk::init_disk`) and belongs to no disk group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum Change {
+    /// `dg create [--shared]`: a new group with at least one initialised disk.
+    DgCreate {
+        /// New group name.
+        dg: String,
+        /// New group id (see [`new_id`]).
+        dg_id: String,
+        /// Shared or private.
+        shared: bool,
+        /// Cluster id (shared) or host id (private).
+        owner_id: String,
+        /// The disks, as read from their labels.
+        disks: Vec<Disk>,
+    },
+    /// `dg add-disk`.
+    DgAddDisk {
+        /// Group.
+        dg: String,
+        /// The disk, as read from its label.
+        disk: Disk,
+    },
+    /// `dg rm-disk`: the disk must hold no subdisk and not be the last one.
+    DgRmDisk {
+        /// Group.
+        dg: String,
+        /// Disk media name.
+        disk: String,
+    },
+    /// `dg destroy`: the group and its volumes are gone; the disks are released.
+    /// Refused while a volume is exported unless `force` (which ends the exports);
+    /// every node also refuses it while a host session uses a volume (local check).
+    DgDestroy {
+        /// Group.
+        dg: String,
+        /// `--force`: end the volumes' exports too.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        force: bool,
+    },
+    /// `dg deport`: the node (or cluster) gives the group up; its disks keep the
+    /// configuration with an empty owner (see [`DiskGroupConfig::deported`]). Refused
+    /// while exported unless `force`, like [`Change::DgDestroy`].
+    DgDeport {
+        /// Group.
+        dg: String,
+        /// `--force`: end the volumes' exports too.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        force: bool,
+    },
+    /// `dg import`: takes a group read from its disks (`ondisk::read_config`).
+    DgImport {
+        /// The configuration found on the disks.
+        config: DiskGroupConfig,
+        /// Import as shared or private.
+        shared: bool,
+        /// Cluster id (shared) or host id (private).
+        owner_id: String,
+    },
+    /// `vol create`.
+    VolCreate {
+        /// Group.
+        dg: String,
+        /// New volume name.
+        volume: String,
+        /// Requested size; rounded up to a multiple of 512.
+        size_bytes: u64,
+        /// Requested layout.
+        layout: VolumeLayout,
+    },
+    /// `vol grow`: every plex is extended.
+    VolGrow {
+        /// Group.
+        dg: String,
+        /// Volume.
+        volume: String,
+        /// New size, larger than the current one; rounded up to a multiple of 512.
+        new_size_bytes: u64,
+    },
+    /// `vol shrink`: every plex is cut from the end (the data beyond the new size is
+    /// lost).
+    VolShrink {
+        /// Group.
+        dg: String,
+        /// Volume.
+        volume: String,
+        /// New size, smaller than the current one and larger than 0; rounded up to a
+        /// multiple of 512.
+        new_size_bytes: u64,
+    },
+    /// Sets a volume's read policy.
+    VolSetReadPolicy {
+        /// Group.
+        dg: String,
+        /// Volume.
+        volume: String,
+        /// New policy; `Prefer` must name one of the volume's plexes.
+        policy: ReadPolicy,
+    },
+    /// `vol rm`.
+    VolRm {
+        /// Group.
+        dg: String,
+        /// Volume.
+        volume: String,
+    },
+    /// `plex add`: a new EMPTY plex on disks the volume does not use yet.
+    PlexAdd {
+        /// Group.
+        dg: String,
+        /// Volume.
+        volume: String,
+        /// Layout of the new plex.
+        layout: PlexLayout,
+    },
+    /// `plex detach`: ACTIVE or SYNCING → STALE; never the last ACTIVE plex.
+    PlexDetach {
+        /// Group.
+        dg: String,
+        /// Plex name.
+        plex: String,
+    },
+    /// `plex attach`: STALE or EMPTY → SYNCING (the resync then sets it ACTIVE).
+    PlexAttach {
+        /// Group.
+        dg: String,
+        /// Plex name.
+        plex: String,
+    },
+    /// `plex rm`: never the last ACTIVE plex; an ACTIVE plex (a working mirror) only
+    /// with `force`.
+    PlexRm {
+        /// Group.
+        dg: String,
+        /// Plex name.
+        plex: String,
+        /// `--force`: remove an ACTIVE plex (the volume loses a mirror).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        force: bool,
+    },
+    /// Sets a plex's state (resync done, I/O-error detach); never leaves a volume
+    /// without an ACTIVE plex it had.
+    SetPlexState {
+        /// Group.
+        dg: String,
+        /// Plex name.
+        plex: String,
+        /// New state.
+        state: PlexState,
+    },
+    /// `export`: hosts reach the volume over `export.protocol`.
+    VolExport {
+        /// Group.
+        dg: String,
+        /// Volume.
+        volume: String,
+        /// The export (its IQN unique in the cluster).
+        export: Export,
+    },
+    /// `unexport`: the volume's export over `protocol` ends on every node.
+    VolUnexport {
+        /// Group.
+        dg: String,
+        /// Volume.
+        volume: String,
+        /// Which export.
+        protocol: ExportProtocol,
+    },
+    /// A host's PERSISTENT RESERVE OUT on a shared volume, sent by the data plane of
+    /// the node it reached: [`PrState::out`] on the volume's reservations. Refused
+    /// (kind Refused) unless it changes them: the requesting node then decides the
+    /// command's outcome again on the newest state (docs/ISCSI.md).
+    VolPrOut {
+        /// Group (shared).
+        dg: String,
+        /// Volume.
+        volume: String,
+        /// The I_T nexus: initiator port and relative target port.
+        nexus: Nexus,
+        /// Service action.
+        service_action: u8,
+        /// The CDB's scope and type byte.
+        scope_type: u8,
+        /// The parameter list.
+        parameters: Vec<u8>,
+    },
+}
+
+impl Change {
+    /// The disk group the change is about.
+    pub fn dg_name(&self) -> &str {
+        match self {
+            Change::DgImport { config, .. } => &config.name,
+            Change::DgCreate { dg, .. }
+            | Change::DgAddDisk { dg, .. }
+            | Change::DgRmDisk { dg, .. }
+            | Change::DgDestroy { dg, .. }
+            | Change::DgDeport { dg, .. }
+            | Change::VolCreate { dg, .. }
+            | Change::VolGrow { dg, .. }
+            | Change::VolShrink { dg, .. }
+            | Change::VolSetReadPolicy { dg, .. }
+            | Change::VolRm { dg, .. }
+            | Change::PlexAdd { dg, .. }
+            | Change::PlexDetach { dg, .. }
+            | Change::PlexAttach { dg, .. }
+            | Change::PlexRm { dg, .. }
+            | Change::SetPlexState { dg, .. }
+            | Change::VolExport { dg, .. }
+            | Change::VolUnexport { dg, .. }
+            | Change::VolPrOut { dg, .. } => dg,
+        }
+    }
+
+    /// Disks that every node must be able to open before the change is accepted
+    /// (the slaves' check in step 2 of the transaction).
+    pub fn new_disks(&self) -> Vec<&Disk> {
+        match self {
+            Change::DgCreate { disks, .. } => disks.iter().collect(),
+            Change::DgAddDisk { disk, .. } => vec![disk],
+            Change::DgImport { config, .. } => config.disks.iter().collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// What the commit must write to disks, given the configurations before and after
+    /// [`apply`]: the new group configuration (on all its disks), or disks to release.
+    pub fn disk_updates(&self, before: &ClusterConfig, after: &ClusterConfig) -> Vec<DiskUpdate> {
+        let name = self.dg_name();
+        let old = before.disk_group(name);
+        let mut updates = Vec::new();
+        match self {
+            Change::DgDestroy { .. } => {
+                if let Some(old) = old {
+                    updates.extend(old.disks.iter().cloned().map(DiskUpdate::Release));
+                }
+            }
+            Change::DgDeport { .. } => {
+                if let Some(old) = old {
+                    updates.push(DiskUpdate::WriteConfig(old.deported()));
+                }
+            }
+            _ => {
+                if let Some(new) = after.disk_group(name) {
+                    updates.push(DiskUpdate::WriteConfig(new.clone()));
+                }
+                if let (Change::DgRmDisk { disk, .. }, Some(old)) = (self, old) {
+                    if let Some(d) = old.disk(disk) {
+                        updates.push(DiskUpdate::Release(d.clone()));
+                    }
+                }
+            }
+        }
+        updates
+    }
+}
+
+/// A write the commit of a change makes to disks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DiskUpdate {
+    /// Write this configuration (seq = `config.seq`) to every disk of the group,
+    /// updating labels whose disk group fields differ.
+    WriteConfig(DiskGroupConfig),
+    /// Clear the disk's disk group fields and slots (`ondisk::release_disk`).
+    Release(Disk),
+}
+
+/// What a committed change did, in one line for `plexctl` (object, size, placement,
+/// and any adjustment of what was asked). `after` is the change's disk group as it
+/// is now, when it still exists.
+pub fn describe(change: &Change, after: Option<&DiskGroupConfig>) -> String {
+    use crate::size::format_size;
+    let placement = |v: &Volume| -> String {
+        v.plexes
+            .iter()
+            .map(|p| {
+                let disks: Vec<&str> = p.disks().into_iter().collect();
+                let layout = match p.layout {
+                    PlexLayout::Concat => "concat".to_string(),
+                    PlexLayout::Stripe {
+                        columns,
+                        stripe_unit_bytes,
+                    } => format!(
+                        "stripe {columns} columns x {}",
+                        format_size(stripe_unit_bytes)
+                    ),
+                };
+                format!(
+                    "{} {} {layout} on {}",
+                    p.name,
+                    p.state.as_str(),
+                    disks.join("+")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let volume = |name: &str| after.and_then(|g| g.volume(name));
+    let rounded = |asked: u64, got: u64| {
+        if asked == got {
+            String::new()
+        } else {
+            format!(" ({asked} bytes asked, rounded up to whole {SECTOR_BYTES}-byte sectors)")
+        }
+    };
+    let dg = change.dg_name();
+    match change {
+        Change::DgCreate { shared, disks, .. } => format!(
+            "disk group {dg} created ({}) on disks {}",
+            if *shared { "shared" } else { "private" },
+            disks
+                .iter()
+                .map(|d| d.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Change::DgImport { shared, .. } => format!(
+            "disk group {dg} imported ({})",
+            if *shared { "shared" } else { "private" }
+        ),
+        Change::DgAddDisk { disk, .. } => format!(
+            "disk {} added to disk group {dg} ({} free)",
+            disk.name,
+            format_size(disk.public_len_bytes)
+        ),
+        Change::DgRmDisk { disk, .. } => format!("disk {disk} removed from disk group {dg}"),
+        Change::DgDestroy { force, .. } => format!(
+            "disk group {dg} destroyed, its disks released{}",
+            if *force { " (its exports ended)" } else { "" }
+        ),
+        Change::DgDeport { force, .. } => format!(
+            "disk group {dg} deported{}",
+            if *force { " (its exports ended)" } else { "" }
+        ),
+        Change::VolCreate {
+            volume: name,
+            size_bytes,
+            ..
+        } => match volume(name) {
+            Some(v) => format!(
+                "volume {name} created in disk group {dg}: {}{}: {}",
+                format_size(v.size_bytes),
+                rounded(*size_bytes, v.size_bytes),
+                placement(v)
+            ),
+            None => format!("volume {name} created in disk group {dg}"),
+        },
+        Change::VolGrow {
+            volume: name,
+            new_size_bytes,
+            ..
+        }
+        | Change::VolShrink {
+            volume: name,
+            new_size_bytes,
+            ..
+        } => {
+            let verb = if matches!(change, Change::VolGrow { .. }) {
+                "grown"
+            } else {
+                "shrunk"
+            };
+            match volume(name) {
+                Some(v) => format!(
+                    "volume {name} of disk group {dg} {verb} to {}{}: {}",
+                    format_size(v.size_bytes),
+                    rounded(*new_size_bytes, v.size_bytes),
+                    placement(v)
+                ),
+                None => format!("volume {name} of disk group {dg} {verb}"),
+            }
+        }
+        Change::VolSetReadPolicy { volume, .. } => {
+            format!("volume {volume} of disk group {dg}: read policy set")
+        }
+        Change::VolRm { volume, .. } => format!("volume {volume} removed from disk group {dg}"),
+        Change::PlexAdd { volume: name, .. } => match volume(name).and_then(|v| v.plexes.last()) {
+            Some(p) => format!(
+                "plex {} added to volume {name} of disk group {dg}: EMPTY on {} (plexctl plex attach {dg} {} to use it)",
+                p.name,
+                p.disks().into_iter().collect::<Vec<_>>().join("+"),
+                p.name
+            ),
+            None => format!("plex added to volume {name} of disk group {dg}"),
+        },
+        Change::PlexDetach { plex, .. } => format!("plex {plex} of disk group {dg} detached (STALE)"),
+        Change::PlexAttach { plex, .. } => format!(
+            "plex {plex} of disk group {dg} attached: SYNCING, ACTIVE once resynchronised (plexctl task list)"
+        ),
+        Change::PlexRm { plex, .. } => format!("plex {plex} removed from disk group {dg}"),
+        Change::SetPlexState { plex, state, .. } => {
+            format!("plex {plex} of disk group {dg} set {}", state.as_str())
+        }
+        Change::VolExport {
+            volume, export, ..
+        } => format!(
+            "volume {volume} of disk group {dg} exported over {} as {} on {}",
+            export.protocol.as_str(),
+            export.iqn,
+            if export.nodes.is_empty() {
+                "every node".to_string()
+            } else {
+                format!("node {}", export.nodes.join(", "))
+            }
+        ),
+        Change::VolPrOut {
+            volume,
+            nexus,
+            service_action,
+            ..
+        } => format!(
+            "volume {volume} of disk group {dg}: persistent reservations changed (service action {service_action} from {nexus})"
+        ),
+        Change::VolUnexport {
+            volume, protocol, ..
+        } => format!(
+            "volume {volume} of disk group {dg}: {} export ended on every node",
+            protocol.as_str()
+        ),
+    }
+}

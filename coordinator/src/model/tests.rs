@@ -1,0 +1,832 @@
+use std::collections::BTreeSet;
+
+use super::test_support::*;
+use super::*;
+
+const GIB: u64 = 1 << 30;
+
+fn create_vol(
+    c: &ClusterConfig,
+    name: &str,
+    size: u64,
+    layout: VolumeLayout,
+) -> Result<ClusterConfig, ConfigError> {
+    c.apply(&Change::VolCreate {
+        dg: "dg1".into(),
+        volume: name.into(),
+        size_bytes: size,
+        layout,
+    })
+}
+
+fn pr_out(nexus: &Nexus, sa: u8, ty: u8, rkey: u64, sakey: u64) -> Change {
+    Change::VolPrOut {
+        dg: "dg1".into(),
+        volume: "v1".into(),
+        nexus: nexus.clone(),
+        service_action: sa,
+        scope_type: ty,
+        parameters: plexd_target::frontend::scsi::pr::param(rkey, sakey, false),
+    }
+}
+
+#[test]
+fn persistent_reservations_are_changed_by_the_cluster_and_refused_when_stale() {
+    use plexd_target::frontend::scsi::pr::{ty, Access};
+    let c = create_vol(
+        &cluster(&[("d1", GIB)]),
+        "v1",
+        8 << 20,
+        VolumeLayout::Concat,
+    )
+    .unwrap();
+    let a = Nexus::new("iqn.a,i,0x1", 1);
+    let b = Nexus::new("iqn.b,i,0x2", 2);
+    let c = c.apply(&pr_out(&a, 0, 0, 0, 0xa)).unwrap();
+    let c = c.apply(&pr_out(&a, 1, ty::WE, 0xa, 0)).unwrap();
+    assert_eq!(c.disk_groups[0].seq, 4, "each change bumps seq");
+    let r = &c.disk_groups[0].volumes[0].reservations;
+    assert!(r.conflicts(&b, Access::Write));
+    assert!(!r.conflicts(&a, Access::Write));
+    // What changes nothing (a second identical RESERVE) or conflicts is refused:
+    // the requesting node answers it from the state it then holds.
+    for stale in [pr_out(&a, 1, ty::WE, 0xa, 0), pr_out(&b, 1, ty::WE, 0xb, 0)] {
+        let e = c.apply(&stale).unwrap_err();
+        assert!(matches!(e, ConfigError::Invalid(_)), "{e}");
+        assert!(e.to_string().contains("volume v1 of disk group dg1"), "{e}");
+    }
+    // PREEMPT by another nexus removes a's key and takes the reservation.
+    let c = c.apply(&pr_out(&b, 0, 0, 0, 0xb)).unwrap();
+    let c = c.apply(&pr_out(&b, 4, ty::WE, 0xb, 0xa)).unwrap();
+    let r = &c.disk_groups[0].volumes[0].reservations;
+    assert_eq!(r.regs.len(), 1);
+    assert!(r.conflicts(&a, Access::Write));
+    // A private group's volume keeps its reservations on its node.
+    let private = apply(
+        &ClusterConfig::default(),
+        &Change::DgCreate {
+            dg: "dg1".into(),
+            dg_id: "dgid1".into(),
+            shared: false,
+            owner_id: "host1".into(),
+            disks: vec![disk("d1", GIB)],
+        },
+    )
+    .unwrap();
+    let private = create_vol(&private, "v1", 8 << 20, VolumeLayout::Concat).unwrap();
+    assert!(private.apply(&pr_out(&a, 0, 0, 0, 0xa)).is_err());
+    // The change travels as JSON like every other.
+    let ch = pr_out(&a, 0, 0, 0, 0xa);
+    let back: Change = serde_json::from_str(&serde_json::to_string(&ch).unwrap()).unwrap();
+    assert_eq!(back, ch);
+}
+
+#[test]
+fn dg_create_refuses_duplicates_and_reused_disks() {
+    let c = cluster(&[("disk01", GIB)]);
+    assert_eq!(c.disk_groups[0].seq, 1);
+    let again = Change::DgCreate {
+        dg: "dg1".into(),
+        dg_id: "other".into(),
+        shared: true,
+        owner_id: "c".into(),
+        disks: vec![disk("disk02", GIB)],
+    };
+    assert_eq!(
+        c.apply(&again).unwrap_err().to_string(),
+        "disk group dg1 already exists"
+    );
+    let private = Change::DgCreate {
+        dg: "dg1".into(),
+        dg_id: "other".into(),
+        shared: false,
+        owner_id: "hostA".into(),
+        disks: vec![disk("disk02", GIB)],
+    };
+    assert_eq!(
+        c.apply(&private).unwrap_err().to_string(),
+        "disk group dg1 exists as a shared disk group"
+    );
+    let reuse = Change::DgCreate {
+        dg: "dg2".into(),
+        dg_id: "dgid2".into(),
+        shared: true,
+        owner_id: "c".into(),
+        disks: vec![disk("disk01", GIB)],
+    };
+    let err = c.apply(&reuse).unwrap_err().to_string();
+    assert!(err.contains("already in disk group dg1"), "{err}");
+    let empty = Change::DgCreate {
+        dg: "dg2".into(),
+        dg_id: "dgid2".into(),
+        shared: true,
+        owner_id: "c".into(),
+        disks: vec![],
+    };
+    assert!(c.apply(&empty).is_err());
+    let bad_name = Change::DgCreate {
+        dg: "-x".into(),
+        dg_id: "dgid3".into(),
+        shared: true,
+        owner_id: "c".into(),
+        disks: vec![disk("disk03", GIB)],
+    };
+    assert!(c
+        .apply(&bad_name)
+        .unwrap_err()
+        .to_string()
+        .contains("invalid"));
+}
+
+#[test]
+fn add_and_remove_disks() {
+    let c = cluster(&[("disk01", GIB)]);
+    let c = c
+        .apply(&Change::DgAddDisk {
+            dg: "dg1".into(),
+            disk: disk("disk02", GIB),
+        })
+        .unwrap();
+    assert_eq!(c.disk_groups[0].disks.len(), 2);
+    assert_eq!(c.disk_groups[0].seq, 2);
+    let dup = Change::DgAddDisk {
+        dg: "dg1".into(),
+        disk: disk("disk02", GIB),
+    };
+    assert!(c.apply(&dup).unwrap_err().to_string().contains("disk02"));
+    let c = create_vol(&c, "vol1", GIB / 2, VolumeLayout::Concat).unwrap();
+    let used = c.disk_groups[0].volumes[0].plexes[0].subdisks[0]
+        .disk
+        .clone();
+    let err = c
+        .apply(&Change::DgRmDisk {
+            dg: "dg1".into(),
+            disk: used.clone(),
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("vol1/vol1-01"), "{err}");
+    let other = if used == "disk01" { "disk02" } else { "disk01" };
+    let c2 = c
+        .apply(&Change::DgRmDisk {
+            dg: "dg1".into(),
+            disk: other.into(),
+        })
+        .unwrap();
+    let err = c2
+        .apply(&Change::DgRmDisk {
+            dg: "dg1".into(),
+            disk: "nope".into(),
+        })
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "disk nope does not exist in disk group dg1"
+    );
+    let updates = Change::DgRmDisk {
+        dg: "dg1".into(),
+        disk: other.into(),
+    }
+    .disk_updates(&c, &c2);
+    assert_eq!(updates.len(), 2);
+    assert!(matches!(&updates[1], DiskUpdate::Release(d) if d.name == other));
+}
+
+#[test]
+fn vol_create_names_plexes_and_subdisks_vxvm_style() {
+    let c = cluster(&[("disk01", GIB), ("disk02", GIB)]);
+    let c = create_vol(&c, "vol01", 100 << 20, VolumeLayout::Mirror { mirrors: 2 }).unwrap();
+    let v = &c.disk_groups[0].volumes[0];
+    assert_eq!(v.plexes[0].name, "vol01-01");
+    assert_eq!(v.plexes[1].name, "vol01-02");
+    assert_eq!(v.plexes[0].subdisks[0].name, "disk01-01");
+    assert_eq!(v.plexes[1].subdisks[0].name, "disk02-01");
+    assert!(v.plexes.iter().all(|p| p.state == PlexState::Active));
+    let err = create_vol(&c, "vol01", GIB, VolumeLayout::Concat).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "volume vol01 already exists in disk group dg1"
+    );
+    let c = create_vol(&c, "vol02", 100 << 20, VolumeLayout::Concat).unwrap();
+    assert_eq!(
+        c.disk_groups[0].volumes[1].plexes[0].subdisks[0].name,
+        "disk01-02"
+    );
+    assert_eq!(c.disk_groups[0].seq, 3);
+    assert!(create_vol(&c, "vol03", 0, VolumeLayout::Concat).is_err());
+}
+
+#[test]
+fn last_active_plex_can_never_be_detached() {
+    let c = cluster(&[("disk01", GIB), ("disk02", GIB)]);
+    let c = create_vol(&c, "vol1", 10 << 20, VolumeLayout::Mirror { mirrors: 2 }).unwrap();
+    let detach = |c: &ClusterConfig, plex: &str| {
+        c.apply(&Change::PlexDetach {
+            dg: "dg1".into(),
+            plex: plex.into(),
+        })
+    };
+    let c = detach(&c, "vol1-01").unwrap();
+    assert_eq!(
+        c.disk_groups[0].volumes[0].plexes[0].state,
+        PlexState::Stale
+    );
+    let err = detach(&c, "vol1-02").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "plex vol1-02: cannot detach the last ACTIVE plex of volume vol1"
+    );
+    let err = c
+        .apply(&Change::SetPlexState {
+            dg: "dg1".into(),
+            plex: "vol1-02".into(),
+            state: PlexState::Stale,
+        })
+        .unwrap_err();
+    assert!(matches!(err, ConfigError::LastActivePlex { .. }));
+    let err = c
+        .apply(&Change::PlexRm {
+            dg: "dg1".into(),
+            plex: "vol1-02".into(),
+            force: true,
+        })
+        .unwrap_err();
+    assert!(matches!(err, ConfigError::LastActivePlex { .. }));
+    // Attach: STALE → SYNCING → ACTIVE.
+    let c = c
+        .apply(&Change::PlexAttach {
+            dg: "dg1".into(),
+            plex: "vol1-01".into(),
+        })
+        .unwrap();
+    assert_eq!(
+        c.disk_groups[0].volumes[0].plexes[0].state,
+        PlexState::Syncing
+    );
+    let c = c
+        .apply(&Change::SetPlexState {
+            dg: "dg1".into(),
+            plex: "vol1-01".into(),
+            state: PlexState::Active,
+        })
+        .unwrap();
+    let c = detach(&c, "vol1-02").unwrap();
+    let c = c
+        .apply(&Change::PlexRm {
+            dg: "dg1".into(),
+            plex: "vol1-02".into(),
+            force: true,
+        })
+        .unwrap();
+    assert_eq!(c.disk_groups[0].volumes[0].plexes.len(), 1);
+    let err = c
+        .apply(&Change::PlexRm {
+            dg: "dg1".into(),
+            plex: "vol1-01".into(),
+            force: true,
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("only plex"), "{err}");
+}
+
+#[test]
+fn plex_add_uses_other_disks_and_starts_empty() {
+    let c = cluster(&[("disk01", GIB), ("disk02", GIB), ("disk03", GIB)]);
+    let c = create_vol(&c, "vol1", 10 << 20, VolumeLayout::Concat).unwrap();
+    let add = Change::PlexAdd {
+        dg: "dg1".into(),
+        volume: "vol1".into(),
+        layout: PlexLayout::Concat,
+    };
+    let c = c.apply(&add).unwrap();
+    let c = c.apply(&add).unwrap();
+    let v = &c.disk_groups[0].volumes[0];
+    assert_eq!(v.plexes[1].name, "vol1-02");
+    assert_eq!(v.plexes[1].state, PlexState::Empty);
+    let disks: BTreeSet<_> = v.plexes.iter().flat_map(|p| p.disks()).collect();
+    assert_eq!(disks.len(), 3);
+    let err = c.apply(&add).unwrap_err().to_string();
+    assert!(err.contains("distinct disks"), "{err}");
+}
+
+#[test]
+fn deport_import_and_destroy() {
+    let c = cluster(&[("disk01", GIB)]);
+    let c = create_vol(&c, "vol1", 10 << 20, VolumeLayout::Concat).unwrap();
+    let deport = Change::DgDeport {
+        dg: "dg1".into(),
+        force: false,
+    };
+    let after = c.apply(&deport).unwrap();
+    assert!(after.disk_groups.is_empty());
+    let updates = deport.disk_updates(&c, &after);
+    let DiskUpdate::WriteConfig(on_disk) = &updates[0] else {
+        panic!("{updates:?}")
+    };
+    assert_eq!(on_disk.owner_id, "");
+    assert_eq!(on_disk.seq, 3);
+    let import = Change::DgImport {
+        config: on_disk.clone(),
+        shared: false,
+        owner_id: "hostA".into(),
+    };
+    let back = after.apply(&import).unwrap();
+    let g = &back.disk_groups[0];
+    assert!(!g.shared);
+    assert_eq!(g.owner_id, "hostA");
+    assert_eq!(g.seq, 4);
+    assert_eq!(g.volumes, c.disk_groups[0].volumes);
+    assert!(back.apply(&import).is_err());
+    let destroy = Change::DgDestroy {
+        dg: "dg1".into(),
+        force: false,
+    };
+    let gone = back.apply(&destroy).unwrap();
+    assert!(gone.disk_groups.is_empty());
+    assert!(matches!(
+        destroy.disk_updates(&back, &gone)[..],
+        [DiskUpdate::Release(_)]
+    ));
+    assert_eq!(
+        gone.apply(&destroy).unwrap_err().to_string(),
+        "disk group dg1 does not exist"
+    );
+}
+
+#[test]
+fn kernel_layout_lists_extents_per_column() {
+    let c = cluster(&[("disk01", GIB), ("disk02", GIB)]);
+    let c = create_vol(
+        &c,
+        "vol1",
+        1 << 20,
+        VolumeLayout::Stripe {
+            columns: 2,
+            stripe_unit_bytes: 64 << 10,
+        },
+    )
+    .unwrap();
+    let k = c.disk_groups[0].kernel_layout();
+    assert_eq!(k.len(), 1);
+    let p = &k[0].plexes[0];
+    assert_eq!(p.stripe_unit_bytes, Some(64 << 10));
+    assert_eq!(p.columns.len(), 2);
+    assert_eq!(p.columns[0][0].disk_id, "id-disk01");
+    assert_eq!(p.columns[0][0].offset_bytes, 1 << 20);
+    assert_eq!(p.columns[0][0].len_bytes, 512 << 10);
+    assert_eq!(p.columns[1][0].disk_path, "/dev/disk02");
+}
+
+#[test]
+fn json_uses_the_documented_field_names() {
+    let c = cluster(&[("disk01", GIB)]);
+    let c = create_vol(&c, "vol1", 10 << 20, VolumeLayout::Concat).unwrap();
+    let json = serde_json::to_value(&c).unwrap();
+    let g = &json["disk_groups"][0];
+    assert_eq!(g["name"], "dg1");
+    assert_eq!(g["shared"], true);
+    assert_eq!(g["seq"], 2);
+    assert_eq!(g["disks"][0]["name"], "disk01");
+    let v = &g["volumes"][0];
+    assert_eq!(v["size"], 10 << 20);
+    assert_eq!(v["state"], "ENABLED");
+    assert_eq!(v["plexes"][0]["state"], "ACTIVE");
+    assert_eq!(v["plexes"][0]["layout"]["type"], "concat");
+    assert_eq!(v["plexes"][0]["subdisks"][0]["disk"], "disk01");
+    let back: ClusterConfig = serde_json::from_value(json).unwrap();
+    assert_eq!(back, c);
+}
+
+#[test]
+fn shrink_cuts_every_plex_and_read_policy_names_a_plex() {
+    let c = cluster(&[("disk01", GIB), ("disk02", GIB)]);
+    let c = create_vol(&c, "vol1", 100 << 20, VolumeLayout::Mirror { mirrors: 2 }).unwrap();
+    let shrink = |c: &ClusterConfig, size: u64| {
+        c.apply(&Change::VolShrink {
+            dg: "dg1".into(),
+            volume: "vol1".into(),
+            new_size_bytes: size,
+        })
+    };
+    let small = shrink(&c, 30 << 20).unwrap();
+    let v = &small.disk_groups[0].volumes[0];
+    assert_eq!(v.size_bytes, 30 << 20);
+    assert!(v.plexes.iter().all(|p| p.capacity_bytes() == 30 << 20));
+    assert!(shrink(&c, 200 << 20).is_err());
+    assert!(shrink(&c, 0).is_err());
+    let set = |plex: &str| Change::VolSetReadPolicy {
+        dg: "dg1".into(),
+        volume: "vol1".into(),
+        policy: ReadPolicy::Prefer { plex: plex.into() },
+    };
+    let preferred = small.apply(&set("vol1-02")).unwrap();
+    assert_eq!(
+        preferred.disk_groups[0].volumes[0].read_policy,
+        ReadPolicy::Prefer {
+            plex: "vol1-02".into()
+        }
+    );
+    assert_eq!(
+        small.apply(&set("vol9-01")).unwrap_err().to_string(),
+        "plex vol9-01 does not exist in volume vol1"
+    );
+}
+
+#[test]
+fn io_error_detach_change_respects_the_last_active_plex() {
+    let c = cluster(&[("disk01", GIB), ("disk02", GIB)]);
+    let c = create_vol(&c, "vol1", 10 << 20, VolumeLayout::Mirror { mirrors: 2 }).unwrap();
+    assert_eq!(c.shared_disk_paths(), ["/dev/disk01", "/dev/disk02"]);
+    let change = c.detach_change("vol1", "vol1-02").unwrap().unwrap();
+    let c = c.apply(&change).unwrap();
+    assert_eq!(c.detach_change("vol1", "vol1-02").unwrap(), None);
+    assert!(matches!(
+        c.detach_change("vol1", "vol1-01"),
+        Err(ConfigError::LastActivePlex { .. })
+    ));
+    assert!(c.detach_change("vol1", "vol1-09").is_err());
+}
+
+#[test]
+fn validate_refuses_extreme_values_without_panicking() {
+    let c = cluster(&[("disk01", GIB), ("disk02", GIB)]);
+    let c = create_vol(&c, "vol1", 1 << 20, VolumeLayout::Concat).unwrap();
+    let base = c.disk_groups[0].clone();
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(1);
+    let extremes = [0, 1, 4096, u64::MAX, u64::MAX - 4095, u64::MAX / 2 + 1];
+    for _ in 0..2000 {
+        let mut g = base.clone();
+        let pick =
+            |rng: &mut rand::rngs::StdRng| extremes[rand::Rng::gen_range(rng, 0..extremes.len())];
+        let mut sd = g.volumes[0].plexes[0].subdisks[0].clone();
+        sd.name = "disk01-09".into();
+        sd.len_bytes = pick(&mut rng);
+        sd.disk_offset_bytes = pick(&mut rng);
+        sd.plex_offset_bytes = pick(&mut rng);
+        g.volumes[0].plexes[0].subdisks.push(sd);
+        g.volumes[0].size_bytes = pick(&mut rng);
+        g.disks[1].public_offset_bytes = pick(&mut rng);
+        g.disks[1].public_len_bytes = pick(&mut rng);
+        g.disks[1].size_bytes = pick(&mut rng);
+        if rand::Rng::gen_bool(&mut rng, 0.5) {
+            g.volumes[0].plexes[0].layout = PlexLayout::Stripe {
+                columns: rand::Rng::gen_range(&mut rng, 0..3),
+                stripe_unit_bytes: pick(&mut rng),
+            };
+        }
+        let _ = g.validate();
+        let _ = g.kernel_layout();
+        let _ = g.volumes[0].plexes[0].capacity_bytes();
+        let _ = crate::model::alloc::free_extents(&g);
+    }
+}
+
+#[test]
+fn every_change_round_trips_through_json() {
+    let c = cluster(&[("disk01", GIB)]);
+    let g = c.disk_groups[0].clone();
+    let dg = || "dg1".to_string();
+    let changes = vec![
+        Change::DgCreate {
+            dg: dg(),
+            dg_id: "id".into(),
+            shared: true,
+            owner_id: "c".into(),
+            disks: g.disks.clone(),
+        },
+        Change::DgAddDisk {
+            dg: dg(),
+            disk: disk("disk02", u64::MAX / 2),
+        },
+        Change::DgRmDisk {
+            dg: dg(),
+            disk: "disk01".into(),
+        },
+        Change::DgDestroy {
+            dg: dg(),
+            force: true,
+        },
+        Change::DgDeport {
+            dg: dg(),
+            force: false,
+        },
+        Change::DgImport {
+            config: g.clone(),
+            shared: false,
+            owner_id: "h".into(),
+        },
+        Change::VolCreate {
+            dg: dg(),
+            volume: "v".into(),
+            size_bytes: u64::MAX,
+            layout: VolumeLayout::MirrorStripe {
+                mirrors: 2,
+                columns: 3,
+                stripe_unit_bytes: DEFAULT_STRIPE_UNIT_BYTES,
+            },
+        },
+        Change::VolGrow {
+            dg: dg(),
+            volume: "v".into(),
+            new_size_bytes: 1,
+        },
+        Change::VolShrink {
+            dg: dg(),
+            volume: "v".into(),
+            new_size_bytes: 1,
+        },
+        Change::VolSetReadPolicy {
+            dg: dg(),
+            volume: "v".into(),
+            policy: ReadPolicy::Prefer {
+                plex: "v-01".into(),
+            },
+        },
+        Change::VolRm {
+            dg: dg(),
+            volume: "v".into(),
+        },
+        Change::PlexAdd {
+            dg: dg(),
+            volume: "v".into(),
+            layout: PlexLayout::Stripe {
+                columns: 2,
+                stripe_unit_bytes: 4096,
+            },
+        },
+        Change::PlexDetach {
+            dg: dg(),
+            plex: "v-01".into(),
+        },
+        Change::PlexAttach {
+            dg: dg(),
+            plex: "v-01".into(),
+        },
+        Change::PlexRm {
+            dg: dg(),
+            plex: "v-01".into(),
+            force: true,
+        },
+        Change::SetPlexState {
+            dg: dg(),
+            plex: "v-01".into(),
+            state: PlexState::Syncing,
+        },
+    ];
+    for change in changes {
+        let json = serde_json::to_string(&change).unwrap();
+        let back: Change = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, change, "{json}");
+        assert_eq!(change.dg_name(), "dg1");
+    }
+}
+
+#[test]
+fn validate_catches_overlapping_subdisks() {
+    let c = cluster(&[("disk01", GIB)]);
+    let c = create_vol(&c, "vol1", 10 << 20, VolumeLayout::Concat).unwrap();
+    let c = create_vol(&c, "vol2", 10 << 20, VolumeLayout::Concat).unwrap();
+    let mut g = c.disk_groups[0].clone();
+    g.validate().unwrap();
+    g.volumes[1].plexes[0].subdisks[0].disk_offset_bytes = 1 << 20;
+    let err = g.validate().unwrap_err().to_string();
+    assert!(err.contains("overlap"), "{err}");
+}
+
+fn export(iqn: &str) -> Export {
+    Export {
+        hosts: Vec::new(),
+        protocol: ExportProtocol::Iscsi,
+        iqn: iqn.into(),
+        nodes: Vec::new(),
+        portal: String::new(),
+    }
+}
+
+#[test]
+fn iscsi_names_are_checked() {
+    for ok in [
+        "iqn.2026-11.io.plexd:demo",
+        "iqn.1994-05.com.redhat:ab12",
+        "eui.02004567a425678d",
+        "naa.52004567ba64678d",
+    ] {
+        assert!(validate_iqn(ok).is_ok(), "{ok}");
+    }
+    for bad in [
+        "",
+        "iqn.2026-11",
+        "iqn.26-11.io.plexd:x",
+        "IQN.2026-11.io.plexd:x",
+        "iqn.2026-11.io.plexd:Upper",
+        "iqn.2026-11.io.plexd:sp ace",
+        "eui.123",
+        "vol1",
+    ] {
+        assert!(validate_iqn(bad).is_err(), "{bad:?}");
+    }
+    assert!(validate_iqn(&format!("iqn.2026-11.io.plexd:{}", "a".repeat(300))).is_err());
+}
+
+#[test]
+fn nvmf_exports_check_their_nqns_and_hosts_and_sit_beside_iscsi() {
+    for ok in [
+        "nqn.2026-11.io.plexd:test.dg1.vol1",
+        "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-000000000001",
+    ] {
+        assert!(validate_nqn("NQN", ok).is_ok(), "{ok}");
+    }
+    for bad in [
+        "",
+        "nqn.2026-11",
+        "iqn.2026-11.io.plexd:x",
+        "nqn.26-11.io.plexd:x",
+        "nqn.2026-11.io.plexd:sp ace",
+        DISCOVERY_NQN,
+    ] {
+        assert!(validate_nqn("NQN", bad).is_err(), "{bad:?}");
+    }
+    let c = test_support::cluster(&[("disk01", 1 << 30)])
+        .apply(&Change::VolCreate {
+            dg: "dg1".into(),
+            volume: "v1".into(),
+            size_bytes: 1 << 20,
+            layout: VolumeLayout::Concat,
+        })
+        .unwrap()
+        .apply(&Change::VolExport {
+            dg: "dg1".into(),
+            volume: "v1".into(),
+            export: export("iqn.2026-11.io.plexd:one"),
+        })
+        .unwrap();
+    let nvmf = |nqn: &str, hosts: &[&str], portal: &str| Change::VolExport {
+        dg: "dg1".into(),
+        volume: "v1".into(),
+        export: Export {
+            protocol: ExportProtocol::Nvmf,
+            iqn: nqn.into(),
+            nodes: Vec::new(),
+            portal: portal.into(),
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+        },
+    };
+    let e = c
+        .apply(&nvmf("nqn.2026-11.io.plexd:one", &["bad host"], ""))
+        .unwrap_err();
+    assert!(e.to_string().contains("host NQN \"bad host\""), "{e}");
+    let e = c
+        .apply(&nvmf("nqn.2026-11.io.plexd:one", &[], "127.0.0.1:4420"))
+        .unwrap_err();
+    assert!(e.to_string().contains("nvmf_portal"), "{e}");
+    let host = "nqn.2014-08.org.nvmexpress:uuid:1";
+    let c = c
+        .apply(&nvmf("nqn.2026-11.io.plexd:one", &[host], ""))
+        .unwrap();
+    let v = &c.disk_groups[0].volumes[0];
+    assert_eq!(
+        v.exports.iter().map(|e| e.protocol).collect::<Vec<_>>(),
+        [ExportProtocol::Iscsi, ExportProtocol::Nvmf]
+    );
+    assert_eq!(v.exports[1].hosts, [host]);
+    let e = c
+        .apply(&nvmf("nqn.2026-11.io.plexd:two", &[], ""))
+        .unwrap_err();
+    assert!(e.to_string().contains("already exported over nvmf"), "{e}");
+    let c = c
+        .apply(&Change::VolUnexport {
+            dg: "dg1".into(),
+            volume: "v1".into(),
+            protocol: ExportProtocol::Nvmf,
+        })
+        .unwrap();
+    assert_eq!(c.disk_groups[0].volumes[0].exports.len(), 1, "iSCSI stays");
+}
+
+#[test]
+fn an_export_is_unique_keeps_its_volume_and_ends_with_unexport() {
+    let c = test_support::cluster(&[("disk01", 1 << 30)]);
+    let vol = |c: &ClusterConfig, v: &str| {
+        c.apply(&Change::VolCreate {
+            dg: "dg1".into(),
+            volume: v.into(),
+            size_bytes: 1 << 20,
+            layout: VolumeLayout::Concat,
+        })
+        .unwrap()
+    };
+    let exp = |v: &str, iqn: &str| Change::VolExport {
+        dg: "dg1".into(),
+        volume: v.into(),
+        export: export(iqn),
+    };
+    let c = vol(&vol(&c, "v1"), "v2");
+    let c = c.apply(&exp("v1", "iqn.2026-11.io.plexd:one")).unwrap();
+    assert_eq!(c.disk_groups[0].volumes[0].exports.len(), 1);
+    let e = c.apply(&exp("v1", "iqn.2026-11.io.plexd:two")).unwrap_err();
+    assert!(e.to_string().contains("already exported"), "{e}");
+    let e = c.apply(&exp("v2", "iqn.2026-11.io.plexd:one")).unwrap_err();
+    assert!(e.to_string().contains("volume v1"), "{e}");
+    let rm = Change::VolRm {
+        dg: "dg1".into(),
+        volume: "v1".into(),
+    };
+    let e = c.apply(&rm).unwrap_err();
+    assert!(e.to_string().contains("unexport it first"), "{e}");
+    let unexport = Change::VolUnexport {
+        dg: "dg1".into(),
+        volume: "v1".into(),
+        protocol: ExportProtocol::Iscsi,
+    };
+    let c = c.apply(&unexport).unwrap();
+    assert!(c.apply(&unexport).is_err(), "nothing left to unexport");
+    assert!(c.apply(&rm).is_ok());
+}
+
+#[test]
+fn an_exported_group_is_deported_or_destroyed_only_with_force() {
+    let c = test_support::cluster(&[("disk01", 1 << 30)]);
+    let c = create_vol(&c, "v1", 1 << 20, VolumeLayout::Concat).unwrap();
+    let c = c
+        .apply(&Change::VolExport {
+            dg: "dg1".into(),
+            volume: "v1".into(),
+            export: export("iqn.2026-11.io.plexd:one"),
+        })
+        .unwrap();
+    for force in [false, true] {
+        let deport = Change::DgDeport {
+            dg: "dg1".into(),
+            force,
+        };
+        let destroy = Change::DgDestroy {
+            dg: "dg1".into(),
+            force,
+        };
+        if force {
+            let after = c.apply(&deport).unwrap();
+            let updates = deport.disk_updates(&c, &after);
+            let DiskUpdate::WriteConfig(on_disk) = &updates[0] else {
+                panic!("{updates:?}")
+            };
+            assert!(on_disk.volumes[0].exports.is_empty(), "exports end");
+            assert!(c.apply(&destroy).is_ok());
+        } else {
+            for change in [deport, destroy] {
+                let e = c.apply(&change).unwrap_err().to_string();
+                assert!(
+                    e.contains("volume v1 is exported")
+                        && e.contains("plexctl unexport iscsi dg1 v1")
+                        && e.contains("--force"),
+                    "{e}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn an_active_mirror_is_removed_only_with_force_and_one_column_stripes_are_refused() {
+    let c = test_support::cluster(&[("disk01", 1 << 30), ("disk02", 1 << 30)]);
+    let c = create_vol(&c, "v1", 1 << 20, VolumeLayout::Mirror { mirrors: 2 }).unwrap();
+    let rm = |force| Change::PlexRm {
+        dg: "dg1".into(),
+        plex: "v1-02".into(),
+        force,
+    };
+    let e = c.apply(&rm(false)).unwrap_err().to_string();
+    assert!(e.contains("ACTIVE") && e.contains("--force"), "{e}");
+    assert_eq!(
+        c.apply(&rm(true)).unwrap().disk_groups[0].volumes[0]
+            .plexes
+            .len(),
+        1
+    );
+    let one_column = VolumeLayout::Stripe {
+        columns: 1,
+        stripe_unit_bytes: DEFAULT_STRIPE_UNIT_BYTES,
+    };
+    let e = create_vol(&c, "v2", 1 << 20, one_column)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("at least 2 columns"), "{e}");
+}
+
+#[test]
+fn describe_states_size_placement_and_rounding() {
+    let c = test_support::cluster(&[("disk01", 1 << 30), ("disk02", 1 << 30)]);
+    let change = Change::VolCreate {
+        dg: "dg1".into(),
+        volume: "v1".into(),
+        size_bytes: 513,
+        layout: VolumeLayout::Mirror { mirrors: 2 },
+    };
+    let after = c.apply(&change).unwrap();
+    let text = describe(&change, after.disk_group("dg1"));
+    assert!(
+        text.contains("volume v1 created in disk group dg1: 1.0 KiB"),
+        "{text}"
+    );
+    assert!(text.contains("513 bytes asked, rounded up"), "{text}");
+    assert!(text.contains("v1-01 ACTIVE concat on disk01"), "{text}");
+    assert!(text.contains("v1-02 ACTIVE concat on disk02"), "{text}");
+}

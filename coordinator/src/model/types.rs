@@ -1,0 +1,419 @@
+//! The objects of a disk group, in VxVM's terms: disks (`dm`), volumes (`v`), plexes
+//! (`pl`), subdisks (`sd`), and the lookups and sizes derived from them.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use super::*;
+
+/// A disk of a disk group: VxVM's disk media record (`dm`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Disk {
+    /// Disk media name, e.g. `disk01`, written in the disk's label at `disk init`.
+    pub name: String,
+    /// Unique disk id from the label.
+    pub id: String,
+    /// Device or file path on the node that added the disk.
+    pub path: String,
+    /// Size of the whole device.
+    #[serde(rename = "size")]
+    pub size_bytes: u64,
+    /// Where the public region (subdisk space) starts on the device.
+    pub public_offset_bytes: u64,
+    /// Length of the public region.
+    pub public_len_bytes: u64,
+}
+
+/// A disk group's whole configuration: what the private region's slots store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskGroupConfig {
+    /// Disk group name, e.g. `dg1`.
+    pub name: String,
+    /// Unique disk group id, fixed at creation.
+    pub id: String,
+    /// Shared (cluster-wide) or private (one host).
+    pub shared: bool,
+    /// Cluster id when shared, host id when private; empty while deported.
+    pub owner_id: String,
+    /// Configuration sequence number: 1 at creation, +1 per applied change.
+    pub seq: u64,
+    /// The group's disks, in the order they were added.
+    pub disks: Vec<Disk>,
+    /// The group's volumes, in creation order.
+    pub volumes: Vec<Volume>,
+}
+
+/// Whether a volume accepts I/O.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum VolumeState {
+    /// Started: the data plane serves it.
+    Enabled,
+    /// Stopped: no I/O.
+    Disabled,
+}
+
+/// How reads pick a plex.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "policy", rename_all = "kebab-case")]
+pub enum ReadPolicy {
+    /// Round robin over ACTIVE plexes.
+    Round,
+    /// One preferred plex while it is ACTIVE, else round robin.
+    Prefer {
+        /// Name of the preferred plex.
+        plex: String,
+    },
+    /// The ACTIVE plex with the fewest reads outstanding.
+    LeastOutstanding,
+}
+
+/// A volume (`v`): a block device made of 1..=32 mirrored plexes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Volume {
+    /// Volume name, e.g. `vol01`.
+    pub name: String,
+    /// Size the users see, a multiple of 512.
+    #[serde(rename = "size")]
+    pub size_bytes: u64,
+    /// Volume state.
+    pub state: VolumeState,
+    /// Read policy.
+    pub read_policy: ReadPolicy,
+    /// The mirrors.
+    pub plexes: Vec<Plex>,
+    /// How hosts reach it (`plexctl export`); at most one per protocol.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exports: Vec<Export>,
+    /// SCSI persistent reservations of a shared volume (registrations and the
+    /// reservation held), changed by [`Change::VolPrOut`]; empty for a private
+    /// volume (its node keeps them).
+    #[serde(default, skip_serializing_if = "PrState::is_empty")]
+    pub reservations: PrState,
+}
+
+///
+/// A detached plex (by `plex detach` or after an I/O error) is `STALE`: VxVM's kernel
+/// state DETACHED is not a separate configuration state here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PlexState {
+    /// Up to date: reads and writes.
+    Active,
+    /// Out of date (detached): no I/O until attached and resynchronised.
+    Stale,
+    /// Being resynchronised from an ACTIVE plex: receives writes, serves no reads.
+    Syncing,
+    /// Newly added, never synchronised: no I/O until attached.
+    Empty,
+}
+
+impl PlexState {
+    /// True when the data plane writes to the plex (ACTIVE, SYNCING).
+    pub fn takes_writes(self) -> bool {
+        matches!(self, PlexState::Active | PlexState::Syncing)
+    }
+
+    /// True when the data plane may read from the plex (ACTIVE only).
+    pub fn takes_reads(self) -> bool {
+        self == PlexState::Active
+    }
+
+    /// The upper-case name printed by `plexctl` (`ACTIVE`, `STALE`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PlexState::Active => "ACTIVE",
+            PlexState::Stale => "STALE",
+            PlexState::Syncing => "SYNCING",
+            PlexState::Empty => "EMPTY",
+        }
+    }
+}
+
+impl VolumeState {
+    /// The upper-case name printed by `plexctl`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VolumeState::Enabled => "ENABLED",
+            VolumeState::Disabled => "DISABLED",
+        }
+    }
+}
+
+/// How a plex lays the volume's address space over its subdisks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum PlexLayout {
+    /// Subdisks one after the other.
+    Concat,
+    /// `columns` columns (each a concatenation of subdisks) interleaved every
+    /// `stripe_unit_bytes`.
+    Stripe {
+        /// Number of columns, each on its own disks.
+        columns: u32,
+        /// Bytes written to one column before moving to the next.
+        stripe_unit_bytes: u64,
+    },
+}
+
+/// A plex (`pl`): one complete copy of a volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plex {
+    /// Plex name, e.g. `vol01-01`.
+    pub name: String,
+    /// Plex state.
+    pub state: PlexState,
+    /// Layout.
+    pub layout: PlexLayout,
+    /// Subdisks, ordered by (column, `plex_offset_bytes`).
+    pub subdisks: Vec<Subdisk>,
+}
+
+/// A subdisk (`sd`): a contiguous extent of one disk's public region.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subdisk {
+    /// Subdisk name, e.g. `disk01-01`.
+    pub name: String,
+    /// Disk media name of the disk holding it.
+    pub disk: String,
+    /// Offset on the device (not relative to the public region).
+    pub disk_offset_bytes: u64,
+    /// Length.
+    pub len_bytes: u64,
+    /// Stripe column (0 for concat plexes).
+    pub column: u32,
+    /// Offset within the plex (concat) or within its column (stripe).
+    pub plex_offset_bytes: u64,
+}
+
+/// The disk groups a node has imported.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterConfig {
+    /// Shared and private disk groups, sorted by name.
+    pub disk_groups: Vec<DiskGroupConfig>,
+}
+
+/// The layout a user asks for at `vol create`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum VolumeLayout {
+    /// One concat plex.
+    Concat,
+    /// One stripe plex.
+    Stripe {
+        /// Columns.
+        columns: u32,
+        /// Stripe unit.
+        stripe_unit_bytes: u64,
+    },
+    /// `mirrors` concat plexes on distinct disks.
+    Mirror {
+        /// Number of plexes.
+        mirrors: u32,
+    },
+    /// `mirrors` stripe plexes, no disk shared between any two columns or plexes.
+    MirrorStripe {
+        /// Number of plexes.
+        mirrors: u32,
+        /// Columns of each plex.
+        columns: u32,
+        /// Stripe unit.
+        stripe_unit_bytes: u64,
+    },
+}
+
+impl VolumeLayout {
+    /// The number of plexes and the layout of each.
+    pub fn plexes(self) -> (u32, PlexLayout) {
+        match self {
+            VolumeLayout::Concat => (1, PlexLayout::Concat),
+            VolumeLayout::Stripe {
+                columns,
+                stripe_unit_bytes,
+            } => (
+                1,
+                PlexLayout::Stripe {
+                    columns,
+                    stripe_unit_bytes,
+                },
+            ),
+            VolumeLayout::Mirror { mirrors } => (mirrors, PlexLayout::Concat),
+            VolumeLayout::MirrorStripe {
+                mirrors,
+                columns,
+                stripe_unit_bytes,
+            } => (
+                mirrors,
+                PlexLayout::Stripe {
+                    columns,
+                    stripe_unit_bytes,
+                },
+            ),
+        }
+    }
+}
+
+/// A new random 128-bit id as 32 lowercase hex digits (disk and disk group ids).
+pub fn new_id() -> String {
+    let value: u128 = rand::random();
+    format!("{value:032x}")
+}
+
+pub(super) fn round_up(value: u64, align: u64) -> Option<u64> {
+    value.checked_add(align - 1).map(|v| v / align * align)
+}
+
+/// Rounds a requested volume size up to a whole sector.
+pub fn round_volume_size(size_bytes: u64) -> Option<u64> {
+    round_up(size_bytes, SECTOR_BYTES)
+}
+
+impl PlexLayout {
+    /// Length of one column (the whole plex for concat) needed for a volume of
+    /// `volume_bytes`: rounded up to the alignment (concat) or to whole stripe rows.
+    pub fn column_len_bytes(self, volume_bytes: u64) -> u64 {
+        match self {
+            PlexLayout::Concat => round_up(volume_bytes, ALLOC_ALIGN_BYTES).unwrap_or(u64::MAX),
+            PlexLayout::Stripe {
+                columns,
+                stripe_unit_bytes,
+            } => {
+                let row = u64::from(columns).saturating_mul(stripe_unit_bytes).max(1);
+                volume_bytes.div_ceil(row).saturating_mul(stripe_unit_bytes)
+            }
+        }
+    }
+
+    /// Number of columns (1 for concat).
+    pub fn columns(self) -> u32 {
+        match self {
+            PlexLayout::Concat => 1,
+            PlexLayout::Stripe { columns, .. } => columns,
+        }
+    }
+
+    /// Checks the geometry: 1..=64 columns, stripe unit a non-zero multiple of 4 KiB.
+    pub fn validate(self) -> Result<(), ConfigError> {
+        if let PlexLayout::Stripe {
+            columns,
+            stripe_unit_bytes,
+        } = self
+        {
+            if !(1..=MAX_COLUMNS).contains(&columns) {
+                return Err(ConfigError::Invalid(format!(
+                    "stripe needs 1 to {MAX_COLUMNS} columns, got {columns}"
+                )));
+            }
+            if stripe_unit_bytes == 0 || !stripe_unit_bytes.is_multiple_of(ALLOC_ALIGN_BYTES) {
+                return Err(ConfigError::Invalid(format!(
+                    "stripe unit {stripe_unit_bytes} bytes must be a non-zero multiple of {ALLOC_ALIGN_BYTES}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Plex {
+    /// Length of column `column`: the sum of its subdisks (saturating: a corrupt
+    /// configuration must not overflow).
+    pub fn column_len_bytes(&self, column: u32) -> u64 {
+        self.subdisks
+            .iter()
+            .filter(|sd| sd.column == column)
+            .fold(0u64, |sum, sd| sum.saturating_add(sd.len_bytes))
+    }
+
+    /// Bytes of volume address space the plex covers.
+    pub fn capacity_bytes(&self) -> u64 {
+        match self.layout {
+            PlexLayout::Concat => self.column_len_bytes(0),
+            PlexLayout::Stripe { columns, .. } => (0..columns)
+                .map(|c| self.column_len_bytes(c))
+                .min()
+                .unwrap_or(0)
+                .saturating_mul(u64::from(columns)),
+        }
+    }
+
+    /// Names of the disks this plex uses.
+    pub fn disks(&self) -> BTreeSet<&str> {
+        self.subdisks.iter().map(|sd| sd.disk.as_str()).collect()
+    }
+}
+
+impl Volume {
+    /// A plex of this volume by name.
+    pub fn plex(&self, name: &str) -> Option<&Plex> {
+        self.plexes.iter().find(|p| p.name == name)
+    }
+
+    /// Number of ACTIVE plexes.
+    pub fn active_plexes(&self) -> usize {
+        self.plexes
+            .iter()
+            .filter(|p| p.state == PlexState::Active)
+            .count()
+    }
+
+    /// The next free plex name, `<volume>-NN`.
+    pub fn next_plex_name(&self) -> String {
+        (1..)
+            .map(|n| format!("{}-{n:02}", self.name))
+            .find(|candidate| self.plex(candidate).is_none())
+            .unwrap_or_default()
+    }
+}
+
+impl DiskGroupConfig {
+    /// A disk by media name.
+    pub fn disk(&self, name: &str) -> Option<&Disk> {
+        self.disks.iter().find(|d| d.name == name)
+    }
+
+    /// The recorded paths of the group's disks (what `ondisk::write_config` takes).
+    pub fn disk_paths(&self) -> Vec<std::path::PathBuf> {
+        self.disks.iter().map(|d| d.path.clone().into()).collect()
+    }
+
+    /// A volume by name.
+    pub fn volume(&self, name: &str) -> Option<&Volume> {
+        self.volumes.iter().find(|v| v.name == name)
+    }
+
+    /// The volume holding plex `plex`, and the plex's index in it.
+    pub fn find_plex(&self, plex: &str) -> Option<(usize, usize)> {
+        self.volumes.iter().enumerate().find_map(|(vi, v)| {
+            v.plexes
+                .iter()
+                .position(|p| p.name == plex)
+                .map(|pi| (vi, pi))
+        })
+    }
+
+    pub(super) fn volume_index(&self, name: &str) -> Result<usize, ConfigError> {
+        self.volumes
+            .iter()
+            .position(|v| v.name == name)
+            .ok_or_else(|| not_found("volume", name, format!(" in disk group {}", self.name)))
+    }
+
+    pub(super) fn plex_index(&self, plex: &str) -> Result<(usize, usize), ConfigError> {
+        self.find_plex(plex)
+            .ok_or_else(|| not_found("plex", plex, format!(" in disk group {}", self.name)))
+    }
+
+    /// The configuration written to the disks when the group is deported: same
+    /// objects without exports (a deport of an exported group needs `--force`, which
+    /// ends them), empty owner, seq + 1.
+    pub fn deported(&self) -> DiskGroupConfig {
+        let mut cfg = self.clone();
+        cfg.owner_id.clear();
+        for v in &mut cfg.volumes {
+            v.exports.clear();
+        }
+        cfg.seq += 1;
+        cfg
+    }
+}
