@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use plexd_coordinator::objects::DiskGroupConfig;
+use plexd_coordinator::model::DiskGroupConfig;
 use plexd_coordinator::ondisk;
 use plexd_target::api::KernelClient;
 use serde_json::{json, Value};
@@ -185,7 +185,7 @@ pub fn kernel_has_volumes(print: &Value, k: &KernelClient) -> Result<(), String>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use plexd_coordinator::objects::{
+    use plexd_coordinator::model::{
         Plex, PlexLayout, PlexState, ReadPolicy, Subdisk, Volume, VolumeState,
     };
 
