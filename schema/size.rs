@@ -122,9 +122,38 @@ pub fn format_size(bytes: u64) -> String {
     format!("{value:.1} {}", UNITS[unit])
 }
 
+/// Formats a byte count compactly for table columns: `"512"`, `"64K"`, `"3M"`,
+/// `"1.5G"` (exact when the size is a whole number of the unit, else one decimal).
+pub fn format_size_short(bytes: u64) -> String {
+    const UNITS: [(&str, u64); 4] = [
+        ("T", 1 << 40),
+        ("G", 1 << 30),
+        ("M", 1 << 20),
+        ("K", 1 << 10),
+    ];
+    for (unit, scale) in UNITS {
+        if bytes >= scale {
+            return if bytes.is_multiple_of(scale) {
+                format!("{}{unit}", bytes / scale)
+            } else {
+                format!("{:.1}{unit}", bytes as f64 / scale as f64)
+            };
+        }
+    }
+    format!("{bytes}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn short_format_is_exact_for_whole_units() {
+        assert_eq!(format_size_short(512), "512");
+        assert_eq!(format_size_short(3 << 20), "3M");
+        assert_eq!(format_size_short(3 << 29), "1.5G");
+        assert_eq!(format_size_short(64 << 10), "64K");
+    }
 
     #[test]
     fn parses_suffixes_as_binary_units() {

@@ -1,0 +1,261 @@
+//! Change commands: the `Change` each builds, checked for usage errors before any
+//! node is asked.
+
+use plexd_proto::ctl_capnp as c;
+
+use crate::cli::*;
+use crate::failure::Failure;
+
+/// A size on the command line (the coordinator's parser: K/M/G/T/P, `s` sectors, a
+/// fraction when it makes whole bytes); a bad one is a usage error.
+pub(crate) fn parse_size(s: &str) -> Result<u64, Failure> {
+    plexd_proto::size::parse_size(s).map_err(|e| Failure::Usage(e.to_string()))
+}
+
+/// `vol grow` / `vol shrink` SIZE: `(bytes, relative)`; `+SIZE` grows by, `-SIZE`
+/// shrinks by (the other sign is a usage error).
+pub(crate) fn parse_resize(s: &str, grow: bool) -> Result<(u64, bool), Failure> {
+    let (sign, rest) = match s.trim().chars().next() {
+        Some(c @ ('+' | '-')) => (Some(c), &s.trim()[1..]),
+        _ => (None, s),
+    };
+    match (sign, grow) {
+        (None, _) => Ok((parse_size(s)?, false)),
+        (Some('+'), true) | (Some('-'), false) => {
+            let by = parse_size(rest)?;
+            if by == 0 {
+                return Err(Failure::Usage(format!("size {s:?}: a change of 0 bytes")));
+            }
+            Ok((by, true))
+        }
+        (Some(_), _) => Err(Failure::Usage(format!(
+            "size {s:?}: vol {} takes SIZE or {}SIZE",
+            if grow { "grow" } else { "shrink" },
+            if grow { '+' } else { '-' }
+        ))),
+    }
+}
+
+/// Fills the `Change` of a change request.
+pub(crate) type ChangeBuilder = Box<dyn Fn(c::change::Builder<'_>)>;
+
+/// The change request of `cmd`, checked for usage errors; `None` for read commands.
+pub(crate) fn build_change(cmd: &Cmd) -> Result<Option<ChangeBuilder>, Failure> {
+    Ok(Some(match cmd {
+        Cmd::Dg(c) => return dg_change(c),
+        Cmd::Vol(c) => return vol_change(c),
+        Cmd::Plex(c) => return plex_change(c),
+        Cmd::Export {
+            protocol,
+            dg,
+            vol,
+            all: _,
+            on,
+            iqn,
+            nqn,
+            portal,
+            hosts,
+        } => {
+            let on = on.clone();
+            let (protocol, dg, vol) = (protocol.clone(), dg.clone(), vol.clone());
+            // One name field carries either (the node checks it for the protocol).
+            let name = iqn.clone().or_else(|| nqn.clone()).unwrap_or_default();
+            let (portal, hosts) = (portal.clone(), hosts.clone());
+            Box::new(move |b| {
+                let mut x = b.init_vol_export();
+                x.set_protocol(protocol.as_str());
+                x.set_dg(dg.as_str());
+                x.set_volume(vol.as_str());
+                x.set_iqn(name.as_str());
+                x.set_portal(portal.as_deref().unwrap_or(""));
+                {
+                    let mut h = x.reborrow().init_hosts(hosts.len() as u32);
+                    for (i, n) in hosts.iter().enumerate() {
+                        h.set(i as u32, n.as_str());
+                    }
+                }
+                let mut nodes = x.init_nodes(u32::from(on.is_some()));
+                if let Some(n) = &on {
+                    nodes.set(0, n.as_str());
+                }
+            })
+        }
+        Cmd::Unexport { protocol, dg, vol } => {
+            let (protocol, dg, vol) = (protocol.clone(), dg.clone(), vol.clone());
+            Box::new(move |b| {
+                let mut x = b.init_vol_unexport();
+                x.set_protocol(protocol.as_str());
+                x.set_dg(dg.as_str());
+                x.set_volume(vol.as_str());
+            })
+        }
+        _ => return Ok(None),
+    }))
+}
+
+/// The change of a `dg` command; `None` for its read commands.
+fn dg_change(cmd: &DgCmd) -> Result<Option<ChangeBuilder>, Failure> {
+    Ok(Some(match cmd {
+        DgCmd::Create { dg, disks, shared } => {
+            let (dg, disks, shared) = (dg.clone(), disks.clone(), *shared);
+            Box::new(move |b| {
+                let mut x = b.init_dg_create();
+                x.set_dg(dg.as_str());
+                x.set_shared(shared);
+                let mut l = x.init_disks(disks.len() as u32);
+                for (i, d) in disks.iter().enumerate() {
+                    l.set(i as u32, d.as_str());
+                }
+            })
+        }
+        DgCmd::AddDisk { dg, disk } | DgCmd::RmDisk { dg, disk } => {
+            let add = matches!(cmd, DgCmd::AddDisk { .. });
+            let (dg, disk) = (dg.clone(), disk.clone());
+            Box::new(move |b| {
+                let mut x = if add {
+                    b.init_dg_add_disk()
+                } else {
+                    b.init_dg_rm_disk()
+                };
+                x.set_dg(dg.as_str());
+                x.set_disk(disk.as_str());
+            })
+        }
+        DgCmd::Destroy { dg, force } => {
+            let (dg, force) = (dg.clone(), *force);
+            Box::new(move |mut b| {
+                b.set_force(force);
+                b.set_dg_destroy(dg.as_str())
+            })
+        }
+        DgCmd::Deport { dg, force } => {
+            let (dg, force) = (dg.clone(), *force);
+            Box::new(move |mut b| {
+                b.set_force(force);
+                b.set_dg_deport(dg.as_str())
+            })
+        }
+        DgCmd::Import { dg, shared } => {
+            let (dg, shared) = (dg.clone(), *shared);
+            Box::new(move |b| {
+                let mut x = b.init_dg_import();
+                x.set_dg(dg.as_str());
+                x.set_shared(shared);
+            })
+        }
+        _ => return Ok(None),
+    }))
+}
+
+/// The change of a `vol` command; `None` for its read commands.
+fn vol_change(cmd: &VolCmd) -> Result<Option<ChangeBuilder>, Failure> {
+    Ok(Some(match cmd {
+        VolCmd::Create {
+            dg,
+            vol,
+            size,
+            layout,
+            mirrors,
+            columns,
+            stripe_unit,
+        } => {
+            let size = parse_size(size)?;
+            if size == 0 {
+                return Err(Failure::Usage(format!("volume {vol}: size 0")));
+            }
+            let su = match stripe_unit {
+                Some(s) => match parse_size(s)? {
+                    0 => {
+                        return Err(Failure::Usage(format!(
+                            "--stripe-unit {s}: must be a non-zero multiple of 4K"
+                        )))
+                    }
+                    n => n,
+                },
+                None => 0,
+            };
+            let (dg, vol, layout, mirrors, columns) = (
+                dg.clone(),
+                vol.clone(),
+                *layout,
+                mirrors.unwrap_or(0),
+                columns.unwrap_or(0),
+            );
+            Box::new(move |b| {
+                let mut x = b.init_vol_create();
+                x.set_dg(dg.as_str());
+                x.set_volume(vol.as_str());
+                x.set_size_bytes(size);
+                x.set_layout(match layout {
+                    Layout::Concat => c::Layout::Concat,
+                    Layout::Stripe => c::Layout::Stripe,
+                    Layout::Mirror => c::Layout::Mirror,
+                    Layout::MirrorStripe => c::Layout::MirrorStripe,
+                });
+                x.set_mirrors(mirrors);
+                x.set_columns(columns);
+                x.set_stripe_unit_bytes(su);
+            })
+        }
+        VolCmd::Grow { dg, vol, size } | VolCmd::Shrink { dg, vol, size } => {
+            let grow = matches!(cmd, VolCmd::Grow { .. });
+            let (size, relative) = parse_resize(size, grow)?;
+            let (dg, vol) = (dg.clone(), vol.clone());
+            Box::new(move |b| {
+                let mut x = if grow {
+                    b.init_vol_grow()
+                } else {
+                    b.init_vol_shrink()
+                };
+                x.set_dg(dg.as_str());
+                x.set_volume(vol.as_str());
+                x.set_new_size_bytes(size);
+                x.set_relative(relative);
+            })
+        }
+        VolCmd::Rm { dg, vol } => {
+            let (dg, vol) = (dg.clone(), vol.clone());
+            Box::new(move |b| {
+                let mut x = b.init_vol_rm();
+                x.set_dg(dg.as_str());
+                x.set_volume(vol.as_str());
+            })
+        }
+        _ => return Ok(None),
+    }))
+}
+
+/// The change of a `plex` command (every one is a change).
+fn plex_change(cmd: &PlexCmd) -> Result<Option<ChangeBuilder>, Failure> {
+    Ok(Some(match cmd {
+        PlexCmd::Add { dg, vol } => {
+            let (dg, vol) = (dg.clone(), vol.clone());
+            Box::new(move |b| {
+                let mut x = b.init_plex_add();
+                x.set_dg(dg.as_str());
+                x.set_volume(vol.as_str());
+            })
+        }
+        PlexCmd::Detach { dg, plex }
+        | PlexCmd::Attach { dg, plex }
+        | PlexCmd::Rm { dg, plex, .. } => {
+            let (op, force) = match cmd {
+                PlexCmd::Detach { .. } => (0, false),
+                PlexCmd::Attach { .. } => (1, false),
+                PlexCmd::Rm { force, .. } => (2, *force),
+                _ => (2, false),
+            };
+            let (dg, plex) = (dg.clone(), plex.clone());
+            Box::new(move |mut b| {
+                b.set_force(force);
+                let mut x = match op {
+                    0 => b.init_plex_detach(),
+                    1 => b.init_plex_attach(),
+                    _ => b.init_plex_rm(),
+                };
+                x.set_dg(dg.as_str());
+                x.set_plex(plex.as_str());
+            })
+        }
+    }))
+}

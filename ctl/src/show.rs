@@ -1,0 +1,368 @@
+//! Read commands and their output: tables for people, `--json` for scripts.
+
+use plexd_proto::ctl_capnp::{self as c, ctl};
+use serde_json::{json, Value};
+
+use crate::cli::*;
+use crate::connect::{check, rpc, text};
+use crate::failure::{CtlFailure, Failure};
+use plexd_proto::size::format_size_short as format_size;
+
+pub(crate) async fn print_json(client: &ctl::Client, dg: &str) -> Result<(Value, String), Failure> {
+    let mut req = client.print_request();
+    req.get().set_dg(dg);
+    let resp = req.send().promise.await.map_err(rpc)?;
+    let r = resp.get().map_err(rpc)?;
+    check(r.get_error(), r.has_failure().then(|| r.get_failure()))?;
+    if !r.has_config() {
+        return Err(Failure::Node(CtlFailure::internal(
+            "the node's print answer has no configuration structs (`config`): the node is \
+             older than this plexctl; use the plexctl of its release",
+        )));
+    }
+    let config = r.get_config().map_err(rpc)?;
+    let malformed = |e: capnp::Error| format!("malformed print answer: {e}");
+    let json = plexd_proto::print::json(config).map_err(malformed)?;
+    Ok((
+        json,
+        plexd_proto::print::text_tree(config).map_err(malformed)?,
+    ))
+}
+
+pub(crate) async fn status(client: &ctl::Client) -> Result<Value, Failure> {
+    let resp = client
+        .cluster_status_request()
+        .send()
+        .promise
+        .await
+        .map_err(rpc)?;
+    let r = resp.get().map_err(rpc)?;
+    check(r.get_error(), r.has_failure().then(|| r.get_failure()))?;
+    let s = r.get_status().map_err(rpc)?;
+    let mut nodes = Vec::new();
+    for n in s.get_nodes().map_err(rpc)? {
+        nodes.push(json!({
+            "name": text(n.get_name())?,
+            "id": n.get_id(),
+            "role": text(n.get_role())?,
+            "state": text(n.get_state())?,
+            "reason": text(n.get_reason())?,
+            "address": text(n.get_address())?,
+        }));
+    }
+    let mut failed = Vec::new();
+    for f in s.get_failed_groups().map_err(rpc)? {
+        failed.push(Value::String(
+            f.map_err(rpc)?
+                .to_string()
+                .map_err(|e| format!("rpc: bad text: {e}"))?,
+        ));
+    }
+    Ok(json!({
+        "node": text(s.get_node())?,
+        "master": text(s.get_master())?,
+        "view": s.get_view(),
+        "nodes": nodes,
+        "failed_disk_groups": failed,
+        "quorum_disk": text(s.get_quorum_disk())?,
+    }))
+}
+
+pub(crate) fn disk_json(d: c::disk_info::Reader<'_>) -> Result<Value, String> {
+    Ok(json!({
+        "name": text(d.get_name())?,
+        "path": text(d.get_path())?,
+        "size": d.get_size_bytes(),
+        "dg": text(d.get_dg())?,
+        "state": text(d.get_state())?,
+        "id": text(d.get_id())?,
+        "repairs": d.get_repairs(),
+    }))
+}
+
+pub(crate) fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+/// Pretty JSON for `--json` output.
+fn pretty_json(v: &Value) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_default()
+}
+
+/// `disk init`: labels a disk (not a change of any group).
+pub(crate) async fn disk_init(
+    client: &ctl::Client,
+    json_out: bool,
+    path: String,
+    name: Option<String>,
+    force: bool,
+) -> Result<String, Failure> {
+    let abs = std::path::absolute(&path)
+        .map(|p| p.display().to_string())
+        .unwrap_or(path);
+    let mut req = client.disk_init_request();
+    req.get().set_path(abs.as_str());
+    req.get().set_name(name.as_deref().unwrap_or(""));
+    req.get().set_force(force);
+    let resp = req.send().promise.await.map_err(rpc)?;
+    let r = resp.get().map_err(rpc)?;
+    check(r.get_error(), r.has_failure().then(|| r.get_failure()))?;
+    let d = disk_json(r.get_disk().map_err(rpc)?)?;
+    if json_out {
+        return Ok(pretty_json(&d));
+    }
+    Ok(format!(
+        "disk {} initialised on {} ({})",
+        s(&d["name"]),
+        s(&d["path"]),
+        format_size(d["size"].as_u64().unwrap_or(0))
+    ))
+}
+
+/// `disk list`: the disks the node sees.
+pub(crate) async fn disk_list(client: &ctl::Client, json_out: bool) -> Result<String, Failure> {
+    let resp = client
+        .disk_list_request()
+        .send()
+        .promise
+        .await
+        .map_err(rpc)?;
+    let r = resp.get().map_err(rpc)?;
+    check(r.get_error(), r.has_failure().then(|| r.get_failure()))?;
+    let mut disks = Vec::new();
+    for d in r.get_disks().map_err(rpc)? {
+        disks.push(disk_json(d)?);
+    }
+    if json_out {
+        return Ok(pretty_json(&json!({ "disks": disks })));
+    }
+    let mut out = format!(
+        "{:<12} {:<40} {:>8}  {:<12} {:>7}  {}",
+        "DISK", "PATH", "SIZE", "GROUP", "REPAIRS", "STATE"
+    );
+    for d in &disks {
+        let dg = s(&d["dg"]);
+        out.push_str(&format!(
+            "\n{:<12} {:<40} {:>8}  {:<12} {:>7}  {}",
+            s(&d["name"]),
+            s(&d["path"]),
+            format_size(d["size"].as_u64().unwrap_or(0)),
+            if dg.is_empty() { "-".into() } else { dg },
+            s(&d["repairs"]),
+            s(&d["state"])
+        ));
+    }
+    Ok(out)
+}
+
+/// `dg list`: disk groups, failed ones included.
+pub(crate) async fn dg_list(client: &ctl::Client, json_out: bool) -> Result<String, Failure> {
+    let (v, _) = print_json(client, "").await?;
+    let groups: Vec<Value> = v["disk_groups"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|g| {
+            json!({
+                "name": g["name"], "shared": g["shared"], "seq": g["seq"],
+                "disks": g["disks"].as_array().map(|a| a.len()).unwrap_or(0),
+                "volumes": g["volumes"].as_array().map(|a| a.len()).unwrap_or(0),
+                "state": "ok", "reason": "",
+            })
+        })
+        .chain(
+            v["failed_disk_groups"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|g| {
+                    json!({
+                        "name": g["name"], "shared": g["shared"], "seq": Value::Null,
+                        "disks": g["disks"].as_array().map(|a| a.len()).unwrap_or(0),
+                        "volumes": Value::Null,
+                        "state": "failed", "reason": g["reason"],
+                    })
+                }),
+        )
+        .collect();
+    if json_out {
+        return Ok(pretty_json(&json!({ "disk_groups": groups })));
+    }
+    let mut out = format!(
+        "{:<12} {:<8} {:>6} {:>6} {:>8}  {}",
+        "GROUP", "KIND", "SEQ", "DISKS", "VOLUMES", "STATE"
+    );
+    for g in &groups {
+        let dash = |v: &Value| if v.is_null() { "-".into() } else { s(v) };
+        out.push_str(&format!(
+            "\n{:<12} {:<8} {:>6} {:>6} {:>8}  {}",
+            s(&g["name"]),
+            if g["shared"] == true {
+                "shared"
+            } else {
+                "private"
+            },
+            dash(&g["seq"]),
+            s(&g["disks"]),
+            dash(&g["volumes"]),
+            if g["state"] == "failed" {
+                format!("FAILED {}", s(&g["reason"]))
+            } else {
+                "ok".into()
+            }
+        ));
+    }
+    Ok(out)
+}
+
+/// `vol list [DG]`.
+pub(crate) async fn vol_list(
+    client: &ctl::Client,
+    json_out: bool,
+    dg: Option<String>,
+) -> Result<String, Failure> {
+    let (v, _) = print_json(client, dg.as_deref().unwrap_or("")).await?;
+    let mut vols = Vec::new();
+    for g in v["disk_groups"].as_array().cloned().unwrap_or_default() {
+        for vol in g["volumes"].as_array().cloned().unwrap_or_default() {
+            vols.push(json!({
+                "dg": g["name"], "name": vol["name"], "size": vol["size"],
+                "state": vol["state"],
+                "plexes": vol["plexes"].as_array().map(|a| a.len()).unwrap_or(0),
+            }));
+        }
+    }
+    if json_out {
+        return Ok(pretty_json(&json!({ "volumes": vols })));
+    }
+    let mut out = format!(
+        "{:<12} {:<12} {:>8} {:<9} {:>6}",
+        "GROUP", "VOLUME", "SIZE", "STATE", "PLEXES"
+    );
+    for v in &vols {
+        out.push_str(&format!(
+            "\n{:<12} {:<12} {:>8} {:<9} {:>6}",
+            s(&v["dg"]),
+            s(&v["name"]),
+            format_size(v["size"].as_u64().unwrap_or(0)),
+            s(&v["state"]),
+            s(&v["plexes"])
+        ));
+    }
+    Ok(out)
+}
+
+/// `print [DG]`: the configuration as a tree (or JSON).
+pub(crate) async fn print(
+    client: &ctl::Client,
+    json_out: bool,
+    dg: Option<String>,
+) -> Result<String, Failure> {
+    let (v, t) = print_json(client, dg.as_deref().unwrap_or("")).await?;
+    Ok(if json_out {
+        pretty_json(&v)
+    } else {
+        t.trim_end().to_string()
+    })
+}
+
+/// `cluster status` / `cluster nodes`.
+pub(crate) async fn cluster(
+    client: &ctl::Client,
+    json_out: bool,
+    which: ClusterCmd,
+) -> Result<String, Failure> {
+    let v = status(client).await?;
+    if json_out {
+        return Ok(pretty_json(&v));
+    }
+    let mut out = String::new();
+    if let ClusterCmd::Status = which {
+        out.push_str(&format!(
+            "node {} sees: master {}, view {}\n",
+            s(&v["node"]),
+            if s(&v["master"]).is_empty() {
+                "-".into()
+            } else {
+                s(&v["master"])
+            },
+            s(&v["view"])
+        ));
+        if !s(&v["quorum_disk"]).is_empty() {
+            out.push_str(&format!("{}\n", s(&v["quorum_disk"])));
+        }
+    }
+    out.push_str(&format!(
+        "{:<4} {:<10} {:<22} {:<12} {:<6} {}",
+        "ID", "NODE", "ADDRESS", "ROLE", "STATE", "REASON"
+    ));
+    for n in v["nodes"].as_array().cloned().unwrap_or_default() {
+        out.push_str(&format!(
+            "\n{:<4} {:<10} {:<22} {:<12} {:<6} {}",
+            s(&n["id"]),
+            s(&n["name"]),
+            s(&n["address"]),
+            s(&n["role"]),
+            s(&n["state"]),
+            s(&n["reason"])
+        ));
+    }
+    for f in v["failed_disk_groups"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    {
+        out.push_str(&format!("\ndisk group {}", s(&f)));
+    }
+    Ok(out)
+}
+
+/// `task list`: resyncs with progress.
+pub(crate) async fn task_list(client: &ctl::Client, json_out: bool) -> Result<String, Failure> {
+    let resp = client
+        .task_list_request()
+        .send()
+        .promise
+        .await
+        .map_err(rpc)?;
+    let r = resp.get().map_err(rpc)?;
+    check(r.get_error(), r.has_failure().then(|| r.get_failure()))?;
+    let mut tasks = Vec::new();
+    for t in r.get_tasks().map_err(rpc)? {
+        tasks.push(json!({
+            "id": t.get_id(), "kind": text(t.get_kind())?, "dg": text(t.get_dg())?,
+            "volume": text(t.get_volume())?, "plex": text(t.get_plex())?,
+            "done": t.get_done_bytes(), "total": t.get_total_bytes(),
+            "state": text(t.get_state())?, "node": text(t.get_node())?,
+        }));
+    }
+    if json_out {
+        return Ok(pretty_json(&json!({ "tasks": tasks })));
+    }
+    let mut out = format!(
+        "{:<4} {:<7} {:<10} {:<12} {:<12} {:>6} {:<8} {}",
+        "ID", "KIND", "GROUP", "VOLUME", "PLEX", "DONE", "NODE", "STATE"
+    );
+    for t in &tasks {
+        let total = t["total"].as_u64().unwrap_or(0).max(1);
+        let pct = t["done"].as_u64().unwrap_or(0) * 100 / total;
+        out.push_str(&format!(
+            "\n{:<4} {:<7} {:<10} {:<12} {:<12} {:>5}% {:<8} {}",
+            s(&t["id"]),
+            s(&t["kind"]),
+            s(&t["dg"]),
+            s(&t["volume"]),
+            s(&t["plex"]),
+            pct,
+            s(&t["node"]),
+            s(&t["state"])
+        ));
+    }
+    Ok(out)
+}
