@@ -1,0 +1,366 @@
+//! Turning a plexctl command into a [`Change`]: disks by media name, defaults, names
+//! checked against this node's view (the master validates the change again).
+
+use super::*;
+
+impl Daemon {
+    /// The owner id of a new or imported group: the cluster's id when shared, this
+    /// node's name when private.
+    fn owner_id(&self, shared: bool) -> String {
+        if shared {
+            self.file.cluster.id.clone()
+        } else {
+            self.name.clone()
+        }
+    }
+
+    /// Turns a plexctl command into a change: disks by media name, defaults.
+    pub(super) fn resolve(&mut self, c: CtlChange) -> Result<Change, RequestError> {
+        let files = self.file.disk_files();
+        Ok(match c {
+            CtlChange::DgCreate {
+                dg,
+                disks: names,
+                shared,
+            } => self.resolve_dg_create(dg, names, shared)?,
+            CtlChange::DgAddDisk { dg, disk } => Change::DgAddDisk {
+                disk: disks::find_free_disk(&files, &disk, &self.name)
+                    .map_err(|e| self.refused(e))?,
+                dg,
+            },
+            CtlChange::DgRmDisk { dg, disk } => Change::DgRmDisk { dg, disk },
+            CtlChange::DgDestroy { dg, force } => Change::DgDestroy { dg, force },
+            CtlChange::DgDeport { dg, force } => Change::DgDeport { dg, force },
+            CtlChange::DgImport { dg, shared } => self.resolve_dg_import(dg, shared)?,
+            CtlChange::VolCreate {
+                dg,
+                volume,
+                size_bytes,
+                layout,
+                mirrors,
+                columns,
+                stripe_unit_bytes,
+            } => Self::resolve_vol_create(
+                dg,
+                volume,
+                size_bytes,
+                layout,
+                mirrors,
+                columns,
+                stripe_unit_bytes,
+            ),
+            CtlChange::VolResize {
+                dg,
+                volume,
+                new_size_bytes,
+                grow,
+                relative,
+            } => self.resolve_vol_resize(dg, volume, new_size_bytes, grow, relative)?,
+            CtlChange::VolRm { dg, volume } => Change::VolRm { dg, volume },
+            CtlChange::VolExport {
+                dg,
+                volume,
+                protocol,
+                iqn,
+                nodes,
+                portal,
+                hosts,
+            } => self.resolve_vol_export(dg, volume, protocol, iqn, nodes, portal, hosts)?,
+            CtlChange::VolUnexport {
+                dg,
+                volume,
+                protocol,
+            } => Change::VolUnexport {
+                dg,
+                volume,
+                protocol: self
+                    .export_protocol(&protocol)
+                    .map_err(|e| self.refused(e))?,
+            },
+            CtlChange::PlexAdd { dg, volume } => {
+                let layout = self
+                    .group(&dg)
+                    .and_then(|g| g.volume(&volume))
+                    .and_then(|v| v.plexes.first())
+                    .map(|p| p.layout)
+                    .unwrap_or(PlexLayout::Concat);
+                Change::PlexAdd { dg, volume, layout }
+            }
+            CtlChange::Plex {
+                dg,
+                plex,
+                op,
+                force,
+            } => match op {
+                PlexOp::Detach => Change::PlexDetach { dg, plex },
+                PlexOp::Attach => Change::PlexAttach { dg, plex },
+                PlexOp::Rm => Change::PlexRm { dg, plex, force },
+            },
+        })
+    }
+
+    /// `dg create` / `dg import` of `dg`: the name is taken by an imported group or
+    /// by a failed one (read again from the disks now).
+    fn check_name_free(&mut self, dg: &str) -> Result<(), RequestError> {
+        if let Some(g) = self.group(dg) {
+            return Err(self.refuse_as(
+                ErrorKind::Exists,
+                format!(
+                    "disk group {dg} already exists ({} disk group, {} disks, {} volumes)",
+                    if g.shared { "a shared" } else { "a private" },
+                    g.disks.len(),
+                    g.volumes.len()
+                ),
+            ));
+        }
+        self.refresh_failed();
+        if let Some(f) = self.failed.iter().find(|f| f.name == dg) {
+            let e = format!("disk group {dg} exists and is {}", f.reason);
+            return Err(self.refuse_as(ErrorKind::Exists, e));
+        }
+        Ok(())
+    }
+
+    /// `dg create`: the disks by media name, free on this node's disk paths.
+    fn resolve_dg_create(
+        &mut self,
+        dg: String,
+        names: Vec<String>,
+        shared: bool,
+    ) -> Result<Change, RequestError> {
+        let files = self.file.disk_files();
+        if names.is_empty() {
+            return Err(self.refuse(format!("disk group {dg}: needs at least one disk")));
+        }
+        self.check_name_free(&dg)?;
+        let mut list = Vec::new();
+        for n in &names {
+            list.push(disks::find_free_disk(&files, n, &self.name).map_err(|e| self.refused(e))?);
+        }
+        if !shared && self.node.config().group(&dg).is_some() {
+            return Err(self.refuse_as(
+                ErrorKind::Exists,
+                format!("disk group {dg} exists as a shared disk group"),
+            ));
+        }
+        Ok(Change::DgCreate {
+            dg,
+            dg_id: crate::model::new_id(),
+            shared,
+            owner_id: self.owner_id(shared),
+            disks: list,
+        })
+    }
+
+    /// `dg import`: the group as found on this node's disk paths.
+    fn resolve_dg_import(&mut self, dg: String, shared: bool) -> Result<Change, RequestError> {
+        let files = self.file.disk_files();
+        if self.private.disk_group(&dg).is_some() || self.node.config().group(&dg).is_some() {
+            return Err(self.refuse_as(
+                ErrorKind::Exists,
+                format!("disk group {dg} is already imported"),
+            ));
+        }
+        self.check_name_free(&dg)?;
+        let (_, _, all) = disks::discover(&files, &self.file.cluster.id, &self.name);
+        let found: Vec<_> = all.into_iter().filter(|g| g.name == dg).collect();
+        let config = match found.len() {
+            0 => {
+                return Err(self.refuse_as(
+                    ErrorKind::NotFound,
+                    format!("disk group {dg}: not found on the disk paths"),
+                ))
+            }
+            1 => found.into_iter().next().unwrap_or_else(|| unreachable!()),
+            n => {
+                return Err(self.refuse(format!(
+                    "disk group {dg}: {n} groups of that name on the disks"
+                )))
+            }
+        };
+        if !config.owner_id.is_empty()
+            && config.owner_id != self.file.cluster.id
+            && config.owner_id != self.name
+        {
+            return Err(self.refuse(format!(
+                "disk group {dg} is imported by {}; deport it there first",
+                config.owner_id
+            )));
+        }
+        Ok(Change::DgImport {
+            config,
+            shared,
+            owner_id: self.owner_id(shared),
+        })
+    }
+
+    /// `vol create`: the layout with its defaults (2 mirrors, 2 columns, the default
+    /// stripe unit).
+    fn resolve_vol_create(
+        dg: String,
+        volume: String,
+        size_bytes: u64,
+        layout: LayoutKind,
+        mirrors: u32,
+        columns: u32,
+        stripe_unit_bytes: u64,
+    ) -> Change {
+        let mirrors = if mirrors == 0 { 2 } else { mirrors };
+        let columns = if columns == 0 { 2 } else { columns };
+        let su = if stripe_unit_bytes == 0 {
+            crate::model::DEFAULT_STRIPE_UNIT_BYTES
+        } else {
+            stripe_unit_bytes
+        };
+        let layout = match layout {
+            LayoutKind::Concat => VolumeLayout::Concat,
+            LayoutKind::Stripe => VolumeLayout::Stripe {
+                columns,
+                stripe_unit_bytes: su,
+            },
+            LayoutKind::Mirror => VolumeLayout::Mirror { mirrors },
+            LayoutKind::MirrorStripe => VolumeLayout::MirrorStripe {
+                mirrors,
+                columns,
+                stripe_unit_bytes: su,
+            },
+        };
+        Change::VolCreate {
+            dg,
+            volume,
+            size_bytes,
+            layout,
+        }
+    }
+
+    /// `vol grow` / `vol shrink`: a relative size against the committed one.
+    fn resolve_vol_resize(
+        &self,
+        dg: String,
+        volume: String,
+        new_size_bytes: u64,
+        grow: bool,
+        relative: bool,
+    ) -> Result<Change, RequestError> {
+        let new_size_bytes = if relative {
+            let current = self
+                .group(&dg)
+                .and_then(|g| g.volume(&volume))
+                .map(|v| v.size_bytes)
+                .ok_or_else(|| {
+                    self.refuse_as(
+                        ErrorKind::NotFound,
+                        format!("volume {volume} does not exist in disk group {dg}"),
+                    )
+                })?;
+            let new = if grow {
+                current.checked_add(new_size_bytes)
+            } else {
+                current.checked_sub(new_size_bytes).filter(|&n| n > 0)
+            };
+            new.ok_or_else(|| {
+                self.refuse(format!(
+                    "volume {volume} of disk group {dg}: cannot {} {} by {}",
+                    if grow { "grow" } else { "shrink" },
+                    crate::size::format_size(current),
+                    crate::size::format_size(new_size_bytes)
+                ))
+            })?
+        } else {
+            new_size_bytes
+        };
+        Ok(if grow {
+            Change::VolGrow {
+                dg,
+                volume,
+                new_size_bytes,
+            }
+        } else {
+            Change::VolShrink {
+                dg,
+                volume,
+                new_size_bytes,
+            }
+        })
+    }
+
+    /// `export`: protocol, nodes (`.` is this node), portal and the default name.
+    #[allow(clippy::too_many_arguments)]
+    fn resolve_vol_export(
+        &self,
+        dg: String,
+        volume: String,
+        protocol: String,
+        iqn: String,
+        nodes: Vec<String>,
+        portal: String,
+        hosts: Vec<String>,
+    ) -> Result<Change, RequestError> {
+        let protocol = self
+            .export_protocol(&protocol)
+            .map_err(|e| self.refused(e))?;
+        let nvmf = protocol == crate::model::ExportProtocol::Nvmf;
+        if nvmf && !portal.is_empty() {
+            return Err(self.refuse(format!(
+                "export of volume {volume}: --portal is for iscsi; an NVMe-oF export is served on each node's nvmf_portal (cluster file)"
+            )));
+        }
+        if !nvmf && !hosts.is_empty() {
+            return Err(self.refuse(format!(
+                "export of volume {volume}: --host is for nvmf (iSCSI exports take no host NQNs)"
+            )));
+        }
+        let private = self.private.disk_group(&dg).is_some();
+        // "." is the node plexctl talks to: this one.
+        let nodes: Vec<String> = nodes
+            .into_iter()
+            .map(|n| if n == "." { self.name.clone() } else { n })
+            .collect();
+        for n in &nodes {
+            if self.file.node(n).is_none() {
+                return Err(self.refuse(format!(
+                    "export of volume {volume}: node {n} is not in the cluster file"
+                )));
+            }
+            if private && n != &self.name {
+                return Err(self.refuse(format!(
+                    "export of volume {volume}: disk group {dg} is private to node {}; node {n} cannot export it",
+                    self.name
+                )));
+            }
+        }
+        let nodes = if private && nodes.is_empty() {
+            vec![self.name.clone()]
+        } else {
+            nodes
+        };
+        if !portal.is_empty() {
+            if nodes.len() != 1 {
+                return Err(self.refuse(format!(
+                    "export of volume {volume}: --portal {portal} needs exactly one --node (each node listens on its own address; without --portal each uses its iscsi_portal)"
+                )));
+            }
+            if let Err(e) = portal.parse::<std::net::SocketAddr>() {
+                return Err(self.refuse(format!(
+                    "export of volume {volume}: portal {portal:?}: {e} (want address:port)"
+                )));
+            }
+        }
+        let iqn = match (iqn.is_empty(), nvmf) {
+            (false, _) => iqn,
+            (true, false) => exports::default_iqn(&self.file.cluster.name, &dg, &volume),
+            (true, true) => exports::default_nqn(&self.file.cluster.id, &dg, &volume),
+        };
+        Ok(Change::VolExport {
+            dg,
+            volume,
+            export: crate::model::Export {
+                protocol,
+                iqn,
+                nodes,
+                portal,
+                hosts,
+            },
+        })
+    }
+}
