@@ -56,10 +56,9 @@ pub enum Job {
     KernelPrepare {
         /// Transaction.
         txn: TxnId,
-        /// The shared groups after the transaction.
+        /// The shared groups after the transaction (the private ones are the
+        /// driver's own, [`Driver::private`]).
         shared: Vec<DiskGroupConfig>,
-        /// The private groups.
-        private: Vec<DiskGroupConfig>,
     },
     /// Apply the staged transaction.
     KernelCommit {
@@ -73,10 +72,8 @@ pub enum Job {
     },
     /// Load a whole configuration (forming, joining).
     KernelLoad {
-        /// Shared groups.
+        /// Shared groups (the private ones are [`Driver::private`]).
         shared: Vec<DiskGroupConfig>,
-        /// Private groups.
-        private: Vec<DiskGroupConfig>,
     },
     /// Write the core's record to the shared disks.
     WriteDisks {
@@ -101,15 +98,13 @@ pub enum Job {
     },
     /// This node left the cluster: drop a staged layout, fail writes held for a
     /// cluster decision; the shared volumes stay, fenced by the lease.
-    Leave {
-        /// Private groups.
-        private: Vec<DiskGroupConfig>,
-    },
+    Leave,
     /// A private disk-group change, all of it (checks, stage, write, commit).
     Private {
         /// The change.
         change: Change,
-        /// The private groups before it.
+        /// The private groups before it (the main loop's; the driver checks they are
+        /// the ones it last committed).
         before: ClusterConfig,
         /// And after it.
         after: ClusterConfig,
@@ -165,8 +160,6 @@ pub enum Job {
         epoch: u64,
         /// Shared groups to load (empty when this node is no member).
         shared: Vec<DiskGroupConfig>,
-        /// Private groups.
-        private: Vec<DiskGroupConfig>,
         /// A transaction prepared at this moment, to stage again.
         staged: Option<(TxnId, Vec<DiskGroupConfig>)>,
     },
@@ -294,6 +287,11 @@ pub struct Driver {
     /// This node's lease as the main loop last published it (a master's disk
     /// writes are checked against it).
     pub lease: super::lease::LeaseView,
+    /// The private groups as the data plane holds them: the last private change
+    /// this driver committed. Every job that stages or loads a whole layout takes
+    /// them from here, not from a snapshot taken when the job was queued, so a
+    /// shared transaction queued behind a private change keeps what it created.
+    pub private: Vec<DiskGroupConfig>,
 }
 
 impl Driver {
@@ -414,13 +412,9 @@ impl Driver {
                 }
                 Done::LocalChecked { txn, result }
             }
-            Job::KernelPrepare {
-                txn,
-                shared,
-                private,
-            } => {
+            Job::KernelPrepare { txn, shared } => {
                 let began = Instant::now();
-                let desired = self.desired(&shared, &private);
+                let desired = self.desired(&shared, &self.private);
                 self.fences
                     .break_all(self.kernel.client(), "a transaction's kernel phase");
                 let result = self.kernel.prepare(desired, true);
@@ -451,8 +445,8 @@ impl Driver {
                 self.kernel.abort();
                 Done::Nothing
             }
-            Job::KernelLoad { shared, private } => {
-                let desired = self.desired(&shared, &private);
+            Job::KernelLoad { shared } => {
+                let desired = self.desired(&shared, &self.private);
                 self.fences
                     .break_all(self.kernel.client(), "a configuration load");
                 let result = self.kernel.load(desired);
@@ -500,10 +494,10 @@ impl Driver {
             Job::CheckDiskAccess { disks, offered } => Done::DiskAccessChecked {
                 missing: self.check_disk_access(&disks, offered.as_ref()),
             },
-            Job::Leave { private } => {
+            Job::Leave => {
                 self.fences
                     .break_all(self.kernel.client(), "this node left the cluster");
-                let private = self.desired(&[], &private);
+                let private = self.desired(&[], &self.private);
                 self.kernel.leave(&private);
                 Done::Nothing
             }
@@ -576,11 +570,10 @@ impl Driver {
             Job::Reconnect {
                 epoch,
                 shared,
-                private,
                 staged,
             } => Done::Reconnected {
                 epoch,
-                result: self.reconnect(epoch, &shared, &private, staged),
+                result: self.reconnect(epoch, &shared, staged),
             },
         }
     }
@@ -610,6 +603,7 @@ impl Driver {
             log::error!("{e}");
             return Err(failed(e));
         }
+        self.failpoint_sleep("driver.kernel_prepare");
         let mut repairs = self.repairs.lock().unwrap_or_else(|p| p.into_inner());
         let written =
             disks::write_updates(&updates, txn, &self.name, &self.files(), &mut repairs, None);
@@ -627,6 +621,7 @@ impl Driver {
                 change.dg_name()
             );
         }
+        self.private = after.disk_groups.clone();
         log::info!("node {}: private change committed: {change:?}", self.name);
         Ok(())
     }
@@ -667,16 +662,15 @@ impl Driver {
         &mut self,
         epoch: u64,
         shared: &[DiskGroupConfig],
-        private: &[DiskGroupConfig],
         staged: Option<(TxnId, Vec<DiskGroupConfig>)>,
     ) -> Result<(Arc<KernelClient>, Result<usize, String>), String> {
         self.kernel.reconnect()?;
         super::start_kernel_events(&self.kernel, self.tx.clone(), epoch, &self.name);
-        let desired = self.desired(shared, private);
+        let desired = self.desired(shared, &self.private);
         let volumes = desired.volumes.len();
         let loaded = self.kernel.load(desired).map(|()| volumes);
         if let Some((txn, config)) = staged {
-            let again = self.desired(&config, private);
+            let again = self.desired(&config, &self.private);
             if let Err(e) = self.kernel.prepare(again, true) {
                 log::error!(
                     "node {}: transaction {txn}: cannot stage it again in the reconnected data plane: {e}",

@@ -11,7 +11,8 @@ use std::time::Duration;
 pub const FAILPOINT_EXIT_STATUS: i32 = 137;
 
 /// Points of the driver that `<name>:sleep=<ms>` slows down:
-/// `driver.kernel_prepare` (after the data plane staged a transaction, its volumes
+/// `driver.kernel_prepare` (after the data plane staged a transaction, shared or a
+/// private group's, its volumes
 /// still quiesced: a slow drain) and `driver.write_disks` (before a transaction's
 /// configuration is written to the disks: a slow disk).
 pub const DRIVER_FAILPOINTS: [&str; 2] = ["driver.kernel_prepare", "driver.write_disks"];

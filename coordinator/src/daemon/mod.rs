@@ -295,6 +295,7 @@ pub fn run(opts: Options) -> Result<(), String> {
         tx: tx.clone(),
         failpoint: failpoint.clone(),
         lease: lease.view(),
+        private: private.disk_groups.clone(),
     }
     .start()?;
     let start = Instant::now();
@@ -892,7 +893,6 @@ impl Daemon {
         let job = Job::Reconnect {
             epoch: self.kernel_epoch + 1,
             shared,
-            private: self.private.disk_groups.clone(),
             staged: self.staged.as_ref().map(|(t, c)| (*t, c.groups.clone())),
         };
         self.submit(job);
@@ -1269,11 +1269,7 @@ impl Daemon {
             Action::KernelPrepare { txn, config } => {
                 let shared = config.groups.clone();
                 self.staged = Some((txn, config));
-                Job::KernelPrepare {
-                    txn,
-                    shared,
-                    private: self.private.disk_groups.clone(),
-                }
+                Job::KernelPrepare { txn, shared }
             }
             Action::KernelCommit { txn } => {
                 self.staged = None;
@@ -1286,7 +1282,6 @@ impl Daemon {
             }
             Action::KernelLoad { config } => Job::KernelLoad {
                 shared: config.groups.clone(),
-                private: self.private.disk_groups.clone(),
             },
             Action::WriteDisks {
                 record,
@@ -1329,9 +1324,9 @@ impl Daemon {
                     self.name
                 );
                 self.tasks.cancel_all();
-                Job::Leave {
-                    private: self.private.disk_groups.clone(),
-                }
+                // The driver drops a staged layout when it leaves.
+                self.staged = None;
+                Job::Leave
             }
             other @ (Action::Send { .. }
             | Action::ReadQuorumDisk { .. }
@@ -1346,7 +1341,15 @@ impl Daemon {
                 return;
             }
         };
+        let ends_staging = matches!(
+            job,
+            Job::KernelCommit { .. } | Job::KernelAbort { .. } | Job::Leave
+        );
         self.submit(job);
+        if ends_staging {
+            // Private changes waited for the shared transaction staged here.
+            self.next_private();
+        }
     }
 
     /// The driver answered job `seq` (the oldest): its answer is noted, what waited
@@ -1748,7 +1751,8 @@ impl Daemon {
 
     /// Queues a change of a private disk group. They run one at a time, each as one
     /// driver job (validated against the groups the one before left, checked, staged
-    /// in the data plane, written to the group's disks, committed — all on this node).
+    /// in the data plane, written to the group's disks, committed — all on this node),
+    /// never while a shared transaction is staged here ([`Daemon::next_private`]).
     fn private_request(&mut self, change: Change, origin: PrivateOrigin) {
         let req = PrivateRequest { change, origin };
         if self.private_queue.len() >= MAX_QUEUED_PRIVATE {
@@ -1765,9 +1769,14 @@ impl Daemon {
         self.next_private();
     }
 
-    /// Starts the next private change unless one runs.
+    /// Starts the next private change unless one runs or a shared transaction is
+    /// staged on this node: a private change's prepare stages this node's whole
+    /// layout, which would drop the staged shared one (the cluster's commit would
+    /// then commit nothing here, and this data plane would serve the layout the
+    /// cluster replaced). It starts once the shared transaction's commit or abort
+    /// is queued (the driver runs jobs in order).
     fn next_private(&mut self) {
-        while self.private_running.is_none() {
+        while self.private_running.is_none() && self.staged.is_none() {
             let Some(req) = self.private_queue.pop_front() else {
                 return;
             };
