@@ -35,6 +35,27 @@ fn served_size(c: &Cluster, i: usize, bdev: &str) -> Option<u64> {
     vols.iter().find(|v| v.name == bdev).map(|v| v.size_bytes)
 }
 
+/// Both changes are in c's configuration and its data plane: the private volume
+/// pv1 (8M) and the grown vol1 (48M); then the cluster's invariants.
+fn both_changes_served(c: &mut Cluster) {
+    let p = c.print(P);
+    assert!(
+        volume(&p, "dg2", "pv1").is_some(),
+        "c's configuration has pv1: {p}"
+    );
+    assert_eq!(
+        served_size(c, P, "dg2.pv1"),
+        Some(8 << 20),
+        "c's data plane serves the private volume it created"
+    );
+    assert_eq!(
+        served_size(c, P, "dg1.vol1"),
+        Some(48 << 20),
+        "c's data plane serves vol1 at the size the cluster committed"
+    );
+    c.check_invariants();
+}
+
 /// Node c ([`P`]) has a private group dg2 on d2; the shared dg1 holds vol1 (32M).
 /// c, not b: b is the master's successor, which commits before the master writes the
 /// disks; c keeps a shared change staged until the master's commit.
@@ -78,22 +99,7 @@ fn a_private_change_while_a_shared_change_is_staged_does_not_undo_it() {
             String::from_utf8_lossy(&grow.stderr).trim()
         );
     });
-    let p = c.print(P);
-    assert!(
-        volume(&p, "dg2", "pv1").is_some(),
-        "c's configuration has pv1: {p}"
-    );
-    assert_eq!(
-        served_size(&c, P, "dg2.pv1"),
-        Some(8 << 20),
-        "c's data plane serves the private volume it created"
-    );
-    assert_eq!(
-        served_size(&c, P, "dg1.vol1"),
-        Some(48 << 20),
-        "c's data plane serves vol1 at the size the cluster committed"
-    );
-    c.check_invariants();
+    both_changes_served(&mut c);
 }
 
 #[test]
@@ -124,16 +130,5 @@ fn a_shared_change_during_a_private_change_keeps_the_private_volume() {
             String::from_utf8_lossy(&private.stderr).trim()
         );
     });
-    let p = c.print(P);
-    assert!(
-        volume(&p, "dg2", "pv1").is_some(),
-        "c's configuration has pv1: {p}"
-    );
-    assert_eq!(
-        served_size(&c, P, "dg2.pv1"),
-        Some(8 << 20),
-        "c's data plane still serves its private volume after the shared change"
-    );
-    assert_eq!(served_size(&c, P, "dg1.vol1"), Some(48 << 20));
-    c.check_invariants();
+    both_changes_served(&mut c);
 }

@@ -285,12 +285,12 @@ pub fn apply_dg(dg: &DiskGroupConfig, change: &Change) -> Result<DiskGroupConfig
             volume,
             new_size_bytes,
             ..
-        } => vol_grow(dg, &mut next, volume, *new_size_bytes)?,
+        } => vol_resize(dg, &mut next, volume, *new_size_bytes, true)?,
         Change::VolShrink {
             volume,
             new_size_bytes,
             ..
-        } => vol_shrink(dg, &mut next, volume, *new_size_bytes)?,
+        } => vol_resize(dg, &mut next, volume, *new_size_bytes, false)?,
         Change::VolSetReadPolicy { volume, policy, .. } => {
             vol_set_read_policy(dg, &mut next, volume, policy)?
         }
@@ -459,46 +459,31 @@ fn vol_create(
     Ok(())
 }
 
-/// Applies [`Change::VolGrow`] to `next` (a copy of `dg`).
-fn vol_grow(
+/// Applies [`Change::VolGrow`] (`grow`) or [`Change::VolShrink`] to `next` (a copy
+/// of `dg`): the new size must be larger (smaller) than the current one.
+fn vol_resize(
     dg: &DiskGroupConfig,
     next: &mut DiskGroupConfig,
     volume: &str,
     new_size_bytes: u64,
+    grow: bool,
 ) -> Result<(), ConfigError> {
     let vi = dg.volume_index(volume)?;
     let size = checked_volume_size(volume, new_size_bytes)?;
     let current = dg.volumes[vi].size_bytes;
-    if size <= current {
+    if (grow && size <= current) || (!grow && size >= current) {
         return Err(ConfigError::Invalid(format!(
-            "volume {volume}: new size {} is not larger than the current {}",
+            "volume {volume}: new size {} is not {} than the current {}",
             crate::size::format_size(size),
+            if grow { "larger" } else { "smaller" },
             crate::size::format_size(current)
         )));
     }
-    next.volumes[vi].plexes = alloc::grow_volume(dg, volume, size)?;
-    next.volumes[vi].size_bytes = size;
-    Ok(())
-}
-
-/// Applies [`Change::VolShrink`] to `next` (a copy of `dg`).
-fn vol_shrink(
-    dg: &DiskGroupConfig,
-    next: &mut DiskGroupConfig,
-    volume: &str,
-    new_size_bytes: u64,
-) -> Result<(), ConfigError> {
-    let vi = dg.volume_index(volume)?;
-    let size = checked_volume_size(volume, new_size_bytes)?;
-    let current = dg.volumes[vi].size_bytes;
-    if size >= current {
-        return Err(ConfigError::Invalid(format!(
-            "volume {volume}: new size {} is not smaller than the current {}",
-            crate::size::format_size(size),
-            crate::size::format_size(current)
-        )));
-    }
-    next.volumes[vi].plexes = alloc::shrink_plexes(&dg.volumes[vi].plexes, size);
+    next.volumes[vi].plexes = if grow {
+        alloc::grow_volume(dg, volume, size)?
+    } else {
+        alloc::shrink_plexes(&dg.volumes[vi].plexes, size)
+    };
     next.volumes[vi].size_bytes = size;
     Ok(())
 }
