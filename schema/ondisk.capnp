@@ -39,7 +39,7 @@ struct ReadPolicy {
   union {
     round @0 :Void;
     prefer @1 :Text;            # the preferred plex's name
-    leastOutstanding @2 :Void;
+    leastBusy @2 :Void;  # was leastOutstanding (renamed; same wire format)
   }
 }
 

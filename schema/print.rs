@@ -49,7 +49,7 @@ fn read_policy(p: disk::read_policy::Reader<'_>) -> capnp::Result<String> {
     Ok(match p.which() {
         Ok(Which::Round(())) => "round".into(),
         Ok(Which::Prefer(plex)) => format!("prefer:{}", text(plex)?),
-        Ok(Which::LeastOutstanding(())) => "least-busy".into(),
+        Ok(Which::LeastBusy(())) => "least-busy".into(),
         Err(e) => format!("unknown({})", e.0),
     })
 }

@@ -102,7 +102,7 @@ pub fn volume_spec(dg: &DiskGroupConfig, kv: &KernelVolume) -> VolumeSpec {
         read_policy: match &kv.read_policy {
             ReadPolicy::Round => KReadPolicy::Round,
             ReadPolicy::Prefer { plex } => KReadPolicy::Prefer(plex.clone()),
-            ReadPolicy::LeastOutstanding => KReadPolicy::LeastBusy,
+            ReadPolicy::LeastBusy => KReadPolicy::LeastBusy,
         },
         shared: dg.shared,
     }

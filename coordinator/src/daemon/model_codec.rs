@@ -565,7 +565,7 @@ mod tests {
             Change::VolSetReadPolicy {
                 dg: dg(),
                 volume: "v1".into(),
-                policy: ReadPolicy::LeastOutstanding,
+                policy: ReadPolicy::LeastBusy,
             },
             Change::VolRm {
                 dg: dg(),

@@ -123,7 +123,7 @@ mod tests {
             plex: "vol1-01".into(),
         };
         g.volumes[1].state = VolumeState::Disabled;
-        g.volumes[1].read_policy = ReadPolicy::LeastOutstanding;
+        g.volumes[1].read_policy = ReadPolicy::LeastBusy;
         let mut p = g.clone();
         p.name = "pdg".into();
         p.shared = false;

@@ -65,8 +65,10 @@ pub enum ReadPolicy {
         /// Name of the preferred plex.
         plex: String,
     },
-    /// The ACTIVE plex with the fewest reads outstanding.
-    LeastOutstanding,
+    /// The ACTIVE plex with the fewest reads outstanding (`least-busy`, the data
+    /// plane's name too).
+    #[serde(alias = "least-outstanding")]
+    LeastBusy,
 }
 
 /// A volume (`v`): a block device made of 1..=32 mirrored plexes.

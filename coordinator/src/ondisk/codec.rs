@@ -71,7 +71,7 @@ pub fn write_read_policy(p: &ReadPolicy, mut policy: wire::read_policy::Builder<
     match p {
         ReadPolicy::Round => policy.set_round(()),
         ReadPolicy::Prefer { plex } => policy.set_prefer(plex.as_str()),
-        ReadPolicy::LeastOutstanding => policy.set_least_outstanding(()),
+        ReadPolicy::LeastBusy => policy.set_least_busy(()),
     }
 }
 
@@ -82,7 +82,7 @@ pub fn read_read_policy(p: wire::read_policy::Reader<'_>) -> capnp::Result<ReadP
         match p.which().map_err(|e| not_in_schema("read policy", e))? {
             Which::Round(()) => ReadPolicy::Round,
             Which::Prefer(plex) => ReadPolicy::Prefer { plex: text(plex)? },
-            Which::LeastOutstanding(()) => ReadPolicy::LeastOutstanding,
+            Which::LeastBusy(()) => ReadPolicy::LeastBusy,
         },
     )
 }
@@ -452,7 +452,7 @@ mod tests {
             plex: "vol1-01".into(),
         };
         g.volumes[1].state = VolumeState::Disabled;
-        g.volumes[1].read_policy = ReadPolicy::LeastOutstanding;
+        g.volumes[1].read_policy = ReadPolicy::LeastBusy;
         let host = crate::model::Nexus::new("iqn.1994-05.com.example:h1,i,0x1", 2);
         let r = &mut g.volumes[0].reservations;
         r.out(
