@@ -36,8 +36,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use io_uring::{opcode, types};
-
 use super::admin::{self, AdminDone, CcChange};
 use super::io::{self, IoPlan};
 use super::nvme::{admin_op, fctype, sgl, Cqe, Sqe, Status};
@@ -49,18 +47,10 @@ use super::{
 };
 use crate::bdev::{BdevChannel, BdevIo, IoCallback, IoDone, IoKind, IoStatus};
 use crate::buf::{BufPool, BufWait, BufWaiter, IoBuf, PoolBuf, SIZE_CLASSES_BYTES};
-use crate::frontend::listener::Listener;
+use crate::frontend::transport::{self, OutQueue, Polls, RecvBuf, Sent, WBUF_HIGH_BYTES};
 use crate::lease::FENCED_ERRNO;
-use crate::reactor::{Poller, Reactor, UringDone};
+use crate::reactor::Reactor;
 
-/// Output queued beyond which the connection stops reading new PDUs.
-const WBUF_HIGH_BYTES: usize = 4 << 20;
-/// Most read() calls per readiness event.
-const READS_PER_EVENT: usize = 16;
-/// How often the keep-alive poller looks at connections.
-const TICK: Duration = Duration::from_secs(1);
-/// Most connections one reactor serves; more are closed at once.
-pub(crate) const MAX_CONNS_PER_REACTOR: usize = 1024;
 /// Longest a connection may take to send ICReq and Connect.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A controller is dropped when no Keep Alive came for KATO times this.
@@ -79,10 +69,8 @@ const MAX_PDU_BYTES: usize = pdu::CMD_HLEN
 /// Bytes of the offending PDU header echoed in a C2HTermReq.
 const TERM_ECHO_BYTES: usize = 128;
 
-const TAG_POLLIN: u64 = 1;
-const TAG_POLLOUT: u64 = 2;
-/// Most iovecs per `sendmsg`.
-const MAX_IOV: usize = 128;
+/// Bytes of headers the output queue has room for before it grows.
+const OUT_QUEUE_BYTES: usize = 16 << 10;
 /// Number of pool size classes.
 const CLASSES: usize = SIZE_CLASSES_BYTES.len();
 
@@ -109,239 +97,17 @@ impl std::hash::Hasher for IntHasher {
     }
 }
 
-/// A run of queued output bytes.
-enum Seg {
-    /// The next `len` unsent bytes of [`Out::bytes`].
-    Inline(usize),
-    /// `len` bytes at `ptr`, inside a pool buffer in [`Out::held`].
-    Pool { ptr: *const u8, len: usize },
-}
-
-/// The output queue of a connection.
-#[derive(Default)]
-struct Out {
-    bytes: Vec<u8>,
-    pos: usize,
-    segs: VecDeque<Seg>,
-    held: VecDeque<(u64, PoolBuf)>,
-    queued: u64,
-    sent: u64,
-}
-
-impl Out {
-    fn pending(&self) -> usize {
-        (self.queued - self.sent) as usize
-    }
-
-    fn push_inline(&mut self, start: usize) {
-        let n = self.bytes.len() - start;
-        if n == 0 {
-            return;
-        }
-        self.queued += n as u64;
-        if let Some(Seg::Inline(len)) = self.segs.back_mut() {
-            *len += n;
-        } else {
-            self.segs.push_back(Seg::Inline(n));
-        }
-    }
-
-    /// Queues a whole PDU, copying its data.
-    fn emit(&mut self, t: u8, flags: u8, specific: &[u8], data: &[u8], dig: Digests, hpda: u8) {
-        let start = self.bytes.len();
-        pdu::encode(&mut self.bytes, t, flags, specific, data, dig, hpda);
-        self.push_inline(start);
-    }
-
-    /// Queues a PDU whose data is sent from where it lies.
-    ///
-    /// # Safety
-    /// `data` must lie in a pool buffer the caller passes to [`Out::hold`] before
-    /// anything else touches this queue.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn emit_ref(
-        &mut self,
-        t: u8,
-        flags: u8,
-        specific: &[u8],
-        data: &[u8],
-        dig: Digests,
-        hpda: u8,
-    ) {
-        let start = self.bytes.len();
-        pdu::encode_head(&mut self.bytes, t, flags, specific, data.len(), dig, hpda);
-        self.push_inline(start);
-        if !data.is_empty() {
-            self.queued += data.len() as u64;
-            self.segs.push_back(Seg::Pool {
-                ptr: data.as_ptr(),
-                len: data.len(),
-            });
-        }
-        let start = self.bytes.len();
-        pdu::encode_tail(&mut self.bytes, data, dig);
-        self.push_inline(start);
-    }
-
-    fn hold(&mut self, buf: PoolBuf) {
-        self.held.push_back((self.queued, buf));
-    }
-
-    fn iovecs(&self, iov: &mut [libc::iovec; MAX_IOV]) -> usize {
-        let mut n = 0;
-        let mut pos = self.pos;
-        for seg in &self.segs {
-            if n == MAX_IOV {
-                break;
-            }
-            let (base, len) = match *seg {
-                Seg::Inline(len) => {
-                    let p = self.bytes[pos..pos + len].as_ptr();
-                    pos += len;
-                    (p, len)
-                }
-                Seg::Pool { ptr, len } => (ptr, len),
-            };
-            iov[n] = libc::iovec {
-                iov_base: base as *mut libc::c_void,
-                iov_len: len,
-            };
-            n += 1;
-        }
-        n
-    }
-
-    fn advance(&mut self, mut n: usize, done: &mut Vec<PoolBuf>) {
-        self.sent += n as u64;
-        while n > 0 {
-            let Some(front) = self.segs.front_mut() else {
-                break;
-            };
-            let left = match front {
-                Seg::Inline(len) => {
-                    let k = n.min(*len);
-                    *len -= k;
-                    self.pos += k;
-                    n -= k;
-                    *len
-                }
-                Seg::Pool { ptr, len } => {
-                    let k = n.min(*len);
-                    *len -= k;
-                    *ptr = ptr.wrapping_add(k);
-                    n -= k;
-                    *len
-                }
-            };
-            if left == 0 {
-                self.segs.pop_front();
-            }
-        }
-        while self.held.front().is_some_and(|(end, _)| *end <= self.sent) {
-            if let Some((_, b)) = self.held.pop_front() {
-                done.push(b);
-            }
-        }
-        if self.segs.is_empty() {
-            self.bytes.clear();
-            self.pos = 0;
-            if self.bytes.capacity() > 2 * WBUF_HIGH_BYTES {
-                self.bytes.shrink_to(64 << 10);
-            }
-        } else if self.pos > (1 << 20) {
-            self.bytes.drain(..self.pos);
-            self.pos = 0;
-        }
-    }
-
-    fn discard(&mut self, done: &mut Vec<PoolBuf>) {
-        self.segs.clear();
-        self.bytes.clear();
-        self.pos = 0;
-        self.sent = self.queued;
-        done.extend(self.held.drain(..).map(|(_, b)| b));
-    }
-}
-
 /// The NVMe/TCP connections and listeners of one reactor.
-#[derive(Default)]
-pub(crate) struct Registry {
-    conns: RefCell<HashMap<(u64, u64), Rc<Conn>>>,
-    pub(crate) listeners: RefCell<Vec<Rc<Listener<Shared>>>>,
-    next_id: Cell<u64>,
-    poller: Cell<bool>,
-    dirty: RefCell<Vec<Rc<Conn>>>,
-}
-
-/// Runs every reactor iteration: flushes connections with new output; once a
-/// second looks at every connection (connect timeout, keep alive).
-struct Ticker {
-    reactor: Weak<Reactor>,
-    reg: Rc<Registry>,
-    next: Cell<Instant>,
-    batch: RefCell<Vec<Rc<Conn>>>,
-}
-
-impl Poller for Ticker {
-    fn poll(&self, now: Instant) -> usize {
-        let mut flushed = 0;
-        if !self.reg.dirty.borrow().is_empty() {
-            let mut batch = self.batch.take();
-            std::mem::swap(&mut batch, &mut *self.reg.dirty.borrow_mut());
-            flushed = batch.len();
-            for c in batch.drain(..) {
-                c.dirty.set(false);
-                c.flush();
-            }
-            *self.batch.borrow_mut() = batch;
-        }
-        if now < self.next.get() {
-            return flushed;
-        }
-        let Some(r) = self.reactor.upgrade() else {
-            return flushed;
-        };
-        self.next.set(now + TICK);
-        let conns: Vec<Rc<Conn>> = r
-            .local::<Registry>()
-            .conns
-            .borrow()
-            .values()
-            .cloned()
-            .collect();
-        for c in conns {
-            c.tick(now);
-        }
-        flushed
-    }
-    fn next_deadline(&self) -> Option<Instant> {
-        Some(self.next.get())
-    }
-}
+pub(crate) type Registry = transport::Registry<Conn, Shared>;
 
 /// Creates a queue pair for an accepted socket (runs on the chosen reactor).
 pub(crate) fn spawn(r: &Rc<Reactor>, shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     if shared.stopping.load(Ordering::Acquire) {
         return;
     }
-    let reg = r.local::<Registry>();
-    if reg.conns.borrow().len() >= MAX_CONNS_PER_REACTOR {
-        log::warn!(
-            "nvmf: reactor {} already serves {MAX_CONNS_PER_REACTOR} connections; closing the one from {peer}",
-            r.id()
-        );
+    let Some(id) = Registry::admit(r, peer) else {
         return;
-    }
-    if !reg.poller.replace(true) {
-        r.add_poller(Rc::new(Ticker {
-            reactor: Rc::downgrade(r),
-            reg: Rc::clone(&reg),
-            next: Cell::new(Instant::now() + TICK),
-            batch: RefCell::new(Vec::new()),
-        }));
-    }
-    let id = reg.next_id.get() + 1;
-    reg.next_id.set(id);
+    };
     let local = stream.local_addr().ok();
     let c = Rc::new_cyclic(|me| Conn {
         id,
@@ -361,12 +127,8 @@ pub(crate) fn spawn(r: &Rc<Reactor>, shared: Arc<Shared>, stream: TcpStream, pee
             io_epoch: 0,
             dig: Digests::default(),
             hpda: 0,
-            rbuf: vec![0u8; MAX_PDU_BYTES],
-            rlen: 0,
-            out: Out {
-                bytes: Vec::with_capacity(16 << 10),
-                ..Out::default()
-            },
+            rx: RecvBuf::new(MAX_PDU_BYTES),
+            out: OutQueue::with_capacity(OUT_QUEUE_BYTES),
             spare: Vec::new(),
             cmds: slab::Slab::with_capacity(32),
             cids: IntMap::default(),
@@ -381,26 +143,21 @@ pub(crate) fn spawn(r: &Rc<Reactor>, shared: Arc<Shared>, stream: TcpStream, pee
             aers: Vec::new(),
             next_ttag: 1,
             started: Instant::now(),
-            send_blocked_since: None,
-            poll_in: false,
-            poll_out: false,
+            polls: Polls::default(),
             close_after_flush: false,
             closed: false,
         }),
     });
     log::debug!("nvmf: connection {id} from {peer} on reactor {}", r.id());
-    reg.conns
+    r.local::<Registry>()
+        .conns
         .borrow_mut()
         .insert((shared.id, id), Rc::clone(&c));
     c.on_readable();
 }
 
 fn find(r: &Rc<Reactor>, fid: u64, id: u64) -> Option<Rc<Conn>> {
-    r.local::<Registry>()
-        .conns
-        .borrow()
-        .get(&(fid, id))
-        .cloned()
+    Registry::find(r, fid, id)
 }
 
 /// Closes one connection (management API).
@@ -424,28 +181,7 @@ pub(crate) fn deliver_aens(r: &Rc<Reactor>, fid: u64, id: u64) {
 
 /// Closes the listeners and every connection of frontend `fid` on this reactor.
 pub(crate) fn close_frontend(r: &Rc<Reactor>, fid: u64) {
-    let reg = r.local::<Registry>();
-    let ls: Vec<Rc<Listener<Shared>>> = reg
-        .listeners
-        .borrow()
-        .iter()
-        .filter(|l| l.fid == fid)
-        .cloned()
-        .collect();
-    reg.listeners.borrow_mut().retain(|l| l.fid != fid);
-    for l in ls {
-        l.close();
-    }
-    let cs: Vec<Rc<Conn>> = reg
-        .conns
-        .borrow()
-        .iter()
-        .filter(|((f, _), _)| *f == fid)
-        .map(|(_, c)| Rc::clone(c))
-        .collect();
-    for c in cs {
-        c.close("frontend stopped");
-    }
+    Registry::close_frontend(r, fid)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -489,9 +225,8 @@ struct St {
     io_epoch: u32,
     dig: Digests,
     hpda: u8,
-    rbuf: Vec<u8>,
-    rlen: usize,
-    out: Out,
+    rx: RecvBuf,
+    out: OutQueue,
     spare: Vec<PoolBuf>,
     cmds: slab::Slab<Cmd>,
     cids: IntMap<u16, usize>,
@@ -509,9 +244,7 @@ struct St {
     aers: Vec<u16>,
     next_ttag: u16,
     started: Instant,
-    send_blocked_since: Option<Instant>,
-    poll_in: bool,
-    poll_out: bool,
+    polls: Polls,
     close_after_flush: bool,
     closed: bool,
 }
@@ -526,7 +259,8 @@ impl St {
 
     fn emit(&mut self, t: u8, flags: u8, specific: &[u8], data: &[u8]) {
         let (dig, hpda) = (self.dig, self.hpda);
-        self.out.emit(t, flags, specific, data, dig, hpda);
+        self.out
+            .push(|v| pdu::encode(v, t, flags, specific, data, dig, hpda));
     }
 
     /// A CapsuleResp.
@@ -572,11 +306,15 @@ impl St {
                 }
             }
             let h = pdu::data_hdr(cid, 0, off as u32, n as u32);
+            let chunk = &data[off..off + n];
             // SAFETY: the bytes lie in `buf`, which is handed to `hold` right
             // after this loop, before anything else touches the queue.
             unsafe {
-                self.out
-                    .emit_ref(ty::C2H_DATA, f, &h, &data[off..off + n], dig, hpda)
+                self.out.push_ref(
+                    |v| pdu::encode_head(v, ty::C2H_DATA, f, &h, n, dig, hpda),
+                    chunk,
+                    |v| pdu::encode_tail(v, chunk, dig),
+                )
             };
             off += n;
         }
@@ -635,32 +373,14 @@ impl Conn {
         }
     }
 
+    /// Arms POLLOUT (`out`) or POLLIN unless armed or closed.
     fn arm(&self, st: &mut St, out: bool) {
         if st.closed {
             return;
         }
-        let armed = if out {
-            &mut st.poll_out
-        } else {
-            &mut st.poll_in
-        };
-        if *armed {
-            return;
+        if let Some(me) = self.rc() {
+            st.polls.arm(&self.reactor, self.fd(), me, out);
         }
-        let Some(me) = self.rc() else { return };
-        *armed = true;
-        let mask = if out {
-            libc::POLLOUT
-        } else {
-            libc::POLLIN | libc::POLLRDHUP
-        };
-        let e = opcode::PollAdd::new(types::Fd(self.fd()), mask as u32).build();
-        // SAFETY: a poll references no memory; the registration holds an Rc to
-        // this connection, which owns the socket, so the fd outlives the poll.
-        unsafe {
-            self.reactor
-                .uring_push(e, me, if out { TAG_POLLOUT } else { TAG_POLLIN })
-        };
     }
 
     /// Closes the queue pair: no more reading or writing; commands without I/O
@@ -687,7 +407,7 @@ impl Conn {
         }
         st.cids.clear();
         st.aers.clear();
-        st.rbuf = Vec::new();
+        st.rx.release();
         let mut done = std::mem::take(&mut st.spare);
         st.out.discard(&mut done);
         for b in done {
@@ -751,7 +471,7 @@ impl Conn {
         if st.held[c] as usize >= self.pool().user_cap(c) || st.buf_wait[c] {
             return None;
         }
-        if st.send_blocked_since.is_some() {
+        if st.out.blocked_since().is_some() {
             return None;
         }
         let me = self.rc()?;
@@ -835,7 +555,7 @@ impl Conn {
 
     /// Why the connection must go now, if it must.
     fn expired(&self, st: &St, now: Instant) -> Option<String> {
-        if let Some(since) = st.send_blocked_since {
+        if let Some(since) = st.out.blocked_since() {
             if now.saturating_duration_since(since) > SEND_TIMEOUT {
                 return Some(format!(
                     "the host read nothing for {} s (blocked on send)",
@@ -874,92 +594,49 @@ impl Conn {
         None
     }
 
+    /// Reads a batch from the socket and handles the PDUs that arrived.
     fn on_readable(&self) {
-        let mut why: Option<String> = None;
-        {
+        let res = {
             let mut st = self.st.borrow_mut();
             if st.closed {
                 return;
             }
-            for _ in 0..READS_PER_EVENT {
-                if st.pending_out() > WBUF_HIGH_BYTES || st.close_after_flush {
-                    break;
+            let res = RecvBuf::read_batch(
+                self.fd(),
+                &mut *st,
+                "the host closed the connection",
+                |st| &mut st.rx,
+                |st| st.pending_out() > WBUF_HIGH_BYTES || st.close_after_flush,
+                |st| self.process(st),
+            );
+            if res.is_ok() {
+                if !st.close_after_flush && st.pending_out() <= WBUF_HIGH_BYTES {
+                    // Data may be left in the socket, or more comes: come back.
+                    self.arm(&mut st, false);
                 }
-                let cap = st.rbuf.len();
-                let rlen = st.rlen;
-                if rlen == cap {
-                    break;
-                }
-                // SAFETY: reads into the unused tail of a buffer we own exclusively.
-                let n = unsafe {
-                    libc::read(
-                        self.fd(),
-                        st.rbuf.as_mut_ptr().add(rlen) as *mut libc::c_void,
-                        cap - rlen,
-                    )
-                };
-                if n > 0 {
-                    st.rlen += n as usize;
-                    if let Err(w) = self.process(&mut st) {
-                        why = Some(w);
-                        break;
-                    }
-                    if (n as usize) < cap - rlen {
-                        break;
-                    }
-                    continue;
-                }
-                if n == 0 {
-                    why = Some("the host closed the connection".into());
-                    break;
-                }
-                let e = std::io::Error::last_os_error();
-                match e.raw_os_error() {
-                    Some(libc::EAGAIN) => {
-                        self.arm(&mut st, false);
-                        break;
-                    }
-                    Some(libc::EINTR) => continue,
-                    _ => {
-                        why = Some(format!("read failed: {e}"));
-                        break;
-                    }
-                }
-            }
-            if why.is_none()
-                && !st.poll_in
-                && !st.close_after_flush
-                && st.pending_out() <= WBUF_HIGH_BYTES
-            {
-                self.arm(&mut st, false);
-            }
-            if why.is_none() {
                 self.after(&mut st);
             }
-        }
-        match why {
-            Some(w) => self.close(&w),
-            None => self.flush(),
+            res
+        };
+        match res {
+            Ok(()) => self.flush(),
+            Err(w) => self.close(&w),
         }
     }
 
     /// Parses and handles every complete PDU in the receive buffer.
     fn process(&self, st: &mut St) -> Result<(), String> {
-        let rbuf = std::mem::take(&mut st.rbuf);
-        let res = self.process_buf(st, &rbuf);
-        st.rbuf = rbuf;
-        let consumed = res?;
-        if consumed > 0 && !st.rbuf.is_empty() {
-            st.rbuf.copy_within(consumed..st.rlen, 0);
-            st.rlen -= consumed;
-        }
+        let rx = std::mem::take(&mut st.rx);
+        let res = self.process_buf(st, rx.data());
+        st.rx = rx;
+        st.rx.consume(res?);
         Ok(())
     }
 
     fn process_buf(&self, st: &mut St, rbuf: &[u8]) -> Result<usize, String> {
         let mut pos = 0;
-        while pos < st.rlen && !st.closed && !st.close_after_flush {
-            let buf = &rbuf[pos..st.rlen];
+        while pos < rbuf.len() && !st.closed && !st.close_after_flush {
+            let buf = &rbuf[pos..];
             let outcome = match pdu::parse(buf, st.dig, MAX_H2C_DATA_BYTES) {
                 Ok(Parsed::Need(_)) => break,
                 Ok(Parsed::Pdu(p)) => {
@@ -996,7 +673,7 @@ impl Conn {
         // A termination request carries no digests.
         let hpda = st.hpda;
         st.out
-            .emit(ty::C2H_TERM, 0, &h, echo, Digests::default(), hpda);
+            .push(|v| pdu::encode(v, ty::C2H_TERM, 0, &h, echo, Digests::default(), hpda));
         st.close_after_flush = true;
     }
 
@@ -1036,7 +713,7 @@ impl Conn {
         }
         let resp = pdu::ic_resp(req.dig, MAX_H2C_DATA_BYTES as u32);
         st.out
-            .emit(ty::IC_RESP, 0, &resp, &[], Digests::default(), 0);
+            .push(|v| pdu::encode(v, ty::IC_RESP, 0, &resp, &[], Digests::default(), 0));
         st.dig = req.dig;
         st.hpda = req.hpda;
         st.phase = Phase::AwaitConnect;
@@ -1702,43 +1379,15 @@ impl Conn {
                 return;
             }
             std::mem::swap(&mut done, &mut st.spare);
-            // SAFETY: iovec is plain data; every entry used is filled by `iovecs`.
-            let mut iov: [libc::iovec; MAX_IOV] = unsafe { std::mem::zeroed() };
-            while st.out.pending() > 0 {
-                let n_iov = st.out.iovecs(&mut iov);
-                // SAFETY: a zeroed msghdr is valid (no address, no control data).
-                let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-                msg.msg_iov = iov.as_mut_ptr();
-                msg.msg_iovlen = n_iov as _;
-                // SAFETY: every iovec points at queued bytes: inside `out.bytes` (not
-                // modified while `st` is borrowed here) or inside a pool buffer that
-                // `out.held` keeps until those bytes are sent (`Out::emit_ref`). The
-                // call is synchronous; MSG_NOSIGNAL avoids SIGPIPE.
-                let n = unsafe {
-                    libc::sendmsg(self.fd(), &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
-                };
-                if n > 0 {
-                    st.out.advance(n as usize, &mut done);
-                    if st.send_blocked_since.take().is_some() {
-                        st.need_serve = true;
-                    }
-                    continue;
-                }
-                let e = std::io::Error::last_os_error();
-                match e.raw_os_error() {
-                    Some(libc::EAGAIN) => {
-                        if st.send_blocked_since.is_none() {
-                            st.send_blocked_since = Some(Instant::now());
-                        }
-                        self.arm(&mut st, true);
-                        break;
-                    }
-                    Some(libc::EINTR) => continue,
-                    _ => {
-                        close_now = Some(format!("write failed: {e}"));
-                        break;
-                    }
-                }
+            let (sent, unblocked) = st.out.send(self.fd(), &mut done);
+            if unblocked.is_some() {
+                // The socket drains again: waiting commands may get buffers.
+                st.need_serve = true;
+            }
+            match sent {
+                Sent::Done => {}
+                Sent::Blocked => self.arm(&mut st, true),
+                Sent::Failed(e) => close_now = Some(format!("write failed: {e}")),
             }
             if st.out.pending() == 0 && st.close_after_flush && close_now.is_none() {
                 close_now = Some("connection ended (disconnect or termination)".into());
@@ -1749,7 +1398,7 @@ impl Conn {
             std::mem::swap(&mut done, &mut st.spare);
             if close_now.is_none() {
                 self.after(&mut st);
-                if st.out.pending() > 0 && st.send_blocked_since.is_none() {
+                if st.out.pending() > 0 && st.out.blocked_since().is_none() {
                     self.mark_dirty();
                 }
             }
@@ -1759,21 +1408,16 @@ impl Conn {
         }
     }
 
+    /// Asks for a flush at the end of this reactor iteration.
     fn mark_dirty(&self) {
-        if self.dirty.replace(true) {
-            return;
-        }
-        match self.rc() {
-            Some(me) => self.reactor.local::<Registry>().dirty.borrow_mut().push(me),
-            None => self.dirty.set(false),
-        }
+        Registry::mark_dirty(&self.reactor, self, self.rc());
     }
 
     /// Resumes reading after a stall (output drained).
     fn resume(&self) {
         let was_paused = {
             let st = self.st.borrow();
-            !st.closed && !st.poll_in && !st.close_after_flush
+            !st.closed && !st.polls.read && !st.close_after_flush
         };
         if was_paused {
             {
@@ -1791,40 +1435,7 @@ impl Conn {
     }
 }
 
-impl UringDone for Conn {
-    fn uring_done(&self, tag: u64, res: i32, _flags: u32) {
-        {
-            let mut st = self.st.borrow_mut();
-            if tag == TAG_POLLIN {
-                st.poll_in = false;
-            } else {
-                st.poll_out = false;
-            }
-            if st.closed {
-                return;
-            }
-        }
-        if res < 0 {
-            self.close(&format!(
-                "poll failed: {}",
-                std::io::Error::from_raw_os_error(-res)
-            ));
-            return;
-        }
-        if tag == TAG_POLLIN {
-            self.on_readable();
-        } else {
-            self.flush();
-            let resume = {
-                let st = self.st.borrow();
-                !st.closed && !st.poll_in && st.pending_out() <= WBUF_HIGH_BYTES
-            };
-            if resume {
-                self.resume();
-            }
-        }
-    }
-}
+transport::impl_wire!(Conn);
 
 impl IoDone for Conn {
     fn io_done(&self, tag: u64, status: IoStatus) {
@@ -1875,7 +1486,7 @@ impl IoDone for Conn {
         let paused = {
             let st = self.st.borrow();
             !st.closed
-                && !st.poll_in
+                && !st.polls.read
                 && !st.close_after_flush
                 && st.pending_out() <= WBUF_HIGH_BYTES
         };

@@ -505,7 +505,7 @@ impl Conn {
         self.mark_dirty();
         let paused = {
             let st = self.st.borrow();
-            !st.closed && !st.poll_in && st.pending_out() <= WBUF_HIGH_BYTES
+            !st.closed && !st.polls.read && st.pending_out() <= WBUF_HIGH_BYTES
         };
         if paused {
             self.resume();
