@@ -28,7 +28,7 @@
 //! commands of a closed queue are aborted: their I/O completes, nothing is sent.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::rc::{Rc, Weak};
@@ -47,7 +47,9 @@ use super::{
 };
 use crate::bdev::{BdevChannel, BdevIo, IoCallback, IoDone, IoKind, IoStatus};
 use crate::buf::{BufPool, BufWait, BufWaiter, IoBuf, PoolBuf, SIZE_CLASSES_BYTES};
-use crate::frontend::transport::{self, OutQueue, Polls, RecvBuf, Sent, WBUF_HIGH_BYTES};
+use crate::frontend::transport::{
+    self, IntMap, OutQueue, Polls, RecvBuf, Sent, Wire, WBUF_HIGH_BYTES,
+};
 use crate::lease::FENCED_ERRNO;
 use crate::reactor::Reactor;
 
@@ -73,29 +75,6 @@ const TERM_ECHO_BYTES: usize = 128;
 const OUT_QUEUE_BYTES: usize = 16 << 10;
 /// Number of pool size classes.
 const CLASSES: usize = SIZE_CLASSES_BYTES.len();
-
-type IntMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<IntHasher>>;
-
-/// Hasher for the command ids of a queue (bounded by its size): one multiply.
-#[derive(Default, Clone, Copy)]
-struct IntHasher(u64);
-
-impl std::hash::Hasher for IntHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
-        }
-    }
-    fn write_u16(&mut self, v: u16) {
-        self.write_u64(u64::from(v));
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
 
 /// The NVMe/TCP connections and listeners of one reactor.
 pub(crate) type Registry = transport::Registry<Conn, Shared>;
@@ -1413,25 +1392,10 @@ impl Conn {
         Registry::mark_dirty(&self.reactor, self, self.rc());
     }
 
-    /// Resumes reading after a stall (output drained).
-    fn resume(&self) {
-        let was_paused = {
-            let st = self.st.borrow();
-            !st.closed && !st.polls.read && !st.close_after_flush
-        };
-        if was_paused {
-            {
-                let mut st = self.st.borrow_mut();
-                if let Err(w) = self.process(&mut st) {
-                    drop(st);
-                    self.close(&w);
-                    return;
-                }
-            }
-            self.on_readable();
-        } else {
-            self.flush();
-        }
+    /// Reading stalled and may resume ([`Wire::resume`]): not closed or closing.
+    fn may_resume(&self) -> bool {
+        let st = self.st.borrow();
+        !st.closed && !st.polls.read && !st.close_after_flush
     }
 }
 

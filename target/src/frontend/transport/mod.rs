@@ -41,6 +41,37 @@ pub(crate) const TAG_POLLIN: u64 = 1;
 /// The io_uring tag of a connection's POLLOUT poll.
 pub(crate) const TAG_POLLOUT: u64 = 2;
 
+/// Hasher for the small integer keys of per-connection maps (task tags, LUN
+/// numbers, command ids): one multiply instead of SipHash on every command.
+/// The peer picks these keys, but the maps are bounded (by the queue depth, the
+/// LUNs), so colliding keys cost at most a short scan.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct IntHasher(u64);
+
+impl std::hash::Hasher for IntHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u16(&mut self, v: u16) {
+        self.write_u64(u64::from(v));
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(u64::from(v));
+    }
+    fn write_u64(&mut self, v: u64) {
+        // Fibonacci hashing; hashbrown takes its control bits from the top.
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+/// A map keyed by small integers, hashed with [`IntHasher`].
+pub(crate) type IntMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<IntHasher>>;
+
 /// What the shared transport needs from a frontend's connection.
 pub(crate) trait Wire: 'static {
     /// Writes queued output.
@@ -53,8 +84,24 @@ pub(crate) trait Wire: 'static {
     fn dirty(&self) -> &Cell<bool>;
     /// The socket is readable (POLLIN fired, or reading starts).
     fn on_readable(&self);
-    /// Resumes reading after a stall (output drained, a buffer came).
-    fn resume(&self);
+    /// Reading stalled (no POLLIN armed) and may go on: not closed (and, for
+    /// some frontends, not closing).
+    fn may_resume(&self) -> bool;
+    /// Handles the complete PDUs already in the receive buffer.
+    fn process_buffered(&self) -> Result<(), String>;
+    /// Resumes reading after a stall (output drained, a buffer came): the PDUs
+    /// already received first, then the socket; else just flushes.
+    fn resume(&self) {
+        if !self.may_resume() {
+            self.flush();
+            return;
+        }
+        if let Err(w) = self.process_buffered() {
+            self.close(&w);
+            return;
+        }
+        self.on_readable();
+    }
     /// A poll with `tag` completed: marks it disarmed; false once closed.
     fn disarm(&self, tag: u64) -> bool;
     /// Reading stalled (no POLLIN armed) and may go on now.
@@ -62,7 +109,8 @@ pub(crate) trait Wire: 'static {
 }
 
 /// Implements [`Wire`] and [`UringDone`] for a frontend's connection type
-/// whose inherent `flush`, `tick`, `close`, `on_readable` and `resume` do the
+/// whose inherent `flush`, `tick`, `close`, `on_readable`, `may_resume` and
+/// `process` do the
 /// work; it has fields `dirty: Cell<bool>` and `st: RefCell<St>`, where `St`
 /// has `polls: Polls`, `closed: bool` and `pending_out()`.
 macro_rules! impl_wire {
@@ -89,8 +137,12 @@ macro_rules! impl_wire {
             fn on_readable(&self) {
                 <$conn>::on_readable(self);
             }
-            fn resume(&self) {
-                <$conn>::resume(self);
+            fn may_resume(&self) -> bool {
+                <$conn>::may_resume(self)
+            }
+            fn process_buffered(&self) -> Result<(), String> {
+                let mut st = self.st.borrow_mut();
+                self.process(&mut st)
             }
             fn disarm(&self, tag: u64) -> bool {
                 let mut st = self.st.borrow_mut();

@@ -54,7 +54,7 @@ mod session;
 mod tmf;
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::rc::{Rc, Weak};
@@ -75,7 +75,9 @@ use crate::frontend::scsi::pr_cluster::{
 use crate::frontend::scsi::sense::{self, Sense};
 use crate::frontend::scsi::task::{self, BlockIo, ScsiTask, Step};
 use crate::frontend::scsi::LunRt;
-use crate::frontend::transport::{self, OutQueue, Polls, RecvBuf, Sent, WBUF_HIGH_BYTES};
+use crate::frontend::transport::{
+    self, IntMap, OutQueue, Polls, RecvBuf, Sent, Wire, WBUF_HIGH_BYTES,
+};
 use crate::reactor::Reactor;
 
 /// Longest a login may take before the connection is closed.
@@ -88,33 +90,6 @@ const OUT_QUEUE_BYTES: usize = 64 << 10;
 pub(crate) const PARKED_DATA_MAX_BYTES: usize = 4 << 20;
 /// Number of pool size classes.
 const CLASSES: usize = SIZE_CLASSES_BYTES.len();
-
-/// Hasher for the small integer keys of per-connection maps (task tags, LUN
-/// numbers): one multiply instead of SipHash on every command. The peer picks
-/// these keys, but the maps are bounded (tasks by the queue depth, LUN state by
-/// the target's LUNs), so colliding keys cost at most a short scan.
-#[derive(Default, Clone, Copy)]
-struct IntHasher(u64);
-
-impl std::hash::Hasher for IntHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
-        }
-    }
-    fn write_u32(&mut self, v: u32) {
-        self.write_u64(u64::from(v));
-    }
-    fn write_u64(&mut self, v: u64) {
-        // Fibonacci hashing; hashbrown takes its control bits from the top.
-        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
-
-type IntMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<IntHasher>>;
 
 /// The iSCSI connections and listeners of one reactor.
 pub(crate) type Registry = transport::Registry<Conn, Shared>;

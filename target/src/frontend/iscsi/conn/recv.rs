@@ -112,24 +112,9 @@ impl Conn {
         st.emit(&b, bhs);
     }
 
-    /// Resumes reading after a stall (buffer arrived or output drained).
-    pub(super) fn resume(&self) {
-        let was_paused = {
-            let st = self.st.borrow();
-            !st.closed && !st.polls.read
-        };
-        if was_paused {
-            {
-                let mut st = self.st.borrow_mut();
-                if let Err(w) = self.process(&mut st) {
-                    drop(st);
-                    self.close(&w);
-                    return;
-                }
-            }
-            self.on_readable();
-        } else {
-            self.flush();
-        }
+    /// Reading stalled and may resume ([`Wire::resume`]): not closed.
+    pub(super) fn may_resume(&self) -> bool {
+        let st = self.st.borrow();
+        !st.closed && !st.polls.read
     }
 }
