@@ -319,6 +319,10 @@ pub(crate) struct Conn {
     st: RefCell<St>,
 }
 
+/// Why a Connect is refused: its status, dword 0 of the completion and the
+/// reason logged.
+type Refused = (Status, u32, String);
+
 /// The outcome of handling a PDU.
 enum Handled {
     Done,
@@ -1003,105 +1007,111 @@ impl Conn {
         }
     }
 
+    /// A Connect command: the admin queue (a new controller) or an I/O queue
+    /// of a controller this host owns.
     fn connect(&self, st: &mut St, key: usize) {
         let cmd = &st.cmds[key];
         let req = match admin::parse_connect(&cmd.sqe, &cmd.vdata) {
             Ok(r) => r,
-            Err((s, dw0)) => return self.connect_failed(st, key, s, dw0, "malformed Connect"),
+            Err((s, dw0)) => {
+                return self.connect_failed(st, key, (s, dw0, "malformed Connect".into()))
+            }
         };
         if st.phase != Phase::AwaitConnect {
             return self.finish_now(st, key, Status::SEQUENCE, 0, 0, &[]);
         }
-        let is_disc = req.subnqn == DISCOVERY_NQN;
-        let sub = if is_disc {
-            None
-        } else {
-            match self.shared.subsystem(&req.subnqn) {
-                Some(s) => Some(s),
-                None => {
-                    let why = format!("Connect to unknown subsystem {}", req.subnqn);
-                    return self.connect_failed(
-                        st,
-                        key,
-                        Status::CONNECT_INVALID,
-                        admin::invalid_data_field(256),
-                        &why,
-                    );
-                }
-            }
-        };
-        if req.hostnqn.is_empty() {
-            return self.connect_failed(
-                st,
-                key,
-                Status::CONNECT_INVALID,
-                admin::invalid_data_field(512),
-                "Connect without a host NQN",
-            );
+        match self.connect_queue(st, &req) {
+            Ok(cntlid) => self.finish_now(st, key, Status::SUCCESS, u32::from(cntlid), 0, &[]),
+            Err(refused) => self.connect_failed(st, key, refused),
         }
-        if let Some(s) = &sub {
-            if !s.allows(&req.hostnqn) {
-                let why = format!("host {} is not allowed on {}", req.hostnqn, req.subnqn);
-                return self.connect_failed(st, key, Status::CONNECT_HOST, 0, &why);
-            }
-        }
+    }
+
+    /// Checks the host and sizes the queue, then connects it; the controller id.
+    fn connect_queue(&self, st: &mut St, req: &admin::ConnectReq) -> Result<u16, Refused> {
+        self.connect_allowed(req)?;
         st.entries = u32::from(req.sqsize) + 1;
         st.sqhd %= st.entries;
         st.sqfc_off = req.cattr & 0x04 != 0;
         if req.qid == 0 {
-            if req.cntlid != 0xffff && req.cntlid != 0xfffe {
-                return self.connect_failed(
-                    st,
-                    key,
-                    Status::CONNECT_INVALID,
-                    admin::invalid_data_field(16),
-                    "admin Connect for a static controller id",
-                );
-            }
-            let at = QueueAt {
-                reactor: self.reactor.id(),
-                conn: self.id,
-            };
-            let now = self.shared.now_ms();
-            let (local, peer) = (self.local, self.peer.to_string());
-            let made = self.shared.add_ctrl(
-                |id| {
-                    Ctrl::new(
-                        id,
-                        &req.subnqn,
-                        &req.hostnqn,
-                        req.hostid,
-                        req.kato_ms,
-                        at,
-                        local,
-                        peer,
-                        now,
-                        MAX_IO_QUEUES,
-                    )
-                },
-                &req.subnqn,
-            );
-            let Some(ctrl) = made else {
-                return self.connect_failed(
-                    st,
-                    key,
-                    Status::CONNECT_BUSY,
-                    0,
-                    "no controller id free in this node's range",
-                );
-            };
-            let cntlid = ctrl.cntlid;
-            st.ctrl = Some(ctrl);
-            st.phase = Phase::Admin;
-            log::info!(
-                "{}: connected (KATO {} ms, SQ size {}, digests {:?})",
-                self.who(st),
-                req.kato_ms,
-                st.entries,
-                st.dig
-            );
-            return self.finish_now(st, key, Status::SUCCESS, u32::from(cntlid), 0, &[]);
+            self.connect_admin(st, req)
+        } else {
+            self.connect_io(st, req)
         }
+    }
+
+    /// The subsystem exists (or is discovery) and lets the host in.
+    fn connect_allowed(&self, req: &admin::ConnectReq) -> Result<(), Refused> {
+        let sub = if req.subnqn == DISCOVERY_NQN {
+            None
+        } else {
+            let Some(s) = self.shared.subsystem(&req.subnqn) else {
+                let why = format!("Connect to unknown subsystem {}", req.subnqn);
+                return Err((Status::CONNECT_INVALID, admin::invalid_data_field(256), why));
+            };
+            Some(s)
+        };
+        if req.hostnqn.is_empty() {
+            let why = "Connect without a host NQN".to_string();
+            return Err((Status::CONNECT_INVALID, admin::invalid_data_field(512), why));
+        }
+        if let Some(s) = &sub {
+            if !s.allows(&req.hostnqn) {
+                let why = format!("host {} is not allowed on {}", req.hostnqn, req.subnqn);
+                return Err((Status::CONNECT_HOST, 0, why));
+            }
+        }
+        Ok(())
+    }
+
+    /// An admin queue Connect: a new controller (dynamic model) owns this queue.
+    fn connect_admin(&self, st: &mut St, req: &admin::ConnectReq) -> Result<u16, Refused> {
+        if req.cntlid != 0xffff && req.cntlid != 0xfffe {
+            let why = "admin Connect for a static controller id".to_string();
+            return Err((Status::CONNECT_INVALID, admin::invalid_data_field(16), why));
+        }
+        let at = QueueAt {
+            reactor: self.reactor.id(),
+            conn: self.id,
+        };
+        let now = self.shared.now_ms();
+        let (local, peer) = (self.local, self.peer.to_string());
+        let made = self.shared.add_ctrl(
+            |id| {
+                Ctrl::new(
+                    id,
+                    &req.subnqn,
+                    &req.hostnqn,
+                    req.hostid,
+                    req.kato_ms,
+                    at,
+                    local,
+                    peer,
+                    now,
+                    MAX_IO_QUEUES,
+                )
+            },
+            &req.subnqn,
+        );
+        let Some(ctrl) = made else {
+            let why = "no controller id free in this node's range".to_string();
+            return Err((Status::CONNECT_BUSY, 0, why));
+        };
+        let cntlid = ctrl.cntlid;
+        st.ctrl = Some(ctrl);
+        st.phase = Phase::Admin;
+        log::info!(
+            "{}: connected (KATO {} ms, SQ size {}, digests {:?})",
+            self.who(st),
+            req.kato_ms,
+            st.entries,
+            st.dig
+        );
+        Ok(cntlid)
+    }
+
+    /// An I/O queue Connect: a granted queue of an enabled controller the host owns.
+    fn connect_io(&self, st: &mut St, req: &admin::ConnectReq) -> Result<u16, Refused> {
+        let is_disc = req.subnqn == DISCOVERY_NQN;
         let ctrl = match self.shared.ctrl(&req.subnqn, req.cntlid) {
             Some(c) if !is_disc && c.hostnqn == req.hostnqn => c,
             _ => {
@@ -1109,27 +1119,16 @@ impl Conn {
                     "I/O queue Connect for controller {} of {} that host {} does not own",
                     req.cntlid, req.subnqn, req.hostnqn
                 );
-                return self.connect_failed(
-                    st,
-                    key,
-                    Status::CONNECT_INVALID,
-                    admin::invalid_data_field(16),
-                    &why,
-                );
+                return Err((Status::CONNECT_INVALID, admin::invalid_data_field(16), why));
             }
         };
         if !ctrl.enabled() {
-            return self.connect_failed(
-                st,
-                key,
-                Status::SEQUENCE,
-                0,
-                "I/O queue Connect before the controller was enabled",
-            );
+            let why = "I/O queue Connect before the controller was enabled".to_string();
+            return Err((Status::SEQUENCE, 0, why));
         }
         if !ctrl.claim_qid(req.qid, self.reactor.id()) {
             let why = format!("I/O queue {} is connected already or not granted", req.qid);
-            return self.connect_failed(st, key, Status::CONNECT_INVALID, 42, &why);
+            return Err((Status::CONNECT_INVALID, 42, why));
         }
         st.io_epoch = ctrl.io_epoch.load(Ordering::Acquire);
         let cntlid = ctrl.cntlid;
@@ -1140,10 +1139,11 @@ impl Conn {
             self.who(st),
             self.reactor.id()
         );
-        self.finish_now(st, key, Status::SUCCESS, u32::from(cntlid), 0, &[]);
+        Ok(cntlid)
     }
 
-    fn connect_failed(&self, st: &mut St, key: usize, s: Status, dw0: u32, why: &str) {
+    /// Answers a refused Connect with its status and logs why.
+    fn connect_failed(&self, st: &mut St, key: usize, (s, dw0, why): Refused) {
         log::warn!("{}: Connect refused: {why}", self.who(st));
         self.finish_now(st, key, s, dw0, 0, &[]);
     }
