@@ -46,9 +46,9 @@ use super::{
     MAX_IO_QUEUES, MAX_QUEUE_ENTRIES, MAX_TRANSFER_BYTES,
 };
 use crate::bdev::{BdevChannel, BdevIo, IoCallback, IoDone, IoKind, IoStatus};
-use crate::buf::{BufPool, BufWait, BufWaiter, IoBuf, PoolBuf, SIZE_CLASSES_BYTES};
+use crate::buf::{BufPool, BufWaiter, IoBuf, PoolBuf};
 use crate::frontend::transport::{
-    self, IntMap, OutQueue, Polls, RecvBuf, Sent, Wire, WBUF_HIGH_BYTES,
+    self, IntMap, OutQueue, Polls, PoolShare, RecvBuf, Sent, Wire, CLASSES, WBUF_HIGH_BYTES,
 };
 use crate::lease::FENCED_ERRNO;
 use crate::reactor::Reactor;
@@ -73,8 +73,6 @@ const TERM_ECHO_BYTES: usize = 128;
 
 /// Bytes of headers the output queue has room for before it grows.
 const OUT_QUEUE_BYTES: usize = 16 << 10;
-/// Number of pool size classes.
-const CLASSES: usize = SIZE_CLASSES_BYTES.len();
 
 /// The NVMe/TCP connections and listeners of one reactor.
 pub(crate) type Registry = transport::Registry<Conn, Shared>;
@@ -115,9 +113,7 @@ pub(crate) fn spawn(r: &Rc<Reactor>, shared: Arc<Shared>, stream: TcpStream, pee
             sqhd: 0,
             sqfc_off: false,
             waiting: VecDeque::new(),
-            buf_wait: [false; CLASSES],
-            held: [0; CLASSES],
-            active: [false; CLASSES],
+            share: PoolShare::default(),
             need_serve: false,
             aers: Vec::new(),
             next_ttag: 1,
@@ -215,9 +211,8 @@ struct St {
     sqfc_off: bool,
     /// Commands waiting for a pool buffer, in arrival order.
     waiting: VecDeque<usize>,
-    buf_wait: [bool; CLASSES],
-    held: [u32; CLASSES],
-    active: [bool; CLASSES],
+    /// This connection's share of the buffer pool.
+    share: PoolShare,
     need_serve: bool,
     /// Held Asynchronous Event Requests (command ids).
     aers: Vec<u16>,
@@ -420,14 +415,8 @@ impl Conn {
         }
     }
 
-    fn pool(&self) -> &Arc<BufPool> {
-        self.reactor.bufs().pool()
-    }
-
     fn put_buf(&self, st: &mut St, b: PoolBuf) {
-        let c = b.class();
-        st.held[c] = st.held[c].saturating_sub(1);
-        self.reactor.bufs().put(b);
+        let c = st.share.put(&self.reactor, b);
         st.need_serve = true;
         self.sync_active(st, c);
     }
@@ -439,43 +428,18 @@ impl Conn {
                 .waiting
                 .iter()
                 .any(|k| BufPool::class_for(st.cmds[*k].pool_len) == Some(c));
-        let now = st.held[c] > 0 || waiting;
-        if now != st.active[c] {
-            st.active[c] = now;
-            self.pool().set_user_active(c, now);
-        }
+        st.share.sync(&self.reactor, c, waiting);
     }
 
     /// A pool buffer of `len` bytes within this connection's share, or None
     /// (then the connection is registered to be handed one when the pool
     /// has none, and the command waits).
     fn alloc_buf(&self, st: &mut St, len: usize) -> Option<PoolBuf> {
-        let c = BufPool::class_for(len)?;
-        if st.held[c] as usize >= self.pool().user_cap(c) || st.buf_wait[c] {
-            return None;
-        }
         if st.out.blocked_since().is_some() {
             return None;
         }
-        let me = self.rc()?;
-        let w: Rc<dyn BufWaiter> = me;
-        let b = match self
-            .reactor
-            .bufs()
-            .get_or_wait(SIZE_CLASSES_BYTES[c], &w, c as u64)
-        {
-            Ok(BufWait::Ready(b)) => b,
-            Ok(BufWait::Queued) => {
-                st.buf_wait[c] = true;
-                return None;
-            }
-            Ok(BufWait::Full) | Err(_) => return None,
-        };
-        st.held[c] += 1;
-        self.sync_active(st, c);
-        let mut b = b;
-        b.set_len(len);
-        Some(b)
+        let me: Rc<dyn BufWaiter> = self.rc()?;
+        st.share.get(&self.reactor, len, Some(me))
     }
 
     /// Gives buffers to waiting commands, oldest first, while they can have them.
@@ -1467,15 +1431,13 @@ impl BufWaiter for Conn {
         {
             let mut st = self.st.borrow_mut();
             let c = buf.class();
-            if let Some(w) = st.buf_wait.get_mut(tag as usize) {
-                *w = false;
-            }
+            st.share.handed(tag);
             if st.closed {
                 drop(st);
                 self.reactor.bufs().put(buf);
                 return;
             }
-            st.held[c] += 1;
+            st.share.adopt(&buf);
             let pos = st
                 .waiting
                 .iter()

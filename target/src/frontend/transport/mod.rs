@@ -6,6 +6,7 @@
 //!
 //! - [`output`]: the output queue ([`OutQueue`]) and its sends;
 //! - [`recv`]: the receive buffer ([`RecvBuf`]) and its read batches;
+//! - [`share`]: the connection's share of the buffer pool ([`PoolShare`]);
 //! - this file: the per-reactor [`Registry`] of a frontend's connections and
 //!   listeners, the [`FlushAndTick`] poller and the POLLIN/POLLOUT [`Polls`].
 //!
@@ -14,6 +15,7 @@
 
 pub(crate) mod output;
 pub(crate) mod recv;
+pub(crate) mod share;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -29,6 +31,7 @@ use crate::reactor::{Poller, Reactor, UringDone};
 
 pub(crate) use output::{OutQueue, Sent};
 pub(crate) use recv::RecvBuf;
+pub(crate) use share::{PoolShare, CLASSES};
 
 /// Output queued beyond which a connection stops reading new PDUs.
 pub(crate) const WBUF_HIGH_BYTES: usize = 4 << 20;

@@ -67,7 +67,7 @@ use super::pdu::{self, field, op, Bhs, Digests, Parsed, BHS_LEN, RESERVED_TAG};
 use super::text::{self, Params};
 use super::{Session, Shared, TargetRt};
 use crate::bdev::{BdevIo, IoCallback, IoDone, IoStatus};
-use crate::buf::{BufPool, BufWait, BufWaiter, PoolBuf, SIZE_CLASSES_BYTES};
+use crate::buf::{BufPool, BufWaiter, PoolBuf};
 use crate::frontend::scsi::cdb::{self, NexusState, Op, Response};
 use crate::frontend::scsi::pr_cluster::{
     PrBroker, PrDone, PrOutRequest, PrOutResult, PR_OUT_TIMEOUT,
@@ -76,7 +76,7 @@ use crate::frontend::scsi::sense::{self, Sense};
 use crate::frontend::scsi::task::{self, BlockIo, ScsiTask, Step};
 use crate::frontend::scsi::LunRt;
 use crate::frontend::transport::{
-    self, IntMap, OutQueue, Polls, RecvBuf, Sent, Wire, WBUF_HIGH_BYTES,
+    self, IntMap, OutQueue, Polls, PoolShare, RecvBuf, Sent, Wire, CLASSES, WBUF_HIGH_BYTES,
 };
 use crate::reactor::Reactor;
 
@@ -88,8 +88,6 @@ const OUT_QUEUE_BYTES: usize = 64 << 10;
 /// parked while waiting for a pool buffer; a command that would exceed it is
 /// answered TASK SET FULL.
 pub(crate) const PARKED_DATA_MAX_BYTES: usize = 4 << 20;
-/// Number of pool size classes.
-const CLASSES: usize = SIZE_CLASSES_BYTES.len();
 
 /// The iSCSI connections and listeners of one reactor.
 pub(crate) type Registry = transport::Registry<Conn, Shared>;
@@ -138,9 +136,7 @@ pub(crate) fn spawn(r: &Rc<Reactor>, shared: Arc<Shared>, stream: TcpStream, pee
             parked: VecDeque::new(),
             parked_n: [0; CLASSES],
             parked_bytes: 0,
-            buf_wait: [false; CLASSES],
-            held: [0; CLASSES],
-            active: [false; CLASSES],
+            share: PoolShare::default(),
             need_serve: false,
             send_blocked_total: Duration::ZERO,
             max_adv: 0,
@@ -260,12 +256,9 @@ struct St {
     parked_n: [u32; CLASSES],
     /// Bytes reserved for the data of parked tasks.
     parked_bytes: usize,
-    /// Registered as a waiter with the reactor's buffer cache, per class.
-    buf_wait: [bool; CLASSES],
-    /// Pool chunks held (tasks and queued Data-In), per class.
-    held: [u32; CLASSES],
-    /// Counted as a user of the class by the pool (`BufPool::set_user_active`).
-    active: [bool; CLASSES],
+    /// This connection's share of the buffer pool (chunks held by tasks and
+    /// queued Data-In, waiter registrations).
+    share: PoolShare,
     /// A buffer was given back: parked tasks may proceed.
     need_serve: bool,
     /// Earlier stretches blocked on send.
@@ -475,7 +468,7 @@ impl Conn {
                         why = Some(format!(
                             "initiator {ini} of target {tgt} read nothing for {} s (blocked on send); dropped, {} buffers freed",
                             self.shared.send_timeout.as_secs(),
-                            st.held.iter().sum::<u32>()
+                            st.share.held_total()
                         ));
                     } else if let Some((_, sent)) = st.nop_sent {
                         if now.duration_since(sent) > self.shared.nop_timeout {
