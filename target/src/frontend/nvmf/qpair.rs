@@ -192,6 +192,29 @@ struct Cmd {
     aborted: bool,
 }
 
+impl Cmd {
+    /// A new command for `sqe` expecting `need` bytes of host data.
+    fn new(sqe: Sqe, need: usize) -> Cmd {
+        Cmd {
+            sqe,
+            ns: None,
+            plan: None,
+            buf: None,
+            pool_len: 0,
+            vdata: Vec::new(),
+            need,
+            got: 0,
+            to_pool: false,
+            ttag: 0,
+            r2t_sent: false,
+            waiting: false,
+            inflight: 0,
+            status: Status::SUCCESS,
+            aborted: false,
+        }
+    }
+}
+
 struct St {
     phase: Phase,
     ctrl: Option<Arc<Ctrl>>,
@@ -667,26 +690,13 @@ impl Conn {
         Handled::Done
     }
 
+    /// A command capsule: admitted to the queue, its data laid out (in the
+    /// capsule or through R2T), then run as far as it can go.
     fn handle_capsule(&self, st: &mut St, p: &PduView) -> Handled {
         let sqe = Sqe::from_slice(&p.hdr[pdu::CH_LEN..]);
         let cid = sqe.cid();
-        if st.cids.contains_key(&cid) {
-            return Handled::Fatal(
-                fes::INVALID_HEADER_FIELD,
-                10,
-                format!("command id {cid} is already in use"),
-            );
-        }
-        if st.cmds.len() as u32 >= st.entries {
-            return Handled::Fatal(
-                fes::SEQUENCE,
-                0,
-                format!("more than {} commands outstanding (SQ size)", st.entries),
-            );
-        }
-        st.sqhd = (st.sqhd + 1) % st.entries.max(1);
-        if let Some(c) = &st.ctrl {
-            c.stats.commands.fetch_add(1, Ordering::Relaxed);
+        if let Err(fatal) = self.admit_capsule(st, cid) {
+            return fatal;
         }
         if p.data_digest_bad {
             log::warn!(
@@ -696,65 +706,72 @@ impl Conn {
             st.respond(cid, Status::TRANSIENT_TRANSPORT, 0, 0);
             return Handled::Done;
         }
-        // The data of the command: in the capsule or through R2T, by direction.
-        let dir = sqe.direction();
-        let (need, inline) = match self.data_layout(&sqe, p.data, dir) {
-            Ok(x) => x,
-            Err(s) => {
-                st.respond(cid, s, 0, 0);
-                return Handled::Done;
+        match self.prepare_cmd(st, sqe, p.data) {
+            Ok(cmd) => {
+                let key = st.cmds.insert(cmd);
+                st.cids.insert(cid, key);
+                self.advance(st, key);
             }
-        };
+            Err(s) => st.respond(cid, s, 0, 0),
+        }
+        Handled::Done
+    }
+
+    /// A new command `cid` is admitted: its id is free and the queue has room
+    /// (else a fatal transport error); the SQ head moves.
+    fn admit_capsule(&self, st: &mut St, cid: u16) -> Result<(), Handled> {
+        if st.cids.contains_key(&cid) {
+            return Err(Handled::Fatal(
+                fes::INVALID_HEADER_FIELD,
+                10,
+                format!("command id {cid} is already in use"),
+            ));
+        }
+        if st.cmds.len() as u32 >= st.entries {
+            return Err(Handled::Fatal(
+                fes::SEQUENCE,
+                0,
+                format!("more than {} commands outstanding (SQ size)", st.entries),
+            ));
+        }
+        st.sqhd = (st.sqhd + 1) % st.entries.max(1);
+        if let Some(c) = &st.ctrl {
+            c.stats.commands.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// The command for `sqe` with capsule data `data`: its data layout, its
+    /// I/O plan on an I/O queue and room for its host data; or the status it
+    /// fails with at once.
+    fn prepare_cmd(&self, st: &mut St, sqe: Sqe, data: &[u8]) -> Result<Cmd, Status> {
+        // The data of the command: in the capsule or through R2T, by direction.
+        let (need, inline) = self.data_layout(&sqe, data, sqe.direction())?;
         let is_connect = sqe.opcode() == admin_op::FABRICS && sqe.fctype() == fctype::CONNECT;
         if st.phase == Phase::AwaitConnect && !is_connect {
-            st.respond(cid, Status::SEQUENCE, 0, 0);
-            return Handled::Done;
+            return Err(Status::SEQUENCE);
         }
-        let mut cmd = Cmd {
-            sqe,
-            ns: None,
-            plan: None,
-            buf: None,
-            pool_len: 0,
-            vdata: Vec::new(),
-            need,
-            got: 0,
-            to_pool: false,
-            ttag: 0,
-            r2t_sent: false,
-            waiting: false,
-            inflight: 0,
-            status: Status::SUCCESS,
-            aborted: false,
-        };
+        let mut cmd = Cmd::new(sqe, need);
         if let Phase::Io { .. } = st.phase {
             if !(is_connect || sqe.opcode() == admin_op::FABRICS) {
                 if let Err(s) = self.plan_io(st, &mut cmd) {
                     self.fail_count(st);
-                    st.respond(cid, s, 0, 0);
-                    return Handled::Done;
+                    return Err(s);
                 }
             }
         }
         if !cmd.to_pool && need > MAX_ADMIN_DATA_BYTES {
-            st.respond(cid, Status::SGL_LENGTH, 0, 0);
-            return Handled::Done;
+            return Err(Status::SGL_LENGTH);
         }
         if inline {
-            if cmd.to_pool {
-                // Copied into the pool buffer once the command has one.
-                cmd.vdata = p.data.to_vec();
-            } else {
-                cmd.vdata = p.data.to_vec();
-            }
+            // Pool-bound data is copied into the pool buffer once the command
+            // has one.
+            cmd.vdata = data.to_vec();
             cmd.got = need;
         } else if !cmd.to_pool {
             cmd.vdata = vec![0u8; need];
         }
-        let key = st.cmds.insert(cmd);
-        st.cids.insert(cid, key);
-        self.advance(st, key);
-        Handled::Done
+        Ok(cmd)
     }
 
     /// Host data length and whether it is in the capsule, checked against the
