@@ -8,7 +8,7 @@ use std::cell::{Cell, RefCell};
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use io_uring::{opcode, types};
 
@@ -32,6 +32,61 @@ pub(crate) trait Protocol: Sized + Send + Sync + 'static {
     fn stopping(&self) -> bool;
     /// Serves an accepted connection on reactor `r`.
     fn spawn(r: &Rc<Reactor>, shared: Arc<Self>, stream: std::net::TcpStream, peer: SocketAddr);
+    /// The addresses listening now, in the order they were added.
+    fn addrs(&self) -> &Mutex<Vec<SocketAddr>>;
+    /// `addr` was added to (`added`) or removed from the listening addresses
+    /// by [`add`] or [`remove`]: logs it, and whatever else the frontend needs.
+    fn addrs_changed(&self, addr: SocketAddr, added: bool);
+}
+
+fn lock_addrs<P: Protocol>(shared: &P) -> MutexGuard<'_, Vec<SocketAddr>> {
+    shared.addrs().lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Listens on one more address (`address:port`, port 0 picks one) for the
+/// frontend `shared`; returns the bound address.
+pub(crate) fn add<P: Protocol>(
+    target: &Arc<Target>,
+    shared: &Arc<P>,
+    addr: &str,
+) -> Result<SocketAddr, TargetError> {
+    let a: SocketAddr = addr
+        .parse()
+        .map_err(|e| TargetError::invalid(format!("{} {addr}", P::WHAT), format!("{e}")))?;
+    if a.port() != 0 && lock_addrs(&**shared).contains(&a) {
+        return Err(TargetError::Exists {
+            kind: P::WHAT,
+            name: a.to_string(),
+        });
+    }
+    let bound = start(target, shared, a)?;
+    lock_addrs(&**shared).push(bound);
+    shared.addrs_changed(bound, true);
+    Ok(bound)
+}
+
+/// Stops listening on `addr` (established connections stay).
+pub(crate) fn remove<P: Protocol>(
+    target: &Arc<Target>,
+    shared: &Arc<P>,
+    addr: SocketAddr,
+) -> Result<(), TargetError> {
+    let fid = shared.frontend_id();
+    let found = target.reactors().handles()[0]
+        .call_blocking(move |r| stop::<P>(r, fid, addr))
+        .map_err(|e| TargetError::Timeout {
+            object: format!("{} {addr}", P::WHAT),
+            reason: e.to_string(),
+        })?;
+    if !found {
+        return Err(TargetError::NotFound {
+            kind: P::WHAT,
+            name: addr.to_string(),
+        });
+    }
+    lock_addrs(&**shared).retain(|p| *p != addr);
+    shared.addrs_changed(addr, false);
+    Ok(())
 }
 
 pub(crate) struct Listener<P: Protocol> {
@@ -121,7 +176,7 @@ impl<P: Protocol> UringDone for Listener<P> {
 }
 
 /// Stops the listener of frontend `fid` bound to `addr` (runs on reactor 0).
-pub(crate) fn stop<P: Protocol>(r: &Rc<Reactor>, fid: u64, addr: SocketAddr) -> bool {
+fn stop<P: Protocol>(r: &Rc<Reactor>, fid: u64, addr: SocketAddr) -> bool {
     let reg = r.local::<P::Registry>();
     let listeners = P::listeners(&reg);
     let found: Vec<Rc<Listener<P>>> = listeners
@@ -140,6 +195,7 @@ pub(crate) fn stop<P: Protocol>(r: &Rc<Reactor>, fid: u64, addr: SocketAddr) -> 
 }
 
 /// Binds `addr` and starts accepting on reactor 0; returns the bound address.
+/// The caller records the address (see [`add`]).
 pub(crate) fn start<P: Protocol>(
     target: &Arc<Target>,
     shared: &Arc<P>,

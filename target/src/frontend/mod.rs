@@ -8,6 +8,8 @@
 //!   pair pinned to one reactor, queue pairs spread across reactors.
 //! - `listener`: the TCP listener both use (accept on reactor 0, hand out round
 //!   robin), generic over the frontend's shared state.
+//! - `transport`: the TCP connection pieces both use (output queue, receive
+//!   buffer, polls, the per-reactor registry and its flush-and-tick poller).
 //!
 //! A frontend never owns block devices: it maps its own names (LUNs) to bdevs
 //! registered in the [`crate::Target`] and submits I/O through their reactor-local
@@ -17,3 +19,4 @@ pub mod iscsi;
 pub(crate) mod listener;
 pub mod nvmf;
 pub mod scsi;
+pub(crate) mod transport;

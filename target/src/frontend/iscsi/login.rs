@@ -106,6 +106,19 @@ pub struct LoginReply {
     pub full_feature: bool,
 }
 
+/// Byte 1 of a login request, decoded.
+#[derive(Clone, Copy, Debug)]
+struct StageFlags {
+    /// T: the initiator wants to move to `nsg`.
+    transit: bool,
+    /// C: more text of this request follows.
+    cont: bool,
+    /// The current stage.
+    csg: u8,
+    /// The next stage.
+    nsg: u8,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Auth {
     /// No AuthMethod seen yet.
@@ -176,87 +189,81 @@ impl Login {
         env: &dyn LoginEnv,
         random: &mut dyn FnMut(&mut [u8]),
     ) -> LoginReply {
-        let transit = req.flags & 0x80 != 0;
-        let cont = req.flags & 0x40 != 0;
-        let csg = (req.flags >> 2) & 3;
-        let nsg = req.flags & 3;
-        if req.version_min > 0 {
-            return self.fail(status::UNSUPPORTED_VERSION);
-        }
-        if (transit && cont) || csg == 2 || csg == STAGE_FULL {
-            return self.fail(status::INITIATOR_ERROR);
-        }
-        if transit && (nsg <= csg || nsg == 2) {
-            return self.fail(status::INITIATOR_ERROR);
-        }
-        if !self.started {
-            self.stage = csg;
-        } else if csg != self.stage {
-            return self.fail(status::INITIATOR_ERROR);
-        }
+        let h = match self.check_flags(req) {
+            Ok(h) => h,
+            Err(st) => return self.fail(st),
+        };
         if self.pending_text.len() + req.data.len() > MAX_LOGIN_TEXT_BYTES {
             return self.fail(status::INITIATOR_ERROR);
         }
         self.pending_text.extend_from_slice(req.data);
-        if cont {
+        if h.cont {
             // More text follows: acknowledge with an empty response.
             return LoginReply {
-                flags: csg << 2,
+                flags: h.csg << 2,
                 status: status::SUCCESS,
                 data: Vec::new(),
                 full_feature: false,
             };
         }
-        let bytes = std::mem::take(&mut self.pending_text);
-        let pairs = match text::parse(&bytes) {
-            Ok(p) => p,
-            Err(e) => {
-                log::warn!("iscsi login: bad text: {e}");
-                return self.fail(status::INITIATOR_ERROR);
-            }
+        match self.exchange(req, h.csg, env, random) {
+            Ok(out) => self.advance(h, &out),
+            Err(st) => self.fail(st),
+        }
+    }
+
+    /// The request's stage flags: valid, and for the stage the login is in.
+    fn check_flags(&mut self, req: &LoginReq) -> Result<StageFlags, u16> {
+        let h = StageFlags {
+            transit: req.flags & 0x80 != 0,
+            cont: req.flags & 0x40 != 0,
+            csg: (req.flags >> 2) & 3,
+            nsg: req.flags & 3,
         };
+        if req.version_min > 0 {
+            return Err(status::UNSUPPORTED_VERSION);
+        }
+        if (h.transit && h.cont) || h.csg == 2 || h.csg == STAGE_FULL {
+            return Err(status::INITIATOR_ERROR);
+        }
+        if h.transit && (h.nsg <= h.csg || h.nsg == 2) {
+            return Err(status::INITIATOR_ERROR);
+        }
+        if !self.started {
+            self.stage = h.csg;
+        } else if h.csg != self.stage {
+            return Err(status::INITIATOR_ERROR);
+        }
+        Ok(h)
+    }
+
+    /// The keys of the whole (reassembled) request text of stage `csg`
+    /// answered, authentication stepped; the keys to send.
+    fn exchange(
+        &mut self,
+        req: &LoginReq,
+        csg: u8,
+        env: &dyn LoginEnv,
+        random: &mut dyn FnMut(&mut [u8]),
+    ) -> Result<Vec<(String, String)>, u16> {
+        let bytes = std::mem::take(&mut self.pending_text);
+        let pairs = text::parse(&bytes).map_err(|e| {
+            log::warn!("iscsi login: bad text: {e}");
+            status::INITIATOR_ERROR
+        })?;
         let mut out: Vec<(String, String)> = Vec::new();
         if !self.started {
             self.started = true;
-            if let Err(st) = self.first_request(&pairs, req, env, &mut out) {
-                return self.fail(st);
-            }
+            self.first_request(&pairs, req, env, &mut out)?;
         }
-        for (k, v) in &pairs {
-            match k.as_str() {
-                "InitiatorName" | "TargetName" | "SessionType" | "InitiatorAlias" => {}
-                "AuthMethod" => {
-                    if csg != STAGE_SECURITY {
-                        return self.fail(status::INITIATOR_ERROR);
-                    }
-                    match self.pick_auth(v) {
-                        Some(m) => out.push(kv("AuthMethod", m)),
-                        None => {
-                            out.push(kv("AuthMethod", "Reject"));
-                            return self.fail(status::AUTH_FAILED);
-                        }
-                    }
-                }
-                k if k.starts_with("CHAP_") => {}
-                "TargetAlias" | "TargetAddress" | "TargetPortalGroupTag" => {
-                    // Target-declared keys an initiator must not send.
-                    return self.fail(status::INITIATOR_ERROR);
-                }
-                _ => match text::negotiate(k, v, &mut self.params, &self.limits) {
-                    Some(ans) => out.push((k.clone(), ans)),
-                    None => out.push((k.clone(), "NotUnderstood".into())),
-                },
-            }
-        }
+        self.answer_keys(&pairs, csg, &mut out)?;
         text::clamp_first_burst(&self.params, &mut out);
         if csg == STAGE_SECURITY {
-            if let Err(st) = self.chap_step(&pairs, &mut out, random) {
-                return self.fail(st);
-            }
+            self.chap_step(&pairs, &mut out, random)?;
         } else if self.auth != Auth::Done {
             // Skipping the security stage is allowed only when no CHAP is required.
             if self.chap.is_some() {
-                return self.fail(status::AUTH_FAILED);
+                return Err(status::AUTH_FAILED);
             }
             self.auth = Auth::Done;
         }
@@ -269,17 +276,57 @@ impl Login {
                 ));
             }
         }
-        let mut flags = csg << 2;
+        Ok(out)
+    }
+
+    /// Answers the keys of a request in stage `csg` (AuthMethod, operational
+    /// keys); CHAP keys are left to [`Login::chap_step`].
+    fn answer_keys(
+        &mut self,
+        pairs: &[(String, String)],
+        csg: u8,
+        out: &mut Vec<(String, String)>,
+    ) -> Result<(), u16> {
+        for (k, v) in pairs {
+            match k.as_str() {
+                "InitiatorName" | "TargetName" | "SessionType" | "InitiatorAlias" => {}
+                "AuthMethod" => {
+                    if csg != STAGE_SECURITY {
+                        return Err(status::INITIATOR_ERROR);
+                    }
+                    let Some(m) = self.pick_auth(v) else {
+                        return Err(status::AUTH_FAILED);
+                    };
+                    out.push(kv("AuthMethod", m));
+                }
+                k if k.starts_with("CHAP_") => {}
+                "TargetAlias" | "TargetAddress" | "TargetPortalGroupTag" => {
+                    // Target-declared keys an initiator must not send.
+                    return Err(status::INITIATOR_ERROR);
+                }
+                _ => match text::negotiate(k, v, &mut self.params, &self.limits) {
+                    Some(ans) => out.push((k.clone(), ans)),
+                    None => out.push((k.clone(), "NotUnderstood".into())),
+                },
+            }
+        }
+        Ok(())
+    }
+
+    /// The reply to a complete request: moves to the next stage when the
+    /// initiator asks to (transit) and authentication is done.
+    fn advance(&mut self, h: StageFlags, out: &[(String, String)]) -> LoginReply {
+        let mut flags = h.csg << 2;
         let mut full = false;
-        if transit && self.auth == Auth::Done {
-            flags |= 0x80 | nsg;
-            self.stage = nsg;
-            full = nsg == STAGE_FULL;
+        if h.transit && self.auth == Auth::Done {
+            flags |= 0x80 | h.nsg;
+            self.stage = h.nsg;
+            full = h.nsg == STAGE_FULL;
         }
         LoginReply {
             flags,
             status: status::SUCCESS,
-            data: text::serialize(&out),
+            data: text::serialize(out),
             full_feature: full,
         }
     }

@@ -369,39 +369,12 @@ impl IscsiFrontend {
     /// Listens on one more portal (`address:port`, port 0 picks one); returns the
     /// bound address. Every portal serves every target.
     pub fn add_portal(&mut self, addr: &str) -> Result<SocketAddr, TargetError> {
-        let a: SocketAddr = addr
-            .parse()
-            .map_err(|e| TargetError::invalid(format!("iscsi portal {addr}"), format!("{e}")))?;
-        if a.port() != 0 && self.shared.portals().contains(&a) {
-            return Err(TargetError::Exists {
-                kind: "iscsi portal",
-                name: a.to_string(),
-            });
-        }
-        let bound = listener::start(&self.target, &self.shared, a)?;
-        self.shared.portals().push(bound);
-        log::info!("iscsi: portal {bound} listening");
-        Ok(bound)
+        listener::add(&self.target, &self.shared, addr)
     }
 
     /// Stops listening on a portal (established connections stay).
     pub fn remove_portal(&mut self, addr: SocketAddr) -> Result<(), TargetError> {
-        let fid = self.shared.id;
-        let found = self.target.reactors().handles()[0]
-            .call_blocking(move |r| listener::stop::<Shared>(r, fid, addr))
-            .map_err(|e| TargetError::Timeout {
-                object: format!("iscsi portal {addr}"),
-                reason: e.to_string(),
-            })?;
-        if !found {
-            return Err(TargetError::NotFound {
-                kind: "iscsi portal",
-                name: addr.to_string(),
-            });
-        }
-        self.shared.portals().retain(|p| *p != addr);
-        log::info!("iscsi: portal {addr} removed");
-        Ok(())
+        listener::remove(&self.target, &self.shared, addr)
     }
 
     fn pr_path(&self, iqn: &str, lun: u64) -> Option<PathBuf> {
@@ -809,6 +782,16 @@ impl crate::frontend::listener::Protocol for Shared {
     }
     fn stopping(&self) -> bool {
         self.stopping.load(Ordering::Acquire)
+    }
+    fn addrs(&self) -> &Mutex<Vec<SocketAddr>> {
+        &self.portals
+    }
+    fn addrs_changed(&self, addr: SocketAddr, added: bool) {
+        if added {
+            log::info!("iscsi: portal {addr} listening");
+        } else {
+            log::info!("iscsi: portal {addr} removed");
+        }
     }
     fn spawn(
         r: &std::rc::Rc<crate::reactor::Reactor>,

@@ -181,114 +181,111 @@ impl Params {
 }
 
 /// The answer to one operational key, or None when the key is not operational
-/// (the login layer answers those).
+/// (the login layer answers those). A value out of its range is answered
+/// "Reject".
 pub fn negotiate(key: &str, val: &str, p: &mut Params, lim: &Limits) -> Option<String> {
-    let reject = || "Reject".to_string();
-    let num = |lo: u64, hi: u64| parse_number(val).filter(|n| (lo..=hi).contains(n));
     let ans = match key {
-        "HeaderDigest" | "DataDigest" => {
-            let pick = val
-                .split(',')
-                .find(|c| *c == "CRC32C" || *c == "None")
-                .map(str::to_string);
-            match pick {
-                Some(c) => {
-                    let on = c == "CRC32C";
-                    if key == "HeaderDigest" {
-                        p.header_digest = on;
-                    } else {
-                        p.data_digest = on;
-                    }
-                    c
-                }
-                None => reject(),
-            }
-        }
-        "MaxRecvDataSegmentLength" => match num(512, (1 << 24) - 1) {
-            Some(n) => {
-                p.initiator_mrdsl = n as u32;
-                // Declarative: the answer is the target's own value.
-                return Some(lim.target_mrdsl.to_string());
-            }
-            None => reject(),
-        },
-        "MaxBurstLength" => match num(512, (1 << 24) - 1) {
-            Some(n) => {
-                p.max_burst = (n as u32).min(lim.max_burst);
-                // FirstBurstLength never exceeds MaxBurstLength (RFC 7143 §13.14);
-                // an answer already in this exchange is fixed by `clamp_first_burst`.
-                p.first_burst = p.first_burst.min(p.max_burst);
-                p.max_burst.to_string()
-            }
-            None => reject(),
-        },
-        "FirstBurstLength" => match num(512, (1 << 24) - 1) {
-            Some(n) => {
-                p.first_burst = (n as u32).min(lim.first_burst).min(p.max_burst);
-                p.first_burst.to_string()
-            }
-            None => reject(),
-        },
-        "ImmediateData" => match parse_bool(val) {
-            Some(b) => {
-                p.immediate_data = b && lim.immediate_data;
-                yes_no(p.immediate_data)
-            }
-            None => reject(),
-        },
-        "InitialR2T" => match parse_bool(val) {
-            Some(b) => {
-                p.initial_r2t = b || lim.initial_r2t;
-                yes_no(p.initial_r2t)
-            }
-            None => reject(),
-        },
-        "MaxOutstandingR2T" => match num(1, 65535) {
-            Some(n) => {
-                p.max_outstanding_r2t = (n as u32).min(lim.max_outstanding_r2t);
-                p.max_outstanding_r2t.to_string()
-            }
-            None => reject(),
-        },
-        "DefaultTime2Wait" => match num(0, 3600) {
-            Some(n) => {
-                p.time2wait = (n as u32).max(2);
-                p.time2wait.to_string()
-            }
-            None => reject(),
-        },
-        "DefaultTime2Retain" => match num(0, 3600) {
-            Some(n) => {
-                p.time2retain = (n as u32).min(20);
-                p.time2retain.to_string()
-            }
-            None => reject(),
-        },
-        "MaxConnections" => match num(1, 65535) {
-            Some(n) => {
-                p.max_connections = (n as u32).min(lim.max_connections);
-                p.max_connections.to_string()
-            }
-            None => reject(),
-        },
-        "ErrorRecoveryLevel" => match num(0, 2) {
-            Some(_) => {
-                p.error_recovery_level = 0;
-                "0".into()
-            }
-            None => reject(),
-        },
-        "DataPDUInOrder" | "DataSequenceInOrder" => match parse_bool(val) {
-            // OR function: the target wants in-order data, so the result is Yes.
-            Some(_) => "Yes".into(),
-            None => reject(),
-        },
-        "IFMarker" | "OFMarker" => match parse_bool(val) {
-            Some(_) => "No".into(),
-            None => reject(),
-        },
-        "OFMarkInt" | "IFMarkInt" => "Irrelevant".into(),
+        "HeaderDigest" | "DataDigest" => negotiate_digest(key, val, p),
+        "MaxRecvDataSegmentLength"
+        | "MaxBurstLength"
+        | "FirstBurstLength"
+        | "MaxOutstandingR2T"
+        | "DefaultTime2Wait"
+        | "DefaultTime2Retain"
+        | "MaxConnections"
+        | "ErrorRecoveryLevel" => negotiate_number(key, val, p, lim),
+        "ImmediateData"
+        | "InitialR2T"
+        | "DataPDUInOrder"
+        | "DataSequenceInOrder"
+        | "IFMarker"
+        | "OFMarker" => negotiate_bool(key, val, p, lim),
+        "OFMarkInt" | "IFMarkInt" => Some("Irrelevant".into()),
         _ => return None,
+    };
+    Some(ans.unwrap_or_else(|| "Reject".to_string()))
+}
+
+/// HeaderDigest, DataDigest: the first of the offered list this target takes.
+fn negotiate_digest(key: &str, val: &str, p: &mut Params) -> Option<String> {
+    let c = val.split(',').find(|c| *c == "CRC32C" || *c == "None")?;
+    let on = c == "CRC32C";
+    if key == "HeaderDigest" {
+        p.header_digest = on;
+    } else {
+        p.data_digest = on;
+    }
+    Some(c.to_string())
+}
+
+/// The numeric keys: the offer within the key's range, then the smaller (or
+/// for DefaultTime2Wait the larger) of it and this target's value.
+fn negotiate_number(key: &str, val: &str, p: &mut Params, lim: &Limits) -> Option<String> {
+    let (lo, hi) = match key {
+        "MaxRecvDataSegmentLength" | "MaxBurstLength" | "FirstBurstLength" => (512, (1 << 24) - 1),
+        "MaxOutstandingR2T" | "MaxConnections" => (1, 65535),
+        "DefaultTime2Wait" | "DefaultTime2Retain" => (0, 3600),
+        _ => (0, 2), // ErrorRecoveryLevel
+    };
+    let n = parse_number(val).filter(|n| (lo..=hi).contains(n))? as u32;
+    let ans = match key {
+        "MaxRecvDataSegmentLength" => {
+            p.initiator_mrdsl = n;
+            // Declarative: the answer is the target's own value.
+            lim.target_mrdsl
+        }
+        "MaxBurstLength" => {
+            p.max_burst = n.min(lim.max_burst);
+            // FirstBurstLength never exceeds MaxBurstLength (RFC 7143 §13.14);
+            // an answer already in this exchange is fixed by `clamp_first_burst`.
+            p.first_burst = p.first_burst.min(p.max_burst);
+            p.max_burst
+        }
+        "FirstBurstLength" => {
+            p.first_burst = n.min(lim.first_burst).min(p.max_burst);
+            p.first_burst
+        }
+        "MaxOutstandingR2T" => {
+            p.max_outstanding_r2t = n.min(lim.max_outstanding_r2t);
+            p.max_outstanding_r2t
+        }
+        "DefaultTime2Wait" => {
+            p.time2wait = n.max(2);
+            p.time2wait
+        }
+        "DefaultTime2Retain" => {
+            p.time2retain = n.min(20);
+            p.time2retain
+        }
+        "MaxConnections" => {
+            p.max_connections = n.min(lim.max_connections);
+            p.max_connections
+        }
+        _ => {
+            // ErrorRecoveryLevel: this target runs level 0 only.
+            p.error_recovery_level = 0;
+            0
+        }
+    };
+    Some(ans.to_string())
+}
+
+/// The boolean keys: ImmediateData (AND), InitialR2T, DataPDUInOrder and
+/// DataSequenceInOrder (OR), the markers (always No).
+fn negotiate_bool(key: &str, val: &str, p: &mut Params, lim: &Limits) -> Option<String> {
+    let b = parse_bool(val)?;
+    let ans = match key {
+        "ImmediateData" => {
+            p.immediate_data = b && lim.immediate_data;
+            yes_no(p.immediate_data)
+        }
+        "InitialR2T" => {
+            p.initial_r2t = b || lim.initial_r2t;
+            yes_no(p.initial_r2t)
+        }
+        // OR function: the target wants in-order data, so the result is Yes.
+        "DataPDUInOrder" | "DataSequenceInOrder" => "Yes".into(),
+        _ => "No".into(), // IFMarker, OFMarker
     };
     Some(ans)
 }

@@ -251,41 +251,12 @@ impl NvmfFrontend {
 
     /// Listens on `address:port` (port 0 picks one); returns the bound address.
     pub fn add_listener(&mut self, addr: &str) -> Result<SocketAddr, TargetError> {
-        let a: SocketAddr = addr
-            .parse()
-            .map_err(|e| TargetError::invalid(format!("nvmf listener {addr}"), format!("{e}")))?;
-        if a.port() != 0 && lock(&self.shared.listeners).contains(&a) {
-            return Err(TargetError::Exists {
-                kind: "nvmf listener",
-                name: a.to_string(),
-            });
-        }
-        let bound = listener::start(&self.target, &self.shared, a)?;
-        lock(&self.shared.listeners).push(bound);
-        self.shared.generation.fetch_add(1, Ordering::AcqRel);
-        log::info!("nvmf: listening on {bound}");
-        Ok(bound)
+        listener::add(&self.target, &self.shared, addr)
     }
 
     /// Stops listening on `addr` (established connections stay).
     pub fn remove_listener(&mut self, addr: SocketAddr) -> Result<(), TargetError> {
-        let fid = self.shared.id;
-        let found = self.target.reactors().handles()[0]
-            .call_blocking(move |r| listener::stop::<Shared>(r, fid, addr))
-            .map_err(|e| TargetError::Timeout {
-                object: format!("nvmf listener {addr}"),
-                reason: e.to_string(),
-            })?;
-        if !found {
-            return Err(TargetError::NotFound {
-                kind: "nvmf listener",
-                name: addr.to_string(),
-            });
-        }
-        lock(&self.shared.listeners).retain(|l| *l != addr);
-        self.shared.generation.fetch_add(1, Ordering::AcqRel);
-        log::info!("nvmf: listener {addr} removed");
-        Ok(())
+        listener::remove(&self.target, &self.shared, addr)
     }
 
     /// Every listener, in the order they were added.
@@ -646,6 +617,18 @@ impl crate::frontend::listener::Protocol for Shared {
     }
     fn stopping(&self) -> bool {
         self.stopping.load(Ordering::Acquire)
+    }
+    fn addrs(&self) -> &Mutex<Vec<SocketAddr>> {
+        &self.listeners
+    }
+    /// The discovery log lists the listeners: it changed.
+    fn addrs_changed(&self, addr: SocketAddr, added: bool) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        if added {
+            log::info!("nvmf: listening on {addr}");
+        } else {
+            log::info!("nvmf: listener {addr} removed");
+        }
     }
     fn spawn(
         r: &std::rc::Rc<crate::reactor::Reactor>,

@@ -28,15 +28,13 @@
 //! commands of a closed queue are aborted: their I/O completes, nothing is sent.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::rc::{Rc, Weak};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use io_uring::{opcode, types};
 
 use super::admin::{self, AdminDone, CcChange};
 use super::io::{self, IoPlan};
@@ -48,19 +46,13 @@ use super::{
     MAX_IO_QUEUES, MAX_QUEUE_ENTRIES, MAX_TRANSFER_BYTES,
 };
 use crate::bdev::{BdevChannel, BdevIo, IoCallback, IoDone, IoKind, IoStatus};
-use crate::buf::{BufPool, BufWait, BufWaiter, IoBuf, PoolBuf, SIZE_CLASSES_BYTES};
-use crate::frontend::listener::Listener;
+use crate::buf::{BufPool, BufWaiter, IoBuf, PoolBuf};
+use crate::frontend::transport::{
+    self, IntMap, OutQueue, Polls, PoolShare, RecvBuf, Sent, Wire, CLASSES, WBUF_HIGH_BYTES,
+};
 use crate::lease::FENCED_ERRNO;
-use crate::reactor::{Poller, Reactor, UringDone};
+use crate::reactor::Reactor;
 
-/// Output queued beyond which the connection stops reading new PDUs.
-const WBUF_HIGH_BYTES: usize = 4 << 20;
-/// Most read() calls per readiness event.
-const READS_PER_EVENT: usize = 16;
-/// How often the keep-alive poller looks at connections.
-const TICK: Duration = Duration::from_secs(1);
-/// Most connections one reactor serves; more are closed at once.
-pub(crate) const MAX_CONNS_PER_REACTOR: usize = 1024;
 /// Longest a connection may take to send ICReq and Connect.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A controller is dropped when no Keep Alive came for KATO times this.
@@ -79,269 +71,20 @@ const MAX_PDU_BYTES: usize = pdu::CMD_HLEN
 /// Bytes of the offending PDU header echoed in a C2HTermReq.
 const TERM_ECHO_BYTES: usize = 128;
 
-const TAG_POLLIN: u64 = 1;
-const TAG_POLLOUT: u64 = 2;
-/// Most iovecs per `sendmsg`.
-const MAX_IOV: usize = 128;
-/// Number of pool size classes.
-const CLASSES: usize = SIZE_CLASSES_BYTES.len();
-
-type IntMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<IntHasher>>;
-
-/// Hasher for the command ids of a queue (bounded by its size): one multiply.
-#[derive(Default, Clone, Copy)]
-struct IntHasher(u64);
-
-impl std::hash::Hasher for IntHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
-        }
-    }
-    fn write_u16(&mut self, v: u16) {
-        self.write_u64(u64::from(v));
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
-
-/// A run of queued output bytes.
-enum Seg {
-    /// The next `len` unsent bytes of [`Out::bytes`].
-    Inline(usize),
-    /// `len` bytes at `ptr`, inside a pool buffer in [`Out::held`].
-    Pool { ptr: *const u8, len: usize },
-}
-
-/// The output queue of a connection.
-#[derive(Default)]
-struct Out {
-    bytes: Vec<u8>,
-    pos: usize,
-    segs: VecDeque<Seg>,
-    held: VecDeque<(u64, PoolBuf)>,
-    queued: u64,
-    sent: u64,
-}
-
-impl Out {
-    fn pending(&self) -> usize {
-        (self.queued - self.sent) as usize
-    }
-
-    fn push_inline(&mut self, start: usize) {
-        let n = self.bytes.len() - start;
-        if n == 0 {
-            return;
-        }
-        self.queued += n as u64;
-        if let Some(Seg::Inline(len)) = self.segs.back_mut() {
-            *len += n;
-        } else {
-            self.segs.push_back(Seg::Inline(n));
-        }
-    }
-
-    /// Queues a whole PDU, copying its data.
-    fn emit(&mut self, t: u8, flags: u8, specific: &[u8], data: &[u8], dig: Digests, hpda: u8) {
-        let start = self.bytes.len();
-        pdu::encode(&mut self.bytes, t, flags, specific, data, dig, hpda);
-        self.push_inline(start);
-    }
-
-    /// Queues a PDU whose data is sent from where it lies.
-    ///
-    /// # Safety
-    /// `data` must lie in a pool buffer the caller passes to [`Out::hold`] before
-    /// anything else touches this queue.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn emit_ref(
-        &mut self,
-        t: u8,
-        flags: u8,
-        specific: &[u8],
-        data: &[u8],
-        dig: Digests,
-        hpda: u8,
-    ) {
-        let start = self.bytes.len();
-        pdu::encode_head(&mut self.bytes, t, flags, specific, data.len(), dig, hpda);
-        self.push_inline(start);
-        if !data.is_empty() {
-            self.queued += data.len() as u64;
-            self.segs.push_back(Seg::Pool {
-                ptr: data.as_ptr(),
-                len: data.len(),
-            });
-        }
-        let start = self.bytes.len();
-        pdu::encode_tail(&mut self.bytes, data, dig);
-        self.push_inline(start);
-    }
-
-    fn hold(&mut self, buf: PoolBuf) {
-        self.held.push_back((self.queued, buf));
-    }
-
-    fn iovecs(&self, iov: &mut [libc::iovec; MAX_IOV]) -> usize {
-        let mut n = 0;
-        let mut pos = self.pos;
-        for seg in &self.segs {
-            if n == MAX_IOV {
-                break;
-            }
-            let (base, len) = match *seg {
-                Seg::Inline(len) => {
-                    let p = self.bytes[pos..pos + len].as_ptr();
-                    pos += len;
-                    (p, len)
-                }
-                Seg::Pool { ptr, len } => (ptr, len),
-            };
-            iov[n] = libc::iovec {
-                iov_base: base as *mut libc::c_void,
-                iov_len: len,
-            };
-            n += 1;
-        }
-        n
-    }
-
-    fn advance(&mut self, mut n: usize, done: &mut Vec<PoolBuf>) {
-        self.sent += n as u64;
-        while n > 0 {
-            let Some(front) = self.segs.front_mut() else {
-                break;
-            };
-            let left = match front {
-                Seg::Inline(len) => {
-                    let k = n.min(*len);
-                    *len -= k;
-                    self.pos += k;
-                    n -= k;
-                    *len
-                }
-                Seg::Pool { ptr, len } => {
-                    let k = n.min(*len);
-                    *len -= k;
-                    *ptr = ptr.wrapping_add(k);
-                    n -= k;
-                    *len
-                }
-            };
-            if left == 0 {
-                self.segs.pop_front();
-            }
-        }
-        while self.held.front().is_some_and(|(end, _)| *end <= self.sent) {
-            if let Some((_, b)) = self.held.pop_front() {
-                done.push(b);
-            }
-        }
-        if self.segs.is_empty() {
-            self.bytes.clear();
-            self.pos = 0;
-            if self.bytes.capacity() > 2 * WBUF_HIGH_BYTES {
-                self.bytes.shrink_to(64 << 10);
-            }
-        } else if self.pos > (1 << 20) {
-            self.bytes.drain(..self.pos);
-            self.pos = 0;
-        }
-    }
-
-    fn discard(&mut self, done: &mut Vec<PoolBuf>) {
-        self.segs.clear();
-        self.bytes.clear();
-        self.pos = 0;
-        self.sent = self.queued;
-        done.extend(self.held.drain(..).map(|(_, b)| b));
-    }
-}
+/// Bytes of headers the output queue has room for before it grows.
+const OUT_QUEUE_BYTES: usize = 16 << 10;
 
 /// The NVMe/TCP connections and listeners of one reactor.
-#[derive(Default)]
-pub(crate) struct Registry {
-    conns: RefCell<HashMap<(u64, u64), Rc<Conn>>>,
-    pub(crate) listeners: RefCell<Vec<Rc<Listener<Shared>>>>,
-    next_id: Cell<u64>,
-    poller: Cell<bool>,
-    dirty: RefCell<Vec<Rc<Conn>>>,
-}
-
-/// Runs every reactor iteration: flushes connections with new output; once a
-/// second looks at every connection (connect timeout, keep alive).
-struct Ticker {
-    reactor: Weak<Reactor>,
-    reg: Rc<Registry>,
-    next: Cell<Instant>,
-    batch: RefCell<Vec<Rc<Conn>>>,
-}
-
-impl Poller for Ticker {
-    fn poll(&self, now: Instant) -> usize {
-        let mut flushed = 0;
-        if !self.reg.dirty.borrow().is_empty() {
-            let mut batch = self.batch.take();
-            std::mem::swap(&mut batch, &mut *self.reg.dirty.borrow_mut());
-            flushed = batch.len();
-            for c in batch.drain(..) {
-                c.dirty.set(false);
-                c.flush();
-            }
-            *self.batch.borrow_mut() = batch;
-        }
-        if now < self.next.get() {
-            return flushed;
-        }
-        let Some(r) = self.reactor.upgrade() else {
-            return flushed;
-        };
-        self.next.set(now + TICK);
-        let conns: Vec<Rc<Conn>> = r
-            .local::<Registry>()
-            .conns
-            .borrow()
-            .values()
-            .cloned()
-            .collect();
-        for c in conns {
-            c.tick(now);
-        }
-        flushed
-    }
-    fn next_deadline(&self) -> Option<Instant> {
-        Some(self.next.get())
-    }
-}
+pub(crate) type Registry = transport::Registry<Conn, Shared>;
 
 /// Creates a queue pair for an accepted socket (runs on the chosen reactor).
 pub(crate) fn spawn(r: &Rc<Reactor>, shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     if shared.stopping.load(Ordering::Acquire) {
         return;
     }
-    let reg = r.local::<Registry>();
-    if reg.conns.borrow().len() >= MAX_CONNS_PER_REACTOR {
-        log::warn!(
-            "nvmf: reactor {} already serves {MAX_CONNS_PER_REACTOR} connections; closing the one from {peer}",
-            r.id()
-        );
+    let Some(id) = Registry::admit(r, peer) else {
         return;
-    }
-    if !reg.poller.replace(true) {
-        r.add_poller(Rc::new(Ticker {
-            reactor: Rc::downgrade(r),
-            reg: Rc::clone(&reg),
-            next: Cell::new(Instant::now() + TICK),
-            batch: RefCell::new(Vec::new()),
-        }));
-    }
-    let id = reg.next_id.get() + 1;
-    reg.next_id.set(id);
+    };
     let local = stream.local_addr().ok();
     let c = Rc::new_cyclic(|me| Conn {
         id,
@@ -361,12 +104,8 @@ pub(crate) fn spawn(r: &Rc<Reactor>, shared: Arc<Shared>, stream: TcpStream, pee
             io_epoch: 0,
             dig: Digests::default(),
             hpda: 0,
-            rbuf: vec![0u8; MAX_PDU_BYTES],
-            rlen: 0,
-            out: Out {
-                bytes: Vec::with_capacity(16 << 10),
-                ..Out::default()
-            },
+            rx: RecvBuf::new(MAX_PDU_BYTES),
+            out: OutQueue::with_capacity(OUT_QUEUE_BYTES),
             spare: Vec::new(),
             cmds: slab::Slab::with_capacity(32),
             cids: IntMap::default(),
@@ -374,33 +113,26 @@ pub(crate) fn spawn(r: &Rc<Reactor>, shared: Arc<Shared>, stream: TcpStream, pee
             sqhd: 0,
             sqfc_off: false,
             waiting: VecDeque::new(),
-            buf_wait: [false; CLASSES],
-            held: [0; CLASSES],
-            active: [false; CLASSES],
+            share: PoolShare::default(),
             need_serve: false,
             aers: Vec::new(),
             next_ttag: 1,
             started: Instant::now(),
-            send_blocked_since: None,
-            poll_in: false,
-            poll_out: false,
+            polls: Polls::default(),
             close_after_flush: false,
             closed: false,
         }),
     });
     log::debug!("nvmf: connection {id} from {peer} on reactor {}", r.id());
-    reg.conns
+    r.local::<Registry>()
+        .conns
         .borrow_mut()
         .insert((shared.id, id), Rc::clone(&c));
     c.on_readable();
 }
 
 fn find(r: &Rc<Reactor>, fid: u64, id: u64) -> Option<Rc<Conn>> {
-    r.local::<Registry>()
-        .conns
-        .borrow()
-        .get(&(fid, id))
-        .cloned()
+    Registry::find(r, fid, id)
 }
 
 /// Closes one connection (management API).
@@ -424,28 +156,7 @@ pub(crate) fn deliver_aens(r: &Rc<Reactor>, fid: u64, id: u64) {
 
 /// Closes the listeners and every connection of frontend `fid` on this reactor.
 pub(crate) fn close_frontend(r: &Rc<Reactor>, fid: u64) {
-    let reg = r.local::<Registry>();
-    let ls: Vec<Rc<Listener<Shared>>> = reg
-        .listeners
-        .borrow()
-        .iter()
-        .filter(|l| l.fid == fid)
-        .cloned()
-        .collect();
-    reg.listeners.borrow_mut().retain(|l| l.fid != fid);
-    for l in ls {
-        l.close();
-    }
-    let cs: Vec<Rc<Conn>> = reg
-        .conns
-        .borrow()
-        .iter()
-        .filter(|((f, _), _)| *f == fid)
-        .map(|(_, c)| Rc::clone(c))
-        .collect();
-    for c in cs {
-        c.close("frontend stopped");
-    }
+    Registry::close_frontend(r, fid)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -481,6 +192,29 @@ struct Cmd {
     aborted: bool,
 }
 
+impl Cmd {
+    /// A new command for `sqe` expecting `need` bytes of host data.
+    fn new(sqe: Sqe, need: usize) -> Cmd {
+        Cmd {
+            sqe,
+            ns: None,
+            plan: None,
+            buf: None,
+            pool_len: 0,
+            vdata: Vec::new(),
+            need,
+            got: 0,
+            to_pool: false,
+            ttag: 0,
+            r2t_sent: false,
+            waiting: false,
+            inflight: 0,
+            status: Status::SUCCESS,
+            aborted: false,
+        }
+    }
+}
+
 struct St {
     phase: Phase,
     ctrl: Option<Arc<Ctrl>>,
@@ -489,9 +223,8 @@ struct St {
     io_epoch: u32,
     dig: Digests,
     hpda: u8,
-    rbuf: Vec<u8>,
-    rlen: usize,
-    out: Out,
+    rx: RecvBuf,
+    out: OutQueue,
     spare: Vec<PoolBuf>,
     cmds: slab::Slab<Cmd>,
     cids: IntMap<u16, usize>,
@@ -501,17 +234,14 @@ struct St {
     sqfc_off: bool,
     /// Commands waiting for a pool buffer, in arrival order.
     waiting: VecDeque<usize>,
-    buf_wait: [bool; CLASSES],
-    held: [u32; CLASSES],
-    active: [bool; CLASSES],
+    /// This connection's share of the buffer pool.
+    share: PoolShare,
     need_serve: bool,
     /// Held Asynchronous Event Requests (command ids).
     aers: Vec<u16>,
     next_ttag: u16,
     started: Instant,
-    send_blocked_since: Option<Instant>,
-    poll_in: bool,
-    poll_out: bool,
+    polls: Polls,
     close_after_flush: bool,
     closed: bool,
 }
@@ -526,7 +256,8 @@ impl St {
 
     fn emit(&mut self, t: u8, flags: u8, specific: &[u8], data: &[u8]) {
         let (dig, hpda) = (self.dig, self.hpda);
-        self.out.emit(t, flags, specific, data, dig, hpda);
+        self.out
+            .push(|v| pdu::encode(v, t, flags, specific, data, dig, hpda));
     }
 
     /// A CapsuleResp.
@@ -572,11 +303,15 @@ impl St {
                 }
             }
             let h = pdu::data_hdr(cid, 0, off as u32, n as u32);
+            let chunk = &data[off..off + n];
             // SAFETY: the bytes lie in `buf`, which is handed to `hold` right
             // after this loop, before anything else touches the queue.
             unsafe {
-                self.out
-                    .emit_ref(ty::C2H_DATA, f, &h, &data[off..off + n], dig, hpda)
+                self.out.push_ref(
+                    |v| pdu::encode_head(v, ty::C2H_DATA, f, &h, n, dig, hpda),
+                    chunk,
+                    |v| pdu::encode_tail(v, chunk, dig),
+                )
             };
             off += n;
         }
@@ -601,6 +336,10 @@ pub(crate) struct Conn {
     dirty: Cell<bool>,
     st: RefCell<St>,
 }
+
+/// Why a Connect is refused: its status, dword 0 of the completion and the
+/// reason logged.
+type Refused = (Status, u32, String);
 
 /// The outcome of handling a PDU.
 enum Handled {
@@ -635,32 +374,14 @@ impl Conn {
         }
     }
 
+    /// Arms POLLOUT (`out`) or POLLIN unless armed or closed.
     fn arm(&self, st: &mut St, out: bool) {
         if st.closed {
             return;
         }
-        let armed = if out {
-            &mut st.poll_out
-        } else {
-            &mut st.poll_in
-        };
-        if *armed {
-            return;
+        if let Some(me) = self.rc() {
+            st.polls.arm(&self.reactor, self.fd(), me, out);
         }
-        let Some(me) = self.rc() else { return };
-        *armed = true;
-        let mask = if out {
-            libc::POLLOUT
-        } else {
-            libc::POLLIN | libc::POLLRDHUP
-        };
-        let e = opcode::PollAdd::new(types::Fd(self.fd()), mask as u32).build();
-        // SAFETY: a poll references no memory; the registration holds an Rc to
-        // this connection, which owns the socket, so the fd outlives the poll.
-        unsafe {
-            self.reactor
-                .uring_push(e, me, if out { TAG_POLLOUT } else { TAG_POLLIN })
-        };
     }
 
     /// Closes the queue pair: no more reading or writing; commands without I/O
@@ -687,7 +408,7 @@ impl Conn {
         }
         st.cids.clear();
         st.aers.clear();
-        st.rbuf = Vec::new();
+        st.rx.release();
         let mut done = std::mem::take(&mut st.spare);
         st.out.discard(&mut done);
         for b in done {
@@ -717,14 +438,8 @@ impl Conn {
         }
     }
 
-    fn pool(&self) -> &Arc<BufPool> {
-        self.reactor.bufs().pool()
-    }
-
     fn put_buf(&self, st: &mut St, b: PoolBuf) {
-        let c = b.class();
-        st.held[c] = st.held[c].saturating_sub(1);
-        self.reactor.bufs().put(b);
+        let c = st.share.put(&self.reactor, b);
         st.need_serve = true;
         self.sync_active(st, c);
     }
@@ -736,43 +451,18 @@ impl Conn {
                 .waiting
                 .iter()
                 .any(|k| BufPool::class_for(st.cmds[*k].pool_len) == Some(c));
-        let now = st.held[c] > 0 || waiting;
-        if now != st.active[c] {
-            st.active[c] = now;
-            self.pool().set_user_active(c, now);
-        }
+        st.share.sync(&self.reactor, c, waiting);
     }
 
     /// A pool buffer of `len` bytes within this connection's share, or None
     /// (then the connection is registered to be handed one when the pool
     /// has none, and the command waits).
     fn alloc_buf(&self, st: &mut St, len: usize) -> Option<PoolBuf> {
-        let c = BufPool::class_for(len)?;
-        if st.held[c] as usize >= self.pool().user_cap(c) || st.buf_wait[c] {
+        if st.out.blocked_since().is_some() {
             return None;
         }
-        if st.send_blocked_since.is_some() {
-            return None;
-        }
-        let me = self.rc()?;
-        let w: Rc<dyn BufWaiter> = me;
-        let b = match self
-            .reactor
-            .bufs()
-            .get_or_wait(SIZE_CLASSES_BYTES[c], &w, c as u64)
-        {
-            Ok(BufWait::Ready(b)) => b,
-            Ok(BufWait::Queued) => {
-                st.buf_wait[c] = true;
-                return None;
-            }
-            Ok(BufWait::Full) | Err(_) => return None,
-        };
-        st.held[c] += 1;
-        self.sync_active(st, c);
-        let mut b = b;
-        b.set_len(len);
-        Some(b)
+        let me: Rc<dyn BufWaiter> = self.rc()?;
+        st.share.get(&self.reactor, len, Some(me))
     }
 
     /// Gives buffers to waiting commands, oldest first, while they can have them.
@@ -835,7 +525,7 @@ impl Conn {
 
     /// Why the connection must go now, if it must.
     fn expired(&self, st: &St, now: Instant) -> Option<String> {
-        if let Some(since) = st.send_blocked_since {
+        if let Some(since) = st.out.blocked_since() {
             if now.saturating_duration_since(since) > SEND_TIMEOUT {
                 return Some(format!(
                     "the host read nothing for {} s (blocked on send)",
@@ -874,92 +564,49 @@ impl Conn {
         None
     }
 
+    /// Reads a batch from the socket and handles the PDUs that arrived.
     fn on_readable(&self) {
-        let mut why: Option<String> = None;
-        {
+        let res = {
             let mut st = self.st.borrow_mut();
             if st.closed {
                 return;
             }
-            for _ in 0..READS_PER_EVENT {
-                if st.pending_out() > WBUF_HIGH_BYTES || st.close_after_flush {
-                    break;
+            let res = RecvBuf::read_batch(
+                self.fd(),
+                &mut *st,
+                "the host closed the connection",
+                |st| &mut st.rx,
+                |st| st.pending_out() > WBUF_HIGH_BYTES || st.close_after_flush,
+                |st| self.process(st),
+            );
+            if res.is_ok() {
+                if !st.close_after_flush && st.pending_out() <= WBUF_HIGH_BYTES {
+                    // Data may be left in the socket, or more comes: come back.
+                    self.arm(&mut st, false);
                 }
-                let cap = st.rbuf.len();
-                let rlen = st.rlen;
-                if rlen == cap {
-                    break;
-                }
-                // SAFETY: reads into the unused tail of a buffer we own exclusively.
-                let n = unsafe {
-                    libc::read(
-                        self.fd(),
-                        st.rbuf.as_mut_ptr().add(rlen) as *mut libc::c_void,
-                        cap - rlen,
-                    )
-                };
-                if n > 0 {
-                    st.rlen += n as usize;
-                    if let Err(w) = self.process(&mut st) {
-                        why = Some(w);
-                        break;
-                    }
-                    if (n as usize) < cap - rlen {
-                        break;
-                    }
-                    continue;
-                }
-                if n == 0 {
-                    why = Some("the host closed the connection".into());
-                    break;
-                }
-                let e = std::io::Error::last_os_error();
-                match e.raw_os_error() {
-                    Some(libc::EAGAIN) => {
-                        self.arm(&mut st, false);
-                        break;
-                    }
-                    Some(libc::EINTR) => continue,
-                    _ => {
-                        why = Some(format!("read failed: {e}"));
-                        break;
-                    }
-                }
-            }
-            if why.is_none()
-                && !st.poll_in
-                && !st.close_after_flush
-                && st.pending_out() <= WBUF_HIGH_BYTES
-            {
-                self.arm(&mut st, false);
-            }
-            if why.is_none() {
                 self.after(&mut st);
             }
-        }
-        match why {
-            Some(w) => self.close(&w),
-            None => self.flush(),
+            res
+        };
+        match res {
+            Ok(()) => self.flush(),
+            Err(w) => self.close(&w),
         }
     }
 
     /// Parses and handles every complete PDU in the receive buffer.
     fn process(&self, st: &mut St) -> Result<(), String> {
-        let rbuf = std::mem::take(&mut st.rbuf);
-        let res = self.process_buf(st, &rbuf);
-        st.rbuf = rbuf;
-        let consumed = res?;
-        if consumed > 0 && !st.rbuf.is_empty() {
-            st.rbuf.copy_within(consumed..st.rlen, 0);
-            st.rlen -= consumed;
-        }
+        let rx = std::mem::take(&mut st.rx);
+        let res = self.process_buf(st, rx.data());
+        st.rx = rx;
+        st.rx.consume(res?);
         Ok(())
     }
 
     fn process_buf(&self, st: &mut St, rbuf: &[u8]) -> Result<usize, String> {
         let mut pos = 0;
-        while pos < st.rlen && !st.closed && !st.close_after_flush {
-            let buf = &rbuf[pos..st.rlen];
+        while pos < rbuf.len() && !st.closed && !st.close_after_flush {
+            let buf = &rbuf[pos..];
             let outcome = match pdu::parse(buf, st.dig, MAX_H2C_DATA_BYTES) {
                 Ok(Parsed::Need(_)) => break,
                 Ok(Parsed::Pdu(p)) => {
@@ -996,7 +643,7 @@ impl Conn {
         // A termination request carries no digests.
         let hpda = st.hpda;
         st.out
-            .emit(ty::C2H_TERM, 0, &h, echo, Digests::default(), hpda);
+            .push(|v| pdu::encode(v, ty::C2H_TERM, 0, &h, echo, Digests::default(), hpda));
         st.close_after_flush = true;
     }
 
@@ -1036,33 +683,20 @@ impl Conn {
         }
         let resp = pdu::ic_resp(req.dig, MAX_H2C_DATA_BYTES as u32);
         st.out
-            .emit(ty::IC_RESP, 0, &resp, &[], Digests::default(), 0);
+            .push(|v| pdu::encode(v, ty::IC_RESP, 0, &resp, &[], Digests::default(), 0));
         st.dig = req.dig;
         st.hpda = req.hpda;
         st.phase = Phase::AwaitConnect;
         Handled::Done
     }
 
+    /// A command capsule: admitted to the queue, its data laid out (in the
+    /// capsule or through R2T), then run as far as it can go.
     fn handle_capsule(&self, st: &mut St, p: &PduView) -> Handled {
         let sqe = Sqe::from_slice(&p.hdr[pdu::CH_LEN..]);
         let cid = sqe.cid();
-        if st.cids.contains_key(&cid) {
-            return Handled::Fatal(
-                fes::INVALID_HEADER_FIELD,
-                10,
-                format!("command id {cid} is already in use"),
-            );
-        }
-        if st.cmds.len() as u32 >= st.entries {
-            return Handled::Fatal(
-                fes::SEQUENCE,
-                0,
-                format!("more than {} commands outstanding (SQ size)", st.entries),
-            );
-        }
-        st.sqhd = (st.sqhd + 1) % st.entries.max(1);
-        if let Some(c) = &st.ctrl {
-            c.stats.commands.fetch_add(1, Ordering::Relaxed);
+        if let Err(fatal) = self.admit_capsule(st, cid) {
+            return fatal;
         }
         if p.data_digest_bad {
             log::warn!(
@@ -1072,65 +706,72 @@ impl Conn {
             st.respond(cid, Status::TRANSIENT_TRANSPORT, 0, 0);
             return Handled::Done;
         }
-        // The data of the command: in the capsule or through R2T, by direction.
-        let dir = sqe.direction();
-        let (need, inline) = match self.data_layout(&sqe, p.data, dir) {
-            Ok(x) => x,
-            Err(s) => {
-                st.respond(cid, s, 0, 0);
-                return Handled::Done;
+        match self.prepare_cmd(st, sqe, p.data) {
+            Ok(cmd) => {
+                let key = st.cmds.insert(cmd);
+                st.cids.insert(cid, key);
+                self.advance(st, key);
             }
-        };
+            Err(s) => st.respond(cid, s, 0, 0),
+        }
+        Handled::Done
+    }
+
+    /// A new command `cid` is admitted: its id is free and the queue has room
+    /// (else a fatal transport error); the SQ head moves.
+    fn admit_capsule(&self, st: &mut St, cid: u16) -> Result<(), Handled> {
+        if st.cids.contains_key(&cid) {
+            return Err(Handled::Fatal(
+                fes::INVALID_HEADER_FIELD,
+                10,
+                format!("command id {cid} is already in use"),
+            ));
+        }
+        if st.cmds.len() as u32 >= st.entries {
+            return Err(Handled::Fatal(
+                fes::SEQUENCE,
+                0,
+                format!("more than {} commands outstanding (SQ size)", st.entries),
+            ));
+        }
+        st.sqhd = (st.sqhd + 1) % st.entries.max(1);
+        if let Some(c) = &st.ctrl {
+            c.stats.commands.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// The command for `sqe` with capsule data `data`: its data layout, its
+    /// I/O plan on an I/O queue and room for its host data; or the status it
+    /// fails with at once.
+    fn prepare_cmd(&self, st: &mut St, sqe: Sqe, data: &[u8]) -> Result<Cmd, Status> {
+        // The data of the command: in the capsule or through R2T, by direction.
+        let (need, inline) = self.data_layout(&sqe, data, sqe.direction())?;
         let is_connect = sqe.opcode() == admin_op::FABRICS && sqe.fctype() == fctype::CONNECT;
         if st.phase == Phase::AwaitConnect && !is_connect {
-            st.respond(cid, Status::SEQUENCE, 0, 0);
-            return Handled::Done;
+            return Err(Status::SEQUENCE);
         }
-        let mut cmd = Cmd {
-            sqe,
-            ns: None,
-            plan: None,
-            buf: None,
-            pool_len: 0,
-            vdata: Vec::new(),
-            need,
-            got: 0,
-            to_pool: false,
-            ttag: 0,
-            r2t_sent: false,
-            waiting: false,
-            inflight: 0,
-            status: Status::SUCCESS,
-            aborted: false,
-        };
+        let mut cmd = Cmd::new(sqe, need);
         if let Phase::Io { .. } = st.phase {
             if !(is_connect || sqe.opcode() == admin_op::FABRICS) {
                 if let Err(s) = self.plan_io(st, &mut cmd) {
                     self.fail_count(st);
-                    st.respond(cid, s, 0, 0);
-                    return Handled::Done;
+                    return Err(s);
                 }
             }
         }
         if !cmd.to_pool && need > MAX_ADMIN_DATA_BYTES {
-            st.respond(cid, Status::SGL_LENGTH, 0, 0);
-            return Handled::Done;
+            return Err(Status::SGL_LENGTH);
         }
         if inline {
-            if cmd.to_pool {
-                // Copied into the pool buffer once the command has one.
-                cmd.vdata = p.data.to_vec();
-            } else {
-                cmd.vdata = p.data.to_vec();
-            }
+            // Pool-bound data is copied into the pool buffer once the command
+            // has one.
+            cmd.vdata = data.to_vec();
             cmd.got = need;
         } else if !cmd.to_pool {
             cmd.vdata = vec![0u8; need];
         }
-        let key = st.cmds.insert(cmd);
-        st.cids.insert(cid, key);
-        self.advance(st, key);
-        Handled::Done
+        Ok(cmd)
     }
 
     /// Host data length and whether it is in the capsule, checked against the
@@ -1347,105 +988,111 @@ impl Conn {
         }
     }
 
+    /// A Connect command: the admin queue (a new controller) or an I/O queue
+    /// of a controller this host owns.
     fn connect(&self, st: &mut St, key: usize) {
         let cmd = &st.cmds[key];
         let req = match admin::parse_connect(&cmd.sqe, &cmd.vdata) {
             Ok(r) => r,
-            Err((s, dw0)) => return self.connect_failed(st, key, s, dw0, "malformed Connect"),
+            Err((s, dw0)) => {
+                return self.connect_failed(st, key, (s, dw0, "malformed Connect".into()))
+            }
         };
         if st.phase != Phase::AwaitConnect {
             return self.finish_now(st, key, Status::SEQUENCE, 0, 0, &[]);
         }
-        let is_disc = req.subnqn == DISCOVERY_NQN;
-        let sub = if is_disc {
-            None
-        } else {
-            match self.shared.subsystem(&req.subnqn) {
-                Some(s) => Some(s),
-                None => {
-                    let why = format!("Connect to unknown subsystem {}", req.subnqn);
-                    return self.connect_failed(
-                        st,
-                        key,
-                        Status::CONNECT_INVALID,
-                        admin::invalid_data_field(256),
-                        &why,
-                    );
-                }
-            }
-        };
-        if req.hostnqn.is_empty() {
-            return self.connect_failed(
-                st,
-                key,
-                Status::CONNECT_INVALID,
-                admin::invalid_data_field(512),
-                "Connect without a host NQN",
-            );
+        match self.connect_queue(st, &req) {
+            Ok(cntlid) => self.finish_now(st, key, Status::SUCCESS, u32::from(cntlid), 0, &[]),
+            Err(refused) => self.connect_failed(st, key, refused),
         }
-        if let Some(s) = &sub {
-            if !s.allows(&req.hostnqn) {
-                let why = format!("host {} is not allowed on {}", req.hostnqn, req.subnqn);
-                return self.connect_failed(st, key, Status::CONNECT_HOST, 0, &why);
-            }
-        }
+    }
+
+    /// Checks the host and sizes the queue, then connects it; the controller id.
+    fn connect_queue(&self, st: &mut St, req: &admin::ConnectReq) -> Result<u16, Refused> {
+        self.connect_allowed(req)?;
         st.entries = u32::from(req.sqsize) + 1;
         st.sqhd %= st.entries;
         st.sqfc_off = req.cattr & 0x04 != 0;
         if req.qid == 0 {
-            if req.cntlid != 0xffff && req.cntlid != 0xfffe {
-                return self.connect_failed(
-                    st,
-                    key,
-                    Status::CONNECT_INVALID,
-                    admin::invalid_data_field(16),
-                    "admin Connect for a static controller id",
-                );
-            }
-            let at = QueueAt {
-                reactor: self.reactor.id(),
-                conn: self.id,
-            };
-            let now = self.shared.now_ms();
-            let (local, peer) = (self.local, self.peer.to_string());
-            let made = self.shared.add_ctrl(
-                |id| {
-                    Ctrl::new(
-                        id,
-                        &req.subnqn,
-                        &req.hostnqn,
-                        req.hostid,
-                        req.kato_ms,
-                        at,
-                        local,
-                        peer,
-                        now,
-                        MAX_IO_QUEUES,
-                    )
-                },
-                &req.subnqn,
-            );
-            let Some(ctrl) = made else {
-                return self.connect_failed(
-                    st,
-                    key,
-                    Status::CONNECT_BUSY,
-                    0,
-                    "no controller id free in this node's range",
-                );
-            };
-            let cntlid = ctrl.cntlid;
-            st.ctrl = Some(ctrl);
-            st.phase = Phase::Admin;
-            log::info!(
-                "{}: connected (KATO {} ms, SQ size {}, digests {:?})",
-                self.who(st),
-                req.kato_ms,
-                st.entries,
-                st.dig
-            );
-            return self.finish_now(st, key, Status::SUCCESS, u32::from(cntlid), 0, &[]);
+            self.connect_admin(st, req)
+        } else {
+            self.connect_io(st, req)
         }
+    }
+
+    /// The subsystem exists (or is discovery) and lets the host in.
+    fn connect_allowed(&self, req: &admin::ConnectReq) -> Result<(), Refused> {
+        let sub = if req.subnqn == DISCOVERY_NQN {
+            None
+        } else {
+            let Some(s) = self.shared.subsystem(&req.subnqn) else {
+                let why = format!("Connect to unknown subsystem {}", req.subnqn);
+                return Err((Status::CONNECT_INVALID, admin::invalid_data_field(256), why));
+            };
+            Some(s)
+        };
+        if req.hostnqn.is_empty() {
+            let why = "Connect without a host NQN".to_string();
+            return Err((Status::CONNECT_INVALID, admin::invalid_data_field(512), why));
+        }
+        if let Some(s) = &sub {
+            if !s.allows(&req.hostnqn) {
+                let why = format!("host {} is not allowed on {}", req.hostnqn, req.subnqn);
+                return Err((Status::CONNECT_HOST, 0, why));
+            }
+        }
+        Ok(())
+    }
+
+    /// An admin queue Connect: a new controller (dynamic model) owns this queue.
+    fn connect_admin(&self, st: &mut St, req: &admin::ConnectReq) -> Result<u16, Refused> {
+        if req.cntlid != 0xffff && req.cntlid != 0xfffe {
+            let why = "admin Connect for a static controller id".to_string();
+            return Err((Status::CONNECT_INVALID, admin::invalid_data_field(16), why));
+        }
+        let at = QueueAt {
+            reactor: self.reactor.id(),
+            conn: self.id,
+        };
+        let now = self.shared.now_ms();
+        let (local, peer) = (self.local, self.peer.to_string());
+        let made = self.shared.add_ctrl(
+            |id| {
+                Ctrl::new(
+                    id,
+                    &req.subnqn,
+                    &req.hostnqn,
+                    req.hostid,
+                    req.kato_ms,
+                    at,
+                    local,
+                    peer,
+                    now,
+                    MAX_IO_QUEUES,
+                )
+            },
+            &req.subnqn,
+        );
+        let Some(ctrl) = made else {
+            let why = "no controller id free in this node's range".to_string();
+            return Err((Status::CONNECT_BUSY, 0, why));
+        };
+        let cntlid = ctrl.cntlid;
+        st.ctrl = Some(ctrl);
+        st.phase = Phase::Admin;
+        log::info!(
+            "{}: connected (KATO {} ms, SQ size {}, digests {:?})",
+            self.who(st),
+            req.kato_ms,
+            st.entries,
+            st.dig
+        );
+        Ok(cntlid)
+    }
+
+    /// An I/O queue Connect: a granted queue of an enabled controller the host owns.
+    fn connect_io(&self, st: &mut St, req: &admin::ConnectReq) -> Result<u16, Refused> {
+        let is_disc = req.subnqn == DISCOVERY_NQN;
         let ctrl = match self.shared.ctrl(&req.subnqn, req.cntlid) {
             Some(c) if !is_disc && c.hostnqn == req.hostnqn => c,
             _ => {
@@ -1453,27 +1100,16 @@ impl Conn {
                     "I/O queue Connect for controller {} of {} that host {} does not own",
                     req.cntlid, req.subnqn, req.hostnqn
                 );
-                return self.connect_failed(
-                    st,
-                    key,
-                    Status::CONNECT_INVALID,
-                    admin::invalid_data_field(16),
-                    &why,
-                );
+                return Err((Status::CONNECT_INVALID, admin::invalid_data_field(16), why));
             }
         };
         if !ctrl.enabled() {
-            return self.connect_failed(
-                st,
-                key,
-                Status::SEQUENCE,
-                0,
-                "I/O queue Connect before the controller was enabled",
-            );
+            let why = "I/O queue Connect before the controller was enabled".to_string();
+            return Err((Status::SEQUENCE, 0, why));
         }
         if !ctrl.claim_qid(req.qid, self.reactor.id()) {
             let why = format!("I/O queue {} is connected already or not granted", req.qid);
-            return self.connect_failed(st, key, Status::CONNECT_INVALID, 42, &why);
+            return Err((Status::CONNECT_INVALID, 42, why));
         }
         st.io_epoch = ctrl.io_epoch.load(Ordering::Acquire);
         let cntlid = ctrl.cntlid;
@@ -1484,10 +1120,11 @@ impl Conn {
             self.who(st),
             self.reactor.id()
         );
-        self.finish_now(st, key, Status::SUCCESS, u32::from(cntlid), 0, &[]);
+        Ok(cntlid)
     }
 
-    fn connect_failed(&self, st: &mut St, key: usize, s: Status, dw0: u32, why: &str) {
+    /// Answers a refused Connect with its status and logs why.
+    fn connect_failed(&self, st: &mut St, key: usize, (s, dw0, why): Refused) {
         log::warn!("{}: Connect refused: {why}", self.who(st));
         self.finish_now(st, key, s, dw0, 0, &[]);
     }
@@ -1702,43 +1339,15 @@ impl Conn {
                 return;
             }
             std::mem::swap(&mut done, &mut st.spare);
-            // SAFETY: iovec is plain data; every entry used is filled by `iovecs`.
-            let mut iov: [libc::iovec; MAX_IOV] = unsafe { std::mem::zeroed() };
-            while st.out.pending() > 0 {
-                let n_iov = st.out.iovecs(&mut iov);
-                // SAFETY: a zeroed msghdr is valid (no address, no control data).
-                let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-                msg.msg_iov = iov.as_mut_ptr();
-                msg.msg_iovlen = n_iov as _;
-                // SAFETY: every iovec points at queued bytes: inside `out.bytes` (not
-                // modified while `st` is borrowed here) or inside a pool buffer that
-                // `out.held` keeps until those bytes are sent (`Out::emit_ref`). The
-                // call is synchronous; MSG_NOSIGNAL avoids SIGPIPE.
-                let n = unsafe {
-                    libc::sendmsg(self.fd(), &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
-                };
-                if n > 0 {
-                    st.out.advance(n as usize, &mut done);
-                    if st.send_blocked_since.take().is_some() {
-                        st.need_serve = true;
-                    }
-                    continue;
-                }
-                let e = std::io::Error::last_os_error();
-                match e.raw_os_error() {
-                    Some(libc::EAGAIN) => {
-                        if st.send_blocked_since.is_none() {
-                            st.send_blocked_since = Some(Instant::now());
-                        }
-                        self.arm(&mut st, true);
-                        break;
-                    }
-                    Some(libc::EINTR) => continue,
-                    _ => {
-                        close_now = Some(format!("write failed: {e}"));
-                        break;
-                    }
-                }
+            let (sent, unblocked) = st.out.send(self.fd(), &mut done);
+            if unblocked.is_some() {
+                // The socket drains again: waiting commands may get buffers.
+                st.need_serve = true;
+            }
+            match sent {
+                Sent::Done => {}
+                Sent::Blocked => self.arm(&mut st, true),
+                Sent::Failed(e) => close_now = Some(format!("write failed: {e}")),
             }
             if st.out.pending() == 0 && st.close_after_flush && close_now.is_none() {
                 close_now = Some("connection ended (disconnect or termination)".into());
@@ -1749,7 +1358,7 @@ impl Conn {
             std::mem::swap(&mut done, &mut st.spare);
             if close_now.is_none() {
                 self.after(&mut st);
-                if st.out.pending() > 0 && st.send_blocked_since.is_none() {
+                if st.out.pending() > 0 && st.out.blocked_since().is_none() {
                     self.mark_dirty();
                 }
             }
@@ -1759,72 +1368,19 @@ impl Conn {
         }
     }
 
+    /// Asks for a flush at the end of this reactor iteration.
     fn mark_dirty(&self) {
-        if self.dirty.replace(true) {
-            return;
-        }
-        match self.rc() {
-            Some(me) => self.reactor.local::<Registry>().dirty.borrow_mut().push(me),
-            None => self.dirty.set(false),
-        }
+        Registry::mark_dirty(&self.reactor, self, self.rc());
     }
 
-    /// Resumes reading after a stall (output drained).
-    fn resume(&self) {
-        let was_paused = {
-            let st = self.st.borrow();
-            !st.closed && !st.poll_in && !st.close_after_flush
-        };
-        if was_paused {
-            {
-                let mut st = self.st.borrow_mut();
-                if let Err(w) = self.process(&mut st) {
-                    drop(st);
-                    self.close(&w);
-                    return;
-                }
-            }
-            self.on_readable();
-        } else {
-            self.flush();
-        }
+    /// Reading stalled and may resume ([`Wire::resume`]): not closed or closing.
+    fn may_resume(&self) -> bool {
+        let st = self.st.borrow();
+        !st.closed && !st.polls.read && !st.close_after_flush
     }
 }
 
-impl UringDone for Conn {
-    fn uring_done(&self, tag: u64, res: i32, _flags: u32) {
-        {
-            let mut st = self.st.borrow_mut();
-            if tag == TAG_POLLIN {
-                st.poll_in = false;
-            } else {
-                st.poll_out = false;
-            }
-            if st.closed {
-                return;
-            }
-        }
-        if res < 0 {
-            self.close(&format!(
-                "poll failed: {}",
-                std::io::Error::from_raw_os_error(-res)
-            ));
-            return;
-        }
-        if tag == TAG_POLLIN {
-            self.on_readable();
-        } else {
-            self.flush();
-            let resume = {
-                let st = self.st.borrow();
-                !st.closed && !st.poll_in && st.pending_out() <= WBUF_HIGH_BYTES
-            };
-            if resume {
-                self.resume();
-            }
-        }
-    }
-}
+transport::impl_wire!(Conn);
 
 impl IoDone for Conn {
     fn io_done(&self, tag: u64, status: IoStatus) {
@@ -1875,7 +1431,7 @@ impl IoDone for Conn {
         let paused = {
             let st = self.st.borrow();
             !st.closed
-                && !st.poll_in
+                && !st.polls.read
                 && !st.close_after_flush
                 && st.pending_out() <= WBUF_HIGH_BYTES
         };
@@ -1892,15 +1448,13 @@ impl BufWaiter for Conn {
         {
             let mut st = self.st.borrow_mut();
             let c = buf.class();
-            if let Some(w) = st.buf_wait.get_mut(tag as usize) {
-                *w = false;
-            }
+            st.share.handed(tag);
             if st.closed {
                 drop(st);
                 self.reactor.bufs().put(buf);
                 return;
             }
-            st.held[c] += 1;
+            st.share.adopt(&buf);
             let pos = st
                 .waiting
                 .iter()

@@ -261,102 +261,125 @@ impl PrState {
         let aptpl = flags & 0x01 != 0;
         let rtype = scope_type & 0x0f;
         let scope = scope_type >> 4;
-        let my_key = self.key_of(nexus);
+        if sa == 0 || sa == 6 {
+            // REGISTER, REGISTER AND IGNORE EXISTING KEY
+            return self.register(nexus, sa == 6, rkey, sakey, aptpl);
+        }
+        if sa == 7 {
+            // REGISTER AND MOVE is not supported.
+            return check(sense::INVALID_FIELD_IN_CDB);
+        }
+        // The other service actions need the nexus registered with `rkey`.
+        if self.key_of(nexus) != Some(rkey) {
+            return Err(PrError::Conflict);
+        }
         match sa {
-            0 | 6 => {
-                if self.legacy.is_some() && self.legacy.as_ref() != Some(nexus) {
-                    return Err(PrError::Conflict);
-                }
-                match my_key {
-                    None => {
-                        if sa == 0 && rkey != 0 {
-                            return Err(PrError::Conflict);
-                        }
-                        if sakey == 0 {
-                            return Ok(false);
-                        }
-                        if self.regs.len() >= MAX_REGISTRATIONS {
-                            return check(Sense::new(sense::key::ILLEGAL_REQUEST, 0x55, 0x04));
-                        }
-                        self.regs.push(Registration {
-                            nexus: nexus.initiator.clone(),
-                            port: nexus.port,
-                            key: sakey,
-                        });
-                    }
-                    Some(k) => {
-                        if sa == 0 && rkey != k {
-                            return Err(PrError::Conflict);
-                        }
-                        if sakey == 0 {
-                            self.unregister(nexus);
-                        } else if let Some(r) = self.regs.iter_mut().find(|r| r.is(nexus)) {
-                            r.key = sakey;
-                        }
-                    }
-                }
-                self.aptpl = aptpl;
-                self.generation = self.generation.wrapping_add(1);
-                Ok(true)
-            }
-            1 => {
-                if my_key != Some(rkey) {
-                    return Err(PrError::Conflict);
-                }
-                if scope != 0 || !matches!(rtype, 1 | 3 | 5 | 6 | 7 | 8) {
-                    return check(sense::INVALID_FIELD_IN_CDB);
-                }
-                if self.legacy.is_some() {
-                    return Err(PrError::Conflict);
-                }
-                match &self.res {
-                    Some(r) if self.is_holder(nexus) && r.ty == rtype => Ok(false),
-                    Some(_) => Err(PrError::Conflict),
-                    None => {
-                        self.res = Some(Reservation {
-                            holder: nexus.initiator.clone(),
-                            holder_port: nexus.port,
-                            ty: rtype,
-                        });
-                        Ok(true)
-                    }
-                }
-            }
-            2 => {
-                if my_key != Some(rkey) {
-                    return Err(PrError::Conflict);
-                }
-                let Some(r) = self.res.clone() else {
-                    return Ok(false);
-                };
-                if !self.is_holder(nexus) {
-                    return Ok(false);
-                }
-                if r.ty != rtype || scope != 0 {
-                    return check(sense::INVALID_RELEASE);
-                }
-                self.res = None;
-                Ok(true)
-            }
+            1 => self.reserve(nexus, rtype, scope),
+            2 => self.release(nexus, rtype, scope),
             3 => {
-                if my_key != Some(rkey) {
-                    return Err(PrError::Conflict);
-                }
+                // CLEAR
                 self.regs.clear();
                 self.res = None;
                 self.generation = self.generation.wrapping_add(1);
                 Ok(true)
             }
             4 | 5 => {
-                if my_key != Some(rkey) {
-                    return Err(PrError::Conflict);
-                }
+                // PREEMPT, PREEMPT AND ABORT
                 self.preempt(nexus, sakey, rtype, scope)?;
                 self.generation = self.generation.wrapping_add(1);
                 Ok(true)
             }
             _ => check(sense::INVALID_FIELD_IN_CDB),
         }
+    }
+
+    /// REGISTER (`rkey` must match the nexus's key, 0 when it has none) or
+    /// REGISTER AND IGNORE EXISTING KEY (`ignore`): registers `sakey`, changes
+    /// the nexus's key to it, or unregisters with 0.
+    fn register(
+        &mut self,
+        nexus: &Nexus,
+        ignore: bool,
+        rkey: u64,
+        sakey: u64,
+        aptpl: bool,
+    ) -> Result<bool, PrError> {
+        if self.legacy.is_some() && self.legacy.as_ref() != Some(nexus) {
+            return Err(PrError::Conflict);
+        }
+        match self.key_of(nexus) {
+            None => {
+                if !ignore && rkey != 0 {
+                    return Err(PrError::Conflict);
+                }
+                if sakey == 0 {
+                    return Ok(false);
+                }
+                if self.regs.len() >= MAX_REGISTRATIONS {
+                    return Err(PrError::Check(Sense::new(
+                        sense::key::ILLEGAL_REQUEST,
+                        0x55,
+                        0x04,
+                    )));
+                }
+                self.regs.push(Registration {
+                    nexus: nexus.initiator.clone(),
+                    port: nexus.port,
+                    key: sakey,
+                });
+            }
+            Some(k) => {
+                if !ignore && rkey != k {
+                    return Err(PrError::Conflict);
+                }
+                if sakey == 0 {
+                    self.unregister(nexus);
+                } else if let Some(r) = self.regs.iter_mut().find(|r| r.is(nexus)) {
+                    r.key = sakey;
+                }
+            }
+        }
+        self.aptpl = aptpl;
+        self.generation = self.generation.wrapping_add(1);
+        Ok(true)
+    }
+
+    /// RESERVE of type `rtype` for a registered nexus.
+    fn reserve(&mut self, nexus: &Nexus, rtype: u8, scope: u8) -> Result<bool, PrError> {
+        if scope != 0 || !matches!(rtype, 1 | 3 | 5 | 6 | 7 | 8) {
+            return Err(PrError::Check(sense::INVALID_FIELD_IN_CDB));
+        }
+        if self.legacy.is_some() {
+            return Err(PrError::Conflict);
+        }
+        match &self.res {
+            Some(r) if self.is_holder(nexus) && r.ty == rtype => Ok(false),
+            Some(_) => Err(PrError::Conflict),
+            None => {
+                self.res = Some(Reservation {
+                    holder: nexus.initiator.clone(),
+                    holder_port: nexus.port,
+                    ty: rtype,
+                });
+                Ok(true)
+            }
+        }
+    }
+
+    /// RELEASE by a registered nexus: only the holder's release of the same
+    /// type ends the reservation.
+    fn release(&mut self, nexus: &Nexus, rtype: u8, scope: u8) -> Result<bool, PrError> {
+        let Some(r) = self.res.clone() else {
+            return Ok(false);
+        };
+        if !self.is_holder(nexus) {
+            return Ok(false);
+        }
+        if r.ty != rtype || scope != 0 {
+            return Err(PrError::Check(sense::INVALID_RELEASE));
+        }
+        self.res = None;
+        Ok(true)
     }
 
     fn unregister(&mut self, nexus: &Nexus) {

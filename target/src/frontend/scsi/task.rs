@@ -11,12 +11,13 @@
 //! reservations of a shared volume is [`Step::Forward`]ed to the cluster instead
 //! (see [`super::pr_cluster`]); its result comes back with [`ScsiTask::pr_done`].
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use super::alua::AluaState;
 use super::cdb::{self, NexusState, Op, Response};
 use super::lun::LunRt;
-use super::pr::{Access, PrError};
+use super::pr::{Access, Nexus, PrError};
 use super::pr_cluster::{PrOutRequest, PrOutResult, PR_OUT_TRIES};
 use super::sense::{self, Sense};
 use crate::bdev::{IoKind, IoStatus};
@@ -311,52 +312,10 @@ impl ScsiTask {
                 len,
             } if stage == Stage::Start => {
                 let param = bytes(data, len as usize).to_vec();
-                let nexus = self.lun.nexus(nexus);
-                let r = if self.lun.cluster_pr().is_some() {
-                    // Decided on a copy of the committed state: a conflict, a bad
-                    // parameter or a no-op is answered here; a change goes to the
-                    // cluster, which commits it (or finds the state moved on).
-                    let mut copy = self.lun.pr().clone();
-                    match copy.out(&nexus, sa, scope_type, &param) {
-                        Ok(true) if self.pr_tries >= PR_OUT_TRIES => {
-                            log::warn!(
-                                "scsi: lun {} ({}): PERSISTENT RESERVE OUT by {nexus}: the reservations changed under it {PR_OUT_TRIES} times; the host retries",
-                                self.lun.info.lun,
-                                self.lun.bdev.name()
-                            );
-                            Err(PrError::Check(sense::STATE_TRANSITION))
-                        }
-                        Ok(true) => {
-                            self.pr_tries += 1;
-                            self.inflight += 1;
-                            self.stage = Stage::Cluster;
-                            return Step::Forward(PrOutRequest {
-                                volume: self.lun.bdev.name().to_string(),
-                                nexus,
-                                sa,
-                                scope_type,
-                                param,
-                            });
-                        }
-                        Ok(false) => Ok(()),
-                        Err(e) => Err(e),
-                    }
-                } else {
-                    self.lun
-                        .with_pr(|p| match p.out(&nexus, sa, scope_type, &param) {
-                            Ok(changed) => (Ok(()), changed),
-                            Err(e) => (Err(e), false),
-                        })
-                };
-                match r {
-                    Ok(()) => {}
-                    Err(PrError::Check(s)) => self.err = Some(s),
-                    Err(PrError::Conflict) => {
-                        self.stage = Stage::Done;
-                        return Step::Conflict;
-                    }
+                match self.pr_out(nexus, sa, scope_type, param) {
+                    ControlFlow::Continue(next) => next,
+                    ControlFlow::Break(step) => return step,
                 }
-                Stage::Done
             }
             _ => Stage::Done,
         };
@@ -371,6 +330,74 @@ impl ScsiTask {
         } else {
             self.stage = next;
             Step::Wait
+        }
+    }
+
+    /// PERSISTENT RESERVE OUT with parameter list `param`: the next stage, or
+    /// a step to return at once (forwarded to the cluster, or a conflict).
+    fn pr_out(
+        &mut self,
+        nexus: &str,
+        sa: u8,
+        scope_type: u8,
+        param: Vec<u8>,
+    ) -> ControlFlow<Step, Stage> {
+        let nexus = self.lun.nexus(nexus);
+        let r = if self.lun.cluster_pr().is_some() {
+            self.pr_out_cluster(nexus, sa, scope_type, param)?
+        } else {
+            self.lun
+                .with_pr(|p| match p.out(&nexus, sa, scope_type, &param) {
+                    Ok(changed) => (Ok(()), changed),
+                    Err(e) => (Err(e), false),
+                })
+        };
+        match r {
+            Ok(()) => {}
+            Err(PrError::Check(s)) => self.err = Some(s),
+            Err(PrError::Conflict) => {
+                self.stage = Stage::Done;
+                return ControlFlow::Break(Step::Conflict);
+            }
+        }
+        ControlFlow::Continue(Stage::Done)
+    }
+
+    /// PERSISTENT RESERVE OUT on a LUN whose reservations the cluster keeps:
+    /// decided on a copy of the committed state, a conflict, a bad parameter or
+    /// a no-op is answered here; a change goes to the cluster (a step to
+    /// return), which commits it (or finds the state moved on).
+    fn pr_out_cluster(
+        &mut self,
+        nexus: Nexus,
+        sa: u8,
+        scope_type: u8,
+        param: Vec<u8>,
+    ) -> ControlFlow<Step, Result<(), PrError>> {
+        let mut copy = self.lun.pr().clone();
+        match copy.out(&nexus, sa, scope_type, &param) {
+            Ok(true) if self.pr_tries >= PR_OUT_TRIES => {
+                log::warn!(
+                    "scsi: lun {} ({}): PERSISTENT RESERVE OUT by {nexus}: the reservations changed under it {PR_OUT_TRIES} times; the host retries",
+                    self.lun.info.lun,
+                    self.lun.bdev.name()
+                );
+                ControlFlow::Continue(Err(PrError::Check(sense::STATE_TRANSITION)))
+            }
+            Ok(true) => {
+                self.pr_tries += 1;
+                self.inflight += 1;
+                self.stage = Stage::Cluster;
+                ControlFlow::Break(Step::Forward(PrOutRequest {
+                    volume: self.lun.bdev.name().to_string(),
+                    nexus,
+                    sa,
+                    scope_type,
+                    param,
+                }))
+            }
+            Ok(false) => ControlFlow::Continue(Ok(())),
+            Err(e) => ControlFlow::Continue(Err(e)),
         }
     }
 

@@ -5,16 +5,9 @@
 use super::*;
 
 impl Conn {
-    /// The pool behind the reactor's cache.
-    pub(super) fn pool(&self) -> &Arc<BufPool> {
-        self.reactor.bufs().pool()
-    }
-
     /// Gives a pool buffer back and accounts for it.
     pub(super) fn put_buf(&self, st: &mut St, b: PoolBuf) {
-        let c = b.class();
-        st.held[c] = st.held[c].saturating_sub(1);
-        self.reactor.bufs().put(b);
+        let c = st.share.put(&self.reactor, b);
         st.need_serve = true;
         self.sync_active(st, c);
     }
@@ -22,17 +15,14 @@ impl Conn {
     /// Tells the pool whether this connection uses class `c` (fair shares).
     pub(super) fn sync_active(&self, st: &mut St, c: usize) {
         // A closed connection still uses a class while it holds its buffers.
-        let now = st.held[c] > 0 || (!st.closed && st.parked_n[c] > 0);
-        if now != st.active[c] {
-            st.active[c] = now;
-            self.pool().set_user_active(c, now);
-        }
+        let waiting = !st.closed && st.parked_n[c] > 0;
+        st.share.sync(&self.reactor, c, waiting);
     }
 
     /// Publishes the buffer counters of the session.
     pub(super) fn publish(&self, st: &St) {
         if let Some(s) = &st.session {
-            let held: u32 = st.held.iter().sum();
+            let held = st.share.held_total();
             s.stats
                 .buffers_held
                 .store(u64::from(held), Ordering::Relaxed);
@@ -50,37 +40,12 @@ impl Conn {
     /// `queue`, the connection registers with the reactor's cache to be handed a
     /// chunk when the pool is exhausted.
     pub(super) fn alloc_buf(&self, st: &mut St, len: usize, queue: bool) -> Option<PoolBuf> {
-        let c = BufPool::class_for(len)?;
-        if st.held[c] as usize >= self.pool().user_cap(c) || st.blocked_on_send() {
-            // Resumes when the connection gives a buffer back or its socket drains.
+        if st.blocked_on_send() {
+            // Resumes when its socket drains.
             return None;
         }
-        if st.buf_wait[c] {
-            return None;
-        }
-        let b = if queue {
-            let me = self.rc()?;
-            let w: Rc<dyn BufWaiter> = me;
-            match self
-                .reactor
-                .bufs()
-                .get_or_wait(SIZE_CLASSES_BYTES[c], &w, c as u64)
-            {
-                Ok(BufWait::Ready(b)) => b,
-                Ok(BufWait::Queued) => {
-                    st.buf_wait[c] = true;
-                    return None;
-                }
-                Ok(BufWait::Full) | Err(_) => return None,
-            }
-        } else {
-            self.reactor.bufs().try_get(SIZE_CLASSES_BYTES[c])?
-        };
-        st.held[c] += 1;
-        self.sync_active(st, c);
-        let mut b = b;
-        b.set_len(len);
-        Some(b)
+        let waiter: Option<Rc<dyn BufWaiter>> = if queue { Some(self.rc()?) } else { None };
+        st.share.get(&self.reactor, len, waiter)
     }
 
     /// Gives buffers to parked tasks, oldest first per class, while they can have
@@ -158,15 +123,13 @@ impl BufWaiter for Conn {
         {
             let mut st = self.st.borrow_mut();
             let c = buf.class();
-            if let Some(w) = st.buf_wait.get_mut(tag as usize) {
-                *w = false;
-            }
+            st.share.handed(tag);
             if st.closed {
                 drop(st);
                 self.reactor.bufs().put(buf);
                 return;
             }
-            st.held[c] += 1;
+            st.share.adopt(&buf);
             let key = st
                 .parked
                 .iter()

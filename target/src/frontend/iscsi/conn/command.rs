@@ -253,13 +253,12 @@ impl Conn {
         st.emit(&b, &[]);
     }
 
+    /// A Data-Out PDU: checked against its task's unsolicited window or R2T,
+    /// its data kept, then the task runs or asks for more.
     pub(super) fn handle_data_out(&self, st: &mut St, p: &pdu::PduView) -> Handled {
         let b = p.bhs;
         let itt = field::itt(b);
-        let ttt = field::w20(b);
-        let datasn = pdu::be32(b, 36);
         let off = pdu::be32(b, 40);
-        let len = p.data.len() as u32;
         let Some(&key) = st.itts.get(&itt) else {
             // Data for a command already answered (e.g. rejected before its
             // unsolicited data arrived): drop it.
@@ -273,93 +272,52 @@ impl Conn {
         if t.out_len == 0 || (t.buf.is_none() && !t.parked) {
             return Handled::Done;
         }
-        let bad = |why: String| -> Option<String> { Some(why) };
-        let mut problem = None;
-        let end = off.checked_add(len).filter(|e| *e <= t.recv_limit);
-        match end {
-            None => {
-                problem = bad(format!(
-                    "Data-Out beyond the expected length (offset {off}, {len} bytes)"
-                ))
-            }
-            Some(end) if ttt == RESERVED_TAG => {
-                if end > t.unsol_end || datasn != t.unsol_datasn {
-                    problem = bad(format!(
-                        "bad unsolicited Data-Out (offset {off}, DataSN {datasn}, expected {})",
-                        t.unsol_datasn
-                    ));
-                } else {
-                    t.unsol_datasn += 1;
+        let (ttt, datasn) = (field::w20(b), pdu::be32(b, 36));
+        match accept_data_out(t, ttt, datasn, off, p.data.len() as u32) {
+            Ok(end) => {
+                store_data_out(t, off, end, p.data);
+                if !t.parked {
+                    // A parked task runs (or asks for the rest) once its buffer comes.
+                    self.data_out_received(st, key);
                 }
             }
-            Some(end) => match t.r2t.as_mut() {
-                None => problem = bad(format!("Data-Out with TTT {ttt:#x} but no R2T outstanding")),
-                Some(r) => {
-                    if r.ttt != ttt
-                        || off < r.offset
-                        || end > r.offset + r.len
-                        || datasn != r.datasn
-                    {
-                        problem = bad(format!(
-                            "Data-Out does not match its R2T (TTT {ttt:#x}, offset {off}, DataSN {datasn})"
-                        ));
-                    } else {
-                        r.datasn += 1;
-                        r.got += len;
-                    }
-                }
-            },
+            Err(why) => self.fail_data_out(st, key, itt, &why),
         }
-        if let Some(why) = problem {
-            // ErrorRecoveryLevel 0: the task ends with CHECK CONDITION; later
-            // Data-Out PDUs of it are dropped as belonging to no task.
-            log::warn!(
-                "iscsi: connection {}: ITT {itt:#x}: {why}; task failed",
-                self.id
-            );
-            st.itts.remove(&itt);
-            self.forget_parked(st, key);
-            if st.tasks[key].scsi.inflight() == 0 {
-                let t = st.tasks.remove(key);
-                self.release(st, t);
-            } else {
-                st.tasks[key].aborted = true;
-            }
-            if let Some(s) = &st.session {
-                s.stats.errors.fetch_add(1, Ordering::Relaxed);
-            }
-            self.respond(
-                st,
-                itt,
-                sense::CHECK_CONDITION,
-                Some(sense::DATA_PHASE_ERROR),
-                (0, 0),
-            );
-            return Handled::Done;
+        Handled::Done
+    }
+
+    /// A Data-Out that breaks the rules ends its task with CHECK CONDITION
+    /// (ErrorRecoveryLevel 0); later Data-Out PDUs of it are dropped as
+    /// belonging to no task.
+    fn fail_data_out(&self, st: &mut St, key: usize, itt: u32, why: &str) {
+        log::warn!(
+            "iscsi: connection {}: ITT {itt:#x}: {why}; task failed",
+            self.id
+        );
+        st.itts.remove(&itt);
+        self.forget_parked(st, key);
+        if st.tasks[key].scsi.inflight() == 0 {
+            let t = st.tasks.remove(key);
+            self.release(st, t);
+        } else {
+            st.tasks[key].aborted = true;
         }
-        let end = end.unwrap_or(off);
+        if let Some(s) = &st.session {
+            s.stats.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        self.respond(
+            st,
+            itt,
+            sense::CHECK_CONDITION,
+            Some(sense::DATA_PHASE_ERROR),
+            (0, 0),
+        );
+    }
+
+    /// Data-Out of task `key` arrived: an R2T burst may be complete; the task
+    /// runs once it has all its data, else asks for the next burst.
+    fn data_out_received(&self, st: &mut St, key: usize) {
         let t = &mut st.tasks[key];
-        // Only the part inside what the command moves is kept.
-        let keep_end = end.min(t.out_len);
-        if off < keep_end {
-            let src = &p.data[..(keep_end - off) as usize];
-            if let Some(x) = t.buf.as_mut() {
-                x.bytes_mut()[off as usize..keep_end as usize].copy_from_slice(src);
-            } else if t.parked {
-                // Unsolicited data only (no R2T while parked): within the reserve.
-                let end = (keep_end as usize).min(t.early_reserved as usize);
-                if t.early.len() < end {
-                    t.early.resize(end, 0);
-                }
-                let n = end.saturating_sub(off as usize);
-                t.early[off as usize..off as usize + n].copy_from_slice(&src[..n]);
-            }
-            t.received += keep_end - off;
-        }
-        if t.parked {
-            // Runs (or asks for the rest) once its buffer comes.
-            return Handled::Done;
-        }
         let burst_done = t.r2t.as_ref().is_some_and(|r| r.got >= r.len);
         if burst_done {
             t.r2t = None;
@@ -370,7 +328,6 @@ impl Conn {
         } else if t.r2t.is_none() {
             self.maybe_r2t(st, key);
         }
-        Handled::Done
     }
 
     /// Hands a block I/O of task `key` to the LUN's bdev channel on this reactor.
@@ -505,7 +462,7 @@ impl Conn {
         self.mark_dirty();
         let paused = {
             let st = self.st.borrow();
-            !st.closed && !st.poll_in && st.pending_out() <= WBUF_HIGH_BYTES
+            !st.closed && !st.polls.read && st.pending_out() <= WBUF_HIGH_BYTES
         };
         if paused {
             self.resume();
@@ -680,4 +637,58 @@ impl Task {
             early_reserved: 0,
         }
     }
+}
+
+/// Checks a Data-Out of `len` bytes at `off` against task `t`: within what the
+/// initiator may send, and in its unsolicited window (reserved TTT) or its
+/// outstanding R2T, in DataSN order; counts it. The end offset, or why not.
+fn accept_data_out(t: &mut Task, ttt: u32, datasn: u32, off: u32, len: u32) -> Result<u32, String> {
+    let Some(end) = off.checked_add(len).filter(|e| *e <= t.recv_limit) else {
+        return Err(format!(
+            "Data-Out beyond the expected length (offset {off}, {len} bytes)"
+        ));
+    };
+    if ttt == RESERVED_TAG {
+        if end > t.unsol_end || datasn != t.unsol_datasn {
+            return Err(format!(
+                "bad unsolicited Data-Out (offset {off}, DataSN {datasn}, expected {})",
+                t.unsol_datasn
+            ));
+        }
+        t.unsol_datasn += 1;
+        return Ok(end);
+    }
+    let Some(r) = t.r2t.as_mut() else {
+        return Err(format!("Data-Out with TTT {ttt:#x} but no R2T outstanding"));
+    };
+    if r.ttt != ttt || off < r.offset || end > r.offset + r.len || datasn != r.datasn {
+        return Err(format!(
+            "Data-Out does not match its R2T (TTT {ttt:#x}, offset {off}, DataSN {datasn})"
+        ));
+    }
+    r.datasn += 1;
+    r.got += len;
+    Ok(end)
+}
+
+/// Keeps the part of Data-Out bytes `data` (offsets `off..end`) inside what
+/// task `t` moves: in its buffer, or aside while it is parked.
+fn store_data_out(t: &mut Task, off: u32, end: u32, data: &[u8]) {
+    let keep_end = end.min(t.out_len);
+    if off >= keep_end {
+        return;
+    }
+    let src = &data[..(keep_end - off) as usize];
+    if let Some(x) = t.buf.as_mut() {
+        x.bytes_mut()[off as usize..keep_end as usize].copy_from_slice(src);
+    } else if t.parked {
+        // Unsolicited data only (no R2T while parked): within the reserve.
+        let end = (keep_end as usize).min(t.early_reserved as usize);
+        if t.early.len() < end {
+            t.early.resize(end, 0);
+        }
+        let n = end.saturating_sub(off as usize);
+        t.early[off as usize..off as usize + n].copy_from_slice(&src[..n]);
+    }
+    t.received += keep_end - off;
 }

@@ -5,8 +5,10 @@
 //!   tick: login timeout, keep-alive, send timeout), PDU dispatch and the CmdSN
 //!   window;
 //! - `recv`: transport input (POLLIN, reads, parsing PDUs in place);
-//! - `output`: transport output (the output queue, sends, POLLOUT) and the
-//!   reactor's `FlushAndTick` poller;
+//! - `output`: transport output (PDUs into the output queue, flushing it,
+//!   POLLOUT); the queue, the receive buffer, the polls and the reactor's
+//!   `FlushAndTick` poller are [`crate::frontend::transport`]'s, shared with
+//!   the NVMe/TCP queue pair;
 //! - `session`: login, session reinstatement, NOP-Out, text, logout;
 //! - `command`: the SCSI-task glue (a SCSI Command PDU becomes a
 //!   [`crate::frontend::scsi::ScsiTask`]; Data-Out and R2T; bdev I/O);
@@ -52,7 +54,7 @@ mod session;
 mod tmf;
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::rc::{Rc, Weak};
@@ -60,15 +62,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use io_uring::{opcode, types};
-
 use super::login::{self, Login, LoginReq, SessionType};
 use super::pdu::{self, field, op, Bhs, Digests, Parsed, BHS_LEN, RESERVED_TAG};
 use super::text::{self, Params};
 use super::{Session, Shared, TargetRt};
 use crate::bdev::{BdevIo, IoCallback, IoDone, IoStatus};
-use crate::buf::{BufPool, BufWait, BufWaiter, PoolBuf, SIZE_CLASSES_BYTES};
-use crate::frontend::listener::Listener;
+use crate::buf::{BufPool, BufWaiter, PoolBuf};
 use crate::frontend::scsi::cdb::{self, NexusState, Op, Response};
 use crate::frontend::scsi::pr_cluster::{
     PrBroker, PrDone, PrOutRequest, PrOutResult, PR_OUT_TIMEOUT,
@@ -76,89 +75,31 @@ use crate::frontend::scsi::pr_cluster::{
 use crate::frontend::scsi::sense::{self, Sense};
 use crate::frontend::scsi::task::{self, BlockIo, ScsiTask, Step};
 use crate::frontend::scsi::LunRt;
-use crate::reactor::{Poller, Reactor, UringDone};
-use output::{FlushAndTick, Out};
+use crate::frontend::transport::{
+    self, IntMap, OutQueue, Polls, PoolShare, RecvBuf, Sent, Wire, CLASSES, WBUF_HIGH_BYTES,
+};
+use crate::reactor::Reactor;
 
-/// Output queued beyond which the connection stops reading new requests.
-const WBUF_HIGH_BYTES: usize = 4 << 20;
-/// Most read() calls per readiness event.
-const READS_PER_EVENT: usize = 16;
-/// How often the `FlushAndTick` poller ticks every connection (login timeout,
-/// keep-alive, send timeout).
-const KEEPALIVE_TICK: Duration = Duration::from_secs(1);
-/// Most connections (logged in or not) one reactor serves; more are closed at once.
-pub(crate) const MAX_CONNS_PER_REACTOR: usize = 1024;
 /// Longest a login may take before the connection is closed.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
-
-const TAG_POLLIN: u64 = 1;
-const TAG_POLLOUT: u64 = 2;
-/// Most iovecs per `sendmsg` (two per Data-In PDU sent from a pool buffer).
-const MAX_IOV: usize = 128;
+/// Bytes of headers the output queue has room for before it grows.
+const OUT_QUEUE_BYTES: usize = 64 << 10;
 /// Most bytes of immediate and unsolicited data a connection keeps for commands
 /// parked while waiting for a pool buffer; a command that would exceed it is
 /// answered TASK SET FULL.
 pub(crate) const PARKED_DATA_MAX_BYTES: usize = 4 << 20;
-/// Number of pool size classes.
-const CLASSES: usize = SIZE_CLASSES_BYTES.len();
-
-/// Hasher for the small integer keys of per-connection maps (task tags, LUN
-/// numbers): one multiply instead of SipHash on every command. The peer picks
-/// these keys, but the maps are bounded (tasks by the queue depth, LUN state by
-/// the target's LUNs), so colliding keys cost at most a short scan.
-#[derive(Default, Clone, Copy)]
-struct IntHasher(u64);
-
-impl std::hash::Hasher for IntHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
-        }
-    }
-    fn write_u32(&mut self, v: u32) {
-        self.write_u64(u64::from(v));
-    }
-    fn write_u64(&mut self, v: u64) {
-        // Fibonacci hashing; hashbrown takes its control bits from the top.
-        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
-
-type IntMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<IntHasher>>;
 
 /// The iSCSI connections and listeners of one reactor.
-#[derive(Default)]
-pub(crate) struct Registry {
-    conns: RefCell<HashMap<(u64, u64), Rc<Conn>>>,
-    pub(crate) listeners: RefCell<Vec<Rc<Listener<Shared>>>>,
-    next_id: Cell<u64>,
-    poller: Cell<bool>,
-    /// Connections with output produced by bdev completions, written once per
-    /// reactor iteration (one send for a batch of completions).
-    dirty: RefCell<Vec<Rc<Conn>>>,
-}
+pub(crate) type Registry = transport::Registry<Conn, Shared>;
 
 /// Creates a connection for an accepted socket (runs on the chosen reactor).
 pub(crate) fn spawn(r: &Rc<Reactor>, shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     if shared.stopping.load(Ordering::Acquire) {
         return;
     }
-    let reg = r.local::<Registry>();
-    if reg.conns.borrow().len() >= MAX_CONNS_PER_REACTOR {
-        log::warn!(
-            "iscsi: reactor {} already serves {MAX_CONNS_PER_REACTOR} connections; closing the one from {peer}",
-            r.id()
-        );
+    let Some(id) = Registry::admit(r, peer) else {
         return;
-    }
-    if !reg.poller.replace(true) {
-        r.add_poller(Rc::new(FlushAndTick::new(r, &reg)));
-    }
-    let id = reg.next_id.get() + 1;
-    reg.next_id.set(id);
+    };
     let limits = shared.limits();
     let rcap = pdu::max_wire_len(limits.target_mrdsl as usize);
     let local = stream.local_addr().ok();
@@ -174,9 +115,8 @@ pub(crate) fn spawn(r: &Rc<Reactor>, shared: Arc<Shared>, stream: TcpStream, pee
         dirty: Cell::new(false),
         st: RefCell::new(St {
             phase: Phase::Login(Box::new(Login::new(limits.clone()))),
-            rbuf: vec![0u8; rcap],
-            rlen: 0,
-            out: Out::new(),
+            rx: RecvBuf::new(rcap),
+            out: OutQueue::with_capacity(OUT_QUEUE_BYTES),
             spare: Vec::new(),
             dig: Digests::default(),
             params: Params::defaults(&limits),
@@ -192,16 +132,12 @@ pub(crate) fn spawn(r: &Rc<Reactor>, shared: Arc<Shared>, stream: TcpStream, pee
             target: None,
             target_gen: 0,
             nexus_state: IntMap::default(),
-            poll_in: false,
-            poll_out: false,
+            polls: Polls::default(),
             parked: VecDeque::new(),
             parked_n: [0; CLASSES],
             parked_bytes: 0,
-            buf_wait: [false; CLASSES],
-            held: [0; CLASSES],
-            active: [false; CLASSES],
+            share: PoolShare::default(),
             need_serve: false,
-            send_blocked_since: None,
             send_blocked_total: Duration::ZERO,
             max_adv: 0,
             window_stale: false,
@@ -214,7 +150,8 @@ pub(crate) fn spawn(r: &Rc<Reactor>, shared: Arc<Shared>, stream: TcpStream, pee
         }),
     });
     log::debug!("iscsi: connection {id} from {peer} on reactor {}", r.id());
-    reg.conns
+    r.local::<Registry>()
+        .conns
         .borrow_mut()
         .insert((shared.id, id), Rc::clone(&c));
     c.on_readable();
@@ -223,41 +160,14 @@ pub(crate) fn spawn(r: &Rc<Reactor>, shared: Arc<Shared>, stream: TcpStream, pee
 /// Closes one connection (management API: target removed, initiator denied; a
 /// session reinstated from another reactor); `why` goes into the log line.
 pub(crate) fn close_conn(r: &Rc<Reactor>, fid: u64, id: u64, why: &str) {
-    let c = r
-        .local::<Registry>()
-        .conns
-        .borrow()
-        .get(&(fid, id))
-        .cloned();
-    if let Some(c) = c {
+    if let Some(c) = Registry::find(r, fid, id) {
         c.close(why);
     }
 }
 
 /// Closes the listener and every connection of frontend `fid` on this reactor.
 pub(crate) fn close_frontend(r: &Rc<Reactor>, fid: u64) {
-    let reg = r.local::<Registry>();
-    let ls: Vec<Rc<Listener<Shared>>> = reg
-        .listeners
-        .borrow()
-        .iter()
-        .filter(|l| l.fid == fid)
-        .cloned()
-        .collect();
-    reg.listeners.borrow_mut().retain(|l| l.fid != fid);
-    for l in ls {
-        l.close();
-    }
-    let cs: Vec<Rc<Conn>> = reg
-        .conns
-        .borrow()
-        .iter()
-        .filter(|((f, _), _)| *f == fid)
-        .map(|(_, c)| Rc::clone(c))
-        .collect();
-    for c in cs {
-        c.close("frontend stopped");
-    }
+    Registry::close_frontend(r, fid)
 }
 
 enum Phase {
@@ -319,9 +229,8 @@ struct PrWait {
 
 struct St {
     phase: Phase,
-    rbuf: Vec<u8>,
-    rlen: usize,
-    out: Out,
+    rx: RecvBuf,
+    out: OutQueue,
     /// Scratch list for pool buffers the output queue is done with.
     spare: Vec<PoolBuf>,
     dig: Digests,
@@ -340,24 +249,18 @@ struct St {
     target_gen: u64,
     /// Per-LUN state of this I_T nexus, for LUNs that exist.
     nexus_state: IntMap<u64, NexusState>,
-    poll_in: bool,
-    poll_out: bool,
+    polls: Polls,
     /// Tasks waiting for a pool buffer, in arrival order.
     parked: VecDeque<usize>,
     /// Parked tasks per size class.
     parked_n: [u32; CLASSES],
     /// Bytes reserved for the data of parked tasks.
     parked_bytes: usize,
-    /// Registered as a waiter with the reactor's buffer cache, per class.
-    buf_wait: [bool; CLASSES],
-    /// Pool chunks held (tasks and queued Data-In), per class.
-    held: [u32; CLASSES],
-    /// Counted as a user of the class by the pool (`BufPool::set_user_active`).
-    active: [bool; CLASSES],
+    /// This connection's share of the buffer pool (chunks held by tasks and
+    /// queued Data-In, waiter registrations).
+    share: PoolShare,
     /// A buffer was given back: parked tasks may proceed.
     need_serve: bool,
-    /// Since when the socket accepts no output (EAGAIN, nothing sent since).
-    send_blocked_since: Option<Instant>,
     /// Earlier stretches blocked on send.
     send_blocked_total: Duration,
     /// MaxCmdSN last advertised (frozen while blocked on send).
@@ -406,7 +309,7 @@ impl St {
         let active = self.itts.len() as u32;
         let room = qd.saturating_sub(active);
         let max = self.exp_cmdsn.wrapping_add(room).wrapping_sub(1);
-        if self.send_blocked_since.is_some() {
+        if self.out.blocked_since().is_some() {
             if max != self.max_adv {
                 self.window_stale = true;
             }
@@ -417,13 +320,14 @@ impl St {
     }
 
     fn blocked_on_send(&self) -> bool {
-        self.send_blocked_since.is_some()
+        self.out.blocked_since().is_some()
     }
 
     /// Total time blocked on send; reads the clock only while blocked now.
     fn send_blocked_ms(&self) -> u64 {
         let cur = self
-            .send_blocked_since
+            .out
+            .blocked_since()
             .map_or(Duration::ZERO, |t| t.elapsed());
         (self.send_blocked_total + cur).as_millis() as u64
     }
@@ -449,7 +353,7 @@ impl St {
     }
 
     fn emit(&mut self, bhs: &Bhs, data: &[u8]) {
-        self.out.emit(bhs, data, self.dig);
+        output::emit(&mut self.out, bhs, data, self.dig);
     }
 
     fn alloc_ttt(&mut self) -> u32 {
@@ -505,7 +409,7 @@ impl Conn {
         }
         // A closed connection may stay queued as a buffer waiter until a chunk of
         // that class frees up: it keeps no receive buffer meanwhile.
-        st.rbuf = Vec::new();
+        st.rx.release();
         let mut done = std::mem::take(&mut st.spare);
         st.out.discard(&mut done);
         for b in done {
@@ -552,7 +456,8 @@ impl Conn {
                 }
                 Phase::Full(_) => {
                     let blocked = st
-                        .send_blocked_since
+                        .out
+                        .blocked_since()
                         .map(|t| now.saturating_duration_since(t));
                     if blocked.is_some_and(|b| b > self.shared.send_timeout) {
                         let (ini, tgt) = st
@@ -563,7 +468,7 @@ impl Conn {
                         why = Some(format!(
                             "initiator {ini} of target {tgt} read nothing for {} s (blocked on send); dropped, {} buffers freed",
                             self.shared.send_timeout.as_secs(),
-                            st.held.iter().sum::<u32>()
+                            st.share.held_total()
                         ));
                     } else if let Some((_, sent)) = st.nop_sent {
                         if now.duration_since(sent) > self.shared.nop_timeout {
@@ -674,37 +579,4 @@ fn residual(spdtl: u32, edtl: u32) -> (u8, u32) {
     }
 }
 
-impl UringDone for Conn {
-    fn uring_done(&self, tag: u64, res: i32, _flags: u32) {
-        {
-            let mut st = self.st.borrow_mut();
-            if tag == TAG_POLLIN {
-                st.poll_in = false;
-            } else {
-                st.poll_out = false;
-            }
-            if st.closed {
-                return;
-            }
-        }
-        if res < 0 {
-            self.close(&format!(
-                "poll failed: {}",
-                std::io::Error::from_raw_os_error(-res)
-            ));
-            return;
-        }
-        if tag == TAG_POLLIN {
-            self.on_readable();
-        } else {
-            self.flush();
-            let resume = {
-                let st = self.st.borrow();
-                !st.closed && !st.poll_in && st.pending_out() <= WBUF_HIGH_BYTES
-            };
-            if resume {
-                self.resume();
-            }
-        }
-    }
-}
+transport::impl_wire!(Conn);

@@ -64,7 +64,7 @@ impl Conn {
     }
 
     /// Queues the Data-In PDUs of `data`; with `by_ref`, `data` lies in a pool
-    /// buffer that the caller hands to `Out::hold` right after.
+    /// buffer that the caller hands to `OutQueue::hold` right after.
     pub(super) fn data_in_pdus(
         &self,
         st: &mut St,
@@ -110,7 +110,7 @@ impl Conn {
             if by_ref {
                 // SAFETY: `by_ref` callers pass bytes of a pool buffer and hold it in
                 // the queue right after this loop (send_data_in_buf).
-                unsafe { st.out.emit_ref(&b, chunk, st.dig) };
+                unsafe { output::emit_ref(&mut st.out, &b, chunk, st.dig) };
             } else {
                 st.emit(&b, chunk);
             }

@@ -3,8 +3,55 @@
 
 use super::*;
 
+/// One login step's outcome, as the connection answers and acts on it.
+struct LoginStep {
+    /// What the login state machine answered.
+    reply: login::LoginReply,
+    /// The response's status (the reply's, or TOO MANY CONNECTIONS).
+    status: u16,
+    /// The new session's TSIH (0 before the last step).
+    tsih: u16,
+    session_type: SessionType,
+    params: Params,
+    initiator: String,
+    target: String,
+}
+
 impl Conn {
+    /// A Login Request: one step of the login; the response, and on the last
+    /// step the session (full feature phase).
     pub(super) fn handle_login(&self, st: &mut St, p: &pdu::PduView) -> Handled {
+        let b = p.bhs;
+        st.isid.copy_from_slice(&b[8..14]);
+        if st.tsih == 0 && st.statsn == 0 {
+            st.statsn = field::exp_statsn(b);
+        }
+        st.exp_cmdsn = field::cmdsn(b);
+        let Some(step) = self.login_step(st, p) else {
+            return Handled::Close("login state lost".into());
+        };
+        self.send_login_resp(st, b, &step);
+        if step.status != 0 {
+            log::warn!(
+                "iscsi: connection {} from {}: login of {:?} to {:?} failed with status {:#06x}",
+                self.id,
+                self.peer,
+                step.initiator,
+                step.target,
+                step.status
+            );
+            st.close_after_flush = true;
+            return Handled::Done;
+        }
+        if step.reply.full_feature {
+            self.start_session(st, step);
+        }
+        Handled::Done
+    }
+
+    /// Runs the login state machine on a request; with the last step, a TSIH
+    /// for the new session (or TOO MANY CONNECTIONS). None without a login.
+    fn login_step(&self, st: &mut St, p: &pdu::PduView) -> Option<LoginStep> {
         let b = p.bhs;
         let req = LoginReq {
             flags: b[1],
@@ -13,42 +60,41 @@ impl Conn {
             tsih: pdu::be16(b, 14),
             data: p.data,
         };
-        st.isid.copy_from_slice(&b[8..14]);
-        let cmdsn = field::cmdsn(b);
-        if st.tsih == 0 && st.statsn == 0 {
-            st.statsn = field::exp_statsn(b);
-        }
-        st.exp_cmdsn = cmdsn;
         let Phase::Login(lg) = &mut st.phase else {
-            return Handled::Close("login state lost".into());
+            return None;
         };
         let mut rng = |buf: &mut [u8]| rand::Rng::fill(&mut rand::thread_rng(), buf);
         let reply = lg.step(&req, &*self.shared, &mut rng);
-        let mut status = reply.status;
-        let mut tsih = 0u16;
-        let mut session_type = lg.session_type;
-        let mut params = lg.params.clone();
-        let initiator = lg.initiator.clone();
-        let target_name = lg.target.clone();
-        if reply.full_feature && status == 0 {
-            session_type = lg.session_type;
-            params = lg.params.clone();
+        let mut step = LoginStep {
+            status: reply.status,
+            tsih: 0,
+            session_type: lg.session_type,
+            params: lg.params.clone(),
+            initiator: lg.initiator.clone(),
+            target: lg.target.clone(),
+            reply,
+        };
+        if step.reply.full_feature && step.status == 0 {
             if self.shared.sessions().len() >= crate::frontend::iscsi::MAX_SESSIONS {
-                status = login::status::TOO_MANY_CONNECTIONS;
+                step.status = login::status::TOO_MANY_CONNECTIONS;
             } else {
-                tsih = self.shared.alloc_tsih();
+                step.tsih = self.shared.alloc_tsih();
             }
         }
-        let mut bhs = Bhs::new(
-            op::LOGIN_RESP,
-            if status == 0 {
-                reply.flags
-            } else {
-                reply.flags & 0x0c
-            },
-        );
+        Some(step)
+    }
+
+    /// The Login Response to request `b` (at most 8 KiB of keys).
+    fn send_login_resp(&self, st: &mut St, b: &[u8; BHS_LEN], step: &LoginStep) {
+        let (status, cmdsn) = (step.status, st.exp_cmdsn);
+        let flags = if status == 0 {
+            step.reply.flags
+        } else {
+            step.reply.flags & 0x0c
+        };
+        let mut bhs = Bhs::new(op::LOGIN_RESP, flags);
         bhs.0[8..14].copy_from_slice(&b[8..14]);
-        pdu::put16(&mut bhs.0, 14, tsih);
+        pdu::put16(&mut bhs.0, 14, step.tsih);
         let sn = st.take_statsn();
         let max_cmdsn = cmdsn.wrapping_add(self.shared.queue_depth - 1);
         bhs.u32_at(16, field::itt(b))
@@ -57,25 +103,22 @@ impl Conn {
             .u32_at(32, max_cmdsn)
             .byte(36, (status >> 8) as u8)
             .byte(37, status as u8);
-        let data = if reply.data.len() > 8192 {
-            &reply.data[..8192]
-        } else {
-            &reply.data[..]
-        };
+        let data = &step.reply.data[..step.reply.data.len().min(8192)];
         st.emit(&bhs, data);
         st.max_adv = max_cmdsn;
-        if status != 0 {
-            log::warn!(
-                "iscsi: connection {} from {}: login of {initiator:?} to {target_name:?} failed with status {status:#06x}",
-                self.id,
-                self.peer
-            );
-            st.close_after_flush = true;
-            return Handled::Done;
-        }
-        if !reply.full_feature {
-            return Handled::Done;
-        }
+    }
+
+    /// The login completed: the full feature phase with its parameters, the
+    /// session registered (an older one of the same I_T nexus reinstated).
+    fn start_session(&self, st: &mut St, step: LoginStep) {
+        let LoginStep {
+            tsih,
+            session_type,
+            params,
+            initiator,
+            target: target_name,
+            ..
+        } = step;
         // Full feature phase: digests apply from the next PDU.
         st.dig = Digests {
             header: params.header_digest,
@@ -114,7 +157,6 @@ impl Conn {
             self.peer,
             st.dig
         );
-        Handled::Done
     }
 
     /// Session reinstatement: an older session of the same initiator port and
