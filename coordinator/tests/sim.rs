@@ -1277,6 +1277,12 @@ fn an_attached_plex_is_copied_chunk_by_chunk_under_fences_then_active() {
 fn a_member_joining_during_a_chunk_copy_gets_the_chunk_copied_again() {
     let mut sim = traced_cluster(3);
     sim.crash(C);
+    let gone = sim.run_until(5_000, |s| {
+        s.core(A)
+            .and_then(|c| c.view())
+            .is_some_and(|v| !v.contains(C))
+    });
+    assert!(gone, "C stayed in the view:\n{}", sim.trace_text());
     settle(&mut sim, &[A, B]);
     with_stale_plex(&mut sim, &[A, B]);
     // The master's first copy stays between its read and its write.

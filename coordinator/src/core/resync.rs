@@ -177,9 +177,6 @@ impl<M: ConfigModel> Node<M> {
                 token.view, view.id
             ));
         }
-        if from != me && self.suspected.contains(&from) {
-            return Some(format!("master node {} is gone", self.name(from)));
-        }
         if self.stopping {
             return Some("shutting down".into());
         }
@@ -369,7 +366,6 @@ impl<M: ConfigModel> Node<M> {
                     .view
                     .as_ref()
                     .is_none_or(|v| v.master != h.holder || v.id != h.token.view)
-                || (h.holder != me && self.suspected.contains(&h.holder))
             {
                 Some(format!(
                     "node {} is no longer this node's master in view {}",
