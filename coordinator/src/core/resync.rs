@@ -155,7 +155,6 @@ impl<M: ConfigModel> Node<M> {
         volume: &str,
         plex: &str,
     ) -> Option<String> {
-        let me = self.cfg.me;
         let Some(view) = self
             .view
             .as_ref()
