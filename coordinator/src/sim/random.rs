@@ -177,8 +177,24 @@ fn run(seed: u64, steps: u64, trace: bool) -> Result<RunStats, String> {
 }
 
 /// Resync seeds: a plex detached (an I/O error) where a volume has two ACTIVE
-/// ones, a STALE plex attached again (SYNCING, resynced by the master).
+/// ones, a STALE plex attached again (SYNCING, resynced by the master), and faults
+/// aimed at the copying master mid-copy.
 fn inject_resync(sim: &mut Sim, rng: &mut StdRng) {
+    // A fault aimed at a copy in flight: its master frozen, crashed (whole node or
+    // coordinator only) or cut off between the copy's read and its write.
+    if let Some(c) = sim.copies_in_flight().first().cloned() {
+        if rng.gen_bool(0.1) {
+            match rng.gen_range(0..4) {
+                0 => {
+                    let ms = rng.gen_range(100..=3 * sim.config().lease_ms);
+                    sim.freeze(c.node, ms);
+                }
+                1 => sim.crash(c.node),
+                2 => sim.crash_coordinator(c.node),
+                _ => sim.partition(&[c.node]),
+            }
+        }
+    }
     let up: Vec<NodeId> = sim.ids().into_iter().filter(|&id| sim.is_up(id)).collect();
     if up.is_empty() || !rng.gen_bool(0.05) {
         return;
