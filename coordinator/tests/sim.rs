@@ -67,6 +67,7 @@ fn random_schedules_keep_the_invariants() {
                 cov.chunks_raced += c.chunks_raced;
                 cov.copies_refused += c.copies_refused;
                 cov.resyncs_done += c.resyncs_done;
+                cov.copy_faults += c.copy_faults;
                 disk_seeds += usize::from(s.quorum_disk);
                 resync_seeds += usize::from(s.resync);
             }

@@ -156,6 +156,8 @@ pub struct Coverage {
     pub copies_refused: usize,
     /// Plexes a resync made ACTIVE.
     pub resyncs_done: usize,
+    /// Faults aimed at a copying master between a copy's read and its write.
+    pub copy_faults: usize,
 }
 
 #[derive(Debug)]
@@ -321,6 +323,9 @@ pub struct Sim {
     committed: BTreeMap<u64, ToyConfig>,
     /// Resync copies between their read and their write.
     copies: Vec<CopyInFlight>,
+    /// Share (percent) of copies whose node is frozen, crashed or cut off as soon
+    /// as the copy starts.
+    copy_fault_percent: u32,
     /// (volume, plex) → chunks whose content equals the ACTIVE plexes' (copied
     /// with no unfenced writer meanwhile, and no write missed the plex since).
     synced: BTreeMap<(String, String), BTreeSet<u64>>,
@@ -379,6 +384,7 @@ impl Sim {
             deferred: BTreeSet::new(),
             committed: BTreeMap::new(),
             copies: Vec::new(),
+            copy_fault_percent: 0,
             synced: BTreeMap::new(),
             events: 0,
             coverage: Coverage::default(),
@@ -1280,6 +1286,26 @@ impl Sim {
                             result: Ok(()),
                         },
                     );
+                    if self.copy_fault_percent > 0
+                        && self.rng.gen_range(0..100) < self.copy_fault_percent
+                    {
+                        self.coverage.copy_faults += 1;
+                        match self.rng.gen_range(0..4) {
+                            0 => {
+                                let ms = self.rng.gen_range(100..=3 * self.cfg.lease_ms);
+                                self.freeze(id, ms);
+                            }
+                            1 => {
+                                self.crash(id);
+                                return;
+                            }
+                            2 => {
+                                self.crash_coordinator(id);
+                                return;
+                            }
+                            _ => self.partition(&[id]),
+                        }
+                    }
                 }
                 Action::ResyncProgress {
                     plex,
@@ -1621,6 +1647,12 @@ impl Sim {
             .get(&(volume.to_string(), plex.to_string()))
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// Freezes, crashes or cuts off a node as soon as it starts a resync copy, for
+    /// `percent` of the copies (the random schedules' resync seeds).
+    pub fn set_copy_fault_percent(&mut self, percent: u32) {
+        self.copy_fault_percent = percent.min(100);
     }
 
     /// A client asks node `id` to attach STALE `plex` of `volume` again (SYNCING).

@@ -29,6 +29,10 @@ pub struct RunStats {
     pub resync: bool,
 }
 
+/// In resync seeds, the share (percent) of copies whose master is frozen, crashed or
+/// cut off between the copy's read and its write.
+pub const COPY_FAULT_PERCENT: u32 = 25;
+
 /// Share of the seeds (percent) whose schedule detaches and attaches plexes
 /// (resyncs under fences, with every fault of the other seeds).
 pub const RESYNC_PERCENT: u32 = 50;
@@ -78,6 +82,9 @@ fn run(seed: u64, steps: u64, trace: bool) -> Result<RunStats, String> {
     cfg.quorum_disk = quorum_disk;
     cfg.kernel_refuse_percent = 2;
     let mut sim = Sim::new(cfg);
+    if resync {
+        sim.set_copy_fault_percent(COPY_FAULT_PERCENT);
+    }
     let mut stats = RunStats::default();
     for id in 1..=nodes {
         if rng.gen_bool(0.3) {
@@ -121,6 +128,7 @@ fn run(seed: u64, steps: u64, trace: bool) -> Result<RunStats, String> {
     // Quiet period: no new faults, the network whole, every node thawed, back up
     // and with working disks.
     sim.heal();
+    sim.set_copy_fault_percent(0);
     for id in 1..=nodes {
         sim.thaw(id);
         sim.node_mut(id).armed = None;
@@ -177,26 +185,11 @@ fn run(seed: u64, steps: u64, trace: bool) -> Result<RunStats, String> {
 }
 
 /// Resync seeds: a plex detached (an I/O error) where a volume has two ACTIVE
-/// ones, a STALE plex attached again (SYNCING, resynced by the master), and faults
-/// aimed at the copying master mid-copy.
+/// ones, a STALE plex attached again (SYNCING, resynced by the master); faults
+/// aimed at the copying master mid-copy come from [`Sim::set_copy_fault_percent`].
 fn inject_resync(sim: &mut Sim, rng: &mut StdRng) {
-    // A fault aimed at a copy in flight: its master frozen, crashed (whole node or
-    // coordinator only) or cut off between the copy's read and its write.
-    if let Some(c) = sim.copies_in_flight().first().cloned() {
-        if rng.gen_bool(0.1) {
-            match rng.gen_range(0..4) {
-                0 => {
-                    let ms = rng.gen_range(100..=3 * sim.config().lease_ms);
-                    sim.freeze(c.node, ms);
-                }
-                1 => sim.crash(c.node),
-                2 => sim.crash_coordinator(c.node),
-                _ => sim.partition(&[c.node]),
-            }
-        }
-    }
     let up: Vec<NodeId> = sim.ids().into_iter().filter(|&id| sim.is_up(id)).collect();
-    if up.is_empty() || !rng.gen_bool(0.05) {
+    if up.is_empty() || !rng.gen_bool(0.2) {
         return;
     }
     let id = up[rng.gen_range(0..up.len())];
