@@ -3,7 +3,9 @@
 //! leave), disk writes and reads, local checks, private disk-group transactions,
 //! resync fences and the reconnection to a lost data plane.
 //!
-//! It owns the data-plane adapter ([`Kernel`]) and the fence table ([`Fences`]), so
+//! It owns the data-plane adapter ([`Kernel`]) and the private groups' fence table
+//! ([`Fences`]; the shared groups' fences are the core's, which asks for their
+//! quiesces, resumes and chunk copies as jobs), so
 //! every call that changes the data plane runs here, one after the other, in the
 //! order the main loop submitted them (a FIFO of [`Job`]s). Each job answers one
 //! [`Done`] on the completion channel, in the same order, and wakes the main loop
@@ -11,8 +13,8 @@
 //!
 //! Meanwhile the main loop keeps ticking: heartbeats leave, peers and `plexctl` are
 //! answered, and the data-plane lease is renewed by its own thread ([`super::lease`]).
-//! Between jobs (and at least every [`FENCE_EXPIRY_PERIOD`]) the driver breaks fences
-//! whose lease ran out or whose holder is no longer the master.
+//! Between jobs (and at least every [`FENCE_EXPIRY_PERIOD`]) the driver breaks the
+//! private fences whose lease ran out.
 
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
@@ -35,7 +37,7 @@ use crate::objects::{Change, ClusterConfig, DiskGroupConfig, ExportProtocol};
 /// Jobs submitted to the driver and not yet answered, at most; the main loop waits
 /// for the driver when it would submit more (see [`DriverHandle::submit`]).
 pub const DRIVER_QUEUE_DEPTH: usize = 256;
-/// How often an idle driver checks the fences' leases and holders.
+/// How often an idle driver checks the private fences' leases.
 pub const FENCE_EXPIRY_PERIOD: Duration = Duration::from_millis(100);
 
 /// One piece of slow work. Each carries the snapshot of the main loop's state it

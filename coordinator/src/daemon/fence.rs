@@ -1,24 +1,20 @@
-//! Resync fences: a cluster-wide quiesce of one volume for the copy of one chunk.
+//! Private disk groups' resync fences: a quiesce of one volume on this node for the
+//! copy of one chunk.
 //!
 //! A resync copies a chunk from an ACTIVE plex's disks to the SYNCING plex's disks.
-//! A host write to that chunk through *any* node between the copy's read and its
-//! write would be overwritten on the SYNCING plex with older data. So for each chunk
-//! the resyncing node (the master, for a shared group) holds a *fence* on every member
-//! of its view: each node quiesces the volume on its own data plane (host I/O is
-//! parked, not failed) and answers; the master copies; then it releases the fences.
+//! A host write to that chunk between the copy's read and its write would be
+//! overwritten on the SYNCING plex with older data, so the copy runs while this node
+//! (the only one serving a private group) holds the volume quiesced (host I/O parked,
+//! not failed). A fence never blocks for long: the driver breaks it (resumes I/O)
+//! when a kernel phase or a private transaction needs the data plane, or when
+//! [`FENCE_LEASE`] runs out; the release then answers "broken" and the chunk is
+//! copied again.
 //!
-//! A fence never blocks a node for long. The node breaks it (resumes I/O) when a
-//! transaction's kernel phase needs the volume, when the fence's holder is no longer
-//! its master, or when [`FENCE_LEASE`] runs out. The release then answers "broken",
-//! and the master copies the chunk again under new fences; it also copies it again
-//! when the view changed during the copy (a joiner was not fenced). A node fences
-//! only for its master and only once it has applied the transaction that made the
-//! plex SYNCING, so every fenced node sends its writes to the SYNCING plex too.
-//!
-//! The shared groups' fences are decided in the protocol core (`core::resync`,
-//! driven by the simulator) and travel as cluster messages; this module keeps the
-//! private groups' own fences: [`Fences`] is the node side (the driver thread's
-//! table), [`Fencer`] the copying side, used by a private group's resync thread.
+//! The shared groups' fences (every member of the view, per chunk) are decided in
+//! the protocol core (`core::resync`, driven by the simulator) and travel as cluster
+//! messages; the driver only quiesces and resumes for them. Here: [`Fences`] is the
+//! node side (the driver thread's table), [`Fencer`] the copying side, used by a
+//! private group's resync thread.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -34,7 +30,7 @@ use crate::core::NodeId;
 pub const FENCE_LEASE: Duration = Duration::from_secs(5);
 /// Drain timeout of a fence's quiesce.
 pub const FENCE_DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
-/// How long one fence call may take (the drain, plus the network).
+/// How long one fence call may take (the drain, plus the main loop's queue).
 pub const FENCE_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a chunk's copy keeps retrying to fence every member.
 pub const FENCE_RETRY_FOR: Duration = Duration::from_secs(60);
