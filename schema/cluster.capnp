@@ -38,7 +38,8 @@ interface Peer extends(Ctl.Ctl) {
   # does not decode is dropped (logged).
   deliver @3 (from :UInt32, incarnation :UInt64, message :Message) -> ();
 
-  # Resync fences (coordinator/src/daemon/fence.rs): `hold` quiesces `volume` (a
+  # Retired: resync fences now travel as `deliver` messages (Message.fence...).
+  # A node answers every call with an error. Was: `hold` quiesces `volume` (a
   # volume bdev, DG.VOL) on this node's data plane for the copy `token` of node
   # `from`, which must be this node's master; this node must have applied
   # transaction minTxnView.minTxnN. A release (`hold` false) resumes it and answers
@@ -238,7 +239,38 @@ struct Message {
     takeoverQuery @15 :TakeoverQuery;
     takeoverInfo @16 :TakeoverInfo;
     view @17 :InstallView;
+    fence @18 :Fence;
+    fenceReply @19 :FenceReply;
+    release @20 :Release;
+    releaseReply @21 :ReleaseReply;
   }
+}
+
+# Resync fences (coordinator/src/core/resync.rs, docs/PROTOCOL.md "Resync fences").
+# An older node drops these kinds: its master's copy is never fenced there and
+# the resync waits (it is retried), which the protocol tolerates.
+struct FenceToken {
+  view @0 :UInt64;            # view id of the master that asked
+  n @1 :UInt64;               # that master's fence counter
+}
+
+struct Fence {
+  token @0 :FenceToken;
+  dg @1 :Text;
+  volume @2 :Text;
+  plex @3 :Text;              # the SYNCING plex the copy is for
+}
+
+struct FenceReply {
+  token @0 :FenceToken;
+  result @1 :Answer;
+}
+
+struct Release { token @0 :FenceToken; }
+
+struct ReleaseReply {
+  token @0 :FenceToken;
+  intact @1 :Bool;            # the fence held from its hold until the release
 }
 
 # ---- plexd's configuration model (coordinator/src/daemon/model.rs) ----

@@ -44,6 +44,7 @@ fn random_schedules_keep_the_invariants() {
     let (mut events, mut acked, mut failed) = (0, 0, 0);
     let mut cov = Coverage::default();
     let mut disk_seeds = 0;
+    let mut resync_seeds = 0;
     for &seed in &seeds {
         match run_seed(seed, steps) {
             Ok(s) => {
@@ -62,7 +63,13 @@ fn random_schedules_keep_the_invariants() {
                 cov.quorum_disk_acquired += c.quorum_disk_acquired;
                 cov.quorum_disk_lost += c.quorum_disk_lost;
                 cov.quorum_disk_takeovers += c.quorum_disk_takeovers;
+                cov.chunks_copied += c.chunks_copied;
+                cov.chunks_raced += c.chunks_raced;
+                cov.copies_refused += c.copies_refused;
+                cov.resyncs_done += c.resyncs_done;
+                cov.copy_faults += c.copy_faults;
                 disk_seeds += usize::from(s.quorum_disk);
+                resync_seeds += usize::from(s.resync);
             }
             Err(e) if keep_going => {
                 eprintln!("seed {seed} FAILED: {}", e.lines().next().unwrap_or(""));
@@ -78,7 +85,9 @@ fn random_schedules_keep_the_invariants() {
             seeds.len()
         );
     }
-    eprintln!("simulator coverage: {cov:?}; {disk_seeds} seeds with a quorum disk");
+    eprintln!(
+        "simulator coverage: {cov:?}; {disk_seeds} seeds with a quorum disk, {resync_seeds} with resyncs"
+    );
     eprintln!(
         "simulator: {} seeds × {steps} steps, {events} events, {acked} changes acknowledged, {failed} refused, in {:.1} s",
         seeds.len(),
@@ -1206,4 +1215,145 @@ fn a_renewal_queued_through_a_freeze_never_overwrites_the_new_holder() {
     assert_eq!(sim.quorum_disk().map(|r| r.owner), Some(B));
     assert!(sim.counts_disk_vote(B));
     settle(&mut sim, &[A, B]);
+}
+
+// ---------------------------------------------------------------------------
+// Resync under fences (core::resync). Volume v1 has four chunks; v1-02 is
+// detached, then attached again (SYNCING) and resynced by the master.
+// ---------------------------------------------------------------------------
+
+use plexd_coordinator::sim::TOY_VOLUME_BYTES;
+
+const CHUNKS: u64 = TOY_VOLUME_BYTES / plexd_coordinator::core::RESYNC_CHUNK_BYTES;
+
+/// A cluster of `ids` with volume v1 of two plexes, v1-02 STALE.
+fn with_stale_plex(sim: &mut Sim, ids: &[u32]) {
+    let r = sim.create(A, "v1", 2);
+    assert_eq!(answer(sim, A, r), Ok(()));
+    let r = sim.plex_io_error(A, "v1", "v1-02");
+    assert_eq!(answer(sim, A, r), Ok(()));
+    settle(sim, ids);
+}
+
+/// Whether v1-02 is ACTIVE on the disk.
+fn resynced(sim: &Sim) -> bool {
+    sim.disk()
+        .is_some_and(|d| d.config.groups["v1"].plexes["v1-02"])
+}
+
+/// Runs until v1-02 is ACTIVE on the disk; checks that every chunk holds the
+/// volume's data, and that no fence or quiesce is left behind.
+fn until_resynced(sim: &mut Sim, ids: &[u32]) {
+    let done = sim.run_until(20_000, resynced);
+    assert_eq!(sim.violation(), None, "{}", sim.trace_text());
+    assert!(done, "v1-02 never became ACTIVE:\n{}", sim.trace_text());
+    assert_eq!(sim.synced("v1", "v1-02"), (0..CHUNKS).collect());
+    settle(sim, ids);
+    sim.run_for(200);
+    for &id in ids {
+        assert!(
+            sim.node(id).kernel.quiesced.is_empty(),
+            "node {id} quiesced"
+        );
+        assert!(
+            sim.core(id).unwrap().fences_held().is_empty(),
+            "node {id} fenced"
+        );
+    }
+}
+
+#[test]
+fn an_attached_plex_is_copied_chunk_by_chunk_under_fences_then_active() {
+    let mut sim = traced_cluster(3);
+    with_stale_plex(&mut sim, &[A, B, C]);
+    let r = sim.attach(B, "v1", "v1-02");
+    assert_eq!(answer(&mut sim, B, r), Ok(()));
+    until_resynced(&mut sim, &[A, B, C]);
+    assert_eq!(sim.coverage.chunks_copied as u64, CHUNKS);
+    assert_eq!(sim.coverage.chunks_raced, 0);
+    assert_eq!(sim.coverage.resyncs_done, 1);
+}
+
+#[test]
+fn a_member_joining_during_a_chunk_copy_gets_the_chunk_copied_again() {
+    let mut sim = traced_cluster(3);
+    sim.crash(C);
+    let gone = sim.run_until(5_000, |s| {
+        s.core(A)
+            .and_then(|c| c.view())
+            .is_some_and(|v| !v.contains(C))
+    });
+    assert!(gone, "C stayed in the view:\n{}", sim.trace_text());
+    settle(&mut sim, &[A, B]);
+    with_stale_plex(&mut sim, &[A, B]);
+    // The master's first copy stays between its read and its write.
+    sim.hold(A, Hold::Copy);
+    let r = sim.attach(A, "v1", "v1-02");
+    assert_eq!(answer(&mut sim, A, r), Ok(()));
+    assert!(sim.run_until(5_000, |s| s.held(A) == 1));
+    // C joins meanwhile: it was not fenced, and its data plane serves v1.
+    sim.start(C);
+    let serving = sim.run_until(5_000, |s| s.writers("v1").contains(&C));
+    assert!(serving, "C never served v1:\n{}", sim.trace_text());
+    sim.release(A);
+    until_resynced(&mut sim, &[A, B, C]);
+    assert_eq!(
+        sim.coverage.chunks_raced, 1,
+        "the raced chunk is copied again"
+    );
+    assert_eq!(sim.coverage.chunks_copied as u64, CHUNKS + 1);
+}
+
+#[test]
+fn a_transaction_during_a_chunk_copy_breaks_the_fences_and_the_chunk_is_copied_again() {
+    let mut sim = traced_cluster(3);
+    with_stale_plex(&mut sim, &[A, B, C]);
+    sim.hold(A, Hold::Copy);
+    let r = sim.attach(A, "v1", "v1-02");
+    assert_eq!(answer(&mut sim, A, r), Ok(()));
+    assert!(sim.run_until(5_000, |s| s.held(A) == 1));
+    // A change's kernel phase needs the data plane on every node: fences break.
+    let r = sim.create(C, "dg2", 1);
+    assert_eq!(answer(&mut sim, C, r), Ok(()));
+    assert!(!sim.writers("v1").is_empty());
+    sim.release(A);
+    until_resynced(&mut sim, &[A, B, C]);
+    assert!(sim.coverage.chunks_raced >= 1);
+}
+
+#[test]
+fn a_fence_whose_lease_runs_out_gets_the_chunk_copied_again() {
+    let mut sim = traced_cluster(3);
+    with_stale_plex(&mut sim, &[A, B, C]);
+    sim.hold(A, Hold::Copy);
+    let r = sim.attach(A, "v1", "v1-02");
+    assert_eq!(answer(&mut sim, A, r), Ok(()));
+    assert!(sim.run_until(5_000, |s| s.held(A) == 1));
+    // A copy slower than the fence lease: B and C resume I/O on their own.
+    let resumed = sim.run_until(10_000, |s| s.writers("v1").contains(&B));
+    assert!(resumed, "B kept its fence:\n{}", sim.trace_text());
+    sim.release(A);
+    until_resynced(&mut sim, &[A, B, C]);
+    assert!(sim.coverage.chunks_raced >= 1);
+}
+
+#[test]
+fn a_master_frozen_mid_copy_never_lands_its_copy_after_the_new_master_resynced() {
+    let mut sim = traced_cluster(3);
+    with_stale_plex(&mut sim, &[A, B, C]);
+    let r = sim.attach(B, "v1", "v1-02");
+    assert_eq!(answer(&mut sim, B, r), Ok(()));
+    // Freeze A between a copy's read and its write, for three leases.
+    assert!(sim.run_until(5_000, |s| s.copies_in_flight().iter().any(|c| c.node == A)));
+    sim.freeze(A, 3 * sim.config().lease_ms);
+    // B takes over, starts the resync again and makes v1-02 ACTIVE.
+    let done = sim.run_until(20_000, |s| s.master() == Some(B) && resynced(s));
+    assert_eq!(sim.violation(), None, "{}", sim.trace_text());
+    assert!(done, "B did not finish the resync:\n{}", sim.trace_text());
+    // A thaws: its copy's write is refused (past its lease), it rejoins.
+    settle(&mut sim, &[A, B, C]);
+    assert_eq!(sim.violation(), None, "{}", sim.trace_text());
+    assert_eq!(sim.coverage.copies_refused, 1);
+    assert!(sim.copies_in_flight().is_empty());
+    assert_eq!(sim.synced("v1", "v1-02"), (0..CHUNKS).collect());
 }

@@ -18,7 +18,8 @@ use plexd_proto::cluster_capnp as wire;
 use plexd_proto::ctl_capnp::ErrorKind as WireKind;
 
 use super::messages::{
-    Echo, Message, NodeId, Origin, RequestId, TxnId, TxnState, View, WireRequest, MAX_MESSAGE_BYTES,
+    Echo, FenceToken, Message, NodeId, Origin, RequestId, TxnId, TxnState, View, WireRequest,
+    MAX_MESSAGE_BYTES,
 };
 use super::ErrorKind;
 
@@ -243,6 +244,29 @@ impl Message {
                     r.set_reason(reason.as_str());
                 }
             }
+            Message::Fence {
+                token,
+                dg,
+                volume,
+                plex,
+            } => {
+                let mut f = b.init_fence();
+                write_token(token, f.reborrow().init_token());
+                f.set_dg(dg.as_str());
+                f.set_volume(volume.as_str());
+                f.set_plex(plex.as_str());
+            }
+            Message::FenceReply { token, result } => {
+                let mut f = b.init_fence_reply();
+                write_token(token, f.reborrow().init_token());
+                write_result(result, f.init_result());
+            }
+            Message::Release { token } => write_token(token, b.init_release().init_token()),
+            Message::ReleaseReply { token, intact } => {
+                let mut r = b.init_release_reply();
+                write_token(token, r.reborrow().init_token());
+                r.set_intact(*intact);
+            }
         }
     }
 
@@ -282,6 +306,18 @@ fn write_txn(t: &TxnId, mut b: wire::txn_id::Builder<'_>) {
 fn write_echo(e: &Echo, mut b: wire::echo::Builder<'_>) {
     b.set_incarnation(e.incarnation);
     b.set_stamp_ms(e.stamp_ms);
+}
+
+fn write_token(t: &FenceToken, mut b: wire::fence_token::Builder<'_>) {
+    b.set_view(t.view);
+    b.set_n(t.n);
+}
+
+fn read_token(r: wire::fence_token::Reader<'_>) -> FenceToken {
+    FenceToken {
+        view: r.get_view(),
+        n: r.get_n(),
+    }
 }
 
 fn write_txn_state(t: &TxnState, mut b: wire::txn_state::Builder<'_>) {
@@ -590,6 +626,32 @@ fn read_message(r: wire::message::Reader<'_>) -> capnp::Result<Message> {
                 reasons,
             }
         }
+        Which::Fence(f) => {
+            let f = f?;
+            Message::Fence {
+                token: read_token(f.get_token()?),
+                dg: text(f.get_dg())?,
+                volume: text(f.get_volume())?,
+                plex: text(f.get_plex())?,
+            }
+        }
+        Which::FenceReply(f) => {
+            let f = f?;
+            Message::FenceReply {
+                token: read_token(f.get_token()?),
+                result: read_result(f.get_result()?)?,
+            }
+        }
+        Which::Release(r) => Message::Release {
+            token: read_token(r?.get_token()?),
+        },
+        Which::ReleaseReply(r) => {
+            let r = r?;
+            Message::ReleaseReply {
+                token: read_token(r.get_token()?),
+                intact: r.get_intact(),
+            }
+        }
     })
 }
 
@@ -797,6 +859,30 @@ mod tests {
                 last_txn: TxnId::default(),
                 reasons: Vec::new(),
             },
+            Message::Fence {
+                token: FenceToken { view: 7, n: 3 },
+                dg: "dg1".into(),
+                volume: "v1".into(),
+                plex: "v1-02".into(),
+            },
+            Message::FenceReply {
+                token: FenceToken { view: 7, n: 3 },
+                result: Err("node c: plex v1-02 is not SYNCING here".into()),
+            },
+            Message::FenceReply {
+                token: FenceToken::default(),
+                result: Ok(()),
+            },
+            Message::Release {
+                token: FenceToken {
+                    view: u64::MAX,
+                    n: 1,
+                },
+            },
+            Message::ReleaseReply {
+                token: FenceToken { view: 7, n: 3 },
+                intact: true,
+            },
         ]
     }
 
@@ -804,7 +890,7 @@ mod tests {
     fn every_message_kind_round_trips() {
         let samples = samples();
         let kinds: std::collections::BTreeSet<_> = samples.iter().map(|m| m.kind()).collect();
-        assert_eq!(kinds.len(), 17, "a sample of every kind: {kinds:?}");
+        assert_eq!(kinds.len(), 21, "a sample of every kind: {kinds:?}");
         for m in &samples {
             let bytes = m.encode();
             assert_eq!(bytes.len() % 8, 0);

@@ -436,6 +436,19 @@ impl<M: ConfigModel> Node<M> {
                 last_txn,
                 reasons,
             } => self.on_view(now_ms, from, view, config_seq, last_txn, reasons),
+            Message::Fence {
+                token,
+                dg,
+                volume,
+                plex,
+            } => self.on_fence(now_ms, from, token, dg, volume, plex),
+            Message::FenceReply { token, result } => {
+                self.copier_on_fence_reply(now_ms, from, token, result)
+            }
+            Message::Release { token } => self.on_release(now_ms, from, token),
+            Message::ReleaseReply { token, intact } => {
+                self.copier_on_release_reply(now_ms, from, token, intact)
+            }
         }
     }
 

@@ -33,6 +33,23 @@ impl fmt::Display for TxnId {
     }
 }
 
+/// A resync fence's identifier: the view of the master that asked for it and a
+/// counter of that master's fences. A node holds a fence only for its master's
+/// current view, so a token of an older view is stale wherever it arrives.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FenceToken {
+    /// View id of the master that asked.
+    pub view: u64,
+    /// Counter of that master's fences, from 1.
+    pub n: u64,
+}
+
+impl fmt::Display for FenceToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.view, self.n)
+    }
+}
+
 /// A client request's identifier, chosen by the driver; unique per node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RequestId(pub u64);
@@ -303,6 +320,40 @@ pub enum Message {
         /// Last failure reasons per node (abandoned joins), for `cluster status`.
         reasons: Vec<(NodeId, String)>,
     },
+    /// Master → members (resync): quiesce `volume` for the copy of one chunk of
+    /// SYNCING `plex` (docs/PROTOCOL.md, "Resync fences").
+    Fence {
+        /// The copy's fence.
+        token: FenceToken,
+        /// Disk group.
+        dg: String,
+        /// Volume.
+        volume: String,
+        /// The SYNCING plex: the member must hold it SYNCING (it applied the
+        /// transaction that made it so, so its writes reach it).
+        plex: String,
+    },
+    /// Member → master: the fence is held (the volume is quiesced here, or this
+    /// node does not serve it), or why not.
+    FenceReply {
+        /// The fence.
+        token: FenceToken,
+        /// Ok, or why this node refuses or cannot quiesce.
+        result: Result<(), String>,
+    },
+    /// Master → members: the chunk is copied (or given up); resume the volume.
+    Release {
+        /// The fence.
+        token: FenceToken,
+    },
+    /// Member → master: whether the fence held from its hold until the release.
+    ReleaseReply {
+        /// The fence.
+        token: FenceToken,
+        /// False: it was broken (a kernel phase, a view change, its lease) or never
+        /// held: the chunk is copied again.
+        intact: bool,
+    },
 }
 
 impl Message {
@@ -354,6 +405,10 @@ impl Message {
             Message::TakeoverQuery { .. } => "TakeoverQuery",
             Message::TakeoverInfo { .. } => "TakeoverInfo",
             Message::View { .. } => "View",
+            Message::Fence { .. } => "Fence",
+            Message::FenceReply { .. } => "FenceReply",
+            Message::Release { .. } => "Release",
+            Message::ReleaseReply { .. } => "ReleaseReply",
         }
     }
 }

@@ -14,16 +14,22 @@ mod messages;
 mod model;
 mod qdisk;
 mod quorum;
+mod resync;
 mod txn;
 
 pub use codec::PROTOCOL_VERSION;
 pub use error::{ErrorKind, RequestError};
 pub use messages::{
-    Echo, Message, NodeId, Origin, RequestId, TxnId, TxnState, View, WireRequest, MAX_MESSAGE_BYTES,
+    Echo, FenceToken, Message, NodeId, Origin, RequestId, TxnId, TxnState, View, WireRequest,
+    MAX_MESSAGE_BYTES,
 };
-pub use model::ConfigModel;
+pub use model::{ConfigModel, SyncingPlex};
 pub use qdisk::{QuorumDiskRecord, QuorumDiskStatus};
 pub use quorum::Quorum;
+pub use resync::{
+    MAX_FENCES, MAX_RESYNCS, RESYNC_CHUNK_BYTES, RESYNC_PROGRESS_EVERY_CHUNKS, RESYNC_REQUEST_BASE,
+    RESYNC_RETRY_MS,
+};
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -116,13 +122,16 @@ pub struct NodeConfig {
     /// A quorum disk is configured (the cluster file's `quorum_disk`): it gives one
     /// more vote, to the node holding its lease (`core::qdisk`).
     pub quorum_disk: bool,
+    /// Longest a node keeps a resync fence (its volume quiesced) before it breaks it
+    /// on its own (`core::resync`).
+    pub fence_lease_ms: u64,
 }
 
 impl NodeConfig {
     /// Settings with incarnation 0 (set it) and the defaults: heartbeats every 500 ms, a peer is gone after
     /// 2000 ms of silence, form after 2000 ms, retry an abandoned join after 30 s,
     /// a 5 s data-plane lease waited out with a 500 ms margin, 15 s for a member's
-    /// answer to CHECK or PREPARE.
+    /// answer to CHECK or PREPARE, resync fences kept 5 s at most.
     pub fn new(me: NodeId, nodes: Vec<NodeInfo>) -> NodeConfig {
         NodeConfig {
             me,
@@ -137,6 +146,7 @@ impl NodeConfig {
             reply_timeout_ms: 15_000,
             member_ago_at_start_ms: None,
             quorum_disk: false,
+            fence_lease_ms: 5000,
         }
     }
 
@@ -167,6 +177,13 @@ pub enum Request<M: ConfigModel> {
         volume: String,
         /// Plex name.
         plex: String,
+    },
+    /// The master's own: make `plex` ACTIVE, its resync `gen` copied every chunk.
+    ResyncDone {
+        /// The plex.
+        plex: SyncingPlex,
+        /// The resync (a restarted one does not count).
+        gen: u64,
     },
 }
 
@@ -256,6 +273,29 @@ pub enum Event<M: ConfigModel> {
         /// [`WRITE_DEADLINE`]).
         result: Result<(), String>,
     },
+    /// Result of [`Action::Quiesce`].
+    Quiesced {
+        /// Disk group.
+        dg: String,
+        /// Volume.
+        volume: String,
+        /// The fence, from the action.
+        token: FenceToken,
+        /// Ok once the volume's I/O is drained and parked (or this data plane does
+        /// not serve the volume); the error otherwise.
+        result: Result<(), String>,
+    },
+    /// Result of [`Action::CopyChunk`].
+    ChunkCopied {
+        /// The fence, from the action.
+        token: FenceToken,
+        /// Ok once the chunk is written; the error otherwise (the deadline passed:
+        /// [`WRITE_DEADLINE`]).
+        result: Result<(), String>,
+    },
+    /// The connection to the data plane broke: its quiesces are gone (every fence
+    /// this node holds is broken).
+    DataPlaneLost,
     /// Stop cleanly: refuse new requests, wait for an in-progress reconfiguration
     /// (join, takeover, transaction, answers to forwarded requests), then
     /// [`Action::ShutdownReady`].
@@ -380,6 +420,57 @@ pub enum Action<M: ConfigModel> {
     },
     /// The clean shutdown may proceed (no reconfiguration in progress).
     ShutdownReady,
+    /// Resync fence: quiesce `volume` (its host I/O parked, in-flight I/O drained)
+    /// on this node's data plane; answer with [`Event::Quiesced`]. A volume the data
+    /// plane does not serve is Ok.
+    Quiesce {
+        /// Disk group.
+        dg: String,
+        /// Volume.
+        volume: String,
+        /// The fence (echoed in the event).
+        token: FenceToken,
+    },
+    /// Resume `volume`'s I/O after a fence (no answer; a volume not quiesced or
+    /// not served is no error).
+    Resume {
+        /// Disk group.
+        dg: String,
+        /// Volume.
+        volume: String,
+    },
+    /// Master: copy `len_bytes` of `volume` at `offset_bytes` from an ACTIVE plex
+    /// to SYNCING `plex` (every member holds a fence); answer with
+    /// [`Event::ChunkCopied`].
+    CopyChunk {
+        /// The fence the copy runs under (echoed in the event).
+        token: FenceToken,
+        /// Disk group.
+        dg: String,
+        /// Volume.
+        volume: String,
+        /// The SYNCING plex.
+        plex: String,
+        /// Volume offset.
+        offset_bytes: u64,
+        /// Bytes.
+        len_bytes: u64,
+        /// This node's clock: the copy's write does not start from then on (the
+        /// driver answers [`WRITE_DEADLINE`]): the master's lease when it asked,
+        /// moving on with its lease as the driver last heard of it (as
+        /// [`Action::WriteDisks`] with `lease_extends`).
+        deadline_ms: u64,
+    },
+    /// Master: a resync started, progressed or ended (for the task list).
+    ResyncProgress {
+        /// The plex.
+        plex: SyncingPlex,
+        /// Bytes copied under fences so far.
+        done_bytes: u64,
+        /// Some once it ended here: Ok when every chunk is copied and the plex is no
+        /// longer SYNCING; the error when it stopped (plex detached, no longer master).
+        finished: Option<Result<(), String>>,
+    },
 }
 
 /// A node's role, for `cluster status`.
@@ -555,6 +646,10 @@ pub struct Node<M: ConfigModel> {
     membership_recorded_until_ms: u64,
     /// The quorum disk's lease (idle when none is configured).
     qdisk: qdisk::QDisk,
+    /// The master's resyncs (empty on other nodes).
+    copier: resync::Copier,
+    /// The resync fences this node holds.
+    fences: resync::Fences,
     /// The time of the event being handled (or the last one): this node's clock.
     clock_ms: u64,
     stopping: bool,
@@ -614,6 +709,8 @@ impl<M: ConfigModel> Node<M> {
             was_member_ms,
             membership_recorded_until_ms: 0,
             qdisk: qdisk::QDisk::new(),
+            copier: resync::Copier::default(),
+            fences: resync::Fences::default(),
             clock_ms: now_ms,
             stopping: false,
             out: Vec::new(),
@@ -667,11 +764,21 @@ impl<M: ConfigModel> Node<M> {
             Event::KernelLoaded { result } => self.on_kernel_loaded(now_ms, result),
             Event::QuorumDiskRead { op, result } => self.on_qdisk_read(now_ms, op, result),
             Event::QuorumDiskWritten { op, result } => self.on_qdisk_written(now_ms, op, result),
+            Event::Quiesced {
+                dg,
+                volume,
+                token,
+                result,
+            } => self.on_quiesced(now_ms, dg, volume, token, result),
+            Event::ChunkCopied { token, result } => self.on_chunk_copied(now_ms, token, result),
+            Event::DataPlaneLost => self.fences_lost(),
             Event::Shutdown => self.stopping = true,
         }
         self.answer_takeover_queries(now_ms);
         self.maybe_finish_shutdown();
         self.qdisk_poll(now_ms);
+        self.resync_poll(now_ms);
+        self.fences_check(now_ms);
         std::mem::take(&mut self.out)
     }
 

@@ -4,6 +4,20 @@ use std::fmt::Debug;
 
 use super::RequestError;
 
+/// A plex being brought back into its volume (SYNCING: it takes every new write, on
+/// every node, and the master copies the rest to it chunk by chunk under fences).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SyncingPlex {
+    /// Disk group.
+    pub dg: String,
+    /// Volume.
+    pub volume: String,
+    /// The SYNCING plex.
+    pub plex: String,
+    /// Bytes to copy (the volume's size).
+    pub size_bytes: u64,
+}
+
 /// A disk group configuration database, as far as the protocol needs to know it.
 ///
 /// The core never looks inside a configuration: it validates changes through this
@@ -28,6 +42,19 @@ pub trait ConfigModel: Clone + Eq + Debug + Default {
     /// policy). `Ok(None)`: nothing to do (already detached). An error refuses the
     /// detach, e.g. because it is the volume's last ACTIVE plex.
     fn detach_plex(&self, volume: &str, plex: &str) -> Result<Option<Self::Change>, RequestError>;
+
+    /// The SYNCING plexes of the shared disk groups, which the master resyncs
+    /// (`core::resync`). None by default.
+    fn syncing_plexes(&self) -> Vec<SyncingPlex> {
+        Vec::new()
+    }
+
+    /// The change that makes `plex` ACTIVE once every chunk of it was copied under a
+    /// fence. `Ok(None)`: nothing to do (it is no longer SYNCING).
+    fn resync_done(&self, plex: &SyncingPlex) -> Result<Option<Self::Change>, RequestError> {
+        let _ = plex;
+        Ok(None)
+    }
 
     /// Serialises the configuration.
     fn encode(&self) -> Vec<u8>;

@@ -161,6 +161,10 @@ impl<M: ConfigModel> Node<M> {
                     let body = match req {
                         Request::Change(c) => WireRequest::Change(M::encode_change(&c)),
                         Request::DetachPlex { volume, plex } => WireRequest::DetachPlex { volume, plex },
+                        Request::ResyncDone { .. } => {
+                            let err = format!("node {}: a resync's ACTIVE change is only made by the master", self.me_name());
+                            return self.reply(request, Err(RequestError::new(ErrorKind::Internal, self.me_name(), err)));
+                        }
                     };
                     self.forwards.insert(
                         request,
@@ -237,7 +241,7 @@ impl<M: ConfigModel> Node<M> {
         );
     }
 
-    fn master_enqueue(&mut self, now_ms: u64, origin: Origin, req: Request<M>) {
+    pub(super) fn master_enqueue(&mut self, now_ms: u64, origin: Origin, req: Request<M>) {
         let Some(ms) = self.master.as_mut() else {
             return;
         };
@@ -255,7 +259,9 @@ impl<M: ConfigModel> Node<M> {
 
     /// Sends a request's final result to its origin.
     fn finish_request(&mut self, origin: Origin, result: Result<(), RequestError>) {
-        if origin.node == self.cfg.me {
+        if origin.node == self.cfg.me && origin.request.0 >= resync::RESYNC_REQUEST_BASE {
+            self.resync_done_outcome(origin.request, result);
+        } else if origin.node == self.cfg.me {
             self.reply(origin.request, result);
         } else {
             self.send(origin.node, Self::outcome(origin.request, result));
@@ -424,6 +430,23 @@ impl<M: ConfigModel> Node<M> {
             Request::Change(c) => c,
             Request::DetachPlex { volume, plex } => {
                 match self.committed.config.detach_plex(&volume, &plex) {
+                    Ok(Some(c)) => c,
+                    Ok(None) => return self.finish_request(origin, Ok(())),
+                    Err(e) => return self.fail_request(origin, None, e.on(&self.me_name())),
+                }
+            }
+            Request::ResyncDone { plex, gen } => {
+                if !self.resync_done_valid(&plex, gen) {
+                    let err = format!(
+                        "node {}: the resync of plex {} of volume {} started again before it became ACTIVE",
+                        self.me_name(),
+                        plex.plex,
+                        plex.volume
+                    );
+                    let err = RequestError::new(ErrorKind::Refused, self.me_name(), err);
+                    return self.finish_request(origin, Err(err));
+                }
+                match self.committed.config.resync_done(&plex) {
                     Ok(Some(c)) => c,
                     Ok(None) => return self.finish_request(origin, Ok(())),
                     Err(e) => return self.fail_request(origin, None, e.on(&self.me_name())),

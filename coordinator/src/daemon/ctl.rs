@@ -968,41 +968,13 @@ impl peer::Server for NodeServer {
 
     async fn fence(
         self: Rc<Self>,
-        params: peer::FenceParams,
+        _params: peer::FenceParams,
         mut results: peer::FenceResults,
     ) -> Result<(), capnp::Error> {
-        let p = params.get()?;
-        let (tx, rx) = smol::channel::bounded(1);
-        let input = Input::Fence {
-            from: p.get_from(),
-            volume: p.get_volume()?.to_string()?,
-            hold: p.get_hold(),
-            token: p.get_token(),
-            min_txn: crate::core::TxnId {
-                view: p.get_min_txn_view(),
-                n: p.get_min_txn_n(),
-            },
-            reply: tx,
-        };
-        let answer = if self.inputs.try_send(input).is_err() {
-            Err("the daemon is busy or stopping; try again".to_string())
-        } else {
-            let timeout = async {
-                smol::Timer::after(CALL_TIMEOUT).await;
-                Err(format!("no answer within {} s", CALL_TIMEOUT.as_secs()))
-            };
-            let answer = async {
-                rx.recv()
-                    .await
-                    .unwrap_or_else(|_| Err("the daemon is stopping".into()))
-            };
-            smol::future::or(answer, timeout).await
-        };
-        let mut r = results.get();
-        match answer {
-            Ok(intact) => r.set_intact(intact),
-            Err(e) => r.set_error(e.as_str()),
-        }
+        // Retired: resync fences travel as cluster messages (`core::resync`).
+        results
+            .get()
+            .set_error("Peer.fence is retired: resync fences travel as cluster messages");
         Ok(())
     }
 }

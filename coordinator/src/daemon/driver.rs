@@ -3,7 +3,9 @@
 //! leave), disk writes and reads, local checks, private disk-group transactions,
 //! resync fences and the reconnection to a lost data plane.
 //!
-//! It owns the data-plane adapter ([`Kernel`]) and the fence table ([`Fences`]), so
+//! It owns the data-plane adapter ([`Kernel`]) and the private groups' fence table
+//! ([`Fences`]; the shared groups' fences are the core's, which asks for their
+//! quiesces, resumes and chunk copies as jobs), so
 //! every call that changes the data plane runs here, one after the other, in the
 //! order the main loop submitted them (a FIFO of [`Job`]s). Each job answers one
 //! [`Done`] on the completion channel, in the same order, and wakes the main loop
@@ -11,8 +13,8 @@
 //!
 //! Meanwhile the main loop keeps ticking: heartbeats leave, peers and `plexctl` are
 //! answered, and the data-plane lease is renewed by its own thread ([`super::lease`]).
-//! Between jobs (and at least every [`FENCE_EXPIRY_PERIOD`]) the driver breaks fences
-//! whose lease ran out or whose holder is no longer the master.
+//! Between jobs (and at least every [`FENCE_EXPIRY_PERIOD`]) the driver breaks the
+//! private fences whose lease ran out.
 
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
@@ -25,17 +27,17 @@ use super::config::{self, ClusterFile};
 use super::disks::{self, FailedGroup, Repairs};
 use super::exports;
 use super::failpoint::Failpoint;
-use super::fence::{Fences, SharedView};
+use super::fence::{Fences, Quiesce};
 use super::kernel::{Desired, Kernel};
 use super::model::SharedConfig;
 use super::Input;
-use crate::core::{DiskRecord, ErrorKind, NodeId, RequestError, TxnId};
+use crate::core::{DiskRecord, ErrorKind, FenceToken, NodeId, RequestError, TxnId};
 use crate::model::{Change, ClusterConfig, DiskGroupConfig, ExportProtocol};
 
 /// Jobs submitted to the driver and not yet answered, at most; the main loop waits
 /// for the driver when it would submit more (see [`DriverHandle::submit`]).
 pub const DRIVER_QUEUE_DEPTH: usize = 256;
-/// How often an idle driver checks the fences' leases and holders.
+/// How often an idle driver checks the private fences' leases.
 pub const FENCE_EXPIRY_PERIOD: Duration = Duration::from_millis(100);
 
 /// One piece of slow work. Each carries the snapshot of the main loop's state it
@@ -115,10 +117,8 @@ pub enum Job {
         /// The transaction id written to the disks.
         txn: u64,
     },
-    /// Hold or release a resync fence (the main loop checked who asks).
+    /// Hold or release a private group's resync fence (this node's own).
     Fence {
-        /// Fencing node.
-        from: NodeId,
         /// Volume bdev name.
         volume: String,
         /// Hold (true) or release.
@@ -149,7 +149,38 @@ pub enum Job {
         /// The ANA state, when this node serves an NVMe-oF export.
         ana: Option<plexd_target::frontend::nvmf::AnaState>,
     },
-    /// Break every fence (I/O resumes).
+    /// A shared group's resync fence (`core::Action::Quiesce`): quiesce the volume.
+    Quiesce {
+        /// Disk group.
+        dg: String,
+        /// Volume.
+        volume: String,
+        /// The fence.
+        token: FenceToken,
+    },
+    /// The end of a shared group's fence (`core::Action::Resume`).
+    Resume {
+        /// Volume bdev name.
+        volume: String,
+    },
+    /// A chunk of a shared group's resync (`core::Action::CopyChunk`).
+    CopyChunk {
+        /// The fence.
+        token: FenceToken,
+        /// The disk group as it is now.
+        group: Option<DiskGroupConfig>,
+        /// Volume.
+        volume: String,
+        /// The SYNCING plex.
+        plex: String,
+        /// Volume offset.
+        offset: u64,
+        /// Bytes.
+        len: u64,
+        /// No write starts from then on (moved on with this node's lease).
+        deadline: Instant,
+    },
+    /// Break every private fence (I/O resumes).
     BreakFences {
         /// Why (logged).
         why: String,
@@ -224,6 +255,24 @@ pub enum Done {
         /// The new connection and the result of loading it, or why it failed.
         result: Result<(Arc<KernelClient>, Result<usize, String>), String>,
     },
+    /// [`Job::Quiesce`].
+    Quiesced {
+        /// Disk group.
+        dg: String,
+        /// Volume.
+        volume: String,
+        /// The fence.
+        token: FenceToken,
+        /// Result (a volume this data plane does not serve is Ok).
+        result: Result<(), String>,
+    },
+    /// [`Job::CopyChunk`].
+    ChunkCopied {
+        /// The fence.
+        token: FenceToken,
+        /// Result.
+        result: Result<(), String>,
+    },
     /// Jobs without a result for the main loop.
     Nothing,
 }
@@ -277,9 +326,6 @@ pub struct Driver {
     pub fences: Fences,
     /// Label and slot copies repaired (shared with `disk list`).
     pub repairs: Arc<Mutex<Repairs>>,
-    /// The view as the main loop last published it (fence holders are checked
-    /// against its master).
-    pub view: SharedView,
     /// The main loop's input (wake-ups; kernel events of a new connection).
     pub tx: SyncSender<Input>,
     /// The failpoint armed in this process.
@@ -329,14 +375,7 @@ impl Driver {
                 Err(RecvTimeoutError::Disconnected) => return,
             }
             if last_expiry.elapsed() >= FENCE_EXPIRY_PERIOD {
-                let master = self
-                    .view
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .as_ref()
-                    .map(|v| v.master);
-                self.fences
-                    .expire(self.kernel.client(), Instant::now(), self.me, master);
+                self.fences.expire(self.kernel.client(), Instant::now());
                 last_expiry = Instant::now();
             }
         }
@@ -512,12 +551,12 @@ impl Driver {
                 result: self.private_change(&change, &before, &after, &shared, group, txn),
             },
             Job::Fence {
-                from,
                 volume,
                 hold,
                 token,
                 reply,
             } => {
+                let from = self.me;
                 let answer = if hold {
                     self.fences
                         .hold(self.kernel.client(), &volume, from, token, Instant::now())
@@ -562,6 +601,62 @@ impl Driver {
                     log::warn!("node {}: data plane: {e}", self.name);
                 }
                 Done::Nothing
+            }
+            Job::Quiesce { dg, volume, token } => {
+                let bdev = super::kernel::volume_bdev(&dg, &volume);
+                let result = self
+                    .kernel
+                    .client()
+                    .quiesce_volume(&bdev)
+                    .map(|_| ())
+                    .map_err(|e| self.err(format!("volume {bdev}: fence {token}: {e}")));
+                if let Err(e) = &result {
+                    log::warn!("{e}");
+                }
+                Done::Quiesced {
+                    dg,
+                    volume,
+                    token,
+                    result,
+                }
+            }
+            Job::Resume { volume } => {
+                if let Err(e) = self.kernel.client().resume_volume(&volume) {
+                    log::debug!("node {}: volume {volume}: resume: {e}", self.name);
+                }
+                Done::Nothing
+            }
+            Job::CopyChunk {
+                token,
+                group,
+                volume,
+                plex,
+                offset,
+                len,
+                deadline,
+            } => {
+                let lease = self.lease.clone();
+                let past = move || {
+                    let end = lease.end().map_or(deadline, |e| e.max(deadline));
+                    Instant::now() >= end
+                };
+                let result = match &group {
+                    Some(g) => super::resync::copy_range(
+                        self.kernel.client(),
+                        g,
+                        &volume,
+                        &plex,
+                        offset,
+                        len,
+                        &past,
+                    ),
+                    None => Err(format!("no disk group holds volume {volume}")),
+                }
+                .map_err(|e| self.err(format!("resync copy {token}: {e}")));
+                if let Err(e) = &result {
+                    log::warn!("{e}");
+                }
+                Done::ChunkCopied { token, result }
             }
             Job::BreakFences { why } => {
                 self.fences.break_all(self.kernel.client(), &why);

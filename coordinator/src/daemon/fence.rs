@@ -1,43 +1,36 @@
-//! Resync fences: a cluster-wide quiesce of one volume for the copy of one chunk.
+//! Private disk groups' resync fences: a quiesce of one volume on this node for the
+//! copy of one chunk.
 //!
 //! A resync copies a chunk from an ACTIVE plex's disks to the SYNCING plex's disks.
-//! A host write to that chunk through *any* node between the copy's read and its
-//! write would be overwritten on the SYNCING plex with older data. So for each chunk
-//! the resyncing node (the master, for a shared group) holds a *fence* on every member
-//! of its view: each node quiesces the volume on its own data plane (host I/O is
-//! parked, not failed) and answers; the master copies; then it releases the fences.
+//! A host write to that chunk between the copy's read and its write would be
+//! overwritten on the SYNCING plex with older data, so the copy runs while this node
+//! (the only one serving a private group) holds the volume quiesced (host I/O parked,
+//! not failed). A fence never blocks for long: the driver breaks it (resumes I/O)
+//! when a kernel phase or a private transaction needs the data plane, or when
+//! [`FENCE_LEASE`] runs out; the release then answers "broken" and the chunk is
+//! copied again.
 //!
-//! A fence never blocks a node for long. The node breaks it (resumes I/O) when a
-//! transaction's kernel phase needs the volume, when the fence's holder is no longer
-//! its master, or when [`FENCE_LEASE`] runs out. The release then answers "broken",
-//! and the master copies the chunk again under new fences; it also copies it again
-//! when the view changed during the copy (a joiner was not fenced). A node fences
-//! only for its master and only once it has applied the transaction that made the
-//! plex SYNCING, so every fenced node sends its writes to the SYNCING plex too.
-//!
-//! [`Fences`] is the node side (the driver thread's table); [`Fencer`] is the copying
-//! side, used by a resync thread.
+//! The shared groups' fences (every member of the view, per chunk) are decided in
+//! the protocol core (`core::resync`, driven by the simulator) and travel as cluster
+//! messages; the driver only quiesces and resumes for them. Here: [`Fences`] is the
+//! node side (the driver thread's table), [`Fencer`] the copying side, used by a
+//! private group's resync thread.
 
 use std::collections::BTreeMap;
-use std::net::{TcpStream, ToSocketAddrs};
-use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::SyncSender;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use plexd_proto::cluster_capnp::peer;
 use plexd_target::api::{ClientError, ErrorCode, KernelClient};
-use smol::{Async, LocalExecutor};
 
 use super::Input;
-use crate::core::{NodeId, TxnId};
+use crate::core::NodeId;
 
 /// Longest a node keeps a fence before it resumes I/O on its own.
 pub const FENCE_LEASE: Duration = Duration::from_secs(5);
 /// Drain timeout of a fence's quiesce.
 pub const FENCE_DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
-/// How long one fence call may take (the drain, plus the network).
+/// How long one fence call may take (the drain, plus the main loop's queue).
 pub const FENCE_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a chunk's copy keeps retrying to fence every member.
 pub const FENCE_RETRY_FOR: Duration = Duration::from_secs(60);
@@ -161,10 +154,9 @@ impl Fences {
         }
     }
 
-    /// Breaks the fences whose lease ran out or whose holder is no longer `master`
-    /// (fences `me` holds for its own private groups are kept), and forgets broken
-    /// fences after a while.
-    pub fn expire(&mut self, k: &impl Quiesce, now: Instant, me: NodeId, master: Option<NodeId>) {
+    /// Breaks the fences whose lease ran out, and forgets broken fences after a
+    /// while.
+    pub fn expire(&mut self, k: &impl Quiesce, now: Instant) {
         let mut to_break = Vec::new();
         self.held.retain(|v, h| {
             let age = now.saturating_duration_since(h.since);
@@ -172,19 +164,14 @@ impl Fences {
                 Some(_) => age < BROKEN_KEPT,
                 None => {
                     if age > FENCE_LEASE {
-                        to_break.push((v.clone(), "its lease ran out".to_string()));
-                    } else if h.holder != me && Some(h.holder) != master {
-                        to_break.push((
-                            v.clone(),
-                            format!("node {} is no longer the master", h.holder),
-                        ));
+                        to_break.push(v.clone());
                     }
                     true
                 }
             }
         });
-        for (v, why) in to_break {
-            self.break_one(k, &v, &why);
+        for v in to_break {
+            self.break_one(k, &v, "its lease ran out");
         }
     }
 
@@ -216,25 +203,6 @@ impl Fences {
     }
 }
 
-/// The members of a view, as a resync thread sees them.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ViewSnapshot {
-    /// View id.
-    pub id: u64,
-    /// Its master.
-    pub master: NodeId,
-    /// Members (ascending) with their coordinator addresses.
-    pub members: Vec<(NodeId, String)>,
-}
-
-/// The current view, shared by the main loop (writer), the driver and resync threads
-/// (readers).
-pub type SharedView = Arc<Mutex<Option<ViewSnapshot>>>;
-
-fn snapshot(view: &SharedView) -> Option<ViewSnapshot> {
-    view.lock().unwrap_or_else(|p| p.into_inner()).clone()
-}
-
 static NEXT_TOKEN: AtomicU64 = AtomicU64::new(0);
 
 fn next_token() -> u64 {
@@ -249,14 +217,10 @@ fn next_token() -> u64 {
     NEXT_TOKEN.fetch_add(1, Ordering::Relaxed)
 }
 
-/// Runs copies under fences (copying side).
+/// Runs copies of a private group's resync under this node's own fence (copying
+/// side; the shared groups' fences are the core's, `core::resync`).
 pub struct Fencer {
     me: NodeId,
-    /// `Some` for a shared group: fence every member of the view; `None`: this node
-    /// only (a private group).
-    view: Option<SharedView>,
-    /// The transaction every fenced node must have applied.
-    min_txn: TxnId,
     inputs: SyncSender<Input>,
 }
 
@@ -264,69 +228,18 @@ pub struct Fencer {
 type CallResult = Result<bool, String>;
 
 impl Fencer {
-    /// A fencer of node `me`; `view` for a shared group, whose members must have
-    /// applied `min_txn`.
-    pub fn new(
-        me: NodeId,
-        view: Option<SharedView>,
-        min_txn: TxnId,
-        inputs: SyncSender<Input>,
-    ) -> Fencer {
-        Fencer {
-            me,
-            view,
-            min_txn,
-            inputs,
-        }
+    /// A fencer of node `me` for its private groups.
+    pub fn new(me: NodeId, inputs: SyncSender<Input>) -> Fencer {
+        Fencer { me, inputs }
     }
 
-    fn members(&self) -> Result<(u64, Vec<(NodeId, String)>), String> {
-        let Some(view) = &self.view else {
-            return Ok((0, vec![(self.me, String::new())]));
-        };
-        match snapshot(view) {
-            Some(s) if s.master == self.me => Ok((s.id, s.members)),
-            Some(s) => Err(format!(
-                "node {} is no longer the master (node {} is)",
-                self.me, s.master
-            )),
-            None => Err(format!("node {} is not in the cluster", self.me)),
-        }
-    }
-
-    fn view_id(&self) -> u64 {
-        self.view
-            .as_ref()
-            .and_then(snapshot)
-            .map(|s| s.id)
-            .unwrap_or(0)
-    }
-
-    fn call(
-        &self,
-        node: NodeId,
-        address: &str,
-        volume: &str,
-        hold: bool,
-        token: u64,
-    ) -> CallResult {
-        let r = if node == self.me {
-            self.call_local(volume, hold, token)
-        } else {
-            call_remote(address, self.me, volume, hold, token, self.min_txn)
-        };
-        r.map_err(|e| format!("node {node}: {e}"))
-    }
-
-    fn call_local(&self, volume: &str, hold: bool, token: u64) -> CallResult {
+    fn call(&self, volume: &str, hold: bool, token: u64) -> CallResult {
         let (tx, rx) = smol::channel::bounded(1);
         self.inputs
             .send(Input::Fence {
-                from: self.me,
                 volume: volume.to_string(),
                 hold,
                 token,
-                min_txn: self.min_txn,
                 reply: tx,
             })
             .map_err(|_| "the daemon is stopping".to_string())?;
@@ -344,10 +257,11 @@ impl Fencer {
                 ))
             },
         ))
+        .map_err(|e| format!("node {}: {e}", self.me))
     }
 
-    /// Runs `copy` while every member holds a fence on `volume`; runs it again while a
-    /// fence was broken or the view changed meanwhile. An error of `copy` ends at once.
+    /// Runs `copy` while this node holds a fence on `volume`; runs it again while
+    /// the fence was broken meanwhile. An error of `copy` ends at once.
     pub fn run<T>(
         &self,
         volume: &str,
@@ -360,33 +274,17 @@ impl Fencer {
             if cancel.load(Ordering::Relaxed) {
                 return Err("cancelled".into());
             }
-            let (view_id, members) = self.members()?;
             let token = next_token();
-            let mut fenced = Vec::new();
-            let mut why = None;
-            for (node, address) in &members {
-                match self.call(*node, address, volume, true, token) {
-                    Ok(_) => fenced.push((*node, address.clone())),
-                    Err(e) => {
-                        why = Some(format!("cannot fence: {e}"));
-                        break;
-                    }
-                }
-            }
-            let copied = if why.is_none() { Some(copy()) } else { None };
-            for (node, address) in fenced.iter().rev() {
-                match self.call(*node, address, volume, false, token) {
+            let (copied, mut why) = match self.call(volume, true, token) {
+                Ok(_) => (Some(copy()), None),
+                Err(e) => (None, Some(format!("cannot fence: {e}"))),
+            };
+            if copied.is_some() {
+                match self.call(volume, false, token) {
                     Ok(true) => {}
-                    Ok(false) => {
-                        why.get_or_insert_with(|| format!("node {node} broke its fence"));
-                    }
-                    Err(e) => {
-                        why.get_or_insert_with(|| format!("release: {e}"));
-                    }
+                    Ok(false) => why = Some(format!("node {} broke its fence", self.me)),
+                    Err(e) => why = Some(format!("release: {e}")),
                 }
-            }
-            if why.is_none() && self.view_id() != view_id {
-                why = Some(format!("the view changed from {view_id} during the copy"));
             }
             match (copied, why) {
                 (Some(Err(e)), _) => return Err(e),
@@ -394,7 +292,7 @@ impl Fencer {
                 (_, Some(why)) => {
                     if started.elapsed() > FENCE_RETRY_FOR {
                         return Err(format!(
-                            "volume {volume}: no copy under a fence of every member within {} s: {why}",
+                            "volume {volume}: no copy under a fence within {} s: {why}",
                             FENCE_RETRY_FOR.as_secs()
                         ));
                     }
@@ -409,64 +307,6 @@ impl Fencer {
             }
         }
     }
-}
-
-/// One `Peer.fence` call on a new connection to `address`.
-fn call_remote(
-    address: &str,
-    me: NodeId,
-    volume: &str,
-    hold: bool,
-    token: u64,
-    min_txn: TxnId,
-) -> CallResult {
-    let addr = address
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .ok_or_else(|| format!("cannot resolve {address}"))?;
-    let stream = TcpStream::connect_timeout(&addr, FENCE_CALL_TIMEOUT)
-        .map_err(|e| format!("{address}: {e}"))?;
-    let _ = stream.set_nodelay(true);
-    let stream = Async::new(stream).map_err(|e| format!("{address}: {e}"))?;
-    let ex = Rc::new(LocalExecutor::new());
-    let (rpc, client) = super::transport::client_connection::<peer::Client>(stream);
-    let call = async {
-        let mut rq = client.fence_request();
-        {
-            let mut p = rq.get();
-            p.set_from(me);
-            p.set_volume(volume);
-            p.set_hold(hold);
-            p.set_token(token);
-            p.set_min_txn_view(min_txn.view);
-            p.set_min_txn_n(min_txn.n);
-        }
-        let resp = rq.send().promise.await.map_err(|e| e.to_string())?;
-        let r = resp.get().map_err(|e| e.to_string())?;
-        let error = r
-            .get_error()
-            .map_err(|e| e.to_string())?
-            .to_string()
-            .map_err(|e| e.to_string())?;
-        if error.is_empty() {
-            Ok(r.get_intact())
-        } else {
-            Err(error)
-        }
-    };
-    let conn = async {
-        let r = rpc.await;
-        Err(format!("connection closed: {r:?}"))
-    };
-    let timeout = async {
-        smol::Timer::after(FENCE_CALL_TIMEOUT).await;
-        Err(format!(
-            "no answer within {} s",
-            FENCE_CALL_TIMEOUT.as_secs()
-        ))
-    };
-    smol::block_on(ex.run(smol::future::or(smol::future::or(call, conn), timeout)))
 }
 
 #[cfg(test)]
@@ -564,18 +404,15 @@ mod tests {
     }
 
     #[test]
-    fn fences_expire_with_their_lease_or_their_master() {
+    fn fences_expire_with_their_lease() {
         let (k, mut f, t0) = (Fake::default(), Fences::default(), Instant::now());
-        f.hold(&k, "dg1.a", 1, 1, t0).unwrap();
-        f.hold(&k, "dg1.b", 2, 2, t0).unwrap();
-        f.hold(&k, "own.c", 3, 3, t0).unwrap();
-        // Node 3 itself holds own.c (a private group); node 1 is the master.
-        f.expire(&k, t0, 3, Some(1));
-        assert!(f.holds("dg1.a") && !f.holds("dg1.b") && f.holds("own.c"));
-        f.expire(&k, t0 + FENCE_LEASE + Duration::from_millis(1), 3, Some(1));
-        assert!(!f.holds("dg1.a") && !f.holds("own.c"));
-        assert_eq!(f.release(&k, "dg1.a", 1), Ok(false));
-        f.expire(&k, t0 + BROKEN_KEPT + FENCE_LEASE, 3, Some(1));
+        f.hold(&k, "own.a", 3, 1, t0).unwrap();
+        f.expire(&k, t0);
+        assert!(f.holds("own.a"));
+        f.expire(&k, t0 + FENCE_LEASE + Duration::from_millis(1));
+        assert!(!f.holds("own.a"));
+        assert_eq!(f.release(&k, "own.a", 1), Ok(false));
+        f.expire(&k, t0 + BROKEN_KEPT + FENCE_LEASE);
         assert!(f.held.is_empty(), "broken fences are forgotten");
     }
 }

@@ -141,19 +141,15 @@ pub enum Input {
     },
     /// A resync task progressed or ended.
     Resync(resync::Progress),
-    /// A resync fence call (see [`fence`]), from a peer or from this node's own
+    /// A private group's resync fence call (see [`fence`]), from this node's own
     /// resync thread.
     Fence {
-        /// The node copying (must be this node's master, or this node).
-        from: NodeId,
         /// Volume bdev name (`DG.VOL`).
         volume: String,
         /// Hold (true) or release (false).
         hold: bool,
         /// The copy's token.
         token: u64,
-        /// The transaction this node must have applied before it fences.
-        min_txn: TxnId,
         /// The answer: taken / held intact until the release.
         reply: smol::channel::Sender<Result<bool, String>>,
     },
@@ -282,7 +278,6 @@ pub fn run(opts: Options) -> Result<(), String> {
     }
     let lease = lease::Renewer::start(&me.name, kernel.shared_client());
     let socket = kernel.client().path().to_string();
-    let view = fence::SharedView::default();
     let repairs = Arc::new(Mutex::new(disks::Repairs::default()));
     let driver = Driver {
         file: file.clone(),
@@ -291,7 +286,6 @@ pub fn run(opts: Options) -> Result<(), String> {
         kernel,
         fences: fence::Fences::default(),
         repairs: Arc::clone(&repairs),
-        view: Arc::clone(&view),
         tx: tx.clone(),
         failpoint: failpoint.clone(),
         lease: lease.view(),
@@ -340,7 +334,6 @@ pub fn run(opts: Options) -> Result<(), String> {
         offered: None,
         history: std::collections::VecDeque::new(),
         tasks: resync::Tasks::default(),
-        view,
         tx: tx.clone(),
         stopping: false,
         spawn_target: opts.spawn_target,
@@ -515,8 +508,6 @@ enum Pending {
     Client(smol::channel::Sender<CtlReply>, Box<Change>),
     /// A plex I/O error event.
     PlexError { volume: String, plex: String },
-    /// The end of a resync (SetPlexState ACTIVE).
-    ResyncDone { task: u64 },
     /// A host's PERSISTENT RESERVE OUT: the data plane's request id.
     PrOut { request: u64, volume: String },
 }
@@ -550,8 +541,6 @@ struct Daemon {
     /// configuration read from the disks is recognised by them.
     history: std::collections::VecDeque<(TxnId, SharedConfig)>,
     tasks: resync::Tasks,
-    /// The view as resync threads see it (updated after every event).
-    view: fence::SharedView,
     tx: SyncSender<Input>,
     stopping: bool,
     /// `--spawn-target`: start plexd-target again when it is lost.
@@ -775,20 +764,22 @@ impl Daemon {
             }
             Input::Resync(p) => self.on_resync(p),
             Input::Fence {
-                from,
                 volume,
                 hold,
                 token,
-                min_txn,
                 reply,
             } => {
-                if let Err(e) = self.on_fence(from, volume.clone(), hold, token, min_txn, &reply) {
-                    log::warn!(
-                        "node {}: fence on volume {volume} for node {}: {e}",
-                        self.name,
-                        self.node.name(from)
-                    );
+                if hold && self.stopping {
+                    let e = format!("node {}: plexd is stopping", self.name);
+                    log::warn!("node {}: fence on volume {volume}: {e}", self.name);
                     let _ = reply.try_send(Err(e));
+                } else {
+                    self.submit(Job::Fence {
+                        volume,
+                        hold,
+                        token,
+                        reply,
+                    });
                 }
             }
             Input::Shutdown => {
@@ -846,6 +837,8 @@ impl Daemon {
         self.submit(Job::BreakFences {
             why: "the data plane was lost".into(),
         });
+        // The core's fences went with the data plane's quiesces.
+        self.feed(Event::DataPlaneLost);
     }
 
     /// One attempt to reconnect to the lost data plane (from the main loop, when
@@ -966,55 +959,6 @@ impl Daemon {
         out
     }
 
-    /// A resync fence call: only this node itself or its master fences, and only
-    /// once this node has applied `min_txn` (so its writes reach the SYNCING plex).
-    /// Accepted calls go to the driver, which answers `reply` (after the jobs before
-    /// it: a transaction's commit is applied before a fence of the copy it enables).
-    fn on_fence(
-        &mut self,
-        from: NodeId,
-        volume: String,
-        hold: bool,
-        token: u64,
-        min_txn: TxnId,
-        reply: &smol::channel::Sender<Result<bool, String>>,
-    ) -> Result<(), String> {
-        if hold {
-            if self.stopping {
-                return Err(format!("node {}: plexd is stopping", self.name));
-            }
-            if from != self.me {
-                let member_of_from = self
-                    .node
-                    .view()
-                    .is_some_and(|v| v.master == from && v.members.binary_search(&self.me).is_ok());
-                if !member_of_from {
-                    return Err(format!(
-                        "node {}: node {} is not the master of this node's view",
-                        self.name,
-                        self.node.name(from)
-                    ));
-                }
-                if self.node.config_txn() < min_txn {
-                    return Err(format!(
-                        "node {}: transaction {min_txn} is not applied here yet (at {})",
-                        self.name,
-                        self.node.config_txn()
-                    ));
-                }
-            }
-        }
-        let job = Job::Fence {
-            from,
-            volume,
-            hold,
-            token,
-            reply: reply.clone(),
-        };
-        self.submit(job);
-        Ok(())
-    }
-
     fn on_plex_error(&mut self, volume: String, plex: String) {
         let Some((dg, vol)) = volume.split_once('.') else {
             log::warn!("data plane: plex error on unknown volume {volume}");
@@ -1062,10 +1006,13 @@ impl Daemon {
                     };
                     self.private_request(change, origin);
                 } else {
-                    let request = self.request_id();
-                    self.pending
-                        .insert(request, Pending::ResyncDone { task: t.id });
-                    self.feed(Event::ClientRequest { request, change });
+                    log::warn!(
+                        "node {}: resync task {} of plex {}: disk group {} is no longer private here; its plex stays SYNCING",
+                        self.name,
+                        t.id,
+                        t.plex,
+                        t.dg
+                    );
                 }
             }
         }
@@ -1076,7 +1023,6 @@ impl Daemon {
         let actions = self.node.handle(now_ms(self.start), event);
         self.run_step(actions);
         self.remember_config();
-        self.publish_view();
         self.sync_alua();
     }
 
@@ -1204,6 +1150,11 @@ impl Daemon {
                     self.node.name(view.master),
                     view.members
                 ),
+                Op::Now(Action::ResyncProgress {
+                    plex,
+                    done_bytes,
+                    finished,
+                }) => self.tasks.progress(&plex, done_bytes, finished, &self.name),
                 Op::Now(_) => {} // Log: the core has logged it already
             }
         }
@@ -1328,7 +1279,43 @@ impl Daemon {
                 self.staged = None;
                 Job::Leave
             }
+            Action::Quiesce { dg, volume, token } => Job::Quiesce { dg, volume, token },
+            Action::Resume { dg, volume } => Job::Resume {
+                volume: kernel::volume_bdev(&dg, &volume),
+            },
+            Action::CopyChunk {
+                token,
+                dg,
+                volume,
+                plex,
+                offset_bytes,
+                len_bytes,
+                deadline_ms,
+            } => {
+                // The driver checks the copy's write against the newest published
+                // lease (as a master's disk write): publish it now.
+                self.renew_lease();
+                Job::CopyChunk {
+                    token,
+                    group: self
+                        .node
+                        .config()
+                        .groups
+                        .iter()
+                        .find(|g| g.name == dg)
+                        .cloned(),
+                    volume,
+                    plex,
+                    offset: offset_bytes,
+                    len: len_bytes,
+                    deadline: self
+                        .start
+                        .checked_add(Duration::from_millis(deadline_ms))
+                        .unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 86_400)),
+                }
+            }
             other @ (Action::Send { .. }
+            | Action::ResyncProgress { .. }
             | Action::ReadQuorumDisk { .. }
             | Action::WriteQuorumDisk { .. }
             | Action::RecordMembership { .. }
@@ -1409,33 +1396,19 @@ impl Daemon {
                 self.on_reconnected(epoch, result);
                 None
             }
+            Done::Quiesced {
+                dg,
+                volume,
+                token,
+                result,
+            } => Some(Event::Quiesced {
+                dg,
+                volume,
+                token,
+                result,
+            }),
+            Done::ChunkCopied { token, result } => Some(Event::ChunkCopied { token, result }),
             Done::Nothing => None,
-        }
-    }
-
-    /// Shares the current view with resync threads (when it changed).
-    fn publish_view(&self) {
-        let now = self.node.view().map(|v| fence::ViewSnapshot {
-            id: v.id,
-            master: v.master,
-            members: v
-                .members
-                .iter()
-                .map(|&id| {
-                    let address = self
-                        .file
-                        .nodes
-                        .iter()
-                        .find(|n| n.id == id)
-                        .map(|n| n.address.clone())
-                        .unwrap_or_default();
-                    (id, address)
-                })
-                .collect(),
-        });
-        let mut shared = self.view.lock().unwrap_or_else(|p| p.into_inner());
-        if *shared != now {
-            *shared = now;
         }
     }
 
@@ -1525,34 +1498,22 @@ impl Daemon {
                     result: answer,
                 });
             }
-            Some(Pending::ResyncDone { task }) => {
-                if let Err(e) = result {
-                    log::error!(
-                        "node {}: resync task {task}: cannot set the plex ACTIVE: {e}",
-                        self.name
-                    );
-                }
-            }
             None => log::debug!("node {}: reply to unknown request {request:?}", self.name),
         }
     }
 
-    /// After the configuration changed here: start resyncs of SYNCING plexes (master).
+    /// After the configuration changed here: start resyncs of the private groups'
+    /// SYNCING plexes (the shared groups' are the core's: `core::resync`).
     fn after_config_change(&mut self) {
-        let is_master = matches!(self.node.role(), Role::Master);
-        let shared = self.node.config().groups.clone();
-        for g in shared.iter().filter(|_| is_master) {
-            self.start_resyncs(g, true);
-        }
         let private = self.private.disk_groups.clone();
         for g in &private {
-            self.start_resyncs(g, false);
+            self.start_resyncs(g);
         }
     }
 
-    /// Starts a resync of every SYNCING plex of `g` without one; a `shared` group's
-    /// copies are fenced on every member of the view.
-    fn start_resyncs(&mut self, g: &crate::model::DiskGroupConfig, shared: bool) {
+    /// Starts a resync of every SYNCING plex of private group `g` without one,
+    /// fenced on this node.
+    fn start_resyncs(&mut self, g: &crate::model::DiskGroupConfig) {
         for v in &g.volumes {
             for p in v.plexes.iter().filter(|p| p.state == PlexState::Syncing) {
                 if self.tasks.running(&g.name, &p.name) {
@@ -1575,12 +1536,7 @@ impl Daemon {
                     p.name,
                     v.name
                 );
-                let fencer = fence::Fencer::new(
-                    self.me,
-                    shared.then(|| std::sync::Arc::clone(&self.view)),
-                    self.node.config_txn(),
-                    self.tx.clone(),
-                );
+                let fencer = fence::Fencer::new(self.me, self.tx.clone());
                 job.start(id, self.socket.clone(), fencer, cancel, self.tx.clone());
             }
         }

@@ -10,7 +10,7 @@
 //! (the daemon changes them locally, see `daemon::private`).
 
 use super::model_codec;
-use crate::core::{ConfigModel, ErrorKind, RequestError};
+use crate::core::{ConfigModel, ErrorKind, RequestError, SyncingPlex};
 use crate::model::{Change, ClusterConfig, ConfigError, DiskGroupConfig, DiskUpdate};
 
 /// The kind of a refused change: what `plexctl` exits with.
@@ -102,6 +102,52 @@ impl ConfigModel for SharedConfig {
         self.cluster()
             .detach_change(volume, plex)
             .map_err(|e| refusal(&e))
+    }
+
+    /// Every SYNCING plex of a volume that has an ACTIVE plex to copy from.
+    fn syncing_plexes(&self) -> Vec<SyncingPlex> {
+        let mut out = Vec::new();
+        for g in &self.groups {
+            for v in &g.volumes {
+                if !v
+                    .plexes
+                    .iter()
+                    .any(|p| p.state == crate::model::PlexState::Active)
+                {
+                    continue;
+                }
+                for p in v
+                    .plexes
+                    .iter()
+                    .filter(|p| p.state == crate::model::PlexState::Syncing)
+                {
+                    out.push(SyncingPlex {
+                        dg: g.name.clone(),
+                        volume: v.name.clone(),
+                        plex: p.name.clone(),
+                        size_bytes: v.size_bytes,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    fn resync_done(&self, p: &SyncingPlex) -> Result<Option<Change>, RequestError> {
+        let syncing = self.groups.iter().any(|g| {
+            g.name == p.dg
+                && g.volumes.iter().any(|v| {
+                    v.name == p.volume
+                        && v.plexes.iter().any(|x| {
+                            x.name == p.plex && x.state == crate::model::PlexState::Syncing
+                        })
+                })
+        });
+        Ok(syncing.then(|| Change::SetPlexState {
+            dg: p.dg.clone(),
+            plex: p.plex.clone(),
+            state: crate::model::PlexState::Active,
+        }))
     }
 
     fn encode(&self) -> Vec<u8> {

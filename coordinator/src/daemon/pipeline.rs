@@ -68,6 +68,9 @@ pub fn is_slow<M: ConfigModel>(a: &Action<M>) -> bool {
             | Action::ReadDisks
             | Action::CheckDiskAccess { .. }
             | Action::LeaveCluster { .. }
+            | Action::Quiesce { .. }
+            | Action::Resume { .. }
+            | Action::CopyChunk { .. }
     )
 }
 

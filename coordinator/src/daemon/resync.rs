@@ -1,13 +1,19 @@
-//! Plex resynchronisation (`plex attach`) and the task list.
+//! Plex resynchronisation (`plex attach`): the copy itself, private groups'
+//! resyncs, and the task list.
 //!
-//! The daemon copies: while the plex is SYNCING (it receives every new write, on
-//! every node), a resync thread walks the volume in chunks of at most
-//! [`CHUNK_BYTES`]; each chunk is read from an ACTIVE plex's disk bdev and written to
-//! the SYNCING plex's disk bdev under a fence ([`super::fence`]): every member of the
-//! view has quiesced the volume (host I/O is parked, not failed), so no host write,
-//! through any node, races with the copy of the same range. When the copy is done the
-//! daemon runs `SetPlexState ACTIVE` as a normal (cluster) change. The master runs the
-//! resyncs of shared groups; a new master restarts any SYNCING plex without a task.
+//! While a plex is SYNCING (it receives every new write, on every node), its volume
+//! is copied in chunks of at most [`CHUNK_BYTES`] from an ACTIVE plex's disk bdevs to
+//! the SYNCING plex's, each chunk under a fence (the volume quiesced, host I/O
+//! parked, on every node that could write it). [`copy_range`] is the one function
+//! that copies.
+//!
+//! Shared groups: the protocol core decides everything (`core::resync`: who is
+//! fenced, when a chunk is copied again, when the plex becomes ACTIVE, a new master
+//! starting over); the daemon only carries out its `Quiesce`/`Resume`/`CopyChunk`
+//! actions on the driver thread and shows its `ResyncProgress` in the task list
+//! ([`Tasks::progress`]). Private groups: a thread per task ([`Job`]) copies under
+//! this node's own fence ([`super::fence`]) and runs `SetPlexState ACTIVE` as a
+//! private change.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,6 +26,7 @@ use super::ctl::TaskOut;
 use super::fence::Fencer;
 use super::kernel::{disk_bdev, volume_bdev};
 use super::Input;
+use crate::core::{SyncingPlex, WRITE_DEADLINE};
 use crate::model::{DiskGroupConfig, Plex, PlexLayout, PlexState, Volume};
 
 /// Largest copy per quiesce.
@@ -76,11 +83,60 @@ pub fn map_offset(dg: &DiskGroupConfig, plex: &Plex, offset: u64) -> Option<(Str
     ))
 }
 
-/// One resync to run.
+/// Copies `len` bytes of `volume` of `dg` at volume offset `offset` from its first
+/// ACTIVE plex to `plex`, piece by piece where a subdisk or stripe unit ends. The
+/// one place that copies (map_offset + copy_chunk): the core's `CopyChunk` and the
+/// private resync threads both come here. `past_deadline` is asked before each
+/// piece's copy: true stops with [`WRITE_DEADLINE`] (the copy's authority, the
+/// master's lease, may have passed to another master).
+pub fn copy_range(
+    k: &KernelClient,
+    dg: &DiskGroupConfig,
+    volume: &str,
+    plex: &str,
+    offset: u64,
+    len: u64,
+    past_deadline: &dyn Fn() -> bool,
+) -> Result<(), String> {
+    let v = dg
+        .volumes
+        .iter()
+        .find(|v| v.name == volume)
+        .ok_or_else(|| format!("disk group {}: no volume {volume}", dg.name))?;
+    let target = v
+        .plexes
+        .iter()
+        .find(|p| p.name == plex)
+        .ok_or_else(|| format!("volume {volume}: no plex {plex}"))?;
+    let source = v
+        .plexes
+        .iter()
+        .find(|p| p.state == PlexState::Active)
+        .ok_or_else(|| format!("volume {volume}: no ACTIVE plex to copy plex {plex} from"))?;
+    let end = offset.saturating_add(len).min(v.size_bytes);
+    let mut at = offset;
+    while at < end {
+        let (src, src_off, src_left) = map_offset(dg, source, at)
+            .ok_or_else(|| format!("plex {}: offset {at} is not mapped", source.name))?;
+        let (dst, dst_off, dst_left) = map_offset(dg, target, at)
+            .ok_or_else(|| format!("plex {}: offset {at} is not mapped", target.name))?;
+        let n = (end - at).min(src_left).min(dst_left);
+        if past_deadline() {
+            return Err(format!(
+                "volume {volume}: copy to plex {plex} at offset {at}: {WRITE_DEADLINE}"
+            ));
+        }
+        copy_chunk(k, &src, src_off, &dst, dst_off, n)?;
+        at += n;
+    }
+    Ok(())
+}
+
+/// One private group's resync to run.
 pub struct Job {
     dg: DiskGroupConfig,
-    source: Plex,
-    target: Plex,
+    volume_name: String,
+    plex: String,
     volume: String,
     size_bytes: u64,
 }
@@ -88,15 +144,14 @@ pub struct Job {
 impl Job {
     /// A resync of `plex` (SYNCING) of `volume` from its first ACTIVE plex.
     pub fn new(dg: &DiskGroupConfig, volume: &Volume, plex: &Plex) -> Option<Job> {
-        let source = volume
+        volume
             .plexes
             .iter()
-            .find(|p| p.state == PlexState::Active)?
-            .clone();
+            .find(|p| p.state == PlexState::Active)?;
         Some(Job {
             dg: dg.clone(),
-            source,
-            target: plex.clone(),
+            volume_name: volume.name.clone(),
+            plex: plex.name.clone(),
             volume: volume_bdev(&dg.name, &volume.name),
             size_bytes: volume.size_bytes,
         })
@@ -123,9 +178,9 @@ impl Job {
             .spawn(move || {
                 let result = self.copy(task, &socket, &fencer, &cancel, &tx);
                 if let Err(e) = &result {
-                    log::error!("resync task {task} of plex {}: {e}", self.target.name);
+                    log::error!("resync task {task} of plex {}: {e}", self.plex);
                 } else {
-                    log::info!("resync task {task}: plex {} is in sync", self.target.name);
+                    log::info!("resync task {task}: plex {} is in sync", self.plex);
                 }
                 let _ = tx.send(Input::Resync(Progress {
                     task,
@@ -157,20 +212,17 @@ impl Job {
             if cancel.load(Ordering::Relaxed) {
                 return Err("cancelled".into());
             }
-            let (src, src_off, src_left) =
-                map_offset(&self.dg, &self.source, offset).ok_or_else(|| {
-                    format!("plex {}: offset {offset} is not mapped", self.source.name)
-                })?;
-            let (dst, dst_off, dst_left) =
-                map_offset(&self.dg, &self.target, offset).ok_or_else(|| {
-                    format!("plex {}: offset {offset} is not mapped", self.target.name)
-                })?;
-            let len = CHUNK_BYTES
-                .min(src_left)
-                .min(dst_left)
-                .min(self.size_bytes - offset);
+            let len = CHUNK_BYTES.min(self.size_bytes - offset);
             fencer.run(&self.volume, cancel, || {
-                copy_chunk(&k, &src, src_off, &dst, dst_off, len)
+                copy_range(
+                    &k,
+                    &self.dg,
+                    &self.volume_name,
+                    &self.plex,
+                    offset,
+                    len,
+                    &|| false,
+                )
             })?;
             offset += len;
             chunks += 1;
@@ -266,6 +318,45 @@ impl Tasks {
             },
         );
         (self.next, cancel)
+    }
+
+    /// A resync the core runs (this node is the master): started, progressed or
+    /// ended (`core::Action::ResyncProgress`).
+    pub fn progress(
+        &mut self,
+        p: &SyncingPlex,
+        done_bytes: u64,
+        finished: Option<Result<(), String>>,
+        node: &str,
+    ) {
+        let running = self
+            .tasks
+            .iter()
+            .find(|(_, t)| t.out.dg == p.dg && t.out.plex == p.plex && t.out.state == "running")
+            .map(|(id, _)| *id);
+        let id = match running {
+            Some(id) => id,
+            None => self.add(&p.dg, &p.volume, &p.plex, p.size_bytes, node).0,
+        };
+        let progress = Progress {
+            task: id,
+            done_bytes,
+            result: finished,
+        };
+        if let Some(t) = self.update(&progress) {
+            match &t.state[..] {
+                "done" => log::info!(
+                    "node {node}: resync task {id}: plex {} of volume {} is ACTIVE",
+                    p.plex,
+                    p.volume
+                ),
+                state => log::warn!(
+                    "node {node}: resync task {id}: plex {} of volume {}: {state}",
+                    p.plex,
+                    p.volume
+                ),
+            }
+        }
     }
 
     /// Whether a resync of `plex` of `dg` is running.

@@ -21,11 +21,12 @@ mod random;
 mod toy;
 
 pub use random::{run_seed, RunStats};
-pub use toy::{ToyChange, ToyConfig, ToyGroup};
+pub use toy::{ToyChange, ToyConfig, ToyGroup, TOY_VOLUME_BYTES};
 
 use crate::core::{
-    Action, DiskRecord, ErrorKind, Event, Message, Node, NodeConfig, NodeId, NodeInfo,
-    QuorumDiskRecord, RequestError, RequestId, Role, TxnId, View, OUTCOME_UNKNOWN, WRITE_DEADLINE,
+    Action, DiskRecord, ErrorKind, Event, FenceToken, Message, Node, NodeConfig, NodeId, NodeInfo,
+    QuorumDiskRecord, RequestError, RequestId, Role, TxnId, View, OUTCOME_UNKNOWN,
+    RESYNC_CHUNK_BYTES, WRITE_DEADLINE,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -113,6 +114,10 @@ pub enum Hold {
     KernelLoad,
     /// `QuorumDiskRead` and `QuorumDiskWritten` (a quorum disk that stalls).
     QuorumDisk,
+    /// `Quiesced` (a resync fence's quiesce that drains slowly).
+    Quiesce,
+    /// `ChunkCopied` (a resync copy between its read and its write).
+    Copy,
 }
 
 /// Counts of interesting things a run went through (to see what it covered).
@@ -141,6 +146,18 @@ pub struct Coverage {
     /// Quorum disk holds lost (another node's record, a failed renewal, a hold
     /// that ran out).
     pub quorum_disk_lost: usize,
+    /// Resync chunks written to a SYNCING plex.
+    pub chunks_copied: usize,
+    /// Of those, copies a host write may have raced (a node could write the volume
+    /// unfenced between the copy's read and its write): the chunk must be copied
+    /// again before the plex is ACTIVE.
+    pub chunks_raced: usize,
+    /// Resync copies refused past their deadline (a master frozen mid-copy).
+    pub copies_refused: usize,
+    /// Plexes a resync made ACTIVE.
+    pub resyncs_done: usize,
+    /// Faults aimed at a copying master between a copy's read and its write.
+    pub copy_faults: usize,
 }
 
 #[derive(Debug)]
@@ -193,6 +210,28 @@ pub struct Kernel {
     pub left: bool,
     /// Simulated time until which the data plane serves shared volumes (its lease).
     pub lease_until_ms: u64,
+    /// Volumes quiesced for a resync fence (host I/O parked). Every kernel phase
+    /// clears them (pessimistic: a commit resumes I/O).
+    pub quiesced: BTreeSet<String>,
+}
+
+/// A resync copy between its read and its write.
+#[derive(Clone, Debug)]
+pub struct CopyInFlight {
+    /// The copying node.
+    pub node: NodeId,
+    /// Its fence.
+    pub token: FenceToken,
+    /// Volume.
+    pub volume: String,
+    /// The SYNCING plex.
+    pub plex: String,
+    /// Chunk number.
+    pub chunk: u64,
+    /// A node could write the volume unfenced since the read.
+    pub dirty: bool,
+    /// The write's deadline (the node's clock) and whether it moves with the lease.
+    deadline: (u64, bool),
 }
 
 /// Largest clock rate drift of a node, in parts per million (±5%).
@@ -282,6 +321,14 @@ pub struct Sim {
     deferred: BTreeSet<(u64, u64)>,
     /// Every configuration that reached the disk, by sequence number.
     committed: BTreeMap<u64, ToyConfig>,
+    /// Resync copies between their read and their write.
+    copies: Vec<CopyInFlight>,
+    /// Share (percent) of copies whose node is frozen, crashed or cut off as soon
+    /// as the copy starts.
+    copy_fault_percent: u32,
+    /// (volume, plex) → chunks whose content equals the ACTIVE plexes' (copied
+    /// with no unfenced writer meanwhile, and no write missed the plex since).
+    synced: BTreeMap<(String, String), BTreeSet<u64>>,
     events: u64,
     /// What the run covered so far.
     pub coverage: Coverage,
@@ -336,6 +383,9 @@ impl Sim {
             buffered: Vec::new(),
             deferred: BTreeSet::new(),
             committed: BTreeMap::new(),
+            copies: Vec::new(),
+            copy_fault_percent: 0,
+            synced: BTreeMap::new(),
             events: 0,
             coverage: Coverage::default(),
         }
@@ -649,6 +699,18 @@ impl Sim {
                 self.land_write(id, w);
             }
         }
+        let copies: Vec<CopyInFlight> = self
+            .copies
+            .iter()
+            .filter(|c| c.node == id)
+            .cloned()
+            .collect();
+        self.copies.retain(|c| c.node != id);
+        for c in copies {
+            if self.rng.gen_bool(0.5) && self.write_in_time(id, c.deadline) {
+                self.land_copy(c);
+            }
+        }
         let qwrites = std::mem::take(&mut self.node_mut(id).pending_qdisk_writes);
         for (_, record, deadline_ms) in qwrites {
             if self.rng.gen_bool(0.5) && self.write_in_time(id, (deadline_ms, false)) {
@@ -754,8 +816,10 @@ impl Sim {
     /// A client submits `change` to node `id`; None if the node is down.
     pub fn submit(&mut self, id: NodeId, change: ToyChange) -> Option<RequestId> {
         let tag = match &change {
-            ToyChange::Create { tag, .. } | ToyChange::Destroy { tag, .. } => Some(*tag),
-            ToyChange::Detach { .. } => None,
+            ToyChange::Create { tag, .. }
+            | ToyChange::Destroy { tag, .. }
+            | ToyChange::Attach { tag, .. } => Some(*tag),
+            ToyChange::Detach { .. } | ToyChange::SetActive { .. } => None,
         };
         self.note(format!("client → {}: {change:?}", Sim::name(id)));
         self.request(id, tag, |request| Event::ClientRequest { request, change })
@@ -963,6 +1027,29 @@ impl Sim {
                             }
                         }
                     }
+                    if let Event::ChunkCopied { token, .. } = &event {
+                        let token = *token;
+                        if let Some(i) = self
+                            .copies
+                            .iter()
+                            .position(|c| c.node == node && c.token == token)
+                        {
+                            let c = self.copies.remove(i);
+                            if self.write_in_time(node, c.deadline) {
+                                self.land_copy(c);
+                            } else {
+                                self.coverage.copies_refused += 1;
+                                self.note(format!(
+                                    "{} copy {token} past its deadline: refused",
+                                    Sim::name(node)
+                                ));
+                                event = Event::ChunkCopied {
+                                    token,
+                                    result: Err(WRITE_DEADLINE.to_string()),
+                                };
+                            }
+                        }
+                    }
                     let event = match event {
                         Event::DisksRead { .. } => Event::DisksRead {
                             result: Ok(self.disk.clone()),
@@ -977,6 +1064,7 @@ impl Sim {
                 }
             }
         }
+        self.track_resync();
         if self.violation.is_none() {
             if let Err(e) = self.check() {
                 self.violation = Some(e);
@@ -1089,6 +1177,9 @@ impl Sim {
                 ));
             }
         }
+        if let Err(e) = self.check_resync_done(&w.config) {
+            return self.violate(e);
+        }
         self.committed.insert(w.config.seq, w.config.clone());
         self.disk = Some(w);
     }
@@ -1130,7 +1221,105 @@ impl Sim {
             if !self.is_up(id) {
                 return;
             }
+            if matches!(
+                action,
+                Action::KernelPrepare { .. }
+                    | Action::KernelCommit { .. }
+                    | Action::KernelAbort { .. }
+                    | Action::KernelLoad { .. }
+                    | Action::LeaveCluster { .. }
+            ) {
+                // Pessimistic: any kernel phase resumes a fenced volume.
+                self.node_mut(id).kernel.quiesced.clear();
+            }
             match action {
+                Action::Quiesce { dg, volume, token } => {
+                    self.note(format!("{name} quiesces {volume} for fence {token}"));
+                    self.node_mut(id).kernel.quiesced.insert(volume.clone());
+                    self.driver_later(
+                        id,
+                        Some(Hold::Quiesce),
+                        Event::Quiesced {
+                            dg,
+                            volume,
+                            token,
+                            result: Ok(()),
+                        },
+                    );
+                }
+                Action::Resume { volume, .. } => {
+                    self.note(format!("{name} resumes {volume}"));
+                    self.node_mut(id).kernel.quiesced.remove(&volume);
+                }
+                Action::CopyChunk {
+                    token,
+                    volume,
+                    plex,
+                    offset_bytes,
+                    deadline_ms,
+                    ..
+                } => {
+                    let chunk = offset_bytes / RESYNC_CHUNK_BYTES;
+                    let dirty = !self.writers(&volume).is_empty();
+                    self.note(format!(
+                        "{name} copies chunk {chunk} of {volume} to {plex} (fence {token}){}",
+                        if dirty {
+                            ": RACED by an unfenced writer"
+                        } else {
+                            ""
+                        }
+                    ));
+                    self.copies.push(CopyInFlight {
+                        node: id,
+                        token,
+                        volume,
+                        plex,
+                        chunk,
+                        dirty,
+                        deadline: (deadline_ms, true),
+                    });
+                    self.driver_later(
+                        id,
+                        Some(Hold::Copy),
+                        Event::ChunkCopied {
+                            token,
+                            result: Ok(()),
+                        },
+                    );
+                    if self.copy_fault_percent > 0
+                        && self.rng.gen_range(0..100) < self.copy_fault_percent
+                    {
+                        self.coverage.copy_faults += 1;
+                        match self.rng.gen_range(0..4) {
+                            0 => {
+                                let ms = self.rng.gen_range(100..=3 * self.cfg.lease_ms);
+                                self.freeze(id, ms);
+                            }
+                            1 => {
+                                self.crash(id);
+                                return;
+                            }
+                            2 => {
+                                self.crash_coordinator(id);
+                                return;
+                            }
+                            _ => self.partition(&[id]),
+                        }
+                    }
+                }
+                Action::ResyncProgress {
+                    plex,
+                    done_bytes,
+                    finished,
+                } => {
+                    self.note(format!(
+                        "{name} resync of {}/{}: {done_bytes} bytes, {finished:?}",
+                        plex.volume, plex.plex
+                    ));
+                    if finished == Some(Ok(())) {
+                        self.coverage.resyncs_done += 1;
+                    }
+                }
                 Action::RecordMembership { until_ms } => {
                     self.node_mut(id).membership_record = Some(until_ms);
                 }
@@ -1430,6 +1619,151 @@ impl Sim {
                 }
             }
         }
+    }
+
+    /// Nodes whose data plane could write `volume` now: it serves (its lease
+    /// holds), has the volume and has not quiesced it for a fence.
+    pub fn writers(&self, volume: &str) -> Vec<NodeId> {
+        self.nodes
+            .iter()
+            .filter(|n| {
+                self.now_ms < n.kernel.lease_until_ms
+                    && !n.kernel.left
+                    && n.kernel.active.groups.contains_key(volume)
+                    && !n.kernel.quiesced.contains(volume)
+            })
+            .map(|n| n.id)
+            .collect()
+    }
+
+    /// Resync copies between their read and their write.
+    pub fn copies_in_flight(&self) -> &[CopyInFlight] {
+        &self.copies
+    }
+
+    /// The chunks of `plex` of `volume` that hold the volume's data.
+    pub fn synced(&self, volume: &str, plex: &str) -> BTreeSet<u64> {
+        self.synced
+            .get(&(volume.to_string(), plex.to_string()))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Freezes, crashes or cuts off a node as soon as it starts a resync copy, for
+    /// `percent` of the copies (the random schedules' resync seeds).
+    pub fn set_copy_fault_percent(&mut self, percent: u32) {
+        self.copy_fault_percent = percent.min(100);
+    }
+
+    /// A client asks node `id` to attach STALE `plex` of `volume` again (SYNCING).
+    pub fn attach(&mut self, id: NodeId, volume: &str, plex: &str) -> Option<RequestId> {
+        let tag = self.tag();
+        self.submit(
+            id,
+            ToyChange::Attach {
+                tag,
+                volume: volume.to_string(),
+                plex: plex.to_string(),
+            },
+        )
+    }
+
+    /// After every event: a copy in flight while a node could write its volume
+    /// unfenced is raced; a node that could write a volume with a layout that
+    /// does not send writes to a plex (not SYNCING, not ACTIVE) makes the chunks
+    /// copied to it stale.
+    fn track_resync(&mut self) {
+        let mut raced = Vec::new();
+        for (i, c) in self.copies.iter().enumerate() {
+            if !c.dirty && !self.writers(&c.volume).is_empty() {
+                raced.push(i);
+            }
+        }
+        for i in raced {
+            let who = self.writers(&self.copies[i].volume);
+            let c = &mut self.copies[i];
+            c.dirty = true;
+            let line = format!(
+                "copy {} of chunk {} of {} RACED: nodes {who:?} could write it unfenced",
+                c.token, c.chunk, c.volume
+            );
+            self.note(line);
+        }
+        let mut stale = Vec::new();
+        for (volume, plex) in self.synced.keys() {
+            let missed = self.writers(volume).into_iter().any(|w| {
+                let g = self.node(w).kernel.active.groups.get(volume);
+                !g.is_some_and(|g| g.syncing.contains(plex) || g.plexes.get(plex) == Some(&true))
+            });
+            if missed {
+                stale.push((volume.clone(), plex.clone()));
+            }
+        }
+        for k in stale {
+            self.synced.remove(&k);
+        }
+    }
+
+    fn land_copy(&mut self, c: CopyInFlight) {
+        self.coverage.chunks_copied += 1;
+        let key = (c.volume.clone(), c.plex.clone());
+        if c.dirty {
+            self.coverage.chunks_raced += 1;
+            if let Some(set) = self.synced.get_mut(&key) {
+                set.remove(&c.chunk);
+            }
+            let active = self.disk.as_ref().is_some_and(|d| {
+                d.config
+                    .groups
+                    .get(&c.volume)
+                    .is_some_and(|g| g.plexes.get(&c.plex) == Some(&true))
+            });
+            if active {
+                self.violate(format!(
+                    "node {}'s copy {} of chunk {} of {}, raced by a host write, landed on plex {} after it became ACTIVE",
+                    Sim::name(c.node),
+                    c.token,
+                    c.chunk,
+                    c.volume,
+                    c.plex
+                ));
+            }
+        } else {
+            self.synced.entry(key).or_default().insert(c.chunk);
+        }
+    }
+
+    /// A plex becomes ACTIVE on the disk only once every chunk of it holds the
+    /// volume's data (copied under fences, no write missed it since).
+    fn check_resync_done(&mut self, new: &ToyConfig) -> Result<(), String> {
+        let old = self
+            .disk
+            .as_ref()
+            .map(|d| d.config.clone())
+            .unwrap_or_default();
+        // A group created afresh starts with nothing copied.
+        self.synced
+            .retain(|(v, _), _| old.groups.contains_key(v) && new.groups.contains_key(v));
+        let chunks = TOY_VOLUME_BYTES / RESYNC_CHUNK_BYTES;
+        for (volume, g) in &new.groups {
+            let Some(og) = old.groups.get(volume) else {
+                continue;
+            };
+            for (plex, _) in g.plexes.iter().filter(|(_, &a)| a) {
+                if !og.syncing.contains(plex) {
+                    continue;
+                }
+                let have = self.synced(volume, plex);
+                let missing: Vec<u64> = (0..chunks).filter(|c| !have.contains(c)).collect();
+                if !missing.is_empty() {
+                    return Err(format!(
+                        "plex {plex} of volume {volume} became ACTIVE (seq {}) with chunks {missing:?} not copied under a fence",
+                        new.seq
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The fencing invariants, at every event:

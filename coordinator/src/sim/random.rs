@@ -2,7 +2,7 @@
 //! and at the end a quiet period after which the cluster must be whole again.
 
 use super::*;
-use crate::core::FAILPOINTS;
+use crate::core::{ConfigModel, FAILPOINTS};
 
 /// What a random run did.
 #[derive(Clone, Debug, Default)]
@@ -25,7 +25,17 @@ pub struct RunStats {
     pub coverage: Coverage,
     /// The cluster had a quorum disk.
     pub quorum_disk: bool,
+    /// The schedule detached and attached plexes again (resyncs).
+    pub resync: bool,
 }
+
+/// In resync seeds, the share (percent) of copies whose master is frozen, crashed or
+/// cut off between the copy's read and its write.
+pub const COPY_FAULT_PERCENT: u32 = 25;
+
+/// Share of the seeds (percent) whose schedule detaches and attaches plexes
+/// (resyncs under fences, with every fault of the other seeds).
+pub const RESYNC_PERCENT: u32 = 50;
 
 /// Share of the seeds (percent) whose cluster has a quorum disk.
 pub const QUORUM_DISK_PERCENT: u32 = 25;
@@ -63,11 +73,18 @@ fn run(seed: u64, steps: u64, trace: bool) -> Result<RunStats, String> {
     if quorum_disk {
         nodes = [2, 2, 3, 4, 4, 5][disk_rng.gen_range(0..6)];
     }
+    // Half the seeds detach and attach plexes again (resyncs), from a generator of
+    // their own so the other draws stay as they were.
+    let mut resync_rng = StdRng::seed_from_u64(seed ^ 0x5e5c);
+    let resync = resync_rng.gen_bool(RESYNC_PERCENT as f64 / 100.0);
     let mut cfg = SimConfig::new(nodes, seed);
     cfg.trace = trace;
     cfg.quorum_disk = quorum_disk;
     cfg.kernel_refuse_percent = 2;
     let mut sim = Sim::new(cfg);
+    if resync {
+        sim.set_copy_fault_percent(COPY_FAULT_PERCENT);
+    }
     let mut stats = RunStats::default();
     for id in 1..=nodes {
         if rng.gen_bool(0.3) {
@@ -100,6 +117,9 @@ fn run(seed: u64, steps: u64, trace: bool) -> Result<RunStats, String> {
             mid_batch_crashes,
             partitions,
         );
+        if resync {
+            inject_resync(&mut sim, &mut resync_rng);
+        }
         sim.run_for(10);
         if let Some(v) = sim.violation() {
             return Err(fail(&sim, step, v));
@@ -108,6 +128,7 @@ fn run(seed: u64, steps: u64, trace: bool) -> Result<RunStats, String> {
     // Quiet period: no new faults, the network whole, every node thawed, back up
     // and with working disks.
     sim.heal();
+    sim.set_copy_fault_percent(0);
     for id in 1..=nodes {
         sim.thaw(id);
         sim.node_mut(id).armed = None;
@@ -118,7 +139,14 @@ fn run(seed: u64, steps: u64, trace: bool) -> Result<RunStats, String> {
         }
     }
     let all: Vec<NodeId> = (1..=nodes).collect();
-    let whole = sim.run_until(10_000, |s| s.all_members(&all) && s.unanswered().is_empty());
+    // Every resync ends too: no plex is left SYNCING.
+    let whole = sim.run_until(10_000, |s| {
+        s.all_members(&all)
+            && s.unanswered().is_empty()
+            && s.master()
+                .and_then(|m| s.core(m))
+                .is_some_and(|c| c.config().syncing_plexes().is_empty())
+    });
     if let Some(v) = sim.violation() {
         return Err(fail(&sim, steps, v));
     }
@@ -152,7 +180,45 @@ fn run(seed: u64, steps: u64, trace: bool) -> Result<RunStats, String> {
     stats.final_seq = sim.disk().map_or(0, |d| d.config.seq);
     stats.coverage = sim.coverage.clone();
     stats.quorum_disk = quorum_disk;
+    stats.resync = resync;
     Ok(stats)
+}
+
+/// Resync seeds: a plex detached (an I/O error) where a volume has two ACTIVE
+/// ones, a STALE plex attached again (SYNCING, resynced by the master); faults
+/// aimed at the copying master mid-copy come from [`Sim::set_copy_fault_percent`].
+fn inject_resync(sim: &mut Sim, rng: &mut StdRng) {
+    let up: Vec<NodeId> = sim.ids().into_iter().filter(|&id| sim.is_up(id)).collect();
+    if up.is_empty() || !rng.gen_bool(0.2) {
+        return;
+    }
+    let id = up[rng.gen_range(0..up.len())];
+    let config = sim.core(id).map(|c| c.config().clone()).unwrap_or_default();
+    let stale: Vec<(String, String)> = config
+        .groups
+        .iter()
+        .flat_map(|(v, g)| {
+            g.plexes
+                .iter()
+                .filter(|(p, &a)| !a && !g.syncing.contains(*p))
+                .map(move |(p, _)| (v.clone(), p.clone()))
+        })
+        .collect();
+    if !stale.is_empty() && rng.gen_bool(0.7) {
+        let (v, p) = &stale[rng.gen_range(0..stale.len())];
+        sim.attach(id, v, p);
+        return;
+    }
+    let detachable: Vec<(String, String)> = config
+        .groups
+        .iter()
+        .filter(|(_, g)| g.plexes.values().filter(|&&a| a).count() >= 2)
+        .flat_map(|(v, g)| g.plexes.keys().map(move |p| (v.clone(), p.clone())))
+        .collect();
+    if !detachable.is_empty() {
+        let (v, p) = &detachable[rng.gen_range(0..detachable.len())];
+        sim.plex_io_error(id, v, p);
+    }
 }
 
 fn inject(

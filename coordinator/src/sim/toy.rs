@@ -2,15 +2,21 @@
 //! volume of a few plexes, and the list of client changes applied so far (so the
 //! invariants can tell which changes a configuration holds).
 
-use crate::core::{ConfigModel, ErrorKind, RequestError};
+use crate::core::{ConfigModel, ErrorKind, RequestError, SyncingPlex};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Size of every toy volume: four resync chunks.
+pub const TOY_VOLUME_BYTES: u64 = 4 * crate::core::RESYNC_CHUNK_BYTES;
 
 /// A disk group of the toy model: its volume's plexes, `true` when ACTIVE.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ToyGroup {
-    /// Plex name → ACTIVE (false: STALE, detached).
+    /// Plex name → ACTIVE (false: STALE, detached, or SYNCING).
     pub plexes: BTreeMap<String, bool>,
+    /// The plexes (not ACTIVE) being resynced: they take every write.
+    #[serde(default)]
+    pub syncing: BTreeSet<String>,
 }
 
 /// The toy configuration.
@@ -43,6 +49,22 @@ pub enum ToyChange {
         /// Group name.
         name: String,
     },
+    /// Attach a STALE plex again: it becomes SYNCING (`plex attach`).
+    Attach {
+        /// Unique tag.
+        tag: u64,
+        /// Volume name.
+        volume: String,
+        /// Plex name.
+        plex: String,
+    },
+    /// A resync is done: the SYNCING plex becomes ACTIVE (made by the master).
+    SetActive {
+        /// Volume name.
+        volume: String,
+        /// Plex name.
+        plex: String,
+    },
     /// Detach a plex (made by the master after a plex I/O error).
     Detach {
         /// Volume name.
@@ -73,7 +95,13 @@ impl ToyConfig {
                 let plexes = (0..*plexes)
                     .map(|i| (format!("{name}-{:02}", i + 1), true))
                     .collect();
-                next.groups.insert(name.clone(), ToyGroup { plexes });
+                next.groups.insert(
+                    name.clone(),
+                    ToyGroup {
+                        plexes,
+                        syncing: BTreeSet::new(),
+                    },
+                );
                 next.history.push(*tag);
             }
             ToyChange::Destroy { tag, name } => {
@@ -82,11 +110,41 @@ impl ToyConfig {
                 }
                 next.history.push(*tag);
             }
+            ToyChange::Attach { tag, volume, plex } => {
+                let group = next
+                    .groups
+                    .get_mut(volume)
+                    .ok_or_else(|| format!("no volume {volume}"))?;
+                match group.plexes.get(plex) {
+                    None => return Err(format!("no plex {plex} in volume {volume}")),
+                    Some(true) => return Err(format!("plex {plex} of volume {volume} is ACTIVE")),
+                    Some(false) if group.syncing.contains(plex) => {
+                        return Err(format!("plex {plex} of volume {volume} is already SYNCING"))
+                    }
+                    Some(false) => {
+                        group.syncing.insert(plex.clone());
+                    }
+                }
+                next.history.push(*tag);
+            }
+            ToyChange::SetActive { volume, plex } => {
+                let group = next
+                    .groups
+                    .get_mut(volume)
+                    .ok_or_else(|| format!("no volume {volume}"))?;
+                if !group.syncing.remove(plex) {
+                    return Err(format!("plex {plex} of volume {volume} is not SYNCING"));
+                }
+                group.plexes.insert(plex.clone(), true);
+            }
             ToyChange::Detach { volume, plex } => {
                 let group = next
                     .groups
                     .get_mut(volume)
                     .ok_or_else(|| format!("no volume {volume}"))?;
+                if group.syncing.remove(plex) {
+                    return Ok(next);
+                }
                 let active = group.plexes.values().filter(|&&a| a).count();
                 match group.plexes.get_mut(plex) {
                     None => return Err(format!("no plex {plex} in volume {volume}")),
@@ -113,6 +171,10 @@ impl ToyConfig {
             .ok_or_else(|| format!("no volume {volume}"))?;
         match group.plexes.get(plex) {
             None => Err(format!("no plex {plex} in volume {volume}")),
+            Some(false) if group.syncing.contains(plex) => Ok(Some(ToyChange::Detach {
+                volume: volume.to_string(),
+                plex: plex.to_string(),
+            })),
             Some(false) => Ok(None),
             Some(true) if group.plexes.values().filter(|&&a| a).count() <= 1 => Err(format!(
                 "plex {plex} is the last ACTIVE plex of volume {volume}; not detached"
@@ -144,6 +206,31 @@ impl ConfigModel for ToyConfig {
     fn detach_plex(&self, volume: &str, plex: &str) -> Result<Option<ToyChange>, RequestError> {
         self.detach_change(volume, plex)
             .map_err(|e| RequestError::unplaced(ErrorKind::Refused, e))
+    }
+
+    fn syncing_plexes(&self) -> Vec<SyncingPlex> {
+        self.groups
+            .iter()
+            .flat_map(|(name, g)| {
+                g.syncing.iter().map(move |p| SyncingPlex {
+                    dg: name.clone(),
+                    volume: name.clone(),
+                    plex: p.clone(),
+                    size_bytes: TOY_VOLUME_BYTES,
+                })
+            })
+            .collect()
+    }
+
+    fn resync_done(&self, p: &SyncingPlex) -> Result<Option<ToyChange>, RequestError> {
+        let syncing = self
+            .groups
+            .get(&p.volume)
+            .is_some_and(|g| g.syncing.contains(&p.plex));
+        Ok(syncing.then(|| ToyChange::SetActive {
+            volume: p.volume.clone(),
+            plex: p.plex.clone(),
+        }))
     }
 
     fn encode(&self) -> Vec<u8> {
