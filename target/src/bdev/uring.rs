@@ -584,19 +584,19 @@ impl ChannelState {
             // Nothing can be aborted once handed to the kernel: a reset completes when
             // every I/O that arrived before it has completed (later I/O does not delay it).
             if self.oldest_in_flight().is_none() {
-                self.reactor.complete(io.cb, IoStatus::Success);
+                io.cb.defer(&self.reactor, IoStatus::Success);
             } else {
                 self.resets.borrow_mut().push_back((seq, io.cb));
             }
             return;
         }
         if let Err(errno) = check_range(&io, self.bdev.block_size, self.bdev.size_bytes) {
-            self.reactor.complete(io.cb, IoStatus::Failed(errno));
+            io.cb.defer(&self.reactor, IoStatus::Failed(errno));
             return;
         }
         if self.bdev.inline && matches!(io.kind, IoKind::Read | IoKind::Write) {
             let status = self.rw_inline(&io);
-            self.reactor.complete(io.cb, status);
+            io.cb.defer(&self.reactor, status);
             return;
         }
         if self.ops.borrow().len() >= CHANNEL_SLOTS || !self.waiting.borrow().is_empty() {
@@ -661,7 +661,7 @@ impl ChannelState {
                 }
             };
             match next {
-                Some((_, cb)) => self.reactor.complete(cb, IoStatus::Success),
+                Some((_, cb)) => cb.defer(&self.reactor, IoStatus::Success),
                 None => break,
             }
         }
@@ -744,7 +744,7 @@ impl ChannelState {
     fn finish(&self, key: usize, status: IoStatus) {
         let op = self.ops.borrow_mut().try_remove(key);
         if let Some(op) = op {
-            self.reactor.complete(op.io.cb, status);
+            op.io.cb.defer(&self.reactor, status);
         }
         loop {
             if self.ops.borrow().len() >= CHANNEL_SLOTS {

@@ -637,7 +637,7 @@ impl VolumeChannel {
     fn fail_fenced(&self, io: BdevIo) {
         let status = IoStatus::Failed(FENCED_ERRNO);
         self.count(&io, status);
-        self.reactor.complete(io.cb, status);
+        io.cb.defer(&self.reactor, status);
     }
 
     fn complete(&self, slot: usize, status: IoStatus) {
@@ -653,7 +653,7 @@ impl VolumeChannel {
         drop(s);
         if self.in_submit.get() {
             // Never complete inside submit: the submitter may not expect re-entry.
-            self.reactor.complete(v.io.cb, status);
+            v.io.cb.defer(&self.reactor, status);
         } else {
             v.io.cb.target.io_done(v.io.cb.tag, status);
         }
@@ -675,7 +675,7 @@ impl BdevChannel for VolumeChannel {
             (l.layout.block_size, l.layout.spec.size_bytes)
         };
         if let Err(e) = check_range(&io, bs, size) {
-            self.reactor.complete(io.cb, IoStatus::Failed(e));
+            io.cb.defer(&self.reactor, IoStatus::Failed(e));
             return;
         }
         self.inflight.set(self.inflight.get() + 1);
