@@ -200,8 +200,8 @@ fn plex_errors_past_the_detach_queue_fail_their_write_instead_of_waiting() {
     const PLEXES: usize = 32;
     const VOLUMES: usize = 3;
     const SD: u64 = MIB;
-    assert!(VOLUMES * (PLEXES - 1) > DETACH_QUEUE_DEPTH + 1);
-    assert!(2 * (PLEXES - 1) <= DETACH_QUEUE_DEPTH);
+    const { assert!(VOLUMES * (PLEXES - 1) > DETACH_QUEUE_DEPTH + 1) };
+    const { assert!(2 * (PLEXES - 1) <= DETACH_QUEUE_DEPTH) };
     let t = target(2);
     t.add_bdev(MallocBdev::new("good", VOLUMES as u64 * SD, 512).unwrap())
         .unwrap();

@@ -668,6 +668,7 @@ impl ChannelState {
     }
 
     fn start(&self, seq: u64, io: BdevIo) {
+        debug_assert!(self.ops.borrow().len() < CHANNEL_SLOTS, "op slab over its bound");
         let zero_fill = io.kind == IoKind::WriteZeroes && self.zero_range_unsupported.get();
         let key = self.ops.borrow_mut().insert(Op {
             io,
@@ -698,6 +699,8 @@ impl ChannelState {
             let off = op.io.offset_bytes + op.done_bytes;
             match op.io.kind {
                 IoKind::Read | IoKind::Write => {
+                    // A data op is (re)issued only with bytes left to move.
+                    debug_assert!(remaining > 0, "op {key} issued with nothing left");
                     let n = remaining.min(MAX_OP_BYTES);
                     op.issued_bytes = n;
                     // check_range proved buf.len() == len_bytes, and done + n <= len.

@@ -528,6 +528,8 @@ impl Reactor {
                 self.wake_armed.set(false);
                 continue;
             }
+            // Every other user_data is a key of the op table (see uring_push).
+            debug_assert!((key as usize) < MAX_URING_OPS, "io_uring user_data {key}");
             let more = cqueue::more(cqe.flags());
             let user = {
                 let mut users = self.uring_users.borrow_mut();
@@ -602,6 +604,8 @@ impl Reactor {
     }
 
     fn sleep(&self) {
+        // Only this thread sets and clears the flag: it is clear while awake.
+        debug_assert!(!self.mailbox.sleeping.load(Ordering::Relaxed));
         self.mailbox.sleeping.store(true, Ordering::SeqCst);
         // Pairs with the fence in ReactorHandle::try_send.
         fence(Ordering::SeqCst);
@@ -669,6 +673,7 @@ impl Reactor {
     }
 
     fn run(self: &Rc<Self>) {
+        assert!(!self.stop.get(), "reactor {} started after a stop", self.id);
         let mut idle_since: Option<Instant> = None;
         let mut last_cpu = Instant::now();
         let mut busy_loops = 0u64;
