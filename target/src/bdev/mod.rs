@@ -31,8 +31,10 @@ use crate::buf::IoBuf;
 use crate::reactor::{Deferred, Reactor};
 
 /// The errno of an I/O refused for lack of room in a bounded queue of the data
-/// plane (a volume's parked or held I/O, the reactor's io_uring operations): nothing
-/// was written or read because of it, and the same I/O may succeed when retried.
+/// plane (a volume's parked or held I/O, a uring channel's FIFO, the reactor's
+/// io_uring operations): the same I/O may succeed when retried. A refused held
+/// write reached the plexes that did not fail; like any failed write, its range
+/// holds old or new data until written again.
 pub const RETRY_ERRNO: i32 = libc::EAGAIN;
 
 /// What an I/O does.
