@@ -287,6 +287,8 @@ impl ChannelState {
         // Usually appends (constant latency keeps due times in order).
         let at = held.partition_point(|h| h.due <= due);
         held.insert(at, Held { due, cb, status });
+        // Earliest first: the poller and next_deadline look at the front only.
+        debug_assert!(at + 1 >= held.len() || held[at + 1].due >= due);
     }
 }
 

@@ -578,6 +578,11 @@ impl Volumes {
                     "nothing staged to commit",
                 ));
             };
+            // Only a prepare stages a layout, and it quiesces the volume first.
+            assert!(
+                c.quiesced,
+                "volume {name}: a staged layout without a quiesce"
+            );
             c.current = Arc::clone(&staged);
             c.quiesced = false;
             staged
