@@ -639,11 +639,22 @@ impl BufCache {
     /// Returns a buffer: to the hungry reactor whose turn it is, else to this
     /// cache, spilling to the shared list past the cache's watermark.
     pub fn put(&self, buf: PoolBuf) {
+        // Ownership: a PoolBuf names its own chunk of this pool, and nothing else.
+        debug_assert!(
+            self.pool.contains(&buf.buf),
+            "a buffer of another pool given back"
+        );
+        debug_assert_eq!(
+            buf.buf.as_ptr(),
+            self.pool.chunk_ptr(buf.class as usize, buf.idx),
+            "a PoolBuf that does not point at its chunk"
+        );
         self.give_back(buf.class as usize, buf.idx);
     }
 
     fn give_back(&self, class: usize, idx: u32) {
         let c = &self.pool.classes[class];
+        debug_assert!((idx as usize) < c.chunks, "chunk {idx} of class {class}");
         if let Some(to) = c.pop_hungry() {
             if to != self.peers.me {
                 if let Some(h) = self.peers.handles.get(to) {
@@ -669,7 +680,8 @@ impl BufCache {
             while list.len() > c.cache_cap.saturating_sub(c.batch / 2) {
                 if let Some(i) = list.pop() {
                     // Cannot fail: the shared list has room for every chunk of its class.
-                    let _ = c.free.push(i);
+                    let pushed = c.free.push(i);
+                    debug_assert!(pushed.is_ok(), "class {class}: more chunks than it has");
                 }
             }
         }

@@ -1,10 +1,11 @@
 //! The data-plane lease (self-fencing): a shared volume is served only while the
 //! coordinator keeps renewing the lease over the kernel interface (`renewLease`).
 //!
-//! - Control side ([`Lease`], in the [`Target`]): the deadline on the target's
-//!   monotonic clock (`Instant`), a generation bumped by every renewal, the expiry
-//!   count. [`Target::renew_lease`] hands the new deadline to every reactor through
-//!   its mailbox and waits until each one has it.
+//! - Control side ([`Lease`], held by the [`Target`], whose `renew_lease` and
+//!   `lease_status` call it): the deadline on the target's monotonic clock
+//!   (`Instant`), a generation bumped by every renewal, the expiry count.
+//!   [`Target::renew_lease`] hands the new deadline to every reactor through its
+//!   mailbox and waits until each one has it.
 //! - Reactor side ([`ReactorLease`], reactor-local): the deadline and one `fenced`
 //!   flag that a shared volume's channel checks on submit (a `Cell`: no lock, no
 //!   shared atomic on the I/O path). A poller flips the flag when the reactor's
@@ -95,11 +96,11 @@ impl Lease {
 
 const LEASE_OBJ: &str = "data-plane lease";
 
-impl Target {
-    /// Serves shared volumes until now + `lease_ms` (monotonic clock); 0 revokes at
-    /// once. Returns whether the lease had run out (or been revoked) before this
-    /// call. Returns once every reactor has the new deadline.
-    pub fn renew_lease(self: &Arc<Self>, lease_ms: u32) -> Result<bool, TargetError> {
+impl Lease {
+    /// Serves `t`'s shared volumes until now + `lease_ms` (monotonic clock); 0
+    /// revokes at once. Returns whether the lease had run out (or been revoked)
+    /// before this call. Returns once every reactor has the new deadline.
+    pub(crate) fn renew(&self, t: &Arc<Target>, lease_ms: u32) -> Result<bool, TargetError> {
         if u128::from(lease_ms) > MAX_LEASE.as_millis() {
             return Err(TargetError::invalid(
                 LEASE_OBJ,
@@ -112,15 +113,15 @@ impl Target {
         let now = Instant::now();
         let deadline = now + Duration::from_millis(u64::from(lease_ms));
         let (generation, was_expired) = {
-            let mut c = self.lease.ctl();
+            let mut c = self.ctl();
             let was_expired = c.deadline.is_some_and(|d| d <= now);
             c.generation += 1;
             c.deadline = Some(deadline);
             (c.generation, was_expired)
         };
-        let shared = Arc::clone(&self.lease.shared);
-        let target = Arc::downgrade(self);
-        self.reactors()
+        let shared = Arc::clone(&self.shared);
+        let target = Arc::downgrade(t);
+        t.reactors()
             .broadcast_blocking(move |r| {
                 apply(
                     r,
@@ -154,9 +155,9 @@ impl Target {
     }
 
     /// The lease's state, time left and expiry count.
-    pub fn lease_status(&self) -> LeaseStatus {
+    pub(crate) fn status(&self) -> LeaseStatus {
         let now = Instant::now();
-        let deadline = self.lease.ctl().deadline;
+        let deadline = self.ctl().deadline;
         let (state, remaining_ms) = match deadline {
             None => (LeaseState::None, 0),
             Some(d) if d <= now => (LeaseState::Expired, 0),
@@ -168,18 +169,18 @@ impl Target {
         LeaseStatus {
             state,
             remaining_ms,
-            expiries: self.lease.shared.expiries.load(Ordering::Relaxed),
+            expiries: self.shared.expiries.load(Ordering::Relaxed),
         }
     }
+}
 
-    /// The shared volumes, by name.
-    fn shared_volume_names(&self) -> Vec<String> {
-        self.list_volume_specs()
-            .into_iter()
-            .filter(|s| s.shared)
-            .map(|s| s.name)
-            .collect()
-    }
+/// The shared volumes of `t`, by name.
+fn shared_volume_names(t: &Target) -> Vec<String> {
+    t.list_volume_specs()
+        .into_iter()
+        .filter(|s| s.shared)
+        .map(|s| s.name)
+        .collect()
 }
 
 /// The lease as one reactor sees it.
@@ -240,7 +241,7 @@ impl ReactorLease {
                 let Some(t) = target.upgrade() else {
                     return;
                 };
-                let volumes = t.shared_volume_names();
+                let volumes = shared_volume_names(&t);
                 log::error!(
                     "{LEASE_OBJ}: expired (seen first on reactor {reactor}); shared volumes fenced \
                      until the coordinator renews it: {} (their I/O fails with errno {FENCED_ERRNO}, \

@@ -254,6 +254,11 @@ impl Job {
             let bytes = unsafe { s.buf.as_ref().expect("slot buffer").io().as_mut_slice() };
             fill_pattern(bytes, self.cfg.seed, off, g * 1_000_003 + i as u64);
         }
+        // One I/O per slot at a time: never more in flight than slots.
+        debug_assert!(
+            (self.busy.get() as usize) < self.slots.len(),
+            "a slot started twice"
+        );
         self.busy.set(self.busy.get() + 1);
         self.submit_slot(i, kind);
     }
@@ -282,6 +287,7 @@ impl IoDone for Job {
         let i = tag as usize;
         let s = &self.slots[i];
         let started = s.start.get();
+        debug_assert!(self.busy.get() > 0, "a completion with nothing in flight");
         self.busy.set(self.busy.get() - 1);
         {
             let mut p = self.part.borrow_mut();

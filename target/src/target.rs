@@ -4,11 +4,14 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use crate::bdev::{Bdev, BdevInfo};
 use crate::buf::{BufPool, PoolConfig};
 use crate::frontend::scsi::pr_cluster::{PrBroker, PrOutResult};
+use crate::lease::LeaseStatus;
 use crate::reactor::{ReactorConfig, ReactorSet};
+use crate::volume::{PlexState, VolumeInfo, VolumeSpec};
 
 /// Most events buffered per subscriber before new ones are dropped (and counted).
 pub const EVENT_QUEUE_DEPTH: usize = 1024;
@@ -165,8 +168,9 @@ pub struct Target {
     bdevs: Mutex<BTreeMap<String, Arc<dyn Bdev>>>,
     subscribers: Mutex<Subscribers>,
     detach_policy: Mutex<DetachPolicy>,
-    /// Per-target state of the volume module (volumes, quiesce bookkeeping).
-    pub(crate) volumes: crate::volume::Registry,
+    /// Per-target state of the volume module (volumes, quiesce bookkeeping, the
+    /// detach worker); the volume methods below call it.
+    pub(crate) volumes: crate::volume::Volumes,
     /// Long-running operations (plex resyncs).
     pub(crate) tasks: crate::volume::resync::Tasks,
     /// The data-plane lease shared volumes are served under.
@@ -338,5 +342,95 @@ impl Target {
     /// Sets the plex error policy (a coordinator sets `External`).
     pub fn set_detach_policy(&self, p: DetachPolicy) {
         *self.detach_policy.lock().unwrap_or_else(|p| p.into_inner()) = p;
+    }
+
+    // Volumes: the state and the work are the volume module's ([`crate::volume`]).
+
+    /// Creates a volume from `spec` and registers it as a bdev of the same name.
+    pub fn create_volume(self: &Arc<Self>, spec: &VolumeSpec) -> Result<VolumeInfo, TargetError> {
+        self.volumes.create(self, spec)
+    }
+
+    /// Deletes a volume with no I/O in flight.
+    pub fn delete_volume(&self, name: &str) -> Result<(), TargetError> {
+        self.volumes.delete(self, name)
+    }
+
+    /// Quiesces the volume and stages `new` (kernel phase of a transaction):
+    /// new I/O is parked, in-flight I/O drains on every reactor, the layout is
+    /// validated and kept for [`Target::commit`]. On a drain timeout nothing
+    /// changes (the gate reopens) and the error names the reactors still busy.
+    pub fn prepare(
+        &self,
+        name: &str,
+        new: &VolumeSpec,
+        drain_timeout: Duration,
+    ) -> Result<Duration, TargetError> {
+        self.volumes.prepare(self, name, new, drain_timeout)
+    }
+
+    /// Applies the staged layout on every reactor and resumes I/O.
+    pub fn commit(&self, name: &str) -> Result<(), TargetError> {
+        self.volumes.commit(self, name)
+    }
+
+    /// Drops the staged layout (if any) and resumes I/O.
+    pub fn abort(&self, name: &str) -> Result<(), TargetError> {
+        self.volumes.abort(self, name)
+    }
+
+    /// Quiesces without a layout change (prepare with the current layout).
+    pub fn quiesce(&self, name: &str, drain_timeout: Duration) -> Result<Duration, TargetError> {
+        self.volumes.quiesce(self, name, drain_timeout)
+    }
+
+    /// Changes a plex's state without draining I/O (detach after an error,
+    /// administrative detach/attach). The last ACTIVE plex cannot leave ACTIVE.
+    pub fn set_plex_state(
+        &self,
+        name: &str,
+        plex: &str,
+        state: PlexState,
+    ) -> Result<(), TargetError> {
+        self.volumes.set_plex_state(self, name, plex, state)
+    }
+
+    /// Fails the writes held for a failed plex (the controller will not detach it).
+    pub fn fail_held_writes(&self, name: &str) -> Result<(), TargetError> {
+        self.volumes.fail_held_writes(self, name)
+    }
+
+    /// The committed layout of a volume.
+    pub fn volume_spec(&self, name: &str) -> Result<VolumeSpec, TargetError> {
+        self.volumes.spec(name)
+    }
+
+    /// A volume with its stats summed over reactors.
+    pub fn volume_info(&self, name: &str) -> Result<VolumeInfo, TargetError> {
+        self.volumes.info(self, name)
+    }
+
+    /// The committed layout of every volume.
+    pub fn list_volume_specs(&self) -> Vec<VolumeSpec> {
+        self.volumes.list_specs()
+    }
+
+    /// Every volume.
+    pub fn list_volumes(&self) -> Vec<VolumeInfo> {
+        self.volumes.list(self)
+    }
+
+    // The data-plane lease: the state and the work are [`crate::lease`]'s.
+
+    /// Serves shared volumes until now + `lease_ms` (monotonic clock); 0 revokes at
+    /// once. Returns whether the lease had run out (or been revoked) before this
+    /// call. Returns once every reactor has the new deadline.
+    pub fn renew_lease(self: &Arc<Self>, lease_ms: u32) -> Result<bool, TargetError> {
+        self.lease.renew(self, lease_ms)
+    }
+
+    /// The lease's state, time left and expiry count.
+    pub fn lease_status(&self) -> LeaseStatus {
+        self.lease.status()
     }
 }

@@ -274,6 +274,45 @@ fn more_ios_than_channel_slots_wait_their_turn_and_all_complete() {
 }
 
 #[test]
+fn io_past_the_waiting_bound_fails_with_eagain_and_the_rest_completes() {
+    use plexd_target::bdev::uring::{CHANNEL_SLOTS, MAX_WAITING_IOS};
+    use plexd_target::bdev::RETRY_ERRNO;
+    let path = TempPath::file("uring-waiting", FILE_BYTES).unwrap();
+    let t = target(1);
+    let u = UringBdev::open("u0", &path.0, &UringOpts::default()).expect("open uring bdev");
+    t.add_bdev(u.clone()).unwrap();
+    if u.info().detail.contains("inline") {
+        // A file on a memory file system is read inline: nothing ever waits.
+        eprintln!("skipped: the temporary directory is a memory file system");
+        return;
+    }
+    let b = t.bdev("u0").unwrap();
+    let h = &t.reactors().handles()[0];
+    // One submitting call: CHANNEL_SLOTS go to the kernel, MAX_WAITING_IOS wait, the
+    // rest is refused.
+    const OVER: usize = 3;
+    let n = CHANNEL_SLOTS + MAX_WAITING_IOS + OVER;
+    let blocks = FILE_BYTES / 512;
+    let reads: Vec<IoReq> = (0..n as u64)
+        .map(|i| IoReq::read((i % blocks) * 512, 512).heap())
+        .collect();
+    let out = run_ios(h, &b, reads, WAIT).unwrap();
+    let refused: Vec<usize> = (0..n)
+        .filter(|&i| out[i].status == IoStatus::Failed(RETRY_ERRNO))
+        .collect();
+    assert_eq!(refused, (n - OVER..n).collect::<Vec<_>>());
+    assert_eq!(
+        out.iter().filter(|o| o.status.is_ok()).count(),
+        n - OVER,
+        "everything within the bound completed"
+    );
+    assert_eq!(u.refused(), OVER as u64);
+    // The channel drained: new I/O is taken again.
+    let out = run_ios(h, &b, vec![IoReq::read(0, 4096)], WAIT).unwrap();
+    assert!(out[0].status.is_ok());
+}
+
+#[test]
 fn dev_shm_works_direct_or_buffered_and_zeroes_fall_back_to_writes() {
     let dir = std::path::Path::new("/dev/shm");
     if !dir.is_dir() {

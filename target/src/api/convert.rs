@@ -325,6 +325,7 @@ fn read_stats(r: k::volume_stats::Reader<'_>) -> VolumeStats {
         read_retries: r.get_read_retries(),
         latency_ns_total: r.get_latency_ns_total(),
         latency_ns_max: r.get_latency_ns_max(),
+        ..Default::default()
     }
 }
 

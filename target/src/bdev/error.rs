@@ -280,13 +280,15 @@ struct ChannelState {
 impl ChannelState {
     fn hold(&self, cb: IoCallback, status: IoStatus, due: Instant) {
         if self.closed.get() {
-            self.reactor.complete(cb, status);
+            cb.defer(&self.reactor, status);
             return;
         }
         let mut held = self.held.borrow_mut();
         // Usually appends (constant latency keeps due times in order).
         let at = held.partition_point(|h| h.due <= due);
         held.insert(at, Held { due, cb, status });
+        // Earliest first: the poller and next_deadline look at the front only.
+        debug_assert!(at + 1 >= held.len() || held[at + 1].due >= due);
     }
 }
 
@@ -294,7 +296,7 @@ impl BdevChannel for ErrorChannel {
     fn submit(&self, mut io: BdevIo) {
         let st = &self.state;
         if let Err(errno) = check_range(&io, st.bdev.block_size(), st.bdev.size_bytes()) {
-            st.reactor.complete(io.cb, IoStatus::Failed(errno));
+            io.cb.defer(&st.reactor, IoStatus::Failed(errno));
             return;
         }
         let inj = &st.bdev.injection;
@@ -304,7 +306,7 @@ impl BdevChannel for ErrorChannel {
                 let due = Instant::now() + Duration::from_micros(latency_us);
                 st.hold(io.cb, IoStatus::Failed(errno), due);
             } else {
-                st.reactor.complete(io.cb, IoStatus::Failed(errno));
+                io.cb.defer(&st.reactor, IoStatus::Failed(errno));
             }
             return;
         }
@@ -348,7 +350,7 @@ impl Poller for ChannelState {
             };
             match next {
                 Some(h) => {
-                    self.reactor.complete(h.cb, h.status);
+                    h.cb.defer(&self.reactor, h.status);
                     n += 1;
                 }
                 None => return n,
@@ -368,7 +370,7 @@ impl Drop for ErrorChannel {
         // Release held completions now rather than lose them.
         let held: Vec<Held> = self.state.held.borrow_mut().drain(..).collect();
         for h in held {
-            self.state.reactor.complete(h.cb, h.status);
+            h.cb.defer(&self.state.reactor, h.status);
         }
     }
 }

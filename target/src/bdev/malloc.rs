@@ -157,6 +157,6 @@ struct MallocChannel {
 impl BdevChannel for MallocChannel {
     fn submit(&self, io: BdevIo) {
         let status = self.bdev.execute(&io);
-        self.reactor.complete(io.cb, status);
+        io.cb.defer(&self.reactor, status);
     }
 }

@@ -5,10 +5,14 @@
 //! Life of an I/O: the submitter (a frontend connection, plexperf, a volume layer)
 //! gets the reactor-local channel of a bdev ([`crate::reactor::Reactor::channel`]),
 //! builds a [`BdevIo`] whose [`IoCallback`] names itself and a tag, and calls
-//! [`BdevChannel::submit`]. The bdev finishes the I/O on the same reactor by calling
-//! [`crate::reactor::Reactor::complete`], which queues the completion; the reactor
-//! loop then calls [`IoDone::io_done`]. Completions never run inside `submit`, so
-//! a layer may submit from its completion handler without re-entrancy.
+//! [`BdevChannel::submit`]. The bdev finishes the I/O on the same reactor with
+//! [`IoCallback::defer`], which queues the completion as one of the reactor's
+//! generic deferred calls ([`crate::reactor::Reactor::defer`]); the reactor loop
+//! then calls [`IoDone::io_done`]. Completions never run inside `submit`, so a
+//! layer may submit from its completion handler without re-entrancy.
+//!
+//! The reactor knows nothing of bdevs: this module keeps each reactor's channel
+//! cache as a reactor-local ([`Reactor::channel`], [`Reactor::drop_channel`]).
 //!
 //! The submit path takes no lock and touches no shared atomic: channels are
 //! reactor-local (`Rc`, `Cell`, `RefCell`).
@@ -18,11 +22,20 @@ pub mod malloc;
 pub mod null;
 pub mod uring;
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
 use crate::buf::IoBuf;
-use crate::reactor::Reactor;
+use crate::reactor::{Deferred, Reactor};
+
+/// The errno of an I/O refused for lack of room in a bounded queue of the data
+/// plane (a volume's parked or held I/O, a uring channel's FIFO, the reactor's
+/// io_uring operations): the same I/O may succeed when retried. A refused held
+/// write reached the plexes that did not fail; like any failed write, its range
+/// holds old or new data until written again.
+pub const RETRY_ERRNO: i32 = libc::EAGAIN;
 
 /// What an I/O does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -69,6 +82,27 @@ impl IoStatus {
         self == IoStatus::Success
     }
 
+    /// As a deferred call's result ([`Deferred::run_deferred`]): 0 on success, the
+    /// negative errno on failure (EIO for a failure without a positive errno).
+    #[inline]
+    pub fn to_result(self) -> i32 {
+        match self {
+            IoStatus::Success => 0,
+            IoStatus::Failed(e) if e > 0 => -e,
+            IoStatus::Failed(_) => -libc::EIO,
+        }
+    }
+
+    /// The status a deferred call's result stands for (see [`IoStatus::to_result`]).
+    #[inline]
+    pub fn from_result(res: i32) -> IoStatus {
+        if res >= 0 {
+            IoStatus::Success
+        } else {
+            IoStatus::Failed(res.checked_neg().unwrap_or(libc::EIO))
+        }
+    }
+
     /// The status of a syscall-style result: negative errno or a byte count.
     pub fn from_res(res: i32, expect_bytes: usize) -> IoStatus {
         if res < 0 {
@@ -81,10 +115,19 @@ impl IoStatus {
     }
 }
 
-/// Receives completions. Implemented by whoever submits I/O.
-pub trait IoDone {
+/// Receives completions. Implemented by whoever submits I/O. Every receiver is a
+/// reactor [`Deferred`] call too (a blanket impl), which is how a completion is
+/// queued on the reactor ([`IoCallback::defer`]).
+pub trait IoDone: Deferred {
     /// The I/O submitted with `tag` finished with `status`.
     fn io_done(&self, tag: u64, status: IoStatus);
+}
+
+impl<T: IoDone> Deferred for T {
+    #[inline]
+    fn run_deferred(&self, tag: u64, result: i32) {
+        self.io_done(tag, IoStatus::from_result(result));
+    }
 }
 
 /// Where a completion goes: a receiver and the tag it gave.
@@ -100,6 +143,43 @@ impl IoCallback {
     /// A callback to `target` with `tag`.
     pub fn new(target: Rc<dyn IoDone>, tag: u64) -> Self {
         IoCallback { target, tag }
+    }
+
+    /// Completes the I/O with `status` from `reactor`'s loop, after the running
+    /// callback returns (never inside the `submit` that is running).
+    #[inline]
+    pub fn defer(self, reactor: &Reactor, status: IoStatus) {
+        reactor.defer(self.target, self.tag, status.to_result());
+    }
+}
+
+/// A reactor's channels, by bdev name (a reactor-local of this module).
+#[derive(Default)]
+struct Channels(RefCell<HashMap<String, Rc<dyn BdevChannel>>>);
+
+/// The bdev framework's per-reactor channel cache. It lives here, as a reactor-local
+/// ([`Reactor::local`]), so that the reactor knows nothing of bdevs.
+impl Reactor {
+    /// The reactor-local channel of `bdev`, created on first use.
+    pub fn channel(self: &Rc<Self>, bdev: &Arc<dyn Bdev>) -> Result<Rc<dyn BdevChannel>, String> {
+        let chans = self.local::<Channels>();
+        if let Some(ch) = chans.0.borrow().get(bdev.name()) {
+            return Ok(Rc::clone(ch));
+        }
+        // Created without the map borrowed: a layer's channel takes its children's.
+        let ch = Arc::clone(bdev).create_channel(self)?;
+        chans
+            .0
+            .borrow_mut()
+            .insert(bdev.name().to_string(), Rc::clone(&ch));
+        Ok(ch)
+    }
+
+    /// Drops this reactor's channel of the bdev named `name` (bdev deletion).
+    pub fn drop_channel(&self, name: &str) {
+        let ch = self.local::<Channels>().0.borrow_mut().remove(name);
+        // Dropped after the map's borrow ends (a channel's drop may use the reactor).
+        drop(ch);
     }
 }
 

@@ -70,6 +70,6 @@ impl BdevChannel for NullChannel {
             Ok(()) => IoStatus::Success,
             Err(e) => IoStatus::Failed(e),
         };
-        self.reactor.complete(io.cb, status);
+        io.cb.defer(&self.reactor, status);
     }
 }

@@ -43,7 +43,9 @@
 //!   and tests' claims that flushes reach the file can be checked.
 //! - In-flight state lives in a slab preallocated per channel
 //!   ([`CHANNEL_SLOTS`] entries); I/O beyond it waits in a preallocated FIFO, so the
-//!   steady state allocates nothing per I/O.
+//!   steady state allocates nothing per I/O. The FIFO holds at most
+//!   [`MAX_WAITING_IOS`]; I/O beyond that fails with [`RETRY_ERRNO`] (counted,
+//!   [`UringBdev::refused`]).
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -57,7 +59,9 @@ use std::sync::Arc;
 
 use io_uring::{opcode, squeue, types};
 
-use super::{check_range, Bdev, BdevChannel, BdevInfo, BdevIo, IoCallback, IoKind, IoStatus};
+use super::{
+    check_range, Bdev, BdevChannel, BdevInfo, BdevIo, IoCallback, IoKind, IoStatus, RETRY_ERRNO,
+};
 use crate::reactor::{Reactor, UringDone};
 
 /// Block size of a file when none is configured (raised to the O_DIRECT alignment
@@ -67,6 +71,9 @@ pub const DEFAULT_FILE_BLOCK_SIZE_BYTES: u32 = 512;
 pub const MAX_BLOCK_SIZE_BYTES: u32 = 64 << 10;
 /// In-flight operations per channel before further I/O waits in the channel's FIFO.
 pub const CHANNEL_SLOTS: usize = 1024;
+/// I/O waiting in one channel's FIFO for a free slot; more fails with
+/// [`RETRY_ERRNO`].
+pub const MAX_WAITING_IOS: usize = 4 * CHANNEL_SLOTS;
 /// Largest length of one read or write SQE; longer I/O is issued in pieces.
 const MAX_OP_BYTES: u64 = 1 << 30;
 /// How many times one operation is resubmitted after EAGAIN/EINTR before it fails.
@@ -106,6 +113,8 @@ pub struct UringBdev {
     volatile_cache: bool,
     /// Flushes (`fdatasync`) completed successfully.
     flushes: AtomicU64,
+    /// I/O failed with [`RETRY_ERRNO`] because [`MAX_WAITING_IOS`] were waiting.
+    refused: AtomicU64,
 }
 
 /// `statfs` magic numbers of memory file systems (linux/magic.h).
@@ -213,12 +222,19 @@ impl UringBdev {
             inline,
             volatile_cache,
             flushes: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
         }))
     }
 
     /// Flushes (`fdatasync`) that completed successfully since the bdev was opened.
     pub fn flushes(&self) -> u64 {
         self.flushes.load(Ordering::Relaxed)
+    }
+
+    /// I/O refused with [`RETRY_ERRNO`] because a channel's FIFO was full
+    /// ([`MAX_WAITING_IOS`]), since the bdev was opened.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
     }
 
     /// True when the bdev does O_DIRECT I/O.
@@ -425,6 +441,7 @@ impl Bdev for UringBdev {
             file_ref,
             ops: RefCell::new(slab::Slab::with_capacity(CHANNEL_SLOTS)),
             waiting: RefCell::new(VecDeque::with_capacity(CHANNEL_SLOTS)),
+            refusing: Cell::new(false),
             resets: RefCell::new(VecDeque::with_capacity(4)),
             next_seq: Cell::new(0),
             zero_buf,
@@ -560,6 +577,8 @@ struct ChannelState {
     ops: RefCell<slab::Slab<Op>>,
     /// I/O waiting for a free slot, in arrival order, with its arrival number.
     waiting: RefCell<VecDeque<(u64, BdevIo)>>,
+    /// A refusal was logged since the FIFO last emptied (one line per episode).
+    refusing: Cell<bool>,
     /// Resets waiting for the I/O that arrived before them (arrival number, callback),
     /// in arrival order.
     resets: RefCell<VecDeque<(u64, IoCallback)>>,
@@ -584,26 +603,47 @@ impl ChannelState {
             // Nothing can be aborted once handed to the kernel: a reset completes when
             // every I/O that arrived before it has completed (later I/O does not delay it).
             if self.oldest_in_flight().is_none() {
-                self.reactor.complete(io.cb, IoStatus::Success);
+                io.cb.defer(&self.reactor, IoStatus::Success);
             } else {
                 self.resets.borrow_mut().push_back((seq, io.cb));
             }
             return;
         }
         if let Err(errno) = check_range(&io, self.bdev.block_size, self.bdev.size_bytes) {
-            self.reactor.complete(io.cb, IoStatus::Failed(errno));
+            io.cb.defer(&self.reactor, IoStatus::Failed(errno));
             return;
         }
         if self.bdev.inline && matches!(io.kind, IoKind::Read | IoKind::Write) {
             let status = self.rw_inline(&io);
-            self.reactor.complete(io.cb, status);
+            io.cb.defer(&self.reactor, status);
             return;
         }
         if self.ops.borrow().len() >= CHANNEL_SLOTS || !self.waiting.borrow().is_empty() {
-            self.waiting.borrow_mut().push_back((seq, io));
+            let mut waiting = self.waiting.borrow_mut();
+            if waiting.len() < MAX_WAITING_IOS {
+                waiting.push_back((seq, io));
+                return;
+            }
+            drop(waiting);
+            self.refuse(io);
             return;
         }
         self.start(seq, io);
+    }
+
+    /// Fails `io` with [`RETRY_ERRNO`]: the FIFO is full.
+    #[cold]
+    fn refuse(&self, io: BdevIo) {
+        self.bdev.refused.fetch_add(1, Ordering::Relaxed);
+        if !self.refusing.replace(true) {
+            log::warn!(
+                "uring bdev {} on reactor {}: {MAX_WAITING_IOS} I/Os wait for a slot; \
+                 failing more with EAGAIN until they drain",
+                self.bdev.name,
+                self.reactor.id()
+            );
+        }
+        io.cb.defer(&self.reactor, IoStatus::Failed(RETRY_ERRNO));
     }
 
     /// A read or write of a memory-backed file, done now (see `UringBdev::inline`).
@@ -661,13 +701,17 @@ impl ChannelState {
                 }
             };
             match next {
-                Some((_, cb)) => self.reactor.complete(cb, IoStatus::Success),
+                Some((_, cb)) => cb.defer(&self.reactor, IoStatus::Success),
                 None => break,
             }
         }
     }
 
     fn start(&self, seq: u64, io: BdevIo) {
+        debug_assert!(
+            self.ops.borrow().len() < CHANNEL_SLOTS,
+            "op slab over its bound"
+        );
         let zero_fill = io.kind == IoKind::WriteZeroes && self.zero_range_unsupported.get();
         let key = self.ops.borrow_mut().insert(Op {
             io,
@@ -698,6 +742,8 @@ impl ChannelState {
             let off = op.io.offset_bytes + op.done_bytes;
             match op.io.kind {
                 IoKind::Read | IoKind::Write => {
+                    // A data op is (re)issued only with bytes left to move.
+                    debug_assert!(remaining > 0, "op {key} issued with nothing left");
                     let n = remaining.min(MAX_OP_BYTES);
                     op.issued_bytes = n;
                     // check_range proved buf.len() == len_bytes, and done + n <= len.
@@ -744,7 +790,7 @@ impl ChannelState {
     fn finish(&self, key: usize, status: IoStatus) {
         let op = self.ops.borrow_mut().try_remove(key);
         if let Some(op) = op {
-            self.reactor.complete(op.io.cb, status);
+            op.io.cb.defer(&self.reactor, status);
         }
         loop {
             if self.ops.borrow().len() >= CHANNEL_SLOTS {
@@ -753,7 +799,10 @@ impl ChannelState {
             let next = self.waiting.borrow_mut().pop_front();
             match next {
                 Some((seq, io)) => self.start(seq, io),
-                None => break,
+                None => {
+                    self.refusing.set(false);
+                    break;
+                }
             }
         }
         if !self.resets.borrow().is_empty() {

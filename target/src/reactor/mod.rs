@@ -1,14 +1,19 @@
 //! Poll-mode reactors: one pinned thread per core of the cpumask.
 //!
 //! Each loop iteration: drain a bounded batch of messages, reap io_uring
-//! completions, deliver queued bdev completions, serve buffer waiters, run
-//! pollers, then submit the batch of new io_uring work once. With no work for
+//! completions, run deferred calls (bdev completions among them), serve buffer
+//! waiters, run pollers, then submit the batch of new io_uring work once. With no work for
 //! `idle_spin` the reactor (in [`PollMode::Adaptive`]) blocks in `io_uring_enter`
 //! with an eventfd read armed, so a message, a completion or a poller's deadline
 //! wakes it; an idle target costs ~0% CPU.
 //!
 //! Everything on a [`Reactor`] is reactor-local (`Rc`, `Cell`, `RefCell`); other
 //! threads reach it only through its [`ReactorHandle`]'s message ring.
+//!
+//! The reactor knows nothing of bdevs: a layer that must not call back inside the
+//! call it serves queues a [`Deferred`] call ([`Reactor::defer`]); io_uring users
+//! implement [`UringDone`]. Both tables are bounded ([`DEFERRED_SLOTS`],
+//! [`MAX_URING_OPS`]) and their exhaustion is counted in [`ReactorStats`].
 
 mod mailbox;
 
@@ -26,7 +31,6 @@ use std::time::{Duration, Instant};
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
-use crate::bdev::{Bdev, BdevChannel, IoCallback, IoStatus};
 use crate::buf::{BufCache, BufPool, IoBuf};
 use mailbox::Mailbox;
 
@@ -49,6 +53,20 @@ const BUSY_CLOCK_EVERY: u64 = 256;
 const BUSY_CLOCK_WORK: usize = 64;
 /// user_data of the eventfd read that wakes a sleeping reactor.
 const WAKE_USER_DATA: u64 = u64::MAX;
+/// Deferred calls a reactor queues before it pushes back (see [`Reactor::defer`]).
+/// Each is a completion of an I/O somebody submitted on this reactor, so the queue
+/// stays far below this while submitters keep their own windows.
+pub const DEFERRED_SLOTS: usize = 1 << 16;
+/// Deferred-call slots allocated when a reactor starts (the queue grows, up to
+/// [`DEFERRED_SLOTS`] before it counts an overrun, only under bursts).
+const DEFERRED_PREALLOC: usize = 4096;
+/// Messages taken per iteration while the deferred queue is past [`DEFERRED_SLOTS`]
+/// (instead of [`MSG_BATCH`]): control messages still progress, new work slows.
+const MSG_BATCH_BACKPRESSURE: usize = 1;
+/// io_uring operations a reactor tracks at once (queued or at the kernel). A push
+/// beyond it is refused: the operation completes with `-EAGAIN` (see
+/// [`Reactor::uring_push`]).
+pub const MAX_URING_OPS: usize = 16 * URING_ENTRIES as usize;
 
 /// Whether a reactor may sleep when idle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -136,6 +154,13 @@ pub struct ReactorStats {
     pub busy_loops: AtomicU64,
     /// Times the reactor went to sleep.
     pub sleeps: AtomicU64,
+    /// Deferred calls queued while [`DEFERRED_SLOTS`] were already queued (kept, not
+    /// dropped: dropping one would hang its submitter; the reactor takes fewer
+    /// messages until the queue is back under the bound).
+    pub deferred_overruns: AtomicU64,
+    /// io_uring operations refused because [`MAX_URING_OPS`] were in flight (each
+    /// completed with `-EAGAIN`).
+    pub uring_refused: AtomicU64,
 }
 
 /// Periodic or event-driven work run by a reactor every iteration.
@@ -148,10 +173,27 @@ pub trait Poller {
     }
 }
 
+/// A call a reactor runs later from its loop, never inside the call that queued it
+/// ([`Reactor::defer`]): a layer completes work this way so that whoever gave it the
+/// work may give it more from the completion without re-entrancy.
+pub trait Deferred {
+    /// Runs the call queued with `tag` (the receiver's own identifier) and `result`
+    /// (syscall style: 0 or a positive count on success, a negative errno on failure).
+    fn run_deferred(&self, tag: u64, result: i32);
+}
+
 /// Receives io_uring completions for operations it queued with [`Reactor::uring_push`].
 pub trait UringDone {
     /// The operation tagged `tag` finished with `res` (bytes or -errno) and CQE `flags`.
     fn uring_done(&self, tag: u64, res: i32, flags: u32);
+}
+
+/// Who runs a deferred call.
+enum DeferredTo {
+    /// A [`Deferred`] receiver.
+    Call(Rc<dyn Deferred>),
+    /// An io_uring user whose operation was refused ([`MAX_URING_OPS`]).
+    Uring(Rc<dyn UringDone>),
 }
 
 /// Identifies a registered poller.
@@ -172,7 +214,11 @@ pub struct Reactor {
     free_file_slots: RefCell<Vec<u32>>,
     wake_armed: Cell<bool>,
     wake_buf: Box<u64>,
-    completions: RefCell<VecDeque<(IoCallback, IoStatus)>>,
+    /// Deferred calls in queue order (bounded by [`DEFERRED_SLOTS`], see `defer`).
+    deferred: RefCell<VecDeque<(DeferredTo, u64, i32)>>,
+    /// True from a deferred-queue overrun until the queue is back under the bound
+    /// (one log line per episode; fewer messages taken meanwhile).
+    deferred_over: Cell<bool>,
     pollers: RefCell<Vec<(PollerId, Rc<dyn Poller>)>>,
     /// The pollers of the running pass (reused, so a pass allocates nothing).
     poller_pass: Cell<Vec<Rc<dyn Poller>>>,
@@ -181,7 +227,6 @@ pub struct Reactor {
     /// units of work, whichever comes first), so a poller pass costs no clock read.
     clock: Cell<Instant>,
     next_poller: Cell<u64>,
-    channels: RefCell<HashMap<String, Rc<dyn BdevChannel>>>,
     locals: RefCell<HashMap<TypeId, Rc<dyn Any>>>,
     bufs: BufCache,
     stats: Arc<ReactorStats>,
@@ -236,12 +281,12 @@ impl Reactor {
             free_file_slots: RefCell::new(free_file_slots),
             wake_armed: Cell::new(false),
             wake_buf: Box::new(0),
-            completions: RefCell::new(VecDeque::with_capacity(4096)),
+            deferred: RefCell::new(VecDeque::with_capacity(DEFERRED_PREALLOC)),
+            deferred_over: Cell::new(false),
             pollers: RefCell::new(Vec::new()),
             poller_pass: Cell::new(Vec::new()),
             clock: Cell::new(Instant::now()),
             next_poller: Cell::new(1),
-            channels: RefCell::new(HashMap::new()),
             locals: RefCell::new(HashMap::new()),
             bufs,
             stats,
@@ -272,26 +317,42 @@ impl Reactor {
         &self.bufs
     }
 
-    /// Queues a bdev completion; it is delivered from the reactor loop.
-    pub fn complete(&self, cb: IoCallback, status: IoStatus) {
-        self.completions.borrow_mut().push_back((cb, status));
-    }
-
-    /// The reactor-local channel of `bdev`, created on first use.
-    pub fn channel(self: &Rc<Self>, bdev: &Arc<dyn Bdev>) -> Result<Rc<dyn BdevChannel>, String> {
-        if let Some(ch) = self.channels.borrow().get(bdev.name()) {
-            return Ok(Rc::clone(ch));
+    /// Queues a call to `to.run_deferred(tag, result)`, run from the reactor loop
+    /// (after the current callback returns, in queue order). Past [`DEFERRED_SLOTS`]
+    /// queued calls the call is still queued (it completes somebody's I/O: dropping
+    /// it would hang them), the overrun is counted in
+    /// [`ReactorStats::deferred_overruns`] and logged once, and the reactor takes
+    /// one message per iteration instead of [`MSG_BATCH`] until the queue is back
+    /// under the bound.
+    #[inline]
+    pub fn defer(&self, to: Rc<dyn Deferred>, tag: u64, result: i32) {
+        let mut q = self.deferred.borrow_mut();
+        if q.len() >= DEFERRED_SLOTS {
+            self.deferred_overrun(q.len());
         }
-        let ch = Arc::clone(bdev).create_channel(self)?;
-        self.channels
-            .borrow_mut()
-            .insert(bdev.name().to_string(), Rc::clone(&ch));
-        Ok(ch)
+        q.push_back((DeferredTo::Call(to), tag, result));
     }
 
-    /// Drops this reactor's channel of the bdev named `name` (bdev deletion).
-    pub fn drop_channel(&self, name: &str) {
-        self.channels.borrow_mut().remove(name);
+    #[cold]
+    fn deferred_overrun(&self, queued: usize) {
+        self.stats.deferred_overruns.fetch_add(1, Ordering::Relaxed);
+        if !self.deferred_over.replace(true) {
+            log::warn!(
+                "reactor {}: {queued} deferred completions queued (bound {DEFERRED_SLOTS}); \
+                 taking fewer messages until they are delivered",
+                self.id
+            );
+        }
+    }
+
+    /// Deferred calls queued and not run yet.
+    pub fn deferred_len(&self) -> usize {
+        self.deferred.borrow().len()
+    }
+
+    /// io_uring operations tracked (queued or at the kernel).
+    pub fn uring_ops(&self) -> usize {
+        self.uring_users.borrow().len()
     }
 
     /// Reactor-local state of type `T`, created with `Default` on first use. Modules
@@ -333,12 +394,26 @@ impl Reactor {
     /// Queues an io_uring operation; its completion goes to `user.uring_done(tag, ..)`.
     /// The batch is submitted at the end of the loop iteration.
     ///
+    /// With [`MAX_URING_OPS`] operations already tracked the operation is refused: it
+    /// never reaches the kernel and `user.uring_done(tag, -EAGAIN, 0)` runs from the
+    /// loop (never inside this call), counted in [`ReactorStats::uring_refused`].
+    ///
     /// # Safety
     /// Every pointer inside `entry` (buffers, iovecs, paths) must stay valid until
     /// the completion is delivered, and fixed-file or fixed-buffer indexes must
     /// refer to resources registered with this reactor's ring.
     pub unsafe fn uring_push(&self, entry: squeue::Entry, user: Rc<dyn UringDone>, tag: u64) {
-        let key = self.uring_users.borrow_mut().insert((user, tag));
+        let key = {
+            let mut users = self.uring_users.borrow_mut();
+            if users.len() >= MAX_URING_OPS {
+                drop(users);
+                self.uring_refuse(user, tag);
+                return;
+            }
+            users.insert((user, tag))
+        };
+        // The wake-up read's user_data is never a slab key (keys stay below the bound).
+        debug_assert!((key as u64) < WAKE_USER_DATA && key < MAX_URING_OPS);
         let entry = entry.user_data(key as u64);
         let mut ring = self.ring.borrow_mut();
         // SAFETY: the caller guarantees the entry's memory outlives the operation.
@@ -350,6 +425,22 @@ impl Reactor {
             self.uring_queued.set(0);
         }
         self.uring_queued.set(self.uring_queued.get() + 1);
+    }
+
+    #[cold]
+    fn uring_refuse(&self, user: Rc<dyn UringDone>, tag: u64) {
+        let n = self.stats.uring_refused.fetch_add(1, Ordering::Relaxed);
+        if n == 0 || n.is_power_of_two() {
+            log::warn!(
+                "reactor {}: {MAX_URING_OPS} io_uring operations in flight; refusing more \
+                 with EAGAIN ({} refused so far)",
+                self.id,
+                n + 1
+            );
+        }
+        self.deferred
+            .borrow_mut()
+            .push_back((DeferredTo::Uring(user), tag, -libc::EAGAIN));
     }
 
     /// Puts `fd` in a free slot of this reactor's registered-file table and returns
@@ -402,8 +493,13 @@ impl Reactor {
     }
 
     fn drain_mailbox(self: &Rc<Self>) -> usize {
+        let max = if self.deferred_over.get() {
+            MSG_BATCH_BACKPRESSURE
+        } else {
+            MSG_BATCH
+        };
         let mut n = 0;
-        while n < MSG_BATCH {
+        while n < max {
             match self.mailbox.pop() {
                 Some(msg) => {
                     msg(self);
@@ -432,6 +528,8 @@ impl Reactor {
                 self.wake_armed.set(false);
                 continue;
             }
+            // Every other user_data is a key of the op table (see uring_push).
+            debug_assert!((key as usize) < MAX_URING_OPS, "io_uring user_data {key}");
             let more = cqueue::more(cqe.flags());
             let user = {
                 let mut users = self.uring_users.borrow_mut();
@@ -453,15 +551,25 @@ impl Reactor {
         n
     }
 
-    /// Delivers the completions queued so far. Completions queued by the handlers
-    /// (a resubmitted I/O on a synchronous bdev) wait for the next iteration, so a
-    /// busy submitter cannot starve messages and io_uring.
-    fn drain_completions(&self) -> usize {
-        let batch = self.completions.borrow().len();
+    /// Runs the deferred calls queued so far. Calls queued by the handlers (a
+    /// resubmitted I/O on a synchronous bdev) wait for the next iteration, so a busy
+    /// submitter cannot starve messages and io_uring.
+    fn drain_deferred(&self) -> usize {
+        let batch = self.deferred.borrow().len();
         for _ in 0..batch {
-            let next = self.completions.borrow_mut().pop_front();
-            let Some((cb, status)) = next else { break };
-            cb.target.io_done(cb.tag, status);
+            let next = self.deferred.borrow_mut().pop_front();
+            let Some((to, tag, result)) = next else { break };
+            match to {
+                DeferredTo::Call(c) => c.run_deferred(tag, result),
+                DeferredTo::Uring(u) => u.uring_done(tag, result, 0),
+            }
+        }
+        if self.deferred_over.get() && self.deferred.borrow().len() < DEFERRED_SLOTS {
+            self.deferred_over.set(false);
+            log::info!(
+                "reactor {}: deferred completions back under {DEFERRED_SLOTS}",
+                self.id
+            );
         }
         batch
     }
@@ -496,10 +604,12 @@ impl Reactor {
     }
 
     fn sleep(&self) {
+        // Only this thread sets and clears the flag: it is clear while awake.
+        debug_assert!(!self.mailbox.sleeping.load(Ordering::Relaxed));
         self.mailbox.sleeping.store(true, Ordering::SeqCst);
         // Pairs with the fence in ReactorHandle::try_send.
         fence(Ordering::SeqCst);
-        if !self.mailbox.is_empty() || !self.completions.borrow().is_empty() {
+        if !self.mailbox.is_empty() || !self.deferred.borrow().is_empty() {
             self.mailbox.sleeping.store(false, Ordering::SeqCst);
             return;
         }
@@ -552,17 +662,18 @@ impl Reactor {
     pub fn run_once(self: &Rc<Self>) -> usize {
         let mut work = self.drain_mailbox();
         work += self.reap_uring();
-        work += self.drain_completions();
+        work += self.drain_deferred();
         if self.bufs.waiters() > 0 {
             work += self.bufs.serve_waiters();
         }
         work += self.run_pollers();
-        work += self.drain_completions();
+        work += self.drain_deferred();
         self.submit();
         work
     }
 
     fn run(self: &Rc<Self>) {
+        assert!(!self.stop.get(), "reactor {} started after a stop", self.id);
         let mut idle_since: Option<Instant> = None;
         let mut last_cpu = Instant::now();
         let mut busy_loops = 0u64;
@@ -608,9 +719,10 @@ impl Reactor {
                 std::hint::spin_loop();
             }
         }
-        // Drop channels and locals on this thread, before the ring goes away.
-        self.channels.borrow_mut().clear();
-        self.locals.borrow_mut().clear();
+        // Drop locals (bdev channels among them) on this thread, before the ring
+        // goes away; taken out first, so a drop may look at the reactor's locals.
+        let locals = std::mem::take(&mut *self.locals.borrow_mut());
+        drop(locals);
         self.pollers.borrow_mut().clear();
         self.publish_cpu();
     }
@@ -978,6 +1090,115 @@ mod tests {
             }
         })
         .unwrap();
+    }
+
+    /// Waits (bounded) until `f` holds, asking the reactor each time.
+    fn wait_on<R: Send + 'static>(
+        h: &ReactorHandle,
+        what: &str,
+        f: impl Fn(&Rc<Reactor>) -> Option<R> + Send + Sync + Clone + 'static,
+    ) -> R {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let f = f.clone();
+            if let Some(r) = h.call_blocking(move |r| f(r)).unwrap() {
+                return r;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn deferred_calls_past_the_bound_are_counted_and_all_delivered() {
+        #[derive(Default)]
+        struct Count {
+            runs: Cell<usize>,
+            order_ok: Cell<bool>,
+        }
+        impl Deferred for Count {
+            fn run_deferred(&self, tag: u64, result: i32) {
+                // Delivered in queue order, with the result given.
+                let ok = tag == self.runs.get() as u64 && result == -(tag as i32 % 7);
+                self.order_ok
+                    .set(self.runs.get() == 0 || self.order_ok.get());
+                if !ok {
+                    self.order_ok.set(false);
+                }
+                self.runs.set(self.runs.get() + 1);
+            }
+        }
+        let set = ReactorSet::start(&ReactorConfig::default(), pool()).unwrap();
+        let h = set.handles()[0].clone();
+        const OVER: usize = 10;
+        let total = DEFERRED_SLOTS + OVER;
+        h.call_blocking(move |r| {
+            let c = r.local::<Count>();
+            for i in 0..total {
+                r.defer(c.clone(), i as u64, -(i as i32 % 7));
+            }
+            // Nothing runs inside the call that queued.
+            assert_eq!(c.runs.get(), 0);
+        })
+        .unwrap();
+        let (runs, ok) = wait_on(&h, "every deferred call", move |r| {
+            let c = r.local::<Count>();
+            (c.runs.get() >= total).then(|| (c.runs.get(), c.order_ok.get()))
+        });
+        assert_eq!(runs, total, "every call ran once, none dropped");
+        assert!(ok, "in queue order with their results");
+        assert_eq!(
+            set.stats()[0].deferred_overruns.load(Ordering::Relaxed),
+            OVER as u64,
+            "each call queued past DEFERRED_SLOTS is counted"
+        );
+        assert_eq!(h.call_blocking(|r| r.deferred_len()).unwrap(), 0);
+    }
+
+    #[test]
+    fn uring_ops_past_the_bound_are_refused_with_eagain() {
+        #[derive(Default)]
+        struct Nops {
+            ok: Cell<usize>,
+            refused: Cell<usize>,
+            other: Cell<usize>,
+        }
+        impl UringDone for Nops {
+            fn uring_done(&self, _tag: u64, res: i32, _flags: u32) {
+                match res {
+                    0 => self.ok.set(self.ok.get() + 1),
+                    r if r == -libc::EAGAIN => self.refused.set(self.refused.get() + 1),
+                    _ => self.other.set(self.other.get() + 1),
+                }
+            }
+        }
+        let set = ReactorSet::start(&ReactorConfig::default(), pool()).unwrap();
+        let h = set.handles()[0].clone();
+        const OVER: usize = 5;
+        let total = MAX_URING_OPS + OVER;
+        let during = h
+            .call_blocking(move |r| {
+                let n = r.local::<Nops>();
+                for i in 0..total {
+                    // SAFETY: a NOP references no memory.
+                    unsafe { r.uring_push(opcode::Nop::new().build(), n.clone(), i as u64) };
+                }
+                // None completes inside the call; the table holds exactly the bound.
+                (n.refused.get() + n.ok.get(), r.uring_ops())
+            })
+            .unwrap();
+        assert_eq!(during, (0, MAX_URING_OPS));
+        let (ok, refused, other) = wait_on(&h, "every NOP and refusal", move |r| {
+            let n = r.local::<Nops>();
+            (n.ok.get() + n.refused.get() + n.other.get() >= total)
+                .then(|| (n.ok.get(), n.refused.get(), n.other.get()))
+        });
+        assert_eq!((ok, refused, other), (MAX_URING_OPS, OVER, 0));
+        assert_eq!(
+            set.stats()[0].uring_refused.load(Ordering::Relaxed),
+            OVER as u64
+        );
+        assert_eq!(h.call_blocking(|r| r.uring_ops()).unwrap(), 0);
     }
 
     #[test]

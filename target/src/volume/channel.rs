@@ -6,6 +6,11 @@
 //! ([`ReactorLease::fenced`]) before anything else: while fenced, new I/O fails
 //! with [`FENCED_ERRNO`] (parked I/O and held writes were failed at expiry by
 //! [`VolumeChannel::fence`]); children already at the disk complete normally.
+//!
+//! Bounds: at most [`MAX_PARKED_IOS`] I/Os wait behind a closed gate and at most
+//! [`MAX_HELD_WRITES`] writes are held for a plex detach, per channel; past them
+//! (and when no detach can be queued) the I/O fails with [`RETRY_ERRNO`], counted
+//! in [`VolumeStats`] (`parked_refused`, `held_refused`).
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -15,7 +20,9 @@ use std::time::Instant;
 
 use super::spec::{Layout, PlexState, ReadPolicy};
 use super::VolumeShared;
-use crate::bdev::{check_range, BdevChannel, BdevIo, IoCallback, IoDone, IoKind, IoStatus};
+use crate::bdev::{
+    check_range, BdevChannel, BdevIo, IoCallback, IoDone, IoKind, IoStatus, RETRY_ERRNO,
+};
 use crate::lease::{ReactorLease, FENCED_ERRNO};
 use crate::reactor::Reactor;
 use crate::target::Event;
@@ -73,6 +80,13 @@ impl ChLayout {
     }
 }
 
+/// I/Os one volume channel parks behind its closed gate (a quiesce); more fail
+/// with [`RETRY_ERRNO`] until the gate opens.
+pub const MAX_PARKED_IOS: usize = 4096;
+/// Writes one volume channel holds until a failed plex is detached; more fail with
+/// [`RETRY_ERRNO`] (the data reached the other plexes; the host writes again).
+pub const MAX_HELD_WRITES: usize = 4096;
+
 /// Where a reactor reports `(reactor, epoch)` once its in-flight count drained.
 pub(crate) type DrainTx = std::sync::mpsc::Sender<(usize, u64)>;
 
@@ -125,6 +139,15 @@ pub struct VolumeStats {
     pub latency_ns_total: u64,
     /// Largest sampled latency, ns.
     pub latency_ns_max: u64,
+    /// I/Os failed with [`RETRY_ERRNO`] because [`MAX_PARKED_IOS`] were parked
+    /// behind the closed gate (also counted in `failed_ops`).
+    #[serde(default)]
+    pub parked_refused: u64,
+    /// Writes failed with [`RETRY_ERRNO`] instead of being held for a plex detach:
+    /// [`MAX_HELD_WRITES`] were held, or no detach could be queued (also counted in
+    /// `failed_ops`).
+    #[serde(default)]
+    pub held_refused: u64,
 }
 
 impl VolumeStats {
@@ -139,6 +162,8 @@ impl VolumeStats {
         self.read_retries += o.read_retries;
         self.latency_ns_total += o.latency_ns_total;
         self.latency_ns_max = self.latency_ns_max.max(o.latency_ns_max);
+        self.parked_refused += o.parked_refused;
+        self.held_refused += o.held_refused;
     }
 }
 
@@ -165,6 +190,8 @@ pub(crate) struct VolumeChannel {
     lease: Rc<ReactorLease>,
     /// The bound layout is of a shared volume (served only under the lease).
     is_shared: Cell<bool>,
+    /// A refusal was logged since the gate last opened (one line per episode).
+    refusal_logged: Cell<bool>,
 }
 
 /// One I/O in this many has its latency measured (reading the clock costs).
@@ -202,6 +229,7 @@ impl VolumeChannel {
             in_submit: Cell::new(false),
             lease: reactor.local::<ReactorLease>(),
             is_shared: Cell::new(is_shared),
+            refusal_logged: Cell::new(false),
         });
         *ch.me.borrow_mut() = Rc::downgrade(&ch);
         Ok(ch)
@@ -232,6 +260,16 @@ impl VolumeChannel {
 
     /// Closes the gate; `tx` hears `(reactor, epoch)` once nothing is in flight.
     pub(crate) fn close_gate(&self, epoch: u64, tx: std::sync::mpsc::Sender<(usize, u64)>) {
+        // One prepare at a time per volume (the control side refuses a second one),
+        // and an older epoch never closes the gate after a newer one.
+        assert!(
+            self.drain_waiter
+                .borrow()
+                .as_ref()
+                .is_none_or(|(e, _)| *e < epoch),
+            "volume {}: gate closed twice for one prepare",
+            self.shared.name
+        );
         self.gate_closed.set(true);
         if self.inflight.get() == 0 {
             let _ = tx.send((self.reactor.id(), epoch));
@@ -261,10 +299,17 @@ impl VolumeChannel {
         }
         self.drain_waiter.borrow_mut().take();
         self.gate_closed.set(false);
+        self.refusal_logged.set(false);
         let parked: Vec<BdevIo> = self.parked.borrow_mut().drain(..).collect();
         for io in parked {
             self.submit(io);
         }
+        // An open gate parks nothing (the resubmissions above went through).
+        assert!(
+            self.parked.borrow().is_empty(),
+            "volume {}: I/O parked behind an open gate",
+            self.shared.name
+        );
         self.recheck_held();
     }
 
@@ -471,6 +516,15 @@ impl VolumeChannel {
                 );
                 return;
             };
+            // Completions are never delivered inside submit (the guard value), only
+            // for a plex the I/O went to, and never more than were sent.
+            debug_assert!(v.pending != u32::MAX, "child completed inside submit");
+            debug_assert!(v.pending > 0, "more child completions than children");
+            debug_assert!(
+                v.targets & (1 << plex) != 0,
+                "completion from a plex not targeted"
+            );
+            debug_assert!(!v.held, "child completion for a held write");
             if let IoStatus::Failed(e) = status {
                 v.failed |= 1 << plex;
                 v.errno = e;
@@ -526,19 +580,24 @@ impl VolumeChannel {
         }
         // Some plexes failed, others hold the data: report and hold the write until the
         // failed plexes stop being ACTIVE.
+        let mut undetached = false;
         for p in 0..l.plexes.len() {
             if failed & (1 << p) != 0
                 && l.plexes[p].state.get().takes_writes()
                 && self.reported.get() & (1 << p) == 0
             {
-                self.reported.set(self.reported.get() | (1 << p));
                 let plex = l.layout.plexes[p].name.to_string();
                 log::warn!(
                     "volume {}: write failed on plex {plex} (errno {errno}) on reactor {}; holding writes until it is detached",
                     self.shared.name,
                     self.reactor.id()
                 );
-                self.shared.plex_error(&plex, errno);
+                if self.shared.plex_error(&plex, errno) {
+                    self.reported.set(self.reported.get() | (1 << p));
+                } else {
+                    // Nobody will detach it now: the next failed write asks again.
+                    undetached = true;
+                }
             }
         }
         if self.fenced() {
@@ -546,10 +605,32 @@ impl VolumeChannel {
             self.finish(slot, IoStatus::Failed(FENCED_ERRNO));
             return;
         }
+        if undetached || self.held.borrow().len() >= MAX_HELD_WRITES {
+            self.stats.borrow_mut().held_refused += 1;
+            self.log_refusal(if undetached {
+                "no plex detach could be queued"
+            } else {
+                "MAX_HELD_WRITES writes are held"
+            });
+            self.finish(slot, IoStatus::Failed(RETRY_ERRNO));
+            return;
+        }
         self.ios.borrow_mut()[slot].held = true;
         self.held.borrow_mut().push(slot);
+        debug_assert!(self.held.borrow().len() <= MAX_HELD_WRITES);
         self.dec_inflight();
         self.recheck_held();
+    }
+
+    /// Logs the first refusal of an episode (until the gate next opens).
+    fn log_refusal(&self, why: &str) {
+        if !self.refusal_logged.replace(true) {
+            log::warn!(
+                "volume {} on reactor {}: {why}; failing I/O with EAGAIN (retry later)",
+                self.shared.name,
+                self.reactor.id()
+            );
+        }
     }
 
     /// Completes held writes whose failed plexes no longer take writes.
@@ -565,7 +646,10 @@ impl VolumeChannel {
                 .borrow()
                 .iter()
                 .copied()
-                .filter(|&s| ios[s].failed & writable == 0)
+                .filter(|&s| {
+                    debug_assert!(ios[s].held, "slot {s} in the held list but not held");
+                    ios[s].failed & writable == 0
+                })
                 .collect()
         };
         if ready.is_empty() {
@@ -600,6 +684,7 @@ impl VolumeChannel {
     }
 
     fn dec_inflight(&self) {
+        debug_assert!(self.inflight.get() > 0, "in-flight count underflow");
         let n = self.inflight.get() - 1;
         self.inflight.set(n);
         if n == 0 && self.gate_closed.get() {
@@ -637,7 +722,7 @@ impl VolumeChannel {
     fn fail_fenced(&self, io: BdevIo) {
         let status = IoStatus::Failed(FENCED_ERRNO);
         self.count(&io, status);
-        self.reactor.complete(io.cb, status);
+        io.cb.defer(&self.reactor, status);
     }
 
     fn complete(&self, slot: usize, status: IoStatus) {
@@ -653,7 +738,7 @@ impl VolumeChannel {
         drop(s);
         if self.in_submit.get() {
             // Never complete inside submit: the submitter may not expect re-entry.
-            self.reactor.complete(v.io.cb, status);
+            v.io.cb.defer(&self.reactor, status);
         } else {
             v.io.cb.target.io_done(v.io.cb.tag, status);
         }
@@ -667,7 +752,17 @@ impl BdevChannel for VolumeChannel {
             return;
         }
         if self.gate_closed.get() {
-            self.parked.borrow_mut().push_back(io);
+            let mut parked = self.parked.borrow_mut();
+            if parked.len() < MAX_PARKED_IOS {
+                parked.push_back(io);
+                return;
+            }
+            drop(parked);
+            self.stats.borrow_mut().parked_refused += 1;
+            self.log_refusal("MAX_PARKED_IOS I/Os are parked behind the closed gate");
+            let status = IoStatus::Failed(RETRY_ERRNO);
+            self.count(&io, status);
+            io.cb.defer(&self.reactor, status);
             return;
         }
         let (bs, size) = {
@@ -675,9 +770,10 @@ impl BdevChannel for VolumeChannel {
             (l.layout.block_size, l.layout.spec.size_bytes)
         };
         if let Err(e) = check_range(&io, bs, size) {
-            self.reactor.complete(io.cb, IoStatus::Failed(e));
+            io.cb.defer(&self.reactor, IoStatus::Failed(e));
             return;
         }
+        debug_assert!(!self.in_submit.get(), "volume channel submit re-entered");
         self.inflight.set(self.inflight.get() + 1);
         self.submitted.set(self.submitted.get().wrapping_add(1));
         let slot = self.ios.borrow_mut().insert(VolIo {
@@ -707,11 +803,12 @@ impl IoDone for VolumeChannel {
 }
 
 impl VolumeShared {
-    fn plex_error(&self, plex: &str, errno: i32) {
+    /// Reports a plex write error; false when nobody will detach the plex.
+    fn plex_error(&self, plex: &str, errno: i32) -> bool {
         (self.notify)(Event::PlexIoError {
             volume: self.name.clone(),
             plex: plex.to_string(),
             errno,
-        });
+        })
     }
 }

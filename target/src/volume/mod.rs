@@ -5,8 +5,12 @@
 //!   the offset mapping.
 //! - `channel`: the reactor-local I/O path (gate, mirror fan-out, read retry,
 //!   held writes).
-//! - this module: the per-target registry and the control operations
-//!   (create, delete, prepare/commit/abort, plex state, stats).
+//! - this module: [`Volumes`], the per-target registry that owns every volume's
+//!   state, and its control operations (create, delete, prepare/commit/abort, plex
+//!   state, stats). The [`Target`] holds one and its public methods call it; no
+//!   `impl Target` lives here.
+//! - the standalone detach policy's worker: one thread per target, started on the
+//!   first plex write error, fed through a queue of [`DETACH_QUEUE_DEPTH`] plexes.
 //!
 //! Quiesce: `prepare` marks the volume quiesced (so channels created meanwhile
 //! start with a closed gate), then asks every reactor to close its channel's gate;
@@ -23,13 +27,14 @@ mod channel;
 pub mod resync;
 pub mod spec;
 
-pub use channel::VolumeStats;
+pub use channel::{VolumeStats, MAX_HELD_WRITES, MAX_PARKED_IOS};
 pub use resync::TaskInfo;
 pub use spec::{PlexKind, PlexSpec, PlexState, ReadPolicy, SubdiskSpec, VolumeSpec};
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use channel::VolumeChannel;
@@ -41,6 +46,10 @@ use crate::target::{DetachPolicy, Event, Target, TargetError};
 
 /// How long a prepare waits for in-flight I/O to drain by default.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Plexes waiting for the standalone detach worker (one entry per failed plex,
+/// however many of its writes failed). A plex error that finds the queue full is
+/// not held for a detach: its write fails with [`crate::bdev::RETRY_ERRNO`].
+pub const DETACH_QUEUE_DEPTH: usize = 64;
 
 struct CtlState {
     current: Arc<Layout>,
@@ -55,7 +64,10 @@ pub(crate) struct VolumeShared {
     pub(crate) name: String,
     id: u64,
     state: Mutex<CtlState>,
-    notify: Box<dyn Fn(Event) + Send + Sync>,
+    /// Reports a plex write error (called on a reactor, never blocks); false when
+    /// nobody will detach the plex (the detach queue is full), so the write that
+    /// failed must not be held.
+    notify: Box<dyn Fn(Event) -> bool + Send + Sync>,
 }
 
 impl VolumeShared {
@@ -130,17 +142,118 @@ impl Bdev for VolumeBdev {
     }
 }
 
-/// Per-target state of the volume module.
+/// The volumes of one target and everything the volume module keeps about them:
+/// the [`Target`] holds one and calls it (the target is passed in as the context:
+/// its reactors, its bdev registry, its events).
 #[derive(Default)]
-pub struct Registry {
+pub struct Volumes {
     vols: Mutex<BTreeMap<String, Arc<VolumeShared>>>,
     next_id: std::sync::atomic::AtomicU64,
-    /// Plexes (volume, plex) whose local detach is under way (standalone policy):
-    /// one detach thread per failed plex, however many of its writes fail.
-    detaching: Mutex<std::collections::BTreeSet<(String, String)>>,
+    /// The standalone detach policy's worker.
+    detach: Detacher,
 }
 
-impl Registry {
+/// The standalone detach policy's worker: one thread, started on first use, takes
+/// failed plexes from a queue of [`DETACH_QUEUE_DEPTH`] and detaches them one at a
+/// time (detaching talks to every reactor, so never on the reactor that saw the
+/// error). A plex already queued or being detached is not queued again.
+#[derive(Default)]
+struct Detacher {
+    /// The queue's sending side; None until the worker starts.
+    tx: Mutex<Option<SyncSender<(String, String)>>>,
+    /// Plexes (volume, plex) queued or being detached (at most
+    /// [`DETACH_QUEUE_DEPTH`] + 1).
+    pending: Mutex<BTreeSet<(String, String)>>,
+}
+
+impl Detacher {
+    fn pending(&self) -> MutexGuard<'_, BTreeSet<(String, String)>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Asks for `plex` of `volume` to be detached; true when it is queued or already
+    /// under way, false when the queue is full or the worker cannot start (the
+    /// caller then fails the write instead of holding it).
+    fn request(&self, target: &Arc<Target>, volume: &str, plex: &str) -> bool {
+        let key = (volume.to_string(), plex.to_string());
+        let mut pending = self.pending();
+        if pending.contains(&key) {
+            return true; // its detach releases this write too
+        }
+        let mut tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+        if tx.is_none() {
+            match spawn_detach_worker(Arc::downgrade(target)) {
+                Ok(t) => *tx = Some(t),
+                Err(e) => {
+                    log::error!(
+                        "volume {volume}: cannot start the plex detach worker: {e}; \
+                         failing the write instead of holding it for plex {plex}"
+                    );
+                    return false;
+                }
+            }
+        }
+        let Some(sender) = tx.as_ref() else {
+            return false;
+        };
+        match sender.try_send(key.clone()) {
+            Ok(()) => {
+                pending.insert(key);
+                debug_assert!(pending.len() <= DETACH_QUEUE_DEPTH + 1);
+                true
+            }
+            Err(TrySendError::Full(_)) => {
+                log::error!(
+                    "volume {volume}: {DETACH_QUEUE_DEPTH} plex detaches already queued; \
+                     plex {plex} is not detached now and its failed write fails with EAGAIN"
+                );
+                false
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                log::error!(
+                    "volume {volume}: the plex detach worker is gone; plex {plex} is not \
+                     detached and its failed write fails with EAGAIN"
+                );
+                *tx = None;
+                false
+            }
+        }
+    }
+
+    fn done(&self, volume: String, plex: String) {
+        let was = self.pending().remove(&(volume, plex));
+        debug_assert!(was, "a detach finished that was not pending");
+    }
+}
+
+/// Starts the detach worker: it runs until the target (which holds the sender) is
+/// dropped.
+fn spawn_detach_worker(target: Weak<Target>) -> std::io::Result<SyncSender<(String, String)>> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(String, String)>(DETACH_QUEUE_DEPTH);
+    std::thread::Builder::new()
+        .name("plex-detach".into())
+        .spawn(move || {
+            while let Ok((volume, plex)) = rx.recv() {
+                let Some(t) = target.upgrade() else { return };
+                let v = &t.volumes;
+                match v.set_plex_state(&t, &volume, &plex, PlexState::Stale) {
+                    Ok(()) => log::warn!(
+                        "volume {volume}: plex {plex} detached (STALE) after a write error"
+                    ),
+                    Err(e) => {
+                        log::error!(
+                            "volume {volume}: cannot detach plex {plex}: {e}; failing its held writes"
+                        );
+                        let _ = v.fail_held_writes(&t, &volume);
+                    }
+                }
+                v.detach.done(volume, plex);
+            }
+        })?;
+    Ok(tx)
+}
+
+impl Volumes {
     fn map(&self) -> MutexGuard<'_, BTreeMap<String, Arc<VolumeShared>>> {
         self.vols.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -227,10 +340,9 @@ pub(crate) fn fence_reactor(r: &Reactor) {
     }
 }
 
-impl Target {
+impl Volumes {
     fn volume_shared(&self, name: &str) -> Result<Arc<VolumeShared>, TargetError> {
-        self.volumes
-            .map()
+        self.map()
             .get(name)
             .cloned()
             .ok_or_else(|| TargetError::NotFound {
@@ -240,20 +352,23 @@ impl Target {
     }
 
     /// Creates a volume from `spec` and registers it as a bdev of the same name.
-    pub fn create_volume(self: &Arc<Self>, spec: &VolumeSpec) -> Result<VolumeInfo, TargetError> {
-        let layout = Arc::new(Layout::resolve(self, spec)?);
-        let mut vols = self.volumes.map();
-        if vols.contains_key(&spec.name) || self.bdev(&spec.name).is_ok() {
+    pub(crate) fn create(
+        &self,
+        t: &Arc<Target>,
+        spec: &VolumeSpec,
+    ) -> Result<VolumeInfo, TargetError> {
+        let layout = Arc::new(Layout::resolve(t, spec)?);
+        let mut vols = self.map();
+        if vols.contains_key(&spec.name) || t.bdev(&spec.name).is_ok() {
             return Err(TargetError::Exists {
                 kind: "volume",
                 name: spec.name.clone(),
             });
         }
-        let weak = Arc::downgrade(self);
+        let weak = Arc::downgrade(t);
         let shared = Arc::new(VolumeShared {
             name: spec.name.clone(),
             id: self
-                .volumes
                 .next_id
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             state: Mutex::new(CtlState {
@@ -262,10 +377,9 @@ impl Target {
                 quiesced: false,
                 epoch: 0,
             }),
-            notify: Box::new(move |ev| {
-                if let Some(t) = weak.upgrade() {
-                    t.on_volume_event(ev);
-                }
+            notify: Box::new(move |ev| match weak.upgrade() {
+                Some(t) => t.volumes.on_event(&t, ev),
+                None => false,
             }),
         });
         let bdev = Arc::new(VolumeBdev {
@@ -273,7 +387,7 @@ impl Target {
             block_size: layout.block_size,
             size_bytes: spec.size_bytes,
         });
-        self.add_bdev(bdev)?;
+        t.add_bdev(bdev)?;
         vols.insert(spec.name.clone(), shared);
         drop(vols);
         log::info!(
@@ -282,11 +396,11 @@ impl Target {
             spec.size_bytes,
             spec.plexes.len()
         );
-        self.volume_info(&spec.name)
+        self.info(t, &spec.name)
     }
 
     /// Deletes a volume with no I/O in flight.
-    pub fn delete_volume(&self, name: &str) -> Result<(), TargetError> {
+    pub(crate) fn delete(&self, t: &Target, name: &str) -> Result<(), TargetError> {
         let shared = self.volume_shared(name)?;
         if shared.ctl().quiesced {
             return Err(TargetError::InUse {
@@ -297,7 +411,7 @@ impl Target {
         }
         let id = shared.id;
         let vname = name.to_string();
-        let busy: Vec<(usize, u32)> = self
+        let busy: Vec<(usize, u32)> = t
             .reactors()
             .broadcast_blocking(move |r| {
                 let loc = r.local::<LocalVolumes>();
@@ -326,8 +440,8 @@ impl Target {
                 user: format!("I/O in flight ({})", busy.join(", ")),
             });
         }
-        self.volumes.map().remove(name);
-        self.remove_bdev_entry(name);
+        self.map().remove(name);
+        t.remove_bdev_entry(name);
         log::info!("volume {name}: deleted");
         Ok(())
     }
@@ -335,11 +449,12 @@ impl Target {
     /// Runs `f` on each reactor's channel of the volume (reactors without one skip).
     fn on_channels<R: Send + 'static>(
         &self,
+        t: &Target,
         shared: &VolumeShared,
         f: impl Fn(&VolumeChannel) -> R + Send + Sync + 'static,
     ) -> Result<Vec<R>, TargetError> {
         let id = shared.id;
-        let out = self
+        let out = t
             .reactors()
             .broadcast_blocking(move |r| {
                 let ch = r.local::<LocalVolumes>().chans.borrow().get(&id).cloned();
@@ -353,8 +468,9 @@ impl Target {
     /// new I/O is parked, in-flight I/O drains on every reactor, the layout is
     /// validated and kept for [`Target::commit`]. On a drain timeout nothing
     /// changes (the gate reopens) and the error names the reactors still busy.
-    pub fn prepare(
+    pub(crate) fn prepare(
         &self,
+        t: &Target,
         name: &str,
         new: &VolumeSpec,
         drain_timeout: Duration,
@@ -367,7 +483,7 @@ impl Target {
                 format!("a staged layout cannot rename it to {}", new.name),
             ));
         }
-        let staged = Arc::new(Layout::resolve(self, new)?);
+        let staged = Arc::new(Layout::resolve(t, new)?);
         let epoch = {
             let mut c = shared.ctl();
             if c.quiesced {
@@ -393,9 +509,9 @@ impl Target {
         };
         let (tx, rx) = std::sync::mpsc::channel();
         let id = shared.id;
-        let nreactors = self.reactors().len();
+        let nreactors = t.reactors().len();
         let mut waiting: Vec<bool> = vec![true; nreactors];
-        for h in self.reactors().handles() {
+        for h in t.reactors().handles() {
             let tx = tx.clone();
             let msg: crate::reactor::Msg = Box::new(move |r| {
                 let ch = r.local::<LocalVolumes>().chans.borrow().get(&id).cloned();
@@ -407,7 +523,7 @@ impl Target {
                 }
             });
             if let Err(e) = h.send_timeout(msg, crate::reactor::CONTROL_SEND_TIMEOUT) {
-                self.abort_nowait(&shared);
+                self.abort_nowait(t, &shared);
                 return Err(TargetError::Timeout {
                     object: vol_obj(name),
                     reason: e.to_string(),
@@ -436,7 +552,7 @@ impl Target {
                 .map(|(r, _)| format!("reactor {r}"))
                 .collect();
             // A busy reactor cannot answer now: reopen the gates without waiting.
-            self.abort_nowait(&shared);
+            self.abort_nowait(t, &shared);
             let reason = format!(
                 "in-flight I/O did not drain within {} ms on {}; prepare aborted",
                 drain_timeout.as_millis(),
@@ -452,7 +568,7 @@ impl Target {
     }
 
     /// Applies the staged layout on every reactor and resumes I/O.
-    pub fn commit(&self, name: &str) -> Result<(), TargetError> {
+    pub(crate) fn commit(&self, t: &Target, name: &str) -> Result<(), TargetError> {
         let shared = self.volume_shared(name)?;
         let layout = {
             let mut c = shared.ctl();
@@ -462,16 +578,21 @@ impl Target {
                     "nothing staged to commit",
                 ));
             };
+            // Only a prepare stages a layout, and it quiesces the volume first.
+            assert!(
+                c.quiesced,
+                "volume {name}: a staged layout without a quiesce"
+            );
             c.current = Arc::clone(&staged);
             c.quiesced = false;
             staged
         };
         let l = Arc::clone(&layout);
-        self.on_channels(&shared, move |c| c.open_gate(Some(Arc::clone(&l))))?;
-        if let Ok(b) = self.bdev(name) {
+        self.on_channels(t, &shared, move |c| c.open_gate(Some(Arc::clone(&l))))?;
+        if let Ok(b) = t.bdev(name) {
             if b.size_bytes() != layout.spec.size_bytes {
                 // The volume bdev's size follows the committed layout.
-                self.replace_bdev_entry(Arc::new(VolumeBdev {
+                t.replace_bdev_entry(Arc::new(VolumeBdev {
                     shared: Arc::clone(&shared),
                     block_size: layout.block_size,
                     size_bytes: layout.spec.size_bytes,
@@ -483,27 +604,27 @@ impl Target {
     }
 
     /// Drops the staged layout (if any) and resumes I/O.
-    pub fn abort(&self, name: &str) -> Result<(), TargetError> {
+    pub(crate) fn abort(&self, t: &Target, name: &str) -> Result<(), TargetError> {
         let shared = self.volume_shared(name)?;
         {
             let mut c = shared.ctl();
             c.staged = None;
             c.quiesced = false;
         }
-        self.on_channels(&shared, |c| c.open_gate(None))?;
+        self.on_channels(t, &shared, |c| c.open_gate(None))?;
         Ok(())
     }
 
     /// Drops the staged layout and tells every reactor to reopen the gate, without
     /// waiting for the answers (used when a reactor is too busy to answer).
-    fn abort_nowait(&self, shared: &Arc<VolumeShared>) {
+    fn abort_nowait(&self, t: &Target, shared: &Arc<VolumeShared>) {
         {
             let mut c = shared.ctl();
             c.staged = None;
             c.quiesced = false;
         }
         let id = shared.id;
-        for h in self.reactors().handles() {
+        for h in t.reactors().handles() {
             let msg: crate::reactor::Msg = Box::new(move |r| {
                 let ch = r.local::<LocalVolumes>().chans.borrow().get(&id).cloned();
                 if let Some(c) = ch {
@@ -517,15 +638,21 @@ impl Target {
     }
 
     /// Quiesces without a layout change (prepare with the current layout).
-    pub fn quiesce(&self, name: &str, drain_timeout: Duration) -> Result<Duration, TargetError> {
+    pub(crate) fn quiesce(
+        &self,
+        t: &Target,
+        name: &str,
+        drain_timeout: Duration,
+    ) -> Result<Duration, TargetError> {
         let spec = self.volume_shared(name)?.ctl().current.spec.clone();
-        self.prepare(name, &spec, drain_timeout)
+        self.prepare(t, name, &spec, drain_timeout)
     }
 
     /// Changes a plex's state without draining I/O (detach after an error,
     /// administrative detach/attach). The last ACTIVE plex cannot leave ACTIVE.
-    pub fn set_plex_state(
+    pub(crate) fn set_plex_state(
         &self,
+        t: &Target,
         name: &str,
         plex: &str,
         state: PlexState,
@@ -565,9 +692,9 @@ impl Target {
             }
         }
         let p = plex.to_string();
-        self.on_channels(&shared, move |c| c.set_plex_state(&p, state))?;
+        self.on_channels(t, &shared, move |c| c.set_plex_state(&p, state))?;
         log::info!("volume {name}: plex {plex} is now {}", state.as_str());
-        self.publish(Event::PlexState {
+        t.publish(Event::PlexState {
             volume: name.into(),
             plex: plex.into(),
             state: state.as_str().into(),
@@ -576,21 +703,21 @@ impl Target {
     }
 
     /// Fails the writes held for a failed plex (the controller will not detach it).
-    pub fn fail_held_writes(&self, name: &str) -> Result<(), TargetError> {
+    pub(crate) fn fail_held_writes(&self, t: &Target, name: &str) -> Result<(), TargetError> {
         let shared = self.volume_shared(name)?;
-        self.on_channels(&shared, |c| c.fail_held())?;
+        self.on_channels(t, &shared, |c| c.fail_held())?;
         Ok(())
     }
 
     /// The committed layout of a volume.
-    pub fn volume_spec(&self, name: &str) -> Result<VolumeSpec, TargetError> {
+    pub(crate) fn spec(&self, name: &str) -> Result<VolumeSpec, TargetError> {
         Ok(self.volume_shared(name)?.ctl().current.spec.clone())
     }
 
     /// A volume with its stats summed over reactors.
-    pub fn volume_info(&self, name: &str) -> Result<VolumeInfo, TargetError> {
+    pub(crate) fn info(&self, t: &Target, name: &str) -> Result<VolumeInfo, TargetError> {
         let shared = self.volume_shared(name)?;
-        let per = self.on_channels(&shared, |c| {
+        let per = self.on_channels(t, &shared, |c| {
             (
                 c.stats(),
                 c.inflight() as u64,
@@ -643,63 +770,29 @@ impl Target {
     }
 
     /// The committed layout of every volume.
-    pub fn list_volume_specs(&self) -> Vec<VolumeSpec> {
-        self.volumes
-            .map()
+    pub(crate) fn list_specs(&self) -> Vec<VolumeSpec> {
+        self.map()
             .values()
             .map(|v| v.ctl().current.spec.clone())
             .collect()
     }
 
     /// Every volume.
-    pub fn list_volumes(&self) -> Vec<VolumeInfo> {
-        let names: Vec<String> = self.volumes.map().keys().cloned().collect();
-        names
-            .iter()
-            .filter_map(|n| self.volume_info(n).ok())
-            .collect()
+    pub(crate) fn list(&self, t: &Target) -> Vec<VolumeInfo> {
+        let names: Vec<String> = self.map().keys().cloned().collect();
+        names.iter().filter_map(|n| self.info(t, n).ok()).collect()
     }
 
-    fn on_volume_event(self: Arc<Self>, ev: Event) {
-        self.publish(ev.clone());
-        if let Event::PlexIoError { volume, plex, .. } = ev {
-            if self.detach_policy() == DetachPolicy::Local {
-                let key = (volume.clone(), plex.clone());
-                let first = self
-                    .volumes
-                    .detaching
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(key.clone());
-                if !first {
-                    // A detach of this plex is under way: it releases this write too.
-                    return;
-                }
-                // Detaching talks to every reactor; do it off the reactor that saw the error.
-                let t = Arc::clone(&self);
-                let spawned = std::thread::Builder::new().name("plex-detach".into()).spawn(move || {
-                    match t.set_plex_state(&volume, &plex, PlexState::Stale) {
-                        Ok(()) => log::warn!("volume {volume}: plex {plex} detached (STALE) after a write error"),
-                        Err(e) => {
-                            log::error!("volume {volume}: cannot detach plex {plex}: {e}; failing its held writes");
-                            let _ = t.fail_held_writes(&volume);
-                        }
-                    }
-                    t.volumes
-                        .detaching
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&(volume, plex));
-                });
-                if let Err(e) = spawned {
-                    log::error!("volume: cannot start the detach of a failed plex: {e}");
-                    self.volumes
-                        .detaching
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&key);
-                }
+    /// A volume channel's event (on a reactor: never blocks). Published; under the
+    /// standalone policy a plex write error also queues the plex's detach. False
+    /// when the plex will not be detached (the writes that failed must not be held).
+    fn on_event(&self, t: &Arc<Target>, ev: Event) -> bool {
+        t.publish(ev.clone());
+        match ev {
+            Event::PlexIoError { volume, plex, .. } if t.detach_policy() == DetachPolicy::Local => {
+                self.detach.request(t, &volume, &plex)
             }
+            _ => true,
         }
     }
 }
