@@ -167,8 +167,6 @@ pub struct Target {
     detach_policy: Mutex<DetachPolicy>,
     /// Per-target state of the volume module (volumes, quiesce bookkeeping).
     pub(crate) volumes: crate::volume::Registry,
-    /// Long-running operations (plex resyncs).
-    pub(crate) tasks: crate::volume::resync::Tasks,
     /// The data-plane lease shared volumes are served under.
     pub(crate) lease: crate::lease::Lease,
     /// Reservations of shared volumes, kept by the cluster.
@@ -194,7 +192,6 @@ impl Target {
             }),
             detach_policy: Mutex::new(DetachPolicy::Local),
             volumes: Default::default(),
-            tasks: Default::default(),
             lease: Default::default(),
         }))
     }

@@ -2,8 +2,9 @@
 //!
 //! The daemon copies: while the plex is SYNCING (it receives every new write, on
 //! every node), a resync thread walks the volume in chunks of at most
-//! [`CHUNK_BYTES`]; each chunk is read from an ACTIVE plex's disk bdev and written to
-//! the SYNCING plex's disk bdev under a fence ([`super::fence`]): every member of the
+//! [`CHUNK_BYTES`]; the data plane copies each chunk from an ACTIVE plex to the
+//! SYNCING plex (kernel call `copyRange`: its own plex mapping, reactors to disks, no
+//! data on the socket) under a fence ([`super::fence`]): every member of the
 //! view has quiesced the volume (host I/O is parked, not failed), so no host write,
 //! through any node, races with the copy of the same range. When the copy is done the
 //! daemon runs `SetPlexState ACTIVE` as a normal (cluster) change. The master runs the
@@ -18,9 +19,9 @@ use plexd_target::api::KernelClient;
 
 use super::ctl::TaskOut;
 use super::fence::Fencer;
-use super::kernel::{disk_bdev, volume_bdev};
+use super::kernel::volume_bdev;
 use super::Input;
-use crate::objects::{DiskGroupConfig, Plex, PlexLayout, PlexState, Volume};
+use crate::objects::{DiskGroupConfig, Plex, PlexState, Volume};
 
 /// Largest copy per quiesce.
 pub const CHUNK_BYTES: u64 = 1 << 20;
@@ -40,45 +41,8 @@ pub struct Progress {
     pub result: Option<Result<(), String>>,
 }
 
-/// Where a plex keeps a volume byte: (disk bdev, device offset, bytes until the next
-/// boundary).
-pub fn map_offset(dg: &DiskGroupConfig, plex: &Plex, offset: u64) -> Option<(String, u64, u64)> {
-    let (column, column_offset, unit_left) = match plex.layout {
-        PlexLayout::Concat => (0, offset, u64::MAX),
-        PlexLayout::Stripe {
-            columns,
-            stripe_unit_bytes: su,
-        } => {
-            if columns == 0 || su == 0 {
-                return None;
-            }
-            let stripe = offset / su;
-            let within = offset % su;
-            (
-                (stripe % columns as u64) as u32,
-                (stripe / columns as u64) * su + within,
-                su - within,
-            )
-        }
-    };
-    let sd = plex.subdisks.iter().find(|s| {
-        s.column == column
-            && s.plex_offset_bytes <= column_offset
-            && column_offset < s.plex_offset_bytes + s.len_bytes
-    })?;
-    let into = column_offset - sd.plex_offset_bytes;
-    let left = (sd.len_bytes - into).min(unit_left);
-    dg.disk(&sd.disk)?;
-    Some((
-        disk_bdev(&dg.name, &sd.disk),
-        sd.disk_offset_bytes + into,
-        left,
-    ))
-}
-
 /// One resync to run.
 pub struct Job {
-    dg: DiskGroupConfig,
     source: Plex,
     target: Plex,
     volume: String,
@@ -94,7 +58,6 @@ impl Job {
             .find(|p| p.state == PlexState::Active)?
             .clone();
         Some(Job {
-            dg: dg.clone(),
             source,
             target: plex.clone(),
             volume: volume_bdev(&dg.name, &volume.name),
@@ -157,20 +120,17 @@ impl Job {
             if cancel.load(Ordering::Relaxed) {
                 return Err("cancelled".into());
             }
-            let (src, src_off, src_left) =
-                map_offset(&self.dg, &self.source, offset).ok_or_else(|| {
-                    format!("plex {}: offset {offset} is not mapped", self.source.name)
-                })?;
-            let (dst, dst_off, dst_left) =
-                map_offset(&self.dg, &self.target, offset).ok_or_else(|| {
-                    format!("plex {}: offset {offset} is not mapped", self.target.name)
-                })?;
-            let len = CHUNK_BYTES
-                .min(src_left)
-                .min(dst_left)
-                .min(self.size_bytes - offset);
+            // The data plane maps the range onto both plexes itself.
+            let len = CHUNK_BYTES.min(self.size_bytes - offset);
             fencer.run(&self.volume, cancel, || {
-                copy_chunk(&k, &src, src_off, &dst, dst_off, len)
+                copy_chunk(
+                    &k,
+                    &self.volume,
+                    &self.source.name,
+                    &self.target.name,
+                    offset,
+                    len,
+                )
             })?;
             offset += len;
             chunks += 1;
@@ -186,28 +146,23 @@ impl Job {
     }
 }
 
+/// Copies one chunk inside the data plane (`copyRange`); the caller holds the fence.
 fn copy_chunk(
     k: &KernelClient,
-    src: &str,
-    src_off: u64,
-    dst: &str,
-    dst_off: u64,
+    volume: &str,
+    source: &str,
+    target: &str,
+    offset: u64,
     len: u64,
 ) -> Result<(), String> {
-    let len32 = u32::try_from(len).map_err(|_| "chunk too large".to_string())?;
-    let r = k
-        .read(src, src_off, len32)
-        .map_err(|e| format!("read {src}@{src_off}: {e}"))?;
-    if r.status != 0 {
-        return Err(format!("read {src}@{src_off}: errno {}", r.status));
-    }
-    let status = k
-        .write(dst, dst_off, &r.data)
-        .map_err(|e| format!("write {dst}@{dst_off}: {e}"))?;
-    if status != 0 {
-        return Err(format!("write {dst}@{dst_off}: errno {status}"));
-    }
-    Ok(())
+    let len32 = u32::try_from(len).map_err(|_| format!("chunk of {len} bytes too large"))?;
+    k.copy_range(volume, source, target, offset, len32)
+        .map_err(|e| {
+            format!(
+                "data plane {}: copy of {offset}+{len} from plex {source} to plex {target}: {e}",
+                k.path()
+            )
+        })
 }
 
 struct Task {
@@ -312,73 +267,6 @@ impl Tasks {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::objects::{apply, Change, ClusterConfig, Disk, VolumeLayout};
-
-    fn group(layout: VolumeLayout) -> DiskGroupConfig {
-        let disk = |n: &str, id: char| Disk {
-            name: n.into(),
-            id: id.to_string().repeat(32),
-            path: format!("/tmp/{n}.img"),
-            size_bytes: 65 << 20,
-            public_offset_bytes: 1 << 20,
-            public_len_bytes: 64 << 20,
-        };
-        let c = apply(
-            &ClusterConfig::default(),
-            &Change::DgCreate {
-                dg: "dg1".into(),
-                dg_id: "a".repeat(32),
-                shared: true,
-                owner_id: "demo".into(),
-                disks: vec![
-                    disk("d1", '1'),
-                    disk("d2", '2'),
-                    disk("d3", '3'),
-                    disk("d4", '4'),
-                ],
-            },
-        )
-        .unwrap();
-        let c = apply(
-            &c,
-            &Change::VolCreate {
-                dg: "dg1".into(),
-                volume: "v1".into(),
-                size_bytes: 8 << 20,
-                layout,
-            },
-        )
-        .unwrap();
-        c.disk_groups[0].clone()
-    }
-
-    #[test]
-    fn concat_maps_linearly_past_the_private_region() {
-        let g = group(VolumeLayout::Concat);
-        let p = &g.volumes[0].plexes[0];
-        let (bdev, off, left) = map_offset(&g, p, 4096).unwrap();
-        assert!(bdev.starts_with("dg1.d"));
-        assert_eq!(off, p.subdisks[0].disk_offset_bytes + 4096);
-        assert_eq!(left, (8 << 20) - 4096);
-        assert!(map_offset(&g, p, 8 << 20).is_none());
-    }
-
-    #[test]
-    fn stripe_alternates_columns_per_unit() {
-        let g = group(VolumeLayout::Stripe {
-            columns: 2,
-            stripe_unit_bytes: 64 << 10,
-        });
-        let p = &g.volumes[0].plexes[0];
-        let (b0, o0, l0) = map_offset(&g, p, 0).unwrap();
-        let (b1, o1, _) = map_offset(&g, p, 64 << 10).unwrap();
-        let (b2, o2, _) = map_offset(&g, p, 128 << 10).unwrap();
-        assert_ne!(b0, b1);
-        assert_eq!(b0, b2);
-        assert_eq!(l0, 64 << 10);
-        assert_eq!(o2, o0 + (64 << 10));
-        assert_eq!(o1 % 4096, 0);
-    }
 
     #[test]
     fn tasks_track_progress_and_end() {

@@ -505,6 +505,34 @@ impl KernelClient {
         })
     }
 
+    /// Copies `[offset_bytes, offset_bytes + len_bytes)` of `volume` from plex
+    /// `source` (ACTIVE) to plex `target` (SYNCING) inside the data plane (one chunk of
+    /// a resync, at most 1 MiB). Does not quiesce: the caller holds the cluster's
+    /// fence, and the target refuses (`invalid`) unless the volume is quiesced there.
+    pub fn copy_range(
+        &self,
+        volume: &str,
+        source: &str,
+        target: &str,
+        offset_bytes: u64,
+        len_bytes: u32,
+    ) -> Result<(), ClientError> {
+        let (volume, source, target) = (volume.to_string(), source.to_string(), target.to_string());
+        self.call("copyRange", self.call_timeout, move |kc, path| {
+            Box::pin(async move {
+                let mut rq = kc.copy_range_request();
+                rq.get().set_volume(volume.as_str());
+                rq.get().set_source_plex(source.as_str());
+                rq.get().set_target_plex(target.as_str());
+                rq.get().set_offset_bytes(offset_bytes);
+                rq.get().set_len_bytes(len_bytes);
+                let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
+                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
+                check(&path, r.has_error(), || read_error(r.get_error()?))
+            })
+        })
+    }
+
     /// Sets what the target does on a plex write error.
     pub fn set_detach_policy(&self, policy: DetachPolicy) -> Result<(), ClientError> {
         self.call("setDetachPolicy", self.call_timeout, move |kc, path| {

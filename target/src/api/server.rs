@@ -872,6 +872,26 @@ impl k::kernel::Server for KernelImpl {
         Ok(())
     }
 
+    async fn copy_range(
+        self: Rc<Self>,
+        params: k::kernel::CopyRangeParams,
+        mut results: k::kernel::CopyRangeResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get()?;
+        let vol = text(p.get_volume())?;
+        let src = text(p.get_source_plex())?;
+        let dst = text(p.get_target_plex())?;
+        let (off, len) = (p.get_offset_bytes(), u64::from(p.get_len_bytes()));
+        if let Err(e) = blocking(&self.service, move |s| {
+            s.target().copy_range(&vol, &src, &dst, off, len)
+        })
+        .await
+        {
+            fail(self.conn, "copyRange", &e, results.get().init_error());
+        }
+        Ok(())
+    }
+
     async fn iscsi_set_alua(
         self: Rc<Self>,
         params: k::kernel::IscsiSetAluaParams,

@@ -5,6 +5,8 @@
 //!   the offset mapping.
 //! - `channel`: the reactor-local I/O path (gate, mirror fan-out, read retry,
 //!   held writes).
+//! - [`copy`]: the copy of a range from an ACTIVE plex to a SYNCING one (one
+//!   chunk of a resync, run under the caller's fence).
 //! - this module: the per-target registry and the control operations
 //!   (create, delete, prepare/commit/abort, plex state, stats).
 //!
@@ -20,11 +22,11 @@
 //! staged.
 
 mod channel;
-pub mod resync;
+pub mod copy;
 pub mod spec;
 
 pub use channel::VolumeStats;
-pub use resync::TaskInfo;
+pub use copy::MAX_COPY_BYTES;
 pub use spec::{PlexKind, PlexSpec, PlexState, ReadPolicy, SubdiskSpec, VolumeSpec};
 
 use std::collections::{BTreeMap, HashMap};
