@@ -22,7 +22,7 @@ use thiserror::Error;
 
 use crate::alloc::{self, AllocError};
 pub use crate::size::SECTOR_BYTES;
-pub use plexd_target::frontend::scsi::pr::{Nexus, PrState};
+pub use plexd_target_api::scsi::pr::{Nexus, PrState};
 
 /// Every subdisk's offset and length is a multiple of this, so O_DIRECT I/O on 4K-sector
 /// devices stays aligned.
@@ -2011,13 +2011,13 @@ mod tests {
             nexus: nexus.clone(),
             service_action: sa,
             scope_type: ty,
-            parameters: plexd_target::frontend::scsi::pr::param(rkey, sakey, false),
+            parameters: plexd_target_api::scsi::pr::param(rkey, sakey, false),
         }
     }
 
     #[test]
     fn persistent_reservations_are_changed_by_the_cluster_and_refused_when_stale() {
-        use plexd_target::frontend::scsi::pr::{ty, Access};
+        use plexd_target_api::scsi::pr::{ty, Access};
         let c = create_vol(
             &cluster(&[("d1", GIB)]),
             "v1",

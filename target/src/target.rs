@@ -2,6 +2,7 @@
 //! Several targets can live in one process (no globals); everything here is
 //! control-path code, the I/O path never touches the registry's lock.
 
+pub use plexd_target_api::info::{DetachPolicy, Event, EVENT_QUEUE_DEPTH};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -9,9 +10,6 @@ use crate::bdev::{Bdev, BdevInfo};
 use crate::buf::{BufPool, PoolConfig};
 use crate::frontend::scsi::pr_cluster::{PrBroker, PrOutResult};
 use crate::reactor::{ReactorConfig, ReactorSet};
-
-/// Most events buffered per subscriber before new ones are dropped (and counted).
-pub const EVENT_QUEUE_DEPTH: usize = 1024;
 
 /// A typed error of the data plane's control operations; every variant names the object.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -78,63 +76,6 @@ impl TargetError {
     }
 }
 
-/// Something the data plane tells its controller.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "event", rename_all = "snake_case")]
-pub enum Event {
-    /// A write to a plex failed; writes held for it wait for a decision
-    /// (detach the plex or fail them).
-    PlexIoError {
-        /// The volume.
-        volume: String,
-        /// The failing plex.
-        plex: String,
-        /// errno of the failure.
-        errno: i32,
-    },
-    /// A plex changed state.
-    PlexState {
-        /// The volume.
-        volume: String,
-        /// The plex.
-        plex: String,
-        /// Its new state.
-        state: String,
-    },
-    /// A backing device went away.
-    DiskGone {
-        /// The bdev.
-        bdev: String,
-        /// Why.
-        reason: String,
-    },
-    /// The data-plane lease ran out or was revoked: I/O to these shared volumes
-    /// fails until the lease is renewed.
-    LeaseExpired {
-        /// The shared volumes fenced.
-        volumes: Vec<String>,
-    },
-    /// A PERSISTENT RESERVE OUT on a LUN of a shared volume, for the cluster to run
-    /// (see [`crate::frontend::scsi::pr_cluster`]); answered with
-    /// [`Target::complete_pr_out`].
-    PrOut {
-        /// The request id to answer.
-        request: u64,
-        /// The volume (the LUN's bdev).
-        volume: String,
-        /// Initiator port name of the I_T nexus.
-        initiator: String,
-        /// Relative target port of the I_T nexus.
-        relative_port: u16,
-        /// Service action.
-        service_action: u8,
-        /// Scope and type byte.
-        scope_type: u8,
-        /// The parameter list.
-        parameters: Vec<u8>,
-    },
-}
-
 /// How the target starts.
 #[derive(Clone, Debug, Default)]
 pub struct TargetConfig {
@@ -142,16 +83,6 @@ pub struct TargetConfig {
     pub reactors: ReactorConfig,
     /// I/O buffer pool.
     pub pool: PoolConfig,
-}
-
-/// What the target does on a plex write error.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DetachPolicy {
-    /// Standalone: detach the failing plex locally (state STALE), then complete
-    /// the held writes.
-    Local,
-    /// Clustered: wait for the controller (the coordinator) to change the layout.
-    External,
 }
 
 struct Subscribers {

@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use plexd_proto::cluster_capnp::peer;
-use plexd_target::api::{ClientError, ErrorCode, KernelClient};
+use plexd_target_api::{ClientError, ErrorCode, KernelClient};
 use smol::{Async, LocalExecutor};
 
 use super::Input;

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 
-use plexd_target::api::KernelClient;
+use plexd_target_api::KernelClient;
 
 use super::ctl::TaskOut;
 use super::fence::Fencer;

@@ -10,6 +10,7 @@
 //! Everything on a [`Reactor`] is reactor-local (`Rc`, `Cell`, `RefCell`); other
 //! threads reach it only through its [`ReactorHandle`]'s message ring.
 
+pub use plexd_target_api::info::PollMode;
 mod mailbox;
 
 pub use mailbox::{CallError, Msg, ReactorHandle, RingFull, CONTROL_SEND_TIMEOUT, MAILBOX_SLOTS};
@@ -49,16 +50,6 @@ const BUSY_CLOCK_EVERY: u64 = 256;
 const BUSY_CLOCK_WORK: usize = 64;
 /// user_data of the eventfd read that wakes a sleeping reactor.
 const WAKE_USER_DATA: u64 = u64::MAX;
-
-/// Whether a reactor may sleep when idle.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PollMode {
-    /// Spin for `idle_spin`, then sleep until work arrives (the default).
-    Adaptive,
-    /// Never sleep: pure polling, lowest latency, one full core per reactor.
-    Always,
-}
 
 /// How to start a set of reactors.
 #[derive(Clone, Debug)]

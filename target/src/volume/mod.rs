@@ -21,12 +21,13 @@
 //! I/O and held writes with [`crate::lease::FENCED_ERRNO`]; a staged layout stays
 //! staged.
 
+pub use plexd_target_api::volume::{PlexInfo, VolumeInfo};
 mod channel;
 pub mod copy;
 pub mod spec;
 
-pub use channel::VolumeStats;
 pub use copy::MAX_COPY_BYTES;
+pub use plexd_target_api::volume::VolumeStats;
 pub use spec::{PlexKind, PlexSpec, PlexState, ReadPolicy, SubdiskSpec, VolumeSpec};
 
 use std::collections::{BTreeMap, HashMap};
@@ -160,48 +161,6 @@ impl Registry {
             })
             .map(|v| v.name.clone())
     }
-}
-
-/// A plex as listed.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
-pub struct PlexInfo {
-    /// Name.
-    pub name: String,
-    /// State on the target.
-    pub state: PlexState,
-    /// `concat` or `stripe`.
-    pub layout: String,
-    /// Usable bytes.
-    pub len_bytes: u64,
-    /// Subdisks per column.
-    pub columns: Vec<Vec<SubdiskSpec>>,
-}
-
-/// A volume as listed.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
-pub struct VolumeInfo {
-    /// Name.
-    pub name: String,
-    /// Size in bytes.
-    pub size_bytes: u64,
-    /// Block size.
-    pub block_size: u32,
-    /// `ENABLED`, or `QUIESCED` while a prepare holds it.
-    pub state: String,
-    /// True when a staged layout waits for commit or abort.
-    pub staged: bool,
-    /// Read policy.
-    pub read_policy: ReadPolicy,
-    /// Plexes.
-    pub plexes: Vec<PlexInfo>,
-    /// Counters summed over reactors.
-    pub stats: VolumeStats,
-    /// I/Os in flight, parked and held, summed over reactors.
-    pub inflight: u64,
-    /// I/Os parked behind a closed gate.
-    pub parked: u64,
-    /// Writes held until a failed plex is detached.
-    pub held: u64,
 }
 
 fn vol_obj(name: &str) -> String {
