@@ -3,6 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Longest range one `copyRange` moves (one chunk of a plex resync; the data plane's
+/// largest pool buffer).
+pub const MAX_COPY_BYTES: u64 = 1 << 20;
+
 /// Most plexes (mirrors) a volume may have.
 pub const MAX_PLEXES: usize = 32;
 

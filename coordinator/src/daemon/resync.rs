@@ -25,6 +25,8 @@ use crate::objects::{DiskGroupConfig, Plex, PlexState, Volume};
 
 /// Largest copy per quiesce.
 pub const CHUNK_BYTES: u64 = 1 << 20;
+// Each chunk is one copyRange call.
+const _: () = assert!(CHUNK_BYTES <= plexd_target_api::volume::MAX_COPY_BYTES);
 /// Most tasks kept in the list (finished ones are dropped first).
 pub const MAX_TASKS: usize = 256;
 /// Progress is reported every this many chunks.

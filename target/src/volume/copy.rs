@@ -28,8 +28,13 @@ use crate::lease::LeaseState;
 use crate::reactor::{Msg, Reactor, CONTROL_SEND_TIMEOUT};
 use crate::target::{Target, TargetError};
 
-/// Longest range one copy moves: the largest pool buffer class (1 MiB).
-pub const MAX_COPY_BYTES: u64 = 1 << 20;
+pub use plexd_target_api::volume::MAX_COPY_BYTES;
+
+// One copy takes one pool buffer.
+const _: () = assert!(
+    MAX_COPY_BYTES as usize
+        <= crate::buf::SIZE_CLASSES_BYTES[crate::buf::SIZE_CLASSES_BYTES.len() - 1]
+);
 /// How long the caller waits for a copy's reads and writes (below the kernel
 /// client's default call timeout, so the answer is the target's, not the client's).
 pub const COPY_TIMEOUT: Duration = Duration::from_secs(20);

@@ -1,5 +1,6 @@
-//! Volume layouts as the controller describes them (names and numbers), and their
-//! resolution against a target's bdevs into a [`Layout`] the reactors can use.
+//! Volume layouts as the controller describes them (names and numbers: the spec
+//! types of plexd-target-api, re-exported here), and their resolution against a
+//! target's bdevs into a [`Layout`] the reactors can use.
 //! The mapping of a volume offset to subdisks is in [`Layout`]'s plexes
 //! ([`PlexMap::map`]), pure and unit-tested.
 
