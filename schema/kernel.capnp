@@ -416,6 +416,16 @@ interface Kernel {
   # runs; one running with the same settings is fine, other settings are `invalid`
   # (they are fixed while it runs).
   nvmfStart @45 (cntlidMin :UInt16, cntlidMax :UInt16, anaGroup :UInt32) -> (error :Error);
+  # One chunk of a plex resync, inside the data plane: copies [offsetBytes, +lenBytes) of
+  # `volume` from plex sourcePlex (ACTIVE) to plex targetPlex (SYNCING) through the volume's
+  # own layout, reactor to disk (no data on this socket). It does NOT quiesce: the caller
+  # holds the cluster's fence (the volume quiesced on every node) for the whole call.
+  # Refused (invalid) unless the volume is quiesced on this data plane, the plexes' states
+  # are right, the range is block-aligned, inside the volume and at most 1 MiB
+  # (MAX_COPY_BYTES), and, for a shared volume, the lease is valid; notFound for an
+  # unknown volume or plex; io names the plex and bdev whose read or write failed.
+  copyRange @46 (volume :Text, sourcePlex :Text, targetPlex :Text, offsetBytes :UInt64,
+                 lenBytes :UInt32) -> (error :Error);
 }
 
 struct NvmfNamespace {

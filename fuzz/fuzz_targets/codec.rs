@@ -1,16 +1,12 @@
 // The iSCSI codec modules of plexd-target and the SCSI modules they use, compiled
 // into the fuzz targets. The nesting mirrors target/src/frontend/ (scsi/, iscsi/),
-// so the sources' relative `super::super::scsi` paths resolve here too.
+// so the sources' relative `super::super::scsi` paths resolve here too; scsi/ is
+// plexd-target-api's (the data plane re-exports it at that path).
 #![allow(dead_code, unused_imports)]
 
-#[path = "../../target/src/frontend/scsi"]
+// The SCSI modules live in plexd-target-api (built without its Cap'n Proto client).
 pub mod scsi {
-    #[path = "alua.rs"]
-    pub mod alua;
-    #[path = "bytes.rs"]
-    pub mod bytes;
-    #[path = "sense.rs"]
-    pub mod sense;
+    pub use plexd_target_api::scsi::{alua, bytes, sense};
 }
 
 #[path = "../../target/src/frontend/iscsi"]

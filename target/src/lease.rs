@@ -24,6 +24,7 @@
 //! nor aborts a staged layout on its own. In-flight child I/O already at the disk
 //! completes normally.
 
+pub use plexd_target_api::info::{LeaseState, LeaseStatus};
 use std::cell::{Cell, RefCell};
 use std::rc::{Rc, Weak as RcWeak};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,29 +42,6 @@ pub const FENCED_ERRNO: i32 = libc::ESHUTDOWN;
 
 /// Longest lease a renewal may grant.
 pub const MAX_LEASE: Duration = Duration::from_secs(3600);
-
-/// The lease as `leaseStatus` reports it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LeaseState {
-    /// Never granted: shared volumes are not served.
-    None,
-    /// Shared volumes are served until the deadline.
-    Valid,
-    /// Ran out or was revoked: shared volumes are fenced.
-    Expired,
-}
-
-/// The answer of [`Target::lease_status`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LeaseStatus {
-    /// None, valid or expired.
-    pub state: LeaseState,
-    /// Time left while valid, in milliseconds; 0 otherwise.
-    pub remaining_ms: u64,
-    /// How often the lease ran out or was revoked since the target started.
-    pub expiries: u64,
-}
 
 #[derive(Default)]
 struct LeaseCtl {

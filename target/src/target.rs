@@ -2,6 +2,7 @@
 //! Several targets can live in one process (no globals); everything here is
 //! control-path code, the I/O path never touches the registry's lock.
 
+pub use plexd_target_api::info::{DetachPolicy, Event, EVENT_QUEUE_DEPTH};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -12,9 +13,6 @@ use crate::frontend::scsi::pr_cluster::{PrBroker, PrOutResult};
 use crate::lease::LeaseStatus;
 use crate::reactor::{ReactorConfig, ReactorSet};
 use crate::volume::{PlexState, VolumeInfo, VolumeSpec};
-
-/// Most events buffered per subscriber before new ones are dropped (and counted).
-pub const EVENT_QUEUE_DEPTH: usize = 1024;
 
 /// A typed error of the data plane's control operations; every variant names the object.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -81,63 +79,6 @@ impl TargetError {
     }
 }
 
-/// Something the data plane tells its controller.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "event", rename_all = "snake_case")]
-pub enum Event {
-    /// A write to a plex failed; writes held for it wait for a decision
-    /// (detach the plex or fail them).
-    PlexIoError {
-        /// The volume.
-        volume: String,
-        /// The failing plex.
-        plex: String,
-        /// errno of the failure.
-        errno: i32,
-    },
-    /// A plex changed state.
-    PlexState {
-        /// The volume.
-        volume: String,
-        /// The plex.
-        plex: String,
-        /// Its new state.
-        state: String,
-    },
-    /// A backing device went away.
-    DiskGone {
-        /// The bdev.
-        bdev: String,
-        /// Why.
-        reason: String,
-    },
-    /// The data-plane lease ran out or was revoked: I/O to these shared volumes
-    /// fails until the lease is renewed.
-    LeaseExpired {
-        /// The shared volumes fenced.
-        volumes: Vec<String>,
-    },
-    /// A PERSISTENT RESERVE OUT on a LUN of a shared volume, for the cluster to run
-    /// (see [`crate::frontend::scsi::pr_cluster`]); answered with
-    /// [`Target::complete_pr_out`].
-    PrOut {
-        /// The request id to answer.
-        request: u64,
-        /// The volume (the LUN's bdev).
-        volume: String,
-        /// Initiator port name of the I_T nexus.
-        initiator: String,
-        /// Relative target port of the I_T nexus.
-        relative_port: u16,
-        /// Service action.
-        service_action: u8,
-        /// Scope and type byte.
-        scope_type: u8,
-        /// The parameter list.
-        parameters: Vec<u8>,
-    },
-}
-
 /// How the target starts.
 #[derive(Clone, Debug, Default)]
 pub struct TargetConfig {
@@ -145,16 +86,6 @@ pub struct TargetConfig {
     pub reactors: ReactorConfig,
     /// I/O buffer pool.
     pub pool: PoolConfig,
-}
-
-/// What the target does on a plex write error.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DetachPolicy {
-    /// Standalone: detach the failing plex locally (state STALE), then complete
-    /// the held writes.
-    Local,
-    /// Clustered: wait for the controller (the coordinator) to change the layout.
-    External,
 }
 
 struct Subscribers {
@@ -171,8 +102,6 @@ pub struct Target {
     /// Per-target state of the volume module (volumes, quiesce bookkeeping, the
     /// detach worker); the volume methods below call it.
     pub(crate) volumes: crate::volume::Volumes,
-    /// Long-running operations (plex resyncs).
-    pub(crate) tasks: crate::volume::resync::Tasks,
     /// The data-plane lease shared volumes are served under.
     pub(crate) lease: crate::lease::Lease,
     /// Reservations of shared volumes, kept by the cluster.
@@ -198,7 +127,6 @@ impl Target {
             }),
             detach_policy: Mutex::new(DetachPolicy::Local),
             volumes: Default::default(),
-            tasks: Default::default(),
             lease: Default::default(),
         }))
     }
@@ -377,6 +305,20 @@ impl Target {
     /// Drops the staged layout (if any) and resumes I/O.
     pub fn abort(&self, name: &str) -> Result<(), TargetError> {
         self.volumes.abort(self, name)
+    }
+
+    /// Copies a range of `volume` from plex `source` (ACTIVE) to plex `target`
+    /// (SYNCING) inside the data plane: one chunk of a resync, under the caller's
+    /// fence (the volume must be quiesced here). See [`crate::volume::copy`].
+    pub fn copy_range(
+        &self,
+        volume: &str,
+        source: &str,
+        target: &str,
+        offset_bytes: u64,
+        len_bytes: u64,
+    ) -> Result<(), TargetError> {
+        crate::volume::copy::copy_range(self, volume, source, target, offset_bytes, len_bytes)
     }
 
     /// Quiesces without a layout change (prepare with the current layout).

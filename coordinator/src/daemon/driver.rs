@@ -21,7 +21,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use plexd_target::api::KernelClient;
+use plexd_target_api::KernelClient;
 
 use super::config::{self, ClusterFile};
 use super::disks::{self, FailedGroup, Repairs};
@@ -139,15 +139,15 @@ pub enum Job {
         /// The data plane's request id.
         request: u64,
         /// The answer.
-        result: plexd_target::frontend::scsi::pr_cluster::PrOutResult,
+        result: plexd_target_api::scsi::PrOutResult,
     },
     /// Give the exported LUNs of shared volumes their ALUA views, by IQN, and this
     /// node's NVMe-oF ANA group its state.
     SyncAlua {
         /// The view of each served export.
-        alua: std::collections::BTreeMap<String, plexd_target::frontend::scsi::alua::Alua>,
+        alua: std::collections::BTreeMap<String, plexd_target_api::scsi::alua::Alua>,
         /// The ANA state, when this node serves an NVMe-oF export.
-        ana: Option<plexd_target::frontend::nvmf::AnaState>,
+        ana: Option<plexd_target_api::nvmf::AnaState>,
     },
     /// A shared group's resync fence (`core::Action::Quiesce`): quiesce the volume.
     Quiesce {

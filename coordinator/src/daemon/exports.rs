@@ -24,10 +24,10 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use plexd_target::api::KernelClient;
-use plexd_target::frontend::iscsi::{LunConfig, TargetNodeConfig};
-use plexd_target::frontend::nvmf::{AnaState, NamespaceConfig, SubsystemConfig};
-use plexd_target::frontend::scsi::alua::{Alua, AluaState, PortGroup};
+use plexd_target_api::iscsi::{LunConfig, TargetNodeConfig};
+use plexd_target_api::nvmf::{AnaState, NamespaceConfig, SubsystemConfig};
+use plexd_target_api::scsi::alua::{Alua, AluaState, PortGroup};
+use plexd_target_api::KernelClient;
 
 use super::config::{ClusterFile, MAX_NODES};
 use super::kernel::volume_bdev;

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::time::{Duration, Instant};
 
-use plexd_target::api::{ClientError, ErrorCode, KernelClient};
+use plexd_target_api::{ClientError, ErrorCode, KernelClient};
 
 use super::Input;
 use crate::core::NodeId;

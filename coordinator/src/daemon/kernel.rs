@@ -27,11 +27,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use plexd_target::api::{BdevRequest, ClientError, ErrorCode, KernelClient};
-use plexd_target::target::DetachPolicy;
-use plexd_target::volume::{
+use plexd_target_api::volume::{
     PlexKind, PlexSpec, PlexState as KPlexState, ReadPolicy as KReadPolicy, SubdiskSpec, VolumeSpec,
 };
+use plexd_target_api::DetachPolicy;
+use plexd_target_api::{BdevRequest, ClientError, ErrorCode, KernelClient};
 
 use crate::model::{DiskGroupConfig, KernelVolume, PlexState, PrState, ReadPolicy};
 

@@ -12,7 +12,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use plexd_target::api::KernelClient;
+use plexd_target_api::KernelClient;
 
 /// Longest the thread sleeps without news from the main loop before it checks
 /// whether it must stop.

@@ -62,7 +62,7 @@ use crate::core::{
     TxnId,
 };
 use crate::model::{Change, ClusterConfig, PlexLayout, PlexState, VolumeLayout};
-use plexd_target::frontend::scsi::pr_cluster::PrOutResult;
+use plexd_target_api::scsi::PrOutResult;
 
 use config::ClusterFile;
 use ctl::{CtlCall, CtlChange, CtlReply, LayoutKind, NodeStatusOut, PlexOp, StatusOut};
@@ -415,7 +415,7 @@ fn start_kernel_events(kernel: &Kernel, tx: SyncSender<Input>, epoch: u64, node:
         .spawn(move || {
             let reason = loop {
                 match sub.recv_timeout(KERNEL_PROBE_INTERVAL) {
-                    Some(plexd_target::Event::PlexIoError {
+                    Some(plexd_target_api::Event::PlexIoError {
                         volume,
                         plex,
                         errno,
@@ -427,7 +427,7 @@ fn start_kernel_events(kernel: &Kernel, tx: SyncSender<Input>, epoch: u64, node:
                             return;
                         }
                     }
-                    Some(plexd_target::Event::PrOut {
+                    Some(plexd_target_api::Event::PrOut {
                         request,
                         volume,
                         initiator,
@@ -569,10 +569,10 @@ struct Daemon {
     private_running: Option<(PrivateRequest, ClusterConfig)>,
     /// The ALUA views last handed to the driver for this node's shared exports, by
     /// IQN (cleared when the data plane is reconnected, so they are sent again).
-    alua_sent: BTreeMap<String, plexd_target::frontend::scsi::alua::Alua>,
+    alua_sent: BTreeMap<String, plexd_target_api::scsi::alua::Alua>,
     /// The NVMe-oF ANA state last handed to the driver (None: none sent, or this
     /// node serves no NVMe-oF export); cleared with `alua_sent`.
-    ana_sent: Option<plexd_target::frontend::nvmf::AnaState>,
+    ana_sent: Option<plexd_target_api::nvmf::AnaState>,
     /// (view id, master, configuration transaction) the ALUA views were last
     /// computed for: they depend on nothing else, so other events skip the work.
     alua_basis: Option<(u64, NodeId, TxnId)>,
@@ -896,7 +896,7 @@ impl Daemon {
     fn on_reconnected(
         &mut self,
         epoch: u64,
-        result: Result<(Arc<plexd_target::api::KernelClient>, Result<usize, String>), String>,
+        result: Result<(Arc<plexd_target_api::KernelClient>, Result<usize, String>), String>,
     ) {
         self.reconnecting = false;
         let Some(lost) = self.kernel_lost.as_mut() else {

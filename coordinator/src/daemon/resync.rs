@@ -20,14 +20,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 
-use plexd_target::api::KernelClient;
+use plexd_target_api::volume::MAX_COPY_BYTES;
+use plexd_target_api::KernelClient;
 
 use super::ctl::TaskOut;
 use super::fence::Fencer;
-use super::kernel::{disk_bdev, volume_bdev};
+use super::kernel::volume_bdev;
 use super::Input;
 use crate::core::{SyncingPlex, WRITE_DEADLINE};
-use crate::model::{DiskGroupConfig, Plex, PlexLayout, PlexState, Volume};
+use crate::model::{DiskGroupConfig, Plex, PlexState, Volume};
 
 /// Largest copy per quiesce.
 pub const CHUNK_BYTES: u64 = 1 << 20;
@@ -47,45 +48,9 @@ pub struct Progress {
     pub result: Option<Result<(), String>>,
 }
 
-/// Where a plex keeps a volume byte: (disk bdev, device offset, bytes until the next
-/// boundary).
-pub fn map_offset(dg: &DiskGroupConfig, plex: &Plex, offset: u64) -> Option<(String, u64, u64)> {
-    let (column, column_offset, unit_left) = match plex.layout {
-        PlexLayout::Concat => (0, offset, u64::MAX),
-        PlexLayout::Stripe {
-            columns,
-            stripe_unit_bytes: su,
-        } => {
-            if columns == 0 || su == 0 {
-                return None;
-            }
-            let stripe = offset / su;
-            let within = offset % su;
-            (
-                (stripe % columns as u64) as u32,
-                (stripe / columns as u64) * su + within,
-                su - within,
-            )
-        }
-    };
-    let sd = plex.subdisks.iter().find(|s| {
-        s.column == column
-            && s.plex_offset_bytes <= column_offset
-            && column_offset < s.plex_offset_bytes + s.len_bytes
-    })?;
-    let into = column_offset - sd.plex_offset_bytes;
-    let left = (sd.len_bytes - into).min(unit_left);
-    dg.disk(&sd.disk)?;
-    Some((
-        disk_bdev(&dg.name, &sd.disk),
-        sd.disk_offset_bytes + into,
-        left,
-    ))
-}
-
 /// Copies `len` bytes of `volume` of `dg` at volume offset `offset` from its first
 /// ACTIVE plex to `plex`, piece by piece where a subdisk or stripe unit ends. The
-/// one place that copies (map_offset + copy_chunk): the core's `CopyChunk` and the
+/// one place that copies (the data plane's `copyRange`): the core's `CopyChunk` and the
 /// private resync threads both come here. `past_deadline` is asked before each
 /// piece's copy: true stops with [`WRITE_DEADLINE`] (the copy's authority, the
 /// master's lease, may have passed to another master).
@@ -103,30 +68,27 @@ pub fn copy_range(
         .iter()
         .find(|v| v.name == volume)
         .ok_or_else(|| format!("disk group {}: no volume {volume}", dg.name))?;
-    let target = v
-        .plexes
-        .iter()
-        .find(|p| p.name == plex)
-        .ok_or_else(|| format!("volume {volume}: no plex {plex}"))?;
+    if !v.plexes.iter().any(|p| p.name == plex) {
+        return Err(format!("volume {volume}: no plex {plex}"));
+    }
     let source = v
         .plexes
         .iter()
         .find(|p| p.state == PlexState::Active)
         .ok_or_else(|| format!("volume {volume}: no ACTIVE plex to copy plex {plex} from"))?;
+    let bdev = volume_bdev(&dg.name, volume);
     let end = offset.saturating_add(len).min(v.size_bytes);
     let mut at = offset;
     while at < end {
-        let (src, src_off, src_left) = map_offset(dg, source, at)
-            .ok_or_else(|| format!("plex {}: offset {at} is not mapped", source.name))?;
-        let (dst, dst_off, dst_left) = map_offset(dg, target, at)
-            .ok_or_else(|| format!("plex {}: offset {at} is not mapped", target.name))?;
-        let n = (end - at).min(src_left).min(dst_left);
+        // The data plane maps the range onto both plexes with the volume's own
+        // layout; one call copies at most MAX_COPY_BYTES.
+        let n = (end - at).min(MAX_COPY_BYTES);
         if past_deadline() {
             return Err(format!(
                 "volume {volume}: copy to plex {plex} at offset {at}: {WRITE_DEADLINE}"
             ));
         }
-        copy_chunk(k, &src, src_off, &dst, dst_off, n)?;
+        copy_chunk(k, &bdev, &source.name, plex, at, n)?;
         at += n;
     }
     Ok(())
@@ -238,28 +200,23 @@ impl Job {
     }
 }
 
+/// Copies one piece inside the data plane (`copyRange`); the caller holds the fence.
 fn copy_chunk(
     k: &KernelClient,
-    src: &str,
-    src_off: u64,
-    dst: &str,
-    dst_off: u64,
+    volume: &str,
+    source: &str,
+    target: &str,
+    offset: u64,
     len: u64,
 ) -> Result<(), String> {
-    let len32 = u32::try_from(len).map_err(|_| "chunk too large".to_string())?;
-    let r = k
-        .read(src, src_off, len32)
-        .map_err(|e| format!("read {src}@{src_off}: {e}"))?;
-    if r.status != 0 {
-        return Err(format!("read {src}@{src_off}: errno {}", r.status));
-    }
-    let status = k
-        .write(dst, dst_off, &r.data)
-        .map_err(|e| format!("write {dst}@{dst_off}: {e}"))?;
-    if status != 0 {
-        return Err(format!("write {dst}@{dst_off}: errno {status}"));
-    }
-    Ok(())
+    let len32 = u32::try_from(len).map_err(|_| format!("chunk of {len} bytes too large"))?;
+    k.copy_range(volume, source, target, offset, len32)
+        .map_err(|e| {
+            format!(
+                "data plane {}: copy of {offset}+{len} from plex {source} to plex {target}: {e}",
+                k.path()
+            )
+        })
 }
 
 struct Task {
@@ -403,73 +360,6 @@ impl Tasks {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{apply, Change, ClusterConfig, Disk, VolumeLayout};
-
-    fn group(layout: VolumeLayout) -> DiskGroupConfig {
-        let disk = |n: &str, id: char| Disk {
-            name: n.into(),
-            id: id.to_string().repeat(32),
-            path: format!("/tmp/{n}.img"),
-            size_bytes: 65 << 20,
-            public_offset_bytes: 1 << 20,
-            public_len_bytes: 64 << 20,
-        };
-        let c = apply(
-            &ClusterConfig::default(),
-            &Change::DgCreate {
-                dg: "dg1".into(),
-                dg_id: "a".repeat(32),
-                shared: true,
-                owner_id: "demo".into(),
-                disks: vec![
-                    disk("d1", '1'),
-                    disk("d2", '2'),
-                    disk("d3", '3'),
-                    disk("d4", '4'),
-                ],
-            },
-        )
-        .unwrap();
-        let c = apply(
-            &c,
-            &Change::VolCreate {
-                dg: "dg1".into(),
-                volume: "v1".into(),
-                size_bytes: 8 << 20,
-                layout,
-            },
-        )
-        .unwrap();
-        c.disk_groups[0].clone()
-    }
-
-    #[test]
-    fn concat_maps_linearly_past_the_private_region() {
-        let g = group(VolumeLayout::Concat);
-        let p = &g.volumes[0].plexes[0];
-        let (bdev, off, left) = map_offset(&g, p, 4096).unwrap();
-        assert!(bdev.starts_with("dg1.d"));
-        assert_eq!(off, p.subdisks[0].disk_offset_bytes + 4096);
-        assert_eq!(left, (8 << 20) - 4096);
-        assert!(map_offset(&g, p, 8 << 20).is_none());
-    }
-
-    #[test]
-    fn stripe_alternates_columns_per_unit() {
-        let g = group(VolumeLayout::Stripe {
-            columns: 2,
-            stripe_unit_bytes: 64 << 10,
-        });
-        let p = &g.volumes[0].plexes[0];
-        let (b0, o0, l0) = map_offset(&g, p, 0).unwrap();
-        let (b1, o1, _) = map_offset(&g, p, 64 << 10).unwrap();
-        let (b2, o2, _) = map_offset(&g, p, 128 << 10).unwrap();
-        assert_ne!(b0, b1);
-        assert_eq!(b0, b2);
-        assert_eq!(l0, 64 << 10);
-        assert_eq!(o2, o0 + (64 << 10));
-        assert_eq!(o1 % 4096, 0);
-    }
 
     #[test]
     fn tasks_track_progress_and_end() {

@@ -44,7 +44,7 @@ pub use types::*;
 
 pub use crate::size::SECTOR_BYTES;
 use alloc::AllocError;
-pub use plexd_target::frontend::scsi::pr::{Nexus, PrState};
+pub use plexd_target_api::scsi::pr::{Nexus, PrState};
 
 /// Every subdisk's offset and length is a multiple of this, so O_DIRECT I/O on 4K-sector
 /// devices stays aligned.

@@ -26,13 +26,13 @@ fn pr_out(nexus: &Nexus, sa: u8, ty: u8, rkey: u64, sakey: u64) -> Change {
         nexus: nexus.clone(),
         service_action: sa,
         scope_type: ty,
-        parameters: plexd_target::frontend::scsi::pr::param(rkey, sakey, false),
+        parameters: plexd_target_api::scsi::pr::param(rkey, sakey, false),
     }
 }
 
 #[test]
 fn persistent_reservations_are_changed_by_the_cluster_and_refused_when_stale() {
-    use plexd_target::frontend::scsi::pr::{ty, Access};
+    use plexd_target_api::scsi::pr::{ty, Access};
     let c = create_vol(
         &cluster(&[("d1", GIB)]),
         "v1",

@@ -9,7 +9,7 @@ use crate::model::{
     Disk, DiskGroupConfig, Export, ExportProtocol, Plex, PlexLayout, PlexState, PrState,
     ReadPolicy, Subdisk, Volume, VolumeState,
 };
-use plexd_target::frontend::scsi::pr::{Registration, Reservation, MAX_REGISTRATIONS};
+use plexd_target_api::scsi::pr::{Registration, Reservation, MAX_REGISTRATIONS};
 
 /// The `formatVersion` this code writes and the newest it reads.
 pub const CONFIG_FORMAT_VERSION: u32 = 1;
@@ -459,14 +459,14 @@ mod tests {
             &host,
             0,
             0,
-            &plexd_target::frontend::scsi::pr::param(0, 0xab, true),
+            &plexd_target_api::scsi::pr::param(0, 0xab, true),
         )
         .unwrap();
         r.out(
             &host,
             1,
             5,
-            &plexd_target::frontend::scsi::pr::param(0xab, 0, false),
+            &plexd_target_api::scsi::pr::param(0xab, 0, false),
         )
         .unwrap();
         g

@@ -1,80 +1,34 @@
-//! The kernel interface: the Cap'n Proto API a coordinator (or an administrator's
-//! tool) uses to drive a `plexd-target` over a Unix socket. The schema is
-//! `schema/kernel.capnp` (crate `plexd_proto`, module `kernel_capnp`); the contract is
-//! written down in `docs/KERNEL_INTERFACE.md`.
+//! The kernel interface's server side: the Cap'n Proto API a coordinator (or an
+//! administrator's tool) uses to drive a `plexd-target` over a Unix socket. The schema
+//! is `schema/kernel.capnp` (crate `plexd_proto`, module `kernel_capnp`); the contract
+//! is written down in `docs/KERNEL_INTERFACE.md`. The client, the wire types, their
+//! Cap'n Proto conversions and the typed errors are the crate `plexd-target-api`
+//! (re-exported here, so `plexd_target::api::KernelClient` still works).
 //!
 //! - [`service`]: the operations in plain Rust ([`KernelService`]), shared by the RPC
 //!   server and the standalone configuration loader. Everything blocking lives here.
 //! - [`server`]: the RPC server: one control thread, a `smol::LocalExecutor`, one
 //!   `RpcSystem` per connection; blocking target calls run on `smol::unblock`.
-//! - [`client`]: [`KernelClient`], a blocking client (its own connection thread) for
-//!   the coordinator, tools and tests.
 //! - [`process`]: a `plexd-target` child process for tests (kill and reap on drop).
-//! - `convert`: Rust types ⇄ Cap'n Proto builders and readers.
-//! - `nvmf`: the NVMe-oF/TCP calls (service operations and conversions).
+//! - `nvmf`: the NVMe-oF/TCP service operations.
 //!
 //! Failures of the target travel as data (`error :Error` in the results), not as
 //! Cap'n Proto exceptions: [`ApiError`] carries the [`ErrorCode`], the object and the
-//! reason, and its `Display` is the target's own error text.
+//! reason, and its `Display` is the target's own error text ([`TargetError`]'s).
 
-pub mod client;
-mod convert;
 mod nvmf;
 pub mod process;
 pub mod server;
 pub mod service;
 
-pub use client::{ClientError, KernelClient};
-pub use server::{clear_stale_socket, ServerHandle, MAX_CONNECTIONS};
-pub use service::{
-    BdevKind, BdevRequest, DiagIo, Injection, IoResult, KernelService, TargetInfo, MAX_IO_BYTES,
+pub use plexd_target_api::client::{self, ClientError, KernelClient, Subscription};
+pub use plexd_target_api::{
+    ApiError, BdevKind, BdevRequest, ErrorCode, Injection, IoResult, TargetInfo, MAX_IO_BYTES,
 };
+pub use server::{clear_stale_socket, ServerHandle, MAX_CONNECTIONS};
+pub use service::{DiagIo, KernelService};
 
 use crate::target::TargetError;
-
-/// The kind of a failure, as clients match on it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ErrorCode {
-    /// No such bdev, volume or plex.
-    NotFound,
-    /// The name is taken.
-    Exists,
-    /// The object is used by another one.
-    InUse,
-    /// The request makes no sense for the object.
-    Invalid,
-    /// The data plane did not answer in time.
-    Timeout,
-    /// An operating-system error.
-    Io,
-}
-
-impl ErrorCode {
-    /// The schema's name for it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::NotFound => "notFound",
-            ErrorCode::Exists => "exists",
-            ErrorCode::InUse => "inUse",
-            ErrorCode::Invalid => "invalid",
-            ErrorCode::Timeout => "timeout",
-            ErrorCode::Io => "io",
-        }
-    }
-}
-
-/// A failure reported by the target: what kind, on which object, and why.
-/// `Display` gives `<object>: <reason>`, the same text as the target's [`TargetError`].
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{object}: {reason}")]
-pub struct ApiError {
-    /// The kind of failure.
-    pub code: ErrorCode,
-    /// The object, e.g. `volume vol0`.
-    pub object: String,
-    /// Why, e.g. `not found`.
-    pub reason: String,
-}
 
 impl From<&TargetError> for ApiError {
     fn from(e: &TargetError) -> ApiError {

@@ -5,18 +5,12 @@
 use std::net::SocketAddr;
 use std::sync::MutexGuard;
 
-use capnp::Result;
-use plexd_proto::kernel_capnp as k;
-
 use super::service::KernelService;
 use super::{ApiError, ErrorCode};
 use crate::frontend::nvmf::{
     AnaState, ControllerInfo, NamespaceConfig, NvmfConfig, NvmfFrontend, SubsystemConfig,
 };
 use crate::target::TargetError;
-
-/// Most namespaces or hosts read from one `NvmfSubsystem`.
-const MAX_LIST: u32 = 1024;
 
 const FRONTEND: &str = "nvmf frontend";
 
@@ -231,134 +225,4 @@ impl KernelService {
             .map(|f| f.controllers())
             .unwrap_or_default()
     }
-}
-
-pub(crate) fn set_namespace(mut b: k::nvmf_namespace::Builder<'_>, n: &NamespaceConfig) {
-    b.set_nsid(n.nsid);
-    b.set_bdev(n.bdev.as_str());
-    b.set_identity(n.identity.as_deref().unwrap_or(""));
-    b.set_read_only(n.read_only);
-}
-
-pub(crate) fn read_namespace(r: k::nvmf_namespace::Reader<'_>) -> Result<NamespaceConfig> {
-    let identity = r.get_identity()?.to_string()?;
-    Ok(NamespaceConfig {
-        nsid: r.get_nsid(),
-        bdev: r.get_bdev()?.to_string()?,
-        identity: (!identity.is_empty()).then_some(identity),
-        read_only: r.get_read_only(),
-    })
-}
-
-pub(crate) fn set_subsystem(mut b: k::nvmf_subsystem::Builder<'_>, s: &SubsystemConfig) {
-    b.set_nqn(s.nqn.as_str());
-    b.set_serial(s.serial.as_deref().unwrap_or(""));
-    b.set_model(s.model.as_deref().unwrap_or(""));
-    b.set_allow_any(s.allow_any);
-    {
-        let mut h = b.reborrow().init_hosts(s.hosts.len() as u32);
-        for (i, x) in s.hosts.iter().enumerate() {
-            h.set(i as u32, x.as_str());
-        }
-    }
-    {
-        let mut p = b
-            .reborrow()
-            .init_peer_listeners(s.peer_listeners.len() as u32);
-        for (i, x) in s.peer_listeners.iter().enumerate() {
-            p.set(i as u32, x.as_str());
-        }
-    }
-    let mut l = b.init_namespaces(s.namespaces.len() as u32);
-    for (i, n) in s.namespaces.iter().enumerate() {
-        set_namespace(l.reborrow().get(i as u32), n);
-    }
-}
-
-fn opt(s: String) -> Option<String> {
-    (!s.is_empty()).then_some(s)
-}
-
-pub(crate) fn read_subsystem(r: k::nvmf_subsystem::Reader<'_>) -> Result<SubsystemConfig> {
-    let hosts = r.get_hosts()?;
-    let nss = r.get_namespaces()?;
-    let peers = r.get_peer_listeners()?;
-    if hosts.len() > MAX_LIST || nss.len() > MAX_LIST || peers.len() > MAX_LIST {
-        return Err(capnp::Error::failed(format!(
-            "nvmf subsystem: {} hosts, {} namespaces and {} peer listeners, at most {MAX_LIST} each",
-            hosts.len(),
-            nss.len(),
-            peers.len()
-        )));
-    }
-    Ok(SubsystemConfig {
-        nqn: r.get_nqn()?.to_string()?,
-        serial: opt(r.get_serial()?.to_string()?),
-        model: opt(r.get_model()?.to_string()?),
-        hosts: hosts
-            .iter()
-            .map(|h| Ok(h?.to_string()?))
-            .collect::<Result<Vec<_>>>()?,
-        allow_any: r.get_allow_any(),
-        namespaces: nss.iter().map(read_namespace).collect::<Result<Vec<_>>>()?,
-        peer_listeners: peers
-            .iter()
-            .map(|p| Ok(p?.to_string()?))
-            .collect::<Result<Vec<_>>>()?,
-    })
-}
-
-pub(crate) fn ana_to(s: AnaState) -> k::NvmfAnaState {
-    match s {
-        AnaState::Optimized => k::NvmfAnaState::Optimized,
-        AnaState::NonOptimized => k::NvmfAnaState::NonOptimized,
-        AnaState::Inaccessible => k::NvmfAnaState::Inaccessible,
-    }
-}
-
-pub(crate) fn ana_from(s: k::NvmfAnaState) -> AnaState {
-    match s {
-        k::NvmfAnaState::Optimized => AnaState::Optimized,
-        k::NvmfAnaState::NonOptimized => AnaState::NonOptimized,
-        k::NvmfAnaState::Inaccessible => AnaState::Inaccessible,
-    }
-}
-
-pub(crate) fn set_controller(mut b: k::nvmf_controller::Builder<'_>, c: &ControllerInfo) {
-    b.set_cntlid(c.cntlid);
-    b.set_subnqn(c.subnqn.as_str());
-    b.set_hostnqn(c.hostnqn.as_str());
-    b.set_peer(c.peer.as_str());
-    b.set_reactor(c.reactor as u32);
-    b.set_kato_ms(c.kato_ms);
-    b.set_commands(c.commands);
-    b.set_read_bytes(c.read_bytes);
-    b.set_write_bytes(c.write_bytes);
-    b.set_errors(c.errors);
-    let mut q = b.init_io_queues(c.io_queues.len() as u32);
-    for (i, (qid, r)) in c.io_queues.iter().enumerate() {
-        let mut e = q.reborrow().get(i as u32);
-        e.set_qid(*qid);
-        e.set_reactor(*r as u32);
-    }
-}
-
-pub(crate) fn read_controller(r: k::nvmf_controller::Reader<'_>) -> Result<ControllerInfo> {
-    let qs = r.get_io_queues()?;
-    Ok(ControllerInfo {
-        cntlid: r.get_cntlid(),
-        subnqn: r.get_subnqn()?.to_string()?,
-        hostnqn: r.get_hostnqn()?.to_string()?,
-        peer: r.get_peer()?.to_string()?,
-        reactor: r.get_reactor() as usize,
-        io_queues: qs
-            .iter()
-            .map(|q| (q.get_qid(), q.get_reactor() as usize))
-            .collect(),
-        kato_ms: r.get_kato_ms(),
-        commands: r.get_commands(),
-        read_bytes: r.get_read_bytes(),
-        write_bytes: r.get_write_bytes(),
-        errors: r.get_errors(),
-    })
 }

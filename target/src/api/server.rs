@@ -23,12 +23,11 @@ use futures::AsyncReadExt;
 use plexd_proto::kernel_capnp as k;
 use smol::{Async, LocalExecutor};
 
-use super::convert::*;
-use super::nvmf as nv;
 use super::service::{DiagIo, KernelService};
 use super::ApiError;
 use crate::target::{Event, TargetError};
 use crate::volume::DEFAULT_DRAIN_TIMEOUT;
+use plexd_target_api::convert::*;
 
 /// Most client connections served at once; further ones are closed at accept.
 pub const MAX_CONNECTIONS: usize = 64;
@@ -730,7 +729,7 @@ impl k::kernel::Server for KernelImpl {
         params: k::kernel::NvmfAddSubsystemParams,
         mut results: k::kernel::NvmfAddSubsystemResults,
     ) -> Result<(), capnp::Error> {
-        let sub = nv::read_subsystem(params.get()?.get_subsystem()?)?;
+        let sub = read_subsystem(params.get()?.get_subsystem()?)?;
         if let Err(e) = blocking_api(&self.service, move |s| s.nvmf_add_subsystem(&sub)).await {
             fail_api(
                 self.conn,
@@ -766,7 +765,7 @@ impl k::kernel::Server for KernelImpl {
     ) -> Result<(), capnp::Error> {
         let p = params.get()?;
         let nqn = text(p.get_nqn())?;
-        let ns = nv::read_namespace(p.get_namespace()?)?;
+        let ns = read_namespace(p.get_namespace()?)?;
         if let Err(e) = blocking_api(&self.service, move |s| s.nvmf_add_namespace(&nqn, &ns)).await
         {
             fail_api(
@@ -805,7 +804,7 @@ impl k::kernel::Server for KernelImpl {
         params: k::kernel::NvmfSetAnaParams,
         mut results: k::kernel::NvmfSetAnaResults,
     ) -> Result<(), capnp::Error> {
-        let state = nv::ana_from(params.get()?.get_state()?);
+        let state = ana_from(params.get()?.get_state()?);
         match blocking_api(&self.service, move |s| s.nvmf_set_ana(state)).await {
             Ok(g) => results.get().set_group(g),
             Err(e) => fail_api(self.conn, "nvmfSetAna", &e, results.get().init_error()),
@@ -830,7 +829,7 @@ impl k::kernel::Server for KernelImpl {
         {
             let mut l = r.reborrow().init_subsystems(subs.len() as u32);
             for (i, s) in subs.iter().enumerate() {
-                nv::set_subsystem(l.reborrow().get(i as u32), s);
+                set_subsystem(l.reborrow().get(i as u32), s);
             }
         }
         let mut l = r.init_listeners(ls.len() as u32);
@@ -854,7 +853,7 @@ impl k::kernel::Server for KernelImpl {
         };
         let mut l = results.get().init_controllers(list.len() as u32);
         for (i, c) in list.iter().enumerate() {
-            nv::set_controller(l.reborrow().get(i as u32), c);
+            set_controller(l.reborrow().get(i as u32), c);
         }
         Ok(())
     }
@@ -868,6 +867,26 @@ impl k::kernel::Server for KernelImpl {
         let (range, group) = ((p.get_cntlid_min(), p.get_cntlid_max()), p.get_ana_group());
         if let Err(e) = blocking_api(&self.service, move |s| s.nvmf_start(range, group)).await {
             fail_api(self.conn, "nvmfStart", &e, results.get().init_error());
+        }
+        Ok(())
+    }
+
+    async fn copy_range(
+        self: Rc<Self>,
+        params: k::kernel::CopyRangeParams,
+        mut results: k::kernel::CopyRangeResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get()?;
+        let vol = text(p.get_volume())?;
+        let src = text(p.get_source_plex())?;
+        let dst = text(p.get_target_plex())?;
+        let (off, len) = (p.get_offset_bytes(), u64::from(p.get_len_bytes()));
+        if let Err(e) = blocking(&self.service, move |s| {
+            s.target().copy_range(&vol, &src, &dst, off, len)
+        })
+        .await
+        {
+            fail(self.conn, "copyRange", &e, results.get().init_error());
         }
         Ok(())
     }

@@ -10,13 +10,14 @@
 //! interface manages portals, targets, LUNs, ACLs and CHAP at run time, and bdev and
 //! volume deletion can refuse what a LUN maps.
 
+pub use plexd_target_api::bdev::{BdevKind, BdevRequest, Injection, IoResult, MAX_IO_BYTES};
+pub use plexd_target_api::info::TargetInfo;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use crate::bdev::error::{ErrorBdev, FailOn};
+use crate::bdev::error::ErrorBdev;
 use crate::bdev::malloc::MallocBdev;
 use crate::bdev::null::NullBdev;
 use crate::bdev::uring::{UringBdev, UringOpts};
@@ -29,156 +30,16 @@ use crate::frontend::scsi::alua::Alua;
 use crate::frontend::scsi::pr::PrState;
 use crate::frontend::scsi::pr_cluster::PrOutResult;
 use crate::reactor::PollMode;
-use crate::target::{DetachPolicy, Target, TargetError};
+use crate::target::{Target, TargetError};
 
 use super::{ApiError, ErrorCode};
 
-/// Largest I/O of the diagnostic `io` method.
-pub const MAX_IO_BYTES: u64 = 1 << 20;
 /// Longest an `io` call waits for its completion (and the default when none is given).
 pub const MAX_IO_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default block size of `null` and `malloc` bdevs.
 pub const DEFAULT_BLOCK_SIZE_BYTES: u32 = 512;
 /// Largest block size accepted for `null` and `malloc` bdevs.
 pub const MAX_BLOCK_SIZE_BYTES: u32 = 64 << 10;
-
-/// Backends a client can create.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BdevKind {
-    /// Completes everything at once, stores nothing.
-    Null,
-    /// Memory.
-    Malloc,
-    /// A file or block device through io_uring.
-    Uring,
-    /// Wraps another bdev and injects faults on command.
-    Error,
-}
-
-impl BdevKind {
-    /// The name used in the schema and the configuration file.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BdevKind::Null => "null",
-            BdevKind::Malloc => "malloc",
-            BdevKind::Uring => "uring",
-            BdevKind::Error => "error",
-        }
-    }
-}
-
-/// A bdev to create.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BdevRequest {
-    /// Backend.
-    pub kind: BdevKind,
-    /// Unique name.
-    pub name: String,
-    /// Capacity (`null`, `malloc`).
-    pub size_bytes: u64,
-    /// Block size; `None` = the backend's default.
-    pub block_size: Option<u32>,
-    /// File or block device (`uring`).
-    pub path: Option<PathBuf>,
-    /// The wrapped bdev (`error`).
-    pub inner: Option<String>,
-    /// Through the page cache instead of O_DIRECT (`uring`).
-    pub buffered: bool,
-}
-
-impl BdevRequest {
-    /// A `null` bdev.
-    pub fn null(name: &str, size_bytes: u64) -> BdevRequest {
-        BdevRequest::sized(BdevKind::Null, name, size_bytes)
-    }
-
-    /// A `malloc` bdev.
-    pub fn malloc(name: &str, size_bytes: u64) -> BdevRequest {
-        BdevRequest::sized(BdevKind::Malloc, name, size_bytes)
-    }
-
-    /// A `uring` bdev on `path`.
-    pub fn uring(name: &str, path: impl Into<PathBuf>) -> BdevRequest {
-        BdevRequest {
-            path: Some(path.into()),
-            ..BdevRequest::sized(BdevKind::Uring, name, 0)
-        }
-    }
-
-    /// An `error` bdev wrapping `inner`.
-    pub fn error(name: &str, inner: &str) -> BdevRequest {
-        BdevRequest {
-            inner: Some(inner.to_string()),
-            ..BdevRequest::sized(BdevKind::Error, name, 0)
-        }
-    }
-
-    fn sized(kind: BdevKind, name: &str, size_bytes: u64) -> BdevRequest {
-        BdevRequest {
-            kind,
-            name: name.to_string(),
-            size_bytes,
-            block_size: None,
-            path: None,
-            inner: None,
-            buffered: false,
-        }
-    }
-}
-
-/// A fault to inject into an `error` bdev.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Injection {
-    /// Fail matching I/Os with `errno` (EIO when 0), the next `count` of them or
-    /// until cleared (`None`).
-    Fail {
-        /// Which I/Os.
-        on: FailOn,
-        /// The errno.
-        errno: i32,
-        /// How many; `None` = until cleared.
-        count: Option<u64>,
-    },
-    /// Add this latency to every I/O (0 removes it).
-    LatencyUs(u64),
-    /// Stop failing I/Os.
-    ClearFailures,
-    /// Stop failures and latency.
-    Clear,
-}
-
-/// What the target is, as `info` reports it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TargetInfo {
-    /// plexd-target's version.
-    pub version: String,
-    /// Reactor threads.
-    pub reactors: u32,
-    /// Core of each reactor (`None`: not pinned).
-    pub cores: Vec<Option<usize>>,
-    /// Sleep policy of the reactors.
-    pub poll_mode: PollMode,
-    /// The buffer pool is on hugepages.
-    pub hugepages: bool,
-    /// The socket the API is served on (empty when not serving).
-    pub socket: String,
-    /// Process id.
-    pub pid: u32,
-    /// Plex write-error policy.
-    pub detach_policy: DetachPolicy,
-}
-
-/// How a diagnostic I/O ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct IoResult {
-    /// 0, or the errno the I/O failed with.
-    pub status: i32,
-    /// For reads: the bytes read.
-    pub data: Vec<u8>,
-    /// From submit to completion, microseconds.
-    pub latency_us: u64,
-}
 
 /// One diagnostic I/O for [`KernelService::io`].
 #[derive(Clone, Debug)]

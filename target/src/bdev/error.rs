@@ -14,6 +14,7 @@
 //! the channel's [`Poller`], whose `next_deadline` is the earliest due time, so a
 //! sleeping reactor wakes in time and nothing blocks.
 
+pub use plexd_target_api::bdev::FailOn;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -29,25 +30,12 @@ use crate::reactor::{Poller, PollerId, Reactor};
 /// In-flight I/Os per channel preallocated for latency injection.
 pub const DELAY_SLOTS: usize = 1024;
 
-/// Which I/Os an injected failure hits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FailOn {
-    /// Reads.
-    Reads,
-    /// Writes, write-zeroes, unmap and flush (everything that changes or persists
-    /// the medium).
-    Writes,
-    /// Reads and writes as above. Reset is never failed.
-    Both,
-}
-
-impl FailOn {
-    fn mask(self) -> u64 {
-        match self {
-            FailOn::Reads => MASK_READS,
-            FailOn::Writes => MASK_WRITES,
-            FailOn::Both => MASK_READS | MASK_WRITES,
-        }
+/// The class bits an injection on `on` fails.
+fn mask(on: FailOn) -> u64 {
+    match on {
+        FailOn::Reads => MASK_READS,
+        FailOn::Writes => MASK_WRITES,
+        FailOn::Both => MASK_READS | MASK_WRITES,
     }
 }
 
@@ -92,7 +80,7 @@ impl ErrorInjection {
         self.fail_remaining
             .store(count.unwrap_or(UNLIMITED), Ordering::Relaxed);
         self.fail_config.store(
-            on.mask() | ((errno as u64) << ERRNO_SHIFT),
+            mask(on) | ((errno as u64) << ERRNO_SHIFT),
             Ordering::Release,
         );
     }

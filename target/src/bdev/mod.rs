@@ -17,6 +17,7 @@
 //! The submit path takes no lock and touches no shared atomic: channels are
 //! reactor-local (`Rc`, `Cell`, `RefCell`).
 
+pub use plexd_target_api::bdev::{BdevInfo, IoKind};
 pub mod error;
 pub mod malloc;
 pub mod null;
@@ -36,36 +37,6 @@ use crate::reactor::{Deferred, Reactor};
 /// write reached the plexes that did not fail; like any failed write, its range
 /// holds old or new data until written again.
 pub const RETRY_ERRNO: i32 = libc::EAGAIN;
-
-/// What an I/O does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum IoKind {
-    /// Read `len_bytes` at `offset_bytes` into the buffer.
-    Read,
-    /// Write the buffer at `offset_bytes`.
-    Write,
-    /// Make completed writes durable.
-    Flush,
-    /// Write zeroes over the range (no buffer).
-    WriteZeroes,
-    /// Deallocate the range (no buffer); reads after it return zeroes or old data.
-    Unmap,
-    /// Abort what can be aborted and return to a known state.
-    Reset,
-}
-
-impl IoKind {
-    /// True for kinds that carry data in the buffer.
-    pub fn has_data(self) -> bool {
-        matches!(self, IoKind::Read | IoKind::Write)
-    }
-
-    /// True for kinds that change the medium.
-    pub fn is_write_like(self) -> bool {
-        matches!(self, IoKind::Write | IoKind::WriteZeroes | IoKind::Unmap)
-    }
-}
 
 /// How an I/O ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -197,21 +168,6 @@ pub struct BdevIo {
     pub buf: IoBuf,
     /// Where the completion goes.
     pub cb: IoCallback,
-}
-
-/// Properties of a bdev, as shown by the management API.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
-pub struct BdevInfo {
-    /// Unique name within a target.
-    pub name: String,
-    /// Backend or layer: `null`, `malloc`, `uring`, `error`, `volume`.
-    pub kind: String,
-    /// Logical block size.
-    pub block_size: u32,
-    /// Capacity in bytes.
-    pub size_bytes: u64,
-    /// Backend-specific detail (path, hugepages, injected faults...).
-    pub detail: String,
 }
 
 /// A block device. Shared between reactors (`Send + Sync`); per-reactor state

@@ -15,6 +15,7 @@
 //! implement [`UringDone`]. Both tables are bounded ([`DEFERRED_SLOTS`],
 //! [`MAX_URING_OPS`]) and their exhaustion is counted in [`ReactorStats`].
 
+pub use plexd_target_api::info::PollMode;
 mod mailbox;
 
 pub use mailbox::{CallError, Msg, ReactorHandle, RingFull, CONTROL_SEND_TIMEOUT, MAILBOX_SLOTS};
@@ -67,16 +68,6 @@ const MSG_BATCH_BACKPRESSURE: usize = 1;
 /// beyond it is refused: the operation completes with `-EAGAIN` (see
 /// [`Reactor::uring_push`]).
 pub const MAX_URING_OPS: usize = 16 * URING_ENTRIES as usize;
-
-/// Whether a reactor may sleep when idle.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PollMode {
-    /// Spin for `idle_spin`, then sleep until work arrives (the default).
-    Adaptive,
-    /// Never sleep: pure polling, lowest latency, one full core per reactor.
-    Always,
-}
 
 /// How to start a set of reactors.
 #[derive(Clone, Debug)]

@@ -12,6 +12,7 @@
 //! (and when no detach can be queued) the I/O fails with [`RETRY_ERRNO`], counted
 //! in [`VolumeStats`] (`parked_refused`, `held_refused`).
 
+use plexd_target_api::volume::VolumeStats;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -115,56 +116,6 @@ struct VolIo {
     start: Option<Instant>,
     /// Completed on every plex but held until failed plexes are detached.
     held: bool,
-}
-
-/// Per-reactor counters of one volume.
-#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
-pub struct VolumeStats {
-    /// Completed reads.
-    pub read_ops: u64,
-    /// Completed writes (incl. write zeroes and unmap).
-    pub write_ops: u64,
-    /// Other completed I/O (flush, reset).
-    pub other_ops: u64,
-    /// Bytes read.
-    pub read_bytes: u64,
-    /// Bytes written.
-    pub write_bytes: u64,
-    /// I/Os completed with an error.
-    pub failed_ops: u64,
-    /// Reads that succeeded on another plex after a failure.
-    pub read_retries: u64,
-    /// Sum of latencies in ns, estimated from one I/O in [`LATENCY_SAMPLE_EVERY`]
-    /// (`latency_ns_total / ops` is the mean).
-    pub latency_ns_total: u64,
-    /// Largest sampled latency, ns.
-    pub latency_ns_max: u64,
-    /// I/Os failed with [`RETRY_ERRNO`] because [`MAX_PARKED_IOS`] were parked
-    /// behind the closed gate (also counted in `failed_ops`).
-    #[serde(default)]
-    pub parked_refused: u64,
-    /// Writes failed with [`RETRY_ERRNO`] instead of being held for a plex detach:
-    /// [`MAX_HELD_WRITES`] were held, or no detach could be queued (also counted in
-    /// `failed_ops`).
-    #[serde(default)]
-    pub held_refused: u64,
-}
-
-impl VolumeStats {
-    /// Adds another reactor's counters.
-    pub fn add(&mut self, o: &VolumeStats) {
-        self.read_ops += o.read_ops;
-        self.write_ops += o.write_ops;
-        self.other_ops += o.other_ops;
-        self.read_bytes += o.read_bytes;
-        self.write_bytes += o.write_bytes;
-        self.failed_ops += o.failed_ops;
-        self.read_retries += o.read_retries;
-        self.latency_ns_total += o.latency_ns_total;
-        self.latency_ns_max = self.latency_ns_max.max(o.latency_ns_max);
-        self.parked_refused += o.parked_refused;
-        self.held_refused += o.held_refused;
-    }
 }
 
 /// A volume's channel on one reactor.

@@ -5,6 +5,8 @@
 //!   the offset mapping.
 //! - `channel`: the reactor-local I/O path (gate, mirror fan-out, read retry,
 //!   held writes).
+//! - [`copy`]: the copy of a range from an ACTIVE plex to a SYNCING one (one
+//!   chunk of a resync, run under the caller's fence).
 //! - this module: [`Volumes`], the per-target registry that owns every volume's
 //!   state, and its control operations (create, delete, prepare/commit/abort, plex
 //!   state, stats). The [`Target`] holds one and its public methods call it; no
@@ -23,12 +25,14 @@
 //! I/O and held writes with [`crate::lease::FENCED_ERRNO`]; a staged layout stays
 //! staged.
 
+pub use plexd_target_api::volume::{PlexInfo, VolumeInfo};
 mod channel;
-pub mod resync;
+pub mod copy;
 pub mod spec;
 
-pub use channel::{VolumeStats, MAX_HELD_WRITES, MAX_PARKED_IOS};
-pub use resync::TaskInfo;
+pub use channel::{MAX_HELD_WRITES, MAX_PARKED_IOS};
+pub use copy::MAX_COPY_BYTES;
+pub use plexd_target_api::volume::VolumeStats;
 pub use spec::{PlexKind, PlexSpec, PlexState, ReadPolicy, SubdiskSpec, VolumeSpec};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -273,48 +277,6 @@ impl Volumes {
     }
 }
 
-/// A plex as listed.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
-pub struct PlexInfo {
-    /// Name.
-    pub name: String,
-    /// State on the target.
-    pub state: PlexState,
-    /// `concat` or `stripe`.
-    pub layout: String,
-    /// Usable bytes.
-    pub len_bytes: u64,
-    /// Subdisks per column.
-    pub columns: Vec<Vec<SubdiskSpec>>,
-}
-
-/// A volume as listed.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
-pub struct VolumeInfo {
-    /// Name.
-    pub name: String,
-    /// Size in bytes.
-    pub size_bytes: u64,
-    /// Block size.
-    pub block_size: u32,
-    /// `ENABLED`, or `QUIESCED` while a prepare holds it.
-    pub state: String,
-    /// True when a staged layout waits for commit or abort.
-    pub staged: bool,
-    /// Read policy.
-    pub read_policy: ReadPolicy,
-    /// Plexes.
-    pub plexes: Vec<PlexInfo>,
-    /// Counters summed over reactors.
-    pub stats: VolumeStats,
-    /// I/Os in flight, parked and held, summed over reactors.
-    pub inflight: u64,
-    /// I/Os parked behind a closed gate.
-    pub parked: u64,
-    /// Writes held until a failed plex is detached.
-    pub held: u64,
-}
-
 fn vol_obj(name: &str) -> String {
     format!("volume {name}")
 }
@@ -341,7 +303,8 @@ pub(crate) fn fence_reactor(r: &Reactor) {
 }
 
 impl Volumes {
-    fn volume_shared(&self, name: &str) -> Result<Arc<VolumeShared>, TargetError> {
+    /// A volume's shared state, by name.
+    pub(crate) fn volume_shared(&self, name: &str) -> Result<Arc<VolumeShared>, TargetError> {
         self.map()
             .get(name)
             .cloned()

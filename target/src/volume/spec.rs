@@ -1,152 +1,18 @@
-//! Volume layouts as the controller describes them (names and numbers), and their
-//! resolution against a target's bdevs into a [`Layout`] the reactors can use.
+//! Volume layouts as the controller describes them (names and numbers: the spec
+//! types of plexd-target-api, re-exported here), and their resolution against a
+//! target's bdevs into a [`Layout`] the reactors can use.
 //! The mapping of a volume offset to subdisks is in [`Layout`]'s plexes
 //! ([`PlexMap::map`]), pure and unit-tested.
 
-use std::sync::Arc;
+pub use plexd_target_api::volume::{
+    PlexKind, PlexSpec, PlexState, ReadPolicy, SubdiskSpec, VolumeSpec, MAX_COLUMNS, MAX_PLEXES,
+    MAX_SUBDISKS_PER_COLUMN,
+};
 
-use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 use crate::bdev::Bdev;
 use crate::target::{Target, TargetError};
-
-/// Most plexes (mirrors) a volume may have.
-pub const MAX_PLEXES: usize = 32;
-/// Most stripe columns a plex may have.
-pub const MAX_COLUMNS: usize = 64;
-/// Most subdisks per column.
-pub const MAX_SUBDISKS_PER_COLUMN: usize = 256;
-
-/// A contiguous range of a bdev.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SubdiskSpec {
-    /// The bdev holding it.
-    pub bdev: String,
-    /// Start on the bdev, in bytes.
-    pub offset_bytes: u64,
-    /// Length in bytes.
-    pub len_bytes: u64,
-}
-
-/// How a plex lays its columns out.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum PlexKind {
-    /// One column; subdisks one after another.
-    Concat,
-    /// Data striped over the columns in units of `stripe_unit_bytes`.
-    Stripe {
-        /// Bytes per column before moving to the next column.
-        stripe_unit_bytes: u64,
-    },
-}
-
-/// State of a plex.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum PlexState {
-    /// Up to date: takes reads and writes.
-    Active,
-    /// Out of date after an I/O error: takes neither.
-    Stale,
-    /// Detached by the administrator: takes neither.
-    Detached,
-    /// Being resynchronised: takes writes, not reads.
-    Syncing,
-}
-
-impl PlexState {
-    /// The name shown to users.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PlexState::Active => "ACTIVE",
-            PlexState::Stale => "STALE",
-            PlexState::Detached => "DETACHED",
-            PlexState::Syncing => "SYNCING",
-        }
-    }
-
-    /// Parses a user-facing name (any case).
-    pub fn parse(s: &str) -> Option<PlexState> {
-        match s.to_ascii_uppercase().as_str() {
-            "ACTIVE" => Some(PlexState::Active),
-            "STALE" => Some(PlexState::Stale),
-            "DETACHED" => Some(PlexState::Detached),
-            "SYNCING" => Some(PlexState::Syncing),
-            _ => None,
-        }
-    }
-
-    /// True when the plex receives writes.
-    pub fn takes_writes(self) -> bool {
-        matches!(self, PlexState::Active | PlexState::Syncing)
-    }
-}
-
-/// One plex: a full copy of the volume's data.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PlexSpec {
-    /// Unique within the volume.
-    pub name: String,
-    /// Concat or stripe.
-    pub kind: PlexKind,
-    /// Columns, each a concatenation of subdisks. Concat plexes have one column.
-    pub columns: Vec<Vec<SubdiskSpec>>,
-    /// Current state.
-    pub state: PlexState,
-}
-
-/// How reads choose among ACTIVE plexes.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(tag = "policy", content = "plex", rename_all = "kebab-case")]
-pub enum ReadPolicy {
-    /// Rotate over ACTIVE plexes.
-    Round,
-    /// Always this plex while it is ACTIVE, else the least busy.
-    Prefer(String),
-    /// The plex with the fewest reads outstanding on this reactor.
-    #[default]
-    LeastBusy,
-}
-
-impl ReadPolicy {
-    /// Parses `round`, `least-busy` or `prefer:<plex>` / `prefer <plex>`.
-    pub fn parse(s: &str) -> Result<ReadPolicy, String> {
-        let s = s.trim();
-        match s {
-            "round" => Ok(ReadPolicy::Round),
-            "least-busy" | "least_busy" => Ok(ReadPolicy::LeastBusy),
-            _ => match s
-                .strip_prefix("prefer")
-                .map(|r| r.trim_start_matches([':', ' ', '=']))
-            {
-                Some(p) if !p.is_empty() => Ok(ReadPolicy::Prefer(p.to_string())),
-                _ => Err(format!(
-                    "unknown read policy {s:?} (round, least-busy, prefer:<plex>)"
-                )),
-            },
-        }
-    }
-}
-
-/// A whole volume layout.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VolumeSpec {
-    /// The volume's name (also its bdev name).
-    pub name: String,
-    /// Size in bytes exposed to hosts.
-    pub size_bytes: u64,
-    /// Mirrors.
-    pub plexes: Vec<PlexSpec>,
-    /// Read policy.
-    #[serde(default)]
-    pub read_policy: ReadPolicy,
-    /// A shared volume (of a cluster's shared disk group) is served only while the
-    /// data-plane lease is valid ([`crate::Target::renew_lease`]); a private one
-    /// (the default) never depends on the lease.
-    #[serde(default)]
-    pub shared: bool,
-}
 
 /// A subdisk resolved to its bdev.
 #[derive(Clone)]

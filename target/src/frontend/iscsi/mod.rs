@@ -18,6 +18,7 @@
 //! target table, persistent reservations, session list) sits behind mutexes that
 //! the I/O path takes only for reservation checks while a reservation exists.
 
+pub use plexd_target_api::iscsi::SessionInfo;
 pub mod chap;
 pub mod config;
 mod conn;
@@ -124,40 +125,6 @@ pub struct Session {
     conn_id: u64,
     /// Counters.
     pub stats: SessionStats,
-}
-
-/// A session as listed by the management API.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct SessionInfo {
-    /// TSIH.
-    pub tsih: u16,
-    /// InitiatorName.
-    pub initiator: String,
-    /// ISID in hex.
-    pub isid: String,
-    /// TargetName (empty for discovery sessions).
-    pub target: String,
-    /// Reactor of the (single) connection.
-    pub reactor: usize,
-    /// Peer address of the connection.
-    pub peer: String,
-    /// SCSI commands received.
-    pub commands: u64,
-    /// Bytes read.
-    pub read_bytes: u64,
-    /// Bytes written.
-    pub write_bytes: u64,
-    /// Failed commands.
-    pub errors: u64,
-    /// Pool buffers the connection holds now.
-    #[serde(default)]
-    pub buffers_held: u64,
-    /// Commands waiting for a pool buffer now.
-    #[serde(default)]
-    pub cmds_waiting_buf: u64,
-    /// Milliseconds spent blocked on send (the initiator not reading), in total.
-    #[serde(default)]
-    pub send_blocked_ms: u64,
 }
 
 /// State shared by the frontend's control API and its connections.

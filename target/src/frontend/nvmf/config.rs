@@ -1,6 +1,7 @@
 //! Configuration of the NVMe-oF frontend, as it appears under `[nvmf]` in the
 //! target's TOML config file (see `docs/NVMF.md`).
 
+pub use plexd_target_api::nvmf::{NamespaceConfig, SubsystemConfig};
 /// Default NVMe/TCP port.
 pub const DEFAULT_PORT: u16 = 4420;
 /// Default listener when none is configured.
@@ -40,51 +41,4 @@ impl NvmfConfig {
             self.listeners.clone()
         }
     }
-}
-
-/// One NVM subsystem.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SubsystemConfig {
-    /// NVMe qualified name (`nqn.YYYY-MM.reverse.domain:...`).
-    pub nqn: String,
-    /// Serial number (up to 20 ASCII characters; default derived from the NQN).
-    #[serde(default)]
-    pub serial: Option<String>,
-    /// Model number (up to 40 ASCII characters; default `plexd`).
-    #[serde(default)]
-    pub model: Option<String>,
-    /// Host NQNs allowed to connect (ignored with `allow_any`).
-    #[serde(default)]
-    pub hosts: Vec<String>,
-    /// Every host may connect.
-    #[serde(default)]
-    pub allow_any: bool,
-    /// Namespaces.
-    #[serde(default)]
-    pub namespaces: Vec<NamespaceConfig>,
-    /// Listeners (`address:port`) of other nodes that export this subsystem too
-    /// (at most [`super::MAX_PEER_LISTENERS`]): the discovery log lists the
-    /// subsystem at each of them after this node's own listeners, so a host that
-    /// discovers through one node finds every path.
-    #[serde(default)]
-    pub peer_listeners: Vec<String>,
-}
-
-/// One namespace of a subsystem.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NamespaceConfig {
-    /// Namespace id (1..=[`super::MAX_NAMESPACES`]).
-    pub nsid: u32,
-    /// The bdev or volume it maps to.
-    pub bdev: String,
-    /// The identity NGUID, EUI-64 and UUID are derived from: give every node
-    /// exporting one shared volume the same value (the coordinator uses the disk
-    /// group id and the volume name). Default: the bdev name.
-    #[serde(default)]
-    pub identity: Option<String>,
-    /// Writes fail with "namespace is write protected".
-    #[serde(default)]
-    pub read_only: bool,
 }

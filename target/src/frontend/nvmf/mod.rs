@@ -21,6 +21,7 @@
 //! events) sits in [`subsys::Ctrl`] (atomics and short mutexes, never taken by
 //! the I/O path).
 
+pub use plexd_target_api::nvmf::{ControllerInfo, MAX_NAMESPACES, MAX_PEER_LISTENERS};
 pub mod admin;
 pub mod config;
 pub mod io;
@@ -54,8 +55,6 @@ pub const MAX_QUEUE_ENTRIES: usize = 128;
 pub const MAX_IO_QUEUES: u32 = 64;
 /// Asynchronous Event Requests held per controller (AERL + 1).
 pub const MAX_AERS: usize = 4;
-/// Largest namespace id (NN, MNAN).
-pub const MAX_NAMESPACES: u32 = 1024;
 /// Largest ANA group id (ANAGRPMAX).
 pub const MAX_ANA_GROUP: u32 = 128;
 /// MDTS: 2^8 pages of 4 KiB, the largest pool buffer class.
@@ -68,42 +67,12 @@ pub const MAX_ADMIN_DATA_BYTES: usize = 64 << 10;
 pub const MAX_SUBSYSTEMS: usize = 1024;
 /// Most controllers (associations) per frontend.
 pub const MAX_CONTROLLERS: usize = 4096;
-/// Most peer listeners (other nodes' addresses) one subsystem lists in the
-/// discovery log.
-pub const MAX_PEER_LISTENERS: usize = 64;
 /// Firmware revision reported.
 pub const FW_REV: &str = "plexd01";
 
 /// A subsystem or namespace object name for errors.
 fn ns_obj(nqn: &str, nsid: u32) -> String {
     format!("namespace {nsid} of nvmf subsystem {nqn}")
-}
-
-/// A controller as listed by the management API.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ControllerInfo {
-    /// Controller id.
-    pub cntlid: u16,
-    /// Subsystem NQN.
-    pub subnqn: String,
-    /// Host NQN.
-    pub hostnqn: String,
-    /// Peer address of the admin queue.
-    pub peer: String,
-    /// Reactor of the admin queue.
-    pub reactor: usize,
-    /// I/O queues connected: (queue id, reactor).
-    pub io_queues: Vec<(u16, usize)>,
-    /// Keep alive timeout, ms.
-    pub kato_ms: u32,
-    /// Commands received (every queue).
-    pub commands: u64,
-    /// Bytes read by the host.
-    pub read_bytes: u64,
-    /// Bytes written by the host.
-    pub write_bytes: u64,
-    /// Failed commands.
-    pub errors: u64,
 }
 
 /// State shared by the frontend's control API and its queue pairs.

@@ -1,6 +1,7 @@
 //! The subsystem model: subsystems, namespaces and their identity, controllers
 //! (with their properties, keep-alive and pending asynchronous events), ANA state.
 
+pub use plexd_target_api::nvmf::AnaState;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -92,37 +93,6 @@ impl Subsystem {
             .model
             .clone()
             .unwrap_or_else(|| "plexd".to_string())
-    }
-}
-
-/// ANA state of this node's group.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AnaState {
-    /// Optimized.
-    Optimized,
-    /// Non-optimized.
-    NonOptimized,
-    /// Inaccessible.
-    Inaccessible,
-}
-
-impl AnaState {
-    /// The value of the ANA log page.
-    pub fn code(self) -> u8 {
-        match self {
-            AnaState::Optimized => 0x01,
-            AnaState::NonOptimized => 0x02,
-            AnaState::Inaccessible => 0x03,
-        }
-    }
-    /// From [`AnaState::code`].
-    pub fn from_code(c: u8) -> AnaState {
-        match c {
-            0x01 => AnaState::Optimized,
-            0x02 => AnaState::NonOptimized,
-            _ => AnaState::Inaccessible,
-        }
     }
 }
 

@@ -22,14 +22,14 @@
 //! frontends only; the bdev and volume layers below know nothing of it, and a
 //! frontend for another command set (NVMe-oF) sits beside it without it.
 
-pub mod alua;
-pub mod bytes;
 pub mod cdb;
 pub mod lun;
-pub mod pr;
 pub mod pr_cluster;
-pub mod sense;
 pub mod task;
+
+// The pure SCSI modules the kernel interface's types need (reservations, ALUA, sense
+// data) live in plexd-target-api; they keep their paths here.
+pub use plexd_target_api::scsi::{alua, bytes, pr, sense};
 
 pub use cdb::{NexusState, Op, Response};
 pub use lun::{Identity, LunInfo, LunRt};

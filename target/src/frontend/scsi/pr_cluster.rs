@@ -25,6 +25,7 @@
 //! are bounded by [`MAX_PENDING_PR_OUT`]; a request the coordinator never answers is
 //! dropped after [`PR_OUT_TIMEOUT`] (its connection fails it then).
 
+pub use plexd_target_api::scsi::PrOutResult;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::{Rc, Weak};
@@ -46,17 +47,6 @@ pub const PR_OUT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often one PR OUT is sent to the cluster when the master keeps finding the
 /// state changed under it ([`PrOutResult::Stale`]).
 pub const PR_OUT_TRIES: u32 = 4;
-
-/// The coordinator's answer to a forwarded PERSISTENT RESERVE OUT.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PrOutResult {
-    /// Committed cluster-wide; this node's state has it.
-    Committed,
-    /// Refused against a newer state: decide again on the state held now.
-    Stale,
-    /// The cluster cannot run it now (no quorum, not a member, timeout).
-    Unavailable,
-}
 
 /// A PERSISTENT RESERVE OUT for the cluster to run.
 #[derive(Clone, Debug, PartialEq, Eq)]

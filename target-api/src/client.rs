@@ -1,13 +1,13 @@
 //! A blocking client of the kernel interface, for the coordinator, tools and tests.
 //!
 //! ```no_run
-//! use plexd_target::api::{BdevRequest, KernelClient};
+//! use plexd_target_api::{BdevRequest, KernelClient};
 //! let k = KernelClient::connect("/run/plexd/target0.sock")?;
 //! k.create_bdev(&BdevRequest::malloc("m0", 64 << 20))?;
 //! for b in k.list_bdevs()? {
 //!     println!("{} {} bytes", b.name, b.size_bytes);
 //! }
-//! # Ok::<(), plexd_target::api::ClientError>(())
+//! # Ok::<(), plexd_target_api::ClientError>(())
 //! ```
 //!
 //! Cap'n Proto RPC objects are `!Send`, so each [`KernelClient`] owns one connection
@@ -29,18 +29,15 @@ use futures::AsyncReadExt;
 use plexd_proto::kernel_capnp as k;
 use smol::{Async, LocalExecutor};
 
-use super::convert::*;
-use super::nvmf as nv;
-use super::service::{BdevRequest, Injection, IoResult, TargetInfo};
-use super::{ApiError, ErrorCode};
-use crate::bdev::{BdevInfo, IoKind};
-use crate::frontend::iscsi::{ChapConfig, LunConfig, SessionInfo, TargetNodeConfig};
-use crate::frontend::nvmf::{AnaState, ControllerInfo, NamespaceConfig, SubsystemConfig};
-use crate::frontend::scsi::alua::Alua;
-use crate::frontend::scsi::pr::PrState;
-use crate::frontend::scsi::pr_cluster::PrOutResult;
-use crate::lease::LeaseStatus;
-use crate::target::{DetachPolicy, Event, EVENT_QUEUE_DEPTH};
+use crate::bdev::{BdevInfo, BdevRequest, Injection, IoKind, IoResult};
+use crate::convert::*;
+use crate::error::{ApiError, ErrorCode};
+use crate::info::{DetachPolicy, Event, LeaseStatus, TargetInfo, EVENT_QUEUE_DEPTH};
+use crate::iscsi::{ChapConfig, LunConfig, SessionInfo, TargetNodeConfig};
+use crate::nvmf::{AnaState, ControllerInfo, NamespaceConfig, SubsystemConfig};
+use crate::scsi::alua::Alua;
+use crate::scsi::pr::PrState;
+use crate::scsi::PrOutResult;
 use crate::volume::{PlexState, VolumeInfo, VolumeSpec};
 
 /// How long a call waits for its answer by default (a prepare adds its drain timeout).
@@ -186,6 +183,41 @@ fn rpc_err(path: &str, e: capnp::Error) -> ClientError {
     }
 }
 
+/// The body of a blocking method: sends request `$req` on the connection thread
+/// (its parameters set by `$set` on `$rq`), waits up to the call timeout (or
+/// `within $timeout`) and turns an `error` in the results into [`ClientError::Api`].
+/// Then, with the results' reader `$r`: nothing (`Ok(())`), `$read` (a
+/// `capnp::Result`), or `$body` (with the socket path `$path`; a `Result<_,
+/// ClientError>`).
+macro_rules! rpc {
+    ($self:ident, $method:literal, $req:ident, |$rq:ident| $set:block) => {
+        rpc!($self, $method within $self.call_timeout, $req, |$rq| $set, |_r, _path| { Ok(()) })
+    };
+    ($self:ident, $method:literal, $req:ident, |$rq:ident| $set:block, |$r:ident| $read:expr) => {
+        rpc!($self, $method within $self.call_timeout, $req, |$rq| $set, |$r, path| {
+            $read.map_err(|e| rpc_err(&path, e))
+        })
+    };
+    ($self:ident, $method:literal, $req:ident, |$rq:ident| $set:block,
+     |$r:ident, $path:ident| $body:block) => {
+        rpc!($self, $method within $self.call_timeout, $req, |$rq| $set, |$r, $path| $body)
+    };
+    ($self:ident, $method:literal within $timeout:expr, $req:ident, |$rq:ident| $set:block,
+     |$r:ident, $path:ident| $body:block) => {
+        $self.call($method, $timeout, move |kc, $path| {
+            Box::pin(async move {
+                #[allow(unused_mut)]
+                let mut $rq = kc.$req();
+                $set
+                let resp = $rq.send().promise.await.map_err(|e| rpc_err(&$path, e))?;
+                let $r = resp.get().map_err(|e| rpc_err(&$path, e))?;
+                check(&$path, $r.has_error(), || read_error($r.get_error()?))?;
+                $body
+            })
+        })
+    };
+}
+
 /// Generates a blocking method for a call that takes a volume or bdev name and
 /// returns nothing but a possible error.
 macro_rules! name_call {
@@ -193,14 +225,8 @@ macro_rules! name_call {
         $(#[$doc])*
         pub fn $fn(&self, name: &str) -> Result<(), ClientError> {
             let name = name.to_string();
-            self.call($method, self.call_timeout, move |kc, path| {
-                Box::pin(async move {
-                    let mut req = kc.$req();
-                    req.get().$setter(name.as_str());
-                    let resp = req.send().promise.await.map_err(|e| rpc_err(&path, e))?;
-                    let r = resp.get().map_err(|e| rpc_err(&path, e))?;
-                    check(&path, r.has_error(), || read_error(r.get_error()?))
-                })
+            rpc!(self, $method, $req, |rq| {
+                rq.get().$setter(name.as_str());
             })
         }
     };
@@ -312,18 +338,15 @@ impl KernelClient {
     /// Creates a bdev.
     pub fn create_bdev(&self, req: &BdevRequest) -> Result<BdevInfo, ClientError> {
         let req = req.clone();
-        self.call("createBdev", self.call_timeout, move |kc, path| {
-            Box::pin(async move {
-                let mut rq = kc.create_bdev_request();
+        rpc!(
+            self,
+            "createBdev",
+            create_bdev_request,
+            |rq| {
                 set_bdev_request(rq.get().init_bdev(), &req);
-                let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
-                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
-                check(&path, r.has_error(), || read_error(r.get_error()?))?;
-                r.get_info()
-                    .and_then(read_bdev_info)
-                    .map_err(|e| rpc_err(&path, e))
-            })
-        })
+            },
+            |r| r.get_info().and_then(read_bdev_info)
+        )
     }
 
     name_call!(
@@ -333,40 +356,27 @@ impl KernelClient {
 
     /// Every bdev (volumes included, as kind `volume`).
     pub fn list_bdevs(&self) -> Result<Vec<BdevInfo>, ClientError> {
-        self.call("listBdevs", self.call_timeout, |kc, path| {
-            Box::pin(async move {
-                let resp = kc
-                    .list_bdevs_request()
-                    .send()
-                    .promise
-                    .await
-                    .map_err(|e| rpc_err(&path, e))?;
-                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
-                check(&path, r.has_error(), || read_error(r.get_error()?))?;
-                let list = r.get_bdevs().map_err(|e| rpc_err(&path, e))?;
-                list.iter()
-                    .map(read_bdev_info)
-                    .collect::<capnp::Result<Vec<_>>>()
-                    .map_err(|e| rpc_err(&path, e))
-            })
+        rpc!(self, "listBdevs", list_bdevs_request, |rq| {}, |r, path| {
+            let list = r.get_bdevs().map_err(|e| rpc_err(&path, e))?;
+            list.iter()
+                .map(read_bdev_info)
+                .collect::<capnp::Result<Vec<_>>>()
+                .map_err(|e| rpc_err(&path, e))
         })
     }
 
     /// Creates a volume.
     pub fn create_volume(&self, spec: &VolumeSpec) -> Result<VolumeInfo, ClientError> {
         let spec = spec.clone();
-        self.call("createVolume", self.call_timeout, move |kc, path| {
-            Box::pin(async move {
-                let mut rq = kc.create_volume_request();
+        rpc!(
+            self,
+            "createVolume",
+            create_volume_request,
+            |rq| {
                 set_volume_spec(rq.get().init_spec(), &spec);
-                let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
-                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
-                check(&path, r.has_error(), || read_error(r.get_error()?))?;
-                r.get_info()
-                    .and_then(read_volume_info)
-                    .map_err(|e| rpc_err(&path, e))
-            })
-        })
+            },
+            |r| r.get_info().and_then(read_volume_info)
+        )
     }
 
     name_call!(
@@ -376,35 +386,32 @@ impl KernelClient {
 
     /// Every volume with its plexes and stats.
     pub fn list_volumes(&self) -> Result<Vec<VolumeInfo>, ClientError> {
-        self.call("listVolumes", self.call_timeout, |kc, path| {
-            Box::pin(async move {
-                let resp = kc
-                    .list_volumes_request()
-                    .send()
-                    .promise
-                    .await
-                    .map_err(|e| rpc_err(&path, e))?;
-                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
-                check(&path, r.has_error(), || read_error(r.get_error()?))?;
+        rpc!(
+            self,
+            "listVolumes",
+            list_volumes_request,
+            |rq| {},
+            |r, path| {
                 let list = r.get_volumes().map_err(|e| rpc_err(&path, e))?;
                 list.iter()
                     .map(read_volume_info)
                     .collect::<capnp::Result<Vec<_>>>()
                     .map_err(|e| rpc_err(&path, e))
-            })
-        })
+            }
+        )
     }
 
     /// One volume: its state and stats, and its committed layout.
     pub fn get_volume(&self, name: &str) -> Result<(VolumeInfo, VolumeSpec), ClientError> {
         let name = name.to_string();
-        self.call("getVolume", self.call_timeout, move |kc, path| {
-            Box::pin(async move {
-                let mut rq = kc.get_volume_request();
+        rpc!(
+            self,
+            "getVolume",
+            get_volume_request,
+            |rq| {
                 rq.get().set_name(name.as_str());
-                let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
-                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
-                check(&path, r.has_error(), || read_error(r.get_error()?))?;
+            },
+            |r, path| {
                 let info = r
                     .get_info()
                     .and_then(read_volume_info)
@@ -414,8 +421,8 @@ impl KernelClient {
                     .and_then(read_volume_spec)
                     .map_err(|e| rpc_err(&path, e))?;
                 Ok((info, spec))
-            })
-        })
+            }
+        )
     }
 
     /// Quiesces `volume` and stages `spec`; returns the time it took to drain.
@@ -428,22 +435,13 @@ impl KernelClient {
         let volume = volume.to_string();
         let spec = spec.clone();
         let ms = drain_timeout.as_millis().min(u32::MAX as u128) as u32;
-        self.call(
-            "prepare",
-            self.call_timeout + drain_timeout,
-            move |kc, path| {
-                Box::pin(async move {
-                    let mut rq = kc.prepare_request();
-                    rq.get().set_volume(volume.as_str());
-                    rq.get().set_drain_timeout_ms(ms);
-                    set_volume_spec(rq.get().init_spec(), &spec);
-                    let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
-                    let r = resp.get().map_err(|e| rpc_err(&path, e))?;
-                    check(&path, r.has_error(), || read_error(r.get_error()?))?;
-                    Ok(Duration::from_micros(r.get_quiesce_us()))
-                })
-            },
-        )
+        rpc!(self, "prepare" within self.call_timeout + drain_timeout, prepare_request, |rq| {
+            rq.get().set_volume(volume.as_str());
+            rq.get().set_drain_timeout_ms(ms);
+            set_volume_spec(rq.get().init_spec(), &spec);
+        }, |r, _path| {
+            Ok(Duration::from_micros(r.get_quiesce_us()))
+        })
     }
 
     name_call!(
@@ -467,21 +465,12 @@ impl KernelClient {
     pub fn quiesce(&self, volume: &str, drain_timeout: Duration) -> Result<Duration, ClientError> {
         let volume = volume.to_string();
         let ms = drain_timeout.as_millis().min(u32::MAX as u128) as u32;
-        self.call(
-            "quiesce",
-            self.call_timeout + drain_timeout,
-            move |kc, path| {
-                Box::pin(async move {
-                    let mut rq = kc.quiesce_request();
-                    rq.get().set_volume(volume.as_str());
-                    rq.get().set_drain_timeout_ms(ms);
-                    let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
-                    let r = resp.get().map_err(|e| rpc_err(&path, e))?;
-                    check(&path, r.has_error(), || read_error(r.get_error()?))?;
-                    Ok(Duration::from_micros(r.get_quiesce_us()))
-                })
-            },
-        )
+        rpc!(self, "quiesce" within self.call_timeout + drain_timeout, quiesce_request, |rq| {
+            rq.get().set_volume(volume.as_str());
+            rq.get().set_drain_timeout_ms(ms);
+        }, |r, _path| {
+            Ok(Duration::from_micros(r.get_quiesce_us()))
+        })
     }
 
     /// Changes a plex's state (detach, attach).
@@ -492,48 +481,59 @@ impl KernelClient {
         state: PlexState,
     ) -> Result<(), ClientError> {
         let (volume, plex) = (volume.to_string(), plex.to_string());
-        self.call("setPlexState", self.call_timeout, move |kc, path| {
-            Box::pin(async move {
-                let mut rq = kc.set_plex_state_request();
-                rq.get().set_volume(volume.as_str());
-                rq.get().set_plex(plex.as_str());
-                rq.get().set_state(plex_state_to(state));
-                let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
-                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
-                check(&path, r.has_error(), || read_error(r.get_error()?))
-            })
+        rpc!(self, "setPlexState", set_plex_state_request, |rq| {
+            rq.get().set_volume(volume.as_str());
+            rq.get().set_plex(plex.as_str());
+            rq.get().set_state(plex_state_to(state));
+        })
+    }
+
+    /// Copies `[offset_bytes, offset_bytes + len_bytes)` of `volume` from plex
+    /// `source` (ACTIVE) to plex `target` (SYNCING) inside the data plane (one chunk of
+    /// a resync, at most 1 MiB). Does not quiesce: the caller holds the cluster's
+    /// fence, and the target refuses (`invalid`) unless the volume is quiesced there.
+    pub fn copy_range(
+        &self,
+        volume: &str,
+        source: &str,
+        target: &str,
+        offset_bytes: u64,
+        len_bytes: u32,
+    ) -> Result<(), ClientError> {
+        let (volume, source, target) = (volume.to_string(), source.to_string(), target.to_string());
+        rpc!(self, "copyRange", copy_range_request, |rq| {
+            rq.get().set_volume(volume.as_str());
+            rq.get().set_source_plex(source.as_str());
+            rq.get().set_target_plex(target.as_str());
+            rq.get().set_offset_bytes(offset_bytes);
+            rq.get().set_len_bytes(len_bytes);
         })
     }
 
     /// Sets what the target does on a plex write error.
     pub fn set_detach_policy(&self, policy: DetachPolicy) -> Result<(), ClientError> {
-        self.call("setDetachPolicy", self.call_timeout, move |kc, path| {
-            Box::pin(async move {
-                let mut rq = kc.set_detach_policy_request();
-                rq.get().set_policy(detach_policy_to(policy));
-                let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
-                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
-                check(&path, r.has_error(), || read_error(r.get_error()?))
-            })
+        rpc!(self, "setDetachPolicy", set_detach_policy_request, |rq| {
+            rq.get().set_policy(detach_policy_to(policy));
         })
     }
 
     /// Injects a fault into an `error` bdev; returns its injection state.
     pub fn inject_error(&self, bdev: &str, inj: Injection) -> Result<String, ClientError> {
         let bdev = bdev.to_string();
-        self.call("injectError", self.call_timeout, move |kc, path| {
-            Box::pin(async move {
-                let mut rq = kc.inject_error_request();
+        rpc!(
+            self,
+            "injectError",
+            inject_error_request,
+            |rq| {
                 rq.get().set_bdev(bdev.as_str());
                 set_injection(rq.get().init_injection(), &inj);
-                let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
-                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
-                check(&path, r.has_error(), || read_error(r.get_error()?))?;
+            },
+            |r, path| {
                 r.get_detail()
                     .and_then(|d| Ok(d.to_string()?))
                     .map_err(|e| rpc_err(&path, e))
-            })
-        })
+            }
+        )
     }
 
     /// Subscribes to the target's events (from now on).
@@ -552,7 +552,7 @@ impl KernelClient {
         Ok(Subscription { rx })
     }
 
-    /// One diagnostic I/O (at most [`super::MAX_IO_BYTES`]) on reactor `reactor`.
+    /// One diagnostic I/O (at most [`crate::MAX_IO_BYTES`]) on reactor `reactor`.
     /// A failed I/O is `Ok` with `status` set to its errno.
     pub fn io(
         &self,
@@ -573,27 +573,20 @@ impl KernelClient {
         let bdev = bdev.to_string();
         let data = data.to_vec();
         let timeout_ms = self.call_timeout.as_millis().min(u32::MAX as u128) as u32;
-        self.call("io", self.call_timeout * 2, move |kc, path| {
-            Box::pin(async move {
-                let mut rq = kc.io_request();
-                {
-                    let mut p = rq.get();
-                    p.set_bdev(bdev.as_str());
-                    p.set_op(op);
-                    p.set_offset_bytes(offset_bytes);
-                    p.set_len_bytes(len_bytes);
-                    p.set_data(&data);
-                    p.set_reactor(reactor);
-                    p.set_timeout_ms(timeout_ms);
-                }
-                let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
-                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
-                check(&path, r.has_error(), || read_error(r.get_error()?))?;
-                Ok(IoResult {
-                    status: r.get_status(),
-                    data: r.get_data().map_err(|e| rpc_err(&path, e))?.to_vec(),
-                    latency_us: r.get_latency_us(),
-                })
+        rpc!(self, "io" within self.call_timeout * 2, io_request, |rq| {
+            let mut p = rq.get();
+            p.set_bdev(bdev.as_str());
+            p.set_op(op);
+            p.set_offset_bytes(offset_bytes);
+            p.set_len_bytes(len_bytes);
+            p.set_data(&data);
+            p.set_reactor(reactor);
+            p.set_timeout_ms(timeout_ms);
+        }, |r, path| {
+            Ok(IoResult {
+                status: r.get_status(),
+                data: r.get_data().map_err(|e| rpc_err(&path, e))?.to_vec(),
+                latency_us: r.get_latency_us(),
             })
         })
     }
@@ -612,48 +605,44 @@ impl KernelClient {
     /// bound address. Starts the iSCSI frontend if the target has none running.
     pub fn iscsi_add_portal(&self, addr: &str) -> Result<SocketAddr, ClientError> {
         let addr = addr.to_string();
-        self.call("iscsiAddPortal", self.call_timeout, move |kc, path| {
-            Box::pin(async move {
-                let mut rq = kc.iscsi_add_portal_request();
+        rpc!(
+            self,
+            "iscsiAddPortal",
+            iscsi_add_portal_request,
+            |rq| {
                 rq.get().set_addr(addr.as_str());
-                let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
-                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
-                check(&path, r.has_error(), || read_error(r.get_error()?))?;
+            },
+            |r, path| {
                 let bound = r
                     .get_bound()
                     .and_then(|b| Ok(b.to_string()?))
                     .map_err(|e| rpc_err(&path, e))?;
                 parse_addr(&path, &bound)
-            })
-        })
+            }
+        )
     }
 
     /// Stops listening on `addr` (established sessions stay).
     pub fn iscsi_remove_portal(&self, addr: &str) -> Result<(), ClientError> {
         let addr = addr.to_string();
-        self.call("iscsiRemovePortal", self.call_timeout, move |kc, path| {
-            Box::pin(async move {
-                let mut rq = kc.iscsi_remove_portal_request();
+        rpc!(
+            self,
+            "iscsiRemovePortal",
+            iscsi_remove_portal_request,
+            |rq| {
                 rq.get().set_addr(addr.as_str());
-                let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
-                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
-                check(&path, r.has_error(), || read_error(r.get_error()?))
-            })
-        })
+            }
+        )
     }
 
     /// The portals listening now (empty when no frontend runs).
     pub fn iscsi_portals(&self) -> Result<Vec<SocketAddr>, ClientError> {
-        self.call("iscsiPortals", self.call_timeout, |kc, path| {
-            Box::pin(async move {
-                let resp = kc
-                    .iscsi_portals_request()
-                    .send()
-                    .promise
-                    .await
-                    .map_err(|e| rpc_err(&path, e))?;
-                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
-                check(&path, r.has_error(), || read_error(r.get_error()?))?;
+        rpc!(
+            self,
+            "iscsiPortals",
+            iscsi_portals_request,
+            |rq| {},
+            |r, path| {
                 let list = r.get_portals().map_err(|e| rpc_err(&path, e))?;
                 let mut out = Vec::with_capacity(list.len() as usize);
                 for p in list.iter() {
@@ -663,83 +652,58 @@ impl KernelClient {
                     out.push(parse_addr(&path, &p)?);
                 }
                 Ok(out)
-            })
-        })
+            }
+        )
     }
 
     /// Exports a target node with its LUNs, ACL and CHAP (starting the frontend,
     /// without a portal, if none runs). `exists` when the IQN is exported already.
     pub fn iscsi_add_target(&self, t: &TargetNodeConfig) -> Result<(), ClientError> {
         let t = t.clone();
-        self.call("iscsiAddTarget", self.call_timeout, move |kc, path| {
-            Box::pin(async move {
-                let mut rq = kc.iscsi_add_target_request();
-                set_iscsi_target(rq.get().init_target(), &t, Secrets::Send);
-                let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
-                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
-                check(&path, r.has_error(), || read_error(r.get_error()?))
-            })
+        rpc!(self, "iscsiAddTarget", iscsi_add_target_request, |rq| {
+            set_iscsi_target(rq.get().init_target(), &t, Secrets::Send);
         })
     }
 
     /// Removes a target node and closes its sessions.
     pub fn iscsi_remove_target(&self, iqn: &str) -> Result<(), ClientError> {
         let iqn = iqn.to_string();
-        self.call("iscsiRemoveTarget", self.call_timeout, move |kc, path| {
-            Box::pin(async move {
-                let mut rq = kc.iscsi_remove_target_request();
+        rpc!(
+            self,
+            "iscsiRemoveTarget",
+            iscsi_remove_target_request,
+            |rq| {
                 rq.get().set_iqn(iqn.as_str());
-                let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
-                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
-                check(&path, r.has_error(), || read_error(r.get_error()?))
-            })
-        })
+            }
+        )
     }
 
     /// Maps a LUN of target `iqn` to a bdev or volume: `exists` when the number is
     /// taken, `notFound` when the bdev does not exist.
     pub fn iscsi_add_lun(&self, iqn: &str, lun: &LunConfig) -> Result<(), ClientError> {
         let (iqn, lun) = (iqn.to_string(), lun.clone());
-        self.call("iscsiAddLun", self.call_timeout, move |kc, path| {
-            Box::pin(async move {
-                let mut rq = kc.iscsi_add_lun_request();
-                rq.get().set_iqn(iqn.as_str());
-                set_iscsi_lun(rq.get().init_lun(), &lun);
-                let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
-                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
-                check(&path, r.has_error(), || read_error(r.get_error()?))
-            })
+        rpc!(self, "iscsiAddLun", iscsi_add_lun_request, |rq| {
+            rq.get().set_iqn(iqn.as_str());
+            set_iscsi_lun(rq.get().init_lun(), &lun);
         })
     }
 
     /// Unmaps LUN `lun` of target `iqn`.
     pub fn iscsi_remove_lun(&self, iqn: &str, lun: u64) -> Result<(), ClientError> {
         let iqn = iqn.to_string();
-        self.call("iscsiRemoveLun", self.call_timeout, move |kc, path| {
-            Box::pin(async move {
-                let mut rq = kc.iscsi_remove_lun_request();
-                rq.get().set_iqn(iqn.as_str());
-                rq.get().set_lun(lun);
-                let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
-                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
-                check(&path, r.has_error(), || read_error(r.get_error()?))
-            })
+        rpc!(self, "iscsiRemoveLun", iscsi_remove_lun_request, |rq| {
+            rq.get().set_iqn(iqn.as_str());
+            rq.get().set_lun(lun);
         })
     }
 
     /// Replaces the ALUA view (port groups and states) of LUN `lun` of target `iqn`.
     pub fn iscsi_set_alua(&self, iqn: &str, lun: u64, alua: &Alua) -> Result<(), ClientError> {
         let (iqn, alua) = (iqn.to_string(), alua.clone());
-        self.call("iscsiSetAlua", self.call_timeout, move |kc, path| {
-            Box::pin(async move {
-                let mut rq = kc.iscsi_set_alua_request();
-                rq.get().set_iqn(iqn.as_str());
-                rq.get().set_lun(lun);
-                set_alua(rq.get().init_alua(), &alua);
-                let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
-                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
-                check(&path, r.has_error(), || read_error(r.get_error()?))
-            })
+        rpc!(self, "iscsiSetAlua", iscsi_set_alua_request, |rq| {
+            rq.get().set_iqn(iqn.as_str());
+            rq.get().set_lun(lun);
+            set_alua(rq.get().init_alua(), &alua);
         })
     }
 
@@ -747,29 +711,17 @@ impl KernelClient {
     /// of it whose reservations the cluster keeps, and LUNs mapped later).
     pub fn set_reservations(&self, volume: &str, state: &PrState) -> Result<(), ClientError> {
         let (volume, state) = (volume.to_string(), state.clone());
-        self.call("setReservations", self.call_timeout, move |kc, path| {
-            Box::pin(async move {
-                let mut rq = kc.set_reservations_request();
-                rq.get().set_volume(volume.as_str());
-                set_reservations(rq.get().init_state(), &state);
-                let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
-                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
-                check(&path, r.has_error(), || read_error(r.get_error()?))
-            })
+        rpc!(self, "setReservations", set_reservations_request, |rq| {
+            rq.get().set_volume(volume.as_str());
+            set_reservations(rq.get().init_state(), &state);
         })
     }
 
     /// Answers the PR OUT request `request` (an [`Event::PrOut`]) with `result`.
     pub fn pr_out_done(&self, request: u64, result: PrOutResult) -> Result<(), ClientError> {
-        self.call("prOutDone", self.call_timeout, move |kc, path| {
-            Box::pin(async move {
-                let mut rq = kc.pr_out_done_request();
-                rq.get().set_request(request);
-                rq.get().set_result(pr_out_result_to(result));
-                let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
-                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
-                check(&path, r.has_error(), || read_error(r.get_error()?))
-            })
+        rpc!(self, "prOutDone", pr_out_done_request, |rq| {
+            rq.get().set_request(request);
+            rq.get().set_result(pr_out_result_to(result));
         })
     }
 
@@ -777,93 +729,77 @@ impl KernelClient {
     /// initiators) and takes it off the deny list.
     pub fn iscsi_allow_initiator(&self, iqn: &str, initiator: &str) -> Result<(), ClientError> {
         let (iqn, ini) = (iqn.to_string(), initiator.to_string());
-        self.call("iscsiAllowInitiator", self.call_timeout, move |kc, path| {
-            Box::pin(async move {
-                let mut rq = kc.iscsi_allow_initiator_request();
+        rpc!(
+            self,
+            "iscsiAllowInitiator",
+            iscsi_allow_initiator_request,
+            |rq| {
                 rq.get().set_iqn(iqn.as_str());
                 rq.get().set_initiator(ini.as_str());
-                let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
-                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
-                check(&path, r.has_error(), || read_error(r.get_error()?))
-            })
-        })
+            }
+        )
     }
 
     /// Denies `initiator` on target `iqn` (deny wins over allow) and closes its
     /// sessions there.
     pub fn iscsi_deny_initiator(&self, iqn: &str, initiator: &str) -> Result<(), ClientError> {
         let (iqn, ini) = (iqn.to_string(), initiator.to_string());
-        self.call("iscsiDenyInitiator", self.call_timeout, move |kc, path| {
-            Box::pin(async move {
-                let mut rq = kc.iscsi_deny_initiator_request();
+        rpc!(
+            self,
+            "iscsiDenyInitiator",
+            iscsi_deny_initiator_request,
+            |rq| {
                 rq.get().set_iqn(iqn.as_str());
                 rq.get().set_initiator(ini.as_str());
-                let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
-                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
-                check(&path, r.has_error(), || read_error(r.get_error()?))
-            })
-        })
+            }
+        )
     }
 
     /// Sets the CHAP secrets of target `iqn`, or clears them with `None` (new logins).
     pub fn iscsi_set_chap(&self, iqn: &str, chap: Option<&ChapConfig>) -> Result<(), ClientError> {
         let (iqn, chap) = (iqn.to_string(), chap.cloned());
-        self.call("iscsiSetChap", self.call_timeout, move |kc, path| {
-            Box::pin(async move {
-                let mut rq = kc.iscsi_set_chap_request();
-                rq.get().set_iqn(iqn.as_str());
-                if let Some(c) = &chap {
-                    set_iscsi_chap(rq.get().init_chap(), c, Secrets::Send);
-                }
-                let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
-                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
-                check(&path, r.has_error(), || read_error(r.get_error()?))
-            })
+        rpc!(self, "iscsiSetChap", iscsi_set_chap_request, |rq| {
+            rq.get().set_iqn(iqn.as_str());
+            if let Some(c) = &chap {
+                set_iscsi_chap(rq.get().init_chap(), c, Secrets::Send);
+            }
         })
     }
 
     /// The exported target nodes. CHAP secrets are never sent back: `secret` is
     /// empty, `mutual_secret` is `Some("")` when one is set.
     pub fn iscsi_targets(&self) -> Result<Vec<TargetNodeConfig>, ClientError> {
-        self.call("iscsiTargets", self.call_timeout, |kc, path| {
-            Box::pin(async move {
-                let resp = kc
-                    .iscsi_targets_request()
-                    .send()
-                    .promise
-                    .await
-                    .map_err(|e| rpc_err(&path, e))?;
-                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
-                check(&path, r.has_error(), || read_error(r.get_error()?))?;
+        rpc!(
+            self,
+            "iscsiTargets",
+            iscsi_targets_request,
+            |rq| {},
+            |r, path| {
                 let list = r.get_targets().map_err(|e| rpc_err(&path, e))?;
                 list.iter()
                     .map(read_iscsi_target)
                     .collect::<capnp::Result<Vec<_>>>()
                     .map_err(|e| rpc_err(&path, e))
-            })
-        })
+            }
+        )
     }
 
     /// The sessions (discovery ones included) with their connection's reactor,
     /// peer and counters.
     pub fn iscsi_sessions(&self) -> Result<Vec<SessionInfo>, ClientError> {
-        self.call("iscsiSessions", self.call_timeout, |kc, path| {
-            Box::pin(async move {
-                let resp = kc
-                    .iscsi_sessions_request()
-                    .send()
-                    .promise
-                    .await
-                    .map_err(|e| rpc_err(&path, e))?;
-                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
-                check(&path, r.has_error(), || read_error(r.get_error()?))?;
+        rpc!(
+            self,
+            "iscsiSessions",
+            iscsi_sessions_request,
+            |rq| {},
+            |r, path| {
                 let list = r.get_sessions().map_err(|e| rpc_err(&path, e))?;
                 list.iter()
                     .map(read_iscsi_session)
                     .collect::<capnp::Result<Vec<_>>>()
                     .map_err(|e| rpc_err(&path, e))
-            })
-        })
+            }
+        )
     }
 
     // ---- NVMe-oF/TCP frontend ----
@@ -872,141 +808,116 @@ impl KernelClient {
     /// address. Starts the NVMe-oF frontend if the target has none running.
     pub fn nvmf_add_listener(&self, addr: &str) -> Result<SocketAddr, ClientError> {
         let addr = addr.to_string();
-        self.call("nvmfAddListener", self.call_timeout, move |kc, path| {
-            Box::pin(async move {
-                let mut rq = kc.nvmf_add_listener_request();
+        rpc!(
+            self,
+            "nvmfAddListener",
+            nvmf_add_listener_request,
+            |rq| {
                 rq.get().set_addr(addr.as_str());
-                let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
-                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
-                check(&path, r.has_error(), || read_error(r.get_error()?))?;
+            },
+            |r, path| {
                 let bound = r
                     .get_bound()
                     .and_then(|b| Ok(b.to_string()?))
                     .map_err(|e| rpc_err(&path, e))?;
                 parse_addr(&path, &bound)
-            })
-        })
+            }
+        )
     }
 
     /// Stops listening on `addr` (established connections stay).
     pub fn nvmf_remove_listener(&self, addr: &str) -> Result<(), ClientError> {
         let addr = addr.to_string();
-        self.call("nvmfRemoveListener", self.call_timeout, move |kc, path| {
-            Box::pin(async move {
-                let mut rq = kc.nvmf_remove_listener_request();
+        rpc!(
+            self,
+            "nvmfRemoveListener",
+            nvmf_remove_listener_request,
+            |rq| {
                 rq.get().set_addr(addr.as_str());
-                let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
-                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
-                check(&path, r.has_error(), || read_error(r.get_error()?))
-            })
-        })
+            }
+        )
     }
 
     /// Exports a subsystem with its namespaces (starting the frontend, without a
     /// listener, if none runs). `exists` when the NQN is exported already.
     pub fn nvmf_add_subsystem(&self, sub: &SubsystemConfig) -> Result<(), ClientError> {
         let sub = sub.clone();
-        self.call("nvmfAddSubsystem", self.call_timeout, move |kc, path| {
-            Box::pin(async move {
-                let mut rq = kc.nvmf_add_subsystem_request();
-                nv::set_subsystem(rq.get().init_subsystem(), &sub);
-                let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
-                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
-                check(&path, r.has_error(), || read_error(r.get_error()?))
-            })
+        rpc!(self, "nvmfAddSubsystem", nvmf_add_subsystem_request, |rq| {
+            set_subsystem(rq.get().init_subsystem(), &sub);
         })
     }
 
     /// Removes a subsystem; its controllers are dropped.
     pub fn nvmf_remove_subsystem(&self, nqn: &str) -> Result<(), ClientError> {
         let nqn = nqn.to_string();
-        self.call("nvmfRemoveSubsystem", self.call_timeout, move |kc, path| {
-            Box::pin(async move {
-                let mut rq = kc.nvmf_remove_subsystem_request();
+        rpc!(
+            self,
+            "nvmfRemoveSubsystem",
+            nvmf_remove_subsystem_request,
+            |rq| {
                 rq.get().set_nqn(nqn.as_str());
-                let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
-                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
-                check(&path, r.has_error(), || read_error(r.get_error()?))
-            })
-        })
+            }
+        )
     }
 
     /// Adds a namespace to subsystem `nqn`.
     pub fn nvmf_add_namespace(&self, nqn: &str, ns: &NamespaceConfig) -> Result<(), ClientError> {
         let (nqn, ns) = (nqn.to_string(), ns.clone());
-        self.call("nvmfAddNamespace", self.call_timeout, move |kc, path| {
-            Box::pin(async move {
-                let mut rq = kc.nvmf_add_namespace_request();
-                rq.get().set_nqn(nqn.as_str());
-                nv::set_namespace(rq.get().init_namespace(), &ns);
-                let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
-                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
-                check(&path, r.has_error(), || read_error(r.get_error()?))
-            })
+        rpc!(self, "nvmfAddNamespace", nvmf_add_namespace_request, |rq| {
+            rq.get().set_nqn(nqn.as_str());
+            set_namespace(rq.get().init_namespace(), &ns);
         })
     }
 
     /// Removes namespace `nsid` of subsystem `nqn`.
     pub fn nvmf_remove_namespace(&self, nqn: &str, nsid: u32) -> Result<(), ClientError> {
         let nqn = nqn.to_string();
-        self.call("nvmfRemoveNamespace", self.call_timeout, move |kc, path| {
-            Box::pin(async move {
-                let mut rq = kc.nvmf_remove_namespace_request();
+        rpc!(
+            self,
+            "nvmfRemoveNamespace",
+            nvmf_remove_namespace_request,
+            |rq| {
                 rq.get().set_nqn(nqn.as_str());
                 rq.get().set_nsid(nsid);
-                let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
-                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
-                check(&path, r.has_error(), || read_error(r.get_error()?))
-            })
-        })
+            }
+        )
     }
 
     /// Sets this node's ANA group state; returns the group id.
     pub fn nvmf_set_ana(&self, state: AnaState) -> Result<u32, ClientError> {
-        self.call("nvmfSetAna", self.call_timeout, move |kc, path| {
-            Box::pin(async move {
-                let mut rq = kc.nvmf_set_ana_request();
-                rq.get().set_state(nv::ana_to(state));
-                let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
-                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
-                check(&path, r.has_error(), || read_error(r.get_error()?))?;
-                Ok(r.get_group())
-            })
-        })
+        rpc!(
+            self,
+            "nvmfSetAna",
+            nvmf_set_ana_request,
+            |rq| {
+                rq.get().set_state(ana_to(state));
+            },
+            |r, path| { Ok(r.get_group()) }
+        )
     }
 
     /// Starts the NVMe-oF frontend with controller ids `cntlid_range` (min, max)
     /// and ANA group `ana_group` if none runs; `invalid` when one runs with other
     /// settings.
     pub fn nvmf_start(&self, cntlid_range: (u16, u16), ana_group: u32) -> Result<(), ClientError> {
-        self.call("nvmfStart", self.call_timeout, move |kc, path| {
-            Box::pin(async move {
-                let mut rq = kc.nvmf_start_request();
-                rq.get().set_cntlid_min(cntlid_range.0);
-                rq.get().set_cntlid_max(cntlid_range.1);
-                rq.get().set_ana_group(ana_group);
-                let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
-                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
-                check(&path, r.has_error(), || read_error(r.get_error()?))
-            })
+        rpc!(self, "nvmfStart", nvmf_start_request, |rq| {
+            rq.get().set_cntlid_min(cntlid_range.0);
+            rq.get().set_cntlid_max(cntlid_range.1);
+            rq.get().set_ana_group(ana_group);
         })
     }
 
     /// The exported subsystems and the listeners (empty when no frontend runs).
     pub fn nvmf_subsystems(&self) -> Result<(Vec<SubsystemConfig>, Vec<SocketAddr>), ClientError> {
-        self.call("nvmfSubsystems", self.call_timeout, |kc, path| {
-            Box::pin(async move {
-                let resp = kc
-                    .nvmf_subsystems_request()
-                    .send()
-                    .promise
-                    .await
-                    .map_err(|e| rpc_err(&path, e))?;
-                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
-                check(&path, r.has_error(), || read_error(r.get_error()?))?;
+        rpc!(
+            self,
+            "nvmfSubsystems",
+            nvmf_subsystems_request,
+            |rq| {},
+            |r, path| {
                 let subs = r
                     .get_subsystems()
-                    .and_then(|l| l.iter().map(nv::read_subsystem).collect())
+                    .and_then(|l| l.iter().map(read_subsystem).collect())
                     .map_err(|e| rpc_err(&path, e))?;
                 let list = r.get_listeners().map_err(|e| rpc_err(&path, e))?;
                 let mut ls = Vec::with_capacity(list.len() as usize);
@@ -1017,27 +928,21 @@ impl KernelClient {
                     ls.push(parse_addr(&path, &p)?);
                 }
                 Ok((subs, ls))
-            })
-        })
+            }
+        )
     }
 
     /// The controllers with their I/O queues and counters.
     pub fn nvmf_controllers(&self) -> Result<Vec<ControllerInfo>, ClientError> {
-        self.call("nvmfControllers", self.call_timeout, |kc, path| {
-            Box::pin(async move {
-                let resp = kc
-                    .nvmf_controllers_request()
-                    .send()
-                    .promise
-                    .await
-                    .map_err(|e| rpc_err(&path, e))?;
-                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
-                check(&path, r.has_error(), || read_error(r.get_error()?))?;
-                r.get_controllers()
-                    .and_then(|l| l.iter().map(nv::read_controller).collect())
-                    .map_err(|e| rpc_err(&path, e))
-            })
-        })
+        rpc!(
+            self,
+            "nvmfControllers",
+            nvmf_controllers_request,
+            |rq| {},
+            |r| r
+                .get_controllers()
+                .and_then(|l| l.iter().map(read_controller).collect())
+        )
     }
 
     // ---- the data-plane lease ----
@@ -1046,37 +951,32 @@ impl KernelClient {
     /// monotonic clock (0 revokes at once). Returns whether the lease had run out
     /// (or been revoked) before this call.
     pub fn renew_lease(&self, lease_ms: u32) -> Result<bool, ClientError> {
-        self.call("renewLease", self.call_timeout, move |kc, path| {
-            Box::pin(async move {
-                let mut rq = kc.renew_lease_request();
+        rpc!(
+            self,
+            "renewLease",
+            renew_lease_request,
+            |rq| {
                 rq.get().set_lease_ms(lease_ms);
-                let resp = rq.send().promise.await.map_err(|e| rpc_err(&path, e))?;
-                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
-                check(&path, r.has_error(), || read_error(r.get_error()?))?;
-                Ok(r.get_was_expired())
-            })
-        })
+            },
+            |r, path| { Ok(r.get_was_expired()) }
+        )
     }
 
     /// The lease's state (none, valid, expired), time left and expiry count.
     pub fn lease_status(&self) -> Result<LeaseStatus, ClientError> {
-        self.call("leaseStatus", self.call_timeout, |kc, path| {
-            Box::pin(async move {
-                let resp = kc
-                    .lease_status_request()
-                    .send()
-                    .promise
-                    .await
-                    .map_err(|e| rpc_err(&path, e))?;
-                let r = resp.get().map_err(|e| rpc_err(&path, e))?;
-                check(&path, r.has_error(), || read_error(r.get_error()?))?;
+        rpc!(
+            self,
+            "leaseStatus",
+            lease_status_request,
+            |rq| {},
+            |r, path| {
                 Ok(LeaseStatus {
                     state: lease_state_from(r.get_state().map_err(|e| rpc_err(&path, e.into()))?),
                     remaining_ms: r.get_remaining_ms(),
                     expiries: r.get_expiries(),
                 })
-            })
-        })
+            }
+        )
     }
 
     /// Reads `len_bytes` at `offset_bytes` of `bdev` on reactor 0.

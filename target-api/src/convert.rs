@@ -1,24 +1,19 @@
-//! Rust types ⇄ `kernel.capnp` builders and readers, used by both the server and
-//! the client so the two sides cannot drift apart.
+//! Rust types ⇄ `kernel.capnp` builders and readers, used by both the server (in
+//! plexd-target) and the client so the two sides cannot drift apart.
 
 use std::path::PathBuf;
 
 use capnp::Result;
 use plexd_proto::kernel_capnp as k;
 
-use super::service::{BdevKind, BdevRequest, Injection, TargetInfo};
-use super::{ApiError, ErrorCode};
-use crate::bdev::error::FailOn;
-use crate::bdev::{BdevInfo, IoKind};
-use crate::frontend::iscsi::{ChapConfig, LunConfig, SessionInfo, TargetNodeConfig};
-use crate::frontend::scsi::alua::{
-    Alua, AluaState, PortGroup, MAX_PORTS_PER_GROUP, MAX_PORT_GROUPS,
-};
-use crate::frontend::scsi::pr::{PrState, Registration, Reservation};
-use crate::frontend::scsi::pr_cluster::PrOutResult;
-use crate::lease::LeaseState;
-use crate::reactor::PollMode;
-use crate::target::{DetachPolicy, Event};
+use crate::bdev::{BdevInfo, BdevKind, BdevRequest, FailOn, Injection, IoKind};
+use crate::error::{ApiError, ErrorCode};
+use crate::info::{DetachPolicy, Event, LeaseState, PollMode, TargetInfo};
+use crate::iscsi::{ChapConfig, LunConfig, SessionInfo, TargetNodeConfig};
+use crate::nvmf::{AnaState, ControllerInfo, NamespaceConfig, SubsystemConfig};
+use crate::scsi::alua::{Alua, AluaState, PortGroup, MAX_PORTS_PER_GROUP, MAX_PORT_GROUPS};
+use crate::scsi::pr::{PrState, Registration, Reservation};
+use crate::scsi::PrOutResult;
 use crate::volume::{
     PlexInfo, PlexKind, PlexSpec, PlexState, ReadPolicy, SubdiskSpec, VolumeInfo, VolumeSpec,
     VolumeStats,
@@ -26,7 +21,7 @@ use crate::volume::{
 
 // ---- enums ----
 
-pub(crate) fn error_code_to(c: ErrorCode) -> k::ErrorCode {
+pub fn error_code_to(c: ErrorCode) -> k::ErrorCode {
     match c {
         ErrorCode::NotFound => k::ErrorCode::NotFound,
         ErrorCode::Exists => k::ErrorCode::Exists,
@@ -37,7 +32,7 @@ pub(crate) fn error_code_to(c: ErrorCode) -> k::ErrorCode {
     }
 }
 
-pub(crate) fn error_code_from(c: k::ErrorCode) -> ErrorCode {
+pub fn error_code_from(c: k::ErrorCode) -> ErrorCode {
     match c {
         k::ErrorCode::NotFound => ErrorCode::NotFound,
         k::ErrorCode::Exists => ErrorCode::Exists,
@@ -48,7 +43,7 @@ pub(crate) fn error_code_from(c: k::ErrorCode) -> ErrorCode {
     }
 }
 
-pub(crate) fn plex_state_to(s: PlexState) -> k::PlexState {
+pub fn plex_state_to(s: PlexState) -> k::PlexState {
     match s {
         PlexState::Active => k::PlexState::Active,
         PlexState::Stale => k::PlexState::Stale,
@@ -57,7 +52,7 @@ pub(crate) fn plex_state_to(s: PlexState) -> k::PlexState {
     }
 }
 
-pub(crate) fn plex_state_from(s: k::PlexState) -> PlexState {
+pub fn plex_state_from(s: k::PlexState) -> PlexState {
     match s {
         k::PlexState::Active => PlexState::Active,
         k::PlexState::Stale => PlexState::Stale,
@@ -66,7 +61,7 @@ pub(crate) fn plex_state_from(s: k::PlexState) -> PlexState {
     }
 }
 
-pub(crate) fn bdev_kind_to(b: BdevKind) -> k::BdevKind {
+pub fn bdev_kind_to(b: BdevKind) -> k::BdevKind {
     match b {
         BdevKind::Null => k::BdevKind::Null,
         BdevKind::Malloc => k::BdevKind::Malloc,
@@ -75,7 +70,7 @@ pub(crate) fn bdev_kind_to(b: BdevKind) -> k::BdevKind {
     }
 }
 
-pub(crate) fn bdev_kind_from(b: k::BdevKind) -> BdevKind {
+pub fn bdev_kind_from(b: k::BdevKind) -> BdevKind {
     match b {
         k::BdevKind::Null => BdevKind::Null,
         k::BdevKind::Malloc => BdevKind::Malloc,
@@ -84,21 +79,21 @@ pub(crate) fn bdev_kind_from(b: k::BdevKind) -> BdevKind {
     }
 }
 
-pub(crate) fn detach_policy_to(p: DetachPolicy) -> k::DetachPolicy {
+pub fn detach_policy_to(p: DetachPolicy) -> k::DetachPolicy {
     match p {
         DetachPolicy::Local => k::DetachPolicy::Local,
         DetachPolicy::External => k::DetachPolicy::External,
     }
 }
 
-pub(crate) fn detach_policy_from(p: k::DetachPolicy) -> DetachPolicy {
+pub fn detach_policy_from(p: k::DetachPolicy) -> DetachPolicy {
     match p {
         k::DetachPolicy::Local => DetachPolicy::Local,
         k::DetachPolicy::External => DetachPolicy::External,
     }
 }
 
-pub(crate) fn fail_on_to(f: FailOn) -> k::FailOn {
+pub fn fail_on_to(f: FailOn) -> k::FailOn {
     match f {
         FailOn::Reads => k::FailOn::Reads,
         FailOn::Writes => k::FailOn::Writes,
@@ -106,7 +101,7 @@ pub(crate) fn fail_on_to(f: FailOn) -> k::FailOn {
     }
 }
 
-pub(crate) fn fail_on_from(f: k::FailOn) -> FailOn {
+pub fn fail_on_from(f: k::FailOn) -> FailOn {
     match f {
         k::FailOn::Reads => FailOn::Reads,
         k::FailOn::Writes => FailOn::Writes,
@@ -115,7 +110,7 @@ pub(crate) fn fail_on_from(f: k::FailOn) -> FailOn {
 }
 
 /// `None` for kinds the diagnostic `io` method does not carry (reset).
-pub(crate) fn io_op_to(kind: IoKind) -> Option<k::IoOp> {
+pub fn io_op_to(kind: IoKind) -> Option<k::IoOp> {
     Some(match kind {
         IoKind::Read => k::IoOp::Read,
         IoKind::Write => k::IoOp::Write,
@@ -126,7 +121,7 @@ pub(crate) fn io_op_to(kind: IoKind) -> Option<k::IoOp> {
     })
 }
 
-pub(crate) fn io_op_from(op: k::IoOp) -> IoKind {
+pub fn io_op_from(op: k::IoOp) -> IoKind {
     match op {
         k::IoOp::Read => IoKind::Read,
         k::IoOp::Write => IoKind::Write,
@@ -138,14 +133,14 @@ pub(crate) fn io_op_from(op: k::IoOp) -> IoKind {
 
 // ---- errors ----
 
-pub(crate) fn set_error(mut b: k::error::Builder<'_>, e: &ApiError) {
+pub fn set_error(mut b: k::error::Builder<'_>, e: &ApiError) {
     b.set_code(error_code_to(e.code));
     b.set_object(e.object.as_str());
     b.set_reason(e.reason.as_str());
     b.set_message(e.to_string().as_str());
 }
 
-pub(crate) fn read_error(r: k::error::Reader<'_>) -> Result<ApiError> {
+pub fn read_error(r: k::error::Reader<'_>) -> Result<ApiError> {
     Ok(ApiError {
         code: error_code_from(r.get_code()?),
         object: r.get_object()?.to_string()?,
@@ -155,7 +150,7 @@ pub(crate) fn read_error(r: k::error::Reader<'_>) -> Result<ApiError> {
 
 // ---- bdevs ----
 
-pub(crate) fn set_bdev_request(mut b: k::bdev_request::Builder<'_>, r: &BdevRequest) {
+pub fn set_bdev_request(mut b: k::bdev_request::Builder<'_>, r: &BdevRequest) {
     b.set_kind(bdev_kind_to(r.kind));
     b.set_name(r.name.as_str());
     b.set_size_bytes(r.size_bytes);
@@ -169,7 +164,7 @@ pub(crate) fn set_bdev_request(mut b: k::bdev_request::Builder<'_>, r: &BdevRequ
     b.set_buffered(r.buffered);
 }
 
-pub(crate) fn read_bdev_request(r: k::bdev_request::Reader<'_>) -> Result<BdevRequest> {
+pub fn read_bdev_request(r: k::bdev_request::Reader<'_>) -> Result<BdevRequest> {
     let path = r.get_path()?.to_str()?;
     let inner = r.get_inner()?.to_str()?;
     Ok(BdevRequest {
@@ -183,7 +178,7 @@ pub(crate) fn read_bdev_request(r: k::bdev_request::Reader<'_>) -> Result<BdevRe
     })
 }
 
-pub(crate) fn set_bdev_info(mut b: k::bdev_info::Builder<'_>, i: &BdevInfo) {
+pub fn set_bdev_info(mut b: k::bdev_info::Builder<'_>, i: &BdevInfo) {
     b.set_name(i.name.as_str());
     b.set_kind(i.kind.as_str());
     b.set_block_size(i.block_size);
@@ -191,7 +186,7 @@ pub(crate) fn set_bdev_info(mut b: k::bdev_info::Builder<'_>, i: &BdevInfo) {
     b.set_detail(i.detail.as_str());
 }
 
-pub(crate) fn read_bdev_info(r: k::bdev_info::Reader<'_>) -> Result<BdevInfo> {
+pub fn read_bdev_info(r: k::bdev_info::Reader<'_>) -> Result<BdevInfo> {
     Ok(BdevInfo {
         name: r.get_name()?.to_string()?,
         kind: r.get_kind()?.to_string()?,
@@ -252,7 +247,7 @@ fn read_read_policy(r: k::read_policy::Reader<'_>) -> Result<ReadPolicy> {
     })
 }
 
-pub(crate) fn set_volume_spec(mut b: k::volume_spec::Builder<'_>, s: &VolumeSpec) {
+pub fn set_volume_spec(mut b: k::volume_spec::Builder<'_>, s: &VolumeSpec) {
     b.set_name(s.name.as_str());
     b.set_size_bytes(s.size_bytes);
     b.set_shared(s.shared);
@@ -273,7 +268,7 @@ pub(crate) fn set_volume_spec(mut b: k::volume_spec::Builder<'_>, s: &VolumeSpec
     }
 }
 
-pub(crate) fn read_volume_spec(r: k::volume_spec::Reader<'_>) -> Result<VolumeSpec> {
+pub fn read_volume_spec(r: k::volume_spec::Reader<'_>) -> Result<VolumeSpec> {
     let mut plexes = Vec::new();
     for p in r.get_plexes()?.iter() {
         let kind = match p.get_layout()? {
@@ -329,7 +324,7 @@ fn read_stats(r: k::volume_stats::Reader<'_>) -> VolumeStats {
     }
 }
 
-pub(crate) fn set_volume_info(mut b: k::volume_info::Builder<'_>, v: &VolumeInfo) {
+pub fn set_volume_info(mut b: k::volume_info::Builder<'_>, v: &VolumeInfo) {
     b.set_name(v.name.as_str());
     b.set_size_bytes(v.size_bytes);
     b.set_block_size(v.block_size);
@@ -355,7 +350,7 @@ pub(crate) fn set_volume_info(mut b: k::volume_info::Builder<'_>, v: &VolumeInfo
     }
 }
 
-pub(crate) fn read_volume_info(r: k::volume_info::Reader<'_>) -> Result<VolumeInfo> {
+pub fn read_volume_info(r: k::volume_info::Reader<'_>) -> Result<VolumeInfo> {
     let mut plexes = Vec::new();
     for p in r.get_plexes()?.iter() {
         plexes.push(PlexInfo {
@@ -386,7 +381,7 @@ pub(crate) fn read_volume_info(r: k::volume_info::Reader<'_>) -> Result<VolumeIn
 
 // ---- injection, events, info ----
 
-pub(crate) fn set_injection(mut b: k::injection::Builder<'_>, i: &Injection) {
+pub fn set_injection(mut b: k::injection::Builder<'_>, i: &Injection) {
     match *i {
         Injection::Fail { on, errno, count } => {
             let mut f = b.init_fail();
@@ -400,7 +395,7 @@ pub(crate) fn set_injection(mut b: k::injection::Builder<'_>, i: &Injection) {
     }
 }
 
-pub(crate) fn read_injection(r: k::injection::Reader<'_>) -> Result<Injection> {
+pub fn read_injection(r: k::injection::Reader<'_>) -> Result<Injection> {
     Ok(match r.which()? {
         k::injection::Fail(f) => Injection::Fail {
             on: fail_on_from(f.get_on()?),
@@ -413,7 +408,7 @@ pub(crate) fn read_injection(r: k::injection::Reader<'_>) -> Result<Injection> {
     })
 }
 
-pub(crate) fn set_event(b: k::event::Builder<'_>, ev: &Event) {
+pub fn set_event(b: k::event::Builder<'_>, ev: &Event) {
     match ev {
         Event::PlexIoError {
             volume,
@@ -469,7 +464,7 @@ pub(crate) fn set_event(b: k::event::Builder<'_>, ev: &Event) {
     }
 }
 
-pub(crate) fn read_event(r: k::event::Reader<'_>) -> Result<Event> {
+pub fn read_event(r: k::event::Reader<'_>) -> Result<Event> {
     Ok(match r.which()? {
         k::event::PlexIoError(g) => Event::PlexIoError {
             volume: g.get_volume()?.to_string()?,
@@ -500,7 +495,7 @@ pub(crate) fn read_event(r: k::event::Reader<'_>) -> Result<Event> {
     })
 }
 
-pub(crate) fn lease_state_to(s: LeaseState) -> k::LeaseState {
+pub fn lease_state_to(s: LeaseState) -> k::LeaseState {
     match s {
         LeaseState::None => k::LeaseState::None,
         LeaseState::Valid => k::LeaseState::Valid,
@@ -508,7 +503,7 @@ pub(crate) fn lease_state_to(s: LeaseState) -> k::LeaseState {
     }
 }
 
-pub(crate) fn lease_state_from(s: k::LeaseState) -> LeaseState {
+pub fn lease_state_from(s: k::LeaseState) -> LeaseState {
     match s {
         k::LeaseState::None => LeaseState::None,
         k::LeaseState::Valid => LeaseState::Valid,
@@ -516,7 +511,7 @@ pub(crate) fn lease_state_from(s: k::LeaseState) -> LeaseState {
     }
 }
 
-pub(crate) fn set_info(mut b: k::target_info::Builder<'_>, i: &TargetInfo) {
+pub fn set_info(mut b: k::target_info::Builder<'_>, i: &TargetInfo) {
     b.set_version(i.version.as_str());
     b.set_reactors(i.reactors);
     b.set_poll_mode(match i.poll_mode {
@@ -533,7 +528,7 @@ pub(crate) fn set_info(mut b: k::target_info::Builder<'_>, i: &TargetInfo) {
     }
 }
 
-pub(crate) fn read_info(r: k::target_info::Reader<'_>) -> Result<TargetInfo> {
+pub fn read_info(r: k::target_info::Reader<'_>) -> Result<TargetInfo> {
     Ok(TargetInfo {
         version: r.get_version()?.to_string()?,
         reactors: r.get_reactors(),
@@ -555,7 +550,7 @@ pub(crate) fn read_info(r: k::target_info::Reader<'_>) -> Result<TargetInfo> {
 
 // ---- iSCSI ----
 
-pub(crate) fn set_iscsi_lun(mut b: k::iscsi_lun::Builder<'_>, l: &LunConfig) {
+pub fn set_iscsi_lun(mut b: k::iscsi_lun::Builder<'_>, l: &LunConfig) {
     b.set_lun(l.lun);
     b.set_bdev(l.bdev.as_str());
     b.set_device_id(l.device_id.as_deref().unwrap_or(""));
@@ -566,7 +561,7 @@ pub(crate) fn set_iscsi_lun(mut b: k::iscsi_lun::Builder<'_>, l: &LunConfig) {
     }
 }
 
-pub(crate) fn read_iscsi_lun(r: k::iscsi_lun::Reader<'_>) -> Result<LunConfig> {
+pub fn read_iscsi_lun(r: k::iscsi_lun::Reader<'_>) -> Result<LunConfig> {
     let device_id = r.get_device_id()?.to_string()?;
     Ok(LunConfig {
         lun: r.get_lun(),
@@ -583,9 +578,9 @@ pub(crate) fn read_iscsi_lun(r: k::iscsi_lun::Reader<'_>) -> Result<LunConfig> {
 }
 
 /// Most registrations a `Reservations` message may carry (the PR logic's own bound).
-const MAX_WIRE_REGISTRATIONS: u32 = crate::frontend::scsi::pr::MAX_REGISTRATIONS as u32;
+const MAX_WIRE_REGISTRATIONS: u32 = crate::scsi::pr::MAX_REGISTRATIONS as u32;
 
-pub(crate) fn set_reservations(mut b: k::reservations::Builder<'_>, s: &PrState) {
+pub fn set_reservations(mut b: k::reservations::Builder<'_>, s: &PrState) {
     b.set_generation(s.generation);
     b.set_aptpl(s.aptpl);
     if let Some(r) = &s.res {
@@ -603,7 +598,7 @@ pub(crate) fn set_reservations(mut b: k::reservations::Builder<'_>, s: &PrState)
     }
 }
 
-pub(crate) fn read_reservations(r: k::reservations::Reader<'_>) -> Result<PrState> {
+pub fn read_reservations(r: k::reservations::Reader<'_>) -> Result<PrState> {
     let regs = r.get_registrations()?;
     if regs.len() > MAX_WIRE_REGISTRATIONS {
         return Err(capnp::Error::failed(format!(
@@ -633,7 +628,7 @@ pub(crate) fn read_reservations(r: k::reservations::Reader<'_>) -> Result<PrStat
     Ok(out)
 }
 
-pub(crate) fn pr_out_result_to(r: PrOutResult) -> k::PrOutResult {
+pub fn pr_out_result_to(r: PrOutResult) -> k::PrOutResult {
     match r {
         PrOutResult::Committed => k::PrOutResult::Committed,
         PrOutResult::Stale => k::PrOutResult::Stale,
@@ -641,7 +636,7 @@ pub(crate) fn pr_out_result_to(r: PrOutResult) -> k::PrOutResult {
     }
 }
 
-pub(crate) fn pr_out_result_from(r: k::PrOutResult) -> PrOutResult {
+pub fn pr_out_result_from(r: k::PrOutResult) -> PrOutResult {
     match r {
         k::PrOutResult::Committed => PrOutResult::Committed,
         k::PrOutResult::Stale => PrOutResult::Stale,
@@ -669,7 +664,7 @@ fn alua_state_from(s: k::AluaState) -> AluaState {
     }
 }
 
-pub(crate) fn set_alua(mut b: k::alua::Builder<'_>, a: &Alua) {
+pub fn set_alua(mut b: k::alua::Builder<'_>, a: &Alua) {
     b.set_local_group(a.local_group);
     b.set_relative_port(a.relative_port);
     let mut groups = b.init_groups(a.groups.len() as u32);
@@ -686,7 +681,7 @@ pub(crate) fn set_alua(mut b: k::alua::Builder<'_>, a: &Alua) {
 
 /// Reads an ALUA view; more groups or ports than the frontend allows are an error
 /// (the frontend's validation names the limits).
-pub(crate) fn read_alua(r: k::alua::Reader<'_>) -> Result<Alua> {
+pub fn read_alua(r: k::alua::Reader<'_>) -> Result<Alua> {
     let groups = r.get_groups()?;
     if groups.len() as usize > MAX_PORT_GROUPS {
         return Err(capnp::Error::failed(format!(
@@ -723,12 +718,14 @@ pub(crate) fn read_alua(r: k::alua::Reader<'_>) -> Result<Alua> {
 
 /// Whether CHAP secrets go into the message: requests carry them, answers never.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Secrets {
+pub enum Secrets {
+    /// Put the secrets in (a request).
     Send,
+    /// Leave them out (an answer: secrets are write-only).
     Withhold,
 }
 
-pub(crate) fn set_iscsi_chap(mut b: k::iscsi_chap::Builder<'_>, c: &ChapConfig, s: Secrets) {
+pub fn set_iscsi_chap(mut b: k::iscsi_chap::Builder<'_>, c: &ChapConfig, s: Secrets) {
     b.set_user(c.user.as_str());
     b.set_mutual_user(c.mutual_user.as_deref().unwrap_or(""));
     b.set_has_secret(!c.secret.is_empty());
@@ -741,7 +738,7 @@ pub(crate) fn set_iscsi_chap(mut b: k::iscsi_chap::Builder<'_>, c: &ChapConfig, 
 
 /// Reads a CHAP configuration. A request's secrets are taken as sent; an answer has
 /// none, so they read as empty strings (`mutual_secret` is `Some("")` when set).
-pub(crate) fn read_iscsi_chap(r: k::iscsi_chap::Reader<'_>) -> Result<ChapConfig> {
+pub fn read_iscsi_chap(r: k::iscsi_chap::Reader<'_>) -> Result<ChapConfig> {
     let mutual_user = r.get_mutual_user()?.to_string()?;
     let mutual_secret = r.get_mutual_secret()?.to_string()?;
     Ok(ChapConfig {
@@ -768,11 +765,7 @@ fn read_text_list(r: capnp::text_list::Reader<'_>) -> Result<Vec<String>> {
     r.iter().map(|t| Ok(t?.to_string()?)).collect()
 }
 
-pub(crate) fn set_iscsi_target(
-    mut b: k::iscsi_target::Builder<'_>,
-    t: &TargetNodeConfig,
-    s: Secrets,
-) {
+pub fn set_iscsi_target(mut b: k::iscsi_target::Builder<'_>, t: &TargetNodeConfig, s: Secrets) {
     b.set_iqn(t.iqn.as_str());
     b.set_alias(t.alias.as_deref().unwrap_or(""));
     let mut luns = b.reborrow().init_luns(t.luns.len() as u32);
@@ -786,7 +779,7 @@ pub(crate) fn set_iscsi_target(
     }
 }
 
-pub(crate) fn read_iscsi_target(r: k::iscsi_target::Reader<'_>) -> Result<TargetNodeConfig> {
+pub fn read_iscsi_target(r: k::iscsi_target::Reader<'_>) -> Result<TargetNodeConfig> {
     let alias = r.get_alias()?.to_string()?;
     Ok(TargetNodeConfig {
         iqn: r.get_iqn()?.to_string()?,
@@ -806,7 +799,7 @@ pub(crate) fn read_iscsi_target(r: k::iscsi_target::Reader<'_>) -> Result<Target
     })
 }
 
-pub(crate) fn set_iscsi_session(mut b: k::iscsi_session::Builder<'_>, s: &SessionInfo) {
+pub fn set_iscsi_session(mut b: k::iscsi_session::Builder<'_>, s: &SessionInfo) {
     b.set_tsih(s.tsih);
     b.set_initiator(s.initiator.as_str());
     b.set_isid(s.isid.as_str());
@@ -825,7 +818,7 @@ pub(crate) fn set_iscsi_session(mut b: k::iscsi_session::Builder<'_>, s: &Sessio
 
 /// Reads a session; with several connections the counters are summed and the
 /// first connection gives the reactor and peer.
-pub(crate) fn read_iscsi_session(r: k::iscsi_session::Reader<'_>) -> Result<SessionInfo> {
+pub fn read_iscsi_session(r: k::iscsi_session::Reader<'_>) -> Result<SessionInfo> {
     let mut s = SessionInfo {
         tsih: r.get_tsih(),
         initiator: r.get_initiator()?.to_string()?,
@@ -855,6 +848,141 @@ pub(crate) fn read_iscsi_session(r: k::iscsi_session::Reader<'_>) -> Result<Sess
         s.send_blocked_ms += c.get_send_blocked_ms();
     }
     Ok(s)
+}
+
+// ---- NVMe-oF ----
+
+/// Most namespaces or hosts read from one `NvmfSubsystem`.
+const MAX_LIST: u32 = 1024;
+
+pub fn set_namespace(mut b: k::nvmf_namespace::Builder<'_>, n: &NamespaceConfig) {
+    b.set_nsid(n.nsid);
+    b.set_bdev(n.bdev.as_str());
+    b.set_identity(n.identity.as_deref().unwrap_or(""));
+    b.set_read_only(n.read_only);
+}
+
+pub fn read_namespace(r: k::nvmf_namespace::Reader<'_>) -> Result<NamespaceConfig> {
+    let identity = r.get_identity()?.to_string()?;
+    Ok(NamespaceConfig {
+        nsid: r.get_nsid(),
+        bdev: r.get_bdev()?.to_string()?,
+        identity: (!identity.is_empty()).then_some(identity),
+        read_only: r.get_read_only(),
+    })
+}
+
+pub fn set_subsystem(mut b: k::nvmf_subsystem::Builder<'_>, s: &SubsystemConfig) {
+    b.set_nqn(s.nqn.as_str());
+    b.set_serial(s.serial.as_deref().unwrap_or(""));
+    b.set_model(s.model.as_deref().unwrap_or(""));
+    b.set_allow_any(s.allow_any);
+    {
+        let mut h = b.reborrow().init_hosts(s.hosts.len() as u32);
+        for (i, x) in s.hosts.iter().enumerate() {
+            h.set(i as u32, x.as_str());
+        }
+    }
+    {
+        let mut p = b
+            .reborrow()
+            .init_peer_listeners(s.peer_listeners.len() as u32);
+        for (i, x) in s.peer_listeners.iter().enumerate() {
+            p.set(i as u32, x.as_str());
+        }
+    }
+    let mut l = b.init_namespaces(s.namespaces.len() as u32);
+    for (i, n) in s.namespaces.iter().enumerate() {
+        set_namespace(l.reborrow().get(i as u32), n);
+    }
+}
+
+fn opt(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+pub fn read_subsystem(r: k::nvmf_subsystem::Reader<'_>) -> Result<SubsystemConfig> {
+    let hosts = r.get_hosts()?;
+    let nss = r.get_namespaces()?;
+    let peers = r.get_peer_listeners()?;
+    if hosts.len() > MAX_LIST || nss.len() > MAX_LIST || peers.len() > MAX_LIST {
+        return Err(capnp::Error::failed(format!(
+            "nvmf subsystem: {} hosts, {} namespaces and {} peer listeners, at most {MAX_LIST} each",
+            hosts.len(),
+            nss.len(),
+            peers.len()
+        )));
+    }
+    Ok(SubsystemConfig {
+        nqn: r.get_nqn()?.to_string()?,
+        serial: opt(r.get_serial()?.to_string()?),
+        model: opt(r.get_model()?.to_string()?),
+        hosts: hosts
+            .iter()
+            .map(|h| Ok(h?.to_string()?))
+            .collect::<Result<Vec<_>>>()?,
+        allow_any: r.get_allow_any(),
+        namespaces: nss.iter().map(read_namespace).collect::<Result<Vec<_>>>()?,
+        peer_listeners: peers
+            .iter()
+            .map(|p| Ok(p?.to_string()?))
+            .collect::<Result<Vec<_>>>()?,
+    })
+}
+
+pub fn ana_to(s: AnaState) -> k::NvmfAnaState {
+    match s {
+        AnaState::Optimized => k::NvmfAnaState::Optimized,
+        AnaState::NonOptimized => k::NvmfAnaState::NonOptimized,
+        AnaState::Inaccessible => k::NvmfAnaState::Inaccessible,
+    }
+}
+
+pub fn ana_from(s: k::NvmfAnaState) -> AnaState {
+    match s {
+        k::NvmfAnaState::Optimized => AnaState::Optimized,
+        k::NvmfAnaState::NonOptimized => AnaState::NonOptimized,
+        k::NvmfAnaState::Inaccessible => AnaState::Inaccessible,
+    }
+}
+
+pub fn set_controller(mut b: k::nvmf_controller::Builder<'_>, c: &ControllerInfo) {
+    b.set_cntlid(c.cntlid);
+    b.set_subnqn(c.subnqn.as_str());
+    b.set_hostnqn(c.hostnqn.as_str());
+    b.set_peer(c.peer.as_str());
+    b.set_reactor(c.reactor as u32);
+    b.set_kato_ms(c.kato_ms);
+    b.set_commands(c.commands);
+    b.set_read_bytes(c.read_bytes);
+    b.set_write_bytes(c.write_bytes);
+    b.set_errors(c.errors);
+    let mut q = b.init_io_queues(c.io_queues.len() as u32);
+    for (i, (qid, r)) in c.io_queues.iter().enumerate() {
+        let mut e = q.reborrow().get(i as u32);
+        e.set_qid(*qid);
+        e.set_reactor(*r as u32);
+    }
+}
+
+pub fn read_controller(r: k::nvmf_controller::Reader<'_>) -> Result<ControllerInfo> {
+    let qs = r.get_io_queues()?;
+    Ok(ControllerInfo {
+        cntlid: r.get_cntlid(),
+        subnqn: r.get_subnqn()?.to_string()?,
+        hostnqn: r.get_hostnqn()?.to_string()?,
+        peer: r.get_peer()?.to_string()?,
+        reactor: r.get_reactor() as usize,
+        io_queues: qs
+            .iter()
+            .map(|q| (q.get_qid(), q.get_reactor() as usize))
+            .collect(),
+        kato_ms: r.get_kato_ms(),
+        commands: r.get_commands(),
+        read_bytes: r.get_read_bytes(),
+        write_bytes: r.get_write_bytes(),
+        errors: r.get_errors(),
+    })
 }
 
 #[cfg(test)]
@@ -902,7 +1030,7 @@ mod tests {
 
     #[test]
     fn reservations_round_trip() {
-        use crate::frontend::scsi::pr::{param, Nexus};
+        use crate::scsi::pr::{param, Nexus};
         let mut s = PrState::default();
         s.out(&Nexus::new("iqn.a,i,0x1", 2), 0, 0, &param(0, 5, true))
             .unwrap();
