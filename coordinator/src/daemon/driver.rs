@@ -603,7 +603,7 @@ impl Driver {
                 Done::Nothing
             }
             Job::Quiesce { dg, volume, token } => {
-                let bdev = super::kernel::volume_bdev(&dg, &volume);
+                let bdev = crate::model::volume_bdev(&dg, &volume);
                 let result = self
                     .kernel
                     .client()

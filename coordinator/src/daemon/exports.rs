@@ -30,8 +30,8 @@ use plexd_target_api::scsi::alua::{Alua, AluaState, PortGroup};
 use plexd_target_api::KernelClient;
 
 use super::config::{ClusterFile, MAX_NODES};
-use super::kernel::volume_bdev;
 use crate::core::{ErrorKind, RequestError};
+use crate::model::volume_bdev;
 use crate::model::{Change, DiskGroupConfig, Export, ExportProtocol};
 
 /// Alias prefix of the iSCSI targets plexd creates.

@@ -27,13 +27,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use plexd_target_api::volume::{
-    PlexKind, PlexSpec, PlexState as KPlexState, ReadPolicy as KReadPolicy, SubdiskSpec, VolumeSpec,
-};
+use plexd_target_api::volume::{PlexState as KPlexState, VolumeSpec};
 use plexd_target_api::DetachPolicy;
 use plexd_target_api::{BdevRequest, ClientError, ErrorCode, KernelClient};
 
-use crate::model::{DiskGroupConfig, KernelVolume, PlexState, PrState, ReadPolicy};
+use crate::model::{disk_bdev, volume_bdev, DiskGroupConfig, PrState};
 
 /// How long a prepare waits for in-flight I/O of a volume to drain.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -43,77 +41,9 @@ const PREPARE_RETRIES: u32 = 20;
 /// Pause between those retries.
 const PREPARE_RETRY_PAUSE: Duration = Duration::from_millis(10);
 
-/// The target's name of disk `disk` of disk group `dg`.
-pub fn disk_bdev(dg: &str, disk: &str) -> String {
-    format!("{dg}.{disk}")
-}
-
 /// The target's name of the raw device under disk bdev `bdev`.
 pub fn raw_bdev(bdev: &str) -> String {
     format!("{bdev}.dev")
-}
-
-/// The target's name of volume `volume` of disk group `dg`.
-pub fn volume_bdev(dg: &str, volume: &str) -> String {
-    format!("{dg}.{volume}")
-}
-
-/// A plex state in the target's terms.
-pub fn kernel_plex_state(state: PlexState) -> KPlexState {
-    match state {
-        PlexState::Active => KPlexState::Active,
-        PlexState::Stale => KPlexState::Stale,
-        PlexState::Syncing => KPlexState::Syncing,
-        PlexState::Empty => KPlexState::Detached,
-    }
-}
-
-/// The target's spec of a volume of disk group `dg`.
-pub fn volume_spec(dg: &DiskGroupConfig, kv: &KernelVolume) -> VolumeSpec {
-    let plexes = kv
-        .plexes
-        .iter()
-        .map(|p| PlexSpec {
-            name: p.name.clone(),
-            kind: match p.stripe_unit_bytes {
-                None => PlexKind::Concat,
-                Some(stripe_unit_bytes) => PlexKind::Stripe { stripe_unit_bytes },
-            },
-            columns: p
-                .columns
-                .iter()
-                .map(|col| {
-                    col.iter()
-                        .map(|e| SubdiskSpec {
-                            bdev: disk_bdev(&dg.name, &disk_name(dg, &e.disk_id)),
-                            offset_bytes: e.offset_bytes,
-                            len_bytes: e.len_bytes,
-                        })
-                        .collect()
-                })
-                .collect(),
-            state: kernel_plex_state(p.state),
-        })
-        .collect();
-    VolumeSpec {
-        name: volume_bdev(&kv.dg, &kv.name),
-        size_bytes: kv.size_bytes,
-        plexes,
-        read_policy: match &kv.read_policy {
-            ReadPolicy::Round => KReadPolicy::Round,
-            ReadPolicy::Prefer { plex } => KReadPolicy::Prefer(plex.clone()),
-            ReadPolicy::LeastBusy => KReadPolicy::LeastBusy,
-        },
-        shared: dg.shared,
-    }
-}
-
-fn disk_name(dg: &DiskGroupConfig, disk_id: &str) -> String {
-    dg.disks
-        .iter()
-        .find(|d| d.id == disk_id)
-        .map(|d| d.name.clone())
-        .unwrap_or_else(|| disk_id.to_string())
 }
 
 /// What the data plane should hold for a set of disk groups.
@@ -143,8 +73,7 @@ impl Desired {
                 d.disks
                     .insert(disk_bdev(&g.name, &disk.name), disk.path.clone());
             }
-            for kv in g.kernel_layout() {
-                let spec = volume_spec(g, &kv);
+            for spec in g.volume_specs() {
                 d.volumes.insert(spec.name.clone(), spec);
             }
             for v in g
@@ -673,7 +602,7 @@ mod tests {
             .collect();
         assert_eq!(bdevs, ["dg1.d1", "dg1.d2"].into_iter().collect());
         for p in &spec.plexes {
-            assert_eq!(p.kind, PlexKind::Concat);
+            assert_eq!(p.kind, plexd_target_api::volume::PlexKind::Concat);
             assert_eq!(p.state, KPlexState::Active);
             assert!(p.columns[0][0].offset_bytes >= 1 << 20);
         }
@@ -682,11 +611,5 @@ mod tests {
         assert!(only_states_differ(spec, &stale));
         stale.size_bytes += 512;
         assert!(!only_states_differ(spec, &stale));
-    }
-
-    #[test]
-    fn empty_plex_is_detached_in_the_target() {
-        assert_eq!(kernel_plex_state(PlexState::Empty), KPlexState::Detached);
-        assert_eq!(kernel_plex_state(PlexState::Syncing), KPlexState::Syncing);
     }
 }

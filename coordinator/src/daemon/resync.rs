@@ -25,9 +25,9 @@ use plexd_target_api::KernelClient;
 
 use super::ctl::TaskOut;
 use super::fence::Fencer;
-use super::kernel::volume_bdev;
 use super::Input;
 use crate::core::{SyncingPlex, WRITE_DEADLINE};
+use crate::model::volume_bdev;
 use crate::model::{DiskGroupConfig, Plex, PlexState, Volume};
 
 /// Largest copy per quiesce.

@@ -9,7 +9,7 @@
 //! [`ClusterConfig::apply`]), which validates it completely and returns the new
 //! configuration or a [`ConfigError`] whose message names the object. Applying a change
 //! to a disk group bumps its `seq` by one. Nothing here does I/O: the coordinator
-//! decides where the result goes (the data plane through [`DiskGroupConfig::kernel_layout`],
+//! decides where the result goes (the data plane through [`DiskGroupConfig::volume_specs`],
 //! the disks through [`Change::disk_updates`] and `ondisk`).
 //!
 //! Units: every offset and length is in bytes and a multiple of [`ALLOC_ALIGN_BYTES`]
@@ -24,7 +24,7 @@
 //! | `validate` | [`DiskGroupConfig::validate`]: every invariant of a group |
 //! | `apply` | [`apply`], [`apply_dg`]: a change against the configuration |
 //! | [`alloc`] | extent allocation for volumes and plexes |
-//! | `project` | [`DiskGroupConfig::kernel_layout`]: what the data plane builds |
+//! | `project` | [`DiskGroupConfig::volume_specs`]: what the data plane builds, and its names of the group's objects |
 
 pub mod alloc;
 mod apply;

@@ -353,7 +353,8 @@ fn deport_import_and_destroy() {
 }
 
 #[test]
-fn kernel_layout_lists_extents_per_column() {
+fn volume_specs_list_extents_per_column_on_the_disk_bdevs() {
+    use plexd_target_api::volume::{PlexKind, PlexState as KPlexState};
     let c = cluster(&[("disk01", GIB), ("disk02", GIB)]);
     let c = create_vol(
         &c,
@@ -365,15 +366,29 @@ fn kernel_layout_lists_extents_per_column() {
         },
     )
     .unwrap();
-    let k = c.disk_groups[0].kernel_layout();
+    let k = c.disk_groups[0].volume_specs();
     assert_eq!(k.len(), 1);
+    assert_eq!(k[0].name, "dg1.vol1");
     let p = &k[0].plexes[0];
-    assert_eq!(p.stripe_unit_bytes, Some(64 << 10));
+    assert_eq!(
+        p.kind,
+        PlexKind::Stripe {
+            stripe_unit_bytes: 64 << 10
+        }
+    );
+    assert_eq!(p.state, KPlexState::Active);
     assert_eq!(p.columns.len(), 2);
-    assert_eq!(p.columns[0][0].disk_id, "id-disk01");
+    assert_eq!(p.columns[0][0].bdev, "dg1.disk01");
     assert_eq!(p.columns[0][0].offset_bytes, 1 << 20);
     assert_eq!(p.columns[0][0].len_bytes, 512 << 10);
-    assert_eq!(p.columns[1][0].disk_path, "/dev/disk02");
+    assert_eq!(p.columns[1][0].bdev, "dg1.disk02");
+}
+
+#[test]
+fn an_empty_plex_is_detached_in_the_data_plane() {
+    use plexd_target_api::volume::PlexState as KPlexState;
+    assert_eq!(kernel_plex_state(PlexState::Empty), KPlexState::Detached);
+    assert_eq!(kernel_plex_state(PlexState::Syncing), KPlexState::Syncing);
 }
 
 #[test]
@@ -474,7 +489,7 @@ fn validate_refuses_extreme_values_without_panicking() {
             };
         }
         let _ = g.validate();
-        let _ = g.kernel_layout();
+        let _ = g.volume_specs();
         let _ = g.volumes[0].plexes[0].capacity_bytes();
         let _ = crate::model::alloc::free_extents(&g);
     }
