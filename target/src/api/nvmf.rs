@@ -217,6 +217,18 @@ impl KernelService {
             .unwrap_or_default()
     }
 
+    /// Gives the NVMe namespaces of shared volume `volume` the cluster's
+    /// committed reservations (as `setReservations` does for iSCSI LUNs).
+    pub(crate) fn nvmf_set_reservations(
+        &self,
+        volume: &str,
+        state: &crate::frontend::scsi::pr::PrState,
+    ) {
+        if let Some(fe) = self.nvmf_slot().fe.as_ref() {
+            fe.set_reservations(volume, state);
+        }
+    }
+
     /// The controllers with their queues and counters.
     pub fn nvmf_controllers(&self) -> Vec<ControllerInfo> {
         self.nvmf_slot()

@@ -28,6 +28,7 @@ pub mod io;
 pub mod nvme;
 pub mod pdu;
 mod qpair;
+pub mod resv;
 pub mod subsys;
 
 use crate::frontend::listener;
@@ -246,11 +247,31 @@ impl NvmfFrontend {
             .clone()
             .filter(|i| !i.is_empty())
             .unwrap_or_else(|| n.bdev.clone());
+        // A shared volume's reservations are the cluster's (the same state its
+        // iSCSI LUNs use); any other namespace keeps its own.
+        let resv = if self.target.volume_spec(&n.bdev).is_ok_and(|s| s.shared) {
+            resv::NsResv::cluster(&n.bdev, Arc::clone(self.target.pr_broker()))
+        } else {
+            resv::NsResv::local(Default::default(), None)
+        };
         Ok(Arc::new(Namespace {
             conf: n.clone(),
             ident: NsIdent::derive(&identity),
             bdev,
+            resv,
         }))
+    }
+
+    /// Gives every namespace of shared volume `volume` the cluster's committed
+    /// reservation state `state`.
+    pub fn set_reservations(&self, volume: &str, state: &crate::frontend::scsi::pr::PrState) {
+        for s in self.shared.subsystem_list() {
+            for ns in s.namespaces.values() {
+                if ns.resv.broker().is_some() && ns.conf.bdev == volume {
+                    ns.resv.set_committed(state);
+                }
+            }
+        }
     }
 
     fn publish(&self, nqn: &str, s: Option<Subsystem>) {
