@@ -54,6 +54,7 @@ fn config() -> NvmfConfig {
         }],
         cntlid_range: Some((100, 199)),
         ana_group: Some(3),
+        pr_dir: None,
     }
 }
 
@@ -800,4 +801,50 @@ fn reservations_between_two_hosts_register_acquire_conflict_report_release() {
     let r = b.resv(RESV_REPORT, 1, (4096 / 4) - 1, 1, &[], 4096);
     assert_eq!(r.data[4], 0, "no reservation");
     drop(fe);
+}
+
+#[test]
+fn reservations_of_a_standalone_namespace_survive_a_frontend_restart_with_pr_dir() {
+    let t = start_target(4 << 20);
+    let dir = std::env::temp_dir().join(format!("plexd-nvmf-pr-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cfg = NvmfConfig {
+        pr_dir: Some(dir.clone()),
+        ..config()
+    };
+    let (id_a, id_b) = ([0xa1u8; 16], [0xb2u8; 16]);
+    let (ha, hb) = (
+        "nqn.2014-08.org.nvmexpress:uuid:a",
+        "nqn.2014-08.org.nvmexpress:uuid:b",
+    );
+    {
+        let fe = NvmfFrontend::start(&t, &cfg).unwrap();
+        let port = fe.listeners()[0].port();
+        let (_adm, mut a) = host_queues(port, ha, id_a);
+        assert_eq!(a.resv(RESV_REGISTER, 1, 0, 0, &keys(0, 0xaaaa), 0).sc(), 0);
+        // Exclusive access, registrants only (type 4).
+        assert_eq!(
+            a.resv(RESV_ACQUIRE, 1, 4 << 8, 0, &keys(0xaaaa, 0), 0).sc(),
+            0
+        );
+    }
+    // A new frontend over the same directory: the state is back.
+    let mut fe = NvmfFrontend::start(&t, &cfg).unwrap();
+    let port = fe.listeners()[0].port();
+    let (_adm_b, mut b) = host_queues(port, hb, id_b);
+    assert_eq!(
+        b.rw(0x02, 0, 1, &[], true).sc(),
+        RESERVATION_CONFLICT,
+        "B reads"
+    );
+    let r = b.resv(RESV_REPORT, 1, (4096 / 4) - 1, 1, &[], 4096);
+    assert_eq!((r.data[4], pdu::le16(&r.data, 5)), (4, 1));
+    assert_eq!(pdu::le64(&r.data, 64 + 8), 0xaaaa);
+    assert_eq!(&r.data[64 + 16..64 + 32], &id_a);
+    // Removing the namespace forgets its reservations.
+    fe.remove_namespace(NQN, 1).unwrap();
+    let files = std::fs::read_dir(&dir).unwrap().count();
+    assert_eq!(files, 0, "reservation file left in {}", dir.display());
+    drop(fe);
+    std::fs::remove_dir_all(&dir).unwrap();
 }

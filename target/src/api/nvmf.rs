@@ -19,6 +19,8 @@ const FRONTEND: &str = "nvmf frontend";
 pub(crate) struct NvmfSlot {
     fe: Option<NvmfFrontend>,
     stopped: bool,
+    /// `pr_dir` of a frontend the API starts.
+    pr_dir: Option<std::path::PathBuf>,
 }
 
 fn subsystem_not_found(nqn: &str) -> ApiError {
@@ -44,6 +46,12 @@ impl KernelService {
     /// Hands the service the NVMe-oF frontend started from the configuration file.
     pub fn set_nvmf(&self, fe: Option<NvmfFrontend>) {
         self.nvmf_slot().fe = fe;
+    }
+
+    /// The reservation directory (`NvmfConfig::pr_dir`) of a frontend the API
+    /// starts when none runs.
+    pub fn set_nvmf_pr_dir(&self, dir: Option<std::path::PathBuf>) {
+        self.nvmf_slot().pr_dir = dir;
     }
 
     /// Stops the NVMe-oF frontend (listeners and connections closed); later calls
@@ -90,7 +98,11 @@ impl KernelService {
                     reason: "the target is stopping".into(),
                 });
             }
-            slot.fe = Some(NvmfFrontend::new(self.target(), &NvmfConfig::default())?);
+            let cfg = NvmfConfig {
+                pr_dir: slot.pr_dir.clone(),
+                ..NvmfConfig::default()
+            };
+            slot.fe = Some(NvmfFrontend::new(self.target(), &cfg)?);
             log::info!("nvmf: frontend started by the kernel interface");
         }
         match slot.fe.as_mut() {
@@ -132,6 +144,7 @@ impl KernelService {
         let cfg = NvmfConfig {
             cntlid_range: Some(cntlid_range),
             ana_group: Some(ana_group),
+            pr_dir: slot.pr_dir.clone(),
             ..NvmfConfig::default()
         };
         slot.fe = Some(NvmfFrontend::new(self.target(), &cfg)?);
