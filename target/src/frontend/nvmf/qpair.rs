@@ -1345,7 +1345,8 @@ impl Conn {
         if opcode == io_op::RESV_REPORT {
             let (len, extended) = resv::report_params(&sqe);
             let mut d = resv::report(&state, extended);
-            d.truncate(len as usize);
+            // Exactly what the host asked: cut, or padded with zeroes.
+            d.resize(len as usize, 0);
             return self.finish_now(st, key, Status::SUCCESS, 0, 0, &d);
         }
         let who = nexus.to_string();
