@@ -54,6 +54,7 @@ fn config() -> NvmfConfig {
         }],
         cntlid_range: Some((100, 199)),
         ana_group: Some(3),
+        pr_dir: None,
     }
 }
 
@@ -671,4 +672,179 @@ fn two_nodes_exporting_one_volume_present_one_namespace_identity() {
         "same identification descriptors (UUID too)"
     );
     assert!(seen[0].2.iter().any(|x| *x != 0));
+}
+
+/// Admin and one I/O queue of a host with its own NQN and host identifier.
+fn host_queues(port: u16, hostnqn: &str, hostid: [u8; 16]) -> (Host, Host) {
+    let mut a = Host::ic(port, Digests::default());
+    a.hostnqn = hostnqn.into();
+    a.hostid = hostid;
+    let c = a.connect(0, 0xffff, 0, NQN);
+    assert_eq!(c.sc(), 0, "admin connect of {hostnqn}");
+    let cntlid = c.dw0 as u16;
+    a.prop_set(0x14, 0x0046_0001);
+    let mut q = Host::ic(port, Digests::default());
+    q.hostnqn = hostnqn.into();
+    q.hostid = hostid;
+    assert_eq!(
+        q.connect(1, cntlid, 0, NQN).sc(),
+        0,
+        "I/O connect of {hostnqn}"
+    );
+    (a, q)
+}
+
+/// Two 8-byte keys, little endian (Register: CRKEY, NRKEY; Acquire: CRKEY, PRKEY).
+fn keys(a: u64, b: u64) -> Vec<u8> {
+    let mut d = a.to_le_bytes().to_vec();
+    d.extend_from_slice(&b.to_le_bytes());
+    d
+}
+
+const RESV_REGISTER: u8 = 0x0d;
+const RESV_REPORT: u8 = 0x0e;
+const RESV_ACQUIRE: u8 = 0x11;
+const RESV_RELEASE: u8 = 0x15;
+const RESERVATION_CONFLICT: u16 = 0x83;
+
+#[test]
+fn reservations_between_two_hosts_register_acquire_conflict_report_release() {
+    let t = start_target(4 << 20);
+    let fe = NvmfFrontend::start(&t, &config()).unwrap();
+    let port = fe.listeners()[0].port();
+    let (id_a, id_b) = ([0xa1u8; 16], [0xb2u8; 16]);
+    let (mut adm_a, mut a) = host_queues(port, "nqn.2014-08.org.nvmexpress:uuid:a", id_a);
+    let (_adm_b, mut b) = host_queues(port, "nqn.2014-08.org.nvmexpress:uuid:b", id_b);
+
+    // Identify announces reservations (ONCS bit 5, RESCAP of the namespace).
+    let ctrl = adm_a.admin(0x06, 0, 1, 0, 4096);
+    assert_ne!(pdu::le16(&ctrl.data, 520) & 0x20, 0, "ONCS reservations");
+    let ns = adm_a.admin(0x06, 1, 0, 0, 4096);
+    assert_eq!(ns.data[31] & 0x7e, 0x7e, "RESCAP: the six types");
+    // Get Features Host Identifier (extended): the Connect's.
+    let hid = adm_a.admin(0x0a, 0, 0x81, 1, 16);
+    assert_eq!(hid.sc(), 0);
+    assert_eq!(hid.data, id_a);
+
+    let block = pattern(7, BS);
+    // Both hosts register.
+    assert_eq!(a.resv(RESV_REGISTER, 1, 0, 0, &keys(0, 0xaaaa), 0).sc(), 0);
+    assert_eq!(b.resv(RESV_REGISTER, 1, 0, 0, &keys(0, 0xbbbb), 0).sc(), 0);
+    // A registering another key conflicts.
+    assert_eq!(
+        a.resv(RESV_REGISTER, 1, 0, 0, &keys(0, 0x1234), 0).sc(),
+        RESERVATION_CONFLICT
+    );
+    // A acquires write exclusive (type 1); B's acquire with its key conflicts.
+    assert_eq!(
+        a.resv(RESV_ACQUIRE, 1, 1 << 8, 0, &keys(0xaaaa, 0), 0).sc(),
+        0
+    );
+    assert_eq!(
+        b.resv(RESV_ACQUIRE, 1, 1 << 8, 0, &keys(0xbbbb, 0), 0).sc(),
+        RESERVATION_CONFLICT
+    );
+    // B's write fails with Reservation Conflict, B's read succeeds, A writes.
+    let w = b.rw(0x01, 8, 1, &block, true);
+    assert_eq!(
+        w.sc(),
+        RESERVATION_CONFLICT,
+        "B's write under A's reservation"
+    );
+    assert_ne!(w.status & 0x8000, 0, "do not retry");
+    assert_eq!(
+        b.rw(0x00, 0, 1, &[], true).sc(),
+        RESERVATION_CONFLICT,
+        "flush is a write"
+    );
+    assert_eq!(b.rw(0x02, 8, 1, &[], true).sc(), 0, "B's read");
+    assert_eq!(a.rw(0x01, 8, 1, &block, true).sc(), 0, "A's write");
+    assert_eq!(bdev_read(&t, 8 * BS as u64, BS as u64), block);
+
+    // Report (extended, as B): both registrants, A the holder of type 1.
+    let r = b.resv(RESV_REPORT, 1, (4096 / 4) - 1, 1, &[], 4096);
+    assert_eq!(r.sc(), 0);
+    let d = &r.data;
+    assert_eq!(d[4], 1, "reservation type");
+    assert_eq!(pdu::le16(d, 5), 2, "registrants");
+    let entries: Vec<(u8, u64, Vec<u8>)> = (0..2)
+        .map(|i| {
+            let e = &d[64 + 64 * i..128 + 64 * i];
+            (e[2], pdu::le64(e, 8), e[16..32].to_vec())
+        })
+        .collect();
+    assert!(
+        entries.contains(&(1, 0xaaaa, id_a.to_vec())),
+        "{entries:x?}"
+    );
+    assert!(
+        entries.contains(&(0, 0xbbbb, id_b.to_vec())),
+        "{entries:x?}"
+    );
+    // The non-extended report: 24-byte header and entries, 64-bit host ids.
+    let r = b.resv(RESV_REPORT, 1, (72 / 4) - 1, 0, &[], 72);
+    assert_eq!(r.sc(), 0);
+    assert_eq!(r.data.len(), 72);
+    assert_eq!(pdu::le16(&r.data, 5), 2);
+
+    // A releases; B writes.
+    assert_eq!(
+        a.resv(RESV_RELEASE, 1, 1 << 8, 0, &0xaaaau64.to_le_bytes(), 0)
+            .sc(),
+        0
+    );
+    assert_eq!(
+        b.rw(0x01, 8, 1, &block, true).sc(),
+        0,
+        "B's write after the release"
+    );
+    let r = b.resv(RESV_REPORT, 1, (4096 / 4) - 1, 1, &[], 4096);
+    assert_eq!(r.data[4], 0, "no reservation");
+    drop(fe);
+}
+
+#[test]
+fn reservations_of_a_standalone_namespace_survive_a_frontend_restart_with_pr_dir() {
+    let t = start_target(4 << 20);
+    let dir = std::env::temp_dir().join(format!("plexd-nvmf-pr-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cfg = NvmfConfig {
+        pr_dir: Some(dir.clone()),
+        ..config()
+    };
+    let (id_a, id_b) = ([0xa1u8; 16], [0xb2u8; 16]);
+    let (ha, hb) = (
+        "nqn.2014-08.org.nvmexpress:uuid:a",
+        "nqn.2014-08.org.nvmexpress:uuid:b",
+    );
+    {
+        let fe = NvmfFrontend::start(&t, &cfg).unwrap();
+        let port = fe.listeners()[0].port();
+        let (_adm, mut a) = host_queues(port, ha, id_a);
+        assert_eq!(a.resv(RESV_REGISTER, 1, 0, 0, &keys(0, 0xaaaa), 0).sc(), 0);
+        // Exclusive access, registrants only (type 4).
+        assert_eq!(
+            a.resv(RESV_ACQUIRE, 1, 4 << 8, 0, &keys(0xaaaa, 0), 0).sc(),
+            0
+        );
+    }
+    // A new frontend over the same directory: the state is back.
+    let mut fe = NvmfFrontend::start(&t, &cfg).unwrap();
+    let port = fe.listeners()[0].port();
+    let (_adm_b, mut b) = host_queues(port, hb, id_b);
+    assert_eq!(
+        b.rw(0x02, 0, 1, &[], true).sc(),
+        RESERVATION_CONFLICT,
+        "B reads"
+    );
+    let r = b.resv(RESV_REPORT, 1, (4096 / 4) - 1, 1, &[], 4096);
+    assert_eq!((r.data[4], pdu::le16(&r.data, 5)), (4, 1));
+    assert_eq!(pdu::le64(&r.data, 64 + 8), 0xaaaa);
+    assert_eq!(&r.data[64 + 16..64 + 32], &id_a);
+    // Removing the namespace forgets its reservations.
+    fe.remove_namespace(NQN, 1).unwrap();
+    let files = std::fs::read_dir(&dir).unwrap().count();
+    assert_eq!(files, 0, "reservation file left in {}", dir.display());
+    drop(fe);
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -13,6 +13,8 @@ use plexd_target::frontend::nvmf::pdu::{self, flag, ty, Digests};
 
 /// The host NQN a [`Host`] connects with unless told otherwise.
 pub const HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-000000000001";
+/// The host identifier a [`Host`] connects with unless told otherwise.
+pub const DEFAULT_HOSTID: [u8; 16] = [0x42, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
 /// Block size [`Host::rw`] assumes unless told otherwise.
 pub const BS: usize = 512;
 /// Timeout of every socket read.
@@ -52,6 +54,8 @@ pub struct Host {
     maxh2c: usize,
     /// The host NQN Connect sends.
     pub hostnqn: String,
+    /// The host identifier Connect sends (a host's reservations go with it).
+    pub hostid: [u8; 16],
     /// The block size [`Host::rw`] assumes.
     pub block_size: usize,
 }
@@ -80,6 +84,7 @@ impl Host {
             cid: 0,
             maxh2c: 0,
             hostnqn: HOST.to_string(),
+            hostid: DEFAULT_HOSTID,
             block_size: BS,
         }
     }
@@ -243,7 +248,7 @@ impl Host {
         sqe[44..46].copy_from_slice(&31u16.to_le_bytes());
         sqe[48..52].copy_from_slice(&kato_ms.to_le_bytes());
         let mut d = vec![0u8; 1024];
-        d[0] = 0x42;
+        d[..16].copy_from_slice(&self.hostid);
         d[16..18].copy_from_slice(&cntlid.to_le_bytes());
         d[256..256 + subnqn.len()].copy_from_slice(subnqn.as_bytes());
         let host = self.hostnqn.as_bytes();
@@ -304,6 +309,26 @@ impl Host {
             0
         };
         self.cmd(sqe, out, inline, read_len)
+    }
+
+    /// A reservation command (`opcode` 0Dh Register, 0Eh Report, 11h Acquire,
+    /// 15h Release) on namespace `nsid` with `data` from the host (in the
+    /// capsule) and `read_len` bytes of report data back.
+    pub fn resv(
+        &mut self,
+        opcode: u8,
+        nsid: u32,
+        cdw10: u32,
+        cdw11: u32,
+        data: &[u8],
+        read_len: usize,
+    ) -> Done {
+        let mut sqe = [0u8; 64];
+        sqe[0] = opcode;
+        sqe[4..8].copy_from_slice(&nsid.to_le_bytes());
+        sqe[40..44].copy_from_slice(&cdw10.to_le_bytes());
+        sqe[44..48].copy_from_slice(&cdw11.to_le_bytes());
+        self.cmd(sqe, data, true, read_len)
     }
 
     /// True once the target closed the connection (EOF or reset), maybe after

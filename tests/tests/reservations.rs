@@ -4,10 +4,15 @@
 //! is on the disks (it survives a restart of every plexd and plexd-target). A PR OUT
 //! the cluster cannot run (no quorum) gets NOT READY 04h/0Ah, which hosts retry.
 //! Driven by the raw initiator of `plexd_tests::iscsi` against each node's portal.
+//! NVMe reservations of a shared volume are the same cluster state: an NVMe host's
+//! acquire through one node's controller holds on the other node and after a
+//! restart (the raw host of `plexd_tests::nvmf_host`).
 
 use std::time::Duration;
 
+use plexd_target::frontend::nvmf::pdu::{self, Digests};
 use plexd_tests::iscsi::{Initiator, ScsiResult};
+use plexd_tests::nvmf_host::Host;
 use plexd_tests::{wait_until, Cluster, ClusterOpts};
 
 const IQN: &str = "iqn.2026-11.io.plexd:test.dg1.vol1";
@@ -166,4 +171,182 @@ fn reservations_of_a_shared_volume_hold_through_every_node_and_survive_a_restart
         },
     );
     assert_eq!(h1b.read_keys().unwrap().1, vec![0xb2]);
+}
+
+/// The port of `address:port`.
+fn port_of(portal: &str) -> u16 {
+    portal
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {portal}"))
+}
+
+/// Waits until node `i`'s target exports `nqn` and listens on its nvmf_portal.
+fn wait_subsystem(c: &Cluster, i: usize, nqn: &str) {
+    let listener: std::net::SocketAddr = c.nodes[i].nvmf_portal.parse().unwrap();
+    wait_until(
+        &format!("{nqn} on node {}'s listener", c.nodes[i].name),
+        CONVERGE,
+        || {
+            let (subs, ls) = c.kernel(i).nvmf_subsystems().map_err(|e| e.to_string())?;
+            if subs.iter().any(|s| s.nqn == nqn) && ls.contains(&listener) {
+                Ok(())
+            } else {
+                Err(format!("{subs:?} on {ls:?}"))
+            }
+        },
+    );
+}
+
+/// An NVMe host (`hostnqn`, `hostid`) on node `i`: its admin queue (enabled, no
+/// keep alive) and one I/O queue.
+fn nvme_host(c: &Cluster, i: usize, nqn: &str, hostnqn: &str, hostid: [u8; 16]) -> (Host, Host) {
+    let port = port_of(&c.nodes[i].nvmf_portal);
+    let mut a = Host::ic(port, Digests::default());
+    a.hostnqn = hostnqn.into();
+    a.hostid = hostid;
+    let done = a.connect(0, 0xffff, 0, nqn);
+    assert_eq!(
+        done.sc(),
+        0,
+        "admin Connect of {hostnqn} on {}",
+        c.nodes[i].name
+    );
+    a.prop_set(0x14, 0x0046_0001);
+    let mut q = Host::ic(port, Digests::default());
+    q.hostnqn = hostnqn.into();
+    q.hostid = hostid;
+    assert_eq!(q.connect(1, done.dw0 as u16, 0, nqn).sc(), 0, "I/O Connect");
+    (a, q)
+}
+
+fn keys(a: u64, b: u64) -> Vec<u8> {
+    let mut d = a.to_le_bytes().to_vec();
+    d.extend_from_slice(&b.to_le_bytes());
+    d
+}
+
+const NVME_REGISTER: u8 = 0x0d;
+const NVME_REPORT: u8 = 0x0e;
+const NVME_ACQUIRE: u8 = 0x11;
+const NVME_RELEASE: u8 = 0x15;
+const NVME_CONFLICT: u16 = 0x83;
+/// The ANA-inaccessible path error (a node not serving yet after a restart).
+const NVME_ANA_INACCESSIBLE: u16 = 0x302;
+/// NVMe reservation type Write Exclusive.
+const NVME_WE: u32 = 1;
+
+/// (reservation type, [(holds, key, host id)]) of an extended Reservation Report.
+fn nvme_report(q: &mut Host) -> (u8, Vec<(u8, u64, Vec<u8>)>) {
+    let r = q.resv(NVME_REPORT, 1, 4096 / 4 - 1, 1, &[], 4096);
+    assert_eq!(r.sc(), 0, "Reservation Report");
+    let n = pdu::le16(&r.data, 5) as usize;
+    let regs = (0..n)
+        .map(|i| {
+            let e = &r.data[64 + 64 * i..128 + 64 * i];
+            (e[2], pdu::le64(e, 8), e[16..32].to_vec())
+        })
+        .collect();
+    (r.data[4], regs)
+}
+
+#[test]
+fn an_nvme_reservation_through_one_node_holds_on_the_other_and_survives_a_restart() {
+    let mut c = Cluster::start(2, ClusterOpts::default());
+    let m = c.master();
+    c.shared_mirror(m, "dg1", "vol1", "32M");
+    c.ctl_ok(0, "export nvmf dg1 vol1");
+    let print = c.agreed_print();
+    let vol = plexd_tests::volume(&print, "dg1", "vol1").expect("vol1");
+    let nqn = vol["exports"][0]["iqn"]
+        .as_str()
+        .expect("the NQN")
+        .to_string();
+    for i in 0..2 {
+        wait_subsystem(&c, i, &nqn);
+        c.wait_served(i, "dg1", "vol1");
+    }
+    let (ha, hb) = (
+        "nqn.2014-08.org.nvmexpress:uuid:host-a",
+        "nqn.2014-08.org.nvmexpress:uuid:host-b",
+    );
+    let (id_a, id_b) = ([0xa1u8; 16], [0xb2u8; 16]);
+    let block = vec![0x5au8; 512];
+
+    // Host A registers and acquires write exclusive through node a; host B
+    // registers through node b.
+    let (_aa, mut qa) = nvme_host(&c, 0, &nqn, ha, id_a);
+    let (_ab, mut qb) = nvme_host(&c, 1, &nqn, hb, id_b);
+    assert_eq!(qa.resv(NVME_REGISTER, 1, 0, 0, &keys(0, 0xa1), 0).sc(), 0);
+    assert_eq!(qb.resv(NVME_REGISTER, 1, 0, 0, &keys(0, 0xb2), 0).sc(), 0);
+    assert_eq!(
+        qa.resv(NVME_ACQUIRE, 1, NVME_WE << 8, 0, &keys(0xa1, 0), 0)
+            .sc(),
+        0
+    );
+    assert_eq!(
+        qa.rw(0x01, 0, 1, &block, true).sc(),
+        0,
+        "the holder writes through a"
+    );
+
+    // Node b has the committed state: B's write conflicts, its read does not, its
+    // acquire conflicts; host A through node b is the same registrant (NVMe
+    // registers hosts, not paths) and writes.
+    let (t, regs) = nvme_report(&mut qb);
+    assert_eq!(t, NVME_WE as u8);
+    assert!(regs.contains(&(1, 0xa1, id_a.to_vec())), "{regs:x?}");
+    assert!(regs.contains(&(0, 0xb2, id_b.to_vec())), "{regs:x?}");
+    assert_eq!(
+        qb.rw(0x01, 0, 1, &block, true).sc(),
+        NVME_CONFLICT,
+        "B writes through b"
+    );
+    assert_eq!(qb.rw(0x02, 0, 1, &[], true).sc(), 0, "B reads through b");
+    assert_eq!(
+        qb.resv(NVME_ACQUIRE, 1, NVME_WE << 8, 0, &keys(0xb2, 0), 0)
+            .sc(),
+        NVME_CONFLICT
+    );
+    let (_aab, mut qab) = nvme_host(&c, 1, &nqn, ha, id_a);
+    assert_eq!(
+        qab.rw(0x01, 0, 1, &block, true).sc(),
+        0,
+        "A writes through b"
+    );
+    drop((qa, qb, qab, _aa, _ab, _aab));
+
+    // The reservation is on the disks: every plexd and plexd-target restarts.
+    c.kill_all();
+    c.restart_all();
+    for i in 0..2 {
+        wait_subsystem(&c, i, &nqn);
+        c.wait_served(i, "dg1", "vol1");
+    }
+    let (_ab, mut qb) = nvme_host(&c, 1, &nqn, hb, id_b);
+    wait_until(
+        "B's write through b to conflict after the restart",
+        CONVERGE,
+        || match qb.rw(0x01, 0, 1, &block, true).sc() {
+            NVME_CONFLICT => Ok(()),
+            NVME_ANA_INACCESSIBLE => Err("not served yet".to_string()),
+            sc => panic!("B's write through b after the restart: status {sc:#x}"),
+        },
+    );
+    let (t, regs) = nvme_report(&mut qb);
+    assert_eq!((t, regs.len()), (NVME_WE as u8, 2), "{regs:x?}");
+
+    // A releases through node a; B writes through node b.
+    let (_aa, mut qa) = nvme_host(&c, 0, &nqn, ha, id_a);
+    assert_eq!(
+        qa.resv(NVME_RELEASE, 1, NVME_WE << 8, 0, &0xa1u64.to_le_bytes(), 0)
+            .sc(),
+        0
+    );
+    assert_eq!(
+        qb.rw(0x01, 0, 1, &block, true).sc(),
+        0,
+        "B writes after the release"
+    );
 }

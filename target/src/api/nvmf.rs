@@ -19,6 +19,8 @@ const FRONTEND: &str = "nvmf frontend";
 pub(crate) struct NvmfSlot {
     fe: Option<NvmfFrontend>,
     stopped: bool,
+    /// `pr_dir` of a frontend the API starts.
+    pr_dir: Option<std::path::PathBuf>,
 }
 
 fn subsystem_not_found(nqn: &str) -> ApiError {
@@ -44,6 +46,12 @@ impl KernelService {
     /// Hands the service the NVMe-oF frontend started from the configuration file.
     pub fn set_nvmf(&self, fe: Option<NvmfFrontend>) {
         self.nvmf_slot().fe = fe;
+    }
+
+    /// The reservation directory (`NvmfConfig::pr_dir`) of a frontend the API
+    /// starts when none runs.
+    pub fn set_nvmf_pr_dir(&self, dir: Option<std::path::PathBuf>) {
+        self.nvmf_slot().pr_dir = dir;
     }
 
     /// Stops the NVMe-oF frontend (listeners and connections closed); later calls
@@ -90,7 +98,11 @@ impl KernelService {
                     reason: "the target is stopping".into(),
                 });
             }
-            slot.fe = Some(NvmfFrontend::new(self.target(), &NvmfConfig::default())?);
+            let cfg = NvmfConfig {
+                pr_dir: slot.pr_dir.clone(),
+                ..NvmfConfig::default()
+            };
+            slot.fe = Some(NvmfFrontend::new(self.target(), &cfg)?);
             log::info!("nvmf: frontend started by the kernel interface");
         }
         match slot.fe.as_mut() {
@@ -132,6 +144,7 @@ impl KernelService {
         let cfg = NvmfConfig {
             cntlid_range: Some(cntlid_range),
             ana_group: Some(ana_group),
+            pr_dir: slot.pr_dir.clone(),
             ..NvmfConfig::default()
         };
         slot.fe = Some(NvmfFrontend::new(self.target(), &cfg)?);
@@ -215,6 +228,18 @@ impl KernelService {
             .as_ref()
             .map(|f| (f.subsystems(), f.listeners()))
             .unwrap_or_default()
+    }
+
+    /// Gives the NVMe namespaces of shared volume `volume` the cluster's
+    /// committed reservations (as `setReservations` does for iSCSI LUNs).
+    pub(crate) fn nvmf_set_reservations(
+        &self,
+        volume: &str,
+        state: &crate::frontend::scsi::pr::PrState,
+    ) {
+        if let Some(fe) = self.nvmf_slot().fe.as_ref() {
+            fe.set_reservations(volume, state);
+        }
     }
 
     /// The controllers with their queues and counters.

@@ -284,6 +284,7 @@ impl KernelService {
     /// recorded for LUNs mapped later and given to every LUN of it now.
     pub fn set_reservations(&self, volume: &str, state: &PrState) -> Result<(), ApiError> {
         self.target.pr_broker().set_state(volume, state);
+        self.nvmf_set_reservations(volume, state);
         self.with_iscsi(
             false,
             || Ok(()),

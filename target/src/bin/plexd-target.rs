@@ -139,6 +139,9 @@ fn run(args: &Args, signals: &SigSet) -> Result<(), String> {
         ..Default::default()
     });
     svc.set_iscsi(iscsi);
+    // Namespaces the kernel interface maps keep reservations that are not the
+    // cluster's here (a private volume's), as iSCSI LUNs do in theirs.
+    svc.set_nvmf_pr_dir(Some(socket.with_extension("nvmf-pr")));
     svc.set_nvmf(nvmf);
     let server = match ServerHandle::start(Arc::clone(&svc), &socket) {
         Ok(s) => s,

@@ -342,8 +342,8 @@ pub fn identify_ctrl(ctrl: &Ctrl, sub: Option<&Subsystem>) -> Vec<u8> {
     put16(&mut d, 514, MAX_QUEUE_ENTRIES as u16);
     if !ctrl.discovery {
         put32(&mut d, 516, MAX_NAMESPACES);
-        // Compare, Dataset Management, Write Zeroes.
-        put16(&mut d, 520, 0x01 | 0x04 | 0x08);
+        // Compare, Dataset Management, Write Zeroes, Reservations.
+        put16(&mut d, 520, 0x01 | 0x04 | 0x08 | 0x20);
         let vwc = sub.is_some_and(|s| s.namespaces.values().any(|n| n.bdev.volatile_write_cache()));
         // Bits 2:1 = 10b: no broadcast Flush (NSID FFFFFFFFh).
         d[525] = u8::from(vwc) | 0x04;
@@ -375,6 +375,9 @@ pub fn identify_ns(ns: &Namespace, ana_group: u32) -> Vec<u8> {
     d[25] = 0; // one LBA format
     d[26] = 0;
     d[30] = 1; // may be shared by several controllers
+               // RESCAP: persist through power loss (always: the state is stored) and
+               // the six reservation types.
+    d[31] = 0x7f;
     put32(&mut d, 92, ana_group);
     d[99] = u8::from(ns.conf.read_only);
     d[104..120].copy_from_slice(&ns.ident.nguid);
@@ -428,6 +431,8 @@ fn set_features(ctrl: &Ctrl, sqe: &Sqe) -> AdminDone {
             ctrl.aec.store(v & supported, Ordering::Release);
             reply(Status::SUCCESS)
         }
+        // Host Identifier: set by Connect on fabrics.
+        0x81 => reply(Status::SEQUENCE),
         // Accepted and ignored: temperature threshold, error recovery, volatile
         // write cache (the cache follows the bdev), interrupt coalescing.
         0x04 | 0x05 | 0x06 | 0x08 => reply(Status::SUCCESS),
@@ -456,6 +461,11 @@ fn get_features(sh: &Shared, ctrl: &Ctrl, sqe: &Sqe) -> AdminDone {
         }
         0x0F => dw0(ctrl.kato_ms.load(Ordering::Acquire)),
         0x0B => dw0(ctrl.aec.load(Ordering::Acquire)),
+        // Host Identifier (the Connect's): 128 bits with EXHID, else 64.
+        0x81 if !ctrl.discovery => {
+            let n = if sqe.cdw(11) & 1 != 0 { 16 } else { 8 };
+            data(ctrl.hostid[..n].to_vec())
+        }
         0x04 => dw0(0x0157),
         0x05 | 0x08 => dw0(0),
         0x06 => {

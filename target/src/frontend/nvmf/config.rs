@@ -30,6 +30,12 @@ pub struct NvmfConfig {
     /// every node exporting a shared volume its own.
     #[serde(default)]
     pub ana_group: Option<u32>,
+    /// Directory of the reservation files of namespaces whose reservations are
+    /// not the cluster's (one `nvmf-<nqn>-ns<nsid>.pr.json` each), so they
+    /// survive restarts; none: kept in memory. plexd-target defaults it to
+    /// `<socket>.nvmf-pr`.
+    #[serde(default)]
+    pub pr_dir: Option<std::path::PathBuf>,
 }
 
 impl NvmfConfig {

@@ -1,12 +1,12 @@
 //! I/O commands (NVM command set): decode a submission queue entry into the
 //! block operation to run. Pure logic: the queue pair moves data and submits.
 //!
-//! Reservations are not implemented (Reservation Register/Acquire/Release/
-//! Report answer "invalid opcode"; ONCS does not announce them).
+//! The reservation commands become [`IoPlan::Resv`]; [`super::resv`] runs them.
 
 use super::nvme::{io_op, Sqe, Status};
+use super::resv;
 use super::subsys::Namespace;
-use super::MAX_TRANSFER_BYTES;
+use super::{MAX_ADMIN_DATA_BYTES, MAX_TRANSFER_BYTES};
 
 /// Largest Compare: its data is held in memory until the read completes.
 pub const MAX_COMPARE_BYTES: u64 = 64 << 10;
@@ -54,6 +54,16 @@ pub enum IoPlan {
         /// Length.
         len: u64,
     },
+    /// A reservation command (Register, Report, Acquire, Release): `host`
+    /// bytes from the host (kept in memory), `to_host` bytes of report data.
+    Resv {
+        /// The opcode.
+        opcode: u8,
+        /// Bytes from the host.
+        host: u64,
+        /// Bytes to the host (Report).
+        to_host: u64,
+    },
 }
 
 impl IoPlan {
@@ -62,6 +72,7 @@ impl IoPlan {
         match *self {
             IoPlan::Write { len, .. } | IoPlan::Compare { len, .. } => len,
             IoPlan::Dsm { ranges, .. } => ranges as u64 * 16,
+            IoPlan::Resv { host, .. } => host,
             _ => 0,
         }
     }
@@ -69,6 +80,7 @@ impl IoPlan {
     pub fn ctrl_data_len(&self) -> u64 {
         match *self {
             IoPlan::Read { len, .. } => len,
+            IoPlan::Resv { to_host, .. } => to_host,
             _ => 0,
         }
     }
@@ -115,6 +127,22 @@ pub fn decode(sqe: &Sqe, ns: &Namespace) -> Result<IoPlan, Status> {
             let (off, len) = range(sqe, ns, Some(MAX_COMPARE_BYTES))?;
             Ok(IoPlan::Compare { off, len })
         }
+        op if resv::is_resv(op) => {
+            let to_host = if op == io_op::RESV_REPORT {
+                let (len, _) = resv::report_params(sqe);
+                if len > MAX_ADMIN_DATA_BYTES as u64 {
+                    return Err(Status::INVALID_FIELD);
+                }
+                len
+            } else {
+                0
+            };
+            Ok(IoPlan::Resv {
+                opcode: op,
+                host: resv::host_data_len(op),
+                to_host,
+            })
+        }
         _ => Err(Status::INVALID_OPCODE),
     }
 }
@@ -154,6 +182,7 @@ mod tests {
             },
             bdev: MallocBdev::new("m", 1 << 20, 512).unwrap(),
             ident: NsIdent::derive("m"),
+            resv: crate::frontend::nvmf::resv::NsResv::local(Default::default(), None),
         }
     }
 
@@ -191,7 +220,7 @@ mod tests {
             decode(&sqe(io_op::READ, u64::MAX, 1), &n),
             Err(Status::LBA_RANGE)
         );
-        assert_eq!(decode(&sqe(0x0d, 0, 0), &n), Err(Status::INVALID_OPCODE));
+        assert_eq!(decode(&sqe(0x7e, 0, 0), &n), Err(Status::INVALID_OPCODE));
     }
 
     #[test]

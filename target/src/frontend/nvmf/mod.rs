@@ -28,6 +28,7 @@ pub mod io;
 pub mod nvme;
 pub mod pdu;
 mod qpair;
+pub mod resv;
 pub mod subsys;
 
 use crate::frontend::listener;
@@ -158,6 +159,8 @@ pub struct NvmfFrontend {
     target: Arc<Target>,
     shared: Arc<Shared>,
     stopped: bool,
+    /// Where namespaces keep reservations that are not the cluster's.
+    pr_dir: Option<std::path::PathBuf>,
 }
 
 fn valid_nqn(nqn: &str) -> bool {
@@ -193,6 +196,12 @@ impl NvmfFrontend {
                 format!("{group} is outside 1..={MAX_ANA_GROUP}"),
             ));
         }
+        if let Some(d) = &cfg.pr_dir {
+            std::fs::create_dir_all(d).map_err(|e| TargetError::Io {
+                object: format!("nvmf pr_dir {}", d.display()),
+                reason: e.to_string(),
+            })?;
+        }
         let shared = Arc::new(Shared {
             id: NEXT_FRONTEND_ID.fetch_add(1, Ordering::Relaxed),
             subsystems: Mutex::new(BTreeMap::new()),
@@ -211,6 +220,7 @@ impl NvmfFrontend {
             target: Arc::clone(target),
             shared,
             stopped: false,
+            pr_dir: cfg.pr_dir.clone(),
         };
         for s in &cfg.subsystems {
             fe.add_subsystem(s)?;
@@ -246,11 +256,73 @@ impl NvmfFrontend {
             .clone()
             .filter(|i| !i.is_empty())
             .unwrap_or_else(|| n.bdev.clone());
+        // A shared volume's reservations are the cluster's (the same state its
+        // iSCSI LUNs use); any other namespace keeps its own.
+        let resv = if self.target.volume_spec(&n.bdev).is_ok_and(|s| s.shared) {
+            resv::NsResv::cluster(&n.bdev, Arc::clone(self.target.pr_broker()))
+        } else {
+            let path = self.pr_path(nqn, n.nsid);
+            let state = match &path {
+                Some(p) => {
+                    crate::frontend::scsi::pr::PrState::load(p).map_err(|e| TargetError::Io {
+                        object: ns_obj(nqn, n.nsid),
+                        reason: e,
+                    })?
+                }
+                None => Default::default(),
+            };
+            resv::NsResv::local(state, path)
+        };
         Ok(Arc::new(Namespace {
             conf: n.clone(),
             ident: NsIdent::derive(&identity),
             bdev,
+            resv,
         }))
+    }
+
+    /// The reservation file of namespace `nsid` of `nqn`, when there is a `pr_dir`.
+    fn pr_path(&self, nqn: &str, nsid: u32) -> Option<std::path::PathBuf> {
+        self.pr_dir.as_ref().map(|d| {
+            let safe: String = format!("nvmf-{nqn}-ns{nsid}")
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            d.join(format!("{safe}.pr.json"))
+        })
+    }
+
+    /// Forgets the reservations of a removed namespace (its file).
+    fn drop_pr_state(&self, nqn: &str, nsid: u32) {
+        if let Some(p) = self.pr_path(nqn, nsid) {
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => log::warn!(
+                    "nvmf: {}: cannot remove reservation file {}: {e}",
+                    ns_obj(nqn, nsid),
+                    p.display()
+                ),
+            }
+        }
+    }
+
+    /// Gives every namespace of shared volume `volume` the cluster's committed
+    /// reservation state `state`.
+    pub fn set_reservations(&self, volume: &str, state: &crate::frontend::scsi::pr::PrState) {
+        for s in self.shared.subsystem_list() {
+            for ns in s.namespaces.values() {
+                if ns.resv.broker().is_some() && ns.conf.bdev == volume {
+                    ns.resv.set_committed(state);
+                }
+            }
+        }
     }
 
     fn publish(&self, nqn: &str, s: Option<Subsystem>) {
@@ -357,7 +429,15 @@ impl NvmfFrontend {
                 name: nqn.to_string(),
             });
         }
+        let nsids: Vec<u32> = self
+            .shared
+            .subsystem(nqn)
+            .map(|s| s.namespaces.keys().copied().collect())
+            .unwrap_or_default();
         self.publish(nqn, None);
+        for nsid in nsids {
+            self.drop_pr_state(nqn, nsid);
+        }
         for c in self.shared.ctrl_list() {
             if c.subnqn == nqn {
                 self.close_ctrl(&c, "its subsystem was removed");
@@ -439,6 +519,7 @@ impl NvmfFrontend {
             conf.namespaces.retain(|x| x.nsid != nsid);
             Ok(())
         })?;
+        self.drop_pr_state(nqn, nsid);
         self.ns_changed(nqn, nsid);
         log::info!("nvmf: {} removed", ns_obj(nqn, nsid));
         Ok(())

@@ -57,6 +57,12 @@ impl Status {
     pub const READ_ERROR: Status = Status(0x281);
     /// Compare failure.
     pub const COMPARE_FAILURE: Status = Status::dnr(2, 0x85);
+    /// Reservation conflict (the command is not allowed by the namespace's
+    /// reservation).
+    pub const RESERVATION_CONFLICT: Status = Status::dnr(0, 0x83);
+    /// Namespace not ready, retryable (a reservation change the cluster could
+    /// not run now).
+    pub const NS_NOT_READY: Status = Status(0x82);
     /// Asymmetric access inaccessible (a path error: Linux fails over).
     pub const ANA_INACCESSIBLE: Status = Status(0x302);
 
@@ -105,6 +111,14 @@ pub mod io_op {
     pub const WRITE_ZEROES: u8 = 0x08;
     /// Dataset Management.
     pub const DSM: u8 = 0x09;
+    /// Reservation Register.
+    pub const RESV_REGISTER: u8 = 0x0D;
+    /// Reservation Report.
+    pub const RESV_REPORT: u8 = 0x0E;
+    /// Reservation Acquire.
+    pub const RESV_ACQUIRE: u8 = 0x11;
+    /// Reservation Release.
+    pub const RESV_RELEASE: u8 = 0x15;
 }
 
 /// Fabrics command types.

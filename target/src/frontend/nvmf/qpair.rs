@@ -38,8 +38,9 @@ use std::time::{Duration, Instant};
 
 use super::admin::{self, AdminDone, CcChange};
 use super::io::{self, IoPlan};
-use super::nvme::{admin_op, fctype, sgl, Cqe, Sqe, Status};
+use super::nvme::{admin_op, fctype, io_op, sgl, Cqe, Sqe, Status};
 use super::pdu::{self, fes, flag, ty, Digests, Parsed, PduView};
+use super::resv;
 use super::subsys::{AnaState, Ctrl, Namespace, QueueAt, Subsystem, DISCOVERY_NQN};
 use super::{
     Shared, IN_CAPSULE_DATA_BYTES, MAX_ADMIN_DATA_BYTES, MAX_C2H_DATA_BYTES, MAX_H2C_DATA_BYTES,
@@ -47,6 +48,10 @@ use super::{
 };
 use crate::bdev::{BdevChannel, BdevIo, IoCallback, IoDone, IoKind, IoStatus};
 use crate::buf::{BufPool, BufWaiter, IoBuf, PoolBuf};
+use crate::frontend::scsi::pr::Nexus;
+use crate::frontend::scsi::pr_cluster::{
+    PrDone, PrOutRequest, PrOutResult, PR_OUT_TIMEOUT, PR_OUT_TRIES,
+};
 use crate::frontend::transport::{
     self, IntMap, OutQueue, Polls, PoolShare, RecvBuf, Sent, Wire, CLASSES, WBUF_HIGH_BYTES,
 };
@@ -117,6 +122,8 @@ pub(crate) fn spawn(r: &Rc<Reactor>, shared: Arc<Shared>, stream: TcpStream, pee
             need_serve: false,
             aers: Vec::new(),
             next_ttag: 1,
+            nexus: None,
+            next_pr_tag: 1,
             started: Instant::now(),
             polls: Polls::default(),
             close_after_flush: false,
@@ -190,6 +197,19 @@ struct Cmd {
     inflight: u32,
     status: Status,
     aborted: bool,
+    /// A reservation change waiting for the cluster.
+    pr: Option<PrWait>,
+    /// Times the reservation change was sent to the cluster.
+    pr_tries: u32,
+}
+
+/// A reservation command forwarded to the cluster (see `pr_cluster`).
+struct PrWait {
+    /// The tag the answer comes back with.
+    tag: u64,
+    /// The broker's request id.
+    id: u64,
+    since: Instant,
 }
 
 impl Cmd {
@@ -211,6 +231,8 @@ impl Cmd {
             inflight: 0,
             status: Status::SUCCESS,
             aborted: false,
+            pr: None,
+            pr_tries: 0,
         }
     }
 }
@@ -240,6 +262,10 @@ struct St {
     /// Held Asynchronous Event Requests (command ids).
     aers: Vec<u16>,
     next_ttag: u16,
+    /// The reservation nexus of this queue's host (set on first use).
+    nexus: Option<Nexus>,
+    /// Tag of the next reservation change sent to the cluster.
+    next_pr_tag: u64,
     started: Instant,
     polls: Polls,
     close_after_flush: bool,
@@ -515,6 +541,7 @@ impl Conn {
             if !st.waiting.is_empty() {
                 st.need_serve = true;
             }
+            self.expire_pr(&mut st, now);
             self.expired(&st, now)
         };
         match why {
@@ -1243,6 +1270,18 @@ impl Conn {
         if ch.unavailable() || self.shared.ana_state() == AnaState::Inaccessible {
             return self.finish_now(st, key, Status::ANA_INACCESSIBLE, 0, 0, &[]);
         }
+        if let IoPlan::Resv { opcode, .. } = plan {
+            return self.execute_resv(st, key, &ns, opcode);
+        }
+        if ns.resv.active() {
+            let access = resv::access(st.cmds[key].sqe.opcode());
+            if self
+                .nexus(st)
+                .is_some_and(|n| ns.resv.conflicts(&n, access))
+            {
+                return self.finish_now(st, key, Status::RESERVATION_CONFLICT, 0, 0, &[]);
+            }
+        }
         let buf = st.cmds[key].buf.as_ref().map(|b| b.io());
         match plan {
             IoPlan::Read { off, len } | IoPlan::Compare { off, len } => self.submit(
@@ -1267,6 +1306,7 @@ impl Conn {
             IoPlan::WriteZeroes { off, len } => {
                 self.submit(st, &ch, key, IoKind::WriteZeroes, off, len, IoBuf::empty())
             }
+            IoPlan::Resv { .. } => {}
             IoPlan::Dsm { deallocate, .. } => {
                 if !deallocate {
                     return self.finish_now(st, key, Status::SUCCESS, 0, 0, &[]);
@@ -1283,6 +1323,119 @@ impl Conn {
         if st.cmds[key].inflight == 0 {
             let s = st.cmds[key].status;
             self.finish_now(st, key, s, 0, 0, &[]);
+        }
+    }
+
+    /// The reservation nexus of this queue's host.
+    fn nexus(&self, st: &mut St) -> Option<Nexus> {
+        if st.nexus.is_none() {
+            st.nexus = st.ctrl.as_ref().map(|c| resv::nexus(&c.hostnqn, &c.hostid));
+        }
+        st.nexus.clone()
+    }
+
+    /// A reservation command: Report answers from the state; a change runs on the
+    /// namespace's own state, or goes to the cluster for a shared volume.
+    fn execute_resv(&self, st: &mut St, key: usize, ns: &Arc<Namespace>, opcode: u8) {
+        let Some(nexus) = self.nexus(st) else {
+            return self.finish_now(st, key, Status::SEQUENCE, 0, 0, &[]);
+        };
+        let sqe = st.cmds[key].sqe;
+        let state = ns.resv.state();
+        if opcode == io_op::RESV_REPORT {
+            let (len, extended) = resv::report_params(&sqe);
+            let mut d = resv::report(&state, extended);
+            // Exactly what the host asked: cut, or padded with zeroes.
+            d.resize(len as usize, 0);
+            return self.finish_now(st, key, Status::SUCCESS, 0, 0, &d);
+        }
+        let who = nexus.to_string();
+        let what = || {
+            format!(
+                "namespace {} (bdev {}): reservation command {opcode:#04x} by {who}",
+                ns.conf.nsid, ns.conf.bdev
+            )
+        };
+        let out = match resv::to_pr_out(&state, &nexus, &sqe, &st.cmds[key].vdata) {
+            Ok(Some(o)) => o,
+            Ok(None) => return self.finish_now(st, key, Status::SUCCESS, 0, 0, &[]),
+            Err(s) => return self.finish_now(st, key, s, 0, 0, &[]),
+        };
+        let Some(broker) = ns.resv.broker().cloned() else {
+            let s = match ns.resv.run_local(&nexus, &out, &what()) {
+                Ok(_) => Status::SUCCESS,
+                Err(s) => s,
+            };
+            return self.finish_now(st, key, s, 0, 0, &[]);
+        };
+        // A shared volume: run it on a copy of the committed state; a change
+        // becomes a request the cluster commits (pr_cluster).
+        let mut copy = state;
+        match resv::run(&mut copy, &nexus, &out) {
+            Ok(true) => {}
+            Ok(false) => return self.finish_now(st, key, Status::SUCCESS, 0, 0, &[]),
+            Err(s) => return self.finish_now(st, key, s, 0, 0, &[]),
+        }
+        if st.cmds[key].pr_tries >= PR_OUT_TRIES {
+            log::warn!(
+                "nvmf: {}: the reservations changed under it {PR_OUT_TRIES} times; the host retries",
+                what()
+            );
+            return self.finish_now(st, key, Status::NS_NOT_READY, 0, 0, &[]);
+        }
+        st.cmds[key].pr_tries += 1;
+        let tag = st.next_pr_tag;
+        st.next_pr_tag = st.next_pr_tag.wrapping_add(1).max(1);
+        let req = PrOutRequest {
+            volume: ns.conf.bdev.clone(),
+            nexus,
+            sa: out.sa,
+            scope_type: out.scope_type,
+            param: out.param,
+        };
+        let done: Weak<dyn PrDone> = self.me.clone();
+        match broker.forward(&self.reactor, req, done, tag) {
+            Ok(id) => {
+                st.cmds[key].pr = Some(PrWait {
+                    tag,
+                    id,
+                    since: Instant::now(),
+                })
+            }
+            Err(e) => {
+                log::warn!("nvmf: {}: cannot go to the cluster: {e}", what());
+                self.finish_now(st, key, Status::NS_NOT_READY, 0, 0, &[]);
+            }
+        }
+    }
+
+    /// Fails the reservation changes the cluster did not answer within
+    /// [`PR_OUT_TIMEOUT`] (retryable status).
+    fn expire_pr(&self, st: &mut St, now: Instant) {
+        let late: Vec<usize> = st
+            .cmds
+            .iter()
+            .filter(|(_, c)| {
+                c.pr.as_ref()
+                    .is_some_and(|p| now.saturating_duration_since(p.since) > PR_OUT_TIMEOUT)
+            })
+            .map(|(k, _)| k)
+            .collect();
+        for key in late {
+            let c = &mut st.cmds[key];
+            if let (Some(p), Some(ns)) = (c.pr.take(), c.ns.clone()) {
+                if let Some(b) = ns.resv.broker() {
+                    b.cancel(&self.reactor, p.id);
+                }
+                log::warn!(
+                    "nvmf: namespace {} (bdev {}): the cluster did not answer reservation command {:#04x} within {} s; the host retries",
+                    ns.conf.nsid,
+                    ns.conf.bdev,
+                    c.sqe.opcode(),
+                    PR_OUT_TIMEOUT.as_secs()
+                );
+            }
+            self.finish_now(st, key, Status::NS_NOT_READY, 0, 0, &[]);
         }
     }
 
@@ -1438,6 +1591,44 @@ impl IoDone for Conn {
         if paused {
             self.resume();
         }
+    }
+}
+
+impl PrDone for Conn {
+    /// The cluster's answer to a reservation change this queue forwarded.
+    fn pr_done(&self, tag: u64, result: PrOutResult) {
+        {
+            let mut st = self.st.borrow_mut();
+            if st.closed {
+                return;
+            }
+            let found = st
+                .cmds
+                .iter()
+                .find(|(_, c)| c.pr.as_ref().is_some_and(|p| p.tag == tag))
+                .map(|(k, _)| k);
+            let Some(key) = found else { return };
+            st.cmds[key].pr = None;
+            let (ns, plan) = (st.cmds[key].ns.clone(), st.cmds[key].plan);
+            match (result, ns, plan) {
+                (PrOutResult::Committed, _, _) => {
+                    self.finish_now(&mut st, key, Status::SUCCESS, 0, 0, &[])
+                }
+                (PrOutResult::Stale, Some(ns), Some(IoPlan::Resv { opcode, .. })) => {
+                    self.execute_resv(&mut st, key, &ns, opcode)
+                }
+                (r, ns, _) => {
+                    log::info!(
+                        "nvmf: namespace {} ({}): reservation command not run by the cluster ({r:?}); the host retries",
+                        st.cmds[key].sqe.nsid(),
+                        ns.map_or_else(String::new, |n| n.conf.bdev.clone())
+                    );
+                    self.finish_now(&mut st, key, Status::NS_NOT_READY, 0, 0, &[])
+                }
+            }
+            self.after(&mut st);
+        }
+        self.mark_dirty();
     }
 }
 

@@ -54,6 +54,8 @@ pub struct Namespace {
     pub bdev: Arc<dyn Bdev>,
     /// Its identity.
     pub ident: NsIdent,
+    /// Its reservations (the cluster's for a shared volume).
+    pub resv: super::resv::NsResv,
 }
 
 impl Namespace {
