@@ -154,6 +154,7 @@ mod tests {
             },
             bdev: MallocBdev::new("m", 1 << 20, 512).unwrap(),
             ident: NsIdent::derive("m"),
+            desc: None,
         }
     }
 

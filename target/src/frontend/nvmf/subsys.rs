@@ -54,6 +54,9 @@ pub struct Namespace {
     pub bdev: Arc<dyn Bdev>,
     /// Its identity.
     pub ident: NsIdent,
+    /// Its descriptor on the bdev (resize events; None in unit tests), closed
+    /// when the namespace goes.
+    pub desc: Option<crate::bdev::BdevDesc>,
 }
 
 impl Namespace {

@@ -40,14 +40,24 @@ pub fn decode_command(
     // consume the unit attention it cannot report.
     let desc_sense = cdb[0] == 0x03 && cdb[1] & 0x01 != 0;
     let ua = match lun {
-        Some(l) if !desc_sense => ns.take_unit_attention(l.ua_epoch(), cdb[0]),
-        _ => false,
+        Some(l) if !desc_sense => {
+            if ns.take_unit_attention(l.ua_epoch(), cdb[0]) {
+                // A new nexus's power on covers the capacity it has not read yet.
+                ns.cap_epoch.get_or_insert(l.capacity_epoch());
+                Some(sense::RESET_OCCURRED)
+            } else if ns.take_capacity_changed(l.capacity_epoch(), cdb[0]) {
+                Some(sense::CAPACITY_CHANGED)
+            } else {
+                None
+            }
+        }
+        _ => None,
     };
-    if ua {
+    if let Some(ua) = ua {
         return Op::Done(if cdb[0] == 0x03 {
-            cdb::request_sense(cdb, Some(sense::RESET_OCCURRED))
+            cdb::request_sense(cdb, Some(ua))
         } else {
-            Response::check(sense::RESET_OCCURRED)
+            Response::check(ua)
         });
     }
     // MODE SENSE reads the write cache fresh (a volume's follows its layout);
@@ -666,7 +676,7 @@ mod tests {
         let info = LunInfo {
             lun: 0,
             block_size: 512,
-            num_blocks: 2048,
+            capacity: crate::frontend::scsi::lun::Capacity::new(2048),
             read_only: false,
             ident: Identity::from_device_id("t0"),
             write_cache: false,
