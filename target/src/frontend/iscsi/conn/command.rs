@@ -482,7 +482,7 @@ impl Conn {
                 s.stats.errors.fetch_add(1, Ordering::Relaxed);
             }
             let resid = residual(0, t.edtl);
-            self.respond(st, t.itt, sense::CHECK_CONDITION, Some(e), resid);
+            self.respond(st, t.itt, e.status(), e.sense(), resid);
             return self.release(st, t);
         }
         match t.scsi.op {
