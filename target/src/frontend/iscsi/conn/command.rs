@@ -462,7 +462,10 @@ impl Conn {
         self.mark_dirty();
         let paused = {
             let st = self.st.borrow();
-            !st.closed && !st.polls.read && st.pending_out() <= WBUF_HIGH_BYTES
+            !st.closed
+                && !st.polls.read
+                && !st.close_after_flush
+                && st.pending_out() <= WBUF_HIGH_BYTES
         };
         if paused {
             self.resume();
