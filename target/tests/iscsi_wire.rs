@@ -1501,11 +1501,17 @@ fn bytes_after_a_logout_stuck_in_a_full_socket_do_not_spin_the_reactor() {
     let port = fe.portal().port();
     let mut ini = Ini::connect(port);
     assert_eq!(ini.login(false), 0);
-    // Reads the initiator does not take, one at a time until the target is
-    // blocked on send (the counter is published when the next read arrives):
-    // the socket is full and the Data-In waits in the output queue.
+    // Reads the initiator does not take, one at a time (each answered before the
+    // next, so the queued output stays far below the 4 MiB above which the
+    // target stops reading requests), until one is not answered at once (it
+    // waits for a buffer: the socket takes nothing) or the target says it is
+    // blocked on send. Then the Data-In waits in the output queue.
     let len = u32::from(FILL_READ_BLOCKS) * BS as u32;
-    let mut blocked = false;
+    let session = |what: &str| {
+        let s = fe.sessions();
+        assert_eq!(s.len(), 1, "{what}: the session stays");
+        s.into_iter().next().unwrap()
+    };
     for i in 0..MAX_FILL_READS {
         let itt = ini.itt;
         ini.itt += 1;
@@ -1521,9 +1527,8 @@ fn bytes_after_a_logout_stuck_in_a_full_socket_do_not_spin_the_reactor() {
         let want = u64::from(i + 1) * u64::from(len);
         let deadline = std::time::Instant::now() + IO_TIMEOUT;
         let s = loop {
-            let s = fe.sessions();
-            assert_eq!(s.len(), 1, "the session stays while reads are queued");
-            if s[0].read_bytes >= want || s[0].cmds_waiting_buf > 0 || s[0].send_blocked_ms > 0 {
+            let s = session("filling");
+            if s.read_bytes >= want || s.cmds_waiting_buf > 0 || s.send_blocked_ms > 0 {
                 break s;
             }
             assert!(
@@ -1532,10 +1537,24 @@ fn bytes_after_a_logout_stuck_in_a_full_socket_do_not_spin_the_reactor() {
             );
             std::thread::sleep(Duration::from_millis(5));
         };
-        if s[0].send_blocked_ms > 0 {
+        if s.cmds_waiting_buf > 0 || s.send_blocked_ms > 0 {
+            break;
+        }
+    }
+    // The counter is published when a request arrives: TEST UNIT READY (48
+    // bytes of answer each) until it shows the connection blocked on send.
+    let mut blocked = false;
+    for _ in 0..MAX_FILL_READS {
+        if session("blocked").send_blocked_ms > 0 {
             blocked = true;
             break;
         }
+        let mut b = Bhs::new(op::SCSI_CMD, 0x80 | 0x01);
+        b.u32_at(16, ini.itt).u32_at(24, ini.cmdsn);
+        ini.itt += 1;
+        ini.cmdsn += 1;
+        ini.send(&b, &[]);
+        std::thread::sleep(Duration::from_millis(5));
     }
     assert!(blocked, "{MAX_FILL_READS} reads did not fill the socket");
     // Logout: its response queues behind the Data-In. Once the reactor has gone
