@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use crate::bdev::{Bdev, BdevInfo};
+use crate::bdev::{Bdev, BdevDesc, BdevEvent, BdevEventFn, BdevInfo};
 use crate::buf::{BufPool, PoolConfig};
 use crate::frontend::scsi::pr_cluster::{PrBroker, PrOutResult};
 use crate::lease::LeaseStatus;
@@ -106,6 +106,8 @@ pub struct Target {
     pub(crate) lease: crate::lease::Lease,
     /// Reservations of shared volumes, kept by the cluster.
     pr: Arc<PrBroker>,
+    /// Open bdev descriptors and their event callbacks (resize, remove).
+    bdev_events: Arc<crate::bdev::events::BdevEvents>,
 }
 
 impl Target {
@@ -128,6 +130,7 @@ impl Target {
             detach_policy: Mutex::new(DetachPolicy::Local),
             volumes: Default::default(),
             lease: Default::default(),
+            bdev_events: Default::default(),
         }))
     }
 
@@ -203,22 +206,32 @@ impl Target {
                 reason: e.to_string(),
             })?;
         log::info!("bdev {name}: deleted");
+        self.announce_bdev_event(name, BdevEvent::Remove);
         Ok(())
+    }
+
+    /// Opens the bdev named `name` with an event callback (SPDK's bdev open with
+    /// an event callback): `cb` hears its resizes and its removal until the
+    /// descriptor is dropped. Frontends hold one per LUN and namespace.
+    pub fn open_bdev(&self, name: &str, cb: BdevEventFn) -> Result<BdevDesc, TargetError> {
+        self.bdev(name)?;
+        self.bdev_events
+            .open(name, cb)
+            .map_err(|e| TargetError::invalid(format!("bdev {name}"), e))
+    }
+
+    /// Tells every descriptor open on `name` that `ev` happened (the volume layer
+    /// after a committed size change, the registry after a removal).
+    pub(crate) fn announce_bdev_event(&self, name: &str, ev: BdevEvent) {
+        let n = self.bdev_events.announce(name, ev);
+        log::debug!("bdev {name}: {ev:?} announced to {n} user(s)");
     }
 
     /// Removes a bdev from the registry without the in-use check (the volume
     /// module uses it for the volume bdevs it owns).
     pub(crate) fn remove_bdev_entry(&self, name: &str) {
         self.bdevs().remove(name);
-    }
-
-    /// Puts `bdev` in the registry in place of the bdev of the same name (the volume
-    /// module re-registers a volume bdev whose size a committed layout changed).
-    /// Logs the new size, not a creation.
-    pub(crate) fn replace_bdev_entry(&self, bdev: Arc<dyn Bdev>) {
-        let name = bdev.name().to_string();
-        log::info!("bdev {name}: now {} bytes", bdev.size_bytes());
-        self.bdevs().insert(name, bdev);
+        self.announce_bdev_event(name, BdevEvent::Remove);
     }
 
     /// A new subscription to events. Each subscriber has its own bounded queue.

@@ -275,6 +275,13 @@ impl Ini {
 
     /// A read-direction command on `lun`; returns (status, data).
     fn command(&mut self, lun: u64, cdb: &[u8], read_len: u32) -> (u8, Vec<u8>) {
+        let (status, data, _) = self.command_sense(lun, cdb, read_len);
+        (status, data)
+    }
+
+    /// A read-direction command on `lun`; returns (status, data, the SCSI
+    /// Response's data segment: the sense of a CHECK CONDITION).
+    fn command_sense(&mut self, lun: u64, cdb: &[u8], read_len: u32) -> (u8, Vec<u8>, Vec<u8>) {
         let itt = self.itt;
         self.itt += 1;
         let mut b = Bhs::new(op::SCSI_CMD, 0x80 | 0x40 | 0x01);
@@ -292,10 +299,10 @@ impl Ini {
                 op::DATA_IN => {
                     data.extend_from_slice(&d);
                     if h[1] & 0x01 != 0 {
-                        return (h[3], data);
+                        return (h[3], data, Vec::new());
                     }
                 }
-                op::SCSI_RESP => return (h[3], data),
+                op::SCSI_RESP => return (h[3], data, d),
                 op::NOP_IN => {
                     let mut a = Bhs::new(op::NOP_OUT, 0x80);
                     a.byte(0, 0x40 | op::NOP_OUT)
@@ -315,6 +322,30 @@ impl Ini {
         cdb[2..6].copy_from_slice(&lba.to_be_bytes());
         cdb[7..9].copy_from_slice(&blocks.to_be_bytes());
         self.command(lun, &cdb, blocks as u32 * BS as u32)
+    }
+
+    /// READ CAPACITY(16): (status, last LBA, sense key/ASC/ASCQ of a CHECK
+    /// CONDITION).
+    fn read_capacity16(&mut self, lun: u64) -> (u8, u64, (u8, u8, u8)) {
+        let mut cdb = [0u8; 16];
+        cdb[0] = 0x9e;
+        cdb[1] = 0x10;
+        cdb[10..14].copy_from_slice(&32u32.to_be_bytes());
+        let (status, d, sense) = self.command_sense(lun, &cdb, 32);
+        if status != 0 {
+            // Data segment: SenseLength (2 bytes), then fixed-format sense.
+            assert!(sense.len() >= 2 + 14, "sense data: {sense:?}");
+            return (
+                status,
+                0,
+                (sense[2 + 2] & 0x0f, sense[2 + 12], sense[2 + 13]),
+            );
+        }
+        (
+            status,
+            u64::from_be_bytes(d[0..8].try_into().unwrap()),
+            (0, 0, 0),
+        )
     }
 
     /// The LUN numbers REPORT LUNS lists (flat addressing).
@@ -813,4 +844,96 @@ fn a_frontend_from_the_config_file_is_managed_through_the_api() {
         .unwrap();
     assert!(st.success(), "{st}: {}", t.stderr());
     assert!(TcpStream::connect(portals[0]).is_err());
+}
+
+/// vol0's spec over m0 with `size` bytes (one concat plex from m0's start).
+fn vol0_spec(size: u64) -> VolumeSpec {
+    VolumeSpec {
+        name: "vol0".into(),
+        size_bytes: size,
+        plexes: vec![PlexSpec {
+            name: "vol0-01".into(),
+            kind: PlexKind::Concat,
+            columns: vec![vec![SubdiskSpec {
+                bdev: "m0".into(),
+                offset_bytes: 0,
+                len_bytes: size,
+            }]],
+            state: PlexState::Active,
+        }],
+        read_policy: ReadPolicy::LeastBusy,
+        shared: false,
+    }
+}
+
+/// Issue 9: a committed volume resize reaches the LUN while sessions are logged
+/// in. Each session gets CAPACITY DATA HAS CHANGED (06h/2Ah/09h) once on its next
+/// command, then READ CAPACITY(16) answers the new size and the grown range reads;
+/// a shrink takes the removed blocks away. (Before the resize event the LUN kept
+/// the size it was built with: no unit attention, the old capacity, and a read
+/// past the old end refused as out of range.)
+#[test]
+fn a_resized_volume_reaches_logged_in_sessions_with_a_capacity_unit_attention() {
+    let f = Fixture::start("api-iscsi-resize");
+    let k = f.client();
+    volume(&k);
+    // m0's bytes from 4 MiB on (beyond vol0 now) carry their own pattern.
+    let far = pattern(77, MIB as usize);
+    assert_eq!(k.write("m0", 4 * MIB, &far).unwrap(), 0);
+    let portal = k.iscsi_add_portal("127.0.0.1:0").unwrap();
+    k.iscsi_add_target(&node(IQN, vec![lun(0, "vol0")]))
+        .unwrap();
+    let mut a = Ini::login(portal, INI_A, IQN, 1).expect("login a");
+    let mut b = Ini::login(portal, INI_B, IQN, 2).expect("login b");
+    let old_last = 4 * MIB / BS as u64 - 1;
+    assert_eq!(a.read_capacity16(0), (0, old_last, (0, 0, 0)));
+    let grown_lba = (4 * MIB / BS as u64) as u32;
+    assert_eq!(
+        a.read10(0, grown_lba, 8).0,
+        2,
+        "past the end before the grow"
+    );
+
+    // Grow to 8 MiB through the kernel interface.
+    k.prepare("vol0", &vol0_spec(8 * MIB), Duration::from_secs(5))
+        .unwrap();
+    k.commit("vol0").unwrap();
+    let new_last = 8 * MIB / BS as u64 - 1;
+    for (who, ini) in [("a", &mut a), ("b", &mut b)] {
+        assert_eq!(
+            ini.read_capacity16(0),
+            (2, 0, (0x06, 0x2a, 0x09)),
+            "session {who}: CAPACITY DATA HAS CHANGED"
+        );
+        assert_eq!(
+            ini.read_capacity16(0),
+            (0, new_last, (0, 0, 0)),
+            "session {who}: the unit attention is reported once, then the new size"
+        );
+    }
+    let (status, got) = a.read10(0, grown_lba, 8);
+    assert_eq!(status, 0, "a read in the grown range");
+    assert_eq!(got, far[..8 * BS]);
+    // A new session hears of the power on, not of the resize, and sees the size.
+    let mut c = Ini::login(portal, INI_A, IQN, 3).expect("login c");
+    assert_eq!(c.read_capacity16(0), (0, new_last, (0, 0, 0)));
+
+    // Shrink to 2 MiB: the removed blocks go away for every session.
+    k.prepare("vol0", &vol0_spec(2 * MIB), Duration::from_secs(5))
+        .unwrap();
+    k.commit("vol0").unwrap();
+    let small_last = 2 * MIB / BS as u64 - 1;
+    for (who, ini) in [("a", &mut a), ("b", &mut b), ("c", &mut c)] {
+        assert_eq!(
+            ini.read_capacity16(0).2,
+            (0x06, 0x2a, 0x09),
+            "session {who}: shrink unit attention"
+        );
+        assert_eq!(ini.read_capacity16(0), (0, small_last, (0, 0, 0)));
+        assert_eq!(
+            ini.read10(0, (small_last + 1) as u32, 1).0,
+            2,
+            "session {who}: a read past the new end fails"
+        );
+    }
 }

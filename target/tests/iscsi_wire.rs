@@ -1481,3 +1481,134 @@ fn a_shared_volumes_pr_out_goes_to_the_cluster_and_its_committed_state_is_served
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+/// Reads of this size fill the connection's socket (128 KiB each).
+const FILL_READ_BLOCKS: u16 = 256;
+/// Most reads sent to fill it (32 MiB: far more than a loopback socket pair
+/// holds; the target's send buffer autotunes up to 4 MB).
+const MAX_FILL_READS: u32 = 256;
+
+/// Found by review: while a Logout response waits behind output the socket does
+/// not take, bytes from the initiator must not make the reactor spin (the read
+/// poll re-armed although nothing will be read until the connection closes). The
+/// observable: every reactor still goes to sleep (`ReactorStats::sleeps`) while
+/// the connection waits; a spinning reactor always has a completion to handle
+/// and never sleeps, so before the fix the wait below runs into its deadline.
+#[test]
+fn bytes_after_a_logout_stuck_in_a_full_socket_do_not_spin_the_reactor() {
+    let t = start_target(8 << 20);
+    let fe = IscsiFrontend::start(&t, &config(None, None)).unwrap();
+    let port = fe.portal().port();
+    let mut ini = Ini::connect(port);
+    assert_eq!(ini.login(false), 0);
+    // Reads the initiator does not take, one at a time (each answered before the
+    // next, so the queued output stays far below the 4 MiB above which the
+    // target stops reading requests), until one is not answered at once (it
+    // waits for a buffer: the socket takes nothing) or the target says it is
+    // blocked on send. Then the Data-In waits in the output queue.
+    let len = u32::from(FILL_READ_BLOCKS) * BS as u32;
+    let session = |what: &str| {
+        let s = fe.sessions();
+        assert_eq!(s.len(), 1, "{what}: the session stays");
+        s.into_iter().next().unwrap()
+    };
+    for i in 0..MAX_FILL_READS {
+        let itt = ini.itt;
+        ini.itt += 1;
+        let mut b = Bhs::new(op::SCSI_CMD, 0x80 | 0x40 | 0x01);
+        let mut cdb = [0u8; 10];
+        cdb[0] = 0x28;
+        cdb[2..6].copy_from_slice(&(i * u32::from(FILL_READ_BLOCKS) % 8192).to_be_bytes());
+        cdb[7..9].copy_from_slice(&FILL_READ_BLOCKS.to_be_bytes());
+        b.u32_at(16, itt).u32_at(20, len).u32_at(24, ini.cmdsn);
+        b.0[32..42].copy_from_slice(&cdb);
+        ini.cmdsn += 1;
+        ini.send(&b, &[]);
+        let want = u64::from(i + 1) * u64::from(len);
+        let deadline = std::time::Instant::now() + IO_TIMEOUT;
+        let s = loop {
+            let s = session("filling");
+            if s.read_bytes >= want || s.cmds_waiting_buf > 0 || s.send_blocked_ms > 0 {
+                break s;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "read {i} not answered within {IO_TIMEOUT:?}: {s:?}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        if s.cmds_waiting_buf > 0 || s.send_blocked_ms > 0 {
+            break;
+        }
+    }
+    // The counter is published when a request arrives: TEST UNIT READY (48
+    // bytes of answer each) until it shows the connection blocked on send.
+    let mut blocked = false;
+    for _ in 0..MAX_FILL_READS {
+        if session("blocked").send_blocked_ms > 0 {
+            blocked = true;
+            break;
+        }
+        let mut b = Bhs::new(op::SCSI_CMD, 0x80 | 0x01);
+        b.u32_at(16, ini.itt).u32_at(24, ini.cmdsn);
+        ini.itt += 1;
+        ini.cmdsn += 1;
+        ini.send(&b, &[]);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(blocked, "{MAX_FILL_READS} reads did not fill the socket");
+    // Logout: its response queues behind the Data-In. Once the reactor has gone
+    // to sleep twice since (it sleeps only with nothing to do, so it has read
+    // and answered the Logout), more bytes come (a NOP-Out) that the target will
+    // never read: they find the read poll armed only before the fix.
+    let stats = t.reactors().stats().to_vec();
+    let sleeps = |s: &[Arc<plexd_target::reactor::ReactorStats>]| -> Vec<u64> {
+        s.iter()
+            .map(|r| r.sleeps.load(std::sync::atomic::Ordering::Relaxed))
+            .collect()
+    };
+    let slept_twice = |start: &[u64], what: &str| {
+        let deadline = std::time::Instant::now() + IO_TIMEOUT;
+        loop {
+            assert_eq!(
+                fe.sessions().len(),
+                1,
+                "{what}: the session waits for its output (the socket must be full for this test)"
+            );
+            let now = sleeps(&stats);
+            if now.iter().zip(start).all(|(n, s)| *n >= s + 2) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: a reactor did not sleep within {IO_TIMEOUT:?} (sleeps {start:?} -> {now:?}): it spins"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let mut b = Bhs::new(op::LOGOUT_REQ, 0x80);
+    b.byte(0, 0x40 | op::LOGOUT_REQ)
+        .u32_at(16, ini.itt)
+        .u32_at(24, ini.cmdsn);
+    ini.send(&b, &[]);
+    slept_twice(&sleeps(&stats), "after the Logout");
+    let mut nop = Bhs::new(op::NOP_OUT, 0x80);
+    nop.byte(0, 0x40 | op::NOP_OUT)
+        .u32_at(16, RESERVED_TAG)
+        .u32_at(20, RESERVED_TAG)
+        .u32_at(24, ini.cmdsn);
+    ini.send(&nop, &[]);
+    // Every reactor sleeps twice more while the connection waits (an idle
+    // reactor sleeps at most MAX_SLEEP, 500 ms, at a time).
+    slept_twice(&sleeps(&stats), "after more bytes");
+    // The initiator reads: the output drains and the target closes the
+    // connection (with the NOP-Out unread in its socket that close is a reset,
+    // which may drop what the kernel still held for the initiator, so the test
+    // does not insist on seeing the Logout response).
+    while ini.recv().is_ok() {}
+    let deadline = std::time::Instant::now() + IO_TIMEOUT;
+    while !fe.sessions().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the session ends");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -595,6 +595,107 @@ fn a_fenced_shared_volume_fails_io_with_the_ana_inaccessible_path_error() {
     assert!(r.data == a);
 }
 
+/// Issue 9: a committed resize of the volume behind a namespace reaches the
+/// host: an outstanding AER completes with the namespace attribute changed notice
+/// (dword 0 0004_0002h: notice, info 00h, log page 04h), the Changed Namespace
+/// List names the namespace, Identify Namespace's NSZE/NCAP/NUSE give the new
+/// size and the grown range reads; a shrink does the same the other way. (Before
+/// the resize event, Identify kept the created size and no AER completed.)
+#[test]
+fn a_resized_volume_changes_nsze_and_completes_an_aer_with_the_namespace_notice() {
+    use plexd_target::volume::{PlexKind, PlexSpec, PlexState, SubdiskSpec, VolumeSpec};
+    let spec = |size: u64| VolumeSpec {
+        name: "rv".into(),
+        size_bytes: size,
+        plexes: vec![PlexSpec {
+            name: "rv-01".into(),
+            kind: PlexKind::Concat,
+            columns: vec![vec![SubdiskSpec {
+                bdev: "m0".into(),
+                offset_bytes: 0,
+                len_bytes: size,
+            }]],
+            state: PlexState::Active,
+        }],
+        read_policy: Default::default(),
+        shared: false,
+    };
+    let t = start_target(16 << 20);
+    t.create_volume(&spec(8 << 20)).unwrap();
+    let mut cfg = config();
+    cfg.subsystems[0].namespaces[0].bdev = "rv".into();
+    let fe = NvmfFrontend::start(&t, &cfg).unwrap();
+    let port = fe.listeners()[0].port();
+    let (mut a, cntlid) = admin_queue(port, Digests::default(), 5000);
+    let mut q = io_queue(port, Digests::default(), 1, cntlid);
+    // Enable namespace attribute notices (AEC bit 8).
+    assert_eq!(a.admin(0x09, 0, 0x0B, 1 << 8, 0).sc(), 0);
+    let nsze = |a: &mut Host| {
+        let id = a.admin(0x06, 1, 0, 0, 4096);
+        assert_eq!(id.sc(), 0, "Identify Namespace");
+        let f = |o: usize| u64::from_le_bytes(id.data[o..o + 8].try_into().unwrap());
+        assert_eq!((f(8), f(16)), (f(0), f(0)), "NCAP and NUSE follow NSZE");
+        f(0)
+    };
+    let post_aer = |a: &mut Host| {
+        let cid = a.next_cid();
+        let mut sqe = [0u8; 64];
+        sqe[0] = 0x0C;
+        sqe[2..4].copy_from_slice(&cid.to_le_bytes());
+        a.send(ty::CAPSULE_CMD, 0, &sqe, &[]);
+        cid
+    };
+    let changed_list = |a: &mut Host| {
+        let l = a.admin(0x02, 0, 0x04 | ((4096 / 4 - 1) << 16), 0, 4096);
+        assert_eq!(l.sc(), 0, "Changed Namespace List");
+        (pdu::le32(&l.data, 0), pdu::le32(&l.data, 4))
+    };
+    let resize = |size: u64| {
+        t.prepare("rv", &spec(size), Duration::from_secs(5))
+            .unwrap();
+        t.commit("rv").unwrap();
+    };
+    let blocks = |size: u64| size / BS as u64;
+    assert_eq!(nsze(&mut a), blocks(8 << 20));
+    let old_end = blocks(8 << 20);
+    assert_ne!(q.rw(0x02, old_end, 8, &[], false).sc(), 0, "past the end");
+    // m0 beyond the volume's old end holds a pattern the grown range must show.
+    let far = pattern(41, 4096);
+    let m0 = t.bdev("m0").unwrap();
+    run_ios(
+        &t.reactors().handles()[0],
+        &m0,
+        vec![IoReq::write(8 << 20, far.clone())],
+        IO_TIMEOUT,
+    )
+    .unwrap();
+
+    for (size, what) in [(16u64 << 20, "grow"), (4 << 20, "shrink")] {
+        let cid = post_aer(&mut a);
+        resize(size);
+        let p = a.recv().unwrap();
+        assert_eq!(p.ty, ty::CAPSULE_RESP, "{what}");
+        assert_eq!(pdu::le16(&p.hdr[8..], 12), cid, "{what}: the AER completes");
+        assert_eq!(
+            pdu::le32(&p.hdr[8..], 0),
+            0x0004_0002,
+            "{what}: namespace attribute changed notice"
+        );
+        assert_eq!(changed_list(&mut a), (1, 0), "{what}: namespace 1 changed");
+        assert_eq!(nsze(&mut a), blocks(size), "{what}: NSZE");
+    }
+    // The grow was seen by the read path too; after the shrink the range is gone.
+    assert_ne!(
+        q.rw(0x02, old_end, 8, &[], false).sc(),
+        0,
+        "past the new end"
+    );
+    resize(16 << 20);
+    let r = q.rw(0x02, old_end, 8, &[], false);
+    assert_eq!(r.sc(), 0, "a read in the grown range");
+    assert!(r.data == far);
+}
+
 /// Pause between the pieces of a PDU sent in parts: only pacing, so the pieces
 /// leave as separate segments; no assertion depends on it.
 const PIECE_PAUSE: Duration = Duration::from_millis(20);

@@ -133,6 +133,9 @@ pub const MISCOMPARE: Sense = Sense::new(key::MISCOMPARE, 0x1d, 0x00);
 pub const PORT_UNAVAILABLE: Sense = Sense::new(key::NOT_READY, 0x04, 0x0c);
 /// UNIT ATTENTION / POWER ON, RESET, OR BUS DEVICE RESET OCCURRED.
 pub const RESET_OCCURRED: Sense = Sense::new(key::UNIT_ATTENTION, 0x29, 0x00);
+/// UNIT ATTENTION / CAPACITY DATA HAS CHANGED: the LUN was resized (SBC-4; hosts
+/// re-read the capacity).
+pub const CAPACITY_CHANGED: Sense = Sense::new(key::UNIT_ATTENTION, 0x2a, 0x09);
 
 #[cfg(test)]
 mod tests {

@@ -19,6 +19,7 @@
 
 pub use plexd_target_api::bdev::{BdevInfo, IoKind};
 pub mod error;
+pub mod events;
 pub mod malloc;
 pub mod null;
 pub mod uring;
@@ -27,6 +28,8 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
+
+pub use events::{BdevDesc, BdevEvent, BdevEventFn, MAX_BDEV_DESCS};
 
 use crate::buf::IoBuf;
 use crate::reactor::{Deferred, Reactor};

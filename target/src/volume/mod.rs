@@ -37,6 +37,7 @@ pub use spec::{PlexKind, PlexSpec, PlexState, ReadPolicy, SubdiskSpec, VolumeSpe
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
@@ -68,6 +69,10 @@ pub(crate) struct VolumeShared {
     pub(crate) name: String,
     id: u64,
     state: Mutex<CtlState>,
+    /// The committed layout's size: what the volume bdev answers (every holder
+    /// of the bdev sees a committed resize at once; users hear of it through
+    /// [`crate::bdev::BdevEvent::Resize`]).
+    size_bytes: AtomicU64,
     /// Reports a plex write error (called on a reactor, never blocks); false when
     /// nobody will detach the plex (the detach queue is full), so the write that
     /// failed must not be held.
@@ -84,7 +89,6 @@ impl VolumeShared {
 struct VolumeBdev {
     shared: Arc<VolumeShared>,
     block_size: u32,
-    size_bytes: u64,
 }
 
 /// Reactor-local index of volume channels, for broadcasts.
@@ -101,14 +105,14 @@ impl Bdev for VolumeBdev {
         self.block_size
     }
     fn size_bytes(&self) -> u64 {
-        self.size_bytes
+        self.shared.size_bytes.load(Ordering::Acquire)
     }
     fn info(&self) -> BdevInfo {
         BdevInfo {
             name: self.shared.name.clone(),
             kind: "volume".into(),
             block_size: self.block_size,
-            size_bytes: self.size_bytes,
+            size_bytes: self.size_bytes(),
             detail: format!("{} plex(es)", self.shared.ctl().current.plexes.len()),
         }
     }
@@ -340,6 +344,7 @@ impl Volumes {
                 quiesced: false,
                 epoch: 0,
             }),
+            size_bytes: AtomicU64::new(spec.size_bytes),
             notify: Box::new(move |ev| match weak.upgrade() {
                 Some(t) => t.volumes.on_event(&t, ev),
                 None => false,
@@ -348,7 +353,6 @@ impl Volumes {
         let bdev = Arc::new(VolumeBdev {
             shared: Arc::clone(&shared),
             block_size: layout.block_size,
-            size_bytes: spec.size_bytes,
         });
         t.add_bdev(bdev)?;
         vols.insert(spec.name.clone(), shared);
@@ -552,17 +556,20 @@ impl Volumes {
         };
         let l = Arc::clone(&layout);
         self.on_channels(t, &shared, move |c| c.open_gate(Some(Arc::clone(&l))))?;
-        if let Ok(b) = t.bdev(name) {
-            if b.size_bytes() != layout.spec.size_bytes {
-                // The volume bdev's size follows the committed layout.
-                t.replace_bdev_entry(Arc::new(VolumeBdev {
-                    shared: Arc::clone(&shared),
-                    block_size: layout.block_size,
-                    size_bytes: layout.spec.size_bytes,
-                }));
-            }
-        }
+        // The volume bdev's size follows the committed layout; its users (LUNs,
+        // namespaces) hear of a change through their descriptors.
+        let new_size = layout.spec.size_bytes;
+        let old_size = shared.size_bytes.swap(new_size, Ordering::AcqRel);
         log::info!("volume {name}: layout committed");
+        if old_size != new_size {
+            log::info!("volume {name}: resized from {old_size} to {new_size} bytes");
+            t.announce_bdev_event(
+                name,
+                crate::bdev::BdevEvent::Resize {
+                    size_bytes: new_size,
+                },
+            );
+        }
         Ok(())
     }
 

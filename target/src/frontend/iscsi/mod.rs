@@ -37,6 +37,7 @@ use std::time::Duration;
 pub use config::{ChapConfig, IscsiConfig, LunConfig, TargetNodeConfig};
 
 use super::scsi::alua;
+use super::scsi::lun::Capacity;
 use super::scsi::pr::PrState;
 use super::scsi::{Identity, LunInfo, LunRt};
 use crate::target::{Target, TargetError};
@@ -403,17 +404,20 @@ impl IscsiFrontend {
         let info = LunInfo {
             lun: l.lun,
             block_size: bdev.block_size(),
-            num_blocks: bdev.size_bytes() / bdev.block_size() as u64,
+            capacity: Capacity::new(bdev.size_bytes() / bdev.block_size() as u64),
             read_only: l.read_only,
             ident: Identity::from_device_id(&device_id),
             write_cache: bdev.volatile_write_cache(),
             alua,
         };
-        if l.cluster_reservations {
+        let lun = if l.cluster_reservations {
             let broker = Arc::clone(self.target.pr_broker());
-            return Ok(Arc::new(LunRt::new_cluster(info, bdev, broker)));
-        }
-        Ok(Arc::new(LunRt::new(info, bdev, pr, pr_path)))
+            Arc::new(LunRt::new_cluster(info, bdev, broker))
+        } else {
+            Arc::new(LunRt::new(info, bdev, pr, pr_path))
+        };
+        LunRt::open_events(&lun, &self.target)?;
+        Ok(lun)
     }
 
     /// Gives every LUN of bdev `volume` whose reservations the cluster keeps the

@@ -183,6 +183,7 @@ mod tests {
             bdev: MallocBdev::new("m", 1 << 20, 512).unwrap(),
             ident: NsIdent::derive("m"),
             resv: crate::frontend::nvmf::resv::NsResv::local(Default::default(), None),
+            desc: None,
         }
     }
 

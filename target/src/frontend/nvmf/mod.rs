@@ -41,6 +41,7 @@ use std::time::Instant;
 pub use config::{NamespaceConfig, NvmfConfig, SubsystemConfig};
 pub use subsys::{AnaState, DISCOVERY_NQN};
 
+use crate::bdev::BdevEvent;
 use crate::target::{Target, TargetError};
 use subsys::{CntlidAlloc, Ctrl, Namespace, NsIdent, Subsystem};
 
@@ -149,6 +150,36 @@ impl Shared {
     }
     fn ctrl_list(&self) -> Vec<Arc<Ctrl>> {
         lock(&self.ctrls).values().cloned().collect()
+    }
+}
+
+/// Tells the controllers of subsystem `nqn` that namespace `nsid` changed (added,
+/// removed, resized): it joins their Changed Namespace List and a namespace
+/// attribute changed event goes out (AER).
+fn ns_changed(target: &Target, shared: &Shared, nqn: &str, nsid: u32) {
+    for c in shared.ctrl_list() {
+        if c.subnqn == nqn {
+            c.ns_changed(nsid);
+            if c.push_aen(admin::AEN_NS_CHANGED, admin::AEC_NS_ATTR) {
+                kick(target, shared, &c);
+            }
+        }
+    }
+}
+
+/// Asks a controller's admin queue to deliver its pending events.
+fn kick(target: &Target, shared: &Shared, c: &Ctrl) {
+    let fid = shared.id;
+    let at = c.admin;
+    let h = &target.reactors().handles()[at.reactor];
+    let msg: crate::reactor::Msg = Box::new(move |r| qpair::deliver_aens(r, fid, at.conn));
+    if let Err((full, _)) = h.try_send(msg) {
+        // The event stays pending: the next AER the host sends takes it.
+        log::warn!(
+            "nvmf: controller {} of {}: event not delivered now ({full}); it waits for the next AER",
+            c.cntlid,
+            c.subnqn
+        );
     }
 }
 
@@ -273,11 +304,39 @@ impl NvmfFrontend {
             };
             resv::NsResv::local(state, path)
         };
+        // The namespace's descriptor on its bdev: a resize (Identify Namespace
+        // reads the size from the bdev) becomes a namespace attribute changed
+        // event for the subsystem's controllers, with the Changed Namespace List.
+        let (t, sh) = (Arc::downgrade(&self.target), Arc::downgrade(&self.shared));
+        let (subnqn, nsid) = (nqn.to_string(), n.nsid);
+        let desc = self.target.open_bdev(
+            &n.bdev,
+            Box::new(move |name, ev| {
+                let (Some(t), Some(sh)) = (t.upgrade(), sh.upgrade()) else {
+                    return;
+                };
+                match ev {
+                    BdevEvent::Resize { size_bytes } => {
+                        log::info!(
+                            "nvmf: {}: bdev {name} resized to {size_bytes} bytes; \
+                             namespace attribute changed event to its controllers",
+                            ns_obj(&subnqn, nsid)
+                        );
+                        ns_changed(&t, &sh, &subnqn, nsid);
+                    }
+                    BdevEvent::Remove => log::warn!(
+                        "nvmf: {}: its bdev {name} was removed; I/O to it fails",
+                        ns_obj(&subnqn, nsid)
+                    ),
+                }
+            }),
+        )?;
         Ok(Arc::new(Namespace {
             conf: n.clone(),
             ident: NsIdent::derive(&identity),
             bdev,
             resv,
+            desc: Some(desc),
         }))
     }
 
@@ -526,30 +585,12 @@ impl NvmfFrontend {
     }
 
     fn ns_changed(&self, nqn: &str, nsid: u32) {
-        for c in self.shared.ctrl_list() {
-            if c.subnqn == nqn {
-                c.ns_changed(nsid);
-                if c.push_aen(admin::AEN_NS_CHANGED, admin::AEC_NS_ATTR) {
-                    self.kick(&c);
-                }
-            }
-        }
+        ns_changed(&self.target, &self.shared, nqn, nsid);
     }
 
     /// Asks a controller's admin queue to deliver its pending events.
     fn kick(&self, c: &Ctrl) {
-        let fid = self.shared.id;
-        let at = c.admin;
-        let h = &self.target.reactors().handles()[at.reactor];
-        let msg: crate::reactor::Msg = Box::new(move |r| qpair::deliver_aens(r, fid, at.conn));
-        if let Err((full, _)) = h.try_send(msg) {
-            // The event stays pending: the next AER the host sends takes it.
-            log::warn!(
-                "nvmf: controller {} of {}: event not delivered now ({full}); it waits for the next AER",
-                c.cntlid,
-                c.subnqn
-            );
-        }
+        kick(&self.target, &self.shared, c);
     }
 
     /// Sets the ANA state of this node's group; hosts get an ANA change event.

@@ -29,6 +29,15 @@ impl Status {
     pub const SGL_LENGTH: Status = Status::dnr(0, 0x0F);
     /// SGL descriptor type invalid.
     pub const SGL_TYPE: Status = Status::dnr(0, 0x11);
+    /// Command interrupted (NVMe 1.4+ generic status 21h, DNR clear): the
+    /// controller could not complete the command now and the host should retry
+    /// it. The answer when a bounded queue of the data plane was full
+    /// ([`crate::bdev::RETRY_ERRNO`]): exactly its meaning, not a path error (SCT
+    /// 3h would make a multipath host fail over, when the queue is this node's
+    /// and a retry on the same path is what helps), and not Namespace Not Ready
+    /// (82h), which says the namespace itself is unavailable (formatting,
+    /// sanitizing). Linux retries a status without DNR on the same path.
+    pub const COMMAND_INTERRUPTED: Status = Status(0x21);
     /// Transient transport error (a data digest error, for one).
     pub const TRANSIENT_TRANSPORT: Status = Status(0x22);
     /// LBA out of range.

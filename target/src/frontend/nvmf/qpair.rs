@@ -46,7 +46,7 @@ use super::{
     Shared, IN_CAPSULE_DATA_BYTES, MAX_ADMIN_DATA_BYTES, MAX_C2H_DATA_BYTES, MAX_H2C_DATA_BYTES,
     MAX_IO_QUEUES, MAX_QUEUE_ENTRIES, MAX_TRANSFER_BYTES,
 };
-use crate::bdev::{BdevChannel, BdevIo, IoCallback, IoDone, IoKind, IoStatus};
+use crate::bdev::{BdevChannel, BdevIo, IoCallback, IoDone, IoKind, IoStatus, RETRY_ERRNO};
 use crate::buf::{BufPool, BufWaiter, IoBuf, PoolBuf};
 use crate::frontend::scsi::pr::Nexus;
 use crate::frontend::scsi::pr_cluster::{
@@ -1533,6 +1533,19 @@ impl Conn {
     }
 }
 
+/// The status of a command whose bdev I/O failed with `errno`, when the errno
+/// means more than a medium error: the data-plane lease ran out (logged once by
+/// the target) is a path error the host fails over on; a full bounded queue of
+/// the data plane ([`RETRY_ERRNO`]) is Command Interrupted, DNR clear, which the
+/// host retries. None: a medium error (read error or write fault, logged).
+fn io_errno_status(errno: i32) -> Option<Status> {
+    match errno {
+        FENCED_ERRNO => Some(Status::ANA_INACCESSIBLE),
+        RETRY_ERRNO => Some(Status::COMMAND_INTERRUPTED),
+        _ => None,
+    }
+}
+
 transport::impl_wire!(Conn);
 
 impl IoDone for Conn {
@@ -1550,10 +1563,8 @@ impl IoDone for Conn {
             c.inflight = c.inflight.saturating_sub(1);
             if let IoStatus::Failed(errno) = status {
                 if c.status.ok() {
-                    c.status = if errno == FENCED_ERRNO {
-                        // The data-plane lease ran out (logged once by the
-                        // target): a path error the host fails over on.
-                        Status::ANA_INACCESSIBLE
+                    c.status = if let Some(s) = io_errno_status(errno) {
+                        s
                     } else {
                         log::warn!(
                             "nvmf: namespace {}: command {:#04x} failed with errno {errno}",
@@ -1664,5 +1675,22 @@ impl BufWaiter for Conn {
             self.after(&mut st);
         }
         self.mark_dirty();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_data_plane_queue_is_a_retryable_status_and_a_fence_a_path_error() {
+        let busy = io_errno_status(RETRY_ERRNO).unwrap();
+        assert_eq!(busy, Status::COMMAND_INTERRUPTED);
+        assert_eq!(busy.0 & 0x4000, 0, "DNR clear: the host retries");
+        assert_eq!(busy.0 & 0x700, 0, "generic status, not a path error");
+        assert!(!busy.ok());
+        let fenced = io_errno_status(FENCED_ERRNO).unwrap();
+        assert_eq!(fenced.0 & 0x700, 0x300, "a path error");
+        assert_eq!(io_errno_status(libc::EIO), None, "a medium error");
     }
 }

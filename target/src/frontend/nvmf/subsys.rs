@@ -56,6 +56,9 @@ pub struct Namespace {
     pub ident: NsIdent,
     /// Its reservations (the cluster's for a shared volume).
     pub resv: super::resv::NsResv,
+    /// Its descriptor on the bdev (resize events; None in unit tests), closed
+    /// when the namespace goes.
+    pub desc: Option<crate::bdev::BdevDesc>,
 }
 
 impl Namespace {

@@ -3,13 +3,14 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use super::alua::Alua;
 use super::cdb::MAX_TRANSFER_BYTES;
 use super::pr::{Nexus, PrState};
 use super::pr_cluster::PrBroker;
-use crate::bdev::Bdev;
+use crate::bdev::{Bdev, BdevDesc, BdevEvent};
+use crate::target::{Target, TargetError};
 
 /// Device identifiers derived from a LUN's `device_id` (by default the volume name
 /// or uuid): the same string gives the same ids on every node and after restarts.
@@ -47,6 +48,48 @@ impl Identity {
     }
 }
 
+/// A LUN's capacity in blocks and the count of its changes (the epoch a nexus
+/// compares to report CAPACITY DATA HAS CHANGED once). Clones share it: a resize
+/// reaches every copy of the LUN's view at once, lock-free.
+#[derive(Clone, Debug, Default)]
+pub struct Capacity(Arc<CapacityInner>);
+
+#[derive(Debug, Default)]
+struct CapacityInner {
+    blocks: AtomicU64,
+    epoch: AtomicU64,
+}
+
+impl Capacity {
+    /// A capacity of `blocks` blocks, never changed yet (epoch 0).
+    pub fn new(blocks: u64) -> Capacity {
+        let c = Capacity::default();
+        c.0.blocks.store(blocks, Ordering::Relaxed);
+        c
+    }
+
+    /// The capacity in blocks now.
+    #[inline]
+    pub fn blocks(&self) -> u64 {
+        self.0.blocks.load(Ordering::Acquire)
+    }
+
+    /// How many times the capacity changed.
+    #[inline]
+    pub fn epoch(&self) -> u64 {
+        self.0.epoch.load(Ordering::Acquire)
+    }
+
+    /// Sets the capacity; true (and a new epoch) when it changed.
+    pub fn set(&self, blocks: u64) -> bool {
+        if self.0.blocks.swap(blocks, Ordering::AcqRel) == blocks {
+            return false;
+        }
+        self.0.epoch.fetch_add(1, Ordering::AcqRel);
+        true
+    }
+}
+
 /// What the SCSI layer knows about a LUN.
 #[derive(Clone, Debug)]
 pub struct LunInfo {
@@ -54,8 +97,9 @@ pub struct LunInfo {
     pub lun: u64,
     /// Logical block size.
     pub block_size: u32,
-    /// Capacity in blocks.
-    pub num_blocks: u64,
+    /// Capacity in blocks, shared by every copy of this view and changed at run
+    /// time when the bdev is resized ([`LunRt::resized`]).
+    pub capacity: Capacity,
     /// Writes are refused.
     pub read_only: bool,
     /// Device identifiers.
@@ -109,6 +153,9 @@ pub struct LunRt {
     /// This target's relative port in `alua` (the I_T nexus of reservations), read
     /// without the lock by the reservation checks of the I/O path.
     port: AtomicU16,
+    /// The LUN's open descriptor on its bdev (resize and remove events), set once
+    /// by [`LunRt::open_events`]; dropped with the LUN.
+    desc: OnceLock<BdevDesc>,
 }
 
 impl LunRt {
@@ -126,7 +173,32 @@ impl LunRt {
             bdev,
             swp: AtomicBool::new(false),
             ua_epoch: AtomicU64::new(0),
+            desc: OnceLock::new(),
         }
+    }
+
+    /// Opens `lun`'s bdev on `target` with an event callback: a resize changes
+    /// the LUN's capacity and queues CAPACITY DATA HAS CHANGED for every nexus
+    /// ([`LunRt::resized`]). Catches up with a resize since the LUN was built.
+    pub fn open_events(lun: &Arc<LunRt>, target: &Target) -> Result<(), TargetError> {
+        let w = Arc::downgrade(lun);
+        let desc = target.open_bdev(
+            lun.bdev.name(),
+            Box::new(move |name, ev| {
+                let Some(l) = w.upgrade() else { return };
+                match ev {
+                    BdevEvent::Resize { size_bytes } => l.resized(size_bytes),
+                    BdevEvent::Remove => log::warn!(
+                        "scsi: lun {}: its bdev {name} was removed; I/O to it fails",
+                        l.info.lun
+                    ),
+                }
+            }),
+        )?;
+        // Only the builder calls this, once; a second descriptor would just drop.
+        let _ = lun.desc.set(desc);
+        lun.resized(lun.bdev.size_bytes());
+        Ok(())
     }
 
     /// A LUN of a shared volume whose reservations the cluster keeps: it starts with
@@ -219,6 +291,27 @@ impl LunRt {
     /// Sets software write protect (MODE SELECT).
     pub fn set_swp(&self, on: bool) {
         self.swp.store(on, Ordering::Relaxed)
+    }
+
+    /// The bdev was resized to `size_bytes`: the LUN takes the new capacity and
+    /// every I_T nexus gets CAPACITY DATA HAS CHANGED on its next command (SPC-4
+    /// 6.x unit attention 2Ah/09h, once per nexus). A size that is not a whole
+    /// number of blocks is rounded down.
+    pub fn resized(&self, size_bytes: u64) {
+        let blocks = size_bytes / u64::from(self.info.block_size.max(1));
+        let old = self.info.capacity.blocks();
+        if self.info.capacity.set(blocks) {
+            log::info!(
+                "scsi: lun {} ({}): capacity {old} -> {blocks} blocks; unit attention for every nexus",
+                self.info.lun,
+                self.bdev.name()
+            );
+        }
+    }
+
+    /// The capacity epoch (a nexus that saw an older one has a unit attention).
+    pub fn capacity_epoch(&self) -> u64 {
+        self.info.capacity.epoch()
     }
 
     /// The reset epoch (a nexus that saw an older one has a unit attention).

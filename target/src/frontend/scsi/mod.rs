@@ -33,4 +33,4 @@ pub use plexd_target_api::scsi::{alua, bytes, pr, sense};
 
 pub use cdb::{NexusState, Op, Response};
 pub use lun::{Identity, LunInfo, LunRt};
-pub use task::{ScsiTask, Step};
+pub use task::{Failure, ScsiTask, Step};

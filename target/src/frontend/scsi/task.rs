@@ -20,7 +20,7 @@ use super::lun::LunRt;
 use super::pr::{Access, Nexus, PrError};
 use super::pr_cluster::{PrOutRequest, PrOutResult, PR_OUT_TRIES};
 use super::sense::{self, Sense};
-use crate::bdev::{IoKind, IoStatus};
+use crate::bdev::{IoKind, IoStatus, RETRY_ERRNO};
 use crate::buf::{IoBuf, PoolBuf};
 use crate::lease::FENCED_ERRNO;
 
@@ -40,14 +40,24 @@ pub fn decode_command(
     // consume the unit attention it cannot report.
     let desc_sense = cdb[0] == 0x03 && cdb[1] & 0x01 != 0;
     let ua = match lun {
-        Some(l) if !desc_sense => ns.take_unit_attention(l.ua_epoch(), cdb[0]),
-        _ => false,
+        Some(l) if !desc_sense => {
+            if ns.take_unit_attention(l.ua_epoch(), cdb[0]) {
+                // A new nexus's power on covers the capacity it has not read yet.
+                ns.cap_epoch.get_or_insert(l.capacity_epoch());
+                Some(sense::RESET_OCCURRED)
+            } else if ns.take_capacity_changed(l.capacity_epoch(), cdb[0]) {
+                Some(sense::CAPACITY_CHANGED)
+            } else {
+                None
+            }
+        }
+        _ => None,
     };
-    if ua {
+    if let Some(ua) = ua {
         return Op::Done(if cdb[0] == 0x03 {
-            cdb::request_sense(cdb, Some(sense::RESET_OCCURRED))
+            cdb::request_sense(cdb, Some(ua))
         } else {
-            Response::check(sense::RESET_OCCURRED)
+            Response::check(ua)
         });
     }
     // MODE SENSE reads the write cache fresh (a volume's follows its layout);
@@ -175,14 +185,52 @@ pub struct BlockIo {
     pub buf: IoBuf,
 }
 
+/// How a task failed, as the transport reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// CHECK CONDITION with this sense.
+    Check(Sense),
+    /// BUSY, no sense: a bounded queue of the data plane was full
+    /// ([`RETRY_ERRNO`]); the same command may succeed when retried. BUSY, not
+    /// TASK SET FULL: SAM-5 (5.3.1) reserves TASK SET FULL for a logical unit
+    /// that cannot enter one more command of the nexus into its task set (and
+    /// Linux answers it by lowering the device's queue depth); this command was
+    /// accepted and a queue behind it (shared by every nexus and LUN on the
+    /// volume, the reactor, the disk) was full, which is BUSY's "temporarily
+    /// unable to process" the command; Linux and other initiators retry BUSY
+    /// after a short delay without counting it against the command's retries
+    /// as a medium error would. The frontend's own command window still
+    /// answers TASK SET FULL.
+    Busy,
+}
+
+impl Failure {
+    /// The SCSI status.
+    pub fn status(self) -> u8 {
+        match self {
+            Failure::Check(_) => sense::CHECK_CONDITION,
+            Failure::Busy => sense::BUSY,
+        }
+    }
+
+    /// The sense data to send (CHECK CONDITION only).
+    pub fn sense(self) -> Option<Sense> {
+        match self {
+            Failure::Check(s) => Some(s),
+            Failure::Busy => None,
+        }
+    }
+}
+
 /// The execution of one SCSI command with block work on a LUN.
 pub struct ScsiTask {
     /// The LUN it runs on.
     pub lun: Arc<LunRt>,
     /// What it does.
     pub op: Op,
-    /// The first failure; the task ends with CHECK CONDITION and this sense.
-    pub err: Option<Sense>,
+    /// The first failure; the task ends with it (CHECK CONDITION and its sense,
+    /// or BUSY).
+    pub err: Option<Failure>,
     stage: Stage,
     /// Block I/O submitted and not completed.
     inflight: u32,
@@ -218,8 +266,9 @@ impl ScsiTask {
     }
 
     /// One of its block I/Os completed; true when none is left in flight. A
-    /// failure becomes its sense: a fenced volume (data-plane lease expired) a path
-    /// failure the host fails over, anything else a medium error.
+    /// failure becomes its outcome: a fenced volume (data-plane lease expired) a
+    /// path failure the host fails over, a full data-plane queue
+    /// ([`RETRY_ERRNO`]) BUSY, anything else a medium error.
     pub fn io_done(&mut self, status: IoStatus) -> bool {
         self.inflight = self.inflight.saturating_sub(1);
         if let IoStatus::Failed(errno) = status {
@@ -231,7 +280,16 @@ impl ScsiTask {
                     self.lun.bdev.name(),
                     self.op
                 );
-                self.err = Some(sense::PORT_UNAVAILABLE);
+                self.err = Some(Failure::Check(sense::PORT_UNAVAILABLE));
+            } else if self.err.is_none() && errno == RETRY_ERRNO {
+                // A bounded queue of the data plane was full (counted there).
+                log::debug!(
+                    "scsi: lun {} ({}): {:?} refused for now (a data-plane queue is full): BUSY",
+                    self.lun.info.lun,
+                    self.lun.bdev.name(),
+                    self.op
+                );
+                self.err = Some(Failure::Busy);
             } else if self.err.is_none() {
                 log::warn!(
                     "scsi: lun {} ({}): {:?} failed with errno {errno}",
@@ -239,10 +297,10 @@ impl ScsiTask {
                     self.lun.bdev.name(),
                     self.op
                 );
-                self.err = Some(match self.op {
+                self.err = Some(Failure::Check(match self.op {
                     Op::Read { .. } | Op::Verify { .. } => sense::READ_ERROR,
                     _ => sense::WRITE_ERROR,
-                });
+                }));
             }
         }
         self.inflight == 0
@@ -259,7 +317,7 @@ impl ScsiTask {
             PrOutResult::Stale => self.stage = Stage::Start,
             PrOutResult::Unavailable => {
                 if self.err.is_none() {
-                    self.err = Some(sense::STATE_TRANSITION);
+                    self.err = Some(Failure::Check(sense::STATE_TRANSITION));
                 }
             }
         }
@@ -354,7 +412,7 @@ impl ScsiTask {
         };
         match r {
             Ok(()) => {}
-            Err(PrError::Check(s)) => self.err = Some(s),
+            Err(PrError::Check(s)) => self.err = Some(Failure::Check(s)),
             Err(PrError::Conflict) => {
                 self.stage = Stage::Done;
                 return ControlFlow::Break(Step::Conflict);
@@ -419,7 +477,7 @@ impl ScsiTask {
         };
         match submit(&self.lun, io) {
             Ok(()) => self.inflight += 1,
-            Err(s) => self.err = Some(s),
+            Err(s) => self.err = Some(Failure::Check(s)),
         }
     }
 
@@ -520,7 +578,7 @@ impl ScsiTask {
                         })
                 };
                 if let Err(s) = res {
-                    self.err = Some(s);
+                    self.err = Some(Failure::Check(s));
                 }
                 Stage::Done
             }
@@ -542,7 +600,7 @@ impl ScsiTask {
                 let n = (blocks * self.lun.info.block_size) as usize;
                 let bytes = data.map(|b| b.bytes()).unwrap_or(&[]);
                 if let Err(s) = cdb::compare(&bytes[..n], &self.aux) {
-                    self.err = Some(s);
+                    self.err = Some(Failure::Check(s));
                     return Stage::Done;
                 }
                 let io = Self::pool_io(data, n, n);
@@ -632,7 +690,7 @@ impl ScsiTask {
                 Stage::Transfer
             }
             Err(s) => {
-                self.err = Some(s);
+                self.err = Some(Failure::Check(s));
                 Stage::Done
             }
         }
@@ -642,7 +700,7 @@ impl ScsiTask {
         match cdb::mode_select(bytes(data, len as usize), ten, &self.lun.info_now()) {
             Ok(Some(swp)) => self.lun.set_swp(swp),
             Ok(None) => {}
-            Err(s) => self.err = Some(s),
+            Err(s) => self.err = Some(Failure::Check(s)),
         }
         Stage::Done
     }
@@ -666,7 +724,7 @@ mod tests {
         let info = LunInfo {
             lun: 0,
             block_size: 512,
-            num_blocks: 2048,
+            capacity: crate::frontend::scsi::lun::Capacity::new(2048),
             read_only: false,
             ident: Identity::from_device_id("t0"),
             write_cache: false,
@@ -676,11 +734,33 @@ mod tests {
     }
 
     #[test]
+    fn a_full_data_plane_queue_is_busy_and_a_medium_error_is_a_check_condition() {
+        let read = || Op::Read { lba: 0, blocks: 1 };
+        let mut t = ScsiTask::new(lun(), read());
+        t.inflight = 1;
+        assert!(t.io_done(IoStatus::Failed(RETRY_ERRNO)));
+        assert_eq!(t.err, Some(Failure::Busy));
+        assert_eq!(
+            (Failure::Busy.status(), Failure::Busy.sense()),
+            (0x08, None)
+        );
+        let mut t = ScsiTask::new(lun(), read());
+        t.inflight = 1;
+        assert!(t.io_done(IoStatus::Failed(libc::EIO)));
+        assert_eq!(t.err, Some(Failure::Check(sense::READ_ERROR)));
+        assert_eq!(t.err.unwrap().status(), sense::CHECK_CONDITION);
+        let mut t = ScsiTask::new(lun(), read());
+        t.inflight = 1;
+        assert!(t.io_done(IoStatus::Failed(FENCED_ERRNO)));
+        assert_eq!(t.err, Some(Failure::Check(sense::PORT_UNAVAILABLE)));
+    }
+
+    #[test]
     fn a_submit_that_fails_with_nothing_in_flight_ends_the_task_with_its_sense() {
         let mut task = ScsiTask::new(lun(), Op::Flush);
         let mut refuse = |_: &LunRt, _: BlockIo| Err(sense::WRITE_ERROR);
         assert!(matches!(task.step(None, "i", &mut refuse), Step::Done));
         assert_eq!(task.inflight(), 0);
-        assert_eq!(task.err, Some(sense::WRITE_ERROR));
+        assert_eq!(task.err, Some(Failure::Check(sense::WRITE_ERROR)));
     }
 }

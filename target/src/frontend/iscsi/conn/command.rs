@@ -462,7 +462,10 @@ impl Conn {
         self.mark_dirty();
         let paused = {
             let st = self.st.borrow();
-            !st.closed && !st.polls.read && st.pending_out() <= WBUF_HIGH_BYTES
+            !st.closed
+                && !st.polls.read
+                && !st.close_after_flush
+                && st.pending_out() <= WBUF_HIGH_BYTES
         };
         if paused {
             self.resume();
@@ -482,7 +485,7 @@ impl Conn {
                 s.stats.errors.fetch_add(1, Ordering::Relaxed);
             }
             let resid = residual(0, t.edtl);
-            self.respond(st, t.itt, sense::CHECK_CONDITION, Some(e), resid);
+            self.respond(st, t.itt, e.status(), e.sense(), resid);
             return self.release(st, t);
         }
         match t.scsi.op {

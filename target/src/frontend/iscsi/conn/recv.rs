@@ -35,7 +35,11 @@ impl Conn {
                 },
             );
             if res.is_ok() {
-                if st.pending_out() <= WBUF_HIGH_BYTES {
+                // Not after a Logout (or a failed login): nothing more is read
+                // until the output drains and the connection closes, and a read
+                // poll would fire at once on the initiator's next bytes or its
+                // close, and again after every re-arm (a spinning reactor).
+                if !st.close_after_flush && st.pending_out() <= WBUF_HIGH_BYTES {
                     // Data may be left in the socket, or more comes: come back.
                     self.arm(&mut st, false);
                 }
@@ -112,9 +116,10 @@ impl Conn {
         st.emit(&b, bhs);
     }
 
-    /// Reading stalled and may resume ([`Wire::resume`]): not closed.
+    /// Reading stalled and may resume ([`Wire::resume`]): not closed, and not
+    /// closing after its output drains (nothing more is read then).
     pub(super) fn may_resume(&self) -> bool {
         let st = self.st.borrow();
-        !st.closed && !st.polls.read
+        !st.closed && !st.polls.read && !st.close_after_flush
     }
 }

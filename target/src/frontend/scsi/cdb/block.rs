@@ -143,10 +143,11 @@ pub(super) fn write_same(cdb: &[u8; 16], info: &LunInfo, swp: bool) -> Result<Op
     write_ok(info, swp)?;
     // WSNZ=0: zero blocks means up to the end of the medium.
     let blocks = if blocks == 0 {
-        if lba >= info.num_blocks {
+        let cap = info.capacity.blocks();
+        if lba >= cap {
             return Err(sense::LBA_OUT_OF_RANGE);
         }
-        u32::try_from(info.num_blocks - lba).unwrap_or(u32::MAX)
+        u32::try_from(cap - lba).unwrap_or(u32::MAX)
     } else {
         blocks
     };
@@ -186,7 +187,7 @@ pub(super) fn read_capacity_10(cdb: &[u8; 16], info: &LunInfo) -> Result<Op, Sen
     let bs = info.block_size;
     control_ok(cdb, 10)?;
     let mut b = vec![0u8; 8];
-    let last = info.num_blocks.saturating_sub(1);
+    let last = info.capacity.blocks().saturating_sub(1);
     put32(&mut b, 0, u32::try_from(last).unwrap_or(u32::MAX));
     put32(&mut b, 4, bs);
     Ok(Op::Done(Response::good(b)))
@@ -200,7 +201,7 @@ pub(super) fn service_action_in(cdb: &[u8; 16], info: &LunInfo) -> Result<Op, Se
     match cdb[1] & 0x1f {
         0x10 => {
             let mut b = vec![0u8; 32];
-            put64(&mut b, 0, info.num_blocks.saturating_sub(1));
+            put64(&mut b, 0, info.capacity.blocks().saturating_sub(1));
             put32(&mut b, 8, bs);
             // LBPME (thin provisioning: UNMAP supported) and LBPRZ (reads
             // after unmap return zeroes).
@@ -213,13 +214,14 @@ pub(super) fn service_action_in(cdb: &[u8; 16], info: &LunInfo) -> Result<Op, Se
         }
         0x12 => {
             let lba = be64(cdb, 2);
-            if lba >= info.num_blocks {
+            let cap = info.capacity.blocks();
+            if lba >= cap {
                 return Err(sense::LBA_OUT_OF_RANGE);
             }
             let mut b = vec![0u8; 24];
             put32(&mut b, 0, 20);
             put64(&mut b, 8, lba);
-            let n = (info.num_blocks - lba).min(u32::MAX as u64) as u32;
+            let n = (cap - lba).min(u32::MAX as u64) as u32;
             put32(&mut b, 16, n);
             b[20] = 0; // mapped
             Ok(Op::Done(Response::good(trunc(b, alloc))))

@@ -233,6 +233,10 @@ pub struct NexusState {
     /// attention). None until the first unit attention is reported: a new I_T
     /// nexus starts with POWER ON, RESET, OR BUS DEVICE RESET OCCURRED pending.
     pub ua_epoch: Option<u64>,
+    /// The LUN's capacity epoch this nexus last reported (a change is the unit
+    /// attention CAPACITY DATA HAS CHANGED). None until the nexus's first command
+    /// that could report it: a new nexus hears of the power on instead.
+    pub cap_epoch: Option<u64>,
 }
 
 impl NexusState {
@@ -250,6 +254,23 @@ impl NexusState {
         }
         self.ua_epoch = Some(lun_epoch);
         true
+    }
+
+    /// Whether command `opcode` gets CAPACITY DATA HAS CHANGED (06h/2Ah/09h)
+    /// instead of running, given the LUN's capacity epoch; true consumes it, so
+    /// each nexus hears of a resize once. Asked after
+    /// [`NexusState::take_unit_attention`] (the power on or reset is reported
+    /// first). A nexus that has not reported anything yet takes the current
+    /// epoch silently: it reads the capacity after its power-on unit attention.
+    /// INQUIRY and REPORT LUNS run and leave it pending; REQUEST SENSE consumes it.
+    pub fn take_capacity_changed(&mut self, cap_epoch: u64, opcode: u8) -> bool {
+        if matches!(opcode, 0x12 | 0xa0) {
+            return false;
+        }
+        match self.cap_epoch.replace(cap_epoch) {
+            None => false,
+            Some(seen) => seen != cap_epoch,
+        }
     }
 }
 
@@ -290,11 +311,13 @@ fn control_ok(cdb: &[u8], len: usize) -> Result<(), Sense> {
 
 fn range_ok(info: &LunInfo, lba: u64, blocks: u64) -> Result<(), Sense> {
     // A zero-length transfer may name the block just past the end, no further.
-    if lba > info.num_blocks || (blocks > 0 && lba >= info.num_blocks) {
+    // Read once: a resize may change the capacity meanwhile.
+    let cap = info.capacity.blocks();
+    if lba > cap || (blocks > 0 && lba >= cap) {
         return Err(sense::LBA_OUT_OF_RANGE);
     }
     match lba.checked_add(blocks) {
-        Some(end) if end <= info.num_blocks => Ok(()),
+        Some(end) if end <= cap => Ok(()),
         _ => Err(sense::LBA_OUT_OF_RANGE),
     }
 }

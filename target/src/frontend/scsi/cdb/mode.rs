@@ -104,14 +104,14 @@ pub(super) fn mode_sense(cdb: &[u8; 16], info: &LunInfo, swp: bool) -> Result<Re
     if !dbd {
         if llbaa {
             bd = vec![0u8; 16];
-            put64(&mut bd, 0, info.num_blocks);
+            put64(&mut bd, 0, info.capacity.blocks());
             put32(&mut bd, 12, info.block_size);
         } else {
             bd = vec![0u8; 8];
             put32(
                 &mut bd,
                 0,
-                u32::try_from(info.num_blocks).unwrap_or(u32::MAX),
+                u32::try_from(info.capacity.blocks()).unwrap_or(u32::MAX),
             );
             put32(&mut bd, 4, info.block_size & 0x00ff_ffff);
             bd[4] = 0;

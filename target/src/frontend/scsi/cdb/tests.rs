@@ -8,7 +8,7 @@ fn info() -> LunInfo {
     LunInfo {
         lun: 0,
         block_size: 512,
-        num_blocks: 2048,
+        capacity: crate::frontend::scsi::lun::Capacity::new(2048),
         read_only: false,
         ident: Identity::from_device_id("vol0"),
         write_cache: false,
@@ -250,6 +250,38 @@ fn a_new_nexus_has_a_power_on_unit_attention_reported_once() {
     assert!(!ns.take_unit_attention(1, 0x12));
     assert!(ns.take_unit_attention(1, 0x2a));
     assert!(!ns.take_unit_attention(1, 0x2a));
+}
+
+#[test]
+fn a_capacity_change_is_a_unit_attention_once_per_nexus_and_resizes_the_view() {
+    let lun = info();
+    let cap = lun.capacity.clone();
+    let mut ns = NexusState::default();
+    // A nexus that has reported nothing takes the current epoch silently.
+    assert!(!ns.take_capacity_changed(cap.epoch(), 0x00));
+    assert!(!ns.take_capacity_changed(cap.epoch(), 0x28));
+    assert!(!cap.set(2048), "the same size is no change");
+    assert!(cap.set(4096));
+    assert_eq!(lun.capacity.blocks(), 4096, "clones share the capacity");
+    assert!(range_ok(&lun, 3000, 8).is_ok(), "the grown range");
+    for op in [0x12, 0xa0] {
+        assert!(!ns.take_capacity_changed(cap.epoch(), op), "{op:#x} runs");
+    }
+    assert!(ns.take_capacity_changed(cap.epoch(), 0x9e));
+    assert!(
+        !ns.take_capacity_changed(cap.epoch(), 0x9e),
+        "reported once"
+    );
+    let mut other = NexusState {
+        cap_epoch: Some(0),
+        ..Default::default()
+    };
+    assert!(
+        other.take_capacity_changed(cap.epoch(), 0x03),
+        "REQUEST SENSE"
+    );
+    assert!(cap.set(1024));
+    assert_eq!(range_ok(&lun, 2000, 8), Err(sense::LBA_OUT_OF_RANGE));
 }
 
 #[test]
