@@ -55,7 +55,8 @@ const IO_ERRORS: [&str; 4] = [
 /// two path devices, prints each path (`PLEXD-PATH <path> <controller address>
 /// <controller state> <ANA state>`), starts fio (rate-limited 16 KiB random writes
 /// over 48 MiB from offset 8 MiB, then their crc32c verification) in the background,
-/// prints `PLEXD-IO-RUNNING` once 2 MiB went to the device, waits for fio, then
+/// prints `PLEXD-IO-RUNNING rc=0` once 2 MiB went to the paths (rc=1: not within
+/// 60 s), waits for fio, then
 /// waits (bounded) for @A2@'s path to turn optimized and prints the paths again.
 const SCRIPT: &str = r#"
 A1=@A1@; A2=@A2@; S=@PORT@; NQN=@NQN@
@@ -72,7 +73,7 @@ n=0
 for a in $A1 $A2; do
   n=$((n+1)); rc=1
   for i in $(seq 1 10); do
-    timeout 60 nvme connect -t tcp -a $a -s $S -n $NQN --reconnect-delay=1 --ctrl-loss-tmo=120 && { rc=0; break; }
+    timeout 60 nvme connect -t tcp -a $a -s $S -n $NQN --reconnect-delay=5 --ctrl-loss-tmo=120 && { rc=0; break; }
     sleep 1
   done
   res connect-$n rc=$rc
@@ -95,11 +96,12 @@ timeout 250 fio --name=mp --filename=$DEV --direct=1 --ioengine=libaio --rw=rand
   --bs=16k --iodepth=8 --offset=8m --size=48m --rate=,3m --randrepeat=0 \
   --verify=crc32c --do_verify=1 --verify_fatal=1 >/tmp/fio.out 2>&1 &
 fio=$!
-w0=$(awk '{print $7}' /sys/block/${DEV#/dev/}/stat)
+# Sectors written to the paths (the multipath device itself counts none).
+written() { cat /sys/block/nvme*/stat | awk '{s += $7} END {print s}'; }
+w0=$(written)
 rc=1
 for i in $(seq 1 120); do
-  w=$(awk '{print $7}' /sys/block/${DEV#/dev/}/stat)
-  [ $((w - w0)) -ge 4096 ] && { rc=0; break; }
+  [ $(($(written) - w0)) -ge 4096 ] && { rc=0; break; }
   sleep 0.5
 done
 echo "PLEXD-IO-RUNNING rc=$rc"
@@ -254,9 +256,14 @@ fn linux_multipath_keeps_verified_io_going_when_the_optimized_node_dies() {
         IO_RUNNING_DEADLINE,
         || {
             let out = read(&console);
-            if out.contains("PLEXD-IO-RUNNING") {
+            if out.contains("PLEXD-IO-RUNNING rc=0") {
                 return Ok(());
             }
+            assert!(
+                !out.contains("PLEXD-IO-RUNNING"),
+                "fio wrote nothing to the multipath device{}",
+                context(&out)
+            );
             match vm.try_status() {
                 Some(st) => panic!(
                     "the VM ended ({}) before I/O ran{}",
