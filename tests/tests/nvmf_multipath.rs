@@ -5,11 +5,15 @@
 //! the master and to one slave, and must see one namespace with two paths, the
 //! master's optimized and the slave's non-optimized (ANA). fio writes with crc32c
 //! verification on the multipath device; once writes run (the VM prints a marker on
-//! its console) the test kill -9s the master's plexd and plexd-target. fio must end
-//! with its verification passing and no error, the VM's dmesg must show the dead
-//! path's controller recovering (the path change) and no I/O error, the survivors
-//! must serve the volume, and the surviving path must turn optimized (the new
-//! master's ANA change notice).
+//! its console) the test kill -9s the plexd and plexd-target of the master (first
+//! test) or of the slave (second test). fio must end with its verification passing
+//! and no error, the VM's dmesg must show the dead path's controller recovering (the
+//! path change) and no I/O error, the survivors must serve the volume, and the
+//! surviving path must be optimized (after the master's death: the new master's ANA
+//! change notice). Against the target before the lease's ANA notices (the commit
+//! adding `Target::watch_lease`), the first test hangs: the new master's path stays
+//! inaccessible in the host, fio's I/O stays queued and the VM is killed at its
+//! deadline.
 //!
 //! Needs root (namespaces, tap), `ip`/`nft`/`tc` and qemu-system-x86_64 (ci/setup);
 //! the first run downloads the VM's packages (ci/vm/fetch, cached in build/vm/).
@@ -57,9 +61,10 @@ const IO_ERRORS: [&str; 4] = [
 /// over 48 MiB from offset 8 MiB, then their crc32c verification) in the background,
 /// prints `PLEXD-IO-RUNNING rc=0` once 2 MiB went to the paths (rc=1: not within
 /// 60 s), waits for fio, then
-/// waits (bounded) for @A2@'s path to turn optimized and prints the paths again.
+/// waits (bounded) for the path to @SURV@ (the node left alive) to be optimized and
+/// prints the paths again.
 const SCRIPT: &str = r#"
-A1=@A1@; A2=@A2@; S=@PORT@; NQN=@NQN@
+A1=@A1@; A2=@A2@; SURV=@SURV@; S=@PORT@; NQN=@NQN@
 res() { echo "PLEXD-RESULT $*"; }
 paths() {
   for p in /sys/block/nvme*c*n*; do
@@ -112,7 +117,7 @@ rc=1
 for i in $(seq 1 60); do
   for p in /sys/block/nvme*c*n*; do
     c=${p##*/}; c=${c%n*}; c=nvme${c#nvme*c}
-    grep -q "traddr=$A2," /sys/class/nvme/$c/address && grep -q '^optimized' $p/ana_state && rc=0
+    grep -q "traddr=$SURV," /sys/class/nvme/$c/address && grep -q '^optimized' $p/ana_state && rc=0
   done
   [ $rc = 0 ] && break
   sleep 0.5
@@ -169,8 +174,31 @@ fn wait_subsystem(c: &Cluster, i: usize, nqn: &str) {
     );
 }
 
+/// Whose processes the test kills while fio runs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Victim {
+    /// The master, whose path is optimized: the slave's path must carry the I/O
+    /// and turn optimized when its node takes over.
+    Master,
+    /// The slave, whose path is non-optimized: the master's path stays optimized.
+    Slave,
+}
+
 #[test]
 fn linux_multipath_keeps_verified_io_going_when_the_optimized_node_dies() {
+    multipath_survives(Victim::Master);
+}
+
+#[test]
+fn linux_multipath_keeps_verified_io_going_when_the_non_optimized_node_dies() {
+    multipath_survives(Victim::Slave);
+}
+
+/// One VM at a time: two under TCG on the CI's cores would only make both slow.
+static VM_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn multipath_survives(victim: Victim) {
+    let _one = VM_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     assert!(
         plexd_tests::netns::find_program("qemu-system-x86_64").is_some(),
         "nvmf_multipath needs qemu-system-x86_64: run ci/setup (Debian package qemu-system-x86)"
@@ -211,9 +239,15 @@ fn linux_multipath_keeps_verified_io_going_when_the_optimized_node_dies() {
     net.attach_tap(TAP);
     let vm_ip = format!("{}/{}", net.guest_addr(0), Netns::PREFIX_LEN);
     let (a1, a2) = (net.addr(m), net.addr(s));
+    let (dead, alive) = match victim {
+        Victim::Master => (m, s),
+        Victim::Slave => (s, m),
+    };
+    let (dead_addr, alive_addr) = (net.addr(dead), net.addr(alive));
     let script = SCRIPT
         .replace("@A1@", &a1)
         .replace("@A2@", &a2)
+        .replace("@SURV@", &alive_addr)
         .replace("@PORT@", &NETNS_NVMF_PORT.to_string())
         .replace("@NQN@", &nqn);
     let script_path = c.dir.join("vm.sh");
@@ -275,10 +309,10 @@ fn linux_multipath_keeps_verified_io_going_when_the_optimized_node_dies() {
         },
     );
     let marker_at = started.elapsed();
-    c.kill_node(m);
-    let survivors: Vec<usize> = (0..3).filter(|&i| i != m).collect();
+    c.kill_node(dead);
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != dead).collect();
     let nm = c.wait_joined(&survivors);
-    c.wait_served(s, "dg1", "vol1");
+    c.wait_served(alive, "dg1", "vol1");
 
     let status = vm.wait_exit(VM_DEADLINE + Duration::from_secs(10));
     let elapsed = started.elapsed();
@@ -322,8 +356,10 @@ fn linux_multipath_keeps_verified_io_going_when_the_optimized_node_dies() {
     want.sort();
     assert_eq!(before, want, "ANA states before the kill{}", context(&out));
     // After: the dead node's controller is reconnecting, the survivor's is live.
-    for p in paths(&out, "after") {
-        if p.1 == a1 {
+    let after = paths(&out, "after");
+    assert_eq!(after.len(), 2, "two paths after the kill{}", context(&out));
+    for p in after {
+        if p.1 == dead_addr {
             assert!(
                 p.2 == "connecting" || p.2 == "resetting",
                 "the dead node's path {p:?}{}",
