@@ -143,7 +143,7 @@ impl Lease {
             let mut c = self.ctl();
             let was_expired = c.deadline.is_some_and(|d| d <= now);
             // Never granted fences too.
-            let was_fenced = !c.deadline.is_some_and(|d| d > now);
+            let was_fenced = c.deadline.is_none_or(|d| d <= now);
             c.generation += 1;
             c.deadline = Some(deadline);
             (c.generation, was_expired, was_fenced)
