@@ -18,6 +18,12 @@
 //!   reactor thread itself is not scheduled).
 //! - Expiry is reported once per lease generation (the first reactor to see it):
 //!   one log line naming the fenced volumes, and [`Event::LeaseExpired`].
+//! - Watchers ([`LeaseWatcher`], registered with [`Target::watch_lease`]; the
+//!   NVMe-oF frontend, whose ANA log reports a fenced node's group inaccessible)
+//!   are told each time shared volumes become fenced (revocation or expiry, from
+//!   the expiry report) or served again (a grant after none, a renewal after expiry,
+//!   from the renewal), after every reactor has the new state, so a host told to
+//!   re-read the ANA log sees the new state.
 //!
 //! A never-granted lease (state none) fences shared volumes too. Creating, preparing,
 //! committing and aborting layouts is never refused: the data plane neither commits
@@ -43,6 +49,14 @@ pub const FENCED_ERRNO: i32 = libc::ESHUTDOWN;
 /// Longest lease a renewal may grant.
 pub const MAX_LEASE: Duration = Duration::from_secs(3600);
 
+/// Most lease watchers registered at once on one target (a frontend each).
+pub const MAX_LEASE_WATCHERS: usize = 16;
+
+/// Told when a target's shared volumes become fenced (`served` false) or served
+/// again (`served` true). Called from a control thread (a renewal's caller, or the
+/// thread reporting an expiry); must not block.
+pub type LeaseWatcher = dyn Fn(bool) + Send + Sync;
+
 #[derive(Default)]
 struct LeaseCtl {
     deadline: Option<Instant>,
@@ -57,6 +71,8 @@ pub(crate) struct LeaseShared {
     /// The newest generation whose expiry was reported.
     reported: AtomicU64,
     expiries: AtomicU64,
+    /// Told when shared volumes become fenced or served again.
+    watchers: Mutex<Vec<Weak<LeaseWatcher>>>,
 }
 
 /// The control side of a target's lease.
@@ -69,6 +85,39 @@ pub(crate) struct Lease {
 impl Lease {
     fn ctl(&self) -> MutexGuard<'_, LeaseCtl> {
         self.ctl.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers `w` (kept while its owner holds the `Arc`); see [`LeaseWatcher`].
+    pub(crate) fn watch(&self, w: Weak<LeaseWatcher>) -> Result<(), TargetError> {
+        self.shared.watch(w)
+    }
+}
+
+impl LeaseShared {
+    fn watchers(&self) -> MutexGuard<'_, Vec<Weak<LeaseWatcher>>> {
+        self.watchers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn watch(&self, w: Weak<LeaseWatcher>) -> Result<(), TargetError> {
+        let mut ws = self.watchers();
+        ws.retain(|x| x.strong_count() > 0);
+        if ws.len() >= MAX_LEASE_WATCHERS {
+            return Err(TargetError::invalid(
+                LEASE_OBJ,
+                format!("more than {MAX_LEASE_WATCHERS} lease watchers"),
+            ));
+        }
+        ws.push(w);
+        Ok(())
+    }
+
+    /// Tells every live watcher (outside the lock: a watcher may take its own).
+    fn notify(&self, served: bool) {
+        let live: Vec<Arc<LeaseWatcher>> =
+            self.watchers().iter().filter_map(Weak::upgrade).collect();
+        for w in live {
+            w(served);
+        }
     }
 }
 
@@ -90,12 +139,14 @@ impl Lease {
         }
         let now = Instant::now();
         let deadline = now + Duration::from_millis(u64::from(lease_ms));
-        let (generation, was_expired) = {
+        let (generation, was_expired, was_fenced) = {
             let mut c = self.ctl();
             let was_expired = c.deadline.is_some_and(|d| d <= now);
+            // Never granted fences too.
+            let was_fenced = c.deadline.is_none_or(|d| d <= now);
             c.generation += 1;
             c.deadline = Some(deadline);
-            (c.generation, was_expired)
+            (c.generation, was_expired, was_fenced)
         };
         let shared = Arc::clone(&self.shared);
         let target = Arc::downgrade(t);
@@ -128,6 +179,12 @@ impl Lease {
             log::warn!(
                 "{LEASE_OBJ}: renewed after expiry; shared volumes are served again for {lease_ms} ms"
             );
+        }
+        // Every reactor has the new state: watchers see it as it is now. (A
+        // revocation fences the reactors, which report it as an expiry: watchers
+        // hear of it from there, once.)
+        if lease_ms > 0 && was_fenced {
+            self.shared.notify(true);
         }
         Ok(was_expired)
     }
@@ -231,6 +288,20 @@ impl ReactorLease {
                     }
                 );
                 t.publish(Event::LeaseExpired { volumes });
+                // Watchers are told once every reactor is fenced (the others pass
+                // the same deadline within about a loop iteration).
+                let fenced_all = t.reactors().broadcast_blocking(|r| {
+                    let l = r.local::<ReactorLease>();
+                    if l.deadline.get().is_some_and(|d| d <= Instant::now()) {
+                        l.set_fenced(r, true);
+                    }
+                });
+                match fenced_all {
+                    Ok(_) => shared.notify(false),
+                    Err(e) => log::error!(
+                        "{LEASE_OBJ}: expired; cannot reach every reactor to tell the watchers: {e}"
+                    ),
+                }
             });
         if let Err(e) = spawned {
             log::error!("{LEASE_OBJ}: expired on reactor {reactor}; cannot report it: {e}");

@@ -384,6 +384,16 @@ impl Target {
         self.lease.renew(self, lease_ms)
     }
 
+    /// Registers a lease watcher, told when shared volumes become fenced or served
+    /// again ([`crate::lease::LeaseWatcher`]); it is dropped when its owner drops the
+    /// `Arc`. Refused past [`crate::lease::MAX_LEASE_WATCHERS`].
+    pub fn watch_lease(
+        &self,
+        w: std::sync::Weak<crate::lease::LeaseWatcher>,
+    ) -> Result<(), TargetError> {
+        self.lease.watch(w)
+    }
+
     /// The lease's state, time left and expiry count.
     pub fn lease_status(&self) -> LeaseStatus {
         self.lease.status()

@@ -949,3 +949,107 @@ fn reservations_of_a_standalone_namespace_survive_a_frontend_restart_with_pr_dir
     drop(fe);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Posts an Asynchronous Event Request on admin queue `a`; returns its command id.
+fn post_aer(a: &mut Host) -> u16 {
+    let cid = a.next_cid();
+    let mut sqe = [0u8; 64];
+    sqe[0] = 0x0C;
+    sqe[2..4].copy_from_slice(&cid.to_le_bytes());
+    a.send(ty::CAPSULE_CMD, 0, &sqe, &[]);
+    cid
+}
+
+/// Waits (the host's read timeout bounds it) for AER `cid` to complete with an ANA
+/// change notice.
+fn expect_ana_notice(a: &mut Host, cid: u16, why: &str) {
+    let p = a
+        .recv()
+        .unwrap_or_else(|e| panic!("no ANA change notice {why}: {e}"));
+    assert_eq!(p.ty, ty::CAPSULE_RESP, "{why}");
+    assert_eq!(pdu::le16(&p.hdr[8..], 12), cid, "the AER completes {why}");
+    assert_eq!(
+        pdu::le32(&p.hdr[8..], 0),
+        0x000C_0302,
+        "ANA change notice {why}"
+    );
+}
+
+/// Issue 9, found by Linux multipath in a VM (tests/tests/nvmf_multipath.rs): a new
+/// master's ANA state turned optimized while its lease was still out (the host read
+/// the log then: inaccessible), and the renewal that lifted the fence told no host,
+/// so Linux kept the only live path inaccessible and queued I/O. Every fence and
+/// unfence by the lease is now an ANA change: notice, new change count.
+#[test]
+fn the_lease_fencing_and_unfencing_a_shared_volume_sends_ana_change_notices() {
+    use plexd_target::volume::{PlexKind, PlexSpec, PlexState, SubdiskSpec, VolumeSpec};
+    let size = 16u64 << 20;
+    let t = start_target(size);
+    t.create_volume(&VolumeSpec {
+        name: "sv".into(),
+        size_bytes: size,
+        plexes: vec![PlexSpec {
+            name: "sv-01".into(),
+            kind: PlexKind::Concat,
+            columns: vec![vec![SubdiskSpec {
+                bdev: "m0".into(),
+                offset_bytes: 0,
+                len_bytes: size,
+            }]],
+            state: PlexState::Active,
+        }],
+        read_policy: Default::default(),
+        shared: true,
+    })
+    .unwrap();
+    let mut cfg = config();
+    cfg.subsystems[0].namespaces[0].bdev = "sv".into();
+    let fe = NvmfFrontend::start(&t, &cfg).unwrap();
+    let port = fe.listeners()[0].port();
+    let (mut a, cntlid) = admin_queue(port, Digests::default(), 5000);
+    let mut q = io_queue(port, Digests::default(), 1, cntlid);
+    assert_eq!(a.admin(0x09, 0, 0x0B, 1 << 11, 0).sc(), 0, "ANA notices on");
+    // (state, change count) of the ANA log.
+    let ana = |a: &mut Host| {
+        let l = a.admin(0x02, 0, 0x0C | ((4096 / 4 - 1) << 16), 0, 4096);
+        assert_eq!(l.sc(), 0);
+        (l.data[32], pdu::le64(&l.data, 0))
+    };
+    let (s0, c0) = ana(&mut a);
+    assert_eq!(s0, 0x03, "inaccessible before any lease");
+
+    let cid = post_aer(&mut a);
+    t.renew_lease(60_000).unwrap();
+    expect_ana_notice(&mut a, cid, "when the first lease is granted");
+    let (s1, c1) = ana(&mut a);
+    assert_eq!(s1, 0x01, "optimized once served");
+    assert!(c1 > c0, "a new change count: {c0} -> {c1}");
+    // A renewal of a valid lease changes nothing.
+    t.renew_lease(60_000).unwrap();
+    assert_eq!(ana(&mut a), (0x01, c1));
+
+    let cid = post_aer(&mut a);
+    t.renew_lease(0).unwrap();
+    expect_ana_notice(&mut a, cid, "when the lease is revoked");
+    let (s2, c2) = ana(&mut a);
+    assert_eq!(s2, 0x03, "inaccessible while fenced");
+    assert!(c2 > c1, "a new change count: {c1} -> {c2}");
+    assert_eq!(q.rw(0x02, 8, 8, &[], false).sc(), 0x302, "read fenced");
+
+    // The failover of issue 9: the state set while fenced (the host reads
+    // inaccessible), then the renewal after expiry must tell the host again.
+    let cid = post_aer(&mut a);
+    t.renew_lease(60_000).unwrap();
+    expect_ana_notice(&mut a, cid, "when the lease is renewed after the fence");
+    let (s3, c3) = ana(&mut a);
+    assert_eq!(s3, 0x01, "optimized again");
+    assert!(c3 > c2, "a new change count: {c2} -> {c3}");
+    assert_eq!(q.rw(0x02, 8, 8, &[], false).sc(), 0, "read served");
+
+    // An expiry (no renewal in time: the coordinator died) is a fence too. The
+    // lease is 100 ms; the host's read timeout (10 s) bounds the wait.
+    let cid = post_aer(&mut a);
+    t.renew_lease(100).unwrap();
+    expect_ana_notice(&mut a, cid, "when the lease expires");
+    assert_eq!(ana(&mut a).0, 0x03, "inaccessible after the expiry");
+}

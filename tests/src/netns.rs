@@ -211,6 +211,34 @@ impl Netns {
         format!("{SUBNET_PREFIX}.{}.{}", self.subnet, i + 1)
     }
 
+    /// The namespace holding the bridge `br0` (a VM's tap device lives there:
+    /// [`Netns::attach_tap`]).
+    pub fn bridge_ns(&self) -> &str {
+        &self.bridge
+    }
+
+    /// An address of the nodes' subnet for a host that is not a node (a VM on
+    /// [`Netns::attach_tap`]'s tap): `.100 + k`, above every node's.
+    pub fn guest_addr(&self, k: u8) -> String {
+        assert!(k < 100, "guest {k}: at most 100 guests");
+        format!("{SUBNET_PREFIX}.{}.{}", self.subnet, 100 + u16::from(k))
+    }
+
+    /// The prefix length of the nodes' subnet (for a guest's `ADDR/LEN`).
+    pub const PREFIX_LEN: u8 = 24;
+
+    /// Creates tap device `tap` in the bridge's namespace as a port of `br0`, so a
+    /// VM started there on it (`ip netns exec <bridge_ns> qemu ... tap,ifname=TAP`)
+    /// reaches every node at its address; removed with the bridge's namespace.
+    pub fn attach_tap(&self, tap: &str) {
+        let br = self.bridge.as_str();
+        let r = self
+            .ip(&["-n", br, "tuntap", "add", "dev", tap, "mode", "tap"])
+            .and_then(|_| self.ip(&["-n", br, "link", "set", tap, "master", "br0"]))
+            .and_then(|_| self.ip(&["-n", br, "link", "set", tap, "up"]));
+        self.must(&format!("tap {tap} on the bridge"), r);
+    }
+
     /// Cuts node `i` off: its bridge port goes down, so its `eth0` loses carrier and
     /// every packet to or from the other nodes is dropped (its own address keeps
     /// working inside its namespace).

@@ -42,6 +42,7 @@ pub use config::{NamespaceConfig, NvmfConfig, SubsystemConfig};
 pub use subsys::{AnaState, DISCOVERY_NQN};
 
 use crate::bdev::BdevEvent;
+use crate::lease::LeaseWatcher;
 use crate::target::{Target, TargetError};
 use subsys::{CntlidAlloc, Ctrl, Namespace, NsIdent, Subsystem};
 
@@ -167,9 +168,9 @@ fn ns_changed(target: &Target, shared: &Shared, nqn: &str, nsid: u32) {
     }
 }
 
-/// Asks a controller's admin queue to deliver its pending events.
-fn kick(target: &Target, shared: &Shared, c: &Ctrl) {
-    let fid = shared.id;
+/// Asks controller `c`'s admin queue to deliver its pending events.
+fn kick(target: &Target, sh: &Shared, c: &Ctrl) {
+    let fid = sh.id;
     let at = c.admin;
     let h = &target.reactors().handles()[at.reactor];
     let msg: crate::reactor::Msg = Box::new(move |r| qpair::deliver_aens(r, fid, at.conn));
@@ -183,6 +184,17 @@ fn kick(target: &Target, shared: &Shared, c: &Ctrl) {
     }
 }
 
+/// What the ANA log reports changed (the state set, or the lease's fence): a new
+/// change count and an ANA change notice to every I/O controller that enabled it.
+fn ana_changed(target: &Target, sh: &Shared) {
+    sh.ana_chgcnt.fetch_add(1, Ordering::AcqRel);
+    for c in sh.ctrl_list() {
+        if !c.discovery && c.push_aen(admin::AEN_ANA_CHANGE, admin::AEC_ANA) {
+            kick(target, sh, &c);
+        }
+    }
+}
+
 static NEXT_FRONTEND_ID: AtomicU64 = AtomicU64::new(1);
 
 /// A running NVMe-oF/TCP frontend of one [`Target`].
@@ -192,6 +204,8 @@ pub struct NvmfFrontend {
     stopped: bool,
     /// Where namespaces keep reservations that are not the cluster's.
     pr_dir: Option<std::path::PathBuf>,
+    /// Registered with the target's lease (held here: the target keeps a `Weak`).
+    _lease_watch: Arc<LeaseWatcher>,
 }
 
 fn valid_nqn(nqn: &str) -> bool {
@@ -247,11 +261,28 @@ impl NvmfFrontend {
             stopping: AtomicBool::new(false),
             epoch: Instant::now(),
         });
+        // The ANA log reports this node's group inaccessible while the lease fences
+        // shared volumes: every fence and unfence is an ANA change for the hosts.
+        let lease_watch: Arc<LeaseWatcher> = {
+            let (t, sh) = (Arc::downgrade(target), Arc::downgrade(&shared));
+            Arc::new(move |served: bool| {
+                if let (Some(t), Some(sh)) = (t.upgrade(), sh.upgrade()) {
+                    log::info!(
+                        "nvmf: ANA group {}: shared volumes {} (data-plane lease): hosts told",
+                        sh.ana_group,
+                        if served { "served again" } else { "fenced" }
+                    );
+                    ana_changed(&t, &sh);
+                }
+            })
+        };
+        target.watch_lease(Arc::downgrade(&lease_watch))?;
         let mut fe = NvmfFrontend {
             target: Arc::clone(target),
             shared,
             stopped: false,
             pr_dir: cfg.pr_dir.clone(),
+            _lease_watch: lease_watch,
         };
         for s in &cfg.subsystems {
             fe.add_subsystem(s)?;
@@ -588,27 +619,17 @@ impl NvmfFrontend {
         ns_changed(&self.target, &self.shared, nqn, nsid);
     }
 
-    /// Asks a controller's admin queue to deliver its pending events.
-    fn kick(&self, c: &Ctrl) {
-        kick(&self.target, &self.shared, c);
-    }
-
     /// Sets the ANA state of this node's group; hosts get an ANA change event.
     pub fn set_ana(&mut self, state: AnaState) {
         let old = AnaState::from_code(self.shared.ana_state.swap(state.code(), Ordering::AcqRel));
         if old == state {
             return;
         }
-        self.shared.ana_chgcnt.fetch_add(1, Ordering::AcqRel);
         log::info!(
             "nvmf: ANA group {} {old:?} -> {state:?}",
             self.shared.ana_group
         );
-        for c in self.shared.ctrl_list() {
-            if !c.discovery && c.push_aen(admin::AEN_ANA_CHANGE, admin::AEC_ANA) {
-                self.kick(&c);
-            }
-        }
+        ana_changed(&self.target, &self.shared);
     }
 
     /// The ANA group of this node and its state.
