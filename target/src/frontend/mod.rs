@@ -8,6 +8,7 @@
 //!   pair pinned to one reactor, queue pairs spread across reactors.
 //! - `listener`: the TCP listener both use (accept on reactor 0, hand out round
 //!   robin), generic over the frontend's shared state.
+//! - `pr_file`: where standalone LUNs and namespaces keep their reservations.
 //! - `transport`: the TCP connection pieces both use (output queue, receive
 //!   buffer, polls, the per-reactor registry and its flush-and-tick poller).
 //!
@@ -18,5 +19,6 @@
 pub mod iscsi;
 pub(crate) mod listener;
 pub mod nvmf;
+pub(crate) mod pr_file;
 pub mod scsi;
 pub(crate) mod transport;

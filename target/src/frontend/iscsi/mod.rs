@@ -346,33 +346,14 @@ impl IscsiFrontend {
     }
 
     fn pr_path(&self, iqn: &str, lun: u64) -> Option<PathBuf> {
-        self.shared.pr_dir.as_ref().map(|d| {
-            let safe: String = format!("{iqn}-lun{lun}")
-                .chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                        c
-                    } else {
-                        '_'
-                    }
-                })
-                .collect();
-            d.join(format!("{safe}.pr.json"))
-        })
+        let dir = self.shared.pr_dir.as_ref()?;
+        Some(super::pr_file::path(dir, &format!("{iqn}-lun{lun}")))
     }
 
     /// Forgets the reservations of an unmapped LUN (its state file).
     fn drop_pr_state(&self, iqn: &str, lun: u64) {
         if let Some(p) = self.pr_path(iqn, lun) {
-            match std::fs::remove_file(&p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => log::warn!(
-                    "iscsi {}: cannot remove reservation file {}: {e}",
-                    lun_obj(iqn, lun),
-                    p.display()
-                ),
-            }
+            super::pr_file::remove(&p, &format!("iscsi {}", lun_obj(iqn, lun)));
         }
     }
 

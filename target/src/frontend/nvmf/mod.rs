@@ -373,33 +373,14 @@ impl NvmfFrontend {
 
     /// The reservation file of namespace `nsid` of `nqn`, when there is a `pr_dir`.
     fn pr_path(&self, nqn: &str, nsid: u32) -> Option<std::path::PathBuf> {
-        self.pr_dir.as_ref().map(|d| {
-            let safe: String = format!("nvmf-{nqn}-ns{nsid}")
-                .chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                        c
-                    } else {
-                        '_'
-                    }
-                })
-                .collect();
-            d.join(format!("{safe}.pr.json"))
-        })
+        let dir = self.pr_dir.as_ref()?;
+        Some(super::pr_file::path(dir, &format!("nvmf-{nqn}-ns{nsid}")))
     }
 
     /// Forgets the reservations of a removed namespace (its file).
     fn drop_pr_state(&self, nqn: &str, nsid: u32) {
         if let Some(p) = self.pr_path(nqn, nsid) {
-            match std::fs::remove_file(&p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => log::warn!(
-                    "nvmf: {}: cannot remove reservation file {}: {e}",
-                    ns_obj(nqn, nsid),
-                    p.display()
-                ),
-            }
+            super::pr_file::remove(&p, &format!("nvmf: {}", ns_obj(nqn, nsid)));
         }
     }
 
