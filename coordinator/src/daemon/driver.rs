@@ -433,6 +433,118 @@ impl Driver {
         )
     }
 
+    /// [`Job::WriteDisks`]: the core's record to the shared disks, no disk written past the deadline (or this node's published lease, if later).
+    fn write_disks(
+        &mut self,
+        record: DiskRecord<SharedConfig>,
+        deadline: Instant,
+        lease_extends: bool,
+    ) -> Done {
+        self.failpoint_sleep("driver.write_disks");
+        let mut repairs = self.repairs.lock().unwrap_or_else(|p| p.into_inner());
+        let files = self.files();
+        let deadline = match self.lease.end().filter(|_| lease_extends) {
+            Some(end) => end.max(deadline),
+            None => deadline,
+        };
+        let result = disks::write_record(&record, &self.name, &files, &mut repairs, deadline);
+        drop(repairs);
+        if let Err(e) = &result {
+            log::error!(
+                "node {}: transaction {}: disk write failed: {e}",
+                self.name,
+                record.txn
+            );
+        }
+        Done::DiskWritten {
+            txn: record.txn,
+            result,
+        }
+    }
+
+    /// [`Job::Fence`]: hold or release a private group's resync fence on this node.
+    fn fence(
+        &mut self,
+        volume: String,
+        hold: bool,
+        token: u64,
+        reply: smol::channel::Sender<Result<bool, String>>,
+    ) -> Done {
+        let from = self.me;
+        let answer = if hold {
+            self.fences
+                .hold(self.kernel.client(), &volume, from, token, Instant::now())
+                .map(|()| true)
+                .map_err(|e| self.err(e))
+        } else {
+            self.fences.release(self.kernel.client(), &volume, token)
+        };
+        if let Err(e) = &answer {
+            log::warn!(
+                "node {}: fence on volume {volume} for node {from}: {e}",
+                self.name
+            );
+        }
+        let _ = reply.try_send(answer);
+        Done::Nothing
+    }
+
+    /// [`Job::Quiesce`]: the core's fence on a shared volume: quiesce it here.
+    fn quiesce(&mut self, dg: String, volume: String, token: FenceToken) -> Done {
+        let bdev = crate::model::volume_bdev(&dg, &volume);
+        let result = self
+            .kernel
+            .client()
+            .quiesce_volume(&bdev)
+            .map(|_| ())
+            .map_err(|e| self.err(format!("volume {bdev}: fence {token}: {e}")));
+        if let Err(e) = &result {
+            log::warn!("{e}");
+        }
+        Done::Quiesced {
+            dg,
+            volume,
+            token,
+            result,
+        }
+    }
+
+    /// [`Job::CopyChunk`]: one chunk of a shared resync, copied by the data plane, refused past the master's lease.
+    #[allow(clippy::too_many_arguments)]
+    fn copy_chunk(
+        &mut self,
+        token: FenceToken,
+        group: Option<DiskGroupConfig>,
+        volume: String,
+        plex: String,
+        offset: u64,
+        len: u64,
+        deadline: Instant,
+    ) -> Done {
+        let lease = self.lease.clone();
+        let past = move || {
+            let end = lease.end().map_or(deadline, |e| e.max(deadline));
+            Instant::now() >= end
+        };
+        let result = match &group {
+            Some(g) => super::resync::copy_range(
+                self.kernel.client(),
+                g,
+                &volume,
+                &plex,
+                offset,
+                len,
+                &past,
+            ),
+            None => Err(format!("no disk group holds volume {volume}")),
+        }
+        .map_err(|e| self.err(format!("resync copy {token}: {e}")));
+        if let Err(e) = &result {
+            log::warn!("{e}");
+        }
+        Done::ChunkCopied { token, result }
+    }
+
     fn execute(&mut self, job: Job) -> Done {
         match job {
             Job::LocalCheck {
@@ -501,29 +613,7 @@ impl Driver {
                 record,
                 deadline,
                 lease_extends,
-            } => {
-                self.failpoint_sleep("driver.write_disks");
-                let mut repairs = self.repairs.lock().unwrap_or_else(|p| p.into_inner());
-                let files = self.files();
-                let deadline = match self.lease.end().filter(|_| lease_extends) {
-                    Some(end) => end.max(deadline),
-                    None => deadline,
-                };
-                let result =
-                    disks::write_record(&record, &self.name, &files, &mut repairs, deadline);
-                drop(repairs);
-                if let Err(e) = &result {
-                    log::error!(
-                        "node {}: transaction {}: disk write failed: {e}",
-                        self.name,
-                        record.txn
-                    );
-                }
-                Done::DiskWritten {
-                    txn: record.txn,
-                    result,
-                }
-            }
+            } => self.write_disks(record, deadline, lease_extends),
             Job::ReadDisks { known } => {
                 let files = self.files();
                 let result = disks::read_shared(&files, &self.file.cluster.id, &self.name, &known);
@@ -555,25 +645,7 @@ impl Driver {
                 hold,
                 token,
                 reply,
-            } => {
-                let from = self.me;
-                let answer = if hold {
-                    self.fences
-                        .hold(self.kernel.client(), &volume, from, token, Instant::now())
-                        .map(|()| true)
-                        .map_err(|e| self.err(e))
-                } else {
-                    self.fences.release(self.kernel.client(), &volume, token)
-                };
-                if let Err(e) = &answer {
-                    log::warn!(
-                        "node {}: fence on volume {volume} for node {from}: {e}",
-                        self.name
-                    );
-                }
-                let _ = reply.try_send(answer);
-                Done::Nothing
-            }
+            } => self.fence(volume, hold, token, reply),
             Job::FailHeldWrites { volume } => {
                 if let Err(e) = self.kernel.client().fail_held_writes(&volume) {
                     log::error!(
@@ -602,24 +674,7 @@ impl Driver {
                 }
                 Done::Nothing
             }
-            Job::Quiesce { dg, volume, token } => {
-                let bdev = crate::model::volume_bdev(&dg, &volume);
-                let result = self
-                    .kernel
-                    .client()
-                    .quiesce_volume(&bdev)
-                    .map(|_| ())
-                    .map_err(|e| self.err(format!("volume {bdev}: fence {token}: {e}")));
-                if let Err(e) = &result {
-                    log::warn!("{e}");
-                }
-                Done::Quiesced {
-                    dg,
-                    volume,
-                    token,
-                    result,
-                }
-            }
+            Job::Quiesce { dg, volume, token } => self.quiesce(dg, volume, token),
             Job::Resume { volume } => {
                 if let Err(e) = self.kernel.client().resume_volume(&volume) {
                     log::debug!("node {}: volume {volume}: resume: {e}", self.name);
@@ -634,30 +689,7 @@ impl Driver {
                 offset,
                 len,
                 deadline,
-            } => {
-                let lease = self.lease.clone();
-                let past = move || {
-                    let end = lease.end().map_or(deadline, |e| e.max(deadline));
-                    Instant::now() >= end
-                };
-                let result = match &group {
-                    Some(g) => super::resync::copy_range(
-                        self.kernel.client(),
-                        g,
-                        &volume,
-                        &plex,
-                        offset,
-                        len,
-                        &past,
-                    ),
-                    None => Err(format!("no disk group holds volume {volume}")),
-                }
-                .map_err(|e| self.err(format!("resync copy {token}: {e}")));
-                if let Err(e) = &result {
-                    log::warn!("{e}");
-                }
-                Done::ChunkCopied { token, result }
-            }
+            } => self.copy_chunk(token, group, volume, plex, offset, len, deadline),
             Job::BreakFences { why } => {
                 self.fences.break_all(self.kernel.client(), &why);
                 Done::Nothing
