@@ -279,54 +279,21 @@ pub enum DiskUpdate {
 /// is now, when it still exists.
 pub fn describe(change: &Change, after: Option<&DiskGroupConfig>) -> String {
     use crate::size::format_size;
-    let placement = |v: &Volume| -> String {
-        v.plexes
-            .iter()
-            .map(|p| {
-                let disks: Vec<&str> = p.disks().into_iter().collect();
-                let layout = match p.layout {
-                    PlexLayout::Concat => "concat".to_string(),
-                    PlexLayout::Stripe {
-                        columns,
-                        stripe_unit_bytes,
-                    } => format!(
-                        "stripe {columns} columns x {}",
-                        format_size(stripe_unit_bytes)
-                    ),
-                };
-                format!(
-                    "{} {} {layout} on {}",
-                    p.name,
-                    p.state.as_str(),
-                    disks.join("+")
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
     let volume = |name: &str| after.and_then(|g| g.volume(name));
-    let rounded = |asked: u64, got: u64| {
-        if asked == got {
-            String::new()
-        } else {
-            format!(" ({asked} bytes asked, rounded up to whole {SECTOR_BYTES}-byte sectors)")
-        }
-    };
     let dg = change.dg_name();
     match change {
         Change::DgCreate { shared, disks, .. } => format!(
             "disk group {dg} created ({}) on disks {}",
-            if *shared { "shared" } else { "private" },
+            sharing(*shared),
             disks
                 .iter()
                 .map(|d| d.name.as_str())
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
-        Change::DgImport { shared, .. } => format!(
-            "disk group {dg} imported ({})",
-            if *shared { "shared" } else { "private" }
-        ),
+        Change::DgImport { shared, .. } => {
+            format!("disk group {dg} imported ({})", sharing(*shared))
+        }
         Change::DgAddDisk { disk, .. } => format!(
             "disk {} added to disk group {dg} ({} free)",
             disk.name,
@@ -335,63 +302,31 @@ pub fn describe(change: &Change, after: Option<&DiskGroupConfig>) -> String {
         Change::DgRmDisk { disk, .. } => format!("disk {disk} removed from disk group {dg}"),
         Change::DgDestroy { force, .. } => format!(
             "disk group {dg} destroyed, its disks released{}",
-            if *force { " (its exports ended)" } else { "" }
+            exports_ended(*force)
         ),
-        Change::DgDeport { force, .. } => format!(
-            "disk group {dg} deported{}",
-            if *force { " (its exports ended)" } else { "" }
-        ),
+        Change::DgDeport { force, .. } => {
+            format!("disk group {dg} deported{}", exports_ended(*force))
+        }
         Change::VolCreate {
             volume: name,
             size_bytes,
             ..
-        } => match volume(name) {
-            Some(v) => format!(
-                "volume {name} created in disk group {dg}: {}{}: {}",
-                format_size(v.size_bytes),
-                rounded(*size_bytes, v.size_bytes),
-                placement(v)
-            ),
-            None => format!("volume {name} created in disk group {dg}"),
-        },
+        } => describe_vol_create(dg, name, *size_bytes, volume(name)),
         Change::VolGrow {
             volume: name,
             new_size_bytes,
             ..
-        }
-        | Change::VolShrink {
+        } => describe_vol_resize(dg, name, "grown", *new_size_bytes, volume(name)),
+        Change::VolShrink {
             volume: name,
             new_size_bytes,
             ..
-        } => {
-            let verb = if matches!(change, Change::VolGrow { .. }) {
-                "grown"
-            } else {
-                "shrunk"
-            };
-            match volume(name) {
-                Some(v) => format!(
-                    "volume {name} of disk group {dg} {verb} to {}{}: {}",
-                    format_size(v.size_bytes),
-                    rounded(*new_size_bytes, v.size_bytes),
-                    placement(v)
-                ),
-                None => format!("volume {name} of disk group {dg} {verb}"),
-            }
-        }
+        } => describe_vol_resize(dg, name, "shrunk", *new_size_bytes, volume(name)),
         Change::VolSetReadPolicy { volume, .. } => {
             format!("volume {volume} of disk group {dg}: read policy set")
         }
         Change::VolRm { volume, .. } => format!("volume {volume} removed from disk group {dg}"),
-        Change::PlexAdd { volume: name, .. } => match volume(name).and_then(|v| v.plexes.last()) {
-            Some(p) => format!(
-                "plex {} added to volume {name} of disk group {dg}: EMPTY on {} (plexctl plex attach {dg} {} to use it)",
-                p.name,
-                p.disks().into_iter().collect::<Vec<_>>().join("+"),
-                p.name
-            ),
-            None => format!("plex added to volume {name} of disk group {dg}"),
-        },
+        Change::PlexAdd { volume: name, .. } => describe_plex_add(dg, name, volume(name)),
         Change::PlexDetach { plex, .. } => format!("plex {plex} of disk group {dg} detached (STALE)"),
         Change::PlexAttach { plex, .. } => format!(
             "plex {plex} of disk group {dg} attached: SYNCING, ACTIVE once resynchronised (plexctl task list)"
@@ -402,16 +337,7 @@ pub fn describe(change: &Change, after: Option<&DiskGroupConfig>) -> String {
         }
         Change::VolExport {
             volume, export, ..
-        } => format!(
-            "volume {volume} of disk group {dg} exported over {} as {} on {}",
-            export.protocol.as_str(),
-            export.iqn,
-            if export.nodes.is_empty() {
-                "every node".to_string()
-            } else {
-                format!("node {}", export.nodes.join(", "))
-            }
-        ),
+        } => describe_vol_export(dg, volume, export),
         Change::VolPrOut {
             volume,
             nexus,
@@ -427,4 +353,119 @@ pub fn describe(change: &Change, after: Option<&DiskGroupConfig>) -> String {
             protocol.as_str()
         ),
     }
+}
+
+/// `shared` or `private`, for a group's description.
+fn sharing(shared: bool) -> &'static str {
+    if shared {
+        "shared"
+    } else {
+        "private"
+    }
+}
+
+/// The note on a forced destroy or deport.
+fn exports_ended(force: bool) -> &'static str {
+    if force {
+        " (its exports ended)"
+    } else {
+        ""
+    }
+}
+
+/// The note when a size was rounded up to whole sectors (empty when it was not).
+fn rounded_note(asked: u64, got: u64) -> String {
+    if asked == got {
+        String::new()
+    } else {
+        format!(" ({asked} bytes asked, rounded up to whole {SECTOR_BYTES}-byte sectors)")
+    }
+}
+
+/// Where a volume's plexes are: `v1-01 ACTIVE stripe 2 columns x 64K on d1+d2, ...`.
+fn describe_placement(v: &Volume) -> String {
+    use crate::size::format_size;
+    v.plexes
+        .iter()
+        .map(|p| {
+            let disks: Vec<&str> = p.disks().into_iter().collect();
+            let layout = match p.layout {
+                PlexLayout::Concat => "concat".to_string(),
+                PlexLayout::Stripe {
+                    columns,
+                    stripe_unit_bytes,
+                } => format!(
+                    "stripe {columns} columns x {}",
+                    format_size(stripe_unit_bytes)
+                ),
+            };
+            format!(
+                "{} {} {layout} on {}",
+                p.name,
+                p.state.as_str(),
+                disks.join("+")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// [`describe`] of [`Change::VolCreate`]; `created` is the volume as it is now.
+fn describe_vol_create(dg: &str, name: &str, asked: u64, created: Option<&Volume>) -> String {
+    match created {
+        Some(v) => format!(
+            "volume {name} created in disk group {dg}: {}{}: {}",
+            crate::size::format_size(v.size_bytes),
+            rounded_note(asked, v.size_bytes),
+            describe_placement(v)
+        ),
+        None => format!("volume {name} created in disk group {dg}"),
+    }
+}
+
+/// [`describe`] of [`Change::VolGrow`] and [`Change::VolShrink`] (`verb`: grown,
+/// shrunk); `resized` is the volume as it is now.
+fn describe_vol_resize(
+    dg: &str,
+    name: &str,
+    verb: &str,
+    asked: u64,
+    resized: Option<&Volume>,
+) -> String {
+    match resized {
+        Some(v) => format!(
+            "volume {name} of disk group {dg} {verb} to {}{}: {}",
+            crate::size::format_size(v.size_bytes),
+            rounded_note(asked, v.size_bytes),
+            describe_placement(v)
+        ),
+        None => format!("volume {name} of disk group {dg} {verb}"),
+    }
+}
+
+/// [`describe`] of [`Change::PlexAdd`]: the new plex is the volume's last.
+fn describe_plex_add(dg: &str, name: &str, volume: Option<&Volume>) -> String {
+    match volume.and_then(|v| v.plexes.last()) {
+        Some(p) => format!(
+            "plex {} added to volume {name} of disk group {dg}: EMPTY on {} (plexctl plex attach {dg} {} to use it)",
+            p.name,
+            p.disks().into_iter().collect::<Vec<_>>().join("+"),
+            p.name
+        ),
+        None => format!("plex added to volume {name} of disk group {dg}"),
+    }
+}
+
+/// [`describe`] of [`Change::VolExport`].
+fn describe_vol_export(dg: &str, volume: &str, export: &Export) -> String {
+    format!(
+        "volume {volume} of disk group {dg} exported over {} as {} on {}",
+        export.protocol.as_str(),
+        export.iqn,
+        if export.nodes.is_empty() {
+            "every node".to_string()
+        } else {
+            format!("node {}", export.nodes.join(", "))
+        }
+    )
 }
