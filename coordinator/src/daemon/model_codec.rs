@@ -585,7 +585,19 @@ mod tests {
         }
     }
 
+    /// A sample of every change, some twice (one per layout, policy or protocol).
     fn changes() -> Vec<Change> {
+        [
+            dg_changes(),
+            vol_changes(),
+            plex_changes(),
+            export_changes(),
+        ]
+        .concat()
+    }
+
+    /// Disk group changes.
+    fn dg_changes() -> Vec<Change> {
         let dg = || "dg1".to_string();
         vec![
             Change::DgCreate {
@@ -616,6 +628,13 @@ mod tests {
                 shared: true,
                 owner_id: "c1".into(),
             },
+        ]
+    }
+
+    /// Volume changes but exports and reservations.
+    fn vol_changes() -> Vec<Change> {
+        let dg = || "dg1".to_string();
+        vec![
             Change::VolCreate {
                 dg: dg(),
                 volume: "v3".into(),
@@ -657,6 +676,13 @@ mod tests {
                 dg: dg(),
                 volume: "v2".into(),
             },
+        ]
+    }
+
+    /// Plex changes.
+    fn plex_changes() -> Vec<Change> {
+        let dg = || "dg1".to_string();
+        vec![
             Change::PlexAdd {
                 dg: dg(),
                 volume: "v1".into(),
@@ -688,6 +714,13 @@ mod tests {
                 plex: "v1-02".into(),
                 state: PlexState::Syncing,
             },
+        ]
+    }
+
+    /// Exports and reservations.
+    fn export_changes() -> Vec<Change> {
+        let dg = || "dg1".to_string();
+        vec![
             export(),
             Change::VolUnexport {
                 dg: dg(),
