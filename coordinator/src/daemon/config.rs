@@ -333,29 +333,21 @@ impl ClusterFile {
 
     /// Node `i`'s portals, when given, are no node's coordinator address.
     fn check_portals_not_node_addresses(&self, i: usize, n: &NodeEntry) -> Result<(), String> {
-        if let Some(o) = self
-            .nodes
-            .iter()
-            .find(|o| n.iscsi_portal.is_some() && same_address(n.iscsi_portal(), &o.address))
-        {
-            return Err(format!(
-                "nodes[{i}] ({}): iscsi_portal {} is the address of node {}; use another port",
-                n.name,
-                n.iscsi_portal(),
-                o.name
-            ));
-        }
-        if let Some(o) = self
-            .nodes
-            .iter()
-            .find(|o| n.nvmf_portal.is_some() && same_address(n.nvmf_portal(), &o.address))
-        {
-            return Err(format!(
-                "nodes[{i}] ({}): nvmf_portal {} is the address of node {}; use another port",
-                n.name,
-                n.nvmf_portal(),
-                o.name
-            ));
+        let portals = [
+            ("iscsi_portal", n.iscsi_portal.is_some(), n.iscsi_portal()),
+            ("nvmf_portal", n.nvmf_portal.is_some(), n.nvmf_portal()),
+        ];
+        for (what, given, portal) in portals {
+            if let Some(o) = self
+                .nodes
+                .iter()
+                .find(|o| given && same_address(portal, &o.address))
+            {
+                return Err(format!(
+                    "nodes[{i}] ({}): {what} {portal} is the address of node {}; use another port",
+                    n.name, o.name
+                ));
+            }
         }
         Ok(())
     }

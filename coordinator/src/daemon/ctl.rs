@@ -499,6 +499,18 @@ fn kind_of(k: ErrorKind) -> c::ErrorKind {
     }
 }
 
+/// Answers a call with the error `reply` (not the call's answer) stands for: the
+/// `error` text (for an older plexctl) and the typed `failure` about `object`. A macro
+/// because each call's results are a type of their own.
+macro_rules! answer_failure {
+    ($server:expr, $results:expr, $reply:expr, $object:expr) => {{
+        let e = $server.failure($reply);
+        let mut r = $results.get();
+        r.set_error(e.message.as_str());
+        set_failure(r.init_failure(), &e, &$server.identity.name, $object);
+    }};
+}
+
 /// Fills a call's typed error (`failure`); `node` names the answering node, used
 /// when the error names none; `object` is what the call was about.
 fn set_failure(mut b: c::ctl_error::Builder<'_>, e: &RequestError, node: &str, object: &str) {
@@ -662,12 +674,7 @@ impl ctl::Server for NodeServer {
         match self.ask(CtlCall::Change(change)).await {
             CtlReply::Done(Ok(())) => {}
             CtlReply::Changed(done) => results.get().set_done(done.as_str()),
-            other => {
-                let e = self.failure(other);
-                let mut r = results.get();
-                r.set_error(e.message.as_str());
-                set_failure(r.init_failure(), &e, &self.identity.name, &object);
-            }
+            other => answer_failure!(self, results, other, &object),
         }
         Ok(())
     }
@@ -699,12 +706,7 @@ impl ctl::Server for NodeServer {
                     failed.set(i as u32, f.as_str());
                 }
             }
-            other => {
-                let e = self.failure(other);
-                let mut r = results.get();
-                r.set_error(e.message.as_str());
-                set_failure(r.init_failure(), &e, &self.identity.name, "");
-            }
+            other => answer_failure!(self, results, other, ""),
         }
         Ok(())
     }
@@ -730,12 +732,7 @@ impl ctl::Server for NodeServer {
                 r.set_json(json.as_str());
                 r.set_text(text.as_str());
             }
-            other => {
-                let e = self.failure(other);
-                let mut r = results.get();
-                r.set_error(e.message.as_str());
-                set_failure(r.init_failure(), &e, &self.identity.name, &object);
-            }
+            other => answer_failure!(self, results, other, &object),
         }
         Ok(())
     }
@@ -758,12 +755,7 @@ impl ctl::Server for NodeServer {
         };
         match self.ask(call).await {
             CtlReply::Disk(d) => set_disk(results.get().init_disk(), &d),
-            other => {
-                let e = self.failure(other);
-                let mut r = results.get();
-                r.set_error(e.message.as_str());
-                set_failure(r.init_failure(), &e, &self.identity.name, &object);
-            }
+            other => answer_failure!(self, results, other, &object),
         }
         Ok(())
     }
@@ -780,12 +772,7 @@ impl ctl::Server for NodeServer {
                     set_disk(list.reborrow().get(i as u32), d);
                 }
             }
-            other => {
-                let e = self.failure(other);
-                let mut r = results.get();
-                r.set_error(e.message.as_str());
-                set_failure(r.init_failure(), &e, &self.identity.name, "");
-            }
+            other => answer_failure!(self, results, other, ""),
         }
         Ok(())
     }
@@ -817,12 +804,7 @@ impl ctl::Server for NodeServer {
                     b.set_node(t.node.as_str());
                 }
             }
-            other => {
-                let e = self.failure(other);
-                let mut r = results.get();
-                r.set_error(e.message.as_str());
-                set_failure(r.init_failure(), &e, &self.identity.name, "");
-            }
+            other => answer_failure!(self, results, other, ""),
         }
         Ok(())
     }

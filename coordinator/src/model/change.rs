@@ -311,17 +311,32 @@ pub fn describe(change: &Change, after: Option<&DiskGroupConfig>) -> String {
             volume: name,
             size_bytes,
             ..
-        } => describe_vol_create(dg, name, *size_bytes, volume(name)),
+        } => describe_sized(
+            format!("volume {name} created in disk group {dg}"),
+            ": ",
+            *size_bytes,
+            volume(name),
+        ),
         Change::VolGrow {
             volume: name,
             new_size_bytes,
             ..
-        } => describe_vol_resize(dg, name, "grown", *new_size_bytes, volume(name)),
+        } => describe_sized(
+            format!("volume {name} of disk group {dg} grown"),
+            " to ",
+            *new_size_bytes,
+            volume(name),
+        ),
         Change::VolShrink {
             volume: name,
             new_size_bytes,
             ..
-        } => describe_vol_resize(dg, name, "shrunk", *new_size_bytes, volume(name)),
+        } => describe_sized(
+            format!("volume {name} of disk group {dg} shrunk"),
+            " to ",
+            *new_size_bytes,
+            volume(name),
+        ),
         Change::VolSetReadPolicy { volume, .. } => {
             format!("volume {volume} of disk group {dg}: read policy set")
         }
@@ -410,36 +425,18 @@ fn describe_placement(v: &Volume) -> String {
         .join(", ")
 }
 
-/// [`describe`] of [`Change::VolCreate`]; `created` is the volume as it is now.
-fn describe_vol_create(dg: &str, name: &str, asked: u64, created: Option<&Volume>) -> String {
-    match created {
+/// [`describe`] of a change that sized a volume: `headline`, then (when the volume
+/// still exists) after `sep` its size, any rounding of the `asked` size, and its
+/// placement.
+fn describe_sized(headline: String, sep: &str, asked: u64, sized: Option<&Volume>) -> String {
+    match sized {
         Some(v) => format!(
-            "volume {name} created in disk group {dg}: {}{}: {}",
+            "{headline}{sep}{}{}: {}",
             crate::size::format_size(v.size_bytes),
             rounded_note(asked, v.size_bytes),
             describe_placement(v)
         ),
-        None => format!("volume {name} created in disk group {dg}"),
-    }
-}
-
-/// [`describe`] of [`Change::VolGrow`] and [`Change::VolShrink`] (`verb`: grown,
-/// shrunk); `resized` is the volume as it is now.
-fn describe_vol_resize(
-    dg: &str,
-    name: &str,
-    verb: &str,
-    asked: u64,
-    resized: Option<&Volume>,
-) -> String {
-    match resized {
-        Some(v) => format!(
-            "volume {name} of disk group {dg} {verb} to {}{}: {}",
-            crate::size::format_size(v.size_bytes),
-            rounded_note(asked, v.size_bytes),
-            describe_placement(v)
-        ),
-        None => format!("volume {name} of disk group {dg} {verb}"),
+        None => headline,
     }
 }
 

@@ -42,6 +42,21 @@ impl DiskGroupConfig {
         )))
     }
 
+    /// A volume's, plex's or subdisk's name (`kind`): valid, and used by no other
+    /// object of the group (`object_names`, to which it is added).
+    fn check_object_name<'a>(
+        &self,
+        kind: &str,
+        name: &'a str,
+        object_names: &mut BTreeSet<&'a str>,
+    ) -> Result<(), ConfigError> {
+        validate_name(kind, name)?;
+        if !object_names.insert(name) {
+            return self.invalid(format!("name {name} used twice"));
+        }
+        Ok(())
+    }
+
     /// At least one disk; names and ids unique; public regions inside their disks.
     fn validate_disks(&self) -> Result<(), ConfigError> {
         if self.disks.is_empty() {
@@ -73,10 +88,7 @@ impl DiskGroupConfig {
         object_names: &mut BTreeSet<&'a str>,
         extents: &mut Vec<Extent<'a>>,
     ) -> Result<(), ConfigError> {
-        validate_name("volume", &v.name)?;
-        if !object_names.insert(v.name.as_str()) {
-            return self.invalid(format!("name {} used twice", v.name));
-        }
+        self.check_object_name("volume", &v.name, object_names)?;
         if v.size_bytes == 0 || !v.size_bytes.is_multiple_of(SECTOR_BYTES) {
             return self.invalid(format!(
                 "volume {}: size {} is not a positive multiple of 512",
@@ -92,10 +104,7 @@ impl DiskGroupConfig {
         }
         let mut volume_disks = BTreeSet::new();
         for p in &v.plexes {
-            validate_name("plex", &p.name)?;
-            if !object_names.insert(p.name.as_str()) {
-                return self.invalid(format!("name {} used twice", p.name));
-            }
+            self.check_object_name("plex", &p.name, object_names)?;
             p.layout.validate()?;
             let plex_disks = self.validate_columns(p)?;
             if !plex_disks.is_disjoint(&volume_disks) {
@@ -172,10 +181,7 @@ impl DiskGroupConfig {
         object_names: &mut BTreeSet<&'a str>,
         extents: &mut Vec<Extent<'a>>,
     ) -> Result<(), ConfigError> {
-        validate_name("subdisk", &sd.name)?;
-        if !object_names.insert(sd.name.as_str()) {
-            return self.invalid(format!("name {} used twice", sd.name));
-        }
+        self.check_object_name("subdisk", &sd.name, object_names)?;
         let Some(d) = self.disk(&sd.disk) else {
             return self.invalid(format!(
                 "subdisk {}: disk {} is not in the group",
