@@ -72,6 +72,8 @@ impl Message {
     /// node's [`PROTOCOL_VERSION`].
     pub fn write(&self, mut b: wire::message::Builder<'_>) {
         b.set_version(PROTOCOL_VERSION);
+        // The transaction's steps here; heartbeats, forwarded requests, joins,
+        // takeovers and resync fences in functions of their own.
         match self {
             Message::Heartbeat { .. } => write_heartbeat(self, b.init_heartbeat()),
             Message::Forward { request, body } => write_forward(*request, body, b.init_forward()),

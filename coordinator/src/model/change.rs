@@ -282,15 +282,7 @@ pub fn describe(change: &Change, after: Option<&DiskGroupConfig>) -> String {
     let volume = |name: &str| after.and_then(|g| g.volume(name));
     let dg = change.dg_name();
     match change {
-        Change::DgCreate { shared, disks, .. } => format!(
-            "disk group {dg} created ({}) on disks {}",
-            sharing(*shared),
-            disks
-                .iter()
-                .map(|d| d.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+        Change::DgCreate { shared, disks, .. } => describe_dg_create(dg, *shared, disks),
         Change::DgImport { shared, .. } => {
             format!("disk group {dg} imported ({})", sharing(*shared))
         }
@@ -368,6 +360,16 @@ pub fn describe(change: &Change, after: Option<&DiskGroupConfig>) -> String {
             protocol.as_str()
         ),
     }
+}
+
+/// [`describe`] of [`Change::DgCreate`].
+fn describe_dg_create(dg: &str, shared: bool, disks: &[Disk]) -> String {
+    let names: Vec<&str> = disks.iter().map(|d| d.name.as_str()).collect();
+    format!(
+        "disk group {dg} created ({}) on disks {}",
+        sharing(shared),
+        names.join(", ")
+    )
 }
 
 /// `shared` or `private`, for a group's description.
