@@ -72,62 +72,11 @@ impl Message {
     /// node's [`PROTOCOL_VERSION`].
     pub fn write(&self, mut b: wire::message::Builder<'_>) {
         b.set_version(PROTOCOL_VERSION);
+        // The transaction's steps here; heartbeats, forwarded requests, joins,
+        // takeovers and resync fences in functions of their own.
         match self {
-            Message::Heartbeat {
-                incarnation,
-                view_id,
-                master,
-                member,
-                stamp_ms,
-                echo,
-                lease_left_ms,
-                max_view,
-                member_ago_ms,
-                txns,
-                leased,
-                heard,
-                disk_vote,
-            } => {
-                let mut h = b.init_heartbeat();
-                h.set_incarnation(*incarnation);
-                h.set_view_id(*view_id);
-                match master {
-                    Some(n) => h.reborrow().get_master().set_node(*n),
-                    None => h.reborrow().get_master().set_none(()),
-                }
-                h.set_member(*member);
-                h.set_stamp_ms(*stamp_ms);
-                if let Some(e) = echo {
-                    write_echo(e, h.reborrow().init_echo());
-                }
-                h.set_lease_left_ms(*lease_left_ms);
-                h.set_max_view(*max_view);
-                match member_ago_ms {
-                    Some(ms) => h.reborrow().get_member_ago_ms().set_ms(*ms),
-                    None => h.reborrow().get_member_ago_ms().set_never(()),
-                }
-                if let Some(t) = txns {
-                    write_txn_state(t, h.reborrow().init_txns());
-                }
-                h.set_leased(*leased);
-                if let Some(e) = heard {
-                    write_echo(e, h.reborrow().init_heard());
-                }
-                h.set_disk_vote(*disk_vote);
-            }
-            Message::Forward { request, body } => {
-                let mut f = b.init_forward();
-                f.set_request(request.0);
-                let mut w = f.init_body();
-                match body {
-                    WireRequest::Change(bytes) => w.set_change(bytes),
-                    WireRequest::DetachPlex { volume, plex } => {
-                        let mut d = w.init_detach_plex();
-                        d.set_volume(volume.as_str());
-                        d.set_plex(plex.as_str());
-                    }
-                }
-            }
+            Message::Heartbeat { .. } => write_heartbeat(self, b.init_heartbeat()),
+            Message::Forward { request, body } => write_forward(*request, body, b.init_forward()),
             Message::Outcome {
                 request,
                 result,
@@ -178,95 +127,17 @@ impl Message {
             Message::Commit { txn } => write_txn(txn, b.init_commit().init_txn()),
             Message::CommitAck { txn } => write_txn(txn, b.init_commit_ack().init_txn()),
             Message::Abort { txn } => write_txn(txn, b.init_abort().init_txn()),
-            Message::JoinRequest { incarnation } => {
-                b.init_join_request().set_incarnation(*incarnation)
+            Message::JoinRequest { .. }
+            | Message::JoinOffer { .. }
+            | Message::JoinReady { .. }
+            | Message::JoinAbandon { .. } => write_join(self, b),
+            Message::TakeoverQuery { .. } | Message::TakeoverInfo { .. } | Message::View { .. } => {
+                write_takeover(self, b)
             }
-            Message::JoinOffer {
-                join,
-                config,
-                config_txn,
-                disks,
-            } => {
-                let mut j = b.init_join_offer();
-                j.set_join(*join);
-                j.set_config(config);
-                write_txn(config_txn, j.reborrow().init_config_txn());
-                let mut list = j.init_disks(len_u32(disks.len()));
-                for (i, d) in (0..).zip(disks) {
-                    list.set(i, d.as_str());
-                }
-            }
-            Message::JoinReady { join } => b.init_join_ready().set_join(*join),
-            Message::JoinAbandon { join, reason } => {
-                let mut j = b.init_join_abandon();
-                j.set_join(*join);
-                j.set_reason(reason.as_str());
-            }
-            Message::TakeoverQuery {
-                master,
-                incarnation,
-            } => {
-                let mut t = b.init_takeover_query();
-                t.set_master(*master);
-                t.set_incarnation(*incarnation);
-            }
-            Message::TakeoverInfo {
-                view,
-                granted,
-                master_silent_ms,
-                vote_kept,
-            } => {
-                let mut t = b.init_takeover_info();
-                if let Some(v) = view {
-                    write_view(v, t.reborrow().init_view());
-                }
-                t.set_granted(*granted);
-                match master_silent_ms {
-                    Some(ms) => t.reborrow().get_master_silent_ms().set_ms(*ms),
-                    None => t.reborrow().get_master_silent_ms().set_never(()),
-                }
-                t.set_vote_kept(*vote_kept);
-            }
-            Message::View {
-                view,
-                config_seq,
-                last_txn,
-                reasons,
-            } => {
-                let mut v = b.init_view();
-                write_view(view, v.reborrow().init_view());
-                v.set_config_seq(*config_seq);
-                write_txn(last_txn, v.reborrow().init_last_txn());
-                let mut list = v.init_reasons(len_u32(reasons.len()));
-                for (i, (node, reason)) in (0..).zip(reasons) {
-                    let mut r = list.reborrow().get(i);
-                    r.set_node(*node);
-                    r.set_reason(reason.as_str());
-                }
-            }
-            Message::Fence {
-                token,
-                dg,
-                volume,
-                plex,
-            } => {
-                let mut f = b.init_fence();
-                write_token(token, f.reborrow().init_token());
-                f.set_dg(dg.as_str());
-                f.set_volume(volume.as_str());
-                f.set_plex(plex.as_str());
-            }
-            Message::FenceReply { token, result } => {
-                let mut f = b.init_fence_reply();
-                write_token(token, f.reborrow().init_token());
-                write_result(result, f.init_result());
-            }
-            Message::Release { token } => write_token(token, b.init_release().init_token()),
-            Message::ReleaseReply { token, intact } => {
-                let mut r = b.init_release_reply();
-                write_token(token, r.reborrow().init_token());
-                r.set_intact(*intact);
-            }
+            Message::Fence { .. }
+            | Message::FenceReply { .. }
+            | Message::Release { .. }
+            | Message::ReleaseReply { .. } => write_fence(self, b),
         }
     }
 
@@ -291,6 +162,176 @@ impl Message {
             ));
         }
         read_message(r).map_err(|e| format!("malformed message: {e}"))
+    }
+}
+
+/// Writes a [`Message::Heartbeat`] (`m`, from [`Message::write`]).
+fn write_heartbeat(m: &Message, mut h: wire::heartbeat::Builder<'_>) {
+    let Message::Heartbeat {
+        incarnation,
+        view_id,
+        master,
+        member,
+        stamp_ms,
+        echo,
+        lease_left_ms,
+        max_view,
+        member_ago_ms,
+        txns,
+        leased,
+        heard,
+        disk_vote,
+    } = m
+    else {
+        unreachable!("write_heartbeat of {}", m.kind());
+    };
+    h.set_incarnation(*incarnation);
+    h.set_view_id(*view_id);
+    match master {
+        Some(n) => h.reborrow().get_master().set_node(*n),
+        None => h.reborrow().get_master().set_none(()),
+    }
+    h.set_member(*member);
+    h.set_stamp_ms(*stamp_ms);
+    if let Some(e) = echo {
+        write_echo(e, h.reborrow().init_echo());
+    }
+    h.set_lease_left_ms(*lease_left_ms);
+    h.set_max_view(*max_view);
+    match member_ago_ms {
+        Some(ms) => h.reborrow().get_member_ago_ms().set_ms(*ms),
+        None => h.reborrow().get_member_ago_ms().set_never(()),
+    }
+    if let Some(t) = txns {
+        write_txn_state(t, h.reborrow().init_txns());
+    }
+    h.set_leased(*leased);
+    if let Some(e) = heard {
+        write_echo(e, h.reborrow().init_heard());
+    }
+    h.set_disk_vote(*disk_vote);
+}
+
+/// Writes a [`Message::Forward`].
+fn write_forward(request: RequestId, body: &WireRequest, mut f: wire::forward::Builder<'_>) {
+    f.set_request(request.0);
+    let mut w = f.init_body();
+    match body {
+        WireRequest::Change(bytes) => w.set_change(bytes),
+        WireRequest::DetachPlex { volume, plex } => {
+            let mut d = w.init_detach_plex();
+            d.set_volume(volume.as_str());
+            d.set_plex(plex.as_str());
+        }
+    }
+}
+
+/// Writes a join message (`m`, from [`Message::write`]): request, offer, ready,
+/// abandon.
+fn write_join(m: &Message, b: wire::message::Builder<'_>) {
+    match m {
+        Message::JoinRequest { incarnation } => b.init_join_request().set_incarnation(*incarnation),
+        Message::JoinOffer {
+            join,
+            config,
+            config_txn,
+            disks,
+        } => {
+            let mut j = b.init_join_offer();
+            j.set_join(*join);
+            j.set_config(config);
+            write_txn(config_txn, j.reborrow().init_config_txn());
+            let mut list = j.init_disks(len_u32(disks.len()));
+            for (i, d) in (0..).zip(disks) {
+                list.set(i, d.as_str());
+            }
+        }
+        Message::JoinReady { join } => b.init_join_ready().set_join(*join),
+        Message::JoinAbandon { join, reason } => {
+            let mut j = b.init_join_abandon();
+            j.set_join(*join);
+            j.set_reason(reason.as_str());
+        }
+        _ => unreachable!("write_join of {}", m.kind()),
+    }
+}
+
+/// Writes a takeover or view message (`m`, from [`Message::write`]).
+fn write_takeover(m: &Message, b: wire::message::Builder<'_>) {
+    match m {
+        Message::TakeoverQuery {
+            master,
+            incarnation,
+        } => {
+            let mut t = b.init_takeover_query();
+            t.set_master(*master);
+            t.set_incarnation(*incarnation);
+        }
+        Message::TakeoverInfo {
+            view,
+            granted,
+            master_silent_ms,
+            vote_kept,
+        } => {
+            let mut t = b.init_takeover_info();
+            if let Some(v) = view {
+                write_view(v, t.reborrow().init_view());
+            }
+            t.set_granted(*granted);
+            match master_silent_ms {
+                Some(ms) => t.reborrow().get_master_silent_ms().set_ms(*ms),
+                None => t.reborrow().get_master_silent_ms().set_never(()),
+            }
+            t.set_vote_kept(*vote_kept);
+        }
+        Message::View {
+            view,
+            config_seq,
+            last_txn,
+            reasons,
+        } => {
+            let mut v = b.init_view();
+            write_view(view, v.reborrow().init_view());
+            v.set_config_seq(*config_seq);
+            write_txn(last_txn, v.reborrow().init_last_txn());
+            let mut list = v.init_reasons(len_u32(reasons.len()));
+            for (i, (node, reason)) in (0..).zip(reasons) {
+                let mut r = list.reborrow().get(i);
+                r.set_node(*node);
+                r.set_reason(reason.as_str());
+            }
+        }
+        _ => unreachable!("write_takeover of {}", m.kind()),
+    }
+}
+
+/// Writes a resync fence message (`m`, from [`Message::write`]).
+fn write_fence(m: &Message, b: wire::message::Builder<'_>) {
+    match m {
+        Message::Fence {
+            token,
+            dg,
+            volume,
+            plex,
+        } => {
+            let mut f = b.init_fence();
+            write_token(token, f.reborrow().init_token());
+            f.set_dg(dg.as_str());
+            f.set_volume(volume.as_str());
+            f.set_plex(plex.as_str());
+        }
+        Message::FenceReply { token, result } => {
+            let mut f = b.init_fence_reply();
+            write_token(token, f.reborrow().init_token());
+            write_result(result, f.init_result());
+        }
+        Message::Release { token } => write_token(token, b.init_release().init_token()),
+        Message::ReleaseReply { token, intact } => {
+            let mut r = b.init_release_reply();
+            write_token(token, r.reborrow().init_token());
+            r.set_intact(*intact);
+        }
+        _ => unreachable!("write_fence of {}", m.kind()),
     }
 }
 
@@ -439,95 +480,10 @@ fn read_result(r: wire::answer::Reader<'_>) -> capnp::Result<Result<(), String>>
 fn read_message(r: wire::message::Reader<'_>) -> capnp::Result<Message> {
     use wire::message::Which;
     Ok(match r.which().map_err(|e| unknown("message kind", e))? {
-        Which::Heartbeat(h) => {
-            let h = h?;
-            use wire::heartbeat::{master, member_ago_ms};
-            Message::Heartbeat {
-                incarnation: h.get_incarnation(),
-                view_id: h.get_view_id(),
-                master: match h.get_master().which().map_err(|e| unknown("master", e))? {
-                    master::None(()) => None,
-                    master::Node(n) => Some(n),
-                },
-                member: h.get_member(),
-                stamp_ms: h.get_stamp_ms(),
-                echo: if h.has_echo() {
-                    Some(read_echo(h.get_echo()?))
-                } else {
-                    None
-                },
-                lease_left_ms: h.get_lease_left_ms(),
-                max_view: h.get_max_view(),
-                member_ago_ms: match h
-                    .get_member_ago_ms()
-                    .which()
-                    .map_err(|e| unknown("memberAgoMs", e))?
-                {
-                    member_ago_ms::Never(()) => None,
-                    member_ago_ms::Ms(ms) => Some(ms),
-                },
-                txns: if h.has_txns() {
-                    Some(read_txn_state(h.get_txns()?)?)
-                } else {
-                    None
-                },
-                leased: h.get_leased(),
-                heard: if h.has_heard() {
-                    Some(read_echo(h.get_heard()?))
-                } else {
-                    None
-                },
-                disk_vote: h.get_disk_vote(),
-            }
-        }
-        Which::Forward(f) => {
-            let f = f?;
-            use wire::wire_request::Which as W;
-            let body = match f.get_body()?.which().map_err(|e| unknown("request", e))? {
-                W::Change(bytes) => WireRequest::Change(bytes?.to_vec()),
-                W::DetachPlex(d) => WireRequest::DetachPlex {
-                    volume: text(d.get_volume())?,
-                    plex: text(d.get_plex())?,
-                },
-            };
-            Message::Forward {
-                request: RequestId(f.get_request()),
-                body,
-            }
-        }
-        Which::Outcome(o) => {
-            let o = o?;
-            use wire::outcome::kind;
-            Message::Outcome {
-                request: RequestId(o.get_request()),
-                result: read_result(o.get_result()?)?,
-                kind: match o.get_kind().which().map_err(|e| unknown("kind", e))? {
-                    kind::None(()) => None,
-                    kind::Kind(k) => Some(core_kind(k)),
-                },
-                node: if o.has_node() {
-                    Some(text(o.get_node())?)
-                } else {
-                    None
-                },
-            }
-        }
-        Which::Check(c) => {
-            let c = c?;
-            Message::Check {
-                txn: read_txn(c.get_txn()?),
-                change: c.get_change()?.to_vec(),
-                origin: Origin {
-                    node: c.get_origin_node(),
-                    request: RequestId(c.get_origin_request()),
-                },
-                base: if c.has_base() {
-                    Some(read_txn_state(c.get_base()?)?)
-                } else {
-                    None
-                },
-            }
-        }
+        Which::Heartbeat(h) => read_heartbeat(h?)?,
+        Which::Forward(f) => read_forward(f?)?,
+        Which::Outcome(o) => read_outcome(o?)?,
+        Which::Check(c) => read_check(c?)?,
         Which::CheckReply(c) => {
             let c = c?;
             use wire::check_reply::kind;
@@ -562,19 +518,7 @@ fn read_message(r: wire::message::Reader<'_>) -> capnp::Result<Message> {
         Which::JoinRequest(j) => Message::JoinRequest {
             incarnation: j?.get_incarnation(),
         },
-        Which::JoinOffer(j) => {
-            let j = j?;
-            let mut disks = Vec::new();
-            for d in j.get_disks()? {
-                disks.push(text(d)?);
-            }
-            Message::JoinOffer {
-                join: j.get_join(),
-                config: j.get_config()?.to_vec(),
-                config_txn: read_txn(j.get_config_txn()?),
-                disks,
-            }
-        }
+        Which::JoinOffer(j) => read_join_offer(j?)?,
         Which::JoinReady(j) => Message::JoinReady {
             join: j?.get_join(),
         },
@@ -592,49 +536,9 @@ fn read_message(r: wire::message::Reader<'_>) -> capnp::Result<Message> {
                 incarnation: t.get_incarnation(),
             }
         }
-        Which::TakeoverInfo(t) => {
-            let t = t?;
-            use wire::takeover_info::master_silent_ms;
-            Message::TakeoverInfo {
-                view: if t.has_view() {
-                    Some(read_view(t.get_view()?)?)
-                } else {
-                    None
-                },
-                granted: t.get_granted(),
-                master_silent_ms: match t
-                    .get_master_silent_ms()
-                    .which()
-                    .map_err(|e| unknown("masterSilentMs", e))?
-                {
-                    master_silent_ms::Never(()) => None,
-                    master_silent_ms::Ms(ms) => Some(ms),
-                },
-                vote_kept: t.get_vote_kept(),
-            }
-        }
-        Which::View(v) => {
-            let v = v?;
-            let mut reasons = Vec::new();
-            for r in v.get_reasons()? {
-                reasons.push((r.get_node() as NodeId, text(r.get_reason())?));
-            }
-            Message::View {
-                view: read_view(v.get_view()?)?,
-                config_seq: v.get_config_seq(),
-                last_txn: read_txn(v.get_last_txn()?),
-                reasons,
-            }
-        }
-        Which::Fence(f) => {
-            let f = f?;
-            Message::Fence {
-                token: read_token(f.get_token()?),
-                dg: text(f.get_dg())?,
-                volume: text(f.get_volume())?,
-                plex: text(f.get_plex())?,
-            }
-        }
+        Which::TakeoverInfo(t) => read_takeover_info(t?)?,
+        Which::View(v) => read_view_message(v?)?,
+        Which::Fence(f) => read_fence(f?)?,
         Which::FenceReply(f) => {
             let f = f?;
             Message::FenceReply {
@@ -652,6 +556,152 @@ fn read_message(r: wire::message::Reader<'_>) -> capnp::Result<Message> {
                 intact: r.get_intact(),
             }
         }
+    })
+}
+
+fn read_heartbeat(h: wire::heartbeat::Reader<'_>) -> capnp::Result<Message> {
+    use wire::heartbeat::{master, member_ago_ms};
+    Ok(Message::Heartbeat {
+        incarnation: h.get_incarnation(),
+        view_id: h.get_view_id(),
+        master: match h.get_master().which().map_err(|e| unknown("master", e))? {
+            master::None(()) => None,
+            master::Node(n) => Some(n),
+        },
+        member: h.get_member(),
+        stamp_ms: h.get_stamp_ms(),
+        echo: if h.has_echo() {
+            Some(read_echo(h.get_echo()?))
+        } else {
+            None
+        },
+        lease_left_ms: h.get_lease_left_ms(),
+        max_view: h.get_max_view(),
+        member_ago_ms: match h
+            .get_member_ago_ms()
+            .which()
+            .map_err(|e| unknown("memberAgoMs", e))?
+        {
+            member_ago_ms::Never(()) => None,
+            member_ago_ms::Ms(ms) => Some(ms),
+        },
+        txns: if h.has_txns() {
+            Some(read_txn_state(h.get_txns()?)?)
+        } else {
+            None
+        },
+        leased: h.get_leased(),
+        heard: if h.has_heard() {
+            Some(read_echo(h.get_heard()?))
+        } else {
+            None
+        },
+        disk_vote: h.get_disk_vote(),
+    })
+}
+
+fn read_forward(f: wire::forward::Reader<'_>) -> capnp::Result<Message> {
+    use wire::wire_request::Which as W;
+    let body = match f.get_body()?.which().map_err(|e| unknown("request", e))? {
+        W::Change(bytes) => WireRequest::Change(bytes?.to_vec()),
+        W::DetachPlex(d) => WireRequest::DetachPlex {
+            volume: text(d.get_volume())?,
+            plex: text(d.get_plex())?,
+        },
+    };
+    Ok(Message::Forward {
+        request: RequestId(f.get_request()),
+        body,
+    })
+}
+
+fn read_outcome(o: wire::outcome::Reader<'_>) -> capnp::Result<Message> {
+    use wire::outcome::kind;
+    Ok(Message::Outcome {
+        request: RequestId(o.get_request()),
+        result: read_result(o.get_result()?)?,
+        kind: match o.get_kind().which().map_err(|e| unknown("kind", e))? {
+            kind::None(()) => None,
+            kind::Kind(k) => Some(core_kind(k)),
+        },
+        node: if o.has_node() {
+            Some(text(o.get_node())?)
+        } else {
+            None
+        },
+    })
+}
+
+fn read_check(c: wire::check::Reader<'_>) -> capnp::Result<Message> {
+    Ok(Message::Check {
+        txn: read_txn(c.get_txn()?),
+        change: c.get_change()?.to_vec(),
+        origin: Origin {
+            node: c.get_origin_node(),
+            request: RequestId(c.get_origin_request()),
+        },
+        base: if c.has_base() {
+            Some(read_txn_state(c.get_base()?)?)
+        } else {
+            None
+        },
+    })
+}
+
+fn read_join_offer(j: wire::join_offer::Reader<'_>) -> capnp::Result<Message> {
+    let mut disks = Vec::new();
+    for d in j.get_disks()? {
+        disks.push(text(d)?);
+    }
+    Ok(Message::JoinOffer {
+        join: j.get_join(),
+        config: j.get_config()?.to_vec(),
+        config_txn: read_txn(j.get_config_txn()?),
+        disks,
+    })
+}
+
+fn read_takeover_info(t: wire::takeover_info::Reader<'_>) -> capnp::Result<Message> {
+    use wire::takeover_info::master_silent_ms;
+    Ok(Message::TakeoverInfo {
+        view: if t.has_view() {
+            Some(read_view(t.get_view()?)?)
+        } else {
+            None
+        },
+        granted: t.get_granted(),
+        master_silent_ms: match t
+            .get_master_silent_ms()
+            .which()
+            .map_err(|e| unknown("masterSilentMs", e))?
+        {
+            master_silent_ms::Never(()) => None,
+            master_silent_ms::Ms(ms) => Some(ms),
+        },
+        vote_kept: t.get_vote_kept(),
+    })
+}
+
+/// Reads a [`Message::View`] (the view itself: [`read_view`]).
+fn read_view_message(v: wire::install_view::Reader<'_>) -> capnp::Result<Message> {
+    let mut reasons = Vec::new();
+    for r in v.get_reasons()? {
+        reasons.push((r.get_node() as NodeId, text(r.get_reason())?));
+    }
+    Ok(Message::View {
+        view: read_view(v.get_view()?)?,
+        config_seq: v.get_config_seq(),
+        last_txn: read_txn(v.get_last_txn()?),
+        reasons,
+    })
+}
+
+fn read_fence(f: wire::fence::Reader<'_>) -> capnp::Result<Message> {
+    Ok(Message::Fence {
+        token: read_token(f.get_token()?),
+        dg: text(f.get_dg())?,
+        volume: text(f.get_volume())?,
+        plex: text(f.get_plex())?,
     })
 }
 

@@ -365,61 +365,9 @@ impl<M: ConfigModel> Node<M> {
             self.qdisk.last_seen = *r;
             self.qdisk.last_error = None;
         }
-        let wait = self.cfg.lease_wait_ms();
-        let renew = renew_interval_ms(&self.cfg);
-        let window = write_window_ms(&self.cfg);
         match (kind, self.qdisk.phase) {
             (IoKind::WatchRead { issued_ms }, Phase::Watching { seen, .. }) => {
-                let record = match result {
-                    Ok(r) => r,
-                    Err(e) => {
-                        if self.qdisk.last_error.as_deref() != Some(e.as_str()) {
-                            let line = format!(
-                                "node {}: cannot read the quorum disk: {e}",
-                                self.name(self.cfg.me)
-                            );
-                            self.log(log::Level::Warn, line);
-                            self.qdisk.last_error = Some(e);
-                        }
-                        self.qdisk.phase = Phase::Watching {
-                            seen: None,
-                            next_read_ms: now_ms + renew,
-                        };
-                        return;
-                    }
-                };
-                match seen {
-                    // Unchanged for the wait (this read started at or after its end;
-                    // `since` is when the first read completed): its owner's hold
-                    // has run out. This read is the one right before the write,
-                    // which must start within the window of when the read started.
-                    Some((r, since)) if r == record && issued_ms >= since + wait => {
-                        self.qdisk.counter += 1;
-                        let ours = self.qdisk_ours(self.qdisk.counter);
-                        log::info!(
-                            "node {}: the quorum disk's record {record:?} stayed the same for {} ms; writing ours",
-                            self.cfg.me,
-                            issued_ms - since
-                        );
-                        self.qdisk.phase = Phase::Writing;
-                        self.qdisk_issue(
-                            IoKind::AcquireWrite { read_ms: issued_ms },
-                            Some((ours, issued_ms + window)),
-                        );
-                    }
-                    Some((r, since)) if r == record => {
-                        self.qdisk.phase = Phase::Watching {
-                            seen,
-                            next_read_ms: (now_ms + renew).min(since + wait),
-                        };
-                    }
-                    _ => {
-                        self.qdisk.phase = Phase::Watching {
-                            seen: Some((record, now_ms)),
-                            next_read_ms: now_ms + renew,
-                        };
-                    }
-                }
+                self.on_qdisk_watch_read(now_ms, issued_ms, seen, result)
             }
             (
                 IoKind::SettleRead,
@@ -428,54 +376,145 @@ impl<M: ConfigModel> Node<M> {
                     hold_until_ms,
                     ..
                 },
-            ) => match result {
-                Ok(Some(r)) if r == self.qdisk_ours(self.qdisk.counter) => {
-                    let counts_from_ms = wrote_ms + wait;
-                    let line = format!(
-                        "node {}: acquired the quorum disk; its vote counts in {} ms",
-                        self.name(self.cfg.me),
-                        counts_from_ms.saturating_sub(now_ms)
-                    );
-                    self.log(log::Level::Info, line);
-                    self.qdisk.phase = Phase::Held {
-                        counts_from_ms,
-                        hold_until_ms,
-                        // Renew at once: the hold so far counts from the read
-                        // before our write.
-                        last_renewal_ms: now_ms.saturating_sub(renew),
-                    };
-                }
-                Ok(other) => {
-                    let why = match other {
-                        Some(r) => format!("node {} wrote it after us", self.name(r.owner)),
-                        None => "its record is torn".to_string(),
-                    };
-                    self.qdisk_lose(now_ms, &why);
-                }
-                Err(e) => self.qdisk_lose(now_ms, &format!("cannot read it back: {e}")),
-            },
-            (IoKind::RenewRead { start_ms }, Phase::Held { .. }) => match result {
-                Ok(Some(r)) if r == self.qdisk_ours(self.qdisk.counter) => {
-                    self.qdisk.counter += 1;
-                    let ours = self.qdisk_ours(self.qdisk.counter);
-                    self.qdisk_issue(
-                        IoKind::RenewWrite { start_ms },
-                        Some((ours, start_ms + window)),
-                    );
-                }
-                Ok(Some(r)) => {
-                    let why = format!(
-                        "node {} holds it now (start {}, counter {})",
-                        self.name(r.owner),
-                        r.incarnation,
-                        r.counter
-                    );
-                    self.qdisk_lose(now_ms, &why);
-                }
-                Ok(None) => self.qdisk_lose(now_ms, "its record is torn"),
-                Err(e) => self.qdisk_lose(now_ms, &format!("cannot read it: {e}")),
-            },
+            ) => self.on_qdisk_settle_read(now_ms, wrote_ms, hold_until_ms, result),
+            (IoKind::RenewRead { start_ms }, Phase::Held { .. }) => {
+                self.on_qdisk_renew_read(now_ms, start_ms, result)
+            }
             _ => {}
+        }
+    }
+
+    /// A watching read (issued at `issued_ms`; `seen`: the record seen unchanged
+    /// since when) completed: write ours once the record stayed the same for the
+    /// lease wait, else read again.
+    fn on_qdisk_watch_read(
+        &mut self,
+        now_ms: u64,
+        issued_ms: u64,
+        seen: Option<(Option<QuorumDiskRecord>, u64)>,
+        result: Result<Option<QuorumDiskRecord>, String>,
+    ) {
+        let wait = self.cfg.lease_wait_ms();
+        let renew = renew_interval_ms(&self.cfg);
+        let record = match result {
+            Ok(r) => r,
+            Err(e) => {
+                if self.qdisk.last_error.as_deref() != Some(e.as_str()) {
+                    let line = format!(
+                        "node {}: cannot read the quorum disk: {e}",
+                        self.name(self.cfg.me)
+                    );
+                    self.log(log::Level::Warn, line);
+                    self.qdisk.last_error = Some(e);
+                }
+                self.qdisk.phase = Phase::Watching {
+                    seen: None,
+                    next_read_ms: now_ms + renew,
+                };
+                return;
+            }
+        };
+        match seen {
+            // Unchanged for the wait (this read started at or after its end;
+            // `since` is when the first read completed): its owner's hold
+            // has run out. This read is the one right before the write,
+            // which must start within the window of when the read started.
+            Some((r, since)) if r == record && issued_ms >= since + wait => {
+                self.qdisk.counter += 1;
+                let ours = self.qdisk_ours(self.qdisk.counter);
+                log::info!(
+                    "node {}: the quorum disk's record {record:?} stayed the same for {} ms; writing ours",
+                    self.cfg.me,
+                    issued_ms - since
+                );
+                self.qdisk.phase = Phase::Writing;
+                let window = write_window_ms(&self.cfg);
+                self.qdisk_issue(
+                    IoKind::AcquireWrite { read_ms: issued_ms },
+                    Some((ours, issued_ms + window)),
+                );
+            }
+            Some((r, since)) if r == record => {
+                self.qdisk.phase = Phase::Watching {
+                    seen,
+                    next_read_ms: (now_ms + renew).min(since + wait),
+                };
+            }
+            _ => {
+                self.qdisk.phase = Phase::Watching {
+                    seen: Some((record, now_ms)),
+                    next_read_ms: now_ms + renew,
+                };
+            }
+        }
+    }
+
+    /// The read back after our acquiring write (at `wrote_ms`) completed: the disk
+    /// is held when it still holds our record.
+    fn on_qdisk_settle_read(
+        &mut self,
+        now_ms: u64,
+        wrote_ms: u64,
+        hold_until_ms: u64,
+        result: Result<Option<QuorumDiskRecord>, String>,
+    ) {
+        match result {
+            Ok(Some(r)) if r == self.qdisk_ours(self.qdisk.counter) => {
+                let counts_from_ms = wrote_ms + self.cfg.lease_wait_ms();
+                let line = format!(
+                    "node {}: acquired the quorum disk; its vote counts in {} ms",
+                    self.name(self.cfg.me),
+                    counts_from_ms.saturating_sub(now_ms)
+                );
+                self.log(log::Level::Info, line);
+                self.qdisk.phase = Phase::Held {
+                    counts_from_ms,
+                    hold_until_ms,
+                    // Renew at once: the hold so far counts from the read
+                    // before our write.
+                    last_renewal_ms: now_ms.saturating_sub(renew_interval_ms(&self.cfg)),
+                };
+            }
+            Ok(other) => {
+                let why = match other {
+                    Some(r) => format!("node {} wrote it after us", self.name(r.owner)),
+                    None => "its record is torn".to_string(),
+                };
+                self.qdisk_lose(now_ms, &why);
+            }
+            Err(e) => self.qdisk_lose(now_ms, &format!("cannot read it back: {e}")),
+        }
+    }
+
+    /// The read before a renewal (started at `start_ms`) completed: write our next
+    /// record while the disk still holds ours, else the disk is lost.
+    fn on_qdisk_renew_read(
+        &mut self,
+        now_ms: u64,
+        start_ms: u64,
+        result: Result<Option<QuorumDiskRecord>, String>,
+    ) {
+        match result {
+            Ok(Some(r)) if r == self.qdisk_ours(self.qdisk.counter) => {
+                self.qdisk.counter += 1;
+                let ours = self.qdisk_ours(self.qdisk.counter);
+                let window = write_window_ms(&self.cfg);
+                self.qdisk_issue(
+                    IoKind::RenewWrite { start_ms },
+                    Some((ours, start_ms + window)),
+                );
+            }
+            Ok(Some(r)) => {
+                let why = format!(
+                    "node {} holds it now (start {}, counter {})",
+                    self.name(r.owner),
+                    r.incarnation,
+                    r.counter
+                );
+                self.qdisk_lose(now_ms, &why);
+            }
+            Ok(None) => self.qdisk_lose(now_ms, "its record is torn"),
+            Err(e) => self.qdisk_lose(now_ms, &format!("cannot read it: {e}")),
         }
     }
 

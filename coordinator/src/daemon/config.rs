@@ -134,33 +134,11 @@ impl NodeEntry {
     }
 }
 
-/// A parsed and checked cluster file.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClusterFile {
-    /// The `[cluster]` table.
-    pub cluster: ClusterSection,
-    /// The nodes.
-    pub nodes: Vec<NodeEntry>,
-}
-
-impl ClusterFile {
-    /// Reads and checks `path`; errors name the file.
-    pub fn load(path: &Path) -> Result<ClusterFile, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cluster file {}: {e}", path.display()))?;
-        ClusterFile::parse(&text).map_err(|e| format!("cluster file {}: {e}", path.display()))
-    }
-
-    /// Parses and checks the text of a cluster file.
-    pub fn parse(text: &str) -> Result<ClusterFile, String> {
-        let file: ClusterFile = toml::from_str(text).map_err(|e| e.message().to_string())?;
-        file.check()?;
-        Ok(file)
-    }
-
+impl ClusterSection {
+    /// Names, monitor, heartbeat and lease timing, quorum disk (`disk_paths`:
+    /// [`ClusterFile`]'s check, after the nodes).
     fn check(&self) -> Result<(), String> {
-        let c = &self.cluster;
+        let c = self;
         if c.name.is_empty() || c.id.is_empty() {
             return Err("cluster: name and id must not be empty".into());
         }
@@ -197,6 +175,110 @@ impl ClusterFile {
                 ));
             }
         }
+        Ok(())
+    }
+}
+
+impl NodeEntry {
+    /// This entry (`nodes[i]`) alone: portals parse and differ, id, name and address
+    /// given.
+    fn check(&self, i: usize) -> Result<(), String> {
+        let n = self;
+        if let Err(e) = n.iscsi_portal().parse::<std::net::SocketAddr>() {
+            return Err(format!(
+                "nodes[{i}]: iscsi_portal {:?}: {e} (want address:port)",
+                n.iscsi_portal()
+            ));
+        }
+        if let Err(e) = n.nvmf_portal().parse::<std::net::SocketAddr>() {
+            return Err(format!(
+                "nodes[{i}]: nvmf_portal {:?}: {e} (want address:port)",
+                n.nvmf_portal()
+            ));
+        }
+        if same_address(n.nvmf_portal(), n.iscsi_portal()) {
+            return Err(format!(
+                "nodes[{i}] ({}): nvmf_portal and iscsi_portal are both {}; use another port",
+                n.name,
+                n.nvmf_portal()
+            ));
+        }
+        if n.id == 0 || n.name.is_empty() || n.address.is_empty() {
+            return Err(format!(
+                "nodes[{i}]: id must be > 0, name and address not empty"
+            ));
+        }
+        Ok(())
+    }
+
+    /// What this node and node `o` both use that must be each node's own, if any:
+    /// on the same host a target socket or state directory; anywhere a portal
+    /// address either gives.
+    fn clash_with(&self, o: &NodeEntry) -> Option<String> {
+        let n = self;
+        let same_host = host_of(&o.address) == host_of(&n.address);
+        if same_host && o.target_socket == n.target_socket {
+            Some(format!("target_socket {}", n.target_socket.display()))
+        } else if same_host && o.state_dir.is_some() && o.state_dir == n.state_dir {
+            Some(format!(
+                "state_dir {}",
+                n.state_dir.as_deref().unwrap_or(Path::new("")).display()
+            ))
+        } else if n.iscsi_portal.is_some()
+            && o.iscsi_portal.is_some()
+            && same_address(n.iscsi_portal(), o.iscsi_portal())
+        {
+            Some(format!("iscsi_portal {}", n.iscsi_portal()))
+        } else if n.nvmf_portal.is_some()
+            && o.nvmf_portal.is_some()
+            && same_address(n.nvmf_portal(), o.nvmf_portal())
+        {
+            Some(format!("nvmf_portal {}", n.nvmf_portal()))
+        } else if n.nvmf_portal.is_some()
+            && o.iscsi_portal.is_some()
+            && same_address(n.nvmf_portal(), o.iscsi_portal())
+            || n.iscsi_portal.is_some()
+                && o.nvmf_portal.is_some()
+                && same_address(n.iscsi_portal(), o.nvmf_portal())
+        {
+            Some(format!(
+                "one address as iscsi_portal and nvmf_portal ({} / {})",
+                n.iscsi_portal(),
+                n.nvmf_portal()
+            ))
+        } else {
+            None
+        }
+    }
+}
+
+/// A parsed and checked cluster file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFile {
+    /// The `[cluster]` table.
+    pub cluster: ClusterSection,
+    /// The nodes.
+    pub nodes: Vec<NodeEntry>,
+}
+
+impl ClusterFile {
+    /// Reads and checks `path`; errors name the file.
+    pub fn load(path: &Path) -> Result<ClusterFile, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cluster file {}: {e}", path.display()))?;
+        ClusterFile::parse(&text).map_err(|e| format!("cluster file {}: {e}", path.display()))
+    }
+
+    /// Parses and checks the text of a cluster file.
+    pub fn parse(text: &str) -> Result<ClusterFile, String> {
+        let file: ClusterFile = toml::from_str(text).map_err(|e| e.message().to_string())?;
+        file.check()?;
+        Ok(file)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        self.cluster.check()?;
         if let Some(n) = self.nodes.iter().find(|n| n.votes > MAX_VOTES) {
             return Err(format!(
                 "nodes ({}): votes {} is more than {MAX_VOTES}",
@@ -210,112 +292,62 @@ impl ClusterFile {
             return Err(format!("nodes: between 1 and {MAX_NODES} nodes required"));
         }
         for (i, n) in self.nodes.iter().enumerate() {
-            if let Err(e) = n.iscsi_portal().parse::<std::net::SocketAddr>() {
-                return Err(format!(
-                    "nodes[{i}]: iscsi_portal {:?}: {e} (want address:port)",
-                    n.iscsi_portal()
-                ));
-            }
-            if let Err(e) = n.nvmf_portal().parse::<std::net::SocketAddr>() {
-                return Err(format!(
-                    "nodes[{i}]: nvmf_portal {:?}: {e} (want address:port)",
-                    n.nvmf_portal()
-                ));
-            }
-            if same_address(n.nvmf_portal(), n.iscsi_portal()) {
-                return Err(format!(
-                    "nodes[{i}] ({}): nvmf_portal and iscsi_portal are both {}; use another port",
-                    n.name,
-                    n.nvmf_portal()
-                ));
-            }
-            if n.id == 0 || n.name.is_empty() || n.address.is_empty() {
-                return Err(format!(
-                    "nodes[{i}]: id must be > 0, name and address not empty"
-                ));
-            }
-            if self.nodes[..i]
-                .iter()
-                .any(|o| o.id == n.id || o.name == n.name || o.address == n.address)
-            {
-                return Err(format!(
-                    "nodes[{i}] ({}): id, name and address must be unique",
-                    n.name
-                ));
-            }
-            for o in &self.nodes[..i] {
-                let same_host = host_of(&o.address) == host_of(&n.address);
-                let clash = if same_host && o.target_socket == n.target_socket {
-                    Some(format!("target_socket {}", n.target_socket.display()))
-                } else if same_host && o.state_dir.is_some() && o.state_dir == n.state_dir {
-                    Some(format!(
-                        "state_dir {}",
-                        n.state_dir.as_deref().unwrap_or(Path::new("")).display()
-                    ))
-                } else if n.iscsi_portal.is_some()
-                    && o.iscsi_portal.is_some()
-                    && same_address(n.iscsi_portal(), o.iscsi_portal())
-                {
-                    Some(format!("iscsi_portal {}", n.iscsi_portal()))
-                } else if n.nvmf_portal.is_some()
-                    && o.nvmf_portal.is_some()
-                    && same_address(n.nvmf_portal(), o.nvmf_portal())
-                {
-                    Some(format!("nvmf_portal {}", n.nvmf_portal()))
-                } else if n.nvmf_portal.is_some()
-                    && o.iscsi_portal.is_some()
-                    && same_address(n.nvmf_portal(), o.iscsi_portal())
-                    || n.iscsi_portal.is_some()
-                        && o.nvmf_portal.is_some()
-                        && same_address(n.iscsi_portal(), o.nvmf_portal())
-                {
-                    Some(format!(
-                        "one address as iscsi_portal and nvmf_portal ({} / {})",
-                        n.iscsi_portal(),
-                        n.nvmf_portal()
-                    ))
-                } else {
-                    None
-                };
-                if let Some(what) = clash {
-                    return Err(format!(
-                        "nodes {} and {} (same host {}) both use {what}; give each node its own",
-                        o.name,
-                        n.name,
-                        host_of(&n.address)
-                    ));
-                }
-            }
-            if let Some(o) = self
-                .nodes
-                .iter()
-                .find(|o| n.iscsi_portal.is_some() && same_address(n.iscsi_portal(), &o.address))
-            {
-                return Err(format!(
-                    "nodes[{i}] ({}): iscsi_portal {} is the address of node {}; use another port",
-                    n.name,
-                    n.iscsi_portal(),
-                    o.name
-                ));
-            }
-            if let Some(o) = self
-                .nodes
-                .iter()
-                .find(|o| n.nvmf_portal.is_some() && same_address(n.nvmf_portal(), &o.address))
-            {
-                return Err(format!(
-                    "nodes[{i}] ({}): nvmf_portal {} is the address of node {}; use another port",
-                    n.name,
-                    n.nvmf_portal(),
-                    o.name
-                ));
-            }
+            n.check(i)?;
+            self.check_unique(i, n)?;
+            self.check_portals_not_node_addresses(i, n)?;
         }
+        let c = &self.cluster;
         if c.disk_paths.is_empty() || c.disk_paths.iter().any(|p| p.trim().is_empty()) {
             return Err(
                 "cluster: disk_paths must list at least one non-empty pattern of the shared disks (e.g. [\"/dev/disk/by-id/wwn-*\"])"
                     .into(),
             );
+        }
+        Ok(())
+    }
+
+    /// Node `i` shares no id, name or address with an earlier node, nor (on the same
+    /// host) a target socket, state directory or portal.
+    fn check_unique(&self, i: usize, n: &NodeEntry) -> Result<(), String> {
+        if self.nodes[..i]
+            .iter()
+            .any(|o| o.id == n.id || o.name == n.name || o.address == n.address)
+        {
+            return Err(format!(
+                "nodes[{i}] ({}): id, name and address must be unique",
+                n.name
+            ));
+        }
+        for o in &self.nodes[..i] {
+            if let Some(what) = n.clash_with(o) {
+                return Err(format!(
+                    "nodes {} and {} (same host {}) both use {what}; give each node its own",
+                    o.name,
+                    n.name,
+                    host_of(&n.address)
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Node `i`'s portals, when given, are no node's coordinator address.
+    fn check_portals_not_node_addresses(&self, i: usize, n: &NodeEntry) -> Result<(), String> {
+        let portals = [
+            ("iscsi_portal", n.iscsi_portal.is_some(), n.iscsi_portal()),
+            ("nvmf_portal", n.nvmf_portal.is_some(), n.nvmf_portal()),
+        ];
+        for (what, given, portal) in portals {
+            if let Some(o) = self
+                .nodes
+                .iter()
+                .find(|o| given && same_address(portal, &o.address))
+            {
+                return Err(format!(
+                    "nodes[{i}] ({}): {what} {portal} is the address of node {}; use another port",
+                    n.name, o.name
+                ));
+            }
         }
         Ok(())
     }

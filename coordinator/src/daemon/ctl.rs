@@ -499,6 +499,18 @@ fn kind_of(k: ErrorKind) -> c::ErrorKind {
     }
 }
 
+/// Answers a call with the error `reply` (not the call's answer) stands for: the
+/// `error` text (for an older plexctl) and the typed `failure` about `object`. A macro
+/// because each call's results are a type of their own.
+macro_rules! answer_failure {
+    ($server:expr, $results:expr, $reply:expr, $object:expr) => {{
+        let e = $server.failure($reply);
+        let mut r = $results.get();
+        r.set_error(e.message.as_str());
+        set_failure(r.init_failure(), &e, &$server.identity.name, $object);
+    }};
+}
+
 /// Fills a call's typed error (`failure`); `node` names the answering node, used
 /// when the error names none; `object` is what the call was about.
 fn set_failure(mut b: c::ctl_error::Builder<'_>, e: &RequestError, node: &str, object: &str) {
@@ -517,37 +529,28 @@ fn text(r: capnp::Result<capnp::text::Reader<'_>>) -> capnp::Result<String> {
         .map_err(|e| capnp::Error::failed(format!("bad text: {e}")))
 }
 
+fn text_list(r: capnp::Result<capnp::text_list::Reader<'_>>) -> capnp::Result<Vec<String>> {
+    r?.iter().map(text).collect()
+}
+
 fn read_change(r: c::change::Reader<'_>) -> capnp::Result<CtlChange> {
     use c::change::Which;
     Ok(match r.which()? {
         Which::DgCreate(x) => {
             let x = x?;
-            let mut disks = Vec::new();
-            for d in x.get_disks()? {
-                disks.push(
-                    d?.to_string()
-                        .map_err(|e| capnp::Error::failed(e.to_string()))?,
-                );
-            }
             CtlChange::DgCreate {
                 dg: text(x.get_dg())?,
-                disks,
+                disks: text_list(x.get_disks())?,
                 shared: x.get_shared(),
             }
         }
         Which::DgAddDisk(x) => {
-            let x = x?;
-            CtlChange::DgAddDisk {
-                dg: text(x.get_dg())?,
-                disk: text(x.get_disk())?,
-            }
+            let (dg, disk) = read_dg_disk(x?)?;
+            CtlChange::DgAddDisk { dg, disk }
         }
         Which::DgRmDisk(x) => {
-            let x = x?;
-            CtlChange::DgRmDisk {
-                dg: text(x.get_dg())?,
-                disk: text(x.get_disk())?,
-            }
+            let (dg, disk) = read_dg_disk(x?)?;
+            CtlChange::DgRmDisk { dg, disk }
         }
         Which::DgDestroy(x) => CtlChange::DgDestroy {
             dg: text(x)?,
@@ -564,82 +567,21 @@ fn read_change(r: c::change::Reader<'_>) -> capnp::Result<CtlChange> {
                 shared: x.get_shared(),
             }
         }
-        Which::VolCreate(x) => {
-            let x = x?;
-            CtlChange::VolCreate {
-                dg: text(x.get_dg())?,
-                volume: text(x.get_volume())?,
-                size_bytes: x.get_size_bytes(),
-                layout: match x.get_layout()? {
-                    c::Layout::Concat => LayoutKind::Concat,
-                    c::Layout::Stripe => LayoutKind::Stripe,
-                    c::Layout::Mirror => LayoutKind::Mirror,
-                    c::Layout::MirrorStripe => LayoutKind::MirrorStripe,
-                },
-                mirrors: x.get_mirrors(),
-                columns: x.get_columns(),
-                stripe_unit_bytes: x.get_stripe_unit_bytes(),
-            }
-        }
-        Which::VolGrow(x) | Which::VolShrink(x) => {
-            let grow = matches!(r.which()?, Which::VolGrow(_));
-            let x = x?;
-            CtlChange::VolResize {
-                dg: text(x.get_dg())?,
-                volume: text(x.get_volume())?,
-                new_size_bytes: x.get_new_size_bytes(),
-                grow,
-                relative: x.get_relative(),
-            }
-        }
+        Which::VolCreate(x) => read_vol_create(x?)?,
+        Which::VolGrow(x) => read_vol_resize(x?, true)?,
+        Which::VolShrink(x) => read_vol_resize(x?, false)?,
         Which::VolRm(x) => {
-            let x = x?;
-            CtlChange::VolRm {
-                dg: text(x.get_dg())?,
-                volume: text(x.get_volume())?,
-            }
+            let (dg, volume) = read_dg_vol(x?)?;
+            CtlChange::VolRm { dg, volume }
         }
         Which::PlexAdd(x) => {
-            let x = x?;
-            CtlChange::PlexAdd {
-                dg: text(x.get_dg())?,
-                volume: text(x.get_volume())?,
-            }
+            let (dg, volume) = read_dg_vol(x?)?;
+            CtlChange::PlexAdd { dg, volume }
         }
-        Which::PlexDetach(x) | Which::PlexAttach(x) | Which::PlexRm(x) => {
-            let op = match r.which()? {
-                Which::PlexDetach(_) => PlexOp::Detach,
-                Which::PlexAttach(_) => PlexOp::Attach,
-                _ => PlexOp::Rm,
-            };
-            let x = x?;
-            CtlChange::Plex {
-                dg: text(x.get_dg())?,
-                plex: text(x.get_plex())?,
-                op,
-                force: r.get_force(),
-            }
-        }
-        Which::VolExport(x) => {
-            let x = x?;
-            let mut nodes = Vec::new();
-            for n in x.get_nodes()? {
-                nodes.push(text(n)?);
-            }
-            let mut hosts = Vec::new();
-            for h in x.get_hosts()? {
-                hosts.push(text(h)?);
-            }
-            CtlChange::VolExport {
-                dg: text(x.get_dg())?,
-                volume: text(x.get_volume())?,
-                protocol: text(x.get_protocol())?,
-                iqn: text(x.get_iqn())?,
-                nodes,
-                portal: text(x.get_portal())?,
-                hosts,
-            }
-        }
+        Which::PlexDetach(x) => read_plex_op(x?, PlexOp::Detach, r.get_force())?,
+        Which::PlexAttach(x) => read_plex_op(x?, PlexOp::Attach, r.get_force())?,
+        Which::PlexRm(x) => read_plex_op(x?, PlexOp::Rm, r.get_force())?,
+        Which::VolExport(x) => read_vol_export(x?)?,
         Which::VolUnexport(x) => {
             let x = x?;
             CtlChange::VolUnexport {
@@ -648,6 +590,66 @@ fn read_change(r: c::change::Reader<'_>) -> capnp::Result<CtlChange> {
                 protocol: text(x.get_protocol())?,
             }
         }
+    })
+}
+
+/// The group and disk of `dg add-disk` and `dg rm-disk`.
+fn read_dg_disk(x: c::dg_disk::Reader<'_>) -> capnp::Result<(String, String)> {
+    Ok((text(x.get_dg())?, text(x.get_disk())?))
+}
+
+/// The group and volume of `vol rm` and `plex add`.
+fn read_dg_vol(x: c::dg_vol::Reader<'_>) -> capnp::Result<(String, String)> {
+    Ok((text(x.get_dg())?, text(x.get_volume())?))
+}
+
+fn read_vol_create(x: c::vol_create::Reader<'_>) -> capnp::Result<CtlChange> {
+    Ok(CtlChange::VolCreate {
+        dg: text(x.get_dg())?,
+        volume: text(x.get_volume())?,
+        size_bytes: x.get_size_bytes(),
+        layout: match x.get_layout()? {
+            c::Layout::Concat => LayoutKind::Concat,
+            c::Layout::Stripe => LayoutKind::Stripe,
+            c::Layout::Mirror => LayoutKind::Mirror,
+            c::Layout::MirrorStripe => LayoutKind::MirrorStripe,
+        },
+        mirrors: x.get_mirrors(),
+        columns: x.get_columns(),
+        stripe_unit_bytes: x.get_stripe_unit_bytes(),
+    })
+}
+
+/// `vol grow` (`grow`) or `vol shrink`.
+fn read_vol_resize(x: c::vol_resize::Reader<'_>, grow: bool) -> capnp::Result<CtlChange> {
+    Ok(CtlChange::VolResize {
+        dg: text(x.get_dg())?,
+        volume: text(x.get_volume())?,
+        new_size_bytes: x.get_new_size_bytes(),
+        grow,
+        relative: x.get_relative(),
+    })
+}
+
+/// `plex detach|attach|rm`; `force` is the change's.
+fn read_plex_op(x: c::dg_plex::Reader<'_>, op: PlexOp, force: bool) -> capnp::Result<CtlChange> {
+    Ok(CtlChange::Plex {
+        dg: text(x.get_dg())?,
+        plex: text(x.get_plex())?,
+        op,
+        force,
+    })
+}
+
+fn read_vol_export(x: c::vol_export::Reader<'_>) -> capnp::Result<CtlChange> {
+    Ok(CtlChange::VolExport {
+        dg: text(x.get_dg())?,
+        volume: text(x.get_volume())?,
+        protocol: text(x.get_protocol())?,
+        iqn: text(x.get_iqn())?,
+        nodes: text_list(x.get_nodes())?,
+        portal: text(x.get_portal())?,
+        hosts: text_list(x.get_hosts())?,
     })
 }
 
@@ -672,12 +674,7 @@ impl ctl::Server for NodeServer {
         match self.ask(CtlCall::Change(change)).await {
             CtlReply::Done(Ok(())) => {}
             CtlReply::Changed(done) => results.get().set_done(done.as_str()),
-            other => {
-                let e = self.failure(other);
-                let mut r = results.get();
-                r.set_error(e.message.as_str());
-                set_failure(r.init_failure(), &e, &self.identity.name, &object);
-            }
+            other => answer_failure!(self, results, other, &object),
         }
         Ok(())
     }
@@ -709,12 +706,7 @@ impl ctl::Server for NodeServer {
                     failed.set(i as u32, f.as_str());
                 }
             }
-            other => {
-                let e = self.failure(other);
-                let mut r = results.get();
-                r.set_error(e.message.as_str());
-                set_failure(r.init_failure(), &e, &self.identity.name, "");
-            }
+            other => answer_failure!(self, results, other, ""),
         }
         Ok(())
     }
@@ -740,12 +732,7 @@ impl ctl::Server for NodeServer {
                 r.set_json(json.as_str());
                 r.set_text(text.as_str());
             }
-            other => {
-                let e = self.failure(other);
-                let mut r = results.get();
-                r.set_error(e.message.as_str());
-                set_failure(r.init_failure(), &e, &self.identity.name, &object);
-            }
+            other => answer_failure!(self, results, other, &object),
         }
         Ok(())
     }
@@ -768,12 +755,7 @@ impl ctl::Server for NodeServer {
         };
         match self.ask(call).await {
             CtlReply::Disk(d) => set_disk(results.get().init_disk(), &d),
-            other => {
-                let e = self.failure(other);
-                let mut r = results.get();
-                r.set_error(e.message.as_str());
-                set_failure(r.init_failure(), &e, &self.identity.name, &object);
-            }
+            other => answer_failure!(self, results, other, &object),
         }
         Ok(())
     }
@@ -790,12 +772,7 @@ impl ctl::Server for NodeServer {
                     set_disk(list.reborrow().get(i as u32), d);
                 }
             }
-            other => {
-                let e = self.failure(other);
-                let mut r = results.get();
-                r.set_error(e.message.as_str());
-                set_failure(r.init_failure(), &e, &self.identity.name, "");
-            }
+            other => answer_failure!(self, results, other, ""),
         }
         Ok(())
     }
@@ -827,12 +804,7 @@ impl ctl::Server for NodeServer {
                     b.set_node(t.node.as_str());
                 }
             }
-            other => {
-                let e = self.failure(other);
-                let mut r = results.get();
-                r.set_error(e.message.as_str());
-                set_failure(r.init_failure(), &e, &self.identity.name, "");
-            }
+            other => answer_failure!(self, results, other, ""),
         }
         Ok(())
     }

@@ -569,6 +569,36 @@ fn volume_of<'a>(volumes: &'a [(String, String)], bdev: &str) -> Option<&'a str>
         .map(|(_, v)| v.as_str())
 }
 
+/// The first of a node's host connections `conns` (iSCSI sessions, NVMe-oF
+/// controllers) to an export in `mapping` (`(target name, volume)`; `target_of`
+/// names a connection's), with that target and volume, and how many such
+/// connections there are.
+fn first_user<'a, C>(
+    mapping: &[(&'a str, &'a str)],
+    conns: &'a [C],
+    target_of: impl Fn(&C) -> &str,
+) -> Option<(&'a C, &'a str, &'a str, usize)> {
+    let busy: Vec<_> = conns
+        .iter()
+        .filter_map(|c| {
+            mapping
+                .iter()
+                .find(|(target, _)| *target == target_of(c))
+                .map(|(target, vol)| (c, *target, *vol))
+        })
+        .collect();
+    busy.first()
+        .map(|&(c, target, vol)| (c, target, vol, busy.len()))
+}
+
+/// ` (N more sessions)` after the first of `count`; empty for one.
+fn more_note(count: usize, what: &str) -> String {
+    match count {
+        0 | 1 => String::new(),
+        n => format!(" ({} more {what})", n - 1),
+    }
+}
+
 fn check_no_iscsi_sessions(
     k: &KernelClient,
     node: &str,
@@ -594,22 +624,10 @@ fn check_no_iscsi_sessions(
             "node {node}: disk group {dg}: cannot list iSCSI sessions: {e}"
         ))
     })?;
-    let busy: Vec<_> = sessions
-        .iter()
-        .filter_map(|s| {
-            mapping
-                .iter()
-                .find(|(iqn, _)| *iqn == s.target)
-                .map(|(iqn, vol)| (s, *iqn, *vol))
-        })
-        .collect();
-    let Some((s, iqn, volume)) = busy.first() else {
+    let Some((s, iqn, volume, count)) = first_user(&mapping, &sessions, |s| &s.target) else {
         return Ok(());
     };
-    let more = match busy.len() {
-        1 => String::new(),
-        n => format!(" ({} more sessions)", n - 1),
-    };
+    let more = more_note(count, "sessions");
     Err(RequestError::new(ErrorKind::InUse, node, format!(
         "node {node}: disk group {dg}: volume {volume} is in use: host {} ({}) is logged in to {iqn} on this node{more}; log the host out (iscsiadm -m node -T {iqn} --logout) and retry",
         s.initiator, s.peer
@@ -646,22 +664,10 @@ fn check_no_nvmf_hosts(
             "node {node}: disk group {dg}: cannot list NVMe-oF controllers: {e}"
         ))
     })?;
-    let busy: Vec<_> = ctrls
-        .iter()
-        .filter_map(|c| {
-            mapping
-                .iter()
-                .find(|(nqn, _)| *nqn == c.subnqn)
-                .map(|(nqn, vol)| (c, *nqn, *vol))
-        })
-        .collect();
-    let Some((c, nqn, volume)) = busy.first() else {
+    let Some((c, nqn, volume, count)) = first_user(&mapping, &ctrls, |c| &c.subnqn) else {
         return Ok(());
     };
-    let more = match busy.len() {
-        1 => String::new(),
-        n => format!(" ({} more controllers)", n - 1),
-    };
+    let more = more_note(count, "controllers");
     Err(RequestError::new(ErrorKind::InUse, node, format!(
         "node {node}: disk group {dg}: volume {volume} is in use: host {} ({}) is connected to {nqn} on this node (controller {}){more}; disconnect the host (nvme disconnect -n {nqn}) and retry",
         c.hostnqn, c.peer, c.cntlid

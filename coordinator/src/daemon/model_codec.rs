@@ -159,6 +159,31 @@ fn read_layout(r: wire::volume_layout::Reader<'_>) -> capnp::Result<VolumeLayout
 
 fn write_change(c: &Change, b: wire::config_change::Builder<'_>) {
     match c {
+        Change::DgCreate { .. }
+        | Change::DgAddDisk { .. }
+        | Change::DgRmDisk { .. }
+        | Change::DgDestroy { .. }
+        | Change::DgDeport { .. }
+        | Change::DgImport { .. } => write_dg_change(c, b),
+        Change::VolCreate { .. }
+        | Change::VolGrow { .. }
+        | Change::VolShrink { .. }
+        | Change::VolSetReadPolicy { .. }
+        | Change::VolRm { .. }
+        | Change::VolExport { .. }
+        | Change::VolUnexport { .. }
+        | Change::VolPrOut { .. } => write_vol_change(c, b),
+        Change::PlexAdd { .. }
+        | Change::PlexDetach { .. }
+        | Change::PlexAttach { .. }
+        | Change::PlexRm { .. }
+        | Change::SetPlexState { .. } => write_plex_change(c, b),
+    }
+}
+
+/// [`write_change`] of a disk group change.
+fn write_dg_change(c: &Change, b: wire::config_change::Builder<'_>) {
+    match c {
         Change::DgCreate {
             dg,
             dg_id,
@@ -206,6 +231,13 @@ fn write_change(c: &Change, b: wire::config_change::Builder<'_>) {
             g.set_shared(*shared);
             g.set_owner_id(owner_id.as_str());
         }
+        _ => unreachable!("write_dg_change of {c:?}: not a disk group change"),
+    }
+}
+
+/// [`write_change`] of a volume change.
+fn write_vol_change(c: &Change, b: wire::config_change::Builder<'_>) {
+    match c {
         Change::VolCreate {
             dg,
             volume,
@@ -249,34 +281,6 @@ fn write_change(c: &Change, b: wire::config_change::Builder<'_>) {
             g.set_dg(dg.as_str());
             g.set_volume(volume.as_str());
         }
-        Change::PlexAdd { dg, volume, layout } => {
-            let mut g = b.init_plex_add();
-            g.set_dg(dg.as_str());
-            g.set_volume(volume.as_str());
-            disk::write_plex_layout(layout, g.init_layout());
-        }
-        Change::PlexDetach { dg, plex } => {
-            let mut g = b.init_plex_detach();
-            g.set_dg(dg.as_str());
-            g.set_plex(plex.as_str());
-        }
-        Change::PlexAttach { dg, plex } => {
-            let mut g = b.init_plex_attach();
-            g.set_dg(dg.as_str());
-            g.set_plex(plex.as_str());
-        }
-        Change::PlexRm { dg, plex, force } => {
-            let mut g = b.init_plex_rm();
-            g.set_dg(dg.as_str());
-            g.set_plex(plex.as_str());
-            g.set_force(*force);
-        }
-        Change::SetPlexState { dg, plex, state } => {
-            let mut g = b.init_set_plex_state();
-            g.set_dg(dg.as_str());
-            g.set_plex(plex.as_str());
-            g.set_state(disk::wire_plex_state(*state));
-        }
         Change::VolExport { dg, volume, export } => {
             let mut g = b.init_vol_export();
             g.set_dg(dg.as_str());
@@ -310,13 +314,76 @@ fn write_change(c: &Change, b: wire::config_change::Builder<'_>) {
             g.set_scope_type(*scope_type);
             g.set_parameters(parameters);
         }
+        _ => unreachable!("write_vol_change of {c:?}: not a volume change"),
+    }
+}
+
+/// [`write_change`] of a plex change.
+fn write_plex_change(c: &Change, b: wire::config_change::Builder<'_>) {
+    match c {
+        Change::PlexAdd { dg, volume, layout } => {
+            let mut g = b.init_plex_add();
+            g.set_dg(dg.as_str());
+            g.set_volume(volume.as_str());
+            disk::write_plex_layout(layout, g.init_layout());
+        }
+        Change::PlexDetach { dg, plex } => {
+            let mut g = b.init_plex_detach();
+            g.set_dg(dg.as_str());
+            g.set_plex(plex.as_str());
+        }
+        Change::PlexAttach { dg, plex } => {
+            let mut g = b.init_plex_attach();
+            g.set_dg(dg.as_str());
+            g.set_plex(plex.as_str());
+        }
+        Change::PlexRm { dg, plex, force } => {
+            let mut g = b.init_plex_rm();
+            g.set_dg(dg.as_str());
+            g.set_plex(plex.as_str());
+            g.set_force(*force);
+        }
+        Change::SetPlexState { dg, plex, state } => {
+            let mut g = b.init_set_plex_state();
+            g.set_dg(dg.as_str());
+            g.set_plex(plex.as_str());
+            g.set_state(disk::wire_plex_state(*state));
+        }
+        _ => unreachable!("write_plex_change of {c:?}: not a plex change"),
     }
 }
 
 fn read_change(r: wire::config_change::Reader<'_>) -> capnp::Result<Change> {
+    use wire::config_change::Which;
+    let which = r.which().map_err(|e| unknown("change", e))?;
+    match which {
+        Which::DgCreate(_)
+        | Which::DgAddDisk(_)
+        | Which::DgRmDisk(_)
+        | Which::DgDestroy(_)
+        | Which::DgDeport(_)
+        | Which::DgImport(_) => read_dg_change(which),
+        Which::VolCreate(_)
+        | Which::VolGrow(_)
+        | Which::VolShrink(_)
+        | Which::VolSetReadPolicy(_)
+        | Which::VolRm(_)
+        | Which::VolExport(_)
+        | Which::VolUnexport(_)
+        | Which::VolPrOut(_) => read_vol_change(which),
+        Which::PlexAdd(_)
+        | Which::PlexDetach(_)
+        | Which::PlexAttach(_)
+        | Which::PlexRm(_)
+        | Which::SetPlexState(_) => read_plex_change(which),
+    }
+}
+
+/// [`read_change`] of a disk group change.
+fn read_dg_change(which: wire::config_change::WhichReader<'_>) -> capnp::Result<Change> {
     use disk::text;
     use wire::config_change::Which;
-    Ok(match r.which().map_err(|e| unknown("change", e))? {
+    Ok(match which {
         Which::DgCreate(g) => {
             let mut disks = Vec::new();
             for d in g.get_disks()? {
@@ -351,6 +418,15 @@ fn read_change(r: wire::config_change::Reader<'_>) -> capnp::Result<Change> {
             shared: g.get_shared(),
             owner_id: text(g.get_owner_id())?,
         },
+        _ => return Err(capnp::Error::failed("not a disk group change".into())),
+    })
+}
+
+/// [`read_change`] of a volume change.
+fn read_vol_change(which: wire::config_change::WhichReader<'_>) -> capnp::Result<Change> {
+    use disk::text;
+    use wire::config_change::Which;
+    Ok(match which {
         Which::VolCreate(g) => Change::VolCreate {
             dg: text(g.get_dg())?,
             volume: text(g.get_volume())?,
@@ -376,6 +452,33 @@ fn read_change(r: wire::config_change::Reader<'_>) -> capnp::Result<Change> {
             dg: text(g.get_dg())?,
             volume: text(g.get_volume())?,
         },
+        Which::VolExport(g) => Change::VolExport {
+            dg: text(g.get_dg())?,
+            volume: text(g.get_volume())?,
+            export: disk::read_export(g.get_export()?)?,
+        },
+        Which::VolUnexport(g) => Change::VolUnexport {
+            dg: text(g.get_dg())?,
+            volume: text(g.get_volume())?,
+            protocol: disk::read_protocol(g.get_protocol())?,
+        },
+        Which::VolPrOut(g) => Change::VolPrOut {
+            dg: text(g.get_dg())?,
+            volume: text(g.get_volume())?,
+            nexus: Nexus::new(text(g.get_initiator())?, g.get_target_port()),
+            service_action: g.get_service_action(),
+            scope_type: g.get_scope_type(),
+            parameters: g.get_parameters()?.to_vec(),
+        },
+        _ => return Err(capnp::Error::failed("not a volume change".into())),
+    })
+}
+
+/// [`read_change`] of a plex change.
+fn read_plex_change(which: wire::config_change::WhichReader<'_>) -> capnp::Result<Change> {
+    use disk::text;
+    use wire::config_change::Which;
+    Ok(match which {
         Which::PlexAdd(g) => Change::PlexAdd {
             dg: text(g.get_dg())?,
             volume: text(g.get_volume())?,
@@ -399,24 +502,7 @@ fn read_change(r: wire::config_change::Reader<'_>) -> capnp::Result<Change> {
             plex: text(g.get_plex())?,
             state: disk::read_plex_state(g.get_state())?,
         },
-        Which::VolExport(g) => Change::VolExport {
-            dg: text(g.get_dg())?,
-            volume: text(g.get_volume())?,
-            export: disk::read_export(g.get_export()?)?,
-        },
-        Which::VolUnexport(g) => Change::VolUnexport {
-            dg: text(g.get_dg())?,
-            volume: text(g.get_volume())?,
-            protocol: disk::read_protocol(g.get_protocol())?,
-        },
-        Which::VolPrOut(g) => Change::VolPrOut {
-            dg: text(g.get_dg())?,
-            volume: text(g.get_volume())?,
-            nexus: Nexus::new(text(g.get_initiator())?, g.get_target_port()),
-            service_action: g.get_service_action(),
-            scope_type: g.get_scope_type(),
-            parameters: g.get_parameters()?.to_vec(),
-        },
+        _ => return Err(capnp::Error::failed("not a plex change".into())),
     })
 }
 
@@ -499,7 +585,19 @@ mod tests {
         }
     }
 
+    /// A sample of every change, some twice (one per layout, policy or protocol).
     fn changes() -> Vec<Change> {
+        [
+            dg_changes(),
+            vol_changes(),
+            plex_changes(),
+            export_changes(),
+        ]
+        .concat()
+    }
+
+    /// Disk group changes.
+    fn dg_changes() -> Vec<Change> {
         let dg = || "dg1".to_string();
         vec![
             Change::DgCreate {
@@ -530,6 +628,13 @@ mod tests {
                 shared: true,
                 owner_id: "c1".into(),
             },
+        ]
+    }
+
+    /// Volume changes but exports and reservations.
+    fn vol_changes() -> Vec<Change> {
+        let dg = || "dg1".to_string();
+        vec![
             Change::VolCreate {
                 dg: dg(),
                 volume: "v3".into(),
@@ -571,6 +676,13 @@ mod tests {
                 dg: dg(),
                 volume: "v2".into(),
             },
+        ]
+    }
+
+    /// Plex changes.
+    fn plex_changes() -> Vec<Change> {
+        let dg = || "dg1".to_string();
+        vec![
             Change::PlexAdd {
                 dg: dg(),
                 volume: "v1".into(),
@@ -602,6 +714,13 @@ mod tests {
                 plex: "v1-02".into(),
                 state: PlexState::Syncing,
             },
+        ]
+    }
+
+    /// Exports and reservations.
+    fn export_changes() -> Vec<Change> {
+        let dg = || "dg1".to_string();
+        vec![
             export(),
             Change::VolUnexport {
                 dg: dg(),

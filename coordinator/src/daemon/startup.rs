@@ -7,32 +7,10 @@ use super::*;
 /// Runs a node until a clean stop. Errors at start are returned (the binary prints
 /// them and exits non-zero).
 pub fn run(opts: Options) -> Result<(), String> {
-    let file = ClusterFile::load(&opts.cluster)?;
-    let me = file
-        .node(&opts.node)
-        .ok_or_else(|| {
-            format!(
-                "node {} is not in cluster file {}",
-                opts.node,
-                opts.cluster.display()
-            )
-        })?
-        .clone();
+    let (file, me) = this_node(&opts)?;
     let failpoint = failpoint_from_env()?;
     let signals = block_signals()?;
-    let target_child = if opts.spawn_target {
-        spawn_target_if_dead(&me.target_socket)?
-    } else {
-        None
-    };
-    let mut kernel = Kernel::connect(&me.target_socket, TARGET_WAIT).map_err(|e| {
-        format!(
-            "node {}: cannot reach plexd-target at {}: {e}",
-            me.name,
-            me.target_socket.display()
-        )
-    })?;
-    kernel.set_fault_injection(file.cluster.fault_injection);
+    let (target_child, mut kernel) = connect_data_plane(&opts, &file, &me)?;
     let (tx, rx) = mpsc::sync_channel(INPUT_QUEUE_DEPTH);
     let identity = transport::Identity {
         me: me.id,
@@ -46,57 +24,10 @@ pub fn run(opts: Options) -> Result<(), String> {
     start_signal_thread(signals, tx.clone());
     start_kernel_events(&kernel, tx.clone(), 0, &me.name);
     let inc = incarnation();
-    let peers = file
-        .nodes
-        .iter()
-        .filter(|n| n.id != me.id)
-        .map(|n| (n.id, n.address.clone()))
-        .collect();
-    let transport = transport::Transport::start(
-        &identity,
-        inc,
-        peers,
-        Duration::from_millis(file.cluster.heartbeat_interval_ms),
-        tx.clone(),
-        refusals,
-    );
+    let transport = start_transport(&file, &identity, inc, tx.clone(), refusals);
     let files = file.disk_files();
-    let qdisk = match &file.cluster.quorum_disk {
-        Some(path) => {
-            if files.iter().any(|f| f == path) {
-                return Err(format!(
-                    "node {}: quorum disk {} is one of the disks disk_paths matches; give it a path of its own",
-                    me.name,
-                    path.display()
-                ));
-            }
-            log::info!("node {}: quorum disk {}", me.name, path.display());
-            Some(qdisk::QuorumDisk::start(
-                &me.name,
-                path.clone(),
-                file.cluster.id.clone(),
-                tx.clone(),
-            )?)
-        }
-        None => None,
-    };
-    let (_, private_groups, _) = disks::discover(&files, &file.cluster.id, &me.name);
-    let private = ClusterConfig {
-        disk_groups: private_groups,
-    };
-    let failed = disks::failed_groups(&files, &file.cluster.id, &me.name);
-    for g in &failed {
-        log::error!("node {}: disk group {} {}", me.name, g.name, g.reason);
-    }
-    // Private groups come back at once; shared volumes the target still serves are
-    // left alone until the cluster configuration is loaded (no I/O interruption).
-    let at_start = driver::desired_of(&files, &file, &me.name, &[], &private.disk_groups);
-    if let Err(e) = kernel.prepare(at_start, false) {
-        log::error!("node {}: cannot load the private disk groups: {e}", me.name);
-        kernel.abort();
-    } else if let Err(e) = kernel.commit() {
-        log::error!("node {}: cannot load the private disk groups: {e}", me.name);
-    }
+    let qdisk = start_quorum_disk(&file, &me, &files, &tx)?;
+    let (private, failed) = load_private_groups(&mut kernel, &file, &me.name, &files);
     let lease = lease::Renewer::start(&me.name, kernel.shared_client());
     let socket = kernel.client().path().to_string();
     let repairs = Arc::new(Mutex::new(disks::Repairs::default()));
@@ -114,26 +45,8 @@ pub fn run(opts: Options) -> Result<(), String> {
     }
     .start()?;
     let start = Instant::now();
-    let membership_path =
-        membership::record_path(me.state_dir.as_deref(), &me.target_socket, me.id);
-    let mut node_config = file.node_config(me.id, inc);
-    node_config.member_ago_at_start_ms = membership::read_ago_ms(&membership_path);
-    if let Some(ago) = node_config.member_ago_at_start_ms {
-        log::info!(
-            "node {}: its previous start may have been a cluster member {ago} ms ago ({}): it counts as a member of another cluster until that lease has surely run out",
-            me.name,
-            membership_path.display()
-        );
-    }
-    let node = Node::new(node_config, now_ms(start));
-    println!("plexd: node {} listening on {}", me.name, me.address);
-    log::info!(
-        "plexd: node {} (id {}) listening on {}; target {}",
-        me.name,
-        me.id,
-        me.address,
-        me.target_socket.display()
-    );
+    let (node, membership_path) = new_node(&file, &me, inc, start);
+    announce(&me);
     let mut d = Daemon {
         file,
         me: me.id,
@@ -176,6 +89,158 @@ pub fn run(opts: Options) -> Result<(), String> {
     d.main_loop(rx);
     log::info!("plexd: node {} stopped", d.name);
     Ok(())
+}
+
+/// The cluster file and this node's entry in it.
+fn this_node(opts: &Options) -> Result<(ClusterFile, config::NodeEntry), String> {
+    let file = ClusterFile::load(&opts.cluster)?;
+    let me = file
+        .node(&opts.node)
+        .ok_or_else(|| {
+            format!(
+                "node {} is not in cluster file {}",
+                opts.node,
+                opts.cluster.display()
+            )
+        })?
+        .clone();
+    Ok((file, me))
+}
+
+/// Starts the node's plexd-target when asked to and it is not running (the child,
+/// if started), and connects to it.
+fn connect_data_plane(
+    opts: &Options,
+    file: &ClusterFile,
+    me: &config::NodeEntry,
+) -> Result<(Option<std::process::Child>, Kernel), String> {
+    let target_child = if opts.spawn_target {
+        spawn_target_if_dead(&me.target_socket)?
+    } else {
+        None
+    };
+    let mut kernel = Kernel::connect(&me.target_socket, TARGET_WAIT).map_err(|e| {
+        format!(
+            "node {}: cannot reach plexd-target at {}: {e}",
+            me.name,
+            me.target_socket.display()
+        )
+    })?;
+    kernel.set_fault_injection(file.cluster.fault_injection);
+    Ok((target_child, kernel))
+}
+
+/// Starts the connections to the other nodes of the cluster file.
+fn start_transport(
+    file: &ClusterFile,
+    identity: &transport::Identity,
+    inc: u64,
+    tx: SyncSender<Input>,
+    refusals: transport::Refusals,
+) -> transport::Transport {
+    let peers = file
+        .nodes
+        .iter()
+        .filter(|n| n.id != identity.me)
+        .map(|n| (n.id, n.address.clone()))
+        .collect();
+    transport::Transport::start(
+        identity,
+        inc,
+        peers,
+        Duration::from_millis(file.cluster.heartbeat_interval_ms),
+        tx,
+        refusals,
+    )
+}
+
+/// Starts watching the cluster's quorum disk, if it has one; refused when it is one
+/// of the disks `disk_paths` matches (`files`).
+fn start_quorum_disk(
+    file: &ClusterFile,
+    me: &config::NodeEntry,
+    files: &[PathBuf],
+    tx: &SyncSender<Input>,
+) -> Result<Option<qdisk::QuorumDisk>, String> {
+    let Some(path) = &file.cluster.quorum_disk else {
+        return Ok(None);
+    };
+    if files.iter().any(|f| f == path) {
+        return Err(format!(
+            "node {}: quorum disk {} is one of the disks disk_paths matches; give it a path of its own",
+            me.name,
+            path.display()
+        ));
+    }
+    log::info!("node {}: quorum disk {}", me.name, path.display());
+    Ok(Some(qdisk::QuorumDisk::start(
+        &me.name,
+        path.clone(),
+        file.cluster.id.clone(),
+        tx.clone(),
+    )?))
+}
+
+/// Reads this node's private disk groups from `files` and loads them into the data
+/// plane at once; returns them and the groups whose configuration cannot be read.
+fn load_private_groups(
+    kernel: &mut Kernel,
+    file: &ClusterFile,
+    name: &str,
+    files: &[PathBuf],
+) -> (ClusterConfig, Vec<disks::FailedGroup>) {
+    let (_, private_groups, _) = disks::discover(files, &file.cluster.id, name);
+    let private = ClusterConfig {
+        disk_groups: private_groups,
+    };
+    let failed = disks::failed_groups(files, &file.cluster.id, name);
+    for g in &failed {
+        log::error!("node {name}: disk group {} {}", g.name, g.reason);
+    }
+    // Private groups come back at once; shared volumes the target still serves are
+    // left alone until the cluster configuration is loaded (no I/O interruption).
+    let at_start = driver::desired_of(files, file, name, &[], &private.disk_groups);
+    if let Err(e) = kernel.prepare(at_start, false) {
+        log::error!("node {name}: cannot load the private disk groups: {e}");
+        kernel.abort();
+    } else if let Err(e) = kernel.commit() {
+        log::error!("node {name}: cannot load the private disk groups: {e}");
+    }
+    (private, failed)
+}
+
+/// The protocol core of this start (incarnation `inc`, clock from `start`), told
+/// how long ago a previous start was a member; and where that is recorded.
+fn new_node(
+    file: &ClusterFile,
+    me: &config::NodeEntry,
+    inc: u64,
+    start: Instant,
+) -> (Node<SharedConfig>, PathBuf) {
+    let membership_path =
+        membership::record_path(me.state_dir.as_deref(), &me.target_socket, me.id);
+    let mut node_config = file.node_config(me.id, inc);
+    node_config.member_ago_at_start_ms = membership::read_ago_ms(&membership_path);
+    if let Some(ago) = node_config.member_ago_at_start_ms {
+        log::info!(
+            "node {}: its previous start may have been a cluster member {ago} ms ago ({}): it counts as a member of another cluster until that lease has surely run out",
+            me.name,
+            membership_path.display()
+        );
+    }
+    (Node::new(node_config, now_ms(start)), membership_path)
+}
+
+/// Says on stdout and in the log that the node is up.
+fn announce(me: &config::NodeEntry) {
+    println!("plexd: node {} listening on {}", me.name, me.address);
+    log::info!(
+        "plexd: node {} (id {}) listening on {}; target {}",
+        me.name,
+        me.id,
+        me.address,
+        me.target_socket.display()
+    );
 }
 
 pub(super) fn block_signals() -> Result<nix::sys::signal::SigSet, String> {

@@ -135,34 +135,7 @@ pub fn apply(config: &ClusterConfig, change: &Change) -> Result<ClusterConfig, C
             owner_id,
             disks,
         } => {
-            validate_name("disk group", dg)?;
-            if dg_id.is_empty() {
-                return Err(ConfigError::Invalid(format!("disk group {dg}: empty id")));
-            }
-            config.check_dg_absent(dg, dg_id, *shared)?;
-            if disks.is_empty() {
-                return Err(ConfigError::Invalid(format!(
-                    "disk group {dg}: needs at least one disk"
-                )));
-            }
-            config.check_new_disks(disks, None)?;
-            let mut names = BTreeSet::new();
-            if let Some(d) = disks.iter().find(|d| !names.insert(d.name.as_str())) {
-                return Err(ConfigError::Exists(format!(
-                    "disk name {} is used twice in disk group {dg}",
-                    d.name
-                )));
-            }
-            let created = DiskGroupConfig {
-                name: dg.clone(),
-                id: dg_id.clone(),
-                shared: *shared,
-                owner_id: owner_id.clone(),
-                seq: 1,
-                disks: disks.clone(),
-                volumes: Vec::new(),
-            };
-            created.validate()?;
+            let created = dg_create(config, dg, dg_id, *shared, owner_id, disks)?;
             next.disk_groups.push(created);
         }
         Change::DgImport {
@@ -203,19 +176,7 @@ pub fn apply(config: &ClusterConfig, change: &Change) -> Result<ClusterConfig, C
                 dg, volume, export, ..
             } = change
             {
-                let other = config
-                    .exported_as(&export.iqn)
-                    .filter(|&(g, v)| (g, v) != (dg.as_str(), volume.as_str()));
-                if let Some((g, v)) = other {
-                    let kind = match export.protocol {
-                        ExportProtocol::Iscsi => "iSCSI name",
-                        ExportProtocol::Nvmf => "NQN",
-                    };
-                    return Err(ConfigError::Exists(format!(
-                        "{kind} {} is already the export of volume {v} of disk group {g}",
-                        export.iqn
-                    )));
-                }
+                check_export_name_free(config, dg, volume, export)?;
             }
             let updated = apply_dg(&config.disk_groups[index], change)?;
             next.disk_groups[index] = updated;
@@ -223,6 +184,70 @@ pub fn apply(config: &ClusterConfig, change: &Change) -> Result<ClusterConfig, C
     }
     next.disk_groups.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(next)
+}
+
+/// The new group of [`Change::DgCreate`], checked against `config`.
+fn dg_create(
+    config: &ClusterConfig,
+    dg: &str,
+    dg_id: &str,
+    shared: bool,
+    owner_id: &str,
+    disks: &[Disk],
+) -> Result<DiskGroupConfig, ConfigError> {
+    validate_name("disk group", dg)?;
+    if dg_id.is_empty() {
+        return Err(ConfigError::Invalid(format!("disk group {dg}: empty id")));
+    }
+    config.check_dg_absent(dg, dg_id, shared)?;
+    if disks.is_empty() {
+        return Err(ConfigError::Invalid(format!(
+            "disk group {dg}: needs at least one disk"
+        )));
+    }
+    config.check_new_disks(disks, None)?;
+    let mut names = BTreeSet::new();
+    if let Some(d) = disks.iter().find(|d| !names.insert(d.name.as_str())) {
+        return Err(ConfigError::Exists(format!(
+            "disk name {} is used twice in disk group {dg}",
+            d.name
+        )));
+    }
+    let created = DiskGroupConfig {
+        name: dg.to_string(),
+        id: dg_id.to_string(),
+        shared,
+        owner_id: owner_id.to_string(),
+        seq: 1,
+        disks: disks.to_vec(),
+        volumes: Vec::new(),
+    };
+    created.validate()?;
+    Ok(created)
+}
+
+/// Refuses [`Change::VolExport`] of `volume` under a target name (IQN or NQN) that
+/// another volume is exported as.
+fn check_export_name_free(
+    config: &ClusterConfig,
+    dg: &str,
+    volume: &str,
+    export: &Export,
+) -> Result<(), ConfigError> {
+    let other = config
+        .exported_as(&export.iqn)
+        .filter(|&(g, v)| (g, v) != (dg, volume));
+    if let Some((g, v)) = other {
+        let kind = match export.protocol {
+            ExportProtocol::Iscsi => "iSCSI name",
+            ExportProtocol::Nvmf => "NQN",
+        };
+        return Err(ConfigError::Exists(format!(
+            "{kind} {} is already the export of volume {v} of disk group {g}",
+            export.iqn
+        )));
+    }
+    Ok(())
 }
 
 /// Refuses a group-level change (`what`: destroy, deport) while a volume of `g` is

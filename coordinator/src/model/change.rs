@@ -279,54 +279,13 @@ pub enum DiskUpdate {
 /// is now, when it still exists.
 pub fn describe(change: &Change, after: Option<&DiskGroupConfig>) -> String {
     use crate::size::format_size;
-    let placement = |v: &Volume| -> String {
-        v.plexes
-            .iter()
-            .map(|p| {
-                let disks: Vec<&str> = p.disks().into_iter().collect();
-                let layout = match p.layout {
-                    PlexLayout::Concat => "concat".to_string(),
-                    PlexLayout::Stripe {
-                        columns,
-                        stripe_unit_bytes,
-                    } => format!(
-                        "stripe {columns} columns x {}",
-                        format_size(stripe_unit_bytes)
-                    ),
-                };
-                format!(
-                    "{} {} {layout} on {}",
-                    p.name,
-                    p.state.as_str(),
-                    disks.join("+")
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
     let volume = |name: &str| after.and_then(|g| g.volume(name));
-    let rounded = |asked: u64, got: u64| {
-        if asked == got {
-            String::new()
-        } else {
-            format!(" ({asked} bytes asked, rounded up to whole {SECTOR_BYTES}-byte sectors)")
-        }
-    };
     let dg = change.dg_name();
     match change {
-        Change::DgCreate { shared, disks, .. } => format!(
-            "disk group {dg} created ({}) on disks {}",
-            if *shared { "shared" } else { "private" },
-            disks
-                .iter()
-                .map(|d| d.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-        Change::DgImport { shared, .. } => format!(
-            "disk group {dg} imported ({})",
-            if *shared { "shared" } else { "private" }
-        ),
+        Change::DgCreate { shared, disks, .. } => describe_dg_create(dg, *shared, disks),
+        Change::DgImport { shared, .. } => {
+            format!("disk group {dg} imported ({})", sharing(*shared))
+        }
         Change::DgAddDisk { disk, .. } => format!(
             "disk {} added to disk group {dg} ({} free)",
             disk.name,
@@ -335,63 +294,46 @@ pub fn describe(change: &Change, after: Option<&DiskGroupConfig>) -> String {
         Change::DgRmDisk { disk, .. } => format!("disk {disk} removed from disk group {dg}"),
         Change::DgDestroy { force, .. } => format!(
             "disk group {dg} destroyed, its disks released{}",
-            if *force { " (its exports ended)" } else { "" }
+            exports_ended(*force)
         ),
-        Change::DgDeport { force, .. } => format!(
-            "disk group {dg} deported{}",
-            if *force { " (its exports ended)" } else { "" }
-        ),
+        Change::DgDeport { force, .. } => {
+            format!("disk group {dg} deported{}", exports_ended(*force))
+        }
         Change::VolCreate {
             volume: name,
             size_bytes,
             ..
-        } => match volume(name) {
-            Some(v) => format!(
-                "volume {name} created in disk group {dg}: {}{}: {}",
-                format_size(v.size_bytes),
-                rounded(*size_bytes, v.size_bytes),
-                placement(v)
-            ),
-            None => format!("volume {name} created in disk group {dg}"),
-        },
+        } => describe_sized(
+            format!("volume {name} created in disk group {dg}"),
+            ": ",
+            *size_bytes,
+            volume(name),
+        ),
         Change::VolGrow {
             volume: name,
             new_size_bytes,
             ..
-        }
-        | Change::VolShrink {
+        } => describe_sized(
+            format!("volume {name} of disk group {dg} grown"),
+            " to ",
+            *new_size_bytes,
+            volume(name),
+        ),
+        Change::VolShrink {
             volume: name,
             new_size_bytes,
             ..
-        } => {
-            let verb = if matches!(change, Change::VolGrow { .. }) {
-                "grown"
-            } else {
-                "shrunk"
-            };
-            match volume(name) {
-                Some(v) => format!(
-                    "volume {name} of disk group {dg} {verb} to {}{}: {}",
-                    format_size(v.size_bytes),
-                    rounded(*new_size_bytes, v.size_bytes),
-                    placement(v)
-                ),
-                None => format!("volume {name} of disk group {dg} {verb}"),
-            }
-        }
+        } => describe_sized(
+            format!("volume {name} of disk group {dg} shrunk"),
+            " to ",
+            *new_size_bytes,
+            volume(name),
+        ),
         Change::VolSetReadPolicy { volume, .. } => {
             format!("volume {volume} of disk group {dg}: read policy set")
         }
         Change::VolRm { volume, .. } => format!("volume {volume} removed from disk group {dg}"),
-        Change::PlexAdd { volume: name, .. } => match volume(name).and_then(|v| v.plexes.last()) {
-            Some(p) => format!(
-                "plex {} added to volume {name} of disk group {dg}: EMPTY on {} (plexctl plex attach {dg} {} to use it)",
-                p.name,
-                p.disks().into_iter().collect::<Vec<_>>().join("+"),
-                p.name
-            ),
-            None => format!("plex added to volume {name} of disk group {dg}"),
-        },
+        Change::PlexAdd { volume: name, .. } => describe_plex_add(dg, name, volume(name)),
         Change::PlexDetach { plex, .. } => format!("plex {plex} of disk group {dg} detached (STALE)"),
         Change::PlexAttach { plex, .. } => format!(
             "plex {plex} of disk group {dg} attached: SYNCING, ACTIVE once resynchronised (plexctl task list)"
@@ -402,16 +344,7 @@ pub fn describe(change: &Change, after: Option<&DiskGroupConfig>) -> String {
         }
         Change::VolExport {
             volume, export, ..
-        } => format!(
-            "volume {volume} of disk group {dg} exported over {} as {} on {}",
-            export.protocol.as_str(),
-            export.iqn,
-            if export.nodes.is_empty() {
-                "every node".to_string()
-            } else {
-                format!("node {}", export.nodes.join(", "))
-            }
-        ),
+        } => describe_vol_export(dg, volume, export),
         Change::VolPrOut {
             volume,
             nexus,
@@ -427,4 +360,111 @@ pub fn describe(change: &Change, after: Option<&DiskGroupConfig>) -> String {
             protocol.as_str()
         ),
     }
+}
+
+/// [`describe`] of [`Change::DgCreate`].
+fn describe_dg_create(dg: &str, shared: bool, disks: &[Disk]) -> String {
+    let names: Vec<&str> = disks.iter().map(|d| d.name.as_str()).collect();
+    format!(
+        "disk group {dg} created ({}) on disks {}",
+        sharing(shared),
+        names.join(", ")
+    )
+}
+
+/// `shared` or `private`, for a group's description.
+fn sharing(shared: bool) -> &'static str {
+    if shared {
+        "shared"
+    } else {
+        "private"
+    }
+}
+
+/// The note on a forced destroy or deport.
+fn exports_ended(force: bool) -> &'static str {
+    if force {
+        " (its exports ended)"
+    } else {
+        ""
+    }
+}
+
+/// The note when a size was rounded up to whole sectors (empty when it was not).
+fn rounded_note(asked: u64, got: u64) -> String {
+    if asked == got {
+        String::new()
+    } else {
+        format!(" ({asked} bytes asked, rounded up to whole {SECTOR_BYTES}-byte sectors)")
+    }
+}
+
+/// Where a volume's plexes are: `v1-01 ACTIVE stripe 2 columns x 64K on d1+d2, ...`.
+fn describe_placement(v: &Volume) -> String {
+    use crate::size::format_size;
+    v.plexes
+        .iter()
+        .map(|p| {
+            let disks: Vec<&str> = p.disks().into_iter().collect();
+            let layout = match p.layout {
+                PlexLayout::Concat => "concat".to_string(),
+                PlexLayout::Stripe {
+                    columns,
+                    stripe_unit_bytes,
+                } => format!(
+                    "stripe {columns} columns x {}",
+                    format_size(stripe_unit_bytes)
+                ),
+            };
+            format!(
+                "{} {} {layout} on {}",
+                p.name,
+                p.state.as_str(),
+                disks.join("+")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// [`describe`] of a change that sized a volume: `headline`, then (when the volume
+/// still exists) after `sep` its size, any rounding of the `asked` size, and its
+/// placement.
+fn describe_sized(headline: String, sep: &str, asked: u64, sized: Option<&Volume>) -> String {
+    match sized {
+        Some(v) => format!(
+            "{headline}{sep}{}{}: {}",
+            crate::size::format_size(v.size_bytes),
+            rounded_note(asked, v.size_bytes),
+            describe_placement(v)
+        ),
+        None => headline,
+    }
+}
+
+/// [`describe`] of [`Change::PlexAdd`]: the new plex is the volume's last.
+fn describe_plex_add(dg: &str, name: &str, volume: Option<&Volume>) -> String {
+    match volume.and_then(|v| v.plexes.last()) {
+        Some(p) => format!(
+            "plex {} added to volume {name} of disk group {dg}: EMPTY on {} (plexctl plex attach {dg} {} to use it)",
+            p.name,
+            p.disks().into_iter().collect::<Vec<_>>().join("+"),
+            p.name
+        ),
+        None => format!("plex added to volume {name} of disk group {dg}"),
+    }
+}
+
+/// [`describe`] of [`Change::VolExport`].
+fn describe_vol_export(dg: &str, volume: &str, export: &Export) -> String {
+    format!(
+        "volume {volume} of disk group {dg} exported over {} as {} on {}",
+        export.protocol.as_str(),
+        export.iqn,
+        if export.nodes.is_empty() {
+            "every node".to_string()
+        } else {
+            format!("node {}", export.nodes.join(", "))
+        }
+    )
 }

@@ -4,157 +4,210 @@ use std::collections::BTreeSet;
 
 use super::*;
 
+/// A subdisk's extent on its disk: (disk, offset, length, subdisk), for the overlap
+/// check.
+type Extent<'a> = (&'a str, u64, u64, &'a str);
+
 impl DiskGroupConfig {
     /// Checks every invariant: names valid and unique, subdisks inside their disk's
     /// public region and not overlapping, aligned, columns contiguous and long enough,
     /// plexes of a volume (and columns of a stripe) on distinct disks, at least one
     /// disk.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |msg: String| {
-            Err(ConfigError::Invalid(format!(
-                "disk group {}: {msg}",
-                self.name
-            )))
-        };
         validate_name("disk group", &self.name)?;
+        self.validate_disks()?;
+        let mut extents: Vec<Extent<'_>> = Vec::new();
+        let mut object_names = BTreeSet::new();
+        for v in &self.volumes {
+            self.validate_volume(v, &mut object_names, &mut extents)?;
+        }
+        extents.sort();
+        for pair in extents.windows(2) {
+            let (a, b) = (pair[0], pair[1]);
+            if a.0 == b.0 && a.1 + a.2 > b.1 {
+                return self.invalid(format!(
+                    "subdisks {} and {} overlap on disk {}",
+                    a.3, b.3, a.0
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The error for a broken invariant of this group.
+    fn invalid<T>(&self, msg: String) -> Result<T, ConfigError> {
+        Err(ConfigError::Invalid(format!(
+            "disk group {}: {msg}",
+            self.name
+        )))
+    }
+
+    /// A volume's, plex's or subdisk's name (`kind`): valid, and used by no other
+    /// object of the group (`object_names`, to which it is added).
+    fn check_object_name<'a>(
+        &self,
+        kind: &str,
+        name: &'a str,
+        object_names: &mut BTreeSet<&'a str>,
+    ) -> Result<(), ConfigError> {
+        validate_name(kind, name)?;
+        if !object_names.insert(name) {
+            return self.invalid(format!("name {name} used twice"));
+        }
+        Ok(())
+    }
+
+    /// At least one disk; names and ids unique; public regions inside their disks.
+    fn validate_disks(&self) -> Result<(), ConfigError> {
         if self.disks.is_empty() {
-            return invalid("has no disks".into());
+            return self.invalid("has no disks".into());
         }
         let mut names = BTreeSet::new();
         let mut ids = BTreeSet::new();
         for d in &self.disks {
             validate_name("disk", &d.name)?;
             if !names.insert(d.name.as_str()) || !ids.insert(d.id.as_str()) {
-                return invalid(format!("disk {} (id {}) appears twice", d.name, d.id));
+                return self.invalid(format!("disk {} (id {}) appears twice", d.name, d.id));
             }
             let end = d.public_offset_bytes.checked_add(d.public_len_bytes);
             if !matches!(end, Some(end) if end <= d.size_bytes) {
-                return invalid(format!(
+                return self.invalid(format!(
                     "disk {}: public region beyond the end of the disk",
                     d.name
                 ));
             }
         }
-        let mut extents: Vec<(&str, u64, u64, &str)> = Vec::new();
-        let mut object_names = BTreeSet::new();
-        for v in &self.volumes {
-            validate_name("volume", &v.name)?;
-            if !object_names.insert(v.name.as_str()) {
-                return invalid(format!("name {} used twice", v.name));
-            }
-            if v.size_bytes == 0 || !v.size_bytes.is_multiple_of(SECTOR_BYTES) {
-                return invalid(format!(
-                    "volume {}: size {} is not a positive multiple of 512",
-                    v.name, v.size_bytes
+        Ok(())
+    }
+
+    /// A volume and its plexes; records their names in `object_names` and their
+    /// subdisks' extents in `extents`.
+    fn validate_volume<'a>(
+        &'a self,
+        v: &'a Volume,
+        object_names: &mut BTreeSet<&'a str>,
+        extents: &mut Vec<Extent<'a>>,
+    ) -> Result<(), ConfigError> {
+        self.check_object_name("volume", &v.name, object_names)?;
+        if v.size_bytes == 0 || !v.size_bytes.is_multiple_of(SECTOR_BYTES) {
+            return self.invalid(format!(
+                "volume {}: size {} is not a positive multiple of 512",
+                v.name, v.size_bytes
+            ));
+        }
+        if v.plexes.is_empty() || v.plexes.len() > MAX_PLEXES {
+            return self.invalid(format!(
+                "volume {}: has {} plexes (1 to {MAX_PLEXES} allowed)",
+                v.name,
+                v.plexes.len()
+            ));
+        }
+        let mut volume_disks = BTreeSet::new();
+        for p in &v.plexes {
+            self.check_object_name("plex", &p.name, object_names)?;
+            p.layout.validate()?;
+            let plex_disks = self.validate_columns(p)?;
+            if !plex_disks.is_disjoint(&volume_disks) {
+                return self.invalid(format!(
+                    "volume {}: plex {} shares a disk with another plex",
+                    v.name, p.name
                 ));
             }
-            if v.plexes.is_empty() || v.plexes.len() > MAX_PLEXES {
-                return invalid(format!(
-                    "volume {}: has {} plexes (1 to {MAX_PLEXES} allowed)",
+            volume_disks.extend(plex_disks);
+            if p.capacity_bytes() < v.size_bytes {
+                return self.invalid(format!(
+                    "plex {}: holds {} bytes, volume {} needs {}",
+                    p.name,
+                    p.capacity_bytes(),
                     v.name,
-                    v.plexes.len()
+                    v.size_bytes
                 ));
             }
-            let mut volume_disks = BTreeSet::new();
-            for p in &v.plexes {
-                validate_name("plex", &p.name)?;
-                if !object_names.insert(p.name.as_str()) {
-                    return invalid(format!("name {} used twice", p.name));
-                }
-                p.layout.validate()?;
-                let columns = p.layout.columns();
-                let mut plex_disks = BTreeSet::new();
-                for c in 0..columns {
-                    let mut expected_offset = 0;
-                    let mut column_disks = BTreeSet::new();
-                    let count = p.subdisks.iter().filter(|sd| sd.column == c).count();
-                    if count > MAX_SUBDISKS_PER_COLUMN {
-                        return invalid(format!(
-                            "plex {}: column {c} has {count} subdisks, at most {MAX_SUBDISKS_PER_COLUMN}",
-                            p.name
-                        ));
-                    }
-                    for sd in p.subdisks.iter().filter(|sd| sd.column == c) {
-                        if sd.plex_offset_bytes != expected_offset {
-                            return invalid(format!(
-                                "plex {}: subdisk {} is not contiguous in column {c}",
-                                p.name, sd.name
-                            ));
-                        }
-                        let Some(next) = expected_offset.checked_add(sd.len_bytes) else {
-                            return invalid(format!("plex {}: column {c} overflows", p.name));
-                        };
-                        expected_offset = next;
-                        column_disks.insert(sd.disk.as_str());
-                    }
-                    if !column_disks.is_disjoint(&plex_disks) {
-                        return invalid(format!("plex {}: two columns share a disk", p.name));
-                    }
-                    plex_disks.extend(column_disks);
-                }
-                if let Some(sd) = p.subdisks.iter().find(|sd| sd.column >= columns) {
-                    return invalid(format!(
-                        "plex {}: subdisk {} in column {} of {columns}",
-                        p.name, sd.name, sd.column
-                    ));
-                }
-                if !plex_disks.is_disjoint(&volume_disks) {
-                    return invalid(format!(
-                        "volume {}: plex {} shares a disk with another plex",
-                        v.name, p.name
-                    ));
-                }
-                volume_disks.extend(plex_disks);
-                if p.capacity_bytes() < v.size_bytes {
-                    return invalid(format!(
-                        "plex {}: holds {} bytes, volume {} needs {}",
-                        p.name,
-                        p.capacity_bytes(),
-                        v.name,
-                        v.size_bytes
-                    ));
-                }
-                for sd in &p.subdisks {
-                    validate_name("subdisk", &sd.name)?;
-                    if !object_names.insert(sd.name.as_str()) {
-                        return invalid(format!("name {} used twice", sd.name));
-                    }
-                    let Some(d) = self.disk(&sd.disk) else {
-                        return invalid(format!(
-                            "subdisk {}: disk {} is not in the group",
-                            sd.name, sd.disk
-                        ));
-                    };
-                    let aligned = sd.disk_offset_bytes.is_multiple_of(ALLOC_ALIGN_BYTES)
-                        && sd.len_bytes.is_multiple_of(ALLOC_ALIGN_BYTES)
-                        && sd.len_bytes > 0;
-                    let inside = sd.disk_offset_bytes >= d.public_offset_bytes
-                        && sd
-                            .disk_offset_bytes
-                            .checked_add(sd.len_bytes)
-                            .is_some_and(|end| end <= d.public_offset_bytes + d.public_len_bytes);
-                    if !aligned || !inside {
-                        return invalid(format!("subdisk {}: extent {}+{} is unaligned or outside disk {}'s public region", sd.name, sd.disk_offset_bytes, sd.len_bytes, d.name));
-                    }
-                    extents.push((
-                        sd.disk.as_str(),
-                        sd.disk_offset_bytes,
-                        sd.len_bytes,
-                        sd.name.as_str(),
-                    ));
-                }
+            for sd in &p.subdisks {
+                self.validate_subdisk(sd, object_names, extents)?;
             }
         }
-        extents.sort();
-        for pair in extents.windows(2) {
-            let (a, b) = (pair[0], pair[1]);
-            if a.0 == b.0 && a.1 + a.2 > b.1 {
-                return invalid(format!(
-                    "subdisks {} and {} overlap on disk {}",
-                    a.3, b.3, a.0
+        Ok(())
+    }
+
+    /// A plex's columns: each contiguous from offset 0, not too many subdisks, on
+    /// disks no other column uses; no subdisk beyond the last column. Returns the
+    /// plex's disks.
+    fn validate_columns<'a>(&self, p: &'a Plex) -> Result<BTreeSet<&'a str>, ConfigError> {
+        let columns = p.layout.columns();
+        let mut plex_disks = BTreeSet::new();
+        for c in 0..columns {
+            let mut expected_offset = 0;
+            let mut column_disks = BTreeSet::new();
+            let count = p.subdisks.iter().filter(|sd| sd.column == c).count();
+            if count > MAX_SUBDISKS_PER_COLUMN {
+                return self.invalid(format!(
+                    "plex {}: column {c} has {count} subdisks, at most {MAX_SUBDISKS_PER_COLUMN}",
+                    p.name
                 ));
             }
+            for sd in p.subdisks.iter().filter(|sd| sd.column == c) {
+                if sd.plex_offset_bytes != expected_offset {
+                    return self.invalid(format!(
+                        "plex {}: subdisk {} is not contiguous in column {c}",
+                        p.name, sd.name
+                    ));
+                }
+                let Some(next) = expected_offset.checked_add(sd.len_bytes) else {
+                    return self.invalid(format!("plex {}: column {c} overflows", p.name));
+                };
+                expected_offset = next;
+                column_disks.insert(sd.disk.as_str());
+            }
+            if !column_disks.is_disjoint(&plex_disks) {
+                return self.invalid(format!("plex {}: two columns share a disk", p.name));
+            }
+            plex_disks.extend(column_disks);
         }
+        if let Some(sd) = p.subdisks.iter().find(|sd| sd.column >= columns) {
+            return self.invalid(format!(
+                "plex {}: subdisk {} in column {} of {columns}",
+                p.name, sd.name, sd.column
+            ));
+        }
+        Ok(plex_disks)
+    }
+
+    /// A subdisk: name unique, on a disk of the group, aligned and inside its public
+    /// region; records its name and extent.
+    fn validate_subdisk<'a>(
+        &self,
+        sd: &'a Subdisk,
+        object_names: &mut BTreeSet<&'a str>,
+        extents: &mut Vec<Extent<'a>>,
+    ) -> Result<(), ConfigError> {
+        self.check_object_name("subdisk", &sd.name, object_names)?;
+        let Some(d) = self.disk(&sd.disk) else {
+            return self.invalid(format!(
+                "subdisk {}: disk {} is not in the group",
+                sd.name, sd.disk
+            ));
+        };
+        let aligned = sd.disk_offset_bytes.is_multiple_of(ALLOC_ALIGN_BYTES)
+            && sd.len_bytes.is_multiple_of(ALLOC_ALIGN_BYTES)
+            && sd.len_bytes > 0;
+        let inside = sd.disk_offset_bytes >= d.public_offset_bytes
+            && sd
+                .disk_offset_bytes
+                .checked_add(sd.len_bytes)
+                .is_some_and(|end| end <= d.public_offset_bytes + d.public_len_bytes);
+        if !aligned || !inside {
+            return self.invalid(format!(
+                "subdisk {}: extent {}+{} is unaligned or outside disk {}'s public region",
+                sd.name, sd.disk_offset_bytes, sd.len_bytes, d.name
+            ));
+        }
+        extents.push((
+            sd.disk.as_str(),
+            sd.disk_offset_bytes,
+            sd.len_bytes,
+            sd.name.as_str(),
+        ));
         Ok(())
     }
 }

@@ -806,6 +806,13 @@ struct Written {
     repaired: Vec<String>,
 }
 
+/// One slot as [`Device::read_slot`] finds it: its status and, when valid, its
+/// header and configuration.
+type SlotRead = (SlotStatus, Option<(SlotHeader, DiskGroupConfig)>);
+
+/// Writes `config` (encoded as `payload`) into the slot of the disk at `path` that
+/// does not hold its newest configuration, then the label's disk group fields when
+/// they differ or a label copy is damaged.
 fn write_one(
     path: &Path,
     config: &DiskGroupConfig,
@@ -815,80 +822,10 @@ fn write_one(
 ) -> Result<Written, OnDiskError> {
     let device = Device::open(path, true)?;
     let (mut label, label_intact) = device.read_label_copies()?;
-    if !config.disks.iter().any(|d| d.id == label.disk_id) {
-        return Err(device.refused(format!(
-            "disk {} (id {}) is not a disk of disk group {}",
-            label.disk_name, label.disk_id, config.name
-        )));
-    }
-    if let Some(g) = label.disk_group.as_ref().filter(|g| g.id != config.id) {
-        return Err(device.refused(format!(
-            "disk {} belongs to disk group {} (id {}), not {}: remove it from that group first",
-            label.disk_name, g.name, g.id, config.name
-        )));
-    }
-    if payload.len() as u64 > label.max_payload_bytes() {
-        return Err(device.refused(format!(
-            "configuration of disk group {} is {} bytes, a slot holds {}",
-            config.name,
-            payload.len(),
-            label.max_payload_bytes()
-        )));
-    }
-    let slots: Vec<_> = (0..2).map(|i| device.read_slot(&label, i)).collect();
-    if let Some((header, _)) = slots
-        .iter()
-        .filter_map(|(_, found)| found.as_ref())
-        .filter(|(h, c)| same_lineage(c, config) && txn_epoch(h.txn_id) > txn_epoch(txn_id))
-        .max_by_key(|(h, _)| (txn_epoch(h.txn_id), h.seq))
-    {
-        return Err(device.refused(format!(
-            "holds configuration seq {} of disk group {} written in epoch {} by a master of a {} than this write's epoch {}",
-            header.seq,
-            config.name,
-            txn_epoch(header.txn_id),
-            crate::core::NEWER_EPOCH,
-            txn_epoch(txn_id)
-        )));
-    }
-    // A slot this write supersedes (a replaced master's stale lineage, see
-    // [`supersedes`]) is no configuration to keep or to be refused by.
-    let superseded: Vec<bool> = slots
-        .iter()
-        .map(|(_, found)| {
-            found.as_ref().is_some_and(|(h, c)| {
-                same_lineage(c, config) && supersedes((txn_id, config.seq), (h.txn_id, h.seq))
-            })
-        })
-        .collect();
-    let statuses: Vec<SlotStatus> = slots.into_iter().map(|(status, _)| status).collect();
-    let newest = statuses
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| !superseded[*i])
-        .filter_map(|(i, status)| match status {
-            SlotStatus::Valid { seq, txn_id, dg_id } if *dg_id == config.id => {
-                Some((i, *seq, *txn_id))
-            }
-            _ => None,
-        })
-        .max_by_key(|(i, seq, _)| (*seq, std::cmp::Reverse(*i)));
-    let target = match newest {
-        None => 0,
-        Some((_, seq, _)) if seq > config.seq => {
-            return Err(device.refused(format!(
-                "holds configuration seq {seq} of disk group {}, newer than seq {} being written",
-                config.name, config.seq
-            )));
-        }
-        Some((_, seq, txn)) if seq == config.seq && txn != txn_id => {
-            return Err(device.refused(format!(
-                "holds configuration seq {seq} of disk group {} from transaction {txn}, not {txn_id}",
-                config.name
-            )));
-        }
-        Some((i, _, _)) => 1 - i,
-    };
+    check_label_takes(&device, &label, config, payload)?;
+    let slots: Vec<SlotRead> = (0..2).map(|i| device.read_slot(&label, i)).collect();
+    check_no_newer_epoch(&device, &slots, config, txn_id)?;
+    let (target, statuses) = choose_slot(&device, slots, config, txn_id)?;
     let header = SlotHeader {
         seq: config.seq,
         txn_id,
@@ -938,6 +875,113 @@ fn write_one(
         disk_id: label.disk_id.clone(),
         repaired,
     })
+}
+
+/// Refuses to write `config` (`payload` bytes) to a disk that is not one of its
+/// group's, belongs to another group, or whose slots are too small.
+fn check_label_takes(
+    device: &Device,
+    label: &Label,
+    config: &DiskGroupConfig,
+    payload: &[u8],
+) -> Result<(), OnDiskError> {
+    if !config.disks.iter().any(|d| d.id == label.disk_id) {
+        return Err(device.refused(format!(
+            "disk {} (id {}) is not a disk of disk group {}",
+            label.disk_name, label.disk_id, config.name
+        )));
+    }
+    if let Some(g) = label.disk_group.as_ref().filter(|g| g.id != config.id) {
+        return Err(device.refused(format!(
+            "disk {} belongs to disk group {} (id {}), not {}: remove it from that group first",
+            label.disk_name, g.name, g.id, config.name
+        )));
+    }
+    if payload.len() as u64 > label.max_payload_bytes() {
+        return Err(device.refused(format!(
+            "configuration of disk group {} is {} bytes, a slot holds {}",
+            config.name,
+            payload.len(),
+            label.max_payload_bytes()
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a write of transaction `txn_id` when a slot holds a configuration of the
+/// same lineage written in a newer epoch (by a newer master).
+fn check_no_newer_epoch(
+    device: &Device,
+    slots: &[SlotRead],
+    config: &DiskGroupConfig,
+    txn_id: u64,
+) -> Result<(), OnDiskError> {
+    if let Some((header, _)) = slots
+        .iter()
+        .filter_map(|(_, found)| found.as_ref())
+        .filter(|(h, c)| same_lineage(c, config) && txn_epoch(h.txn_id) > txn_epoch(txn_id))
+        .max_by_key(|(h, _)| (txn_epoch(h.txn_id), h.seq))
+    {
+        return Err(device.refused(format!(
+            "holds configuration seq {} of disk group {} written in epoch {} by a master of a {} than this write's epoch {}",
+            header.seq,
+            config.name,
+            txn_epoch(header.txn_id),
+            crate::core::NEWER_EPOCH,
+            txn_epoch(txn_id)
+        )));
+    }
+    Ok(())
+}
+
+/// The slot to write `config` of transaction `txn_id` into: the one not holding
+/// the group's newest configuration. Refused when that is newer than `config`, or
+/// of its seq from another transaction. Returns the slot and every slot's status.
+fn choose_slot(
+    device: &Device,
+    slots: Vec<SlotRead>,
+    config: &DiskGroupConfig,
+    txn_id: u64,
+) -> Result<(usize, Vec<SlotStatus>), OnDiskError> {
+    // A slot this write supersedes (a replaced master's stale lineage, see
+    // [`supersedes`]) is no configuration to keep or to be refused by.
+    let superseded: Vec<bool> = slots
+        .iter()
+        .map(|(_, found)| {
+            found.as_ref().is_some_and(|(h, c)| {
+                same_lineage(c, config) && supersedes((txn_id, config.seq), (h.txn_id, h.seq))
+            })
+        })
+        .collect();
+    let statuses: Vec<SlotStatus> = slots.into_iter().map(|(status, _)| status).collect();
+    let newest = statuses
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !superseded[*i])
+        .filter_map(|(i, status)| match status {
+            SlotStatus::Valid { seq, txn_id, dg_id } if *dg_id == config.id => {
+                Some((i, *seq, *txn_id))
+            }
+            _ => None,
+        })
+        .max_by_key(|(i, seq, _)| (*seq, std::cmp::Reverse(*i)));
+    let target = match newest {
+        None => 0,
+        Some((_, seq, _)) if seq > config.seq => {
+            return Err(device.refused(format!(
+                "holds configuration seq {seq} of disk group {}, newer than seq {} being written",
+                config.name, config.seq
+            )));
+        }
+        Some((_, seq, txn)) if seq == config.seq && txn != txn_id => {
+            return Err(device.refused(format!(
+                "holds configuration seq {seq} of disk group {} from transaction {txn}, not {txn_id}",
+                config.name
+            )));
+        }
+        Some((i, _, _)) => 1 - i,
+    };
+    Ok((target, statuses))
 }
 
 /// Reads the disk group configuration from its disks: the newest valid slot across all
