@@ -30,7 +30,7 @@ mod channel;
 pub mod copy;
 pub mod spec;
 
-pub use channel::{MAX_HELD_WRITES, MAX_PARKED_IOS};
+pub use channel::{MAX_HELD_WRITES, MAX_PARKED_IOS, MAX_VOLUME_IOS};
 pub use copy::MAX_COPY_BYTES;
 pub use plexd_target_api::volume::VolumeStats;
 pub use spec::{PlexKind, PlexSpec, PlexState, ReadPolicy, SubdiskSpec, VolumeSpec};

@@ -11,7 +11,7 @@
 //! - `qpair`: one queue pair (one TCP connection) on its reactor: socket I/O
 //!   through io_uring polls, in-capsule data, R2T / H2CData, C2HData from pool
 //!   buffers, keep alive.
-//! - `listener`: the listening sockets and the round-robin hand-off of
+//! - `transport::listener` (shared with iSCSI): the listening sockets and the round-robin hand-off of
 //!   connections (so I/O queues spread over the reactors).
 //! - [`config`]: the TOML configuration.
 //!
