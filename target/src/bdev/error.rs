@@ -236,6 +236,7 @@ impl Bdev for ErrorBdev {
             block_size: self.block_size(),
             size_bytes: self.size_bytes(),
             detail: format!("over {}: {}", self.inner.name(), self.injection.describe()),
+            refused: self.injection.delay_refused(),
         }
     }
     /// That of the wrapped bdev (flushes pass through to it).

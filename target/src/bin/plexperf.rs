@@ -367,6 +367,9 @@ struct Report<'a> {
     res: &'a JobResult,
     /// Present with `--quiesce-every`.
     quiesce: Option<&'a QuiesceStats>,
+    /// I/O the loaded bdev refused with EAGAIN (a bounded queue was full), by
+    /// cause: the kernel interface's refusal counters.
+    refused: Vec<(&'static str, u64)>,
 }
 
 impl Report<'_> {
@@ -393,6 +396,11 @@ impl Report<'_> {
             "failed_ios": res.failed_ios,
             "verify_errors": res.verify_errors,
             "cpu_pct": res.cpu_pct,
+            "refused": self
+                .refused
+                .iter()
+                .map(|(k, n)| (k.to_string(), serde_json::json!(n)))
+                .collect::<serde_json::Map<String, serde_json::Value>>(),
         });
         if let Some(q) = self.quiesce {
             o["quiesces"] = serde_json::json!(q.times.len());
@@ -445,10 +453,35 @@ impl Report<'_> {
                 self.max_stall_us()
             );
         }
+        if self.refused.iter().any(|(_, n)| *n > 0) {
+            let r: Vec<String> = self
+                .refused
+                .iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect();
+            println!(
+                "  refused     {} (EAGAIN: a bounded queue was full)",
+                r.join("  ")
+            );
+        }
         if let Some(m) = &res.first_mismatch {
             println!("  first mismatch: {m}");
         }
     }
+}
+
+/// The loaded bdev's refusal counters: a volume's per cause, else the bdev's own.
+fn refusals(t: &Target, name: &str, volume: bool) -> Result<Vec<(&'static str, u64)>, String> {
+    if volume {
+        let s = t.volume_info(name).map_err(|e| e.to_string())?.stats;
+        return Ok(vec![
+            ("parked", s.parked_refused),
+            ("held", s.held_refused),
+            ("inflight", s.inflight_refused),
+        ]);
+    }
+    let b = t.bdev(name).map_err(|e| e.to_string())?;
+    Ok(vec![("bdev", b.info().refused)])
 }
 
 /// Runs what the arguments ask; `Ok(false)` when I/Os failed, data did not verify
@@ -480,6 +513,7 @@ fn run(args: &Args) -> Result<bool, String> {
     let res = job.stop().map_err(|e| e.to_string())?;
     let quiesce_errors = quiesce.as_ref().map_or(0, |q| q.errors);
     let ok = res.failed_ios == 0 && res.verify_errors == 0 && quiesce_errors == 0;
+    let refused = refusals(&t, &target_name, args.volume.is_some())?;
     let report = Report {
         args,
         target_name: &target_name,
@@ -488,6 +522,7 @@ fn run(args: &Args) -> Result<bool, String> {
         hugepages: t.pool().hugepages(),
         res: &res,
         quiesce: quiesce.as_ref(),
+        refused,
     };
     if args.json {
         report.print_json();

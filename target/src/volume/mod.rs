@@ -114,6 +114,8 @@ impl Bdev for VolumeBdev {
             block_size: self.block_size,
             size_bytes: self.size_bytes(),
             detail: format!("{} plex(es)", self.shared.ctl().current.plexes.len()),
+            // A volume's refusals are in its VolumeStats (per cause).
+            refused: 0,
         }
     }
     /// True when any subdisk of any plex of the current layout has a volatile
