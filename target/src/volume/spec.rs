@@ -251,8 +251,8 @@ fn resolve_subdisk(
     *block_size = (*block_size).max(bs);
     let end = sd.offset_bytes.checked_add(sd.len_bytes);
     if sd.len_bytes == 0
-        || sd.offset_bytes % bs as u64 != 0
-        || sd.len_bytes % bs as u64 != 0
+        || !sd.offset_bytes.is_multiple_of(bs as u64)
+        || !sd.len_bytes.is_multiple_of(bs as u64)
         || end.is_none_or(|e| e > bdev.size_bytes())
     {
         return Err(misfit(format!(
