@@ -51,6 +51,8 @@ struct BdevInfo {
   blockSize @2 :UInt32;
   sizeBytes @3 :UInt64;
   detail @4 :Text;        # backend detail: path, hugepages, active injection...
+  refused @5 :UInt64;     # I/O failed with EAGAIN by the bdev's own bounded queue since it was
+                          # opened: uring MAX_WAITING_IOS, error MAX_DELAYED_IOS; 0 for the others
 }
 
 # ---- volumes ----
@@ -111,6 +113,11 @@ struct VolumeStats {
   readRetries @6 :UInt64;       # reads that succeeded on another plex after a failure
   latencyNsTotal @7 :UInt64;    # divide by the op count for the mean
   latencyNsMax @8 :UInt64;
+  # I/O failed with EAGAIN (retry later) because a bounded queue of the volume's
+  # channels was full; each is also in failedOps.
+  parkedRefused @9 :UInt64;     # MAX_PARKED_IOS parked behind a closed gate (quiesce)
+  heldRefused @10 :UInt64;      # MAX_HELD_WRITES held for a plex detach, or no detach could be queued
+  inflightRefused @11 :UInt64;  # MAX_VOLUME_IOS already in flight or held
 }
 
 struct PlexInfo {

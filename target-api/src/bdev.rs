@@ -46,6 +46,11 @@ pub struct BdevInfo {
     pub size_bytes: u64,
     /// Backend-specific detail (path, hugepages, injected faults...).
     pub detail: String,
+    /// I/O failed with `EAGAIN` by the bdev's own bounded queue since it was
+    /// opened (`uring`: `MAX_WAITING_IOS`; `error`: `MAX_DELAYED_IOS`; 0 for
+    /// the others).
+    #[serde(default)]
+    pub refused: u64,
 }
 
 /// Which I/Os an injected failure hits.

@@ -184,6 +184,7 @@ pub fn set_bdev_info(mut b: k::bdev_info::Builder<'_>, i: &BdevInfo) {
     b.set_block_size(i.block_size);
     b.set_size_bytes(i.size_bytes);
     b.set_detail(i.detail.as_str());
+    b.set_refused(i.refused);
 }
 
 pub fn read_bdev_info(r: k::bdev_info::Reader<'_>) -> Result<BdevInfo> {
@@ -193,6 +194,7 @@ pub fn read_bdev_info(r: k::bdev_info::Reader<'_>) -> Result<BdevInfo> {
         block_size: r.get_block_size(),
         size_bytes: r.get_size_bytes(),
         detail: r.get_detail()?.to_string()?,
+        refused: r.get_refused(),
     })
 }
 
@@ -307,6 +309,9 @@ fn set_stats(mut b: k::volume_stats::Builder<'_>, s: &VolumeStats) {
     b.set_read_retries(s.read_retries);
     b.set_latency_ns_total(s.latency_ns_total);
     b.set_latency_ns_max(s.latency_ns_max);
+    b.set_parked_refused(s.parked_refused);
+    b.set_held_refused(s.held_refused);
+    b.set_inflight_refused(s.inflight_refused);
 }
 
 fn read_stats(r: k::volume_stats::Reader<'_>) -> VolumeStats {
@@ -320,7 +325,9 @@ fn read_stats(r: k::volume_stats::Reader<'_>) -> VolumeStats {
         read_retries: r.get_read_retries(),
         latency_ns_total: r.get_latency_ns_total(),
         latency_ns_max: r.get_latency_ns_max(),
-        ..Default::default()
+        parked_refused: r.get_parked_refused(),
+        held_refused: r.get_held_refused(),
+        inflight_refused: r.get_inflight_refused(),
     }
 }
 
@@ -1026,6 +1033,34 @@ mod tests {
         set_volume_spec(msg.init_root(), &s);
         let r = msg.get_root_as_reader::<k::volume_spec::Reader>().unwrap();
         assert_eq!(read_volume_spec(r).unwrap(), s);
+    }
+
+    #[test]
+    fn refusal_counters_cross_the_kernel_interface() {
+        let stats = VolumeStats {
+            read_ops: 1,
+            failed_ops: 9,
+            parked_refused: 2,
+            held_refused: 3,
+            inflight_refused: 4,
+            ..Default::default()
+        };
+        let mut msg = capnp::message::Builder::new_default();
+        set_stats(msg.init_root(), &stats);
+        let r = msg.get_root_as_reader::<k::volume_stats::Reader>().unwrap();
+        assert_eq!(read_stats(r), stats);
+        let info = BdevInfo {
+            name: "u0".into(),
+            kind: "uring".into(),
+            block_size: 512,
+            size_bytes: 1 << 20,
+            detail: "/dev/x".into(),
+            refused: 7,
+        };
+        let mut msg = capnp::message::Builder::new_default();
+        set_bdev_info(msg.init_root(), &info);
+        let r = msg.get_root_as_reader::<k::bdev_info::Reader>().unwrap();
+        assert_eq!(read_bdev_info(r).unwrap(), info);
     }
 
     #[test]

@@ -220,6 +220,10 @@ pub struct VolumeStats {
     /// `failed_ops`).
     #[serde(default)]
     pub held_refused: u64,
+    /// I/Os failed with `EAGAIN` before reaching a plex because the channel
+    /// already tracked `MAX_VOLUME_IOS` (in flight or held; also in `failed_ops`).
+    #[serde(default)]
+    pub inflight_refused: u64,
 }
 
 impl VolumeStats {
@@ -236,5 +240,6 @@ impl VolumeStats {
         self.latency_ns_max = self.latency_ns_max.max(o.latency_ns_max);
         self.parked_refused += o.parked_refused;
         self.held_refused += o.held_refused;
+        self.inflight_refused += o.inflight_refused;
     }
 }

@@ -358,6 +358,22 @@ impl Config {
 
     /// Checks what can be checked before anything is created.
     fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_target()?;
+        // Names defined so far, in file order: a later entry may use an earlier one.
+        let mut names: Vec<&str> = Vec::new();
+        for (i, b) in self.bdevs.iter().enumerate() {
+            self.validate_bdev(i, b, &names)?;
+            names.push(b.name.get_ref().as_str());
+        }
+        for (i, v) in self.volumes.iter().enumerate() {
+            self.validate_volume(i, v, &names)?;
+            names.push(v.name.get_ref().as_str());
+        }
+        Ok(())
+    }
+
+    /// `[target]`: cores or cpumask, not both; a cpumask is a hex mask.
+    fn validate_target(&self) -> Result<(), ConfigError> {
         if self.target.cores.is_some() && self.target.cpumask.is_some() {
             let m = self.target.cpumask.as_ref().map(|m| m.span());
             return Err(self.err(m, "target.cpumask", "give cores or cpumask, not both"));
@@ -372,145 +388,163 @@ impl Config {
             }
             parse_cores(m.get_ref()).map_err(|e| self.err(Some(m.span()), "target.cpumask", e))?;
         }
-        let mut names: Vec<&str> = Vec::new();
-        for (i, b) in self.bdevs.iter().enumerate() {
-            let key = format!("bdevs[{i}]");
-            let name = b.name.get_ref().as_str();
-            let at = Some(b.name.span());
-            if names.contains(&name) {
+        Ok(())
+    }
+
+    /// `bdevs[i]`: a new name, the keys its kind needs, an `inner` bdev defined
+    /// above it (`names`), a block size that fits.
+    fn validate_bdev(&self, i: usize, b: &BdevConfig, names: &[&str]) -> Result<(), ConfigError> {
+        let key = format!("bdevs[{i}]");
+        let name = b.name.get_ref().as_str();
+        let at = Some(b.name.span());
+        if names.contains(&name) {
+            return Err(self.err(
+                at,
+                &format!("{key}.name"),
+                format!("bdev {name}: defined twice"),
+            ));
+        }
+        let need = |what: &str| {
+            self.err(
+                at.clone(),
+                &key,
+                format!("bdev {name}: a {} bdev needs `{what}`", b.kind.as_str()),
+            )
+        };
+        match b.kind {
+            BdevKind::Null | BdevKind::Malloc if b.size.is_none() => return Err(need("size")),
+            BdevKind::Uring if b.path.is_none() => return Err(need("path")),
+            BdevKind::Error => {
+                let Some(inner) = &b.inner else {
+                    return Err(need("inner"));
+                };
+                if !names.contains(&inner.get_ref().as_str()) {
+                    return Err(self.err(
+                        Some(inner.span()),
+                        &format!("{key}.inner"),
+                        format!(
+                            "bdev {name}: inner bdev {} is not defined above it in [[bdevs]]",
+                            inner.get_ref()
+                        ),
+                    ));
+                }
+            }
+            _ => {}
+        }
+        if let Some(bs) = b.block_size {
+            if bs.0 > u32::MAX as u64 {
+                return Err(self.err(at, &format!("{key}.block_size"), "too large"));
+            }
+        }
+        Ok(())
+    }
+
+    /// `volumes[i]`: a new name, a known read policy, at least one valid plex.
+    fn validate_volume(
+        &self,
+        i: usize,
+        v: &VolumeConfig,
+        names: &[&str],
+    ) -> Result<(), ConfigError> {
+        let vname = v.name.get_ref().as_str();
+        let key = format!("volumes[{i}]");
+        if names.contains(&vname) {
+            return Err(self.err(
+                Some(v.name.span()),
+                &format!("{key}.name"),
+                format!("volume {vname}: the name is already used by a bdev or volume"),
+            ));
+        }
+        if let Some(rp) = &v.read_policy {
+            ReadPolicy::parse(rp.get_ref()).map_err(|e| {
+                self.err(
+                    Some(rp.span()),
+                    &format!("{key}.read_policy"),
+                    format!("volume {vname}: {e}"),
+                )
+            })?;
+        }
+        if v.plexes.is_empty() {
+            return Err(self.err(
+                Some(v.name.span()),
+                &format!("{key}.plexes"),
+                format!("volume {vname}: needs at least one plex"),
+            ));
+        }
+        for (j, p) in v.plexes.iter().enumerate() {
+            self.validate_plex(v, &format!("{key}.plexes[{j}]"), p, names)?;
+        }
+        Ok(())
+    }
+
+    /// One plex of volume `v` (key `pkey`): the lists its layout needs, a known
+    /// state, subdisks on bdevs defined above (`names`).
+    fn validate_plex(
+        &self,
+        v: &VolumeConfig,
+        pkey: &str,
+        p: &PlexConfig,
+        names: &[&str],
+    ) -> Result<(), ConfigError> {
+        let vname = v.name.get_ref().as_str();
+        let at = Some(v.name.span());
+        let columns = match (p.layout, &p.subdisks, &p.columns) {
+            (LayoutName::Concat, Some(sds), None) => {
+                vec![(String::from("subdisks"), sds)]
+            }
+            (LayoutName::Stripe, None, Some(cols)) => {
+                if p.stripe_unit.is_none() {
+                    return Err(self.err(
+                        at,
+                        &format!("{pkey}.stripe_unit"),
+                        format!("volume {vname}: a stripe plex needs `stripe_unit`"),
+                    ));
+                }
+                cols.iter()
+                    .enumerate()
+                    .map(|(c, col)| (format!("columns[{c}]"), col))
+                    .collect()
+            }
+            (LayoutName::Concat, _, _) => {
                 return Err(self.err(
                     at,
-                    &format!("{key}.name"),
-                    format!("bdev {name}: defined twice"),
+                    pkey,
+                    format!("volume {vname}: a concat plex lists `subdisks` (and no `columns`)"),
+                ))
+            }
+            (LayoutName::Stripe, _, _) => {
+                return Err(self.err(
+                    at,
+                    pkey,
+                    format!("volume {vname}: a stripe plex lists `columns` (and no `subdisks`)"),
+                ))
+            }
+        };
+        if let Some(s) = &p.state {
+            if PlexState::parse(s.get_ref()).is_none() {
+                return Err(self.err(
+                    Some(s.span()),
+                    &format!("{pkey}.state"),
+                    format!(
+                        "volume {vname}: unknown plex state {:?} (ACTIVE, STALE, DETACHED, SYNCING)",
+                        s.get_ref()
+                    ),
                 ));
             }
-            let need = |what: &str| {
-                self.err(
-                    at.clone(),
-                    &key,
-                    format!("bdev {name}: a {} bdev needs `{what}`", b.kind.as_str()),
-                )
-            };
-            match b.kind {
-                BdevKind::Null | BdevKind::Malloc if b.size.is_none() => return Err(need("size")),
-                BdevKind::Uring if b.path.is_none() => return Err(need("path")),
-                BdevKind::Error => {
-                    let Some(inner) = &b.inner else {
-                        return Err(need("inner"));
-                    };
-                    if !names.contains(&inner.get_ref().as_str()) {
-                        return Err(self.err(
-                            Some(inner.span()),
-                            &format!("{key}.inner"),
-                            format!(
-                                "bdev {name}: inner bdev {} is not defined above it in [[bdevs]]",
-                                inner.get_ref()
-                            ),
-                        ));
-                    }
-                }
-                _ => {}
-            }
-            if let Some(bs) = b.block_size {
-                if bs.0 > u32::MAX as u64 {
-                    return Err(self.err(at, &format!("{key}.block_size"), "too large"));
-                }
-            }
-            names.push(name);
         }
-        for (i, v) in self.volumes.iter().enumerate() {
-            let vname = v.name.get_ref().as_str();
-            let key = format!("volumes[{i}]");
-            if names.contains(&vname) {
-                return Err(self.err(
-                    Some(v.name.span()),
-                    &format!("{key}.name"),
-                    format!("volume {vname}: the name is already used by a bdev or volume"),
-                ));
-            }
-            if let Some(rp) = &v.read_policy {
-                ReadPolicy::parse(rp.get_ref()).map_err(|e| {
-                    self.err(
-                        Some(rp.span()),
-                        &format!("{key}.read_policy"),
-                        format!("volume {vname}: {e}"),
-                    )
-                })?;
-            }
-            if v.plexes.is_empty() {
-                return Err(self.err(
-                    Some(v.name.span()),
-                    &format!("{key}.plexes"),
-                    format!("volume {vname}: needs at least one plex"),
-                ));
-            }
-            for (j, p) in v.plexes.iter().enumerate() {
-                let pkey = format!("{key}.plexes[{j}]");
-                let at = Some(v.name.span());
-                let columns = match (p.layout, &p.subdisks, &p.columns) {
-                    (LayoutName::Concat, Some(sds), None) => {
-                        vec![(String::from("subdisks"), sds)]
-                    }
-                    (LayoutName::Stripe, None, Some(cols)) => {
-                        if p.stripe_unit.is_none() {
-                            return Err(self.err(
-                                at,
-                                &format!("{pkey}.stripe_unit"),
-                                format!("volume {vname}: a stripe plex needs `stripe_unit`"),
-                            ));
-                        }
-                        cols.iter()
-                            .enumerate()
-                            .map(|(c, col)| (format!("columns[{c}]"), col))
-                            .collect()
-                    }
-                    (LayoutName::Concat, _, _) => {
-                        return Err(self.err(
-                            at,
-                            &pkey,
-                            format!(
-                                "volume {vname}: a concat plex lists `subdisks` (and no `columns`)"
-                            ),
-                        ))
-                    }
-                    (LayoutName::Stripe, _, _) => {
-                        return Err(self.err(
-                            at,
-                            &pkey,
-                            format!(
-                                "volume {vname}: a stripe plex lists `columns` (and no `subdisks`)"
-                            ),
-                        ))
-                    }
-                };
-                if let Some(s) = &p.state {
-                    if PlexState::parse(s.get_ref()).is_none() {
-                        return Err(self.err(
-                            Some(s.span()),
-                            &format!("{pkey}.state"),
-                            format!(
-                                "volume {vname}: unknown plex state {:?} (ACTIVE, STALE, DETACHED, SYNCING)",
-                                s.get_ref()
-                            ),
-                        ));
-                    }
-                }
-                for (ckey, sds) in columns {
-                    for (s, sd) in sds.iter().enumerate() {
-                        if !names.contains(&sd.bdev.get_ref().as_str()) {
-                            return Err(self.err(
-                                Some(sd.bdev.span()),
-                                &format!("{pkey}.{ckey}[{s}].bdev"),
-                                format!(
-                                    "volume {vname}: bdev {} is not defined in [[bdevs]] (or is defined after this volume)",
-                                    sd.bdev.get_ref()
-                                ),
-                            ));
-                        }
-                    }
+        for (ckey, sds) in columns {
+            for (s, sd) in sds.iter().enumerate() {
+                if !names.contains(&sd.bdev.get_ref().as_str()) {
+                    return Err(self.err(
+                        Some(sd.bdev.span()),
+                        &format!("{pkey}.{ckey}[{s}].bdev"),
+                        format!(
+                            "volume {vname}: bdev {} is not defined in [[bdevs]] (or is defined after this volume)",
+                            sd.bdev.get_ref()
+                        ),
+                    ));
                 }
             }
-            names.push(vname);
         }
         Ok(())
     }

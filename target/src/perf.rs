@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use crate::bdev::{BdevChannel, BdevIo, IoCallback, IoDone, IoKind, IoStatus};
+use crate::bdev::{Bdev, BdevChannel, BdevIo, IoCallback, IoDone, IoKind, IoStatus};
 use crate::buf::PoolBuf;
 use crate::reactor::{thread_cpu_ns, Reactor};
 use crate::target::{Target, TargetError};
@@ -383,10 +383,43 @@ pub struct RunningJob {
 pub fn start_job(target: &Arc<Target>, cfg: &JobConfig) -> Result<RunningJob, TargetError> {
     let bdev = target.bdev(&cfg.bdev)?;
     let obj = format!("job on {}", cfg.bdev);
+    let reactors = check_job(target, cfg, bdev.as_ref(), &obj)?;
+    let blocks = bdev.size_bytes() / cfg.block_bytes;
+    let (tx, rx) = mpsc::channel();
+    let clock = quanta::Clock::new();
+    for (k, &r) in reactors.iter().enumerate() {
+        let place = JobPlace {
+            bdev: Arc::clone(&bdev),
+            blocks,
+            index: k as u64,
+            reactors: reactors.len() as u64,
+        };
+        let (cfg, tx, clock) = (cfg.clone(), tx.clone(), clock.clone());
+        let res = target.reactors().handles()[r]
+            .call_blocking(move |reactor| Job::start(reactor, cfg, place, clock, tx))
+            .map_err(|e| TargetError::invalid(obj.clone(), e.to_string()))?;
+        res.map_err(|e| TargetError::invalid(obj.clone(), e))?;
+    }
+    Ok(RunningJob {
+        target: Arc::clone(target),
+        reactors,
+        started: Instant::now(),
+        rx,
+    })
+}
+
+/// Checks a job's block size, queue depth, reactors and (for verify) the bdev's
+/// size; returns the reactors it runs on.
+fn check_job(
+    target: &Target,
+    cfg: &JobConfig,
+    bdev: &dyn Bdev,
+    obj: &str,
+) -> Result<Vec<usize>, TargetError> {
     let bs = cfg.block_bytes;
     if bs == 0 || !bs.is_multiple_of(bdev.block_size() as u64) || bs > (1 << 20) {
         return Err(TargetError::invalid(
-            obj.clone(),
+            obj,
             format!(
                 "block size {bs} must be a multiple of {} up to 1 MiB",
                 bdev.block_size()
@@ -399,7 +432,6 @@ pub fn start_job(target: &Arc<Target>, cfg: &JobConfig) -> Result<RunningJob, Ta
             format!("queue depth must be 1..{MAX_QD}"),
         ));
     }
-    let blocks = bdev.size_bytes() / bs;
     let reactors: Vec<usize> = if cfg.reactors.is_empty() {
         (0..target.reactors().len()).collect()
     } else {
@@ -409,86 +441,102 @@ pub fn start_job(target: &Arc<Target>, cfg: &JobConfig) -> Result<RunningJob, Ta
         return Err(TargetError::invalid(obj, format!("no reactor {bad}")));
     }
     let slot_count = reactors.len() as u64 * cfg.qd as u64;
-    if cfg.workload == Workload::Verify && blocks < slot_count {
+    if cfg.workload == Workload::Verify && bdev.size_bytes() / bs < slot_count {
         return Err(TargetError::invalid(
             obj,
             format!("verify needs at least {slot_count} blocks of {bs} bytes (qd x reactors)"),
         ));
     }
-    let (tx, rx) = mpsc::channel();
-    let nr = reactors.len() as u64;
-    let clock = quanta::Clock::new();
-    for (k, &r) in reactors.iter().enumerate() {
-        let tx = tx.clone();
-        let cfg = cfg.clone();
-        let bdev = Arc::clone(&bdev);
-        let clock = clock.clone();
-        let res = target.reactors().handles()[r]
-            .call_blocking(move |reactor| -> Result<(), String> {
-                let ch = reactor.channel(&bdev)?;
-                let mut slots = Vec::with_capacity(cfg.qd as usize);
-                for _ in 0..cfg.qd {
-                    let Some(buf) = reactor.bufs().try_get(bs as usize) else {
-                        for s in slots.drain(..) {
-                            let s: Slot = s;
-                            if let Some(b) = s.buf {
-                                reactor.bufs().put(b);
-                            }
-                        }
-                        return Err(format!("not enough I/O buffers for qd {}", cfg.qd));
-                    };
-                    slots.push(Slot {
-                        buf: Some(buf),
-                        start: Cell::new(0),
-                        offset: Cell::new(0),
-                        reading: Cell::new(false),
-                        generation: Cell::new(0),
-                    });
-                }
-                let seed = cfg.seed ^ ((k as u64 + 1) << 40) | 1;
-                let job = Rc::new(Job {
-                    reactor: Rc::clone(reactor),
-                    ch,
-                    me: RefCell::new(std::rc::Weak::new()),
-                    blocks,
-                    slot_count,
-                    slot_base: k as u64 * cfg.qd as u64,
-                    slots,
-                    rng: Cell::new(seed),
-                    seq: Cell::new((blocks / nr) * k as u64 % blocks.max(1)),
-                    stopping: Cell::new(false),
-                    busy: Cell::new(0),
-                    part: RefCell::new(Part {
-                        ios: 0,
-                        bytes: 0,
-                        failed: 0,
-                        verify_errors: 0,
-                        hist: Histogram::new(3).expect("histogram"),
-                        first_mismatch: None,
-                        cpu_ns: 0,
-                    }),
-                    cpu_start: thread_cpu_ns(),
-                    clock,
-                    submitted: Cell::new(0),
-                    done_tx: RefCell::new(Some(tx)),
-                    cfg,
-                });
-                *job.me.borrow_mut() = Rc::downgrade(&job);
-                for i in 0..job.slots.len() {
-                    job.start_slot(i);
-                }
-                reactor.local::<RunningJobs>().jobs.borrow_mut().push(job);
-                Ok(())
-            })
-            .map_err(|e| TargetError::invalid(obj.clone(), e.to_string()))?;
-        res.map_err(|e| TargetError::invalid(obj.clone(), e))?;
+    Ok(reactors)
+}
+
+/// Where one reactor's part of a job runs: the bdev, its size in blocks, this
+/// part's index among the job's `reactors` parts.
+struct JobPlace {
+    bdev: Arc<dyn Bdev>,
+    blocks: u64,
+    index: u64,
+    reactors: u64,
+}
+
+impl Job {
+    /// Starts this reactor's part of a job: `cfg.qd` slots, each with a pool
+    /// buffer, all submitting at once.
+    fn start(
+        reactor: &Rc<Reactor>,
+        cfg: JobConfig,
+        place: JobPlace,
+        clock: quanta::Clock,
+        tx: mpsc::Sender<Part>,
+    ) -> Result<(), String> {
+        let ch = reactor.channel(&place.bdev)?;
+        let slots = Job::alloc_slots(reactor, cfg.qd, cfg.block_bytes)?;
+        let JobPlace {
+            blocks,
+            index: k,
+            reactors: nr,
+            ..
+        } = place;
+        let seed = cfg.seed ^ ((k + 1) << 40) | 1;
+        let job = Rc::new(Job {
+            reactor: Rc::clone(reactor),
+            ch,
+            me: RefCell::new(std::rc::Weak::new()),
+            blocks,
+            slot_count: nr * cfg.qd as u64,
+            slot_base: k * cfg.qd as u64,
+            slots,
+            rng: Cell::new(seed),
+            seq: Cell::new((blocks / nr) * k % blocks.max(1)),
+            stopping: Cell::new(false),
+            busy: Cell::new(0),
+            part: RefCell::new(Part {
+                ios: 0,
+                bytes: 0,
+                failed: 0,
+                verify_errors: 0,
+                hist: Histogram::new(3).expect("histogram"),
+                first_mismatch: None,
+                cpu_ns: 0,
+            }),
+            cpu_start: thread_cpu_ns(),
+            clock,
+            submitted: Cell::new(0),
+            done_tx: RefCell::new(Some(tx)),
+            cfg,
+        });
+        *job.me.borrow_mut() = Rc::downgrade(&job);
+        for i in 0..job.slots.len() {
+            job.start_slot(i);
+        }
+        reactor.local::<RunningJobs>().jobs.borrow_mut().push(job);
+        Ok(())
     }
-    Ok(RunningJob {
-        target: Arc::clone(target),
-        reactors,
-        started: Instant::now(),
-        rx,
-    })
+
+    /// `qd` idle slots with a pool buffer of `bs` bytes each, or none (every
+    /// buffer returned) if the pool cannot give them all.
+    fn alloc_slots(reactor: &Reactor, qd: u32, bs: u64) -> Result<Vec<Slot>, String> {
+        let mut slots = Vec::with_capacity(qd as usize);
+        for _ in 0..qd {
+            let Some(buf) = reactor.bufs().try_get(bs as usize) else {
+                for s in slots.drain(..) {
+                    let s: Slot = s;
+                    if let Some(b) = s.buf {
+                        reactor.bufs().put(b);
+                    }
+                }
+                return Err(format!("not enough I/O buffers for qd {qd}"));
+            };
+            slots.push(Slot {
+                buf: Some(buf),
+                start: Cell::new(0),
+                offset: Cell::new(0),
+                reading: Cell::new(false),
+                generation: Cell::new(0),
+            });
+        }
+        Ok(slots)
+    }
 }
 
 impl RunningJob {

@@ -1,5 +1,5 @@
-//! The volume channel's bounded queues and the standalone detach worker's bounded
-//! queue (issue 10): each is filled past its bound and the I/O beyond it fails with
+//! The volume channel's bounded queues, the `error` bdev's delay queue and the
+//! standalone detach worker's bounded queue (issue 10): each is filled past its bound and the I/O beyond it fails with
 //! `RETRY_ERRNO` (EAGAIN), counted in the volume's stats, with no hang and no panic;
 //! everything within the bound completes normally once the cause goes away.
 
@@ -7,14 +7,14 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use plexd_target::bdev::error::{ErrorBdev, FailOn};
+use plexd_target::bdev::error::{ErrorBdev, FailOn, MAX_DELAYED_IOS};
 use plexd_target::bdev::malloc::MallocBdev;
-use plexd_target::bdev::{IoStatus, RETRY_ERRNO};
+use plexd_target::bdev::{Bdev, IoStatus, RETRY_ERRNO};
 use plexd_target::diag::{run_ios, start_ios, IoOutcome, IoReq};
 use plexd_target::reactor::{ReactorConfig, ReactorHandle};
 use plexd_target::volume::{
     PlexKind, PlexSpec, PlexState, ReadPolicy, SubdiskSpec, VolumeSpec, DETACH_QUEUE_DEPTH,
-    MAX_HELD_WRITES, MAX_PARKED_IOS,
+    MAX_HELD_WRITES, MAX_PARKED_IOS, MAX_VOLUME_IOS,
 };
 use plexd_target::{Target, TargetConfig};
 
@@ -252,4 +252,76 @@ fn plex_errors_past_the_detach_queue_fail_their_write_instead_of_waiting() {
     let info = t.volume_info("v2").unwrap();
     assert_eq!(info.stats.held_refused, 1);
     assert_eq!((info.held, info.inflight), (0, 0));
+}
+
+#[test]
+fn io_past_the_volume_channels_bound_fails_with_eagain_before_reaching_a_plex() {
+    let t = target(1);
+    t.add_bdev(MallocBdev::new("d0", 4 * MIB, 512).unwrap())
+        .unwrap();
+    t.create_volume(&volume("v", 4 * MIB, vec![plex("v-01", "d0", 0, 4 * MIB)]))
+        .unwrap();
+    const OVER: usize = 8;
+    // One reactor call submits them all: the malloc bdev completes each child
+    // only after that call (never inside submit), so the first MAX_VOLUME_IOS are
+    // all in flight when the rest arrive.
+    let out = run_ios(
+        &t.reactors().handles()[0],
+        &t.bdev("v").unwrap(),
+        writes(MAX_VOLUME_IOS + OVER),
+        IO_TIMEOUT,
+    )
+    .unwrap();
+    let (refused, ok) = split(&out, RETRY_ERRNO);
+    assert_eq!(
+        refused,
+        (MAX_VOLUME_IOS..MAX_VOLUME_IOS + OVER).collect::<Vec<_>>(),
+        "the I/Os past MAX_VOLUME_IOS failed with EAGAIN"
+    );
+    assert_eq!(ok, MAX_VOLUME_IOS, "the ones within the bound completed");
+    let info = t.volume_info("v").unwrap();
+    assert_eq!(info.stats.inflight_refused, OVER as u64);
+    assert_eq!(info.stats.failed_ops, OVER as u64);
+    assert_eq!((info.inflight, info.held), (0, 0));
+    // The channel serves again once the burst is over.
+    let out = run_ios(
+        &t.reactors().handles()[0],
+        &t.bdev("v").unwrap(),
+        writes(OVER),
+        IO_TIMEOUT,
+    )
+    .unwrap();
+    assert!(out.iter().all(|o| o.status.is_ok()));
+}
+
+#[test]
+fn io_past_the_error_bdevs_delay_bound_fails_with_eagain_and_the_rest_completes() {
+    let t = target(1);
+    t.add_bdev(MallocBdev::new("m0", 4 * MIB, 512).unwrap())
+        .unwrap();
+    let e = ErrorBdev::new("e0", t.bdev("m0").unwrap());
+    t.add_bdev(e.clone()).unwrap();
+    e.injection().set_latency_us(1000);
+    const OVER: usize = 8;
+    // All submitted in one reactor call: every one within the bound is delayed
+    // (at the inner bdev) when the rest arrive.
+    let out = run_ios(
+        &t.reactors().handles()[0],
+        &t.bdev("e0").unwrap(),
+        writes(MAX_DELAYED_IOS + OVER),
+        IO_TIMEOUT,
+    )
+    .unwrap();
+    let (refused, ok) = split(&out, RETRY_ERRNO);
+    assert_eq!(
+        refused,
+        (MAX_DELAYED_IOS..MAX_DELAYED_IOS + OVER).collect::<Vec<_>>(),
+        "the I/Os past MAX_DELAYED_IOS failed with EAGAIN"
+    );
+    assert_eq!(
+        ok, MAX_DELAYED_IOS,
+        "the delayed ones completed after their latency"
+    );
+    assert_eq!(e.injection().delay_refused(), OVER as u64);
+    assert!(e.info().detail.contains("refused past MAX_DELAYED_IOS"));
 }

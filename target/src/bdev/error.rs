@@ -12,7 +12,10 @@
 //! (like a medium error). Latency is added after the inner bdev completes: the
 //! completion is held in a reactor-local queue, sorted by due time, and released by
 //! the channel's [`Poller`], whose `next_deadline` is the earliest due time, so a
-//! sleeping reactor wakes in time and nothing blocks.
+//! sleeping reactor wakes in time and nothing blocks. At most [`MAX_DELAYED_IOS`]
+//! I/Os per channel get latency at once (at the inner bdev or waiting for their
+//! due time); an I/O past it fails at once with [`RETRY_ERRNO`], counted in
+//! [`ErrorInjection::delay_refused`].
 
 pub use plexd_target_api::bdev::FailOn;
 use std::cell::{Cell, RefCell};
@@ -24,11 +27,16 @@ use std::time::{Duration, Instant};
 
 use super::{
     check_range, Bdev, BdevChannel, BdevInfo, BdevIo, IoCallback, IoDone, IoKind, IoStatus,
+    RETRY_ERRNO,
 };
 use crate::reactor::{Poller, PollerId, Reactor};
 
 /// In-flight I/Os per channel preallocated for latency injection.
 pub const DELAY_SLOTS: usize = 1024;
+/// I/Os one channel delays at once (at the inner bdev with latency to add, or
+/// completed and waiting for their due time); more fail with [`RETRY_ERRNO`]
+/// without reaching the inner bdev.
+pub const MAX_DELAYED_IOS: usize = 16 * DELAY_SLOTS;
 
 /// The class bits an injection on `on` fails.
 fn mask(on: FailOn) -> u64 {
@@ -66,6 +74,8 @@ pub struct ErrorInjection {
     latency_us: AtomicU64,
     /// Failures injected so far.
     injected_failures: AtomicU64,
+    /// I/Os refused because a channel already delayed [`MAX_DELAYED_IOS`].
+    delay_refused: AtomicU64,
 }
 
 impl ErrorInjection {
@@ -106,6 +116,12 @@ impl ErrorInjection {
         self.injected_failures.load(Ordering::Relaxed)
     }
 
+    /// I/Os failed with [`RETRY_ERRNO`] because their channel already delayed
+    /// [`MAX_DELAYED_IOS`], since the bdev was created.
+    pub fn delay_refused(&self) -> u64 {
+        self.delay_refused.load(Ordering::Relaxed)
+    }
+
     /// The added latency in microseconds.
     pub fn latency_us(&self) -> u64 {
         self.latency_us.load(Ordering::Relaxed)
@@ -139,6 +155,12 @@ impl ErrorInjection {
             parts.push("no injection".into());
         }
         parts.push(format!("{} failures injected", self.injected_failures()));
+        if self.delay_refused() > 0 {
+            parts.push(format!(
+                "{} I/Os refused past MAX_DELAYED_IOS",
+                self.delay_refused()
+            ));
+        }
         parts.join("; ")
     }
 
@@ -214,6 +236,7 @@ impl Bdev for ErrorBdev {
             block_size: self.block_size(),
             size_bytes: self.size_bytes(),
             detail: format!("over {}: {}", self.inner.name(), self.injection.describe()),
+            refused: self.injection.delay_refused(),
         }
     }
     /// That of the wrapped bdev (flushes pass through to it).
@@ -234,6 +257,7 @@ impl Bdev for ErrorBdev {
             delayed: RefCell::new(slab::Slab::with_capacity(DELAY_SLOTS)),
             held: RefCell::new(VecDeque::with_capacity(DELAY_SLOTS)),
             closed: Cell::new(false),
+            refusal_logged: Cell::new(false),
         });
         let poller = reactor.add_poller(Rc::clone(&state) as Rc<dyn Poller>);
         Ok(Rc::new(ErrorChannel { state, poller }))
@@ -263,9 +287,16 @@ struct ChannelState {
     /// The channel was dropped (bdev deleted): its poller is gone, so completions
     /// still arriving from the inner bdev are delivered at once.
     closed: Cell<bool>,
+    /// A refusal was logged since nothing was last delayed (one line per episode).
+    refusal_logged: Cell<bool>,
 }
 
 impl ChannelState {
+    /// I/Os this channel delays now: at the inner bdev, or waiting for their due time.
+    fn delaying(&self) -> usize {
+        self.delayed.borrow().len() + self.held.borrow().len()
+    }
+
     fn hold(&self, cb: IoCallback, status: IoStatus, due: Instant) {
         if self.closed.get() {
             cb.defer(&self.reactor, status);
@@ -289,6 +320,18 @@ impl BdevChannel for ErrorChannel {
         }
         let inj = &st.bdev.injection;
         let latency_us = inj.latency_us();
+        if latency_us > 0 && st.delaying() >= MAX_DELAYED_IOS {
+            inj.delay_refused.fetch_add(1, Ordering::Relaxed);
+            if !st.refusal_logged.replace(true) {
+                log::warn!(
+                    "error bdev {} on reactor {}: MAX_DELAYED_IOS I/Os are delayed; failing I/O with EAGAIN",
+                    st.bdev.name,
+                    st.reactor.id()
+                );
+            }
+            io.cb.defer(&st.reactor, IoStatus::Failed(RETRY_ERRNO));
+            return;
+        }
         if let Some(errno) = inj.check(io.kind) {
             if latency_us > 0 {
                 let due = Instant::now() + Duration::from_micros(latency_us);
@@ -341,7 +384,12 @@ impl Poller for ChannelState {
                     h.cb.defer(&self.reactor, h.status);
                     n += 1;
                 }
-                None => return n,
+                None => {
+                    if n > 0 && self.held.borrow().is_empty() && self.delayed.borrow().is_empty() {
+                        self.refusal_logged.set(false);
+                    }
+                    return n;
+                }
             }
         }
     }

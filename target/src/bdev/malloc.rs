@@ -132,6 +132,7 @@ impl Bdev for MallocBdev {
             } else {
                 "anonymous memory".into()
             },
+            refused: 0,
         }
     }
     /// Memory is the medium: a completed write is as durable as it will ever be.

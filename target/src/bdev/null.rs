@@ -42,6 +42,7 @@ impl Bdev for NullBdev {
             block_size: self.block_size,
             size_bytes: self.size_bytes,
             detail: String::new(),
+            refused: 0,
         }
     }
     /// Nothing is stored, so nothing is cached either.

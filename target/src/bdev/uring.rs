@@ -417,6 +417,7 @@ impl Bdev for UringBdev {
                     ""
                 }
             ),
+            refused: self.refused(),
         }
     }
     fn volatile_write_cache(&self) -> bool {

@@ -9,7 +9,7 @@
 //! reservations in `<socket path without extension>.iscsi-pr/`.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -19,7 +19,7 @@ use nix::sys::signal::{SigSet, Signal};
 use plexd_target::api::{clear_stale_socket, KernelService, ServerHandle};
 use plexd_target::config::{Config, DEFAULT_SOCKET};
 use plexd_target::frontend::iscsi::IscsiConfig;
-use plexd_target::reactor::{parse_cores, PollMode};
+use plexd_target::reactor::{parse_cores, PollMode, ReactorConfig};
 use plexd_target::{Target, TargetConfig};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -87,27 +87,14 @@ fn main() -> ExitCode {
     }
 }
 
+/// Runs the data plane until a stop signal: configuration, reactors, frontends,
+/// the kernel interface's server; then stops them in order.
 fn run(args: &Args, signals: &SigSet) -> Result<(), String> {
     let cfg = match &args.config {
         Some(path) => Config::load(path, &args.set).map_err(|e| e.to_string())?,
         None => Config::parse("--set", "", &args.set).map_err(|e| e.to_string())?,
     };
-    let mut reactors = cfg.reactor_config();
-    if let Some(c) = &args.cores {
-        reactors.cores = parse_cores(c).map_err(|e| format!("--cores: {e}"))?;
-    }
-    if let Some(m) = &args.cpumask {
-        if !m.trim().to_ascii_lowercase().starts_with("0x") {
-            return Err(format!("--cpumask: {m:?} is not a hex mask such as 0x3"));
-        }
-        reactors.cores = parse_cores(m).map_err(|e| format!("--cpumask: {e}"))?;
-    }
-    if let Some(p) = args.poll_mode {
-        reactors.poll_mode = match p {
-            PollModeArg::Adaptive => PollMode::Adaptive,
-            PollModeArg::Always => PollMode::Always,
-        };
-    }
+    let reactors = reactor_config(args, &cfg)?;
     let socket = args
         .socket
         .clone()
@@ -124,25 +111,7 @@ fn run(args: &Args, signals: &SigSet) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     let svc = KernelService::new(Arc::clone(&target), poll_mode);
     cfg.apply(&svc).map_err(|e| e.to_string())?;
-    let iscsi = cfg.start_iscsi(&target).map_err(|e| e.to_string())?;
-    let nvmf = cfg.start_nvmf(&target).map_err(|e| e.to_string())?;
-    let mut frontends = iscsi
-        .as_ref()
-        .map(|f| format!("; iscsi portal {}", f.portal()))
-        .unwrap_or_default();
-    if let Some(n) = &nvmf {
-        let l: Vec<String> = n.listeners().iter().map(|a| a.to_string()).collect();
-        frontends.push_str(&format!("; nvmf listeners {}", l.join(",")));
-    }
-    svc.set_iscsi_defaults(IscsiConfig {
-        pr_dir: Some(default_pr_dir(&socket)),
-        ..Default::default()
-    });
-    svc.set_iscsi(iscsi);
-    // Namespaces the kernel interface maps keep reservations that are not the
-    // cluster's here (a private volume's), as iSCSI LUNs do in theirs.
-    svc.set_nvmf_pr_dir(Some(socket.with_extension("nvmf-pr")));
-    svc.set_nvmf(nvmf);
+    let frontends = start_frontends(&cfg, &target, &svc, &socket)?;
     let server = match ServerHandle::start(Arc::clone(&svc), &socket) {
         Ok(s) => s,
         Err(e) => {
@@ -151,24 +120,7 @@ fn run(args: &Args, signals: &SigSet) -> Result<(), String> {
             return Err(e.to_string());
         }
     };
-
-    let cores: Vec<String> = target
-        .reactors()
-        .cores()
-        .iter()
-        .map(|c| c.map_or_else(|| "unpinned".to_string(), |c| c.to_string()))
-        .collect();
-    // Not println!: a closed stdout must not panic the data plane.
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(
-        out,
-        "plexd-target: serving on {} with {} reactor(s) on cores {}{frontends}",
-        socket.display(),
-        cores.len(),
-        cores.join(",")
-    );
-    let _ = out.flush();
-    drop(out);
+    announce(&target, &socket, &frontends);
 
     match signals.wait() {
         Ok(sig) => log::info!("{sig}: stopping"),
@@ -190,9 +142,83 @@ fn run(args: &Args, signals: &SigSet) -> Result<(), String> {
     Ok(())
 }
 
+/// The file's reactor configuration with the command line's `--cores`,
+/// `--cpumask` and `--poll-mode` over it.
+fn reactor_config(args: &Args, cfg: &Config) -> Result<ReactorConfig, String> {
+    let mut reactors = cfg.reactor_config();
+    if let Some(c) = &args.cores {
+        reactors.cores = parse_cores(c).map_err(|e| format!("--cores: {e}"))?;
+    }
+    if let Some(m) = &args.cpumask {
+        if !m.trim().to_ascii_lowercase().starts_with("0x") {
+            return Err(format!("--cpumask: {m:?} is not a hex mask such as 0x3"));
+        }
+        reactors.cores = parse_cores(m).map_err(|e| format!("--cpumask: {e}"))?;
+    }
+    if let Some(p) = args.poll_mode {
+        reactors.poll_mode = match p {
+            PollModeArg::Adaptive => PollMode::Adaptive,
+            PollModeArg::Always => PollMode::Always,
+        };
+    }
+    Ok(reactors)
+}
+
+/// Starts the configuration's iSCSI and NVMe-oF frontends, hands them to the
+/// kernel interface's service with its defaults for frontends started later
+/// (reservation folders beside `socket`); returns their addresses for the
+/// start line.
+fn start_frontends(
+    cfg: &Config,
+    target: &Arc<Target>,
+    svc: &KernelService,
+    socket: &Path,
+) -> Result<String, String> {
+    let iscsi = cfg.start_iscsi(target).map_err(|e| e.to_string())?;
+    let nvmf = cfg.start_nvmf(target).map_err(|e| e.to_string())?;
+    let mut frontends = iscsi
+        .as_ref()
+        .map(|f| format!("; iscsi portal {}", f.portal()))
+        .unwrap_or_default();
+    if let Some(n) = &nvmf {
+        let l: Vec<String> = n.listeners().iter().map(|a| a.to_string()).collect();
+        frontends.push_str(&format!("; nvmf listeners {}", l.join(",")));
+    }
+    svc.set_iscsi_defaults(IscsiConfig {
+        pr_dir: Some(default_pr_dir(socket)),
+        ..Default::default()
+    });
+    svc.set_iscsi(iscsi);
+    // Namespaces the kernel interface maps keep reservations that are not the
+    // cluster's here (a private volume's), as iSCSI LUNs do in theirs.
+    svc.set_nvmf_pr_dir(Some(socket.with_extension("nvmf-pr")));
+    svc.set_nvmf(nvmf);
+    Ok(frontends)
+}
+
+/// Prints the one start line on stdout (what tests and scripts wait for).
+fn announce(target: &Target, socket: &Path, frontends: &str) {
+    let cores: Vec<String> = target
+        .reactors()
+        .cores()
+        .iter()
+        .map(|c| c.map_or_else(|| "unpinned".to_string(), |c| c.to_string()))
+        .collect();
+    // Not println!: a closed stdout must not panic the data plane.
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "plexd-target: serving on {} with {} reactor(s) on cores {}{frontends}",
+        socket.display(),
+        cores.len(),
+        cores.join(",")
+    );
+    let _ = out.flush();
+}
+
 /// Where a frontend started through the kernel interface keeps persistent
 /// reservations: next to the socket, `/run/plexd/target0.sock` ->
 /// `/run/plexd/target0.iscsi-pr`.
-fn default_pr_dir(socket: &std::path::Path) -> PathBuf {
+fn default_pr_dir(socket: &Path) -> PathBuf {
     socket.with_extension("iscsi-pr")
 }

@@ -16,7 +16,7 @@ use clap::Parser;
 use plexd_target::bdev::malloc::MallocBdev;
 use plexd_target::bdev::null::NullBdev;
 use plexd_target::bdev::uring::UringBdev;
-use plexd_target::perf::{start_job, JobConfig, Workload};
+use plexd_target::perf::{start_job, JobConfig, JobResult, Workload};
 use plexd_target::reactor::{parse_cores, thread_cpu_ns, PollMode, ReactorConfig};
 /// A size as people type it (the project's one size parser), errors as text.
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -225,14 +225,24 @@ fn percentile(sorted: &[Duration], q: f64) -> f64 {
     sorted[i].as_secs_f64() * 1e6
 }
 
-fn run(args: &Args) -> Result<bool, String> {
+/// Layout changes made during a run (`--quiesce-every`): how long each prepare took.
+#[derive(Default)]
+struct QuiesceStats {
+    /// Each successful prepare's drain time, sorted once the run is over.
+    times: Vec<Duration>,
+    /// Prepares or commits that failed.
+    errors: u64,
+}
+
+/// Starts the in-process target on the cores and poll mode the arguments name.
+fn start_target(args: &Args) -> Result<Arc<Target>, String> {
     let cores = parse_cores(&args.cores)?;
     let poll_mode = match args.poll_mode.as_str() {
         "adaptive" => PollMode::Adaptive,
         "always" => PollMode::Always,
         o => return Err(format!("--poll-mode {o:?}: expected adaptive or always")),
     };
-    let t = Target::start(&TargetConfig {
+    Target::start(&TargetConfig {
         reactors: ReactorConfig {
             cores,
             poll_mode,
@@ -240,48 +250,52 @@ fn run(args: &Args) -> Result<bool, String> {
         },
         ..Default::default()
     })
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| e.to_string())
+}
 
-    if let Some(secs) = args.idle {
-        let n = t.reactors().len();
-        let cpu = |t: &Arc<Target>| -> Vec<u64> {
-            (0..n)
-                .map(|r| {
-                    t.reactors().handles()[r]
-                        .call_blocking(|_| thread_cpu_ns())
-                        .unwrap_or(0)
-                })
-                .collect()
-        };
-        let before = cpu(&t);
-        let start = Instant::now();
-        std::thread::sleep(Duration::from_secs_f64(secs));
-        let after = cpu(&t);
-        let el = start.elapsed().as_nanos() as f64;
-        let pct: Vec<f64> = before
-            .iter()
-            .zip(&after)
-            .map(|(b, a)| (a - b) as f64 / el * 100.0)
-            .collect();
-        if args.json {
-            println!("{}", serde_json::json!({ "idle_s": secs, "cpu_pct": pct }));
-        } else {
-            for (i, p) in pct.iter().enumerate() {
-                println!("reactor {i}: {p:.2}% CPU idle over {secs} s");
-            }
+/// `--idle SECS`: prints each reactor's CPU use over SECS seconds without I/O.
+fn measure_idle(t: &Arc<Target>, secs: f64, json: bool) {
+    let n = t.reactors().len();
+    let cpu = |t: &Arc<Target>| -> Vec<u64> {
+        (0..n)
+            .map(|r| {
+                t.reactors().handles()[r]
+                    .call_blocking(|_| thread_cpu_ns())
+                    .unwrap_or(0)
+            })
+            .collect()
+    };
+    let before = cpu(t);
+    let start = Instant::now();
+    std::thread::sleep(Duration::from_secs_f64(secs));
+    let after = cpu(t);
+    let el = start.elapsed().as_nanos() as f64;
+    let pct: Vec<f64> = before
+        .iter()
+        .zip(&after)
+        .map(|(b, a)| (a - b) as f64 / el * 100.0)
+        .collect();
+    if json {
+        println!("{}", serde_json::json!({ "idle_s": secs, "cpu_pct": pct }));
+    } else {
+        for (i, p) in pct.iter().enumerate() {
+            println!("reactor {i}: {p:.2}% CPU idle over {secs} s");
         }
-        return Ok(true);
     }
+}
 
+/// Adds the `--bdev`s and the `--volume`; returns the name of the bdev to load
+/// (the volume, else the first bdev).
+fn build_bdevs(t: &Arc<Target>, args: &Args) -> Result<String, String> {
     if args.bdevs.is_empty() {
         return Err("no --bdev given (see --help)".into());
     }
     for b in &args.bdevs {
-        make_bdev(&t, b)?;
+        make_bdev(t, b)?;
     }
     let target_name = match &args.volume {
         Some(v) => {
-            let spec = volume_spec(&t, v)?;
+            let spec = volume_spec(t, v)?;
             t.create_volume(&spec).map_err(|e| e.to_string())?;
             VOLUME_NAME.to_string()
         }
@@ -294,6 +308,191 @@ fn run(args: &Args) -> Result<bool, String> {
     if args.quiesce_every.is_some() && args.volume.is_none() {
         return Err("--quiesce-every needs --volume".into());
     }
+    Ok(target_name)
+}
+
+/// Until `end`, prepares and commits a layout change of the volume every `ms`
+/// milliseconds, alternating the read policy: a real layout swap on every reactor
+/// each time.
+fn change_layouts_until(t: &Target, ms: u64, end: Instant) -> Result<QuiesceStats, String> {
+    let base = t.volume_spec(VOLUME_NAME).map_err(|e| e.to_string())?;
+    let mut alt = base.clone();
+    alt.read_policy = ReadPolicy::Round;
+    let mut stats = QuiesceStats::default();
+    let mut i = 0u64;
+    while Instant::now() < end {
+        std::thread::sleep(
+            Duration::from_millis(ms).min(end.saturating_duration_since(Instant::now())),
+        );
+        if Instant::now() >= end {
+            break;
+        }
+        let l = if i.is_multiple_of(2) { &alt } else { &base };
+        match t.prepare(VOLUME_NAME, l, Duration::from_secs(5)) {
+            Ok(d) => {
+                if let Err(e) = t.commit(VOLUME_NAME) {
+                    stats.errors += 1;
+                    log::error!("commit: {e}");
+                }
+                stats.times.push(d);
+            }
+            Err(e) => {
+                stats.errors += 1;
+                log::error!("prepare: {e}");
+            }
+        }
+        i += 1;
+    }
+    stats.times.sort();
+    Ok(stats)
+}
+
+/// Sleeps until `end` in steps of at most 100 ms.
+fn wait_until(end: Instant) {
+    while Instant::now() < end {
+        std::thread::sleep(
+            end.saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(100)),
+        );
+    }
+}
+
+/// What one load run measured, for printing.
+struct Report<'a> {
+    args: &'a Args,
+    target_name: &'a str,
+    block_bytes: u64,
+    reactors: usize,
+    hugepages: bool,
+    res: &'a JobResult,
+    /// Present with `--quiesce-every`.
+    quiesce: Option<&'a QuiesceStats>,
+    /// I/O the loaded bdev refused with EAGAIN (a bounded queue was full), by
+    /// cause: the kernel interface's refusal counters.
+    refused: Vec<(&'static str, u64)>,
+}
+
+impl Report<'_> {
+    /// The longest I/O's latency in microseconds.
+    fn max_stall_us(&self) -> f64 {
+        self.res.latency_ns.max() as f64 / 1000.0
+    }
+
+    /// The report as one JSON object.
+    fn print_json(&self) {
+        let (args, res) = (self.args, self.res);
+        let mut o = serde_json::json!({
+            "bdev": self.target_name,
+            "rw": args.rw,
+            "bs": self.block_bytes,
+            "qd": args.qd,
+            "reactors": self.reactors,
+            "hugepages": self.hugepages,
+            "elapsed_s": res.elapsed.as_secs_f64(),
+            "ios": res.ios,
+            "iops": res.iops(),
+            "mib_per_s": res.mib_per_s(),
+            "lat_us": { "p50": res.lat_us(0.5), "p99": res.lat_us(0.99), "p999": res.lat_us(0.999), "max": self.max_stall_us() },
+            "failed_ios": res.failed_ios,
+            "verify_errors": res.verify_errors,
+            "cpu_pct": res.cpu_pct,
+            "refused": self
+                .refused
+                .iter()
+                .map(|(k, n)| (k.to_string(), serde_json::json!(n)))
+                .collect::<serde_json::Map<String, serde_json::Value>>(),
+        });
+        if let Some(q) = self.quiesce {
+            o["quiesces"] = serde_json::json!(q.times.len());
+            o["quiesce_errors"] = serde_json::json!(q.errors);
+            o["quiesce_us"] = serde_json::json!({
+                "p50": percentile(&q.times, 0.5),
+                "p99": percentile(&q.times, 0.99),
+                "max": percentile(&q.times, 1.0),
+            });
+            o["max_stall_us"] = serde_json::json!(self.max_stall_us());
+        }
+        println!("{o}");
+    }
+
+    /// The report as text lines.
+    fn print_text(&self) {
+        let (args, res) = (self.args, self.res);
+        println!(
+            "{}: {} {} qd {} on {} reactor(s), {:.1} s",
+            self.target_name,
+            args.rw,
+            args.bs,
+            args.qd,
+            self.reactors,
+            res.elapsed.as_secs_f64()
+        );
+        println!("  IOPS        {:>12.0}", res.iops());
+        println!("  MiB/s       {:>12.1}", res.mib_per_s());
+        println!(
+            "  latency us  p50 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",
+            res.lat_us(0.5),
+            res.lat_us(0.99),
+            res.lat_us(0.999),
+            self.max_stall_us()
+        );
+        let cpu: Vec<String> = res.cpu_pct.iter().map(|c| format!("{c:.0}%")).collect();
+        println!("  CPU         {}", cpu.join(" "));
+        println!(
+            "  failed I/Os {}   verify errors {}",
+            res.failed_ios, res.verify_errors
+        );
+        if let Some(q) = self.quiesce {
+            println!(
+                "  quiesce us  p50 {:.1}  p99 {:.1}  max {:.1} over {} changes ({} failed); longest I/O stall {:.1} us",
+                percentile(&q.times, 0.5),
+                percentile(&q.times, 0.99),
+                percentile(&q.times, 1.0),
+                q.times.len(),
+                q.errors,
+                self.max_stall_us()
+            );
+        }
+        if self.refused.iter().any(|(_, n)| *n > 0) {
+            let r: Vec<String> = self
+                .refused
+                .iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect();
+            println!(
+                "  refused     {} (EAGAIN: a bounded queue was full)",
+                r.join("  ")
+            );
+        }
+        if let Some(m) = &res.first_mismatch {
+            println!("  first mismatch: {m}");
+        }
+    }
+}
+
+/// The loaded bdev's refusal counters: a volume's per cause, else the bdev's own.
+fn refusals(t: &Target, name: &str, volume: bool) -> Result<Vec<(&'static str, u64)>, String> {
+    if volume {
+        let s = t.volume_info(name).map_err(|e| e.to_string())?.stats;
+        return Ok(vec![
+            ("parked", s.parked_refused),
+            ("held", s.held_refused),
+            ("inflight", s.inflight_refused),
+        ]);
+    }
+    let b = t.bdev(name).map_err(|e| e.to_string())?;
+    Ok(vec![("bdev", b.info().refused)])
+}
+
+/// Runs what the arguments ask; `Ok(false)` when I/Os failed, data did not verify
+/// or a layout change failed.
+fn run(args: &Args) -> Result<bool, String> {
+    let t = start_target(args)?;
+    if let Some(secs) = args.idle {
+        measure_idle(&t, secs, args.json);
+        return Ok(true);
+    }
+    let target_name = build_bdevs(&t, args)?;
     let cfg = JobConfig {
         bdev: target_name.clone(),
         workload: Workload::parse(&args.rw)?,
@@ -304,115 +503,31 @@ fn run(args: &Args) -> Result<bool, String> {
     };
     let job = start_job(&t, &cfg).map_err(|e| e.to_string())?;
     let end = Instant::now() + Duration::from_secs_f64(args.time);
-    let mut quiesce: Vec<Duration> = Vec::new();
-    let mut quiesce_errors = 0u64;
-    if let Some(ms) = args.quiesce_every {
-        // Alternate the read policy: a real layout swap on every reactor each time.
-        let base = t.volume_spec(VOLUME_NAME).map_err(|e| e.to_string())?;
-        let mut alt = base.clone();
-        alt.read_policy = ReadPolicy::Round;
-        let mut i = 0u64;
-        while Instant::now() < end {
-            std::thread::sleep(
-                Duration::from_millis(ms).min(end.saturating_duration_since(Instant::now())),
-            );
-            if Instant::now() >= end {
-                break;
-            }
-            let l = if i.is_multiple_of(2) { &alt } else { &base };
-            match t.prepare(VOLUME_NAME, l, Duration::from_secs(5)) {
-                Ok(d) => {
-                    if let Err(e) = t.commit(VOLUME_NAME) {
-                        quiesce_errors += 1;
-                        log::error!("commit: {e}");
-                    }
-                    quiesce.push(d);
-                }
-                Err(e) => {
-                    quiesce_errors += 1;
-                    log::error!("prepare: {e}");
-                }
-            }
-            i += 1;
+    let quiesce = match args.quiesce_every {
+        Some(ms) => Some(change_layouts_until(&t, ms, end)?),
+        None => {
+            wait_until(end);
+            None
         }
-    } else {
-        while Instant::now() < end {
-            std::thread::sleep(
-                end.saturating_duration_since(Instant::now())
-                    .min(Duration::from_millis(100)),
-            );
-        }
-    }
+    };
     let res = job.stop().map_err(|e| e.to_string())?;
-    quiesce.sort();
-    let max_stall_us = res.latency_ns.max() as f64 / 1000.0;
+    let quiesce_errors = quiesce.as_ref().map_or(0, |q| q.errors);
     let ok = res.failed_ios == 0 && res.verify_errors == 0 && quiesce_errors == 0;
+    let refused = refusals(&t, &target_name, args.volume.is_some())?;
+    let report = Report {
+        args,
+        target_name: &target_name,
+        block_bytes: cfg.block_bytes,
+        reactors: t.reactors().len(),
+        hugepages: t.pool().hugepages(),
+        res: &res,
+        quiesce: quiesce.as_ref(),
+        refused,
+    };
     if args.json {
-        let mut o = serde_json::json!({
-            "bdev": target_name,
-            "rw": args.rw,
-            "bs": cfg.block_bytes,
-            "qd": args.qd,
-            "reactors": t.reactors().len(),
-            "hugepages": t.pool().hugepages(),
-            "elapsed_s": res.elapsed.as_secs_f64(),
-            "ios": res.ios,
-            "iops": res.iops(),
-            "mib_per_s": res.mib_per_s(),
-            "lat_us": { "p50": res.lat_us(0.5), "p99": res.lat_us(0.99), "p999": res.lat_us(0.999), "max": max_stall_us },
-            "failed_ios": res.failed_ios,
-            "verify_errors": res.verify_errors,
-            "cpu_pct": res.cpu_pct,
-        });
-        if args.quiesce_every.is_some() {
-            o["quiesces"] = serde_json::json!(quiesce.len());
-            o["quiesce_errors"] = serde_json::json!(quiesce_errors);
-            o["quiesce_us"] = serde_json::json!({
-                "p50": percentile(&quiesce, 0.5),
-                "p99": percentile(&quiesce, 0.99),
-                "max": percentile(&quiesce, 1.0),
-            });
-            o["max_stall_us"] = serde_json::json!(max_stall_us);
-        }
-        println!("{o}");
+        report.print_json();
     } else {
-        println!(
-            "{target_name}: {} {} qd {} on {} reactor(s), {:.1} s",
-            args.rw,
-            args.bs,
-            args.qd,
-            t.reactors().len(),
-            res.elapsed.as_secs_f64()
-        );
-        println!("  IOPS        {:>12.0}", res.iops());
-        println!("  MiB/s       {:>12.1}", res.mib_per_s());
-        println!(
-            "  latency us  p50 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",
-            res.lat_us(0.5),
-            res.lat_us(0.99),
-            res.lat_us(0.999),
-            max_stall_us
-        );
-        let cpu: Vec<String> = res.cpu_pct.iter().map(|c| format!("{c:.0}%")).collect();
-        println!("  CPU         {}", cpu.join(" "));
-        println!(
-            "  failed I/Os {}   verify errors {}",
-            res.failed_ios, res.verify_errors
-        );
-        if args.quiesce_every.is_some() {
-            println!(
-                "  quiesce us  p50 {:.1}  p99 {:.1}  max {:.1} over {} changes ({} failed); longest I/O stall {:.1} us",
-                percentile(&quiesce, 0.5),
-                percentile(&quiesce, 0.99),
-                percentile(&quiesce, 1.0),
-                quiesce.len(),
-                quiesce_errors,
-                max_stall_us
-            );
-        }
-        if let Some(m) = &res.first_mismatch {
-            println!("  first mismatch: {m}");
-        }
+        report.print_text();
     }
     Ok(ok)
 }

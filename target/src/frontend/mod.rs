@@ -6,18 +6,16 @@
 //!   object) that SCSI transports share; it knows nothing of iSCSI.
 //! - [`nvmf`]: an NVMe over Fabrics target, TCP transport (NVMe/TCP): each queue
 //!   pair pinned to one reactor, queue pairs spread across reactors.
-//! - `listener`: the TCP listener both use (accept on reactor 0, hand out round
-//!   robin), generic over the frontend's shared state.
 //! - `pr_file`: where standalone LUNs and namespaces keep their reservations.
-//! - `transport`: the TCP connection pieces both use (output queue, receive
-//!   buffer, polls, the per-reactor registry and its flush-and-tick poller).
+//! - `transport`: the TCP pieces both use (the listener, the frontend's id and
+//!   addresses, the connection's socket, output queue, receive buffer, polls,
+//!   the per-reactor registry and its flush-and-tick poller, stopping).
 //!
 //! A frontend never owns block devices: it maps its own names (LUNs) to bdevs
 //! registered in the [`crate::Target`] and submits I/O through their reactor-local
 //! channels, like any other bdev user.
 
 pub mod iscsi;
-pub(crate) mod listener;
 pub mod nvmf;
 pub(crate) mod pr_file;
 pub mod scsi;

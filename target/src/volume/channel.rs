@@ -7,10 +7,11 @@
 //! with [`FENCED_ERRNO`] (parked I/O and held writes were failed at expiry by
 //! [`VolumeChannel::fence`]); children already at the disk complete normally.
 //!
-//! Bounds: at most [`MAX_PARKED_IOS`] I/Os wait behind a closed gate and at most
+//! Bounds: at most [`MAX_VOLUME_IOS`] I/Os are tracked (at the plexes or held), at
+//! most [`MAX_PARKED_IOS`] I/Os wait behind a closed gate and at most
 //! [`MAX_HELD_WRITES`] writes are held for a plex detach, per channel; past them
 //! (and when no detach can be queued) the I/O fails with [`RETRY_ERRNO`], counted
-//! in [`VolumeStats`] (`parked_refused`, `held_refused`).
+//! in [`VolumeStats`] (`inflight_refused`, `parked_refused`, `held_refused`).
 
 use plexd_target_api::volume::VolumeStats;
 use std::cell::{Cell, RefCell};
@@ -87,6 +88,12 @@ pub const MAX_PARKED_IOS: usize = 4096;
 /// Writes one volume channel holds until a failed plex is detached; more fail with
 /// [`RETRY_ERRNO`] (the data reached the other plexes; the host writes again).
 pub const MAX_HELD_WRITES: usize = 4096;
+/// I/Os one volume channel tracks at once (its slab: in flight at the plexes, or
+/// held); more fail with [`RETRY_ERRNO`] before reaching any plex. Above what the
+/// frontends' command windows put on one reactor in normal use (4 iSCSI
+/// connections at the largest queue depth, or plexperf's `MAX_QD`, four times over).
+pub const MAX_VOLUME_IOS: usize = 16 * 1024;
+const _: () = assert!(MAX_VOLUME_IOS > MAX_HELD_WRITES);
 
 /// Where a reactor reports `(reactor, epoch)` once its in-flight count drained.
 pub(crate) type DrainTx = std::sync::mpsc::Sender<(usize, u64)>;
@@ -141,7 +148,8 @@ pub(crate) struct VolumeChannel {
     lease: Rc<ReactorLease>,
     /// The bound layout is of a shared volume (served only under the lease).
     is_shared: Cell<bool>,
-    /// A refusal was logged since the gate last opened (one line per episode).
+    /// A refusal was logged since the gate last opened or the in-flight count
+    /// last reached zero (one line per episode).
     refusal_logged: Cell<bool>,
 }
 
@@ -574,6 +582,15 @@ impl VolumeChannel {
     }
 
     /// Logs the first refusal of an episode (until the gate next opens).
+    /// Fails `io` with [`RETRY_ERRNO`] because a bound (`why`) is reached; the
+    /// caller counted the refusal.
+    fn refuse(&self, io: BdevIo, why: &str) {
+        self.log_refusal(why);
+        let status = IoStatus::Failed(RETRY_ERRNO);
+        self.count(&io, status);
+        io.cb.defer(&self.reactor, status);
+    }
+
     fn log_refusal(&self, why: &str) {
         if !self.refusal_logged.replace(true) {
             log::warn!(
@@ -638,6 +655,9 @@ impl VolumeChannel {
         debug_assert!(self.inflight.get() > 0, "in-flight count underflow");
         let n = self.inflight.get() - 1;
         self.inflight.set(n);
+        if n == 0 {
+            self.refusal_logged.set(false);
+        }
         if n == 0 && self.gate_closed.get() {
             if let Some((epoch, tx)) = self.drain_waiter.borrow_mut().take() {
                 let _ = tx.send((self.reactor.id(), epoch));
@@ -710,10 +730,7 @@ impl BdevChannel for VolumeChannel {
             }
             drop(parked);
             self.stats.borrow_mut().parked_refused += 1;
-            self.log_refusal("MAX_PARKED_IOS I/Os are parked behind the closed gate");
-            let status = IoStatus::Failed(RETRY_ERRNO);
-            self.count(&io, status);
-            io.cb.defer(&self.reactor, status);
+            self.refuse(io, "MAX_PARKED_IOS I/Os are parked behind the closed gate");
             return;
         }
         let (bs, size) = {
@@ -722,6 +739,11 @@ impl BdevChannel for VolumeChannel {
         };
         if let Err(e) = check_range(&io, bs, size) {
             io.cb.defer(&self.reactor, IoStatus::Failed(e));
+            return;
+        }
+        if self.ios.borrow().len() >= MAX_VOLUME_IOS {
+            self.stats.borrow_mut().inflight_refused += 1;
+            self.refuse(io, "MAX_VOLUME_IOS I/Os are in flight or held");
             return;
         }
         debug_assert!(!self.in_submit.get(), "volume channel submit re-entered");

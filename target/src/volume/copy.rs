@@ -254,6 +254,29 @@ pub(crate) fn copy_range(
     offset_bytes: u64,
     len_bytes: u64,
 ) -> Result<(), TargetError> {
+    let layout = layout_to_copy(t, volume, source, target)?;
+    let src = copy_plex(&layout, volume, source, PlexState::Active, "source")?;
+    let dst = copy_plex(&layout, volume, target, PlexState::Syncing, "target")?;
+    check_copy_range(&layout, volume, src, dst, offset_bytes, len_bytes)?;
+    run_copy(
+        t,
+        volume,
+        layout,
+        (src, source),
+        (dst, target),
+        offset_bytes,
+        len_bytes,
+    )
+}
+
+/// The volume's current layout, when a copy may run now: the volume is quiesced
+/// here and, if shared, this data plane's lease is valid.
+fn layout_to_copy(
+    t: &Target,
+    volume: &str,
+    source: &str,
+    target: &str,
+) -> Result<Arc<Layout>, TargetError> {
     let shared = t.volumes.volume_shared(volume)?;
     let vobj = format!("volume {volume}");
     let (layout, quiesced) = {
@@ -278,36 +301,54 @@ pub(crate) fn copy_range(
             ),
         ));
     }
-    let plex = |name: &str, want: PlexState, role: &str| {
-        let pobj = format!("plex {name} (volume {volume})");
-        let i = layout
-            .plexes
-            .iter()
-            .position(|p| &*p.name == name)
-            .ok_or_else(|| TargetError::NotFound {
-                kind: "plex",
-                name: format!("{name} (volume {volume})"),
-            })?;
-        let state = layout.plexes[i].state;
-        if state != want {
-            return Err(TargetError::invalid(
-                pobj,
-                format!(
-                    "is {}; the {role} of a copy must be {}",
-                    state.as_str(),
-                    want.as_str()
-                ),
-            ));
-        }
-        Ok(i)
-    };
-    let src = plex(source, PlexState::Active, "source")?;
-    let dst = plex(target, PlexState::Syncing, "target")?;
+    Ok(layout)
+}
+
+/// The index of plex `name` in `layout`, which must be in state `want` to be the
+/// copy's `role` ("source" or "target").
+fn copy_plex(
+    layout: &Layout,
+    volume: &str,
+    name: &str,
+    want: PlexState,
+    role: &str,
+) -> Result<usize, TargetError> {
+    let i = layout
+        .plexes
+        .iter()
+        .position(|p| &*p.name == name)
+        .ok_or_else(|| TargetError::NotFound {
+            kind: "plex",
+            name: format!("{name} (volume {volume})"),
+        })?;
+    let state = layout.plexes[i].state;
+    if state != want {
+        return Err(TargetError::invalid(
+            format!("plex {name} (volume {volume})"),
+            format!(
+                "is {}; the {role} of a copy must be {}",
+                state.as_str(),
+                want.as_str()
+            ),
+        ));
+    }
+    Ok(i)
+}
+
+/// Refuses a copy range that is empty, longer than `MAX_COPY_BYTES`, not
+/// block-aligned or beyond the volume or either plex.
+fn check_copy_range(
+    layout: &Layout,
+    volume: &str,
+    src: usize,
+    dst: usize,
+    offset_bytes: u64,
+    len_bytes: u64,
+) -> Result<(), TargetError> {
     let bs = u64::from(layout.block_size);
-    let end = offset_bytes.checked_add(len_bytes);
     let bad_range = |why: String| {
         TargetError::invalid(
-            vobj.clone(),
+            format!("volume {volume}"),
             format!("copy range {offset_bytes}+{len_bytes}: {why}"),
         )
     };
@@ -324,13 +365,30 @@ pub(crate) fn copy_range(
         .size_bytes
         .min(layout.plexes[src].map.len_bytes())
         .min(layout.plexes[dst].map.len_bytes());
-    if end.is_none_or(|e| e > limit) {
+    if offset_bytes
+        .checked_add(len_bytes)
+        .is_none_or(|e| e > limit)
+    {
         return Err(bad_range(format!(
             "beyond the volume ({} bytes)",
             layout.spec.size_bytes
         )));
     }
-    // Spread consecutive chunks over the reactors.
+    Ok(())
+}
+
+/// Runs a checked copy on a reactor (consecutive chunks spread over the reactors)
+/// and waits up to `COPY_TIMEOUT` for it. `src` and `dst` are (index, name) of
+/// the plexes.
+fn run_copy(
+    t: &Target,
+    volume: &str,
+    layout: Arc<Layout>,
+    (src, source): (usize, &str),
+    (dst, target): (usize, &str),
+    offset_bytes: u64,
+    len_bytes: u64,
+) -> Result<(), TargetError> {
     let handles = t.reactors().handles();
     let h = &handles[(offset_bytes / MAX_COPY_BYTES) as usize % handles.len()];
     let (tx, rx) = mpsc::channel();

@@ -30,7 +30,7 @@ mod channel;
 pub mod copy;
 pub mod spec;
 
-pub use channel::{MAX_HELD_WRITES, MAX_PARKED_IOS};
+pub use channel::{MAX_HELD_WRITES, MAX_PARKED_IOS, MAX_VOLUME_IOS};
 pub use copy::MAX_COPY_BYTES;
 pub use plexd_target_api::volume::VolumeStats;
 pub use spec::{PlexKind, PlexSpec, PlexState, ReadPolicy, SubdiskSpec, VolumeSpec};
@@ -114,6 +114,8 @@ impl Bdev for VolumeBdev {
             block_size: self.block_size,
             size_bytes: self.size_bytes(),
             detail: format!("{} plex(es)", self.shared.ctl().current.plexes.len()),
+            // A volume's refusals are in its VolumeStats (per cause).
+            refused: 0,
         }
     }
     /// True when any subdisk of any plex of the current layout has a volatile
@@ -451,73 +453,17 @@ impl Volumes {
             ));
         }
         let staged = Arc::new(Layout::resolve(t, new)?);
-        let epoch = {
-            let mut c = shared.ctl();
-            if c.quiesced {
-                return Err(TargetError::InUse {
-                    kind: "volume",
-                    name: name.into(),
-                    user: "a prepare already in progress".into(),
-                });
-            }
-            if staged.block_size != c.current.block_size {
-                return Err(TargetError::invalid(
-                    vol_obj(name),
-                    format!(
-                        "the new layout's block size {} differs from the volume's {}",
-                        staged.block_size, c.current.block_size
-                    ),
-                ));
-            }
-            c.quiesced = true;
-            c.epoch += 1;
-            c.staged = Some(staged);
-            c.epoch
-        };
-        let (tx, rx) = std::sync::mpsc::channel();
-        let id = shared.id;
-        let nreactors = t.reactors().len();
-        let mut waiting: Vec<bool> = vec![true; nreactors];
-        for h in t.reactors().handles() {
-            let tx = tx.clone();
-            let msg: crate::reactor::Msg = Box::new(move |r| {
-                let ch = r.local::<LocalVolumes>().chans.borrow().get(&id).cloned();
-                match ch {
-                    Some(c) => c.close_gate(epoch, tx),
-                    None => {
-                        let _ = tx.send((r.id(), epoch));
-                    }
-                }
-            });
-            if let Err(e) = h.send_timeout(msg, crate::reactor::CONTROL_SEND_TIMEOUT) {
+        let epoch = Self::stage(&shared, staged)?;
+        let rx = match Self::close_gates(t, &shared, epoch) {
+            Ok(rx) => rx,
+            Err(e) => {
                 self.abort_nowait(t, &shared);
-                return Err(TargetError::Timeout {
-                    object: vol_obj(name),
-                    reason: e.to_string(),
-                });
+                return Err(e);
             }
-        }
-        drop(tx);
-        let deadline = started + drain_timeout;
-        let mut left = nreactors;
-        while left > 0 {
-            let wait = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(wait) {
-                Ok((r, e)) if e == epoch && waiting[r] => {
-                    waiting[r] = false;
-                    left -= 1;
-                }
-                Ok(_) => {}
-                Err(_) => break,
-            }
-        }
-        if left > 0 {
-            let busy: Vec<String> = waiting
-                .iter()
-                .enumerate()
-                .filter(|(_, w)| **w)
-                .map(|(r, _)| format!("reactor {r}"))
-                .collect();
+        };
+        let busy = Self::wait_drained(&rx, t.reactors().len(), epoch, started + drain_timeout);
+        if !busy.is_empty() {
+            let busy: Vec<String> = busy.iter().map(|r| format!("reactor {r}")).collect();
             // A busy reactor cannot answer now: reopen the gates without waiting.
             self.abort_nowait(t, &shared);
             let reason = format!(
@@ -532,6 +478,88 @@ impl Volumes {
             });
         }
         Ok(started.elapsed())
+    }
+
+    /// Marks the volume quiesced (channels created from now on start closed) and
+    /// keeps `staged`; returns the new quiesce epoch. Refuses a second prepare and
+    /// a layout of another block size.
+    fn stage(shared: &VolumeShared, staged: Arc<Layout>) -> Result<u64, TargetError> {
+        let name = &*shared.name;
+        let mut c = shared.ctl();
+        if c.quiesced {
+            return Err(TargetError::InUse {
+                kind: "volume",
+                name: name.into(),
+                user: "a prepare already in progress".into(),
+            });
+        }
+        if staged.block_size != c.current.block_size {
+            return Err(TargetError::invalid(
+                vol_obj(name),
+                format!(
+                    "the new layout's block size {} differs from the volume's {}",
+                    staged.block_size, c.current.block_size
+                ),
+            ));
+        }
+        c.quiesced = true;
+        c.epoch += 1;
+        c.staged = Some(staged);
+        Ok(c.epoch)
+    }
+
+    /// Asks every reactor to close its gate for quiesce `epoch`; each answers
+    /// `(reactor, epoch)` on the returned channel once its in-flight count is zero
+    /// (at once if it has no channel of the volume). The caller aborts on an error.
+    fn close_gates(
+        t: &Target,
+        shared: &VolumeShared,
+        epoch: u64,
+    ) -> Result<std::sync::mpsc::Receiver<(usize, u64)>, TargetError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let id = shared.id;
+        for h in t.reactors().handles() {
+            let tx = tx.clone();
+            let msg: crate::reactor::Msg = Box::new(move |r| {
+                let ch = r.local::<LocalVolumes>().chans.borrow().get(&id).cloned();
+                match ch {
+                    Some(c) => c.close_gate(epoch, tx),
+                    None => {
+                        let _ = tx.send((r.id(), epoch));
+                    }
+                }
+            });
+            h.send_timeout(msg, crate::reactor::CONTROL_SEND_TIMEOUT)
+                .map_err(|e| TargetError::Timeout {
+                    object: vol_obj(&shared.name),
+                    reason: e.to_string(),
+                })?;
+        }
+        Ok(rx)
+    }
+
+    /// Waits until `deadline` for each of `nreactors` reactors to answer that it
+    /// drained quiesce `epoch`; returns the reactors that did not.
+    fn wait_drained(
+        rx: &std::sync::mpsc::Receiver<(usize, u64)>,
+        nreactors: usize,
+        epoch: u64,
+        deadline: Instant,
+    ) -> Vec<usize> {
+        let mut waiting: Vec<bool> = vec![true; nreactors];
+        let mut left = nreactors;
+        while left > 0 {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(wait) {
+                Ok((r, e)) if e == epoch && waiting.get(r) == Some(&true) => {
+                    waiting[r] = false;
+                    left -= 1;
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        (0..nreactors).filter(|&r| waiting[r]).collect()
     }
 
     /// Applies the staged layout on every reactor and resumes I/O.

@@ -120,8 +120,7 @@ pub struct Layout {
 impl Layout {
     /// Validates `spec` and resolves its bdevs in `target`.
     pub fn resolve(target: &Target, spec: &VolumeSpec) -> Result<Layout, TargetError> {
-        let vol = format!("volume {}", spec.name);
-        let bad = |reason: String| TargetError::invalid(vol.clone(), reason);
+        let bad = |reason: String| TargetError::invalid(format!("volume {}", spec.name), reason);
         if spec.plexes.is_empty() || spec.plexes.len() > MAX_PLEXES {
             return Err(bad(format!(
                 "needs 1..{MAX_PLEXES} plexes, got {}",
@@ -134,88 +133,10 @@ impl Layout {
         let mut plexes = Vec::new();
         let mut block_size = 512u32;
         for (i, p) in spec.plexes.iter().enumerate() {
-            let pname = format!("plex {}", p.name);
             if spec.plexes[..i].iter().any(|q| q.name == p.name) {
-                return Err(bad(format!("{pname} appears twice")));
+                return Err(bad(format!("plex {} appears twice", p.name)));
             }
-            let ncols = p.columns.len();
-            match p.kind {
-                PlexKind::Concat if ncols != 1 => {
-                    return Err(bad(format!(
-                        "{pname}: a concat plex has exactly one column, got {ncols}"
-                    )))
-                }
-                PlexKind::Stripe { stripe_unit_bytes } => {
-                    if !(1..=MAX_COLUMNS).contains(&ncols) {
-                        return Err(bad(format!(
-                            "{pname}: a stripe needs 1..{MAX_COLUMNS} columns, got {ncols}"
-                        )));
-                    }
-                    if stripe_unit_bytes == 0 || stripe_unit_bytes % 512 != 0 {
-                        return Err(bad(format!(
-                            "{pname}: stripe unit {stripe_unit_bytes} is not a positive multiple of 512"
-                        )));
-                    }
-                }
-                _ => {}
-            }
-            let mut cols = Vec::new();
-            let mut lens = Vec::new();
-            for c in &p.columns {
-                if c.is_empty() || c.len() > MAX_SUBDISKS_PER_COLUMN {
-                    return Err(bad(format!(
-                        "{pname}: each column needs 1..{MAX_SUBDISKS_PER_COLUMN} subdisks, got {}",
-                        c.len()
-                    )));
-                }
-                let mut sds = Vec::new();
-                let mut sd_lens = Vec::new();
-                for sd in c {
-                    let bdev = target.bdev(&sd.bdev)?;
-                    let bs = bdev.block_size();
-                    block_size = block_size.max(bs);
-                    let end = sd.offset_bytes.checked_add(sd.len_bytes);
-                    if sd.len_bytes == 0
-                        || sd.offset_bytes % bs as u64 != 0
-                        || sd.len_bytes % bs as u64 != 0
-                        || end.is_none_or(|e| e > bdev.size_bytes())
-                    {
-                        return Err(bad(format!(
-                            "{pname}: subdisk {}@{}+{} is not block-aligned or does not fit bdev {} ({} bytes)",
-                            sd.bdev,
-                            sd.offset_bytes,
-                            sd.len_bytes,
-                            sd.bdev,
-                            bdev.size_bytes()
-                        )));
-                    }
-                    sds.push(Subdisk {
-                        bdev,
-                        offset_bytes: sd.offset_bytes,
-                        len_bytes: sd.len_bytes,
-                    });
-                    sd_lens.push(sd.len_bytes);
-                }
-                cols.push(sds);
-                lens.push(sd_lens);
-            }
-            let map = PlexMap {
-                kind: p.kind,
-                columns: lens,
-            };
-            if map.len_bytes() < spec.size_bytes {
-                return Err(bad(format!(
-                    "{pname} holds {} bytes, less than the volume size {}",
-                    map.len_bytes(),
-                    spec.size_bytes
-                )));
-            }
-            plexes.push(Plex {
-                name: Arc::from(p.name.as_str()),
-                state: p.state,
-                map,
-                columns: cols,
-            });
+            plexes.push(resolve_plex(target, spec, p, &mut block_size)?);
         }
         if let ReadPolicy::Prefer(p) = &spec.read_policy {
             if !spec.plexes.iter().any(|q| &q.name == p) {
@@ -247,6 +168,107 @@ impl Layout {
             .iter()
             .flat_map(|p| p.columns.iter().flatten().map(|s| s.bdev.as_str()))
     }
+}
+
+/// Checks plex `p` of `spec` (its kind's column rules, its subdisks, its length
+/// against the volume size) and resolves its subdisks' bdevs; raises
+/// `block_size` to the largest block size among them.
+fn resolve_plex(
+    target: &Target,
+    spec: &VolumeSpec,
+    p: &PlexSpec,
+    block_size: &mut u32,
+) -> Result<Plex, TargetError> {
+    let pname = format!("plex {}", p.name);
+    let bad = |reason: String| TargetError::invalid(format!("volume {}", spec.name), reason);
+    let ncols = p.columns.len();
+    match p.kind {
+        PlexKind::Concat if ncols != 1 => {
+            return Err(bad(format!(
+                "{pname}: a concat plex has exactly one column, got {ncols}"
+            )))
+        }
+        PlexKind::Stripe { stripe_unit_bytes } => {
+            if !(1..=MAX_COLUMNS).contains(&ncols) {
+                return Err(bad(format!(
+                    "{pname}: a stripe needs 1..{MAX_COLUMNS} columns, got {ncols}"
+                )));
+            }
+            if stripe_unit_bytes == 0 || stripe_unit_bytes % 512 != 0 {
+                return Err(bad(format!(
+                    "{pname}: stripe unit {stripe_unit_bytes} is not a positive multiple of 512"
+                )));
+            }
+        }
+        _ => {}
+    }
+    let mut cols = Vec::new();
+    let mut lens = Vec::new();
+    for c in &p.columns {
+        if c.is_empty() || c.len() > MAX_SUBDISKS_PER_COLUMN {
+            return Err(bad(format!(
+                "{pname}: each column needs 1..{MAX_SUBDISKS_PER_COLUMN} subdisks, got {}",
+                c.len()
+            )));
+        }
+        let sds = c
+            .iter()
+            .map(|sd| resolve_subdisk(target, sd, block_size, |r| bad(format!("{pname}: {r}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        lens.push(sds.iter().map(|sd| sd.len_bytes).collect());
+        cols.push(sds);
+    }
+    let map = PlexMap {
+        kind: p.kind,
+        columns: lens,
+    };
+    if map.len_bytes() < spec.size_bytes {
+        return Err(bad(format!(
+            "{pname} holds {} bytes, less than the volume size {}",
+            map.len_bytes(),
+            spec.size_bytes
+        )));
+    }
+    Ok(Plex {
+        name: Arc::from(p.name.as_str()),
+        state: p.state,
+        map,
+        columns: cols,
+    })
+}
+
+/// Resolves one subdisk's bdev and checks that the subdisk is block-aligned and
+/// fits it; raises `block_size` to the bdev's. A bdev that does not exist is the
+/// registry's error; a subdisk that does not fit is `misfit(reason)`.
+fn resolve_subdisk(
+    target: &Target,
+    sd: &SubdiskSpec,
+    block_size: &mut u32,
+    misfit: impl Fn(String) -> TargetError,
+) -> Result<Subdisk, TargetError> {
+    let bdev = target.bdev(&sd.bdev)?;
+    let bs = bdev.block_size();
+    *block_size = (*block_size).max(bs);
+    let end = sd.offset_bytes.checked_add(sd.len_bytes);
+    if sd.len_bytes == 0
+        || !sd.offset_bytes.is_multiple_of(bs as u64)
+        || !sd.len_bytes.is_multiple_of(bs as u64)
+        || end.is_none_or(|e| e > bdev.size_bytes())
+    {
+        return Err(misfit(format!(
+            "subdisk {}@{}+{} is not block-aligned or does not fit bdev {} ({} bytes)",
+            sd.bdev,
+            sd.offset_bytes,
+            sd.len_bytes,
+            sd.bdev,
+            bdev.size_bytes()
+        )));
+    }
+    Ok(Subdisk {
+        bdev,
+        offset_bytes: sd.offset_bytes,
+        len_bytes: sd.len_bytes,
+    })
 }
 
 #[cfg(test)]

@@ -26,11 +26,11 @@ pub mod login;
 pub mod pdu;
 pub mod text;
 
-use crate::frontend::listener;
+use crate::frontend::transport::{listener, FrontendCore};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -130,7 +130,8 @@ pub struct Session {
 
 /// State shared by the frontend's control API and its connections.
 pub(crate) struct Shared {
-    id: u64,
+    /// The frontend's id, stop flag and every listening portal.
+    core: FrontendCore,
     targets: Mutex<BTreeMap<String, Arc<TargetRt>>>,
     /// Bumped on every change of `targets`; connections re-read on change.
     generation: AtomicU64,
@@ -143,10 +144,7 @@ pub(crate) struct Shared {
     send_timeout: Duration,
     discovery_chap: Option<ChapConfig>,
     portal: Mutex<SocketAddr>,
-    /// Every listening portal, in the order they were added.
-    portals: Mutex<Vec<SocketAddr>>,
     pr_dir: Option<PathBuf>,
-    stopping: AtomicBool,
 }
 
 impl Shared {
@@ -155,9 +153,6 @@ impl Shared {
     }
     fn sessions(&self) -> MutexGuard<'_, BTreeMap<u16, Arc<Session>>> {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
-    }
-    fn portals(&self) -> MutexGuard<'_, Vec<SocketAddr>> {
-        self.portals.lock().unwrap_or_else(|p| p.into_inner())
     }
     fn limits(&self) -> text::Limits {
         text::Limits {
@@ -206,8 +201,6 @@ impl login::LoginEnv for Shared {
             .is_some_and(|t| t.conf.deny.iter().any(|d| d == initiator))
     }
 }
-
-static NEXT_FRONTEND_ID: AtomicU64 = AtomicU64::new(1);
 
 /// A running iSCSI frontend of one [`Target`].
 pub struct IscsiFrontend {
@@ -271,7 +264,7 @@ impl IscsiFrontend {
         let fe = IscsiFrontend::new(target, cfg)?;
         let bound = listener::start(target, &fe.shared, addr)?;
         *fe.shared.portal.lock().unwrap_or_else(|p| p.into_inner()) = bound;
-        fe.shared.portals().push(bound);
+        fe.shared.core.addrs().push(bound);
         log::info!(
             "iscsi: portal {bound} listening, {} target(s)",
             cfg.targets.len()
@@ -289,7 +282,7 @@ impl IscsiFrontend {
             })?;
         }
         let shared = Arc::new(Shared {
-            id: NEXT_FRONTEND_ID.fetch_add(1, Ordering::Relaxed),
+            core: FrontendCore::new(),
             targets: Mutex::new(BTreeMap::new()),
             generation: AtomicU64::new(1),
             sessions: Mutex::new(BTreeMap::new()),
@@ -307,9 +300,7 @@ impl IscsiFrontend {
             ),
             discovery_chap: cfg.discovery_chap.clone(),
             portal: Mutex::new(SocketAddr::from(([0, 0, 0, 0], 0))),
-            portals: Mutex::new(Vec::new()),
             pr_dir: cfg.pr_dir.clone(),
-            stopping: AtomicBool::new(false),
         });
         let mut fe = IscsiFrontend {
             target: Arc::clone(target),
@@ -331,7 +322,7 @@ impl IscsiFrontend {
 
     /// Every portal listening now, in the order they were added.
     pub fn portals(&self) -> Vec<SocketAddr> {
-        self.shared.portals().clone()
+        self.shared.core.addrs().clone()
     }
 
     /// Listens on one more portal (`address:port`, port 0 picks one); returns the
@@ -683,7 +674,7 @@ impl IscsiFrontend {
             .map(|s| (s.reactor, s.conn_id))
             .collect();
         for (reactor, conn_id) in victims {
-            let fid = self.shared.id;
+            let fid = self.shared.core.id;
             let h = &self.target.reactors().handles()[reactor];
             let msg: crate::reactor::Msg = Box::new(move |r| {
                 conn::close_conn(r, fid, conn_id, "closed by the management API")
@@ -702,15 +693,7 @@ impl IscsiFrontend {
             return;
         }
         self.stopped = true;
-        self.shared.stopping.store(true, Ordering::Release);
-        let fid = self.shared.id;
-        if let Err(e) = self
-            .target
-            .reactors()
-            .broadcast_blocking(move |r| conn::close_frontend(r, fid))
-        {
-            log::error!("iscsi: stop could not reach every reactor: {e}");
-        }
+        listener::stop_frontend(&self.target, &*self.shared);
         log::info!("iscsi: portal {} stopped", self.portal());
     }
 }
@@ -721,22 +704,12 @@ impl Drop for IscsiFrontend {
     }
 }
 
-impl crate::frontend::listener::Protocol for Shared {
+impl listener::Protocol for Shared {
+    const NAME: &'static str = "iscsi";
     const WHAT: &'static str = "iscsi portal";
-    type Registry = conn::Registry;
-    fn listeners(
-        reg: &conn::Registry,
-    ) -> &std::cell::RefCell<Vec<std::rc::Rc<listener::Listener<Shared>>>> {
-        &reg.listeners
-    }
-    fn frontend_id(&self) -> u64 {
-        self.id
-    }
-    fn stopping(&self) -> bool {
-        self.stopping.load(Ordering::Acquire)
-    }
-    fn addrs(&self) -> &Mutex<Vec<SocketAddr>> {
-        &self.portals
+    type Conn = conn::Conn;
+    fn core(&self) -> &FrontendCore {
+        &self.core
     }
     fn addrs_changed(&self, addr: SocketAddr, added: bool) {
         if added {
@@ -745,12 +718,13 @@ impl crate::frontend::listener::Protocol for Shared {
             log::info!("iscsi: portal {addr} removed");
         }
     }
-    fn spawn(
+    fn connect(
         r: &std::rc::Rc<crate::reactor::Reactor>,
-        shared: Arc<Shared>,
+        shared: &Arc<Shared>,
         stream: std::net::TcpStream,
         peer: SocketAddr,
-    ) {
-        conn::spawn(r, shared, stream, peer)
+        id: u64,
+    ) -> std::rc::Rc<conn::Conn> {
+        conn::connect(r, shared, stream, peer, id)
     }
 }

@@ -11,7 +11,7 @@
 //! - `qpair`: one queue pair (one TCP connection) on its reactor: socket I/O
 //!   through io_uring polls, in-capsule data, R2T / H2CData, C2HData from pool
 //!   buffers, keep alive.
-//! - `listener`: the listening sockets and the round-robin hand-off of
+//! - `transport::listener` (shared with iSCSI): the listening sockets and the round-robin hand-off of
 //!   connections (so I/O queues spread over the reactors).
 //! - [`config`]: the TOML configuration.
 //!
@@ -31,10 +31,10 @@ mod qpair;
 pub mod resv;
 pub mod subsys;
 
-use crate::frontend::listener;
+use crate::frontend::transport::{listener, FrontendCore};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -80,7 +80,8 @@ fn ns_obj(nqn: &str, nsid: u32) -> String {
 
 /// State shared by the frontend's control API and its queue pairs.
 pub(crate) struct Shared {
-    pub(crate) id: u64,
+    /// The frontend's id, stop flag and listening addresses.
+    pub(crate) core: FrontendCore,
     subsystems: Mutex<BTreeMap<String, Arc<Subsystem>>>,
     /// Bumped on every change of `subsystems`; queue pairs re-read on change.
     generation: AtomicU64,
@@ -90,8 +91,6 @@ pub(crate) struct Shared {
     pub(crate) ana_group: u32,
     ana_state: AtomicU8,
     pub(crate) ana_chgcnt: AtomicU64,
-    listeners: Mutex<Vec<SocketAddr>>,
-    pub(crate) stopping: AtomicBool,
     epoch: Instant,
 }
 
@@ -113,7 +112,7 @@ impl Shared {
         lock(&self.subsystems).values().cloned().collect()
     }
     pub(crate) fn listener_addrs(&self) -> Vec<SocketAddr> {
-        lock(&self.listeners).clone()
+        self.core.addrs().clone()
     }
     pub(crate) fn ana_state(&self) -> AnaState {
         AnaState::from_code(self.ana_state.load(Ordering::Acquire))
@@ -170,7 +169,7 @@ fn ns_changed(target: &Target, shared: &Shared, nqn: &str, nsid: u32) {
 
 /// Asks controller `c`'s admin queue to deliver its pending events.
 fn kick(target: &Target, sh: &Shared, c: &Ctrl) {
-    let fid = sh.id;
+    let fid = sh.core.id;
     let at = c.admin;
     let h = &target.reactors().handles()[at.reactor];
     let msg: crate::reactor::Msg = Box::new(move |r| qpair::deliver_aens(r, fid, at.conn));
@@ -194,8 +193,6 @@ fn ana_changed(target: &Target, sh: &Shared) {
         }
     }
 }
-
-static NEXT_FRONTEND_ID: AtomicU64 = AtomicU64::new(1);
 
 /// A running NVMe-oF/TCP frontend of one [`Target`].
 pub struct NvmfFrontend {
@@ -248,7 +245,7 @@ impl NvmfFrontend {
             })?;
         }
         let shared = Arc::new(Shared {
-            id: NEXT_FRONTEND_ID.fetch_add(1, Ordering::Relaxed),
+            core: FrontendCore::new(),
             subsystems: Mutex::new(BTreeMap::new()),
             generation: AtomicU64::new(1),
             ctrls: Mutex::new(BTreeMap::new()),
@@ -257,8 +254,6 @@ impl NvmfFrontend {
             ana_group: group,
             ana_state: AtomicU8::new(AnaState::Optimized.code()),
             ana_chgcnt: AtomicU64::new(1),
-            listeners: Mutex::new(Vec::new()),
-            stopping: AtomicBool::new(false),
             epoch: Instant::now(),
         });
         // The ANA log reports this node's group inaccessible while the lease fences
@@ -520,7 +515,7 @@ impl NvmfFrontend {
 
     fn close_ctrl(&self, c: &Arc<Ctrl>, why: &'static str) {
         self.shared.remove_ctrl(c);
-        let fid = self.shared.id;
+        let fid = self.shared.core.id;
         let at = c.admin;
         let h = &self.target.reactors().handles()[at.reactor];
         let msg: crate::reactor::Msg = Box::new(move |r| qpair::close_conn(r, fid, at.conn, why));
@@ -675,15 +670,7 @@ impl NvmfFrontend {
             return;
         }
         self.stopped = true;
-        self.shared.stopping.store(true, Ordering::Release);
-        let fid = self.shared.id;
-        if let Err(e) = self
-            .target
-            .reactors()
-            .broadcast_blocking(move |r| qpair::close_frontend(r, fid))
-        {
-            log::error!("nvmf: stop could not reach every reactor: {e}");
-        }
+        listener::stop_frontend(&self.target, &*self.shared);
         for c in self.shared.ctrl_list() {
             self.shared.remove_ctrl(&c);
         }
@@ -697,22 +684,12 @@ impl Drop for NvmfFrontend {
     }
 }
 
-impl crate::frontend::listener::Protocol for Shared {
+impl listener::Protocol for Shared {
+    const NAME: &'static str = "nvmf";
     const WHAT: &'static str = "nvmf listener";
-    type Registry = qpair::Registry;
-    fn listeners(
-        reg: &qpair::Registry,
-    ) -> &std::cell::RefCell<Vec<std::rc::Rc<listener::Listener<Shared>>>> {
-        &reg.listeners
-    }
-    fn frontend_id(&self) -> u64 {
-        self.id
-    }
-    fn stopping(&self) -> bool {
-        self.stopping.load(Ordering::Acquire)
-    }
-    fn addrs(&self) -> &Mutex<Vec<SocketAddr>> {
-        &self.listeners
+    type Conn = qpair::Conn;
+    fn core(&self) -> &FrontendCore {
+        &self.core
     }
     /// The discovery log lists the listeners: it changed.
     fn addrs_changed(&self, addr: SocketAddr, added: bool) {
@@ -723,12 +700,13 @@ impl crate::frontend::listener::Protocol for Shared {
             log::info!("nvmf: listener {addr} removed");
         }
     }
-    fn spawn(
+    fn connect(
         r: &std::rc::Rc<crate::reactor::Reactor>,
-        shared: Arc<Shared>,
+        shared: &Arc<Shared>,
         stream: std::net::TcpStream,
         peer: SocketAddr,
-    ) {
-        qpair::spawn(r, shared, stream, peer)
+        id: u64,
+    ) -> std::rc::Rc<qpair::Conn> {
+        qpair::connect(r, shared, stream, peer, id)
     }
 }

@@ -30,7 +30,6 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
 use std::rc::{Rc, Weak};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -53,7 +52,7 @@ use crate::frontend::scsi::pr_cluster::{
     PrDone, PrOutRequest, PrOutResult, PR_OUT_TIMEOUT, PR_OUT_TRIES,
 };
 use crate::frontend::transport::{
-    self, IntMap, OutQueue, Polls, PoolShare, RecvBuf, Sent, Wire, CLASSES, WBUF_HIGH_BYTES,
+    self, IntMap, Link, OutQueue, Polls, PoolShare, RecvBuf, Sent, Wire, CLASSES, WBUF_HIGH_BYTES,
 };
 use crate::lease::FENCED_ERRNO;
 use crate::reactor::Reactor;
@@ -82,23 +81,18 @@ const OUT_QUEUE_BYTES: usize = 16 << 10;
 /// The NVMe/TCP connections and listeners of one reactor.
 pub(crate) type Registry = transport::Registry<Conn, Shared>;
 
-/// Creates a queue pair for an accepted socket (runs on the chosen reactor).
-pub(crate) fn spawn(r: &Rc<Reactor>, shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
-    if shared.stopping.load(Ordering::Acquire) {
-        return;
-    }
-    let Some(id) = Registry::admit(r, peer) else {
-        return;
-    };
-    let local = stream.local_addr().ok();
-    let c = Rc::new_cyclic(|me| Conn {
-        id,
-        fid: shared.id,
-        stream,
-        peer,
-        local,
-        reactor: Rc::clone(r),
-        shared: Arc::clone(&shared),
+/// Makes connection `id` for an accepted socket (runs on the chosen reactor;
+/// the listener admitted it and registers it).
+pub(crate) fn connect(
+    r: &Rc<Reactor>,
+    shared: &Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    id: u64,
+) -> Rc<Conn> {
+    Rc::new_cyclic(|me| Conn {
+        link: Link::new(r, shared.core.id, stream, peer, id),
+        shared: Arc::clone(shared),
         me: me.clone(),
         dirty: Cell::new(false),
         st: RefCell::new(St {
@@ -129,13 +123,7 @@ pub(crate) fn spawn(r: &Rc<Reactor>, shared: Arc<Shared>, stream: TcpStream, pee
             close_after_flush: false,
             closed: false,
         }),
-    });
-    log::debug!("nvmf: connection {id} from {peer} on reactor {}", r.id());
-    r.local::<Registry>()
-        .conns
-        .borrow_mut()
-        .insert((shared.id, id), Rc::clone(&c));
-    c.on_readable();
+    })
 }
 
 fn find(r: &Rc<Reactor>, fid: u64, id: u64) -> Option<Rc<Conn>> {
@@ -159,11 +147,6 @@ pub(crate) fn deliver_aens(r: &Rc<Reactor>, fid: u64, id: u64) {
         }
         c.flush();
     }
-}
-
-/// Closes the listeners and every connection of frontend `fid` on this reactor.
-pub(crate) fn close_frontend(r: &Rc<Reactor>, fid: u64) {
-    Registry::close_frontend(r, fid)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -351,12 +334,8 @@ impl St {
 
 /// One queue pair.
 pub(crate) struct Conn {
-    id: u64,
-    fid: u64,
-    stream: TcpStream,
-    peer: SocketAddr,
-    local: Option<SocketAddr>,
-    reactor: Rc<Reactor>,
+    /// Its ids, socket, peer and reactor.
+    link: Link,
     shared: Arc<Shared>,
     me: Weak<Conn>,
     dirty: Cell<bool>,
@@ -382,7 +361,7 @@ impl Conn {
     }
 
     fn fd(&self) -> i32 {
-        self.stream.as_raw_fd()
+        self.link.fd()
     }
 
     /// Names the connection in log lines: peer, queue, controller.
@@ -390,13 +369,13 @@ impl Conn {
         match (&st.ctrl, st.phase) {
             (Some(c), Phase::Io { qid }) => format!(
                 "nvmf: queue {qid} of controller {} ({} -> {}) from {}",
-                c.cntlid, c.hostnqn, c.subnqn, self.peer
+                c.cntlid, c.hostnqn, c.subnqn, self.link.peer
             ),
             (Some(c), _) => format!(
                 "nvmf: admin queue of controller {} ({} -> {}) from {}",
-                c.cntlid, c.hostnqn, c.subnqn, self.peer
+                c.cntlid, c.hostnqn, c.subnqn, self.link.peer
             ),
-            _ => format!("nvmf: connection {} from {}", self.id, self.peer),
+            _ => format!("nvmf: connection {} from {}", self.link.id, self.link.peer),
         }
     }
 
@@ -406,7 +385,7 @@ impl Conn {
             return;
         }
         if let Some(me) = self.rc() {
-            st.polls.arm(&self.reactor, self.fd(), me, out);
+            st.polls.arm(&self.link.reactor, self.fd(), me, out);
         }
     }
 
@@ -420,8 +399,8 @@ impl Conn {
         }
         st.closed = true;
         log::info!("{} closed: {why}", self.who(&st));
-        // SAFETY: shutdown on a socket we own; it wakes pending polls.
-        unsafe { libc::shutdown(self.fd(), libc::SHUT_RDWR) };
+        // Wakes pending polls.
+        self.link.shutdown();
         st.waiting.clear();
         let keys: Vec<usize> = st.cmds.iter().map(|(k, _)| k).collect();
         for k in keys {
@@ -451,11 +430,12 @@ impl Conn {
             }
         }
         drop(st);
-        self.reactor
+        self.link
+            .reactor
             .local::<Registry>()
             .conns
             .borrow_mut()
-            .remove(&(self.fid, self.id));
+            .remove(&(self.link.fid, self.link.id));
     }
 
     fn release(&self, st: &mut St, mut c: Cmd) {
@@ -465,7 +445,7 @@ impl Conn {
     }
 
     fn put_buf(&self, st: &mut St, b: PoolBuf) {
-        let c = st.share.put(&self.reactor, b);
+        let c = st.share.put(&self.link.reactor, b);
         st.need_serve = true;
         self.sync_active(st, c);
     }
@@ -477,7 +457,7 @@ impl Conn {
                 .waiting
                 .iter()
                 .any(|k| BufPool::class_for(st.cmds[*k].pool_len) == Some(c));
-        st.share.sync(&self.reactor, c, waiting);
+        st.share.sync(&self.link.reactor, c, waiting);
     }
 
     /// A pool buffer of `len` bytes within this connection's share, or None
@@ -488,7 +468,7 @@ impl Conn {
             return None;
         }
         let me: Rc<dyn BufWaiter> = self.rc()?;
-        st.share.get(&self.reactor, len, Some(me))
+        st.share.get(&self.link.reactor, len, Some(me))
     }
 
     /// Gives buffers to waiting commands, oldest first, while they can have them.
@@ -1078,11 +1058,11 @@ impl Conn {
             return Err((Status::CONNECT_INVALID, admin::invalid_data_field(16), why));
         }
         let at = QueueAt {
-            reactor: self.reactor.id(),
-            conn: self.id,
+            reactor: self.link.reactor.id(),
+            conn: self.link.id,
         };
         let now = self.shared.now_ms();
-        let (local, peer) = (self.local, self.peer.to_string());
+        let (local, peer) = (self.link.local, self.link.peer.to_string());
         let made = self.shared.add_ctrl(
             |id| {
                 Ctrl::new(
@@ -1134,7 +1114,7 @@ impl Conn {
             let why = "I/O queue Connect before the controller was enabled".to_string();
             return Err((Status::SEQUENCE, 0, why));
         }
-        if !ctrl.claim_qid(req.qid, self.reactor.id()) {
+        if !ctrl.claim_qid(req.qid, self.link.reactor.id()) {
             let why = format!("I/O queue {} is connected already or not granted", req.qid);
             return Err((Status::CONNECT_INVALID, 42, why));
         }
@@ -1145,7 +1125,7 @@ impl Conn {
         log::debug!(
             "{}: connected on reactor {}",
             self.who(st),
-            self.reactor.id()
+            self.link.reactor.id()
         );
         Ok(cntlid)
     }
@@ -1186,7 +1166,8 @@ impl Conn {
             return false;
         };
         sub.namespaces.values().any(|ns| {
-            self.reactor
+            self.link
+                .reactor
                 .channel(&ns.bdev)
                 .is_ok_and(|ch| ch.unavailable())
         })
@@ -1253,14 +1234,14 @@ impl Conn {
         let (Some(plan), Some(ns)) = (st.cmds[key].plan, st.cmds[key].ns.clone()) else {
             return self.finish_now(st, key, Status::INTERNAL, 0, 0, &[]);
         };
-        let ch = match self.reactor.channel(&ns.bdev) {
+        let ch = match self.link.reactor.channel(&ns.bdev) {
             Ok(ch) => ch,
             Err(e) => {
                 log::error!(
                     "nvmf: namespace {} (bdev {}): no channel on reactor {}: {e}",
                     ns.conf.nsid,
                     ns.conf.bdev,
-                    self.reactor.id()
+                    self.link.reactor.id()
                 );
                 return self.finish_now(st, key, Status::INTERNAL, 0, 0, &[]);
             }
@@ -1394,7 +1375,7 @@ impl Conn {
             param: out.param,
         };
         let done: Weak<dyn PrDone> = self.me.clone();
-        match broker.forward(&self.reactor, req, done, tag) {
+        match broker.forward(&self.link.reactor, req, done, tag) {
             Ok(id) => {
                 st.cmds[key].pr = Some(PrWait {
                     tag,
@@ -1425,7 +1406,7 @@ impl Conn {
             let c = &mut st.cmds[key];
             if let (Some(p), Some(ns)) = (c.pr.take(), c.ns.clone()) {
                 if let Some(b) = ns.resv.broker() {
-                    b.cancel(&self.reactor, p.id);
+                    b.cancel(&self.link.reactor, p.id);
                 }
                 log::warn!(
                     "nvmf: namespace {} (bdev {}): the cluster did not answer reservation command {:#04x} within {} s; the host retries",
@@ -1523,7 +1504,7 @@ impl Conn {
 
     /// Asks for a flush at the end of this reactor iteration.
     fn mark_dirty(&self) {
-        Registry::mark_dirty(&self.reactor, self, self.rc());
+        Registry::mark_dirty(&self.link.reactor, self, self.rc());
     }
 
     /// Reading stalled and may resume ([`Wire::resume`]): not closed or closing.
@@ -1556,7 +1537,7 @@ impl IoDone for Conn {
             let Some(c) = st.cmds.get_mut(key) else {
                 log::error!(
                     "nvmf: connection {}: completion for unknown command slot {key}",
-                    self.id
+                    self.link.id
                 );
                 return;
             };
@@ -1592,16 +1573,7 @@ impl IoDone for Conn {
             self.after(&mut st);
         }
         self.mark_dirty();
-        let paused = {
-            let st = self.st.borrow();
-            !st.closed
-                && !st.polls.read
-                && !st.close_after_flush
-                && st.pending_out() <= WBUF_HIGH_BYTES
-        };
-        if paused {
-            self.resume();
-        }
+        Wire::resume_if_stalled(self);
     }
 }
 
@@ -1653,7 +1625,7 @@ impl BufWaiter for Conn {
             st.share.handed(tag);
             if st.closed {
                 drop(st);
-                self.reactor.bufs().put(buf);
+                self.link.reactor.bufs().put(buf);
                 return;
             }
             st.share.adopt(&buf);

@@ -7,27 +7,34 @@
 //! - [`output`]: the output queue ([`OutQueue`]) and its sends;
 //! - [`recv`]: the receive buffer ([`RecvBuf`]) and its read batches;
 //! - [`share`]: the connection's share of the buffer pool ([`PoolShare`]);
-//! - this file: the per-reactor [`Registry`] of a frontend's connections and
-//!   listeners, the [`FlushAndTick`] poller and the POLLIN/POLLOUT [`Polls`].
+//! - [`listener`]: the TCP listener, accepting and admitting connections, and
+//!   stopping a frontend ([`Protocol`], what a frontend gives the transport);
+//! - this file: what every frontend's shared state holds ([`FrontendCore`]) and
+//!   every connection is ([`Link`]), the per-reactor [`Registry`] of a
+//!   frontend's connections and listeners, the [`FlushAndTick`] poller and the
+//!   POLLIN/POLLOUT [`Polls`].
 //!
 //! What a PDU means stays with the frontend ([`Wire`] is all this module needs
 //! from a connection).
 
+pub(crate) mod listener;
 pub(crate) mod output;
 pub(crate) mod recv;
 pub(crate) mod share;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::os::fd::RawFd;
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::{Rc, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use io_uring::{opcode, types};
 
-use crate::frontend::listener::{Listener, Protocol};
 use crate::reactor::{Poller, Reactor, UringDone};
+pub(crate) use listener::{Listener, Protocol};
 
 pub(crate) use output::{OutQueue, Sent};
 pub(crate) use recv::RecvBuf;
@@ -43,6 +50,91 @@ pub(crate) const TICK: Duration = Duration::from_secs(1);
 pub(crate) const TAG_POLLIN: u64 = 1;
 /// The io_uring tag of a connection's POLLOUT poll.
 pub(crate) const TAG_POLLOUT: u64 = 2;
+
+/// Ids of frontends, unique in the process (a registry key with the connection id).
+static NEXT_FRONTEND_ID: AtomicU64 = AtomicU64::new(1);
+
+/// What the transport keeps of every frontend's shared state: its id, whether it
+/// is stopping, the addresses it listens on.
+pub(crate) struct FrontendCore {
+    /// The frontend's id: connections are registered as (this, connection id).
+    pub(crate) id: u64,
+    /// Set once by [`listener::stop_frontend`]: accept and admit nothing more.
+    pub(crate) stopping: AtomicBool,
+    /// Every listening address, in the order they were added.
+    addrs: Mutex<Vec<SocketAddr>>,
+}
+
+impl FrontendCore {
+    /// A new frontend's core: a fresh id, not stopping, no addresses.
+    pub(crate) fn new() -> FrontendCore {
+        FrontendCore {
+            id: NEXT_FRONTEND_ID.fetch_add(1, Ordering::Relaxed),
+            stopping: AtomicBool::new(false),
+            addrs: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The frontend is stopping.
+    pub(crate) fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// The listening addresses.
+    pub(crate) fn addrs(&self) -> MutexGuard<'_, Vec<SocketAddr>> {
+        self.addrs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// What every frontend connection (iSCSI connection, NVMe/TCP queue pair) is:
+/// its place in the registry, its socket and peer, the reactor it is pinned to.
+pub(crate) struct Link {
+    /// The connection's id on its reactor.
+    pub(crate) id: u64,
+    /// Its frontend's id ([`FrontendCore::id`]).
+    pub(crate) fid: u64,
+    /// The socket.
+    pub(crate) stream: TcpStream,
+    /// The host's address.
+    pub(crate) peer: SocketAddr,
+    /// The address the host connected to, when known.
+    pub(crate) local: Option<SocketAddr>,
+    /// The reactor the connection runs on.
+    pub(crate) reactor: Rc<Reactor>,
+}
+
+impl Link {
+    /// Connection `id` of frontend `fid` on reactor `r` over `stream`.
+    pub(crate) fn new(
+        r: &Rc<Reactor>,
+        fid: u64,
+        stream: TcpStream,
+        peer: SocketAddr,
+        id: u64,
+    ) -> Link {
+        let local = stream.local_addr().ok();
+        Link {
+            id,
+            fid,
+            stream,
+            peer,
+            local,
+            reactor: Rc::clone(r),
+        }
+    }
+
+    /// The socket's descriptor.
+    pub(crate) fn fd(&self) -> RawFd {
+        self.stream.as_raw_fd()
+    }
+
+    /// Shuts the socket down both ways: pending polls wake, the peer sees the
+    /// close; the descriptor closes when the connection's last reference goes.
+    pub(crate) fn shutdown(&self) {
+        // SAFETY: shutdown on a socket this link owns; it touches no memory.
+        unsafe { libc::shutdown(self.fd(), libc::SHUT_RDWR) };
+    }
+}
 
 /// Hasher for the small integer keys of per-connection maps (task tags, LUN
 /// numbers, command ids): one multiply instead of SipHash on every command.
@@ -104,6 +196,13 @@ pub(crate) trait Wire: 'static {
             return;
         }
         self.on_readable();
+    }
+    /// After an I/O completion: resumes reading if it stalled and may go on now
+    /// (not closing, the output below [`WBUF_HIGH_BYTES`]).
+    fn resume_if_stalled(&self) {
+        if self.may_resume() && self.reading_paused() {
+            self.resume();
+        }
     }
     /// A poll with `tag` completed: marks it disarmed; false once closed.
     fn disarm(&self, tag: u64) -> bool;

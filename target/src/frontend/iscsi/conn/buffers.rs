@@ -7,7 +7,7 @@ use super::*;
 impl Conn {
     /// Gives a pool buffer back and accounts for it.
     pub(super) fn put_buf(&self, st: &mut St, b: PoolBuf) {
-        let c = st.share.put(&self.reactor, b);
+        let c = st.share.put(&self.link.reactor, b);
         st.need_serve = true;
         self.sync_active(st, c);
     }
@@ -16,7 +16,7 @@ impl Conn {
     pub(super) fn sync_active(&self, st: &mut St, c: usize) {
         // A closed connection still uses a class while it holds its buffers.
         let waiting = !st.closed && st.parked_n[c] > 0;
-        st.share.sync(&self.reactor, c, waiting);
+        st.share.sync(&self.link.reactor, c, waiting);
     }
 
     /// Publishes the buffer counters of the session.
@@ -45,7 +45,7 @@ impl Conn {
             return None;
         }
         let waiter: Option<Rc<dyn BufWaiter>> = if queue { Some(self.rc()?) } else { None };
-        st.share.get(&self.reactor, len, waiter)
+        st.share.get(&self.link.reactor, len, waiter)
     }
 
     /// Gives buffers to parked tasks, oldest first per class, while they can have
@@ -126,7 +126,7 @@ impl BufWaiter for Conn {
             st.share.handed(tag);
             if st.closed {
                 drop(st);
-                self.reactor.bufs().put(buf);
+                self.link.reactor.bufs().put(buf);
                 return;
             }
             st.share.adopt(&buf);

@@ -22,8 +22,8 @@ impl Conn {
         if plan.need_buf > 0 && BufPool::class_for(plan.need_buf as usize).is_none() {
             log::error!(
                 "iscsi: connection {} from {}: ITT {itt:#x} needs a {}-byte buffer, larger than the largest pool class",
-                self.id,
-                self.peer,
+                self.link.id,
+                self.link.peer,
                 plan.need_buf
             );
             return Handled::Close("buffer request too large".into());
@@ -67,7 +67,7 @@ impl Conn {
         if st.itts.contains_key(&itt) {
             log::warn!(
                 "iscsi: connection {}: ITT {itt:#x} already in use; rejected",
-                self.id
+                self.link.id
             );
             self.reject(st, b, pdu::reject::INVALID_FIELD);
             return false;
@@ -103,7 +103,7 @@ impl Conn {
         } else {
             &mut scratch
         };
-        let reactor = &self.reactor;
+        let reactor = &self.link.reactor;
         let fenced = |l: &LunRt| reactor.channel(&l.bdev).is_ok_and(|ch| ch.unavailable());
         let op = task::decode_command(&cdb, lun.as_deref(), &luns, ns, &fenced);
         CmdPlan::new(cdb, lun, op, lun_field, b)
@@ -187,8 +187,8 @@ impl Conn {
         if st.parked_bytes + early > PARKED_DATA_MAX_BYTES {
             log::warn!(
                 "iscsi: connection {} from {}: ITT {itt:#x} waits for a buffer with {early} bytes of data, {} already kept for waiting commands; TASK SET FULL",
-                self.id,
-                self.peer,
+                self.link.id,
+                self.link.peer,
                 st.parked_bytes
             );
             self.respond(st, itt, sense::TASK_SET_FULL, None, (0, 0));
@@ -264,7 +264,7 @@ impl Conn {
             // unsolicited data arrived): drop it.
             log::debug!(
                 "iscsi: connection {}: Data-Out for unknown ITT {itt:#x} dropped",
-                self.id
+                self.link.id
             );
             return Handled::Done;
         };
@@ -292,7 +292,7 @@ impl Conn {
     fn fail_data_out(&self, st: &mut St, key: usize, itt: u32, why: &str) {
         log::warn!(
             "iscsi: connection {}: ITT {itt:#x}: {why}; task failed",
-            self.id
+            self.link.id
         );
         st.itts.remove(&itt);
         self.forget_parked(st, key);
@@ -332,12 +332,12 @@ impl Conn {
 
     /// Hands a block I/O of task `key` to the LUN's bdev channel on this reactor.
     pub(super) fn submit(&self, key: usize, lun: &LunRt, io: BlockIo) -> Result<(), Sense> {
-        let ch = self.reactor.channel(&lun.bdev).map_err(|e| {
+        let ch = self.link.reactor.channel(&lun.bdev).map_err(|e| {
             log::error!(
                 "iscsi: lun {} ({}): no channel on reactor {}: {e}",
                 lun.info.lun,
                 lun.bdev.name(),
-                self.reactor.id()
+                self.link.reactor.id()
             );
             sense::INTERNAL_FAILURE
         })?;
@@ -381,7 +381,7 @@ impl Conn {
         let sent = match (lun.cluster_pr(), self.rc()) {
             (Some(b), Some(me)) => {
                 let me: Rc<dyn PrDone> = me;
-                b.forward(&self.reactor, req, Rc::downgrade(&me), key as u64)
+                b.forward(&self.link.reactor, req, Rc::downgrade(&me), key as u64)
                     .map(|id| (id, Arc::clone(b)))
             }
             _ => Err("the LUN's reservations are not kept by a cluster".to_string()),
@@ -396,8 +396,8 @@ impl Conn {
             Err(e) => {
                 log::warn!(
                     "iscsi: connection {} from {}: lun {} ({}): PERSISTENT RESERVE OUT cannot reach the cluster: {e}",
-                    self.id,
-                    self.peer,
+                    self.link.id,
+                    self.link.peer,
                     lun.info.lun,
                     lun.bdev.name()
                 );
@@ -423,12 +423,12 @@ impl Conn {
         for w in expired {
             log::warn!(
                 "iscsi: connection {} from {}: PERSISTENT RESERVE OUT request {}: no answer from the cluster within {} s; the host retries",
-                self.id,
-                self.peer,
+                self.link.id,
+                self.link.peer,
                 w.id,
                 PR_OUT_TIMEOUT.as_secs()
             );
-            w.broker.cancel(&self.reactor, w.id);
+            w.broker.cancel(&self.link.reactor, w.id);
             self.task_event(w.key, |t| t.pr_done(PrOutResult::Unavailable));
         }
     }
@@ -441,7 +441,7 @@ impl Conn {
             let Some(t) = st.tasks.get_mut(key) else {
                 log::error!(
                     "iscsi: connection {}: completion for unknown task {key}",
-                    self.id
+                    self.link.id
                 );
                 return;
             };
@@ -460,16 +460,7 @@ impl Conn {
             self.after(&mut st);
         }
         self.mark_dirty();
-        let paused = {
-            let st = self.st.borrow();
-            !st.closed
-                && !st.polls.read
-                && !st.close_after_flush
-                && st.pending_out() <= WBUF_HIGH_BYTES
-        };
-        if paused {
-            self.resume();
-        }
+        Wire::resume_if_stalled(self);
     }
 
     /// Sends the outcome of a task and frees it.

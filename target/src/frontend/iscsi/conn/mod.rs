@@ -56,7 +56,6 @@ mod tmf;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
 use std::rc::{Rc, Weak};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -76,7 +75,7 @@ use crate::frontend::scsi::sense::{self, Sense};
 use crate::frontend::scsi::task::{self, BlockIo, ScsiTask, Step};
 use crate::frontend::scsi::LunRt;
 use crate::frontend::transport::{
-    self, IntMap, OutQueue, Polls, PoolShare, RecvBuf, Sent, Wire, CLASSES, WBUF_HIGH_BYTES,
+    self, IntMap, Link, OutQueue, Polls, PoolShare, RecvBuf, Sent, Wire, CLASSES, WBUF_HIGH_BYTES,
 };
 use crate::reactor::Reactor;
 
@@ -92,25 +91,20 @@ pub(crate) const PARKED_DATA_MAX_BYTES: usize = 4 << 20;
 /// The iSCSI connections and listeners of one reactor.
 pub(crate) type Registry = transport::Registry<Conn, Shared>;
 
-/// Creates a connection for an accepted socket (runs on the chosen reactor).
-pub(crate) fn spawn(r: &Rc<Reactor>, shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
-    if shared.stopping.load(Ordering::Acquire) {
-        return;
-    }
-    let Some(id) = Registry::admit(r, peer) else {
-        return;
-    };
+/// Makes connection `id` for an accepted socket (runs on the chosen reactor;
+/// the listener admitted it and registers it).
+pub(crate) fn connect(
+    r: &Rc<Reactor>,
+    shared: &Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    id: u64,
+) -> Rc<Conn> {
     let limits = shared.limits();
     let rcap = pdu::max_wire_len(limits.target_mrdsl as usize);
-    let local = stream.local_addr().ok();
-    let c = Rc::new_cyclic(|me| Conn {
-        id,
-        fid: shared.id,
-        stream,
-        peer,
-        local,
-        reactor: Rc::clone(r),
-        shared: Arc::clone(&shared),
+    Rc::new_cyclic(|me| Conn {
+        link: Link::new(r, shared.core.id, stream, peer, id),
+        shared: Arc::clone(shared),
         me: me.clone(),
         dirty: Cell::new(false),
         st: RefCell::new(St {
@@ -148,13 +142,7 @@ pub(crate) fn spawn(r: &Rc<Reactor>, shared: Arc<Shared>, stream: TcpStream, pee
             close_after_flush: false,
             closed: false,
         }),
-    });
-    log::debug!("iscsi: connection {id} from {peer} on reactor {}", r.id());
-    r.local::<Registry>()
-        .conns
-        .borrow_mut()
-        .insert((shared.id, id), Rc::clone(&c));
-    c.on_readable();
+    })
 }
 
 /// Closes one connection (management API: target removed, initiator denied; a
@@ -163,11 +151,6 @@ pub(crate) fn close_conn(r: &Rc<Reactor>, fid: u64, id: u64, why: &str) {
     if let Some(c) = Registry::find(r, fid, id) {
         c.close(why);
     }
-}
-
-/// Closes the listener and every connection of frontend `fid` on this reactor.
-pub(crate) fn close_frontend(r: &Rc<Reactor>, fid: u64) {
-    Registry::close_frontend(r, fid)
 }
 
 enum Phase {
@@ -276,12 +259,8 @@ struct St {
 }
 
 pub(crate) struct Conn {
-    id: u64,
-    fid: u64,
-    stream: TcpStream,
-    peer: SocketAddr,
-    local: Option<SocketAddr>,
-    reactor: Rc<Reactor>,
+    /// Its ids, socket, peer and reactor.
+    link: Link,
     shared: Arc<Shared>,
     me: Weak<Conn>,
     /// Queued in the registry's dirty list.
@@ -372,7 +351,7 @@ impl Conn {
     }
 
     fn fd(&self) -> i32 {
-        self.stream.as_raw_fd()
+        self.link.fd()
     }
 
     /// Closes the connection: no more reading or writing; tasks without I/O in
@@ -385,11 +364,11 @@ impl Conn {
         st.closed = true;
         log::info!(
             "iscsi: connection {} from {} closed: {why}",
-            self.id,
-            self.peer
+            self.link.id,
+            self.link.peer
         );
-        // SAFETY: shutdown on a socket we own; it wakes pending polls.
-        unsafe { libc::shutdown(self.fd(), libc::SHUT_RDWR) };
+        // Wakes pending polls.
+        self.link.shutdown();
         st.parked.clear();
         st.parked_n = [0; CLASSES];
         st.parked_bytes = 0;
@@ -405,7 +384,7 @@ impl Conn {
         st.itts.clear();
         // PR OUT requests still with the cluster: their answers are not awaited.
         for w in std::mem::take(&mut st.pr_waits) {
-            w.broker.cancel(&self.reactor, w.id);
+            w.broker.cancel(&self.link.reactor, w.id);
         }
         // A closed connection may stay queued as a buffer waiter until a chunk of
         // that class frees up: it keeps no receive buffer meanwhile.
@@ -428,11 +407,12 @@ impl Conn {
             }
         }
         drop(st);
-        self.reactor
+        self.link
+            .reactor
             .local::<Registry>()
             .conns
             .borrow_mut()
-            .remove(&(self.fid, self.id));
+            .remove(&(self.link.fid, self.link.id));
     }
 
     fn release(&self, st: &mut St, mut t: Task) {
@@ -514,7 +494,7 @@ impl Conn {
             _ => {
                 log::warn!(
                     "iscsi: connection {}: opcode {opc:#x} not supported; rejected",
-                    self.id
+                    self.link.id
                 );
                 self.reject(st, p.bhs, pdu::reject::NOT_SUPPORTED);
                 Handled::Done
@@ -533,7 +513,7 @@ impl Conn {
         }
         log::warn!(
             "iscsi: connection {}: opcode {:#x} with CmdSN {cmdsn} outside the window (expected {}); ignored",
-            self.id,
+            self.link.id,
             pdu::opcode(bhs),
             st.exp_cmdsn
         );

@@ -85,7 +85,7 @@ impl Conn {
 
     /// Asks for a flush at the end of this reactor iteration.
     pub(super) fn mark_dirty(&self) {
-        Registry::mark_dirty(&self.reactor, self, self.rc());
+        Registry::mark_dirty(&self.link.reactor, self, self.rc());
     }
 }
 

@@ -11,7 +11,7 @@ impl Conn {
             return;
         }
         if let Some(me) = self.rc() {
-            st.polls.arm(&self.reactor, self.fd(), me, out);
+            st.polls.arm(&self.link.reactor, self.fd(), me, out);
         }
     }
 
@@ -82,7 +82,7 @@ impl Conn {
                     let len = pdu::wire_len(bhs, dig, max_data).map_err(|e| e.to_string())?;
                     log::warn!(
                         "iscsi: connection {}: data digest error (got {got:#x}, want {want:#x}) on opcode {:#x}; rejected",
-                        self.id,
+                        self.link.id,
                         pdu::opcode(bhs)
                     );
                     if pdu::opcode(bhs) == op::DATA_OUT {

@@ -34,8 +34,8 @@ impl Conn {
         if step.status != 0 {
             log::warn!(
                 "iscsi: connection {} from {}: login of {:?} to {:?} failed with status {:#06x}",
-                self.id,
-                self.peer,
+                self.link.id,
+                self.link.peer,
                 step.initiator,
                 step.target,
                 step.status
@@ -139,9 +139,9 @@ impl Conn {
             initiator: initiator.clone(),
             isid: isid_hex,
             target: target_name.clone(),
-            reactor: self.reactor.id(),
-            peer: self.peer.to_string(),
-            conn_id: self.id,
+            reactor: self.link.reactor.id(),
+            peer: self.link.peer.to_string(),
+            conn_id: self.link.id,
             stats: Default::default(),
         });
         self.shared.sessions().insert(tsih, Arc::clone(&s));
@@ -153,8 +153,8 @@ impl Conn {
             } else {
                 &target_name
             },
-            self.reactor.id(),
-            self.peer,
+            self.link.reactor.id(),
+            self.link.peer,
             st.dig
         );
     }
@@ -169,14 +169,15 @@ impl Conn {
             .filter(|s| s.initiator == initiator && s.isid == isid && s.target == target)
             .map(|s| (s.reactor, s.conn_id))
             .collect();
-        let fid = self.fid;
+        let fid = self.link.fid;
         let why = format!(
             "session of {initiator} (ISID 0x{isid}) to {target} reinstated by a new login on connection {}",
-            self.id
+            self.link.id
         );
         for (reactor, conn_id) in old {
-            if reactor == self.reactor.id() {
+            if reactor == self.link.reactor.id() {
                 let c = self
+                    .link
                     .reactor
                     .local::<Registry>()
                     .conns
@@ -184,11 +185,11 @@ impl Conn {
                     .get(&(fid, conn_id))
                     .cloned();
                 if let Some(c) = c {
-                    if c.id != self.id {
+                    if c.link.id != self.link.id {
                         c.close(&why);
                     }
                 }
-            } else if let Some(h) = self.reactor.peers().get(reactor) {
+            } else if let Some(h) = self.link.reactor.peers().get(reactor) {
                 let why = why.clone();
                 let msg: crate::reactor::Msg = Box::new(move |r| close_conn(r, fid, conn_id, &why));
                 if h.try_send(msg).is_err() {
@@ -237,7 +238,7 @@ impl Conn {
             Err(e) => {
                 log::warn!(
                     "iscsi: connection {}: bad text request: {e}; rejected",
-                    self.id
+                    self.link.id
                 );
                 self.reject(st, b, pdu::reject::PROTOCOL);
                 return Handled::Done;
@@ -251,7 +252,7 @@ impl Conn {
         let mut out: Vec<(String, String)> = Vec::new();
         for (k, v) in &pairs {
             if k == "SendTargets" {
-                let addr = self.local.map(|a| a.to_string()).unwrap_or_default();
+                let addr = self.link.local.map(|a| a.to_string()).unwrap_or_default();
                 let ts = self.shared.targets();
                 for (iqn, t) in ts.iter() {
                     let allowed = (t.cfg.allow.is_empty() || t.cfg.allow.contains(&initiator))

@@ -1,46 +1,86 @@
 //! A frontend's TCP listener (the iSCSI portal, the NVMe/TCP listener): a
 //! nonblocking listening socket on reactor 0, woken by an io_uring poll, whose
-//! accepted connections are handed round-robin to the reactors. One implementation
-//! for every frontend; what differs is the [`Protocol`].
+//! accepted connections are handed round-robin to the reactors, admitted and
+//! registered there. One implementation for every frontend; what differs is the
+//! [`Protocol`]. Stopping a frontend ([`stop_frontend`]) is the same for all.
 
-use std::any::Any;
-use std::cell::{Cell, RefCell};
-use std::net::{SocketAddr, TcpListener};
+use std::cell::Cell;
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use io_uring::{opcode, types};
 
+use super::{FrontendCore, Registry, Wire};
 use crate::reactor::{Msg, Reactor, UringDone};
 use crate::target::{Target, TargetError};
 
 /// Most connections accepted per readiness event (the poll is re-armed after).
 const ACCEPT_BATCH: usize = 64;
 
-/// What a frontend gives its listener: its shared state is `Self`.
+/// What a frontend gives the shared transport: its shared state is `Self`.
 pub(crate) trait Protocol: Sized + Send + Sync + 'static {
+    /// How logs name the frontend: "iscsi", "nvmf".
+    const NAME: &'static str;
     /// How logs and errors name a listener: "iscsi portal", "nvmf listener".
     const WHAT: &'static str;
-    /// The reactor-local registry (`Reactor::local`) holding the listeners.
-    type Registry: Any + Default;
-    /// The listeners in a reactor's registry.
-    fn listeners(reg: &Self::Registry) -> &RefCell<Vec<Rc<Listener<Self>>>>;
-    /// The frontend's id.
-    fn frontend_id(&self) -> u64;
-    /// The frontend is stopping: accept nothing more.
-    fn stopping(&self) -> bool;
-    /// Serves an accepted connection on reactor `r`.
-    fn spawn(r: &Rc<Reactor>, shared: Arc<Self>, stream: std::net::TcpStream, peer: SocketAddr);
-    /// The addresses listening now, in the order they were added.
-    fn addrs(&self) -> &Mutex<Vec<SocketAddr>>;
+    /// The frontend's connection (queue pair).
+    type Conn: Wire;
+    /// The frontend's id, stop flag and listening addresses.
+    fn core(&self) -> &FrontendCore;
+    /// Makes connection `id` for a socket accepted from `peer`, on reactor `r`;
+    /// [`serve`] registers it and starts reading.
+    fn connect(
+        r: &Rc<Reactor>,
+        shared: &Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        id: u64,
+    ) -> Rc<Self::Conn>;
     /// `addr` was added to (`added`) or removed from the listening addresses
     /// by [`add`] or [`remove`]: logs it, and whatever else the frontend needs.
     fn addrs_changed(&self, addr: SocketAddr, added: bool);
 }
 
-fn lock_addrs<P: Protocol>(shared: &P) -> MutexGuard<'_, Vec<SocketAddr>> {
-    shared.addrs().lock().unwrap_or_else(|p| p.into_inner())
+/// A frontend's reactor-local registry of connections and listeners.
+type RegistryOf<P> = Registry<<P as Protocol>::Conn, P>;
+
+/// Serves a socket accepted from `peer` on reactor `r` (the listener's message
+/// to the chosen reactor): admitted within [`super::MAX_CONNS_PER_REACTOR`],
+/// registered, reading.
+fn serve<P: Protocol>(r: &Rc<Reactor>, shared: Arc<P>, stream: TcpStream, peer: SocketAddr) {
+    if shared.core().stopping() {
+        return;
+    }
+    let Some(id) = RegistryOf::<P>::admit(r, peer) else {
+        return;
+    };
+    let c = P::connect(r, &shared, stream, peer, id);
+    log::debug!(
+        "{}: connection {id} from {peer} on reactor {}",
+        P::NAME,
+        r.id()
+    );
+    r.local::<RegistryOf<P>>()
+        .conns
+        .borrow_mut()
+        .insert((shared.core().id, id), Rc::clone(&c));
+    c.on_readable();
+}
+
+/// Stops frontend `shared`: nothing more is accepted, and every reactor closes
+/// the frontend's listeners and connections. Idempotent.
+pub(crate) fn stop_frontend<P: Protocol>(target: &Target, shared: &P) {
+    shared.core().stopping.store(true, Ordering::Release);
+    let fid = shared.core().id;
+    if let Err(e) = target
+        .reactors()
+        .broadcast_blocking(move |r| RegistryOf::<P>::close_frontend(r, fid))
+    {
+        log::error!("{}: stop could not reach every reactor: {e}", P::NAME);
+    }
 }
 
 /// Listens on one more address (`address:port`, port 0 picks one) for the
@@ -53,14 +93,14 @@ pub(crate) fn add<P: Protocol>(
     let a: SocketAddr = addr
         .parse()
         .map_err(|e| TargetError::invalid(format!("{} {addr}", P::WHAT), format!("{e}")))?;
-    if a.port() != 0 && lock_addrs(&**shared).contains(&a) {
+    if a.port() != 0 && shared.core().addrs().contains(&a) {
         return Err(TargetError::Exists {
             kind: P::WHAT,
             name: a.to_string(),
         });
     }
     let bound = start(target, shared, a)?;
-    lock_addrs(&**shared).push(bound);
+    shared.core().addrs().push(bound);
     shared.addrs_changed(bound, true);
     Ok(bound)
 }
@@ -71,7 +111,7 @@ pub(crate) fn remove<P: Protocol>(
     shared: &Arc<P>,
     addr: SocketAddr,
 ) -> Result<(), TargetError> {
-    let fid = shared.frontend_id();
+    let fid = shared.core().id;
     let found = target.reactors().handles()[0]
         .call_blocking(move |r| stop::<P>(r, fid, addr))
         .map_err(|e| TargetError::Timeout {
@@ -84,7 +124,7 @@ pub(crate) fn remove<P: Protocol>(
             name: addr.to_string(),
         });
     }
-    lock_addrs(&**shared).retain(|p| *p != addr);
+    shared.core().addrs().retain(|p| *p != addr);
     shared.addrs_changed(addr, false);
     Ok(())
 }
@@ -118,13 +158,13 @@ impl<P: Protocol> Listener<P> {
         }
     }
 
-    fn dispatch(&self, stream: std::net::TcpStream, peer: SocketAddr) {
+    fn dispatch(&self, stream: TcpStream, peer: SocketAddr) {
         let peers = self.reactor.peers();
         let n = peers.len();
         let start = self.next.get();
         self.next.set((start + 1) % n);
         let shared = Arc::clone(&self.shared);
-        let mut msg: Msg = Box::new(move |r| P::spawn(r, shared, stream, peer));
+        let mut msg: Msg = Box::new(move |r| serve(r, shared, stream, peer));
         for i in 0..n {
             let h = &peers[(start + i) % n];
             match h.try_send(msg) {
@@ -145,7 +185,7 @@ impl<P: Protocol> Listener<P> {
 
 impl<P: Protocol> UringDone for Listener<P> {
     fn uring_done(&self, _tag: u64, res: i32, _flags: u32) {
-        if self.closed.get() || self.shared.stopping() {
+        if self.closed.get() || self.shared.core().stopping() {
             return;
         }
         if res < 0 && res != -libc::EINTR {
@@ -177,8 +217,8 @@ impl<P: Protocol> UringDone for Listener<P> {
 
 /// Stops the listener of frontend `fid` bound to `addr` (runs on reactor 0).
 fn stop<P: Protocol>(r: &Rc<Reactor>, fid: u64, addr: SocketAddr) -> bool {
-    let reg = r.local::<P::Registry>();
-    let listeners = P::listeners(&reg);
+    let reg = r.local::<RegistryOf<P>>();
+    let listeners = &reg.listeners;
     let found: Vec<Rc<Listener<P>>> = listeners
         .borrow()
         .iter()
@@ -217,7 +257,7 @@ pub(crate) fn start<P: Protocol>(
     let shared = Arc::clone(shared);
     target.reactors().handles()[0]
         .call_blocking(move |r| {
-            let fid = shared.frontend_id();
+            let fid = shared.core().id;
             let l = Rc::new_cyclic(|me| Listener {
                 fid,
                 addr: bound,
@@ -228,8 +268,10 @@ pub(crate) fn start<P: Protocol>(
                 closed: Cell::new(false),
                 me: me.clone(),
             });
-            let reg = r.local::<P::Registry>();
-            P::listeners(&reg).borrow_mut().push(Rc::clone(&l));
+            r.local::<RegistryOf<P>>()
+                .listeners
+                .borrow_mut()
+                .push(Rc::clone(&l));
             l.arm();
         })
         .map_err(|e| TargetError::Timeout {
