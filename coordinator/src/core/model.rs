@@ -27,6 +27,11 @@ pub trait ConfigModel: Clone + Eq + Debug + Default {
     /// One configuration change (create a disk group, add a volume, detach a plex...).
     type Change: Clone + Debug + PartialEq;
 
+    /// A node's private disk groups: changed on that node alone, one change at a
+    /// time, in the order the core decides (`core::private`); they never travel
+    /// between nodes.
+    type Private: Clone + Eq + Debug + Default;
+
     /// Sequence number; every committed change increments it by one.
     fn seq(&self) -> u64;
 
@@ -55,6 +60,22 @@ pub trait ConfigModel: Clone + Eq + Debug + Default {
         let _ = plex;
         Ok(None)
     }
+
+    /// Whether `change` changes a node's private groups `private` (it creates a
+    /// private group, or names one of them) rather than the shared ones.
+    fn is_private(private: &Self::Private, change: &Self::Change) -> bool;
+
+    /// Validates a private change against `private` and returns the private groups
+    /// after it. The error says what is wrong and its kind (the core names the node).
+    fn apply_private(
+        private: &Self::Private,
+        change: &Self::Change,
+    ) -> Result<Self::Private, RequestError>;
+
+    /// Why the shared groups of this configuration and the private groups `private`
+    /// cannot both be held by one node (a disk group name or a disk both use), e.g.
+    /// `disk group dg1 exists as a private disk group`; None when they can.
+    fn private_conflict(&self, private: &Self::Private) -> Option<String>;
 
     /// Serialises the configuration.
     fn encode(&self) -> Vec<u8>;

@@ -59,6 +59,39 @@ impl SharedConfig {
 
 impl ConfigModel for SharedConfig {
     type Change = Change;
+    type Private = ClusterConfig;
+
+    fn is_private(private: &ClusterConfig, change: &Change) -> bool {
+        match change {
+            Change::DgCreate { shared, .. } | Change::DgImport { shared, .. } => !shared,
+            other => private.disk_group(other.dg_name()).is_some(),
+        }
+    }
+
+    fn apply_private(private: &ClusterConfig, change: &Change) -> Result<ClusterConfig, RequestError> {
+        crate::model::apply(private, change).map_err(|e| refusal(&e))
+    }
+
+    fn private_conflict(&self, private: &ClusterConfig) -> Option<String> {
+        for g in &self.groups {
+            if private.disk_group(&g.name).is_some() {
+                return Some(format!("disk group {} exists as a private disk group", g.name));
+            }
+            for d in &g.disks {
+                let other = private
+                    .disk_groups
+                    .iter()
+                    .find_map(|p| p.disks.iter().find(|x| x.id == d.id).map(|x| (p, x)));
+                if let Some((p, x)) = other {
+                    return Some(format!(
+                        "disk {} (id {}) of shared disk group {} is disk {} of private disk group {}",
+                        d.name, d.id, g.name, x.name, p.name
+                    ));
+                }
+            }
+        }
+        None
+    }
 
     fn seq(&self) -> u64 {
         self.seq

@@ -125,7 +125,8 @@ pub fn run(opts: Options) -> Result<(), String> {
             membership_path.display()
         );
     }
-    let node = Node::new(node_config, now_ms(start));
+    let mut node = Node::new(node_config, now_ms(start));
+    node.load_private(private);
     println!("plexd: node {} listening on {}", me.name, me.address);
     log::info!(
         "plexd: node {} (id {}) listening on {}; target {}",
@@ -145,7 +146,6 @@ pub fn run(opts: Options) -> Result<(), String> {
         lease,
         socket,
         transport,
-        private,
         start,
         membership_path,
         next_request: 1,
@@ -169,8 +169,6 @@ pub fn run(opts: Options) -> Result<(), String> {
         timer: None,
         failed,
         repairs,
-        private_queue: VecDeque::new(),
-        private_running: None,
         qdisk,
     };
     d.main_loop(rx);
