@@ -777,9 +777,7 @@ impl<M: ConfigModel> Node<M> {
                     self.on_peer_gone(now_ms, peer, "connection lost");
                 }
             }
-            Event::ClientRequest { request, change }
-                if M::is_private(self.private(), &change) =>
-            {
+            Event::ClientRequest { request, change } if M::is_private(self.private(), &change) => {
                 self.on_private_request(request, change)
             }
             Event::ClientRequest { request, change } => {

@@ -73,9 +73,26 @@ pub trait ConfigModel: Clone + Eq + Debug + Default {
     ) -> Result<Self::Private, RequestError>;
 
     /// Why the shared groups of this configuration and the private groups `private`
-    /// cannot both be held by one node (a disk group name or a disk both use), e.g.
-    /// `disk group dg1 exists as a private disk group`; None when they can.
-    fn private_conflict(&self, private: &Self::Private) -> Option<String>;
+    /// cannot both be held by one node: one line per disk group name or disk both
+    /// use, e.g. `disk group dg1 exists as a private disk group`; empty when they can.
+    fn private_conflicts(&self, private: &Self::Private) -> Vec<String>;
+
+    /// The conflicts ([`ConfigModel::private_conflicts`]) that shared groups `self`
+    /// and private groups `private` have and `before_shared` and `before_private`
+    /// did not: what a change of either makes. Older ones (a node that made a
+    /// private group while out of the cluster, then joined one with a shared group
+    /// on the same disk) are no reason to refuse every later change.
+    fn new_private_conflict(
+        &self,
+        private: &Self::Private,
+        before_shared: &Self,
+        before_private: &Self::Private,
+    ) -> Option<String> {
+        let old = before_shared.private_conflicts(before_private);
+        self.private_conflicts(private)
+            .into_iter()
+            .find(|c| !old.contains(c))
+    }
 
     /// Serialises the configuration.
     fn encode(&self) -> Vec<u8>;

@@ -14,7 +14,7 @@
 //!   private groups (as the last private change left them, and as the one in
 //!   progress would leave them) would share a disk group name or a disk, and a
 //!   private change is refused when it would share one with the shared groups this
-//!   node committed ([`ConfigModel::private_conflict`]): with the rule above, a
+//!   node committed ([`ConfigModel::new_private_conflict`]): with the rule above, a
 //!   shared change between its local check and its prepare and a private change
 //!   can no longer both take one disk;
 //! - the driver carries out [`Action::PrivateChange`] as one job (checks, stage of
@@ -144,13 +144,16 @@ impl<M: ConfigModel> Node<M> {
             let me = self.me_name();
             let after = M::apply_private(&self.private.config, &change)
                 .map_err(|e| e.on(&me))
-                .and_then(|after| match self.committed.config.private_conflict(&after) {
-                    Some(e) => Err(RequestError::new(
-                        ErrorKind::Exists,
-                        me.clone(),
-                        format!("node {me}: {e} in the cluster's configuration"),
-                    )),
-                    None => Ok(after),
+                .and_then(|after| {
+                    let shared = &self.committed.config;
+                    match shared.new_private_conflict(&after, shared, &self.private.config) {
+                        Some(e) => Err(RequestError::new(
+                            ErrorKind::Exists,
+                            me.clone(),
+                            format!("node {me}: {e} in the cluster's configuration"),
+                        )),
+                        None => Ok(after),
+                    }
                 });
             match after {
                 Err(e) => {
@@ -192,9 +195,10 @@ impl<M: ConfigModel> Node<M> {
         let Some(config) = slave.or(master) else {
             return Ok(());
         };
+        let committed = &self.committed.config;
         let running = self.private.running.as_ref().map(|(_, after)| after);
         for private in std::iter::once(&self.private.config).chain(running) {
-            if let Some(e) = config.private_conflict(private) {
+            if let Some(e) = config.new_private_conflict(private, committed, private) {
                 return Err(RequestError::unplaced(ErrorKind::Exists, e));
             }
         }

@@ -68,14 +68,21 @@ impl ConfigModel for SharedConfig {
         }
     }
 
-    fn apply_private(private: &ClusterConfig, change: &Change) -> Result<ClusterConfig, RequestError> {
+    fn apply_private(
+        private: &ClusterConfig,
+        change: &Change,
+    ) -> Result<ClusterConfig, RequestError> {
         crate::model::apply(private, change).map_err(|e| refusal(&e))
     }
 
-    fn private_conflict(&self, private: &ClusterConfig) -> Option<String> {
+    fn private_conflicts(&self, private: &ClusterConfig) -> Vec<String> {
+        let mut out = Vec::new();
         for g in &self.groups {
             if private.disk_group(&g.name).is_some() {
-                return Some(format!("disk group {} exists as a private disk group", g.name));
+                out.push(format!(
+                    "disk group {} exists as a private disk group",
+                    g.name
+                ));
             }
             for d in &g.disks {
                 let other = private
@@ -83,14 +90,14 @@ impl ConfigModel for SharedConfig {
                     .iter()
                     .find_map(|p| p.disks.iter().find(|x| x.id == d.id).map(|x| (p, x)));
                 if let Some((p, x)) = other {
-                    return Some(format!(
+                    out.push(format!(
                         "disk {} (id {}) of shared disk group {} is disk {} of private disk group {}",
                         d.name, d.id, g.name, x.name, p.name
                     ));
                 }
             }
         }
-        None
+        out
     }
 
     fn seq(&self) -> u64 {

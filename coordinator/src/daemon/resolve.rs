@@ -155,7 +155,8 @@ impl Daemon {
     /// `dg import`: the group as found on this node's disk paths.
     fn resolve_dg_import(&mut self, dg: String, shared: bool) -> Result<Change, RequestError> {
         let files = self.file.disk_files();
-        if self.node.private().disk_group(&dg).is_some() || self.node.config().group(&dg).is_some() {
+        if self.node.private().disk_group(&dg).is_some() || self.node.config().group(&dg).is_some()
+        {
             return Err(self.refuse_as(
                 ErrorKind::Exists,
                 format!("disk group {dg} is already imported"),

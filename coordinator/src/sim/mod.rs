@@ -24,9 +24,9 @@ pub use random::{run_seed, RunStats};
 pub use toy::{ToyChange, ToyConfig, ToyGroup, TOY_VOLUME_BYTES};
 
 use crate::core::{
-    Action, ConfigModel, DiskRecord, ErrorKind, Event, FenceToken, Message, Node, NodeConfig, NodeId, NodeInfo,
-    QuorumDiskRecord, RequestError, RequestId, Role, TxnId, View, OUTCOME_UNKNOWN,
-    RESYNC_CHUNK_BYTES, WRITE_DEADLINE,
+    Action, ConfigModel, DiskRecord, ErrorKind, Event, FenceToken, Message, Node, NodeConfig,
+    NodeId, NodeInfo, QuorumDiskRecord, RequestError, RequestId, Role, TxnId, View,
+    OUTCOME_UNKNOWN, RESYNC_CHUNK_BYTES, WRITE_DEADLINE,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -160,6 +160,11 @@ pub struct Coverage {
     pub resyncs_done: usize,
     /// Faults aimed at a copying master between a copy's read and its write.
     pub copy_faults: usize,
+    /// Private changes committed.
+    pub private_commits: usize,
+    /// Private changes that found a shared transaction in progress or staged on
+    /// their node and waited for it.
+    pub private_waits: usize,
 }
 
 #[derive(Debug)]
@@ -853,6 +858,12 @@ impl Sim {
         let private = self
             .core(id)
             .is_some_and(|c| ToyConfig::is_private(c.private(), &change));
+        if private
+            && (self.core(id).is_some_and(|c| c.txn_in_progress())
+                || self.node(id).kernel.staged.is_some())
+        {
+            self.coverage.private_waits += 1;
+        }
         self.note(format!(
             "client → {}: {change:?}{}",
             Sim::name(id),
@@ -912,10 +923,8 @@ impl Sim {
         n.next_request += 1;
         let request = RequestId(n.next_request);
         let inc = n.inc;
-        self.pending.insert(
-            (id, request),
-            Pending { inc, tag, private },
-        );
+        self.pending
+            .insert((id, request), Pending { inc, tag, private });
         self.feed(id, make(request));
         Some(request)
     }
@@ -1513,11 +1522,15 @@ impl Sim {
                     let k = &mut self.node_mut(id).kernel;
                     match k.staged.take() {
                         Some((t, config)) if t == txn => {
+                            let (old_shared, old_private) = (k.active.clone(), k.private.clone());
                             k.active = config;
                             if let Some(p) = k.staged_private.take() {
                                 k.private = p;
                             }
-                            if let Some(e) = k.active.private_conflict(&k.private) {
+                            if let Some(e) =
+                                k.active
+                                    .new_private_conflict(&k.private, &old_shared, &old_private)
+                            {
                                 let what = format!(
                                     "node {name} committed transaction {txn} beside its private groups: {e}"
                                 );
@@ -1756,14 +1769,19 @@ impl Sim {
                 "{name} private change {change:?}: private seq {} → {}",
                 before.seq, after.seq
             ));
+            self.coverage.private_commits += 1;
             let n = self.node_mut(id);
+            let (old_shared, old_private) = (n.kernel.active.clone(), n.kernel.private.clone());
             n.kernel.staged = None;
             n.kernel.staged_private = None;
             n.kernel.active = shared;
             n.kernel.private = after.clone();
             n.private_disk = after;
             let k = &self.node(id).kernel;
-            if let Some(e) = k.active.private_conflict(&k.private) {
+            if let Some(e) = k
+                .active
+                .new_private_conflict(&k.private, &old_shared, &old_private)
+            {
                 let what = format!("node {name}'s private change {change:?} left its data plane with {e} and shared");
                 return self.violate(what);
             }

@@ -239,11 +239,12 @@ impl ConfigModel for ToyConfig {
 
     /// A toy group's disk is named after it (see [`ConfigModel::shared_disks`]):
     /// the same name shared and private is the same disk in two groups.
-    fn private_conflict(&self, private: &ToyConfig) -> Option<String> {
+    fn private_conflicts(&self, private: &ToyConfig) -> Vec<String> {
         self.groups
             .keys()
-            .find(|g| private.groups.contains_key(*g))
+            .filter(|g| private.groups.contains_key(*g))
             .map(|g| format!("disk group {g} exists as a private disk group"))
+            .collect()
     }
 
     fn shared_disks(&self) -> Vec<String> {
