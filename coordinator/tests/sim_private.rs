@@ -180,3 +180,31 @@ fn a_restarted_coordinator_builds_on_the_private_groups_its_disks_hold() {
     assert!(k.private.groups.contains_key("p1") && k.private.groups.contains_key("p2"));
     assert!(k.active.groups.contains_key("dg1"));
 }
+
+/// The narrower window: c's local check of a shared change has passed, the change
+/// is not staged yet (b's check is held), and a private change on c wants the same
+/// disk. It waits for the shared change to end (waiting only while a layout is
+/// staged, as the daemon once did, lets it commit first: then c would commit the
+/// shared change beside a private group on the same disk), and is refused.
+#[test]
+fn a_private_change_between_a_shared_changes_check_and_its_prepare_waits() {
+    const B: u32 = 2;
+    let mut sim = cluster();
+    sim.hold(B, Hold::LocalCheck);
+    let shared = sim.create(A, "dg1", 1);
+    assert!(sim.run_until(1_000, |s| s.held(B) == 1));
+    sim.run_for(50);
+    assert!(sim.node(C).kernel.staged.is_none(), "nothing staged yet");
+    let private = sim.create_private(C, "dg1", 1);
+    sim.run_for(100);
+    sim.release(B);
+    assert_eq!(answer(&mut sim, A, shared), Ok(()));
+    assert_eq!(
+        answer(&mut sim, C, private),
+        Err(
+            "node c: disk group dg1 exists as a private disk group in the cluster's configuration"
+                .into()
+        )
+    );
+    settle(&mut sim);
+}
