@@ -283,6 +283,44 @@ mod tests {
     }
 
     #[test]
+    fn a_disk_in_a_private_and_a_shared_group_is_a_conflict_the_change_makes() {
+        let shared = SharedConfig::default()
+            .validate_and_apply(&create())
+            .unwrap();
+        let mut private_create = create();
+        if let Change::DgCreate {
+            dg, shared, disks, ..
+        } = &mut private_create
+        {
+            *dg = "local1".into();
+            *shared = false;
+            disks.truncate(1);
+        }
+        let empty = ClusterConfig::default();
+        assert!(SharedConfig::is_private(&empty, &private_create));
+        assert!(!SharedConfig::is_private(&empty, &create()));
+        let private = SharedConfig::apply_private(&empty, &private_create).unwrap();
+        let conflicts = shared.private_conflicts(&private);
+        assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+        assert!(
+            conflicts[0].contains("disk d1") && conflicts[0].contains("private disk group local1"),
+            "{conflicts:?}"
+        );
+        // The private change makes the conflict; a later change of either does not.
+        let none = SharedConfig::default();
+        assert!(shared
+            .new_private_conflict(&private, &shared, &empty)
+            .is_some());
+        assert!(shared
+            .new_private_conflict(&private, &none, &private)
+            .is_some());
+        assert_eq!(
+            shared.new_private_conflict(&private, &shared, &private),
+            None
+        );
+    }
+
+    #[test]
     fn disk_txn_round_trips() {
         let t = crate::core::TxnId { view: 9, n: 4 };
         assert_eq!(core_txn(disk_txn(t)), t);
