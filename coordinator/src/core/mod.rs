@@ -484,7 +484,8 @@ pub enum Action<M: ConfigModel> {
         before: M::Private,
         /// The private groups after it.
         after: M::Private,
-        /// The shared groups this node committed (kept as they are).
+        /// The shared groups as this node's earlier kernel actions leave them in
+        /// the data plane (kept as they are).
         shared: M,
     },
     /// Master: a resync started, progressed or ended (for the task list).

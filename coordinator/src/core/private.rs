@@ -13,8 +13,9 @@
 //! - a shared change's local check on this node is refused when its groups and the
 //!   private groups (as the last private change left them, and as the one in
 //!   progress would leave them) would share a disk group name or a disk, and a
-//!   private change is refused when it would share one with the shared groups this
-//!   node committed ([`ConfigModel::new_private_conflict`]): with the rule above, a
+//!   private change is refused when it would share one with the shared groups of
+//!   this node's data plane, as its last load or shared commit left them
+//!   ([`ConfigModel::new_private_conflict`]): with the rule above, a
 //!   shared change between its local check and its prepare and a private change
 //!   can no longer both take one disk;
 //! - the driver carries out [`Action::PrivateChange`] as one job (checks, stage of
@@ -45,8 +46,15 @@ pub(super) struct Private<M: ConfigModel> {
     queue: VecDeque<(RequestId, M::Change)>,
     /// The change with the driver, and the groups after it.
     running: Option<(RequestId, M::Private)>,
-    /// A shared transaction whose layout is staged in the data plane.
-    staged: Option<TxnId>,
+    /// A shared transaction whose layout is staged in the data plane, and its
+    /// configuration.
+    staged: Option<(TxnId, M)>,
+    /// The shared groups as the kernel actions this core asked for leave them in
+    /// the data plane (the last load, or the last staged layout committed): what a
+    /// private change stages again. Not the committed configuration, which a join
+    /// or a takeover sets only once its load is done: a private change queued
+    /// behind the load would stage the shared groups from before it.
+    shared: M,
 }
 
 impl<M: ConfigModel> Default for Private<M> {
@@ -56,6 +64,7 @@ impl<M: ConfigModel> Default for Private<M> {
             queue: VecDeque::new(),
             running: None,
             staged: None,
+            shared: M::default(),
         }
     }
 }
@@ -127,10 +136,20 @@ impl<M: ConfigModel> Node<M> {
     pub(super) fn private_poll(&mut self) {
         for a in &self.out {
             match a {
-                Action::KernelPrepare { txn, .. } => self.private.staged = Some(*txn),
-                Action::KernelCommit { .. }
-                | Action::KernelAbort { .. }
-                | Action::LeaveCluster { .. } => self.private.staged = None,
+                Action::KernelPrepare { txn, config } => {
+                    self.private.staged = Some((*txn, config.clone()))
+                }
+                Action::KernelCommit { txn } => {
+                    if let Some((t, config)) = self.private.staged.take() {
+                        if t == *txn {
+                            self.private.shared = config;
+                        }
+                    }
+                }
+                Action::KernelLoad { config } => self.private.shared = config.clone(),
+                Action::KernelAbort { .. } | Action::LeaveCluster { .. } => {
+                    self.private.staged = None
+                }
                 _ => {}
             }
         }
@@ -145,7 +164,7 @@ impl<M: ConfigModel> Node<M> {
             let after = M::apply_private(&self.private.config, &change)
                 .map_err(|e| e.on(&me))
                 .and_then(|after| {
-                    let shared = &self.committed.config;
+                    let shared = &self.private.shared;
                     match shared.new_private_conflict(&after, shared, &self.private.config) {
                         Some(e) => Err(RequestError::new(
                             ErrorKind::Exists,
@@ -169,7 +188,7 @@ impl<M: ConfigModel> Node<M> {
                         change,
                         before: self.private.config.clone(),
                         after: after.clone(),
-                        shared: self.committed.config.clone(),
+                        shared: self.private.shared.clone(),
                     });
                     self.private.running = Some((request, after));
                 }
@@ -195,7 +214,7 @@ impl<M: ConfigModel> Node<M> {
         let Some(config) = slave.or(master) else {
             return Ok(());
         };
-        let committed = &self.committed.config;
+        let committed = &self.private.shared;
         let running = self.private.running.as_ref().map(|(_, after)| after);
         for private in std::iter::once(&self.private.config).chain(running) {
             if let Some(e) = config.new_private_conflict(private, committed, private) {
