@@ -68,6 +68,8 @@ fn random_schedules_keep_the_invariants() {
                 cov.copies_refused += c.copies_refused;
                 cov.resyncs_done += c.resyncs_done;
                 cov.copy_faults += c.copy_faults;
+                cov.private_commits += c.private_commits;
+                cov.private_waits += c.private_waits;
                 disk_seeds += usize::from(s.quorum_disk);
                 resync_seeds += usize::from(s.resync);
             }

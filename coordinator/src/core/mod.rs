@@ -12,6 +12,7 @@ mod error;
 mod membership;
 mod messages;
 mod model;
+mod private;
 mod qdisk;
 mod quorum;
 mod resync;
@@ -24,6 +25,7 @@ pub use messages::{
     MAX_MESSAGE_BYTES,
 };
 pub use model::{ConfigModel, SyncingPlex};
+pub use private::MAX_QUEUED_PRIVATE;
 pub use qdisk::{QuorumDiskRecord, QuorumDiskStatus};
 pub use quorum::Quorum;
 pub use resync::{
@@ -293,6 +295,14 @@ pub enum Event<M: ConfigModel> {
         /// [`WRITE_DEADLINE`]).
         result: Result<(), String>,
     },
+    /// Result of [`Action::PrivateChange`].
+    PrivateDone {
+        /// The request, from the action.
+        request: RequestId,
+        /// Ok once the change is committed in the data plane and on the group's
+        /// disks; the error (naming the node) otherwise, and nothing changed.
+        result: Result<(), RequestError>,
+    },
     /// The connection to the data plane broke: its quiesces are gone (every fence
     /// this node holds is broken).
     DataPlaneLost,
@@ -460,6 +470,23 @@ pub enum Action<M: ConfigModel> {
         /// moving on with its lease as the driver last heard of it (as
         /// [`Action::WriteDisks`] with `lease_extends`).
         deadline_ms: u64,
+    },
+    /// Change this node's private groups (`core::private`), as one job: check the
+    /// change on this node, stage `shared`'s groups and the private groups `after`
+    /// in the data plane, write the private group's disks, commit; answer with
+    /// [`Event::PrivateDone`]. Never asked while a shared layout is staged here.
+    PrivateChange {
+        /// The request (echoed in the event).
+        request: RequestId,
+        /// The change.
+        change: M::Change,
+        /// The private groups before it: the ones the driver last committed.
+        before: M::Private,
+        /// The private groups after it.
+        after: M::Private,
+        /// The shared groups as this node's earlier kernel actions leave them in
+        /// the data plane (kept as they are).
+        shared: M,
     },
     /// Master: a resync started, progressed or ended (for the task list).
     ResyncProgress {
@@ -650,6 +677,8 @@ pub struct Node<M: ConfigModel> {
     copier: resync::Copier,
     /// The resync fences this node holds.
     fences: resync::Fences,
+    /// This node's private groups and the changes to them.
+    private: private::Private<M>,
     /// The time of the event being handled (or the last one): this node's clock.
     clock_ms: u64,
     stopping: bool,
@@ -711,6 +740,7 @@ impl<M: ConfigModel> Node<M> {
             qdisk: qdisk::QDisk::new(),
             copier: resync::Copier::default(),
             fences: resync::Fences::default(),
+            private: private::Private::default(),
             clock_ms: now_ms,
             stopping: false,
             out: Vec::new(),
@@ -748,15 +778,22 @@ impl<M: ConfigModel> Node<M> {
                     self.on_peer_gone(now_ms, peer, "connection lost");
                 }
             }
+            Event::ClientRequest { request, change } if M::is_private(self.private(), &change) => {
+                self.on_private_request(request, change)
+            }
             Event::ClientRequest { request, change } => {
                 self.on_client_request(now_ms, request, Request::Change(change))
             }
+            Event::PrivateDone { request, result } => self.on_private_done(request, result),
             Event::PlexIoError {
                 request,
                 volume,
                 plex,
             } => self.on_client_request(now_ms, request, Request::DetachPlex { volume, plex }),
-            Event::LocalCheckDone { txn, result } => self.on_local_check_done(now_ms, txn, result),
+            Event::LocalCheckDone { txn, result } => {
+                let result = result.and_then(|()| self.private_check(txn));
+                self.on_local_check_done(now_ms, txn, result)
+            }
             Event::KernelPrepared { txn, result } => self.on_kernel_prepared(now_ms, txn, result),
             Event::DiskWritten { txn, result } => self.on_disk_written(now_ms, txn, result),
             Event::DisksRead { result } => self.on_disks_read(now_ms, result),
@@ -779,6 +816,7 @@ impl<M: ConfigModel> Node<M> {
         self.qdisk_poll(now_ms);
         self.resync_poll(now_ms);
         self.fences_check(now_ms);
+        self.private_poll();
         std::mem::take(&mut self.out)
     }
 
@@ -889,10 +927,12 @@ impl<M: ConfigModel> Node<M> {
                     }
                 )
                 || self.txn_in_progress()
+                || self.private_running()
                 || !self.forwards.is_empty()
                 || self.master.as_ref().is_some_and(|m| m.join.is_some());
             if !busy {
                 self.refuse_queued_requests();
+                self.refuse_queued_private();
                 self.state = State::Stopped;
                 self.out.push(Action::ShutdownReady);
             }

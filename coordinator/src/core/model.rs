@@ -27,6 +27,11 @@ pub trait ConfigModel: Clone + Eq + Debug + Default {
     /// One configuration change (create a disk group, add a volume, detach a plex...).
     type Change: Clone + Debug + PartialEq;
 
+    /// A node's private disk groups: changed on that node alone, one change at a
+    /// time, in the order the core decides (`core::private`); they never travel
+    /// between nodes.
+    type Private: Clone + Eq + Debug + Default;
+
     /// Sequence number; every committed change increments it by one.
     fn seq(&self) -> u64;
 
@@ -54,6 +59,39 @@ pub trait ConfigModel: Clone + Eq + Debug + Default {
     fn resync_done(&self, plex: &SyncingPlex) -> Result<Option<Self::Change>, RequestError> {
         let _ = plex;
         Ok(None)
+    }
+
+    /// Whether `change` changes a node's private groups `private` (it creates a
+    /// private group, or names one of them) rather than the shared ones.
+    fn is_private(private: &Self::Private, change: &Self::Change) -> bool;
+
+    /// Validates a private change against `private` and returns the private groups
+    /// after it. The error says what is wrong and its kind (the core names the node).
+    fn apply_private(
+        private: &Self::Private,
+        change: &Self::Change,
+    ) -> Result<Self::Private, RequestError>;
+
+    /// Why the shared groups of this configuration and the private groups `private`
+    /// cannot both be held by one node: one line per disk group name or disk both
+    /// use, e.g. `disk group dg1 exists as a private disk group`; empty when they can.
+    fn private_conflicts(&self, private: &Self::Private) -> Vec<String>;
+
+    /// The conflicts ([`ConfigModel::private_conflicts`]) that shared groups `self`
+    /// and private groups `private` have and `before_shared` and `before_private`
+    /// did not: what a change of either makes. Older ones (a node that made a
+    /// private group while out of the cluster, then joined one with a shared group
+    /// on the same disk) are no reason to refuse every later change.
+    fn new_private_conflict(
+        &self,
+        private: &Self::Private,
+        before_shared: &Self,
+        before_private: &Self::Private,
+    ) -> Option<String> {
+        let old = before_shared.private_conflicts(before_private);
+        self.private_conflicts(private)
+            .into_iter()
+            .find(|c| !old.contains(c))
     }
 
     /// Serialises the configuration.

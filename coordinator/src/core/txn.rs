@@ -77,7 +77,7 @@ pub(super) struct MasterTxn<M: ConfigModel> {
     pub(super) id: TxnId,
     origin: Origin,
     change: M::Change,
-    new_config: M,
+    pub(super) new_config: M,
     /// Slaves taking part (every member but the master, plus joiners let in).
     participants: BTreeSet<NodeId>,
     pub(super) phase: Phase,
@@ -119,7 +119,7 @@ pub(super) struct Forward {
 }
 
 impl<M: ConfigModel> Node<M> {
-    fn me_name(&self) -> String {
+    pub(super) fn me_name(&self) -> String {
         self.name(self.cfg.me)
     }
 

@@ -67,7 +67,7 @@ impl Daemon {
             .config()
             .groups
             .iter()
-            .chain(self.private.disk_groups.iter())
+            .chain(self.node.private().disk_groups.iter())
             .filter(|g| dg.is_empty() || g.name == dg)
             .collect();
         groups.sort_by(|a, b| a.name.cmp(&b.name));
@@ -101,7 +101,7 @@ impl Daemon {
             .config()
             .groups
             .iter()
-            .chain(self.private.disk_groups.iter());
+            .chain(self.node.private().disk_groups.iter());
         if let Err(e) = disks::check_unclaimed(p, &name, groups, &self.failed) {
             let e = self.refuse_as(ErrorKind::InUse, e);
             log::warn!("{e}");

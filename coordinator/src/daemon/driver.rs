@@ -31,7 +31,7 @@ use super::fence::{Fences, Quiesce};
 use super::kernel::{Desired, Kernel};
 use super::model::SharedConfig;
 use super::Input;
-use crate::core::{DiskRecord, ErrorKind, FenceToken, NodeId, RequestError, TxnId};
+use crate::core::{DiskRecord, ErrorKind, FenceToken, NodeId, RequestError, RequestId, TxnId};
 use crate::model::{Change, ClusterConfig, DiskGroupConfig, ExportProtocol};
 
 /// Jobs submitted to the driver and not yet answered, at most; the main loop waits
@@ -103,6 +103,8 @@ pub enum Job {
     Leave,
     /// A private disk-group change, all of it (checks, stage, write, commit).
     Private {
+        /// The core's request (echoed in the answer).
+        request: RequestId,
         /// The change.
         change: Change,
         /// The private groups before it (the main loop's; the driver checks they are
@@ -245,6 +247,8 @@ pub enum Done {
     },
     /// [`Job::Private`].
     Private {
+        /// The core's request.
+        request: RequestId,
         /// Result (the error names the node).
         result: Result<(), RequestError>,
     },
@@ -631,6 +635,7 @@ impl Driver {
                 Done::Nothing
             }
             Job::Private {
+                request,
                 change,
                 before,
                 after,
@@ -638,6 +643,7 @@ impl Driver {
                 group,
                 txn,
             } => Done::Private {
+                request,
                 result: self.private_change(&change, &before, &after, &shared, group, txn),
             },
             Job::Fence {

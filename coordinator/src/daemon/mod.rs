@@ -58,7 +58,7 @@ pub mod transport;
 
 pub use startup::run;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
@@ -79,7 +79,6 @@ use kernel::Kernel;
 use link::{spawn_target_if_dead, KernelLost};
 use model::SharedConfig;
 use pipeline::{Item, Op, Pipeline, PIPELINE_MAX};
-use private::{PrivateOrigin, PrivateRequest};
 use startup::start_kernel_events;
 
 /// Inputs queued for the main loop before senders wait.
@@ -94,8 +93,6 @@ pub const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(50);
 pub const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// How often the kernel event thread checks an idle connection to the data plane.
 pub const KERNEL_PROBE_INTERVAL: Duration = Duration::from_secs(1);
-/// Private disk-group changes waiting for the one in progress, at most.
-pub const MAX_QUEUED_PRIVATE: usize = 64;
 
 /// What the main loop receives.
 pub enum Input {
@@ -201,6 +198,8 @@ enum Pending {
     PlexError { volume: String, plex: String },
     /// A host's PERSISTENT RESERVE OUT: the data plane's request id.
     PrOut { request: u64, volume: String },
+    /// The end of a private group's resync (the plex becomes ACTIVE).
+    ResyncDone { plex: String },
 }
 
 struct Daemon {
@@ -219,7 +218,6 @@ struct Daemon {
     /// The data plane's socket.
     socket: String,
     transport: transport::Transport,
-    private: ClusterConfig,
     start: Instant,
     /// Where this node records that it may be a cluster member ([`membership`]).
     membership_path: std::path::PathBuf,
@@ -253,11 +251,6 @@ struct Daemon {
     failed: Vec<disks::FailedGroup>,
     /// Label and slot copies this node repaired (`disk list`; the driver counts).
     repairs: Arc<Mutex<disks::Repairs>>,
-    /// Private disk-group changes waiting for the one in progress (one at a time,
-    /// each validated against the result of the one before).
-    private_queue: VecDeque<PrivateRequest>,
-    /// The private change with the driver, and the private groups after it.
-    private_running: Option<(PrivateRequest, ClusterConfig)>,
     /// The ALUA views last handed to the driver for this node's shared exports, by
     /// IQN (cleared when the data plane is reconnected, so they are sent again).
     alua_sent: BTreeMap<String, plexd_target_api::scsi::alua::Alua>,
@@ -477,16 +470,15 @@ impl Daemon {
             log::warn!("data plane: plex error on unknown volume {volume}");
             return;
         };
-        if self.private.disk_group(dg).is_some() {
+        if self.node.private().disk_group(dg).is_some() {
             let change = Change::PlexDetach {
                 dg: dg.to_string(),
                 plex: plex.clone(),
             };
-            let origin = PrivateOrigin::PlexError {
-                volume: volume.clone(),
-                plex,
-            };
-            self.private_request(change, origin);
+            let request = self.request_id();
+            self.pending
+                .insert(request, Pending::PlexError { volume, plex });
+            self.feed(Event::ClientRequest { request, change });
             return;
         }
         let request = self.request_id();
@@ -513,11 +505,11 @@ impl Daemon {
                     plex: t.plex.clone(),
                     state: PlexState::Active,
                 };
-                if self.private.disk_group(&t.dg).is_some() {
-                    let origin = PrivateOrigin::ResyncDone {
-                        plex: t.plex.clone(),
-                    };
-                    self.private_request(change, origin);
+                if self.node.private().disk_group(&t.dg).is_some() {
+                    let request = self.request_id();
+                    let plex = t.plex.clone();
+                    self.pending.insert(request, Pending::ResyncDone { plex });
+                    self.feed(Event::ClientRequest { request, change });
                 } else {
                     log::warn!(
                         "node {}: resync task {} of plex {}: disk group {} is no longer private here; its plex stays SYNCING",
@@ -727,7 +719,7 @@ impl Daemon {
             Action::LocalCheck { txn, change } => Job::LocalCheck {
                 txn,
                 group: self.group(change.dg_name()).cloned(),
-                private: self.private.clone(),
+                private: self.node.private().clone(),
                 change,
             },
             Action::KernelPrepare { txn, config } => {
@@ -796,6 +788,13 @@ impl Daemon {
             Action::Resume { dg, volume } => Job::Resume {
                 volume: crate::model::volume_bdev(&dg, &volume),
             },
+            Action::PrivateChange {
+                request,
+                change,
+                before,
+                after,
+                shared,
+            } => self.private_job(request, change, before, after, shared),
             Action::CopyChunk {
                 token,
                 dg,
@@ -841,15 +840,7 @@ impl Daemon {
                 return;
             }
         };
-        let ends_staging = matches!(
-            job,
-            Job::KernelCommit { .. } | Job::KernelAbort { .. } | Job::Leave
-        );
         self.submit(job);
-        if ends_staging {
-            // Private changes waited for the shared transaction staged here.
-            self.next_private();
-        }
     }
 
     /// The driver answered job `seq` (the oldest): its answer is noted, what waited
@@ -859,12 +850,17 @@ impl Daemon {
             log::error!("node {}: {e} (a bug)", self.name);
             Vec::new()
         });
+        let private_committed = matches!(done, Done::Private { result: Ok(()), .. });
         let event = self.complete(done);
         for item in due {
             self.run_item(item);
         }
         if let Some(ev) = event {
             self.feed(ev);
+        }
+        if private_committed {
+            // The core took the private groups the change left: start their resyncs.
+            self.after_config_change();
         }
     }
 
@@ -901,10 +897,7 @@ impl Daemon {
                 Some(Event::DisksRead { result })
             }
             Done::DiskAccessChecked { missing } => Some(Event::DiskAccessChecked { missing }),
-            Done::Private { result } => {
-                self.private_done(result);
-                None
-            }
+            Done::Private { request, result } => Some(Event::PrivateDone { request, result }),
             Done::Reconnected { epoch, result } => {
                 self.on_reconnected(epoch, result);
                 None
@@ -976,6 +969,11 @@ impl Daemon {
                     self.submit(Job::FailHeldWrites { volume });
                 }
             },
+            Some(Pending::ResyncDone { plex }) => {
+                if let Err(e) = result {
+                    log::error!("node {}: resync of plex {plex}: {e}", self.name);
+                }
+            }
             Some(Pending::PrOut {
                 request: pr,
                 volume,
@@ -1018,7 +1016,7 @@ impl Daemon {
     /// After the configuration changed here: start resyncs of the private groups'
     /// SYNCING plexes (the shared groups' are the core's: `core::resync`).
     fn after_config_change(&mut self) {
-        let private = self.private.disk_groups.clone();
+        let private = self.node.private().disk_groups.clone();
         for g in &private {
             self.start_resyncs(g);
         }
@@ -1068,9 +1066,6 @@ impl Daemon {
                 };
                 if let Some(answer) = self.destroy_failed(&change) {
                     answer
-                } else if self.is_private(&change) {
-                    self.private_request(change, PrivateOrigin::Client(reply));
-                    return;
                 } else {
                     let request = self.request_id();
                     self.pending
@@ -1110,13 +1105,6 @@ impl Daemon {
         let _ = reply.try_send(answer);
     }
 
-    fn is_private(&self, change: &Change) -> bool {
-        match change {
-            Change::DgCreate { shared, .. } | Change::DgImport { shared, .. } => !shared,
-            other => self.private.disk_group(other.dg_name()).is_some(),
-        }
-    }
-
     fn err(&self, e: impl std::fmt::Display) -> String {
         format!("node {}: {e}", self.name)
     }
@@ -1148,7 +1136,8 @@ impl Daemon {
     }
 
     fn group(&self, name: &str) -> Option<&crate::model::DiskGroupConfig> {
-        self.private
+        self.node
+            .private()
             .disk_group(name)
             .or_else(|| self.node.config().group(name))
     }

@@ -59,6 +59,46 @@ impl SharedConfig {
 
 impl ConfigModel for SharedConfig {
     type Change = Change;
+    type Private = ClusterConfig;
+
+    fn is_private(private: &ClusterConfig, change: &Change) -> bool {
+        match change {
+            Change::DgCreate { shared, .. } | Change::DgImport { shared, .. } => !shared,
+            other => private.disk_group(other.dg_name()).is_some(),
+        }
+    }
+
+    fn apply_private(
+        private: &ClusterConfig,
+        change: &Change,
+    ) -> Result<ClusterConfig, RequestError> {
+        crate::model::apply(private, change).map_err(|e| refusal(&e))
+    }
+
+    fn private_conflicts(&self, private: &ClusterConfig) -> Vec<String> {
+        let mut out = Vec::new();
+        for g in &self.groups {
+            if private.disk_group(&g.name).is_some() {
+                out.push(format!(
+                    "disk group {} exists as a private disk group",
+                    g.name
+                ));
+            }
+            for d in &g.disks {
+                let other = private
+                    .disk_groups
+                    .iter()
+                    .find_map(|p| p.disks.iter().find(|x| x.id == d.id).map(|x| (p, x)));
+                if let Some((p, x)) = other {
+                    out.push(format!(
+                        "disk {} (id {}) of shared disk group {} is disk {} of private disk group {}",
+                        d.name, d.id, g.name, x.name, p.name
+                    ));
+                }
+            }
+        }
+        out
+    }
 
     fn seq(&self) -> u64 {
         self.seq
@@ -240,6 +280,44 @@ mod tests {
             *shared = false;
         }
         assert!(SharedConfig::default().validate_and_apply(&c).is_err());
+    }
+
+    #[test]
+    fn a_disk_in_a_private_and_a_shared_group_is_a_conflict_the_change_makes() {
+        let shared = SharedConfig::default()
+            .validate_and_apply(&create())
+            .unwrap();
+        let mut private_create = create();
+        if let Change::DgCreate {
+            dg, shared, disks, ..
+        } = &mut private_create
+        {
+            *dg = "local1".into();
+            *shared = false;
+            disks.truncate(1);
+        }
+        let empty = ClusterConfig::default();
+        assert!(SharedConfig::is_private(&empty, &private_create));
+        assert!(!SharedConfig::is_private(&empty, &create()));
+        let private = SharedConfig::apply_private(&empty, &private_create).unwrap();
+        let conflicts = shared.private_conflicts(&private);
+        assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+        assert!(
+            conflicts[0].contains("disk d1") && conflicts[0].contains("private disk group local1"),
+            "{conflicts:?}"
+        );
+        // The private change makes the conflict; a later change of either does not.
+        let none = SharedConfig::default();
+        assert!(shared
+            .new_private_conflict(&private, &shared, &empty)
+            .is_some());
+        assert!(shared
+            .new_private_conflict(&private, &none, &private)
+            .is_some());
+        assert_eq!(
+            shared.new_private_conflict(&private, &shared, &private),
+            None
+        );
     }
 
     #[test]

@@ -71,6 +71,7 @@ pub fn is_slow<M: ConfigModel>(a: &Action<M>) -> bool {
             | Action::Quiesce { .. }
             | Action::Resume { .. }
             | Action::CopyChunk { .. }
+            | Action::PrivateChange { .. }
     )
 }
 
@@ -98,6 +99,7 @@ pub fn plan<M: ConfigModel>(actions: Vec<Action<M>>) -> Vec<Op<M>> {
                     Action::LocalCheck { .. }
                         | Action::KernelPrepare { .. }
                         | Action::KernelCommit { .. }
+                        | Action::PrivateChange { .. }
                 );
                 if flush_before && failpoints_left == 0 && !sends.is_empty() {
                     ops.push(Op::Send(std::mem::take(&mut sends), after_job));

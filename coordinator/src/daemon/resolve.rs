@@ -155,7 +155,8 @@ impl Daemon {
     /// `dg import`: the group as found on this node's disk paths.
     fn resolve_dg_import(&mut self, dg: String, shared: bool) -> Result<Change, RequestError> {
         let files = self.file.disk_files();
-        if self.private.disk_group(&dg).is_some() || self.node.config().group(&dg).is_some() {
+        if self.node.private().disk_group(&dg).is_some() || self.node.config().group(&dg).is_some()
+        {
             return Err(self.refuse_as(
                 ErrorKind::Exists,
                 format!("disk group {dg} is already imported"),
@@ -310,7 +311,7 @@ impl Daemon {
                 "export of volume {volume}: --host is for nvmf (iSCSI exports take no host NQNs)"
             )));
         }
-        let private = self.private.disk_group(&dg).is_some();
+        let private = self.node.private().disk_group(&dg).is_some();
         // "." is the node plexctl talks to: this one.
         let nodes: Vec<String> = nodes
             .into_iter()

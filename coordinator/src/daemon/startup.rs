@@ -45,7 +45,8 @@ pub fn run(opts: Options) -> Result<(), String> {
     }
     .start()?;
     let start = Instant::now();
-    let (node, membership_path) = new_node(&file, &me, inc, start);
+    let (mut node, membership_path) = new_node(&file, &me, inc, start);
+    node.load_private(private);
     announce(&me);
     let mut d = Daemon {
         file,
@@ -58,7 +59,6 @@ pub fn run(opts: Options) -> Result<(), String> {
         lease,
         socket,
         transport,
-        private,
         start,
         membership_path,
         next_request: 1,
@@ -82,8 +82,6 @@ pub fn run(opts: Options) -> Result<(), String> {
         timer: None,
         failed,
         repairs,
-        private_queue: VecDeque::new(),
-        private_running: None,
         qdisk,
     };
     d.main_loop(rx);

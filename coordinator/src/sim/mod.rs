@@ -24,9 +24,9 @@ pub use random::{run_seed, RunStats};
 pub use toy::{ToyChange, ToyConfig, ToyGroup, TOY_VOLUME_BYTES};
 
 use crate::core::{
-    Action, DiskRecord, ErrorKind, Event, FenceToken, Message, Node, NodeConfig, NodeId, NodeInfo,
-    QuorumDiskRecord, RequestError, RequestId, Role, TxnId, View, OUTCOME_UNKNOWN,
-    RESYNC_CHUNK_BYTES, WRITE_DEADLINE,
+    Action, ConfigModel, DiskRecord, ErrorKind, Event, FenceToken, Message, Node, NodeConfig,
+    NodeId, NodeInfo, QuorumDiskRecord, RequestError, RequestId, Role, TxnId, View,
+    OUTCOME_UNKNOWN, RESYNC_CHUNK_BYTES, WRITE_DEADLINE,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -118,6 +118,8 @@ pub enum Hold {
     Quiesce,
     /// `ChunkCopied` (a resync copy between its read and its write).
     Copy,
+    /// `PrivateDone` (a private change the driver is still running).
+    Private,
 }
 
 /// Counts of interesting things a run went through (to see what it covered).
@@ -158,6 +160,11 @@ pub struct Coverage {
     pub resyncs_done: usize,
     /// Faults aimed at a copying master between a copy's read and its write.
     pub copy_faults: usize,
+    /// Private changes committed.
+    pub private_commits: usize,
+    /// Private changes that found a shared transaction in progress or staged on
+    /// their node and waited for it.
+    pub private_waits: usize,
 }
 
 #[derive(Debug)]
@@ -213,6 +220,14 @@ pub struct Kernel {
     /// Volumes quiesced for a resync fence (host I/O parked). Every kernel phase
     /// clears them (pessimistic: a commit resumes I/O).
     pub quiesced: BTreeSet<String>,
+    /// The private groups' layout in use.
+    pub private: ToyConfig,
+    /// The private groups staged with a shared layout: the ones the driver last
+    /// committed when it staged (the daemon's driver stages its own private groups
+    /// with every shared prepare).
+    pub staged_private: Option<ToyConfig>,
+    /// The node's incarnation that staged `staged`.
+    pub staged_inc: u64,
 }
 
 /// A resync copy between its read and its write.
@@ -267,6 +282,9 @@ pub struct SimNode {
     /// The membership record the core asked for (its clock): it survives crashes,
     /// as the daemon's file survives a process restart.
     pub membership_record: Option<u64>,
+    /// The private groups as the node's disks hold them (the last private change
+    /// the driver committed); read at every start.
+    pub private_disk: ToyConfig,
     /// The next client request id.
     next_request: u64,
     holds: BTreeSet<Hold>,
@@ -282,6 +300,8 @@ pub struct SimNode {
 struct Pending {
     inc: u64,
     tag: Option<u64>,
+    /// A change of the node's private groups.
+    private: bool,
 }
 
 /// The simulator.
@@ -301,6 +321,10 @@ pub struct Sim {
     replies: BTreeMap<(NodeId, RequestId), Result<(), String>>,
     acked: BTreeSet<u64>,
     failed: BTreeSet<u64>,
+    /// Private changes acknowledged OK, by node.
+    private_acked: BTreeMap<NodeId, BTreeSet<u64>>,
+    /// Private changes that failed, by node.
+    private_failed: BTreeMap<NodeId, BTreeSet<u64>>,
     /// Every view installed, and the nodes that installed it.
     views: BTreeMap<u64, (View, BTreeSet<NodeId>)>,
     /// Transactions the cluster decided to abort (a master's or a takeover's abort,
@@ -351,6 +375,7 @@ impl Sim {
                 frozen_until_ms: 0,
                 drift_ppm: 0,
                 membership_record: None,
+                private_disk: ToyConfig::default(),
                 next_request: 0,
                 holds: BTreeSet::new(),
                 held: Vec::new(),
@@ -372,6 +397,8 @@ impl Sim {
             replies: BTreeMap::new(),
             acked: BTreeSet::new(),
             failed: BTreeSet::new(),
+            private_acked: BTreeMap::new(),
+            private_failed: BTreeMap::new(),
             views: BTreeMap::new(),
             aborted: BTreeSet::new(),
             next_tag: 0,
@@ -584,7 +611,12 @@ impl Sim {
             member_ago_at_start_ms: n.membership_record.map(|until| clock.saturating_sub(until)),
             ..cfg
         };
-        n.core = Some(Node::new(cfg, clock));
+        let mut core = Node::new(cfg, clock);
+        // The daemon reads its private groups from their disks at start and loads
+        // them into the data plane at once.
+        core.load_private(n.private_disk.clone());
+        n.kernel.private = n.private_disk.clone();
+        n.core = Some(core);
         n.held.clear();
         let inc = n.inc;
         self.note(format!("start {}", Sim::name(id)));
@@ -817,12 +849,43 @@ impl Sim {
     pub fn submit(&mut self, id: NodeId, change: ToyChange) -> Option<RequestId> {
         let tag = match &change {
             ToyChange::Create { tag, .. }
+            | ToyChange::CreatePrivate { tag, .. }
             | ToyChange::Destroy { tag, .. }
             | ToyChange::Attach { tag, .. } => Some(*tag),
             ToyChange::Detach { .. } | ToyChange::SetActive { .. } => None,
         };
-        self.note(format!("client → {}: {change:?}", Sim::name(id)));
-        self.request(id, tag, |request| Event::ClientRequest { request, change })
+        // The core routes it by the same rule when it is fed, at once.
+        let private = self
+            .core(id)
+            .is_some_and(|c| ToyConfig::is_private(c.private(), &change));
+        if private
+            && (self.core(id).is_some_and(|c| c.txn_in_progress())
+                || self.node(id).kernel.staged.is_some())
+        {
+            self.coverage.private_waits += 1;
+        }
+        self.note(format!(
+            "client → {}: {change:?}{}",
+            Sim::name(id),
+            if private { " (private)" } else { "" }
+        ));
+        self.request(id, tag, private, |request| Event::ClientRequest {
+            request,
+            change,
+        })
+    }
+
+    /// A client asks node `id` to create private disk group `name` with `plexes`
+    /// plexes.
+    pub fn create_private(&mut self, id: NodeId, name: &str, plexes: u8) -> Option<RequestId> {
+        let tag = self.tag();
+        let name = name.to_string();
+        self.submit(id, ToyChange::CreatePrivate { tag, name, plexes })
+    }
+
+    /// Node `id`'s private groups as its disks hold them.
+    pub fn private_disk(&self, id: NodeId) -> &ToyConfig {
+        &self.node(id).private_disk
     }
 
     /// A client asks node `id` to create disk group `name` with `plexes` plexes.
@@ -839,7 +902,7 @@ impl Sim {
             Sim::name(id)
         ));
         let (volume, plex) = (volume.to_string(), plex.to_string());
-        self.request(id, None, |request| Event::PlexIoError {
+        self.request(id, None, false, |request| Event::PlexIoError {
             request,
             volume,
             plex,
@@ -850,6 +913,7 @@ impl Sim {
         &mut self,
         id: NodeId,
         tag: Option<u64>,
+        private: bool,
         make: impl FnOnce(RequestId) -> Event<ToyConfig>,
     ) -> Option<RequestId> {
         if !self.is_up(id) {
@@ -859,7 +923,8 @@ impl Sim {
         n.next_request += 1;
         let request = RequestId(n.next_request);
         let inc = n.inc;
-        self.pending.insert((id, request), Pending { inc, tag });
+        self.pending
+            .insert((id, request), Pending { inc, tag, private });
         self.feed(id, make(request));
         Some(request)
     }
@@ -1378,13 +1443,21 @@ impl Sim {
                                 }
                             }
                             if let Some(tag) = p.tag {
+                                let (acked, failed) = if p.private {
+                                    (
+                                        self.private_acked.entry(id).or_default(),
+                                        self.private_failed.entry(id).or_default(),
+                                    )
+                                } else {
+                                    (&mut self.acked, &mut self.failed)
+                                };
                                 match &result {
                                     Ok(()) => {
-                                        self.acked.insert(tag);
+                                        acked.insert(tag);
                                     }
                                     Err(e) if e.kind == ErrorKind::OutcomeUnknown => {}
                                     Err(_) => {
-                                        self.failed.insert(tag);
+                                        failed.insert(tag);
                                     }
                                 }
                             }
@@ -1395,9 +1468,16 @@ impl Sim {
                     }
                 }
                 Action::LocalCheck { txn, change } => {
+                    // The daemon's local check, against the private groups as the
+                    // core had them when it asked (not a private change in progress).
+                    let private = self
+                        .core(id)
+                        .map(|c| c.private().clone())
+                        .unwrap_or_default();
                     let refuse = match &change {
                         ToyChange::Create { name: dg, .. }
-                            if self.node(id).private_dgs.contains(dg) =>
+                            if self.node(id).private_dgs.contains(dg)
+                                || private.groups.contains_key(dg) =>
                         {
                             Some(format!("disk group {dg} exists as a private disk group"))
                         }
@@ -1416,7 +1496,11 @@ impl Sim {
                     let result = if self.rng.gen_range(0..100) < self.cfg.kernel_refuse_percent {
                         Err(format!("volume {} is busy", config.seq))
                     } else {
-                        self.node_mut(id).kernel.staged = Some((txn, config));
+                        let inc = self.node(id).inc;
+                        let k = &mut self.node_mut(id).kernel;
+                        k.staged = Some((txn, config));
+                        k.staged_private = Some(k.private.clone());
+                        k.staged_inc = inc;
                         Ok(())
                     };
                     self.driver_later(
@@ -1437,7 +1521,22 @@ impl Sim {
                     }
                     let k = &mut self.node_mut(id).kernel;
                     match k.staged.take() {
-                        Some((t, config)) if t == txn => k.active = config,
+                        Some((t, config)) if t == txn => {
+                            let (old_shared, old_private) = (k.active.clone(), k.private.clone());
+                            k.active = config;
+                            if let Some(p) = k.staged_private.take() {
+                                k.private = p;
+                            }
+                            if let Some(e) =
+                                k.active
+                                    .new_private_conflict(&k.private, &old_shared, &old_private)
+                            {
+                                let what = format!(
+                                    "node {name} committed transaction {txn} beside its private groups: {e}"
+                                );
+                                self.violate(what);
+                            }
+                        }
                         other => {
                             let what = format!("node {name} committed {txn} with {other:?} staged");
                             self.violate(what);
@@ -1460,12 +1559,14 @@ impl Sim {
                     let k = &mut self.node_mut(id).kernel;
                     if k.staged.as_ref().is_some_and(|(t, _)| *t == txn) {
                         k.staged = None;
+                        k.staged_private = None;
                     }
                 }
                 Action::KernelLoad { config } => {
                     let k = &mut self.node_mut(id).kernel;
                     k.active = config;
                     k.staged = None;
+                    k.staged_private = None;
                     k.left = false;
                     self.driver_later(
                         id,
@@ -1577,7 +1678,15 @@ impl Sim {
                     let k = &mut self.node_mut(id).kernel;
                     k.left = true;
                     k.staged = None;
+                    k.staged_private = None;
                 }
+                Action::PrivateChange {
+                    request,
+                    change,
+                    before,
+                    after,
+                    shared,
+                } => self.private_change(id, request, change, before, after, shared),
                 Action::Failpoint(fp) => {
                     if self.node(id).armed == Some(fp) {
                         self.coverage.failpoint_crashes += 1;
@@ -1619,6 +1728,111 @@ impl Sim {
                 }
             }
         }
+    }
+
+    /// The driver's private change job, all of it at once (stage the shared groups
+    /// given and the private groups after, write the private disks, commit), as the
+    /// daemon's driver runs it: a data plane's prepare replaces whatever is staged.
+    fn private_change(
+        &mut self,
+        id: NodeId,
+        request: RequestId,
+        change: ToyChange,
+        before: ToyConfig,
+        after: ToyConfig,
+        shared: ToyConfig,
+    ) {
+        let name = Sim::name(id);
+        let inc = self.node(id).inc;
+        let k = &self.node(id).kernel;
+        if let Some((txn, _)) = &k.staged {
+            if k.staged_inc == inc {
+                let what = format!(
+                    "node {name}'s private change {change:?} dropped the layout of transaction {txn} staged in its data plane"
+                );
+                return self.violate(what);
+            }
+        }
+        if before != self.node(id).private_disk {
+            let what = format!(
+                "node {name}'s private change {change:?} was validated against private groups seq {}, not the ones its last change left (seq {})",
+                before.seq,
+                self.node(id).private_disk.seq
+            );
+            return self.violate(what);
+        }
+        let result = if self.rng.gen_range(0..100) < self.cfg.kernel_refuse_percent {
+            let e = format!("node {name}: data plane: volume {} is busy", after.seq);
+            Err(RequestError::new(ErrorKind::Failed, name.clone(), e))
+        } else {
+            self.note(format!(
+                "{name} private change {change:?}: private seq {} → {}",
+                before.seq, after.seq
+            ));
+            self.coverage.private_commits += 1;
+            let n = self.node_mut(id);
+            let (old_shared, old_private) = (n.kernel.active.clone(), n.kernel.private.clone());
+            n.kernel.staged = None;
+            n.kernel.staged_private = None;
+            n.kernel.active = shared;
+            n.kernel.private = after.clone();
+            n.private_disk = after;
+            let k = &self.node(id).kernel;
+            if let Some(e) = k
+                .active
+                .new_private_conflict(&k.private, &old_shared, &old_private)
+            {
+                let what = format!("node {name}'s private change {change:?} left its data plane with {e} and shared");
+                return self.violate(what);
+            }
+            Ok(())
+        };
+        self.driver_later(
+            id,
+            Some(Hold::Private),
+            Event::PrivateDone { request, result },
+        );
+    }
+
+    /// After every event, on every node whose coordinator is up: its data plane
+    /// serves the private groups its last committed private change left, which hold
+    /// every private change acknowledged on it and none that failed.
+    fn check_private(&self) -> Result<(), String> {
+        for n in &self.nodes {
+            if n.core.is_none() {
+                continue;
+            }
+            let name = Sim::name(n.id);
+            if n.kernel.private != n.private_disk {
+                return Err(format!(
+                    "node {name}'s data plane serves private groups seq {} {:?}, but its last private change left seq {} {:?}",
+                    n.kernel.private.seq,
+                    n.kernel.private.groups.keys().collect::<Vec<_>>(),
+                    n.private_disk.seq,
+                    n.private_disk.groups.keys().collect::<Vec<_>>()
+                ));
+            }
+            let history = &n.private_disk.history;
+            if let Some(tag) = self
+                .private_acked
+                .get(&n.id)
+                .and_then(|a| a.iter().find(|t| !history.contains(t)))
+            {
+                return Err(format!(
+                    "private change {tag} was acknowledged on node {name} but its private groups do not hold it"
+                ));
+            }
+            if let Some(tag) = self
+                .private_failed
+                .get(&n.id)
+                .and_then(|f| f.iter().find(|t| history.contains(t)))
+            {
+                return Err(format!(
+                    "private change {tag} failed on node {name} but its private groups hold it"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Nodes whose data plane could write `volume` now: it serves (its lease
@@ -1775,7 +1989,9 @@ impl Sim {
         let mut leased_masters = Vec::new();
         for n in &self.nodes {
             let serving = self.now_ms < n.kernel.lease_until_ms && !n.kernel.left;
-            if serving {
+            // A shared layout without groups (a restarted coordinator's private
+            // change, before it joined, stages none) serves nothing shared.
+            if serving && !n.kernel.active.groups.is_empty() {
                 let seq = n.kernel.active.seq;
                 if seq + 1 < newest {
                     return Err(format!(
@@ -1832,6 +2048,7 @@ impl Sim {
             return Err(v.clone());
         }
         self.check_fencing()?;
+        self.check_private()?;
         let disk_history: &[u64] = self.disk.as_ref().map_or(&[], |d| &d.config.history);
         if let Some(tag) = self.acked.iter().find(|t| !disk_history.contains(t)) {
             return Err(format!(

@@ -40,6 +40,9 @@ pub const RESYNC_PERCENT: u32 = 50;
 /// Share of the seeds (percent) whose cluster has a quorum disk.
 pub const QUORUM_DISK_PERCENT: u32 = 25;
 
+/// Chance (percent) per 10 ms step that a private change is asked of a random node.
+pub const PRIVATE_CHANGE_PERCENT: u32 = 3;
+
 /// Names the random changes use (few, so they collide).
 const NAMES: [&str; 6] = ["dg0", "dg1", "dg2", "dg3", "dg4", "dg5"];
 
@@ -77,6 +80,8 @@ fn run(seed: u64, steps: u64, trace: bool) -> Result<RunStats, String> {
     // their own so the other draws stay as they were.
     let mut resync_rng = StdRng::seed_from_u64(seed ^ 0x5e5c);
     let resync = resync_rng.gen_bool(RESYNC_PERCENT as f64 / 100.0);
+    // Private changes on random nodes, from a generator of their own.
+    let mut private_rng = StdRng::seed_from_u64(seed ^ 0x9a1e);
     let mut cfg = SimConfig::new(nodes, seed);
     cfg.trace = trace;
     cfg.quorum_disk = quorum_disk;
@@ -120,6 +125,7 @@ fn run(seed: u64, steps: u64, trace: bool) -> Result<RunStats, String> {
         if resync {
             inject_resync(&mut sim, &mut resync_rng);
         }
+        inject_private(&mut sim, &mut private_rng);
         sim.run_for(10);
         if let Some(v) = sim.violation() {
             return Err(fail(&sim, step, v));
@@ -218,6 +224,29 @@ fn inject_resync(sim: &mut Sim, rng: &mut StdRng) {
     if !detachable.is_empty() {
         let (v, p) = &detachable[rng.gen_range(0..detachable.len())];
         sim.plex_io_error(id, v, p);
+    }
+}
+
+/// Every seed: a private disk group created or destroyed on a random node, with
+/// the names shared groups use (so a shared change and a private one on the same
+/// node often want one disk).
+fn inject_private(sim: &mut Sim, rng: &mut StdRng) {
+    let up: Vec<NodeId> = sim.ids().into_iter().filter(|&id| sim.is_up(id)).collect();
+    if up.is_empty() || !rng.gen_bool(PRIVATE_CHANGE_PERCENT as f64 / 100.0) {
+        return;
+    }
+    let id = up[rng.gen_range(0..up.len())];
+    let mine: Vec<String> = sim
+        .core(id)
+        .map(|c| c.private().groups.keys().cloned().collect())
+        .unwrap_or_default();
+    if !mine.is_empty() && rng.gen_bool(0.4) {
+        let name = mine[rng.gen_range(0..mine.len())].clone();
+        let tag = sim.tag();
+        sim.submit(id, ToyChange::Destroy { tag, name });
+    } else {
+        let name = NAMES[rng.gen_range(0..NAMES.len())];
+        sim.create_private(id, name, rng.gen_range(1..=2));
     }
 }
 

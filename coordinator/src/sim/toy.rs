@@ -42,6 +42,16 @@ pub enum ToyChange {
         /// Number of plexes, 1 or more.
         plexes: u8,
     },
+    /// Create a private disk group (of the node the change is made on) with a
+    /// volume of `plexes` plexes.
+    CreatePrivate {
+        /// Unique tag.
+        tag: u64,
+        /// Group (and volume) name.
+        name: String,
+        /// Number of plexes, 1 or more.
+        plexes: u8,
+    },
     /// Destroy a disk group.
     Destroy {
         /// Unique tag.
@@ -85,7 +95,8 @@ impl ToyConfig {
         let mut next = self.clone();
         next.seq += 1;
         match change {
-            ToyChange::Create { tag, name, plexes } => {
+            ToyChange::Create { tag, name, plexes }
+            | ToyChange::CreatePrivate { tag, name, plexes } => {
                 if self.groups.contains_key(name) {
                     return Err(format!("disk group {name} already exists"));
                 }
@@ -194,9 +205,46 @@ impl ConfigModel for ToyConfig {
         self.seq
     }
 
+    type Private = ToyConfig;
+
     fn validate_and_apply(&self, change: &ToyChange) -> Result<ToyConfig, RequestError> {
+        if let ToyChange::CreatePrivate { name, .. } = change {
+            let e = format!("disk group {name}: a private disk group is not a cluster change");
+            return Err(RequestError::unplaced(ErrorKind::Internal, e));
+        }
         self.apply(change)
             .map_err(|e| RequestError::unplaced(ErrorKind::Refused, e))
+    }
+
+    fn is_private(private: &ToyConfig, change: &ToyChange) -> bool {
+        match change {
+            ToyChange::CreatePrivate { .. } => true,
+            ToyChange::Create { .. } => false,
+            ToyChange::Destroy { name, .. } => private.groups.contains_key(name),
+            ToyChange::Attach { volume, .. }
+            | ToyChange::SetActive { volume, .. }
+            | ToyChange::Detach { volume, .. } => private.groups.contains_key(volume),
+        }
+    }
+
+    fn apply_private(private: &ToyConfig, change: &ToyChange) -> Result<ToyConfig, RequestError> {
+        if let ToyChange::Create { name, .. } = change {
+            let e = format!("disk group {name}: a shared disk group is no private change");
+            return Err(RequestError::unplaced(ErrorKind::Internal, e));
+        }
+        private
+            .apply(change)
+            .map_err(|e| RequestError::unplaced(ErrorKind::Refused, e))
+    }
+
+    /// A toy group's disk is named after it (see [`ConfigModel::shared_disks`]):
+    /// the same name shared and private is the same disk in two groups.
+    fn private_conflicts(&self, private: &ToyConfig) -> Vec<String> {
+        self.groups
+            .keys()
+            .filter(|g| private.groups.contains_key(*g))
+            .map(|g| format!("disk group {g} exists as a private disk group"))
+            .collect()
     }
 
     fn shared_disks(&self) -> Vec<String> {
