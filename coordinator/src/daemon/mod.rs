@@ -743,47 +743,13 @@ impl Daemon {
                 record,
                 deadline_ms,
                 lease_extends,
-            } => {
-                if lease_extends {
-                    // The driver checks a master's write against the newest
-                    // published lease: publish it now, not at the next tick (a
-                    // lease won by a message just before, e.g. the first one of a
-                    // view a join gave its majority, is not published yet).
-                    self.renew_lease();
-                }
-                Job::WriteDisks {
-                    record,
-                    // The core's clock counts from `start` (see `now_ms`); u64::MAX
-                    // (a master alone holding a majority) is a year away.
-                    deadline: self
-                        .start
-                        .checked_add(Duration::from_millis(deadline_ms))
-                        .unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 86_400)),
-                    lease_extends,
-                }
-            }
-            Action::ReadDisks => {
-                let mut known: Vec<(TxnId, SharedConfig)> = self.history.iter().cloned().collect();
-                known.push((self.node.config_txn(), self.node.config().clone()));
-                if let Some(s) = &self.staged {
-                    known.push(s.clone());
-                }
-                Job::ReadDisks { known }
-            }
+            } => self.write_disks_job(record, deadline_ms, lease_extends),
+            Action::ReadDisks => self.read_disks_job(),
             Action::CheckDiskAccess { disks } => Job::CheckDiskAccess {
                 disks,
                 offered: self.offered.clone(),
             },
-            Action::LeaveCluster { reason } => {
-                log::error!(
-                    "node {}: left the cluster: {reason}; its shared volumes stay fenced (no lease) until it rejoins",
-                    self.name
-                );
-                self.tasks.cancel_all();
-                // The driver drops a staged layout when it leaves.
-                self.staged = None;
-                Job::Leave
-            }
+            Action::LeaveCluster { reason } => self.leave_job(&reason),
             Action::Quiesce { dg, volume, token } => Job::Quiesce { dg, volume, token },
             Action::Resume { dg, volume } => Job::Resume {
                 volume: crate::model::volume_bdev(&dg, &volume),
@@ -809,21 +775,12 @@ impl Daemon {
                 self.renew_lease();
                 Job::CopyChunk {
                     token,
-                    group: self
-                        .node
-                        .config()
-                        .groups
-                        .iter()
-                        .find(|g| g.name == dg)
-                        .cloned(),
+                    group: self.node.config().group(&dg).cloned(),
                     volume,
                     plex,
                     offset: offset_bytes,
                     len: len_bytes,
-                    deadline: self
-                        .start
-                        .checked_add(Duration::from_millis(deadline_ms))
-                        .unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 86_400)),
+                    deadline: self.core_instant(deadline_ms),
                 }
             }
             other @ (Action::Send { .. }
@@ -841,6 +798,59 @@ impl Daemon {
             }
         };
         self.submit(job);
+    }
+
+    /// A disk write of the configuration record, with its deadline as an instant.
+    fn write_disks_job(
+        &mut self,
+        record: crate::core::DiskRecord<SharedConfig>,
+        deadline_ms: u64,
+        lease_extends: bool,
+    ) -> Job {
+        if lease_extends {
+            // The driver checks a master's write against the newest published lease:
+            // publish it now, not at the next tick (a lease won by a message just
+            // before, e.g. the first one of a view a join gave its majority, is not
+            // published yet).
+            self.renew_lease();
+        }
+        Job::WriteDisks {
+            record,
+            deadline: self.core_instant(deadline_ms),
+            lease_extends,
+        }
+    }
+
+    /// The instant `ms` on the core's clock, which counts from `start` (see `now_ms`);
+    /// u64::MAX (e.g. a master alone holding a majority) is a year away.
+    fn core_instant(&self, ms: u64) -> Instant {
+        self.start
+            .checked_add(Duration::from_millis(ms))
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 86_400))
+    }
+
+    /// A read of the shared groups' records, with every configuration this node knows
+    /// (history, current, staged) to recognise them.
+    fn read_disks_job(&self) -> Job {
+        let mut known: Vec<(TxnId, SharedConfig)> = self.history.iter().cloned().collect();
+        known.push((self.node.config_txn(), self.node.config().clone()));
+        if let Some(s) = &self.staged {
+            known.push(s.clone());
+        }
+        Job::ReadDisks { known }
+    }
+
+    /// This node left the cluster: resyncs stop, the staged layout goes, the data plane
+    /// keeps only the private groups.
+    fn leave_job(&mut self, reason: &str) -> Job {
+        log::error!(
+            "node {}: left the cluster: {reason}; its shared volumes stay fenced (no lease) until it rejoins",
+            self.name
+        );
+        self.tasks.cancel_all();
+        // The driver drops a staged layout when it leaves.
+        self.staged = None;
+        Job::Leave
     }
 
     /// The driver answered job `seq` (the oldest): its answer is noted, what waited
