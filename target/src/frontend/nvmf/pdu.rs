@@ -562,6 +562,67 @@ mod tests {
     }
 
     #[test]
+    fn controller_pdus_parse_on_the_host_side() {
+        let dig = Digests {
+            header: true,
+            data: true,
+        };
+        let mut v = Vec::new();
+        encode(
+            &mut v,
+            ty::C2H_DATA,
+            flag::LAST_PDU,
+            &data_hdr(3, 0, 0, 4),
+            b"wxyz",
+            dig,
+            0,
+        );
+        encode(&mut v, ty::R2T, 0, &data_hdr(4, 1, 0, 8192), &[], dig, 0);
+        encode(&mut v, ty::CAPSULE_RESP, 0, &[0u8; CQE_LEN], &[], dig, 0);
+        let mut at = 0;
+        for (t, data) in [
+            (ty::C2H_DATA, &b"wxyz"[..]),
+            (ty::R2T, b""),
+            (ty::CAPSULE_RESP, b""),
+        ] {
+            match parse_ctrl(&v[at..], dig, 8192).unwrap() {
+                Parsed::Pdu(p) => {
+                    assert_eq!((p.ty, p.data), (t, data));
+                    assert!(!p.data_digest_bad);
+                    at += p.wire_len;
+                }
+                Parsed::Need(n) => panic!("need {n}"),
+            }
+        }
+        assert_eq!(at, v.len());
+        // A host's PDU is not a controller's, and the other way round.
+        let c = capsule(b"", Digests::default());
+        assert!(matches!(
+            parse_ctrl(&c, Digests::default(), 64),
+            Err(PduError::BadType(ty::CAPSULE_CMD))
+        ));
+        assert!(matches!(
+            parse(&v, dig, 8192),
+            Err(PduError::BadType(ty::C2H_DATA))
+        ));
+        // R2T carries no data: a PLEN past its header is refused.
+        let mut r = Vec::new();
+        encode(
+            &mut r,
+            ty::R2T,
+            0,
+            &data_hdr(4, 1, 0, 8),
+            b"data",
+            Digests::default(),
+            0,
+        );
+        assert!(matches!(
+            parse_ctrl(&r, Digests::default(), 64),
+            Err(PduError::BadPlen { .. })
+        ));
+    }
+
+    #[test]
     fn host_alignment_pads_the_data() {
         let mut v = Vec::new();
         encode(
