@@ -24,7 +24,8 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use crate::frontend::nvmf::nvme::{put16, put32, put64};
+use crate::frontend::nvmf::fabrics::prop;
+use crate::frontend::nvmf::nvme::{admin_op, fctype, io_op, put16, put32, put64, sgl};
 use crate::frontend::nvmf::pdu::{self, flag, ty, Digests, Parsed, PduView};
 use crate::perf::{
     fill_pattern, verify_offset, xorshift, JobResult, Workload, LATENCY_SAMPLE_EVERY, STOP_TIMEOUT,
@@ -203,7 +204,11 @@ impl SqeBuf {
     fn sgl(mut self, len: u32, inline: bool) -> SqeBuf {
         put64(&mut self.0, 24, 0);
         put32(&mut self.0, 32, len);
-        self.0[39] = if inline { 0x01 } else { 0x5A };
+        self.0[39] = if inline {
+            sgl::IN_CAPSULE
+        } else {
+            sgl::TRANSPORT
+        };
         self
     }
     fn cdw(mut self, n: usize, v: u32) -> SqeBuf {
@@ -479,8 +484,8 @@ impl Conn {
         cntlid: u16,
         hostid: &[u8; 16],
     ) -> Result<u16, String> {
-        let mut sqe = SqeBuf::new(0x7F, 0, 0);
-        sqe.0[4] = 0x01;
+        let mut sqe = SqeBuf::new(admin_op::FABRICS, 0, 0);
+        sqe.0[4] = fctype::CONNECT;
         put16(&mut sqe.0, 42, qid);
         put16(&mut sqe.0, 44, sqsize);
         // CATTR 0: SQ flow control on (the response capsule of each command
@@ -509,8 +514,8 @@ impl Conn {
     }
 
     fn prop_get(&mut self, off: u32, eight: bool) -> Result<u64, String> {
-        let mut sqe = SqeBuf::new(0x7F, 1, 0);
-        sqe.0[4] = 0x04;
+        let mut sqe = SqeBuf::new(admin_op::FABRICS, 1, 0);
+        sqe.0[4] = fctype::PROPERTY_GET;
         sqe.0[40] = u8::from(eight);
         let (c, _) = self.exec(sqe.cdw(11, off), &[], 0)?;
         if !c.ok() {
@@ -520,8 +525,8 @@ impl Conn {
     }
 
     fn prop_set(&mut self, off: u32, v: u32) -> Result<(), String> {
-        let mut sqe = SqeBuf::new(0x7F, 2, 0);
-        sqe.0[4] = 0x00;
+        let mut sqe = SqeBuf::new(admin_op::FABRICS, 2, 0);
+        sqe.0[4] = fctype::PROPERTY_SET;
         let (c, _) = self.exec(sqe.cdw(11, off).cdw(12, v), &[], 0)?;
         if !c.ok() {
             return Err(self.fail(format!("Property Set {off:#x}: {}", status_text(c.status))));
@@ -572,14 +577,14 @@ fn open_controller(cfg: &NvmfJobConfig) -> Result<Controller, String> {
     hostid[..8].copy_from_slice(&(0x706c_6578_7065_7266u64).to_be_bytes());
     hostid[8..12].copy_from_slice(&std::process::id().to_le_bytes());
     let cntlid = a.connect(0, 31, 0xFFFF, &hostid)?;
-    let cap = a.prop_get(0x00, true)?;
+    let cap = a.prop_get(prop::CAP, true)?;
     let mqes = (cap & 0xffff) as u32 + 1;
     let to = Duration::from_millis(((cap >> 24) & 0xff).max(1) * 500).min(READY_TIMEOUT);
     // CC: EN, IOSQES 6 (64-byte entries), IOCQES 4 (16 bytes).
-    a.prop_set(0x14, 1 | (6 << 16) | (4 << 20))?;
+    a.prop_set(prop::CC, 1 | (6 << 16) | (4 << 20))?;
     let deadline = Instant::now() + to;
     loop {
-        let csts = a.prop_get(0x1C, false)?;
+        let csts = a.prop_get(prop::CSTS, false)?;
         if csts & 2 != 0 {
             return Err(a.fail("controller fatal status (CSTS.CFS) after enabling"));
         }
@@ -591,13 +596,13 @@ fn open_controller(cfg: &NvmfJobConfig) -> Result<Controller, String> {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    let (_, id) = a.admin(0x06, 0, 1, 0, IDENTIFY_LEN)?;
+    let (_, id) = a.admin(admin_op::IDENTIFY, 0, 1, 0, IDENTIFY_LEN)?;
     let ioccsz = pdu::le32(&id, 1792) as usize;
     let icd_bytes = (ioccsz * 16).saturating_sub(pdu::SQE_LEN);
     let want = (cfg.qpairs as u32).saturating_sub(1);
-    let (granted, _) = a.admin(0x09, 0, 0x07, want | (want << 16), 0)?;
+    let (granted, _) = a.admin(admin_op::SET_FEATURES, 0, 0x07, want | (want << 16), 0)?;
     let io_queues = ((granted & 0xffff).min(granted >> 16) + 1) as usize;
-    let (_, ns) = a.admin(0x06, cfg.nsid, 0, 0, IDENTIFY_LEN)?;
+    let (_, ns) = a.admin(admin_op::IDENTIFY, cfg.nsid, 0, 0, IDENTIFY_LEN)?;
     let nsze = pdu::le64(&ns, 0);
     let flbas = (ns.get(26).copied().unwrap_or(0) & 0xF) as usize;
     let lbads = ns.get(128 + 4 * flbas + 2).copied().unwrap_or(0);
@@ -663,8 +668,8 @@ struct Qpair<'a> {
     part: Part,
 }
 
-const OP_WRITE: u8 = 0x01;
-const OP_READ: u8 = 0x02;
+const OP_WRITE: u8 = io_op::WRITE;
+const OP_READ: u8 = io_op::READ;
 
 impl Qpair<'_> {
     fn rand(&mut self) -> u64 {
