@@ -408,5 +408,13 @@ struct ConfigChange {
       scopeType @55 :UInt8;
       parameters @56 :Data;
     }
+    nodeOpen @57 :OpenNodeStart;    # node bookkeeping of every shared group
+    nodeClose @58 :OpenNodeStart;   # (docs/PROTOCOL.md, "Node-crash recovery")
+    nodeRecover @59 :OpenNodeStart;
   }
+}
+
+struct OpenNodeStart {
+  node @0 :UInt32;
+  incarnation @1 :UInt64;
 }

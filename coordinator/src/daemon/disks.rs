@@ -558,6 +558,7 @@ mod tests {
             seq: 1,
             disks: Vec::new(),
             volumes: Vec::new(),
+            open_nodes: Vec::new(),
         });
         let change = Change::DgCreate {
             dg: "dg1".into(),

@@ -12,7 +12,7 @@ use plexd_proto::cluster_capnp as wire;
 
 use super::model::SharedConfig;
 use crate::core::MAX_MESSAGE_BYTES;
-use crate::model::{Change, DiskUpdate, Nexus, VolumeLayout};
+use crate::model::{Change, DiskUpdate, Nexus, OpenNode, VolumeLayout};
 use crate::ondisk::codec as disk;
 
 /// Most words a decoded configuration or change may make the reader traverse: it
@@ -310,6 +310,9 @@ fn write_change(c: &Change, b: wire::config_change::Builder<'_>) {
             g.set_scope_type(*scope_type);
             g.set_parameters(parameters);
         }
+        Change::NodeOpen { node } => write_open(node, b.init_node_open()),
+        Change::NodeClose { node } => write_open(node, b.init_node_close()),
+        Change::NodeRecover { node } => write_open(node, b.init_node_recover()),
     }
 }
 
@@ -417,7 +420,28 @@ fn read_change(r: wire::config_change::Reader<'_>) -> capnp::Result<Change> {
             scope_type: g.get_scope_type(),
             parameters: g.get_parameters()?.to_vec(),
         },
+        Which::NodeOpen(g) => Change::NodeOpen {
+            node: read_open(g?),
+        },
+        Which::NodeClose(g) => Change::NodeClose {
+            node: read_open(g?),
+        },
+        Which::NodeRecover(g) => Change::NodeRecover {
+            node: read_open(g?),
+        },
     })
+}
+
+fn write_open(node: &OpenNode, mut b: wire::open_node_start::Builder<'_>) {
+    b.set_node(node.node);
+    b.set_incarnation(node.incarnation);
+}
+
+fn read_open(r: wire::open_node_start::Reader<'_>) -> OpenNode {
+    OpenNode {
+        node: r.get_node(),
+        incarnation: r.get_incarnation(),
+    }
 }
 
 #[cfg(test)]
@@ -450,6 +474,9 @@ mod tests {
             Change::VolExport { .. } => "VolExport",
             Change::VolUnexport { .. } => "VolUnexport",
             Change::VolPrOut { .. } => "VolPrOut",
+            Change::NodeOpen { .. } => "NodeOpen",
+            Change::NodeClose { .. } => "NodeClose",
+            Change::NodeRecover { .. } => "NodeRecover",
         }
     }
 
@@ -627,6 +654,24 @@ mod tests {
                 scope_type: 0,
                 parameters: vec![0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7],
             },
+            Change::NodeOpen {
+                node: OpenNode {
+                    node: 2,
+                    incarnation: 77,
+                },
+            },
+            Change::NodeClose {
+                node: OpenNode {
+                    node: 2,
+                    incarnation: 77,
+                },
+            },
+            Change::NodeRecover {
+                node: OpenNode {
+                    node: 3,
+                    incarnation: 1 << 40,
+                },
+            },
         ]
     }
 
@@ -634,7 +679,7 @@ mod tests {
     fn every_change_round_trips() {
         let changes = changes();
         let names: std::collections::BTreeSet<_> = changes.iter().map(name).collect();
-        assert_eq!(names.len(), 19, "a sample of every change: {names:?}");
+        assert_eq!(names.len(), 22, "a sample of every change: {names:?}");
         for c in &changes {
             let bytes = encode_change(c);
             assert_eq!(decode_change(&bytes).as_ref(), Ok(c));

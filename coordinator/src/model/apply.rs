@@ -161,6 +161,11 @@ pub fn apply(config: &ClusterConfig, change: &Change) -> Result<ClusterConfig, C
                 seq: 1,
                 disks: disks.clone(),
                 volumes: Vec::new(),
+                open_nodes: if *shared {
+                    config.shared_open_nodes()
+                } else {
+                    Vec::new()
+                },
             };
             created.validate()?;
             next.disk_groups.push(created);
@@ -177,6 +182,12 @@ pub fn apply(config: &ClusterConfig, change: &Change) -> Result<ClusterConfig, C
             imported.shared = *shared;
             imported.owner_id = owner_id.clone();
             imported.seq += 1;
+            // The cluster's open nodes, not those of the cluster it came from.
+            imported.open_nodes = if *shared {
+                config.shared_open_nodes()
+            } else {
+                Vec::new()
+            };
             next.disk_groups.push(imported);
         }
         Change::DgDestroy { dg, force } | Change::DgDeport { dg, force } => {
@@ -191,6 +202,9 @@ pub fn apply(config: &ClusterConfig, change: &Change) -> Result<ClusterConfig, C
             }
             next.disk_groups.remove(index);
         }
+        Change::NodeOpen { node } => super::recovery::open(&mut next, *node)?,
+        Change::NodeClose { node } => super::recovery::close(&mut next, *node)?,
+        Change::NodeRecover { node } => super::recovery::recover(&mut next, *node)?,
         _ => {
             let index = dg_index(config, change.dg_name())?;
             if let Change::DgAddDisk { disk, .. } = change {
@@ -323,7 +337,10 @@ pub fn apply_dg(dg: &DiskGroupConfig, change: &Change) -> Result<DiskGroupConfig
         Change::DgCreate { .. }
         | Change::DgDestroy { .. }
         | Change::DgDeport { .. }
-        | Change::DgImport { .. } => {
+        | Change::DgImport { .. }
+        | Change::NodeOpen { .. }
+        | Change::NodeClose { .. }
+        | Change::NodeRecover { .. } => {
             return Err(ConfigError::Invalid(format!(
                 "disk group {}: group-level change needs the node's configuration (model::apply)",
                 dg.name
