@@ -14,6 +14,7 @@ mod messages;
 mod model;
 mod qdisk;
 mod quorum;
+mod recovery;
 mod resync;
 mod txn;
 
@@ -26,6 +27,7 @@ pub use messages::{
 pub use model::{ConfigModel, SyncingPlex};
 pub use qdisk::{QuorumDiskRecord, QuorumDiskStatus};
 pub use quorum::Quorum;
+pub use recovery::{MAX_LOST_STARTS, RECOVERY_REQUEST_BASE, RECOVERY_RETRY_MS};
 pub use resync::{
     MAX_FENCES, MAX_RESYNCS, RESYNC_CHUNK_BYTES, RESYNC_PROGRESS_EVERY_CHUNKS, RESYNC_REQUEST_BASE,
     RESYNC_RETRY_MS,
@@ -650,6 +652,8 @@ pub struct Node<M: ConfigModel> {
     copier: resync::Copier,
     /// The resync fences this node holds.
     fences: resync::Fences,
+    /// The node-crash recovery bookkeeping (open starts, clean-stop close).
+    recovery: recovery::Recovery,
     /// The time of the event being handled (or the last one): this node's clock.
     clock_ms: u64,
     stopping: bool,
@@ -711,6 +715,7 @@ impl<M: ConfigModel> Node<M> {
             qdisk: qdisk::QDisk::new(),
             copier: resync::Copier::default(),
             fences: resync::Fences::default(),
+            recovery: recovery::Recovery::default(),
             clock_ms: now_ms,
             stopping: false,
             out: Vec::new(),
@@ -777,6 +782,7 @@ impl<M: ConfigModel> Node<M> {
         self.answer_takeover_queries(now_ms);
         self.maybe_finish_shutdown();
         self.qdisk_poll(now_ms);
+        self.recovery_poll(now_ms);
         self.resync_poll(now_ms);
         self.fences_check(now_ms);
         std::mem::take(&mut self.out)
@@ -891,7 +897,8 @@ impl<M: ConfigModel> Node<M> {
                 || self.txn_in_progress()
                 || !self.forwards.is_empty()
                 || self.master.as_ref().is_some_and(|m| m.join.is_some());
-            if !busy {
+            let now_ms = self.clock_ms;
+            if !busy && !self.recovery_close_busy(now_ms) {
                 self.refuse_queued_requests();
                 self.state = State::Stopped;
                 self.out.push(Action::ShutdownReady);

@@ -113,9 +113,9 @@ pub(super) struct SlaveTxn<M> {
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Forward {
     /// This node applied the request's COMMIT.
-    committed: bool,
+    pub(super) committed: bool,
     /// When it was forwarded (an answer lost in a partition is given up on).
-    sent_ms: u64,
+    pub(super) sent_ms: u64,
 }
 
 impl<M: ConfigModel> Node<M> {
@@ -124,6 +124,9 @@ impl<M: ConfigModel> Node<M> {
     }
 
     fn reply(&mut self, request: RequestId, result: Result<(), RequestError>) {
+        if recovery::is_own(request) {
+            return self.recovery_answer(request, result);
+        }
         self.out.push(Action::Reply { request, result });
     }
 
@@ -222,7 +225,10 @@ impl<M: ConfigModel> Node<M> {
         }
         let req = match body {
             WireRequest::Change(bytes) => match M::decode_change(&bytes) {
-                Ok(c) => Request::Change(c),
+                Ok(c) => {
+                    self.recovery_note_close(from, &c);
+                    Request::Change(c)
+                }
                 Err(e) => {
                     let err = format!("node {me_name} (master): cannot decode the change: {e}");
                     let err = RequestError::new(ErrorKind::Internal, me_name, err);
@@ -392,6 +398,8 @@ impl<M: ConfigModel> Node<M> {
                 return;
             }
             let may_commit = self.may_commit(now_ms);
+            // A stopping master still runs its own clean-stop close.
+            let stop_blocks = self.stopping && !self.recovery_close_queued();
             let Some(ms) = self.master.as_mut() else {
                 return;
             };
@@ -413,7 +421,7 @@ impl<M: ConfigModel> Node<M> {
                     }
                 }
             }
-            if ms.txn.is_some() || ms.join.is_some() || self.stopping || !may_commit {
+            if ms.txn.is_some() || ms.join.is_some() || stop_blocks || !may_commit {
                 return;
             }
             let Some((origin, req)) = ms.queue.pop_front() else {

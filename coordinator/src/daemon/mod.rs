@@ -373,7 +373,7 @@ impl Daemon {
         }
         let left_ms = self
             .node
-            .lease_remaining_ms(now_ms(self.start))
+            .data_plane_lease_ms(now_ms(self.start))
             .min(self.file.cluster.lease_ms);
         self.lease.publish(left_ms);
     }
@@ -462,6 +462,11 @@ impl Daemon {
                 self.submit(Job::BreakFences {
                     why: "plexd is stopping".into(),
                 });
+                // The data plane stops serving shared volumes before the core asks
+                // the master to close this start (no recovery follows a clean stop).
+                if self.kernel_lost.is_none() {
+                    self.lease.publish(0);
+                }
                 self.feed(Event::Shutdown);
             }
             Input::DriverDone => {} // the main loop reads the answers after every input

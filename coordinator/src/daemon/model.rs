@@ -10,8 +10,8 @@
 //! (the daemon changes them locally, see `daemon::private`).
 
 use super::model_codec;
-use crate::core::{ConfigModel, ErrorKind, RequestError, SyncingPlex};
-use crate::model::{Change, ClusterConfig, ConfigError, DiskGroupConfig, DiskUpdate};
+use crate::core::{ConfigModel, ErrorKind, NodeId, RequestError, SyncingPlex};
+use crate::model::{Change, ClusterConfig, ConfigError, DiskGroupConfig, DiskUpdate, OpenNode};
 
 /// The kind of a refused change: what `plexctl` exits with.
 pub fn error_kind(e: &ConfigError) -> ErrorKind {
@@ -148,6 +148,44 @@ impl ConfigModel for SharedConfig {
             plex: p.plex.clone(),
             state: crate::model::PlexState::Active,
         }))
+    }
+
+    fn open_nodes(&self) -> Vec<(NodeId, u64)> {
+        self.cluster()
+            .shared_open_nodes()
+            .into_iter()
+            .map(|o| (o.node, o.incarnation))
+            .collect()
+    }
+
+    fn node_open(&self, node: NodeId, incarnation: u64) -> Option<Change> {
+        let start = OpenNode { node, incarnation };
+        let cluster = self.cluster();
+        let other_start = cluster
+            .shared_open_nodes()
+            .iter()
+            .any(|o| o.node == node && o.incarnation != incarnation);
+        (!other_start && !cluster.node_is_open(start)).then_some(Change::NodeOpen { node: start })
+    }
+
+    fn node_close(&self, node: NodeId, incarnation: u64) -> Option<Change> {
+        let start = OpenNode { node, incarnation };
+        self.cluster()
+            .shared_open_nodes()
+            .contains(&start)
+            .then_some(Change::NodeClose { node: start })
+    }
+
+    fn node_recover(&self, node: NodeId, incarnation: u64) -> Option<Change> {
+        let start = OpenNode { node, incarnation };
+        self.cluster()
+            .shared_open_nodes()
+            .contains(&start)
+            .then_some(Change::NodeRecover { node: start })
+    }
+
+    fn may_serve(&self, node: NodeId, incarnation: u64) -> bool {
+        self.cluster().node_is_open(OpenNode { node, incarnation })
     }
 
     fn encode(&self) -> Vec<u8> {
