@@ -282,6 +282,8 @@ struct SharedConfig {
   seq @0 :UInt64;
   groups @1 :List(Disk.DiskGroupConfig);
   updates @2 :List(DiskUpdate);   # what the commit that produced it writes to disks
+  openNodes @3 :List(OpenNodeStart); # open node starts (node-crash recovery), sorted;
+                                     # every shared group records a copy
 }
 
 struct DiskUpdate {

@@ -123,6 +123,24 @@ fn answer(sim: &mut Sim, id: u32, request: Option<RequestId>) -> Result<(), Stri
     sim.reply(id, request).cloned().expect("answered")
 }
 
+/// Runs until `ids` form one idle view with every start open on the disk (the
+/// master's node-crash bookkeeping after their joins committed), then checks the
+/// invariants: scenarios count their own transactions from there.
+fn settle_open(sim: &mut Sim, ids: &[u32]) {
+    let whole = sim.run_until(10_000, |s| s.all_members(ids) && s.opened(ids));
+    assert!(
+        whole,
+        "nodes {ids:?} did not settle open:\n{}",
+        sim.trace_text()
+    );
+    sim.check().expect("invariants hold");
+}
+
+/// The configuration sequence number on the disk.
+fn disk_seq(sim: &Sim) -> u64 {
+    sim.disk().map_or(0, |d| d.config.seq)
+}
+
 /// Runs until `ids` form one idle view, then checks the invariants.
 fn settle(sim: &mut Sim, ids: &[u32]) {
     let whole = sim.run_until(10_000, |s| s.all_members(ids));
@@ -149,21 +167,24 @@ fn nowhere_has(sim: &Sim, dg: &str) -> bool {
     }) && !sim.disk().is_some_and(|d| d.config.groups.contains_key(dg))
 }
 
+/// A cluster of `nodes` (a, b, …) that formed and opened every start.
 fn traced_cluster(nodes: u32) -> Sim {
     let mut sim = Sim::cluster(nodes, 7);
     assert_eq!(sim.master(), Some(A));
-    sim.run_for(100);
+    let ids: Vec<u32> = (1..=nodes).collect();
+    settle_open(&mut sim, &ids);
     sim
 }
 
 #[test]
 fn change_on_master_commits_on_every_node_and_the_disk() {
     let mut sim = traced_cluster(3);
+    let base = disk_seq(&sim);
     let r = sim.create(A, "dg1", 2);
     assert_eq!(answer(&mut sim, A, r), Ok(()));
     settle(&mut sim, &[A, B, C]);
     assert!(everywhere_has(&sim, &[A, B, C], "dg1"));
-    assert_eq!(sim.disk().unwrap().config.seq, 1);
+    assert_eq!(sim.disk().unwrap().config.seq, base + 1);
 }
 
 #[test]
@@ -178,6 +199,7 @@ fn slave_forwards_change_to_master() {
 #[test]
 fn master_validation_refusal_names_the_master() {
     let mut sim = traced_cluster(3);
+    let base = disk_seq(&sim);
     let r = sim.create(B, "dg1", 1);
     assert_eq!(answer(&mut sim, B, r), Ok(()));
     let r = sim.create(B, "dg1", 1);
@@ -186,7 +208,7 @@ fn master_validation_refusal_names_the_master() {
         Err("node a: disk group dg1 already exists".into())
     );
     settle(&mut sim, &[A, B, C]);
-    assert_eq!(sim.disk().unwrap().config.seq, 1);
+    assert_eq!(sim.disk().unwrap().config.seq, base + 1);
 }
 
 #[test]
@@ -210,6 +232,7 @@ fn slave_check_refusal_names_the_node() {
 #[test]
 fn requests_queue_behind_the_transaction_in_progress() {
     let mut sim = traced_cluster(3);
+    let base = disk_seq(&sim);
     let rs: Vec<_> = ["dg1", "dg2", "dg3"]
         .iter()
         .map(|dg| sim.create(B, dg, 1))
@@ -218,7 +241,7 @@ fn requests_queue_behind_the_transaction_in_progress() {
         assert_eq!(answer(&mut sim, B, r), Ok(()));
     }
     settle(&mut sim, &[A, B, C]);
-    assert_eq!(sim.disk().unwrap().config.seq, 3);
+    assert_eq!(sim.disk().unwrap().config.seq, base + 3);
 }
 
 #[test]
@@ -417,6 +440,7 @@ fn joiner_that_cannot_find_a_disk_abandons_with_the_reason() {
 #[test]
 fn last_active_plex_is_never_detached() {
     let mut sim = traced_cluster(3);
+    let base = disk_seq(&sim);
     let r = sim.create(A, "v1", 2);
     assert_eq!(answer(&mut sim, A, r), Ok(()));
     settle(&mut sim, &[A, B, C]);
@@ -449,7 +473,7 @@ fn last_active_plex_is_never_detached() {
     // A second error report for a plex already detached succeeds without a change.
     let r = sim.plex_io_error(A, "v1", "v1-01");
     assert_eq!(answer(&mut sim, A, r), Ok(()));
-    assert_eq!(sim.disk().unwrap().config.seq, 2);
+    assert_eq!(sim.disk().unwrap().config.seq, base + 2);
 }
 
 #[test]
@@ -468,6 +492,8 @@ fn request_on_a_node_without_master_names_the_situation() {
 #[test]
 fn whole_cluster_restart_brings_back_the_last_committed_configuration() {
     let mut sim = traced_cluster(3);
+    let base = disk_seq(&sim);
+    let dead: Vec<(u32, u64)> = [A, B, C].iter().map(|&id| (id, sim.node(id).inc)).collect();
     for dg in ["dg1", "dg2"] {
         let r = sim.create(B, dg, 1);
         assert_eq!(answer(&mut sim, B, r), Ok(()));
@@ -479,9 +505,15 @@ fn whole_cluster_restart_brings_back_the_last_committed_configuration() {
     for id in [C, B, A] {
         sim.start(id);
     }
-    settle(&mut sim, &[A, B, C]);
+    settle_open(&mut sim, &[A, B, C]);
     assert!(everywhere_has(&sim, &[A, B, C], "dg1") && everywhere_has(&sim, &[A, B, C], "dg2"));
-    assert_eq!(sim.core(A).unwrap().config().seq, 2);
+    let config = sim.core(A).unwrap().config();
+    // The two creates, then the recovery of each dead start and the opening of
+    // each new one.
+    assert_eq!(config.seq, base + 2 + 3 + 3);
+    let mut recovered = config.recovered.clone();
+    recovered.sort_unstable();
+    assert_eq!(recovered, dead, "every crashed start was recovered");
 }
 
 #[test]
@@ -495,7 +527,14 @@ fn clean_shutdown_waits_for_the_transaction_in_progress() {
     assert_ne!(sim.core(A).unwrap().role(), Role::Stopped);
     sim.release(B);
     assert_eq!(answer(&mut sim, A, r), Ok(()));
-    assert_eq!(sim.core(A).unwrap().role(), Role::Stopped);
+    // Then a closes its start (its own last transaction) and stops.
+    let stopped = sim.run_until(5_000, |s| {
+        s.core(A).is_some_and(|c| c.role() == Role::Stopped)
+    });
+    assert!(stopped, "a stops:\n{}", sim.trace_text());
+    let disk = &sim.disk().unwrap().config;
+    assert!(!disk.open.contains_key(&A), "a's start was closed");
+    assert!(disk.recovered.is_empty(), "a clean stop is no crash");
 }
 
 #[test]
@@ -874,21 +913,47 @@ fn a_commit_lost_on_the_way_to_the_successor_is_sent_again() {
 }
 
 /// Seed 9202: the transaction ids of a restarted master's reused views recur too.
-/// Here a and c form the cluster (view 6) and 6.1 fails there (c refuses it); b
-/// joins and is then frozen, a and c restart and form anew, reaching view 6 again
-/// (b, frozen, does not tell them of view 9), and the new 6.1 commits. The
-/// simulator took that for committing an aborted transaction; it now forgets the
-/// aborts of a dead start's view when a new start reuses its id.
+/// A view id comes back when a dead start made views above the newest transaction
+/// on the disks. Here a and c form the cluster (view 6, where they open their
+/// starts); b joins (view 9) and is frozen with the open of its start prepared, so
+/// a removes it (view 12, aborting that open: b's start was never open, nothing to
+/// recover) and 12.1 fails there (c refuses it). a and c restart and form anew from
+/// the disks (view 6 on them), reaching view 12 again (b, frozen, does not tell
+/// them of it), and the new 12.1 commits. The simulator took that for committing
+/// an aborted transaction; it now forgets the aborts of a dead start's view when a
+/// new start reuses its id.
 #[test]
 fn a_restarted_master_may_reuse_the_ids_of_its_dead_starts_transactions() {
     let mut sim = two_of_three_ac();
+    sim.hold(B, Hold::KernelPrepare);
+    sim.start(B);
+    assert!(
+        sim.run_until(2_000, |s| s.held(B) == 1),
+        "b prepares the open of its start:\n{}",
+        sim.trace_text()
+    );
+    sim.freeze(B, 8_000);
+    let removed = sim.run_until(5_000, |s| {
+        s.core(A)
+            .and_then(|c| c.view())
+            .is_some_and(|v| !v.contains(B))
+            && s.all_members(&[A, C])
+    });
+    assert!(removed, "a removes b:\n{}", sim.trace_text());
     let first = sim.core(A).and_then(|c| c.view()).map(|v| v.id);
     sim.add_private_dg(C, "dg1");
     let r = sim.create(A, "dg1", 1);
     assert!(answer(&mut sim, A, r).is_err(), "c refuses dg1");
-    sim.start(B);
-    settle(&mut sim, &[A, B, C]);
-    sim.freeze(B, 4_000);
+    let aborted = sim
+        .logs()
+        .iter()
+        .rev()
+        .find_map(|l| {
+            let rest = l.strip_prefix("a: transaction ")?;
+            rest.contains("exists as a private disk group")
+                .then(|| rest.split(' ').next().map(str::to_string))?
+        })
+        .expect("a logs the failed transaction");
     sim.crash(A);
     sim.crash(C);
     sim.start(A);
@@ -901,10 +966,18 @@ fn a_restarted_master_may_reuse_the_ids_of_its_dead_starts_transactions() {
         "the new start reached view {first:?}:\n{}",
         sim.trace_text()
     );
-    let r = sim.create(A, "dg2", 1);
-    assert_eq!(answer(&mut sim, A, r), Ok(()));
-    settle(&mut sim, &[A, B, C]);
-    assert!(everywhere_has(&sim, &[A, B, C], "dg2"));
+    // The new start's transactions in that view, up to the id of the aborted one.
+    let mut n = 2;
+    while sim.disk().map(|d| d.txn.to_string()) != Some(aborted.clone()) {
+        assert!(n < 8, "no transaction {aborted} in the new start's view");
+        let r = sim.create(A, &format!("dg{n}"), 1);
+        assert_eq!(answer(&mut sim, A, r), Ok(()));
+        n += 1;
+    }
+    sim.thaw(B);
+    sim.release(B);
+    settle_open(&mut sim, &[A, B, C]);
+    assert!(everywhere_has(&sim, &[A, B, C], &format!("dg{}", n - 1)));
 }
 
 /// Starts a and c only and lets them form a cluster; b stays down.
@@ -914,7 +987,7 @@ fn two_of_three_ac() -> Sim {
     let mut sim = Sim::new(cfg);
     sim.start(A);
     sim.start(C);
-    settle(&mut sim, &[A, C]);
+    settle_open(&mut sim, &[A, C]);
     sim
 }
 
@@ -954,8 +1027,12 @@ fn a_cut_off_successor_may_hold_an_aborted_change_until_it_rejoins() {
 fn a_cut_off_masters_buffered_heartbeats_make_nobody_give_way_after_the_heal() {
     let mut sim = traced_cluster(3);
     sim.partition_buffered(&[A]);
+    // Healed once c follows b (a's buffered View removing c, if a made one before
+    // it abdicated, then finds c with another master and is ignored).
     assert!(
         sim.run_until(10_000, |s| quorate_master(s, B, 3)
+            && s.core(C).and_then(|c| c.view())
+                == s.core(B).and_then(|c| c.view())
             && s.core(A).is_some_and(|c| c.role() != Role::Master)),
         "b takes over, a abdicates:\n{}",
         sim.trace_text()

@@ -12,7 +12,7 @@ use plexd_proto::cluster_capnp as wire;
 
 use super::model::SharedConfig;
 use crate::core::MAX_MESSAGE_BYTES;
-use crate::model::{Change, DiskUpdate, Nexus, OpenNode, VolumeLayout};
+use crate::model::{Change, DiskUpdate, Nexus, OpenNode, VolumeLayout, MAX_OPEN_NODES};
 use crate::ondisk::codec as disk;
 
 /// Most words a decoded configuration or change may make the reader traverse: it
@@ -32,13 +32,17 @@ pub fn encode_config(c: &SharedConfig) -> Vec<u8> {
     for (i, g) in (0..).zip(&c.groups) {
         disk::write_group(g, groups.reborrow().get(i));
     }
-    let mut updates = root.init_updates(len_u32(c.updates.len()));
+    let mut updates = root.reborrow().init_updates(len_u32(c.updates.len()));
     for (i, u) in (0..).zip(&c.updates) {
         let b = updates.reborrow().get(i);
         match u {
             DiskUpdate::WriteConfig(g) => disk::write_group(g, b.init_write_config()),
             DiskUpdate::Release(d) => disk::write_disk(d, b.init_release()),
         }
+    }
+    let mut open = root.init_open_nodes(len_u32(c.open_nodes.len()));
+    for (i, o) in (0..).zip(&c.open_nodes) {
+        write_open(o, open.reborrow().get(i));
     }
     serialize::write_message_to_words(&message)
 }
@@ -102,9 +106,20 @@ fn read_config(r: wire::shared_config::Reader<'_>) -> capnp::Result<SharedConfig
             Which::Release(d) => DiskUpdate::Release(disk::read_disk(d?)?),
         });
     }
+    let open = r.get_open_nodes()?;
+    if open.len() as usize > MAX_OPEN_NODES {
+        return Err(capnp::Error::failed(format!(
+            "{} open node starts, at most {MAX_OPEN_NODES}",
+            open.len()
+        )));
+    }
+    let mut open_nodes: Vec<OpenNode> = open.iter().map(read_open).collect();
+    open_nodes.sort_unstable();
+    open_nodes.dedup();
     Ok(SharedConfig {
         seq: r.get_seq(),
         groups,
+        open_nodes,
         updates,
     })
 }
@@ -485,6 +500,7 @@ mod tests {
         let c0 = SharedConfig {
             seq: 0,
             groups: cluster(&[("d1", 1 << 30), ("d2", 1 << 30), ("d3", 1 << 30)]).disk_groups,
+            open_nodes: Vec::new(),
             updates: Vec::new(),
         };
         let mut c = c0;
@@ -506,6 +522,12 @@ mod tests {
                 },
             },
             export(),
+            Change::NodeOpen {
+                node: OpenNode {
+                    node: 2,
+                    incarnation: 77,
+                },
+            },
         ] {
             c = c.validate_and_apply(&change).unwrap();
         }

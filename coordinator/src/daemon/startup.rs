@@ -83,6 +83,7 @@ pub fn run(opts: Options) -> Result<(), String> {
     let (_, private_groups, _) = disks::discover(&files, &file.cluster.id, &me.name);
     let private = ClusterConfig {
         disk_groups: private_groups,
+        open_nodes: Vec::new(),
     };
     let failed = disks::failed_groups(&files, &file.cluster.id, &me.name);
     for g in &failed {

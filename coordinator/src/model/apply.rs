@@ -162,7 +162,7 @@ pub fn apply(config: &ClusterConfig, change: &Change) -> Result<ClusterConfig, C
                 disks: disks.clone(),
                 volumes: Vec::new(),
                 open_nodes: if *shared {
-                    config.shared_open_nodes()
+                    config.open_nodes.clone()
                 } else {
                     Vec::new()
                 },
@@ -184,7 +184,7 @@ pub fn apply(config: &ClusterConfig, change: &Change) -> Result<ClusterConfig, C
             imported.seq += 1;
             // The cluster's open nodes, not those of the cluster it came from.
             imported.open_nodes = if *shared {
-                config.shared_open_nodes()
+                config.open_nodes.clone()
             } else {
                 Vec::new()
             };

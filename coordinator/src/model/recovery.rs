@@ -13,125 +13,113 @@
 //! plex (SYNCING plexes take writes, serve no reads) and the core's resync copies
 //! it to the others (docs/PROTOCOL.md, "Node-crash recovery").
 //!
-//! Every shared group holds the same set (a group created or imported takes the
-//! cluster's); the set of a configuration is the union over its shared groups.
+//! The set is cluster-wide ([`ClusterConfig::open_nodes`], carried between nodes with
+//! the shared configuration), so a node is open before any shared group exists;
+//! every shared group records a copy on its disks (a group created or imported takes
+//! the cluster's, every change of the set rewrites them all), and a cluster formed
+//! from the disks takes the union of its groups' copies.
 
 use super::*;
 
-/// Most open node starts a group records (one per configured node in practice);
-/// a record with more is refused as malformed.
+/// Most open node starts a configuration records (one per configured node in
+/// practice); a record with more is refused as malformed.
 pub const MAX_OPEN_NODES: usize = 256;
 
 impl ClusterConfig {
-    /// The open node starts of the shared groups (their union), sorted.
+    /// The open node starts, sorted.
     pub fn shared_open_nodes(&self) -> Vec<OpenNode> {
-        let mut all: Vec<OpenNode> = self
-            .disk_groups
-            .iter()
-            .filter(|g| g.shared)
-            .flat_map(|g| g.open_nodes.iter().copied())
-            .collect();
-        all.sort_unstable();
-        all.dedup();
-        all
+        self.open_nodes.clone()
     }
 
-    /// Whether `node` is open in every shared group (true when there is none: no
-    /// shared volume to write).
+    /// Whether start `node` is open (its data plane may serve shared volumes).
     pub fn node_is_open(&self, node: OpenNode) -> bool {
-        self.disk_groups
-            .iter()
-            .filter(|g| g.shared)
-            .all(|g| g.open_nodes.contains(&node))
+        self.open_nodes.contains(&node)
+    }
+
+    /// Copies the open set into every shared group whose copy differs (its seq moves,
+    /// so the change rewrites its record).
+    fn sync_open_nodes(&mut self) {
+        let open = self.open_nodes.clone();
+        for g in self.disk_groups.iter_mut().filter(|g| g.shared) {
+            if g.open_nodes != open {
+                g.open_nodes = open.clone();
+                g.seq += 1;
+            }
+        }
     }
 }
 
-/// [`Change::NodeOpen`]: `node` joins every shared group's open nodes. Refused while
-/// another start of the same node is open (it is recovered first) and when every
-/// shared group already holds it.
+/// [`Change::NodeOpen`]: `node` joins the open nodes. Refused while another start of
+/// the same node is open (it is recovered first) and when it is open already.
 pub(super) fn open(next: &mut ClusterConfig, node: OpenNode) -> Result<(), ConfigError> {
-    if let Some(other) = next
-        .shared_open_nodes()
-        .into_iter()
-        .find(|o| o.node == node.node && o.incarnation != node.incarnation)
-    {
-        return Err(ConfigError::Invalid(format!(
-            "node {} start {}: its earlier start {} is still open (not recovered yet)",
-            node.node, node.incarnation, other.incarnation
-        )));
+    if let Some(other) = next.open_nodes.iter().find(|o| o.node == node.node) {
+        return Err(ConfigError::Invalid(
+            if other.incarnation == node.incarnation {
+                format!(
+                    "node {} start {} is already open",
+                    node.node, node.incarnation
+                )
+            } else {
+                format!(
+                    "node {} start {}: its earlier start {} is still open (not recovered yet)",
+                    node.node, node.incarnation, other.incarnation
+                )
+            },
+        ));
     }
-    let mut changed = false;
-    for g in next.disk_groups.iter_mut().filter(|g| g.shared) {
-        if g.open_nodes.contains(&node) {
-            continue;
-        }
-        if g.open_nodes.len() >= MAX_OPEN_NODES {
-            return Err(ConfigError::Invalid(format!(
-                "disk group {}: {MAX_OPEN_NODES} open nodes already",
-                g.name
-            )));
-        }
-        g.open_nodes.push(node);
-        g.open_nodes.sort_unstable();
-        g.seq += 1;
-        changed = true;
-    }
-    if !changed {
+    if next.open_nodes.len() >= MAX_OPEN_NODES {
         return Err(ConfigError::Invalid(format!(
-            "node {} start {} is already open in every shared disk group",
+            "node {} start {}: {MAX_OPEN_NODES} node starts are open already",
             node.node, node.incarnation
         )));
     }
+    next.open_nodes.push(node);
+    next.open_nodes.sort_unstable();
+    next.sync_open_nodes();
     Ok(())
 }
 
-/// [`Change::NodeClose`]: `node` leaves every shared group's open nodes.
+/// [`Change::NodeClose`]: `node` leaves the open nodes (a clean stop: no recovery).
 pub(super) fn close(next: &mut ClusterConfig, node: OpenNode) -> Result<(), ConfigError> {
-    let mut changed = false;
-    for g in next.disk_groups.iter_mut().filter(|g| g.shared) {
-        if let Some(i) = g.open_nodes.iter().position(|o| *o == node) {
-            g.open_nodes.remove(i);
-            g.seq += 1;
-            changed = true;
-        }
-    }
-    if !changed {
+    let Some(i) = next.open_nodes.iter().position(|o| *o == node) else {
         return Err(ConfigError::Invalid(format!(
-            "node {} start {} is not open in any shared disk group",
+            "node {} start {} is not open",
             node.node, node.incarnation
         )));
-    }
+    };
+    next.open_nodes.remove(i);
+    next.sync_open_nodes();
     Ok(())
 }
 
-/// [`Change::NodeRecover`]: in every shared group that holds `node` open, each
-/// volume with two or more ACTIVE plexes keeps its first ACTIVE plex and the others
-/// become SYNCING; `node` leaves the open nodes.
+/// [`Change::NodeRecover`]: in every shared group, each volume with two or more
+/// ACTIVE plexes keeps its first ACTIVE plex and the others become SYNCING; `node`
+/// leaves the open nodes.
 pub(super) fn recover(next: &mut ClusterConfig, node: OpenNode) -> Result<(), ConfigError> {
-    let mut changed = false;
+    let Some(i) = next.open_nodes.iter().position(|o| *o == node) else {
+        return Err(ConfigError::Invalid(format!(
+            "node {} start {} is not open: nothing to recover",
+            node.node, node.incarnation
+        )));
+    };
+    next.open_nodes.remove(i);
     for g in next.disk_groups.iter_mut().filter(|g| g.shared) {
-        let Some(i) = g.open_nodes.iter().position(|o| *o == node) else {
-            continue;
-        };
-        g.open_nodes.remove(i);
+        let mut changed = false;
         for v in &mut g.volumes {
             let mut first = true;
             for p in v.plexes.iter_mut().filter(|p| p.state == PlexState::Active) {
                 if !first {
                     p.state = PlexState::Syncing;
+                    changed = true;
                 }
                 first = false;
             }
         }
-        g.seq += 1;
-        changed = true;
+        if changed {
+            g.seq += 1;
+        }
     }
-    if !changed {
-        return Err(ConfigError::Invalid(format!(
-            "node {} start {} is not open in any shared disk group: nothing to recover",
-            node.node, node.incarnation
-        )));
-    }
+    next.sync_open_nodes();
     Ok(())
 }
 
@@ -184,5 +172,38 @@ mod tests {
             .iter()
             .all(|p| p.state == PlexState::Active));
         assert!(apply(&closed, &Change::NodeRecover { node: a }).is_err());
+    }
+
+    #[test]
+    fn a_start_is_open_before_any_shared_group_and_groups_take_the_set() {
+        let a = OpenNode {
+            node: 1,
+            incarnation: 10,
+        };
+        let c = apply(&ClusterConfig::default(), &Change::NodeOpen { node: a }).unwrap();
+        assert!(c.node_is_open(a), "open with no disk group at all");
+        assert!(apply(&c, &Change::NodeOpen { node: a }).is_err(), "twice");
+        let created = apply(
+            &c,
+            &Change::DgCreate {
+                dg: "dg1".into(),
+                dg_id: "dgid1".into(),
+                shared: true,
+                owner_id: "cluster1".into(),
+                disks: vec![super::super::test_support::disk("d1", 1 << 30)],
+            },
+        )
+        .unwrap();
+        assert_eq!(created.disk_groups[0].open_nodes, vec![a]);
+        let closed = apply(&created, &Change::NodeClose { node: a }).unwrap();
+        assert!(closed.open_nodes.is_empty());
+        assert!(closed.disk_groups[0].open_nodes.is_empty());
+        assert_eq!(
+            Change::NodeClose { node: a }
+                .disk_updates(&created, &closed)
+                .len(),
+            1,
+            "the group's copy is rewritten"
+        );
     }
 }

@@ -209,6 +209,12 @@ pub struct Subdisk {
 pub struct ClusterConfig {
     /// Shared and private disk groups, sorted by name.
     pub disk_groups: Vec<DiskGroupConfig>,
+    /// The cluster's open node starts, sorted: those whose data plane may write shared
+    /// mirrored volumes and that have not stopped cleanly (`model::recovery`). Every
+    /// shared group records a copy on its disks; kept here too so that a node is open
+    /// before any shared group exists. Empty for a node's private configuration.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub open_nodes: Vec<OpenNode>,
 }
 
 /// The layout a user asks for at `vol create`.

@@ -576,6 +576,17 @@ impl Sim {
         })
     }
 
+    /// Whether the current start of every node in `ids` is open on the disk (the
+    /// master committed its node-crash bookkeeping after their joins) and every
+    /// earlier start it recorded open was closed or recovered.
+    pub fn opened(&self, ids: &[NodeId]) -> bool {
+        let Some(disk) = self.disk.as_ref() else {
+            return false;
+        };
+        ids.iter()
+            .all(|&id| self.is_up(id) && disk.config.open.get(&id) == Some(&self.node(id).inc))
+    }
+
     /// Starts (or restarts) node `id` now.
     pub fn start(&mut self, id: NodeId) {
         assert!(!self.is_up(id), "node {id} is already up");
