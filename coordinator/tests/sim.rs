@@ -68,6 +68,7 @@ fn random_schedules_keep_the_invariants() {
                 cov.copies_refused += c.copies_refused;
                 cov.resyncs_done += c.resyncs_done;
                 cov.copy_faults += c.copy_faults;
+                cov.divergences += c.divergences;
                 disk_seeds += usize::from(s.quorum_disk);
                 resync_seeds += usize::from(s.resync);
             }
@@ -1433,4 +1434,171 @@ fn a_master_frozen_mid_copy_never_lands_its_copy_after_the_new_master_resynced()
     assert_eq!(sim.coverage.copies_refused, 1);
     assert!(sim.copies_in_flight().is_empty());
     assert_eq!(sim.synced("v1", "v1-02"), (0..CHUNKS).collect());
+}
+
+// ---------------------------------------------------------------------------
+// Node-crash recovery (issue 11, without a dirty region log): core/recovery.rs.
+// The simulator marks the plexes a serving data plane may have left different
+// when it dies (`Sim::crash`) and checks, at every disk write, that once the dead
+// start is no longer open at most one of them is readable until a resync made the
+// others copies of it.
+// ---------------------------------------------------------------------------
+
+/// Whether the disk says `volume`'s plexes are all ACTIVE (none SYNCING).
+fn all_active_on_disk(sim: &Sim, volume: &str) -> bool {
+    sim.disk().is_some_and(|d| {
+        d.config
+            .groups
+            .get(volume)
+            .is_some_and(|g| g.syncing.is_empty() && g.plexes.values().all(|&a| a))
+    })
+}
+
+/// A 3-node cluster with the 2-plex mirror v1, served everywhere.
+fn mirrored_cluster() -> Sim {
+    let mut sim = traced_cluster(3);
+    let r = sim.create(B, "v1", 2);
+    assert_eq!(answer(&mut sim, B, r), Ok(()));
+    settle(&mut sim, &[A, B, C]);
+    assert!([A, B, C].iter().all(|&id| sim.serving(id)));
+    sim
+}
+
+/// Runs until the disk records the recovery of start `start`; then until the
+/// resync made v1 whole again and every node in `ids` is open.
+fn recovered_and_resynced(sim: &mut Sim, start: (u32, u64), ids: &[u32]) {
+    let recovered = sim.run_until(15_000, |s| {
+        s.disk()
+            .is_some_and(|d| d.config.recovered.contains(&start))
+    });
+    assert!(
+        recovered,
+        "start {start:?} is recovered:\n{}",
+        sim.trace_text()
+    );
+    assert_eq!(sim.violation(), None);
+    let whole = sim.run_until(15_000, |s| {
+        all_active_on_disk(s, "v1") && s.all_members(ids) && s.opened(ids)
+    });
+    assert!(whole, "v1 resynchronised:\n{}", sim.trace_text());
+    sim.check().expect("invariants hold");
+}
+
+/// A slave dies serving a mirror: once its lease ran out the master commits the
+/// recovery (v1 keeps one readable plex, the other SYNCING), the resync copies it,
+/// and the node's new start is opened when it comes back. Without the recovery
+/// (the master never recovers a lost start) the simulator reports both plexes
+/// readable after the start left the open set... or the test times out waiting.
+#[test]
+fn a_crashed_node_makes_the_master_recover_its_mirrors() {
+    let mut sim = mirrored_cluster();
+    let dead = (C, sim.node(C).inc);
+    sim.crash(C);
+    assert_eq!(sim.coverage.divergences, 1, "c died serving v1");
+    let recovered = sim.run_until(15_000, |s| {
+        s.disk().is_some_and(|d| d.config.recovered.contains(&dead))
+    });
+    assert!(recovered, "c's start is recovered:\n{}", sim.trace_text());
+    let readable = sim.disk().unwrap().config.groups["v1"]
+        .plexes
+        .values()
+        .filter(|&&a| a)
+        .count();
+    // Either the recovery's own record (one readable plex) or, already, the resync.
+    assert!(
+        readable == 1 || all_active_on_disk(&sim, "v1"),
+        "{:?}",
+        sim.disk().unwrap().config.groups["v1"]
+    );
+    sim.start(C);
+    recovered_and_resynced(&mut sim, dead, &[A, B, C]);
+}
+
+/// A clean stop closes the node's start: no recovery, every plex stays ACTIVE.
+/// Without the close (the stop never asks the master), the master recovers c's
+/// start and makes a plex SYNCING: the test fails on `recovered`.
+#[test]
+fn a_clean_stop_leads_to_no_recovery() {
+    let mut sim = mirrored_cluster();
+    let seq = disk_seq(&sim);
+    sim.shutdown(C);
+    let stopped = sim.run_until(5_000, |s| {
+        s.core(C).is_some_and(|c| c.role() == Role::Stopped)
+    });
+    assert!(stopped, "c stops:\n{}", sim.trace_text());
+    assert!(!sim.serving(C), "c's data plane no longer serves");
+    settle(&mut sim, &[A, B]);
+    sim.run_for(8_000); // well past c's lease: any recovery would have committed
+    let disk = &sim.disk().unwrap().config;
+    assert!(!disk.open.contains_key(&C), "c's start was closed");
+    assert_eq!(disk.recovered, Vec::new(), "no recovery after a clean stop");
+    assert_eq!(disk.seq, seq + 1, "one change: the close");
+    assert!(all_active_on_disk(&sim, "v1"));
+    assert_eq!(sim.violation(), None);
+}
+
+/// The master dies serving the mirror: its successor, taking over, recovers the
+/// old master's start (it is open on the disks and not in the new view). Without
+/// the recovery of open starts missing from the view, the new master never
+/// recovers a and the wait fails.
+#[test]
+fn no_recovery_is_lost_across_a_master_change() {
+    let mut sim = mirrored_cluster();
+    let dead = (A, sim.node(A).inc);
+    sim.crash(A);
+    sim.start(A);
+    recovered_and_resynced(&mut sim, dead, &[A, B, C]);
+    assert_eq!(sim.master(), Some(B));
+}
+
+/// Every node dies serving the mirror: the first master formed from the disks
+/// recovers every start recorded open there before opening the new ones.
+#[test]
+fn a_whole_cluster_crash_recovers_every_open_start() {
+    let mut sim = mirrored_cluster();
+    let dead: Vec<(u32, u64)> = [A, B, C].iter().map(|&id| (id, sim.node(id).inc)).collect();
+    for id in [A, B, C] {
+        sim.crash(id);
+    }
+    assert_eq!(sim.coverage.divergences, 3);
+    sim.run_for(1_000);
+    for id in [B, C, A] {
+        sim.start(id);
+    }
+    for &start in &dead {
+        recovered_and_resynced(&mut sim, start, &[A, B, C]);
+    }
+}
+
+/// c is cut off, removed from the view and rejoins with the same start: it may
+/// have been cut off in the middle of a write, so its start is recovered all the
+/// same (then opened again). Without the master's memory of starts it removed
+/// while open (`lost`), c's start, back in the view, is never recovered.
+#[test]
+fn a_node_cut_off_and_back_with_the_same_start_is_still_recovered() {
+    let mut sim = mirrored_cluster();
+    let start = (C, sim.node(C).inc);
+    sim.partition(&[C]);
+    assert!(sim.run_until(5_000, |s| s
+        .core(A)
+        .and_then(|c| c.view())
+        .is_some_and(|v| !v.contains(C))));
+    sim.heal();
+    recovered_and_resynced(&mut sim, start, &[A, B, C]);
+    assert_eq!(sim.node(C).inc, start.1, "the same start");
+}
+
+/// c crashes and restarts at once, rejoining before the master acted on the loss
+/// of its old start: the old start is recovered all the same, and the new start is
+/// opened only after that (an open is refused while another start of the node is
+/// open). Without the rule that an open start missing from the view is recovered,
+/// the old start stays open for good and the new one never serves.
+#[test]
+fn a_crashed_node_that_rejoins_at_once_is_still_recovered() {
+    let mut sim = mirrored_cluster();
+    let dead = (C, sim.node(C).inc);
+    sim.crash(C);
+    sim.start(C);
+    assert_ne!(sim.node(C).inc, dead.1);
+    recovered_and_resynced(&mut sim, dead, &[A, B, C]);
 }

@@ -243,6 +243,22 @@ impl<M: ConfigModel> Node<M> {
         }
     }
 
+    /// A clean stop that could not make sure its data plane stopped writing (the
+    /// driver could not revoke its lease or drain it): this start is not closed, so
+    /// the master recovers it once its lease has run out. Called before
+    /// [`Event::Shutdown`].
+    pub fn keep_open_at_stop(&mut self) {
+        if !self.recovery.close_done && self.recovery.closing.is_none() {
+            self.recovery.close_done = true;
+            let line = format!(
+                "node {}: stopping without closing its start {}: its mirrors will be recovered",
+                self.name(self.cfg.me),
+                self.cfg.incarnation
+            );
+            self.log(log::Level::Warn, line);
+        }
+    }
+
     /// The answer to one of the bookkeeping's own requests.
     pub(super) fn recovery_answer(&mut self, request: RequestId, result: Result<(), RequestError>) {
         if self.recovery.closing == Some(request) {

@@ -185,6 +185,13 @@ pub enum Job {
         /// Why (logged).
         why: String,
     },
+    /// A clean stop: revoke the data plane's lease for good and drain the shared
+    /// volumes' I/O in flight, so no write of this node follows (node-crash
+    /// recovery: the core then asks the master to close this node's start).
+    StopSharedIo {
+        /// The shared volumes' bdev names.
+        volumes: Vec<String>,
+    },
     /// One attempt to reconnect to the lost data plane and load it.
     Reconnect {
         /// The number of the new connection (for its event thread).
@@ -270,6 +277,12 @@ pub enum Done {
     ChunkCopied {
         /// The fence.
         token: FenceToken,
+        /// Result.
+        result: Result<(), String>,
+    },
+    /// [`Job::StopSharedIo`]: Ok once no write of this node to a shared volume can
+    /// follow; Err names what could not be made sure of.
+    SharedIoStopped {
         /// Result.
         result: Result<(), String>,
     },
@@ -489,6 +502,29 @@ impl Driver {
         Done::Nothing
     }
 
+    /// [`Job::StopSharedIo`]: the lease revoked (in force on every reactor when the
+    /// data plane answers: new I/O to shared volumes fails), then each shared volume
+    /// quiesced and resumed, which waits for the I/O already in flight to drain.
+    fn stop_shared_io(&mut self, volumes: &[String]) -> Result<(), String> {
+        use super::fence::Quiesce;
+        self.lease.revoke_for_stop().map_err(|e| self.err(e))?;
+        for bdev in volumes {
+            let client = self.kernel.client();
+            match client.quiesce_volume(bdev) {
+                Ok(true) => client
+                    .resume_volume(bdev)
+                    .map_err(|e| self.err(format!("volume {bdev}: resume after its drain: {e}")))?,
+                Ok(false) => {} // not served here
+                Err(e) => {
+                    return Err(self.err(format!(
+                        "volume {bdev}: in-flight I/O did not drain at the stop: {e}"
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// [`Job::Quiesce`]: the core's fence on a shared volume: quiesce it here.
     fn quiesce(&mut self, dg: String, volume: String, token: FenceToken) -> Done {
         let bdev = crate::model::volume_bdev(&dg, &volume);
@@ -690,6 +726,9 @@ impl Driver {
                 len,
                 deadline,
             } => self.copy_chunk(token, group, volume, plex, offset, len, deadline),
+            Job::StopSharedIo { volumes } => Done::SharedIoStopped {
+                result: self.stop_shared_io(&volumes),
+            },
             Job::BreakFences { why } => {
                 self.fences.break_all(self.kernel.client(), &why);
                 Done::Nothing
