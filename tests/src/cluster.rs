@@ -1159,19 +1159,23 @@ impl Cluster {
                 .filter(|i| names.contains(&self.nodes[*i].name))
                 .collect::<Vec<_>>()
         };
-        let print = wait_until(
-            "every member to show the same shared configuration",
+        // The configuration and the data planes together: a change the master makes
+        // of its own (a node-crash recovery, the opening of a joiner, a resync's
+        // fence or its end) may still be under way; they settle.
+        wait_until(
+            "every member to show the same shared configuration, its data plane holding it",
             CONVERGE_TIMEOUT,
-            || self.same_print(&members),
+            || {
+                let print = self.same_print(&members)?;
+                for &i in &members {
+                    crate::invariants::kernel_has_volumes(&print, &self.kernel(i))
+                        .map_err(|e| format!("node {}: {e}", self.nodes[i].name))?;
+                }
+                crate::invariants::disks_hold(&print, &self.disks).map_err(|e| {
+                    format!("the disks do not hold the configuration the nodes show: {e}")
+                })
+            },
         );
-        if let Err(e) = crate::invariants::disks_hold(&print, &self.disks) {
-            panic!("the disks do not hold the configuration the nodes show: {e}");
-        }
-        for &i in &members {
-            if let Err(e) = crate::invariants::kernel_has_volumes(&print, &self.kernel(i)) {
-                panic!("node {}: {e}", self.nodes[i].name);
-            }
-        }
         if let Err(e) = self.verify_patterns_on(&members) {
             panic!("data lost: {e}");
         }

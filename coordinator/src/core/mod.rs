@@ -127,6 +127,11 @@ pub struct NodeConfig {
     /// Longest a node keeps a resync fence (its volume quiesced) before it breaks it
     /// on its own (`core::resync`).
     pub fence_lease_ms: u64,
+    /// The transactions of the node-crash recovery bookkeeping (`core::recovery`:
+    /// opens, recoveries, closes) reach the `txn.*` failpoints too (the simulator
+    /// crashes there); plexd turns it off, so a process armed with
+    /// `PLEXD_FAILPOINT` dies in a transaction a test asked for.
+    pub bookkeeping_failpoints: bool,
 }
 
 impl NodeConfig {
@@ -149,6 +154,7 @@ impl NodeConfig {
             member_ago_at_start_ms: None,
             quorum_disk: false,
             fence_lease_ms: 5000,
+            bookkeeping_failpoints: true,
         }
     }
 
@@ -776,7 +782,10 @@ impl<M: ConfigModel> Node<M> {
                 result,
             } => self.on_quiesced(now_ms, dg, volume, token, result),
             Event::ChunkCopied { token, result } => self.on_chunk_copied(now_ms, token, result),
-            Event::DataPlaneLost => self.fences_lost(),
+            Event::DataPlaneLost => {
+                self.fences_lost();
+                self.recovery_data_plane_lost();
+            }
             Event::Shutdown => self.stopping = true,
         }
         self.answer_takeover_queries(now_ms);

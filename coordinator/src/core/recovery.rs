@@ -57,6 +57,14 @@ pub(super) struct Recovery {
     closing: Option<RequestId>,
     /// The close was asked for (answered or not): the stop may finish.
     close_done: bool,
+    /// This start's data plane was lost while the start was open (it may have died
+    /// in the middle of a mirrored write): no lease until the start is recovered.
+    data_plane_lost: bool,
+    /// This node's request for the recovery of its own start, while in flight.
+    self_recovering: Option<RequestId>,
+    /// The last transaction of the bookkeeping's own requests this node took part
+    /// in (see [`NodeConfig::bookkeeping_failpoints`]).
+    bookkeeping_txn: Option<TxnId>,
 }
 
 /// Whether `request` is one of the recovery bookkeeping's own.
@@ -70,6 +78,7 @@ impl<M: ConfigModel> Node<M> {
     /// start open and the node is not stopping; 0 otherwise.
     pub fn data_plane_lease_ms(&self, now_ms: u64) -> u64 {
         if self.stopping
+            || self.recovery.data_plane_lost
             || !self
                 .committed
                 .config
@@ -130,8 +139,89 @@ impl<M: ConfigModel> Node<M> {
         None
     }
 
+    /// `Event::DataPlaneLost`: the data plane (a process of its own) may have died in
+    /// the middle of a mirrored write. While this start is open, the node gives its
+    /// data plane no lease (the reconnected one, or a new one) until the start was
+    /// recovered; it asks the master for that recovery itself
+    /// ([`Node::recovery_self_poll`]), and the master opens the start again after it.
+    pub(super) fn recovery_data_plane_lost(&mut self) {
+        let me = (self.cfg.me, self.cfg.incarnation);
+        if self.recovery.data_plane_lost || !self.committed.config.open_nodes().contains(&me) {
+            return;
+        }
+        self.recovery.data_plane_lost = true;
+        let line = format!(
+            "node {}: its data plane was lost while it may write the shared mirrors: no lease until its start {} is recovered",
+            self.name(me.0),
+            me.1
+        );
+        self.log(log::Level::Warn, line);
+    }
+
+    /// After a data-plane loss: asks the master to recover this start (once at a
+    /// time, again after a failure) until the committed configuration no longer
+    /// holds it open.
+    fn recovery_self_poll(&mut self, now_ms: u64) {
+        if !self.recovery.data_plane_lost {
+            return;
+        }
+        let (me, inc) = (self.cfg.me, self.cfg.incarnation);
+        let Some(change) = self.committed.config.node_recover(me, inc) else {
+            self.recovery.data_plane_lost = false;
+            self.recovery.self_recovering = None;
+            return;
+        };
+        let member = matches!(self.state, State::Member)
+            && self
+                .view
+                .as_ref()
+                .is_some_and(|v| v.incarnation(me) == Some(inc));
+        if self.recovery.self_recovering.is_some()
+            || !member
+            || self.stopping
+            || now_ms < self.recovery.retry_at_ms
+        {
+            return;
+        }
+        let line = format!(
+            "node {}: asking for the recovery of its start {inc} (its data plane was lost)",
+            self.name(me)
+        );
+        self.log(log::Level::Info, line);
+        self.recovery.self_recovering = self.recovery_send_own(now_ms, change);
+    }
+
+    /// Sends one of this node's own bookkeeping changes to the master (queued at the
+    /// front when this node is master); its answer comes to `recovery_answer`.
+    /// None when there is no master to ask.
+    fn recovery_send_own(&mut self, now_ms: u64, change: M::Change) -> Option<RequestId> {
+        let me = self.cfg.me;
+        let request = self.recovery_request();
+        if self.is_master() {
+            let origin = Origin { node: me, request };
+            self.master
+                .as_mut()?
+                .queue
+                .push_front((origin, Request::Change(change)));
+            self.master_next(now_ms);
+        } else {
+            let master = self.view.as_ref()?.master;
+            self.forwards.insert(
+                request,
+                txn::Forward {
+                    committed: false,
+                    sent_ms: now_ms,
+                },
+            );
+            let body = WireRequest::Change(M::encode_change(&change));
+            self.send(master, Message::Forward { request, body });
+        }
+        Some(request)
+    }
+
     /// Proposes the master's next bookkeeping change (called after every event).
     pub(super) fn recovery_poll(&mut self, now_ms: u64) {
+        self.recovery_self_poll(now_ms);
         if !self.is_master() {
             self.recovery.pending = None;
             self.recovery.lost.clear();
@@ -177,7 +267,8 @@ impl<M: ConfigModel> Node<M> {
                 .view
                 .as_ref()
                 .is_some_and(|v| v.incarnation(me) == Some(inc));
-        let change = if member {
+        // A start whose data plane was lost is recovered, never closed.
+        let change = if member && !self.recovery.data_plane_lost {
             self.committed.config.node_close(me, inc)
         } else {
             None
@@ -188,8 +279,6 @@ impl<M: ConfigModel> Node<M> {
         };
         // The data plane's lease is already 0 (`data_plane_lease_ms` while
         // stopping); the close is asked for now.
-        let request = self.recovery_request();
-        self.recovery.closing = Some(request);
         let line = format!(
             "node {}: stopping cleanly: its shared volumes are no longer served; closing its start {inc} (no recovery follows)",
             self.name(me)
@@ -197,27 +286,11 @@ impl<M: ConfigModel> Node<M> {
         self.log(log::Level::Info, line);
         if self.is_master() {
             self.recovery.closed.insert((me, inc));
-            let origin = Origin { node: me, request };
-            if let Some(ms) = self.master.as_mut() {
-                ms.queue.push_front((origin, Request::Change(change)));
-            }
-            self.master_next(now_ms);
-        } else {
-            let view = self.view.clone();
-            let Some(master) = view.map(|v| v.master) else {
-                self.recovery.closing = None;
-                self.recovery.close_done = true;
-                return false;
-            };
-            self.forwards.insert(
-                request,
-                txn::Forward {
-                    committed: false,
-                    sent_ms: now_ms,
-                },
-            );
-            let body = WireRequest::Change(M::encode_change(&change));
-            self.send(master, Message::Forward { request, body });
+        }
+        self.recovery.closing = self.recovery_send_own(now_ms, change);
+        if self.recovery.closing.is_none() {
+            self.recovery.close_done = true;
+            return false;
         }
         true
     }
@@ -259,8 +332,39 @@ impl<M: ConfigModel> Node<M> {
         }
     }
 
+    /// A transaction starts here (validated on the master, checked on a slave):
+    /// remembers whether it carries one of the bookkeeping's own requests.
+    pub(super) fn recovery_note_txn(&mut self, txn: TxnId, origin: Origin) {
+        if is_own(origin.request) {
+            self.recovery.bookkeeping_txn = Some(txn);
+        }
+    }
+
+    /// A transaction's failpoint, unless it is the bookkeeping's own transaction and
+    /// [`NodeConfig::bookkeeping_failpoints`] is off: an armed plexd then dies in the
+    /// transaction a test asks for, not in the opens and recoveries that follow
+    /// every restart.
+    pub(super) fn txn_failpoint(&mut self, name: &'static str, txn: TxnId) {
+        if !self.cfg.bookkeeping_failpoints && self.recovery.bookkeeping_txn == Some(txn) {
+            return;
+        }
+        self.failpoint(name);
+    }
+
     /// The answer to one of the bookkeeping's own requests.
     pub(super) fn recovery_answer(&mut self, request: RequestId, result: Result<(), RequestError>) {
+        if self.recovery.self_recovering == Some(request) {
+            self.recovery.self_recovering = None;
+            if let Err(e) = result {
+                self.recovery.retry_at_ms = self.clock_ms + RECOVERY_RETRY_MS;
+                let line = format!(
+                    "node {}: the recovery of its own start failed: {e}; asking again",
+                    self.name(self.cfg.me)
+                );
+                self.log(log::Level::Warn, line);
+            }
+            return;
+        }
         if self.recovery.closing == Some(request) {
             self.recovery.closing = None;
             self.recovery.close_done = true;

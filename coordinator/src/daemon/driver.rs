@@ -37,6 +37,11 @@ use crate::model::{Change, ClusterConfig, DiskGroupConfig, ExportProtocol};
 /// Jobs submitted to the driver and not yet answered, at most; the main loop waits
 /// for the driver when it would submit more (see [`DriverHandle::submit`]).
 pub const DRIVER_QUEUE_DEPTH: usize = 256;
+/// How long a clean stop waits for the shared volumes' I/O in flight to drain once
+/// the lease is revoked (then the node's start stays open: it is recovered).
+pub const STOP_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the clean stop looks at the I/O in flight meanwhile.
+pub const STOP_DRAIN_POLL: Duration = Duration::from_millis(5);
 /// How often an idle driver checks the private fences' leases.
 pub const FENCE_EXPIRY_PERIOD: Duration = Duration::from_millis(100);
 
@@ -185,8 +190,8 @@ pub enum Job {
         /// Why (logged).
         why: String,
     },
-    /// A clean stop: revoke the data plane's lease for good and drain the shared
-    /// volumes' I/O in flight, so no write of this node follows (node-crash
+    /// A clean stop: revoke the data plane's lease for good and wait for the shared
+    /// volumes' I/O in flight to drain, so no write of this node follows (node-crash
     /// recovery: the core then asks the master to close this node's start).
     StopSharedIo {
         /// The shared volumes' bdev names.
@@ -503,26 +508,36 @@ impl Driver {
     }
 
     /// [`Job::StopSharedIo`]: the lease revoked (in force on every reactor when the
-    /// data plane answers: new I/O to shared volumes fails), then each shared volume
-    /// quiesced and resumed, which waits for the I/O already in flight to drain.
+    /// data plane answers: new I/O to shared volumes fails, parked and held I/O too),
+    /// then the shared volumes' I/O still in flight drained: polled until none is
+    /// left, within [`STOP_DRAIN_TIMEOUT`]. Gates and staged layouts are left alone
+    /// (a transaction or a resync fence may hold them).
     fn stop_shared_io(&mut self, volumes: &[String]) -> Result<(), String> {
-        use super::fence::Quiesce;
         self.lease.revoke_for_stop().map_err(|e| self.err(e))?;
-        for bdev in volumes {
-            let client = self.kernel.client();
-            match client.quiesce_volume(bdev) {
-                Ok(true) => client
-                    .resume_volume(bdev)
-                    .map_err(|e| self.err(format!("volume {bdev}: resume after its drain: {e}")))?,
-                Ok(false) => {} // not served here
-                Err(e) => {
-                    return Err(self.err(format!(
-                        "volume {bdev}: in-flight I/O did not drain at the stop: {e}"
-                    )))
-                }
+        let deadline = Instant::now() + STOP_DRAIN_TIMEOUT;
+        loop {
+            let listed = self
+                .kernel
+                .client()
+                .list_volumes()
+                .map_err(|e| self.err(format!("cannot list the data plane's volumes: {e}")))?;
+            let busy: Vec<String> = listed
+                .iter()
+                .filter(|v| v.inflight > 0 && volumes.contains(&v.name))
+                .map(|v| format!("{} ({} I/Os)", v.name, v.inflight))
+                .collect();
+            if busy.is_empty() {
+                return Ok(());
             }
+            if Instant::now() >= deadline {
+                return Err(self.err(format!(
+                    "I/O in flight did not drain within {} ms of the stop: {}",
+                    STOP_DRAIN_TIMEOUT.as_millis(),
+                    busy.join(", ")
+                )));
+            }
+            std::thread::sleep(STOP_DRAIN_POLL);
         }
-        Ok(())
     }
 
     /// [`Job::Quiesce`]: the core's fence on a shared volume: quiesce it here.

@@ -212,6 +212,9 @@ pub struct Kernel {
     pub left: bool,
     /// Simulated time until which the data plane serves shared volumes (its lease).
     pub lease_until_ms: u64,
+    /// The coordinator start that granted that lease (a restarted coordinator's data
+    /// plane serves under its predecessor's until the new start renews it).
+    pub lease_inc: u64,
     /// Volumes quiesced for a resync fence (host I/O parked). Every kernel phase
     /// clears them (pessimistic: a commit resumes I/O).
     pub quiesced: BTreeSet<String>,
@@ -722,7 +725,7 @@ impl Sim {
         if !(self.now_ms < n.kernel.lease_until_ms && !n.kernel.left) {
             return;
         }
-        let start = (id, n.inc);
+        let start = (id, n.kernel.lease_inc);
         let mut marks = Vec::new();
         for (volume, g) in &n.kernel.active.groups {
             let readable: BTreeSet<String> = g
@@ -747,6 +750,46 @@ impl Sim {
                 plexes,
             });
         }
+    }
+
+    /// Kills only node `id`'s data plane (as kill -9 of plexd-target): a copy it was
+    /// making lands or not, and its coordinator reconnects at once to a new one and
+    /// loads it (as the daemon does): the committed configuration if it is a member,
+    /// its prepared transaction staged again, no lease until the core renews it.
+    pub fn crash_data_plane(&mut self, id: NodeId) {
+        if !self.is_up(id) {
+            return;
+        }
+        self.note(format!("crash {}'s data plane", Sim::name(id)));
+        self.mark_divergence(id);
+        let copies: Vec<CopyInFlight> = self
+            .copies
+            .iter()
+            .filter(|c| c.node == id)
+            .cloned()
+            .collect();
+        self.copies.retain(|c| c.node != id);
+        for c in copies {
+            if self.rng.gen_bool(0.5) && self.write_in_time(id, c.deadline) {
+                self.land_copy(c);
+            }
+        }
+        let member = self
+            .core(id)
+            .and_then(|c| c.view())
+            .is_some_and(|v| v.contains(id));
+        let active = match self.core(id) {
+            Some(c) if member => c.config().clone(),
+            _ => ToyConfig::default(),
+        };
+        let n = self.node_mut(id);
+        let staged = n.kernel.staged.take();
+        n.kernel = Kernel {
+            active,
+            staged,
+            ..Kernel::default()
+        };
+        self.feed(id, Event::DataPlaneLost);
     }
 
     /// Kills only node `id`'s coordinator: its data plane goes on with its layout,
@@ -1285,7 +1328,11 @@ impl Sim {
         let rate = 1_000_000 + n.drift_ppm;
         let left_real = (i128::from(left_ms) * 1_000_000 / i128::from(rate)) as u64;
         let until = now.saturating_add(left_real);
-        self.node_mut(id).kernel.lease_until_ms = until;
+        let n = self.node_mut(id);
+        n.kernel.lease_until_ms = until;
+        if left_ms > 0 {
+            n.kernel.lease_inc = n.inc;
+        }
     }
 
     /// Carries out node `id`'s actions, as the daemon would.
