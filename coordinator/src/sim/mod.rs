@@ -722,7 +722,7 @@ impl Sim {
     /// volume's block to some of its readable plexes and not the others.
     fn mark_divergence(&mut self, id: NodeId) {
         let n = self.node(id);
-        if !(self.now_ms < n.kernel.lease_until_ms && !n.kernel.left) {
+        if self.now_ms >= n.kernel.lease_until_ms || n.kernel.left {
             return;
         }
         let start = (id, n.kernel.lease_inc);

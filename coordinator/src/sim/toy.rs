@@ -304,10 +304,7 @@ impl ConfigModel for ToyConfig {
     }
 
     fn node_open(&self, node: u32, inc: u64) -> Option<ToyChange> {
-        self.open
-            .get(&node)
-            .is_none()
-            .then_some(ToyChange::Open { node, inc })
+        (!self.open.contains_key(&node)).then_some(ToyChange::Open { node, inc })
     }
 
     fn node_close(&self, node: u32, inc: u64) -> Option<ToyChange> {
