@@ -127,10 +127,10 @@ pub struct NodeConfig {
     /// Longest a node keeps a resync fence (its volume quiesced) before it breaks it
     /// on its own (`core::resync`).
     pub fence_lease_ms: u64,
-    /// The transactions of the node-crash recovery bookkeeping (`core::recovery`:
-    /// opens, recoveries, closes) reach the `txn.*` failpoints too (the simulator
-    /// crashes there); plexd turns it off, so a process armed with
-    /// `PLEXD_FAILPOINT` dies in a transaction a test asked for.
+    /// The master's own transactions (the node-crash recovery bookkeeping of
+    /// `core::recovery`: opens, recoveries, closes; the end of a resync) reach the
+    /// `txn.*` failpoints too (the simulator crashes there); plexd turns it off, so
+    /// a process armed with `PLEXD_FAILPOINT` dies in a transaction a test asked for.
     pub bookkeeping_failpoints: bool,
 }
 

@@ -62,8 +62,9 @@ pub(super) struct Recovery {
     data_plane_lost: bool,
     /// This node's request for the recovery of its own start, while in flight.
     self_recovering: Option<RequestId>,
-    /// The last transaction of the bookkeeping's own requests this node took part
-    /// in (see [`NodeConfig::bookkeeping_failpoints`]).
+    /// The last transaction of the master's own requests (this bookkeeping's, a
+    /// resync's end) this node took part in (see
+    /// [`NodeConfig::bookkeeping_failpoints`]).
     bookkeeping_txn: Option<TxnId>,
 }
 
@@ -335,7 +336,9 @@ impl<M: ConfigModel> Node<M> {
     /// A transaction starts here (validated on the master, checked on a slave):
     /// remembers whether it carries one of the bookkeeping's own requests.
     pub(super) fn recovery_note_txn(&mut self, txn: TxnId, origin: Origin) {
-        if is_own(origin.request) {
+        // The end of a resync (the master's own `resync_done`) too: a recovery
+        // starts resyncs that no test asked for.
+        if is_own(origin.request) || origin.request.0 >= RESYNC_REQUEST_BASE {
             self.recovery.bookkeeping_txn = Some(txn);
         }
     }
