@@ -1397,6 +1397,7 @@ impl<M: ConfigModel> Node<M> {
             return;
         }
         self.fence_lost_node(now_ms, peer);
+        self.recovery_member_lost(peer, view.incarnation(peer));
         self.master_new_view(now_ms, members);
         self.master_txn_member_lost(now_ms, peer);
         self.master_forget_joiner(now_ms, peer);

@@ -37,6 +37,11 @@ use crate::model::{Change, ClusterConfig, DiskGroupConfig, ExportProtocol};
 /// Jobs submitted to the driver and not yet answered, at most; the main loop waits
 /// for the driver when it would submit more (see [`DriverHandle::submit`]).
 pub const DRIVER_QUEUE_DEPTH: usize = 256;
+/// How long a clean stop waits for the shared volumes' I/O in flight to drain once
+/// the lease is revoked (then the node's start stays open: it is recovered).
+pub const STOP_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the clean stop looks at the I/O in flight meanwhile.
+pub const STOP_DRAIN_POLL: Duration = Duration::from_millis(5);
 /// How often an idle driver checks the private fences' leases.
 pub const FENCE_EXPIRY_PERIOD: Duration = Duration::from_millis(100);
 
@@ -187,6 +192,13 @@ pub enum Job {
         /// Why (logged).
         why: String,
     },
+    /// A clean stop: revoke the data plane's lease for good and wait for the shared
+    /// volumes' I/O in flight to drain, so no write of this node follows (node-crash
+    /// recovery: the core then asks the master to close this node's start).
+    StopSharedIo {
+        /// The shared volumes' bdev names.
+        volumes: Vec<String>,
+    },
     /// One attempt to reconnect to the lost data plane and load it.
     Reconnect {
         /// The number of the new connection (for its event thread).
@@ -274,6 +286,12 @@ pub enum Done {
     ChunkCopied {
         /// The fence.
         token: FenceToken,
+        /// Result.
+        result: Result<(), String>,
+    },
+    /// [`Job::StopSharedIo`]: Ok once no write of this node to a shared volume can
+    /// follow; Err names what could not be made sure of.
+    SharedIoStopped {
         /// Result.
         result: Result<(), String>,
     },
@@ -493,6 +511,39 @@ impl Driver {
         Done::Nothing
     }
 
+    /// [`Job::StopSharedIo`]: the lease revoked (in force on every reactor when the
+    /// data plane answers: new I/O to shared volumes fails, parked and held I/O too),
+    /// then the shared volumes' I/O still in flight drained: polled until none is
+    /// left, within [`STOP_DRAIN_TIMEOUT`]. Gates and staged layouts are left alone
+    /// (a transaction or a resync fence may hold them).
+    fn stop_shared_io(&mut self, volumes: &[String]) -> Result<(), String> {
+        self.lease.revoke_for_stop().map_err(|e| self.err(e))?;
+        let deadline = Instant::now() + STOP_DRAIN_TIMEOUT;
+        loop {
+            let listed = self
+                .kernel
+                .client()
+                .list_volumes()
+                .map_err(|e| self.err(format!("cannot list the data plane's volumes: {e}")))?;
+            let busy: Vec<String> = listed
+                .iter()
+                .filter(|v| v.inflight > 0 && volumes.contains(&v.name))
+                .map(|v| format!("{} ({} I/Os)", v.name, v.inflight))
+                .collect();
+            if busy.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(self.err(format!(
+                    "I/O in flight did not drain within {} ms of the stop: {}",
+                    STOP_DRAIN_TIMEOUT.as_millis(),
+                    busy.join(", ")
+                )));
+            }
+            std::thread::sleep(STOP_DRAIN_POLL);
+        }
+    }
+
     /// [`Job::Quiesce`]: the core's fence on a shared volume: quiesce it here.
     fn quiesce(&mut self, dg: String, volume: String, token: FenceToken) -> Done {
         let bdev = crate::model::volume_bdev(&dg, &volume);
@@ -624,6 +675,9 @@ impl Driver {
                 len,
                 deadline,
             } => self.copy_chunk(token, group, volume, plex, offset, len, deadline),
+            Job::StopSharedIo { volumes } => Done::SharedIoStopped {
+                result: self.stop_shared_io(&volumes),
+            },
             Job::BreakFences { why } => {
                 self.fences.break_all(self.kernel.client(), &why);
                 Done::Nothing

@@ -366,7 +366,7 @@ impl Daemon {
         }
         let left_ms = self
             .node
-            .lease_remaining_ms(now_ms(self.start))
+            .data_plane_lease_ms(now_ms(self.start))
             .min(self.file.cluster.lease_ms);
         self.lease.publish(left_ms);
     }
@@ -450,12 +450,32 @@ impl Daemon {
                     });
                 }
             }
+            Input::Shutdown if self.stopping => {}
             Input::Shutdown => {
                 self.stopping = true;
                 self.submit(Job::BreakFences {
                     why: "plexd is stopping".into(),
                 });
-                self.feed(Event::Shutdown);
+                // The data plane stops writing shared volumes (lease revoked for
+                // good, I/O in flight drained) before the core is told to stop and
+                // asks the master to close this start: no recovery follows a clean
+                // stop (core::recovery).
+                if self.kernel_lost.is_some() {
+                    self.stop_core(Err(format!("node {}: the data plane is lost", self.name)));
+                } else {
+                    let volumes = self
+                        .node
+                        .config()
+                        .groups
+                        .iter()
+                        .flat_map(|g| {
+                            g.volumes
+                                .iter()
+                                .map(|v| crate::model::volume_bdev(&g.name, &v.name))
+                        })
+                        .collect();
+                    self.submit(Job::StopSharedIo { volumes });
+                }
             }
             Input::DriverDone => {} // the main loop reads the answers after every input
             Input::QuorumDisk(done) => self.feed(match done {
@@ -463,6 +483,19 @@ impl Daemon {
                 qdisk::Done::Written { op, result } => Event::QuorumDiskWritten { op, result },
             }),
         }
+    }
+
+    /// The clean stop goes on in the core once this node's shared I/O stopped
+    /// (`result`): Ok, the core asks the master to close this start; otherwise a
+    /// write may still follow, and the start stays open (the master recovers it).
+    fn stop_core(&mut self, result: Result<(), String>) {
+        if let Err(e) = result {
+            log::error!(
+                "{e}; a write of this node may still reach the shared volumes: its start stays open and the master will resynchronise its mirrors"
+            );
+            self.node.keep_open_at_stop();
+        }
+        self.feed(Event::Shutdown);
     }
 
     fn on_plex_error(&mut self, volume: String, plex: String) {
@@ -924,6 +957,10 @@ impl Daemon {
                 result,
             }),
             Done::ChunkCopied { token, result } => Some(Event::ChunkCopied { token, result }),
+            Done::SharedIoStopped { result } => {
+                self.stop_core(result);
+                None
+            }
             Done::Nothing => None,
         }
     }
