@@ -37,8 +37,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
+use crate::error::TargetError;
+use crate::event::Event;
 use crate::reactor::{Poller, Reactor};
-use crate::target::{Event, Target, TargetError};
+use crate::target::Target;
 
 /// The errno a shared volume's I/O fails with while the lease is not valid
 /// (`ESHUTDOWN`, "cannot send after transport endpoint shutdown": this node's path

@@ -4,6 +4,7 @@
 //! - [`buf`]: the I/O buffer pool (hugepages when present) and per-reactor caches.
 //! - [`bdev`]: the block device framework and its backends.
 //! - [`volume`]: subdisks, plexes and volumes; quiesce and layout changes.
+//! - [`error`], [`event`]: the control operations' typed error; the event stream.
 //! - [`target`]: a running target: reactors + bdev registry + events.
 //! - [`lease`]: the data-plane lease that shared volumes are served under.
 //! - [`diag`]: synchronous bdev I/O from a control thread (diagnostic I/O, plexperf, tests).
@@ -12,6 +13,8 @@
 pub mod bdev;
 pub mod buf;
 pub mod diag;
+pub mod error;
+pub mod event;
 pub mod frontend;
 pub mod lease;
 pub mod perf;

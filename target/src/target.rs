@@ -2,82 +2,19 @@
 //! Several targets can live in one process (no globals); everything here is
 //! control-path code, the I/O path never touches the registry's lock.
 
-pub use plexd_target_api::info::{DetachPolicy, Event, EVENT_QUEUE_DEPTH};
+pub use crate::error::TargetError;
+pub use crate::event::{DetachPolicy, Event, EVENT_QUEUE_DEPTH};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::bdev::{Bdev, BdevDesc, BdevEvent, BdevEventFn, BdevInfo};
 use crate::buf::{BufPool, PoolConfig};
+use crate::event::EventBus;
 use crate::frontend::scsi::pr_cluster::{PrBroker, PrOutResult};
 use crate::lease::LeaseStatus;
 use crate::reactor::{ReactorConfig, ReactorSet};
 use crate::volume::{PlexState, VolumeInfo, VolumeSpec};
-
-/// A typed error of the data plane's control operations; every variant names the object.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TargetError {
-    /// No such object.
-    #[error("{kind} {name}: not found")]
-    NotFound {
-        /// `bdev`, `volume`, `plex`...
-        kind: &'static str,
-        /// Its name.
-        name: String,
-    },
-    /// The name is taken.
-    #[error("{kind} {name}: already exists")]
-    Exists {
-        /// `bdev`, `volume`...
-        kind: &'static str,
-        /// Its name.
-        name: String,
-    },
-    /// The object is used by another one.
-    #[error("{kind} {name}: in use by {user}")]
-    InUse {
-        /// `bdev`...
-        kind: &'static str,
-        /// Its name.
-        name: String,
-        /// Who uses it.
-        user: String,
-    },
-    /// A request that makes no sense for the object.
-    #[error("{object}: {reason}")]
-    Invalid {
-        /// The object, e.g. `volume vol1`.
-        object: String,
-        /// Why.
-        reason: String,
-    },
-    /// The data plane did not answer in time.
-    #[error("{object}: {reason}")]
-    Timeout {
-        /// The object, e.g. `volume vol1`.
-        object: String,
-        /// What did not finish, naming the reactors.
-        reason: String,
-    },
-    /// An operating-system error.
-    #[error("{object}: {reason}")]
-    Io {
-        /// The object.
-        object: String,
-        /// The OS error text.
-        reason: String,
-    },
-}
-
-impl TargetError {
-    /// Shorthand for [`TargetError::Invalid`].
-    pub fn invalid(object: impl Into<String>, reason: impl Into<String>) -> Self {
-        TargetError::Invalid {
-            object: object.into(),
-            reason: reason.into(),
-        }
-    }
-}
 
 /// How the target starts.
 #[derive(Clone, Debug, Default)]
@@ -88,16 +25,11 @@ pub struct TargetConfig {
     pub pool: PoolConfig,
 }
 
-struct Subscribers {
-    senders: Vec<smol::channel::Sender<Event>>,
-    dropped: u64,
-}
-
 /// One running data plane.
 pub struct Target {
     reactors: ReactorSet,
     bdevs: Mutex<BTreeMap<String, Arc<dyn Bdev>>>,
-    subscribers: Mutex<Subscribers>,
+    events: EventBus,
     detach_policy: Mutex<DetachPolicy>,
     /// Per-target state of the volume module (volumes, quiesce bookkeeping, the
     /// detach worker); the volume methods below call it.
@@ -123,10 +55,7 @@ impl Target {
             pr: Arc::new(PrBroker::new(me.clone())),
             reactors,
             bdevs: Mutex::new(BTreeMap::new()),
-            subscribers: Mutex::new(Subscribers {
-                senders: Vec::new(),
-                dropped: 0,
-            }),
+            events: EventBus::default(),
             detach_policy: Mutex::new(DetachPolicy::Local),
             volumes: Default::default(),
             lease: Default::default(),
@@ -236,31 +165,13 @@ impl Target {
 
     /// A new subscription to events. Each subscriber has its own bounded queue.
     pub fn subscribe(&self) -> smol::channel::Receiver<Event> {
-        let (tx, rx) = smol::channel::bounded(EVENT_QUEUE_DEPTH);
-        self.subscribers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .senders
-            .push(tx);
-        rx
+        self.events.subscribe()
     }
 
     /// Publishes an event to every subscriber without blocking (safe on reactors).
     /// Returns how many subscribers got it.
     pub fn publish(&self, ev: Event) -> usize {
-        let mut subs = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
-        subs.senders.retain(|s| !s.is_closed());
-        let mut dropped = 0usize;
-        for s in &subs.senders {
-            if s.try_send(ev.clone()).is_err() {
-                dropped += 1;
-            }
-        }
-        if dropped > 0 {
-            subs.dropped += dropped as u64;
-            log::warn!("event {ev:?}: {dropped} subscriber queue(s) full, event dropped");
-        }
-        subs.senders.len() - dropped
+        self.events.publish(ev)
     }
 
     /// The reservations of shared volumes kept by the cluster, and the PR OUT

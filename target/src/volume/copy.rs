@@ -24,9 +24,10 @@ use std::time::Duration;
 use super::spec::{Layout, PlexState};
 use crate::bdev::{BdevChannel, BdevIo, IoCallback, IoDone, IoKind, IoStatus};
 use crate::buf::{BufWait, BufWaiter, PoolBuf};
+use crate::error::TargetError;
 use crate::lease::LeaseState;
 use crate::reactor::{Msg, Reactor, CONTROL_SEND_TIMEOUT};
-use crate::target::{Target, TargetError};
+use crate::target::Target;
 
 pub use plexd_target_api::volume::MAX_COPY_BYTES;
 

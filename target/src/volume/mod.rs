@@ -46,8 +46,10 @@ use channel::VolumeChannel;
 use spec::Layout;
 
 use crate::bdev::{Bdev, BdevChannel, BdevInfo};
+use crate::error::TargetError;
+use crate::event::{DetachPolicy, Event};
 use crate::reactor::Reactor;
-use crate::target::{DetachPolicy, Event, Target, TargetError};
+use crate::target::Target;
 
 /// How long a prepare waits for in-flight I/O to drain by default.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);

@@ -12,7 +12,8 @@ pub use plexd_target_api::volume::{
 use std::sync::Arc;
 
 use crate::bdev::Bdev;
-use crate::target::{Target, TargetError};
+use crate::error::TargetError;
+use crate::target::Target;
 
 /// A subdisk resolved to its bdev.
 #[derive(Clone)]

@@ -40,7 +40,8 @@ use super::scsi::alua;
 use super::scsi::lun::Capacity;
 use super::scsi::pr::PrState;
 use super::scsi::{Identity, LunInfo, LunRt};
-use crate::target::{Target, TargetError};
+use crate::error::TargetError;
+use crate::target::Target;
 
 /// MaxRecvDataSegmentLength this target declares.
 pub const TARGET_MRDSL_BYTES: u32 = 256 << 10;

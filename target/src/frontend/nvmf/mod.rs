@@ -42,8 +42,9 @@ pub use config::{NamespaceConfig, NvmfConfig, SubsystemConfig};
 pub use subsys::{AnaState, DISCOVERY_NQN};
 
 use crate::bdev::BdevEvent;
+use crate::error::TargetError;
 use crate::lease::LeaseWatcher;
-use crate::target::{Target, TargetError};
+use crate::target::Target;
 use subsys::{CntlidAlloc, Ctrl, Namespace, NsIdent, Subsystem};
 
 /// In-capsule data a command may carry (IOCCSZ announces 64 + this).

@@ -10,7 +10,8 @@ use super::cdb::MAX_TRANSFER_BYTES;
 use super::pr::{Nexus, PrState};
 use super::pr_cluster::PrBroker;
 use crate::bdev::{Bdev, BdevDesc, BdevEvent};
-use crate::target::{Target, TargetError};
+use crate::error::TargetError;
+use crate::target::Target;
 
 /// Device identifiers derived from a LUN's `device_id` (by default the volume name
 /// or uuid): the same string gives the same ids on every node and after restarts.

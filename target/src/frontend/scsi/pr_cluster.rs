@@ -34,8 +34,10 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::pr::{Nexus, PrState};
+use crate::error::TargetError;
+use crate::event::Event;
 use crate::reactor::{Msg, Reactor, ReactorHandle, CONTROL_SEND_TIMEOUT};
-use crate::target::{Event, Target, TargetError};
+use crate::target::Target;
 
 /// Most PERSISTENT RESERVE OUT requests waiting for the coordinator per target;
 /// beyond it a PR OUT gets [`super::sense::STATE_TRANSITION`] at once.

@@ -14,8 +14,9 @@ use std::sync::Arc;
 use io_uring::{opcode, types};
 
 use super::{FrontendCore, Registry, Wire};
+use crate::error::TargetError;
 use crate::reactor::{Msg, Reactor, UringDone};
-use crate::target::{Target, TargetError};
+use crate::target::Target;
 
 /// Most connections accepted per readiness event (the poll is re-armed after).
 const ACCEPT_BATCH: usize = 64;
