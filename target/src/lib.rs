@@ -5,7 +5,9 @@
 //! - [`bdev`]: the block device framework and its backends.
 //! - [`volume`]: subdisks, plexes and volumes; quiesce and layout changes.
 //! - [`error`], [`event`]: the control operations' typed error; the event stream.
-//! - [`target`]: a running target: reactors + bdev registry + events.
+//! - [`services`]: what the layers share: reactors, bdev registry, events.
+//! - [`target`]: a running target, the composition root: services + volumes +
+//!   lease + reservations.
 //! - [`lease`]: the data-plane lease that shared volumes are served under.
 //! - [`diag`]: synchronous bdev I/O from a control thread (diagnostic I/O, plexperf, tests).
 //! - [`testutil`]: data patterns and temporary files for tests.
@@ -19,6 +21,7 @@ pub mod frontend;
 pub mod lease;
 pub mod perf;
 pub mod reactor;
+pub mod services;
 pub mod target;
 pub mod testutil;
 pub mod volume;
