@@ -12,6 +12,7 @@ use std::time::Duration;
 use crate::bdev::{Bdev, BdevDesc, BdevEvent, BdevEventFn, BdevInfo};
 use crate::buf::{BufPool, PoolConfig};
 use crate::frontend::scsi::pr_cluster::{PrBroker, PrOutResult};
+use crate::frontend::FrontendEnv;
 use crate::lease::{Lease, LeaseStatus, VolumeHooks};
 use crate::reactor::{ReactorConfig, ReactorSet};
 use crate::services::Services;
@@ -71,6 +72,16 @@ impl Target {
             volumes,
             svc,
         }))
+    }
+
+    /// What a frontend uses of this target.
+    pub fn frontend_env(&self) -> FrontendEnv {
+        FrontendEnv {
+            svc: Arc::clone(&self.svc),
+            volumes: Arc::clone(&self.volumes),
+            lease: Arc::clone(&self.lease),
+            pr: Arc::clone(&self.pr),
+        }
     }
 
     /// The reactors.
@@ -279,5 +290,12 @@ impl Target {
     /// The lease's state, time left and expiry count.
     pub fn lease_status(&self) -> LeaseStatus {
         self.lease.status()
+    }
+}
+
+/// A frontend is started on a target: `IscsiFrontend::start(&target, ..)`.
+impl From<&Arc<Target>> for FrontendEnv {
+    fn from(t: &Arc<Target>) -> FrontendEnv {
+        t.frontend_env()
     }
 }
