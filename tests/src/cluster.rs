@@ -1248,6 +1248,25 @@ impl Cluster {
         first.map(|(_, v)| v).ok_or_else(|| "no members".into())
     }
 
+    /// After every node died serving the shared volumes (a whole-cluster kill): the
+    /// configuration every member agrees on once the recovery of the dead starts is
+    /// over (no plex SYNCING; docs/PROTOCOL.md, "Node-crash recovery"), without the
+    /// groups' sequence numbers, which the recovery moves ([`without_seq`]).
+    pub fn recovered_print(&mut self) -> Value {
+        let p = wait_until(
+            "the recovery's resync to end",
+            Duration::from_secs(60),
+            || {
+                let p = self.agreed_print();
+                if p.to_string().contains("\"SYNCING\"") {
+                    return Err(format!("a plex is still SYNCING: {p}"));
+                }
+                Ok(p)
+            },
+        );
+        without_seq(&p)
+    }
+
     /// A shared configuration every member agrees on (waits for it).
     pub fn agreed_print(&mut self) -> Value {
         let live = self.live();
@@ -1339,4 +1358,17 @@ pub fn eventually<T>(
     f: impl FnMut() -> Result<T, String>,
 ) -> Result<T, String> {
     try_wait_until(desc, timeout, f)
+}
+
+/// `print` without the groups' sequence numbers.
+pub fn without_seq(print: &Value) -> Value {
+    let mut p = print.clone();
+    if let Some(groups) = p["disk_groups"].as_array_mut() {
+        for g in groups {
+            if let Some(o) = g.as_object_mut() {
+                o.remove("seq");
+            }
+        }
+    }
+    p
 }
