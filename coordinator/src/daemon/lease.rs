@@ -41,8 +41,9 @@ pub struct Renewer {
 }
 
 impl Renewer {
-    /// Starts the thread for node `node`, renewing on `client`.
-    pub fn start(node: &str, client: Arc<KernelClient>) -> Renewer {
+    /// Starts the thread for node `node`, renewing on `client`; `stall` (the
+    /// `lease.renew` failpoint) is slept between taking a lease and sending it.
+    pub fn start(node: &str, client: Arc<KernelClient>, stall: Option<Duration>) -> Renewer {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 client: Some(client),
@@ -54,7 +55,7 @@ impl Renewer {
         let name = node.to_string();
         let thread = std::thread::Builder::new()
             .name("lease".into())
-            .spawn(move || run(&name, &s))
+            .spawn(move || run(&name, &s, stall))
             .map_err(|e| log::error!("node {node}: cannot start the lease thread: {e}; the data plane will not be given a lease"))
             .ok();
         Renewer { shared, thread }
@@ -121,7 +122,7 @@ impl Drop for Renewer {
     }
 }
 
-fn run(node: &str, shared: &Shared) {
+fn run(node: &str, shared: &Shared, stall: Option<Duration>) {
     let mut seen = 0u64;
     // The data plane was last given a non-zero lease by this process.
     let mut held = false;
@@ -154,6 +155,9 @@ fn run(node: &str, shared: &Shared) {
             // granted runs on (the cluster waits it out): a restart inside the
             // lease never stops I/O.
             continue;
+        }
+        if let Some(d) = stall {
+            std::thread::sleep(d);
         }
         match client.renew_lease(left) {
             Ok(was_expired) => {

@@ -28,7 +28,11 @@ pub fn run(opts: Options) -> Result<(), String> {
     let files = file.disk_files();
     let qdisk = start_quorum_disk(&file, &me, &files, &tx)?;
     let (private, failed) = load_private_groups(&mut kernel, &file, &me.name, &files);
-    let lease = lease::Renewer::start(&me.name, kernel.shared_client());
+    let lease = lease::Renewer::start(
+        &me.name,
+        kernel.shared_client(),
+        failpoint.as_ref().and_then(|f| f.sleep_at("lease.renew")),
+    );
     let socket = kernel.client().path().to_string();
     let repairs = Arc::new(Mutex::new(disks::Repairs::default()));
     let driver = Driver {
