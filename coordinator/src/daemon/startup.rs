@@ -48,7 +48,7 @@ pub fn run(opts: Options) -> Result<(), String> {
         private: private.disk_groups.clone(),
     }
     .start()?;
-    let start = Instant::now();
+    let start = super::clock::CoreClock::start();
     let (mut node, membership_path) = new_node(&file, &me, inc, start);
     node.load_private(private);
     announce(&me);
@@ -217,7 +217,7 @@ fn new_node(
     file: &ClusterFile,
     me: &config::NodeEntry,
     inc: u64,
-    start: Instant,
+    start: super::clock::CoreClock,
 ) -> (Node<SharedConfig>, PathBuf) {
     let membership_path =
         membership::record_path(me.state_dir.as_deref(), &me.target_socket, me.id);
