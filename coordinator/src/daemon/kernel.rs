@@ -122,6 +122,12 @@ pub fn connection_lost(e: &ClientError) -> bool {
     matches!(e, ClientError::Connect { .. } | ClientError::Rpc { .. })
 }
 
+/// Whether `e` says the data plane does not know the method (an older
+/// plexd-target: Cap'n Proto's `Unimplemented`).
+pub fn unimplemented(e: &ClientError) -> bool {
+    matches!(e, ClientError::Rpc { reason, .. } if reason.starts_with("Unimplemented"))
+}
+
 /// Logs an error when the data plane at the other end of `client` runs in another
 /// time namespace than this process: the lease deadlines (`CLOCK_BOOTTIME`, which a
 /// time namespace offsets) would then be off by the difference of their offsets.

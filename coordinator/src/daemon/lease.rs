@@ -133,6 +133,9 @@ fn run(node: &str, shared: &Shared, stall: Option<Duration>) {
     let mut seen = 0u64;
     // The data plane was last given a non-zero lease by this process.
     let mut held = false;
+    // The connection whose data plane predates `renewLeaseUntil` (it is renewed
+    // with durations), if the current one is.
+    let mut old_target: Option<Arc<KernelClient>> = None;
     loop {
         let (client, left_ms, at, until_ns) = {
             let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -173,10 +176,24 @@ fn run(node: &str, shared: &Shared, stall: Option<Duration>) {
         if let Some(d) = stall {
             std::thread::sleep(d);
         }
-        let renewed = match until_ns {
+        let old = old_target.as_ref().is_some_and(|c| Arc::ptr_eq(c, &client));
+        let renewed = match until_ns.filter(|_| !old) {
             // The deadline, wherever the renewal got delayed; 0 revokes.
-            Some(until) => client.renew_lease_until(if left_ms == 0 { 0 } else { until }),
-            // No boot clock: the duration, measured from its arrival.
+            Some(until) => match client.renew_lease_until(if left_ms == 0 { 0 } else { until }) {
+                Err(e) if super::kernel::unimplemented(&e) => {
+                    log::warn!(
+                        "node {node}: plexd-target at {} predates renewLeaseUntil: its lease is renewed \
+                         with durations until it is upgraded (a renewal delayed on its way then extends \
+                         the lease by the delay)",
+                        client.path()
+                    );
+                    old_target = Some(Arc::clone(&client));
+                    client.renew_lease(left)
+                }
+                r => r,
+            },
+            // No boot clock, or an older data plane: the duration, measured from its
+            // arrival.
             None => client.renew_lease(left),
         };
         match renewed {
