@@ -282,6 +282,8 @@ struct SharedConfig {
   seq @0 :UInt64;
   groups @1 :List(Disk.DiskGroupConfig);
   updates @2 :List(DiskUpdate);   # what the commit that produced it writes to disks
+  openNodes @3 :List(OpenNodeStart); # open node starts (node-crash recovery), sorted;
+                                     # every shared group records a copy
 }
 
 struct DiskUpdate {
@@ -408,5 +410,13 @@ struct ConfigChange {
       scopeType @55 :UInt8;
       parameters @56 :Data;
     }
+    nodeOpen @57 :OpenNodeStart;    # node bookkeeping of every shared group
+    nodeClose @58 :OpenNodeStart;   # (docs/PROTOCOL.md, "Node-crash recovery")
+    nodeRecover @59 :OpenNodeStart;
   }
+}
+
+struct OpenNodeStart {
+  node @0 :UInt32;
+  incarnation @1 :UInt64;
 }

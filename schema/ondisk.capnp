@@ -19,6 +19,15 @@ struct DiskGroupConfig {
   seq @5 :UInt64;               # configuration sequence number
   disks @6 :List(Disk);
   volumes @7 :List(Volume);
+  openNodes @8 :List(OpenNode); # shared: nodes that may have left mirrors divergent (added
+                                # later in format 1; absent = none; docs/ONDISK.md)
+}
+
+# A node whose data plane may write the group's shared mirrored volumes and that has
+# not stopped cleanly since it joined: if it is lost, its mirrors are recovered.
+struct OpenNode {
+  node @0 :UInt32;              # node id (cluster file)
+  incarnation @1 :UInt64;       # the node's start that joined
 }
 
 struct Disk {

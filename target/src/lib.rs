@@ -15,6 +15,7 @@ pub mod diag;
 pub mod frontend;
 pub mod lease;
 pub mod perf;
+pub mod perf_nvmf;
 pub mod reactor;
 pub mod target;
 pub mod testutil;

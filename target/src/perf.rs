@@ -164,7 +164,25 @@ struct Job {
     done_tx: RefCell<Option<mpsc::Sender<Part>>>,
 }
 
-fn fill_pattern(buf: &mut [u8], seed: u64, offset: u64, generation: u64) {
+/// The next number of a xorshift64* sequence (cheap, deterministic for a seed).
+pub fn xorshift(state: &mut u64) -> u64 {
+    let mut x = *state;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *state = x;
+    x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+}
+
+/// The block a verify slot uses next: slots own disjoint blocks (block %
+/// `slot_count` == the slot's `global` index), `rand` picks the row.
+pub fn verify_offset(blocks: u64, slot_count: u64, global: u64, rand: u64) -> u64 {
+    let rows = (blocks - global).div_ceil(slot_count).max(1);
+    (rand % rows) * slot_count + global
+}
+
+/// Fills `buf` with the verify pattern of (`seed`, `offset`, `generation`).
+pub fn fill_pattern(buf: &mut [u8], seed: u64, offset: u64, generation: u64) {
     let key = seed ^ generation.wrapping_mul(0xA076_1D64_78BD_642F);
     for (i, w) in buf.chunks_exact_mut(8).enumerate() {
         let v = ((offset + 8 * i as u64) ^ key).wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -176,11 +194,9 @@ impl Job {
     fn next_rand(&self) -> u64 {
         // xorshift64*: cheap, per reactor, deterministic for a seed.
         let mut x = self.rng.get();
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
+        let r = xorshift(&mut x);
         self.rng.set(x);
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        r
     }
 
     fn pick_offset(&self, slot: usize) -> u64 {
@@ -194,9 +210,7 @@ impl Job {
             Workload::Verify => {
                 // Slots own disjoint blocks: block % slot_count == this slot's index.
                 let global = self.slot_base + slot as u64;
-                let rows = (self.blocks - global).div_ceil(self.slot_count).max(1);
-                let row = self.next_rand() % rows;
-                (row * self.slot_count + global) * bs
+                verify_offset(self.blocks, self.slot_count, global, self.next_rand()) * bs
             }
             _ => (self.next_rand() % self.blocks) * bs,
         }

@@ -521,10 +521,17 @@ const NVME_PORT: u16 = 4420;
 /// sha256, fio with crc32c verification (1 MiB sequential writes, 4 KiB random
 /// read/write), `nvme disconnect`; then a connect with header and data digests,
 /// 4 KiB and 128 KiB random jobs, a read-back verify of the first writes, and a
-/// disconnect. Regions (MiB): w1m 0-32, rr4k 64-72, dd 100-108, rr4k-crc 112-120,
+/// disconnect. Reservations: after identify the host registers and acquires
+/// write exclusive (`resv-register`, `resv-acquire`, `resv-report`: type 1, one
+/// registrant); after the first disconnect a second host NQN connects, its write
+/// fails with the reservation conflict, its read succeeds, its report shows the
+/// reservation; after the digest connect the first host releases and unregisters
+/// (`resv-release`, report: type 0, no registrant) and the jobs write again. Regions (MiB): w1m 0-32, rr4k 64-72, dd 100-108, rr4k-crc 112-120,
 /// rr128k-crc 128-160.
 const NVME_SCRIPT: &str = r#"
 A=@ADDR@; S=@PORT@; NQN=@NQN@
+HOSTB=nqn.2014-08.org.nvmexpress:uuid:0b0b0b0b-0000-4000-8000-00000000000b
+HOSTB_ID=0b0b0b0b-0000-4000-8000-00000000000b
 res() { echo "PLEXD-RESULT $*"; }
 # ndev: waits for the namespace's block device (not the hidden nvmeXcYnZ paths).
 ndev() {
@@ -560,6 +567,12 @@ nvme list
 timeout 30 nvme id-ctrl $DEV >/tmp/idc && timeout 30 nvme id-ns $DEV >/tmp/idn && timeout 30 nvme ana-log $DEV >/tmp/ana; rc=$?
 grep -E '^(sn|mn|cntlid|subnqn|ioccsz|cmic|anacap) ' /tmp/idc; grep -E '^(nsze|nmic|anagrpid) ' /tmp/idn; cat /tmp/ana
 grep -q "$NQN" /tmp/idc || rc=1; res identify rc=$rc
+# Reservations, this host (A): register key a1, acquire write exclusive (type 1).
+timeout 30 nvme resv-register $DEV --nrkey=161 --rrega=0; rc=$?
+timeout 30 nvme resv-acquire $DEV --crkey=161 --rtype=1 --racqa=0 || rc=1
+timeout 30 nvme resv-report $DEV >/tmp/rr || rc=1; cat /tmp/rr
+grep -Eq 'rtype[^0-9]*1$' /tmp/rr && grep -Eq 'regctl[^0-9]*1$' /tmp/rr || rc=1
+res resv-acquire rc=$rc
 dd if=/dev/urandom of=/tmp/pat bs=1M count=8 2>/dev/null
 dd if=/tmp/pat of=$DEV bs=1M seek=100 conv=fsync 2>/dev/null; rc=$?
 echo 3 > /proc/sys/vm/drop_caches
@@ -569,8 +582,25 @@ a=$(sha256sum </tmp/pat); b=$(sha256sum </tmp/back); echo "dd sha256 $a / $b"
 job w1m $DEV --rw=write --bs=1m --iodepth=4 --size=32m
 job rr4k $DEV --rw=randrw --bs=4k --iodepth=16 --offset=64m --size=8m --randrepeat=0
 timeout 30 nvme disconnect -n $NQN; rc=$?; gone || rc=1; res disconnect rc=$rc
+# A second host (B, its own NQN and host id): its write conflicts with A's write
+# exclusive reservation, its read does not, its report shows A's registration.
+timeout 60 nvme connect -t tcp -a $A -s $S -n $NQN --hostnqn=$HOSTB --hostid=$HOSTB_ID; rc=$?; ndev
+[ -n "$DEV" ] || rc=1
+dd if=/dev/zero of=$DEV bs=4k count=1 seek=24576 oflag=direct 2>/tmp/wb && { echo "host B wrote"; rc=1; }
+cat /tmp/wb
+dd if=$DEV of=/dev/null bs=4k count=1 skip=24576 iflag=direct 2>/dev/null || rc=1
+timeout 30 nvme resv-report $DEV >/tmp/rr || rc=1; cat /tmp/rr
+grep -Eq 'rtype[^0-9]*1$' /tmp/rr || rc=1
+res resv-conflict rc=$rc
+timeout 30 nvme disconnect -n $NQN; rc=$?; gone || rc=1; res disconnect rc=$rc
 timeout 60 nvme connect -t tcp -a $A -s $S -n $NQN --hdr-digest --data-digest; rc=$?; ndev
 [ -n "$DEV" ] || rc=1; res connect-digests rc=$rc
+# Host A releases and unregisters: the jobs below write again.
+timeout 30 nvme resv-release $DEV --crkey=161 --rtype=1 --rrela=0; rc=$?
+timeout 30 nvme resv-register $DEV --crkey=161 --rrega=1 || rc=1
+timeout 30 nvme resv-report $DEV >/tmp/rr || rc=1; cat /tmp/rr
+grep -Eq 'rtype[^0-9]*0$' /tmp/rr && grep -Eq 'regctl[^0-9]*0$' /tmp/rr || rc=1
+res resv-release rc=$rc
 job rr4k-crc $DEV --rw=randrw --bs=4k --iodepth=16 --offset=112m --size=8m --randrepeat=0
 job rr128k-crc $DEV --rw=randrw --bs=128k --iodepth=16 --offset=128m --size=32m --randrepeat=0
 job readback $DEV --rw=write --bs=1m --iodepth=4 --size=32m --verify_only
@@ -579,15 +609,19 @@ echo PLEXD-DMESG-BEGIN; dmesg; echo PLEXD-DMESG-END
 "#;
 
 /// The steps NVME_SCRIPT must report with rc=0.
-const NVME_STEPS: [&str; 12] = [
+const NVME_STEPS: [&str; 16] = [
     "discover",
     "connect",
     "identify",
+    "resv-acquire",
     "dd-sha256",
     "job-w1m",
     "job-rr4k",
     "disconnect",
+    "resv-conflict",
+    "disconnect",
     "connect-digests",
+    "resv-release",
     "job-rr4k-crc",
     "job-rr128k-crc",
     "job-readback",

@@ -41,6 +41,10 @@ pub const JOIN_TIMEOUT: Duration = Duration::from_secs(20);
 pub const CTL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the members get to show the same configuration after a change.
 pub const CONVERGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a restarted plexd may take to be given a lease: its old start's lease
+/// to run out, then two transactions (the old start's recovery, the new one's
+/// open), each possibly slowed by a 2.5 s failpoint.
+pub const RESTART_LEASE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a process armed with a failpoint gets to reach it.
 pub const FAILPOINT_TIMEOUT: Duration = Duration::from_secs(20);
 /// What plexd's answer says when a change may go through if asked again soon.
@@ -709,7 +713,14 @@ impl Cluster {
 
     /// Kills node `i`'s plexd if it runs, starts it again with `failpoint` armed (or
     /// none), and waits until every node with a running plexd is a member.
+    ///
+    /// Then it waits until the new plexd granted its data plane a lease: the master
+    /// recovered the old start (once that start's lease ran out) and opened the new
+    /// one (docs/PROTOCOL.md, "Node-crash recovery"), and until the resync that
+    /// recovery started ended, so a test's next change is not queued behind that
+    /// bookkeeping and the node serves its own start's lease.
     pub fn restart_coordinator(&mut self, i: usize, failpoint: Option<&str>) {
+        let grants = self.lease_grants(i);
         self.kill_coordinator(i);
         self.set_failpoint(i, failpoint);
         if !self.target_running(i) {
@@ -717,6 +728,41 @@ impl Cluster {
         }
         self.start_coordinator(i);
         self.wait_all_joined();
+        let desc = format!(
+            "plexd {} to be given its data-plane lease after its restart",
+            self.nodes[i].name
+        );
+        wait_until(&desc, RESTART_LEASE_TIMEOUT, || {
+            match self.lease_grants(i) > grants {
+                true => Ok(()),
+                false => Err("no lease granted yet".to_string()),
+            }
+        });
+        // And until the resync that recovery started is over (its end is one more
+        // transaction of the master's own).
+        let desc = format!(
+            "the resync after plexd {}'s restart to end",
+            self.nodes[i].name
+        );
+        wait_until(&desc, RESTART_LEASE_TIMEOUT, || {
+            let p = self.try_ctl_json(i, "print")?;
+            match shared_groups(&p)
+                .iter()
+                .any(|g| g.to_string().contains("\"SYNCING\""))
+            {
+                true => Err("a plex is SYNCING".to_string()),
+                false => Ok(()),
+            }
+        });
+    }
+
+    /// How many times node `i`'s plexd processes logged granting their data plane a
+    /// lease (the log is appended across restarts).
+    fn lease_grants(&self, i: usize) -> usize {
+        std::fs::read_to_string(self.nodes[i].dir.join("plexd.log"))
+            .unwrap_or_default()
+            .matches("data-plane lease granted")
+            .count()
     }
 
     /// Starts whatever of node `i` is not running (target, then plexd), waits joined.
@@ -1159,19 +1205,23 @@ impl Cluster {
                 .filter(|i| names.contains(&self.nodes[*i].name))
                 .collect::<Vec<_>>()
         };
-        let print = wait_until(
-            "every member to show the same shared configuration",
+        // The configuration and the data planes together: a change the master makes
+        // of its own (a node-crash recovery, the opening of a joiner, a resync's
+        // fence or its end) may still be under way; they settle.
+        wait_until(
+            "every member to show the same shared configuration, its data plane holding it",
             CONVERGE_TIMEOUT,
-            || self.same_print(&members),
+            || {
+                let print = self.same_print(&members)?;
+                for &i in &members {
+                    crate::invariants::kernel_has_volumes(&print, &self.kernel(i))
+                        .map_err(|e| format!("node {}: {e}", self.nodes[i].name))?;
+                }
+                crate::invariants::disks_hold(&print, &self.disks).map_err(|e| {
+                    format!("the disks do not hold the configuration the nodes show: {e}")
+                })
+            },
         );
-        if let Err(e) = crate::invariants::disks_hold(&print, &self.disks) {
-            panic!("the disks do not hold the configuration the nodes show: {e}");
-        }
-        for &i in &members {
-            if let Err(e) = crate::invariants::kernel_has_volumes(&print, &self.kernel(i)) {
-                panic!("node {}: {e}", self.nodes[i].name);
-            }
-        }
         if let Err(e) = self.verify_patterns_on(&members) {
             panic!("data lost: {e}");
         }

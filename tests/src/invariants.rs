@@ -222,6 +222,7 @@ mod tests {
             seq: 7,
             disks: Vec::new(),
             volumes,
+            open_nodes: Vec::new(),
         }
     }
 

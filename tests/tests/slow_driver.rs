@@ -216,6 +216,15 @@ fn sigterm_during_a_slow_kernel_prepare_lets_the_change_complete_then_stops_clea
     let fp = format!("driver.kernel_prepare:sleep={SLOW_MS}");
     c.restart_coordinator(1, Some(&fp));
     let log = c.nodes[1].dir.join("plexd.log");
+    // The transactions after b's restart (its old start's recovery, the new one's
+    // open) slept there already: wait for the change's own sleep.
+    let sleeps = |log: &std::path::Path| {
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .matches("failpoint driver.kernel_prepare: sleeping")
+            .count()
+    };
+    let slept = sleeps(&log);
     let pid = Pid::from_raw(i32::try_from(c.plexd_pid(1).expect("b's plexd runs")).unwrap());
     let c_ref: &Cluster = &c;
     let out = std::thread::scope(|s| {
@@ -223,12 +232,9 @@ fn sigterm_during_a_slow_kernel_prepare_lets_the_change_complete_then_stops_clea
         wait_until(
             "node b to sleep in its kernel prepare",
             CHANGE_TIMEOUT,
-            || {
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
-                match text.contains("failpoint driver.kernel_prepare: sleeping") {
-                    true => Ok(()),
-                    false => Err("not yet".to_string()),
-                }
+            || match sleeps(&log) > slept {
+                true => Ok(()),
+                false => Err("not yet".to_string()),
             },
         );
         kill(pid, Signal::SIGTERM).expect("SIGTERM b's plexd");

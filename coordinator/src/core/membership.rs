@@ -198,6 +198,8 @@ impl<M: ConfigModel> Node<M> {
         self.out.push(Action::KernelLoad {
             config: self.committed.config.clone(),
         });
+        // Formed from the disks: what it loaded is on them.
+        self.recovery_durable(self.committed.txn);
         self.install_view(now_ms, view);
         let line = format!(
             "node {}: formed the cluster as master (view {}, configuration seq {})",
@@ -209,32 +211,17 @@ impl<M: ConfigModel> Node<M> {
     }
 
     pub(super) fn on_message(&mut self, now_ms: u64, from: NodeId, msg: Message) {
-        let Some(peer) = self.peers.get_mut(&from) else {
+        if !self.peers.contains_key(&from) {
             log::warn!(
                 "node {}: message {} from unknown node {from} ignored",
                 self.cfg.me,
                 msg.kind()
             );
             return;
-        };
+        }
         if let Message::Heartbeat { incarnation, .. } | Message::JoinRequest { incarnation } = msg {
-            if peer.incarnation.is_some_and(|i| incarnation < i) {
-                log::debug!(
-                    "node {}: message from an older incarnation of node {from} ignored",
-                    self.cfg.me
-                );
+            if !self.note_incarnation(now_ms, from, incarnation) {
                 return;
-            }
-            let restarted = peer.incarnation.is_some_and(|i| i < incarnation);
-            if peer.incarnation != Some(incarnation) {
-                // A new start: its clock and its confirmations start again.
-                peer.stamp_heard_ms = None;
-                peer.confirmed_ms = None;
-            }
-            peer.incarnation = Some(incarnation);
-            peer.heard_incarnation = Some(incarnation);
-            if restarted {
-                self.on_peer_gone(now_ms, from, "it restarted");
             }
         }
         let Some(peer) = self.peers.get_mut(&from) else {
@@ -243,144 +230,7 @@ impl<M: ConfigModel> Node<M> {
         peer.last_heard_ms = Some(now_ms);
         peer.gone = false;
         match msg {
-            Message::Heartbeat {
-                incarnation,
-                view_id,
-                master,
-                member,
-                stamp_ms,
-                echo,
-                lease_left_ms,
-                max_view,
-                member_ago_ms,
-                txns,
-                leased,
-                heard,
-                disk_vote,
-                ..
-            } => {
-                self.max_view_seen = self.max_view_seen.max(max_view);
-                if let Some(ago) = member_ago_ms {
-                    let t = now_ms.saturating_sub(ago);
-                    self.last_cluster_ms = Some(self.last_cluster_ms.map_or(t, |l| l.max(t)));
-                    if !(member && master == Some(self.cfg.me)) {
-                        peer.other_cluster_ms = Some(peer.other_cluster_ms.map_or(t, |l| l.max(t)));
-                    }
-                }
-                peer.view_id = view_id;
-                peer.master = master;
-                peer.member = member;
-                peer.disk_vote = disk_vote;
-                self.on_heartbeat_lease(now_ms, from, stamp_ms, echo, lease_left_ms);
-                let mine = self.view.as_ref().map(|v| (v.id, v.master));
-                if let Some((_, my_master)) = mine {
-                    // My master says it is no master any more (it abdicated): it is
-                    // gone as far as succession goes.
-                    let abdicated = !member || master != Some(from);
-                    let left_my_view = !member || master.is_some_and(|m| m != my_master);
-                    let in_my_view = self.view.as_ref().is_some_and(|v| v.contains(from));
-                    // While this node waits for a successor, a member that says it
-                    // is out of this view (or follows another master) cannot be it.
-                    if matches!(self.state, State::Member)
-                        && !self.is_master()
-                        && from != my_master
-                        && in_my_view
-                        && left_my_view
-                        && self.suspected.contains(&my_master)
-                        && !self.suspected.contains(&from)
-                    {
-                        self.suspected.insert(from);
-                        self.maybe_take_over(now_ms);
-                        return;
-                    }
-                    if matches!(self.state, State::Member)
-                        && !self.is_master()
-                        && from == my_master
-                        && abdicated
-                        && !self.suspected.contains(&from)
-                    {
-                        let line = format!(
-                            "node {}: master node {} is no longer master",
-                            self.name(self.cfg.me),
-                            self.name(from)
-                        );
-                        self.log(log::Level::Warn, line);
-                        self.suspected.insert(from);
-                        self.maybe_take_over(now_ms);
-                        return;
-                    }
-                }
-                if let State::Joining {
-                    master: joining, ..
-                } = self.state
-                {
-                    if joining == from && (!member || master != Some(from)) {
-                        log::info!(
-                            "node {}: node {} is no longer master; listening again",
-                            self.cfg.me,
-                            from
-                        );
-                        self.state = State::Discovering { since_ms: now_ms };
-                    }
-                }
-                if self.is_master() && member && master == Some(self.cfg.me) {
-                    self.master_resend_view(now_ms, from, view_id);
-                }
-                if let Some((my_view, my_master)) = mine {
-                    // Healing: another master leads a newer view (it took over
-                    // while this node was cut off or frozen) and holds its lease.
-                    // Leave and join it. A master without a lease (one cut off
-                    // that numbered views nobody else received) gives way itself.
-                    if matches!(self.state, State::Member)
-                        && member
-                        && master == Some(from)
-                        && from != my_master
-                        && view_id > my_view
-                        && leased
-                        && self.heard_lately(now_ms, heard)
-                    {
-                        let reason = format!(
-                            "node {} leads newer view {view_id} (this node held view {my_view}); rejoining",
-                            self.name(from)
-                        );
-                        if self.is_master() {
-                            self.master_abdicate(now_ms, reason);
-                        } else {
-                            self.leave_cluster(now_ms, reason);
-                        }
-                        return;
-                    }
-                }
-                self.max_view_seen = self.max_view_seen.max(view_id);
-                if let Some(state) = txns {
-                    let from_my_master = matches!(self.state, State::Member)
-                        && !self.is_master()
-                        && member
-                        && master == Some(from)
-                        && !self.suspected.contains(&from)
-                        && self.view.as_ref().is_some_and(|v| {
-                            v.master == from
-                                && v.id == view_id
-                                && v.incarnation(from) == Some(incarnation)
-                        });
-                    if from_my_master {
-                        let _ = self.slave_sync(now_ms, from, state);
-                    }
-                }
-                if matches!(self.state, State::Discovering { .. })
-                    && member
-                    && master == Some(from)
-                    && !self.stopping
-                {
-                    self.state = State::Joining {
-                        master: from,
-                        step: JoinStep::Requested,
-                    };
-                    self.joining_since_ms = now_ms;
-                    let incarnation = self.cfg.incarnation;
-                    self.send(from, Message::JoinRequest { incarnation });
-                }
-            }
+            msg @ Message::Heartbeat { .. } => self.on_heartbeat(now_ms, from, msg),
             Message::Forward { request, body } => {
                 self.master_on_forward(now_ms, from, request, body)
             }
@@ -436,6 +286,16 @@ impl<M: ConfigModel> Node<M> {
                 last_txn,
                 reasons,
             } => self.on_view(now_ms, from, view, config_seq, last_txn, reasons),
+            msg @ (Message::Fence { .. }
+            | Message::FenceReply { .. }
+            | Message::Release { .. }
+            | Message::ReleaseReply { .. }) => self.on_resync_message(now_ms, from, msg),
+        }
+    }
+
+    /// The resync fences' messages (`core::resync`).
+    fn on_resync_message(&mut self, now_ms: u64, from: NodeId, msg: Message) {
+        match msg {
             Message::Fence {
                 token,
                 dg,
@@ -448,6 +308,217 @@ impl<M: ConfigModel> Node<M> {
             Message::Release { token } => self.on_release(now_ms, from, token),
             Message::ReleaseReply { token, intact } => {
                 self.copier_on_release_reply(now_ms, from, token, intact)
+            }
+            _ => {}
+        }
+    }
+
+    /// Notes the incarnation a peer's heartbeat or join request carries: false when it
+    /// comes from an older start (the message is ignored); a newer start resets the
+    /// peer's clock and confirmations and counts as the old start's loss.
+    fn note_incarnation(&mut self, now_ms: u64, from: NodeId, incarnation: u64) -> bool {
+        let Some(peer) = self.peers.get_mut(&from) else {
+            return false;
+        };
+        if peer.incarnation.is_some_and(|i| incarnation < i) {
+            log::debug!(
+                "node {}: message from an older incarnation of node {from} ignored",
+                self.cfg.me
+            );
+            return false;
+        }
+        let restarted = peer.incarnation.is_some_and(|i| i < incarnation);
+        if peer.incarnation != Some(incarnation) {
+            // A new start: its clock and its confirmations start again.
+            peer.stamp_heard_ms = None;
+            peer.confirmed_ms = None;
+        }
+        peer.incarnation = Some(incarnation);
+        peer.heard_incarnation = Some(incarnation);
+        if restarted {
+            self.on_peer_gone(now_ms, from, "it restarted");
+        }
+        true
+    }
+
+    /// A peer's heartbeat: what it says of itself and its view, its lease stamps, then
+    /// succession, joining, healing, the master's transaction state and discovery.
+    fn on_heartbeat(&mut self, now_ms: u64, from: NodeId, msg: Message) {
+        let Message::Heartbeat {
+            incarnation,
+            view_id,
+            master,
+            member,
+            stamp_ms,
+            echo,
+            lease_left_ms,
+            max_view,
+            member_ago_ms,
+            txns,
+            leased,
+            heard,
+            disk_vote,
+            ..
+        } = msg
+        else {
+            return;
+        };
+        self.max_view_seen = self.max_view_seen.max(max_view);
+        let me = self.cfg.me;
+        if let Some(ago) = member_ago_ms {
+            let t = now_ms.saturating_sub(ago);
+            self.last_cluster_ms = Some(self.last_cluster_ms.map_or(t, |l| l.max(t)));
+            if !(member && master == Some(me)) {
+                if let Some(peer) = self.peers.get_mut(&from) {
+                    peer.other_cluster_ms = Some(peer.other_cluster_ms.map_or(t, |l| l.max(t)));
+                }
+            }
+        }
+        if let Some(peer) = self.peers.get_mut(&from) {
+            peer.view_id = view_id;
+            peer.master = master;
+            peer.member = member;
+            peer.disk_vote = disk_vote;
+        }
+        self.on_heartbeat_lease(now_ms, from, stamp_ms, echo, lease_left_ms);
+        let mine = self.view.as_ref().map(|v| (v.id, v.master));
+        if let Some((_, my_master)) = mine {
+            if self.heartbeat_succession(now_ms, from, my_master, master, member) {
+                return;
+            }
+        }
+        self.heartbeat_while_joining(now_ms, from, master, member);
+        if self.is_master() && member && master == Some(me) {
+            self.master_resend_view(now_ms, from, view_id);
+        }
+        if let Some((my_view, my_master)) = mine {
+            // Healing: another master leads a newer view (it took over while this
+            // node was cut off or frozen) and holds its lease. Leave and join it. A
+            // master without a lease (one cut off that numbered views nobody else
+            // received) gives way itself.
+            if matches!(self.state, State::Member)
+                && member
+                && master == Some(from)
+                && from != my_master
+                && view_id > my_view
+                && leased
+                && self.heard_lately(now_ms, heard)
+            {
+                self.give_way_to(now_ms, from, view_id, my_view);
+                return;
+            }
+        }
+        self.max_view_seen = self.max_view_seen.max(view_id);
+        if let Some(state) = txns {
+            let from_my_master = matches!(self.state, State::Member)
+                && !self.is_master()
+                && member
+                && master == Some(from)
+                && !self.suspected.contains(&from)
+                && self.view.as_ref().is_some_and(|v| {
+                    v.master == from && v.id == view_id && v.incarnation(from) == Some(incarnation)
+                });
+            if from_my_master {
+                let _ = self.slave_sync(now_ms, from, state);
+            }
+        }
+        if matches!(self.state, State::Discovering { .. })
+            && member
+            && master == Some(from)
+            && !self.stopping
+        {
+            self.request_join(now_ms, from);
+        }
+    }
+
+    /// Leaves this node's view for the newer one `from` leads (a master abdicates).
+    fn give_way_to(&mut self, now_ms: u64, from: NodeId, view_id: u64, my_view: u64) {
+        let reason = format!(
+            "node {} leads newer view {view_id} (this node held view {my_view}); rejoining",
+            self.name(from)
+        );
+        if self.is_master() {
+            self.master_abdicate(now_ms, reason);
+        } else {
+            self.leave_cluster(now_ms, reason);
+        }
+    }
+
+    /// A discovering node asks master `from` to let it join.
+    fn request_join(&mut self, now_ms: u64, from: NodeId) {
+        self.state = State::Joining {
+            master: from,
+            step: JoinStep::Requested,
+        };
+        self.joining_since_ms = now_ms;
+        let incarnation = self.cfg.incarnation;
+        self.send(from, Message::JoinRequest { incarnation });
+    }
+
+    /// Succession, on a heartbeat while this slave has a view: a member out of the
+    /// view cannot be the successor this node waits for; a master that abdicated is
+    /// suspected. True when it acted (the heartbeat needs nothing more).
+    fn heartbeat_succession(
+        &mut self,
+        now_ms: u64,
+        from: NodeId,
+        my_master: NodeId,
+        master: Option<NodeId>,
+        member: bool,
+    ) -> bool {
+        if !matches!(self.state, State::Member) || self.is_master() {
+            return false;
+        }
+        // My master says it is no master any more (it abdicated): it is
+        // gone as far as succession goes.
+        let abdicated = !member || master != Some(from);
+        let left_my_view = !member || master.is_some_and(|m| m != my_master);
+        let in_my_view = self.view.as_ref().is_some_and(|v| v.contains(from));
+        // While this node waits for a successor, a member that says it
+        // is out of this view (or follows another master) cannot be it.
+        if from != my_master
+            && in_my_view
+            && left_my_view
+            && self.suspected.contains(&my_master)
+            && !self.suspected.contains(&from)
+        {
+            self.suspected.insert(from);
+            self.maybe_take_over(now_ms);
+            return true;
+        }
+        if from == my_master && abdicated && !self.suspected.contains(&from) {
+            let line = format!(
+                "node {}: master node {} is no longer master",
+                self.name(self.cfg.me),
+                self.name(from)
+            );
+            self.log(log::Level::Warn, line);
+            self.suspected.insert(from);
+            self.maybe_take_over(now_ms);
+            return true;
+        }
+        false
+    }
+
+    /// A joiner whose master says it is no master any more listens again.
+    fn heartbeat_while_joining(
+        &mut self,
+        now_ms: u64,
+        from: NodeId,
+        master: Option<NodeId>,
+        member: bool,
+    ) {
+        if let State::Joining {
+            master: joining, ..
+        } = self.state
+        {
+            if joining == from && (!member || master != Some(from)) {
+                log::info!(
+                    "node {}: node {} is no longer master; listening again",
+                    self.cfg.me,
+                    from
+                );
+                self.state = State::Discovering { since_ms: now_ms };
             }
         }
     }
@@ -740,43 +811,7 @@ impl<M: ConfigModel> Node<M> {
             unreachable!("taking over without a view")
         };
         self.max_view_seen = self.max_view_seen.max(newest.id);
-        let master_alive = self
-            .peers
-            .get(&newest.master)
-            .is_some_and(|p| !p.gone && !self.suspected.contains(&newest.master));
-        if newest.id > mine.id && !newest.contains(me) {
-            let reason = format!(
-                "node {}: view {} of master node {} is newer than this node's view {} and leaves this node out; rejoining",
-                self.name(me),
-                newest.id,
-                self.name(newest.master),
-                mine.id
-            );
-            self.leave_cluster(now_ms, reason);
-            return;
-        }
-        if newest.id > mine.id && master_alive {
-            log::info!(
-                "node {me}: view {} of master {} is newer; not taking over",
-                newest.id,
-                newest.master
-            );
-            return;
-        }
-        if self.max_view_seen > newest.id {
-            // A live node has seen a view newer than every view the answers hold:
-            // a newer master formed a cluster or took over since (this node was
-            // frozen or cut off), wrote the disks, and may have committed over the
-            // base view's pending transaction. That transaction and the base view
-            // are no longer this node's to complete: it rejoins instead.
-            let reason = format!(
-                "node {}: view {} is newer than view {} this takeover from master node {} would build on; rejoining instead",
-                self.name(me),
-                self.max_view_seen,
-                newest.id,
-                self.name(newest.master)
-            );
-            self.leave_cluster(now_ms, reason);
+        if !self.takeover_base_holds(now_ms, &newest, &mine) {
             return;
         }
         self.suspected.insert(newest.master);
@@ -796,6 +831,66 @@ impl<M: ConfigModel> Node<M> {
             );
             return;
         }
+        self.takeover_count_votes(now_ms, newest, heard_master_ms, round, started_ms);
+    }
+
+    /// Takeover: whether the newest view the answers hold is still this node's to take
+    /// over from (false: it rejoined instead, or a newer live master leads).
+    fn takeover_base_holds(&mut self, now_ms: u64, newest: &View, mine: &View) -> bool {
+        let me = self.cfg.me;
+        let master_alive = self
+            .peers
+            .get(&newest.master)
+            .is_some_and(|p| !p.gone && !self.suspected.contains(&newest.master));
+        if newest.id > mine.id && !newest.contains(me) {
+            let reason = format!(
+                "node {}: view {} of master node {} is newer than this node's view {} and leaves this node out; rejoining",
+                self.name(me),
+                newest.id,
+                self.name(newest.master),
+                mine.id
+            );
+            self.leave_cluster(now_ms, reason);
+            return false;
+        }
+        if newest.id > mine.id && master_alive {
+            log::info!(
+                "node {me}: view {} of master {} is newer; not taking over",
+                newest.id,
+                newest.master
+            );
+            return false;
+        }
+        if self.max_view_seen > newest.id {
+            // A live node has seen a view newer than every view the answers hold:
+            // a newer master formed a cluster or took over since (this node was
+            // frozen or cut off), wrote the disks, and may have committed over the
+            // base view's pending transaction. That transaction and the base view
+            // are no longer this node's to complete: it rejoins instead.
+            let reason = format!(
+                "node {}: view {} is newer than view {} this takeover from master node {} would build on; rejoining instead",
+                self.name(me),
+                self.max_view_seen,
+                newest.id,
+                self.name(newest.master)
+            );
+            self.leave_cluster(now_ms, reason);
+            return false;
+        }
+        true
+    }
+
+    /// Takeover: with a majority's votes (or the quorum disk's), wait out the lost
+    /// master's lease, then read the disks; else leave.
+    fn takeover_count_votes(
+        &mut self,
+        now_ms: u64,
+        newest: View,
+        heard_master_ms: u64,
+        round: u32,
+        started_ms: u64,
+    ) {
+        let me = self.cfg.me;
         let mine = (self.granted.map(|g| g.1) == Some(me)).then_some(me);
         let voters = self.grants.iter().copied().chain(mine);
         let votes = self.votes_of(voters);
@@ -995,32 +1090,7 @@ impl<M: ConfigModel> Node<M> {
                 None
             }
         };
-        if let Some(st) = self.slave_txn.take() {
-            if st.staged
-                && st.phase == txn::SlavePhase::Prepared
-                && disk
-                    .as_ref()
-                    .is_some_and(|d| d.txn == st.id && d.config.seq() == st.new_config.seq())
-            {
-                let line = format!(
-                    "node {}: transaction {} is on the disks; completing it",
-                    self.name(me),
-                    st.id
-                );
-                self.log(log::Level::Warn, line);
-                self.commit_locally(st);
-            } else {
-                let line = format!(
-                    "node {}: transaction {} did not reach the commit point before the master was lost; aborting it",
-                    self.name(me),
-                    st.id
-                );
-                self.log(log::Level::Warn, line);
-                if st.staged {
-                    self.out.push(Action::KernelAbort { txn: st.id });
-                }
-            }
-        }
+        self.takeover_settle_txn(disk.as_ref());
         if let Some(d) = disk {
             if d.config.seq() > self.committed.config.seq() {
                 let line = format!(
@@ -1039,6 +1109,8 @@ impl<M: ConfigModel> Node<M> {
                     config: self.committed.config.clone(),
                 });
             }
+            // This node is about to write its configuration to the disks; until
+            // that write lands (`finish_takeover`) an open it holds stays undurable.
         }
         self.state = State::TakingOver {
             step: TakeoverStep::WritingDisks,
@@ -1056,6 +1128,37 @@ impl<M: ConfigModel> Node<M> {
                 .min(self.disk_vote_until(now_ms).unwrap_or(u64::MAX)),
             lease_extends: false,
         });
+    }
+
+    /// Takeover: the transaction this node holds completes if the disks hold it (the
+    /// lost master wrote them after the commit point), else it is aborted.
+    fn takeover_settle_txn(&mut self, disk: Option<&DiskRecord<M>>) {
+        let me = self.cfg.me;
+        let Some(st) = self.slave_txn.take() else {
+            return;
+        };
+        if st.staged
+            && st.phase == txn::SlavePhase::Prepared
+            && disk.is_some_and(|d| d.txn == st.id && d.config.seq() == st.new_config.seq())
+        {
+            let line = format!(
+                "node {}: transaction {} is on the disks; completing it",
+                self.name(me),
+                st.id
+            );
+            self.log(log::Level::Warn, line);
+            self.commit_locally(st);
+        } else {
+            let line = format!(
+                    "node {}: transaction {} did not reach the commit point before the master was lost; aborting it",
+                    self.name(me),
+                    st.id
+                );
+            self.log(log::Level::Warn, line);
+            if st.staged {
+                self.out.push(Action::KernelAbort { txn: st.id });
+            }
+        }
     }
 
     /// Takeover, step 2: the disks hold this node's configuration (rewritten,
@@ -1093,6 +1196,8 @@ impl<M: ConfigModel> Node<M> {
         self.record_membership(now_ms);
         self.master = Some(MasterState::new());
         self.suspected.clear();
+        // The takeover's write put this node's configuration on the disks.
+        self.recovery_durable(self.committed.txn);
         self.install_view(now_ms, view);
         self.broadcast_view(&old.members);
         self.resolve_forwards(old.master);
@@ -1298,6 +1403,7 @@ impl<M: ConfigModel> Node<M> {
             return;
         }
         self.fence_lost_node(now_ms, peer);
+        self.recovery_member_lost(peer, view.incarnation(peer));
         self.master_new_view(now_ms, members);
         self.master_txn_member_lost(now_ms, peer);
         self.master_forget_joiner(now_ms, peer);
@@ -1598,6 +1704,9 @@ impl<M: ConfigModel> Node<M> {
         self.out.push(Action::KernelLoad {
             config: config.clone(),
         });
+        // The master's committed configuration, which it committed after its disk
+        // write: an older undurable open of this start is moot.
+        self.recovery.open_undurable = None;
         self.state = State::Joining {
             master,
             step: JoinStep::Loading {

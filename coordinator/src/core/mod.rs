@@ -15,6 +15,7 @@ mod model;
 mod private;
 mod qdisk;
 mod quorum;
+mod recovery;
 mod resync;
 mod txn;
 
@@ -28,6 +29,7 @@ pub use model::{ConfigModel, SyncingPlex};
 pub use private::MAX_QUEUED_PRIVATE;
 pub use qdisk::{QuorumDiskRecord, QuorumDiskStatus};
 pub use quorum::Quorum;
+pub use recovery::{MAX_LOST_STARTS, RECOVERY_REQUEST_BASE, RECOVERY_RETRY_MS};
 pub use resync::{
     MAX_FENCES, MAX_RESYNCS, RESYNC_CHUNK_BYTES, RESYNC_PROGRESS_EVERY_CHUNKS, RESYNC_REQUEST_BASE,
     RESYNC_RETRY_MS,
@@ -128,6 +130,11 @@ pub struct NodeConfig {
     /// Longest a node keeps a resync fence (its volume quiesced) before it breaks it
     /// on its own (`core::resync`).
     pub fence_lease_ms: u64,
+    /// The master's own transactions (the node-crash recovery bookkeeping of
+    /// `core::recovery`: opens, recoveries, closes; the end of a resync) reach the
+    /// `txn.*` failpoints too (the simulator crashes there); plexd turns it off, so
+    /// a process armed with `PLEXD_FAILPOINT` dies in a transaction a test asked for.
+    pub bookkeeping_failpoints: bool,
 }
 
 impl NodeConfig {
@@ -150,6 +157,7 @@ impl NodeConfig {
             member_ago_at_start_ms: None,
             quorum_disk: false,
             fence_lease_ms: 5000,
+            bookkeeping_failpoints: true,
         }
     }
 
@@ -701,6 +709,8 @@ pub struct Node<M: ConfigModel> {
     fences: resync::Fences,
     /// This node's private groups and the changes to them.
     private: private::Private<M>,
+    /// The node-crash recovery bookkeeping (open starts, clean-stop close).
+    recovery: recovery::Recovery,
     /// The time of the event being handled (or the last one): this node's clock.
     clock_ms: u64,
     stopping: bool,
@@ -763,6 +773,7 @@ impl<M: ConfigModel> Node<M> {
             copier: resync::Copier::default(),
             fences: resync::Fences::default(),
             private: private::Private::default(),
+            recovery: recovery::Recovery::default(),
             clock_ms: now_ms,
             stopping: false,
             out: Vec::new(),
@@ -830,12 +841,16 @@ impl<M: ConfigModel> Node<M> {
                 result,
             } => self.on_quiesced(now_ms, dg, volume, token, result),
             Event::ChunkCopied { token, result } => self.on_chunk_copied(now_ms, token, result),
-            Event::DataPlaneLost => self.fences_lost(),
+            Event::DataPlaneLost => {
+                self.fences_lost();
+                self.recovery_data_plane_lost();
+            }
             Event::Shutdown => self.stopping = true,
         }
         self.answer_takeover_queries(now_ms);
         self.maybe_finish_shutdown();
         self.qdisk_poll(now_ms);
+        self.recovery_poll(now_ms);
         self.resync_poll(now_ms);
         self.fences_check(now_ms);
         self.private_poll();
@@ -952,7 +967,8 @@ impl<M: ConfigModel> Node<M> {
                 || self.private_running()
                 || !self.forwards.is_empty()
                 || self.master.as_ref().is_some_and(|m| m.join.is_some());
-            if !busy {
+            let now_ms = self.clock_ms;
+            if !busy && !self.recovery_close_busy(now_ms) {
                 self.refuse_queued_requests();
                 self.refuse_queued_private();
                 self.state = State::Stopped;

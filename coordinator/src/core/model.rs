@@ -2,7 +2,7 @@
 
 use std::fmt::Debug;
 
-use super::RequestError;
+use super::{NodeId, RequestError};
 
 /// A plex being brought back into its volume (SYNCING: it takes every new write, on
 /// every node, and the master copies the rest to it chunk by chunk under fences).
@@ -92,6 +92,40 @@ pub trait ConfigModel: Clone + Eq + Debug + Default {
         self.private_conflicts(private)
             .into_iter()
             .find(|c| !old.contains(c))
+    }
+
+    /// The open node starts `(node, incarnation)`: those that may have left shared
+    /// mirrors divergent (`core::recovery`). None by default.
+    fn open_nodes(&self) -> Vec<(NodeId, u64)> {
+        Vec::new()
+    }
+
+    /// The change that records start `incarnation` of `node` open; None when there
+    /// is nothing to record (already open, or nothing shared to write).
+    fn node_open(&self, node: NodeId, incarnation: u64) -> Option<Self::Change> {
+        let _ = (node, incarnation);
+        None
+    }
+
+    /// The change that closes an open start after a clean stop; None when it is not open.
+    fn node_close(&self, node: NodeId, incarnation: u64) -> Option<Self::Change> {
+        let _ = (node, incarnation);
+        None
+    }
+
+    /// The change that recovers the mirrors an open start may have left divergent
+    /// (one readable plex per mirror, the others resynchronised) and closes it;
+    /// None when it is not open.
+    fn node_recover(&self, node: NodeId, incarnation: u64) -> Option<Self::Change> {
+        let _ = (node, incarnation);
+        None
+    }
+
+    /// Whether the data plane of start `incarnation` of `node` may serve shared
+    /// volumes under this configuration (it is open, or there is nothing to write).
+    fn may_serve(&self, node: NodeId, incarnation: u64) -> bool {
+        let _ = (node, incarnation);
+        true
     }
 
     /// Serialises the configuration.

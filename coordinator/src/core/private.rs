@@ -129,6 +129,13 @@ impl<M: ConfigModel> Node<M> {
         self.out.push(Action::Reply { request, result });
     }
 
+    /// The shared groups as the kernel actions this core asked for leave them in the
+    /// data plane (the last load or shared commit; none after leaving): what a
+    /// reconnected data plane is loaded with.
+    pub fn data_plane_shared(&self) -> &M {
+        &self.private.shared
+    }
+
     /// After each event: notes whether this step staged a shared layout or ended
     /// one, then starts the next private change if none runs and no shared
     /// transaction is in progress or staged here. Its action comes after the
@@ -147,8 +154,11 @@ impl<M: ConfigModel> Node<M> {
                     }
                 }
                 Action::KernelLoad { config } => self.private.shared = config.clone(),
-                Action::KernelAbort { .. } | Action::LeaveCluster { .. } => {
-                    self.private.staged = None
+                Action::KernelAbort { .. } => self.private.staged = None,
+                Action::LeaveCluster { .. } => {
+                    // The driver's leave keeps only the private groups.
+                    self.private.staged = None;
+                    self.private.shared = M::default();
                 }
                 _ => {}
             }

@@ -113,9 +113,9 @@ pub(super) struct SlaveTxn<M> {
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Forward {
     /// This node applied the request's COMMIT.
-    committed: bool,
+    pub(super) committed: bool,
     /// When it was forwarded (an answer lost in a partition is given up on).
-    sent_ms: u64,
+    pub(super) sent_ms: u64,
 }
 
 impl<M: ConfigModel> Node<M> {
@@ -124,6 +124,9 @@ impl<M: ConfigModel> Node<M> {
     }
 
     fn reply(&mut self, request: RequestId, result: Result<(), RequestError>) {
+        if recovery::is_own(request) {
+            return self.recovery_answer(request, result);
+        }
         self.out.push(Action::Reply { request, result });
     }
 
@@ -222,7 +225,10 @@ impl<M: ConfigModel> Node<M> {
         }
         let req = match body {
             WireRequest::Change(bytes) => match M::decode_change(&bytes) {
-                Ok(c) => Request::Change(c),
+                Ok(c) => {
+                    self.recovery_note_close(from, &c);
+                    Request::Change(c)
+                }
                 Err(e) => {
                     let err = format!("node {me_name} (master): cannot decode the change: {e}");
                     let err = RequestError::new(ErrorKind::Internal, me_name, err);
@@ -392,6 +398,8 @@ impl<M: ConfigModel> Node<M> {
                 return;
             }
             let may_commit = self.may_commit(now_ms);
+            // A stopping master still runs its own clean-stop close.
+            let stop_blocks = self.stopping && !self.recovery_close_queued();
             let Some(ms) = self.master.as_mut() else {
                 return;
             };
@@ -413,7 +421,7 @@ impl<M: ConfigModel> Node<M> {
                     }
                 }
             }
-            if ms.txn.is_some() || ms.join.is_some() || self.stopping || !may_commit {
+            if ms.txn.is_some() || ms.join.is_some() || stop_blocks || !may_commit {
                 return;
             }
             let Some((origin, req)) = ms.queue.pop_front() else {
@@ -500,7 +508,8 @@ impl<M: ConfigModel> Node<M> {
         });
         log::info!("node {me}: transaction {id} validated");
         let base = Some(self.txn_state());
-        self.failpoint("txn.after_validate");
+        self.recovery_note_txn(id, origin);
+        self.txn_failpoint("txn.after_validate", id);
         for p in participants {
             self.send(
                 p,
@@ -564,7 +573,7 @@ impl<M: ConfigModel> Node<M> {
                 t.staged = true;
                 let (id, participants, config) =
                     (t.id, t.participants.clone(), t.new_config.clone());
-                self.failpoint("txn.after_check");
+                self.txn_failpoint("txn.after_check", id);
                 for p in participants {
                     self.send(p, Message::Prepare { txn: id });
                 }
@@ -579,12 +588,12 @@ impl<M: ConfigModel> Node<M> {
                     None => t.phase = Phase::DiskWrite,
                 }
                 t.phase_since_ms = now_ms;
-                self.failpoint("txn.after_prepare");
-                self.failpoint("txn.before_successor_commit");
+                self.txn_failpoint("txn.after_prepare", id);
+                self.txn_failpoint("txn.before_successor_commit", id);
                 match successor {
                     Some(s) => self.send(s, Message::Commit { txn: id }),
                     None => {
-                        self.failpoint("txn.after_successor_ack");
+                        self.txn_failpoint("txn.after_successor_ack", id);
                         if self.has_lease(now_ms) {
                             self.start_disk_write();
                         } else {
@@ -688,7 +697,7 @@ impl<M: ConfigModel> Node<M> {
         if t.phase != (Phase::SuccessorCommit { successor: from }) {
             return;
         }
-        self.failpoint("txn.after_successor_ack");
+        self.txn_failpoint("txn.after_successor_ack", txn);
         if !self.has_lease(now_ms) {
             let reason = format!(
                 "{}; transaction {txn} is past the commit point and is left to the next master",
@@ -739,13 +748,13 @@ impl<M: ConfigModel> Node<M> {
                 t.id
             )));
         }
-        self.failpoint("txn.after_disk_write");
+        self.txn_failpoint("txn.after_disk_write", t.id);
         for &p in &t.participants {
             if Some(p) != t.successor {
                 self.send(p, Message::Commit { txn: t.id });
             }
         }
-        self.failpoint("txn.after_commit_sent");
+        self.txn_failpoint("txn.after_commit_sent", t.id);
         self.out.push(Action::KernelCommit { txn: t.id });
         self.committed = Committed {
             txn: t.id,
@@ -952,7 +961,7 @@ impl<M: ConfigModel> Node<M> {
             return;
         };
         self.send(master, Self::check_reply(txn, result));
-        self.failpoint("txn.after_check");
+        self.txn_failpoint("txn.after_check", txn);
     }
 
     pub(super) fn on_kernel_prepared(
@@ -981,7 +990,7 @@ impl<M: ConfigModel> Node<M> {
             return;
         };
         self.send(master, Message::PrepareReply { txn, result });
-        self.failpoint("txn.after_prepare");
+        self.txn_failpoint("txn.after_prepare", txn);
     }
 
     pub(super) fn on_disk_written(&mut self, now_ms: u64, txn: TxnId, result: Result<(), String>) {
@@ -1044,6 +1053,7 @@ impl<M: ConfigModel> Node<M> {
             Ok(c) => c,
             Err(e) => return self.send(from, Self::check_reply(txn, Err(e))),
         };
+        self.recovery_note_txn(txn, origin);
         self.slave_txn = Some(SlaveTxn {
             id: txn,
             origin,
@@ -1104,7 +1114,7 @@ impl<M: ConfigModel> Node<M> {
             .as_ref()
             .and_then(|v| v.successor(&BTreeSet::new()));
         if successor == Some(self.cfg.me) {
-            self.failpoint("txn.after_successor_ack");
+            self.txn_failpoint("txn.after_successor_ack", txn);
         }
         if prepared {
             let st = self.slave_txn.take().expect("checked above");
@@ -1129,10 +1139,15 @@ impl<M: ConfigModel> Node<M> {
                 f.committed = true;
             }
         }
-        self.committed = Committed {
-            txn: st.id,
-            config: st.new_config,
-        };
+        let before = std::mem::replace(
+            &mut self.committed,
+            Committed {
+                txn: st.id,
+                config: st.new_config,
+            },
+        );
+        let after = self.committed.config.clone();
+        self.recovery_slave_commit(st.id, &before.config, &after);
     }
 
     pub(super) fn slave_on_abort(&mut self, from: NodeId, txn: TxnId) {
@@ -1182,6 +1197,7 @@ impl<M: ConfigModel> Node<M> {
         master: NodeId,
         state: TxnState,
     ) -> Result<(), String> {
+        self.recovery_durable(state.committed);
         if let Some(st) = self.slave_txn.take() {
             if Some(st.id) == state.running {
                 self.slave_txn = Some(st);

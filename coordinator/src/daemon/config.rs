@@ -395,6 +395,8 @@ impl ClusterFile {
         cfg.lease_ms = self.cluster.lease_ms;
         cfg.lease_margin_ms = self.cluster.lease_margin_ms;
         cfg.quorum_disk = self.cluster.quorum_disk.is_some();
+        // PLEXD_FAILPOINT aims at the transactions a test asks for.
+        cfg.bookkeeping_failpoints = false;
         cfg
     }
 

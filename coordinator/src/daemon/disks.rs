@@ -381,11 +381,20 @@ pub fn read_shared(
         );
         0
     };
+    // The cluster's open node starts: every group holds a copy; their union, so a
+    // group whose last write missed a change of the set loses no start.
+    let mut open_nodes: Vec<_> = groups
+        .iter()
+        .flat_map(|g| g.open_nodes.iter().copied())
+        .collect();
+    open_nodes.sort_unstable();
+    open_nodes.dedup();
     Ok(Some(DiskRecord {
         txn,
         config: SharedConfig {
             seq,
             groups,
+            open_nodes,
             updates: Vec::new(),
         },
     }))
@@ -558,6 +567,7 @@ mod tests {
             seq: 1,
             disks: Vec::new(),
             volumes: Vec::new(),
+            open_nodes: Vec::new(),
         });
         let change = Change::DgCreate {
             dg: "dg1".into(),

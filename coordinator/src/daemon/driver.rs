@@ -37,6 +37,11 @@ use crate::model::{Change, ClusterConfig, DiskGroupConfig, ExportProtocol};
 /// Jobs submitted to the driver and not yet answered, at most; the main loop waits
 /// for the driver when it would submit more (see [`DriverHandle::submit`]).
 pub const DRIVER_QUEUE_DEPTH: usize = 256;
+/// How long a clean stop waits for the shared volumes' I/O in flight to drain once
+/// the lease is revoked (then the node's start stays open: it is recovered).
+pub const STOP_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the clean stop looks at the I/O in flight meanwhile.
+pub const STOP_DRAIN_POLL: Duration = Duration::from_millis(5);
 /// How often an idle driver checks the private fences' leases.
 pub const FENCE_EXPIRY_PERIOD: Duration = Duration::from_millis(100);
 
@@ -187,6 +192,13 @@ pub enum Job {
         /// Why (logged).
         why: String,
     },
+    /// A clean stop: revoke the data plane's lease for good and wait for the shared
+    /// volumes' I/O in flight to drain, so no write of this node follows (node-crash
+    /// recovery: the core then asks the master to close this node's start).
+    StopSharedIo {
+        /// The shared volumes' bdev names.
+        volumes: Vec<String>,
+    },
     /// One attempt to reconnect to the lost data plane and load it.
     Reconnect {
         /// The number of the new connection (for its event thread).
@@ -274,6 +286,12 @@ pub enum Done {
     ChunkCopied {
         /// The fence.
         token: FenceToken,
+        /// Result.
+        result: Result<(), String>,
+    },
+    /// [`Job::StopSharedIo`]: Ok once no write of this node to a shared volume can
+    /// follow; Err names what could not be made sure of.
+    SharedIoStopped {
         /// Result.
         result: Result<(), String>,
     },
@@ -493,6 +511,39 @@ impl Driver {
         Done::Nothing
     }
 
+    /// [`Job::StopSharedIo`]: the lease revoked (in force on every reactor when the
+    /// data plane answers: new I/O to shared volumes fails, parked and held I/O too),
+    /// then the shared volumes' I/O still in flight drained: polled until none is
+    /// left, within [`STOP_DRAIN_TIMEOUT`]. Gates and staged layouts are left alone
+    /// (a transaction or a resync fence may hold them).
+    fn stop_shared_io(&mut self, volumes: &[String]) -> Result<(), String> {
+        self.lease.revoke_for_stop().map_err(|e| self.err(e))?;
+        let deadline = Instant::now() + STOP_DRAIN_TIMEOUT;
+        loop {
+            let listed = self
+                .kernel
+                .client()
+                .list_volumes()
+                .map_err(|e| self.err(format!("cannot list the data plane's volumes: {e}")))?;
+            let busy: Vec<String> = listed
+                .iter()
+                .filter(|v| v.inflight > 0 && volumes.contains(&v.name))
+                .map(|v| format!("{} ({} I/Os)", v.name, v.inflight))
+                .collect();
+            if busy.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(self.err(format!(
+                    "I/O in flight did not drain within {} ms of the stop: {}",
+                    STOP_DRAIN_TIMEOUT.as_millis(),
+                    busy.join(", ")
+                )));
+            }
+            std::thread::sleep(STOP_DRAIN_POLL);
+        }
+    }
+
     /// [`Job::Quiesce`]: the core's fence on a shared volume: quiesce it here.
     fn quiesce(&mut self, dg: String, volume: String, token: FenceToken) -> Done {
         let bdev = crate::model::volume_bdev(&dg, &volume);
@@ -549,6 +600,7 @@ impl Driver {
         Done::ChunkCopied { token, result }
     }
 
+    /// Carries out one job: a dispatch; each job longer than a line has a method.
     fn execute(&mut self, job: Job) -> Done {
         match job {
             Job::LocalCheck {
@@ -556,63 +608,15 @@ impl Driver {
                 change,
                 private,
                 group,
-            } => {
-                let result = disks::local_check(&change, &private, &self.files())
-                    .and_then(|()| self.check_export(group.as_ref(), &change));
-                if let Err(e) = &result {
-                    log::warn!(
-                        "node {}: transaction {txn}: local check refused: {e}",
-                        self.name
-                    );
-                }
-                Done::LocalChecked { txn, result }
-            }
-            Job::KernelPrepare { txn, shared } => {
-                let began = Instant::now();
-                let desired = self.desired(&shared, &self.private);
-                self.fences
-                    .break_all(self.kernel.client(), "a transaction's kernel phase");
-                let result = self.kernel.prepare(desired, true);
-                self.failpoint_sleep("driver.kernel_prepare");
-                if let Err(e) = &result {
-                    log::error!(
-                        "node {}: transaction {txn}: kernel phase failed: {e}",
-                        self.name
-                    );
-                }
-                Done::KernelPrepared {
-                    txn,
-                    result,
-                    took: began.elapsed(),
-                }
-            }
-            Job::KernelCommit { txn } => {
-                if let Err(e) = self.kernel.commit() {
-                    log::error!(
-                        "node {}: transaction {txn}: data plane commit: {e}",
-                        self.name
-                    );
-                }
-                Done::KernelCommitted { txn }
-            }
+            } => self.local_check(txn, &change, &private, group.as_ref()),
+            Job::KernelPrepare { txn, shared } => self.kernel_prepare(txn, &shared),
+            Job::KernelCommit { txn } => self.kernel_commit(txn),
             Job::KernelAbort { txn } => {
                 log::info!("node {}: transaction {txn}: aborted", self.name);
                 self.kernel.abort();
                 Done::Nothing
             }
-            Job::KernelLoad { shared } => {
-                let desired = self.desired(&shared, &self.private);
-                self.fences
-                    .break_all(self.kernel.client(), "a configuration load");
-                let result = self.kernel.load(desired);
-                if let Err(e) = &result {
-                    log::error!(
-                        "node {}: cannot load the configuration into the data plane: {e}",
-                        self.name
-                    );
-                }
-                Done::KernelLoaded { result }
-            }
+            Job::KernelLoad { shared } => self.kernel_load(&shared),
             Job::WriteDisks {
                 record,
                 deadline,
@@ -652,34 +656,9 @@ impl Driver {
                 token,
                 reply,
             } => self.fence(volume, hold, token, reply),
-            Job::FailHeldWrites { volume } => {
-                if let Err(e) = self.kernel.client().fail_held_writes(&volume) {
-                    log::error!(
-                        "node {}: volume {volume}: cannot fail held writes: {e}",
-                        self.name
-                    );
-                }
-                Done::Nothing
-            }
-            Job::PrOutDone { request, result } => {
-                if let Err(e) = self.kernel.client().pr_out_done(request, result) {
-                    log::warn!(
-                        "node {}: data plane: persistent reserve out request {request}: cannot answer {result:?}: {e}",
-                        self.name
-                    );
-                }
-                Done::Nothing
-            }
-            Job::SyncAlua { alua, ana } => {
-                let mut errors = super::exports::sync_alua(self.kernel.client(), &alua);
-                if let Some(state) = ana {
-                    errors.extend(super::exports::sync_ana(self.kernel.client(), state));
-                }
-                for e in errors {
-                    log::warn!("node {}: data plane: {e}", self.name);
-                }
-                Done::Nothing
-            }
+            Job::FailHeldWrites { volume } => self.fail_held_writes(&volume),
+            Job::PrOutDone { request, result } => self.pr_out_done(request, result),
+            Job::SyncAlua { alua, ana } => self.sync_alua(&alua, ana),
             Job::Quiesce { dg, volume, token } => self.quiesce(dg, volume, token),
             Job::Resume { volume } => {
                 if let Err(e) = self.kernel.client().resume_volume(&volume) {
@@ -696,6 +675,9 @@ impl Driver {
                 len,
                 deadline,
             } => self.copy_chunk(token, group, volume, plex, offset, len, deadline),
+            Job::StopSharedIo { volumes } => Done::SharedIoStopped {
+                result: self.stop_shared_io(&volumes),
+            },
             Job::BreakFences { why } => {
                 self.fences.break_all(self.kernel.client(), &why);
                 Done::Nothing
@@ -709,6 +691,112 @@ impl Driver {
                 result: self.reconnect(epoch, &shared, staged),
             },
         }
+    }
+
+    /// A transaction's local check on this node: the disks the change names, and the
+    /// export it makes.
+    fn local_check(
+        &mut self,
+        txn: TxnId,
+        change: &Change,
+        private: &ClusterConfig,
+        group: Option<&DiskGroupConfig>,
+    ) -> Done {
+        let result = disks::local_check(change, private, &self.files())
+            .and_then(|()| self.check_export(group, change));
+        if let Err(e) = &result {
+            log::warn!(
+                "node {}: transaction {txn}: local check refused: {e}",
+                self.name
+            );
+        }
+        Done::LocalChecked { txn, result }
+    }
+
+    /// A transaction's kernel phase: stage the shared groups (with this node's private
+    /// ones) in the data plane, quiescing what changes; breaks every resync fence first.
+    fn kernel_prepare(&mut self, txn: TxnId, shared: &[DiskGroupConfig]) -> Done {
+        let began = Instant::now();
+        let desired = self.desired(shared, &self.private);
+        self.fences
+            .break_all(self.kernel.client(), "a transaction's kernel phase");
+        let result = self.kernel.prepare(desired, true);
+        self.failpoint_sleep("driver.kernel_prepare");
+        if let Err(e) = &result {
+            log::error!(
+                "node {}: transaction {txn}: kernel phase failed: {e}",
+                self.name
+            );
+        }
+        Done::KernelPrepared {
+            txn,
+            result,
+            took: began.elapsed(),
+        }
+    }
+
+    /// Commits the staged layout in the data plane.
+    fn kernel_commit(&mut self, txn: TxnId) -> Done {
+        if let Err(e) = self.kernel.commit() {
+            log::error!(
+                "node {}: transaction {txn}: data plane commit: {e}",
+                self.name
+            );
+        }
+        Done::KernelCommitted { txn }
+    }
+
+    /// Loads a whole configuration into the data plane (join, reload).
+    fn kernel_load(&mut self, shared: &[DiskGroupConfig]) -> Done {
+        let desired = self.desired(shared, &self.private);
+        self.fences
+            .break_all(self.kernel.client(), "a configuration load");
+        let result = self.kernel.load(desired);
+        if let Err(e) = &result {
+            log::error!(
+                "node {}: cannot load the configuration into the data plane: {e}",
+                self.name
+            );
+        }
+        Done::KernelLoaded { result }
+    }
+
+    /// Fails the writes a volume holds after a plex error the cluster could not detach.
+    fn fail_held_writes(&mut self, volume: &str) -> Done {
+        if let Err(e) = self.kernel.client().fail_held_writes(volume) {
+            log::error!(
+                "node {}: volume {volume}: cannot fail held writes: {e}",
+                self.name
+            );
+        }
+        Done::Nothing
+    }
+
+    /// Answers the data plane's persistent reserve out request with the cluster's outcome.
+    fn pr_out_done(&mut self, request: u64, result: plexd_target_api::scsi::PrOutResult) -> Done {
+        if let Err(e) = self.kernel.client().pr_out_done(request, result) {
+            log::warn!(
+                "node {}: data plane: persistent reserve out request {request}: cannot answer {result:?}: {e}",
+                self.name
+            );
+        }
+        Done::Nothing
+    }
+
+    /// Hands the data plane the ALUA (and NVMe ANA) states the cluster decided.
+    fn sync_alua(
+        &mut self,
+        alua: &std::collections::BTreeMap<String, plexd_target_api::scsi::alua::Alua>,
+        ana: Option<plexd_target_api::nvmf::AnaState>,
+    ) -> Done {
+        let mut errors = super::exports::sync_alua(self.kernel.client(), alua);
+        if let Some(state) = ana {
+            errors.extend(super::exports::sync_ana(self.kernel.client(), state));
+        }
+        for e in errors {
+            log::warn!("node {}: data plane: {e}", self.name);
+        }
+        Done::Nothing
     }
 
     /// A change of a private disk group: validated, staged in the data plane, written

@@ -31,11 +31,17 @@ struct State {
     /// Bumped at every publish (the thread renews once per new value).
     generation: u64,
     stop: bool,
+    /// A clean stop revoked the lease ([`LeaseView::revoke_for_stop`]): no renewal
+    /// grants it again.
+    sealed: bool,
 }
 
 struct Shared {
     state: Mutex<State>,
     wake: Condvar,
+    /// Held around every `renewLease` call, so a revocation for a clean stop
+    /// follows any renewal already on its way (never the other way round).
+    calls: Mutex<()>,
 }
 
 /// The main loop's handle on the renewer thread.
@@ -54,6 +60,7 @@ impl Renewer {
                 ..State::default()
             }),
             wake: Condvar::new(),
+            calls: Mutex::new(()),
         });
         let s = Arc::clone(&shared);
         let name = node.to_string();
@@ -103,6 +110,24 @@ pub struct LeaseView {
 }
 
 impl LeaseView {
+    /// A clean stop: revokes the data plane's lease (`renewLease(0)`) after any
+    /// renewal in flight, and seals it: no later renewal grants it again. When this
+    /// returns Ok, the data plane fails every new I/O to shared volumes (the renewal
+    /// is in force on every reactor when it answers).
+    pub fn revoke_for_stop(&self) -> Result<(), String> {
+        let _calls = self.shared.calls.lock().unwrap_or_else(|p| p.into_inner());
+        let client = {
+            let mut st = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+            st.sealed = true;
+            st.client.clone()
+        };
+        let client = client.ok_or("the data plane is lost")?;
+        client
+            .renew_lease(0)
+            .map(|_| ())
+            .map_err(|e| format!("cannot revoke the data-plane lease: {e}"))
+    }
+
     /// The end of the newest published lease; None when none was published or the
     /// last one was none (0 ms). A lease too long to represent ends in a year.
     pub fn end(&self) -> Option<Instant> {
@@ -158,6 +183,16 @@ fn run(node: &str, shared: &Shared, stall: Option<Duration>) {
             };
             (client, left_ms, at, until_ns)
         };
+        let _calls = shared.calls.lock().unwrap_or_else(|p| p.into_inner());
+        if shared
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .sealed
+        {
+            // Revoked for a clean stop: nothing to renew any more.
+            continue;
+        }
         // What is left now (for the log, and for the duration form).
         let left = match until_ns.zip(super::clock::boottime_ns()) {
             Some((until, now)) => until.saturating_sub(now) / 1_000_000,

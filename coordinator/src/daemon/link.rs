@@ -118,12 +118,9 @@ impl Daemon {
                 Err(e) => log::error!("node {}: {e}", self.name),
             }
         }
-        let member = self.node.view().is_some_and(|v| v.contains(self.me));
-        let shared = if member {
-            self.node.config().groups.clone()
-        } else {
-            Vec::new()
-        };
+        // What the core's kernel actions left in the data plane (a joiner's load
+        // included: its view may be installed after the reconnection).
+        let shared = self.node.data_plane_shared().groups.clone();
         self.alua_sent.clear();
         self.ana_sent = None;
         self.alua_basis = None;

@@ -371,7 +371,7 @@ impl Daemon {
         let boot_ns = clock::boottime_ns();
         let left_ms = self
             .node
-            .lease_remaining_ms(now_ms(self.start))
+            .data_plane_lease_ms(now_ms(self.start))
             .min(self.file.cluster.lease_ms);
         self.lease.publish(boot_ns, left_ms);
     }
@@ -455,12 +455,32 @@ impl Daemon {
                     });
                 }
             }
+            Input::Shutdown if self.stopping => {}
             Input::Shutdown => {
                 self.stopping = true;
                 self.submit(Job::BreakFences {
                     why: "plexd is stopping".into(),
                 });
-                self.feed(Event::Shutdown);
+                // The data plane stops writing shared volumes (lease revoked for
+                // good, I/O in flight drained) before the core is told to stop and
+                // asks the master to close this start: no recovery follows a clean
+                // stop (core::recovery).
+                if self.kernel_lost.is_some() {
+                    self.stop_core(Err(format!("node {}: the data plane is lost", self.name)));
+                } else {
+                    let volumes = self
+                        .node
+                        .config()
+                        .groups
+                        .iter()
+                        .flat_map(|g| {
+                            g.volumes
+                                .iter()
+                                .map(|v| crate::model::volume_bdev(&g.name, &v.name))
+                        })
+                        .collect();
+                    self.submit(Job::StopSharedIo { volumes });
+                }
             }
             Input::DriverDone => {} // the main loop reads the answers after every input
             Input::QuorumDisk(done) => self.feed(match done {
@@ -468,6 +488,19 @@ impl Daemon {
                 qdisk::Done::Written { op, result } => Event::QuorumDiskWritten { op, result },
             }),
         }
+    }
+
+    /// The clean stop goes on in the core once this node's shared I/O stopped
+    /// (`result`): Ok, the core asks the master to close this start; otherwise a
+    /// write may still follow, and the start stays open (the master recovers it).
+    fn stop_core(&mut self, result: Result<(), String>) {
+        if let Err(e) = result {
+            log::error!(
+                "{e}; a write of this node may still reach the shared volumes: its start stays open and the master will resynchronise its mirrors"
+            );
+            self.node.keep_open_at_stop();
+        }
+        self.feed(Event::Shutdown);
     }
 
     fn on_plex_error(&mut self, volume: String, plex: String) {
@@ -748,47 +781,13 @@ impl Daemon {
                 record,
                 deadline_ms,
                 lease_extends,
-            } => {
-                if lease_extends {
-                    // The driver checks a master's write against the newest
-                    // published lease: publish it now, not at the next tick (a
-                    // lease won by a message just before, e.g. the first one of a
-                    // view a join gave its majority, is not published yet).
-                    self.renew_lease();
-                }
-                Job::WriteDisks {
-                    record,
-                    // The core's clock counts from `start` (see `now_ms`); u64::MAX
-                    // (a master alone holding a majority) is a year away.
-                    deadline: self
-                        .start
-                        .instant_at(deadline_ms)
-                        .unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 86_400)),
-                    lease_extends,
-                }
-            }
-            Action::ReadDisks => {
-                let mut known: Vec<(TxnId, SharedConfig)> = self.history.iter().cloned().collect();
-                known.push((self.node.config_txn(), self.node.config().clone()));
-                if let Some(s) = &self.staged {
-                    known.push(s.clone());
-                }
-                Job::ReadDisks { known }
-            }
+            } => self.write_disks_job(record, deadline_ms, lease_extends),
+            Action::ReadDisks => self.read_disks_job(),
             Action::CheckDiskAccess { disks } => Job::CheckDiskAccess {
                 disks,
                 offered: self.offered.clone(),
             },
-            Action::LeaveCluster { reason } => {
-                log::error!(
-                    "node {}: left the cluster: {reason}; its shared volumes stay fenced (no lease) until it rejoins",
-                    self.name
-                );
-                self.tasks.cancel_all();
-                // The driver drops a staged layout when it leaves.
-                self.staged = None;
-                Job::Leave
-            }
+            Action::LeaveCluster { reason } => self.leave_job(&reason),
             Action::Quiesce { dg, volume, token } => Job::Quiesce { dg, volume, token },
             Action::Resume { dg, volume } => Job::Resume {
                 volume: crate::model::volume_bdev(&dg, &volume),
@@ -814,21 +813,12 @@ impl Daemon {
                 self.renew_lease();
                 Job::CopyChunk {
                     token,
-                    group: self
-                        .node
-                        .config()
-                        .groups
-                        .iter()
-                        .find(|g| g.name == dg)
-                        .cloned(),
+                    group: self.node.config().group(&dg).cloned(),
                     volume,
                     plex,
                     offset: offset_bytes,
                     len: len_bytes,
-                    deadline: self
-                        .start
-                        .instant_at(deadline_ms)
-                        .unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 86_400)),
+                    deadline: self.core_instant(deadline_ms),
                 }
             }
             other @ (Action::Send { .. }
@@ -846,6 +836,59 @@ impl Daemon {
             }
         };
         self.submit(job);
+    }
+
+    /// A disk write of the configuration record, with its deadline as an instant.
+    fn write_disks_job(
+        &mut self,
+        record: crate::core::DiskRecord<SharedConfig>,
+        deadline_ms: u64,
+        lease_extends: bool,
+    ) -> Job {
+        if lease_extends {
+            // The driver checks a master's write against the newest published lease:
+            // publish it now, not at the next tick (a lease won by a message just
+            // before, e.g. the first one of a view a join gave its majority, is not
+            // published yet).
+            self.renew_lease();
+        }
+        Job::WriteDisks {
+            record,
+            deadline: self.core_instant(deadline_ms),
+            lease_extends,
+        }
+    }
+
+    /// The instant `ms` on the core's clock, which counts from `start` (see `now_ms`);
+    /// u64::MAX (e.g. a master alone holding a majority) is a year away.
+    fn core_instant(&self, ms: u64) -> Instant {
+        self.start
+            .instant_at(ms)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 86_400))
+    }
+
+    /// A read of the shared groups' records, with every configuration this node knows
+    /// (history, current, staged) to recognise them.
+    fn read_disks_job(&self) -> Job {
+        let mut known: Vec<(TxnId, SharedConfig)> = self.history.iter().cloned().collect();
+        known.push((self.node.config_txn(), self.node.config().clone()));
+        if let Some(s) = &self.staged {
+            known.push(s.clone());
+        }
+        Job::ReadDisks { known }
+    }
+
+    /// This node left the cluster: resyncs stop, the staged layout goes, the data plane
+    /// keeps only the private groups.
+    fn leave_job(&mut self, reason: &str) -> Job {
+        log::error!(
+            "node {}: left the cluster: {reason}; its shared volumes stay fenced (no lease) until it rejoins",
+            self.name
+        );
+        self.tasks.cancel_all();
+        // The driver drops a staged layout when it leaves.
+        self.staged = None;
+        Job::Leave
     }
 
     /// The driver answered job `seq` (the oldest): its answer is noted, what waited
@@ -919,6 +962,10 @@ impl Daemon {
                 result,
             }),
             Done::ChunkCopied { token, result } => Some(Event::ChunkCopied { token, result }),
+            Done::SharedIoStopped { result } => {
+                self.stop_core(result);
+                None
+            }
             Done::Nothing => None,
         }
     }

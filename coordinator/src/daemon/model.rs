@@ -10,8 +10,8 @@
 //! (the daemon changes them locally, see `daemon::private`).
 
 use super::model_codec;
-use crate::core::{ConfigModel, ErrorKind, RequestError, SyncingPlex};
-use crate::model::{Change, ClusterConfig, ConfigError, DiskGroupConfig, DiskUpdate};
+use crate::core::{ConfigModel, ErrorKind, NodeId, RequestError, SyncingPlex};
+use crate::model::{Change, ClusterConfig, ConfigError, DiskGroupConfig, DiskUpdate, OpenNode};
 
 /// The kind of a refused change: what `plexctl` exits with.
 pub fn error_kind(e: &ConfigError) -> ErrorKind {
@@ -38,6 +38,9 @@ pub struct SharedConfig {
     pub seq: u64,
     /// Shared disk groups, sorted by name.
     pub groups: Vec<DiskGroupConfig>,
+    /// The cluster's open node starts, sorted (`model::recovery`; every shared group
+    /// records a copy).
+    pub open_nodes: Vec<OpenNode>,
     /// What the commit of the change that produced this configuration writes to the
     /// disks (empty for a configuration read from the disks).
     pub updates: Vec<DiskUpdate>,
@@ -48,6 +51,7 @@ impl SharedConfig {
     pub fn cluster(&self) -> ClusterConfig {
         ClusterConfig {
             disk_groups: self.groups.clone(),
+            open_nodes: self.open_nodes.clone(),
         }
     }
 
@@ -127,6 +131,7 @@ impl ConfigModel for SharedConfig {
         Ok(SharedConfig {
             seq: self.seq + 1,
             groups: after.disk_groups,
+            open_nodes: after.open_nodes,
             updates,
         })
     }
@@ -188,6 +193,39 @@ impl ConfigModel for SharedConfig {
             plex: p.plex.clone(),
             state: crate::model::PlexState::Active,
         }))
+    }
+
+    fn open_nodes(&self) -> Vec<(NodeId, u64)> {
+        self.open_nodes
+            .iter()
+            .map(|o| (o.node, o.incarnation))
+            .collect()
+    }
+
+    fn node_open(&self, node: NodeId, incarnation: u64) -> Option<Change> {
+        // None while any start of the node is open (this one, or an earlier one
+        // still to be recovered).
+        (!self.open_nodes.iter().any(|o| o.node == node)).then_some(Change::NodeOpen {
+            node: OpenNode { node, incarnation },
+        })
+    }
+
+    fn node_close(&self, node: NodeId, incarnation: u64) -> Option<Change> {
+        let start = OpenNode { node, incarnation };
+        self.open_nodes
+            .contains(&start)
+            .then_some(Change::NodeClose { node: start })
+    }
+
+    fn node_recover(&self, node: NodeId, incarnation: u64) -> Option<Change> {
+        let start = OpenNode { node, incarnation };
+        self.open_nodes
+            .contains(&start)
+            .then_some(Change::NodeRecover { node: start })
+    }
+
+    fn may_serve(&self, node: NodeId, incarnation: u64) -> bool {
+        self.open_nodes.contains(&OpenNode { node, incarnation })
     }
 
     fn encode(&self) -> Vec<u8> {

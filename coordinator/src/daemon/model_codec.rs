@@ -12,7 +12,7 @@ use plexd_proto::cluster_capnp as wire;
 
 use super::model::SharedConfig;
 use crate::core::MAX_MESSAGE_BYTES;
-use crate::model::{Change, DiskUpdate, Nexus, VolumeLayout};
+use crate::model::{Change, DiskUpdate, Nexus, OpenNode, VolumeLayout, MAX_OPEN_NODES};
 use crate::ondisk::codec as disk;
 
 /// Most words a decoded configuration or change may make the reader traverse: it
@@ -32,13 +32,17 @@ pub fn encode_config(c: &SharedConfig) -> Vec<u8> {
     for (i, g) in (0..).zip(&c.groups) {
         disk::write_group(g, groups.reborrow().get(i));
     }
-    let mut updates = root.init_updates(len_u32(c.updates.len()));
+    let mut updates = root.reborrow().init_updates(len_u32(c.updates.len()));
     for (i, u) in (0..).zip(&c.updates) {
         let b = updates.reborrow().get(i);
         match u {
             DiskUpdate::WriteConfig(g) => disk::write_group(g, b.init_write_config()),
             DiskUpdate::Release(d) => disk::write_disk(d, b.init_release()),
         }
+    }
+    let mut open = root.init_open_nodes(len_u32(c.open_nodes.len()));
+    for (i, o) in (0..).zip(&c.open_nodes) {
+        write_open(o, open.reborrow().get(i));
     }
     serialize::write_message_to_words(&message)
 }
@@ -102,9 +106,20 @@ fn read_config(r: wire::shared_config::Reader<'_>) -> capnp::Result<SharedConfig
             Which::Release(d) => DiskUpdate::Release(disk::read_disk(d?)?),
         });
     }
+    let open = r.get_open_nodes()?;
+    if open.len() as usize > MAX_OPEN_NODES {
+        return Err(capnp::Error::failed(format!(
+            "{} open node starts, at most {MAX_OPEN_NODES}",
+            open.len()
+        )));
+    }
+    let mut open_nodes: Vec<OpenNode> = open.iter().map(read_open).collect();
+    open_nodes.sort_unstable();
+    open_nodes.dedup();
     Ok(SharedConfig {
         seq: r.get_seq(),
         groups,
+        open_nodes,
         updates,
     })
 }
@@ -178,6 +193,9 @@ fn write_change(c: &Change, b: wire::config_change::Builder<'_>) {
         | Change::PlexAttach { .. }
         | Change::PlexRm { .. }
         | Change::SetPlexState { .. } => write_plex_change(c, b),
+        Change::NodeOpen { node } => write_open(node, b.init_node_open()),
+        Change::NodeClose { node } => write_open(node, b.init_node_close()),
+        Change::NodeRecover { node } => write_open(node, b.init_node_recover()),
     }
 }
 
@@ -376,6 +394,15 @@ fn read_change(r: wire::config_change::Reader<'_>) -> capnp::Result<Change> {
         | Which::PlexAttach(_)
         | Which::PlexRm(_)
         | Which::SetPlexState(_) => read_plex_change(which),
+        Which::NodeOpen(g) => Ok(Change::NodeOpen {
+            node: read_open(g?),
+        }),
+        Which::NodeClose(g) => Ok(Change::NodeClose {
+            node: read_open(g?),
+        }),
+        Which::NodeRecover(g) => Ok(Change::NodeRecover {
+            node: read_open(g?),
+        }),
     }
 }
 
@@ -506,6 +533,18 @@ fn read_plex_change(which: wire::config_change::WhichReader<'_>) -> capnp::Resul
     })
 }
 
+fn write_open(node: &OpenNode, mut b: wire::open_node_start::Builder<'_>) {
+    b.set_node(node.node);
+    b.set_incarnation(node.incarnation);
+}
+
+fn read_open(r: wire::open_node_start::Reader<'_>) -> OpenNode {
+    OpenNode {
+        node: r.get_node(),
+        incarnation: r.get_incarnation(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -536,6 +575,9 @@ mod tests {
             Change::VolExport { .. } => "VolExport",
             Change::VolUnexport { .. } => "VolUnexport",
             Change::VolPrOut { .. } => "VolPrOut",
+            Change::NodeOpen { .. } => "NodeOpen",
+            Change::NodeClose { .. } => "NodeClose",
+            Change::NodeRecover { .. } => "NodeRecover",
         }
     }
 
@@ -544,6 +586,7 @@ mod tests {
         let c0 = SharedConfig {
             seq: 0,
             groups: cluster(&[("d1", 1 << 30), ("d2", 1 << 30), ("d3", 1 << 30)]).disk_groups,
+            open_nodes: Vec::new(),
             updates: Vec::new(),
         };
         let mut c = c0;
@@ -565,6 +608,12 @@ mod tests {
                 },
             },
             export(),
+            Change::NodeOpen {
+                node: OpenNode {
+                    node: 2,
+                    incarnation: 77,
+                },
+            },
         ] {
             c = c.validate_and_apply(&change).unwrap();
         }
@@ -746,6 +795,24 @@ mod tests {
                 scope_type: 0,
                 parameters: vec![0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7],
             },
+            Change::NodeOpen {
+                node: OpenNode {
+                    node: 2,
+                    incarnation: 77,
+                },
+            },
+            Change::NodeClose {
+                node: OpenNode {
+                    node: 2,
+                    incarnation: 77,
+                },
+            },
+            Change::NodeRecover {
+                node: OpenNode {
+                    node: 3,
+                    incarnation: 1 << 40,
+                },
+            },
         ]
     }
 
@@ -753,7 +820,7 @@ mod tests {
     fn every_change_round_trips() {
         let changes = changes();
         let names: std::collections::BTreeSet<_> = changes.iter().map(name).collect();
-        assert_eq!(names.len(), 19, "a sample of every change: {names:?}");
+        assert_eq!(names.len(), 22, "a sample of every change: {names:?}");
         for c in &changes {
             let bytes = encode_change(c);
             assert_eq!(decode_change(&bytes).as_ref(), Ok(c));

@@ -194,6 +194,7 @@ fn load_private_groups(
     let (_, private_groups, _) = disks::discover(files, &file.cluster.id, name);
     let private = ClusterConfig {
         disk_groups: private_groups,
+        open_nodes: Vec::new(),
     };
     let failed = disks::failed_groups(files, &file.cluster.id, name);
     for g in &failed {

@@ -150,6 +150,12 @@ pub fn apply(config: &ClusterConfig, change: &Change) -> Result<ClusterConfig, C
             imported.shared = *shared;
             imported.owner_id = owner_id.clone();
             imported.seq += 1;
+            // The cluster's open nodes, not those of the cluster it came from.
+            imported.open_nodes = if *shared {
+                config.open_nodes.clone()
+            } else {
+                Vec::new()
+            };
             next.disk_groups.push(imported);
         }
         Change::DgDestroy { dg, force } | Change::DgDeport { dg, force } => {
@@ -164,6 +170,9 @@ pub fn apply(config: &ClusterConfig, change: &Change) -> Result<ClusterConfig, C
             }
             next.disk_groups.remove(index);
         }
+        Change::NodeOpen { node } => super::recovery::open(&mut next, *node)?,
+        Change::NodeClose { node } => super::recovery::close(&mut next, *node)?,
+        Change::NodeRecover { node } => super::recovery::recover(&mut next, *node)?,
         _ => {
             let index = dg_index(config, change.dg_name())?;
             if let Change::DgAddDisk { disk, .. } = change {
@@ -221,6 +230,11 @@ fn dg_create(
         seq: 1,
         disks: disks.to_vec(),
         volumes: Vec::new(),
+        open_nodes: if shared {
+            config.open_nodes.clone()
+        } else {
+            Vec::new()
+        },
     };
     created.validate()?;
     Ok(created)
@@ -348,7 +362,10 @@ pub fn apply_dg(dg: &DiskGroupConfig, change: &Change) -> Result<DiskGroupConfig
         Change::DgCreate { .. }
         | Change::DgDestroy { .. }
         | Change::DgDeport { .. }
-        | Change::DgImport { .. } => {
+        | Change::DgImport { .. }
+        | Change::NodeOpen { .. }
+        | Change::NodeClose { .. }
+        | Change::NodeRecover { .. } => {
             return Err(ConfigError::Invalid(format!(
                 "disk group {}: group-level change needs the node's configuration (model::apply)",
                 dg.name

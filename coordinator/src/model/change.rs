@@ -193,6 +193,25 @@ pub enum Change {
         /// The parameter list.
         parameters: Vec<u8>,
     },
+    /// Node start `node` may write the shared mirrored volumes from now on: it is
+    /// added to every shared group's open nodes (made by the master, `model::recovery`).
+    NodeOpen {
+        /// The node start.
+        node: OpenNode,
+    },
+    /// Node start `node` stopped cleanly (its data plane no longer writes shared
+    /// volumes): it leaves every shared group's open nodes (no recovery follows).
+    NodeClose {
+        /// The node start.
+        node: OpenNode,
+    },
+    /// Node start `node` was lost without a clean stop: every shared mirrored volume
+    /// with two or more ACTIVE plexes keeps its first ACTIVE plex and the others
+    /// become SYNCING (resynchronised from it); `node` leaves the open nodes.
+    NodeRecover {
+        /// The node start.
+        node: OpenNode,
+    },
 }
 
 impl Change {
@@ -218,6 +237,8 @@ impl Change {
             | Change::VolExport { dg, .. }
             | Change::VolUnexport { dg, .. }
             | Change::VolPrOut { dg, .. } => dg,
+            // Node bookkeeping changes touch every shared group.
+            Change::NodeOpen { .. } | Change::NodeClose { .. } | Change::NodeRecover { .. } => "",
         }
     }
 
@@ -239,6 +260,14 @@ impl Change {
         let old = before.disk_group(name);
         let mut updates = Vec::new();
         match self {
+            Change::NodeOpen { .. } | Change::NodeClose { .. } | Change::NodeRecover { .. } => {
+                // Every shared group the change touched (its seq moved).
+                for g in after.disk_groups.iter().filter(|g| g.shared) {
+                    if before.disk_group(&g.name).is_none_or(|b| b.seq != g.seq) {
+                        updates.push(DiskUpdate::WriteConfig(g.clone()));
+                    }
+                }
+            }
             Change::DgDestroy { .. } => {
                 if let Some(old) = old {
                     updates.extend(old.disks.iter().cloned().map(DiskUpdate::Release));
@@ -352,6 +381,18 @@ pub fn describe(change: &Change, after: Option<&DiskGroupConfig>) -> String {
             ..
         } => format!(
             "volume {volume} of disk group {dg}: persistent reservations changed (service action {service_action} from {nexus})"
+        ),
+        Change::NodeOpen { node } => format!(
+            "node {} (start {}) may write the shared mirrored volumes",
+            node.node, node.incarnation
+        ),
+        Change::NodeClose { node } => format!(
+            "node {} (start {}) stopped cleanly: no recovery needed",
+            node.node, node.incarnation
+        ),
+        Change::NodeRecover { node } => format!(
+            "node {} (start {}) was lost without a clean stop: its mirrors are resynchronised (NEEDSYNC: one ACTIVE plex each, the others SYNCING; plexctl task list)",
+            node.node, node.incarnation
         ),
         Change::VolUnexport {
             volume, protocol, ..

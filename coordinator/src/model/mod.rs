@@ -24,6 +24,7 @@
 //! | `validate` | [`DiskGroupConfig::validate`]: every invariant of a group |
 //! | `apply` | [`apply`], [`apply_dg`]: a change against the configuration |
 //! | [`alloc`] | extent allocation for volumes and plexes |
+//! | `recovery` | the open nodes of shared groups and the node-crash recovery of mirrors |
 //! | `project` | [`DiskGroupConfig::volume_specs`]: what the data plane builds, and its names of the group's objects |
 
 pub mod alloc;
@@ -32,6 +33,7 @@ mod change;
 mod error;
 mod export;
 mod project;
+mod recovery;
 mod types;
 mod validate;
 
@@ -40,6 +42,7 @@ pub use change::*;
 pub use error::*;
 pub use export::*;
 pub use project::*;
+pub use recovery::*;
 pub use types::*;
 
 pub use crate::size::SECTOR_BYTES;

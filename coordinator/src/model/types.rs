@@ -42,6 +42,21 @@ pub struct DiskGroupConfig {
     pub disks: Vec<Disk>,
     /// The group's volumes, in creation order.
     pub volumes: Vec<Volume>,
+    /// Shared groups: the node starts that may have left mirrors divergent (they
+    /// joined and have not stopped cleanly since), sorted by node; empty for a
+    /// private group. See `model::recovery`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub open_nodes: Vec<OpenNode>,
+}
+
+/// A node start that may write a shared group's mirrored volumes and has not
+/// stopped cleanly: lost without a clean stop, its mirrors are recovered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct OpenNode {
+    /// Node id from the cluster file.
+    pub node: u32,
+    /// The node's start (its core's incarnation).
+    pub incarnation: u64,
 }
 
 /// Whether a volume accepts I/O.
@@ -194,6 +209,12 @@ pub struct Subdisk {
 pub struct ClusterConfig {
     /// Shared and private disk groups, sorted by name.
     pub disk_groups: Vec<DiskGroupConfig>,
+    /// The cluster's open node starts, sorted: those whose data plane may write shared
+    /// mirrored volumes and that have not stopped cleanly (`model::recovery`). Every
+    /// shared group records a copy on its disks; kept here too so that a node is open
+    /// before any shared group exists. Empty for a node's private configuration.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub open_nodes: Vec<OpenNode>,
 }
 
 /// The layout a user asks for at `vol create`.

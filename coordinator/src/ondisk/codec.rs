@@ -6,8 +6,8 @@ use capnp::serialize;
 use plexd_proto::ondisk_capnp as wire;
 
 use crate::model::{
-    Disk, DiskGroupConfig, Export, ExportProtocol, Plex, PlexLayout, PlexState, PrState,
-    ReadPolicy, Subdisk, Volume, VolumeState,
+    Disk, DiskGroupConfig, Export, ExportProtocol, OpenNode, Plex, PlexLayout, PlexState, PrState,
+    ReadPolicy, Subdisk, Volume, VolumeState, MAX_OPEN_NODES,
 };
 use plexd_target_api::scsi::pr::{Registration, Reservation, MAX_REGISTRATIONS};
 
@@ -38,9 +38,17 @@ pub fn write_group(config: &DiskGroupConfig, mut root: wire::disk_group_config::
     for (i, d) in (0..).zip(&config.disks) {
         write_disk(d, disks.reborrow().get(i));
     }
-    let mut volumes = root.init_volumes(len_u32(config.volumes.len()));
+    let mut volumes = root.reborrow().init_volumes(len_u32(config.volumes.len()));
     for (i, v) in (0..).zip(&config.volumes) {
         encode_volume(v, volumes.reborrow().get(i));
+    }
+    if !config.open_nodes.is_empty() {
+        let mut open = root.init_open_nodes(len_u32(config.open_nodes.len()));
+        for (i, o) in (0..).zip(&config.open_nodes) {
+            let mut b = open.reborrow().get(i);
+            b.set_node(o.node);
+            b.set_incarnation(o.incarnation);
+        }
     }
 }
 
@@ -316,6 +324,22 @@ pub fn read_group(root: wire::disk_group_config::Reader<'_>) -> capnp::Result<Di
     for v in root.get_volumes()? {
         volumes.push(decode_volume(v)?);
     }
+    let open = root.get_open_nodes()?;
+    if open.len() as usize > MAX_OPEN_NODES {
+        return Err(capnp::Error::failed(format!(
+            "{} open nodes, at most {MAX_OPEN_NODES}",
+            open.len()
+        )));
+    }
+    let mut open_nodes: Vec<OpenNode> = open
+        .iter()
+        .map(|o| OpenNode {
+            node: o.get_node(),
+            incarnation: o.get_incarnation(),
+        })
+        .collect();
+    open_nodes.sort_unstable();
+    open_nodes.dedup();
     Ok(DiskGroupConfig {
         name: text(root.get_name())?,
         id: text(root.get_id())?,
@@ -324,6 +348,7 @@ pub fn read_group(root: wire::disk_group_config::Reader<'_>) -> capnp::Result<Di
         seq: root.get_seq(),
         disks,
         volumes,
+        open_nodes,
     })
 }
 

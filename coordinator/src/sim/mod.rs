@@ -165,6 +165,8 @@ pub struct Coverage {
     /// Private changes that found a shared transaction in progress or staged on
     /// their node and waited for it.
     pub private_waits: usize,
+    /// Volumes whose plexes may differ after a node died serving them.
+    pub divergences: usize,
 }
 
 #[derive(Debug)]
@@ -217,6 +219,9 @@ pub struct Kernel {
     pub left: bool,
     /// Simulated time until which the data plane serves shared volumes (its lease).
     pub lease_until_ms: u64,
+    /// The coordinator start that granted that lease (a restarted coordinator's data
+    /// plane serves under its predecessor's until the new start renews it).
+    pub lease_inc: u64,
     /// Volumes quiesced for a resync fence (host I/O parked). Every kernel phase
     /// clears them (pessimistic: a commit resumes I/O).
     pub quiesced: BTreeSet<String>,
@@ -247,6 +252,19 @@ pub struct CopyInFlight {
     pub dirty: bool,
     /// The write's deadline (the node's clock) and whether it moves with the lease.
     deadline: (u64, bool),
+}
+
+/// Plexes of a volume that may hold different data: a node start's data plane
+/// died while it served the volume with all of them readable (ACTIVE).
+#[derive(Clone, Debug)]
+pub struct Divergence {
+    /// The node start (node, incarnation) that died.
+    pub start: (NodeId, u64),
+    /// Volume.
+    pub volume: String,
+    /// Plexes that may differ from each other; a plex leaves the set when a resync
+    /// made it ACTIVE again (a copy of the one readable plex).
+    pub plexes: BTreeSet<String>,
 }
 
 /// Largest clock rate drift of a node, in parts per million: the bound the protocol
@@ -354,6 +372,8 @@ pub struct Sim {
     /// (volume, plex) → chunks whose content equals the ACTIVE plexes' (copied
     /// with no unfenced writer meanwhile, and no write missed the plex since).
     synced: BTreeMap<(String, String), BTreeSet<u64>>,
+    /// Plexes that may differ after a node's data plane died serving them.
+    diverged: Vec<Divergence>,
     events: u64,
     /// What the run covered so far.
     pub coverage: Coverage,
@@ -414,6 +434,7 @@ impl Sim {
             copies: Vec::new(),
             copy_fault_percent: 0,
             synced: BTreeMap::new(),
+            diverged: Vec::new(),
             events: 0,
             coverage: Coverage::default(),
         }
@@ -586,6 +607,17 @@ impl Sim {
         })
     }
 
+    /// Whether the current start of every node in `ids` is open on the disk (the
+    /// master committed its node-crash bookkeeping after their joins) and every
+    /// earlier start it recorded open was closed or recovered.
+    pub fn opened(&self, ids: &[NodeId]) -> bool {
+        let Some(disk) = self.disk.as_ref() else {
+            return false;
+        };
+        ids.iter()
+            .all(|&id| self.is_up(id) && disk.config.open.get(&id) == Some(&self.node(id).inc))
+    }
+
     /// Starts (or restarts) node `id` now.
     pub fn start(&mut self, id: NodeId) {
         assert!(!self.is_up(id), "node {id} is already up");
@@ -714,8 +746,87 @@ impl Sim {
 
     /// Crashes node `id` now (as kill -9 of its coordinator and data plane).
     pub fn crash(&mut self, id: NodeId) {
+        self.mark_divergence(id);
         self.crash_coordinator(id);
         self.node_mut(id).kernel = Kernel::default();
+    }
+
+    /// Node `id`'s data plane dies: if it served, it may have written a mirrored
+    /// volume's block to some of its readable plexes and not the others.
+    fn mark_divergence(&mut self, id: NodeId) {
+        let n = self.node(id);
+        if self.now_ms >= n.kernel.lease_until_ms || n.kernel.left {
+            return;
+        }
+        let start = (id, n.kernel.lease_inc);
+        let mut marks = Vec::new();
+        for (volume, g) in &n.kernel.active.groups {
+            let readable: BTreeSet<String> = g
+                .plexes
+                .iter()
+                .filter(|(_, &a)| a)
+                .map(|(p, _)| p.clone())
+                .collect();
+            if readable.len() >= 2 {
+                marks.push((volume.clone(), readable));
+            }
+        }
+        for (volume, plexes) in marks {
+            self.note(format!(
+                "{} crashes serving {volume}: plexes {plexes:?} may differ",
+                Sim::name(id)
+            ));
+            self.coverage.divergences += 1;
+            self.diverged.push(Divergence {
+                start,
+                volume,
+                plexes,
+            });
+        }
+    }
+
+    /// Kills only node `id`'s data plane (as kill -9 of plexd-target): a copy it was
+    /// making lands or not, and its coordinator reconnects at once to a new one and
+    /// loads it (as the daemon does): the committed configuration if it is a member,
+    /// its prepared transaction staged again, no lease until the core renews it.
+    pub fn crash_data_plane(&mut self, id: NodeId) {
+        if !self.is_up(id) {
+            return;
+        }
+        self.note(format!("crash {}'s data plane", Sim::name(id)));
+        self.mark_divergence(id);
+        let copies: Vec<CopyInFlight> = self
+            .copies
+            .iter()
+            .filter(|c| c.node == id)
+            .cloned()
+            .collect();
+        self.copies.retain(|c| c.node != id);
+        for c in copies {
+            if self.rng.gen_bool(0.5) && self.write_in_time(id, c.deadline) {
+                self.land_copy(c);
+            }
+        }
+        // The daemon reloads what the core's kernel actions left in the data plane.
+        let active = self
+            .core(id)
+            .map(|c| c.data_plane_shared().clone())
+            .unwrap_or_default();
+        let n = self.node_mut(id);
+        let staged = n.kernel.staged.take();
+        let staged_private = n.kernel.staged_private.take();
+        let staged_inc = n.kernel.staged_inc;
+        // The driver loads its private groups too (the daemon's Reconnect job).
+        let private = n.private_disk.clone();
+        n.kernel = Kernel {
+            active,
+            staged,
+            staged_private,
+            staged_inc,
+            private,
+            ..Kernel::default()
+        };
+        self.feed(id, Event::DataPlaneLost);
     }
 
     /// Kills only node `id`'s coordinator: its data plane goes on with its layout,
@@ -853,7 +964,11 @@ impl Sim {
             | ToyChange::CreatePrivate { tag, .. }
             | ToyChange::Destroy { tag, .. }
             | ToyChange::Attach { tag, .. } => Some(*tag),
-            ToyChange::Detach { .. } | ToyChange::SetActive { .. } => None,
+            ToyChange::Detach { .. }
+            | ToyChange::SetActive { .. }
+            | ToyChange::Open { .. }
+            | ToyChange::Close { .. }
+            | ToyChange::Recover { .. } => None,
         };
         // The core routes it by the same rule when it is fed, at once.
         let private = self
@@ -1246,6 +1361,9 @@ impl Sim {
         if let Err(e) = self.check_resync_done(&w.config) {
             return self.violate(e);
         }
+        if let Err(e) = self.check_divergence(&w.config) {
+            return self.violate(e);
+        }
         self.committed.insert(w.config.seq, w.config.clone());
         self.disk = Some(w);
     }
@@ -1259,8 +1377,11 @@ impl Sim {
             return;
         };
         let actions = core.handle(clock, event);
+        let revoked = core.data_plane_lease_ms(clock) == 0;
         self.perform(id, actions);
-        if tick {
+        // A revocation (not open, stopping) reaches the data plane at once, as the
+        // daemon publishes it before the clean-stop close leaves.
+        if tick || revoked {
             self.renew_lease(id);
         }
     }
@@ -1273,11 +1394,15 @@ impl Sim {
         let Some(core) = n.core.as_ref() else {
             return;
         };
-        let left_ms = core.lease_remaining_ms(Sim::clock(n.drift_ppm, now));
+        let left_ms = core.data_plane_lease_ms(Sim::clock(n.drift_ppm, now));
         let rate = 1_000_000 + n.drift_ppm;
         let left_real = (i128::from(left_ms) * 1_000_000 / i128::from(rate)) as u64;
         let until = now.saturating_add(left_real);
-        self.node_mut(id).kernel.lease_until_ms = until;
+        let n = self.node_mut(id);
+        n.kernel.lease_until_ms = until;
+        if left_ms > 0 {
+            n.kernel.lease_inc = n.inc;
+        }
     }
 
     /// Carries out node `id`'s actions, as the daemon would.
@@ -1836,6 +1961,52 @@ impl Sim {
         Ok(())
     }
 
+    /// Node-crash recovery: a configuration reaching the disk. A plex that became
+    /// ACTIVE again through a resync is a copy of the one readable plex (it leaves
+    /// its divergence); once the dead start is no longer open (its loss was acted
+    /// on), at most one plex of a divergence may be readable.
+    fn check_divergence(&mut self, config: &ToyConfig) -> Result<(), String> {
+        let before = self.disk.as_ref().map(|d| d.config.clone());
+        for d in &mut self.diverged {
+            let Some(g) = config.groups.get(&d.volume) else {
+                d.plexes.clear();
+                continue;
+            };
+            let was_syncing = |p: &String| {
+                before
+                    .as_ref()
+                    .and_then(|b| b.groups.get(&d.volume))
+                    .is_some_and(|bg| bg.syncing.contains(p))
+            };
+            d.plexes
+                .retain(|p| !(g.plexes.get(p) == Some(&true) && was_syncing(p)));
+        }
+        self.diverged.retain(|d| d.plexes.len() >= 2);
+        for d in &self.diverged {
+            let (node, inc) = d.start;
+            if config.open.get(&node) == Some(&inc) {
+                continue;
+            }
+            let Some(g) = config.groups.get(&d.volume) else {
+                continue;
+            };
+            let readable: Vec<&String> = d
+                .plexes
+                .iter()
+                .filter(|p| g.plexes.get(*p) == Some(&true))
+                .collect();
+            if readable.len() >= 2 {
+                return Err(format!(
+                    "volume {}: plexes {readable:?} may differ ({} died serving them) yet both are readable on the disk (seq {}) with that start no longer open",
+                    d.volume,
+                    Sim::name(node),
+                    config.seq
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Nodes whose data plane could write `volume` now: it serves (its lease
     /// holds), has the volume and has not quiesced it for a fence.
     pub fn writers(&self, volume: &str) -> Vec<NodeId> {
@@ -2047,6 +2218,9 @@ impl Sim {
     pub fn check(&mut self) -> Result<(), String> {
         if let Some(v) = &self.violation {
             return Err(v.clone());
+        }
+        if let Some(d) = self.disk.as_ref().map(|d| d.config.clone()) {
+            self.check_divergence(&d)?;
         }
         self.check_fencing()?;
         self.check_private()?;

@@ -293,6 +293,10 @@ fn inject(
         let id = up[rng.gen_range(0..up.len())];
         if rng.gen_bool(0.5) {
             sim.crash(id);
+        } else if stats.crashes % 3 == 2 {
+            // One in three of the others kills the data plane alone (no draw of
+            // its own: the other seeds keep their schedules).
+            sim.crash_data_plane(id);
         } else {
             sim.crash_coordinator(id);
         }

@@ -28,6 +28,12 @@ pub struct ToyConfig {
     pub groups: BTreeMap<String, ToyGroup>,
     /// Tags of the client changes applied, in order.
     pub history: Vec<u64>,
+    /// Open node starts: node → incarnation (`core::recovery`).
+    #[serde(default)]
+    pub open: BTreeMap<u32, u64>,
+    /// Node starts recovered, in order (a clean stop must add none).
+    #[serde(default)]
+    pub recovered: Vec<(u32, u64)>,
 }
 
 /// A toy change. Client changes carry a unique tag.
@@ -74,6 +80,28 @@ pub enum ToyChange {
         volume: String,
         /// Plex name.
         plex: String,
+    },
+    /// A node start may write the mirrors (made by the master).
+    Open {
+        /// Node.
+        node: u32,
+        /// Its start.
+        inc: u64,
+    },
+    /// A node start stopped cleanly.
+    Close {
+        /// Node.
+        node: u32,
+        /// Its start.
+        inc: u64,
+    },
+    /// A node start was lost: every volume with two or more ACTIVE plexes keeps the
+    /// first, the others become SYNCING.
+    Recover {
+        /// Node.
+        node: u32,
+        /// Its start.
+        inc: u64,
     },
     /// Detach a plex (made by the master after a plex I/O error).
     Detach {
@@ -148,6 +176,44 @@ impl ToyConfig {
                 }
                 group.plexes.insert(plex.clone(), true);
             }
+            ToyChange::Open { node, inc } => match self.open.get(node) {
+                Some(i) if i == inc => {
+                    return Err(format!("node {node} start {inc} is already open"))
+                }
+                Some(i) => {
+                    return Err(format!(
+                        "node {node} start {inc}: its earlier start {i} is still open"
+                    ))
+                }
+                None => {
+                    next.open.insert(*node, *inc);
+                }
+            },
+            ToyChange::Close { node, inc } => {
+                if self.open.get(node) != Some(inc) {
+                    return Err(format!("node {node} start {inc} is not open"));
+                }
+                next.open.remove(node);
+            }
+            ToyChange::Recover { node, inc } => {
+                if self.open.get(node) != Some(inc) {
+                    return Err(format!("node {node} start {inc} is not open"));
+                }
+                next.open.remove(node);
+                next.recovered.push((*node, *inc));
+                for g in next.groups.values_mut() {
+                    let active: Vec<String> = g
+                        .plexes
+                        .iter()
+                        .filter(|(_, &a)| a)
+                        .map(|(p, _)| p.clone())
+                        .collect();
+                    for p in active.iter().skip(1) {
+                        g.plexes.insert(p.clone(), false);
+                        g.syncing.insert(p.clone());
+                    }
+                }
+            }
             ToyChange::Detach { volume, plex } => {
                 let group = next
                     .groups
@@ -219,7 +285,10 @@ impl ConfigModel for ToyConfig {
     fn is_private(private: &ToyConfig, change: &ToyChange) -> bool {
         match change {
             ToyChange::CreatePrivate { .. } => true,
-            ToyChange::Create { .. } => false,
+            ToyChange::Create { .. }
+            | ToyChange::Open { .. }
+            | ToyChange::Close { .. }
+            | ToyChange::Recover { .. } => false,
             ToyChange::Destroy { name, .. } => private.groups.contains_key(name),
             ToyChange::Attach { volume, .. }
             | ToyChange::SetActive { volume, .. }
@@ -279,6 +348,26 @@ impl ConfigModel for ToyConfig {
             volume: p.volume.clone(),
             plex: p.plex.clone(),
         }))
+    }
+
+    fn open_nodes(&self) -> Vec<(u32, u64)> {
+        self.open.iter().map(|(&n, &i)| (n, i)).collect()
+    }
+
+    fn node_open(&self, node: u32, inc: u64) -> Option<ToyChange> {
+        (!self.open.contains_key(&node)).then_some(ToyChange::Open { node, inc })
+    }
+
+    fn node_close(&self, node: u32, inc: u64) -> Option<ToyChange> {
+        (self.open.get(&node) == Some(&inc)).then_some(ToyChange::Close { node, inc })
+    }
+
+    fn node_recover(&self, node: u32, inc: u64) -> Option<ToyChange> {
+        (self.open.get(&node) == Some(&inc)).then_some(ToyChange::Recover { node, inc })
+    }
+
+    fn may_serve(&self, node: u32, inc: u64) -> bool {
+        self.open.get(&node) == Some(&inc)
     }
 
     fn encode(&self) -> Vec<u8> {

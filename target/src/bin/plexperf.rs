@@ -6,6 +6,8 @@
 //! plexperf --bdev uring:name=u0,path=/dev/shm/x.img --rw randread --bs 4k --qd 32 --time 5
 //! plexperf --bdev malloc:name=m0,size=1G --volume concat:m0 --rw verify --quiesce-every 10
 //! plexperf --idle 2          # CPU use of idle reactors
+//! plexperf --nvmf tcp://127.0.0.1:4420/nqn.2026-11.io.plexd:demo --rw randread --qd 32 \
+//!          --qpairs 2 --cores 1      # an NVMe/TCP target, from outside
 //! ```
 
 use std::process::ExitCode;
@@ -17,6 +19,7 @@ use plexd_target::bdev::malloc::MallocBdev;
 use plexd_target::bdev::null::NullBdev;
 use plexd_target::bdev::uring::UringBdev;
 use plexd_target::perf::{start_job, JobConfig, JobResult, Workload};
+use plexd_target::perf_nvmf::{parse_digests, run_nvmf_job, NvmfJobConfig, NvmfUrl};
 use plexd_target::reactor::{parse_cores, thread_cpu_ns, PollMode, ReactorConfig};
 /// A size as people type it (the project's one size parser), errors as text.
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -31,8 +34,8 @@ const VOLUME_NAME: &str = "vol0";
 #[derive(Parser, Debug)]
 #[command(
     name = "plexperf",
-    about = "Measure plexd's data plane in-process: bdevs, volumes, quiesce under load",
-    after_help = "Examples:\n  plexperf --bdev null:name=n0,size=8G --volume concat:n0 --rw randread --bs 4k --qd 128 --time 5 --cores 0\n  plexperf --bdev uring:name=u0,path=/dev/shm/x.img --rw randread --qd 32\n  plexperf --bdev malloc:name=m0,size=256M --bdev malloc:name=m1,size=256M --volume mirror:m0,m1 --rw verify --quiesce-every 10 --json"
+    about = "Measure plexd's data plane in-process (bdevs, volumes, quiesce under load) or an NVMe/TCP target (--nvmf)",
+    after_help = "Examples:\n  plexperf --bdev null:name=n0,size=8G --volume concat:n0 --rw randread --bs 4k --qd 128 --time 5 --cores 0\n  plexperf --bdev uring:name=u0,path=/dev/shm/x.img --rw randread --qd 32\n  plexperf --bdev malloc:name=m0,size=256M --bdev malloc:name=m1,size=256M --volume mirror:m0,m1 --rw verify --quiesce-every 10 --json\n  plexperf --nvmf tcp://127.0.0.1:4420/nqn.2026-11.io.plexd:demo --rw randwrite --qd 32 --qpairs 2 --digest header"
 )]
 struct Args {
     /// A bdev: null:name=N,size=S[,block_size=B] | malloc:name=N,size=S | uring:name=N,path=P[,block_size=B]
@@ -47,13 +50,25 @@ struct Args {
     /// Block size
     #[arg(long, default_value = "4k")]
     bs: String,
-    /// I/Os in flight per reactor
+    /// I/Os in flight per reactor (with --nvmf: per queue pair)
     #[arg(long, default_value_t = 32)]
     qd: u32,
+    /// Load an NVMe/TCP target instead of an in-process data plane: tcp://ADDR:PORT/NQN
+    #[arg(long, value_name = "URL")]
+    nvmf: Option<String>,
+    /// With --nvmf: I/O queue pairs (one thread and connection each; default one per --cores core)
+    #[arg(long)]
+    qpairs: Option<usize>,
+    /// With --nvmf: the namespace to load
+    #[arg(long, default_value_t = 1)]
+    nsid: u32,
+    /// With --nvmf: digests to ask for: none, header, data, both
+    #[arg(long, default_value = "none")]
+    digest: String,
     /// Seconds to run
     #[arg(long, default_value_t = 5.0)]
     time: f64,
-    /// Cores for reactors (0,1 or 0-3 or 0x3)
+    /// Cores for reactors (0,1 or 0-3 or 0x3); with --nvmf, the queue pairs' threads
     #[arg(long, default_value = "0")]
     cores: String,
     /// Reactor sleep policy: adaptive or always
@@ -370,6 +385,8 @@ struct Report<'a> {
     /// I/O the loaded bdev refused with EAGAIN (a bounded queue was full), by
     /// cause: the kernel interface's refusal counters.
     refused: Vec<(&'static str, u64)>,
+    /// Present with `--nvmf`: `reactors` then counts queue pairs.
+    nvmf: Option<&'a NvmfJobConfig>,
 }
 
 impl Report<'_> {
@@ -402,6 +419,11 @@ impl Report<'_> {
                 .map(|(k, n)| (k.to_string(), serde_json::json!(n)))
                 .collect::<serde_json::Map<String, serde_json::Value>>(),
         });
+        if let Some(n) = self.nvmf {
+            o["qpairs"] = serde_json::json!(n.qpairs);
+            o["nsid"] = serde_json::json!(n.nsid);
+            o["digest"] = serde_json::json!(args.digest);
+        }
         if let Some(q) = self.quiesce {
             o["quiesces"] = serde_json::json!(q.times.len());
             o["quiesce_errors"] = serde_json::json!(q.errors);
@@ -418,13 +440,19 @@ impl Report<'_> {
     /// The report as text lines.
     fn print_text(&self) {
         let (args, res) = (self.args, self.res);
+        let on = match self.nvmf {
+            Some(n) => format!(
+                "nsid {} over {} queue pair(s), digests {}",
+                n.nsid, n.qpairs, args.digest
+            ),
+            None => format!("on {} reactor(s)", self.reactors),
+        };
         println!(
-            "{}: {} {} qd {} on {} reactor(s), {:.1} s",
+            "{}: {} {} qd {} {on}, {:.1} s",
             self.target_name,
             args.rw,
             args.bs,
             args.qd,
-            self.reactors,
             res.elapsed.as_secs_f64()
         );
         println!("  IOPS        {:>12.0}", res.iops());
@@ -484,9 +512,51 @@ fn refusals(t: &Target, name: &str, volume: bool) -> Result<Vec<(&'static str, u
     Ok(vec![("bdev", b.info().refused)])
 }
 
+/// `--nvmf URL`: loads an NVMe/TCP target through plexperf's own initiator.
+fn run_nvmf(args: &Args, url: &str) -> Result<bool, String> {
+    if !args.bdevs.is_empty() || args.volume.is_some() || args.quiesce_every.is_some() {
+        return Err("--nvmf loads a remote target: no --bdev, --volume or --quiesce-every".into());
+    }
+    let cores = parse_cores(&args.cores)?;
+    let cfg = NvmfJobConfig {
+        url: NvmfUrl::parse(url)?,
+        nsid: args.nsid,
+        digests: parse_digests(&args.digest)?,
+        workload: Workload::parse(&args.rw)?,
+        block_bytes: parse_size(&args.bs)?,
+        qd: args.qd,
+        qpairs: args.qpairs.unwrap_or(cores.len().max(1)),
+        cores,
+        seed: args.seed,
+        duration: Duration::from_secs_f64(args.time.max(0.0)),
+    };
+    let res = run_nvmf_job(&cfg)?;
+    let name = cfg.url.to_string();
+    let report = Report {
+        args,
+        target_name: &name,
+        block_bytes: cfg.block_bytes,
+        reactors: cfg.qpairs,
+        hugepages: false,
+        res: &res,
+        quiesce: None,
+        refused: Vec::new(),
+        nvmf: Some(&cfg),
+    };
+    if args.json {
+        report.print_json();
+    } else {
+        report.print_text();
+    }
+    Ok(res.failed_ios == 0 && res.verify_errors == 0)
+}
+
 /// Runs what the arguments ask; `Ok(false)` when I/Os failed, data did not verify
 /// or a layout change failed.
 fn run(args: &Args) -> Result<bool, String> {
+    if let Some(url) = &args.nvmf {
+        return run_nvmf(args, url);
+    }
     let t = start_target(args)?;
     if let Some(secs) = args.idle {
         measure_idle(&t, secs, args.json);
@@ -523,6 +593,7 @@ fn run(args: &Args) -> Result<bool, String> {
         res: &res,
         quiesce: quiesce.as_ref(),
         refused,
+        nvmf: None,
     };
     if args.json {
         report.print_json();

@@ -6,7 +6,11 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::nvme::{admin_op, c_str, fctype, put16, put32, put64, put_str, Sqe, Status};
+pub use super::fabrics::{
+    cap, cc_transition, invalid_data_field, parse_connect, prop, property_value, CcChange,
+    ConnectReq, CONNECT_DATA_LEN, VERSION,
+};
+use super::nvme::{admin_op, fctype, put16, put32, put64, put_str, Sqe, Status};
 use super::subsys::{AnaState, Ctrl, Namespace, Subsystem, DISCOVERY_NQN};
 use super::{
     Shared, FW_REV, IN_CAPSULE_DATA_BYTES, MAX_AERS, MAX_ANA_GROUP, MAX_IO_QUEUES, MAX_NAMESPACES,
@@ -15,21 +19,6 @@ use super::{
 
 /// Identify data size.
 pub const IDENTIFY_LEN: usize = 4096;
-/// NVMe version reported: 1.4.
-pub const VERSION: u32 = 0x0001_0400;
-/// Size of the data of a Connect command.
-pub const CONNECT_DATA_LEN: usize = 1024;
-/// Property offsets.
-pub mod prop {
-    /// Controller capabilities (8 bytes).
-    pub const CAP: u32 = 0x00;
-    /// Version.
-    pub const VS: u32 = 0x08;
-    /// Controller configuration.
-    pub const CC: u32 = 0x14;
-    /// Controller status.
-    pub const CSTS: u32 = 0x1C;
-}
 /// Async event configuration bit: namespace attribute notices.
 pub const AEC_NS_ATTR: u32 = 1 << 8;
 /// Async event configuration bit: ANA change notices.
@@ -89,102 +78,20 @@ fn data(d: Vec<u8>) -> AdminDone {
     }
 }
 
-/// A parsed Connect command.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConnectReq {
-    /// Queue id (0: admin).
-    pub qid: u16,
-    /// Queue size, 0-based.
-    pub sqsize: u16,
-    /// Connect attributes (bit 2: SQ flow control disabled).
-    pub cattr: u8,
-    /// Keep alive timeout in ms.
-    pub kato_ms: u32,
-    /// Host identifier.
-    pub hostid: [u8; 16],
-    /// Controller id (0xFFFF: any, for the admin queue).
-    pub cntlid: u16,
-    /// Subsystem NQN.
-    pub subnqn: String,
-    /// Host NQN.
-    pub hostnqn: String,
-}
-
-/// Reads a Connect command and its data. Errors carry the status and dword 0
-/// (the invalid parameter's attribute and offset).
-pub fn parse_connect(sqe: &Sqe, d: &[u8]) -> Result<ConnectReq, (Status, u32)> {
-    let recfmt = super::pdu::le16(&sqe.0, 40);
-    if recfmt != 0 {
-        return Err((Status::CONNECT_FORMAT, 0));
-    }
-    if d.len() < CONNECT_DATA_LEN {
-        return Err((Status::SGL_LENGTH, 0));
-    }
-    let qid = super::pdu::le16(&sqe.0, 42);
-    let sqsize = super::pdu::le16(&sqe.0, 44);
-    // Invalid parameter in the command: IATTR 0, IPO = byte offset.
-    if sqsize == 0 || u32::from(sqsize) >= MAX_QUEUE_ENTRIES as u32 {
-        return Err((Status::CONNECT_INVALID, 44));
-    }
-    let mut hostid = [0u8; 16];
-    hostid.copy_from_slice(&d[..16]);
-    Ok(ConnectReq {
-        qid,
-        sqsize,
-        cattr: sqe.0[46],
-        kato_ms: super::pdu::le32(&sqe.0, 48),
-        hostid,
-        cntlid: super::pdu::le16(d, 16),
-        subnqn: c_str(&d[256..512]),
-        hostnqn: c_str(&d[512..768]),
-    })
-}
-
-/// Dword 0 of a Connect failing on a field of its data at `offset`.
-pub fn invalid_data_field(offset: u16) -> u32 {
-    u32::from(offset) | (1 << 16)
-}
-
-/// The CAP property.
-pub fn cap() -> u64 {
-    let mqes = (MAX_QUEUE_ENTRIES - 1) as u64;
-    // CQR, timeout 15 s (500 ms units), NVM command set.
-    mqes | (1 << 16) | (30 << 24) | (1 << 37)
-}
-
 /// Property Get.
 pub fn property_get(ctrl: &Ctrl, sqe: &Sqe) -> AdminDone {
     let eight = sqe.0[40] & 7 == 1;
-    let off = sqe.cdw(11);
-    let v: u64 = match off {
-        prop::CAP => cap(),
-        prop::VS => VERSION.into(),
-        prop::CC => ctrl.cc.load(Ordering::Acquire).into(),
-        prop::CSTS => ctrl.csts.load(Ordering::Acquire).into(),
-        _ => return reply(Status::INVALID_FIELD),
-    };
-    if !eight && off == prop::CAP {
-        return reply(Status::INVALID_FIELD);
+    let cc = ctrl.cc.load(Ordering::Acquire);
+    let csts = ctrl.csts.load(Ordering::Acquire);
+    match property_value(sqe.cdw(11), eight, cc, csts) {
+        Ok(v) => AdminDone::Reply {
+            status: Status::SUCCESS,
+            dw0: v as u32,
+            dw1: (v >> 32) as u32,
+            data: Vec::new(),
+        },
+        Err(st) => reply(st),
     }
-    AdminDone::Reply {
-        status: Status::SUCCESS,
-        dw0: v as u32,
-        dw1: (v >> 32) as u32,
-        data: Vec::new(),
-    }
-}
-
-/// What a Property Set did to the controller.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CcChange {
-    /// Nothing that matters.
-    None,
-    /// Enabled.
-    Enabled,
-    /// Disabled (reset): the I/O queues go.
-    Disabled,
-    /// Shutdown requested (done at once).
-    Shutdown,
 }
 
 /// Property Set.
@@ -195,24 +102,12 @@ pub fn property_set(ctrl: &Ctrl, sqe: &Sqe) -> (AdminDone, CcChange) {
         return (reply(Status::INVALID_FIELD), CcChange::None);
     }
     let old = ctrl.cc.swap(v, Ordering::AcqRel);
-    let mut change = CcChange::None;
-    let mut csts = ctrl.csts.load(Ordering::Acquire);
-    if v & 1 != 0 && old & 1 == 0 {
-        csts = (csts | 1) & !0xC;
-        change = CcChange::Enabled;
-    } else if v & 1 == 0 && old & 1 != 0 {
-        csts &= !1;
+    let t = cc_transition(old, v, ctrl.csts.load(Ordering::Acquire));
+    if t.io_queues_close {
         ctrl.io_epoch.fetch_add(1, Ordering::AcqRel);
-        change = CcChange::Disabled;
     }
-    if (v >> 14) & 3 != 0 && (old >> 14) & 3 == 0 {
-        // Shutdown: nothing is cached here, so it is complete at once.
-        csts = (csts & !0xC) | (2 << 2);
-        ctrl.io_epoch.fetch_add(1, Ordering::AcqRel);
-        change = CcChange::Shutdown;
-    }
-    ctrl.csts.store(csts, Ordering::Release);
-    (reply(Status::SUCCESS), change)
+    ctrl.csts.store(t.csts, Ordering::Release);
+    (reply(Status::SUCCESS), t.change)
 }
 
 /// Runs an admin command other than Connect (and other than the fabrics

@@ -4,8 +4,10 @@
 //! Code map:
 //! - [`pdu`]: the PDU codec (common header, digests, lengths); no panics.
 //! - [`nvme`]: submission / completion queue entries, status codes, opcodes.
-//! - [`admin`]: fabrics (Connect parameters, properties) and admin commands
-//!   (Identify, Get Log Page, features, keep alive, AER, abort); pure logic.
+//! - [`fabrics`]: Connect's parameters and the properties (CAP, VS, CC, CSTS)
+//!   as pure functions of bytes and values (fuzzed as they are).
+//! - [`admin`]: fabrics and admin commands applied to a controller (Identify,
+//!   Get Log Page, features, keep alive, AER, abort); pure logic.
 //! - [`io`]: I/O commands decoded into block operations; pure logic.
 //! - [`subsys`]: subsystems, namespaces and their identity, controllers, ANA.
 //! - `qpair`: one queue pair (one TCP connection) on its reactor: socket I/O
@@ -24,6 +26,7 @@
 pub use plexd_target_api::nvmf::{ControllerInfo, MAX_NAMESPACES, MAX_PEER_LISTENERS};
 pub mod admin;
 pub mod config;
+pub mod fabrics;
 pub mod io;
 pub mod nvme;
 pub mod pdu;
@@ -52,8 +55,9 @@ pub const IN_CAPSULE_DATA_BYTES: usize = 8192;
 pub const MAX_H2C_DATA_BYTES: usize = 128 << 10;
 /// Largest data section of one C2HData PDU sent.
 pub const MAX_C2H_DATA_BYTES: usize = 128 << 10;
-/// Entries of a queue (MQES + 1, MAXCMD): commands outstanding per queue pair.
-pub const MAX_QUEUE_ENTRIES: usize = 128;
+/// Entries of a queue (MQES + 1, MAXCMD): commands outstanding per queue pair
+/// (defined with the Connect parameters it bounds).
+pub use fabrics::MAX_QUEUE_ENTRIES;
 /// I/O queues granted per controller at most.
 pub const MAX_IO_QUEUES: u32 = 64;
 /// Asynchronous Event Requests held per controller (AERL + 1).

@@ -213,9 +213,49 @@ pub fn digest(data: &[u8]) -> u32 {
     crc32c::crc32c(data)
 }
 
+/// The header length of a PDU type a controller may send, None for the others.
+pub fn ctrl_hlen(t: u8) -> Option<usize> {
+    match t {
+        ty::IC_RESP => Some(IC_LEN),
+        ty::C2H_TERM => Some(DATA_HLEN),
+        ty::CAPSULE_RESP => Some(RESP_HLEN),
+        ty::C2H_DATA => Some(DATA_HLEN),
+        ty::R2T => Some(DATA_HLEN),
+        _ => None,
+    }
+}
+
+/// Which end sent the PDUs being parsed: the types, header lengths and data
+/// sections allowed differ, the layout does not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sender {
+    /// A host (what the target parses).
+    Host,
+    /// A controller (what plexperf's initiator parses).
+    Ctrl,
+}
+
 /// Parses the PDU at the start of `buf` (a host's PDU). `max_data` bounds the
 /// data section; `dig` are the digests in force (none before ICResp).
+#[inline]
 pub fn parse(buf: &[u8], dig: Digests, max_data: usize) -> Result<Parsed<'_>, PduError> {
+    parse_from(Sender::Host, buf, dig, max_data)
+}
+
+/// Parses the PDU at the start of `buf` as a host reads a controller's PDUs
+/// (ICResp, CapsuleResp, C2HData, R2T, C2HTermReq), with the same checks as
+/// [`parse`]: `max_data` bounds the data section; `dig` are the digests in force.
+pub fn parse_ctrl(buf: &[u8], dig: Digests, max_data: usize) -> Result<Parsed<'_>, PduError> {
+    parse_from(Sender::Ctrl, buf, dig, max_data)
+}
+
+#[inline(always)]
+fn parse_from(
+    from: Sender,
+    buf: &[u8],
+    dig: Digests,
+    max_data: usize,
+) -> Result<Parsed<'_>, PduError> {
     if buf.len() < CH_LEN {
         return Ok(Parsed::Need(CH_LEN));
     }
@@ -224,7 +264,11 @@ pub fn parse(buf: &[u8], dig: Digests, max_data: usize) -> Result<Parsed<'_>, Pd
     let hlen_b = buf[2];
     let pdo = buf[3];
     let plen = le32(buf, 4);
-    let want = host_hlen(t).ok_or(PduError::BadType(t))?;
+    let (hlen_of, ic_ty, term_ty): (fn(u8) -> Option<usize>, u8, u8) = match from {
+        Sender::Host => (host_hlen, ty::IC_REQ, ty::H2C_TERM),
+        Sender::Ctrl => (ctrl_hlen, ty::IC_RESP, ty::C2H_TERM),
+    };
+    let want = hlen_of(t).ok_or(PduError::BadType(t))?;
     if hlen_b as usize != want {
         return Err(PduError::BadHlen {
             ty: t,
@@ -232,7 +276,7 @@ pub fn parse(buf: &[u8], dig: Digests, max_data: usize) -> Result<Parsed<'_>, Pd
             want,
         });
     }
-    let ic = t == ty::IC_REQ;
+    let ic = t == ic_ty;
     let hd = !ic && dig.header;
     if !ic && (flags & flag::HDGSTF != 0) != dig.header {
         return Err(PduError::DigestFlags { ty: t, flags });
@@ -241,7 +285,10 @@ pub fn parse(buf: &[u8], dig: Digests, max_data: usize) -> Result<Parsed<'_>, Pd
         return Err(PduError::DigestFlags { ty: t, flags });
     }
     let head = want + if hd { DIGEST_LEN } else { 0 };
-    let carries_data = matches!(t, ty::CAPSULE_CMD | ty::H2C_DATA | ty::H2C_TERM);
+    let carries_data = match from {
+        Sender::Host => matches!(t, ty::CAPSULE_CMD | ty::H2C_DATA | ty::H2C_TERM),
+        Sender::Ctrl => matches!(t, ty::C2H_DATA | ty::C2H_TERM),
+    };
     let max = if carries_data {
         head + 255 + max_data + DIGEST_LEN
     } else {
@@ -258,7 +305,7 @@ pub fn parse(buf: &[u8], dig: Digests, max_data: usize) -> Result<Parsed<'_>, Pd
     let plen_u = plen as usize;
     let has_data = plen_u > head;
     let ddgst = has_data && flags & flag::DDGSTF != 0;
-    if has_data && dig.data && !ddgst && t != ty::H2C_TERM {
+    if has_data && dig.data && !ddgst && t != term_ty {
         return Err(PduError::DigestFlags { ty: t, flags });
     }
     let data_start = if has_data { pdo as usize } else { head };
@@ -511,6 +558,67 @@ mod tests {
         assert!(matches!(
             parse(&v, Digests::default(), 64),
             Err(PduError::BadPdo { .. })
+        ));
+    }
+
+    #[test]
+    fn controller_pdus_parse_on_the_host_side() {
+        let dig = Digests {
+            header: true,
+            data: true,
+        };
+        let mut v = Vec::new();
+        encode(
+            &mut v,
+            ty::C2H_DATA,
+            flag::LAST_PDU,
+            &data_hdr(3, 0, 0, 4),
+            b"wxyz",
+            dig,
+            0,
+        );
+        encode(&mut v, ty::R2T, 0, &data_hdr(4, 1, 0, 8192), &[], dig, 0);
+        encode(&mut v, ty::CAPSULE_RESP, 0, &[0u8; CQE_LEN], &[], dig, 0);
+        let mut at = 0;
+        for (t, data) in [
+            (ty::C2H_DATA, &b"wxyz"[..]),
+            (ty::R2T, b""),
+            (ty::CAPSULE_RESP, b""),
+        ] {
+            match parse_ctrl(&v[at..], dig, 8192).unwrap() {
+                Parsed::Pdu(p) => {
+                    assert_eq!((p.ty, p.data), (t, data));
+                    assert!(!p.data_digest_bad);
+                    at += p.wire_len;
+                }
+                Parsed::Need(n) => panic!("need {n}"),
+            }
+        }
+        assert_eq!(at, v.len());
+        // A host's PDU is not a controller's, and the other way round.
+        let c = capsule(b"", Digests::default());
+        assert!(matches!(
+            parse_ctrl(&c, Digests::default(), 64),
+            Err(PduError::BadType(ty::CAPSULE_CMD))
+        ));
+        assert!(matches!(
+            parse(&v, dig, 8192),
+            Err(PduError::BadType(ty::C2H_DATA))
+        ));
+        // R2T carries no data: a PLEN past its header is refused.
+        let mut r = Vec::new();
+        encode(
+            &mut r,
+            ty::R2T,
+            0,
+            &data_hdr(4, 1, 0, 8),
+            b"data",
+            Digests::default(),
+            0,
+        );
+        assert!(matches!(
+            parse_ctrl(&r, Digests::default(), 64),
+            Err(PduError::BadPlen { .. })
         ));
     }
 
