@@ -29,8 +29,6 @@ use std::sync::{Arc, Mutex};
 
 use crossbeam_queue::ArrayQueue;
 
-use crate::reactor::{Msg, ReactorHandle};
-
 /// Alignment of every buffer: enough for O_DIRECT on 4 KiB-sector devices.
 pub const BUF_ALIGN_BYTES: usize = 4096;
 
@@ -497,11 +495,35 @@ pub enum BufWait {
     Full,
 }
 
+/// A message from one reactor's cache to another's: give back the cached chunks
+/// of a class, or take a chunk handed over. Opaque outside this module; the
+/// reactor layer carries it and hands it to [`BufCache::deliver`] on the peer.
+pub struct CacheMsg(CacheMsgKind);
+
+enum CacheMsgKind {
+    /// Another reactor is hungry for this class.
+    Release(usize),
+    /// A chunk handed to a hungry reactor.
+    Accept(Handoff),
+}
+
+/// How a cache reaches the cache of another reactor of its set. The reactor
+/// layer implements it for its handles (through its message ring, which wakes the
+/// reactor), so the pool sits below the reactor and knows nothing of it.
+pub trait CachePeer {
+    /// The peer's index within the reactor set.
+    fn id(&self) -> usize;
+    /// Queues `msg` for the peer's cache without blocking; the peer runs
+    /// [`BufCache::deliver`] with it. A full ring drops `msg` (a dropped hand-off
+    /// puts its chunk back on the shared list) and says why.
+    fn send_cache_msg(&self, msg: CacheMsg) -> Result<(), String>;
+}
+
 /// Where a cache sends chunks to other reactors: its own id and every reactor's
 /// handle (empty for a cache that is not a reactor's, e.g. in unit tests).
 struct Peers {
     me: usize,
-    handles: Vec<ReactorHandle>,
+    handles: Vec<Box<dyn CachePeer>>,
 }
 
 /// A reactor's cache in front of the shared pool, with its queues of waiters.
@@ -522,7 +544,7 @@ impl BufCache {
 
     /// The cache of reactor `me`; `peers` are the handles of every reactor of the
     /// set (indexed by reactor id), used to hand chunks to hungry reactors.
-    pub fn for_reactor(pool: Arc<BufPool>, me: usize, peers: Vec<ReactorHandle>) -> Self {
+    pub fn for_reactor(pool: Arc<BufPool>, me: usize, peers: Vec<Box<dyn CachePeer>>) -> Self {
         let n = pool.classes.len();
         BufCache {
             local: RefCell::new(
@@ -594,8 +616,8 @@ impl BufCache {
             if h.id() == me {
                 continue;
             }
-            let msg: Msg = Box::new(move |r| r.bufs().release_cached(class));
-            if let Err((full, _)) = h.try_send(msg) {
+            let msg = CacheMsg(CacheMsgKind::Release(class));
+            if let Err(full) = h.send_cache_msg(msg) {
                 // The other reactor still hands us chunks as it frees them.
                 log::warn!(
                     "buffer pool: reactor {me} could not ask reactor {} to release cached {} KiB chunks: {full}",
@@ -663,12 +685,12 @@ impl BufCache {
                         class,
                         idx: Some(idx),
                     };
-                    let msg: Msg = Box::new(move |r| r.bufs().accept(ho));
+                    let msg = CacheMsg(CacheMsgKind::Accept(ho));
                     // A full ring drops the message, and the Handoff puts the
                     // chunk on the shared list; the hungry reactor, already taken
                     // off the queue, finds it on its next try (at the latest when
                     // its sleep ends, MAX_SLEEP).
-                    let _ = h.try_send(msg);
+                    let _ = h.send_cache_msg(msg);
                     return;
                 }
             }
@@ -684,6 +706,15 @@ impl BufCache {
                     debug_assert!(pushed.is_ok(), "class {class}: more chunks than it has");
                 }
             }
+        }
+    }
+
+    /// Runs a message another reactor's cache sent to this one (the reactor
+    /// layer calls it from its message ring).
+    pub fn deliver(&self, msg: CacheMsg) {
+        match msg.0 {
+            CacheMsgKind::Release(class) => self.release_cached(class),
+            CacheMsgKind::Accept(h) => self.accept(h),
         }
     }
 

@@ -13,10 +13,10 @@
 //!   for the check on submit; their expiry poller compares `CLOCK_BOOTTIME` too, at
 //!   most once per [`BOOT_CHECK`] of their cached clock, so a host resumed from suspend
 //!   fences within about that much of its own loop time.
-//! - Control side ([`Lease`], held by the [`Target`], whose `renew_lease`,
+//! - Control side ([`Lease`], held by the [`crate::Target`], whose `renew_lease`,
 //!   `renew_lease_until` and `lease_status` call it): the deadline, a generation
 //!   bumped by every renewal, the expiry count.
-//!   [`Target::renew_lease_until`] hands the new deadline to every reactor through its
+//!   [`crate::Target::renew_lease_until`] hands the new deadline to every reactor through its
 //!   mailbox and waits until each one has it.
 //! - Reactor side ([`ReactorLease`], reactor-local): the deadline and one `fenced`
 //!   flag that a shared volume's channel checks on submit (a `Cell`: no lock, no
@@ -30,7 +30,7 @@
 //!   reactor thread itself is not scheduled).
 //! - Expiry is reported once per lease generation (the first reactor to see it):
 //!   one log line naming the fenced volumes, and [`Event::LeaseExpired`].
-//! - Watchers ([`LeaseWatcher`], registered with [`Target::watch_lease`]; the
+//! - Watchers ([`LeaseWatcher`], registered with [`crate::Target::watch_lease`]; the
 //!   NVMe-oF frontend, whose ANA log reports a fenced node's group inaccessible)
 //!   are told each time shared volumes become fenced (revocation or expiry, from
 //!   the expiry report) or served again (a grant after none, a renewal after expiry,
@@ -49,8 +49,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
+use crate::error::TargetError;
+use crate::event::Event;
 use crate::reactor::{Poller, Reactor};
-use crate::target::{Event, Target, TargetError};
+use crate::services::Services;
 
 /// The errno a shared volume's I/O fails with while the lease is not valid
 /// (`ESHUTDOWN`, "cannot send after transport endpoint shutdown": this node's path
@@ -92,25 +94,48 @@ struct LeaseCtl {
     generation: u64,
 }
 
+/// What the lease needs of the volumes it fences. The lease sits below the volume
+/// module: the [`crate::Target`] hands it the volume module's hooks when it starts.
+pub(crate) struct VolumeHooks {
+    /// Fails what waits on a reactor's shared volumes (the lease ran out there);
+    /// runs on that reactor.
+    pub(crate) fence_reactor: fn(&Reactor),
+    /// The names of the shared volumes, for the expiry report (control path).
+    pub(crate) shared_volumes: Box<dyn Fn() -> Vec<String> + Send + Sync>,
+}
+
 /// What reactors share with the control side (touched only at expiry, never on the
 /// I/O path).
-#[derive(Default)]
 pub(crate) struct LeaseShared {
     /// The newest generation whose expiry was reported.
     reported: AtomicU64,
     expiries: AtomicU64,
     /// Told when shared volumes become fenced or served again.
     watchers: Mutex<Vec<Weak<LeaseWatcher>>>,
+    /// The volume module's hooks.
+    volumes: VolumeHooks,
 }
 
 /// The control side of a target's lease.
-#[derive(Default)]
 pub(crate) struct Lease {
     ctl: Mutex<LeaseCtl>,
     shared: Arc<LeaseShared>,
 }
 
 impl Lease {
+    /// A lease never granted (shared volumes fenced) over the volume module's hooks.
+    pub(crate) fn new(volumes: VolumeHooks) -> Lease {
+        Lease {
+            ctl: Mutex::default(),
+            shared: Arc::new(LeaseShared {
+                reported: AtomicU64::new(0),
+                expiries: AtomicU64::new(0),
+                watchers: Mutex::default(),
+                volumes,
+            }),
+        }
+    }
+
     fn ctl(&self) -> MutexGuard<'_, LeaseCtl> {
         self.ctl.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -155,7 +180,7 @@ impl Lease {
     /// Serves `t`'s shared volumes until now + `lease_ms` (monotonic clock); 0
     /// revokes at once. Returns whether the lease had run out (or been revoked)
     /// before this call. Returns once every reactor has the new deadline.
-    pub(crate) fn renew(&self, t: &Arc<Target>, lease_ms: u32) -> Result<bool, TargetError> {
+    pub(crate) fn renew(&self, t: &Arc<Services>, lease_ms: u32) -> Result<bool, TargetError> {
         if u128::from(lease_ms) > MAX_LEASE.as_millis() {
             return Err(TargetError::invalid(
                 LEASE_OBJ,
@@ -176,7 +201,11 @@ impl Lease {
     /// ([`boottime_ns`]); a deadline already past (0 among them) revokes at once.
     /// Returns whether the lease had run out (or been revoked) before this call.
     /// Returns once every reactor has the new deadline.
-    pub(crate) fn renew_until(&self, t: &Arc<Target>, until_ns: u64) -> Result<bool, TargetError> {
+    pub(crate) fn renew_until(
+        &self,
+        t: &Arc<Services>,
+        until_ns: u64,
+    ) -> Result<bool, TargetError> {
         // The monotonic clock first: the deadline converted to it is never later
         // than the one asked for.
         let now = Instant::now();
@@ -206,7 +235,7 @@ impl Lease {
     /// clock); `left` zero revokes.
     fn set(
         &self,
-        t: &Arc<Target>,
+        t: &Arc<Services>,
         now: Instant,
         left: Duration,
         until_boot_ns: Option<u64>,
@@ -307,15 +336,6 @@ fn boot_past(until_ns: Option<u64>) -> bool {
     }
 }
 
-/// The shared volumes of `t`, by name.
-fn shared_volume_names(t: &Target) -> Vec<String> {
-    t.list_volume_specs()
-        .into_iter()
-        .filter(|s| s.shared)
-        .map(|s| s.name)
-        .collect()
-}
-
 /// The lease as one reactor sees it.
 pub(crate) struct ReactorLease {
     deadline: Cell<Option<Instant>>,
@@ -328,7 +348,7 @@ pub(crate) struct ReactorLease {
     /// granted.
     fenced: Cell<bool>,
     /// Set by the first renewal, which also adds the expiry poller.
-    link: RefCell<Option<(Arc<LeaseShared>, Weak<Target>)>>,
+    link: RefCell<Option<(Arc<LeaseShared>, Weak<Services>)>>,
 }
 
 impl Default for ReactorLease {
@@ -358,7 +378,14 @@ impl ReactorLease {
     fn set_fenced(&self, r: &Rc<Reactor>, fenced: bool) {
         let was = self.fenced.replace(fenced);
         if fenced && !was {
-            crate::volume::fence_reactor(r);
+            let fence = self
+                .link
+                .borrow()
+                .as_ref()
+                .map(|(s, _)| s.volumes.fence_reactor);
+            if let Some(fence) = fence {
+                fence(r);
+            }
             self.report(r.id());
         }
     }
@@ -380,7 +407,7 @@ impl ReactorLease {
                 let Some(t) = target.upgrade() else {
                     return;
                 };
-                let volumes = shared_volume_names(&t);
+                let volumes = (shared.volumes.shared_volumes)();
                 log::error!(
                     "{LEASE_OBJ}: expired (seen first on reactor {reactor}); shared volumes fenced \
                      until the coordinator renews it: {} (their I/O fails with errno {FENCED_ERRNO}, \
@@ -422,7 +449,7 @@ fn apply(
     generation: u64,
     deadline: (Instant, Option<u64>),
     shared: Arc<LeaseShared>,
-    target: Weak<Target>,
+    target: Weak<Services>,
 ) {
     let l = r.local::<ReactorLease>();
     if generation <= l.generation.get() {

@@ -1,83 +1,22 @@
-//! A running target: its reactors, buffer pool, bdev registry and event stream.
-//! Several targets can live in one process (no globals); everything here is
-//! control-path code, the I/O path never touches the registry's lock.
+//! A running target: the composition root of the data plane. It creates the
+//! [`Services`] (reactors, buffer pool, bdev registry, event stream), the volume
+//! registry, the lease and the cluster's reservations, wires them together and
+//! offers one public API over them. Several targets can live in one process (no
+//! globals); everything here is control-path code.
 
-pub use plexd_target_api::info::{DetachPolicy, Event, EVENT_QUEUE_DEPTH};
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+pub use crate::error::TargetError;
+pub use crate::event::{DetachPolicy, Event, EVENT_QUEUE_DEPTH};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use crate::bdev::{Bdev, BdevDesc, BdevEvent, BdevEventFn, BdevInfo};
 use crate::buf::{BufPool, PoolConfig};
 use crate::frontend::scsi::pr_cluster::{PrBroker, PrOutResult};
-use crate::lease::LeaseStatus;
+use crate::frontend::FrontendEnv;
+use crate::lease::{Lease, LeaseStatus, VolumeHooks};
 use crate::reactor::{ReactorConfig, ReactorSet};
-use crate::volume::{PlexState, VolumeInfo, VolumeSpec};
-
-/// A typed error of the data plane's control operations; every variant names the object.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TargetError {
-    /// No such object.
-    #[error("{kind} {name}: not found")]
-    NotFound {
-        /// `bdev`, `volume`, `plex`...
-        kind: &'static str,
-        /// Its name.
-        name: String,
-    },
-    /// The name is taken.
-    #[error("{kind} {name}: already exists")]
-    Exists {
-        /// `bdev`, `volume`...
-        kind: &'static str,
-        /// Its name.
-        name: String,
-    },
-    /// The object is used by another one.
-    #[error("{kind} {name}: in use by {user}")]
-    InUse {
-        /// `bdev`...
-        kind: &'static str,
-        /// Its name.
-        name: String,
-        /// Who uses it.
-        user: String,
-    },
-    /// A request that makes no sense for the object.
-    #[error("{object}: {reason}")]
-    Invalid {
-        /// The object, e.g. `volume vol1`.
-        object: String,
-        /// Why.
-        reason: String,
-    },
-    /// The data plane did not answer in time.
-    #[error("{object}: {reason}")]
-    Timeout {
-        /// The object, e.g. `volume vol1`.
-        object: String,
-        /// What did not finish, naming the reactors.
-        reason: String,
-    },
-    /// An operating-system error.
-    #[error("{object}: {reason}")]
-    Io {
-        /// The object.
-        object: String,
-        /// The OS error text.
-        reason: String,
-    },
-}
-
-impl TargetError {
-    /// Shorthand for [`TargetError::Invalid`].
-    pub fn invalid(object: impl Into<String>, reason: impl Into<String>) -> Self {
-        TargetError::Invalid {
-            object: object.into(),
-            reason: reason.into(),
-        }
-    }
-}
+use crate::services::Services;
+use crate::volume::{PlexState, VolumeInfo, VolumeSpec, Volumes};
 
 /// How the target starts.
 #[derive(Clone, Debug, Default)]
@@ -88,26 +27,19 @@ pub struct TargetConfig {
     pub pool: PoolConfig,
 }
 
-struct Subscribers {
-    senders: Vec<smol::channel::Sender<Event>>,
-    dropped: u64,
-}
-
-/// One running data plane.
+/// One running data plane: the composition root. It owns the [`Services`]
+/// (reactors, bdev registry, events) and the modules built on them (volumes,
+/// lease, the cluster's reservations), and hands each module the narrow handles it
+/// needs; no module below depends on `Target`.
 pub struct Target {
-    reactors: ReactorSet,
-    bdevs: Mutex<BTreeMap<String, Arc<dyn Bdev>>>,
-    subscribers: Mutex<Subscribers>,
-    detach_policy: Mutex<DetachPolicy>,
-    /// Per-target state of the volume module (volumes, quiesce bookkeeping, the
-    /// detach worker); the volume methods below call it.
-    pub(crate) volumes: crate::volume::Volumes,
+    svc: Arc<Services>,
+    /// The volume module's registry (volumes, quiesce bookkeeping, the detach
+    /// worker); the volume methods below call it.
+    volumes: Arc<Volumes>,
     /// The data-plane lease shared volumes are served under.
-    pub(crate) lease: crate::lease::Lease,
+    lease: Arc<Lease>,
     /// Reservations of shared volumes, kept by the cluster.
     pr: Arc<PrBroker>,
-    /// Open bdev descriptors and their event callbacks (resize, remove).
-    bdev_events: Arc<crate::bdev::events::BdevEvents>,
 }
 
 impl Target {
@@ -119,67 +51,62 @@ impl Target {
         };
         let pool = BufPool::new(&cfg.pool).map_err(io)?;
         let reactors = ReactorSet::start(&cfg.reactors, pool).map_err(io)?;
-        Ok(Arc::new_cyclic(|me| Target {
-            pr: Arc::new(PrBroker::new(me.clone())),
-            reactors,
-            bdevs: Mutex::new(BTreeMap::new()),
-            subscribers: Mutex::new(Subscribers {
-                senders: Vec::new(),
-                dropped: 0,
-            }),
-            detach_policy: Mutex::new(DetachPolicy::Local),
-            volumes: Default::default(),
-            lease: Default::default(),
-            bdev_events: Default::default(),
+        let svc = Arc::new(Services::new(reactors));
+        // The lease sits below the volumes it fences: the volume module's hooks
+        // are handed to it here.
+        let volumes = Arc::new_cyclic(|me: &Weak<Volumes>| {
+            let me = me.clone();
+            let lease = Arc::new(Lease::new(VolumeHooks {
+                fence_reactor: crate::volume::fence_reactor,
+                shared_volumes: Box::new(move || {
+                    me.upgrade()
+                        .map(|v| v.shared_volume_names())
+                        .unwrap_or_default()
+                }),
+            }));
+            Volumes::new(Arc::clone(&svc), lease)
+        });
+        Ok(Arc::new(Target {
+            pr: Arc::new(PrBroker::new(Arc::downgrade(&svc))),
+            lease: Arc::clone(volumes.lease()),
+            volumes,
+            svc,
         }))
+    }
+
+    /// What a frontend uses of this target.
+    pub fn frontend_env(&self) -> FrontendEnv {
+        FrontendEnv {
+            svc: Arc::clone(&self.svc),
+            volumes: Arc::clone(&self.volumes),
+            lease: Arc::clone(&self.lease),
+            pr: Arc::clone(&self.pr),
+        }
     }
 
     /// The reactors.
     pub fn reactors(&self) -> &ReactorSet {
-        &self.reactors
+        self.svc.reactors()
     }
 
     /// The buffer pool.
     pub fn pool(&self) -> &Arc<BufPool> {
-        self.reactors.pool()
-    }
-
-    fn bdevs(&self) -> MutexGuard<'_, BTreeMap<String, Arc<dyn Bdev>>> {
-        self.bdevs.lock().unwrap_or_else(|p| p.into_inner())
+        self.svc.pool()
     }
 
     /// Registers a bdev under its name.
     pub fn add_bdev(&self, bdev: Arc<dyn Bdev>) -> Result<(), TargetError> {
-        let mut map = self.bdevs();
-        let name = bdev.name().to_string();
-        if name.is_empty() || name.len() > 128 || name.contains(['/', ' ', '\0']) {
-            return Err(TargetError::invalid(
-                format!("bdev {name:?}"),
-                "names are 1..128 characters without '/', spaces or NUL",
-            ));
-        }
-        if map.contains_key(&name) {
-            return Err(TargetError::Exists { kind: "bdev", name });
-        }
-        log::info!("bdev {name}: created ({})", bdev.info().kind);
-        map.insert(name, bdev);
-        Ok(())
+        self.svc.add_bdev(bdev)
     }
 
     /// The bdev named `name`.
     pub fn bdev(&self, name: &str) -> Result<Arc<dyn Bdev>, TargetError> {
-        self.bdevs()
-            .get(name)
-            .cloned()
-            .ok_or_else(|| TargetError::NotFound {
-                kind: "bdev",
-                name: name.to_string(),
-            })
+        self.svc.bdev(name)
     }
 
     /// Every bdev, by name.
     pub fn list_bdevs(&self) -> Vec<BdevInfo> {
-        self.bdevs().values().map(|b| b.info()).collect()
+        self.svc.list_bdevs()
     }
 
     /// Removes a bdev that no volume uses; drops its channels on every reactor.
@@ -191,7 +118,7 @@ impl Target {
                 user: format!("volume {user}"),
             });
         }
-        let removed = self.bdevs().remove(name);
+        let removed = self.svc.unregister_bdev(name);
         if removed.is_none() {
             return Err(TargetError::NotFound {
                 kind: "bdev",
@@ -199,14 +126,14 @@ impl Target {
             });
         }
         let n = name.to_string();
-        self.reactors
+        self.reactors()
             .broadcast_blocking(move |r| r.drop_channel(&n))
             .map_err(|e| TargetError::Timeout {
                 object: format!("bdev {name}"),
                 reason: e.to_string(),
             })?;
         log::info!("bdev {name}: deleted");
-        self.announce_bdev_event(name, BdevEvent::Remove);
+        self.svc.announce_bdev_event(name, BdevEvent::Remove);
         Ok(())
     }
 
@@ -214,53 +141,18 @@ impl Target {
     /// an event callback): `cb` hears its resizes and its removal until the
     /// descriptor is dropped. Frontends hold one per LUN and namespace.
     pub fn open_bdev(&self, name: &str, cb: BdevEventFn) -> Result<BdevDesc, TargetError> {
-        self.bdev(name)?;
-        self.bdev_events
-            .open(name, cb)
-            .map_err(|e| TargetError::invalid(format!("bdev {name}"), e))
-    }
-
-    /// Tells every descriptor open on `name` that `ev` happened (the volume layer
-    /// after a committed size change, the registry after a removal).
-    pub(crate) fn announce_bdev_event(&self, name: &str, ev: BdevEvent) {
-        let n = self.bdev_events.announce(name, ev);
-        log::debug!("bdev {name}: {ev:?} announced to {n} user(s)");
-    }
-
-    /// Removes a bdev from the registry without the in-use check (the volume
-    /// module uses it for the volume bdevs it owns).
-    pub(crate) fn remove_bdev_entry(&self, name: &str) {
-        self.bdevs().remove(name);
-        self.announce_bdev_event(name, BdevEvent::Remove);
+        self.svc.open_bdev(name, cb)
     }
 
     /// A new subscription to events. Each subscriber has its own bounded queue.
     pub fn subscribe(&self) -> smol::channel::Receiver<Event> {
-        let (tx, rx) = smol::channel::bounded(EVENT_QUEUE_DEPTH);
-        self.subscribers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .senders
-            .push(tx);
-        rx
+        self.svc.subscribe()
     }
 
     /// Publishes an event to every subscriber without blocking (safe on reactors).
     /// Returns how many subscribers got it.
     pub fn publish(&self, ev: Event) -> usize {
-        let mut subs = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
-        subs.senders.retain(|s| !s.is_closed());
-        let mut dropped = 0usize;
-        for s in &subs.senders {
-            if s.try_send(ev.clone()).is_err() {
-                dropped += 1;
-            }
-        }
-        if dropped > 0 {
-            subs.dropped += dropped as u64;
-            log::warn!("event {ev:?}: {dropped} subscriber queue(s) full, event dropped");
-        }
-        subs.senders.len() - dropped
+        self.svc.publish(ev)
     }
 
     /// The reservations of shared volumes kept by the cluster, and the PR OUT
@@ -277,24 +169,24 @@ impl Target {
 
     /// The current plex error policy.
     pub fn detach_policy(&self) -> DetachPolicy {
-        *self.detach_policy.lock().unwrap_or_else(|p| p.into_inner())
+        self.volumes.detach_policy()
     }
 
     /// Sets the plex error policy (a coordinator sets `External`).
     pub fn set_detach_policy(&self, p: DetachPolicy) {
-        *self.detach_policy.lock().unwrap_or_else(|p| p.into_inner()) = p;
+        self.volumes.set_detach_policy(p);
     }
 
     // Volumes: the state and the work are the volume module's ([`crate::volume`]).
 
     /// Creates a volume from `spec` and registers it as a bdev of the same name.
-    pub fn create_volume(self: &Arc<Self>, spec: &VolumeSpec) -> Result<VolumeInfo, TargetError> {
-        self.volumes.create(self, spec)
+    pub fn create_volume(&self, spec: &VolumeSpec) -> Result<VolumeInfo, TargetError> {
+        self.volumes.create(spec)
     }
 
     /// Deletes a volume with no I/O in flight.
     pub fn delete_volume(&self, name: &str) -> Result<(), TargetError> {
-        self.volumes.delete(self, name)
+        self.volumes.delete(name)
     }
 
     /// Quiesces the volume and stages `new` (kernel phase of a transaction):
@@ -307,17 +199,17 @@ impl Target {
         new: &VolumeSpec,
         drain_timeout: Duration,
     ) -> Result<Duration, TargetError> {
-        self.volumes.prepare(self, name, new, drain_timeout)
+        self.volumes.prepare(name, new, drain_timeout)
     }
 
     /// Applies the staged layout on every reactor and resumes I/O.
     pub fn commit(&self, name: &str) -> Result<(), TargetError> {
-        self.volumes.commit(self, name)
+        self.volumes.commit(name)
     }
 
     /// Drops the staged layout (if any) and resumes I/O.
     pub fn abort(&self, name: &str) -> Result<(), TargetError> {
-        self.volumes.abort(self, name)
+        self.volumes.abort(name)
     }
 
     /// Copies a range of `volume` from plex `source` (ACTIVE) to plex `target`
@@ -331,12 +223,13 @@ impl Target {
         offset_bytes: u64,
         len_bytes: u64,
     ) -> Result<(), TargetError> {
-        crate::volume::copy::copy_range(self, volume, source, target, offset_bytes, len_bytes)
+        self.volumes
+            .copy_range(volume, source, target, offset_bytes, len_bytes)
     }
 
     /// Quiesces without a layout change (prepare with the current layout).
     pub fn quiesce(&self, name: &str, drain_timeout: Duration) -> Result<Duration, TargetError> {
-        self.volumes.quiesce(self, name, drain_timeout)
+        self.volumes.quiesce(name, drain_timeout)
     }
 
     /// Changes a plex's state without draining I/O (detach after an error,
@@ -347,12 +240,12 @@ impl Target {
         plex: &str,
         state: PlexState,
     ) -> Result<(), TargetError> {
-        self.volumes.set_plex_state(self, name, plex, state)
+        self.volumes.set_plex_state(name, plex, state)
     }
 
     /// Fails the writes held for a failed plex (the controller will not detach it).
     pub fn fail_held_writes(&self, name: &str) -> Result<(), TargetError> {
-        self.volumes.fail_held_writes(self, name)
+        self.volumes.fail_held_writes(name)
     }
 
     /// The committed layout of a volume.
@@ -362,7 +255,7 @@ impl Target {
 
     /// A volume with its stats summed over reactors.
     pub fn volume_info(&self, name: &str) -> Result<VolumeInfo, TargetError> {
-        self.volumes.info(self, name)
+        self.volumes.info(name)
     }
 
     /// The committed layout of every volume.
@@ -372,7 +265,7 @@ impl Target {
 
     /// Every volume.
     pub fn list_volumes(&self) -> Vec<VolumeInfo> {
-        self.volumes.list(self)
+        self.volumes.list()
     }
 
     // The data-plane lease: the state and the work are [`crate::lease`]'s.
@@ -380,16 +273,16 @@ impl Target {
     /// Serves shared volumes until now + `lease_ms` (monotonic clock); 0 revokes at
     /// once. Returns whether the lease had run out (or been revoked) before this
     /// call. Returns once every reactor has the new deadline.
-    pub fn renew_lease(self: &Arc<Self>, lease_ms: u32) -> Result<bool, TargetError> {
-        self.lease.renew(self, lease_ms)
+    pub fn renew_lease(&self, lease_ms: u32) -> Result<bool, TargetError> {
+        self.lease.renew(&self.svc, lease_ms)
     }
 
     /// Serves shared volumes until `until_ns` of the host's `CLOCK_BOOTTIME`
     /// ([`crate::lease::boottime_ns`]); a deadline already past revokes at once.
     /// Returns whether the lease had run out (or been revoked) before this call.
     /// Returns once every reactor has the new deadline.
-    pub fn renew_lease_until(self: &Arc<Self>, until_ns: u64) -> Result<bool, TargetError> {
-        self.lease.renew_until(self, until_ns)
+    pub fn renew_lease_until(&self, until_ns: u64) -> Result<bool, TargetError> {
+        self.lease.renew_until(&self.svc, until_ns)
     }
 
     /// Registers a lease watcher, told when shared volumes become fenced or served
@@ -405,5 +298,12 @@ impl Target {
     /// The lease's state, time left and expiry count.
     pub fn lease_status(&self) -> LeaseStatus {
         self.lease.status()
+    }
+}
+
+/// A frontend is started on a target: `IscsiFrontend::start(&target, ..)`.
+impl From<&Arc<Target>> for FrontendEnv {
+    fn from(t: &Arc<Target>) -> FrontendEnv {
+        t.frontend_env()
     }
 }

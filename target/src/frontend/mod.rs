@@ -20,3 +20,59 @@ pub mod nvmf;
 pub(crate) mod pr_file;
 pub mod scsi;
 pub(crate) mod transport;
+
+use std::sync::{Arc, Weak};
+
+use crate::bdev::{Bdev, BdevDesc, BdevEventFn};
+use crate::error::TargetError;
+use crate::lease::{Lease, LeaseWatcher};
+use crate::reactor::ReactorSet;
+use crate::services::Services;
+use crate::volume::{VolumeSpec, Volumes};
+use scsi::pr_cluster::PrBroker;
+
+/// What a frontend uses of the target it serves: the reactors and the bdev
+/// registry ([`Services`]), the volumes (is a bdev a shared volume), the lease
+/// (watchers) and the cluster's reservations. The [`crate::Target`] (the
+/// composition root, above the frontends) makes one
+/// ([`crate::Target::frontend_env`], or `From<&Arc<Target>>`, so a frontend
+/// starts on `&target`); the frontends never see the `Target` itself.
+#[derive(Clone)]
+pub struct FrontendEnv {
+    pub(crate) svc: Arc<Services>,
+    pub(crate) volumes: Arc<Volumes>,
+    pub(crate) lease: Arc<Lease>,
+    pub(crate) pr: Arc<PrBroker>,
+}
+
+impl FrontendEnv {
+    /// The reactors.
+    pub fn reactors(&self) -> &ReactorSet {
+        self.svc.reactors()
+    }
+
+    /// The bdev named `name`.
+    pub fn bdev(&self, name: &str) -> Result<Arc<dyn Bdev>, TargetError> {
+        self.svc.bdev(name)
+    }
+
+    /// Opens the bdev named `name` with an event callback (resize, removal).
+    pub fn open_bdev(&self, name: &str, cb: BdevEventFn) -> Result<BdevDesc, TargetError> {
+        self.svc.open_bdev(name, cb)
+    }
+
+    /// The committed layout of volume `name`.
+    pub fn volume_spec(&self, name: &str) -> Result<VolumeSpec, TargetError> {
+        self.volumes.spec(name)
+    }
+
+    /// The reservations of shared volumes kept by the cluster.
+    pub fn pr_broker(&self) -> &Arc<PrBroker> {
+        &self.pr
+    }
+
+    /// Registers a lease watcher ([`crate::lease::LeaseWatcher`]).
+    pub fn watch_lease(&self, w: Weak<LeaseWatcher>) -> Result<(), TargetError> {
+        self.lease.watch(w)
+    }
+}

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use crossbeam_queue::ArrayQueue;
 
 use super::Reactor;
+use crate::buf::{CacheMsg, CachePeer};
 
 /// A message: a closure that runs on the receiving reactor's thread.
 pub type Msg = Box<dyn FnOnce(&Rc<Reactor>) + Send>;
@@ -69,6 +70,18 @@ impl Mailbox {
                 8,
             );
         }
+    }
+}
+
+/// The buffer pool's caches reach each other through the reactors' rings.
+impl CachePeer for ReactorHandle {
+    fn id(&self) -> usize {
+        self.id
+    }
+
+    fn send_cache_msg(&self, msg: CacheMsg) -> Result<(), String> {
+        self.try_send(Box::new(move |r| r.bufs().deliver(msg)))
+            .map_err(|(full, _)| full.to_string())
     }
 }
 

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
-use crate::buf::{BufCache, BufPool, IoBuf};
+use crate::buf::{BufCache, BufPool, CachePeer, IoBuf};
 use mailbox::Mailbox;
 
 /// Most messages handled per loop iteration, so I/O is never starved by control traffic.
@@ -258,7 +258,11 @@ impl Reactor {
                 Vec::new()
             }
         };
-        let bufs = BufCache::for_reactor(pool, id, peers.clone());
+        let cache_peers = peers
+            .iter()
+            .map(|h| Box::new(h.clone()) as Box<dyn CachePeer>)
+            .collect();
+        let bufs = BufCache::for_reactor(pool, id, cache_peers);
         Ok(Reactor {
             id,
             mailbox,

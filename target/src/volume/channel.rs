@@ -25,9 +25,9 @@ use super::VolumeShared;
 use crate::bdev::{
     check_range, BdevChannel, BdevIo, IoCallback, IoDone, IoKind, IoStatus, RETRY_ERRNO,
 };
+use crate::event::Event;
 use crate::lease::{ReactorLease, FENCED_ERRNO};
 use crate::reactor::Reactor;
-use crate::target::Event;
 
 /// A subdisk as a reactor sees it.
 struct ChSubdisk {

@@ -22,11 +22,13 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use super::spec::{Layout, PlexState};
+use super::Volumes;
 use crate::bdev::{BdevChannel, BdevIo, IoCallback, IoDone, IoKind, IoStatus};
 use crate::buf::{BufWait, BufWaiter, PoolBuf};
+use crate::error::TargetError;
 use crate::lease::LeaseState;
 use crate::reactor::{Msg, Reactor, CONTROL_SEND_TIMEOUT};
-use crate::target::{Target, TargetError};
+use crate::services::Services;
 
 pub use plexd_target_api::volume::MAX_COPY_BYTES;
 
@@ -247,19 +249,19 @@ impl IoDone for CopyOp {
 /// ([`TargetError::Invalid`] / [`TargetError::NotFound`]) and name the volume and
 /// plex; a failed read or write is [`TargetError::Io`] naming the plex and bdev.
 pub(crate) fn copy_range(
-    t: &Target,
+    vols: &Volumes,
     volume: &str,
     source: &str,
     target: &str,
     offset_bytes: u64,
     len_bytes: u64,
 ) -> Result<(), TargetError> {
-    let layout = layout_to_copy(t, volume, source, target)?;
+    let layout = layout_to_copy(vols, volume, source, target)?;
     let src = copy_plex(&layout, volume, source, PlexState::Active, "source")?;
     let dst = copy_plex(&layout, volume, target, PlexState::Syncing, "target")?;
     check_copy_range(&layout, volume, src, dst, offset_bytes, len_bytes)?;
     run_copy(
-        t,
+        &vols.svc,
         volume,
         layout,
         (src, source),
@@ -272,12 +274,12 @@ pub(crate) fn copy_range(
 /// The volume's current layout, when a copy may run now: the volume is quiesced
 /// here and, if shared, this data plane's lease is valid.
 fn layout_to_copy(
-    t: &Target,
+    vols: &Volumes,
     volume: &str,
     source: &str,
     target: &str,
 ) -> Result<Arc<Layout>, TargetError> {
-    let shared = t.volumes.volume_shared(volume)?;
+    let shared = vols.volume_shared(volume)?;
     let vobj = format!("volume {volume}");
     let (layout, quiesced) = {
         let c = shared.ctl();
@@ -292,7 +294,7 @@ fn layout_to_copy(
             ),
         ));
     }
-    if layout.spec.shared && t.lease_status().state != LeaseState::Valid {
+    if layout.spec.shared && vols.lease.status().state != LeaseState::Valid {
         return Err(TargetError::invalid(
             vobj,
             format!(
@@ -381,7 +383,7 @@ fn check_copy_range(
 /// and waits up to `COPY_TIMEOUT` for it. `src` and `dst` are (index, name) of
 /// the plexes.
 fn run_copy(
-    t: &Target,
+    t: &Services,
     volume: &str,
     layout: Arc<Layout>,
     (src, source): (usize, &str),

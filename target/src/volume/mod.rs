@@ -9,7 +9,7 @@
 //!   chunk of a resync, run under the caller's fence).
 //! - this module: [`Volumes`], the per-target registry that owns every volume's
 //!   state, and its control operations (create, delete, prepare/commit/abort, plex
-//!   state, stats). The [`Target`] holds one and its public methods call it; no
+//!   state, stats). The [`crate::Target`] holds one and its public methods call it; no
 //!   `impl Target` lives here.
 //! - the standalone detach policy's worker: one thread per target, started on the
 //!   first plex write error, fed through a queue of [`DETACH_QUEUE_DEPTH`] plexes.
@@ -46,8 +46,11 @@ use channel::VolumeChannel;
 use spec::Layout;
 
 use crate::bdev::{Bdev, BdevChannel, BdevInfo};
+use crate::error::TargetError;
+use crate::event::{DetachPolicy, Event};
+use crate::lease::Lease;
 use crate::reactor::Reactor;
-use crate::target::{DetachPolicy, Event, Target, TargetError};
+use crate::services::Services;
 
 /// How long a prepare waits for in-flight I/O to drain by default.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -153,10 +156,13 @@ impl Bdev for VolumeBdev {
 }
 
 /// The volumes of one target and everything the volume module keeps about them:
-/// the [`Target`] holds one and calls it (the target is passed in as the context:
-/// its reactors, its bdev registry, its events).
-#[derive(Default)]
+/// the [`crate::Target`] holds one and calls it. It holds what it uses of the
+/// target: the [`Services`] (reactors, bdev registry, events) and the lease.
 pub struct Volumes {
+    svc: Arc<Services>,
+    lease: Arc<Lease>,
+    /// The plex error policy (a coordinator sets `External`).
+    detach_policy: Mutex<DetachPolicy>,
     vols: Mutex<BTreeMap<String, Arc<VolumeShared>>>,
     next_id: std::sync::atomic::AtomicU64,
     /// The standalone detach policy's worker.
@@ -184,7 +190,7 @@ impl Detacher {
     /// Asks for `plex` of `volume` to be detached; true when it is queued or already
     /// under way, false when the queue is full or the worker cannot start (the
     /// caller then fails the write instead of holding it).
-    fn request(&self, target: &Arc<Target>, volume: &str, plex: &str) -> bool {
+    fn request(&self, vols: &Arc<Volumes>, volume: &str, plex: &str) -> bool {
         let key = (volume.to_string(), plex.to_string());
         let mut pending = self.pending();
         if pending.contains(&key) {
@@ -192,7 +198,7 @@ impl Detacher {
         }
         let mut tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
         if tx.is_none() {
-            match spawn_detach_worker(Arc::downgrade(target)) {
+            match spawn_detach_worker(Arc::downgrade(vols)) {
                 Ok(t) => *tx = Some(t),
                 Err(e) => {
                     log::error!(
@@ -236,17 +242,16 @@ impl Detacher {
     }
 }
 
-/// Starts the detach worker: it runs until the target (which holds the sender) is
-/// dropped.
-fn spawn_detach_worker(target: Weak<Target>) -> std::io::Result<SyncSender<(String, String)>> {
+/// Starts the detach worker: it runs until the volume registry (which holds the
+/// sender) is dropped.
+fn spawn_detach_worker(vols: Weak<Volumes>) -> std::io::Result<SyncSender<(String, String)>> {
     let (tx, rx) = std::sync::mpsc::sync_channel::<(String, String)>(DETACH_QUEUE_DEPTH);
     std::thread::Builder::new()
         .name("plex-detach".into())
         .spawn(move || {
             while let Ok((volume, plex)) = rx.recv() {
-                let Some(t) = target.upgrade() else { return };
-                let v = &t.volumes;
-                match v.set_plex_state(&t, &volume, &plex, PlexState::Stale) {
+                let Some(v) = vols.upgrade() else { return };
+                match v.set_plex_state(&volume, &plex, PlexState::Stale) {
                     Ok(()) => log::warn!(
                         "volume {volume}: plex {plex} detached (STALE) after a write error"
                     ),
@@ -254,7 +259,7 @@ fn spawn_detach_worker(target: Weak<Target>) -> std::io::Result<SyncSender<(Stri
                         log::error!(
                             "volume {volume}: cannot detach plex {plex}: {e}; failing its held writes"
                         );
-                        let _ = v.fail_held_writes(&t, &volume);
+                        let _ = v.fail_held_writes(&volume);
                     }
                 }
                 v.detach.done(volume, plex);
@@ -264,6 +269,42 @@ fn spawn_detach_worker(target: Weak<Target>) -> std::io::Result<SyncSender<(Stri
 }
 
 impl Volumes {
+    /// An empty registry over `svc`, serving shared volumes under `lease`.
+    pub(crate) fn new(svc: Arc<Services>, lease: Arc<Lease>) -> Volumes {
+        Volumes {
+            svc,
+            lease,
+            detach_policy: Mutex::new(DetachPolicy::Local),
+            vols: Mutex::default(),
+            next_id: AtomicU64::new(0),
+            detach: Detacher::default(),
+        }
+    }
+
+    /// The lease shared volumes are served under.
+    pub(crate) fn lease(&self) -> &Arc<Lease> {
+        &self.lease
+    }
+
+    /// The current plex error policy.
+    pub(crate) fn detach_policy(&self) -> DetachPolicy {
+        *self.detach_policy.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets the plex error policy.
+    pub(crate) fn set_detach_policy(&self, p: DetachPolicy) {
+        *self.detach_policy.lock().unwrap_or_else(|p| p.into_inner()) = p;
+    }
+
+    /// The names of the shared volumes (the lease's expiry report).
+    pub(crate) fn shared_volume_names(&self) -> Vec<String> {
+        self.map()
+            .values()
+            .filter(|v| v.ctl().current.spec.shared)
+            .map(|v| v.name.clone())
+            .collect()
+    }
+
     fn map(&self) -> MutexGuard<'_, BTreeMap<String, Arc<VolumeShared>>> {
         self.vols.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -321,11 +362,8 @@ impl Volumes {
     }
 
     /// Creates a volume from `spec` and registers it as a bdev of the same name.
-    pub(crate) fn create(
-        &self,
-        t: &Arc<Target>,
-        spec: &VolumeSpec,
-    ) -> Result<VolumeInfo, TargetError> {
+    pub(crate) fn create(self: &Arc<Self>, spec: &VolumeSpec) -> Result<VolumeInfo, TargetError> {
+        let t = &self.svc;
         let layout = Arc::new(Layout::resolve(t, spec)?);
         let mut vols = self.map();
         if vols.contains_key(&spec.name) || t.bdev(&spec.name).is_ok() {
@@ -334,7 +372,7 @@ impl Volumes {
                 name: spec.name.clone(),
             });
         }
-        let weak = Arc::downgrade(t);
+        let weak = Arc::downgrade(self);
         let shared = Arc::new(VolumeShared {
             name: spec.name.clone(),
             id: self
@@ -348,7 +386,7 @@ impl Volumes {
             }),
             size_bytes: AtomicU64::new(spec.size_bytes),
             notify: Box::new(move |ev| match weak.upgrade() {
-                Some(t) => t.volumes.on_event(&t, ev),
+                Some(v) => v.on_event(ev),
                 None => false,
             }),
         });
@@ -365,11 +403,12 @@ impl Volumes {
             spec.size_bytes,
             spec.plexes.len()
         );
-        self.info(t, &spec.name)
+        self.info(&spec.name)
     }
 
     /// Deletes a volume with no I/O in flight.
-    pub(crate) fn delete(&self, t: &Target, name: &str) -> Result<(), TargetError> {
+    pub(crate) fn delete(&self, name: &str) -> Result<(), TargetError> {
+        let t = &self.svc;
         let shared = self.volume_shared(name)?;
         if shared.ctl().quiesced {
             return Err(TargetError::InUse {
@@ -418,12 +457,12 @@ impl Volumes {
     /// Runs `f` on each reactor's channel of the volume (reactors without one skip).
     fn on_channels<R: Send + 'static>(
         &self,
-        t: &Target,
         shared: &VolumeShared,
         f: impl Fn(&VolumeChannel) -> R + Send + Sync + 'static,
     ) -> Result<Vec<R>, TargetError> {
         let id = shared.id;
-        let out = t
+        let out = self
+            .svc
             .reactors()
             .broadcast_blocking(move |r| {
                 let ch = r.local::<LocalVolumes>().chans.borrow().get(&id).cloned();
@@ -435,16 +474,16 @@ impl Volumes {
 
     /// Quiesces the volume and stages `new` (kernel phase of a transaction):
     /// new I/O is parked, in-flight I/O drains on every reactor, the layout is
-    /// validated and kept for [`Target::commit`]. On a drain timeout nothing
+    /// validated and kept for [`crate::Target::commit`]. On a drain timeout nothing
     /// changes (the gate reopens) and the error names the reactors still busy.
     pub(crate) fn prepare(
         &self,
-        t: &Target,
         name: &str,
         new: &VolumeSpec,
         drain_timeout: Duration,
     ) -> Result<Duration, TargetError> {
         let started = Instant::now();
+        let t = &self.svc;
         let shared = self.volume_shared(name)?;
         if new.name != name {
             return Err(TargetError::invalid(
@@ -457,7 +496,7 @@ impl Volumes {
         let rx = match Self::close_gates(t, &shared, epoch) {
             Ok(rx) => rx,
             Err(e) => {
-                self.abort_nowait(t, &shared);
+                self.abort_nowait(&shared);
                 return Err(e);
             }
         };
@@ -465,7 +504,7 @@ impl Volumes {
         if !busy.is_empty() {
             let busy: Vec<String> = busy.iter().map(|r| format!("reactor {r}")).collect();
             // A busy reactor cannot answer now: reopen the gates without waiting.
-            self.abort_nowait(t, &shared);
+            self.abort_nowait(&shared);
             let reason = format!(
                 "in-flight I/O did not drain within {} ms on {}; prepare aborted",
                 drain_timeout.as_millis(),
@@ -512,7 +551,7 @@ impl Volumes {
     /// `(reactor, epoch)` on the returned channel once its in-flight count is zero
     /// (at once if it has no channel of the volume). The caller aborts on an error.
     fn close_gates(
-        t: &Target,
+        t: &Services,
         shared: &VolumeShared,
         epoch: u64,
     ) -> Result<std::sync::mpsc::Receiver<(usize, u64)>, TargetError> {
@@ -563,7 +602,7 @@ impl Volumes {
     }
 
     /// Applies the staged layout on every reactor and resumes I/O.
-    pub(crate) fn commit(&self, t: &Target, name: &str) -> Result<(), TargetError> {
+    pub(crate) fn commit(&self, name: &str) -> Result<(), TargetError> {
         let shared = self.volume_shared(name)?;
         let layout = {
             let mut c = shared.ctl();
@@ -583,7 +622,7 @@ impl Volumes {
             staged
         };
         let l = Arc::clone(&layout);
-        self.on_channels(t, &shared, move |c| c.open_gate(Some(Arc::clone(&l))))?;
+        self.on_channels(&shared, move |c| c.open_gate(Some(Arc::clone(&l))))?;
         // The volume bdev's size follows the committed layout; its users (LUNs,
         // namespaces) hear of a change through their descriptors.
         let new_size = layout.spec.size_bytes;
@@ -591,7 +630,7 @@ impl Volumes {
         log::info!("volume {name}: layout committed");
         if old_size != new_size {
             log::info!("volume {name}: resized from {old_size} to {new_size} bytes");
-            t.announce_bdev_event(
+            self.svc.announce_bdev_event(
                 name,
                 crate::bdev::BdevEvent::Resize {
                     size_bytes: new_size,
@@ -602,27 +641,27 @@ impl Volumes {
     }
 
     /// Drops the staged layout (if any) and resumes I/O.
-    pub(crate) fn abort(&self, t: &Target, name: &str) -> Result<(), TargetError> {
+    pub(crate) fn abort(&self, name: &str) -> Result<(), TargetError> {
         let shared = self.volume_shared(name)?;
         {
             let mut c = shared.ctl();
             c.staged = None;
             c.quiesced = false;
         }
-        self.on_channels(t, &shared, |c| c.open_gate(None))?;
+        self.on_channels(&shared, |c| c.open_gate(None))?;
         Ok(())
     }
 
     /// Drops the staged layout and tells every reactor to reopen the gate, without
     /// waiting for the answers (used when a reactor is too busy to answer).
-    fn abort_nowait(&self, t: &Target, shared: &Arc<VolumeShared>) {
+    fn abort_nowait(&self, shared: &Arc<VolumeShared>) {
         {
             let mut c = shared.ctl();
             c.staged = None;
             c.quiesced = false;
         }
         let id = shared.id;
-        for h in t.reactors().handles() {
+        for h in self.svc.reactors().handles() {
             let msg: crate::reactor::Msg = Box::new(move |r| {
                 let ch = r.local::<LocalVolumes>().chans.borrow().get(&id).cloned();
                 if let Some(c) = ch {
@@ -638,19 +677,17 @@ impl Volumes {
     /// Quiesces without a layout change (prepare with the current layout).
     pub(crate) fn quiesce(
         &self,
-        t: &Target,
         name: &str,
         drain_timeout: Duration,
     ) -> Result<Duration, TargetError> {
         let spec = self.volume_shared(name)?.ctl().current.spec.clone();
-        self.prepare(t, name, &spec, drain_timeout)
+        self.prepare(name, &spec, drain_timeout)
     }
 
     /// Changes a plex's state without draining I/O (detach after an error,
     /// administrative detach/attach). The last ACTIVE plex cannot leave ACTIVE.
     pub(crate) fn set_plex_state(
         &self,
-        t: &Target,
         name: &str,
         plex: &str,
         state: PlexState,
@@ -690,9 +727,9 @@ impl Volumes {
             }
         }
         let p = plex.to_string();
-        self.on_channels(t, &shared, move |c| c.set_plex_state(&p, state))?;
+        self.on_channels(&shared, move |c| c.set_plex_state(&p, state))?;
         log::info!("volume {name}: plex {plex} is now {}", state.as_str());
-        t.publish(Event::PlexState {
+        self.svc.publish(Event::PlexState {
             volume: name.into(),
             plex: plex.into(),
             state: state.as_str().into(),
@@ -701,10 +738,23 @@ impl Volumes {
     }
 
     /// Fails the writes held for a failed plex (the controller will not detach it).
-    pub(crate) fn fail_held_writes(&self, t: &Target, name: &str) -> Result<(), TargetError> {
+    pub(crate) fn fail_held_writes(&self, name: &str) -> Result<(), TargetError> {
         let shared = self.volume_shared(name)?;
-        self.on_channels(t, &shared, |c| c.fail_held())?;
+        self.on_channels(&shared, |c| c.fail_held())?;
         Ok(())
+    }
+
+    /// Copies a range of `volume` from plex `source` to plex `target` (one chunk
+    /// of a resync, under the caller's fence); see [`copy`].
+    pub(crate) fn copy_range(
+        &self,
+        volume: &str,
+        source: &str,
+        target: &str,
+        offset_bytes: u64,
+        len_bytes: u64,
+    ) -> Result<(), TargetError> {
+        copy::copy_range(self, volume, source, target, offset_bytes, len_bytes)
     }
 
     /// The committed layout of a volume.
@@ -713,9 +763,9 @@ impl Volumes {
     }
 
     /// A volume with its stats summed over reactors.
-    pub(crate) fn info(&self, t: &Target, name: &str) -> Result<VolumeInfo, TargetError> {
+    pub(crate) fn info(&self, name: &str) -> Result<VolumeInfo, TargetError> {
         let shared = self.volume_shared(name)?;
-        let per = self.on_channels(t, &shared, |c| {
+        let per = self.on_channels(&shared, |c| {
             (
                 c.stats(),
                 c.inflight() as u64,
@@ -776,19 +826,21 @@ impl Volumes {
     }
 
     /// Every volume.
-    pub(crate) fn list(&self, t: &Target) -> Vec<VolumeInfo> {
+    pub(crate) fn list(&self) -> Vec<VolumeInfo> {
         let names: Vec<String> = self.map().keys().cloned().collect();
-        names.iter().filter_map(|n| self.info(t, n).ok()).collect()
+        names.iter().filter_map(|n| self.info(n).ok()).collect()
     }
 
     /// A volume channel's event (on a reactor: never blocks). Published; under the
     /// standalone policy a plex write error also queues the plex's detach. False
     /// when the plex will not be detached (the writes that failed must not be held).
-    fn on_event(&self, t: &Arc<Target>, ev: Event) -> bool {
-        t.publish(ev.clone());
+    fn on_event(self: &Arc<Self>, ev: Event) -> bool {
+        self.svc.publish(ev.clone());
         match ev {
-            Event::PlexIoError { volume, plex, .. } if t.detach_policy() == DetachPolicy::Local => {
-                self.detach.request(t, &volume, &plex)
+            Event::PlexIoError { volume, plex, .. }
+                if self.detach_policy() == DetachPolicy::Local =>
+            {
+                self.detach.request(self, &volume, &plex)
             }
             _ => true,
         }

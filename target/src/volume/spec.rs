@@ -12,7 +12,8 @@ pub use plexd_target_api::volume::{
 use std::sync::Arc;
 
 use crate::bdev::Bdev;
-use crate::target::{Target, TargetError};
+use crate::error::TargetError;
+use crate::services::Services;
 
 /// A subdisk resolved to its bdev.
 #[derive(Clone)]
@@ -119,7 +120,7 @@ pub struct Layout {
 
 impl Layout {
     /// Validates `spec` and resolves its bdevs in `target`.
-    pub fn resolve(target: &Target, spec: &VolumeSpec) -> Result<Layout, TargetError> {
+    pub fn resolve(target: &Services, spec: &VolumeSpec) -> Result<Layout, TargetError> {
         let bad = |reason: String| TargetError::invalid(format!("volume {}", spec.name), reason);
         if spec.plexes.is_empty() || spec.plexes.len() > MAX_PLEXES {
             return Err(bad(format!(
@@ -174,7 +175,7 @@ impl Layout {
 /// against the volume size) and resolves its subdisks' bdevs; raises
 /// `block_size` to the largest block size among them.
 fn resolve_plex(
-    target: &Target,
+    target: &Services,
     spec: &VolumeSpec,
     p: &PlexSpec,
     block_size: &mut u32,
@@ -241,7 +242,7 @@ fn resolve_plex(
 /// fits it; raises `block_size` to the bdev's. A bdev that does not exist is the
 /// registry's error; a subdisk that does not fit is `misfit(reason)`.
 fn resolve_subdisk(
-    target: &Target,
+    target: &Services,
     sd: &SubdiskSpec,
     block_size: &mut u32,
     misfit: impl Fn(String) -> TargetError,

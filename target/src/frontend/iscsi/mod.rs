@@ -40,7 +40,8 @@ use super::scsi::alua;
 use super::scsi::lun::Capacity;
 use super::scsi::pr::PrState;
 use super::scsi::{Identity, LunInfo, LunRt};
-use crate::target::{Target, TargetError};
+use crate::error::TargetError;
+use crate::frontend::FrontendEnv;
 
 /// MaxRecvDataSegmentLength this target declares.
 pub const TARGET_MRDSL_BYTES: u32 = 256 << 10;
@@ -204,7 +205,7 @@ impl login::LoginEnv for Shared {
 
 /// A running iSCSI frontend of one [`Target`].
 pub struct IscsiFrontend {
-    target: Arc<Target>,
+    target: Arc<FrontendEnv>,
     shared: Arc<Shared>,
     stopped: bool,
 }
@@ -256,13 +257,17 @@ fn valid_iqn(iqn: &str) -> bool {
 }
 
 impl IscsiFrontend {
-    /// Starts the portal and exports the configured targets.
-    pub fn start(target: &Arc<Target>, cfg: &IscsiConfig) -> Result<IscsiFrontend, TargetError> {
+    /// Starts the portal and exports the configured targets of `cfg` on `target`
+    /// (an `&Arc<Target>`, or its [`FrontendEnv`]).
+    pub fn start(
+        target: impl Into<FrontendEnv>,
+        cfg: &IscsiConfig,
+    ) -> Result<IscsiFrontend, TargetError> {
         let addr: SocketAddr = cfg.portal().parse().map_err(|e| {
             TargetError::invalid(format!("iscsi portal {}", cfg.portal()), format!("{e}"))
         })?;
         let fe = IscsiFrontend::new(target, cfg)?;
-        let bound = listener::start(target, &fe.shared, addr)?;
+        let bound = listener::start(&fe.target, &fe.shared, addr)?;
         *fe.shared.portal.lock().unwrap_or_else(|p| p.into_inner()) = bound;
         fe.shared.core.addrs().push(bound);
         log::info!(
@@ -274,7 +279,11 @@ impl IscsiFrontend {
 
     /// Exports the configured targets without listening anywhere yet (`portal` of
     /// `cfg` is not used); [`IscsiFrontend::add_portal`] adds listeners.
-    pub fn new(target: &Arc<Target>, cfg: &IscsiConfig) -> Result<IscsiFrontend, TargetError> {
+    pub fn new(
+        target: impl Into<FrontendEnv>,
+        cfg: &IscsiConfig,
+    ) -> Result<IscsiFrontend, TargetError> {
+        let target = &Arc::new(target.into());
         if let Some(d) = &cfg.pr_dir {
             std::fs::create_dir_all(d).map_err(|e| TargetError::Io {
                 object: format!("iscsi pr_dir {}", d.display()),

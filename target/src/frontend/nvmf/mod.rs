@@ -45,8 +45,9 @@ pub use config::{NamespaceConfig, NvmfConfig, SubsystemConfig};
 pub use subsys::{AnaState, DISCOVERY_NQN};
 
 use crate::bdev::BdevEvent;
+use crate::error::TargetError;
+use crate::frontend::FrontendEnv;
 use crate::lease::LeaseWatcher;
-use crate::target::{Target, TargetError};
 use subsys::{CntlidAlloc, Ctrl, Namespace, NsIdent, Subsystem};
 
 /// In-capsule data a command may carry (IOCCSZ announces 64 + this).
@@ -160,7 +161,7 @@ impl Shared {
 /// Tells the controllers of subsystem `nqn` that namespace `nsid` changed (added,
 /// removed, resized): it joins their Changed Namespace List and a namespace
 /// attribute changed event goes out (AER).
-fn ns_changed(target: &Target, shared: &Shared, nqn: &str, nsid: u32) {
+fn ns_changed(target: &FrontendEnv, shared: &Shared, nqn: &str, nsid: u32) {
     for c in shared.ctrl_list() {
         if c.subnqn == nqn {
             c.ns_changed(nsid);
@@ -172,7 +173,7 @@ fn ns_changed(target: &Target, shared: &Shared, nqn: &str, nsid: u32) {
 }
 
 /// Asks controller `c`'s admin queue to deliver its pending events.
-fn kick(target: &Target, sh: &Shared, c: &Ctrl) {
+fn kick(target: &FrontendEnv, sh: &Shared, c: &Ctrl) {
     let fid = sh.core.id;
     let at = c.admin;
     let h = &target.reactors().handles()[at.reactor];
@@ -189,7 +190,7 @@ fn kick(target: &Target, sh: &Shared, c: &Ctrl) {
 
 /// What the ANA log reports changed (the state set, or the lease's fence): a new
 /// change count and an ANA change notice to every I/O controller that enabled it.
-fn ana_changed(target: &Target, sh: &Shared) {
+fn ana_changed(target: &FrontendEnv, sh: &Shared) {
     sh.ana_chgcnt.fetch_add(1, Ordering::AcqRel);
     for c in sh.ctrl_list() {
         if !c.discovery && c.push_aen(admin::AEN_ANA_CHANGE, admin::AEC_ANA) {
@@ -200,7 +201,7 @@ fn ana_changed(target: &Target, sh: &Shared) {
 
 /// A running NVMe-oF/TCP frontend of one [`Target`].
 pub struct NvmfFrontend {
-    target: Arc<Target>,
+    target: Arc<FrontendEnv>,
     shared: Arc<Shared>,
     stopped: bool,
     /// Where namespaces keep reservations that are not the cluster's.
@@ -217,8 +218,12 @@ fn valid_nqn(nqn: &str) -> bool {
 }
 
 impl NvmfFrontend {
-    /// Exports the configured subsystems and starts the configured listeners.
-    pub fn start(target: &Arc<Target>, cfg: &NvmfConfig) -> Result<NvmfFrontend, TargetError> {
+    /// Exports the configured subsystems and starts the configured listeners on
+    /// `target` (an `&Arc<Target>`, or its [`FrontendEnv`]).
+    pub fn start(
+        target: impl Into<FrontendEnv>,
+        cfg: &NvmfConfig,
+    ) -> Result<NvmfFrontend, TargetError> {
         let mut fe = NvmfFrontend::new(target, cfg)?;
         for l in cfg.listeners() {
             fe.add_listener(&l)?;
@@ -227,7 +232,11 @@ impl NvmfFrontend {
     }
 
     /// Exports the configured subsystems without listening anywhere yet.
-    pub fn new(target: &Arc<Target>, cfg: &NvmfConfig) -> Result<NvmfFrontend, TargetError> {
+    pub fn new(
+        target: impl Into<FrontendEnv>,
+        cfg: &NvmfConfig,
+    ) -> Result<NvmfFrontend, TargetError> {
+        let target = &Arc::new(target.into());
         let range = cfg.cntlid_range.unwrap_or(config::DEFAULT_CNTLID_RANGE);
         if range.0 == 0 || range.0 > range.1 || range.1 > config::DEFAULT_CNTLID_RANGE.1 {
             return Err(TargetError::invalid(

@@ -10,7 +10,8 @@ use super::cdb::MAX_TRANSFER_BYTES;
 use super::pr::{Nexus, PrState};
 use super::pr_cluster::PrBroker;
 use crate::bdev::{Bdev, BdevDesc, BdevEvent};
-use crate::target::{Target, TargetError};
+use crate::error::TargetError;
+use crate::frontend::FrontendEnv;
 
 /// Device identifiers derived from a LUN's `device_id` (by default the volume name
 /// or uuid): the same string gives the same ids on every node and after restarts.
@@ -180,7 +181,7 @@ impl LunRt {
     /// Opens `lun`'s bdev on `target` with an event callback: a resize changes
     /// the LUN's capacity and queues CAPACITY DATA HAS CHANGED for every nexus
     /// ([`LunRt::resized`]). Catches up with a resize since the LUN was built.
-    pub fn open_events(lun: &Arc<LunRt>, target: &Target) -> Result<(), TargetError> {
+    pub fn open_events(lun: &Arc<LunRt>, target: &FrontendEnv) -> Result<(), TargetError> {
         let w = Arc::downgrade(lun);
         let desc = target.open_bdev(
             lun.bdev.name(),

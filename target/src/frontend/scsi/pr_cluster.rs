@@ -34,8 +34,10 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::pr::{Nexus, PrState};
+use crate::error::TargetError;
+use crate::event::Event;
 use crate::reactor::{Msg, Reactor, ReactorHandle, CONTROL_SEND_TIMEOUT};
-use crate::target::{Event, Target, TargetError};
+use crate::services::Services;
 
 /// Most PERSISTENT RESERVE OUT requests waiting for the coordinator per target;
 /// beyond it a PR OUT gets [`super::sense::STATE_TRANSITION`] at once.
@@ -85,7 +87,7 @@ struct Waiters(RefCell<HashMap<u64, Waiter>>);
 /// The cluster reservation state of a target's shared volumes and the PR OUT
 /// requests waiting for the coordinator.
 pub struct PrBroker {
-    target: std::sync::Weak<Target>,
+    target: std::sync::Weak<Services>,
     pending: Mutex<HashMap<u64, Pending>>,
     next: AtomicU64,
     /// The committed state of each shared volume, as last set.
@@ -94,7 +96,7 @@ pub struct PrBroker {
 
 impl PrBroker {
     /// A broker publishing its requests as events of `target`.
-    pub(crate) fn new(target: std::sync::Weak<Target>) -> PrBroker {
+    pub(crate) fn new(target: std::sync::Weak<Services>) -> PrBroker {
         PrBroker {
             target,
             pending: Mutex::new(HashMap::new()),

@@ -14,8 +14,9 @@ use std::sync::Arc;
 use io_uring::{opcode, types};
 
 use super::{FrontendCore, Registry, Wire};
+use crate::error::TargetError;
+use crate::frontend::FrontendEnv;
 use crate::reactor::{Msg, Reactor, UringDone};
-use crate::target::{Target, TargetError};
 
 /// Most connections accepted per readiness event (the poll is re-armed after).
 const ACCEPT_BATCH: usize = 64;
@@ -72,7 +73,7 @@ fn serve<P: Protocol>(r: &Rc<Reactor>, shared: Arc<P>, stream: TcpStream, peer: 
 
 /// Stops frontend `shared`: nothing more is accepted, and every reactor closes
 /// the frontend's listeners and connections. Idempotent.
-pub(crate) fn stop_frontend<P: Protocol>(target: &Target, shared: &P) {
+pub(crate) fn stop_frontend<P: Protocol>(target: &FrontendEnv, shared: &P) {
     shared.core().stopping.store(true, Ordering::Release);
     let fid = shared.core().id;
     if let Err(e) = target
@@ -86,7 +87,7 @@ pub(crate) fn stop_frontend<P: Protocol>(target: &Target, shared: &P) {
 /// Listens on one more address (`address:port`, port 0 picks one) for the
 /// frontend `shared`; returns the bound address.
 pub(crate) fn add<P: Protocol>(
-    target: &Arc<Target>,
+    target: &Arc<FrontendEnv>,
     shared: &Arc<P>,
     addr: &str,
 ) -> Result<SocketAddr, TargetError> {
@@ -107,7 +108,7 @@ pub(crate) fn add<P: Protocol>(
 
 /// Stops listening on `addr` (established connections stay).
 pub(crate) fn remove<P: Protocol>(
-    target: &Arc<Target>,
+    target: &Arc<FrontendEnv>,
     shared: &Arc<P>,
     addr: SocketAddr,
 ) -> Result<(), TargetError> {
@@ -237,7 +238,7 @@ fn stop<P: Protocol>(r: &Rc<Reactor>, fid: u64, addr: SocketAddr) -> bool {
 /// Binds `addr` and starts accepting on reactor 0; returns the bound address.
 /// The caller records the address (see [`add`]).
 pub(crate) fn start<P: Protocol>(
-    target: &Arc<Target>,
+    target: &Arc<FrontendEnv>,
     shared: &Arc<P>,
     addr: SocketAddr,
 ) -> Result<SocketAddr, TargetError> {
