@@ -389,7 +389,8 @@ interface Kernel {
   iscsiSessions @30 () -> (error :Error, sessions :List(IscsiSession));
 
   # The data-plane lease. Shared volumes (VolumeSpec.shared) are served until now + leaseMs on
-  # the target's monotonic clock; leaseMs = 0 revokes at once. wasExpired: the lease had run
+  # the target's clock (CLOCK_BOOTTIME); leaseMs = 0 revokes at once. A duration is measured
+  # from the moment it arrives: a coordinator uses renewLeaseUntil (@47) instead. wasExpired: the lease had run
   # out (or been revoked) before this call. Private volumes are never affected; creating,
   # preparing, committing and aborting layouts is allowed in every lease state.
   renewLease @31 (leaseMs :UInt32) -> (error :Error, wasExpired :Bool);
@@ -433,6 +434,12 @@ interface Kernel {
   # unknown volume or plex; io names the plex and bdev whose read or write failed.
   copyRange @46 (volume :Text, sourcePlex :Text, targetPlex :Text, offsetBytes :UInt64,
                  lenBytes :UInt32) -> (error :Error);
+  # The data-plane lease as an absolute deadline: shared volumes are served until untilNs
+  # (nanoseconds) of the host's CLOCK_BOOTTIME, the clock the caller read when it computed
+  # the deadline (same host, same boot, same time namespace; docs/KERNEL_INTERFACE.md). A
+  # deadline already past (0 among them) revokes at once, so a caller frozen between
+  # computing and sending never extends its lease. Otherwise as renewLease.
+  renewLeaseUntil @47 (untilNs :UInt64) -> (error :Error, wasExpired :Bool);
 }
 
 struct NvmfNamespace {

@@ -1189,7 +1189,9 @@ fn two_nodes_with_a_quorum_disk_take_over_when_the_master_dies() {
     // b waited for a's hold to run out (the record unchanged for lease_wait), then
     // for its own write's lease_wait before the vote counted.
     let cfg = sim.config();
-    let lease_wait = cfg.lease_ms + cfg.lease_ms / 10 + cfg.lease_margin_ms;
+    let lease_wait = cfg.lease_ms
+        + plexd_coordinator::core::drift_allowance_ms(cfg.lease_ms)
+        + cfg.lease_margin_ms;
     assert!(
         sim.now_ms() >= died_ms + 2 * lease_wait,
         "b took over after {} ms, before two lease waits",

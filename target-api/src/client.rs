@@ -962,6 +962,23 @@ impl KernelClient {
         )
     }
 
+    /// Serves shared volumes until `until_ns` nanoseconds of the host's
+    /// `CLOCK_BOOTTIME` (an absolute deadline: one already past, 0 among them,
+    /// revokes at once). Returns whether the lease had run out (or been revoked)
+    /// before this call. Caller and target must share the host, boot and time
+    /// namespace.
+    pub fn renew_lease_until(&self, until_ns: u64) -> Result<bool, ClientError> {
+        rpc!(
+            self,
+            "renewLeaseUntil",
+            renew_lease_until_request,
+            |rq| {
+                rq.get().set_until_ns(until_ns);
+            },
+            |r, path| { Ok(r.get_was_expired()) }
+        )
+    }
+
     /// The lease's state (none, valid, expired), time left and expiry count.
     pub fn lease_status(&self) -> Result<LeaseStatus, ClientError> {
         rpc!(

@@ -1,10 +1,22 @@
 //! The data-plane lease (self-fencing): a shared volume is served only while the
-//! coordinator keeps renewing the lease over the kernel interface (`renewLease`).
+//! coordinator keeps renewing the lease over the kernel interface
+//! (`renewLeaseUntil`, an absolute deadline; or the older `renewLease`, a duration).
 //!
-//! - Control side ([`Lease`], held by the [`crate::Target`], whose `renew_lease` and
-//!   `lease_status` call it): the deadline on the target's monotonic clock
-//!   (`Instant`), a generation bumped by every renewal, the expiry count.
-//!   [`crate::Target::renew_lease`] hands the new deadline to every reactor through its
+//! - Clock: deadlines are on the host's `CLOCK_BOOTTIME` ([`boottime_ns`]), the clock
+//!   the coordinator computes them on (same host, same boot, same time namespace),
+//!   which goes on counting while the system is suspended (`CLOCK_MONOTONIC` stops, so
+//!   a lease on it would outlast a suspend that the other nodes saw pass). A
+//!   coordinator frozen between computing a deadline and sending it cannot extend
+//!   the lease: a deadline is where it was computed, and one already past revokes.
+//!   Reactors keep the deadline also converted to their cached `Instant`
+//!   (`CLOCK_MONOTONIC`, read before the boot clock at receipt, so it is never later)
+//!   for the check on submit; their expiry poller compares `CLOCK_BOOTTIME` too, at
+//!   most once per [`BOOT_CHECK`] of their cached clock, so a host resumed from suspend
+//!   fences within about that much of its own loop time.
+//! - Control side ([`Lease`], held by the [`crate::Target`], whose `renew_lease`,
+//!   `renew_lease_until` and `lease_status` call it): the deadline, a generation
+//!   bumped by every renewal, the expiry count.
+//!   [`crate::Target::renew_lease_until`] hands the new deadline to every reactor through its
 //!   mailbox and waits until each one has it.
 //! - Reactor side ([`ReactorLease`], reactor-local): the deadline and one `fenced`
 //!   flag that a shared volume's channel checks on submit (a `Cell`: no lock, no
@@ -54,6 +66,20 @@ pub const MAX_LEASE: Duration = Duration::from_secs(3600);
 /// Most lease watchers registered at once on one target (a frontend each).
 pub const MAX_LEASE_WATCHERS: usize = 16;
 
+/// How often (of a reactor's cached clock) its expiry poller also reads
+/// `CLOCK_BOOTTIME`, which sees a system suspend that the reactors' monotonic clock
+/// does not.
+pub const BOOT_CHECK: Duration = Duration::from_millis(1);
+
+/// The host's `CLOCK_BOOTTIME` in nanoseconds: the clock of `renewLeaseUntil`
+/// deadlines. None if the clock cannot be read (not on Linux 2.6.39 or later).
+pub fn boottime_ns() -> Option<u64> {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).ok()?;
+    let secs = u64::try_from(t.tv_sec()).ok()?;
+    let nanos = u64::try_from(t.tv_nsec()).ok()?;
+    Some(secs.saturating_mul(1_000_000_000).saturating_add(nanos))
+}
+
 /// Told when a target's shared volumes become fenced (`served` false) or served
 /// again (`served` true). Called from a control thread (a renewal's caller, or the
 /// thread reporting an expiry); must not block.
@@ -62,6 +88,8 @@ pub type LeaseWatcher = dyn Fn(bool) + Send + Sync;
 #[derive(Default)]
 struct LeaseCtl {
     deadline: Option<Instant>,
+    /// The same deadline on `CLOCK_BOOTTIME` (ns); None if that clock is unreadable.
+    until_boot_ns: Option<u64>,
     /// Bumped by every renewal; reactors ignore an older one arriving late.
     generation: u64,
 }
@@ -163,14 +191,65 @@ impl Lease {
             ));
         }
         let now = Instant::now();
-        let deadline = now + Duration::from_millis(u64::from(lease_ms));
+        let left = Duration::from_millis(u64::from(lease_ms));
+        let until_boot_ns =
+            boottime_ns().map(|b| b.saturating_add(u64::try_from(left.as_nanos()).unwrap_or(0)));
+        self.set(t, now, left, until_boot_ns)
+    }
+
+    /// Serves `t`'s shared volumes until `until_ns` of `CLOCK_BOOTTIME`
+    /// ([`boottime_ns`]); a deadline already past (0 among them) revokes at once.
+    /// Returns whether the lease had run out (or been revoked) before this call.
+    /// Returns once every reactor has the new deadline.
+    pub(crate) fn renew_until(
+        &self,
+        t: &Arc<Services>,
+        until_ns: u64,
+    ) -> Result<bool, TargetError> {
+        // The monotonic clock first: the deadline converted to it is never later
+        // than the one asked for.
+        let now = Instant::now();
+        let Some(boot_ns) = boottime_ns() else {
+            let e = TargetError::invalid(
+                LEASE_OBJ,
+                "cannot read CLOCK_BOOTTIME: a deadline on it cannot be taken".to_string(),
+            );
+            log::error!("{e}");
+            return Err(e);
+        };
+        let left = Duration::from_nanos(until_ns.saturating_sub(boot_ns));
+        if left > MAX_LEASE {
+            return Err(TargetError::invalid(
+                LEASE_OBJ,
+                format!(
+                    "a deadline {} ms ahead is further than the limit of {} ms",
+                    left.as_millis(),
+                    MAX_LEASE.as_millis()
+                ),
+            ));
+        }
+        self.set(t, now, left, Some(until_ns.max(boot_ns)))
+    }
+
+    /// Sets the deadline to `now + left` (monotonic) and `until_boot_ns` (boot
+    /// clock); `left` zero revokes.
+    fn set(
+        &self,
+        t: &Arc<Services>,
+        now: Instant,
+        left: Duration,
+        until_boot_ns: Option<u64>,
+    ) -> Result<bool, TargetError> {
+        let lease_ms = left.as_millis();
+        let deadline = now + left;
         let (generation, was_expired, was_fenced) = {
             let mut c = self.ctl();
-            let was_expired = c.deadline.is_some_and(|d| d <= now);
+            let was_expired = c.deadline.is_some() && c.past(now);
             // Never granted fences too.
-            let was_fenced = c.deadline.is_none_or(|d| d <= now);
+            let was_fenced = c.deadline.is_none() || c.past(now);
             c.generation += 1;
             c.deadline = Some(deadline);
+            c.until_boot_ns = until_boot_ns;
             (c.generation, was_expired, was_fenced)
         };
         let shared = Arc::clone(&self.shared);
@@ -180,7 +259,7 @@ impl Lease {
                 apply(
                     r,
                     generation,
-                    deadline,
+                    (deadline, until_boot_ns),
                     Arc::clone(&shared),
                     Weak::clone(&target),
                 )
@@ -217,15 +296,22 @@ impl Lease {
     /// The lease's state, time left and expiry count.
     pub(crate) fn status(&self) -> LeaseStatus {
         let now = Instant::now();
-        let deadline = self.ctl().deadline;
-        let (state, remaining_ms) = match deadline {
+        let c = self.ctl();
+        let (state, remaining_ms) = match c.deadline {
             None => (LeaseState::None, 0),
-            Some(d) if d <= now => (LeaseState::Expired, 0),
-            Some(d) => (
-                LeaseState::Valid,
-                u64::try_from(d.duration_since(now).as_millis()).unwrap_or(u64::MAX),
-            ),
+            Some(_) if c.past(now) => (LeaseState::Expired, 0),
+            Some(d) => {
+                let mut left = d.duration_since(now);
+                if let (Some(until), Some(boot)) = (c.until_boot_ns, boottime_ns()) {
+                    left = left.min(Duration::from_nanos(until.saturating_sub(boot)));
+                }
+                (
+                    LeaseState::Valid,
+                    u64::try_from(left.as_millis()).unwrap_or(u64::MAX),
+                )
+            }
         };
+        drop(c);
         LeaseStatus {
             state,
             remaining_ms,
@@ -234,9 +320,29 @@ impl Lease {
     }
 }
 
+impl LeaseCtl {
+    /// The deadline has passed at `now` (monotonic) or on the boot clock; false
+    /// when none was set.
+    fn past(&self, now: Instant) -> bool {
+        self.deadline.is_some_and(|d| d <= now) || boot_past(self.until_boot_ns)
+    }
+}
+
+/// `CLOCK_BOOTTIME` has reached `until_ns` (false for None or an unreadable clock).
+fn boot_past(until_ns: Option<u64>) -> bool {
+    match (until_ns, boottime_ns()) {
+        (Some(until), Some(now)) => now >= until,
+        _ => false,
+    }
+}
+
 /// The lease as one reactor sees it.
 pub(crate) struct ReactorLease {
     deadline: Cell<Option<Instant>>,
+    /// The same deadline on `CLOCK_BOOTTIME` (ns), which the poller also compares.
+    until_boot_ns: Cell<Option<u64>>,
+    /// When (cached clock) the poller last read `CLOCK_BOOTTIME`.
+    boot_checked: Cell<Option<Instant>>,
     generation: Cell<u64>,
     /// Checked by shared volumes' channels on every submit. True until a lease is
     /// granted.
@@ -249,6 +355,8 @@ impl Default for ReactorLease {
     fn default() -> Self {
         ReactorLease {
             deadline: Cell::new(None),
+            until_boot_ns: Cell::new(None),
+            boot_checked: Cell::new(None),
             generation: Cell::new(0),
             fenced: Cell::new(true),
             link: RefCell::new(None),
@@ -315,7 +423,9 @@ impl ReactorLease {
                 // the same deadline within about a loop iteration).
                 let fenced_all = t.reactors().broadcast_blocking(|r| {
                     let l = r.local::<ReactorLease>();
-                    if l.deadline.get().is_some_and(|d| d <= Instant::now()) {
+                    if l.deadline.get().is_some_and(|d| d <= Instant::now())
+                        || boot_past(l.until_boot_ns.get())
+                    {
                         l.set_fenced(r, true);
                     }
                 });
@@ -333,10 +443,11 @@ impl ReactorLease {
 }
 
 /// Takes a renewal on reactor `r` (run from its mailbox).
+/// `deadline` is on the monotonic clock and, when readable, on `CLOCK_BOOTTIME`.
 fn apply(
     r: &Rc<Reactor>,
     generation: u64,
-    deadline: Instant,
+    deadline: (Instant, Option<u64>),
     shared: Arc<LeaseShared>,
     target: Weak<Services>,
 ) {
@@ -344,8 +455,11 @@ fn apply(
     if generation <= l.generation.get() {
         return; // a newer renewal got here first
     }
+    let (deadline, until_boot_ns) = deadline;
     l.generation.set(generation);
     l.deadline.set(Some(deadline));
+    l.until_boot_ns.set(until_boot_ns);
+    l.boot_checked.set(None);
     let first = l.link.borrow_mut().replace((shared, target)).is_none();
     if first {
         r.add_poller(Rc::new(LeasePoller {
@@ -353,7 +467,7 @@ fn apply(
             lease: Rc::clone(&l),
         }));
     }
-    l.set_fenced(r, deadline <= Instant::now());
+    l.set_fenced(r, deadline <= Instant::now() || boot_past(until_boot_ns));
 }
 
 /// Fences shared volumes when the reactor's clock passes the deadline, and bounds
@@ -368,15 +482,25 @@ impl Poller for LeasePoller {
         if self.lease.fenced.get() {
             return 0;
         }
-        match self.lease.deadline.get() {
-            Some(d) if now >= d => {
-                if let Some(r) = self.reactor.upgrade() {
-                    self.lease.set_fenced(&r, true);
-                }
-                1
-            }
-            _ => 0,
+        let mut past = self.lease.deadline.get().is_some_and(|d| now >= d);
+        if !past
+            && self
+                .lease
+                .boot_checked
+                .get()
+                .is_none_or(|at| now.saturating_duration_since(at) >= BOOT_CHECK)
+        {
+            // A suspended host's monotonic clock stood still: the boot clock did not.
+            self.lease.boot_checked.set(Some(now));
+            past = boot_past(self.lease.until_boot_ns.get());
         }
+        if !past {
+            return 0;
+        }
+        if let Some(r) = self.reactor.upgrade() {
+            self.lease.set_fenced(&r, true);
+        }
+        1
     }
 
     fn next_deadline(&self) -> Option<Instant> {

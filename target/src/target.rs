@@ -277,6 +277,14 @@ impl Target {
         self.lease.renew(&self.svc, lease_ms)
     }
 
+    /// Serves shared volumes until `until_ns` of the host's `CLOCK_BOOTTIME`
+    /// ([`crate::lease::boottime_ns`]); a deadline already past revokes at once.
+    /// Returns whether the lease had run out (or been revoked) before this call.
+    /// Returns once every reactor has the new deadline.
+    pub fn renew_lease_until(&self, until_ns: u64) -> Result<bool, TargetError> {
+        self.lease.renew_until(&self.svc, until_ns)
+    }
+
     /// Registers a lease watcher, told when shared volumes become fenced or served
     /// again ([`crate::lease::LeaseWatcher`]); it is dropped when its owner drops the
     /// `Arc`. Refused past [`crate::lease::MAX_LEASE_WATCHERS`].

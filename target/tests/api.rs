@@ -539,4 +539,15 @@ fn renew_lease_and_lease_status_over_the_kernel_interface() {
     let e = k.renew_lease(u32::MAX).unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::Invalid), "{e}");
     assert_eq!(k.lease_status().unwrap().state, LeaseState::Valid);
+
+    // The deadline form (CLOCK_BOOTTIME, ns): a deadline ahead grants, one past revokes.
+    let boot = plexd_target::lease::boottime_ns().expect("CLOCK_BOOTTIME");
+    assert!(!k.renew_lease_until(boot + 60_000_000_000).unwrap());
+    let st = k.lease_status().unwrap();
+    assert!(st.remaining_ms > 0 && st.remaining_ms <= 60_000, "{st:?}");
+    assert!(!k.renew_lease_until(boot).unwrap());
+    assert_eq!(k.lease_status().unwrap().state, LeaseState::Expired);
+    assert_eq!(k.write("sv", 0, &data).unwrap(), FENCED_ERRNO);
+    let e = k.renew_lease_until(u64::MAX).unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::Invalid), "{e}");
 }

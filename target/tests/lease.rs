@@ -404,3 +404,87 @@ fn a_lease_running_out_under_load_fails_io_and_nothing_hangs() {
     assert!(res.failed_ios > 0);
     assert_eq!(res.verify_errors, 0);
 }
+
+#[test]
+fn a_deadline_renewal_ends_at_its_deadline_however_late_it_arrives_and_a_past_one_revokes() {
+    let t = start();
+    t.add_bdev(MallocBdev::new("m0", 8 * MIB, 512).unwrap())
+        .unwrap();
+    t.create_volume(&volume(
+        "sv",
+        8 * MIB,
+        vec![concat("sv-01", "m0", 8 * MIB)],
+        true,
+    ))
+    .unwrap();
+    let events = t.subscribe();
+    let a = pattern(4, 4096);
+    let boot = || plexd_target::lease::boottime_ns().expect("CLOCK_BOOTTIME");
+    const MS: u64 = 1_000_000;
+
+    // A deadline a minute ahead: served on every reactor.
+    assert!(!t.renew_lease_until(boot() + 60_000 * MS).unwrap());
+    let st = t.lease_status();
+    assert_eq!(st.state, LeaseState::Valid);
+    assert!(st.remaining_ms > 0 && st.remaining_ms <= 60_000, "{st:?}");
+    for r in 0..2 {
+        assert_eq!(write(&t, r, "sv", 0, &a), IoStatus::Success, "reactor {r}");
+    }
+
+    // A renewal computed with SHORT_LEASE_MS + DELAY left, delivered DELAY later
+    // (a coordinator frozen in between): the lease ends where it was computed to,
+    // not SHORT_LEASE_MS + DELAY after its arrival.
+    const DELAY_MS: u64 = 400;
+    let computed = boot();
+    let until = computed + (u64::from(SHORT_LEASE_MS) + DELAY_MS) * MS;
+    wait_for("the delay", Duration::from_secs(5), || {
+        boot() >= computed + DELAY_MS * MS
+    });
+    let arrived = boot();
+    assert!(!t.renew_lease_until(until).unwrap());
+    let st = t.lease_status();
+    assert!(
+        st.remaining_ms <= (until - arrived) / MS,
+        "{st:?}: more than the {} ms left to the deadline",
+        (until - arrived) / MS
+    );
+    let fenced = lease_expired(
+        &events,
+        Duration::from_millis(u64::from(SHORT_LEASE_MS) + DELAY_MS) + EXPIRY_WAIT,
+    )
+    .expect("a LeaseExpired event");
+    let seen = boot();
+    assert!(seen >= until, "the lease expired before its deadline");
+    assert_eq!(fenced, vec!["sv".to_string()]);
+    for r in 0..2 {
+        assert_eq!(write(&t, r, "sv", 0, &a), FENCED, "reactor {r}, expired");
+    }
+
+    // Served again; then a deadline already past revokes before the call returns.
+    assert!(
+        t.renew_lease_until(boot() + 60_000 * MS).unwrap(),
+        "was expired"
+    );
+    assert_eq!(write(&t, 1, "sv", 0, &a), IoStatus::Success);
+    assert!(!t.renew_lease_until(boot() - MS).unwrap());
+    assert_eq!(t.lease_status().state, LeaseState::Expired);
+    for r in 0..2 {
+        assert_eq!(
+            write(&t, r, "sv", 0, &a),
+            FENCED,
+            "reactor {r}, past deadline"
+        );
+    }
+    assert_eq!(
+        lease_expired(&events, EXPIRY_WAIT),
+        Some(vec!["sv".to_string()])
+    );
+    // 0 revokes too; it is no new expiry of an expired lease.
+    assert!(t.renew_lease_until(0).unwrap());
+    assert_eq!(t.lease_status().expiries, 2);
+    // A deadline further than the longest lease is refused, naming the lease.
+    let e = t
+        .renew_lease_until(boot() + 2 * 3_600_000 * MS)
+        .unwrap_err();
+    assert!(e.to_string().contains("lease"), "{e}");
+}

@@ -198,6 +198,8 @@ impl<M: ConfigModel> Node<M> {
         self.out.push(Action::KernelLoad {
             config: self.committed.config.clone(),
         });
+        // Formed from the disks: what it loaded is on them.
+        self.recovery_durable(self.committed.txn);
         self.install_view(now_ms, view);
         let line = format!(
             "node {}: formed the cluster as master (view {}, configuration seq {})",
@@ -1107,6 +1109,8 @@ impl<M: ConfigModel> Node<M> {
                     config: self.committed.config.clone(),
                 });
             }
+            // This node is about to write its configuration to the disks; until
+            // that write lands (`finish_takeover`) an open it holds stays undurable.
         }
         self.state = State::TakingOver {
             step: TakeoverStep::WritingDisks,
@@ -1192,6 +1196,8 @@ impl<M: ConfigModel> Node<M> {
         self.record_membership(now_ms);
         self.master = Some(MasterState::new());
         self.suspected.clear();
+        // The takeover's write put this node's configuration on the disks.
+        self.recovery_durable(self.committed.txn);
         self.install_view(now_ms, view);
         self.broadcast_view(&old.members);
         self.resolve_forwards(old.master);
@@ -1698,6 +1704,9 @@ impl<M: ConfigModel> Node<M> {
         self.out.push(Action::KernelLoad {
             config: config.clone(),
         });
+        // The master's committed configuration, which it committed after its disk
+        // write: an older undurable open of this start is moot.
+        self.recovery.open_undurable = None;
         self.state = State::Joining {
             master,
             step: JoinStep::Loading {

@@ -109,8 +109,9 @@ pub struct NodeConfig {
     /// The data-plane lease: how long a node's data plane may go on serving shared
     /// volumes after the last confirmation that it belongs to a quorate view.
     pub lease_ms: u64,
-    /// Added to `lease_ms` when waiting out a lost node's lease (clock rate drift,
-    /// the time a lease renewal takes to reach the data plane).
+    /// Added to `lease_ms` and the clock drift allowance ([`drift_allowance_ms`])
+    /// when waiting out a lost node's lease: how late a data plane may fence after
+    /// its deadline (its reactors' loop; docs/PROTOCOL.md, "Waiting out").
     pub lease_margin_ms: u64,
     /// How long the master waits for a member's answer to CHECK or PREPARE before
     /// the transaction fails (a message lost in a partition, a member that stopped
@@ -139,7 +140,7 @@ pub struct NodeConfig {
 impl NodeConfig {
     /// Settings with incarnation 0 (set it) and the defaults: heartbeats every 500 ms, a peer is gone after
     /// 2000 ms of silence, form after 2000 ms, retry an abandoned join after 30 s,
-    /// a 5 s data-plane lease waited out with a 500 ms margin, 15 s for a member's
+    /// a 5 s data-plane lease waited out with a 250 ms margin, 15 s for a member's
     /// answer to CHECK or PREPARE, resync fences kept 5 s at most.
     pub fn new(me: NodeId, nodes: Vec<NodeInfo>) -> NodeConfig {
         NodeConfig {
@@ -151,7 +152,7 @@ impl NodeConfig {
             form_wait_ms: 2000,
             join_retry_ms: 30_000,
             lease_ms: 5000,
-            lease_margin_ms: 500,
+            lease_margin_ms: DEFAULT_LEASE_MARGIN_MS,
             reply_timeout_ms: 15_000,
             member_ago_at_start_ms: None,
             quorum_disk: false,
@@ -161,10 +162,31 @@ impl NodeConfig {
     }
 
     /// The time a quorate side waits after it last could have confirmed a lost node
-    /// before acting on its loss: the lease, 10% for clock rate drift, the margin.
+    /// before acting on its loss: the lease, the clock drift allowance
+    /// ([`drift_allowance_ms`]), the margin.
     pub fn lease_wait_ms(&self) -> u64 {
-        self.lease_ms + self.lease_ms / 10 + self.lease_margin_ms
+        self.lease_ms + drift_allowance_ms(self.lease_ms) + self.lease_margin_ms
     }
+}
+
+/// The clock rate error the protocol tolerates per node, in parts per million
+/// (±1 %): twenty times the most NTP slews a clock (500 ppm), and far more than a
+/// free-running quartz's error (about 100 ppm). The simulator runs its nodes' clocks
+/// at up to this error (`sim::MAX_DRIFT_PPM`). Time is never compared across
+/// nodes, only durations measured on different clocks.
+pub const MAX_CLOCK_DRIFT_PPM: u64 = 10_000;
+
+/// The default `lease_margin_ms`.
+pub const DEFAULT_LEASE_MARGIN_MS: u64 = 250;
+
+/// What waiting out a lease of `lease_ms` adds for clock rate error: four times
+/// [`MAX_CLOCK_DRIFT_PPM`] of it (4 % of the lease). A duration measured on one
+/// clock and waited out on another, each off by up to ±ρ, lasts up to
+/// (1+ρ)/(1−ρ) ≈ 1+2ρ times longer; a slave's lease crosses two clocks before a
+/// successor waits it out on a third (the master's lease left, counted on from the
+/// slave's stamp): 4ρ (docs/PROTOCOL.md, "Waiting out").
+pub fn drift_allowance_ms(lease_ms: u64) -> u64 {
+    lease_ms.saturating_mul(4 * MAX_CLOCK_DRIFT_PPM) / 1_000_000
 }
 
 /// A stored configuration record: what `WriteDisks` writes and `ReadDisks` returns.

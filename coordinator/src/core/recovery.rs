@@ -62,6 +62,13 @@ pub(super) struct Recovery {
     data_plane_lost: bool,
     /// This node's request for the recovery of its own start, while in flight.
     self_recovering: Option<RequestId>,
+    /// A slave committed transaction `.0`, which opened this start, before knowing
+    /// that its master wrote it to the disks (the designated successor commits
+    /// before the disk write): no lease on its strength until the master is seen to
+    /// have committed it (after its disk write) or this node wrote it itself. Were
+    /// master and successor to die first, the disks would not hold the start open
+    /// although its data plane served.
+    pub(super) open_undurable: Option<TxnId>,
     /// The last transaction of the master's own requests (this bookkeeping's, a
     /// resync's end) this node took part in (see
     /// [`NodeConfig::bookkeeping_failpoints`]).
@@ -80,6 +87,7 @@ impl<M: ConfigModel> Node<M> {
     pub fn data_plane_lease_ms(&self, now_ms: u64) -> u64 {
         if self.stopping
             || self.recovery.data_plane_lost
+            || self.recovery.open_undurable.is_some()
             || !self
                 .committed
                 .config
@@ -88,6 +96,24 @@ impl<M: ConfigModel> Node<M> {
             return 0;
         }
         self.lease_remaining_ms(now_ms)
+    }
+
+    /// A slave commits `txn` (config `after`): notes whether it opened this start
+    /// before the disks are known to hold it ([`Recovery::open_undurable`]).
+    pub(super) fn recovery_slave_commit(&mut self, txn: TxnId, before: &M, after: &M) {
+        let me = (self.cfg.me, self.cfg.incarnation);
+        if !before.open_nodes().contains(&me) && after.open_nodes().contains(&me) {
+            self.recovery.open_undurable = Some(txn);
+        }
+    }
+
+    /// The disks are known to hold transaction `txn` (the master committed it, which
+    /// it does after its disk write, or this node wrote it in a takeover, or loaded a
+    /// configuration from them): an open it made is durable.
+    pub(super) fn recovery_durable(&mut self, txn: TxnId) {
+        if self.recovery.open_undurable.is_some_and(|t| t <= txn) {
+            self.recovery.open_undurable = None;
+        }
     }
 
     fn recovery_request(&mut self) -> RequestId {

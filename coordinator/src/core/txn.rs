@@ -1139,10 +1139,15 @@ impl<M: ConfigModel> Node<M> {
                 f.committed = true;
             }
         }
-        self.committed = Committed {
-            txn: st.id,
-            config: st.new_config,
-        };
+        let before = std::mem::replace(
+            &mut self.committed,
+            Committed {
+                txn: st.id,
+                config: st.new_config,
+            },
+        );
+        let after = self.committed.config.clone();
+        self.recovery_slave_commit(st.id, &before.config, &after);
     }
 
     pub(super) fn slave_on_abort(&mut self, from: NodeId, txn: TxnId) {
@@ -1192,6 +1197,7 @@ impl<M: ConfigModel> Node<M> {
         master: NodeId,
         state: TxnState,
     ) -> Result<(), String> {
+        self.recovery_durable(state.committed);
         if let Some(st) = self.slave_txn.take() {
             if Some(st.id) == state.running {
                 self.slave_txn = Some(st);

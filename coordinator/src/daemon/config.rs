@@ -44,8 +44,9 @@ pub struct ClusterSection {
     /// Longer than a plexd restart, so a restart never stops I/O.
     #[serde(default = "default_lease_ms")]
     pub lease_ms: u64,
-    /// Added when waiting out a lost node's lease (plus 10% of `lease_ms` for
-    /// clock rate drift).
+    /// Added when waiting out a lost node's lease (plus 4 % of `lease_ms` for
+    /// clock rate drift, `core::drift_allowance_ms`): how late a data plane may
+    /// fence after its lease's deadline.
     #[serde(default = "default_lease_margin_ms")]
     pub lease_margin_ms: u64,
     /// Wrap every disk in an `error` bdev so faults can be injected through the
@@ -80,7 +81,7 @@ fn default_lease_ms() -> u64 {
     5000
 }
 fn default_lease_margin_ms() -> u64 {
-    500
+    crate::core::DEFAULT_LEASE_MARGIN_MS
 }
 fn default_votes() -> u32 {
     1

@@ -13,9 +13,12 @@ pub const FAILPOINT_EXIT_STATUS: i32 = 137;
 /// Points of the driver that `<name>:sleep=<ms>` slows down:
 /// `driver.kernel_prepare` (after the data plane staged a transaction, shared or a
 /// private group's, its volumes
-/// still quiesced: a slow drain) and `driver.write_disks` (before a transaction's
-/// configuration is written to the disks: a slow disk).
-pub const DRIVER_FAILPOINTS: [&str; 2] = ["driver.kernel_prepare", "driver.write_disks"];
+/// still quiesced: a slow drain), `driver.write_disks` (before a transaction's
+/// configuration is written to the disks: a slow disk) and `lease.renew` (in the
+/// lease thread, between taking the lease to renew and sending it to the data
+/// plane: a process frozen mid-renewal).
+pub const DRIVER_FAILPOINTS: [&str; 3] =
+    ["driver.kernel_prepare", "driver.write_disks", "lease.renew"];
 
 /// Longest sleep a failpoint may ask for.
 pub const MAX_FAILPOINT_SLEEP: Duration = Duration::from_secs(60);
@@ -134,6 +137,13 @@ mod tests {
             Some(Duration::from_millis(2500))
         );
         assert_eq!(slow.sleep_at("driver.write_disks"), None);
+        assert_eq!(
+            parse("lease.renew:sleep=2000")
+                .unwrap()
+                .unwrap()
+                .sleep_at("lease.renew"),
+            Some(Duration::from_millis(2000))
+        );
         assert!(!slow.exits_at("driver.kernel_prepare"));
         assert!(parse("txn.nowhere:exit").is_err());
         assert!(parse("txn.after_check:abort").is_err());

@@ -122,6 +122,43 @@ pub fn connection_lost(e: &ClientError) -> bool {
     matches!(e, ClientError::Connect { .. } | ClientError::Rpc { .. })
 }
 
+/// Whether `e` says the data plane does not know the method (an older
+/// plexd-target: Cap'n Proto's `Unimplemented`).
+pub fn unimplemented(e: &ClientError) -> bool {
+    matches!(e, ClientError::Rpc { reason, .. } if reason.starts_with("Unimplemented"))
+}
+
+/// Logs an error when the data plane at the other end of `client` runs in another
+/// time namespace than this process: the lease deadlines (`CLOCK_BOOTTIME`, which a
+/// time namespace offsets) would then be off by the difference of their offsets.
+/// Checked only when both share the PID namespace (the target's pid names it here).
+fn check_time_namespace(client: &KernelClient) {
+    let Ok(info) = client.info() else {
+        return; // the next call reports a lost connection
+    };
+    let ns = |pid: &str, kind: &str| std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).ok();
+    let pid = info.pid.to_string();
+    if ns("self", "pid").is_none() || ns("self", "pid") != ns(&pid, "pid") {
+        log::debug!(
+            "plexd-target (pid {pid}) is not in this PID namespace: its time namespace is not checked"
+        );
+        return;
+    }
+    let (mine, theirs) = (ns("self", "time"), ns(&pid, "time"));
+    if let (Some(mine), Some(theirs)) = (mine, theirs) {
+        if mine != theirs {
+            log::error!(
+                "plexd-target (pid {pid}, socket {}) runs in time namespace {} and this plexd in {}: \
+                 the data-plane lease deadlines (CLOCK_BOOTTIME) are off by the difference of their \
+                 offsets; run both in one time namespace (docs/KERNEL_INTERFACE.md)",
+                client.path(),
+                theirs.display(),
+                mine.display()
+            );
+        }
+    }
+}
+
 fn err(e: ClientError) -> String {
     e.to_string()
 }
@@ -160,6 +197,7 @@ impl Kernel {
             .set_detach_policy(DetachPolicy::External)
             .map_err(|e| format!("cannot set the detach policy: {e}"))?;
         Kernel::drop_leftover_prepares(&client)?;
+        check_time_namespace(&client);
         Ok(Arc::new(client))
     }
 

@@ -1,12 +1,15 @@
 //! The data-plane lease renewer: a small thread of its own that hands the data plane
-//! what is left of this node's lease (`renewLease`), so a renewal never waits behind
+//! the end of this node's lease (`renewLeaseUntil`), so a renewal never waits behind
 //! a drain, a disk write or any other work of the driver, and a data plane that hangs
 //! holds up this thread only, never the main loop.
 //!
-//! The main loop publishes, at every tick, "`left` ms of lease at instant `at`"
-//! ([`Renewer::publish`]); the thread renews with what is left of it *now*
-//! (`left - (now - at)`), so a renewal that waited carries the current value, never a
-//! stale one.
+//! The main loop publishes, at every tick, the lease's end as an absolute deadline
+//! on `CLOCK_BOOTTIME` ([`Renewer::publish`]: the clock read *before* the core's
+//! lease, so the deadline is never later than the lease's end); the data plane serves
+//! until that deadline of the same host clock. A renewal that waited — this thread
+//! or the whole process frozen between the publication and the data plane's receipt
+//! (SIGSTOP, a long page fault) — carries the same deadline, never more lease than
+//! the coordinator held; one that arrives past it revokes.
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -22,8 +25,9 @@ const IDLE_WAKE: Duration = Duration::from_secs(1);
 struct State {
     /// The connection to renew on; none while the data plane is lost.
     client: Option<Arc<KernelClient>>,
-    /// The newest value: lease left (ms) at that instant.
-    value: Option<(u64, Instant)>,
+    /// The newest value: lease left (ms) at that instant, and its end on
+    /// `CLOCK_BOOTTIME` (ns; None when that clock cannot be read).
+    value: Option<(u64, Instant, Option<u64>)>,
     /// Bumped at every publish (the thread renews once per new value).
     generation: u64,
     stop: bool,
@@ -47,8 +51,9 @@ pub struct Renewer {
 }
 
 impl Renewer {
-    /// Starts the thread for node `node`, renewing on `client`.
-    pub fn start(node: &str, client: Arc<KernelClient>) -> Renewer {
+    /// Starts the thread for node `node`, renewing on `client`; `stall` (the
+    /// `lease.renew` failpoint) is slept between taking a lease and sending it.
+    pub fn start(node: &str, client: Arc<KernelClient>, stall: Option<Duration>) -> Renewer {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 client: Some(client),
@@ -61,7 +66,7 @@ impl Renewer {
         let name = node.to_string();
         let thread = std::thread::Builder::new()
             .name("lease".into())
-            .spawn(move || run(&name, &s))
+            .spawn(move || run(&name, &s, stall))
             .map_err(|e| log::error!("node {node}: cannot start the lease thread: {e}; the data plane will not be given a lease"))
             .ok();
         Renewer { shared, thread }
@@ -71,10 +76,13 @@ impl Renewer {
         self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// `left_ms` of lease are left now: renew the data plane with it.
-    pub fn publish(&self, left_ms: u64) {
+    /// `left_ms` of lease were left when `CLOCK_BOOTTIME` read `boot_ns` (read
+    /// before the lease was computed; [`super::clock::boottime_ns`]): renew the data
+    /// plane until then.
+    pub fn publish(&self, boot_ns: Option<u64>, left_ms: u64) {
+        let until_ns = boot_ns.map(|b| b.saturating_add(left_ms.saturating_mul(1_000_000)));
         let mut st = self.lock();
-        st.value = Some((left_ms, Instant::now()));
+        st.value = Some((left_ms, Instant::now(), until_ns));
         st.generation += 1;
         drop(st);
         self.shared.wake.notify_one();
@@ -124,7 +132,7 @@ impl LeaseView {
     /// last one was none (0 ms). A lease too long to represent ends in a year.
     pub fn end(&self) -> Option<Instant> {
         let st = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
-        let (left_ms, at) = st.value?;
+        let (left_ms, at, _) = st.value?;
         if left_ms == 0 {
             return None;
         }
@@ -146,12 +154,15 @@ impl Drop for Renewer {
     }
 }
 
-fn run(node: &str, shared: &Shared) {
+fn run(node: &str, shared: &Shared, stall: Option<Duration>) {
     let mut seen = 0u64;
     // The data plane was last given a non-zero lease by this process.
     let mut held = false;
+    // The connection whose data plane predates `renewLeaseUntil` (it is renewed
+    // with durations), if the current one is.
+    let mut old_target: Option<Arc<KernelClient>> = None;
     loop {
-        let (client, left_ms, at) = {
+        let (client, left_ms, at, until_ns) = {
             let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
             while !st.stop && st.generation == seen {
                 st = shared
@@ -164,13 +175,13 @@ fn run(node: &str, shared: &Shared) {
                 return;
             }
             seen = st.generation;
-            let Some((left_ms, at)) = st.value else {
+            let Some((left_ms, at, until_ns)) = st.value else {
                 continue;
             };
             let Some(client) = st.client.clone() else {
                 continue;
             };
-            (client, left_ms, at)
+            (client, left_ms, at, until_ns)
         };
         let _calls = shared.calls.lock().unwrap_or_else(|p| p.into_inner());
         if shared
@@ -182,15 +193,45 @@ fn run(node: &str, shared: &Shared) {
             // Revoked for a clean stop: nothing to renew any more.
             continue;
         }
-        let aged = u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let left = u32::try_from(left_ms.saturating_sub(aged)).unwrap_or(u32::MAX);
+        // What is left now (for the log, and for the duration form).
+        let left = match until_ns.zip(super::clock::boottime_ns()) {
+            Some((until, now)) => until.saturating_sub(now) / 1_000_000,
+            None => {
+                let aged = u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX);
+                left_ms.saturating_sub(aged)
+            }
+        };
+        let left = u32::try_from(left).unwrap_or(u32::MAX);
         if left == 0 && !held {
             // Nothing this process granted to revoke. A lease an earlier plexd
             // granted runs on (the cluster waits it out): a restart inside the
             // lease never stops I/O.
             continue;
         }
-        match client.renew_lease(left) {
+        if let Some(d) = stall {
+            std::thread::sleep(d);
+        }
+        let old = old_target.as_ref().is_some_and(|c| Arc::ptr_eq(c, &client));
+        let renewed = match until_ns.filter(|_| !old) {
+            // The deadline, wherever the renewal got delayed; 0 revokes.
+            Some(until) => match client.renew_lease_until(if left_ms == 0 { 0 } else { until }) {
+                Err(e) if super::kernel::unimplemented(&e) => {
+                    log::warn!(
+                        "node {node}: plexd-target at {} predates renewLeaseUntil: its lease is renewed \
+                         with durations until it is upgraded (a renewal delayed on its way then extends \
+                         the lease by the delay)",
+                        client.path()
+                    );
+                    old_target = Some(Arc::clone(&client));
+                    client.renew_lease(left)
+                }
+                r => r,
+            },
+            // No boot clock, or an older data plane: the duration, measured from its
+            // arrival.
+            None => client.renew_lease(left),
+        };
+        match renewed {
             Ok(was_expired) => {
                 if left > 0 && (was_expired || !held) {
                     let again = if was_expired {

@@ -33,6 +33,7 @@
 //! transaction (the same validation, kernel phase and disk write, locally).
 
 mod answers;
+pub mod clock;
 pub mod config;
 pub mod ctl;
 pub mod disks;
@@ -179,8 +180,8 @@ pub struct Options {
     pub spawn_target: bool,
 }
 
-fn now_ms(start: Instant) -> u64 {
-    start.elapsed().as_millis() as u64
+fn now_ms(start: clock::CoreClock) -> u64 {
+    start.now_ms()
 }
 
 fn incarnation() -> u64 {
@@ -218,7 +219,8 @@ struct Daemon {
     /// The data plane's socket.
     socket: String,
     transport: transport::Transport,
-    start: Instant,
+    /// The core's clock (`CLOCK_BOOTTIME` since the start, see [`clock`]).
+    start: clock::CoreClock,
     /// Where this node records that it may be a cluster member ([`membership`]).
     membership_path: std::path::PathBuf,
     next_request: u64,
@@ -358,17 +360,20 @@ impl Daemon {
         self.stopping && matches!(self.node.role(), Role::Stopped) && self.pipeline.is_empty()
     }
 
-    /// Hands the lease thread what is left of this node's lease now (0 revokes it):
+    /// Hands the lease thread the end of this node's lease (none left revokes it):
     /// the data plane serves shared volumes only under it.
     fn renew_lease(&mut self) {
         if self.kernel_lost.is_some() {
             return;
         }
+        // The boot clock before the core's lease: the deadline published is never
+        // later than the lease's end.
+        let boot_ns = clock::boottime_ns();
         let left_ms = self
             .node
             .data_plane_lease_ms(now_ms(self.start))
             .min(self.file.cluster.lease_ms);
-        self.lease.publish(left_ms);
+        self.lease.publish(boot_ns, left_ms);
     }
 
     fn request_id(&mut self) -> RequestId {
@@ -671,7 +676,7 @@ impl Daemon {
                     // The core's clock counts from `start` (see `now_ms`).
                     let deadline = self
                         .start
-                        .checked_add(Duration::from_millis(deadline_ms))
+                        .instant_at(deadline_ms)
                         .unwrap_or_else(Instant::now);
                     let sent = match &self.qdisk {
                         Some(q) => q.write(op, record, deadline),
@@ -858,7 +863,7 @@ impl Daemon {
     /// u64::MAX (e.g. a master alone holding a majority) is a year away.
     fn core_instant(&self, ms: u64) -> Instant {
         self.start
-            .checked_add(Duration::from_millis(ms))
+            .instant_at(ms)
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 86_400))
     }
 

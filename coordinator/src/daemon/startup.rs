@@ -28,7 +28,11 @@ pub fn run(opts: Options) -> Result<(), String> {
     let files = file.disk_files();
     let qdisk = start_quorum_disk(&file, &me, &files, &tx)?;
     let (private, failed) = load_private_groups(&mut kernel, &file, &me.name, &files);
-    let lease = lease::Renewer::start(&me.name, kernel.shared_client());
+    let lease = lease::Renewer::start(
+        &me.name,
+        kernel.shared_client(),
+        failpoint.as_ref().and_then(|f| f.sleep_at("lease.renew")),
+    );
     let socket = kernel.client().path().to_string();
     let repairs = Arc::new(Mutex::new(disks::Repairs::default()));
     let driver = Driver {
@@ -44,7 +48,7 @@ pub fn run(opts: Options) -> Result<(), String> {
         private: private.disk_groups.clone(),
     }
     .start()?;
-    let start = Instant::now();
+    let start = super::clock::CoreClock::start();
     let (mut node, membership_path) = new_node(&file, &me, inc, start);
     node.load_private(private);
     announce(&me);
@@ -214,7 +218,7 @@ fn new_node(
     file: &ClusterFile,
     me: &config::NodeEntry,
     inc: u64,
-    start: Instant,
+    start: super::clock::CoreClock,
 ) -> (Node<SharedConfig>, PathBuf) {
     let membership_path =
         membership::record_path(me.state_dir.as_deref(), &me.target_socket, me.id);

@@ -90,7 +90,7 @@ impl SimConfig {
             form_wait_ms: 500,
             join_retry_ms: 1000,
             lease_ms: 1000,
-            lease_margin_ms: 100,
+            lease_margin_ms: 50,
             connection_lost_percent: 80,
             kernel_refuse_percent: 0,
             trace: false,
@@ -267,8 +267,9 @@ pub struct Divergence {
     pub plexes: BTreeSet<String>,
 }
 
-/// Largest clock rate drift of a node, in parts per million (±5%).
-pub const MAX_DRIFT_PPM: i64 = 50_000;
+/// Largest clock rate drift of a node, in parts per million: the bound the protocol
+/// tolerates ([`crate::core::MAX_CLOCK_DRIFT_PPM`], ±1 %), never less.
+pub const MAX_DRIFT_PPM: i64 = crate::core::MAX_CLOCK_DRIFT_PPM as i64;
 /// The cores' `reply_timeout_ms` under the simulator (its driver answers within
 /// `max_driver_delay_ms`).
 pub const SIM_REPLY_TIMEOUT_MS: u64 = 2000;

@@ -1052,6 +1052,24 @@ impl k::kernel::Server for KernelImpl {
         Ok(())
     }
 
+    async fn renew_lease_until(
+        self: Rc<Self>,
+        params: k::kernel::RenewLeaseUntilParams,
+        mut results: k::kernel::RenewLeaseUntilResults,
+    ) -> Result<(), capnp::Error> {
+        let until_ns = params.get()?.get_until_ns();
+        // Through the pool: the renewal waits for every reactor to take it.
+        match blocking(&self.service, move |s| {
+            s.target().renew_lease_until(until_ns)
+        })
+        .await
+        {
+            Ok(was_expired) => results.get().set_was_expired(was_expired),
+            Err(e) => fail(self.conn, "renewLeaseUntil", &e, results.get().init_error()),
+        }
+        Ok(())
+    }
+
     async fn lease_status(
         self: Rc<Self>,
         _: k::kernel::LeaseStatusParams,
