@@ -140,6 +140,21 @@ struct Part {
     cpu_ns: u64,
 }
 
+impl Part {
+    /// Nothing counted yet.
+    fn empty() -> Part {
+        Part {
+            ios: 0,
+            bytes: 0,
+            failed: 0,
+            verify_errors: 0,
+            hist: Histogram::new(3).expect("histogram"),
+            first_mismatch: None,
+            cpu_ns: 0,
+        }
+    }
+}
+
 /// One reactor's share of a job.
 struct Job {
     reactor: Rc<Reactor>,
@@ -280,15 +295,7 @@ impl Job {
     fn finish_if_stopped(&self) {
         if self.stopping.get() && self.busy.get() == 0 {
             if let Some(tx) = self.done_tx.borrow_mut().take() {
-                let mut part = self.part.replace(Part {
-                    ios: 0,
-                    bytes: 0,
-                    failed: 0,
-                    verify_errors: 0,
-                    hist: Histogram::new(3).expect("histogram"),
-                    first_mismatch: None,
-                    cpu_ns: 0,
-                });
+                let mut part = self.part.replace(Part::empty());
                 part.cpu_ns = thread_cpu_ns().saturating_sub(self.cpu_start);
                 let _ = tx.send(part);
             }
@@ -504,15 +511,7 @@ impl Job {
             seq: Cell::new((blocks / nr) * k % blocks.max(1)),
             stopping: Cell::new(false),
             busy: Cell::new(0),
-            part: RefCell::new(Part {
-                ios: 0,
-                bytes: 0,
-                failed: 0,
-                verify_errors: 0,
-                hist: Histogram::new(3).expect("histogram"),
-                first_mismatch: None,
-                cpu_ns: 0,
-            }),
+            part: RefCell::new(Part::empty()),
             cpu_start: thread_cpu_ns(),
             clock,
             submitted: Cell::new(0),

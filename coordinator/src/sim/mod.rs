@@ -785,16 +785,9 @@ impl Sim {
         }
     }
 
-    /// Kills only node `id`'s data plane (as kill -9 of plexd-target): a copy it was
-    /// making lands or not, and its coordinator reconnects at once to a new one and
-    /// loads it (as the daemon does): the committed configuration if it is a member,
-    /// its prepared transaction staged again, no lease until the core renews it.
-    pub fn crash_data_plane(&mut self, id: NodeId) {
-        if !self.is_up(id) {
-            return;
-        }
-        self.note(format!("crash {}'s data plane", Sim::name(id)));
-        self.mark_divergence(id);
+    /// Node `id` died with resync copies between their read and their write: each
+    /// lands or not (half the time, and only before its deadline).
+    fn settle_copies_of_dead(&mut self, id: NodeId) {
         let copies: Vec<CopyInFlight> = self
             .copies
             .iter()
@@ -807,6 +800,19 @@ impl Sim {
                 self.land_copy(c);
             }
         }
+    }
+
+    /// Kills only node `id`'s data plane (as kill -9 of plexd-target): a copy it was
+    /// making lands or not, and its coordinator reconnects at once to a new one and
+    /// loads it (as the daemon does): the committed configuration if it is a member,
+    /// its prepared transaction staged again, no lease until the core renews it.
+    pub fn crash_data_plane(&mut self, id: NodeId) {
+        if !self.is_up(id) {
+            return;
+        }
+        self.note(format!("crash {}'s data plane", Sim::name(id)));
+        self.mark_divergence(id);
+        self.settle_copies_of_dead(id);
         // The daemon reloads what the core's kernel actions left in the data plane.
         let active = self
             .core(id)
@@ -843,18 +849,7 @@ impl Sim {
                 self.land_write(id, w);
             }
         }
-        let copies: Vec<CopyInFlight> = self
-            .copies
-            .iter()
-            .filter(|c| c.node == id)
-            .cloned()
-            .collect();
-        self.copies.retain(|c| c.node != id);
-        for c in copies {
-            if self.rng.gen_bool(0.5) && self.write_in_time(id, c.deadline) {
-                self.land_copy(c);
-            }
-        }
+        self.settle_copies_of_dead(id);
         let qwrites = std::mem::take(&mut self.node_mut(id).pending_qdisk_writes);
         for (_, record, deadline_ms) in qwrites {
             if self.rng.gen_bool(0.5) && self.write_in_time(id, (deadline_ms, false)) {
