@@ -1056,6 +1056,30 @@ impl Cluster {
 
     // ---- data ----
 
+    /// Waits (at most `timeout`) until node `i`'s target exports NVMe-oF subsystem
+    /// `nqn` and listens on the node's NVMe-oF portal.
+    pub fn wait_nvmf_subsystem(&self, i: usize, nqn: &str, timeout: Duration) {
+        let listener: std::net::SocketAddr = self.nodes[i]
+            .nvmf_portal
+            .parse()
+            .unwrap_or_else(|e| panic!("nvmf portal {}: {e}", self.nodes[i].nvmf_portal));
+        wait_until(
+            &format!("{nqn} on node {}'s listener", self.nodes[i].name),
+            timeout,
+            || {
+                let (subs, ls) = self
+                    .kernel(i)
+                    .nvmf_subsystems()
+                    .map_err(|e| e.to_string())?;
+                if subs.iter().any(|s| s.nqn == nqn) && ls.contains(&listener) {
+                    Ok(())
+                } else {
+                    Err(format!("{subs:?} on {ls:?}"))
+                }
+            },
+        );
+    }
+
     /// A kernel interface client of node `i`'s plexd-target.
     pub fn kernel(&self, i: usize) -> KernelClient {
         KernelClient::connect(&self.nodes[i].target_socket)
@@ -1371,4 +1395,13 @@ pub fn without_seq(print: &Value) -> Value {
         }
     }
     p
+}
+
+/// The port of `address:port`.
+pub fn port_of(portal: &str) -> u16 {
+    portal
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {portal}"))
 }

@@ -10,6 +10,7 @@ use plexd_target::frontend::nvmf::pdu::{self, Digests};
 use plexd_target::frontend::nvmf::DISCOVERY_NQN;
 use plexd_target::frontend::scsi::alua::AluaState;
 use plexd_target::testutil::pattern;
+use plexd_tests::cluster::port_of;
 use plexd_tests::nvmf_host::{Host, HOST};
 use plexd_tests::proc::run_bounded;
 use plexd_tests::{wait_until, Cluster, ClusterOpts};
@@ -205,32 +206,6 @@ fn an_export_on_one_node_survives_a_full_restart_and_refusals_name_node_and_reas
     c.check_invariants();
 }
 
-/// The port of `address:port`.
-fn port_of(portal: &str) -> u16 {
-    portal
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no port in {portal}"))
-}
-
-/// Waits until node `i`'s target exports `nqn` and listens on its nvmf_portal.
-fn wait_subsystem(c: &Cluster, i: usize, nqn: &str) {
-    let listener: std::net::SocketAddr = c.nodes[i].nvmf_portal.parse().unwrap();
-    wait_until(
-        &format!("{nqn} on node {}'s listener", c.nodes[i].name),
-        SERVE_TIMEOUT,
-        || {
-            let (subs, ls) = c.kernel(i).nvmf_subsystems().map_err(|e| e.to_string())?;
-            if subs.iter().any(|s| s.nqn == nqn) && ls.contains(&listener) {
-                Ok(())
-            } else {
-                Err(format!("{subs:?} on {ls:?}"))
-            }
-        },
-    );
-}
-
 /// An admin queue to `nqn` on node `i`'s listener, enabled, without keep alive;
 /// returns it and its controller id.
 fn nvmf_admin(c: &Cluster, i: usize, nqn: &str) -> (Host, u16) {
@@ -287,7 +262,7 @@ fn an_nvmf_export_is_one_namespace_behind_every_node_with_ana_from_membership() 
     );
     assert_eq!(ex["hosts"].as_array().map(Vec::len), Some(0), "any host");
     for i in 0..3 {
-        wait_subsystem(&c, i, &nqn);
+        c.wait_nvmf_subsystem(i, &nqn, SERVE_TIMEOUT);
     }
 
     // A host connects to the master's and a slave's listeners: one namespace

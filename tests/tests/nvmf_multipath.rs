@@ -157,23 +157,6 @@ fn paths<'a>(out: &'a str, when: &str) -> Vec<(&'a str, &'a str, &'a str, &'a st
         .collect()
 }
 
-/// Waits until node `i`'s target exports `nqn` on its nvmf_portal.
-fn wait_subsystem(c: &Cluster, i: usize, nqn: &str) {
-    let listener: std::net::SocketAddr = c.nodes[i].nvmf_portal.parse().unwrap();
-    wait_until(
-        &format!("{nqn} on node {}'s listener", c.nodes[i].name),
-        SERVE_TIMEOUT,
-        || {
-            let (subs, ls) = c.kernel(i).nvmf_subsystems().map_err(|e| e.to_string())?;
-            if subs.iter().any(|s| s.nqn == nqn) && ls.contains(&listener) {
-                Ok(())
-            } else {
-                Err(format!("{subs:?} on {ls:?}"))
-            }
-        },
-    );
-}
-
 /// Whose processes the test kills while fio runs.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Victim {
@@ -231,7 +214,7 @@ fn multipath_survives(victim: Victim) {
         .expect("the NQN")
         .to_string();
     for i in 0..3 {
-        wait_subsystem(&c, i, &nqn);
+        c.wait_nvmf_subsystem(i, &nqn, SERVE_TIMEOUT);
     }
 
     // The VM on the nodes' bridge (the tap goes with the bridge's namespace).

@@ -11,6 +11,7 @@
 use std::time::Duration;
 
 use plexd_target::frontend::nvmf::pdu::{self, Digests};
+use plexd_tests::cluster::port_of;
 use plexd_tests::iscsi::{Initiator, ScsiResult};
 use plexd_tests::nvmf_host::Host;
 use plexd_tests::{wait_until, Cluster, ClusterOpts};
@@ -173,32 +174,6 @@ fn reservations_of_a_shared_volume_hold_through_every_node_and_survive_a_restart
     assert_eq!(h1b.read_keys().unwrap().1, vec![0xb2]);
 }
 
-/// The port of `address:port`.
-fn port_of(portal: &str) -> u16 {
-    portal
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no port in {portal}"))
-}
-
-/// Waits until node `i`'s target exports `nqn` and listens on its nvmf_portal.
-fn wait_subsystem(c: &Cluster, i: usize, nqn: &str) {
-    let listener: std::net::SocketAddr = c.nodes[i].nvmf_portal.parse().unwrap();
-    wait_until(
-        &format!("{nqn} on node {}'s listener", c.nodes[i].name),
-        CONVERGE,
-        || {
-            let (subs, ls) = c.kernel(i).nvmf_subsystems().map_err(|e| e.to_string())?;
-            if subs.iter().any(|s| s.nqn == nqn) && ls.contains(&listener) {
-                Ok(())
-            } else {
-                Err(format!("{subs:?} on {ls:?}"))
-            }
-        },
-    );
-}
-
 /// An NVMe host (`hostnqn`, `hostid`) on node `i`: its admin queue (enabled, no
 /// keep alive) and one I/O queue.
 fn nvme_host(c: &Cluster, i: usize, nqn: &str, hostnqn: &str, hostid: [u8; 16]) -> (Host, Host) {
@@ -264,7 +239,7 @@ fn an_nvme_reservation_through_one_node_holds_on_the_other_and_survives_a_restar
         .expect("the NQN")
         .to_string();
     for i in 0..2 {
-        wait_subsystem(&c, i, &nqn);
+        c.wait_nvmf_subsystem(i, &nqn, CONVERGE);
         c.wait_served(i, "dg1", "vol1");
     }
     let (ha, hb) = (
@@ -321,7 +296,7 @@ fn an_nvme_reservation_through_one_node_holds_on_the_other_and_survives_a_restar
     c.kill_all();
     c.restart_all();
     for i in 0..2 {
-        wait_subsystem(&c, i, &nqn);
+        c.wait_nvmf_subsystem(i, &nqn, CONVERGE);
         c.wait_served(i, "dg1", "vol1");
     }
     let (_ab, mut qb) = nvme_host(&c, 1, &nqn, hb, id_b);
