@@ -1109,9 +1109,9 @@ impl<M: ConfigModel> Node<M> {
                     config: self.committed.config.clone(),
                 });
             }
-            // This node is about to write its configuration to the disks; until
-            // that write lands (`finish_takeover`) an open it holds stays undurable.
         }
+        // This node is about to write its configuration to the disks; until that
+        // write lands (`finish_takeover`) an open it holds stays undurable.
         self.state = State::TakingOver {
             step: TakeoverStep::WritingDisks,
         };

@@ -804,7 +804,8 @@ impl Sim {
 
     /// Kills only node `id`'s data plane (as kill -9 of plexd-target): a copy it was
     /// making lands or not, and its coordinator reconnects at once to a new one and
-    /// loads it (as the daemon does): the committed configuration if it is a member,
+    /// loads it (as the daemon does): the shared groups the core's kernel actions
+    /// left in the data plane ([`Node::data_plane_shared`]) and the private groups,
     /// its prepared transaction staged again, no lease until the core renews it.
     pub fn crash_data_plane(&mut self, id: NodeId) {
         if !self.is_up(id) {
