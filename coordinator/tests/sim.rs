@@ -1629,3 +1629,57 @@ fn a_lost_data_plane_makes_its_start_recovered() {
     assert_eq!(sim.node(C).inc, start.1, "the same coordinator start");
     assert!(sim.serving(C), "served again once opened");
 }
+
+/// The designated successor commits a transaction before the master writes it to
+/// the disks: when that transaction opens the successor's own start, its data plane
+/// gets no lease until the master is seen to have committed it (after the write).
+/// Were it to serve at once and master and successor die before the write, the
+/// disks would not hold the start open although its data plane had written.
+#[test]
+fn a_successor_serves_on_its_own_open_only_once_the_disks_hold_it() {
+    let mut sim = traced_cluster(3);
+    sim.crash(B);
+    assert!(
+        sim.run_until(10_000, |s| !s.all_members(&[A, B, C])
+            && s.all_members(&[A, C])),
+        "b's loss acted on:\n{}",
+        sim.trace_text()
+    );
+    // The dead start's recovery is written while b is down; then the master's
+    // disk writes are held, and b comes back.
+    let recovered = sim.run_until(10_000, |s| {
+        s.disk().is_some_and(|d| !d.config.open.contains_key(&B))
+    });
+    assert!(recovered, "b's dead start recovered:\n{}", sim.trace_text());
+    sim.hold(A, Hold::DiskWrite);
+    sim.start(B);
+    let inc = sim.node(B).inc;
+    let committed_open = sim.run_until(10_000, |s| {
+        s.core(B)
+            .is_some_and(|c| c.config().open.get(&B) == Some(&inc))
+    });
+    assert!(
+        committed_open,
+        "b committed its open:\n{}",
+        sim.trace_text()
+    );
+    assert_eq!(
+        sim.disk().and_then(|d| d.config.open.get(&B).copied()),
+        None,
+        "the master's write is held"
+    );
+    sim.run_for(200);
+    assert!(
+        !sim.serving(B),
+        "b served on an open the disks do not hold:\n{}",
+        sim.trace_text()
+    );
+    sim.release(A);
+    let served = sim.run_until(10_000, |s| s.serving(B));
+    assert!(
+        served,
+        "b serves once the open is written:\n{}",
+        sim.trace_text()
+    );
+    assert_eq!(sim.violation(), None);
+}
