@@ -101,6 +101,18 @@ struct VolumeSpec {
   plexes @2 :List(PlexSpec);    # 1..32 mirrors
   readPolicy @3 :ReadPolicy;
   shared @4 :Bool;              # served only under the data-plane lease (renewLease)
+  log @5 :DirtyLogSpec;         # this node's dirty region log section; unset: no log
+}
+
+struct DirtyLogSpec {
+  # One node's section of a mirrored volume's dirty region log (docs/ONDISK.md,
+  # "Dirty region log"): a region is marked there before a write to it is issued.
+  bdev @0 :Text;
+  offsetBytes @1 :UInt64;       # start of the section on the bdev (4096-aligned)
+  sectionBytes @2 :UInt64;      # room for the section
+  node @3 :UInt32;
+  logId @4 :UInt64;             # a new id: the data plane starts the section afresh
+  regionBytes @5 :UInt64;       # power of two, 64 KiB .. 1 GiB
 }
 
 struct VolumeStats {

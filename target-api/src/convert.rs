@@ -253,6 +253,15 @@ pub fn set_volume_spec(mut b: k::volume_spec::Builder<'_>, s: &VolumeSpec) {
     b.set_name(s.name.as_str());
     b.set_size_bytes(s.size_bytes);
     b.set_shared(s.shared);
+    if let Some(l) = &s.log {
+        let mut lb = b.reborrow().init_log();
+        lb.set_bdev(l.bdev.as_str());
+        lb.set_offset_bytes(l.offset_bytes);
+        lb.set_section_bytes(l.section_bytes);
+        lb.set_node(l.node);
+        lb.set_log_id(l.log_id);
+        lb.set_region_bytes(l.region_bytes);
+    }
     set_read_policy(b.reborrow().init_read_policy(), &s.read_policy);
     let mut plexes = b.init_plexes(s.plexes.len() as u32);
     for (i, p) in s.plexes.iter().enumerate() {
@@ -296,6 +305,19 @@ pub fn read_volume_spec(r: k::volume_spec::Reader<'_>) -> Result<VolumeSpec> {
             ReadPolicy::LeastBusy
         },
         shared: r.get_shared(),
+        log: if r.has_log() {
+            let l = r.get_log()?;
+            Some(crate::drl::DirtyLogSpec {
+                bdev: l.get_bdev()?.to_string()?,
+                offset_bytes: l.get_offset_bytes(),
+                section_bytes: l.get_section_bytes(),
+                node: l.get_node(),
+                log_id: l.get_log_id(),
+                region_bytes: l.get_region_bytes(),
+            })
+        } else {
+            None
+        },
     })
 }
 
@@ -1003,6 +1025,7 @@ mod tests {
             len_bytes: l,
         };
         VolumeSpec {
+            log: None,
             name: "v0".into(),
             size_bytes: 1 << 20,
             plexes: vec![

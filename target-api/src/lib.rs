@@ -6,6 +6,8 @@
 //! - [`client`]: [`KernelClient`], the blocking client (feature `client`, default).
 //! - [`convert`]: Rust types ⇄ Cap'n Proto builders and readers, shared with the
 //!   server in plexd-target so the two sides cannot drift apart (feature `client`).
+//! - [`drl`]: the dirty region log's on-disk section (written by the data plane, read
+//!   by the master after a node's crash).
 //! - [`error`]: the typed failures ([`ErrorCode`], [`ApiError`]).
 //! - The wire types: [`volume`] (layouts, volume and plex info), [`bdev`] (bdev
 //!   requests and info, I/O kinds, fault injection), [`info`] (target info, events,
@@ -20,6 +22,7 @@ pub mod bdev;
 pub mod client;
 #[cfg(feature = "client")]
 pub mod convert;
+pub mod drl;
 pub mod error;
 pub mod info;
 pub mod iscsi;
@@ -32,6 +35,7 @@ pub use bdev::{
 };
 #[cfg(feature = "client")]
 pub use client::{ClientError, KernelClient, Subscription};
+pub use drl::DirtyLogSpec;
 pub use error::{ApiError, ErrorCode};
 pub use info::{
     DetachPolicy, Event, LeaseState, LeaseStatus, PollMode, TargetInfo, EVENT_QUEUE_DEPTH,

@@ -145,6 +145,11 @@ pub struct VolumeSpec {
     /// (the default) never depends on the lease.
     #[serde(default)]
     pub shared: bool,
+    /// This node's section of the volume's dirty region log (a mirrored volume
+    /// with a log): a region is marked dirty there before any write to it is
+    /// issued to the plexes ([`crate::drl`]). None: no log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<crate::drl::DirtyLogSpec>,
 }
 
 /// A plex as listed.

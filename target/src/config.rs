@@ -685,6 +685,7 @@ impl Config {
             });
         }
         Ok(VolumeSpec {
+            log: None,
             name: vname.clone(),
             size_bytes: v.size.0,
             plexes,

@@ -43,6 +43,7 @@ fn mirrored(k: &KernelClient) -> VolumeSpec {
     k.create_bdev(&BdevRequest::malloc("m1", 8 * MIB)).unwrap();
     k.create_bdev(&BdevRequest::error("e1", "m1")).unwrap();
     let spec = VolumeSpec {
+        log: None,
         name: "v0".into(),
         size_bytes: 4 * MIB,
         plexes: vec![
@@ -469,6 +470,7 @@ fn renew_lease_and_lease_status_over_the_kernel_interface() {
     k.create_bdev(&BdevRequest::malloc("m0", 8 * MIB)).unwrap();
     k.create_bdev(&BdevRequest::malloc("m1", 8 * MIB)).unwrap();
     let shared = VolumeSpec {
+        log: None,
         name: "sv".into(),
         size_bytes: 4 * MIB,
         plexes: vec![concat("sv-01", vec![sd("m0", 0, 4 * MIB)])],

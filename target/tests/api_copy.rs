@@ -41,6 +41,7 @@ fn setup(k: &KernelClient, u1: &TempPath, u2: &TempPath, vol_bytes: u64) {
     k.create_bdev(&BdevRequest::uring("u1", &u1.0)).unwrap();
     k.create_bdev(&BdevRequest::uring("u2", &u2.0)).unwrap();
     k.create_volume(&VolumeSpec {
+        log: None,
         name: "v".into(),
         size_bytes: vol_bytes,
         plexes: vec![
@@ -268,6 +269,7 @@ fn bench_resync_copy_socket_vs_copy_range() {
         state: PlexState::Active,
     };
     k.create_volume(&VolumeSpec {
+        log: None,
         name: "v".into(),
         size_bytes: BENCH_BYTES,
         plexes: vec![plex("v-a", "ua"), plex("v-b", "ub")],

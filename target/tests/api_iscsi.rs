@@ -65,6 +65,7 @@ fn volume(k: &KernelClient) -> Vec<u8> {
     let data = pattern(11, MIB as usize);
     assert_eq!(k.write("m0", 0, &data).unwrap(), 0);
     k.create_volume(&VolumeSpec {
+        log: None,
         name: "vol0".into(),
         size_bytes: 4 * MIB,
         plexes: vec![PlexSpec {
@@ -849,6 +850,7 @@ fn a_frontend_from_the_config_file_is_managed_through_the_api() {
 /// vol0's spec over m0 with `size` bytes (one concat plex from m0's start).
 fn vol0_spec(size: u64) -> VolumeSpec {
     VolumeSpec {
+        log: None,
         name: "vol0".into(),
         size_bytes: size,
         plexes: vec![PlexSpec {

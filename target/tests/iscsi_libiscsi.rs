@@ -119,6 +119,7 @@ impl Fixture {
         }
         target
             .create_volume(&VolumeSpec {
+                log: None,
                 name: "vol0".into(),
                 size_bytes,
                 plexes,

@@ -634,6 +634,7 @@ fn a_mirror_with_a_failing_plex_keeps_data_intact() {
         state: PlexState::Active,
     };
     t.create_volume(&VolumeSpec {
+        log: None,
         name: "mv".into(),
         size_bytes: size,
         plexes: vec![plex("mv-01", "m0"), plex("mv-02", "e1")],
@@ -735,6 +736,7 @@ fn shared_volume_target() -> Arc<Target> {
     let size = 16u64 << 20;
     let t = start_target(size);
     t.create_volume(&VolumeSpec {
+        log: None,
         name: "sv".into(),
         size_bytes: size,
         plexes: vec![PlexSpec {
@@ -1075,6 +1077,7 @@ fn a_mirror_flush_and_fua_writes_reach_every_plex() {
         ("mm", vec![plex("mm-01", "m0")]),
     ] {
         t.create_volume(&VolumeSpec {
+            log: None,
             name: name.into(),
             size_bytes: size,
             plexes,

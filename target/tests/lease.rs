@@ -58,6 +58,7 @@ fn concat(name: &str, bdev: &str, len: u64) -> PlexSpec {
 
 fn volume(name: &str, size: u64, plexes: Vec<PlexSpec>, shared: bool) -> VolumeSpec {
     VolumeSpec {
+        log: None,
         name: name.into(),
         size_bytes: size,
         plexes,

@@ -47,6 +47,7 @@ fn mirror() -> (Arc<Target>, Arc<ErrorBdev>, Arc<ErrorBdev>) {
         state: PlexState::Active,
     };
     t.create_volume(&VolumeSpec {
+        log: None,
         name: "v".into(),
         size_bytes: 16 * MIB,
         plexes: vec![plex(0), plex(1)],

@@ -538,6 +538,7 @@ fn a_fenced_shared_volume_fails_io_with_the_ana_inaccessible_path_error() {
     let size = 16u64 << 20;
     let t = start_target(size);
     t.create_volume(&VolumeSpec {
+        log: None,
         name: "sv".into(),
         size_bytes: size,
         plexes: vec![PlexSpec {
@@ -605,6 +606,7 @@ fn a_fenced_shared_volume_fails_io_with_the_ana_inaccessible_path_error() {
 fn a_resized_volume_changes_nsze_and_completes_an_aer_with_the_namespace_notice() {
     use plexd_target::volume::{PlexKind, PlexSpec, PlexState, SubdiskSpec, VolumeSpec};
     let spec = |size: u64| VolumeSpec {
+        log: None,
         name: "rv".into(),
         size_bytes: size,
         plexes: vec![PlexSpec {
@@ -986,6 +988,7 @@ fn the_lease_fencing_and_unfencing_a_shared_volume_sends_ana_change_notices() {
     let size = 16u64 << 20;
     let t = start_target(size);
     t.create_volume(&VolumeSpec {
+        log: None,
         name: "sv".into(),
         size_bytes: size,
         plexes: vec![PlexSpec {

@@ -45,6 +45,7 @@ fn thousands_of_layout_changes_under_verified_load_lose_nothing() {
             .unwrap();
     }
     let base = VolumeSpec {
+        log: None,
         name: "v".into(),
         size_bytes: 16 * MIB,
         plexes: vec![
@@ -154,6 +155,7 @@ fn a_prepare_that_cannot_drain_names_the_busy_reactor_and_changes_nothing() {
     t.add_bdev(MallocBdev::new("d0", 8 * MIB, 512).unwrap())
         .unwrap();
     let spec = VolumeSpec {
+        log: None,
         name: "v".into(),
         size_bytes: 8 * MIB,
         plexes: vec![concat(

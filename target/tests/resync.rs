@@ -68,6 +68,7 @@ fn detach_then_attach_under_load_resyncs_the_plex_without_failing_io() {
         state: PlexState::Active,
     };
     t.create_volume(&VolumeSpec {
+        log: None,
         name: "v".into(),
         size_bytes: 16 * MIB,
         plexes: vec![plex("v-01", "d0"), plex("v-02", "d1")],

@@ -119,6 +119,7 @@ fn writes_land_where_the_layout_says_on_every_mirror() {
         ],
     );
     let spec = VolumeSpec {
+        log: None,
         name: "v".into(),
         size_bytes: 8 * MIB,
         plexes: vec![concat.clone(), stripe.clone()],
@@ -160,6 +161,7 @@ fn out_of_range_and_unaligned_io_fail_cleanly() {
     let t = target(1);
     malloc(&t, "d0", 4 * MIB);
     t.create_volume(&VolumeSpec {
+        log: None,
         name: "v".into(),
         size_bytes: 2 * MIB,
         plexes: vec![plex(
@@ -181,6 +183,7 @@ fn bad_layouts_are_refused_with_the_object_named() {
     let t = target(1);
     malloc(&t, "d0", 4 * MIB);
     let mk = |plexes| VolumeSpec {
+        log: None,
         name: "bad".into(),
         size_bytes: 2 * MIB,
         plexes,
@@ -235,6 +238,7 @@ fn layout_changes_add_mirror_grow_remove_plex() {
     }
     let p1 = plex("v-01", PlexKind::Concat, vec![vec![sd("d0", 0, 4 * MIB)]]);
     let mut spec = VolumeSpec {
+        log: None,
         name: "v".into(),
         size_bytes: 4 * MIB,
         plexes: vec![p1],
@@ -294,6 +298,7 @@ fn the_last_active_plex_is_never_detached() {
     malloc(&t, "d0", 4 * MIB);
     malloc(&t, "d1", 4 * MIB);
     t.create_volume(&VolumeSpec {
+        log: None,
         name: "v".into(),
         size_bytes: 4 * MIB,
         plexes: vec![
@@ -324,6 +329,7 @@ fn a_channel_created_during_a_quiesce_inherits_the_closed_gate() {
     let t = target(2);
     malloc(&t, "d0", 4 * MIB);
     t.create_volume(&VolumeSpec {
+        log: None,
         name: "v".into(),
         size_bytes: 4 * MIB,
         plexes: vec![plex(

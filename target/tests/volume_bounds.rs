@@ -48,6 +48,7 @@ fn plex(name: &str, bdev: &str, off: u64, len: u64) -> PlexSpec {
 
 fn volume(name: &str, size: u64, plexes: Vec<PlexSpec>) -> VolumeSpec {
     VolumeSpec {
+        log: None,
         name: name.into(),
         size_bytes: size,
         plexes,

@@ -67,6 +67,7 @@ impl DiskGroupConfig {
             })
             .collect();
         VolumeSpec {
+            log: None,
             name: volume_bdev(&self.name, &volume.name),
             size_bytes: volume.size_bytes,
             plexes,

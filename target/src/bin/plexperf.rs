@@ -224,6 +224,7 @@ fn volume_spec(t: &Target, spec: &str) -> Result<VolumeSpec, String> {
         }
     };
     Ok(VolumeSpec {
+        log: None,
         name: VOLUME_NAME.into(),
         size_bytes: size,
         plexes,
