@@ -289,7 +289,7 @@ mod tests {
         };
         assert!(spec.check(1 << 30).is_ok());
         assert!(spec
-            .check(2 << 30)
+            .check(17 << 30)
             .unwrap_err()
             .contains("needs a 12288-byte section"));
         let odd = DirtyLogSpec {
