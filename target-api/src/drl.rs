@@ -75,7 +75,7 @@ impl DirtyLogSpec {
                 self.bdev
             ));
         }
-        if self.offset_bytes % DRL_BLOCK_BYTES != 0 {
+        if !self.offset_bytes.is_multiple_of(DRL_BLOCK_BYTES) {
             return Err(format!(
                 "dirty region log on {}: section offset {} is not a multiple of {DRL_BLOCK_BYTES}",
                 self.bdev, self.offset_bytes
