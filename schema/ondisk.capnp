@@ -61,6 +61,19 @@ struct Volume {
   exports @5 :List(Export);     # added after format 1's first release; absent = none
   reservations @6 :Reservations;  # SCSI persistent reservations of a shared volume;
                                   # added later in format 1; absent = none
+  log @7 :VolumeLog;            # dirty region log (added later in format 1); absent = none
+}
+
+# A mirrored volume's dirty region log (docs/ONDISK.md, "Dirty region log"): one log
+# subdisk holding one section per node; node n's section starts at
+# diskOffsetBytes + n * sectionBytes.
+struct VolumeLog {
+  disk @0 :Text;                # disk media name holding the log subdisk
+  diskOffsetBytes @1 :UInt64;   # from the start of the device
+  lenBytes @2 :UInt64;          # the whole log subdisk
+  sectionBytes @3 :UInt64;      # one node's section (4096-byte multiple)
+  regionBytes @4 :UInt64;       # power of two, 64 KiB .. 1 GiB
+  logId @5 :UInt64;             # a new id whenever the log moves or its geometry changes
 }
 
 # A volume's SCSI persistent reservations (SPC-4 5.13), kept by the cluster for a shared
@@ -111,6 +124,13 @@ struct Plex {
   state @1 :PlexState;
   layout @2 :PlexLayout;
   subdisks @3 :List(Subdisk);
+  resyncRanges @4 :List(ByteRange);  # a SYNCING plex: only these ranges need copying
+                                     # (a node's dirty regions); empty = the whole plex
+}
+
+struct ByteRange {
+  offsetBytes @0 :UInt64;
+  lenBytes @1 :UInt64;
 }
 
 struct Subdisk {

@@ -191,11 +191,13 @@ mod tests {
 
     fn volume(name: &str, disk: &str, offset: u64, len: u64) -> Volume {
         Volume {
+            log: None,
             name: name.into(),
             size_bytes: len,
             state: VolumeState::Enabled,
             read_policy: ReadPolicy::Round,
             plexes: vec![Plex {
+                resync_ranges: Vec::new(),
                 name: format!("{name}-01"),
                 state: PlexState::Active,
                 layout: PlexLayout::Concat,

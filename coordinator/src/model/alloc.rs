@@ -314,6 +314,7 @@ impl Allocator {
     ) -> Option<Plex> {
         let column_bytes = layout.column_len_bytes(volume_bytes);
         let mut plex = Plex {
+            resync_ranges: Vec::new(),
             name,
             state,
             layout,

@@ -490,6 +490,7 @@ fn vol_create(
     plex_layout.validate()?;
     let plexes = alloc::allocate_volume(dg, volume, size, layout)?;
     next.volumes.push(Volume {
+        log: None,
         name: volume.to_string(),
         size_bytes: size,
         state: VolumeState::Enabled,

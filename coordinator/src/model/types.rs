@@ -108,6 +108,29 @@ pub struct Volume {
     /// volume (its node keeps them).
     #[serde(default, skip_serializing_if = "PrState::is_empty")]
     pub reservations: PrState,
+    /// The dirty region log of a mirrored volume (None: no log; a node crash then
+    /// costs a full resync of the volume).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<VolumeLog>,
+}
+
+/// A mirrored volume's dirty region log: one log subdisk holding one section per
+/// node (node `n`'s at `disk_offset_bytes + n × section_bytes`), in the format of
+/// `plexd_target_api::drl` (docs/ONDISK.md, "Dirty region log").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeLog {
+    /// Disk media name of the disk holding the log subdisk.
+    pub disk: String,
+    /// Offset of the log subdisk on the device.
+    pub disk_offset_bytes: u64,
+    /// Length of the whole log subdisk.
+    pub len_bytes: u64,
+    /// One node's section (a multiple of 4096).
+    pub section_bytes: u64,
+    /// Region size (a power of two).
+    pub region_bytes: u64,
+    /// A new id whenever the log moves or its geometry changes.
+    pub log_id: u64,
 }
 
 ///
@@ -185,6 +208,11 @@ pub struct Plex {
     pub layout: PlexLayout,
     /// Subdisks, ordered by (column, `plex_offset_bytes`).
     pub subdisks: Vec<Subdisk>,
+    /// A SYNCING plex: the byte ranges `(offset, len)` of the volume still to copy
+    /// (a crashed node's dirty regions), ascending and disjoint; empty: the whole
+    /// plex. Empty for other states.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resync_ranges: Vec<(u64, u64)>,
 }
 
 /// A subdisk (`sd`): a contiguous extent of one disk's public region.

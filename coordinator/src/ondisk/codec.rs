@@ -7,7 +7,7 @@ use plexd_proto::ondisk_capnp as wire;
 
 use crate::model::{
     Disk, DiskGroupConfig, Export, ExportProtocol, OpenNode, Plex, PlexLayout, PlexState, PrState,
-    ReadPolicy, Subdisk, Volume, VolumeState, MAX_OPEN_NODES,
+    ReadPolicy, Subdisk, Volume, VolumeLog, VolumeState, MAX_OPEN_NODES,
 };
 use plexd_target_api::scsi::pr::{Registration, Reservation, MAX_REGISTRATIONS};
 
@@ -213,12 +213,30 @@ fn encode_volume(v: &Volume, mut b: wire::volume::Builder<'_>) {
     if !v.reservations.is_empty() {
         encode_reservations(&v.reservations, b.reborrow().init_reservations());
     }
+    if let Some(l) = &v.log {
+        let mut lb = b.reborrow().init_log();
+        lb.set_disk(l.disk.as_str());
+        lb.set_disk_offset_bytes(l.disk_offset_bytes);
+        lb.set_len_bytes(l.len_bytes);
+        lb.set_section_bytes(l.section_bytes);
+        lb.set_region_bytes(l.region_bytes);
+        lb.set_log_id(l.log_id);
+    }
     let mut plexes = b.init_plexes(len_u32(v.plexes.len()));
     for (i, p) in (0..).zip(&v.plexes) {
         let mut pb = plexes.reborrow().get(i);
         pb.set_name(p.name.as_str());
         pb.set_state(wire_plex_state(p.state));
         write_plex_layout(&p.layout, pb.reborrow().init_layout());
+        if !p.resync_ranges.is_empty() {
+            let mut rb = pb
+                .reborrow()
+                .init_resync_ranges(len_u32(p.resync_ranges.len()));
+            for (i, (off, len)) in (0..).zip(&p.resync_ranges) {
+                rb.reborrow().get(i).set_offset_bytes(*off);
+                rb.reborrow().get(i).set_len_bytes(*len);
+            }
+        }
         let mut sds = pb.init_subdisks(len_u32(p.subdisks.len()));
         for (j, sd) in (0..).zip(&p.subdisks) {
             let mut sb = sds.reborrow().get(j);
@@ -374,6 +392,19 @@ fn decode_volume(v: wire::volume::Reader<'_>) -> capnp::Result<Volume> {
     } else {
         PrState::default()
     };
+    let log = if v.has_log() {
+        let l = v.get_log()?;
+        Some(VolumeLog {
+            disk: text(l.get_disk())?,
+            disk_offset_bytes: l.get_disk_offset_bytes(),
+            len_bytes: l.get_len_bytes(),
+            section_bytes: l.get_section_bytes(),
+            region_bytes: l.get_region_bytes(),
+            log_id: l.get_log_id(),
+        })
+    } else {
+        None
+    };
     Ok(Volume {
         name: text(v.get_name())?,
         size_bytes: v.get_size_bytes(),
@@ -382,6 +413,7 @@ fn decode_volume(v: wire::volume::Reader<'_>) -> capnp::Result<Volume> {
         plexes,
         exports,
         reservations,
+        log,
     })
 }
 
@@ -399,11 +431,17 @@ fn decode_plex(p: wire::plex::Reader<'_>) -> capnp::Result<Plex> {
             plex_offset_bytes: sd.get_plex_offset_bytes(),
         });
     }
+    let resync_ranges = p
+        .get_resync_ranges()?
+        .iter()
+        .map(|r| (r.get_offset_bytes(), r.get_len_bytes()))
+        .collect();
     Ok(Plex {
         name: text(p.get_name())?,
         state,
         layout,
         subdisks,
+        resync_ranges,
     })
 }
 
