@@ -1053,3 +1053,145 @@ fn the_lease_fencing_and_unfencing_a_shared_volume_sends_ana_change_notices() {
     expect_ana_notice(&mut a, cid, "when the lease expires");
     assert_eq!(ana(&mut a).0, 0x03, "inaccessible after the expiry");
 }
+
+const PREEMPT_ABORTED: u16 = 0x1b;
+
+/// Sends a Write capsule of `data.len()` bytes at `lba` of namespace 1, in the
+/// capsule when `inline`, else announcing a transport SGL; returns its command id.
+fn send_write(h: &mut Host, lba: u64, data: &[u8], inline: bool) -> u16 {
+    let cid = h.next_cid();
+    let mut sqe = [0u8; 64];
+    sqe[0] = 0x01;
+    sqe[2..4].copy_from_slice(&cid.to_le_bytes());
+    sqe[4..8].copy_from_slice(&1u32.to_le_bytes());
+    sqe[32..36].copy_from_slice(&(data.len() as u32).to_le_bytes());
+    sqe[39] = if inline { 0x01 } else { 0x5A };
+    sqe[40..48].copy_from_slice(&lba.to_le_bytes());
+    sqe[48..50].copy_from_slice(&((data.len() / BS - 1) as u16).to_le_bytes());
+    h.send(ty::CAPSULE_CMD, 0, &sqe, if inline { data } else { &[] });
+    cid
+}
+
+/// Reads one R2T; returns (command id, transfer tag, offset, length).
+fn recv_r2t(h: &mut Host) -> (u16, u16, usize, usize) {
+    let p = h.recv().expect("an R2T");
+    assert_eq!(p.ty, ty::R2T, "an R2T");
+    (
+        pdu::le16(&p.hdr, 8),
+        pdu::le16(&p.hdr, 10),
+        pdu::le32(&p.hdr, 12) as usize,
+        pdu::le32(&p.hdr, 16) as usize,
+    )
+}
+
+/// Reads one response capsule; returns (command id, SCT << 8 | SC).
+fn recv_resp(h: &mut Host) -> (u16, u16) {
+    let p = h.recv().expect("a response capsule");
+    assert_eq!(p.ty, ty::CAPSULE_RESP, "a response capsule");
+    let c = &p.hdr[8..24];
+    (pdu::le16(c, 12), (pdu::le16(c, 14) >> 1) & 0x7ff)
+}
+
+/// Issue 9: Reservation Acquire "preempt and abort" aborts the preempted host's
+/// commands on this node: two writes waiting for their data after an R2T end with
+/// "Command Aborted due to Preempt and Abort" when their data comes and write
+/// nothing; a write already at the bdev (held there 2 s by an error bdev's
+/// latency) ends with that status too, and the Acquire completes only after it
+/// (no command of the preempted host is still at the bdev once the preempting
+/// host sees the Acquire done). Before the fix the held writes met a reservation
+/// conflict, the write at the bdev succeeded and the Acquire did not wait for it.
+#[test]
+fn preempt_and_abort_ends_the_preempted_hosts_commands_before_the_acquire_completes() {
+    use plexd_target::bdev::error::ErrorBdev;
+    let t = start_target(4 << 20);
+    let e = ErrorBdev::new("e0", t.bdev("m0").unwrap());
+    t.add_bdev(e.clone()).unwrap();
+    let mut cfg = config();
+    cfg.subsystems[0].namespaces[0].bdev = "e0".into();
+    let fe = NvmfFrontend::start(&t, &cfg).unwrap();
+    let port = fe.listeners()[0].port();
+    let (_adm_a, mut a) = host_queues(port, "nqn.2014-08.org.nvmexpress:uuid:a", [0xa1; 16]);
+    let (_adm_b, mut b) = host_queues(port, "nqn.2014-08.org.nvmexpress:uuid:b", [0xb2; 16]);
+
+    // A's data first, before any reservation.
+    let old = pattern(1, 128 << 10);
+    assert_eq!(a.rw(0x01, 0, 256, &old, false).sc(), 0, "A's write");
+    assert_eq!(a.resv(RESV_REGISTER, 1, 0, 0, &keys(0, 0xaaaa), 0).sc(), 0);
+    assert_eq!(b.resv(RESV_REGISTER, 1, 0, 0, &keys(0, 0xbbbb), 0).sc(), 0);
+    assert_eq!(
+        b.resv(RESV_ACQUIRE, 1, 1 << 8, 0, &keys(0xbbbb, 0), 0).sc(),
+        0,
+        "B acquires write exclusive"
+    );
+
+    // B: two 64 KiB writes over A's data, each given its R2T, data held back.
+    let new = pattern(2, 128 << 10);
+    let mut held = Vec::new();
+    for i in 0..2usize {
+        let cid = send_write(
+            &mut b,
+            (i * 128) as u64,
+            &new[i * (64 << 10)..][..64 << 10],
+            false,
+        );
+        let (rcid, ttag, off, len) = recv_r2t(&mut b);
+        assert_eq!((rcid, off, len), (cid, 0, 64 << 10), "R2T of command {cid}");
+        held.push((cid, ttag, i));
+    }
+    // B: a 4 KiB write that sits at the bdev for 2 s (the latency is added after
+    // the inner bdev wrote it: its data on m0 says it is there).
+    let latency = Duration::from_secs(2);
+    e.injection().set_latency_us(latency.as_micros() as u64);
+    let at_bdev = pattern(3, 4096);
+    let sent = Instant::now();
+    let slow_cid = send_write(&mut b, 512, &at_bdev, true);
+    wait_until("B's write at the bdev", || {
+        bdev_read(&t, 512 * BS as u64, 4096) == at_bdev
+    });
+
+    // A preempts B and aborts (action 010b, type 1, PRKEY B's key).
+    let pa = a.resv(RESV_ACQUIRE, 1, 2 | (1 << 8), 0, &keys(0xaaaa, 0xbbbb), 0);
+    let acquired = sent.elapsed();
+    e.injection().set_latency_us(0);
+    assert_eq!(pa.sc(), 0, "A's preempt and abort");
+    assert!(
+        acquired >= latency,
+        "the Acquire completed after {acquired:?}, while B's write was still at the bdev ({latency:?})"
+    );
+    // B's write at the bdev ended with the abort status.
+    assert_eq!(
+        recv_resp(&mut b),
+        (slow_cid, PREEMPT_ABORTED),
+        "B's write at the bdev"
+    );
+    // B's held writes get their data now and end with the abort status.
+    for &(cid, ttag, i) in &held {
+        let chunk = &new[i * (64 << 10)..][..64 << 10];
+        let h = pdu::data_hdr(cid, ttag, 0, chunk.len() as u32);
+        b.send(ty::H2C_DATA, flag::LAST_PDU, &h, chunk);
+        assert_eq!(
+            recv_resp(&mut b),
+            (cid, PREEMPT_ABORTED),
+            "B's held write {cid}"
+        );
+    }
+    assert_eq!(
+        bdev_read(&t, 0, 128 << 10),
+        old,
+        "nothing of B's aborted writes on the bdev"
+    );
+    // A holds the reservation, B is no longer registered: its new write conflicts.
+    let r = a.resv(RESV_REPORT, 1, (4096 / 4) - 1, 1, &[], 4096);
+    assert_eq!(
+        (r.data[4], pdu::le16(&r.data, 5)),
+        (1, 1),
+        "type 1, one registrant"
+    );
+    assert_eq!(pdu::le64(&r.data, 64 + 8), 0xaaaa);
+    assert_eq!(
+        b.rw(0x01, 0, 1, &new[..BS], true).sc(),
+        RESERVATION_CONFLICT
+    );
+    assert_eq!(a.rw(0x01, 0, 1, &new[..BS], true).sc(), 0, "A writes");
+    drop(fe);
+}

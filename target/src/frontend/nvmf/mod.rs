@@ -9,6 +9,8 @@
 //! - [`admin`]: fabrics and admin commands applied to a controller (Identify,
 //!   Get Log Page, features, keep alive, AER, abort); pure logic.
 //! - [`io`]: I/O commands decoded into block operations; pure logic.
+//! - `preempt`: preempt and abort across the reactors (the preempted hosts'
+//!   commands aborted before the Acquire completes).
 //! - [`subsys`]: subsystems, namespaces and their identity, controllers, ANA.
 //! - `qpair`: one queue pair (one TCP connection) on its reactor: socket I/O
 //!   through io_uring polls, in-capsule data, R2T / H2CData, C2HData from pool
@@ -30,6 +32,7 @@ pub mod fabrics;
 pub mod io;
 pub mod nvme;
 pub mod pdu;
+mod preempt;
 mod qpair;
 pub mod resv;
 pub mod subsys;

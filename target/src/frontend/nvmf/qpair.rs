@@ -39,6 +39,7 @@ use super::admin::{self, AdminDone, CcChange};
 use super::io::{self, IoPlan};
 use super::nvme::{admin_op, fctype, io_op, sgl, Cqe, Sqe, Status};
 use super::pdu::{self, fes, flag, ty, Digests, Parsed, PduView};
+use super::preempt::PreemptAbort;
 use super::resv;
 use super::subsys::{AnaState, Ctrl, Namespace, QueueAt, Subsystem, DISCOVERY_NQN};
 use super::{
@@ -137,6 +138,46 @@ pub(crate) fn close_conn(r: &Rc<Reactor>, fid: u64, id: u64, why: &str) {
     }
 }
 
+/// Completes the Reservation Acquire (preempt and abort) of connection `id`
+/// whose aborted commands are all done.
+pub(crate) fn preempt_done(r: &Rc<Reactor>, fid: u64, id: u64) {
+    if let Some(c) = find(r, fid, id) {
+        {
+            let mut st = c.st.borrow_mut();
+            c.poll_preempts(&mut st);
+        }
+        c.flush();
+    }
+}
+
+/// Aborts, on this reactor, the commands of the hosts `pa` preempted (see
+/// `preempt`), then counts this reactor done.
+fn abort_preempted(r: &Rc<Reactor>, pa: &Arc<PreemptAbort>) {
+    let conns: Vec<Rc<Conn>> = r
+        .local::<Registry>()
+        .conns
+        .borrow()
+        .iter()
+        .filter(|((fid, _), _)| *fid == pa.fid)
+        .map(|(_, c)| Rc::clone(c))
+        .collect();
+    for c in conns {
+        c.abort_for(pa);
+    }
+    pa.release(r);
+}
+
+/// Sends reactor `to` the abort of preempt and abort `pa`; false when its ring
+/// is full (the sender tries again at its tick).
+fn send_abort(r: &Reactor, to: usize, pa: &Arc<PreemptAbort>) -> bool {
+    let Some(h) = r.peers().get(to) else {
+        return true;
+    };
+    let pa = Arc::clone(pa);
+    let msg: crate::reactor::Msg = Box::new(move |r| abort_preempted(r, &pa));
+    h.try_send(msg).is_ok()
+}
+
 /// Completes held Asynchronous Event Requests of the admin queue `id` with
 /// its controller's pending events.
 pub(crate) fn deliver_aens(r: &Rc<Reactor>, fid: u64, id: u64) {
@@ -184,6 +225,23 @@ struct Cmd {
     pr: Option<PrWait>,
     /// Times the reservation change was sent to the cluster.
     pr_tries: u32,
+    /// The hosts a preempt and abort sent to the cluster removes.
+    pr_preempts: Vec<Nexus>,
+    /// Aborted by a preempt and abort (its status says so): it ends as soon as
+    /// nothing of it is at a bdev or expected from the host.
+    preempted: bool,
+    /// The preempt and abort waiting for this command's bdev I/O.
+    held_by: Option<Arc<PreemptAbort>>,
+    /// A Reservation Acquire (preempt and abort) waiting for the preempted
+    /// hosts' commands to end.
+    pa: Option<PaWait>,
+}
+
+/// A preempt and abort this command started.
+struct PaWait {
+    pa: Arc<PreemptAbort>,
+    /// Reactors whose ring was full: the abort goes to them at the next tick.
+    unsent: Vec<usize>,
 }
 
 /// A reservation command forwarded to the cluster (see `pr_cluster`).
@@ -216,6 +274,10 @@ impl Cmd {
             aborted: false,
             pr: None,
             pr_tries: 0,
+            pr_preempts: Vec::new(),
+            preempted: false,
+            held_by: None,
+            pa: None,
         }
     }
 }
@@ -522,6 +584,7 @@ impl Conn {
                 st.need_serve = true;
             }
             self.expire_pr(&mut st, now);
+            self.poll_preempts(&mut st);
             self.expired(&st, now)
         };
         match why {
@@ -973,6 +1036,10 @@ impl Conn {
     }
 
     fn execute(&self, st: &mut St, key: usize) {
+        if st.cmds[key].preempted {
+            let s = st.cmds[key].status;
+            return self.finish_now(st, key, s, 0, 0, &[]);
+        }
         let sqe = st.cmds[key].sqe;
         if sqe.opcode() == admin_op::FABRICS && sqe.fctype() == fctype::CONNECT {
             return self.connect(st, key);
@@ -1343,20 +1410,27 @@ impl Conn {
             Err(s) => return self.finish_now(st, key, s, 0, 0, &[]),
         };
         let Some(broker) = ns.resv.broker().cloned() else {
-            let s = match ns.resv.run_local(&nexus, &out, &what()) {
-                Ok(_) => Status::SUCCESS,
-                Err(s) => s,
+            return match ns.resv.run_local(&nexus, &out, &what()) {
+                Ok(gone) if resv::is_preempt_and_abort(&out) => {
+                    self.start_preempt_abort(st, key, ns, gone)
+                }
+                Ok(_) => self.finish_now(st, key, Status::SUCCESS, 0, 0, &[]),
+                Err(s) => self.finish_now(st, key, s, 0, 0, &[]),
             };
-            return self.finish_now(st, key, s, 0, 0, &[]);
         };
         // A shared volume: run it on a copy of the committed state; a change
         // becomes a request the cluster commits (pr_cluster).
-        let mut copy = state;
+        let mut copy = state.clone();
         match resv::run(&mut copy, &nexus, &out) {
             Ok(true) => {}
             Ok(false) => return self.finish_now(st, key, Status::SUCCESS, 0, 0, &[]),
             Err(s) => return self.finish_now(st, key, s, 0, 0, &[]),
         }
+        st.cmds[key].pr_preempts = if resv::is_preempt_and_abort(&out) {
+            resv::removed(&state, &copy)
+        } else {
+            Vec::new()
+        };
         if st.cmds[key].pr_tries >= PR_OUT_TRIES {
             log::warn!(
                 "nvmf: {}: the reservations changed under it {PR_OUT_TRIES} times; the host retries",
@@ -1418,6 +1492,111 @@ impl Conn {
             }
             self.finish_now(st, key, Status::NS_NOT_READY, 0, 0, &[]);
         }
+    }
+
+    /// A changing reservation command is done; a preempt and abort that removed
+    /// registrants (`gone`) first aborts their commands on every reactor and
+    /// completes once none of them is at a bdev (`preempt`).
+    fn start_preempt_abort(&self, st: &mut St, key: usize, ns: &Namespace, gone: Vec<Nexus>) {
+        if gone.is_empty() {
+            return self.finish_now(st, key, Status::SUCCESS, 0, 0, &[]);
+        }
+        log::info!(
+            "{}: preempt and abort on namespace {} (bdev {}): aborting the commands of {} on this node",
+            self.who(st),
+            ns.conf.nsid,
+            ns.conf.bdev,
+            gone.iter().map(|n| n.initiator.as_str()).collect::<Vec<_>>().join(", ")
+        );
+        let r = &self.link.reactor;
+        let at = (r.id(), self.link.id);
+        let pa = Arc::new(PreemptAbort::new(
+            self.link.fid,
+            &ns.conf.bdev,
+            gone,
+            at,
+            r.peers().len(),
+        ));
+        let unsent = (0..r.peers().len())
+            .filter(|&i| !send_abort(r, i, &pa))
+            .collect();
+        st.cmds[key].pa = Some(PaWait {
+            pa: Arc::clone(&pa),
+            unsent,
+        });
+        pa.release(r);
+    }
+
+    /// Resends aborts that did not fit in a reactor's ring and completes the
+    /// preempt and abort Acquires whose aborted commands are all done.
+    fn poll_preempts(&self, st: &mut St) {
+        let keys: Vec<usize> = st
+            .cmds
+            .iter()
+            .filter(|(_, c)| c.pa.is_some())
+            .map(|(k, _)| k)
+            .collect();
+        for key in keys {
+            let Some(w) = st.cmds[key].pa.as_mut() else {
+                continue;
+            };
+            let pa = Arc::clone(&w.pa);
+            w.unsent
+                .retain(|&i| !send_abort(&self.link.reactor, i, &pa));
+            if pa.done() {
+                self.finish_now(st, key, Status::SUCCESS, 0, 0, &[]);
+            }
+        }
+    }
+
+    /// Marks the commands of this queue pair aborted when its host is one `pa`
+    /// preempted: they end with "Command Aborted due to Preempt and Abort" (a
+    /// command waiting for a buffer now, one waiting for host data when it is
+    /// in, one at the bdev when its I/O completes, which `pa` waits for).
+    fn abort_for(&self, pa: &Arc<PreemptAbort>) {
+        {
+            let mut st = self.st.borrow_mut();
+            if st.closed || !matches!(st.phase, Phase::Io { .. }) {
+                return;
+            }
+            if !self.nexus(&mut st).is_some_and(|n| pa.preempted(&n)) {
+                return;
+            }
+            let keys: Vec<usize> = st
+                .cmds
+                .iter()
+                .filter(|(_, c)| {
+                    !c.preempted
+                        && !matches!(c.plan, Some(IoPlan::Resv { .. }))
+                        && c.ns.as_ref().is_some_and(|n| n.conf.bdev == pa.bdev)
+                })
+                .map(|(k, _)| k)
+                .collect();
+            for &key in &keys {
+                let c = &mut st.cmds[key];
+                c.preempted = true;
+                c.status = Status::PREEMPT_ABORTED;
+                if c.inflight > 0 {
+                    pa.hold();
+                    c.held_by = Some(Arc::clone(pa));
+                } else if c.waiting {
+                    let class = BufPool::class_for(c.pool_len).unwrap_or(0);
+                    st.waiting.retain(|k| *k != key);
+                    self.finish_now(&mut st, key, Status::PREEMPT_ABORTED, 0, 0, &[]);
+                    self.sync_active(&mut st, class);
+                }
+            }
+            if !keys.is_empty() {
+                log::info!(
+                    "{}: {} command(s) on bdev {} aborted by a preempt and abort",
+                    self.who(&st),
+                    keys.len(),
+                    pa.bdev
+                );
+            }
+            self.after(&mut st);
+        }
+        self.mark_dirty();
     }
 
     /// Every bdev I/O of the command is done: send data and the response.
@@ -1542,6 +1721,11 @@ impl IoDone for Conn {
                 return;
             };
             c.inflight = c.inflight.saturating_sub(1);
+            if c.inflight == 0 {
+                if let Some(pa) = c.held_by.take() {
+                    pa.release(&self.link.reactor);
+                }
+            }
             if let IoStatus::Failed(errno) = status {
                 if c.status.ok() {
                     c.status = if let Some(s) = io_errno_status(errno) {
@@ -1594,8 +1778,12 @@ impl PrDone for Conn {
             st.cmds[key].pr = None;
             let (ns, plan) = (st.cmds[key].ns.clone(), st.cmds[key].plan);
             match (result, ns, plan) {
-                (PrOutResult::Committed, _, _) => {
-                    self.finish_now(&mut st, key, Status::SUCCESS, 0, 0, &[])
+                (PrOutResult::Committed, ns, _) => {
+                    let gone = std::mem::take(&mut st.cmds[key].pr_preempts);
+                    match ns {
+                        Some(ns) => self.start_preempt_abort(&mut st, key, &ns, gone),
+                        None => self.finish_now(&mut st, key, Status::SUCCESS, 0, 0, &[]),
+                    }
                 }
                 (PrOutResult::Stale, Some(ns), Some(IoPlan::Resv { opcode, .. })) => {
                     self.execute_resv(&mut st, key, &ns, opcode)

@@ -241,6 +241,28 @@ pub fn run(state: &mut PrState, nexus: &Nexus, out: &PrOut) -> Result<bool, Stat
         })
 }
 
+/// The registrants of `before` that `after` no longer has (the hosts a preempt
+/// removed).
+pub fn removed(before: &PrState, after: &PrState) -> Vec<Nexus> {
+    before
+        .regs
+        .iter()
+        .filter(|r| {
+            !after
+                .regs
+                .iter()
+                .any(|a| a.nexus == r.nexus && a.port == r.port)
+        })
+        .map(|r| Nexus::new(r.nexus.clone(), r.port))
+        .collect()
+}
+
+/// True for a Reservation Acquire with action "preempt and abort" (PREEMPT AND
+/// ABORT, service action 5).
+pub fn is_preempt_and_abort(out: &PrOut) -> bool {
+    out.sa == 5
+}
+
 /// The Reservation Report data of `state` (`extended`: 128-bit host
 /// identifiers), whole; the caller truncates to what the host asked.
 pub fn report(state: &PrState, extended: bool) -> Vec<u8> {
@@ -345,9 +367,11 @@ impl NsResv {
     }
 
     /// Runs `out` on this namespace's own state (saved when it changed).
-    /// `what` names the namespace for the log.
-    pub fn run_local(&self, nexus: &Nexus, out: &PrOut, what: &str) -> Result<bool, Status> {
+    /// `what` names the namespace for the log. The registrants it removed (a
+    /// preempt's), or the status it fails with.
+    pub fn run_local(&self, nexus: &Nexus, out: &PrOut, what: &str) -> Result<Vec<Nexus>, Status> {
         let mut g = self.lock();
+        let before = g.clone();
         let r = run(&mut g, nexus, out);
         self.active.store(g.any(), Ordering::Release);
         if r == Ok(true) {
@@ -357,7 +381,7 @@ impl NsResv {
                 }
             }
         }
-        r
+        r.map(|_| removed(&before, &g))
     }
 }
 
