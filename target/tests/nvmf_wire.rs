@@ -1195,3 +1195,132 @@ fn preempt_and_abort_ends_the_preempted_hosts_commands_before_the_acquire_comple
     assert_eq!(a.rw(0x01, 0, 1, &new[..BS], true).sc(), 0, "A writes");
     drop(fe);
 }
+
+/// Reads the reservation notification log page (80h, 64 bytes, RAE clear) on
+/// admin queue `adm`: (log page count, type, available pages, namespace id).
+fn resv_log(adm: &mut Host) -> (u64, u8, u8, u32) {
+    let d = adm.admin(0x02, 0, 0x80 | (15 << 16), 0, 64);
+    assert_eq!(d.sc(), 0, "Get Log Page 80h");
+    assert_eq!(d.data.len(), 64);
+    (
+        pdu::le64(&d.data, 0),
+        d.data[8],
+        d.data[9],
+        pdu::le32(&d.data, 12),
+    )
+}
+
+/// Waits (the host's read timeout bounds it) for AER `cid` to complete with
+/// "reservation log page available".
+fn expect_resv_aen(adm: &mut Host, cid: u16, why: &str) {
+    let p = adm
+        .recv()
+        .unwrap_or_else(|e| panic!("no reservation notice {why}: {e}"));
+    assert_eq!(p.ty, ty::CAPSULE_RESP, "{why}");
+    assert_eq!(pdu::le16(&p.hdr[8..], 12), cid, "the AER completes {why}");
+    assert_eq!(
+        pdu::le32(&p.hdr[8..], 0),
+        0x0080_0006,
+        "reservation log page available {why}"
+    );
+}
+
+/// Issue 9: reservation notifications between two hosts. A release of a
+/// registrants-only reservation by B gives A "reservation released", a preempt
+/// by A gives B "registration preempted" and a clear "reservation preempted":
+/// each a page of log 80h (count, type, pages left, namespace) announced by an
+/// AEN, unless masked with Set Features 82h; the log keeps at most
+/// MAX_RESV_NOTICES pages (the count shows the ones dropped). Features 83h
+/// reports persist through power loss. Before: log 80h and features 82h / 83h
+/// were refused.
+#[test]
+fn reservation_notifications_reach_the_other_host_through_log_80h_and_an_aen() {
+    use plexd_target::frontend::nvmf::subsys::MAX_RESV_NOTICES;
+    let t = start_target(4 << 20);
+    let fe = NvmfFrontend::start(&t, &config()).unwrap();
+    let port = fe.listeners()[0].port();
+    let (mut adm_a, mut a) = host_queues(port, "nqn.2014-08.org.nvmexpress:uuid:a", [0xa1; 16]);
+    let (mut adm_b, mut b) = host_queues(port, "nqn.2014-08.org.nvmexpress:uuid:b", [0xb2; 16]);
+
+    // Features 83h: persist through power loss, only PTPL set is accepted.
+    let g = adm_a.admin(0x0a, 1, 0x83, 0, 0);
+    assert_eq!((g.sc(), g.dw0 & 1), (0, 1), "Get Features 83h: PTPL");
+    assert_eq!(adm_a.admin(0x09, 1, 0x83, 1, 0).sc(), 0, "Set 83h PTPL 1");
+    assert_eq!(
+        adm_a.admin(0x09, 1, 0x83, 0, 0).sc(),
+        0x02,
+        "Set 83h PTPL 0"
+    );
+    assert_eq!(
+        adm_a.admin(0x0a, 7, 0x83, 0, 0).sc(),
+        0x0b,
+        "no namespace 7"
+    );
+    let g = adm_a.admin(0x0a, 1, 0x82, 0, 0);
+    assert_eq!((g.sc(), g.dw0), (0, 0), "Get Features 82h: nothing masked");
+    assert_eq!(resv_log(&mut adm_a), (0, 0, 0, 0), "an empty log");
+
+    assert_eq!(a.resv(RESV_REGISTER, 1, 0, 0, &keys(0, 0xaaaa), 0).sc(), 0);
+    assert_eq!(b.resv(RESV_REGISTER, 1, 0, 0, &keys(0, 0xbbbb), 0).sc(), 0);
+    // B takes and releases write exclusive, registrants only (type 3): A is told.
+    let aer_a = post_aer(&mut adm_a);
+    let b_takes_and_releases = |b: &mut Host| {
+        assert_eq!(
+            b.resv(RESV_ACQUIRE, 1, 3 << 8, 0, &keys(0xbbbb, 0), 0).sc(),
+            0
+        );
+        let rel = b.resv(RESV_RELEASE, 1, 3 << 8, 0, &0xbbbbu64.to_le_bytes(), 0);
+        assert_eq!(rel.sc(), 0);
+    };
+    b_takes_and_releases(&mut b);
+    expect_resv_aen(&mut adm_a, aer_a, "after B's release");
+    assert_eq!(resv_log(&mut adm_a), (1, 2, 0, 1), "reservation released");
+    assert_eq!(resv_log(&mut adm_a), (0, 0, 0, 0), "read: gone");
+    assert_eq!(
+        resv_log(&mut adm_b),
+        (0, 0, 0, 0),
+        "nothing for the releaser"
+    );
+
+    // Masked (every namespace): no page.
+    assert_eq!(adm_a.admin(0x09, u32::MAX, 0x82, 1 << 2, 0).sc(), 0);
+    assert_eq!(adm_a.admin(0x0a, 1, 0x82, 0, 0).dw0, 1 << 2);
+    b_takes_and_releases(&mut b);
+    assert_eq!(resv_log(&mut adm_a), (0, 0, 0, 0), "masked");
+    assert_eq!(adm_a.admin(0x09, 1, 0x82, 0, 0).sc(), 0, "unmasked");
+
+    // A preempts B (action 001b, type 1): B's registration preempted.
+    let aer_b = post_aer(&mut adm_b);
+    assert_eq!(
+        b.resv(RESV_ACQUIRE, 1, 3 << 8, 0, &keys(0xbbbb, 0), 0).sc(),
+        0
+    );
+    let pre = a.resv(RESV_ACQUIRE, 1, 1 | (1 << 8), 0, &keys(0xaaaa, 0xbbbb), 0);
+    assert_eq!(pre.sc(), 0, "A preempts B");
+    expect_resv_aen(&mut adm_b, aer_b, "after A's preempt");
+    assert_eq!(resv_log(&mut adm_b), (1, 1, 0, 1), "registration preempted");
+
+    // A clears, again and again: B's reservation preempted each time; the log
+    // keeps the newest MAX_RESV_NOTICES and its count shows the ones dropped.
+    let clears = MAX_RESV_NOTICES + 3;
+    for _ in 0..clears {
+        assert_eq!(a.resv(RESV_REGISTER, 1, 0, 0, &keys(0, 0xaaaa), 0).sc(), 0);
+        assert_eq!(b.resv(RESV_REGISTER, 1, 0, 0, &keys(0, 0xbbbb), 0).sc(), 0);
+        let clear = a.resv(RESV_RELEASE, 1, 1, 0, &0xaaaau64.to_le_bytes(), 0);
+        assert_eq!(clear.sc(), 0, "A clears");
+    }
+    let first = (2 + clears - MAX_RESV_NOTICES) as u64;
+    let left = (MAX_RESV_NOTICES - 1).min(255) as u8;
+    assert_eq!(
+        resv_log(&mut adm_b),
+        (first, 3, left, 1),
+        "reservation preempted"
+    );
+    assert_eq!(resv_log(&mut adm_b), (first + 1, 3, left - 1, 1));
+    assert_eq!(
+        resv_log(&mut adm_a),
+        (0, 0, 0, 0),
+        "nothing for the host clearing"
+    );
+    drop(fe);
+}

@@ -156,7 +156,7 @@ impl Shared {
             }
         }
     }
-    fn ctrl_list(&self) -> Vec<Arc<Ctrl>> {
+    pub(crate) fn ctrl_list(&self) -> Vec<Arc<Ctrl>> {
         lock(&self.ctrls).values().cloned().collect()
     }
 }

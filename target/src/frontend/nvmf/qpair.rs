@@ -225,8 +225,8 @@ struct Cmd {
     pr: Option<PrWait>,
     /// Times the reservation change was sent to the cluster.
     pr_tries: u32,
-    /// The hosts a preempt and abort sent to the cluster removes.
-    pr_preempts: Vec<Nexus>,
+    /// What the reservation change sent to the cluster does to other hosts.
+    pr_changed: resv::Changed,
     /// Aborted by a preempt and abort (its status says so): it ends as soon as
     /// nothing of it is at a bdev or expected from the host.
     preempted: bool,
@@ -274,7 +274,7 @@ impl Cmd {
             aborted: false,
             pr: None,
             pr_tries: 0,
-            pr_preempts: Vec::new(),
+            pr_changed: resv::Changed::default(),
             preempted: false,
             held_by: None,
             pa: None,
@@ -1223,6 +1223,8 @@ impl Conn {
             && self.fenced_here(&ctrl);
         let done = admin::execute(&self.shared, &ctrl, &sqe, st.aers.len(), fenced);
         self.reply(st, key, done);
+        // Reading a log may have raised an event (reservation notices left).
+        self.deliver(st);
     }
 
     /// Whether this reactor must not serve a namespace of `ctrl`'s subsystem now
@@ -1411,10 +1413,7 @@ impl Conn {
         };
         let Some(broker) = ns.resv.broker().cloned() else {
             return match ns.resv.run_local(&nexus, &out, &what()) {
-                Ok(gone) if resv::is_preempt_and_abort(&out) => {
-                    self.start_preempt_abort(st, key, ns, gone)
-                }
-                Ok(_) => self.finish_now(st, key, Status::SUCCESS, 0, 0, &[]),
+                Ok(changed) => self.resv_changed(st, key, ns, changed),
                 Err(s) => self.finish_now(st, key, s, 0, 0, &[]),
             };
         };
@@ -1426,10 +1425,9 @@ impl Conn {
             Ok(false) => return self.finish_now(st, key, Status::SUCCESS, 0, 0, &[]),
             Err(s) => return self.finish_now(st, key, s, 0, 0, &[]),
         }
-        st.cmds[key].pr_preempts = if resv::is_preempt_and_abort(&out) {
-            resv::removed(&state, &copy)
-        } else {
-            Vec::new()
+        st.cmds[key].pr_changed = resv::Changed {
+            removed: resv::removed(&state, &copy),
+            notices: resv::notices(&state, &copy, &nexus, &out),
         };
         if st.cmds[key].pr_tries >= PR_OUT_TRIES {
             log::warn!(
@@ -1491,6 +1489,68 @@ impl Conn {
                 );
             }
             self.finish_now(st, key, Status::NS_NOT_READY, 0, 0, &[]);
+        }
+    }
+
+    /// A changing reservation command changed the state: the hosts it concerns
+    /// get their notifications, the preempted hosts' commands are aborted (a
+    /// preempt and abort), then it completes.
+    fn resv_changed(&self, st: &mut St, key: usize, ns: &Arc<Namespace>, changed: resv::Changed) {
+        self.resv_notify(ns, &changed.notices);
+        let pa =
+            st.cmds[key].sqe.opcode() == io_op::RESV_ACQUIRE && st.cmds[key].sqe.cdw(10) & 7 == 2;
+        if pa {
+            self.start_preempt_abort(st, key, ns, changed.removed)
+        } else {
+            self.finish_now(st, key, Status::SUCCESS, 0, 0, &[])
+        }
+    }
+
+    /// Queues reservation notifications (log 80h) on this node's controllers
+    /// of the hosts they are for, on every namespace sharing `ns`'s state (the
+    /// namespace itself; for a cluster's volume every namespace mapping it), and
+    /// raises "reservation log page available" where none is outstanding.
+    fn resv_notify(&self, ns: &Arc<Namespace>, notices: &[(Nexus, u8)]) {
+        if notices.is_empty() {
+            return;
+        }
+        let shares = |x: &Arc<Namespace>| {
+            Arc::ptr_eq(x, ns) || (ns.resv.broker().is_some() && x.conf.bdev == ns.conf.bdev)
+        };
+        for c in self.shared.ctrl_list() {
+            if c.discovery || c.dead.load(Ordering::Acquire) {
+                continue;
+            }
+            let host = resv::nexus(&c.hostnqn, &c.hostid);
+            let Some(sub) = self.shared.subsystem(&c.subnqn) else {
+                continue;
+            };
+            let mut raise = false;
+            for (_, ty) in notices.iter().filter(|(n, _)| *n == host) {
+                for (nsid, _) in sub.namespaces.iter().filter(|(_, x)| shares(x)) {
+                    raise |= c.resv_notice(*ty, *nsid);
+                }
+            }
+            if raise && c.push_aen(admin::AEN_RESV_LOG, 0) {
+                self.kick_admin(&c);
+            }
+        }
+    }
+
+    /// Asks controller `c`'s admin queue to deliver its pending events.
+    fn kick_admin(&self, c: &Ctrl) {
+        let (fid, at) = (self.link.fid, c.admin);
+        let Some(h) = self.link.reactor.peers().get(at.reactor) else {
+            return;
+        };
+        let msg: crate::reactor::Msg = Box::new(move |r| deliver_aens(r, fid, at.conn));
+        if h.try_send(msg).is_err() {
+            log::warn!(
+                "nvmf: controller {} of {}: reservation notice not delivered now (reactor {} busy); it waits for the next AER",
+                c.cntlid,
+                c.subnqn,
+                at.reactor
+            );
         }
     }
 
@@ -1779,9 +1839,9 @@ impl PrDone for Conn {
             let (ns, plan) = (st.cmds[key].ns.clone(), st.cmds[key].plan);
             match (result, ns, plan) {
                 (PrOutResult::Committed, ns, _) => {
-                    let gone = std::mem::take(&mut st.cmds[key].pr_preempts);
+                    let changed = std::mem::take(&mut st.cmds[key].pr_changed);
                     match ns {
-                        Some(ns) => self.start_preempt_abort(&mut st, key, &ns, gone),
+                        Some(ns) => self.resv_changed(&mut st, key, &ns, changed),
                         None => self.finish_now(&mut st, key, Status::SUCCESS, 0, 0, &[]),
                     }
                 }
