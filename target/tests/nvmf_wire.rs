@@ -1324,3 +1324,169 @@ fn reservation_notifications_reach_the_other_host_through_log_80h_and_an_aen() {
     );
     drop(fe);
 }
+
+/// An admin queue and one I/O queue whose ICReq announced `maxr2t`.
+fn r2t_queues(port: u16, maxr2t: u32) -> (Host, Host) {
+    let (adm, cntlid) = admin_queue(port, Digests::default(), 0);
+    let mut q = Host::ic_r2t(port, Digests::default(), maxr2t);
+    assert_eq!(q.connect(1, cntlid, 0, NQN).sc(), 0, "I/O connect");
+    (adm, q)
+}
+
+/// Reads PDUs up to the response to command `cid`, which must come first
+/// except for R2Ts of other commands: returns those R2Ts.
+fn r2ts_before_response(h: &mut Host, cid: u16) -> Vec<(u16, u16, usize, usize)> {
+    let mut r2ts = Vec::new();
+    for _ in 0..nvmf_host::MAX_PDUS_PER_CMD {
+        let p = h.recv().expect("a PDU");
+        match p.ty {
+            ty::R2T => r2ts.push((
+                pdu::le16(&p.hdr, 8),
+                pdu::le16(&p.hdr, 10),
+                pdu::le32(&p.hdr, 12) as usize,
+                pdu::le32(&p.hdr, 16) as usize,
+            )),
+            ty::CAPSULE_RESP => {
+                let c = &p.hdr[8..24];
+                assert_eq!(pdu::le16(c, 12), cid, "the response expected");
+                assert_eq!((pdu::le16(c, 14) >> 1) & 0x7ff, 0, "command {cid}");
+                return r2ts;
+            }
+            t => panic!("unexpected PDU type {t:#x}"),
+        }
+    }
+    panic!("no response to command {cid}");
+}
+
+/// Answers one R2T with its data from `data` in two H2CData PDUs.
+fn answer_r2t(h: &mut Host, (cid, ttag, off, len): (u16, u16, usize, usize), data: &[u8]) {
+    let half = len / 2;
+    for (o, n) in [(off, half), (off + half, len - half)] {
+        let f = if o + n == off + len {
+            flag::LAST_PDU
+        } else {
+            0
+        };
+        let hdr = pdu::data_hdr(cid, ttag, o as u32, n as u32);
+        h.send(ty::H2C_DATA, f, &hdr, &data[o..o + n]);
+    }
+}
+
+/// Issue 9: a 1 MiB write is asked for in R2Ts of at most 128 KiB
+/// (MAX_R2T_DATA_BYTES), never more outstanding than the host's MAXR2T (1, then
+/// 4): right after the write's capsule exactly MAXR2T R2Ts come (a Flush sent
+/// behind it is answered after them and no further R2T), then one more each
+/// time an R2T's data is in. The data is read back and compared with the bdev.
+/// Before: one R2T for the whole megabyte whatever MAXR2T.
+#[test]
+fn a_large_write_is_asked_for_in_r2t_pieces_up_to_the_hosts_maxr2t() {
+    use plexd_target::frontend::nvmf::MAX_R2T_DATA_BYTES;
+    let t = start_target(16 << 20);
+    let fe = NvmfFrontend::start(&t, &config()).unwrap();
+    let port = fe.listeners()[0].port();
+    let total = 1usize << 20;
+    for (i, maxr2t) in [1usize, 4].into_iter().enumerate() {
+        let (_adm, mut q) = r2t_queues(port, maxr2t as u32);
+        let data = pattern(40 + i as u64, total);
+        let lba = (i * total / BS) as u64;
+        let cid = send_write(&mut q, lba, &data, false);
+        let flush = q.next_cid();
+        let mut sqe = [0u8; 64];
+        sqe[2..4].copy_from_slice(&flush.to_le_bytes());
+        sqe[4..8].copy_from_slice(&1u32.to_le_bytes());
+        q.send(ty::CAPSULE_CMD, 0, &sqe, &[]);
+        let mut outstanding = r2ts_before_response(&mut q, flush);
+        assert_eq!(
+            outstanding.len(),
+            maxr2t,
+            "R2Ts outstanding at MAXR2T {maxr2t}"
+        );
+        let (mut next, mut pieces) = (0usize, 0usize);
+        for _ in 0..total / MAX_R2T_DATA_BYTES + 1 {
+            if outstanding.is_empty() {
+                break;
+            }
+            let r = outstanding.remove(0);
+            assert_eq!(r.0, cid);
+            assert_eq!(r.2, next, "R2Ts in order, back to back");
+            assert!(r.3 > 0 && r.3 <= MAX_R2T_DATA_BYTES, "R2T of {} bytes", r.3);
+            next += r.3;
+            pieces += 1;
+            answer_r2t(&mut q, r, &data);
+            if next + outstanding.iter().map(|r| r.3).sum::<usize>() < total {
+                outstanding.push(recv_r2t(&mut q));
+                assert!(outstanding.len() <= maxr2t);
+            }
+        }
+        assert_eq!((next, pieces), (total, total / MAX_R2T_DATA_BYTES));
+        assert_eq!(
+            recv_resp(&mut q),
+            (cid, 0),
+            "the 1 MiB write at MAXR2T {maxr2t}"
+        );
+        let back = q.rw(0x02, lba, (total / BS) as u16, &[], false);
+        assert_eq!(back.sc(), 0);
+        assert!(back.data == data, "read back at MAXR2T {maxr2t}");
+        assert!(bdev_read(&t, lba * BS as u64, total as u64) == data);
+    }
+    drop(fe);
+}
+
+/// Issue 9: H2CData must answer an outstanding R2T of its command: a transfer
+/// tag no R2T outstanding gave, or an offset other than the next one of its R2T,
+/// ends the connection with a termination request (the target keeps serving).
+#[test]
+fn h2c_data_for_a_wrong_transfer_tag_or_offset_ends_the_connection() {
+    let t = start_target(16 << 20);
+    let fe = NvmfFrontend::start(&t, &config()).unwrap();
+    let port = fe.listeners()[0].port();
+    let data = pattern(5, 1 << 20);
+    type Bend = fn((u16, u16, usize, usize)) -> (u16, u16, usize, usize);
+    let cases: [(&str, Bend, u16); 3] = [
+        (
+            "a transfer tag no R2T gave",
+            |(c, t, o, l)| (c, t.wrapping_add(100), o, l),
+            0x01,
+        ),
+        (
+            "an offset past the R2T's next",
+            |(c, t, o, l)| (c, t, o + BS, l - BS),
+            0x04,
+        ),
+        (
+            "an offset before the R2T",
+            |(c, t, o, l)| (c, t, o - BS, l),
+            0x04,
+        ),
+    ];
+    for (what, bend, fes) in cases {
+        let (_adm, mut q) = r2t_queues(port, 4);
+        let cid = send_write(&mut q, 0, &data, false);
+        let _first = recv_r2t(&mut q);
+        let second = recv_r2t(&mut q);
+        assert_eq!(second.0, cid);
+        let (c, tag, off, len) = bend(second);
+        let hdr = pdu::data_hdr(c, tag, off as u32, len as u32);
+        q.send(ty::H2C_DATA, flag::LAST_PDU, &hdr, &data[off..off + len]);
+        let mut term = None;
+        for _ in 0..8 {
+            match q.recv() {
+                Ok(p) if p.ty == ty::C2H_TERM => {
+                    term = Some(pdu::le16(&p.hdr, 8));
+                    break;
+                }
+                Ok(p) => assert_eq!(p.ty, ty::R2T, "{what}: only R2Ts before the end"),
+                Err(e) => panic!("{what}: no termination request: {e}"),
+            }
+        }
+        assert_eq!(term, Some(fes), "{what}: the termination request's FES");
+        assert!(q.closed_by_target(), "{what}: closed");
+    }
+    let (_adm, mut q) = r2t_queues(port, 4);
+    assert_eq!(
+        q.rw(0x01, 0, 8, &data[..8 * BS], false).sc(),
+        0,
+        "still serving"
+    );
+    drop(fe);
+}

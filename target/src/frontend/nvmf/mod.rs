@@ -57,6 +57,12 @@ use subsys::{CntlidAlloc, Ctrl, Namespace, NsIdent, Subsystem};
 pub const IN_CAPSULE_DATA_BYTES: usize = 8192;
 /// Largest data section of one H2CData PDU (MAXH2CDATA of the ICResp).
 pub const MAX_H2C_DATA_BYTES: usize = 128 << 10;
+/// Most host data one R2T asks for: a larger write is asked for in pieces of
+/// this size, up to the host's MAXR2T of them outstanding at once.
+pub const MAX_R2T_DATA_BYTES: usize = 128 << 10;
+/// R2Ts outstanding per command at most, whatever MAXR2T the host announces
+/// (the largest transfer in [`MAX_R2T_DATA_BYTES`] pieces).
+pub const MAX_R2T_PER_CMD: usize = MAX_TRANSFER_BYTES / MAX_R2T_DATA_BYTES;
 /// Largest data section of one C2HData PDU sent.
 pub const MAX_C2H_DATA_BYTES: usize = 128 << 10;
 /// Entries of a queue (MQES + 1, MAXCMD): commands outstanding per queue pair

@@ -44,7 +44,7 @@ use super::resv;
 use super::subsys::{AnaState, Ctrl, Namespace, QueueAt, Subsystem, DISCOVERY_NQN};
 use super::{
     Shared, IN_CAPSULE_DATA_BYTES, MAX_ADMIN_DATA_BYTES, MAX_C2H_DATA_BYTES, MAX_H2C_DATA_BYTES,
-    MAX_IO_QUEUES, MAX_QUEUE_ENTRIES, MAX_TRANSFER_BYTES,
+    MAX_IO_QUEUES, MAX_QUEUE_ENTRIES, MAX_R2T_DATA_BYTES, MAX_R2T_PER_CMD, MAX_TRANSFER_BYTES,
 };
 use crate::bdev::{BdevChannel, BdevIo, IoCallback, IoDone, IoKind, IoStatus, RETRY_ERRNO};
 use crate::buf::{BufPool, BufWaiter, IoBuf, PoolBuf};
@@ -117,6 +117,7 @@ pub(crate) fn connect(
             need_serve: false,
             aers: Vec::new(),
             next_ttag: 1,
+            maxr2t: 1,
             nexus: None,
             next_pr_tag: 1,
             started: Instant::now(),
@@ -215,8 +216,11 @@ struct Cmd {
     got: usize,
     /// True when host data goes to the pool buffer.
     to_pool: bool,
-    ttag: u16,
-    r2t_sent: bool,
+    /// Host data asked for by R2Ts so far (the offset of the next R2T).
+    r2t_off: usize,
+    /// The R2Ts outstanding (the first `n_r2t`).
+    r2ts: [R2t; MAX_R2T_PER_CMD],
+    n_r2t: usize,
     waiting: bool,
     inflight: u32,
     status: Status,
@@ -244,6 +248,16 @@ struct PaWait {
     unsent: Vec<usize>,
 }
 
+/// One R2T outstanding: its transfer tag, the host data it asks for and how
+/// much of it came.
+#[derive(Clone, Copy, Debug, Default)]
+struct R2t {
+    ttag: u16,
+    off: usize,
+    len: usize,
+    got: usize,
+}
+
 /// A reservation command forwarded to the cluster (see `pr_cluster`).
 struct PrWait {
     /// The tag the answer comes back with.
@@ -266,8 +280,9 @@ impl Cmd {
             need,
             got: 0,
             to_pool: false,
-            ttag: 0,
-            r2t_sent: false,
+            r2t_off: 0,
+            r2ts: [R2t::default(); MAX_R2T_PER_CMD],
+            n_r2t: 0,
             waiting: false,
             inflight: 0,
             status: Status::SUCCESS,
@@ -307,6 +322,9 @@ struct St {
     /// Held Asynchronous Event Requests (command ids).
     aers: Vec<u16>,
     next_ttag: u16,
+    /// R2Ts a command may have outstanding: the host's MAXR2T (ICReq), at most
+    /// [`MAX_R2T_PER_CMD`].
+    maxr2t: usize,
     /// The reservation nexus of this queue's host (set on first use).
     nexus: Option<Nexus>,
     /// Tag of the next reservation change sent to the cluster.
@@ -756,6 +774,7 @@ impl Conn {
             .push(|v| pdu::encode(v, ty::IC_RESP, 0, &resp, &[], Digests::default(), 0));
         st.dig = req.dig;
         st.hpda = req.hpda;
+        st.maxr2t = (req.maxr2t as usize).saturating_add(1).min(MAX_R2T_PER_CMD);
         st.phase = Phase::AwaitConnect;
         Handled::Done
     }
@@ -942,20 +961,42 @@ impl Conn {
                 }
             }
         }
-        let c = &mut st.cmds[key];
-        if c.got < c.need {
-            if !c.r2t_sent {
-                c.r2t_sent = true;
-                let ttag = st.next_ttag;
-                st.next_ttag = st.next_ttag.wrapping_add(1).max(1);
-                let c = &mut st.cmds[key];
-                c.ttag = ttag;
-                let h = pdu::data_hdr(c.sqe.cid(), ttag, c.got as u32, (c.need - c.got) as u32);
-                st.emit(ty::R2T, 0, &h, &[]);
+        let c = &st.cmds[key];
+        if c.got < c.need && !(c.preempted && c.n_r2t == 0) {
+            // A preempted command asks for no more data: it ends once the data
+            // of its R2Ts outstanding is in.
+            if !c.preempted {
+                self.send_r2ts(st, key);
             }
             return;
         }
         self.execute(st, key);
+    }
+
+    /// Sends R2Ts for the host data not yet asked for, each for at most
+    /// [`MAX_R2T_DATA_BYTES`], while the command has fewer than the host's
+    /// MAXR2T outstanding.
+    fn send_r2ts(&self, st: &mut St, key: usize) {
+        for _ in 0..MAX_R2T_PER_CMD {
+            let c = &st.cmds[key];
+            if c.n_r2t >= st.maxr2t || c.r2t_off >= c.need {
+                return;
+            }
+            let ttag = st.next_ttag;
+            st.next_ttag = st.next_ttag.wrapping_add(1).max(1);
+            let c = &mut st.cmds[key];
+            let (off, len) = (c.r2t_off, (c.need - c.r2t_off).min(MAX_R2T_DATA_BYTES));
+            c.r2ts[c.n_r2t] = R2t {
+                ttag,
+                off,
+                len,
+                got: 0,
+            };
+            c.n_r2t += 1;
+            c.r2t_off += len;
+            let h = pdu::data_hdr(c.sqe.cid(), ttag, off as u32, len as u32);
+            st.emit(ty::R2T, 0, &h, &[]);
+        }
     }
 
     fn handle_h2c(&self, st: &mut St, p: &PduView) -> Handled {
@@ -978,22 +1019,24 @@ impl Conn {
             );
         }
         let c = &mut st.cmds[key];
-        if !c.r2t_sent || c.ttag != ttag {
+        let Some(i) = c.r2ts[..c.n_r2t].iter().position(|r| r.ttag == ttag) else {
             return Handled::Fatal(
                 fes::INVALID_HEADER_FIELD,
                 10,
-                format!("H2CData of command {cccid} with transfer tag {ttag} that no R2T gave"),
+                format!("H2CData of command {cccid} with transfer tag {ttag} that no R2T outstanding gave"),
             );
-        }
-        if datal != p.data.len() || datao != c.got || datao + datal > c.need {
+        };
+        let r = c.r2ts[i];
+        if datal != p.data.len() || datao != r.off + r.got || datao + datal > r.off + r.len {
             return Handled::Fatal(
                 fes::DATA_OUT_OF_RANGE,
                 12,
                 format!(
-                    "H2CData of command {cccid}: offset {datao} length {datal} (data {}), expected offset {} of {}",
+                    "H2CData of command {cccid}: offset {datao} length {datal} (data {}), expected offset {} within the R2T (tag {ttag}) for {} at {}",
                     p.data.len(),
-                    c.got,
-                    c.need
+                    r.off + r.got,
+                    r.len,
+                    r.off
                 ),
             );
         }
@@ -1008,7 +1051,11 @@ impl Conn {
             c.vdata[datao..datao + datal].copy_from_slice(p.data);
         }
         c.got += datal;
-        if c.got == c.need {
+        c.r2ts[i].got += datal;
+        if c.r2ts[i].got == r.len {
+            // This R2T is answered: the next one may go (or the command runs).
+            c.n_r2t -= 1;
+            c.r2ts.swap(i, c.n_r2t);
             self.advance(st, key);
         }
         Handled::Done
