@@ -143,3 +143,56 @@ fn plexperf_nvmf_verifies_through_capsules_and_r2t_and_names_a_wrong_nqn() {
     assert!(!ok);
     assert!(err.contains(&url) && err.contains("connect"), "{err}");
 }
+
+/// Issue 9: plexperf connects with a keep alive timeout and sends a Keep Alive
+/// every half of it. A 3 s verify run over a 1 s KATO (the target drops a
+/// controller without a Keep Alive for 2 x KATO, 2 s, and with it the I/O
+/// queues, which fails the run) completes with no failed I/O; while it runs the
+/// target lists plexperf's controller with that KATO. Without the Keep Alives
+/// the run fails once the target drops the controller.
+#[test]
+fn plexperf_nvmf_keeps_its_controller_alive_through_a_run_longer_than_twice_its_kato() {
+    let (_t, fe, port) = start();
+    let url = format!("tcp://127.0.0.1:{port}/{NQN}");
+    let run = {
+        let url = url.clone();
+        std::thread::spawn(move || {
+            plexperf(&[
+                "--nvmf",
+                &url,
+                "--rw",
+                "verify",
+                "--bs",
+                "4k",
+                "--qd",
+                "4",
+                "--time",
+                "3",
+                "--kato-ms",
+                "1000",
+                "--json",
+                "--cores",
+                "0",
+            ])
+        })
+    };
+    let deadline = Instant::now() + RUN_DEADLINE;
+    let mut seen = None;
+    while seen.is_none() && !run.is_finished() && Instant::now() < deadline {
+        seen = fe
+            .controllers()
+            .into_iter()
+            .find(|c| c.hostnqn.contains("plexperf"))
+            .map(|c| c.kato_ms);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (ok, out, err) = run.join().expect("plexperf thread");
+    assert!(ok, "plexperf failed: {err}\n{out}");
+    assert_eq!(seen, Some(1000), "plexperf's controller with KATO 1000 ms");
+    let v: serde_json::Value =
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("plexperf JSON {out:?}: {e}"));
+    assert!(v["ios"].as_u64().unwrap() > 0, "I/Os in {v}");
+    assert_eq!(v["failed_ios"].as_u64(), Some(0), "{v}");
+    assert_eq!(v["verify_errors"].as_u64(), Some(0), "{v}");
+    drop(fe);
+}
