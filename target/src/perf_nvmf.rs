@@ -6,8 +6,9 @@
 //! controller and namespace, Set Features number of queues), then `qpairs` I/O
 //! queue pairs, each a TCP connection driven by one thread that keeps `qd`
 //! commands in flight: Read, and Write with its data in the capsule when it fits
-//! the controller's in-capsule size (IOCCSZ), else after the R2T in H2CData PDUs
-//! of at most the ICResp's MAXH2CDATA. The PDUs are encoded and parsed with the
+//! the controller's in-capsule size (IOCCSZ), else after the R2Ts (up to 8
+//! outstanding, the MAXR2T it announces) in H2CData PDUs of at most the ICResp's
+//! MAXH2CDATA. The PDUs are encoded and parsed with the
 //! target's own codec ([`crate::frontend::nvmf::pdu`]). The workloads, the
 //! verification patterns and the result are those of [`crate::perf`].
 //!
@@ -53,6 +54,9 @@ const IDENTIFY_LEN: usize = 4096;
 const CONNECT_DATA_LEN: usize = 1024;
 /// The host NQN plexperf connects as.
 pub const HOST_NQN: &str = "nqn.2026-11.io.plexd:plexperf";
+/// R2Ts a command may have outstanding (the ICReq's MAXR2T): all of the pieces
+/// plexd's target asks a largest write in.
+const MAX_R2T: u32 = crate::frontend::nvmf::MAX_R2T_PER_CMD as u32;
 /// Bytes asked of one read(2) at least.
 const READ_CHUNK: usize = 64 << 10;
 
@@ -329,8 +333,11 @@ impl Conn {
             tx: Vec::with_capacity(64 << 10),
         };
         let mut req = [0u8; pdu::IC_LEN - pdu::CH_LEN];
-        // PFV 0, HPDA 0, digests, MAXR2T 0 (one R2T per command).
+        // PFV 0, HPDA 0, digests, MAXR2T (0-based): as many R2Ts outstanding as
+        // plexd's target gives one command, so a large write is not asked for
+        // one piece per round trip.
         req[3] = u8::from(dig.header) | (u8::from(dig.data) << 1);
+        req[4..8].copy_from_slice(&(MAX_R2T - 1).to_le_bytes());
         pdu::encode(&mut c.tx, ty::IC_REQ, 0, &req, &[], Digests::default(), 0);
         c.flush()?;
         let (granted, cpda, maxh2c) = loop {

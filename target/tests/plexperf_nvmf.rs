@@ -1,6 +1,7 @@
 //! plexperf's NVMe/TCP initiator (`plexperf --nvmf`) against an in-process target
 //! on 127.0.0.1: a verify run (4 KiB in-capsule writes, then 64 KiB writes through
-//! R2T/H2CData with header and data digests, two queue pairs) completes I/O with
+//! R2T/H2CData with header and data digests, two queue pairs; 1 MiB writes in
+//! eight R2Ts) completes I/O with
 //! no verify error; a wrong subsystem NQN fails with an error naming the address
 //! and the NQN and a non-zero exit. Every plexperf run is bounded (`--time 1`, its
 //! own I/O timeouts) and killed by PID if it outlives [`RUN_DEADLINE`].
@@ -128,6 +129,8 @@ fn plexperf_nvmf_verifies_through_capsules_and_r2t_and_names_a_wrong_nqn() {
     );
     assert_eq!(v["qpairs"].as_u64(), Some(2));
     assert_eq!(v["digest"].as_str(), Some("both"));
+    // 1 MiB writes: eight 128 KiB R2Ts, all outstanding at once (plexperf's MAXR2T).
+    verify_run(&url, &["--bs", "1m", "--qd", "2"]);
 
     // A subsystem the target does not have: a clear error, a failed exit.
     let bad = format!("tcp://127.0.0.1:{port}/nqn.2026-11.io.plexd:nosuch");
