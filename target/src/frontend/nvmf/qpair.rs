@@ -1569,6 +1569,9 @@ impl Conn {
                 continue;
             }
             let host = resv::nexus(&c.hostnqn, &c.hostid);
+            if !notices.iter().any(|(n, _)| *n == host) {
+                continue;
+            }
             let Some(sub) = self.shared.subsystem(&c.subnqn) else {
                 continue;
             };
