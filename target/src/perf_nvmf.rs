@@ -6,8 +6,9 @@
 //! controller and namespace, Set Features number of queues), then `qpairs` I/O
 //! queue pairs, each a TCP connection driven by one thread that keeps `qd`
 //! commands in flight: Read, and Write with its data in the capsule when it fits
-//! the controller's in-capsule size (IOCCSZ), else after the R2T in H2CData PDUs
-//! of at most the ICResp's MAXH2CDATA. The PDUs are encoded and parsed with the
+//! the controller's in-capsule size (IOCCSZ), else after the R2Ts (up to 8
+//! outstanding, the MAXR2T it announces) in H2CData PDUs of at most the ICResp's
+//! MAXH2CDATA. The PDUs are encoded and parsed with the
 //! target's own codec ([`crate::frontend::nvmf::pdu`]). The workloads, the
 //! verification patterns and the result are those of [`crate::perf`].
 //!
@@ -53,6 +54,9 @@ const IDENTIFY_LEN: usize = 4096;
 const CONNECT_DATA_LEN: usize = 1024;
 /// The host NQN plexperf connects as.
 pub const HOST_NQN: &str = "nqn.2026-11.io.plexd:plexperf";
+/// R2Ts a command may have outstanding (the ICReq's MAXR2T): all of the pieces
+/// plexd's target asks a largest write in.
+const MAX_R2T: u32 = crate::frontend::nvmf::MAX_R2T_PER_CMD as u32;
 /// Bytes asked of one read(2) at least.
 const READ_CHUNK: usize = 64 << 10;
 
@@ -131,7 +135,13 @@ pub struct NvmfJobConfig {
     pub seed: u64,
     /// How long to run.
     pub duration: Duration,
+    /// Keep alive timeout asked at the admin Connect (zero: none); a Keep
+    /// Alive goes out every half of it while the job runs.
+    pub kato: Duration,
 }
+
+/// The keep alive timeout plexperf asks for unless told (the Linux host's).
+pub const DEFAULT_KATO: Duration = Duration::from_secs(5);
 
 /// A failure of the initiator, naming the target and the subsystem.
 fn err(url: &NvmfUrl, what: &str, why: impl fmt::Display) -> String {
@@ -323,8 +333,11 @@ impl Conn {
             tx: Vec::with_capacity(64 << 10),
         };
         let mut req = [0u8; pdu::IC_LEN - pdu::CH_LEN];
-        // PFV 0, HPDA 0, digests, MAXR2T 0 (one R2T per command).
+        // PFV 0, HPDA 0, digests, MAXR2T (0-based): as many R2Ts outstanding as
+        // plexd's target gives one command, so a large write is not asked for
+        // one piece per round trip.
         req[3] = u8::from(dig.header) | (u8::from(dig.data) << 1);
+        req[4..8].copy_from_slice(&(MAX_R2T - 1).to_le_bytes());
         pdu::encode(&mut c.tx, ty::IC_REQ, 0, &req, &[], Digests::default(), 0);
         c.flush()?;
         let (granted, cpda, maxh2c) = loop {
@@ -476,20 +489,27 @@ impl Conn {
         Err(self.fail(format!("no response within {MAX_PDUS_PER_ADMIN} PDUs")))
     }
 
-    /// Fabrics Connect of queue `qid` with `sqsize` (0-based) entries.
+    /// Fabrics Connect of queue `qid` with `sqsize` (0-based) entries and
+    /// keep alive timeout `kato` (the admin queue's; zero: none).
     fn connect(
         &mut self,
         qid: u16,
         sqsize: u16,
         cntlid: u16,
         hostid: &[u8; 16],
+        kato: Duration,
     ) -> Result<u16, String> {
         let mut sqe = SqeBuf::new(admin_op::FABRICS, 0, 0);
         sqe.0[4] = fctype::CONNECT;
         put16(&mut sqe.0, 42, qid);
         put16(&mut sqe.0, 44, sqsize);
+        put32(
+            &mut sqe.0,
+            48,
+            kato.as_millis().min(u128::from(u32::MAX)) as u32,
+        );
         // CATTR 0: SQ flow control on (the response capsule of each command
-        // carries SQHD), as the Linux host does. KATO 0: no keep alive timer.
+        // carries SQHD), as the Linux host does.
         let mut d = vec![0u8; CONNECT_DATA_LEN];
         d[..16].copy_from_slice(hostid);
         put16(&mut d, 16, cntlid);
@@ -576,7 +596,7 @@ fn open_controller(cfg: &NvmfJobConfig) -> Result<Controller, String> {
     let mut hostid = [0u8; 16];
     hostid[..8].copy_from_slice(&(0x706c_6578_7065_7266u64).to_be_bytes());
     hostid[8..12].copy_from_slice(&std::process::id().to_le_bytes());
-    let cntlid = a.connect(0, 31, 0xFFFF, &hostid)?;
+    let cntlid = a.connect(0, 31, 0xFFFF, &hostid, cfg.kato)?;
     let cap = a.prop_get(prop::CAP, true)?;
     let mqes = (cap & 0xffff) as u32 + 1;
     let to = Duration::from_millis(((cap >> 24) & 0xff).max(1) * 500).min(READY_TIMEOUT);
@@ -959,100 +979,134 @@ fn check(cfg: &NvmfJobConfig, ctrl: &Controller) -> Result<usize, String> {
     Ok(cfg.qpairs)
 }
 
-/// Runs an NVMe/TCP job: connects, loads the namespace for `cfg.duration`,
-/// drains and merges the queue pairs' results.
-pub fn run_nvmf_job(cfg: &NvmfJobConfig) -> Result<JobResult, String> {
-    let ctrl = open_controller(cfg)?;
-    let qpairs = check(cfg, &ctrl)?;
-    let max_data = (cfg.block_bytes as usize).max(IDENTIFY_LEN);
-    let mut conns = Vec::with_capacity(qpairs);
-    for k in 0..qpairs {
-        let qid = (k + 1) as u16;
-        let mut c = Conn::open(&cfg.url, &format!("I/O queue {qid}"), cfg.digests, max_data)?;
-        c.connect(qid, cfg.qd as u16, ctrl.cntlid, &ctrl.hostid)?;
-        conns.push(c);
-    }
-    let blocks = ctrl.ns_bytes / cfg.block_bytes;
-    let stop = Arc::new(AtomicBool::new(false));
-    let clock = quanta::Clock::new();
-    let started = Instant::now();
-    let parts: Vec<Result<Part, String>> = std::thread::scope(|sc| {
-        let handles: Vec<_> = conns
-            .into_iter()
-            .enumerate()
-            .map(|(k, c)| {
-                let stop = Arc::clone(&stop);
-                let clock = clock.clone();
-                let core = (!cfg.cores.is_empty()).then(|| cfg.cores[k % cfg.cores.len()]);
-                let (nsid, lba_bytes, icd_bytes) = (cfg.nsid, ctrl.lba_bytes, ctrl.icd_bytes);
-                sc.spawn(move || {
-                    if let Some(core) = core {
-                        let mut set = nix::sched::CpuSet::new();
-                        let pinned = set.set(core).and_then(|_| {
-                            nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
-                        });
-                        if let Err(e) = pinned {
-                            log::warn!(
-                                "nvmf {}: queue pair {} not pinned to core {core}: {e}",
-                                cfg.url,
-                                k + 1
-                            );
-                        }
-                    }
-                    let q = Qpair {
-                        cfg,
-                        index: k,
-                        nsid,
-                        lba_bytes,
-                        icd_bytes,
-                        blocks,
-                        slots: (0..cfg.qd)
-                            .map(|_| Slot {
-                                buf: vec![0u8; cfg.block_bytes as usize],
-                                offset: 0,
-                                start: 0,
-                                got: 0,
-                                opcode: 0,
-                                generation: 0,
-                            })
-                            .collect(),
-                        busy: 0,
-                        rng: cfg.seed ^ (((k as u64) + 1) << 40) | 1,
-                        seq: (blocks / qpairs as u64) * k as u64 % blocks.max(1),
-                        submitted: 0,
-                        clock,
-                        part: Part {
-                            hist: Histogram::new(3).ok(),
-                            ..Default::default()
-                        },
-                    };
-                    let r = run_qpair(c, q, &stop);
-                    if r.is_err() {
-                        // The others stop too: the run has failed.
-                        stop.store(true, Ordering::Relaxed);
-                    }
-                    r
-                })
-            })
-            .collect();
-        let end = started + cfg.duration;
-        while Instant::now() < end && !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(
-                end.saturating_duration_since(Instant::now())
-                    .min(Duration::from_millis(50)),
-            );
+/// Sends the admin queue's Keep Alives: one every half KATO (none with KATO 0).
+struct KeepAlive {
+    every: Option<Duration>,
+    next: Instant,
+}
+
+impl KeepAlive {
+    fn new(kato: Duration) -> KeepAlive {
+        let every = (!kato.is_zero()).then(|| kato / 2);
+        KeepAlive {
+            every,
+            next: Instant::now() + every.unwrap_or_default(),
         }
-        stop.store(true, Ordering::Relaxed);
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(err(&cfg.url, "queue pair", "thread panicked")))
+    }
+
+    /// Sends a Keep Alive when one is due.
+    fn tick(&mut self, admin: &mut Conn) -> Result<(), String> {
+        let Some(every) = self.every else {
+            return Ok(());
+        };
+        if Instant::now() < self.next {
+            return Ok(());
+        }
+        admin.admin(admin_op::KEEP_ALIVE, 0, 0, 0, 0)?;
+        self.next = Instant::now() + every;
+        Ok(())
+    }
+
+    /// How long the supervisor may sleep: until the next Keep Alive, at most `max`.
+    fn nap(&self, max: Duration) -> Duration {
+        match self.every {
+            Some(_) => self.next.saturating_duration_since(Instant::now()).min(max),
+            None => max,
+        }
+    }
+}
+
+/// Polling period of the thread supervising the queue pairs.
+const SUPERVISE_EVERY: Duration = Duration::from_millis(50);
+
+/// The run state of queue pair `k` of `qpairs` over `blocks` blocks.
+fn new_qpair<'a>(
+    cfg: &'a NvmfJobConfig,
+    ctrl: &Controller,
+    k: usize,
+    qpairs: usize,
+    blocks: u64,
+    clock: quanta::Clock,
+) -> Qpair<'a> {
+    Qpair {
+        cfg,
+        index: k,
+        nsid: cfg.nsid,
+        lba_bytes: ctrl.lba_bytes,
+        icd_bytes: ctrl.icd_bytes,
+        blocks,
+        slots: (0..cfg.qd)
+            .map(|_| Slot {
+                buf: vec![0u8; cfg.block_bytes as usize],
+                offset: 0,
+                start: 0,
+                got: 0,
+                opcode: 0,
+                generation: 0,
             })
-            .collect()
-    });
-    let elapsed = started.elapsed();
-    drop(ctrl.admin);
+            .collect(),
+        busy: 0,
+        rng: cfg.seed ^ (((k as u64) + 1) << 40) | 1,
+        seq: (blocks / qpairs as u64) * k as u64 % blocks.max(1),
+        submitted: 0,
+        clock,
+        part: Part {
+            hist: Histogram::new(3).ok(),
+            ..Default::default()
+        },
+    }
+}
+
+/// Pins the calling thread to `core` (a warning when it cannot).
+fn pin(cfg: &NvmfJobConfig, k: usize, core: usize) {
+    let mut set = nix::sched::CpuSet::new();
+    let pinned = set
+        .set(core)
+        .and_then(|_| nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set));
+    if let Err(e) = pinned {
+        log::warn!(
+            "nvmf {}: queue pair {} not pinned to core {core}: {e}",
+            cfg.url,
+            k + 1
+        );
+    }
+}
+
+/// Waits for the run to end (its duration passed, or a queue pair failed), then
+/// for every queue pair to drain, sending Keep Alives on the admin queue all
+/// along (each thread bounds its own drain). A failed Keep Alive stops the run.
+fn supervise<T>(
+    handles: &[std::thread::ScopedJoinHandle<'_, T>],
+    stop: &AtomicBool,
+    end: Instant,
+    admin: &mut Conn,
+    ka: &mut KeepAlive,
+) -> Result<(), String> {
+    let mut res = Ok(());
+    // Bounded: the run's end, then the threads' own drain and I/O timeouts.
+    while !handles.iter().all(|h| h.is_finished()) {
+        if Instant::now() >= end {
+            stop.store(true, Ordering::Relaxed);
+        }
+        if res.is_ok() {
+            res = ka.tick(admin);
+            if res.is_err() {
+                stop.store(true, Ordering::Relaxed);
+            }
+        }
+        let until_end = end.saturating_duration_since(Instant::now());
+        let nap = ka.nap(SUPERVISE_EVERY);
+        std::thread::sleep(if stop.load(Ordering::Relaxed) {
+            nap.min(Duration::from_millis(5))
+        } else {
+            nap.min(until_end)
+        });
+    }
+    res
+}
+
+/// Adds up the queue pairs' results over `elapsed`.
+fn merge(parts: Vec<Result<Part, String>>, elapsed: Duration) -> Result<JobResult, String> {
     let mut res = JobResult {
         ios: 0,
         bytes: 0,
@@ -1078,6 +1132,71 @@ pub fn run_nvmf_job(cfg: &NvmfJobConfig) -> Result<JobResult, String> {
             res.first_mismatch = p.first_mismatch;
         }
     }
+    Ok(res)
+}
+
+/// Runs an NVMe/TCP job: connects, loads the namespace for `cfg.duration`
+/// (with a Keep Alive every half KATO on the admin queue), drains and merges
+/// the queue pairs' results.
+pub fn run_nvmf_job(cfg: &NvmfJobConfig) -> Result<JobResult, String> {
+    let mut ctrl = open_controller(cfg)?;
+    let mut ka = KeepAlive::new(cfg.kato);
+    let qpairs = check(cfg, &ctrl)?;
+    let max_data = (cfg.block_bytes as usize).max(IDENTIFY_LEN);
+    let mut conns = Vec::with_capacity(qpairs);
+    for k in 0..qpairs {
+        let qid = (k + 1) as u16;
+        let mut c = Conn::open(&cfg.url, &format!("I/O queue {qid}"), cfg.digests, max_data)?;
+        c.connect(
+            qid,
+            cfg.qd as u16,
+            ctrl.cntlid,
+            &ctrl.hostid,
+            Duration::ZERO,
+        )?;
+        conns.push(c);
+        ka.tick(&mut ctrl.admin)?;
+    }
+    let blocks = ctrl.ns_bytes / cfg.block_bytes;
+    let stop = Arc::new(AtomicBool::new(false));
+    let clock = quanta::Clock::new();
+    let started = Instant::now();
+    let (parts, supervised) = std::thread::scope(|sc| {
+        let handles: Vec<_> = conns
+            .into_iter()
+            .enumerate()
+            .map(|(k, c)| {
+                let stop = Arc::clone(&stop);
+                let core = (!cfg.cores.is_empty()).then(|| cfg.cores[k % cfg.cores.len()]);
+                let q = new_qpair(cfg, &ctrl, k, qpairs, blocks, clock.clone());
+                sc.spawn(move || {
+                    if let Some(core) = core {
+                        pin(cfg, k, core);
+                    }
+                    let r = run_qpair(c, q, &stop);
+                    if r.is_err() {
+                        // The others stop too: the run has failed.
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                    r
+                })
+            })
+            .collect();
+        let end = started + cfg.duration;
+        let supervised = supervise(&handles, &stop, end, &mut ctrl.admin, &mut ka);
+        let parts: Vec<Result<Part, String>> = handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(err(&cfg.url, "queue pair", "thread panicked")))
+            })
+            .collect();
+        (parts, supervised)
+    });
+    let elapsed = started.elapsed();
+    drop(ctrl.admin);
+    let res = merge(parts, elapsed)?;
+    supervised?;
     Ok(res)
 }
 

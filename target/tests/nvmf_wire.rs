@@ -1056,3 +1056,440 @@ fn the_lease_fencing_and_unfencing_a_shared_volume_sends_ana_change_notices() {
     expect_ana_notice(&mut a, cid, "when the lease expires");
     assert_eq!(ana(&mut a).0, 0x03, "inaccessible after the expiry");
 }
+
+const PREEMPT_ABORTED: u16 = 0x1b;
+
+/// Sends a Write capsule of `data.len()` bytes at `lba` of namespace 1, in the
+/// capsule when `inline`, else announcing a transport SGL; returns its command id.
+fn send_write(h: &mut Host, lba: u64, data: &[u8], inline: bool) -> u16 {
+    let cid = h.next_cid();
+    let mut sqe = [0u8; 64];
+    sqe[0] = 0x01;
+    sqe[2..4].copy_from_slice(&cid.to_le_bytes());
+    sqe[4..8].copy_from_slice(&1u32.to_le_bytes());
+    sqe[32..36].copy_from_slice(&(data.len() as u32).to_le_bytes());
+    sqe[39] = if inline { 0x01 } else { 0x5A };
+    sqe[40..48].copy_from_slice(&lba.to_le_bytes());
+    sqe[48..50].copy_from_slice(&((data.len() / BS - 1) as u16).to_le_bytes());
+    h.send(ty::CAPSULE_CMD, 0, &sqe, if inline { data } else { &[] });
+    cid
+}
+
+/// Reads one R2T; returns (command id, transfer tag, offset, length).
+fn recv_r2t(h: &mut Host) -> (u16, u16, usize, usize) {
+    let p = h.recv().expect("an R2T");
+    assert_eq!(p.ty, ty::R2T, "an R2T");
+    (
+        pdu::le16(&p.hdr, 8),
+        pdu::le16(&p.hdr, 10),
+        pdu::le32(&p.hdr, 12) as usize,
+        pdu::le32(&p.hdr, 16) as usize,
+    )
+}
+
+/// Reads one response capsule; returns (command id, SCT << 8 | SC).
+fn recv_resp(h: &mut Host) -> (u16, u16) {
+    let p = h.recv().expect("a response capsule");
+    assert_eq!(p.ty, ty::CAPSULE_RESP, "a response capsule");
+    let c = &p.hdr[8..24];
+    (pdu::le16(c, 12), (pdu::le16(c, 14) >> 1) & 0x7ff)
+}
+
+/// Issue 9: Reservation Acquire "preempt and abort" aborts the preempted host's
+/// commands on this node: two writes waiting for their data after an R2T end with
+/// "Command Aborted due to Preempt and Abort" when their data comes and write
+/// nothing; a write already at the bdev (held there 2 s by an error bdev's
+/// latency) ends with that status too, and the Acquire completes only after it
+/// (no command of the preempted host is still at the bdev once the preempting
+/// host sees the Acquire done). Before the fix the held writes met a reservation
+/// conflict, the write at the bdev succeeded and the Acquire did not wait for it.
+#[test]
+fn preempt_and_abort_ends_the_preempted_hosts_commands_before_the_acquire_completes() {
+    use plexd_target::bdev::error::ErrorBdev;
+    let t = start_target(4 << 20);
+    let e = ErrorBdev::new("e0", t.bdev("m0").unwrap());
+    t.add_bdev(e.clone()).unwrap();
+    let mut cfg = config();
+    cfg.subsystems[0].namespaces[0].bdev = "e0".into();
+    let fe = NvmfFrontend::start(&t, &cfg).unwrap();
+    let port = fe.listeners()[0].port();
+    let (_adm_a, mut a) = host_queues(port, "nqn.2014-08.org.nvmexpress:uuid:a", [0xa1; 16]);
+    let (_adm_b, mut b) = host_queues(port, "nqn.2014-08.org.nvmexpress:uuid:b", [0xb2; 16]);
+
+    // A's data first, before any reservation.
+    let old = pattern(1, 128 << 10);
+    assert_eq!(a.rw(0x01, 0, 256, &old, false).sc(), 0, "A's write");
+    assert_eq!(a.resv(RESV_REGISTER, 1, 0, 0, &keys(0, 0xaaaa), 0).sc(), 0);
+    assert_eq!(b.resv(RESV_REGISTER, 1, 0, 0, &keys(0, 0xbbbb), 0).sc(), 0);
+    assert_eq!(
+        b.resv(RESV_ACQUIRE, 1, 1 << 8, 0, &keys(0xbbbb, 0), 0).sc(),
+        0,
+        "B acquires write exclusive"
+    );
+
+    // B: two 64 KiB writes over A's data, each given its R2T, data held back.
+    let new = pattern(2, 128 << 10);
+    let mut held = Vec::new();
+    for i in 0..2usize {
+        let cid = send_write(
+            &mut b,
+            (i * 128) as u64,
+            &new[i * (64 << 10)..][..64 << 10],
+            false,
+        );
+        let (rcid, ttag, off, len) = recv_r2t(&mut b);
+        assert_eq!((rcid, off, len), (cid, 0, 64 << 10), "R2T of command {cid}");
+        held.push((cid, ttag, i));
+    }
+    // B: a 4 KiB write that sits at the bdev for 2 s (the latency is added after
+    // the inner bdev wrote it: its data on m0 says it is there).
+    let latency = Duration::from_secs(2);
+    e.injection().set_latency_us(latency.as_micros() as u64);
+    let at_bdev = pattern(3, 4096);
+    let sent = Instant::now();
+    let slow_cid = send_write(&mut b, 512, &at_bdev, true);
+    wait_until("B's write at the bdev", || {
+        bdev_read(&t, 512 * BS as u64, 4096) == at_bdev
+    });
+
+    // A preempts B and aborts (action 010b, type 1, PRKEY B's key).
+    let pa = a.resv(RESV_ACQUIRE, 1, 2 | (1 << 8), 0, &keys(0xaaaa, 0xbbbb), 0);
+    let acquired = sent.elapsed();
+    e.injection().set_latency_us(0);
+    assert_eq!(pa.sc(), 0, "A's preempt and abort");
+    assert!(
+        acquired >= latency,
+        "the Acquire completed after {acquired:?}, while B's write was still at the bdev ({latency:?})"
+    );
+    // B's write at the bdev ended with the abort status.
+    assert_eq!(
+        recv_resp(&mut b),
+        (slow_cid, PREEMPT_ABORTED),
+        "B's write at the bdev"
+    );
+    // B's held writes get their data now and end with the abort status.
+    for &(cid, ttag, i) in &held {
+        let chunk = &new[i * (64 << 10)..][..64 << 10];
+        let h = pdu::data_hdr(cid, ttag, 0, chunk.len() as u32);
+        b.send(ty::H2C_DATA, flag::LAST_PDU, &h, chunk);
+        assert_eq!(
+            recv_resp(&mut b),
+            (cid, PREEMPT_ABORTED),
+            "B's held write {cid}"
+        );
+    }
+    assert_eq!(
+        bdev_read(&t, 0, 128 << 10),
+        old,
+        "nothing of B's aborted writes on the bdev"
+    );
+    // A holds the reservation, B is no longer registered: its new write conflicts.
+    let r = a.resv(RESV_REPORT, 1, (4096 / 4) - 1, 1, &[], 4096);
+    assert_eq!(
+        (r.data[4], pdu::le16(&r.data, 5)),
+        (1, 1),
+        "type 1, one registrant"
+    );
+    assert_eq!(pdu::le64(&r.data, 64 + 8), 0xaaaa);
+    assert_eq!(
+        b.rw(0x01, 0, 1, &new[..BS], true).sc(),
+        RESERVATION_CONFLICT
+    );
+    assert_eq!(a.rw(0x01, 0, 1, &new[..BS], true).sc(), 0, "A writes");
+    drop(fe);
+}
+
+/// Reads the reservation notification log page (80h, 64 bytes, RAE clear) on
+/// admin queue `adm`: (log page count, type, available pages, namespace id).
+fn resv_log(adm: &mut Host) -> (u64, u8, u8, u32) {
+    let d = adm.admin(0x02, 0, 0x80 | (15 << 16), 0, 64);
+    assert_eq!(d.sc(), 0, "Get Log Page 80h");
+    assert_eq!(d.data.len(), 64);
+    (
+        pdu::le64(&d.data, 0),
+        d.data[8],
+        d.data[9],
+        pdu::le32(&d.data, 12),
+    )
+}
+
+/// Waits (the host's read timeout bounds it) for AER `cid` to complete with
+/// "reservation log page available".
+fn expect_resv_aen(adm: &mut Host, cid: u16, why: &str) {
+    let p = adm
+        .recv()
+        .unwrap_or_else(|e| panic!("no reservation notice {why}: {e}"));
+    assert_eq!(p.ty, ty::CAPSULE_RESP, "{why}");
+    assert_eq!(pdu::le16(&p.hdr[8..], 12), cid, "the AER completes {why}");
+    assert_eq!(
+        pdu::le32(&p.hdr[8..], 0),
+        0x0080_0006,
+        "reservation log page available {why}"
+    );
+}
+
+/// Issue 9: reservation notifications between two hosts. A release of a
+/// registrants-only reservation by B gives A "reservation released", a preempt
+/// by A gives B "registration preempted" and a clear "reservation preempted":
+/// each a page of log 80h (count, type, pages left, namespace) announced by an
+/// AEN, unless masked with Set Features 82h; the log keeps at most
+/// MAX_RESV_NOTICES pages (the count shows the ones dropped). Features 83h
+/// reports persist through power loss. Before: log 80h and features 82h / 83h
+/// were refused.
+#[test]
+fn reservation_notifications_reach_the_other_host_through_log_80h_and_an_aen() {
+    use plexd_target::frontend::nvmf::subsys::MAX_RESV_NOTICES;
+    let t = start_target(4 << 20);
+    let fe = NvmfFrontend::start(&t, &config()).unwrap();
+    let port = fe.listeners()[0].port();
+    let (mut adm_a, mut a) = host_queues(port, "nqn.2014-08.org.nvmexpress:uuid:a", [0xa1; 16]);
+    let (mut adm_b, mut b) = host_queues(port, "nqn.2014-08.org.nvmexpress:uuid:b", [0xb2; 16]);
+
+    // Features 83h: persist through power loss, only PTPL set is accepted.
+    let g = adm_a.admin(0x0a, 1, 0x83, 0, 0);
+    assert_eq!((g.sc(), g.dw0 & 1), (0, 1), "Get Features 83h: PTPL");
+    assert_eq!(adm_a.admin(0x09, 1, 0x83, 1, 0).sc(), 0, "Set 83h PTPL 1");
+    assert_eq!(
+        adm_a.admin(0x09, 1, 0x83, 0, 0).sc(),
+        0x02,
+        "Set 83h PTPL 0"
+    );
+    assert_eq!(
+        adm_a.admin(0x0a, 7, 0x83, 0, 0).sc(),
+        0x0b,
+        "no namespace 7"
+    );
+    let g = adm_a.admin(0x0a, 1, 0x82, 0, 0);
+    assert_eq!((g.sc(), g.dw0), (0, 0), "Get Features 82h: nothing masked");
+    assert_eq!(resv_log(&mut adm_a), (0, 0, 0, 0), "an empty log");
+
+    assert_eq!(a.resv(RESV_REGISTER, 1, 0, 0, &keys(0, 0xaaaa), 0).sc(), 0);
+    assert_eq!(b.resv(RESV_REGISTER, 1, 0, 0, &keys(0, 0xbbbb), 0).sc(), 0);
+    // B takes and releases write exclusive, registrants only (type 3): A is told.
+    let aer_a = post_aer(&mut adm_a);
+    let b_takes_and_releases = |b: &mut Host| {
+        assert_eq!(
+            b.resv(RESV_ACQUIRE, 1, 3 << 8, 0, &keys(0xbbbb, 0), 0).sc(),
+            0
+        );
+        let rel = b.resv(RESV_RELEASE, 1, 3 << 8, 0, &0xbbbbu64.to_le_bytes(), 0);
+        assert_eq!(rel.sc(), 0);
+    };
+    b_takes_and_releases(&mut b);
+    expect_resv_aen(&mut adm_a, aer_a, "after B's release");
+    assert_eq!(resv_log(&mut adm_a), (1, 2, 0, 1), "reservation released");
+    assert_eq!(resv_log(&mut adm_a), (0, 0, 0, 0), "read: gone");
+    assert_eq!(
+        resv_log(&mut adm_b),
+        (0, 0, 0, 0),
+        "nothing for the releaser"
+    );
+
+    // Masked (every namespace): no page.
+    assert_eq!(adm_a.admin(0x09, u32::MAX, 0x82, 1 << 2, 0).sc(), 0);
+    assert_eq!(adm_a.admin(0x0a, 1, 0x82, 0, 0).dw0, 1 << 2);
+    b_takes_and_releases(&mut b);
+    assert_eq!(resv_log(&mut adm_a), (0, 0, 0, 0), "masked");
+    assert_eq!(adm_a.admin(0x09, 1, 0x82, 0, 0).sc(), 0, "unmasked");
+
+    // A preempts B (action 001b, type 1): B's registration preempted.
+    let aer_b = post_aer(&mut adm_b);
+    assert_eq!(
+        b.resv(RESV_ACQUIRE, 1, 3 << 8, 0, &keys(0xbbbb, 0), 0).sc(),
+        0
+    );
+    let pre = a.resv(RESV_ACQUIRE, 1, 1 | (1 << 8), 0, &keys(0xaaaa, 0xbbbb), 0);
+    assert_eq!(pre.sc(), 0, "A preempts B");
+    expect_resv_aen(&mut adm_b, aer_b, "after A's preempt");
+    assert_eq!(resv_log(&mut adm_b), (1, 1, 0, 1), "registration preempted");
+
+    // A clears, again and again: B's reservation preempted each time; the log
+    // keeps the newest MAX_RESV_NOTICES and its count shows the ones dropped.
+    let clears = MAX_RESV_NOTICES + 3;
+    for _ in 0..clears {
+        assert_eq!(a.resv(RESV_REGISTER, 1, 0, 0, &keys(0, 0xaaaa), 0).sc(), 0);
+        assert_eq!(b.resv(RESV_REGISTER, 1, 0, 0, &keys(0, 0xbbbb), 0).sc(), 0);
+        let clear = a.resv(RESV_RELEASE, 1, 1, 0, &0xaaaau64.to_le_bytes(), 0);
+        assert_eq!(clear.sc(), 0, "A clears");
+    }
+    let first = (2 + clears - MAX_RESV_NOTICES) as u64;
+    let left = (MAX_RESV_NOTICES - 1).min(255) as u8;
+    assert_eq!(
+        resv_log(&mut adm_b),
+        (first, 3, left, 1),
+        "reservation preempted"
+    );
+    assert_eq!(resv_log(&mut adm_b), (first + 1, 3, left - 1, 1));
+    assert_eq!(
+        resv_log(&mut adm_a),
+        (0, 0, 0, 0),
+        "nothing for the host clearing"
+    );
+    drop(fe);
+}
+
+/// An admin queue and one I/O queue whose ICReq announced `maxr2t`.
+fn r2t_queues(port: u16, maxr2t: u32) -> (Host, Host) {
+    let (adm, cntlid) = admin_queue(port, Digests::default(), 0);
+    let mut q = Host::ic_r2t(port, Digests::default(), maxr2t);
+    assert_eq!(q.connect(1, cntlid, 0, NQN).sc(), 0, "I/O connect");
+    (adm, q)
+}
+
+/// Reads PDUs up to the response to command `cid`, which must come first
+/// except for R2Ts of other commands: returns those R2Ts.
+fn r2ts_before_response(h: &mut Host, cid: u16) -> Vec<(u16, u16, usize, usize)> {
+    let mut r2ts = Vec::new();
+    for _ in 0..nvmf_host::MAX_PDUS_PER_CMD {
+        let p = h.recv().expect("a PDU");
+        match p.ty {
+            ty::R2T => r2ts.push((
+                pdu::le16(&p.hdr, 8),
+                pdu::le16(&p.hdr, 10),
+                pdu::le32(&p.hdr, 12) as usize,
+                pdu::le32(&p.hdr, 16) as usize,
+            )),
+            ty::CAPSULE_RESP => {
+                let c = &p.hdr[8..24];
+                assert_eq!(pdu::le16(c, 12), cid, "the response expected");
+                assert_eq!((pdu::le16(c, 14) >> 1) & 0x7ff, 0, "command {cid}");
+                return r2ts;
+            }
+            t => panic!("unexpected PDU type {t:#x}"),
+        }
+    }
+    panic!("no response to command {cid}");
+}
+
+/// Answers one R2T with its data from `data` in two H2CData PDUs.
+fn answer_r2t(h: &mut Host, (cid, ttag, off, len): (u16, u16, usize, usize), data: &[u8]) {
+    let half = len / 2;
+    for (o, n) in [(off, half), (off + half, len - half)] {
+        let f = if o + n == off + len {
+            flag::LAST_PDU
+        } else {
+            0
+        };
+        let hdr = pdu::data_hdr(cid, ttag, o as u32, n as u32);
+        h.send(ty::H2C_DATA, f, &hdr, &data[o..o + n]);
+    }
+}
+
+/// Issue 9: a 1 MiB write is asked for in R2Ts of at most 128 KiB
+/// (MAX_R2T_DATA_BYTES), never more outstanding than the host's MAXR2T (1, then
+/// 4): right after the write's capsule exactly MAXR2T R2Ts come (a Flush sent
+/// behind it is answered after them and no further R2T), then one more each
+/// time an R2T's data is in. The data is read back and compared with the bdev.
+/// Before: one R2T for the whole megabyte whatever MAXR2T.
+#[test]
+fn a_large_write_is_asked_for_in_r2t_pieces_up_to_the_hosts_maxr2t() {
+    use plexd_target::frontend::nvmf::MAX_R2T_DATA_BYTES;
+    let t = start_target(16 << 20);
+    let fe = NvmfFrontend::start(&t, &config()).unwrap();
+    let port = fe.listeners()[0].port();
+    let total = 1usize << 20;
+    for (i, maxr2t) in [1usize, 4].into_iter().enumerate() {
+        let (_adm, mut q) = r2t_queues(port, maxr2t as u32);
+        let data = pattern(40 + i as u64, total);
+        let lba = (i * total / BS) as u64;
+        let cid = send_write(&mut q, lba, &data, false);
+        let flush = q.next_cid();
+        let mut sqe = [0u8; 64];
+        sqe[2..4].copy_from_slice(&flush.to_le_bytes());
+        sqe[4..8].copy_from_slice(&1u32.to_le_bytes());
+        q.send(ty::CAPSULE_CMD, 0, &sqe, &[]);
+        let mut outstanding = r2ts_before_response(&mut q, flush);
+        assert_eq!(
+            outstanding.len(),
+            maxr2t,
+            "R2Ts outstanding at MAXR2T {maxr2t}"
+        );
+        let (mut next, mut pieces) = (0usize, 0usize);
+        for _ in 0..total / MAX_R2T_DATA_BYTES + 1 {
+            if outstanding.is_empty() {
+                break;
+            }
+            let r = outstanding.remove(0);
+            assert_eq!(r.0, cid);
+            assert_eq!(r.2, next, "R2Ts in order, back to back");
+            assert!(r.3 > 0 && r.3 <= MAX_R2T_DATA_BYTES, "R2T of {} bytes", r.3);
+            next += r.3;
+            pieces += 1;
+            answer_r2t(&mut q, r, &data);
+            if next + outstanding.iter().map(|r| r.3).sum::<usize>() < total {
+                outstanding.push(recv_r2t(&mut q));
+                assert!(outstanding.len() <= maxr2t);
+            }
+        }
+        assert_eq!((next, pieces), (total, total / MAX_R2T_DATA_BYTES));
+        assert_eq!(
+            recv_resp(&mut q),
+            (cid, 0),
+            "the 1 MiB write at MAXR2T {maxr2t}"
+        );
+        let back = q.rw(0x02, lba, (total / BS) as u16, &[], false);
+        assert_eq!(back.sc(), 0);
+        assert!(back.data == data, "read back at MAXR2T {maxr2t}");
+        assert!(bdev_read(&t, lba * BS as u64, total as u64) == data);
+    }
+    drop(fe);
+}
+
+/// Issue 9: H2CData must answer an outstanding R2T of its command: a transfer
+/// tag no R2T outstanding gave, or an offset other than the next one of its R2T,
+/// ends the connection with a termination request (the target keeps serving).
+#[test]
+fn h2c_data_for_a_wrong_transfer_tag_or_offset_ends_the_connection() {
+    let t = start_target(16 << 20);
+    let fe = NvmfFrontend::start(&t, &config()).unwrap();
+    let port = fe.listeners()[0].port();
+    let data = pattern(5, 1 << 20);
+    type Bend = fn((u16, u16, usize, usize)) -> (u16, u16, usize, usize);
+    let cases: [(&str, Bend, u16); 3] = [
+        (
+            "a transfer tag no R2T gave",
+            |(c, t, o, l)| (c, t.wrapping_add(100), o, l),
+            0x01,
+        ),
+        (
+            "an offset past the R2T's next",
+            |(c, t, o, l)| (c, t, o + BS, l - BS),
+            0x04,
+        ),
+        (
+            "an offset before the R2T",
+            |(c, t, o, l)| (c, t, o - BS, l),
+            0x04,
+        ),
+    ];
+    for (what, bend, fes) in cases {
+        let (_adm, mut q) = r2t_queues(port, 4);
+        let cid = send_write(&mut q, 0, &data, false);
+        let _first = recv_r2t(&mut q);
+        let second = recv_r2t(&mut q);
+        assert_eq!(second.0, cid);
+        let (c, tag, off, len) = bend(second);
+        let hdr = pdu::data_hdr(c, tag, off as u32, len as u32);
+        q.send(ty::H2C_DATA, flag::LAST_PDU, &hdr, &data[off..off + len]);
+        let mut term = None;
+        for _ in 0..8 {
+            match q.recv() {
+                Ok(p) if p.ty == ty::C2H_TERM => {
+                    term = Some(pdu::le16(&p.hdr, 8));
+                    break;
+                }
+                Ok(p) => assert_eq!(p.ty, ty::R2T, "{what}: only R2Ts before the end"),
+                Err(e) => panic!("{what}: no termination request: {e}"),
+            }
+        }
+        assert_eq!(term, Some(fes), "{what}: the termination request's FES");
+        assert!(q.closed_by_target(), "{what}: closed");
+    }
+    let (_adm, mut q) = r2t_queues(port, 4);
+    assert_eq!(
+        q.rw(0x01, 0, 8, &data[..8 * BS], false).sc(),
+        0,
+        "still serving"
+    );
+    drop(fe);
+}

@@ -1,6 +1,7 @@
 //! plexperf's NVMe/TCP initiator (`plexperf --nvmf`) against an in-process target
 //! on 127.0.0.1: a verify run (4 KiB in-capsule writes, then 64 KiB writes through
-//! R2T/H2CData with header and data digests, two queue pairs) completes I/O with
+//! R2T/H2CData with header and data digests, two queue pairs; 1 MiB writes in
+//! eight R2Ts) completes I/O with
 //! no verify error; a wrong subsystem NQN fails with an error naming the address
 //! and the NQN and a non-zero exit. Every plexperf run is bounded (`--time 1`, its
 //! own I/O timeouts) and killed by PID if it outlives [`RUN_DEADLINE`].
@@ -128,6 +129,8 @@ fn plexperf_nvmf_verifies_through_capsules_and_r2t_and_names_a_wrong_nqn() {
     );
     assert_eq!(v["qpairs"].as_u64(), Some(2));
     assert_eq!(v["digest"].as_str(), Some("both"));
+    // 1 MiB writes: eight 128 KiB R2Ts, all outstanding at once (plexperf's MAXR2T).
+    verify_run(&url, &["--bs", "1m", "--qd", "2"]);
 
     // A subsystem the target does not have: a clear error, a failed exit.
     let bad = format!("tcp://127.0.0.1:{port}/nqn.2026-11.io.plexd:nosuch");
@@ -142,4 +145,57 @@ fn plexperf_nvmf_verifies_through_capsules_and_r2t_and_names_a_wrong_nqn() {
     let (ok, _, err) = plexperf(&["--nvmf", &url, "--time", "1"]);
     assert!(!ok);
     assert!(err.contains(&url) && err.contains("connect"), "{err}");
+}
+
+/// Issue 9: plexperf connects with a keep alive timeout and sends a Keep Alive
+/// every half of it. A 3 s verify run over a 1 s KATO (the target drops a
+/// controller without a Keep Alive for 2 x KATO, 2 s, and with it the I/O
+/// queues, which fails the run) completes with no failed I/O; while it runs the
+/// target lists plexperf's controller with that KATO. Without the Keep Alives
+/// the run fails once the target drops the controller.
+#[test]
+fn plexperf_nvmf_keeps_its_controller_alive_through_a_run_longer_than_twice_its_kato() {
+    let (_t, fe, port) = start();
+    let url = format!("tcp://127.0.0.1:{port}/{NQN}");
+    let run = {
+        let url = url.clone();
+        std::thread::spawn(move || {
+            plexperf(&[
+                "--nvmf",
+                &url,
+                "--rw",
+                "verify",
+                "--bs",
+                "4k",
+                "--qd",
+                "4",
+                "--time",
+                "3",
+                "--kato-ms",
+                "1000",
+                "--json",
+                "--cores",
+                "0",
+            ])
+        })
+    };
+    let deadline = Instant::now() + RUN_DEADLINE;
+    let mut seen = None;
+    while seen.is_none() && !run.is_finished() && Instant::now() < deadline {
+        seen = fe
+            .controllers()
+            .into_iter()
+            .find(|c| c.hostnqn.contains("plexperf"))
+            .map(|c| c.kato_ms);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (ok, out, err) = run.join().expect("plexperf thread");
+    assert!(ok, "plexperf failed: {err}\n{out}");
+    assert_eq!(seen, Some(1000), "plexperf's controller with KATO 1000 ms");
+    let v: serde_json::Value =
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("plexperf JSON {out:?}: {e}"));
+    assert!(v["ios"].as_u64().unwrap() > 0, "I/Os in {v}");
+    assert_eq!(v["failed_ios"].as_u64(), Some(0), "{v}");
+    assert_eq!(v["verify_errors"].as_u64(), Some(0), "{v}");
+    drop(fe);
 }

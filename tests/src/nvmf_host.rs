@@ -91,9 +91,16 @@ impl Host {
 
     /// TCP connection and ICReq/ICResp.
     pub fn ic(port: u16, dig: Digests) -> Host {
+        Host::ic_r2t(port, dig, 1)
+    }
+
+    /// TCP connection and ICReq/ICResp announcing `maxr2t` (>= 1) R2Ts per
+    /// command at most.
+    pub fn ic_r2t(port: u16, dig: Digests, maxr2t: u32) -> Host {
         let mut h = Host::tcp(port);
         let mut req = [0u8; 120];
         req[3] = u8::from(dig.header) | (u8::from(dig.data) << 1);
+        req[4..8].copy_from_slice(&maxr2t.saturating_sub(1).to_le_bytes());
         let mut v = Vec::new();
         pdu::encode(&mut v, ty::IC_REQ, 0, &req, &[], Digests::default(), 0);
         h.s.write_all(&v).unwrap();

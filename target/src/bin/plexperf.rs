@@ -65,6 +65,9 @@ struct Args {
     /// With --nvmf: digests to ask for: none, header, data, both
     #[arg(long, default_value = "none")]
     digest: String,
+    /// With --nvmf: keep alive timeout asked at Connect, in ms (0: none); a Keep Alive goes out every half of it
+    #[arg(long, default_value_t = plexd_target::perf_nvmf::DEFAULT_KATO.as_millis() as u64)]
+    kato_ms: u64,
     /// Seconds to run
     #[arg(long, default_value_t = 5.0)]
     time: f64,
@@ -530,6 +533,7 @@ fn run_nvmf(args: &Args, url: &str) -> Result<bool, String> {
         cores,
         seed: args.seed,
         duration: Duration::from_secs_f64(args.time.max(0.0)),
+        kato: Duration::from_millis(args.kato_ms),
     };
     let res = run_nvmf_job(&cfg)?;
     let name = cfg.url.to_string();

@@ -11,7 +11,7 @@ pub use super::fabrics::{
     ConnectReq, CONNECT_DATA_LEN, VERSION,
 };
 use super::nvme::{admin_op, fctype, put16, put32, put64, put_str, Sqe, Status};
-use super::subsys::{AnaState, Ctrl, Namespace, Subsystem, DISCOVERY_NQN};
+use super::subsys::{AnaState, Ctrl, Namespace, Subsystem, DISCOVERY_NQN, RESV_MASK_BITS};
 use super::{
     Shared, FW_REV, IN_CAPSULE_DATA_BYTES, MAX_AERS, MAX_ANA_GROUP, MAX_IO_QUEUES, MAX_NAMESPACES,
     MAX_QUEUE_ENTRIES, MDTS,
@@ -31,6 +31,17 @@ pub const AEN_NS_CHANGED: u32 = 0x02 | (0x04 << 16);
 pub const LID_ANA: u8 = 0x0C;
 /// AER dword 0: ANA change (notice, info 03h, log page 0Ch).
 pub const AEN_ANA_CHANGE: u32 = 0x02 | (0x03 << 8) | (0x0C << 16);
+/// Log page id of the reservation notification log.
+pub const LID_RESV: u8 = 0x80;
+/// Bytes of the reservation notification log page.
+pub const RESV_LOG_LEN: usize = 64;
+/// AER dword 0: reservation log page available (I/O command specific status,
+/// info 00h, log page 80h).
+pub const AEN_RESV_LOG: u32 = 0x06 | ((LID_RESV as u32) << 16);
+/// Feature: reservation notification mask (namespace specific).
+pub const FID_RESV_MASK: u8 = 0x82;
+/// Feature: reservation persistence (namespace specific).
+pub const FID_RESV_PERSIST: u8 = 0x83;
 
 /// What an admin command came to.
 pub enum AdminDone {
@@ -134,7 +145,7 @@ pub(crate) fn execute(
         }
         admin_op::IDENTIFY => identify(sh, ctrl, sqe),
         admin_op::GET_LOG_PAGE => get_log_page(sh, ctrl, sqe, fenced),
-        admin_op::SET_FEATURES => set_features(ctrl, sqe),
+        admin_op::SET_FEATURES => set_features(sh, ctrl, sqe),
         admin_op::GET_FEATURES => get_features(sh, ctrl, sqe),
         admin_op::ASYNC_EVENT => {
             if held_aers >= MAX_AERS {
@@ -295,12 +306,53 @@ pub fn ns_descs(ns: &Namespace) -> Vec<u8> {
     d
 }
 
-fn set_features(ctrl: &Ctrl, sqe: &Sqe) -> AdminDone {
+/// Whether namespace `nsid` of `ctrl`'s subsystem exists (all of them for
+/// FFFFFFFFh when `all` is allowed).
+fn ns_exists(sh: &Shared, ctrl: &Ctrl, nsid: u32, all: bool) -> bool {
+    !ctrl.discovery
+        && sh
+            .subsystem(&ctrl.subnqn)
+            .is_some_and(|s| (all && nsid == u32::MAX) || s.namespaces.contains_key(&nsid))
+}
+
+/// Set Features 82h (reservation notification mask of one namespace, or all
+/// of them for FFFFFFFFh) and 83h (reservation persistence: the state always
+/// persists, so only PTPL set is accepted).
+fn set_resv_feature(sh: &Shared, ctrl: &Ctrl, sqe: &Sqe) -> AdminDone {
+    let (fid, v, nsid) = (sqe.cdw(10) as u8, sqe.cdw(11), sqe.nsid());
+    if !ns_exists(sh, ctrl, nsid, fid == FID_RESV_MASK) {
+        return reply(Status::INVALID_NS);
+    }
+    if fid == FID_RESV_PERSIST {
+        return reply(if v & 1 == 1 {
+            Status::SUCCESS
+        } else {
+            Status::INVALID_FIELD
+        });
+    }
+    if v & !RESV_MASK_BITS != 0 {
+        return reply(Status::INVALID_FIELD);
+    }
+    let nsids: Vec<u32> = if nsid == u32::MAX {
+        sh.subsystem(&ctrl.subnqn)
+            .map(|s| s.namespaces.keys().copied().collect())
+            .unwrap_or_default()
+    } else {
+        vec![nsid]
+    };
+    for n in nsids {
+        ctrl.set_resv_mask(n, v);
+    }
+    reply(Status::SUCCESS)
+}
+
+fn set_features(sh: &Shared, ctrl: &Ctrl, sqe: &Sqe) -> AdminDone {
     if sqe.cdw(10) & (1 << 31) != 0 {
         return reply(Status::NOT_SAVEABLE);
     }
     let v = sqe.cdw(11);
     match sqe.cdw(10) as u8 {
+        FID_RESV_MASK | FID_RESV_PERSIST => set_resv_feature(sh, ctrl, sqe),
         0x07 => {
             if ctrl.discovery {
                 return reply(Status::INVALID_FIELD);
@@ -342,10 +394,19 @@ fn get_features(sh: &Shared, ctrl: &Ctrl, sqe: &Sqe) -> AdminDone {
         // Supported capabilities: changeable, not saveable, not per namespace.
         return match fid {
             0x04 | 0x05 | 0x06 | 0x07 | 0x08 | 0x0B | 0x0F => dw0(0x4),
+            // Changeable, namespace specific.
+            FID_RESV_MASK | FID_RESV_PERSIST if !ctrl.discovery => dw0(0x6),
             _ => reply(Status::INVALID_FIELD),
         };
     }
     match fid {
+        FID_RESV_MASK | FID_RESV_PERSIST if !ns_exists(sh, ctrl, sqe.nsid(), false) => {
+            reply(Status::INVALID_NS)
+        }
+        FID_RESV_MASK => dw0(ctrl.resv_mask(sqe.nsid())),
+        // PTPL: the reservation state is stored on every change (a file, or
+        // the cluster's configuration on disk), so it persists through power loss.
+        FID_RESV_PERSIST => dw0(1),
         0x07 if !ctrl.discovery => {
             let g = if sel == 1 {
                 MAX_IO_QUEUES
@@ -406,6 +467,7 @@ fn get_log_page(sh: &Shared, ctrl: &Arc<Ctrl>, sqe: &Sqe, fenced: bool) -> Admin
             d
         }
         LID_ANA => ana_log(sh, ctrl, lsp & 1 != 0, fenced),
+        LID_RESV => resv_log(ctrl, off, sqe.cdw(10) & (1 << 15) != 0),
         _ => return reply(Status::INVALID_LOG_PAGE),
     };
     // Bounded by the host's buffer (the caller truncates to the SGL) and by a
@@ -418,6 +480,28 @@ fn get_log_page(sh: &Shared, ctrl: &Arc<Ctrl>, sqe: &Sqe, fenced: bool) -> Admin
         out[..n].copy_from_slice(&page[o..o + n]);
     }
     data(out)
+}
+
+/// The reservation notification log page: the oldest notification not yet
+/// read (read from offset 0 removes it), with the number of pages left; all
+/// zeroes when there is none. `rae` clear lets the next notification raise an
+/// event (one goes out now when pages are left).
+fn resv_log(ctrl: &Ctrl, off: u64, rae: bool) -> Vec<u8> {
+    let mut d = vec![0u8; RESV_LOG_LEN];
+    if off != 0 {
+        return d;
+    }
+    let (page, left, again) = ctrl.take_resv_notice(rae);
+    if let Some(p) = page {
+        put64(&mut d, 0, p.count);
+        d[8] = p.ty;
+        d[9] = left.min(255) as u8;
+        put32(&mut d, 12, p.nsid);
+    }
+    if again {
+        ctrl.push_aen(AEN_RESV_LOG, 0);
+    }
+    d
 }
 
 fn smart_log(ctrl: &Ctrl) -> Vec<u8> {

@@ -9,6 +9,8 @@
 //! - [`admin`]: fabrics and admin commands applied to a controller (Identify,
 //!   Get Log Page, features, keep alive, AER, abort); pure logic.
 //! - [`io`]: I/O commands decoded into block operations; pure logic.
+//! - `preempt`: preempt and abort across the reactors (the preempted hosts'
+//!   commands aborted before the Acquire completes).
 //! - [`subsys`]: subsystems, namespaces and their identity, controllers, ANA.
 //! - `qpair`: one queue pair (one TCP connection) on its reactor: socket I/O
 //!   through io_uring polls, in-capsule data, R2T / H2CData, C2HData from pool
@@ -30,6 +32,7 @@ pub mod fabrics;
 pub mod io;
 pub mod nvme;
 pub mod pdu;
+mod preempt;
 mod qpair;
 pub mod resv;
 pub mod subsys;
@@ -54,6 +57,12 @@ use subsys::{CntlidAlloc, Ctrl, Namespace, NsIdent, Subsystem};
 pub const IN_CAPSULE_DATA_BYTES: usize = 8192;
 /// Largest data section of one H2CData PDU (MAXH2CDATA of the ICResp).
 pub const MAX_H2C_DATA_BYTES: usize = 128 << 10;
+/// Most host data one R2T asks for: a larger write is asked for in pieces of
+/// this size, up to the host's MAXR2T of them outstanding at once.
+pub const MAX_R2T_DATA_BYTES: usize = 128 << 10;
+/// R2Ts outstanding per command at most, whatever MAXR2T the host announces
+/// (the largest transfer in [`MAX_R2T_DATA_BYTES`] pieces).
+pub const MAX_R2T_PER_CMD: usize = MAX_TRANSFER_BYTES / MAX_R2T_DATA_BYTES;
 /// Largest data section of one C2HData PDU sent.
 pub const MAX_C2H_DATA_BYTES: usize = 128 << 10;
 /// Entries of a queue (MQES + 1, MAXCMD): commands outstanding per queue pair
@@ -153,7 +162,7 @@ impl Shared {
             }
         }
     }
-    fn ctrl_list(&self) -> Vec<Arc<Ctrl>> {
+    pub(crate) fn ctrl_list(&self) -> Vec<Arc<Ctrl>> {
         lock(&self.ctrls).values().cloned().collect()
     }
 }

@@ -21,6 +21,10 @@ impl Status {
     pub const INTERNAL: Status = Status(0x06);
     /// Command abort requested.
     pub const ABORT_REQUESTED: Status = Status(0x07);
+    /// Command Aborted due to Preempt and Abort (generic status 1Bh): a command of
+    /// a host whose registration another host's Reservation Acquire (preempt and
+    /// abort) removed.
+    pub const PREEMPT_ABORTED: Status = Status(0x1B);
     /// Invalid namespace or format.
     pub const INVALID_NS: Status = Status::dnr(0, 0x0B);
     /// Command sequence error.

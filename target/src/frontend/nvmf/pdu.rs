@@ -249,6 +249,39 @@ pub fn parse_ctrl(buf: &[u8], dig: Digests, max_data: usize) -> Result<Parsed<'_
     parse_from(Sender::Ctrl, buf, dig, max_data)
 }
 
+/// Checks a PDU's type, HLEN and digest flags against what `from` may send and
+/// the digests in force; returns the header length and whether a header digest
+/// follows it.
+#[inline(always)]
+fn check_header(
+    from: Sender,
+    t: u8,
+    flags: u8,
+    hlen_b: u8,
+    dig: Digests,
+) -> Result<(usize, bool), PduError> {
+    let (hlen_of, ic_ty): (fn(u8) -> Option<usize>, u8) = match from {
+        Sender::Host => (host_hlen, ty::IC_REQ),
+        Sender::Ctrl => (ctrl_hlen, ty::IC_RESP),
+    };
+    let want = hlen_of(t).ok_or(PduError::BadType(t))?;
+    if hlen_b as usize != want {
+        return Err(PduError::BadHlen {
+            ty: t,
+            hlen: hlen_b,
+            want,
+        });
+    }
+    let ic = t == ic_ty;
+    if !ic && (flags & flag::HDGSTF != 0) != dig.header {
+        return Err(PduError::DigestFlags { ty: t, flags });
+    }
+    if !ic && !dig.data && flags & flag::DDGSTF != 0 {
+        return Err(PduError::DigestFlags { ty: t, flags });
+    }
+    Ok((want, !ic && dig.header))
+}
+
 #[inline(always)]
 fn parse_from(
     from: Sender,
@@ -261,29 +294,13 @@ fn parse_from(
     }
     let t = buf[0];
     let flags = buf[1];
-    let hlen_b = buf[2];
     let pdo = buf[3];
     let plen = le32(buf, 4);
-    let (hlen_of, ic_ty, term_ty): (fn(u8) -> Option<usize>, u8, u8) = match from {
-        Sender::Host => (host_hlen, ty::IC_REQ, ty::H2C_TERM),
-        Sender::Ctrl => (ctrl_hlen, ty::IC_RESP, ty::C2H_TERM),
+    let term_ty = match from {
+        Sender::Host => ty::H2C_TERM,
+        Sender::Ctrl => ty::C2H_TERM,
     };
-    let want = hlen_of(t).ok_or(PduError::BadType(t))?;
-    if hlen_b as usize != want {
-        return Err(PduError::BadHlen {
-            ty: t,
-            hlen: hlen_b,
-            want,
-        });
-    }
-    let ic = t == ic_ty;
-    let hd = !ic && dig.header;
-    if !ic && (flags & flag::HDGSTF != 0) != dig.header {
-        return Err(PduError::DigestFlags { ty: t, flags });
-    }
-    if !ic && !dig.data && flags & flag::DDGSTF != 0 {
-        return Err(PduError::DigestFlags { ty: t, flags });
-    }
+    let (want, hd) = check_header(from, t, flags, buf[2], dig)?;
     let head = want + if hd { DIGEST_LEN } else { 0 };
     let carries_data = match from {
         Sender::Host => matches!(t, ty::CAPSULE_CMD | ty::H2C_DATA | ty::H2C_TERM),

@@ -39,11 +39,12 @@ use super::admin::{self, AdminDone, CcChange};
 use super::io::{self, IoPlan};
 use super::nvme::{admin_op, fctype, io_op, sgl, Cqe, Sqe, Status};
 use super::pdu::{self, fes, flag, ty, Digests, Parsed, PduView};
+use super::preempt::PreemptAbort;
 use super::resv;
 use super::subsys::{AnaState, Ctrl, Namespace, QueueAt, Subsystem, DISCOVERY_NQN};
 use super::{
     Shared, IN_CAPSULE_DATA_BYTES, MAX_ADMIN_DATA_BYTES, MAX_C2H_DATA_BYTES, MAX_H2C_DATA_BYTES,
-    MAX_IO_QUEUES, MAX_QUEUE_ENTRIES, MAX_TRANSFER_BYTES,
+    MAX_IO_QUEUES, MAX_QUEUE_ENTRIES, MAX_R2T_DATA_BYTES, MAX_R2T_PER_CMD, MAX_TRANSFER_BYTES,
 };
 use crate::bdev::{BdevChannel, BdevIo, IoCallback, IoDone, IoKind, IoStatus, RETRY_ERRNO};
 use crate::buf::{BufPool, BufWaiter, IoBuf, PoolBuf};
@@ -116,6 +117,7 @@ pub(crate) fn connect(
             need_serve: false,
             aers: Vec::new(),
             next_ttag: 1,
+            maxr2t: 1,
             nexus: None,
             next_pr_tag: 1,
             started: Instant::now(),
@@ -135,6 +137,46 @@ pub(crate) fn close_conn(r: &Rc<Reactor>, fid: u64, id: u64, why: &str) {
     if let Some(c) = find(r, fid, id) {
         c.close(why);
     }
+}
+
+/// Completes the Reservation Acquire (preempt and abort) of connection `id`
+/// whose aborted commands are all done.
+pub(crate) fn preempt_done(r: &Rc<Reactor>, fid: u64, id: u64) {
+    if let Some(c) = find(r, fid, id) {
+        {
+            let mut st = c.st.borrow_mut();
+            c.poll_preempts(&mut st);
+        }
+        c.flush();
+    }
+}
+
+/// Aborts, on this reactor, the commands of the hosts `pa` preempted (see
+/// `preempt`), then counts this reactor done.
+fn abort_preempted(r: &Rc<Reactor>, pa: &Arc<PreemptAbort>) {
+    let conns: Vec<Rc<Conn>> = r
+        .local::<Registry>()
+        .conns
+        .borrow()
+        .iter()
+        .filter(|((fid, _), _)| *fid == pa.fid)
+        .map(|(_, c)| Rc::clone(c))
+        .collect();
+    for c in conns {
+        c.abort_for(pa);
+    }
+    pa.release(r);
+}
+
+/// Sends reactor `to` the abort of preempt and abort `pa`; false when its ring
+/// is full (the sender tries again at its tick).
+fn send_abort(r: &Reactor, to: usize, pa: &Arc<PreemptAbort>) -> bool {
+    let Some(h) = r.peers().get(to) else {
+        return true;
+    };
+    let pa = Arc::clone(pa);
+    let msg: crate::reactor::Msg = Box::new(move |r| abort_preempted(r, &pa));
+    h.try_send(msg).is_ok()
 }
 
 /// Completes held Asynchronous Event Requests of the admin queue `id` with
@@ -174,8 +216,11 @@ struct Cmd {
     got: usize,
     /// True when host data goes to the pool buffer.
     to_pool: bool,
-    ttag: u16,
-    r2t_sent: bool,
+    /// Host data asked for by R2Ts so far (the offset of the next R2T).
+    r2t_off: usize,
+    /// The R2Ts outstanding (the first `n_r2t`).
+    r2ts: [R2t; MAX_R2T_PER_CMD],
+    n_r2t: usize,
     waiting: bool,
     inflight: u32,
     status: Status,
@@ -184,6 +229,33 @@ struct Cmd {
     pr: Option<PrWait>,
     /// Times the reservation change was sent to the cluster.
     pr_tries: u32,
+    /// What the reservation change sent to the cluster does to other hosts.
+    pr_changed: resv::Changed,
+    /// Aborted by a preempt and abort (its status says so): it ends as soon as
+    /// nothing of it is at a bdev or expected from the host.
+    preempted: bool,
+    /// The preempt and abort waiting for this command's bdev I/O.
+    held_by: Option<Arc<PreemptAbort>>,
+    /// A Reservation Acquire (preempt and abort) waiting for the preempted
+    /// hosts' commands to end.
+    pa: Option<PaWait>,
+}
+
+/// A preempt and abort this command started.
+struct PaWait {
+    pa: Arc<PreemptAbort>,
+    /// Reactors whose ring was full: the abort goes to them at the next tick.
+    unsent: Vec<usize>,
+}
+
+/// One R2T outstanding: its transfer tag, the host data it asks for and how
+/// much of it came.
+#[derive(Clone, Copy, Debug, Default)]
+struct R2t {
+    ttag: u16,
+    off: usize,
+    len: usize,
+    got: usize,
 }
 
 /// A reservation command forwarded to the cluster (see `pr_cluster`).
@@ -208,14 +280,19 @@ impl Cmd {
             need,
             got: 0,
             to_pool: false,
-            ttag: 0,
-            r2t_sent: false,
+            r2t_off: 0,
+            r2ts: [R2t::default(); MAX_R2T_PER_CMD],
+            n_r2t: 0,
             waiting: false,
             inflight: 0,
             status: Status::SUCCESS,
             aborted: false,
             pr: None,
             pr_tries: 0,
+            pr_changed: resv::Changed::default(),
+            preempted: false,
+            held_by: None,
+            pa: None,
         }
     }
 }
@@ -245,6 +322,9 @@ struct St {
     /// Held Asynchronous Event Requests (command ids).
     aers: Vec<u16>,
     next_ttag: u16,
+    /// R2Ts a command may have outstanding: the host's MAXR2T (ICReq), at most
+    /// [`MAX_R2T_PER_CMD`].
+    maxr2t: usize,
     /// The reservation nexus of this queue's host (set on first use).
     nexus: Option<Nexus>,
     /// Tag of the next reservation change sent to the cluster.
@@ -522,6 +602,7 @@ impl Conn {
                 st.need_serve = true;
             }
             self.expire_pr(&mut st, now);
+            self.poll_preempts(&mut st);
             self.expired(&st, now)
         };
         match why {
@@ -693,6 +774,7 @@ impl Conn {
             .push(|v| pdu::encode(v, ty::IC_RESP, 0, &resp, &[], Digests::default(), 0));
         st.dig = req.dig;
         st.hpda = req.hpda;
+        st.maxr2t = (req.maxr2t as usize).saturating_add(1).min(MAX_R2T_PER_CMD);
         st.phase = Phase::AwaitConnect;
         Handled::Done
     }
@@ -879,20 +961,42 @@ impl Conn {
                 }
             }
         }
-        let c = &mut st.cmds[key];
-        if c.got < c.need {
-            if !c.r2t_sent {
-                c.r2t_sent = true;
-                let ttag = st.next_ttag;
-                st.next_ttag = st.next_ttag.wrapping_add(1).max(1);
-                let c = &mut st.cmds[key];
-                c.ttag = ttag;
-                let h = pdu::data_hdr(c.sqe.cid(), ttag, c.got as u32, (c.need - c.got) as u32);
-                st.emit(ty::R2T, 0, &h, &[]);
+        let c = &st.cmds[key];
+        if c.got < c.need && !(c.preempted && c.n_r2t == 0) {
+            // A preempted command asks for no more data: it ends once the data
+            // of its R2Ts outstanding is in.
+            if !c.preempted {
+                self.send_r2ts(st, key);
             }
             return;
         }
         self.execute(st, key);
+    }
+
+    /// Sends R2Ts for the host data not yet asked for, each for at most
+    /// [`MAX_R2T_DATA_BYTES`], while the command has fewer than the host's
+    /// MAXR2T outstanding.
+    fn send_r2ts(&self, st: &mut St, key: usize) {
+        for _ in 0..MAX_R2T_PER_CMD {
+            let c = &st.cmds[key];
+            if c.n_r2t >= st.maxr2t || c.r2t_off >= c.need {
+                return;
+            }
+            let ttag = st.next_ttag;
+            st.next_ttag = st.next_ttag.wrapping_add(1).max(1);
+            let c = &mut st.cmds[key];
+            let (off, len) = (c.r2t_off, (c.need - c.r2t_off).min(MAX_R2T_DATA_BYTES));
+            c.r2ts[c.n_r2t] = R2t {
+                ttag,
+                off,
+                len,
+                got: 0,
+            };
+            c.n_r2t += 1;
+            c.r2t_off += len;
+            let h = pdu::data_hdr(c.sqe.cid(), ttag, off as u32, len as u32);
+            st.emit(ty::R2T, 0, &h, &[]);
+        }
     }
 
     fn handle_h2c(&self, st: &mut St, p: &PduView) -> Handled {
@@ -915,22 +1019,24 @@ impl Conn {
             );
         }
         let c = &mut st.cmds[key];
-        if !c.r2t_sent || c.ttag != ttag {
+        let Some(i) = c.r2ts[..c.n_r2t].iter().position(|r| r.ttag == ttag) else {
             return Handled::Fatal(
                 fes::INVALID_HEADER_FIELD,
                 10,
-                format!("H2CData of command {cccid} with transfer tag {ttag} that no R2T gave"),
+                format!("H2CData of command {cccid} with transfer tag {ttag} that no R2T outstanding gave"),
             );
-        }
-        if datal != p.data.len() || datao != c.got || datao + datal > c.need {
+        };
+        let r = c.r2ts[i];
+        if datal != p.data.len() || datao != r.off + r.got || datao + datal > r.off + r.len {
             return Handled::Fatal(
                 fes::DATA_OUT_OF_RANGE,
                 12,
                 format!(
-                    "H2CData of command {cccid}: offset {datao} length {datal} (data {}), expected offset {} of {}",
+                    "H2CData of command {cccid}: offset {datao} length {datal} (data {}), expected offset {} within the R2T (tag {ttag}) for {} at {}",
                     p.data.len(),
-                    c.got,
-                    c.need
+                    r.off + r.got,
+                    r.len,
+                    r.off
                 ),
             );
         }
@@ -945,7 +1051,11 @@ impl Conn {
             c.vdata[datao..datao + datal].copy_from_slice(p.data);
         }
         c.got += datal;
-        if c.got == c.need {
+        c.r2ts[i].got += datal;
+        if c.r2ts[i].got == r.len {
+            // This R2T is answered: the next one may go (or the command runs).
+            c.n_r2t -= 1;
+            c.r2ts.swap(i, c.n_r2t);
             self.advance(st, key);
         }
         Handled::Done
@@ -973,6 +1083,10 @@ impl Conn {
     }
 
     fn execute(&self, st: &mut St, key: usize) {
+        if st.cmds[key].preempted {
+            let s = st.cmds[key].status;
+            return self.finish_now(st, key, s, 0, 0, &[]);
+        }
         let sqe = st.cmds[key].sqe;
         if sqe.opcode() == admin_op::FABRICS && sqe.fctype() == fctype::CONNECT {
             return self.connect(st, key);
@@ -1156,6 +1270,8 @@ impl Conn {
             && self.fenced_here(&ctrl);
         let done = admin::execute(&self.shared, &ctrl, &sqe, st.aers.len(), fenced);
         self.reply(st, key, done);
+        // Reading a log may have raised an event (reservation notices left).
+        self.deliver(st);
     }
 
     /// Whether this reactor must not serve a namespace of `ctrl`'s subsystem now
@@ -1343,20 +1459,23 @@ impl Conn {
             Err(s) => return self.finish_now(st, key, s, 0, 0, &[]),
         };
         let Some(broker) = ns.resv.broker().cloned() else {
-            let s = match ns.resv.run_local(&nexus, &out, &what()) {
-                Ok(_) => Status::SUCCESS,
-                Err(s) => s,
+            return match ns.resv.run_local(&nexus, &out, &what()) {
+                Ok(changed) => self.resv_changed(st, key, ns, changed),
+                Err(s) => self.finish_now(st, key, s, 0, 0, &[]),
             };
-            return self.finish_now(st, key, s, 0, 0, &[]);
         };
         // A shared volume: run it on a copy of the committed state; a change
         // becomes a request the cluster commits (pr_cluster).
-        let mut copy = state;
+        let mut copy = state.clone();
         match resv::run(&mut copy, &nexus, &out) {
             Ok(true) => {}
             Ok(false) => return self.finish_now(st, key, Status::SUCCESS, 0, 0, &[]),
             Err(s) => return self.finish_now(st, key, s, 0, 0, &[]),
         }
+        st.cmds[key].pr_changed = resv::Changed {
+            removed: resv::removed(&state, &copy),
+            notices: resv::notices(&state, &copy, &nexus, &out),
+        };
         if st.cmds[key].pr_tries >= PR_OUT_TRIES {
             log::warn!(
                 "nvmf: {}: the reservations changed under it {PR_OUT_TRIES} times; the host retries",
@@ -1418,6 +1537,176 @@ impl Conn {
             }
             self.finish_now(st, key, Status::NS_NOT_READY, 0, 0, &[]);
         }
+    }
+
+    /// A changing reservation command changed the state: the hosts it concerns
+    /// get their notifications, the preempted hosts' commands are aborted (a
+    /// preempt and abort), then it completes.
+    fn resv_changed(&self, st: &mut St, key: usize, ns: &Arc<Namespace>, changed: resv::Changed) {
+        self.resv_notify(ns, &changed.notices);
+        let pa =
+            st.cmds[key].sqe.opcode() == io_op::RESV_ACQUIRE && st.cmds[key].sqe.cdw(10) & 7 == 2;
+        if pa {
+            self.start_preempt_abort(st, key, ns, changed.removed)
+        } else {
+            self.finish_now(st, key, Status::SUCCESS, 0, 0, &[])
+        }
+    }
+
+    /// Queues reservation notifications (log 80h) on this node's controllers
+    /// of the hosts they are for, on every namespace sharing `ns`'s state (the
+    /// namespace itself; for a cluster's volume every namespace mapping it), and
+    /// raises "reservation log page available" where none is outstanding.
+    fn resv_notify(&self, ns: &Arc<Namespace>, notices: &[(Nexus, u8)]) {
+        if notices.is_empty() {
+            return;
+        }
+        let shares = |x: &Arc<Namespace>| {
+            Arc::ptr_eq(x, ns) || (ns.resv.broker().is_some() && x.conf.bdev == ns.conf.bdev)
+        };
+        for c in self.shared.ctrl_list() {
+            if c.discovery || c.dead.load(Ordering::Acquire) {
+                continue;
+            }
+            let host = resv::nexus(&c.hostnqn, &c.hostid);
+            if !notices.iter().any(|(n, _)| *n == host) {
+                continue;
+            }
+            let Some(sub) = self.shared.subsystem(&c.subnqn) else {
+                continue;
+            };
+            let mut raise = false;
+            for (_, ty) in notices.iter().filter(|(n, _)| *n == host) {
+                for (nsid, _) in sub.namespaces.iter().filter(|(_, x)| shares(x)) {
+                    raise |= c.resv_notice(*ty, *nsid);
+                }
+            }
+            if raise && c.push_aen(admin::AEN_RESV_LOG, 0) {
+                self.kick_admin(&c);
+            }
+        }
+    }
+
+    /// Asks controller `c`'s admin queue to deliver its pending events.
+    fn kick_admin(&self, c: &Ctrl) {
+        let (fid, at) = (self.link.fid, c.admin);
+        let Some(h) = self.link.reactor.peers().get(at.reactor) else {
+            return;
+        };
+        let msg: crate::reactor::Msg = Box::new(move |r| deliver_aens(r, fid, at.conn));
+        if h.try_send(msg).is_err() {
+            log::warn!(
+                "nvmf: controller {} of {}: reservation notice not delivered now (reactor {} busy); it waits for the next AER",
+                c.cntlid,
+                c.subnqn,
+                at.reactor
+            );
+        }
+    }
+
+    /// A changing reservation command is done; a preempt and abort that removed
+    /// registrants (`gone`) first aborts their commands on every reactor and
+    /// completes once none of them is at a bdev (`preempt`).
+    fn start_preempt_abort(&self, st: &mut St, key: usize, ns: &Namespace, gone: Vec<Nexus>) {
+        if gone.is_empty() {
+            return self.finish_now(st, key, Status::SUCCESS, 0, 0, &[]);
+        }
+        log::info!(
+            "{}: preempt and abort on namespace {} (bdev {}): aborting the commands of {} on this node",
+            self.who(st),
+            ns.conf.nsid,
+            ns.conf.bdev,
+            gone.iter().map(|n| n.initiator.as_str()).collect::<Vec<_>>().join(", ")
+        );
+        let r = &self.link.reactor;
+        let at = (r.id(), self.link.id);
+        let pa = Arc::new(PreemptAbort::new(
+            self.link.fid,
+            &ns.conf.bdev,
+            gone,
+            at,
+            r.peers().len(),
+        ));
+        let unsent = (0..r.peers().len())
+            .filter(|&i| !send_abort(r, i, &pa))
+            .collect();
+        st.cmds[key].pa = Some(PaWait {
+            pa: Arc::clone(&pa),
+            unsent,
+        });
+        pa.release(r);
+    }
+
+    /// Resends aborts that did not fit in a reactor's ring and completes the
+    /// preempt and abort Acquires whose aborted commands are all done.
+    fn poll_preempts(&self, st: &mut St) {
+        let keys: Vec<usize> = st
+            .cmds
+            .iter()
+            .filter(|(_, c)| c.pa.is_some())
+            .map(|(k, _)| k)
+            .collect();
+        for key in keys {
+            let Some(w) = st.cmds[key].pa.as_mut() else {
+                continue;
+            };
+            let pa = Arc::clone(&w.pa);
+            w.unsent
+                .retain(|&i| !send_abort(&self.link.reactor, i, &pa));
+            if pa.done() {
+                self.finish_now(st, key, Status::SUCCESS, 0, 0, &[]);
+            }
+        }
+    }
+
+    /// Marks the commands of this queue pair aborted when its host is one `pa`
+    /// preempted: they end with "Command Aborted due to Preempt and Abort" (a
+    /// command waiting for a buffer now, one waiting for host data when it is
+    /// in, one at the bdev when its I/O completes, which `pa` waits for).
+    fn abort_for(&self, pa: &Arc<PreemptAbort>) {
+        {
+            let mut st = self.st.borrow_mut();
+            if st.closed || !matches!(st.phase, Phase::Io { .. }) {
+                return;
+            }
+            if !self.nexus(&mut st).is_some_and(|n| pa.preempted(&n)) {
+                return;
+            }
+            let keys: Vec<usize> = st
+                .cmds
+                .iter()
+                .filter(|(_, c)| {
+                    !c.preempted
+                        && !matches!(c.plan, Some(IoPlan::Resv { .. }))
+                        && c.ns.as_ref().is_some_and(|n| n.conf.bdev == pa.bdev)
+                })
+                .map(|(k, _)| k)
+                .collect();
+            for &key in &keys {
+                let c = &mut st.cmds[key];
+                c.preempted = true;
+                c.status = Status::PREEMPT_ABORTED;
+                if c.inflight > 0 {
+                    pa.hold();
+                    c.held_by = Some(Arc::clone(pa));
+                } else if c.waiting {
+                    let class = BufPool::class_for(c.pool_len).unwrap_or(0);
+                    st.waiting.retain(|k| *k != key);
+                    self.finish_now(&mut st, key, Status::PREEMPT_ABORTED, 0, 0, &[]);
+                    self.sync_active(&mut st, class);
+                }
+            }
+            if !keys.is_empty() {
+                log::info!(
+                    "{}: {} command(s) on bdev {} aborted by a preempt and abort",
+                    self.who(&st),
+                    keys.len(),
+                    pa.bdev
+                );
+            }
+            self.after(&mut st);
+        }
+        self.mark_dirty();
     }
 
     /// Every bdev I/O of the command is done: send data and the response.
@@ -1542,6 +1831,11 @@ impl IoDone for Conn {
                 return;
             };
             c.inflight = c.inflight.saturating_sub(1);
+            if c.inflight == 0 {
+                if let Some(pa) = c.held_by.take() {
+                    pa.release(&self.link.reactor);
+                }
+            }
             if let IoStatus::Failed(errno) = status {
                 if c.status.ok() {
                     c.status = if let Some(s) = io_errno_status(errno) {
@@ -1594,8 +1888,12 @@ impl PrDone for Conn {
             st.cmds[key].pr = None;
             let (ns, plan) = (st.cmds[key].ns.clone(), st.cmds[key].plan);
             match (result, ns, plan) {
-                (PrOutResult::Committed, _, _) => {
-                    self.finish_now(&mut st, key, Status::SUCCESS, 0, 0, &[])
+                (PrOutResult::Committed, ns, _) => {
+                    let changed = std::mem::take(&mut st.cmds[key].pr_changed);
+                    match ns {
+                        Some(ns) => self.resv_changed(&mut st, key, &ns, changed),
+                        None => self.finish_now(&mut st, key, Status::SUCCESS, 0, 0, &[]),
+                    }
                 }
                 (PrOutResult::Stale, Some(ns), Some(IoPlan::Resv { opcode, .. })) => {
                     self.execute_resv(&mut st, key, &ns, opcode)

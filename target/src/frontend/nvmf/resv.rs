@@ -241,6 +241,84 @@ pub fn run(state: &mut PrState, nexus: &Nexus, out: &PrOut) -> Result<bool, Stat
         })
 }
 
+/// The registrants of `before` that `after` no longer has (the hosts a preempt
+/// removed).
+pub fn removed(before: &PrState, after: &PrState) -> Vec<Nexus> {
+    before
+        .regs
+        .iter()
+        .filter(|r| {
+            !after
+                .regs
+                .iter()
+                .any(|a| a.nexus == r.nexus && a.port == r.port)
+        })
+        .map(|r| Nexus::new(r.nexus.clone(), r.port))
+        .collect()
+}
+
+/// Reservation notification log page types (log 80h, byte 8).
+pub mod notice {
+    /// Registration preempted: another host's preempt removed this host's
+    /// registration.
+    pub const REG_PREEMPTED: u8 = 1;
+    /// Reservation released: a registrants-only or all-registrants reservation
+    /// (or its type) went away by another host's release, unregistration or
+    /// preempt.
+    pub const RES_RELEASED: u8 = 2;
+    /// Reservation preempted: another host cleared the reservation and every
+    /// registration.
+    pub const RES_PREEMPTED: u8 = 3;
+}
+
+fn registrants_only_or_all(t: u8) -> bool {
+    matches!(t, ty::WE_RO | ty::EA_RO | ty::WE_AR | ty::EA_AR)
+}
+
+/// The reservation notifications a change `out` by `issuer` that turned
+/// `before` into `after` gives hosts other than the issuer: (host, [`notice`]
+/// type). Preempt (and abort): registration preempted to the hosts it removed,
+/// reservation released to the remaining registrants when the type changed.
+/// Release: reservation released to the registrants when a registrants-only or
+/// all-registrants reservation ended. Unregistering the holder of such a
+/// reservation: the same. Clear: reservation preempted to every other
+/// registrant. NVMe hosts only (SCSI registrants get unit attentions instead).
+pub fn notices(before: &PrState, after: &PrState, issuer: &Nexus, out: &PrOut) -> Vec<(Nexus, u8)> {
+    let other = |n: &Nexus| n != issuer && n.initiator.starts_with("nvme:");
+    let regs = |s: &PrState| -> Vec<Nexus> {
+        s.regs
+            .iter()
+            .map(|r| Nexus::new(r.nexus.clone(), r.port))
+            .filter(|n| other(n))
+            .collect()
+    };
+    let tagged = |v: Vec<Nexus>, t: u8| v.into_iter().map(|n| (n, t)).collect::<Vec<_>>();
+    let old_ty = before.res.as_ref().map(|r| r.ty);
+    let new_ty = after.res.as_ref().map(|r| r.ty);
+    let released = old_ty.is_some_and(registrants_only_or_all) && new_ty.is_none();
+    match out.sa {
+        // PREEMPT, PREEMPT AND ABORT
+        4 | 5 => {
+            let mut v = tagged(
+                removed(before, after)
+                    .into_iter()
+                    .filter(|n| other(n))
+                    .collect(),
+                notice::REG_PREEMPTED,
+            );
+            if old_ty.is_some() && new_ty.is_some() && old_ty != new_ty {
+                v.extend(tagged(regs(after), notice::RES_RELEASED));
+            }
+            v
+        }
+        // RELEASE; REGISTER (unregistration of the holder)
+        2 | 0 | 6 if released => tagged(regs(after), notice::RES_RELEASED),
+        // CLEAR
+        3 => tagged(regs(before), notice::RES_PREEMPTED),
+        _ => Vec::new(),
+    }
+}
+
 /// The Reservation Report data of `state` (`extended`: 128-bit host
 /// identifiers), whole; the caller truncates to what the host asked.
 pub fn report(state: &PrState, extended: bool) -> Vec<u8> {
@@ -255,7 +333,9 @@ pub fn report(state: &PrState, extended: bool) -> Vec<u8> {
     d[4] = nvme_type(res_ty);
     let n = state.regs.len().min(usize::from(u16::MAX)) as u16;
     d[5..7].copy_from_slice(&n.to_le_bytes());
-    d[9] = u8::from(state.aptpl);
+    // PTPLS: the state is stored on every change whatever CPTPL said (feature
+    // 83h reports the same).
+    d[9] = 1;
     let all = res_ty == ty::WE_AR || res_ty == ty::EA_AR;
     for (i, r) in state.regs.iter().enumerate() {
         let e = &mut d[hdr + i * entry..hdr + (i + 1) * entry];
@@ -281,6 +361,15 @@ pub fn report(state: &PrState, extended: bool) -> Vec<u8> {
 /// The Report command's data length (NUMD + 1 dwords) and extended flag.
 pub fn report_params(sqe: &Sqe) -> (u64, bool) {
     ((u64::from(sqe.cdw(10)) + 1) * 4, sqe.cdw(11) & 1 != 0)
+}
+
+/// What a reservation change did to other hosts.
+#[derive(Debug, Default)]
+pub struct Changed {
+    /// The registrants it removed (a preempt's).
+    pub removed: Vec<Nexus>,
+    /// The notifications it gives ([`notices`]).
+    pub notices: Vec<(Nexus, u8)>,
 }
 
 /// A namespace's reservation state: its own (saved to a file when it has one) or,
@@ -345,9 +434,11 @@ impl NsResv {
     }
 
     /// Runs `out` on this namespace's own state (saved when it changed).
-    /// `what` names the namespace for the log.
-    pub fn run_local(&self, nexus: &Nexus, out: &PrOut, what: &str) -> Result<bool, Status> {
+    /// `what` names the namespace for the log. The registrants it removed (a
+    /// preempt's), or the status it fails with.
+    pub fn run_local(&self, nexus: &Nexus, out: &PrOut, what: &str) -> Result<Changed, Status> {
         let mut g = self.lock();
+        let before = g.clone();
         let r = run(&mut g, nexus, out);
         self.active.store(g.any(), Ordering::Release);
         if r == Ok(true) {
@@ -357,7 +448,10 @@ impl NsResv {
                 }
             }
         }
-        r
+        r.map(|_| Changed {
+            removed: removed(&before, &g),
+            notices: notices(&before, &g, nexus, out),
+        })
     }
 }
 
@@ -431,6 +525,57 @@ mod tests {
         let rel = sqe(io_op::RESV_RELEASE, 1 << 8, 0);
         assert_eq!(exec(&mut s, &a, &rel, &keys(0xa, 0)[..8]), Ok(true));
         assert!(!s.conflicts(&b, Access::Write));
+    }
+
+    #[test]
+    fn notices_go_to_the_hosts_a_change_concerns_never_to_its_issuer() {
+        let a = nexus("nqn.a", &[1; 16]);
+        let b = nexus("nqn.b", &[2; 16]);
+        let scsi = Nexus::new("iqn.x,i,0x1", 1);
+        let mut s = PrState::default();
+        let reg = sqe(io_op::RESV_REGISTER, 0, 0);
+        exec(&mut s, &a, &reg, &keys(0, 1)).unwrap();
+        exec(&mut s, &b, &reg, &keys(0, 2)).unwrap();
+        s.out(&scsi, 0, 0, &crate::frontend::scsi::pr::param(0, 3, false))
+            .unwrap();
+        let change = |s: &mut PrState, who: &Nexus, q: Sqe, d: &[u8]| {
+            let before = s.clone();
+            let out = to_pr_out(s, who, &q, d).unwrap().unwrap();
+            run(s, who, &out).unwrap();
+            notices(&before, s, who, &out)
+        };
+        // B: write exclusive, registrants only, then release: A is told, not
+        // B nor the SCSI registrant.
+        change(&mut s, &b, sqe(io_op::RESV_ACQUIRE, 3 << 8, 0), &keys(2, 0));
+        let n = change(
+            &mut s,
+            &b,
+            sqe(io_op::RESV_RELEASE, 3 << 8, 0),
+            &keys(2, 0)[..8],
+        );
+        assert_eq!(n, vec![(a.clone(), notice::RES_RELEASED)]);
+        // A plain write exclusive released: nobody.
+        change(&mut s, &b, sqe(io_op::RESV_ACQUIRE, 1 << 8, 0), &keys(2, 0));
+        let n = change(
+            &mut s,
+            &b,
+            sqe(io_op::RESV_RELEASE, 1 << 8, 0),
+            &keys(2, 0)[..8],
+        );
+        assert!(n.is_empty(), "{n:?}");
+        // A preempts B: B's registration preempted.
+        change(&mut s, &b, sqe(io_op::RESV_ACQUIRE, 1 << 8, 0), &keys(2, 0));
+        let n = change(
+            &mut s,
+            &a,
+            sqe(io_op::RESV_ACQUIRE, 2 | (1 << 8), 0),
+            &keys(1, 2),
+        );
+        assert_eq!(n, vec![(b.clone(), notice::REG_PREEMPTED)]);
+        // B again; A clears: B's reservation preempted.
+        exec(&mut s, &b, &reg, &keys(0, 2)).unwrap();
+        let n = change(&mut s, &a, sqe(io_op::RESV_RELEASE, 1, 0), &keys(1, 0)[..8]);
+        assert_eq!(n, vec![(b, notice::RES_PREEMPTED)]);
     }
 
     #[test]

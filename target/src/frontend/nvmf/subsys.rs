@@ -16,6 +16,38 @@ pub const DISCOVERY_NQN: &str = "nqn.2014-08.org.nvmexpress.discovery";
 pub const MAX_PENDING_AENS: usize = 16;
 /// Changed namespace ids kept per controller (more: the log says "more than 1024").
 pub const MAX_CHANGED_NS: usize = 1024;
+/// Reservation notification log pages (log 80h) kept per controller until the
+/// host reads them; past it the oldest is dropped (the host sees the gap in the
+/// log page count).
+pub const MAX_RESV_NOTICES: usize = 64;
+/// Reservation notification mask bits (Set Features 82h): registration
+/// preempted, reservation released, reservation preempted.
+pub const RESV_MASK_BITS: u32 = 0x0e;
+
+/// One reservation notification log page: its count, type and namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResvNotice {
+    /// Log page count (1.., wrapping to 1).
+    pub count: u64,
+    /// Type ([`super::resv::notice`]).
+    pub ty: u8,
+    /// Namespace id.
+    pub nsid: u32,
+}
+
+/// A controller's reservation notifications and their masks.
+#[derive(Debug, Default)]
+struct ResvLog {
+    /// Count of the last log page made.
+    count: u64,
+    /// Pages not yet read, oldest first.
+    pages: VecDeque<ResvNotice>,
+    /// A "reservation log page available" event went out and the host has not
+    /// read the log since (no more such events until it does).
+    aen_out: bool,
+    /// Masks by namespace id (absent: 0, nothing masked).
+    masks: BTreeMap<u32, u32>,
+}
 
 /// The identity of a namespace as hosts see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -163,6 +195,8 @@ pub struct Ctrl {
     aens: Mutex<VecDeque<u32>>,
     /// Namespaces changed since the host last read the changed list.
     changed: Mutex<Vec<u32>>,
+    /// Reservation notifications (log 80h) and their masks (feature 82h).
+    resv_log: Mutex<ResvLog>,
     /// Counters.
     pub stats: CtrlStats,
 }
@@ -206,6 +240,7 @@ impl Ctrl {
             io_qids: Mutex::new(BTreeMap::new()),
             aens: Mutex::new(VecDeque::new()),
             changed: Mutex::new(Vec::new()),
+            resv_log: Mutex::new(ResvLog::default()),
             stats: CtrlStats::default(),
         }
     }
@@ -240,9 +275,10 @@ impl Ctrl {
     }
 
     /// Queues an asynchronous event (dword 0 of the AER's completion) if the
-    /// host enabled its kind (`aec_bit` of Set Features 0x0B); true if queued.
+    /// host enabled its kind (`aec_bit` of Set Features 0x0B; 0 for events no
+    /// configuration bit controls); true if queued.
     pub fn push_aen(&self, dw0: u32, aec_bit: u32) -> bool {
-        if self.aec.load(Ordering::Acquire) & aec_bit == 0 {
+        if aec_bit != 0 && self.aec.load(Ordering::Acquire) & aec_bit == 0 {
             return false;
         }
         let mut q = lock(&self.aens);
@@ -267,6 +303,53 @@ impl Ctrl {
         if c.len() <= MAX_CHANGED_NS && !c.contains(&nsid) {
             c.push(nsid);
         }
+    }
+
+    /// A reservation notification of type `ty` for namespace `nsid`, unless the
+    /// host masked it; true when a "reservation log page available" event is
+    /// to go out (none is outstanding).
+    pub fn resv_notice(&self, ty: u8, nsid: u32) -> bool {
+        let mut g = lock(&self.resv_log);
+        if g.masks.get(&nsid).copied().unwrap_or(0) & (1 << ty) != 0 {
+            return false;
+        }
+        g.count = g.count.checked_add(1).unwrap_or(1);
+        let count = g.count;
+        if g.pages.len() >= MAX_RESV_NOTICES {
+            g.pages.pop_front();
+        }
+        g.pages.push_back(ResvNotice { count, ty, nsid });
+        !std::mem::replace(&mut g.aen_out, true)
+    }
+
+    /// Reads (and removes) the oldest reservation notification with the number
+    /// of pages left; `rae` clear: the next notification may raise an event
+    /// again (true when pages are left and one should go out now).
+    pub fn take_resv_notice(&self, rae: bool) -> (Option<ResvNotice>, usize, bool) {
+        let mut g = lock(&self.resv_log);
+        let page = g.pages.pop_front();
+        let left = g.pages.len();
+        let mut again = false;
+        if !rae {
+            g.aen_out = left > 0;
+            again = left > 0;
+        }
+        (page, left, again)
+    }
+
+    /// Sets the reservation notification mask of namespace `nsid`.
+    pub fn set_resv_mask(&self, nsid: u32, mask: u32) {
+        let mut g = lock(&self.resv_log);
+        if mask == 0 {
+            g.masks.remove(&nsid);
+        } else {
+            g.masks.insert(nsid, mask);
+        }
+    }
+
+    /// The reservation notification mask of namespace `nsid`.
+    pub fn resv_mask(&self, nsid: u32) -> u32 {
+        lock(&self.resv_log).masks.get(&nsid).copied().unwrap_or(0)
     }
 
     /// Takes the changed namespace list.
