@@ -646,7 +646,11 @@ fn run(args: &Args) -> Result<bool, String> {
     let ok = res.failed_ios == 0 && res.verify_errors == 0 && quiesce_errors == 0;
     let refused = refusals(&t, &target_name, args.volume.is_some())?;
     let drl = match args.drl {
-        Some(_) => Some(t.volume_info(&target_name).map_err(|e| e.to_string())?.stats),
+        Some(_) => Some(
+            t.volume_info(&target_name)
+                .map_err(|e| e.to_string())?
+                .stats,
+        ),
         None => None,
     };
     let report = Report {

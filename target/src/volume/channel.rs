@@ -562,7 +562,12 @@ impl VolumeChannel {
     /// a write no longer waiting (failed by the fence) is ignored.
     pub(crate) fn drl_done(&self, token: u64, result: i32) {
         let slot = (token & 0xffff_ffff) as usize;
-        if self.ios.borrow().get(slot).is_none_or(|v| v.drl_token != token) {
+        if self
+            .ios
+            .borrow()
+            .get(slot)
+            .is_none_or(|v| v.drl_token != token)
+        {
             return;
         }
         self.stop_waiting(slot);
@@ -808,7 +813,10 @@ impl VolumeChannel {
 
     fn complete(&self, slot: usize, status: IoStatus) {
         let v = self.ios.borrow_mut().remove(slot);
-        debug_assert!(v.drl_token == 0, "a write completed while waiting for its mark");
+        debug_assert!(
+            v.drl_token == 0,
+            "a write completed while waiting for its mark"
+        );
         if let Some(d) = v.drl.as_ref().and_then(|l| l.layout.drl.as_ref()) {
             d.exit(v.io.offset_bytes, v.io.len_bytes);
         }

@@ -160,7 +160,6 @@ impl DrlShared {
         let bdev = Self::check(svc, volume, size_bytes, spec)?;
         let regions = regions_for(size_bytes, spec.region_bytes);
         let nreactors = svc.reactors().len().max(1) as u64;
-        counters.dirty_regions.store(0, Ordering::Relaxed);
         Ok(Arc::new(DrlShared {
             spec: spec.clone(),
             volume: volume.to_string(),
@@ -260,7 +259,6 @@ impl DrlShared {
             .map_err(|(full, _)| full.to_string())
     }
 }
-
 
 /// A write waiting for its regions' mark.
 struct Waiter {
@@ -494,6 +492,7 @@ impl DrlOwner {
         st.initialized = false;
         st.to_clean.clear();
         st.next_sweep = self.reactor.now() + DRL_CLEAN_IDLE;
+        d.counters.dirty_regions.store(0, Ordering::Relaxed);
         Ok(())
     }
 
@@ -556,7 +555,8 @@ impl DrlOwner {
                 return;
             }
         }
-        let Some(d) = st.cur.upgrade() else {
+        let (Some(d), Some(chan), true) = (st.cur.upgrade(), st.chan.clone(), st.buf.is_some())
+        else {
             // The volume or its log is gone: nobody waits for it any more.
             let pending = std::mem::take(&mut st.pending);
             answer(st, &pending, libc::EIO);
@@ -614,9 +614,6 @@ impl DrlOwner {
             (blk + lo / blk * blk, blk + hi.div_ceil(blk) * blk)
         };
         let io = buf.io();
-        let Some(chan) = st.chan.clone() else {
-            return;
-        };
         let flush_after = !waiters.is_empty() && d.bdev.volatile_write_cache();
         let pieces = (end - start).div_ceil(MAX_LOG_IO_BYTES as usize);
         st.writing = Some(Batch {

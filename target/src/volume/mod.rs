@@ -559,7 +559,15 @@ impl Volumes {
         if let Some(c) = current.filter(|c| c.same(spec.size_bytes, log)) {
             return Ok(Some(c));
         }
-        drl::DrlShared::new(t, &spec.name, id, spec.size_bytes, log, Arc::clone(counters)).map(Some)
+        drl::DrlShared::new(
+            t,
+            &spec.name,
+            id,
+            spec.size_bytes,
+            log,
+            Arc::clone(counters),
+        )
+        .map(Some)
     }
 
     /// Marks the volume quiesced (channels created from now on start closed) and
