@@ -158,9 +158,23 @@ impl DrlShared {
         counters: Arc<DrlCounters>,
     ) -> Result<Arc<DrlShared>, TargetError> {
         let bdev = Self::check(svc, volume, size_bytes, spec)?;
-        let regions = regions_for(size_bytes, spec.region_bytes);
         let nreactors = svc.reactors().len().max(1) as u64;
-        Ok(Arc::new(DrlShared {
+        Ok(Self::build(
+            volume, vol_id, size_bytes, spec, counters, bdev, nreactors,
+        ))
+    }
+
+    fn build(
+        volume: &str,
+        vol_id: u64,
+        size_bytes: u64,
+        spec: &DirtyLogSpec,
+        counters: Arc<DrlCounters>,
+        bdev: Arc<dyn Bdev>,
+        nreactors: u64,
+    ) -> Arc<DrlShared> {
+        let regions = regions_for(size_bytes, spec.region_bytes);
+        Arc::new(DrlShared {
             spec: spec.clone(),
             volume: volume.to_string(),
             vol_id,
@@ -175,7 +189,7 @@ impl DrlShared {
                 .collect(),
             waiting: AtomicUsize::new(0),
             counters,
-        }))
+        })
     }
 
     /// True when this state can serve a volume of `size_bytes` under `spec`
@@ -800,5 +814,124 @@ impl IoDone for DrlOwner {
             }),
             _ => self.write_done(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plexd_target_api::drl::MIN_REGION_BYTES;
+    use std::sync::atomic::AtomicBool;
+
+    fn shared(regions: u64) -> Arc<DrlShared> {
+        let spec = DirtyLogSpec {
+            bdev: "l".into(),
+            offset_bytes: 0,
+            section_bytes: section_bytes(regions),
+            node: 1,
+            log_id: 1,
+            region_bytes: MIN_REGION_BYTES,
+        };
+        let bdev = crate::bdev::null::NullBdev::new("l", 1 << 20, 512);
+        DrlShared::build(
+            "v",
+            0,
+            regions * MIN_REGION_BYTES,
+            &spec,
+            Arc::default(),
+            bdev,
+            1,
+        )
+    }
+
+    #[test]
+    fn a_region_is_cleaned_only_when_idle_for_a_whole_sweep() {
+        let d = shared(128);
+        let r3 = 3 * MIN_REGION_BYTES;
+        assert!(!d.enter(r3, 4096), "nothing is durable before a mark");
+        set_durable(&d, 3, 3);
+        assert!(d.enter(r3 + 4096, 4096), "a durable region needs no mark");
+        let mut clean = Vec::new();
+        sweep(&d, &mut clean);
+        assert!(clean.is_empty(), "writes in flight: kept");
+        assert!(d.durable_range(3, 3));
+        d.exit(r3, 4096);
+        d.exit(r3 + 4096, 4096);
+        sweep(&d, &mut clean);
+        assert!(
+            clean.is_empty(),
+            "a write completed since the last sweep: kept"
+        );
+        sweep(&d, &mut clean);
+        assert_eq!(clean, vec![3], "idle for a whole sweep period: cleaned");
+        assert!(!d.enter(r3, 4096), "a cleaned region needs a new mark");
+        d.exit(r3, 4096);
+        // A write spanning two regions counts in both.
+        assert_eq!(d.regions_of(5 * MIN_REGION_BYTES - 512, 1024), (4, 5));
+        assert_eq!(
+            d.regions_of(127 * MIN_REGION_BYTES, MIN_REGION_BYTES),
+            (127, 127)
+        );
+    }
+
+    /// Writers that found their region durable and the sweeper race; a region a
+    /// writer is relying on is never handed to the clean list (the Dekker
+    /// argument of the module doc).
+    #[test]
+    fn the_sweeper_never_cleans_a_region_a_writer_relies_on() {
+        const REGIONS: u64 = 8;
+        const ROUNDS: usize = 20_000;
+        const HOLD_SPINS: usize = 2_000;
+        let d = shared(REGIONS);
+        let cleaned: Vec<AtomicBool> = (0..REGIONS).map(|_| AtomicBool::new(false)).collect();
+        let stop = AtomicBool::new(false);
+        let relied = AtomicU64::new(0);
+        std::thread::scope(|sc| {
+            for t in 0..2u64 {
+                let (d, cleaned, stop, relied) = (&d, &cleaned, &stop, &relied);
+                sc.spawn(move || {
+                    let mut x = t + 1;
+                    while !stop.load(Ordering::Relaxed) {
+                        x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                        let r = (x >> 33) % REGIONS;
+                        let off = r * MIN_REGION_BYTES;
+                        if d.enter(off, 4096) {
+                            relied.fetch_add(1, Ordering::Relaxed);
+                            // Hold the region a while, as a write at the disk does.
+                            for _ in 0..HOLD_SPINS {
+                                std::hint::spin_loop();
+                            }
+                            assert!(
+                                !cleaned[r as usize].load(Ordering::SeqCst),
+                                "region {r} was cleaned while a write relied on it"
+                            );
+                        }
+                        d.exit(off, 4096);
+                    }
+                });
+            }
+            for round in 0..ROUNDS {
+                // The owner: marks every region durable again (as a mark would
+                // after its log write), then sweeps.
+                for r in 0..REGIONS {
+                    cleaned[r as usize].store(false, Ordering::SeqCst);
+                }
+                set_durable(&d, 0, REGIONS - 1);
+                let mut clean = Vec::new();
+                // Two sweeps: the first clears the touched bits.
+                sweep(&d, &mut clean);
+                sweep(&d, &mut clean);
+                for r in &clean {
+                    cleaned[*r as usize].store(true, Ordering::SeqCst);
+                }
+                // A cleaned region stays non-durable until marked again: a writer
+                // that enters now waits, so it cannot rely on it.
+                for r in &clean {
+                    assert!(!d.durable_range(*r, *r), "round {round}");
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+        assert!(relied.load(Ordering::Relaxed) > 0);
     }
 }
