@@ -12,6 +12,7 @@ use plexd_target::bdev::malloc::MallocBdev;
 use plexd_target::bdev::uring::UringBdev;
 use plexd_target::bdev::IoStatus;
 use plexd_target::diag::{run_ios, IoReq};
+use plexd_target::lease::FENCED_ERRNO;
 use plexd_target::reactor::ReactorConfig;
 use plexd_target::testutil::{pattern, TempPath};
 use plexd_target::volume::drl::DRL_CLEAN_IDLE;
@@ -71,6 +72,11 @@ fn spec(log_id: u64) -> VolumeSpec {
 /// A 2-reactor target with a two-way mirror (malloc plexes m0, m1) whose log is
 /// node 2's section of an error bdev `elog` over a uring file.
 fn setup() -> Setup {
+    setup_with(false)
+}
+
+/// [`setup`], the volume shared (served under the lease) when `shared`.
+fn setup_with(shared: bool) -> Setup {
     let _ = env_logger::builder().is_test(true).try_init();
     let t = Target::start(&TargetConfig {
         reactors: ReactorConfig {
@@ -89,7 +95,7 @@ fn setup() -> Setup {
     t.add_bdev(u.clone()).unwrap();
     let elog = ErrorBdev::new("elog", u);
     t.add_bdev(elog.clone()).unwrap();
-    t.create_volume(&spec(1)).unwrap();
+    t.create_volume(&VolumeSpec { shared, ..spec(1) }).unwrap();
     Setup { t, elog, log_file }
 }
 
@@ -310,4 +316,31 @@ fn a_log_that_does_not_fit_is_refused() {
     }
     let e = s.t.create_volume(&odd).unwrap_err().to_string();
     assert!(e.contains("power of two"), "{e}");
+}
+
+#[test]
+fn the_lease_fence_fails_a_write_waiting_for_its_mark() {
+    let s = setup_with(true);
+    // The mark's log write takes 3 s; the lease runs out long before.
+    s.elog.injection().set_latency_us(3_000_000);
+    s.t.renew_lease(400).unwrap();
+    let off = 30 * REGION;
+    let st = s.write(off, 4096, 9);
+    assert_eq!(st, IoStatus::Failed(FENCED_ERRNO));
+    // Failed at the expiry, not when its log write answered.
+    assert_eq!(s.stats().log_waits, 1);
+    assert_eq!(
+        s.stats().log_writes,
+        0,
+        "the write waited for the log write"
+    );
+    // The late answer is ignored: the write never reaches the plexes.
+    wait_for("the log write to complete", IO_TIMEOUT, || {
+        s.stats().log_writes >= 1
+    });
+    for m in ["m0", "m1"] {
+        let (_, data) = s.ios(0, m, vec![IoReq::read(off, 4096)]).remove(0);
+        assert!(data.iter().all(|&b| b == 0), "plex {m} was written");
+    }
+    assert_eq!(s.t.volume_info("v").unwrap().inflight, 0);
 }
