@@ -367,24 +367,36 @@ struct DrlOwner {
     st: RefCell<OwnerState>,
 }
 
-/// The owners on one reactor, by volume id, and whether their poller runs.
+/// The owners on one reactor, by volume id, whether their poller runs, and when
+/// it next has work (it costs one comparison per reactor iteration until then).
 #[derive(Default)]
 struct DrlOwners {
     map: RefCell<HashMap<u64, Rc<DrlOwner>>>,
     poller: Cell<bool>,
+    due: Cell<Option<Instant>>,
+}
+
+impl DrlOwners {
+    /// The poller has work at `at` (or earlier).
+    fn due_by(&self, at: Instant) {
+        if self.due.get().is_none_or(|d| at < d) {
+            self.due.set(Some(at));
+        }
+    }
 }
 
 struct OwnersPoller {
-    reactor: RcWeak<Reactor>,
+    owners: Rc<DrlOwners>,
 }
 
 impl Poller for OwnersPoller {
     fn poll(&self, now: Instant) -> usize {
-        let Some(r) = self.reactor.upgrade() else {
+        if self.owners.due.get().is_none_or(|d| now < d) {
             return 0;
-        };
-        let owners = r.local::<DrlOwners>();
-        let list: Vec<(u64, Rc<DrlOwner>)> = owners
+        }
+        self.owners.due.set(None);
+        let list: Vec<(u64, Rc<DrlOwner>)> = self
+            .owners
             .map
             .borrow()
             .iter()
@@ -394,26 +406,21 @@ impl Poller for OwnersPoller {
         for (k, o) in list {
             work += o.tick(now);
             if o.idle_and_gone() {
-                owners.map.borrow_mut().remove(&k);
+                self.owners.map.borrow_mut().remove(&k);
+                continue;
             }
+            let st = o.st.borrow();
+            self.owners.due_by(if st.retry.is_empty() {
+                st.next_sweep
+            } else {
+                now
+            });
         }
         work
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        let r = self.reactor.upgrade()?;
-        let owners = r.local::<DrlOwners>();
-        let map = owners.map.borrow();
-        map.values()
-            .map(|o| {
-                let st = o.st.borrow();
-                if st.retry.is_empty() {
-                    st.next_sweep
-                } else {
-                    r.now()
-                }
-            })
-            .min()
+        self.owners.due.get()
     }
 }
 
@@ -422,9 +429,10 @@ fn on_mark(r: &Rc<Reactor>, w: Waiter) {
     let owners = r.local::<DrlOwners>();
     if !owners.poller.replace(true) {
         r.add_poller(Rc::new(OwnersPoller {
-            reactor: Rc::downgrade(r),
+            owners: Rc::clone(&owners),
         }));
     }
+    owners.due_by(r.now() + DRL_CLEAN_IDLE);
     let owner = Rc::clone(
         owners
             .map
@@ -720,6 +728,7 @@ impl DrlOwner {
         };
         if let Err((_, msg)) = h.try_send(msg) {
             st.retry.push((reactor, msg));
+            self.reactor.local::<DrlOwners>().due_by(self.reactor.now());
         }
     }
 
