@@ -321,8 +321,9 @@ fn a_log_that_does_not_fit_is_refused() {
 #[test]
 fn the_lease_fence_fails_a_write_waiting_for_its_mark() {
     let s = setup_with(true);
-    // The mark's log write takes 3 s; the lease runs out long before.
-    s.elog.injection().set_latency_us(3_000_000);
+    // The mark's log write takes 4 s; the lease runs out long before (its expiry
+    // is seen within milliseconds normally, within seconds on a loaded machine).
+    s.elog.injection().set_latency_us(4_000_000);
     s.t.renew_lease(400).unwrap();
     let off = 30 * REGION;
     let st = s.write(off, 4096, 9);
