@@ -130,6 +130,11 @@ struct VolumeStats {
   parkedRefused @9 :UInt64;     # MAX_PARKED_IOS parked behind a closed gate (quiesce)
   heldRefused @10 :UInt64;      # MAX_HELD_WRITES held for a plex detach, or no detach could be queued
   inflightRefused @11 :UInt64;  # MAX_VOLUME_IOS already in flight or held
+  # The dirty region log (a volume with VolumeSpec.log).
+  logWrites @12 :UInt64;        # log writes completed (init, marks, cleans), the volume's total
+  logWaits @13 :UInt64;         # writes that waited for a log write before being issued
+  logDirtyRegions @14 :UInt64;  # regions dirty in this node's section as last written
+  logRefused @15 :UInt64;       # MAX_DRL_WAITING writes already waited (or the owner's mailbox was full)
 }
 
 struct PlexInfo {

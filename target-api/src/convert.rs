@@ -334,6 +334,10 @@ fn set_stats(mut b: k::volume_stats::Builder<'_>, s: &VolumeStats) {
     b.set_parked_refused(s.parked_refused);
     b.set_held_refused(s.held_refused);
     b.set_inflight_refused(s.inflight_refused);
+    b.set_log_writes(s.log_writes);
+    b.set_log_waits(s.log_waits);
+    b.set_log_dirty_regions(s.log_dirty_regions);
+    b.set_log_refused(s.log_refused);
 }
 
 fn read_stats(r: k::volume_stats::Reader<'_>) -> VolumeStats {
@@ -350,6 +354,10 @@ fn read_stats(r: k::volume_stats::Reader<'_>) -> VolumeStats {
         parked_refused: r.get_parked_refused(),
         held_refused: r.get_held_refused(),
         inflight_refused: r.get_inflight_refused(),
+        log_writes: r.get_log_writes(),
+        log_waits: r.get_log_waits(),
+        log_dirty_regions: r.get_log_dirty_regions(),
+        log_refused: r.get_log_refused(),
     }
 }
 
@@ -1066,6 +1074,10 @@ mod tests {
             parked_refused: 2,
             held_refused: 3,
             inflight_refused: 4,
+            log_writes: 5,
+            log_waits: 6,
+            log_dirty_regions: 7,
+            log_refused: 8,
             ..Default::default()
         };
         let mut msg = capnp::message::Builder::new_default();

@@ -229,6 +229,21 @@ pub struct VolumeStats {
     /// already tracked `MAX_VOLUME_IOS` (in flight or held; also in `failed_ops`).
     #[serde(default)]
     pub inflight_refused: u64,
+    /// Dirty region log writes completed (init, marks, cleans) for the volume on
+    /// this node (not per reactor: the volume's total).
+    #[serde(default)]
+    pub log_writes: u64,
+    /// Writes that waited for a dirty region log write before being issued.
+    #[serde(default)]
+    pub log_waits: u64,
+    /// Regions dirty in this node's log section as last written (a gauge).
+    #[serde(default)]
+    pub log_dirty_regions: u64,
+    /// Writes failed with `EAGAIN` because plexd-target's `MAX_DRL_WAITING` writes
+    /// already waited for the log, or its owner reactor's mailbox was full (also
+    /// in `failed_ops`).
+    #[serde(default)]
+    pub log_refused: u64,
 }
 
 impl VolumeStats {
@@ -246,5 +261,9 @@ impl VolumeStats {
         self.parked_refused += o.parked_refused;
         self.held_refused += o.held_refused;
         self.inflight_refused += o.inflight_refused;
+        self.log_writes += o.log_writes;
+        self.log_waits += o.log_waits;
+        self.log_dirty_regions += o.log_dirty_regions;
+        self.log_refused += o.log_refused;
     }
 }

@@ -27,6 +27,8 @@ fn parse_size(s: &str) -> Result<u64, String> {
 }
 use plexd_target::volume::{PlexKind, PlexSpec, PlexState, ReadPolicy, SubdiskSpec, VolumeSpec};
 use plexd_target::{Target, TargetConfig};
+use plexd_target_api::drl::{self, DirtyLogSpec};
+use plexd_target_api::volume::VolumeStats;
 
 /// The volume plexperf builds from --volume.
 const VOLUME_NAME: &str = "vol0";
@@ -77,6 +79,10 @@ struct Args {
     /// Reactor sleep policy: adaptive or always
     #[arg(long, default_value = "adaptive")]
     poll_mode: String,
+    /// A dirty region log for the --volume on bdev BDEV (one not in the volume):
+    /// BDEV[,region=SIZE] (default region 512K); writes then mark regions first
+    #[arg(long, value_name = "BDEV[,region=SIZE]")]
+    drl: Option<String>,
     /// Prepare/commit a layout change of the volume every MS milliseconds during the run
     #[arg(long)]
     quiesce_every: Option<u64>,
@@ -303,6 +309,31 @@ fn measure_idle(t: &Arc<Target>, secs: f64, json: bool) {
     }
 }
 
+/// The `--drl BDEV[,region=SIZE]` log of a volume of `size_bytes`: node 0's
+/// section at the start of BDEV.
+fn drl_spec(arg: &str, size_bytes: u64) -> Result<DirtyLogSpec, String> {
+    let mut parts = arg.split(',');
+    let bdev = parts.next().unwrap_or_default().to_string();
+    if bdev.is_empty() {
+        return Err(format!("--drl {arg:?}: expected BDEV[,region=SIZE]"));
+    }
+    let mut region_bytes = drl::DEFAULT_REGION_BYTES;
+    for p in parts {
+        match p.strip_prefix("region=") {
+            Some(v) => region_bytes = parse_size(v)?,
+            None => return Err(format!("--drl {arg:?}: unknown option {p:?}")),
+        }
+    }
+    Ok(DirtyLogSpec {
+        bdev,
+        offset_bytes: 0,
+        section_bytes: drl::section_bytes(drl::regions_for(size_bytes, region_bytes)),
+        node: 0,
+        log_id: 1,
+        region_bytes,
+    })
+}
+
 /// Adds the `--bdev`s and the `--volume`; returns the name of the bdev to load
 /// (the volume, else the first bdev).
 fn build_bdevs(t: &Arc<Target>, args: &Args) -> Result<String, String> {
@@ -314,7 +345,10 @@ fn build_bdevs(t: &Arc<Target>, args: &Args) -> Result<String, String> {
     }
     let target_name = match &args.volume {
         Some(v) => {
-            let spec = volume_spec(t, v)?;
+            let mut spec = volume_spec(t, v)?;
+            if let Some(d) = &args.drl {
+                spec.log = Some(drl_spec(d, spec.size_bytes)?);
+            }
             t.create_volume(&spec).map_err(|e| e.to_string())?;
             VOLUME_NAME.to_string()
         }
@@ -326,6 +360,9 @@ fn build_bdevs(t: &Arc<Target>, args: &Args) -> Result<String, String> {
     };
     if args.quiesce_every.is_some() && args.volume.is_none() {
         return Err("--quiesce-every needs --volume".into());
+    }
+    if args.drl.is_some() && args.volume.is_none() {
+        return Err("--drl needs --volume".into());
     }
     Ok(target_name)
 }
@@ -389,6 +426,8 @@ struct Report<'a> {
     /// I/O the loaded bdev refused with EAGAIN (a bounded queue was full), by
     /// cause: the kernel interface's refusal counters.
     refused: Vec<(&'static str, u64)>,
+    /// The volume's counters when it has a dirty region log (`--drl`).
+    drl: Option<VolumeStats>,
     /// Present with `--nvmf`: `reactors` then counts queue pairs.
     nvmf: Option<&'a NvmfJobConfig>,
 }
@@ -423,6 +462,13 @@ impl Report<'_> {
                 .map(|(k, n)| (k.to_string(), serde_json::json!(n)))
                 .collect::<serde_json::Map<String, serde_json::Value>>(),
         });
+        if let Some(s) = &self.drl {
+            o["drl"] = serde_json::json!({
+                "log_writes": s.log_writes,
+                "log_waits": s.log_waits,
+                "dirty_regions": s.log_dirty_regions,
+            });
+        }
         if let Some(n) = self.nvmf {
             o["qpairs"] = serde_json::json!(n.qpairs);
             o["nsid"] = serde_json::json!(n.nsid);
@@ -470,6 +516,12 @@ impl Report<'_> {
         );
         let cpu: Vec<String> = res.cpu_pct.iter().map(|c| format!("{c:.0}%")).collect();
         println!("  CPU         {}", cpu.join(" "));
+        if let Some(s) = &self.drl {
+            println!(
+                "  dirty log   {} log writes, {} writes waited for one, {} regions dirty",
+                s.log_writes, s.log_waits, s.log_dirty_regions
+            );
+        }
         println!(
             "  failed I/Os {}   verify errors {}",
             res.failed_ios, res.verify_errors
@@ -510,6 +562,7 @@ fn refusals(t: &Target, name: &str, volume: bool) -> Result<Vec<(&'static str, u
             ("parked", s.parked_refused),
             ("held", s.held_refused),
             ("inflight", s.inflight_refused),
+            ("log", s.log_refused),
         ]);
     }
     let b = t.bdev(name).map_err(|e| e.to_string())?;
@@ -518,8 +571,14 @@ fn refusals(t: &Target, name: &str, volume: bool) -> Result<Vec<(&'static str, u
 
 /// `--nvmf URL`: loads an NVMe/TCP target through plexperf's own initiator.
 fn run_nvmf(args: &Args, url: &str) -> Result<bool, String> {
-    if !args.bdevs.is_empty() || args.volume.is_some() || args.quiesce_every.is_some() {
-        return Err("--nvmf loads a remote target: no --bdev, --volume or --quiesce-every".into());
+    if !args.bdevs.is_empty()
+        || args.volume.is_some()
+        || args.drl.is_some()
+        || args.quiesce_every.is_some()
+    {
+        return Err(
+            "--nvmf loads a remote target: no --bdev, --volume, --drl or --quiesce-every".into(),
+        );
     }
     let cores = parse_cores(&args.cores)?;
     let cfg = NvmfJobConfig {
@@ -546,6 +605,7 @@ fn run_nvmf(args: &Args, url: &str) -> Result<bool, String> {
         res: &res,
         quiesce: None,
         refused: Vec::new(),
+        drl: None,
         nvmf: Some(&cfg),
     };
     if args.json {
@@ -589,6 +649,14 @@ fn run(args: &Args) -> Result<bool, String> {
     let quiesce_errors = quiesce.as_ref().map_or(0, |q| q.errors);
     let ok = res.failed_ios == 0 && res.verify_errors == 0 && quiesce_errors == 0;
     let refused = refusals(&t, &target_name, args.volume.is_some())?;
+    let drl = match args.drl {
+        Some(_) => Some(
+            t.volume_info(&target_name)
+                .map_err(|e| e.to_string())?
+                .stats,
+        ),
+        None => None,
+    };
     let report = Report {
         args,
         target_name: &target_name,
@@ -598,6 +666,7 @@ fn run(args: &Args) -> Result<bool, String> {
         res: &res,
         quiesce: quiesce.as_ref(),
         refused,
+        drl,
         nvmf: None,
     };
     if args.json {

@@ -7,6 +7,12 @@
 //! with [`FENCED_ERRNO`] (parked I/O and held writes were failed at expiry by
 //! [`VolumeChannel::fence`]); children already at the disk complete normally.
 //!
+//! A volume with a dirty region log (`super::drl`) marks a write's regions before
+//! issuing it: a write whose regions are durably dirty goes straight on (two
+//! atomics); another waits, counted as in flight, for the owner's answer
+//! (`drl_done`), at most [`super::drl::MAX_DRL_WAITING`] per volume. The lease
+//! fence fails waiting writes like parked I/O.
+//!
 //! Bounds: at most [`MAX_VOLUME_IOS`] I/Os are tracked (at the plexes or held), at
 //! most [`MAX_PARKED_IOS`] I/Os wait behind a closed gate and at most
 //! [`MAX_HELD_WRITES`] writes are held for a plex detach, per channel; past them
@@ -17,9 +23,11 @@ use plexd_target_api::volume::VolumeStats;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::drl::MAX_DRL_WAITING;
 use super::spec::{Layout, PlexState, ReadPolicy};
 use super::VolumeShared;
 use crate::bdev::{
@@ -123,6 +131,12 @@ struct VolIo {
     start: Option<Instant>,
     /// Completed on every plex but held until failed plexes are detached.
     held: bool,
+    /// The layout whose dirty region log counts this write in its regions
+    /// (set once the write entered the log).
+    drl: Option<Rc<ChLayout>>,
+    /// Nonzero while the write waits for its regions' mark: the token the owner
+    /// answers with (slot in the low 32 bits, a generation above).
+    drl_token: u64,
 }
 
 /// A volume's channel on one reactor.
@@ -151,6 +165,8 @@ pub(crate) struct VolumeChannel {
     /// A refusal was logged since the gate last opened or the in-flight count
     /// last reached zero (one line per episode).
     refusal_logged: Cell<bool>,
+    /// Generation of the dirty region log tokens (never 0).
+    drl_gen: Cell<u32>,
 }
 
 /// One I/O in this many has its latency measured (reading the clock costs).
@@ -189,6 +205,7 @@ impl VolumeChannel {
             lease: reactor.local::<ReactorLease>(),
             is_shared: Cell::new(is_shared),
             refusal_logged: Cell::new(false),
+            drl_gen: Cell::new(0),
         });
         *ch.me.borrow_mut() = Rc::downgrade(&ch);
         Ok(ch)
@@ -287,21 +304,34 @@ impl VolumeChannel {
         }
         let parked: Vec<BdevIo> = self.parked.borrow_mut().drain(..).collect();
         let held: Vec<usize> = self.held.borrow_mut().drain(..).collect();
-        if parked.is_empty() && held.is_empty() {
+        let waiting: Vec<usize> = self
+            .ios
+            .borrow()
+            .iter()
+            .filter(|(_, v)| v.drl_token != 0)
+            .map(|(s, _)| s)
+            .collect();
+        if parked.is_empty() && held.is_empty() && waiting.is_empty() {
             return;
         }
         log::debug!(
-            "volume {} on reactor {}: lease expired; failing {} parked I/O(s) and {} held write(s)",
+            "volume {} on reactor {}: lease expired; failing {} parked I/O(s), {} held write(s) \
+             and {} write(s) waiting for the dirty region log",
             self.shared.name,
             self.reactor.id(),
             parked.len(),
-            held.len()
+            held.len(),
+            waiting.len()
         );
         for io in parked {
             self.fail_fenced(io);
         }
         for slot in held {
             self.complete(slot, IoStatus::Failed(FENCED_ERRNO));
+        }
+        for slot in waiting {
+            self.stop_waiting(slot);
+            self.finish(slot, IoStatus::Failed(FENCED_ERRNO));
         }
     }
 
@@ -443,6 +473,11 @@ impl VolumeChannel {
             );
             return;
         }
+        if matches!(io.kind, IoKind::Write | IoKind::WriteZeroes | IoKind::Unmap)
+            && !self.drl_ready(&l, slot, &io)
+        {
+            return;
+        }
         {
             let mut ios = self.ios.borrow_mut();
             let v = &mut ios[slot];
@@ -462,6 +497,86 @@ impl VolumeChannel {
         self.ios.borrow_mut()[slot].pending = sent;
         if sent == 0 {
             self.finish(slot, IoStatus::Success);
+        }
+    }
+
+    /// The dirty region log's step of a write: true when it may be issued now
+    /// (no log, already entered, or its regions are durably dirty); false when it
+    /// waits for a mark or was failed.
+    #[inline]
+    fn drl_ready(&self, l: &Rc<ChLayout>, slot: usize, io: &IoShape) -> bool {
+        let Some(drl) = &l.layout.drl else {
+            return true;
+        };
+        {
+            let mut ios = self.ios.borrow_mut();
+            let v = &mut ios[slot];
+            if v.drl.is_some() {
+                return true;
+            }
+            v.drl = Some(Rc::clone(l));
+        }
+        if drl.enter(io.offset_bytes, io.len_bytes) {
+            return true;
+        }
+        let refuse = |why: &str| {
+            self.stats.borrow_mut().log_refused += 1;
+            self.log_refusal(why);
+            self.finish(slot, IoStatus::Failed(RETRY_ERRNO));
+            false
+        };
+        if drl.waiting.fetch_add(1, Ordering::Relaxed) >= MAX_DRL_WAITING {
+            drl.waiting.fetch_sub(1, Ordering::Relaxed);
+            return refuse("MAX_DRL_WAITING writes wait for the dirty region log");
+        }
+        let mut gen = self.drl_gen.get().wrapping_add(1);
+        if gen == 0 {
+            gen = 1;
+        }
+        self.drl_gen.set(gen);
+        let token = (u64::from(gen) << 32) | slot as u64;
+        self.ios.borrow_mut()[slot].drl_token = token;
+        self.stats.borrow_mut().log_waits += 1;
+        if let Err(e) = drl.request_mark(&self.reactor, io.offset_bytes, io.len_bytes, token) {
+            self.stop_waiting(slot);
+            return refuse(&format!("the dirty region log owner is unreachable ({e})"));
+        }
+        false
+    }
+
+    /// The write in `slot` no longer waits for a mark (answered or failed).
+    fn stop_waiting(&self, slot: usize) {
+        let l = {
+            let mut ios = self.ios.borrow_mut();
+            let v = &mut ios[slot];
+            v.drl_token = 0;
+            v.drl.clone()
+        };
+        if let Some(d) = l.as_ref().and_then(|l| l.layout.drl.as_ref()) {
+            d.waiting.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The log owner's answer for the write waiting with `token`: 0 = its regions
+    /// are durably dirty (issue it), else the errno to fail it with. An answer for
+    /// a write no longer waiting (failed by the fence) is ignored.
+    pub(crate) fn drl_done(&self, token: u64, result: i32) {
+        let slot = (token & 0xffff_ffff) as usize;
+        if self
+            .ios
+            .borrow()
+            .get(slot)
+            .is_none_or(|v| v.drl_token != token)
+        {
+            return;
+        }
+        self.stop_waiting(slot);
+        if self.fenced() {
+            self.finish(slot, IoStatus::Failed(FENCED_ERRNO));
+        } else if result != 0 {
+            self.finish(slot, IoStatus::Failed(result));
+        } else {
+            self.start(slot);
         }
     }
 
@@ -698,6 +813,13 @@ impl VolumeChannel {
 
     fn complete(&self, slot: usize, status: IoStatus) {
         let v = self.ios.borrow_mut().remove(slot);
+        debug_assert!(
+            v.drl_token == 0,
+            "a write completed while waiting for its mark"
+        );
+        if let Some(d) = v.drl.as_ref().and_then(|l| l.layout.drl.as_ref()) {
+            d.exit(v.io.offset_bytes, v.io.len_bytes);
+        }
         self.count(&v.io, status);
         let mut s = self.stats.borrow_mut();
         if let Some(start) = v.start {
@@ -758,6 +880,8 @@ impl BdevChannel for VolumeChannel {
             errno: 0,
             start: (self.submitted.get().is_multiple_of(LATENCY_SAMPLE_EVERY)).then(Instant::now),
             held: false,
+            drl: None,
+            drl_token: 0,
         });
         self.in_submit.set(true);
         self.start(slot);

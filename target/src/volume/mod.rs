@@ -5,6 +5,8 @@
 //!   the offset mapping.
 //! - `channel`: the reactor-local I/O path (gate, mirror fan-out, read retry,
 //!   held writes).
+//! - [`drl`]: the dirty region log (marks before mirrored writes, batched log
+//!   writes on one owner reactor, lazy cleaning of idle regions).
 //! - [`copy`]: the copy of a range from an ACTIVE plex to a SYNCING one (one
 //!   chunk of a resync, run under the caller's fence).
 //! - this module: [`Volumes`], the per-target registry that owns every volume's
@@ -28,6 +30,7 @@
 pub use plexd_target_api::volume::{PlexInfo, VolumeInfo};
 mod channel;
 pub mod copy;
+pub mod drl;
 pub mod spec;
 
 pub use channel::{MAX_HELD_WRITES, MAX_PARKED_IOS, MAX_VOLUME_IOS};
@@ -80,6 +83,8 @@ pub(crate) struct VolumeShared {
     /// nobody will detach the plex (the detach queue is full), so the write that
     /// failed must not be held.
     notify: Box<dyn Fn(Event) -> bool + Send + Sync>,
+    /// The dirty region log's counters (kept across log specs).
+    drl_counters: Arc<drl::DrlCounters>,
 }
 
 impl VolumeShared {
@@ -335,6 +340,18 @@ fn call_err(name: &str) -> impl Fn(crate::reactor::CallError) -> TargetError + '
     }
 }
 
+/// Delivers the dirty region log owner's answers to this reactor's channels
+/// (`(volume id, token, result)`; see [`drl`]).
+pub(crate) fn drl_answers(r: &Reactor, answers: Vec<drl::Answer>) {
+    let loc = r.local::<LocalVolumes>();
+    for (vol, token, result) in answers {
+        let ch = loc.chans.borrow().get(&vol).cloned();
+        if let Some(c) = ch {
+            c.drl_done(token, result);
+        }
+    }
+}
+
 /// Fails what waits on this reactor's shared volumes (the lease ran out here).
 pub(crate) fn fence_reactor(r: &Reactor) {
     let chans: Vec<Rc<VolumeChannel>> = r
@@ -364,7 +381,7 @@ impl Volumes {
     /// Creates a volume from `spec` and registers it as a bdev of the same name.
     pub(crate) fn create(self: &Arc<Self>, spec: &VolumeSpec) -> Result<VolumeInfo, TargetError> {
         let t = &self.svc;
-        let layout = Arc::new(Layout::resolve(t, spec)?);
+        let mut layout = Layout::resolve(t, spec)?;
         let mut vols = self.map();
         if vols.contains_key(&spec.name) || t.bdev(&spec.name).is_ok() {
             return Err(TargetError::Exists {
@@ -372,12 +389,17 @@ impl Volumes {
                 name: spec.name.clone(),
             });
         }
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let drl_counters = Arc::new(drl::DrlCounters::default());
+        layout.drl = Self::drl_for(t, spec, id, None, &drl_counters)?;
+        let layout = Arc::new(layout);
         let weak = Arc::downgrade(self);
         let shared = Arc::new(VolumeShared {
             name: spec.name.clone(),
-            id: self
-                .next_id
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            id,
+            drl_counters,
             state: Mutex::new(CtlState {
                 current: Arc::clone(&layout),
                 staged: None,
@@ -491,8 +513,10 @@ impl Volumes {
                 format!("a staged layout cannot rename it to {}", new.name),
             ));
         }
-        let staged = Arc::new(Layout::resolve(t, new)?);
-        let epoch = Self::stage(&shared, staged)?;
+        let mut staged = Layout::resolve(t, new)?;
+        let current = shared.ctl().current.drl.clone();
+        staged.drl = Self::drl_for(t, new, shared.id, current, &shared.drl_counters)?;
+        let epoch = Self::stage(&shared, Arc::new(staged))?;
         let rx = match Self::close_gates(t, &shared, epoch) {
             Ok(rx) => rx,
             Err(e) => {
@@ -517,6 +541,33 @@ impl Volumes {
             });
         }
         Ok(started.elapsed())
+    }
+
+    /// The dirty region log state for `spec`: none without a log, `current` when
+    /// the log spec and geometry are unchanged, else a new one (its first mark
+    /// re-inits the section).
+    fn drl_for(
+        t: &Services,
+        spec: &VolumeSpec,
+        id: u64,
+        current: Option<Arc<drl::DrlShared>>,
+        counters: &Arc<drl::DrlCounters>,
+    ) -> Result<Option<Arc<drl::DrlShared>>, TargetError> {
+        let Some(log) = &spec.log else {
+            return Ok(None);
+        };
+        if let Some(c) = current.filter(|c| c.same(spec.size_bytes, log)) {
+            return Ok(Some(c));
+        }
+        drl::DrlShared::new(
+            t,
+            &spec.name,
+            id,
+            spec.size_bytes,
+            log,
+            Arc::clone(counters),
+        )
+        .map(Some)
     }
 
     /// Marks the volume quiesced (channels created from now on start closed) and
@@ -781,6 +832,8 @@ impl Volumes {
             parked += p;
             held += h;
         }
+        stats.log_writes = shared.drl_counters.log_writes.load(Ordering::Relaxed);
+        stats.log_dirty_regions = shared.drl_counters.dirty_regions.load(Ordering::Relaxed);
         let c = shared.ctl();
         let l = &c.current;
         Ok(VolumeInfo {

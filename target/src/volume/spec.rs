@@ -116,6 +116,9 @@ pub struct Layout {
     pub block_size: u32,
     /// Plexes in spec order.
     pub plexes: Vec<Plex>,
+    /// The dirty region log's state (`spec.log`), attached by the volume registry
+    /// after resolution (it outlives layouts that keep the same log spec).
+    pub(crate) drl: Option<Arc<super::drl::DrlShared>>,
 }
 
 impl Layout {
@@ -155,19 +158,24 @@ impl Layout {
         if !plexes.iter().any(|p| p.state == PlexState::Active) {
             return Err(bad("needs at least one ACTIVE plex".into()));
         }
+        if let Some(log) = &spec.log {
+            super::drl::DrlShared::check(target, &spec.name, spec.size_bytes, log)?;
+        }
         Ok(Layout {
             spec: spec.clone(),
             block_size,
             plexes,
+            drl: None,
         })
     }
 
-    /// Names of the bdevs this layout uses.
+    /// Names of the bdevs this layout uses (its dirty region log's included).
     pub fn bdev_names(&self) -> impl Iterator<Item = &str> {
         self.spec
             .plexes
             .iter()
             .flat_map(|p| p.columns.iter().flatten().map(|s| s.bdev.as_str()))
+            .chain(self.spec.log.iter().map(|l| l.bdev.as_str()))
     }
 }
 
