@@ -67,6 +67,8 @@ struct VolCreate {
   mirrors @4 :UInt32;          # 0 = default (2 for mirror layouts)
   columns @5 :UInt32;          # 0 = default (2 for stripe layouts)
   stripeUnitBytes @6 :UInt64;  # 0 = default (64 KiB)
+  drlOff @7 :Bool;             # --drl off: a mirrored volume without a dirty region log
+  regionBytes @8 :UInt64;      # --region-size: the log's region size; 0 = default (512 KiB)
 }
 
 struct VolResize {

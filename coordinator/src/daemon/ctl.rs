@@ -96,6 +96,10 @@ pub enum CtlChange {
         columns: u32,
         /// Stripe unit (0 = default).
         stripe_unit_bytes: u64,
+        /// `--drl off`.
+        drl_off: bool,
+        /// `--region-size` (0 = default).
+        region_bytes: u64,
     },
     /// `vol grow` / `vol shrink`.
     VolResize {
@@ -617,6 +621,8 @@ fn read_vol_create(x: c::vol_create::Reader<'_>) -> capnp::Result<CtlChange> {
         mirrors: x.get_mirrors(),
         columns: x.get_columns(),
         stripe_unit_bytes: x.get_stripe_unit_bytes(),
+        drl_off: x.get_drl_off(),
+        region_bytes: x.get_region_bytes(),
     })
 }
 

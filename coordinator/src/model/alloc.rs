@@ -12,14 +12,20 @@
 //! node): a concat plex goes on the single disk that fits it most tightly, else over the
 //! disks with the most free space; stripe columns go on the disks that fit a column most
 //! tightly. Within a disk, the extent that fits most tightly is used, else the largest.
+//!
+//! A mirrored volume's dirty region log ([`allocate_log`]) is one extent of
+//! [`LOG_SECTIONS`] sections, preferably on a disk none of the volume's plexes use,
+//! else on any disk with room; it is used space like a subdisk.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use thiserror::Error;
 
+use plexd_target_api::drl;
+
 use crate::model::{
-    DiskGroupConfig, Plex, PlexLayout, PlexState, Subdisk, VolumeLayout, ALLOC_ALIGN_BYTES,
-    MAX_SUBDISKS_PER_COLUMN,
+    DiskGroupConfig, Plex, PlexLayout, PlexState, Subdisk, VolumeLayout, VolumeLog,
+    ALLOC_ALIGN_BYTES, LOG_SECTIONS, MAX_SUBDISKS_PER_COLUMN,
 };
 use crate::size::format_size;
 
@@ -54,6 +60,11 @@ pub fn free_extents(dg: &DiskGroupConfig) -> Vec<(String, Vec<FreeExtent>)> {
         used.entry(sd.disk.as_str())
             .or_default()
             .push((sd.disk_offset_bytes, sd.len_bytes));
+    }
+    for log in dg.volumes.iter().filter_map(|v| v.log.as_ref()) {
+        used.entry(log.disk.as_str())
+            .or_default()
+            .push((log.disk_offset_bytes, log.len_bytes));
     }
     dg.disks
         .iter()
@@ -601,6 +612,149 @@ pub fn shrink_plexes(plexes: &[Plex], new_size_bytes: u64) -> Vec<Plex> {
         .collect()
 }
 
+/// A new log id for a log placed by the change that takes `dg` (as it is before
+/// the change) to its next seq: the group id's CRC32C in the high half, XOR the new
+/// seq. One change places at most one log, and the seq only grows, so ids are
+/// unique within a group; the group id part makes a log of a group created again
+/// on the same disks differ from the old one's.
+pub fn new_log_id(dg: &DiskGroupConfig) -> u64 {
+    (u64::from(crc32c::crc32c(dg.id.as_bytes())) << 32) ^ dg.seq.wrapping_add(1)
+}
+
+/// The geometry of a log for a volume of `volume_bytes` with regions of
+/// `region_bytes`: (section bytes, log bytes). Errors when the region size is not
+/// a power of two in range or the volume needs more regions than a section tracks.
+pub fn log_geometry(
+    volume: &str,
+    volume_bytes: u64,
+    region_bytes: u64,
+) -> Result<(u64, u64), AllocError> {
+    let error = |reason: String| AllocError {
+        volume: volume.to_string(),
+        reason,
+    };
+    if !region_bytes.is_power_of_two()
+        || !(drl::MIN_REGION_BYTES..=drl::MAX_REGION_BYTES).contains(&region_bytes)
+    {
+        return Err(error(format!(
+            "dirty region log region size {region_bytes} bytes is not a power of two from {} to {}",
+            format_size(drl::MIN_REGION_BYTES),
+            format_size(drl::MAX_REGION_BYTES)
+        )));
+    }
+    let regions = drl::regions_for(volume_bytes, region_bytes);
+    if regions > drl::MAX_DRL_REGIONS {
+        return Err(error(format!(
+            "a dirty region log with {} regions would track {regions} regions (at most {}): use a larger --region-size",
+            format_size(region_bytes),
+            drl::MAX_DRL_REGIONS
+        )));
+    }
+    let section = drl::section_bytes(regions);
+    Ok((section, section.saturating_mul(LOG_SECTIONS)))
+}
+
+/// Places a dirty region log of `len_bytes` for `volume` (whose plexes `dg`
+/// already holds as they will be): one aligned extent, the tightest fitting one on
+/// a disk none of the volume's plexes use, else the tightest on any disk. Returns
+/// (disk, offset).
+pub fn place_log(
+    dg: &DiskGroupConfig,
+    volume: &str,
+    len_bytes: u64,
+) -> Result<(String, u64), AllocError> {
+    let need = align_up(len_bytes);
+    let volume_disks: BTreeSet<&str> = dg
+        .volume(volume)
+        .into_iter()
+        .flat_map(|v| &v.plexes)
+        .flat_map(|p| p.subdisks.iter().map(|sd| sd.disk.as_str()))
+        .collect();
+    let free = free_extents(dg);
+    let best = |own: bool| {
+        free.iter()
+            .enumerate()
+            .filter(|(_, (disk, _))| volume_disks.contains(disk.as_str()) == own)
+            .flat_map(|(order, (disk, extents))| {
+                extents
+                    .iter()
+                    .filter(|e| e.len_bytes >= need)
+                    .map(move |e| (e.len_bytes, order, e.offset_bytes, disk))
+            })
+            .min()
+            .map(|(_, _, offset, disk)| (disk.clone(), offset))
+    };
+    best(false).or_else(|| best(true)).ok_or_else(|| AllocError {
+        volume: volume.to_string(),
+        reason: format!(
+            "no free extent of {} for its dirty region log ({} sections of {}; --drl off creates it without one; {})",
+            format_size(need),
+            LOG_SECTIONS,
+            format_size(need / LOG_SECTIONS),
+            Allocator::new(dg).free_summary()
+        ),
+    })
+}
+
+/// A new dirty region log with regions of `region_bytes` for `volume` of `dg`
+/// (the group with the volume's plexes placed, before the change's seq bump).
+pub fn allocate_log(
+    dg: &DiskGroupConfig,
+    volume: &str,
+    volume_bytes: u64,
+    region_bytes: u64,
+) -> Result<VolumeLog, AllocError> {
+    let (section_bytes, len_bytes) = log_geometry(volume, volume_bytes, region_bytes)?;
+    let (disk, disk_offset_bytes) = place_log(dg, volume, len_bytes)?;
+    Ok(VolumeLog {
+        disk,
+        disk_offset_bytes,
+        len_bytes,
+        section_bytes,
+        region_bytes,
+        log_id: new_log_id(dg),
+    })
+}
+
+/// The log of `volume` (in `dg`, with its plexes grown to `new_size_bytes`) after a
+/// grow: kept when it tracks the new size; else a new log of the same region size
+/// elsewhere (the old one is freed), else the old extent with the region size
+/// doubled until it fits. A new log gets a new id: the commit's quiesce drains the
+/// writes, so every data plane starts the new log clean.
+pub fn grow_log(
+    dg: &DiskGroupConfig,
+    volume: &str,
+    new_size_bytes: u64,
+) -> Result<Option<VolumeLog>, AllocError> {
+    let Some(old) = dg.volume(volume).and_then(|v| v.log.clone()) else {
+        return Ok(None);
+    };
+    if old.holds(new_size_bytes) {
+        return Ok(Some(old));
+    }
+    let mut without = dg.clone();
+    if let Some(v) = without.volumes.iter_mut().find(|v| v.name == volume) {
+        v.log = None;
+    }
+    let moved = allocate_log(&without, volume, new_size_bytes, old.region_bytes);
+    if moved.is_ok() {
+        return moved.map(Some);
+    }
+    let mut region_bytes = old.region_bytes;
+    while region_bytes < drl::MAX_REGION_BYTES {
+        region_bytes = region_bytes.saturating_mul(2);
+        let log = VolumeLog {
+            region_bytes,
+            log_id: new_log_id(dg),
+            ..old.clone()
+        };
+        if log.holds(new_size_bytes) {
+            return Ok(Some(log));
+        }
+    }
+    moved.map(Some)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -621,6 +775,7 @@ mod tests {
             volume: volume.into(),
             size_bytes: size,
             layout,
+            log: Default::default(),
         })
     }
 
@@ -970,6 +1125,7 @@ mod tests {
                             volume: format!("v{step}"),
                             size_bytes: rng.gen_range(1..40 * MIB),
                             layout,
+                            log: Default::default(),
                         }
                     }
                     _ if names.is_empty() => continue,

@@ -76,8 +76,12 @@ pub enum Change {
         size_bytes: u64,
         /// Requested layout.
         layout: VolumeLayout,
+        /// The dirty region log of a mirrored layout (ignored for one plex).
+        #[serde(default, skip_serializing_if = "LogPolicy::is_default")]
+        log: LogPolicy,
     },
-    /// `vol grow`: every plex is extended.
+    /// `vol grow`: every plex is extended; a log too small for the new size gets a
+    /// new place or larger regions (a new log id).
     VolGrow {
         /// Group.
         dg: String,

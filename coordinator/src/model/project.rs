@@ -1,8 +1,14 @@
 //! The projection of a disk group onto what the data plane builds: one
 //! [`VolumeSpec`] per volume (subdisk extents per plex column on the group's disk
-//! bdevs, stripe geometry, plex states, read policy), and the data plane's names of
-//! the group's objects. The one place a configuration becomes a data-plane layout.
+//! bdevs, stripe geometry, plex states, read policy, this node's section of the
+//! dirty region log), and the data plane's names of the group's objects. The one
+//! place a configuration becomes a data-plane layout.
+//!
+//! A SYNCING plex is SYNCING to the data plane whether the whole plex or only its
+//! `resync_ranges` are left to copy: the copier knows the ranges, the data plane
+//! only writes to it and never reads from it.
 
+use plexd_target_api::drl::DirtyLogSpec;
 use plexd_target_api::volume::{
     PlexKind, PlexSpec, PlexState as KPlexState, ReadPolicy as KReadPolicy, SubdiskSpec, VolumeSpec,
 };
@@ -31,14 +37,33 @@ pub fn kernel_plex_state(state: PlexState) -> KPlexState {
 }
 
 impl DiskGroupConfig {
-    /// Every volume of the group as the data plane builds it.
-    pub fn volume_specs(&self) -> Vec<VolumeSpec> {
-        self.volumes.iter().map(|v| self.volume_spec(v)).collect()
+    /// Every volume of the group as the data plane of node `node` (its id in the
+    /// cluster file) builds it.
+    pub fn volume_specs(&self, node: u32) -> Vec<VolumeSpec> {
+        self.volumes
+            .iter()
+            .map(|v| self.volume_spec(v, node))
+            .collect()
     }
 
-    /// One volume as the data plane builds it: per plex, per column, the subdisks'
-    /// extents on the group's disk bdevs.
-    pub fn volume_spec(&self, volume: &Volume) -> VolumeSpec {
+    /// Node `node`'s section of `volume`'s dirty region log, as its data plane is
+    /// given it: None without a log (or for a node id without a section).
+    pub fn log_spec(&self, volume: &Volume, node: u32) -> Option<DirtyLogSpec> {
+        let log = volume.log.as_ref()?;
+        Some(DirtyLogSpec {
+            bdev: disk_bdev(&self.name, &log.disk),
+            offset_bytes: log.section_offset(node)?,
+            section_bytes: log.section_bytes,
+            node,
+            log_id: log.log_id,
+            region_bytes: log.region_bytes,
+        })
+    }
+
+    /// One volume as the data plane of node `node` builds it: per plex, per column,
+    /// the subdisks' extents on the group's disk bdevs; the node's own section of
+    /// the volume's dirty region log.
+    pub fn volume_spec(&self, volume: &Volume, node: u32) -> VolumeSpec {
         let plexes = volume
             .plexes
             .iter()
@@ -67,7 +92,7 @@ impl DiskGroupConfig {
             })
             .collect();
         VolumeSpec {
-            log: None,
+            log: self.log_spec(volume, node),
             name: volume_bdev(&self.name, &volume.name),
             size_bytes: volume.size_bytes,
             plexes,

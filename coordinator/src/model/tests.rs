@@ -16,6 +16,7 @@ fn create_vol(
         volume: name.into(),
         size_bytes: size,
         layout,
+        log: Default::default(),
     })
 }
 
@@ -366,7 +367,7 @@ fn volume_specs_list_extents_per_column_on_the_disk_bdevs() {
         },
     )
     .unwrap();
-    let k = c.disk_groups[0].volume_specs();
+    let k = c.disk_groups[0].volume_specs(1);
     assert_eq!(k.len(), 1);
     assert_eq!(k[0].name, "dg1.vol1");
     let p = &k[0].plexes[0];
@@ -489,7 +490,7 @@ fn validate_refuses_extreme_values_without_panicking() {
             };
         }
         let _ = g.validate();
-        let _ = g.volume_specs();
+        let _ = g.volume_specs(1);
         let _ = g.volumes[0].plexes[0].capacity_bytes();
         let _ = crate::model::alloc::free_extents(&g);
     }
@@ -538,6 +539,7 @@ fn every_change_round_trips_through_json() {
                 columns: 3,
                 stripe_unit_bytes: DEFAULT_STRIPE_UNIT_BYTES,
             },
+            log: Default::default(),
         },
         Change::VolGrow {
             dg: dg(),
@@ -666,6 +668,7 @@ fn nvmf_exports_check_their_nqns_and_hosts_and_sit_beside_iscsi() {
             volume: "v1".into(),
             size_bytes: 1 << 20,
             layout: VolumeLayout::Concat,
+            log: Default::default(),
         })
         .unwrap()
         .apply(&Change::VolExport {
@@ -726,6 +729,7 @@ fn an_export_is_unique_keeps_its_volume_and_ends_with_unexport() {
             volume: v.into(),
             size_bytes: 1 << 20,
             layout: VolumeLayout::Concat,
+            log: Default::default(),
         })
         .unwrap()
     };
@@ -834,6 +838,7 @@ fn describe_states_size_placement_and_rounding() {
         volume: "v1".into(),
         size_bytes: 513,
         layout: VolumeLayout::Mirror { mirrors: 2 },
+        log: Default::default(),
     };
     let after = c.apply(&change).unwrap();
     let text = describe(&change, after.disk_group("dg1"));

@@ -73,6 +73,7 @@ fn group(dir: &TempDir, n: usize) -> (Vec<PathBuf>, ClusterConfig) {
             layout: VolumeLayout::Mirror {
                 mirrors: n.min(2) as u32,
             },
+            log: Default::default(),
         })
         .unwrap();
     (paths, c)
@@ -84,6 +85,7 @@ fn next(c: &ClusterConfig, volume: &str) -> ClusterConfig {
         volume: volume.into(),
         size_bytes: 1 << 20,
         layout: VolumeLayout::Concat,
+        log: Default::default(),
     })
     .unwrap()
 }
