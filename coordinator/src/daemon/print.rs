@@ -201,6 +201,55 @@ mod tests {
         assert_eq!(node_text, include_str!("testdata/print_failed.txt"));
     }
 
+    #[test]
+    fn print_shows_the_log_and_ranges_left() {
+        let c = cluster(&[
+            ("disk01", 1 << 30),
+            ("disk02", 1 << 30),
+            ("disk03", 1 << 30),
+        ]);
+        let c = c
+            .apply(&Change::VolCreate {
+                dg: "dg1".into(),
+                volume: "vol1".into(),
+                size_bytes: 100 << 20,
+                layout: VolumeLayout::Mirror { mirrors: 2 },
+                log: crate::model::LogPolicy::On {
+                    region_bytes: 1 << 20,
+                },
+            })
+            .unwrap();
+        let mut g = c.disk_groups[0].clone();
+        g.volumes[0].plexes[1].state = crate::model::PlexState::Syncing;
+        g.volumes[0].plexes[1].resync_ranges = vec![(0, 1 << 20), (8 << 20, 2 << 20)];
+        let log = g.volumes[0].log.clone().unwrap();
+        let (json, text) = through_the_wire(&[g], &[]);
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let vol = &v["disk_groups"][0]["volumes"][0];
+        assert_eq!(
+            vol["log"],
+            serde_json::json!({
+                "disk": "disk03", "disk_offset": log.disk_offset_bytes, "len": log.len_bytes,
+                "section": log.section_bytes, "region": 1 << 20, "log_id": log.log_id,
+            })
+        );
+        assert_eq!(
+            vol["plexes"][1]["resync"],
+            serde_json::json!({
+                "ranges": 2, "bytes": 3 << 20, "list": [[0, 1 << 20], [8 << 20, 2 << 20]],
+            })
+        );
+        assert!(vol["plexes"][0].get("resync").is_none(), "{json}");
+        assert!(
+            text.contains("\nlg vol1         disk03   1.0 MiB  520.0 KiB region 1.0 MiB\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("SYNCING  CONCAT   100.0 MiB resync 2 ranges 3.0 MiB left\n"),
+            "{text}"
+        );
+    }
+
     fn json_of(groups: &[DiskGroupConfig], failed: &[FailedGroup]) -> String {
         through_the_wire(groups, failed).0
     }

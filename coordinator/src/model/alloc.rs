@@ -1220,4 +1220,269 @@ mod tests {
         };
         assert_eq!(build(), build());
     }
+
+    // ---- dirty region logs ----
+
+    const MIRROR: VolumeLayout = VolumeLayout::Mirror { mirrors: 2 };
+
+    fn create_with(
+        c: &ClusterConfig,
+        volume: &str,
+        size: u64,
+        layout: VolumeLayout,
+        log: crate::model::LogPolicy,
+    ) -> Result<ClusterConfig, ConfigError> {
+        c.apply(&Change::VolCreate {
+            dg: "dg1".into(),
+            volume: volume.into(),
+            size_bytes: size,
+            layout,
+            log,
+        })
+    }
+
+    fn log_of(c: &ClusterConfig, volume: &str) -> Option<VolumeLog> {
+        c.disk_groups[0].volume(volume).unwrap().log.clone()
+    }
+
+    fn free_bytes(c: &ClusterConfig) -> u64 {
+        free_extents(&c.disk_groups[0])
+            .iter()
+            .flat_map(|(_, e)| e)
+            .map(|e| e.len_bytes)
+            .sum()
+    }
+
+    fn region(region_bytes: u64) -> crate::model::LogPolicy {
+        crate::model::LogPolicy::On { region_bytes }
+    }
+
+    #[test]
+    fn a_mirror_gets_a_log_on_a_disk_its_plexes_do_not_use_counted_as_used() {
+        let c = cluster(&[("disk01", GIB), ("disk02", GIB), ("disk03", GIB)]);
+        let before = free_bytes(&c);
+        let c = create(&c, "vol1", 100 * MIB, MIRROR).unwrap();
+        let log = log_of(&c, "vol1").unwrap();
+        assert_eq!(log.disk, "disk03");
+        assert_eq!(log.region_bytes, drl::DEFAULT_REGION_BYTES);
+        // 200 regions: one bitmap block and the header.
+        assert_eq!(log.section_bytes, 2 * 4096);
+        assert_eq!(log.len_bytes, LOG_SECTIONS * 2 * 4096);
+        assert!(log.disk_offset_bytes.is_multiple_of(ALLOC_ALIGN_BYTES));
+        // Placed by the change to seq 2 of group dgid1.
+        assert_eq!(log.log_id, (u64::from(crc32c::crc32c(b"dgid1")) << 32) ^ 2);
+        // Used space: the plexes and the log.
+        assert_eq!(free_bytes(&c), before - 200 * MIB - log.len_bytes);
+        // Nothing placed later overlaps it: fill disk03 completely.
+        let rest = GIB - log.len_bytes;
+        let c = create(&c, "fill", rest, VolumeLayout::Concat).unwrap();
+        let sd = &plexes(&c, "fill")[0].subdisks;
+        assert!(sd.iter().all(|sd| sd.disk == "disk03"), "{sd:?}");
+        assert_eq!(free_extents(&c.disk_groups[0])[2].1, Vec::new());
+        c.disk_groups[0].validate().unwrap();
+    }
+
+    #[test]
+    fn a_log_goes_on_a_plex_disk_when_no_other_has_room() {
+        let c = cluster(&[("disk01", GIB), ("disk02", GIB)]);
+        let c = create(&c, "vol1", 100 * MIB, MIRROR).unwrap();
+        let log = log_of(&c, "vol1").unwrap();
+        let sd = &plexes(&c, "vol1")[0].subdisks[0];
+        let plex_end = sd.disk_offset_bytes + sd.len_bytes;
+        // Right after a plex, not inside it.
+        assert!(
+            log.disk_offset_bytes >= plex_end || log.disk != sd.disk,
+            "{log:?} {sd:?}"
+        );
+        c.disk_groups[0].validate().unwrap();
+    }
+
+    #[test]
+    fn no_log_without_mirrors_or_with_drl_off() {
+        let c = cluster(&[("disk01", GIB), ("disk02", GIB), ("disk03", GIB)]);
+        let c = create(&c, "concat", MIB, VolumeLayout::Concat).unwrap();
+        let c = create(&c, "stripe", MIB, stripe(2)).unwrap();
+        let c = create_with(&c, "off", MIB, MIRROR, crate::model::LogPolicy::Off).unwrap();
+        let c = create_with(&c, "on", MIB, MIRROR, region(1 << 20)).unwrap();
+        for v in ["concat", "stripe", "off"] {
+            assert_eq!(log_of(&c, v), None, "{v}");
+        }
+        assert_eq!(log_of(&c, "on").unwrap().region_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn bad_region_sizes_are_refused_naming_the_volume() {
+        let c = cluster(&[("disk01", GIB), ("disk02", GIB)]);
+        for bad in [0, 3 << 16, 32 << 10, 2 << 30] {
+            for layout in [MIRROR, VolumeLayout::Concat] {
+                let err = create_with(&c, "vol1", MIB, layout, region(bad)).unwrap_err();
+                let msg = err.to_string();
+                assert!(
+                    msg.contains("volume vol1") && msg.contains("region size"),
+                    "{bad}: {msg}"
+                );
+            }
+        }
+        // Too many regions for a section: 2^24 regions of 64 KiB are 1 TiB.
+        let big = cluster(&[("disk01", 1 << 41), ("disk02", 1 << 41)]);
+        let err = create_with(&big, "vol1", (1 << 40) + 4096, MIRROR, region(64 << 10));
+        assert!(err
+            .unwrap_err()
+            .to_string()
+            .contains("larger --region-size"));
+        create_with(&big, "vol1", 1 << 40, MIRROR, region(64 << 10)).unwrap();
+    }
+
+    #[test]
+    fn a_mirror_without_room_for_its_log_is_refused_whole() {
+        // Exactly room for the two plexes.
+        let c = cluster(&[("disk01", 4 * MIB), ("disk02", 4 * MIB)]);
+        let err = create(&c, "vol1", 4 * MIB, MIRROR).unwrap_err().to_string();
+        assert!(
+            err.contains("volume vol1") && err.contains("dirty region log"),
+            "{err}"
+        );
+        assert!(c.disk_groups[0].volumes.is_empty());
+        create_with(&c, "vol1", 4 * MIB, MIRROR, crate::model::LogPolicy::Off).unwrap();
+    }
+
+    #[test]
+    fn grow_keeps_a_log_with_room_else_moves_it_else_doubles_its_regions() {
+        let c = cluster(&[
+            ("disk01", 40 * GIB),
+            ("disk02", 40 * GIB),
+            ("disk03", 40 * GIB),
+        ]);
+        let c = create(&c, "vol1", GIB, MIRROR).unwrap();
+        let first = log_of(&c, "vol1").unwrap();
+        // One bitmap block holds 32768 regions of 512 KiB: 16 GiB.
+        let c = grow(&c, "vol1", 16 * GIB).unwrap();
+        assert_eq!(log_of(&c, "vol1").unwrap(), first);
+        let shrunk = c
+            .apply(&Change::VolShrink {
+                dg: "dg1".into(),
+                volume: "vol1".into(),
+                new_size_bytes: GIB,
+            })
+            .unwrap();
+        assert_eq!(log_of(&shrunk, "vol1").unwrap(), first);
+        let before = free_bytes(&c);
+        let c = grow(&c, "vol1", 17 * GIB).unwrap();
+        let moved = log_of(&c, "vol1").unwrap();
+        assert_eq!(moved.region_bytes, first.region_bytes);
+        assert_eq!(moved.section_bytes, 3 * 4096);
+        assert_ne!(moved.log_id, first.log_id);
+        assert!(moved.holds(17 * GIB));
+        // The old log is free again: only the plexes' growth and the new log's
+        // extra length are used.
+        assert_eq!(
+            free_bytes(&c),
+            before - 2 * GIB - (moved.len_bytes - first.len_bytes)
+        );
+        c.disk_groups[0].validate().unwrap();
+
+        // No room anywhere for a larger log: the region size doubles in place.
+        // disk03 holds exactly the log; the grow takes the rest of disk01 and disk02.
+        let small = LOG_SECTIONS * 2 * 4096;
+        let c = cluster(&[
+            ("disk01", 16 * GIB + 64 * MIB),
+            ("disk02", 16 * GIB + 64 * MIB),
+            ("disk03", small),
+        ]);
+        let c = create(&c, "vol1", 16 * GIB, MIRROR).unwrap();
+        let first = log_of(&c, "vol1").unwrap();
+        assert_eq!((first.disk.as_str(), first.len_bytes), ("disk03", small));
+        let c = grow(&c, "vol1", 16 * GIB + 64 * MIB).unwrap();
+        assert_eq!(free_bytes(&c), 0);
+        let doubled = log_of(&c, "vol1").unwrap();
+        assert_eq!(doubled.region_bytes, 2 * first.region_bytes);
+        assert_eq!(
+            (
+                doubled.disk.as_str(),
+                doubled.disk_offset_bytes,
+                doubled.len_bytes
+            ),
+            (
+                first.disk.as_str(),
+                first.disk_offset_bytes,
+                first.len_bytes
+            )
+        );
+        assert_ne!(doubled.log_id, first.log_id);
+        c.disk_groups[0].validate().unwrap();
+    }
+
+    #[test]
+    fn vol_rm_frees_the_log_and_log_ids_stay_unique() {
+        let c = cluster(&[("disk01", GIB), ("disk02", GIB), ("disk03", GIB)]);
+        let empty = free_bytes(&c);
+        let c = create(&c, "vol1", 10 * MIB, MIRROR).unwrap();
+        let c = create(&c, "vol2", 10 * MIB, MIRROR).unwrap();
+        assert_ne!(
+            log_of(&c, "vol1").unwrap().log_id,
+            log_of(&c, "vol2").unwrap().log_id
+        );
+        let rm = |c: &ClusterConfig, v: &str| {
+            c.apply(&Change::VolRm {
+                dg: "dg1".into(),
+                volume: v.into(),
+            })
+            .unwrap()
+        };
+        let c = rm(&rm(&c, "vol1"), "vol2");
+        assert_eq!(free_bytes(&c), empty);
+    }
+
+    #[test]
+    fn rm_disk_refuses_the_disk_holding_a_log() {
+        let c = cluster(&[("disk01", GIB), ("disk02", GIB), ("disk03", GIB)]);
+        let c = create(&c, "vol1", 10 * MIB, MIRROR).unwrap();
+        assert_eq!(log_of(&c, "vol1").unwrap().disk, "disk03");
+        let err = c
+            .apply(&Change::DgRmDisk {
+                dg: "dg1".into(),
+                disk: "disk03".into(),
+            })
+            .unwrap_err();
+        assert!(matches!(err, ConfigError::InUse(_)), "{err:?}");
+        assert!(
+            err.to_string().contains("dirty region log of vol1"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn plex_add_gives_a_log_and_plex_rm_to_one_plex_frees_it() {
+        let c = cluster(&[("disk01", GIB), ("disk02", GIB), ("disk03", GIB)]);
+        let empty = free_bytes(&c);
+        let c = create(&c, "vol1", 10 * MIB, VolumeLayout::Concat).unwrap();
+        let c = c
+            .apply(&Change::PlexAdd {
+                dg: "dg1".into(),
+                volume: "vol1".into(),
+                layout: PlexLayout::Concat,
+            })
+            .unwrap();
+        let log = log_of(&c, "vol1").unwrap();
+        assert_eq!(log.region_bytes, drl::DEFAULT_REGION_BYTES);
+        let c = c
+            .apply(&Change::PlexRm {
+                dg: "dg1".into(),
+                plex: "vol1-02".into(),
+                force: false,
+            })
+            .unwrap();
+        assert_eq!(log_of(&c, "vol1"), None);
+        assert_eq!(free_bytes(&c), empty - 10 * MIB);
+        // A mirror made with --drl off keeps no log when a third plex comes.
+        let c = create_with(&c, "off", MIB, MIRROR, crate::model::LogPolicy::Off).unwrap();
+        let c = c
+            .apply(&Change::PlexAdd {
+                dg: "dg1".into(),
+                volume: "off".into(),
+                layout: PlexLayout::Concat,
+            })
+            .unwrap();
+        assert_eq!(log_of(&c, "off"), None);
+    }
 }

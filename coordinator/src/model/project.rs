@@ -105,3 +105,71 @@ impl DiskGroupConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::test_support::cluster;
+
+    #[test]
+    fn each_node_gets_its_own_section_of_the_log() {
+        let c = cluster(&[
+            ("disk01", 1 << 30),
+            ("disk02", 1 << 30),
+            ("disk03", 1 << 30),
+        ]);
+        let c = c
+            .apply(&Change::VolCreate {
+                dg: "dg1".into(),
+                volume: "vol1".into(),
+                size_bytes: 64 << 20,
+                layout: VolumeLayout::Mirror { mirrors: 2 },
+                log: LogPolicy::default(),
+            })
+            .unwrap();
+        let g = &c.disk_groups[0];
+        let log = g.volumes[0].log.clone().unwrap();
+        let mut offsets = std::collections::BTreeSet::new();
+        for node in 1..=MAX_LOG_NODE_ID {
+            let spec = g.volume_specs(node).remove(0);
+            let l = spec.log.unwrap();
+            assert_eq!(l.bdev, "dg1.disk03");
+            assert_eq!(l.node, node);
+            assert_eq!(l.log_id, log.log_id);
+            assert_eq!(l.region_bytes, log.region_bytes);
+            assert_eq!(l.section_bytes, log.section_bytes);
+            assert_eq!(
+                l.offset_bytes,
+                log.disk_offset_bytes + u64::from(node) * log.section_bytes
+            );
+            // Inside the log, and a spec the data plane takes.
+            assert!(l.offset_bytes + l.section_bytes <= log.disk_offset_bytes + log.len_bytes);
+            l.check(spec.size_bytes).unwrap();
+            assert!(offsets.insert(l.offset_bytes));
+        }
+        // No section for ids the cluster file refuses.
+        assert_eq!(g.volume_specs(0)[0].log, None);
+        assert_eq!(g.volume_specs(MAX_LOG_NODE_ID + 1)[0].log, None);
+    }
+
+    #[test]
+    fn a_syncing_plex_with_ranges_is_syncing_to_the_data_plane() {
+        let c = cluster(&[("disk01", 1 << 30), ("disk02", 1 << 30)]);
+        let c = c
+            .apply(&Change::VolCreate {
+                dg: "dg1".into(),
+                volume: "vol1".into(),
+                size_bytes: 64 << 20,
+                layout: VolumeLayout::Mirror { mirrors: 2 },
+                log: LogPolicy::default(),
+            })
+            .unwrap();
+        let mut g = c.disk_groups[0].clone();
+        g.volumes[0].plexes[1].state = PlexState::Syncing;
+        g.volumes[0].plexes[1].resync_ranges = vec![(1 << 20, 1 << 20)];
+        g.validate().unwrap();
+        let spec = g.volume_specs(2).remove(0);
+        assert_eq!(spec.plexes[1].state, KPlexState::Syncing);
+        assert_eq!(spec.plexes[0].state, KPlexState::Active);
+    }
+}
