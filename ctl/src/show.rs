@@ -231,10 +231,16 @@ pub(crate) async fn vol_list(
     let mut vols = Vec::new();
     for g in v["disk_groups"].as_array().cloned().unwrap_or_default() {
         for vol in g["volumes"].as_array().cloned().unwrap_or_default() {
+            let log = &vol["log"];
             vols.push(json!({
                 "dg": g["name"], "name": vol["name"], "size": vol["size"],
                 "state": vol["state"],
                 "plexes": vol["plexes"].as_array().map(|a| a.len()).unwrap_or(0),
+                "log": if log.is_object() {
+                    json!({"disk": log["disk"], "region": log["region"], "len": log["len"]})
+                } else {
+                    Value::Null
+                },
             }));
         }
     }
@@ -242,17 +248,29 @@ pub(crate) async fn vol_list(
         return Ok(pretty_json(&json!({ "volumes": vols })));
     }
     let mut out = format!(
-        "{:<12} {:<12} {:>8} {:<9} {:>6}",
-        "GROUP", "VOLUME", "SIZE", "STATE", "PLEXES"
+        "{:<12} {:<12} {:>8} {:<9} {:>6}  {}",
+        "GROUP", "VOLUME", "SIZE", "STATE", "PLEXES", "LOG"
     );
     for v in &vols {
+        let log = &v["log"];
+        let log = if log.is_object() {
+            format!(
+                "{} {} region {}",
+                s(&log["disk"]),
+                format_size(log["len"].as_u64().unwrap_or(0)),
+                format_size(log["region"].as_u64().unwrap_or(0))
+            )
+        } else {
+            "-".to_string()
+        };
         out.push_str(&format!(
-            "\n{:<12} {:<12} {:>8} {:<9} {:>6}",
+            "\n{:<12} {:<12} {:>8} {:<9} {:>6}  {}",
             s(&v["dg"]),
             s(&v["name"]),
             format_size(v["size"].as_u64().unwrap_or(0)),
             s(&v["state"]),
-            s(&v["plexes"])
+            s(&v["plexes"]),
+            log
         ));
     }
     Ok(out)

@@ -580,6 +580,15 @@ target_socket = "/tmp/x/b/target.sock"
     }
 
     #[test]
+    fn node_ids_past_the_log_sections_are_refused_naming_the_node() {
+        let ok = EXAMPLE.replace("id = 2\n", &format!("id = {MAX_NODE_ID}\n"));
+        assert_eq!(ClusterFile::parse(&ok).unwrap().node("b").unwrap().id, 64);
+        let bad = EXAMPLE.replace("id = 2\n", &format!("id = {}\n", MAX_NODE_ID + 1));
+        let e = ClusterFile::parse(&bad).unwrap_err();
+        assert!(e.contains("(b): id 65 is more than 64"), "{e}");
+    }
+
+    #[test]
     fn defaults_apply() {
         let text = "[cluster]\nname='c'\nid='i'\ndisk_paths=['/d/*']\n[[nodes]]\nid=1\nname='a'\naddress='127.0.0.1:1'\ntarget_socket='/s'\n";
         let f = ClusterFile::parse(text).unwrap();

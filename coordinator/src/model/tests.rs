@@ -849,6 +849,10 @@ fn describe_states_size_placement_and_rounding() {
     assert!(text.contains("513 bytes asked, rounded up"), "{text}");
     assert!(text.contains("v1-01 ACTIVE concat on disk01"), "{text}");
     assert!(text.contains("v1-02 ACTIVE concat on disk02"), "{text}");
+    assert!(
+        text.contains("; dirty region log on disk") && text.ends_with(" (512.0 KiB regions)"),
+        "{text}"
+    );
 }
 
 #[test]
