@@ -713,6 +713,22 @@ mod tests {
                 layout: VolumeLayout::Concat,
                 log: Default::default(),
             },
+            Change::VolCreate {
+                dg: dg(),
+                volume: "v5".into(),
+                size_bytes: 8 << 20,
+                layout: VolumeLayout::Mirror { mirrors: 3 },
+                log: LogPolicy::Off,
+            },
+            Change::VolCreate {
+                dg: dg(),
+                volume: "v6".into(),
+                size_bytes: 8 << 20,
+                layout: VolumeLayout::Mirror { mirrors: 2 },
+                log: LogPolicy::On {
+                    region_bytes: 1 << 20,
+                },
+            },
             Change::VolGrow {
                 dg: dg(),
                 volume: "v1".into(),
