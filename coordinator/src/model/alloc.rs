@@ -684,16 +684,18 @@ pub fn place_log(
             .min()
             .map(|(_, _, offset, disk)| (disk.clone(), offset))
     };
-    best(false).or_else(|| best(true)).ok_or_else(|| AllocError {
-        volume: volume.to_string(),
-        reason: format!(
-            "no free extent of {} for its dirty region log ({} sections of {}; --drl off creates it without one; {})",
-            format_size(need),
-            LOG_SECTIONS,
-            format_size(need / LOG_SECTIONS),
-            Allocator::new(dg).free_summary()
-        ),
-    })
+    best(false)
+        .or_else(|| best(true))
+        .ok_or_else(|| AllocError {
+            volume: volume.to_string(),
+            reason: format!(
+                "no free extent of {} for its dirty region log ({} sections of {}; {})",
+                format_size(need),
+                LOG_SECTIONS,
+                format_size(need / LOG_SECTIONS),
+                Allocator::new(dg).free_summary()
+            ),
+        })
 }
 
 /// A new dirty region log with regions of `region_bytes` for `volume` of `dg`

@@ -512,7 +512,11 @@ fn vol_create(
         reservations: PrState::default(),
     });
     if let (LogPolicy::On { region_bytes }, 2..) = (log, mirrors) {
-        let placed = alloc::allocate_log(next, volume, size, region_bytes)?;
+        let placed = alloc::allocate_log(next, volume, size, region_bytes).map_err(|mut e| {
+            e.reason
+                .push_str("; vol create --drl off makes the volume without a log");
+            e
+        })?;
         if let Some(v) = next.volumes.last_mut() {
             v.log = Some(placed);
         }
