@@ -1344,6 +1344,7 @@ mod tests {
             err.contains("volume vol1") && err.contains("dirty region log"),
             "{err}"
         );
+        assert!(err.contains("--drl off"), "{err}");
         assert!(c.disk_groups[0].volumes.is_empty());
         create_with(&c, "vol1", 4 * MIB, MIRROR, crate::model::LogPolicy::Off).unwrap();
     }
