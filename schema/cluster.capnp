@@ -348,6 +348,8 @@ struct ConfigChange {
       volume @17 :Text;
       sizeBytes @18 :UInt64;
       layout @19 :VolumeLayout;
+      drlOff @60 :Bool;         # --drl off: no dirty region log
+      regionBytes @61 :UInt64;  # the log's region size (0: the default, 512 KiB)
     }
     volGrow :group {
       dg @20 :Text;

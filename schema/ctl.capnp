@@ -67,6 +67,8 @@ struct VolCreate {
   mirrors @4 :UInt32;          # 0 = default (2 for mirror layouts)
   columns @5 :UInt32;          # 0 = default (2 for stripe layouts)
   stripeUnitBytes @6 :UInt64;  # 0 = default (64 KiB)
+  drlOff @7 :Bool;             # --drl off: a mirrored volume without a dirty region log
+  regionBytes @8 :UInt64;      # --region-size: the log's region size; 0 = default (512 KiB)
 }
 
 struct VolResize {
@@ -170,9 +172,12 @@ struct Task {
   volume @3 :Text;
   plex @4 :Text;
   doneBytes @5 :UInt64;
-  totalBytes @6 :UInt64;
+  totalBytes @6 :UInt64;  # a resync: the sum of the plex's ranges still to copy when it has
+                          # some (a crashed node's dirty regions), else the volume's size
   state @7 :Text;    # running | done | failed: <reason>
   node @8 :Text;
+  bytesPerSecond @9 :UInt64;  # copied per second since the node running it saw it start; 0 = none yet
+  etaSeconds @10 :UInt64;     # seconds left at that rate; 0 = done or no rate yet
 }
 
 # `print`'s answer: the configuration as the answering node holds it, each disk

@@ -6,9 +6,13 @@
 //! "owner", "disks": [{"name", "id", "path", "size", "public_offset", "public_len"}],
 //! "volumes": [{"name", "size", "state", "read_policy", "plexes": [{"name", "state",
 //! "layout", "columns", "stripe_unit", "subdisks": [{"name", "disk", "disk_offset",
-//! "len", "column", "plex_offset"}]}], "exports": [{"protocol", "iqn", "nodes",
-//! "portal", "hosts"}]}]}], "failed_disk_groups": [{"name", "id", "shared", "state",
-//! "reason", "disks"}]}` (`failed_disk_groups` left out when empty). Sizes are bytes;
+//! "len", "column", "plex_offset"}], "resync": {"ranges", "bytes", "list"}}],
+//! "exports": [{"protocol", "iqn", "nodes", "portal", "hosts"}], "log": {"disk",
+//! "disk_offset", "len", "section", "region", "log_id"}}]}], "failed_disk_groups":
+//! [{"name", "id", "shared", "state", "reason", "disks"}]}` (`failed_disk_groups` left
+//! out when empty; a volume's `log` only when it has a dirty region log; a plex's
+//! `resync` only when it is SYNCING with ranges left: their count, bytes and
+//! `[offset, len]` list). Sizes are bytes;
 //! an export's empty `nodes` means every node, its empty `portal` each node's own, its
 //! empty `hosts` (nvmf) any host; `iqn` is the target name (the NQN for nvmf).
 //!
@@ -64,6 +68,20 @@ fn layout(l: disk::plex_layout::Reader<'_>) -> (String, u32, u64) {
     }
 }
 
+/// A plex's ranges still to copy: (count, bytes, the ranges); None for none.
+fn resync_ranges(p: disk::plex::Reader<'_>) -> capnp::Result<Option<(u32, u64, Vec<[u64; 2]>)>> {
+    let ranges = p.get_resync_ranges()?;
+    if ranges.is_empty() {
+        return Ok(None);
+    }
+    let list: Vec<[u64; 2]> = ranges
+        .iter()
+        .map(|r| [r.get_offset_bytes(), r.get_len_bytes()])
+        .collect();
+    let bytes = list.iter().fold(0u64, |sum, r| sum.saturating_add(r[1]));
+    Ok(Some((ranges.len(), bytes, list)))
+}
+
 /// The JSON document.
 pub fn json(c: printed_config::Reader<'_>) -> capnp::Result<Value> {
     let mut groups = Vec::new();
@@ -95,14 +113,18 @@ pub fn json(c: printed_config::Reader<'_>) -> capnp::Result<Value> {
                         "plex_offset": s.get_plex_offset_bytes(),
                     }));
                 }
-                plexes.push(json!({
+                let mut plex = json!({
                     "name": text(p.get_name())?,
                     "state": plex_state(p.get_state()),
                     "layout": kind,
                     "columns": columns,
                     "stripe_unit": su,
                     "subdisks": subdisks,
-                }));
+                });
+                if let Some((count, bytes, list)) = resync_ranges(p)? {
+                    plex["resync"] = json!({ "ranges": count, "bytes": bytes, "list": list });
+                }
+                plexes.push(plex);
             }
             let mut exports = Vec::new();
             for e in v.get_exports()? {
@@ -122,14 +144,26 @@ pub fn json(c: printed_config::Reader<'_>) -> capnp::Result<Value> {
                     "hosts": hosts,
                 }));
             }
-            volumes.push(json!({
+            let mut volume = json!({
                 "name": text(v.get_name())?,
                 "size": v.get_size_bytes(),
                 "state": volume_state(v.get_state()),
                 "read_policy": read_policy(v.get_read_policy()?)?,
                 "plexes": plexes,
                 "exports": exports,
-            }));
+            });
+            if v.has_log() {
+                let l = v.get_log()?;
+                volume["log"] = json!({
+                    "disk": text(l.get_disk())?,
+                    "disk_offset": l.get_disk_offset_bytes(),
+                    "len": l.get_len_bytes(),
+                    "section": l.get_section_bytes(),
+                    "region": l.get_region_bytes(),
+                    "log_id": l.get_log_id(),
+                });
+            }
+            volumes.push(volume);
         }
         groups.push(json!({
             "name": text(g.get_name())?,
@@ -163,7 +197,8 @@ pub fn json(c: printed_config::Reader<'_>) -> capnp::Result<Value> {
     })
 }
 
-/// The text tree (`dg`, `dm`, `v`, `ex`, `pl`, `sd` lines), then one
+/// The text tree (`dg`, `dm`, `v`, `lg`, `ex`, `pl`, `sd` lines; a SYNCING plex's
+/// `pl` line ends with the ranges left to copy), then one
 /// `dg NAME KIND FAILED reason` line (with its `dm` lines) per failed disk group.
 pub fn text_tree(c: printed_config::Reader<'_>) -> capnp::Result<String> {
     let mut s = String::new();
@@ -201,6 +236,17 @@ pub fn text_tree(c: printed_config::Reader<'_>) -> capnp::Result<String> {
                 format_size(v.get_size_bytes()),
                 read_policy(v.get_read_policy()?)?
             ));
+            if v.has_log() {
+                let l = v.get_log()?;
+                s.push_str(&format!(
+                    "lg {:<12} {:<8} {:<8} {:<8} region {}\n",
+                    vname,
+                    text(l.get_disk())?,
+                    format_size(l.get_disk_offset_bytes()),
+                    format_size(l.get_len_bytes()),
+                    format_size(l.get_region_bytes())
+                ));
+            }
             for e in v.get_exports()? {
                 let mut nodes = Vec::new();
                 for n in e.get_nodes()? {
@@ -244,8 +290,14 @@ pub fn text_tree(c: printed_config::Reader<'_>) -> capnp::Result<String> {
                     "concat" => "CONCAT".to_string(),
                     other => other.to_string(),
                 };
+                let resync = match resync_ranges(p)? {
+                    Some((count, bytes, _)) => {
+                        format!(" resync {count} ranges {} left", format_size(bytes))
+                    }
+                    None => String::new(),
+                };
                 s.push_str(&format!(
-                    "pl {:<12} {:<12} {:<8} {:<8} {}\n",
+                    "pl {:<12} {:<12} {:<8} {:<8} {}{resync}\n",
                     pname,
                     vname,
                     plex_state(p.get_state()),

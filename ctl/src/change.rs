@@ -158,8 +158,27 @@ fn vol_change(cmd: &VolCmd) -> Result<Option<ChangeBuilder>, Failure> {
             mirrors,
             columns,
             stripe_unit,
+            drl,
+            region_size,
         } => {
             let size = parse_size(size)?;
+            let drl_off = *drl == Drl::Off;
+            let region_bytes = match (region_size, drl_off) {
+                (Some(r), true) => {
+                    return Err(Failure::Usage(format!(
+                        "volume {vol}: --region-size {r} with --drl off (no log to size)"
+                    )))
+                }
+                (Some(r), false) => match parse_size(r)? {
+                    0 => {
+                        return Err(Failure::Usage(format!(
+                            "volume {vol}: --region-size {r}: must be a power of two from 64K to 1G"
+                        )))
+                    }
+                    n => n,
+                },
+                (None, _) => 0,
+            };
             if size == 0 {
                 return Err(Failure::Usage(format!("volume {vol}: size 0")));
             }
@@ -195,6 +214,8 @@ fn vol_change(cmd: &VolCmd) -> Result<Option<ChangeBuilder>, Failure> {
                 x.set_mirrors(mirrors);
                 x.set_columns(columns);
                 x.set_stripe_unit_bytes(su);
+                x.set_drl_off(drl_off);
+                x.set_region_bytes(region_bytes);
             })
         }
         VolCmd::Grow { dg, vol, size } | VolCmd::Shrink { dg, vol, size } => {

@@ -184,6 +184,13 @@ pub(crate) enum Layout {
     MirrorStripe,
 }
 
+/// `vol create --drl`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Drl {
+    On,
+    Off,
+}
+
 #[derive(Subcommand, Debug)]
 pub(crate) enum VolCmd {
     /// Creates a volume. Example: vol create dg1 vol1 1G --layout mirror --mirrors 2
@@ -206,6 +213,14 @@ pub(crate) enum VolCmd {
         /// Stripe unit (default 64K; a non-zero multiple of 4K).
         #[arg(long)]
         stripe_unit: Option<String>,
+        /// Dirty region log of a mirrored volume: `on` (the default; a node crash
+        /// then resyncs only the regions it was writing) or `off` (a full resync).
+        #[arg(long, value_enum, default_value = "on")]
+        drl: Drl,
+        /// Region size of the dirty region log (default 512K; a power of two from
+        /// 64K to 1G).
+        #[arg(long)]
+        region_size: Option<String>,
     },
     /// Grows a volume to SIZE, or by SIZE with `+SIZE`. Example: vol grow dg1 vol1 +1G
     Grow {

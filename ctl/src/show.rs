@@ -231,10 +231,16 @@ pub(crate) async fn vol_list(
     let mut vols = Vec::new();
     for g in v["disk_groups"].as_array().cloned().unwrap_or_default() {
         for vol in g["volumes"].as_array().cloned().unwrap_or_default() {
+            let log = &vol["log"];
             vols.push(json!({
                 "dg": g["name"], "name": vol["name"], "size": vol["size"],
                 "state": vol["state"],
                 "plexes": vol["plexes"].as_array().map(|a| a.len()).unwrap_or(0),
+                "log": if log.is_object() {
+                    json!({"disk": log["disk"], "region": log["region"], "len": log["len"]})
+                } else {
+                    Value::Null
+                },
             }));
         }
     }
@@ -242,17 +248,29 @@ pub(crate) async fn vol_list(
         return Ok(pretty_json(&json!({ "volumes": vols })));
     }
     let mut out = format!(
-        "{:<12} {:<12} {:>8} {:<9} {:>6}",
-        "GROUP", "VOLUME", "SIZE", "STATE", "PLEXES"
+        "{:<12} {:<12} {:>8} {:<9} {:>6}  {}",
+        "GROUP", "VOLUME", "SIZE", "STATE", "PLEXES", "LOG"
     );
     for v in &vols {
+        let log = &v["log"];
+        let log = if log.is_object() {
+            format!(
+                "{} {} region {}",
+                s(&log["disk"]),
+                format_size(log["len"].as_u64().unwrap_or(0)),
+                format_size(log["region"].as_u64().unwrap_or(0))
+            )
+        } else {
+            "-".to_string()
+        };
         out.push_str(&format!(
-            "\n{:<12} {:<12} {:>8} {:<9} {:>6}",
+            "\n{:<12} {:<12} {:>8} {:<9} {:>6}  {}",
             s(&v["dg"]),
             s(&v["name"]),
             format_size(v["size"].as_u64().unwrap_or(0)),
             s(&v["state"]),
-            s(&v["plexes"])
+            s(&v["plexes"]),
+            log
         ));
     }
     Ok(out)
@@ -340,26 +358,39 @@ pub(crate) async fn task_list(client: &ctl::Client, json_out: bool) -> Result<St
             "volume": text(t.get_volume())?, "plex": text(t.get_plex())?,
             "done": t.get_done_bytes(), "total": t.get_total_bytes(),
             "state": text(t.get_state())?, "node": text(t.get_node())?,
+            "bytes_per_second": t.get_bytes_per_second(), "eta_seconds": t.get_eta_seconds(),
         }));
     }
     if json_out {
         return Ok(pretty_json(&json!({ "tasks": tasks })));
     }
     let mut out = format!(
-        "{:<4} {:<7} {:<10} {:<12} {:<12} {:>6} {:<8} {}",
-        "ID", "KIND", "GROUP", "VOLUME", "PLEX", "DONE", "NODE", "STATE"
+        "{:<4} {:<7} {:<10} {:<12} {:<12} {:>6} {:>21} {:>11} {:>8} {:<8} {}",
+        "ID", "KIND", "GROUP", "VOLUME", "PLEX", "DONE", "COPIED", "RATE", "ETA", "NODE", "STATE"
     );
     for t in &tasks {
-        let total = t["total"].as_u64().unwrap_or(0).max(1);
-        let pct = t["done"].as_u64().unwrap_or(0) * 100 / total;
+        let u = |k: &str| t[k].as_u64().unwrap_or(0);
+        let pct = u("done").saturating_mul(100) / u("total").max(1);
+        let rate = match u("bytes_per_second") {
+            0 => "-".to_string(),
+            r => format!("{}/s", format_size(r)),
+        };
+        let eta = match (u("eta_seconds"), t["state"] == "running") {
+            (0, true) => "-".to_string(),
+            (0, false) => String::new(),
+            (e, _) => format!("{}:{:02}:{:02}", e / 3600, e / 60 % 60, e % 60),
+        };
         out.push_str(&format!(
-            "\n{:<4} {:<7} {:<10} {:<12} {:<12} {:>5}% {:<8} {}",
+            "\n{:<4} {:<7} {:<10} {:<12} {:<12} {:>5}% {:>21} {:>11} {:>8} {:<8} {}",
             s(&t["id"]),
             s(&t["kind"]),
             s(&t["dg"]),
             s(&t["volume"]),
             s(&t["plex"]),
-            pct,
+            pct.min(100),
+            format!("{}/{}", format_size(u("done")), format_size(u("total"))),
+            rate,
+            eta,
             s(&t["node"]),
             s(&t["state"])
         ));

@@ -109,7 +109,8 @@ pub fn disks_hold(print: &Value, disks: &[PathBuf]) -> Result<(), String> {
     Ok(())
 }
 
-/// No two subdisks of disk group `c` (of one volume or of two) overlap on a disk.
+/// No two subdisks or dirty region logs of disk group `c` (of one volume or of two)
+/// overlap on a disk.
 pub fn no_shared_extents(c: &DiskGroupConfig) -> Result<(), String> {
     let mut extents: Vec<(&str, u64, u64, String)> = Vec::new();
     for v in &c.volumes {
@@ -122,6 +123,14 @@ pub fn no_shared_extents(c: &DiskGroupConfig) -> Result<(), String> {
                     format!("{}/{}/{}", v.name, p.name, sd.name),
                 ));
             }
+        }
+        if let Some(l) = &v.log {
+            extents.push((
+                l.disk.as_str(),
+                l.disk_offset_bytes,
+                l.disk_offset_bytes + l.len_bytes,
+                format!("{}/log", v.name),
+            ));
         }
     }
     extents.sort();

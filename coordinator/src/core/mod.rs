@@ -522,8 +522,11 @@ pub enum Action<M: ConfigModel> {
     ResyncProgress {
         /// The plex.
         plex: SyncingPlex,
-        /// Bytes copied under fences so far.
+        /// Bytes copied under fences so far (of `total_bytes`).
         done_bytes: u64,
+        /// Bytes the copy covers: the plex's ranges still to copy when it has
+        /// some, else the volume's size.
+        total_bytes: u64,
         /// Some once it ended here: Ok when every chunk is copied and the plex is no
         /// longer SYNCING; the error when it stopped (plex detached, no longer master).
         finished: Option<Result<(), String>>,

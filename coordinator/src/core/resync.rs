@@ -412,6 +412,7 @@ impl<M: ConfigModel> Node<M> {
         self.out.push(Action::ResyncProgress {
             plex: c.clone(),
             done_bytes,
+            total_bytes: c.size_bytes,
             finished,
         });
     }

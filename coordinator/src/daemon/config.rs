@@ -10,6 +10,9 @@ use crate::core::{NodeConfig, NodeInfo};
 
 /// Most nodes a cluster file may list.
 pub const MAX_NODES: usize = 64;
+/// Highest node id (ids are 1..=this): the node ids dirty region logs have a
+/// section for.
+pub const MAX_NODE_ID: u32 = crate::model::MAX_LOG_NODE_ID;
 /// Most disk files one `disk_paths` pattern may expand to.
 pub const MAX_DISKS_PER_PATTERN: usize = 4096;
 
@@ -207,6 +210,13 @@ impl NodeEntry {
         if n.id == 0 || n.name.is_empty() || n.address.is_empty() {
             return Err(format!(
                 "nodes[{i}]: id must be > 0, name and address not empty"
+            ));
+        }
+        if n.id > MAX_NODE_ID {
+            // Each node id has its own section in every dirty region log.
+            return Err(format!(
+                "nodes[{i}] ({}): id {} is more than {MAX_NODE_ID} (dirty region logs have a section per node id 1..={MAX_NODE_ID})",
+                n.name, n.id
             ));
         }
         Ok(())
@@ -567,6 +577,15 @@ target_socket = "/tmp/x/b/target.sock"
         assert_eq!((q.total, q.needed), (3, 2));
         let rel = text.replace("/tmp/x/qdisk", "qdisk");
         assert!(ClusterFile::parse(&rel).unwrap_err().contains("absolute"));
+    }
+
+    #[test]
+    fn node_ids_past_the_log_sections_are_refused_naming_the_node() {
+        let ok = EXAMPLE.replace("id = 2\n", &format!("id = {MAX_NODE_ID}\n"));
+        assert_eq!(ClusterFile::parse(&ok).unwrap().node("b").unwrap().id, 64);
+        let bad = EXAMPLE.replace("id = 2\n", &format!("id = {}\n", MAX_NODE_ID + 1));
+        let e = ClusterFile::parse(&bad).unwrap_err();
+        assert!(e.contains("(b): id 65 is more than 64"), "{e}");
     }
 
     #[test]

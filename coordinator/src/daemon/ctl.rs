@@ -96,6 +96,10 @@ pub enum CtlChange {
         columns: u32,
         /// Stripe unit (0 = default).
         stripe_unit_bytes: u64,
+        /// `--drl off`.
+        drl_off: bool,
+        /// `--region-size` (0 = default).
+        region_bytes: u64,
     },
     /// `vol grow` / `vol shrink`.
     VolResize {
@@ -311,6 +315,11 @@ pub struct TaskOut {
     pub state: String,
     /// Node running it.
     pub node: String,
+    /// Bytes copied per second since the node running it saw it start (0: none
+    /// copied yet).
+    pub bytes_per_second: u64,
+    /// Seconds left at that rate (0: done, or no rate yet).
+    pub eta_seconds: u64,
 }
 
 /// The main loop's answer to a [`CtlCall`].
@@ -617,6 +626,8 @@ fn read_vol_create(x: c::vol_create::Reader<'_>) -> capnp::Result<CtlChange> {
         mirrors: x.get_mirrors(),
         columns: x.get_columns(),
         stripe_unit_bytes: x.get_stripe_unit_bytes(),
+        drl_off: x.get_drl_off(),
+        region_bytes: x.get_region_bytes(),
     })
 }
 
@@ -802,6 +813,8 @@ impl ctl::Server for NodeServer {
                     b.set_total_bytes(t.total_bytes);
                     b.set_state(t.state.as_str());
                     b.set_node(t.node.as_str());
+                    b.set_bytes_per_second(t.bytes_per_second);
+                    b.set_eta_seconds(t.eta_seconds);
                 }
             }
             other => answer_failure!(self, results, other, ""),
@@ -846,6 +859,8 @@ async fn master_tasks(addr: &str) -> Result<Vec<TaskOut>, String> {
                     total_bytes: t.get_total_bytes(),
                     state: txt(t.get_state())?,
                     node: txt(t.get_node())?,
+                    bytes_per_second: t.get_bytes_per_second(),
+                    eta_seconds: t.get_eta_seconds(),
                 });
             }
             Ok(out)

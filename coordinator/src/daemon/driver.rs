@@ -928,7 +928,8 @@ pub fn desired_of(
         .chain(private.iter())
         .map(|g| local.localize(g))
         .collect();
-    let mut d = Desired::of(groups.iter());
+    let id = file.node(name).map_or(0, |n| n.id);
+    let mut d = Desired::of(groups.iter(), id);
     d.exports = exports::desired(shared.iter().chain(private.iter()), name, portal);
     d.nvmf = exports::desired_nvmf(shared.iter().chain(private.iter()), name, &nvmf_nodes);
     d.nvmf_node = exports::NvmfNode::of(file, name).unwrap_or_default();

@@ -687,6 +687,7 @@ mod tests {
                 volume: "vol1".into(),
                 size_bytes: 16 << 20,
                 layout: VolumeLayout::Concat,
+                log: Default::default(),
             })
             .unwrap()
             .apply(&Change::VolExport {
@@ -800,6 +801,7 @@ mod tests {
                 volume: "vol1".into(),
                 size_bytes: 16 << 20,
                 layout: VolumeLayout::Concat,
+                log: Default::default(),
             })
             .unwrap();
         let nqn = default_nqn("Test-ID", "dg1", "vol1");

@@ -65,15 +65,16 @@ pub struct Desired {
 }
 
 impl Desired {
-    /// The bdevs and volumes of `groups`.
-    pub fn of<'a>(groups: impl IntoIterator<Item = &'a DiskGroupConfig>) -> Desired {
+    /// The bdevs and volumes of `groups` for node `node` (its id: the volumes get
+    /// its section of their dirty region logs).
+    pub fn of<'a>(groups: impl IntoIterator<Item = &'a DiskGroupConfig>, node: u32) -> Desired {
         let mut d = Desired::default();
         for g in groups {
             for disk in &g.disks {
                 d.disks
                     .insert(disk_bdev(&g.name, &disk.name), disk.path.clone());
             }
-            for spec in g.volume_specs() {
+            for spec in g.volume_specs(node) {
                 d.volumes.insert(spec.name.clone(), spec);
             }
             for v in g
@@ -582,6 +583,7 @@ fn only_states_differ(a: &VolumeSpec, b: &VolumeSpec) -> bool {
     a.name == b.name
         && a.size_bytes == b.size_bytes
         && a.read_policy == b.read_policy
+        && a.log == b.log
         && a.plexes.len() == b.plexes.len()
         && a.plexes
             .iter()
@@ -625,10 +627,11 @@ mod tests {
                 volume: "v1".into(),
                 size_bytes: 4 << 20,
                 layout: VolumeLayout::Mirror { mirrors: 2 },
+                log: Default::default(),
             },
         )
         .unwrap();
-        let d = Desired::of(&c.disk_groups);
+        let d = Desired::of(&c.disk_groups, 1);
         assert_eq!(d.disks.get("dg1.d1").unwrap(), "/tmp/d1.img");
         let spec = d.volumes.get("dg1.v1").unwrap();
         assert_eq!(spec.size_bytes, 4 << 20);

@@ -696,8 +696,11 @@ impl Daemon {
                 Op::Now(Action::ResyncProgress {
                     plex,
                     done_bytes,
+                    total_bytes,
                     finished,
-                }) => self.tasks.progress(&plex, done_bytes, finished, &self.name),
+                }) => self
+                    .tasks
+                    .progress(&plex, (done_bytes, total_bytes), finished, &self.name),
                 Op::Now(_) => {} // Log: the core has logged it already
             }
         }

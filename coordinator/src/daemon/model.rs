@@ -299,6 +299,7 @@ mod tests {
             volume: "v1".into(),
             size_bytes: 8 << 20,
             layout: VolumeLayout::Mirror { mirrors: 2 },
+            log: Default::default(),
         };
         let c2 = c1.validate_and_apply(&vol).unwrap();
         assert_eq!(c2.seq, 2);

@@ -12,7 +12,7 @@ use plexd_proto::cluster_capnp as wire;
 
 use super::model::SharedConfig;
 use crate::core::MAX_MESSAGE_BYTES;
-use crate::model::{Change, DiskUpdate, Nexus, OpenNode, VolumeLayout, MAX_OPEN_NODES};
+use crate::model::{Change, DiskUpdate, LogPolicy, Nexus, OpenNode, VolumeLayout, MAX_OPEN_NODES};
 use crate::ondisk::codec as disk;
 
 /// Most words a decoded configuration or change may make the reader traverse: it
@@ -261,11 +261,16 @@ fn write_vol_change(c: &Change, b: wire::config_change::Builder<'_>) {
             volume,
             size_bytes,
             layout,
+            log,
         } => {
             let mut g = b.init_vol_create();
             g.set_dg(dg.as_str());
             g.set_volume(volume.as_str());
             g.set_size_bytes(*size_bytes);
+            match log {
+                LogPolicy::Off => g.set_drl_off(true),
+                LogPolicy::On { region_bytes } => g.set_region_bytes(*region_bytes),
+            }
             write_layout(layout, g.init_layout());
         }
         Change::VolGrow {
@@ -459,6 +464,11 @@ fn read_vol_change(which: wire::config_change::WhichReader<'_>) -> capnp::Result
             volume: text(g.get_volume())?,
             size_bytes: g.get_size_bytes(),
             layout: read_layout(g.get_layout()?)?,
+            log: match (g.get_drl_off(), g.get_region_bytes()) {
+                (true, _) => LogPolicy::Off,
+                (false, 0) => LogPolicy::default(),
+                (false, region_bytes) => LogPolicy::On { region_bytes },
+            },
         },
         Which::VolGrow(g) => Change::VolGrow {
             dg: text(g.get_dg())?,
@@ -596,6 +606,7 @@ mod tests {
                 volume: "v1".into(),
                 size_bytes: 64 << 20,
                 layout: VolumeLayout::Mirror { mirrors: 2 },
+                log: Default::default(),
             },
             Change::VolCreate {
                 dg: "dg1".into(),
@@ -606,6 +617,7 @@ mod tests {
                     columns: 3,
                     stripe_unit_bytes: 64 << 10,
                 },
+                log: Default::default(),
             },
             export(),
             Change::NodeOpen {
@@ -692,12 +704,30 @@ mod tests {
                     columns: 2,
                     stripe_unit_bytes: 128 << 10,
                 },
+                log: Default::default(),
             },
             Change::VolCreate {
                 dg: dg(),
                 volume: "v4".into(),
                 size_bytes: 512,
                 layout: VolumeLayout::Concat,
+                log: Default::default(),
+            },
+            Change::VolCreate {
+                dg: dg(),
+                volume: "v5".into(),
+                size_bytes: 8 << 20,
+                layout: VolumeLayout::Mirror { mirrors: 3 },
+                log: LogPolicy::Off,
+            },
+            Change::VolCreate {
+                dg: dg(),
+                volume: "v6".into(),
+                size_bytes: 8 << 20,
+                layout: VolumeLayout::Mirror { mirrors: 2 },
+                log: LogPolicy::On {
+                    region_bytes: 1 << 20,
+                },
             },
             Change::VolGrow {
                 dg: dg(),

@@ -70,6 +70,9 @@ mod tests {
                 volume: "vol1".into(),
                 size_bytes: 100 << 20,
                 layout: VolumeLayout::Mirror { mirrors: 2 },
+                // Without a log: the renderings of before
+                // (print_shows_the_log_and_ranges_left shows one).
+                log: crate::model::LogPolicy::Off,
             },
             Change::VolCreate {
                 dg: "dg1".into(),
@@ -80,6 +83,7 @@ mod tests {
                     columns: 3,
                     stripe_unit_bytes: 128 << 10,
                 },
+                log: Default::default(),
             },
             Change::PlexAdd {
                 dg: "dg1".into(),
@@ -123,6 +127,9 @@ mod tests {
             plex: "vol1-01".into(),
         };
         g.volumes[1].state = VolumeState::Disabled;
+        // The plex added made vol2 mirrored, which gave it a log: left out here (the
+        // renderings of before; print_shows_the_log_and_ranges_left shows one).
+        g.volumes[1].log = None;
         g.volumes[1].read_policy = ReadPolicy::LeastBusy;
         let mut p = g.clone();
         p.name = "pdg".into();
@@ -192,6 +199,55 @@ mod tests {
             json_of(&groups, &failed)
         );
         assert_eq!(node_text, include_str!("testdata/print_failed.txt"));
+    }
+
+    #[test]
+    fn print_shows_the_log_and_ranges_left() {
+        let c = cluster(&[
+            ("disk01", 1 << 30),
+            ("disk02", 1 << 30),
+            ("disk03", 1 << 30),
+        ]);
+        let c = c
+            .apply(&Change::VolCreate {
+                dg: "dg1".into(),
+                volume: "vol1".into(),
+                size_bytes: 100 << 20,
+                layout: VolumeLayout::Mirror { mirrors: 2 },
+                log: crate::model::LogPolicy::On {
+                    region_bytes: 1 << 20,
+                },
+            })
+            .unwrap();
+        let mut g = c.disk_groups[0].clone();
+        g.volumes[0].plexes[1].state = crate::model::PlexState::Syncing;
+        g.volumes[0].plexes[1].resync_ranges = vec![(0, 1 << 20), (8 << 20, 2 << 20)];
+        let log = g.volumes[0].log.clone().unwrap();
+        let (json, text) = through_the_wire(&[g], &[]);
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let vol = &v["disk_groups"][0]["volumes"][0];
+        assert_eq!(
+            vol["log"],
+            serde_json::json!({
+                "disk": "disk03", "disk_offset": log.disk_offset_bytes, "len": log.len_bytes,
+                "section": log.section_bytes, "region": 1 << 20, "log_id": log.log_id,
+            })
+        );
+        assert_eq!(
+            vol["plexes"][1]["resync"],
+            serde_json::json!({
+                "ranges": 2, "bytes": 3 << 20, "list": [[0, 1 << 20], [8 << 20, 2 << 20]],
+            })
+        );
+        assert!(vol["plexes"][0].get("resync").is_none(), "{json}");
+        assert!(
+            text.contains("\nlg vol1         disk03   1.0 MiB  520.0 KiB region 1.0 MiB\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("SYNCING  CONCAT   100.0 MiB resync 2 ranges 3.0 MiB left\n"),
+            "{text}"
+        );
     }
 
     fn json_of(groups: &[DiskGroupConfig], failed: &[FailedGroup]) -> String {

@@ -40,14 +40,19 @@ impl Daemon {
                 mirrors,
                 columns,
                 stripe_unit_bytes,
+                drl_off,
+                region_bytes,
             } => Self::resolve_vol_create(
                 dg,
                 volume,
                 size_bytes,
                 layout,
-                mirrors,
-                columns,
-                stripe_unit_bytes,
+                (mirrors, columns, stripe_unit_bytes),
+                match (drl_off, region_bytes) {
+                    (true, _) => crate::model::LogPolicy::Off,
+                    (false, 0) => crate::model::LogPolicy::default(),
+                    (false, region_bytes) => crate::model::LogPolicy::On { region_bytes },
+                },
             ),
             CtlChange::VolResize {
                 dg,
@@ -202,9 +207,8 @@ impl Daemon {
         volume: String,
         size_bytes: u64,
         layout: LayoutKind,
-        mirrors: u32,
-        columns: u32,
-        stripe_unit_bytes: u64,
+        (mirrors, columns, stripe_unit_bytes): (u32, u32, u64),
+        log: crate::model::LogPolicy,
     ) -> Change {
         let mirrors = if mirrors == 0 { 2 } else { mirrors };
         let columns = if columns == 0 { 2 } else { columns };
@@ -231,6 +235,7 @@ impl Daemon {
             volume,
             size_bytes,
             layout,
+            log,
         }
     }
 

@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
+use std::time::Instant;
 
 use plexd_target_api::volume::MAX_COPY_BYTES;
 use plexd_target_api::KernelClient;
@@ -222,6 +223,30 @@ fn copy_chunk(
 struct Task {
     out: TaskOut,
     cancel: Arc<AtomicBool>,
+    /// When this node first saw the task, and its bytes done then: the rate is
+    /// the bytes copied since over the time since.
+    seen: (Instant, u64),
+    /// When it ended here.
+    ended: Option<Instant>,
+}
+
+impl Task {
+    /// `out` with the rate and the time left as of `now`.
+    fn out_at(&self, now: Instant) -> TaskOut {
+        let mut out = self.out.clone();
+        let (since, done_then) = self.seen;
+        let until = self.ended.unwrap_or(now);
+        let secs = until.saturating_duration_since(since).as_secs_f64();
+        let copied = out.done_bytes.saturating_sub(done_then);
+        if secs > 0.0 && copied > 0 {
+            out.bytes_per_second = (copied as f64 / secs) as u64;
+        }
+        let left = out.total_bytes.saturating_sub(out.done_bytes);
+        if out.state == "running" && out.bytes_per_second > 0 {
+            out.eta_seconds = left.div_ceil(out.bytes_per_second);
+        }
+        out
+    }
 }
 
 /// The tasks of this node.
@@ -270,19 +295,22 @@ impl Tasks {
                     total_bytes,
                     state: "running".into(),
                     node: node.into(),
+                    ..TaskOut::default()
                 },
                 cancel: Arc::clone(&cancel),
+                seen: (Instant::now(), 0),
+                ended: None,
             },
         );
         (self.next, cancel)
     }
 
     /// A resync the core runs (this node is the master): started, progressed or
-    /// ended (`core::Action::ResyncProgress`).
+    /// ended (`core::Action::ResyncProgress`: bytes done of the total it covers).
     pub fn progress(
         &mut self,
         p: &SyncingPlex,
-        done_bytes: u64,
+        (done_bytes, total_bytes): (u64, u64),
         finished: Option<Result<(), String>>,
         node: &str,
     ) {
@@ -293,8 +321,18 @@ impl Tasks {
             .map(|(id, _)| *id);
         let id = match running {
             Some(id) => id,
-            None => self.add(&p.dg, &p.volume, &p.plex, p.size_bytes, node).0,
+            None => {
+                let id = self.add(&p.dg, &p.volume, &p.plex, total_bytes, node).0;
+                if let Some(t) = self.tasks.get_mut(&id) {
+                    // The rate counts from what was done when this node saw it.
+                    t.seen.1 = done_bytes;
+                }
+                id
+            }
         };
+        if let Some(t) = self.tasks.get_mut(&id) {
+            t.out.total_bytes = total_bytes;
+        }
         let progress = Progress {
             task: id,
             done_bytes,
@@ -326,6 +364,9 @@ impl Tasks {
     /// Records progress; returns the task when it just ended.
     pub fn update(&mut self, p: &Progress) -> Option<TaskOut> {
         let t = self.tasks.get_mut(&p.task)?;
+        if p.result.is_some() {
+            t.ended = Some(Instant::now());
+        }
         match &p.result {
             None => {
                 t.out.done_bytes = p.done_bytes;
@@ -351,9 +392,14 @@ impl Tasks {
         }
     }
 
-    /// `task list`.
+    /// `task list`: each task with its rate and time left as of now.
     pub fn list(&self) -> Vec<TaskOut> {
-        self.tasks.values().map(|t| t.out.clone()).collect()
+        self.list_at(Instant::now())
+    }
+
+    /// `task list` as of `now`.
+    pub fn list_at(&self, now: Instant) -> Vec<TaskOut> {
+        self.tasks.values().map(|t| t.out_at(now)).collect()
     }
 }
 
@@ -383,5 +429,42 @@ mod tests {
             .unwrap();
         assert_eq!(end.state, "done");
         assert!(!t.running("dg1", "v1-02"));
+    }
+
+    #[test]
+    fn task_list_shows_the_rate_and_the_time_left_of_the_ranges() {
+        use std::time::Duration;
+        const MIB: u64 = 1 << 20;
+        let mut t = Tasks::default();
+        let plex = SyncingPlex {
+            dg: "dg1".into(),
+            volume: "v1".into(),
+            plex: "v1-02".into(),
+            size_bytes: 1 << 30,
+        };
+        // A resync of 100 MiB of ranges in a 1 GiB volume.
+        t.progress(&plex, (0, 100 * MIB), None, "a");
+        let start = Instant::now();
+        let l = t.list_at(start);
+        assert_eq!(
+            (l[0].total_bytes, l[0].bytes_per_second, l[0].eta_seconds),
+            (100 * MIB, 0, 0)
+        );
+        t.progress(&plex, (50 * MIB, 100 * MIB), None, "a");
+        // 50 MiB in (a little over) 10 s: just under 5 MiB/s, 10 or 11 s left.
+        let l = t.list_at(start + Duration::from_secs(10));
+        assert_eq!(l.len(), 1);
+        assert_eq!((l[0].done_bytes, l[0].total_bytes), (50 * MIB, 100 * MIB));
+        assert!(
+            (5 * MIB * 99 / 100..=5 * MIB).contains(&l[0].bytes_per_second),
+            "{:?}",
+            l[0]
+        );
+        assert!((10..=11).contains(&l[0].eta_seconds), "{:?}", l[0]);
+        t.progress(&plex, (100 * MIB, 100 * MIB), Some(Ok(())), "a");
+        let l = t.list_at(start + Duration::from_secs(3600));
+        assert_eq!((l[0].state.as_str(), l[0].eta_seconds), ("done", 0));
+        // The rate of a finished task stops at its end.
+        assert!(l[0].bytes_per_second > 5 * MIB, "{:?}", l[0]);
     }
 }

@@ -12,14 +12,20 @@
 //! node): a concat plex goes on the single disk that fits it most tightly, else over the
 //! disks with the most free space; stripe columns go on the disks that fit a column most
 //! tightly. Within a disk, the extent that fits most tightly is used, else the largest.
+//!
+//! A mirrored volume's dirty region log ([`allocate_log`]) is one extent of
+//! [`LOG_SECTIONS`] sections, preferably on a disk none of the volume's plexes use,
+//! else on any disk with room; it is used space like a subdisk.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use thiserror::Error;
 
+use plexd_target_api::drl;
+
 use crate::model::{
-    DiskGroupConfig, Plex, PlexLayout, PlexState, Subdisk, VolumeLayout, ALLOC_ALIGN_BYTES,
-    MAX_SUBDISKS_PER_COLUMN,
+    DiskGroupConfig, Plex, PlexLayout, PlexState, Subdisk, VolumeLayout, VolumeLog,
+    ALLOC_ALIGN_BYTES, LOG_SECTIONS, MAX_SUBDISKS_PER_COLUMN,
 };
 use crate::size::format_size;
 
@@ -54,6 +60,11 @@ pub fn free_extents(dg: &DiskGroupConfig) -> Vec<(String, Vec<FreeExtent>)> {
         used.entry(sd.disk.as_str())
             .or_default()
             .push((sd.disk_offset_bytes, sd.len_bytes));
+    }
+    for log in dg.volumes.iter().filter_map(|v| v.log.as_ref()) {
+        used.entry(log.disk.as_str())
+            .or_default()
+            .push((log.disk_offset_bytes, log.len_bytes));
     }
     dg.disks
         .iter()
@@ -601,6 +612,151 @@ pub fn shrink_plexes(plexes: &[Plex], new_size_bytes: u64) -> Vec<Plex> {
         .collect()
 }
 
+/// A new log id for a log placed by the change that takes `dg` (as it is before
+/// the change) to its next seq: the group id's CRC32C in the high half, XOR the new
+/// seq. One change places at most one log, and the seq only grows, so ids are
+/// unique within a group; the group id part makes a log of a group created again
+/// on the same disks differ from the old one's.
+pub fn new_log_id(dg: &DiskGroupConfig) -> u64 {
+    (u64::from(crc32c::crc32c(dg.id.as_bytes())) << 32) ^ dg.seq.wrapping_add(1)
+}
+
+/// The geometry of a log for a volume of `volume_bytes` with regions of
+/// `region_bytes`: (section bytes, log bytes). Errors when the region size is not
+/// a power of two in range or the volume needs more regions than a section tracks.
+pub fn log_geometry(
+    volume: &str,
+    volume_bytes: u64,
+    region_bytes: u64,
+) -> Result<(u64, u64), AllocError> {
+    let error = |reason: String| AllocError {
+        volume: volume.to_string(),
+        reason,
+    };
+    if !region_bytes.is_power_of_two()
+        || !(drl::MIN_REGION_BYTES..=drl::MAX_REGION_BYTES).contains(&region_bytes)
+    {
+        return Err(error(format!(
+            "dirty region log region size {region_bytes} bytes is not a power of two from {} to {}",
+            format_size(drl::MIN_REGION_BYTES),
+            format_size(drl::MAX_REGION_BYTES)
+        )));
+    }
+    let regions = drl::regions_for(volume_bytes, region_bytes);
+    if regions > drl::MAX_DRL_REGIONS {
+        return Err(error(format!(
+            "a dirty region log with {} regions would track {regions} regions (at most {}): use a larger --region-size",
+            format_size(region_bytes),
+            drl::MAX_DRL_REGIONS
+        )));
+    }
+    let section = drl::section_bytes(regions);
+    Ok((section, section.saturating_mul(LOG_SECTIONS)))
+}
+
+/// Places a dirty region log of `len_bytes` for `volume` (whose plexes `dg`
+/// already holds as they will be): one aligned extent, the tightest fitting one on
+/// a disk none of the volume's plexes use, else the tightest on any disk. Returns
+/// (disk, offset).
+pub fn place_log(
+    dg: &DiskGroupConfig,
+    volume: &str,
+    len_bytes: u64,
+) -> Result<(String, u64), AllocError> {
+    let need = align_up(len_bytes);
+    let volume_disks: BTreeSet<&str> = dg
+        .volume(volume)
+        .into_iter()
+        .flat_map(|v| &v.plexes)
+        .flat_map(|p| p.subdisks.iter().map(|sd| sd.disk.as_str()))
+        .collect();
+    let free = free_extents(dg);
+    let best = |own: bool| {
+        free.iter()
+            .enumerate()
+            .filter(|(_, (disk, _))| volume_disks.contains(disk.as_str()) == own)
+            .flat_map(|(order, (disk, extents))| {
+                extents
+                    .iter()
+                    .filter(|e| e.len_bytes >= need)
+                    .map(move |e| (e.len_bytes, order, e.offset_bytes, disk))
+            })
+            .min()
+            .map(|(_, _, offset, disk)| (disk.clone(), offset))
+    };
+    best(false)
+        .or_else(|| best(true))
+        .ok_or_else(|| AllocError {
+            volume: volume.to_string(),
+            reason: format!(
+                "no free extent of {} for its dirty region log ({} sections of {}; {})",
+                format_size(need),
+                LOG_SECTIONS,
+                format_size(need / LOG_SECTIONS),
+                Allocator::new(dg).free_summary()
+            ),
+        })
+}
+
+/// A new dirty region log with regions of `region_bytes` for `volume` of `dg`
+/// (the group with the volume's plexes placed, before the change's seq bump).
+pub fn allocate_log(
+    dg: &DiskGroupConfig,
+    volume: &str,
+    volume_bytes: u64,
+    region_bytes: u64,
+) -> Result<VolumeLog, AllocError> {
+    let (section_bytes, len_bytes) = log_geometry(volume, volume_bytes, region_bytes)?;
+    let (disk, disk_offset_bytes) = place_log(dg, volume, len_bytes)?;
+    Ok(VolumeLog {
+        disk,
+        disk_offset_bytes,
+        len_bytes,
+        section_bytes,
+        region_bytes,
+        log_id: new_log_id(dg),
+    })
+}
+
+/// The log of `volume` (in `dg`, with its plexes grown to `new_size_bytes`) after a
+/// grow: kept when it tracks the new size; else a new log of the same region size
+/// elsewhere (the old one is freed), else the old extent with the region size
+/// doubled until it fits. A new log gets a new id: the commit's quiesce drains the
+/// writes, so every data plane starts the new log clean.
+pub fn grow_log(
+    dg: &DiskGroupConfig,
+    volume: &str,
+    new_size_bytes: u64,
+) -> Result<Option<VolumeLog>, AllocError> {
+    let Some(old) = dg.volume(volume).and_then(|v| v.log.clone()) else {
+        return Ok(None);
+    };
+    if old.holds(new_size_bytes) {
+        return Ok(Some(old));
+    }
+    let mut without = dg.clone();
+    if let Some(v) = without.volumes.iter_mut().find(|v| v.name == volume) {
+        v.log = None;
+    }
+    let moved = allocate_log(&without, volume, new_size_bytes, old.region_bytes);
+    if moved.is_ok() {
+        return moved.map(Some);
+    }
+    let mut region_bytes = old.region_bytes;
+    while region_bytes < drl::MAX_REGION_BYTES {
+        region_bytes = region_bytes.saturating_mul(2);
+        let log = VolumeLog {
+            region_bytes,
+            log_id: new_log_id(dg),
+            ..old.clone()
+        };
+        if log.holds(new_size_bytes) {
+            return Ok(Some(log));
+        }
+    }
+    moved.map(Some)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -621,6 +777,7 @@ mod tests {
             volume: volume.into(),
             size_bytes: size,
             layout,
+            log: Default::default(),
         })
     }
 
@@ -970,6 +1127,7 @@ mod tests {
                             volume: format!("v{step}"),
                             size_bytes: rng.gen_range(1..40 * MIB),
                             layout,
+                            log: Default::default(),
                         }
                     }
                     _ if names.is_empty() => continue,
@@ -1063,5 +1221,271 @@ mod tests {
             grow(&c, "a", 500 * MIB).unwrap()
         };
         assert_eq!(build(), build());
+    }
+
+    // ---- dirty region logs ----
+
+    const MIRROR: VolumeLayout = VolumeLayout::Mirror { mirrors: 2 };
+
+    fn create_with(
+        c: &ClusterConfig,
+        volume: &str,
+        size: u64,
+        layout: VolumeLayout,
+        log: crate::model::LogPolicy,
+    ) -> Result<ClusterConfig, ConfigError> {
+        c.apply(&Change::VolCreate {
+            dg: "dg1".into(),
+            volume: volume.into(),
+            size_bytes: size,
+            layout,
+            log,
+        })
+    }
+
+    fn log_of(c: &ClusterConfig, volume: &str) -> Option<VolumeLog> {
+        c.disk_groups[0].volume(volume).unwrap().log.clone()
+    }
+
+    fn free_bytes(c: &ClusterConfig) -> u64 {
+        free_extents(&c.disk_groups[0])
+            .iter()
+            .flat_map(|(_, e)| e)
+            .map(|e| e.len_bytes)
+            .sum()
+    }
+
+    fn region(region_bytes: u64) -> crate::model::LogPolicy {
+        crate::model::LogPolicy::On { region_bytes }
+    }
+
+    #[test]
+    fn a_mirror_gets_a_log_on_a_disk_its_plexes_do_not_use_counted_as_used() {
+        let c = cluster(&[("disk01", GIB), ("disk02", GIB), ("disk03", GIB)]);
+        let before = free_bytes(&c);
+        let c = create(&c, "vol1", 100 * MIB, MIRROR).unwrap();
+        let log = log_of(&c, "vol1").unwrap();
+        assert_eq!(log.disk, "disk03");
+        assert_eq!(log.region_bytes, drl::DEFAULT_REGION_BYTES);
+        // 200 regions: one bitmap block and the header.
+        assert_eq!(log.section_bytes, 2 * 4096);
+        assert_eq!(log.len_bytes, LOG_SECTIONS * 2 * 4096);
+        assert!(log.disk_offset_bytes.is_multiple_of(ALLOC_ALIGN_BYTES));
+        // Placed by the change to seq 2 of group dgid1.
+        assert_eq!(log.log_id, (u64::from(crc32c::crc32c(b"dgid1")) << 32) ^ 2);
+        // Used space: the plexes and the log.
+        assert_eq!(free_bytes(&c), before - 200 * MIB - log.len_bytes);
+        // Nothing placed later overlaps it: fill disk03 completely.
+        let rest = GIB - log.len_bytes;
+        let c = create(&c, "fill", rest, VolumeLayout::Concat).unwrap();
+        let sd = &plexes(&c, "fill")[0].subdisks;
+        assert!(sd.iter().all(|sd| sd.disk == "disk03"), "{sd:?}");
+        assert_eq!(free_extents(&c.disk_groups[0])[2].1, Vec::new());
+        c.disk_groups[0].validate().unwrap();
+    }
+
+    #[test]
+    fn a_log_goes_on_a_plex_disk_when_no_other_has_room() {
+        let c = cluster(&[("disk01", GIB), ("disk02", GIB)]);
+        let c = create(&c, "vol1", 100 * MIB, MIRROR).unwrap();
+        let log = log_of(&c, "vol1").unwrap();
+        let sd = &plexes(&c, "vol1")[0].subdisks[0];
+        let plex_end = sd.disk_offset_bytes + sd.len_bytes;
+        // Right after a plex, not inside it.
+        assert!(
+            log.disk_offset_bytes >= plex_end || log.disk != sd.disk,
+            "{log:?} {sd:?}"
+        );
+        c.disk_groups[0].validate().unwrap();
+    }
+
+    #[test]
+    fn no_log_without_mirrors_or_with_drl_off() {
+        let c = cluster(&[("disk01", GIB), ("disk02", GIB), ("disk03", GIB)]);
+        let c = create(&c, "concat", MIB, VolumeLayout::Concat).unwrap();
+        let c = create(&c, "stripe", MIB, stripe(2)).unwrap();
+        let c = create_with(&c, "off", MIB, MIRROR, crate::model::LogPolicy::Off).unwrap();
+        let c = create_with(&c, "on", MIB, MIRROR, region(1 << 20)).unwrap();
+        for v in ["concat", "stripe", "off"] {
+            assert_eq!(log_of(&c, v), None, "{v}");
+        }
+        assert_eq!(log_of(&c, "on").unwrap().region_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn bad_region_sizes_are_refused_naming_the_volume() {
+        let c = cluster(&[("disk01", GIB), ("disk02", GIB)]);
+        for bad in [0, 3 << 16, 32 << 10, 2 << 30] {
+            for layout in [MIRROR, VolumeLayout::Concat] {
+                let err = create_with(&c, "vol1", MIB, layout, region(bad)).unwrap_err();
+                let msg = err.to_string();
+                assert!(
+                    msg.contains("volume vol1") && msg.contains("region size"),
+                    "{bad}: {msg}"
+                );
+            }
+        }
+        // Too many regions for a section: 2^24 regions of 64 KiB are 1 TiB.
+        let big = cluster(&[("disk01", 1 << 41), ("disk02", 1 << 41)]);
+        let err = create_with(&big, "vol1", (1 << 40) + 4096, MIRROR, region(64 << 10));
+        assert!(err
+            .unwrap_err()
+            .to_string()
+            .contains("larger --region-size"));
+        create_with(&big, "vol1", 1 << 40, MIRROR, region(64 << 10)).unwrap();
+    }
+
+    #[test]
+    fn a_mirror_without_room_for_its_log_is_refused_whole() {
+        // Exactly room for the two plexes.
+        let c = cluster(&[("disk01", 4 * MIB), ("disk02", 4 * MIB)]);
+        let err = create(&c, "vol1", 4 * MIB, MIRROR).unwrap_err().to_string();
+        assert!(
+            err.contains("volume vol1") && err.contains("dirty region log"),
+            "{err}"
+        );
+        assert!(err.contains("--drl off"), "{err}");
+        assert!(c.disk_groups[0].volumes.is_empty());
+        create_with(&c, "vol1", 4 * MIB, MIRROR, crate::model::LogPolicy::Off).unwrap();
+    }
+
+    #[test]
+    fn grow_keeps_a_log_with_room_else_moves_it_else_doubles_its_regions() {
+        let c = cluster(&[
+            ("disk01", 40 * GIB),
+            ("disk02", 40 * GIB),
+            ("disk03", 40 * GIB),
+        ]);
+        let c = create(&c, "vol1", GIB, MIRROR).unwrap();
+        let first = log_of(&c, "vol1").unwrap();
+        // One bitmap block holds 32768 regions of 512 KiB: 16 GiB.
+        let c = grow(&c, "vol1", 16 * GIB).unwrap();
+        assert_eq!(log_of(&c, "vol1").unwrap(), first);
+        let shrunk = c
+            .apply(&Change::VolShrink {
+                dg: "dg1".into(),
+                volume: "vol1".into(),
+                new_size_bytes: GIB,
+            })
+            .unwrap();
+        assert_eq!(log_of(&shrunk, "vol1").unwrap(), first);
+        let before = free_bytes(&c);
+        let c = grow(&c, "vol1", 17 * GIB).unwrap();
+        let moved = log_of(&c, "vol1").unwrap();
+        assert_eq!(moved.region_bytes, first.region_bytes);
+        assert_eq!(moved.section_bytes, 3 * 4096);
+        assert_ne!(moved.log_id, first.log_id);
+        assert!(moved.holds(17 * GIB));
+        // The old log is free again: only the plexes' growth and the new log's
+        // extra length are used.
+        assert_eq!(
+            free_bytes(&c),
+            before - 2 * GIB - (moved.len_bytes - first.len_bytes)
+        );
+        c.disk_groups[0].validate().unwrap();
+
+        // No room anywhere for a larger log: the region size doubles in place.
+        // disk03 holds exactly the log; the grow takes the rest of disk01 and disk02.
+        let small = LOG_SECTIONS * 2 * 4096;
+        let c = cluster(&[
+            ("disk01", 16 * GIB + 64 * MIB),
+            ("disk02", 16 * GIB + 64 * MIB),
+            ("disk03", small),
+        ]);
+        let c = create(&c, "vol1", 16 * GIB, MIRROR).unwrap();
+        let first = log_of(&c, "vol1").unwrap();
+        assert_eq!((first.disk.as_str(), first.len_bytes), ("disk03", small));
+        let c = grow(&c, "vol1", 16 * GIB + 64 * MIB).unwrap();
+        assert_eq!(free_bytes(&c), 0);
+        let doubled = log_of(&c, "vol1").unwrap();
+        assert_eq!(doubled.region_bytes, 2 * first.region_bytes);
+        assert_eq!(
+            (
+                doubled.disk.as_str(),
+                doubled.disk_offset_bytes,
+                doubled.len_bytes
+            ),
+            (
+                first.disk.as_str(),
+                first.disk_offset_bytes,
+                first.len_bytes
+            )
+        );
+        assert_ne!(doubled.log_id, first.log_id);
+        c.disk_groups[0].validate().unwrap();
+    }
+
+    #[test]
+    fn vol_rm_frees_the_log_and_log_ids_stay_unique() {
+        let c = cluster(&[("disk01", GIB), ("disk02", GIB), ("disk03", GIB)]);
+        let empty = free_bytes(&c);
+        let c = create(&c, "vol1", 10 * MIB, MIRROR).unwrap();
+        let c = create(&c, "vol2", 10 * MIB, MIRROR).unwrap();
+        assert_ne!(
+            log_of(&c, "vol1").unwrap().log_id,
+            log_of(&c, "vol2").unwrap().log_id
+        );
+        let rm = |c: &ClusterConfig, v: &str| {
+            c.apply(&Change::VolRm {
+                dg: "dg1".into(),
+                volume: v.into(),
+            })
+            .unwrap()
+        };
+        let c = rm(&rm(&c, "vol1"), "vol2");
+        assert_eq!(free_bytes(&c), empty);
+    }
+
+    #[test]
+    fn rm_disk_refuses_the_disk_holding_a_log() {
+        let c = cluster(&[("disk01", GIB), ("disk02", GIB), ("disk03", GIB)]);
+        let c = create(&c, "vol1", 10 * MIB, MIRROR).unwrap();
+        assert_eq!(log_of(&c, "vol1").unwrap().disk, "disk03");
+        let err = c
+            .apply(&Change::DgRmDisk {
+                dg: "dg1".into(),
+                disk: "disk03".into(),
+            })
+            .unwrap_err();
+        assert!(matches!(err, ConfigError::InUse(_)), "{err:?}");
+        assert!(
+            err.to_string().contains("dirty region log of vol1"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn plex_add_gives_a_log_and_plex_rm_to_one_plex_frees_it() {
+        let c = cluster(&[("disk01", GIB), ("disk02", GIB), ("disk03", GIB)]);
+        let empty = free_bytes(&c);
+        let c = create(&c, "vol1", 10 * MIB, VolumeLayout::Concat).unwrap();
+        let c = c
+            .apply(&Change::PlexAdd {
+                dg: "dg1".into(),
+                volume: "vol1".into(),
+                layout: PlexLayout::Concat,
+            })
+            .unwrap();
+        let log = log_of(&c, "vol1").unwrap();
+        assert_eq!(log.region_bytes, drl::DEFAULT_REGION_BYTES);
+        let c = c
+            .apply(&Change::PlexRm {
+                dg: "dg1".into(),
+                plex: "vol1-02".into(),
+                force: false,
+            })
+            .unwrap();
+        assert_eq!(log_of(&c, "vol1"), None);
+        assert_eq!(free_bytes(&c), empty - 10 * MIB);
+        // A mirror made with --drl off keeps no log when a third plex comes.
+        let c = create_with(&c, "off", MIB, MIRROR, crate::model::LogPolicy::Off).unwrap();
+        let c = c
+            .apply(&Change::PlexAdd {
+                dg: "dg1".into(),
+                volume: "off".into(),
+                layout: PlexLayout::Concat,
+            })
+            .unwrap();
+        assert_eq!(log_of(&c, "off"), None);
     }
 }

@@ -318,8 +318,9 @@ pub fn apply_dg(dg: &DiskGroupConfig, change: &Change) -> Result<DiskGroupConfig
             volume,
             size_bytes,
             layout,
+            log,
             ..
-        } => vol_create(dg, &mut next, volume, *size_bytes, *layout)?,
+        } => vol_create(dg, &mut next, volume, *size_bytes, *layout, *log)?,
         Change::VolGrow {
             volume,
             new_size_bytes,
@@ -440,6 +441,12 @@ fn dg_rm_disk(
         .flat_map(|v| v.plexes.iter().map(move |p| (v, p)))
         .filter(|(_, p)| p.subdisks.iter().any(|sd| sd.disk == *disk))
         .map(|(v, p)| format!("{}/{}", v.name, p.name))
+        .chain(
+            dg.volumes
+                .iter()
+                .filter(|v| v.log.as_ref().is_some_and(|l| l.disk == *disk))
+                .map(|v| format!("the dirty region log of {}", v.name)),
+        )
         .collect();
     if !users.is_empty() {
         return Err(ConfigError::InUse(format!(
@@ -465,6 +472,7 @@ fn vol_create(
     volume: &str,
     size_bytes: u64,
     layout: VolumeLayout,
+    log: LogPolicy,
 ) -> Result<(), ConfigError> {
     validate_name("volume", volume)?;
     if dg.volume(volume).is_some() || dg.find_plex(volume).is_some() {
@@ -488,6 +496,10 @@ fn vol_create(
         }
     }
     plex_layout.validate()?;
+    if let LogPolicy::On { region_bytes } = log {
+        // Checked for any layout, so that a bad --region-size is never ignored.
+        alloc::log_geometry(volume, size, region_bytes)?;
+    }
     let plexes = alloc::allocate_volume(dg, volume, size, layout)?;
     next.volumes.push(Volume {
         log: None,
@@ -499,6 +511,16 @@ fn vol_create(
         exports: Vec::new(),
         reservations: PrState::default(),
     });
+    if let (LogPolicy::On { region_bytes }, 2..) = (log, mirrors) {
+        let placed = alloc::allocate_log(next, volume, size, region_bytes).map_err(|mut e| {
+            e.reason
+                .push_str("; vol create --drl off makes the volume without a log");
+            e
+        })?;
+        if let Some(v) = next.volumes.last_mut() {
+            v.log = Some(placed);
+        }
+    }
     Ok(())
 }
 
@@ -527,6 +549,10 @@ fn vol_resize(
     } else {
         alloc::shrink_plexes(&dg.volumes[vi].plexes, size)
     };
+    if grow {
+        // A shrunk volume keeps its log (it tracks fewer regions of it).
+        next.volumes[vi].log = alloc::grow_log(next, volume, size)?;
+    }
     next.volumes[vi].size_bytes = size;
     Ok(())
 }
@@ -681,6 +707,17 @@ fn plex_add(
     layout.validate()?;
     let plex = alloc::allocate_plex(dg, volume, layout)?;
     next.volumes[vi].plexes.push(plex);
+    if v.log.is_none() && v.plexes.len() == 1 {
+        // The volume becomes mirrored: it gets the default log (a volume created
+        // mirrored with --drl off has two plexes or more and stays without).
+        let log = alloc::allocate_log(
+            next,
+            volume,
+            v.size_bytes,
+            plexd_target_api::drl::DEFAULT_REGION_BYTES,
+        )?;
+        next.volumes[vi].log = Some(log);
+    }
     Ok(())
 }
 
@@ -700,6 +737,7 @@ fn plex_detach(
     }
     check_not_last_active(&dg.volumes[vi], pi, "detach")?;
     next.volumes[vi].plexes[pi].state = PlexState::Stale;
+    next.volumes[vi].plexes[pi].resync_ranges.clear();
     Ok(())
 }
 
@@ -725,6 +763,8 @@ fn plex_attach(
         )));
     }
     next.volumes[vi].plexes[pi].state = PlexState::Syncing;
+    // A STALE or EMPTY plex missed writes anywhere: the whole plex is copied.
+    next.volumes[vi].plexes[pi].resync_ranges.clear();
     Ok(())
 }
 
@@ -754,6 +794,10 @@ fn plex_rm(
         )));
     }
     next.volumes[vi].plexes.remove(pi);
+    if next.volumes[vi].plexes.len() == 1 {
+        // Not mirrored any more: its log is freed (a plex added later brings a new one).
+        next.volumes[vi].log = None;
+    }
     if let ReadPolicy::Prefer { plex: preferred } = &v.read_policy {
         if preferred == plex {
             next.volumes[vi].read_policy = ReadPolicy::Round;
@@ -774,5 +818,8 @@ fn set_plex_state(
         check_not_last_active(&dg.volumes[vi], pi, &format!("set {}", state.as_str()))?;
     }
     next.volumes[vi].plexes[pi].state = state;
+    if state != PlexState::Syncing {
+        next.volumes[vi].plexes[pi].resync_ranges.clear();
+    }
     Ok(())
 }

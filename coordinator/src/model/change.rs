@@ -76,8 +76,12 @@ pub enum Change {
         size_bytes: u64,
         /// Requested layout.
         layout: VolumeLayout,
+        /// The dirty region log of a mirrored layout (ignored for one plex).
+        #[serde(default, skip_serializing_if = "LogPolicy::is_default")]
+        log: LogPolicy,
     },
-    /// `vol grow`: every plex is extended.
+    /// `vol grow`: every plex is extended; a log too small for the new size gets a
+    /// new place or larger regions (a new log id).
     VolGrow {
         /// Group.
         dg: String,
@@ -440,10 +444,20 @@ fn rounded_note(asked: u64, got: u64) -> String {
     }
 }
 
-/// Where a volume's plexes are: `v1-01 ACTIVE stripe 2 columns x 64K on d1+d2, ...`.
+/// Where a volume's plexes are: `v1-01 ACTIVE stripe 2 columns x 64K on d1+d2, ...`,
+/// and its dirty region log: `; dirty region log on d3 (512.0 KiB regions)`.
 fn describe_placement(v: &Volume) -> String {
     use crate::size::format_size;
-    v.plexes
+    let log = match &v.log {
+        Some(l) => format!(
+            "; dirty region log on {} ({} regions)",
+            l.disk,
+            format_size(l.region_bytes)
+        ),
+        None => String::new(),
+    };
+    let plexes = v
+        .plexes
         .iter()
         .map(|p| {
             let disks: Vec<&str> = p.disks().into_iter().collect();
@@ -465,7 +479,8 @@ fn describe_placement(v: &Volume) -> String {
             )
         })
         .collect::<Vec<_>>()
-        .join(", ")
+        .join(", ");
+    format!("{plexes}{log}")
 }
 
 /// [`describe`] of a change that sized a volume: `headline`, then (when the volume

@@ -23,7 +23,7 @@
 //! | `error` | [`ConfigError`], [`validate_name`] |
 //! | `validate` | [`DiskGroupConfig::validate`]: every invariant of a group |
 //! | `apply` | [`apply`], [`apply_dg`]: a change against the configuration |
-//! | [`alloc`] | extent allocation for volumes and plexes |
+//! | [`alloc`] | extent allocation for volumes, plexes and dirty region logs |
 //! | `recovery` | the open nodes of shared groups and the node-crash recovery of mirrors |
 //! | `project` | [`DiskGroupConfig::volume_specs`]: what the data plane builds, and its names of the group's objects |
 

@@ -1,8 +1,14 @@
 //! The projection of a disk group onto what the data plane builds: one
 //! [`VolumeSpec`] per volume (subdisk extents per plex column on the group's disk
-//! bdevs, stripe geometry, plex states, read policy), and the data plane's names of
-//! the group's objects. The one place a configuration becomes a data-plane layout.
+//! bdevs, stripe geometry, plex states, read policy, this node's section of the
+//! dirty region log), and the data plane's names of the group's objects. The one
+//! place a configuration becomes a data-plane layout.
+//!
+//! A SYNCING plex is SYNCING to the data plane whether the whole plex or only its
+//! `resync_ranges` are left to copy: the copier knows the ranges, the data plane
+//! only writes to it and never reads from it.
 
+use plexd_target_api::drl::DirtyLogSpec;
 use plexd_target_api::volume::{
     PlexKind, PlexSpec, PlexState as KPlexState, ReadPolicy as KReadPolicy, SubdiskSpec, VolumeSpec,
 };
@@ -31,14 +37,33 @@ pub fn kernel_plex_state(state: PlexState) -> KPlexState {
 }
 
 impl DiskGroupConfig {
-    /// Every volume of the group as the data plane builds it.
-    pub fn volume_specs(&self) -> Vec<VolumeSpec> {
-        self.volumes.iter().map(|v| self.volume_spec(v)).collect()
+    /// Every volume of the group as the data plane of node `node` (its id in the
+    /// cluster file) builds it.
+    pub fn volume_specs(&self, node: u32) -> Vec<VolumeSpec> {
+        self.volumes
+            .iter()
+            .map(|v| self.volume_spec(v, node))
+            .collect()
     }
 
-    /// One volume as the data plane builds it: per plex, per column, the subdisks'
-    /// extents on the group's disk bdevs.
-    pub fn volume_spec(&self, volume: &Volume) -> VolumeSpec {
+    /// Node `node`'s section of `volume`'s dirty region log, as its data plane is
+    /// given it: None without a log (or for a node id without a section).
+    pub fn log_spec(&self, volume: &Volume, node: u32) -> Option<DirtyLogSpec> {
+        let log = volume.log.as_ref()?;
+        Some(DirtyLogSpec {
+            bdev: disk_bdev(&self.name, &log.disk),
+            offset_bytes: log.section_offset(node)?,
+            section_bytes: log.section_bytes,
+            node,
+            log_id: log.log_id,
+            region_bytes: log.region_bytes,
+        })
+    }
+
+    /// One volume as the data plane of node `node` builds it: per plex, per column,
+    /// the subdisks' extents on the group's disk bdevs; the node's own section of
+    /// the volume's dirty region log.
+    pub fn volume_spec(&self, volume: &Volume, node: u32) -> VolumeSpec {
         let plexes = volume
             .plexes
             .iter()
@@ -67,7 +92,7 @@ impl DiskGroupConfig {
             })
             .collect();
         VolumeSpec {
-            log: None,
+            log: self.log_spec(volume, node),
             name: volume_bdev(&self.name, &volume.name),
             size_bytes: volume.size_bytes,
             plexes,
@@ -78,5 +103,73 @@ impl DiskGroupConfig {
             },
             shared: self.shared,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::test_support::cluster;
+
+    #[test]
+    fn each_node_gets_its_own_section_of_the_log() {
+        let c = cluster(&[
+            ("disk01", 1 << 30),
+            ("disk02", 1 << 30),
+            ("disk03", 1 << 30),
+        ]);
+        let c = c
+            .apply(&Change::VolCreate {
+                dg: "dg1".into(),
+                volume: "vol1".into(),
+                size_bytes: 64 << 20,
+                layout: VolumeLayout::Mirror { mirrors: 2 },
+                log: LogPolicy::default(),
+            })
+            .unwrap();
+        let g = &c.disk_groups[0];
+        let log = g.volumes[0].log.clone().unwrap();
+        let mut offsets = std::collections::BTreeSet::new();
+        for node in 1..=MAX_LOG_NODE_ID {
+            let spec = g.volume_specs(node).remove(0);
+            let l = spec.log.unwrap();
+            assert_eq!(l.bdev, "dg1.disk03");
+            assert_eq!(l.node, node);
+            assert_eq!(l.log_id, log.log_id);
+            assert_eq!(l.region_bytes, log.region_bytes);
+            assert_eq!(l.section_bytes, log.section_bytes);
+            assert_eq!(
+                l.offset_bytes,
+                log.disk_offset_bytes + u64::from(node) * log.section_bytes
+            );
+            // Inside the log, and a spec the data plane takes.
+            assert!(l.offset_bytes + l.section_bytes <= log.disk_offset_bytes + log.len_bytes);
+            l.check(spec.size_bytes).unwrap();
+            assert!(offsets.insert(l.offset_bytes));
+        }
+        // No section for ids the cluster file refuses.
+        assert_eq!(g.volume_specs(0)[0].log, None);
+        assert_eq!(g.volume_specs(MAX_LOG_NODE_ID + 1)[0].log, None);
+    }
+
+    #[test]
+    fn a_syncing_plex_with_ranges_is_syncing_to_the_data_plane() {
+        let c = cluster(&[("disk01", 1 << 30), ("disk02", 1 << 30)]);
+        let c = c
+            .apply(&Change::VolCreate {
+                dg: "dg1".into(),
+                volume: "vol1".into(),
+                size_bytes: 64 << 20,
+                layout: VolumeLayout::Mirror { mirrors: 2 },
+                log: LogPolicy::default(),
+            })
+            .unwrap();
+        let mut g = c.disk_groups[0].clone();
+        g.volumes[0].plexes[1].state = PlexState::Syncing;
+        g.volumes[0].plexes[1].resync_ranges = vec![(1 << 20, 1 << 20)];
+        g.validate().unwrap();
+        let spec = g.volume_specs(2).remove(0);
+        assert_eq!(spec.plexes[1].state, KPlexState::Syncing);
+        assert_eq!(spec.plexes[0].state, KPlexState::Active);
     }
 }

@@ -138,6 +138,7 @@ mod tests {
                 volume: "v1".into(),
                 size_bytes: 8 << 20,
                 layout: VolumeLayout::Mirror { mirrors: 2 },
+                log: Default::default(),
             },
         )
         .unwrap();

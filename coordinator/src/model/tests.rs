@@ -16,6 +16,7 @@ fn create_vol(
         volume: name.into(),
         size_bytes: size,
         layout,
+        log: Default::default(),
     })
 }
 
@@ -366,7 +367,7 @@ fn volume_specs_list_extents_per_column_on_the_disk_bdevs() {
         },
     )
     .unwrap();
-    let k = c.disk_groups[0].volume_specs();
+    let k = c.disk_groups[0].volume_specs(1);
     assert_eq!(k.len(), 1);
     assert_eq!(k[0].name, "dg1.vol1");
     let p = &k[0].plexes[0];
@@ -489,7 +490,7 @@ fn validate_refuses_extreme_values_without_panicking() {
             };
         }
         let _ = g.validate();
-        let _ = g.volume_specs();
+        let _ = g.volume_specs(1);
         let _ = g.volumes[0].plexes[0].capacity_bytes();
         let _ = crate::model::alloc::free_extents(&g);
     }
@@ -538,6 +539,7 @@ fn every_change_round_trips_through_json() {
                 columns: 3,
                 stripe_unit_bytes: DEFAULT_STRIPE_UNIT_BYTES,
             },
+            log: Default::default(),
         },
         Change::VolGrow {
             dg: dg(),
@@ -666,6 +668,7 @@ fn nvmf_exports_check_their_nqns_and_hosts_and_sit_beside_iscsi() {
             volume: "v1".into(),
             size_bytes: 1 << 20,
             layout: VolumeLayout::Concat,
+            log: Default::default(),
         })
         .unwrap()
         .apply(&Change::VolExport {
@@ -726,6 +729,7 @@ fn an_export_is_unique_keeps_its_volume_and_ends_with_unexport() {
             volume: v.into(),
             size_bytes: 1 << 20,
             layout: VolumeLayout::Concat,
+            log: Default::default(),
         })
         .unwrap()
     };
@@ -834,6 +838,7 @@ fn describe_states_size_placement_and_rounding() {
         volume: "v1".into(),
         size_bytes: 513,
         layout: VolumeLayout::Mirror { mirrors: 2 },
+        log: Default::default(),
     };
     let after = c.apply(&change).unwrap();
     let text = describe(&change, after.disk_group("dg1"));
@@ -844,4 +849,97 @@ fn describe_states_size_placement_and_rounding() {
     assert!(text.contains("513 bytes asked, rounded up"), "{text}");
     assert!(text.contains("v1-01 ACTIVE concat on disk01"), "{text}");
     assert!(text.contains("v1-02 ACTIVE concat on disk02"), "{text}");
+    assert!(
+        text.contains("; dirty region log on disk") && text.ends_with(" (512.0 KiB regions)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn validate_catches_bad_logs_and_resync_ranges() {
+    let c = cluster(&[("disk01", GIB), ("disk02", GIB), ("disk03", GIB)]);
+    let c = create_vol(&c, "vol1", 64 << 20, VolumeLayout::Mirror { mirrors: 2 }).unwrap();
+    let c = create_vol(&c, "vol2", 64 << 20, VolumeLayout::Mirror { mirrors: 2 }).unwrap();
+    let g = &c.disk_groups[0];
+    g.validate().unwrap();
+    let broken = |f: &dyn Fn(&mut DiskGroupConfig)| {
+        let mut b = g.clone();
+        f(&mut b);
+        b.validate().unwrap_err().to_string()
+    };
+    // A log over a subdisk.
+    let e = broken(&|b| {
+        let sd = b.volumes[0].plexes[0].subdisks[0].clone();
+        let log = b.volumes[0].log.as_mut().unwrap();
+        log.disk = sd.disk;
+        log.disk_offset_bytes = sd.disk_offset_bytes;
+    });
+    assert!(
+        e.contains("dirty region log of volume vol1") && e.contains("overlap"),
+        "{e}"
+    );
+    // Two logs with one id.
+    let e = broken(&|b| {
+        let id = b.volumes[0].log.as_ref().unwrap().log_id;
+        b.volumes[1].log.as_mut().unwrap().log_id = id;
+    });
+    assert!(e.contains("log id"), "{e}");
+    // Too short for its sections, sections too small for the volume, a bad region.
+    let e = broken(&|b| b.volumes[0].log.as_mut().unwrap().len_bytes = 4096);
+    assert!(e.contains("sections"), "{e}");
+    let e = broken(&|b| b.volumes[0].log.as_mut().unwrap().section_bytes = 4096);
+    assert!(e.contains("section"), "{e}");
+    let e = broken(&|b| b.volumes[0].log.as_mut().unwrap().region_bytes = 3 << 16);
+    assert!(e.contains("region size"), "{e}");
+    let e = broken(&|b| b.volumes[0].log.as_mut().unwrap().disk = "nodisk".into());
+    assert!(e.contains("not in the group"), "{e}");
+    // Ranges on an ACTIVE plex, out of order, beyond the volume.
+    let e = broken(&|b| b.volumes[0].plexes[1].resync_ranges = vec![(0, 4096)]);
+    assert!(e.contains("ACTIVE has ranges"), "{e}");
+    for ranges in [
+        vec![(8192, 4096), (0, 4096)],
+        vec![(0, 8192), (4096, 4096)],
+        vec![(0, 0)],
+        vec![(64 << 20, 4096)],
+    ] {
+        let e = broken(&|b| {
+            b.volumes[0].plexes[1].state = PlexState::Syncing;
+            b.volumes[0].plexes[1].resync_ranges = ranges.clone();
+        });
+        assert!(e.contains("resync range"), "{ranges:?}: {e}");
+    }
+}
+
+#[test]
+fn a_plex_leaving_syncing_drops_its_ranges() {
+    let c = cluster(&[("disk01", GIB), ("disk02", GIB)]);
+    let c = create_vol(&c, "vol1", 64 << 20, VolumeLayout::Mirror { mirrors: 2 }).unwrap();
+    let mut g = c.disk_groups[0].clone();
+    g.volumes[0].plexes[1].state = PlexState::Syncing;
+    g.volumes[0].plexes[1].resync_ranges = vec![(0, 1 << 20)];
+    let c = ClusterConfig {
+        disk_groups: vec![g],
+        ..c
+    };
+    for (change, state) in [
+        (
+            Change::SetPlexState {
+                dg: "dg1".into(),
+                plex: "vol1-02".into(),
+                state: PlexState::Active,
+            },
+            PlexState::Active,
+        ),
+        (
+            Change::PlexDetach {
+                dg: "dg1".into(),
+                plex: "vol1-02".into(),
+            },
+            PlexState::Stale,
+        ),
+    ] {
+        let after = c.apply(&change).unwrap();
+        let p = &after.disk_groups[0].volumes[0].plexes[1];
+        assert_eq!((p.state, p.resync_ranges.len()), (state, 0), "{change:?}");
+    }
 }

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 
+use plexd_target_api::drl;
 use serde::{Deserialize, Serialize};
 
 use super::*;
@@ -115,8 +116,14 @@ pub struct Volume {
 }
 
 /// A mirrored volume's dirty region log: one log subdisk holding one section per
-/// node (node `n`'s at `disk_offset_bytes + n × section_bytes`), in the format of
-/// `plexd_target_api::drl` (docs/ONDISK.md, "Dirty region log").
+/// node (node `n`'s at `disk_offset_bytes + n × section_bytes`, see
+/// [`VolumeLog::section_offset`]), in the format of `plexd_target_api::drl`
+/// (docs/ONDISK.md, "Dirty region log").
+///
+/// Node ids are 1..=[`MAX_LOG_NODE_ID`] (the cluster file refuses others), so a log
+/// has [`LOG_SECTIONS`] sections; section 0 is never written (no node has id 0).
+/// It is counted as used space of its disk like a subdisk: no subdisk or other log
+/// overlaps it (`DiskGroupConfig::validate`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumeLog {
     /// Disk media name of the disk holding the log subdisk.
@@ -131,6 +138,62 @@ pub struct VolumeLog {
     pub region_bytes: u64,
     /// A new id whenever the log moves or its geometry changes.
     pub log_id: u64,
+}
+
+/// Highest node id a dirty region log has a section for: the cluster file's bound
+/// on node ids (`daemon::config`), so every node of a cluster has its section.
+pub const MAX_LOG_NODE_ID: u32 = 64;
+/// Sections in a dirty region log: one per node id 0..=[`MAX_LOG_NODE_ID`] (node
+/// `n`'s is section `n`; section 0 is never written).
+pub const LOG_SECTIONS: u64 = MAX_LOG_NODE_ID as u64 + 1;
+
+impl VolumeLog {
+    /// Offset on the log's disk of node `node`'s section; None for a node id
+    /// outside 1..=[`MAX_LOG_NODE_ID`].
+    pub fn section_offset(&self, node: u32) -> Option<u64> {
+        if !(1..=MAX_LOG_NODE_ID).contains(&node) {
+            return None;
+        }
+        self.section_bytes
+            .checked_mul(u64::from(node))
+            .and_then(|o| o.checked_add(self.disk_offset_bytes))
+    }
+
+    /// Whether the log's sections track a volume of `volume_bytes`.
+    pub fn holds(&self, volume_bytes: u64) -> bool {
+        let regions = drl::regions_for(volume_bytes, self.region_bytes);
+        regions <= drl::MAX_DRL_REGIONS && drl::section_bytes(regions) <= self.section_bytes
+    }
+}
+
+/// The dirty region log `vol create` gives a mirrored volume (`--drl`,
+/// `--region-size`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "drl", rename_all = "kebab-case")]
+pub enum LogPolicy {
+    /// A log with regions of `region_bytes` (a power of two in
+    /// `drl::MIN_REGION_BYTES..=drl::MAX_REGION_BYTES`) when the volume is mirrored.
+    On {
+        /// Region size.
+        region_bytes: u64,
+    },
+    /// No log (`--drl off`): a node crash costs a full resync of the volume.
+    Off,
+}
+
+impl Default for LogPolicy {
+    fn default() -> Self {
+        LogPolicy::On {
+            region_bytes: drl::DEFAULT_REGION_BYTES,
+        }
+    }
+}
+
+impl LogPolicy {
+    /// Whether this is the default policy (left out of the JSON encoding).
+    pub fn is_default(&self) -> bool {
+        *self == LogPolicy::default()
+    }
 }
 
 ///

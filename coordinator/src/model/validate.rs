@@ -4,32 +4,147 @@ use std::collections::BTreeSet;
 
 use super::*;
 
-/// A subdisk's extent on its disk: (disk, offset, length, subdisk), for the overlap
-/// check.
-type Extent<'a> = (&'a str, u64, u64, &'a str);
+/// A subdisk's or a log's extent on its disk: (disk, offset, length, what: the
+/// subdisk's name or the log's volume, kind), for the overlap check.
+type Extent<'a> = (&'a str, u64, u64, &'a str, ExtentKind);
+
+/// What holds an [`Extent`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum ExtentKind {
+    Subdisk,
+    Log,
+}
+
+/// `subdisk NAME` or `the dirty region log of volume NAME`.
+fn extent_name(e: &Extent<'_>) -> String {
+    match e.4 {
+        ExtentKind::Subdisk => format!("subdisk {}", e.3),
+        ExtentKind::Log => format!("the dirty region log of volume {}", e.3),
+    }
+}
 
 impl DiskGroupConfig {
     /// Checks every invariant: names valid and unique, subdisks inside their disk's
     /// public region and not overlapping, aligned, columns contiguous and long enough,
     /// plexes of a volume (and columns of a stripe) on distinct disks, at least one
-    /// disk.
+    /// disk; dirty region logs inside a public region, overlapping nothing, large
+    /// enough for their volume, with distinct log ids; a SYNCING plex's ranges
+    /// ascending and inside its volume.
     pub fn validate(&self) -> Result<(), ConfigError> {
         validate_name("disk group", &self.name)?;
         self.validate_disks()?;
         let mut extents: Vec<Extent<'_>> = Vec::new();
         let mut object_names = BTreeSet::new();
+        let mut log_ids = BTreeSet::new();
         for v in &self.volumes {
             self.validate_volume(v, &mut object_names, &mut extents)?;
+            if let Some(log) = &v.log {
+                self.validate_log(v, log, &mut extents)?;
+                if !log_ids.insert(log.log_id) {
+                    return self.invalid(format!(
+                        "volume {}: dirty region log id {} used twice",
+                        v.name, log.log_id
+                    ));
+                }
+            }
         }
         extents.sort();
         for pair in extents.windows(2) {
-            let (a, b) = (pair[0], pair[1]);
+            let (a, b) = (&pair[0], &pair[1]);
             if a.0 == b.0 && a.1 + a.2 > b.1 {
                 return self.invalid(format!(
-                    "subdisks {} and {} overlap on disk {}",
-                    a.3, b.3, a.0
+                    "{} and {} overlap on disk {}",
+                    extent_name(a),
+                    extent_name(b),
+                    a.0
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// A volume's dirty region log: on a disk of the group, aligned, inside its
+    /// public region, [`LOG_SECTIONS`] sections each tracking the volume's regions;
+    /// records its extent.
+    fn validate_log<'a>(
+        &self,
+        v: &'a Volume,
+        log: &'a VolumeLog,
+        extents: &mut Vec<Extent<'a>>,
+    ) -> Result<(), ConfigError> {
+        let what = || format!("volume {}: dirty region log on disk {}", v.name, log.disk);
+        let Some(d) = self.disk(&log.disk) else {
+            return self.invalid(format!("{}: disk not in the group", what()));
+        };
+        let aligned = log.disk_offset_bytes.is_multiple_of(ALLOC_ALIGN_BYTES)
+            && log.len_bytes.is_multiple_of(ALLOC_ALIGN_BYTES)
+            && log.section_bytes.is_multiple_of(ALLOC_ALIGN_BYTES)
+            && log.section_bytes > 0;
+        let inside = log.disk_offset_bytes >= d.public_offset_bytes
+            && log
+                .disk_offset_bytes
+                .checked_add(log.len_bytes)
+                .is_some_and(|end| end <= d.public_offset_bytes + d.public_len_bytes);
+        if !aligned || !inside {
+            return self.invalid(format!(
+                "{}: extent {}+{} (sections of {}) is unaligned or outside the disk's public region",
+                what(),
+                log.disk_offset_bytes,
+                log.len_bytes,
+                log.section_bytes
+            ));
+        }
+        if log.section_bytes.checked_mul(LOG_SECTIONS) > Some(log.len_bytes) {
+            return self.invalid(format!(
+                "{}: {} bytes cannot hold {LOG_SECTIONS} sections of {}",
+                what(),
+                log.len_bytes,
+                log.section_bytes
+            ));
+        }
+        let spec = plexd_target_api::drl::DirtyLogSpec {
+            bdev: log.disk.clone(),
+            offset_bytes: log.disk_offset_bytes,
+            section_bytes: log.section_bytes,
+            node: 1,
+            log_id: log.log_id,
+            region_bytes: log.region_bytes,
+        };
+        if let Err(e) = spec.check(v.size_bytes) {
+            return self.invalid(format!("volume {}: {e}", v.name));
+        }
+        extents.push((
+            log.disk.as_str(),
+            log.disk_offset_bytes,
+            log.len_bytes,
+            v.name.as_str(),
+            ExtentKind::Log,
+        ));
+        Ok(())
+    }
+
+    /// A plex's ranges still to copy: only while SYNCING; each non-empty, starting
+    /// inside the volume, ascending and disjoint.
+    fn validate_resync_ranges(&self, v: &Volume, p: &Plex) -> Result<(), ConfigError> {
+        if p.resync_ranges.is_empty() {
+            return Ok(());
+        }
+        if p.state != PlexState::Syncing {
+            return self.invalid(format!(
+                "plex {}: {} has ranges to resynchronise",
+                p.name,
+                p.state.as_str()
+            ));
+        }
+        let mut end = 0u64;
+        for &(offset, len) in &p.resync_ranges {
+            if len == 0 || offset < end || offset >= v.size_bytes {
+                return self.invalid(format!(
+                    "plex {}: resync range {offset}+{len} is empty, out of order or beyond volume {}'s {} bytes",
+                    p.name, v.name, v.size_bytes
+                ));
+            }
+            end = offset.saturating_add(len);
         }
         Ok(())
     }
@@ -126,6 +241,7 @@ impl DiskGroupConfig {
             for sd in &p.subdisks {
                 self.validate_subdisk(sd, object_names, extents)?;
             }
+            self.validate_resync_ranges(v, p)?;
         }
         Ok(())
     }
@@ -207,6 +323,7 @@ impl DiskGroupConfig {
             sd.disk_offset_bytes,
             sd.len_bytes,
             sd.name.as_str(),
+            ExtentKind::Subdisk,
         ));
         Ok(())
     }

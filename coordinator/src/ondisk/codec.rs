@@ -464,6 +464,7 @@ mod tests {
                 volume: "vol1".into(),
                 size_bytes: 100 << 20,
                 layout: VolumeLayout::Mirror { mirrors: 2 },
+                log: Default::default(),
             })
             .unwrap();
         let c = c
@@ -476,6 +477,7 @@ mod tests {
                     columns: 3,
                     stripe_unit_bytes: 128 << 10,
                 },
+                log: Default::default(),
             })
             .unwrap();
         let c = c

@@ -73,6 +73,7 @@ fn group(dir: &TempDir, n: usize) -> (Vec<PathBuf>, ClusterConfig) {
             layout: VolumeLayout::Mirror {
                 mirrors: n.min(2) as u32,
             },
+            log: Default::default(),
         })
         .unwrap();
     (paths, c)
@@ -84,6 +85,7 @@ fn next(c: &ClusterConfig, volume: &str) -> ClusterConfig {
         volume: volume.into(),
         size_bytes: 1 << 20,
         layout: VolumeLayout::Concat,
+        log: Default::default(),
     })
     .unwrap()
 }
@@ -166,6 +168,29 @@ fn config_round_trips_across_disks_and_updates_labels() {
         ("dg1", true, "cluster-1")
     );
     assert_eq!(lg.id, g.id);
+}
+
+#[test]
+fn a_dirty_region_log_and_resync_ranges_round_trip_through_the_disks() {
+    let dir = TempDir::new();
+    let (paths, c) = group(&dir, 3);
+    let mut g = c.disk_groups[0].clone();
+    let log = g.volumes[0]
+        .log
+        .clone()
+        .expect("a mirrored volume has a log");
+    assert_eq!(log.disk, "disk03", "not on a disk of its plexes");
+    g.volumes[0].plexes[1].state = crate::model::PlexState::Syncing;
+    g.volumes[0].plexes[1].resync_ranges = vec![(0, 512 << 10), (4 << 20, 1 << 20)];
+    g.validate().unwrap();
+    write_config(&paths, &g, 18, None).unwrap();
+    let read = read_config(&paths).unwrap();
+    assert_eq!(read.config, g);
+    assert_eq!(read.config.volumes[0].log.as_ref(), Some(&log));
+    assert_eq!(
+        read.config.volumes[0].plexes[1].resync_ranges,
+        vec![(0, 512 << 10), (4 << 20, 1 << 20)]
+    );
 }
 
 #[test]

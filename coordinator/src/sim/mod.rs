@@ -1498,6 +1498,7 @@ impl Sim {
                     plex,
                     done_bytes,
                     finished,
+                    ..
                 } => {
                     self.note(format!(
                         "{name} resync of {}/{}: {done_bytes} bytes, {finished:?}",
