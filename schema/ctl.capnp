@@ -218,4 +218,7 @@ interface Ctl {
   diskInit @3 (path :Text, name :Text, force :Bool) -> (disk :DiskInfo, error :Text, failure :CtlError);
   diskList @4 () -> (disks :List(DiskInfo), error :Text, failure :CtlError);
   taskList @5 () -> (tasks :List(Task), error :Text, failure :CtlError);
+  # `vol stats`: the answering node's data-plane counters of one volume, as JSON
+  # (plexd-target's VolumeInfo: state, plexes, in-flight, parked and held I/O, stats).
+  volStats @6 (dg :Text, volume :Text) -> (json :Text, error :Text, failure :CtlError);
 }

@@ -254,6 +254,14 @@ pub(crate) enum VolCmd {
         /// Only this disk group.
         dg: Option<String>,
     },
+    /// The data-plane counters of a volume on the node plexctl talks to (I/O,
+    /// latency, refusals, dirty region log writes and waits).
+    Stats {
+        /// Disk group.
+        dg: String,
+        /// Volume.
+        vol: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -46,6 +46,7 @@ async fn run(
         Cmd::Disk(DiskCmd::List) => show::disk_list(&client, json_out).await,
         Cmd::Dg(DgCmd::List) => show::dg_list(&client, json_out).await,
         Cmd::Vol(VolCmd::List { dg }) => show::vol_list(&client, json_out, dg).await,
+        Cmd::Vol(VolCmd::Stats { dg, vol }) => show::vol_stats(&client, json_out, &dg, &vol).await,
         Cmd::Print { dg } => show::print(&client, json_out, dg).await,
         Cmd::Cluster(which) => show::cluster(&client, json_out, which).await,
         Cmd::Task(TaskCmd::List) => show::task_list(&client, json_out).await,

@@ -222,6 +222,123 @@ pub(crate) async fn dg_list(client: &ctl::Client, json_out: bool) -> Result<Stri
 }
 
 /// `vol list [DG]`.
+/// `vol stats DG VOL`: the answering node's data-plane counters of the volume.
+pub(crate) async fn vol_stats(
+    client: &ctl::Client,
+    json_out: bool,
+    dg: &str,
+    vol: &str,
+) -> Result<String, Failure> {
+    let mut req = client.vol_stats_request();
+    req.get().set_dg(dg);
+    req.get().set_volume(vol);
+    let resp = req.send().promise.await.map_err(rpc)?;
+    let r = resp.get().map_err(rpc)?;
+    check(r.get_error(), r.has_failure().then(|| r.get_failure()))?;
+    let raw = text(r.get_json())?;
+    let v: Value = serde_json::from_str(&raw).map_err(|e| {
+        Failure::Node(CtlFailure::internal(format!(
+            "internal error: vol stats answer is not JSON: {e}"
+        )))
+    })?;
+    if json_out {
+        return Ok(pretty_json(&v));
+    }
+    Ok(vol_stats_text(&v))
+}
+
+/// The text form of `vol stats`.
+fn vol_stats_text(v: &Value) -> String {
+    let info = &v["volume"];
+    let st = &info["stats"];
+    let u = |x: &Value, k: &str| x[k].as_u64().unwrap_or(0);
+    let ops = u(st, "read_ops") + u(st, "write_ops") + u(st, "other_ops");
+    let mean_us = u(st, "latency_ns_total") / ops.max(1) / 1000;
+    let mut out = format!(
+        "volume {} on node {}: {} {}\n",
+        s(&info["name"]),
+        s(&v["node"]),
+        s(&info["state"]),
+        format_size(u(info, "size_bytes"))
+    );
+    let rows = [
+        (
+            "reads",
+            format!(
+                "{} ops, {}",
+                u(st, "read_ops"),
+                format_size(u(st, "read_bytes"))
+            ),
+        ),
+        (
+            "writes",
+            format!(
+                "{} ops, {}",
+                u(st, "write_ops"),
+                format_size(u(st, "write_bytes"))
+            ),
+        ),
+        (
+            "other",
+            format!("{} ops (flushes, resets)", u(st, "other_ops")),
+        ),
+        (
+            "failed",
+            format!(
+                "{} ops, {} read retries",
+                u(st, "failed_ops"),
+                u(st, "read_retries")
+            ),
+        ),
+        (
+            "latency",
+            format!(
+                "mean {mean_us} us, max {} us (sampled)",
+                u(st, "latency_ns_max") / 1000
+            ),
+        ),
+        (
+            "now",
+            format!(
+                "{} in flight, {} parked, {} held",
+                u(info, "inflight"),
+                u(info, "parked"),
+                u(info, "held")
+            ),
+        ),
+        (
+            "refused",
+            format!(
+                "{} parked, {} held, {} in flight, {} log (EAGAIN)",
+                u(st, "parked_refused"),
+                u(st, "held_refused"),
+                u(st, "inflight_refused"),
+                u(st, "log_refused")
+            ),
+        ),
+        (
+            "log",
+            format!(
+                "{} log writes, {} writes waited for one, {} regions dirty",
+                u(st, "log_writes"),
+                u(st, "log_waits"),
+                u(st, "log_dirty_regions")
+            ),
+        ),
+    ];
+    for (k, val) in rows {
+        out.push_str(&format!("  {k:<8} {val}\n"));
+    }
+    for p in info["plexes"].as_array().cloned().unwrap_or_default() {
+        out.push_str(&format!(
+            "  plex     {} {}\n",
+            s(&p["name"]),
+            s(&p["state"])
+        ));
+    }
+    out.trim_end().to_string()
+}
+
 pub(crate) async fn vol_list(
     client: &ctl::Client,
     json_out: bool,

@@ -239,6 +239,13 @@ pub enum CtlCall {
     DiskList,
     /// `task list`.
     TaskList,
+    /// `vol stats`: where to ask for a volume's data-plane counters.
+    VolStats {
+        /// Disk group.
+        dg: String,
+        /// Volume.
+        volume: String,
+    },
 }
 
 /// One node in `cluster status`.
@@ -349,6 +356,13 @@ pub enum CtlReply {
         tasks: Vec<TaskOut>,
         /// The master's ctl address, if another node.
         master: Option<String>,
+    },
+    /// `vol stats`: the data plane's socket and the volume's bdev name there.
+    DataPlaneVolume {
+        /// The kernel interface socket of this node's plexd-target.
+        socket: String,
+        /// The volume's bdev name.
+        bdev: String,
     },
     /// The call failed.
     Error(RequestError),
@@ -821,6 +835,53 @@ impl ctl::Server for NodeServer {
         }
         Ok(())
     }
+
+    async fn vol_stats(
+        self: Rc<Self>,
+        params: ctl::VolStatsParams,
+        mut results: ctl::VolStatsResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get()?;
+        let (dg, volume) = (text(p.get_dg())?, text(p.get_volume())?);
+        let object = format!("volume {volume} in disk group {dg}");
+        let call = CtlCall::VolStats {
+            dg: dg.clone(),
+            volume: volume.clone(),
+        };
+        match self.ask(call).await {
+            CtlReply::DataPlaneVolume { socket, bdev } => {
+                let node = self.identity.name.clone();
+                match data_plane_volume(socket, bdev, node.clone()).await {
+                    Ok(json) => results.get().set_json(json.as_str()),
+                    Err(e) => {
+                        log::warn!("vol stats: {e}");
+                        let err = RequestError::new(ErrorKind::Failed, node, e);
+                        answer_failure!(self, results, CtlReply::Error(err), &object)
+                    }
+                }
+            }
+            other => answer_failure!(self, results, other, &object),
+        }
+        Ok(())
+    }
+}
+
+/// How long `vol stats` waits for the data plane.
+const VOL_STATS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The data plane's `VolumeInfo` of `bdev` as JSON, asked over the kernel
+/// interface at `socket` on a blocking thread (never on the control thread).
+async fn data_plane_volume(socket: String, bdev: String, node: String) -> Result<String, String> {
+    smol::unblock(move || {
+        let client = plexd_target_api::KernelClient::connect_timeout(&socket, VOL_STATS_TIMEOUT)
+            .map_err(|e| format!("node {node}: cannot reach its data plane at {socket}: {e}"))?;
+        let (info, _) = client
+            .get_volume(&bdev)
+            .map_err(|e| format!("node {node}: its data plane cannot list volume {bdev}: {e}"))?;
+        let v = serde_json::json!({ "node": node, "volume": info });
+        serde_json::to_string_pretty(&v).map_err(|e| format!("node {node}: {e}"))
+    })
+    .await
 }
 
 /// How long a slave waits for the master's task list.

@@ -1156,6 +1156,7 @@ impl Daemon {
                     master,
                 }
             }
+            CtlCall::VolStats { dg, volume } => self.vol_stats_target(&dg, &volume),
         };
         let _ = reply.try_send(answer);
     }
@@ -1188,6 +1189,22 @@ impl Daemon {
     /// What a committed change did, for plexctl.
     fn describe(&self, change: &Change) -> String {
         crate::model::describe(change, self.group(change.dg_name()))
+    }
+
+    /// `vol stats`: where this node's data plane serves `volume` of `dg`.
+    fn vol_stats_target(&self, dg: &str, volume: &str) -> CtlReply {
+        let Some(g) = self.group(dg) else {
+            let e = format!("disk group {dg} is not imported on this node");
+            return CtlReply::Error(self.refuse_as(ErrorKind::NotFound, e));
+        };
+        if !g.volumes.iter().any(|v| v.name == volume) {
+            let e = format!("volume {volume} is not in disk group {dg}");
+            return CtlReply::Error(self.refuse_as(ErrorKind::NotFound, e));
+        }
+        CtlReply::DataPlaneVolume {
+            socket: self.socket.clone(),
+            bdev: crate::model::volume_bdev(dg, volume),
+        }
     }
 
     fn group(&self, name: &str) -> Option<&crate::model::DiskGroupConfig> {
