@@ -293,7 +293,10 @@ impl Tasks {
             .map(|(id, _)| *id);
         let id = match running {
             Some(id) => id,
-            None => self.add(&p.dg, &p.volume, &p.plex, p.size_bytes, node).0,
+            None => {
+                self.add(&p.dg, &p.volume, &p.plex, p.bytes_to_copy(), node)
+                    .0
+            }
         };
         let progress = Progress {
             task: id,
