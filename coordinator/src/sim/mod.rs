@@ -396,6 +396,9 @@ pub struct Sim {
     /// The data planes mark their logs before a write (false: a broken data plane,
     /// for tests that show the invariant catches it).
     pub drl_marks: bool,
+    /// The data planes write on their own, at random (false: only
+    /// [`Sim::start_write`]).
+    pub auto_writes: bool,
     events: u64,
     /// What the run covered so far.
     pub coverage: Coverage,
@@ -460,6 +463,7 @@ impl Sim {
             drl: BTreeMap::new(),
             next_writes_ms: 0,
             drl_marks: true,
+            auto_writes: true,
             events: 0,
             coverage: Coverage::default(),
         }
@@ -1142,6 +1146,9 @@ impl Sim {
     /// divergence is the whole volume anyway): writes start (their region marked
     /// first), complete, and idle regions are cleaned.
     fn move_writes(&mut self) {
+        if !self.auto_writes {
+            return;
+        }
         for id in self.ids() {
             let serving = {
                 let n = self.node(id);
