@@ -1,4 +1,4 @@
-//! Node-crash recovery of shared mirrors (without a dirty region log), decided here
+//! Node-crash recovery of shared mirrors (with or without a dirty region log), decided here
 //! so the simulator covers it (docs/PROTOCOL.md, "Node-crash recovery").
 //!
 //! The configuration records the *open* node starts: those whose data plane may

@@ -4,7 +4,10 @@
 //!
 //! A SYNCING plex takes every new write on every node that applied the transaction
 //! that made it SYNCING. The rest is copied from an ACTIVE plex, one chunk of at most
-//! [`RESYNC_CHUNK_BYTES`] at a time. A host write to a chunk through *any* node between
+//! [`RESYNC_CHUNK_BYTES`] at a time: the whole plex, or only its ranges
+//! ([`SyncingPlex::ranges`], a crashed node's dirty regions). Every copy starts
+//! again when a node start is recovered (it may have written chunks already
+//! copied). A host write to a chunk through *any* node between
 //! the copy's read and its write would be overwritten on the SYNCING plex with older
 //! data, so for each chunk the master (the *copier*):
 //!

@@ -1,4 +1,4 @@
-//! Node-crash recovery of shared mirrors, without a dirty region log.
+//! Node-crash recovery of shared mirrors, with or without a dirty region log.
 //!
 //! A node that dies in the middle of a mirrored write may leave the block written
 //! on one plex and not on another. Every shared group records, on its disks, the
@@ -11,7 +11,10 @@
 //! every mirrored volume with two or more ACTIVE plexes keeps its first ACTIVE plex
 //! and the others become SYNCING. From that commit on every node reads that one
 //! plex (SYNCING plexes take writes, serve no reads) and the core's resync copies
-//! it to the others (docs/PROTOCOL.md, "Node-crash recovery").
+//! it to the others (docs/PROTOCOL.md, "Node-crash recovery"). With a dirty region
+//! log the change carries what the start's section of each volume said
+//! ([`RecoverLog`]): a volume it never wrote (or left clean) is not resynced, the
+//! others only in their dirty ranges (`Plex::resync_ranges`).
 //!
 //! The set is cluster-wide ([`ClusterConfig::open_nodes`], carried between nodes with
 //! the shared configuration), so a node is open before any shared group exists;

@@ -22,7 +22,7 @@ mod toy;
 
 pub use random::{run_seed, RunStats};
 pub use toy::{
-    ToyChange, ToyConfig, ToyGroup, TOY_REGION_BYTES, TOY_SECTION_BYTES, TOY_VOLUME_BYTES,
+    ToyChange, ToyConfig, ToyGroup, ToyLog, TOY_REGION_BYTES, TOY_SECTION_BYTES, TOY_VOLUME_BYTES,
 };
 
 use crate::core::{

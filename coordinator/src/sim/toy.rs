@@ -50,6 +50,10 @@ pub struct ToyConfig {
     pub recovered: Vec<(u32, u64)>,
 }
 
+/// What a recovered start's log said about one volume: (volume, log id, dirty
+/// byte ranges).
+pub type ToyLog = (String, u64, Vec<(u64, u64)>);
+
 /// A toy change. Client changes carry a unique tag.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ToyChange {
@@ -122,7 +126,7 @@ pub enum ToyChange {
         /// What its dirty region logs said: (volume, log id, dirty ranges); a
         /// volume not listed is resynced whole, one with no range not at all.
         #[serde(default)]
-        logs: Vec<(String, u64, Vec<(u64, u64)>)>,
+        logs: Vec<ToyLog>,
     },
     /// Detach a plex (made by the master after a plex I/O error).
     Detach {
