@@ -1800,14 +1800,28 @@ fn a_write_its_log_does_not_name_is_caught_by_the_invariant() {
 
 /// c's data plane dies in the middle of a write to region 1 while its
 /// coordinator lives on: c reads its own section once the lease it gave the lost
-/// data plane ran out, asks for the recovery with the dirty range, and the resync
-/// copies chunk 1 only.
+/// data plane ran out (a data plane cut off from its coordinator, alive, writes
+/// until then), asks for the recovery with the dirty range, and the resync copies
+/// chunk 1 only. Without that wait (the request sent at once, as before) the
+/// recovery commits before the lost data plane's lease ends and the first
+/// assertion fails.
 #[test]
 fn a_lost_data_plane_is_recovered_from_its_log() {
     let mut sim = logged_cluster();
     let start = (C, sim.node(C).inc);
     sim.start_write(C, "v1", 1);
+    let lease_end = sim.node(C).kernel.lease_until_ms;
     sim.crash_data_plane(C);
+    let recovered = sim.run_until(15_000, |s| {
+        s.disk()
+            .is_some_and(|d| d.config.recovered.contains(&start))
+    });
+    assert!(recovered, "c's start is recovered:\n{}", sim.trace_text());
+    assert!(
+        sim.now_ms() >= lease_end,
+        "recovered at {} ms, before the lost data plane's lease ended at {lease_end} ms",
+        sim.now_ms()
+    );
     recovered_and_resynced(&mut sim, start, &[A, B, C]);
     assert_eq!(sim.synced("v1", "v1-02"), [1].into());
     assert!(sim.serving(C), "served again once opened");

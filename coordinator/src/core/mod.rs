@@ -29,7 +29,9 @@ pub use model::{ConfigModel, DirtyLogRead, DirtyLogSection, SyncingPlex};
 pub use private::MAX_QUEUED_PRIVATE;
 pub use qdisk::{QuorumDiskRecord, QuorumDiskStatus};
 pub use quorum::Quorum;
-pub use recovery::{MAX_LOST_STARTS, RECOVERY_REQUEST_BASE, RECOVERY_RETRY_MS};
+pub use recovery::{
+    MAX_LOG_SECTIONS_PER_READ, MAX_LOST_STARTS, RECOVERY_REQUEST_BASE, RECOVERY_RETRY_MS,
+};
 pub use resync::{
     MAX_FENCES, MAX_RESYNCS, RESYNC_CHUNK_BYTES, RESYNC_PROGRESS_EVERY_CHUNKS, RESYNC_REQUEST_BASE,
     RESYNC_RETRY_MS,
