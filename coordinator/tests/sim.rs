@@ -1860,3 +1860,42 @@ fn a_recovery_restarts_the_resyncs_in_progress() {
     recovered_and_resynced(&mut sim, dead, &[A, B, C]);
     assert_eq!(sim.synced("v1", "v1-02"), (0..CHUNKS).collect());
 }
+
+/// The master's read of c's log never answers (a hung disk): after
+/// `reply_timeout_ms` it counts as unreadable and v1 is resynced whole. Without
+/// that bound c's start would never be recovered and the wait fails.
+#[test]
+fn an_unanswered_log_read_falls_back_to_a_whole_resync() {
+    let mut sim = logged_cluster();
+    sim.hold(A, Hold::LogRead);
+    sim.start_write(C, "v1", 2);
+    let dead = (C, sim.node(C).inc);
+    sim.crash(C);
+    sim.start(C);
+    recovered_and_resynced(&mut sim, dead, &[A, B, C]);
+    assert_eq!(sim.coverage.range_resyncs_done, 0, "a whole resync");
+    assert_eq!(sim.synced("v1", "v1-02"), (0..CHUNKS).collect());
+}
+
+/// The master dies while its read of c's log is in flight: the next master (b
+/// taking over, or a's next start forming the cluster again) reads c's section
+/// again and recovers c with the dirty range only.
+#[test]
+fn a_new_master_reads_the_log_again() {
+    let mut sim = logged_cluster();
+    sim.hold(A, Hold::LogRead);
+    sim.start_write(C, "v1", 2);
+    let dead = (C, sim.node(C).inc);
+    sim.crash(C);
+    let asked = sim.run_until(5_000, |s| s.coverage.log_sections_read > 0);
+    assert!(asked, "a reads c's log:\n{}", sim.trace_text());
+    let dead_a = (A, sim.node(A).inc);
+    sim.crash(A);
+    sim.release(A); // the next master's reads answer
+    sim.start(A);
+    sim.start(C);
+    recovered_and_resynced(&mut sim, dead, &[A, B, C]);
+    recovered_and_resynced(&mut sim, dead_a, &[A, B, C]);
+    assert!(sim.coverage.log_sections_read >= 2, "read again");
+    assert_eq!(sim.synced("v1", "v1-02"), [2].into());
+}

@@ -122,6 +122,8 @@ pub enum Hold {
     Copy,
     /// `PrivateDone` (a private change the driver is still running).
     Private,
+    /// `DirtyLogsRead` (a slow or hung read of a dirty region log).
+    LogRead,
 }
 
 /// Counts of interesting things a run went through (to see what it covered).
@@ -1715,7 +1717,11 @@ impl Sim {
                         "{name} reads the dirty region logs of {} (start {incarnation}): {results:?}",
                         Sim::name(node)
                     ));
-                    self.driver_later(id, None, Event::DirtyLogsRead { op, results });
+                    self.driver_later(
+                        id,
+                        Some(Hold::LogRead),
+                        Event::DirtyLogsRead { op, results },
+                    );
                 }
                 Action::ResyncProgress {
                     plex,
