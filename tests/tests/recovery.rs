@@ -340,10 +340,8 @@ fn figure_recovery_of_one_percent_dirty_vs_a_full_resync() {
     let log = log_of(&c, 0);
     let full_bytes = log
         .lines()
-        .filter(|l| {
-            l.contains("resync of plex vol1-02 of volume vol1 ") && l.contains(": started, ")
-        })
-        .last()
+        .rev()
+        .find(|l| l.contains("resync of plex vol1-02 of volume vol1 ") && l.contains(": started, "))
         .and_then(|l| {
             l.split(": started, ")
                 .nth(1)?
@@ -357,7 +355,7 @@ fn figure_recovery_of_one_percent_dirty_vs_a_full_resync() {
     eprintln!(
         "recovery after kill -9 with {} MiB of 1 GiB dirty: {dirty_bytes} bytes copied in {:.0} ms \
          ({:.0} ms from the kill, lease wait included)",
-        20 * REGION >> 20,
+        (20 * REGION) >> 20,
         recovery_copy.as_secs_f64() * 1000.0,
         recovery_total.as_secs_f64() * 1000.0
     );
