@@ -328,15 +328,18 @@ mod tests {
             },
         )
         .unwrap();
-        // Until the configuration allocates it: a log set by hand.
-        c.disk_groups[0].volumes[0].log = Some(VolumeLog {
-            disk: "d1".into(),
-            disk_offset_bytes: 1 << 20,
+        // Until the configuration allocates one: a log set by hand, at the end of
+        // d3's public region (its subdisks start at the beginning), id 0x77.
+        let v = &mut c.disk_groups[0].volumes[0];
+        let log = v.log.get_or_insert(VolumeLog {
+            disk: "d3".into(),
+            disk_offset_bytes: 1 << 30,
             len_bytes: 1 << 20,
             section_bytes: 8192,
             region_bytes: 512 << 10,
             log_id: 0x77,
         });
+        log.log_id = 0x77;
         let a = OpenNode {
             node: 1,
             incarnation: 10,
