@@ -421,4 +421,15 @@ struct ConfigChange {
 struct OpenNodeStart {
   node @0 :UInt32;
   incarnation @1 :UInt64;
+  recoverLogs @2 :List(RecoverLog);  # nodeRecover only: what the start's dirty region
+                                     # logs said; a volume not listed (an older node:
+                                     # none) is resynchronised whole
+}
+
+# One volume's entry of a nodeRecover (docs/PROTOCOL.md, "Node-crash recovery").
+struct RecoverLog {
+  dg @0 :Text;
+  volume @1 :Text;
+  logId @2 :UInt64;                  # the log read; another id now = whole resync
+  ranges @3 :List(Disk.ByteRange);   # dirty ranges; empty = nothing to resync
 }

@@ -25,11 +25,13 @@ pub use messages::{
     Echo, FenceToken, Message, NodeId, Origin, RequestId, TxnId, TxnState, View, WireRequest,
     MAX_MESSAGE_BYTES,
 };
-pub use model::{ConfigModel, SyncingPlex};
+pub use model::{ConfigModel, DirtyLogRead, DirtyLogSection, SyncingPlex};
 pub use private::MAX_QUEUED_PRIVATE;
 pub use qdisk::{QuorumDiskRecord, QuorumDiskStatus};
 pub use quorum::Quorum;
-pub use recovery::{MAX_LOST_STARTS, RECOVERY_REQUEST_BASE, RECOVERY_RETRY_MS};
+pub use recovery::{
+    MAX_LOG_SECTIONS_PER_READ, MAX_LOST_STARTS, RECOVERY_REQUEST_BASE, RECOVERY_RETRY_MS,
+};
 pub use resync::{
     MAX_FENCES, MAX_RESYNCS, RESYNC_CHUNK_BYTES, RESYNC_PROGRESS_EVERY_CHUNKS, RESYNC_REQUEST_BASE,
     RESYNC_RETRY_MS,
@@ -333,6 +335,14 @@ pub enum Event<M: ConfigModel> {
         /// disks; the error (naming the node) otherwise, and nothing changed.
         result: Result<(), RequestError>,
     },
+    /// Result of [`Action::ReadDirtyLogs`].
+    DirtyLogsRead {
+        /// The read's number, from the action.
+        op: u64,
+        /// One result per section of the action, in its order (a missing one
+        /// counts as unreadable).
+        results: Vec<DirtyLogRead>,
+    },
     /// The connection to the data plane broke: its quiesces are gone (every fence
     /// this node holds is broken).
     DataPlaneLost,
@@ -500,6 +510,20 @@ pub enum Action<M: ConfigModel> {
         /// moving on with its lease as the driver last heard of it (as
         /// [`Action::WriteDisks`] with `lease_extends`).
         deadline_ms: u64,
+    },
+    /// Read node start `node`/`incarnation`'s sections of the dirty region logs
+    /// from the disks (off the main loop; bounded), before its recovery; answer
+    /// with [`Event::DirtyLogsRead`]. Asked only once that start's data plane
+    /// surely stopped writing (`core::recovery`).
+    ReadDirtyLogs {
+        /// The read's number (echoed in the event).
+        op: u64,
+        /// The node whose sections these are.
+        node: NodeId,
+        /// Its start being recovered.
+        incarnation: u64,
+        /// The sections.
+        sections: Vec<DirtyLogSection>,
     },
     /// Change this node's private groups (`core::private`), as one job: check the
     /// change on this node, stage `shared`'s groups and the private groups `after`
@@ -844,9 +868,10 @@ impl<M: ConfigModel> Node<M> {
                 result,
             } => self.on_quiesced(now_ms, dg, volume, token, result),
             Event::ChunkCopied { token, result } => self.on_chunk_copied(now_ms, token, result),
+            Event::DirtyLogsRead { op, results } => self.on_dirty_logs_read(op, results),
             Event::DataPlaneLost => {
                 self.fences_lost();
-                self.recovery_data_plane_lost();
+                self.recovery_data_plane_lost(now_ms);
             }
             Event::Shutdown => self.stopping = true,
         }

@@ -14,8 +14,70 @@ pub struct SyncingPlex {
     pub volume: String,
     /// The SYNCING plex.
     pub plex: String,
-    /// Bytes to copy (the volume's size).
+    /// The volume's size.
     pub size_bytes: u64,
+    /// The byte ranges `(offset, len)` still to copy, ascending and disjoint (a
+    /// crashed node's dirty regions, `docs/PROTOCOL.md` "Node-crash recovery");
+    /// empty: the whole plex.
+    pub ranges: Vec<(u64, u64)>,
+}
+
+impl SyncingPlex {
+    /// The ranges the resync copies, clipped to the volume: `ranges`, or the whole
+    /// volume when there are none.
+    pub fn copy_ranges(&self) -> Vec<(u64, u64)> {
+        if self.ranges.is_empty() {
+            return if self.size_bytes > 0 {
+                vec![(0, self.size_bytes)]
+            } else {
+                Vec::new()
+            };
+        }
+        self.ranges
+            .iter()
+            .filter(|(o, _)| *o < self.size_bytes)
+            .map(|&(o, l)| (o, l.min(self.size_bytes - o)))
+            .filter(|&(_, l)| l > 0)
+            .collect()
+    }
+
+    /// Bytes the resync copies ([`SyncingPlex::copy_ranges`]).
+    pub fn bytes_to_copy(&self) -> u64 {
+        self.copy_ranges().iter().map(|r| r.1).sum()
+    }
+}
+
+/// One node's section of a shared volume's dirty region log, which the master reads
+/// before it recovers that node's start ([`Action::ReadDirtyLogs`]).
+///
+/// [`Action::ReadDirtyLogs`]: super::Action::ReadDirtyLogs
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirtyLogSection {
+    /// Disk group.
+    pub dg: String,
+    /// Volume.
+    pub volume: String,
+    /// The disk (media name) holding the log.
+    pub disk: String,
+    /// Where the node's section starts on that disk's device.
+    pub offset_bytes: u64,
+    /// The section's length (header and bitmap).
+    pub len_bytes: u64,
+    /// The log's id (a section whose header names another id is unused).
+    pub log_id: u64,
+}
+
+/// What one section said ([`Event::DirtyLogsRead`]).
+///
+/// [`Event::DirtyLogsRead`]: super::Event::DirtyLogsRead
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DirtyLogRead {
+    /// The node issued no write under this log: nothing to resync.
+    Unused,
+    /// Its dirty regions (byte ranges of the volume, ascending; empty: none).
+    Dirty(Vec<(u64, u64)>),
+    /// The section could not be read or is cut short: resync the whole volume.
+    Unreadable(String),
 }
 
 /// A disk group configuration database, as far as the protocol needs to know it.
@@ -115,10 +177,26 @@ pub trait ConfigModel: Clone + Eq + Debug + Default {
 
     /// The change that recovers the mirrors an open start may have left divergent
     /// (one readable plex per mirror, the others resynchronised) and closes it;
-    /// None when it is not open.
-    fn node_recover(&self, node: NodeId, incarnation: u64) -> Option<Self::Change> {
-        let _ = (node, incarnation);
+    /// None when it is not open. `logs`: what the start's dirty region log sections
+    /// said ([`ConfigModel::dirty_logs`]); a volume with a log and no entry, or an
+    /// unreadable one, is resynchronised whole, one whose section is unused or clean
+    /// not at all, the others only in the dirty ranges.
+    fn node_recover(
+        &self,
+        node: NodeId,
+        incarnation: u64,
+        logs: &[(DirtyLogSection, DirtyLogRead)],
+    ) -> Option<Self::Change> {
+        let _ = (node, incarnation, logs);
         None
+    }
+
+    /// The sections of `node` in the dirty region logs of the shared volumes that
+    /// a recovery of that node would resynchronise (`core::recovery` reads them
+    /// first). None by default.
+    fn dirty_logs(&self, node: NodeId) -> Vec<DirtyLogSection> {
+        let _ = node;
+        Vec::new()
     }
 
     /// Whether the data plane of start `incarnation` of `node` may serve shared

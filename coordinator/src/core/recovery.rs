@@ -1,4 +1,4 @@
-//! Node-crash recovery of shared mirrors (without a dirty region log), decided here
+//! Node-crash recovery of shared mirrors (with or without a dirty region log), decided here
 //! so the simulator covers it (docs/PROTOCOL.md, "Node-crash recovery").
 //!
 //! The configuration records the *open* node starts: those whose data plane may
@@ -15,7 +15,23 @@
 //!   recovered ([`ConfigModel::node_recover`]: one ACTIVE plex per mirror, the others
 //!   SYNCING; the core's resync copies them). The transaction waits for the lost
 //!   node's lease like any other, so it commits only once that data plane surely
-//!   stopped writing. A new master (takeover or a whole-cluster restart) finds the
+//!   stopped writing.
+//! - **Dirty region logs.** When shared volumes have a log
+//!   ([`ConfigModel::dirty_logs`]), the master first reads the start's sections
+//!   ([`Action::ReadDirtyLogs`], answered by [`Event::DirtyLogsRead`]), and only
+//!   once that start's data plane surely stopped writing (the bound its
+//!   transaction waits for, [`Node::may_commit`]): a mark made after the read would
+//!   be missed. The change then carries what the sections said: volumes the start
+//!   never wrote need no resync, the others are resynced in their dirty ranges
+//!   only. A read in flight is dropped when this node stops being master or its
+//!   view changes (a new master reads again); one not answered within
+//!   `reply_timeout_ms` counts as unreadable (whole resync). A start that is a
+//!   member of the view again (cut off, then back with the same start) may be
+//!   serving: its mirrors are resynced whole, its log is not read.
+//! - **A lost data plane** (`Event::DataPlaneLost`): the node reads its own
+//!   sections, once the last lease it gave that data plane ran out (the data
+//!   plane may be alive and cut off from the coordinator only, writing until
+//!   then), and asks the master for the recovery with them. A new master (takeover or a whole-cluster restart) finds the
 //!   open starts on the disks, so no recovery is lost; a start that joined again
 //!   is opened again only after its old start's recovery (the open change is
 //!   refused while another start of the node is open).
@@ -39,9 +55,38 @@ pub const RECOVERY_RETRY_MS: u64 = 200;
 /// are still on the disks).
 pub const MAX_LOST_STARTS: usize = 64;
 
+/// Most sections one dirty-log read covers (one per shared volume with a log);
+/// past it, the others are resynced whole.
+pub const MAX_LOG_SECTIONS_PER_READ: usize = 4096;
+
+/// A read of one start's dirty region log sections.
+#[derive(Debug)]
+struct LogRead {
+    op: u64,
+    start: (NodeId, u64),
+    /// The view it was asked in (master reads: dropped when it changes).
+    view: u64,
+    sections: Vec<DirtyLogSection>,
+    since_ms: u64,
+    /// The answer, once it came.
+    results: Option<Vec<DirtyLogRead>>,
+}
+
 /// The recovery bookkeeping of one node.
 #[derive(Debug, Default)]
 pub(super) struct Recovery {
+    /// Number of the last dirty-log read asked for.
+    read_op: u64,
+    /// Master: the read of a lost start's log sections, in flight or answered.
+    master_read: Option<LogRead>,
+    /// The read of this start's own sections after its data plane was lost.
+    self_read: Option<LogRead>,
+    /// The latest end (this node's clock) of a lease this start handed its data
+    /// plane ([`Node::data_plane_lease_ms`]).
+    lease_given_until_ms: std::cell::Cell<u64>,
+    /// After a data-plane loss: until then (this node's clock) the lost data plane
+    /// may still write (its lease), so its sections are not read before.
+    lost_lease_until_ms: u64,
     /// Next request number (added to [`RECOVERY_REQUEST_BASE`]).
     next: u64,
     /// The master's bookkeeping request in flight.
@@ -85,6 +130,15 @@ impl<M: ConfigModel> Node<M> {
     /// ([`Node::lease_remaining_ms`]) while the committed configuration holds this
     /// start open and the node is not stopping; 0 otherwise.
     pub fn data_plane_lease_ms(&self, now_ms: u64) -> u64 {
+        let left = self.data_plane_lease_left_ms(now_ms);
+        if left > 0 {
+            let given = &self.recovery.lease_given_until_ms;
+            given.set(given.get().max(now_ms.saturating_add(left)));
+        }
+        left
+    }
+
+    fn data_plane_lease_left_ms(&self, now_ms: u64) -> u64 {
         if self.stopping
             || self.recovery.data_plane_lost
             || self.recovery.open_undurable.is_some()
@@ -136,25 +190,38 @@ impl<M: ConfigModel> Node<M> {
     }
 
     /// The next bookkeeping change the master proposes: a recovery first, then an
-    /// open.
-    fn recovery_next_change(&mut self) -> Option<(String, M::Change)> {
-        let view = self.view.as_ref()?;
-        let config = &self.committed.config;
-        let open = config.open_nodes();
+    /// open. None while a recovery waits for its dirty-log read.
+    fn recovery_next_change(&mut self, now_ms: u64) -> Option<(String, M::Change)> {
+        let view = self.view.clone()?;
+        let open = self.committed.config.open_nodes();
         self.recovery.lost.retain(|s| open.contains(s));
         for &(node, inc) in &open {
-            let stale =
-                view.incarnation(node) != Some(inc) || self.recovery.lost.contains(&(node, inc));
-            if stale {
-                if let Some(c) = config.node_recover(node, inc) {
-                    let what = format!(
-                        "recovering the mirrors of node {} (start {inc}): it was lost without a clean stop",
-                        self.name(node)
-                    );
-                    return Some((what, c));
-                }
+            let member_again = view.incarnation(node) == Some(inc);
+            let stale = !member_again || self.recovery.lost.contains(&(node, inc));
+            if !stale || self.committed.config.node_recover(node, inc, &[]).is_none() {
+                continue;
             }
+            // A start back in the view may be serving again: no read of its log
+            // can be sure to see its last mark; whole resync.
+            let sections = if member_again {
+                Vec::new()
+            } else {
+                self.committed.config.dirty_logs(node)
+            };
+            let logs = if sections.is_empty() {
+                Vec::new()
+            } else {
+                self.recovery_master_read(now_ms, (node, inc), view.id, sections)?
+            };
+            let c = self.committed.config.node_recover(node, inc, &logs)?;
+            let what = format!(
+                "recovering the mirrors of node {} (start {inc}): it was lost without a clean stop{}",
+                self.name(node),
+                log_summary(&logs)
+            );
+            return Some((what, c));
         }
+        let config = &self.committed.config;
         for (&node, &inc) in view.members.iter().zip(&view.incarnations) {
             if self.recovery.closed.contains(&(node, inc)) {
                 continue;
@@ -166,17 +233,144 @@ impl<M: ConfigModel> Node<M> {
         None
     }
 
+    /// Master: the dirty-log sections of lost start `start`, once read: asks for
+    /// the read (once that start's data plane surely stopped writing) and returns
+    /// None until its answer came.
+    fn recovery_master_read(
+        &mut self,
+        now_ms: u64,
+        start: (NodeId, u64),
+        view: u64,
+        sections: Vec<DirtyLogSection>,
+    ) -> Option<Vec<(DirtyLogSection, DirtyLogRead)>> {
+        let current = self
+            .recovery
+            .master_read
+            .as_ref()
+            .is_some_and(|r| r.start == start && r.view == view && r.sections == sections);
+        if current {
+            return self.recovery_read_result(now_ms, false);
+        }
+        // The read must come after the start's last mark: its data plane's lease
+        // ran out (every lost node's, as its transaction waits for).
+        if !self.may_commit(now_ms) {
+            return None;
+        }
+        self.recovery.master_read = Some(self.recovery_read_ask(now_ms, start, view, sections));
+        None
+    }
+
+    /// Asks the driver for a read of `sections` (at most
+    /// [`MAX_LOG_SECTIONS_PER_READ`]; the others count as unreadable).
+    fn recovery_read_ask(
+        &mut self,
+        now_ms: u64,
+        start: (NodeId, u64),
+        view: u64,
+        sections: Vec<DirtyLogSection>,
+    ) -> LogRead {
+        self.recovery.read_op += 1;
+        let op = self.recovery.read_op;
+        let asked: Vec<DirtyLogSection> = sections
+            .iter()
+            .take(MAX_LOG_SECTIONS_PER_READ)
+            .cloned()
+            .collect();
+        let line = format!(
+            "node {}: reading the dirty region logs of node {} (start {}): {} volume(s)",
+            self.name(self.cfg.me),
+            self.name(start.0),
+            start.1,
+            asked.len()
+        );
+        self.log(log::Level::Info, line);
+        self.out.push(Action::ReadDirtyLogs {
+            op,
+            node: start.0,
+            incarnation: start.1,
+            sections: asked,
+        });
+        LogRead {
+            op,
+            start,
+            view,
+            sections,
+            since_ms: now_ms,
+            results: None,
+        }
+    }
+
+    /// The answered read (master's, or this node's own with `own`), taken: each
+    /// section with its result. None while it is in flight (for at most
+    /// `reply_timeout_ms`: then every section counts as unreadable).
+    fn recovery_read_result(
+        &mut self,
+        now_ms: u64,
+        own: bool,
+    ) -> Option<Vec<(DirtyLogSection, DirtyLogRead)>> {
+        let timeout = self.cfg.reply_timeout_ms;
+        let slot = if own {
+            &mut self.recovery.self_read
+        } else {
+            &mut self.recovery.master_read
+        };
+        let r = slot.as_mut()?;
+        if r.results.is_none() && now_ms >= r.since_ms.saturating_add(timeout) {
+            log::warn!(
+                "node {}: the dirty region logs of node {} (start {}) were not read within {timeout} ms: its mirrors are resynced whole",
+                self.cfg.me,
+                r.start.0,
+                r.start.1
+            );
+            r.results = Some(Vec::new());
+        }
+        r.results.as_ref()?;
+        let r = slot.take()?;
+        let mut results = r.results.unwrap_or_default().into_iter();
+        Some(
+            r.sections
+                .into_iter()
+                .map(|s| {
+                    let read = results.next().unwrap_or_else(|| {
+                        DirtyLogRead::Unreadable("not read (no answer for it)".into())
+                    });
+                    (s, read)
+                })
+                .collect(),
+        )
+    }
+
+    /// [`Event::DirtyLogsRead`]: keeps the answer of the read still wanted.
+    pub(super) fn on_dirty_logs_read(&mut self, op: u64, results: Vec<DirtyLogRead>) {
+        for r in [
+            self.recovery.master_read.as_mut(),
+            self.recovery.self_read.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if r.op == op && r.results.is_none() {
+                r.results = Some(results);
+                return;
+            }
+        }
+    }
+
     /// `Event::DataPlaneLost`: the data plane (a process of its own) may have died in
     /// the middle of a mirrored write. While this start is open, the node gives its
     /// data plane no lease (the reconnected one, or a new one) until the start was
     /// recovered; it asks the master for that recovery itself
     /// ([`Node::recovery_self_poll`]), and the master opens the start again after it.
-    pub(super) fn recovery_data_plane_lost(&mut self) {
+    pub(super) fn recovery_data_plane_lost(&mut self, now_ms: u64) {
         let me = (self.cfg.me, self.cfg.incarnation);
         if self.recovery.data_plane_lost || !self.committed.config.open_nodes().contains(&me) {
             return;
         }
         self.recovery.data_plane_lost = true;
+        // The lost data plane (maybe alive, only its connection broken) may write
+        // until the last lease it was handed runs out.
+        self.recovery.lost_lease_until_ms = self.recovery.lease_given_until_ms.get().max(now_ms);
+        self.recovery.self_read = None;
         let line = format!(
             "node {}: its data plane was lost while it may write the shared mirrors: no lease until its start {} is recovered",
             self.name(me.0),
@@ -193,11 +387,12 @@ impl<M: ConfigModel> Node<M> {
             return;
         }
         let (me, inc) = (self.cfg.me, self.cfg.incarnation);
-        let Some(change) = self.committed.config.node_recover(me, inc) else {
+        if self.committed.config.node_recover(me, inc, &[]).is_none() {
             self.recovery.data_plane_lost = false;
             self.recovery.self_recovering = None;
+            self.recovery.self_read = None;
             return;
-        };
+        }
         let member = matches!(self.state, State::Member)
             && self
                 .view
@@ -207,12 +402,37 @@ impl<M: ConfigModel> Node<M> {
             || !member
             || self.stopping
             || now_ms < self.recovery.retry_at_ms
+            // The lost data plane may still write (and mark its log) until then.
+            || now_ms < self.recovery.lost_lease_until_ms
         {
             return;
         }
+        let sections = self.committed.config.dirty_logs(me);
+        let logs = if sections.is_empty() {
+            Vec::new()
+        } else if self
+            .recovery
+            .self_read
+            .as_ref()
+            .is_some_and(|r| r.sections == sections)
+        {
+            match self.recovery_read_result(now_ms, true) {
+                Some(logs) => logs,
+                None => return,
+            }
+        } else {
+            let view = self.view.as_ref().map_or(0, |v| v.id);
+            self.recovery.self_read =
+                Some(self.recovery_read_ask(now_ms, (me, inc), view, sections));
+            return;
+        };
+        let Some(change) = self.committed.config.node_recover(me, inc, &logs) else {
+            return;
+        };
         let line = format!(
-            "node {}: asking for the recovery of its start {inc} (its data plane was lost)",
-            self.name(me)
+            "node {}: asking for the recovery of its start {inc} (its data plane was lost){}",
+            self.name(me),
+            log_summary(&logs)
         );
         self.log(log::Level::Info, line);
         self.recovery.self_recovering = self.recovery_send_own(now_ms, change);
@@ -250,6 +470,7 @@ impl<M: ConfigModel> Node<M> {
     pub(super) fn recovery_poll(&mut self, now_ms: u64) {
         self.recovery_self_poll(now_ms);
         if !self.is_master() {
+            self.recovery.master_read = None;
             self.recovery.pending = None;
             self.recovery.lost.clear();
             self.recovery.closed.clear();
@@ -258,7 +479,7 @@ impl<M: ConfigModel> Node<M> {
         if self.stopping || self.recovery.pending.is_some() || now_ms < self.recovery.retry_at_ms {
             return;
         }
-        let Some((what, change)) = self.recovery_next_change() else {
+        let Some((what, change)) = self.recovery_next_change(now_ms) else {
             return;
         };
         let request = self.recovery_request();
@@ -276,6 +497,11 @@ impl<M: ConfigModel> Node<M> {
         // member's data plane serve.
         ms.queue.push_front((origin, Request::Change(change)));
         self.master_next(now_ms);
+    }
+
+    /// Master: whether it closed `start` after a clean stop (it was not recovered).
+    pub(super) fn recovery_closed(&self, start: (NodeId, u64)) -> bool {
+        self.recovery.closed.contains(&start)
     }
 
     /// A stopping node that is otherwise idle: returns true while its close is
@@ -420,4 +646,26 @@ impl<M: ConfigModel> Node<M> {
             self.log(log::Level::Warn, line);
         }
     }
+}
+
+/// What a recovery's log reads said, for its log line: empty without logs.
+fn log_summary(logs: &[(DirtyLogSection, DirtyLogRead)]) -> String {
+    if logs.is_empty() {
+        return String::new();
+    }
+    let (mut unused, mut dirty, mut bytes, mut unreadable) = (0, 0, 0u64, 0);
+    for (_, r) in logs {
+        match r {
+            DirtyLogRead::Unused => unused += 1,
+            DirtyLogRead::Dirty(ranges) if ranges.is_empty() => unused += 1,
+            DirtyLogRead::Dirty(ranges) => {
+                dirty += 1;
+                bytes += ranges.iter().map(|r| r.1).sum::<u64>();
+            }
+            DirtyLogRead::Unreadable(_) => unreadable += 1,
+        }
+    }
+    format!(
+        "; dirty region logs: {dirty} volume(s) with {bytes} dirty bytes, {unused} clean, {unreadable} unreadable (resynced whole)"
+    )
 }

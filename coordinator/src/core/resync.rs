@@ -4,7 +4,10 @@
 //!
 //! A SYNCING plex takes every new write on every node that applied the transaction
 //! that made it SYNCING. The rest is copied from an ACTIVE plex, one chunk of at most
-//! [`RESYNC_CHUNK_BYTES`] at a time. A host write to a chunk through *any* node between
+//! [`RESYNC_CHUNK_BYTES`] at a time: the whole plex, or only its ranges
+//! ([`SyncingPlex::ranges`], a crashed node's dirty regions). Every copy starts
+//! again when a node start is recovered (it may have written chunks already
+//! copied). A host write to a chunk through *any* node between
 //! the copy's read and its write would be overwritten on the SYNCING plex with older
 //! data, so for each chunk the master (the *copier*):
 //!
@@ -58,6 +61,11 @@ pub(super) struct Copier {
     next_gen: u64,
     /// By (disk group, plex).
     copies: BTreeMap<(String, String), Copy>,
+    /// The open node starts when the copies were last driven: one gone without a
+    /// clean close was recovered, and its data plane may have died writing a
+    /// chunk already copied (to the SYNCING plex and not the ACTIVE one): every
+    /// copy starts again.
+    open_seen: Vec<(NodeId, u64)>,
 }
 
 #[derive(Debug)]
@@ -65,8 +73,14 @@ struct Copy {
     plex: SyncingPlex,
     /// Distinguishes this resync from an earlier one of the same plex.
     gen: u64,
-    /// Start of the next chunk to copy.
+    /// Bytes copied so far (progress).
     offset: u64,
+    /// The ranges to copy ([`SyncingPlex::copy_ranges`]).
+    todo: Vec<(u64, u64)>,
+    /// The range being copied (`todo.len()`: all copied).
+    at: usize,
+    /// Bytes of that range copied.
+    pos: u64,
     /// Failed rounds of the current chunk.
     attempts: u32,
     chunks: u64,
@@ -113,6 +127,13 @@ struct Held {
     since_ms: u64,
     /// The quiesce asked for and not answered yet (its token).
     quiescing: Option<FenceToken>,
+}
+
+impl Copy {
+    /// Volume offset of the chunk being copied.
+    fn chunk_offset(&self) -> u64 {
+        self.todo.get(self.at).map_or(0, |r| r.0) + self.pos
+    }
 }
 
 fn is_kernel_action<M: ConfigModel>(a: &Action<M>) -> bool {
@@ -412,7 +433,7 @@ impl<M: ConfigModel> Node<M> {
         self.out.push(Action::ResyncProgress {
             plex: c.clone(),
             done_bytes,
-            total_bytes: c.size_bytes,
+            total_bytes: c.bytes_to_copy(),
             finished,
         });
     }
@@ -429,14 +450,31 @@ impl<M: ConfigModel> Node<M> {
                     self.progress(&c.plex, c.offset, Some(Err(why.clone())));
                 }
             }
+            self.copier.open_seen.clear();
             return;
         }
         let want = self.committed.config.syncing_plexes();
+        let open = self.committed.config.open_nodes();
+        let recovered = self
+            .copier
+            .open_seen
+            .iter()
+            .find(|s| !open.contains(s) && !self.recovery_closed(**s))
+            .copied();
+        self.copier.open_seen = open;
+        if let (Some((node, inc)), false) = (recovered, self.copier.copies.is_empty()) {
+            let line = format!(
+                "node {}: node {} (start {inc}) was recovered: every resync starts again (its data plane may have written chunks already copied)",
+                self.name(self.cfg.me),
+                self.name(node)
+            );
+            self.log(log::Level::Info, line);
+        }
         let gone: Vec<(String, String)> = self
             .copier
             .copies
             .iter()
-            .filter(|(_, c)| !want.contains(&c.plex))
+            .filter(|(_, c)| recovered.is_some() || !want.contains(&c.plex))
             .map(|(k, _)| k.clone())
             .collect();
         for k in gone {
@@ -444,7 +482,11 @@ impl<M: ConfigModel> Node<M> {
                 continue;
             };
             let finished = match &c.step {
-                Step::Done { .. } => Ok(()),
+                Step::Done { .. } if recovered.is_none() => Ok(()),
+                Step::Done { .. } => Err(format!(
+                    "plex {}: started again after a node's recovery",
+                    c.plex.plex
+                )),
                 Step::Fencing(r) | Step::Copying(r) | Step::Releasing(r) => {
                     let token = r.token;
                     let me = self.cfg.me;
@@ -464,13 +506,20 @@ impl<M: ConfigModel> Node<M> {
                 continue;
             }
             self.copier.next_gen += 1;
+            let todo = p.copy_ranges();
             let line = format!(
-                "node {}: resync of plex {} of volume {} (disk group {}): started, {} bytes",
+                "node {}: resync of plex {} of volume {} (disk group {}): started, {} bytes in {} range(s){}",
                 self.name(self.cfg.me),
                 p.plex,
                 p.volume,
                 p.dg,
-                p.size_bytes
+                p.bytes_to_copy(),
+                todo.len(),
+                if p.ranges.is_empty() {
+                    " (the whole plex)"
+                } else {
+                    " (dirty regions)"
+                }
             );
             self.log(log::Level::Info, line);
             self.progress(&p, 0, None);
@@ -480,6 +529,9 @@ impl<M: ConfigModel> Node<M> {
                     plex: p,
                     gen: self.copier.next_gen,
                     offset: 0,
+                    todo,
+                    at: 0,
+                    pos: 0,
                     attempts: 0,
                     chunks: 0,
                     step: Step::Idle { not_before_ms: 0 },
@@ -503,7 +555,7 @@ impl<M: ConfigModel> Node<M> {
         };
         match &mut c.step {
             Step::Idle { not_before_ms } if idle && now_ms >= *not_before_ms => {
-                if c.offset >= c.plex.size_bytes {
+                if c.at >= c.todo.len() {
                     c.step = Step::Done {
                         proposed: false,
                         not_before_ms: now_ms,
@@ -572,7 +624,10 @@ impl<M: ConfigModel> Node<M> {
         let Some(c) = self.copier.copies.get_mut(key) else {
             return;
         };
-        let len = RESYNC_CHUNK_BYTES.min(c.plex.size_bytes - c.offset);
+        let Some(&(_, range_len)) = c.todo.get(c.at) else {
+            return;
+        };
+        let len = RESYNC_CHUNK_BYTES.min(range_len.saturating_sub(c.pos));
         c.step = Step::Fencing(Round {
             token,
             len,
@@ -646,7 +701,7 @@ impl<M: ConfigModel> Node<M> {
             dg: c.plex.dg.clone(),
             volume: c.plex.volume.clone(),
             plex: c.plex.plex.clone(),
-            offset_bytes: c.offset,
+            offset_bytes: c.chunk_offset(),
             len_bytes: r.len,
             deadline_ms,
         };
@@ -668,13 +723,14 @@ impl<M: ConfigModel> Node<M> {
         let Some(c) = self.copier.copies.get_mut(&key) else {
             return;
         };
+        let at = c.chunk_offset();
         let Step::Copying(r) = &mut c.step else {
             return;
         };
         if let Err(e) = result {
             let e = format!(
                 "node {me}: resync of plex {} of volume {}: copy of {} bytes at offset {}: {e}",
-                c.plex.plex, c.plex.volume, r.len, c.offset
+                c.plex.plex, c.plex.volume, r.len, at
             );
             r.why = Some(e.clone());
             self.log(log::Level::Warn, e);
@@ -758,10 +814,15 @@ impl<M: ConfigModel> Node<M> {
         match r.why {
             None => {
                 c.offset += r.len;
+                c.pos += r.len;
+                if c.todo.get(c.at).is_none_or(|&(_, l)| c.pos >= l) {
+                    c.at += 1;
+                    c.pos = 0;
+                }
                 c.attempts = 0;
                 c.chunks += 1;
                 let (p, offset) = (c.plex.clone(), c.offset);
-                if offset >= p.size_bytes {
+                if c.at >= c.todo.len() {
                     c.step = Step::Done {
                         proposed: false,
                         not_before_ms: now_ms,
@@ -785,7 +846,7 @@ impl<M: ConfigModel> Node<M> {
                     "node {me}: resync of plex {} of volume {}: chunk at offset {} again (attempt {}): {why}",
                     c.plex.plex,
                     c.plex.volume,
-                    c.offset,
+                    c.chunk_offset(),
                     c.attempts + 1
                 );
             }
@@ -796,10 +857,20 @@ impl<M: ConfigModel> Node<M> {
     /// Whether the master's own ACTIVE request `gen` of `plex` still stands for a
     /// resync that copied every chunk (not one restarted meanwhile).
     pub(super) fn resync_done_valid(&self, plex: &SyncingPlex, gen: u64) -> bool {
-        self.copier
-            .copies
-            .get(&(plex.dg.clone(), plex.plex.clone()))
-            .is_some_and(|c| c.gen == gen && matches!(c.step, Step::Done { .. }))
+        // A start recovered by the commit just made (this step): every copy
+        // starts again, this one too.
+        let open = self.committed.config.open_nodes();
+        let recovered = self
+            .copier
+            .open_seen
+            .iter()
+            .any(|s| !open.contains(s) && !self.recovery_closed(*s));
+        !recovered
+            && self
+                .copier
+                .copies
+                .get(&(plex.dg.clone(), plex.plex.clone()))
+                .is_some_and(|c| c.gen == gen && matches!(c.step, Step::Done { .. }))
     }
 
     /// The outcome of the master's own ACTIVE request (`request` ≥

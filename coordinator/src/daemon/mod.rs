@@ -38,6 +38,7 @@ pub mod config;
 pub mod ctl;
 pub mod disks;
 pub mod driver;
+pub mod drl;
 pub mod exports;
 mod failed;
 pub mod failpoint;
@@ -167,6 +168,13 @@ pub enum Input {
     DriverDone,
     /// The quorum disk thread answered a read or a write ([`qdisk`]).
     QuorumDisk(qdisk::Done),
+    /// A dirty region log read ([`drl`]) answered.
+    DirtyLogs {
+        /// The read's number.
+        op: u64,
+        /// One result per section asked for.
+        results: Vec<crate::core::DirtyLogRead>,
+    },
 }
 
 /// Command-line options of `plexd`.
@@ -264,6 +272,8 @@ struct Daemon {
     alua_basis: Option<(u64, NodeId, TxnId)>,
     /// The quorum disk's I/O thread, when one is configured.
     qdisk: Option<qdisk::QuorumDisk>,
+    /// The dirty region log reads in flight ([`drl`]).
+    drl_reads: drl::Reads,
 }
 
 /// Where a transaction this node runs as master spends its time, from the
@@ -487,6 +497,7 @@ impl Daemon {
                 qdisk::Done::Read { op, result } => Event::QuorumDiskRead { op, result },
                 qdisk::Done::Written { op, result } => Event::QuorumDiskWritten { op, result },
             }),
+            Input::DirtyLogs { op, results } => self.feed(Event::DirtyLogsRead { op, results }),
         }
     }
 
@@ -686,6 +697,9 @@ impl Daemon {
                         self.qdisk_failed(qdisk::Done::Written { op, result: Err(e) });
                     }
                 }
+                Op::Now(Action::ReadDirtyLogs {
+                    op, node, sections, ..
+                }) => self.read_dirty_logs(op, node, sections),
                 Op::Now(Action::ViewChanged { view }) => log::info!(
                     "node {}: view {} installed: master {}, members {:?}",
                     self.name,
@@ -704,6 +718,31 @@ impl Daemon {
                 Op::Now(_) => {} // Log: the core has logged it already
             }
         }
+    }
+
+    /// Starts a read of node `of`'s dirty region log sections on a thread of its
+    /// own ([`drl`]; it finds each disk by its id on this node's disk files).
+    fn read_dirty_logs(
+        &mut self,
+        op: u64,
+        of: NodeId,
+        sections: Vec<crate::core::DirtyLogSection>,
+    ) {
+        let at = sections
+            .into_iter()
+            .map(|section| {
+                let disk = self
+                    .node
+                    .config()
+                    .group(&section.dg)
+                    .and_then(|g| g.disks.iter().find(|d| d.name == section.disk))
+                    .cloned();
+                (section, disk)
+            })
+            .collect();
+        let files = self.file.disk_files();
+        self.drl_reads
+            .start(&self.name, op, of, at, files, self.tx.clone());
     }
 
     /// A quorum disk request that could not be handed to its thread: the core
@@ -828,6 +867,7 @@ impl Daemon {
             | Action::ResyncProgress { .. }
             | Action::ReadQuorumDisk { .. }
             | Action::WriteQuorumDisk { .. }
+            | Action::ReadDirtyLogs { .. }
             | Action::RecordMembership { .. }
             | Action::Reply { .. }
             | Action::Failpoint(_)

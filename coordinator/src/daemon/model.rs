@@ -10,8 +10,13 @@
 //! (the daemon changes them locally, see `daemon::private`).
 
 use super::model_codec;
-use crate::core::{ConfigModel, ErrorKind, NodeId, RequestError, SyncingPlex};
-use crate::model::{Change, ClusterConfig, ConfigError, DiskGroupConfig, DiskUpdate, OpenNode};
+use crate::core::{
+    ConfigModel, DirtyLogRead, DirtyLogSection, ErrorKind, NodeId, RequestError, SyncingPlex,
+};
+use crate::model::{
+    bound_ranges, Change, ClusterConfig, ConfigError, DiskGroupConfig, DiskUpdate, OpenNode,
+    PlexState, RecoverLog, MAX_RECOVER_RANGES_PER_CHANGE, MAX_RECOVER_RANGES_PER_VOLUME,
+};
 
 /// The kind of a refused change: what `plexctl` exits with.
 pub fn error_kind(e: &ConfigError) -> ErrorKind {
@@ -171,6 +176,7 @@ impl ConfigModel for SharedConfig {
                         volume: v.name.clone(),
                         plex: p.name.clone(),
                         size_bytes: v.size_bytes,
+                        ranges: p.resync_ranges.clone(),
                     });
                 }
             }
@@ -217,11 +223,94 @@ impl ConfigModel for SharedConfig {
             .then_some(Change::NodeClose { node: start })
     }
 
-    fn node_recover(&self, node: NodeId, incarnation: u64) -> Option<Change> {
+    fn node_recover(
+        &self,
+        node: NodeId,
+        incarnation: u64,
+        logs: &[(DirtyLogSection, DirtyLogRead)],
+    ) -> Option<Change> {
         let start = OpenNode { node, incarnation };
-        self.open_nodes
-            .contains(&start)
-            .then_some(Change::NodeRecover { node: start })
+        if !self.open_nodes.contains(&start) {
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut total = 0;
+        for (section, read) in logs {
+            let ranges = match read {
+                DirtyLogRead::Unused => Vec::new(),
+                DirtyLogRead::Dirty(r) => {
+                    let size = self
+                        .groups
+                        .iter()
+                        .find(|g| g.name == section.dg)
+                        .and_then(|g| g.volumes.iter().find(|v| v.name == section.volume))
+                        .map_or(u64::MAX, |v| v.size_bytes);
+                    bound_ranges(r, size, MAX_RECOVER_RANGES_PER_VOLUME)
+                }
+                // Left out: resynchronised whole.
+                DirtyLogRead::Unreadable(why) => {
+                    log::warn!(
+                        "volume {} of disk group {}: the dirty region log of node {node} (start {incarnation}) on disk {} is unreadable ({why}): the volume is resynchronised whole",
+                        section.volume,
+                        section.dg,
+                        section.disk
+                    );
+                    continue;
+                }
+            };
+            if total + ranges.len() > MAX_RECOVER_RANGES_PER_CHANGE {
+                continue;
+            }
+            total += ranges.len();
+            out.push(RecoverLog {
+                dg: section.dg.clone(),
+                volume: section.volume.clone(),
+                log_id: section.log_id,
+                ranges,
+            });
+        }
+        Some(Change::NodeRecover {
+            node: start,
+            logs: out,
+        })
+    }
+
+    /// Every shared volume with a log and two or more plexes a recovery could
+    /// leave or make SYNCING.
+    fn dirty_logs(&self, node: NodeId) -> Vec<DirtyLogSection> {
+        let mut out = Vec::new();
+        for g in self.groups.iter().filter(|g| g.shared) {
+            for v in &g.volumes {
+                let Some(log) = &v.log else {
+                    continue;
+                };
+                let readable = v
+                    .plexes
+                    .iter()
+                    .filter(|p| matches!(p.state, PlexState::Active | PlexState::Syncing))
+                    .count();
+                if readable < 2 {
+                    continue;
+                }
+                let Some(offset_bytes) = u64::from(node)
+                    .checked_mul(log.section_bytes)
+                    .and_then(|o| o.checked_add(log.disk_offset_bytes))
+                else {
+                    continue;
+                };
+                let regions = plexd_target_api::drl::regions_for(v.size_bytes, log.region_bytes);
+                let need = plexd_target_api::drl::section_bytes(regions);
+                out.push(DirtyLogSection {
+                    dg: g.name.clone(),
+                    volume: v.name.clone(),
+                    disk: log.disk.clone(),
+                    offset_bytes,
+                    len_bytes: need.min(log.section_bytes),
+                    log_id: log.log_id,
+                });
+            }
+        }
+        out
     }
 
     fn may_serve(&self, node: NodeId, incarnation: u64) -> bool {

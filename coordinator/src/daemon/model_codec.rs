@@ -12,7 +12,10 @@ use plexd_proto::cluster_capnp as wire;
 
 use super::model::SharedConfig;
 use crate::core::MAX_MESSAGE_BYTES;
-use crate::model::{Change, DiskUpdate, LogPolicy, Nexus, OpenNode, VolumeLayout, MAX_OPEN_NODES};
+use crate::model::{
+    Change, DiskUpdate, LogPolicy, Nexus, OpenNode, RecoverLog, VolumeLayout, MAX_OPEN_NODES,
+    MAX_RECOVER_RANGES_PER_CHANGE,
+};
 use crate::ondisk::codec as disk;
 
 /// Most words a decoded configuration or change may make the reader traverse: it
@@ -195,7 +198,13 @@ fn write_change(c: &Change, b: wire::config_change::Builder<'_>) {
         | Change::SetPlexState { .. } => write_plex_change(c, b),
         Change::NodeOpen { node } => write_open(node, b.init_node_open()),
         Change::NodeClose { node } => write_open(node, b.init_node_close()),
-        Change::NodeRecover { node } => write_open(node, b.init_node_recover()),
+        Change::NodeRecover { node, logs } => {
+            let mut g = b.init_node_recover();
+            write_open(node, g.reborrow());
+            if !logs.is_empty() {
+                write_recover_logs(logs, g.init_recover_logs(len_u32(logs.len())));
+            }
+        }
     }
 }
 
@@ -405,9 +414,13 @@ fn read_change(r: wire::config_change::Reader<'_>) -> capnp::Result<Change> {
         Which::NodeClose(g) => Ok(Change::NodeClose {
             node: read_open(g?),
         }),
-        Which::NodeRecover(g) => Ok(Change::NodeRecover {
-            node: read_open(g?),
-        }),
+        Which::NodeRecover(g) => {
+            let g = g?;
+            Ok(Change::NodeRecover {
+                node: read_open(g),
+                logs: read_recover_logs(g.get_recover_logs()?)?,
+            })
+        }
     }
 }
 
@@ -546,6 +559,51 @@ fn read_plex_change(which: wire::config_change::WhichReader<'_>) -> capnp::Resul
 fn write_open(node: &OpenNode, mut b: wire::open_node_start::Builder<'_>) {
     b.set_node(node.node);
     b.set_incarnation(node.incarnation);
+}
+
+fn write_recover_logs(
+    logs: &[RecoverLog],
+    mut b: capnp::struct_list::Builder<'_, wire::recover_log::Owned>,
+) {
+    for (i, l) in (0..).zip(logs) {
+        let mut lb = b.reborrow().get(i);
+        lb.set_dg(l.dg.as_str());
+        lb.set_volume(l.volume.as_str());
+        lb.set_log_id(l.log_id);
+        let mut rb = lb.init_ranges(len_u32(l.ranges.len()));
+        for (j, (off, len)) in (0..).zip(&l.ranges) {
+            rb.reborrow().get(j).set_offset_bytes(*off);
+            rb.reborrow().get(j).set_len_bytes(*len);
+        }
+    }
+}
+
+/// A `nodeRecover`'s volume entries; more than [`MAX_RECOVER_RANGES_PER_CHANGE`]
+/// ranges in all is malformed.
+fn read_recover_logs(
+    r: capnp::struct_list::Reader<'_, wire::recover_log::Owned>,
+) -> capnp::Result<Vec<RecoverLog>> {
+    let mut out = Vec::with_capacity(r.len() as usize);
+    let mut total = 0usize;
+    for l in r.iter() {
+        let ranges = l.get_ranges()?;
+        total += ranges.len() as usize;
+        if total > MAX_RECOVER_RANGES_PER_CHANGE {
+            return Err(capnp::Error::failed(format!(
+                "node recovery: more than {MAX_RECOVER_RANGES_PER_CHANGE} dirty ranges"
+            )));
+        }
+        out.push(RecoverLog {
+            dg: disk::text(l.get_dg())?,
+            volume: disk::text(l.get_volume())?,
+            log_id: l.get_log_id(),
+            ranges: ranges
+                .iter()
+                .map(|x| (x.get_offset_bytes(), x.get_len_bytes()))
+                .collect(),
+        });
+    }
+    Ok(out)
 }
 
 fn read_open(r: wire::open_node_start::Reader<'_>) -> OpenNode {
@@ -842,6 +900,27 @@ mod tests {
                     node: 3,
                     incarnation: 1 << 40,
                 },
+                logs: vec![],
+            },
+            Change::NodeRecover {
+                node: OpenNode {
+                    node: 3,
+                    incarnation: 7,
+                },
+                logs: vec![
+                    RecoverLog {
+                        dg: "dg1".into(),
+                        volume: "v1".into(),
+                        log_id: 0x77,
+                        ranges: vec![(0, 512 << 10), (4 << 20, 1 << 20)],
+                    },
+                    RecoverLog {
+                        dg: "dg1".into(),
+                        volume: "v2".into(),
+                        log_id: 0x78,
+                        ranges: vec![],
+                    },
+                ],
             },
         ]
     }

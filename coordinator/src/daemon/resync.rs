@@ -441,6 +441,7 @@ mod tests {
             volume: "v1".into(),
             plex: "v1-02".into(),
             size_bytes: 1 << 30,
+            ranges: vec![(0, 100 * MIB)],
         };
         // A resync of 100 MiB of ranges in a 1 GiB volume.
         t.progress(&plex, (0, 100 * MIB), None, "a");

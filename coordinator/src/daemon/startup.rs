@@ -87,6 +87,7 @@ pub fn run(opts: Options) -> Result<(), String> {
         failed,
         repairs,
         qdisk,
+        drl_reads: super::drl::Reads::default(),
     };
     d.main_loop(rx);
     log::info!("plexd: node {} stopped", d.name);

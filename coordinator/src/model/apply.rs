@@ -172,7 +172,7 @@ pub fn apply(config: &ClusterConfig, change: &Change) -> Result<ClusterConfig, C
         }
         Change::NodeOpen { node } => super::recovery::open(&mut next, *node)?,
         Change::NodeClose { node } => super::recovery::close(&mut next, *node)?,
-        Change::NodeRecover { node } => super::recovery::recover(&mut next, *node)?,
+        Change::NodeRecover { node, logs } => super::recovery::recover(&mut next, *node, logs)?,
         _ => {
             let index = dg_index(config, change.dg_name())?;
             if let Change::DgAddDisk { disk, .. } = change {
@@ -737,6 +737,8 @@ fn plex_detach(
     }
     check_not_last_active(&dg.volumes[vi], pi, "detach")?;
     next.volumes[vi].plexes[pi].state = PlexState::Stale;
+    // Ranges belong to one recovery's resync: any other state change (its end,
+    // a detach, a new attach: whole) drops them.
     next.volumes[vi].plexes[pi].resync_ranges.clear();
     Ok(())
 }
@@ -818,8 +820,8 @@ fn set_plex_state(
         check_not_last_active(&dg.volumes[vi], pi, &format!("set {}", state.as_str()))?;
     }
     next.volumes[vi].plexes[pi].state = state;
-    if state != PlexState::Syncing {
-        next.volumes[vi].plexes[pi].resync_ranges.clear();
-    }
+    // Ranges belong to one recovery's resync: any other state change (its end,
+    // a detach, a new attach: whole) drops them.
+    next.volumes[vi].plexes[pi].resync_ranges.clear();
     Ok(())
 }

@@ -211,11 +211,31 @@ pub enum Change {
     },
     /// Node start `node` was lost without a clean stop: every shared mirrored volume
     /// with two or more ACTIVE plexes keeps its first ACTIVE plex and the others
-    /// become SYNCING (resynchronised from it); `node` leaves the open nodes.
+    /// become SYNCING (resynchronised from it: whole, or only the dirty ranges its
+    /// log names, `logs`); `node` leaves the open nodes.
     NodeRecover {
         /// The node start.
         node: OpenNode,
+        /// What the start's dirty region log said, per volume read (a volume not
+        /// listed is resynchronised whole; an older node sends none).
+        logs: Vec<RecoverLog>,
     },
+}
+
+/// What a recovered node start's section of one volume's dirty region log said
+/// ([`Change::NodeRecover`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoverLog {
+    /// Disk group.
+    pub dg: String,
+    /// Volume.
+    pub volume: String,
+    /// The log read (a volume whose log has another id now is resynchronised whole).
+    pub log_id: u64,
+    /// The dirty byte ranges `(offset, len)`, ascending and disjoint (at most
+    /// [`MAX_RECOVER_RANGES_PER_VOLUME`]); empty: the start wrote nothing
+    /// unfinished, no resync.
+    pub ranges: Vec<(u64, u64)>,
 }
 
 impl Change {
@@ -394,9 +414,17 @@ pub fn describe(change: &Change, after: Option<&DiskGroupConfig>) -> String {
             "node {} (start {}) stopped cleanly: no recovery needed",
             node.node, node.incarnation
         ),
-        Change::NodeRecover { node } => format!(
+        Change::NodeRecover { node, logs } if logs.is_empty() => format!(
             "node {} (start {}) was lost without a clean stop: its mirrors are resynchronised (NEEDSYNC: one ACTIVE plex each, the others SYNCING; plexctl task list)",
             node.node, node.incarnation
+        ),
+        Change::NodeRecover { node, logs } => format!(
+            "node {} (start {}) was lost without a clean stop: its mirrors are resynchronised (NEEDSYNC: one ACTIVE plex each, the others SYNCING; plexctl task list); dirty region logs read: {} volume(s) with {} dirty bytes, {} clean",
+            node.node,
+            node.incarnation,
+            logs.iter().filter(|l| !l.ranges.is_empty()).count(),
+            logs.iter().flat_map(|l| &l.ranges).map(|r| r.1).sum::<u64>(),
+            logs.iter().filter(|l| l.ranges.is_empty()).count()
         ),
         Change::VolUnexport {
             volume, protocol, ..

@@ -1,4 +1,4 @@
-//! Node-crash recovery of shared mirrors, without a dirty region log.
+//! Node-crash recovery of shared mirrors, with or without a dirty region log.
 //!
 //! A node that dies in the middle of a mirrored write may leave the block written
 //! on one plex and not on another. Every shared group records, on its disks, the
@@ -11,7 +11,10 @@
 //! every mirrored volume with two or more ACTIVE plexes keeps its first ACTIVE plex
 //! and the others become SYNCING. From that commit on every node reads that one
 //! plex (SYNCING plexes take writes, serve no reads) and the core's resync copies
-//! it to the others (docs/PROTOCOL.md, "Node-crash recovery").
+//! it to the others (docs/PROTOCOL.md, "Node-crash recovery"). With a dirty region
+//! log the change carries what the start's section of each volume said
+//! ([`RecoverLog`]): a volume it never wrote (or left clean) is not resynced, the
+//! others only in their dirty ranges (`Plex::resync_ranges`).
 //!
 //! The set is cluster-wide ([`ClusterConfig::open_nodes`], carried between nodes with
 //! the shared configuration), so a node is open before any shared group exists;
@@ -92,10 +95,68 @@ pub(super) fn close(next: &mut ClusterConfig, node: OpenNode) -> Result<(), Conf
     Ok(())
 }
 
-/// [`Change::NodeRecover`]: in every shared group, each volume with two or more
-/// ACTIVE plexes keeps its first ACTIVE plex and the others become SYNCING; `node`
-/// leaves the open nodes.
-pub(super) fn recover(next: &mut ClusterConfig, node: OpenNode) -> Result<(), ConfigError> {
+/// Most dirty ranges a volume's entry of [`Change::NodeRecover`] and a SYNCING
+/// plex's `resync_ranges` hold: past it the closest ranges are merged (copying a
+/// little more).
+pub const MAX_RECOVER_RANGES_PER_VOLUME: usize = 1024;
+/// Most dirty ranges one [`Change::NodeRecover`] carries in all (far under the
+/// message size limit: about 20 bytes each); volumes past it are resynchronised
+/// whole.
+pub const MAX_RECOVER_RANGES_PER_CHANGE: usize = 16 * 1024;
+
+/// `ranges` made ascending and disjoint (overlapping and adjacent ones merged),
+/// clipped to a volume of `size_bytes`, empty ones dropped, then at most `max`
+/// (the ranges separated by the smallest gaps merged first).
+pub fn bound_ranges(ranges: &[(u64, u64)], size_bytes: u64, max: usize) -> Vec<(u64, u64)> {
+    let mut r: Vec<(u64, u64)> = ranges
+        .iter()
+        .filter(|(o, _)| *o < size_bytes)
+        .map(|&(o, l)| (o, o.saturating_add(l).min(size_bytes)))
+        .filter(|(o, e)| e > o)
+        .collect();
+    r.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(r.len());
+    for (o, e) in r {
+        match merged.last_mut() {
+            Some(last) if o <= last.1 => last.1 = last.1.max(e),
+            _ => merged.push((o, e)),
+        }
+    }
+    let max = max.max(1);
+    if merged.len() > max {
+        // Keep the `max - 1` widest gaps; merge across every other one.
+        let mut gaps: Vec<(u64, usize)> = merged
+            .windows(2)
+            .enumerate()
+            .map(|(i, w)| (w[1].0 - w[0].1, i))
+            .collect();
+        gaps.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        let mut split: Vec<usize> = gaps.iter().take(max - 1).map(|g| g.1).collect();
+        split.sort_unstable();
+        let mut out = Vec::with_capacity(max);
+        let mut start = 0;
+        for i in split.into_iter().chain([merged.len() - 1]) {
+            out.push((merged[start].0, merged[i].1));
+            start = i + 1;
+        }
+        merged = out;
+    }
+    merged.into_iter().map(|(o, e)| (o, e - o)).collect()
+}
+
+/// [`Change::NodeRecover`]: `node` leaves the open nodes and, in every shared
+/// group, each volume it may have left divergent is resynchronised: a volume
+/// whose entry in `logs` (same log id) has no dirty range needs nothing; one with
+/// ranges keeps its first ACTIVE plex and makes the others SYNCING in those
+/// ranges; any other (no log, no entry: unreadable) keeps its first ACTIVE plex
+/// and makes the others SYNCING whole (when it has two or more ACTIVE plexes).
+/// A plex SYNCING already in some ranges gets the union (a whole one stays
+/// whole): the dead start may have written it and not the ACTIVE one.
+pub(super) fn recover(
+    next: &mut ClusterConfig,
+    node: OpenNode,
+    logs: &[RecoverLog],
+) -> Result<(), ConfigError> {
     let Some(i) = next.open_nodes.iter().position(|o| *o == node) else {
         return Err(ConfigError::Invalid(format!(
             "node {} start {} is not open: nothing to recover",
@@ -106,13 +167,42 @@ pub(super) fn recover(next: &mut ClusterConfig, node: OpenNode) -> Result<(), Co
     for g in next.disk_groups.iter_mut().filter(|g| g.shared) {
         let mut changed = false;
         for v in &mut g.volumes {
+            let entry = logs.iter().find(|l| {
+                l.dg == g.name
+                    && l.volume == v.name
+                    && v.log.as_ref().is_some_and(|log| log.log_id == l.log_id)
+            });
+            // None: the whole volume; Some(ranges): only those (none: clean).
+            let dirty =
+                entry.map(|l| bound_ranges(&l.ranges, v.size_bytes, MAX_RECOVER_RANGES_PER_VOLUME));
+            if dirty.as_ref().is_some_and(Vec::is_empty) {
+                continue;
+            }
             let mut first = true;
-            for p in v.plexes.iter_mut().filter(|p| p.state == PlexState::Active) {
-                if !first {
-                    p.state = PlexState::Syncing;
-                    changed = true;
+            for p in &mut v.plexes {
+                match p.state {
+                    PlexState::Active if first => first = false,
+                    PlexState::Active => {
+                        p.state = PlexState::Syncing;
+                        p.resync_ranges = dirty.clone().unwrap_or_default();
+                        changed = true;
+                    }
+                    PlexState::Syncing if !p.resync_ranges.is_empty() => {
+                        let ranges = match &dirty {
+                            None => Vec::new(),
+                            Some(d) => {
+                                let mut all = p.resync_ranges.clone();
+                                all.extend_from_slice(d);
+                                bound_ranges(&all, v.size_bytes, MAX_RECOVER_RANGES_PER_VOLUME)
+                            }
+                        };
+                        if ranges != p.resync_ranges {
+                            p.resync_ranges = ranges;
+                            changed = true;
+                        }
+                    }
+                    _ => {}
                 }
-                first = false;
             }
         }
         if changed {
@@ -155,7 +245,14 @@ mod tests {
         };
         assert!(apply(&c, &Change::NodeOpen { node: a2 }).is_err());
         let before = c.clone();
-        let r = apply(&c, &Change::NodeRecover { node: a }).unwrap();
+        let r = apply(
+            &c,
+            &Change::NodeRecover {
+                node: a,
+                logs: vec![],
+            },
+        )
+        .unwrap();
         let states: Vec<PlexState> = r.disk_groups[0].volumes[0]
             .plexes
             .iter()
@@ -163,7 +260,10 @@ mod tests {
             .collect();
         assert_eq!(states, vec![PlexState::Active, PlexState::Syncing]);
         assert!(r.shared_open_nodes().is_empty());
-        let change = Change::NodeRecover { node: a };
+        let change = Change::NodeRecover {
+            node: a,
+            logs: vec![],
+        };
         let updates = change.disk_updates(&before, &r);
         assert_eq!(updates.len(), 1, "the group's record is written");
         // A clean close changes no plex.
@@ -172,7 +272,14 @@ mod tests {
             .plexes
             .iter()
             .all(|p| p.state == PlexState::Active));
-        assert!(apply(&closed, &Change::NodeRecover { node: a }).is_err());
+        assert!(apply(
+            &closed,
+            &Change::NodeRecover {
+                node: a,
+                logs: vec![]
+            }
+        )
+        .is_err());
     }
 
     #[test]
@@ -205,6 +312,181 @@ mod tests {
                 .len(),
             1,
             "the group's copy is rewritten"
+        );
+    }
+
+    /// A config with mirrored volume v1 (8 MiB, 3 plexes) carrying a log, and
+    /// start `a` open.
+    fn logged() -> (ClusterConfig, OpenNode) {
+        let c = cluster(&[("d1", 1 << 30), ("d2", 1 << 30), ("d3", 1 << 30)]);
+        let mut c = apply(
+            &c,
+            &Change::VolCreate {
+                dg: "dg1".into(),
+                volume: "v1".into(),
+                size_bytes: 8 << 20,
+                layout: VolumeLayout::Mirror { mirrors: 3 },
+                log: LogPolicy::Off,
+            },
+        )
+        .unwrap();
+        // A log set by hand (not the one `vol create` would allocate), at the end of
+        // d3's public region (its subdisks start at the beginning), id 0x77.
+        let v = &mut c.disk_groups[0].volumes[0];
+        let log = v.log.get_or_insert(VolumeLog {
+            disk: "d3".into(),
+            disk_offset_bytes: 1 << 30,
+            len_bytes: 1 << 20,
+            section_bytes: 8192,
+            region_bytes: 512 << 10,
+            log_id: 0x77,
+        });
+        log.log_id = 0x77;
+        let a = OpenNode {
+            node: 1,
+            incarnation: 10,
+        };
+        (apply(&c, &Change::NodeOpen { node: a }).unwrap(), a)
+    }
+
+    fn plexes(c: &ClusterConfig) -> Vec<(PlexState, Vec<(u64, u64)>)> {
+        c.disk_groups[0].volumes[0]
+            .plexes
+            .iter()
+            .map(|p| (p.state, p.resync_ranges.clone()))
+            .collect()
+    }
+
+    fn entry(log_id: u64, ranges: Vec<(u64, u64)>) -> Vec<RecoverLog> {
+        vec![RecoverLog {
+            dg: "dg1".into(),
+            volume: "v1".into(),
+            log_id,
+            ranges,
+        }]
+    }
+
+    #[test]
+    fn recover_with_a_log_resyncs_only_the_dirty_ranges() {
+        let (c, a) = logged();
+        let r = 512 << 10;
+        // Dirty ranges: the plexes after the first ACTIVE one resync only them
+        // (clipped to the volume, overlapping ones merged).
+        let logs = entry(0x77, vec![(r, r), (r + 4096, r), (14 * r, 4 * r)]);
+        let after = apply(&c, &Change::NodeRecover { node: a, logs }).unwrap();
+        let want = vec![(r, r + 4096), (14 * r, 2 * r)];
+        assert_eq!(
+            plexes(&after),
+            vec![
+                (PlexState::Active, vec![]),
+                (PlexState::Syncing, want.clone()),
+                (PlexState::Syncing, want.clone()),
+            ]
+        );
+        assert!(after.shared_open_nodes().is_empty());
+        // A start that never wrote under the log (unused) or left nothing dirty:
+        // no resync at all.
+        let clean = apply(
+            &c,
+            &Change::NodeRecover {
+                node: a,
+                logs: entry(0x77, vec![]),
+            },
+        )
+        .unwrap();
+        assert!(plexes(&clean).iter().all(|p| p.0 == PlexState::Active));
+        // An entry for another log (the log changed since the read), or none at
+        // all (unreadable, or an older node's change): the whole plex.
+        for logs in [entry(0x78, vec![(0, r)]), vec![]] {
+            let whole = apply(&c, &Change::NodeRecover { node: a, logs }).unwrap();
+            assert_eq!(
+                plexes(&whole),
+                vec![
+                    (PlexState::Active, vec![]),
+                    (PlexState::Syncing, vec![]),
+                    (PlexState::Syncing, vec![]),
+                ]
+            );
+        }
+    }
+
+    #[test]
+    fn a_second_recovery_adds_its_ranges_and_whole_stays_whole() {
+        let (c, a) = logged();
+        let r = 512 << 10;
+        let once = apply(
+            &c,
+            &Change::NodeRecover {
+                node: a,
+                logs: entry(0x77, vec![(0, r)]),
+            },
+        )
+        .unwrap();
+        let b = OpenNode {
+            node: 2,
+            incarnation: 20,
+        };
+        let open = apply(&once, &Change::NodeOpen { node: b }).unwrap();
+        let twice = apply(
+            &open,
+            &Change::NodeRecover {
+                node: b,
+                logs: entry(0x77, vec![(4 * r, r)]),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            plexes(&twice)[1..],
+            [
+                (PlexState::Syncing, vec![(0, r), (4 * r, r)]),
+                (PlexState::Syncing, vec![(0, r), (4 * r, r)]),
+            ]
+        );
+        // A recovery without a usable log makes ranged plexes whole.
+        let whole = apply(
+            &open,
+            &Change::NodeRecover {
+                node: b,
+                logs: vec![],
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            plexes(&whole)[1..],
+            [(PlexState::Syncing, vec![]), (PlexState::Syncing, vec![])]
+        );
+        // The resync's end (ACTIVE) drops the ranges; so does a detach.
+        let done = apply(
+            &twice,
+            &Change::SetPlexState {
+                dg: "dg1".into(),
+                plex: twice.disk_groups[0].volumes[0].plexes[1].name.clone(),
+                state: PlexState::Active,
+            },
+        )
+        .unwrap();
+        assert_eq!(plexes(&done)[1], (PlexState::Active, vec![]));
+    }
+
+    #[test]
+    fn bound_ranges_merges_clips_and_coalesces_the_closest() {
+        assert_eq!(
+            bound_ranges(&[(10, 5), (0, 4), (12, 10), (4, 1), (100, 50)], 120, 8),
+            vec![(0, 5), (10, 12), (100, 20)]
+        );
+        assert_eq!(bound_ranges(&[(200, 5), (5, 0)], 120, 8), vec![]);
+        // Gaps 5, 100, 2: three ranges at most merge across the gap of 2 first.
+        assert_eq!(
+            bound_ranges(&[(0, 5), (10, 5), (115, 5), (122, 3)], 1000, 3),
+            vec![(0, 5), (10, 5), (115, 10)]
+        );
+        assert_eq!(
+            bound_ranges(&[(0, 5), (10, 5), (115, 5), (122, 3)], 1000, 1),
+            vec![(0, 125)]
+        );
+        assert_eq!(
+            bound_ranges(&[(u64::MAX - 1, 10)], u64::MAX, 4),
+            vec![(u64::MAX - 1, 1)]
         );
     }
 }

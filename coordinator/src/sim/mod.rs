@@ -21,11 +21,13 @@ mod random;
 mod toy;
 
 pub use random::{run_seed, RunStats};
-pub use toy::{ToyChange, ToyConfig, ToyGroup, TOY_VOLUME_BYTES};
+pub use toy::{
+    ToyChange, ToyConfig, ToyGroup, ToyLog, TOY_REGION_BYTES, TOY_SECTION_BYTES, TOY_VOLUME_BYTES,
+};
 
 use crate::core::{
-    Action, ConfigModel, DiskRecord, ErrorKind, Event, FenceToken, Message, Node, NodeConfig,
-    NodeId, NodeInfo, QuorumDiskRecord, RequestError, RequestId, Role, TxnId, View,
+    Action, ConfigModel, DirtyLogRead, DiskRecord, ErrorKind, Event, FenceToken, Message, Node,
+    NodeConfig, NodeId, NodeInfo, QuorumDiskRecord, RequestError, RequestId, Role, TxnId, View,
     OUTCOME_UNKNOWN, RESYNC_CHUNK_BYTES, WRITE_DEADLINE,
 };
 use rand::rngs::StdRng;
@@ -120,6 +122,8 @@ pub enum Hold {
     Copy,
     /// `PrivateDone` (a private change the driver is still running).
     Private,
+    /// `DirtyLogsRead` (a slow or hung read of a dirty region log).
+    LogRead,
 }
 
 /// Counts of interesting things a run went through (to see what it covered).
@@ -167,6 +171,12 @@ pub struct Coverage {
     pub private_waits: usize,
     /// Volumes whose plexes may differ after a node died serving them.
     pub divergences: usize,
+    /// Of those, volumes with a dirty region log (only some regions may differ).
+    pub log_divergences: usize,
+    /// Dirty region log sections read for a recovery.
+    pub log_sections_read: usize,
+    /// Plexes made ACTIVE after a resync of some ranges only.
+    pub range_resyncs_done: usize,
 }
 
 #[derive(Debug)]
@@ -227,6 +237,8 @@ pub struct Kernel {
     pub quiesced: BTreeSet<String>,
     /// The private groups' layout in use.
     pub private: ToyConfig,
+    /// Writes in flight, by volume: the regions (their log marked first).
+    pub writes: BTreeMap<String, BTreeSet<u64>>,
     /// The private groups staged with a shared layout: the ones the driver last
     /// committed when it staged (the daemon's driver stages its own private groups
     /// with every shared prepare).
@@ -262,9 +274,13 @@ pub struct Divergence {
     pub start: (NodeId, u64),
     /// Volume.
     pub volume: String,
-    /// Plexes that may differ from each other; a plex leaves the set when a resync
-    /// made it ACTIVE again (a copy of the one readable plex).
+    /// Plexes that may differ from each other (the readable ones, and the SYNCING
+    /// ones that took the writes); a plex leaves the set when a resync that covered
+    /// `regions` made it ACTIVE again (a copy of the one readable plex).
     pub plexes: BTreeSet<String>,
+    /// The regions that may differ (the writes in flight, each marked in the
+    /// start's dirty region log first); None: any (the volume has no log).
+    pub regions: Option<BTreeSet<u64>>,
 }
 
 /// Largest clock rate drift of a node, in parts per million: the bound the protocol
@@ -374,6 +390,17 @@ pub struct Sim {
     synced: BTreeMap<(String, String), BTreeSet<u64>>,
     /// Plexes that may differ after a node's data plane died serving them.
     diverged: Vec<Divergence>,
+    /// The dirty region logs' sections on the disks, by (node, volume): the log id
+    /// the section was initialised for and its dirty regions; survives crashes.
+    drl: BTreeMap<(NodeId, String), (u64, BTreeSet<u64>)>,
+    /// The data planes' writes are next moved on at this time.
+    next_writes_ms: u64,
+    /// The data planes mark their logs before a write (false: a broken data plane,
+    /// for tests that show the invariant catches it).
+    pub drl_marks: bool,
+    /// The data planes write on their own, at random (false: only
+    /// [`Sim::start_write`]).
+    pub auto_writes: bool,
     events: u64,
     /// What the run covered so far.
     pub coverage: Coverage,
@@ -435,6 +462,10 @@ impl Sim {
             copy_fault_percent: 0,
             synced: BTreeMap::new(),
             diverged: Vec::new(),
+            drl: BTreeMap::new(),
+            next_writes_ms: 0,
+            drl_marks: true,
+            auto_writes: true,
             events: 0,
             coverage: Coverage::default(),
         }
@@ -752,7 +783,9 @@ impl Sim {
     }
 
     /// Node `id`'s data plane dies: if it served, it may have written a mirrored
-    /// volume's block to some of its readable plexes and not the others.
+    /// volume's block to some of its plexes (readable or SYNCING) and not the
+    /// others: anywhere (no log), or in the regions of its writes in flight (a log).
+    /// The chunks of those regions copied to a SYNCING plex no longer count.
     fn mark_divergence(&mut self, id: NodeId) {
         let n = self.node(id);
         if self.now_ms >= n.kernel.lease_until_ms || n.kernel.left {
@@ -761,26 +794,49 @@ impl Sim {
         let start = (id, n.kernel.lease_inc);
         let mut marks = Vec::new();
         for (volume, g) in &n.kernel.active.groups {
-            let readable: BTreeSet<String> = g
+            let plexes: BTreeSet<String> = g
                 .plexes
                 .iter()
-                .filter(|(_, &a)| a)
+                .filter(|(p, &a)| a || g.syncing.contains(*p))
                 .map(|(p, _)| p.clone())
                 .collect();
-            if readable.len() >= 2 {
-                marks.push((volume.clone(), readable));
+            if plexes.len() < 2 {
+                continue;
             }
+            let regions = match g.log {
+                None => None,
+                Some(_) => {
+                    let w = n.kernel.writes.get(volume).cloned().unwrap_or_default();
+                    if w.is_empty() {
+                        continue;
+                    }
+                    Some(w)
+                }
+            };
+            marks.push((volume.clone(), plexes, regions, g.syncing.clone()));
         }
-        for (volume, plexes) in marks {
+        for (volume, plexes, regions, syncing) in marks {
             self.note(format!(
-                "{} crashes serving {volume}: plexes {plexes:?} may differ",
+                "{} crashes serving {volume}: plexes {plexes:?} may differ (regions {regions:?})",
                 Sim::name(id)
             ));
             self.coverage.divergences += 1;
+            if regions.is_some() {
+                self.coverage.log_divergences += 1;
+            }
+            for p in syncing {
+                if let Some(set) = self.synced.get_mut(&(volume.clone(), p)) {
+                    match &regions {
+                        None => set.clear(),
+                        Some(r) => set.retain(|c| !r.contains(c)),
+                    }
+                }
+            }
             self.diverged.push(Divergence {
                 start,
                 volume,
                 plexes,
+                regions,
             });
         }
     }
@@ -1004,7 +1060,141 @@ impl Sim {
     pub fn create(&mut self, id: NodeId, name: &str, plexes: u8) -> Option<RequestId> {
         let tag = self.tag();
         let name = name.to_string();
-        self.submit(id, ToyChange::Create { tag, name, plexes })
+        self.submit(
+            id,
+            ToyChange::Create {
+                tag,
+                name,
+                plexes,
+                log: false,
+            },
+        )
+    }
+
+    /// [`Sim::create`] of a volume with a dirty region log.
+    pub fn create_with_log(&mut self, id: NodeId, name: &str, plexes: u8) -> Option<RequestId> {
+        let tag = self.tag();
+        let name = name.to_string();
+        self.submit(
+            id,
+            ToyChange::Create {
+                tag,
+                name,
+                plexes,
+                log: true,
+            },
+        )
+    }
+
+    /// Node `id`'s section of `volume`'s dirty region log on the disks: its dirty
+    /// regions (none when never initialised).
+    pub fn dirty_log(&self, id: NodeId, volume: &str) -> BTreeSet<u64> {
+        self.drl
+            .get(&(id, volume.to_string()))
+            .map(|(_, r)| r.clone())
+            .unwrap_or_default()
+    }
+
+    /// Node `id`'s data plane's writes in flight to `volume` (regions).
+    pub fn writes_in_flight(&self, id: NodeId, volume: &str) -> BTreeSet<u64> {
+        self.node(id)
+            .kernel
+            .writes
+            .get(volume)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Node `id`'s data plane starts a write to `region` of `volume` now (marking
+    /// its log first, unless [`Sim::drl_marks`] is off), if it serves the volume.
+    pub fn start_write(&mut self, id: NodeId, volume: &str, region: u64) {
+        if !self.writers(volume).contains(&id) {
+            return;
+        }
+        let Some(log) = self
+            .node(id)
+            .kernel
+            .active
+            .groups
+            .get(volume)
+            .and_then(|g| g.log)
+        else {
+            return;
+        };
+        if self.drl_marks {
+            let e = self
+                .drl
+                .entry((id, volume.to_string()))
+                .or_insert((log, BTreeSet::new()));
+            if e.0 != log {
+                // A new log (id): the section is initialised first.
+                *e = (log, BTreeSet::new());
+            }
+            e.1.insert(region);
+        }
+        self.note(format!(
+            "{} writes region {region} of {volume}",
+            Sim::name(id)
+        ));
+        self.node_mut(id)
+            .kernel
+            .writes
+            .entry(volume.to_string())
+            .or_default()
+            .insert(region);
+    }
+
+    /// Every data plane's writes move on (volumes with a log only: the others'
+    /// divergence is the whole volume anyway): writes start (their region marked
+    /// first), complete, and idle regions are cleaned.
+    fn move_writes(&mut self) {
+        if !self.auto_writes {
+            return;
+        }
+        for id in self.ids() {
+            let serving = {
+                let n = self.node(id);
+                self.now_ms < n.kernel.lease_until_ms && !n.kernel.left
+            };
+            if !serving {
+                // No write is issued without a lease; those issued have ended.
+                self.node_mut(id).kernel.writes.clear();
+                continue;
+            }
+            let volumes: Vec<String> = self
+                .node(id)
+                .kernel
+                .active
+                .groups
+                .iter()
+                .filter(|(_, g)| g.log.is_some() && g.plexes.len() >= 2)
+                .map(|(v, _)| v.clone())
+                .collect();
+            let n = self.node_mut(id);
+            n.kernel.writes.retain(|v, _| volumes.contains(v));
+            for v in volumes {
+                let regions = TOY_VOLUME_BYTES / TOY_REGION_BYTES;
+                if self.rng.gen_bool(0.2) {
+                    let r = self.rng.gen_range(0..regions);
+                    self.start_write(id, &v, r);
+                }
+                if self.rng.gen_bool(0.3) {
+                    let r = self.rng.gen_range(0..regions);
+                    if let Some(w) = self.node_mut(id).kernel.writes.get_mut(&v) {
+                        w.remove(&r);
+                    }
+                }
+                if self.rng.gen_bool(0.1) {
+                    let r = self.rng.gen_range(0..regions);
+                    let busy = self.writes_in_flight(id, &v).contains(&r);
+                    if let Some(e) = self.drl.get_mut(&(id, v.clone())) {
+                        if !busy {
+                            e.1.remove(&r);
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Node `id`'s data plane reports a write error on `plex` of `volume`.
@@ -1101,6 +1291,10 @@ impl Sim {
                 self.deferred.insert((until, self.seq));
                 return;
             }
+        }
+        if self.now_ms >= self.next_writes_ms {
+            self.next_writes_ms = self.now_ms + self.cfg.tick_ms;
+            self.move_writes();
         }
         if let SimEvent::Deliver { from, to, .. } = &ev {
             if self.buffering.contains(&(*from, *to)) {
@@ -1493,6 +1687,41 @@ impl Sim {
                             _ => self.partition(&[id]),
                         }
                     }
+                }
+                Action::ReadDirtyLogs {
+                    op,
+                    node,
+                    incarnation,
+                    sections,
+                } => {
+                    // The disks answer from the sections as they are now.
+                    let results: Vec<DirtyLogRead> = sections
+                        .iter()
+                        .map(|sec| match self.drl.get(&(node, sec.volume.clone())) {
+                            Some((id, regions)) if *id == sec.log_id => {
+                                let mut ranges: Vec<(u64, u64)> = Vec::new();
+                                for r in regions {
+                                    let off = r * TOY_REGION_BYTES;
+                                    match ranges.last_mut() {
+                                        Some((o, l)) if *o + *l == off => *l += TOY_REGION_BYTES,
+                                        _ => ranges.push((off, TOY_REGION_BYTES)),
+                                    }
+                                }
+                                DirtyLogRead::Dirty(ranges)
+                            }
+                            _ => DirtyLogRead::Unused,
+                        })
+                        .collect();
+                    self.coverage.log_sections_read += sections.len();
+                    self.note(format!(
+                        "{name} reads the dirty region logs of {} (start {incarnation}): {results:?}",
+                        Sim::name(node)
+                    ));
+                    self.driver_later(
+                        id,
+                        Some(Hold::LogRead),
+                        Event::DirtyLogsRead { op, results },
+                    );
                 }
                 Action::ResyncProgress {
                     plex,
@@ -1969,14 +2198,26 @@ impl Sim {
                 d.plexes.clear();
                 continue;
             };
-            let was_syncing = |p: &String| {
-                before
-                    .as_ref()
-                    .and_then(|b| b.groups.get(&d.volume))
-                    .is_some_and(|bg| bg.syncing.contains(p))
+            let bg = before.as_ref().and_then(|b| b.groups.get(&d.volume));
+            // A resync covered the divergence: the whole plex, or ranges holding
+            // every region that may differ.
+            let covered = |p: &String| {
+                bg.is_some_and(|bg| {
+                    bg.syncing.contains(p)
+                        && match (bg.ranges.get(p), &d.regions) {
+                            (None, _) => true,
+                            (Some(_), None) => false,
+                            (Some(ranges), Some(regions)) => regions.iter().all(|r| {
+                                let off = r * TOY_REGION_BYTES;
+                                ranges
+                                    .iter()
+                                    .any(|&(o, l)| o <= off && off + TOY_REGION_BYTES <= o + l)
+                            }),
+                        }
+                })
             };
             d.plexes
-                .retain(|p| !(g.plexes.get(p) == Some(&true) && was_syncing(p)));
+                .retain(|p| !(g.plexes.get(p) == Some(&true) && covered(p)));
         }
         self.diverged.retain(|d| d.plexes.len() >= 2);
         for d in &self.diverged {
@@ -1994,9 +2235,13 @@ impl Sim {
                 .collect();
             if readable.len() >= 2 {
                 return Err(format!(
-                    "volume {}: plexes {readable:?} may differ ({} died serving them) yet both are readable on the disk (seq {}) with that start no longer open",
+                    "volume {}: plexes {readable:?} may differ ({} died serving them{}) yet both are readable on the disk (seq {}) with that start no longer open",
                     d.volume,
                     Sim::name(node),
+                    d.regions
+                        .as_ref()
+                        .map(|r| format!(", in regions {r:?}"))
+                        .unwrap_or_default(),
                     config.seq
                 ));
             }
@@ -2136,9 +2381,31 @@ impl Sim {
                 if !og.syncing.contains(plex) {
                     continue;
                 }
+                // The chunks the resync had to copy: its ranges, or all.
+                let wanted: Vec<u64> = match og.ranges.get(plex) {
+                    None => (0..chunks).collect(),
+                    Some(ranges) => {
+                        self.coverage.range_resyncs_done += 1;
+                        (0..chunks)
+                            .filter(|c| {
+                                let off = c * RESYNC_CHUNK_BYTES;
+                                ranges
+                                    .iter()
+                                    .any(|&(o, l)| o < off + RESYNC_CHUNK_BYTES && off < o + l)
+                            })
+                            .collect()
+                    }
+                };
                 let have = self.synced(volume, plex);
-                let missing: Vec<u64> = (0..chunks).filter(|c| !have.contains(c)).collect();
-                if !missing.is_empty() {
+                let missing: Vec<u64> = wanted.into_iter().filter(|c| !have.contains(c)).collect();
+                // A chunk lost to a data plane's death while its start is still
+                // open: the recovery to come resyncs the plex again.
+                let recovery_due = self.diverged.iter().any(|d| {
+                    d.volume == *volume
+                        && d.plexes.contains(plex)
+                        && new.open.get(&d.start.0) == Some(&d.start.1)
+                });
+                if !missing.is_empty() && !recovery_due {
                     return Err(format!(
                         "plex {plex} of volume {volume} became ACTIVE (seq {}) with chunks {missing:?} not copied under a fence",
                         new.seq

@@ -269,6 +269,7 @@ fn inject(
                 tag,
                 name,
                 plexes: rng.gen_range(1..=3),
+                log: rng.gen_bool(0.5),
             }
         } else {
             ToyChange::Destroy { tag, name }

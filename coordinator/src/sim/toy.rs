@@ -2,12 +2,19 @@
 //! volume of a few plexes, and the list of client changes applied so far (so the
 //! invariants can tell which changes a configuration holds).
 
-use crate::core::{ConfigModel, ErrorKind, RequestError, SyncingPlex};
+use crate::core::{
+    ConfigModel, DirtyLogRead, DirtyLogSection, ErrorKind, RequestError, SyncingPlex,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Size of every toy volume: four resync chunks.
 pub const TOY_VOLUME_BYTES: u64 = 4 * crate::core::RESYNC_CHUNK_BYTES;
+/// A toy dirty region log's region: one resync chunk (so dirty ranges are whole
+/// chunks).
+pub const TOY_REGION_BYTES: u64 = crate::core::RESYNC_CHUNK_BYTES;
+/// A toy log section's size (node `n`'s at `n` times this on the group's disk).
+pub const TOY_SECTION_BYTES: u64 = 8192;
 
 /// A disk group of the toy model: its volume's plexes, `true` when ACTIVE.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -17,6 +24,13 @@ pub struct ToyGroup {
     /// The plexes (not ACTIVE) being resynced: they take every write.
     #[serde(default)]
     pub syncing: BTreeSet<String>,
+    /// The volume's dirty region log id, if it has one.
+    #[serde(default)]
+    pub log: Option<u64>,
+    /// SYNCING plexes resynced only in these byte ranges (a crashed node's dirty
+    /// regions); a SYNCING plex not here is resynced whole.
+    #[serde(default)]
+    pub ranges: BTreeMap<String, Vec<(u64, u64)>>,
 }
 
 /// The toy configuration.
@@ -36,6 +50,10 @@ pub struct ToyConfig {
     pub recovered: Vec<(u32, u64)>,
 }
 
+/// What a recovered start's log said about one volume: (volume, log id, dirty
+/// byte ranges).
+pub type ToyLog = (String, u64, Vec<(u64, u64)>);
+
 /// A toy change. Client changes carry a unique tag.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ToyChange {
@@ -47,6 +65,9 @@ pub enum ToyChange {
         name: String,
         /// Number of plexes, 1 or more.
         plexes: u8,
+        /// The volume has a dirty region log (id: the tag).
+        #[serde(default)]
+        log: bool,
     },
     /// Create a private disk group (of the node the change is made on) with a
     /// volume of `plexes` plexes.
@@ -102,6 +123,10 @@ pub enum ToyChange {
         node: u32,
         /// Its start.
         inc: u64,
+        /// What its dirty region logs said: (volume, log id, dirty ranges); a
+        /// volume not listed is resynced whole, one with no range not at all.
+        #[serde(default)]
+        logs: Vec<ToyLog>,
     },
     /// Detach a plex (made by the master after a plex I/O error).
     Detach {
@@ -123,7 +148,9 @@ impl ToyConfig {
         let mut next = self.clone();
         next.seq += 1;
         match change {
-            ToyChange::Create { tag, name, plexes }
+            ToyChange::Create {
+                tag, name, plexes, ..
+            }
             | ToyChange::CreatePrivate { tag, name, plexes } => {
                 if self.groups.contains_key(name) {
                     return Err(format!("disk group {name} already exists"));
@@ -134,11 +161,13 @@ impl ToyConfig {
                 let plexes = (0..*plexes)
                     .map(|i| (format!("{name}-{:02}", i + 1), true))
                     .collect();
+                let log = matches!(change, ToyChange::Create { log: true, .. }).then_some(*tag);
                 next.groups.insert(
                     name.clone(),
                     ToyGroup {
                         plexes,
-                        syncing: BTreeSet::new(),
+                        log,
+                        ..ToyGroup::default()
                     },
                 );
                 next.history.push(*tag);
@@ -162,6 +191,7 @@ impl ToyConfig {
                     }
                     Some(false) => {
                         group.syncing.insert(plex.clone());
+                        group.ranges.remove(plex);
                     }
                 }
                 next.history.push(*tag);
@@ -174,6 +204,7 @@ impl ToyConfig {
                 if !group.syncing.remove(plex) {
                     return Err(format!("plex {plex} of volume {volume} is not SYNCING"));
                 }
+                group.ranges.remove(plex);
                 group.plexes.insert(plex.clone(), true);
             }
             ToyChange::Open { node, inc } => match self.open.get(node) {
@@ -195,13 +226,21 @@ impl ToyConfig {
                 }
                 next.open.remove(node);
             }
-            ToyChange::Recover { node, inc } => {
+            ToyChange::Recover { node, inc, logs } => {
                 if self.open.get(node) != Some(inc) {
                     return Err(format!("node {node} start {inc} is not open"));
                 }
                 next.open.remove(node);
                 next.recovered.push((*node, *inc));
-                for g in next.groups.values_mut() {
+                for (name, g) in next.groups.iter_mut() {
+                    // None: whole; Some(ranges): only those (none: nothing).
+                    let dirty = logs
+                        .iter()
+                        .find(|(v, id, _)| v == name && g.log == Some(*id))
+                        .map(|(_, _, r)| r.clone());
+                    if dirty.as_ref().is_some_and(Vec::is_empty) {
+                        continue;
+                    }
                     let active: Vec<String> = g
                         .plexes
                         .iter()
@@ -211,6 +250,34 @@ impl ToyConfig {
                     for p in active.iter().skip(1) {
                         g.plexes.insert(p.clone(), false);
                         g.syncing.insert(p.clone());
+                        match &dirty {
+                            Some(d) => g.ranges.insert(p.clone(), d.clone()),
+                            None => g.ranges.remove(p),
+                        };
+                    }
+                    // A plex SYNCING in some ranges already: the union (whole
+                    // stays whole).
+                    let old: Vec<String> = g
+                        .ranges
+                        .keys()
+                        .filter(|p| !active.contains(p))
+                        .cloned()
+                        .collect();
+                    for p in old {
+                        match &dirty {
+                            None => {
+                                g.ranges.remove(&p);
+                            }
+                            Some(d) => {
+                                let r = g.ranges.entry(p).or_default();
+                                r.extend_from_slice(d);
+                                *r = crate::model::bound_ranges(
+                                    r,
+                                    TOY_VOLUME_BYTES,
+                                    crate::model::MAX_RECOVER_RANGES_PER_VOLUME,
+                                );
+                            }
+                        }
                     }
                 }
             }
@@ -220,6 +287,7 @@ impl ToyConfig {
                     .get_mut(volume)
                     .ok_or_else(|| format!("no volume {volume}"))?;
                 if group.syncing.remove(plex) {
+                    group.ranges.remove(plex);
                     return Ok(next);
                 }
                 let active = group.plexes.values().filter(|&&a| a).count();
@@ -334,6 +402,7 @@ impl ConfigModel for ToyConfig {
                     volume: name.clone(),
                     plex: p.clone(),
                     size_bytes: TOY_VOLUME_BYTES,
+                    ranges: g.ranges.get(p).cloned().unwrap_or_default(),
                 })
             })
             .collect()
@@ -362,8 +431,41 @@ impl ConfigModel for ToyConfig {
         (self.open.get(&node) == Some(&inc)).then_some(ToyChange::Close { node, inc })
     }
 
-    fn node_recover(&self, node: u32, inc: u64) -> Option<ToyChange> {
-        (self.open.get(&node) == Some(&inc)).then_some(ToyChange::Recover { node, inc })
+    fn node_recover(
+        &self,
+        node: u32,
+        inc: u64,
+        logs: &[(DirtyLogSection, DirtyLogRead)],
+    ) -> Option<ToyChange> {
+        let logs = logs
+            .iter()
+            .filter_map(|(s, r)| {
+                let ranges = match r {
+                    DirtyLogRead::Unused => Vec::new(),
+                    DirtyLogRead::Dirty(r) => r.clone(),
+                    DirtyLogRead::Unreadable(_) => return None,
+                };
+                Some((s.volume.clone(), s.log_id, ranges))
+            })
+            .collect();
+        (self.open.get(&node) == Some(&inc)).then_some(ToyChange::Recover { node, inc, logs })
+    }
+
+    fn dirty_logs(&self, node: u32) -> Vec<DirtyLogSection> {
+        self.groups
+            .iter()
+            .filter(|(_, g)| g.plexes.len() >= 2)
+            .filter_map(|(name, g)| {
+                Some(DirtyLogSection {
+                    dg: name.clone(),
+                    volume: name.clone(),
+                    disk: format!("{name}-disk"),
+                    offset_bytes: u64::from(node) * TOY_SECTION_BYTES,
+                    len_bytes: TOY_SECTION_BYTES,
+                    log_id: g.log?,
+                })
+            })
+            .collect()
     }
 
     fn may_serve(&self, node: u32, inc: u64) -> bool {
