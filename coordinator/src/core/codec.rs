@@ -26,8 +26,10 @@ use super::ErrorKind;
 /// The protocol version this node speaks: sent in every [`Message`] and in
 /// `Peer.hello`. Nodes of different versions refuse each other; a message of another
 /// version does not decode. Bumped only for a change the schema's additive rules
-/// cannot express (see `schema/cluster.capnp`).
-pub const PROTOCOL_VERSION: u32 = 1;
+/// cannot express (see `schema/cluster.capnp`). 2: the dirty region log (a node of
+/// version 1 would apply `vol create` without the log and `NodeRecover` as a whole
+/// resync, so its configuration would differ from the master's).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Most words a decoded message may make the reader traverse: the message size limit.
 const TRAVERSAL_LIMIT_WORDS: usize = MAX_MESSAGE_BYTES / 8;
@@ -981,7 +983,10 @@ mod tests {
         root.set_version(PROTOCOL_VERSION + 1);
         let bytes = serialize::write_message_to_words(&message);
         let e = Message::decode(&bytes).unwrap_err();
-        assert!(e.contains("protocol version 2"), "{e}");
+        assert!(
+            e.contains(&format!("protocol version {}", PROTOCOL_VERSION + 1)),
+            "{e}"
+        );
         // Version 0: a message without the field (e.g. an empty struct).
         let mut message = Builder::new_default();
         message.init_root::<wire::message::Builder>();
