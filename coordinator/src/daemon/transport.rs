@@ -456,7 +456,12 @@ mod tests {
         assert_eq!(id.mismatch("c1", &list, PROTOCOL_VERSION), None);
         // A node from before the field (the JSON messages) says 0.
         let why = id.mismatch("c1", &list, 0).unwrap();
-        assert!(why.contains("protocol version 0 there, 1 here"), "{why}");
+        assert!(
+            why.contains(&format!(
+                "protocol version 0 there, {PROTOCOL_VERSION} here"
+            )),
+            "{why}"
+        );
         assert!(id.mismatch("c1", &list, PROTOCOL_VERSION + 1).is_some());
         assert!(id.mismatch("c2", &list, PROTOCOL_VERSION).is_some());
     }
