@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::drl::MAX_DRL_WAITING;
+use super::quiesce::Step;
 use super::spec::{Layout, PlexState, ReadPolicy};
 use super::VolumeShared;
 use crate::bdev::{
@@ -146,6 +147,8 @@ pub(crate) struct VolumeChannel {
     me: RefCell<std::rc::Weak<VolumeChannel>>,
     layout: RefCell<Rc<ChLayout>>,
     gate_closed: Cell<bool>,
+    /// When the gate last closed (the quiesce timeline's stall).
+    closed_at: Cell<Option<Instant>>,
     inflight: Cell<u32>,
     parked: RefCell<VecDeque<BdevIo>>,
     drain_waiter: RefCell<Option<(u64, DrainTx)>>,
@@ -192,6 +195,7 @@ impl VolumeChannel {
             me: RefCell::new(std::rc::Weak::new()),
             layout: RefCell::new(Rc::new(chl)),
             gate_closed: Cell::new(gate_closed),
+            closed_at: Cell::new(gate_closed.then(Instant::now)),
             inflight: Cell::new(0),
             parked: RefCell::new(VecDeque::with_capacity(256)),
             drain_waiter: RefCell::new(None),
@@ -247,7 +251,11 @@ impl VolumeChannel {
             self.shared.name
         );
         self.gate_closed.set(true);
+        let now = Instant::now();
+        self.closed_at.set(Some(now));
+        self.shared.trace.mark_at(Step::GatesClosed, now);
         if self.inflight.get() == 0 {
+            self.shared.trace.mark_at(Step::Drained, now);
             let _ = tx.send((self.reactor.id(), epoch));
         } else {
             *self.drain_waiter.borrow_mut() = Some((epoch, tx));
@@ -286,6 +294,13 @@ impl VolumeChannel {
             "volume {}: I/O parked behind an open gate",
             self.shared.name
         );
+        if let Some(closed) = self.closed_at.take() {
+            let now = Instant::now();
+            self.shared.trace.mark_at(Step::Resumed, now);
+            self.shared
+                .trace
+                .stalled(now.saturating_duration_since(closed));
+        }
         self.recheck_held();
     }
 
@@ -775,6 +790,7 @@ impl VolumeChannel {
         }
         if n == 0 && self.gate_closed.get() {
             if let Some((epoch, tx)) = self.drain_waiter.borrow_mut().take() {
+                self.shared.trace.mark(Step::Drained);
                 let _ = tx.send((self.reactor.id(), epoch));
             }
         }

@@ -31,11 +31,13 @@ pub use plexd_target_api::volume::{PlexInfo, VolumeInfo};
 mod channel;
 pub mod copy;
 pub mod drl;
+pub mod quiesce;
 pub mod spec;
 
 pub use channel::{MAX_HELD_WRITES, MAX_PARKED_IOS, MAX_VOLUME_IOS};
 pub use copy::MAX_COPY_BYTES;
 pub use plexd_target_api::volume::VolumeStats;
+pub use quiesce::QuiesceTimeline;
 pub use spec::{PlexKind, PlexSpec, PlexState, ReadPolicy, SubdiskSpec, VolumeSpec};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -85,6 +87,8 @@ pub(crate) struct VolumeShared {
     notify: Box<dyn Fn(Event) -> bool + Send + Sync>,
     /// The dirty region log's counters (kept across log specs).
     drl_counters: Arc<drl::DrlCounters>,
+    /// The last quiesce's timeline (a diagnostic).
+    pub(crate) trace: quiesce::QuiesceTrace,
 }
 
 impl VolumeShared {
@@ -400,6 +404,7 @@ impl Volumes {
             name: spec.name.clone(),
             id,
             drl_counters,
+            trace: quiesce::QuiesceTrace::default(),
             state: Mutex::new(CtlState {
                 current: Arc::clone(&layout),
                 staged: None,
@@ -517,6 +522,7 @@ impl Volumes {
         let current = shared.ctl().current.drl.clone();
         staged.drl = Self::drl_for(t, new, shared.id, current, &shared.drl_counters)?;
         let epoch = Self::stage(&shared, Arc::new(staged))?;
+        shared.trace.start(started);
         let rx = match Self::close_gates(t, &shared, epoch) {
             Ok(rx) => rx,
             Err(e) => {
@@ -540,6 +546,7 @@ impl Volumes {
                 reason,
             });
         }
+        shared.trace.mark(quiesce::Step::PrepareReturned);
         Ok(started.elapsed())
     }
 
@@ -655,6 +662,7 @@ impl Volumes {
     /// Applies the staged layout on every reactor and resumes I/O.
     pub(crate) fn commit(&self, name: &str) -> Result<(), TargetError> {
         let shared = self.volume_shared(name)?;
+        shared.trace.mark(quiesce::Step::CommitCalled);
         let layout = {
             let mut c = shared.ctl();
             let Some(staged) = c.staged.take() else {
@@ -674,6 +682,7 @@ impl Volumes {
         };
         let l = Arc::clone(&layout);
         self.on_channels(&shared, move |c| c.open_gate(Some(Arc::clone(&l))))?;
+        shared.trace.mark(quiesce::Step::CommitReturned);
         // The volume bdev's size follows the committed layout; its users (LUNs,
         // namespaces) hear of a change through their descriptors.
         let new_size = layout.spec.size_bytes;
@@ -694,12 +703,14 @@ impl Volumes {
     /// Drops the staged layout (if any) and resumes I/O.
     pub(crate) fn abort(&self, name: &str) -> Result<(), TargetError> {
         let shared = self.volume_shared(name)?;
+        shared.trace.mark(quiesce::Step::CommitCalled);
         {
             let mut c = shared.ctl();
             c.staged = None;
             c.quiesced = false;
         }
         self.on_channels(&shared, |c| c.open_gate(None))?;
+        shared.trace.mark(quiesce::Step::CommitReturned);
         Ok(())
     }
 
@@ -806,6 +817,11 @@ impl Volumes {
         len_bytes: u64,
     ) -> Result<(), TargetError> {
         copy::copy_range(self, volume, source, target, offset_bytes, len_bytes)
+    }
+
+    /// The timeline of the volume's last quiesce (a diagnostic, see [`quiesce`]).
+    pub(crate) fn quiesce_timeline(&self, name: &str) -> Result<QuiesceTimeline, TargetError> {
+        Ok(self.volume_shared(name)?.trace.timeline())
     }
 
     /// The committed layout of a volume.

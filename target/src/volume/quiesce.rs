@@ -1,0 +1,117 @@
+//! Where a quiesce's time goes: the timeline of a volume's last prepare and
+//! commit, stamped where each step happens (the control thread or the reactors).
+//!
+//! A diagnostic (plexperf's `--quiesce-every` prints it; nothing decides on it):
+//! one [`QuiesceTrace`] per volume, written with relaxed atomics (one clock read
+//! per step and reactor), reset by each prepare. Read it with
+//! [`crate::Target::quiesce_timeline`] after the commit or abort returned.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// The steps of one quiesce, each as the time since the prepare call, `None`
+/// when the step did not happen (yet). Reactor steps are the last reactor's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QuiesceTimeline {
+    /// The last reactor closed its gate (new I/O parks from here on).
+    pub gates_closed: Option<Duration>,
+    /// The last reactor's in-flight count reached zero: the volume is drained.
+    pub drained: Option<Duration>,
+    /// The prepare returned to its caller.
+    pub prepare_returned: Option<Duration>,
+    /// The commit (or abort) was called.
+    pub commit_called: Option<Duration>,
+    /// The last reactor reopened its gate and resubmitted its parked I/O.
+    pub resumed: Option<Duration>,
+    /// The commit (or abort) returned to its caller.
+    pub commit_returned: Option<Duration>,
+    /// The longest time one reactor's gate stayed closed (closed → reopened,
+    /// measured on that reactor): how long its parked I/O waited at most.
+    pub stall: Option<Duration>,
+}
+
+/// The steps a [`QuiesceTrace`] records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Step {
+    GatesClosed = 0,
+    Drained,
+    PrepareReturned,
+    CommitCalled,
+    Resumed,
+    CommitReturned,
+}
+
+const STEPS: usize = 6;
+
+/// One volume's quiesce timeline (see the module docs).
+pub(crate) struct QuiesceTrace {
+    /// What every stamp counts from (the volume's creation).
+    origin: Instant,
+    /// The prepare call, in ns since `origin` (+1, so 0 means never).
+    call: AtomicU64,
+    /// Each [`Step`]: the latest stamp, in ns since `origin` (+1; 0 = not yet).
+    steps: [AtomicU64; STEPS],
+    /// The longest gate-closed time of one reactor, in ns.
+    stall_ns: AtomicU64,
+}
+
+impl Default for QuiesceTrace {
+    fn default() -> Self {
+        QuiesceTrace {
+            origin: Instant::now(),
+            call: AtomicU64::new(0),
+            steps: Default::default(),
+            stall_ns: AtomicU64::new(0),
+        }
+    }
+}
+
+impl QuiesceTrace {
+    fn stamp_of(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.origin).as_nanos() as u64 + 1
+    }
+
+    /// A prepare starts at `at`: forgets the last quiesce.
+    pub(crate) fn start(&self, at: Instant) {
+        for s in &self.steps {
+            s.store(0, Ordering::Relaxed);
+        }
+        self.stall_ns.store(0, Ordering::Relaxed);
+        self.call.store(self.stamp_of(at), Ordering::Relaxed);
+    }
+
+    /// `step` happened now (on a reactor: the latest reactor's stamp is kept).
+    pub(crate) fn mark(&self, step: Step) {
+        self.mark_at(step, Instant::now());
+    }
+
+    /// `step` happened at `at`.
+    pub(crate) fn mark_at(&self, step: Step, at: Instant) {
+        self.steps[step as usize].fetch_max(self.stamp_of(at), Ordering::Relaxed);
+    }
+
+    /// A reactor's gate stayed closed for `d`.
+    pub(crate) fn stalled(&self, d: Duration) {
+        self.stall_ns
+            .fetch_max(d.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// The timeline of the last quiesce.
+    pub(crate) fn timeline(&self) -> QuiesceTimeline {
+        let call = self.call.load(Ordering::Relaxed);
+        let at = |s: Step| {
+            let v = self.steps[s as usize].load(Ordering::Relaxed);
+            (call != 0 && v != 0).then(|| Duration::from_nanos(v.saturating_sub(call)))
+        };
+        let stall = self.stall_ns.load(Ordering::Relaxed);
+        QuiesceTimeline {
+            gates_closed: at(Step::GatesClosed),
+            drained: at(Step::Drained),
+            prepare_returned: at(Step::PrepareReturned),
+            commit_called: at(Step::CommitCalled),
+            resumed: at(Step::Resumed),
+            commit_returned: at(Step::CommitReturned),
+            stall: (stall != 0).then(|| Duration::from_nanos(stall)),
+        }
+    }
+}
