@@ -267,7 +267,9 @@ struct QuiesceStats {
 /// The quiesce timeline's steps plexperf reports (JSON key, timeline field), each
 /// as the time since the prepare call except `stall` (the longest time one
 /// reactor's gate stayed closed).
-const PHASES: [(&str, fn(&QuiesceTimeline) -> Option<Duration>); 7] = [
+/// One step of the quiesce timeline: its name and how to read it.
+type Phase = (&'static str, fn(&QuiesceTimeline) -> Option<Duration>);
+const PHASES: [Phase; 7] = [
     ("gates_closed", |t| t.gates_closed),
     ("drained", |t| t.drained),
     ("prepare_returned", |t| t.prepare_returned),
@@ -397,12 +399,25 @@ fn change_layouts_until(t: &Target, ms: u64, end: Instant) -> Result<QuiesceStat
         ..Default::default()
     };
     let mut i = 0u64;
+    // The reactors resume after commit returned: each change's timeline is read
+    // just before the next prepare (which resets it), the last one once resumed.
+    let mut committed = false;
+    let record = |stats: &mut QuiesceStats| -> Result<(), String> {
+        let tl = t.quiesce_timeline(VOLUME_NAME).map_err(|e| e.to_string())?;
+        for ((_, step), v) in PHASES.iter().zip(&mut stats.phases) {
+            v.extend(step(&tl));
+        }
+        Ok(())
+    };
     while Instant::now() < end {
         std::thread::sleep(
             Duration::from_millis(ms).min(end.saturating_duration_since(Instant::now())),
         );
         if Instant::now() >= end {
             break;
+        }
+        if std::mem::take(&mut committed) {
+            record(&mut stats)?;
         }
         let l = if i.is_multiple_of(2) { &alt } else { &base };
         match t.prepare(VOLUME_NAME, l, Duration::from_secs(5)) {
@@ -412,10 +427,7 @@ fn change_layouts_until(t: &Target, ms: u64, end: Instant) -> Result<QuiesceStat
                     log::error!("commit: {e}");
                 }
                 stats.times.push(d);
-                let tl = t.quiesce_timeline(VOLUME_NAME).map_err(|e| e.to_string())?;
-                for ((_, step), v) in PHASES.iter().zip(&mut stats.phases) {
-                    v.extend(step(&tl));
-                }
+                committed = true;
             }
             Err(e) => {
                 stats.errors += 1;
@@ -423,6 +435,21 @@ fn change_layouts_until(t: &Target, ms: u64, end: Instant) -> Result<QuiesceStat
             }
         }
         i += 1;
+    }
+    if committed {
+        // At most 1 s for the reactors to resume (they do within microseconds
+        // unless the machine is starved).
+        let give_up = Instant::now() + Duration::from_secs(1);
+        while t
+            .quiesce_timeline(VOLUME_NAME)
+            .map_err(|e| e.to_string())?
+            .resumed
+            .is_none()
+            && Instant::now() < give_up
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        record(&mut stats)?;
     }
     stats.times.sort();
     for v in &mut stats.phases {

@@ -1,4 +1,7 @@
-//! Where a quiesce's time goes: the timeline of a volume's last prepare and
+//! The pieces of a quiesce the reactors finish among themselves: the
+//! [`Countdown`] of reactors still draining (the last one wakes the prepare's
+//! caller), the [`Release`] commit and abort publish for the reactors to apply;
+//! and where a quiesce's time goes: the timeline of a volume's last prepare and
 //! commit, stamped where each step happens (the control thread or the reactors).
 //!
 //! A diagnostic (plexperf's `--quiesce-every` prints it; nothing decides on it):
@@ -6,7 +9,9 @@
 //! per step and reactor), reset by each prepare. Read it with
 //! [`crate::Target::quiesce_timeline`] after the commit or abort returned.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 /// The steps of one quiesce, each as the time since the prepare call, `None`
@@ -113,5 +118,86 @@ impl QuiesceTrace {
             commit_returned: at(Step::CommitReturned),
             stall: (stall != 0).then(|| Duration::from_nanos(stall)),
         }
+    }
+}
+
+/// How long a control thread waiting for the reactors ([`Countdown::wait`])
+/// spins before it sleeps: a drain or a commit under load usually completes
+/// within it, and a spinning caller learns of it without a wake-up.
+pub(crate) const CALLER_SPIN: Duration = Duration::from_micros(100);
+/// The end of a quiesce as commit or abort publishes it: the reactors' gate
+/// pollers and the release messages apply it (whichever comes first).
+#[derive(Clone)]
+pub(crate) struct Release {
+    /// The quiesce (prepare epoch) it ends.
+    pub(crate) epoch: u64,
+    /// The committed layout; None for an abort.
+    pub(crate) layout: Option<Arc<super::spec::Layout>>,
+}
+
+/// Reactors that still have to report one step of a quiesce (their drain, or
+/// that they applied a commit or abort). The last reactor to report records the
+/// instant and wakes the waiting control thread itself: no message, no hop.
+pub(crate) struct Countdown {
+    /// Per reactor: it has not reported yet.
+    pending: Box<[AtomicBool]>,
+    left: AtomicUsize,
+    /// When the last reactor reported (set once).
+    done_at: OnceLock<Instant>,
+    /// The thread waiting in [`Countdown::wait`].
+    waiter: Thread,
+}
+
+impl Countdown {
+    /// A countdown of `reactors` reactors, waited on by the calling thread.
+    pub(crate) fn new(reactors: usize) -> Arc<Countdown> {
+        Arc::new(Countdown {
+            pending: (0..reactors).map(|_| AtomicBool::new(true)).collect(),
+            left: AtomicUsize::new(reactors),
+            done_at: OnceLock::new(),
+            waiter: std::thread::current(),
+        })
+    }
+
+    /// Reactor `r` reports (a second report of `r` is ignored); the last one
+    /// stamps the time and wakes the waiter.
+    pub(crate) fn report(&self, r: usize) {
+        let Some(p) = self.pending.get(r) else {
+            return;
+        };
+        if p.swap(false, Ordering::AcqRel) && self.left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let _ = self.done_at.set(Instant::now());
+            self.waiter.unpark();
+        }
+    }
+
+    /// Waits until every reactor reported (the instant the last one did) or
+    /// until `deadline` (the reactors that did not). Spins for [`CALLER_SPIN`]
+    /// first, then sleeps until the last reporter wakes it.
+    pub(crate) fn wait(&self, deadline: Instant) -> Result<Instant, Vec<usize>> {
+        let spin_until = Instant::now() + CALLER_SPIN;
+        loop {
+            if let Some(at) = self.done_at.get() {
+                return Ok(*at);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            if now < spin_until {
+                std::hint::spin_loop();
+            } else {
+                // Spurious returns are fine: the loop looks again.
+                std::thread::park_timeout(deadline - now);
+            }
+        }
+        let busy: Vec<usize> = (0..self.pending.len())
+            .filter(|&r| self.pending[r].load(Ordering::Acquire))
+            .collect();
+        if busy.is_empty() {
+            // The last report came in as the deadline passed.
+            return Ok(self.done_at.get().copied().unwrap_or_else(Instant::now));
+        }
+        Err(busy)
     }
 }
