@@ -201,3 +201,41 @@ impl Countdown {
         Err(busy)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_report_completes_the_wait_and_repeats_do_not_count() {
+        let c = Countdown::new(3);
+        c.report(0);
+        c.report(0); // a second report of one reactor is not a third reactor
+        c.report(7); // no such reactor: ignored
+        let busy = c
+            .wait(Instant::now() + Duration::from_millis(20))
+            .unwrap_err();
+        assert_eq!(busy, vec![1, 2]);
+        let c2 = Arc::clone(&c);
+        let late = std::thread::spawn(move || {
+            c2.report(2);
+            c2.report(1);
+        });
+        // Bounded: the reporter wakes the waiter long before 10 s.
+        assert!(c.wait(Instant::now() + Duration::from_secs(10)).is_ok());
+        late.join().unwrap();
+    }
+
+    #[test]
+    fn a_report_after_the_caller_gave_up_changes_nothing() {
+        // The prepare timed out (and aborted) while reactor 1 was busy; its drain
+        // comes in later and must neither block nor count for another prepare.
+        let c = Countdown::new(2);
+        c.report(0);
+        assert_eq!(c.wait(Instant::now()).unwrap_err(), vec![1]);
+        c.report(1);
+        assert!(c.wait(Instant::now()).is_ok(), "it did drain, late");
+        let next = Countdown::new(2);
+        assert_eq!(next.wait(Instant::now()).unwrap_err(), vec![0, 1]);
+    }
+}
