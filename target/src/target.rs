@@ -227,6 +227,15 @@ impl Target {
             .copy_range(volume, source, target, offset_bytes, len_bytes)
     }
 
+    /// The timeline of the volume's last quiesce (prepare to commit or abort):
+    /// a diagnostic, see [`crate::volume::quiesce`].
+    pub fn quiesce_timeline(
+        &self,
+        name: &str,
+    ) -> Result<crate::volume::QuiesceTimeline, TargetError> {
+        self.volumes.quiesce_timeline(name)
+    }
+
     /// Quiesces without a layout change (prepare with the current layout).
     pub fn quiesce(&self, name: &str, drain_timeout: Duration) -> Result<Duration, TargetError> {
         self.volumes.quiesce(name, drain_timeout)

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use plexd_target::bdev::malloc::MallocBdev;
+use plexd_target::diag::{run_ios, IoReq};
 use plexd_target::perf::{start_job, JobConfig, Workload};
 use plexd_target::reactor::ReactorConfig;
 use plexd_target::volume::{PlexKind, PlexSpec, PlexState, ReadPolicy, SubdiskSpec, VolumeSpec};
@@ -202,4 +203,130 @@ fn a_prepare_that_cannot_drain_names_the_busy_reactor_and_changes_nothing() {
     assert_eq!(t.volume_info("v").unwrap().state, "ENABLED");
     let res = job.stop().unwrap();
     assert_eq!(res.failed_ios, 0);
+}
+
+/// Holds a reactor inside a message until dropped (also when an assert fails).
+struct StuckReactor(Option<std::sync::mpsc::Sender<()>>);
+
+impl StuckReactor {
+    fn new(t: &Target, reactor: usize) -> StuckReactor {
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let (in_tx, in_rx) = std::sync::mpsc::channel::<()>();
+        t.reactors().handles()[reactor]
+            .try_send(Box::new(move |_| {
+                let _ = in_tx.send(());
+                let _ = go_rx.recv_timeout(Duration::from_secs(30));
+            }))
+            .map_err(|(e, _)| e)
+            .unwrap();
+        in_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        StuckReactor(Some(go_tx))
+    }
+}
+
+impl Drop for StuckReactor {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+#[test]
+fn a_commit_does_not_wait_for_a_slow_reactor_and_it_resumes_with_the_new_layout() {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let t: Arc<Target> = Target::start(&TargetConfig {
+        reactors: ReactorConfig {
+            cores: vec![0, 1],
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .unwrap();
+    t.add_bdev(MallocBdev::new("d0", 16 * MIB, 512).unwrap())
+        .unwrap();
+    let spec = VolumeSpec {
+        log: None,
+        name: "v".into(),
+        size_bytes: 4 * MIB,
+        plexes: vec![concat(
+            "v-01",
+            vec![sd("d0", 0, 4 * MIB)],
+            PlexState::Active,
+        )],
+        read_policy: ReadPolicy::LeastBusy,
+        shared: false,
+    };
+    t.create_volume(&spec).unwrap();
+    let mut grown = spec.clone();
+    grown.size_bytes = 8 * MIB;
+    grown.plexes[0].columns[0].push(sd("d0", 4 * MIB, 4 * MIB));
+    let vol = t.bdev("v").unwrap();
+    let h = t.reactors().handles();
+    t.prepare("v", &grown, Duration::from_secs(5)).unwrap();
+    // One write per reactor past the old end: parked now, valid only in the new layout.
+    let data: Vec<Vec<u8>> = (0..2).map(|r| vec![0x5a ^ r as u8; 4096]).collect();
+    let offset = |r: usize| 5 * MIB + r as u64 * MIB;
+    let pending: Vec<_> = (0..2)
+        .map(|r| {
+            plexd_target::diag::start_ios(
+                &h[r],
+                &vol,
+                vec![IoReq::write(offset(r), data[r].clone())],
+            )
+            .unwrap()
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while t.volume_info("v").unwrap().parked != 2 {
+        assert!(Instant::now() < deadline, "the writes were not parked");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // Reactor 1 is busy inside a message (for up to 30 s) when the commit comes.
+    let stuck = StuckReactor::new(&t, 1);
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let t2 = Arc::clone(&t);
+    let committer = std::thread::spawn(move || {
+        let _ = done_tx.send(t2.commit("v"));
+    });
+    // The commit publishes the layout and returns without a round trip to each
+    // reactor (5 s: far above its cost, far below the 30 s reactor 1 is held).
+    let res = done_rx.recv_timeout(Duration::from_secs(5));
+    assert!(
+        matches!(res, Ok(Ok(()))),
+        "the commit waited for the busy reactor: {res:?}"
+    );
+    // Reactor 0 swapped and resumed on its own, while reactor 1 is still held.
+    let mut pending = pending.into_iter();
+    let out0 = pending
+        .next()
+        .unwrap()
+        .wait(Duration::from_secs(10))
+        .unwrap();
+    assert!(out0[0].status.is_ok(), "{:?}", out0[0].status);
+    drop(stuck);
+    // Reactor 1's parked write ran with the new layout once it got to it.
+    let out1 = pending
+        .next()
+        .unwrap()
+        .wait(Duration::from_secs(10))
+        .unwrap();
+    assert!(out1[0].status.is_ok(), "{:?}", out1[0].status);
+    committer.join().unwrap();
+    for (r, written) in data.iter().enumerate() {
+        let back = run_ios(
+            &h[0],
+            &vol,
+            vec![IoReq::read(offset(r), 4096)],
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        assert_eq!(&back[0].data, written, "reactor {r}'s write");
+    }
+    let info = t.volume_info("v").unwrap();
+    assert_eq!((info.state.as_str(), info.size_bytes), ("ENABLED", 8 * MIB));
+    assert_eq!(
+        (info.inflight, info.parked, info.stats.failed_ops),
+        (0, 0, 0)
+    );
 }

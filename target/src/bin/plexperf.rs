@@ -25,7 +25,9 @@ use plexd_target::reactor::{parse_cores, thread_cpu_ns, PollMode, ReactorConfig}
 fn parse_size(s: &str) -> Result<u64, String> {
     plexd_proto::size::parse_size(s).map_err(|e| e.to_string())
 }
-use plexd_target::volume::{PlexKind, PlexSpec, PlexState, ReadPolicy, SubdiskSpec, VolumeSpec};
+use plexd_target::volume::{
+    PlexKind, PlexSpec, PlexState, QuiesceTimeline, ReadPolicy, SubdiskSpec, VolumeSpec,
+};
 use plexd_target::{Target, TargetConfig};
 use plexd_target_api::drl::{self, DirtyLogSpec};
 use plexd_target_api::volume::VolumeStats;
@@ -257,7 +259,25 @@ struct QuiesceStats {
     times: Vec<Duration>,
     /// Prepares or commits that failed.
     errors: u64,
+    /// Each step of the quiesce timeline (`PHASES`), over the changes that
+    /// reached it, sorted once the run is over.
+    phases: Vec<Vec<Duration>>,
 }
+
+/// The quiesce timeline's steps plexperf reports (JSON key, timeline field), each
+/// as the time since the prepare call except `stall` (the longest time one
+/// reactor's gate stayed closed).
+/// One step of the quiesce timeline: its name and how to read it.
+type Phase = (&'static str, fn(&QuiesceTimeline) -> Option<Duration>);
+const PHASES: [Phase; 7] = [
+    ("gates_closed", |t| t.gates_closed),
+    ("drained", |t| t.drained),
+    ("prepare_returned", |t| t.prepare_returned),
+    ("commit_called", |t| t.commit_called),
+    ("resumed", |t| t.resumed),
+    ("commit_returned", |t| t.commit_returned),
+    ("stall", |t| t.stall),
+];
 
 /// Starts the in-process target on the cores and poll mode the arguments name.
 fn start_target(args: &Args) -> Result<Arc<Target>, String> {
@@ -374,14 +394,30 @@ fn change_layouts_until(t: &Target, ms: u64, end: Instant) -> Result<QuiesceStat
     let base = t.volume_spec(VOLUME_NAME).map_err(|e| e.to_string())?;
     let mut alt = base.clone();
     alt.read_policy = ReadPolicy::Round;
-    let mut stats = QuiesceStats::default();
+    let mut stats = QuiesceStats {
+        phases: vec![Vec::new(); PHASES.len()],
+        ..Default::default()
+    };
     let mut i = 0u64;
+    // The reactors resume after commit returned: each change's timeline is read
+    // just before the next prepare (which resets it), the last one once resumed.
+    let mut committed = false;
+    let record = |stats: &mut QuiesceStats| -> Result<(), String> {
+        let tl = t.quiesce_timeline(VOLUME_NAME).map_err(|e| e.to_string())?;
+        for ((_, step), v) in PHASES.iter().zip(&mut stats.phases) {
+            v.extend(step(&tl));
+        }
+        Ok(())
+    };
     while Instant::now() < end {
         std::thread::sleep(
             Duration::from_millis(ms).min(end.saturating_duration_since(Instant::now())),
         );
         if Instant::now() >= end {
             break;
+        }
+        if std::mem::take(&mut committed) {
+            record(&mut stats)?;
         }
         let l = if i.is_multiple_of(2) { &alt } else { &base };
         match t.prepare(VOLUME_NAME, l, Duration::from_secs(5)) {
@@ -391,6 +427,7 @@ fn change_layouts_until(t: &Target, ms: u64, end: Instant) -> Result<QuiesceStat
                     log::error!("commit: {e}");
                 }
                 stats.times.push(d);
+                committed = true;
             }
             Err(e) => {
                 stats.errors += 1;
@@ -399,7 +436,25 @@ fn change_layouts_until(t: &Target, ms: u64, end: Instant) -> Result<QuiesceStat
         }
         i += 1;
     }
+    if committed {
+        // At most 1 s for the reactors to resume (they do within microseconds
+        // unless the machine is starved).
+        let give_up = Instant::now() + Duration::from_secs(1);
+        while t
+            .quiesce_timeline(VOLUME_NAME)
+            .map_err(|e| e.to_string())?
+            .resumed
+            .is_none()
+            && Instant::now() < give_up
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        record(&mut stats)?;
+    }
     stats.times.sort();
+    for v in &mut stats.phases {
+        v.sort();
+    }
     Ok(stats)
 }
 
@@ -483,6 +538,19 @@ impl Report<'_> {
                 "max": percentile(&q.times, 1.0),
             });
             o["max_stall_us"] = serde_json::json!(self.max_stall_us());
+            o["quiesce_phases_us"] = PHASES
+                .iter()
+                .zip(&q.phases)
+                .map(|((k, _), v)| {
+                    let p = serde_json::json!({
+                        "p50": percentile(v, 0.5),
+                        "p99": percentile(v, 0.99),
+                        "max": percentile(v, 1.0),
+                    });
+                    (k.to_string(), p)
+                })
+                .collect::<serde_json::Map<String, serde_json::Value>>()
+                .into();
         }
         println!("{o}");
     }
@@ -536,6 +604,15 @@ impl Report<'_> {
                 q.errors,
                 self.max_stall_us()
             );
+            println!("  quiesce steps, us since the prepare call (p50 / p99 / max):");
+            for ((k, _), v) in PHASES.iter().zip(&q.phases) {
+                println!(
+                    "    {k:<17} {:>9.1} {:>9.1} {:>9.1}",
+                    percentile(v, 0.5),
+                    percentile(v, 0.99),
+                    percentile(v, 1.0)
+                );
+            }
         }
         if self.refused.iter().any(|(_, n)| *n > 0) {
             let r: Vec<String> = self

@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::drl::MAX_DRL_WAITING;
+use super::quiesce::{Countdown, Step};
 use super::spec::{Layout, PlexState, ReadPolicy};
 use super::VolumeShared;
 use crate::bdev::{
@@ -35,7 +36,7 @@ use crate::bdev::{
 };
 use crate::event::Event;
 use crate::lease::{ReactorLease, FENCED_ERRNO};
-use crate::reactor::Reactor;
+use crate::reactor::{Poller, PollerId, Reactor};
 
 /// A subdisk as a reactor sees it.
 struct ChSubdisk {
@@ -103,8 +104,25 @@ pub const MAX_HELD_WRITES: usize = 4096;
 pub const MAX_VOLUME_IOS: usize = 16 * 1024;
 const _: () = assert!(MAX_VOLUME_IOS > MAX_HELD_WRITES);
 
-/// Where a reactor reports `(reactor, epoch)` once its in-flight count drained.
-pub(crate) type DrainTx = std::sync::mpsc::Sender<(usize, u64)>;
+/// Where a reactor reports that its in-flight count drained (the prepare's
+/// countdown: the last reactor wakes the caller).
+pub(crate) type DrainTx = Arc<Countdown>;
+
+/// A closed gate's poller: applies the end of the quiesce as soon as commit or
+/// abort publishes it (one atomic load per pass). Registered while the gate is
+/// closed.
+struct GatePoller {
+    ch: std::rc::Weak<VolumeChannel>,
+}
+
+impl Poller for GatePoller {
+    fn poll(&self, _now: Instant) -> usize {
+        match self.ch.upgrade() {
+            Some(c) => usize::from(c.apply_release()),
+            None => 0,
+        }
+    }
+}
 
 /// The data-describing part of an I/O (no callback), copied cheaply.
 #[derive(Clone, Copy)]
@@ -146,9 +164,16 @@ pub(crate) struct VolumeChannel {
     me: RefCell<std::rc::Weak<VolumeChannel>>,
     layout: RefCell<Rc<ChLayout>>,
     gate_closed: Cell<bool>,
+    /// When the gate last closed (the quiesce timeline's stall).
+    closed_at: Cell<Option<Instant>>,
     inflight: Cell<u32>,
     parked: RefCell<VecDeque<BdevIo>>,
-    drain_waiter: RefCell<Option<(u64, DrainTx)>>,
+    /// The countdown to report to once drained (a prepare is waiting).
+    drain_waiter: RefCell<Option<DrainTx>>,
+    /// The quiesce (prepare epoch) the gate is closed for, while closed.
+    gate_epoch: Cell<u64>,
+    /// The gate poller, while the gate is closed.
+    gate_poller: Cell<Option<PollerId>>,
     ios: RefCell<slab::Slab<VolIo>>,
     held: RefCell<Vec<usize>>,
     reported: Cell<u32>,
@@ -182,8 +207,9 @@ impl VolumeChannel {
         reactor: &Rc<Reactor>,
         shared: Arc<VolumeShared>,
         layout: Arc<Layout>,
-        gate_closed: bool,
+        closed_for: Option<u64>,
     ) -> Result<Rc<VolumeChannel>, String> {
+        let gate_closed = closed_for.is_some();
         let is_shared = layout.spec.shared;
         let chl = ChLayout::build(reactor, layout)?;
         let ch = Rc::new(VolumeChannel {
@@ -192,9 +218,12 @@ impl VolumeChannel {
             me: RefCell::new(std::rc::Weak::new()),
             layout: RefCell::new(Rc::new(chl)),
             gate_closed: Cell::new(gate_closed),
+            closed_at: Cell::new(gate_closed.then(Instant::now)),
             inflight: Cell::new(0),
             parked: RefCell::new(VecDeque::with_capacity(256)),
             drain_waiter: RefCell::new(None),
+            gate_epoch: Cell::new(closed_for.unwrap_or(0)),
+            gate_poller: Cell::new(None),
             ios: RefCell::new(slab::Slab::with_capacity(1024)),
             held: RefCell::new(Vec::new()),
             reported: Cell::new(0),
@@ -208,6 +237,9 @@ impl VolumeChannel {
             drl_gen: Cell::new(0),
         });
         *ch.me.borrow_mut() = Rc::downgrade(&ch);
+        if gate_closed {
+            ch.add_gate_poller();
+        }
         Ok(ch)
     }
 
@@ -234,23 +266,51 @@ impl VolumeChannel {
         self.held.borrow().len()
     }
 
-    /// Closes the gate; `tx` hears `(reactor, epoch)` once nothing is in flight.
-    pub(crate) fn close_gate(&self, epoch: u64, tx: std::sync::mpsc::Sender<(usize, u64)>) {
+    /// Closes the gate for quiesce `epoch`; reports to `drain` once nothing is in
+    /// flight.
+    pub(crate) fn close_gate(&self, epoch: u64, drain: DrainTx) {
         // One prepare at a time per volume (the control side refuses a second one),
         // and an older epoch never closes the gate after a newer one.
         assert!(
-            self.drain_waiter
-                .borrow()
-                .as_ref()
-                .is_none_or(|(e, _)| *e < epoch),
+            !self.gate_closed.get() || self.gate_epoch.get() < epoch,
             "volume {}: gate closed twice for one prepare",
             self.shared.name
         );
         self.gate_closed.set(true);
+        self.gate_epoch.set(epoch);
+        if self.gate_poller.get().is_none() {
+            self.add_gate_poller();
+        }
+        let now = Instant::now();
+        self.closed_at.set(Some(now));
+        self.shared.trace.mark_at(Step::GatesClosed, now);
         if self.inflight.get() == 0 {
-            let _ = tx.send((self.reactor.id(), epoch));
+            drain.report(self.reactor.id());
         } else {
-            *self.drain_waiter.borrow_mut() = Some((epoch, tx));
+            *self.drain_waiter.borrow_mut() = Some(drain);
+        }
+    }
+
+    fn add_gate_poller(&self) {
+        let p = Rc::new(GatePoller {
+            ch: self.me.borrow().clone(),
+        });
+        self.gate_poller.set(Some(self.reactor.add_poller(p)));
+    }
+
+    /// Applies the published end of the quiesce the gate is closed for, if any
+    /// (commit: swap the layout; abort: keep it), and reopens the gate; true
+    /// when it did.
+    pub(crate) fn apply_release(&self) -> bool {
+        if !self.gate_closed.get() {
+            return false;
+        }
+        match self.shared.release_of(self.gate_epoch.get()) {
+            Some(rel) => {
+                self.open_gate(rel.layout);
+                true
+            }
+            None => false,
         }
     }
 
@@ -275,6 +335,9 @@ impl VolumeChannel {
         }
         self.drain_waiter.borrow_mut().take();
         self.gate_closed.set(false);
+        if let Some(id) = self.gate_poller.take() {
+            self.reactor.remove_poller(id);
+        }
         self.refusal_logged.set(false);
         let parked: Vec<BdevIo> = self.parked.borrow_mut().drain(..).collect();
         for io in parked {
@@ -286,6 +349,13 @@ impl VolumeChannel {
             "volume {}: I/O parked behind an open gate",
             self.shared.name
         );
+        if let Some(closed) = self.closed_at.take() {
+            let now = Instant::now();
+            self.shared.trace.mark_at(Step::Resumed, now);
+            self.shared
+                .trace
+                .stalled(now.saturating_duration_since(closed));
+        }
         self.recheck_held();
     }
 
@@ -774,8 +844,9 @@ impl VolumeChannel {
             self.refusal_logged.set(false);
         }
         if n == 0 && self.gate_closed.get() {
-            if let Some((epoch, tx)) = self.drain_waiter.borrow_mut().take() {
-                let _ = tx.send((self.reactor.id(), epoch));
+            let drain = self.drain_waiter.borrow_mut().take();
+            if let Some(d) = drain {
+                d.report(self.reactor.id());
             }
         }
     }

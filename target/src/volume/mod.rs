@@ -16,11 +16,15 @@
 //! - the standalone detach policy's worker: one thread per target, started on the
 //!   first plex write error, fed through a queue of [`DETACH_QUEUE_DEPTH`] plexes.
 //!
-//! Quiesce: `prepare` marks the volume quiesced (so channels created meanwhile
-//! start with a closed gate), then asks every reactor to close its channel's gate;
-//! each reactor answers once its own in-flight count for the volume reaches zero
-//! (it is told, it does not poll). New I/O is parked, not failed. `commit` swaps the
-//! staged layout in on every reactor and resubmits parked I/O; `abort` drops it.
+//! Quiesce ([`quiesce`]): `prepare` marks the volume quiesced (so channels created
+//! meanwhile start with a closed gate), then asks every reactor to close its
+//! channel's gate; each reactor counts itself off the prepare's countdown once its
+//! own in-flight count for the volume reaches zero (it is told, it does not poll),
+//! and the last one stamps the drain and wakes the caller. New I/O is parked, not
+//! failed. `commit` publishes the staged layout and returns; every reactor swaps
+//! it in and resubmits its parked I/O from its own loop as soon as it sees it (the
+//! gate's poller or the release message); a reactor that has not yet keeps its
+//! gate closed. `abort` publishes the end of the quiesce without a layout.
 //!
 //! Shared volumes (`VolumeSpec::shared`) are also fenced by the data-plane lease
 //! ([`crate::lease`]): while it is not valid, their channels fail new I/O, parked
@@ -31,11 +35,13 @@ pub use plexd_target_api::volume::{PlexInfo, VolumeInfo};
 mod channel;
 pub mod copy;
 pub mod drl;
+pub mod quiesce;
 pub mod spec;
 
 pub use channel::{MAX_HELD_WRITES, MAX_PARKED_IOS, MAX_VOLUME_IOS};
 pub use copy::MAX_COPY_BYTES;
 pub use plexd_target_api::volume::VolumeStats;
+pub use quiesce::QuiesceTimeline;
 pub use spec::{PlexKind, PlexSpec, PlexState, ReadPolicy, SubdiskSpec, VolumeSpec};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -66,7 +72,8 @@ struct CtlState {
     current: Arc<Layout>,
     staged: Option<Arc<Layout>>,
     quiesced: bool,
-    /// Incremented by every prepare, so late drain answers of an aborted prepare are ignored.
+    /// Incremented by every prepare: the quiesce a gate is closed for, and the
+    /// one a release ends.
     epoch: u64,
 }
 
@@ -85,11 +92,34 @@ pub(crate) struct VolumeShared {
     notify: Box<dyn Fn(Event) -> bool + Send + Sync>,
     /// The dirty region log's counters (kept across log specs).
     drl_counters: Arc<drl::DrlCounters>,
+    /// The last quiesce's timeline (a diagnostic).
+    pub(crate) trace: quiesce::QuiesceTrace,
+    /// The end of the last quiesce, as commit or abort published it.
+    release: Mutex<Option<quiesce::Release>>,
+    /// The epoch of `release` (0 = none yet): what a closed gate's poller looks
+    /// at every reactor iteration (one atomic load), before taking `release`.
+    released_epoch: AtomicU64,
 }
 
 impl VolumeShared {
     fn ctl(&self) -> MutexGuard<'_, CtlState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The published end of quiesce `epoch`, if it has been published.
+    pub(crate) fn release_of(&self, epoch: u64) -> Option<quiesce::Release> {
+        if self.released_epoch.load(Ordering::Acquire) != epoch {
+            return None;
+        }
+        let r = self.release.lock().unwrap_or_else(|p| p.into_inner());
+        r.as_ref().filter(|r| r.epoch == epoch).cloned()
+    }
+
+    /// Publishes the end of a quiesce for the gate pollers.
+    fn publish_release(&self, rel: quiesce::Release) {
+        let epoch = rel.epoch;
+        *self.release.lock().unwrap_or_else(|p| p.into_inner()) = Some(rel);
+        self.released_epoch.store(epoch, Ordering::Release);
     }
 }
 
@@ -146,11 +176,11 @@ impl Bdev for VolumeBdev {
     ) -> Result<Rc<dyn BdevChannel>, String> {
         // Read under the lock so a channel created during a quiesce starts with a
         // closed gate and the current layout (it is never on the I/O path).
-        let (layout, quiesced) = {
+        let (layout, closed) = {
             let c = self.shared.ctl();
-            (Arc::clone(&c.current), c.quiesced)
+            (Arc::clone(&c.current), c.quiesced.then_some(c.epoch))
         };
-        let ch = VolumeChannel::new(reactor, Arc::clone(&self.shared), layout, quiesced)?;
+        let ch = VolumeChannel::new(reactor, Arc::clone(&self.shared), layout, closed)?;
         reactor
             .local::<LocalVolumes>()
             .chans
@@ -400,6 +430,9 @@ impl Volumes {
             name: spec.name.clone(),
             id,
             drl_counters,
+            trace: quiesce::QuiesceTrace::default(),
+            release: Mutex::new(None),
+            released_epoch: AtomicU64::new(0),
             state: Mutex::new(CtlState {
                 current: Arc::clone(&layout),
                 staged: None,
@@ -517,30 +550,35 @@ impl Volumes {
         let current = shared.ctl().current.drl.clone();
         staged.drl = Self::drl_for(t, new, shared.id, current, &shared.drl_counters)?;
         let epoch = Self::stage(&shared, Arc::new(staged))?;
-        let rx = match Self::close_gates(t, &shared, epoch) {
-            Ok(rx) => rx,
-            Err(e) => {
-                self.abort_nowait(&shared);
-                return Err(e);
-            }
-        };
-        let busy = Self::wait_drained(&rx, t.reactors().len(), epoch, started + drain_timeout);
-        if !busy.is_empty() {
-            let busy: Vec<String> = busy.iter().map(|r| format!("reactor {r}")).collect();
-            // A busy reactor cannot answer now: reopen the gates without waiting.
+        shared.trace.start(started);
+        let drain = quiesce::Countdown::new(t.reactors().len());
+        if let Err(e) = Self::close_gates(t, &shared, epoch, &drain) {
             self.abort_nowait(&shared);
-            let reason = format!(
-                "in-flight I/O did not drain within {} ms on {}; prepare aborted",
-                drain_timeout.as_millis(),
-                busy.join(", ")
-            );
-            log::warn!("volume {name}: {reason}");
-            return Err(TargetError::Timeout {
-                object: vol_obj(name),
-                reason,
-            });
+            return Err(e);
         }
-        Ok(started.elapsed())
+        let busy = match drain.wait(started + drain_timeout) {
+            Ok(drained) => {
+                shared.trace.mark_at(quiesce::Step::Drained, drained);
+                shared.trace.mark(quiesce::Step::PrepareReturned);
+                // quiesceUs is call to drained: stamped by the last reactor to drain,
+                // not when this thread got to run again.
+                return Ok(drained.saturating_duration_since(started));
+            }
+            Err(busy) => busy,
+        };
+        let busy: Vec<String> = busy.iter().map(|r| format!("reactor {r}")).collect();
+        // A busy reactor cannot answer now: reopen the gates without waiting.
+        self.abort_nowait(&shared);
+        let reason = format!(
+            "in-flight I/O did not drain within {} ms on {}; prepare aborted",
+            drain_timeout.as_millis(),
+            busy.join(", ")
+        );
+        log::warn!("volume {name}: {reason}");
+        Err(TargetError::Timeout {
+            object: vol_obj(name),
+            reason,
+        })
     }
 
     /// The dirty region log state for `spec`: none without a log, `current` when
@@ -598,25 +636,23 @@ impl Volumes {
         Ok(c.epoch)
     }
 
-    /// Asks every reactor to close its gate for quiesce `epoch`; each answers
-    /// `(reactor, epoch)` on the returned channel once its in-flight count is zero
-    /// (at once if it has no channel of the volume). The caller aborts on an error.
+    /// Asks every reactor to close its gate for quiesce `epoch`; each reports to
+    /// `drain` once its in-flight count is zero (at once if it has no channel of
+    /// the volume), and the last one wakes the caller. The caller aborts on an error.
     fn close_gates(
         t: &Services,
         shared: &VolumeShared,
         epoch: u64,
-    ) -> Result<std::sync::mpsc::Receiver<(usize, u64)>, TargetError> {
-        let (tx, rx) = std::sync::mpsc::channel();
+        drain: &Arc<quiesce::Countdown>,
+    ) -> Result<(), TargetError> {
         let id = shared.id;
         for h in t.reactors().handles() {
-            let tx = tx.clone();
+            let drain = Arc::clone(drain);
             let msg: crate::reactor::Msg = Box::new(move |r| {
                 let ch = r.local::<LocalVolumes>().chans.borrow().get(&id).cloned();
                 match ch {
-                    Some(c) => c.close_gate(epoch, tx),
-                    None => {
-                        let _ = tx.send((r.id(), epoch));
-                    }
+                    Some(c) => c.close_gate(epoch, drain),
+                    None => drain.report(r.id()),
                 }
             });
             h.send_timeout(msg, crate::reactor::CONTROL_SEND_TIMEOUT)
@@ -625,36 +661,17 @@ impl Volumes {
                     reason: e.to_string(),
                 })?;
         }
-        Ok(rx)
+        Ok(())
     }
 
-    /// Waits until `deadline` for each of `nreactors` reactors to answer that it
-    /// drained quiesce `epoch`; returns the reactors that did not.
-    fn wait_drained(
-        rx: &std::sync::mpsc::Receiver<(usize, u64)>,
-        nreactors: usize,
-        epoch: u64,
-        deadline: Instant,
-    ) -> Vec<usize> {
-        let mut waiting: Vec<bool> = vec![true; nreactors];
-        let mut left = nreactors;
-        while left > 0 {
-            let wait = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(wait) {
-                Ok((r, e)) if e == epoch && waiting.get(r) == Some(&true) => {
-                    waiting[r] = false;
-                    left -= 1;
-                }
-                Ok(_) => {}
-                Err(_) => break,
-            }
-        }
-        (0..nreactors).filter(|&r| waiting[r]).collect()
-    }
-
-    /// Applies the staged layout on every reactor and resumes I/O.
+    /// Applies the staged layout on every reactor and resumes I/O. Publishes the
+    /// layout and returns: each reactor swaps it in and resubmits its parked I/O
+    /// from its own loop as soon as it sees it (its gate poller or the release
+    /// message, whichever runs first). A reactor that has not swapped yet keeps
+    /// its gate closed, so no I/O runs with the old layout once this returned.
     pub(crate) fn commit(&self, name: &str) -> Result<(), TargetError> {
         let shared = self.volume_shared(name)?;
+        shared.trace.mark(quiesce::Step::CommitCalled);
         let layout = {
             let mut c = shared.ctl();
             let Some(staged) = c.staged.take() else {
@@ -670,10 +687,13 @@ impl Volumes {
             );
             c.current = Arc::clone(&staged);
             c.quiesced = false;
+            shared.publish_release(quiesce::Release {
+                epoch: c.epoch,
+                layout: Some(Arc::clone(&staged)),
+            });
             staged
         };
-        let l = Arc::clone(&layout);
-        self.on_channels(&shared, move |c| c.open_gate(Some(Arc::clone(&l))))?;
+        self.post_release(&shared);
         // The volume bdev's size follows the committed layout; its users (LUNs,
         // namespaces) hear of a change through their descriptors.
         let new_size = layout.spec.size_bytes;
@@ -688,41 +708,62 @@ impl Volumes {
                 },
             );
         }
+        shared.trace.mark(quiesce::Step::CommitReturned);
         Ok(())
     }
 
-    /// Drops the staged layout (if any) and resumes I/O.
-    pub(crate) fn abort(&self, name: &str) -> Result<(), TargetError> {
-        let shared = self.volume_shared(name)?;
-        {
-            let mut c = shared.ctl();
-            c.staged = None;
-            c.quiesced = false;
-        }
-        self.on_channels(&shared, |c| c.open_gate(None))?;
-        Ok(())
-    }
-
-    /// Drops the staged layout and tells every reactor to reopen the gate, without
-    /// waiting for the answers (used when a reactor is too busy to answer).
-    fn abort_nowait(&self, shared: &Arc<VolumeShared>) {
-        {
-            let mut c = shared.ctl();
-            c.staged = None;
-            c.quiesced = false;
-        }
+    /// Tells every reactor to apply the published release of `shared` (its gate
+    /// pollers may already have): the message wakes a sleeping reactor and comes
+    /// before any later control message. A reactor whose ring stays full still
+    /// applies it from its gate poller.
+    fn post_release(&self, shared: &VolumeShared) {
         let id = shared.id;
         for h in self.svc.reactors().handles() {
             let msg: crate::reactor::Msg = Box::new(move |r| {
                 let ch = r.local::<LocalVolumes>().chans.borrow().get(&id).cloned();
                 if let Some(c) = ch {
-                    c.open_gate(None);
+                    c.apply_release();
                 }
             });
             if let Err(e) = h.send_timeout(msg, crate::reactor::CONTROL_SEND_TIMEOUT) {
-                log::error!("volume {}: cannot reopen the gate: {e}", shared.name);
+                log::error!(
+                    "volume {}: cannot tell reactor {} that the quiesce ended: {e}; \
+                     its gate poller reopens the gate",
+                    shared.name,
+                    h.id()
+                );
             }
         }
+    }
+
+    /// Drops the staged layout (if any) and resumes I/O.
+    pub(crate) fn abort(&self, name: &str) -> Result<(), TargetError> {
+        let shared = self.volume_shared(name)?;
+        shared.trace.mark(quiesce::Step::CommitCalled);
+        self.abort_nowait(&shared);
+        shared.trace.mark(quiesce::Step::CommitReturned);
+        Ok(())
+    }
+
+    /// Drops the staged layout and publishes the end of the last quiesce without
+    /// a layout: every reactor reopens its gate with the old one as soon as it
+    /// sees it (nobody waits for a reactor: one may be too busy to answer).
+    fn abort_nowait(&self, shared: &VolumeShared) {
+        {
+            let mut c = shared.ctl();
+            if !c.quiesced {
+                // Nothing to end (the last quiesce's release stands: a commit a
+                // reactor has not applied yet must stay a commit).
+                return;
+            }
+            c.staged = None;
+            c.quiesced = false;
+            shared.publish_release(quiesce::Release {
+                epoch: c.epoch,
+                layout: None,
+            });
+        }
+        self.post_release(shared);
     }
 
     /// Quiesces without a layout change (prepare with the current layout).
@@ -806,6 +847,11 @@ impl Volumes {
         len_bytes: u64,
     ) -> Result<(), TargetError> {
         copy::copy_range(self, volume, source, target, offset_bytes, len_bytes)
+    }
+
+    /// The timeline of the volume's last quiesce (a diagnostic, see [`quiesce`]).
+    pub(crate) fn quiesce_timeline(&self, name: &str) -> Result<QuiesceTimeline, TargetError> {
+        Ok(self.volume_shared(name)?.trace.timeline())
     }
 
     /// The committed layout of a volume.
