@@ -196,9 +196,11 @@ enum IoOp {
 struct Event {
   union {
     plexIoError :group {        # a write to a plex failed; its writes are held
-      volume @0 :Text;
+      volume @0 :Text;          # (or failed: the volume's local detach policy)
       plex @1 :Text;
       errno @2 :Int32;
+      failedOffsetBytes @16 :UInt64;  # the write failed (not held): its range;
+      failedLenBytes @17 :UInt64;     # 0 = the write is held (added later)
     }
     plexState :group {          # a plex changed state
       volume @3 :Text;

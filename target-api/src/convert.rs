@@ -451,11 +451,16 @@ pub fn set_event(b: k::event::Builder<'_>, ev: &Event) {
             volume,
             plex,
             errno,
+            failed,
         } => {
             let mut g = b.init_plex_io_error();
             g.set_volume(volume.as_str());
             g.set_plex(plex.as_str());
             g.set_errno(*errno);
+            if let Some((off, len)) = failed {
+                g.set_failed_offset_bytes(*off);
+                g.set_failed_len_bytes(*len);
+            }
         }
         Event::PlexState {
             volume,
@@ -507,6 +512,8 @@ pub fn read_event(r: k::event::Reader<'_>) -> Result<Event> {
             volume: g.get_volume()?.to_string()?,
             plex: g.get_plex()?.to_string()?,
             errno: g.get_errno(),
+            failed: (g.get_failed_len_bytes() > 0)
+                .then(|| (g.get_failed_offset_bytes(), g.get_failed_len_bytes())),
         },
         k::event::PlexState(g) => Event::PlexState {
             volume: g.get_volume()?.to_string()?,
@@ -1130,6 +1137,13 @@ mod tests {
                 volume: "v0".into(),
                 plex: "v0-01".into(),
                 errno: 5,
+                failed: None,
+            },
+            Event::PlexIoError {
+                volume: "v0".into(),
+                plex: "v0-01".into(),
+                errno: 5,
+                failed: Some((1 << 20, 4096)),
             },
             Event::PlexState {
                 volume: "v0".into(),

@@ -287,6 +287,7 @@ fn a_failed_plex_write_raises_events_and_detaches_the_plex() {
                 volume: "v0".into(),
                 plex: "v0-02".into(),
                 errno: libc::EIO,
+                failed: None,
             },
             Event::PlexState {
                 volume: "v0".into(),

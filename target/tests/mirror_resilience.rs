@@ -115,7 +115,8 @@ fn a_write_failing_on_one_plex_detaches_it_before_completing() {
         Event::PlexIoError {
             volume: "v".into(),
             plex: "v-01".into(),
-            errno: libc::EIO
+            errno: libc::EIO,
+            failed: None,
         }
     );
     // Reads now come from v-02 only and return the new data.

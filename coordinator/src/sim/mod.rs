@@ -1018,6 +1018,7 @@ impl Sim {
             request,
             volume,
             plex,
+            ranges: Vec::new(),
         })
     }
 

@@ -906,6 +906,7 @@ impl VolumeShared {
             volume: self.name.clone(),
             plex: plex.to_string(),
             errno,
+            failed: None,
         })
     }
 }
