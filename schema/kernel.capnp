@@ -102,6 +102,9 @@ struct VolumeSpec {
   readPolicy @3 :ReadPolicy;
   shared @4 :Bool;              # served only under the data-plane lease (renewLease)
   log @5 :DirtyLogSpec;         # this node's dirty region log section; unset: no log
+  localDetach @6 :Bool;         # a write failed on a plex (and done on another) fails
+                                # with EIO, reported with its range, instead of being
+                                # held for a detach (the group's local detach policy)
 }
 
 struct DirtyLogSpec {

@@ -253,6 +253,7 @@ pub fn set_volume_spec(mut b: k::volume_spec::Builder<'_>, s: &VolumeSpec) {
     b.set_name(s.name.as_str());
     b.set_size_bytes(s.size_bytes);
     b.set_shared(s.shared);
+    b.set_local_detach(s.local_detach);
     if let Some(l) = &s.log {
         let mut lb = b.reborrow().init_log();
         lb.set_bdev(l.bdev.as_str());
@@ -305,6 +306,7 @@ pub fn read_volume_spec(r: k::volume_spec::Reader<'_>) -> Result<VolumeSpec> {
             ReadPolicy::LeastBusy
         },
         shared: r.get_shared(),
+        local_detach: r.get_local_detach(),
         log: if r.has_log() {
             let l = r.get_log()?;
             Some(crate::drl::DirtyLogSpec {
@@ -1061,6 +1063,7 @@ mod tests {
             ],
             read_policy: ReadPolicy::Prefer("v0-02".into()),
             shared: true,
+            local_detach: true,
         }
     }
 

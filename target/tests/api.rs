@@ -52,6 +52,7 @@ fn mirrored(k: &KernelClient) -> VolumeSpec {
         ],
         read_policy: ReadPolicy::LeastBusy,
         shared: false,
+        local_detach: false,
     };
     k.create_volume(&spec).unwrap();
     spec
@@ -477,12 +478,14 @@ fn renew_lease_and_lease_status_over_the_kernel_interface() {
         plexes: vec![concat("sv-01", vec![sd("m0", 0, 4 * MIB)])],
         read_policy: ReadPolicy::LeastBusy,
         shared: true,
+        local_detach: false,
     };
     k.create_volume(&shared).unwrap();
     k.create_volume(&VolumeSpec {
         name: "pv".into(),
         plexes: vec![concat("pv-01", vec![sd("m1", 0, 4 * MIB)])],
         shared: false,
+        local_detach: false,
         ..shared.clone()
     })
     .unwrap();

@@ -239,6 +239,7 @@ fn volume_spec(t: &Target, spec: &str) -> Result<VolumeSpec, String> {
         plexes,
         read_policy: ReadPolicy::LeastBusy,
         shared: false,
+        local_detach: false,
     })
 }
 
