@@ -440,8 +440,9 @@ impl<M: ConfigModel> Node<M> {
     }
 
     /// The change a plex write error reported by `node` leads to (`core::detach`):
-    /// under the global policy the plex's detach; under the local policy its detach
-    /// once every member of the view reported it, else a resync of `ranges`.
+    /// under the global policy (or a report without ranges: a held write) the plex's
+    /// detach; under the local policy its detach once every member of the view
+    /// reported it, else a resync of `ranges`.
     fn plex_error_change(
         &mut self,
         node: NodeId,
@@ -451,7 +452,9 @@ impl<M: ConfigModel> Node<M> {
     ) -> Result<Option<M::Change>, RequestError> {
         let me = self.me_name();
         let config = &self.committed.config;
-        if !config.local_detach(volume) {
+        // No ranges: the reporting data plane holds the write (the global policy, or a
+        // layout staged before the policy changed); only a detach releases it.
+        if !config.local_detach(volume) || ranges.is_empty() {
             return config.detach_plex(volume, plex).map_err(|e| e.on(&me));
         }
         let (view, members) = self
