@@ -142,10 +142,13 @@ fn local_a_write_failing_on_one_node_fails_there_only_and_the_plex_is_repaired()
     let want = plexd_tests::data::pattern_bytes(p.seed, OFF, LEN as usize);
     assert_eq!(plex_bytes(&c, m, "d0", OFF, LEN), want);
     assert_eq!(plex_bytes(&c, m, "d1", OFF, LEN), want);
-    // Now the master cannot write d1 either: once every node failed it, it is detached.
+    // Now the master cannot write d1 either: once every node failed it (in one
+    // episode: before the plex is ACTIVE again), it is detached.
     fail_writes(&c, m, "d1", true);
     let st = c.kernel(m).write(bdev, OFF, &data).unwrap();
     assert_eq!(st, libc::EIO, "the write fails on the master too");
+    let st = c.kernel(a).write(bdev, OFF, &data).unwrap();
+    assert_eq!(st, libc::EIO, "and on node a");
     wait_state(&c, &[a, m], "d1", &["STALE"]);
     // Writes now go to d0 alone and succeed everywhere.
     c.write_pattern(a, "dg1", "vol1", OFF, LEN);

@@ -11,7 +11,8 @@
 //!
 //! The master keeps, per plex, the set of members that reported it in the current
 //! view. The sets are cleared on a view change (a member that left no longer counts,
-//! a new member has not failed yet) and a plex's set when the plex is detached. At
+//! a new member has not failed yet), and a plex's set when the plex is detached or a
+//! report finds it ACTIVE (the earlier failures were repaired: a new episode). At
 //! most [`MAX_FAILING_PLEXES`] plexes are tracked; a report past that is refused
 //! (the node's next failed write reports again).
 

@@ -55,6 +55,13 @@ pub trait ConfigModel: Clone + Eq + Debug + Default {
         false
     }
 
+    /// Whether `plex` of `volume` is ACTIVE (a plex error report on an ACTIVE plex
+    /// starts a new episode of the local detach rule). False by default.
+    fn plex_active(&self, volume: &str, plex: &str) -> bool {
+        let _ = (volume, plex);
+        false
+    }
+
     /// The change that resynchronises `ranges` (byte offset, length) of `plex` of
     /// `volume` after a write failed on it on one node and reached the volume's other
     /// plexes (local detach policy). `Ok(None)`: nothing to do (the plex takes no

@@ -462,6 +462,11 @@ impl<M: ConfigModel> Node<M> {
             .as_ref()
             .map(|v| (v.id, v.members.clone()))
             .unwrap_or_default();
+        if config.plex_active(volume, plex) {
+            // ACTIVE again (or never failed): a new episode; earlier failures were
+            // repaired and may have been transient.
+            self.failing.forget(volume, plex);
+        }
         let decision = self.failing.report(view, &members, volume, plex, node);
         let failing = self.failing.failing(volume, plex);
         let config = &self.committed.config;

@@ -153,6 +153,14 @@ impl ConfigModel for SharedConfig {
         self.cluster().detach_policy_of(volume) == crate::model::DetachPolicy::Local
     }
 
+    fn plex_active(&self, volume: &str, plex: &str) -> bool {
+        self.groups.iter().any(|g| {
+            g.volume(volume)
+                .and_then(|v| v.plex(plex))
+                .is_some_and(|p| p.state == crate::model::PlexState::Active)
+        })
+    }
+
     fn diverged_plex(
         &self,
         volume: &str,
