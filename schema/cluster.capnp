@@ -125,6 +125,7 @@ struct WireRequest {
     detachPlex :group {
       volume @1 :Text;
       plex @2 :Text;
+      ranges @3 :List(Disk.ByteRange);  # failed writes (local detach policy); added later
     }
   }
 }
@@ -415,6 +416,15 @@ struct ConfigChange {
     nodeOpen @57 :OpenNodeStart;    # node bookkeeping of every shared group
     nodeClose @58 :OpenNodeStart;   # (docs/PROTOCOL.md, "Node-crash recovery")
     nodeRecover @59 :OpenNodeStart;
+    dgSetDetachPolicy :group {  # `plexctl dg set DG detach-policy=...`
+      dg @62 :Text;
+      policy @63 :Disk.DetachPolicy;
+    }
+    plexDiverged :group {       # local detach policy: a write failed on the plex on a node
+      dg @64 :Text;
+      plex @65 :Text;
+      ranges @66 :List(Disk.ByteRange);
+    }
   }
 }
 

@@ -107,6 +107,12 @@ struct VolUnexport {
   protocol @2 :Text;
 }
 
+# `dg set DG KEY=VALUE`: a disk group's settings.
+struct DgSet {
+  dg @0 :Text;
+  detachPolicy @1 :Text;       # "global" | "local" (docs/OPERATIONS.md, "Plex I/O errors")
+}
+
 # One configuration change; mirrors the coordinator's objects::Change, carrying the
 # fields of each plexctl command.
 struct Change {
@@ -127,6 +133,7 @@ struct Change {
     plexRm @13 :DgPlex;
     volExport @14 :VolExport;
     volUnexport @15 :VolUnexport;
+    dgSet @17 :DgSet;
   }
   # `--force` of dgDestroy and dgDeport (end the group's exports; never while a host
   # session is logged in) and of plexRm (remove an ACTIVE plex). Ignored by others.

@@ -102,6 +102,9 @@ struct VolumeSpec {
   readPolicy @3 :ReadPolicy;
   shared @4 :Bool;              # served only under the data-plane lease (renewLease)
   log @5 :DirtyLogSpec;         # this node's dirty region log section; unset: no log
+  localDetach @6 :Bool;         # a write failed on a plex (and done on another) fails
+                                # with EIO, reported with its range, instead of being
+                                # held for a detach (the group's local detach policy)
 }
 
 struct DirtyLogSpec {
@@ -196,9 +199,11 @@ enum IoOp {
 struct Event {
   union {
     plexIoError :group {        # a write to a plex failed; its writes are held
-      volume @0 :Text;
+      volume @0 :Text;          # (or failed: the volume's local detach policy)
       plex @1 :Text;
       errno @2 :Int32;
+      failedOffsetBytes @16 :UInt64;  # the write failed (not held): its range;
+      failedLenBytes @17 :UInt64;     # 0 = the write is held (added later)
     }
     plexState :group {          # a plex changed state
       volume @3 :Text;

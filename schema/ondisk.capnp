@@ -21,6 +21,14 @@ struct DiskGroupConfig {
   volumes @7 :List(Volume);
   openNodes @8 :List(OpenNode); # shared: nodes that may have left mirrors divergent (added
                                 # later in format 1; absent = none; docs/ONDISK.md)
+  detachPolicy @9 :DetachPolicy; # added later in format 1; absent = global
+}
+
+# What a write that fails on one plex of a mirror and reaches another does
+# (docs/OPERATIONS.md, "Plex I/O errors").
+enum DetachPolicy {
+  global @0;                    # hold it, detach the plex cluster-wide (STALE)
+  local @1;                     # fail it on that node; detach once every node failed it
 }
 
 # A node whose data plane may write the group's shared mirrored volumes and that has

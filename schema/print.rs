@@ -3,7 +3,7 @@
 //! with them; a node renders the same for the answer's older `json`/`text` fields.
 //!
 //! JSON shape (docs/OPERATIONS.md): `{"disk_groups": [{"name", "id", "shared", "seq",
-//! "owner", "disks": [{"name", "id", "path", "size", "public_offset", "public_len"}],
+//! "owner", "detach_policy", "disks": [{"name", "id", "path", "size", "public_offset", "public_len"}],
 //! "volumes": [{"name", "size", "state", "read_policy", "plexes": [{"name", "state",
 //! "layout", "columns", "stripe_unit", "subdisks": [{"name", "disk", "disk_offset",
 //! "len", "column", "plex_offset"}], "resync": {"ranges", "bytes", "list"}}],
@@ -45,6 +45,15 @@ fn plex_state(s: Result<disk::PlexState, capnp::NotInSchema>) -> String {
         Ok(disk::PlexState::Syncing) => "SYNCING".into(),
         Ok(disk::PlexState::Empty) => "EMPTY".into(),
         Err(e) => format!("unknown({})", e.0),
+    }
+}
+
+/// A group's detach policy: `global`, `local`, or `unknown(N)` from a newer node.
+fn detach_policy(p: Result<disk::DetachPolicy, capnp::NotInSchema>) -> String {
+    match p {
+        Ok(disk::DetachPolicy::Global) => "global".into(),
+        Ok(disk::DetachPolicy::Local) => "local".into(),
+        Err(capnp::NotInSchema(n)) => format!("unknown({n})"),
     }
 }
 
@@ -171,6 +180,7 @@ pub fn json(c: printed_config::Reader<'_>) -> capnp::Result<Value> {
             "shared": g.get_shared(),
             "seq": g.get_seq(),
             "owner": text(g.get_owner_id())?,
+            "detach_policy": detach_policy(g.get_detach_policy()),
             "disks": disks,
             "volumes": volumes,
         }));
@@ -211,8 +221,13 @@ pub fn text_tree(c: printed_config::Reader<'_>) -> capnp::Result<String> {
     for g in c.get_disk_groups()? {
         s.push('\n');
         let kind = if g.get_shared() { "shared" } else { "private" };
+        // The default policy is not shown; another one follows the owner.
+        let policy = match detach_policy(g.get_detach_policy()) {
+            p if p == "global" => String::new(),
+            p => format!(" detach-policy={p}"),
+        };
         s.push_str(&format!(
-            "dg {:<12} {:<8} {:<6} {}\n",
+            "dg {:<12} {:<8} {:<6} {}{policy}\n",
             text(g.get_name())?,
             kind,
             g.get_seq(),

@@ -135,6 +135,32 @@ fn dg_change(cmd: &DgCmd) -> Result<Option<ChangeBuilder>, Failure> {
                 b.set_dg_deport(dg.as_str())
             })
         }
+        DgCmd::Set { dg, settings } => {
+            let mut policy = None;
+            for s in settings {
+                match s.split_once('=') {
+                    Some(("detach-policy", v @ ("global" | "local"))) => {
+                        policy = Some(v.to_string())
+                    }
+                    Some(("detach-policy", v)) => {
+                        return Err(Failure::Usage(format!(
+                            "detach-policy={v:?}: takes global or local"
+                        )))
+                    }
+                    _ => {
+                        return Err(Failure::Usage(format!(
+                            "{s:?}: dg set takes detach-policy=global|local"
+                        )))
+                    }
+                }
+            }
+            let (dg, policy) = (dg.clone(), policy.unwrap_or_default());
+            Box::new(move |b| {
+                let mut x = b.init_dg_set();
+                x.set_dg(dg.as_str());
+                x.set_detach_policy(policy.as_str());
+            })
+        }
         DgCmd::Import { dg, shared } => {
             let (dg, shared) = (dg.clone(), *shared);
             Box::new(move |b| {

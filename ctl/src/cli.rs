@@ -172,6 +172,19 @@ pub(crate) enum DgCmd {
         #[arg(long)]
         shared: bool,
     },
+    /// Sets a disk group's settings. Example: dg set dg1 detach-policy=local
+    ///
+    /// detach-policy=global (default): a write that fails on one plex of a mirror
+    /// detaches that plex on every node. detach-policy=local (shared groups only): the
+    /// write fails on the node that could not write the plex; the plex is detached
+    /// only once every node failed it.
+    Set {
+        /// Disk group.
+        dg: String,
+        /// KEY=VALUE; the one key is detach-policy (global | local).
+        #[arg(required = true)]
+        settings: Vec<String>,
+    },
     /// Lists the disk groups.
     List,
 }

@@ -253,6 +253,7 @@ pub fn set_volume_spec(mut b: k::volume_spec::Builder<'_>, s: &VolumeSpec) {
     b.set_name(s.name.as_str());
     b.set_size_bytes(s.size_bytes);
     b.set_shared(s.shared);
+    b.set_local_detach(s.local_detach);
     if let Some(l) = &s.log {
         let mut lb = b.reborrow().init_log();
         lb.set_bdev(l.bdev.as_str());
@@ -305,6 +306,7 @@ pub fn read_volume_spec(r: k::volume_spec::Reader<'_>) -> Result<VolumeSpec> {
             ReadPolicy::LeastBusy
         },
         shared: r.get_shared(),
+        local_detach: r.get_local_detach(),
         log: if r.has_log() {
             let l = r.get_log()?;
             Some(crate::drl::DirtyLogSpec {
@@ -451,11 +453,16 @@ pub fn set_event(b: k::event::Builder<'_>, ev: &Event) {
             volume,
             plex,
             errno,
+            failed,
         } => {
             let mut g = b.init_plex_io_error();
             g.set_volume(volume.as_str());
             g.set_plex(plex.as_str());
             g.set_errno(*errno);
+            if let Some((off, len)) = failed {
+                g.set_failed_offset_bytes(*off);
+                g.set_failed_len_bytes(*len);
+            }
         }
         Event::PlexState {
             volume,
@@ -507,6 +514,8 @@ pub fn read_event(r: k::event::Reader<'_>) -> Result<Event> {
             volume: g.get_volume()?.to_string()?,
             plex: g.get_plex()?.to_string()?,
             errno: g.get_errno(),
+            failed: (g.get_failed_len_bytes() > 0)
+                .then(|| (g.get_failed_offset_bytes(), g.get_failed_len_bytes())),
         },
         k::event::PlexState(g) => Event::PlexState {
             volume: g.get_volume()?.to_string()?,
@@ -1054,6 +1063,7 @@ mod tests {
             ],
             read_policy: ReadPolicy::Prefer("v0-02".into()),
             shared: true,
+            local_detach: true,
         }
     }
 
@@ -1130,6 +1140,13 @@ mod tests {
                 volume: "v0".into(),
                 plex: "v0-01".into(),
                 errno: 5,
+                failed: None,
+            },
+            Event::PlexIoError {
+                volume: "v0".into(),
+                plex: "v0-01".into(),
+                errno: 5,
+                failed: Some((1 << 20, 4096)),
             },
             Event::PlexState {
                 volume: "v0".into(),

@@ -48,6 +48,10 @@ pub enum Event {
         plex: String,
         /// errno of the failure.
         errno: i32,
+        /// `Some((offset, len))`: the write was failed with EIO, not held (the
+        /// volume's `local_detach`), and its byte range may now differ between
+        /// plexes. `None`: the write is held until the plex is detached.
+        failed: Option<(u64, u64)>,
     },
     /// A plex changed state.
     PlexState {

@@ -150,6 +150,12 @@ pub struct VolumeSpec {
     /// issued to the plexes ([`crate::drl`]). None: no log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log: Option<crate::drl::DirtyLogSpec>,
+    /// The disk group's local detach policy: a write that fails on a plex and was
+    /// done on another fails with EIO and is reported (`PlexIoError` with its
+    /// range) instead of being held until the plex is detached. False (the
+    /// default): held.
+    #[serde(default)]
+    pub local_detach: bool,
 }
 
 /// A plex as listed.

@@ -695,6 +695,7 @@ impl Config {
                 .and_then(|r| ReadPolicy::parse(r.get_ref()).ok())
                 .unwrap_or_default(),
             shared: v.shared,
+            local_detach: false,
         })
     }
 }

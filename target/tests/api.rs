@@ -52,6 +52,7 @@ fn mirrored(k: &KernelClient) -> VolumeSpec {
         ],
         read_policy: ReadPolicy::LeastBusy,
         shared: false,
+        local_detach: false,
     };
     k.create_volume(&spec).unwrap();
     spec
@@ -287,6 +288,7 @@ fn a_failed_plex_write_raises_events_and_detaches_the_plex() {
                 volume: "v0".into(),
                 plex: "v0-02".into(),
                 errno: libc::EIO,
+                failed: None,
             },
             Event::PlexState {
                 volume: "v0".into(),
@@ -476,12 +478,14 @@ fn renew_lease_and_lease_status_over_the_kernel_interface() {
         plexes: vec![concat("sv-01", vec![sd("m0", 0, 4 * MIB)])],
         read_policy: ReadPolicy::LeastBusy,
         shared: true,
+        local_detach: false,
     };
     k.create_volume(&shared).unwrap();
     k.create_volume(&VolumeSpec {
         name: "pv".into(),
         plexes: vec![concat("pv-01", vec![sd("m1", 0, 4 * MIB)])],
         shared: false,
+        local_detach: false,
         ..shared.clone()
     })
     .unwrap();

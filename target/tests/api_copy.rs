@@ -65,6 +65,7 @@ fn setup(k: &KernelClient, u1: &TempPath, u2: &TempPath, vol_bytes: u64) {
         ],
         read_policy: ReadPolicy::LeastBusy,
         shared: false,
+        local_detach: false,
     })
     .unwrap();
     k.set_plex_state("v", "v-b", PlexState::Syncing).unwrap();
@@ -275,6 +276,7 @@ fn bench_resync_copy_socket_vs_copy_range() {
         plexes: vec![plex("v-a", "ua"), plex("v-b", "ub")],
         read_policy: ReadPolicy::LeastBusy,
         shared: false,
+        local_detach: false,
     })
     .unwrap();
     let chunk = pattern(3, MIB as usize);

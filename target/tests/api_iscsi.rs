@@ -80,6 +80,7 @@ fn volume(k: &KernelClient) -> Vec<u8> {
         }],
         read_policy: ReadPolicy::LeastBusy,
         shared: false,
+        local_detach: false,
     })
     .unwrap();
     data
@@ -865,6 +866,7 @@ fn vol0_spec(size: u64) -> VolumeSpec {
         }],
         read_policy: ReadPolicy::LeastBusy,
         shared: false,
+        local_detach: false,
     }
 }
 

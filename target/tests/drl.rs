@@ -65,6 +65,7 @@ fn spec(log_id: u64) -> VolumeSpec {
         plexes: vec![plex(0), plex(1)],
         read_policy: ReadPolicy::Round,
         shared: false,
+        local_detach: false,
         log: Some(log_spec(log_id)),
     }
 }

@@ -125,6 +125,7 @@ impl Fixture {
                 plexes,
                 read_policy: Default::default(),
                 shared: false,
+                local_detach: false,
             })
             .unwrap();
         let dir = std::env::temp_dir().join(format!(

@@ -640,6 +640,7 @@ fn a_mirror_with_a_failing_plex_keeps_data_intact() {
         plexes: vec![plex("mv-01", "m0"), plex("mv-02", "e1")],
         read_policy: Default::default(),
         shared: false,
+        local_detach: false,
     })
     .unwrap();
     let mut cfg = config(None, None);
@@ -751,6 +752,7 @@ fn shared_volume_target() -> Arc<Target> {
         }],
         read_policy: Default::default(),
         shared: true,
+        local_detach: false,
     })
     .unwrap();
     t
@@ -1083,6 +1085,7 @@ fn a_mirror_flush_and_fua_writes_reach_every_plex() {
             plexes,
             read_policy: Default::default(),
             shared: false,
+            local_detach: false,
         })
         .unwrap();
     }

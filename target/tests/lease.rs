@@ -64,6 +64,7 @@ fn volume(name: &str, size: u64, plexes: Vec<PlexSpec>, shared: bool) -> VolumeS
         plexes,
         read_policy: ReadPolicy::Round,
         shared,
+        local_detach: false,
     }
 }
 

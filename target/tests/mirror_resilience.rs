@@ -19,6 +19,11 @@ const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A 2-reactor target with a two-way mirror whose plexes sit on error bdevs e0, e1.
 fn mirror() -> (Arc<Target>, Arc<ErrorBdev>, Arc<ErrorBdev>) {
+    mirror_with(false)
+}
+
+/// [`mirror`], the volume's `local_detach` set to `local_detach`.
+fn mirror_with(local_detach: bool) -> (Arc<Target>, Arc<ErrorBdev>, Arc<ErrorBdev>) {
     let _ = env_logger::builder().is_test(true).try_init();
     let t = Target::start(&TargetConfig {
         reactors: ReactorConfig {
@@ -53,6 +58,7 @@ fn mirror() -> (Arc<Target>, Arc<ErrorBdev>, Arc<ErrorBdev>) {
         plexes: vec![plex(0), plex(1)],
         read_policy: ReadPolicy::Round,
         shared: false,
+        local_detach,
     })
     .unwrap();
     let e1 = errs.pop().unwrap();
@@ -115,7 +121,8 @@ fn a_write_failing_on_one_plex_detaches_it_before_completing() {
         Event::PlexIoError {
             volume: "v".into(),
             plex: "v-01".into(),
-            errno: libc::EIO
+            errno: libc::EIO,
+            failed: None,
         }
     );
     // Reads now come from v-02 only and return the new data.
@@ -173,4 +180,42 @@ fn verified_load_survives_a_plex_failing_mid_run() {
     assert_eq!(res.failed_ios, 0, "no host I/O failed while a plex died");
     assert_eq!(res.verify_errors, 0, "{:?}", res.first_mismatch);
     assert_eq!(t.volume_info("v").unwrap().held, 0);
+}
+
+#[test]
+fn under_local_detach_a_write_failing_on_one_plex_fails_and_is_reported_with_its_range() {
+    let (t, e0, _e1) = mirror_with(true);
+    // A coordinator decides (no standalone detach worker).
+    t.set_detach_policy(plexd_target::target::DetachPolicy::External);
+    let events = t.subscribe();
+    let old = vec![0x11u8; 8192];
+    assert!(io(&t, "v", IoReq::write(4096, old)).0.is_ok());
+    e0.injection().fail(FailOn::Writes, libc::EIO, None);
+    let data = vec![0xA5u8; 8192];
+    let (st, _) = io(&t, "v", IoReq::write(4096, data.clone()));
+    // Not held for a detach: failed at once, with EIO, the plex still ACTIVE.
+    assert_eq!(st, IoStatus::Failed(libc::EIO));
+    assert_eq!(plex_state(&t, "v-01"), PlexState::Active);
+    assert_eq!(t.volume_info("v").unwrap().held, 0);
+    // Published before the write completed: already queued.
+    let ev = std::iter::from_fn(|| events.try_recv().ok())
+        .find(|e| matches!(e, Event::PlexIoError { .. }))
+        .expect("a PlexIoError event");
+    assert_eq!(
+        ev,
+        Event::PlexIoError {
+            volume: "v".into(),
+            plex: "v-01".into(),
+            errno: libc::EIO,
+            failed: Some((4096, 8192)),
+        }
+    );
+    // The write reached the healthy plex: the range now differs between plexes
+    // (what the cluster's resync of the reported range repairs).
+    assert_eq!(io(&t, "m1", IoReq::read(4096, 8192)).1, data);
+    assert_eq!(io(&t, "m0", IoReq::read(4096, 8192)).1, vec![0x11u8; 8192]);
+    // Once the plex works again, writes succeed on both.
+    e0.injection().clear();
+    assert!(io(&t, "v", IoReq::write(4096, data.clone())).0.is_ok());
+    assert_eq!(io(&t, "m0", IoReq::read(4096, 8192)).1, data);
 }

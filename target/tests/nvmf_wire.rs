@@ -553,6 +553,7 @@ fn a_fenced_shared_volume_fails_io_with_the_ana_inaccessible_path_error() {
         }],
         read_policy: Default::default(),
         shared: true,
+        local_detach: false,
     })
     .unwrap();
     let mut cfg = config();
@@ -621,6 +622,7 @@ fn a_resized_volume_changes_nsze_and_completes_an_aer_with_the_namespace_notice(
         }],
         read_policy: Default::default(),
         shared: false,
+        local_detach: false,
     };
     let t = start_target(16 << 20);
     t.create_volume(&spec(8 << 20)).unwrap();
@@ -1003,6 +1005,7 @@ fn the_lease_fencing_and_unfencing_a_shared_volume_sends_ana_change_notices() {
         }],
         read_policy: Default::default(),
         shared: true,
+        local_detach: false,
     })
     .unwrap();
     let mut cfg = config();

@@ -66,6 +66,7 @@ fn thousands_of_layout_changes_under_verified_load_lose_nothing() {
         ],
         read_policy: ReadPolicy::LeastBusy,
         shared: false,
+        local_detach: false,
     };
     t.create_volume(&base).unwrap();
 
@@ -166,6 +167,7 @@ fn a_prepare_that_cannot_drain_names_the_busy_reactor_and_changes_nothing() {
         )],
         read_policy: ReadPolicy::LeastBusy,
         shared: false,
+        local_detach: false,
     };
     t.create_volume(&spec).unwrap();
     let job = start_job(

@@ -74,6 +74,7 @@ fn detach_then_attach_under_load_resyncs_the_plex_without_failing_io() {
         plexes: vec![plex("v-01", "d0"), plex("v-02", "d1")],
         read_policy: ReadPolicy::Round,
         shared: false,
+        local_detach: false,
     })
     .unwrap();
     let job = start_job(

@@ -125,6 +125,7 @@ fn writes_land_where_the_layout_says_on_every_mirror() {
         plexes: vec![concat.clone(), stripe.clone()],
         read_policy: ReadPolicy::Round,
         shared: false,
+        local_detach: false,
     };
     t.create_volume(&spec).unwrap();
     // Boundary-spanning writes: across the concat's subdisks (3 MiB) and stripe units.
@@ -171,6 +172,7 @@ fn out_of_range_and_unaligned_io_fail_cleanly() {
         )],
         read_policy: ReadPolicy::LeastBusy,
         shared: false,
+        local_detach: false,
     })
     .unwrap();
     assert_eq!(read(&t, 0, "v", 2 * MIB, 4096), Err(libc::EINVAL));
@@ -189,6 +191,7 @@ fn bad_layouts_are_refused_with_the_object_named() {
         plexes,
         read_policy: ReadPolicy::LeastBusy,
         shared: false,
+        local_detach: false,
     };
     let e = t
         .create_volume(&mk(vec![plex(
@@ -244,6 +247,7 @@ fn layout_changes_add_mirror_grow_remove_plex() {
         plexes: vec![p1],
         read_policy: ReadPolicy::LeastBusy,
         shared: false,
+        local_detach: false,
     };
     t.create_volume(&spec).unwrap();
     let data = pattern(7, 0, 4 * MIB as usize);
@@ -307,6 +311,7 @@ fn the_last_active_plex_is_never_detached() {
         ],
         read_policy: ReadPolicy::Prefer("v-02".into()),
         shared: false,
+        local_detach: false,
     })
     .unwrap();
     t.set_plex_state("v", "v-01", PlexState::Detached).unwrap();
@@ -339,6 +344,7 @@ fn a_channel_created_during_a_quiesce_inherits_the_closed_gate() {
         )],
         read_policy: ReadPolicy::LeastBusy,
         shared: false,
+        local_detach: false,
     })
     .unwrap();
     // Only reactor 0 has used the volume so far.

@@ -54,6 +54,7 @@ fn volume(name: &str, size: u64, plexes: Vec<PlexSpec>) -> VolumeSpec {
         plexes,
         read_policy: ReadPolicy::Round,
         shared: false,
+        local_detach: false,
     }
 }
 

@@ -234,6 +234,7 @@ mod tests {
             disks: Vec::new(),
             volumes,
             open_nodes: Vec::new(),
+            detach_policy: Default::default(),
         }
     }
 

@@ -220,10 +220,19 @@ fn write_forward(request: RequestId, body: &WireRequest, mut f: wire::forward::B
     let mut w = f.init_body();
     match body {
         WireRequest::Change(bytes) => w.set_change(bytes),
-        WireRequest::DetachPlex { volume, plex } => {
+        WireRequest::DetachPlex {
+            volume,
+            plex,
+            ranges,
+        } => {
             let mut d = w.init_detach_plex();
             d.set_volume(volume.as_str());
             d.set_plex(plex.as_str());
+            let mut l = d.init_ranges(len_u32(ranges.len()));
+            for (i, (off, len)) in (0..).zip(ranges) {
+                l.reborrow().get(i).set_offset_bytes(*off);
+                l.reborrow().get(i).set_len_bytes(*len);
+            }
         }
     }
 }
@@ -606,10 +615,24 @@ fn read_forward(f: wire::forward::Reader<'_>) -> capnp::Result<Message> {
     use wire::wire_request::Which as W;
     let body = match f.get_body()?.which().map_err(|e| unknown("request", e))? {
         W::Change(bytes) => WireRequest::Change(bytes?.to_vec()),
-        W::DetachPlex(d) => WireRequest::DetachPlex {
-            volume: text(d.get_volume())?,
-            plex: text(d.get_plex())?,
-        },
+        W::DetachPlex(d) => {
+            let list = d.get_ranges()?;
+            if list.len() as usize > super::detach::MAX_REPORTED_RANGES {
+                return Err(capnp::Error::failed(format!(
+                    "plex error report with {} ranges, at most {}",
+                    list.len(),
+                    super::detach::MAX_REPORTED_RANGES
+                )));
+            }
+            WireRequest::DetachPlex {
+                volume: text(d.get_volume())?,
+                plex: text(d.get_plex())?,
+                ranges: list
+                    .iter()
+                    .map(|r| (r.get_offset_bytes(), r.get_len_bytes()))
+                    .collect(),
+            }
+        }
     };
     Ok(Message::Forward {
         request: RequestId(f.get_request()),
@@ -801,6 +824,15 @@ mod tests {
                 body: WireRequest::DetachPlex {
                     volume: "dg1.vol1".into(),
                     plex: "vol1-02".into(),
+                    ranges: Vec::new(),
+                },
+            },
+            Message::Forward {
+                request: RequestId(6),
+                body: WireRequest::DetachPlex {
+                    volume: "vol1".into(),
+                    plex: "vol1-02".into(),
+                    ranges: vec![(4096, 8192), (1 << 30, 512)],
                 },
             },
             Message::Outcome {

@@ -140,6 +140,9 @@ pub enum WireRequest {
         volume: String,
         /// Plex name.
         plex: String,
+        /// The failed writes' byte ranges (offset, length); empty under the global
+        /// detach policy (added later; an older node sends none).
+        ranges: Vec<(u64, u64)>,
     },
 }
 

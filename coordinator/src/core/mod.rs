@@ -8,6 +8,7 @@
 //! schedule. docs/PROTOCOL.md describes the protocol and its failure rules.
 
 mod codec;
+pub mod detach;
 mod error;
 mod membership;
 mod messages;
@@ -205,12 +206,16 @@ pub struct DiskRecord<M> {
 pub enum Request<M: ConfigModel> {
     /// A configuration change.
     Change(M::Change),
-    /// Detach a plex after an I/O error.
+    /// Detach a plex after an I/O error (global detach policy), or count the
+    /// reporting node as failing it and resync `ranges` (local, `core::detach`).
     DetachPlex {
         /// Volume name.
         volume: String,
         /// Plex name.
         plex: String,
+        /// The failed writes' byte ranges (offset, length); empty under the global
+        /// policy. At most [`detach::MAX_REPORTED_RANGES`].
+        ranges: Vec<(u64, u64)>,
     },
     /// The master's own: make `plex` ACTIVE, its resync `gen` copied every chunk.
     ResyncDone {
@@ -254,6 +259,9 @@ pub enum Event<M: ConfigModel> {
         volume: String,
         /// Plex name.
         plex: String,
+        /// The failed writes' byte ranges (offset, length), when the data plane
+        /// failed them (local detach policy); empty when it holds them.
+        ranges: Vec<(u64, u64)>,
     },
     /// Result of [`Action::LocalCheck`].
     LocalCheckDone {
@@ -702,6 +710,8 @@ pub struct Node<M: ConfigModel> {
     master: Option<txn::MasterState<M>>,
     slave_txn: Option<txn::SlaveTxn<M>>,
     forwards: BTreeMap<RequestId, txn::Forward>,
+    /// The master's record of which members failed which plex (local detach policy).
+    failing: detach::FailingPlexes,
     last_reason: Option<String>,
     reasons: BTreeMap<NodeId, String>,
     /// Takeover queries waiting until this node has seen the master go:
@@ -783,6 +793,7 @@ impl<M: ConfigModel> Node<M> {
             master: None,
             slave_txn: None,
             forwards: BTreeMap::new(),
+            failing: detach::FailingPlexes::default(),
             last_reason: None,
             reasons: BTreeMap::new(),
             deferred_queries: Vec::new(),
@@ -849,7 +860,16 @@ impl<M: ConfigModel> Node<M> {
                 request,
                 volume,
                 plex,
-            } => self.on_client_request(now_ms, request, Request::DetachPlex { volume, plex }),
+                ranges,
+            } => self.on_client_request(
+                now_ms,
+                request,
+                Request::DetachPlex {
+                    volume,
+                    plex,
+                    ranges,
+                },
+            ),
             Event::LocalCheckDone { txn, result } => {
                 let result = result.and_then(|()| self.private_check(txn));
                 self.on_local_check_done(now_ms, txn, result)

@@ -110,6 +110,34 @@ pub trait ConfigModel: Clone + Eq + Debug + Default {
     /// detach, e.g. because it is the volume's last ACTIVE plex.
     fn detach_plex(&self, volume: &str, plex: &str) -> Result<Option<Self::Change>, RequestError>;
 
+    /// Whether a write error on a plex of `volume` follows the local detach policy
+    /// (`core::detach`). False by default (the global policy).
+    fn local_detach(&self, volume: &str) -> bool {
+        let _ = volume;
+        false
+    }
+
+    /// Whether `plex` of `volume` is ACTIVE (a plex error report on an ACTIVE plex
+    /// starts a new episode of the local detach rule). False by default.
+    fn plex_active(&self, volume: &str, plex: &str) -> bool {
+        let _ = (volume, plex);
+        false
+    }
+
+    /// The change that resynchronises `ranges` (byte offset, length) of `plex` of
+    /// `volume` after a write failed on it on one node and reached the volume's other
+    /// plexes (local detach policy). `Ok(None)`: nothing to do (the plex takes no
+    /// writes, or already copies those ranges).
+    fn diverged_plex(
+        &self,
+        volume: &str,
+        plex: &str,
+        ranges: &[(u64, u64)],
+    ) -> Result<Option<Self::Change>, RequestError> {
+        let _ = (volume, plex, ranges);
+        Ok(None)
+    }
+
     /// The SYNCING plexes of the shared disk groups, which the master resyncs
     /// (`core::resync`). None by default.
     fn syncing_plexes(&self) -> Vec<SyncingPlex> {

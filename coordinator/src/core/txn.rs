@@ -163,7 +163,7 @@ impl<M: ConfigModel> Node<M> {
                 } else {
                     let body = match req {
                         Request::Change(c) => WireRequest::Change(M::encode_change(&c)),
-                        Request::DetachPlex { volume, plex } => WireRequest::DetachPlex { volume, plex },
+                        Request::DetachPlex { volume, plex, ranges } => WireRequest::DetachPlex { volume, plex, ranges },
                         Request::ResyncDone { .. } => {
                             let err = format!("node {}: a resync's ACTIVE change is only made by the master", self.me_name());
                             return self.reply(request, Err(RequestError::new(ErrorKind::Internal, self.me_name(), err)));
@@ -235,7 +235,15 @@ impl<M: ConfigModel> Node<M> {
                     return self.send(from, Self::outcome(request, Err(err)));
                 }
             },
-            WireRequest::DetachPlex { volume, plex } => Request::DetachPlex { volume, plex },
+            WireRequest::DetachPlex {
+                volume,
+                plex,
+                ranges,
+            } => Request::DetachPlex {
+                volume,
+                plex,
+                ranges,
+            },
         };
         self.master_enqueue(
             now_ms,
@@ -431,18 +439,80 @@ impl<M: ConfigModel> Node<M> {
         }
     }
 
+    /// The change a plex write error reported by `node` leads to (`core::detach`):
+    /// under the global policy (or a report without ranges: a held write) the plex's
+    /// detach; under the local policy its detach once every member of the view
+    /// reported it, else a resync of `ranges`.
+    fn plex_error_change(
+        &mut self,
+        node: NodeId,
+        volume: &str,
+        plex: &str,
+        ranges: &[(u64, u64)],
+    ) -> Result<Option<M::Change>, RequestError> {
+        let me = self.me_name();
+        let config = &self.committed.config;
+        // No ranges: the reporting data plane holds the write (the global policy, or a
+        // layout staged before the policy changed); only a detach releases it.
+        if !config.local_detach(volume) || ranges.is_empty() {
+            return config.detach_plex(volume, plex).map_err(|e| e.on(&me));
+        }
+        let (view, members) = self
+            .view
+            .as_ref()
+            .map(|v| (v.id, v.members.clone()))
+            .unwrap_or_default();
+        if config.plex_active(volume, plex) {
+            // ACTIVE again (or never failed): a new episode; earlier failures were
+            // repaired and may have been transient.
+            self.failing.forget(volume, plex);
+        }
+        let decision = self.failing.report(view, &members, volume, plex, node);
+        let failing = self.failing.failing(volume, plex);
+        let config = &self.committed.config;
+        match decision {
+            detach::LocalDecision::Detach => {
+                log::warn!(
+                    "node {me}: plex {plex} of volume {volume}: every member ({failing:?}) failed a write on it; detaching it"
+                );
+                self.failing.forget(volume, plex);
+                config.detach_plex(volume, plex).map_err(|e| e.on(&me))
+            }
+            detach::LocalDecision::Resync => {
+                log::warn!(
+                    "node {me}: plex {plex} of volume {volume}: a write failed on node {} (failing on {failing:?} of {members:?}); resynchronising {} range(s)",
+                    self.name(node),
+                    ranges.len()
+                );
+                config
+                    .diverged_plex(volume, plex, ranges)
+                    .map_err(|e| e.on(&me))
+            }
+            detach::LocalDecision::Full => {
+                let err = format!(
+                    "node {me}: plex {plex} of volume {volume}: {} plexes with failed writes are tracked already (limit {}); report again later",
+                    self.failing.len(),
+                    detach::MAX_FAILING_PLEXES
+                );
+                Err(RequestError::new(ErrorKind::Busy, me, err))
+            }
+        }
+    }
+
     /// Steps 1 and 2: validate against the master's configuration, then send CHECK.
     fn start_txn(&mut self, now_ms: u64, origin: Origin, req: Request<M>) {
         let me = self.cfg.me;
         let change = match req {
             Request::Change(c) => c,
-            Request::DetachPlex { volume, plex } => {
-                match self.committed.config.detach_plex(&volume, &plex) {
-                    Ok(Some(c)) => c,
-                    Ok(None) => return self.finish_request(origin, Ok(())),
-                    Err(e) => return self.fail_request(origin, None, e.on(&self.me_name())),
-                }
-            }
+            Request::DetachPlex {
+                volume,
+                plex,
+                ranges,
+            } => match self.plex_error_change(origin.node, &volume, &plex, &ranges) {
+                Ok(Some(c)) => c,
+                Ok(None) => return self.finish_request(origin, Ok(())),
+                Err(e) => return self.fail_request(origin, None, e),
+            },
             Request::ResyncDone { plex, gen } => {
                 if !self.resync_done_valid(&plex, gen) {
                     let err = format!(

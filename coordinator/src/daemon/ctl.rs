@@ -73,6 +73,13 @@ pub enum CtlChange {
         /// End the group's exports too.
         force: bool,
     },
+    /// `dg set DG detach-policy=global|local`.
+    DgSet {
+        /// Group.
+        dg: String,
+        /// `global` or `local` as typed (checked by the resolver).
+        detach_policy: String,
+    },
     /// `dg import DG [--shared]`.
     DgImport {
         /// Group.
@@ -176,7 +183,8 @@ impl CtlChange {
             CtlChange::DgCreate { dg, .. }
             | CtlChange::DgDestroy { dg, .. }
             | CtlChange::DgDeport { dg, .. }
-            | CtlChange::DgImport { dg, .. } => format!("disk group {dg}"),
+            | CtlChange::DgImport { dg, .. }
+            | CtlChange::DgSet { dg, .. } => format!("disk group {dg}"),
             CtlChange::DgAddDisk { dg, disk } | CtlChange::DgRmDisk { dg, disk } => {
                 format!("disk {disk} in disk group {dg}")
             }
@@ -583,6 +591,13 @@ fn read_change(r: c::change::Reader<'_>) -> capnp::Result<CtlChange> {
             dg: text(x)?,
             force: r.get_force(),
         },
+        Which::DgSet(x) => {
+            let x = x?;
+            CtlChange::DgSet {
+                dg: text(x.get_dg())?,
+                detach_policy: text(x.get_detach_policy())?,
+            }
+        }
         Which::DgImport(x) => {
             let x = x?;
             CtlChange::DgImport {

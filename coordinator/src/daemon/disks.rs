@@ -568,6 +568,7 @@ mod tests {
             disks: Vec::new(),
             volumes: Vec::new(),
             open_nodes: Vec::new(),
+            detach_policy: Default::default(),
         });
         let change = Change::DgCreate {
             dg: "dg1".into(),

@@ -583,6 +583,7 @@ fn only_states_differ(a: &VolumeSpec, b: &VolumeSpec) -> bool {
     a.name == b.name
         && a.size_bytes == b.size_bytes
         && a.read_policy == b.read_policy
+        && a.local_detach == b.local_detach
         && a.log == b.log
         && a.plexes.len() == b.plexes.len()
         && a.plexes

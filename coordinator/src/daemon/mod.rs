@@ -123,6 +123,9 @@ pub enum Input {
         volume: String,
         /// Plex.
         plex: String,
+        /// The failed write's byte range when the data plane failed it (the local
+        /// detach policy) rather than holding it.
+        ranges: Vec<(u64, u64)>,
     },
     /// A host's PERSISTENT RESERVE OUT on a shared volume, from the data plane: run
     /// it as a cluster change and answer the data plane.
@@ -410,7 +413,11 @@ impl Daemon {
             }
             Input::Ctl { call, reply } => self.on_ctl(call, reply),
             Input::KernelLost { epoch, reason } => self.on_kernel_lost(epoch, reason),
-            Input::PlexIoError { volume, plex } => self.on_plex_error(volume, plex),
+            Input::PlexIoError {
+                volume,
+                plex,
+                ranges,
+            } => self.on_plex_error(volume, plex, ranges),
             Input::PrOut {
                 request,
                 volume,
@@ -514,7 +521,7 @@ impl Daemon {
         self.feed(Event::Shutdown);
     }
 
-    fn on_plex_error(&mut self, volume: String, plex: String) {
+    fn on_plex_error(&mut self, volume: String, plex: String, ranges: Vec<(u64, u64)>) {
         let Some((dg, vol)) = volume.split_once('.') else {
             log::warn!("data plane: plex error on unknown volume {volume}");
             return;
@@ -542,6 +549,7 @@ impl Daemon {
             request,
             volume: vol.to_string(),
             plex,
+            ranges,
         });
     }
 
@@ -1056,7 +1064,7 @@ impl Daemon {
             }
             Some(Pending::PlexError { volume, plex }) => match result {
                 Ok(()) => log::warn!(
-                    "node {}: plex {plex} of volume {volume} detached after a write error",
+                    "node {}: plex {plex} of volume {volume}: write error handled (detached, or resynchronised over the failed range under the local detach policy)",
                     self.name
                 ),
                 Err(e) => {

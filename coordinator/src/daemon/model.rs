@@ -154,6 +154,29 @@ impl ConfigModel for SharedConfig {
             .map_err(|e| refusal(&e))
     }
 
+    fn local_detach(&self, volume: &str) -> bool {
+        self.cluster().detach_policy_of(volume) == crate::model::DetachPolicy::Local
+    }
+
+    fn plex_active(&self, volume: &str, plex: &str) -> bool {
+        self.groups.iter().any(|g| {
+            g.volume(volume)
+                .and_then(|v| v.plex(plex))
+                .is_some_and(|p| p.state == crate::model::PlexState::Active)
+        })
+    }
+
+    fn diverged_plex(
+        &self,
+        volume: &str,
+        plex: &str,
+        ranges: &[(u64, u64)],
+    ) -> Result<Option<Change>, RequestError> {
+        self.cluster()
+            .diverged_change(volume, plex, ranges)
+            .map_err(|e| refusal(&e))
+    }
+
     /// Every SYNCING plex of a volume that has an ACTIVE plex to copy from.
     fn syncing_plexes(&self) -> Vec<SyncingPlex> {
         let mut out = Vec::new();

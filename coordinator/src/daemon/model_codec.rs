@@ -182,7 +182,8 @@ fn write_change(c: &Change, b: wire::config_change::Builder<'_>) {
         | Change::DgRmDisk { .. }
         | Change::DgDestroy { .. }
         | Change::DgDeport { .. }
-        | Change::DgImport { .. } => write_dg_change(c, b),
+        | Change::DgImport { .. }
+        | Change::DgSetDetachPolicy { .. } => write_dg_change(c, b),
         Change::VolCreate { .. }
         | Change::VolGrow { .. }
         | Change::VolShrink { .. }
@@ -195,7 +196,8 @@ fn write_change(c: &Change, b: wire::config_change::Builder<'_>) {
         | Change::PlexDetach { .. }
         | Change::PlexAttach { .. }
         | Change::PlexRm { .. }
-        | Change::SetPlexState { .. } => write_plex_change(c, b),
+        | Change::SetPlexState { .. }
+        | Change::PlexDiverged { .. } => write_plex_change(c, b),
         Change::NodeOpen { node } => write_open(node, b.init_node_open()),
         Change::NodeClose { node } => write_open(node, b.init_node_close()),
         Change::NodeRecover { node, logs } => {
@@ -257,6 +259,11 @@ fn write_dg_change(c: &Change, b: wire::config_change::Builder<'_>) {
             disk::write_group(config, g.reborrow().init_config());
             g.set_shared(*shared);
             g.set_owner_id(owner_id.as_str());
+        }
+        Change::DgSetDetachPolicy { dg, policy } => {
+            let mut g = b.init_dg_set_detach_policy();
+            g.set_dg(dg.as_str());
+            g.set_policy(disk::write_detach_policy(*policy));
         }
         _ => unreachable!("write_dg_change of {c:?}: not a disk group change"),
     }
@@ -381,6 +388,16 @@ fn write_plex_change(c: &Change, b: wire::config_change::Builder<'_>) {
             g.set_plex(plex.as_str());
             g.set_state(disk::wire_plex_state(*state));
         }
+        Change::PlexDiverged { dg, plex, ranges } => {
+            let mut g = b.init_plex_diverged();
+            g.set_dg(dg.as_str());
+            g.set_plex(plex.as_str());
+            let mut l = g.init_ranges(ranges.len().try_into().unwrap_or(u32::MAX));
+            for (i, (off, len)) in (0..).zip(ranges) {
+                l.reborrow().get(i).set_offset_bytes(*off);
+                l.reborrow().get(i).set_len_bytes(*len);
+            }
+        }
         _ => unreachable!("write_plex_change of {c:?}: not a plex change"),
     }
 }
@@ -394,7 +411,8 @@ fn read_change(r: wire::config_change::Reader<'_>) -> capnp::Result<Change> {
         | Which::DgRmDisk(_)
         | Which::DgDestroy(_)
         | Which::DgDeport(_)
-        | Which::DgImport(_) => read_dg_change(which),
+        | Which::DgImport(_)
+        | Which::DgSetDetachPolicy(_) => read_dg_change(which),
         Which::VolCreate(_)
         | Which::VolGrow(_)
         | Which::VolShrink(_)
@@ -407,7 +425,8 @@ fn read_change(r: wire::config_change::Reader<'_>) -> capnp::Result<Change> {
         | Which::PlexDetach(_)
         | Which::PlexAttach(_)
         | Which::PlexRm(_)
-        | Which::SetPlexState(_) => read_plex_change(which),
+        | Which::SetPlexState(_)
+        | Which::PlexDiverged(_) => read_plex_change(which),
         Which::NodeOpen(g) => Ok(Change::NodeOpen {
             node: read_open(g?),
         }),
@@ -462,6 +481,10 @@ fn read_dg_change(which: wire::config_change::WhichReader<'_>) -> capnp::Result<
             config: disk::read_group(g.get_config()?)?,
             shared: g.get_shared(),
             owner_id: text(g.get_owner_id())?,
+        },
+        Which::DgSetDetachPolicy(g) => Change::DgSetDetachPolicy {
+            dg: text(g.get_dg())?,
+            policy: disk::read_detach_policy(g.get_policy())?,
         },
         _ => return Err(capnp::Error::failed("not a disk group change".into())),
     })
@@ -552,6 +575,24 @@ fn read_plex_change(which: wire::config_change::WhichReader<'_>) -> capnp::Resul
             plex: text(g.get_plex())?,
             state: disk::read_plex_state(g.get_state())?,
         },
+        Which::PlexDiverged(g) => {
+            let list = g.get_ranges()?;
+            if list.len() as usize > crate::model::MAX_DIVERGED_RANGES {
+                return Err(capnp::Error::failed(format!(
+                    "PlexDiverged with {} ranges, at most {}",
+                    list.len(),
+                    crate::model::MAX_DIVERGED_RANGES
+                )));
+            }
+            Change::PlexDiverged {
+                dg: text(g.get_dg())?,
+                plex: text(g.get_plex())?,
+                ranges: list
+                    .iter()
+                    .map(|r| (r.get_offset_bytes(), r.get_len_bytes()))
+                    .collect(),
+            }
+        }
         _ => return Err(capnp::Error::failed("not a plex change".into())),
     })
 }
@@ -646,6 +687,8 @@ mod tests {
             Change::NodeOpen { .. } => "NodeOpen",
             Change::NodeClose { .. } => "NodeClose",
             Change::NodeRecover { .. } => "NodeRecover",
+            Change::DgSetDetachPolicy { .. } => "DgSetDetachPolicy",
+            Change::PlexDiverged { .. } => "PlexDiverged",
         }
     }
 
@@ -809,6 +852,10 @@ mod tests {
                 volume: "v1".into(),
                 policy: ReadPolicy::LeastBusy,
             },
+            Change::DgSetDetachPolicy {
+                dg: dg(),
+                policy: crate::model::DetachPolicy::Local,
+            },
             Change::VolRm {
                 dg: dg(),
                 volume: "v2".into(),
@@ -836,6 +883,11 @@ mod tests {
             Change::PlexDetach {
                 dg: dg(),
                 plex: "v1-02".into(),
+            },
+            Change::PlexDiverged {
+                dg: dg(),
+                plex: "v1-02".into(),
+                ranges: vec![(0, 4096), (1 << 20, 64 << 10)],
             },
             Change::PlexAttach {
                 dg: dg(),
@@ -929,7 +981,7 @@ mod tests {
     fn every_change_round_trips() {
         let changes = changes();
         let names: std::collections::BTreeSet<_> = changes.iter().map(name).collect();
-        assert_eq!(names.len(), 22, "a sample of every change: {names:?}");
+        assert_eq!(names.len(), 24, "a sample of every change: {names:?}");
         for c in &changes {
             let bytes = encode_change(c);
             assert_eq!(decode_change(&bytes).as_ref(), Ok(c));

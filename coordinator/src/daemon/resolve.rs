@@ -32,6 +32,14 @@ impl Daemon {
             CtlChange::DgDestroy { dg, force } => Change::DgDestroy { dg, force },
             CtlChange::DgDeport { dg, force } => Change::DgDeport { dg, force },
             CtlChange::DgImport { dg, shared } => self.resolve_dg_import(dg, shared)?,
+            CtlChange::DgSet { dg, detach_policy } => Change::DgSetDetachPolicy {
+                policy: crate::model::DetachPolicy::parse(&detach_policy).ok_or_else(|| {
+                    self.refuse(format!(
+                        "disk group {dg}: detach-policy={detach_policy:?}: takes global or local"
+                    ))
+                })?,
+                dg,
+            },
             CtlChange::VolCreate {
                 dg,
                 volume,

@@ -309,11 +309,16 @@ pub(super) fn start_kernel_events(kernel: &Kernel, tx: SyncSender<Input>, epoch:
                         volume,
                         plex,
                         errno,
+                        failed,
                     }) => {
                         log::warn!(
-                            "data plane: volume {volume}: plex {plex}: write error (errno {errno})"
+                            "data plane: volume {volume}: plex {plex}: write error (errno {errno}){}",
+                            failed.map_or(String::new(), |(o, l)| format!(
+                                "; the write of {l} bytes at {o} failed (local detach policy)"
+                            ))
                         );
-                        if tx.send(Input::PlexIoError { volume, plex }).is_err() {
+                        let ranges = failed.into_iter().collect();
+                        if tx.send(Input::PlexIoError { volume, plex, ranges }).is_err() {
                             return;
                         }
                     }

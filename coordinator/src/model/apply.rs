@@ -36,6 +36,54 @@ impl ClusterConfig {
             .collect()
     }
 
+    /// The detach policy of the shared group holding `volume` (global when unknown).
+    pub fn detach_policy_of(&self, volume: &str) -> DetachPolicy {
+        self.disk_groups
+            .iter()
+            .find(|g| g.shared && g.volume(volume).is_some())
+            .map_or(DetachPolicy::Global, |g| g.detach_policy)
+    }
+
+    /// The change that marks `ranges` of `plex` of `volume` for resync after a write
+    /// failed on it on one node (local detach policy): `Ok(None)` when the plex takes
+    /// no writes (nothing diverged) or already copies all of itself.
+    pub fn diverged_change(
+        &self,
+        volume: &str,
+        plex: &str,
+        ranges: &[(u64, u64)],
+    ) -> Result<Option<Change>, ConfigError> {
+        let found = self.disk_groups.iter().find_map(|g| {
+            g.volume(volume)
+                .and_then(|v| v.plex(plex).map(|p| (g, v, p)))
+        });
+        let Some((g, v, p)) = found else {
+            return Err(not_found("plex", plex, format!(" in volume {volume}")));
+        };
+        let copies_all = p.state == PlexState::Syncing && p.resync_ranges.is_empty();
+        if !matches!(p.state, PlexState::Active | PlexState::Syncing) || copies_all {
+            return Ok(None);
+        }
+        let ranges = coalesce_ranges(ranges, v.size_bytes, MAX_DIVERGED_RANGES);
+        if ranges.is_empty() {
+            return Ok(None);
+        }
+        if p.state == PlexState::Syncing
+            && coalesce_ranges(
+                &[p.resync_ranges.as_slice(), ranges.as_slice()].concat(),
+                v.size_bytes,
+                MAX_DIVERGED_RANGES,
+            ) == p.resync_ranges
+        {
+            return Ok(None);
+        }
+        Ok(Some(Change::PlexDiverged {
+            dg: g.name.clone(),
+            plex: plex.to_string(),
+            ranges,
+        }))
+    }
+
     /// The change that detaches `plex` of `volume` after an I/O error (global detach
     /// policy): `Ok(None)` when the plex already gets no I/O (STALE or EMPTY), an error
     /// when it is the volume's last ACTIVE plex or does not exist.
@@ -235,6 +283,7 @@ fn dg_create(
         } else {
             Vec::new()
         },
+        detach_policy: DetachPolicy::Global,
     };
     created.validate()?;
     Ok(created)
@@ -335,6 +384,15 @@ pub fn apply_dg(dg: &DiskGroupConfig, change: &Change) -> Result<DiskGroupConfig
             vol_set_read_policy(dg, &mut next, volume, policy)?
         }
         Change::VolRm { volume, .. } => vol_rm(dg, &mut next, volume)?,
+        Change::DgSetDetachPolicy { policy, .. } => {
+            if !dg.shared && *policy == DetachPolicy::Local {
+                return Err(ConfigError::Invalid(format!(
+                    "disk group {}: detach-policy=local needs a shared disk group (a private group has one node, which detaches the plex)",
+                    dg.name
+                )));
+            }
+            next.detach_policy = *policy;
+        }
         Change::VolExport { volume, export, .. } => vol_export(dg, &mut next, volume, export)?,
         Change::VolPrOut {
             volume,
@@ -360,6 +418,7 @@ pub fn apply_dg(dg: &DiskGroupConfig, change: &Change) -> Result<DiskGroupConfig
         Change::PlexAttach { plex, .. } => plex_attach(dg, &mut next, plex)?,
         Change::PlexRm { plex, force, .. } => plex_rm(dg, &mut next, plex, *force)?,
         Change::SetPlexState { plex, state, .. } => set_plex_state(dg, &mut next, plex, *state)?,
+        Change::PlexDiverged { plex, ranges, .. } => plex_diverged(dg, &mut next, plex, ranges)?,
         Change::DgCreate { .. }
         | Change::DgDestroy { .. }
         | Change::DgDeport { .. }
@@ -740,6 +799,79 @@ fn plex_detach(
     // Ranges belong to one recovery's resync: any other state change (its end,
     // a detach, a new attach: whole) drops them.
     next.volumes[vi].plexes[pi].resync_ranges.clear();
+    Ok(())
+}
+
+/// Ranges a plex made SYNCING by [`Change::PlexDiverged`] keeps; more are merged
+/// (the closest neighbours first), so a copy may cover a little more than failed.
+pub const MAX_DIVERGED_RANGES: usize = 64;
+
+/// `ranges` (offset, length) sorted, clipped to `size` bytes, empty ones dropped,
+/// overlapping and adjacent ones merged, then the closest neighbours merged until at
+/// most `max` (at least 1) are left.
+pub fn coalesce_ranges(ranges: &[(u64, u64)], size: u64, max: usize) -> Vec<(u64, u64)> {
+    let mut r: Vec<(u64, u64)> = ranges
+        .iter()
+        .filter(|&&(o, l)| l > 0 && o < size)
+        .map(|&(o, l)| (o, o.saturating_add(l).min(size)))
+        .collect();
+    r.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(r.len());
+    for (s, e) in r {
+        match out.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => out.push((s, e)),
+        }
+    }
+    // Bounded: each pass removes one range.
+    while out.len() > max.max(1) {
+        let i = (1..out.len())
+            .min_by_key(|&i| out[i].0 - out[i - 1].1)
+            .unwrap_or(1);
+        out[i - 1].1 = out[i].1;
+        out.remove(i);
+    }
+    out.into_iter().map(|(s, e)| (s, e - s)).collect()
+}
+
+/// Applies [`Change::PlexDiverged`] to `next` (a copy of `dg`).
+fn plex_diverged(
+    dg: &DiskGroupConfig,
+    next: &mut DiskGroupConfig,
+    plex: &str,
+    ranges: &[(u64, u64)],
+) -> Result<(), ConfigError> {
+    let (vi, pi) = dg.plex_index(plex)?;
+    let v = &dg.volumes[vi];
+    let p = &v.plexes[pi];
+    let new = coalesce_ranges(ranges, v.size_bytes, MAX_DIVERGED_RANGES);
+    if new.is_empty() {
+        return Err(ConfigError::Invalid(format!(
+            "plex {plex}: no failed range inside volume {}",
+            v.name
+        )));
+    }
+    let merged = match p.state {
+        PlexState::Active => new,
+        // Already copying all of it: nothing to add.
+        PlexState::Syncing if p.resync_ranges.is_empty() => Vec::new(),
+        PlexState::Syncing => {
+            let mut all = p.resync_ranges.clone();
+            all.extend(new);
+            coalesce_ranges(&all, v.size_bytes, MAX_DIVERGED_RANGES)
+        }
+        s => {
+            return Err(ConfigError::Invalid(format!(
+                "plex {plex} is {}, not ACTIVE or SYNCING: it takes no writes",
+                s.as_str()
+            )))
+        }
+    };
+    if p.state == PlexState::Active {
+        check_not_last_active(v, pi, "resynchronise")?;
+    }
+    next.volumes[vi].plexes[pi].state = PlexState::Syncing;
+    next.volumes[vi].plexes[pi].resync_ranges = merged;
     Ok(())
 }
 

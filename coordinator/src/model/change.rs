@@ -101,6 +101,14 @@ pub enum Change {
         /// multiple of 512.
         new_size_bytes: u64,
     },
+    /// `dg set DG detach-policy=...`: the group's detach policy (a shared group's;
+    /// a private group is refused `local`).
+    DgSetDetachPolicy {
+        /// Group.
+        dg: String,
+        /// New policy.
+        policy: DetachPolicy,
+    },
     /// Sets a volume's read policy.
     VolSetReadPolicy {
         /// Group.
@@ -160,6 +168,18 @@ pub enum Change {
         plex: String,
         /// New state.
         state: PlexState,
+    },
+    /// Local detach policy: a write failed on `plex` on some node and reached the
+    /// volume's other plexes, so `ranges` (byte offset, length) may differ between
+    /// plexes. An ACTIVE plex becomes SYNCING with `ranges` to copy; a SYNCING one
+    /// adds them to its own (coalesced, at most [`MAX_DIVERGED_RANGES`]).
+    PlexDiverged {
+        /// Group.
+        dg: String,
+        /// Plex name.
+        plex: String,
+        /// The failed writes' ranges.
+        ranges: Vec<(u64, u64)>,
     },
     /// `export`: hosts reach the volume over `export.protocol`.
     VolExport {
@@ -252,12 +272,14 @@ impl Change {
             | Change::VolGrow { dg, .. }
             | Change::VolShrink { dg, .. }
             | Change::VolSetReadPolicy { dg, .. }
+            | Change::DgSetDetachPolicy { dg, .. }
             | Change::VolRm { dg, .. }
             | Change::PlexAdd { dg, .. }
             | Change::PlexDetach { dg, .. }
             | Change::PlexAttach { dg, .. }
             | Change::PlexRm { dg, .. }
             | Change::SetPlexState { dg, .. }
+            | Change::PlexDiverged { dg, .. }
             | Change::VolExport { dg, .. }
             | Change::VolUnexport { dg, .. }
             | Change::VolPrOut { dg, .. } => dg,
@@ -385,6 +407,9 @@ pub fn describe(change: &Change, after: Option<&DiskGroupConfig>) -> String {
         Change::VolSetReadPolicy { volume, .. } => {
             format!("volume {volume} of disk group {dg}: read policy set")
         }
+        Change::DgSetDetachPolicy { policy, .. } => {
+            format!("disk group {dg}: detach policy {}", policy.as_str())
+        }
         Change::VolRm { volume, .. } => format!("volume {volume} removed from disk group {dg}"),
         Change::PlexAdd { volume: name, .. } => describe_plex_add(dg, name, volume(name)),
         Change::PlexDetach { plex, .. } => format!("plex {plex} of disk group {dg} detached (STALE)"),
@@ -392,6 +417,10 @@ pub fn describe(change: &Change, after: Option<&DiskGroupConfig>) -> String {
             "plex {plex} of disk group {dg} attached: SYNCING, ACTIVE once resynchronised (plexctl task list)"
         ),
         Change::PlexRm { plex, .. } => format!("plex {plex} removed from disk group {dg}"),
+        Change::PlexDiverged { plex, ranges, .. } => format!(
+            "plex {plex} of disk group {dg}: {} range(s) failed on a node; SYNCING over them",
+            ranges.len()
+        ),
         Change::SetPlexState { plex, state, .. } => {
             format!("plex {plex} of disk group {dg} set {}", state.as_str())
         }

@@ -102,6 +102,7 @@ impl DiskGroupConfig {
                 ReadPolicy::LeastBusy => KReadPolicy::LeastBusy,
             },
             shared: self.shared,
+            local_detach: self.shared && self.detach_policy == DetachPolicy::Local,
         }
     }
 }

@@ -943,3 +943,96 @@ fn a_plex_leaving_syncing_drops_its_ranges() {
         assert_eq!((p.state, p.resync_ranges.len()), (state, 0), "{change:?}");
     }
 }
+
+#[test]
+fn coalesce_ranges_merges_clips_and_bounds() {
+    // Overlapping and adjacent merge; empty and outside ranges go; the end is clipped.
+    let r = coalesce_ranges(
+        &[
+            (8192, 4096),
+            (0, 4096),
+            (4096, 4096),
+            (100, 0),
+            (1 << 20, 10),
+            (60_000, 8192),
+        ],
+        64 << 10,
+        8,
+    );
+    assert_eq!(r, vec![(0, 12288), (60_000, (64 << 10) - 60_000)]);
+    // Past the bound the closest neighbours merge first.
+    let many: Vec<(u64, u64)> = (0..10).map(|i| (i * 10_000, 100)).collect();
+    let r = coalesce_ranges(&[many.as_slice(), &[(95_000, 100)]].concat(), 1 << 20, 10);
+    assert_eq!(r.len(), 10);
+    assert_eq!(r[9], (90_000, 5_100));
+    assert_eq!(coalesce_ranges(&many, 1 << 20, 1), vec![(0, 90_100)]);
+}
+
+#[test]
+fn detach_policy_is_set_on_shared_groups_and_diverged_plexes_resync_their_ranges() {
+    let c = cluster(&[("disk01", GIB), ("disk02", GIB)]);
+    let c = create_vol(&c, "vol1", 10 << 20, VolumeLayout::Mirror { mirrors: 2 }).unwrap();
+    assert_eq!(c.detach_policy_of("vol1"), DetachPolicy::Global);
+    let set = |c: &ClusterConfig, policy| {
+        c.apply(&Change::DgSetDetachPolicy {
+            dg: "dg1".into(),
+            policy,
+        })
+    };
+    let c = set(&c, DetachPolicy::Local).unwrap();
+    assert_eq!(c.detach_policy_of("vol1"), DetachPolicy::Local);
+    // A private group is refused the local policy.
+    let mut private = c.clone();
+    private.disk_groups[0].shared = false;
+    let err = set(&private, DetachPolicy::Local).unwrap_err();
+    assert!(
+        err.to_string().contains("needs a shared disk group"),
+        "{err}"
+    );
+    assert_eq!(private.detach_policy_of("vol1"), DetachPolicy::Global);
+    // A failed write's range: the ACTIVE plex becomes SYNCING over it.
+    let ch = c
+        .diverged_change("vol1", "vol1-02", &[(4096, 4096), (0, 4096)])
+        .unwrap()
+        .unwrap();
+    let c = c.apply(&ch).unwrap();
+    let p = &c.disk_groups[0].volumes[0].plexes[1];
+    assert_eq!(
+        (p.state, p.resync_ranges.clone()),
+        (PlexState::Syncing, vec![(0, 8192)])
+    );
+    // The same range again: nothing to do; a new one is added.
+    assert_eq!(
+        c.diverged_change("vol1", "vol1-02", &[(0, 4096)]).unwrap(),
+        None
+    );
+    let ch = c
+        .diverged_change("vol1", "vol1-02", &[(1 << 20, 512)])
+        .unwrap()
+        .unwrap();
+    let c = c.apply(&ch).unwrap();
+    assert_eq!(
+        c.disk_groups[0].volumes[0].plexes[1].resync_ranges,
+        vec![(0, 8192), (1 << 20, 512)]
+    );
+    // The last ACTIVE plex is never made SYNCING.
+    let ch = c
+        .diverged_change("vol1", "vol1-01", &[(0, 512)])
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        c.apply(&ch).unwrap_err(),
+        ConfigError::LastActivePlex { .. }
+    ));
+    // A detached plex takes no writes: nothing diverged.
+    let c = c
+        .apply(&Change::PlexDetach {
+            dg: "dg1".into(),
+            plex: "vol1-02".into(),
+        })
+        .unwrap();
+    assert_eq!(
+        c.diverged_change("vol1", "vol1-02", &[(0, 512)]).unwrap(),
+        None
+    );
+}

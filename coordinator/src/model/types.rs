@@ -48,6 +48,44 @@ pub struct DiskGroupConfig {
     /// private group. See `model::recovery`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub open_nodes: Vec<OpenNode>,
+    /// What a node does with a write that fails on one plex of a mirror
+    /// (`plexctl dg set DG detach-policy=...`); a private group is always global.
+    #[serde(default)]
+    pub detach_policy: DetachPolicy,
+}
+
+/// A disk group's detach policy: what a write that fails on one plex and reaches
+/// another does (docs/OPERATIONS.md, "Plex I/O errors").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DetachPolicy {
+    /// The writing node holds the write and asks for a cluster-wide detach of the
+    /// plex (STALE everywhere); the write then succeeds.
+    #[default]
+    Global,
+    /// The write fails (EIO) on the node that could not write the plex, whose hosts
+    /// use another path; the plex is detached only once every member of the view
+    /// failed it, and is resynchronised over the failed ranges meanwhile.
+    Local,
+}
+
+impl DetachPolicy {
+    /// The name `plexctl` takes and prints: `global` or `local`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DetachPolicy::Global => "global",
+            DetachPolicy::Local => "local",
+        }
+    }
+
+    /// Parses [`DetachPolicy::as_str`]'s names.
+    pub fn parse(s: &str) -> Option<DetachPolicy> {
+        match s {
+            "global" => Some(DetachPolicy::Global),
+            "local" => Some(DetachPolicy::Local),
+            _ => None,
+        }
+    }
 }
 
 /// A node start that may write a shared group's mirrored volumes and has not

@@ -6,8 +6,8 @@ use capnp::serialize;
 use plexd_proto::ondisk_capnp as wire;
 
 use crate::model::{
-    Disk, DiskGroupConfig, Export, ExportProtocol, OpenNode, Plex, PlexLayout, PlexState, PrState,
-    ReadPolicy, Subdisk, Volume, VolumeLog, VolumeState, MAX_OPEN_NODES,
+    DetachPolicy, Disk, DiskGroupConfig, Export, ExportProtocol, OpenNode, Plex, PlexLayout,
+    PlexState, PrState, ReadPolicy, Subdisk, Volume, VolumeLog, VolumeState, MAX_OPEN_NODES,
 };
 use plexd_target_api::scsi::pr::{Registration, Reservation, MAX_REGISTRATIONS};
 
@@ -42,6 +42,7 @@ pub fn write_group(config: &DiskGroupConfig, mut root: wire::disk_group_config::
     for (i, v) in (0..).zip(&config.volumes) {
         encode_volume(v, volumes.reborrow().get(i));
     }
+    root.set_detach_policy(write_detach_policy(config.detach_policy));
     if !config.open_nodes.is_empty() {
         let mut open = root.init_open_nodes(len_u32(config.open_nodes.len()));
         for (i, o) in (0..).zip(&config.open_nodes) {
@@ -49,6 +50,28 @@ pub fn write_group(config: &DiskGroupConfig, mut root: wire::disk_group_config::
             b.set_node(o.node);
             b.set_incarnation(o.incarnation);
         }
+    }
+}
+
+/// A group's detach policy on the wire.
+pub fn write_detach_policy(p: DetachPolicy) -> wire::DetachPolicy {
+    match p {
+        DetachPolicy::Global => wire::DetachPolicy::Global,
+        DetachPolicy::Local => wire::DetachPolicy::Local,
+    }
+}
+
+/// A group's detach policy from the wire; an enumerant this plexd does not know is
+/// an error (a newer writer's policy is not silently taken for another).
+pub fn read_detach_policy(
+    p: Result<wire::DetachPolicy, capnp::NotInSchema>,
+) -> capnp::Result<DetachPolicy> {
+    match p {
+        Ok(wire::DetachPolicy::Global) => Ok(DetachPolicy::Global),
+        Ok(wire::DetachPolicy::Local) => Ok(DetachPolicy::Local),
+        Err(capnp::NotInSchema(n)) => Err(capnp::Error::failed(format!(
+            "unknown detach policy {n} (a newer plexd wrote it)"
+        ))),
     }
 }
 
@@ -367,6 +390,7 @@ pub fn read_group(root: wire::disk_group_config::Reader<'_>) -> capnp::Result<Di
         disks,
         volumes,
         open_nodes,
+        detach_policy: read_detach_policy(root.get_detach_policy())?,
     })
 }
 

@@ -1208,6 +1208,7 @@ impl Sim {
             request,
             volume,
             plex,
+            ranges: Vec::new(),
         })
     }
 

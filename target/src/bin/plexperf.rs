@@ -241,6 +241,7 @@ fn volume_spec(t: &Target, spec: &str) -> Result<VolumeSpec, String> {
         plexes,
         read_policy: ReadPolicy::LeastBusy,
         shared: false,
+        local_detach: false,
     })
 }
 

@@ -722,6 +722,13 @@ impl VolumeChannel {
             );
             return;
         }
+        if l.layout.spec.local_detach {
+            // The group's local detach policy: fail the write on this node (its hosts
+            // use another path) and report each failed plex with the range, which may
+            // now differ between plexes; the cluster decides on a resync or a detach.
+            self.fail_local(&l, slot, failed, errno);
+            return;
+        }
         // Some plexes failed, others hold the data: report and hold the write until the
         // failed plexes stop being ACTIVE.
         let mut undetached = false;
@@ -764,6 +771,40 @@ impl VolumeChannel {
         debug_assert!(self.held.borrow().len() <= MAX_HELD_WRITES);
         self.dec_inflight();
         self.recheck_held();
+    }
+
+    /// Local detach policy: fails the write in `slot`, done on some plexes and
+    /// failed on the `failed` ones, with EIO and reports each failed plex that still
+    /// takes writes with the write's range (one warning per plex until it is
+    /// reported no more, see `reported`).
+    fn fail_local(&self, l: &ChLayout, slot: usize, failed: u32, errno: i32) {
+        let (offset, len) = {
+            let ios = self.ios.borrow();
+            (ios[slot].io.offset_bytes, ios[slot].io.len_bytes)
+        };
+        for p in 0..l.plexes.len() {
+            if failed & (1 << p) == 0 || !l.plexes[p].state.get().takes_writes() {
+                continue;
+            }
+            let plex = &l.layout.plexes[p].name;
+            if self.reported.get() & (1 << p) == 0 {
+                log::warn!(
+                    "volume {}: write failed on plex {plex} (errno {errno}) on reactor {}; failing it here (local detach policy)",
+                    self.shared.name,
+                    self.reactor.id()
+                );
+                self.reported.set(self.reported.get() | (1 << p));
+            }
+            // A full event queue drops the report: the range stays failed for this
+            // node's hosts, which write it again (through another path).
+            let _ = (self.shared.notify)(Event::PlexIoError {
+                volume: self.shared.name.clone(),
+                plex: plex.to_string(),
+                errno,
+                failed: Some((offset, len)),
+            });
+        }
+        self.finish(slot, IoStatus::Failed(libc::EIO));
     }
 
     /// Logs the first refusal of an episode (until the gate next opens).
@@ -977,6 +1018,7 @@ impl VolumeShared {
             volume: self.name.clone(),
             plex: plex.to_string(),
             errno,
+            failed: None,
         })
     }
 }
