@@ -248,6 +248,7 @@ fn a_commit_does_not_wait_for_a_slow_reactor_and_it_resumes_with_the_new_layout(
     t.add_bdev(MallocBdev::new("d0", 16 * MIB, 512).unwrap())
         .unwrap();
     let spec = VolumeSpec {
+        local_detach: false,
         log: None,
         name: "v".into(),
         size_bytes: 4 * MIB,

@@ -865,7 +865,12 @@ impl<M: ConfigModel> Node<M> {
             .open_seen
             .iter()
             .any(|s| !open.contains(s) && !self.recovery_closed(*s));
+        // The plex still SYNCING over the very ranges that were copied: a change
+        // committed since (a local-policy write failure's `PlexDiverged`, a
+        // recovery's union) that added ranges restarts the copy at the next poll,
+        // which may not have run yet.
         !recovered
+            && self.committed.config.syncing_plexes().contains(plex)
             && self
                 .copier
                 .copies
