@@ -461,6 +461,32 @@ fn on_mark(r: &Rc<Reactor>, w: Waiter) {
     owner.mark(w);
 }
 
+/// Sets the regions of `waiters` and clears `cleans` in the bitmap image `bm`;
+/// returns the byte range `[lo, hi)` of `bm` that now differs from `disk`, the
+/// bitmap as last written (empty when `lo >= hi`).
+fn apply_bits(bm: &mut [u8], disk: &[u8], waiters: &[Waiter], cleans: &[u64]) -> (usize, usize) {
+    let (mut lo, mut hi) = (usize::MAX, 0usize);
+    let mut note = |bm: &[u8], i: usize| {
+        if bm[i] != disk[i] {
+            lo = lo.min(i);
+            hi = hi.max(i + 1);
+        }
+    };
+    for w in waiters {
+        for r in w.first..=w.last {
+            let i = (r / 8) as usize;
+            bm[i] |= 1 << (r % 8);
+            note(bm, i);
+        }
+    }
+    for &r in cleans {
+        let i = (r / 8) as usize;
+        bm[i] &= !(1 << (r % 8));
+        note(bm, i);
+    }
+    (lo, hi)
+}
+
 fn is_cur(st: &OwnerState, d: &Arc<DrlShared>) -> bool {
     std::ptr::eq(st.cur.as_ptr(), Arc::as_ptr(d))
 }
@@ -544,6 +570,36 @@ impl DrlOwner {
         self.kick();
     }
 
+    /// When a waiter names another log spec than the current one (a commit changed
+    /// it), switches to that spec; false when that failed (every waiting write was
+    /// answered EIO and nothing more is to be done now).
+    fn serve_newer_spec(&self, st: &mut OwnerState) -> bool {
+        let newer = st
+            .pending
+            .iter()
+            .rev()
+            .find(|w| !is_cur(st, &w.drl))
+            .map(|w| Arc::clone(&w.drl));
+        let Some(d) = newer else {
+            return true;
+        };
+        let Err(e) = self.switch(st, &d) else {
+            return true;
+        };
+        log::error!(
+            "volume {}: cannot open the dirty region log on bdev {} (node {}): {e}; \
+             failing {} waiting write(s) with EIO",
+            d.volume,
+            d.spec.bdev,
+            d.spec.node,
+            st.pending.len()
+        );
+        let pending = std::mem::take(&mut st.pending);
+        answer(st, &pending, libc::EIO);
+        self.send_answers(st);
+        false
+    }
+
     /// Issues the next log write when none is in flight and there is work.
     fn kick(&self) {
         let Some(me) = self.me.upgrade() else {
@@ -554,28 +610,8 @@ impl DrlOwner {
         if st.writing.is_some() || (st.pending.is_empty() && st.to_clean.is_empty()) {
             return;
         }
-        // A waiter of another log spec (a commit changed it): serve that one now.
-        let newer = st
-            .pending
-            .iter()
-            .rev()
-            .find(|w| !is_cur(st, &w.drl))
-            .map(|w| Arc::clone(&w.drl));
-        if let Some(d) = newer {
-            if let Err(e) = self.switch(st, &d) {
-                log::error!(
-                    "volume {}: cannot open the dirty region log on bdev {} (node {}): {e}; \
-                     failing {} waiting write(s) with EIO",
-                    d.volume,
-                    d.spec.bdev,
-                    d.spec.node,
-                    st.pending.len()
-                );
-                let pending = std::mem::take(&mut st.pending);
-                answer(st, &pending, libc::EIO);
-                self.send_answers(st);
-                return;
-            }
+        if !self.serve_newer_spec(st) {
+            return;
         }
         let (Some(d), Some(chan), true) = (st.cur.upgrade(), st.chan.clone(), st.buf.is_some())
         else {
@@ -597,25 +633,7 @@ impl DrlOwner {
             return;
         };
         let bm = &mut buf.bytes_mut()[DRL_BLOCK_BYTES as usize..];
-        let (mut lo, mut hi) = (usize::MAX, 0usize);
-        for w in &waiters {
-            for r in w.first..=w.last {
-                let i = (r / 8) as usize;
-                bm[i] |= 1 << (r % 8);
-                if bm[i] != st.disk[i] {
-                    lo = lo.min(i);
-                    hi = hi.max(i + 1);
-                }
-            }
-        }
-        for &r in &cleans {
-            let i = (r / 8) as usize;
-            bm[i] &= !(1 << (r % 8));
-            if bm[i] != st.disk[i] {
-                lo = lo.min(i);
-                hi = hi.max(i + 1);
-            }
-        }
+        let (mut lo, mut hi) = apply_bits(bm, &st.disk, &waiters, &cleans);
         if init {
             (lo, hi) = (0, bm.len());
         }
