@@ -11,6 +11,7 @@ pub mod invariants;
 pub mod iscsi;
 pub mod netns;
 pub mod nvmf_host;
+pub mod plex_disk;
 pub mod proc;
 pub mod wait;
 

@@ -10,8 +10,8 @@
 //! fast; issue 11 asks for 20: `PLEXD_CRASH_ROUNDS=20 cargo test -p plexd-tests
 //! --test drl_crash` runs them).
 
+use plexd_tests::plex_disk::{plex_image, plexd_log, resync_started};
 use std::collections::BTreeMap;
-use std::io::{Read, Seek, SeekFrom};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -135,63 +135,6 @@ impl Drop for Writer {
     }
 }
 
-/// The disk file and byte offset of plex `plex` of `dg.vol` at `plex_offset`, from a
-/// `--json print` (a concat plex: the subdisk holding that offset), and how many
-/// bytes of that subdisk follow.
-fn plex_location(
-    print: &serde_json::Value,
-    dg: &str,
-    vol: &str,
-    plex: &str,
-    plex_offset: u64,
-) -> Result<(String, u64, u64), String> {
-    let v = volume(print, dg, vol).ok_or(format!("no volume {vol}"))?;
-    let group = plexd_tests::group(print, dg).ok_or(format!("no group {dg}"))?;
-    let p = v["plexes"]
-        .as_array()
-        .and_then(|ps| ps.iter().find(|p| p["name"] == plex))
-        .ok_or(format!("no plex {plex} in {v}"))?;
-    for sd in p["subdisks"].as_array().ok_or("no subdisks")? {
-        let start = sd["plex_offset"].as_u64().ok_or("plex_offset")?;
-        let len = sd["len"].as_u64().ok_or("len")?;
-        if (start..start + len).contains(&plex_offset) {
-            let disk = sd["disk"].as_str().ok_or("disk")?;
-            let path = group["disks"]
-                .as_array()
-                .and_then(|ds| ds.iter().find(|d| d["name"] == disk))
-                .and_then(|d| d["path"].as_str())
-                .ok_or(format!("no path for disk {disk}"))?
-                .to_string();
-            let at = sd["disk_offset"].as_u64().ok_or("disk_offset")? + plex_offset - start;
-            return Ok((path, at, start + len - plex_offset));
-        }
-    }
-    Err(format!("plex {plex} has no subdisk at {plex_offset}: {p}"))
-}
-
-/// The whole content of plex `plex` of `dg.vol`, read from the disk files at its
-/// subdisks' offsets (not through any data plane).
-fn plex_image(
-    print: &serde_json::Value,
-    dg: &str,
-    vol: &str,
-    plex: &str,
-) -> Result<Vec<u8>, String> {
-    let mut out = vec![0u8; VOL_BYTES as usize];
-    let mut off = 0;
-    while off < VOL_BYTES {
-        let (path, at, left) = plex_location(print, dg, vol, plex, off)?;
-        let len = (1u64 << 20).min(VOL_BYTES - off).min(left) as usize;
-        let mut f = std::fs::File::open(&path).map_err(|e| format!("{path}: {e}"))?;
-        f.seek(SeekFrom::Start(at))
-            .map_err(|e| format!("{path}: {e}"))?;
-        f.read_exact(&mut out[off as usize..off as usize + len])
-            .map_err(|e| format!("{path} at {at}: {e}"))?;
-        off += len as u64;
-    }
-    Ok(out)
-}
-
 /// The (name, state) of each plex of `dg1.vol` in a print.
 fn plexes(print: &serde_json::Value, vol: &str) -> Result<Vec<(String, String)>, String> {
     let v = volume(print, "dg1", vol).ok_or(format!("no {vol}"))?;
@@ -222,24 +165,6 @@ fn settled(c: &Cluster, i: usize, vols: &[&str]) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-fn log_of(c: &Cluster, i: usize) -> String {
-    std::fs::read_to_string(c.nodes[i].dir.join("plexd.log")).unwrap_or_default()
-}
-
-/// The bytes the master's resync of `plex` of `vol` set out to copy, and whether
-/// only dirty regions (from its log line "resync of plex P of volume V (disk group
-/// G): started, N bytes in K range(s) (dirty regions|the whole plex)").
-fn resync_started(log: &str, vol: &str, plex: &str) -> Option<(u64, bool)> {
-    let head = format!("resync of plex {plex} of volume {vol} ");
-    let line = log
-        .lines()
-        .filter(|l| l.contains(&head))
-        .find(|l| l.contains(": started, "))?;
-    let rest = line.split(": started, ").nth(1)?;
-    let bytes = rest.split(' ').next()?.parse().ok()?;
-    Some((bytes, line.contains("(dirty regions)")))
 }
 
 fn rounds() -> u32 {
@@ -298,7 +223,7 @@ fn kill_9_under_writes_with_and_without_a_log() {
         c.wait_served(2, "dg1", "vol2");
         let master = c.master();
         assert_ne!(master, 2, "c is not the master");
-        let base = log_of(&c, master).len();
+        let base = plexd_log(&c, master).len();
         let seed = SEED_BASE + u64::from(round) * 2 * WRITER_MAX_WRITES;
         let w1 = Writer::start(c.kernel(2), "dg1.vol1", seed);
         let w2 = Writer::start(c.kernel(2), "dg1.vol2", seed + WRITER_MAX_WRITES);
@@ -316,7 +241,7 @@ fn kill_9_under_writes_with_and_without_a_log() {
             "c's start to be recovered and both volumes' plexes to be identical",
             RECOVERY_TIMEOUT,
             || {
-                let log = log_of(&c, master);
+                let log = plexd_log(&c, master);
                 let new = log.get(base..).unwrap_or("");
                 if !new.contains("recovering the mirrors of node c") {
                     return Err("no recovery of c yet".into());
@@ -327,7 +252,7 @@ fn kill_9_under_writes_with_and_without_a_log() {
                 settled(&c, master, &["vol1", "vol2"])
             },
         );
-        let log = log_of(&c, master);
+        let log = plexd_log(&c, master);
         let new = &log[base..];
         let (bytes1, dirty1) = resync_started(new, "vol1", "vol1-02")
             .unwrap_or_else(|| panic!("no resync of vol1-02 in the master's log:\n{new}"));
@@ -369,7 +294,7 @@ fn whole_cluster_kill_9_under_writes_recovers_before_serving() {
     let mut c = Cluster::start(3, ClusterOpts::default());
     c.shared_mirror(0, "dg1", "vol1", VOL_SIZE);
     c.wait_served(2, "dg1", "vol1");
-    let bases: Vec<usize> = (0..3).map(|i| log_of(&c, i).len()).collect();
+    let bases: Vec<usize> = (0..3).map(|i| plexd_log(&c, i).len()).collect();
     let w = Writer::start(c.kernel(2), "dg1.vol1", SEED_BASE);
     w.wait_writes(WRITES_BEFORE_KILL);
     c.kill_all();
@@ -383,7 +308,7 @@ fn whole_cluster_kill_9_under_writes_recovers_before_serving() {
         "the recoveries to commit, the starts to open and vol1's plexes to be identical",
         RECOVERY_TIMEOUT,
         || {
-            let log = log_of(&c, master);
+            let log = plexd_log(&c, master);
             let new = log.get(bases[master]..).unwrap_or("");
             for node in ["a", "b", "c"] {
                 if !new.contains(&format!("opening node {node}")) {
@@ -393,7 +318,7 @@ fn whole_cluster_kill_9_under_writes_recovers_before_serving() {
             settled(&c, master, &["vol1"])
         },
     );
-    let log = log_of(&c, master);
+    let log = plexd_log(&c, master);
     let new = &log[bases[master]..];
     let first_open = new.find("opening node").expect("an open");
     let recovered_c = new

@@ -4,11 +4,12 @@
 //! mirror read one plex and resynchronises the others from it. A clean stop
 //! (SIGTERM) closes the node's start first: no recovery follows.
 
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::time::Duration;
 
 use plexd_target::lease::FENCED_ERRNO;
 use plexd_tests::data::pattern_bytes;
+use plexd_tests::plex_disk::{plex_image, plex_location, plexd_log, resync_started};
 use plexd_tests::{volume, wait_until, Cluster, ClusterOpts};
 
 /// How long the recovery (after the lost node's lease) and the resync of the test
@@ -17,60 +18,6 @@ const RECOVERY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Where the divergent block is written, and how long it is.
 const DIVERGE_AT: u64 = 2 << 20;
 const DIVERGE_LEN: u64 = 64 << 10;
-
-/// The disk file and byte offset of plex `plex` of `dg.vol` at `plex_offset`, from a
-/// `--json print` (a concat plex: the subdisk holding that offset).
-fn plex_location(
-    print: &serde_json::Value,
-    dg: &str,
-    vol: &str,
-    plex: &str,
-    plex_offset: u64,
-) -> (String, u64) {
-    let v = volume(print, dg, vol).expect("the volume is shown");
-    let group = plexd_tests::group(print, dg).expect("the group is shown");
-    let p = v["plexes"]
-        .as_array()
-        .and_then(|ps| ps.iter().find(|p| p["name"] == plex))
-        .unwrap_or_else(|| panic!("no plex {plex} in {v}"));
-    assert_eq!(p["layout"], "concat", "{p}");
-    for sd in p["subdisks"].as_array().expect("subdisks") {
-        let start = sd["plex_offset"].as_u64().expect("plex_offset");
-        let len = sd["len"].as_u64().expect("len");
-        if (start..start + len).contains(&plex_offset) {
-            let disk = sd["disk"].as_str().expect("disk");
-            let path = group["disks"]
-                .as_array()
-                .and_then(|ds| ds.iter().find(|d| d["name"] == disk))
-                .and_then(|d| d["path"].as_str())
-                .unwrap_or_else(|| panic!("no path for disk {disk}"))
-                .to_string();
-            let at = sd["disk_offset"].as_u64().expect("disk_offset") + plex_offset - start;
-            return (path, at);
-        }
-    }
-    panic!("plex {plex} has no subdisk at {plex_offset}: {p}")
-}
-
-/// The whole content of plex `plex` of `dg.vol`, read from the disk files at its
-/// subdisks' offsets (not through any data plane).
-fn plex_image(print: &serde_json::Value, dg: &str, vol: &str, plex: &str) -> Vec<u8> {
-    let size = volume(print, dg, vol).expect("volume")["size"]
-        .as_u64()
-        .expect("size");
-    let mut out = vec![0u8; size as usize];
-    let mut off = 0;
-    while off < size {
-        let (path, at) = plex_location(print, dg, vol, plex, off);
-        let len = (1u64 << 20).min(size - off) as usize;
-        let mut f = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        f.seek(SeekFrom::Start(at)).expect("seek");
-        f.read_exact(&mut out[off as usize..off as usize + len])
-            .unwrap_or_else(|e| panic!("{path} at {at}: {e}"));
-        off += len as u64;
-    }
-    out
-}
 
 /// States of vol1's plexes as node `i` shows them.
 fn plex_states(c: &Cluster, i: usize) -> Result<Vec<String>, String> {
@@ -84,10 +31,6 @@ fn plex_states(c: &Cluster, i: usize) -> Result<Vec<String>, String> {
                 .collect()
         })
         .unwrap_or_default())
-}
-
-fn log_of(c: &Cluster, i: usize) -> String {
-    std::fs::read_to_string(c.nodes[i].dir.join("plexd.log")).unwrap_or_default()
 }
 
 /// A 2-way shared mirror on 3 nodes; node c writes a block, then the block is
@@ -104,7 +47,7 @@ fn a_write_on_one_plex_then_kill_9_leaves_identical_plexes_after_recovery() {
     c.wait_served(2, "dg1", "vol1");
     c.write_pattern(2, "dg1", "vol1", DIVERGE_AT, 1 << 20);
     let print = c.print(0);
-    let (path, at) = plex_location(&print, "dg1", "vol1", "vol1-02", DIVERGE_AT);
+    let (path, at, _) = plex_location(&print, "dg1", "vol1", "vol1-02", DIVERGE_AT).unwrap();
     {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
@@ -116,8 +59,8 @@ fn a_write_on_one_plex_then_kill_9_leaves_identical_plexes_after_recovery() {
         f.sync_all().expect("sync");
     }
     assert_ne!(
-        plex_image(&print, "dg1", "vol1", "vol1-01"),
-        plex_image(&print, "dg1", "vol1", "vol1-02"),
+        plex_image(&print, "dg1", "vol1", "vol1-01").unwrap(),
+        plex_image(&print, "dg1", "vol1", "vol1-02").unwrap(),
         "the plexes differ"
     );
     c.kill_node(2);
@@ -131,15 +74,15 @@ fn a_write_on_one_plex_then_kill_9_leaves_identical_plexes_after_recovery() {
                 return Err(format!("plex states {states:?}"));
             }
             let p = c.try_ctl_json(0, "print")?;
-            let first = plex_image(&p, "dg1", "vol1", "vol1-01");
-            if first != plex_image(&p, "dg1", "vol1", "vol1-02") {
+            let first = plex_image(&p, "dg1", "vol1", "vol1-01").unwrap();
+            if first != plex_image(&p, "dg1", "vol1", "vol1-02").unwrap() {
                 return Err("the plexes differ".into());
             }
             Ok(first)
         },
     );
     assert!(
-        log_of(&c, 0).contains("recovering the mirrors of node c"),
+        plexd_log(&c, 0).contains("recovering the mirrors of node c"),
         "the master recovered c's start"
     );
     // What the volume reads (through a and b) is what both plexes hold.
@@ -173,33 +116,19 @@ fn a_clean_stop_is_followed_by_no_recovery() {
         "c's data plane serves no shared volume once its plexd stopped"
     );
     assert!(
-        log_of(&c, 2).contains("closed cleanly"),
+        plexd_log(&c, 2).contains("closed cleanly"),
         "c closed its start: {}",
-        log_of(&c, 2)
+        plexd_log(&c, 2)
     );
     // A change after the close: the master handled the loss of c (a recovery
     // would come first in its queue, and c's start is no longer open).
     c.ctl_ok(0, "vol create dg1 vol2 4M --layout concat");
     assert_eq!(plex_states(&c, 0), Ok(vec!["ACTIVE".to_string(); 2]));
     assert!(
-        !log_of(&c, 0).contains("recovering the mirrors"),
+        !plexd_log(&c, 0).contains("recovering the mirrors"),
         "no recovery after a clean stop"
     );
     c.check_invariants();
-}
-
-/// The bytes the master's resync of `plex` of `vol` set out to copy, and whether
-/// only dirty regions (from its log line "resync of plex P of volume V (disk group
-/// G): started, N bytes in K range(s) (dirty regions|the whole plex)").
-fn resync_started(log: &str, vol: &str, plex: &str) -> Option<(u64, bool)> {
-    let head = format!("resync of plex {plex} of volume {vol} ");
-    let line = log
-        .lines()
-        .filter(|l| l.contains(&head))
-        .find(|l| l.contains(": started, "))?;
-    let rest = line.split(": started, ").nth(1)?;
-    let bytes = rest.split(' ').next()?.parse().ok()?;
-    Some((bytes, line.contains("(dirty regions)")))
 }
 
 /// With a dirty region log (every mirror gets one at `vol create`; the data plane
@@ -220,7 +149,7 @@ fn with_a_log_kill_9_resyncs_only_the_dirty_regions() {
     c.wait_served(2, "dg1", "vol1");
     c.write_pattern(2, "dg1", "vol1", DIVERGE_AT, 1 << 20);
     let print = c.print(0);
-    let (path, at) = plex_location(&print, "dg1", "vol1", "vol1-02", DIVERGE_AT);
+    let (path, at, _) = plex_location(&print, "dg1", "vol1", "vol1-02", DIVERGE_AT).unwrap();
     {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
@@ -242,14 +171,15 @@ fn with_a_log_kill_9_resyncs_only_the_dirty_regions() {
                 return Err(format!("plex states {states:?}"));
             }
             let p = c.try_ctl_json(master, "print")?;
-            if plex_image(&p, "dg1", "vol1", "vol1-01") != plex_image(&p, "dg1", "vol1", "vol1-02")
+            if plex_image(&p, "dg1", "vol1", "vol1-01").unwrap()
+                != plex_image(&p, "dg1", "vol1", "vol1-02").unwrap()
             {
                 return Err("the plexes differ".into());
             }
             Ok(())
         },
     );
-    let log = log_of(&c, master);
+    let log = plexd_log(&c, master);
     let (bytes, dirty_only) = resync_started(&log, "vol1", "vol1-02")
         .unwrap_or_else(|| panic!("no resync of vol1-02 in the master's log:\n{log}"));
     eprintln!(
@@ -268,7 +198,7 @@ fn with_a_log_kill_9_resyncs_only_the_dirty_regions() {
     // The rejoin: c's new start opens only after its old start's recovery.
     c.restart_node(2);
     let opened_after = wait_until("c's new start to be opened", RECOVERY_TIMEOUT, || {
-        let log = log_of(&c, master);
+        let log = plexd_log(&c, master);
         let recovered = log
             .find("recovering the mirrors of node c")
             .ok_or_else(|| "no recovery of c".to_string())?;
@@ -327,7 +257,7 @@ fn figure_recovery_of_one_percent_dirty_vs_a_full_resync() {
     let killed = std::time::Instant::now();
     c.kill_node(2);
     let (synced_from, active) = syncing_then_active(&c, 0);
-    let log = log_of(&c, 0);
+    let log = plexd_log(&c, 0);
     let (dirty_bytes, dirty_only) = resync_started(&log, "vol1", "vol1-02").expect("a resync");
     assert!(dirty_only, "the recovery resynced dirty regions only");
     let recovery_copy = active - synced_from;
@@ -336,7 +266,7 @@ fn figure_recovery_of_one_percent_dirty_vs_a_full_resync() {
     c.ctl_ok(0, "plex detach dg1 vol1-02");
     c.ctl_ok(0, "plex attach dg1 vol1-02");
     let (full_from, full_active) = syncing_then_active(&c, 0);
-    let log = log_of(&c, 0);
+    let log = plexd_log(&c, 0);
     let full_bytes = log
         .lines()
         .rev()
