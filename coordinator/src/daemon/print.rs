@@ -208,17 +208,10 @@ mod tests {
             ("disk02", 1 << 30),
             ("disk03", 1 << 30),
         ]);
-        let c = c
-            .apply(&Change::VolCreate {
-                dg: "dg1".into(),
-                volume: "vol1".into(),
-                size_bytes: 100 << 20,
-                layout: VolumeLayout::Mirror { mirrors: 2 },
-                log: crate::model::LogPolicy::On {
-                    region_bytes: 1 << 20,
-                },
-            })
-            .unwrap();
+        let region = crate::model::LogPolicy::On {
+            region_bytes: 1 << 20,
+        };
+        let c = crate::model::test_support::with_mirror(&c, "vol1", 100 << 20, region);
         let mut g = c.disk_groups[0].clone();
         g.volumes[0].plexes[1].state = crate::model::PlexState::Syncing;
         g.volumes[0].plexes[1].resync_ranges = vec![(0, 1 << 20), (8 << 20, 2 << 20)];

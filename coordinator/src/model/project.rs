@@ -110,7 +110,7 @@ impl DiskGroupConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::test_support::cluster;
+    use crate::model::test_support::{cluster, with_mirror};
 
     #[test]
     fn each_node_gets_its_own_section_of_the_log() {
@@ -119,15 +119,7 @@ mod tests {
             ("disk02", 1 << 30),
             ("disk03", 1 << 30),
         ]);
-        let c = c
-            .apply(&Change::VolCreate {
-                dg: "dg1".into(),
-                volume: "vol1".into(),
-                size_bytes: 64 << 20,
-                layout: VolumeLayout::Mirror { mirrors: 2 },
-                log: LogPolicy::default(),
-            })
-            .unwrap();
+        let c = with_mirror(&c, "vol1", 64 << 20, LogPolicy::default());
         let g = &c.disk_groups[0];
         let log = g.volumes[0].log.clone().unwrap();
         let mut offsets = std::collections::BTreeSet::new();
@@ -156,15 +148,7 @@ mod tests {
     #[test]
     fn a_syncing_plex_with_ranges_is_syncing_to_the_data_plane() {
         let c = cluster(&[("disk01", 1 << 30), ("disk02", 1 << 30)]);
-        let c = c
-            .apply(&Change::VolCreate {
-                dg: "dg1".into(),
-                volume: "vol1".into(),
-                size_bytes: 64 << 20,
-                layout: VolumeLayout::Mirror { mirrors: 2 },
-                log: LogPolicy::default(),
-            })
-            .unwrap();
+        let c = with_mirror(&c, "vol1", 64 << 20, LogPolicy::default());
         let mut g = c.disk_groups[0].clone();
         g.volumes[0].plexes[1].state = PlexState::Syncing;
         g.volumes[0].plexes[1].resync_ranges = vec![(1 << 20, 1 << 20)];

@@ -29,3 +29,21 @@ pub fn cluster(disks: &[(&str, u64)]) -> ClusterConfig {
     )
     .unwrap()
 }
+
+/// `c` with a 2-way mirrored volume `volume` of `size_bytes` in `dg1`, made with
+/// log policy `log`.
+pub fn with_mirror(
+    c: &ClusterConfig,
+    volume: &str,
+    size_bytes: u64,
+    log: LogPolicy,
+) -> ClusterConfig {
+    c.apply(&Change::VolCreate {
+        dg: "dg1".into(),
+        volume: volume.into(),
+        size_bytes,
+        layout: VolumeLayout::Mirror { mirrors: 2 },
+        log,
+    })
+    .unwrap()
+}

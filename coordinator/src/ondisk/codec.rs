@@ -472,7 +472,7 @@ fn decode_plex(p: wire::plex::Reader<'_>) -> capnp::Result<Plex> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::test_support::cluster;
+    use crate::model::test_support::{cluster, with_mirror};
     use crate::model::{Change, VolumeLayout};
     use rand::{Rng, SeedableRng};
 
@@ -482,15 +482,7 @@ mod tests {
             ("disk02", 1 << 30),
             ("disk03", 1 << 30),
         ]);
-        let c = c
-            .apply(&Change::VolCreate {
-                dg: "dg1".into(),
-                volume: "vol1".into(),
-                size_bytes: 100 << 20,
-                layout: VolumeLayout::Mirror { mirrors: 2 },
-                log: Default::default(),
-            })
-            .unwrap();
+        let c = with_mirror(&c, "vol1", 100 << 20, Default::default());
         let c = c
             .apply(&Change::VolCreate {
                 dg: "dg1".into(),
