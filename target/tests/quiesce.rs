@@ -30,17 +30,40 @@ fn concat(name: &str, sds: Vec<SubdiskSpec>, state: PlexState) -> PlexSpec {
     }
 }
 
-#[test]
-fn thousands_of_layout_changes_under_verified_load_lose_nothing() {
+/// A target on two reactors (cores 0 and 1), logging to the test's output.
+fn two_reactor_target() -> Arc<Target> {
     let _ = env_logger::builder().is_test(true).try_init();
-    let t: Arc<Target> = Target::start(&TargetConfig {
+    Target::start(&TargetConfig {
         reactors: ReactorConfig {
             cores: vec![0, 1],
             ..Default::default()
         },
         ..Default::default()
     })
-    .unwrap();
+    .unwrap()
+}
+
+/// Volume `name` of `len` bytes: one ACTIVE concat plex, the first `len` bytes of
+/// `bdev`.
+fn one_subdisk(name: &str, bdev: &str, len: u64) -> VolumeSpec {
+    VolumeSpec {
+        name: name.into(),
+        size_bytes: len,
+        plexes: vec![concat(
+            &format!("{name}-01"),
+            vec![sd(bdev, 0, len)],
+            PlexState::Active,
+        )],
+        read_policy: ReadPolicy::LeastBusy,
+        shared: false,
+        log: None,
+        local_detach: false,
+    }
+}
+
+#[test]
+fn thousands_of_layout_changes_under_verified_load_lose_nothing() {
+    let t = two_reactor_target();
     for d in ["d0", "d1", "d2", "d3"] {
         t.add_bdev(MallocBdev::new(d, 32 * MIB, 512).unwrap())
             .unwrap();
@@ -145,30 +168,10 @@ fn thousands_of_layout_changes_under_verified_load_lose_nothing() {
 
 #[test]
 fn a_prepare_that_cannot_drain_names_the_busy_reactor_and_changes_nothing() {
-    let _ = env_logger::builder().is_test(true).try_init();
-    let t: Arc<Target> = Target::start(&TargetConfig {
-        reactors: ReactorConfig {
-            cores: vec![0, 1],
-            ..Default::default()
-        },
-        ..Default::default()
-    })
-    .unwrap();
+    let t = two_reactor_target();
     t.add_bdev(MallocBdev::new("d0", 8 * MIB, 512).unwrap())
         .unwrap();
-    let spec = VolumeSpec {
-        log: None,
-        name: "v".into(),
-        size_bytes: 8 * MIB,
-        plexes: vec![concat(
-            "v-01",
-            vec![sd("d0", 0, 8 * MIB)],
-            PlexState::Active,
-        )],
-        read_policy: ReadPolicy::LeastBusy,
-        shared: false,
-        local_detach: false,
-    };
+    let spec = one_subdisk("v", "d0", 8 * MIB);
     t.create_volume(&spec).unwrap();
     let job = start_job(
         &t,
@@ -236,30 +239,10 @@ impl Drop for StuckReactor {
 
 #[test]
 fn a_commit_does_not_wait_for_a_slow_reactor_and_it_resumes_with_the_new_layout() {
-    let _ = env_logger::builder().is_test(true).try_init();
-    let t: Arc<Target> = Target::start(&TargetConfig {
-        reactors: ReactorConfig {
-            cores: vec![0, 1],
-            ..Default::default()
-        },
-        ..Default::default()
-    })
-    .unwrap();
+    let t = two_reactor_target();
     t.add_bdev(MallocBdev::new("d0", 16 * MIB, 512).unwrap())
         .unwrap();
-    let spec = VolumeSpec {
-        local_detach: false,
-        log: None,
-        name: "v".into(),
-        size_bytes: 4 * MIB,
-        plexes: vec![concat(
-            "v-01",
-            vec![sd("d0", 0, 4 * MIB)],
-            PlexState::Active,
-        )],
-        read_policy: ReadPolicy::LeastBusy,
-        shared: false,
-    };
+    let spec = one_subdisk("v", "d0", 4 * MIB);
     t.create_volume(&spec).unwrap();
     let mut grown = spec.clone();
     grown.size_bytes = 8 * MIB;
