@@ -116,6 +116,18 @@ impl Writer {
         });
     }
 
+    /// Waits (bounded) until it ended on its own: a failure or its limits.
+    fn wait_ended(&self) {
+        wait_until(
+            "the writer to end on its own",
+            RECOVERY_TIMEOUT,
+            || match self.handle.as_ref().is_some_and(|h| !h.is_finished()) {
+                true => Err(format!("{} writes done", self.done.load(Ordering::Relaxed))),
+                false => Ok(()),
+            },
+        );
+    }
+
     /// Stops it (it has usually ended at the node's death) and returns what it wrote.
     fn finish(mut self) -> Written {
         self.stop.store(true, Ordering::Relaxed);
@@ -345,6 +357,69 @@ fn whole_cluster_kill_9_under_writes_recovers_before_serving() {
         bytes < VOL_BYTES,
         "{bytes} bytes copied: not the whole volume"
     );
+    if let Err(e) = c.verify_patterns_on(&[0, 1, 2]) {
+        panic!("an acknowledged write is lost: {e}");
+    }
+    c.check_invariants();
+}
+
+/// A data plane outliving its coordinator: c's plexd alone is killed -9 while c's
+/// plexd-target keeps serving writes to a mirror with a log. The data plane stops at
+/// its lease's end (the writer sees its writes fenced), the master recovers c's
+/// start from c's log while that data plane is still alive (only its dirty regions
+/// are resynced), and a new plexd on c takes the live data plane over: its start is
+/// opened after the recovery, and a write through c lands on both plexes again.
+/// Every acknowledged write reads back on every node.
+#[test]
+fn a_data_plane_outliving_its_coordinator_is_recovered_from_its_log() {
+    let mut c = Cluster::start(3, ClusterOpts::default());
+    c.shared_mirror(0, "dg1", "vol1", VOL_SIZE);
+    c.wait_served(2, "dg1", "vol1");
+    let master = c.master();
+    assert_ne!(master, 2, "c is not the master");
+    let base = plexd_log(&c, master).len();
+    let w = Writer::start(c.kernel(2), "dg1.vol1", SEED_BASE);
+    w.wait_writes(WRITES_BEFORE_KILL);
+    c.kill_coordinator(2);
+    // The data plane serves on until its lease ends, then fences the writer.
+    w.wait_ended();
+    let w = w.finish();
+    let (why, _) = w.failure.clone().expect("c's data plane stopped writing");
+    let fenced = plexd_target::lease::FENCED_ERRNO;
+    assert!(
+        why.contains(&format!("errno {fenced}")),
+        "c's data plane fenced the write at its lease's end: {why}"
+    );
+    let n = record(&mut c, w);
+    wait_until(
+        "c's start to be recovered and vol1's plexes to be identical",
+        RECOVERY_TIMEOUT,
+        || {
+            let log = plexd_log(&c, master);
+            let new = log.get(base..).unwrap_or("");
+            if !new.contains("recovering the mirrors of node c") {
+                return Err("no recovery of c yet".into());
+            }
+            settled(&c, master, &["vol1"])
+        },
+    );
+    let log = plexd_log(&c, master);
+    let new = &log[base..];
+    let (bytes, dirty_only) = resync_started(new, "vol1", "vol1-02")
+        .unwrap_or_else(|| panic!("no resync of vol1-02 in the master's log:\n{new}"));
+    eprintln!("{n} slots acknowledged; the recovery's resync copied {bytes} bytes of 16 MiB");
+    assert!(dirty_only, "vol1-02 resynced in c's dirty regions only");
+    assert!(
+        (1..=WINDOW_LEN).contains(&bytes),
+        "{bytes} bytes copied: c's dirty regions (the 2 MiB window), not 16 MiB"
+    );
+    // A new plexd takes the live data plane over (waits for its rejoin and lease).
+    c.restart_coordinator(2, None);
+    c.wait_served(2, "dg1", "vol1");
+    c.write_pattern(2, "dg1", "vol1", WINDOW_AT, SLOT_BYTES);
+    wait_until("vol1's plexes to be identical", RECOVERY_TIMEOUT, || {
+        settled(&c, master, &["vol1"])
+    });
     if let Err(e) = c.verify_patterns_on(&[0, 1, 2]) {
         panic!("an acknowledged write is lost: {e}");
     }
