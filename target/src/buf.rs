@@ -222,13 +222,57 @@ pub struct PoolConfig {
     pub hugepages: bool,
 }
 
+/// Chunks per class of the default pool: 4 MiB + 64 MiB + 64 MiB + 64 MiB = 196 MiB
+/// of I/O buffers.
+const DEFAULT_CHUNKS_PER_CLASS: [usize; 4] = [1024, 1024, 256, 64];
+/// Smallest pool [`PoolConfig::with_total_bytes`] makes.
+pub const MIN_POOL_BYTES: u64 = 16 << 20;
+/// Largest pool [`PoolConfig::with_total_bytes`] makes.
+pub const MAX_POOL_BYTES: u64 = 64 << 30;
+/// Fewest chunks a class of a sized pool gets (a 1 MiB command needs one chunk of
+/// the largest class, and connections each get a share).
+pub const MIN_CHUNKS_PER_CLASS: usize = 8;
+
 impl Default for PoolConfig {
     fn default() -> Self {
         PoolConfig {
-            // 4 MiB + 64 MiB + 64 MiB + 64 MiB = 196 MiB of I/O buffers.
-            chunks_per_class: [1024, 1024, 256, 64],
+            chunks_per_class: DEFAULT_CHUNKS_PER_CLASS,
             hugepages: true,
         }
+    }
+}
+
+impl PoolConfig {
+    /// Bytes of I/O buffers the pool holds (before rounding up to 2 MiB).
+    pub fn total_bytes(&self) -> u64 {
+        self.chunks_per_class
+            .iter()
+            .zip(SIZE_CLASSES_BYTES)
+            .map(|(&n, b)| (n * b) as u64)
+            .sum()
+    }
+
+    /// A pool of about `bytes`: every class keeps its share of the default pool
+    /// (at least [`MIN_CHUNKS_PER_CLASS`] chunks). Refused outside
+    /// [`MIN_POOL_BYTES`]..=[`MAX_POOL_BYTES`].
+    pub fn with_total_bytes(bytes: u64) -> Result<PoolConfig, String> {
+        if !(MIN_POOL_BYTES..=MAX_POOL_BYTES).contains(&bytes) {
+            return Err(format!(
+                "buffer pool of {bytes} bytes is outside {} MiB..={} GiB",
+                MIN_POOL_BYTES >> 20,
+                MAX_POOL_BYTES >> 30
+            ));
+        }
+        let default = PoolConfig::default().total_bytes();
+        let mut chunks_per_class = DEFAULT_CHUNKS_PER_CLASS;
+        for n in &mut chunks_per_class {
+            let scaled = (*n as u128 * bytes as u128 / default as u128) as usize;
+            *n = scaled.max(MIN_CHUNKS_PER_CLASS);
+        }
+        Ok(PoolConfig {
+            chunks_per_class,
+            hugepages: true,
+        })
     }
 }
 
@@ -347,6 +391,11 @@ impl BufPool {
             }
         }
         Ok(Arc::new(BufPool { region, classes }))
+    }
+
+    /// Bytes of the region (every class's chunks, rounded up to 2 MiB).
+    pub fn region_bytes(&self) -> usize {
+        self.region.len_bytes
     }
 
     /// True when the region is hugepage-backed.
@@ -813,6 +862,19 @@ mod tests {
         fn buf_ready(&self, tag: u64, buf: PoolBuf) {
             self.0.borrow_mut().push((tag, buf));
         }
+    }
+
+    #[test]
+    fn a_sized_pool_keeps_the_class_shares_and_its_bounds() {
+        assert_eq!(PoolConfig::default().total_bytes(), 196 << 20);
+        let half = PoolConfig::with_total_bytes(98 << 20).unwrap();
+        assert_eq!(half.chunks_per_class, [512, 512, 128, 32]);
+        assert_eq!(half.total_bytes(), 98 << 20);
+        let small = PoolConfig::with_total_bytes(MIN_POOL_BYTES).unwrap();
+        assert_eq!(small.chunks_per_class, [83, 83, 20, MIN_CHUNKS_PER_CLASS]);
+        let e = PoolConfig::with_total_bytes(MIN_POOL_BYTES - 1).unwrap_err();
+        assert!(e.contains("outside 16 MiB"), "{e}");
+        assert!(PoolConfig::with_total_bytes(MAX_POOL_BYTES + 1).is_err());
     }
 
     #[test]

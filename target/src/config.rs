@@ -39,6 +39,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::api::{BdevKind, BdevRequest, KernelService};
+use crate::buf::PoolConfig;
 use crate::frontend::iscsi::IscsiConfig;
 use crate::frontend::nvmf::NvmfConfig;
 use crate::reactor::{parse_cores, PollMode, ReactorConfig};
@@ -168,6 +169,9 @@ pub struct TargetSection {
     pub poll_mode: Option<PollMode>,
     /// The API socket.
     pub socket: Option<PathBuf>,
+    /// Bytes of I/O buffers (the pool every reactor takes buffers from; resident
+    /// while the target runs). Default 196 MiB.
+    pub buffer_pool: Option<Spanned<Size>>,
 }
 
 /// One `[[bdevs]]` entry.
@@ -388,7 +392,20 @@ impl Config {
             }
             parse_cores(m.get_ref()).map_err(|e| self.err(Some(m.span()), "target.cpumask", e))?;
         }
+        if let Some(p) = &self.target.buffer_pool {
+            PoolConfig::with_total_bytes(p.get_ref().0)
+                .map_err(|e| self.err(Some(p.span()), "target.buffer_pool", e))?;
+        }
         Ok(())
+    }
+
+    /// The buffer pool of `[target]` (validated at load).
+    pub fn pool_config(&self) -> PoolConfig {
+        self.target
+            .buffer_pool
+            .as_ref()
+            .and_then(|p| PoolConfig::with_total_bytes(p.get_ref().0).ok())
+            .unwrap_or_default()
     }
 
     /// `bdevs[i]`: a new name, the keys its kind needs, an `inner` bdev defined
@@ -1088,6 +1105,21 @@ plexes = [
         assert_eq!(c.bdevs[0].size, Some(Size(2 << 20)));
         let portal = c.iscsi.as_ref().map(|i| i.portal());
         assert_eq!(portal, Some("127.0.0.1:3261"));
+    }
+
+    #[test]
+    fn the_buffer_pool_is_sized_within_its_bounds() {
+        let c = parse(GOOD, &["target.buffer_pool=\"64M\""]).unwrap();
+        // Each class is rounded down to whole chunks.
+        let got = c.pool_config().total_bytes();
+        assert!((62 << 20..=64 << 20).contains(&got), "{got}");
+        assert_eq!(
+            parse(GOOD, &[]).unwrap().pool_config().total_bytes(),
+            PoolConfig::default().total_bytes()
+        );
+        let e = parse(GOOD, &["target.buffer_pool=\"1M\""]).unwrap_err();
+        assert_eq!(e.key, "target.buffer_pool", "{e}");
+        assert!(e.reason.contains("outside 16 MiB"), "{e}");
     }
 
     #[test]

@@ -106,7 +106,7 @@ fn run(args: &Args, signals: &SigSet) -> Result<(), String> {
     let poll_mode = reactors.poll_mode;
     let target = Target::start(&TargetConfig {
         reactors,
-        ..Default::default()
+        pool: cfg.pool_config(),
     })
     .map_err(|e| e.to_string())?;
     let svc = KernelService::new(Arc::clone(&target), poll_mode);
@@ -208,10 +208,12 @@ fn announce(target: &Target, socket: &Path, frontends: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
-        "plexd-target: serving on {} with {} reactor(s) on cores {}{frontends}",
+        "plexd-target: serving on {} with {} reactor(s) on cores {}, {} MiB of I/O buffers{}{frontends}",
         socket.display(),
         cores.len(),
-        cores.join(",")
+        cores.join(","),
+        target.pool().region_bytes() >> 20,
+        if target.pool().hugepages() { " (hugepages)" } else { "" }
     );
     let _ = out.flush();
 }
