@@ -854,8 +854,7 @@ impl Daemon {
                 dg,
                 volume,
                 plex,
-                offset_bytes,
-                len_bytes,
+                pieces,
                 deadline_ms,
             } => {
                 // The driver checks the copy's write against the newest published
@@ -866,8 +865,7 @@ impl Daemon {
                     group: self.node.config().group(&dg).cloned(),
                     volume,
                     plex,
-                    offset: offset_bytes,
-                    len: len_bytes,
+                    pieces,
                     deadline: self.core_instant(deadline_ms),
                 }
             }
