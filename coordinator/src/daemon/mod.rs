@@ -749,8 +749,9 @@ impl Daemon {
             })
             .collect();
         let files = self.file.disk_files();
+        let hold = self.failpoint.as_ref().and_then(|f| f.sleep_at("drl.read"));
         self.drl_reads
-            .start(&self.name, op, of, at, files, self.tx.clone());
+            .start(&self.name, op, of, at, files, self.tx.clone(), hold);
     }
 
     /// A quorum disk request that could not be handed to its thread: the core
