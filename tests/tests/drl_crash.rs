@@ -11,7 +11,7 @@
 //! suite fast; issue 11 asks for 20: `PLEXD_CRASH_ROUNDS=20 cargo test -p
 //! plexd-tests --test drl_crash` runs them).
 
-use plexd_tests::plex_disk::{plex_image, plexd_log, resync_started};
+use plexd_tests::plex_disk::{plex_image, plex_location, plexd_log, resync_started};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -46,6 +46,23 @@ const WRITES_BEFORE_KILL: u64 = 30;
 const SEED_BASE: u64 = 1 << 40;
 /// Rounds of the first test when `PLEXD_CRASH_ROUNDS` is not set.
 const DEFAULT_ROUNDS: u32 = 2;
+
+/// Writes other bytes over `SLOT_BYTES` of plex `plex` of `dg1.vol` at volume
+/// offset `at`, on the disk file (the plex's subdisk), so the plexes differ there.
+fn diverge(c: &Cluster, vol: &str, plex: &str, at: u64, round: u32) {
+    use std::io::{Seek, SeekFrom, Write};
+    let print = c.print(0);
+    let (path, disk_at, _) = plex_location(&print, "dg1", vol, plex, at)
+        .unwrap_or_else(|e| panic!("{vol}'s plex {plex} at {at}: {e}"));
+    let bytes = plexd_tests::data::pattern_bytes(0xd1f + u64::from(round), at, SLOT_BYTES as usize);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("{path}: {e}"));
+    f.seek(SeekFrom::Start(disk_at)).expect("seek");
+    f.write_all(&bytes).expect("write");
+    f.sync_all().expect("sync");
+}
 
 /// How one writer writes a pattern (through a data plane's kernel API, or an iSCSI
 /// session): Ok once acknowledged.
@@ -265,15 +282,19 @@ fn iscsi_session(c: &Cluster, i: usize, iqn: &str, isid: [u8; 6]) -> Initiator {
 /// A 3-node cluster, two 2-way shared mirrors of 16 MiB: vol1 with a dirty region log
 /// (the default), vol2 `--drl off`. Each round, a writer thread per volume writes
 /// random 64 KiB patterns to a 2 MiB window through node c (`via`), and c's
-/// plexd and plexd-target are killed -9 mid-stream. Once the master recovered c's
+/// plexd and plexd-target are killed -9 mid-stream; the slot of vol1's write in
+/// flight is then made to differ on vol1-02's disk file (a kill -9 alone rarely
+/// leaves a write on one plex only: the kernel finishes the process's file
+/// writes). Once the master recovered c's
 /// start (both volumes' plexes ACTIVE, after vol2's resync started): each volume's
 /// plexes are identical block for block, read from the disk files; the last
 /// acknowledged pattern of every slot reads back through a and b; vol1's resync
 /// copied only c's dirty regions (at most the 2 MiB window, of 16 MiB), vol2's the
 /// whole volume. Then c restarts and rejoins (its new start opened, its data plane
 /// leased) for the next round. Without the log's read in the recovery, vol1 would be
-/// resynced whole and the bytes check fails; without the recovery, the plexes stay
-/// different where c's last writes reached one plex only (the wait times out).
+/// resynced whole and the bytes check fails; with a recovery that misses c's dirty
+/// regions (a log read answering 4 KiB at offset 0 for vol1, tried), or none, the
+/// plexes stay different at that slot (the wait times out).
 fn kill_9_rounds(via: Via) {
     let mut c = Cluster::start(3, ClusterOpts::default());
     c.shared_mirror(0, "dg1", "vol1", VOL_SIZE);
@@ -324,6 +345,11 @@ fn kill_9_rounds(via: Via) {
             w1.failure.is_some() && w2.failure.is_some(),
             "the writers saw c die"
         );
+        // The write in flight at the kill diverges on purpose, as a node dying
+        // between its two plex writes leaves it: its slot of vol1-02 gets other
+        // bytes on the disk file (before the recovery, which waits for c's lease).
+        let (_, in_flight) = w1.failure.clone().expect("vol1's writer failed");
+        diverge(&c, "vol1", "vol1-02", in_flight.offset_bytes, round);
         let (n1, n2) = (record(&mut c, w1), record(&mut c, w2));
 
         wait_until(
