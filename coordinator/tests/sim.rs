@@ -64,6 +64,7 @@ fn random_schedules_keep_the_invariants() {
                 cov.quorum_disk_lost += c.quorum_disk_lost;
                 cov.quorum_disk_takeovers += c.quorum_disk_takeovers;
                 cov.chunks_copied += c.chunks_copied;
+                cov.multi_piece_chunks += c.multi_piece_chunks;
                 cov.chunks_raced += c.chunks_raced;
                 cov.copies_refused += c.copies_refused;
                 cov.resyncs_done += c.resyncs_done;
@@ -1303,13 +1304,15 @@ fn a_renewal_queued_through_a_freeze_never_overwrites_the_new_holder() {
 }
 
 // ---------------------------------------------------------------------------
-// Resync under fences (core::resync). Volume v1 has four chunks; v1-02 is
-// detached, then attached again (SYNCING) and resynced by the master.
+// Resync under fences (core::resync). Volume v1 has four chunks (eight regions);
+// v1-02 is detached, then attached again (SYNCING) and resynced by the master.
 // ---------------------------------------------------------------------------
 
-use plexd_coordinator::sim::TOY_VOLUME_BYTES;
+use plexd_coordinator::sim::{TOY_REGION_BYTES, TOY_VOLUME_BYTES};
 
 const CHUNKS: u64 = TOY_VOLUME_BYTES / plexd_coordinator::core::RESYNC_CHUNK_BYTES;
+/// The simulator tracks what a resync copied in regions.
+const REGIONS: u64 = TOY_VOLUME_BYTES / TOY_REGION_BYTES;
 
 /// A cluster of `ids` with volume v1 of two plexes, v1-02 STALE.
 fn with_stale_plex(sim: &mut Sim, ids: &[u32]) {
@@ -1332,7 +1335,7 @@ fn until_resynced(sim: &mut Sim, ids: &[u32]) {
     let done = sim.run_until(20_000, resynced);
     assert_eq!(sim.violation(), None, "{}", sim.trace_text());
     assert!(done, "v1-02 never became ACTIVE:\n{}", sim.trace_text());
-    assert_eq!(sim.synced("v1", "v1-02"), (0..CHUNKS).collect());
+    assert_eq!(sim.synced("v1", "v1-02"), (0..REGIONS).collect());
     settle(sim, ids);
     sim.run_for(200);
     for &id in ids {
@@ -1440,7 +1443,7 @@ fn a_master_frozen_mid_copy_never_lands_its_copy_after_the_new_master_resynced()
     assert_eq!(sim.violation(), None, "{}", sim.trace_text());
     assert_eq!(sim.coverage.copies_refused, 1);
     assert!(sim.copies_in_flight().is_empty());
-    assert_eq!(sim.synced("v1", "v1-02"), (0..CHUNKS).collect());
+    assert_eq!(sim.synced("v1", "v1-02"), (0..REGIONS).collect());
 }
 
 // ---------------------------------------------------------------------------
@@ -1727,7 +1730,38 @@ fn a_crash_with_a_log_resyncs_only_the_dirty_regions() {
     recovered_and_resynced(&mut sim, dead, &[A, B, C]);
     assert!(sim.coverage.log_sections_read >= 1);
     assert_eq!(sim.coverage.range_resyncs_done, 1);
-    assert_eq!(sim.synced("v1", "v1-02"), [2].into(), "only chunk 2 copied");
+    assert_eq!(
+        sim.synced("v1", "v1-02"),
+        [2].into(),
+        "only region 2 copied"
+    );
+}
+
+/// c dies with writes to regions 1 and 3 of v1 in flight (half a chunk each, with
+/// a clean region between): the recovery copies both dirty ranges under ONE fence
+/// round (a chunk of two pieces), not one round per range. Before chunks were
+/// lists of pieces the copier fenced each range on its own: two rounds, and the
+/// first assertion fails.
+#[test]
+fn small_dirty_ranges_share_one_fence_round() {
+    let mut sim = logged_cluster();
+    sim.start_write(C, "v1", 1);
+    sim.start_write(C, "v1", 3);
+    assert_eq!(sim.dirty_log(C, "v1"), [1, 3].into());
+    let dead = (C, sim.node(C).inc);
+    sim.crash(C);
+    sim.start(C);
+    recovered_and_resynced(&mut sim, dead, &[A, B, C]);
+    assert_eq!(
+        sim.coverage.chunks_copied, 1,
+        "one fence round for both ranges"
+    );
+    assert_eq!(sim.coverage.multi_piece_chunks, 1);
+    assert_eq!(
+        sim.synced("v1", "v1-02"),
+        [1, 3].into(),
+        "regions 1 and 3 only"
+    );
 }
 
 /// c dies having written nothing to v1 (its section unused), and b dies with its
@@ -1847,7 +1881,7 @@ fn a_recovery_restarts_the_resyncs_in_progress() {
     });
     assert!(copied, "a first chunk copied:\n{}", sim.trace_text());
     sim.hold(A, Hold::Copy);
-    assert!(sim.synced("v1", "v1-02").len() < CHUNKS as usize);
+    assert!(sim.synced("v1", "v1-02").len() < REGIONS as usize);
     let dead = (C, sim.node(C).inc);
     sim.crash(C);
     let recovered = sim.run_until(15_000, |s| {
@@ -1858,7 +1892,7 @@ fn a_recovery_restarts_the_resyncs_in_progress() {
     sim.release(A);
     sim.start(C);
     recovered_and_resynced(&mut sim, dead, &[A, B, C]);
-    assert_eq!(sim.synced("v1", "v1-02"), (0..CHUNKS).collect());
+    assert_eq!(sim.synced("v1", "v1-02"), (0..REGIONS).collect());
 }
 
 /// The master's read of c's log never answers (a hung disk): after
@@ -1874,7 +1908,7 @@ fn an_unanswered_log_read_falls_back_to_a_whole_resync() {
     sim.start(C);
     recovered_and_resynced(&mut sim, dead, &[A, B, C]);
     assert_eq!(sim.coverage.range_resyncs_done, 0, "a whole resync");
-    assert_eq!(sim.synced("v1", "v1-02"), (0..CHUNKS).collect());
+    assert_eq!(sim.synced("v1", "v1-02"), (0..REGIONS).collect());
 }
 
 /// The master dies while its read of c's log is in flight: the next master (b

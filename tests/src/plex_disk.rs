@@ -87,3 +87,45 @@ pub fn resync_started(log: &str, vol: &str, plex: &str) -> Option<(u64, bool)> {
     let bytes = rest.split(' ').next()?.parse().ok()?;
     Some((bytes, line.contains("(dirty regions)")))
 }
+
+/// The millisecond of the day a plexd log line was written at (plexd logs
+/// `[YYYY-MM-DDTHH:MM:SS.mmmZ ...`), or None for another line.
+pub fn log_line_ms(line: &str) -> Option<u64> {
+    let t = line.strip_prefix('[')?.get(11..23)?;
+    let num = |r: std::ops::Range<usize>| t.get(r)?.parse::<u64>().ok();
+    Some(((num(0..2)? * 60 + num(3..5)?) * 60 + num(6..8)?) * 1000 + num(9..12)?)
+}
+
+/// The master's own timing of a resync of `plex` of `vol`, from its log (the `nth`
+/// one in the log, counting from 0): milliseconds from its "started" line to its
+/// "ACTIVE" line, and the fence rounds it took ("every chunk copied under fences (N
+/// fence round(s))"). Unaffected by how often a test polls.
+pub fn resync_timing(log: &str, vol: &str, plex: &str, nth: usize) -> Option<(u64, u64)> {
+    let head = format!("resync of plex {plex} of volume {vol}");
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains(&head)).collect();
+    let start = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.contains(": started, "))
+        .nth(nth)?
+        .0;
+    let rest = &lines[start..];
+    let rounds = rest
+        .iter()
+        .find_map(|l| l.split("under fences (").nth(1))?
+        .split(' ')
+        .next()?
+        .parse()
+        .ok()?;
+    let active = rest
+        .iter()
+        .find(|l| l.ends_with(&format!("{head}: ACTIVE")))?;
+    let (from, to) = (log_line_ms(rest[0])?, log_line_ms(active)?);
+    // A resync over midnight (UTC).
+    let ms = if to >= from {
+        to - from
+    } else {
+        to + 86_400_000 - from
+    };
+    Some((ms, rounds))
+}

@@ -23,7 +23,9 @@ struct Args {
 }
 
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
     let args = Args::parse();
     let opts = plexd_coordinator::daemon::Options {
         cluster: args.cluster,

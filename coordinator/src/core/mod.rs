@@ -34,8 +34,8 @@ pub use recovery::{
     MAX_LOG_SECTIONS_PER_READ, MAX_LOST_STARTS, RECOVERY_REQUEST_BASE, RECOVERY_RETRY_MS,
 };
 pub use resync::{
-    MAX_FENCES, MAX_RESYNCS, RESYNC_CHUNK_BYTES, RESYNC_PROGRESS_EVERY_CHUNKS, RESYNC_REQUEST_BASE,
-    RESYNC_RETRY_MS,
+    MAX_CHUNK_PIECES, MAX_FENCES, MAX_RESYNCS, RESYNC_CHUNK_BYTES, RESYNC_PROGRESS_EVERY_CHUNKS,
+    RESYNC_REQUEST_BASE, RESYNC_RETRY_MS,
 };
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -497,9 +497,8 @@ pub enum Action<M: ConfigModel> {
         /// Volume.
         volume: String,
     },
-    /// Master: copy `len_bytes` of `volume` at `offset_bytes` from an ACTIVE plex
-    /// to SYNCING `plex` (every member holds a fence); answer with
-    /// [`Event::ChunkCopied`].
+    /// Master: copy `pieces` of `volume` from an ACTIVE plex to SYNCING `plex`
+    /// (every member holds a fence); answer with [`Event::ChunkCopied`].
     CopyChunk {
         /// The fence the copy runs under (echoed in the event).
         token: FenceToken,
@@ -509,10 +508,11 @@ pub enum Action<M: ConfigModel> {
         volume: String,
         /// The SYNCING plex.
         plex: String,
-        /// Volume offset.
-        offset_bytes: u64,
-        /// Bytes.
-        len_bytes: u64,
+        /// (volume offset, bytes) of each range copied under this one fence, in
+        /// ascending order, disjoint: one chunk of at most [`RESYNC_CHUNK_BYTES`]
+        /// in all, and at most [`MAX_CHUNK_PIECES`] pieces (small dirty ranges
+        /// share a fence round).
+        pieces: Vec<(u64, u64)>,
         /// This node's clock: the copy's write does not start from then on (the
         /// driver answers [`WRITE_DEADLINE`]): the master's lease when it asked,
         /// moving on with its lease as the driver last heard of it (as

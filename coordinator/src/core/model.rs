@@ -23,7 +23,8 @@ pub struct SyncingPlex {
 }
 
 impl SyncingPlex {
-    /// The ranges the resync copies, clipped to the volume: `ranges`, or the whole
+    /// The ranges the resync copies, clipped to the volume, ascending, with
+    /// overlapping and adjacent ones merged (one piece each): `ranges`, or the whole
     /// volume when there are none.
     pub fn copy_ranges(&self) -> Vec<(u64, u64)> {
         if self.ranges.is_empty() {
@@ -33,12 +34,22 @@ impl SyncingPlex {
                 Vec::new()
             };
         }
-        self.ranges
+        let mut clipped: Vec<(u64, u64)> = self
+            .ranges
             .iter()
             .filter(|(o, _)| *o < self.size_bytes)
             .map(|&(o, l)| (o, l.min(self.size_bytes - o)))
             .filter(|&(_, l)| l > 0)
-            .collect()
+            .collect();
+        clipped.sort_unstable();
+        let mut out: Vec<(u64, u64)> = Vec::with_capacity(clipped.len());
+        for (o, l) in clipped {
+            match out.last_mut() {
+                Some((po, pl)) if o <= *po + *pl => *pl = (*pl).max(o + l - *po),
+                _ => out.push((o, l)),
+            }
+        }
+        out
     }
 
     /// Bytes the resync copies ([`SyncingPlex::copy_ranges`]).
@@ -245,4 +256,22 @@ pub trait ConfigModel: Clone + Eq + Debug + Default {
 
     /// Parses a change; malformed input is an error.
     fn decode_change(bytes: &[u8]) -> Result<Self::Change, String>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_ranges_clips_sorts_and_merges_adjacent_ranges() {
+        let p = SyncingPlex {
+            dg: "dg".into(),
+            volume: "v".into(),
+            plex: "v-02".into(),
+            size_bytes: 100,
+            ranges: vec![(40, 10), (10, 10), (20, 5), (22, 1), (90, 20), (120, 5)],
+        };
+        assert_eq!(p.copy_ranges(), vec![(10, 15), (40, 10), (90, 10)]);
+        assert_eq!(p.bytes_to_copy(), 35);
+    }
 }

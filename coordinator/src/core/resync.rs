@@ -5,7 +5,11 @@
 //! A SYNCING plex takes every new write on every node that applied the transaction
 //! that made it SYNCING. The rest is copied from an ACTIVE plex, one chunk of at most
 //! [`RESYNC_CHUNK_BYTES`] at a time: the whole plex, or only its ranges
-//! ([`SyncingPlex::ranges`], a crashed node's dirty regions). Every copy starts
+//! ([`SyncingPlex::ranges`], a crashed node's dirty regions). A chunk is a list of
+//! pieces: ranges shorter than a chunk share one fence round (up to
+//! [`RESYNC_CHUNK_BYTES`] of copy and [`MAX_CHUNK_PIECES`] pieces), since the
+//! round's messages and quiesces, not the copy, cost most of a small range's time.
+//! Every copy starts
 //! again when a node start is recovered (it may have written chunks already
 //! copied). A host write to a chunk through *any* node between
 //! the copy's read and its write would be overwritten on the SYNCING plex with older
@@ -41,6 +45,8 @@ use super::*;
 
 /// Largest copy under one fence.
 pub const RESYNC_CHUNK_BYTES: u64 = 1 << 20;
+/// Most ranges (pieces) copied under one fence.
+pub const MAX_CHUNK_PIECES: usize = 64;
 /// Most plexes a master resyncs at once (others wait for a slot).
 pub const MAX_RESYNCS: usize = 8;
 /// Most fences a node holds at once (one per volume).
@@ -77,7 +83,7 @@ struct Copy {
     offset: u64,
     /// The ranges to copy ([`SyncingPlex::copy_ranges`]).
     todo: Vec<(u64, u64)>,
-    /// The range being copied (`todo.len()`: all copied).
+    /// The next range to copy (`todo.len()`: all copied).
     at: usize,
     /// Bytes of that range copied.
     pos: u64,
@@ -105,6 +111,11 @@ enum Step {
 #[derive(Debug)]
 struct Round {
     token: FenceToken,
+    /// The chunk: (volume offset, bytes) of each piece.
+    pieces: Vec<(u64, u64)>,
+    /// Where the copy goes on once this chunk counts ([`Copy::at`], [`Copy::pos`]).
+    next: (usize, u64),
+    /// Bytes of the chunk.
     len: u64,
     members: Vec<NodeId>,
     awaiting: BTreeSet<NodeId>,
@@ -134,6 +145,40 @@ impl Copy {
     fn chunk_offset(&self) -> u64 {
         self.todo.get(self.at).map_or(0, |r| r.0) + self.pos
     }
+
+    /// The next chunk from (`at`, `pos`): its pieces and where the copy goes on
+    /// after it.
+    fn next_chunk(&self) -> (Vec<(u64, u64)>, (usize, u64)) {
+        chunk_pieces(&self.todo, self.at, self.pos)
+    }
+}
+
+/// The chunk of `todo` (ascending, disjoint ranges) that starts `pos` bytes into
+/// range `at`: pieces of consecutive ranges until [`RESYNC_CHUNK_BYTES`] bytes or
+/// [`MAX_CHUNK_PIECES`] pieces; and the (range, bytes into it) after the chunk.
+fn chunk_pieces(
+    todo: &[(u64, u64)],
+    mut at: usize,
+    mut pos: u64,
+) -> (Vec<(u64, u64)>, (usize, u64)) {
+    let mut pieces: Vec<(u64, u64)> = Vec::new();
+    let mut left = RESYNC_CHUNK_BYTES;
+    while left > 0 && pieces.len() < MAX_CHUNK_PIECES {
+        let Some(&(offset, len)) = todo.get(at) else {
+            break;
+        };
+        let n = left.min(len.saturating_sub(pos));
+        if n > 0 {
+            pieces.push((offset + pos, n));
+            left -= n;
+            pos += n;
+        }
+        if pos >= len {
+            at += 1;
+            pos = 0;
+        }
+    }
+    (pieces, (at, pos))
 }
 
 fn is_kernel_action<M: ConfigModel>(a: &Action<M>) -> bool {
@@ -624,12 +669,21 @@ impl<M: ConfigModel> Node<M> {
         let Some(c) = self.copier.copies.get_mut(key) else {
             return;
         };
-        let Some(&(_, range_len)) = c.todo.get(c.at) else {
+        let (pieces, next) = c.next_chunk();
+        if pieces.is_empty() {
             return;
-        };
-        let len = RESYNC_CHUNK_BYTES.min(range_len.saturating_sub(c.pos));
+        }
+        let len = pieces.iter().map(|p| p.1).sum();
+        log::debug!(
+            "resync of plex {}: fence {token}: {} piece(s), {len} bytes from offset {}",
+            c.plex.plex,
+            pieces.len(),
+            pieces[0].0
+        );
         c.step = Step::Fencing(Round {
             token,
+            pieces,
+            next,
             len,
             members: view.members.clone(),
             awaiting: view.members.iter().copied().collect(),
@@ -701,10 +755,13 @@ impl<M: ConfigModel> Node<M> {
             dg: c.plex.dg.clone(),
             volume: c.plex.volume.clone(),
             plex: c.plex.plex.clone(),
-            offset_bytes: c.chunk_offset(),
-            len_bytes: r.len,
+            pieces: r.pieces.clone(),
             deadline_ms,
         };
+        log::debug!(
+            "resync of plex {}: fence {token} held by every member: copying",
+            c.plex.plex
+        );
         c.step = Step::Copying(r);
         self.out.push(action);
     }
@@ -727,10 +784,18 @@ impl<M: ConfigModel> Node<M> {
         let Step::Copying(r) = &mut c.step else {
             return;
         };
+        log::debug!(
+            "resync of plex {}: fence {token}: copied, releasing",
+            c.plex.plex
+        );
         if let Err(e) = result {
             let e = format!(
-                "node {me}: resync of plex {} of volume {}: copy of {} bytes at offset {}: {e}",
-                c.plex.plex, c.plex.volume, r.len, at
+                "node {me}: resync of plex {} of volume {}: copy of {} bytes in {} piece(s) from offset {}: {e}",
+                c.plex.plex,
+                c.plex.volume,
+                r.len,
+                r.pieces.len(),
+                at
             );
             r.why = Some(e.clone());
             self.log(log::Level::Warn, e);
@@ -808,17 +873,18 @@ impl<M: ConfigModel> Node<M> {
         ) else {
             return;
         };
+        log::debug!(
+            "resync of plex {}: fence {}: released",
+            c.plex.plex,
+            r.token
+        );
         if r.why.is_none() && r.token.view != view_id {
             r.why = Some(format!("the view changed from {}", r.token.view));
         }
         match r.why {
             None => {
                 c.offset += r.len;
-                c.pos += r.len;
-                if c.todo.get(c.at).is_none_or(|&(_, l)| c.pos >= l) {
-                    c.at += 1;
-                    c.pos = 0;
-                }
+                (c.at, c.pos) = r.next;
                 c.attempts = 0;
                 c.chunks += 1;
                 let (p, offset) = (c.plex.clone(), c.offset);
@@ -828,8 +894,8 @@ impl<M: ConfigModel> Node<M> {
                         not_before_ms: now_ms,
                     };
                     let line = format!(
-                        "node {me}: resync of plex {} of volume {}: every chunk copied under fences; making it ACTIVE",
-                        p.plex, p.volume
+                        "node {me}: resync of plex {} of volume {}: every chunk copied under fences ({} fence round(s)); making it ACTIVE",
+                        p.plex, p.volume, c.chunks
                     );
                     self.log(log::Level::Info, line);
                     self.progress(&p, offset, None);
@@ -913,5 +979,45 @@ impl<M: ConfigModel> Node<M> {
                 self.log(log::Level::Warn, line);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn small_ranges_share_a_chunk_up_to_its_bytes() {
+        let todo = [(0, MIB / 2), (3 * MIB, MIB / 4), (9 * MIB, MIB)];
+        // Two small ranges and the first quarter of the third: one chunk.
+        let (pieces, next) = chunk_pieces(&todo, 0, 0);
+        assert_eq!(
+            pieces,
+            vec![(0, MIB / 2), (3 * MIB, MIB / 4), (9 * MIB, MIB / 4)]
+        );
+        assert_eq!(next, (2, MIB / 4));
+        // The rest of the third range.
+        let (pieces, next) = chunk_pieces(&todo, next.0, next.1);
+        assert_eq!(pieces, vec![(9 * MIB + MIB / 4, 3 * MIB / 4)]);
+        assert_eq!(next, (3, 0));
+        assert_eq!(chunk_pieces(&todo, 3, 0), (vec![], (3, 0)));
+    }
+
+    #[test]
+    fn a_long_range_is_copied_a_chunk_at_a_time() {
+        let todo = [(0, 3 * MIB)];
+        let (pieces, next) = chunk_pieces(&todo, 0, MIB);
+        assert_eq!(pieces, vec![(MIB, MIB)]);
+        assert_eq!(next, (0, 2 * MIB));
+    }
+
+    #[test]
+    fn a_chunk_holds_at_most_max_chunk_pieces() {
+        let todo: Vec<(u64, u64)> = (0..200u64).map(|i| (i * MIB, 4096)).collect();
+        let (pieces, next) = chunk_pieces(&todo, 0, 0);
+        assert_eq!(pieces.len(), MAX_CHUNK_PIECES);
+        assert_eq!(next, (MAX_CHUNK_PIECES, 0));
     }
 }

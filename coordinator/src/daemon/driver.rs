@@ -180,10 +180,8 @@ pub enum Job {
         volume: String,
         /// The SYNCING plex.
         plex: String,
-        /// Volume offset.
-        offset: u64,
-        /// Bytes.
-        len: u64,
+        /// (volume offset, bytes) of each range copied under the fence.
+        pieces: Vec<(u64, u64)>,
         /// No write starts from then on (moved on with this node's lease).
         deadline: Instant,
     },
@@ -564,16 +562,15 @@ impl Driver {
         }
     }
 
-    /// [`Job::CopyChunk`]: one chunk of a shared resync, copied by the data plane, refused past the master's lease.
-    #[allow(clippy::too_many_arguments)]
+    /// [`Job::CopyChunk`]: one chunk of a shared resync (its pieces in order),
+    /// copied by the data plane, refused past the master's lease.
     fn copy_chunk(
         &mut self,
         token: FenceToken,
         group: Option<DiskGroupConfig>,
         volume: String,
         plex: String,
-        offset: u64,
-        len: u64,
+        pieces: &[(u64, u64)],
         deadline: Instant,
     ) -> Done {
         let lease = self.lease.clone();
@@ -582,15 +579,17 @@ impl Driver {
             Instant::now() >= end
         };
         let result = match &group {
-            Some(g) => super::resync::copy_range(
-                self.kernel.client(),
-                g,
-                &volume,
-                &plex,
-                offset,
-                len,
-                &past,
-            ),
+            Some(g) => pieces.iter().try_for_each(|&(offset, len)| {
+                super::resync::copy_range(
+                    self.kernel.client(),
+                    g,
+                    &volume,
+                    &plex,
+                    offset,
+                    len,
+                    &past,
+                )
+            }),
             None => Err(format!("no disk group holds volume {volume}")),
         }
         .map_err(|e| self.err(format!("resync copy {token}: {e}")));
@@ -671,10 +670,9 @@ impl Driver {
                 group,
                 volume,
                 plex,
-                offset,
-                len,
+                pieces,
                 deadline,
-            } => self.copy_chunk(token, group, volume, plex, offset, len, deadline),
+            } => self.copy_chunk(token, group, volume, plex, &pieces, deadline),
             Job::StopSharedIo { volumes } => Done::SharedIoStopped {
                 result: self.stop_shared_io(&volumes),
             },

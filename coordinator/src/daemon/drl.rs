@@ -46,7 +46,9 @@ pub struct Reads(Arc<AtomicUsize>);
 
 impl Reads {
     /// Starts read `op` of node `of`'s sections; its answer comes as
-    /// [`Input::DirtyLogs`] on `inputs`.
+    /// [`Input::DirtyLogs`] on `inputs`. `hold`: the `drl.read` failpoint's sleep,
+    /// slept by the read's thread before it reads.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         &self,
         me: &str,
@@ -55,6 +57,7 @@ impl Reads {
         sections: Vec<(DirtyLogSection, Option<Disk>)>,
         files: Vec<PathBuf>,
         inputs: SyncSender<Input>,
+        hold: Option<std::time::Duration>,
     ) {
         let refuse = |why: String| -> Vec<DirtyLogRead> {
             sections
@@ -75,6 +78,13 @@ impl Reads {
             let inputs = inputs.clone();
             let sections = sections.clone();
             move || {
+                if let Some(d) = hold {
+                    log::warn!(
+                        "node {name}: failpoint drl.read: sleeping {} ms",
+                        d.as_millis()
+                    );
+                    std::thread::sleep(d);
+                }
                 let local = LocalDisks::scan(&files);
                 let results = sections
                     .into_iter()

@@ -16,9 +16,15 @@ pub const FAILPOINT_EXIT_STATUS: i32 = 137;
 /// still quiesced: a slow drain), `driver.write_disks` (before a transaction's
 /// configuration is written to the disks: a slow disk) and `lease.renew` (in the
 /// lease thread, between taking the lease to renew and sending it to the data
-/// plane: a process frozen mid-renewal).
-pub const DRIVER_FAILPOINTS: [&str; 3] =
-    ["driver.kernel_prepare", "driver.write_disks", "lease.renew"];
+/// plane: a process frozen mid-renewal) and `drl.read` (in the thread reading a
+/// lost node start's dirty region log sections, before it reads: a slow disk, a
+/// read pending while the process is frozen).
+pub const DRIVER_FAILPOINTS: [&str; 4] = [
+    "driver.kernel_prepare",
+    "driver.write_disks",
+    "lease.renew",
+    "drl.read",
+];
 
 /// Longest sleep a failpoint may ask for.
 pub const MAX_FAILPOINT_SLEEP: Duration = Duration::from_secs(60);

@@ -749,8 +749,9 @@ impl Daemon {
             })
             .collect();
         let files = self.file.disk_files();
+        let hold = self.failpoint.as_ref().and_then(|f| f.sleep_at("drl.read"));
         self.drl_reads
-            .start(&self.name, op, of, at, files, self.tx.clone());
+            .start(&self.name, op, of, at, files, self.tx.clone(), hold);
     }
 
     /// A quorum disk request that could not be handed to its thread: the core
@@ -854,8 +855,7 @@ impl Daemon {
                 dg,
                 volume,
                 plex,
-                offset_bytes,
-                len_bytes,
+                pieces,
                 deadline_ms,
             } => {
                 // The driver checks the copy's write against the newest published
@@ -866,8 +866,7 @@ impl Daemon {
                     group: self.node.config().group(&dg).cloned(),
                     volume,
                     plex,
-                    offset: offset_bytes,
-                    len: len_bytes,
+                    pieces,
                     deadline: self.core_instant(deadline_ms),
                 }
             }

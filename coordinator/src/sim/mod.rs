@@ -28,7 +28,7 @@ pub use toy::{
 use crate::core::{
     Action, ConfigModel, DirtyLogRead, DiskRecord, ErrorKind, Event, FenceToken, Message, Node,
     NodeConfig, NodeId, NodeInfo, QuorumDiskRecord, RequestError, RequestId, Role, TxnId, View,
-    OUTCOME_UNKNOWN, RESYNC_CHUNK_BYTES, WRITE_DEADLINE,
+    OUTCOME_UNKNOWN, WRITE_DEADLINE,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -154,6 +154,8 @@ pub struct Coverage {
     pub quorum_disk_lost: usize,
     /// Resync chunks written to a SYNCING plex.
     pub chunks_copied: usize,
+    /// Of those, chunks of several pieces (small dirty ranges sharing a fence).
+    pub multi_piece_chunks: usize,
     /// Of those, copies a host write may have raced (a node could write the volume
     /// unfenced between the copy's read and its write): the chunk must be copied
     /// again before the plex is ACTIVE.
@@ -258,8 +260,8 @@ pub struct CopyInFlight {
     pub volume: String,
     /// The SYNCING plex.
     pub plex: String,
-    /// Chunk number.
-    pub chunk: u64,
+    /// The regions ([`TOY_REGION_BYTES`]) its pieces cover whole.
+    pub regions: Vec<u64>,
     /// A node could write the volume unfenced since the read.
     pub dirty: bool,
     /// The write's deadline (the node's clock) and whether it moves with the lease.
@@ -385,7 +387,7 @@ pub struct Sim {
     /// Share (percent) of copies whose node is frozen, crashed or cut off as soon
     /// as the copy starts.
     copy_fault_percent: u32,
-    /// (volume, plex) → chunks whose content equals the ACTIVE plexes' (copied
+    /// (volume, plex) → regions whose content equals the ACTIVE plexes' (copied
     /// with no unfenced writer meanwhile, and no write missed the plex since).
     synced: BTreeMap<(String, String), BTreeSet<u64>>,
     /// Plexes that may differ after a node's data plane died serving them.
@@ -1637,14 +1639,22 @@ impl Sim {
                     token,
                     volume,
                     plex,
-                    offset_bytes,
+                    pieces,
                     deadline_ms,
                     ..
                 } => {
-                    let chunk = offset_bytes / RESYNC_CHUNK_BYTES;
+                    if pieces.len() > 1 {
+                        self.coverage.multi_piece_chunks += 1;
+                    }
+                    let regions: Vec<u64> = pieces
+                        .iter()
+                        .flat_map(|&(o, l)| {
+                            o.div_ceil(TOY_REGION_BYTES)..(o + l) / TOY_REGION_BYTES
+                        })
+                        .collect();
                     let dirty = !self.writers(&volume).is_empty();
                     self.note(format!(
-                        "{name} copies chunk {chunk} of {volume} to {plex} (fence {token}){}",
+                        "{name} copies regions {regions:?} of {volume} to {plex} (fence {token}){}",
                         if dirty {
                             ": RACED by an unfenced writer"
                         } else {
@@ -1656,7 +1666,7 @@ impl Sim {
                         token,
                         volume,
                         plex,
-                        chunk,
+                        regions,
                         dirty,
                         deadline: (deadline_ms, true),
                     });
@@ -2270,7 +2280,8 @@ impl Sim {
         &self.copies
     }
 
-    /// The chunks of `plex` of `volume` that hold the volume's data.
+    /// The regions ([`TOY_REGION_BYTES`]) of `plex` of `volume` that hold the
+    /// volume's data.
     pub fn synced(&self, volume: &str, plex: &str) -> BTreeSet<u64> {
         self.synced
             .get(&(volume.to_string(), plex.to_string()))
@@ -2313,8 +2324,8 @@ impl Sim {
             let c = &mut self.copies[i];
             c.dirty = true;
             let line = format!(
-                "copy {} of chunk {} of {} RACED: nodes {who:?} could write it unfenced",
-                c.token, c.chunk, c.volume
+                "copy {} of regions {:?} of {} RACED: nodes {who:?} could write it unfenced",
+                c.token, c.regions, c.volume
             );
             self.note(line);
         }
@@ -2339,7 +2350,7 @@ impl Sim {
         if c.dirty {
             self.coverage.chunks_raced += 1;
             if let Some(set) = self.synced.get_mut(&key) {
-                set.remove(&c.chunk);
+                set.retain(|r| !c.regions.contains(r));
             }
             let active = self.disk.as_ref().is_some_and(|d| {
                 d.config
@@ -2349,20 +2360,20 @@ impl Sim {
             });
             if active {
                 self.violate(format!(
-                    "node {}'s copy {} of chunk {} of {}, raced by a host write, landed on plex {} after it became ACTIVE",
+                    "node {}'s copy {} of regions {:?} of {}, raced by a host write, landed on plex {} after it became ACTIVE",
                     Sim::name(c.node),
                     c.token,
-                    c.chunk,
+                    c.regions,
                     c.volume,
                     c.plex
                 ));
             }
         } else {
-            self.synced.entry(key).or_default().insert(c.chunk);
+            self.synced.entry(key).or_default().extend(c.regions);
         }
     }
 
-    /// A plex becomes ACTIVE on the disk only once every chunk of it holds the
+    /// A plex becomes ACTIVE on the disk only once every region of it holds the
     /// volume's data (copied under fences, no write missed it since).
     fn check_resync_done(&mut self, new: &ToyConfig) -> Result<(), String> {
         let old = self
@@ -2373,7 +2384,7 @@ impl Sim {
         // A group created afresh starts with nothing copied.
         self.synced
             .retain(|(v, _), _| old.groups.contains_key(v) && new.groups.contains_key(v));
-        let chunks = TOY_VOLUME_BYTES / RESYNC_CHUNK_BYTES;
+        let regions = TOY_VOLUME_BYTES / TOY_REGION_BYTES;
         for (volume, g) in &new.groups {
             let Some(og) = old.groups.get(volume) else {
                 continue;
@@ -2382,17 +2393,17 @@ impl Sim {
                 if !og.syncing.contains(plex) {
                     continue;
                 }
-                // The chunks the resync had to copy: its ranges, or all.
+                // The regions the resync had to copy: its ranges', or all.
                 let wanted: Vec<u64> = match og.ranges.get(plex) {
-                    None => (0..chunks).collect(),
+                    None => (0..regions).collect(),
                     Some(ranges) => {
                         self.coverage.range_resyncs_done += 1;
-                        (0..chunks)
-                            .filter(|c| {
-                                let off = c * RESYNC_CHUNK_BYTES;
+                        (0..regions)
+                            .filter(|r| {
+                                let off = r * TOY_REGION_BYTES;
                                 ranges
                                     .iter()
-                                    .any(|&(o, l)| o < off + RESYNC_CHUNK_BYTES && off < o + l)
+                                    .any(|&(o, l)| o < off + TOY_REGION_BYTES && off < o + l)
                             })
                             .collect()
                     }
@@ -2408,7 +2419,7 @@ impl Sim {
                 });
                 if !missing.is_empty() && !recovery_due {
                     return Err(format!(
-                        "plex {plex} of volume {volume} became ACTIVE (seq {}) with chunks {missing:?} not copied under a fence",
+                        "plex {plex} of volume {volume} became ACTIVE (seq {}) with regions {missing:?} not copied under a fence",
                         new.seq
                     ));
                 }

@@ -10,9 +10,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// Size of every toy volume: four resync chunks.
 pub const TOY_VOLUME_BYTES: u64 = 4 * crate::core::RESYNC_CHUNK_BYTES;
-/// A toy dirty region log's region: one resync chunk (so dirty ranges are whole
-/// chunks).
-pub const TOY_REGION_BYTES: u64 = crate::core::RESYNC_CHUNK_BYTES;
+/// A toy dirty region log's region: half a resync chunk (so two dirty ranges can
+/// share one chunk's fence round). The simulator also tracks what resyncs copied
+/// in these units.
+pub const TOY_REGION_BYTES: u64 = crate::core::RESYNC_CHUNK_BYTES / 2;
 /// A toy log section's size (node `n`'s at `n` times this on the group's disk).
 pub const TOY_SECTION_BYTES: u64 = 8192;
 
