@@ -1113,7 +1113,10 @@ mod tests {
             bdev: b.into(),
             offset_bytes: o,
         };
-        for copies in [vec![copy("m4", 8192)], vec![copy("m4", 8192), copy("m5", 4096)]] {
+        for copies in [
+            vec![copy("m4", 8192)],
+            vec![copy("m4", 8192), copy("m5", 4096)],
+        ] {
             let s = VolumeSpec {
                 log: Some(crate::drl::DirtyLogSpec {
                     copies,

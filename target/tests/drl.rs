@@ -443,7 +443,8 @@ fn a_failed_log_copy_is_retired_and_writes_go_on() {
     }
     // A new spec (a commit) writes both copies again: the init goes to each.
     s.elog.injection().clear_failures();
-    s.t.prepare("v", &spec2(2), Duration::from_secs(10)).unwrap();
+    s.t.prepare("v", &spec2(2), Duration::from_secs(10))
+        .unwrap();
     s.t.commit("v").unwrap();
     assert_eq!(s.write(9 * REGION, 4096, 5), IoStatus::Success);
     assert_eq!(s.section(2), ranges(&[9]));

@@ -3,7 +3,7 @@
 //! invariants can tell which changes a configuration holds).
 
 use crate::core::{
-    ConfigModel, DirtyLogRead, DirtyLogSection, ErrorKind, RequestError, SyncingPlex,
+    ConfigModel, DirtyLogRead, DirtyLogSection, ErrorKind, RequestError, SectionCopy, SyncingPlex,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -459,8 +459,10 @@ impl ConfigModel for ToyConfig {
                 Some(DirtyLogSection {
                     dg: name.clone(),
                     volume: name.clone(),
-                    disk: format!("{name}-disk"),
-                    offset_bytes: u64::from(node) * TOY_SECTION_BYTES,
+                    copies: vec![SectionCopy {
+                        disk: format!("{name}-disk"),
+                        offset_bytes: u64::from(node) * TOY_SECTION_BYTES,
+                    }],
                     len_bytes: TOY_SECTION_BYTES,
                     log_id: g.log?,
                 })

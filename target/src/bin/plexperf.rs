@@ -336,7 +336,9 @@ fn drl_spec(arg: &str, size_bytes: u64) -> Result<DirtyLogSpec, String> {
     let mut parts = arg.split(',');
     let bdevs = parts.next().unwrap_or_default();
     if bdevs.is_empty() || bdevs.split('+').any(str::is_empty) {
-        return Err(format!("--drl {arg:?}: expected BDEV[+BDEV2][,region=SIZE]"));
+        return Err(format!(
+            "--drl {arg:?}: expected BDEV[+BDEV2][,region=SIZE]"
+        ));
     }
     let copies = bdevs
         .split('+')
