@@ -545,6 +545,10 @@ impl<M: ConfigModel> Node<M> {
             }
             Err(e) => return self.fail_request(origin, None, e.on(&self.me_name())),
         };
+        if let Err(why) = self.recovery_keeps_logs(&new_config) {
+            let err = RequestError::new(ErrorKind::InUse, self.me_name(), why);
+            return self.fail_request(origin, None, err);
+        }
         let Some(view) = self.view.clone() else {
             return;
         };
