@@ -202,7 +202,10 @@ fn rm_disk_of_a_log_disk_moves_the_log_copy() {
     let p = c.print(m);
     let after = volume(&p, "dg1", "vol1").expect("vol1")["log"].clone();
     assert_eq!(disks(&after), ["d2", "d4"], "{after}");
-    assert_ne!(after["log_id"], before["log_id"], "a moved log gets a new id");
+    assert_ne!(
+        after["log_id"], before["log_id"],
+        "a moved log gets a new id"
+    );
     let id = after["log_id"].as_u64().unwrap();
     let section = after["section"].as_u64().unwrap();
     // Every data plane runs on the new spec (both copies, the new id).

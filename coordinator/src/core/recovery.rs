@@ -240,19 +240,24 @@ impl<M: ConfigModel> Node<M> {
         None
     }
 
-    /// Master: Err (naming the volume and the start) when `after`, the configuration
-    /// a change would make, moves or replaces the dirty region log of a volume in
-    /// which an open start whose recovery will read its section (not a member of
-    /// the view with that start) has one: that section would be lost. Such a
-    /// change waits until the start is recovered.
+    /// Err (naming the volume and the start) when `after`, the configuration a
+    /// change would make, moves or replaces the dirty region log of a volume in
+    /// which an open start whose recovery will read its section has one (a start
+    /// not a member of the view, or this very start after its data plane was
+    /// lost): that section would be lost. Such a change waits until the start is
+    /// recovered. The master checks it before it proposes a change, every
+    /// participant when it checks one (only it knows its data plane was lost).
     pub(super) fn recovery_keeps_logs(&self, after: &M) -> Result<(), String> {
         let Some(view) = self.view.as_ref() else {
             return Ok(());
         };
+        let me = (self.cfg.me, self.cfg.incarnation);
         for (node, inc) in self.committed.config.open_nodes() {
-            if view.incarnation(node) == Some(inc) {
-                // A member: its data plane re-inits its sections at the commit; a
-                // member start that is recovered is resynchronised whole.
+            // This start after its data plane was lost reads its own sections for
+            // its recovery; any other member's data plane re-inits its sections at
+            // the commit (a member start that is recovered is resynchronised whole).
+            let own_read = (node, inc) == me && self.recovery.data_plane_lost;
+            if view.incarnation(node) == Some(inc) && !own_read {
                 continue;
             }
             let after_sections = after.dirty_logs(node);
