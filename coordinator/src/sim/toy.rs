@@ -69,6 +69,14 @@ pub enum ToyChange {
         #[serde(default)]
         log: bool,
     },
+    /// The volume's dirty region log moves (`dg rm-disk` of its disk): a new log
+    /// id (the tag), so every data plane starts a fresh section.
+    MoveLog {
+        /// Unique tag (the new log id).
+        tag: u64,
+        /// Group (and volume) name.
+        name: String,
+    },
     /// Create a private disk group (of the node the change is made on) with a
     /// volume of `plexes` plexes.
     CreatePrivate {
@@ -176,6 +184,17 @@ impl ToyConfig {
                 if next.groups.remove(name).is_none() {
                     return Err(format!("no disk group {name}"));
                 }
+                next.history.push(*tag);
+            }
+            ToyChange::MoveLog { tag, name } => {
+                let group = next
+                    .groups
+                    .get_mut(name)
+                    .ok_or_else(|| format!("no disk group {name}"))?;
+                if group.log.is_none() {
+                    return Err(format!("volume {name} has no dirty region log"));
+                }
+                group.log = Some(*tag);
                 next.history.push(*tag);
             }
             ToyChange::Attach { tag, volume, plex } => {
@@ -357,7 +376,9 @@ impl ConfigModel for ToyConfig {
             | ToyChange::Open { .. }
             | ToyChange::Close { .. }
             | ToyChange::Recover { .. } => false,
-            ToyChange::Destroy { name, .. } => private.groups.contains_key(name),
+            ToyChange::Destroy { name, .. } | ToyChange::MoveLog { name, .. } => {
+                private.groups.contains_key(name)
+            }
             ToyChange::Attach { volume, .. }
             | ToyChange::SetActive { volume, .. }
             | ToyChange::Detach { volume, .. } => private.groups.contains_key(volume),
