@@ -109,13 +109,22 @@ struct VolumeSpec {
 
 struct DirtyLogSpec {
   # One node's section of a mirrored volume's dirty region log (docs/ONDISK.md,
-  # "Dirty region log"): a region is marked there before a write to it is issued.
+  # "Dirty region log"): a region is marked there before a write to it is issued,
+  # on every copy of the log (the first copy is bdev/offsetBytes, the others
+  # moreCopies; at most MAX_LOG_COPIES = 2 in all, on distinct bdevs).
   bdev @0 :Text;
   offsetBytes @1 :UInt64;       # start of the section on the bdev (4096-aligned)
   sectionBytes @2 :UInt64;      # room for the section
   node @3 :UInt32;
   logId @4 :UInt64;             # a new id: the data plane starts the section afresh
   regionBytes @5 :UInt64;       # power of two, 64 KiB .. 1 GiB
+  moreCopies @6 :List(DrlCopy); # the log's other copies (unset: one copy)
+}
+
+struct DrlCopy {
+  # One copy of a dirty region log section.
+  bdev @0 :Text;
+  offsetBytes @1 :UInt64;       # start of the section on the bdev (4096-aligned)
 }
 
 struct VolumeStats {
@@ -138,6 +147,7 @@ struct VolumeStats {
   logWaits @13 :UInt64;         # writes that waited for a log write before being issued
   logDirtyRegions @14 :UInt64;  # regions dirty in this node's section as last written
   logRefused @15 :UInt64;       # MAX_DRL_WAITING writes already waited (or the owner's mailbox was full)
+  logCopyFailures @16 :UInt64;  # log copies whose write failed and that are no longer written under this spec
 }
 
 struct PlexInfo {

@@ -72,16 +72,25 @@ struct Volume {
   log @7 :VolumeLog;            # dirty region log (added later in format 1); absent = none
 }
 
-# A mirrored volume's dirty region log (docs/ONDISK.md, "Dirty region log"): one log
-# subdisk holding one section per node; node n's section starts at
-# diskOffsetBytes + n * sectionBytes.
+# A mirrored volume's dirty region log (docs/ONDISK.md, "Dirty region log"): one or
+# two copies, each a log subdisk (on a disk of its own) holding one section per node;
+# node n's section of a copy starts at the copy's diskOffsetBytes + n * sectionBytes.
+# The first copy is disk/diskOffsetBytes, the others moreCopies (a record without
+# moreCopies, as older plexd wrote, has one copy).
 struct VolumeLog {
-  disk @0 :Text;                # disk media name holding the log subdisk
+  disk @0 :Text;                # disk media name holding the (first copy's) log subdisk
   diskOffsetBytes @1 :UInt64;   # from the start of the device
-  lenBytes @2 :UInt64;          # the whole log subdisk
+  lenBytes @2 :UInt64;          # each copy's whole log subdisk
   sectionBytes @3 :UInt64;      # one node's section (4096-byte multiple)
   regionBytes @4 :UInt64;       # power of two, 64 KiB .. 1 GiB
   logId @5 :UInt64;             # a new id whenever the log moves or its geometry changes
+  moreCopies @6 :List(LogCopy); # the other copies (at most MAX_LOG_COPIES - 1 = 1)
+}
+
+# One more copy of a dirty region log, laid out as the first.
+struct LogCopy {
+  disk @0 :Text;                # disk media name
+  diskOffsetBytes @1 :UInt64;   # from the start of the device
 }
 
 # A volume's SCSI persistent reservations (SPC-4 5.13), kept by the cluster for a shared

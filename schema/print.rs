@@ -163,9 +163,20 @@ pub fn json(c: printed_config::Reader<'_>) -> capnp::Result<Value> {
             });
             if v.has_log() {
                 let l = v.get_log()?;
+                let mut copies = vec![json!({
+                    "disk": text(l.get_disk())?,
+                    "disk_offset": l.get_disk_offset_bytes(),
+                })];
+                for c in l.get_more_copies()? {
+                    copies.push(json!({
+                        "disk": text(c.get_disk())?,
+                        "disk_offset": c.get_disk_offset_bytes(),
+                    }));
+                }
                 volume["log"] = json!({
                     "disk": text(l.get_disk())?,
                     "disk_offset": l.get_disk_offset_bytes(),
+                    "copies": copies,
                     "len": l.get_len_bytes(),
                     "section": l.get_section_bytes(),
                     "region": l.get_region_bytes(),
@@ -253,14 +264,21 @@ pub fn text_tree(c: printed_config::Reader<'_>) -> capnp::Result<String> {
             ));
             if v.has_log() {
                 let l = v.get_log()?;
-                s.push_str(&format!(
-                    "lg {:<12} {:<8} {:<8} {:<8} region {}\n",
-                    vname,
-                    text(l.get_disk())?,
-                    format_size(l.get_disk_offset_bytes()),
-                    format_size(l.get_len_bytes()),
-                    format_size(l.get_region_bytes())
-                ));
+                // One line per copy.
+                let mut copies = vec![(text(l.get_disk())?, l.get_disk_offset_bytes())];
+                for c in l.get_more_copies()? {
+                    copies.push((text(c.get_disk())?, c.get_disk_offset_bytes()));
+                }
+                for (disk, offset) in copies {
+                    s.push_str(&format!(
+                        "lg {:<12} {:<8} {:<8} {:<8} region {}\n",
+                        vname,
+                        disk,
+                        format_size(offset),
+                        format_size(l.get_len_bytes()),
+                        format_size(l.get_region_bytes())
+                    ));
+                }
             }
             for e in v.get_exports()? {
                 let mut nodes = Vec::new();

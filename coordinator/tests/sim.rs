@@ -1764,6 +1764,57 @@ fn small_dirty_ranges_share_one_fence_round() {
     );
 }
 
+/// c dies with a write to region 2 of v1 in flight; while its start waits for its
+/// recovery (the master out of c's view, c's lease not yet run out), a change
+/// moving v1's log (a new log id, as `dg rm-disk` of the log's disk makes) is
+/// refused naming c: committed, the recovery would read c's section of the new
+/// log, which c never wrote, and copy nothing. Once c is recovered (region 2
+/// copied) the move commits. Without the guard (`Node::recovery_keeps_logs`
+/// returning Ok at once) the first move commits and the `expect_err` fails.
+#[test]
+fn a_log_does_not_move_while_a_crashed_start_waits_for_its_recovery() {
+    let mut sim = logged_cluster();
+    sim.start_write(C, "v1", 2);
+    let dead = (C, sim.node(C).inc);
+    sim.crash(C);
+    let dropped = sim.run_until(5_000, |s| {
+        s.core(A)
+            .and_then(|c| c.view())
+            .is_some_and(|v| !v.contains(C))
+    });
+    assert!(dropped, "c leaves a's view:\n{}", sim.trace_text());
+    assert!(
+        sim.disk()
+            .is_some_and(|d| !d.config.recovered.contains(&dead)),
+        "c's start is not recovered yet"
+    );
+    let tag = sim.tag();
+    let moving = plexd_coordinator::sim::ToyChange::MoveLog {
+        tag,
+        name: "v1".into(),
+    };
+    let r = sim.submit(A, moving);
+    let refused = answer(&mut sim, A, r).expect_err("the move waits for c's recovery");
+    assert!(
+        refused.contains("cannot move") && refused.contains("v1"),
+        "{refused}"
+    );
+    sim.start(C);
+    recovered_and_resynced(&mut sim, dead, &[A, B, C]);
+    assert_eq!(
+        sim.synced("v1", "v1-02"),
+        [2].into(),
+        "c's dirty region copied"
+    );
+    let again = plexd_coordinator::sim::ToyChange::MoveLog {
+        tag: sim.tag(),
+        name: "v1".into(),
+    };
+    let r = sim.submit(A, again);
+    assert_eq!(answer(&mut sim, A, r), Ok(()), "moved once c is recovered");
+    assert_eq!(sim.violation(), None);
+}
+
 /// c dies having written nothing to v1 (its section unused), and b dies with its
 /// only write completed and its region cleaned (a clean section): neither
 /// recovery resyncs anything. Without the log (whole recoveries) v1-02 becomes

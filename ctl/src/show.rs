@@ -319,10 +319,11 @@ fn vol_stats_text(v: &Value) -> String {
         (
             "log",
             format!(
-                "{} log writes, {} writes waited for one, {} regions dirty",
+                "{} log writes, {} writes waited for one, {} regions dirty, {} copies failed",
                 u(st, "log_writes"),
                 u(st, "log_waits"),
-                u(st, "log_dirty_regions")
+                u(st, "log_dirty_regions"),
+                u(st, "log_copy_failures")
             ),
         ),
     ];
@@ -337,6 +338,14 @@ fn vol_stats_text(v: &Value) -> String {
         ));
     }
     out.trim_end().to_string()
+}
+
+/// The disks of a `print --json` log's copies (older plexd: its one `disk`).
+fn log_disks(log: &Value) -> Vec<String> {
+    match log["copies"].as_array() {
+        Some(copies) => copies.iter().map(|c| s(&c["disk"])).collect(),
+        None => vec![s(&log["disk"])],
+    }
 }
 
 pub(crate) async fn vol_list(
@@ -354,7 +363,10 @@ pub(crate) async fn vol_list(
                 "state": vol["state"],
                 "plexes": vol["plexes"].as_array().map(|a| a.len()).unwrap_or(0),
                 "log": if log.is_object() {
-                    json!({"disk": log["disk"], "region": log["region"], "len": log["len"]})
+                    json!({
+                        "disk": log["disk"], "region": log["region"], "len": log["len"],
+                        "copies": log_disks(log),
+                    })
                 } else {
                     Value::Null
                 },
@@ -373,7 +385,7 @@ pub(crate) async fn vol_list(
         let log = if log.is_object() {
             format!(
                 "{} {} region {}",
-                s(&log["disk"]),
+                log_disks(log).join("+"),
                 format_size(log["len"].as_u64().unwrap_or(0)),
                 format_size(log["region"].as_u64().unwrap_or(0))
             )

@@ -256,8 +256,18 @@ pub fn set_volume_spec(mut b: k::volume_spec::Builder<'_>, s: &VolumeSpec) {
     b.set_local_detach(s.local_detach);
     if let Some(l) = &s.log {
         let mut lb = b.reborrow().init_log();
-        lb.set_bdev(l.bdev.as_str());
-        lb.set_offset_bytes(l.offset_bytes);
+        if let Some(first) = l.copies.first() {
+            lb.set_bdev(first.bdev.as_str());
+            lb.set_offset_bytes(first.offset_bytes);
+        }
+        if l.copies.len() > 1 {
+            let mut more = lb.reborrow().init_more_copies((l.copies.len() - 1) as u32);
+            for (i, c) in l.copies.iter().skip(1).enumerate() {
+                let mut cb = more.reborrow().get(i as u32);
+                cb.set_bdev(c.bdev.as_str());
+                cb.set_offset_bytes(c.offset_bytes);
+            }
+        }
         lb.set_section_bytes(l.section_bytes);
         lb.set_node(l.node);
         lb.set_log_id(l.log_id);
@@ -309,9 +319,28 @@ pub fn read_volume_spec(r: k::volume_spec::Reader<'_>) -> Result<VolumeSpec> {
         local_detach: r.get_local_detach(),
         log: if r.has_log() {
             let l = r.get_log()?;
-            Some(crate::drl::DirtyLogSpec {
+            let mut copies = vec![crate::drl::DrlCopy {
                 bdev: l.get_bdev()?.to_string()?,
                 offset_bytes: l.get_offset_bytes(),
+            }];
+            if l.has_more_copies() {
+                let more = l.get_more_copies()?;
+                if more.len() as usize >= crate::drl::MAX_LOG_COPIES {
+                    return Err(capnp::Error::failed(format!(
+                        "dirty region log with {} copies (at most {})",
+                        more.len() + 1,
+                        crate::drl::MAX_LOG_COPIES
+                    )));
+                }
+                for c in more.iter() {
+                    copies.push(crate::drl::DrlCopy {
+                        bdev: c.get_bdev()?.to_string()?,
+                        offset_bytes: c.get_offset_bytes(),
+                    });
+                }
+            }
+            Some(crate::drl::DirtyLogSpec {
+                copies,
                 section_bytes: l.get_section_bytes(),
                 node: l.get_node(),
                 log_id: l.get_log_id(),
@@ -340,6 +369,7 @@ fn set_stats(mut b: k::volume_stats::Builder<'_>, s: &VolumeStats) {
     b.set_log_waits(s.log_waits);
     b.set_log_dirty_regions(s.log_dirty_regions);
     b.set_log_refused(s.log_refused);
+    b.set_log_copy_failures(s.log_copy_failures);
 }
 
 fn read_stats(r: k::volume_stats::Reader<'_>) -> VolumeStats {
@@ -360,6 +390,7 @@ fn read_stats(r: k::volume_stats::Reader<'_>) -> VolumeStats {
         log_waits: r.get_log_waits(),
         log_dirty_regions: r.get_log_dirty_regions(),
         log_refused: r.get_log_refused(),
+        log_copy_failures: r.get_log_copy_failures(),
     }
 }
 
@@ -1077,6 +1108,33 @@ mod tests {
     }
 
     #[test]
+    fn a_log_spec_with_one_or_two_copies_round_trips() {
+        let copy = |b: &str, o| crate::drl::DrlCopy {
+            bdev: b.into(),
+            offset_bytes: o,
+        };
+        for copies in [
+            vec![copy("m4", 8192)],
+            vec![copy("m4", 8192), copy("m5", 4096)],
+        ] {
+            let s = VolumeSpec {
+                log: Some(crate::drl::DirtyLogSpec {
+                    copies,
+                    section_bytes: 8192,
+                    node: 2,
+                    log_id: 0x77,
+                    region_bytes: crate::drl::DEFAULT_REGION_BYTES,
+                }),
+                ..spec()
+            };
+            let mut msg = capnp::message::Builder::new_default();
+            set_volume_spec(msg.init_root(), &s);
+            let r = msg.get_root_as_reader::<k::volume_spec::Reader>().unwrap();
+            assert_eq!(read_volume_spec(r).unwrap(), s);
+        }
+    }
+
+    #[test]
     fn refusal_counters_cross_the_kernel_interface() {
         let stats = VolumeStats {
             read_ops: 1,
@@ -1088,6 +1146,7 @@ mod tests {
             log_waits: 6,
             log_dirty_regions: 7,
             log_refused: 8,
+            log_copy_failures: 10,
             ..Default::default()
         };
         let mut msg = capnp::message::Builder::new_default();

@@ -4,8 +4,11 @@
 //! divergent). docs/ONDISK.md, "Dirty region log", describes the same bytes.
 //!
 //! A mirrored volume with a log has one *section* per node on its log subdisk, so
-//! nodes never write the same blocks. A section is made of [`DRL_BLOCK_BYTES`]
-//! blocks:
+//! nodes never write the same blocks. The log may have up to [`MAX_LOG_COPIES`]
+//! copies (log subdisks on different disks, laid out alike): the data plane writes
+//! every mark to every copy that has not failed, and a reader takes the union of
+//! the copies it can read (docs/PROTOCOL.md, "Node-crash recovery"). A section is
+//! made of [`DRL_BLOCK_BYTES`] blocks:
 //!
 //! - block 0, the header: magic [`DRL_MAGIC`], version, the node, the log id, the
 //!   region size and the region count, and a CRC32C of those bytes
@@ -40,18 +43,28 @@ pub const MIN_REGION_BYTES: u64 = 64 << 10;
 pub const MAX_REGION_BYTES: u64 = 1 << 30;
 /// Most regions one section tracks (a 2 MiB bitmap).
 pub const MAX_DRL_REGIONS: u64 = 1 << 24;
+/// Most copies of a dirty region log (a VxVM DRL log plex mirrored once).
+pub const MAX_LOG_COPIES: usize = 2;
 
 /// Bytes of the header that the CRC covers (the CRC follows them).
 const HEADER_CRC_OFFSET: usize = 40;
+
+/// Where one copy of a node's section lives: a bdev and an offset on it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrlCopy {
+    /// The bdev holding this copy's log subdisk.
+    pub bdev: String,
+    /// Start of this node's section on the bdev (a multiple of [`DRL_BLOCK_BYTES`]).
+    pub offset_bytes: u64,
+}
 
 /// Where one node's section of a volume's dirty region log lives, as the data
 /// plane is given it with the volume's layout (`VolumeSpec::log`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DirtyLogSpec {
-    /// The bdev holding the log subdisk.
-    pub bdev: String,
-    /// Start of this node's section on the bdev (a multiple of [`DRL_BLOCK_BYTES`]).
-    pub offset_bytes: u64,
+    /// The section's copies, 1..=[`MAX_LOG_COPIES`] on distinct bdevs: a mark is
+    /// written to each (a write goes on once it is durable on one).
+    pub copies: Vec<DrlCopy>,
     /// Room for the section (at least [`section_bytes`] of the volume's regions).
     pub section_bytes: u64,
     /// The node whose section this is (in the header).
@@ -68,35 +81,54 @@ impl DirtyLogSpec {
     /// and room for the bitmap.
     pub fn check(&self, volume_bytes: u64) -> Result<(), String> {
         let r = self.region_bytes;
-        if !r.is_power_of_two() || !(MIN_REGION_BYTES..=MAX_REGION_BYTES).contains(&r) {
+        let on = self.bdevs();
+        if self.copies.is_empty() || self.copies.len() > MAX_LOG_COPIES {
             return Err(format!(
-                "dirty region log on {}: region size {r} is not a power of two in \
-                 {MIN_REGION_BYTES}..={MAX_REGION_BYTES}",
-                self.bdev
+                "dirty region log on {on}: {} copies (1..={MAX_LOG_COPIES})",
+                self.copies.len()
             ));
         }
-        if !self.offset_bytes.is_multiple_of(DRL_BLOCK_BYTES) {
+        for (i, c) in self.copies.iter().enumerate() {
+            if self.copies[..i].iter().any(|o| o.bdev == c.bdev) {
+                return Err(format!(
+                    "dirty region log on {on}: two copies on bdev {}",
+                    c.bdev
+                ));
+            }
+            if !c.offset_bytes.is_multiple_of(DRL_BLOCK_BYTES) {
+                return Err(format!(
+                    "dirty region log on {}: section offset {} is not a multiple of {DRL_BLOCK_BYTES}",
+                    c.bdev, c.offset_bytes
+                ));
+            }
+        }
+        if !r.is_power_of_two() || !(MIN_REGION_BYTES..=MAX_REGION_BYTES).contains(&r) {
             return Err(format!(
-                "dirty region log on {}: section offset {} is not a multiple of {DRL_BLOCK_BYTES}",
-                self.bdev, self.offset_bytes
+                "dirty region log on {on}: region size {r} is not a power of two in \
+                 {MIN_REGION_BYTES}..={MAX_REGION_BYTES}"
             ));
         }
         let regions = regions_for(volume_bytes, r);
         if regions > MAX_DRL_REGIONS {
             return Err(format!(
-                "dirty region log on {}: {regions} regions of {r} bytes (at most {MAX_DRL_REGIONS})",
-                self.bdev
+                "dirty region log on {on}: {regions} regions of {r} bytes (at most {MAX_DRL_REGIONS})"
             ));
         }
         let need = section_bytes(regions);
         if need > self.section_bytes {
             return Err(format!(
-                "dirty region log on {}: a volume of {volume_bytes} bytes needs a {need}-byte \
+                "dirty region log on {on}: a volume of {volume_bytes} bytes needs a {need}-byte \
                  section, the log has {}",
-                self.bdev, self.section_bytes
+                self.section_bytes
             ));
         }
         Ok(())
+    }
+
+    /// The copies' bdevs, `+`-separated (for messages).
+    pub fn bdevs(&self) -> String {
+        let names: Vec<&str> = self.copies.iter().map(|c| c.bdev.as_str()).collect();
+        names.join("+")
     }
 }
 
@@ -280,8 +312,10 @@ mod tests {
         assert_eq!(section_bytes(2048), 8192);
         assert_eq!(section_bytes(32769), 4096 + 8192);
         let spec = DirtyLogSpec {
-            bdev: "d1".into(),
-            offset_bytes: 8192,
+            copies: vec![DrlCopy {
+                bdev: "d1".into(),
+                offset_bytes: 8192,
+            }],
             section_bytes: 8192,
             node: 1,
             log_id: 1,
@@ -298,9 +332,36 @@ mod tests {
         };
         assert!(odd.check(1 << 20).is_err());
         let misaligned = DirtyLogSpec {
-            offset_bytes: 512,
-            ..spec
+            copies: vec![DrlCopy {
+                bdev: "d1".into(),
+                offset_bytes: 512,
+            }],
+            ..spec.clone()
         };
         assert!(misaligned.check(1 << 20).is_err());
+        let copy = |b: &str| DrlCopy {
+            bdev: b.into(),
+            offset_bytes: 8192,
+        };
+        let two = DirtyLogSpec {
+            copies: vec![copy("d1"), copy("d2")],
+            ..spec.clone()
+        };
+        assert!(two.check(1 << 30).is_ok());
+        let same_bdev = DirtyLogSpec {
+            copies: vec![copy("d1"), copy("d1")],
+            ..spec.clone()
+        };
+        assert!(same_bdev.check(1 << 30).is_err());
+        let three = DirtyLogSpec {
+            copies: vec![copy("d1"), copy("d2"), copy("d3")],
+            ..spec.clone()
+        };
+        assert!(three.check(1 << 30).is_err());
+        let none = DirtyLogSpec {
+            copies: vec![],
+            ..spec
+        };
+        assert!(none.check(1 << 30).is_err());
     }
 }

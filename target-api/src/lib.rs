@@ -35,7 +35,7 @@ pub use bdev::{
 };
 #[cfg(feature = "client")]
 pub use client::{ClientError, KernelClient, Subscription};
-pub use drl::DirtyLogSpec;
+pub use drl::{DirtyLogSpec, DrlCopy};
 pub use error::{ApiError, ErrorCode};
 pub use info::{
     DetachPolicy, Event, LeaseState, LeaseStatus, PollMode, TargetInfo, EVENT_QUEUE_DEPTH,

@@ -250,6 +250,11 @@ pub struct VolumeStats {
     /// in `failed_ops`).
     #[serde(default)]
     pub log_refused: u64,
+    /// Copies of the volume's dirty region log whose write failed while another
+    /// copy took it: the data plane stopped writing them under this log spec
+    /// (the volume's total, counted since the volume was created here).
+    #[serde(default)]
+    pub log_copy_failures: u64,
 }
 
 impl VolumeStats {
@@ -271,5 +276,6 @@ impl VolumeStats {
         self.log_waits += o.log_waits;
         self.log_dirty_regions += o.log_dirty_regions;
         self.log_refused += o.log_refused;
+        self.log_copy_failures += o.log_copy_failures;
     }
 }

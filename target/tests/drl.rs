@@ -3,6 +3,8 @@
 //! with `read_section`), marks are batched, idle regions are cleaned, a new log id
 //! re-inits the section, a failed log write fails the writes waiting on it
 //! without touching the plexes, and a quiesce drains writes waiting for a mark.
+//! With two log copies, a copy whose write fails is retired and writes go on
+//! while the other copy takes the marks; both failing fails the writes.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,7 +21,7 @@ use plexd_target::volume::drl::DRL_CLEAN_IDLE;
 use plexd_target::volume::{PlexKind, PlexSpec, PlexState, ReadPolicy, SubdiskSpec, VolumeSpec};
 use plexd_target::{Target, TargetConfig};
 use plexd_target_api::drl::{
-    read_section, regions_for, section_bytes, DirtyLog, DirtyLogSpec, MIN_REGION_BYTES,
+    read_section, regions_for, section_bytes, DirtyLog, DirtyLogSpec, DrlCopy, MIN_REGION_BYTES,
 };
 
 const MIB: u64 = 1 << 20;
@@ -35,12 +37,16 @@ struct Setup {
     /// The log bdev (an error bdev over a uring file).
     elog: Arc<ErrorBdev>,
     log_file: TempPath,
+    /// The second copy's log bdev `elog2` and its file (a 2-copy setup only).
+    elog2: Option<(Arc<ErrorBdev>, TempPath)>,
 }
 
 fn log_spec(log_id: u64) -> DirtyLogSpec {
     DirtyLogSpec {
-        bdev: "elog".into(),
-        offset_bytes: SECTION_AT,
+        copies: vec![DrlCopy {
+            bdev: "elog".into(),
+            offset_bytes: SECTION_AT,
+        }],
         section_bytes: section_bytes(regions_for(VOL_BYTES, REGION)),
         node: NODE,
         log_id,
@@ -78,6 +84,27 @@ fn setup() -> Setup {
 
 /// [`setup`], the volume shared (served under the lease) when `shared`.
 fn setup_with(shared: bool) -> Setup {
+    setup_copies(shared, 1)
+}
+
+/// The log's second copy: node 2's section at [`SECTION_AT2`] of `elog2`.
+const SECTION_AT2: u64 = 16384;
+
+/// [`spec`] with a second log copy on `elog2`.
+fn spec2(log_id: u64) -> VolumeSpec {
+    let mut s = spec(log_id);
+    if let Some(l) = s.log.as_mut() {
+        l.copies.push(DrlCopy {
+            bdev: "elog2".into(),
+            offset_bytes: SECTION_AT2,
+        });
+    }
+    s
+}
+
+/// [`setup_with`] with `copies` (1 or 2) log copies: the second on an error bdev
+/// `elog2` over a file of its own.
+fn setup_copies(shared: bool, copies: usize) -> Setup {
     let _ = env_logger::builder().is_test(true).try_init();
     let t = Target::start(&TargetConfig {
         reactors: ReactorConfig {
@@ -96,8 +123,24 @@ fn setup_with(shared: bool) -> Setup {
     t.add_bdev(u.clone()).unwrap();
     let elog = ErrorBdev::new("elog", u);
     t.add_bdev(elog.clone()).unwrap();
-    t.create_volume(&VolumeSpec { shared, ..spec(1) }).unwrap();
-    Setup { t, elog, log_file }
+    let mut elog2 = None;
+    let mut v = spec(1);
+    if copies == 2 {
+        let file = TempPath::file("drl-log2", MIB).unwrap();
+        let u = UringBdev::open("ulog2", &file.0, &Default::default()).unwrap();
+        t.add_bdev(u.clone()).unwrap();
+        let e = ErrorBdev::new("elog2", u);
+        t.add_bdev(e.clone()).unwrap();
+        elog2 = Some((e, file));
+        v = spec2(1);
+    }
+    t.create_volume(&VolumeSpec { shared, ..v }).unwrap();
+    Setup {
+        t,
+        elog,
+        log_file,
+        elog2,
+    }
 }
 
 impl Setup {
@@ -121,6 +164,24 @@ impl Setup {
         let bytes = std::fs::read(&self.log_file.0).unwrap();
         let s = &bytes[SECTION_AT as usize..];
         read_section(s, NODE, log_id).unwrap()
+    }
+
+    /// The second copy's section, decoded for `log_id` (a 2-copy setup).
+    fn section2(&self, log_id: u64) -> DirtyLog {
+        let (_, file) = self.elog2.as_ref().expect("a 2-copy setup");
+        let bytes = std::fs::read(&file.0).unwrap();
+        read_section(&bytes[SECTION_AT2 as usize..], NODE, log_id).unwrap()
+    }
+
+    fn elog2(&self) -> &ErrorBdev {
+        &self.elog2.as_ref().expect("a 2-copy setup").0
+    }
+
+    /// What plex bdev `m` holds at `off` (4 KiB).
+    fn plex_at(&self, m: &str, off: u64) -> Vec<u8> {
+        let (st, data) = self.ios(0, m, vec![IoReq::read(off, 4096)]).remove(0);
+        assert_eq!(st, IoStatus::Success);
+        data
     }
 
     fn stats(&self) -> plexd_target::volume::VolumeStats {
@@ -306,7 +367,7 @@ fn a_log_that_does_not_fit_is_refused() {
     let mut bad = spec(1);
     bad.name = "w".into();
     if let Some(l) = bad.log.as_mut() {
-        l.offset_bytes = MIB - 4096; // the section runs past the 1 MiB log bdev
+        l.copies[0].offset_bytes = MIB - 4096; // the section runs past the 1 MiB log bdev
     }
     let e = s.t.create_volume(&bad).unwrap_err().to_string();
     assert!(e.contains("does not fit"), "{e}");
@@ -345,4 +406,66 @@ fn the_lease_fence_fails_a_write_waiting_for_its_mark() {
         assert!(data.iter().all(|&b| b == 0), "plex {m} was written");
     }
     assert_eq!(s.t.volume_info("v").unwrap().inflight, 0);
+}
+
+#[test]
+fn a_failed_log_copy_is_retired_and_writes_go_on() {
+    let s = setup_copies(false, 2);
+    assert_eq!(s.write(3 * REGION, 4096, 1), IoStatus::Success);
+    assert_eq!(s.section(1), ranges(&[3]), "copy 1 has the mark");
+    assert_eq!(s.section2(1), ranges(&[3]), "copy 2 has the mark");
+    // Copy 2's disk fails writes: the write goes on, its mark durable on copy 1.
+    s.elog2().injection().fail(FailOn::Writes, libc::EIO, None);
+    let off = 17 * REGION;
+    assert_eq!(s.write(off, 4096, 2), IoStatus::Success);
+    assert_eq!(s.section(1), ranges(&[3, 17]));
+    assert_eq!(s.section2(1), ranges(&[3]), "copy 2 missed the mark");
+    for m in ["m0", "m1"] {
+        assert_eq!(s.plex_at(m, off), pattern(2, 4096), "plex {m}");
+    }
+    let st = s.stats();
+    assert_eq!(st.log_copy_failures, 1, "{st:?}");
+    assert_eq!(st.failed_ops, 0, "{st:?}");
+    // Retired: not written again under this spec, even once its disk works.
+    s.elog2().injection().clear_failures();
+    let failed_before = s.elog2().injection().injected_failures();
+    assert_eq!(s.write(20 * REGION, 4096, 3), IoStatus::Success);
+    assert_eq!(s.section(1), ranges(&[3, 17, 20]));
+    assert_eq!(s.section2(1), ranges(&[3]));
+    assert_eq!(s.elog2().injection().injected_failures(), failed_before);
+    assert_eq!(s.stats().log_copy_failures, 1);
+    // The last live copy failing fails the write (EIO), neither plex written.
+    s.elog.injection().fail(FailOn::Writes, libc::EIO, None);
+    let off = 30 * REGION;
+    assert_eq!(s.write(off, 4096, 4), IoStatus::Failed(libc::EIO));
+    for m in ["m0", "m1"] {
+        assert!(s.plex_at(m, off).iter().all(|&b| b == 0), "plex {m}");
+    }
+    // A new spec (a commit) writes both copies again: the init goes to each.
+    s.elog.injection().clear_failures();
+    s.t.prepare("v", &spec2(2), Duration::from_secs(10))
+        .unwrap();
+    s.t.commit("v").unwrap();
+    assert_eq!(s.write(9 * REGION, 4096, 5), IoStatus::Success);
+    assert_eq!(s.section(2), ranges(&[9]));
+    assert_eq!(s.section2(2), ranges(&[9]));
+}
+
+#[test]
+fn both_log_copies_failing_fails_the_write() {
+    let s = setup_copies(false, 2);
+    s.elog.injection().fail(FailOn::Writes, libc::EIO, None);
+    s.elog2().injection().fail(FailOn::Writes, libc::EIO, None);
+    let off = 11 * REGION;
+    assert_eq!(s.write(off, 4096, 6), IoStatus::Failed(libc::EIO));
+    for m in ["m0", "m1"] {
+        assert!(s.plex_at(m, off).iter().all(|&b| b == 0), "plex {m}");
+    }
+    // Neither copy is retired (none took the write): both are written again.
+    assert_eq!(s.stats().log_copy_failures, 0);
+    s.elog.injection().clear_failures();
+    s.elog2().injection().clear_failures();
+    assert_eq!(s.write(off, 4096, 6), IoStatus::Success);
+    assert_eq!(s.section(1), ranges(&[11]));
+    assert_eq!(s.section2(1), ranges(&[11]));
 }

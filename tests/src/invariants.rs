@@ -125,12 +125,14 @@ pub fn no_shared_extents(c: &DiskGroupConfig) -> Result<(), String> {
             }
         }
         if let Some(l) = &v.log {
-            extents.push((
-                l.disk.as_str(),
-                l.disk_offset_bytes,
-                l.disk_offset_bytes + l.len_bytes,
-                format!("{}/log", v.name),
-            ));
+            for copy in &l.copies {
+                extents.push((
+                    copy.disk.as_str(),
+                    copy.disk_offset_bytes,
+                    copy.disk_offset_bytes + l.len_bytes,
+                    format!("{}/log copy on {}", v.name, copy.disk),
+                ));
+            }
         }
     }
     extents.sort();

@@ -26,7 +26,7 @@ pub use messages::{
     Echo, FenceToken, Message, NodeId, Origin, RequestId, TxnId, TxnState, View, WireRequest,
     MAX_MESSAGE_BYTES,
 };
-pub use model::{ConfigModel, DirtyLogRead, DirtyLogSection, SyncingPlex};
+pub use model::{ConfigModel, DirtyLogRead, DirtyLogSection, SectionCopy, SyncingPlex};
 pub use private::MAX_QUEUED_PRIVATE;
 pub use qdisk::{QuorumDiskRecord, QuorumDiskStatus};
 pub use quorum::Quorum;

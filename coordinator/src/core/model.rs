@@ -68,14 +68,23 @@ pub struct DirtyLogSection {
     pub dg: String,
     /// Volume.
     pub volume: String,
-    /// The disk (media name) holding the log.
-    pub disk: String,
-    /// Where the node's section starts on that disk's device.
-    pub offset_bytes: u64,
+    /// The log's copies of the node's section, 1..=`MAX_LOG_COPIES`: the reader
+    /// takes the union of the dirty regions of those it can read (docs/PROTOCOL.md,
+    /// "Node-crash recovery"); none readable is [`DirtyLogRead::Unreadable`].
+    pub copies: Vec<SectionCopy>,
     /// The section's length (header and bitmap).
     pub len_bytes: u64,
     /// The log's id (a section whose header names another id is unused).
     pub log_id: u64,
+}
+
+/// One copy of a node's dirty region log section.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SectionCopy {
+    /// The disk (media name) holding this copy of the log.
+    pub disk: String,
+    /// Where the node's section starts on that disk's device.
+    pub offset_bytes: u64,
 }
 
 /// What one section said ([`Event::DirtyLogsRead`]).

@@ -40,6 +40,13 @@
 //!   ([`ConfigModel::node_close`]); it finishes stopping once answered (or when the
 //!   answer cannot come). The master never opens a start it closed again.
 //!
+//! - **Logs stay put while a recovery needs them.** A change that would give a
+//!   volume's dirty region log another id or other copies (a `dg rm-disk` moving a
+//!   copy, a grow moving the log) is refused while an open start that is not a
+//!   member of the master's view (its recovery reads its sections) has a section
+//!   in that log ([`Node::recovery_keeps_logs`]): the recovery would read the new
+//!   log, which that start never wrote, and skip its dirty regions.
+//!
 //! The master proposes these as its own requests (ids from
 //! [`RECOVERY_REQUEST_BASE`]), at the front of its queue, one at a time.
 
@@ -231,6 +238,48 @@ impl<M: ConfigModel> Node<M> {
             }
         }
         None
+    }
+
+    /// Err (naming the volume and the start) when `after`, the configuration a
+    /// change would make, moves or replaces the dirty region log of a volume in
+    /// which an open start whose recovery will read its section has one (a start
+    /// not a member of the view, or this very start after its data plane was
+    /// lost): that section would be lost. Such a change waits until the start is
+    /// recovered. The master checks it before it proposes a change, every
+    /// participant when it checks one (only it knows its data plane was lost).
+    pub(super) fn recovery_keeps_logs(&self, after: &M) -> Result<(), String> {
+        let Some(view) = self.view.as_ref() else {
+            return Ok(());
+        };
+        let me = (self.cfg.me, self.cfg.incarnation);
+        for (node, inc) in self.committed.config.open_nodes() {
+            // This start after its data plane was lost reads its own sections for
+            // its recovery; any other member's data plane re-inits its sections at
+            // the commit (a member start that is recovered is resynchronised whole).
+            let own_read = (node, inc) == me && self.recovery.data_plane_lost;
+            if view.incarnation(node) == Some(inc) && !own_read {
+                continue;
+            }
+            let after_sections = after.dirty_logs(node);
+            for before in self.committed.config.dirty_logs(node) {
+                let moved = after_sections.iter().any(|a| {
+                    a.dg == before.dg
+                        && a.volume == before.volume
+                        && (a.log_id != before.log_id || a.copies != before.copies)
+                });
+                if moved {
+                    return Err(format!(
+                        "volume {} of disk group {}: its dirty region log cannot move while \
+                         node {} (start {inc}) waits for its recovery, which reads that node's \
+                         section of the log; retry once the node is recovered",
+                        before.volume,
+                        before.dg,
+                        self.name(node)
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Master: the dirty-log sections of lost start `start`, once read: asks for

@@ -545,6 +545,10 @@ impl<M: ConfigModel> Node<M> {
             }
             Err(e) => return self.fail_request(origin, None, e.on(&self.me_name())),
         };
+        if let Err(why) = self.recovery_keeps_logs(&new_config) {
+            let err = RequestError::new(ErrorKind::InUse, self.me_name(), why);
+            return self.fail_request(origin, None, err);
+        }
         let Some(view) = self.view.clone() else {
             return;
         };
@@ -1123,6 +1127,10 @@ impl<M: ConfigModel> Node<M> {
             Ok(c) => c,
             Err(e) => return self.send(from, Self::check_reply(txn, Err(e))),
         };
+        if let Err(why) = self.recovery_keeps_logs(&new_config) {
+            let err = RequestError::new(ErrorKind::InUse, self.me_name(), why);
+            return self.send(from, Self::check_reply(txn, Err(err)));
+        }
         self.recovery_note_txn(txn, origin);
         self.slave_txn = Some(SlaveTxn {
             id: txn,

@@ -7,9 +7,12 @@
 //! the disk id in its label, as every disk access of this node), after dropping the
 //! cached pages of a block device (another host's data plane wrote it: as the
 //! configuration database's reads, docs/ONDISK.md "Page cache"), and decoded with
-//! [`plexd_target_api::drl::read_section`]. A disk that cannot be found, opened or
-//! read, or a section cut short, is `Unreadable`: the volume is resynchronised
-//! whole.
+//! [`plexd_target_api::drl::read_section`]. A log with two copies has the section
+//! read on each: the answer is the union of the copies that could be read (a
+//! copy that missed marks, its write having failed, only adds stale dirty regions;
+//! docs/PROTOCOL.md, "Node-crash recovery"). A copy whose disk cannot be found,
+//! opened or read, or whose section is cut short, is left out; none readable is
+//! `Unreadable`: the volume is resynchronised whole.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -22,7 +25,7 @@ use plexd_target_api::drl::{self, DirtyLog};
 
 use super::disks::LocalDisks;
 use super::Input;
-use crate::core::{DirtyLogRead, DirtyLogSection, NodeId};
+use crate::core::{DirtyLogRead, DirtyLogSection, NodeId, SectionCopy};
 use crate::model::{bound_ranges, Disk, MAX_RECOVER_RANGES_PER_VOLUME};
 
 /// Reads in flight at most (the core asks at most two at a time: the master's and
@@ -31,13 +34,14 @@ pub const MAX_DRL_READS: usize = 4;
 /// Largest section read (a header block and the largest bitmap).
 pub const MAX_SECTION_BYTES: u64 = drl::DRL_BLOCK_BYTES + drl::MAX_DRL_REGIONS / 8;
 
-/// One section to read, with the path of its disk on this node (none: not found).
+/// One section to read, with the path of each copy's disk on this node (none:
+/// not found).
 #[derive(Debug, Clone)]
 pub struct SectionAt {
     /// The section.
     pub section: DirtyLogSection,
-    /// The disk's path here.
-    pub path: Option<PathBuf>,
+    /// Each copy's disk path here (`section.copies` order).
+    pub paths: Vec<Option<PathBuf>>,
 }
 
 /// The reads in flight (shared with their threads).
@@ -54,7 +58,7 @@ impl Reads {
         me: &str,
         op: u64,
         of: NodeId,
-        sections: Vec<(DirtyLogSection, Option<Disk>)>,
+        sections: Vec<(DirtyLogSection, Vec<Option<Disk>>)>,
         files: Vec<PathBuf>,
         inputs: SyncSender<Input>,
         hold: Option<std::time::Duration>,
@@ -88,9 +92,12 @@ impl Reads {
                 let local = LocalDisks::scan(&files);
                 let results = sections
                     .into_iter()
-                    .map(|(section, disk)| {
-                        let path = disk.map(|d| local.path_of(&d));
-                        read_one(&name, of, &SectionAt { section, path })
+                    .map(|(section, disks)| {
+                        let paths = disks
+                            .into_iter()
+                            .map(|d| d.map(|d| local.path_of(&d)))
+                            .collect();
+                        read_one(&name, of, &SectionAt { section, paths })
                     })
                     .collect();
                 count.fetch_sub(1, Ordering::SeqCst);
@@ -115,52 +122,79 @@ fn send(me: &str, inputs: &SyncSender<Input>, op: u64, results: Vec<DirtyLogRead
     }
 }
 
-/// Reads and decodes one section.
+/// Reads and decodes one section: the union of its readable copies.
 pub fn read_one(me: &str, of: NodeId, s: &SectionAt) -> DirtyLogRead {
     let sec = &s.section;
     let what = format!(
-        "node {me}: dirty region log {:#x} of volume {} (disk group {}), node {of}'s section at offset {} of disk {}",
-        sec.log_id, sec.volume, sec.dg, sec.offset_bytes, sec.disk
+        "node {me}: dirty region log {:#x} of volume {} (disk group {}), node {of}'s section",
+        sec.log_id, sec.volume, sec.dg
     );
-    let result = (|| {
-        let path = s
-            .path
-            .as_ref()
-            .ok_or_else(|| "the disk is not in the disk group or not found here".to_string())?;
-        if sec.len_bytes > MAX_SECTION_BYTES || sec.len_bytes < drl::DRL_BLOCK_BYTES {
-            return Err(format!(
-                "section of {} bytes (a section is {}..={MAX_SECTION_BYTES})",
-                sec.len_bytes,
-                drl::DRL_BLOCK_BYTES
-            ));
-        }
-        let f = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-        drop_cache(&f, sec.offset_bytes, sec.len_bytes);
-        let len = usize::try_from(sec.len_bytes).map_err(|e| e.to_string())?;
-        let mut buf = vec![0u8; len];
-        f.read_exact_at(&mut buf, sec.offset_bytes)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        drl::read_section(&buf, of, sec.log_id)
-    })();
-    match result {
-        Ok(DirtyLog::Unused) => {
-            log::info!("{what}: unused (no write under this log)");
-            DirtyLogRead::Unused
-        }
-        Ok(DirtyLog::Dirty(ranges)) => {
-            let bytes: u64 = ranges.iter().map(|r| r.1).sum();
-            log::info!("{what}: {} dirty range(s), {bytes} bytes", ranges.len());
-            DirtyLogRead::Dirty(bound_ranges(
-                &ranges,
-                u64::MAX,
-                MAX_RECOVER_RANGES_PER_VOLUME,
-            ))
-        }
-        Err(e) => {
-            log::warn!("{what}: unreadable ({e}): the volume is resynchronised whole");
-            DirtyLogRead::Unreadable(e)
+    let mut dirty: Option<Vec<(u64, u64)>> = None;
+    let mut readable = 0;
+    let mut errors = Vec::new();
+    for (i, copy) in sec.copies.iter().enumerate() {
+        let path = s.paths.get(i).cloned().flatten();
+        let at = format!("at offset {} of disk {}", copy.offset_bytes, copy.disk);
+        match read_copy(sec, copy, path.as_ref(), of) {
+            Ok(DirtyLog::Unused) => {
+                log::info!("{what} {at}: unused (no write under this log)");
+                readable += 1;
+            }
+            Ok(DirtyLog::Dirty(ranges)) => {
+                let bytes: u64 = ranges.iter().map(|r| r.1).sum();
+                log::info!(
+                    "{what} {at}: {} dirty range(s), {bytes} bytes",
+                    ranges.len()
+                );
+                readable += 1;
+                dirty.get_or_insert_with(Vec::new).extend(ranges);
+            }
+            Err(e) => {
+                log::warn!("{what} {at}: unreadable ({e})");
+                errors.push(format!("disk {}: {e}", copy.disk));
+            }
         }
     }
+    if readable == 0 {
+        let why = if errors.is_empty() {
+            "the log has no copy".to_string()
+        } else {
+            errors.join("; ")
+        };
+        log::warn!("{what}: no copy readable: the volume is resynchronised whole");
+        return DirtyLogRead::Unreadable(why);
+    }
+    match dirty {
+        None => DirtyLogRead::Unused,
+        Some(all) => {
+            DirtyLogRead::Dirty(bound_ranges(&all, u64::MAX, MAX_RECOVER_RANGES_PER_VOLUME))
+        }
+    }
+}
+
+/// Reads and decodes one copy of a section.
+fn read_copy(
+    sec: &DirtyLogSection,
+    copy: &SectionCopy,
+    path: Option<&PathBuf>,
+    of: NodeId,
+) -> Result<DirtyLog, String> {
+    let path =
+        path.ok_or_else(|| "the disk is not in the disk group or not found here".to_string())?;
+    if sec.len_bytes > MAX_SECTION_BYTES || sec.len_bytes < drl::DRL_BLOCK_BYTES {
+        return Err(format!(
+            "section of {} bytes (a section is {}..={MAX_SECTION_BYTES})",
+            sec.len_bytes,
+            drl::DRL_BLOCK_BYTES
+        ));
+    }
+    let f = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    drop_cache(&f, copy.offset_bytes, sec.len_bytes);
+    let len = usize::try_from(sec.len_bytes).map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; len];
+    f.read_exact_at(&mut buf, copy.offset_bytes)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    drl::read_section(&buf, of, sec.log_id)
 }
 
 /// Drops a block device's cached pages of the section (another host wrote it).
@@ -183,36 +217,56 @@ mod tests {
     use plexd_target_api::drl::DrlHeader;
     use std::io::Write;
 
-    fn section(len: u64) -> DirtyLogSection {
+    fn section(len: u64, copies: usize) -> DirtyLogSection {
         DirtyLogSection {
             dg: "dg1".into(),
             volume: "v1".into(),
-            disk: "d1".into(),
-            offset_bytes: 8192,
+            copies: (0..copies)
+                .map(|i| SectionCopy {
+                    disk: format!("d{}", i + 1),
+                    offset_bytes: 8192,
+                })
+                .collect(),
             len_bytes: len,
             log_id: 0x77,
         }
     }
 
+    const H: DrlHeader = DrlHeader {
+        node: 2,
+        log_id: 0x77,
+        region_bytes: drl::DEFAULT_REGION_BYTES,
+        regions: 64,
+    };
+
+    /// A disk file with node 2's section at 8192 with `bitmap` as its first
+    /// bitmap byte (None: no header, never written).
+    fn disk(dir: &std::path::Path, name: &str, bitmap: Option<u8>) -> PathBuf {
+        let len = drl::section_bytes(H.regions);
+        let mut bytes = vec![0u8; 8192 + len as usize];
+        if let Some(b) = bitmap {
+            bytes[8192..8192 + 4096].copy_from_slice(&H.encode());
+            bytes[8192 + 4096] = b;
+        }
+        let path = dir.join(name);
+        File::create(&path).unwrap().write_all(&bytes).unwrap();
+        path
+    }
+
+    fn tempdir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("plexd-drl-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
     #[test]
     fn reads_dirty_unused_and_short_sections() {
-        let dir = std::env::temp_dir().join(format!("plexd-drl-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("disk");
-        let h = DrlHeader {
-            node: 2,
-            log_id: 0x77,
-            region_bytes: drl::DEFAULT_REGION_BYTES,
-            regions: 64,
-        };
-        let len = drl::section_bytes(h.regions);
-        let mut bytes = vec![0u8; 8192 + len as usize];
-        bytes[8192..8192 + 4096].copy_from_slice(&h.encode());
-        bytes[8192 + 4096] = 0b0000_0110; // regions 1 and 2
-        File::create(&path).unwrap().write_all(&bytes).unwrap();
+        let dir = tempdir("one");
+        let path = disk(&dir, "disk", Some(0b0000_0110)); // regions 1 and 2
+        let len = drl::section_bytes(H.regions);
         let at = SectionAt {
-            section: section(len),
-            path: Some(path.clone()),
+            section: section(len, 1),
+            paths: vec![Some(path.clone())],
         };
         let r = drl::DEFAULT_REGION_BYTES;
         assert_eq!(read_one("a", 2, &at), DirtyLogRead::Dirty(vec![(r, 2 * r)]));
@@ -220,21 +274,69 @@ mod tests {
         assert_eq!(read_one("a", 3, &at), DirtyLogRead::Unused);
         // A missing disk, or a section cut short: unreadable (whole resync).
         let missing = SectionAt {
-            section: section(len),
-            path: None,
+            section: section(len, 1),
+            paths: vec![None],
         };
         assert!(matches!(
             read_one("a", 2, &missing),
             DirtyLogRead::Unreadable(_)
         ));
         let short = SectionAt {
-            section: section(4096),
-            path: Some(path),
+            section: section(4096, 1),
+            paths: vec![Some(path)],
         };
         assert!(matches!(
             read_one("a", 2, &short),
             DirtyLogRead::Unreadable(_)
         ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn two_copies_read_as_the_union_of_the_readable_ones() {
+        let dir = tempdir("two");
+        let r = drl::DEFAULT_REGION_BYTES;
+        // Copy 1 has regions 1, 2 and 5; copy 2 (stale: it missed the mark of 5,
+        // and kept region 0 a clean did not reach) has 0, 1 and 2.
+        let d1 = disk(&dir, "d1", Some(0b0010_0110));
+        let d2 = disk(&dir, "d2", Some(0b0000_0111));
+        let never = disk(&dir, "never", None);
+        let len = drl::section_bytes(H.regions);
+        let read = |paths: Vec<Option<PathBuf>>| {
+            read_one(
+                "a",
+                2,
+                &SectionAt {
+                    section: section(len, 2),
+                    paths,
+                },
+            )
+        };
+        assert_eq!(
+            read(vec![Some(d1.clone()), Some(d2.clone())]),
+            DirtyLogRead::Dirty(vec![(0, 3 * r), (5 * r, r)]),
+            "the union"
+        );
+        // One copy unreadable: the other's ranges.
+        assert_eq!(
+            read(vec![None, Some(d2.clone())]),
+            DirtyLogRead::Dirty(vec![(0, 3 * r)])
+        );
+        assert_eq!(
+            read(vec![Some(d1.clone()), None]),
+            DirtyLogRead::Dirty(vec![(r, 2 * r), (5 * r, r)])
+        );
+        // A copy never initialized (its init failed) adds nothing.
+        assert_eq!(
+            read(vec![Some(d1.clone()), Some(never.clone())]),
+            DirtyLogRead::Dirty(vec![(r, 2 * r), (5 * r, r)])
+        );
+        assert_eq!(read(vec![Some(never), None]), DirtyLogRead::Unused);
+        // Both unreadable: the whole volume.
+        let DirtyLogRead::Unreadable(why) = read(vec![None, None]) else {
+            panic!("both copies unreadable must be Unreadable");
+        };
+        assert!(why.contains("disk d1") && why.contains("disk d2"), "{why}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

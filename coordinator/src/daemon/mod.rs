@@ -739,13 +739,17 @@ impl Daemon {
         let at = sections
             .into_iter()
             .map(|section| {
-                let disk = self
-                    .node
-                    .config()
-                    .group(&section.dg)
-                    .and_then(|g| g.disks.iter().find(|d| d.name == section.disk))
-                    .cloned();
-                (section, disk)
+                let group = self.node.config().group(&section.dg);
+                let disks = section
+                    .copies
+                    .iter()
+                    .map(|c| {
+                        group
+                            .and_then(|g| g.disks.iter().find(|d| d.name == c.disk))
+                            .cloned()
+                    })
+                    .collect();
+                (section, disks)
             })
             .collect();
         let files = self.file.disk_files();

@@ -11,7 +11,8 @@
 
 use super::model_codec;
 use crate::core::{
-    ConfigModel, DirtyLogRead, DirtyLogSection, ErrorKind, NodeId, RequestError, SyncingPlex,
+    ConfigModel, DirtyLogRead, DirtyLogSection, ErrorKind, NodeId, RequestError, SectionCopy,
+    SyncingPlex,
 };
 use crate::model::{
     bound_ranges, Change, ClusterConfig, ConfigError, DiskGroupConfig, DiskUpdate, OpenNode,
@@ -273,10 +274,9 @@ impl ConfigModel for SharedConfig {
                 // Left out: resynchronised whole.
                 DirtyLogRead::Unreadable(why) => {
                     log::warn!(
-                        "volume {} of disk group {}: the dirty region log of node {node} (start {incarnation}) on disk {} is unreadable ({why}): the volume is resynchronised whole",
+                        "volume {} of disk group {}: the dirty region log of node {node} (start {incarnation}) is unreadable on every copy ({why}): the volume is resynchronised whole",
                         section.volume,
-                        section.dg,
-                        section.disk
+                        section.dg
                     );
                     continue;
                 }
@@ -315,10 +315,17 @@ impl ConfigModel for SharedConfig {
                 if readable < 2 {
                     continue;
                 }
-                let Some(offset_bytes) = u64::from(node)
-                    .checked_mul(log.section_bytes)
-                    .and_then(|o| o.checked_add(log.disk_offset_bytes))
-                else {
+                let copies: Option<Vec<SectionCopy>> = log
+                    .copies
+                    .iter()
+                    .map(|c| {
+                        Some(SectionCopy {
+                            disk: c.disk.clone(),
+                            offset_bytes: log.section_offset(c, node)?,
+                        })
+                    })
+                    .collect();
+                let Some(copies) = copies else {
                     continue;
                 };
                 let regions = plexd_target_api::drl::regions_for(v.size_bytes, log.region_bytes);
@@ -326,8 +333,7 @@ impl ConfigModel for SharedConfig {
                 out.push(DirtyLogSection {
                     dg: g.name.clone(),
                     volume: v.name.clone(),
-                    disk: log.disk.clone(),
-                    offset_bytes,
+                    copies,
                     len_bytes: need.min(log.section_bytes),
                     log_id: log.log_id,
                 });

@@ -219,10 +219,16 @@ mod tests {
         let (json, text) = through_the_wire(&[g], &[]);
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();
         let vol = &v["disk_groups"][0]["volumes"][0];
+        let (c1, c2) = (&log.copies[0], &log.copies[1]);
         assert_eq!(
             vol["log"],
             serde_json::json!({
-                "disk": "disk03", "disk_offset": log.disk_offset_bytes, "len": log.len_bytes,
+                "disk": "disk03", "disk_offset": c1.disk_offset_bytes,
+                "copies": [
+                    {"disk": "disk03", "disk_offset": c1.disk_offset_bytes},
+                    {"disk": "disk01", "disk_offset": c2.disk_offset_bytes},
+                ],
+                "len": log.len_bytes,
                 "section": log.section_bytes, "region": 1 << 20, "log_id": log.log_id,
             })
         );
@@ -235,6 +241,11 @@ mod tests {
         assert!(vol["plexes"][0].get("resync").is_none(), "{json}");
         assert!(
             text.contains("\nlg vol1         disk03   1.0 MiB  520.0 KiB region 1.0 MiB\n"),
+            "{text}"
+        );
+        // Copy 2 on disk01, after the plex (100 MiB from 1 MiB).
+        assert!(
+            text.contains("\nlg vol1         disk01   101.0 MiB 520.0 KiB region 1.0 MiB\n"),
             "{text}"
         );
         assert!(

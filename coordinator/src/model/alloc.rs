@@ -13,9 +13,11 @@
 //! disks with the most free space; stripe columns go on the disks that fit a column most
 //! tightly. Within a disk, the extent that fits most tightly is used, else the largest.
 //!
-//! A mirrored volume's dirty region log ([`allocate_log`]) is one extent of
-//! [`LOG_SECTIONS`] sections, preferably on a disk none of the volume's plexes use,
-//! else on any disk with room; it is used space like a subdisk.
+//! A mirrored volume's dirty region log ([`allocate_log`]) has up to
+//! [`MAX_LOG_COPIES`] copies, each one extent of [`LOG_SECTIONS`] sections on a disk
+//! of its own: each preferably on a disk none of the volume's plexes use, else on
+//! any other disk with room (one copy when only one disk has room); each copy is
+//! used space like a subdisk.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -24,8 +26,8 @@ use thiserror::Error;
 use plexd_target_api::drl;
 
 use crate::model::{
-    DiskGroupConfig, Plex, PlexLayout, PlexState, Subdisk, VolumeLayout, VolumeLog,
-    ALLOC_ALIGN_BYTES, LOG_SECTIONS, MAX_SUBDISKS_PER_COLUMN,
+    DiskGroupConfig, LogCopy, Plex, PlexLayout, PlexState, Subdisk, VolumeLayout, VolumeLog,
+    ALLOC_ALIGN_BYTES, LOG_SECTIONS, MAX_LOG_COPIES, MAX_SUBDISKS_PER_COLUMN,
 };
 use crate::size::format_size;
 
@@ -62,9 +64,11 @@ pub fn free_extents(dg: &DiskGroupConfig) -> Vec<(String, Vec<FreeExtent>)> {
             .push((sd.disk_offset_bytes, sd.len_bytes));
     }
     for log in dg.volumes.iter().filter_map(|v| v.log.as_ref()) {
-        used.entry(log.disk.as_str())
-            .or_default()
-            .push((log.disk_offset_bytes, log.len_bytes));
+        for c in &log.copies {
+            used.entry(c.disk.as_str())
+                .or_default()
+                .push((c.disk_offset_bytes, log.len_bytes));
+        }
     }
     dg.disks
         .iter()
@@ -618,6 +622,18 @@ pub fn shrink_plexes(plexes: &[Plex], new_size_bytes: u64) -> Vec<Plex> {
 /// unique within a group; the group id part makes a log of a group created again
 /// on the same disks differ from the old one's.
 pub fn new_log_id(dg: &DiskGroupConfig) -> u64 {
+    new_log_id_nth(dg, 0)
+}
+
+/// The id of the `nth` log (from 0) a change that places several (a `dg rm-disk`
+/// moving logs) gives: [`new_log_id`] with `nth` XORed into bits 48.. of the group
+/// id part, so the change's ids differ from each other and from every id a
+/// single-log change of the group gives (whose high half is the plain CRC).
+pub fn new_log_id_nth(dg: &DiskGroupConfig, nth: u16) -> u64 {
+    new_log_id_raw(dg) ^ (u64::from(nth) << 48)
+}
+
+fn new_log_id_raw(dg: &DiskGroupConfig) -> u64 {
     (u64::from(crc32c::crc32c(dg.id.as_bytes())) << 32) ^ dg.seq.wrapping_add(1)
 }
 
@@ -654,14 +670,15 @@ pub fn log_geometry(
     Ok((section, section.saturating_mul(LOG_SECTIONS)))
 }
 
-/// Places a dirty region log of `len_bytes` for `volume` (whose plexes `dg`
-/// already holds as they will be): one aligned extent, the tightest fitting one on
-/// a disk none of the volume's plexes use, else the tightest on any disk. Returns
-/// (disk, offset).
-pub fn place_log(
+/// Places one copy of a dirty region log of `len_bytes` for `volume` (whose
+/// plexes `dg` already holds as they will be) on a disk not in `exclude`: one
+/// aligned extent, the tightest fitting one on a disk none of the volume's plexes
+/// use, else the tightest on any disk. Returns (disk, offset).
+pub fn place_log_copy(
     dg: &DiskGroupConfig,
     volume: &str,
     len_bytes: u64,
+    exclude: &BTreeSet<&str>,
 ) -> Result<(String, u64), AllocError> {
     let need = align_up(len_bytes);
     let volume_disks: BTreeSet<&str> = dg
@@ -674,6 +691,7 @@ pub fn place_log(
     let best = |own: bool| {
         free.iter()
             .enumerate()
+            .filter(|(_, (disk, _))| !exclude.contains(disk.as_str()))
             .filter(|(_, (disk, _))| volume_disks.contains(disk.as_str()) == own)
             .flat_map(|(order, (disk, extents))| {
                 extents
@@ -689,13 +707,43 @@ pub fn place_log(
         .ok_or_else(|| AllocError {
             volume: volume.to_string(),
             reason: format!(
-                "no free extent of {} for its dirty region log ({} sections of {}; {})",
+                "no free extent of {} for its dirty region log ({} sections of {}) on a disk \
+                 other than {}; {}",
                 format_size(need),
                 LOG_SECTIONS,
                 format_size(need / LOG_SECTIONS),
+                if exclude.is_empty() {
+                    "none".to_string()
+                } else {
+                    exclude.iter().copied().collect::<Vec<_>>().join(", ")
+                },
                 Allocator::new(dg).free_summary()
             ),
         })
+}
+
+/// Places the copies of a dirty region log of `len_bytes` for `volume`: the first
+/// as [`place_log_copy`] (an error when no disk has room), then up to
+/// [`MAX_LOG_COPIES`] in all, each on a disk no earlier copy uses, as long as one
+/// has room.
+pub fn place_log(
+    dg: &DiskGroupConfig,
+    volume: &str,
+    len_bytes: u64,
+) -> Result<Vec<LogCopy>, AllocError> {
+    let mut copies: Vec<LogCopy> = Vec::with_capacity(MAX_LOG_COPIES);
+    while copies.len() < MAX_LOG_COPIES {
+        let exclude: BTreeSet<&str> = copies.iter().map(|c| c.disk.as_str()).collect();
+        match place_log_copy(dg, volume, len_bytes, &exclude) {
+            Ok((disk, disk_offset_bytes)) => copies.push(LogCopy {
+                disk,
+                disk_offset_bytes,
+            }),
+            Err(e) if copies.is_empty() => return Err(e),
+            Err(_) => break,
+        }
+    }
+    Ok(copies)
 }
 
 /// A new dirty region log with regions of `region_bytes` for `volume` of `dg`
@@ -707,10 +755,9 @@ pub fn allocate_log(
     region_bytes: u64,
 ) -> Result<VolumeLog, AllocError> {
     let (section_bytes, len_bytes) = log_geometry(volume, volume_bytes, region_bytes)?;
-    let (disk, disk_offset_bytes) = place_log(dg, volume, len_bytes)?;
+    let copies = place_log(dg, volume, len_bytes)?;
     Ok(VolumeLog {
-        disk,
-        disk_offset_bytes,
+        copies,
         len_bytes,
         section_bytes,
         region_bytes,
@@ -1265,16 +1312,20 @@ mod tests {
         let before = free_bytes(&c);
         let c = create(&c, "vol1", 100 * MIB, MIRROR).unwrap();
         let log = log_of(&c, "vol1").unwrap();
-        assert_eq!(log.disk, "disk03");
+        // Copy 1 off the plexes' disks; copy 2 on another disk (a plex's: the
+        // only ones left).
+        assert_eq!(log.disks(), "disk03+disk01");
         assert_eq!(log.region_bytes, drl::DEFAULT_REGION_BYTES);
         // 200 regions: one bitmap block and the header.
         assert_eq!(log.section_bytes, 2 * 4096);
         assert_eq!(log.len_bytes, LOG_SECTIONS * 2 * 4096);
-        assert!(log.disk_offset_bytes.is_multiple_of(ALLOC_ALIGN_BYTES));
+        for copy in &log.copies {
+            assert!(copy.disk_offset_bytes.is_multiple_of(ALLOC_ALIGN_BYTES));
+        }
         // Placed by the change to seq 2 of group dgid1.
         assert_eq!(log.log_id, (u64::from(crc32c::crc32c(b"dgid1")) << 32) ^ 2);
-        // Used space: the plexes and the log.
-        assert_eq!(free_bytes(&c), before - 200 * MIB - log.len_bytes);
+        // Used space: the plexes and both copies of the log.
+        assert_eq!(free_bytes(&c), before - 200 * MIB - 2 * log.len_bytes);
         // Nothing placed later overlaps it: fill disk03 completely.
         let rest = GIB - log.len_bytes;
         let c = create(&c, "fill", rest, VolumeLayout::Concat).unwrap();
@@ -1289,13 +1340,18 @@ mod tests {
         let c = cluster(&[("disk01", GIB), ("disk02", GIB)]);
         let c = create(&c, "vol1", 100 * MIB, MIRROR).unwrap();
         let log = log_of(&c, "vol1").unwrap();
-        let sd = &plexes(&c, "vol1")[0].subdisks[0];
-        let plex_end = sd.disk_offset_bytes + sd.len_bytes;
-        // Right after a plex, not inside it.
-        assert!(
-            log.disk_offset_bytes >= plex_end || log.disk != sd.disk,
-            "{log:?} {sd:?}"
-        );
+        assert_eq!(log.copies.len(), 2, "{log:?}");
+        for p in plexes(&c, "vol1") {
+            let sd = &p.subdisks[0];
+            let plex_end = sd.disk_offset_bytes + sd.len_bytes;
+            // Right after a plex, not inside it.
+            for copy in &log.copies {
+                assert!(
+                    copy.disk_offset_bytes >= plex_end || copy.disk != sd.disk,
+                    "{log:?} {sd:?}"
+                );
+            }
+        }
         c.disk_groups[0].validate().unwrap();
     }
 
@@ -1378,38 +1434,35 @@ mod tests {
         assert!(moved.holds(17 * GIB));
         // The old log is free again: only the plexes' growth and the new log's
         // extra length are used.
+        assert_eq!(moved.copies.len(), 2);
         assert_eq!(
             free_bytes(&c),
-            before - 2 * GIB - (moved.len_bytes - first.len_bytes)
+            before - 2 * GIB - 2 * (moved.len_bytes - first.len_bytes)
         );
         c.disk_groups[0].validate().unwrap();
 
         // No room anywhere for a larger log: the region size doubles in place.
-        // disk03 holds exactly the log; the grow takes the rest of disk01 and disk02.
+        // disk03 holds exactly copy 1, disk01 copy 2 at its end; the grow takes the
+        // rest of disk01 and disk02 (which keeps `small` free).
         let small = LOG_SECTIONS * 2 * 4096;
         let c = cluster(&[
-            ("disk01", 16 * GIB + 64 * MIB),
-            ("disk02", 16 * GIB + 64 * MIB),
+            ("disk01", 16 * GIB + 64 * MIB + small),
+            ("disk02", 16 * GIB + 64 * MIB + small),
             ("disk03", small),
         ]);
         let c = create(&c, "vol1", 16 * GIB, MIRROR).unwrap();
         let first = log_of(&c, "vol1").unwrap();
-        assert_eq!((first.disk.as_str(), first.len_bytes), ("disk03", small));
+        assert_eq!(
+            (first.disks(), first.len_bytes),
+            ("disk03+disk01".into(), small)
+        );
         let c = grow(&c, "vol1", 16 * GIB + 64 * MIB).unwrap();
-        assert_eq!(free_bytes(&c), 0);
+        assert_eq!(free_bytes(&c), small);
         let doubled = log_of(&c, "vol1").unwrap();
         assert_eq!(doubled.region_bytes, 2 * first.region_bytes);
         assert_eq!(
-            (
-                doubled.disk.as_str(),
-                doubled.disk_offset_bytes,
-                doubled.len_bytes
-            ),
-            (
-                first.disk.as_str(),
-                first.disk_offset_bytes,
-                first.len_bytes
-            )
+            (&doubled.copies, doubled.len_bytes),
+            (&first.copies, first.len_bytes)
         );
         assert_ne!(doubled.log_id, first.log_id);
         c.disk_groups[0].validate().unwrap();
@@ -1436,21 +1489,87 @@ mod tests {
         assert_eq!(free_bytes(&c), empty);
     }
 
+    fn rm_disk(c: &ClusterConfig, disk: &str) -> Result<ClusterConfig, ConfigError> {
+        c.apply(&Change::DgRmDisk {
+            dg: "dg1".into(),
+            disk: disk.into(),
+        })
+    }
+
     #[test]
-    fn rm_disk_refuses_the_disk_holding_a_log() {
-        let c = cluster(&[("disk01", GIB), ("disk02", GIB), ("disk03", GIB)]);
+    fn two_log_copies_go_on_disks_the_plexes_do_not_use_first() {
+        let c = cluster(&[
+            ("disk01", GIB),
+            ("disk02", GIB),
+            ("disk03", GIB),
+            ("disk04", GIB),
+        ]);
         let c = create(&c, "vol1", 10 * MIB, MIRROR).unwrap();
-        assert_eq!(log_of(&c, "vol1").unwrap().disk, "disk03");
-        let err = c
-            .apply(&Change::DgRmDisk {
-                dg: "dg1".into(),
-                disk: "disk03".into(),
-            })
-            .unwrap_err();
+        assert_eq!(log_of(&c, "vol1").unwrap().disks(), "disk03+disk04");
+        // Only one disk with room: one copy, as before copies.
+        let one = cluster(&[("disk01", GIB), ("disk02", 10 * MIB)]);
+        let one = create(&one, "vol1", 10 * MIB, MIRROR).unwrap();
+        assert_eq!(log_of(&one, "vol1").unwrap().disks(), "disk01");
+        one.disk_groups[0].validate().unwrap();
+    }
+
+    #[test]
+    fn rm_disk_moves_a_log_copy_to_another_disk_with_a_new_id() {
+        let c = cluster(&[
+            ("disk01", GIB),
+            ("disk02", GIB),
+            ("disk03", GIB),
+            ("disk04", GIB),
+            ("disk05", GIB),
+        ]);
+        let c = create(&c, "vol1", 10 * MIB, MIRROR).unwrap();
+        let c = create(&c, "vol2", 10 * MIB, MIRROR).unwrap();
+        let (l1, l2) = (log_of(&c, "vol1").unwrap(), log_of(&c, "vol2").unwrap());
+        // vol1 on disk01+02 with its log on disk03+04; vol2 on disk05+03 (the
+        // emptiest), its log on disk04+01 (off its plexes first, tightest fit).
+        assert_eq!(l1.disks(), "disk03+disk04");
+        assert!(l2.on_disk("disk04"), "{l2:?}");
+        let c = rm_disk(&c, "disk04").unwrap();
+        let g = &c.disk_groups[0];
+        g.validate().unwrap();
+        assert!(g.disk("disk04").is_none());
+        for (v, old) in [("vol1", &l1), ("vol2", &l2)] {
+            let new = log_of(&c, v).unwrap();
+            assert_eq!(new.copies.len(), 2, "{v}: {new:?}");
+            assert!(!new.on_disk("disk04"), "{v}: {new:?}");
+            // The copy that was not on disk04 stays where it was.
+            for copy in old.copies.iter().filter(|c| c.disk != "disk04") {
+                assert!(new.copies.contains(copy), "{v}: {new:?}");
+            }
+            assert_ne!(new.copies[0].disk, new.copies[1].disk);
+            assert_eq!(
+                (new.len_bytes, new.section_bytes, new.region_bytes),
+                (old.len_bytes, old.section_bytes, old.region_bytes)
+            );
+            // Moved: a new id, so every data plane re-inits its sections.
+            assert_ne!(new.log_id, old.log_id, "{v}");
+        }
+        assert_ne!(
+            log_of(&c, "vol1").unwrap().log_id,
+            log_of(&c, "vol2").unwrap().log_id
+        );
+    }
+
+    #[test]
+    fn rm_disk_of_a_log_copy_without_room_elsewhere_is_refused_naming_it() {
+        // disk03 holds vol1's log copy 1; its copy 2 is on disk01; disk02 is full.
+        let c = cluster(&[("disk01", GIB), ("disk02", 10 * MIB), ("disk03", GIB)]);
+        let c = create(&c, "vol1", 10 * MIB, MIRROR).unwrap();
+        let log = log_of(&c, "vol1").unwrap();
+        assert_eq!(log.disks(), "disk03+disk01");
+        let err = rm_disk(&c, "disk03").unwrap_err();
         assert!(matches!(err, ConfigError::InUse(_)), "{err:?}");
+        let msg = err.to_string();
         assert!(
-            err.to_string().contains("dirty region log of vol1"),
-            "{err}"
+            msg.contains("disk disk03")
+                && msg.contains("dirty region log of volume vol1")
+                && msg.contains("cannot move"),
+            "{msg}"
         );
     }
 

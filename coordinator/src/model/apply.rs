@@ -500,12 +500,6 @@ fn dg_rm_disk(
         .flat_map(|v| v.plexes.iter().map(move |p| (v, p)))
         .filter(|(_, p)| p.subdisks.iter().any(|sd| sd.disk == *disk))
         .map(|(v, p)| format!("{}/{}", v.name, p.name))
-        .chain(
-            dg.volumes
-                .iter()
-                .filter(|v| v.log.as_ref().is_some_and(|l| l.disk == *disk))
-                .map(|v| format!("the dirty region log of {}", v.name)),
-        )
         .collect();
     if !users.is_empty() {
         return Err(ConfigError::InUse(format!(
@@ -521,6 +515,57 @@ fn dg_rm_disk(
         )));
     }
     next.disks.remove(index);
+    move_logs_off(dg, next, disk)
+}
+
+/// Moves every dirty region log copy on `disk` (already removed from `next`, a copy
+/// of `dg`) to another disk of the group with room ([`alloc::place_log_copy`]:
+/// not a disk another copy of the same log uses, preferably none of the volume's
+/// plexes use). A moved log gets a new id: the commit's drained quiesce has every
+/// data plane re-init its sections on every copy under the new id, so the new
+/// copy starting without marks loses none (docs/PROTOCOL.md, "Node-crash
+/// recovery"). Refused, naming the volume, when no disk has room.
+fn move_logs_off(
+    dg: &DiskGroupConfig,
+    next: &mut DiskGroupConfig,
+    disk: &str,
+) -> Result<(), ConfigError> {
+    let mut nth: u16 = 0;
+    for vi in 0..next.volumes.len() {
+        let Some(log) = next.volumes[vi].log.clone() else {
+            continue;
+        };
+        let Some(ci) = log.copies.iter().position(|c| c.disk == disk) else {
+            continue;
+        };
+        let volume = next.volumes[vi].name.clone();
+        let mut without = next.clone();
+        if let Some(l) = without.volumes[vi].log.as_mut() {
+            l.copies.remove(ci);
+        }
+        let exclude: BTreeSet<&str> = log
+            .copies
+            .iter()
+            .filter(|c| c.disk != disk)
+            .map(|c| c.disk.as_str())
+            .collect();
+        let (to, offset) = alloc::place_log_copy(&without, &volume, log.len_bytes, &exclude)
+            .map_err(|e| {
+                ConfigError::InUse(format!(
+                    "disk {disk} in disk group {} holds a copy of the dirty region log of volume \
+                     {volume}, and the copy cannot move to another disk: {}",
+                    dg.name, e.reason
+                ))
+            })?;
+        let mut moved = log;
+        moved.copies[ci] = LogCopy {
+            disk: to,
+            disk_offset_bytes: offset,
+        };
+        moved.log_id = alloc::new_log_id_nth(dg, nth);
+        nth = nth.saturating_add(1);
+        next.volumes[vi].log = Some(moved);
+    }
     Ok(())
 }
 

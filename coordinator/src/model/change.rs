@@ -502,13 +502,13 @@ fn rounded_note(asked: u64, got: u64) -> String {
 }
 
 /// Where a volume's plexes are: `v1-01 ACTIVE stripe 2 columns x 64K on d1+d2, ...`,
-/// and its dirty region log: `; dirty region log on d3 (512.0 KiB regions)`.
+/// and its dirty region log: `; dirty region log on d3+d1 (512.0 KiB regions)`.
 fn describe_placement(v: &Volume) -> String {
     use crate::size::format_size;
     let log = match &v.log {
         Some(l) => format!(
             "; dirty region log on {} ({} regions)",
-            l.disk,
+            l.disks(),
             format_size(l.region_bytes)
         ),
         None => String::new(),

@@ -8,7 +8,7 @@
 //! `resync_ranges` are left to copy: the copier knows the ranges, the data plane
 //! only writes to it and never reads from it.
 
-use plexd_target_api::drl::DirtyLogSpec;
+use plexd_target_api::drl::{DirtyLogSpec, DrlCopy};
 use plexd_target_api::volume::{
     PlexKind, PlexSpec, PlexState as KPlexState, ReadPolicy as KReadPolicy, SubdiskSpec, VolumeSpec,
 };
@@ -50,9 +50,15 @@ impl DiskGroupConfig {
     /// given it: None without a log (or for a node id without a section).
     pub fn log_spec(&self, volume: &Volume, node: u32) -> Option<DirtyLogSpec> {
         let log = volume.log.as_ref()?;
+        let mut copies = Vec::with_capacity(log.copies.len());
+        for c in &log.copies {
+            copies.push(DrlCopy {
+                bdev: disk_bdev(&self.name, &c.disk),
+                offset_bytes: log.section_offset(c, node)?,
+            });
+        }
         Some(DirtyLogSpec {
-            bdev: disk_bdev(&self.name, &log.disk),
-            offset_bytes: log.section_offset(node)?,
+            copies,
             section_bytes: log.section_bytes,
             node,
             log_id: log.log_id,
@@ -126,19 +132,24 @@ mod tests {
         for node in 1..=MAX_LOG_NODE_ID {
             let spec = g.volume_specs(node).remove(0);
             let l = spec.log.unwrap();
-            assert_eq!(l.bdev, "dg1.disk03");
+            // Copy 1 off the plexes' disks, copy 2 on another disk.
+            let bdevs: Vec<&str> = l.copies.iter().map(|c| c.bdev.as_str()).collect();
+            assert_eq!(bdevs, ["dg1.disk03", "dg1.disk01"]);
             assert_eq!(l.node, node);
             assert_eq!(l.log_id, log.log_id);
             assert_eq!(l.region_bytes, log.region_bytes);
             assert_eq!(l.section_bytes, log.section_bytes);
-            assert_eq!(
-                l.offset_bytes,
-                log.disk_offset_bytes + u64::from(node) * log.section_bytes
-            );
-            // Inside the log, and a spec the data plane takes.
-            assert!(l.offset_bytes + l.section_bytes <= log.disk_offset_bytes + log.len_bytes);
+            for (c, lc) in l.copies.iter().zip(&log.copies) {
+                assert_eq!(
+                    c.offset_bytes,
+                    lc.disk_offset_bytes + u64::from(node) * log.section_bytes
+                );
+                // Inside the log.
+                assert!(c.offset_bytes + l.section_bytes <= lc.disk_offset_bytes + log.len_bytes);
+            }
+            // A spec the data plane takes.
             l.check(spec.size_bytes).unwrap();
-            assert!(offsets.insert(l.offset_bytes));
+            assert!(offsets.insert(l.copies[0].offset_bytes));
         }
         // No section for ids the cluster file refuses.
         assert_eq!(g.volume_specs(0)[0].log, None);

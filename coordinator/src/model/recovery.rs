@@ -334,8 +334,10 @@ mod tests {
         // d3's public region (its subdisks start at the beginning), id 0x77.
         let v = &mut c.disk_groups[0].volumes[0];
         let log = v.log.get_or_insert(VolumeLog {
-            disk: "d3".into(),
-            disk_offset_bytes: 1 << 30,
+            copies: vec![LogCopy {
+                disk: "d3".into(),
+                disk_offset_bytes: 1 << 30,
+            }],
             len_bytes: 1 << 20,
             section_bytes: 8192,
             region_bytes: 512 << 10,

@@ -871,8 +871,8 @@ fn validate_catches_bad_logs_and_resync_ranges() {
     let e = broken(&|b| {
         let sd = b.volumes[0].plexes[0].subdisks[0].clone();
         let log = b.volumes[0].log.as_mut().unwrap();
-        log.disk = sd.disk;
-        log.disk_offset_bytes = sd.disk_offset_bytes;
+        log.copies[1].disk = sd.disk;
+        log.copies[1].disk_offset_bytes = sd.disk_offset_bytes;
     });
     assert!(
         e.contains("dirty region log of volume vol1") && e.contains("overlap"),
@@ -891,8 +891,22 @@ fn validate_catches_bad_logs_and_resync_ranges() {
     assert!(e.contains("section"), "{e}");
     let e = broken(&|b| b.volumes[0].log.as_mut().unwrap().region_bytes = 3 << 16);
     assert!(e.contains("region size"), "{e}");
-    let e = broken(&|b| b.volumes[0].log.as_mut().unwrap().disk = "nodisk".into());
+    let e = broken(&|b| b.volumes[0].log.as_mut().unwrap().copies[0].disk = "nodisk".into());
     assert!(e.contains("not in the group"), "{e}");
+    // Two copies on one disk; more than MAX_LOG_COPIES; none.
+    let e = broken(&|b| {
+        let log = b.volumes[0].log.as_mut().unwrap();
+        log.copies[1].disk = log.copies[0].disk.clone();
+    });
+    assert!(e.contains("two copies on disk"), "{e}");
+    let e = broken(&|b| {
+        let log = b.volumes[0].log.as_mut().unwrap();
+        let extra = log.copies[1].clone();
+        log.copies.push(extra);
+    });
+    assert!(e.contains("3 copies"), "{e}");
+    let e = broken(&|b| b.volumes[0].log.as_mut().unwrap().copies.clear());
+    assert!(e.contains("0 copies"), "{e}");
     // Ranges on an ACTIVE plex, out of order, beyond the volume.
     let e = broken(&|b| b.volumes[0].plexes[1].resync_ranges = vec![(0, 4096)]);
     assert!(e.contains("ACTIVE has ranges"), "{e}");

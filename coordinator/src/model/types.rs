@@ -153,22 +153,22 @@ pub struct Volume {
     pub log: Option<VolumeLog>,
 }
 
-/// A mirrored volume's dirty region log: one log subdisk holding one section per
-/// node (node `n`'s at `disk_offset_bytes + n × section_bytes`, see
+/// A mirrored volume's dirty region log: one or two log subdisks (*copies*, on
+/// distinct disks, laid out alike), each holding one section per node (node `n`'s
+/// at `disk_offset_bytes + n × section_bytes` of the copy, see
 /// [`VolumeLog::section_offset`]), in the format of `plexd_target_api::drl`
-/// (docs/ONDISK.md, "Dirty region log").
+/// (docs/ONDISK.md, "Dirty region log"). The data plane marks every copy; a
+/// recovery reads the union of the copies it can read.
 ///
 /// Node ids are 1..=[`MAX_LOG_NODE_ID`] (the cluster file refuses others), so a log
 /// has [`LOG_SECTIONS`] sections; section 0 is never written (no node has id 0).
-/// It is counted as used space of its disk like a subdisk: no subdisk or other log
-/// overlaps it (`DiskGroupConfig::validate`).
+/// Each copy is counted as used space of its disk like a subdisk: no subdisk or
+/// other log overlaps it (`DiskGroupConfig::validate`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumeLog {
-    /// Disk media name of the disk holding the log subdisk.
-    pub disk: String,
-    /// Offset of the log subdisk on the device.
-    pub disk_offset_bytes: u64,
-    /// Length of the whole log subdisk.
+    /// The copies: 1..=[`MAX_LOG_COPIES`], each on its own disk.
+    pub copies: Vec<LogCopy>,
+    /// Length of each copy's log subdisk.
     pub len_bytes: u64,
     /// One node's section (a multiple of 4096).
     pub section_bytes: u64,
@@ -178,6 +178,18 @@ pub struct VolumeLog {
     pub log_id: u64,
 }
 
+/// Where one copy of a dirty region log lives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogCopy {
+    /// Disk media name of the disk holding this copy's log subdisk.
+    pub disk: String,
+    /// Offset of the log subdisk on the device.
+    pub disk_offset_bytes: u64,
+}
+
+/// Most copies of a volume's dirty region log (`plexd_target_api::drl`).
+pub const MAX_LOG_COPIES: usize = drl::MAX_LOG_COPIES;
+
 /// Highest node id a dirty region log has a section for: the cluster file's bound
 /// on node ids (`daemon::config`), so every node of a cluster has its section.
 pub const MAX_LOG_NODE_ID: u32 = 64;
@@ -186,15 +198,26 @@ pub const MAX_LOG_NODE_ID: u32 = 64;
 pub const LOG_SECTIONS: u64 = MAX_LOG_NODE_ID as u64 + 1;
 
 impl VolumeLog {
-    /// Offset on the log's disk of node `node`'s section; None for a node id
+    /// Offset on `copy`'s disk of node `node`'s section; None for a node id
     /// outside 1..=[`MAX_LOG_NODE_ID`].
-    pub fn section_offset(&self, node: u32) -> Option<u64> {
+    pub fn section_offset(&self, copy: &LogCopy, node: u32) -> Option<u64> {
         if !(1..=MAX_LOG_NODE_ID).contains(&node) {
             return None;
         }
         self.section_bytes
             .checked_mul(u64::from(node))
-            .and_then(|o| o.checked_add(self.disk_offset_bytes))
+            .and_then(|o| o.checked_add(copy.disk_offset_bytes))
+    }
+
+    /// Whether a copy of the log is on disk `disk`.
+    pub fn on_disk(&self, disk: &str) -> bool {
+        self.copies.iter().any(|c| c.disk == disk)
+    }
+
+    /// The copies' disks, `+`-separated (`disk03+disk04`), as printed.
+    pub fn disks(&self) -> String {
+        let names: Vec<&str> = self.copies.iter().map(|c| c.disk.as_str()).collect();
+        names.join("+")
     }
 
     /// Whether the log's sections track a volume of `volume_bytes`.

@@ -63,35 +63,27 @@ impl DiskGroupConfig {
         Ok(())
     }
 
-    /// A volume's dirty region log: on a disk of the group, aligned, inside its
-    /// public region, [`LOG_SECTIONS`] sections each tracking the volume's regions;
-    /// records its extent.
+    /// A volume's dirty region log: 1..=[`MAX_LOG_COPIES`] copies on distinct disks
+    /// of the group, each aligned and inside its public region, [`LOG_SECTIONS`]
+    /// sections each tracking the volume's regions; records each copy's extent.
     fn validate_log<'a>(
         &self,
         v: &'a Volume,
         log: &'a VolumeLog,
         extents: &mut Vec<Extent<'a>>,
     ) -> Result<(), ConfigError> {
-        let what = || format!("volume {}: dirty region log on disk {}", v.name, log.disk);
-        let Some(d) = self.disk(&log.disk) else {
-            return self.invalid(format!("{}: disk not in the group", what()));
+        let what = || {
+            format!(
+                "volume {}: dirty region log on disk {}",
+                v.name,
+                log.disks()
+            )
         };
-        let aligned = log.disk_offset_bytes.is_multiple_of(ALLOC_ALIGN_BYTES)
-            && log.len_bytes.is_multiple_of(ALLOC_ALIGN_BYTES)
-            && log.section_bytes.is_multiple_of(ALLOC_ALIGN_BYTES)
-            && log.section_bytes > 0;
-        let inside = log.disk_offset_bytes >= d.public_offset_bytes
-            && log
-                .disk_offset_bytes
-                .checked_add(log.len_bytes)
-                .is_some_and(|end| end <= d.public_offset_bytes + d.public_len_bytes);
-        if !aligned || !inside {
+        if log.copies.is_empty() || log.copies.len() > MAX_LOG_COPIES {
             return self.invalid(format!(
-                "{}: extent {}+{} (sections of {}) is unaligned or outside the disk's public region",
+                "{}: {} copies (1 to {MAX_LOG_COPIES})",
                 what(),
-                log.disk_offset_bytes,
-                log.len_bytes,
-                log.section_bytes
+                log.copies.len()
             ));
         }
         if log.section_bytes.checked_mul(LOG_SECTIONS) > Some(log.len_bytes) {
@@ -102,9 +94,50 @@ impl DiskGroupConfig {
                 log.section_bytes
             ));
         }
+        for (i, copy) in log.copies.iter().enumerate() {
+            if log.copies[..i].iter().any(|c| c.disk == copy.disk) {
+                return self.invalid(format!("{}: two copies on disk {}", what(), copy.disk));
+            }
+            let Some(d) = self.disk(&copy.disk) else {
+                return self.invalid(format!("{}: disk {} not in the group", what(), copy.disk));
+            };
+            let aligned = copy.disk_offset_bytes.is_multiple_of(ALLOC_ALIGN_BYTES)
+                && log.len_bytes.is_multiple_of(ALLOC_ALIGN_BYTES)
+                && log.section_bytes.is_multiple_of(ALLOC_ALIGN_BYTES)
+                && log.section_bytes > 0;
+            let inside = copy.disk_offset_bytes >= d.public_offset_bytes
+                && copy
+                    .disk_offset_bytes
+                    .checked_add(log.len_bytes)
+                    .is_some_and(|end| end <= d.public_offset_bytes + d.public_len_bytes);
+            if !aligned || !inside {
+                return self.invalid(format!(
+                    "{}: copy on disk {}: extent {}+{} (sections of {}) is unaligned or outside \
+                     the disk's public region",
+                    what(),
+                    copy.disk,
+                    copy.disk_offset_bytes,
+                    log.len_bytes,
+                    log.section_bytes
+                ));
+            }
+            extents.push((
+                copy.disk.as_str(),
+                copy.disk_offset_bytes,
+                log.len_bytes,
+                v.name.as_str(),
+                ExtentKind::Log,
+            ));
+        }
         let spec = plexd_target_api::drl::DirtyLogSpec {
-            bdev: log.disk.clone(),
-            offset_bytes: log.disk_offset_bytes,
+            copies: log
+                .copies
+                .iter()
+                .map(|c| plexd_target_api::drl::DrlCopy {
+                    bdev: c.disk.clone(),
+                    offset_bytes: c.disk_offset_bytes,
+                })
+                .collect(),
             section_bytes: log.section_bytes,
             node: 1,
             log_id: log.log_id,
@@ -113,13 +146,6 @@ impl DiskGroupConfig {
         if let Err(e) = spec.check(v.size_bytes) {
             return self.invalid(format!("volume {}: {e}", v.name));
         }
-        extents.push((
-            log.disk.as_str(),
-            log.disk_offset_bytes,
-            log.len_bytes,
-            v.name.as_str(),
-            ExtentKind::Log,
-        ));
         Ok(())
     }
 

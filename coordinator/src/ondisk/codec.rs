@@ -6,8 +6,9 @@ use capnp::serialize;
 use plexd_proto::ondisk_capnp as wire;
 
 use crate::model::{
-    DetachPolicy, Disk, DiskGroupConfig, Export, ExportProtocol, OpenNode, Plex, PlexLayout,
-    PlexState, PrState, ReadPolicy, Subdisk, Volume, VolumeLog, VolumeState, MAX_OPEN_NODES,
+    DetachPolicy, Disk, DiskGroupConfig, Export, ExportProtocol, LogCopy, OpenNode, Plex,
+    PlexLayout, PlexState, PrState, ReadPolicy, Subdisk, Volume, VolumeLog, VolumeState,
+    MAX_LOG_COPIES, MAX_OPEN_NODES,
 };
 use plexd_target_api::scsi::pr::{Registration, Reservation, MAX_REGISTRATIONS};
 
@@ -238,8 +239,18 @@ fn encode_volume(v: &Volume, mut b: wire::volume::Builder<'_>) {
     }
     if let Some(l) = &v.log {
         let mut lb = b.reborrow().init_log();
-        lb.set_disk(l.disk.as_str());
-        lb.set_disk_offset_bytes(l.disk_offset_bytes);
+        if let Some(first) = l.copies.first() {
+            lb.set_disk(first.disk.as_str());
+            lb.set_disk_offset_bytes(first.disk_offset_bytes);
+        }
+        if l.copies.len() > 1 {
+            let mut more = lb.reborrow().init_more_copies(len_u32(l.copies.len() - 1));
+            for (i, c) in (0..).zip(&l.copies[1..]) {
+                let mut cb = more.reborrow().get(i);
+                cb.set_disk(c.disk.as_str());
+                cb.set_disk_offset_bytes(c.disk_offset_bytes);
+            }
+        }
         lb.set_len_bytes(l.len_bytes);
         lb.set_section_bytes(l.section_bytes);
         lb.set_region_bytes(l.region_bytes);
@@ -418,9 +429,28 @@ fn decode_volume(v: wire::volume::Reader<'_>) -> capnp::Result<Volume> {
     };
     let log = if v.has_log() {
         let l = v.get_log()?;
-        Some(VolumeLog {
+        let mut copies = vec![LogCopy {
             disk: text(l.get_disk())?,
             disk_offset_bytes: l.get_disk_offset_bytes(),
+        }];
+        if l.has_more_copies() {
+            let more = l.get_more_copies()?;
+            if more.len() as usize >= MAX_LOG_COPIES {
+                return Err(capnp::Error::failed(format!(
+                    "volume {}: dirty region log with {} copies (at most {MAX_LOG_COPIES})",
+                    text(v.get_name())?,
+                    more.len() + 1
+                )));
+            }
+            for c in more.iter() {
+                copies.push(LogCopy {
+                    disk: text(c.get_disk())?,
+                    disk_offset_bytes: c.get_disk_offset_bytes(),
+                });
+            }
+        }
+        Some(VolumeLog {
+            copies,
             len_bytes: l.get_len_bytes(),
             section_bytes: l.get_section_bytes(),
             region_bytes: l.get_region_bytes(),

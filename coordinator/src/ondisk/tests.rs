@@ -179,7 +179,11 @@ fn a_dirty_region_log_and_resync_ranges_round_trip_through_the_disks() {
         .log
         .clone()
         .expect("a mirrored volume has a log");
-    assert_eq!(log.disk, "disk03", "not on a disk of its plexes");
+    assert_eq!(
+        log.disks(),
+        "disk03+disk01",
+        "copy 1 not on a disk of its plexes"
+    );
     g.volumes[0].plexes[1].state = crate::model::PlexState::Syncing;
     g.volumes[0].plexes[1].resync_ranges = vec![(0, 512 << 10), (4 << 20, 1 << 20)];
     g.validate().unwrap();
@@ -191,6 +195,14 @@ fn a_dirty_region_log_and_resync_ranges_round_trip_through_the_disks() {
         read.config.volumes[0].plexes[1].resync_ranges,
         vec![(0, 512 << 10), (4 << 20, 1 << 20)]
     );
+    // A log of one copy (as every record of an older plexd) is written without
+    // moreCopies and reads back as one copy.
+    g.volumes[0].log.as_mut().unwrap().copies.truncate(1);
+    g.validate().unwrap();
+    let bytes = crate::ondisk::codec::encode_config(&g);
+    let back = crate::ondisk::codec::decode_config(&bytes).unwrap();
+    assert_eq!(back, g);
+    assert_eq!(back.volumes[0].log.as_ref().unwrap().copies.len(), 1);
 }
 
 #[test]

@@ -1017,6 +1017,7 @@ impl Sim {
             ToyChange::Create { tag, .. }
             | ToyChange::CreatePrivate { tag, .. }
             | ToyChange::Destroy { tag, .. }
+            | ToyChange::MoveLog { tag, .. }
             | ToyChange::Attach { tag, .. } => Some(*tag),
             ToyChange::Detach { .. }
             | ToyChange::SetActive { .. }

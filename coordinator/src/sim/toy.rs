@@ -3,7 +3,7 @@
 //! invariants can tell which changes a configuration holds).
 
 use crate::core::{
-    ConfigModel, DirtyLogRead, DirtyLogSection, ErrorKind, RequestError, SyncingPlex,
+    ConfigModel, DirtyLogRead, DirtyLogSection, ErrorKind, RequestError, SectionCopy, SyncingPlex,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -69,6 +69,14 @@ pub enum ToyChange {
         /// The volume has a dirty region log (id: the tag).
         #[serde(default)]
         log: bool,
+    },
+    /// The volume's dirty region log moves (`dg rm-disk` of its disk): a new log
+    /// id (the tag), so every data plane starts a fresh section.
+    MoveLog {
+        /// Unique tag (the new log id).
+        tag: u64,
+        /// Group (and volume) name.
+        name: String,
     },
     /// Create a private disk group (of the node the change is made on) with a
     /// volume of `plexes` plexes.
@@ -177,6 +185,17 @@ impl ToyConfig {
                 if next.groups.remove(name).is_none() {
                     return Err(format!("no disk group {name}"));
                 }
+                next.history.push(*tag);
+            }
+            ToyChange::MoveLog { tag, name } => {
+                let group = next
+                    .groups
+                    .get_mut(name)
+                    .ok_or_else(|| format!("no disk group {name}"))?;
+                if group.log.is_none() {
+                    return Err(format!("volume {name} has no dirty region log"));
+                }
+                group.log = Some(*tag);
                 next.history.push(*tag);
             }
             ToyChange::Attach { tag, volume, plex } => {
@@ -358,7 +377,9 @@ impl ConfigModel for ToyConfig {
             | ToyChange::Open { .. }
             | ToyChange::Close { .. }
             | ToyChange::Recover { .. } => false,
-            ToyChange::Destroy { name, .. } => private.groups.contains_key(name),
+            ToyChange::Destroy { name, .. } | ToyChange::MoveLog { name, .. } => {
+                private.groups.contains_key(name)
+            }
             ToyChange::Attach { volume, .. }
             | ToyChange::SetActive { volume, .. }
             | ToyChange::Detach { volume, .. } => private.groups.contains_key(volume),
@@ -460,8 +481,10 @@ impl ConfigModel for ToyConfig {
                 Some(DirtyLogSection {
                     dg: name.clone(),
                     volume: name.clone(),
-                    disk: format!("{name}-disk"),
-                    offset_bytes: u64::from(node) * TOY_SECTION_BYTES,
+                    copies: vec![SectionCopy {
+                        disk: format!("{name}-disk"),
+                        offset_bytes: u64::from(node) * TOY_SECTION_BYTES,
+                    }],
                     len_bytes: TOY_SECTION_BYTES,
                     log_id: g.log?,
                 })

@@ -82,8 +82,8 @@ struct Args {
     #[arg(long, default_value = "adaptive")]
     poll_mode: String,
     /// A dirty region log for the --volume on bdev BDEV (one not in the volume):
-    /// BDEV[,region=SIZE] (default region 512K); writes then mark regions first
-    #[arg(long, value_name = "BDEV[,region=SIZE]")]
+    /// BDEV[+BDEV2][,region=SIZE] (default region 512K; BDEV2: a second copy); writes then mark regions first
+    #[arg(long, value_name = "BDEV[+BDEV2][,region=SIZE]")]
     drl: Option<String>,
     /// Prepare/commit a layout change of the volume every MS milliseconds during the run
     #[arg(long)]
@@ -330,14 +330,23 @@ fn measure_idle(t: &Arc<Target>, secs: f64, json: bool) {
     }
 }
 
-/// The `--drl BDEV[,region=SIZE]` log of a volume of `size_bytes`: node 0's
-/// section at the start of BDEV.
+/// The `--drl BDEV[+BDEV2][,region=SIZE]` log of a volume of `size_bytes`: node
+/// 0's section at the start of BDEV (and of BDEV2, a second copy).
 fn drl_spec(arg: &str, size_bytes: u64) -> Result<DirtyLogSpec, String> {
     let mut parts = arg.split(',');
-    let bdev = parts.next().unwrap_or_default().to_string();
-    if bdev.is_empty() {
-        return Err(format!("--drl {arg:?}: expected BDEV[,region=SIZE]"));
+    let bdevs = parts.next().unwrap_or_default();
+    if bdevs.is_empty() || bdevs.split('+').any(str::is_empty) {
+        return Err(format!(
+            "--drl {arg:?}: expected BDEV[+BDEV2][,region=SIZE]"
+        ));
     }
+    let copies = bdevs
+        .split('+')
+        .map(|b| drl::DrlCopy {
+            bdev: b.to_string(),
+            offset_bytes: 0,
+        })
+        .collect();
     let mut region_bytes = drl::DEFAULT_REGION_BYTES;
     for p in parts {
         match p.strip_prefix("region=") {
@@ -346,8 +355,7 @@ fn drl_spec(arg: &str, size_bytes: u64) -> Result<DirtyLogSpec, String> {
         }
     }
     Ok(DirtyLogSpec {
-        bdev,
-        offset_bytes: 0,
+        copies,
         section_bytes: drl::section_bytes(drl::regions_for(size_bytes, region_bytes)),
         node: 0,
         log_id: 1,

@@ -718,7 +718,10 @@ impl Reactor {
         // goes away; taken out first, so a drop may look at the reactor's locals.
         let locals = std::mem::take(&mut *self.locals.borrow_mut());
         drop(locals);
-        self.pollers.borrow_mut().clear();
+        // Taken out first too: a poller's drop may drop a bdev channel, which
+        // removes that channel's own poller.
+        let pollers = std::mem::take(&mut *self.pollers.borrow_mut());
+        drop(pollers);
         self.publish_cpu();
     }
 }

@@ -4,6 +4,20 @@
 //! of the log (the format is `plexd_target_api::drl`, docs/ONDISK.md "Dirty region
 //! log"). Reads never wait.
 //!
+//! # Copies
+//!
+//! A log spec names 1..=`MAX_LOG_COPIES` copies of the section (on distinct
+//! bdevs). Every log write goes to every *live* copy, with the same bytes; it
+//! succeeds when it succeeded (write and flush) on at least one of them. A copy
+//! whose I/O failed while another copy's succeeded is *retired*: logged once
+//! (volume, bdev, node), counted (`VolumeStats::log_copy_failures`) and never
+//! written again under this spec (it missed a mark, so only a copy that took every
+//! mark is trusted to be current; a reader takes the union of the copies, which
+//! a stale copy can only enlarge). When the write failed on every live copy the
+//! waiting writes fail with EIO as with one copy, and no copy is retired (the
+//! next log write re-inits them all). A new spec (a commit) starts with every
+//! copy live again.
+//!
 //! # Shape
 //!
 //! - [`DrlShared`], one per volume and log spec, shared by every reactor: a bitmap
@@ -87,6 +101,8 @@ pub(crate) struct DrlCounters {
     pub(crate) log_writes: AtomicU64,
     /// Regions dirty in the section as last written.
     pub(crate) dirty_regions: AtomicU64,
+    /// Log copies retired after a failed write (see "Copies" in the module doc).
+    pub(crate) copy_failures: AtomicU64,
 }
 
 /// One volume's log state under one log spec, shared by every reactor.
@@ -95,7 +111,8 @@ pub(crate) struct DrlShared {
     volume: String,
     /// The volume's id (the owner's key; replies find the channels by it).
     vol_id: u64,
-    bdev: Arc<dyn Bdev>,
+    /// The bdev of each copy (`spec.copies`, same order).
+    bdevs: Vec<Arc<dyn Bdev>>,
     region_shift: u32,
     regions: u64,
     /// The owner reactor.
@@ -119,32 +136,36 @@ impl DrlShared {
         volume: &str,
         size_bytes: u64,
         spec: &DirtyLogSpec,
-    ) -> Result<Arc<dyn Bdev>, TargetError> {
+    ) -> Result<Vec<Arc<dyn Bdev>>, TargetError> {
         let bad = |reason: String| TargetError::invalid(format!("volume {volume}"), reason);
         spec.check(size_bytes).map_err(bad)?;
-        let bdev = svc.bdev(&spec.bdev)?;
-        let bs = bdev.block_size() as u64;
-        if !DRL_BLOCK_BYTES.is_multiple_of(bs) {
-            return Err(bad(format!(
-                "dirty region log on {}: its block size {bs} does not divide {DRL_BLOCK_BYTES}",
-                spec.bdev
-            )));
-        }
         let need = section_bytes(regions_for(size_bytes, spec.region_bytes));
-        if spec
-            .offset_bytes
-            .checked_add(need)
-            .is_none_or(|end| end > bdev.size_bytes())
-        {
-            return Err(bad(format!(
-                "dirty region log on {}: the section at {} ({need} bytes) does not fit the \
-                 bdev ({} bytes)",
-                spec.bdev,
-                spec.offset_bytes,
-                bdev.size_bytes()
-            )));
+        let mut bdevs = Vec::with_capacity(spec.copies.len());
+        for copy in &spec.copies {
+            let bdev = svc.bdev(&copy.bdev)?;
+            let bs = bdev.block_size() as u64;
+            if !DRL_BLOCK_BYTES.is_multiple_of(bs) {
+                return Err(bad(format!(
+                    "dirty region log on {}: its block size {bs} does not divide {DRL_BLOCK_BYTES}",
+                    copy.bdev
+                )));
+            }
+            if copy
+                .offset_bytes
+                .checked_add(need)
+                .is_none_or(|end| end > bdev.size_bytes())
+            {
+                return Err(bad(format!(
+                    "dirty region log on {}: the section at {} ({need} bytes) does not fit the \
+                     bdev ({} bytes)",
+                    copy.bdev,
+                    copy.offset_bytes,
+                    bdev.size_bytes()
+                )));
+            }
+            bdevs.push(bdev);
         }
-        Ok(bdev)
+        Ok(bdevs)
     }
 
     /// The log state of a volume (`vol_id`, `size_bytes`) under `spec`, not yet
@@ -157,10 +178,10 @@ impl DrlShared {
         spec: &DirtyLogSpec,
         counters: Arc<DrlCounters>,
     ) -> Result<Arc<DrlShared>, TargetError> {
-        let bdev = Self::check(svc, volume, size_bytes, spec)?;
+        let bdevs = Self::check(svc, volume, size_bytes, spec)?;
         let nreactors = svc.reactors().len().max(1) as u64;
         Ok(Self::build(
-            volume, vol_id, size_bytes, spec, counters, bdev, nreactors,
+            volume, vol_id, size_bytes, spec, counters, bdevs, nreactors,
         ))
     }
 
@@ -170,7 +191,7 @@ impl DrlShared {
         size_bytes: u64,
         spec: &DirtyLogSpec,
         counters: Arc<DrlCounters>,
-        bdev: Arc<dyn Bdev>,
+        bdevs: Vec<Arc<dyn Bdev>>,
         nreactors: u64,
     ) -> Arc<DrlShared> {
         let regions = regions_for(size_bytes, spec.region_bytes);
@@ -178,7 +199,7 @@ impl DrlShared {
             spec: spec.clone(),
             volume: volume.to_string(),
             vol_id,
-            bdev,
+            bdevs,
             region_shift: spec.region_bytes.trailing_zeros(),
             regions,
             owner: (vol_id % nreactors) as usize,
@@ -334,16 +355,19 @@ struct Batch {
     /// The bitmap bytes that changed, `[lo, hi)` (the whole bitmap for an init).
     lo: usize,
     hi: usize,
-    /// I/Os of this phase still outstanding.
+    /// I/Os of this phase still outstanding (over all copies).
     left: u32,
-    errno: i32,
+    /// Per copy (`spec.copies` order): the first error of this write (0: none).
+    errno: Vec<i32>,
     flushing: bool,
     flush_after: bool,
 }
 
 struct OwnerState {
     cur: Weak<DrlShared>,
-    chan: Option<Rc<dyn BdevChannel>>,
+    /// Per copy (`spec.copies` order): its channel while it is live, None once
+    /// retired.
+    chans: Vec<Option<Rc<dyn BdevChannel>>>,
     /// The bitmap as last written (the diff base).
     disk: Vec<u8>,
     /// Header block + bitmap: the next write's source.
@@ -444,7 +468,7 @@ fn on_mark(r: &Rc<Reactor>, w: Waiter) {
                     reactor: Rc::clone(r),
                     st: RefCell::new(OwnerState {
                         cur: Weak::new(),
-                        chan: None,
+                        chans: Vec::new(),
                         disk: Vec::new(),
                         buf: None,
                         initialized: false,
@@ -523,7 +547,33 @@ impl DrlOwner {
     /// Starts serving `d` (the first log spec or a new one); nothing in flight.
     fn switch(&self, st: &mut OwnerState, d: &Arc<DrlShared>) -> Result<(), String> {
         debug_assert!(st.writing.is_none());
-        let chan = self.reactor.channel(&d.bdev)?;
+        let mut chans = Vec::with_capacity(d.bdevs.len());
+        let mut errors = Vec::new();
+        for (i, bdev) in d.bdevs.iter().enumerate() {
+            match self.reactor.channel(bdev) {
+                Ok(c) => chans.push(Some(c)),
+                Err(e) => {
+                    errors.push((i, e));
+                    chans.push(None);
+                }
+            }
+        }
+        if chans.iter().all(Option::is_none) {
+            let why: Vec<String> = errors.into_iter().map(|(_, e)| e).collect();
+            return Err(why.join("; "));
+        }
+        for (i, e) in errors {
+            d.counters.copy_failures.fetch_add(1, Ordering::Relaxed);
+            log::error!(
+                "volume {}: cannot open dirty region log copy {} on bdev {} (node {}): {e}; \
+                 it is not written under log {:#x}",
+                d.volume,
+                i + 1,
+                d.spec.copies.get(i).map_or("?", |c| c.bdev.as_str()),
+                d.spec.node,
+                d.spec.log_id
+            );
+        }
         let bitmap = bitmap_bytes(d.regions) as usize;
         let mut buf = SectionBuf::new(DRL_BLOCK_BYTES as usize + bitmap)?;
         let header = DrlHeader {
@@ -534,7 +584,7 @@ impl DrlOwner {
         };
         buf.bytes_mut()[..DRL_BLOCK_BYTES as usize].copy_from_slice(&header.encode());
         st.cur = Arc::downgrade(d);
-        st.chan = Some(chan);
+        st.chans = chans;
         st.disk = vec![0u8; bitmap];
         st.buf = Some(buf);
         st.initialized = false;
@@ -590,7 +640,7 @@ impl DrlOwner {
             "volume {}: cannot open the dirty region log on bdev {} (node {}): {e}; \
              failing {} waiting write(s) with EIO",
             d.volume,
-            d.spec.bdev,
+            d.spec.bdevs(),
             d.spec.node,
             st.pending.len()
         );
@@ -613,8 +663,13 @@ impl DrlOwner {
         if !self.serve_newer_spec(st) {
             return;
         }
-        let (Some(d), Some(chan), true) = (st.cur.upgrade(), st.chan.clone(), st.buf.is_some())
-        else {
+        let live: Vec<(usize, Rc<dyn BdevChannel>)> = st
+            .chans
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| c.clone().map(|c| (i, c)))
+            .collect();
+        let (Some(d), false, true) = (st.cur.upgrade(), live.is_empty(), st.buf.is_some()) else {
             // The volume or its log is gone: nobody waits for it any more.
             let pending = std::mem::take(&mut st.pending);
             answer(st, &pending, libc::EIO);
@@ -654,30 +709,36 @@ impl DrlOwner {
             (blk + lo / blk * blk, blk + hi.div_ceil(blk) * blk)
         };
         let io = buf.io();
-        let flush_after = !waiters.is_empty() && d.bdev.volatile_write_cache();
+        let flush_after = !waiters.is_empty();
         let pieces = (end - start).div_ceil(MAX_LOG_IO_BYTES as usize);
         st.writing = Some(Batch {
             drl: Arc::clone(&d),
             waiters,
             lo,
             hi,
-            left: pieces as u32,
-            errno: 0,
+            left: (pieces * live.len()) as u32,
+            errno: vec![0; d.spec.copies.len()],
             flushing: false,
             flush_after,
         });
         drop(guard);
-        let mut off = start;
-        while off < end {
-            let len = (end - off).min(MAX_LOG_IO_BYTES as usize);
-            chan.submit(BdevIo {
-                kind: IoKind::Write,
-                offset_bytes: d.spec.offset_bytes + off as u64,
-                len_bytes: len as u64,
-                buf: io.slice(off, len),
-                cb: IoCallback::new(Rc::clone(&me) as Rc<dyn IoDone>, 0),
-            });
-            off += len;
+        // The same bytes to every live copy; an I/O's tag is its copy's index.
+        for (i, chan) in live {
+            let Some(copy) = d.spec.copies.get(i) else {
+                continue;
+            };
+            let mut off = start;
+            while off < end {
+                let len = (end - off).min(MAX_LOG_IO_BYTES as usize);
+                chan.submit(BdevIo {
+                    kind: IoKind::Write,
+                    offset_bytes: copy.offset_bytes + off as u64,
+                    len_bytes: len as u64,
+                    buf: io.slice(off, len),
+                    cb: IoCallback::new(Rc::clone(&me) as Rc<dyn IoDone>, i as u64),
+                });
+                off += len;
+            }
         }
     }
 
@@ -689,7 +750,29 @@ impl DrlOwner {
             return;
         };
         let d = &b.drl;
-        if b.errno == 0 {
+        let live = |st: &OwnerState, i: usize| st.chans.get(i).is_some_and(Option::is_some);
+        let ok = (0..b.errno.len()).any(|i| live(st, i) && b.errno[i] == 0);
+        if ok {
+            // Retire the live copies this write failed on: they missed it.
+            for (i, &e) in b.errno.iter().enumerate() {
+                if e == 0 || !live(st, i) {
+                    continue;
+                }
+                st.chans[i] = None;
+                d.counters.copy_failures.fetch_add(1, Ordering::Relaxed);
+                log::error!(
+                    "volume {}: dirty region log copy {} on bdev {} (node {}) failed with \
+                     errno {e}; it is no longer written under log {:#x} (the other copies \
+                     took the write)",
+                    d.volume,
+                    i + 1,
+                    d.spec.copies.get(i).map_or("?", |c| c.bdev.as_str()),
+                    d.spec.node,
+                    d.spec.log_id
+                );
+            }
+        }
+        if ok {
             let Some(buf) = st.buf.as_mut() else {
                 return;
             };
@@ -709,13 +792,19 @@ impl DrlOwner {
             }
             answer(st, &b.waiters, 0);
         } else {
+            let failed: Vec<String> = (0..b.errno.len())
+                .filter(|&i| live(st, i))
+                .map(|i| {
+                    let bdev = d.spec.copies.get(i).map_or("?", |c| c.bdev.as_str());
+                    format!("bdev {bdev} errno {}", b.errno[i])
+                })
+                .collect();
             log::error!(
-                "volume {}: dirty region log write to bdev {} (node {}) failed with errno {}; \
+                "volume {}: dirty region log write (node {}) failed on every live copy ({}); \
                  failing {} waiting write(s) with EIO (later writes mark again)",
                 d.volume,
-                d.spec.bdev,
                 d.spec.node,
-                b.errno,
+                failed.join(", "),
                 b.waiters.len()
             );
             // What the disk holds now is unknown: the next write rewrites it all.
@@ -810,36 +899,52 @@ fn sweep(d: &DrlShared, to_clean: &mut Vec<u64>) {
 }
 
 impl IoDone for DrlOwner {
-    fn io_done(&self, _tag: u64, status: IoStatus) {
-        let (flush, chan) = {
-            let mut st = self.st.borrow_mut();
-            let chan = st.chan.clone();
+    fn io_done(&self, tag: u64, status: IoStatus) {
+        let flushes = {
+            let mut guard = self.st.borrow_mut();
+            let st = &mut *guard;
             let Some(b) = st.writing.as_mut() else {
                 return;
             };
-            if let IoStatus::Failed(e) = status {
-                b.errno = e;
+            if let (IoStatus::Failed(e), Some(slot)) = (status, b.errno.get_mut(tag as usize)) {
+                if *slot == 0 {
+                    *slot = e;
+                }
             }
             b.left -= 1;
             if b.left > 0 {
                 return;
             }
-            let flush = b.errno == 0 && b.flush_after && !b.flushing;
-            if flush {
+            if b.flushing || !b.flush_after {
+                Vec::new()
+            } else {
+                // A mark: flush each copy whose write succeeded, if its bdev has a
+                // volatile write cache.
+                let d = &b.drl;
+                let flushes: Vec<(usize, Rc<dyn BdevChannel>)> = st
+                    .chans
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| b.errno.get(*i) == Some(&0))
+                    .filter(|(i, _)| d.bdevs.get(*i).is_some_and(|x| x.volatile_write_cache()))
+                    .filter_map(|(i, c)| c.clone().map(|c| (i, c)))
+                    .collect();
                 b.flushing = true;
-                b.left = 1;
+                b.left = flushes.len() as u32;
+                flushes
             }
-            (flush, chan)
         };
-        match (flush, chan, self.me.upgrade()) {
-            (true, Some(chan), Some(me)) => chan.submit(BdevIo {
+        let Some(me) = self.me.upgrade().filter(|_| !flushes.is_empty()) else {
+            return self.write_done();
+        };
+        for (i, chan) in flushes {
+            chan.submit(BdevIo {
                 kind: IoKind::Flush,
                 offset_bytes: 0,
                 len_bytes: 0,
                 buf: IoBuf::empty(),
-                cb: IoCallback::new(me as Rc<dyn IoDone>, 0),
-            }),
-            _ => self.write_done(),
+                cb: IoCallback::new(Rc::clone(&me) as Rc<dyn IoDone>, i as u64),
+            });
         }
     }
 }
@@ -852,8 +957,10 @@ mod tests {
 
     fn shared(regions: u64) -> Arc<DrlShared> {
         let spec = DirtyLogSpec {
-            bdev: "l".into(),
-            offset_bytes: 0,
+            copies: vec![plexd_target_api::drl::DrlCopy {
+                bdev: "l".into(),
+                offset_bytes: 0,
+            }],
             section_bytes: section_bytes(regions),
             node: 1,
             log_id: 1,
@@ -866,7 +973,7 @@ mod tests {
             regions * MIN_REGION_BYTES,
             &spec,
             Arc::default(),
-            bdev,
+            vec![bdev],
             1,
         )
     }

@@ -880,6 +880,7 @@ impl Volumes {
         }
         stats.log_writes = shared.drl_counters.log_writes.load(Ordering::Relaxed);
         stats.log_dirty_regions = shared.drl_counters.dirty_regions.load(Ordering::Relaxed);
+        stats.log_copy_failures = shared.drl_counters.copy_failures.load(Ordering::Relaxed);
         let c = shared.ctl();
         let l = &c.current;
         Ok(VolumeInfo {

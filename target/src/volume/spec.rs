@@ -175,7 +175,12 @@ impl Layout {
             .plexes
             .iter()
             .flat_map(|p| p.columns.iter().flatten().map(|s| s.bdev.as_str()))
-            .chain(self.spec.log.iter().map(|l| l.bdev.as_str()))
+            .chain(
+                self.spec
+                    .log
+                    .iter()
+                    .flat_map(|l| l.copies.iter().map(|c| c.bdev.as_str())),
+            )
     }
 }
 
