@@ -354,14 +354,27 @@ fn recv_pdu(q: &mut Host, t: u8, what: &str) -> Pdu {
     p
 }
 
-/// Issue 9: host A preempts and aborts host B through node a while B has a
-/// write waiting for its data on node b: B's write ends with "Command Aborted
-/// due to Preempt and Abort" and writes nothing when its data comes after A's
-/// Acquire completed, and B's controller on node b gets the "registration
-/// preempted" notice (an AEN, then log 80h). Before: node b only installed the
-/// committed state (B's write failed with a reservation conflict, no notice).
+/// Issue 9: host A preempts and aborts host B through one node while B has a
+/// write waiting for its data on the other: B's write ends with "Command
+/// Aborted due to Preempt and Abort" and writes nothing when its data comes
+/// after A's Acquire completed, and B's controller on its node gets the
+/// "registration preempted" notice (an AEN, then log 80h). Before: B's node
+/// only installed the committed state (B's write failed with a reservation
+/// conflict, no notice).
 #[test]
-fn an_nvme_preempt_and_abort_through_one_node_aborts_and_notifies_on_the_other() {
+fn an_nvme_preempt_and_abort_through_the_slave_aborts_and_notifies_on_the_master() {
+    preempt_and_abort_across_nodes(false);
+}
+
+/// The same with A on the master and B on the slave: the master answers the
+/// Acquire only once the slave's data plane applied the commit (`Applied`);
+/// before that wait, the answer raced the slave's apply.
+#[test]
+fn an_nvme_preempt_and_abort_through_the_master_aborts_and_notifies_on_the_slave() {
+    preempt_and_abort_across_nodes(true);
+}
+
+fn preempt_and_abort_across_nodes(a_on_master: bool) {
     let mut c = Cluster::start(2, ClusterOpts::default());
     let m = c.master();
     c.shared_mirror(m, "dg1", "vol1", "32M");
@@ -376,10 +389,7 @@ fn an_nvme_preempt_and_abort_through_one_node_aborts_and_notifies_on_the_other()
         c.wait_nvmf_subsystem(i, &nqn, CONVERGE);
         c.wait_served(i, "dg1", "vol1");
     }
-    // A through the slave, B through the master: the master applies the commit
-    // (here: aborts B's command) before it answers the slave (docs/NVMF.md,
-    // "Reservations": the Acquire does not wait for other slaves).
-    let (a_node, b_node) = (1 - m, m);
+    let (a_node, b_node) = if a_on_master { (m, 1 - m) } else { (1 - m, m) };
     let (ha, hb) = (
         "nqn.2014-08.org.nvmexpress:uuid:host-a",
         "nqn.2014-08.org.nvmexpress:uuid:host-b",
