@@ -175,6 +175,11 @@ struct CommitAck { txn @0 :TxnId; }
 
 struct Abort { txn @0 :TxnId; }
 
+# Slave -> master: its data plane applied the COMMIT of `txn` (coordinator/src/core/txn.rs,
+# "answer after applied"). An older master drops it; an older slave never sends it and
+# a master waiting for it answers at its bound (APPLIED_WAIT_MS).
+struct Applied { txn @0 :TxnId; }
+
 struct JoinRequest { incarnation @0 :UInt64; }
 
 struct JoinOffer {
@@ -244,6 +249,7 @@ struct Message {
     fenceReply @19 :FenceReply;
     release @20 :Release;
     releaseReply @21 :ReleaseReply;
+    applied @22 :Applied;
   }
 }
 

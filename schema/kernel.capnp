@@ -352,6 +352,16 @@ struct Reservations {
   holder @4 :Text;            # its holder's initiator port (all-registrants types: any)
   holderPort @5 :UInt16;
   type @6 :UInt8;             # SPC-4 type code (1 WE, 3 EA, 5 WE_RO, 6 EA_RO, 7 WE_AR, 8 EA_AR)
+  lastChange @7 :PrChange;      # the PERSISTENT RESERVE OUT that made this state (absent:
+                                # none recorded); a node applying the state does what the
+                                # issuing node did (a preempt and abort's aborts, notices)
+}
+
+struct PrChange {
+  initiator @0 :Text;           # the nexus (or NVMe host) that sent it
+  relativePort @1 :UInt16;
+  serviceAction @2 :UInt8;      # 5: PREEMPT AND ABORT
+  scopeType @3 :UInt8;
 }
 
 enum PrOutResult {

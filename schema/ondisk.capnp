@@ -103,6 +103,16 @@ struct Reservations {
   holder @4 :Text;              # holder's initiator port "iqn,i,0x<ISID>"
   holderPort @5 :UInt16;        # holder's relative target port (the node id)
   type @6 :UInt8;               # SPC-4 type code: 1, 3, 5, 6, 7 or 8
+  lastChange @7 :PrChange;      # the PERSISTENT RESERVE OUT that made this state (absent:
+                                # none recorded); a node applying the state does what the
+                                # issuing node did (a preempt and abort's aborts, notices)
+}
+
+struct PrChange {
+  initiator @0 :Text;           # the nexus (or NVMe host) that sent it
+  relativePort @1 :UInt16;
+  serviceAction @2 :UInt8;      # 5: PREEMPT AND ABORT
+  scopeType @3 :UInt8;
 }
 
 struct PrRegistration {

@@ -115,7 +115,7 @@ fn cluster_forms_with_one_master() {
 // ---------------------------------------------------------------------------
 
 use plexd_coordinator::core::RequestId;
-use plexd_coordinator::sim::Hold;
+use plexd_coordinator::sim::{Hold, ToyChange};
 
 const A: u32 = 1;
 const B: u32 = 2;
@@ -1983,4 +1983,63 @@ fn a_new_master_reads_the_log_again() {
     recovered_and_resynced(&mut sim, dead_a, &[A, B, C]);
     assert!(sim.coverage.log_sections_read >= 2, "read again");
     assert_eq!(sim.synced("v1", "v1-02"), [2].into());
+}
+
+/// Destroys group `name` through node `id`.
+fn destroy(sim: &mut Sim, id: u32, name: &str) -> Option<RequestId> {
+    let tag = sim.tag();
+    sim.submit(
+        id,
+        ToyChange::Destroy {
+            tag,
+            name: name.into(),
+        },
+    )
+}
+
+/// A change whose answer follows every member's apply (`answer_after_applied`;
+/// in plexd a shared volume's reservation change, whose preempt and abort ends
+/// the preempted hosts' commands on each node): the master holds the answer
+/// while a slave's data plane has not reported `Applied`, and gives it once it
+/// did. Before, the origin was answered once the master and the origin applied
+/// it, whatever the other slaves' data planes had done.
+#[test]
+fn an_answer_after_applied_waits_for_every_members_data_plane() {
+    let mut sim = traced_cluster(3);
+    let r = sim.create(A, "dg1", 1);
+    assert_eq!(answer(&mut sim, A, r), Ok(()));
+    settle(&mut sim, &[A, B, C]);
+    sim.hold(C, Hold::KernelCommit);
+    // Through slave b: its own apply and the master's are not enough.
+    let r = destroy(&mut sim, B, "dg1").expect("b is up");
+    assert!(sim.run_until(1_000, |s| s.held(C) == 1));
+    assert!(
+        !sim.run_until(2_000, |s| s.reply(B, r).is_some()),
+        "answered while c's data plane had not applied the commit"
+    );
+    sim.release(C);
+    assert_eq!(answer(&mut sim, B, Some(r)), Ok(()));
+    settle(&mut sim, &[A, B, C]);
+    assert!(nowhere_has(&sim, "dg1"));
+}
+
+/// A member that never reports (an older node, a stuck data plane) holds the
+/// answer at most `APPLIED_WAIT_MS`: then it goes out (the change is committed).
+#[test]
+fn an_answer_after_applied_goes_out_at_its_bound_without_a_report() {
+    use plexd_coordinator::core::APPLIED_WAIT_MS;
+    let mut sim = traced_cluster(3);
+    let r = sim.create(A, "dg1", 1);
+    assert_eq!(answer(&mut sim, A, r), Ok(()));
+    settle(&mut sim, &[A, B, C]);
+    sim.hold(C, Hold::KernelCommit);
+    let r = destroy(&mut sim, A, "dg1").expect("a is up");
+    let start = sim.now_ms();
+    let answered = sim.run_until(APPLIED_WAIT_MS + 5_000, |s| s.reply(A, r).is_some());
+    assert!(answered, "no answer:\n{}", sim.trace_text());
+    assert_eq!(sim.reply(A, r), Some(&Ok(())));
+    assert!(
+        sim.now_ms() - start >= APPLIED_WAIT_MS,
+        "answered before the bound"
+    );
 }

@@ -666,12 +666,19 @@ pub fn set_reservations(mut b: k::reservations::Builder<'_>, s: &PrState) {
         b.set_holder_port(r.holder_port);
         b.set_type(r.ty);
     }
-    let mut l = b.init_registrations(s.regs.len() as u32);
+    let mut l = b.reborrow().init_registrations(s.regs.len() as u32);
     for (i, r) in s.regs.iter().enumerate() {
         let mut rb = l.reborrow().get(i as u32);
         rb.set_initiator(r.nexus.as_str());
         rb.set_relative_port(r.port);
         rb.set_key(r.key);
+    }
+    if let Some(c) = &s.last {
+        let mut cb = b.init_last_change();
+        cb.set_initiator(c.nexus.initiator.as_str());
+        cb.set_relative_port(c.nexus.port);
+        cb.set_service_action(c.sa);
+        cb.set_scope_type(c.scope_type);
     }
 }
 
@@ -700,6 +707,17 @@ pub fn read_reservations(r: k::reservations::Reader<'_>) -> Result<PrState> {
             holder: r.get_holder()?.to_string()?,
             holder_port: r.get_holder_port(),
             ty: r.get_type(),
+        });
+    }
+    if r.has_last_change() {
+        let c = r.get_last_change()?;
+        out.last = Some(crate::scsi::pr::PrChange {
+            nexus: crate::scsi::pr::Nexus::new(
+                c.get_initiator()?.to_string()?,
+                c.get_relative_port(),
+            ),
+            sa: c.get_service_action(),
+            scope_type: c.get_scope_type(),
         });
     }
     Ok(out)

@@ -1496,3 +1496,138 @@ fn h2c_data_for_a_wrong_transfer_tag_or_offset_ends_the_connection() {
     );
     drop(fe);
 }
+
+/// Issue 9: a preempt and abort run through another node reaches this one with
+/// the committed state (`setReservations`): the preempted host's commands here
+/// end with "Command Aborted due to Preempt and Abort" (a write waiting for its
+/// data after an R2T when the data comes, one held at the bdev for 2 s when it
+/// leaves it), applying the state waits for the write at the bdev, nothing of the
+/// aborted writes is on the disk, and the preempted host's controller here gets
+/// the "registration preempted" notice (AEN and log 80h). Before: the state was
+/// installed and nothing else happened (both writes succeeded, no notice, the
+/// apply returned at once).
+#[test]
+fn a_committed_preempt_and_abort_from_another_node_aborts_and_notifies_here() {
+    use plexd_target::bdev::error::ErrorBdev;
+    use plexd_target::frontend::nvmf::resv;
+    use plexd_target::frontend::scsi::pr::{self, PrState};
+    use plexd_target::volume::{PlexKind, PlexSpec, PlexState, SubdiskSpec, VolumeSpec};
+    let size = 4u64 << 20;
+    let t = start_target(size);
+    let e = ErrorBdev::new("e0", t.bdev("m0").unwrap());
+    t.add_bdev(e.clone()).unwrap();
+    t.create_volume(&VolumeSpec {
+        log: None,
+        name: "sv".into(),
+        size_bytes: size,
+        plexes: vec![PlexSpec {
+            name: "sv-01".into(),
+            kind: PlexKind::Concat,
+            columns: vec![vec![SubdiskSpec {
+                bdev: "e0".into(),
+                offset_bytes: 0,
+                len_bytes: size,
+            }]],
+            state: PlexState::Active,
+        }],
+        read_policy: Default::default(),
+        shared: true,
+        local_detach: false,
+    })
+    .unwrap();
+    t.renew_lease(60_000).unwrap();
+    let mut cfg = config();
+    cfg.subsystems[0].namespaces[0].bdev = "sv".into();
+    let fe = NvmfFrontend::start(&t, &cfg).unwrap();
+    let port = fe.listeners()[0].port();
+    let (hid_a, hid_b) = ([0xa1; 16], [0xb2; 16]);
+    let (nqn_a, nqn_b) = (
+        "nqn.2014-08.org.nvmexpress:uuid:a",
+        "nqn.2014-08.org.nvmexpress:uuid:b",
+    );
+    let (a_nexus, b_nexus) = (resv::nexus(nqn_a, &hid_a), resv::nexus(nqn_b, &hid_b));
+    // Host B is connected to this node; host A (through another node) only
+    // appears in the committed states.
+    let (mut adm_b, mut b) = host_queues(port, nqn_b, hid_b);
+    let old = pattern(1, 64 << 10);
+    assert_eq!(b.rw(0x01, 0, 128, &old, false).sc(), 0, "B's first write");
+
+    // Committed: A and B registered, B holds write exclusive.
+    let mut state = PrState::default();
+    state
+        .out(&a_nexus, 0, 0, &pr::param(0, 0xaaaa, false))
+        .unwrap();
+    state
+        .out(&b_nexus, 0, 0, &pr::param(0, 0xbbbb, false))
+        .unwrap();
+    state
+        .out(&b_nexus, 1, 1, &pr::param(0xbbbb, 0, false))
+        .unwrap();
+    fe.set_reservations("sv", &state).wait().unwrap();
+    let aer = post_aer(&mut adm_b);
+
+    // B: a 64 KiB write given its R2T, data held back...
+    let new = pattern(2, 64 << 10);
+    let held = send_write(&mut b, 0, &new, false);
+    let (rcid, ttag, off, len) = recv_r2t(&mut b);
+    assert_eq!(
+        (rcid, off, len),
+        (held, 0, 64 << 10),
+        "R2T of the held write"
+    );
+    // ... and a 4 KiB write sitting at the bdev for 2 s (its data is on m0 when
+    // the latency starts).
+    let latency = Duration::from_secs(2);
+    e.injection().set_latency_us(latency.as_micros() as u64);
+    let at_bdev = pattern(3, 4096);
+    let sent = Instant::now();
+    let slow = send_write(&mut b, 512, &at_bdev, true);
+    wait_until("B's write at the bdev", || {
+        bdev_read(&t, 512 * BS as u64, 4096) == at_bdev
+    });
+
+    // The cluster commits A's preempt and abort of B (type 1, PRKEY B's key).
+    let mut after = state.clone();
+    assert_eq!(
+        after.out(
+            &a_nexus,
+            resv::SA_PREEMPT_AND_ABORT,
+            1,
+            &pr::param(0xaaaa, 0xbbbb, false)
+        ),
+        Ok(true)
+    );
+    fe.set_reservations("sv", &after).wait().unwrap();
+    let applied = sent.elapsed();
+    e.injection().set_latency_us(0);
+    assert!(
+        applied >= latency,
+        "applied after {applied:?}, while B's write was still at the bdev ({latency:?})"
+    );
+    assert_eq!(
+        recv_resp(&mut b),
+        (slow, PREEMPT_ABORTED),
+        "B's write at the bdev"
+    );
+    let h = pdu::data_hdr(held, ttag, 0, new.len() as u32);
+    b.send(ty::H2C_DATA, flag::LAST_PDU, &h, &new);
+    assert_eq!(recv_resp(&mut b), (held, PREEMPT_ABORTED), "B's held write");
+    assert_eq!(bdev_read(&t, 0, 64 << 10), old, "nothing of the held write");
+    // B's controller here: registration preempted (type 1) on namespace 1.
+    expect_resv_aen(&mut adm_b, aer, "after the committed preempt and abort");
+    let (count, notice, left, nsid) = resv_log(&mut adm_b);
+    assert_eq!(
+        (notice, left, nsid),
+        (1, 0, 1),
+        "registration preempted on namespace 1 (log count {count})"
+    );
+    assert_eq!(
+        b.rw(0x01, 0, 1, &new[..BS], true).sc(),
+        RESERVATION_CONFLICT,
+        "B is no longer registered"
+    );
+    // The same state again (a coordinator restart sets it again): nothing new.
+    fe.set_reservations("sv", &after).wait().unwrap();
+    assert_eq!(resv_log(&mut adm_b), (0, 0, 0, 0), "no second notice");
+    drop(fe);
+}

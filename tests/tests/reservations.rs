@@ -6,14 +6,16 @@
 //! Driven by the raw initiator of `plexd_tests::iscsi` against each node's portal.
 //! NVMe reservations of a shared volume are the same cluster state: an NVMe host's
 //! acquire through one node's controller holds on the other node and after a
-//! restart (the raw host of `plexd_tests::nvmf_host`).
+//! restart (the raw host of `plexd_tests::nvmf_host`), and a preempt and abort
+//! through one node ends the preempted host's commands on the other node and
+//! notifies it there.
 
 use std::time::Duration;
 
-use plexd_target::frontend::nvmf::pdu::{self, Digests};
+use plexd_target::frontend::nvmf::pdu::{self, flag, ty, Digests};
 use plexd_tests::cluster::port_of;
 use plexd_tests::iscsi::{Initiator, ScsiResult};
-use plexd_tests::nvmf_host::Host;
+use plexd_tests::nvmf_host::{Host, Pdu};
 use plexd_tests::{wait_until, Cluster, ClusterOpts};
 
 const IQN: &str = "iqn.2026-11.io.plexd:test.dg1.vol1";
@@ -323,5 +325,135 @@ fn an_nvme_reservation_through_one_node_holds_on_the_other_and_survives_a_restar
         qb.rw(0x01, 0, 1, &block, true).sc(),
         0,
         "B writes after the release"
+    );
+}
+
+/// Command Aborted due to Preempt and Abort.
+const NVME_PREEMPT_ABORTED: u16 = 0x1b;
+
+/// Sends a Write of `data` at `lba` of namespace 1 announcing a transport SGL
+/// (its data goes after an R2T); returns its command id.
+fn send_r2t_write(q: &mut Host, lba: u64, data: &[u8]) -> u16 {
+    let cid = q.next_cid();
+    let mut sqe = [0u8; 64];
+    sqe[0] = 0x01;
+    sqe[2..4].copy_from_slice(&cid.to_le_bytes());
+    sqe[4..8].copy_from_slice(&1u32.to_le_bytes());
+    sqe[32..36].copy_from_slice(&(data.len() as u32).to_le_bytes());
+    sqe[39] = 0x5A;
+    sqe[40..48].copy_from_slice(&lba.to_le_bytes());
+    sqe[48..50].copy_from_slice(&((data.len() / 512 - 1) as u16).to_le_bytes());
+    q.send(ty::CAPSULE_CMD, 0, &sqe, &[]);
+    cid
+}
+
+/// Reads one PDU of `q` (its read timeout bounds the wait) and checks its type.
+fn recv_pdu(q: &mut Host, t: u8, what: &str) -> Pdu {
+    let p = q.recv().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert_eq!(p.ty, t, "{what}");
+    p
+}
+
+/// Issue 9: host A preempts and aborts host B through one node while B has a
+/// write waiting for its data on the other: B's write ends with "Command
+/// Aborted due to Preempt and Abort" and writes nothing when its data comes
+/// after A's Acquire completed, and B's controller on its node gets the
+/// "registration preempted" notice (an AEN, then log 80h). Before: B's node
+/// only installed the committed state (B's write failed with a reservation
+/// conflict, no notice).
+#[test]
+fn an_nvme_preempt_and_abort_through_the_slave_aborts_and_notifies_on_the_master() {
+    preempt_and_abort_across_nodes(false);
+}
+
+/// The same with A on the master and B on the slave: the master answers the
+/// Acquire only once the slave's data plane applied the commit (`Applied`);
+/// before that wait, the answer raced the slave's apply.
+#[test]
+fn an_nvme_preempt_and_abort_through_the_master_aborts_and_notifies_on_the_slave() {
+    preempt_and_abort_across_nodes(true);
+}
+
+fn preempt_and_abort_across_nodes(a_on_master: bool) {
+    let mut c = Cluster::start(2, ClusterOpts::default());
+    let m = c.master();
+    c.shared_mirror(m, "dg1", "vol1", "32M");
+    c.ctl_ok(0, "export nvmf dg1 vol1");
+    let print = c.agreed_print();
+    let vol = plexd_tests::volume(&print, "dg1", "vol1").expect("vol1");
+    let nqn = vol["exports"][0]["iqn"]
+        .as_str()
+        .expect("the NQN")
+        .to_string();
+    for i in 0..2 {
+        c.wait_nvmf_subsystem(i, &nqn, CONVERGE);
+        c.wait_served(i, "dg1", "vol1");
+    }
+    let (a_node, b_node) = if a_on_master { (m, 1 - m) } else { (1 - m, m) };
+    let (ha, hb) = (
+        "nqn.2014-08.org.nvmexpress:uuid:host-a",
+        "nqn.2014-08.org.nvmexpress:uuid:host-b",
+    );
+    let (id_a, id_b) = ([0xa1u8; 16], [0xb2u8; 16]);
+    let (_adm_a, mut qa) = nvme_host(&c, a_node, &nqn, ha, id_a);
+    let (mut adm_b, mut qb) = nvme_host(&c, b_node, &nqn, hb, id_b);
+    let old = vec![0x11u8; 4096];
+    assert_eq!(qa.rw(0x01, 0, 8, &old, false).sc(), 0, "A's first write");
+    assert_eq!(qa.resv(NVME_REGISTER, 1, 0, 0, &keys(0, 0xa1), 0).sc(), 0);
+    assert_eq!(qb.resv(NVME_REGISTER, 1, 0, 0, &keys(0, 0xb2), 0).sc(), 0);
+    assert_eq!(
+        qb.resv(NVME_ACQUIRE, 1, NVME_WE << 8, 0, &keys(0xb2, 0), 0)
+            .sc(),
+        0,
+        "B acquires write exclusive through b"
+    );
+    // B's admin queue on b waits for an event; B's write there waits for its data.
+    let aer = adm_b.next_cid();
+    let mut sqe = [0u8; 64];
+    sqe[0] = 0x0C;
+    sqe[2..4].copy_from_slice(&aer.to_le_bytes());
+    adm_b.send(ty::CAPSULE_CMD, 0, &sqe, &[]);
+    let new = vec![0x22u8; 4096];
+    let held = send_r2t_write(&mut qb, 0, &new);
+    let r2t = recv_pdu(&mut qb, ty::R2T, "the R2T of B's write");
+    assert_eq!(pdu::le16(&r2t.hdr, 8), held);
+    let ttag = pdu::le16(&r2t.hdr, 10);
+
+    // A preempts B and aborts (action 010b) through a.
+    let pa = qa.resv(NVME_ACQUIRE, 1, 2 | (NVME_WE << 8), 0, &keys(0xa1, 0xb2), 0);
+    assert_eq!(pa.sc(), 0, "A's preempt and abort through a");
+    // Only now B's data: the write ends aborted and writes nothing.
+    let h = pdu::data_hdr(held, ttag, 0, new.len() as u32);
+    qb.send(ty::H2C_DATA, flag::LAST_PDU, &h, &new);
+    let resp = recv_pdu(&mut qb, ty::CAPSULE_RESP, "the response to B's write");
+    let cqe = &resp.hdr[8..24];
+    assert_eq!(
+        (pdu::le16(cqe, 12), (pdu::le16(cqe, 14) >> 1) & 0x7ff),
+        (held, NVME_PREEMPT_ABORTED),
+        "B's write through b"
+    );
+    let r = qa.rw(0x02, 0, 8, &[], false);
+    assert_eq!(r.sc(), 0);
+    assert!(r.data == old, "B's aborted write is not on the disk");
+    // B's controller on b: "reservation log page available", then the page:
+    // registration preempted (type 1) on namespace 1.
+    let ev = recv_pdu(&mut adm_b, ty::CAPSULE_RESP, "B's reservation notice on b");
+    assert_eq!(pdu::le16(&ev.hdr[8..], 12), aer, "the AER completes");
+    assert_eq!(
+        pdu::le32(&ev.hdr[8..], 0),
+        0x0080_0006,
+        "reservation log page available"
+    );
+    let log = adm_b.admin(0x02, 0, 0x80 | (15 << 16), 0, 64);
+    assert_eq!(log.sc(), 0, "Get Log Page 80h");
+    assert_eq!(
+        (log.data[8], pdu::le32(&log.data, 12)),
+        (1, 1),
+        "registration preempted on namespace 1"
+    );
+    assert_eq!(
+        qb.rw(0x01, 0, 1, &new[..512], true).sc(),
+        NVME_CONFLICT,
+        "B is no longer registered"
     );
 }

@@ -128,6 +128,7 @@ impl Message {
             }
             Message::Commit { txn } => write_txn(txn, b.init_commit().init_txn()),
             Message::CommitAck { txn } => write_txn(txn, b.init_commit_ack().init_txn()),
+            Message::Applied { txn } => write_txn(txn, b.init_applied().init_txn()),
             Message::Abort { txn } => write_txn(txn, b.init_abort().init_txn()),
             Message::JoinRequest { .. }
             | Message::JoinOffer { .. }
@@ -523,6 +524,9 @@ fn read_message(r: wire::message::Reader<'_>) -> capnp::Result<Message> {
         Which::CommitAck(c) => Message::CommitAck {
             txn: read_txn(c?.get_txn()?),
         },
+        Which::Applied(c) => Message::Applied {
+            txn: read_txn(c?.get_txn()?),
+        },
         Which::Abort(a) => Message::Abort {
             txn: read_txn(a?.get_txn()?),
         },
@@ -892,6 +896,7 @@ mod tests {
             },
             Message::Commit { txn: txn(3, 1) },
             Message::CommitAck { txn: txn(3, 1) },
+            Message::Applied { txn: txn(3, 1) },
             Message::Abort {
                 txn: txn(u64::MAX, u64::MAX),
             },
@@ -974,7 +979,7 @@ mod tests {
     fn every_message_kind_round_trips() {
         let samples = samples();
         let kinds: std::collections::BTreeSet<_> = samples.iter().map(|m| m.kind()).collect();
-        assert_eq!(kinds.len(), 21, "a sample of every kind: {kinds:?}");
+        assert_eq!(kinds.len(), 22, "a sample of every kind: {kinds:?}");
         for m in &samples {
             let bytes = m.encode();
             assert_eq!(bytes.len() % 8, 0);

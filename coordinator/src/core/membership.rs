@@ -30,6 +30,7 @@ impl<M: ConfigModel> Node<M> {
                 self.state = State::Discovering { since_ms: now_ms };
             }
             State::Member if self.is_master() => {
+                self.master_applied_timers(now_ms);
                 self.master_txn_timers(now_ms);
                 self.master_next(now_ms);
             }
@@ -258,6 +259,7 @@ impl<M: ConfigModel> Node<M> {
             }
             Message::Commit { txn } => self.slave_on_commit(from, txn),
             Message::CommitAck { txn } => self.master_on_commit_ack(now_ms, from, txn),
+            Message::Applied { txn } => self.master_on_applied(from, txn),
             Message::Abort { txn } => self.slave_on_abort(from, txn),
             Message::JoinRequest { .. } => self.master_on_join_request(now_ms, from),
             Message::JoinOffer {

@@ -253,6 +253,14 @@ pub enum Message {
         /// The transaction.
         txn: TxnId,
     },
+    /// Slave → master: this node's data plane applied the COMMIT of `txn`
+    /// (sent after every COMMIT it applies; the master waits for it before
+    /// answering a change whose answer must follow every node's apply,
+    /// [`super::ConfigModel::answer_after_applied`]).
+    Applied {
+        /// The transaction.
+        txn: TxnId,
+    },
     /// Master → slaves: drop the transaction (and the staged layout).
     Abort {
         /// The transaction.
@@ -400,6 +408,7 @@ impl Message {
             Message::PrepareReply { .. } => "PrepareReply",
             Message::Commit { .. } => "Commit",
             Message::CommitAck { .. } => "CommitAck",
+            Message::Applied { .. } => "Applied",
             Message::Abort { .. } => "Abort",
             Message::JoinRequest { .. } => "JoinRequest",
             Message::JoinOffer { .. } => "JoinOffer",

@@ -37,6 +37,7 @@ pub use resync::{
     MAX_CHUNK_PIECES, MAX_FENCES, MAX_RESYNCS, RESYNC_CHUNK_BYTES, RESYNC_PROGRESS_EVERY_CHUNKS,
     RESYNC_REQUEST_BASE, RESYNC_RETRY_MS,
 };
+pub use txn::{APPLIED_WAIT_MS, MAX_APPLIED_WAITS};
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -277,6 +278,11 @@ pub enum Event<M: ConfigModel> {
         /// Ok, or why the data plane refused.
         result: Result<(), String>,
     },
+    /// [`Action::KernelCommit`] is done: the data plane applied the layout.
+    KernelCommitted {
+        /// The transaction.
+        txn: TxnId,
+    },
     /// Result of [`Action::WriteDisks`].
     DiskWritten {
         /// The transaction written.
@@ -402,7 +408,9 @@ pub enum Action<M: ConfigModel> {
         /// The configuration after the change.
         config: M,
     },
-    /// Apply the staged layout and resume I/O (no answer).
+    /// Apply the staged layout and resume I/O; answered with
+    /// [`Event::KernelCommitted`] (a driver that does not loses only the
+    /// wait of [`ConfigModel::answer_after_applied`] changes, bounded).
     KernelCommit {
         /// The transaction.
         txn: TxnId,
@@ -875,6 +883,7 @@ impl<M: ConfigModel> Node<M> {
                 self.on_local_check_done(now_ms, txn, result)
             }
             Event::KernelPrepared { txn, result } => self.on_kernel_prepared(now_ms, txn, result),
+            Event::KernelCommitted { txn } => self.slave_on_kernel_committed(txn),
             Event::DiskWritten { txn, result } => self.on_disk_written(now_ms, txn, result),
             Event::DisksRead { result } => self.on_disks_read(now_ms, result),
             Event::DiskAccessChecked { missing } => self.on_disk_access_checked(now_ms, missing),

@@ -130,6 +130,15 @@ pub trait ConfigModel: Clone + Eq + Debug + Default {
     /// detach, e.g. because it is the volume's last ACTIVE plex.
     fn detach_plex(&self, volume: &str, plex: &str) -> Result<Option<Self::Change>, RequestError>;
 
+    /// Whether the answer to `change` waits until every member's data plane
+    /// applied its COMMIT ([`crate::core::Message::Applied`], at most
+    /// `APPLIED_WAIT_MS`), not only the master's and the origin's. False by
+    /// default.
+    fn answer_after_applied(change: &Self::Change) -> bool {
+        let _ = change;
+        false
+    }
+
     /// Whether a write error on a plex of `volume` follows the local detach policy
     /// (`core::detach`). False by default (the global policy).
     fn local_detach(&self, volume: &str) -> bool {

@@ -4,6 +4,25 @@
 use super::*;
 use std::collections::VecDeque;
 
+/// Longest the master holds the answer to a change that waits for every
+/// member's data plane ([`ConfigModel::answer_after_applied`]); after it the
+/// answer goes out with a warning naming the nodes not heard from. Below the
+/// data plane's 30 s bound on a reservation command waiting for the cluster.
+pub const APPLIED_WAIT_MS: u64 = 20_000;
+/// Answers held for [`Message::Applied`] at most; beyond it an answer goes out
+/// at once (one transaction at a time makes more than one or two rare).
+pub const MAX_APPLIED_WAITS: usize = 16;
+
+/// A committed change's answer held until every member applied it.
+#[derive(Debug)]
+pub(super) struct AppliedWait {
+    txn: TxnId,
+    origin: Origin,
+    /// Members (the master included) whose data plane has not applied it.
+    waiting: BTreeSet<NodeId>,
+    until_ms: u64,
+}
+
 /// A join the master is running.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct ActiveJoin {
@@ -30,6 +49,9 @@ pub(super) struct MasterState<M: ConfigModel> {
     pub(super) verifying: Option<u64>,
     /// That check passed for this join.
     pub(super) verified_join: Option<u64>,
+    /// Committed changes whose answer waits for the members' [`Message::Applied`]
+    /// (at most [`MAX_APPLIED_WAITS`]).
+    pub(super) applied: Vec<AppliedWait>,
 }
 
 impl<M: ConfigModel> MasterState<M> {
@@ -44,6 +66,7 @@ impl<M: ConfigModel> MasterState<M> {
             fences: BTreeMap::new(),
             verifying: None,
             verified_join: None,
+            applied: Vec::new(),
         }
     }
 
@@ -85,6 +108,9 @@ pub(super) struct MasterTxn<M: ConfigModel> {
     staged: bool,
     /// The slave COMMIT went to first (fixed when it is sent).
     successor: Option<NodeId>,
+    /// Participants whose [`Message::Applied`] came before the disk write ended
+    /// (the successor applies COMMIT first).
+    applied: BTreeSet<NodeId>,
     /// When the current phase started (or a joiner was let in), for the reply
     /// timeout of the check and prepare phases.
     phase_since_ms: u64,
@@ -578,6 +604,7 @@ impl<M: ConfigModel> Node<M> {
             phase: Phase::Checking { awaiting },
             staged: false,
             successor: None,
+            applied: BTreeSet::new(),
             phase_since_ms: now_ms,
         });
         log::info!("node {me}: transaction {id} validated");
@@ -839,8 +866,99 @@ impl<M: ConfigModel> Node<M> {
             t.id,
             self.committed.config.seq()
         );
-        self.finish_request(t.origin, answer);
+        let mut waiting: BTreeSet<NodeId> =
+            t.participants.difference(&t.applied).copied().collect();
+        waiting.insert(me);
+        let room = self
+            .master
+            .as_ref()
+            .is_some_and(|ms| ms.applied.len() < MAX_APPLIED_WAITS);
+        if answer.is_ok() && M::answer_after_applied(&t.change) && room {
+            // Answered once every member's data plane applied it (the master's
+            // own KernelCommit too: a later step's Outcome would not wait for it).
+            if let Some(ms) = self.master.as_mut() {
+                ms.applied.push(AppliedWait {
+                    txn: t.id,
+                    origin: t.origin,
+                    waiting,
+                    until_ms: now_ms + APPLIED_WAIT_MS,
+                });
+            }
+        } else {
+            self.finish_request(t.origin, answer);
+        }
         self.master_next(now_ms);
+    }
+
+    /// Master: member `from`'s data plane applied the COMMIT of `txn`; the held
+    /// answer goes out once every member's did.
+    pub(super) fn master_on_applied(&mut self, from: NodeId, txn: TxnId) {
+        let Some(ms) = self.master.as_mut() else {
+            return;
+        };
+        if let Some(t) = ms.txn.as_mut().filter(|t| t.id == txn) {
+            t.applied.insert(from);
+            return;
+        }
+        let Some(i) = ms.applied.iter().position(|w| w.txn == txn) else {
+            return;
+        };
+        ms.applied[i].waiting.remove(&from);
+        if ms.applied[i].waiting.is_empty() {
+            let w = ms.applied.remove(i);
+            self.finish_request(w.origin, Ok(()));
+        }
+    }
+
+    /// Master: held answers whose members left the view or did not report
+    /// within [`APPLIED_WAIT_MS`] go out (the change is committed either way).
+    pub(super) fn master_applied_timers(&mut self, now_ms: u64) {
+        let members: BTreeSet<NodeId> = self
+            .view
+            .as_ref()
+            .map(|v| v.members.iter().copied().collect())
+            .unwrap_or_default();
+        let Some(ms) = self.master.as_mut() else {
+            return;
+        };
+        let mut due = Vec::new();
+        ms.applied.retain_mut(|w| {
+            w.waiting.retain(|n| members.contains(n));
+            let late = now_ms >= w.until_ms;
+            if w.waiting.is_empty() || late {
+                due.push((w.txn, w.origin, late.then(|| w.waiting.clone())));
+                false
+            } else {
+                true
+            }
+        });
+        for (txn, origin, late) in due {
+            if let Some(nodes) = late.filter(|n| !n.is_empty()) {
+                let names: Vec<String> = nodes.iter().map(|n| self.name(*n)).collect();
+                let line = format!(
+                    "node {}: transaction {txn}: {} did not report applying it within {APPLIED_WAIT_MS} ms; answering its origin",
+                    self.me_name(),
+                    names.join(", ")
+                );
+                self.log(log::Level::Warn, line);
+            }
+            self.finish_request(origin, Ok(()));
+        }
+    }
+
+    /// This node's data plane applied the COMMIT of `txn`: a slave tells its
+    /// master ([`Message::Applied`]); the master counts itself.
+    pub(super) fn slave_on_kernel_committed(&mut self, txn: TxnId) {
+        if !matches!(self.state, State::Member) {
+            return;
+        }
+        if self.is_master() {
+            let me = self.cfg.me;
+            return self.master_on_applied(me, txn);
+        }
+        if let Some(master) = self.view.as_ref().map(|v| v.master) {
+            self.send(master, Message::Applied { txn });
+        }
     }
 
     /// The master gives up: the transaction in progress and every queued request
@@ -852,6 +970,8 @@ impl<M: ConfigModel> Node<M> {
         };
         let txn = ms.txn.take();
         let queued = std::mem::take(&mut ms.queue);
+        // Committed (and written): their answers go out now.
+        let held = std::mem::take(&mut ms.applied);
         if let Some(t) = txn {
             let past_commit = matches!(
                 t.phase,
@@ -871,6 +991,9 @@ impl<M: ConfigModel> Node<M> {
                 RequestError::new(ErrorKind::NotMaster, self.me_name(), e)
             };
             self.fail_request(t.origin, Some(t.id), error);
+        }
+        for w in held {
+            self.finish_request(w.origin, Ok(()));
         }
         for (origin, _) in queued {
             let e = format!("{reason}; the change was not applied");

@@ -987,7 +987,7 @@ impl Daemon {
                         log::info!("{line}");
                     }
                 }
-                None
+                Some(Event::KernelCommitted { txn })
             }
             Done::KernelLoaded { result } => {
                 self.after_config_change();

@@ -71,6 +71,13 @@ impl ConfigModel for SharedConfig {
     type Change = Change;
     type Private = ClusterConfig;
 
+    /// A host's PERSISTENT RESERVE OUT: its answer (the host's command
+    /// completing) follows every node's data plane applying it, which for a
+    /// preempt and abort ends the preempted hosts' commands on that node.
+    fn answer_after_applied(change: &Change) -> bool {
+        matches!(change, Change::VolPrOut { .. })
+    }
+
     fn is_private(private: &ClusterConfig, change: &Change) -> bool {
         match change {
             Change::DgCreate { shared, .. } | Change::DgImport { shared, .. } => !shared,

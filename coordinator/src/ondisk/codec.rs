@@ -10,7 +10,7 @@ use crate::model::{
     PlexLayout, PlexState, PrState, ReadPolicy, Subdisk, Volume, VolumeLog, VolumeState,
     MAX_LOG_COPIES, MAX_OPEN_NODES,
 };
-use plexd_target_api::scsi::pr::{Registration, Reservation, MAX_REGISTRATIONS};
+use plexd_target_api::scsi::pr::{Nexus, PrChange, Registration, Reservation, MAX_REGISTRATIONS};
 
 /// The `formatVersion` this code writes and the newest it reads.
 pub const CONFIG_FORMAT_VERSION: u32 = 1;
@@ -293,12 +293,19 @@ fn encode_reservations(r: &PrState, mut b: wire::reservations::Builder<'_>) {
         b.set_holder_port(res.holder_port);
         b.set_type(res.ty);
     }
-    let mut regs = b.init_registrations(len_u32(r.regs.len()));
+    let mut regs = b.reborrow().init_registrations(len_u32(r.regs.len()));
     for (i, reg) in (0..).zip(&r.regs) {
         let mut rb = regs.reborrow().get(i);
         rb.set_initiator(reg.nexus.as_str());
         rb.set_relative_port(reg.port);
         rb.set_key(reg.key);
+    }
+    if let Some(c) = &r.last {
+        let mut cb = b.init_last_change();
+        cb.set_initiator(c.nexus.initiator.as_str());
+        cb.set_relative_port(c.nexus.port);
+        cb.set_service_action(c.sa);
+        cb.set_scope_type(c.scope_type);
     }
 }
 
@@ -327,6 +334,14 @@ fn decode_reservations(r: wire::reservations::Reader<'_>) -> capnp::Result<PrSta
             holder: text(r.get_holder())?,
             holder_port: r.get_holder_port(),
             ty: r.get_type(),
+        });
+    }
+    if r.has_last_change() {
+        let c = r.get_last_change()?;
+        out.last = Some(PrChange {
+            nexus: Nexus::new(text(c.get_initiator())?, c.get_relative_port()),
+            sa: c.get_service_action(),
+            scope_type: c.get_scope_type(),
         });
     }
     Ok(out)

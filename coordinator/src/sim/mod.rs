@@ -108,6 +108,8 @@ pub enum Hold {
     LocalCheck,
     /// `KernelPrepared`.
     KernelPrepare,
+    /// `KernelCommitted` (a data plane slow to apply a COMMIT).
+    KernelCommit,
     /// `DiskWritten`.
     DiskWrite,
     /// `DiskAccessChecked` (a joiner checking the shared disks).
@@ -1875,6 +1877,9 @@ impl Sim {
                 }
                 Action::KernelCommit { txn } => {
                     self.note(format!("{name} kernel commit {txn}"));
+                    // The layout is applied below at once; its completion
+                    // reaches the core like a driver's.
+                    self.driver_later(id, Some(Hold::KernelCommit), Event::KernelCommitted { txn });
                     if self.core(id).is_some_and(|c| c.role() == Role::Master) {
                         self.coverage.commits += 1;
                     }

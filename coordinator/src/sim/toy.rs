@@ -355,6 +355,12 @@ impl ToyConfig {
 impl ConfigModel for ToyConfig {
     type Change = ToyChange;
 
+    /// A destroy's answer waits for every member's data plane (as a shared
+    /// volume's reservation change does in plexd).
+    fn answer_after_applied(change: &ToyChange) -> bool {
+        matches!(change, ToyChange::Destroy { .. })
+    }
+
     fn seq(&self) -> u64 {
         self.seq
     }

@@ -136,6 +136,23 @@ pub struct PrState {
     /// RESERVE(6) holder; not persisted (and kept per node in a cluster).
     #[serde(skip)]
     pub legacy: Option<Nexus>,
+    /// The PERSISTENT RESERVE OUT that made this state (the last change): a
+    /// cluster's nodes receiving a committed state learn from it what the
+    /// issuing node's frontend does itself (a preempt and abort's aborts,
+    /// NVMe reservation notices). None for a state no change made yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<PrChange>,
+}
+
+/// The PERSISTENT RESERVE OUT that last changed a [`PrState`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PrChange {
+    /// The I_T nexus (or NVMe host) that sent it.
+    pub nexus: Nexus,
+    /// Its service action (5: PREEMPT AND ABORT).
+    pub sa: u8,
+    /// Its scope and type byte.
+    pub scope_type: u8,
 }
 
 fn all_registrants(t: u8) -> bool {
@@ -236,8 +253,27 @@ impl PrState {
         self.legacy = None;
     }
 
-    /// PERSISTENT RESERVE OUT. Returns whether the persistent state changed.
+    /// PERSISTENT RESERVE OUT. Returns whether the persistent state changed
+    /// (then [`PrState::last`] says what changed it).
     pub fn out(
+        &mut self,
+        nexus: &Nexus,
+        sa: u8,
+        scope_type: u8,
+        param: &[u8],
+    ) -> Result<bool, PrError> {
+        let r = self.run_out(nexus, sa, scope_type, param);
+        if r == Ok(true) {
+            self.last = Some(PrChange {
+                nexus: nexus.clone(),
+                sa,
+                scope_type,
+            });
+        }
+        r
+    }
+
+    fn run_out(
         &mut self,
         nexus: &Nexus,
         sa: u8,

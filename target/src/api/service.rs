@@ -282,9 +282,9 @@ impl KernelService {
 
     /// The committed reservations of shared volume `volume` (kept by the cluster):
     /// recorded for LUNs mapped later and given to every LUN of it now.
+    /// NVMe namespaces last: they may wait for a preempt and abort's commands.
     pub fn set_reservations(&self, volume: &str, state: &PrState) -> Result<(), ApiError> {
         self.target.pr_broker().set_state(volume, state);
-        self.nvmf_set_reservations(volume, state);
         self.with_iscsi(
             false,
             || Ok(()),
@@ -292,7 +292,8 @@ impl KernelService {
                 fe.set_reservations(volume, state);
                 Ok(())
             },
-        )
+        )?;
+        self.nvmf_set_reservations(volume, state)
     }
 
     /// The coordinator's answer to a PR OUT request (an `Event::PrOut`).

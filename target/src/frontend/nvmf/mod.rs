@@ -49,8 +49,10 @@ pub use subsys::{AnaState, DISCOVERY_NQN};
 
 use crate::bdev::BdevEvent;
 use crate::error::TargetError;
+use crate::frontend::scsi::pr::{Nexus, PrState};
 use crate::frontend::FrontendEnv;
 use crate::lease::LeaseWatcher;
+use preempt::PreemptAbort;
 use subsys::{CntlidAlloc, Ctrl, Namespace, NsIdent, Subsystem};
 
 /// In-capsule data a command may carry (IOCCSZ announces 64 + this).
@@ -84,6 +86,11 @@ pub const MAX_ADMIN_DATA_BYTES: usize = 64 << 10;
 pub const MAX_SUBSYSTEMS: usize = 1024;
 /// Most controllers (associations) per frontend.
 pub const MAX_CONTROLLERS: usize = 4096;
+/// Longest applying a cluster's committed preempt and abort waits for the
+/// preempted hosts' commands at a bdev (`set_reservations`; as long as a
+/// reservation command waits for the cluster).
+pub const PREEMPT_ABORT_WAIT: std::time::Duration =
+    crate::frontend::scsi::pr_cluster::PR_OUT_TIMEOUT;
 /// Firmware revision reported.
 pub const FW_REV: &str = "plexd01";
 
@@ -197,6 +204,44 @@ fn kick(target: &FrontendEnv, sh: &Shared, c: &Ctrl) {
     }
 }
 
+/// Queues reservation notifications (log 80h) on this node's controllers of
+/// the hosts they are for, on every namespace of their subsystem that `shares`
+/// the changed state. Returns the controllers whose "reservation log page
+/// available" event was raised now: the caller asks their admin queues to
+/// deliver it.
+pub(crate) fn queue_resv_notices(
+    sh: &Shared,
+    shares: impl Fn(&Arc<Namespace>) -> bool,
+    notices: &[(Nexus, u8)],
+) -> Vec<Arc<Ctrl>> {
+    let mut kick = Vec::new();
+    if notices.is_empty() {
+        return kick;
+    }
+    for c in sh.ctrl_list() {
+        if c.discovery || c.dead.load(Ordering::Acquire) {
+            continue;
+        }
+        let host = resv::nexus(&c.hostnqn, &c.hostid);
+        if !notices.iter().any(|(n, _)| *n == host) {
+            continue;
+        }
+        let Some(sub) = sh.subsystem(&c.subnqn) else {
+            continue;
+        };
+        let mut raise = false;
+        for (_, ty) in notices.iter().filter(|(n, _)| *n == host) {
+            for (nsid, _) in sub.namespaces.iter().filter(|(_, x)| shares(x)) {
+                raise |= c.resv_notice(*ty, *nsid);
+            }
+        }
+        if raise && c.push_aen(admin::AEN_RESV_LOG, 0) {
+            kick.push(c);
+        }
+    }
+    kick
+}
+
 /// What the ANA log reports changed (the state set, or the lease's fence): a new
 /// change count and an ANA change notice to every I/O controller that enabled it.
 fn ana_changed(target: &FrontendEnv, sh: &Shared) {
@@ -205,6 +250,35 @@ fn ana_changed(target: &FrontendEnv, sh: &Shared) {
         if !c.discovery && c.push_aen(admin::AEN_ANA_CHANGE, admin::AEC_ANA) {
             kick(target, sh, &c);
         }
+    }
+}
+
+/// A committed reservation state given to the namespaces of a volume
+/// ([`NvmfFrontend::set_reservations`]): what is left to wait for.
+pub struct ResvApplied {
+    volume: String,
+    /// A preempt and abort's aborts under way on this node.
+    pa: Option<Arc<PreemptAbort>>,
+}
+
+impl ResvApplied {
+    /// Waits until no command a preempt and abort ended on this node is still
+    /// at a bdev: at most [`PREEMPT_ABORT_WAIT`], then an error naming the
+    /// volume.
+    pub fn wait(self) -> Result<(), TargetError> {
+        let Some(pa) = self.pa else {
+            return Ok(());
+        };
+        if pa.wait(PREEMPT_ABORT_WAIT) {
+            return Ok(());
+        }
+        Err(TargetError::Timeout {
+            object: format!("volume {}", self.volume),
+            reason: format!(
+                "commands of the hosts a preempt and abort removed are still at a bdev of this node after {} s",
+                PREEMPT_ABORT_WAIT.as_secs()
+            ),
+        })
     }
 }
 
@@ -402,14 +476,82 @@ impl NvmfFrontend {
     }
 
     /// Gives every namespace of shared volume `volume` the cluster's committed
-    /// reservation state `state`.
-    pub fn set_reservations(&self, volume: &str, state: &crate::frontend::scsi::pr::PrState) {
+    /// reservation state `state`, and does on this node what the change that
+    /// made it ([`PrState::last`]) does to other hosts, whichever node ran it:
+    /// the reservation notices go to this node's controllers of the hosts they
+    /// are for, and a preempt and abort ends the preempted hosts' commands to
+    /// the volume on this node's queue pairs (`preempt`). The caller waits
+    /// ([`ResvApplied::wait`], without holding the frontend) until none of
+    /// those commands is at a bdev, so that the cluster answers the preempting
+    /// host only after no command of a preempted host can write anywhere.
+    pub fn set_reservations(&self, volume: &str, state: &PrState) -> ResvApplied {
+        let done = ResvApplied {
+            volume: volume.to_string(),
+            pa: None,
+        };
+        let mut before = None;
         for s in self.shared.subsystem_list() {
             for ns in s.namespaces.values() {
                 if ns.resv.broker().is_some() && ns.conf.bdev == volume {
-                    ns.resv.set_committed(state);
+                    let old = ns.resv.set_committed(state);
+                    before.get_or_insert(old);
                 }
             }
+        }
+        // No namespace of the volume here, or nothing new: nothing to tell.
+        let (Some(mut before), Some(change)) = (before, state.last.as_ref()) else {
+            return done;
+        };
+        // This node's RESERVE(6) holder is not part of the committed state.
+        before.legacy = None;
+        if before == *state {
+            return done;
+        }
+        let out = resv::PrOut {
+            sa: change.sa,
+            scope_type: change.scope_type,
+            param: Vec::new(),
+        };
+        let notices = resv::notices(&before, state, &change.nexus, &out);
+        let shares = |x: &Arc<Namespace>| x.resv.broker().is_some() && x.conf.bdev == volume;
+        for c in queue_resv_notices(&self.shared, shares, &notices) {
+            kick(&self.target, &self.shared, &c);
+        }
+        let gone: Vec<Nexus> = resv::removed(&before, state)
+            .into_iter()
+            .filter(|n| n.initiator.starts_with("nvme:"))
+            .collect();
+        if change.sa != resv::SA_PREEMPT_AND_ABORT || gone.is_empty() {
+            return done;
+        }
+        let obj = format!("volume {volume}");
+        log::info!(
+            "nvmf: {obj}: preempt and abort by {} committed: aborting the commands of {} on this node",
+            change.nexus.initiator,
+            gone.iter().map(|n| n.initiator.as_str()).collect::<Vec<_>>().join(", ")
+        );
+        let handles = self.target.reactors().handles();
+        let pa = Arc::new(PreemptAbort::new(
+            self.shared.core.id,
+            volume,
+            gone,
+            None,
+            handles.len(),
+        ));
+        for (i, h) in handles.iter().enumerate() {
+            if let Err(e) =
+                h.send_timeout(qpair::abort_msg(&pa), crate::reactor::CONTROL_SEND_TIMEOUT)
+            {
+                log::error!(
+                    "nvmf: {obj}: preempt and abort: reactor {i} not reached ({e}); its queue pairs keep their commands"
+                );
+                pa.release(None);
+            }
+        }
+        pa.release(None);
+        ResvApplied {
+            pa: Some(pa),
+            ..done
         }
     }
 

@@ -165,7 +165,15 @@ fn abort_preempted(r: &Rc<Reactor>, pa: &Arc<PreemptAbort>) {
     for c in conns {
         c.abort_for(pa);
     }
-    pa.release(r);
+    pa.release(Some(r));
+}
+
+/// The message that aborts, on the reactor running it, the commands of the
+/// hosts `pa` preempted and then counts that reactor done (sent by a control
+/// thread applying a cluster's committed preempt and abort).
+pub(crate) fn abort_msg(pa: &Arc<PreemptAbort>) -> crate::reactor::Msg {
+    let pa = Arc::clone(pa);
+    Box::new(move |r| abort_preempted(r, &pa))
 }
 
 /// Sends reactor `to` the abort of preempt and abort `pa`; false when its ring
@@ -174,9 +182,7 @@ fn send_abort(r: &Reactor, to: usize, pa: &Arc<PreemptAbort>) -> bool {
     let Some(h) = r.peers().get(to) else {
         return true;
     };
-    let pa = Arc::clone(pa);
-    let msg: crate::reactor::Msg = Box::new(move |r| abort_preempted(r, &pa));
-    h.try_send(msg).is_ok()
+    h.try_send(abort_msg(pa)).is_ok()
 }
 
 /// Completes held Asynchronous Event Requests of the admin queue `id` with
@@ -229,8 +235,6 @@ struct Cmd {
     pr: Option<PrWait>,
     /// Times the reservation change was sent to the cluster.
     pr_tries: u32,
-    /// What the reservation change sent to the cluster does to other hosts.
-    pr_changed: resv::Changed,
     /// Aborted by a preempt and abort (its status says so): it ends as soon as
     /// nothing of it is at a bdev or expected from the host.
     preempted: bool,
@@ -289,7 +293,6 @@ impl Cmd {
             aborted: false,
             pr: None,
             pr_tries: 0,
-            pr_changed: resv::Changed::default(),
             preempted: false,
             held_by: None,
             pa: None,
@@ -1472,10 +1475,6 @@ impl Conn {
             Ok(false) => return self.finish_now(st, key, Status::SUCCESS, 0, 0, &[]),
             Err(s) => return self.finish_now(st, key, s, 0, 0, &[]),
         }
-        st.cmds[key].pr_changed = resv::Changed {
-            removed: resv::removed(&state, &copy),
-            notices: resv::notices(&state, &copy, &nexus, &out),
-        };
         if st.cmds[key].pr_tries >= PR_OUT_TRIES {
             log::warn!(
                 "nvmf: {}: the reservations changed under it {PR_OUT_TRIES} times; the host retries",
@@ -1558,32 +1557,11 @@ impl Conn {
     /// namespace itself; for a cluster's volume every namespace mapping it), and
     /// raises "reservation log page available" where none is outstanding.
     fn resv_notify(&self, ns: &Arc<Namespace>, notices: &[(Nexus, u8)]) {
-        if notices.is_empty() {
-            return;
-        }
         let shares = |x: &Arc<Namespace>| {
             Arc::ptr_eq(x, ns) || (ns.resv.broker().is_some() && x.conf.bdev == ns.conf.bdev)
         };
-        for c in self.shared.ctrl_list() {
-            if c.discovery || c.dead.load(Ordering::Acquire) {
-                continue;
-            }
-            let host = resv::nexus(&c.hostnqn, &c.hostid);
-            if !notices.iter().any(|(n, _)| *n == host) {
-                continue;
-            }
-            let Some(sub) = self.shared.subsystem(&c.subnqn) else {
-                continue;
-            };
-            let mut raise = false;
-            for (_, ty) in notices.iter().filter(|(n, _)| *n == host) {
-                for (nsid, _) in sub.namespaces.iter().filter(|(_, x)| shares(x)) {
-                    raise |= c.resv_notice(*ty, *nsid);
-                }
-            }
-            if raise && c.push_aen(admin::AEN_RESV_LOG, 0) {
-                self.kick_admin(&c);
-            }
+        for c in super::queue_resv_notices(&self.shared, shares, notices) {
+            self.kick_admin(&c);
         }
     }
 
@@ -1624,7 +1602,7 @@ impl Conn {
             self.link.fid,
             &ns.conf.bdev,
             gone,
-            at,
+            Some(at),
             r.peers().len(),
         ));
         let unsent = (0..r.peers().len())
@@ -1634,7 +1612,7 @@ impl Conn {
             pa: Arc::clone(&pa),
             unsent,
         });
-        pa.release(r);
+        pa.release(Some(r));
     }
 
     /// Resends aborts that did not fit in a reactor's ring and completes the
@@ -1833,7 +1811,7 @@ impl IoDone for Conn {
             c.inflight = c.inflight.saturating_sub(1);
             if c.inflight == 0 {
                 if let Some(pa) = c.held_by.take() {
-                    pa.release(&self.link.reactor);
+                    pa.release(Some(&self.link.reactor));
                 }
             }
             if let IoStatus::Failed(errno) = status {
@@ -1888,12 +1866,13 @@ impl PrDone for Conn {
             st.cmds[key].pr = None;
             let (ns, plan) = (st.cmds[key].ns.clone(), st.cmds[key].plan);
             match (result, ns, plan) {
-                (PrOutResult::Committed, ns, _) => {
-                    let changed = std::mem::take(&mut st.cmds[key].pr_changed);
-                    match ns {
-                        Some(ns) => self.resv_changed(&mut st, key, &ns, changed),
-                        None => self.finish_now(&mut st, key, Status::SUCCESS, 0, 0, &[]),
-                    }
+                (PrOutResult::Committed, _, _) => {
+                    // The committed state reached every node's data plane, this
+                    // one's included, before this answer (`setReservations`):
+                    // each posted the notices to its controllers and ended a
+                    // preempt and abort's commands there (`NvmfFrontend::
+                    // set_reservations`), so nothing is left to do here.
+                    self.finish_now(&mut st, key, Status::SUCCESS, 0, 0, &[])
                 }
                 (PrOutResult::Stale, Some(ns), Some(IoPlan::Resv { opcode, .. })) => {
                     self.execute_resv(&mut st, key, &ns, opcode)

@@ -32,6 +32,8 @@ use crate::frontend::scsi::pr_cluster::PrBroker;
 /// The relative target port of every NVMe nexus (a host is one registrant
 /// whatever controller or node it goes through).
 pub const NVME_PORT: u16 = 0;
+/// The PERSISTENT RESERVE OUT service action of a preempt and abort.
+pub const SA_PREEMPT_AND_ABORT: u8 = 5;
 /// Bytes of a Reservation Report header (non-extended; the extended one is 64).
 pub const REPORT_HDR: usize = 24;
 /// Bytes of a registered controller entry (extended: 64).
@@ -426,11 +428,13 @@ impl NsResv {
         self.active.load(Ordering::Acquire) && self.lock().conflicts(nexus, access)
     }
 
-    /// Installs the cluster's committed state.
-    pub fn set_committed(&self, state: &PrState) {
+    /// Installs the cluster's committed state; returns the one it replaced.
+    pub fn set_committed(&self, state: &PrState) -> PrState {
         let mut g = self.lock();
+        let old = g.clone();
         g.set_persistent(state);
         self.active.store(g.any(), Ordering::Release);
+        old
     }
 
     /// Runs `out` on this namespace's own state (saved when it changed).
