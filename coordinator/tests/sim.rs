@@ -45,6 +45,7 @@ fn random_schedules_keep_the_invariants() {
     let mut cov = Coverage::default();
     let mut disk_seeds = 0;
     let mut resync_seeds = 0;
+    let mut monitor_seeds = 0;
     for &seed in &seeds {
         match run_seed(seed, steps) {
             Ok(s) => {
@@ -75,7 +76,10 @@ fn random_schedules_keep_the_invariants() {
                 cov.log_divergences += c.log_divergences;
                 cov.log_sections_read += c.log_sections_read;
                 cov.range_resyncs_done += c.range_resyncs_done;
+                cov.monitor_views += c.monitor_views;
+                cov.monitor_not_quorate += c.monitor_not_quorate;
                 disk_seeds += usize::from(s.quorum_disk);
+                monitor_seeds += usize::from(s.monitor);
                 resync_seeds += usize::from(s.resync);
             }
             Err(e) if keep_going => {
@@ -93,7 +97,7 @@ fn random_schedules_keep_the_invariants() {
         );
     }
     eprintln!(
-        "simulator coverage: {cov:?}; {disk_seeds} seeds with a quorum disk, {resync_seeds} with resyncs"
+        "simulator coverage: {cov:?}; {disk_seeds} seeds with a quorum disk, {resync_seeds} with resyncs, {monitor_seeds} with corosync"
     );
     eprintln!(
         "simulator: {} seeds × {steps} steps, {events} events, {acked} changes acknowledged, {failed} refused, in {:.1} s",
@@ -2042,4 +2046,158 @@ fn an_answer_after_applied_goes_out_at_its_bound_without_a_report() {
         sim.now_ms() - start >= APPLIED_WAIT_MS,
         "answered before the bound"
     );
+}
+
+// ---------------------------------------------------------------------------
+// An external cluster monitor (corosync, `core::monitor`): the simulator reports
+// each node's partition as corosync would, 1..=MAX_MONITOR_DELAY_MS after a change.
+// ---------------------------------------------------------------------------
+
+use plexd_coordinator::sim::{SimConfig, MAX_MONITOR_DELAY_MS};
+
+/// A traced cluster of three whose nodes also take membership and quorum from a
+/// simulated corosync; `connection_lost_percent` 0: a crash is found by the
+/// monitor or the heartbeat timeout, never by a connection loss.
+fn monitored_cluster() -> Sim {
+    let mut sim = Sim::cluster_of(SimConfig {
+        trace: true,
+        monitor: true,
+        connection_lost_percent: 0,
+        ..SimConfig::new(3, 7)
+    });
+    settle_open(&mut sim, &[A, B, C]);
+    sim
+}
+
+/// How long a monitor's report takes to act at most: its delay and a tick.
+const MONITOR_ACTS_MS: u64 = MAX_MONITOR_DELAY_MS + 2 * 20;
+
+/// Whether node `id`'s status names `what` as its reason.
+fn reason_has(sim: &Sim, id: u32, what: &str) -> bool {
+    sim.core(id)
+        .and_then(|c| c.status().last_reason)
+        .is_some_and(|r| r.contains(what))
+}
+
+#[test]
+fn with_a_monitor_no_cluster_forms_before_it_reports_quorum() {
+    let mut sim = Sim::new(SimConfig {
+        trace: true,
+        monitor: true,
+        ..SimConfig::new(3, 7)
+    });
+    for id in [A, B, C] {
+        sim.kill_monitor(id, 3_000);
+        sim.start(id);
+    }
+    sim.run_for(2_500);
+    assert_eq!(sim.violation(), None);
+    for id in [A, B, C] {
+        let c = sim.core(id).unwrap();
+        assert_eq!(
+            c.view(),
+            None,
+            "node {id} formed or joined without corosync"
+        );
+        assert!(!sim.serving(id));
+        assert!(
+            reason_has(&sim, id, "no quorum: corosync: not running"),
+            "{:?}",
+            c.status().last_reason
+        );
+    }
+    let r = sim.create(A, "dg1", 1);
+    let err = answer(&mut sim, A, r).unwrap_err();
+    assert!(err.contains("no quorum"), "{err}");
+    // corosync back on every node: the cluster forms.
+    settle(&mut sim, &[A, B, C]);
+}
+
+#[test]
+fn a_node_whose_corosync_dies_loses_quorum_at_once_and_comes_back_with_it() {
+    let mut sim = monitored_cluster();
+    assert_eq!(sim.master(), Some(A));
+    assert!(sim.run_until(1_000, |s| s.serving(C)), "c does not serve");
+    // Only corosync dies on c: every plexd link stays up, so the built-in
+    // monitor alone would never remove c.
+    sim.kill_monitor(C, 4_000);
+    let t0 = sim.now_ms();
+    let out = sim.run_until(MONITOR_ACTS_MS, |s| {
+        !s.serving(C)
+            && s.core(C).is_some_and(|c| c.view().is_none())
+            && reason_has(s, C, "node c: no quorum: corosync: not running")
+            && s.core(A)
+                .and_then(|c| c.view())
+                .is_some_and(|v| v.members == vec![A, B])
+    });
+    assert!(
+        out,
+        "c was not out of the cluster within {MONITOR_ACTS_MS} ms:\n{}",
+        sim.trace_text()
+    );
+    assert!(sim.now_ms() - t0 <= MONITOR_ACTS_MS);
+    // c refuses changes; the majority goes on (once c's lease surely ran out).
+    let r = sim.create(C, "dg1", 1);
+    let err = answer(&mut sim, C, r).unwrap_err();
+    assert!(err.contains("node c: no quorum"), "{err}");
+    let r = sim.create(A, "dg2", 1);
+    assert_eq!(answer(&mut sim, A, r), Ok(()));
+    assert!(sim.core(C).unwrap().view().is_none());
+    assert!(!sim.serving(C));
+    // corosync back on c: it joins again and gets the change it missed.
+    settle(&mut sim, &[A, B, C]);
+    assert!(everywhere_has(&sim, &[A, B, C], "dg2"));
+}
+
+#[test]
+fn a_master_lost_to_corosync_is_succeeded_without_the_heartbeat_timeout() {
+    let mut sim = monitored_cluster();
+    assert_eq!(sim.master(), Some(A));
+    let t0 = sim.now_ms();
+    sim.crash(A);
+    let suspected = sim.run_until(2_000, |s| {
+        s.core(B).is_some_and(|c| c.role() == Role::TakingOver)
+    });
+    assert!(suspected, "b never took over:\n{}", sim.trace_text());
+    let took = sim.now_ms() - t0;
+    // The heartbeat timeout is 500 ms (no connection loss is seen): corosync's
+    // report started the takeover.
+    assert!(
+        took <= MONITOR_ACTS_MS,
+        "b started taking over {took} ms after a's crash"
+    );
+    let master = sim.run_until(5_000, |s| quorate_master(s, B, 3));
+    assert!(master, "b did not become master:\n{}", sim.trace_text());
+    let r = sim.create(B, "dg1", 1);
+    assert_eq!(answer(&mut sim, B, r), Ok(()));
+}
+
+#[test]
+fn a_minority_master_stops_serving_as_soon_as_corosync_says_so() {
+    let mut sim = monitored_cluster();
+    assert_eq!(sim.master(), Some(A));
+    sim.partition(&[A]);
+    let fenced = sim.run_until(MONITOR_ACTS_MS, |s| !s.serving(A));
+    // The built-in monitor alone keeps a's lease until a lease (1000 ms) after the
+    // last confirmation; corosync's "not quorate" revokes it at once.
+    assert!(
+        fenced,
+        "a still served {MONITOR_ACTS_MS} ms into the partition:\n{}",
+        sim.trace_text()
+    );
+    assert!(reason_has(
+        &sim,
+        A,
+        "node a: no quorum: corosync: 1 of 3 nodes"
+    ));
+    let took_over = sim.run_until(5_000, |s| quorate_master(s, B, 3));
+    assert!(took_over, "b did not take over:\n{}", sim.trace_text());
+    let r = sim.create(B, "dg1", 1);
+    assert_eq!(answer(&mut sim, B, r), Ok(()));
+    let r = sim.create(A, "dg2", 1);
+    assert!(answer(&mut sim, A, r).unwrap_err().contains("no quorum"));
+    sim.heal();
+    settle(&mut sim, &[A, B, C]);
+    assert!(everywhere_has(&sim, &[A, B, C], "dg1"));
+    assert!(nowhere_has(&sim, "dg2"));
 }

@@ -6,6 +6,7 @@ use txn::MasterState;
 
 impl<M: ConfigModel> Node<M> {
     pub(super) fn on_tick(&mut self, now_ms: u64) {
+        self.apply_monitor(now_ms);
         self.maybe_heartbeat(now_ms);
         self.detect_silent_peers(now_ms);
         self.answer_takeover_queries(now_ms);
@@ -127,6 +128,14 @@ impl<M: ConfigModel> Node<M> {
         {
             return;
         }
+        // The external monitor (if any) denies quorum: no cluster forms here.
+        if let Some(reason) = self.monitor_reason() {
+            if self.quorum_reason.as_deref() != Some(reason.as_str()) {
+                log::warn!("{reason}; not forming a cluster");
+                self.quorum_reason = Some(reason);
+            }
+            return;
+        }
         let me = self.cfg.me;
         let timeout_ms = self.cfg.heartbeat_timeout_ms;
         let alive = |p: &Peer| !p.gone && p.last_heard_ms.is_some_and(|t| now_ms <= t + timeout_ms);
@@ -215,6 +224,15 @@ impl<M: ConfigModel> Node<M> {
         if !self.peers.contains_key(&from) {
             log::warn!(
                 "node {}: message {} from unknown node {from} ignored",
+                self.cfg.me,
+                msg.kind()
+            );
+            return;
+        }
+        // A peer the external monitor leaves out is behind a cut link for this node.
+        if !self.monitor_admits(from) {
+            log::debug!(
+                "node {}: message {} from node {from} ignored: the cluster monitor counts it out",
                 self.cfg.me,
                 msg.kind()
             );
@@ -448,6 +466,9 @@ impl<M: ConfigModel> Node<M> {
 
     /// A discovering node asks master `from` to let it join.
     fn request_join(&mut self, now_ms: u64, from: NodeId) {
+        if !self.monitor_quorate() {
+            return;
+        }
         self.state = State::Joining {
             master: from,
             step: JoinStep::Requested,

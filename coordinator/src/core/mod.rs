@@ -13,6 +13,7 @@ mod error;
 mod membership;
 mod messages;
 mod model;
+mod monitor;
 mod private;
 mod qdisk;
 mod quorum;
@@ -139,6 +140,10 @@ pub struct NodeConfig {
     /// `txn.*` failpoints too (the simulator crashes there); plexd turns it off, so
     /// a process armed with `PLEXD_FAILPOINT` dies in a transaction a test asked for.
     pub bookkeeping_failpoints: bool,
+    /// Membership and quorum also come from an external cluster monitor (corosync):
+    /// the driver reports its views ([`Event::MonitorView`]); until the first one,
+    /// and whenever it says so, this node has no quorum (`core::monitor`).
+    pub external_monitor: bool,
 }
 
 impl NodeConfig {
@@ -162,6 +167,7 @@ impl NodeConfig {
             quorum_disk: false,
             fence_lease_ms: 5000,
             bookkeeping_failpoints: true,
+            external_monitor: false,
         }
     }
 
@@ -360,6 +366,19 @@ pub enum Event<M: ConfigModel> {
     /// The connection to the data plane broke: its quiesces are gone (every fence
     /// this node holds is broken).
     DataPlaneLost,
+    /// The external cluster monitor's view of this node's partition (only with
+    /// [`NodeConfig::external_monitor`]): a peer left out is gone at once and its
+    /// messages are ignored while it stays out; not quorate, this node has no
+    /// quorum (it leaves its view, forms and joins nothing, holds no lease). A
+    /// monitor that is unreachable is reported as not quorate.
+    MonitorView {
+        /// Configured nodes the monitor counts in this node's partition.
+        members: BTreeSet<NodeId>,
+        /// The partition holds the monitor's quorum.
+        quorate: bool,
+        /// What the monitor says, for the status line (`corosync: not running`).
+        detail: String,
+    },
     /// Stop cleanly: refuse new requests, wait for an in-progress reconfiguration
     /// (join, takeover, transaction, answers to forwarded requests), then
     /// [`Action::ShutdownReady`].
@@ -756,6 +775,8 @@ pub struct Node<M: ConfigModel> {
     private: private::Private<M>,
     /// The node-crash recovery bookkeeping (open starts, clean-stop close).
     recovery: recovery::Recovery,
+    /// The external monitor's last view (none: the built-in monitor alone).
+    monitor: Option<monitor::MonitorState>,
     /// The time of the event being handled (or the last one): this node's clock.
     clock_ms: u64,
     stopping: bool,
@@ -786,6 +807,7 @@ impl<M: ConfigModel> Node<M> {
         let was_member_ms = cfg
             .member_ago_at_start_ms
             .map(|ago| now_ms.saturating_sub(ago));
+        let monitor = cfg.external_monitor.then(monitor::MonitorState::initial);
         Node {
             cfg,
             state: State::Discovering { since_ms: now_ms },
@@ -820,6 +842,7 @@ impl<M: ConfigModel> Node<M> {
             fences: resync::Fences::default(),
             private: private::Private::default(),
             recovery: recovery::Recovery::default(),
+            monitor,
             clock_ms: now_ms,
             stopping: false,
             out: Vec::new(),
@@ -902,6 +925,11 @@ impl<M: ConfigModel> Node<M> {
                 self.fences_lost();
                 self.recovery_data_plane_lost(now_ms);
             }
+            Event::MonitorView {
+                members,
+                quorate,
+                detail,
+            } => self.on_monitor_view(now_ms, members, quorate, detail),
             Event::Shutdown => self.stopping = true,
         }
         self.answer_takeover_queries(now_ms);

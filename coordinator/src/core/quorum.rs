@@ -68,7 +68,11 @@ impl<M: ConfigModel> Node<M> {
         let timeout_ms = self.cfg.heartbeat_timeout_ms;
         self.peers
             .iter()
-            .filter(|(_, p)| !p.gone && p.last_heard_ms.is_some_and(|t| now_ms <= t + timeout_ms))
+            .filter(|(&id, p)| {
+                !p.gone
+                    && self.monitor_admits(id)
+                    && p.last_heard_ms.is_some_and(|t| now_ms <= t + timeout_ms)
+            })
             .map(|(&id, _)| id)
             .collect()
     }
@@ -77,6 +81,9 @@ impl<M: ConfigModel> Node<M> {
     /// `node a: no quorum: 1 of 3 votes, 2 needed (b unreachable; quorum disk: not
     /// held)`.
     pub(super) fn no_quorum_reason(&self, now_ms: u64) -> String {
+        if let Some(reason) = self.monitor_reason() {
+            return reason;
+        }
         let me = self.cfg.me;
         let reachable = self.reachable_peers(now_ms);
         let votes = self.votes_of(reachable.iter().copied().chain([me])) + self.disk_vote(now_ms);
@@ -159,8 +166,13 @@ impl<M: ConfigModel> Node<M> {
     }
 
     /// Until when this node's lease holds (its clock), if it has one: only members
-    /// of a view have leases. `u64::MAX` when this node alone holds a majority.
+    /// of a view have leases, and only while the external monitor (if any) says
+    /// this node's partition is quorate. `u64::MAX` when this node alone holds a
+    /// majority.
     pub fn lease_until_ms(&self) -> Option<u64> {
+        if !self.monitor_quorate() {
+            return None;
+        }
         match self.state {
             State::Member if self.is_master() => self.master_lease_until(),
             State::Member => self.slave_lease_until_ms,

@@ -24,7 +24,9 @@ pub struct ClusterSection {
     pub name: String,
     /// Cluster id: the owner id of shared disk groups.
     pub id: String,
-    /// Membership monitor; only `builtin`.
+    /// Membership monitor: `builtin` (heartbeats alone) or `corosync` (also
+    /// membership and quorum from the local corosync: a plexd built with the
+    /// `corosync` feature; docs/OPERATIONS.md).
     #[serde(default = "default_monitor")]
     pub monitor: String,
     /// Heartbeat period.
@@ -65,8 +67,13 @@ pub struct ClusterSection {
     pub quorum_disk: Option<PathBuf>,
 }
 
+/// `monitor = "builtin"`: the heartbeats alone.
+pub const MONITOR_BUILTIN: &str = "builtin";
+/// `monitor = "corosync"`: membership and quorum also from corosync.
+pub const MONITOR_COROSYNC: &str = "corosync";
+
 fn default_monitor() -> String {
-    "builtin".into()
+    MONITOR_BUILTIN.into()
 }
 fn default_heartbeat_interval_ms() -> u64 {
     500
@@ -146,11 +153,19 @@ impl ClusterSection {
         if c.name.is_empty() || c.id.is_empty() {
             return Err("cluster: name and id must not be empty".into());
         }
-        if c.monitor != "builtin" {
-            return Err(format!(
-                "cluster: monitor {:?} is not supported (only \"builtin\")",
-                c.monitor
-            ));
+        match c.monitor.as_str() {
+            MONITOR_BUILTIN => {}
+            MONITOR_COROSYNC if cfg!(feature = "corosync") => {}
+            MONITOR_COROSYNC => {
+                return Err(
+                    "cluster: monitor \"corosync\" needs a plexd built with the corosync feature (cargo build --features plexd-coordinator/corosync); this one has only the built-in monitor".into(),
+                )
+            }
+            other => {
+                return Err(format!(
+                    "cluster: monitor {other:?} is not supported (\"builtin\" or \"corosync\")"
+                ))
+            }
         }
         if c.heartbeat_interval_ms == 0 || c.heartbeat_timeout_ms <= c.heartbeat_interval_ms {
             return Err(
@@ -405,6 +420,7 @@ impl ClusterFile {
         cfg.lease_ms = self.cluster.lease_ms;
         cfg.lease_margin_ms = self.cluster.lease_margin_ms;
         cfg.quorum_disk = self.cluster.quorum_disk.is_some();
+        cfg.external_monitor = self.cluster.monitor == MONITOR_COROSYNC;
         // PLEXD_FAILPOINT aims at the transactions a test asks for.
         cfg.bookkeeping_failpoints = false;
         cfg
@@ -600,9 +616,30 @@ target_socket = "/tmp/x/b/target.sock"
     fn duplicate_nodes_and_bad_monitor_are_refused() {
         let dup = EXAMPLE.replace("name = \"b\"", "name = \"a\"");
         assert!(ClusterFile::parse(&dup).unwrap_err().contains("unique"));
-        let bad = EXAMPLE.replace("monitor = \"builtin\"", "monitor = \"corosync\"");
-        assert!(ClusterFile::parse(&bad).unwrap_err().contains("corosync"));
+        let bad = EXAMPLE.replace("monitor = \"builtin\"", "monitor = \"heartbeat\"");
+        let e = ClusterFile::parse(&bad).unwrap_err();
+        assert!(e.contains("\"heartbeat\" is not supported"), "{e}");
         assert!(ClusterFile::parse("[cluster]\nname='x'").is_err());
+    }
+
+    #[test]
+    fn corosync_monitor_needs_the_feature() {
+        let text = EXAMPLE.replace("monitor = \"builtin\"", "monitor = \"corosync\"");
+        let parsed = ClusterFile::parse(&text);
+        if cfg!(feature = "corosync") {
+            let f = parsed.expect("corosync is a monitor of this build");
+            assert!(f.node_config(1, 1).external_monitor);
+        } else {
+            let Err(e) = parsed else {
+                panic!("monitor \"corosync\" accepted without the corosync feature");
+            };
+            assert!(
+                e.contains("needs a plexd built with the corosync feature"),
+                "{e}"
+            );
+        }
+        let f = ClusterFile::parse(EXAMPLE).unwrap();
+        assert!(!f.node_config(1, 1).external_monitor);
     }
 
     #[test]

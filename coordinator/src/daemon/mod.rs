@@ -35,6 +35,8 @@
 mod answers;
 pub mod clock;
 pub mod config;
+#[cfg(feature = "corosync")]
+pub mod corosync;
 pub mod ctl;
 pub mod disks;
 pub mod driver;
@@ -171,6 +173,16 @@ pub enum Input {
     DriverDone,
     /// The quorum disk thread answered a read or a write ([`qdisk`]).
     QuorumDisk(qdisk::Done),
+    /// The cluster monitor (corosync) reports this node's partition
+    /// (`monitor = "corosync"`; the core's `Event::MonitorView`).
+    Monitor {
+        /// Configured nodes whose plexd is in the partition.
+        members: std::collections::BTreeSet<NodeId>,
+        /// The partition is quorate.
+        quorate: bool,
+        /// What corosync says, for the status line.
+        detail: String,
+    },
     /// A dirty region log read ([`drl`]) answered.
     DirtyLogs {
         /// The read's number.
@@ -277,6 +289,9 @@ struct Daemon {
     qdisk: Option<qdisk::QuorumDisk>,
     /// The dirty region log reads in flight ([`drl`]).
     drl_reads: drl::Reads,
+    /// The corosync monitor thread (`monitor = "corosync"`).
+    #[cfg(feature = "corosync")]
+    _corosync: Option<corosync::Monitor>,
 }
 
 /// Where a transaction this node runs as master spends its time, from the
@@ -505,6 +520,15 @@ impl Daemon {
                 qdisk::Done::Written { op, result } => Event::QuorumDiskWritten { op, result },
             }),
             Input::DirtyLogs { op, results } => self.feed(Event::DirtyLogsRead { op, results }),
+            Input::Monitor {
+                members,
+                quorate,
+                detail,
+            } => self.feed(Event::MonitorView {
+                members,
+                quorate,
+                detail,
+            }),
         }
     }
 

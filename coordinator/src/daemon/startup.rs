@@ -27,6 +27,8 @@ pub fn run(opts: Options) -> Result<(), String> {
     let transport = start_transport(&file, &identity, inc, tx.clone(), refusals);
     let files = file.disk_files();
     let qdisk = start_quorum_disk(&file, &me, &files, &tx)?;
+    #[cfg(feature = "corosync")]
+    let file_for_monitor = file.clone();
     let (private, failed) = load_private_groups(&mut kernel, &file, &me.name, &files);
     let lease = lease::Renewer::start(
         &me.name,
@@ -88,6 +90,8 @@ pub fn run(opts: Options) -> Result<(), String> {
         repairs,
         qdisk,
         drl_reads: super::drl::Reads::default(),
+        #[cfg(feature = "corosync")]
+        _corosync: start_corosync(&file_for_monitor, &me, &tx)?,
     };
     d.main_loop(rx);
     log::info!("plexd: node {} stopped", d.name);
@@ -155,6 +159,25 @@ fn start_transport(
         tx,
         refusals,
     )
+}
+
+/// Starts the corosync monitor thread when the cluster file asks for it.
+#[cfg(feature = "corosync")]
+fn start_corosync(
+    file: &ClusterFile,
+    me: &config::NodeEntry,
+    tx: &SyncSender<Input>,
+) -> Result<Option<super::corosync::Monitor>, String> {
+    if file.cluster.monitor != config::MONITOR_COROSYNC {
+        return Ok(None);
+    }
+    let nodes = file.nodes.iter().map(|n| (n.id, n.name.clone())).collect();
+    log::info!(
+        "node {}: membership and quorum also from corosync (CPG group {})",
+        me.name,
+        super::corosync::GROUP
+    );
+    super::corosync::Monitor::start(me.id, &me.name, nodes, tx.clone()).map(Some)
 }
 
 /// Starts watching the cluster's quorum disk, if it has one; refused when it is one

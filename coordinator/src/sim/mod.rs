@@ -75,7 +75,14 @@ pub struct SimConfig {
     pub trace: bool,
     /// The cluster has a quorum disk (one more vote; `core::qdisk`).
     pub quorum_disk: bool,
+    /// Membership and quorum also come from a simulated external monitor
+    /// (corosync: `core::monitor`), whose views reach each node 1..=
+    /// [`MAX_MONITOR_DELAY_MS`] after the network or a process changes.
+    pub monitor: bool,
 }
+
+/// Longest a simulated cluster monitor takes to report a change to a node.
+pub const MAX_MONITOR_DELAY_MS: u64 = 150;
 
 impl SimConfig {
     /// Defaults: delays up to 20 ms, ticks every 20 ms, heartbeats every 100 ms,
@@ -97,6 +104,7 @@ impl SimConfig {
             kernel_refuse_percent: 0,
             trace: false,
             quorum_disk: false,
+            monitor: false,
         }
     }
 }
@@ -173,6 +181,10 @@ pub struct Coverage {
     /// Private changes that found a shared transaction in progress or staged on
     /// their node and waited for it.
     pub private_waits: usize,
+    /// Cluster monitor views delivered (monitor seeds).
+    pub monitor_views: usize,
+    /// Of those, views that said the node's partition is not quorate.
+    pub monitor_not_quorate: usize,
     /// Volumes whose plexes may differ after a node died serving them.
     pub divergences: usize,
     /// Of those, volumes with a dirty region log (only some regions may differ).
@@ -332,6 +344,12 @@ pub struct SimNode {
     pending_writes: Vec<(DiskRecord<ToyConfig>, (u64, bool))>,
     /// Quorum disk writes in flight: operation, record, deadline (the node's clock).
     pending_qdisk_writes: Vec<(u64, QuorumDiskRecord, u64)>,
+    /// The node's cluster monitor (corosync) is down until then (simulated time).
+    pub monitor_down_until_ms: u64,
+    /// The last monitor view sent to this start (members, quorate).
+    monitor_sent: Option<(BTreeSet<NodeId>, bool)>,
+    /// When the last monitor view sent reaches the node (views keep their order).
+    monitor_last_ms: u64,
 }
 
 /// A client request the simulator made, and what came of it.
@@ -433,6 +451,9 @@ impl Sim {
                 held: Vec::new(),
                 pending_writes: Vec::new(),
                 pending_qdisk_writes: Vec::new(),
+                monitor_down_until_ms: 0,
+                monitor_sent: None,
+                monitor_last_ms: 0,
             })
             .collect();
         Sim {
@@ -665,6 +686,7 @@ impl Sim {
             lease_margin_ms: self.cfg.lease_margin_ms,
             reply_timeout_ms: SIM_REPLY_TIMEOUT_MS,
             quorum_disk: self.cfg.quorum_disk,
+            external_monitor: self.cfg.monitor,
             ..NodeConfig::new(id, self.node_infos())
         };
         let now = self.now_ms;
@@ -686,6 +708,7 @@ impl Sim {
         n.kernel.private = n.private_disk.clone();
         n.core = Some(core);
         n.held.clear();
+        n.monitor_sent = None;
         let inc = n.inc;
         self.note(format!("start {}", Sim::name(id)));
         self.push(now, SimEvent::Tick { node: id, inc });
@@ -767,6 +790,93 @@ impl Sim {
         self.note(format!("freeze {} for {ms} ms", Sim::name(id)));
         let until = self.now_ms + ms;
         self.node_mut(id).frozen_until_ms = until;
+    }
+
+    /// What node `id`'s cluster monitor says now: its members (up nodes whose
+    /// monitor runs, linked both ways with it) and whether they are a majority;
+    /// none members and not quorate while its own monitor is down.
+    pub fn monitor_truth(&self, id: NodeId) -> (BTreeSet<NodeId>, bool) {
+        let now = self.now_ms;
+        if self.node(id).monitor_down_until_ms > now {
+            return (BTreeSet::new(), false);
+        }
+        let members: BTreeSet<NodeId> = self
+            .ids()
+            .into_iter()
+            .filter(|&j| {
+                j == id
+                    || (self.is_up(j)
+                        && self.node(j).monitor_down_until_ms <= now
+                        && !self.blocked.contains(&(id, j))
+                        && !self.blocked.contains(&(j, id)))
+            })
+            .collect();
+        let quorate = members.len() as u64 > u64::from(self.cfg.nodes) / 2;
+        (members, quorate)
+    }
+
+    /// Monitor seeds, at each tick of node `id`: a view that differs from the last
+    /// one sent to this start is sent, 1..=[`MAX_MONITOR_DELAY_MS`] later, in order.
+    fn monitor_poll(&mut self, id: NodeId) {
+        if !self.cfg.monitor {
+            return;
+        }
+        let truth = self.monitor_truth(id);
+        if self.node(id).monitor_sent.as_ref() == Some(&truth) {
+            return;
+        }
+        let (members, quorate) = truth;
+        let detail = if self.node(id).monitor_down_until_ms > self.now_ms {
+            "corosync: not running".to_string()
+        } else {
+            format!("corosync: {} of {} nodes", members.len(), self.cfg.nodes)
+        };
+        self.send_monitor_view(id, members, quorate, detail);
+    }
+
+    /// Sends node `id` a monitor view (true or not: a test may lie to it).
+    pub fn send_monitor_view(
+        &mut self,
+        id: NodeId,
+        members: BTreeSet<NodeId>,
+        quorate: bool,
+        detail: String,
+    ) {
+        let delay = self.rng.gen_range(1..=MAX_MONITOR_DELAY_MS);
+        let now = self.now_ms;
+        let n = self.node_mut(id);
+        let at = (now + delay).max(n.monitor_last_ms);
+        n.monitor_last_ms = at;
+        n.monitor_sent = Some((members.clone(), quorate));
+        let inc = n.inc;
+        self.coverage.monitor_views += 1;
+        if !quorate {
+            self.coverage.monitor_not_quorate += 1;
+        }
+        self.note(format!(
+            "monitor → {} at {at} ms: {:?} {}",
+            Sim::name(id),
+            members.iter().map(|&m| Sim::name(m)).collect::<Vec<_>>(),
+            if quorate { "quorate" } else { "not quorate" }
+        ));
+        self.push(
+            at,
+            SimEvent::Driver {
+                node: id,
+                inc,
+                event: Event::MonitorView {
+                    members,
+                    quorate,
+                    detail,
+                },
+            },
+        );
+    }
+
+    /// Stops node `id`'s cluster monitor (kill of its corosync) for `ms`.
+    pub fn kill_monitor(&mut self, id: NodeId, ms: u64) {
+        self.note(format!("corosync of {} down for {ms} ms", Sim::name(id)));
+        self.node_mut(id).monitor_down_until_ms = self.now_ms + ms;
     }
 
     /// Whether node `id`'s data plane serves shared volumes now (its lease holds).
@@ -1321,6 +1431,7 @@ impl Sim {
                 if self.node(node).inc == inc && self.is_up(node) {
                     let next = self.now_ms + self.cfg.tick_ms;
                     self.push(next, SimEvent::Tick { node, inc });
+                    self.monitor_poll(node);
                     self.feed(node, Event::Tick);
                 }
             }

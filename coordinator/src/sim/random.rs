@@ -27,6 +27,8 @@ pub struct RunStats {
     pub quorum_disk: bool,
     /// The schedule detached and attached plexes again (resyncs).
     pub resync: bool,
+    /// Membership and quorum also came from a simulated corosync.
+    pub monitor: bool,
 }
 
 /// In resync seeds, the share (percent) of copies whose master is frozen, crashed or
@@ -39,6 +41,10 @@ pub const RESYNC_PERCENT: u32 = 50;
 
 /// Share of the seeds (percent) whose cluster has a quorum disk.
 pub const QUORUM_DISK_PERCENT: u32 = 25;
+
+/// Share of the seeds (percent), among those without a quorum disk, whose nodes
+/// also take membership and quorum from a simulated external monitor (corosync).
+pub const MONITOR_PERCENT: u32 = 25;
 
 /// Chance (percent) per 10 ms step that a private change is asked of a random node.
 pub const PRIVATE_CHANGE_PERCENT: u32 = 3;
@@ -82,9 +88,14 @@ fn run(seed: u64, steps: u64, trace: bool) -> Result<RunStats, String> {
     let resync = resync_rng.gen_bool(RESYNC_PERCENT as f64 / 100.0);
     // Private changes on random nodes, from a generator of their own.
     let mut private_rng = StdRng::seed_from_u64(seed ^ 0x9a1e);
+    // A quarter of the other seeds run a simulated corosync next to the nodes,
+    // with its faults drawn from a generator of its own.
+    let mut monitor_rng = StdRng::seed_from_u64(seed ^ 0xc0c0);
+    let monitor = !quorum_disk && monitor_rng.gen_bool(MONITOR_PERCENT as f64 / 100.0);
     let mut cfg = SimConfig::new(nodes, seed);
     cfg.trace = trace;
     cfg.quorum_disk = quorum_disk;
+    cfg.monitor = monitor;
     cfg.kernel_refuse_percent = 2;
     let mut sim = Sim::new(cfg);
     if resync {
@@ -126,6 +137,9 @@ fn run(seed: u64, steps: u64, trace: bool) -> Result<RunStats, String> {
             inject_resync(&mut sim, &mut resync_rng);
         }
         inject_private(&mut sim, &mut private_rng);
+        if monitor {
+            inject_monitor(&mut sim, &mut monitor_rng);
+        }
         sim.run_for(10);
         if let Some(v) = sim.violation() {
             return Err(fail(&sim, step, v));
@@ -140,6 +154,7 @@ fn run(seed: u64, steps: u64, trace: bool) -> Result<RunStats, String> {
         sim.node_mut(id).armed = None;
         sim.node_mut(id).crash_after_sends = None;
         sim.set_disk_access_broken(id, false);
+        sim.node_mut(id).monitor_down_until_ms = 0;
         if !sim.is_up(id) {
             sim.start(id);
         }
@@ -187,6 +202,7 @@ fn run(seed: u64, steps: u64, trace: bool) -> Result<RunStats, String> {
     stats.coverage = sim.coverage.clone();
     stats.quorum_disk = quorum_disk;
     stats.resync = resync;
+    stats.monitor = monitor;
     Ok(stats)
 }
 
@@ -224,6 +240,26 @@ fn inject_resync(sim: &mut Sim, rng: &mut StdRng) {
     if !detachable.is_empty() {
         let (v, p) = &detachable[rng.gen_range(0..detachable.len())];
         sim.plex_io_error(id, v, p);
+    }
+}
+
+/// Monitor seeds: a node's corosync killed for up to three leases (its node loses
+/// quorum, the others see it leave), or a view that lies (random members, random
+/// quorum; the true one follows at the node's next tick): the monitor only ever
+/// takes capabilities away, so no view may break an invariant.
+fn inject_monitor(sim: &mut Sim, rng: &mut StdRng) {
+    let ids = sim.ids();
+    if rng.gen_bool(0.003) {
+        let id = ids[rng.gen_range(0..ids.len())];
+        let ms = rng.gen_range(100..=3 * sim.config().lease_ms);
+        sim.kill_monitor(id, ms);
+    }
+    let up: Vec<NodeId> = ids.iter().copied().filter(|&id| sim.is_up(id)).collect();
+    if !up.is_empty() && rng.gen_bool(0.003) {
+        let id = up[rng.gen_range(0..up.len())];
+        let members: BTreeSet<NodeId> = ids.iter().copied().filter(|_| rng.gen_bool(0.6)).collect();
+        let quorate = rng.gen_bool(0.5);
+        sim.send_monitor_view(id, members, quorate, "corosync: a lie".into());
     }
 }
 
