@@ -67,6 +67,7 @@ impl Daemon {
             .config()
             .groups
             .iter()
+            .map(|g| &**g)
             .chain(self.node.private().disk_groups.iter())
             .filter(|g| dg.is_empty() || g.name == dg)
             .collect();
@@ -101,6 +102,7 @@ impl Daemon {
             .config()
             .groups
             .iter()
+            .map(|g| &**g)
             .chain(self.node.private().disk_groups.iter());
         if let Err(e) = disks::check_unclaimed(p, &name, groups, &self.failed) {
             let e = self.refuse_as(ErrorKind::InUse, e);

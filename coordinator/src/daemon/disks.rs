@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::core::{DiskRecord, ErrorKind, RequestError, TxnId};
 use crate::model::{Change, ClusterConfig, Disk, DiskGroupConfig, DiskUpdate};
@@ -51,6 +52,12 @@ impl LocalDisks {
             d.path = self.path_of(d).display().to_string();
         }
         local
+    }
+
+    /// The paths of `g`'s disks on this node, in the order of `g.disks` (what
+    /// `self.localize(g).disk_paths()` gives, without copying the group).
+    pub fn disk_paths(&self, g: &DiskGroupConfig) -> Vec<PathBuf> {
+        g.disks.iter().map(|d| self.path_of(d)).collect()
     }
 }
 
@@ -353,7 +360,8 @@ pub fn read_shared(
         return Ok(None);
     }
     let txn = shared.iter().map(|(_, t)| *t).max().unwrap_or(0);
-    let mut groups: Vec<DiskGroupConfig> = shared.into_iter().map(|(g, _)| g).collect();
+    let mut groups: Vec<Arc<DiskGroupConfig>> =
+        shared.into_iter().map(|(g, _)| Arc::new(g)).collect();
     groups.sort_by(|a, b| a.name.cmp(&b.name));
     let txn = core_txn(txn);
     for (t, k) in known.iter().rev() {
@@ -361,7 +369,7 @@ pub fn read_shared(
             return Ok(Some(DiskRecord {
                 txn: *t,
                 config: SharedConfig {
-                    updates: Vec::new(),
+                    updates: Arc::default(),
                     ..k.clone()
                 },
             }));
@@ -395,7 +403,7 @@ pub fn read_shared(
             seq,
             groups,
             open_nodes,
-            updates: Vec::new(),
+            updates: Arc::default(),
         },
     }))
 }
@@ -416,7 +424,7 @@ pub fn write_updates(
     for u in updates {
         match u {
             DiskUpdate::WriteConfig(dg) => {
-                match ondisk::write_config(&local.localize(dg).disk_paths(), dg, txn, deadline) {
+                match ondisk::write_config(&local.disk_paths(dg), dg, txn, deadline) {
                     Ok(report) => {
                         for (path, disk_id, what) in &report.repaired {
                             let name = dg

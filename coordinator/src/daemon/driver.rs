@@ -56,8 +56,9 @@ pub enum Job {
         change: Change,
         /// This node's private groups.
         private: ClusterConfig,
-        /// The change's disk group as it is now, if it exists.
-        group: Option<DiskGroupConfig>,
+        /// The change's disk group as it is now, if it exists (a shared group is
+        /// not copied for it).
+        group: Option<Arc<DiskGroupConfig>>,
     },
     /// Stage a transaction's configuration in the data plane (quiesce, drain).
     KernelPrepare {
@@ -65,7 +66,7 @@ pub enum Job {
         txn: TxnId,
         /// The shared groups after the transaction (the private ones are the
         /// driver's own, [`Driver::private`]).
-        shared: Vec<DiskGroupConfig>,
+        shared: Vec<Arc<DiskGroupConfig>>,
     },
     /// Apply the staged transaction.
     KernelCommit {
@@ -80,7 +81,7 @@ pub enum Job {
     /// Load a whole configuration (forming, joining).
     KernelLoad {
         /// Shared groups (the private ones are [`Driver::private`]).
-        shared: Vec<DiskGroupConfig>,
+        shared: Vec<Arc<DiskGroupConfig>>,
     },
     /// Write the core's record to the shared disks.
     WriteDisks {
@@ -118,9 +119,10 @@ pub enum Job {
         /// And after it.
         after: ClusterConfig,
         /// The shared groups (kept as they are in the data plane).
-        shared: Vec<DiskGroupConfig>,
-        /// The change's disk group as it is now, if it exists.
-        group: Option<DiskGroupConfig>,
+        shared: Vec<Arc<DiskGroupConfig>>,
+        /// The change's disk group as it is now, if it exists (boxed: the jobs
+        /// stay small).
+        group: Option<Box<DiskGroupConfig>>,
         /// The transaction id written to the disks.
         txn: u64,
     },
@@ -202,9 +204,9 @@ pub enum Job {
         /// The number of the new connection (for its event thread).
         epoch: u64,
         /// Shared groups to load (empty when this node is no member).
-        shared: Vec<DiskGroupConfig>,
+        shared: Vec<Arc<DiskGroupConfig>>,
         /// A transaction prepared at this moment, to stage again.
-        staged: Option<(TxnId, Vec<DiskGroupConfig>)>,
+        staged: Option<(TxnId, Vec<Arc<DiskGroupConfig>>)>,
     },
 }
 
@@ -423,7 +425,7 @@ impl Driver {
         self.file.disk_files()
     }
 
-    fn desired(&self, shared: &[DiskGroupConfig], private: &[DiskGroupConfig]) -> Desired {
+    fn desired(&self, shared: &[Arc<DiskGroupConfig>], private: &[DiskGroupConfig]) -> Desired {
         desired_of(&self.files(), &self.file, &self.name, shared, private)
     }
 
@@ -607,7 +609,7 @@ impl Driver {
                 change,
                 private,
                 group,
-            } => self.local_check(txn, &change, &private, group.as_ref()),
+            } => self.local_check(txn, &change, &private, group.as_deref()),
             Job::KernelPrepare { txn, shared } => self.kernel_prepare(txn, &shared),
             Job::KernelCommit { txn } => self.kernel_commit(txn),
             Job::KernelAbort { txn } => {
@@ -713,7 +715,7 @@ impl Driver {
 
     /// A transaction's kernel phase: stage the shared groups (with this node's private
     /// ones) in the data plane, quiescing what changes; breaks every resync fence first.
-    fn kernel_prepare(&mut self, txn: TxnId, shared: &[DiskGroupConfig]) -> Done {
+    fn kernel_prepare(&mut self, txn: TxnId, shared: &[Arc<DiskGroupConfig>]) -> Done {
         let began = Instant::now();
         let desired = self.desired(shared, &self.private);
         self.fences
@@ -745,7 +747,7 @@ impl Driver {
     }
 
     /// Loads a whole configuration into the data plane (join, reload).
-    fn kernel_load(&mut self, shared: &[DiskGroupConfig]) -> Done {
+    fn kernel_load(&mut self, shared: &[Arc<DiskGroupConfig>]) -> Done {
         let desired = self.desired(shared, &self.private);
         self.fences
             .break_all(self.kernel.client(), "a configuration load");
@@ -804,14 +806,14 @@ impl Driver {
         change: &Change,
         before: &ClusterConfig,
         after: &ClusterConfig,
-        shared: &[DiskGroupConfig],
-        group: Option<DiskGroupConfig>,
+        shared: &[Arc<DiskGroupConfig>],
+        group: Option<Box<DiskGroupConfig>>,
         txn: u64,
     ) -> Result<(), RequestError> {
         let updates = change.disk_updates(before, after);
         disks::local_check(change, &ClusterConfig::default(), &self.files())
             .map_err(|e| e.on(&self.name))?;
-        self.check_export(group.as_ref(), change)?;
+        self.check_export(group.as_deref(), change)?;
         let failed = |e: String| RequestError::new(ErrorKind::Failed, self.name.clone(), e);
         let desired = self.desired(shared, &after.disk_groups);
         self.fences
@@ -880,8 +882,8 @@ impl Driver {
     fn reconnect(
         &mut self,
         epoch: u64,
-        shared: &[DiskGroupConfig],
-        staged: Option<(TxnId, Vec<DiskGroupConfig>)>,
+        shared: &[Arc<DiskGroupConfig>],
+        staged: Option<(TxnId, Vec<Arc<DiskGroupConfig>>)>,
     ) -> Result<(Arc<KernelClient>, Result<usize, String>), String> {
         self.kernel.reconnect()?;
         super::start_kernel_events(&self.kernel, self.tx.clone(), epoch, &self.name);
@@ -908,7 +910,7 @@ pub fn desired_of(
     files: &[PathBuf],
     file: &ClusterFile,
     name: &str,
-    shared: &[DiskGroupConfig],
+    shared: &[Arc<DiskGroupConfig>],
     private: &[DiskGroupConfig],
 ) -> Desired {
     let portal = file
@@ -921,15 +923,20 @@ pub fn desired_of(
         .map(|n| (n.name.clone(), n.nvmf_portal().to_string()))
         .collect();
     let local = disks::LocalDisks::scan(files);
-    let groups: Vec<DiskGroupConfig> = shared
-        .iter()
-        .chain(private.iter())
-        .map(|g| local.localize(g))
-        .collect();
+    let all = || shared.iter().map(|g| &**g).chain(private.iter());
     let id = file.node(name).map_or(0, |n| n.id);
-    let mut d = Desired::of(groups.iter(), id);
-    d.exports = exports::desired(shared.iter().chain(private.iter()), name, portal);
-    d.nvmf = exports::desired_nvmf(shared.iter().chain(private.iter()), name, &nvmf_nodes);
+    let mut d = Desired::of(all(), id);
+    // The disks at their paths on this node (nothing else of a group names a path:
+    // the volumes name disk bdevs), without copying the groups.
+    for g in all() {
+        for disk in &g.disks {
+            let path = local.path_of(disk).display().to_string();
+            d.disks
+                .insert(crate::model::disk_bdev(&g.name, &disk.name), path);
+        }
+    }
+    d.exports = exports::desired(all(), name, portal);
+    d.nvmf = exports::desired_nvmf(all(), name, &nvmf_nodes);
     d.nvmf_node = exports::NvmfNode::of(file, name).unwrap_or_default();
     d
 }

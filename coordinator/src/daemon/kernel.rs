@@ -18,10 +18,11 @@
 //! The adapter remembers what the data plane holds after a pruning commit that went
 //! through without an error (the target changes volumes and exports only when this
 //! adapter asks it to). While it is sure, a kernel phase costs one `prepare` and one
-//! `commit` call per changed volume: no listing of bdevs and volumes, no `getVolume`
-//! of each volume, no iSCSI listing when the exports did not change. Any error, a
-//! reconnection, a [`Kernel::load`] or a change of the disk set makes it ask the
-//! target again.
+//! `commit` call per changed volume (a phase that only creates volumes: one `info`
+//! call, so a lost data plane still fails it): no listing of bdevs and volumes, no
+//! `getVolume` of each volume, no iSCSI listing when the exports did not change. Any
+//! error, a reconnection, a [`Kernel::load`] or a change of the disk set makes it
+//! ask the target again.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -338,19 +339,10 @@ impl Kernel {
         }
         if before.is_some() && staged.prepared.is_empty() {
             // Nothing was asked of the data plane yet: it must answer (a lost data
-            // plane fails the kernel phase) and hold the volumes remembered.
-            let held: BTreeSet<String> = self
-                .client
-                .list_volumes()
-                .map_err(err)?
-                .into_iter()
-                .map(|v| v.name)
-                .filter(|v| v.contains('.'))
-                .collect();
-            if held != volumes {
-                log::warn!("data plane: holds volumes {held:?}, not {volumes:?} as remembered; asking it again");
-                return self.prepare(desired, prune);
-            }
+            // plane fails the kernel phase). One `info` call, not a listing of every
+            // volume: the remembered state was built on this very connection (a
+            // reconnection forgets it), so the process that answers holds it.
+            self.client.info().map_err(err)?;
         }
         if prune {
             staged.delete = volumes

@@ -835,7 +835,15 @@ impl Daemon {
         let job = match action {
             Action::LocalCheck { txn, change } => Job::LocalCheck {
                 txn,
-                group: self.group(change.dg_name()).cloned(),
+                group: self
+                    .node
+                    .private()
+                    .disk_group(change.dg_name())
+                    .map(|g| Arc::new(g.clone()))
+                    .or_else(|| {
+                        let shared = &self.node.config().groups;
+                        shared.iter().find(|g| g.name == change.dg_name()).cloned()
+                    }),
                 private: self.node.private().clone(),
                 change,
             },

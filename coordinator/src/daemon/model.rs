@@ -9,6 +9,8 @@
 //! Private disk groups are not part of it: they belong to one node and never travel
 //! (the daemon changes them locally, see `daemon::private`).
 
+use std::sync::Arc;
+
 use super::model_codec;
 use crate::core::{
     ConfigModel, DirtyLogRead, DirtyLogSection, ErrorKind, NodeId, RequestError, SectionCopy,
@@ -42,28 +44,102 @@ pub struct SharedConfig {
     /// Increments by one on every committed change (cluster-wide counter; each disk
     /// group also has its own `seq`, stored on its disks).
     pub seq: u64,
-    /// Shared disk groups, sorted by name.
-    pub groups: Vec<DiskGroupConfig>,
+    /// Shared disk groups, sorted by name. Shared (`Arc`) between the copies of a
+    /// configuration (committed, staged, history, driver jobs): a change copies
+    /// only the group it changes, and comparing copies of an unchanged group is a
+    /// pointer comparison.
+    pub groups: Vec<Arc<DiskGroupConfig>>,
     /// The cluster's open node starts, sorted (`model::recovery`; every shared group
     /// records a copy).
     pub open_nodes: Vec<OpenNode>,
     /// What the commit of the change that produced this configuration writes to the
-    /// disks (empty for a configuration read from the disks).
-    pub updates: Vec<DiskUpdate>,
+    /// disks (empty for a configuration read from the disks); shared like `groups`.
+    pub updates: Arc<Vec<DiskUpdate>>,
 }
 
 impl SharedConfig {
     /// The groups as a `model` cluster configuration.
     pub fn cluster(&self) -> ClusterConfig {
         ClusterConfig {
-            disk_groups: self.groups.clone(),
+            disk_groups: self.groups.iter().map(|g| (**g).clone()).collect(),
             open_nodes: self.open_nodes.clone(),
         }
     }
 
     /// A shared disk group by name.
     pub fn group(&self, name: &str) -> Option<&DiskGroupConfig> {
-        self.groups.iter().find(|g| g.name == name)
+        self.groups.iter().find(|g| g.name == name).map(|g| &**g)
+    }
+
+    /// [`ConfigModel::validate_and_apply`] through `model::apply` on the whole
+    /// configuration: any change.
+    fn apply_whole(&self, change: &Change) -> Result<SharedConfig, RequestError> {
+        let before = self.cluster();
+        let after = crate::model::apply(&before, change).map_err(|e| refusal(&e))?;
+        let updates = change.disk_updates(&before, &after);
+        // A group the change left alone keeps its seq (`model::apply` bumps the seq
+        // of every group it changes): the copy already shared is kept.
+        let groups = after
+            .disk_groups
+            .into_iter()
+            .map(
+                |g| match self.groups.iter().find(|o| o.id == g.id && o.seq == g.seq) {
+                    Some(old) => {
+                        debug_assert!(**old == g, "disk group {} changed without its seq", g.name);
+                        Arc::clone(old)
+                    }
+                    None => Arc::new(g),
+                },
+            )
+            .collect();
+        Ok(SharedConfig {
+            seq: self.seq + 1,
+            groups,
+            open_nodes: after.open_nodes,
+            updates: Arc::new(updates),
+        })
+    }
+
+    /// [`ConfigModel::validate_and_apply`] of a change that stays inside one group
+    /// and needs nothing of the others (a volume's or a plex's change, not a disk's
+    /// or an export's): `model::apply_dg` on that group alone, what `model::apply`
+    /// does in that case, without copying the other groups, which stay shared.
+    /// `None`: a change this does not take (the caller runs [`Self::apply_whole`]).
+    fn apply_in_group(&self, change: &Change) -> Option<Result<SharedConfig, RequestError>> {
+        match change {
+            Change::VolCreate { .. }
+            | Change::VolGrow { .. }
+            | Change::VolShrink { .. }
+            | Change::VolSetReadPolicy { .. }
+            | Change::VolRm { .. }
+            | Change::DgSetDetachPolicy { .. }
+            | Change::VolPrOut { .. }
+            | Change::VolUnexport { .. }
+            | Change::PlexAdd { .. }
+            | Change::PlexDetach { .. }
+            | Change::PlexAttach { .. }
+            | Change::PlexRm { .. }
+            | Change::SetPlexState { .. }
+            | Change::PlexDiverged { .. } => {}
+            _ => return None,
+        }
+        let index = self
+            .groups
+            .iter()
+            .position(|g| g.name == change.dg_name())?;
+        let updated = match crate::model::apply_dg(&self.groups[index], change) {
+            Ok(g) => g,
+            Err(e) => return Some(Err(refusal(&e))),
+        };
+        let updates = vec![DiskUpdate::WriteConfig(updated.clone())];
+        let mut groups = self.groups.clone();
+        groups[index] = Arc::new(updated);
+        Some(Ok(SharedConfig {
+            seq: self.seq + 1,
+            groups,
+            open_nodes: self.open_nodes.clone(),
+            updates: Arc::new(updates),
+        }))
     }
 }
 
@@ -138,15 +214,10 @@ impl ConfigModel for SharedConfig {
             }
             _ => {}
         }
-        let before = self.cluster();
-        let after = crate::model::apply(&before, change).map_err(|e| refusal(&e))?;
-        let updates = change.disk_updates(&before, &after);
-        Ok(SharedConfig {
-            seq: self.seq + 1,
-            groups: after.disk_groups,
-            open_nodes: after.open_nodes,
-            updates,
-        })
+        match self.apply_in_group(change) {
+            Some(next) => next,
+            None => self.apply_whole(change),
+        }
     }
 
     fn shared_disks(&self) -> Vec<String> {
@@ -435,6 +506,81 @@ mod tests {
         assert_eq!(e.kind, ErrorKind::Exists, "{e}");
         assert_eq!(c2.shared_disks(), vec!["d1".to_string(), "d2".to_string()]);
         assert!(SharedConfig::decode(b"{").is_err());
+    }
+
+    /// A change inside one group takes the short way (`apply_in_group`): the same
+    /// configuration and disk writes as `model::apply` on the whole, refusals
+    /// included, and the group it does not change stays shared (one copy).
+    #[test]
+    fn a_change_inside_a_group_equals_the_whole_apply_and_shares_the_other_groups() {
+        let mut other = create();
+        if let Change::DgCreate {
+            dg, dg_id, disks, ..
+        } = &mut other
+        {
+            *dg = "dg0".into();
+            *dg_id = "f".repeat(32);
+            *disks = vec![disk("d3")];
+        }
+        let mut c = SharedConfig::default()
+            .validate_and_apply(&create())
+            .unwrap()
+            .validate_and_apply(&other)
+            .unwrap();
+        let vol = |name: &str| Change::VolCreate {
+            dg: "dg1".into(),
+            volume: name.into(),
+            size_bytes: 8 << 20,
+            layout: VolumeLayout::Mirror { mirrors: 2 },
+            log: Default::default(),
+        };
+        let grow = |name: &str, size: u64| Change::VolGrow {
+            dg: "dg1".into(),
+            volume: name.into(),
+            new_size_bytes: size,
+        };
+        let changes = [
+            vol("v1"),
+            vol("v2"),
+            grow("v1", 16 << 20),
+            grow("v1", 4 << 20),    // refused: not larger
+            grow("nope", 16 << 20), // refused: no such volume
+            Change::PlexDetach {
+                dg: "dg1".into(),
+                plex: "v1-02".into(),
+            },
+            Change::VolRm {
+                dg: "dg1".into(),
+                volume: "v2".into(),
+            },
+            Change::VolRm {
+                dg: "nogroup".into(),
+                volume: "v2".into(),
+            },
+        ];
+        let mut applied = 0;
+        for change in &changes {
+            let whole = c.apply_whole(change);
+            let short = c
+                .apply_in_group(change)
+                .unwrap_or_else(|| c.apply_whole(change));
+            match (&whole, &short) {
+                (Ok(w), Ok(s)) => assert_eq!(w, s, "{change:?}"),
+                (Err(w), Err(s)) => {
+                    assert_eq!((w.kind, &w.message), (s.kind, &s.message), "{change:?}")
+                }
+                _ => panic!("{change:?}: {whole:?} against {short:?}"),
+            }
+            if let Ok(next) = short {
+                let dg0 = |c: &SharedConfig| c.groups.iter().find(|g| g.name == "dg0").cloned();
+                let (before, after) = (dg0(&c).unwrap(), dg0(&next).unwrap());
+                assert!(Arc::ptr_eq(&before, &after), "{change:?}: dg0 was copied");
+                c = next;
+                applied += 1;
+            }
+        }
+        assert_eq!(applied, 5);
+        assert_eq!(c.group("dg1").unwrap().volumes.len(), 1);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 use capnp::message::{Builder, ReaderOptions};
 use capnp::serialize;
 use plexd_proto::cluster_capnp as wire;
+use std::sync::Arc;
 
 use super::model::SharedConfig;
 use crate::core::MAX_MESSAGE_BYTES;
@@ -36,7 +37,7 @@ pub fn encode_config(c: &SharedConfig) -> Vec<u8> {
         disk::write_group(g, groups.reborrow().get(i));
     }
     let mut updates = root.reborrow().init_updates(len_u32(c.updates.len()));
-    for (i, u) in (0..).zip(&c.updates) {
+    for (i, u) in (0..).zip(c.updates.iter()) {
         let b = updates.reborrow().get(i);
         match u {
             DiskUpdate::WriteConfig(g) => disk::write_group(g, b.init_write_config()),
@@ -121,9 +122,9 @@ fn read_config(r: wire::shared_config::Reader<'_>) -> capnp::Result<SharedConfig
     open_nodes.dedup();
     Ok(SharedConfig {
         seq: r.get_seq(),
-        groups,
+        groups: groups.into_iter().map(Arc::new).collect(),
         open_nodes,
-        updates,
+        updates: Arc::new(updates),
     })
 }
 
@@ -696,9 +697,13 @@ mod tests {
     fn config() -> SharedConfig {
         let c0 = SharedConfig {
             seq: 0,
-            groups: cluster(&[("d1", 1 << 30), ("d2", 1 << 30), ("d3", 1 << 30)]).disk_groups,
+            groups: cluster(&[("d1", 1 << 30), ("d2", 1 << 30), ("d3", 1 << 30)])
+                .disk_groups
+                .into_iter()
+                .map(Arc::new)
+                .collect(),
             open_nodes: Vec::new(),
-            updates: Vec::new(),
+            updates: Arc::default(),
         };
         let mut c = c0;
         for change in [
@@ -786,7 +791,7 @@ mod tests {
                 force: false,
             },
             Change::DgImport {
-                config: config().groups[0].clone(),
+                config: (*config().groups[0]).clone(),
                 shared: true,
                 owner_id: "c1".into(),
             },

@@ -19,7 +19,7 @@ impl Daemon {
         shared: SharedConfig,
     ) -> Job {
         Job::Private {
-            group: before.disk_group(change.dg_name()).cloned(),
+            group: before.disk_group(change.dg_name()).cloned().map(Box::new),
             request,
             change,
             before,

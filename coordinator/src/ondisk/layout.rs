@@ -8,8 +8,9 @@ pub const LABEL_OFFSETS_BYTES: [u64; 2] = [0, BLOCK_BYTES];
 /// The configuration slots start here (the blocks between the labels and it are
 /// reserved, written as zeros).
 pub const SLOT_AREA_OFFSET_BYTES: u64 = 64 << 10;
-/// Default private region size: 1 MiB, two slots of 480 KiB.
-pub const DEFAULT_PRIVATE_REGION_BYTES: u64 = 1 << 20;
+/// Default private region size: 8 MiB, two slots of 4,064 KiB (a payload of up to
+/// 4,060 KiB: about 10,000 2-way mirrored volumes, at about 410 bytes each).
+pub const DEFAULT_PRIVATE_REGION_BYTES: u64 = 8 << 20;
 /// Smallest private region accepted.
 pub const MIN_PRIVATE_REGION_BYTES: u64 = 128 << 10;
 /// Largest private region accepted.
@@ -69,13 +70,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn default_geometry_has_two_480k_slots_and_a_1m_public_offset() {
+    fn default_geometry_has_two_4064k_slots_and_an_8m_public_offset() {
         let g = Geometry::new(DEFAULT_PRIVATE_REGION_BYTES, (1 << 30) + 1000).unwrap();
+        assert_eq!(g.slot_offsets_bytes, [64 << 10, 4128 << 10]);
+        assert_eq!(g.slot_len_bytes, 4064 << 10);
+        assert_eq!(g.public_offset_bytes, 8 << 20);
+        assert_eq!(g.public_len_bytes, (1 << 30) - (8 << 20));
+        assert!(Geometry::new(DEFAULT_PRIVATE_REGION_BYTES, 8 << 20).is_err());
+        assert!(Geometry::new(1000, 1 << 30).is_err());
+    }
+
+    #[test]
+    fn a_1m_private_region_has_two_480k_slots_and_a_1m_public_offset() {
+        let g = Geometry::new(1 << 20, (1 << 30) + 1000).unwrap();
         assert_eq!(g.slot_offsets_bytes, [64 << 10, 544 << 10]);
         assert_eq!(g.slot_len_bytes, 480 << 10);
         assert_eq!(g.public_offset_bytes, 1 << 20);
         assert_eq!(g.public_len_bytes, (1 << 30) - (1 << 20));
-        assert!(Geometry::new(DEFAULT_PRIVATE_REGION_BYTES, 1 << 20).is_err());
-        assert!(Geometry::new(1000, 1 << 30).is_err());
+        assert!(Geometry::new(1 << 20, 1 << 20).is_err());
     }
 }

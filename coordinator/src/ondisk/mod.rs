@@ -5,7 +5,7 @@
 //!  | label  | label  | reserved    | slot 0            | slot 1            | pad    | public region →
 //!  |primary | backup | (zeros)     | hdr 4K | payload  | hdr 4K | payload  |        | (subdisks)
 //! ```
-//! (P = private region size, 1 MiB by default; S = slot length, 480 KiB by default.)
+//! (P = private region size, 8 MiB by default; S = slot length, 4,064 KiB by default.)
 //!
 //! - The label says what the disk is (id, media name, geometry) and which disk group
 //!   holds it. Two copies; the valid one with the higher generation wins.
@@ -147,7 +147,89 @@ fn supersedes(newer: (u64, u64), older: (u64, u64)) -> bool {
 /// shared, with the same non-empty owner (a group imported from a host or another
 /// cluster starts a new lineage, whose transaction ids are not comparable).
 fn same_lineage(a: &DiskGroupConfig, b: &DiskGroupConfig) -> bool {
-    a.id == b.id && a.shared && b.shared && !a.owner_id.is_empty() && a.owner_id == b.owner_id
+    Lineage::of(a).same(&Lineage::of(b))
+}
+
+/// What a writer needs of a valid slot's configuration besides its header: the
+/// fields that place it in a lineage ([`same_lineage`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Lineage {
+    id: String,
+    shared: bool,
+    owner_id: String,
+}
+
+impl Lineage {
+    fn of(c: &DiskGroupConfig) -> Lineage {
+        Lineage {
+            id: c.id.clone(),
+            shared: c.shared,
+            owner_id: c.owner_id.clone(),
+        }
+    }
+
+    /// See [`same_lineage`].
+    fn same(&self, b: &Lineage) -> bool {
+        self.id == b.id
+            && self.shared
+            && b.shared
+            && !self.owner_id.is_empty()
+            && self.owner_id == b.owner_id
+    }
+}
+
+/// Most slot payloads [`Validated`] remembers (two slots of each of a few disks of
+/// a few groups; an older entry is forgotten first).
+pub const MAX_VALIDATED_SLOTS: usize = 64;
+
+/// A slot payload by its header's fields and its CRC32C.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SlotKey {
+    dg_id: String,
+    seq: u64,
+    txn_id: u64,
+    len: u64,
+    crc: u32,
+}
+
+impl SlotKey {
+    fn of(h: &SlotHeader) -> SlotKey {
+        SlotKey {
+            dg_id: h.dg_id.clone(),
+            seq: h.seq,
+            txn_id: h.txn_id,
+            len: h.payload_len_bytes,
+            crc: h.payload_crc,
+        }
+    }
+}
+
+/// Slot payloads this process knows to be valid configurations: it decoded and
+/// validated them in full ([`Device::read_slot`]), or encoded them itself from a
+/// configuration that passed `DiskGroupConfig::validate` ([`write_config`]). A
+/// writer reads both slots of a disk before each write (which slot to take, and
+/// whether a newer master wrote it); a slot whose header and payload CRC match an
+/// entry is taken as valid without decoding it again, so a write costs its own
+/// encoding and I/O rather than two decodes and validations of the previous
+/// records. The payload is still read and its CRC checked against the header, so a
+/// torn or corrupt slot is never taken for the payload it replaced.
+static VALIDATED: std::sync::Mutex<std::collections::VecDeque<(SlotKey, Lineage)>> =
+    std::sync::Mutex::new(std::collections::VecDeque::new());
+
+fn validated(key: &SlotKey) -> Option<Lineage> {
+    let memo = VALIDATED.lock().unwrap_or_else(|p| p.into_inner());
+    memo.iter().find(|(k, _)| k == key).map(|(_, l)| l.clone())
+}
+
+fn remember_validated(key: SlotKey, lineage: Lineage) {
+    let mut memo = VALIDATED.lock().unwrap_or_else(|p| p.into_inner());
+    if memo.iter().any(|(k, _)| *k == key) {
+        return;
+    }
+    if memo.len() >= MAX_VALIDATED_SLOTS {
+        memo.pop_front();
+    }
+    memo.push_back((key, lineage));
 }
 
 /// Most disks [`write_config`] writes at the same time.
@@ -156,7 +238,7 @@ pub const MAX_PARALLEL_WRITES: usize = 16;
 /// Options of [`init_disk`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InitOptions {
-    /// Private region size (default 1 MiB).
+    /// Private region size (default [`DEFAULT_PRIVATE_REGION_BYTES`], 8 MiB).
     pub private_region_bytes: u64,
     /// Re-initialise a disk that has a label (even one in a disk group).
     pub force: bool,
@@ -486,36 +568,83 @@ impl Device {
         Ok(())
     }
 
+    /// Reads slot `index`'s header and payload and checks the payload's CRC: the
+    /// header and payload, or the slot's status when it is empty or invalid.
+    fn read_slot_bytes(
+        &self,
+        label: &Label,
+        index: usize,
+    ) -> Result<(SlotHeader, Vec<u8>), SlotStatus> {
+        let invalid = |reason: String| SlotStatus::Invalid { reason };
+        let offset = label.slot_offset_bytes(index);
+        let what = format!("slot {index}");
+        let block = self
+            .read_at(offset, BLOCK_BYTES, &what)
+            .map_err(|e| invalid(e.to_string()))?;
+        let header = match SlotHeader::decode(&block, index as u32, label.max_payload_bytes()) {
+            Ok(h) => h,
+            Err(SlotProblem::Empty) => return Err(SlotStatus::Empty),
+            Err(SlotProblem::Invalid(reason)) => return Err(invalid(reason)),
+        };
+        let payload = self
+            .read_at(offset + BLOCK_BYTES, header.payload_len_bytes, &what)
+            .map_err(|e| invalid(e.to_string()))?;
+        let crc = crc32c::crc32c(&payload);
+        if crc != header.payload_crc {
+            return Err(invalid(format!(
+                "payload checksum mismatch (seq {}, stored {:#010x}, computed {crc:#010x}): torn or corrupt write",
+                header.seq, header.payload_crc
+            )));
+        }
+        Ok((header, payload))
+    }
+
+    /// Reads slot `index` for a writer: its status and, when valid, its header and
+    /// lineage. A payload [`VALIDATED`] knows is not decoded again.
+    fn read_slot_lineage(&self, label: &Label, index: usize) -> SlotRead {
+        let (header, payload) = match self.read_slot_bytes(label, index) {
+            Ok(found) => found,
+            Err(status) => return (status, None),
+        };
+        let key = SlotKey::of(&header);
+        if let Some(lineage) = validated(&key) {
+            let status = SlotStatus::Valid {
+                seq: header.seq,
+                txn_id: header.txn_id,
+                dg_id: header.dg_id.clone(),
+            };
+            return (status, Some((header, lineage)));
+        }
+        match self.check_slot(header, &payload) {
+            (status, Some((header, config))) => {
+                let lineage = Lineage::of(&config);
+                (status, Some((header, lineage)))
+            }
+            (status, None) => (status, None),
+        }
+    }
+
     /// Reads slot `index`: its status and, when valid, its configuration.
     fn read_slot(
         &self,
         label: &Label,
         index: usize,
     ) -> (SlotStatus, Option<(SlotHeader, DiskGroupConfig)>) {
-        let invalid = |reason: String| (SlotStatus::Invalid { reason }, None);
-        let offset = label.slot_offset_bytes(index);
-        let what = format!("slot {index}");
-        let block = match self.read_at(offset, BLOCK_BYTES, &what) {
-            Ok(b) => b,
-            Err(e) => return invalid(e.to_string()),
-        };
-        let header = match SlotHeader::decode(&block, index as u32, label.max_payload_bytes()) {
-            Ok(h) => h,
-            Err(SlotProblem::Empty) => return (SlotStatus::Empty, None),
-            Err(SlotProblem::Invalid(reason)) => return invalid(reason),
-        };
-        let payload = match self.read_at(offset + BLOCK_BYTES, header.payload_len_bytes, &what) {
-            Ok(p) => p,
-            Err(e) => return invalid(e.to_string()),
-        };
-        let crc = crc32c::crc32c(&payload);
-        if crc != header.payload_crc {
-            return invalid(format!(
-                "payload checksum mismatch (seq {}, stored {:#010x}, computed {crc:#010x}): torn or corrupt write",
-                header.seq, header.payload_crc
-            ));
+        match self.read_slot_bytes(label, index) {
+            Ok((header, payload)) => self.check_slot(header, &payload),
+            Err(status) => (status, None),
         }
-        let config = match decode_config(&payload) {
+    }
+
+    /// Decodes and validates a slot's payload (its CRC checked): its status and,
+    /// when valid, its configuration, which [`VALIDATED`] then remembers.
+    fn check_slot(
+        &self,
+        header: SlotHeader,
+        payload: &[u8],
+    ) -> (SlotStatus, Option<(SlotHeader, DiskGroupConfig)>) {
+        let invalid = |reason: String| (SlotStatus::Invalid { reason }, None);
+        let config = match decode_config(payload) {
             Ok(c) => c,
             Err(reason) => return invalid(format!("seq {}: {reason}", header.seq)),
         };
@@ -531,6 +660,7 @@ impl Device {
                 header.seq
             ));
         }
+        remember_validated(SlotKey::of(&header), Lineage::of(&config));
         let status = SlotStatus::Valid {
             seq: header.seq,
             txn_id: header.txn_id,
@@ -806,9 +936,9 @@ struct Written {
     repaired: Vec<String>,
 }
 
-/// One slot as [`Device::read_slot`] finds it: its status and, when valid, its
-/// header and configuration.
-type SlotRead = (SlotStatus, Option<(SlotHeader, DiskGroupConfig)>);
+/// One slot as [`Device::read_slot_lineage`] finds it: its status and, when valid,
+/// its header and lineage.
+type SlotRead = (SlotStatus, Option<(SlotHeader, Lineage)>);
 
 /// Writes `config` (encoded as `payload`) into the slot of the disk at `path` that
 /// does not hold its newest configuration, then the label's disk group fields when
@@ -823,7 +953,9 @@ fn write_one(
     let device = Device::open(path, true)?;
     let (mut label, label_intact) = device.read_label_copies()?;
     check_label_takes(&device, &label, config, payload)?;
-    let slots: Vec<SlotRead> = (0..2).map(|i| device.read_slot(&label, i)).collect();
+    let slots: Vec<SlotRead> = (0..2)
+        .map(|i| device.read_slot_lineage(&label, i))
+        .collect();
     check_no_newer_epoch(&device, &slots, config, txn_id)?;
     let (target, statuses) = choose_slot(&device, slots, config, txn_id)?;
     let header = SlotHeader {
@@ -851,6 +983,8 @@ fn write_one(
     }
     device.write_at(label.slot_offset_bytes(target), &buf, &what)?;
     device.sync(&what)?;
+    // Encoded from a configuration `write_config` validated.
+    remember_validated(SlotKey::of(&header), Lineage::of(config));
     let mut repaired = Vec::new();
     if let Some(SlotStatus::Invalid { reason }) = statuses.get(target) {
         repaired.push(format!("slot {target} ({reason})"));
@@ -916,10 +1050,11 @@ fn check_no_newer_epoch(
     config: &DiskGroupConfig,
     txn_id: u64,
 ) -> Result<(), OnDiskError> {
+    let lineage = Lineage::of(config);
     if let Some((header, _)) = slots
         .iter()
         .filter_map(|(_, found)| found.as_ref())
-        .filter(|(h, c)| same_lineage(c, config) && txn_epoch(h.txn_id) > txn_epoch(txn_id))
+        .filter(|(h, l)| l.same(&lineage) && txn_epoch(h.txn_id) > txn_epoch(txn_id))
         .max_by_key(|(h, _)| (txn_epoch(h.txn_id), h.seq))
     {
         return Err(device.refused(format!(
@@ -945,11 +1080,12 @@ fn choose_slot(
 ) -> Result<(usize, Vec<SlotStatus>), OnDiskError> {
     // A slot this write supersedes (a replaced master's stale lineage, see
     // [`supersedes`]) is no configuration to keep or to be refused by.
+    let lineage = Lineage::of(config);
     let superseded: Vec<bool> = slots
         .iter()
         .map(|(_, found)| {
-            found.as_ref().is_some_and(|(h, c)| {
-                same_lineage(c, config) && supersedes((txn_id, config.seq), (h.txn_id, h.seq))
+            found.as_ref().is_some_and(|(h, l)| {
+                l.same(&lineage) && supersedes((txn_id, config.seq), (h.txn_id, h.seq))
             })
         })
         .collect();

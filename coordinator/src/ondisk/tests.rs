@@ -106,8 +106,11 @@ fn init_writes_a_label_that_reads_back() {
     let label = init_disk(&path, "disk01", InitOptions::default()).unwrap();
     assert_eq!(label.disk_name, "disk01");
     assert_eq!(label.disk_id.len(), 32);
-    assert_eq!(label.public_offset_bytes, 1 << 20);
-    assert_eq!(label.public_len_bytes, DISK_BYTES - (1 << 20));
+    assert_eq!(label.public_offset_bytes, DEFAULT_PRIVATE_REGION_BYTES);
+    assert_eq!(
+        label.public_len_bytes,
+        DISK_BYTES - DEFAULT_PRIVATE_REGION_BYTES
+    );
     assert_eq!(label.disk_group, None);
     assert_eq!(read_label(&path).unwrap(), label);
     let disk = label.disk_record(&path);
