@@ -5,19 +5,40 @@
 //! `PrivateChange` action to the driver as one job (checked, staged in the data
 //! plane, written to the group's disks, committed, all on this node) and feeds the
 //! answer back as `Event::PrivateDone`.
+//!
+//! Node-crash recovery of private mirrors: a private group's record on its disks
+//! names the start of this node that serves it (`open_nodes`, one entry: its *open
+//! record*, docs/ONDISK.md) from before its data plane is given the group at a start
+//! ([`open_private_groups`]) and with every private change this start writes
+//! ([`Daemon::private_job`] stamps it), until a clean stop clears it
+//! ([`close_private_groups`]). A group still open at a start was served by a start
+//! that did not stop cleanly: before it is served again its mirrors are recovered
+//! ([`recover_group`]: this node's section of each mirrored volume's dirty region
+//! log read, the plexes after the first ACTIVE one made SYNCING over the dirty
+//! ranges, or whole without a log or with an unreadable section), written to the
+//! disks, and the private resync threads (`resync::Job`) copy those ranges.
 
+use std::path::PathBuf;
+
+use super::drl::{read_one, SectionAt};
 use super::*;
+use crate::core::{DirtyLogRead, DirtyLogSection};
+use crate::model::{DiskGroupConfig, DiskUpdate, OpenNode, RecoverLog};
 
 impl Daemon {
-    /// The driver job of the core's `PrivateChange` action.
+    /// The driver job of the core's `PrivateChange` action. Every private group the
+    /// change writes carries this start's open record.
     pub(super) fn private_job(
         &self,
         request: RequestId,
         change: Change,
         before: ClusterConfig,
-        after: ClusterConfig,
+        mut after: ClusterConfig,
         shared: SharedConfig,
     ) -> Job {
+        for g in &mut after.disk_groups {
+            g.open_nodes = vec![self.start_open];
+        }
         Job::Private {
             group: before.disk_group(change.dg_name()).cloned(),
             request,
@@ -27,5 +48,141 @@ impl Daemon {
             shared: shared.groups,
             txn: incarnation(),
         }
+    }
+}
+
+/// The sections of `g`'s mirrored volumes (two or more plexes that could be
+/// ACTIVE) that node `node` writes, with the path of each log's disk here (none:
+/// not found); volumes without a log are left out (resynchronised whole).
+fn sections(g: &DiskGroupConfig, node: NodeId, files: &[PathBuf]) -> Vec<SectionAt> {
+    let local = disks::LocalDisks::scan(files);
+    let mut out = Vec::new();
+    for v in &g.volumes {
+        let Some(log) = &v.log else {
+            continue;
+        };
+        let Some(offset_bytes) = log.section_offset(node) else {
+            continue;
+        };
+        let regions = plexd_target_api::drl::regions_for(v.size_bytes, log.region_bytes);
+        let need = plexd_target_api::drl::section_bytes(regions);
+        out.push(SectionAt {
+            section: DirtyLogSection {
+                dg: g.name.clone(),
+                volume: v.name.clone(),
+                disk: log.disk.clone(),
+                offset_bytes,
+                len_bytes: need.min(log.section_bytes),
+                log_id: log.log_id,
+            },
+            path: g.disk(&log.disk).map(|d| local.path_of(d)),
+        });
+    }
+    out
+}
+
+/// What a log read says for a recovery: `Some` entry (dirty ranges, none when
+/// unused), `None` when unreadable (the volume is resynchronised whole).
+pub(super) fn recover_entry(section: &DirtyLogSection, read: DirtyLogRead) -> Option<RecoverLog> {
+    let ranges = match read {
+        DirtyLogRead::Unused => Vec::new(),
+        DirtyLogRead::Dirty(r) => r,
+        DirtyLogRead::Unreadable(_) => return None,
+    };
+    Some(RecoverLog {
+        dg: section.dg.clone(),
+        volume: section.volume.clone(),
+        log_id: section.log_id,
+        ranges,
+    })
+}
+
+/// Recovers private group `g`, left open by a start of node `me` (`name`): reads
+/// this node's section of each mirrored volume's log (each open start of this node
+/// writes the same section) and applies [`DiskGroupConfig::recover_private`]. The
+/// bytes the resync will copy are logged.
+pub(super) fn recover_group(name: &str, me: NodeId, g: &mut DiskGroupConfig, files: &[PathBuf]) {
+    let left = g.open_nodes.clone();
+    let logs: Vec<RecoverLog> = sections(g, me, files)
+        .iter()
+        .filter_map(|s| recover_entry(&s.section, read_one(name, me, s)))
+        .collect();
+    g.recover_private(&logs);
+    let mut copies = Vec::new();
+    for v in &g.volumes {
+        for p in v
+            .plexes
+            .iter()
+            .filter(|p| p.state == crate::model::PlexState::Syncing)
+        {
+            let bytes: u64 = if p.resync_ranges.is_empty() {
+                v.size_bytes
+            } else {
+                p.resync_ranges.iter().map(|r| r.1).sum()
+            };
+            copies.push(format!(
+                "plex {} of volume {}: {bytes} bytes",
+                p.name, v.name
+            ));
+        }
+    }
+    log::warn!(
+        "node {name}: private disk group {} was left open by start(s) {left:?} (no clean stop): recovered before it is served; to copy: {}",
+        g.name,
+        if copies.is_empty() {
+            "nothing".to_string()
+        } else {
+            copies.join(", ")
+        }
+    );
+}
+
+/// At a start, before the data plane is given the private groups: each group left
+/// open is recovered ([`recover_group`]), then every group is written with this
+/// start's open record (`start`). A group whose record cannot be written is
+/// still served (as before this record existed); the error names it.
+pub(super) fn open_private_groups(
+    name: &str,
+    start: OpenNode,
+    groups: &mut [DiskGroupConfig],
+    files: &[PathBuf],
+) {
+    for g in groups.iter_mut() {
+        if !g.open_nodes.is_empty() {
+            recover_group(name, start.node, g, files);
+        }
+        g.open_nodes = vec![start];
+        g.seq += 1;
+        write_groups(name, std::slice::from_ref(g), files, "open");
+    }
+}
+
+/// A clean stop: every private group is written without an open record (no
+/// recovery at the next start).
+pub(super) fn close_private_groups(name: &str, groups: &[DiskGroupConfig], files: &[PathBuf]) {
+    let closed: Vec<DiskGroupConfig> = groups
+        .iter()
+        .map(|g| {
+            let mut g = g.clone();
+            g.open_nodes.clear();
+            g.seq += 1;
+            g
+        })
+        .collect();
+    write_groups(name, &closed, files, "close");
+}
+
+fn write_groups(name: &str, groups: &[DiskGroupConfig], files: &[PathBuf], what: &str) {
+    let updates: Vec<DiskUpdate> = groups
+        .iter()
+        .cloned()
+        .map(DiskUpdate::WriteConfig)
+        .collect();
+    let mut repairs = disks::Repairs::default();
+    if let Err(e) = disks::write_updates(&updates, incarnation(), name, files, &mut repairs, None) {
+        let names: Vec<&str> = groups.iter().map(|g| g.name.as_str()).collect();
+        log::error!(
+            "node {name}: private disk group(s) {names:?}: cannot write the {what} record: {e}"
+        );
     }
 }

@@ -27,7 +27,11 @@ pub fn run(opts: Options) -> Result<(), String> {
     let transport = start_transport(&file, &identity, inc, tx.clone(), refusals);
     let files = file.disk_files();
     let qdisk = start_quorum_disk(&file, &me, &files, &tx)?;
-    let (private, failed) = load_private_groups(&mut kernel, &file, &me.name, &files);
+    let start_open = crate::model::OpenNode {
+        node: me.id,
+        incarnation: inc,
+    };
+    let (private, failed) = load_private_groups(&mut kernel, &file, &me.name, start_open, &files);
     let lease = lease::Renewer::start(
         &me.name,
         kernel.shared_client(),
@@ -55,6 +59,7 @@ pub fn run(opts: Options) -> Result<(), String> {
     let mut d = Daemon {
         file,
         me: me.id,
+        start_open,
         name: me.name.clone(),
         failpoint,
         node,
@@ -89,7 +94,13 @@ pub fn run(opts: Options) -> Result<(), String> {
         qdisk,
         drl_reads: super::drl::Reads::default(),
     };
+    // Private groups recovered at this start (SYNCING plexes) are copied now.
+    d.after_config_change();
     d.main_loop(rx);
+    if d.stopping && d.stopped() {
+        // A clean stop: no recovery of the private groups at the next start.
+        super::private::close_private_groups(&d.name, &d.node.private().disk_groups, &files);
+    }
     log::info!("plexd: node {} stopped", d.name);
     Ok(())
 }
@@ -184,15 +195,19 @@ fn start_quorum_disk(
     )?))
 }
 
-/// Reads this node's private disk groups from `files` and loads them into the data
-/// plane at once; returns them and the groups whose configuration cannot be read.
+/// Reads this node's private disk groups from `files`, recovers those a start that
+/// did not stop cleanly left open and writes this start's open record to each
+/// (`private::open_private_groups`), and loads them into the data plane; returns
+/// them and the groups whose configuration cannot be read.
 fn load_private_groups(
     kernel: &mut Kernel,
     file: &ClusterFile,
     name: &str,
+    start: crate::model::OpenNode,
     files: &[PathBuf],
 ) -> (ClusterConfig, Vec<disks::FailedGroup>) {
-    let (_, private_groups, _) = disks::discover(files, &file.cluster.id, name);
+    let (_, mut private_groups, _) = disks::discover(files, &file.cluster.id, name);
+    super::private::open_private_groups(name, start, &mut private_groups, files);
     let private = ClusterConfig {
         disk_groups: private_groups,
         open_nodes: Vec::new(),
