@@ -6,7 +6,8 @@
 //! open by the dead start, is recovered before it is served: its plexes end up
 //! identical block for block (read from the disk files), every acknowledged write
 //! reads back, and only the dirty regions (at most the writer's window) were
-//! copied. A clean stop and restart then resyncs nothing.
+//! copied; a mirror without a log in the group is copied whole. A clean stop and
+//! restart then resyncs nothing.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -35,8 +36,12 @@ const WRITER_MAX_TIME: Duration = Duration::from_secs(60);
 /// Writes completed before the kill (so the kill lands mid-stream).
 const WRITES_BEFORE_KILL: u64 = 30;
 const SEED_BASE: u64 = 1 << 41;
+const VOL_BYTES: u64 = 16 << 20;
 const DG: &str = "dgp";
+/// The mirror with a log the writer writes to.
 const VOL: &str = "pv";
+/// A mirror without a log (`--drl off`), not written: resynchronised whole.
+const VOL2: &str = "pv2";
 
 /// What the writer wrote: the last acknowledged pattern of each slot, and the
 /// write that failed (the node's death), left out of `acked`.
@@ -98,11 +103,18 @@ fn diverge(print: &serde_json::Value, plex: &str, at: u64) {
     f.sync_all().expect("sync");
 }
 
-/// Ok once both plexes of the volume are ACTIVE on node 0 and identical on the
+/// Ok once both plexes of each volume are ACTIVE on node 0 and identical on the
 /// disks.
 fn settled(c: &Cluster) -> Result<(), String> {
     let p = c.try_ctl_json(0, "print")?;
-    let v = volume(&p, DG, VOL).ok_or("no volume")?;
+    for vol in [VOL, VOL2] {
+        settled_volume(&p, vol)?;
+    }
+    Ok(())
+}
+
+fn settled_volume(p: &serde_json::Value, vol: &str) -> Result<(), String> {
+    let v = volume(p, DG, vol).ok_or(format!("no volume {vol}"))?;
     let ps: Vec<(String, String)> = v["plexes"]
         .as_array()
         .ok_or("no plexes")?
@@ -113,19 +125,19 @@ fn settled(c: &Cluster) -> Result<(), String> {
         })
         .collect();
     if ps.len() != 2 || ps.iter().any(|(_, s)| s != "ACTIVE") {
-        return Err(format!("plexes {ps:?}"));
+        return Err(format!("{vol}'s plexes {ps:?}"));
     }
-    if plex_image(&p, DG, VOL, &ps[0].0)? != plex_image(&p, DG, VOL, &ps[1].0)? {
-        return Err("the plexes differ on the disks".into());
+    if plex_image(p, DG, vol, &ps[0].0)? != plex_image(p, DG, vol, &ps[1].0)? {
+        return Err(format!("{vol}'s plexes differ on the disks"));
     }
     Ok(())
 }
 
-/// The bytes the private resyncs in `log` copied ("resync task N: plex P of volume
-/// V: B bytes copied in K range(s)"), in order.
-fn copied(log: &str) -> Vec<u64> {
+/// The bytes the private resyncs of `vol` in `log` copied ("resync task N: plex P
+/// of volume V: B bytes copied in K range(s)"), in order.
+fn copied(log: &str, vol: &str) -> Vec<u64> {
     log.lines()
-        .filter_map(|l| l.split(&format!("of volume {VOL}: ")).nth(1))
+        .filter_map(|l| l.split(&format!("of volume {vol}: ")).nth(1))
         .filter(|rest| rest.contains(" bytes copied in "))
         .filter_map(|rest| rest.split(' ').next()?.parse().ok())
         .collect()
@@ -139,10 +151,18 @@ fn a_private_mirror_is_recovered_after_kill_9_and_not_after_a_clean_stop() {
         0,
         &format!("vol create {DG} {VOL} {VOL_SIZE} --layout mirror --mirrors 2"),
     );
+    c.ctl_ok(
+        0,
+        &format!("vol create {DG} {VOL2} {VOL_SIZE} --layout mirror --mirrors 2 --drl off"),
+    );
     let print = c.print(0);
     assert!(
         volume(&print, DG, VOL).unwrap()["log"].is_object(),
         "the private mirror has a log: {print}"
+    );
+    assert!(
+        volume(&print, DG, VOL2).unwrap().get("log").is_none(),
+        "{VOL2} has none: {print}"
     );
     c.wait_served(0, DG, VOL);
 
@@ -173,13 +193,14 @@ fn a_private_mirror_is_recovered_after_kill_9_and_not_after_a_clean_stop() {
     );
     let log = plexd_log(&c, 0);
     let new = &log[base..];
-    assert!(
-        new.contains(&format!("private disk group {DG} was left open")),
-        "the restart found the group left open:\n{new}"
-    );
-    let bytes = copied(new);
+    let open_line = new
+        .lines()
+        .find(|l| l.contains(&format!("private disk group {DG} was left open")))
+        .unwrap_or_else(|| panic!("the restart found the group left open:\n{new}"));
+    let bytes = copied(new, VOL);
+    let bytes2 = copied(new, VOL2);
     eprintln!(
-        "{} slots acknowledged; the recovery copied {bytes:?} bytes",
+        "{} slots acknowledged; the recovery copied {bytes:?} bytes of {VOL} (log), {bytes2:?} of {VOL2} (no log)",
         w.acked.len()
     );
     assert_eq!(bytes.len(), 1, "one resync of {VOL}-02:\n{new}");
@@ -188,6 +209,13 @@ fn a_private_mirror_is_recovered_after_kill_9_and_not_after_a_clean_stop() {
         "{} bytes copied: the dirty regions (the 2 MiB window), not 16 MiB",
         bytes[0]
     );
+    // What was copied is what the log's dirty ranges add up to.
+    let planned = format!("plex {VOL}-02 of volume {VOL}: {} bytes", bytes[0]);
+    assert!(
+        open_line.contains(&planned),
+        "the recovery planned from the log the bytes copied ({planned}): {open_line}"
+    );
+    assert_eq!(bytes2, vec![VOL_BYTES], "{VOL2} has no log: resynced whole");
     let k = c.kernel(0);
     for p in w.acked.values() {
         p.verify(&k)
@@ -203,7 +231,9 @@ fn a_private_mirror_is_recovered_after_kill_9_and_not_after_a_clean_stop() {
     let log = plexd_log(&c, 0);
     let new = &log[base..];
     assert!(
-        !new.contains("was left open") && copied(new).is_empty(),
+        !new.contains("was left open")
+            && copied(new, VOL).is_empty()
+            && copied(new, VOL2).is_empty(),
         "no recovery after a clean stop:\n{new}"
     );
 }
