@@ -97,16 +97,31 @@ pub(super) fn recover_entry(section: &DirtyLogSection, read: DirtyLogRead) -> Op
     })
 }
 
-/// Recovers private group `g`, left open by a start of node `me` (`name`): reads
-/// this node's section of each mirrored volume's log (each open start of this node
-/// writes the same section) and applies [`DiskGroupConfig::recover_private`]. The
-/// bytes the resync will copy are logged.
-pub(super) fn recover_group(name: &str, me: NodeId, g: &mut DiskGroupConfig, files: &[PathBuf]) {
+/// Recovers private group `g`, left open (`g.open_nodes` non-empty) by a start that
+/// did not stop cleanly (this node's, `name`, in practice): reads the section of
+/// each mirrored volume's log of every node id the open record names, and applies
+/// [`DiskGroupConfig::recover_private`] with their union (a volume whose section
+/// of any of them is unreadable is resynchronised whole). The bytes the resync
+/// will copy are logged.
+pub(super) fn recover_group(name: &str, g: &mut DiskGroupConfig, files: &[PathBuf]) {
     let left = g.open_nodes.clone();
-    let logs: Vec<RecoverLog> = sections(g, me, files)
+    let mut nodes: Vec<NodeId> = left.iter().map(|o| o.node).collect();
+    nodes.dedup();
+    let reads: Vec<Vec<(DirtyLogSection, Option<RecoverLog>)>> = nodes
         .iter()
-        .filter_map(|s| recover_entry(&s.section, read_one(name, me, s)))
+        .map(|&node| {
+            sections(g, node, files)
+                .iter()
+                .map(|s| {
+                    (
+                        s.section.clone(),
+                        recover_entry(&s.section, read_one(name, node, s)),
+                    )
+                })
+                .collect()
+        })
         .collect();
+    let logs = union_entries(&reads);
     g.recover_private(&logs);
     let mut copies = Vec::new();
     for v in &g.volumes {
@@ -137,6 +152,33 @@ pub(super) fn recover_group(name: &str, me: NodeId, g: &mut DiskGroupConfig, fil
     );
 }
 
+/// The entries of a recovery from the log reads of several nodes' sections: per
+/// volume the union of their ranges, left out (whole) when any read is.
+fn union_entries(reads: &[Vec<(DirtyLogSection, Option<RecoverLog>)>]) -> Vec<RecoverLog> {
+    let Some(first) = reads.first() else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    'volume: for (section, _) in first {
+        let mut merged: Option<RecoverLog> = None;
+        for node in reads {
+            let entry = node
+                .iter()
+                .find(|(s, _)| s.dg == section.dg && s.volume == section.volume)
+                .and_then(|(_, e)| e.as_ref());
+            let Some(e) = entry else {
+                continue 'volume;
+            };
+            match &mut merged {
+                None => merged = Some(e.clone()),
+                Some(m) => m.ranges.extend_from_slice(&e.ranges),
+            }
+        }
+        out.extend(merged);
+    }
+    out
+}
+
 /// At a start, before the data plane is given the private groups: each group left
 /// open is recovered ([`recover_group`]), then every group is written with this
 /// start's open record (`start`). A group whose record cannot be written is
@@ -149,7 +191,7 @@ pub(super) fn open_private_groups(
 ) {
     for g in groups.iter_mut() {
         if !g.open_nodes.is_empty() {
-            recover_group(name, start.node, g, files);
+            recover_group(name, g, files);
         }
         g.open_nodes = vec![start];
         g.seq += 1;
@@ -184,5 +226,48 @@ fn write_groups(name: &str, groups: &[DiskGroupConfig], files: &[PathBuf], what:
         log::error!(
             "node {name}: private disk group(s) {names:?}: cannot write the {what} record: {e}"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(
+        volume: &str,
+        ranges: Option<Vec<(u64, u64)>>,
+    ) -> (DirtyLogSection, Option<RecoverLog>) {
+        let section = DirtyLogSection {
+            dg: "dg1".into(),
+            volume: volume.into(),
+            disk: "d1".into(),
+            offset_bytes: 8192,
+            len_bytes: 8192,
+            log_id: 7,
+        };
+        let entry = ranges.map(|ranges| RecoverLog {
+            dg: "dg1".into(),
+            volume: volume.into(),
+            log_id: 7,
+            ranges,
+        });
+        (section, entry)
+    }
+
+    #[test]
+    fn the_sections_of_several_starts_are_united_and_an_unreadable_one_means_whole() {
+        let a = vec![read("v1", Some(vec![(0, 10)])), read("v2", Some(vec![]))];
+        let b = vec![read("v1", Some(vec![(100, 10)])), read("v2", None)];
+        let logs = union_entries(&[a.clone(), b]);
+        // v1: both nodes' ranges; v2: unreadable in b's section, left out (whole).
+        assert_eq!(logs.len(), 1);
+        assert_eq!(
+            (logs[0].volume.as_str(), logs[0].ranges.clone()),
+            ("v1", vec![(0, 10), (100, 10)])
+        );
+        // One start: its own entries.
+        let one = union_entries(&[a]);
+        assert_eq!(one.len(), 2);
+        assert!(union_entries(&[]).is_empty());
     }
 }
