@@ -215,17 +215,21 @@ pub(super) fn close_private_groups(name: &str, groups: &[DiskGroupConfig], files
 }
 
 fn write_groups(name: &str, groups: &[DiskGroupConfig], files: &[PathBuf], what: &str) {
+    if groups.is_empty() {
+        return;
+    }
     let updates: Vec<DiskUpdate> = groups
         .iter()
         .cloned()
         .map(DiskUpdate::WriteConfig)
         .collect();
+    let names: Vec<&str> = groups.iter().map(|g| g.name.as_str()).collect();
     let mut repairs = disks::Repairs::default();
-    if let Err(e) = disks::write_updates(&updates, incarnation(), name, files, &mut repairs, None) {
-        let names: Vec<&str> = groups.iter().map(|g| g.name.as_str()).collect();
-        log::error!(
+    match disks::write_updates(&updates, incarnation(), name, files, &mut repairs, None) {
+        Ok(()) => log::info!("node {name}: private disk group(s) {names:?}: {what} record written"),
+        Err(e) => log::error!(
             "node {name}: private disk group(s) {names:?}: cannot write the {what} record: {e}"
-        );
+        ),
     }
 }
 
