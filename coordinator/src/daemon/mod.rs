@@ -229,6 +229,9 @@ enum Pending {
 struct Daemon {
     file: ClusterFile,
     me: NodeId,
+    /// This start, as the open record of the private groups names it
+    /// ([`private`]).
+    start_open: crate::model::OpenNode,
     name: String,
     failpoint: Option<Failpoint>,
     node: Node<SharedConfig>,

@@ -28,7 +28,7 @@ use super::ctl::TaskOut;
 use super::fence::Fencer;
 use super::Input;
 use crate::core::{SyncingPlex, WRITE_DEADLINE};
-use crate::model::volume_bdev;
+use crate::model::{bound_ranges, volume_bdev, MAX_RECOVER_RANGES_PER_VOLUME};
 use crate::model::{DiskGroupConfig, Plex, PlexState, Volume};
 
 /// Largest copy per quiesce.
@@ -101,11 +101,14 @@ pub struct Job {
     volume_name: String,
     plex: String,
     volume: String,
-    size_bytes: u64,
+    /// The byte ranges `(offset, len)` to copy: the plex's `resync_ranges` (a
+    /// recovery's dirty ranges), or the whole volume when it has none.
+    ranges: Vec<(u64, u64)>,
 }
 
 impl Job {
-    /// A resync of `plex` (SYNCING) of `volume` from its first ACTIVE plex.
+    /// A resync of `plex` (SYNCING) of `volume` from its first ACTIVE plex: its
+    /// `resync_ranges` only when it has some, the whole volume otherwise.
     pub fn new(dg: &DiskGroupConfig, volume: &Volume, plex: &Plex) -> Option<Job> {
         volume
             .plexes
@@ -116,13 +119,13 @@ impl Job {
             volume_name: volume.name.clone(),
             plex: plex.name.clone(),
             volume: volume_bdev(&dg.name, &volume.name),
-            size_bytes: volume.size_bytes,
+            ranges: job_ranges(&plex.resync_ranges, volume.size_bytes),
         })
     }
 
     /// Bytes to copy.
     pub fn total_bytes(&self) -> u64 {
-        self.size_bytes
+        self.ranges.iter().map(|r| r.1).sum()
     }
 
     /// Runs the copy on a new thread with its own connection to the target, each
@@ -147,7 +150,11 @@ impl Job {
                 }
                 let _ = tx.send(Input::Resync(Progress {
                     task,
-                    done_bytes: if result.is_ok() { self.size_bytes } else { 0 },
+                    done_bytes: if result.is_ok() {
+                        self.total_bytes()
+                    } else {
+                        0
+                    },
                     result: Some(result),
                 }));
             });
@@ -169,36 +176,57 @@ impl Job {
         tx: &SyncSender<Input>,
     ) -> Result<(), String> {
         let k = KernelClient::connect(socket).map_err(|e| e.to_string())?;
-        let mut offset = 0u64;
+        let mut done = 0u64;
         let mut chunks = 0u64;
-        while offset < self.size_bytes {
-            if cancel.load(Ordering::Relaxed) {
-                return Err("cancelled".into());
-            }
-            let len = CHUNK_BYTES.min(self.size_bytes - offset);
-            fencer.run(&self.volume, cancel, || {
-                copy_range(
-                    &k,
-                    &self.dg,
-                    &self.volume_name,
-                    &self.plex,
-                    offset,
-                    len,
-                    &|| false,
-                )
-            })?;
-            offset += len;
-            chunks += 1;
-            if chunks.is_multiple_of(REPORT_EVERY_CHUNKS) {
-                let _ = tx.try_send(Input::Resync(Progress {
-                    task,
-                    done_bytes: offset,
-                    result: None,
-                }));
+        for &(start, len) in &self.ranges {
+            let end = start.saturating_add(len);
+            let mut offset = start;
+            while offset < end {
+                if cancel.load(Ordering::Relaxed) {
+                    return Err("cancelled".into());
+                }
+                let n = CHUNK_BYTES.min(end - offset);
+                fencer.run(&self.volume, cancel, || {
+                    copy_range(
+                        &k,
+                        &self.dg,
+                        &self.volume_name,
+                        &self.plex,
+                        offset,
+                        n,
+                        &|| false,
+                    )
+                })?;
+                offset += n;
+                done += n;
+                chunks += 1;
+                if chunks.is_multiple_of(REPORT_EVERY_CHUNKS) {
+                    let _ = tx.try_send(Input::Resync(Progress {
+                        task,
+                        done_bytes: done,
+                        result: None,
+                    }));
+                }
             }
         }
+        log::info!(
+            "resync task {task}: plex {} of volume {}: {done} bytes copied in {} range(s)",
+            self.plex,
+            self.volume_name,
+            self.ranges.len()
+        );
         Ok(())
     }
+}
+
+/// The ranges a private resync copies: `resync_ranges` made ascending, disjoint
+/// and clipped to a volume of `size_bytes` (at most
+/// [`MAX_RECOVER_RANGES_PER_VOLUME`]); the whole volume when there are none.
+fn job_ranges(resync_ranges: &[(u64, u64)], size_bytes: u64) -> Vec<(u64, u64)> {
+    if resync_ranges.is_empty() {
+        return vec![(0, size_bytes)];
+    }
+    bound_ranges(resync_ranges, size_bytes, MAX_RECOVER_RANGES_PER_VOLUME)
 }
 
 /// Copies one piece inside the data plane (`copyRange`); the caller holds the fence.
@@ -406,6 +434,20 @@ impl Tasks {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_private_resync_copies_the_plex_ranges_or_the_whole_volume() {
+        const MIB: u64 = 1 << 20;
+        assert_eq!(job_ranges(&[], 8 * MIB), vec![(0, 8 * MIB)]);
+        // Overlapping ranges merged, clipped to the volume.
+        assert_eq!(
+            job_ranges(
+                &[(MIB, MIB), (MIB + 4096, MIB), (7 * MIB, 4 * MIB)],
+                8 * MIB
+            ),
+            vec![(MIB, MIB + 4096), (7 * MIB, MIB)]
+        );
+    }
 
     #[test]
     fn tasks_track_progress_and_end() {

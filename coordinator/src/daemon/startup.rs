@@ -29,7 +29,11 @@ pub fn run(opts: Options) -> Result<(), String> {
     let qdisk = start_quorum_disk(&file, &me, &files, &tx)?;
     #[cfg(feature = "corosync")]
     let file_for_monitor = file.clone();
-    let (private, failed) = load_private_groups(&mut kernel, &file, &me.name, &files);
+    let start_open = crate::model::OpenNode {
+        node: me.id,
+        incarnation: inc,
+    };
+    let (private, failed) = load_private_groups(&mut kernel, &file, &me.name, start_open, &files);
     let lease = lease::Renewer::start(
         &me.name,
         kernel.shared_client(),
@@ -57,6 +61,7 @@ pub fn run(opts: Options) -> Result<(), String> {
     let mut d = Daemon {
         file,
         me: me.id,
+        start_open,
         name: me.name.clone(),
         failpoint,
         node,
@@ -93,7 +98,13 @@ pub fn run(opts: Options) -> Result<(), String> {
         #[cfg(feature = "corosync")]
         _corosync: start_corosync(&file_for_monitor, &me, &tx)?,
     };
+    // Private groups recovered at this start (SYNCING plexes) are copied now.
+    d.after_config_change();
     d.main_loop(rx);
+    if d.stopping && d.stopped() {
+        // A clean stop: no recovery of the private groups at the next start.
+        super::private::close_private_groups(&d.name, &d.node.private().disk_groups, &files);
+    }
     log::info!("plexd: node {} stopped", d.name);
     Ok(())
 }
@@ -207,15 +218,19 @@ fn start_quorum_disk(
     )?))
 }
 
-/// Reads this node's private disk groups from `files` and loads them into the data
-/// plane at once; returns them and the groups whose configuration cannot be read.
+/// Reads this node's private disk groups from `files`, recovers those a start that
+/// did not stop cleanly left open and writes this start's open record to each
+/// (`private::open_private_groups`), and loads them into the data plane; returns
+/// them and the groups whose configuration cannot be read.
 fn load_private_groups(
     kernel: &mut Kernel,
     file: &ClusterFile,
     name: &str,
+    start: crate::model::OpenNode,
     files: &[PathBuf],
 ) -> (ClusterConfig, Vec<disks::FailedGroup>) {
-    let (_, private_groups, _) = disks::discover(files, &file.cluster.id, name);
+    let (_, mut private_groups, _) = disks::discover(files, &file.cluster.id, name);
+    super::private::open_private_groups(name, start, &mut private_groups, files);
     let private = ClusterConfig {
         disk_groups: private_groups,
         open_nodes: Vec::new(),

@@ -165,10 +165,29 @@ pub(super) fn recover(
     };
     next.open_nodes.remove(i);
     for g in next.disk_groups.iter_mut().filter(|g| g.shared) {
+        if g.recover_volumes(logs) {
+            g.seq += 1;
+        }
+    }
+    next.sync_open_nodes();
+    Ok(())
+}
+
+impl DiskGroupConfig {
+    /// The resync a start of a node that may have died in the middle of writes to
+    /// this group's mirrors calls for ([`Change::NodeRecover`] for a shared group,
+    /// [`DiskGroupConfig::recover_private`] for a private one): a volume whose
+    /// entry in `logs` (same log id) has no dirty range needs nothing; one with
+    /// ranges keeps its first ACTIVE plex and makes the others SYNCING in those
+    /// ranges; any other (no log, no entry: unreadable) keeps its first ACTIVE plex
+    /// and makes the others SYNCING whole. A plex SYNCING already in some ranges
+    /// gets the union (a whole one stays whole). Whether a plex changed (the seq is
+    /// the caller's).
+    fn recover_volumes(&mut self, logs: &[RecoverLog]) -> bool {
         let mut changed = false;
-        for v in &mut g.volumes {
+        for v in &mut self.volumes {
             let entry = logs.iter().find(|l| {
-                l.dg == g.name
+                l.dg == self.name
                     && l.volume == v.name
                     && v.log.as_ref().is_some_and(|log| log.log_id == l.log_id)
             });
@@ -205,12 +224,20 @@ pub(super) fn recover(
                 }
             }
         }
-        if changed {
-            g.seq += 1;
-        }
+        changed
     }
-    next.sync_open_nodes();
-    Ok(())
+
+    /// Recovery of a private group left open (`open_nodes` names the start that
+    /// served it and did not stop cleanly, docs/ONDISK.md): as a shared group's
+    /// [`Change::NodeRecover`], with `logs` what that start's section of each
+    /// mirrored volume's log said; the open record is dropped and the seq moves.
+    /// Whether a plex changed.
+    pub fn recover_private(&mut self, logs: &[RecoverLog]) -> bool {
+        let changed = self.recover_volumes(logs);
+        self.open_nodes.clear();
+        self.seq += 1;
+        changed
+    }
 }
 
 #[cfg(test)]
@@ -490,5 +517,49 @@ mod tests {
             bound_ranges(&[(u64::MAX - 1, 10)], u64::MAX, 4),
             vec![(u64::MAX - 1, 1)]
         );
+    }
+
+    #[test]
+    fn a_private_group_left_open_resyncs_its_dirty_ranges_and_is_closed() {
+        let (c, a) = logged();
+        let mut g = c.disk_groups[0].clone();
+        g.shared = false;
+        g.open_nodes = vec![a];
+        let seq = g.seq;
+        let r = 512 << 10;
+        // The start's section said regions 1 and 14..16 were dirty.
+        let mut dirty = g.clone();
+        assert!(dirty.recover_private(&entry(0x77, vec![(r, r), (14 * r, 4 * r)])));
+        assert!(dirty.open_nodes.is_empty(), "the open record is dropped");
+        assert!(dirty.seq > seq, "the record is rewritten");
+        let want = vec![(r, r), (14 * r, 2 * r)];
+        let states: Vec<_> = dirty.volumes[0]
+            .plexes
+            .iter()
+            .map(|p| (p.state, p.resync_ranges.clone()))
+            .collect();
+        assert_eq!(
+            states,
+            vec![
+                (PlexState::Active, vec![]),
+                (PlexState::Syncing, want.clone()),
+                (PlexState::Syncing, want)
+            ]
+        );
+        // A section never written (or left clean): nothing to copy.
+        let mut clean = g.clone();
+        assert!(!clean.recover_private(&entry(0x77, vec![])));
+        assert!(clean.volumes[0]
+            .plexes
+            .iter()
+            .all(|p| p.state == PlexState::Active));
+        // An unreadable section (no entry) or another log id: the whole volume.
+        for logs in [vec![], entry(0x78, vec![(r, r)])] {
+            let mut whole = g.clone();
+            assert!(whole.recover_private(&logs));
+            assert!(whole.volumes[0].plexes[1..]
+                .iter()
+                .all(|p| p.state == PlexState::Syncing && p.resync_ranges.is_empty()));
+        }
     }
 }

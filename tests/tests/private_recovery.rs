@@ -1,0 +1,239 @@
+//! Node-crash recovery of a private mirror (issue 11; docs/OPERATIONS.md
+//! "Node-crash recovery"): a node's plexd and plexd-target are killed -9 while a
+//! writer writes to a 2-way mirror of its private disk group (with a dirty region
+//! log); the write in flight is made to differ on one plex's disk file, as a node
+//! dying between its two plex writes leaves it. At the restart the group, left
+//! open by the dead start, is recovered before it is served: its plexes end up
+//! identical block for block (read from the disk files), every acknowledged write
+//! reads back, and only the dirty regions (at most the writer's window) were
+//! copied; a mirror without a log in the group is copied whole. A clean stop and
+//! restart then resyncs nothing.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use plexd_target::api::KernelClient;
+use plexd_tests::plex_disk::{plex_image, plex_location, plexd_log};
+use plexd_tests::{volume, wait_until, Cluster, ClusterOpts, Pattern};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// How long the restart, the recovery and the resync (16 MiB at most) may take on
+/// a loaded 2-core machine.
+const RECOVERY_TIMEOUT: Duration = Duration::from_secs(60);
+const VOL_SIZE: &str = "16M";
+/// The window the writer writes in: 4 regions of the default 512 KiB.
+const WINDOW_AT: u64 = 8 << 20;
+const WINDOW_LEN: u64 = 2 << 20;
+/// Each write: one slot of the window.
+const SLOT_BYTES: u64 = 64 << 10;
+/// Most writes the writer issues, and longest it runs.
+const WRITER_MAX_WRITES: u64 = 100_000;
+const WRITER_MAX_TIME: Duration = Duration::from_secs(60);
+/// Writes completed before the kill (so the kill lands mid-stream).
+const WRITES_BEFORE_KILL: u64 = 30;
+const SEED_BASE: u64 = 1 << 41;
+const VOL_BYTES: u64 = 16 << 20;
+const DG: &str = "dgp";
+/// The mirror with a log the writer writes to.
+const VOL: &str = "pv";
+/// A mirror without a log (`--drl off`), not written: resynchronised whole.
+const VOL2: &str = "pv2";
+
+/// What the writer wrote: the last acknowledged pattern of each slot, and the
+/// write that failed (the node's death), left out of `acked`.
+struct Written {
+    acked: BTreeMap<u64, Pattern>,
+    failed: Option<Pattern>,
+}
+
+/// Writes random patterns to random slots of the window through `k` until its
+/// first failure, `stop`, or its limits.
+fn writer(k: KernelClient, stop: Arc<AtomicBool>, done: Arc<AtomicU64>) -> JoinHandle<Written> {
+    std::thread::spawn(move || {
+        let mut rng = StdRng::seed_from_u64(SEED_BASE);
+        let mut w = Written {
+            acked: BTreeMap::new(),
+            failed: None,
+        };
+        let started = Instant::now();
+        for n in 0..WRITER_MAX_WRITES {
+            if stop.load(Ordering::Relaxed) || started.elapsed() > WRITER_MAX_TIME {
+                break;
+            }
+            let slot = rng.gen_range(0..WINDOW_LEN / SLOT_BYTES);
+            let p = Pattern {
+                bdev: format!("{DG}.{VOL}"),
+                offset_bytes: WINDOW_AT + slot * SLOT_BYTES,
+                len_bytes: SLOT_BYTES,
+                seed: SEED_BASE + n,
+            };
+            match p.write(&k) {
+                Ok(()) => {
+                    w.acked.insert(p.offset_bytes, p);
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(_) => {
+                    w.acked.remove(&p.offset_bytes);
+                    w.failed = Some(p);
+                    break;
+                }
+            }
+        }
+        w
+    })
+}
+
+/// Other bytes over the slot at volume offset `at` of plex `plex`, on its disk
+/// file (`print` taken before the kill).
+fn diverge(print: &serde_json::Value, plex: &str, at: u64) {
+    use std::io::{Seek, SeekFrom, Write};
+    let (path, disk_at, _) = plex_location(print, DG, VOL, plex, at)
+        .unwrap_or_else(|e| panic!("{VOL}'s plex {plex} at {at}: {e}"));
+    let bytes = plexd_tests::data::pattern_bytes(0xd1f, at, SLOT_BYTES as usize);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("{path}: {e}"));
+    f.seek(SeekFrom::Start(disk_at)).expect("seek");
+    f.write_all(&bytes).expect("write");
+    f.sync_all().expect("sync");
+}
+
+/// Ok once both plexes of each volume are ACTIVE on node 0 and identical on the
+/// disks.
+fn settled(c: &Cluster) -> Result<(), String> {
+    let p = c.try_ctl_json(0, "print")?;
+    for vol in [VOL, VOL2] {
+        settled_volume(&p, vol)?;
+    }
+    Ok(())
+}
+
+fn settled_volume(p: &serde_json::Value, vol: &str) -> Result<(), String> {
+    let v = volume(p, DG, vol).ok_or(format!("no volume {vol}"))?;
+    let ps: Vec<(String, String)> = v["plexes"]
+        .as_array()
+        .ok_or("no plexes")?
+        .iter()
+        .map(|p| {
+            let s = |k: &str| p[k].as_str().unwrap_or("?").to_string();
+            (s("name"), s("state"))
+        })
+        .collect();
+    if ps.len() != 2 || ps.iter().any(|(_, s)| s != "ACTIVE") {
+        return Err(format!("{vol}'s plexes {ps:?}"));
+    }
+    if plex_image(p, DG, vol, &ps[0].0)? != plex_image(p, DG, vol, &ps[1].0)? {
+        return Err(format!("{vol}'s plexes differ on the disks"));
+    }
+    Ok(())
+}
+
+/// The bytes the private resyncs of `vol` in `log` copied ("resync task N: plex P
+/// of volume V: B bytes copied in K range(s)"), in order.
+fn copied(log: &str, vol: &str) -> Vec<u64> {
+    log.lines()
+        .filter_map(|l| l.split(&format!("of volume {vol}: ")).nth(1))
+        .filter(|rest| rest.contains(" bytes copied in "))
+        .filter_map(|rest| rest.split(' ').next()?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn a_private_mirror_is_recovered_after_kill_9_and_not_after_a_clean_stop() {
+    let mut c = Cluster::start(1, ClusterOpts::default());
+    c.ctl_ok(0, &format!("dg create {DG} d1 d2"));
+    c.ctl_ok(
+        0,
+        &format!("vol create {DG} {VOL} {VOL_SIZE} --layout mirror --mirrors 2"),
+    );
+    c.ctl_ok(
+        0,
+        &format!("vol create {DG} {VOL2} {VOL_SIZE} --layout mirror --mirrors 2 --drl off"),
+    );
+    let print = c.print(0);
+    assert!(
+        volume(&print, DG, VOL).unwrap()["log"].is_object(),
+        "the private mirror has a log: {print}"
+    );
+    assert!(
+        volume(&print, DG, VOL2).unwrap().get("log").is_none(),
+        "{VOL2} has none: {print}"
+    );
+    c.wait_served(0, DG, VOL);
+
+    let (stop, done) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let w = writer(c.kernel(0), stop.clone(), done.clone());
+    wait_until("the writer's writes", RECOVERY_TIMEOUT, || {
+        match done.load(Ordering::Relaxed) {
+            d if d >= WRITES_BEFORE_KILL => Ok(()),
+            d => Err(format!("{d} writes done")),
+        }
+    });
+    c.kill_node(0);
+    stop.store(true, Ordering::Relaxed);
+    let w = w.join().expect("the writer thread panicked");
+    let in_flight = w.failed.clone().expect("the writer saw the node die");
+    // The write in flight at the kill reached one plex only.
+    diverge(&print, &format!("{VOL}-02"), in_flight.offset_bytes);
+    let base = plexd_log(&c, 0).len();
+
+    c.restart_node(0);
+    wait_until(
+        "the private mirror to be recovered (plexes ACTIVE and identical)",
+        RECOVERY_TIMEOUT,
+        || settled(&c),
+    );
+    let log = plexd_log(&c, 0);
+    let new = &log[base..];
+    let open_line = new
+        .lines()
+        .find(|l| l.contains(&format!("private disk group {DG} was left open")))
+        .unwrap_or_else(|| panic!("the restart found the group left open:\n{new}"));
+    let bytes = copied(new, VOL);
+    let bytes2 = copied(new, VOL2);
+    eprintln!(
+        "{} slots acknowledged; the recovery copied {bytes:?} bytes of {VOL} (log), {bytes2:?} of {VOL2} (no log)",
+        w.acked.len()
+    );
+    assert_eq!(bytes.len(), 1, "one resync of {VOL}-02:\n{new}");
+    assert!(
+        (1..=WINDOW_LEN).contains(&bytes[0]),
+        "{} bytes copied: the dirty regions (the 2 MiB window), not 16 MiB",
+        bytes[0]
+    );
+    // What was copied is what the log's dirty ranges add up to.
+    let planned = format!("plex {VOL}-02 of volume {VOL}: {} bytes", bytes[0]);
+    assert!(
+        open_line.contains(&planned),
+        "the recovery planned from the log the bytes copied ({planned}): {open_line}"
+    );
+    assert_eq!(bytes2, vec![VOL_BYTES], "{VOL2} has no log: resynced whole");
+    let k = c.kernel(0);
+    for p in w.acked.values() {
+        p.verify(&k)
+            .unwrap_or_else(|e| panic!("an acknowledged write is lost: {e}"));
+    }
+
+    // A clean stop: the group is closed, the next start copies nothing.
+    c.stop_coordinator(0);
+    let base = plexd_log(&c, 0).len();
+    c.restart_node(0);
+    c.wait_served(0, DG, VOL);
+    settled(&c).expect("the plexes after a clean stop");
+    let log = plexd_log(&c, 0);
+    let new = &log[base..];
+    assert!(
+        !new.contains("was left open")
+            && copied(new, VOL).is_empty()
+            && copied(new, VOL2).is_empty(),
+        "no recovery after a clean stop:\n{new}"
+    );
+}
