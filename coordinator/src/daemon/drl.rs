@@ -8,11 +8,11 @@
 //! cached pages of a block device (another host's data plane wrote it: as the
 //! configuration database's reads, docs/ONDISK.md "Page cache"), and decoded with
 //! [`plexd_target_api::drl::read_section`]. A log with two copies has the section
-//! read on each: the answer is the union of the copies that could be read (a
-//! copy that missed marks, its write having failed, only adds stale dirty regions;
-//! docs/PROTOCOL.md, "Node-crash recovery"). A copy whose disk cannot be found,
-//! opened or read, or whose section is cut short, is left out; none readable is
-//! `Unreadable`: the volume is resynchronised whole.
+//! read on each: the answer is the union of the copies (a copy that missed marks,
+//! its write having failed, only adds stale dirty regions; docs/PROTOCOL.md,
+//! "Node-crash recovery"). A copy whose disk cannot be found, opened or read, or
+//! whose section is cut short, makes the answer `Unreadable`: the volume is
+//! resynchronised whole, since the copy left may be a stale, retired one.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -122,7 +122,8 @@ fn send(me: &str, inputs: &SyncSender<Input>, op: u64, results: Vec<DirtyLogRead
     }
 }
 
-/// Reads and decodes one section: the union of its readable copies.
+/// Reads and decodes one section: the union of its copies, or `Unreadable` when
+/// any copy cannot be read.
 pub fn read_one(me: &str, of: NodeId, s: &SectionAt) -> DirtyLogRead {
     let sec = &s.section;
     let what = format!(
@@ -155,13 +156,16 @@ pub fn read_one(me: &str, of: NodeId, s: &SectionAt) -> DirtyLogRead {
             }
         }
     }
-    if readable == 0 {
+    // One copy unreadable is enough for a whole resync: the readable one may be a
+    // copy the data plane retired after a failed write, without the marks made
+    // since (docs/PROTOCOL.md, "Two log copies").
+    if !errors.is_empty() || readable == 0 {
         let why = if errors.is_empty() {
             "the log has no copy".to_string()
         } else {
             errors.join("; ")
         };
-        log::warn!("{what}: no copy readable: the volume is resynchronised whole");
+        log::warn!("{what}: a copy is unreadable: the volume is resynchronised whole");
         return DirtyLogRead::Unreadable(why);
     }
     match dirty {
@@ -293,7 +297,7 @@ mod tests {
     }
 
     #[test]
-    fn two_copies_read_as_the_union_of_the_readable_ones() {
+    fn two_copies_read_as_their_union_and_one_unreadable_as_whole() {
         let dir = tempdir("two");
         let r = drl::DEFAULT_REGION_BYTES;
         // Copy 1 has regions 1, 2 and 5; copy 2 (stale: it missed the mark of 5,
@@ -317,21 +321,27 @@ mod tests {
             DirtyLogRead::Dirty(vec![(0, 3 * r), (5 * r, r)]),
             "the union"
         );
-        // One copy unreadable: the other's ranges.
-        assert_eq!(
-            read(vec![None, Some(d2.clone())]),
-            DirtyLogRead::Dirty(vec![(0, 3 * r)])
-        );
-        assert_eq!(
-            read(vec![Some(d1.clone()), None]),
-            DirtyLogRead::Dirty(vec![(r, 2 * r), (5 * r, r)])
-        );
+        // One copy unreadable: the whole volume (the other may be a retired copy
+        // that missed the marks made after its failure).
+        for paths in [vec![None, Some(d2.clone())], vec![Some(d1.clone()), None]] {
+            let DirtyLogRead::Unreadable(why) = read(paths) else {
+                panic!("one copy unreadable must be Unreadable");
+            };
+            assert!(why.contains("disk d"), "{why}");
+        }
         // A copy never initialized (its init failed) adds nothing.
         assert_eq!(
             read(vec![Some(d1.clone()), Some(never.clone())]),
             DirtyLogRead::Dirty(vec![(r, 2 * r), (5 * r, r)])
         );
-        assert_eq!(read(vec![Some(never), None]), DirtyLogRead::Unused);
+        assert_eq!(
+            read(vec![Some(never.clone()), Some(never.clone())]),
+            DirtyLogRead::Unused
+        );
+        assert!(matches!(
+            read(vec![Some(never), None]),
+            DirtyLogRead::Unreadable(_)
+        ));
         // Both unreadable: the whole volume.
         let DirtyLogRead::Unreadable(why) = read(vec![None, None]) else {
             panic!("both copies unreadable must be Unreadable");

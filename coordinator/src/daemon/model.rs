@@ -379,45 +379,15 @@ impl ConfigModel for SharedConfig {
     /// Every shared volume with a log and two or more plexes a recovery could
     /// leave or make SYNCING.
     fn dirty_logs(&self, node: NodeId) -> Vec<DirtyLogSection> {
-        let mut out = Vec::new();
-        for g in self.groups.iter().filter(|g| g.shared) {
-            for v in &g.volumes {
-                let Some(log) = &v.log else {
-                    continue;
-                };
-                let readable = v
-                    .plexes
+        self.groups
+            .iter()
+            .filter(|g| g.shared)
+            .flat_map(|g| {
+                g.volumes
                     .iter()
-                    .filter(|p| matches!(p.state, PlexState::Active | PlexState::Syncing))
-                    .count();
-                if readable < 2 {
-                    continue;
-                }
-                let copies: Option<Vec<SectionCopy>> = log
-                    .copies
-                    .iter()
-                    .map(|c| {
-                        Some(SectionCopy {
-                            disk: c.disk.clone(),
-                            offset_bytes: log.section_offset(c, node)?,
-                        })
-                    })
-                    .collect();
-                let Some(copies) = copies else {
-                    continue;
-                };
-                let regions = plexd_target_api::drl::regions_for(v.size_bytes, log.region_bytes);
-                let need = plexd_target_api::drl::section_bytes(regions);
-                out.push(DirtyLogSection {
-                    dg: g.name.clone(),
-                    volume: v.name.clone(),
-                    copies,
-                    len_bytes: need.min(log.section_bytes),
-                    log_id: log.log_id,
-                });
-            }
-        }
-        out
+                    .filter_map(move |v| log_section(g, v, node))
+            })
+            .collect()
     }
 
     fn may_serve(&self, node: NodeId, incarnation: u64) -> bool {
@@ -453,6 +423,45 @@ pub fn core_txn(disk_txn: u64) -> crate::core::TxnId {
         view: crate::ondisk::txn_epoch(disk_txn),
         n: disk_txn & 0xffff_ffff,
     }
+}
+
+/// Node `node`'s section of `v`'s dirty region log, on every copy: None when `v`
+/// has no log, fewer than two plexes that could be ACTIVE (nothing to recover), or
+/// no section for `node`. The one place a section is located, for the shared
+/// groups' recovery and a private group's.
+pub(crate) fn log_section(
+    g: &DiskGroupConfig,
+    v: &crate::model::Volume,
+    node: NodeId,
+) -> Option<DirtyLogSection> {
+    let log = v.log.as_ref()?;
+    let readable = v
+        .plexes
+        .iter()
+        .filter(|p| matches!(p.state, PlexState::Active | PlexState::Syncing))
+        .count();
+    if readable < 2 {
+        return None;
+    }
+    let copies = log
+        .copies
+        .iter()
+        .map(|c| {
+            Some(SectionCopy {
+                disk: c.disk.clone(),
+                offset_bytes: log.section_offset(c, node)?,
+            })
+        })
+        .collect::<Option<Vec<SectionCopy>>>()?;
+    let regions = plexd_target_api::drl::regions_for(v.size_bytes, log.region_bytes);
+    let need = plexd_target_api::drl::section_bytes(regions);
+    Some(DirtyLogSection {
+        dg: g.name.clone(),
+        volume: v.name.clone(),
+        copies,
+        len_bytes: need.min(log.section_bytes),
+        log_id: log.log_id,
+    })
 }
 
 #[cfg(test)]

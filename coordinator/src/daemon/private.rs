@@ -56,29 +56,18 @@ impl Daemon {
 /// not found); volumes without a log are left out (resynchronised whole).
 fn sections(g: &DiskGroupConfig, node: NodeId, files: &[PathBuf]) -> Vec<SectionAt> {
     let local = disks::LocalDisks::scan(files);
-    let mut out = Vec::new();
-    for v in &g.volumes {
-        let Some(log) = &v.log else {
-            continue;
-        };
-        let Some(offset_bytes) = log.section_offset(node) else {
-            continue;
-        };
-        let regions = plexd_target_api::drl::regions_for(v.size_bytes, log.region_bytes);
-        let need = plexd_target_api::drl::section_bytes(regions);
-        out.push(SectionAt {
-            section: DirtyLogSection {
-                dg: g.name.clone(),
-                volume: v.name.clone(),
-                disk: log.disk.clone(),
-                offset_bytes,
-                len_bytes: need.min(log.section_bytes),
-                log_id: log.log_id,
-            },
-            path: g.disk(&log.disk).map(|d| local.path_of(d)),
-        });
-    }
-    out
+    g.volumes
+        .iter()
+        .filter_map(|v| super::model::log_section(g, v, node))
+        .map(|section| {
+            let paths = section
+                .copies
+                .iter()
+                .map(|c| g.disk(&c.disk).map(|d| local.path_of(d)))
+                .collect();
+            SectionAt { section, paths }
+        })
+        .collect()
 }
 
 /// What a log read says for a recovery: `Some` entry (dirty ranges, none when
@@ -244,8 +233,10 @@ mod tests {
         let section = DirtyLogSection {
             dg: "dg1".into(),
             volume: volume.into(),
-            disk: "d1".into(),
-            offset_bytes: 8192,
+            copies: vec![crate::core::SectionCopy {
+                disk: "d1".into(),
+                offset_bytes: 8192,
+            }],
             len_bytes: 8192,
             log_id: 7,
         };
