@@ -6,6 +6,31 @@ use std::io::{Read, Seek, SeekFrom};
 
 use crate::cluster::{group, volume, Cluster};
 
+/// Writes `len` bytes of pattern `seed` over plex `plex` of `dg.vol` at volume
+/// offset `at`, on its disk file (located from `print`, a `--json print`), synced:
+/// the plexes then differ there, as after a crash that reached one plex only.
+pub fn diverge_plex(
+    print: &serde_json::Value,
+    dg: &str,
+    vol: &str,
+    plex: &str,
+    at: u64,
+    len: usize,
+    seed: u64,
+) -> Result<(), String> {
+    use std::io::{Seek, SeekFrom, Write};
+    let (path, disk_at, _) = plex_location(print, dg, vol, plex, at)?;
+    let bytes = crate::data::pattern_bytes(seed, at, len);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("{path}: {e}"))?;
+    f.seek(SeekFrom::Start(disk_at))
+        .and_then(|_| f.write_all(&bytes))
+        .and_then(|_| f.sync_all())
+        .map_err(|e| format!("{path} at {disk_at}: {e}"))
+}
+
 /// The disk file and byte offset of plex `plex` of `dg.vol` at `plex_offset`, from a
 /// `--json print`, and how many bytes of that subdisk follow. Concat plexes only
 /// (a stripe's subdisks are offsets within a column).

@@ -11,7 +11,7 @@
 //! suite fast; issue 11 asks for 20: `PLEXD_CRASH_ROUNDS=20 cargo test -p
 //! plexd-tests --test drl_crash` runs them).
 
-use plexd_tests::plex_disk::{plex_image, plex_location, plexd_log, resync_started};
+use plexd_tests::plex_disk::{diverge_plex, plex_image, plexd_log, resync_started};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -50,18 +50,9 @@ const DEFAULT_ROUNDS: u32 = 2;
 /// Writes other bytes over `SLOT_BYTES` of plex `plex` of `dg1.vol` at volume
 /// offset `at`, on the disk file (the plex's subdisk), so the plexes differ there.
 fn diverge(c: &Cluster, vol: &str, plex: &str, at: u64, round: u32) {
-    use std::io::{Seek, SeekFrom, Write};
-    let print = c.print(0);
-    let (path, disk_at, _) = plex_location(&print, "dg1", vol, plex, at)
+    let seed = 0xd1f + u64::from(round);
+    diverge_plex(&c.print(0), "dg1", vol, plex, at, SLOT_BYTES as usize, seed)
         .unwrap_or_else(|e| panic!("{vol}'s plex {plex} at {at}: {e}"));
-    let bytes = plexd_tests::data::pattern_bytes(0xd1f + u64::from(round), at, SLOT_BYTES as usize);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&path)
-        .unwrap_or_else(|e| panic!("{path}: {e}"));
-    f.seek(SeekFrom::Start(disk_at)).expect("seek");
-    f.write_all(&bytes).expect("write");
-    f.sync_all().expect("sync");
 }
 
 /// How one writer writes a pattern (through a data plane's kernel API, or an iSCSI

@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use plexd_target::api::KernelClient;
-use plexd_tests::plex_disk::{plex_image, plex_location, plexd_log};
+use plexd_tests::plex_disk::{diverge_plex, plex_image, plexd_log};
 use plexd_tests::{volume, wait_until, Cluster, ClusterOpts, Pattern};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -90,17 +90,8 @@ fn writer(k: KernelClient, stop: Arc<AtomicBool>, done: Arc<AtomicU64>) -> JoinH
 /// Other bytes over the slot at volume offset `at` of plex `plex`, on its disk
 /// file (`print` taken before the kill).
 fn diverge(print: &serde_json::Value, plex: &str, at: u64) {
-    use std::io::{Seek, SeekFrom, Write};
-    let (path, disk_at, _) = plex_location(print, DG, VOL, plex, at)
+    diverge_plex(print, DG, VOL, plex, at, SLOT_BYTES as usize, 0xd1f)
         .unwrap_or_else(|e| panic!("{VOL}'s plex {plex} at {at}: {e}"));
-    let bytes = plexd_tests::data::pattern_bytes(0xd1f, at, SLOT_BYTES as usize);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&path)
-        .unwrap_or_else(|e| panic!("{path}: {e}"));
-    f.seek(SeekFrom::Start(disk_at)).expect("seek");
-    f.write_all(&bytes).expect("write");
-    f.sync_all().expect("sync");
 }
 
 /// Ok once both plexes of each volume are ACTIVE on node 0 and identical on the
