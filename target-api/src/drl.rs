@@ -7,7 +7,8 @@
 //! nodes never write the same blocks. The log may have up to [`MAX_LOG_COPIES`]
 //! copies (log subdisks on different disks, laid out alike): the data plane writes
 //! every mark to every copy that has not failed, and a reader takes the union of
-//! the copies it can read (docs/PROTOCOL.md, "Node-crash recovery"). A section is
+//! the copies, or the whole volume when one cannot be read (docs/PROTOCOL.md,
+//! "Node-crash recovery"). A section is
 //! made of [`DRL_BLOCK_BYTES`] blocks:
 //!
 //! - block 0, the header: magic [`DRL_MAGIC`], version, the node, the log id, the

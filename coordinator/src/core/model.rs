@@ -69,8 +69,8 @@ pub struct DirtyLogSection {
     /// Volume.
     pub volume: String,
     /// The log's copies of the node's section, 1..=`MAX_LOG_COPIES`: the reader
-    /// takes the union of the dirty regions of those it can read (docs/PROTOCOL.md,
-    /// "Node-crash recovery"); none readable is [`DirtyLogRead::Unreadable`].
+    /// takes the union of their dirty regions (docs/PROTOCOL.md, "Node-crash
+    /// recovery"); any copy unreadable is [`DirtyLogRead::Unreadable`].
     pub copies: Vec<SectionCopy>,
     /// The section's length (header and bitmap).
     pub len_bytes: u64,
