@@ -15,11 +15,11 @@ use plexd_target::bdev::uring::UringBdev;
 use plexd_target::bdev::IoStatus;
 use plexd_target::diag::{run_ios, IoReq};
 use plexd_target::lease::FENCED_ERRNO;
-use plexd_target::reactor::ReactorConfig;
+use plexd_target::testutil::two_reactor_target;
 use plexd_target::testutil::{pattern, TempPath};
 use plexd_target::volume::drl::DRL_CLEAN_IDLE;
 use plexd_target::volume::{PlexKind, PlexSpec, PlexState, ReadPolicy, SubdiskSpec, VolumeSpec};
-use plexd_target::{Target, TargetConfig};
+use plexd_target::Target;
 use plexd_target_api::drl::{
     read_section, regions_for, section_bytes, DirtyLog, DirtyLogSpec, DrlCopy, MIN_REGION_BYTES,
 };
@@ -105,15 +105,7 @@ fn spec2(log_id: u64) -> VolumeSpec {
 /// [`setup_with`] with `copies` (1 or 2) log copies: the second on an error bdev
 /// `elog2` over a file of its own.
 fn setup_copies(shared: bool, copies: usize) -> Setup {
-    let _ = env_logger::builder().is_test(true).try_init();
-    let t = Target::start(&TargetConfig {
-        reactors: ReactorConfig {
-            cores: vec![0, 1],
-            ..Default::default()
-        },
-        ..Default::default()
-    })
-    .unwrap();
+    let t = two_reactor_target();
     for i in 0..2 {
         t.add_bdev(MallocBdev::new(&format!("m{i}"), VOL_BYTES, 512).unwrap())
             .unwrap();

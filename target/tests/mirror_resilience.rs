@@ -10,9 +10,9 @@ use plexd_target::bdev::malloc::MallocBdev;
 use plexd_target::bdev::IoStatus;
 use plexd_target::diag::{run_ios, IoReq};
 use plexd_target::perf::{start_job, JobConfig, Workload};
-use plexd_target::reactor::ReactorConfig;
+use plexd_target::testutil::two_reactor_target;
 use plexd_target::volume::{PlexKind, PlexSpec, PlexState, ReadPolicy, SubdiskSpec, VolumeSpec};
-use plexd_target::{Event, Target, TargetConfig};
+use plexd_target::{Event, Target};
 
 const MIB: u64 = 1 << 20;
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
@@ -24,15 +24,7 @@ fn mirror() -> (Arc<Target>, Arc<ErrorBdev>, Arc<ErrorBdev>) {
 
 /// [`mirror`], the volume's `local_detach` set to `local_detach`.
 fn mirror_with(local_detach: bool) -> (Arc<Target>, Arc<ErrorBdev>, Arc<ErrorBdev>) {
-    let _ = env_logger::builder().is_test(true).try_init();
-    let t = Target::start(&TargetConfig {
-        reactors: ReactorConfig {
-            cores: vec![0, 1],
-            ..Default::default()
-        },
-        ..Default::default()
-    })
-    .unwrap();
+    let t = two_reactor_target();
     let mut errs = Vec::new();
     for i in 0..2 {
         let m = MallocBdev::new(&format!("m{i}"), 16 * MIB, 512).unwrap();

@@ -15,24 +15,15 @@ use plexd_target::frontend::nvmf::pdu::{self, flag, ty, Digests};
 use plexd_target::frontend::nvmf::{
     AnaState, NamespaceConfig, NvmfConfig, NvmfFrontend, SubsystemConfig, DISCOVERY_NQN,
 };
-use plexd_target::reactor::ReactorConfig;
-use plexd_target::testutil::pattern;
-use plexd_target::{Target, TargetConfig};
+use plexd_target::testutil::{pattern, two_reactor_target};
+use plexd_target::Target;
 
 const NQN: &str = "nqn.2026-11.io.plexd:wire";
 const BS: usize = nvmf_host::BS;
 const IO_TIMEOUT: Duration = nvmf_host::IO_TIMEOUT;
 
 fn start_target(size_bytes: u64) -> Arc<Target> {
-    let _ = env_logger::builder().is_test(true).try_init();
-    let t = Target::start(&TargetConfig {
-        reactors: ReactorConfig {
-            cores: vec![0, 1],
-            ..Default::default()
-        },
-        ..Default::default()
-    })
-    .unwrap();
+    let t = two_reactor_target();
     t.add_bdev(MallocBdev::new("m0", size_bytes, BS as u32).unwrap())
         .unwrap();
     t

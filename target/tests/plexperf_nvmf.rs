@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use plexd_target::bdev::malloc::MallocBdev;
 use plexd_target::frontend::nvmf::{NamespaceConfig, NvmfConfig, NvmfFrontend, SubsystemConfig};
-use plexd_target::reactor::ReactorConfig;
-use plexd_target::{Target, TargetConfig};
+use plexd_target::testutil::two_reactor_target;
+use plexd_target::Target;
 
 const NQN: &str = "nqn.2026-11.io.plexd:perf";
 /// Longest one plexperf run may take (it runs 1 s and drains within its own
@@ -58,15 +58,7 @@ fn plexperf(args: &[&str]) -> (bool, String, String) {
 }
 
 fn start() -> (Arc<Target>, NvmfFrontend, u16) {
-    let _ = env_logger::builder().is_test(true).try_init();
-    let t = Target::start(&TargetConfig {
-        reactors: ReactorConfig {
-            cores: vec![0, 1],
-            ..Default::default()
-        },
-        ..Default::default()
-    })
-    .unwrap();
+    let t = two_reactor_target();
     t.add_bdev(MallocBdev::new("m0", 64 << 20, 512).unwrap())
         .unwrap();
     let fe = NvmfFrontend::start(

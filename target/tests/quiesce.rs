@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 use plexd_target::bdev::malloc::MallocBdev;
 use plexd_target::diag::{run_ios, IoReq};
 use plexd_target::perf::{start_job, JobConfig, Workload};
-use plexd_target::reactor::ReactorConfig;
+use plexd_target::testutil::two_reactor_target;
 use plexd_target::volume::{PlexKind, PlexSpec, PlexState, ReadPolicy, SubdiskSpec, VolumeSpec};
-use plexd_target::{Target, TargetConfig};
+use plexd_target::Target;
 
 const MIB: u64 = 1 << 20;
 
@@ -28,19 +28,6 @@ fn concat(name: &str, sds: Vec<SubdiskSpec>, state: PlexState) -> PlexSpec {
         columns: vec![sds],
         state,
     }
-}
-
-/// A target on two reactors (cores 0 and 1), logging to the test's output.
-fn two_reactor_target() -> Arc<Target> {
-    let _ = env_logger::builder().is_test(true).try_init();
-    Target::start(&TargetConfig {
-        reactors: ReactorConfig {
-            cores: vec![0, 1],
-            ..Default::default()
-        },
-        ..Default::default()
-    })
-    .unwrap()
 }
 
 /// Volume `name` of `len` bytes: one ACTIVE concat plex, the first `len` bytes of
