@@ -1,23 +1,5 @@
-//! Helpers for tests: data patterns, temporary files and a two-reactor target.
-//! (Synchronous bdev I/O is [`crate::diag`], which production code uses too.)
-
-use std::sync::Arc;
-
-use crate::reactor::ReactorConfig;
-use crate::target::{Target, TargetConfig};
-
-/// A target on two reactors (cores 0 and 1), logging to the test's output.
-pub fn two_reactor_target() -> Arc<Target> {
-    let _ = env_logger::builder().is_test(true).try_init();
-    Target::start(&TargetConfig {
-        reactors: ReactorConfig {
-            cores: vec![0, 1],
-            ..Default::default()
-        },
-        ..Default::default()
-    })
-    .expect("a target on cores 0 and 1 starts")
-}
+//! Helpers for tests: data patterns and temporary files. (Synchronous bdev I/O is
+//! [`crate::diag`], which production code uses too.)
 
 /// `len` bytes pattern-filled from `seed` (a cheap, position-dependent pattern).
 pub fn pattern(seed: u64, len: usize) -> Vec<u8> {

@@ -6,16 +6,18 @@
 //! With two log copies, a copy whose write fails is retired and writes go on
 //! while the other copy takes the marks; both failing fails the writes.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::two_reactor_target;
 use plexd_target::bdev::error::{ErrorBdev, FailOn};
 use plexd_target::bdev::malloc::MallocBdev;
 use plexd_target::bdev::uring::UringBdev;
 use plexd_target::bdev::IoStatus;
 use plexd_target::diag::{run_ios, IoReq};
 use plexd_target::lease::FENCED_ERRNO;
-use plexd_target::testutil::two_reactor_target;
 use plexd_target::testutil::{pattern, TempPath};
 use plexd_target::volume::drl::DRL_CLEAN_IDLE;
 use plexd_target::volume::{PlexKind, PlexSpec, PlexState, ReadPolicy, SubdiskSpec, VolumeSpec};

@@ -2,15 +2,17 @@
 //! plex, a write failing on one plex detaches that plex (STALE) before the write
 //! completes, and the last ACTIVE plex is never detached.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::two_reactor_target;
 use plexd_target::bdev::error::{ErrorBdev, FailOn};
 use plexd_target::bdev::malloc::MallocBdev;
 use plexd_target::bdev::IoStatus;
 use plexd_target::diag::{run_ios, IoReq};
 use plexd_target::perf::{start_job, JobConfig, Workload};
-use plexd_target::testutil::two_reactor_target;
 use plexd_target::volume::{PlexKind, PlexSpec, PlexState, ReadPolicy, SubdiskSpec, VolumeSpec};
 use plexd_target::{Event, Target};
 

@@ -5,9 +5,12 @@
 //! PDUs that must close one connection without hurting the target. Every socket
 //! read has a timeout and only 127.0.0.1 is used.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::two_reactor_target;
 use plexd_target::bdev::malloc::MallocBdev;
 use plexd_target::bdev::Bdev;
 use plexd_target::diag::{run_ios, IoReq};
@@ -15,7 +18,7 @@ use plexd_target::frontend::nvmf::pdu::{self, flag, ty, Digests};
 use plexd_target::frontend::nvmf::{
     AnaState, NamespaceConfig, NvmfConfig, NvmfFrontend, SubsystemConfig, DISCOVERY_NQN,
 };
-use plexd_target::testutil::{pattern, two_reactor_target};
+use plexd_target::testutil::pattern;
 use plexd_target::Target;
 
 const NQN: &str = "nqn.2026-11.io.plexd:wire";

@@ -6,14 +6,16 @@
 //! and the NQN and a non-zero exit. Every plexperf run is bounded (`--time 1`, its
 //! own I/O timeouts) and killed by PID if it outlives [`RUN_DEADLINE`].
 
+mod common;
+
 use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::two_reactor_target;
 use plexd_target::bdev::malloc::MallocBdev;
 use plexd_target::frontend::nvmf::{NamespaceConfig, NvmfConfig, NvmfFrontend, SubsystemConfig};
-use plexd_target::testutil::two_reactor_target;
 use plexd_target::Target;
 
 const NQN: &str = "nqn.2026-11.io.plexd:perf";

@@ -1,13 +1,15 @@
 //! Quiesce under concurrent load on every reactor: thousands of prepare/commit
 //! cycles with layout changes, zero failed or lost I/Os, every read verified.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::two_reactor_target;
 use plexd_target::bdev::malloc::MallocBdev;
 use plexd_target::diag::{run_ios, IoReq};
 use plexd_target::perf::{start_job, JobConfig, Workload};
-use plexd_target::testutil::two_reactor_target;
 use plexd_target::volume::{PlexKind, PlexSpec, PlexState, ReadPolicy, SubdiskSpec, VolumeSpec};
 use plexd_target::Target;
 
