@@ -331,6 +331,10 @@ fn kill_9_rounds(via: Via) {
         w1.wait_writes(WRITES_BEFORE_KILL);
         w2.wait_writes(WRITES_BEFORE_KILL);
         c.kill_node(2);
+        // Not `stop` at once: a writer between two writes at the kill would
+        // see the stop flag before the dead node and end without a failure.
+        w1.wait_ended();
+        w2.wait_ended();
         let (w1, w2) = (w1.finish(), w2.finish());
         assert!(
             w1.failure.is_some() && w2.failure.is_some(),
@@ -423,6 +427,7 @@ fn whole_cluster_kill_9_under_writes_recovers_before_serving() {
     let w = Writer::start(kernel_writes(c.kernel(2)), "dg1.vol1", SEED_BASE);
     w.wait_writes(WRITES_BEFORE_KILL);
     c.kill_all();
+    w.wait_ended();
     let w = w.finish();
     assert!(w.failure.is_some(), "the writer saw c die");
     let n = record(&mut c, w);
@@ -577,6 +582,7 @@ fn a_master_frozen_during_the_log_read_commits_no_stale_recovery() {
     let w = Writer::start(kernel_writes(c.kernel(2)), "dg1.vol1", SEED_BASE);
     w.wait_writes(WRITES_BEFORE_KILL);
     c.kill_node(2);
+    w.wait_ended();
     let w = w.finish();
     assert!(w.failure.is_some(), "the writer saw c die");
     let n = record(&mut c, w);
