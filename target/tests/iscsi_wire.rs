@@ -157,7 +157,19 @@ struct ScsiResult {
 
 impl Ini {
     fn connect(port: u16) -> Ini {
+        Ini::with_stream(TcpStream::connect(("127.0.0.1", port)).unwrap())
+    }
+
+    /// A connection whose receive buffer is locked at `rcvbuf` bytes (so
+    /// autotuning never grows it, whatever the machine's `net.ipv4.tcp_rmem`
+    /// allows): a test that fills the socket by not reading fills it for sure.
+    fn connect_with_rcvbuf(port: u16, rcvbuf: usize) -> Ini {
         let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::RcvBuf, &rcvbuf).unwrap();
+        Ini::with_stream(s)
+    }
+
+    fn with_stream(s: TcpStream) -> Ini {
         s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
         s.set_nodelay(true).unwrap();
         static NEXT_ISID: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(1);
@@ -1493,6 +1505,10 @@ const FILL_READ_BLOCKS: u16 = 256;
 /// Most reads sent to fill it (32 MiB: far more than a loopback socket pair
 /// holds; the target's send buffer autotunes up to 4 MB).
 const MAX_FILL_READS: u32 = 256;
+/// The filling initiator's receive buffer (the kernel's minimum, about): with
+/// more, a machine whose `tcp_rmem` lets the queue be collapsed opens the window
+/// again by the little output the target still holds, and the Logout completes.
+const FILL_RCVBUF: usize = 4 << 10;
 
 /// Found by review: while a Logout response waits behind output the socket does
 /// not take, bytes from the initiator must not make the reactor spin (the read
@@ -1505,7 +1521,7 @@ fn bytes_after_a_logout_stuck_in_a_full_socket_do_not_spin_the_reactor() {
     let t = start_target(8 << 20);
     let fe = IscsiFrontend::start(&t, &config(None, None)).unwrap();
     let port = fe.portal().port();
-    let mut ini = Ini::connect(port);
+    let mut ini = Ini::connect_with_rcvbuf(port, FILL_RCVBUF);
     assert_eq!(ini.login(false), 0);
     // Reads the initiator does not take, one at a time (each answered before the
     // next, so the queued output stays far below the 4 MiB above which the
