@@ -57,6 +57,9 @@ struct DgDisk {
 struct DgImport {
   dg @0 :Text;
   shared @1 :Bool;
+  # Import a group another node or cluster still owns on its disks (that owner is
+  # down for good): `dg import --clear-owner`.
+  clearOwner @2 :Bool;
 }
 
 struct VolCreate {

@@ -161,12 +161,17 @@ fn dg_change(cmd: &DgCmd) -> Result<Option<ChangeBuilder>, Failure> {
                 x.set_detach_policy(policy.as_str());
             })
         }
-        DgCmd::Import { dg, shared } => {
-            let (dg, shared) = (dg.clone(), *shared);
+        DgCmd::Import {
+            dg,
+            shared,
+            clear_owner,
+        } => {
+            let (dg, shared, clear_owner) = (dg.clone(), *shared, *clear_owner);
             Box::new(move |b| {
                 let mut x = b.init_dg_import();
                 x.set_dg(dg.as_str());
                 x.set_shared(shared);
+                x.set_clear_owner(clear_owner);
             })
         }
         _ => return Ok(None),

@@ -171,6 +171,13 @@ pub(crate) enum DgCmd {
         /// Import as a shared group.
         #[arg(long)]
         shared: bool,
+        /// Take over a group whose owner (another node, or another cluster) is down
+        /// for good: its record still names that owner. Refused while the owner is a
+        /// member of this cluster. The owner must not come back serving it: make
+        /// sure it is powered off or cannot reach the disks. Mirrors it left open
+        /// are recovered from its dirty region log before the group is served.
+        #[arg(long)]
+        clear_owner: bool,
     },
     /// Sets a disk group's settings. Example: dg set dg1 detach-policy=local
     ///

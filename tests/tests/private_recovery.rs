@@ -94,10 +94,10 @@ fn diverge(print: &serde_json::Value, plex: &str, at: u64) {
         .unwrap_or_else(|e| panic!("{VOL}'s plex {plex} at {at}: {e}"));
 }
 
-/// Ok once both plexes of each volume are ACTIVE on node 0 and identical on the
+/// Ok once both plexes of each volume are ACTIVE on node `i` and identical on the
 /// disks.
-fn settled(c: &Cluster) -> Result<(), String> {
-    let p = c.try_ctl_json(0, "print")?;
+fn settled(c: &Cluster, i: usize) -> Result<(), String> {
+    let p = c.try_ctl_json(i, "print")?;
     for vol in [VOL, VOL2] {
         settled_volume(&p, vol)?;
     }
@@ -134,9 +134,9 @@ fn copied(log: &str, vol: &str) -> Vec<u64> {
         .collect()
 }
 
-#[test]
-fn a_private_mirror_is_recovered_after_kill_9_and_not_after_a_clean_stop() {
-    let mut c = Cluster::start(1, ClusterOpts::default());
+/// Node 0's private group [`DG`]: [`VOL`] (a 2-way mirror with a log) and
+/// [`VOL2`] (one without), served on node 0.
+fn create_private_group(c: &Cluster) {
     c.ctl_ok(0, &format!("dg create {DG} d1 d2"));
     c.ctl_ok(
         0,
@@ -156,7 +156,13 @@ fn a_private_mirror_is_recovered_after_kill_9_and_not_after_a_clean_stop() {
         "{VOL2} has none: {print}"
     );
     c.wait_served(0, DG, VOL);
+}
 
+/// Writes to [`VOL`] through node 0 until node 0's processes are killed -9 under
+/// the writer; the write in flight at the kill is then made to differ on
+/// `VOL-02`'s disk file, as a node dying between its two plex writes leaves it.
+fn write_until_killed(c: &mut Cluster) -> Written {
+    let print = c.print(0);
     let (stop, done) = (
         Arc::new(AtomicBool::new(false)),
         Arc::new(AtomicU64::new(0)),
@@ -182,22 +188,21 @@ fn a_private_mirror_is_recovered_after_kill_9_and_not_after_a_clean_stop() {
     stop.store(true, Ordering::Relaxed);
     let w = w.join().expect("the writer thread panicked");
     let in_flight = w.failed.clone().expect("the writer saw the node die");
-    // The write in flight at the kill reached one plex only.
     diverge(&print, &format!("{VOL}-02"), in_flight.offset_bytes);
-    let base = plexd_log(&c, 0).len();
+    w
+}
 
-    c.restart_node(0);
-    wait_until(
-        "the private mirror to be recovered (plexes ACTIVE and identical)",
-        RECOVERY_TIMEOUT,
-        || settled(&c),
-    );
-    let log = plexd_log(&c, 0);
+/// Checks node `i`'s log since `base` for the recovery of [`DG`] (left open by a
+/// dead start): [`VOL`] copied only its dirty regions, exactly as planned from its
+/// log; [`VOL2`] (no log) whole; then every acknowledged write reads back through
+/// node `i`.
+fn check_recovered(c: &Cluster, i: usize, base: usize, w: &Written) {
+    let log = plexd_log(c, i);
     let new = &log[base..];
     let open_line = new
         .lines()
         .find(|l| l.contains(&format!("private disk group {DG} was left open")))
-        .unwrap_or_else(|| panic!("the restart found the group left open:\n{new}"));
+        .unwrap_or_else(|| panic!("the group was found left open:\n{new}"));
     let bytes = copied(new, VOL);
     let bytes2 = copied(new, VOL2);
     eprintln!(
@@ -217,18 +222,34 @@ fn a_private_mirror_is_recovered_after_kill_9_and_not_after_a_clean_stop() {
         "the recovery planned from the log the bytes copied ({planned}): {open_line}"
     );
     assert_eq!(bytes2, vec![VOL_BYTES], "{VOL2} has no log: resynced whole");
-    let k = c.kernel(0);
+    let k = c.kernel(i);
     for p in w.acked.values() {
         p.verify(&k)
             .unwrap_or_else(|e| panic!("an acknowledged write is lost: {e}"));
     }
+}
+
+#[test]
+fn a_private_mirror_is_recovered_after_kill_9_and_not_after_a_clean_stop() {
+    let mut c = Cluster::start(1, ClusterOpts::default());
+    create_private_group(&c);
+    let w = write_until_killed(&mut c);
+    let base = plexd_log(&c, 0).len();
+
+    c.restart_node(0);
+    wait_until(
+        "the private mirror to be recovered (plexes ACTIVE and identical)",
+        RECOVERY_TIMEOUT,
+        || settled(&c, 0),
+    );
+    check_recovered(&c, 0, base, &w);
 
     // A clean stop: the group is closed, the next start copies nothing.
     c.stop_coordinator(0);
     let base = plexd_log(&c, 0).len();
     c.restart_node(0);
     c.wait_served(0, DG, VOL);
-    settled(&c).expect("the plexes after a clean stop");
+    settled(&c, 0).expect("the plexes after a clean stop");
     let log = plexd_log(&c, 0);
     let new = &log[base..];
     assert!(
@@ -236,5 +257,60 @@ fn a_private_mirror_is_recovered_after_kill_9_and_not_after_a_clean_stop() {
             && copied(new, VOL).is_empty()
             && copied(new, VOL2).is_empty(),
         "no recovery after a clean stop:\n{new}"
+    );
+}
+
+/// `dg import --clear-owner` (docs/OPERATIONS.md "A private group whose node is
+/// gone"): node a's private group is refused to b while a is a member (with or
+/// without the flag); after a is killed -9 under writes, b takes it over with the
+/// flag only, recovers the mirror a left open from a's section of its log (only the
+/// dirty regions), and serves every acknowledged write; a's restart leaves the
+/// group to b.
+#[test]
+fn a_dead_nodes_private_group_is_taken_over_with_clear_owner_and_recovered() {
+    let mut c = Cluster::start(3, ClusterOpts::default());
+    create_private_group(&c);
+    let not_yours = c.ctl_err(1, &format!("dg import {DG}"));
+    assert!(
+        not_yours.contains("imported by a") && not_yours.contains("--clear-owner"),
+        "a plain import of a's group is refused, naming a and the override: {not_yours}"
+    );
+    let member = c.ctl_err(1, &format!("dg import {DG} --clear-owner"));
+    assert!(
+        member.contains("a member of the cluster"),
+        "--clear-owner is refused while a is a member: {member}"
+    );
+    let w = write_until_killed(&mut c);
+    let base = plexd_log(&c, 1).len();
+    let refused = c.ctl_err(1, &format!("dg import {DG}"));
+    assert!(
+        refused.contains("--clear-owner"),
+        "a dead owner still needs the override: {refused}"
+    );
+    // b's view drops a within a heartbeat timeout; until then the flag is refused.
+    wait_until("b to take a's group over", RECOVERY_TIMEOUT, || {
+        let out = c.ctl(1, &format!("dg import {DG} --clear-owner"));
+        match out.status.success() {
+            true => Ok(()),
+            false => Err(String::from_utf8_lossy(&out.stderr).trim().to_string()),
+        }
+    });
+    wait_until(
+        "the taken-over mirror to be recovered on b (plexes ACTIVE and identical)",
+        RECOVERY_TIMEOUT,
+        || settled(&c, 1),
+    );
+    check_recovered(&c, 1, base, &w);
+
+    c.restart_node(0);
+    let print = c.print(0);
+    assert!(
+        volume(&print, DG, VOL).is_none(),
+        "a's restart does not serve the group b took over: {print}"
+    );
+    let still = c.ctl_err(0, &format!("dg import {DG}"));
+    assert!(
+        still.contains("imported by b"),
+        "the group is b's now: {still}"
     );
 }

@@ -80,12 +80,14 @@ pub enum CtlChange {
         /// `global` or `local` as typed (checked by the resolver).
         detach_policy: String,
     },
-    /// `dg import DG [--shared]`.
+    /// `dg import DG [--shared] [--clear-owner]`.
     DgImport {
         /// Group.
         dg: String,
         /// Shared.
         shared: bool,
+        /// Take it over from an owner that is down for good.
+        clear_owner: bool,
     },
     /// `vol create`.
     VolCreate {
@@ -603,6 +605,7 @@ fn read_change(r: c::change::Reader<'_>) -> capnp::Result<CtlChange> {
             CtlChange::DgImport {
                 dg: text(x.get_dg())?,
                 shared: x.get_shared(),
+                clear_owner: x.get_clear_owner(),
             }
         }
         Which::VolCreate(x) => read_vol_create(x?)?,

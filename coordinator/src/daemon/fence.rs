@@ -261,7 +261,9 @@ impl Fencer {
     }
 
     /// Runs `copy` while this node holds a fence on `volume`; runs it again while
-    /// the fence was broken meanwhile. An error of `copy` ends at once.
+    /// the fence was broken meanwhile, whatever `copy` answered (a copy the data
+    /// plane refused because the break had resumed the volume fails for that
+    /// reason alone). An error of `copy` under a fence that held ends at once.
     pub fn run<T>(
         &self,
         volume: &str,
@@ -287,7 +289,7 @@ impl Fencer {
                 }
             }
             match (copied, why) {
-                (Some(Err(e)), _) => return Err(e),
+                (Some(Err(e)), None) => return Err(e),
                 (Some(Ok(v)), None) => return Ok(v),
                 (_, Some(why)) => {
                     if started.elapsed() > FENCE_RETRY_FOR {
@@ -401,6 +403,55 @@ mod tests {
         assert_eq!(f.release(&k, "dg1.v1", 7), Ok(false));
         assert_eq!(f.release(&k, "dg1.v1", 9), Ok(true));
         assert_eq!(calls(&k), ["quiesce dg1.v1", "resume dg1.v1"]);
+    }
+
+    /// Answers `n` fence calls as the driver would: holds succeed, and the
+    /// releases answer `released` in turn (false: the fence was broken).
+    fn driver(
+        rx: std::sync::mpsc::Receiver<Input>,
+        released: Vec<bool>,
+    ) -> std::thread::JoinHandle<()> {
+        std::thread::spawn(move || {
+            let mut released = released.into_iter();
+            while let Ok(Input::Fence { hold, reply, .. }) = rx.recv() {
+                let held = hold || released.next().unwrap_or(true);
+                let _ = reply.try_send(Ok(held));
+            }
+        })
+    }
+
+    #[test]
+    fn a_copy_refused_under_a_broken_fence_is_copied_again() {
+        let (tx, rx) = std::sync::mpsc::sync_channel(4);
+        let d = driver(rx, vec![false, true]);
+        let fencer = Fencer::new(2, tx);
+        let mut calls = 0;
+        let r = fencer.run("dg.v", &AtomicBool::new(false), || {
+            calls += 1;
+            match calls {
+                1 => Err("the volume is not quiesced on this data plane".to_string()),
+                _ => Ok(calls),
+            }
+        });
+        assert_eq!(r, Ok(2), "the refused copy ran again under a new fence");
+        drop(fencer);
+        d.join().unwrap();
+    }
+
+    #[test]
+    fn a_copy_error_under_a_fence_that_held_ends_the_run() {
+        let (tx, rx) = std::sync::mpsc::sync_channel(4);
+        let d = driver(rx, vec![true]);
+        let fencer = Fencer::new(2, tx);
+        let mut calls = 0;
+        let r: Result<(), String> = fencer.run("dg.v", &AtomicBool::new(false), || {
+            calls += 1;
+            Err("read error".to_string())
+        });
+        assert_eq!(r, Err("read error".to_string()));
+        assert_eq!(calls, 1);
+        drop(fencer);
+        d.join().unwrap();
     }
 
     #[test]

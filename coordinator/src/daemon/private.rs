@@ -86,8 +86,9 @@ pub(super) fn recover_entry(section: &DirtyLogSection, read: DirtyLogRead) -> Op
     })
 }
 
-/// Recovers private group `g`, left open (`g.open_nodes` non-empty) by a start that
-/// did not stop cleanly (this node's, `name`, in practice): reads the section of
+/// Recovers group `g`, left open (`g.open_nodes` non-empty) by a start that did
+/// not stop cleanly (this node's, `name`, at a start; its crashed owner's at a
+/// `dg import --clear-owner`): reads the section of
 /// each mirrored volume's log of every node id the open record names, and applies
 /// [`DiskGroupConfig::recover_private`] with their union (a volume whose section
 /// of any of them is unreadable is resynchronised whole). The bytes the resync
@@ -131,7 +132,8 @@ pub(super) fn recover_group(name: &str, g: &mut DiskGroupConfig, files: &[PathBu
         }
     }
     log::warn!(
-        "node {name}: private disk group {} was left open by start(s) {left:?} (no clean stop): recovered before it is served; to copy: {}",
+        "node {name}: {} disk group {} was left open by start(s) {left:?} (no clean stop): recovered before it is served; to copy: {}",
+        if g.shared { "shared" } else { "private" },
         g.name,
         if copies.is_empty() {
             "nothing".to_string()

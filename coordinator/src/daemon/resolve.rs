@@ -31,7 +31,11 @@ impl Daemon {
             CtlChange::DgRmDisk { dg, disk } => Change::DgRmDisk { dg, disk },
             CtlChange::DgDestroy { dg, force } => Change::DgDestroy { dg, force },
             CtlChange::DgDeport { dg, force } => Change::DgDeport { dg, force },
-            CtlChange::DgImport { dg, shared } => self.resolve_dg_import(dg, shared)?,
+            CtlChange::DgImport {
+                dg,
+                shared,
+                clear_owner,
+            } => self.resolve_dg_import(dg, shared, clear_owner)?,
             CtlChange::DgSet { dg, detach_policy } => Change::DgSetDetachPolicy {
                 policy: crate::model::DetachPolicy::parse(&detach_policy).ok_or_else(|| {
                     self.refuse(format!(
@@ -165,8 +169,19 @@ impl Daemon {
         })
     }
 
-    /// `dg import`: the group as found on this node's disk paths.
-    fn resolve_dg_import(&mut self, dg: String, shared: bool) -> Result<Change, RequestError> {
+    /// `dg import`: the group as found on this node's disk paths. A group whose
+    /// record names another owner (a node, or another cluster) is refused unless
+    /// `clear_owner`, and even then while that owner is a member of this view. A
+    /// group found left open by starts that did not stop cleanly (its owner crashed)
+    /// has its mirrors recovered from their dirty region logs
+    /// ([`private::recover_group`]) before the change is proposed, so the import
+    /// serves it with the divergent plexes SYNCING.
+    fn resolve_dg_import(
+        &mut self,
+        dg: String,
+        shared: bool,
+        clear_owner: bool,
+    ) -> Result<Change, RequestError> {
         let files = self.file.disk_files();
         if self.node.private().disk_group(&dg).is_some() || self.node.config().group(&dg).is_some()
         {
@@ -178,7 +193,7 @@ impl Daemon {
         self.check_name_free(&dg)?;
         let (_, _, all) = disks::discover(&files, &self.file.cluster.id, &self.name);
         let found: Vec<_> = all.into_iter().filter(|g| g.name == dg).collect();
-        let config = match found.len() {
+        let mut config = match found.len() {
             0 => {
                 return Err(self.refuse_as(
                     ErrorKind::NotFound,
@@ -192,20 +207,47 @@ impl Daemon {
                 )))
             }
         };
-        if !config.owner_id.is_empty()
-            && config.owner_id != self.file.cluster.id
-            && config.owner_id != self.name
-        {
-            return Err(self.refuse(format!(
-                "disk group {dg} is imported by {}; deport it there first",
-                config.owner_id
-            )));
+        let owner = config.owner_id.clone();
+        if !owner.is_empty() && owner != self.file.cluster.id && owner != self.name {
+            self.check_owner_gone(&dg, &owner, clear_owner)?;
+            log::warn!(
+                "node {}: disk group {dg}: taking it over from owner {owner} (--clear-owner)",
+                self.name
+            );
+        }
+        if !config.open_nodes.is_empty() {
+            private::recover_group(&self.name, &mut config, &files);
         }
         Ok(Change::DgImport {
             config,
             shared,
             owner_id: self.owner_id(shared),
         })
+    }
+
+    /// Refuses to import a group `owner` still owns, unless `clear_owner` says the
+    /// owner is down for good; a member of this view is never down for good.
+    fn check_owner_gone(
+        &self,
+        dg: &str,
+        owner: &str,
+        clear_owner: bool,
+    ) -> Result<(), RequestError> {
+        if !clear_owner {
+            return Err(self.refuse(format!(
+                "disk group {dg} is imported by {owner}; deport it there first, or, if {owner} is down for good, import with --clear-owner"
+            )));
+        }
+        let member = self
+            .file
+            .node(owner)
+            .is_some_and(|n| self.node.view().is_some_and(|v| v.members.contains(&n.id)));
+        if member {
+            return Err(self.refuse(format!(
+                "disk group {dg} is imported by node {owner}, a member of the cluster: deport it there (--clear-owner is for an owner that is down for good)"
+            )));
+        }
+        Ok(())
     }
 
     /// `vol create`: the layout with its defaults (2 mirrors, 2 columns, the default
