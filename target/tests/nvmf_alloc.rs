@@ -10,10 +10,9 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use common::two_reactor_target;
+use common::{nvmf_export, two_reactor_target};
 use plexd_target::bdev::malloc::MallocBdev;
 use plexd_target::frontend::nvmf::pdu::Digests;
-use plexd_target::frontend::nvmf::{NamespaceConfig, NvmfConfig, NvmfFrontend, SubsystemConfig};
 use plexd_target::testutil::pattern;
 
 #[allow(dead_code)]
@@ -73,26 +72,6 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOC: Counting = Counting;
 
-fn config() -> NvmfConfig {
-    NvmfConfig {
-        listeners: vec!["127.0.0.1:0".into()],
-        subsystems: vec![SubsystemConfig {
-            nqn: NQN.into(),
-            allow_any: true,
-            namespaces: vec![NamespaceConfig {
-                nsid: 1,
-                bdev: "m0".into(),
-                identity: None,
-                read_only: false,
-            }],
-            ..Default::default()
-        }],
-        cntlid_range: None,
-        ana_group: None,
-        pr_dir: None,
-    }
-}
-
 /// Writes 4 KiB in the capsule at block `i * 8` and reads it back; asserts both
 /// succeed and the data round-trips.
 fn write_and_read(q: &mut Host, i: u64) {
@@ -114,8 +93,7 @@ fn in_capsule_writes_and_reads_allocate_nothing_per_command_on_the_reactors() {
     let t = two_reactor_target();
     t.add_bdev(MallocBdev::new("m0", 8 << 20, BS as u32).unwrap())
         .unwrap();
-    let fe = NvmfFrontend::start(&t, &config()).unwrap();
-    let port = fe.listeners()[0].port();
+    let (fe, port) = nvmf_export(&t, NQN, "m0");
     let dig = Digests::default();
     let mut a = Host::ic(port, dig);
     let c = a.connect(0, 0xffff, 0, NQN);
