@@ -647,7 +647,7 @@ fn open_controller(cfg: &NvmfJobConfig) -> Result<Controller, String> {
 
 /// One command slot of a queue pair.
 struct Slot {
-    /// Data written, or read into.
+    /// Data written, or read into (by a verify round; other reads drop it).
     buf: Vec<u8>,
     offset: u64,
     /// TSC reading at submit, 0 when this I/O is not sampled.
@@ -793,7 +793,10 @@ impl Qpair<'_> {
                         p.data.len()
                     )));
                 }
-                s.buf[off..off + p.data.len()].copy_from_slice(p.data);
+                // Only a verify round looks at what it read.
+                if self.cfg.workload == Workload::Verify {
+                    s.buf[off..off + p.data.len()].copy_from_slice(p.data);
+                }
                 s.got += p.data.len();
                 if p.flags & flag::SUCCESS != 0 {
                     self.complete(c, cid, 0, stopping);

@@ -13,9 +13,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::two_reactor_target;
+use common::{nvmf_export, two_reactor_target};
 use plexd_target::bdev::malloc::MallocBdev;
-use plexd_target::frontend::nvmf::{NamespaceConfig, NvmfConfig, NvmfFrontend, SubsystemConfig};
+use plexd_target::frontend::nvmf::NvmfFrontend;
 use plexd_target::Target;
 
 const NQN: &str = "nqn.2026-11.io.plexd:perf";
@@ -63,28 +63,7 @@ fn start() -> (Arc<Target>, NvmfFrontend, u16) {
     let t = two_reactor_target();
     t.add_bdev(MallocBdev::new("m0", 64 << 20, 512).unwrap())
         .unwrap();
-    let fe = NvmfFrontend::start(
-        &t,
-        &NvmfConfig {
-            listeners: vec!["127.0.0.1:0".into()],
-            subsystems: vec![SubsystemConfig {
-                nqn: NQN.into(),
-                allow_any: true,
-                namespaces: vec![NamespaceConfig {
-                    nsid: 1,
-                    bdev: "m0".into(),
-                    identity: None,
-                    read_only: false,
-                }],
-                ..Default::default()
-            }],
-            cntlid_range: None,
-            ana_group: None,
-            pr_dir: None,
-        },
-    )
-    .unwrap();
-    let port = fe.listeners()[0].port();
+    let (fe, port) = nvmf_export(&t, NQN, "m0");
     (t, fe, port)
 }
 

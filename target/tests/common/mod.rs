@@ -18,3 +18,39 @@ pub fn two_reactor_target() -> Arc<Target> {
     })
     .expect("a target on cores 0 and 1 starts")
 }
+
+/// Starts an NVMe/TCP frontend of `t` on 127.0.0.1 (a free port) exporting bdev
+/// `bdev` as namespace 1 of subsystem `nqn` to any host; returns it and its port.
+#[allow(dead_code)] // not every test binary that shares this module exports over NVMe/TCP
+pub fn nvmf_export(
+    t: &Arc<Target>,
+    nqn: &str,
+    bdev: &str,
+) -> (plexd_target::frontend::nvmf::NvmfFrontend, u16) {
+    use plexd_target::frontend::nvmf::{
+        NamespaceConfig, NvmfConfig, NvmfFrontend, SubsystemConfig,
+    };
+    let fe = NvmfFrontend::start(
+        t,
+        &NvmfConfig {
+            listeners: vec!["127.0.0.1:0".into()],
+            subsystems: vec![SubsystemConfig {
+                nqn: nqn.into(),
+                allow_any: true,
+                namespaces: vec![NamespaceConfig {
+                    nsid: 1,
+                    bdev: bdev.into(),
+                    identity: None,
+                    read_only: false,
+                }],
+                ..Default::default()
+            }],
+            cntlid_range: None,
+            ana_group: None,
+            pr_dir: None,
+        },
+    )
+    .expect("the NVMe/TCP frontend starts on 127.0.0.1");
+    let port = fe.listeners()[0].port();
+    (fe, port)
+}

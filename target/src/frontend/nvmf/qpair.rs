@@ -800,8 +800,12 @@ impl Conn {
         }
         match self.prepare_cmd(st, sqe, p.data) {
             Ok(cmd) => {
+                let to_pool = cmd.to_pool && !p.data.is_empty();
                 let key = st.cmds.insert(cmd);
                 st.cids.insert(cid, key);
+                if to_pool {
+                    self.place_capsule_data(st, key, p.data);
+                }
                 self.advance(st, key);
             }
             Err(s) => st.respond(cid, s, 0, 0),
@@ -856,9 +860,10 @@ impl Conn {
             return Err(Status::SGL_LENGTH);
         }
         if inline {
-            // Pool-bound data is copied into the pool buffer once the command
-            // has one.
-            cmd.vdata = data.to_vec();
+            // Pool-bound data goes to the pool buffer (`place_capsule_data`).
+            if !cmd.to_pool {
+                cmd.vdata = data.to_vec();
+            }
             cmd.got = need;
         } else if !cmd.to_pool {
             cmd.vdata = vec![0u8; need];
@@ -940,29 +945,54 @@ impl Conn {
         Ok(())
     }
 
-    /// Moves a command on: pool buffer, then host data (R2T), then execution.
-    fn advance(&self, st: &mut St, key: usize) {
+    /// In-capsule write data: copied once, into the command's pool buffer, or
+    /// aside (into `vdata`, moved by `got_buf`) while the command waits for one.
+    fn place_capsule_data(&self, st: &mut St, key: usize, data: &[u8]) {
+        if self.take_buf(st, key) {
+            if let Some(b) = st.cmds[key].buf.as_mut() {
+                let n = data.len().min(b.len());
+                b.bytes_mut()[..n].copy_from_slice(&data[..n]);
+            }
+        } else {
+            st.cmds[key].vdata = data.to_vec();
+        }
+    }
+
+    /// Gives command `key` its pool buffer if it needs one: true when it has
+    /// what it needs, false when it waits (queued behind earlier waiters, in
+    /// arrival order).
+    fn take_buf(&self, st: &mut St, key: usize) -> bool {
         let c = &st.cmds[key];
         if c.waiting {
-            return;
+            return false;
         }
-        if c.pool_len > 0 && c.buf.is_none() {
-            // Keep arrival order: behind earlier waiters.
-            let b = if st.waiting.is_empty() {
-                self.alloc_buf(st, c.pool_len)
-            } else {
-                None
-            };
-            match b {
-                Some(b) => self.got_buf(st, key, b),
-                None => {
-                    st.cmds[key].waiting = true;
-                    st.waiting.push_back(key);
-                    let class = BufPool::class_for(st.cmds[key].pool_len).unwrap_or(0);
-                    self.sync_active(st, class);
-                    return;
-                }
+        if c.pool_len == 0 || c.buf.is_some() {
+            return true;
+        }
+        let b = if st.waiting.is_empty() {
+            self.alloc_buf(st, c.pool_len)
+        } else {
+            None
+        };
+        match b {
+            Some(b) => {
+                self.got_buf(st, key, b);
+                true
             }
+            None => {
+                st.cmds[key].waiting = true;
+                st.waiting.push_back(key);
+                let class = BufPool::class_for(st.cmds[key].pool_len).unwrap_or(0);
+                self.sync_active(st, class);
+                false
+            }
+        }
+    }
+
+    /// Moves a command on: pool buffer, then host data (R2T), then execution.
+    fn advance(&self, st: &mut St, key: usize) {
+        if !self.take_buf(st, key) {
+            return;
         }
         let c = &st.cmds[key];
         if c.got < c.need && !(c.preempted && c.n_r2t == 0) {
