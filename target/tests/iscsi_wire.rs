@@ -1395,7 +1395,8 @@ fn a_shared_volumes_pr_out_goes_to_the_cluster_and_its_committed_state_is_served
                 };
                 seen_tx.send(ev).unwrap();
                 t.pr_broker().set_state("m0", &state);
-                fe.lock().unwrap().set_reservations("m0", &state);
+                let applied = fe.lock().unwrap().set_reservations("m0", &state);
+                applied.wait().unwrap();
                 t.complete_pr_out(request, result).unwrap();
             }
         })

@@ -67,7 +67,9 @@ use super::text::{self, Params};
 use super::{Session, Shared, TargetRt};
 use crate::bdev::{BdevIo, IoCallback, IoDone, IoStatus};
 use crate::buf::{BufPool, BufWaiter, PoolBuf};
+use crate::frontend::preempt::{abort_on, AbortFn, Issuer, PaWait, PreemptAbort, Preemptible};
 use crate::frontend::scsi::cdb::{self, NexusState, Op, Response};
+use crate::frontend::scsi::pr::Nexus;
 use crate::frontend::scsi::pr_cluster::{
     PrBroker, PrDone, PrOutRequest, PrOutResult, PR_OUT_TIMEOUT,
 };
@@ -145,6 +147,10 @@ pub(crate) fn connect(
     })
 }
 
+/// This frontend's abort of a preempt and abort's tasks on a reactor
+/// (`tmf`'s [`Preemptible`]).
+pub(crate) const ABORT_PREEMPTED: AbortFn = abort_on::<Conn, Shared>;
+
 /// Closes one connection (management API: target removed, initiator denied; a
 /// session reinstated from another reactor); `why` goes into the log line.
 pub(crate) fn close_conn(r: &Rc<Reactor>, fid: u64, id: u64, why: &str) {
@@ -197,6 +203,12 @@ struct Task {
     early: Vec<u8>,
     /// Bytes of `St::parked_bytes` reserved for `early`.
     early_reserved: u32,
+    /// The preempt and abort waiting for this task's bdev I/O (the task was
+    /// aborted by it and is still at the bdev).
+    held_by: Option<Arc<PreemptAbort>>,
+    /// A PERSISTENT RESERVE OUT PREEMPT AND ABORT waiting for the preempted
+    /// nexuses' commands to leave the bdevs.
+    pa: Option<PaWait>,
 }
 
 /// A task whose PERSISTENT RESERVE OUT the cluster is running.
@@ -469,6 +481,7 @@ impl Conn {
             // flush() ends with after() (parked tasks, counters).
             None => {
                 self.expire_pr_waits(now);
+                self.poll_preempts();
                 self.flush()
             }
         }
