@@ -1,5 +1,6 @@
 //! The LUN object: the bdev a LUN maps to, its SCSI identity, and the state every
-//! I_T nexus shares (reservations, software write protect, reset epoch, ALUA view).
+//! I_T nexus shares (reservations, software write protect, reset epoch, ALUA view),
+//! with the unit attentions established for single nexuses (a preempt's).
 
 use std::collections::VecDeque;
 use std::path::PathBuf;

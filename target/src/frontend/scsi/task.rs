@@ -794,6 +794,68 @@ mod tests {
         assert_eq!(t.err, Some(Failure::Check(sense::PORT_UNAVAILABLE)));
     }
 
+    /// The unit attention (sense) the next command `cdb0` of `initiator` gets.
+    fn ua_of(l: &LunRt, ns: &mut NexusState, initiator: &str, cdb0: u8) -> Option<Sense> {
+        let mut cdb = [0u8; 16];
+        cdb[0] = cdb0;
+        cdb[4] = 36;
+        match decode_command(&cdb, Some(l), &[0], (ns, initiator), &|_| false) {
+            Op::Done(r) if r.status == sense::CHECK_CONDITION => r.sense,
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_preempt_and_abort_queues_registrations_preempted_and_names_the_nexuses_to_abort() {
+        use crate::frontend::scsi::pr::{param, SA_PREEMPT, SA_PREEMPT_AND_ABORT};
+        let l = lun();
+        let (a, b, c) = ("iqn.a,i,0x1", "iqn.b,i,0x2", "iqn.c,i,0x3");
+        let mut st = PrState::default();
+        for (n, k) in [(a, 0xa), (b, 0xb), (c, 0xc)] {
+            st.out(&l.nexus(n), 0, 0, &param(0, k, false)).unwrap();
+        }
+        // b through another target port: another node's nexus, not this LUN's.
+        st.out(&Nexus::new(b, 9), 0, 0, &param(0, 0xb, false))
+            .unwrap();
+        let before = st.clone();
+        st.out(
+            &l.nexus(a),
+            SA_PREEMPT_AND_ABORT,
+            1,
+            &param(0xa, 0xb, false),
+        )
+        .unwrap();
+        assert_eq!(l.preempted(&before, &st), vec![l.nexus(b)]);
+        assert!(l.preempted(&st, &st).is_empty(), "the same state again");
+        // Commands cleared, queued twice, is one; it comes after the preempt's.
+        l.queue_nexus_ua(&l.nexus(b), sense::COMMANDS_CLEARED);
+        l.queue_nexus_ua(&l.nexus(b), sense::COMMANDS_CLEARED);
+        let mut ns = NexusState::default();
+        assert_eq!(ua_of(&l, &mut ns, b, 0x00), Some(sense::RESET_OCCURRED));
+        assert_eq!(ua_of(&l, &mut ns, b, 0x12), None, "INQUIRY runs");
+        assert_eq!(
+            ua_of(&l, &mut ns, b, 0x00),
+            Some(sense::REGISTRATIONS_PREEMPTED)
+        );
+        assert_eq!(ua_of(&l, &mut ns, b, 0x00), Some(sense::COMMANDS_CLEARED));
+        assert_eq!(ua_of(&l, &mut ns, b, 0x00), None);
+        let (mut ns_a, mut ns_c) = (NexusState::default(), NexusState::default());
+        for (n, ns) in [(a, &mut ns_a), (c, &mut ns_c)] {
+            assert_eq!(ua_of(&l, ns, n, 0x00), Some(sense::RESET_OCCURRED));
+            assert_eq!(ua_of(&l, ns, n, 0x00), None, "{n}: nothing more");
+        }
+        // PREEMPT: the unit attention, nothing to abort.
+        let before = st.clone();
+        st.out(&l.nexus(a), SA_PREEMPT, 1, &param(0xa, 0xc, false))
+            .unwrap();
+        assert!(l.preempted(&before, &st).is_empty());
+        assert_eq!(
+            ua_of(&l, &mut ns_c, c, 0x00),
+            Some(sense::REGISTRATIONS_PREEMPTED)
+        );
+        assert_eq!(ua_of(&l, &mut ns_a, a, 0x00), None, "not the issuer");
+    }
+
     #[test]
     fn a_submit_that_fails_with_nothing_in_flight_ends_the_task_with_its_sense() {
         let mut task = ScsiTask::new(lun(), Op::Flush);
