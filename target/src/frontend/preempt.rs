@@ -22,7 +22,7 @@
 //!   [`PaWait`]);
 //! - a control thread applying a cluster's committed state (`setReservations`:
 //!   every node, the issuing one included, aborts its own hosts' commands;
-//!   [`PreemptAbort::start_from_control`], then [`ResvApplied::wait`]), after
+//!   [`abort_committed`], then [`ResvApplied::wait`]), after
 //!   which the issuing command completes on the cluster's answer.
 
 use std::rc::Rc;
@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::TargetError;
 use crate::frontend::scsi::pr::Nexus;
-use crate::frontend::transport::{Protocol, Registry, Wire};
+use crate::frontend::transport::{Link, Protocol, Registry, Wire};
 use crate::reactor::{Msg, Reactor, ReactorSet, CONTROL_SEND_TIMEOUT};
 
 /// Longest applying a cluster's committed preempt and abort waits for the
@@ -71,10 +71,10 @@ pub(crate) type DoneFn = fn(&Rc<Reactor>, u64, u64);
 /// The connection running the preempting command: its reactor, its id and what
 /// to call there once nothing is left.
 #[derive(Clone, Copy)]
-pub(crate) struct Issuer {
-    pub(crate) reactor: usize,
-    pub(crate) conn: u64,
-    pub(crate) done: DoneFn,
+struct Issuer {
+    reactor: usize,
+    conn: u64,
+    done: DoneFn,
 }
 
 /// One preempt and abort in progress: what it aborts and what it waits for.
@@ -101,7 +101,7 @@ impl PreemptAbort {
     /// A preempt and abort of `hosts` on `bdev` in frontend `fid`, run by `at`
     /// (None: by a control thread), aborting with `abort` on each of
     /// `reactors` reactors and counting its sender.
-    pub(crate) fn new(
+    fn new(
         fid: u64,
         bdev: &str,
         hosts: Vec<Nexus>,
@@ -201,22 +201,48 @@ impl PreemptAbort {
         };
         h.try_send(self.msg()).is_ok()
     }
+}
 
-    /// From a control thread applying a cluster's committed state: sends every
-    /// reactor of `reactors` the abort (a reactor not reached within
-    /// [`CONTROL_SEND_TIMEOUT`] keeps its commands and is counted done, logged
-    /// naming `obj`), then counts the sender done. Wait with [`Self::wait`].
-    pub(crate) fn start_from_control(self: &Arc<Self>, reactors: &ReactorSet, obj: &str) {
-        for (i, h) in reactors.handles().iter().enumerate() {
-            if let Err(e) = h.send_timeout(self.msg(), CONTROL_SEND_TIMEOUT) {
-                log::error!(
-                    "{obj}: preempt and abort: reactor {i} not reached ({e}); its connections keep their commands"
-                );
-                self.release(None);
-            }
+/// A cluster's committed preempt and abort of `hosts` (by `by`) applied by a
+/// control thread to volume `volume` of frontend `fid` (`obj` names both in
+/// the log): sends every reactor of `reactors` the frontend's `abort` (a
+/// reactor not reached within [`CONTROL_SEND_TIMEOUT`] keeps its commands and is
+/// counted done, logged), then counts the sender done. The caller waits with
+/// [`ResvApplied::wait`] without holding its frontend.
+pub(crate) fn abort_committed(
+    reactors: &ReactorSet,
+    (fid, abort): (u64, AbortFn),
+    (volume, obj): (&str, &str),
+    by: &Nexus,
+    hosts: Vec<Nexus>,
+) -> ResvApplied {
+    log::info!(
+        "{obj}: preempt and abort by {by} committed: aborting the commands of {} on this node",
+        hosts
+            .iter()
+            .map(|n| n.initiator.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let handles = reactors.handles();
+    let pa = Arc::new(PreemptAbort::new(
+        fid,
+        volume,
+        hosts,
+        None,
+        abort,
+        handles.len(),
+    ));
+    for (i, h) in handles.iter().enumerate() {
+        if let Err(e) = h.send_timeout(pa.msg(), CONTROL_SEND_TIMEOUT) {
+            log::error!(
+                "{obj}: preempt and abort: reactor {i} not reached ({e}); its connections keep their commands"
+            );
+            pa.release(None);
         }
-        self.release(None);
     }
+    pa.release(None);
+    ResvApplied::aborting(volume, pa)
 }
 
 /// A preempt and abort the preempting command on a reactor waits for.
@@ -227,11 +253,25 @@ pub(crate) struct PaWait {
 }
 
 impl PaWait {
-    /// Sends the abort of `pa` from reactor `r` to every reactor (itself
-    /// included, through its ring), then counts the sender done.
-    pub(crate) fn start(r: &Reactor, pa: PreemptAbort) -> PaWait {
-        let pa = Arc::new(pa);
-        let unsent = (0..r.peers().len()).filter(|&i| !pa.send(r, i)).collect();
+    /// The preempting command of connection `link` removed `hosts` on `bdev`:
+    /// sends the frontend's `abort` to every reactor (its own included, through
+    /// its ring) and counts the sender done; `done` tells the connection when
+    /// nothing is left (it polls too, [`PaWait::poll`]).
+    pub(crate) fn start(
+        link: &Link,
+        (abort, done): (AbortFn, DoneFn),
+        bdev: &str,
+        hosts: Vec<Nexus>,
+    ) -> PaWait {
+        let r = &link.reactor;
+        let at = Issuer {
+            reactor: r.id(),
+            conn: link.id,
+            done,
+        };
+        let n = r.peers().len();
+        let pa = Arc::new(PreemptAbort::new(link.fid, bdev, hosts, Some(at), abort, n));
+        let unsent = (0..n).filter(|&i| !pa.send(r, i)).collect();
         pa.release(Some(r));
         PaWait { pa, unsent }
     }
@@ -264,7 +304,7 @@ impl ResvApplied {
     }
 
     /// The aborts of `pa`, started from a control thread, to wait for.
-    pub(crate) fn aborting(volume: &str, pa: Arc<PreemptAbort>) -> ResvApplied {
+    fn aborting(volume: &str, pa: Arc<PreemptAbort>) -> ResvApplied {
         ResvApplied {
             volume: volume.to_string(),
             pa: Some(pa),

@@ -36,7 +36,7 @@ use std::time::Duration;
 
 pub use config::{ChapConfig, IscsiConfig, LunConfig, TargetNodeConfig};
 
-use super::preempt::PreemptAbort;
+use super::preempt::abort_committed;
 pub use super::preempt::ResvApplied;
 use super::scsi::alua;
 use super::scsi::lun::Capacity;
@@ -431,25 +431,13 @@ impl IscsiFrontend {
         let Some(change) = state.last.as_ref().filter(|_| !gone.is_empty()) else {
             return ResvApplied::nothing(volume);
         };
-        let obj = format!("iscsi: volume {volume}");
-        log::info!(
-            "{obj}: PREEMPT AND ABORT by {} committed: aborting the tasks of {} on this node",
-            change.nexus,
-            gone.iter()
-                .map(|n| n.initiator.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        let pa = Arc::new(PreemptAbort::new(
-            self.shared.core.id,
-            volume,
+        abort_committed(
+            self.target.reactors(),
+            (self.shared.core.id, conn::ABORT_PREEMPTED),
+            (volume, &format!("iscsi: volume {volume}")),
+            &change.nexus,
             gone,
-            None,
-            conn::ABORT_PREEMPTED,
-            self.target.reactors().handles().len(),
-        ));
-        pa.start_from_control(self.target.reactors(), &obj);
-        ResvApplied::aborting(volume, pa)
+        )
     }
 
     fn publish(&self, iqn: &str, t: Option<TargetRt>) {

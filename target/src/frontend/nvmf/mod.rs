@@ -49,7 +49,7 @@ pub use subsys::{AnaState, DISCOVERY_NQN};
 
 use crate::bdev::BdevEvent;
 use crate::error::TargetError;
-use crate::frontend::preempt::PreemptAbort;
+use crate::frontend::preempt::abort_committed;
 use crate::frontend::scsi::pr::{Nexus, PrState};
 use crate::frontend::FrontendEnv;
 use crate::lease::LeaseWatcher;
@@ -486,25 +486,13 @@ impl NvmfFrontend {
         if change.sa != resv::SA_PREEMPT_AND_ABORT || gone.is_empty() {
             return done;
         }
-        let obj = format!("nvmf: volume {volume}");
-        log::info!(
-            "{obj}: preempt and abort by {} committed: aborting the commands of {} on this node",
-            change.nexus.initiator,
-            gone.iter()
-                .map(|n| n.initiator.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        let pa = Arc::new(PreemptAbort::new(
-            self.shared.core.id,
-            volume,
+        abort_committed(
+            self.target.reactors(),
+            (self.shared.core.id, qpair::ABORT_PREEMPTED),
+            (volume, &format!("nvmf: volume {volume}")),
+            &change.nexus,
             gone,
-            None,
-            qpair::ABORT_PREEMPTED,
-            self.target.reactors().handles().len(),
-        ));
-        pa.start_from_control(self.target.reactors(), &obj);
-        ResvApplied::aborting(volume, pa)
+        )
     }
 
     fn publish(&self, nqn: &str, s: Option<Subsystem>) {

@@ -47,7 +47,7 @@ use super::{
 };
 use crate::bdev::{BdevChannel, BdevIo, IoCallback, IoDone, IoKind, IoStatus, RETRY_ERRNO};
 use crate::buf::{BufPool, BufWaiter, IoBuf, PoolBuf};
-use crate::frontend::preempt::{abort_on, AbortFn, Issuer, PaWait, PreemptAbort, Preemptible};
+use crate::frontend::preempt::{abort_on, AbortFn, DoneFn, PaWait, PreemptAbort, Preemptible};
 use crate::frontend::scsi::pr::Nexus;
 use crate::frontend::scsi::pr_cluster::{
     PrDone, PrOutRequest, PrOutResult, PR_OUT_TIMEOUT, PR_OUT_TRIES,
@@ -1558,21 +1558,8 @@ impl Conn {
             ns.conf.bdev,
             gone.iter().map(|n| n.initiator.as_str()).collect::<Vec<_>>().join(", ")
         );
-        let r = &self.link.reactor;
-        let at = Issuer {
-            reactor: r.id(),
-            conn: self.link.id,
-            done: preempt_done,
-        };
-        let pa = PreemptAbort::new(
-            self.link.fid,
-            &ns.conf.bdev,
-            gone,
-            Some(at),
-            ABORT_PREEMPTED,
-            r.peers().len(),
-        );
-        st.cmds[key].pa = Some(PaWait::start(r, pa));
+        let fns = (ABORT_PREEMPTED, preempt_done as DoneFn);
+        st.cmds[key].pa = Some(PaWait::start(&self.link, fns, &ns.conf.bdev, gone));
     }
 
     /// Resends aborts that did not fit in a reactor's ring and completes the

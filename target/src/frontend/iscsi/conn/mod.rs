@@ -13,7 +13,8 @@
 //! - `command`: the SCSI-task glue (a SCSI Command PDU becomes a
 //!   [`crate::frontend::scsi::ScsiTask`]; Data-Out and R2T; bdev I/O);
 //! - `response`: Data-In and SCSI Response PDUs;
-//! - `tmf`: task management;
+//! - `tmf`: task management, and the aborts of a PREEMPT AND ABORT (its
+//!   wait, the preempted nexuses' tasks aborted: `crate::frontend::preempt`);
 //! - `buffers`: pool buffers, fair shares, parked commands.
 //!
 //! Reading: a one-shot io_uring poll for POLLIN wakes the connection; it reads
@@ -67,7 +68,7 @@ use super::text::{self, Params};
 use super::{Session, Shared, TargetRt};
 use crate::bdev::{BdevIo, IoCallback, IoDone, IoStatus};
 use crate::buf::{BufPool, BufWaiter, PoolBuf};
-use crate::frontend::preempt::{abort_on, AbortFn, Issuer, PaWait, PreemptAbort, Preemptible};
+use crate::frontend::preempt::{abort_on, AbortFn, DoneFn, PaWait, PreemptAbort, Preemptible};
 use crate::frontend::scsi::cdb::{self, NexusState, Op, Response};
 use crate::frontend::scsi::pr::Nexus;
 use crate::frontend::scsi::pr_cluster::{

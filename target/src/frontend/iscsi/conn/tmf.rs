@@ -115,7 +115,6 @@ impl Conn {
     /// registrations of `nexuses`: every reactor aborts their tasks on the LUN's
     /// bdev (`abort_for`), and the task completes once none of them is at a bdev.
     pub(super) fn start_preempt_abort(&self, st: &mut St, key: usize, nexuses: Vec<Nexus>) {
-        let r = &self.link.reactor;
         let lun = Arc::clone(&st.tasks[key].scsi.lun);
         log::info!(
             "iscsi: connection {} from {}: lun {} ({}): PREEMPT AND ABORT by {}: aborting the tasks of {} on this node",
@@ -126,20 +125,8 @@ impl Conn {
             st.nexus,
             nexuses.iter().map(|n| n.initiator.as_str()).collect::<Vec<_>>().join(", ")
         );
-        let at = Issuer {
-            reactor: r.id(),
-            conn: self.link.id,
-            done: preempt_done,
-        };
-        let pa = PreemptAbort::new(
-            self.link.fid,
-            lun.bdev.name(),
-            nexuses,
-            Some(at),
-            ABORT_PREEMPTED,
-            r.peers().len(),
-        );
-        st.tasks[key].pa = Some(PaWait::start(r, pa));
+        let fns = (ABORT_PREEMPTED, preempt_done as DoneFn);
+        st.tasks[key].pa = Some(PaWait::start(&self.link, fns, lun.bdev.name(), nexuses));
     }
 
     /// Resends preempt and abort messages that did not fit in a reactor's ring
