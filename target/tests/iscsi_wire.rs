@@ -335,6 +335,7 @@ impl Ini {
                     }
                 }
                 op::DATA_IN => {
+                    assert_eq!(pdu::be32(&r.bhs, 16), itt, "Data-In of another task");
                     let off = pdu::be32(&r.bhs, 40) as usize;
                     assert_eq!(off, data.len(), "Data-In in order");
                     data.extend_from_slice(&r.data);
@@ -348,6 +349,7 @@ impl Ini {
                     }
                 }
                 op::SCSI_RESP => {
+                    assert_eq!(pdu::be32(&r.bhs, 16), itt, "the response of another task");
                     let fixed = r.data.len() >= 2 + 14;
                     let sense_key = fixed.then(|| r.data[2 + 2] & 0x0f);
                     let asc = fixed.then(|| (r.data[2 + 12], r.data[2 + 13]));
@@ -391,6 +393,46 @@ impl Ini {
 
     fn test_unit_ready(&mut self) -> ScsiResult {
         self.scsi(&[0u8; 6], None, 0)
+    }
+
+    /// Sends a WRITE(10) of `blocks` blocks at `lba` on LUN 0 with `imm` as its
+    /// immediate data, without waiting for anything; returns its ITT.
+    fn send_write10(&mut self, lba: u32, blocks: u16, imm: &[u8]) -> u32 {
+        let itt = self.itt;
+        self.itt += 1;
+        let mut cdb = [0u8; 10];
+        cdb[0] = 0x2a;
+        cdb[2..6].copy_from_slice(&lba.to_be_bytes());
+        cdb[7..9].copy_from_slice(&blocks.to_be_bytes());
+        let mut b = Bhs::new(op::SCSI_CMD, 0x80 | 0x20 | 0x01);
+        b.u32_at(16, itt)
+            .u32_at(20, blocks as u32 * BS as u32)
+            .u32_at(24, self.cmdsn);
+        b.0[32..42].copy_from_slice(&cdb);
+        self.cmdsn += 1;
+        self.send(&b, imm);
+        itt
+    }
+
+    /// Reads the next PDU, which must be an R2T for task `itt`: (TTT, offset,
+    /// length).
+    fn recv_r2t(&mut self, itt: u32) -> (u32, u32, u32) {
+        let r = self.recv().unwrap();
+        assert_eq!(pdu::opcode(&r.bhs), op::R2T, "an R2T for ITT {itt:#x}");
+        assert_eq!(pdu::be32(&r.bhs, 16), itt, "an R2T for ITT {itt:#x}");
+        (
+            pdu::be32(&r.bhs, 20),
+            pdu::be32(&r.bhs, 40),
+            pdu::be32(&r.bhs, 44),
+        )
+    }
+
+    /// Sends `data` at offset `off` of task `itt` as one final Data-Out PDU
+    /// answering R2T `ttt`.
+    fn send_data_out(&mut self, itt: u32, ttt: u32, off: u32, data: &[u8]) {
+        let mut d = Bhs::new(op::DATA_OUT, 0x80);
+        d.u32_at(16, itt).u32_at(20, ttt).u32_at(40, off);
+        self.send(&d, data);
     }
 
     fn logout(&mut self) {
@@ -1407,7 +1449,8 @@ fn a_shared_volumes_pr_out_goes_to_the_cluster_and_its_committed_state_is_served
                 };
                 seen_tx.send(ev).unwrap();
                 t.pr_broker().set_state("m0", &state);
-                fe.lock().unwrap().set_reservations("m0", &state);
+                let applied = fe.lock().unwrap().set_reservations("m0", &state);
+                applied.wait().unwrap();
                 t.complete_pr_out(request, result).unwrap();
             }
         })
@@ -1633,4 +1676,134 @@ fn bytes_after_a_logout_stuck_in_a_full_socket_do_not_spin_the_reactor() {
         assert!(std::time::Instant::now() < deadline, "the session ends");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Reads `len` bytes at `off` of bdev `name` straight from the bdev.
+fn bdev_read(t: &Arc<Target>, name: &str, off: u64, len: u64) -> Vec<u8> {
+    let bdev: Arc<dyn Bdev> = t.bdev(name).unwrap();
+    let out = run_ios(
+        &t.reactors().handles()[0],
+        &bdev,
+        vec![IoReq::read(off, len)],
+        IO_TIMEOUT,
+    )
+    .unwrap();
+    out[0].data.clone()
+}
+
+/// Issue 9, iSCSI: PERSISTENT RESERVE OUT PREEMPT AND ABORT aborts the tasks
+/// of the preempted I_T nexus on the LUN as ABORT TASK does with TAS=0. B holds
+/// a write exclusive reservation and has two writes waiting for their data
+/// after an R2T and one at the bdev (held 2 s there by an error bdev's latency,
+/// after the inner bdev wrote it); A preempts and aborts B. A's GOOD comes only
+/// after B's write left the bdev; none of B's writes is ever answered (a
+/// response to any of them would come before, or instead of, the answers to
+/// B's next commands, whose ITTs are checked); the data B sends after the
+/// preempt writes nothing; B's next commands report REGISTRATIONS PREEMPTED
+/// (2Ah/05h), then COMMANDS CLEARED BY ANOTHER INITIATOR (2Fh/00h); B's key is
+/// gone and its write conflicts. Before: the PR OUT acted as PREEMPT (B's write
+/// at the bdev answered GOOD before anything else, the held writes wrote their
+/// data, no unit attention).
+#[test]
+fn preempt_and_abort_aborts_the_preempted_nexus_tasks_before_its_good() {
+    use plexd_target::bdev::error::ErrorBdev;
+    const WE: u8 = 1;
+    let t = start_target(16 << 20);
+    let e = ErrorBdev::new("e0", t.bdev("m0").unwrap());
+    t.add_bdev(e.clone()).unwrap();
+    let mut cfg = config(None, None);
+    cfg.targets[0].luns[0].bdev = "e0".into();
+    let fe = IscsiFrontend::start(&t, &cfg).unwrap();
+    let port = fe.portal().port();
+    let mut a = Ini::connect(port);
+    assert_eq!(a.login(false), 0);
+    let mut b = Ini::connect(port);
+    assert_eq!(b.login(false), 0);
+
+    // A's data first, before any reservation.
+    let old = pattern(1, 128 << 10);
+    assert_eq!(a.write10(0, &old).status, 0, "A's write");
+    assert_eq!(pr_out(&mut a, 0, 0, 0, 0xaaaa), (0, None), "REGISTER A");
+    assert_eq!(pr_out(&mut b, 0, 0, 0, 0xbbbb), (0, None), "REGISTER B");
+    assert_eq!(pr_out(&mut b, 1, WE, 0xbbbb, 0), (0, None), "B reserves");
+
+    // B: two 64 KiB writes over A's data, each given its R2T, data held back.
+    let new = pattern(2, 128 << 10);
+    let mut held = Vec::new();
+    for i in 0..2u32 {
+        let itt = b.send_write10(i * 128, 128, &[]);
+        let (ttt, off, len) = b.recv_r2t(itt);
+        assert_eq!((off, len), (0, 64 << 10), "R2T of ITT {itt:#x}");
+        held.push((itt, ttt, i as usize));
+    }
+    // B: a 4 KiB write (immediate data) that sits at the bdev for 2 s.
+    let latency = Duration::from_secs(2);
+    e.injection().set_latency_us(latency.as_micros() as u64);
+    let at_bdev = pattern(3, 4096);
+    let sent = std::time::Instant::now();
+    b.send_write10(512, 8, &at_bdev);
+    let deadline = sent + IO_TIMEOUT;
+    while bdev_read(&t, "m0", 512 * BS as u64, 4096) != at_bdev {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "B's write at the bdev"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+
+    // A preempts B and aborts (service action 5, write exclusive).
+    let r = pr_out(&mut a, 5, WE, 0xaaaa, 0xbbbb);
+    let took = sent.elapsed();
+    e.injection().set_latency_us(0);
+    assert_eq!(r, (0, None), "A's PREEMPT AND ABORT");
+    assert!(
+        took >= latency,
+        "GOOD after {took:?}, while B's write was still at the bdev ({latency:?})"
+    );
+    // B's held writes get their data now: dropped, never answered.
+    for &(itt, ttt, i) in &held {
+        b.send_data_out(itt, ttt, 0, &new[i * (64 << 10)..][..64 << 10]);
+    }
+    let ua = |r: ScsiResult| (r.status, r.sense_key, r.asc);
+    assert_eq!(
+        ua(b.test_unit_ready()),
+        (2, Some(6), Some((0x2a, 0x05))),
+        "B: REGISTRATIONS PREEMPTED"
+    );
+    assert_eq!(
+        ua(b.test_unit_ready()),
+        (2, Some(6), Some((0x2f, 0x00))),
+        "B: COMMANDS CLEARED BY ANOTHER INITIATOR"
+    );
+    assert_eq!(ua(b.test_unit_ready()), (0, None, None), "B: nothing more");
+    assert_eq!(
+        ua(a.test_unit_ready()),
+        (0, None, None),
+        "A: no unit attention"
+    );
+    // A holds the reservation; B's key is gone and its write conflicts.
+    let keys = b
+        .scsi(&[0x5e, 0, 0, 0, 0, 0, 0, 0x10, 0, 0], None, 4096)
+        .data;
+    assert_eq!(
+        plexd_target::frontend::scsi::pr::keys_of(&keys),
+        vec![0xaaaa],
+        "B's registration is gone"
+    );
+    let res = b
+        .scsi(&[0x5e, 1, 0, 0, 0, 0, 0, 0x10, 0, 0], None, 4096)
+        .data;
+    assert_eq!((&res[8..16], res[21]), (&0xaaaau64.to_be_bytes()[..], WE));
+    assert_eq!(
+        b.write10(0, &new[..BS]).status,
+        0x18,
+        "B's new write conflicts"
+    );
+    assert!(
+        bdev_read(&t, "m0", 0, 128 << 10) == old,
+        "nothing of B's aborted writes on the bdev"
+    );
+    assert_eq!(a.write10(0, &new[..BS]).status, 0, "A writes");
+    a.logout();
+    b.logout();
 }

@@ -1,7 +1,8 @@
 //! A minimal iSCSI initiator over a plain socket for multi-process tests: one
-//! connection, one command at a time, no digests, every read bounded by a timeout.
-//! Enough to send any CDB (with R2T-solicited data-out) and read status, sense and
-//! data-in through a node's portal.
+//! connection, one command at a time (and a write left waiting for its data),
+//! no digests, every read bounded by a timeout. Enough to send any CDB (with
+//! R2T-solicited data-out) and read status, sense and data-in through a node's
+//! portal; a response for another task than the one waited for is an error.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -157,6 +158,7 @@ impl Initiator {
             let (bhs, seg) = self.recv()?;
             match pdu::opcode(&bhs) {
                 op::R2T => {
+                    Self::check_itt(&bhs, itt)?;
                     let ttt = pdu::be32(&bhs, 20);
                     let off = pdu::be32(&bhs, 40) as usize;
                     let len = pdu::be32(&bhs, 44) as usize;
@@ -180,6 +182,7 @@ impl Initiator {
                     }
                 }
                 op::DATA_IN => {
+                    Self::check_itt(&bhs, itt)?;
                     data.extend_from_slice(&seg);
                     if bhs[1] & 0x01 != 0 {
                         return Ok(ScsiResult {
@@ -191,6 +194,7 @@ impl Initiator {
                     }
                 }
                 op::SCSI_RESP => {
+                    Self::check_itt(&bhs, itt)?;
                     let fixed = seg.len() >= 2 + 14;
                     return Ok(ScsiResult {
                         status: bhs[3],
@@ -210,6 +214,68 @@ impl Initiator {
                 other => return Err(format!("unexpected opcode {other:#x}")),
             }
         }
+    }
+
+    /// An error when PDU `bhs` is for another task than `itt` (a response to a
+    /// command this initiator no longer waits for).
+    fn check_itt(bhs: &[u8; BHS_LEN], itt: u32) -> Result<(), String> {
+        let got = pdu::be32(bhs, 16);
+        if got != itt {
+            return Err(format!(
+                "opcode {:#x} for ITT {got:#x} while waiting for ITT {itt:#x}",
+                pdu::opcode(bhs)
+            ));
+        }
+        Ok(())
+    }
+
+    /// Sends a WRITE(10) of `blocks` 512-byte blocks at `lba` with no immediate
+    /// data and reads its R2T: (ITT, TTT, offset, length). Answer it with
+    /// [`Initiator::send_data_out`].
+    pub fn start_write10(&mut self, lba: u32, blocks: u16) -> Result<(u32, u32, u32, u32), String> {
+        let itt = self.itt;
+        self.itt += 1;
+        let mut b = Bhs::new(op::SCSI_CMD, 0x80 | 0x20 | 0x01);
+        b.u32_at(16, itt)
+            .u32_at(20, blocks as u32 * 512)
+            .u32_at(24, self.cmdsn);
+        b.0[32] = 0x2a;
+        b.0[34..38].copy_from_slice(&lba.to_be_bytes());
+        b.0[39..41].copy_from_slice(&blocks.to_be_bytes());
+        self.cmdsn += 1;
+        self.send(&b, &[])?;
+        let (bhs, _) = self.recv()?;
+        if pdu::opcode(&bhs) != op::R2T {
+            return Err(format!("opcode {:#x} instead of an R2T", pdu::opcode(&bhs)));
+        }
+        Self::check_itt(&bhs, itt)?;
+        Ok((
+            itt,
+            pdu::be32(&bhs, 20),
+            pdu::be32(&bhs, 40),
+            pdu::be32(&bhs, 44),
+        ))
+    }
+
+    /// Sends `data` at offset `off` of task `itt` answering R2T `ttt`, in
+    /// Data-Out PDUs of at most 8 KiB, the last one final; reads nothing.
+    pub fn send_data_out(
+        &mut self,
+        itt: u32,
+        ttt: u32,
+        off: u32,
+        data: &[u8],
+    ) -> Result<(), String> {
+        let n = data.len().div_ceil(SEGMENT_BYTES);
+        for (i, chunk) in data.chunks(SEGMENT_BYTES).enumerate() {
+            let mut d = Bhs::new(op::DATA_OUT, if i + 1 == n { 0x80 } else { 0 });
+            d.u32_at(16, itt)
+                .u32_at(20, ttt)
+                .u32_at(36, i as u32)
+                .u32_at(40, off + (i * SEGMENT_BYTES) as u32);
+            self.send(&d, chunk)?;
+        }
+        Ok(())
     }
 
     /// PERSISTENT RESERVE OUT: service action `sa`, type `ty`, reservation key

@@ -8,7 +8,8 @@
 //! acquire through one node's controller holds on the other node and after a
 //! restart (the raw host of `plexd_tests::nvmf_host`), and a preempt and abort
 //! through one node ends the preempted host's commands on the other node and
-//! notifies it there.
+//! notifies it there. An iSCSI PREEMPT AND ABORT through one node aborts the
+//! preempted nexus's tasks on the other and raises its unit attentions there.
 
 use std::time::Duration;
 
@@ -174,6 +175,81 @@ fn reservations_of_a_shared_volume_hold_through_every_node_and_survive_a_restart
         },
     );
     assert_eq!(h1b.read_keys().unwrap().1, vec![0xb2]);
+}
+
+/// Issue 9, iSCSI: host 1 preempts and aborts host 2 through the slave while
+/// host 2 has a write waiting for its data through the master: the write is
+/// aborted there (no status, TAS=0), its data sent after host 1's GOOD writes
+/// nothing, and host 2's next commands through the master report REGISTRATIONS
+/// PREEMPTED, then COMMANDS CLEARED BY ANOTHER INITIATOR. Before: the master only
+/// installed the committed state (the write wrote its data and answered GOOD).
+#[test]
+fn an_iscsi_preempt_and_abort_through_the_slave_aborts_the_preempted_tasks_on_the_master() {
+    iscsi_preempt_and_abort_across_nodes(false);
+}
+
+/// The same with host 1 on the master and host 2 on the slave: the master
+/// answers host 1 only once the slave's data plane applied the commit, which
+/// aborted host 2's write there.
+#[test]
+fn an_iscsi_preempt_and_abort_through_the_master_aborts_the_preempted_tasks_on_the_slave() {
+    iscsi_preempt_and_abort_across_nodes(true);
+}
+
+fn iscsi_preempt_and_abort_across_nodes(a_on_master: bool) {
+    let mut c = Cluster::start(2, ClusterOpts::default());
+    let m = c.master();
+    c.shared_mirror(m, "dg1", "vol1", "32M");
+    c.ctl_ok(0, "export iscsi dg1 vol1 --all");
+    wait_lun(&c, 0);
+    wait_lun(&c, 1);
+    let (a, b) = if a_on_master { (m, 1 - m) } else { (1 - m, m) };
+    let old = vec![0x11u8; 64 << 10];
+    let mut h1 = session(&c, a, HOST1, ISID1);
+    ok(h1.write10(0, &old), "host 1's first write");
+    ok(h1.pr_out(0, 0, 0, 0xa1), "REGISTER 0xa1 through a");
+    let mut h2 = session(&c, b, HOST2, ISID2);
+    ok(h2.pr_out(0, 0, 0, 0xb2), "REGISTER 0xb2 through b");
+    ok(h2.pr_out(1, WE, 0xb2, 0), "RESERVE by host 2 through b");
+    // Host 2's write through b waits for its data.
+    let new = vec![0x22u8; 64 << 10];
+    let (itt, ttt, off, len) = h2.start_write10(0, 128).expect("host 2's R2T");
+    assert_eq!((off, len), (0, 64 << 10), "the R2T of host 2's write");
+
+    // Host 1 preempts host 2 and aborts its tasks, through a.
+    ok(h1.pr_out(5, WE, 0xa1, 0xb2), "PREEMPT AND ABORT through a");
+    assert_eq!(h1.read_reservation().unwrap(), Some((0xa1, WE)));
+    // Only now host 2's data: never answered (`scsi` fails on a response with
+    // another task's ITT), nothing written.
+    h2.send_data_out(itt, ttt, 0, &new).expect("host 2's data");
+    let ua = |r: Result<ScsiResult, String>, what: &str| {
+        let r = r.unwrap_or_else(|e| panic!("{what}: {e}"));
+        (r.status, r.sense_key, r.asc)
+    };
+    assert_eq!(
+        ua(h2.scsi(&[0u8; 6], None, 0), "host 2's TEST UNIT READY"),
+        (2, Some(6), Some((0x2a, 0x05))),
+        "REGISTRATIONS PREEMPTED through b"
+    );
+    assert_eq!(
+        ua(h2.scsi(&[0u8; 6], None, 0), "host 2's TEST UNIT READY"),
+        (2, Some(6), Some((0x2f, 0x00))),
+        "COMMANDS CLEARED BY ANOTHER INITIATOR through b"
+    );
+    assert_eq!(
+        h2.read_keys().unwrap().1,
+        vec![0xa1],
+        "host 2's key is gone"
+    );
+    assert_eq!(
+        status(h2.write10(0, &new[..512]), "host 2's new write through b"),
+        CONFLICT
+    );
+    let back = ok(h1.read10(0, 128), "host 1 reads back");
+    assert!(
+        back.data == old,
+        "nothing of host 2's aborted write on the disk"
+    );
 }
 
 /// An NVMe host (`hostnqn`, `hostid`) on node `i`: its admin queue (enabled, no

@@ -14,6 +14,10 @@ use super::sense::{self, Sense};
 
 /// Most registrations kept per LUN (REGISTER beyond it gets INSUFFICIENT RESOURCES).
 pub const MAX_REGISTRATIONS: usize = 256;
+/// The PERSISTENT RESERVE OUT service action PREEMPT.
+pub const SA_PREEMPT: u8 = 4;
+/// The PERSISTENT RESERVE OUT service action PREEMPT AND ABORT.
+pub const SA_PREEMPT_AND_ABORT: u8 = 5;
 
 /// Reservation types.
 pub mod ty {
@@ -186,6 +190,16 @@ impl PrState {
         self.legacy = legacy;
     }
 
+    /// True when the persistent part (and the change that made it) differs
+    /// from `before`'s: RESERVE(6) holders, kept per node, do not count.
+    pub fn changed_since(&self, before: &PrState) -> bool {
+        let strip = |s: &PrState| PrState {
+            legacy: None,
+            ..s.clone()
+        };
+        strip(self) != strip(before)
+    }
+
     /// True when any reservation is held (a cheap pre-check for the I/O path).
     pub fn any(&self) -> bool {
         self.res.is_some() || self.legacy.is_some()
@@ -319,8 +333,7 @@ impl PrState {
                 self.generation = self.generation.wrapping_add(1);
                 Ok(true)
             }
-            4 | 5 => {
-                // PREEMPT, PREEMPT AND ABORT
+            SA_PREEMPT | SA_PREEMPT_AND_ABORT => {
                 self.preempt(nexus, sakey, rtype, scope)?;
                 self.generation = self.generation.wrapping_add(1);
                 Ok(true)
@@ -569,6 +582,22 @@ impl PrState {
         })();
         res.map_err(|e| format!("reservation file {}: {e}", path.display()))
     }
+}
+
+/// The registrants of `before` that `after` no longer has (the I_T nexuses or
+/// hosts a preempt removed).
+pub fn removed(before: &PrState, after: &PrState) -> Vec<Nexus> {
+    before
+        .regs
+        .iter()
+        .filter(|r| {
+            !after
+                .regs
+                .iter()
+                .any(|a| a.nexus == r.nexus && a.port == r.port)
+        })
+        .map(|r| Nexus::new(r.nexus.clone(), r.port))
+        .collect()
 }
 
 /// The parameter data of a PR OUT, for tests and callers building one.

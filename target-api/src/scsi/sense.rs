@@ -136,6 +136,13 @@ pub const RESET_OCCURRED: Sense = Sense::new(key::UNIT_ATTENTION, 0x29, 0x00);
 /// UNIT ATTENTION / CAPACITY DATA HAS CHANGED: the LUN was resized (SBC-4; hosts
 /// re-read the capacity).
 pub const CAPACITY_CHANGED: Sense = Sense::new(key::UNIT_ATTENTION, 0x2a, 0x09);
+/// UNIT ATTENTION / REGISTRATIONS PREEMPTED: another I_T nexus's PREEMPT or
+/// PREEMPT AND ABORT removed this nexus's registration (SPC-4 5.12.11.2.4).
+pub const REGISTRATIONS_PREEMPTED: Sense = Sense::new(key::UNIT_ATTENTION, 0x2a, 0x05);
+/// UNIT ATTENTION / COMMANDS CLEARED BY ANOTHER INITIATOR: another I_T nexus's
+/// action (here a PREEMPT AND ABORT) aborted commands of this nexus, which got no
+/// status (TAS=0; SAM-5 5.6).
+pub const COMMANDS_CLEARED: Sense = Sense::new(key::UNIT_ATTENTION, 0x2f, 0x00);
 
 #[cfg(test)]
 mod tests {

@@ -233,22 +233,17 @@ impl KernelService {
     /// Gives the NVMe namespaces of shared volume `volume` the cluster's
     /// committed reservations (as `setReservations` does for iSCSI LUNs), with
     /// what the change that made them does on this node (notices, a preempt
-    /// and abort's aborts: `NvmfFrontend::set_reservations`).
+    /// and abort's aborts: `NvmfFrontend::set_reservations`); the caller waits
+    /// for the aborts without holding the frontend. None without a frontend.
     pub(crate) fn nvmf_set_reservations(
         &self,
         volume: &str,
         state: &crate::frontend::scsi::pr::PrState,
-    ) -> Result<(), ApiError> {
-        let applied = self
-            .nvmf_slot()
+    ) -> Option<crate::frontend::nvmf::ResvApplied> {
+        self.nvmf_slot()
             .fe
             .as_ref()
-            .map(|fe| fe.set_reservations(volume, state));
-        // Not holding the frontend while the aborted commands finish.
-        match applied {
-            Some(a) => Ok(a.wait()?),
-            None => Ok(()),
-        }
+            .map(|fe| fe.set_reservations(volume, state))
     }
 
     /// The controllers with their queues and counters.

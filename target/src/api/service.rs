@@ -281,19 +281,25 @@ impl KernelService {
     }
 
     /// The committed reservations of shared volume `volume` (kept by the cluster):
-    /// recorded for LUNs mapped later and given to every LUN of it now.
-    /// NVMe namespaces last: they may wait for a preempt and abort's commands.
+    /// recorded for LUNs mapped later and given to every LUN and NVMe namespace
+    /// of it now; answers once no command a preempt and abort ended on this
+    /// node is still at a bdev (both frontends' aborts run meanwhile).
     pub fn set_reservations(&self, volume: &str, state: &PrState) -> Result<(), ApiError> {
         self.target.pr_broker().set_state(volume, state);
-        self.with_iscsi(
+        let iscsi = self.with_iscsi(
             false,
-            || Ok(()),
-            |fe| {
-                fe.set_reservations(volume, state);
-                Ok(())
-            },
+            || Ok(None),
+            |fe| Ok(Some(fe.set_reservations(volume, state))),
         )?;
-        self.nvmf_set_reservations(volume, state)
+        let nvmf = self.nvmf_set_reservations(volume, state);
+        // Not holding either frontend while the aborted commands finish.
+        if let Some(a) = iscsi {
+            a.wait()?;
+        }
+        if let Some(a) = nvmf {
+            a.wait()?;
+        }
+        Ok(())
     }
 
     /// The coordinator's answer to a PR OUT request (an `Event::PrOut`).

@@ -7,6 +7,8 @@
 //! - [`nvmf`]: an NVMe over Fabrics target, TCP transport (NVMe/TCP): each queue
 //!   pair pinned to one reactor, queue pairs spread across reactors.
 //! - `pr_file`: where standalone LUNs and namespaces keep their reservations.
+//! - `preempt`: a preempt and abort's aborts across a frontend's reactors and
+//!   the wait for the aborted commands to leave the bdevs (both frontends).
 //! - `transport`: the TCP pieces both use (the listener, the frontend's id and
 //!   addresses, the connection's socket, output queue, receive buffer, polls,
 //!   the per-reactor registry and its flush-and-tick poller, stopping).
@@ -18,6 +20,7 @@
 pub mod iscsi;
 pub mod nvmf;
 pub(crate) mod pr_file;
+pub(crate) mod preempt;
 pub mod scsi;
 pub(crate) mod transport;
 

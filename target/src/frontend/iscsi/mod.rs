@@ -36,9 +36,11 @@ use std::time::Duration;
 
 pub use config::{ChapConfig, IscsiConfig, LunConfig, TargetNodeConfig};
 
+use super::preempt::abort_committed;
+pub use super::preempt::ResvApplied;
 use super::scsi::alua;
 use super::scsi::lun::Capacity;
-use super::scsi::pr::PrState;
+use super::scsi::pr::{Nexus, PrState};
 use super::scsi::{Identity, LunInfo, LunRt};
 use crate::error::TargetError;
 use crate::frontend::FrontendEnv;
@@ -402,16 +404,40 @@ impl IscsiFrontend {
     }
 
     /// Gives every LUN of bdev `volume` whose reservations the cluster keeps the
-    /// committed state `state`.
-    pub fn set_reservations(&mut self, volume: &str, state: &PrState) {
+    /// committed state `state`, and does on this node what the change that made
+    /// it ([`PrState::last`]) does to other I_T nexuses, whichever node ran it
+    /// ([`LunRt::preempted`]): a PREEMPT or PREEMPT AND ABORT queues
+    /// REGISTRATIONS PREEMPTED for the preempted nexuses through this node's
+    /// port, and a PREEMPT AND ABORT aborts their tasks on the volume on this
+    /// node's connections (`conn`'s [`crate::frontend::preempt::Preemptible`]).
+    /// The caller waits ([`ResvApplied::wait`], without holding the frontend)
+    /// until none of those tasks is at a bdev, so that the cluster answers the
+    /// preempting nexus only after no task of a preempted one can write anywhere.
+    pub fn set_reservations(&mut self, volume: &str, state: &PrState) -> ResvApplied {
         let targets: Vec<Arc<TargetRt>> = self.shared.targets().values().cloned().collect();
+        let mut gone: Vec<Nexus> = Vec::new();
         for t in targets {
             for l in t.luns.values() {
                 if l.cluster_pr().is_some() && l.bdev.name() == volume {
-                    l.set_committed_pr(state);
+                    let before = l.set_committed_pr(state);
+                    for n in l.preempted(&before, state) {
+                        if !gone.contains(&n) {
+                            gone.push(n);
+                        }
+                    }
                 }
             }
         }
+        let Some(change) = state.last.as_ref().filter(|_| !gone.is_empty()) else {
+            return ResvApplied::nothing(volume);
+        };
+        abort_committed(
+            self.target.reactors(),
+            (self.shared.core.id, conn::ABORT_PREEMPTED),
+            (volume, &format!("iscsi: volume {volume}")),
+            &change.nexus,
+            gone,
+        )
     }
 
     fn publish(&self, iqn: &str, t: Option<TargetRt>) {

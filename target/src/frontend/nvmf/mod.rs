@@ -9,8 +9,9 @@
 //! - [`admin`]: fabrics and admin commands applied to a controller (Identify,
 //!   Get Log Page, features, keep alive, AER, abort); pure logic.
 //! - [`io`]: I/O commands decoded into block operations; pure logic.
-//! - `preempt`: preempt and abort across the reactors (the preempted hosts'
-//!   commands aborted before the Acquire completes).
+//! - preempt and abort across the reactors (the preempted hosts' commands
+//!   aborted before the Acquire completes) is [`crate::frontend::preempt`],
+//!   shared with iSCSI; this frontend gives it `qpair`'s abort.
 //! - [`subsys`]: subsystems, namespaces and their identity, controllers, ANA.
 //! - `qpair`: one queue pair (one TCP connection) on its reactor: socket I/O
 //!   through io_uring polls, in-capsule data, R2T / H2CData, C2HData from pool
@@ -32,7 +33,6 @@ pub mod fabrics;
 pub mod io;
 pub mod nvme;
 pub mod pdu;
-mod preempt;
 mod qpair;
 pub mod resv;
 pub mod subsys;
@@ -49,10 +49,10 @@ pub use subsys::{AnaState, DISCOVERY_NQN};
 
 use crate::bdev::BdevEvent;
 use crate::error::TargetError;
+use crate::frontend::preempt::abort_committed;
 use crate::frontend::scsi::pr::{Nexus, PrState};
 use crate::frontend::FrontendEnv;
 use crate::lease::LeaseWatcher;
-use preempt::PreemptAbort;
 use subsys::{CntlidAlloc, Ctrl, Namespace, NsIdent, Subsystem};
 
 /// In-capsule data a command may carry (IOCCSZ announces 64 + this).
@@ -86,11 +86,7 @@ pub const MAX_ADMIN_DATA_BYTES: usize = 64 << 10;
 pub const MAX_SUBSYSTEMS: usize = 1024;
 /// Most controllers (associations) per frontend.
 pub const MAX_CONTROLLERS: usize = 4096;
-/// Longest applying a cluster's committed preempt and abort waits for the
-/// preempted hosts' commands at a bdev (`set_reservations`; as long as a
-/// reservation command waits for the cluster).
-pub const PREEMPT_ABORT_WAIT: std::time::Duration =
-    crate::frontend::scsi::pr_cluster::PR_OUT_TIMEOUT;
+pub use crate::frontend::preempt::{ResvApplied, PREEMPT_ABORT_WAIT};
 /// Firmware revision reported.
 pub const FW_REV: &str = "plexd01";
 
@@ -250,35 +246,6 @@ fn ana_changed(target: &FrontendEnv, sh: &Shared) {
         if !c.discovery && c.push_aen(admin::AEN_ANA_CHANGE, admin::AEC_ANA) {
             kick(target, sh, &c);
         }
-    }
-}
-
-/// A committed reservation state given to the namespaces of a volume
-/// ([`NvmfFrontend::set_reservations`]): what is left to wait for.
-pub struct ResvApplied {
-    volume: String,
-    /// A preempt and abort's aborts under way on this node.
-    pa: Option<Arc<PreemptAbort>>,
-}
-
-impl ResvApplied {
-    /// Waits until no command a preempt and abort ended on this node is still
-    /// at a bdev: at most [`PREEMPT_ABORT_WAIT`], then an error naming the
-    /// volume.
-    pub fn wait(self) -> Result<(), TargetError> {
-        let Some(pa) = self.pa else {
-            return Ok(());
-        };
-        if pa.wait(PREEMPT_ABORT_WAIT) {
-            return Ok(());
-        }
-        Err(TargetError::Timeout {
-            object: format!("volume {}", self.volume),
-            reason: format!(
-                "commands of the hosts a preempt and abort removed are still at a bdev of this node after {} s",
-                PREEMPT_ABORT_WAIT.as_secs()
-            ),
-        })
     }
 }
 
@@ -485,10 +452,7 @@ impl NvmfFrontend {
     /// those commands is at a bdev, so that the cluster answers the preempting
     /// host only after no command of a preempted host can write anywhere.
     pub fn set_reservations(&self, volume: &str, state: &PrState) -> ResvApplied {
-        let done = ResvApplied {
-            volume: volume.to_string(),
-            pa: None,
-        };
+        let done = ResvApplied::nothing(volume);
         let mut before = None;
         for s in self.shared.subsystem_list() {
             for ns in s.namespaces.values() {
@@ -499,12 +463,10 @@ impl NvmfFrontend {
             }
         }
         // No namespace of the volume here, or nothing new: nothing to tell.
-        let (Some(mut before), Some(change)) = (before, state.last.as_ref()) else {
+        let (Some(before), Some(change)) = (before, state.last.as_ref()) else {
             return done;
         };
-        // This node's RESERVE(6) holder is not part of the committed state.
-        before.legacy = None;
-        if before == *state {
+        if !state.changed_since(&before) {
             return done;
         }
         let out = resv::PrOut {
@@ -524,35 +486,13 @@ impl NvmfFrontend {
         if change.sa != resv::SA_PREEMPT_AND_ABORT || gone.is_empty() {
             return done;
         }
-        let obj = format!("volume {volume}");
-        log::info!(
-            "nvmf: {obj}: preempt and abort by {} committed: aborting the commands of {} on this node",
-            change.nexus.initiator,
-            gone.iter().map(|n| n.initiator.as_str()).collect::<Vec<_>>().join(", ")
-        );
-        let handles = self.target.reactors().handles();
-        let pa = Arc::new(PreemptAbort::new(
-            self.shared.core.id,
-            volume,
+        abort_committed(
+            self.target.reactors(),
+            (self.shared.core.id, qpair::ABORT_PREEMPTED),
+            (volume, &format!("nvmf: volume {volume}")),
+            &change.nexus,
             gone,
-            None,
-            handles.len(),
-        ));
-        for (i, h) in handles.iter().enumerate() {
-            if let Err(e) =
-                h.send_timeout(qpair::abort_msg(&pa), crate::reactor::CONTROL_SEND_TIMEOUT)
-            {
-                log::error!(
-                    "nvmf: {obj}: preempt and abort: reactor {i} not reached ({e}); its queue pairs keep their commands"
-                );
-                pa.release(None);
-            }
-        }
-        pa.release(None);
-        ResvApplied {
-            pa: Some(pa),
-            ..done
-        }
+        )
     }
 
     fn publish(&self, nqn: &str, s: Option<Subsystem>) {

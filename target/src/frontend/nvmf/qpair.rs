@@ -39,7 +39,6 @@ use super::admin::{self, AdminDone, CcChange};
 use super::io::{self, IoPlan};
 use super::nvme::{admin_op, fctype, io_op, sgl, Cqe, Sqe, Status};
 use super::pdu::{self, fes, flag, ty, Digests, Parsed, PduView};
-use super::preempt::PreemptAbort;
 use super::resv;
 use super::subsys::{AnaState, Ctrl, Namespace, QueueAt, Subsystem, DISCOVERY_NQN};
 use super::{
@@ -48,6 +47,7 @@ use super::{
 };
 use crate::bdev::{BdevChannel, BdevIo, IoCallback, IoDone, IoKind, IoStatus, RETRY_ERRNO};
 use crate::buf::{BufPool, BufWaiter, IoBuf, PoolBuf};
+use crate::frontend::preempt::{abort_on, AbortFn, DoneFn, PaWait, PreemptAbort, Preemptible};
 use crate::frontend::scsi::pr::Nexus;
 use crate::frontend::scsi::pr_cluster::{
     PrDone, PrOutRequest, PrOutResult, PR_OUT_TIMEOUT, PR_OUT_TRIES,
@@ -151,39 +151,8 @@ pub(crate) fn preempt_done(r: &Rc<Reactor>, fid: u64, id: u64) {
     }
 }
 
-/// Aborts, on this reactor, the commands of the hosts `pa` preempted (see
-/// `preempt`), then counts this reactor done.
-fn abort_preempted(r: &Rc<Reactor>, pa: &Arc<PreemptAbort>) {
-    let conns: Vec<Rc<Conn>> = r
-        .local::<Registry>()
-        .conns
-        .borrow()
-        .iter()
-        .filter(|((fid, _), _)| *fid == pa.fid)
-        .map(|(_, c)| Rc::clone(c))
-        .collect();
-    for c in conns {
-        c.abort_for(pa);
-    }
-    pa.release(Some(r));
-}
-
-/// The message that aborts, on the reactor running it, the commands of the
-/// hosts `pa` preempted and then counts that reactor done (sent by a control
-/// thread applying a cluster's committed preempt and abort).
-pub(crate) fn abort_msg(pa: &Arc<PreemptAbort>) -> crate::reactor::Msg {
-    let pa = Arc::clone(pa);
-    Box::new(move |r| abort_preempted(r, &pa))
-}
-
-/// Sends reactor `to` the abort of preempt and abort `pa`; false when its ring
-/// is full (the sender tries again at its tick).
-fn send_abort(r: &Reactor, to: usize, pa: &Arc<PreemptAbort>) -> bool {
-    let Some(h) = r.peers().get(to) else {
-        return true;
-    };
-    h.try_send(abort_msg(pa)).is_ok()
-}
+/// This frontend's abort of a preempt and abort's commands on a reactor.
+pub(crate) const ABORT_PREEMPTED: AbortFn = abort_on::<Conn, Shared>;
 
 /// Completes held Asynchronous Event Requests of the admin queue `id` with
 /// its controller's pending events.
@@ -243,13 +212,6 @@ struct Cmd {
     /// A Reservation Acquire (preempt and abort) waiting for the preempted
     /// hosts' commands to end.
     pa: Option<PaWait>,
-}
-
-/// A preempt and abort this command started.
-struct PaWait {
-    pa: Arc<PreemptAbort>,
-    /// Reactors whose ring was full: the abort goes to them at the next tick.
-    unsent: Vec<usize>,
 }
 
 /// One R2T outstanding: its transfer tag, the host data it asks for and how
@@ -1626,23 +1588,8 @@ impl Conn {
             ns.conf.bdev,
             gone.iter().map(|n| n.initiator.as_str()).collect::<Vec<_>>().join(", ")
         );
-        let r = &self.link.reactor;
-        let at = (r.id(), self.link.id);
-        let pa = Arc::new(PreemptAbort::new(
-            self.link.fid,
-            &ns.conf.bdev,
-            gone,
-            Some(at),
-            r.peers().len(),
-        ));
-        let unsent = (0..r.peers().len())
-            .filter(|&i| !send_abort(r, i, &pa))
-            .collect();
-        st.cmds[key].pa = Some(PaWait {
-            pa: Arc::clone(&pa),
-            unsent,
-        });
-        pa.release(Some(r));
+        let fns = (ABORT_PREEMPTED, preempt_done as DoneFn);
+        st.cmds[key].pa = Some(PaWait::start(&self.link, fns, &ns.conf.bdev, gone));
     }
 
     /// Resends aborts that did not fit in a reactor's ring and completes the
@@ -1658,63 +1605,10 @@ impl Conn {
             let Some(w) = st.cmds[key].pa.as_mut() else {
                 continue;
             };
-            let pa = Arc::clone(&w.pa);
-            w.unsent
-                .retain(|&i| !send_abort(&self.link.reactor, i, &pa));
-            if pa.done() {
+            if w.poll(&self.link.reactor) {
                 self.finish_now(st, key, Status::SUCCESS, 0, 0, &[]);
             }
         }
-    }
-
-    /// Marks the commands of this queue pair aborted when its host is one `pa`
-    /// preempted: they end with "Command Aborted due to Preempt and Abort" (a
-    /// command waiting for a buffer now, one waiting for host data when it is
-    /// in, one at the bdev when its I/O completes, which `pa` waits for).
-    fn abort_for(&self, pa: &Arc<PreemptAbort>) {
-        {
-            let mut st = self.st.borrow_mut();
-            if st.closed || !matches!(st.phase, Phase::Io { .. }) {
-                return;
-            }
-            if !self.nexus(&mut st).is_some_and(|n| pa.preempted(&n)) {
-                return;
-            }
-            let keys: Vec<usize> = st
-                .cmds
-                .iter()
-                .filter(|(_, c)| {
-                    !c.preempted
-                        && !matches!(c.plan, Some(IoPlan::Resv { .. }))
-                        && c.ns.as_ref().is_some_and(|n| n.conf.bdev == pa.bdev)
-                })
-                .map(|(k, _)| k)
-                .collect();
-            for &key in &keys {
-                let c = &mut st.cmds[key];
-                c.preempted = true;
-                c.status = Status::PREEMPT_ABORTED;
-                if c.inflight > 0 {
-                    pa.hold();
-                    c.held_by = Some(Arc::clone(pa));
-                } else if c.waiting {
-                    let class = BufPool::class_for(c.pool_len).unwrap_or(0);
-                    st.waiting.retain(|k| *k != key);
-                    self.finish_now(&mut st, key, Status::PREEMPT_ABORTED, 0, 0, &[]);
-                    self.sync_active(&mut st, class);
-                }
-            }
-            if !keys.is_empty() {
-                log::info!(
-                    "{}: {} command(s) on bdev {} aborted by a preempt and abort",
-                    self.who(&st),
-                    keys.len(),
-                    pa.bdev
-                );
-            }
-            self.after(&mut st);
-        }
-        self.mark_dirty();
     }
 
     /// Every bdev I/O of the command is done: send data and the response.
@@ -1825,6 +1719,58 @@ fn io_errno_status(errno: i32) -> Option<Status> {
 }
 
 transport::impl_wire!(Conn);
+
+impl Preemptible for Conn {
+    /// Marks the commands of this queue pair aborted when its host is one `pa`
+    /// preempted: they end with "Command Aborted due to Preempt and Abort" (a
+    /// command waiting for a buffer now, one waiting for host data when it is
+    /// in, one at the bdev when its I/O completes, which `pa` waits for).
+    fn abort_for(&self, pa: &Arc<PreemptAbort>) {
+        {
+            let mut st = self.st.borrow_mut();
+            if st.closed || !matches!(st.phase, Phase::Io { .. }) {
+                return;
+            }
+            if !self.nexus(&mut st).is_some_and(|n| pa.preempted(&n)) {
+                return;
+            }
+            let keys: Vec<usize> = st
+                .cmds
+                .iter()
+                .filter(|(_, c)| {
+                    !c.preempted
+                        && !matches!(c.plan, Some(IoPlan::Resv { .. }))
+                        && c.ns.as_ref().is_some_and(|n| n.conf.bdev == pa.bdev)
+                })
+                .map(|(k, _)| k)
+                .collect();
+            for &key in &keys {
+                let c = &mut st.cmds[key];
+                c.preempted = true;
+                c.status = Status::PREEMPT_ABORTED;
+                if c.inflight > 0 {
+                    pa.hold();
+                    c.held_by = Some(Arc::clone(pa));
+                } else if c.waiting {
+                    let class = BufPool::class_for(c.pool_len).unwrap_or(0);
+                    st.waiting.retain(|k| *k != key);
+                    self.finish_now(&mut st, key, Status::PREEMPT_ABORTED, 0, 0, &[]);
+                    self.sync_active(&mut st, class);
+                }
+            }
+            if !keys.is_empty() {
+                log::info!(
+                    "{}: {} command(s) on bdev {} aborted by a preempt and abort",
+                    self.who(&st),
+                    keys.len(),
+                    pa.bdev
+                );
+            }
+            self.after(&mut st);
+        }
+        self.mark_dirty();
+    }
+}
 
 impl IoDone for Conn {
     fn io_done(&self, tag: u64, status: IoStatus) {

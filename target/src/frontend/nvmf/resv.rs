@@ -32,8 +32,7 @@ use crate::frontend::scsi::pr_cluster::PrBroker;
 /// The relative target port of every NVMe nexus (a host is one registrant
 /// whatever controller or node it goes through).
 pub const NVME_PORT: u16 = 0;
-/// The PERSISTENT RESERVE OUT service action of a preempt and abort.
-pub const SA_PREEMPT_AND_ABORT: u8 = 5;
+pub use crate::frontend::scsi::pr::{removed, SA_PREEMPT_AND_ABORT};
 /// Bytes of a Reservation Report header (non-extended; the extended one is 64).
 pub const REPORT_HDR: usize = 24;
 /// Bytes of a registered controller entry (extended: 64).
@@ -241,22 +240,6 @@ pub fn run(state: &mut PrState, nexus: &Nexus, out: &PrOut) -> Result<bool, Stat
             PrError::Conflict => Status::RESERVATION_CONFLICT,
             PrError::Check(_) => Status::INVALID_FIELD,
         })
-}
-
-/// The registrants of `before` that `after` no longer has (the hosts a preempt
-/// removed).
-pub fn removed(before: &PrState, after: &PrState) -> Vec<Nexus> {
-    before
-        .regs
-        .iter()
-        .filter(|r| {
-            !after
-                .regs
-                .iter()
-                .any(|a| a.nexus == r.nexus && a.port == r.port)
-        })
-        .map(|r| Nexus::new(r.nexus.clone(), r.port))
-        .collect()
 }
 
 /// Reservation notification log page types (log 80h, byte 8).

@@ -1,17 +1,25 @@
 //! The LUN object: the bdev a LUN maps to, its SCSI identity, and the state every
-//! I_T nexus shares (reservations, software write protect, reset epoch, ALUA view).
+//! I_T nexus shares (reservations, software write protect, reset epoch, ALUA view),
+//! with the unit attentions established for single nexuses (a preempt's).
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use super::alua::Alua;
 use super::cdb::MAX_TRANSFER_BYTES;
-use super::pr::{Nexus, PrState};
+use super::pr::{self, Nexus, PrState};
 use super::pr_cluster::PrBroker;
+use super::sense::{self, Sense};
 use crate::bdev::{Bdev, BdevDesc, BdevEvent};
 use crate::error::TargetError;
 use crate::frontend::FrontendEnv;
+
+/// Most unit attentions a LUN keeps for single I_T nexuses (reservation
+/// preemption, commands cleared); beyond it the oldest is dropped (logged). Two
+/// per registration a preempt can remove.
+pub const MAX_NEXUS_UNIT_ATTENTIONS: usize = 2 * pr::MAX_REGISTRATIONS;
 
 /// Device identifiers derived from a LUN's `device_id` (by default the volume name
 /// or uuid): the same string gives the same ids on every node and after restarts.
@@ -157,6 +165,11 @@ pub struct LunRt {
     /// The LUN's open descriptor on its bdev (resize and remove events), set once
     /// by [`LunRt::open_events`]; dropped with the LUN.
     desc: OnceLock<BdevDesc>,
+    /// Unit attentions established for single I_T nexuses, oldest first (at most
+    /// [`MAX_NEXUS_UNIT_ATTENTIONS`]).
+    nexus_uas: Mutex<VecDeque<(Nexus, Sense)>>,
+    /// Length of `nexus_uas`: the I/O path's lock-free check.
+    nexus_ua_count: AtomicUsize,
 }
 
 impl LunRt {
@@ -175,6 +188,8 @@ impl LunRt {
             swp: AtomicBool::new(false),
             ua_epoch: AtomicU64::new(0),
             desc: OnceLock::new(),
+            nexus_uas: Mutex::new(VecDeque::new()),
+            nexus_ua_count: AtomicUsize::new(0),
         }
     }
 
@@ -217,12 +232,97 @@ impl LunRt {
     }
 
     /// Installs the cluster's committed reservation state (a LUN of a shared
-    /// volume); this node's RESERVE(6) holder stays.
-    pub fn set_committed_pr(&self, state: &PrState) {
+    /// volume); this node's RESERVE(6) holder stays. Returns the state before.
+    pub fn set_committed_pr(&self, state: &PrState) -> PrState {
         self.with_pr(|p| {
+            let before = p.clone();
             p.set_persistent(state);
-            ((), false)
-        });
+            (before, false)
+        })
+    }
+
+    /// What the reservation change from `before` to `after` (made by
+    /// [`PrState::last`]) does to the other I_T nexuses of this LUN through this
+    /// target port, whichever node ran it; returns the nexuses whose commands
+    /// on the LUN are to be aborted (the transport does that, then queues
+    /// [`sense::COMMANDS_CLEARED`] for each nexus that had any).
+    ///
+    /// SPC-4 (PREEMPT, and PREEMPT AND ABORT, "preempting and aborting", SPC-4
+    /// 5.12.11.2.4 to 5.12.11.2.6 in r37): the preempt removes the registrations
+    /// (and the reservation) of the nexuses holding the service action
+    /// reservation key and establishes a unit attention REGISTRATIONS PREEMPTED
+    /// (2Ah/05h) for every nexus that lost its registration, except the one the
+    /// PERSISTENT RESERVE OUT came through (queued here, for PREEMPT too). PREEMPT
+    /// AND ABORT then aborts every command of those nexuses except itself, as
+    /// SAM-5 aborts commands, and returns GOOD only once those aborts completed
+    /// (the transport waits for commands at a bdev). This LUN's control mode page
+    /// has TAS=0 (not changeable): an aborted command ends with no status at all,
+    /// and SAM-5 (5.6) establishes COMMANDS CLEARED BY ANOTHER INITIATOR (2Fh/00h)
+    /// for each I_T nexus that had commands aborted, other than the one that
+    /// caused the abort. A preempted nexus thus reports REGISTRATIONS PREEMPTED,
+    /// then COMMANDS CLEARED BY ANOTHER INITIATOR if it had commands on the LUN.
+    /// Not done: RESERVATIONS RELEASED to the other registrants when a preempt
+    /// changes the reservation's type. Nexuses through other target ports are
+    /// other nodes' (each applies the committed state itself).
+    pub fn preempted(&self, before: &PrState, after: &PrState) -> Vec<Nexus> {
+        let Some(change) = after.last.as_ref() else {
+            return Vec::new();
+        };
+        let preempt = matches!(change.sa, pr::SA_PREEMPT | pr::SA_PREEMPT_AND_ABORT);
+        if !preempt || !after.changed_since(before) {
+            return Vec::new();
+        }
+        let port = self.port.load(Ordering::Acquire);
+        let gone: Vec<Nexus> = pr::removed(before, after)
+            .into_iter()
+            .filter(|n| n.port == port && *n != change.nexus)
+            .collect();
+        for n in &gone {
+            self.queue_nexus_ua(n, sense::REGISTRATIONS_PREEMPTED);
+        }
+        if change.sa == pr::SA_PREEMPT_AND_ABORT {
+            gone
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Establishes unit attention `s` for I_T nexus `nexus` on this LUN, reported
+    /// by its next command ([`LunRt::take_nexus_ua`]) after those established
+    /// before it; the same one pending twice is one.
+    pub fn queue_nexus_ua(&self, nexus: &Nexus, s: Sense) {
+        let mut q = self.nexus_uas.lock().unwrap_or_else(|p| p.into_inner());
+        if q.iter().any(|(n, x)| n == nexus && *x == s) {
+            return;
+        }
+        if q.len() >= MAX_NEXUS_UNIT_ATTENTIONS {
+            if let Some((n, x)) = q.pop_front() {
+                log::warn!(
+                    "scsi: lun {} ({}): {MAX_NEXUS_UNIT_ATTENTIONS} unit attentions pending; {:02x}h/{:02x}h for {n} dropped",
+                    self.info.lun,
+                    self.bdev.name(),
+                    x.asc,
+                    x.ascq
+                );
+            }
+        }
+        q.push_back((nexus.clone(), s));
+        self.nexus_ua_count.store(q.len(), Ordering::Release);
+    }
+
+    /// Takes the oldest unit attention established for the I_T nexus of
+    /// initiator port `initiator` through this target port; lock-free while
+    /// none is pending for any nexus.
+    pub fn take_nexus_ua(&self, initiator: &str) -> Option<Sense> {
+        if self.nexus_ua_count.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let nexus = self.nexus(initiator);
+        let mut q = self.nexus_uas.lock().unwrap_or_else(|p| p.into_inner());
+        let i = q.iter().position(|(n, _)| *n == nexus)?;
+        let s = q.remove(i).map(|(_, s)| s);
+        self.nexus_ua_count.store(q.len(), Ordering::Release);
+        s
     }
 
     /// The I_T nexus of initiator port `initiator` on this LUN: with this target's

@@ -17,42 +17,56 @@ use std::sync::Arc;
 use super::alua::AluaState;
 use super::cdb::{self, NexusState, Op, Response};
 use super::lun::LunRt;
-use super::pr::{Access, Nexus, PrError};
+use super::pr::{Access, Nexus, PrError, PrState};
 use super::pr_cluster::{PrOutRequest, PrOutResult, PR_OUT_TRIES};
 use super::sense::{self, Sense};
 use crate::bdev::{IoKind, IoStatus, RETRY_ERRNO};
 use crate::buf::{IoBuf, PoolBuf};
 use crate::lease::FENCED_ERRNO;
 
-/// Decodes `cdb` for `lun` (None: no such LUN) on one I_T nexus whose state for
-/// this LUN is `ns`. `luns` lists the target's LUNs (REPORT LUNS only);
-/// `fenced` says whether this reactor must not serve a LUN now (a shared volume
-/// without a valid data-plane lease).
+/// The unit attention command `cdb` of initiator port `initiator` (whose state
+/// for `lun` is `ns`) reports instead of running, consumed: the power on or a
+/// reset first, then a capacity change, then those established for this nexus
+/// alone (reservation preemption, commands cleared: [`LunRt::take_nexus_ua`]),
+/// oldest first. INQUIRY and REPORT LUNS leave them pending; REQUEST SENSE in
+/// descriptor format is refused (invalid field) and must not consume one it
+/// cannot report.
+fn pending_unit_attention(
+    cdb: &[u8; 16],
+    l: &LunRt,
+    ns: &mut NexusState,
+    initiator: &str,
+) -> Option<Sense> {
+    if cdb[0] == 0x03 && cdb[1] & 0x01 != 0 {
+        return None;
+    }
+    if ns.take_unit_attention(l.ua_epoch(), cdb[0]) {
+        // A new nexus's power on covers the capacity it has not read yet.
+        ns.cap_epoch.get_or_insert(l.capacity_epoch());
+        return Some(sense::RESET_OCCURRED);
+    }
+    if ns.take_capacity_changed(l.capacity_epoch(), cdb[0]) {
+        return Some(sense::CAPACITY_CHANGED);
+    }
+    if matches!(cdb[0], 0x12 | 0xa0) {
+        return None;
+    }
+    l.take_nexus_ua(initiator)
+}
+
+/// Decodes `cdb` for `lun` (None: no such LUN) from initiator port `initiator`
+/// (the I_T nexus) whose state for this LUN is `ns`. `luns` lists the target's
+/// LUNs (REPORT LUNS only); `fenced` says whether this reactor must not serve a
+/// LUN now (a shared volume without a valid data-plane lease).
 pub fn decode_command(
     cdb: &[u8; 16],
     lun: Option<&LunRt>,
     luns: &[u64],
-    ns: &mut NexusState,
+    (ns, initiator): (&mut NexusState, &str),
     fenced: &dyn Fn(&LunRt) -> bool,
 ) -> Op {
     let wp = lun.is_some_and(|l| l.swp());
-    // REQUEST SENSE in descriptor format is refused (invalid field) and must not
-    // consume the unit attention it cannot report.
-    let desc_sense = cdb[0] == 0x03 && cdb[1] & 0x01 != 0;
-    let ua = match lun {
-        Some(l) if !desc_sense => {
-            if ns.take_unit_attention(l.ua_epoch(), cdb[0]) {
-                // A new nexus's power on covers the capacity it has not read yet.
-                ns.cap_epoch.get_or_insert(l.capacity_epoch());
-                Some(sense::RESET_OCCURRED)
-            } else if ns.take_capacity_changed(l.capacity_epoch(), cdb[0]) {
-                Some(sense::CAPACITY_CHANGED)
-            } else {
-                None
-            }
-        }
-        _ => None,
-    };
+    let ua = lun.and_then(|l| pending_unit_attention(cdb, l, ns, initiator));
     if let Some(ua) = ua {
         return Op::Done(if cdb[0] == 0x03 {
             cdb::request_sense(cdb, Some(ua))
@@ -149,6 +163,9 @@ pub enum Stage {
     Flush,
     /// PERSISTENT RESERVE OUT of a shared volume: the cluster is running it.
     Cluster,
+    /// PERSISTENT RESERVE OUT PREEMPT AND ABORT: the preempted nexuses' commands
+    /// are being aborted.
+    Aborting,
     /// VERIFY, COMPARE AND WRITE, ORWRITE: the blocks on the medium are being read.
     ReadOld,
     /// COMPARE AND WRITE, ORWRITE: the new blocks are being written.
@@ -171,6 +188,11 @@ pub enum Step {
     /// LUN's [`super::pr_cluster::PrBroker`]) and report the result with
     /// [`ScsiTask::pr_done`] (it counts as in flight until then).
     Forward(PrOutRequest),
+    /// PERSISTENT RESERVE OUT PREEMPT AND ABORT removed these I_T nexuses: abort
+    /// their commands on the LUN (no status for them; see
+    /// [`LunRt::preempted`]), and once none is left at a bdev report it with
+    /// [`ScsiTask::preempt_abort_done`] (it counts as in flight until then).
+    PreemptAbort(Vec<Nexus>),
 }
 
 /// One block I/O a task asks the transport to submit to the LUN's bdev.
@@ -324,6 +346,13 @@ impl ScsiTask {
         self.inflight == 0
     }
 
+    /// The commands a PREEMPT AND ABORT aborted left the bdevs; true when
+    /// nothing is left in flight (call [`ScsiTask::step`] then: GOOD).
+    pub fn preempt_abort_done(&mut self) -> bool {
+        self.inflight = self.inflight.saturating_sub(1);
+        self.inflight == 0
+    }
+
     /// Runs the next stage. `data` is the task's buffer (data-out received, room
     /// for data-in), `nexus` the I_T nexus (reservations), `submit` hands a block
     /// I/O to the LUN's bdev (an error fails the task with that sense).
@@ -404,14 +433,24 @@ impl ScsiTask {
         let r = if self.lun.cluster_pr().is_some() {
             self.pr_out_cluster(nexus, sa, scope_type, param)?
         } else {
-            self.lun
-                .with_pr(|p| match p.out(&nexus, sa, scope_type, &param) {
-                    Ok(changed) => (Ok(()), changed),
+            self.lun.with_pr(|p| {
+                let before = p.clone();
+                match p.out(&nexus, sa, scope_type, &param) {
+                    Ok(changed) => (Ok(changed.then(|| (before, p.clone()))), changed),
                     Err(e) => (Err(e), false),
-                })
+                }
+            })
         };
         match r {
-            Ok(()) => {}
+            Ok(Some((before, after))) => {
+                let aborted = self.lun.preempted(&before, &after);
+                if !aborted.is_empty() {
+                    self.inflight += 1;
+                    self.stage = Stage::Aborting;
+                    return ControlFlow::Break(Step::PreemptAbort(aborted));
+                }
+            }
+            Ok(None) => {}
             Err(PrError::Check(s)) => self.err = Some(Failure::Check(s)),
             Err(PrError::Conflict) => {
                 self.stage = Stage::Done;
@@ -431,7 +470,7 @@ impl ScsiTask {
         sa: u8,
         scope_type: u8,
         param: Vec<u8>,
-    ) -> ControlFlow<Step, Result<(), PrError>> {
+    ) -> ControlFlow<Step, Result<Option<(PrState, PrState)>, PrError>> {
         let mut copy = self.lun.pr().clone();
         match copy.out(&nexus, sa, scope_type, &param) {
             Ok(true) if self.pr_tries >= PR_OUT_TRIES => {
@@ -454,7 +493,7 @@ impl ScsiTask {
                     param,
                 }))
             }
-            Ok(false) => ControlFlow::Continue(Ok(())),
+            Ok(false) => ControlFlow::Continue(Ok(None)),
             Err(e) => ControlFlow::Continue(Err(e)),
         }
     }
@@ -753,6 +792,68 @@ mod tests {
         t.inflight = 1;
         assert!(t.io_done(IoStatus::Failed(FENCED_ERRNO)));
         assert_eq!(t.err, Some(Failure::Check(sense::PORT_UNAVAILABLE)));
+    }
+
+    /// The unit attention (sense) the next command `cdb0` of `initiator` gets.
+    fn ua_of(l: &LunRt, ns: &mut NexusState, initiator: &str, cdb0: u8) -> Option<Sense> {
+        let mut cdb = [0u8; 16];
+        cdb[0] = cdb0;
+        cdb[4] = 36;
+        match decode_command(&cdb, Some(l), &[0], (ns, initiator), &|_| false) {
+            Op::Done(r) if r.status == sense::CHECK_CONDITION => r.sense,
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_preempt_and_abort_queues_registrations_preempted_and_names_the_nexuses_to_abort() {
+        use crate::frontend::scsi::pr::{param, SA_PREEMPT, SA_PREEMPT_AND_ABORT};
+        let l = lun();
+        let (a, b, c) = ("iqn.a,i,0x1", "iqn.b,i,0x2", "iqn.c,i,0x3");
+        let mut st = PrState::default();
+        for (n, k) in [(a, 0xa), (b, 0xb), (c, 0xc)] {
+            st.out(&l.nexus(n), 0, 0, &param(0, k, false)).unwrap();
+        }
+        // b through another target port: another node's nexus, not this LUN's.
+        st.out(&Nexus::new(b, 9), 0, 0, &param(0, 0xb, false))
+            .unwrap();
+        let before = st.clone();
+        st.out(
+            &l.nexus(a),
+            SA_PREEMPT_AND_ABORT,
+            1,
+            &param(0xa, 0xb, false),
+        )
+        .unwrap();
+        assert_eq!(l.preempted(&before, &st), vec![l.nexus(b)]);
+        assert!(l.preempted(&st, &st).is_empty(), "the same state again");
+        // Commands cleared, queued twice, is one; it comes after the preempt's.
+        l.queue_nexus_ua(&l.nexus(b), sense::COMMANDS_CLEARED);
+        l.queue_nexus_ua(&l.nexus(b), sense::COMMANDS_CLEARED);
+        let mut ns = NexusState::default();
+        assert_eq!(ua_of(&l, &mut ns, b, 0x00), Some(sense::RESET_OCCURRED));
+        assert_eq!(ua_of(&l, &mut ns, b, 0x12), None, "INQUIRY runs");
+        assert_eq!(
+            ua_of(&l, &mut ns, b, 0x00),
+            Some(sense::REGISTRATIONS_PREEMPTED)
+        );
+        assert_eq!(ua_of(&l, &mut ns, b, 0x00), Some(sense::COMMANDS_CLEARED));
+        assert_eq!(ua_of(&l, &mut ns, b, 0x00), None);
+        let (mut ns_a, mut ns_c) = (NexusState::default(), NexusState::default());
+        for (n, ns) in [(a, &mut ns_a), (c, &mut ns_c)] {
+            assert_eq!(ua_of(&l, ns, n, 0x00), Some(sense::RESET_OCCURRED));
+            assert_eq!(ua_of(&l, ns, n, 0x00), None, "{n}: nothing more");
+        }
+        // PREEMPT: the unit attention, nothing to abort.
+        let before = st.clone();
+        st.out(&l.nexus(a), SA_PREEMPT, 1, &param(0xa, 0xc, false))
+            .unwrap();
+        assert!(l.preempted(&before, &st).is_empty());
+        assert_eq!(
+            ua_of(&l, &mut ns_c, c, 0x00),
+            Some(sense::REGISTRATIONS_PREEMPTED)
+        );
+        assert_eq!(ua_of(&l, &mut ns_a, a, 0x00), None, "not the issuer");
     }
 
     #[test]

@@ -357,16 +357,21 @@ impl<C: Wire, P: Protocol> Registry<C, P> {
         for l in ls {
             l.close();
         }
-        let cs: Vec<Rc<C>> = reg
+        for c in Self::conns_of(r, fid) {
+            c.close("frontend stopped");
+        }
+    }
+
+    /// The connections of frontend `fid` on this reactor (a copy: the caller
+    /// may close or change them).
+    pub(crate) fn conns_of(r: &Rc<Reactor>, fid: u64) -> Vec<Rc<C>> {
+        r.local::<Self>()
             .conns
             .borrow()
             .iter()
             .filter(|((f, _), _)| *f == fid)
             .map(|(_, c)| Rc::clone(c))
-            .collect();
-        for c in cs {
-            c.close("frontend stopped");
-        }
+            .collect()
     }
 
     /// Asks for a flush of `c` at the end of this reactor iteration.

@@ -105,7 +105,7 @@ impl Conn {
         };
         let reactor = &self.link.reactor;
         let fenced = |l: &LunRt| reactor.channel(&l.bdev).is_ok_and(|ch| ch.unavailable());
-        let op = task::decode_command(&cdb, lun.as_deref(), &luns, ns, &fenced);
+        let op = task::decode_command(&cdb, lun.as_deref(), &luns, (ns, &st.nexus), &fenced);
         CmdPlan::new(cdb, lun, op, lun_field, b)
     }
 
@@ -370,6 +370,7 @@ impl Conn {
                 self.finish_simple(st, itt, lf, edtl, Response::conflict());
             }
             Step::Forward(req) => self.forward_pr(st, key, req),
+            Step::PreemptAbort(nexuses) => self.start_preempt_abort(st, key, nexuses),
         }
     }
 
@@ -435,7 +436,7 @@ impl Conn {
 
     /// A completion for task `key`: `f` records it and says whether nothing is
     /// left in flight; then the task goes on (or is dropped if it was aborted).
-    fn task_event(&self, key: usize, f: impl FnOnce(&mut ScsiTask) -> bool) {
+    pub(super) fn task_event(&self, key: usize, f: impl FnOnce(&mut ScsiTask) -> bool) {
         {
             let mut st = self.st.borrow_mut();
             let Some(t) = st.tasks.get_mut(key) else {
@@ -447,6 +448,10 @@ impl Conn {
             };
             if !f(&mut t.scsi) {
                 return;
+            }
+            if let Some(pa) = t.held_by.take() {
+                // Aborted by a preempt and abort, and now off the bdev.
+                pa.release(Some(&self.link.reactor));
             }
             if t.aborted || st.closed {
                 let t = st.tasks.remove(key);
@@ -629,6 +634,8 @@ impl Task {
             need_buf: plan.need_buf,
             early: Vec::new(),
             early_reserved: 0,
+            held_by: None,
+            pa: None,
         }
     }
 }

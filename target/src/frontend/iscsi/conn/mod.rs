@@ -13,7 +13,8 @@
 //! - `command`: the SCSI-task glue (a SCSI Command PDU becomes a
 //!   [`crate::frontend::scsi::ScsiTask`]; Data-Out and R2T; bdev I/O);
 //! - `response`: Data-In and SCSI Response PDUs;
-//! - `tmf`: task management;
+//! - `tmf`: task management, and the aborts of a PREEMPT AND ABORT (its
+//!   wait, the preempted nexuses' tasks aborted: `crate::frontend::preempt`);
 //! - `buffers`: pool buffers, fair shares, parked commands.
 //!
 //! Reading: a one-shot io_uring poll for POLLIN wakes the connection; it reads
@@ -67,7 +68,9 @@ use super::text::{self, Params};
 use super::{Session, Shared, TargetRt};
 use crate::bdev::{BdevIo, IoCallback, IoDone, IoStatus};
 use crate::buf::{BufPool, BufWaiter, PoolBuf};
+use crate::frontend::preempt::{abort_on, AbortFn, DoneFn, PaWait, PreemptAbort, Preemptible};
 use crate::frontend::scsi::cdb::{self, NexusState, Op, Response};
+use crate::frontend::scsi::pr::Nexus;
 use crate::frontend::scsi::pr_cluster::{
     PrBroker, PrDone, PrOutRequest, PrOutResult, PR_OUT_TIMEOUT,
 };
@@ -145,6 +148,10 @@ pub(crate) fn connect(
     })
 }
 
+/// This frontend's abort of a preempt and abort's tasks on a reactor
+/// (`tmf`'s [`Preemptible`]).
+pub(crate) const ABORT_PREEMPTED: AbortFn = abort_on::<Conn, Shared>;
+
 /// Closes one connection (management API: target removed, initiator denied; a
 /// session reinstated from another reactor); `why` goes into the log line.
 pub(crate) fn close_conn(r: &Rc<Reactor>, fid: u64, id: u64, why: &str) {
@@ -197,6 +204,12 @@ struct Task {
     early: Vec<u8>,
     /// Bytes of `St::parked_bytes` reserved for `early`.
     early_reserved: u32,
+    /// The preempt and abort waiting for this task's bdev I/O (the task was
+    /// aborted by it and is still at the bdev).
+    held_by: Option<Arc<PreemptAbort>>,
+    /// A PERSISTENT RESERVE OUT PREEMPT AND ABORT waiting for the preempted
+    /// nexuses' commands to leave the bdevs.
+    pa: Option<PaWait>,
 }
 
 /// A task whose PERSISTENT RESERVE OUT the cluster is running.
@@ -469,6 +482,7 @@ impl Conn {
             // flush() ends with after() (parked tasks, counters).
             None => {
                 self.expire_pr_waits(now);
+                self.poll_preempts();
                 self.flush()
             }
         }

@@ -100,3 +100,112 @@ impl Conn {
         }
     }
 }
+
+/// Continues the PERSISTENT RESERVE OUT (PREEMPT AND ABORT) tasks of connection
+/// `id` whose aborted tasks are all off the bdevs (the preempt's
+/// [`crate::frontend::preempt::DoneFn`]).
+pub(crate) fn preempt_done(r: &Rc<Reactor>, fid: u64, id: u64) {
+    if let Some(c) = Registry::find(r, fid, id) {
+        c.poll_preempts();
+    }
+}
+
+impl Conn {
+    /// Task `key`, a PERSISTENT RESERVE OUT PREEMPT AND ABORT, removed the
+    /// registrations of `nexuses`: every reactor aborts their tasks on the LUN's
+    /// bdev (`abort_for`), and the task completes once none of them is at a bdev.
+    pub(super) fn start_preempt_abort(&self, st: &mut St, key: usize, nexuses: Vec<Nexus>) {
+        let lun = Arc::clone(&st.tasks[key].scsi.lun);
+        log::info!(
+            "iscsi: connection {} from {}: lun {} ({}): PREEMPT AND ABORT by {}: aborting the tasks of {} on this node",
+            self.link.id,
+            self.link.peer,
+            lun.info.lun,
+            lun.bdev.name(),
+            st.nexus,
+            nexuses.iter().map(|n| n.initiator.as_str()).collect::<Vec<_>>().join(", ")
+        );
+        let fns = (ABORT_PREEMPTED, preempt_done as DoneFn);
+        st.tasks[key].pa = Some(PaWait::start(&self.link, fns, lun.bdev.name(), nexuses));
+    }
+
+    /// Resends preempt and abort messages that did not fit in a reactor's ring
+    /// and continues the PREEMPT AND ABORT tasks whose aborted tasks are done.
+    pub(super) fn poll_preempts(&self) {
+        let done: Vec<usize> = {
+            let mut st = self.st.borrow_mut();
+            if st.closed {
+                return;
+            }
+            let r = &self.link.reactor;
+            let mut done = Vec::new();
+            for (k, t) in st.tasks.iter_mut() {
+                if t.pa.as_mut().is_some_and(|w| w.poll(r)) {
+                    t.pa = None;
+                    done.push(k);
+                }
+            }
+            done
+        };
+        for k in done {
+            self.task_event(k, |t| t.preempt_abort_done());
+        }
+    }
+}
+
+impl Preemptible for Conn {
+    /// Aborts this session's tasks on `pa`'s bdev when its I_T nexus (through
+    /// the LUN's target port) is one `pa` preempted, as ABORT TASK does: no
+    /// status for them (TAS=0), Data-Out still coming for them is dropped, a
+    /// task at the bdev ends when its I/O completes (`pa` waits for it; a
+    /// PERSISTENT RESERVE OUT with the cluster is not waited for), and each LUN
+    /// with aborted tasks gets COMMANDS CLEARED BY ANOTHER INITIATOR for the
+    /// nexus (see [`LunRt::preempted`]).
+    fn abort_for(&self, pa: &Arc<PreemptAbort>) {
+        {
+            let mut st = self.st.borrow_mut();
+            if st.closed || st.session.is_none() {
+                return;
+            }
+            let keys: Vec<usize> = st
+                .itts
+                .values()
+                .copied()
+                .filter(|&k| {
+                    let (t, l) = (&st.tasks[k], &st.tasks[k].scsi.lun);
+                    t.pa.is_none() && l.bdev.name() == pa.bdev && pa.preempted(&l.nexus(&st.nexus))
+                })
+                .collect();
+            if keys.is_empty() {
+                return;
+            }
+            let mut luns: Vec<Arc<LunRt>> = Vec::new();
+            for &k in &keys {
+                let lun = Arc::clone(&st.tasks[k].scsi.lun);
+                if !luns.iter().any(|l| Arc::ptr_eq(l, &lun)) {
+                    luns.push(lun);
+                }
+                self.abort_task(&mut st, k);
+                if let Some(t) = st.tasks.get_mut(k) {
+                    if t.scsi.stage() != task::Stage::Cluster {
+                        pa.hold();
+                        t.held_by = Some(Arc::clone(pa));
+                    }
+                }
+            }
+            for l in &luns {
+                l.queue_nexus_ua(&l.nexus(&st.nexus), sense::COMMANDS_CLEARED);
+            }
+            log::info!(
+                "iscsi: connection {} from {}: {} task(s) of {} on bdev {} aborted by a preempt and abort (no status; COMMANDS CLEARED BY ANOTHER INITIATOR pending)",
+                self.link.id,
+                self.link.peer,
+                keys.len(),
+                st.nexus,
+                pa.bdev
+            );
+            self.after(&mut st);
+        }
+        self.mark_dirty();
+    }
+}
