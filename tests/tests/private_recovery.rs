@@ -171,12 +171,14 @@ fn a_private_mirror_is_recovered_after_kill_9_and_not_after_a_clean_stop() {
     c.kill_node(0);
     // The writer ends at its first failed write; stopping it at once could end
     // it between two writes, without a failure.
-    wait_until("the writer to see the node die", RECOVERY_TIMEOUT, || {
-        match w.is_finished() {
+    wait_until(
+        "the writer to see the node die",
+        RECOVERY_TIMEOUT,
+        || match w.is_finished() {
             true => Ok(()),
             false => Err(format!("{} writes done", done.load(Ordering::Relaxed))),
-        }
-    });
+        },
+    );
     stop.store(true, Ordering::Relaxed);
     let w = w.join().expect("the writer thread panicked");
     let in_flight = w.failed.clone().expect("the writer saw the node die");
