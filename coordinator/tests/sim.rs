@@ -419,14 +419,21 @@ fn join_during_kernel_phase_waits() {
     assert!(everywhere_has(&sim, &[A, B, C], "dg1"));
 }
 
-#[test]
-fn joiner_that_cannot_find_a_disk_abandons_with_the_reason() {
+/// a and b with group dg1; c, which cannot reach the disk, started: it abandons
+/// its join.
+fn c_abandons_without_the_disk() -> Sim {
     let mut sim = two_of_three();
     let r = sim.create(A, "dg1", 1);
     assert_eq!(answer(&mut sim, A, r), Ok(()));
     sim.set_disk_access_broken(C, true);
     sim.start(C);
     assert!(sim.run_until(3_000, |s| s.core(C).unwrap().role() == Role::Abandoned));
+    sim
+}
+
+#[test]
+fn joiner_that_cannot_find_a_disk_abandons_with_the_reason() {
+    let mut sim = c_abandons_without_the_disk();
     let reason = "cannot find disk dg1-disk on node c";
     assert_eq!(
         sim.core(C).unwrap().status().last_reason.as_deref(),
@@ -2263,13 +2270,8 @@ fn under_corosync_the_status_line_says_what_holds_now() {
 
 #[test]
 fn under_heartbeats_the_status_line_says_what_holds_now() {
-    let mut sim = two_of_three();
-    let r = sim.create(A, "dg1", 1);
-    assert_eq!(answer(&mut sim, A, r), Ok(()));
     // c cannot find the disk: it abandons its join and says so, with the failure's age.
-    sim.set_disk_access_broken(C, true);
-    sim.start(C);
-    assert!(sim.run_until(3_000, |s| s.core(C).unwrap().role() == Role::Abandoned));
+    let mut sim = c_abandons_without_the_disk();
     let l = status_line(&sim, C);
     assert!(
         l.starts_with(
