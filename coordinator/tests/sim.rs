@@ -419,14 +419,21 @@ fn join_during_kernel_phase_waits() {
     assert!(everywhere_has(&sim, &[A, B, C], "dg1"));
 }
 
-#[test]
-fn joiner_that_cannot_find_a_disk_abandons_with_the_reason() {
+/// a and b with group dg1; c, which cannot reach the disk, started: it abandons
+/// its join.
+fn c_abandons_without_the_disk() -> Sim {
     let mut sim = two_of_three();
     let r = sim.create(A, "dg1", 1);
     assert_eq!(answer(&mut sim, A, r), Ok(()));
     sim.set_disk_access_broken(C, true);
     sim.start(C);
     assert!(sim.run_until(3_000, |s| s.core(C).unwrap().role() == Role::Abandoned));
+    sim
+}
+
+#[test]
+fn joiner_that_cannot_find_a_disk_abandons_with_the_reason() {
+    let mut sim = c_abandons_without_the_disk();
     let reason = "cannot find disk dg1-disk on node c";
     assert_eq!(
         sim.core(C).unwrap().status().last_reason.as_deref(),
@@ -2201,4 +2208,96 @@ fn a_minority_master_stops_serving_as_soon_as_corosync_says_so() {
     settle(&mut sim, &[A, B, C]);
     assert!(everywhere_has(&sim, &[A, B, C], "dg1"));
     assert!(nowhere_has(&sim, "dg2"));
+}
+
+// ---------------------------------------------------------------------------
+// The node's own line in `cluster status` (`core::status`): what holds now, under
+// either monitor, and the last failure with its age.
+// ---------------------------------------------------------------------------
+
+/// Node `id`'s own line in `cluster status`, now.
+fn status_line(sim: &Sim, id: u32) -> String {
+    sim.core(id)
+        .map(|c| c.status_line(sim.now_ms()))
+        .unwrap_or_default()
+}
+
+#[test]
+fn under_corosync_the_status_line_says_what_holds_now() {
+    let mut sim = Sim::new(SimConfig {
+        trace: true,
+        monitor: true,
+        ..SimConfig::new(3, 7)
+    });
+    for id in [A, B, C] {
+        sim.start(id);
+    }
+    // Before the first report nobody has quorum, and the line says why (no failure
+    // yet: nothing has gone wrong).
+    assert_eq!(
+        status_line(&sim, A),
+        "node a: no quorum: no report from the cluster monitor yet"
+    );
+    settle_open(&mut sim, &[A, B, C]);
+    for id in [A, B, C] {
+        let l = status_line(&sim, id);
+        let v = sim.core(id).and_then(|c| c.view()).expect("a member").id;
+        assert_eq!(
+            l,
+            format!("member of view {v} with 3 nodes; corosync: 3 of 3 nodes"),
+            "node {id}"
+        );
+    }
+    // c's corosync dies: c says so, with the time since.
+    sim.kill_monitor(C, 4_000);
+    assert!(sim.run_until(MONITOR_ACTS_MS, |s| s
+        .core(C)
+        .is_some_and(|c| c.view().is_none())));
+    sim.run_for(1_500);
+    let l = status_line(&sim, C);
+    assert!(
+        l.starts_with("node c: no quorum: corosync: not running (since 1."),
+        "{l}"
+    );
+    let l = status_line(&sim, A);
+    assert!(l.ends_with("with 2 nodes; corosync: 2 of 3 nodes"), "{l}");
+    // Back, c is a member again and its line no longer names the failure.
+    settle(&mut sim, &[A, B, C]);
+    let l = status_line(&sim, C);
+    assert!(l.starts_with("member of view "), "{l}");
+    assert!(!l.contains("not running"), "{l}");
+}
+
+#[test]
+fn under_heartbeats_the_status_line_says_what_holds_now() {
+    // c cannot find the disk: it abandons its join and says so, with the failure's age.
+    let mut sim = c_abandons_without_the_disk();
+    let l = status_line(&sim, C);
+    assert!(
+        l.starts_with(
+            "not a member (abandoned); heartbeats: 3 of 3 votes reachable, 2 needed; last failure "
+        ) && l.ends_with(" ago: cannot find disk dg1-disk on node c"),
+        "{l}"
+    );
+    let v = sim.core(A).and_then(|c| c.view()).expect("a member").id;
+    assert_eq!(
+        status_line(&sim, A),
+        format!("member of view {v} with 2 nodes; heartbeats: 3 of 3 votes reachable, 2 needed")
+    );
+    sim.set_disk_access_broken(C, false);
+    settle(&mut sim, &[A, B, C]);
+    assert!(status_line(&sim, C).starts_with("member of view "));
+    // Cut off, a knows it has no quorum now, and since when it left.
+    sim.partition(&[A]);
+    assert!(sim.run_until(5_000, |s| s.core(A).is_some_and(|c| c.view().is_none())));
+    let l = status_line(&sim, A);
+    assert!(
+        l.starts_with(
+            "node a: no quorum: 1 of 3 votes, 2 needed (b, c unreachable); last failure "
+        ),
+        "{l}"
+    );
+    sim.heal();
+    settle(&mut sim, &[A, B, C]);
+    assert!(status_line(&sim, A).starts_with("member of view "));
 }

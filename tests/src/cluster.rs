@@ -26,6 +26,7 @@ use plexd_target::api::KernelClient;
 use serde_json::Value;
 
 use crate::bins::Bins;
+use crate::corosync::Corosyncs;
 use crate::data::Pattern;
 use crate::netns::Netns;
 use crate::proc::{tail, touch, Proc, Spec};
@@ -116,6 +117,10 @@ pub struct ClusterOpts {
     /// Give the cluster a quorum disk: a blank 4 KiB file `qdisk.img` beside the
     /// disks' directory ([`Cluster::quorum_disk_path`]), named in the cluster file.
     pub quorum_disk: bool,
+    /// `monitor = "corosync"`, with a real corosync per node ([`crate::corosync`]),
+    /// started before the node's processes by [`Cluster::start`]. Needs `netns`,
+    /// root and corosync ([`crate::corosync::unavailable`]).
+    pub corosync: bool,
 }
 
 impl Default for ClusterOpts {
@@ -134,6 +139,7 @@ impl Default for ClusterOpts {
             init_disks: true,
             netns: false,
             quorum_disk: false,
+            corosync: false,
         }
     }
 }
@@ -144,6 +150,16 @@ impl ClusterOpts {
     pub fn failpoint(mut self, node: usize, failpoint: &str) -> ClusterOpts {
         self.failpoints.push((node, failpoint.to_string()));
         self
+    }
+
+    /// The options of a cluster monitored by corosync (`monitor = "corosync"`, a
+    /// corosync per node, each node in a network namespace).
+    pub fn corosync() -> ClusterOpts {
+        ClusterOpts {
+            netns: true,
+            corosync: true,
+            ..ClusterOpts::default()
+        }
     }
 
     /// Hides disk file `disk` from `node`'s processes.
@@ -199,6 +215,9 @@ pub struct Cluster {
     /// The nodes' network namespaces (`ClusterOpts::netns`); removed after the
     /// processes are dead (see `Drop`).
     netns: Option<Netns>,
+    /// The nodes' corosyncs (`ClusterOpts::corosync`); killed after the nodes'
+    /// processes, before the namespaces.
+    corosyncs: Option<Corosyncs>,
 }
 
 fn free_ports(n: usize) -> Vec<u16> {
@@ -291,6 +310,9 @@ impl Cluster {
     pub fn start(n: usize, opts: ClusterOpts) -> Cluster {
         let mut c = Cluster::create(n, opts).unwrap_or_else(|e| panic!("cluster setup: {e}"));
         for i in 0..n {
+            if c.corosyncs.is_some() {
+                c.start_corosync(i);
+            }
             c.start_target(i);
             c.start_coordinator(i);
         }
@@ -384,10 +406,11 @@ impl Cluster {
         }
         let cluster_file = dir.join("cluster.toml");
         let mut toml = format!(
-            "[cluster]\nname = \"test\"\nid = \"test-{}\"\nmonitor = \"builtin\"\n\
+            "[cluster]\nname = \"test\"\nid = \"test-{}\"\nmonitor = {:?}\n\
              heartbeat_interval_ms = {}\nheartbeat_timeout_ms = {}\nform_wait_ms = {}\n\
              lease_ms = {}\nlease_margin_ms = {}\nfault_injection = true\ndisk_paths = [{:?}]\n",
             std::process::id(),
+            if opts.corosync { "corosync" } else { "builtin" },
             opts.heartbeat_interval_ms,
             opts.heartbeat_timeout_ms,
             opts.form_wait_ms,
@@ -415,6 +438,14 @@ impl Cluster {
         }
         std::fs::write(&cluster_file, toml)
             .map_err(|e| format!("cannot write {}: {e}", cluster_file.display()))?;
+        let corosyncs = match (&netns, opts.corosync) {
+            (_, false) => None,
+            (Some(ns), true) => {
+                let dirs: Vec<PathBuf> = nodes.iter().map(|n| n.dir.clone()).collect();
+                Some(Corosyncs::new(ns, &dirs)?)
+            }
+            (None, true) => return Err("ClusterOpts::corosync needs ClusterOpts::netns".into()),
+        };
         Ok(Cluster {
             ctl_log: dir.join("ctl.log"),
             dir,
@@ -427,6 +458,7 @@ impl Cluster {
             next_seed: 1,
             empty_file,
             netns,
+            corosyncs,
         })
     }
 
@@ -494,6 +526,22 @@ impl Cluster {
         self.netns
             .as_ref()
             .expect("the cluster runs without network namespaces (ClusterOpts::netns)")
+    }
+
+    fn corosyncs(&mut self) -> &mut Corosyncs {
+        self.corosyncs
+            .as_mut()
+            .expect("the cluster runs without corosync (ClusterOpts::corosync)")
+    }
+
+    /// Starts node `i`'s corosync (`ClusterOpts::corosync`); plexd finds it by itself.
+    pub fn start_corosync(&mut self, i: usize) {
+        self.corosyncs().start(i);
+    }
+
+    /// `kill -9` of node `i`'s corosync.
+    pub fn kill_corosync(&mut self, i: usize) {
+        self.corosyncs().kill(i);
     }
 
     /// SIGSTOP to node `i`'s plexd: it stays alive but does nothing (not even renew its
@@ -1355,7 +1403,8 @@ impl Drop for Cluster {
                 p.kill();
             }
         }
-        // Every process is dead: the namespaces can go.
+        // Every process is dead: the corosyncs can go, then the namespaces.
+        self.corosyncs = None;
         self.netns = None;
         if std::thread::panicking() {
             self.report();

@@ -6,6 +6,7 @@
 
 pub mod bins;
 pub mod cluster;
+pub mod corosync;
 pub mod data;
 pub mod invariants;
 pub mod iscsi;

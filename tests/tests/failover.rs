@@ -1,6 +1,8 @@
 //! A coordinator dies at each phase of a transaction (PLEXD_FAILPOINT=<name>:exit):
 //! before the commit point the change fails everywhere, after it the survivors
-//! complete it.
+//! complete it. The master's loss after the commit point also runs under corosync
+//! (`monitor = "corosync"`, real corosyncs in namespaces: skipped where they cannot
+//! run, see tests/tests/corosync.rs).
 
 use std::time::Duration;
 
@@ -13,11 +15,17 @@ fn has_vol2(c: &Cluster, i: usize) -> bool {
     volume(&c.print(i), "dg1", "vol2").is_some()
 }
 
-/// A cluster a (master), b, c with dg1/vol1 and data on it.
-fn cluster() -> Cluster {
-    let mut c = Cluster::start(3, ClusterOpts::default());
+/// A cluster a, b, c with dg1/vol1 and data on it (a is the master under the
+/// built-in monitor; under corosync, whichever node formed).
+fn cluster_with(opts: ClusterOpts) -> Cluster {
+    let mut c = Cluster::start(3, opts);
     c.shared_mirror(0, "dg1", "vol1", "32M");
     c
+}
+
+/// [`cluster_with`] the built-in monitor.
+fn cluster() -> Cluster {
+    cluster_with(ClusterOpts::default())
 }
 
 #[test]
@@ -40,8 +48,10 @@ fn master_loss_before_commit_point_aborts() {
     c.check_invariants();
 }
 
-fn master_loss_after_commit_point(failpoint: &str) {
-    let mut c = cluster();
+/// Master a dies at `failpoint`, after the commit point, under the monitor `opts`
+/// names: b takes over and the survivors complete the change; a, restarted, has it.
+fn master_loss_after_commit_point(opts: ClusterOpts, failpoint: &str) {
+    let mut c = cluster_with(opts);
     c.arm_master(0, failpoint);
     let _ = c.ctl(2, CHANGE); // the outcome may reach plexctl either way
     c.wait_coordinator_exit(0);
@@ -66,17 +76,29 @@ fn master_loss_after_commit_point(failpoint: &str) {
 
 #[test]
 fn master_loss_after_commit_point_completes_on_survivors() {
-    master_loss_after_commit_point("txn.after_successor_ack");
+    master_loss_after_commit_point(ClusterOpts::default(), "txn.after_successor_ack");
+}
+
+/// The same under corosync: a's exit leaves its CPG group, so the survivors see it
+/// gone at once (not after the heartbeat timeout), and b's takeover completes the
+/// change.
+#[test]
+fn under_corosync_master_loss_after_commit_point_completes_on_survivors() {
+    if let Some(why) = plexd_tests::corosync::unavailable() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    master_loss_after_commit_point(ClusterOpts::corosync(), "txn.after_successor_ack");
 }
 
 #[test]
 fn master_loss_after_the_disk_write_completes_on_survivors() {
-    master_loss_after_commit_point("txn.after_disk_write");
+    master_loss_after_commit_point(ClusterOpts::default(), "txn.after_disk_write");
 }
 
 #[test]
 fn master_loss_after_commit_sent_completes_on_survivors() {
-    master_loss_after_commit_point("txn.after_commit_sent");
+    master_loss_after_commit_point(ClusterOpts::default(), "txn.after_commit_sent");
 }
 
 fn slave_death_in_check_phase_fails_the_operation() {

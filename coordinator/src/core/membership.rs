@@ -1791,7 +1791,7 @@ impl<M: ConfigModel> Node<M> {
         let reason = truncate_reason(reason);
         let line = format!("node {}: join abandoned: {reason}", self.name(self.cfg.me));
         self.log(log::Level::Warn, line);
-        self.last_reason = Some(reason.clone());
+        self.note_failure(now_ms, reason.clone());
         self.send(
             master,
             Message::JoinAbandon {
@@ -1919,7 +1919,7 @@ impl<M: ConfigModel> Node<M> {
             self.name(self.cfg.me)
         );
         self.log(log::Level::Warn, line);
-        self.last_reason = Some(truncate_reason(reason.clone()));
+        self.note_failure(now_ms, reason.clone());
         self.out.push(Action::LeaveCluster { reason });
         self.state = State::Discovering { since_ms: now_ms };
     }

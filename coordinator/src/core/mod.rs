@@ -19,6 +19,7 @@ mod qdisk;
 mod quorum;
 mod recovery;
 mod resync;
+mod status;
 mod txn;
 
 pub use codec::PROTOCOL_VERSION;
@@ -739,7 +740,10 @@ pub struct Node<M: ConfigModel> {
     forwards: BTreeMap<RequestId, txn::Forward>,
     /// The master's record of which members failed which plex (local detach policy).
     failing: detach::FailingPlexes,
+    /// This node's last failure (to join, or to stay a member) and when it happened
+    /// (set with `note_failure`).
     last_reason: Option<String>,
+    last_reason_ms: u64,
     reasons: BTreeMap<NodeId, String>,
     /// Takeover queries waiting until this node has seen the master go:
     /// (asker, master, master's incarnation); at most one per asker.
@@ -825,6 +829,7 @@ impl<M: ConfigModel> Node<M> {
             forwards: BTreeMap::new(),
             failing: detach::FailingPlexes::default(),
             last_reason: None,
+            last_reason_ms: now_ms,
             reasons: BTreeMap::new(),
             deferred_queries: Vec::new(),
             deposed: BTreeSet::new(),

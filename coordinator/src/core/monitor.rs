@@ -26,8 +26,10 @@ pub(super) struct MonitorState {
     members: BTreeSet<NodeId>,
     /// The partition holds quorum.
     quorate: bool,
-    /// What the monitor said, for the status line when it is not quorate.
+    /// What the monitor said, for the status line.
     detail: String,
+    /// Whether the monitor has reported at all (before, no quorum is no failure).
+    reported: bool,
 }
 
 impl MonitorState {
@@ -37,7 +39,13 @@ impl MonitorState {
             members: BTreeSet::new(),
             quorate: false,
             detail: "no report from the cluster monitor yet".into(),
+            reported: false,
         }
+    }
+
+    /// What the monitor said last (`corosync: quorate; plexd running on a, b`).
+    pub(super) fn detail(&self) -> &str {
+        &self.detail
     }
 }
 
@@ -90,6 +98,7 @@ impl<M: ConfigModel> Node<M> {
             members,
             quorate,
             detail,
+            reported: true,
         });
         self.apply_monitor(now_ms);
     }
@@ -112,8 +121,11 @@ impl<M: ConfigModel> Node<M> {
         let Some(reason) = self.monitor_reason() else {
             return;
         };
-        if self.last_reason.as_deref() != Some(reason.as_str()) {
-            self.last_reason = Some(truncate_reason(reason.clone()));
+        // A verdict that holds on is one failure, dated from its first report.
+        let kept = truncate_reason(reason.clone());
+        let reported = self.monitor.as_ref().is_some_and(|m| m.reported);
+        if reported && self.last_reason.as_ref() != Some(&kept) {
+            self.note_failure(now_ms, kept);
         }
         match &self.state {
             State::Member if self.is_master() => {

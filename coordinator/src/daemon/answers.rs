@@ -2,19 +2,6 @@
 
 use super::*;
 
-pub(super) fn role_name(r: Role) -> &'static str {
-    match r {
-        Role::Discovering => "discovering",
-        Role::Forming => "forming",
-        Role::Joining => "joining",
-        Role::Abandoned => "abandoned",
-        Role::Slave => "slave",
-        Role::Master => "master",
-        Role::TakingOver => "taking-over",
-        Role::Stopped => "stopped",
-    }
-}
-
 impl Daemon {
     pub(super) fn status(&self) -> StatusOut {
         let st = self.node.status();
@@ -33,7 +20,7 @@ impl Daemon {
         for n in &self.file.nodes {
             let member = view.as_ref().is_some_and(|v| v.contains(n.id));
             let role = if n.id == self.me {
-                role_name(st.role).to_string()
+                st.role.as_str().to_string()
             } else if view.as_ref().is_some_and(|v| v.master == n.id) {
                 "master".into()
             } else if member {
@@ -43,9 +30,7 @@ impl Daemon {
             };
             let mut reason = st.reasons.get(&n.id).cloned().unwrap_or_default();
             if n.id == self.me {
-                if let Some(r) = &st.last_reason {
-                    reason = r.clone();
-                }
+                reason = self.node.status_line(now_ms(self.start));
             } else if let Some(r) = self.transport.refused(n.id) {
                 reason = r;
             }

@@ -1,0 +1,114 @@
+//! What `cluster status` says of this node (its REASON column): what holds now.
+//!
+//! - A member: `member of view 7 with 3 nodes; ` and what its monitor says now:
+//!   `heartbeats: 3 of 3 votes reachable, 2 needed` (built-in) or the external
+//!   monitor's own words, `corosync: quorate; plexd running on a, b, c`.
+//! - Not a member: why it has no quorum now, if it has none (`node c: no quorum:
+//!   corosync: not running ...`), else `not a member (joining); ` and what its
+//!   monitor says; then its last failure with its age, `last failure 4.2 s ago:
+//!   cannot find disk d1 on node c`, if there was one (once, when it is the reason
+//!   already given).
+//!
+//! A failure once reported stays in the line of a node that is out, with its age, so
+//! an operator sees both the state and the last thing that went wrong; a member's
+//! line shows only what holds (its log keeps the history).
+
+use super::*;
+
+impl Role {
+    /// The role's name in `cluster status`: `master`, `slave`, `discovering`, ...
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Discovering => "discovering",
+            Role::Forming => "forming",
+            Role::Joining => "joining",
+            Role::Abandoned => "abandoned",
+            Role::Slave => "slave",
+            Role::Master => "master",
+            Role::TakingOver => "taking-over",
+            Role::Stopped => "stopped",
+        }
+    }
+}
+
+impl<M: ConfigModel> Node<M> {
+    /// Remembers `reason` as this node's last failure, at `now_ms`.
+    pub(super) fn note_failure(&mut self, now_ms: u64, reason: String) {
+        self.last_reason = Some(truncate_reason(reason));
+        self.last_reason_ms = now_ms;
+    }
+
+    /// This node's line in `cluster status` at `now_ms` (see the module doc).
+    pub fn status_line(&self, now_ms: u64) -> String {
+        let now_ms = now_ms.max(self.clock_ms);
+        if let (State::Member, Some(v)) = (&self.state, &self.view) {
+            return format!(
+                "member of view {} with {} nodes; {}",
+                v.id,
+                v.members.len(),
+                self.quorum_line(now_ms)
+            );
+        }
+        let mut line = match self.quorum_denied(now_ms) {
+            Some(reason) => reason,
+            None => format!(
+                "not a member ({}); {}",
+                self.role().as_str(),
+                self.quorum_line(now_ms)
+            ),
+        };
+        if let Some(r) = &self.last_reason {
+            let ago = format_age(now_ms.saturating_sub(self.last_reason_ms));
+            if line == *r {
+                line.push_str(&format!(" (since {ago})"));
+            } else {
+                line.push_str(&format!("; last failure {ago} ago: {r}"));
+            }
+        }
+        truncate_reason(line)
+    }
+
+    /// Why this node has no quorum now (the external monitor's verdict, or too few
+    /// votes reachable), if it has none.
+    fn quorum_denied(&self, now_ms: u64) -> Option<String> {
+        if let Some(r) = self.monitor_reason() {
+            return Some(r);
+        }
+        if self.monitor.is_some() {
+            return None;
+        }
+        let votes = self.reachable_votes(now_ms);
+        (!self.quorum().reached(votes)).then(|| self.no_quorum_reason(now_ms))
+    }
+
+    /// What the monitor says of this node's quorum now, when it has it.
+    fn quorum_line(&self, now_ms: u64) -> String {
+        if let Some(m) = &self.monitor {
+            return m.detail().to_string();
+        }
+        let q = self.quorum();
+        format!(
+            "heartbeats: {} of {} votes reachable, {} needed",
+            self.reachable_votes(now_ms),
+            q.total,
+            q.needed
+        )
+    }
+
+    /// This node's vote, its reachable peers' and the quorum disk's if it holds it.
+    fn reachable_votes(&self, now_ms: u64) -> u64 {
+        let me = self.cfg.me;
+        self.votes_of(self.reachable_peers(now_ms).into_iter().chain([me])) + self.disk_vote(now_ms)
+    }
+}
+
+/// `850 ms`, `4.2 s`, `73 s`, `12 min`, `5 h`.
+fn format_age(ms: u64) -> String {
+    match ms {
+        0..1_000 => format!("{ms} ms"),
+        1_000..10_000 => format!("{:.1} s", ms as f64 / 1000.0),
+        10_000..120_000 => format!("{} s", ms / 1000),
+        120_000..7_200_000 => format!("{} min", ms / 60_000),
+        _ => format!("{} h", ms / 3_600_000),
+    }
+}
