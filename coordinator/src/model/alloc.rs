@@ -783,7 +783,7 @@ pub fn grow_log(
     }
     let mut without = dg.clone();
     if let Some(v) = without.volumes.iter_mut().find(|v| v.name == volume) {
-        v.log = None;
+        std::sync::Arc::make_mut(v).log = None;
     }
     let moved = allocate_log(&without, volume, new_size_bytes, old.region_bytes);
     if moved.is_ok() {
