@@ -427,7 +427,13 @@ impl Driver {
 
     fn desired(&self, shared: &[Arc<DiskGroupConfig>], private: &[DiskGroupConfig]) -> Desired {
         let mut specs = self.kernel.specs();
-        desired_of(&self.files(), &self.file, &self.name, (shared, private), &mut specs)
+        desired_of(
+            &self.files(),
+            &self.file,
+            &self.name,
+            (shared, private),
+            &mut specs,
+        )
     }
 
     /// Driver point `point`: sleeps when `PLEXD_FAILPOINT=<point>:sleep=<ms>` names it.

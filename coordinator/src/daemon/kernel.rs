@@ -789,7 +789,10 @@ mod tests {
         for v in ["dg1.v1", "dg1.v3"] {
             assert!(Arc::ptr_eq(&before.volumes[v], &after.volumes[v]), "{v}");
         }
-        assert!(!Arc::ptr_eq(&before.volumes["dg1.v2"], &after.volumes["dg1.v2"]));
+        assert!(!Arc::ptr_eq(
+            &before.volumes["dg1.v2"],
+            &after.volumes["dg1.v2"]
+        ));
         assert_eq!(after.volumes["dg1.v2"].size_bytes, 2 << 20);
         // Another node id, or a removed volume, is not taken from the cache.
         let other = Desired::of_cached(&grown.disk_groups, 2, &mut specs);
@@ -804,6 +807,10 @@ mod tests {
         .unwrap();
         let d = Desired::of_cached(&removed.disk_groups, 2, &mut specs);
         assert_eq!(d, Desired::of(&removed.disk_groups, 2));
-        assert_eq!(specs.groups["dg1"].len(), 2, "the removed volume is forgotten");
+        assert_eq!(
+            specs.groups["dg1"].len(),
+            2,
+            "the removed volume is forgotten"
+        );
     }
 }

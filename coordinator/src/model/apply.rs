@@ -797,7 +797,9 @@ fn vol_unexport(
 ) -> Result<(), ConfigError> {
     let vi = dg.volume_index(volume)?;
     let before = next.volume_mut(vi).exports.len();
-    next.volume_mut(vi).exports.retain(|e| e.protocol != protocol);
+    next.volume_mut(vi)
+        .exports
+        .retain(|e| e.protocol != protocol);
     if next.volume_mut(vi).exports.len() == before {
         return Err(not_found(
             "export",

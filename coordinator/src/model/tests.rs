@@ -1188,7 +1188,10 @@ fn validate_change_gives_the_verdict_of_validate_on_random_edits() {
         }
     }
     // Both verdicts were exercised, many times.
-    assert!(valid > 500 && invalid > 500, "{valid} valid, {invalid} invalid");
+    assert!(
+        valid > 500 && invalid > 500,
+        "{valid} valid, {invalid} invalid"
+    );
 }
 
 #[test]

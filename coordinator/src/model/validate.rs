@@ -122,7 +122,12 @@ impl DiskGroupConfig {
     ) -> Result<(), ConfigError> {
         let objects = std::iter::once(v.name.as_str())
             .chain(v.plexes.iter().map(|p| p.name.as_str()))
-            .chain(v.plexes.iter().flat_map(|p| &p.subdisks).map(|sd| sd.name.as_str()));
+            .chain(
+                v.plexes
+                    .iter()
+                    .flat_map(|p| &p.subdisks)
+                    .map(|sd| sd.name.as_str()),
+            );
         for name in objects {
             if names.contains(name) {
                 return self.invalid(format!("name {name} used twice"));
