@@ -698,9 +698,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn mirror_volume_becomes_two_concat_plexes_on_disk_bdevs() {
-        let c = apply(
+    /// A shared group dg1 on disks d1 and d2 with 2-way mirrors of (name, size).
+    fn group_with(volumes: &[(&str, u64)]) -> ClusterConfig {
+        let mut c = apply(
             &ClusterConfig::default(),
             &Change::DgCreate {
                 dg: "dg1".into(),
@@ -711,17 +711,25 @@ mod tests {
             },
         )
         .unwrap();
-        let c = apply(
-            &c,
-            &Change::VolCreate {
-                dg: "dg1".into(),
-                volume: "v1".into(),
-                size_bytes: 4 << 20,
-                layout: VolumeLayout::Mirror { mirrors: 2 },
-                log: Default::default(),
-            },
-        )
-        .unwrap();
+        for (v, size) in volumes {
+            c = apply(
+                &c,
+                &Change::VolCreate {
+                    dg: "dg1".into(),
+                    volume: v.to_string(),
+                    size_bytes: *size,
+                    layout: VolumeLayout::Mirror { mirrors: 2 },
+                    log: Default::default(),
+                },
+            )
+            .unwrap();
+        }
+        c
+    }
+
+    #[test]
+    fn mirror_volume_becomes_two_concat_plexes_on_disk_bdevs() {
+        let c = group_with(&[("v1", 4 << 20)]);
         let d = Desired::of(&c.disk_groups, 1);
         assert_eq!(d.disks.get("dg1.d1").unwrap(), "/tmp/d1.img");
         let spec = d.volumes.get("dg1.v1").unwrap();
@@ -747,30 +755,7 @@ mod tests {
 
     #[test]
     fn a_cached_projection_projects_only_the_volumes_a_change_replaced() {
-        let mut c = apply(
-            &ClusterConfig::default(),
-            &Change::DgCreate {
-                dg: "dg1".into(),
-                dg_id: "a".repeat(32),
-                shared: true,
-                owner_id: "demo".into(),
-                disks: vec![disk("d1", &"1".repeat(32)), disk("d2", &"2".repeat(32))],
-            },
-        )
-        .unwrap();
-        for v in ["v1", "v2", "v3"] {
-            c = apply(
-                &c,
-                &Change::VolCreate {
-                    dg: "dg1".into(),
-                    volume: v.into(),
-                    size_bytes: 1 << 20,
-                    layout: VolumeLayout::Mirror { mirrors: 2 },
-                    log: Default::default(),
-                },
-            )
-            .unwrap();
-        }
+        let c = group_with(&[("v1", 1 << 20), ("v2", 1 << 20), ("v3", 1 << 20)]);
         let mut specs = SpecCache::default();
         let before = Desired::of_cached(&c.disk_groups, 1, &mut specs);
         let grown = apply(

@@ -9,6 +9,10 @@ use super::*;
 /// subdisk's name or the log's volume, kind), for the overlap check.
 type Extent<'a> = (&'a str, u64, u64, &'a str, ExtentKind);
 
+/// What [`DiskGroupConfig::validate_volumes`] found: object names, log ids, extents
+/// (sorted).
+type Checked<'a> = (BTreeSet<&'a str>, BTreeSet<u64>, Vec<Extent<'a>>);
+
 /// What holds an [`Extent`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum ExtentKind {
@@ -47,10 +51,20 @@ impl DiskGroupConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         validate_name("disk group", &self.name)?;
         self.validate_disks()?;
-        let mut extents: Vec<Extent<'_>> = Vec::new();
+        self.validate_volumes(self.volumes.iter().map(|v| &**v))
+            .map(|_| ())
+    }
+
+    /// `volumes` each whole, and against each other (names, log ids, extents):
+    /// returns their object names, log ids and extents (sorted).
+    fn validate_volumes<'a>(
+        &'a self,
+        volumes: impl IntoIterator<Item = &'a Volume>,
+    ) -> Result<Checked<'a>, ConfigError> {
+        let mut extents: Vec<Extent<'a>> = Vec::new();
         let mut object_names = BTreeSet::new();
         let mut log_ids = BTreeSet::new();
-        for v in &self.volumes {
+        for v in volumes {
             self.validate_volume(v, &mut object_names, &mut extents)?;
             if let Some(log) = &v.log {
                 self.validate_log(v, log, &mut extents)?;
@@ -60,7 +74,8 @@ impl DiskGroupConfig {
             }
         }
         extents.sort();
-        self.check_disjoint(&extents)
+        self.check_disjoint(&extents)?;
+        Ok((object_names, log_ids, extents))
     }
 
     /// Checks what a change that turned `before` (a group that passed [`Self::validate`]
@@ -90,20 +105,7 @@ impl DiskGroupConfig {
         if changed.is_empty() {
             return Ok(());
         }
-        let mut extents: Vec<Extent<'_>> = Vec::new();
-        let mut object_names = BTreeSet::new();
-        let mut log_ids = BTreeSet::new();
-        for v in &changed {
-            self.validate_volume(v, &mut object_names, &mut extents)?;
-            if let Some(log) = &v.log {
-                self.validate_log(v, log, &mut extents)?;
-                if !log_ids.insert(log.log_id) {
-                    return self.log_id_twice(v, log);
-                }
-            }
-        }
-        extents.sort();
-        self.check_disjoint(&extents)?;
+        let (object_names, log_ids, extents) = self.validate_volumes(changed)?;
         for v in kept {
             self.check_kept(v, &object_names, &log_ids, &extents)?;
         }
@@ -185,7 +187,7 @@ impl DiskGroupConfig {
         Ok(())
     }
 
-    fn log_id_twice(&self, v: &Volume, log: &VolumeLog) -> Result<(), ConfigError> {
+    fn log_id_twice<T>(&self, v: &Volume, log: &VolumeLog) -> Result<T, ConfigError> {
         self.invalid(format!(
             "volume {}: dirty region log id {} used twice",
             v.name, log.log_id
