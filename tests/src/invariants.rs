@@ -234,7 +234,7 @@ mod tests {
             owner_id: "test".into(),
             seq: 7,
             disks: Vec::new(),
-            volumes,
+            volumes: volumes.into_iter().map(std::sync::Arc::new).collect(),
             open_nodes: Vec::new(),
             detach_policy: Default::default(),
         }

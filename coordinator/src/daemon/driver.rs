@@ -426,7 +426,14 @@ impl Driver {
     }
 
     fn desired(&self, shared: &[Arc<DiskGroupConfig>], private: &[DiskGroupConfig]) -> Desired {
-        desired_of(&self.files(), &self.file, &self.name, shared, private)
+        let mut specs = self.kernel.specs();
+        desired_of(
+            &self.files(),
+            &self.file,
+            &self.name,
+            (shared, private),
+            &mut specs,
+        )
     }
 
     /// Driver point `point`: sleeps when `PLEXD_FAILPOINT=<point>:sleep=<ms>` names it.
@@ -905,13 +912,14 @@ impl Driver {
 
 /// The bdevs, volumes and exports node `name` of cluster file `file` serves for
 /// `shared` and `private` groups, each disk opened where this node finds it (by id
-/// on `files`, [`disks::LocalDisks`]).
+/// on `files`, [`disks::LocalDisks`]); the volumes' specs are projected again only
+/// for volumes `specs` has not seen ([`Desired::of_cached`]).
 pub fn desired_of(
     files: &[PathBuf],
     file: &ClusterFile,
     name: &str,
-    shared: &[Arc<DiskGroupConfig>],
-    private: &[DiskGroupConfig],
+    (shared, private): (&[Arc<DiskGroupConfig>], &[DiskGroupConfig]),
+    specs: &mut super::kernel::SpecCache,
 ) -> Desired {
     let portal = file
         .node(name)
@@ -925,7 +933,7 @@ pub fn desired_of(
     let local = disks::LocalDisks::scan(files);
     let all = || shared.iter().map(|g| &**g).chain(private.iter());
     let id = file.node(name).map_or(0, |n| n.id);
-    let mut d = Desired::of(all(), id);
+    let mut d = Desired::of_cached(all(), id, specs);
     // The disks at their paths on this node (nothing else of a group names a path:
     // the volumes name disk bdevs), without copying the groups.
     for g in all() {

@@ -24,7 +24,7 @@
 //! error, a reconnection, a [`Kernel::load`] or a change of the disk set makes it
 //! ask the target again.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,7 +32,7 @@ use plexd_target_api::volume::{PlexState as KPlexState, VolumeSpec};
 use plexd_target_api::DetachPolicy;
 use plexd_target_api::{BdevRequest, ClientError, ErrorCode, KernelClient};
 
-use crate::model::{disk_bdev, volume_bdev, DiskGroupConfig, PrState};
+use crate::model::{disk_bdev, volume_bdev, DiskGroupConfig, PrState, Volume};
 
 /// How long a prepare waits for in-flight I/O of a volume to drain.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -52,8 +52,8 @@ pub fn raw_bdev(bdev: &str) -> String {
 pub struct Desired {
     /// Disk bdev name → path.
     pub disks: BTreeMap<String, String>,
-    /// Volume bdev name → spec.
-    pub volumes: BTreeMap<String, VolumeSpec>,
+    /// Volume bdev name → spec (shared with [`SpecCache`] and the staged phase).
+    pub volumes: BTreeMap<String, Arc<VolumeSpec>>,
     /// iSCSI targets this node serves, by IQN (see [`super::exports`]).
     pub exports: BTreeMap<String, super::exports::ExportSpec>,
     /// Persistent reservations of the shared volumes, by volume bdev name (empty
@@ -69,13 +69,25 @@ impl Desired {
     /// The bdevs and volumes of `groups` for node `node` (its id: the volumes get
     /// its section of their dirty region logs).
     pub fn of<'a>(groups: impl IntoIterator<Item = &'a DiskGroupConfig>, node: u32) -> Desired {
+        Desired::of_cached(groups, node, &mut SpecCache::default())
+    }
+
+    /// [`Desired::of`], projecting only the volumes `specs` has not seen as they
+    /// are (the others' specs are taken from it).
+    pub fn of_cached<'a>(
+        groups: impl IntoIterator<Item = &'a DiskGroupConfig>,
+        node: u32,
+        specs: &mut SpecCache,
+    ) -> Desired {
         let mut d = Desired::default();
+        specs.round += 1;
         for g in groups {
             for disk in &g.disks {
                 d.disks
                     .insert(disk_bdev(&g.name, &disk.name), disk.path.clone());
             }
-            for spec in g.volume_specs(node) {
+            for v in &g.volumes {
+                let spec = specs.spec(g, v, node);
                 d.volumes.insert(spec.name.clone(), spec);
             }
             for v in g
@@ -87,7 +99,72 @@ impl Desired {
                     .insert(volume_bdev(&g.name, &v.name), v.reservations.clone());
             }
         }
+        specs.forget_unseen();
         d
+    }
+}
+
+/// The data-plane specs of the volumes last projected ([`Desired::of_cached`]), by
+/// disk group and volume name, each with the volume it was projected from: a
+/// volume left alone by a change is the same allocation
+/// ([`DiskGroupConfig::volumes`]), so a kernel phase projects only the volumes the
+/// change replaced. A spec also depends on its group's name, sharing and detach
+/// policy and on the node id: a change of those projects the volume again.
+#[derive(Debug, Default)]
+pub struct SpecCache {
+    groups: HashMap<String, HashMap<String, CachedSpec>>,
+    /// The current projection (entries of an earlier one are dropped after it).
+    round: u64,
+}
+
+#[derive(Debug)]
+struct CachedSpec {
+    /// Held, so that its address names it while it is cached.
+    volume: Arc<Volume>,
+    /// (shared, detach policy, node) of the projection.
+    context: (bool, crate::model::DetachPolicy, u32),
+    spec: Arc<VolumeSpec>,
+    round: u64,
+}
+
+impl SpecCache {
+    /// The spec of volume `v` of `g` for node `node`: the cached one while `v` is
+    /// the allocation it was projected from, in the same context.
+    fn spec(&mut self, g: &DiskGroupConfig, v: &Arc<Volume>, node: u32) -> Arc<VolumeSpec> {
+        let context = (g.shared, g.detach_policy, node);
+        let round = self.round;
+        if !self.groups.contains_key(&g.name) {
+            self.groups.insert(g.name.clone(), HashMap::new());
+        }
+        let Some(volumes) = self.groups.get_mut(&g.name) else {
+            return Arc::new(g.volume_spec(v, node));
+        };
+        if let Some(c) = volumes.get_mut(&v.name) {
+            if Arc::ptr_eq(&c.volume, v) && c.context == context {
+                c.round = round;
+                return Arc::clone(&c.spec);
+            }
+        }
+        let spec = Arc::new(g.volume_spec(v, node));
+        volumes.insert(
+            v.name.clone(),
+            CachedSpec {
+                volume: Arc::clone(v),
+                context,
+                spec: Arc::clone(&spec),
+                round,
+            },
+        );
+        spec
+    }
+
+    /// Drops what the current projection did not use (removed volumes and groups).
+    fn forget_unseen(&mut self) {
+        let round = self.round;
+        for volumes in self.groups.values_mut() {
+            volumes.retain(|_, c| c.round == round);
+        }
+        self.groups.retain(|_, volumes| !volumes.is_empty());
     }
 }
 
@@ -116,6 +193,9 @@ pub struct Kernel {
     known: Option<Desired>,
     /// Disks are wrapped in `error` bdevs (see the module documentation).
     fault_injection: bool,
+    /// The specs of the volumes last projected for this data plane (a desired
+    /// state is computed on the driver's thread, next to the kernel phase).
+    specs: std::cell::RefCell<SpecCache>,
 }
 
 /// Whether `e` means the connection to the data plane is gone (the target died or
@@ -177,6 +257,7 @@ impl Kernel {
                         staged: None,
                         known: None,
                         fault_injection: false,
+                        specs: Default::default(),
                     })
                 }
                 Err(e) if std::time::Instant::now() >= deadline => return Err(e),
@@ -240,6 +321,11 @@ impl Kernel {
         Ok(())
     }
 
+    /// The volume specs last projected for this data plane ([`Desired::of_cached`]).
+    pub fn specs(&self) -> std::cell::RefMut<'_, SpecCache> {
+        self.specs.borrow_mut()
+    }
+
     /// The client, for I/O (resync) and event subscriptions.
     pub fn client(&self) -> &KernelClient {
         &self.client
@@ -297,23 +383,31 @@ impl Kernel {
             .known
             .take()
             .filter(|k| prune && k.disks == desired.disks);
-        let volumes: BTreeSet<String> = match &before {
-            Some(k) => k.volumes.keys().cloned().collect(),
+        // The data plane's volumes when not remembered (remembered: `before`'s).
+        let listed: Option<BTreeSet<String>> = match &before {
+            Some(_) => None,
             None => {
                 let (bdevs, volumes) = self.existing()?;
                 self.ensure_disks(&desired, &bdevs)?;
-                volumes
+                Some(volumes)
             }
+        };
+        let exists = |name: &str| match (&listed, &before) {
+            (Some(l), _) => l.contains(name),
+            (None, Some(k)) => k.volumes.contains_key(name),
+            (None, None) => false,
         };
         let mut staged = Staged::default();
         for (name, spec) in &desired.volumes {
-            if !volumes.contains(name) {
-                staged.create.push(spec.clone());
+            if !exists(name) {
+                staged.create.push((**spec).clone());
                 continue;
             }
             let current = match before.as_ref().and_then(|k| k.volumes.get(name)) {
-                Some(c) => c.clone(),
-                None => self.client.get_volume(name).map_err(err)?.1,
+                // The spec it was given, or one alike (a volume projected again).
+                Some(c) if Arc::ptr_eq(c, spec) || c == spec => continue,
+                Some(c) => Arc::clone(c),
+                None => Arc::new(self.client.get_volume(name).map_err(err)?.1),
             };
             if current == *spec {
                 continue;
@@ -345,8 +439,12 @@ impl Kernel {
             self.client.info().map_err(err)?;
         }
         if prune {
-            staged.delete = volumes
-                .iter()
+            let held: Box<dyn Iterator<Item = &String>> = match (&listed, &before) {
+                (Some(l), _) => Box::new(l.iter()),
+                (None, Some(k)) => Box::new(k.volumes.keys()),
+                (None, None) => Box::new(std::iter::empty()),
+            };
+            staged.delete = held
                 .filter(|v| v.contains('.') && !desired.volumes.contains_key(*v))
                 .cloned()
                 .collect();
@@ -600,9 +698,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn mirror_volume_becomes_two_concat_plexes_on_disk_bdevs() {
-        let c = apply(
+    /// A shared group dg1 on disks d1 and d2 with 2-way mirrors of (name, size).
+    fn group_with(volumes: &[(&str, u64)]) -> ClusterConfig {
+        let mut c = apply(
             &ClusterConfig::default(),
             &Change::DgCreate {
                 dg: "dg1".into(),
@@ -613,17 +711,25 @@ mod tests {
             },
         )
         .unwrap();
-        let c = apply(
-            &c,
-            &Change::VolCreate {
-                dg: "dg1".into(),
-                volume: "v1".into(),
-                size_bytes: 4 << 20,
-                layout: VolumeLayout::Mirror { mirrors: 2 },
-                log: Default::default(),
-            },
-        )
-        .unwrap();
+        for (v, size) in volumes {
+            c = apply(
+                &c,
+                &Change::VolCreate {
+                    dg: "dg1".into(),
+                    volume: v.to_string(),
+                    size_bytes: *size,
+                    layout: VolumeLayout::Mirror { mirrors: 2 },
+                    log: Default::default(),
+                },
+            )
+            .unwrap();
+        }
+        c
+    }
+
+    #[test]
+    fn mirror_volume_becomes_two_concat_plexes_on_disk_bdevs() {
+        let c = group_with(&[("v1", 4 << 20)]);
         let d = Desired::of(&c.disk_groups, 1);
         assert_eq!(d.disks.get("dg1.d1").unwrap(), "/tmp/d1.img");
         let spec = d.volumes.get("dg1.v1").unwrap();
@@ -640,10 +746,56 @@ mod tests {
             assert_eq!(p.state, KPlexState::Active);
             assert!(p.columns[0][0].offset_bytes >= 1 << 20);
         }
-        let mut stale = spec.clone();
+        let mut stale = (**spec).clone();
         stale.plexes[1].state = KPlexState::Stale;
         assert!(only_states_differ(spec, &stale));
         stale.size_bytes += 512;
         assert!(!only_states_differ(spec, &stale));
+    }
+
+    #[test]
+    fn a_cached_projection_projects_only_the_volumes_a_change_replaced() {
+        let c = group_with(&[("v1", 1 << 20), ("v2", 1 << 20), ("v3", 1 << 20)]);
+        let mut specs = SpecCache::default();
+        let before = Desired::of_cached(&c.disk_groups, 1, &mut specs);
+        let grown = apply(
+            &c,
+            &Change::VolGrow {
+                dg: "dg1".into(),
+                volume: "v2".into(),
+                new_size_bytes: 2 << 20,
+            },
+        )
+        .unwrap();
+        let after = Desired::of_cached(&grown.disk_groups, 1, &mut specs);
+        // The same as a projection from scratch ...
+        assert_eq!(after, Desired::of(&grown.disk_groups, 1));
+        // ... where only the grown volume was projected again.
+        for v in ["dg1.v1", "dg1.v3"] {
+            assert!(Arc::ptr_eq(&before.volumes[v], &after.volumes[v]), "{v}");
+        }
+        assert!(!Arc::ptr_eq(
+            &before.volumes["dg1.v2"],
+            &after.volumes["dg1.v2"]
+        ));
+        assert_eq!(after.volumes["dg1.v2"].size_bytes, 2 << 20);
+        // Another node id, or a removed volume, is not taken from the cache.
+        let other = Desired::of_cached(&grown.disk_groups, 2, &mut specs);
+        assert_eq!(other, Desired::of(&grown.disk_groups, 2));
+        let removed = apply(
+            &grown,
+            &Change::VolRm {
+                dg: "dg1".into(),
+                volume: "v1".into(),
+            },
+        )
+        .unwrap();
+        let d = Desired::of_cached(&removed.disk_groups, 2, &mut specs);
+        assert_eq!(d, Desired::of(&removed.disk_groups, 2));
+        assert_eq!(
+            specs.groups["dg1"].len(),
+            2,
+            "the removed volume is forgotten"
+        );
     }
 }

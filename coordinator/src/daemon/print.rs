@@ -123,14 +123,14 @@ mod tests {
             c = c.apply(&change).unwrap();
         }
         let mut g = c.disk_groups[0].clone();
-        g.volumes[0].read_policy = ReadPolicy::Prefer {
+        g.volume_mut(0).read_policy = ReadPolicy::Prefer {
             plex: "vol1-01".into(),
         };
-        g.volumes[1].state = VolumeState::Disabled;
+        g.volume_mut(1).state = VolumeState::Disabled;
         // The plex added made vol2 mirrored, which gave it a log: left out here (the
         // renderings of before; print_shows_the_log_and_ranges_left shows one).
-        g.volumes[1].log = None;
-        g.volumes[1].read_policy = ReadPolicy::LeastBusy;
+        g.volume_mut(1).log = None;
+        g.volume_mut(1).read_policy = ReadPolicy::LeastBusy;
         let mut p = g.clone();
         p.name = "pdg".into();
         p.shared = false;
@@ -213,8 +213,8 @@ mod tests {
         };
         let c = crate::model::test_support::with_mirror(&c, "vol1", 100 << 20, region);
         let mut g = c.disk_groups[0].clone();
-        g.volumes[0].plexes[1].state = crate::model::PlexState::Syncing;
-        g.volumes[0].plexes[1].resync_ranges = vec![(0, 1 << 20), (8 << 20, 2 << 20)];
+        g.volume_mut(0).plexes[1].state = crate::model::PlexState::Syncing;
+        g.volume_mut(0).plexes[1].resync_ranges = vec![(0, 1 << 20), (8 << 20, 2 << 20)];
         let log = g.volumes[0].log.clone().unwrap();
         let (json, text) = through_the_wire(&[g], &[]);
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();

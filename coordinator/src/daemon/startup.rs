@@ -241,7 +241,13 @@ fn load_private_groups(
     }
     // Private groups come back at once; shared volumes the target still serves are
     // left alone until the cluster configuration is loaded (no I/O interruption).
-    let at_start = driver::desired_of(files, file, name, &[], &private.disk_groups);
+    let at_start = driver::desired_of(
+        files,
+        file,
+        name,
+        (&[], &private.disk_groups),
+        &mut kernel.specs(),
+    );
     if let Err(e) = kernel.prepare(at_start, false) {
         log::error!("node {name}: cannot load the private disk groups: {e}");
         kernel.abort();

@@ -110,30 +110,47 @@ fn align_down(value: u64) -> u64 {
 }
 
 /// Free space and subdisk names for one allocation; dropped on failure.
-struct Allocator {
+struct Allocator<'a> {
+    /// The group allocated in.
+    dg: &'a DiskGroupConfig,
     /// Disk name → free extents sorted by offset; in the group's disk order.
     free: Vec<(String, Vec<FreeExtent>)>,
-    /// Object names in use (subdisk names must be unique in the group).
-    names: BTreeSet<String>,
+    /// Object names in use (subdisk names must be unique in the group): the group's,
+    /// gathered at the first new subdisk (a grow that lengthens the last subdisk
+    /// needs none), and those this allocation gave.
+    names: Option<BTreeSet<&'a str>>,
+    /// Subdisk names this allocation gave.
+    given: BTreeSet<String>,
 }
 
 /// A piece of a disk: (disk name, offset, length).
 type Piece = (String, u64, u64);
 
-impl Allocator {
-    fn new(dg: &DiskGroupConfig) -> Allocator {
-        let mut names = BTreeSet::new();
-        for v in &dg.volumes {
-            names.insert(v.name.clone());
-            for p in &v.plexes {
-                names.insert(p.name.clone());
-                names.extend(p.subdisks.iter().map(|sd| sd.name.clone()));
-            }
-        }
+impl<'a> Allocator<'a> {
+    fn new(dg: &'a DiskGroupConfig) -> Allocator<'a> {
         Allocator {
+            dg,
             free: free_extents(dg),
-            names,
+            names: None,
+            given: BTreeSet::new(),
         }
+    }
+
+    /// Whether `name` names an object of the group or a subdisk given already.
+    fn name_used(&mut self, name: &str) -> bool {
+        let dg = self.dg;
+        let names = self.names.get_or_insert_with(|| {
+            let mut names = BTreeSet::new();
+            for v in &dg.volumes {
+                names.insert(v.name.as_str());
+                for p in &v.plexes {
+                    names.insert(p.name.as_str());
+                    names.extend(p.subdisks.iter().map(|sd| sd.name.as_str()));
+                }
+            }
+            names
+        });
+        names.contains(name) || self.given.contains(name)
     }
 
     fn disk_free(&self, disk: &str) -> u64 {
@@ -268,9 +285,9 @@ impl Allocator {
     fn next_subdisk_name(&mut self, disk: &str) -> String {
         let name = (1..)
             .map(|n| format!("{disk}-{n:02}"))
-            .find(|candidate| !self.names.contains(candidate))
+            .find(|candidate| !self.name_used(candidate))
             .unwrap_or_default();
-        self.names.insert(name.clone());
+        self.given.insert(name.clone());
         name
     }
 
@@ -783,7 +800,7 @@ pub fn grow_log(
     }
     let mut without = dg.clone();
     if let Some(v) = without.volumes.iter_mut().find(|v| v.name == volume) {
-        v.log = None;
+        std::sync::Arc::make_mut(v).log = None;
     }
     let moved = allocate_log(&without, volume, new_size_bytes, old.region_bytes);
     if moved.is_ok() {

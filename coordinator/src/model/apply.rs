@@ -2,6 +2,7 @@
 //! the new configuration with the changed group's `seq` bumped.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use super::*;
 
@@ -319,7 +320,7 @@ fn check_not_exported(g: &DiskGroupConfig, what: &str) -> Result<(), ConfigError
     let exported: Vec<(&Volume, &Export)> = g
         .volumes
         .iter()
-        .flat_map(|v| v.exports.iter().map(move |e| (v, e)))
+        .flat_map(|v| v.exports.iter().map(move |e| (&**v, e)))
         .collect();
     let Some((v, e)) = exported.first() else {
         return Ok(());
@@ -433,7 +434,19 @@ pub fn apply_dg(dg: &DiskGroupConfig, change: &Change) -> Result<DiskGroupConfig
         }
     }
     next.seq += 1;
-    if let Err(e) = next.validate() {
+    let verdict = next.validate_change(dg);
+    // Every debug build (the tests' plexd among them) checks the verdict against
+    // the whole group's.
+    #[cfg(debug_assertions)]
+    {
+        let whole = next.validate();
+        assert_eq!(
+            verdict.is_ok(),
+            whole.is_ok(),
+            "validate_change ({verdict:?}) and validate ({whole:?}) disagree on {change:?}"
+        );
+    }
+    if let Err(e) = verdict {
         return Err(ConfigError::Invalid(format!(
             "internal error, change refused: {e}"
         )));
@@ -532,7 +545,7 @@ fn move_logs_off(
 ) -> Result<(), ConfigError> {
     let mut nth: u16 = 0;
     for vi in 0..next.volumes.len() {
-        let Some(log) = next.volumes[vi].log.clone() else {
+        let Some(log) = next.volume_mut(vi).log.clone() else {
             continue;
         };
         let Some(ci) = log.copies.iter().position(|c| c.disk == disk) else {
@@ -540,7 +553,7 @@ fn move_logs_off(
         };
         let volume = next.volumes[vi].name.clone();
         let mut without = next.clone();
-        if let Some(l) = without.volumes[vi].log.as_mut() {
+        if let Some(l) = without.volume_mut(vi).log.as_mut() {
             l.copies.remove(ci);
         }
         let exclude: BTreeSet<&str> = log
@@ -564,7 +577,7 @@ fn move_logs_off(
         };
         moved.log_id = alloc::new_log_id_nth(dg, nth);
         nth = nth.saturating_add(1);
-        next.volumes[vi].log = Some(moved);
+        next.volume_mut(vi).log = Some(moved);
     }
     Ok(())
 }
@@ -605,7 +618,7 @@ fn vol_create(
         alloc::log_geometry(volume, size, region_bytes)?;
     }
     let plexes = alloc::allocate_volume(dg, volume, size, layout)?;
-    next.volumes.push(Volume {
+    next.volumes.push(Arc::new(Volume {
         log: None,
         name: volume.to_string(),
         size_bytes: size,
@@ -614,7 +627,7 @@ fn vol_create(
         plexes,
         exports: Vec::new(),
         reservations: PrState::default(),
-    });
+    }));
     if let (LogPolicy::On { region_bytes }, 2..) = (log, mirrors) {
         let placed = alloc::allocate_log(next, volume, size, region_bytes).map_err(|mut e| {
             e.reason
@@ -622,7 +635,7 @@ fn vol_create(
             e
         })?;
         if let Some(v) = next.volumes.last_mut() {
-            v.log = Some(placed);
+            Arc::make_mut(v).log = Some(placed);
         }
     }
     Ok(())
@@ -648,16 +661,16 @@ fn vol_resize(
             crate::size::format_size(current)
         )));
     }
-    next.volumes[vi].plexes = if grow {
+    next.volume_mut(vi).plexes = if grow {
         alloc::grow_volume(dg, volume, size)?
     } else {
         alloc::shrink_plexes(&dg.volumes[vi].plexes, size)
     };
     if grow {
         // A shrunk volume keeps its log (it tracks fewer regions of it).
-        next.volumes[vi].log = alloc::grow_log(next, volume, size)?;
+        next.volume_mut(vi).log = alloc::grow_log(next, volume, size)?;
     }
-    next.volumes[vi].size_bytes = size;
+    next.volume_mut(vi).size_bytes = size;
     Ok(())
 }
 
@@ -674,7 +687,7 @@ fn vol_set_read_policy(
             return Err(not_found("plex", plex, format!(" in volume {volume}")));
         }
     }
-    next.volumes[vi].read_policy = policy.clone();
+    next.volume_mut(vi).read_policy = policy.clone();
     Ok(())
 }
 
@@ -719,8 +732,8 @@ fn vol_export(
             e.iqn
         )));
     }
-    next.volumes[vi].exports.push(export.clone());
-    next.volumes[vi].exports.sort_by_key(|e| e.protocol);
+    next.volume_mut(vi).exports.push(export.clone());
+    next.volume_mut(vi).exports.sort_by_key(|e| e.protocol);
     Ok(())
 }
 
@@ -753,7 +766,8 @@ fn vol_pr_out(
             what()
         )));
     }
-    let r = next.volumes[vi]
+    let r = next
+        .volume_mut(vi)
         .reservations
         .out(nexus, service_action, scope_type, parameters);
     match r {
@@ -782,9 +796,11 @@ fn vol_unexport(
     protocol: ExportProtocol,
 ) -> Result<(), ConfigError> {
     let vi = dg.volume_index(volume)?;
-    let before = next.volumes[vi].exports.len();
-    next.volumes[vi].exports.retain(|e| e.protocol != protocol);
-    if next.volumes[vi].exports.len() == before {
+    let before = next.volume_mut(vi).exports.len();
+    next.volume_mut(vi)
+        .exports
+        .retain(|e| e.protocol != protocol);
+    if next.volume_mut(vi).exports.len() == before {
         return Err(not_found(
             "export",
             protocol.as_str(),
@@ -810,7 +826,7 @@ fn plex_add(
     }
     layout.validate()?;
     let plex = alloc::allocate_plex(dg, volume, layout)?;
-    next.volumes[vi].plexes.push(plex);
+    next.volume_mut(vi).plexes.push(plex);
     if v.log.is_none() && v.plexes.len() == 1 {
         // The volume becomes mirrored: it gets the default log (a volume created
         // mirrored with --drl off has two plexes or more and stays without).
@@ -820,7 +836,7 @@ fn plex_add(
             v.size_bytes,
             plexd_target_api::drl::DEFAULT_REGION_BYTES,
         )?;
-        next.volumes[vi].log = Some(log);
+        next.volume_mut(vi).log = Some(log);
     }
     Ok(())
 }
@@ -840,10 +856,10 @@ fn plex_detach(
         )));
     }
     check_not_last_active(&dg.volumes[vi], pi, "detach")?;
-    next.volumes[vi].plexes[pi].state = PlexState::Stale;
+    next.volume_mut(vi).plexes[pi].state = PlexState::Stale;
     // Ranges belong to one recovery's resync: any other state change (its end,
     // a detach, a new attach: whole) drops them.
-    next.volumes[vi].plexes[pi].resync_ranges.clear();
+    next.volume_mut(vi).plexes[pi].resync_ranges.clear();
     Ok(())
 }
 
@@ -915,8 +931,8 @@ fn plex_diverged(
     if p.state == PlexState::Active {
         check_not_last_active(v, pi, "resynchronise")?;
     }
-    next.volumes[vi].plexes[pi].state = PlexState::Syncing;
-    next.volumes[vi].plexes[pi].resync_ranges = merged;
+    next.volume_mut(vi).plexes[pi].state = PlexState::Syncing;
+    next.volume_mut(vi).plexes[pi].resync_ranges = merged;
     Ok(())
 }
 
@@ -941,9 +957,9 @@ fn plex_attach(
             v.name
         )));
     }
-    next.volumes[vi].plexes[pi].state = PlexState::Syncing;
+    next.volume_mut(vi).plexes[pi].state = PlexState::Syncing;
     // A STALE or EMPTY plex missed writes anywhere: the whole plex is copied.
-    next.volumes[vi].plexes[pi].resync_ranges.clear();
+    next.volume_mut(vi).plexes[pi].resync_ranges.clear();
     Ok(())
 }
 
@@ -972,14 +988,14 @@ fn plex_rm(
             dg.name
         )));
     }
-    next.volumes[vi].plexes.remove(pi);
-    if next.volumes[vi].plexes.len() == 1 {
+    next.volume_mut(vi).plexes.remove(pi);
+    if next.volume_mut(vi).plexes.len() == 1 {
         // Not mirrored any more: its log is freed (a plex added later brings a new one).
-        next.volumes[vi].log = None;
+        next.volume_mut(vi).log = None;
     }
     if let ReadPolicy::Prefer { plex: preferred } = &v.read_policy {
         if preferred == plex {
-            next.volumes[vi].read_policy = ReadPolicy::Round;
+            next.volume_mut(vi).read_policy = ReadPolicy::Round;
         }
     }
     Ok(())
@@ -996,9 +1012,9 @@ fn set_plex_state(
     if state != PlexState::Active {
         check_not_last_active(&dg.volumes[vi], pi, &format!("set {}", state.as_str()))?;
     }
-    next.volumes[vi].plexes[pi].state = state;
+    next.volume_mut(vi).plexes[pi].state = state;
     // Ranges belong to one recovery's resync: any other state change (its end,
     // a detach, a new attach: whole) drops them.
-    next.volumes[vi].plexes[pi].resync_ranges.clear();
+    next.volume_mut(vi).plexes[pi].resync_ranges.clear();
     Ok(())
 }

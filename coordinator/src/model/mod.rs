@@ -6,7 +6,8 @@
 //! volumes (`v`), their plexes (`pl`) and the plexes' subdisks (`sd`).
 //!
 //! Every configuration change is a [`Change`], applied by [`apply`] (or
-//! [`ClusterConfig::apply`]), which validates it completely and returns the new
+//! [`ClusterConfig::apply`]), which validates it (what it changed, against the rest
+//! of its group: [`DiskGroupConfig::validate_change`]) and returns the new
 //! configuration or a [`ConfigError`] whose message names the object. Applying a change
 //! to a disk group bumps its `seq` by one. Nothing here does I/O: the coordinator
 //! decides where the result goes (the data plane through [`DiskGroupConfig::volume_specs`],
@@ -21,7 +22,7 @@
 //! | `export` | exports (iSCSI, NVMe-oF) and name grammar |
 //! | `change` | [`Change`], the disk writes a change needs, [`describe`] |
 //! | `error` | [`ConfigError`], [`validate_name`] |
-//! | `validate` | [`DiskGroupConfig::validate`]: every invariant of a group |
+//! | `validate` | [`DiskGroupConfig::validate`]: every invariant of a group; [`DiskGroupConfig::validate_change`]: those a change can have broken |
 //! | `apply` | [`apply`], [`apply_dg`]: a change against the configuration |
 //! | [`alloc`] | extent allocation for volumes, plexes and dirty region logs |
 //! | `recovery` | the open nodes of shared groups and the node-crash recovery of mirrors |

@@ -161,8 +161,8 @@ mod tests {
         let c = cluster(&[("disk01", 1 << 30), ("disk02", 1 << 30)]);
         let c = with_mirror(&c, "vol1", 64 << 20, LogPolicy::default());
         let mut g = c.disk_groups[0].clone();
-        g.volumes[0].plexes[1].state = PlexState::Syncing;
-        g.volumes[0].plexes[1].resync_ranges = vec![(1 << 20, 1 << 20)];
+        g.volume_mut(0).plexes[1].state = PlexState::Syncing;
+        g.volume_mut(0).plexes[1].resync_ranges = vec![(1 << 20, 1 << 20)];
         g.validate().unwrap();
         let spec = g.volume_specs(2).remove(0);
         assert_eq!(spec.plexes[1].state, KPlexState::Syncing);

@@ -197,6 +197,7 @@ impl DiskGroupConfig {
             if dirty.as_ref().is_some_and(Vec::is_empty) {
                 continue;
             }
+            let v = std::sync::Arc::make_mut(v);
             let mut first = true;
             for p in &mut v.plexes {
                 match p.state {
@@ -359,7 +360,7 @@ mod tests {
         .unwrap();
         // A log set by hand (not the one `vol create` would allocate), at the end of
         // d3's public region (its subdisks start at the beginning), id 0x77.
-        let v = &mut c.disk_groups[0].volumes[0];
+        let v = c.disk_groups[0].volume_mut(0);
         let log = v.log.get_or_insert(VolumeLog {
             copies: vec![LogCopy {
                 disk: "d3".into(),

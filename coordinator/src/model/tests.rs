@@ -478,13 +478,13 @@ fn validate_refuses_extreme_values_without_panicking() {
         sd.len_bytes = pick(&mut rng);
         sd.disk_offset_bytes = pick(&mut rng);
         sd.plex_offset_bytes = pick(&mut rng);
-        g.volumes[0].plexes[0].subdisks.push(sd);
-        g.volumes[0].size_bytes = pick(&mut rng);
+        g.volume_mut(0).plexes[0].subdisks.push(sd);
+        g.volume_mut(0).size_bytes = pick(&mut rng);
         g.disks[1].public_offset_bytes = pick(&mut rng);
         g.disks[1].public_len_bytes = pick(&mut rng);
         g.disks[1].size_bytes = pick(&mut rng);
         if rand::Rng::gen_bool(&mut rng, 0.5) {
-            g.volumes[0].plexes[0].layout = PlexLayout::Stripe {
+            g.volume_mut(0).plexes[0].layout = PlexLayout::Stripe {
                 columns: rand::Rng::gen_range(&mut rng, 0..3),
                 stripe_unit_bytes: pick(&mut rng),
             };
@@ -604,7 +604,7 @@ fn validate_catches_overlapping_subdisks() {
     let c = create_vol(&c, "vol2", 10 << 20, VolumeLayout::Concat).unwrap();
     let mut g = c.disk_groups[0].clone();
     g.validate().unwrap();
-    g.volumes[1].plexes[0].subdisks[0].disk_offset_bytes = 1 << 20;
+    g.volume_mut(1).plexes[0].subdisks[0].disk_offset_bytes = 1 << 20;
     let err = g.validate().unwrap_err().to_string();
     assert!(err.contains("overlap"), "{err}");
 }
@@ -870,7 +870,7 @@ fn validate_catches_bad_logs_and_resync_ranges() {
     // A log over a subdisk.
     let e = broken(&|b| {
         let sd = b.volumes[0].plexes[0].subdisks[0].clone();
-        let log = b.volumes[0].log.as_mut().unwrap();
+        let log = b.volume_mut(0).log.as_mut().unwrap();
         log.copies[1].disk = sd.disk;
         log.copies[1].disk_offset_bytes = sd.disk_offset_bytes;
     });
@@ -881,34 +881,34 @@ fn validate_catches_bad_logs_and_resync_ranges() {
     // Two logs with one id.
     let e = broken(&|b| {
         let id = b.volumes[0].log.as_ref().unwrap().log_id;
-        b.volumes[1].log.as_mut().unwrap().log_id = id;
+        b.volume_mut(1).log.as_mut().unwrap().log_id = id;
     });
     assert!(e.contains("log id"), "{e}");
     // Too short for its sections, sections too small for the volume, a bad region.
-    let e = broken(&|b| b.volumes[0].log.as_mut().unwrap().len_bytes = 4096);
+    let e = broken(&|b| b.volume_mut(0).log.as_mut().unwrap().len_bytes = 4096);
     assert!(e.contains("sections"), "{e}");
-    let e = broken(&|b| b.volumes[0].log.as_mut().unwrap().section_bytes = 4096);
+    let e = broken(&|b| b.volume_mut(0).log.as_mut().unwrap().section_bytes = 4096);
     assert!(e.contains("section"), "{e}");
-    let e = broken(&|b| b.volumes[0].log.as_mut().unwrap().region_bytes = 3 << 16);
+    let e = broken(&|b| b.volume_mut(0).log.as_mut().unwrap().region_bytes = 3 << 16);
     assert!(e.contains("region size"), "{e}");
-    let e = broken(&|b| b.volumes[0].log.as_mut().unwrap().copies[0].disk = "nodisk".into());
+    let e = broken(&|b| b.volume_mut(0).log.as_mut().unwrap().copies[0].disk = "nodisk".into());
     assert!(e.contains("not in the group"), "{e}");
     // Two copies on one disk; more than MAX_LOG_COPIES; none.
     let e = broken(&|b| {
-        let log = b.volumes[0].log.as_mut().unwrap();
+        let log = b.volume_mut(0).log.as_mut().unwrap();
         log.copies[1].disk = log.copies[0].disk.clone();
     });
     assert!(e.contains("two copies on disk"), "{e}");
     let e = broken(&|b| {
-        let log = b.volumes[0].log.as_mut().unwrap();
+        let log = b.volume_mut(0).log.as_mut().unwrap();
         let extra = log.copies[1].clone();
         log.copies.push(extra);
     });
     assert!(e.contains("3 copies"), "{e}");
-    let e = broken(&|b| b.volumes[0].log.as_mut().unwrap().copies.clear());
+    let e = broken(&|b| b.volume_mut(0).log.as_mut().unwrap().copies.clear());
     assert!(e.contains("0 copies"), "{e}");
     // Ranges on an ACTIVE plex, out of order, beyond the volume.
-    let e = broken(&|b| b.volumes[0].plexes[1].resync_ranges = vec![(0, 4096)]);
+    let e = broken(&|b| b.volume_mut(0).plexes[1].resync_ranges = vec![(0, 4096)]);
     assert!(e.contains("ACTIVE has ranges"), "{e}");
     for ranges in [
         vec![(8192, 4096), (0, 4096)],
@@ -917,8 +917,8 @@ fn validate_catches_bad_logs_and_resync_ranges() {
         vec![(64 << 20, 4096)],
     ] {
         let e = broken(&|b| {
-            b.volumes[0].plexes[1].state = PlexState::Syncing;
-            b.volumes[0].plexes[1].resync_ranges = ranges.clone();
+            b.volume_mut(0).plexes[1].state = PlexState::Syncing;
+            b.volume_mut(0).plexes[1].resync_ranges = ranges.clone();
         });
         assert!(e.contains("resync range"), "{ranges:?}: {e}");
     }
@@ -929,8 +929,8 @@ fn a_plex_leaving_syncing_drops_its_ranges() {
     let c = cluster(&[("disk01", GIB), ("disk02", GIB)]);
     let c = create_vol(&c, "vol1", 64 << 20, VolumeLayout::Mirror { mirrors: 2 }).unwrap();
     let mut g = c.disk_groups[0].clone();
-    g.volumes[0].plexes[1].state = PlexState::Syncing;
-    g.volumes[0].plexes[1].resync_ranges = vec![(0, 1 << 20)];
+    g.volume_mut(0).plexes[1].state = PlexState::Syncing;
+    g.volume_mut(0).plexes[1].resync_ranges = vec![(0, 1 << 20)];
     let c = ClusterConfig {
         disk_groups: vec![g],
         ..c
@@ -1049,4 +1049,212 @@ fn detach_policy_is_set_on_shared_groups_and_diverged_plexes_resync_their_ranges
         c.diverged_change("vol1", "vol1-02", &[(0, 512)]).unwrap(),
         None
     );
+}
+
+/// A group of `n` volumes of every layout on four disks, some with logs.
+fn group_of_every_layout(n: usize) -> DiskGroupConfig {
+    let mut c = cluster(&[
+        ("disk01", GIB),
+        ("disk02", GIB),
+        ("disk03", GIB),
+        ("disk04", GIB),
+    ]);
+    let layouts = [
+        VolumeLayout::Concat,
+        VolumeLayout::Mirror { mirrors: 2 },
+        VolumeLayout::Stripe {
+            columns: 2,
+            stripe_unit_bytes: 64 << 10,
+        },
+        VolumeLayout::MirrorStripe {
+            mirrors: 2,
+            columns: 2,
+            stripe_unit_bytes: 64 << 10,
+        },
+    ];
+    for i in 0..n {
+        let log = if i % 3 == 0 {
+            LogPolicy::Off
+        } else {
+            LogPolicy::default()
+        };
+        c = c
+            .apply(&Change::VolCreate {
+                dg: "dg1".into(),
+                volume: format!("vol{i}"),
+                size_bytes: (1 + i as u64 % 5) << 20,
+                layout: layouts[i % layouts.len()],
+                log,
+            })
+            .unwrap();
+    }
+    c.disk_groups.remove(0)
+}
+
+/// One random edit of `g` (a copy sharing its volumes with the group before):
+/// most break a rule that involves another volume, some break nothing.
+fn random_edit(g: &mut DiskGroupConfig, rng: &mut rand::rngs::StdRng) {
+    use rand::Rng;
+    let n = g.volumes.len();
+    let (i, j) = (rng.gen_range(0..n), rng.gen_range(0..n));
+    let other = g.volumes[j].clone();
+    let osd = other.plexes[0].subdisks[0].clone();
+    match rng.gen_range(0..12) {
+        // Names: of another volume, plex or subdisk, or a fresh one.
+        0 => g.volume_mut(i).name = other.name.clone(),
+        1 => g.volume_mut(i).plexes[0].name = other.plexes[0].name.clone(),
+        2 => g.volume_mut(i).plexes[0].subdisks[0].name = osd.name.clone(),
+        3 => g.volume_mut(i).plexes[0].subdisks[0].name = format!("fresh{}", rng.gen::<u16>()),
+        // Extents: onto another subdisk, somewhere at random, or moved by a little.
+        4 => {
+            let sd = &mut g.volume_mut(i).plexes[0].subdisks[0];
+            sd.disk = osd.disk.clone();
+            sd.disk_offset_bytes = osd.disk_offset_bytes + 4096 * rng.gen_range(0..4);
+        }
+        5 => {
+            let at = (1 << 20) + 4096 * rng.gen_range(0..(GIB / 4096));
+            g.volume_mut(i).plexes[0].subdisks[0].disk_offset_bytes = at;
+        }
+        6 => {
+            let sd = &mut g.volume_mut(i).plexes[0].subdisks[0];
+            sd.disk_offset_bytes = sd.disk_offset_bytes.saturating_sub(4096);
+        }
+        // Logs: another volume's id or extent.
+        7 => {
+            let id = other.log.as_ref().map_or(7, |l| l.log_id);
+            if let Some(l) = g.volume_mut(i).log.as_mut() {
+                l.log_id = id;
+            }
+        }
+        8 => {
+            if let Some(l) = g.volume_mut(i).log.as_mut() {
+                l.copies[0].disk = osd.disk.clone();
+                l.copies[0].disk_offset_bytes = osd.disk_offset_bytes;
+            }
+        }
+        // Volumes: the same one twice, a copy under a new name, one less, a size.
+        9 => g.volumes.push(other),
+        10 => {
+            let mut copy = (*other).clone();
+            copy.name = format!("copy{}", rng.gen::<u16>());
+            if rng.gen_bool(0.5) {
+                for (k, p) in copy.plexes.iter_mut().enumerate() {
+                    p.name = format!("{}-{k:02}", copy.name);
+                    for (m, sd) in p.subdisks.iter_mut().enumerate() {
+                        sd.name = format!("{}-{k}-{m}", copy.name);
+                    }
+                }
+            }
+            g.volumes.push(std::sync::Arc::new(copy));
+        }
+        _ => {
+            if rng.gen_bool(0.5) {
+                g.volumes.remove(i);
+            } else {
+                let v = g.volume_mut(i);
+                v.size_bytes = v.size_bytes.saturating_add(512);
+            }
+        }
+    }
+}
+
+#[test]
+fn validate_change_gives_the_verdict_of_validate_on_random_edits() {
+    let base = group_of_every_layout(24);
+    base.validate().unwrap();
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(12);
+    let (mut valid, mut invalid) = (0, 0);
+    for round in 0..3000 {
+        // Edits on top of edits that stayed valid: `before` is always a valid group.
+        let mut before = base.clone();
+        for _ in 0..rand::Rng::gen_range(&mut rng, 1..4) {
+            let mut after = before.clone();
+            for _ in 0..rand::Rng::gen_range(&mut rng, 1..3) {
+                random_edit(&mut after, &mut rng);
+            }
+            let whole = after.validate();
+            let change = after.validate_change(&before);
+            assert_eq!(
+                change.is_ok(),
+                whole.is_ok(),
+                "round {round}: validate_change {change:?}, validate {whole:?}"
+            );
+            if whole.is_err() {
+                invalid += 1;
+                break;
+            }
+            valid += 1;
+            before = after;
+        }
+    }
+    // Both verdicts were exercised, many times.
+    assert!(
+        valid > 500 && invalid > 500,
+        "{valid} valid, {invalid} invalid"
+    );
+}
+
+#[test]
+fn random_changes_keep_every_group_valid() {
+    use rand::Rng;
+    let mut c = ClusterConfig {
+        disk_groups: vec![group_of_every_layout(12)],
+        open_nodes: Vec::new(),
+    };
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(3);
+    let mut applied = 0;
+    for i in 0..600 {
+        let g = &c.disk_groups[0];
+        let v = &g.volumes[rng.gen_range(0..g.volumes.len())];
+        let p = &v.plexes[rng.gen_range(0..v.plexes.len())];
+        let dg = "dg1".to_string();
+        let change = match rng.gen_range(0..8) {
+            0 => Change::VolGrow {
+                dg,
+                volume: v.name.clone(),
+                new_size_bytes: v.size_bytes + 4096 * rng.gen_range(1..300),
+            },
+            1 => Change::VolShrink {
+                dg,
+                volume: v.name.clone(),
+                new_size_bytes: v.size_bytes.saturating_sub(4096 * rng.gen_range(1..3)),
+            },
+            2 => Change::PlexAdd {
+                dg,
+                volume: v.name.clone(),
+                layout: PlexLayout::Concat,
+            },
+            3 => Change::PlexDetach {
+                dg,
+                plex: p.name.clone(),
+            },
+            4 => Change::PlexAttach {
+                dg,
+                plex: p.name.clone(),
+            },
+            5 => Change::PlexRm {
+                dg,
+                plex: p.name.clone(),
+                force: true,
+            },
+            6 if g.volumes.len() > 4 => Change::VolRm {
+                dg,
+                volume: v.name.clone(),
+            },
+            _ => Change::VolCreate {
+                dg,
+                volume: format!("new{i}"),
+                size_bytes: 4096 * rng.gen_range(1..2000),
+                layout: VolumeLayout::Mirror { mirrors: 2 },
+                log: LogPolicy::default(),
+            },
+        };
+        // apply_dg checks validate_change against validate in a debug build.
+        if let Ok(next) = c.apply(&change) {
+            next.disk_groups[0].validate().unwrap();
+            applied += 1;
+            c = next;
+        }
+    }
+    assert!(applied > 300, "{applied} of 600 changes applied");
 }

@@ -2,6 +2,7 @@
 //! (`pl`), subdisks (`sd`), and the lookups and sizes derived from them.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use plexd_target_api::drl;
 use serde::{Deserialize, Serialize};
@@ -41,8 +42,12 @@ pub struct DiskGroupConfig {
     pub seq: u64,
     /// The group's disks, in the order they were added.
     pub disks: Vec<Disk>,
-    /// The group's volumes, in creation order.
-    pub volumes: Vec<Volume>,
+    /// The group's volumes, in creation order. Each is shared (`Arc`) between the
+    /// copies of the group: a change copies the group's list of pointers and only the
+    /// volumes it changes (`Arc::make_mut`), so a volume it left alone is the same
+    /// allocation before and after ([`DiskGroupConfig::validate_change`] and the
+    /// kernel phase's desired state rely on that to look at changed volumes only).
+    pub volumes: Vec<Arc<Volume>>,
     /// Shared groups: the node starts that may have left mirrors divergent (they
     /// joined and have not stopped cleanly since), sorted by node; empty for a
     /// private group. See `model::recovery`.
@@ -554,7 +559,14 @@ impl DiskGroupConfig {
 
     /// A volume by name.
     pub fn volume(&self, name: &str) -> Option<&Volume> {
-        self.volumes.iter().find(|v| v.name == name)
+        self.volumes.iter().find(|v| v.name == name).map(|v| &**v)
+    }
+
+    /// The volume at `index` for a change: a copy of its own when another copy of
+    /// the group shares it ([`DiskGroupConfig::volumes`]). Panics on an index out of
+    /// range, as indexing does.
+    pub fn volume_mut(&mut self, index: usize) -> &mut Volume {
+        Arc::make_mut(&mut self.volumes[index])
     }
 
     /// The volume holding plex `plex`, and the plex's index in it.
@@ -585,8 +597,8 @@ impl DiskGroupConfig {
     pub fn deported(&self) -> DiskGroupConfig {
         let mut cfg = self.clone();
         cfg.owner_id.clear();
-        for v in &mut cfg.volumes {
-            v.exports.clear();
+        for v in cfg.volumes.iter_mut().filter(|v| !v.exports.is_empty()) {
+            Arc::make_mut(v).exports.clear();
         }
         cfg.seq += 1;
         cfg

@@ -1,6 +1,7 @@
 //! The invariants of a disk group, checked after every change and on every load.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
 
 use super::*;
 
@@ -8,11 +9,28 @@ use super::*;
 /// subdisk's name or the log's volume, kind), for the overlap check.
 type Extent<'a> = (&'a str, u64, u64, &'a str, ExtentKind);
 
+/// What [`DiskGroupConfig::validate_volumes`] found: object names, log ids, extents
+/// (sorted).
+type Checked<'a> = (BTreeSet<&'a str>, BTreeSet<u64>, Vec<Extent<'a>>);
+
 /// What holds an [`Extent`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum ExtentKind {
     Subdisk,
     Log,
+}
+
+/// The extent of sorted, disjoint `extents` that overlaps `e` on its disk, if any.
+fn overlapping<'e, 'a>(extents: &'e [Extent<'a>], e: &Extent<'_>) -> Option<&'e Extent<'a>> {
+    let end = e.1.saturating_add(e.2);
+    // The first extent starting at or after `e` on its disk, and the one before it
+    // (the only one starting before `e` that can reach into it: they are disjoint).
+    let i = extents.partition_point(|x| (x.0, x.1) < (e.0, e.1));
+    let before = i.checked_sub(1).map(|j| &extents[j]);
+    let at = extents.get(i);
+    before
+        .filter(|x| x.0 == e.0 && x.1.saturating_add(x.2) > e.1)
+        .or(at.filter(|x| x.0 == e.0 && x.1 < end))
 }
 
 /// `subdisk NAME` or `the dirty region log of volume NAME`.
@@ -33,25 +51,131 @@ impl DiskGroupConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         validate_name("disk group", &self.name)?;
         self.validate_disks()?;
-        let mut extents: Vec<Extent<'_>> = Vec::new();
+        self.validate_volumes(self.volumes.iter().map(|v| &**v))
+            .map(|_| ())
+    }
+
+    /// `volumes` each whole, and against each other (names, log ids, extents):
+    /// returns their object names, log ids and extents (sorted).
+    fn validate_volumes<'a>(
+        &'a self,
+        volumes: impl IntoIterator<Item = &'a Volume>,
+    ) -> Result<Checked<'a>, ConfigError> {
+        let mut extents: Vec<Extent<'a>> = Vec::new();
         let mut object_names = BTreeSet::new();
         let mut log_ids = BTreeSet::new();
-        for v in &self.volumes {
+        for v in volumes {
             self.validate_volume(v, &mut object_names, &mut extents)?;
             if let Some(log) = &v.log {
                 self.validate_log(v, log, &mut extents)?;
                 if !log_ids.insert(log.log_id) {
-                    return self.invalid(format!(
-                        "volume {}: dirty region log id {} used twice",
-                        v.name, log.log_id
-                    ));
+                    return self.log_id_twice(v, log);
                 }
             }
         }
         extents.sort();
+        self.check_disjoint(&extents)?;
+        Ok((object_names, log_ids, extents))
+    }
+
+    /// Checks what a change that turned `before` (a group that passed [`Self::validate`]
+    /// or this) into `self` can have broken, without going over what it left alone:
+    /// the same verdict as [`Self::validate`] on `self` (the model's tests and every
+    /// debug build's [`apply_dg`] compare them). The changed volumes are those that
+    /// are not an allocation of `before` ([`DiskGroupConfig::volumes`] are shared
+    /// until changed): each is checked whole, and against the volumes left alone for
+    /// the group-wide rules they take part in (unique object names and log ids,
+    /// extents that do not overlap). A change of the group's name or disks is
+    /// checked whole. Costs the changed volumes plus one pass over the others'
+    /// names and extents, with no allocation for them.
+    pub fn validate_change(&self, before: &DiskGroupConfig) -> Result<(), ConfigError> {
+        if self.name != before.name || self.disks != before.disks {
+            return self.validate();
+        }
+        validate_name("disk group", &self.name)?;
+        self.validate_disks()?;
+        let mut old: HashSet<*const Volume> = before.volumes.iter().map(Arc::as_ptr).collect();
+        // A volume of `before` is left alone once: a second pointer to it is checked
+        // as a changed volume (its names then meet the first's).
+        let (kept, changed): (Vec<&Volume>, Vec<&Volume>) = self
+            .volumes
+            .iter()
+            .map(|v| &**v)
+            .partition(|v| old.remove(&(*v as *const Volume)));
+        if changed.is_empty() {
+            return Ok(());
+        }
+        let (object_names, log_ids, extents) = self.validate_volumes(changed)?;
+        for v in kept {
+            self.check_kept(v, &object_names, &log_ids, &extents)?;
+        }
+        Ok(())
+    }
+
+    /// A volume a change left alone against the changed ones ([`Self::validate_change`]):
+    /// none of its names among `names`, its log id not among `log_ids`, none of its
+    /// extents overlapping one of `changed` (sorted, disjoint).
+    fn check_kept(
+        &self,
+        v: &Volume,
+        names: &BTreeSet<&str>,
+        log_ids: &BTreeSet<u64>,
+        changed: &[Extent<'_>],
+    ) -> Result<(), ConfigError> {
+        let objects = std::iter::once(v.name.as_str())
+            .chain(v.plexes.iter().map(|p| p.name.as_str()))
+            .chain(
+                v.plexes
+                    .iter()
+                    .flat_map(|p| &p.subdisks)
+                    .map(|sd| sd.name.as_str()),
+            );
+        for name in objects {
+            if names.contains(name) {
+                return self.invalid(format!("name {name} used twice"));
+            }
+        }
+        let subdisks = v.plexes.iter().flat_map(|p| &p.subdisks).map(|sd| {
+            (
+                sd.disk.as_str(),
+                sd.disk_offset_bytes,
+                sd.len_bytes,
+                sd.name.as_str(),
+                ExtentKind::Subdisk,
+            )
+        });
+        let logs = v.log.iter().flat_map(|log| {
+            log.copies.iter().map(|c| {
+                (
+                    c.disk.as_str(),
+                    c.disk_offset_bytes,
+                    log.len_bytes,
+                    v.name.as_str(),
+                    ExtentKind::Log,
+                )
+            })
+        });
+        for e in subdisks.chain(logs) {
+            if let Some(other) = overlapping(changed, &e) {
+                return self.invalid(format!(
+                    "{} and {} overlap on disk {}",
+                    extent_name(&e),
+                    extent_name(other),
+                    e.0
+                ));
+            }
+        }
+        match &v.log {
+            Some(log) if log_ids.contains(&log.log_id) => self.log_id_twice(v, log),
+            _ => Ok(()),
+        }
+    }
+
+    /// Sorted `extents` do not overlap.
+    fn check_disjoint(&self, extents: &[Extent<'_>]) -> Result<(), ConfigError> {
         for pair in extents.windows(2) {
             let (a, b) = (&pair[0], &pair[1]);
-            if a.0 == b.0 && a.1 + a.2 > b.1 {
+            if a.0 == b.0 && a.1.saturating_add(a.2) > b.1 {
                 return self.invalid(format!(
                     "{} and {} overlap on disk {}",
                     extent_name(a),
@@ -61,6 +185,13 @@ impl DiskGroupConfig {
             }
         }
         Ok(())
+    }
+
+    fn log_id_twice<T>(&self, v: &Volume, log: &VolumeLog) -> Result<T, ConfigError> {
+        self.invalid(format!(
+            "volume {}: dirty region log id {} used twice",
+            v.name, log.log_id
+        ))
     }
 
     /// A volume's dirty region log: 1..=[`MAX_LOG_COPIES`] copies on distinct disks

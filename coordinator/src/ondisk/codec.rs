@@ -389,7 +389,7 @@ pub fn read_group(root: wire::disk_group_config::Reader<'_>) -> capnp::Result<Di
     }
     let mut volumes = Vec::new();
     for v in root.get_volumes()? {
-        volumes.push(decode_volume(v)?);
+        volumes.push(std::sync::Arc::new(decode_volume(v)?));
     }
     let open = root.get_open_nodes()?;
     if open.len() as usize > MAX_OPEN_NODES {
@@ -574,13 +574,13 @@ mod tests {
             })
             .unwrap();
         let mut g = c.disk_groups[0].clone();
-        g.volumes[0].read_policy = ReadPolicy::Prefer {
+        g.volume_mut(0).read_policy = ReadPolicy::Prefer {
             plex: "vol1-01".into(),
         };
-        g.volumes[1].state = VolumeState::Disabled;
-        g.volumes[1].read_policy = ReadPolicy::LeastBusy;
+        g.volume_mut(1).state = VolumeState::Disabled;
+        g.volume_mut(1).read_policy = ReadPolicy::LeastBusy;
         let host = crate::model::Nexus::new("iqn.1994-05.com.example:h1,i,0x1", 2);
-        let r = &mut g.volumes[0].reservations;
+        let r = &mut g.volume_mut(0).reservations;
         r.out(
             &host,
             0,

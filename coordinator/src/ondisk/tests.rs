@@ -187,8 +187,8 @@ fn a_dirty_region_log_and_resync_ranges_round_trip_through_the_disks() {
         "disk03+disk01",
         "copy 1 not on a disk of its plexes"
     );
-    g.volumes[0].plexes[1].state = crate::model::PlexState::Syncing;
-    g.volumes[0].plexes[1].resync_ranges = vec![(0, 512 << 10), (4 << 20, 1 << 20)];
+    g.volume_mut(0).plexes[1].state = crate::model::PlexState::Syncing;
+    g.volume_mut(0).plexes[1].resync_ranges = vec![(0, 512 << 10), (4 << 20, 1 << 20)];
     g.validate().unwrap();
     write_config(&paths, &g, 18, None).unwrap();
     let read = read_config(&paths).unwrap();
@@ -200,7 +200,7 @@ fn a_dirty_region_log_and_resync_ranges_round_trip_through_the_disks() {
     );
     // A log of one copy (as every record of an older plexd) is written without
     // moreCopies and reads back as one copy.
-    g.volumes[0].log.as_mut().unwrap().copies.truncate(1);
+    g.volume_mut(0).log.as_mut().unwrap().copies.truncate(1);
     g.validate().unwrap();
     let bytes = crate::ondisk::codec::encode_config(&g);
     let back = crate::ondisk::codec::decode_config(&bytes).unwrap();
