@@ -5,7 +5,8 @@
 //! waiters, run pollers, then submit the batch of new io_uring work once (one
 //! `io_uring_enter`, which also collects completions the kernel holds as deferred
 //! task work; none when there is neither). With no work for
-//! `idle_spin` the reactor (in [`PollMode::Adaptive`]) blocks in `io_uring_enter`
+//! `idle_spin` (at most [`IO_WAIT_SPIN`] while io_uring operations are at the
+//! kernel) the reactor (in [`PollMode::Adaptive`]) blocks in `io_uring_enter`
 //! with an eventfd read armed, so a message, a completion or a poller's deadline
 //! wakes it; an idle target costs ~0% CPU.
 //!
@@ -57,6 +58,10 @@ const BUSY_CLOCK_EVERY: u64 = 256;
 /// (the data-plane lease's expiry among them) lags by at most one iteration plus
 /// this much work.
 const BUSY_CLOCK_WORK: usize = 64;
+/// Longest an idle adaptive reactor spins while it has io_uring operations at the
+/// kernel before it waits for them in `io_uring_enter` (see
+/// [`ReactorConfig::idle_spin`] for a reactor with none).
+pub const IO_WAIT_SPIN: Duration = Duration::from_micros(10);
 /// user_data of the eventfd read that wakes a sleeping reactor.
 const WAKE_USER_DATA: u64 = u64::MAX;
 /// Deferred calls a reactor queues before it pushes back (see [`Reactor::defer`]).
@@ -662,6 +667,18 @@ impl Reactor {
         self.clock.set(Instant::now());
     }
 
+    /// How long an idle adaptive reactor spins before it blocks: `idle_spin`, or at
+    /// most [`IO_WAIT_SPIN`] while io_uring operations are at the kernel (their
+    /// completions wake it; spinning longer would take the core from the kernel
+    /// threads finishing them, a loop device's workers for one).
+    fn spin_before_sleep(&self) -> Duration {
+        if self.uring_users.borrow().is_empty() {
+            self.idle_spin
+        } else {
+            self.idle_spin.min(IO_WAIT_SPIN)
+        }
+    }
+
     /// Runs one loop iteration; returns the amount of work done.
     pub fn run_once(self: &Rc<Self>) -> usize {
         let mut work = self.drain_mailbox();
@@ -716,7 +733,7 @@ impl Reactor {
                 continue;
             }
             let since = *idle_since.get_or_insert(now);
-            if now.duration_since(since) >= self.idle_spin {
+            if now.duration_since(since) >= self.spin_before_sleep() {
                 self.sleep();
                 idle_since = None;
             } else {
@@ -1286,6 +1303,9 @@ mod tests {
         wait_on(&h, "the read submitted", |r| {
             (r.uring_ops() == 1 && r.uring_queued.get() == 0).then_some(())
         });
+        // With an operation at the kernel an idle reactor spins only briefly.
+        let spin = h.call_blocking(|r| r.spin_before_sleep()).unwrap();
+        assert_eq!(spin, IO_WAIT_SPIN.min(ReactorConfig::default().idle_spin));
         // SAFETY: writes 8 bytes from a live array to the pipe's write end.
         assert_eq!(
             unsafe { libc::write(write_fd, [7u8; 8].as_ptr().cast(), 8) },
@@ -1295,6 +1315,12 @@ mod tests {
             r.local::<PipeRead>().res.get()
         });
         assert_eq!(res, 8);
+        let spin = h.call_blocking(|r| r.spin_before_sleep()).unwrap();
+        assert_eq!(
+            spin,
+            ReactorConfig::default().idle_spin,
+            "nothing at the kernel"
+        );
         h.call_blocking(|r| {
             for fd in r.local::<PipeRead>().fds.get() {
                 // SAFETY: closes the pipe's fds, which nothing uses any more.
