@@ -1099,7 +1099,15 @@ mod tests {
         if !shm.is_dir() {
             return;
         }
+        /// Removes the file when the test ends, failed or not.
+        struct Remove(PathBuf);
+        impl Drop for Remove {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
         let p = shm.join(format!("plexd-uring-unit-inline-{}", std::process::id()));
+        let _remove = Remove(p.clone());
         File::create(&p).unwrap().set_len(1 << 20).unwrap();
         if on_memory_fs(&File::open(&p).unwrap()) {
             let b = UringBdev::open("u0", &p, &UringOpts::default()).unwrap();
@@ -1111,7 +1119,6 @@ mod tests {
             assert!(b.inline);
             assert!(b.info().detail.contains("inline"), "{}", b.info().detail);
         }
-        std::fs::remove_file(&p).unwrap();
     }
 
     #[test]
