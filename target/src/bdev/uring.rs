@@ -3,10 +3,14 @@
 //!
 //! - Opened with `O_DIRECT`; when the file system refuses it at open (EINVAL) the
 //!   bdev falls back to buffered I/O with a warning, and `info().detail` says so.
-//! - A buffered file on a memory file system (tmpfs, ramfs) is read and written
-//!   inline on the reactor with `pread`/`pwrite`: the kernel cannot do those
-//!   asynchronously (io_uring would hand each to a worker thread), and they are
-//!   memory copies. Only a tmpfs page swapped out can make one wait.
+//! - A file on a memory file system (tmpfs, ramfs) is read and written inline on
+//!   the reactor with `pread`/`pwrite`, buffered: the kernel cannot do those
+//!   asynchronously (shmem refuses `RWF_NOWAIT`, so io_uring hands each one to a
+//!   worker thread), and they are memory copies. Only a tmpfs page swapped out can
+//!   make one wait. O_DIRECT is not used there even when the kernel accepts it
+//!   (6.6 and later do on tmpfs): it is emulated, the same page-cache copy, but
+//!   io_uring still hands it to a worker thread; the bdev clears the flag
+//!   ([`io_path`]). fio's equivalent of this path is `--ioengine=psync --direct=0`.
 //! - Block size: the device's logical block size (`BLKSSZGET`) for block devices;
 //!   for files 512 bytes by default, raised to the file system's O_DIRECT offset
 //!   alignment (`statx` `STATX_DIOALIGN`) when that is larger, or as configured.
@@ -105,9 +109,9 @@ pub struct UringBdev {
     block_device: bool,
     /// Why the bdev is buffered, when O_DIRECT was asked for and refused.
     fallback_reason: Option<String>,
-    /// The file lives in memory (tmpfs, ramfs) and is buffered: reads and writes are
-    /// memory copies the kernel cannot do asynchronously (io_uring hands each one to a
-    /// worker thread), so the channel does them inline with pread/pwrite.
+    /// The file lives in memory (tmpfs, ramfs), opened buffered: reads and writes
+    /// are memory copies the kernel cannot do asynchronously (io_uring hands each
+    /// one to a worker thread), so the channel does them inline with pread/pwrite.
     inline: bool,
     /// A completed write may be lost on power failure until a flush (module doc).
     volatile_cache: bool,
@@ -120,6 +124,42 @@ pub struct UringBdev {
 /// `statfs` magic numbers of memory file systems (linux/magic.h).
 const TMPFS_MAGIC: i64 = 0x0102_1994;
 const RAMFS_MAGIC: i64 = 0x8584_58f6;
+
+/// How a bdev's reads and writes reach its file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IoPath {
+    /// O_DIRECT through the reactor's io_uring.
+    Direct,
+    /// Through the page cache, by the reactor's io_uring.
+    Buffered,
+    /// Through the page cache with `pread`/`pwrite` on the reactor (memory file
+    /// systems only), the O_DIRECT flag cleared if the open kept it.
+    Inline,
+}
+
+/// Chooses the I/O path of a bdev: whether its file is a block device, lives on a
+/// memory file system, and was opened with O_DIRECT. On a memory file system
+/// O_DIRECT is emulated (the same page-cache copy) and io_uring cannot do it
+/// without a worker thread, so the file is read and written inline, buffered.
+fn io_path(block_device: bool, memory_fs: bool, opened_direct: bool) -> IoPath {
+    match (block_device, memory_fs, opened_direct) {
+        (false, true, _) => IoPath::Inline,
+        (_, _, true) => IoPath::Direct,
+        _ => IoPath::Buffered,
+    }
+}
+
+/// Clears O_DIRECT on an open file (for [`IoPath::Inline`]).
+fn clear_o_direct(file: &File) -> std::io::Result<()> {
+    let fd = file.as_raw_fd();
+    // SAFETY: F_GETFL/F_SETFL on an fd we own; they touch no memory.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_DIRECT) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
 
 /// Whether `file` is on a memory file system.
 fn on_memory_fs(file: &File) -> bool {
@@ -143,12 +183,22 @@ impl UringBdev {
     /// Errors name the bdev and the path and say what to change.
     pub fn open(name: &str, path: &Path, opts: &UringOpts) -> Result<Arc<UringBdev>, String> {
         let who = format!("uring bdev {name} ({})", path.display());
-        let (file, direct, fallback_reason) = open_file(&who, path, opts.buffered)?;
+        let (file, opened_direct, fallback_reason) = open_file(&who, path, opts.buffered)?;
         let meta = file
             .metadata()
             .map_err(|e| format!("{who}: cannot stat: {e}"))?;
         let ft = meta.file_type();
         let block_device = ft.is_block_device();
+        let memory_fs = !block_device && on_memory_fs(&file);
+        let mut path_kind = io_path(block_device, memory_fs, opened_direct);
+        if path_kind == IoPath::Inline && opened_direct {
+            if let Err(e) = clear_o_direct(&file) {
+                log::warn!("{who}: cannot clear O_DIRECT on a memory file system ({e}); reads and writes go through io_uring worker threads");
+                path_kind = IoPath::Direct;
+            }
+        }
+        let direct = path_kind == IoPath::Direct;
+        let inline = path_kind == IoPath::Inline;
         let (block_size, size_bytes) = if block_device {
             let dev_bs = blk_logical_block_size(&file)
                 .map_err(|e| format!("{who}: BLKSSZGET failed: {e}"))?;
@@ -191,8 +241,6 @@ impl UringBdev {
                 "{who}: size {size_bytes} bytes is not a positive multiple of the block size {block_size}; resize it (e.g. truncate -s) or pick another block size"
             ));
         }
-        let memory_fs = !block_device && on_memory_fs(&file);
-        let inline = !direct && memory_fs;
         let volatile_cache = if memory_fs {
             false
         } else if direct && block_device {
@@ -399,7 +447,7 @@ impl Bdev for UringBdev {
             (None, false) => "buffered".to_string(),
         };
         let mode = if self.inline {
-            format!("{mode}, memory file system: reads and writes inline")
+            format!("{mode}, memory file system: reads and writes inline, O_DIRECT not used")
         } else {
             mode
         };
@@ -1031,6 +1079,45 @@ mod tests {
                 assert!(!b.volatile_write_cache(), "{}", b.info().detail);
             }
             std::fs::remove_file(&p).unwrap();
+        }
+    }
+
+    #[test]
+    fn memory_files_are_inline_whatever_the_open_kept_and_others_follow_o_direct() {
+        // (block device, memory fs, opened with O_DIRECT)
+        assert_eq!(io_path(false, true, true), IoPath::Inline);
+        assert_eq!(io_path(false, true, false), IoPath::Inline);
+        assert_eq!(io_path(false, false, true), IoPath::Direct);
+        assert_eq!(io_path(false, false, false), IoPath::Buffered);
+        assert_eq!(io_path(true, false, true), IoPath::Direct);
+        assert_eq!(io_path(true, false, false), IoPath::Buffered);
+    }
+
+    #[test]
+    fn a_file_on_tmpfs_is_opened_without_o_direct_and_read_inline() {
+        let shm = Path::new("/dev/shm");
+        if !shm.is_dir() {
+            return;
+        }
+        /// Removes the file when the test ends, failed or not.
+        struct Remove(PathBuf);
+        impl Drop for Remove {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+        let p = shm.join(format!("plexd-uring-unit-inline-{}", std::process::id()));
+        let _remove = Remove(p.clone());
+        File::create(&p).unwrap().set_len(1 << 20).unwrap();
+        if on_memory_fs(&File::open(&p).unwrap()) {
+            let b = UringBdev::open("u0", &p, &UringOpts::default()).unwrap();
+            // Kernels from 6.6 accept O_DIRECT on tmpfs; the bdev must not keep it.
+            assert!(!b.is_direct(), "{}", b.info().detail);
+            // SAFETY: F_GETFL on the bdev's open fd touches no memory.
+            let flags = unsafe { libc::fcntl(b.file.as_raw_fd(), libc::F_GETFL) };
+            assert_eq!(flags & libc::O_DIRECT, 0, "O_DIRECT cleared on the fd");
+            assert!(b.inline);
+            assert!(b.info().detail.contains("inline"), "{}", b.info().detail);
         }
     }
 

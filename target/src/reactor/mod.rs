@@ -2,8 +2,11 @@
 //!
 //! Each loop iteration: drain a bounded batch of messages, reap io_uring
 //! completions, run deferred calls (bdev completions among them), serve buffer
-//! waiters, run pollers, then submit the batch of new io_uring work once. With no work for
-//! `idle_spin` the reactor (in [`PollMode::Adaptive`]) blocks in `io_uring_enter`
+//! waiters, run pollers, then submit the batch of new io_uring work once (one
+//! `io_uring_enter`, which also collects completions the kernel holds as deferred
+//! task work; none when there is neither). With no work for
+//! `idle_spin` (at most [`IO_WAIT_SPIN`] while io_uring operations are at the
+//! kernel) the reactor (in [`PollMode::Adaptive`]) blocks in `io_uring_enter`
 //! with an eventfd read armed, so a message, a completion or a poller's deadline
 //! wakes it; an idle target costs ~0% CPU.
 //!
@@ -16,6 +19,7 @@
 //! [`MAX_URING_OPS`]) and their exhaustion is counted in [`ReactorStats`].
 
 pub use plexd_target_api::info::PollMode;
+mod fixed;
 mod mailbox;
 
 pub use mailbox::{CallError, Msg, ReactorHandle, RingFull, CONTROL_SEND_TIMEOUT, MAILBOX_SLOTS};
@@ -33,6 +37,8 @@ use std::time::{Duration, Instant};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use crate::buf::{BufCache, BufPool, CachePeer, IoBuf};
+use fixed::FixedBufs;
+pub use fixed::MAX_FIXED_BUF_BYTES;
 use mailbox::Mailbox;
 
 /// Most messages handled per loop iteration, so I/O is never starved by control traffic.
@@ -52,6 +58,10 @@ const BUSY_CLOCK_EVERY: u64 = 256;
 /// (the data-plane lease's expiry among them) lags by at most one iteration plus
 /// this much work.
 const BUSY_CLOCK_WORK: usize = 64;
+/// Longest an idle adaptive reactor spins while it has io_uring operations at the
+/// kernel before it waits for them in `io_uring_enter` (see
+/// [`ReactorConfig::idle_spin`] for a reactor with none).
+pub const IO_WAIT_SPIN: Duration = Duration::from_micros(10);
 /// user_data of the eventfd read that wakes a sleeping reactor.
 const WAKE_USER_DATA: u64 = u64::MAX;
 /// Deferred calls a reactor queues before it pushes back (see [`Reactor::defer`]).
@@ -201,7 +211,8 @@ pub struct Reactor {
     ring: RefCell<IoUring>,
     uring_users: RefCell<slab::Slab<(Rc<dyn UringDone>, u64)>>,
     uring_queued: Cell<usize>,
-    fixed_buf: Option<(usize, usize)>,
+    /// The pool region's registered pieces (None: buffers are not registered).
+    fixed_buf: Option<FixedBufs>,
     free_file_slots: RefCell<Vec<u32>>,
     wake_armed: Cell<bool>,
     wake_buf: Box<u64>,
@@ -233,16 +244,14 @@ impl Reactor {
         pool: Arc<BufPool>,
         stats: Arc<ReactorStats>,
     ) -> std::io::Result<Reactor> {
-        let ring = IoUring::builder()
-            .setup_single_issuer()
-            .build(URING_ENTRIES)
-            .or_else(|_| IoUring::new(URING_ENTRIES))?;
+        let ring = new_ring(id)?;
         let iov = pool.region_iovec();
-        // SAFETY: the iovec covers the pool's mapped region, which the reactor keeps
+        let pieces = FixedBufs::new(iov.iov_base as usize, iov.iov_len);
+        // SAFETY: the iovecs cover the pool's mapped region, which the reactor keeps
         // alive (through `bufs`) for as long as the ring exists; the ring is dropped
         // first because `ring` is declared before `bufs`.
-        let fixed_buf = match unsafe { ring.submitter().register_buffers(&[iov]) } {
-            Ok(()) => Some((iov.iov_base as usize, iov.iov_len)),
+        let fixed_buf = match unsafe { ring.submitter().register_buffers(&pieces.iovecs()) } {
+            Ok(()) => Some(pieces),
             Err(e) => {
                 log::warn!("reactor {id}: cannot register I/O buffers with io_uring ({e}); using unregistered buffers");
                 None
@@ -379,11 +388,12 @@ impl Reactor {
         self.pollers.borrow_mut().retain(|(i, _)| *i != id);
     }
 
-    /// The registered-buffer index for `buf`, when it lies in the registered pool region.
+    /// The registered-buffer index for `buf`, when it lies in one registered piece
+    /// of the pool region (the region is registered in pieces of at most
+    /// [`MAX_FIXED_BUF_BYTES`]).
+    #[inline]
     pub fn fixed_buf_index(&self, buf: &IoBuf) -> Option<u16> {
-        let (base, len) = self.fixed_buf?;
-        let p = buf.as_ptr() as usize;
-        (p >= base && p + buf.len() <= base + len).then_some(0)
+        self.fixed_buf?.index(buf.as_ptr() as usize, buf.len())
     }
 
     /// Queues an io_uring operation; its completion goes to `user.uring_done(tag, ..)`.
@@ -584,11 +594,15 @@ impl Reactor {
         work
     }
 
+    /// Hands the queued SQEs to the kernel in one `io_uring_enter`, which also runs
+    /// the ring's pending task work (deferred completions) when the kernel flags
+    /// some; with neither, no system call.
     fn submit(&self) {
-        if self.uring_queued.get() == 0 {
+        let mut ring = self.ring.borrow_mut();
+        if self.uring_queued.get() == 0 && !kernel_has_work(&mut ring) {
             return;
         }
-        if let Err(e) = self.ring.borrow().submit() {
+        if let Err(e) = ring.submit() {
             log::error!("reactor {}: io_uring submit failed: {e}", self.id);
         }
         self.uring_queued.set(0);
@@ -653,6 +667,18 @@ impl Reactor {
         self.clock.set(Instant::now());
     }
 
+    /// How long an idle adaptive reactor spins before it blocks: `idle_spin`, or at
+    /// most [`IO_WAIT_SPIN`] while io_uring operations are at the kernel (their
+    /// completions wake it; spinning longer would take the core from the kernel
+    /// threads finishing them, a loop device's workers for one).
+    fn spin_before_sleep(&self) -> Duration {
+        if self.uring_users.borrow().is_empty() {
+            self.idle_spin
+        } else {
+            self.idle_spin.min(IO_WAIT_SPIN)
+        }
+    }
+
     /// Runs one loop iteration; returns the amount of work done.
     pub fn run_once(self: &Rc<Self>) -> usize {
         let mut work = self.drain_mailbox();
@@ -707,7 +733,7 @@ impl Reactor {
                 continue;
             }
             let since = *idle_since.get_or_insert(now);
-            if now.duration_since(since) >= self.idle_spin {
+            if now.duration_since(since) >= self.spin_before_sleep() {
                 self.sleep();
                 idle_since = None;
             } else {
@@ -724,6 +750,39 @@ impl Reactor {
         drop(pollers);
         self.publish_cpu();
     }
+}
+
+/// A reactor's ring, created on its thread: single issuer with deferred task work
+/// (completions are posted when the reactor enters the kernel, never by
+/// interrupting it; `IORING_SQ_TASKRUN` says when some wait, see
+/// [`kernel_has_work`]), else cooperative task work, else a plain ring on kernels
+/// without those (before 6.1 and 5.19).
+fn new_ring(id: usize) -> std::io::Result<IoUring> {
+    let deferred = IoUring::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .setup_taskrun_flag()
+        .build(URING_ENTRIES);
+    let e = match deferred {
+        Ok(r) => return Ok(r),
+        Err(e) => e,
+    };
+    let coop = IoUring::builder()
+        .setup_coop_taskrun()
+        .setup_taskrun_flag()
+        .build(URING_ENTRIES);
+    log::info!("reactor {id}: no deferred io_uring task work ({e}); using cooperative task work");
+    coop.or_else(|e| {
+        log::info!("reactor {id}: no cooperative io_uring task work ({e}); using a plain ring");
+        IoUring::new(URING_ENTRIES)
+    })
+}
+
+/// True when the kernel holds completions only an `io_uring_enter` delivers: task
+/// work flagged by `IORING_SETUP_TASKRUN_FLAG`, or overflowed CQEs.
+fn kernel_has_work(ring: &mut IoUring) -> bool {
+    let sq = ring.submission();
+    sq.taskrun() || sq.cq_overflow()
 }
 
 /// CPU time of the calling thread in nanoseconds.
@@ -1197,6 +1256,78 @@ mod tests {
             OVER as u64
         );
         assert_eq!(h.call_blocking(|r| r.uring_ops()).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_completion_posted_as_task_work_reaches_a_busy_polling_reactor() {
+        // A read of an empty pipe completes from the writer's wake-up, as task work
+        // for the reactor's ring. A reactor that polls (never sleeps) and has nothing
+        // to submit must still enter the kernel to collect it.
+        #[derive(Default)]
+        struct PipeRead {
+            fds: Cell<[i32; 2]>,
+            buf: RefCell<[u8; 8]>,
+            res: Cell<Option<i32>>,
+        }
+        impl UringDone for PipeRead {
+            fn uring_done(&self, _tag: u64, res: i32, _flags: u32) {
+                self.res.set(Some(res));
+            }
+        }
+        let set = ReactorSet::start(
+            &ReactorConfig {
+                poll_mode: PollMode::Always,
+                ..Default::default()
+            },
+            pool(),
+        )
+        .unwrap();
+        let h = set.handles()[0].clone();
+        let write_fd = h
+            .call_blocking(|r| {
+                let pr = r.local::<PipeRead>();
+                let mut fds = [0i32; 2];
+                // SAFETY: pipe2 writes two fds into the array we own.
+                assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+                pr.fds.set(fds);
+                let read =
+                    opcode::Read::new(types::Fd(fds[0]), pr.buf.borrow_mut().as_mut_ptr(), 8)
+                        .build();
+                // SAFETY: the buffer lives in a reactor-local that outlives the read
+                // (the test waits for its completion before the set stops).
+                unsafe { r.uring_push(read, pr.clone(), 0) };
+                fds[1]
+            })
+            .unwrap();
+        // The read has reached the kernel (its iteration submitted) and waits there.
+        wait_on(&h, "the read submitted", |r| {
+            (r.uring_ops() == 1 && r.uring_queued.get() == 0).then_some(())
+        });
+        // With an operation at the kernel an idle reactor spins only briefly.
+        let spin = h.call_blocking(|r| r.spin_before_sleep()).unwrap();
+        assert_eq!(spin, IO_WAIT_SPIN.min(ReactorConfig::default().idle_spin));
+        // SAFETY: writes 8 bytes from a live array to the pipe's write end.
+        assert_eq!(
+            unsafe { libc::write(write_fd, [7u8; 8].as_ptr().cast(), 8) },
+            8
+        );
+        let res = wait_on(&h, "the pipe read's completion", |r| {
+            r.local::<PipeRead>().res.get()
+        });
+        assert_eq!(res, 8);
+        let spin = h.call_blocking(|r| r.spin_before_sleep()).unwrap();
+        assert_eq!(
+            spin,
+            ReactorConfig::default().idle_spin,
+            "nothing at the kernel"
+        );
+        h.call_blocking(|r| {
+            for fd in r.local::<PipeRead>().fds.get() {
+                // SAFETY: closes the pipe's fds, which nothing uses any more.
+                unsafe { libc::close(fd) };
+            }
+        })
+        .unwrap();
     }
 
     #[test]
