@@ -4,10 +4,14 @@
 //! connection without hurting the target. Every socket read has a timeout and
 //! only 127.0.0.1 is used.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Duration;
+
+use common::bdev_read;
 
 use plexd_target::bdev::malloc::MallocBdev;
 use plexd_target::bdev::uring::{UringBdev, UringOpts};
@@ -1676,19 +1680,6 @@ fn bytes_after_a_logout_stuck_in_a_full_socket_do_not_spin_the_reactor() {
         assert!(std::time::Instant::now() < deadline, "the session ends");
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// Reads `len` bytes at `off` of bdev `name` straight from the bdev.
-fn bdev_read(t: &Arc<Target>, name: &str, off: u64, len: u64) -> Vec<u8> {
-    let bdev: Arc<dyn Bdev> = t.bdev(name).unwrap();
-    let out = run_ios(
-        &t.reactors().handles()[0],
-        &bdev,
-        vec![IoReq::read(off, len)],
-        IO_TIMEOUT,
-    )
-    .unwrap();
-    out[0].data.clone()
 }
 
 /// Issue 9, iSCSI: PERSISTENT RESERVE OUT PREEMPT AND ABORT aborts the tasks

@@ -10,9 +10,8 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::two_reactor_target;
+use common::{bdev_read, two_reactor_target};
 use plexd_target::bdev::malloc::MallocBdev;
-use plexd_target::bdev::Bdev;
 use plexd_target::diag::{run_ios, IoReq};
 use plexd_target::frontend::nvmf::pdu::{self, flag, ty, Digests};
 use plexd_target::frontend::nvmf::{
@@ -77,18 +76,6 @@ fn io_queue(port: u16, dig: Digests, qid: u16, cntlid: u16) -> Host {
     let c = q.connect(qid, cntlid, 0, NQN);
     assert_eq!(c.sc(), 0, "I/O connect of queue {qid}");
     q
-}
-
-fn bdev_read(t: &Arc<Target>, off: u64, len: u64) -> Vec<u8> {
-    let bdev: Arc<dyn Bdev> = t.bdev("m0").unwrap();
-    let out = run_ios(
-        &t.reactors().handles()[0],
-        &bdev,
-        vec![IoReq::read(off, len)],
-        IO_TIMEOUT,
-    )
-    .unwrap();
-    out[0].data.clone()
 }
 
 fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
@@ -167,7 +154,7 @@ fn identify_and_io(dig: Digests) {
         assert_eq!(r.sc(), 0);
         assert!(r.data == data, "read back {len} bytes at {lba}");
         assert!(
-            bdev_read(&t, lba * BS as u64, *len as u64) == data,
+            bdev_read(&t, "m0", lba * BS as u64, *len as u64) == data,
             "the bdev holds what was written"
         );
     }
@@ -178,7 +165,9 @@ fn identify_and_io(dig: Digests) {
     // Flush, Write Zeroes, beyond the end.
     assert_eq!(q2.rw(0x00, 0, 1, &[], false).sc(), 0);
     assert_eq!(q2.rw(0x08, 8, 8, &[], false).sc(), 0);
-    assert!(bdev_read(&t, 8 * BS as u64, 4096).iter().all(|b| *b == 0));
+    assert!(bdev_read(&t, "m0", 8 * BS as u64, 4096)
+        .iter()
+        .all(|b| *b == 0));
     assert_eq!(
         q2.rw(0x02, (64 << 20) / BS as u64, 1, &[], false).sc(),
         0x80
@@ -858,7 +847,7 @@ fn reservations_between_two_hosts_register_acquire_conflict_report_release() {
     );
     assert_eq!(b.rw(0x02, 8, 1, &[], true).sc(), 0, "B's read");
     assert_eq!(a.rw(0x01, 8, 1, &block, true).sc(), 0, "A's write");
-    assert_eq!(bdev_read(&t, 8 * BS as u64, BS as u64), block);
+    assert_eq!(bdev_read(&t, "m0", 8 * BS as u64, BS as u64), block);
 
     // Report (extended, as B): both registrants, A the holder of type 1.
     let r = b.resv(RESV_REPORT, 1, (4096 / 4) - 1, 1, &[], 4096);
@@ -1146,7 +1135,7 @@ fn preempt_and_abort_ends_the_preempted_hosts_commands_before_the_acquire_comple
     let sent = Instant::now();
     let slow_cid = send_write(&mut b, 512, &at_bdev, true);
     wait_until("B's write at the bdev", || {
-        bdev_read(&t, 512 * BS as u64, 4096) == at_bdev
+        bdev_read(&t, "m0", 512 * BS as u64, 4096) == at_bdev
     });
 
     // A preempts B and aborts (action 010b, type 1, PRKEY B's key).
@@ -1176,7 +1165,7 @@ fn preempt_and_abort_ends_the_preempted_hosts_commands_before_the_acquire_comple
         );
     }
     assert_eq!(
-        bdev_read(&t, 0, 128 << 10),
+        bdev_read(&t, "m0", 0, 128 << 10),
         old,
         "nothing of B's aborted writes on the bdev"
     );
@@ -1427,7 +1416,7 @@ fn a_large_write_is_asked_for_in_r2t_pieces_up_to_the_hosts_maxr2t() {
         let back = q.rw(0x02, lba, (total / BS) as u16, &[], false);
         assert_eq!(back.sc(), 0);
         assert!(back.data == data, "read back at MAXR2T {maxr2t}");
-        assert!(bdev_read(&t, lba * BS as u64, total as u64) == data);
+        assert!(bdev_read(&t, "m0", lba * BS as u64, total as u64) == data);
     }
     drop(fe);
 }
@@ -1577,7 +1566,7 @@ fn a_committed_preempt_and_abort_from_another_node_aborts_and_notifies_here() {
     let sent = Instant::now();
     let slow = send_write(&mut b, 512, &at_bdev, true);
     wait_until("B's write at the bdev", || {
-        bdev_read(&t, 512 * BS as u64, 4096) == at_bdev
+        bdev_read(&t, "m0", 512 * BS as u64, 4096) == at_bdev
     });
 
     // The cluster commits A's preempt and abort of B (type 1, PRKEY B's key).
@@ -1606,7 +1595,11 @@ fn a_committed_preempt_and_abort_from_another_node_aborts_and_notifies_here() {
     let h = pdu::data_hdr(held, ttag, 0, new.len() as u32);
     b.send(ty::H2C_DATA, flag::LAST_PDU, &h, &new);
     assert_eq!(recv_resp(&mut b), (held, PREEMPT_ABORTED), "B's held write");
-    assert_eq!(bdev_read(&t, 0, 64 << 10), old, "nothing of the held write");
+    assert_eq!(
+        bdev_read(&t, "m0", 0, 64 << 10),
+        old,
+        "nothing of the held write"
+    );
     // B's controller here: registration preempted (type 1) on namespace 1.
     expect_resv_aen(&mut adm_b, aer, "after the committed preempt and abort");
     let (count, notice, left, nsid) = resv_log(&mut adm_b);

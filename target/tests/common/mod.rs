@@ -7,6 +7,7 @@ use plexd_target::reactor::ReactorConfig;
 use plexd_target::{Target, TargetConfig};
 
 /// A target on two reactors (cores 0 and 1), logging to the test's output.
+#[allow(dead_code)] // not every test binary that shares this module needs it
 pub fn two_reactor_target() -> Arc<Target> {
     let _ = env_logger::builder().is_test(true).try_init();
     Target::start(&TargetConfig {
@@ -53,4 +54,21 @@ pub fn nvmf_export(
     .expect("the NVMe/TCP frontend starts on 127.0.0.1");
     let port = fe.listeners()[0].port();
     (fe, port)
+}
+
+/// Reads `len` bytes at `off` of bdev `name` of `t` straight from the bdev, on
+/// reactor 0 (within 10 s).
+#[allow(dead_code)] // not every test binary that shares this module reads a bdev
+pub fn bdev_read(t: &Arc<Target>, name: &str, off: u64, len: u64) -> Vec<u8> {
+    use plexd_target::bdev::Bdev;
+    use plexd_target::diag::{run_ios, IoReq};
+    let bdev: Arc<dyn Bdev> = t.bdev(name).expect("the bdev exists");
+    let out = run_ios(
+        &t.reactors().handles()[0],
+        &bdev,
+        vec![IoReq::read(off, len)],
+        std::time::Duration::from_secs(10),
+    )
+    .expect("the bdev read completes");
+    out[0].data.clone()
 }
