@@ -11,6 +11,8 @@
 //!   (6.6 and later do on tmpfs): it is emulated, the same page-cache copy, but
 //!   io_uring still hands it to a worker thread; the bdev clears the flag
 //!   ([`io_path`]). fio's equivalent of this path is `--ioengine=psync --direct=0`.
+//! - A regular file gets `O_NOATIME` when the kernel allows it (owner or
+//!   CAP_FOWNER): reads do not update its access time.
 //! - Block size: the device's logical block size (`BLKSSZGET`) for block devices;
 //!   for files 512 bytes by default, raised to the file system's O_DIRECT offset
 //!   alignment (`statx` `STATX_DIOALIGN`) when that is larger, or as configured.
@@ -151,11 +153,23 @@ fn io_path(block_device: bool, memory_fs: bool, opened_direct: bool) -> IoPath {
 
 /// Clears O_DIRECT on an open file (for [`IoPath::Inline`]).
 fn clear_o_direct(file: &File) -> std::io::Result<()> {
+    change_status_flags(file, |f| f & !libc::O_DIRECT)
+}
+
+/// Sets O_NOATIME on an open regular file: a read does not update the file's
+/// access time (on tmpfs that was about 9% of an inline 4 KiB read's CPU). The
+/// kernel allows it to the file's owner or with CAP_FOWNER only (EPERM otherwise).
+fn set_noatime(file: &File) -> std::io::Result<()> {
+    change_status_flags(file, |f| f | libc::O_NOATIME)
+}
+
+/// Replaces an open file's status flags (F_GETFL/F_SETFL) with `f(flags)`.
+fn change_status_flags(file: &File, f: impl Fn(i32) -> i32) -> std::io::Result<()> {
     let fd = file.as_raw_fd();
     // SAFETY: F_GETFL/F_SETFL on an fd we own; they touch no memory.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
     // SAFETY: as above.
-    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_DIRECT) } < 0 {
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, f(flags)) } < 0 {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
@@ -195,6 +209,11 @@ impl UringBdev {
             if let Err(e) = clear_o_direct(&file) {
                 log::warn!("{who}: cannot clear O_DIRECT on a memory file system ({e}); reads and writes go through io_uring worker threads");
                 path_kind = IoPath::Direct;
+            }
+        }
+        if ft.is_file() {
+            if let Err(e) = set_noatime(&file) {
+                log::debug!("{who}: reads update the access time (O_NOATIME refused: {e})");
             }
         }
         let direct = path_kind == IoPath::Direct;
@@ -1116,6 +1135,8 @@ mod tests {
             // SAFETY: F_GETFL on the bdev's open fd touches no memory.
             let flags = unsafe { libc::fcntl(b.file.as_raw_fd(), libc::F_GETFL) };
             assert_eq!(flags & libc::O_DIRECT, 0, "O_DIRECT cleared on the fd");
+            // The test owns the file: reads leave its access time alone.
+            assert_ne!(flags & libc::O_NOATIME, 0, "O_NOATIME set on the fd");
             assert!(b.inline);
             assert!(b.info().detail.contains("inline"), "{}", b.info().detail);
         }
