@@ -1356,6 +1356,18 @@ impl Cluster {
         )
     }
 
+    /// The name (NQN or IQN) of the first export of volume `dg.vol` in the
+    /// configuration every member agrees on.
+    pub fn export_name(&mut self, dg: &str, vol: &str) -> String {
+        let print = self.agreed_print();
+        let v = crate::volume(&print, dg, vol)
+            .unwrap_or_else(|| panic!("no volume {dg}.{vol} in {print}"));
+        v["exports"][0]["iqn"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{dg}.{vol} has no export: {v}"))
+            .to_string()
+    }
+
     fn report(&self) {
         eprintln!(
             "==== cluster test failed; its files are in {}",

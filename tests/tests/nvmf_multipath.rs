@@ -207,12 +207,7 @@ fn multipath_survives(victim: Victim) {
     let s = (m + 1) % 3;
     c.shared_mirror(m, "dg1", "vol1", "64M");
     c.ctl_ok(s, "export nvmf dg1 vol1");
-    let print = c.agreed_print();
-    let vol = plexd_tests::volume(&print, "dg1", "vol1").expect("vol1");
-    let nqn = vol["exports"][0]["iqn"]
-        .as_str()
-        .expect("the NQN")
-        .to_string();
+    let nqn = c.export_name("dg1", "vol1");
     for i in 0..3 {
         c.wait_nvmf_subsystem(i, &nqn, SERVE_TIMEOUT);
     }

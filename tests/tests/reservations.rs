@@ -84,12 +84,30 @@ fn wait_keys(ini: &mut Initiator, keys: &[u64], what: &str) {
     });
 }
 
-#[test]
-fn reservations_of_a_shared_volume_hold_through_every_node_and_survive_a_restart() {
+/// Two nodes, a shared 2-way mirror `dg1.vol1` made through the master, exported
+/// with `export EXPORT`; returns the cluster and the master's index.
+fn two_nodes_exporting(export: &str) -> (Cluster, usize) {
     let mut c = Cluster::start(2, ClusterOpts::default());
     let m = c.master();
     c.shared_mirror(m, "dg1", "vol1", "32M");
-    c.ctl_ok(0, "export iscsi dg1 vol1 --all");
+    c.ctl_ok(0, &format!("export {export}"));
+    (c, m)
+}
+
+/// The NQN of `dg1.vol1`'s NVMe-oF export, once both nodes' data planes serve
+/// its subsystem and the volume.
+fn nvmf_subsystem_everywhere(c: &mut Cluster) -> String {
+    let nqn = c.export_name("dg1", "vol1");
+    for i in 0..2 {
+        c.wait_nvmf_subsystem(i, &nqn, CONVERGE);
+        c.wait_served(i, "dg1", "vol1");
+    }
+    nqn
+}
+
+#[test]
+fn reservations_of_a_shared_volume_hold_through_every_node_and_survive_a_restart() {
+    let (mut c, _) = two_nodes_exporting("iscsi dg1 vol1 --all");
     wait_lun(&c, 0);
     wait_lun(&c, 1);
     let block = vec![0x5au8; 512];
@@ -197,10 +215,7 @@ fn an_iscsi_preempt_and_abort_through_the_master_aborts_the_preempted_tasks_on_t
 }
 
 fn iscsi_preempt_and_abort_across_nodes(a_on_master: bool) {
-    let mut c = Cluster::start(2, ClusterOpts::default());
-    let m = c.master();
-    c.shared_mirror(m, "dg1", "vol1", "32M");
-    c.ctl_ok(0, "export iscsi dg1 vol1 --all");
+    let (c, m) = two_nodes_exporting("iscsi dg1 vol1 --all");
     wait_lun(&c, 0);
     wait_lun(&c, 1);
     let (a, b) = if a_on_master { (m, 1 - m) } else { (1 - m, m) };
@@ -306,20 +321,8 @@ fn nvme_report(q: &mut Host) -> (u8, Vec<(u8, u64, Vec<u8>)>) {
 
 #[test]
 fn an_nvme_reservation_through_one_node_holds_on_the_other_and_survives_a_restart() {
-    let mut c = Cluster::start(2, ClusterOpts::default());
-    let m = c.master();
-    c.shared_mirror(m, "dg1", "vol1", "32M");
-    c.ctl_ok(0, "export nvmf dg1 vol1");
-    let print = c.agreed_print();
-    let vol = plexd_tests::volume(&print, "dg1", "vol1").expect("vol1");
-    let nqn = vol["exports"][0]["iqn"]
-        .as_str()
-        .expect("the NQN")
-        .to_string();
-    for i in 0..2 {
-        c.wait_nvmf_subsystem(i, &nqn, CONVERGE);
-        c.wait_served(i, "dg1", "vol1");
-    }
+    let (mut c, _) = two_nodes_exporting("nvmf dg1 vol1");
+    let nqn = nvmf_subsystem_everywhere(&mut c);
     let (ha, hb) = (
         "nqn.2014-08.org.nvmexpress:uuid:host-a",
         "nqn.2014-08.org.nvmexpress:uuid:host-b",
@@ -451,20 +454,8 @@ fn an_nvme_preempt_and_abort_through_the_master_aborts_and_notifies_on_the_slave
 }
 
 fn preempt_and_abort_across_nodes(a_on_master: bool) {
-    let mut c = Cluster::start(2, ClusterOpts::default());
-    let m = c.master();
-    c.shared_mirror(m, "dg1", "vol1", "32M");
-    c.ctl_ok(0, "export nvmf dg1 vol1");
-    let print = c.agreed_print();
-    let vol = plexd_tests::volume(&print, "dg1", "vol1").expect("vol1");
-    let nqn = vol["exports"][0]["iqn"]
-        .as_str()
-        .expect("the NQN")
-        .to_string();
-    for i in 0..2 {
-        c.wait_nvmf_subsystem(i, &nqn, CONVERGE);
-        c.wait_served(i, "dg1", "vol1");
-    }
+    let (mut c, m) = two_nodes_exporting("nvmf dg1 vol1");
+    let nqn = nvmf_subsystem_everywhere(&mut c);
     let (a_node, b_node) = if a_on_master { (m, 1 - m) } else { (1 - m, m) };
     let (ha, hb) = (
         "nqn.2014-08.org.nvmexpress:uuid:host-a",
