@@ -305,3 +305,98 @@ fn a_commit_does_not_wait_for_a_slow_reactor_and_it_resumes_with_the_new_layout(
         (0, 0, 0)
     );
 }
+
+/// A reactor that first uses the volume after a prepare staged, but before that
+/// prepare's gate-closing message reached it, creates a channel born closed for
+/// that prepare; the message must then only collect its drain (it once tripped an
+/// assertion and took the reactor down, so the prepare timed out and every later
+/// I/O on that reactor hung).
+#[test]
+fn a_channel_created_between_the_stage_and_the_close_message_drains_and_resumes() {
+    channel_created_behind_a_close_message(false);
+}
+
+/// As above, with the message of an earlier prepare (aborted: the reactor was too
+/// busy to drain in time) also still queued: it must not close the new gate.
+#[test]
+fn a_stale_close_message_of_an_aborted_prepare_leaves_a_newer_gate_alone() {
+    channel_created_behind_a_close_message(true);
+}
+
+/// Reactor 1 is held inside a message while a prepare stages (after one that timed
+/// out, when `aborted_first`), then opens its first channel of the volume before
+/// it gets to the prepares' messages; the last prepare must drain, commit and
+/// resume on both reactors with its layout.
+fn channel_created_behind_a_close_message(aborted_first: bool) {
+    let t = two_reactor_target();
+    t.add_bdev(MallocBdev::new("d0", 16 * MIB, 512).unwrap())
+        .unwrap();
+    let spec = one_subdisk("v", "d0", 4 * MIB);
+    t.create_volume(&spec).unwrap();
+    let vol = t.bdev("v").unwrap();
+    let h = t.reactors().handles();
+    // One quiesce first, so the timeline has a commit to clear when the next starts.
+    t.prepare("v", &spec, Duration::from_secs(5)).unwrap();
+    t.commit("v").unwrap();
+
+    // Reactor 1 waits inside a message, then opens its channel of the volume.
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let (opened_tx, opened_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    let vol1 = Arc::clone(&vol);
+    h[1].try_send(Box::new(move |r| {
+        let _ = go_rx.recv_timeout(Duration::from_secs(30));
+        let _ = opened_tx.send(r.channel(&vol1).map(|_| ()));
+    }))
+    .map_err(|(e, _)| e)
+    .unwrap();
+    if aborted_first {
+        let err = t
+            .prepare("v", &spec, Duration::from_millis(200))
+            .unwrap_err();
+        assert!(err.to_string().contains("reactor 1"), "{err}");
+        // Marks the timeline's commit again (nothing is left to abort).
+        t.abort("v").unwrap();
+    }
+    assert!(t.quiesce_timeline("v").unwrap().commit_returned.is_some());
+    let mut grown = spec.clone();
+    grown.size_bytes = 8 * MIB;
+    grown.plexes[0].columns[0].push(sd("d0", 4 * MIB, 4 * MIB));
+    let t2 = Arc::clone(&t);
+    let preparer = std::thread::spawn(move || t2.prepare("v", &grown, Duration::from_secs(10)));
+    // The prepare staged (its trace restarted); its message comes after ours.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while t.quiesce_timeline("v").unwrap().commit_returned.is_some() {
+        assert!(Instant::now() < deadline, "the prepare did not start");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    go_tx.send(()).unwrap();
+    opened_rx
+        .recv_timeout(Duration::from_secs(10))
+        .unwrap()
+        .expect("reactor 1 opens its channel");
+    let prepared = preparer.join().unwrap();
+    assert!(prepared.is_ok(), "the prepare: {prepared:?}");
+    t.commit("v").unwrap();
+    // Both reactors serve I/O with the new layout (past the old end).
+    for (r, h) in h.iter().enumerate() {
+        let data = vec![0x3c ^ r as u8; 4096];
+        let off = 5 * MIB + r as u64 * MIB;
+        let w = run_ios(
+            h,
+            &vol,
+            vec![IoReq::write(off, data.clone())],
+            Duration::from_secs(10),
+        );
+        assert!(w.unwrap()[0].status.is_ok(), "reactor {r}'s write");
+        let back = run_ios(
+            h,
+            &vol,
+            vec![IoReq::read(off, 4096)],
+            Duration::from_secs(10),
+        );
+        assert_eq!(back.unwrap()[0].data, data, "reactor {r}");
+    }
+    let info = t.volume_info("v").unwrap();
+    assert_eq!((info.state.as_str(), info.size_bytes), ("ENABLED", 8 * MIB));
+    assert_eq!((info.parked, info.stats.failed_ops), (0, 0));
+}

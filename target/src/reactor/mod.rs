@@ -805,6 +805,25 @@ pub struct ReactorSet {
     pool: Arc<BufPool>,
 }
 
+/// Ends the process when a reactor thread unwinds. A dead reactor never answers
+/// its mailbox again: its volumes' I/O and every quiesce would hang for good, while
+/// an ended process is seen at once (hosts move to other paths, the coordinator
+/// sees its data plane gone).
+struct AbortOnPanic(usize);
+
+impl Drop for AbortOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            log::error!(
+                "reactor {}: panicked (message above); ending the process instead of \
+                 leaving its I/O hung",
+                self.0
+            );
+            std::process::abort();
+        }
+    }
+}
+
 impl ReactorSet {
     /// Starts one reactor per configured core (pinned), or one unpinned reactor.
     pub fn start(cfg: &ReactorConfig, pool: Arc<BufPool>) -> std::io::Result<ReactorSet> {
@@ -866,6 +885,7 @@ impl ReactorSet {
                     let _ = ready.send(Ok(()));
                     drop(ready);
                     log::debug!("reactor {id} running on core {core:?}");
+                    let _abort = AbortOnPanic(id);
                     r.run();
                 })?;
             threads.push(t);

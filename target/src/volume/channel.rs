@@ -170,7 +170,9 @@ pub(crate) struct VolumeChannel {
     parked: RefCell<VecDeque<BdevIo>>,
     /// The countdown to report to once drained (a prepare is waiting).
     drain_waiter: RefCell<Option<DrainTx>>,
-    /// The quiesce (prepare epoch) the gate is closed for, while closed.
+    /// The quiesce (prepare epoch) the gate is closed for while closed; the
+    /// last one it was closed for (or that was over when the channel was
+    /// created) while open.
     gate_epoch: Cell<u64>,
     /// The gate poller, while the gate is closed.
     gate_poller: Cell<Option<PollerId>>,
@@ -207,9 +209,9 @@ impl VolumeChannel {
         reactor: &Rc<Reactor>,
         shared: Arc<VolumeShared>,
         layout: Arc<Layout>,
-        closed_for: Option<u64>,
+        epoch: u64,
+        gate_closed: bool,
     ) -> Result<Rc<VolumeChannel>, String> {
-        let gate_closed = closed_for.is_some();
         let is_shared = layout.spec.shared;
         let chl = ChLayout::build(reactor, layout)?;
         let ch = Rc::new(VolumeChannel {
@@ -222,7 +224,7 @@ impl VolumeChannel {
             inflight: Cell::new(0),
             parked: RefCell::new(VecDeque::with_capacity(256)),
             drain_waiter: RefCell::new(None),
-            gate_epoch: Cell::new(closed_for.unwrap_or(0)),
+            gate_epoch: Cell::new(epoch),
             gate_poller: Cell::new(None),
             ios: RefCell::new(slab::Slab::with_capacity(1024)),
             held: RefCell::new(Vec::new()),
@@ -269,21 +271,29 @@ impl VolumeChannel {
     /// Closes the gate for quiesce `epoch`; reports to `drain` once nothing is in
     /// flight.
     pub(crate) fn close_gate(&self, epoch: u64, drain: DrainTx) {
-        // One prepare at a time per volume (the control side refuses a second one),
-        // and an older epoch never closes the gate after a newer one.
-        assert!(
-            !self.gate_closed.get() || self.gate_epoch.get() < epoch,
-            "volume {}: gate closed twice for one prepare",
-            self.shared.name
-        );
-        self.gate_closed.set(true);
-        self.gate_epoch.set(epoch);
-        if self.gate_poller.get().is_none() {
-            self.add_gate_poller();
+        // One prepare at a time per volume (the control side refuses a second one)
+        // and messages from the control thread reach a reactor in order; but a
+        // channel created after a prepare staged starts at that prepare's epoch,
+        // closed, while the prepare's message (and an aborted earlier one's) may
+        // still be on its way.
+        let at = self.gate_epoch.get();
+        if epoch < at || (epoch == at && !self.gate_closed.get()) {
+            // An earlier quiesce's, or this one's after its release was applied:
+            // that prepare is over, its countdown only needs the report.
+            drain.report(self.reactor.id());
+            return;
         }
-        let now = Instant::now();
-        self.closed_at.set(Some(now));
-        self.shared.trace.mark_at(Step::GatesClosed, now);
+        // Born closed for this quiesce, or closed now.
+        if epoch > at {
+            self.gate_closed.set(true);
+            self.gate_epoch.set(epoch);
+            if self.gate_poller.get().is_none() {
+                self.add_gate_poller();
+            }
+            let now = Instant::now();
+            self.closed_at.set(Some(now));
+            self.shared.trace.mark_at(Step::GatesClosed, now);
+        }
         if self.inflight.get() == 0 {
             drain.report(self.reactor.id());
         } else {

@@ -176,11 +176,11 @@ impl Bdev for VolumeBdev {
     ) -> Result<Rc<dyn BdevChannel>, String> {
         // Read under the lock so a channel created during a quiesce starts with a
         // closed gate and the current layout (it is never on the I/O path).
-        let (layout, closed) = {
+        let (layout, epoch, closed) = {
             let c = self.shared.ctl();
-            (Arc::clone(&c.current), c.quiesced.then_some(c.epoch))
+            (Arc::clone(&c.current), c.epoch, c.quiesced)
         };
-        let ch = VolumeChannel::new(reactor, Arc::clone(&self.shared), layout, closed)?;
+        let ch = VolumeChannel::new(reactor, Arc::clone(&self.shared), layout, epoch, closed)?;
         reactor
             .local::<LocalVolumes>()
             .chans
