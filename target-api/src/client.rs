@@ -968,12 +968,24 @@ impl KernelClient {
     /// before this call. Caller and target must share the host, boot and time
     /// namespace.
     pub fn renew_lease_until(&self, until_ns: u64) -> Result<bool, ClientError> {
+        self.renew_scope_until(until_ns, false)
+    }
+
+    /// Serves private volumes until `until_ns` of the host's `CLOCK_BOOTTIME`, as
+    /// [`KernelClient::renew_lease_until`] shared ones: the private-group lease
+    /// (before its first grant private volumes are served without one).
+    pub fn renew_private_lease_until(&self, until_ns: u64) -> Result<bool, ClientError> {
+        self.renew_scope_until(until_ns, true)
+    }
+
+    fn renew_scope_until(&self, until_ns: u64, private: bool) -> Result<bool, ClientError> {
         rpc!(
             self,
             "renewLeaseUntil",
             renew_lease_until_request,
             |rq| {
                 rq.get().set_until_ns(until_ns);
+                rq.get().set_private_groups(private);
             },
             |r, path| { Ok(r.get_was_expired()) }
         )
@@ -981,11 +993,23 @@ impl KernelClient {
 
     /// The lease's state (none, valid, expired), time left and expiry count.
     pub fn lease_status(&self) -> Result<LeaseStatus, ClientError> {
+        self.scope_status(false)
+    }
+
+    /// The private-group lease's state (none: never granted), time left and
+    /// expiry count.
+    pub fn private_lease_status(&self) -> Result<LeaseStatus, ClientError> {
+        self.scope_status(true)
+    }
+
+    fn scope_status(&self, private: bool) -> Result<LeaseStatus, ClientError> {
         rpc!(
             self,
             "leaseStatus",
             lease_status_request,
-            |rq| {},
+            |rq| {
+                rq.get().set_private_groups(private);
+            },
             |r, path| {
                 Ok(LeaseStatus {
                     state: lease_state_from(r.get_state().map_err(|e| rpc_err(&path, e.into()))?),

@@ -37,7 +37,17 @@
 //!   from the renewal), after every reactor has the new state, so a host told to
 //!   re-read the ANA log sees the new state.
 //!
-//! A never-granted lease (state none) fences shared volumes too. Creating, preparing,
+//! Two leases, one per [`LeaseScope`], each with all of the above:
+//! - [`LeaseScope::Shared`] serves shared volumes while the node is a member of a
+//!   quorate view (the cluster's condition; docs/PROTOCOL.md). A never-granted
+//!   lease fences them.
+//! - [`LeaseScope::Private`] serves private volumes while the coordinator keeps
+//!   finding its node the owner of their groups on the disks, so a node frozen or
+//!   cut off while another imports its group with `--clear-owner` stops writing it
+//!   (docs/OPERATIONS.md). Until its first grant it fences nothing: a data plane
+//!   used without a coordinator (plexperf, tests) serves private volumes freely.
+//!
+//! A never-granted shared lease (state none) fences shared volumes too. Creating, preparing,
 //! committing and aborting layouts is never refused: the data plane neither commits
 //! nor aborts a staged layout on its own. In-flight child I/O already at the disk
 //! completes normally.
@@ -71,6 +81,42 @@ pub const MAX_LEASE_WATCHERS: usize = 16;
 /// does not.
 pub const BOOT_CHECK: Duration = Duration::from_millis(1);
 
+/// Which volumes a lease serves (see the module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaseScope {
+    /// Shared volumes (`VolumeSpec::shared`).
+    Shared,
+    /// Private volumes.
+    Private,
+}
+
+impl LeaseScope {
+    /// The lease's name in errors and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            LeaseScope::Shared => "data-plane lease",
+            LeaseScope::Private => "private-group lease",
+        }
+    }
+
+    /// The volumes it serves, in logs.
+    fn volumes(self) -> &'static str {
+        match self {
+            LeaseScope::Shared => "shared volumes",
+            LeaseScope::Private => "private volumes",
+        }
+    }
+
+    /// The scope of a volume.
+    pub(crate) fn of_volume(shared: bool) -> LeaseScope {
+        if shared {
+            LeaseScope::Shared
+        } else {
+            LeaseScope::Private
+        }
+    }
+}
+
 /// The host's `CLOCK_BOOTTIME` in nanoseconds: the clock of `renewLeaseUntil`
 /// deadlines. None if the clock cannot be read (not on Linux 2.6.39 or later).
 pub fn boottime_ns() -> Option<u64> {
@@ -97,16 +143,18 @@ struct LeaseCtl {
 /// What the lease needs of the volumes it fences. The lease sits below the volume
 /// module: the [`crate::Target`] hands it the volume module's hooks when it starts.
 pub(crate) struct VolumeHooks {
-    /// Fails what waits on a reactor's shared volumes (the lease ran out there);
-    /// runs on that reactor.
+    /// Fails what waits on a reactor's volumes whose lease ran out there; runs on
+    /// that reactor.
     pub(crate) fence_reactor: fn(&Reactor),
-    /// The names of the shared volumes, for the expiry report (control path).
-    pub(crate) shared_volumes: Box<dyn Fn() -> Vec<String> + Send + Sync>,
+    /// The names of the volumes of the lease's scope, for the expiry report
+    /// (control path).
+    pub(crate) volumes: Box<dyn Fn() -> Vec<String> + Send + Sync>,
 }
 
 /// What reactors share with the control side (touched only at expiry, never on the
 /// I/O path).
 pub(crate) struct LeaseShared {
+    scope: LeaseScope,
     /// The newest generation whose expiry was reported.
     reported: AtomicU64,
     expiries: AtomicU64,
@@ -123,11 +171,12 @@ pub(crate) struct Lease {
 }
 
 impl Lease {
-    /// A lease never granted (shared volumes fenced) over the volume module's hooks.
-    pub(crate) fn new(volumes: VolumeHooks) -> Lease {
+    /// A lease of `scope` never granted, over the volume module's hooks.
+    pub(crate) fn new(scope: LeaseScope, volumes: VolumeHooks) -> Lease {
         Lease {
             ctl: Mutex::default(),
             shared: Arc::new(LeaseShared {
+                scope,
                 reported: AtomicU64::new(0),
                 expiries: AtomicU64::new(0),
                 watchers: Mutex::default(),
@@ -156,7 +205,7 @@ impl LeaseShared {
         ws.retain(|x| x.strong_count() > 0);
         if ws.len() >= MAX_LEASE_WATCHERS {
             return Err(TargetError::invalid(
-                LEASE_OBJ,
+                self.scope.name(),
                 format!("more than {MAX_LEASE_WATCHERS} lease watchers"),
             ));
         }
@@ -174,16 +223,19 @@ impl LeaseShared {
     }
 }
 
-const LEASE_OBJ: &str = "data-plane lease";
-
 impl Lease {
-    /// Serves `t`'s shared volumes until now + `lease_ms` (monotonic clock); 0
-    /// revokes at once. Returns whether the lease had run out (or been revoked)
+    /// The lease's name in errors and logs.
+    fn obj(&self) -> &'static str {
+        self.shared.scope.name()
+    }
+
+    /// Serves `t`'s volumes of this scope until now + `lease_ms` (monotonic
+    /// clock); 0 revokes at once. Returns whether the lease had run out (or been revoked)
     /// before this call. Returns once every reactor has the new deadline.
     pub(crate) fn renew(&self, t: &Arc<Services>, lease_ms: u32) -> Result<bool, TargetError> {
         if u128::from(lease_ms) > MAX_LEASE.as_millis() {
             return Err(TargetError::invalid(
-                LEASE_OBJ,
+                self.obj(),
                 format!(
                     "a lease of {lease_ms} ms is longer than the limit of {} ms",
                     MAX_LEASE.as_millis()
@@ -197,7 +249,7 @@ impl Lease {
         self.set(t, now, left, until_boot_ns)
     }
 
-    /// Serves `t`'s shared volumes until `until_ns` of `CLOCK_BOOTTIME`
+    /// Serves `t`'s volumes of this scope until `until_ns` of `CLOCK_BOOTTIME`
     /// ([`boottime_ns`]); a deadline already past (0 among them) revokes at once.
     /// Returns whether the lease had run out (or been revoked) before this call.
     /// Returns once every reactor has the new deadline.
@@ -211,7 +263,7 @@ impl Lease {
         let now = Instant::now();
         let Some(boot_ns) = boottime_ns() else {
             let e = TargetError::invalid(
-                LEASE_OBJ,
+                self.obj(),
                 "cannot read CLOCK_BOOTTIME: a deadline on it cannot be taken".to_string(),
             );
             log::error!("{e}");
@@ -220,7 +272,7 @@ impl Lease {
         let left = Duration::from_nanos(until_ns.saturating_sub(boot_ns));
         if left > MAX_LEASE {
             return Err(TargetError::invalid(
-                LEASE_OBJ,
+                self.obj(),
                 format!(
                     "a deadline {} ms ahead is further than the limit of {} ms",
                     left.as_millis(),
@@ -252,6 +304,8 @@ impl Lease {
             c.until_boot_ns = until_boot_ns;
             (c.generation, was_expired, was_fenced)
         };
+        let obj = self.obj();
+        let vols = self.shared.scope.volumes();
         let shared = Arc::clone(&self.shared);
         let target = Arc::downgrade(t);
         t.reactors()
@@ -266,10 +320,10 @@ impl Lease {
             })
             .map_err(|e| {
                 let e = TargetError::Timeout {
-                    object: LEASE_OBJ.into(),
+                    object: obj.into(),
                     reason: format!(
                         "renewal ({lease_ms} ms) did not reach every reactor: {e}; a reactor \
-                         without it fences shared volumes at the previous deadline"
+                         without it fences {vols} at the previous deadline"
                     ),
                 };
                 log::error!("{e}");
@@ -277,12 +331,10 @@ impl Lease {
             })?;
         if lease_ms == 0 {
             if !was_expired {
-                log::warn!("{LEASE_OBJ}: revoked; shared volumes are fenced");
+                log::warn!("{obj}: revoked; {vols} are fenced");
             }
         } else if was_expired {
-            log::warn!(
-                "{LEASE_OBJ}: renewed after expiry; shared volumes are served again for {lease_ms} ms"
-            );
+            log::warn!("{obj}: renewed after expiry; {vols} are served again for {lease_ms} ms");
         }
         // Every reactor has the new state: watchers see it as it is now. (A
         // revocation fences the reactors, which report it as an expiry: watchers
@@ -336,36 +388,63 @@ fn boot_past(until_ns: Option<u64>) -> bool {
     }
 }
 
-/// The lease as one reactor sees it.
+/// Both leases as one reactor sees them (reactor-local).
+pub(crate) struct ReactorLeases {
+    /// The lease of shared volumes.
+    pub(crate) shared: Rc<ReactorLease>,
+    /// The lease of private volumes.
+    pub(crate) private: Rc<ReactorLease>,
+}
+
+impl Default for ReactorLeases {
+    fn default() -> Self {
+        ReactorLeases {
+            shared: Rc::new(ReactorLease::new(LeaseScope::Shared)),
+            private: Rc::new(ReactorLease::new(LeaseScope::Private)),
+        }
+    }
+}
+
+impl ReactorLeases {
+    /// The lease of `scope`.
+    pub(crate) fn of(&self, scope: LeaseScope) -> &Rc<ReactorLease> {
+        match scope {
+            LeaseScope::Shared => &self.shared,
+            LeaseScope::Private => &self.private,
+        }
+    }
+}
+
+/// One lease as one reactor sees it.
 pub(crate) struct ReactorLease {
+    scope: LeaseScope,
     deadline: Cell<Option<Instant>>,
     /// The same deadline on `CLOCK_BOOTTIME` (ns), which the poller also compares.
     until_boot_ns: Cell<Option<u64>>,
     /// When (cached clock) the poller last read `CLOCK_BOOTTIME`.
     boot_checked: Cell<Option<Instant>>,
     generation: Cell<u64>,
-    /// Checked by shared volumes' channels on every submit. True until a lease is
-    /// granted.
+    /// Checked by the scope's volumes' channels on every submit. Until a lease is
+    /// granted: true for shared volumes, false for private ones.
     fenced: Cell<bool>,
     /// Set by the first renewal, which also adds the expiry poller.
     link: RefCell<Option<(Arc<LeaseShared>, Weak<Services>)>>,
 }
 
-impl Default for ReactorLease {
-    fn default() -> Self {
+impl ReactorLease {
+    fn new(scope: LeaseScope) -> ReactorLease {
         ReactorLease {
+            scope,
             deadline: Cell::new(None),
             until_boot_ns: Cell::new(None),
             boot_checked: Cell::new(None),
             generation: Cell::new(0),
-            fenced: Cell::new(true),
+            fenced: Cell::new(scope == LeaseScope::Shared),
             link: RefCell::new(None),
         }
     }
-}
 
-impl ReactorLease {
-    /// True while shared volumes must not be served on this reactor at `now` (the
+    /// True while the scope's volumes must not be served on this reactor at `now` (the
     /// reactor's cached clock). The deadline is compared too: the reactor may run
     /// messages (new I/O) before its poller in the iteration the clock passes it.
     #[inline]
@@ -374,7 +453,7 @@ impl ReactorLease {
     }
 
     /// Sets the flag; on the step from served to fenced, fails what waits on this
-    /// reactor's shared volumes and reports the expiry (once per generation).
+    /// reactor's volumes of the scope and reports the expiry (once per generation).
     fn set_fenced(&self, r: &Rc<Reactor>, fenced: bool) {
         let was = self.fenced.replace(fenced);
         if fenced && !was {
@@ -407,9 +486,11 @@ impl ReactorLease {
                 let Some(t) = target.upgrade() else {
                     return;
                 };
-                let volumes = (shared.volumes.shared_volumes)();
+                let scope = shared.scope;
+                let (obj, vols) = (scope.name(), scope.volumes());
+                let volumes = (shared.volumes.volumes)();
                 log::error!(
-                    "{LEASE_OBJ}: expired (seen first on reactor {reactor}); shared volumes fenced \
+                    "{obj}: expired (seen first on reactor {reactor}); {vols} fenced \
                      until the coordinator renews it: {} (their I/O fails with errno {FENCED_ERRNO}, \
                      iSCSI NOT READY 04h/0Ch)",
                     if volumes.is_empty() {
@@ -418,11 +499,13 @@ impl ReactorLease {
                         volumes.join(", ")
                     }
                 );
-                t.publish(Event::LeaseExpired { volumes });
+                if scope == LeaseScope::Shared {
+                    t.publish(Event::LeaseExpired { volumes });
+                }
                 // Watchers are told once every reactor is fenced (the others pass
                 // the same deadline within about a loop iteration).
-                let fenced_all = t.reactors().broadcast_blocking(|r| {
-                    let l = r.local::<ReactorLease>();
+                let fenced_all = t.reactors().broadcast_blocking(move |r| {
+                    let l = Rc::clone(r.local::<ReactorLeases>().of(scope));
                     if l.deadline.get().is_some_and(|d| d <= Instant::now())
                         || boot_past(l.until_boot_ns.get())
                     {
@@ -432,12 +515,15 @@ impl ReactorLease {
                 match fenced_all {
                     Ok(_) => shared.notify(false),
                     Err(e) => log::error!(
-                        "{LEASE_OBJ}: expired; cannot reach every reactor to tell the watchers: {e}"
+                        "{obj}: expired; cannot reach every reactor to tell the watchers: {e}"
                     ),
                 }
             });
         if let Err(e) = spawned {
-            log::error!("{LEASE_OBJ}: expired on reactor {reactor}; cannot report it: {e}");
+            log::error!(
+                "{}: expired on reactor {reactor}; cannot report it: {e}",
+                self.scope.name()
+            );
         }
     }
 }
@@ -451,7 +537,7 @@ fn apply(
     shared: Arc<LeaseShared>,
     target: Weak<Services>,
 ) {
-    let l = r.local::<ReactorLease>();
+    let l = Rc::clone(r.local::<ReactorLeases>().of(shared.scope));
     if generation <= l.generation.get() {
         return; // a newer renewal got here first
     }
@@ -470,7 +556,7 @@ fn apply(
     l.set_fenced(r, deadline <= Instant::now() || boot_past(until_boot_ns));
 }
 
-/// Fences shared volumes when the reactor's clock passes the deadline, and bounds
+/// Fences the scope's volumes when the reactor's clock passes the deadline, and bounds
 /// the reactor's sleep by it.
 struct LeasePoller {
     reactor: RcWeak<Reactor>,

@@ -13,7 +13,7 @@ use crate::bdev::{Bdev, BdevDesc, BdevEvent, BdevEventFn, BdevInfo};
 use crate::buf::{BufPool, PoolConfig};
 use crate::frontend::scsi::pr_cluster::{PrBroker, PrOutResult};
 use crate::frontend::FrontendEnv;
-use crate::lease::{Lease, LeaseStatus, VolumeHooks};
+use crate::lease::{Lease, LeaseScope, LeaseStatus, VolumeHooks};
 use crate::reactor::{ReactorConfig, ReactorSet};
 use crate::services::Services;
 use crate::volume::{PlexState, VolumeInfo, VolumeSpec, Volumes};
@@ -55,16 +55,25 @@ impl Target {
         // The lease sits below the volumes it fences: the volume module's hooks
         // are handed to it here.
         let volumes = Arc::new_cyclic(|me: &Weak<Volumes>| {
-            let me = me.clone();
-            let lease = Arc::new(Lease::new(VolumeHooks {
-                fence_reactor: crate::volume::fence_reactor,
-                shared_volumes: Box::new(move || {
-                    me.upgrade()
-                        .map(|v| v.shared_volume_names())
-                        .unwrap_or_default()
-                }),
-            }));
-            Volumes::new(Arc::clone(&svc), lease)
+            let lease = |scope: LeaseScope| {
+                let me = me.clone();
+                Arc::new(Lease::new(
+                    scope,
+                    VolumeHooks {
+                        fence_reactor: crate::volume::fence_reactor,
+                        volumes: Box::new(move || {
+                            me.upgrade()
+                                .map(|v| v.volume_names(scope == LeaseScope::Shared))
+                                .unwrap_or_default()
+                        }),
+                    },
+                ))
+            };
+            Volumes::new(
+                Arc::clone(&svc),
+                lease(LeaseScope::Shared),
+                lease(LeaseScope::Private),
+            )
         });
         Ok(Arc::new(Target {
             pr: Arc::new(PrBroker::new(Arc::downgrade(&svc))),
@@ -307,6 +316,21 @@ impl Target {
     /// The lease's state, time left and expiry count.
     pub fn lease_status(&self) -> LeaseStatus {
         self.lease.status()
+    }
+
+    /// Serves private volumes until `until_ns` of the host's `CLOCK_BOOTTIME`, as
+    /// [`Target::renew_lease_until`] does shared ones ([`LeaseScope::Private`]:
+    /// before the first call private volumes are served without a lease).
+    pub fn renew_private_lease_until(&self, until_ns: u64) -> Result<bool, TargetError> {
+        self.volumes
+            .private_lease()
+            .renew_until(&self.svc, until_ns)
+    }
+
+    /// The private-group lease's state (none: never granted, private volumes
+    /// served), time left and expiry count.
+    pub fn private_lease_status(&self) -> LeaseStatus {
+        self.volumes.private_lease().status()
     }
 }
 

@@ -2,7 +2,8 @@
 //! under a valid lease, its I/O fails with FENCED_ERRNO (never hangs) once the lease
 //! runs out — parked I/O behind a prepare and writes held for a plex detach too —
 //! and is served again after a renewal; a staged layout stays staged across an
-//! expiry; private volumes never depend on the lease. Every wait has a deadline.
+//! expiry; private volumes never depend on it, only on the private-group lease
+//! once that is granted. Every wait has a deadline.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -489,4 +490,80 @@ fn a_deadline_renewal_ends_at_its_deadline_however_late_it_arrives_and_a_past_on
         .renew_lease_until(boot() + 2 * 3_600_000 * MS)
         .unwrap_err();
     assert!(e.to_string().contains("lease"), "{e}");
+}
+
+/// The private-group lease: private volumes are served without it until it is
+/// first granted, then only while it is renewed; it and the shared lease fence
+/// only their own volumes; parked I/O of a private volume fails at its expiry.
+#[test]
+fn private_volumes_follow_the_private_lease_once_granted_and_only_it() {
+    let t = start();
+    t.add_bdev(MallocBdev::new("m0", 8 * MIB, 512).unwrap())
+        .unwrap();
+    t.add_bdev(MallocBdev::new("m1", 8 * MIB, 512).unwrap())
+        .unwrap();
+    let pv = volume("pv", 8 * MIB, vec![concat("pv-01", "m1", 8 * MIB)], false);
+    t.create_volume(&volume(
+        "sv",
+        8 * MIB,
+        vec![concat("sv-01", "m0", 8 * MIB)],
+        true,
+    ))
+    .unwrap();
+    t.create_volume(&pv).unwrap();
+    let events = t.subscribe();
+    let a = pattern(7, 4096);
+    let boot = || plexd_target::lease::boottime_ns().expect("CLOCK_BOOTTIME");
+    const MS: u64 = 1_000_000;
+    assert!(!t.renew_lease(LONG_LEASE_MS).unwrap());
+
+    // Never granted: private volumes are served.
+    assert_eq!(t.private_lease_status().state, LeaseState::None);
+    for r in 0..2 {
+        assert_eq!(write(&t, r, "pv", 0, &a), IoStatus::Success, "reactor {r}");
+    }
+    // Granted, then left to run out: private I/O fails (never hangs), shared goes on.
+    assert!(!t
+        .renew_private_lease_until(boot() + u64::from(SHORT_LEASE_MS) * MS)
+        .unwrap());
+    assert_eq!(t.private_lease_status().state, LeaseState::Valid);
+    assert_eq!(write(&t, 0, "pv", 0, &a), IoStatus::Success);
+    // A prepare holds one write parked when the lease runs out.
+    t.prepare("pv", &pv, Duration::from_secs(5)).unwrap();
+    let parked = start_ios(
+        &t.reactors().handles()[1],
+        &t.bdev("pv").unwrap(),
+        vec![IoReq::write(MIB, a.clone())],
+    )
+    .unwrap();
+    wait_for(
+        "the private lease to run out",
+        Duration::from_millis(u64::from(SHORT_LEASE_MS)) + EXPIRY_WAIT,
+        || t.private_lease_status().state == LeaseState::Expired,
+    );
+    let out = parked.wait(IO_TIMEOUT).unwrap();
+    assert_eq!(out[0].status, FENCED, "the parked private write");
+    t.abort("pv").unwrap();
+    for r in 0..2 {
+        assert_eq!(write(&t, r, "pv", 0, &a), FENCED, "reactor {r}, expired");
+        assert_eq!(read(&t, r, "pv", 0, 4096).0, FENCED, "reactor {r}, expired");
+        assert_eq!(write(&t, r, "sv", 0, &a), IoStatus::Success, "shared");
+    }
+    assert_eq!(t.private_lease_status().expiries, 1);
+    // The private lease's expiry is no LeaseExpired event (that is the shared one's).
+    assert_eq!(lease_expired(&events, Duration::from_millis(100)), None);
+    // Renewed: served again; revoking the shared lease leaves private volumes alone.
+    assert!(t.renew_private_lease_until(boot() + 60_000 * MS).unwrap());
+    assert!(!t.renew_lease(0).unwrap());
+    for r in 0..2 {
+        assert_eq!(write(&t, r, "pv", 0, &a), IoStatus::Success, "reactor {r}");
+        assert_eq!(
+            write(&t, r, "sv", 0, &a),
+            FENCED,
+            "reactor {r}, shared revoked"
+        );
+    }
+    // A deadline already past revokes the private lease at once.
+    assert!(!t.renew_private_lease_until(0).unwrap());
+    assert_eq!(write(&t, 1, "pv", 0, &a), FENCED, "revoked");
 }

@@ -1057,10 +1057,15 @@ impl k::kernel::Server for KernelImpl {
         params: k::kernel::RenewLeaseUntilParams,
         mut results: k::kernel::RenewLeaseUntilResults,
     ) -> Result<(), capnp::Error> {
-        let until_ns = params.get()?.get_until_ns();
+        let p = params.get()?;
+        let (until_ns, private) = (p.get_until_ns(), p.get_private_groups());
         // Through the pool: the renewal waits for every reactor to take it.
         match blocking(&self.service, move |s| {
-            s.target().renew_lease_until(until_ns)
+            if private {
+                s.target().renew_private_lease_until(until_ns)
+            } else {
+                s.target().renew_lease_until(until_ns)
+            }
         })
         .await
         {
@@ -1072,10 +1077,14 @@ impl k::kernel::Server for KernelImpl {
 
     async fn lease_status(
         self: Rc<Self>,
-        _: k::kernel::LeaseStatusParams,
+        params: k::kernel::LeaseStatusParams,
         mut results: k::kernel::LeaseStatusResults,
     ) -> Result<(), capnp::Error> {
-        let st = self.service.target().lease_status();
+        let st = if params.get()?.get_private_groups() {
+            self.service.target().private_lease_status()
+        } else {
+            self.service.target().lease_status()
+        };
         let mut b = results.get();
         b.set_state(lease_state_to(st.state));
         b.set_remaining_ms(st.remaining_ms);

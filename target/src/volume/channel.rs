@@ -35,7 +35,7 @@ use crate::bdev::{
     check_range, BdevChannel, BdevIo, IoCallback, IoDone, IoKind, IoStatus, RETRY_ERRNO,
 };
 use crate::event::Event;
-use crate::lease::{ReactorLease, FENCED_ERRNO};
+use crate::lease::{LeaseScope, ReactorLeases, FENCED_ERRNO};
 use crate::reactor::{Poller, PollerId, Reactor};
 
 /// A subdisk as a reactor sees it.
@@ -185,8 +185,8 @@ pub(crate) struct VolumeChannel {
     submitted: Cell<u64>,
     /// True while `submit` runs: completions must then be queued, not delivered.
     in_submit: Cell<bool>,
-    /// This reactor's view of the data-plane lease.
-    lease: Rc<ReactorLease>,
+    /// This reactor's view of the leases (shared and private volumes').
+    leases: Rc<ReactorLeases>,
     /// The bound layout is of a shared volume (served only under the lease).
     is_shared: Cell<bool>,
     /// A refusal was logged since the gate last opened or the in-flight count
@@ -233,7 +233,7 @@ impl VolumeChannel {
             stats: RefCell::new(VolumeStats::default()),
             submitted: Cell::new(0),
             in_submit: Cell::new(false),
-            lease: reactor.local::<ReactorLease>(),
+            leases: reactor.local::<ReactorLeases>(),
             is_shared: Cell::new(is_shared),
             refusal_logged: Cell::new(false),
             drl_gen: Cell::new(0),
@@ -372,14 +372,15 @@ impl VolumeChannel {
     /// True while this is a shared volume and the lease is not valid on this reactor.
     #[inline]
     fn fenced(&self) -> bool {
-        self.is_shared.get() && self.lease.fenced(self.reactor.now())
+        let scope = LeaseScope::of_volume(self.is_shared.get());
+        self.leases.of(scope).fenced(self.reactor.now())
     }
 
     /// The lease ran out on this reactor: fails the I/O parked behind a closed gate
     /// and the writes held for a plex detach (a shared volume only). The gate and a
     /// staged layout stay as they are; in-flight children complete normally.
     pub(crate) fn fence(&self) {
-        if !self.is_shared.get() {
+        if !self.fenced() {
             return;
         }
         let parked: Vec<BdevIo> = self.parked.borrow_mut().drain(..).collect();

@@ -272,7 +272,7 @@ pub(crate) fn copy_range(
 }
 
 /// The volume's current layout, when a copy may run now: the volume is quiesced
-/// here and, if shared, this data plane's lease is valid.
+/// here and its lease (shared or private, [`crate::lease::LeaseScope`]) holds.
 fn layout_to_copy(
     vols: &Volumes,
     volume: &str,
@@ -294,13 +294,19 @@ fn layout_to_copy(
             ),
         ));
     }
-    if layout.spec.shared && vols.lease.status().state != LeaseState::Valid {
+    // A shared volume needs a valid lease; a private one a private-group lease
+    // that did not run out (none granted yet: served).
+    let lease = if layout.spec.shared {
+        (vols.lease().status().state != LeaseState::Valid)
+            .then_some("a shared volume and this data plane's lease")
+    } else {
+        (vols.private_lease().status().state == LeaseState::Expired)
+            .then_some("a private volume and this data plane's private-group lease")
+    };
+    if let Some(what) = lease {
         return Err(TargetError::invalid(
             vobj,
-            format!(
-                "copy of plex {source} to plex {target} refused: a shared volume and this \
-                 data plane's lease is not valid"
-            ),
+            format!("copy of plex {source} to plex {target} refused: {what} is not valid"),
         ));
     }
     Ok(layout)

@@ -196,6 +196,7 @@ impl Bdev for VolumeBdev {
 pub struct Volumes {
     svc: Arc<Services>,
     lease: Arc<Lease>,
+    private_lease: Arc<Lease>,
     /// The plex error policy (a coordinator sets `External`).
     detach_policy: Mutex<DetachPolicy>,
     vols: Mutex<BTreeMap<String, Arc<VolumeShared>>>,
@@ -304,11 +305,13 @@ fn spawn_detach_worker(vols: Weak<Volumes>) -> std::io::Result<SyncSender<(Strin
 }
 
 impl Volumes {
-    /// An empty registry over `svc`, serving shared volumes under `lease`.
-    pub(crate) fn new(svc: Arc<Services>, lease: Arc<Lease>) -> Volumes {
+    /// An empty registry over `svc`, serving shared volumes under `lease` and
+    /// private ones under `private_lease`.
+    pub(crate) fn new(svc: Arc<Services>, lease: Arc<Lease>, private_lease: Arc<Lease>) -> Volumes {
         Volumes {
             svc,
             lease,
+            private_lease,
             detach_policy: Mutex::new(DetachPolicy::Local),
             vols: Mutex::default(),
             next_id: AtomicU64::new(0),
@@ -321,6 +324,11 @@ impl Volumes {
         &self.lease
     }
 
+    /// The lease private volumes are served under.
+    pub(crate) fn private_lease(&self) -> &Arc<Lease> {
+        &self.private_lease
+    }
+
     /// The current plex error policy.
     pub(crate) fn detach_policy(&self) -> DetachPolicy {
         *self.detach_policy.lock().unwrap_or_else(|p| p.into_inner())
@@ -331,11 +339,12 @@ impl Volumes {
         *self.detach_policy.lock().unwrap_or_else(|p| p.into_inner()) = p;
     }
 
-    /// The names of the shared volumes (the lease's expiry report).
-    pub(crate) fn shared_volume_names(&self) -> Vec<String> {
+    /// The names of the shared (`shared`) or private volumes (a lease's expiry
+    /// report).
+    pub(crate) fn volume_names(&self, shared: bool) -> Vec<String> {
         self.map()
             .values()
-            .filter(|v| v.ctl().current.spec.shared)
+            .filter(|v| v.ctl().current.spec.shared == shared)
             .map(|v| v.name.clone())
             .collect()
     }
