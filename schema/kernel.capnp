@@ -434,12 +434,11 @@ interface Kernel {
   # the target's clock (CLOCK_BOOTTIME); leaseMs = 0 revokes at once. A duration is measured
   # from the moment it arrives: a coordinator uses renewLeaseUntil (@47) instead. wasExpired: the lease had run
   # out (or been revoked) before this call. Private volumes are not affected (their lease:
-  # renewLeaseUntil with privateGroups); creating,
+  # renewPrivateLeaseUntil); creating,
   # preparing, committing and aborting layouts is allowed in every lease state.
   renewLease @31 (leaseMs :UInt32) -> (error :Error, wasExpired :Bool);
   # remainingMs: 0 unless valid. expiries: how often the lease ran out or was revoked.
-  # privateGroups: the private-group lease's instead (see renewLeaseUntil).
-  leaseStatus @32 (privateGroups :Bool) -> (error :Error, state :LeaseState, remainingMs :UInt64, expiries :UInt64);
+  leaseStatus @32 () -> (error :Error, state :LeaseState, remainingMs :UInt64, expiries :UInt64);
   # Replaces a LUN's ALUA view (its groups and their states); a LUN fenced by the lease
   # reports its own group unavailable whatever was set.
   iscsiSetAlua @33 (iqn :Text, lun :UInt64, alua :Alua) -> (error :Error);
@@ -483,12 +482,17 @@ interface Kernel {
   # the deadline (same host, same boot, same time namespace; docs/KERNEL_INTERFACE.md). A
   # deadline already past (0 among them) revokes at once, so a caller frozen between
   # computing and sending never extends its lease. Otherwise as renewLease.
-  # privateGroups: renews the private-group lease instead, under which private volumes
-  # are served once it was first granted (before that: without a lease). A coordinator
-  # renews it while it finds its node the owner of its private groups on their disks,
-  # so a node frozen while another takes a group over (`dg import --clear-owner`) stops
-  # writing it (docs/OPERATIONS.md).
-  renewLeaseUntil @47 (untilNs :UInt64, privateGroups :Bool) -> (error :Error, wasExpired :Bool);
+  renewLeaseUntil @47 (untilNs :UInt64) -> (error :Error, wasExpired :Bool);
+  # The private-group lease, as renewLeaseUntil the shared one: private volumes are
+  # served until untilNs once it was first granted (before that: without a lease). A
+  # coordinator renews it while it finds its node the owner of its private groups on
+  # their disks, so a node frozen or cut off while another takes a group over
+  # (`dg import --clear-owner`) stops writing it (docs/OPERATIONS.md). A separate method
+  # (not a flag of renewLeaseUntil) so that an older data plane refuses it instead of
+  # renewing its shared lease.
+  renewPrivateLeaseUntil @48 (untilNs :UInt64) -> (error :Error, wasExpired :Bool);
+  # The private-group lease's state (none: never granted, private volumes served).
+  privateLeaseStatus @49 () -> (error :Error, state :LeaseState, remainingMs :UInt64, expiries :UInt64);
 }
 
 struct NvmfNamespace {

@@ -979,16 +979,27 @@ impl KernelClient {
     }
 
     fn renew_scope_until(&self, until_ns: u64, private: bool) -> Result<bool, ClientError> {
-        rpc!(
-            self,
-            "renewLeaseUntil",
-            renew_lease_until_request,
-            |rq| {
-                rq.get().set_until_ns(until_ns);
-                rq.get().set_private_groups(private);
-            },
-            |r, path| { Ok(r.get_was_expired()) }
-        )
+        if private {
+            rpc!(
+                self,
+                "renewPrivateLeaseUntil",
+                renew_private_lease_until_request,
+                |rq| {
+                    rq.get().set_until_ns(until_ns);
+                },
+                |r, path| { Ok(r.get_was_expired()) }
+            )
+        } else {
+            rpc!(
+                self,
+                "renewLeaseUntil",
+                renew_lease_until_request,
+                |rq| {
+                    rq.get().set_until_ns(until_ns);
+                },
+                |r, path| { Ok(r.get_was_expired()) }
+            )
+        }
     }
 
     /// The lease's state (none, valid, expired), time left and expiry count.
@@ -1003,21 +1014,39 @@ impl KernelClient {
     }
 
     fn scope_status(&self, private: bool) -> Result<LeaseStatus, ClientError> {
-        rpc!(
-            self,
-            "leaseStatus",
-            lease_status_request,
-            |rq| {
-                rq.get().set_private_groups(private);
-            },
-            |r, path| {
-                Ok(LeaseStatus {
-                    state: lease_state_from(r.get_state().map_err(|e| rpc_err(&path, e.into()))?),
-                    remaining_ms: r.get_remaining_ms(),
-                    expiries: r.get_expiries(),
-                })
-            }
-        )
+        if private {
+            rpc!(
+                self,
+                "privateLeaseStatus",
+                private_lease_status_request,
+                |rq| {},
+                |r, path| {
+                    Ok(LeaseStatus {
+                        state: lease_state_from(
+                            r.get_state().map_err(|e| rpc_err(&path, e.into()))?,
+                        ),
+                        remaining_ms: r.get_remaining_ms(),
+                        expiries: r.get_expiries(),
+                    })
+                }
+            )
+        } else {
+            rpc!(
+                self,
+                "leaseStatus",
+                lease_status_request,
+                |rq| {},
+                |r, path| {
+                    Ok(LeaseStatus {
+                        state: lease_state_from(
+                            r.get_state().map_err(|e| rpc_err(&path, e.into()))?,
+                        ),
+                        remaining_ms: r.get_remaining_ms(),
+                        expiries: r.get_expiries(),
+                    })
+                }
+            )
+        }
     }
 
     /// Reads `len_bytes` at `offset_bytes` of `bdev` on reactor 0.

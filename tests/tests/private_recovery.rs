@@ -314,3 +314,72 @@ fn a_dead_nodes_private_group_is_taken_over_with_clear_owner_and_recovered() {
         "the group is b's now: {still}"
     );
 }
+
+/// A private group's owner whose plexd is frozen (SIGSTOP; its data plane runs on)
+/// is no member of the view, so another node may take the group over with
+/// `--clear-owner`: the import waits out the owner's private-group lease, and by
+/// the time it returns the frozen owner's data plane refuses the group's I/O. Thawed,
+/// the owner finds its disks naming the importer: it renews no more, says so in
+/// `cluster status` and refuses changes to the group; the importer's writes stand.
+#[test]
+fn a_frozen_owner_stops_writing_a_group_taken_over_with_clear_owner() {
+    let mut c = Cluster::start(3, ClusterOpts::default());
+    create_private_group(&c);
+    let bdev = format!("{DG}.{VOL}");
+    let k0 = c.kernel(0);
+    wait_until("a's private-group lease", RECOVERY_TIMEOUT, || {
+        match k0.private_lease_status() {
+            Ok(s) if s.state == plexd_target::lease::LeaseState::Valid => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    let block = vec![0xa5u8; 4096];
+    assert_eq!(k0.write(&bdev, 0, &block).unwrap(), 0, "a serves {bdev}");
+
+    c.freeze(0);
+    wait_until("b to take a's group over", RECOVERY_TIMEOUT, || {
+        let out = c.ctl(1, &format!("dg import {DG} --clear-owner"));
+        match out.status.success() {
+            true => Ok(()),
+            false => Err(String::from_utf8_lossy(&out.stderr).trim().to_string()),
+        }
+    });
+    // The import returned after a's lease ran out: a's data plane, still running
+    // under its frozen coordinator, no longer writes the group.
+    let errno = k0.write(&bdev, 0, &block).unwrap();
+    assert_eq!(
+        errno,
+        plexd_target::lease::FENCED_ERRNO,
+        "a frozen owner's data plane still wrote {bdev} after b took it over"
+    );
+    wait_until(
+        "the taken-over group to settle on b",
+        RECOVERY_TIMEOUT,
+        || settled(&c, 1),
+    );
+    let on_b = c.write_pattern(1, DG, VOL, 0, 64 << 10);
+
+    c.thaw(0);
+    wait_until("a to report the takeover", RECOVERY_TIMEOUT, || {
+        let s = c.status(0);
+        match s["failed_disk_groups"]
+            .to_string()
+            .contains("taken over by b")
+        {
+            true => Ok(()),
+            false => Err(s.to_string()),
+        }
+    });
+    assert_eq!(
+        k0.write(&bdev, 0, &block).unwrap(),
+        plexd_target::lease::FENCED_ERRNO,
+        "a's data plane writes {bdev} again after its coordinator thawed"
+    );
+    let refused = c.ctl_err(0, &format!("vol create {DG} x 1M"));
+    assert!(
+        refused.contains("taken over"),
+        "a changes a group b took over: {refused}"
+    );
+    on_b.verify(&c.kernel(1))
+        .expect("b's write reads back through b");
+}

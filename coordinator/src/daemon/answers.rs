@@ -14,7 +14,17 @@ impl Daemon {
                 .unwrap_or_default(),
             view: view.as_ref().map(|v| v.id).unwrap_or(0),
             nodes: Vec::new(),
-            failed_groups: self.failed.iter().map(|g| g.line()).collect(),
+            failed_groups: self
+                .failed
+                .iter()
+                .map(|g| g.line())
+                .chain(self.owner.taken_all().into_iter().map(|(g, owner)| {
+                    format!(
+                        "{g}: taken over by {owner} (its disks name it owner): this node's \
+                         private volumes are fenced until plexd restarts here"
+                    )
+                }))
+                .collect(),
             quorum_disk: self.node.quorum_disk_line().unwrap_or_default(),
         };
         for n in &self.file.nodes {

@@ -30,6 +30,7 @@ use super::failpoint::Failpoint;
 use super::fence::{Fences, Quiesce};
 use super::kernel::{Desired, Kernel};
 use super::model::SharedConfig;
+use super::owner_lease;
 use super::Input;
 use crate::core::{DiskRecord, ErrorKind, FenceToken, NodeId, RequestError, RequestId, TxnId};
 use crate::model::{Change, ClusterConfig, DiskGroupConfig, ExportProtocol};
@@ -355,6 +356,8 @@ pub struct Driver {
     /// This node's lease as the main loop last published it (a master's disk
     /// writes are checked against it).
     pub lease: super::lease::LeaseView,
+    /// The private-group lease's renewer: told which private groups to check.
+    pub owner: Arc<super::owner_lease::OwnerLease>,
     /// The private groups as the data plane holds them: the last private change
     /// this driver committed. Every job that stages or loads a whole layout takes
     /// them from here, not from a snapshot taken when the job was queued, so a
@@ -818,10 +821,19 @@ impl Driver {
         txn: u64,
     ) -> Result<(), RequestError> {
         let updates = change.disk_updates(before, after);
+        let failed = |e: String| RequestError::new(ErrorKind::Failed, self.name.clone(), e);
+        if let Some(owner) = self.owner.taken(change.dg_name()) {
+            let e = self.err(format!(
+                "disk group {}: its disks name {owner} as owner now (taken over): this node \
+                 no longer changes it",
+                change.dg_name()
+            ));
+            log::error!("{e}");
+            return Err(RequestError::new(ErrorKind::Refused, self.name.clone(), e));
+        }
         disks::local_check(change, &ClusterConfig::default(), &self.files())
             .map_err(|e| e.on(&self.name))?;
         self.check_export(group.as_deref(), change)?;
-        let failed = |e: String| RequestError::new(ErrorKind::Failed, self.name.clone(), e);
         let desired = self.desired(shared, &after.disk_groups);
         self.fences
             .break_all(self.kernel.client(), "a private transaction");
@@ -832,16 +844,23 @@ impl Driver {
             return Err(failed(e));
         }
         self.failpoint_sleep("driver.kernel_prepare");
+        // Groups whose owner the write changes (import, deport, destroy) are not
+        // checked by the private-group lease while their labels change.
+        let files = self.files();
+        self.owner
+            .set_groups(owner_lease::owned(&same_owner(before, after), &files));
         let mut repairs = self.repairs.lock().unwrap_or_else(|p| p.into_inner());
-        let written =
-            disks::write_updates(&updates, txn, &self.name, &self.files(), &mut repairs, None);
+        let written = disks::write_updates(&updates, txn, &self.name, &files, &mut repairs, None);
         drop(repairs);
         if let Err(e) = written {
             self.kernel.abort();
+            self.owner
+                .set_groups(owner_lease::owned(&self.private, &files));
             let e = self.err(e);
             log::error!("{e}");
             return Err(failed(e));
         }
+        self.wait_out_old_owner(change);
         if let Err(e) = self.kernel.commit() {
             log::error!(
                 "node {}: disk group {}: data plane commit: {e}",
@@ -850,8 +869,38 @@ impl Driver {
             );
         }
         self.private = after.disk_groups.clone();
+        self.owner
+            .set_groups(owner_lease::owned(&self.private, &files));
         log::info!("node {}: private change committed: {change:?}", self.name);
         Ok(())
+    }
+
+    /// A private import that takes a group over from another owner (`dg import
+    /// --clear-owner`), its labels now naming this node: waits until the old
+    /// owner's data plane, frozen or cut off, can no longer serve the group (it
+    /// renews its private-group lease only while its labels name it:
+    /// [`owner_lease`]) before this node serves it.
+    fn wait_out_old_owner(&self, change: &Change) {
+        let Change::DgImport {
+            config,
+            shared: false,
+            owner_id,
+        } = change
+        else {
+            return;
+        };
+        if config.owner_id.is_empty() || config.owner_id == *owner_id {
+            return;
+        }
+        let wait = owner_lease::takeover_wait_ms(&self.file.cluster);
+        log::warn!(
+            "node {}: disk group {}: taken over from {}; waiting {wait} ms (its private-group \
+             lease) before serving it",
+            self.name,
+            config.name,
+            config.owner_id
+        );
+        std::thread::sleep(Duration::from_millis(wait));
     }
 
     fn check_disk_access(
@@ -908,6 +957,22 @@ impl Driver {
         }
         Ok((self.kernel.shared_client(), loaded))
     }
+}
+
+/// The private groups of `after` that `before` held with the same owner (a change
+/// that imports, deports or destroys a group rewrites its labels' owner).
+fn same_owner(before: &ClusterConfig, after: &ClusterConfig) -> Vec<DiskGroupConfig> {
+    after
+        .disk_groups
+        .iter()
+        .filter(|g| {
+            before
+                .disk_groups
+                .iter()
+                .any(|b| b.id == g.id && b.owner_id == g.owner_id)
+        })
+        .cloned()
+        .collect()
 }
 
 /// The bdevs, volumes and exports node `name` of cluster file `file` serves for

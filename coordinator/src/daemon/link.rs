@@ -78,6 +78,7 @@ impl Daemon {
         });
         self.tasks.cancel_all();
         self.lease.set_client(None);
+        self.owner.set_client(None);
         self.submit(Job::BreakFences {
             why: "the data plane was lost".into(),
         });
@@ -161,6 +162,7 @@ impl Daemon {
             return;
         };
         self.kernel_epoch = epoch;
+        self.owner.set_client(Some(Arc::clone(&client)));
         self.lease.set_client(Some(client));
         if let Some((e, reason)) = self.early_lost.take() {
             if e == epoch {

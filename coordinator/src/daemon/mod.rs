@@ -51,6 +51,7 @@ mod link;
 pub mod membership;
 pub mod model;
 pub mod model_codec;
+pub mod owner_lease;
 pub mod pipeline;
 pub mod print;
 mod private;
@@ -242,6 +243,8 @@ struct Daemon {
     pipeline: Pipeline,
     /// The data-plane lease renewer thread.
     lease: lease::Renewer,
+    /// The private-group lease's renewer (shared with the driver).
+    owner: Arc<owner_lease::OwnerLease>,
     /// The data plane's socket.
     socket: String,
     transport: transport::Transport,

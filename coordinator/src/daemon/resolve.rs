@@ -210,6 +210,15 @@ impl Daemon {
         let owner = config.owner_id.clone();
         if !owner.is_empty() && owner != self.file.cluster.id && owner != self.name {
             self.check_owner_gone(&dg, &owner, clear_owner)?;
+            if shared && self.file.node(&owner).is_some() {
+                // Only a private import waits out the old owner's private-group
+                // lease before serving the group (driver::wait_out_old_owner).
+                return Err(self.refuse(format!(
+                    "disk group {dg} is node {owner}'s private group: take it over with \
+                     `dg import {dg} --clear-owner` (private, on this node), then `dg deport \
+                     {dg}` and `dg import {dg} --shared`"
+                )));
+            }
             log::warn!(
                 "node {}: disk group {dg}: taking it over from owner {owner} (--clear-owner)",
                 self.name

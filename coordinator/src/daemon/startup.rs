@@ -39,6 +39,13 @@ pub fn run(opts: Options) -> Result<(), String> {
         kernel.shared_client(),
         failpoint.as_ref().and_then(|f| f.sleep_at("lease.renew")),
     );
+    let owner = Arc::new(owner_lease::OwnerLease::start(
+        &me.name,
+        &me.name,
+        kernel.shared_client(),
+        file.cluster.lease_ms,
+    ));
+    owner.set_groups(owner_lease::owned(&private.disk_groups, &files));
     let socket = kernel.client().path().to_string();
     let repairs = Arc::new(Mutex::new(disks::Repairs::default()));
     let driver = Driver {
@@ -51,6 +58,7 @@ pub fn run(opts: Options) -> Result<(), String> {
         tx: tx.clone(),
         failpoint: failpoint.clone(),
         lease: lease.view(),
+        owner: Arc::clone(&owner),
         private: private.disk_groups.clone(),
     }
     .start()?;
@@ -68,6 +76,7 @@ pub fn run(opts: Options) -> Result<(), String> {
         driver,
         pipeline: Pipeline::default(),
         lease,
+        owner,
         socket,
         transport,
         start,
@@ -102,7 +111,12 @@ pub fn run(opts: Options) -> Result<(), String> {
     d.after_config_change();
     d.main_loop(rx);
     if d.stopping && d.stopped() {
-        // A clean stop: no recovery of the private groups at the next start.
+        // A clean stop: the data plane stops serving private volumes (as it stopped
+        // shared ones), and no recovery of the private groups follows at the next
+        // start.
+        if let Err(e) = d.owner.revoke_for_stop() {
+            log::warn!("node {}: {e}", d.name);
+        }
         super::private::close_private_groups(&d.name, &d.node.private().disk_groups, &files);
     }
     log::info!("plexd: node {} stopped", d.name);

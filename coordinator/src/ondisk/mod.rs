@@ -1244,3 +1244,27 @@ fn describe_disk(report: &DiskReport) -> String {
         .join(", ");
     format!("{}: {slots}", report.path.display())
 }
+
+/// For unit tests elsewhere in the crate: a sparse 64 MiB disk file at `path`
+/// labelled `name` (initialised if new), in the group of id `dg.0` owned by `dg.1`
+/// (its name: the id), or in none.
+#[cfg(test)]
+pub(crate) fn test_disk(path: &Path, name: &str, dg: Option<(&str, &str)>) {
+    if !path.exists() {
+        std::fs::File::create(path)
+            .and_then(|f| f.set_len(64 << 20))
+            .expect("a test disk file");
+        init_disk(path, name, InitOptions::default()).expect("disk init");
+    }
+    let mut label = read_label(path).expect("its label");
+    label.generation += 1;
+    label.disk_group = dg.map(|(id, owner)| label::LabelDiskGroup {
+        id: id.into(),
+        name: id.into(),
+        shared: false,
+        owner_id: owner.into(),
+    });
+    Device::open(path, true)
+        .and_then(|d| d.write_label(&label))
+        .expect("label written");
+}

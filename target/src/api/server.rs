@@ -1057,15 +1057,10 @@ impl k::kernel::Server for KernelImpl {
         params: k::kernel::RenewLeaseUntilParams,
         mut results: k::kernel::RenewLeaseUntilResults,
     ) -> Result<(), capnp::Error> {
-        let p = params.get()?;
-        let (until_ns, private) = (p.get_until_ns(), p.get_private_groups());
+        let until_ns = params.get()?.get_until_ns();
         // Through the pool: the renewal waits for every reactor to take it.
         match blocking(&self.service, move |s| {
-            if private {
-                s.target().renew_private_lease_until(until_ns)
-            } else {
-                s.target().renew_lease_until(until_ns)
-            }
+            s.target().renew_lease_until(until_ns)
         })
         .await
         {
@@ -1077,14 +1072,46 @@ impl k::kernel::Server for KernelImpl {
 
     async fn lease_status(
         self: Rc<Self>,
-        params: k::kernel::LeaseStatusParams,
+        _: k::kernel::LeaseStatusParams,
         mut results: k::kernel::LeaseStatusResults,
     ) -> Result<(), capnp::Error> {
-        let st = if params.get()?.get_private_groups() {
-            self.service.target().private_lease_status()
-        } else {
-            self.service.target().lease_status()
-        };
+        let st = self.service.target().lease_status();
+        let mut b = results.get();
+        b.set_state(lease_state_to(st.state));
+        b.set_remaining_ms(st.remaining_ms);
+        b.set_expiries(st.expiries);
+        Ok(())
+    }
+
+    async fn renew_private_lease_until(
+        self: Rc<Self>,
+        params: k::kernel::RenewPrivateLeaseUntilParams,
+        mut results: k::kernel::RenewPrivateLeaseUntilResults,
+    ) -> Result<(), capnp::Error> {
+        let until_ns = params.get()?.get_until_ns();
+        // Through the pool: the renewal waits for every reactor to take it.
+        match blocking(&self.service, move |s| {
+            s.target().renew_private_lease_until(until_ns)
+        })
+        .await
+        {
+            Ok(was_expired) => results.get().set_was_expired(was_expired),
+            Err(e) => fail(
+                self.conn,
+                "renewPrivateLeaseUntil",
+                &e,
+                results.get().init_error(),
+            ),
+        }
+        Ok(())
+    }
+
+    async fn private_lease_status(
+        self: Rc<Self>,
+        _: k::kernel::PrivateLeaseStatusParams,
+        mut results: k::kernel::PrivateLeaseStatusResults,
+    ) -> Result<(), capnp::Error> {
+        let st = self.service.target().private_lease_status();
         let mut b = results.get();
         b.set_state(lease_state_to(st.state));
         b.set_remaining_ms(st.remaining_ms);
