@@ -176,6 +176,20 @@ fn parse_addr(path: &str, s: &str) -> Result<SocketAddr, ClientError> {
     })
 }
 
+/// A `leaseStatus` or `privateLeaseStatus` answer's fields.
+fn lease_status_of(
+    path: &str,
+    state: Result<k::LeaseState, capnp::NotInSchema>,
+    remaining_ms: u64,
+    expiries: u64,
+) -> Result<LeaseStatus, ClientError> {
+    Ok(LeaseStatus {
+        state: lease_state_from(state.map_err(|e| rpc_err(path, e.into()))?),
+        remaining_ms,
+        expiries,
+    })
+}
+
 fn rpc_err(path: &str, e: capnp::Error) -> ClientError {
     ClientError::Rpc {
         path: path.to_string(),
@@ -1021,13 +1035,7 @@ impl KernelClient {
                 private_lease_status_request,
                 |rq| {},
                 |r, path| {
-                    Ok(LeaseStatus {
-                        state: lease_state_from(
-                            r.get_state().map_err(|e| rpc_err(&path, e.into()))?,
-                        ),
-                        remaining_ms: r.get_remaining_ms(),
-                        expiries: r.get_expiries(),
-                    })
+                    lease_status_of(&path, r.get_state(), r.get_remaining_ms(), r.get_expiries())
                 }
             )
         } else {
@@ -1037,13 +1045,7 @@ impl KernelClient {
                 lease_status_request,
                 |rq| {},
                 |r, path| {
-                    Ok(LeaseStatus {
-                        state: lease_state_from(
-                            r.get_state().map_err(|e| rpc_err(&path, e.into()))?,
-                        ),
-                        remaining_ms: r.get_remaining_ms(),
-                        expiries: r.get_expiries(),
-                    })
+                    lease_status_of(&path, r.get_state(), r.get_remaining_ms(), r.get_expiries())
                 }
             )
         }

@@ -112,28 +112,25 @@ fn lease_expired(rx: &smol::channel::Receiver<Event>, timeout: Duration) -> Opti
     }
 }
 
-#[test]
-fn shared_volume_io_follows_the_lease_and_private_volumes_never_do() {
+/// A target with shared volume `sv` on malloc bdev m0 and private volume `pv`
+/// (returned) on m1.
+fn shared_and_private() -> (Arc<Target>, VolumeSpec) {
     let t = start();
     t.add_bdev(MallocBdev::new("m0", 8 * MIB, 512).unwrap())
         .unwrap();
     t.add_bdev(MallocBdev::new("m1", 8 * MIB, 512).unwrap())
         .unwrap();
+    let sv = volume("sv", 8 * MIB, vec![concat("sv-01", "m0", 8 * MIB)], true);
+    let pv = volume("pv", 8 * MIB, vec![concat("pv-01", "m1", 8 * MIB)], false);
+    t.create_volume(&sv).unwrap();
+    t.create_volume(&pv).unwrap();
+    (t, pv)
+}
+
+#[test]
+fn shared_volume_io_follows_the_lease_and_private_volumes_never_do() {
     // Creating a shared volume needs no lease.
-    t.create_volume(&volume(
-        "sv",
-        8 * MIB,
-        vec![concat("sv-01", "m0", 8 * MIB)],
-        true,
-    ))
-    .unwrap();
-    t.create_volume(&volume(
-        "pv",
-        8 * MIB,
-        vec![concat("pv-01", "m1", 8 * MIB)],
-        false,
-    ))
-    .unwrap();
+    let (t, _) = shared_and_private();
     let events = t.subscribe();
     let a = pattern(1, 64 << 10);
 
@@ -497,20 +494,7 @@ fn a_deadline_renewal_ends_at_its_deadline_however_late_it_arrives_and_a_past_on
 /// only their own volumes; parked I/O of a private volume fails at its expiry.
 #[test]
 fn private_volumes_follow_the_private_lease_once_granted_and_only_it() {
-    let t = start();
-    t.add_bdev(MallocBdev::new("m0", 8 * MIB, 512).unwrap())
-        .unwrap();
-    t.add_bdev(MallocBdev::new("m1", 8 * MIB, 512).unwrap())
-        .unwrap();
-    let pv = volume("pv", 8 * MIB, vec![concat("pv-01", "m1", 8 * MIB)], false);
-    t.create_volume(&volume(
-        "sv",
-        8 * MIB,
-        vec![concat("sv-01", "m0", 8 * MIB)],
-        true,
-    ))
-    .unwrap();
-    t.create_volume(&pv).unwrap();
+    let (t, pv) = shared_and_private();
     let events = t.subscribe();
     let a = pattern(7, 4096);
     let boot = || plexd_target::lease::boottime_ns().expect("CLOCK_BOOTTIME");

@@ -36,13 +36,38 @@ struct State {
     sealed: bool,
 }
 
-struct Shared {
-    state: Mutex<State>,
-    wake: Condvar,
-    /// Held around every `renewLease` call, so a revocation for a clean stop
-    /// follows any renewal already on its way (never the other way round).
-    calls: Mutex<()>,
+/// What a renewer thread shares with its handle (this one's and
+/// [`super::owner_lease`]'s): its state, the wake-up, and the lock around calls.
+pub(super) struct RenewerShared<S> {
+    pub(super) state: Mutex<S>,
+    pub(super) wake: Condvar,
+    /// Held around every renewal call, so a revocation for a clean stop follows
+    /// any renewal already on its way (never the other way round).
+    pub(super) calls: Mutex<()>,
 }
+
+impl<S> RenewerShared<S> {
+    /// Shared state starting at `state`.
+    pub(super) fn new(state: S) -> Arc<RenewerShared<S>> {
+        Arc::new(RenewerShared {
+            state: Mutex::new(state),
+            wake: Condvar::new(),
+            calls: Mutex::new(()),
+        })
+    }
+
+    /// The state (a poisoned lock is taken over: the state stays consistent).
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, S> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The lock around renewal calls.
+    pub(super) fn calls(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.calls.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+type Shared = RenewerShared<State>;
 
 /// The main loop's handle on the renewer thread.
 pub struct Renewer {
@@ -54,13 +79,9 @@ impl Renewer {
     /// Starts the thread for node `node`, renewing on `client`; `stall` (the
     /// `lease.renew` failpoint) is slept between taking a lease and sending it.
     pub fn start(node: &str, client: Arc<KernelClient>, stall: Option<Duration>) -> Renewer {
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                client: Some(client),
-                ..State::default()
-            }),
-            wake: Condvar::new(),
-            calls: Mutex::new(()),
+        let shared = Shared::new(State {
+            client: Some(client),
+            ..State::default()
         });
         let s = Arc::clone(&shared);
         let name = node.to_string();
@@ -73,7 +94,7 @@ impl Renewer {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.shared.lock()
     }
 
     /// `left_ms` of lease were left when `CLOCK_BOOTTIME` read `boot_ns` (read
@@ -115,9 +136,9 @@ impl LeaseView {
     /// returns Ok, the data plane fails every new I/O to shared volumes (the renewal
     /// is in force on every reactor when it answers).
     pub fn revoke_for_stop(&self) -> Result<(), String> {
-        let _calls = self.shared.calls.lock().unwrap_or_else(|p| p.into_inner());
+        let _calls = self.shared.calls();
         let client = {
-            let mut st = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+            let mut st = self.shared.lock();
             st.sealed = true;
             st.client.clone()
         };
@@ -131,7 +152,7 @@ impl LeaseView {
     /// The end of the newest published lease; None when none was published or the
     /// last one was none (0 ms). A lease too long to represent ends in a year.
     pub fn end(&self) -> Option<Instant> {
-        let st = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        let st = self.shared.lock();
         let (left_ms, at, _) = st.value?;
         if left_ms == 0 {
             return None;
@@ -163,7 +184,7 @@ fn run(node: &str, shared: &Shared, stall: Option<Duration>) {
     let mut old_target: Option<Arc<KernelClient>> = None;
     loop {
         let (client, left_ms, at, until_ns) = {
-            let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+            let mut st = shared.lock();
             while !st.stop && st.generation == seen {
                 st = shared
                     .wake
@@ -183,7 +204,7 @@ fn run(node: &str, shared: &Shared, stall: Option<Duration>) {
             };
             (client, left_ms, at, until_ns)
         };
-        let _calls = shared.calls.lock().unwrap_or_else(|p| p.into_inner());
+        let _calls = shared.calls();
         if shared
             .state
             .lock()

@@ -26,7 +26,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -55,19 +55,7 @@ struct State {
     sealed: bool,
 }
 
-struct Shared {
-    state: Mutex<State>,
-    wake: Condvar,
-    /// Held around every renewal, so a revocation for a clean stop follows any
-    /// renewal already on its way.
-    calls: Mutex<()>,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
+type Shared = super::lease::RenewerShared<State>;
 
 /// The handle on the renewer thread.
 pub struct OwnerLease {
@@ -108,13 +96,9 @@ impl OwnerLease {
         client: Arc<KernelClient>,
         lease_ms: u64,
     ) -> OwnerLease {
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                client: Some(client),
-                ..State::default()
-            }),
-            wake: Condvar::new(),
-            calls: Mutex::new(()),
+        let shared = Shared::new(State {
+            client: Some(client),
+            ..State::default()
         });
         let s = Arc::clone(&shared);
         let (name, owner) = (node.to_string(), owner_id.to_string());
@@ -165,7 +149,7 @@ impl OwnerLease {
     /// A clean stop: revokes the private-group lease after any renewal in flight
     /// and renews it no more.
     pub fn revoke_for_stop(&self) -> Result<(), String> {
-        let _calls = self.shared.calls.lock().unwrap_or_else(|p| p.into_inner());
+        let _calls = self.shared.calls();
         let client = {
             let mut st = self.shared.lock();
             st.sealed = true;
@@ -260,7 +244,7 @@ fn run(node: &str, owner_id: &str, shared: &Shared, lease_ms: u64) {
                 taken.insert(g.name.clone(), owner);
             }
         }
-        let _calls = shared.calls.lock().unwrap_or_else(|p| p.into_inner());
+        let _calls = shared.calls();
         {
             let mut st = shared.lock();
             for (g, owner) in &taken {
