@@ -87,7 +87,12 @@ fn wait_keys(ini: &mut Initiator, keys: &[u64], what: &str) {
 /// Two nodes, a shared 2-way mirror `dg1.vol1` made through the master, exported
 /// with `export EXPORT`; returns the cluster and the master's index.
 fn two_nodes_exporting(export: &str) -> (Cluster, usize) {
-    let mut c = Cluster::start(2, ClusterOpts::default());
+    nodes_exporting(2, export)
+}
+
+/// [`two_nodes_exporting`] with `n` nodes.
+fn nodes_exporting(n: usize, export: &str) -> (Cluster, usize) {
+    let mut c = Cluster::start(n, ClusterOpts::default());
     let m = c.master();
     c.shared_mirror(m, "dg1", "vol1", "32M");
     c.ctl_ok(0, &format!("export {export}"));
@@ -265,6 +270,113 @@ fn iscsi_preempt_and_abort_across_nodes(a_on_master: bool) {
         back.data == old,
         "nothing of host 2's aborted write on the disk"
     );
+}
+
+/// Reservation type Write Exclusive - Registrants Only.
+const WE_RO: u8 = 5;
+/// UNIT ATTENTION / RESERVATIONS RELEASED: (status, sense key, (ASC, ASCQ)).
+const RELEASED: (u8, Option<u8>, Option<(u8, u8)>) = (2, Some(6), Some((0x2a, 0x04)));
+/// UNIT ATTENTION / RESERVATIONS PREEMPTED.
+const RES_PREEMPTED: (u8, Option<u8>, Option<(u8, u8)>) = (2, Some(6), Some((0x2a, 0x03)));
+
+/// Waits until TEST UNIT READY through `ini` reports a unit attention (the
+/// committed change reached its node; GOOD before that) and checks it is `want`.
+fn wait_ua(ini: &mut Initiator, want: (u8, Option<u8>, Option<(u8, u8)>), what: &str) {
+    let got = wait_until(what, CONVERGE, || {
+        let r = ini.scsi(&[0u8; 6], None, 0)?;
+        match r.sense_key {
+            Some(6) => Ok((r.status, r.sense_key, r.asc)),
+            _ => Err(format!("no unit attention yet: {r:?}")),
+        }
+    });
+    assert_eq!(got, want, "{what}");
+}
+
+/// TEST UNIT READY through `ini` is GOOD: no unit attention pending.
+fn no_ua(ini: &mut Initiator, what: &str) {
+    ok(ini.scsi(&[0u8; 6], None, 0), what);
+}
+
+/// Issue 9, iSCSI: host 1's RELEASE of its registrants-only reservation and
+/// then its CLEAR, both through node a, reach host 2's nexus through node b
+/// as RESERVATIONS RELEASED (2Ah/04h), then RESERVATIONS PREEMPTED (2Ah/03h);
+/// host 1 (the sender) gets neither. Before: node b installed the committed
+/// state without a unit attention.
+#[test]
+fn a_release_and_a_clear_through_one_node_raise_unit_attentions_on_the_other() {
+    let (c, _) = two_nodes_exporting("iscsi dg1 vol1 --all");
+    wait_lun(&c, 0);
+    wait_lun(&c, 1);
+    let mut h1 = session(&c, 0, HOST1, ISID1);
+    let mut h2 = session(&c, 1, HOST2, ISID2);
+    ok(h1.pr_out(0, 0, 0, 0xa1), "REGISTER 0xa1 through a");
+    ok(h2.pr_out(0, 0, 0, 0xb2), "REGISTER 0xb2 through b");
+    ok(h1.pr_out(1, WE_RO, 0xa1, 0), "RESERVE WE_RO through a");
+    wait_keys(&mut h2, &[0xa1, 0xb2], "node b to list both keys");
+    assert_eq!(h2.read_reservation().unwrap(), Some((0xa1, WE_RO)));
+
+    ok(h1.pr_out(2, WE_RO, 0xa1, 0), "RELEASE through a");
+    wait_ua(&mut h2, RELEASED, "host 2 through b after the RELEASE");
+    no_ua(&mut h2, "host 2 through b: reported once");
+    assert_eq!(h2.read_reservation().unwrap(), None);
+    no_ua(&mut h1, "host 1 released: nothing for it");
+
+    ok(h1.pr_out(3, 0, 0xa1, 0), "CLEAR through a");
+    wait_ua(&mut h2, RES_PREEMPTED, "host 2 through b after the CLEAR");
+    no_ua(&mut h2, "host 2 through b: reported once");
+    assert_eq!(h2.read_keys().unwrap().1, Vec::<u64>::new());
+    no_ua(&mut h1, "host 1 cleared: nothing for it");
+}
+
+/// Issue 9, iSCSI: a node that missed a committed RELEASE (its plexd was down,
+/// its data plane kept the old state) raises the unit attention when it catches
+/// up: host 2 registered through node s; host 1 releases its registrants-only
+/// reservation through the master while s's plexd is dead; once s's plexd is
+/// back and has given its data plane the newest state, host 2's next session
+/// through s reports the power on, then RESERVATIONS RELEASED.
+#[test]
+fn a_node_that_missed_a_release_raises_its_unit_attention_when_it_catches_up() {
+    let (mut c, m) = nodes_exporting(3, "iscsi dg1 vol1 --all");
+    let s = (m + 1) % 3;
+    for i in 0..3 {
+        wait_lun(&c, i);
+    }
+    let mut h1 = session(&c, m, HOST1, ISID1);
+    let mut h2 = session(&c, s, HOST2, ISID2);
+    ok(h1.pr_out(0, 0, 0, 0xa1), "REGISTER 0xa1 through the master");
+    ok(h2.pr_out(0, 0, 0, 0xb2), "REGISTER 0xb2 through s");
+    ok(
+        h1.pr_out(1, WE_RO, 0xa1, 0),
+        "RESERVE WE_RO through the master",
+    );
+    wait_keys(&mut h2, &[0xa1, 0xb2], "node s to list both keys");
+    assert_eq!(h2.read_reservation().unwrap(), Some((0xa1, WE_RO)));
+    drop(h2);
+
+    c.kill_coordinator(s);
+    // Two of three votes: the RELEASE commits without s (retried while the
+    // cluster notices s is gone).
+    wait_until(
+        "the RELEASE through the master",
+        NO_QUORUM_WAIT,
+        || match h1.pr_out(2, WE_RO, 0xa1, 0)? {
+            r if r.status == 0 => Ok(()),
+            r => Err(format!("{r:?}")),
+        },
+    );
+    assert_eq!(h1.read_reservation().unwrap(), None);
+    no_ua(&mut h1, "host 1 released: nothing for it");
+    c.restart_coordinator(s, None);
+    wait_lun(&c, s);
+    let portal = c.nodes[s].iscsi_portal.clone();
+    let mut h2 = wait_until("host 2 logged in on s again", CONVERGE, || {
+        Initiator::login(&portal, HOST2, ISID2, IQN)
+    });
+    let power_on = (2, Some(6), Some((0x29, 0x00)));
+    wait_ua(&mut h2, power_on, "host 2's new session through s");
+    wait_ua(&mut h2, RELEASED, "host 2 through s once s caught up");
+    no_ua(&mut h2, "host 2 through s: reported once");
+    assert_eq!(h2.read_reservation().unwrap(), None);
 }
 
 /// An NVMe host (`hostnqn`, `hostid`) on node `i`: its admin queue (enabled, no
