@@ -1799,6 +1799,9 @@ fn preempt_and_abort_aborts_the_preempted_nexus_tasks_before_its_good() {
     b.logout();
 }
 
+/// A command's (status, sense key, (ASC, ASCQ)).
+type Outcome = (u8, Option<u8>, Option<(u8, u8)>);
+
 /// Issue 9, iSCSI: the reservation unit attentions other than a preempt's
 /// REGISTRATIONS PREEMPTED, through the wire with three I_T nexuses A, B, C on
 /// one LUN (SPC-4, PERSISTENT RESERVE OUT service actions), never for the nexus
@@ -1816,10 +1819,10 @@ fn release_clear_and_a_type_changing_preempt_raise_their_unit_attentions() {
     const EA: u8 = 3;
     const WE_RO: u8 = 5;
     const EA_RO: u8 = 6;
-    const RELEASED: (u8, Option<u8>, Option<(u8, u8)>) = (2, Some(6), Some((0x2a, 0x04)));
-    const PREEMPTED: (u8, Option<u8>, Option<(u8, u8)>) = (2, Some(6), Some((0x2a, 0x03)));
-    const REG_PREEMPTED: (u8, Option<u8>, Option<(u8, u8)>) = (2, Some(6), Some((0x2a, 0x05)));
-    const NONE: (u8, Option<u8>, Option<(u8, u8)>) = (0, None, None);
+    const RELEASED: Outcome = (2, Some(6), Some((0x2a, 0x04)));
+    const PREEMPTED: Outcome = (2, Some(6), Some((0x2a, 0x03)));
+    const REG_PREEMPTED: Outcome = (2, Some(6), Some((0x2a, 0x05)));
+    const NONE: Outcome = (0, None, None);
     let t = start_target(16 << 20);
     let fe = IscsiFrontend::start(&t, &config(None, None)).unwrap();
     let port = fe.portal().port();
@@ -1833,7 +1836,7 @@ fn release_clear_and_a_type_changing_preempt_raise_their_unit_attentions() {
     let (a, b, c) = (0, 1, 2);
     let keys = [0xaaaa, 0xbbbb, 0xcccc];
     // The unit attentions each nexus reports (TEST UNIT READY), then GOOD.
-    let check = |n: &mut Vec<Ini>, want: [&[(u8, Option<u8>, Option<(u8, u8)>)]; 3], what: &str| {
+    let check = |n: &mut Vec<Ini>, want: [&[Outcome]; 3], what: &str| {
         for (i, w) in want.iter().enumerate() {
             for (k, ua) in w.iter().chain([&NONE]).enumerate() {
                 let r = n[i].test_unit_ready();

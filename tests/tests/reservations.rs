@@ -274,14 +274,16 @@ fn iscsi_preempt_and_abort_across_nodes(a_on_master: bool) {
 
 /// Reservation type Write Exclusive - Registrants Only.
 const WE_RO: u8 = 5;
-/// UNIT ATTENTION / RESERVATIONS RELEASED: (status, sense key, (ASC, ASCQ)).
-const RELEASED: (u8, Option<u8>, Option<(u8, u8)>) = (2, Some(6), Some((0x2a, 0x04)));
+/// A command's (status, sense key, (ASC, ASCQ)).
+type Outcome = (u8, Option<u8>, Option<(u8, u8)>);
+/// UNIT ATTENTION / RESERVATIONS RELEASED.
+const RELEASED: Outcome = (2, Some(6), Some((0x2a, 0x04)));
 /// UNIT ATTENTION / RESERVATIONS PREEMPTED.
-const RES_PREEMPTED: (u8, Option<u8>, Option<(u8, u8)>) = (2, Some(6), Some((0x2a, 0x03)));
+const RES_PREEMPTED: Outcome = (2, Some(6), Some((0x2a, 0x03)));
 
 /// Waits until TEST UNIT READY through `ini` reports a unit attention (the
 /// committed change reached its node; GOOD before that) and checks it is `want`.
-fn wait_ua(ini: &mut Initiator, want: (u8, Option<u8>, Option<(u8, u8)>), what: &str) {
+fn wait_ua(ini: &mut Initiator, want: Outcome, what: &str) {
     let got = wait_until(what, CONVERGE, || {
         let r = ini.scsi(&[0u8; 6], None, 0)?;
         match r.sense_key {
