@@ -847,13 +847,19 @@ mod tests {
         v.iter().map(|x| ((*x).clone(), what)).collect()
     }
 
-    #[test]
-    fn a_release_tells_the_other_registrants_of_shared_types_only() {
+    /// Nexuses a, b, c registered with keys 0xa, 0xb, 0xc.
+    fn three_registered() -> (Nexus, Nexus, Nexus, PrState) {
         let (a, b, c) = (n(A_NAME), n(B_NAME), n("iqn.c,i,0x3"));
         let mut s = PrState::default();
         for (x, k) in [(&a, 0xa), (&b, 0xb), (&c, 0xc)] {
             step(&mut s, x, SA_REGISTER, 0, (0, k));
         }
+        (a, b, c, s)
+    }
+
+    #[test]
+    fn a_release_tells_the_other_registrants_of_shared_types_only() {
+        let (a, b, c, mut s) = three_registered();
         for t in [ty::WE, ty::EA, ty::WE_RO, ty::EA_RO, ty::WE_AR, ty::EA_AR] {
             assert!(step(&mut s, &a, 1, t, (0xa, 0)).is_empty(), "RESERVE {t}");
             let want = match t {
@@ -884,11 +890,7 @@ mod tests {
 
     #[test]
     fn a_preempt_that_changes_the_type_releases_it_for_the_registrants_left() {
-        let (a, b, c) = (n(A_NAME), n(B_NAME), n("iqn.c,i,0x3"));
-        let mut s = PrState::default();
-        for (x, k) in [(&a, 0xa), (&b, 0xb), (&c, 0xc)] {
-            step(&mut s, x, SA_REGISTER, 0, (0, k));
-        }
+        let (a, b, c, mut s) = three_registered();
         step(&mut s, &a, 1, ty::WE, (0xa, 0));
         // The same type: only the preempted nexus hears.
         assert_eq!(

@@ -805,18 +805,31 @@ mod tests {
         }
     }
 
+    /// Nexuses a, b, c of `l`'s port registered (keys 0xa, 0xb, 0xc) and `far`
+    /// registered with its key through target port 9 (another node's nexus):
+    /// the state.
+    fn three_registered(l: &LunRt, far: (&str, u64)) -> PrState {
+        use crate::frontend::scsi::pr::param;
+        let mut st = PrState::default();
+        for (n, k) in [(A, 0xa), (B, 0xb), (C, 0xc)] {
+            st.out(&l.nexus(n), 0, 0, &param(0, k, false)).unwrap();
+        }
+        st.out(&Nexus::new(far.0, 9), 0, 0, &param(0, far.1, false))
+            .unwrap();
+        st
+    }
+
+    const A: &str = "iqn.a,i,0x1";
+    const B: &str = "iqn.b,i,0x2";
+    const C: &str = "iqn.c,i,0x3";
+
     #[test]
     fn a_preempt_and_abort_queues_registrations_preempted_and_names_the_nexuses_to_abort() {
         use crate::frontend::scsi::pr::{param, SA_PREEMPT, SA_PREEMPT_AND_ABORT};
         let l = lun();
-        let (a, b, c) = ("iqn.a,i,0x1", "iqn.b,i,0x2", "iqn.c,i,0x3");
-        let mut st = PrState::default();
-        for (n, k) in [(a, 0xa), (b, 0xb), (c, 0xc)] {
-            st.out(&l.nexus(n), 0, 0, &param(0, k, false)).unwrap();
-        }
+        let (a, b, c) = (A, B, C);
         // b through another target port: another node's nexus, not this LUN's.
-        st.out(&Nexus::new(b, 9), 0, 0, &param(0, 0xb, false))
-            .unwrap();
+        let mut st = three_registered(&l, (b, 0xb));
         let before = st.clone();
         st.out(
             &l.nexus(a),
@@ -860,14 +873,9 @@ mod tests {
     fn release_clear_and_a_type_changing_preempt_queue_their_unit_attentions_on_this_port() {
         use crate::frontend::scsi::pr::{param, ty, SA_CLEAR, SA_PREEMPT, SA_RELEASE};
         let l = lun();
-        let (a, b, c) = ("iqn.a,i,0x1", "iqn.b,i,0x2", "iqn.c,i,0x3");
-        let mut st = PrState::default();
-        for (n, k) in [(a, 0xa), (b, 0xb), (c, 0xc)] {
-            st.out(&l.nexus(n), 0, 0, &param(0, k, false)).unwrap();
-        }
+        let (a, b, c) = (A, B, C);
         // c through another target port: another node's nexus.
-        st.out(&Nexus::new(c, 9), 0, 0, &param(0, 0xc9, false))
-            .unwrap();
+        let mut st = three_registered(&l, (c, 0xc));
         let mut ns: Vec<NexusState> = (0..3).map(|_| NexusState::default()).collect();
         for (i, n) in [a, b, c].into_iter().enumerate() {
             assert_eq!(ua_of(&l, &mut ns[i], n, 0), Some(sense::RESET_OCCURRED));
