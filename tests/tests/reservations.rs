@@ -102,7 +102,7 @@ fn nodes_exporting(n: usize, export: &str) -> (Cluster, usize) {
 /// The NQN of `dg1.vol1`'s NVMe-oF export, once both nodes' data planes serve
 /// its subsystem and the volume.
 fn nvmf_subsystem_everywhere(c: &mut Cluster) -> String {
-    let nqn = c.export_name("dg1", "vol1");
+    let nqn = c.export_name("dg1", "vol1", "nvmf");
     for i in 0..2 {
         c.wait_nvmf_subsystem(i, &nqn, CONVERGE);
         c.wait_served(i, "dg1", "vol1");
@@ -637,4 +637,61 @@ fn preempt_and_abort_across_nodes(a_on_master: bool) {
         NVME_CONFLICT,
         "B is no longer registered"
     );
+}
+
+/// Issue 9: one reservation state, both protocols told. An NVMe host's release
+/// of its registrants-only reservation through node a raises RESERVATIONS
+/// RELEASED (2Ah/04h) on an iSCSI nexus registered through node b, and that
+/// nexus's CLEAR through b gives the NVMe host's controller on a the
+/// "reservation preempted" notice (an AEN, then log 80h type 3). Before: the
+/// iSCSI nexus heard nothing of the NVMe host's release.
+#[test]
+fn an_nvme_release_and_an_iscsi_clear_reach_the_other_protocol_on_the_other_node() {
+    let (mut c, _) = two_nodes_exporting("iscsi dg1 vol1 --all");
+    c.ctl_ok(0, "export nvmf dg1 vol1");
+    let nqn = nvmf_subsystem_everywhere(&mut c);
+    wait_lun(&c, 0);
+    wait_lun(&c, 1);
+    let ha = "nqn.2014-08.org.nvmexpress:uuid:host-a";
+    let (mut adm, mut q) = nvme_host(&c, 0, &nqn, ha, [0xa1; 16]);
+    let mut h2 = session(&c, 1, HOST2, ISID2);
+    assert_eq!(q.resv(NVME_REGISTER, 1, 0, 0, &keys(0, 0xa1), 0).sc(), 0);
+    ok(h2.pr_out(0, 0, 0, 0xb2), "REGISTER 0xb2 through b");
+    // NVMe type 3 is write exclusive - registrants only.
+    let acquire = q.resv(NVME_ACQUIRE, 1, 3 << 8, 0, &keys(0xa1, 0), 0);
+    assert_eq!(acquire.sc(), 0, "A acquires through a");
+    wait_until("node b to see A's reservation", CONVERGE, || {
+        match h2.read_reservation()? {
+            Some((0xa1, WE_RO)) => Ok(()),
+            other => Err(format!("{other:x?}")),
+        }
+    });
+
+    let release = q.resv(NVME_RELEASE, 1, 3 << 8, 0, &0xa1u64.to_le_bytes(), 0);
+    assert_eq!(release.sc(), 0, "A releases through a");
+    wait_ua(&mut h2, RELEASED, "host 2 through b after A's release");
+    no_ua(&mut h2, "host 2 through b: reported once");
+
+    // A's admin queue on a waits for an event; host 2 clears through b.
+    let aer = adm.next_cid();
+    let mut sqe = [0u8; 64];
+    sqe[0] = 0x0C;
+    sqe[2..4].copy_from_slice(&aer.to_le_bytes());
+    adm.send(ty::CAPSULE_CMD, 0, &sqe, &[]);
+    ok(h2.pr_out(3, 0, 0xb2, 0), "CLEAR through b");
+    let ev = recv_pdu(&mut adm, ty::CAPSULE_RESP, "A's reservation notice on a");
+    assert_eq!(pdu::le16(&ev.hdr[8..], 12), aer, "the AER completes");
+    assert_eq!(
+        pdu::le32(&ev.hdr[8..], 0),
+        0x0080_0006,
+        "reservation log page available"
+    );
+    let log = adm.admin(0x02, 0, 0x80 | (15 << 16), 0, 64);
+    assert_eq!(log.sc(), 0, "Get Log Page 80h");
+    assert_eq!(
+        (log.data[8], pdu::le32(&log.data, 12)),
+        (3, 1),
+        "reservation preempted on namespace 1"
+    );
+    no_ua(&mut h2, "host 2 cleared: nothing for it");
 }
