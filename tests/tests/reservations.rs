@@ -547,6 +547,40 @@ fn recv_pdu(q: &mut Host, t: u8, what: &str) -> Pdu {
     p
 }
 
+/// Sends an Asynchronous Event Request on admin queue `adm`; returns its id.
+fn send_aer(adm: &mut Host) -> u16 {
+    let aer = adm.next_cid();
+    let mut sqe = [0u8; 64];
+    sqe[0] = 0x0C;
+    sqe[2..4].copy_from_slice(&aer.to_le_bytes());
+    adm.send(ty::CAPSULE_CMD, 0, &sqe, &[]);
+    aer
+}
+
+/// The AER `aer` of admin queue `adm` completes with "reservation log page
+/// available", and the log page (80h) then read is notice type `notice` on
+/// namespace 1.
+fn expect_resv_notice(adm: &mut Host, aer: u16, notice: u8, what: &str) {
+    let ev = recv_pdu(adm, ty::CAPSULE_RESP, what);
+    assert_eq!(
+        pdu::le16(&ev.hdr[8..], 12),
+        aer,
+        "{what}: the AER completes"
+    );
+    assert_eq!(
+        pdu::le32(&ev.hdr[8..], 0),
+        0x0080_0006,
+        "{what}: reservation log page available"
+    );
+    let log = adm.admin(0x02, 0, 0x80 | (15 << 16), 0, 64);
+    assert_eq!(log.sc(), 0, "{what}: Get Log Page 80h");
+    assert_eq!(
+        (log.data[8], pdu::le32(&log.data, 12)),
+        (notice, 1),
+        "{what}: notice type and namespace"
+    );
+}
+
 /// Issue 9: host A preempts and aborts host B through one node while B has a
 /// write waiting for its data on the other: B's write ends with "Command
 /// Aborted due to Preempt and Abort" and writes nothing when its data comes
@@ -589,11 +623,7 @@ fn preempt_and_abort_across_nodes(a_on_master: bool) {
         "B acquires write exclusive through b"
     );
     // B's admin queue on b waits for an event; B's write there waits for its data.
-    let aer = adm_b.next_cid();
-    let mut sqe = [0u8; 64];
-    sqe[0] = 0x0C;
-    sqe[2..4].copy_from_slice(&aer.to_le_bytes());
-    adm_b.send(ty::CAPSULE_CMD, 0, &sqe, &[]);
+    let aer = send_aer(&mut adm_b);
     let new = vec![0x22u8; 4096];
     let held = send_r2t_write(&mut qb, 0, &new);
     let r2t = recv_pdu(&mut qb, ty::R2T, "the R2T of B's write");
@@ -616,22 +646,8 @@ fn preempt_and_abort_across_nodes(a_on_master: bool) {
     let r = qa.rw(0x02, 0, 8, &[], false);
     assert_eq!(r.sc(), 0);
     assert!(r.data == old, "B's aborted write is not on the disk");
-    // B's controller on b: "reservation log page available", then the page:
-    // registration preempted (type 1) on namespace 1.
-    let ev = recv_pdu(&mut adm_b, ty::CAPSULE_RESP, "B's reservation notice on b");
-    assert_eq!(pdu::le16(&ev.hdr[8..], 12), aer, "the AER completes");
-    assert_eq!(
-        pdu::le32(&ev.hdr[8..], 0),
-        0x0080_0006,
-        "reservation log page available"
-    );
-    let log = adm_b.admin(0x02, 0, 0x80 | (15 << 16), 0, 64);
-    assert_eq!(log.sc(), 0, "Get Log Page 80h");
-    assert_eq!(
-        (log.data[8], pdu::le32(&log.data, 12)),
-        (1, 1),
-        "registration preempted on namespace 1"
-    );
+    // B's controller on b: registration preempted (type 1).
+    expect_resv_notice(&mut adm_b, aer, 1, "B's registration preempted notice on b");
     assert_eq!(
         qb.rw(0x01, 0, 1, &new[..512], true).sc(),
         NVME_CONFLICT,
@@ -673,25 +689,9 @@ fn an_nvme_release_and_an_iscsi_clear_reach_the_other_protocol_on_the_other_node
     no_ua(&mut h2, "host 2 through b: reported once");
 
     // A's admin queue on a waits for an event; host 2 clears through b.
-    let aer = adm.next_cid();
-    let mut sqe = [0u8; 64];
-    sqe[0] = 0x0C;
-    sqe[2..4].copy_from_slice(&aer.to_le_bytes());
-    adm.send(ty::CAPSULE_CMD, 0, &sqe, &[]);
+    let aer = send_aer(&mut adm);
     ok(h2.pr_out(3, 0, 0xb2, 0), "CLEAR through b");
-    let ev = recv_pdu(&mut adm, ty::CAPSULE_RESP, "A's reservation notice on a");
-    assert_eq!(pdu::le16(&ev.hdr[8..], 12), aer, "the AER completes");
-    assert_eq!(
-        pdu::le32(&ev.hdr[8..], 0),
-        0x0080_0006,
-        "reservation log page available"
-    );
-    let log = adm.admin(0x02, 0, 0x80 | (15 << 16), 0, 64);
-    assert_eq!(log.sc(), 0, "Get Log Page 80h");
-    assert_eq!(
-        (log.data[8], pdu::le32(&log.data, 12)),
-        (3, 1),
-        "reservation preempted on namespace 1"
-    );
+    // Reservation preempted (type 3).
+    expect_resv_notice(&mut adm, aer, 3, "A's reservation preempted notice on a");
     no_ua(&mut h2, "host 2 cleared: nothing for it");
 }
