@@ -1798,3 +1798,115 @@ fn preempt_and_abort_aborts_the_preempted_nexus_tasks_before_its_good() {
     a.logout();
     b.logout();
 }
+
+/// A command's (status, sense key, (ASC, ASCQ)).
+type Outcome = (u8, Option<u8>, Option<(u8, u8)>);
+
+/// Issue 9, iSCSI: the reservation unit attentions other than a preempt's
+/// REGISTRATIONS PREEMPTED, through the wire with three I_T nexuses A, B, C on
+/// one LUN (SPC-4, PERSISTENT RESERVE OUT service actions), never for the nexus
+/// that sent the change: A releasing a registrants-only reservation gives B and
+/// C RESERVATIONS RELEASED (2Ah/04h), releasing a write exclusive one nothing;
+/// B preempting A's write exclusive reservation as exclusive access (another
+/// type) gives A REGISTRATIONS PREEMPTED and C RESERVATIONS RELEASED; C's CLEAR
+/// gives A and B RESERVATIONS PREEMPTED (2Ah/03h); A unregistering as the
+/// holder of a registrants-only reservation gives B (registered) RESERVATIONS
+/// RELEASED and C (not registered) nothing. Before: only the preempt's unit
+/// attention, B's and C's commands ran as if nothing had changed.
+#[test]
+fn release_clear_and_a_type_changing_preempt_raise_their_unit_attentions() {
+    const WE: u8 = 1;
+    const EA: u8 = 3;
+    const WE_RO: u8 = 5;
+    const EA_RO: u8 = 6;
+    const RELEASED: Outcome = (2, Some(6), Some((0x2a, 0x04)));
+    const PREEMPTED: Outcome = (2, Some(6), Some((0x2a, 0x03)));
+    const REG_PREEMPTED: Outcome = (2, Some(6), Some((0x2a, 0x05)));
+    const NONE: Outcome = (0, None, None);
+    let t = start_target(16 << 20);
+    let fe = IscsiFrontend::start(&t, &config(None, None)).unwrap();
+    let port = fe.portal().port();
+    let mut n: Vec<Ini> = (0..3)
+        .map(|_| {
+            let mut i = Ini::connect(port);
+            assert_eq!(i.login(false), 0);
+            i
+        })
+        .collect();
+    let (a, b, c) = (0, 1, 2);
+    let keys = [0xaaaa, 0xbbbb, 0xcccc];
+    // The unit attentions each nexus reports (TEST UNIT READY), then GOOD.
+    let check = |n: &mut Vec<Ini>, want: [&[Outcome]; 3], what: &str| {
+        for (i, w) in want.iter().enumerate() {
+            for (k, ua) in w.iter().chain([&NONE]).enumerate() {
+                let r = n[i].test_unit_ready();
+                assert_eq!(
+                    (r.status, r.sense_key, r.asc),
+                    *ua,
+                    "{what}: nexus {} (report {k})",
+                    ["A", "B", "C"][i]
+                );
+            }
+        }
+    };
+    for i in [a, b, c] {
+        assert_eq!(
+            pr_out(&mut n[i], 0, 0, 0, keys[i]),
+            (0, None),
+            "REGISTER {i}"
+        );
+    }
+
+    assert_eq!(pr_out(&mut n[a], 1, WE_RO, keys[a], 0), (0, None));
+    assert_eq!(pr_out(&mut n[a], 2, WE_RO, keys[a], 0), (0, None));
+    check(&mut n, [&[], &[RELEASED], &[RELEASED]], "A released WE_RO");
+    assert_eq!(pr_out(&mut n[a], 1, WE, keys[a], 0), (0, None));
+    assert_eq!(pr_out(&mut n[a], 2, WE, keys[a], 0), (0, None));
+    check(&mut n, [&[], &[], &[]], "A released WE");
+
+    assert_eq!(pr_out(&mut n[a], 1, WE, keys[a], 0), (0, None));
+    assert_eq!(
+        pr_out(&mut n[b], 4, EA, keys[b], keys[a]),
+        (0, None),
+        "B preempts A as EA"
+    );
+    check(
+        &mut n,
+        [&[REG_PREEMPTED], &[], &[RELEASED]],
+        "B preempted A's WE as EA",
+    );
+
+    assert_eq!(pr_out(&mut n[a], 0, 0, 0, keys[a]), (0, None), "A again");
+    assert_eq!(pr_out(&mut n[c], 3, 0, keys[c], 0), (0, None), "C clears");
+    check(&mut n, [&[PREEMPTED], &[PREEMPTED], &[]], "C cleared");
+    let read_keys = |ini: &mut Ini| {
+        let d = ini
+            .scsi(&[0x5e, 0, 0, 0, 0, 0, 0, 0x10, 0, 0], None, 4096)
+            .data;
+        plexd_target::frontend::scsi::pr::keys_of(&d)
+    };
+    assert_eq!(read_keys(&mut n[a]), Vec::<u64>::new());
+
+    for i in [a, b] {
+        assert_eq!(
+            pr_out(&mut n[i], 0, 0, 0, keys[i]),
+            (0, None),
+            "REGISTER {i}"
+        );
+    }
+    assert_eq!(pr_out(&mut n[a], 1, EA_RO, keys[a], 0), (0, None));
+    assert_eq!(
+        pr_out(&mut n[a], 0, 0, keys[a], 0),
+        (0, None),
+        "A unregisters"
+    );
+    check(
+        &mut n,
+        [&[], &[RELEASED], &[]],
+        "A unregistered holding EA_RO",
+    );
+    assert_eq!(read_keys(&mut n[b]), vec![keys[b]]);
+    for mut i in n {
+        i.logout();
+    }
+}

@@ -1356,15 +1356,19 @@ impl Cluster {
         )
     }
 
-    /// The name (NQN or IQN) of the first export of volume `dg.vol` in the
-    /// configuration every member agrees on.
-    pub fn export_name(&mut self, dg: &str, vol: &str) -> String {
+    /// The name (NQN or IQN) of the `protocol` ("iscsi", "nvmf") export of
+    /// volume `dg.vol` in the configuration every member agrees on.
+    pub fn export_name(&mut self, dg: &str, vol: &str, protocol: &str) -> String {
         let print = self.agreed_print();
         let v = crate::volume(&print, dg, vol)
             .unwrap_or_else(|| panic!("no volume {dg}.{vol} in {print}"));
-        v["exports"][0]["iqn"]
-            .as_str()
-            .unwrap_or_else(|| panic!("{dg}.{vol} has no export: {v}"))
+        v["exports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["protocol"] == protocol)
+            .and_then(|e| e["iqn"].as_str())
+            .unwrap_or_else(|| panic!("{dg}.{vol} has no {protocol} export: {v}"))
             .to_string()
     }
 

@@ -207,7 +207,7 @@ fn multipath_survives(victim: Victim) {
     let s = (m + 1) % 3;
     c.shared_mirror(m, "dg1", "vol1", "64M");
     c.ctl_ok(s, "export nvmf dg1 vol1");
-    let nqn = c.export_name("dg1", "vol1");
+    let nqn = c.export_name("dg1", "vol1", "nvmf");
     for i in 0..3 {
         c.wait_nvmf_subsystem(i, &nqn, SERVE_TIMEOUT);
     }

@@ -87,7 +87,12 @@ fn wait_keys(ini: &mut Initiator, keys: &[u64], what: &str) {
 /// Two nodes, a shared 2-way mirror `dg1.vol1` made through the master, exported
 /// with `export EXPORT`; returns the cluster and the master's index.
 fn two_nodes_exporting(export: &str) -> (Cluster, usize) {
-    let mut c = Cluster::start(2, ClusterOpts::default());
+    nodes_exporting(2, export)
+}
+
+/// [`two_nodes_exporting`] with `n` nodes.
+fn nodes_exporting(n: usize, export: &str) -> (Cluster, usize) {
+    let mut c = Cluster::start(n, ClusterOpts::default());
     let m = c.master();
     c.shared_mirror(m, "dg1", "vol1", "32M");
     c.ctl_ok(0, &format!("export {export}"));
@@ -97,7 +102,7 @@ fn two_nodes_exporting(export: &str) -> (Cluster, usize) {
 /// The NQN of `dg1.vol1`'s NVMe-oF export, once both nodes' data planes serve
 /// its subsystem and the volume.
 fn nvmf_subsystem_everywhere(c: &mut Cluster) -> String {
-    let nqn = c.export_name("dg1", "vol1");
+    let nqn = c.export_name("dg1", "vol1", "nvmf");
     for i in 0..2 {
         c.wait_nvmf_subsystem(i, &nqn, CONVERGE);
         c.wait_served(i, "dg1", "vol1");
@@ -267,6 +272,115 @@ fn iscsi_preempt_and_abort_across_nodes(a_on_master: bool) {
     );
 }
 
+/// Reservation type Write Exclusive - Registrants Only.
+const WE_RO: u8 = 5;
+/// A command's (status, sense key, (ASC, ASCQ)).
+type Outcome = (u8, Option<u8>, Option<(u8, u8)>);
+/// UNIT ATTENTION / RESERVATIONS RELEASED.
+const RELEASED: Outcome = (2, Some(6), Some((0x2a, 0x04)));
+/// UNIT ATTENTION / RESERVATIONS PREEMPTED.
+const RES_PREEMPTED: Outcome = (2, Some(6), Some((0x2a, 0x03)));
+
+/// Waits until TEST UNIT READY through `ini` reports a unit attention (the
+/// committed change reached its node; GOOD before that) and checks it is `want`.
+fn wait_ua(ini: &mut Initiator, want: Outcome, what: &str) {
+    let got = wait_until(what, CONVERGE, || {
+        let r = ini.scsi(&[0u8; 6], None, 0)?;
+        match r.sense_key {
+            Some(6) => Ok((r.status, r.sense_key, r.asc)),
+            _ => Err(format!("no unit attention yet: {r:?}")),
+        }
+    });
+    assert_eq!(got, want, "{what}");
+}
+
+/// TEST UNIT READY through `ini` is GOOD: no unit attention pending.
+fn no_ua(ini: &mut Initiator, what: &str) {
+    ok(ini.scsi(&[0u8; 6], None, 0), what);
+}
+
+/// Issue 9, iSCSI: host 1's RELEASE of its registrants-only reservation and
+/// then its CLEAR, both through node a, reach host 2's nexus through node b
+/// as RESERVATIONS RELEASED (2Ah/04h), then RESERVATIONS PREEMPTED (2Ah/03h);
+/// host 1 (the sender) gets neither. Before: node b installed the committed
+/// state without a unit attention.
+#[test]
+fn a_release_and_a_clear_through_one_node_raise_unit_attentions_on_the_other() {
+    let (c, _) = two_nodes_exporting("iscsi dg1 vol1 --all");
+    wait_lun(&c, 0);
+    wait_lun(&c, 1);
+    let mut h1 = session(&c, 0, HOST1, ISID1);
+    let mut h2 = session(&c, 1, HOST2, ISID2);
+    ok(h1.pr_out(0, 0, 0, 0xa1), "REGISTER 0xa1 through a");
+    ok(h2.pr_out(0, 0, 0, 0xb2), "REGISTER 0xb2 through b");
+    ok(h1.pr_out(1, WE_RO, 0xa1, 0), "RESERVE WE_RO through a");
+    wait_keys(&mut h2, &[0xa1, 0xb2], "node b to list both keys");
+    assert_eq!(h2.read_reservation().unwrap(), Some((0xa1, WE_RO)));
+
+    ok(h1.pr_out(2, WE_RO, 0xa1, 0), "RELEASE through a");
+    wait_ua(&mut h2, RELEASED, "host 2 through b after the RELEASE");
+    no_ua(&mut h2, "host 2 through b: reported once");
+    assert_eq!(h2.read_reservation().unwrap(), None);
+    no_ua(&mut h1, "host 1 released: nothing for it");
+
+    ok(h1.pr_out(3, 0, 0xa1, 0), "CLEAR through a");
+    wait_ua(&mut h2, RES_PREEMPTED, "host 2 through b after the CLEAR");
+    no_ua(&mut h2, "host 2 through b: reported once");
+    assert_eq!(h2.read_keys().unwrap().1, Vec::<u64>::new());
+    no_ua(&mut h1, "host 1 cleared: nothing for it");
+}
+
+/// Issue 9, iSCSI: a node that missed a committed RELEASE (its plexd was down,
+/// its data plane kept the old state) raises the unit attention when it catches
+/// up: host 2 registered through node s; host 1 releases its registrants-only
+/// reservation through the master while s's plexd is dead; once s's plexd is
+/// back and has given its data plane the newest state, host 2's next session
+/// through s reports the power on, then RESERVATIONS RELEASED.
+#[test]
+fn a_node_that_missed_a_release_raises_its_unit_attention_when_it_catches_up() {
+    let (mut c, m) = nodes_exporting(3, "iscsi dg1 vol1 --all");
+    let s = (m + 1) % 3;
+    for i in 0..3 {
+        wait_lun(&c, i);
+    }
+    let mut h1 = session(&c, m, HOST1, ISID1);
+    let mut h2 = session(&c, s, HOST2, ISID2);
+    ok(h1.pr_out(0, 0, 0, 0xa1), "REGISTER 0xa1 through the master");
+    ok(h2.pr_out(0, 0, 0, 0xb2), "REGISTER 0xb2 through s");
+    ok(
+        h1.pr_out(1, WE_RO, 0xa1, 0),
+        "RESERVE WE_RO through the master",
+    );
+    wait_keys(&mut h2, &[0xa1, 0xb2], "node s to list both keys");
+    assert_eq!(h2.read_reservation().unwrap(), Some((0xa1, WE_RO)));
+    drop(h2);
+
+    c.kill_coordinator(s);
+    // Two of three votes: the RELEASE commits without s (retried while the
+    // cluster notices s is gone).
+    wait_until(
+        "the RELEASE through the master",
+        NO_QUORUM_WAIT,
+        || match h1.pr_out(2, WE_RO, 0xa1, 0)? {
+            r if r.status == 0 => Ok(()),
+            r => Err(format!("{r:?}")),
+        },
+    );
+    assert_eq!(h1.read_reservation().unwrap(), None);
+    no_ua(&mut h1, "host 1 released: nothing for it");
+    c.restart_coordinator(s, None);
+    wait_lun(&c, s);
+    let portal = c.nodes[s].iscsi_portal.clone();
+    let mut h2 = wait_until("host 2 logged in on s again", CONVERGE, || {
+        Initiator::login(&portal, HOST2, ISID2, IQN)
+    });
+    let power_on = (2, Some(6), Some((0x29, 0x00)));
+    wait_ua(&mut h2, power_on, "host 2's new session through s");
+    wait_ua(&mut h2, RELEASED, "host 2 through s once s caught up");
+    no_ua(&mut h2, "host 2 through s: reported once");
+    assert_eq!(h2.read_reservation().unwrap(), None);
+}
+
 /// An NVMe host (`hostnqn`, `hostid`) on node `i`: its admin queue (enabled, no
 /// keep alive) and one I/O queue.
 fn nvme_host(c: &Cluster, i: usize, nqn: &str, hostnqn: &str, hostid: [u8; 16]) -> (Host, Host) {
@@ -433,6 +547,40 @@ fn recv_pdu(q: &mut Host, t: u8, what: &str) -> Pdu {
     p
 }
 
+/// Sends an Asynchronous Event Request on admin queue `adm`; returns its id.
+fn send_aer(adm: &mut Host) -> u16 {
+    let aer = adm.next_cid();
+    let mut sqe = [0u8; 64];
+    sqe[0] = 0x0C;
+    sqe[2..4].copy_from_slice(&aer.to_le_bytes());
+    adm.send(ty::CAPSULE_CMD, 0, &sqe, &[]);
+    aer
+}
+
+/// The AER `aer` of admin queue `adm` completes with "reservation log page
+/// available", and the log page (80h) then read is notice type `notice` on
+/// namespace 1.
+fn expect_resv_notice(adm: &mut Host, aer: u16, notice: u8, what: &str) {
+    let ev = recv_pdu(adm, ty::CAPSULE_RESP, what);
+    assert_eq!(
+        pdu::le16(&ev.hdr[8..], 12),
+        aer,
+        "{what}: the AER completes"
+    );
+    assert_eq!(
+        pdu::le32(&ev.hdr[8..], 0),
+        0x0080_0006,
+        "{what}: reservation log page available"
+    );
+    let log = adm.admin(0x02, 0, 0x80 | (15 << 16), 0, 64);
+    assert_eq!(log.sc(), 0, "{what}: Get Log Page 80h");
+    assert_eq!(
+        (log.data[8], pdu::le32(&log.data, 12)),
+        (notice, 1),
+        "{what}: notice type and namespace"
+    );
+}
+
 /// Issue 9: host A preempts and aborts host B through one node while B has a
 /// write waiting for its data on the other: B's write ends with "Command
 /// Aborted due to Preempt and Abort" and writes nothing when its data comes
@@ -475,11 +623,7 @@ fn preempt_and_abort_across_nodes(a_on_master: bool) {
         "B acquires write exclusive through b"
     );
     // B's admin queue on b waits for an event; B's write there waits for its data.
-    let aer = adm_b.next_cid();
-    let mut sqe = [0u8; 64];
-    sqe[0] = 0x0C;
-    sqe[2..4].copy_from_slice(&aer.to_le_bytes());
-    adm_b.send(ty::CAPSULE_CMD, 0, &sqe, &[]);
+    let aer = send_aer(&mut adm_b);
     let new = vec![0x22u8; 4096];
     let held = send_r2t_write(&mut qb, 0, &new);
     let r2t = recv_pdu(&mut qb, ty::R2T, "the R2T of B's write");
@@ -502,25 +646,52 @@ fn preempt_and_abort_across_nodes(a_on_master: bool) {
     let r = qa.rw(0x02, 0, 8, &[], false);
     assert_eq!(r.sc(), 0);
     assert!(r.data == old, "B's aborted write is not on the disk");
-    // B's controller on b: "reservation log page available", then the page:
-    // registration preempted (type 1) on namespace 1.
-    let ev = recv_pdu(&mut adm_b, ty::CAPSULE_RESP, "B's reservation notice on b");
-    assert_eq!(pdu::le16(&ev.hdr[8..], 12), aer, "the AER completes");
-    assert_eq!(
-        pdu::le32(&ev.hdr[8..], 0),
-        0x0080_0006,
-        "reservation log page available"
-    );
-    let log = adm_b.admin(0x02, 0, 0x80 | (15 << 16), 0, 64);
-    assert_eq!(log.sc(), 0, "Get Log Page 80h");
-    assert_eq!(
-        (log.data[8], pdu::le32(&log.data, 12)),
-        (1, 1),
-        "registration preempted on namespace 1"
-    );
+    // B's controller on b: registration preempted (type 1).
+    expect_resv_notice(&mut adm_b, aer, 1, "B's registration preempted notice on b");
     assert_eq!(
         qb.rw(0x01, 0, 1, &new[..512], true).sc(),
         NVME_CONFLICT,
         "B is no longer registered"
     );
+}
+
+/// Issue 9: one reservation state, both protocols told. An NVMe host's release
+/// of its registrants-only reservation through node a raises RESERVATIONS
+/// RELEASED (2Ah/04h) on an iSCSI nexus registered through node b, and that
+/// nexus's CLEAR through b gives the NVMe host's controller on a the
+/// "reservation preempted" notice (an AEN, then log 80h type 3). Before: the
+/// iSCSI nexus heard nothing of the NVMe host's release.
+#[test]
+fn an_nvme_release_and_an_iscsi_clear_reach_the_other_protocol_on_the_other_node() {
+    let (mut c, _) = two_nodes_exporting("iscsi dg1 vol1 --all");
+    c.ctl_ok(0, "export nvmf dg1 vol1");
+    let nqn = nvmf_subsystem_everywhere(&mut c);
+    wait_lun(&c, 0);
+    wait_lun(&c, 1);
+    let ha = "nqn.2014-08.org.nvmexpress:uuid:host-a";
+    let (mut adm, mut q) = nvme_host(&c, 0, &nqn, ha, [0xa1; 16]);
+    let mut h2 = session(&c, 1, HOST2, ISID2);
+    assert_eq!(q.resv(NVME_REGISTER, 1, 0, 0, &keys(0, 0xa1), 0).sc(), 0);
+    ok(h2.pr_out(0, 0, 0, 0xb2), "REGISTER 0xb2 through b");
+    // NVMe type 3 is write exclusive - registrants only.
+    let acquire = q.resv(NVME_ACQUIRE, 1, 3 << 8, 0, &keys(0xa1, 0), 0);
+    assert_eq!(acquire.sc(), 0, "A acquires through a");
+    wait_until("node b to see A's reservation", CONVERGE, || {
+        match h2.read_reservation()? {
+            Some((0xa1, WE_RO)) => Ok(()),
+            other => Err(format!("{other:x?}")),
+        }
+    });
+
+    let release = q.resv(NVME_RELEASE, 1, 3 << 8, 0, &0xa1u64.to_le_bytes(), 0);
+    assert_eq!(release.sc(), 0, "A releases through a");
+    wait_ua(&mut h2, RELEASED, "host 2 through b after A's release");
+    no_ua(&mut h2, "host 2 through b: reported once");
+
+    // A's admin queue on a waits for an event; host 2 clears through b.
+    let aer = send_aer(&mut adm);
+    ok(h2.pr_out(3, 0, 0xb2, 0), "CLEAR through b");
+    // Reservation preempted (type 3).
+    expect_resv_notice(&mut adm, aer, 3, "A's reservation preempted notice on a");
+    no_ua(&mut h2, "host 2 cleared: nothing for it");
 }

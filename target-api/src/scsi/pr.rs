@@ -14,6 +14,14 @@ use super::sense::{self, Sense};
 
 /// Most registrations kept per LUN (REGISTER beyond it gets INSUFFICIENT RESOURCES).
 pub const MAX_REGISTRATIONS: usize = 256;
+/// The PERSISTENT RESERVE OUT service action REGISTER.
+pub const SA_REGISTER: u8 = 0;
+/// The PERSISTENT RESERVE OUT service action RELEASE.
+pub const SA_RELEASE: u8 = 2;
+/// The PERSISTENT RESERVE OUT service action CLEAR.
+pub const SA_CLEAR: u8 = 3;
+/// The PERSISTENT RESERVE OUT service action REGISTER AND IGNORE EXISTING KEY.
+pub const SA_REGISTER_IGNORE: u8 = 6;
 /// The PERSISTENT RESERVE OUT service action PREEMPT.
 pub const SA_PREEMPT: u8 = 4;
 /// The PERSISTENT RESERVE OUT service action PREEMPT AND ABORT.
@@ -311,9 +319,8 @@ impl PrState {
         let aptpl = flags & 0x01 != 0;
         let rtype = scope_type & 0x0f;
         let scope = scope_type >> 4;
-        if sa == 0 || sa == 6 {
-            // REGISTER, REGISTER AND IGNORE EXISTING KEY
-            return self.register(nexus, sa == 6, rkey, sakey, aptpl);
+        if sa == SA_REGISTER || sa == SA_REGISTER_IGNORE {
+            return self.register(nexus, sa == SA_REGISTER_IGNORE, rkey, sakey, aptpl);
         }
         if sa == 7 {
             // REGISTER AND MOVE is not supported.
@@ -325,9 +332,8 @@ impl PrState {
         }
         match sa {
             1 => self.reserve(nexus, rtype, scope),
-            2 => self.release(nexus, rtype, scope),
-            3 => {
-                // CLEAR
+            SA_RELEASE => self.release(nexus, rtype, scope),
+            SA_CLEAR => {
                 self.regs.clear();
                 self.res = None;
                 self.generation = self.generation.wrapping_add(1);
@@ -600,6 +606,101 @@ pub fn removed(before: &PrState, after: &PrState) -> Vec<Nexus> {
         .collect()
 }
 
+/// What a reservation change establishes for a registered I_T nexus (or NVMe
+/// host) other than the one that made it ([`notices`]): a SCSI unit attention
+/// ([`Notice::sense`]), an NVMe reservation notification (log page 80h).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// A PREEMPT (or PREEMPT AND ABORT) removed its registration: REGISTRATIONS
+    /// PREEMPTED; NVMe "registration preempted".
+    RegistrationPreempted,
+    /// A registrants-only or all-registrants reservation it is registered under
+    /// was released, or a PREEMPT changed the reservation's type: RESERVATIONS
+    /// RELEASED; NVMe "reservation released".
+    ReservationsReleased,
+    /// A CLEAR removed its registration and the reservation: RESERVATIONS
+    /// PREEMPTED; NVMe "reservation preempted".
+    ReservationsPreempted,
+}
+
+impl Notice {
+    /// The unit attention a SCSI I_T nexus gets for it.
+    pub fn sense(self) -> Sense {
+        match self {
+            Notice::RegistrationPreempted => sense::REGISTRATIONS_PREEMPTED,
+            Notice::ReservationsReleased => sense::RESERVATIONS_RELEASED,
+            Notice::ReservationsPreempted => sense::RESERVATIONS_PREEMPTED,
+        }
+    }
+}
+
+fn registrants_only(t: u8) -> bool {
+    t == ty::WE_RO || t == ty::EA_RO
+}
+
+/// What the change that made `after` from `before` ([`PrState::last`]: its
+/// service action and the I_T nexus that sent it) establishes for the other
+/// registered I_T nexuses, as SPC-4 says for each PERSISTENT RESERVE OUT
+/// service action (sections "Releasing", "Unregistering", "Preempting",
+/// "Clearing"):
+///
+/// - PREEMPT, PREEMPT AND ABORT: REGISTRATIONS PREEMPTED for every nexus whose
+///   registration it removed; when it changed the reservation's type (the
+///   scope is always LU_SCOPE here), RESERVATIONS RELEASED for every other
+///   nexus still registered (none when the type stayed).
+/// - RELEASE of a registrants-only or all-registrants reservation:
+///   RESERVATIONS RELEASED for every other registered nexus (none for the
+///   other types).
+/// - REGISTER or REGISTER AND IGNORE EXISTING KEY that unregistered the holder
+///   of a registrants-only reservation (which releases it): the same. (An
+///   all-registrants reservation ends with its last registrant: nobody is left.)
+/// - CLEAR: RESERVATIONS PREEMPTED for every nexus registered before it, other
+///   than the one that sent it.
+///
+/// Nothing when `after` is no change of `before` (the same committed state set
+/// again) or no change made it. Nexuses of every target port and NVMe hosts
+/// alike: each node and frontend keeps those it serves.
+pub fn notices(before: &PrState, after: &PrState) -> Vec<(Nexus, Notice)> {
+    let Some(change) = after.last.as_ref() else {
+        return Vec::new();
+    };
+    if !after.changed_since(before) {
+        return Vec::new();
+    }
+    let others = |s: &PrState, n: Notice| -> Vec<(Nexus, Notice)> {
+        s.regs
+            .iter()
+            .map(|r| Nexus::new(r.nexus.clone(), r.port))
+            .filter(|x| *x != change.nexus)
+            .map(|x| (x, n))
+            .collect()
+    };
+    let old_ty = before.res.as_ref().map(|r| r.ty);
+    let new_ty = after.res.as_ref().map(|r| r.ty);
+    let ended = |shared: fn(u8) -> bool| old_ty.is_some_and(shared) && new_ty.is_none();
+    match change.sa {
+        SA_PREEMPT | SA_PREEMPT_AND_ABORT => {
+            let mut v: Vec<(Nexus, Notice)> = removed(before, after)
+                .into_iter()
+                .filter(|x| *x != change.nexus)
+                .map(|x| (x, Notice::RegistrationPreempted))
+                .collect();
+            if old_ty.is_some() && new_ty.is_some() && old_ty != new_ty {
+                v.extend(others(after, Notice::ReservationsReleased));
+            }
+            v
+        }
+        SA_RELEASE if ended(|t| registrants_only(t) || all_registrants(t)) => {
+            others(after, Notice::ReservationsReleased)
+        }
+        SA_REGISTER | SA_REGISTER_IGNORE if ended(registrants_only) => {
+            others(after, Notice::ReservationsReleased)
+        }
+        SA_CLEAR => others(before, Notice::ReservationsPreempted),
+        _ => Vec::new(),
+    }
+}
+
 /// The parameter data of a PR OUT, for tests and callers building one.
 pub fn param(rkey: u64, sakey: u64, aptpl: bool) -> Vec<u8> {
     let mut p = vec![0u8; 24];
@@ -732,6 +833,92 @@ mod tests {
         let back: PrState = serde_json::from_str(old).unwrap();
         assert!(!back.conflicts(&via1, Access::Write));
         assert!(back.conflicts(&via2, Access::Write));
+    }
+
+    /// `who` sends PR OUT `sa` (type `t`, keys `rkey`, `sakey`) on `s`: the
+    /// notices it gives the others.
+    fn step(s: &mut PrState, who: &Nexus, sa: u8, t: u8, keys: (u64, u64)) -> Vec<(Nexus, Notice)> {
+        let before = s.clone();
+        assert_eq!(s.out(who, sa, t, &param(keys.0, keys.1, false)), Ok(true));
+        notices(&before, s)
+    }
+
+    fn all(v: &[&Nexus], what: Notice) -> Vec<(Nexus, Notice)> {
+        v.iter().map(|x| ((*x).clone(), what)).collect()
+    }
+
+    /// Nexuses a, b, c registered with keys 0xa, 0xb, 0xc.
+    fn three_registered() -> (Nexus, Nexus, Nexus, PrState) {
+        let (a, b, c) = (n(A_NAME), n(B_NAME), n("iqn.c,i,0x3"));
+        let mut s = PrState::default();
+        for (x, k) in [(&a, 0xa), (&b, 0xb), (&c, 0xc)] {
+            step(&mut s, x, SA_REGISTER, 0, (0, k));
+        }
+        (a, b, c, s)
+    }
+
+    #[test]
+    fn a_release_tells_the_other_registrants_of_shared_types_only() {
+        let (a, b, c, mut s) = three_registered();
+        for t in [ty::WE, ty::EA, ty::WE_RO, ty::EA_RO, ty::WE_AR, ty::EA_AR] {
+            assert!(step(&mut s, &a, 1, t, (0xa, 0)).is_empty(), "RESERVE {t}");
+            let want = match t {
+                ty::WE | ty::EA => Vec::new(),
+                _ => all(&[&b, &c], Notice::ReservationsReleased),
+            };
+            assert_eq!(step(&mut s, &a, SA_RELEASE, t, (0xa, 0)), want, "type {t}");
+        }
+        assert!(notices(&s, &s).is_empty(), "the same state again");
+        assert!(notices(&PrState::default(), &PrState::default()).is_empty());
+        // Unregistering as the holder of a registrants-only reservation
+        // releases it: the others hear; as a write exclusive holder: nobody.
+        step(&mut s, &a, 1, ty::EA_RO, (0xa, 0));
+        assert_eq!(
+            step(&mut s, &a, SA_REGISTER, 0, (0xa, 0)),
+            all(&[&b, &c], Notice::ReservationsReleased)
+        );
+        step(&mut s, &b, 1, ty::WE, (0xb, 0));
+        assert!(step(&mut s, &b, SA_REGISTER_IGNORE, 0, (0, 0)).is_empty());
+        assert!(s.res.is_none());
+        // CLEAR: every registrant before it but the sender, reservation or not.
+        step(&mut s, &a, SA_REGISTER, 0, (0, 0xa));
+        assert_eq!(
+            step(&mut s, &c, SA_CLEAR, 0, (0xc, 0)),
+            all(&[&a], Notice::ReservationsPreempted)
+        );
+    }
+
+    #[test]
+    fn a_preempt_that_changes_the_type_releases_it_for_the_registrants_left() {
+        let (a, b, c, mut s) = three_registered();
+        step(&mut s, &a, 1, ty::WE, (0xa, 0));
+        // The same type: only the preempted nexus hears.
+        assert_eq!(
+            step(&mut s, &b, SA_PREEMPT, ty::WE, (0xb, 0xa)),
+            all(&[&a], Notice::RegistrationPreempted)
+        );
+        // Another type: the preempted one, then the one left (not the sender).
+        step(&mut s, &a, SA_REGISTER, 0, (0, 0xa));
+        let mut want = all(&[&b], Notice::RegistrationPreempted);
+        want.extend(all(&[&a], Notice::ReservationsReleased));
+        assert_eq!(
+            step(&mut s, &c, SA_PREEMPT_AND_ABORT, ty::EA, (0xc, 0xb)),
+            want
+        );
+        // The holder preempting its own reservation to change its type.
+        assert_eq!(
+            step(&mut s, &c, SA_PREEMPT, ty::WE_RO, (0xc, 0xc)),
+            all(&[&a], Notice::ReservationsReleased)
+        );
+        assert_eq!(s.res.as_ref().map(|r| r.ty), Some(ty::WE_RO));
+        // Removing a registration that holds nothing: the type stays.
+        step(&mut s, &b, SA_REGISTER, 0, (0, 0xb));
+        assert_eq!(
+            step(&mut s, &c, SA_PREEMPT, ty::WE_RO, (0xc, 0xb)),
+            all(&[&b], Notice::RegistrationPreempted)
+        );
+        assert_eq!(Notice::ReservationsReleased.sense().ascq, 0x04);
+        assert_eq!(Notice::ReservationsPreempted.sense().ascq, 0x03);
     }
 
     #[test]

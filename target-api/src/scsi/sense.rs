@@ -139,6 +139,14 @@ pub const CAPACITY_CHANGED: Sense = Sense::new(key::UNIT_ATTENTION, 0x2a, 0x09);
 /// UNIT ATTENTION / REGISTRATIONS PREEMPTED: another I_T nexus's PREEMPT or
 /// PREEMPT AND ABORT removed this nexus's registration (SPC-4 5.12.11.2.4).
 pub const REGISTRATIONS_PREEMPTED: Sense = Sense::new(key::UNIT_ATTENTION, 0x2a, 0x05);
+/// UNIT ATTENTION / RESERVATIONS RELEASED: another I_T nexus released (RELEASE,
+/// or unregistering as its holder) a registrants-only or all-registrants
+/// reservation this nexus is registered under, or its PREEMPT changed the
+/// reservation's type (SPC-4: releasing, unregistering, preempting).
+pub const RESERVATIONS_RELEASED: Sense = Sense::new(key::UNIT_ATTENTION, 0x2a, 0x04);
+/// UNIT ATTENTION / RESERVATIONS PREEMPTED: another I_T nexus's CLEAR removed
+/// every registration and the reservation (SPC-4: clearing).
+pub const RESERVATIONS_PREEMPTED: Sense = Sense::new(key::UNIT_ATTENTION, 0x2a, 0x03);
 /// UNIT ATTENTION / COMMANDS CLEARED BY ANOTHER INITIATOR: another I_T nexus's
 /// action (here a PREEMPT AND ABORT) aborted commands of this nexus, which got no
 /// status (TAS=0; SAM-5 5.6).

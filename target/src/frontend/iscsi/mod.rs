@@ -406,10 +406,11 @@ impl IscsiFrontend {
     /// Gives every LUN of bdev `volume` whose reservations the cluster keeps the
     /// committed state `state`, and does on this node what the change that made
     /// it ([`PrState::last`]) does to other I_T nexuses, whichever node ran it
-    /// ([`LunRt::preempted`]): a PREEMPT or PREEMPT AND ABORT queues
-    /// REGISTRATIONS PREEMPTED for the preempted nexuses through this node's
-    /// port, and a PREEMPT AND ABORT aborts their tasks on the volume on this
-    /// node's connections (`conn`'s [`crate::frontend::preempt::Preemptible`]).
+    /// ([`LunRt::preempted`]): it queues their reservation unit attentions
+    /// (REGISTRATIONS PREEMPTED, RESERVATIONS RELEASED, RESERVATIONS PREEMPTED)
+    /// for the nexuses through this node's port, and a PREEMPT AND ABORT aborts
+    /// the preempted nexuses' tasks on the volume on this node's connections
+    /// (`conn`'s [`crate::frontend::preempt::Preemptible`]).
     /// The caller waits ([`ResvApplied::wait`], without holding the frontend)
     /// until none of those tasks is at a bdev, so that the cluster answers the
     /// preempting nexus only after no task of a preempted one can write anywhere.

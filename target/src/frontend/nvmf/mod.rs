@@ -469,12 +469,7 @@ impl NvmfFrontend {
         if !state.changed_since(&before) {
             return done;
         }
-        let out = resv::PrOut {
-            sa: change.sa,
-            scope_type: change.scope_type,
-            param: Vec::new(),
-        };
-        let notices = resv::notices(&before, state, &change.nexus, &out);
+        let notices = resv::notices(&before, state);
         let shares = |x: &Arc<Namespace>| x.resv.broker().is_some() && x.conf.bdev == volume;
         for c in queue_resv_notices(&self.shared, shares, &notices) {
             kick(&self.target, &self.shared, &c);

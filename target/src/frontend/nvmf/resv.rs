@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::nvme::{io_op, Sqe, Status};
-use crate::frontend::scsi::pr::{ty, Access, Nexus, PrError, PrState};
+use crate::frontend::scsi::pr::{self, ty, Access, Nexus, Notice, PrError, PrState};
 use crate::frontend::scsi::pr_cluster::PrBroker;
 
 /// The relative target port of every NVMe nexus (a host is one registrant
@@ -256,52 +256,27 @@ pub mod notice {
     pub const RES_PREEMPTED: u8 = 3;
 }
 
-fn registrants_only_or_all(t: u8) -> bool {
-    matches!(t, ty::WE_RO | ty::EA_RO | ty::WE_AR | ty::EA_AR)
-}
-
-/// The reservation notifications a change `out` by `issuer` that turned
-/// `before` into `after` gives hosts other than the issuer: (host, [`notice`]
-/// type). Preempt (and abort): registration preempted to the hosts it removed,
-/// reservation released to the remaining registrants when the type changed.
-/// Release: reservation released to the registrants when a registrants-only or
-/// all-registrants reservation ended. Unregistering the holder of such a
-/// reservation: the same. Clear: reservation preempted to every other
-/// registrant. NVMe hosts only (SCSI registrants get unit attentions instead).
-pub fn notices(before: &PrState, after: &PrState, issuer: &Nexus, out: &PrOut) -> Vec<(Nexus, u8)> {
-    let other = |n: &Nexus| n != issuer && n.initiator.starts_with("nvme:");
-    let regs = |s: &PrState| -> Vec<Nexus> {
-        s.regs
-            .iter()
-            .map(|r| Nexus::new(r.nexus.clone(), r.port))
-            .filter(|n| other(n))
-            .collect()
-    };
-    let tagged = |v: Vec<Nexus>, t: u8| v.into_iter().map(|n| (n, t)).collect::<Vec<_>>();
-    let old_ty = before.res.as_ref().map(|r| r.ty);
-    let new_ty = after.res.as_ref().map(|r| r.ty);
-    let released = old_ty.is_some_and(registrants_only_or_all) && new_ty.is_none();
-    match out.sa {
-        // PREEMPT, PREEMPT AND ABORT
-        4 | 5 => {
-            let mut v = tagged(
-                removed(before, after)
-                    .into_iter()
-                    .filter(|n| other(n))
-                    .collect(),
-                notice::REG_PREEMPTED,
-            );
-            if old_ty.is_some() && new_ty.is_some() && old_ty != new_ty {
-                v.extend(tagged(regs(after), notice::RES_RELEASED));
-            }
-            v
-        }
-        // RELEASE; REGISTER (unregistration of the holder)
-        2 | 0 | 6 if released => tagged(regs(after), notice::RES_RELEASED),
-        // CLEAR
-        3 => tagged(regs(before), notice::RES_PREEMPTED),
-        _ => Vec::new(),
-    }
+/// The reservation notifications the change that made `after` from `before`
+/// ([`PrState::last`]) gives NVMe hosts other than the one that sent it: (host,
+/// [`notice`] type), by the rule SCSI's unit attentions follow ([`pr::notices`]:
+/// registration preempted to the hosts a preempt removed, reservation released
+/// to the registrants left when a preempt changed the type or a registrants-only
+/// or all-registrants reservation was released or its holder unregistered,
+/// reservation preempted to every other registrant of a clear). SCSI
+/// registrants get unit attentions instead.
+pub fn notices(before: &PrState, after: &PrState) -> Vec<(Nexus, u8)> {
+    pr::notices(before, after)
+        .into_iter()
+        .filter(|(n, _)| n.initiator.starts_with("nvme:"))
+        .map(|(n, what)| {
+            let t = match what {
+                Notice::RegistrationPreempted => notice::REG_PREEMPTED,
+                Notice::ReservationsReleased => notice::RES_RELEASED,
+                Notice::ReservationsPreempted => notice::RES_PREEMPTED,
+            };
+            (n, t)
+        })
+        .collect()
 }
 
 /// The Reservation Report data of `state` (`extended`: 128-bit host
@@ -437,7 +412,7 @@ impl NsResv {
         }
         r.map(|_| Changed {
             removed: removed(&before, &g),
-            notices: notices(&before, &g, nexus, out),
+            notices: notices(&before, &g),
         })
     }
 }
@@ -529,7 +504,7 @@ mod tests {
             let before = s.clone();
             let out = to_pr_out(s, who, &q, d).unwrap().unwrap();
             run(s, who, &out).unwrap();
-            notices(&before, s, who, &out)
+            notices(&before, s)
         };
         // B: write exclusive, registrants only, then release: A is told, not
         // B nor the SCSI registrant.

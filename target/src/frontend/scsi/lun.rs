@@ -1,6 +1,7 @@
 //! The LUN object: the bdev a LUN maps to, its SCSI identity, and the state every
 //! I_T nexus shares (reservations, software write protect, reset epoch, ALUA view),
-//! with the unit attentions established for single nexuses (a preempt's).
+//! with the unit attentions established for single nexuses (a reservation
+//! change's).
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -11,15 +12,15 @@ use super::alua::Alua;
 use super::cdb::MAX_TRANSFER_BYTES;
 use super::pr::{self, Nexus, PrState};
 use super::pr_cluster::PrBroker;
-use super::sense::{self, Sense};
+use super::sense::Sense;
 use crate::bdev::{Bdev, BdevDesc, BdevEvent};
 use crate::error::TargetError;
 use crate::frontend::FrontendEnv;
 
 /// Most unit attentions a LUN keeps for single I_T nexuses (reservation
-/// preemption, commands cleared); beyond it the oldest is dropped (logged). Two
-/// per registration a preempt can remove.
-pub const MAX_NEXUS_UNIT_ATTENTIONS: usize = 2 * pr::MAX_REGISTRATIONS;
+/// changes, commands cleared); beyond it the oldest is dropped (logged). Each
+/// of the four kinds is pending at most once per nexus: four per registration.
+pub const MAX_NEXUS_UNIT_ATTENTIONS: usize = 4 * pr::MAX_REGISTRATIONS;
 
 /// Device identifiers derived from a LUN's `device_id` (by default the volume name
 /// or uuid): the same string gives the same ids on every node and after restarts.
@@ -243,44 +244,56 @@ impl LunRt {
 
     /// What the reservation change from `before` to `after` (made by
     /// [`PrState::last`]) does to the other I_T nexuses of this LUN through this
-    /// target port, whichever node ran it; returns the nexuses whose commands
-    /// on the LUN are to be aborted (the transport does that, then queues
-    /// [`sense::COMMANDS_CLEARED`] for each nexus that had any).
+    /// target port, whichever node ran it: queues their unit attentions and
+    /// returns the nexuses whose commands on the LUN are to be aborted (the
+    /// transport does that, then queues [`super::sense::COMMANDS_CLEARED`] for each
+    /// nexus that had any). The caller is whoever installed `after`: the task
+    /// of a standalone LUN's PR OUT, or `setReservations` on every node for a
+    /// shared volume's committed state, whether it is the change just made or
+    /// one this node missed and catches up with.
     ///
-    /// SPC-4 (PREEMPT, and PREEMPT AND ABORT, "preempting and aborting", SPC-4
-    /// 5.12.11.2.4 to 5.12.11.2.6 in r37): the preempt removes the registrations
-    /// (and the reservation) of the nexuses holding the service action
-    /// reservation key and establishes a unit attention REGISTRATIONS PREEMPTED
-    /// (2Ah/05h) for every nexus that lost its registration, except the one the
-    /// PERSISTENT RESERVE OUT came through (queued here, for PREEMPT too). PREEMPT
-    /// AND ABORT then aborts every command of those nexuses except itself, as
-    /// SAM-5 aborts commands, and returns GOOD only once those aborts completed
-    /// (the transport waits for commands at a bdev). This LUN's control mode page
-    /// has TAS=0 (not changeable): an aborted command ends with no status at all,
-    /// and SAM-5 (5.6) establishes COMMANDS CLEARED BY ANOTHER INITIATOR (2Fh/00h)
-    /// for each I_T nexus that had commands aborted, other than the one that
-    /// caused the abort. A preempted nexus thus reports REGISTRATIONS PREEMPTED,
-    /// then COMMANDS CLEARED BY ANOTHER INITIATOR if it had commands on the LUN.
-    /// Not done: RESERVATIONS RELEASED to the other registrants when a preempt
-    /// changes the reservation's type. Nexuses through other target ports are
-    /// other nodes' (each applies the committed state itself).
+    /// The unit attentions, SPC-4 for each PERSISTENT RESERVE OUT service
+    /// action ([`pr::notices`]), never for the nexus that sent it:
+    /// - PREEMPT, PREEMPT AND ABORT: REGISTRATIONS PREEMPTED (2Ah/05h) for
+    ///   every nexus whose registration it removed; when it changed the
+    ///   reservation's type, RESERVATIONS RELEASED (2Ah/04h) for every nexus
+    ///   still registered.
+    /// - RELEASE of a registrants-only or all-registrants reservation, and
+    ///   REGISTER unregistering the holder of a registrants-only one:
+    ///   RESERVATIONS RELEASED for every nexus still registered.
+    /// - CLEAR: RESERVATIONS PREEMPTED (2Ah/03h) for every nexus registered
+    ///   before it.
+    ///
+    /// PREEMPT AND ABORT ("preempting and aborting") then aborts every command
+    /// of the preempted nexuses, as SAM-5 aborts commands, and returns GOOD only
+    /// once those aborts completed (the transport waits for commands at a
+    /// bdev). This LUN's control mode page has TAS=0 (not changeable): an
+    /// aborted command ends with no status at all, and SAM-5 (5.6) establishes
+    /// COMMANDS CLEARED BY ANOTHER INITIATOR (2Fh/00h) for each I_T nexus that
+    /// had commands aborted, other than the one that caused the abort. A
+    /// preempted nexus thus reports REGISTRATIONS PREEMPTED, then COMMANDS
+    /// CLEARED BY ANOTHER INITIATOR if it had commands on the LUN. Nexuses
+    /// through other target ports are other nodes' (each applies the committed
+    /// state itself); NVMe hosts get their notices from their own frontend.
+    /// A node that missed several changes gets the last one's unit attentions
+    /// for the difference (`setReservations` carries only the newest state).
     pub fn preempted(&self, before: &PrState, after: &PrState) -> Vec<Nexus> {
-        let Some(change) = after.last.as_ref() else {
-            return Vec::new();
-        };
-        let preempt = matches!(change.sa, pr::SA_PREEMPT | pr::SA_PREEMPT_AND_ABORT);
-        if !preempt || !after.changed_since(before) {
-            return Vec::new();
-        }
         let port = self.port.load(Ordering::Acquire);
-        let gone: Vec<Nexus> = pr::removed(before, after)
-            .into_iter()
-            .filter(|n| n.port == port && *n != change.nexus)
-            .collect();
-        for n in &gone {
-            self.queue_nexus_ua(n, sense::REGISTRATIONS_PREEMPTED);
+        let mut gone = Vec::new();
+        for (n, what) in pr::notices(before, after) {
+            if n.port != port {
+                continue;
+            }
+            self.queue_nexus_ua(&n, what.sense());
+            if what == pr::Notice::RegistrationPreempted {
+                gone.push(n);
+            }
         }
-        if change.sa == pr::SA_PREEMPT_AND_ABORT {
+        let abort = after
+            .last
+            .as_ref()
+            .is_some_and(|c| c.sa == pr::SA_PREEMPT_AND_ABORT);
+        if abort {
             gone
         } else {
             Vec::new()

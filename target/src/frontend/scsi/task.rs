@@ -805,18 +805,31 @@ mod tests {
         }
     }
 
+    /// Nexuses a, b, c of `l`'s port registered (keys 0xa, 0xb, 0xc) and `far`
+    /// registered with its key through target port 9 (another node's nexus):
+    /// the state.
+    fn three_registered(l: &LunRt, far: (&str, u64)) -> PrState {
+        use crate::frontend::scsi::pr::param;
+        let mut st = PrState::default();
+        for (n, k) in [(A, 0xa), (B, 0xb), (C, 0xc)] {
+            st.out(&l.nexus(n), 0, 0, &param(0, k, false)).unwrap();
+        }
+        st.out(&Nexus::new(far.0, 9), 0, 0, &param(0, far.1, false))
+            .unwrap();
+        st
+    }
+
+    const A: &str = "iqn.a,i,0x1";
+    const B: &str = "iqn.b,i,0x2";
+    const C: &str = "iqn.c,i,0x3";
+
     #[test]
     fn a_preempt_and_abort_queues_registrations_preempted_and_names_the_nexuses_to_abort() {
         use crate::frontend::scsi::pr::{param, SA_PREEMPT, SA_PREEMPT_AND_ABORT};
         let l = lun();
-        let (a, b, c) = ("iqn.a,i,0x1", "iqn.b,i,0x2", "iqn.c,i,0x3");
-        let mut st = PrState::default();
-        for (n, k) in [(a, 0xa), (b, 0xb), (c, 0xc)] {
-            st.out(&l.nexus(n), 0, 0, &param(0, k, false)).unwrap();
-        }
+        let (a, b, c) = (A, B, C);
         // b through another target port: another node's nexus, not this LUN's.
-        st.out(&Nexus::new(b, 9), 0, 0, &param(0, 0xb, false))
-            .unwrap();
+        let mut st = three_registered(&l, (b, 0xb));
         let before = st.clone();
         st.out(
             &l.nexus(a),
@@ -854,6 +867,65 @@ mod tests {
             Some(sense::REGISTRATIONS_PREEMPTED)
         );
         assert_eq!(ua_of(&l, &mut ns_a, a, 0x00), None, "not the issuer");
+    }
+
+    #[test]
+    fn release_clear_and_a_type_changing_preempt_queue_their_unit_attentions_on_this_port() {
+        use crate::frontend::scsi::pr::{param, ty, SA_CLEAR, SA_PREEMPT, SA_RELEASE};
+        let l = lun();
+        let (a, b, c) = (A, B, C);
+        // c through another target port: another node's nexus.
+        let mut st = three_registered(&l, (c, 0xc));
+        let mut ns: Vec<NexusState> = (0..3).map(|_| NexusState::default()).collect();
+        for (i, n) in [a, b, c].into_iter().enumerate() {
+            assert_eq!(ua_of(&l, &mut ns[i], n, 0), Some(sense::RESET_OCCURRED));
+        }
+        let mut change = |who: &str, sa: u8, t: u8, keys: (u64, u64)| {
+            let before = st.clone();
+            st.out(&l.nexus(who), sa, t, &param(keys.0, keys.1, false))
+                .unwrap();
+            assert!(l.preempted(&before, &st).is_empty(), "nothing to abort");
+            assert!(l.preempted(&st, &st).is_empty(), "the same state again");
+        };
+        // A releases its registrants-only reservation: B and C hear, not A.
+        change(a, 1, ty::WE_RO, (0xa, 0));
+        change(a, SA_RELEASE, ty::WE_RO, (0xa, 0));
+        // A write exclusive one: nobody.
+        change(a, 1, ty::WE, (0xa, 0));
+        change(a, SA_RELEASE, ty::WE, (0xa, 0));
+        let want = [None, Some(sense::RESERVATIONS_RELEASED)];
+        for (i, n) in [a, b, c].into_iter().enumerate() {
+            assert_eq!(ua_of(&l, &mut ns[i], n, 0), want[usize::from(i > 0)], "{n}");
+            assert_eq!(ua_of(&l, &mut ns[i], n, 0), None, "{n}: once");
+        }
+        // B takes write exclusive; C preempts it with exclusive access: B
+        // preempted, A (still registered) told of the release, C nothing.
+        change(b, 1, ty::WE, (0xb, 0));
+        change(c, SA_PREEMPT, ty::EA, (0xc, 0xb));
+        assert_eq!(
+            ua_of(&l, &mut ns[0], a, 0),
+            Some(sense::RESERVATIONS_RELEASED)
+        );
+        assert_eq!(
+            ua_of(&l, &mut ns[1], b, 0),
+            Some(sense::REGISTRATIONS_PREEMPTED)
+        );
+        assert_eq!(ua_of(&l, &mut ns[2], c, 0), None);
+        // A clears: C (and nobody else here: B is not registered) is preempted.
+        change(a, SA_CLEAR, 0, (0xa, 0));
+        assert_eq!(
+            ua_of(&l, &mut ns[2], c, 0),
+            Some(sense::RESERVATIONS_PREEMPTED)
+        );
+        for (i, n) in [a, b, c].into_iter().enumerate() {
+            assert_eq!(ua_of(&l, &mut ns[i], n, 0), None, "{n}: nothing more");
+        }
+        // Nothing was queued for c through port 9 (the other node's).
+        l.set_alua(&Alua {
+            relative_port: 9,
+            ..Alua::default()
+        });
+        assert_eq!(l.take_nexus_ua(c), None);
     }
 
     #[test]
