@@ -1,6 +1,7 @@
 /* iscsi-load URL read|write QD SECS [BYTES] [digest]: keeps QD READ16/WRITE16 of
  * BYTES (default 4096) at random aligned offsets in flight for SECS seconds and
- * prints the completed commands per second. */
+ * prints the completed commands per second. With ISCSI_LOAD_RUSAGE=FILE it also
+ * writes its own CPU time (user and system seconds, whole run) to FILE. */
 #include <iscsi/iscsi.h>
 #include <iscsi/scsi-lowlevel.h>
 #include <poll.h>
@@ -8,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 struct st {
@@ -87,5 +89,13 @@ int main(int argc, char **argv) {
   printf("%.0f\n", counted / took);
   iscsi_logout_sync(s.is);
   iscsi_destroy_context(s.is);
+  const char *ru = getenv("ISCSI_LOAD_RUSAGE");
+  struct rusage r;
+  FILE *f;
+  if (ru && getrusage(RUSAGE_SELF, &r) == 0 && (f = fopen(ru, "w"))) {
+    fprintf(f, "%ld.%06ld %ld.%06ld\n", (long)r.ru_utime.tv_sec, (long)r.ru_utime.tv_usec,
+            (long)r.ru_stime.tv_sec, (long)r.ru_stime.tv_usec);
+    fclose(f);
+  }
   return s.failed ? 1 : 0;
 }

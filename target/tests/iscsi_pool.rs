@@ -5,6 +5,8 @@
 //! socket read has a timeout and every wait a deadline, so a regression fails the
 //! test within seconds instead of hanging the suite.
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -14,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use plexd_target::bdev::malloc::MallocBdev;
 use plexd_target::frontend::iscsi::pdu::{self, op, Bhs, Digests, BHS_LEN, RESERVED_TAG};
-use plexd_target::frontend::iscsi::{IscsiConfig, IscsiFrontend, LunConfig, TargetNodeConfig};
+use plexd_target::frontend::iscsi::{IscsiConfig, IscsiFrontend};
 use plexd_target::reactor::ReactorConfig;
 use plexd_target::{Target, TargetConfig};
 
@@ -45,19 +47,7 @@ fn start_target(cores: Vec<usize>) -> Arc<Target> {
 }
 
 fn config() -> IscsiConfig {
-    IscsiConfig {
-        portal: Some("127.0.0.1:0".into()),
-        targets: vec![TargetNodeConfig {
-            iqn: IQN.into(),
-            luns: vec![LunConfig {
-                lun: 0,
-                bdev: "m0".into(),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
+    common::iscsi_config(IQN, "m0")
 }
 
 /// A pipelining initiator: many commands in flight on one connection.

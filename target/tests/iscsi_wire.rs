@@ -19,9 +19,7 @@ use plexd_target::bdev::Bdev;
 use plexd_target::diag::{run_ios, IoReq};
 use plexd_target::frontend::iscsi::chap;
 use plexd_target::frontend::iscsi::pdu::{self, op, Bhs, Digests, BHS_LEN, RESERVED_TAG};
-use plexd_target::frontend::iscsi::{
-    ChapConfig, IscsiConfig, IscsiFrontend, LunConfig, TargetNodeConfig,
-};
+use plexd_target::frontend::iscsi::{ChapConfig, IscsiConfig, IscsiFrontend, LunConfig};
 use plexd_target::frontend::scsi::alua::{self, Alua, AluaState, PortGroup};
 use plexd_target::reactor::ReactorConfig;
 use plexd_target::testutil::pattern;
@@ -119,21 +117,10 @@ fn start_target(size_bytes: u64) -> Arc<Target> {
 }
 
 fn config(chap: Option<ChapConfig>, pr_dir: Option<std::path::PathBuf>) -> IscsiConfig {
-    IscsiConfig {
-        portal: Some("127.0.0.1:0".into()),
-        pr_dir,
-        targets: vec![TargetNodeConfig {
-            iqn: IQN.into(),
-            luns: vec![LunConfig {
-                lun: 0,
-                bdev: "m0".into(),
-                ..Default::default()
-            }],
-            chap,
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
+    let mut c = common::iscsi_config(IQN, "m0");
+    c.pr_dir = pr_dir;
+    c.targets[0].chap = chap;
+    c
 }
 
 /// A minimal initiator: one connection, one command at a time.

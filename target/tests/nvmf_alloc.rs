@@ -5,12 +5,10 @@
 //! read has a timeout (the shared test host's).
 
 mod common;
-
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering};
+mod counting;
 
 use common::{nvmf_export, two_reactor_target};
+use counting::{count_on_reactors, reactor_allocs};
 use plexd_target::bdev::malloc::MallocBdev;
 use plexd_target::frontend::nvmf::pdu::Digests;
 use plexd_target::testutil::pattern;
@@ -27,50 +25,6 @@ const IOS: u64 = 256;
 /// Allocations tolerated on the reactors while they run (the once-a-second
 /// tick may fall in the window); one per write would be `IOS`.
 const SLACK: u64 = 16;
-
-/// Counts allocations made on threads that set [`COUNTED`].
-struct Counting;
-
-static REACTOR_ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-thread_local! {
-    /// Set on the reactor threads: their allocations are counted.
-    static COUNTED: Cell<bool> = const { Cell::new(false) };
-}
-
-fn count() {
-    if COUNTED.try_with(|c| c.get()).unwrap_or(false) {
-        REACTOR_ALLOCS.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-// SAFETY: every call is passed on to the system allocator unchanged; counting
-// touches a const-initialised thread local (no allocation, no destructor) and
-// an atomic.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: the caller's contract, passed on.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: the caller's contract, passed on.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count();
-        // SAFETY: the caller's contract, passed on.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: the caller's contract, passed on.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
-#[global_allocator]
-static ALLOC: Counting = Counting;
 
 /// Writes 4 KiB in the capsule at block `i * 8` and reads it back; asserts both
 /// succeed and the data round-trips.
@@ -104,20 +58,17 @@ fn in_capsule_writes_and_reads_allocate_nothing_per_command_on_the_reactors() {
     let mut q = Host::ic(port, dig);
     assert_eq!(q.connect(1, cntlid, 0, NQN).sc(), 0, "I/O connect");
 
-    for h in t.reactors().handles() {
-        h.call_blocking(|_| COUNTED.with(|c| c.set(true)))
-            .expect("the reactor answers");
-    }
+    count_on_reactors(&t);
     // Warm up: the queue's command table, output queue and buffer caches grow
     // to their working size.
     for i in 0..IOS {
         write_and_read(&mut q, i);
     }
-    let before = REACTOR_ALLOCS.load(Ordering::Relaxed);
+    let before = reactor_allocs();
     for i in 0..IOS {
         write_and_read(&mut q, IOS + i);
     }
-    let allocs = REACTOR_ALLOCS.load(Ordering::Relaxed) - before;
+    let allocs = reactor_allocs() - before;
     assert!(
         allocs <= SLACK,
         "{allocs} allocations on the reactors for {IOS} in-capsule writes and {IOS} reads"

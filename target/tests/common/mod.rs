@@ -56,6 +56,26 @@ pub fn nvmf_export(
     (fe, port)
 }
 
+/// An iSCSI configuration of one open target `iqn` on a 127.0.0.1 portal (a
+/// free port) with bdev `bdev` as LUN 0.
+#[allow(dead_code)] // not every test binary that shares this module exports over iSCSI
+pub fn iscsi_config(iqn: &str, bdev: &str) -> plexd_target::frontend::iscsi::IscsiConfig {
+    use plexd_target::frontend::iscsi::{IscsiConfig, LunConfig, TargetNodeConfig};
+    IscsiConfig {
+        portal: Some("127.0.0.1:0".into()),
+        targets: vec![TargetNodeConfig {
+            iqn: iqn.into(),
+            luns: vec![LunConfig {
+                lun: 0,
+                bdev: bdev.into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
 /// Reads `len` bytes at `off` of bdev `name` of `t` straight from the bdev, on
 /// reactor 0 (within 10 s).
 #[allow(dead_code)] // not every test binary that shares this module reads a bdev
