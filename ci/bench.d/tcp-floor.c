@@ -2,8 +2,12 @@
  * exchange, with no storage and no protocol work: the peer ci/bench.d/nvmf
  * measures NVMe/TCP against for what sockets alone cost.
  *
- *   tcp-floor serve PORT read|write   accepts one connection on 127.0.0.1:PORT and
+ *   tcp-floor serve PORT read|write [zerocopy]
+ *                                     accepts one connection on 127.0.0.1:PORT and
  *                                     answers every request until the peer closes
+ *                                     (zerocopy: sends with MSG_ZEROCOPY, reaping its
+ *                                     notifications after every send; on loopback
+ *                                     the kernel copies such data on delivery anyway)
  *   tcp-floor load PORT read|write QD SECS
  *                                     keeps QD requests in flight for SECS seconds
  *                                     and prints the completed requests per second
@@ -59,10 +63,23 @@ static void die(const char *what) {
 }
 
 /* Sends every iovec of iov[0..n] (blocking; continues after short sends). */
+static int zerocopy;
+
+/* Drops the MSG_ZEROCOPY completion notifications queued on fd (the data sent
+ * never changes, so nothing waits for them). */
+static void reap_zerocopy(int fd) {
+  char ctl[256];
+  for (int i = 0; i < 1024; i++) {
+    struct msghdr e = {.msg_control = ctl, .msg_controllen = sizeof ctl};
+    if (recvmsg(fd, &e, MSG_ERRQUEUE | MSG_DONTWAIT) < 0) break;
+  }
+}
+
 static void send_all(int fd, struct iovec *iov, int n) {
   while (n > 0) {
     struct msghdr m = {.msg_iov = iov, .msg_iovlen = n > 1024 ? 1024 : n};
-    ssize_t k = sendmsg(fd, &m, MSG_NOSIGNAL);
+    ssize_t k = sendmsg(fd, &m, MSG_NOSIGNAL | (zerocopy ? MSG_ZEROCOPY : 0));
+    if (zerocopy) reap_zerocopy(fd);
     if (k < 0) {
       if (errno == EINTR) continue;
       die("tcp-floor: send");
@@ -88,6 +105,7 @@ static int serve(int port, int write) {
   if (fd < 0) die("tcp-floor: accept");
   close(l);
   nodelay(fd);
+  if (zerocopy && setsockopt(fd, SOL_SOCKET, SO_ZEROCOPY, &one, sizeof one)) die("tcp-floor: SO_ZEROCOPY");
   size_t req = write ? CMD + DATA : CMD, have = 0;
   uint64_t served = 0;
   unsigned char *rb = malloc(RBUF);
@@ -173,12 +191,15 @@ static int load(int port, int write, int qd, double secs) {
 
 int main(int argc, char **argv) {
   memset(data, 0xa5, sizeof data);
-  if (argc == 4 && !strcmp(argv[1], "serve")) return serve(atoi(argv[2]), !strcmp(argv[3], "write"));
+  if ((argc == 4 || (argc == 5 && !strcmp(argv[4], "zerocopy"))) && !strcmp(argv[1], "serve")) {
+    zerocopy = argc == 5;
+    return serve(atoi(argv[2]), !strcmp(argv[3], "write"));
+  }
   if (argc == 6 && !strcmp(argv[1], "load")) {
     int qd = atoi(argv[4]);
     if (qd < 1 || qd > MAXQD) { fprintf(stderr, "tcp-floor: QD 1..%d\n", MAXQD); return 2; }
     return load(atoi(argv[2]), !strcmp(argv[3], "write"), qd, atof(argv[5]));
   }
-  fprintf(stderr, "usage: tcp-floor serve PORT read|write | tcp-floor load PORT read|write QD SECS\n");
+  fprintf(stderr, "usage: tcp-floor serve PORT read|write [zerocopy] | tcp-floor load PORT read|write QD SECS\n");
   return 2;
 }
