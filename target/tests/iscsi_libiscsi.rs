@@ -314,11 +314,9 @@ fn libiscsi_conformance_suite_passes() {
     );
     if std::env::var("PLEXD_ISCSI_CU_TESTS").is_err() {
         // The acceptance bar of the iSCSI issue (tgt: 162 passed on this suite).
+        // Its time is printed above, not asserted (no speed in tests): `run`
+        // bounds it at 600 s so a hang fails instead of stalling CI.
         assert!(s.passed >= 190, "only {} tests passed: {s:?}", s.passed);
-        assert!(
-            elapsed < Duration::from_secs(300),
-            "the suite took {elapsed:?}"
-        );
     }
 }
 
