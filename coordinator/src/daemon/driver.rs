@@ -348,6 +348,9 @@ pub struct Driver {
     pub fences: Fences,
     /// Label and slot copies repaired (shared with `disk list`).
     pub repairs: Arc<Mutex<Repairs>>,
+    /// The group configurations this driver last wrote (a write validates what
+    /// changed since).
+    pub written: disks::Written,
     /// The main loop's input (wake-ups; kernel events of a new connection).
     pub tx: SyncSender<Input>,
     /// The failpoint armed in this process.
@@ -476,7 +479,8 @@ impl Driver {
             Some(end) => end.max(deadline),
             None => deadline,
         };
-        let result = disks::write_record(&record, &self.name, &files, &mut repairs, deadline);
+        let memory = (&mut *repairs, &mut self.written);
+        let result = disks::write_record(&record, &self.name, &files, memory, deadline);
         drop(repairs);
         if let Err(e) = &result {
             log::error!(
@@ -833,8 +837,9 @@ impl Driver {
         }
         self.failpoint_sleep("driver.kernel_prepare");
         let mut repairs = self.repairs.lock().unwrap_or_else(|p| p.into_inner());
-        let written =
-            disks::write_updates(&updates, txn, &self.name, &self.files(), &mut repairs, None);
+        let files = self.files();
+        let memory = (&mut *repairs, &mut self.written);
+        let written = disks::write_updates(&updates, txn, &self.name, &files, memory, None);
         drop(repairs);
         if let Err(e) = written {
             self.kernel.abort();
@@ -947,6 +952,17 @@ pub fn desired_of(
     d.nvmf = exports::desired_nvmf(all(), name, &nvmf_nodes);
     d.nvmf_node = exports::NvmfNode::of(file, name).unwrap_or_default();
     d
+}
+
+/// Whether the local check of `change` on node `name` reads this node's disks or
+/// data plane ([`disks::local_check`], [`check_export`]): it adds disks, takes
+/// volumes of `group` (the change's group as it is now) away from hosts, or exports
+/// a volume on this node. Only then is it a driver job; the rest of the check
+/// ([`disks::check_private_names`]) reads nothing.
+pub fn local_check_reads(change: &Change, group: Option<&DiskGroupConfig>, name: &str) -> bool {
+    !change.new_disks().is_empty()
+        || group.is_some_and(|g| !exports::volumes_taken_away(change, g).is_empty())
+        || matches!(change, Change::VolExport { export, .. } if exports::serves(export, name))
 }
 
 /// The local check of a change beyond the disks: an export this node would serve

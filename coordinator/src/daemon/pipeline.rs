@@ -162,7 +162,8 @@ impl Pipeline {
     }
 
     /// A message of a step, to send now (returned) or later (kept); `after_job`: a
-    /// job of the same step comes before it.
+    /// job of the same step comes before it (none held: the loop answered that
+    /// action itself, so nothing is to wait for).
     pub fn message(
         &mut self,
         to: NodeId,
@@ -171,6 +172,7 @@ impl Pipeline {
     ) -> Option<(NodeId, Message)> {
         let heartbeat = matches!(msg, Message::Heartbeat { .. });
         let waiting_to = self.waiting_to.get(&to).is_some_and(|n| *n > 0);
+        let after_job = after_job && !self.entries.is_empty();
         if self.hold_all || (!heartbeat && (after_job || waiting_to)) {
             self.keep(Item::Send(to, msg));
             None
