@@ -993,3 +993,52 @@ pub fn check_export(
     };
     checked.map_err(|e| RequestError::new(ErrorKind::Refused, name, format!("node {name}: {e}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::test_support::{cluster, with_mirror};
+    use crate::model::{Export, LogPolicy};
+
+    #[test]
+    fn only_a_local_check_that_reads_disks_or_the_data_plane_is_a_driver_job() {
+        let c = with_mirror(
+            &cluster(&[("d1", 64 << 20), ("d2", 64 << 20)]),
+            "v1",
+            1 << 20,
+            LogPolicy::default(),
+        );
+        let g = &c.disk_groups[0];
+        let vol = |change: Change| local_check_reads(&change, Some(g), "a");
+        let (dg, volume) = ("dg1".to_string(), "v1".to_string());
+        assert!(!vol(Change::VolGrow {
+            dg: dg.clone(),
+            volume: volume.clone(),
+            new_size_bytes: 2 << 20,
+        }));
+        // Volumes taken away from hosts: the data plane's sessions are looked at.
+        assert!(vol(Change::VolRm {
+            dg: dg.clone(),
+            volume: volume.clone(),
+        }));
+        // New disks are read.
+        assert!(vol(Change::DgAddDisk {
+            dg: dg.clone(),
+            disk: crate::model::test_support::disk("d3", 64 << 20),
+        }));
+        let export = |nodes: &[&str]| Change::VolExport {
+            dg: dg.clone(),
+            volume: volume.clone(),
+            export: Export {
+                protocol: ExportProtocol::Iscsi,
+                iqn: "iqn.2026-12.io.plexd:t".into(),
+                nodes: nodes.iter().map(|n| n.to_string()).collect(),
+                portal: String::new(),
+                hosts: Vec::new(),
+            },
+        };
+        // An export this node serves needs its portal; one it does not, nothing.
+        assert!(vol(export(&[])));
+        assert!(!vol(export(&["b"])));
+    }
+}

@@ -372,4 +372,16 @@ mod tests {
         assert_eq!(due[0], Item::Failpoint("txn.after_prepare"));
         assert_eq!(due.len(), 3);
     }
+
+    #[test]
+    fn a_message_after_a_job_the_loop_answered_itself_leaves_at_once() {
+        let mut p = Pipeline::default();
+        // Its step's job (a local check that reads nothing) was never held: nothing
+        // is to wait for.
+        assert_eq!(p.message(2, commit(), true), Some((2, commit())));
+        // Behind a job held, it waits for it.
+        p.job(7);
+        assert_eq!(p.message(2, commit(), true), None);
+        assert_eq!(p.done(7).unwrap(), vec![Item::Send(2, commit())]);
+    }
 }
