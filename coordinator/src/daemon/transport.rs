@@ -377,7 +377,6 @@ async fn hello(link: &Link, client: &peer::Client) -> Hello {
     }
 }
 
-/// Shakes hands, then delivers queued messages until the connection breaks.
 /// What the sender waits for next ([`deliver_all`]).
 enum Next {
     /// A message to deliver (None: the queue is closed).
@@ -455,6 +454,7 @@ async fn deliver_all(
     }
 }
 
+/// Shakes hands, then delivers queued messages until the connection breaks.
 fn run_connection(link: &Link, stream: TcpStream, rx: &smol::channel::Receiver<Message>) -> Ended {
     let Ok(stream) = Async::new(stream) else {
         return Ended::Idle;
