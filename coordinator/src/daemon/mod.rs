@@ -627,11 +627,10 @@ impl Daemon {
         }
         if !self.ready.is_empty() {
             log::error!(
-                "node {}: more than {MAX_READY_EVENTS} events answered in a row (a bug); {} dropped",
+                "node {}: more than {MAX_READY_EVENTS} events answered in a row (a bug); {} wait for the next input",
                 self.name,
                 self.ready.len()
             );
-            self.ready.clear();
         }
         self.remember_config();
         self.sync_alua();
