@@ -84,6 +84,26 @@ impl Repairs {
     }
 }
 
+/// Disk groups whose last written configuration is remembered, at most (more: the
+/// memory starts again empty, and the next writes validate whole).
+pub const MAX_WRITTEN_GROUPS: usize = 4096;
+
+/// The configuration of each disk group this node last wrote, by disk group id: the
+/// next write of the group validates only what changed since
+/// ([`ondisk::write_config_after`]). The groups share their volumes with the
+/// configurations they came from.
+#[derive(Debug, Default)]
+pub struct Written(BTreeMap<String, DiskGroupConfig>);
+
+impl Written {
+    fn remember(&mut self, g: &DiskGroupConfig) {
+        if self.0.len() >= MAX_WRITTEN_GROUPS && !self.0.contains_key(&g.id) {
+            self.0.clear();
+        }
+        self.0.insert(g.id.clone(), g.clone());
+    }
+}
+
 /// Every disk file with its label (or the error reading it).
 pub fn scan(files: &[PathBuf]) -> Vec<(PathBuf, Result<Label, ondisk::OnDiskError>)> {
     ondisk::scan(files)
@@ -410,13 +430,14 @@ pub fn read_shared(
 
 /// Carries out a change's disk updates, written by transaction `txn` on node `node`,
 /// finding the disks by id on `files` (the node's `disk_paths`). Every damaged copy a
-/// write replaces is logged (node, disk, what) and counted in `repairs`.
+/// write replaces is logged (node, disk, what) and counted in `repairs`; a group
+/// written before (`written`) is validated only where it changed since.
 pub fn write_updates(
     updates: &[DiskUpdate],
     txn: u64,
     node: &str,
     files: &[PathBuf],
-    repairs: &mut Repairs,
+    (repairs, written): (&mut Repairs, &mut Written),
     deadline: Option<std::time::Instant>,
 ) -> Result<(), String> {
     let mut errors = Vec::new();
@@ -424,8 +445,11 @@ pub fn write_updates(
     for u in updates {
         match u {
             DiskUpdate::WriteConfig(dg) => {
-                match ondisk::write_config(&local.disk_paths(dg), dg, txn, deadline) {
+                let paths = local.disk_paths(dg);
+                let before = written.0.get(&dg.id);
+                match ondisk::write_config_after(&paths, dg, before, txn, deadline) {
                     Ok(report) => {
+                        written.remember(dg);
                         for (path, disk_id, what) in &report.repaired {
                             let name = dg
                                 .disks
@@ -477,7 +501,7 @@ pub fn write_record(
     record: &DiskRecord<SharedConfig>,
     node: &str,
     files: &[PathBuf],
-    repairs: &mut Repairs,
+    memory: (&mut Repairs, &mut Written),
     deadline: std::time::Instant,
 ) -> Result<(), String> {
     write_updates(
@@ -485,44 +509,52 @@ pub fn write_record(
         disk_txn(record.txn),
         node,
         files,
-        repairs,
+        memory,
         Some(deadline),
     )
 }
 
 /// A slave's (and the master's) local checks of a change: no private disk group of
-/// the same name; every new disk is found here (by id on `files`) and opens. The
-/// refusal does not name the node (the caller places it).
+/// the same name ([`check_private_names`]); every new disk is found here (by id on
+/// `files`, read only when the change adds disks) and opens. The refusal does not
+/// name the node (the caller places it).
 pub fn local_check(
     change: &Change,
     private: &ClusterConfig,
     files: &[PathBuf],
 ) -> Result<(), RequestError> {
+    check_private_names(change, private)?;
+    let new = change.new_disks();
+    if new.is_empty() {
+        return Ok(());
+    }
+    let local = LocalDisks::scan(files);
+    for d in new {
+        check_disk(d, &local).map_err(|e| RequestError::unplaced(ErrorKind::Refused, e))?;
+    }
+    Ok(())
+}
+
+/// The part of [`local_check`] that reads nothing: a shared disk group a change
+/// creates or imports is not also one of this node's `private` groups.
+pub fn check_private_names(change: &Change, private: &ClusterConfig) -> Result<(), RequestError> {
     let exists = |dg: &str| {
         let e = format!("disk group {dg} exists as a private disk group");
         RequestError::unplaced(ErrorKind::Exists, e)
     };
-    if let Change::DgCreate {
-        dg, shared: true, ..
-    } = change
-    {
-        if private.disk_group(dg).is_some() {
-            return Err(exists(dg));
-        }
-    }
-    if let Change::DgImport {
-        config,
-        shared: true,
-        ..
-    } = change
-    {
-        if private.disk_group(&config.name).is_some() {
-            return Err(exists(&config.name));
-        }
-    }
-    let local = LocalDisks::scan(files);
-    for d in change.new_disks() {
-        check_disk(d, &local).map_err(|e| RequestError::unplaced(ErrorKind::Refused, e))?;
+    let name = match change {
+        Change::DgCreate {
+            dg, shared: true, ..
+        } => dg.as_str(),
+        Change::DgImport {
+            config,
+            shared: true,
+            ..
+        } => config.name.as_str(),
+        _ => return Ok(()),
+    };
+    if private.disk_group(name).is_some() {
+        return Err(exists(name));
     }
     Ok(())
 }

@@ -349,6 +349,9 @@ pub struct Driver {
     pub fences: Fences,
     /// Label and slot copies repaired (shared with `disk list`).
     pub repairs: Arc<Mutex<Repairs>>,
+    /// The group configurations this driver last wrote (a write validates what
+    /// changed since).
+    pub written: disks::Written,
     /// The main loop's input (wake-ups; kernel events of a new connection).
     pub tx: SyncSender<Input>,
     /// The failpoint armed in this process.
@@ -479,7 +482,8 @@ impl Driver {
             Some(end) => end.max(deadline),
             None => deadline,
         };
-        let result = disks::write_record(&record, &self.name, &files, &mut repairs, deadline);
+        let memory = (&mut *repairs, &mut self.written);
+        let result = disks::write_record(&record, &self.name, &files, memory, deadline);
         drop(repairs);
         if let Err(e) = &result {
             log::error!(
@@ -850,7 +854,8 @@ impl Driver {
         self.owner
             .set_groups(owner_lease::owned(&same_owner(before, after), &files));
         let mut repairs = self.repairs.lock().unwrap_or_else(|p| p.into_inner());
-        let written = disks::write_updates(&updates, txn, &self.name, &files, &mut repairs, None);
+        let memory = (&mut *repairs, &mut self.written);
+        let written = disks::write_updates(&updates, txn, &self.name, &files, memory, None);
         drop(repairs);
         if let Err(e) = written {
             self.kernel.abort();
@@ -1014,6 +1019,17 @@ pub fn desired_of(
     d
 }
 
+/// Whether the local check of `change` on node `name` reads this node's disks or
+/// data plane ([`disks::local_check`], [`check_export`]): it adds disks, takes
+/// volumes of `group` (the change's group as it is now) away from hosts, or exports
+/// a volume on this node. Only then is it a driver job; the rest of the check
+/// ([`disks::check_private_names`]) reads nothing.
+pub fn local_check_reads(change: &Change, group: Option<&DiskGroupConfig>, name: &str) -> bool {
+    !change.new_disks().is_empty()
+        || group.is_some_and(|g| !exports::volumes_taken_away(change, g).is_empty())
+        || matches!(change, Change::VolExport { export, .. } if exports::serves(export, name))
+}
+
 /// The local check of a change beyond the disks: an export this node would serve
 /// needs a portal it can listen on (`portals`: this node's iSCSI portal and NVMe/TCP
 /// listener); a change that takes volumes away from hosts is refused while a host
@@ -1041,4 +1057,53 @@ pub fn check_export(
         ExportProtocol::Nvmf => exports::check_nvmf(k, portals.1),
     };
     checked.map_err(|e| RequestError::new(ErrorKind::Refused, name, format!("node {name}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::test_support::{cluster, with_mirror};
+    use crate::model::{Export, LogPolicy};
+
+    #[test]
+    fn only_a_local_check_that_reads_disks_or_the_data_plane_is_a_driver_job() {
+        let c = with_mirror(
+            &cluster(&[("d1", 64 << 20), ("d2", 64 << 20)]),
+            "v1",
+            1 << 20,
+            LogPolicy::default(),
+        );
+        let g = &c.disk_groups[0];
+        let vol = |change: Change| local_check_reads(&change, Some(g), "a");
+        let (dg, volume) = ("dg1".to_string(), "v1".to_string());
+        assert!(!vol(Change::VolGrow {
+            dg: dg.clone(),
+            volume: volume.clone(),
+            new_size_bytes: 2 << 20,
+        }));
+        // Volumes taken away from hosts: the data plane's sessions are looked at.
+        assert!(vol(Change::VolRm {
+            dg: dg.clone(),
+            volume: volume.clone(),
+        }));
+        // New disks are read.
+        assert!(vol(Change::DgAddDisk {
+            dg: dg.clone(),
+            disk: crate::model::test_support::disk("d3", 64 << 20),
+        }));
+        let export = |nodes: &[&str]| Change::VolExport {
+            dg: dg.clone(),
+            volume: volume.clone(),
+            export: Export {
+                protocol: ExportProtocol::Iscsi,
+                iqn: "iqn.2026-12.io.plexd:t".into(),
+                nodes: nodes.iter().map(|n| n.to_string()).collect(),
+                portal: String::new(),
+                hosts: Vec::new(),
+            },
+        };
+        // An export this node serves needs its portal; one it does not, nothing.
+        assert!(vol(export(&[])));
+        assert!(!vol(export(&["b"])));
+    }
 }

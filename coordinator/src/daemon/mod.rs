@@ -98,6 +98,8 @@ pub const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(50);
 pub const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// How often the kernel event thread checks an idle connection to the data plane.
 pub const KERNEL_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// Events the loop answers itself fed after one input, at most ([`Daemon::feed`]).
+const MAX_READY_EVENTS: usize = 64;
 
 /// What the main loop receives.
 pub enum Input {
@@ -277,6 +279,9 @@ struct Daemon {
     early_lost: Option<(u64, String)>,
     /// Phase timings of the transaction this node runs as master (see [`TxnTimer`]).
     timer: Option<TxnTimer>,
+    /// Completion events of actions the loop answered itself (a local check that
+    /// reads nothing, [`driver::local_check_reads`]), fed after the step that asked.
+    ready: std::collections::VecDeque<Event<SharedConfig>>,
     /// Disk groups of this cluster or node whose configuration no disk holds
     /// readable (read at start and whenever this node reads the disks).
     failed: Vec<disks::FailedGroup>,
@@ -611,9 +616,25 @@ impl Daemon {
     }
 
     /// Feeds one event to the core and carries out its actions ([`Daemon::run_step`]).
+    /// Then the events the step answered itself ([`Daemon::ready`]), the same way.
     fn feed(&mut self, event: Event<SharedConfig>) {
-        let actions = self.node.handle(now_ms(self.start), event);
-        self.run_step(actions);
+        let mut next = Some(event);
+        // Each answered event comes from an action of the step before it, which the
+        // core asks once per transaction phase: a handful at most.
+        for _ in 0..=MAX_READY_EVENTS {
+            let Some(event) = next.take().or_else(|| self.ready.pop_front()) else {
+                break;
+            };
+            let actions = self.node.handle(now_ms(self.start), event);
+            self.run_step(actions);
+        }
+        if !self.ready.is_empty() {
+            log::error!(
+                "node {}: more than {MAX_READY_EVENTS} events answered in a row (a bug); {} wait for the next input",
+                self.name,
+                self.ready.len()
+            );
+        }
         self.remember_config();
         self.sync_alua();
     }
@@ -839,19 +860,9 @@ impl Daemon {
     /// core asks for it (the staged transaction, cancelled resyncs).
     fn submit_action(&mut self, action: Action<SharedConfig>) {
         let job = match action {
-            Action::LocalCheck { txn, change } => Job::LocalCheck {
-                txn,
-                group: self
-                    .node
-                    .private()
-                    .disk_group(change.dg_name())
-                    .map(|g| Arc::new(g.clone()))
-                    .or_else(|| {
-                        let shared = &self.node.config().groups;
-                        shared.iter().find(|g| g.name == change.dg_name()).cloned()
-                    }),
-                private: self.node.private().clone(),
-                change,
+            Action::LocalCheck { txn, change } => match self.local_check_job(txn, change) {
+                Some(job) => job,
+                None => return,
             },
             Action::KernelPrepare { txn, config } => {
                 let shared = config.groups.clone();
@@ -928,6 +939,38 @@ impl Daemon {
             }
         };
         self.submit(job);
+    }
+
+    /// The driver job of a transaction's local check; None when it reads nothing
+    /// ([`driver::local_check_reads`]): then the loop checks it and its answer is
+    /// fed after this step ([`Daemon::ready`]), without a trip through the driver.
+    fn local_check_job(&mut self, txn: TxnId, change: Change) -> Option<Job> {
+        let group = self
+            .node
+            .private()
+            .disk_group(change.dg_name())
+            .map(|g| Arc::new(g.clone()))
+            .or_else(|| {
+                let shared = &self.node.config().groups;
+                shared.iter().find(|g| g.name == change.dg_name()).cloned()
+            });
+        if driver::local_check_reads(&change, group.as_deref(), &self.name) {
+            return Some(Job::LocalCheck {
+                txn,
+                group,
+                private: self.node.private().clone(),
+                change,
+            });
+        }
+        let result = disks::check_private_names(&change, self.node.private());
+        if let Err(e) = &result {
+            log::warn!(
+                "node {}: transaction {txn}: local check refused: {e}",
+                self.name
+            );
+        }
+        self.ready.push_back(Event::LocalCheckDone { txn, result });
+        None
     }
 
     /// A disk write of the configuration record, with its deadline as an instant.

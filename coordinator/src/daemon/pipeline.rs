@@ -162,7 +162,8 @@ impl Pipeline {
     }
 
     /// A message of a step, to send now (returned) or later (kept); `after_job`: a
-    /// job of the same step comes before it.
+    /// job of the same step comes before it (none held: the loop answered that
+    /// action itself, so nothing is to wait for).
     pub fn message(
         &mut self,
         to: NodeId,
@@ -171,6 +172,7 @@ impl Pipeline {
     ) -> Option<(NodeId, Message)> {
         let heartbeat = matches!(msg, Message::Heartbeat { .. });
         let waiting_to = self.waiting_to.get(&to).is_some_and(|n| *n > 0);
+        let after_job = after_job && !self.entries.is_empty();
         if self.hold_all || (!heartbeat && (after_job || waiting_to)) {
             self.keep(Item::Send(to, msg));
             None
@@ -369,5 +371,17 @@ mod tests {
         let due = p.done(1).unwrap();
         assert_eq!(due[0], Item::Failpoint("txn.after_prepare"));
         assert_eq!(due.len(), 3);
+    }
+
+    #[test]
+    fn a_message_after_a_job_the_loop_answered_itself_leaves_at_once() {
+        let mut p = Pipeline::default();
+        // Its step's job (a local check that reads nothing) was never held: nothing
+        // is to wait for.
+        assert_eq!(p.message(2, commit(), true), Some((2, commit())));
+        // Behind a job held, it waits for it.
+        p.job(7);
+        assert_eq!(p.message(2, commit(), true), None);
+        assert_eq!(p.done(7).unwrap(), vec![Item::Send(2, commit())]);
     }
 }

@@ -1,6 +1,8 @@
 //! The cluster transport: one outgoing Cap'n Proto connection per peer, over which
 //! this node calls `Peer.deliver` for every protocol message, in order (the message
-//! as `cluster.capnp`'s `Message` struct, written by [`Message::write`]).
+//! as `cluster.capnp`'s `Message` struct, written by [`Message::write`]), with up to
+//! [`DELIVER_WINDOW`] calls in flight (a call's return is not waited for before the
+//! next; one timer per connection finds a call older than [`DELIVER_TIMEOUT`]).
 //!
 //! Each peer has a thread with a bounded queue ([`PEER_QUEUE_DEPTH`]). While a peer is
 //! unreachable its queued messages are dropped (as a lost network would), and the
@@ -44,6 +46,15 @@ const KICK_POLL: Duration = Duration::from_millis(5);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long one `deliver` call may take before the connection is declared broken.
 pub const DELIVER_TIMEOUT: Duration = Duration::from_secs(5);
+/// `deliver` calls in flight on one connection at most: the sender does not wait for
+/// a call's return before it makes the next (Cap'n Proto delivers the calls on one
+/// capability in the order they were made), so a message never waits a round trip
+/// behind the one before it (a heartbeat, say).
+pub const DELIVER_WINDOW: usize = 64;
+/// How often the sender looks for a `deliver` older than [`DELIVER_TIMEOUT`]: one
+/// timer for the connection, not one per message (arming a timer wakes the I/O
+/// reactor's thread).
+const DELIVER_CHECK: Duration = Duration::from_millis(500);
 
 /// What the handshake compares: this node's id, name, cluster id and node list
 /// ([`super::config::ClusterFile::node_list`]).
@@ -366,6 +377,83 @@ async fn hello(link: &Link, client: &peer::Client) -> Hello {
     }
 }
 
+/// What the sender waits for next ([`deliver_all`]).
+enum Next {
+    /// A message to deliver (None: the queue is closed).
+    Message(Option<Message>),
+    /// A call returned.
+    Returned(u64, Result<(), capnp::Error>),
+    /// Time to look for a call that takes too long.
+    Check,
+}
+
+/// Delivers the messages of `rx` in order with up to [`DELIVER_WINDOW`] calls in
+/// flight, until the queue closes or a call fails or takes longer than
+/// [`DELIVER_TIMEOUT`]; sets `delivered` once a call returned.
+async fn deliver_all(
+    me: NodeId,
+    incarnation: u64,
+    client: &peer::Client,
+    rx: &smol::channel::Receiver<Message>,
+    delivered: &mut bool,
+) {
+    use futures::stream::{FuturesUnordered, StreamExt};
+    let mut in_flight = FuturesUnordered::new();
+    // Call number → when it was made (the first entry is the oldest in flight).
+    let mut started: BTreeMap<u64, Instant> = BTreeMap::new();
+    let mut check = smol::Timer::interval(DELIVER_CHECK);
+    for seq in 0u64.. {
+        let full = in_flight.len() >= DELIVER_WINDOW;
+        let message = async {
+            if full {
+                std::future::pending().await
+            } else {
+                Next::Message(rx.recv().await.ok())
+            }
+        };
+        let returned = async {
+            match in_flight.next().await {
+                Some((n, r)) => Next::Returned(n, r),
+                None => std::future::pending().await,
+            }
+        };
+        let tick = async {
+            check.next().await;
+            Next::Check
+        };
+        match smol::future::or(returned, smol::future::or(message, tick)).await {
+            Next::Message(None) => return,
+            Next::Message(Some(msg)) => {
+                let mut req = client.deliver_request();
+                req.get().set_from(me);
+                req.get().set_incarnation(incarnation);
+                msg.write(req.get().init_message());
+                let promise = req.send().promise;
+                started.insert(seq, Instant::now());
+                in_flight.push(async move { (seq, promise.await.map(|_| ())) });
+            }
+            Next::Returned(n, Ok(())) => {
+                started.remove(&n);
+                *delivered = true;
+            }
+            Next::Returned(_, Err(e)) => {
+                log::debug!("transport: deliver failed: {e}");
+                return;
+            }
+            Next::Check => {
+                if started
+                    .values()
+                    .next()
+                    .is_some_and(|t| t.elapsed() > DELIVER_TIMEOUT)
+                {
+                    log::debug!("transport: deliver timed out");
+                    return;
+                }
+            }
+        }
+    }
+}
+
 /// Shakes hands, then delivers queued messages until the connection breaks.
 fn run_connection(link: &Link, stream: TcpStream, rx: &smol::channel::Receiver<Message>) -> Ended {
     let Ok(stream) = Async::new(stream) else {
@@ -403,27 +491,7 @@ fn run_connection(link: &Link, stream: TcpStream, rx: &smol::channel::Receiver<M
                 return;
             }
         }
-        loop {
-            let Ok(msg) = rx.recv().await else {
-                return;
-            };
-            let mut req = client.deliver_request();
-            req.get().set_from(me);
-            req.get().set_incarnation(incarnation);
-            msg.write(req.get().init_message());
-            let call = async { req.send().promise.await.map(|_| ()) };
-            let timeout = async {
-                smol::Timer::after(DELIVER_TIMEOUT).await;
-                Err(capnp::Error::failed("deliver timed out".into()))
-            };
-            match smol::future::or(call, timeout).await {
-                Ok(()) => delivered = true,
-                Err(e) => {
-                    log::debug!("transport: deliver failed: {e}");
-                    return;
-                }
-            }
-        }
+        deliver_all(me, incarnation, &client, rx, &mut delivered).await;
     };
     let conn = async {
         if let Err(e) = rpc.await {

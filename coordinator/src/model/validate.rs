@@ -112,6 +112,29 @@ impl DiskGroupConfig {
         Ok(())
     }
 
+    /// [`Self::validate_change`] against `before` (a group that passed
+    /// [`Self::validate`]); every debug build (the tests' plexd among them) checks
+    /// its verdict against the whole group's, naming `context` when they disagree.
+    pub fn validate_after(
+        &self,
+        before: &DiskGroupConfig,
+        context: impl std::fmt::Debug,
+    ) -> Result<(), ConfigError> {
+        let verdict = self.validate_change(before);
+        #[cfg(debug_assertions)]
+        {
+            let whole = self.validate();
+            assert_eq!(
+                verdict.is_ok(),
+                whole.is_ok(),
+                "validate_change ({verdict:?}) and validate ({whole:?}) disagree on {context:?}"
+            );
+        }
+        #[cfg(not(debug_assertions))]
+        let _ = context;
+        verdict
+    }
+
     /// A volume a change left alone against the changed ones ([`Self::validate_change`]):
     /// none of its names among `names`, its log id not among `log_ids`, none of its
     /// extents overlapping one of `changed` (sorted, disjoint).

@@ -836,10 +836,24 @@ pub struct ReleaseExpect<'a> {
 /// disks took it: the writer is a replaced master.
 ///
 /// Disks are written in parallel. Returns which disks were written and which failed;
-/// an error when none was.
+/// an error when none was. The whole configuration is validated first.
 pub fn write_config(
     paths: &[PathBuf],
     config: &DiskGroupConfig,
+    txn_id: u64,
+    deadline: Option<std::time::Instant>,
+) -> Result<WriteReport, OnDiskError> {
+    write_config_after(paths, config, None, txn_id, deadline)
+}
+
+/// [`write_config`] of `config` that is `before` changed (`before`: a configuration
+/// of the group that passed validation, the last this node wrote): only what the
+/// change touched is validated again ([`DiskGroupConfig::validate_after`]); none:
+/// the whole configuration.
+pub fn write_config_after(
+    paths: &[PathBuf],
+    config: &DiskGroupConfig,
+    before: Option<&DiskGroupConfig>,
     txn_id: u64,
     deadline: Option<std::time::Instant>,
 ) -> Result<WriteReport, OnDiskError> {
@@ -850,7 +864,11 @@ pub fn write_config(
         dg: config.name.clone(),
         reason,
     };
-    config.validate().map_err(|e| bad_config(e.to_string()))?;
+    let valid = match before {
+        Some(b) => config.validate_after(b, "a disk write"),
+        None => config.validate(),
+    };
+    valid.map_err(|e| bad_config(e.to_string()))?;
     label::check_label_str("disk group id", &config.id).map_err(bad_config)?;
     label::check_label_str("owner id", &config.owner_id).map_err(bad_config)?;
     let payload = encode_config(config);

@@ -682,3 +682,29 @@ fn a_replaced_master_cannot_write_over_a_newer_epoch_and_readers_drop_its_stale_
     assert!(report.all_ok(), "{:?}", report.failed);
     assert_eq!(read_config(&paths).unwrap().config, new3.disk_groups[0]);
 }
+
+#[test]
+fn a_write_after_the_last_one_validates_the_change_and_refuses_a_broken_one() {
+    let dir = TempDir::new();
+    let (paths, c1) = group(&dir, 2);
+    let g1 = &c1.disk_groups[0];
+    write_config(&paths, g1, 1, None).unwrap();
+    let c2 = next(&c1, "vol2");
+    let g2 = &c2.disk_groups[0];
+    assert!(write_config_after(&paths, g2, Some(g1), 2, None)
+        .unwrap()
+        .all_ok());
+    assert_eq!(read_config(&paths).unwrap().seq, g2.seq);
+    // The changed volume's subdisk moved over one of vol1's, which the change left
+    // alone: the change is checked against it, and nothing is written.
+    let mut bad = g2.clone();
+    bad.seq += 1;
+    let vol1 = g2.volume("vol1").unwrap().plexes[0].subdisks[0].clone();
+    let at = bad.volumes.iter().position(|v| v.name == "vol2").unwrap();
+    let sd = &mut bad.volume_mut(at).plexes[0].subdisks[0];
+    sd.disk = vol1.disk;
+    sd.disk_offset_bytes = vol1.disk_offset_bytes;
+    let err = write_config_after(&paths, &bad, Some(g2), 3, None).unwrap_err();
+    assert!(matches!(err, OnDiskError::BadConfig { .. }), "{err}");
+    assert_eq!(read_config(&paths).unwrap().seq, g2.seq);
+}
