@@ -29,7 +29,7 @@ use std::time::Instant;
 
 use super::drl::MAX_DRL_WAITING;
 use super::quiesce::{Countdown, Step};
-use super::spec::{Layout, PlexState, ReadPolicy};
+use super::spec::{Layout, PlexKind, PlexState, ReadPolicy};
 use super::VolumeShared;
 use crate::bdev::{
     check_range, BdevChannel, BdevIo, IoCallback, IoDone, IoKind, IoStatus, RETRY_ERRNO,
@@ -39,6 +39,7 @@ use crate::lease::{ReactorLease, FENCED_ERRNO};
 use crate::reactor::{Poller, PollerId, Reactor};
 
 /// A subdisk as a reactor sees it.
+#[derive(Clone)]
 struct ChSubdisk {
     ch: Rc<dyn BdevChannel>,
     offset_bytes: u64,
@@ -49,6 +50,9 @@ struct ChPlex {
     columns: Vec<Vec<ChSubdisk>>,
     /// Reads outstanding on this reactor (for least-busy).
     outstanding: Cell<u32>,
+    /// The plex's only subdisk when it has one: an I/O maps to one child at the
+    /// same offset on it, without walking the map.
+    single: Option<ChSubdisk>,
 }
 
 /// The layout bound to this reactor's bdev channels.
@@ -56,6 +60,11 @@ struct ChLayout {
     layout: Arc<Layout>,
     plexes: Vec<ChPlex>,
     prefer: Option<usize>,
+    /// Copied from `layout` for the I/O path (which then stays off the shared,
+    /// larger `Layout`).
+    block_size: u32,
+    size_bytes: u64,
+    round: bool,
 }
 
 impl ChLayout {
@@ -73,10 +82,15 @@ impl ChLayout {
                 }
                 columns.push(sds);
             }
+            let single = match columns.as_slice() {
+                [c] if p.map.kind == PlexKind::Concat && c.len() == 1 => Some(c[0].clone()),
+                _ => None,
+            };
             plexes.push(ChPlex {
                 state: Cell::new(p.state),
                 columns,
                 outstanding: Cell::new(0),
+                single,
             });
         }
         let prefer = match &layout.spec.read_policy {
@@ -84,6 +98,9 @@ impl ChLayout {
             _ => None,
         };
         Ok(ChLayout {
+            block_size: layout.block_size,
+            size_bytes: layout.spec.size_bytes,
+            round: layout.spec.read_policy == ReadPolicy::Round,
             layout,
             plexes,
             prefer,
@@ -158,15 +175,36 @@ struct VolIo {
 }
 
 /// A volume's channel on one reactor.
+///
+/// `repr(C)` keeps the fields every I/O touches together at the front (the slab,
+/// the layout, the gate and counters: two cache lines): a read's own work is small
+/// next to the page-cache walk and copy of the bdev below, which push this state
+/// out of the first-level cache between one I/O's submission and its completion.
+#[repr(C)]
 pub(crate) struct VolumeChannel {
-    shared: Arc<VolumeShared>,
-    reactor: Rc<Reactor>,
-    me: RefCell<std::rc::Weak<VolumeChannel>>,
+    ios: RefCell<slab::Slab<VolIo>>,
     layout: RefCell<Rc<ChLayout>>,
     gate_closed: Cell<bool>,
+    /// True while `submit` runs: completions must then be queued, not delivered.
+    in_submit: Cell<bool>,
+    /// The bound layout is of a shared volume (served only under the lease).
+    is_shared: Cell<bool>,
+    inflight: Cell<u32>,
+    /// I/Os accepted so far (drives latency sampling).
+    submitted: Cell<u64>,
+    /// Completed reads and their bytes (kept out of `stats`, which they join in
+    /// [`VolumeChannel::stats`]: counted on every read).
+    read_ops: Cell<u64>,
+    read_bytes: Cell<u64>,
+    reactor: Rc<Reactor>,
+    me: std::rc::Weak<VolumeChannel>,
+    /// This reactor's view of the data-plane lease.
+    lease: Rc<ReactorLease>,
+    rr: Cell<usize>,
+    stats: RefCell<VolumeStats>,
+    shared: Arc<VolumeShared>,
     /// When the gate last closed (the quiesce timeline's stall).
     closed_at: Cell<Option<Instant>>,
-    inflight: Cell<u32>,
     parked: RefCell<VecDeque<BdevIo>>,
     /// The countdown to report to once drained (a prepare is waiting).
     drain_waiter: RefCell<Option<DrainTx>>,
@@ -176,19 +214,8 @@ pub(crate) struct VolumeChannel {
     gate_epoch: Cell<u64>,
     /// The gate poller, while the gate is closed.
     gate_poller: Cell<Option<PollerId>>,
-    ios: RefCell<slab::Slab<VolIo>>,
     held: RefCell<Vec<usize>>,
     reported: Cell<u32>,
-    rr: Cell<usize>,
-    stats: RefCell<VolumeStats>,
-    /// I/Os accepted so far (drives latency sampling).
-    submitted: Cell<u64>,
-    /// True while `submit` runs: completions must then be queued, not delivered.
-    in_submit: Cell<bool>,
-    /// This reactor's view of the data-plane lease.
-    lease: Rc<ReactorLease>,
-    /// The bound layout is of a shared volume (served only under the lease).
-    is_shared: Cell<bool>,
     /// A refusal was logged since the gate last opened or the in-flight count
     /// last reached zero (one line per episode).
     refusal_logged: Cell<bool>,
@@ -198,6 +225,43 @@ pub(crate) struct VolumeChannel {
 
 /// One I/O in this many has its latency measured (reading the clock costs).
 pub const LATENCY_SAMPLE_EVERY: u64 = 16;
+
+/// Least-busy reads of one region this large stay on one plex while the plexes
+/// are about equally busy: each plex's cache (a memory file's page cache, a disk's
+/// own) then holds its share of the volume rather than all of it.
+pub const READ_REGION_BYTES: u64 = 2 << 20;
+/// How many more reads than the least busy candidate a region's own plex may have
+/// outstanding (on this reactor) and still get the region's next read.
+pub const READ_LOCALITY_SLACK: u32 = 8;
+
+/// The least-busy policy's choice among the plexes in `cand` (not empty) for a
+/// read at `offset`: the region's own plex (regions of [`READ_REGION_BYTES`] are
+/// dealt round the candidates) unless it has more than [`READ_LOCALITY_SLACK`]
+/// reads outstanding beyond the least busy candidate, which then gets the read.
+fn least_busy(plexes: &[ChPlex], cand: u32, offset: u64) -> usize {
+    debug_assert!(cand != 0, "least_busy without a candidate");
+    let mut left = cand;
+    let mut least = left.trailing_zeros() as usize;
+    while left != 0 {
+        let i = left.trailing_zeros() as usize;
+        left &= left - 1;
+        if plexes[i].outstanding.get() < plexes[least].outstanding.get() {
+            least = i;
+        }
+    }
+    // The k-th candidate (k < 32) owns the region.
+    let k = (offset / READ_REGION_BYTES) % u64::from(cand.count_ones());
+    let mut own = cand;
+    for _ in 0..k {
+        own &= own - 1;
+    }
+    let own = own.trailing_zeros() as usize;
+    if plexes[own].outstanding.get() <= plexes[least].outstanding.get() + READ_LOCALITY_SLACK {
+        own
+    } else {
+        least
+    }
+}
 
 /// Tag layout of child I/Os: low 32 bits = slot, next 8 bits = plex index.
 fn child_tag(slot: usize, plex: usize) -> u64 {
@@ -214,31 +278,32 @@ impl VolumeChannel {
     ) -> Result<Rc<VolumeChannel>, String> {
         let is_shared = layout.spec.shared;
         let chl = ChLayout::build(reactor, layout)?;
-        let ch = Rc::new(VolumeChannel {
-            shared,
-            reactor: Rc::clone(reactor),
-            me: RefCell::new(std::rc::Weak::new()),
+        let ch = Rc::new_cyclic(|me| VolumeChannel {
+            ios: RefCell::new(slab::Slab::with_capacity(1024)),
             layout: RefCell::new(Rc::new(chl)),
             gate_closed: Cell::new(gate_closed),
-            closed_at: Cell::new(gate_closed.then(Instant::now)),
+            in_submit: Cell::new(false),
+            is_shared: Cell::new(is_shared),
             inflight: Cell::new(0),
+            submitted: Cell::new(0),
+            read_ops: Cell::new(0),
+            read_bytes: Cell::new(0),
+            reactor: Rc::clone(reactor),
+            me: me.clone(),
+            lease: reactor.local::<ReactorLease>(),
+            rr: Cell::new(0),
+            stats: RefCell::new(VolumeStats::default()),
+            shared,
+            closed_at: Cell::new(gate_closed.then(Instant::now)),
             parked: RefCell::new(VecDeque::with_capacity(256)),
             drain_waiter: RefCell::new(None),
             gate_epoch: Cell::new(epoch),
             gate_poller: Cell::new(None),
-            ios: RefCell::new(slab::Slab::with_capacity(1024)),
             held: RefCell::new(Vec::new()),
             reported: Cell::new(0),
-            rr: Cell::new(0),
-            stats: RefCell::new(VolumeStats::default()),
-            submitted: Cell::new(0),
-            in_submit: Cell::new(false),
-            lease: reactor.local::<ReactorLease>(),
-            is_shared: Cell::new(is_shared),
             refusal_logged: Cell::new(false),
             drl_gen: Cell::new(0),
         });
-        *ch.me.borrow_mut() = Rc::downgrade(&ch);
         if gate_closed {
             ch.add_gate_poller();
         }
@@ -247,13 +312,15 @@ impl VolumeChannel {
 
     fn me(&self) -> Rc<VolumeChannel> {
         self.me
-            .borrow()
             .upgrade()
             .expect("a volume channel alive while used")
     }
 
     pub(crate) fn stats(&self) -> VolumeStats {
-        *self.stats.borrow()
+        let mut s = *self.stats.borrow();
+        s.read_ops += self.read_ops.get();
+        s.read_bytes += self.read_bytes.get();
+        s
     }
 
     pub(crate) fn inflight(&self) -> u32 {
@@ -303,7 +370,7 @@ impl VolumeChannel {
 
     fn add_gate_poller(&self) {
         let p = Rc::new(GatePoller {
-            ch: self.me.borrow().clone(),
+            ch: self.me.clone(),
         });
         self.gate_poller.set(Some(self.reactor.add_poller(p)));
     }
@@ -437,7 +504,7 @@ impl VolumeChannel {
         m
     }
 
-    fn pick_read_plex(&self, l: &ChLayout, tried: u32) -> Option<usize> {
+    fn pick_read_plex(&self, l: &ChLayout, tried: u32, offset: u64) -> Option<usize> {
         if l.plexes.len() == 1 {
             let ok = tried == 0 && l.plexes[0].state.get() == PlexState::Active;
             return ok.then_some(0);
@@ -451,19 +518,15 @@ impl VolumeChannel {
                 return Some(p);
             }
         }
-        match l.layout.spec.read_policy {
-            ReadPolicy::Round => {
-                let n = l.plexes.len();
-                let start = self.rr.get();
-                self.rr.set((start + 1) % n);
-                (0..n)
-                    .map(|k| (start + k) % n)
-                    .find(|&i| cand & (1 << i) != 0)
-            }
-            _ => (0..l.plexes.len())
-                .filter(|&i| cand & (1 << i) != 0)
-                .min_by_key(|&i| l.plexes[i].outstanding.get()),
+        if !l.round {
+            return Some(least_busy(&l.plexes, cand, offset));
         }
+        let n = l.plexes.len();
+        let start = self.rr.get();
+        self.rr.set((start + 1) % n);
+        (0..n)
+            .map(|k| (start + k) % n)
+            .find(|&i| cand & (1 << i) != 0)
     }
 
     /// Sends the children of `slot` for plex `p`; returns how many were sent.
@@ -476,10 +539,9 @@ impl VolumeChannel {
         io: &IoShape,
     ) -> u32 {
         let plex = &l.plexes[p];
-        let map = &l.layout.plexes[p].map;
         let mut n = 0u32;
-        match io.kind {
-            IoKind::Flush | IoKind::Reset => {
+        match (io.kind, &plex.single) {
+            (IoKind::Flush | IoKind::Reset, _) => {
                 for sd in plex.columns.iter().flatten() {
                     sd.ch.submit(BdevIo {
                         kind: io.kind,
@@ -491,10 +553,25 @@ impl VolumeChannel {
                     n += 1;
                 }
             }
-            _ => {
+            (_, Some(sd)) => {
+                // The volume's range was checked and the subdisk covers it.
+                sd.ch.submit(BdevIo {
+                    kind: io.kind,
+                    offset_bytes: sd.offset_bytes + io.offset_bytes,
+                    len_bytes: io.len_bytes,
+                    buf: if io.kind.has_data() {
+                        io.buf.slice(0, io.len_bytes as usize)
+                    } else {
+                        io.buf
+                    },
+                    cb: IoCallback::new(Rc::clone(me), child_tag(slot, p)),
+                });
+                n = 1;
+            }
+            (_, None) => {
                 // Children are counted before any completes: completions are queued
                 // by the reactor, never delivered inside submit.
-                map.map(
+                l.layout.plexes[p].map.map(
                     io.offset_bytes,
                     io.len_bytes,
                     |col, sdi, in_sd, in_req, len| {
@@ -538,7 +615,7 @@ impl VolumeChannel {
             )
         };
         let targets = if io.kind == IoKind::Read {
-            match self.pick_read_plex(&l, tried) {
+            match self.pick_read_plex(&l, tried, io.offset_bytes) {
                 Some(p) => 1u32 << p,
                 None => 0,
             }
@@ -908,7 +985,13 @@ impl VolumeChannel {
     }
 
     /// Counts a finished I/O in the stats.
+    #[inline]
     fn count(&self, io: &BdevIo, status: IoStatus) {
+        if io.kind == IoKind::Read && status.is_ok() {
+            self.read_ops.set(self.read_ops.get() + 1);
+            self.read_bytes.set(self.read_bytes.get() + io.len_bytes);
+            return;
+        }
         let mut s = self.stats.borrow_mut();
         match io.kind {
             IoKind::Read => {
@@ -942,21 +1025,58 @@ impl VolumeChannel {
         if let Some(d) = v.drl.as_ref().and_then(|l| l.layout.drl.as_ref()) {
             d.exit(v.io.offset_bytes, v.io.len_bytes);
         }
+        if self.in_submit.get() {
+            // Never complete inside submit: the submitter may not expect re-entry.
+            self.account(&v, status);
+            v.io.cb.defer(&self.reactor, status);
+        } else {
+            self.deliver(v, status);
+        }
+    }
+
+    /// Counts the finished I/O `v` in the stats (and its latency when sampled).
+    #[inline]
+    fn account(&self, v: &VolIo, status: IoStatus) {
         self.count(&v.io, status);
-        let mut s = self.stats.borrow_mut();
         if let Some(start) = v.start {
             let lat = start.elapsed().as_nanos() as u64;
+            let mut s = self.stats.borrow_mut();
             // Each sample stands for LATENCY_SAMPLE_EVERY I/Os, so total/ops is the mean.
             s.latency_ns_total += lat * LATENCY_SAMPLE_EVERY;
             s.latency_ns_max = s.latency_ns_max.max(lat);
         }
-        drop(s);
-        if self.in_submit.get() {
-            // Never complete inside submit: the submitter may not expect re-entry.
-            v.io.cb.defer(&self.reactor, status);
-        } else {
-            v.io.cb.target.io_done(v.io.cb.tag, status);
+    }
+
+    /// Counts the finished I/O `v` and hands its status to the submitter (never
+    /// called inside `submit`).
+    #[inline]
+    fn deliver(&self, v: VolIo, status: IoStatus) {
+        self.account(&v, status);
+        v.io.cb.target.io_done(v.io.cb.tag, status);
+    }
+
+    /// A read's only child succeeded (the common case of a read): completes it
+    /// without the bookkeeping of a fan-out. `None` hands the slot back.
+    #[inline]
+    fn read_done_fast(&self, slot: usize, plex: usize, status: IoStatus) -> Option<usize> {
+        let v = {
+            let mut ios = self.ios.borrow_mut();
+            match ios.get(slot) {
+                Some(v) if v.io.kind == IoKind::Read && v.pending == 1 && status.is_ok() => {
+                    debug_assert!(v.targets == 1 << plex, "completion from a plex not read");
+                    ios.remove(slot)
+                }
+                _ => return Some(slot),
+            }
+        };
+        if let Some(pl) = self.layout.borrow().plexes.get(plex) {
+            pl.outstanding.set(pl.outstanding.get().saturating_sub(1));
         }
+        self.dec_inflight();
+        // Child completions are never delivered inside submit.
+        debug_assert!(!self.in_submit.get(), "child completed inside submit");
+        self.deliver(v, IoStatus::Success);
+        None
     }
 }
 
@@ -979,7 +1099,7 @@ impl BdevChannel for VolumeChannel {
         }
         let (bs, size) = {
             let l = self.layout.borrow();
-            (l.layout.block_size, l.layout.spec.size_bytes)
+            (l.block_size, l.size_bytes)
         };
         if let Err(e) = check_range(&io, bs, size) {
             io.cb.defer(&self.reactor, IoStatus::Failed(e));
@@ -1017,7 +1137,10 @@ impl BdevChannel for VolumeChannel {
 
 impl IoDone for VolumeChannel {
     fn io_done(&self, tag: u64, status: IoStatus) {
-        self.child_done((tag & 0xffff_ffff) as usize, (tag >> 32) as usize, status);
+        let (slot, plex) = ((tag & 0xffff_ffff) as usize, (tag >> 32) as usize);
+        if let Some(slot) = self.read_done_fast(slot, plex, status) {
+            self.child_done(slot, plex, status);
+        }
     }
 }
 
