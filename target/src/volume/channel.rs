@@ -599,6 +599,8 @@ impl VolumeChannel {
         n
     }
 
+    /// (Re)starts the I/O in `slot` from what it holds: a read retried on another
+    /// plex, a write whose regions are now marked.
     fn start(&self, slot: usize) {
         let l = self.layout.borrow().clone();
         let (io, tried) = {
@@ -614,13 +616,19 @@ impl VolumeChannel {
                 v.tried,
             )
         };
+        self.start_with(&l, slot, &io, tried);
+    }
+
+    /// Picks the plexes of the I/O in `slot` (shaped `io`, having tried the plexes
+    /// in `tried`) and sends its children.
+    fn start_with(&self, l: &Rc<ChLayout>, slot: usize, io: &IoShape, tried: u32) {
         let targets = if io.kind == IoKind::Read {
-            match self.pick_read_plex(&l, tried, io.offset_bytes) {
+            match self.pick_read_plex(l, tried, io.offset_bytes) {
                 Some(p) => 1u32 << p,
                 None => 0,
             }
         } else {
-            Self::active_mask(&l, PlexState::takes_writes)
+            Self::active_mask(l, PlexState::takes_writes)
         };
         if targets == 0 {
             let errno = self.ios.borrow()[slot].errno;
@@ -631,17 +639,22 @@ impl VolumeChannel {
             return;
         }
         if matches!(io.kind, IoKind::Write | IoKind::WriteZeroes | IoKind::Unmap)
-            && !self.drl_ready(&l, slot, &io)
+            && !self.drl_ready(l, slot, io)
         {
             return;
         }
+        // A read of a single-subdisk plex has exactly one child.
+        let one_child = io.kind == IoKind::Read
+            && l.plexes[targets.trailing_zeros() as usize].single.is_some();
         {
             let mut ios = self.ios.borrow_mut();
             let v = &mut ios[slot];
             v.targets = targets;
             v.failed = 0;
             v.tried |= if io.kind == IoKind::Read { targets } else { 0 };
-            v.pending = u32::MAX; // guard: no completion can finish it while we submit
+            // Else a guard: no completion can finish it while we submit (none is
+            // delivered inside submit anyway).
+            v.pending = if one_child { 1 } else { u32::MAX };
         }
         let me: Rc<dyn IoDone> = self.me();
         let mut sent = 0;
@@ -649,7 +662,11 @@ impl VolumeChannel {
         while left != 0 {
             let p = left.trailing_zeros() as usize;
             left &= left - 1;
-            sent += self.submit_to_plex(&l, &me, slot, p, &io);
+            sent += self.submit_to_plex(l, &me, slot, p, io);
+        }
+        if one_child {
+            debug_assert_eq!(sent, 1, "a single-subdisk plex read sent one child");
+            return;
         }
         self.ios.borrow_mut()[slot].pending = sent;
         if sent == 0 {
@@ -1097,11 +1114,8 @@ impl BdevChannel for VolumeChannel {
             self.refuse(io, "MAX_PARKED_IOS I/Os are parked behind the closed gate");
             return;
         }
-        let (bs, size) = {
-            let l = self.layout.borrow();
-            (l.block_size, l.size_bytes)
-        };
-        if let Err(e) = check_range(&io, bs, size) {
+        let l = self.layout.borrow().clone();
+        if let Err(e) = check_range(&io, l.block_size, l.size_bytes) {
             io.cb.defer(&self.reactor, IoStatus::Failed(e));
             return;
         }
@@ -1113,6 +1127,12 @@ impl BdevChannel for VolumeChannel {
         debug_assert!(!self.in_submit.get(), "volume channel submit re-entered");
         self.inflight.set(self.inflight.get() + 1);
         self.submitted.set(self.submitted.get().wrapping_add(1));
+        let shape = IoShape {
+            kind: io.kind,
+            offset_bytes: io.offset_bytes,
+            len_bytes: io.len_bytes,
+            buf: io.buf,
+        };
         let slot = self.ios.borrow_mut().insert(VolIo {
             io,
             pending: 0,
@@ -1126,7 +1146,7 @@ impl BdevChannel for VolumeChannel {
             drl_token: 0,
         });
         self.in_submit.set(true);
-        self.start(slot);
+        self.start_with(&l, slot, &shape, 0);
         self.in_submit.set(false);
     }
 
@@ -1153,5 +1173,47 @@ impl VolumeShared {
             errno,
             failed: None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plexes(outstanding: &[u32]) -> Vec<ChPlex> {
+        outstanding
+            .iter()
+            .map(|&n| ChPlex {
+                state: Cell::new(PlexState::Active),
+                columns: Vec::new(),
+                outstanding: Cell::new(n),
+                single: None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn least_busy_deals_regions_round_the_candidates() {
+        let p = plexes(&[0, 0, 0]);
+        let r = READ_REGION_BYTES;
+        let got: Vec<usize> = (0..6).map(|i| least_busy(&p, 0b111, i * r + 4096)).collect();
+        assert_eq!(got, [0, 1, 2, 0, 1, 2]);
+        // Without plex 1 the regions are dealt over plexes 0 and 2.
+        let got: Vec<usize> = (0..4).map(|i| least_busy(&p, 0b101, i * r)).collect();
+        assert_eq!(got, [0, 2, 0, 2]);
+    }
+
+    #[test]
+    fn least_busy_leaves_the_region_plex_only_past_the_slack() {
+        let r = READ_REGION_BYTES;
+        // Region 1 belongs to plex 1.
+        let p = plexes(&[3, 3 + READ_LOCALITY_SLACK]);
+        assert_eq!(least_busy(&p, 0b11, r), 1);
+        let p = plexes(&[3, 4 + READ_LOCALITY_SLACK]);
+        assert_eq!(least_busy(&p, 0b11, r), 0);
+        // The least busy of several when the region's plex is too busy.
+        let p = plexes(&[20, 7, 0, 5]);
+        assert_eq!(least_busy(&p, 0b1111, 0), 2);
+        assert_eq!(least_busy(&p, 0b1011, 0), 3);
     }
 }
