@@ -250,7 +250,12 @@ fn least_busy(plexes: &[ChPlex], cand: u32, offset: u64) -> usize {
         }
     }
     // The k-th candidate (k < 32) owns the region.
-    let k = (offset / READ_REGION_BYTES) % u64::from(cand.count_ones());
+    let (region, n) = (offset / READ_REGION_BYTES, u64::from(cand.count_ones()));
+    let k = if n.is_power_of_two() {
+        region & (n - 1)
+    } else {
+        region % n
+    };
     let mut own = cand;
     for _ in 0..k {
         own &= own - 1;
@@ -533,7 +538,7 @@ impl VolumeChannel {
     fn submit_to_plex(
         &self,
         l: &ChLayout,
-        me: &Rc<dyn IoDone>,
+        me: &Rc<VolumeChannel>,
         slot: usize,
         p: usize,
         io: &IoShape,
@@ -548,7 +553,7 @@ impl VolumeChannel {
                         offset_bytes: 0,
                         len_bytes: 0,
                         buf: io.buf,
-                        cb: IoCallback::new(Rc::clone(me), child_tag(slot, p)),
+                        cb: IoCallback::new(Rc::<VolumeChannel>::clone(me), child_tag(slot, p)),
                     });
                     n += 1;
                 }
@@ -564,7 +569,7 @@ impl VolumeChannel {
                     } else {
                         io.buf
                     },
-                    cb: IoCallback::new(Rc::clone(me), child_tag(slot, p)),
+                    cb: IoCallback::new(Rc::<VolumeChannel>::clone(me), child_tag(slot, p)),
                 });
                 n = 1;
             }
@@ -586,7 +591,7 @@ impl VolumeChannel {
                             offset_bytes: sd.offset_bytes + in_sd,
                             len_bytes: len,
                             buf,
-                            cb: IoCallback::new(Rc::clone(me), child_tag(slot, p)),
+                            cb: IoCallback::new(Rc::<VolumeChannel>::clone(me), child_tag(slot, p)),
                         });
                         n += 1;
                     },
@@ -656,7 +661,7 @@ impl VolumeChannel {
             // delivered inside submit anyway).
             v.pending = if one_child { 1 } else { u32::MAX };
         }
-        let me: Rc<dyn IoDone> = self.me();
+        let me = self.me();
         let mut sent = 0;
         let mut left = targets;
         while left != 0 {
@@ -917,7 +922,7 @@ impl VolumeChannel {
     fn refuse(&self, io: BdevIo, why: &str) {
         self.log_refusal(why);
         let status = IoStatus::Failed(RETRY_ERRNO);
-        self.count(&io, status);
+        self.count(io.kind, io.len_bytes, status);
         io.cb.defer(&self.reactor, status);
     }
 
@@ -1001,23 +1006,23 @@ impl VolumeChannel {
         self.complete(slot, status);
     }
 
-    /// Counts a finished I/O in the stats.
+    /// Counts a finished I/O of `kind` and `len` bytes in the stats.
     #[inline]
-    fn count(&self, io: &BdevIo, status: IoStatus) {
-        if io.kind == IoKind::Read && status.is_ok() {
+    fn count(&self, kind: IoKind, len: u64, status: IoStatus) {
+        if kind == IoKind::Read && status.is_ok() {
             self.read_ops.set(self.read_ops.get() + 1);
-            self.read_bytes.set(self.read_bytes.get() + io.len_bytes);
+            self.read_bytes.set(self.read_bytes.get() + len);
             return;
         }
         let mut s = self.stats.borrow_mut();
-        match io.kind {
+        match kind {
             IoKind::Read => {
                 s.read_ops += 1;
-                s.read_bytes += io.len_bytes;
+                s.read_bytes += len;
             }
             IoKind::Write | IoKind::WriteZeroes | IoKind::Unmap => {
                 s.write_ops += 1;
-                s.write_bytes += io.len_bytes;
+                s.write_bytes += len;
             }
             IoKind::Flush | IoKind::Reset => s.other_ops += 1,
         }
@@ -1026,10 +1031,19 @@ impl VolumeChannel {
         }
     }
 
+    /// Adds a sampled I/O's latency (it started at `start`) to the stats.
+    fn sample_latency(&self, start: Instant) {
+        let lat = start.elapsed().as_nanos() as u64;
+        let mut s = self.stats.borrow_mut();
+        // Each sample stands for LATENCY_SAMPLE_EVERY I/Os, so total/ops is the mean.
+        s.latency_ns_total += lat * LATENCY_SAMPLE_EVERY;
+        s.latency_ns_max = s.latency_ns_max.max(lat);
+    }
+
     /// Fails an I/O that never started (no slot) because the volume is fenced.
     fn fail_fenced(&self, io: BdevIo) {
         let status = IoStatus::Failed(FENCED_ERRNO);
-        self.count(&io, status);
+        self.count(io.kind, io.len_bytes, status);
         io.cb.defer(&self.reactor, status);
     }
 
@@ -1042,57 +1056,45 @@ impl VolumeChannel {
         if let Some(d) = v.drl.as_ref().and_then(|l| l.layout.drl.as_ref()) {
             d.exit(v.io.offset_bytes, v.io.len_bytes);
         }
+        self.count(v.io.kind, v.io.len_bytes, status);
+        if let Some(start) = v.start {
+            self.sample_latency(start);
+        }
         if self.in_submit.get() {
             // Never complete inside submit: the submitter may not expect re-entry.
-            self.account(&v, status);
             v.io.cb.defer(&self.reactor, status);
         } else {
-            self.deliver(v, status);
+            v.io.cb.target.io_done(v.io.cb.tag, status);
         }
-    }
-
-    /// Counts the finished I/O `v` in the stats (and its latency when sampled).
-    #[inline]
-    fn account(&self, v: &VolIo, status: IoStatus) {
-        self.count(&v.io, status);
-        if let Some(start) = v.start {
-            let lat = start.elapsed().as_nanos() as u64;
-            let mut s = self.stats.borrow_mut();
-            // Each sample stands for LATENCY_SAMPLE_EVERY I/Os, so total/ops is the mean.
-            s.latency_ns_total += lat * LATENCY_SAMPLE_EVERY;
-            s.latency_ns_max = s.latency_ns_max.max(lat);
-        }
-    }
-
-    /// Counts the finished I/O `v` and hands its status to the submitter (never
-    /// called inside `submit`).
-    #[inline]
-    fn deliver(&self, v: VolIo, status: IoStatus) {
-        self.account(&v, status);
-        v.io.cb.target.io_done(v.io.cb.tag, status);
     }
 
     /// A read's only child succeeded (the common case of a read): completes it
-    /// without the bookkeeping of a fan-out. `None` hands the slot back.
+    /// without the bookkeeping of a fan-out, taking from its slab entry only what
+    /// the completion needs. `Some(slot)` hands any other completion back.
     #[inline]
     fn read_done_fast(&self, slot: usize, plex: usize, status: IoStatus) -> Option<usize> {
-        let v = {
+        let (cb, len, start) = {
             let mut ios = self.ios.borrow_mut();
             match ios.get(slot) {
                 Some(v) if v.io.kind == IoKind::Read && v.pending == 1 && status.is_ok() => {
                     debug_assert!(v.targets == 1 << plex, "completion from a plex not read");
-                    ios.remove(slot)
                 }
                 _ => return Some(slot),
             }
+            let v = ios.remove(slot);
+            (v.io.cb, v.io.len_bytes, v.start)
         };
         if let Some(pl) = self.layout.borrow().plexes.get(plex) {
             pl.outstanding.set(pl.outstanding.get().saturating_sub(1));
         }
         self.dec_inflight();
+        self.count(IoKind::Read, len, IoStatus::Success);
+        if let Some(start) = start {
+            self.sample_latency(start);
+        }
         // Child completions are never delivered inside submit.
         debug_assert!(!self.in_submit.get(), "child completed inside submit");
-        self.deliver(v, IoStatus::Success);
+        cb.target.io_done(cb.tag, IoStatus::Success);
         None
     }
 }
