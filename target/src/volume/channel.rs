@@ -649,8 +649,8 @@ impl VolumeChannel {
             return;
         }
         // A read of a single-subdisk plex has exactly one child.
-        let one_child = io.kind == IoKind::Read
-            && l.plexes[targets.trailing_zeros() as usize].single.is_some();
+        let one_child =
+            io.kind == IoKind::Read && l.plexes[targets.trailing_zeros() as usize].single.is_some();
         {
             let mut ios = self.ios.borrow_mut();
             let v = &mut ios[slot];
@@ -1198,7 +1198,9 @@ mod tests {
     fn least_busy_deals_regions_round_the_candidates() {
         let p = plexes(&[0, 0, 0]);
         let r = READ_REGION_BYTES;
-        let got: Vec<usize> = (0..6).map(|i| least_busy(&p, 0b111, i * r + 4096)).collect();
+        let got: Vec<usize> = (0..6)
+            .map(|i| least_busy(&p, 0b111, i * r + 4096))
+            .collect();
         assert_eq!(got, [0, 1, 2, 0, 1, 2]);
         // Without plex 1 the regions are dealt over plexes 0 and 2.
         let got: Vec<usize> = (0..4).map(|i| least_busy(&p, 0b101, i * r)).collect();
