@@ -103,7 +103,10 @@ pub enum ReadPolicy {
     Round,
     /// Always this plex while it is ACTIVE, else the least busy.
     Prefer(String),
-    /// The plex with the fewest reads outstanding on this reactor.
+    /// The plex with the fewest reads outstanding on this reactor; while the
+    /// plexes are about equally busy, the reads of one region of the volume
+    /// (plexd-target's `READ_REGION_BYTES`) go to the same plex, the regions dealt
+    /// round the ACTIVE plexes, so each plex's cache holds its share of the volume.
     #[default]
     LeastBusy,
 }

@@ -297,6 +297,52 @@ fn layout_changes_add_mirror_grow_remove_plex() {
 }
 
 #[test]
+fn least_busy_reads_of_a_region_stay_on_one_plex() {
+    let t = target(1);
+    malloc(&t, "d0", 8 * MIB);
+    malloc(&t, "d1", 8 * MIB);
+    // Different data on the two plexes shows which one served a read.
+    let region = plexd_target::volume::READ_REGION_BYTES;
+    let offs: Vec<u64> = (0..4).map(|i| i * region + 8192).collect();
+    for &off in &offs {
+        write(&t, 0, "d0", off, &pattern(1, off, 4096)).unwrap();
+        write(&t, 0, "d1", off, &pattern(2, off, 4096)).unwrap();
+    }
+    t.create_volume(&VolumeSpec {
+        log: None,
+        name: "v".into(),
+        size_bytes: 8 * MIB,
+        plexes: vec![
+            plex("v-01", PlexKind::Concat, vec![vec![sd("d0", 0, 8 * MIB)]]),
+            plex("v-02", PlexKind::Concat, vec![vec![sd("d1", 0, 8 * MIB)]]),
+        ],
+        read_policy: ReadPolicy::LeastBusy,
+        shared: false,
+        local_detach: false,
+    })
+    .unwrap();
+    // Idle plexes: the regions alternate between them, and a region's reads
+    // keep going to the same plex.
+    for _ in 0..3 {
+        for (i, &off) in offs.iter().enumerate() {
+            let plex = i % 2;
+            assert!(
+                read(&t, 0, "v", off, 4096).unwrap() == pattern(plex as u64 + 1, off, 4096),
+                "region {i} not read from plex {plex}"
+            );
+        }
+    }
+    // Without v-01 every region is read from v-02.
+    t.set_plex_state("v", "v-01", PlexState::Detached).unwrap();
+    for &off in &offs {
+        assert!(
+            read(&t, 0, "v", off, 4096).unwrap() == pattern(2, off, 4096),
+            "offset {off} not read from v-02"
+        );
+    }
+}
+
+#[test]
 fn the_last_active_plex_is_never_detached() {
     let t = target(1);
     malloc(&t, "d0", 4 * MIB);
