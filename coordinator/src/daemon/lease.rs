@@ -65,6 +65,22 @@ impl<S> RenewerShared<S> {
     pub(super) fn calls(&self) -> std::sync::MutexGuard<'_, ()> {
         self.calls.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// A clean stop's revocation of the `what` lease, after any renewal in flight:
+    /// `seal` marks the state so that no renewal follows and gives the connection,
+    /// on which `revoke` is called.
+    pub(super) fn revoke_sealed(
+        &self,
+        what: &str,
+        seal: impl FnOnce(&mut S) -> Option<Arc<KernelClient>>,
+        revoke: impl FnOnce(&KernelClient) -> Result<bool, plexd_target_api::ClientError>,
+    ) -> Result<(), String> {
+        let _calls = self.calls();
+        let client = seal(&mut self.lock()).ok_or("the data plane is lost")?;
+        revoke(&client)
+            .map(|_| ())
+            .map_err(|e| format!("cannot revoke the {what}: {e}"))
+    }
 }
 
 type Shared = RenewerShared<State>;
@@ -136,17 +152,14 @@ impl LeaseView {
     /// returns Ok, the data plane fails every new I/O to shared volumes (the renewal
     /// is in force on every reactor when it answers).
     pub fn revoke_for_stop(&self) -> Result<(), String> {
-        let _calls = self.shared.calls();
-        let client = {
-            let mut st = self.shared.lock();
-            st.sealed = true;
-            st.client.clone()
-        };
-        let client = client.ok_or("the data plane is lost")?;
-        client
-            .renew_lease(0)
-            .map(|_| ())
-            .map_err(|e| format!("cannot revoke the data-plane lease: {e}"))
+        self.shared.revoke_sealed(
+            "data-plane lease",
+            |st| {
+                st.sealed = true;
+                st.client.clone()
+            },
+            |c| c.renew_lease(0),
+        )
     }
 
     /// The end of the newest published lease; None when none was published or the

@@ -149,17 +149,14 @@ impl OwnerLease {
     /// A clean stop: revokes the private-group lease after any renewal in flight
     /// and renews it no more.
     pub fn revoke_for_stop(&self) -> Result<(), String> {
-        let _calls = self.shared.calls();
-        let client = {
-            let mut st = self.shared.lock();
-            st.sealed = true;
-            st.client.clone()
-        };
-        let client = client.ok_or("the data plane is lost")?;
-        client
-            .renew_private_lease_until(0)
-            .map(|_| ())
-            .map_err(|e| format!("cannot revoke the private-group lease: {e}"))
+        self.shared.revoke_sealed(
+            "private-group lease",
+            |st| {
+                st.sealed = true;
+                st.client.clone()
+            },
+            |c| c.renew_private_lease_until(0),
+        )
     }
 }
 
