@@ -695,3 +695,45 @@ fn an_nvme_release_and_an_iscsi_clear_reach_the_other_protocol_on_the_other_node
     expect_resv_notice(&mut adm, aer, 3, "A's reservation preempted notice on a");
     no_ua(&mut h2, "host 2 cleared: nothing for it");
 }
+
+/// A reservation change is in force on every node when the command completes: a
+/// third node, slow to apply commits (its data plane takes each one 2 s late), is
+/// neither the node the RESERVE came through nor the master's successor (which
+/// applies a commit before the disk write), and still refuses the other host's
+/// write right after the GOOD: the master answers a PR OUT only once every
+/// member's data plane applied it (`ConfigModel::answer_after_applied`). Likewise
+/// the release lets the write through at once.
+#[test]
+fn a_reservation_is_in_force_on_a_node_slow_to_commit_when_the_command_completes() {
+    let (mut c, m) = nodes_exporting(3, "iscsi dg1 vol1 --all");
+    // The node that is neither the master nor its successor (the lowest other id).
+    let successor = (0..3).filter(|&i| i != m).min().unwrap();
+    let slow = (0..3).find(|&i| i != m && i != successor).unwrap();
+    c.restart_coordinator(slow, Some("driver.kernel_commit:sleep=2000"));
+    for i in 0..3 {
+        wait_lun(&c, i);
+    }
+    let block = vec![0x3cu8; 512];
+    let mut h2 = session(&c, slow, HOST2, ISID2);
+    ok(
+        h2.write10(0, &block),
+        "host 2 writes through the slow node first",
+    );
+
+    let mut h1 = session(&c, m, HOST1, ISID1);
+    ok(h1.pr_out(0, 0, 0, 0xa1), "REGISTER 0xa1 through the master");
+    ok(h1.pr_out(1, WE, 0xa1, 0), "RESERVE through the master");
+    assert_eq!(
+        status(
+            h2.write10(0, &block),
+            "host 2's write right after the RESERVE"
+        ),
+        CONFLICT,
+        "the slow node let a non-registrant write after the reservation was granted"
+    );
+    ok(h1.pr_out(2, WE, 0xa1, 0), "RELEASE through the master");
+    ok(
+        h2.write10(0, &block),
+        "host 2's write through the slow node right after the RELEASE",
+    );
+}

@@ -751,6 +751,7 @@ impl Driver {
 
     /// Commits the staged layout in the data plane.
     fn kernel_commit(&mut self, txn: TxnId) -> Done {
+        self.failpoint_sleep("driver.kernel_commit");
         if let Err(e) = self.kernel.commit() {
             log::error!(
                 "node {}: transaction {txn}: data plane commit: {e}",

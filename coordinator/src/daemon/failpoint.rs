@@ -14,13 +14,16 @@ pub const FAILPOINT_EXIT_STATUS: i32 = 137;
 /// `driver.kernel_prepare` (after the data plane staged a transaction, shared or a
 /// private group's, its volumes
 /// still quiesced: a slow drain), `driver.write_disks` (before a transaction's
-/// configuration is written to the disks: a slow disk) and `lease.renew` (in the
+/// configuration is written to the disks: a slow disk), `driver.kernel_commit`
+/// (before the data plane applies a committed transaction: a node slow to take a
+/// commit) and `lease.renew` (in the
 /// lease thread, between taking the lease to renew and sending it to the data
 /// plane: a process frozen mid-renewal) and `drl.read` (in the thread reading a
 /// lost node start's dirty region log sections, before it reads: a slow disk, a
 /// read pending while the process is frozen).
-pub const DRIVER_FAILPOINTS: [&str; 4] = [
+pub const DRIVER_FAILPOINTS: [&str; 5] = [
     "driver.kernel_prepare",
+    "driver.kernel_commit",
     "driver.write_disks",
     "lease.renew",
     "drl.read",
