@@ -7,6 +7,7 @@
 //! [target]
 //! cores = "0,1"              # or cpumask = "0x3"
 //! poll_mode = "adaptive"     # or "always"
+//! reactor_nice = -10         # optional: the reactor threads' nice value
 //! socket = "/run/plexd/target0.sock"
 //!
 //! [[bdevs]]
@@ -167,6 +168,8 @@ pub struct TargetSection {
     pub cpumask: Option<Spanned<String>>,
     /// `adaptive` (default) or `always`.
     pub poll_mode: Option<PollMode>,
+    /// The reactor threads' nice value, -20..=19 (unset: inherited).
+    pub reactor_nice: Option<Spanned<i32>>,
     /// The API socket.
     pub socket: Option<PathBuf>,
     /// Bytes of I/O buffers (the pool every reactor takes buffers from; resident
@@ -396,6 +399,15 @@ impl Config {
             PoolConfig::with_total_bytes(p.get_ref().0)
                 .map_err(|e| self.err(Some(p.span()), "target.buffer_pool", e))?;
         }
+        if let Some(n) = &self.target.reactor_nice {
+            if !(-20..=19).contains(n.get_ref()) {
+                return Err(self.err(
+                    Some(n.span()),
+                    "target.reactor_nice",
+                    format!("{} is not a nice value (-20..=19)", n.get_ref()),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -578,6 +590,7 @@ impl Config {
         if let Some(p) = self.target.poll_mode {
             rc.poll_mode = p;
         }
+        rc.nice = self.target.reactor_nice.as_ref().map(|n| *n.get_ref());
         rc
     }
 
@@ -1105,6 +1118,16 @@ plexes = [
         assert_eq!(c.bdevs[0].size, Some(Size(2 << 20)));
         let portal = c.iscsi.as_ref().map(|i| i.portal());
         assert_eq!(portal, Some("127.0.0.1:3261"));
+    }
+
+    #[test]
+    fn the_reactor_nice_value_is_taken_within_its_bounds() {
+        let c = parse(GOOD, &["target.reactor_nice=-10"]).unwrap();
+        assert_eq!(c.reactor_config().nice, Some(-10));
+        assert_eq!(parse(GOOD, &[]).unwrap().reactor_config().nice, None);
+        let e = parse(GOOD, &["target.reactor_nice=-21"]).unwrap_err();
+        assert_eq!(e.key, "target.reactor_nice", "{e}");
+        assert!(e.reason.contains("not a nice value"), "{e}");
     }
 
     #[test]

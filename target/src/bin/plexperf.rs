@@ -81,6 +81,10 @@ struct Args {
     /// Reactor sleep policy: adaptive or always
     #[arg(long, default_value = "adaptive")]
     poll_mode: String,
+    /// The reactor threads' nice value (-20..=19; negative needs root): fewer and
+    /// shorter stalls when other processes compete for the reactors' cores
+    #[arg(long, allow_hyphen_values = true)]
+    reactor_nice: Option<i32>,
     /// A dirty region log for the --volume on bdev BDEV (one not in the volume):
     /// BDEV[+BDEV2][,region=SIZE] (default region 512K; BDEV2: a second copy); writes then mark regions first
     #[arg(long, value_name = "BDEV[+BDEV2][,region=SIZE]")]
@@ -292,6 +296,7 @@ fn start_target(args: &Args) -> Result<Arc<Target>, String> {
         reactors: ReactorConfig {
             cores,
             poll_mode,
+            nice: args.reactor_nice,
             ..Default::default()
         },
         ..Default::default()

@@ -90,6 +90,11 @@ pub struct ReactorConfig {
     pub idle_spin: Duration,
     /// Message ring slots per reactor.
     pub mailbox_slots: usize,
+    /// The reactor threads' nice value (-20..=19; negative needs CAP_SYS_NICE);
+    /// None leaves the inherited one. A reactor sharing its core with other busy
+    /// processes is off the core for their slices; a low nice value makes those
+    /// rare (docs/OPERATIONS.md, "Reactor priority").
+    pub nice: Option<i32>,
 }
 
 impl Default for ReactorConfig {
@@ -99,6 +104,7 @@ impl Default for ReactorConfig {
             poll_mode: PollMode::Adaptive,
             idle_spin: Duration::from_micros(200),
             mailbox_slots: MAILBOX_SLOTS,
+            nice: None,
         }
     }
 }
@@ -874,6 +880,19 @@ impl ReactorSet {
                             return;
                         }
                     }
+                    if let Some(n) = cfg.nice {
+                        if let Err(e) = set_thread_nice(n) {
+                            let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
+                                " (a negative one needs root or CAP_SYS_NICE)"
+                            } else {
+                                ""
+                            };
+                            let _ = ready.send(Err(format!(
+                                "reactor {id}: cannot set its nice value to {n}: {e}{hint}"
+                            )));
+                            return;
+                        }
+                    }
                     let r = match Reactor::new(id, mailbox, peers, &cfg, pool, st) {
                         Ok(r) => Rc::new(r),
                         Err(e) => {
@@ -992,6 +1011,23 @@ fn core_allowed(core: usize) -> bool {
         .unwrap_or(false)
 }
 
+/// Sets the calling thread's nice value (Linux keeps one per thread).
+fn set_thread_nice(nice: i32) -> std::io::Result<()> {
+    if !(-20..=19).contains(&nice) {
+        return Err(std::io::Error::other(format!("{nice} is outside -20..=19")));
+    }
+    let tid = nix::unistd::gettid().as_raw();
+    let who = libc::id_t::try_from(tid).map_err(std::io::Error::other)?;
+    // SAFETY: setpriority takes three integers and touches no memory of ours;
+    // PRIO_PROCESS with a thread id changes that one thread's nice value.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, who, nice) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 fn pin_to_core(core: usize) -> nix::Result<()> {
     let mut set = nix::sched::CpuSet::new();
     set.set(core)?;
@@ -1020,6 +1056,46 @@ mod tests {
         assert!(parse_cores("").is_err());
         assert!(parse_cores("4-2").is_err());
         assert!(parse_cores("x").is_err());
+    }
+
+    #[test]
+    fn reactor_threads_take_the_configured_nice_value() {
+        // The thread's own nice value, read on the reactor (getpriority of its tid).
+        let nice_of = |set: &ReactorSet| {
+            set.broadcast_blocking(|_| {
+                let tid = nix::unistd::gettid().as_raw() as libc::id_t;
+                // SAFETY: getpriority takes integers only; errno is cleared first
+                // because -1 is also a valid answer.
+                unsafe {
+                    *libc::__errno_location() = 0;
+                    libc::getpriority(libc::PRIO_PROCESS, tid)
+                }
+            })
+            .unwrap()
+        };
+        let inherited = ReactorSet::start(&ReactorConfig::default(), pool()).unwrap();
+        let base = nice_of(&inherited)[0];
+        let wanted = (base + 3).min(19);
+        let set = ReactorSet::start(
+            &ReactorConfig {
+                cores: vec![0, 1],
+                nice: Some(wanted),
+                ..Default::default()
+            },
+            pool(),
+        )
+        .unwrap();
+        assert_eq!(nice_of(&set), vec![wanted, wanted]);
+        let e = ReactorSet::start(
+            &ReactorConfig {
+                nice: Some(25),
+                ..Default::default()
+            },
+            pool(),
+        )
+        .err()
+        .expect("a nice value of 25 is refused");
+        assert!(e.to_string().contains("nice value to 25"), "{e}");
     }
 
     #[test]
