@@ -18,11 +18,12 @@
 //!   bumped by every renewal, the expiry count.
 //!   [`crate::Target::renew_lease_until`] hands the new deadline to every reactor through its
 //!   mailbox and waits until each one has it.
-//! - Reactor side ([`ReactorLease`], reactor-local): the deadline and one `fenced`
-//!   flag that a shared volume's channel checks on submit (a `Cell`: no lock, no
+//! - Reactor side ([`ReactorLease`], one per scope in the reactor-local
+//!   [`ReactorLeases`]): the deadline and one `fenced` flag that the scope's
+//!   volumes' channels check on submit (a `Cell`: no lock, no
 //!   shared atomic on the I/O path). A poller flips the flag when the reactor's
 //!   clock passes the deadline — also on an idle reactor, whose sleep is bounded by
-//!   the poller's deadline — and fails what waits on this reactor's shared volumes
+//!   the poller's deadline — and fails what waits on this reactor's volumes of the scope
 //!   (parked behind a closed gate, writes held for a plex detach). The reactor's
 //!   clock is refreshed once `BUSY_CLOCK_WORK` units of work have run (checked after
 //!   each loop iteration), so the expiry lags the deadline by at most one iteration

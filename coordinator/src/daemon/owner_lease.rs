@@ -115,20 +115,19 @@ impl OwnerLease {
         OwnerLease { shared, thread }
     }
 
-    /// The private groups to check from now on (the driver's, after each change).
+    /// The private groups to check from the next round on (the driver's, after
+    /// each change).
     pub fn set_groups(&self, groups: Vec<Owned>) {
         let mut st = self.shared.lock();
         st.taken
             .retain(|name, _| groups.iter().any(|g| &g.name == name));
         st.groups = groups;
-        drop(st);
-        self.shared.wake.notify_one();
     }
 
-    /// The connection to renew on (none while the data plane is lost).
+    /// The connection to renew on from the next round on (none while the data
+    /// plane is lost).
     pub fn set_client(&self, client: Option<Arc<KernelClient>>) {
         self.shared.lock().client = client;
-        self.shared.wake.notify_one();
     }
 
     /// The new owner of private group `dg` if its disks name another.
@@ -205,6 +204,8 @@ fn check(g: &Owned, owner_id: &str) -> Verdict {
 fn run(node: &str, owner_id: &str, shared: &Shared, lease_ms: u64) {
     let period = Duration::from_millis((lease_ms / 4).max(20));
     let mut held = false;
+    // A connection whose data plane predates renewPrivateLeaseUntil (told once).
+    let mut old_target: Option<Arc<KernelClient>> = None;
     // The first round at once: a restart may find the lease already run out.
     let mut first = true;
     loop {
@@ -225,7 +226,9 @@ fn run(node: &str, owner_id: &str, shared: &Shared, lease_ms: u64) {
             }
             (st.groups.clone(), st.client.clone())
         };
-        let Some(client) = client else {
+        let Some(client) =
+            client.filter(|c| !old_target.as_ref().is_some_and(|o| Arc::ptr_eq(o, c)))
+        else {
             continue;
         };
         // The clock before the labels: the deadline never outlasts what they showed.
@@ -288,8 +291,8 @@ fn run(node: &str, owner_id: &str, shared: &Shared, lease_ms: u64) {
                      volumes are served without a lease until it is upgraded",
                     client.path()
                 );
-                // Asked again after the next change of groups or client at the
-                // earliest: once a period is often enough for a warning.
+                // Not asked again on this connection (a reconnection asks anew).
+                old_target = Some(client);
             }
             Err(e) => log::warn!("node {node}: cannot renew the private-group lease: {e}"),
         }

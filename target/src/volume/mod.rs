@@ -26,10 +26,11 @@
 //! gate's poller or the release message); a reactor that has not yet keeps its
 //! gate closed. `abort` publishes the end of the quiesce without a layout.
 //!
-//! Shared volumes (`VolumeSpec::shared`) are also fenced by the data-plane lease
-//! ([`crate::lease`]): while it is not valid, their channels fail new I/O, parked
-//! I/O and held writes with [`crate::lease::FENCED_ERRNO`]; a staged layout stays
-//! staged.
+//! Volumes are also fenced by their lease ([`crate::lease`]): shared ones
+//! (`VolumeSpec::shared`) by the data-plane lease, private ones by the
+//! private-group lease once it was first granted. While it is not valid, their
+//! channels fail new I/O, parked I/O and held writes with
+//! [`crate::lease::FENCED_ERRNO`]; a staged layout stays staged.
 
 pub use plexd_target_api::volume::{PlexInfo, VolumeInfo};
 mod channel;
