@@ -8,7 +8,7 @@ mod common;
 mod counting;
 
 use common::{iscsi_config, two_reactor_target};
-use counting::{count_on_reactors, reactor_allocs};
+use counting::allocs_after_warm_up;
 use plexd_target::bdev::malloc::MallocBdev;
 use plexd_target::frontend::iscsi::IscsiFrontend;
 use plexd_target::testutil::pattern;
@@ -56,17 +56,7 @@ fn immediate_data_writes_and_reads_allocate_nothing_per_command_on_the_reactors(
     .expect("login");
     ini.clear_ua().expect("the power-on unit attention clears");
 
-    count_on_reactors(&t);
-    // Warm up: the session's task table, output queue and buffer caches grow to
-    // their working size.
-    for i in 0..IOS {
-        write_and_read(&mut ini, i);
-    }
-    let before = reactor_allocs();
-    for i in 0..IOS {
-        write_and_read(&mut ini, IOS + i);
-    }
-    let allocs = reactor_allocs() - before;
+    let allocs = allocs_after_warm_up(&t, u64::from(IOS), |i| write_and_read(&mut ini, i as u32));
     assert!(
         allocs <= SLACK,
         "{allocs} allocations on the reactors for {IOS} immediate-data writes and {IOS} reads"

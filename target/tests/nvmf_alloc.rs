@@ -8,7 +8,7 @@ mod common;
 mod counting;
 
 use common::{nvmf_export, two_reactor_target};
-use counting::{count_on_reactors, reactor_allocs};
+use counting::allocs_after_warm_up;
 use plexd_target::bdev::malloc::MallocBdev;
 use plexd_target::frontend::nvmf::pdu::Digests;
 use plexd_target::testutil::pattern;
@@ -58,17 +58,7 @@ fn in_capsule_writes_and_reads_allocate_nothing_per_command_on_the_reactors() {
     let mut q = Host::ic(port, dig);
     assert_eq!(q.connect(1, cntlid, 0, NQN).sc(), 0, "I/O connect");
 
-    count_on_reactors(&t);
-    // Warm up: the queue's command table, output queue and buffer caches grow
-    // to their working size.
-    for i in 0..IOS {
-        write_and_read(&mut q, i);
-    }
-    let before = reactor_allocs();
-    for i in 0..IOS {
-        write_and_read(&mut q, IOS + i);
-    }
-    let allocs = reactor_allocs() - before;
+    let allocs = allocs_after_warm_up(&t, IOS, |i| write_and_read(&mut q, i));
     assert!(
         allocs <= SLACK,
         "{allocs} allocations on the reactors for {IOS} in-capsule writes and {IOS} reads"

@@ -65,3 +65,18 @@ pub fn count_on_reactors(t: &Target) {
 pub fn reactor_allocs() -> u64 {
     REACTOR_ALLOCS.load(Ordering::Relaxed)
 }
+
+/// Counts on `t`'s reactors, runs `io(i)` for `i` in `0..n` to warm up (tables,
+/// queues and buffer caches grow to their working size), then for `n..2n`, and
+/// returns the allocations the reactors made during the second pass.
+pub fn allocs_after_warm_up(t: &Target, n: u64, mut io: impl FnMut(u64)) -> u64 {
+    count_on_reactors(t);
+    for i in 0..n {
+        io(i);
+    }
+    let before = reactor_allocs();
+    for i in n..2 * n {
+        io(i);
+    }
+    reactor_allocs() - before
+}
