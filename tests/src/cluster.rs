@@ -708,6 +708,18 @@ impl Cluster {
         self.nodes[i].frozen = false;
     }
 
+    /// SIGKILL to node `i`'s plexd through a shared reference, for a test that kills
+    /// it while another thread runs a command through the cluster; the process is
+    /// reaped by the next [`Cluster::kill_coordinator`] or restart, or at drop.
+    pub fn sigkill_coordinator(&self, i: usize) {
+        let pid = self
+            .plexd_pid(i)
+            .unwrap_or_else(|| panic!("plexd {} is not running", self.nodes[i].name));
+        if let Err(e) = signal_pid(pid, libc::SIGKILL) {
+            panic!("SIGKILL to plexd {} (pid {pid}): {e}", self.nodes[i].name);
+        }
+    }
+
     /// `kill -9` of node `i`'s plexd-target only (its plexd keeps running).
     pub fn kill_target(&mut self, i: usize) {
         if let Some(p) = self.nodes[i].target.as_mut() {

@@ -137,16 +137,21 @@ fn copied(log: &str, vol: &str) -> Vec<u64> {
 /// Node 0's private group [`DG`]: [`VOL`] (a 2-way mirror with a log) and
 /// [`VOL2`] (one without), served on node 0.
 fn create_private_group(c: &Cluster) {
-    c.ctl_ok(0, &format!("dg create {DG} d1 d2"));
+    create_private_group_on(c, 0);
+}
+
+/// [`create_private_group`] on node `i`.
+fn create_private_group_on(c: &Cluster, i: usize) {
+    c.ctl_ok(i, &format!("dg create {DG} d1 d2"));
     c.ctl_ok(
-        0,
+        i,
         &format!("vol create {DG} {VOL} {VOL_SIZE} --layout mirror --mirrors 2"),
     );
     c.ctl_ok(
-        0,
+        i,
         &format!("vol create {DG} {VOL2} {VOL_SIZE} --layout mirror --mirrors 2 --drl off"),
     );
-    let print = c.print(0);
+    let print = c.print(i);
     assert!(
         volume(&print, DG, VOL).unwrap()["log"].is_object(),
         "the private mirror has a log: {print}"
@@ -155,7 +160,7 @@ fn create_private_group(c: &Cluster) {
         volume(&print, DG, VOL2).unwrap().get("log").is_none(),
         "{VOL2} has none: {print}"
     );
-    c.wait_served(0, DG, VOL);
+    c.wait_served(i, DG, VOL);
 }
 
 /// Writes to [`VOL`] through node 0 until node 0's processes are killed -9 under
@@ -327,7 +332,7 @@ fn a_frozen_owner_stops_writing_a_group_taken_over_with_clear_owner() {
     create_private_group(&c);
     let bdev = format!("{DG}.{VOL}");
     let k0 = c.kernel(0);
-    wait_until("a's private-group lease", RECOVERY_TIMEOUT, || {
+    wait_until("o's private-group lease", RECOVERY_TIMEOUT, || {
         match k0.private_lease_status() {
             Ok(s) if s.state == plexd_target::lease::LeaseState::Valid => Ok(()),
             other => Err(format!("{other:?}")),
@@ -382,4 +387,105 @@ fn a_frozen_owner_stops_writing_a_group_taken_over_with_clear_owner() {
     );
     on_b.verify(&c.kernel(1))
         .expect("b's write reads back through b");
+}
+
+/// A kill between two steps of a takeover: node n's plexd writes the labels of node
+/// o's private group (`dg import --clear-owner`, o frozen) and is killed -9 while it
+/// waits out o's private-group lease. Restarted at once, n must not serve the group
+/// while o's data plane, under its frozen coordinator, may still write it: when n's
+/// data plane first shows the volume, o's data plane fails writes to it. o and n
+/// are the two slaves: a frozen master leaves the view only after its lease (then
+/// its private one is out too), a frozen slave at once.
+#[test]
+fn an_importer_killed_while_waiting_out_the_old_owner_waits_again_at_its_restart() {
+    // A lease long enough that n's restart comes well within o's last one (its
+    // kill and restart take a few hundred ms on a loaded machine).
+    let mut c = Cluster::start(
+        3,
+        ClusterOpts {
+            lease_ms: 5000,
+            ..ClusterOpts::default()
+        },
+    );
+    let master = c.status(0)["master"].as_str().unwrap_or("?").to_string();
+    let slaves: Vec<usize> = (0..3).filter(|&i| c.nodes[i].name != master).collect();
+    let (o, n) = (slaves[0], slaves[1]);
+    let (o_name, n_name) = (c.nodes[o].name.clone(), c.nodes[n].name.clone());
+    create_private_group_on(&c, o);
+    let bdev = format!("{DG}.{VOL}");
+    let k0 = c.kernel(o);
+    wait_until("o's private-group lease", RECOVERY_TIMEOUT, || {
+        match k0.private_lease_status() {
+            Ok(s) if s.state == plexd_target::lease::LeaseState::Valid => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    let block = vec![0x5au8; 4096];
+    assert_eq!(k0.write(&bdev, 0, &block).unwrap(), 0, "a serves {bdev}");
+
+    c.freeze(o);
+    wait_until("o to leave n's view", RECOVERY_TIMEOUT, || {
+        let m = plexd_tests::members(&c.status(n));
+        match m.contains(&o_name) {
+            true => Err(format!("members {m:?}")),
+            false => Ok(()),
+        }
+    });
+    let waiting = "before serving it";
+    let waits_before = plexd_log(&c, n).matches(waiting).count();
+    std::thread::scope(|s| {
+        let import = s.spawn(|| c.ctl(n, &format!("dg import {DG} --clear-owner")));
+        wait_until("n to wait out o's lease", RECOVERY_TIMEOUT, || {
+            match plexd_log(&c, n).matches(waiting).count() > waits_before {
+                true => Ok(()),
+                false => Err(format!("{n_name} has not written the labels yet").to_string()),
+            }
+        });
+        c.sigkill_coordinator(n);
+        let out = import.join().expect("the import's thread");
+        assert!(
+            !out.status.success(),
+            "the import of a killed plexd succeeded"
+        );
+    });
+    c.kill_coordinator(n);
+    // Not start_coordinator: that waits for plexd to answer, by when the hold is
+    // over; the data plane is watched from the restart on.
+    c.spawn_coordinator(n);
+
+    let k1 = c.kernel(n);
+    wait_until(
+        "n to serve the group it took over",
+        RECOVERY_TIMEOUT,
+        || {
+            let names: Vec<String> = k1
+                .list_volumes()
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .map(|v| v.name)
+                .collect();
+            match names.contains(&bdev) {
+                true => Ok(()),
+                false => Err(format!("{n_name}'s data plane serves {names:?}")),
+            }
+        },
+    );
+    assert_eq!(
+        k0.write(&bdev, 0, &block).unwrap(),
+        plexd_target::lease::FENCED_ERRNO,
+        "{n_name}'s restarted plexd served {bdev} while {o_name}'s frozen owner's data plane still wrote it"
+    );
+    assert!(
+        plexd_log(&c, n).contains("left open by a start that did not stop cleanly"),
+        "{n_name}'s restart did not say why it held the group"
+    );
+    c.thaw(o);
+    wait_until(
+        "the taken-over group to settle on b",
+        RECOVERY_TIMEOUT,
+        || settled(&c, n),
+    );
+    let on_b = c.write_pattern(n, DG, VOL, 0, 64 << 10);
+    on_b.verify(&c.kernel(n))
+        .expect("the new owner's write reads back through it");
 }

@@ -170,6 +170,34 @@ fn union_entries(reads: &[Vec<(DirtyLogSection, Option<RecoverLog>)>]) -> Vec<Re
     out
 }
 
+/// At a start, the private groups that must wait out a former owner's lease before
+/// this node's data plane serves them (names): each was left open by a start that
+/// did not stop cleanly, and the running data plane does not serve all of its
+/// volumes (`served`: the names it lists). That start may have been killed while a
+/// `dg import --clear-owner` waited out the old owner's private-group lease
+/// (`driver::wait_out_old_owner`): its labels already name this node, but the old
+/// owner's data plane, frozen or cut off, may still write the group for up to one
+/// lease. A start whose data plane serves the whole group had finished that wait
+/// (the data plane is given a taken group only after it), and a group without
+/// volumes has nothing to serve; neither waits. A data plane that restarted too (a
+/// node reboot) serves nothing, so its left-open groups wait: the cost is one
+/// lease at that start, paid only where the previous start crashed.
+pub(super) fn wait_before_serving(
+    groups: &[DiskGroupConfig],
+    served: &std::collections::BTreeSet<String>,
+) -> Vec<String> {
+    groups
+        .iter()
+        .filter(|g| !g.open_nodes.is_empty())
+        .filter(|g| {
+            g.volumes
+                .iter()
+                .any(|v| !served.contains(&crate::model::volume_bdev(&g.name, &v.name)))
+        })
+        .map(|g| g.name.clone())
+        .collect()
+}
+
 /// At a start, before the data plane is given the private groups: each group left
 /// open is recovered ([`recover_group`]), then every group is written with this
 /// start's open record (`start`). A group whose record cannot be written is

@@ -1,8 +1,12 @@
 //! Starting a node: the cluster file, the data plane (started or reconnected), the
-//! private groups loaded at once, the driver, lease, quorum-disk and signal threads,
-//! then the main loop.
+//! private groups loaded at once (after one lease those a crashed start left open
+//! and the data plane lost: `private::wait_before_serving`), the driver, lease,
+//! quorum-disk and signal threads, then the main loop.
+
+use std::collections::BTreeSet;
 
 use super::*;
+use crate::model::DiskGroupConfig;
 
 /// Runs a node until a clean stop. Errors at start are returned (the binary prints
 /// them and exits non-zero).
@@ -246,6 +250,14 @@ fn load_private_groups(
     files: &[PathBuf],
 ) -> (ClusterConfig, Vec<disks::FailedGroup>) {
     let (_, mut private_groups, _) = disks::discover(files, &file.cluster.id, name);
+    let served: BTreeSet<String> = match kernel.client().list_volumes() {
+        Ok(v) => v.into_iter().map(|v| v.name).collect(),
+        Err(e) => {
+            log::error!("node {name}: cannot list the data plane's volumes: {e}");
+            BTreeSet::new()
+        }
+    };
+    let held = super::private::wait_before_serving(&private_groups, &served);
     super::private::open_private_groups(name, start, &mut private_groups, files);
     let private = ClusterConfig {
         disk_groups: private_groups,
@@ -255,22 +267,47 @@ fn load_private_groups(
     for g in &failed {
         log::error!("node {name}: disk group {} {}", g.name, g.reason);
     }
-    // Private groups come back at once; shared volumes the target still serves are
-    // left alone until the cluster configuration is loaded (no I/O interruption).
-    let at_start = driver::desired_of(
-        files,
-        file,
-        name,
-        (&[], &private.disk_groups),
-        &mut kernel.specs(),
-    );
-    if let Err(e) = kernel.prepare(at_start, false) {
+    // Private groups come back at once, but for those that must wait out a former
+    // owner's lease first; shared volumes the target still serves are left alone
+    // until the cluster configuration is loaded (no I/O interruption).
+    let (later, now): (Vec<DiskGroupConfig>, Vec<DiskGroupConfig>) = private
+        .disk_groups
+        .iter()
+        .cloned()
+        .partition(|g| held.contains(&g.name));
+    serve_private_groups(kernel, file, name, files, &now);
+    if !later.is_empty() {
+        let wait = owner_lease::takeover_wait_ms(&file.cluster);
+        log::warn!(
+            "node {name}: private disk group(s) {held:?} left open by a start that did not stop \
+             cleanly and not served by the data plane: waiting {wait} ms (a former owner's \
+             private-group lease, in case that start was taking them over) before serving them"
+        );
+        std::thread::sleep(Duration::from_millis(wait));
+        serve_private_groups(kernel, file, name, files, &later);
+    }
+    (private, failed)
+}
+
+/// Gives the data plane private `groups` (staged and committed; nothing else it
+/// serves is touched).
+fn serve_private_groups(
+    kernel: &mut Kernel,
+    file: &ClusterFile,
+    name: &str,
+    files: &[PathBuf],
+    groups: &[DiskGroupConfig],
+) {
+    if groups.is_empty() {
+        return;
+    }
+    let desired = driver::desired_of(files, file, name, (&[], groups), &mut kernel.specs());
+    if let Err(e) = kernel.prepare(desired, false) {
         log::error!("node {name}: cannot load the private disk groups: {e}");
         kernel.abort();
     } else if let Err(e) = kernel.commit() {
         log::error!("node {name}: cannot load the private disk groups: {e}");
     }
-    (private, failed)
 }
 
 /// The protocol core of this start (incarnation `inc`, clock from `start`), told
