@@ -567,6 +567,26 @@ impl Cluster {
         self.nodes[i].frozen = false;
     }
 
+    /// SIGSTOP to node `i`'s plexd-target (with [`Cluster::freeze`]: the whole node
+    /// frozen, as a paused VM). SIGKILL at drop ends it stopped.
+    pub fn freeze_target(&mut self, i: usize) {
+        let pid = self
+            .target_pid(i)
+            .unwrap_or_else(|| panic!("plexd-target {} is not running", self.nodes[i].name));
+        if let Err(e) = signal_pid(pid, libc::SIGSTOP) {
+            panic!("SIGSTOP to plexd-target {} (pid {pid}): {e}", self.nodes[i].name);
+        }
+    }
+
+    /// SIGCONT to node `i`'s plexd-target (after [`Cluster::freeze_target`]).
+    pub fn thaw_target(&mut self, i: usize) {
+        if let Some(pid) = self.target_pid(i) {
+            if let Err(e) = signal_pid(pid, libc::SIGCONT) {
+                panic!("SIGCONT to plexd-target {} (pid {pid}): {e}", self.nodes[i].name);
+            }
+        }
+    }
+
     /// Starts node `i`'s plexd-target and waits until its socket answers.
     pub fn start_target(&mut self, i: usize) {
         let node = &self.nodes[i];

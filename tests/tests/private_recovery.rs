@@ -489,3 +489,43 @@ fn an_importer_killed_while_waiting_out_the_old_owner_waits_again_at_its_restart
     on_b.verify(&c.kernel(n))
         .expect("the new owner's write reads back through it");
 }
+
+/// The whole owner node frozen (its plexd and its plexd-target, as a paused VM)
+/// while another node takes its private group over: when its data plane runs again
+/// (its plexd still frozen, so nothing renews or revokes anything) the group's I/O
+/// fails at once, because the data plane compares its private-group lease's
+/// deadline with the boot clock, which ran on while it was stopped.
+#[test]
+fn a_whole_frozen_owner_node_fails_the_groups_io_when_its_data_plane_runs_again() {
+    let mut c = Cluster::start(3, ClusterOpts::default());
+    create_private_group(&c);
+    let bdev = format!("{DG}.{VOL}");
+    let k0 = c.kernel(0);
+    wait_until("a's private-group lease", RECOVERY_TIMEOUT, || {
+        match k0.private_lease_status() {
+            Ok(s) if s.state == plexd_target::lease::LeaseState::Valid => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    let block = vec![0x3cu8; 4096];
+    assert_eq!(k0.write(&bdev, 0, &block).unwrap(), 0, "a serves {bdev}");
+
+    c.freeze_target(0);
+    c.freeze(0);
+    wait_until("b to take a's group over", RECOVERY_TIMEOUT, || {
+        let out = c.ctl(1, &format!("dg import {DG} --clear-owner"));
+        match out.status.success() {
+            true => Ok(()),
+            false => Err(String::from_utf8_lossy(&out.stderr).trim().to_string()),
+        }
+    });
+    let on_b = c.write_pattern(1, DG, VOL, 0, 64 << 10);
+    c.thaw_target(0);
+    assert_eq!(
+        k0.write(&bdev, 0, &block).unwrap(),
+        plexd_target::lease::FENCED_ERRNO,
+        "a's data plane, run again under its frozen plexd, wrote {bdev} after b took it over"
+    );
+    on_b.verify(&c.kernel(1))
+        .expect("b's write reads back through b, not overwritten by a");
+}
