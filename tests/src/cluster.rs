@@ -574,7 +574,10 @@ impl Cluster {
             .target_pid(i)
             .unwrap_or_else(|| panic!("plexd-target {} is not running", self.nodes[i].name));
         if let Err(e) = signal_pid(pid, libc::SIGSTOP) {
-            panic!("SIGSTOP to plexd-target {} (pid {pid}): {e}", self.nodes[i].name);
+            panic!(
+                "SIGSTOP to plexd-target {} (pid {pid}): {e}",
+                self.nodes[i].name
+            );
         }
     }
 
@@ -582,7 +585,10 @@ impl Cluster {
     pub fn thaw_target(&mut self, i: usize) {
         if let Some(pid) = self.target_pid(i) {
             if let Err(e) = signal_pid(pid, libc::SIGCONT) {
-                panic!("SIGCONT to plexd-target {} (pid {pid}): {e}", self.nodes[i].name);
+                panic!(
+                    "SIGCONT to plexd-target {} (pid {pid}): {e}",
+                    self.nodes[i].name
+                );
             }
         }
     }

@@ -514,10 +514,17 @@ fn an_nvme_reservation_through_one_node_holds_on_the_other_and_survives_a_restar
             .sc(),
         0
     );
-    assert_eq!(
-        qb.rw(0x01, 0, 1, &block, true).sc(),
-        0,
-        "B writes after the release"
+    // The release is in force on b when it completes; b's path may still be
+    // inaccessible for a moment after the restart (its lease, the recovery's
+    // bookkeeping), which a host retries: only that is waited out.
+    wait_until(
+        "B's write through b after the release",
+        CONVERGE,
+        || match qb.rw(0x01, 0, 1, &block, true).sc() {
+            0 => Ok(()),
+            NVME_ANA_INACCESSIBLE => Err("b's path is inaccessible".to_string()),
+            sc => panic!("B writes through b after the release: status {sc:#x}"),
+        },
     );
 }
 
