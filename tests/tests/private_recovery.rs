@@ -330,6 +330,10 @@ fn a_dead_nodes_private_group_is_taken_over_with_clear_owner_and_recovered() {
 fn a_frozen_owner_stops_writing_a_group_taken_over_with_clear_owner() {
     let mut c = Cluster::start(3, ClusterOpts::default());
     create_private_group(&c);
+    // A second private group of a's, on a disk of its own: not taken over.
+    c.ctl_ok(0, "dg create dgq d3");
+    c.ctl_ok(0, "vol create dgq q1 4M");
+    c.wait_served(0, "dgq", "q1");
     let bdev = format!("{DG}.{VOL}");
     let k0 = c.kernel(0);
     wait_until("o's private-group lease", RECOVERY_TIMEOUT, || {
@@ -375,18 +379,47 @@ fn a_frozen_owner_stops_writing_a_group_taken_over_with_clear_owner() {
             false => Err(s.to_string()),
         }
     });
-    assert_eq!(
-        k0.write(&bdev, 0, &block).unwrap(),
-        plexd_target::lease::FENCED_ERRNO,
+    // a drops the taken group from its data plane (writing nothing to its disks),
+    // then serves its other private group again under a renewed lease.
+    wait_until("a to drop the taken group", RECOVERY_TIMEOUT, || {
+        let names: Vec<String> = k0
+            .list_volumes()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|v| v.name)
+            .collect();
+        match names.iter().any(|n| n.starts_with(&format!("{DG}."))) {
+            true => Err(format!("a's data plane serves {names:?}")),
+            false => Ok(()),
+        }
+    });
+    assert!(
+        !matches!(k0.write(&bdev, 0, &block), Ok(0)),
         "a's data plane writes {bdev} again after its coordinator thawed"
+    );
+    wait_until(
+        "a to serve its other private group again",
+        RECOVERY_TIMEOUT,
+        || match k0.write("dgq.q1", 0, &block) {
+            Ok(0) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
     );
     let refused = c.ctl_err(0, &format!("vol create {DG} x 1M"));
     assert!(
-        refused.contains("taken over"),
+        refused.contains("does not exist"),
         "a changes a group b took over: {refused}"
     );
+    assert!(
+        c.status(0)["failed_disk_groups"]
+            .to_string()
+            .contains("dropped from this node"),
+        "a's status does not say the group was dropped"
+    );
+    // Nothing of a's was written to the group's disks: b still owns it and serves it.
     on_b.verify(&c.kernel(1))
         .expect("b's write reads back through b");
+    c.ctl_ok(1, &format!("vol create {DG} x 1M"));
 }
 
 /// A kill between two steps of a takeover: node n's plexd writes the labels of node

@@ -21,9 +21,10 @@ impl Daemon {
                 .chain(self.owner.taken_all().into_iter().map(|(g, owner)| {
                     format!(
                         "{g}: taken over by {owner} (its disks name it owner): this node's \
-                         private volumes are fenced until plexd restarts here"
+                         private volumes are fenced until it is dropped here"
                     )
                 }))
+                .chain(self.taken.lines())
                 .collect(),
             quorum_disk: self.node.quorum_disk_line().unwrap_or_default(),
         };

@@ -126,6 +126,9 @@ pub enum Job {
         group: Option<Box<DiskGroupConfig>>,
         /// The transaction id written to the disks.
         txn: u64,
+        /// The change drops a group another node took over (`daemon::taken`): it
+        /// writes no disk, and the taken-over refusal does not apply.
+        drop_taken: bool,
     },
     /// Hold or release a private group's resync fence (this node's own).
     Fence {
@@ -661,9 +664,13 @@ impl Driver {
                 shared,
                 group,
                 txn,
+                drop_taken,
             } => Done::Private {
                 request,
-                result: self.private_change(&change, &before, &after, &shared, group, txn),
+                result: match drop_taken {
+                    true => self.drop_taken_group(&change, &after, &shared),
+                    false => self.private_change(&change, &before, &after, &shared, group, txn),
+                },
             },
             Job::Fence {
                 volume,
@@ -878,6 +885,43 @@ impl Driver {
         self.owner
             .set_groups(owner_lease::owned(&self.private, &files));
         log::info!("node {}: private change committed: {change:?}", self.name);
+        Ok(())
+    }
+
+    /// The drop of a private group another node took over (`daemon::taken`): the
+    /// data plane stops serving it (staged without it, committed), nothing is
+    /// written to its disks (they are the new owner's), and only then does the
+    /// private-group lease thread check the remaining groups alone (and renew the
+    /// lease for them again). A failed stage or commit changes nothing here: the
+    /// group stays held, every private volume stays fenced.
+    fn drop_taken_group(
+        &mut self,
+        change: &Change,
+        after: &ClusterConfig,
+        shared: &[Arc<DiskGroupConfig>],
+    ) -> Result<(), RequestError> {
+        let desired = self.desired(shared, &after.disk_groups);
+        self.fences
+            .break_all(self.kernel.client(), "a private transaction");
+        let staged = self.kernel.prepare(desired, true);
+        let result = staged.and_then(|()| self.kernel.commit());
+        if let Err(e) = result {
+            self.kernel.abort();
+            let e = self.err(format!(
+                "disk group {}: data plane: {e} (dropping the taken-over group)",
+                change.dg_name()
+            ));
+            log::error!("{e}");
+            return Err(RequestError::new(ErrorKind::Failed, self.name.clone(), e));
+        }
+        self.private = after.disk_groups.clone();
+        self.owner
+            .set_groups(owner_lease::owned(&self.private, &self.files()));
+        log::info!(
+            "node {}: disk group {} dropped from the data plane (taken over)",
+            self.name,
+            change.dg_name()
+        );
         Ok(())
     }
 

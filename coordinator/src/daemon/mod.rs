@@ -59,6 +59,7 @@ pub mod qdisk;
 mod resolve;
 pub mod resync;
 mod startup;
+mod taken;
 pub mod transport;
 
 pub use startup::run;
@@ -247,6 +248,8 @@ struct Daemon {
     lease: lease::Renewer,
     /// The private-group lease's renewer (shared with the driver).
     owner: Arc<owner_lease::OwnerLease>,
+    /// Private groups another node took over, dropped from this node ([`taken`]).
+    taken: taken::Taken,
     /// The data plane's socket.
     socket: String,
     transport: transport::Transport,
@@ -386,6 +389,7 @@ impl Daemon {
             if Instant::now() >= next_tick {
                 self.feed(Event::Tick);
                 self.renew_lease();
+                self.drop_taken_groups();
                 next_tick = Instant::now() + tick;
             }
             if self.stopped() {
@@ -1138,6 +1142,9 @@ impl Daemon {
     }
 
     fn on_reply(&mut self, request: RequestId, result: Result<(), RequestError>) {
+        if self.on_drop_reply(request, &result) {
+            return;
+        }
         match self.pending.remove(&request) {
             Some(Pending::Client(tx, change)) => {
                 let answer = match result {

@@ -18,8 +18,10 @@
 //!
 //! Once a group is found taken over, no private volume of this node is renewed
 //! (the lease is one for the node): the error names the group and its new owner,
-//! `cluster status` lists it, and a restart of plexd, which leaves groups another
-//! node owns alone, serves the remaining groups again. A group none of whose labels
+//! `cluster status` lists it, and the main loop drops the group from this node
+//! (`daemon::taken`: the data plane stops serving it, its disks are not written);
+//! from then on the remaining groups are checked alone and the lease is renewed for
+//! them again. A group none of whose labels
 //! can be read is not held against the others (its volumes cannot reach its disks
 //! either). Without private groups the lease is renewed all the same, so one
 //! created later is served at once.
@@ -252,9 +254,8 @@ fn run(node: &str, owner_id: &str, shared: &Shared, lease_ms: u64) {
                     log::error!(
                         "node {node}: private disk group {g}: its disks now name {} as owner \
                          (taken over with `dg import --clear-owner`?): this node stops serving \
-                         its private volumes within {lease_ms} ms; restart plexd here to serve \
-                         its other private groups again (a start leaves a group another node \
-                         owns alone)",
+                         its private volumes within {lease_ms} ms, until the group is dropped \
+                         here",
                         if owner.is_empty() {
                             "no one (deported)"
                         } else {

@@ -41,6 +41,7 @@ impl Daemon {
         }
         Job::Private {
             group: before.disk_group(change.dg_name()).cloned().map(Box::new),
+            drop_taken: self.taken.is_drop(request),
             request,
             change,
             before,

@@ -82,6 +82,7 @@ pub fn run(opts: Options) -> Result<(), String> {
         pipeline: Pipeline::default(),
         lease,
         owner,
+        taken: Default::default(),
         socket,
         transport,
         start,
