@@ -163,6 +163,33 @@ fn create_private_group_on(c: &Cluster, i: usize) {
     c.wait_served(i, DG, VOL);
 }
 
+/// Waits until the data plane behind `k` holds a valid private-group lease.
+fn wait_private_lease(k: &KernelClient) {
+    wait_until("the private-group lease", RECOVERY_TIMEOUT, || {
+        match k.private_lease_status() {
+            Ok(s) if s.state == plexd_target::lease::LeaseState::Valid => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+}
+
+/// Node `i` takes [`DG`] over (`dg import --clear-owner`), retried while its owner
+/// is still a member of the view (a frozen owner leaves it after a heartbeat
+/// timeout, or after its lease if it was the master).
+fn take_over(c: &Cluster, i: usize) {
+    wait_until(
+        "the takeover of the private group",
+        RECOVERY_TIMEOUT,
+        || {
+            let out = c.ctl(i, &format!("dg import {DG} --clear-owner"));
+            match out.status.success() {
+                true => Ok(()),
+                false => Err(String::from_utf8_lossy(&out.stderr).trim().to_string()),
+            }
+        },
+    );
+}
+
 /// Writes to [`VOL`] through node 0 until node 0's processes are killed -9 under
 /// the writer; the write in flight at the kill is then made to differ on
 /// `VOL-02`'s disk file, as a node dying between its two plex writes leaves it.
@@ -293,13 +320,7 @@ fn a_dead_nodes_private_group_is_taken_over_with_clear_owner_and_recovered() {
         "a dead owner still needs the override: {refused}"
     );
     // b's view drops a within a heartbeat timeout; until then the flag is refused.
-    wait_until("b to take a's group over", RECOVERY_TIMEOUT, || {
-        let out = c.ctl(1, &format!("dg import {DG} --clear-owner"));
-        match out.status.success() {
-            true => Ok(()),
-            false => Err(String::from_utf8_lossy(&out.stderr).trim().to_string()),
-        }
-    });
+    take_over(&c, 1);
     wait_until(
         "the taken-over mirror to be recovered on b (plexes ACTIVE and identical)",
         RECOVERY_TIMEOUT,
@@ -324,8 +345,9 @@ fn a_dead_nodes_private_group_is_taken_over_with_clear_owner_and_recovered() {
 /// is no member of the view, so another node may take the group over with
 /// `--clear-owner`: the import waits out the owner's private-group lease, and by
 /// the time it returns the frozen owner's data plane refuses the group's I/O. Thawed,
-/// the owner finds its disks naming the importer: it renews no more, says so in
-/// `cluster status` and refuses changes to the group; the importer's writes stand.
+/// the owner finds its disks naming the importer: it drops the group from its data
+/// plane without writing its disks, says so in `cluster status`, and serves its other
+/// private group again; the importer's writes stand and it still owns the group.
 #[test]
 fn a_frozen_owner_stops_writing_a_group_taken_over_with_clear_owner() {
     let mut c = Cluster::start(3, ClusterOpts::default());
@@ -336,23 +358,12 @@ fn a_frozen_owner_stops_writing_a_group_taken_over_with_clear_owner() {
     c.wait_served(0, "dgq", "q1");
     let bdev = format!("{DG}.{VOL}");
     let k0 = c.kernel(0);
-    wait_until("o's private-group lease", RECOVERY_TIMEOUT, || {
-        match k0.private_lease_status() {
-            Ok(s) if s.state == plexd_target::lease::LeaseState::Valid => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    });
+    wait_private_lease(&k0);
     let block = vec![0xa5u8; 4096];
     assert_eq!(k0.write(&bdev, 0, &block).unwrap(), 0, "a serves {bdev}");
 
     c.freeze(0);
-    wait_until("b to take a's group over", RECOVERY_TIMEOUT, || {
-        let out = c.ctl(1, &format!("dg import {DG} --clear-owner"));
-        match out.status.success() {
-            true => Ok(()),
-            false => Err(String::from_utf8_lossy(&out.stderr).trim().to_string()),
-        }
-    });
+    take_over(&c, 1);
     // The import returned after a's lease ran out: a's data plane, still running
     // under its frozen coordinator, no longer writes the group.
     let errno = k0.write(&bdev, 0, &block).unwrap();
@@ -447,12 +458,7 @@ fn an_importer_killed_while_waiting_out_the_old_owner_waits_again_at_its_restart
     create_private_group_on(&c, o);
     let bdev = format!("{DG}.{VOL}");
     let k0 = c.kernel(o);
-    wait_until("o's private-group lease", RECOVERY_TIMEOUT, || {
-        match k0.private_lease_status() {
-            Ok(s) if s.state == plexd_target::lease::LeaseState::Valid => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    });
+    wait_private_lease(&k0);
     let block = vec![0x5au8; 4096];
     assert_eq!(k0.write(&bdev, 0, &block).unwrap(), 0, "a serves {bdev}");
 
@@ -534,24 +540,13 @@ fn a_whole_frozen_owner_node_fails_the_groups_io_when_its_data_plane_runs_again(
     create_private_group(&c);
     let bdev = format!("{DG}.{VOL}");
     let k0 = c.kernel(0);
-    wait_until("a's private-group lease", RECOVERY_TIMEOUT, || {
-        match k0.private_lease_status() {
-            Ok(s) if s.state == plexd_target::lease::LeaseState::Valid => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    });
+    wait_private_lease(&k0);
     let block = vec![0x3cu8; 4096];
     assert_eq!(k0.write(&bdev, 0, &block).unwrap(), 0, "a serves {bdev}");
 
     c.freeze_target(0);
     c.freeze(0);
-    wait_until("b to take a's group over", RECOVERY_TIMEOUT, || {
-        let out = c.ctl(1, &format!("dg import {DG} --clear-owner"));
-        match out.status.success() {
-            true => Ok(()),
-            false => Err(String::from_utf8_lossy(&out.stderr).trim().to_string()),
-        }
-    });
+    take_over(&c, 1);
     let on_b = c.write_pattern(1, DG, VOL, 0, 64 << 10);
     c.thaw_target(0);
     assert_eq!(
