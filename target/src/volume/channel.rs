@@ -287,7 +287,7 @@ fn read_share(size: u64, cand: u32) -> u64 {
 /// behind them span that share only (fewer translation misses in the kernel's
 /// copy). Two 2 GiB tmpfs files as a mirror read at 0.86-0.89x the raw bdev per
 /// CPU-second with 2 MiB regions dealt round the plexes (each file read over its
-/// whole extent), at 0.93-0.94x with halves (docs/TESTING.md, ci/bench).
+/// whole extent), at 0.93-0.96x with halves (docs/TESTING.md, ci/bench).
 fn least_busy(plexes: &[ChPlex], cand: u32, offset: u64, share: u64) -> usize {
     debug_assert!(cand != 0, "least_busy without a candidate");
     let mut left = cand;
