@@ -104,9 +104,9 @@ pub enum ReadPolicy {
     /// Always this plex while it is ACTIVE, else the least busy.
     Prefer(String),
     /// The plex with the fewest reads outstanding on this reactor; while the
-    /// plexes are about equally busy, the reads of one region of the volume
-    /// (plexd-target's `READ_REGION_BYTES`) go to the same plex, the regions dealt
-    /// round the ACTIVE plexes, so each plex's cache holds its share of the volume.
+    /// plexes are about equally busy, the volume is cut into one contiguous share
+    /// per ACTIVE plex and a read goes to its share's plex, so each plex's cache
+    /// holds its share of the volume and its reads stay within it.
     #[default]
     LeastBusy,
 }

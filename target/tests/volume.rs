@@ -297,13 +297,13 @@ fn layout_changes_add_mirror_grow_remove_plex() {
 }
 
 #[test]
-fn least_busy_reads_of_a_region_stay_on_one_plex() {
+fn least_busy_reads_of_a_share_stay_on_one_plex() {
     let t = target(1);
     malloc(&t, "d0", 8 * MIB);
     malloc(&t, "d1", 8 * MIB);
-    // Different data on the two plexes shows which one served a read.
-    let region = plexd_target::volume::READ_REGION_BYTES;
-    let offs: Vec<u64> = (0..4).map(|i| i * region + 8192).collect();
+    // Different data on the two plexes shows which one served a read: two reads in
+    // each half of the volume, at its ends.
+    let offs: Vec<u64> = vec![0, 4 * MIB - 4096, 4 * MIB, 8 * MIB - 4096];
     for &off in &offs {
         write(&t, 0, "d0", off, &pattern(1, off, 4096)).unwrap();
         write(&t, 0, "d1", off, &pattern(2, off, 4096)).unwrap();
@@ -321,18 +321,18 @@ fn least_busy_reads_of_a_region_stay_on_one_plex() {
         local_detach: false,
     })
     .unwrap();
-    // Idle plexes: the regions alternate between them, and a region's reads
-    // keep going to the same plex.
+    // Idle plexes: each owns one contiguous half of the volume, and a half's
+    // reads keep going to the same plex.
     for _ in 0..3 {
         for (i, &off) in offs.iter().enumerate() {
-            let plex = i % 2;
+            let plex = i / 2;
             assert!(
                 read(&t, 0, "v", off, 4096).unwrap() == pattern(plex as u64 + 1, off, 4096),
-                "region {i} not read from plex {plex}"
+                "offset {off} not read from plex {plex}"
             );
         }
     }
-    // Without v-01 every region is read from v-02.
+    // Without v-01 every offset is read from v-02.
     t.set_plex_state("v", "v-01", PlexState::Detached).unwrap();
     for &off in &offs {
         assert!(

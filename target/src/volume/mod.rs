@@ -39,9 +39,7 @@ pub mod drl;
 pub mod quiesce;
 pub mod spec;
 
-pub use channel::{
-    MAX_HELD_WRITES, MAX_PARKED_IOS, MAX_VOLUME_IOS, READ_LOCALITY_SLACK, READ_REGION_BYTES,
-};
+pub use channel::{MAX_HELD_WRITES, MAX_PARKED_IOS, MAX_VOLUME_IOS, READ_LOCALITY_SLACK};
 pub use copy::MAX_COPY_BYTES;
 pub use plexd_target_api::volume::VolumeStats;
 pub use quiesce::QuiesceTimeline;
