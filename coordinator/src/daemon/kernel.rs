@@ -52,8 +52,8 @@ pub fn raw_bdev(bdev: &str) -> String {
 pub struct Desired {
     /// Disk bdev name → path.
     pub disks: BTreeMap<String, String>,
-    /// Volume bdev name → spec (shared with [`SpecCache`] and the staged phase).
-    pub volumes: BTreeMap<String, Arc<VolumeSpec>>,
+    /// Volume bdev name → spec (both shared with [`SpecCache`] and the staged phase).
+    pub volumes: BTreeMap<Arc<str>, Arc<VolumeSpec>>,
     /// iSCSI targets this node serves, by IQN (see [`super::exports`]).
     pub exports: BTreeMap<String, super::exports::ExportSpec>,
     /// Persistent reservations of the shared volumes, by volume bdev name (empty
@@ -73,7 +73,8 @@ impl Desired {
     }
 
     /// [`Desired::of`], projecting only the volumes `specs` has not seen as they
-    /// are (the others' specs are taken from it).
+    /// are (the others' specs are taken from it); the volume map is the one `specs`
+    /// built last, less the volumes gone and with those projected again.
     pub fn of_cached<'a>(
         groups: impl IntoIterator<Item = &'a DiskGroupConfig>,
         node: u32,
@@ -86,10 +87,7 @@ impl Desired {
                 d.disks
                     .insert(disk_bdev(&g.name, &disk.name), disk.path.clone());
             }
-            for v in &g.volumes {
-                let spec = specs.spec(g, v, node);
-                d.volumes.insert(spec.name.clone(), spec);
-            }
+            specs.group_specs(g, node);
             for v in g
                 .volumes
                 .iter()
@@ -99,72 +97,124 @@ impl Desired {
                     .insert(volume_bdev(&g.name, &v.name), v.reservations.clone());
             }
         }
-        specs.forget_unseen();
+        d.volumes = specs.volumes();
         d
     }
 }
 
 /// The data-plane specs of the volumes last projected ([`Desired::of_cached`]), by
-/// disk group and volume name, each with the volume it was projected from: a
-/// volume left alone by a change is the same allocation
+/// disk group, in the group's volume order, each with the volume it was projected
+/// from: a volume left alone by a change is the same allocation
 /// ([`DiskGroupConfig::volumes`]), so a kernel phase projects only the volumes the
 /// change replaced. A spec also depends on its group's name, sharing and detach
-/// policy and on the node id: a change of those projects the volume again.
+/// policy and on the node id: a change of those projects the group's volumes again.
+/// A projection walks the group's volumes next to the cached ones comparing
+/// pointers (no hashing, no name compared but for a volume projected again), so a
+/// change that replaces, adds or removes one volume costs one projection.
 #[derive(Debug, Default)]
 pub struct SpecCache {
-    groups: HashMap<String, HashMap<String, CachedSpec>>,
-    /// The current projection (entries of an earlier one are dropped after it).
+    groups: HashMap<String, CachedGroup>,
+    /// The current projection (groups of an earlier one are dropped after it).
+    round: u64,
+    /// Every cached spec by volume bdev name, as the last projection returned them.
+    volumes: BTreeMap<Arc<str>, Arc<VolumeSpec>>,
+    /// The current projection's specs projected again, and the bdev names of the
+    /// cached ones it did not take.
+    fresh: Vec<(Arc<str>, Arc<VolumeSpec>)>,
+    gone: Vec<Arc<str>>,
+}
+
+#[derive(Debug, Default)]
+struct CachedGroup {
+    /// (shared, detach policy, node) of the projection.
+    context: Option<(bool, crate::model::DetachPolicy, u32)>,
+    /// Each volume (held, so that its address names it while it is cached), its
+    /// bdev name and its spec, in the group's order.
+    specs: Vec<CachedSpec>,
     round: u64,
 }
 
-#[derive(Debug)]
-struct CachedSpec {
-    /// Held, so that its address names it while it is cached.
-    volume: Arc<Volume>,
-    /// (shared, detach policy, node) of the projection.
-    context: (bool, crate::model::DetachPolicy, u32),
-    spec: Arc<VolumeSpec>,
-    round: u64,
-}
+/// See [`CachedGroup::specs`].
+type CachedSpec = (Arc<Volume>, Arc<str>, Arc<VolumeSpec>);
 
 impl SpecCache {
-    /// The spec of volume `v` of `g` for node `node`: the cached one while `v` is
-    /// the allocation it was projected from, in the same context.
-    fn spec(&mut self, g: &DiskGroupConfig, v: &Arc<Volume>, node: u32) -> Arc<VolumeSpec> {
-        let context = (g.shared, g.detach_policy, node);
+    /// The specs of `g`'s volumes for node `node`, in the group's order: the cached
+    /// one of each volume that is still the allocation it was projected from, in
+    /// the same context.
+    fn group_specs(&mut self, g: &DiskGroupConfig, node: u32) {
+        let context = Some((g.shared, g.detach_policy, node));
         let round = self.round;
-        if !self.groups.contains_key(&g.name) {
-            self.groups.insert(g.name.clone(), HashMap::new());
-        }
-        let Some(volumes) = self.groups.get_mut(&g.name) else {
-            return Arc::new(g.volume_spec(v, node));
+        let cached = self.groups.entry(g.name.clone()).or_default();
+        let old = std::mem::take(&mut cached.specs);
+        let (old, mut unused) = if cached.context == context {
+            (old, Vec::new())
+        } else {
+            (Vec::new(), old)
         };
-        if let Some(c) = volumes.get_mut(&v.name) {
-            if Arc::ptr_eq(&c.volume, v) && c.context == context {
-                c.round = round;
-                return Arc::clone(&c.spec);
+        let mut taken = vec![false; old.len()];
+        let mut specs = Vec::with_capacity(g.volumes.len());
+        // The next cached volume not yet met: a volume in its place, or in the next
+        // one (the cached volume there was removed), is the cached one.
+        let mut next = 0;
+        for v in &g.volumes {
+            let same = |i: usize| old.get(i).filter(|(c, _, _)| Arc::ptr_eq(c, v));
+            let at = if same(next).is_some() {
+                Some(next)
+            } else if same(next + 1).is_some() {
+                Some(next + 1)
+            } else {
+                None
+            };
+            match at {
+                Some(i) => {
+                    next = i + 1;
+                    taken[i] = true;
+                    specs.push(old[i].clone());
+                }
+                None => {
+                    // Replaced (its cached self is passed) or new.
+                    if old.get(next).is_some_and(|(c, _, _)| c.name == v.name) {
+                        next += 1;
+                    }
+                    let spec = Arc::new(g.volume_spec(v, node));
+                    let name: Arc<str> = Arc::from(spec.name.as_str());
+                    self.fresh.push((Arc::clone(&name), Arc::clone(&spec)));
+                    specs.push((Arc::clone(v), name, spec));
+                }
             }
         }
-        let spec = Arc::new(g.volume_spec(v, node));
-        volumes.insert(
-            v.name.clone(),
-            CachedSpec {
-                volume: Arc::clone(v),
-                context,
-                spec: Arc::clone(&spec),
-                round,
-            },
+        unused.extend(
+            old.into_iter()
+                .zip(taken)
+                .filter(|(_, t)| !t)
+                .map(|(c, _)| c),
         );
-        spec
+        self.gone
+            .extend(unused.into_iter().map(|(_, name, _)| name));
+        cached.context = context;
+        cached.specs = specs;
+        cached.round = round;
     }
 
-    /// Drops what the current projection did not use (removed volumes and groups).
-    fn forget_unseen(&mut self) {
+    /// Ends the current projection: drops the groups it did not see and returns
+    /// every spec it took by bdev name (the last projection's map, less what is
+    /// gone, with what was projected again).
+    fn volumes(&mut self) -> BTreeMap<Arc<str>, Arc<VolumeSpec>> {
         let round = self.round;
-        for volumes in self.groups.values_mut() {
-            volumes.retain(|_, c| c.round == round);
+        let gone = &mut self.gone;
+        self.groups.retain(|_, g| {
+            if g.round != round {
+                gone.extend(g.specs.drain(..).map(|(_, name, _)| name));
+            }
+            g.round == round
+        });
+        for name in self.gone.drain(..) {
+            self.volumes.remove(&name);
         }
-        self.groups.retain(|_, volumes| !volumes.is_empty());
+        for (name, spec) in self.fresh.drain(..) {
+            self.volumes.insert(name, spec);
+        }
+        self.volumes.clone()
     }
 }
 
@@ -392,18 +442,27 @@ impl Kernel {
                 Some(volumes)
             }
         };
-        let exists = |name: &str| match (&listed, &before) {
-            (Some(l), _) => l.contains(name),
-            (None, Some(k)) => k.volumes.contains_key(name),
-            (None, None) => false,
-        };
+        // The remembered volumes, walked next to `desired`'s (both sorted by name):
+        // each name is compared once, not looked up; those passed are not desired.
+        let mut known = before.as_ref().map(|k| k.volumes.iter().peekable());
+        let mut not_desired: Vec<String> = Vec::new();
         let mut staged = Staged::default();
         for (name, spec) in &desired.volumes {
-            if !exists(name) {
+            let remembered = known.as_mut().and_then(|it| {
+                while let Some((k, _)) = it.next_if(|(k, _)| *k < name) {
+                    not_desired.push(k.to_string());
+                }
+                it.next_if(|(k, _)| *k == name).map(|(_, c)| c)
+            });
+            let exists = match &listed {
+                Some(l) => l.contains(&**name),
+                None => remembered.is_some(),
+            };
+            if !exists {
                 staged.create.push((**spec).clone());
                 continue;
             }
-            let current = match before.as_ref().and_then(|k| k.volumes.get(name)) {
+            let current = match remembered {
                 // The spec it was given, or one alike (a volume projected again).
                 Some(c) if Arc::ptr_eq(c, spec) || c == spec => continue,
                 Some(c) => Arc::clone(c),
@@ -419,7 +478,9 @@ impl Kernel {
                         .iter()
                         .any(|c| c.name == p.name && c.state != p.state)
                     {
-                        staged.states.push((name.clone(), p.name.clone(), p.state));
+                        staged
+                            .states
+                            .push((name.to_string(), p.name.clone(), p.state));
                     }
                 }
                 continue;
@@ -429,7 +490,10 @@ impl Kernel {
                 self.abort();
                 return Err(format!("volume {name}: {e}"));
             }
-            staged.prepared.push(name.clone());
+            staged.prepared.push(name.to_string());
+        }
+        if let Some(it) = known {
+            not_desired.extend(it.map(|(k, _)| k.to_string()));
         }
         if before.is_some() && staged.prepared.is_empty() {
             // Nothing was asked of the data plane yet: it must answer (a lost data
@@ -439,15 +503,15 @@ impl Kernel {
             self.client.info().map_err(err)?;
         }
         if prune {
-            let held: Box<dyn Iterator<Item = &String>> = match (&listed, &before) {
-                (Some(l), _) => Box::new(l.iter()),
-                (None, Some(k)) => Box::new(k.volumes.keys()),
-                (None, None) => Box::new(std::iter::empty()),
+            let held = match &listed {
+                Some(l) => l
+                    .iter()
+                    .filter(|v| !desired.volumes.contains_key(v.as_str()))
+                    .cloned()
+                    .collect(),
+                None => not_desired,
             };
-            staged.delete = held
-                .filter(|v| v.contains('.') && !desired.volumes.contains_key(*v))
-                .cloned()
-                .collect();
+            staged.delete = held.into_iter().filter(|v| v.contains('.')).collect();
         }
         staged.prune = prune;
         staged.desired = desired;
@@ -590,7 +654,7 @@ impl Kernel {
             None => {
                 // Not known: every shared volume without reservations is told so.
                 for (v, spec) in &desired.volumes {
-                    if spec.shared && !desired.reservations.contains_key(v) {
+                    if spec.shared && !desired.reservations.contains_key(&**v) {
                         set(v, &empty);
                     }
                 }
@@ -657,7 +721,7 @@ impl Kernel {
         if let Ok((_, volumes)) = self.existing() {
             for v in volumes
                 .iter()
-                .filter(|v| v.contains('.') && !private.volumes.contains_key(*v))
+                .filter(|v| v.contains('.') && !private.volumes.contains_key(v.as_str()))
             {
                 // Writes held for a failed plex would wait for a cluster decision
                 // that will not come: fail them.
@@ -793,7 +857,7 @@ mod tests {
         let d = Desired::of_cached(&removed.disk_groups, 2, &mut specs);
         assert_eq!(d, Desired::of(&removed.disk_groups, 2));
         assert_eq!(
-            specs.groups["dg1"].len(),
+            specs.groups["dg1"].specs.len(),
             2,
             "the removed volume is forgotten"
         );

@@ -21,6 +21,56 @@ use crate::model::{
     PlexState, RecoverLog, MAX_RECOVER_RANGES_PER_CHANGE, MAX_RECOVER_RANGES_PER_VOLUME,
 };
 
+/// Most groups [`group_syncing_plexes`] remembers on a thread.
+const SYNCING_MEMO: usize = 16;
+
+/// A group and its SYNCING plexes ([`group_syncing_plexes`]).
+type GroupSyncing = (Arc<DiskGroupConfig>, Arc<Vec<SyncingPlex>>);
+
+thread_local! {
+    /// The SYNCING plexes of the groups last asked about, each with the group (held:
+    /// a group shared by an `Arc` is not changed in place while another holds it, so
+    /// its address names its content).
+    static SYNCING: std::cell::RefCell<Vec<GroupSyncing>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The SYNCING plexes of `g`'s volumes that have an ACTIVE plex to copy from: one
+/// pass over the group's volumes the first time a group is asked about, a pointer
+/// comparison each time after (the core asks on every event it handles).
+fn group_syncing_plexes(g: &Arc<DiskGroupConfig>) -> Arc<Vec<SyncingPlex>> {
+    let known = SYNCING.with_borrow(|memo| {
+        memo.iter()
+            .find(|(k, _)| Arc::ptr_eq(k, g))
+            .map(|(_, s)| Arc::clone(s))
+    });
+    if let Some(s) = known {
+        return s;
+    }
+    let mut out = Vec::new();
+    for v in &g.volumes {
+        if !v.plexes.iter().any(|p| p.state == PlexState::Active) {
+            continue;
+        }
+        for p in v.plexes.iter().filter(|p| p.state == PlexState::Syncing) {
+            out.push(SyncingPlex {
+                dg: g.name.clone(),
+                volume: v.name.clone(),
+                plex: p.name.clone(),
+                size_bytes: v.size_bytes,
+                ranges: p.resync_ranges.clone(),
+            });
+        }
+    }
+    let out = Arc::new(out);
+    SYNCING.with_borrow_mut(|memo| {
+        if memo.len() >= SYNCING_MEMO {
+            memo.remove(0);
+        }
+        memo.push((Arc::clone(g), Arc::clone(&out)));
+    });
+    out
+}
+
 /// The kind of a refused change: what `plexctl` exits with.
 pub fn error_kind(e: &ConfigError) -> ErrorKind {
     match e {
@@ -256,32 +306,13 @@ impl ConfigModel for SharedConfig {
             .map_err(|e| refusal(&e))
     }
 
-    /// Every SYNCING plex of a volume that has an ACTIVE plex to copy from.
+    /// Every SYNCING plex of a volume that has an ACTIVE plex to copy from (asked
+    /// on every event the core handles: each group's are remembered, see
+    /// [`group_syncing_plexes`]).
     fn syncing_plexes(&self) -> Vec<SyncingPlex> {
         let mut out = Vec::new();
         for g in &self.groups {
-            for v in &g.volumes {
-                if !v
-                    .plexes
-                    .iter()
-                    .any(|p| p.state == crate::model::PlexState::Active)
-                {
-                    continue;
-                }
-                for p in v
-                    .plexes
-                    .iter()
-                    .filter(|p| p.state == crate::model::PlexState::Syncing)
-                {
-                    out.push(SyncingPlex {
-                        dg: g.name.clone(),
-                        volume: v.name.clone(),
-                        plex: p.name.clone(),
-                        size_bytes: v.size_bytes,
-                        ranges: p.resync_ranges.clone(),
-                    });
-                }
-            }
+            out.extend(group_syncing_plexes(g).iter().cloned());
         }
         out
     }

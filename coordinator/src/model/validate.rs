@@ -1,6 +1,6 @@
 //! The invariants of a disk group, checked after every change and on every load.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use super::*;
@@ -39,6 +39,84 @@ fn extent_name(e: &Extent<'_>) -> String {
         ExtentKind::Subdisk => format!("subdisk {}", e.3),
         ExtentKind::Log => format!("the dirty region log of volume {}", e.3),
     }
+}
+
+/// Whether `e` lies inside one of sorted, disjoint `extents` on its disk.
+fn within(extents: &[Extent<'_>], e: &Extent<'_>) -> bool {
+    let i = extents.partition_point(|x| (x.0, x.1) <= (e.0, e.1));
+    i.checked_sub(1).is_some_and(|j| {
+        let x = &extents[j];
+        x.0 == e.0 && x.1.saturating_add(x.2) >= e.1.saturating_add(e.2)
+    })
+}
+
+/// A volume's object names: its own, its plexes', its subdisks'.
+fn object_names(v: &Volume) -> impl Iterator<Item = &str> {
+    std::iter::once(v.name.as_str())
+        .chain(v.plexes.iter().map(|p| p.name.as_str()))
+        .chain(
+            v.plexes
+                .iter()
+                .flat_map(|p| &p.subdisks)
+                .map(|sd| sd.name.as_str()),
+        )
+}
+
+/// A volume's extents: its subdisks', its log copies'.
+fn volume_extents(v: &Volume) -> impl Iterator<Item = Extent<'_>> {
+    let subdisks = v.plexes.iter().flat_map(|p| &p.subdisks).map(|sd| {
+        (
+            sd.disk.as_str(),
+            sd.disk_offset_bytes,
+            sd.len_bytes,
+            sd.name.as_str(),
+            ExtentKind::Subdisk,
+        )
+    });
+    let logs = v.log.iter().flat_map(move |log| {
+        log.copies.iter().map(move |c| {
+            (
+                c.disk.as_str(),
+                c.disk_offset_bytes,
+                log.len_bytes,
+                v.name.as_str(),
+                ExtentKind::Log,
+            )
+        })
+    });
+    subdisks.chain(logs)
+}
+
+/// The volumes of `after` left alone since `before` (the same allocation, each
+/// once), the others (changed or new), and the volumes of `before` replaced or
+/// removed. Both lists are walked side by side comparing pointers, a change
+/// replacing, adding or removing a volume in place; a volume met out of that order
+/// is taken as changed (checked whole: never wrong, only slower).
+fn left_alone<'a, 'b>(
+    before: &'b [Arc<Volume>],
+    after: &'a [Arc<Volume>],
+) -> (Vec<&'a Volume>, Vec<&'a Volume>, Vec<&'b Volume>) {
+    let (mut kept, mut changed, mut gone) = (Vec::new(), Vec::new(), Vec::new());
+    let mut next = 0;
+    for v in after {
+        let same = |i: usize| before.get(i).is_some_and(|b| Arc::ptr_eq(b, v));
+        if same(next) {
+            next += 1;
+            kept.push(&**v);
+        } else if same(next + 1) {
+            gone.push(&*before[next]);
+            next += 2;
+            kept.push(&**v);
+        } else {
+            if before.get(next).is_some_and(|b| b.name == v.name) {
+                gone.push(&*before[next]);
+                next += 1;
+            }
+            changed.push(&**v);
+        }
+    }
+    gone.extend(before.iter().skip(next).map(|b| &**b));
+    (kept, changed, gone)
 }
 
 impl DiskGroupConfig {
@@ -85,31 +163,56 @@ impl DiskGroupConfig {
     /// are not an allocation of `before` ([`DiskGroupConfig::volumes`] are shared
     /// until changed): each is checked whole, and against the volumes left alone for
     /// the group-wide rules they take part in (unique object names and log ids,
-    /// extents that do not overlap). A change of the group's name or disks is
-    /// checked whole. Costs the changed volumes plus one pass over the others'
-    /// names and extents, with no allocation for them.
+    /// extents that do not overlap). Only what the change added takes part: a name,
+    /// log id or extent (or part of one) that a replaced or removed volume of
+    /// `before` held cannot meet a volume left alone (`before` was valid), so a
+    /// grow checks its new extents and no name. A change of the group's name or
+    /// disks is checked whole. Costs the changed volumes plus one pass comparing
+    /// pointers and, when the change added anything, one over the others' names
+    /// and extents, with no allocation for them.
     pub fn validate_change(&self, before: &DiskGroupConfig) -> Result<(), ConfigError> {
         if self.name != before.name || self.disks != before.disks {
             return self.validate();
         }
         validate_name("disk group", &self.name)?;
         self.validate_disks()?;
-        let mut old: HashSet<*const Volume> = before.volumes.iter().map(Arc::as_ptr).collect();
-        // A volume of `before` is left alone once: a second pointer to it is checked
-        // as a changed volume (its names then meet the first's).
-        let (kept, changed): (Vec<&Volume>, Vec<&Volume>) = self
-            .volumes
-            .iter()
-            .map(|v| &**v)
-            .partition(|v| old.remove(&(*v as *const Volume)));
+        let (kept, changed, gone) = left_alone(&before.volumes, &self.volumes);
         if changed.is_empty() {
             return Ok(());
         }
-        let (object_names, log_ids, extents) = self.validate_volumes(changed)?;
+        let (names, log_ids, extents) = self.added(changed, &gone)?;
+        if names.is_empty() && log_ids.is_empty() && extents.is_empty() {
+            return Ok(());
+        }
         for v in kept {
-            self.check_kept(v, &object_names, &log_ids, &extents)?;
+            self.check_kept(v, &names, &log_ids, &extents)?;
         }
         Ok(())
+    }
+
+    /// `changed` volumes each whole and against each other; returns the object
+    /// names, log ids and extents (sorted) they hold that `gone` (the volumes of a
+    /// valid group they replaced or removed) did not: what the volumes left alone
+    /// are to be checked against ([`Self::validate_change`]).
+    fn added<'a>(
+        &'a self,
+        changed: Vec<&'a Volume>,
+        gone: &[&Volume],
+    ) -> Result<Checked<'a>, ConfigError> {
+        let (mut names, mut log_ids, mut extents) = self.validate_volumes(changed)?;
+        let mut held: Vec<Extent<'_>> = Vec::new();
+        for v in gone {
+            for name in object_names(v) {
+                names.remove(name);
+            }
+            if let Some(log) = &v.log {
+                log_ids.remove(&log.log_id);
+            }
+            held.extend(volume_extents(v));
+        }
+        held.sort();
+        extents.retain(|e| !within(&held, e));
+        Ok((names, log_ids, extents))
     }
 
     /// [`Self::validate_change`] against `before` (a group that passed
@@ -135,57 +238,41 @@ impl DiskGroupConfig {
         verdict
     }
 
-    /// A volume a change left alone against the changed ones ([`Self::validate_change`]):
+    /// A volume a change left alone against what the change added ([`Self::validate_change`]):
     /// none of its names among `names`, its log id not among `log_ids`, none of its
-    /// extents overlapping one of `changed` (sorted, disjoint).
+    /// extents overlapping one of `added` (sorted, disjoint).
     fn check_kept(
         &self,
         v: &Volume,
         names: &BTreeSet<&str>,
         log_ids: &BTreeSet<u64>,
-        changed: &[Extent<'_>],
+        added: &[Extent<'_>],
     ) -> Result<(), ConfigError> {
-        let objects = std::iter::once(v.name.as_str())
-            .chain(v.plexes.iter().map(|p| p.name.as_str()))
-            .chain(
-                v.plexes
-                    .iter()
-                    .flat_map(|p| &p.subdisks)
-                    .map(|sd| sd.name.as_str()),
-            );
-        for name in objects {
-            if names.contains(name) {
-                return self.invalid(format!("name {name} used twice"));
+        if !names.is_empty() {
+            for name in object_names(v) {
+                if names.contains(name) {
+                    return self.invalid(format!("name {name} used twice"));
+                }
             }
         }
-        let subdisks = v.plexes.iter().flat_map(|p| &p.subdisks).map(|sd| {
-            (
-                sd.disk.as_str(),
-                sd.disk_offset_bytes,
-                sd.len_bytes,
-                sd.name.as_str(),
-                ExtentKind::Subdisk,
-            )
-        });
-        let logs = v.log.iter().flat_map(|log| {
-            log.copies.iter().map(|c| {
-                (
-                    c.disk.as_str(),
-                    c.disk_offset_bytes,
-                    log.len_bytes,
-                    v.name.as_str(),
-                    ExtentKind::Log,
-                )
-            })
-        });
-        for e in subdisks.chain(logs) {
-            if let Some(other) = overlapping(changed, &e) {
-                return self.invalid(format!(
-                    "{} and {} overlap on disk {}",
-                    extent_name(&e),
-                    extent_name(other),
-                    e.0
-                ));
+        if !added.is_empty() {
+            // A few extents added (a grow's): their offsets first, no disk name compared.
+            let few = added.len() <= 8;
+            let near = |e: &Extent<'_>| {
+                let end = e.1.saturating_add(e.2);
+                !few || added
+                    .iter()
+                    .any(|a| a.1 < end && e.1 < a.1.saturating_add(a.2))
+            };
+            for e in volume_extents(v).filter(near) {
+                if let Some(other) = overlapping(added, &e) {
+                    return self.invalid(format!(
+                        "{} and {} overlap on disk {}",
+                        extent_name(&e),
+                        extent_name(other),
+                        e.0
+                    ));
+                }
             }
         }
         match &v.log {
@@ -506,5 +593,81 @@ impl DiskGroupConfig {
             ExtentKind::Subdisk,
         ));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::test_support::{cluster, with_mirror};
+
+    /// Volume names of `vs`.
+    fn names<'a>(vs: &[&'a Volume]) -> Vec<&'a str> {
+        vs.iter().map(|v| v.name.as_str()).collect()
+    }
+
+    #[test]
+    fn a_change_is_checked_by_what_it_replaced_added_and_removed() {
+        let mut c = cluster(&[("d1", 1 << 30), ("d2", 1 << 30)]);
+        for v in ["v1", "v2", "v3", "v4"] {
+            c = with_mirror(&c, v, 1 << 20, LogPolicy::Off);
+        }
+        let before = &c.disk_groups[0];
+        let grow = |c: &ClusterConfig, volume: &str| {
+            c.apply(&Change::VolGrow {
+                dg: "dg1".into(),
+                volume: volume.into(),
+                new_size_bytes: 2 << 20,
+            })
+            .unwrap()
+        };
+        // A grow replaces one volume in place: that one is checked, the rest not.
+        let grown = grow(&c, "v2");
+        let (kept, changed, gone) = left_alone(&before.volumes, &grown.disk_groups[0].volumes);
+        assert_eq!(names(&kept), ["v1", "v3", "v4"]);
+        assert_eq!(names(&changed), ["v2"]);
+        assert_eq!(names(&gone), ["v2"]);
+        // A new volume is added; a removed one is gone.
+        let added = with_mirror(&c, "v5", 1 << 20, LogPolicy::Off);
+        let (kept, changed, gone) = left_alone(&before.volumes, &added.disk_groups[0].volumes);
+        assert_eq!(
+            (kept.len(), names(&changed), gone.len()),
+            (4, vec!["v5"], 0)
+        );
+        let removed = c
+            .apply(&Change::VolRm {
+                dg: "dg1".into(),
+                volume: "v3".into(),
+            })
+            .unwrap();
+        let (kept, changed, gone) = left_alone(&before.volumes, &removed.disk_groups[0].volumes);
+        assert_eq!(
+            (names(&kept), changed.len(), names(&gone)),
+            (vec!["v1", "v2", "v4"], 0, vec!["v3"])
+        );
+        // The same volume twice: the second is checked (and meets the first).
+        let mut twice = before.clone();
+        twice.volumes.push(Arc::clone(&before.volumes[0]));
+        let (kept, changed, _) = left_alone(&before.volumes, &twice.volumes);
+        assert_eq!((kept.len(), names(&changed)), (4, vec!["v1"]));
+        assert!(twice.validate_change(before).is_err());
+        // What the volumes left alone are compared with after a grow: its new
+        // subdisks (one per plex here: the next volume follows each), not the
+        // volume's or its plexes' names nor the extents it had.
+        let g = &grown.disk_groups[0];
+        let (_, changed, gone) = left_alone(&before.volumes, &g.volumes);
+        let (names, log_ids, extents) = g.added(changed, &gone).unwrap();
+        let new_subdisks: BTreeSet<&str> = g.volumes[1]
+            .plexes
+            .iter()
+            .map(|p| p.subdisks[1].name.as_str())
+            .collect();
+        assert_eq!(names, new_subdisks);
+        assert!(log_ids.is_empty());
+        assert_eq!(extents.len(), 2, "{extents:?}");
+        assert!(
+            extents.iter().all(|e| new_subdisks.contains(e.3)),
+            "{extents:?}"
+        );
     }
 }
