@@ -173,6 +173,22 @@ fn wait_private_lease(k: &KernelClient) {
     });
 }
 
+/// The data plane of node `i`, owner of [`DG`], once it serves [`VOL`] under a
+/// valid private-group lease (a first write of `fill` succeeds): its client, the
+/// volume's bdev name and that block.
+fn serving_owner(c: &Cluster, i: usize, fill: u8) -> (KernelClient, String, Vec<u8>) {
+    let bdev = format!("{DG}.{VOL}");
+    let k = c.kernel(i);
+    wait_private_lease(&k);
+    let block = vec![fill; 4096];
+    assert_eq!(
+        k.write(&bdev, 0, &block).unwrap(),
+        0,
+        "node {i} serves {bdev}"
+    );
+    (k, bdev, block)
+}
+
 /// Node `i` takes [`DG`] over (`dg import --clear-owner`), retried while its owner
 /// is still a member of the view (a frozen owner leaves it after a heartbeat
 /// timeout, or after its lease if it was the master).
@@ -356,11 +372,7 @@ fn a_frozen_owner_stops_writing_a_group_taken_over_with_clear_owner() {
     c.ctl_ok(0, "dg create dgq d3");
     c.ctl_ok(0, "vol create dgq q1 4M");
     c.wait_served(0, "dgq", "q1");
-    let bdev = format!("{DG}.{VOL}");
-    let k0 = c.kernel(0);
-    wait_private_lease(&k0);
-    let block = vec![0xa5u8; 4096];
-    assert_eq!(k0.write(&bdev, 0, &block).unwrap(), 0, "a serves {bdev}");
+    let (k0, bdev, block) = serving_owner(&c, 0, 0xa5);
 
     c.freeze(0);
     take_over(&c, 1);
@@ -456,11 +468,7 @@ fn an_importer_killed_while_waiting_out_the_old_owner_waits_again_at_its_restart
     let (o, n) = (slaves[0], slaves[1]);
     let (o_name, n_name) = (c.nodes[o].name.clone(), c.nodes[n].name.clone());
     create_private_group_on(&c, o);
-    let bdev = format!("{DG}.{VOL}");
-    let k0 = c.kernel(o);
-    wait_private_lease(&k0);
-    let block = vec![0x5au8; 4096];
-    assert_eq!(k0.write(&bdev, 0, &block).unwrap(), 0, "a serves {bdev}");
+    let (k0, bdev, block) = serving_owner(&c, o, 0x5a);
 
     c.freeze(o);
     wait_until("o to leave n's view", RECOVERY_TIMEOUT, || {
@@ -538,11 +546,7 @@ fn an_importer_killed_while_waiting_out_the_old_owner_waits_again_at_its_restart
 fn a_whole_frozen_owner_node_fails_the_groups_io_when_its_data_plane_runs_again() {
     let mut c = Cluster::start(3, ClusterOpts::default());
     create_private_group(&c);
-    let bdev = format!("{DG}.{VOL}");
-    let k0 = c.kernel(0);
-    wait_private_lease(&k0);
-    let block = vec![0x3cu8; 4096];
-    assert_eq!(k0.write(&bdev, 0, &block).unwrap(), 0, "a serves {bdev}");
+    let (k0, bdev, block) = serving_owner(&c, 0, 0x3c);
 
     c.freeze_target(0);
     c.freeze(0);
