@@ -548,48 +548,49 @@ impl Cluster {
     /// data plane's lease) until [`Cluster::thaw`]; dropping the cluster thaws it
     /// before killing it.
     pub fn freeze(&mut self, i: usize) {
-        let pid = self
-            .plexd_pid(i)
-            .unwrap_or_else(|| panic!("plexd {} is not running", self.nodes[i].name));
-        if let Err(e) = signal_pid(pid, libc::SIGSTOP) {
-            panic!("SIGSTOP to plexd {} (pid {pid}): {e}", self.nodes[i].name);
-        }
+        self.signal(i, Process::Coordinator, libc::SIGSTOP, true);
         self.nodes[i].frozen = true;
     }
 
     /// SIGCONT to node `i`'s plexd (after [`Cluster::freeze`]).
     pub fn thaw(&mut self, i: usize) {
-        if let Some(pid) = self.plexd_pid(i) {
-            if let Err(e) = signal_pid(pid, libc::SIGCONT) {
-                panic!("SIGCONT to plexd {} (pid {pid}): {e}", self.nodes[i].name);
-            }
-        }
+        self.signal(i, Process::Coordinator, libc::SIGCONT, false);
         self.nodes[i].frozen = false;
     }
 
     /// SIGSTOP to node `i`'s plexd-target (with [`Cluster::freeze`]: the whole node
     /// frozen, as a paused VM). SIGKILL at drop ends it stopped.
     pub fn freeze_target(&mut self, i: usize) {
-        let pid = self
-            .target_pid(i)
-            .unwrap_or_else(|| panic!("plexd-target {} is not running", self.nodes[i].name));
-        if let Err(e) = signal_pid(pid, libc::SIGSTOP) {
-            panic!(
-                "SIGSTOP to plexd-target {} (pid {pid}): {e}",
-                self.nodes[i].name
-            );
-        }
+        self.signal(i, Process::Target, libc::SIGSTOP, true);
     }
 
     /// SIGCONT to node `i`'s plexd-target (after [`Cluster::freeze_target`]).
     pub fn thaw_target(&mut self, i: usize) {
-        if let Some(pid) = self.target_pid(i) {
-            if let Err(e) = signal_pid(pid, libc::SIGCONT) {
-                panic!(
-                    "SIGCONT to plexd-target {} (pid {pid}): {e}",
-                    self.nodes[i].name
-                );
+        self.signal(i, Process::Target, libc::SIGCONT, false);
+    }
+
+    /// Sends `sig` to node `i`'s `process`. Panics naming the node, the process and
+    /// the signal if that fails, or if the process is not running and `must_run`.
+    fn signal(&self, i: usize, process: Process, sig: libc::c_int, must_run: bool) {
+        let (name, pid) = match process {
+            Process::Coordinator => ("plexd", self.plexd_pid(i)),
+            Process::Target => ("plexd-target", self.target_pid(i)),
+        };
+        let node = &self.nodes[i].name;
+        let Some(pid) = pid else {
+            if must_run {
+                panic!("{name} {node} is not running");
             }
+            return;
+        };
+        if let Err(e) = signal_pid(pid, sig) {
+            let signal = match sig {
+                libc::SIGSTOP => "SIGSTOP".to_string(),
+                libc::SIGCONT => "SIGCONT".to_string(),
+                libc::SIGKILL => "SIGKILL".to_string(),
+                other => format!("signal {other}"),
+            };
+            panic!("{signal} to {name} {node} (pid {pid}): {e}");
         }
     }
 
@@ -738,12 +739,7 @@ impl Cluster {
     /// it while another thread runs a command through the cluster; the process is
     /// reaped by the next [`Cluster::kill_coordinator`] or restart, or at drop.
     pub fn sigkill_coordinator(&self, i: usize) {
-        let pid = self
-            .plexd_pid(i)
-            .unwrap_or_else(|| panic!("plexd {} is not running", self.nodes[i].name));
-        if let Err(e) = signal_pid(pid, libc::SIGKILL) {
-            panic!("SIGKILL to plexd {} (pid {pid}): {e}", self.nodes[i].name);
-        }
+        self.signal(i, Process::Coordinator, libc::SIGKILL, true);
     }
 
     /// `kill -9` of node `i`'s plexd-target only (its plexd keeps running).
@@ -1476,6 +1472,13 @@ fn signal_pid(pid: u32, sig: i32) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Which of a node's two processes [`Cluster`] signals.
+#[derive(Clone, Copy)]
+enum Process {
+    Coordinator,
+    Target,
 }
 
 /// Runs `f` until it returns Ok, bounded; for tests that poll the cluster.

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use plexd_target::api::KernelClient;
+use plexd_target::api::{ClientError, ErrorCode, KernelClient};
 use plexd_tests::plex_disk::{diverge_plex, plex_image, plexd_log};
 use plexd_tests::{volume, wait_until, Cluster, ClusterOpts, Pattern};
 use rand::rngs::StdRng;
@@ -560,4 +560,93 @@ fn a_whole_frozen_owner_node_fails_the_groups_io_when_its_data_plane_runs_again(
     );
     on_b.verify(&c.kernel(1))
         .expect("b's write reads back through b, not overwritten by a");
+}
+
+/// A private group's owner cut off by a network partition (its plexd and data plane
+/// run on, unlike a frozen one) while another node takes the group over: the
+/// import returns once the owner's data plane fails the group's I/O, because the
+/// owner, reading its labels, finds them naming the importer and renews no more.
+/// Still cut off, not a member of any view, the owner drops the taken group from its
+/// data plane and serves its other private group again (a node's private groups
+/// need no cluster). After the heal it rejoins, says the group was dropped, and the
+/// importer's writes and ownership stand.
+#[test]
+fn a_partitioned_owner_drops_a_group_taken_over_and_serves_its_others() {
+    if let Some(why) = plexd_tests::netns::unavailable() {
+        panic!("this test cannot run: {why}");
+    }
+    let opts = ClusterOpts {
+        netns: true,
+        ..ClusterOpts::default()
+    };
+    let mut c = Cluster::start(3, opts);
+    // The owner is c, a slave: it leaves the view one heartbeat timeout after the cut.
+    create_private_group_on(&c, 2);
+    c.ctl_ok(2, "dg create dgq d3");
+    c.ctl_ok(2, "vol create dgq q1 4M");
+    c.wait_served(2, "dgq", "q1");
+    let (k2, bdev, block) = serving_owner(&c, 2, 0x5a);
+
+    c.net().cut(2);
+    take_over(&c, 1);
+    // Fenced (its lease ran out), or already dropped: c reads its labels on.
+    match k2.write(&bdev, 0, &block) {
+        Ok(errno) if errno == plexd_target::lease::FENCED_ERRNO => {}
+        Err(ClientError::Api(e)) if e.code == ErrorCode::NotFound => {}
+        other => panic!("the cut-off owner's data plane after b took {bdev} over: {other:?}"),
+    }
+    wait_until(
+        "the taken-over group to settle on b",
+        RECOVERY_TIMEOUT,
+        || settled(&c, 1),
+    );
+    let on_b = c.write_pattern(1, DG, VOL, 0, 64 << 10);
+
+    // Still cut off: c drops the taken group and serves dgq again.
+    wait_until("c to drop the taken group", RECOVERY_TIMEOUT, || {
+        let names: Vec<String> = k2
+            .list_volumes()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|v| v.name)
+            .collect();
+        match names.iter().any(|n| n.starts_with(&format!("{DG}."))) {
+            true => Err(format!("c's data plane serves {names:?}")),
+            false => Ok(()),
+        }
+    });
+    wait_until(
+        "c to serve its other private group again while cut off",
+        RECOVERY_TIMEOUT,
+        || match k2.write("dgq.q1", 0, &block) {
+            Ok(0) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+
+    c.net().heal(2);
+    c.wait_joined(&[0, 1, 2]);
+    assert!(
+        c.status(2)["failed_disk_groups"]
+            .to_string()
+            .contains("dropped from this node"),
+        "c's status does not say the group was dropped: {}",
+        c.status(2)
+    );
+    let refused = c.ctl_err(2, &format!("vol create {DG} x 1M"));
+    assert!(
+        refused.contains("does not exist"),
+        "c changes a group b took over: {refused}"
+    );
+    assert!(
+        !matches!(k2.write(&bdev, 0, &block), Ok(0)),
+        "c's data plane writes {bdev} again after the heal"
+    );
+    on_b.verify(&c.kernel(1))
+        .expect("b's write reads back through b");
+    c.ctl_ok(1, &format!("vol create {DG} x 1M"));
+    match k2.write("dgq.q1", 0, &block) {
+        Ok(0) => {}
+        other => panic!("c no longer serves dgq.q1 after the heal: {other:?}"),
+    }
 }
