@@ -650,3 +650,70 @@ fn a_partitioned_owner_drops_a_group_taken_over_and_serves_its_others() {
         other => panic!("c no longer serves dgq.q1 after the heal: {other:?}"),
     }
 }
+
+/// The old owner killed -9 before it could drop a group taken over from it (frozen
+/// through the takeover, killed frozen, restarted at once, its data plane running on
+/// with the group's volumes fenced): the restarted plexd finds the group's labels
+/// naming the importer, so it neither imports nor serves it, removes its volumes
+/// from the data plane, and serves its other private group again, without waiting
+/// out a takeover (that group's data plane served it whole). The importer's writes
+/// and ownership stand.
+#[test]
+fn an_owner_killed_before_dropping_a_group_taken_over_restarts_without_it() {
+    let mut c = Cluster::start(3, ClusterOpts::default());
+    create_private_group_on(&c, 2);
+    c.ctl_ok(2, "dg create dgq d3");
+    c.ctl_ok(2, "vol create dgq q1 4M");
+    c.wait_served(2, "dgq", "q1");
+    let (k2, bdev, block) = serving_owner(&c, 2, 0x69);
+
+    c.freeze(2);
+    take_over(&c, 1);
+    wait_until(
+        "the taken-over group to settle on b",
+        RECOVERY_TIMEOUT,
+        || settled(&c, 1),
+    );
+    let on_b = c.write_pattern(1, DG, VOL, 0, 64 << 10);
+    assert!(
+        k2.list_volumes().unwrap().iter().any(|v| v.name == bdev),
+        "c's data plane still holds {bdev} (fenced) before c's plexd is killed"
+    );
+
+    c.restart_coordinator(2, None);
+    let names: Vec<String> = k2
+        .list_volumes()
+        .unwrap()
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.starts_with(&format!("{DG}."))),
+        "c's restarted plexd left {DG}'s volumes in its data plane: {names:?}"
+    );
+    assert!(
+        !matches!(k2.write(&bdev, 0, &block), Ok(0)),
+        "c's data plane writes {bdev} after its restart"
+    );
+    wait_until(
+        "c to serve its other private group again",
+        RECOVERY_TIMEOUT,
+        || match k2.write("dgq.q1", 0, &block) {
+            Ok(0) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    let refused = c.ctl_err(2, &format!("vol create {DG} x 1M"));
+    assert!(
+        refused.contains("does not exist"),
+        "c changes a group b took over: {refused}"
+    );
+    let log = plexd_log(&c, 2);
+    assert!(
+        !log.contains("left open by a start that did not stop cleanly"),
+        "c's restart held a group back as if it had been taking it over: {log}"
+    );
+    on_b.verify(&c.kernel(1))
+        .expect("b's write reads back through b");
+    c.ctl_ok(1, &format!("vol create {DG} x 1M"));
+}
