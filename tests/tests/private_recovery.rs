@@ -717,3 +717,79 @@ fn an_owner_killed_before_dropping_a_group_taken_over_restarts_without_it() {
         .expect("b's write reads back through b");
     c.ctl_ok(1, &format!("vol create {DG} x 1M"));
 }
+
+/// A takeover's wait (the old owner's private-group lease, about 5.5 s here) does
+/// not hold the cluster up: a shared-group change made through the importing node
+/// while it waits completes before the import returns (its driver goes on with the
+/// cluster's jobs and serves the group once the wait is over). The import then
+/// returns with the group served by the importer, and the frozen owner's data plane
+/// fails the group's I/O.
+#[test]
+fn a_shared_change_through_the_importer_completes_while_it_waits_out_the_old_owner() {
+    let mut c = Cluster::start(
+        3,
+        ClusterOpts {
+            lease_ms: 5000,
+            ..ClusterOpts::default()
+        },
+    );
+    let master = c.status(0)["master"].as_str().unwrap_or("?").to_string();
+    let slaves: Vec<usize> = (0..3).filter(|&i| c.nodes[i].name != master).collect();
+    let (o, n) = (slaves[0], slaves[1]);
+    let (o_name, n_name) = (c.nodes[o].name.clone(), c.nodes[n].name.clone());
+    create_private_group_on(&c, o);
+    c.ctl_ok(n, "dg create dgs d0 d3 --shared");
+    c.ctl_ok(n, "vol create dgs vs 4M --layout concat");
+    let (k_o, bdev, block) = serving_owner(&c, o, 0x77);
+
+    c.freeze(o);
+    wait_until("o to leave n's view", RECOVERY_TIMEOUT, || {
+        let m = plexd_tests::members(&c.status(n));
+        match m.contains(&o_name) {
+            true => Err(format!("members {m:?}")),
+            false => Ok(()),
+        }
+    });
+    let waiting = "before serving it";
+    let waits_before = plexd_log(&c, n).matches(waiting).count();
+    std::thread::scope(|s| {
+        let import = s.spawn(|| c.ctl(n, &format!("dg import {DG} --clear-owner")));
+        wait_until("n to wait out o's lease", RECOVERY_TIMEOUT, || {
+            match plexd_log(&c, n).matches(waiting).count() > waits_before {
+                true => Ok(()),
+                false => Err(format!("{n_name} has not written the labels yet")),
+            }
+        });
+        let grown = c.ctl(n, "vol grow dgs vs 8M");
+        let import_returned = import.is_finished();
+        assert!(
+            grown.status.success(),
+            "vol grow through {n_name} during its takeover wait: {}",
+            String::from_utf8_lossy(&grown.stderr)
+        );
+        assert!(
+            !import_returned,
+            "the shared change through {n_name} waited for its takeover wait to end"
+        );
+        let out = import.join().expect("the import's thread");
+        assert!(
+            out.status.success(),
+            "the import: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+    assert_eq!(
+        volume(&c.print(n), "dgs", "vs").unwrap()["size"],
+        8 << 20,
+        "the grow made during the wait"
+    );
+    assert_eq!(
+        k_o.write(&bdev, 0, &block).unwrap(),
+        plexd_target::lease::FENCED_ERRNO,
+        "{o_name}'s frozen data plane still writes {bdev} after {n_name}'s import returned"
+    );
+    let on_n = c.write_pattern(n, DG, VOL, 0, 64 << 10);
+    on_n.verify(&c.kernel(n))
+        .expect("the new owner's write reads back through it");
+    c.thaw(o);
+}

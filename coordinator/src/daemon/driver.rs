@@ -31,6 +31,7 @@ use super::fence::{Fences, Quiesce};
 use super::kernel::{Desired, Kernel};
 use super::model::SharedConfig;
 use super::owner_lease;
+use super::takeover::{self, Deferred, Takeover};
 use super::Input;
 use crate::core::{DiskRecord, ErrorKind, FenceToken, NodeId, RequestError, RequestId, TxnId};
 use crate::model::{Change, ClusterConfig, DiskGroupConfig, ExportProtocol};
@@ -369,6 +370,9 @@ pub struct Driver {
     /// them from here, not from a snapshot taken when the job was queued, so a
     /// shared transaction queued behind a private change keeps what it created.
     pub private: Vec<DiskGroupConfig>,
+    /// A takeover import waiting out the old owner's lease, and the shared groups
+    /// the data plane holds ([`takeover`]).
+    pub takeover: Takeover,
 }
 
 impl Driver {
@@ -392,7 +396,8 @@ impl Driver {
     fn run(mut self, jobs: Receiver<(u64, Job)>, done: Sender<(u64, Done)>) {
         let mut last_expiry = Instant::now();
         loop {
-            match jobs.recv_timeout(FENCE_EXPIRY_PERIOD) {
+            let wait = self.takeover.wait(Instant::now(), FENCE_EXPIRY_PERIOD);
+            match jobs.recv_timeout(wait) {
                 Ok((seq, job)) => {
                     let answer = self.execute(job);
                     if done.send((seq, answer)).is_err() {
@@ -404,6 +409,17 @@ impl Driver {
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
+            }
+            if let Some(d) = self.takeover.due(Instant::now()) {
+                let request = d.request;
+                let result = self.serve_takeover(d);
+                if done
+                    .send((takeover::LATE, Done::Private { request, result }))
+                    .is_err()
+                {
+                    return;
+                }
+                let _ = self.tx.try_send(Input::DriverDone);
             }
             if last_expiry.elapsed() >= FENCE_EXPIRY_PERIOD {
                 self.fences.expire(self.kernel.client(), Instant::now());
@@ -632,6 +648,7 @@ impl Driver {
             Job::KernelAbort { txn } => {
                 log::info!("node {}: transaction {txn}: aborted", self.name);
                 self.kernel.abort();
+                self.takeover.aborted();
                 Done::Nothing
             }
             Job::KernelLoad { shared } => self.kernel_load(&shared),
@@ -654,6 +671,7 @@ impl Driver {
                     .break_all(self.kernel.client(), "this node left the cluster");
                 let private = self.desired(&[], &self.private);
                 self.kernel.leave(&private);
+                self.takeover.loaded(&[]);
                 Done::Nothing
             }
             Job::Private {
@@ -665,13 +683,30 @@ impl Driver {
                 group,
                 txn,
                 drop_taken,
-            } => Done::Private {
-                request,
-                result: match drop_taken {
-                    true => self.drop_taken_group(&change, &after, &shared),
+            } => {
+                let result = match drop_taken {
+                    true => self
+                        .drop_taken_group(&change, &after, &shared)
+                        .map(|()| None),
                     false => self.private_change(&change, &before, &after, &shared, group, txn),
-                },
-            },
+                };
+                match result {
+                    Ok(Some(until)) => {
+                        // Answered once served ([`takeover`]).
+                        self.takeover.defer(Deferred {
+                            request,
+                            change,
+                            after,
+                            until,
+                        });
+                        Done::Nothing
+                    }
+                    result => Done::Private {
+                        request,
+                        result: result.map(|_| ()),
+                    },
+                }
+            }
             Job::Fence {
                 volume,
                 hold,
@@ -742,6 +777,7 @@ impl Driver {
         self.fences
             .break_all(self.kernel.client(), "a transaction's kernel phase");
         let result = self.kernel.prepare(desired, true);
+        self.takeover.prepared(shared);
         self.failpoint_sleep("driver.kernel_prepare");
         if let Err(e) = &result {
             log::error!(
@@ -765,6 +801,7 @@ impl Driver {
                 self.name
             );
         }
+        self.takeover.committed();
         Done::KernelCommitted { txn }
     }
 
@@ -774,6 +811,7 @@ impl Driver {
         self.fences
             .break_all(self.kernel.client(), "a configuration load");
         let result = self.kernel.load(desired);
+        self.takeover.loaded(shared);
         if let Err(e) = &result {
             log::error!(
                 "node {}: cannot load the configuration into the data plane: {e}",
@@ -822,7 +860,8 @@ impl Driver {
     }
 
     /// A change of a private disk group: validated, staged in the data plane, written
-    /// to the group's disks, committed — all on this node.
+    /// to the group's disks, committed — all on this node. A takeover import is not
+    /// committed here: `Some(until)`, it is served at `until` ([`takeover`]).
     fn private_change(
         &mut self,
         change: &Change,
@@ -831,7 +870,7 @@ impl Driver {
         shared: &[Arc<DiskGroupConfig>],
         group: Option<Box<DiskGroupConfig>>,
         txn: u64,
-    ) -> Result<(), RequestError> {
+    ) -> Result<Option<Instant>, RequestError> {
         let updates = change.disk_updates(before, after);
         let failed = |e: String| RequestError::new(ErrorKind::Failed, self.name.clone(), e);
         if let Some(owner) = self.owner.taken(change.dg_name()) {
@@ -873,7 +912,22 @@ impl Driver {
             log::error!("{e}");
             return Err(failed(e));
         }
-        self.wait_out_old_owner(change);
+        if let Some(wait) = self.takeover_wait(change) {
+            // Staged for its checks only; served once the old owner's lease is out.
+            self.kernel.abort();
+            return Ok(Some(Instant::now() + wait));
+        }
+        self.commit_private(change, after.disk_groups.clone(), shared);
+        Ok(None)
+    }
+
+    /// Commits a private change staged with `shared` that leaves `private`.
+    fn commit_private(
+        &mut self,
+        change: &Change,
+        private: Vec<DiskGroupConfig>,
+        shared: &[Arc<DiskGroupConfig>],
+    ) {
         if let Err(e) = self.kernel.commit() {
             log::error!(
                 "node {}: disk group {}: data plane commit: {e}",
@@ -881,10 +935,35 @@ impl Driver {
                 change.dg_name()
             );
         }
-        self.private = after.disk_groups.clone();
+        self.takeover.loaded(shared);
+        self.private = private;
         self.owner
-            .set_groups(owner_lease::owned(&self.private, &files));
+            .set_groups(owner_lease::owned(&self.private, &self.files()));
         log::info!("node {}: private change committed: {change:?}", self.name);
+    }
+
+    /// Serves a takeover import whose wait is over ([`takeover`]): the shared groups
+    /// the data plane holds and the private groups after the import, staged and
+    /// committed. Its labels already name this node: a data plane that refuses it
+    /// leaves the group unserved until plexd restarts (and imports it).
+    fn serve_takeover(&mut self, d: Deferred) -> Result<(), RequestError> {
+        let shared = self.takeover.shared();
+        let desired = self.desired(&shared, &d.after.disk_groups);
+        self.fences
+            .break_all(self.kernel.client(), "a private transaction");
+        if let Err(e) = self.kernel.prepare(desired, true) {
+            self.kernel.abort();
+            self.owner
+                .set_groups(owner_lease::owned(&self.private, &self.files()));
+            let dg = d.change.dg_name();
+            let e = self.err(format!(
+                "disk group {dg}: its disks name this node as owner now, but the data plane \
+                 refused to serve it: {e}; restart plexd on this node to serve it"
+            ));
+            log::error!("{e}");
+            return Err(RequestError::new(ErrorKind::Failed, self.name.clone(), e));
+        }
+        self.commit_private(&d.change, d.after.disk_groups, &shared);
         Ok(())
     }
 
@@ -914,6 +993,7 @@ impl Driver {
             log::error!("{e}");
             return Err(RequestError::new(ErrorKind::Failed, self.name.clone(), e));
         }
+        self.takeover.loaded(shared);
         self.private = after.disk_groups.clone();
         self.owner
             .set_groups(owner_lease::owned(&self.private, &self.files()));
@@ -925,22 +1005,22 @@ impl Driver {
         Ok(())
     }
 
-    /// A private import that takes a group over from another owner (`dg import
-    /// --clear-owner`), its labels now naming this node: waits until the old
-    /// owner's data plane, frozen or cut off, can no longer serve the group (it
-    /// renews its private-group lease only while its labels name it:
-    /// [`owner_lease`]) before this node serves it.
-    fn wait_out_old_owner(&self, change: &Change) {
+    /// How long a private import that takes a group over from another owner (`dg
+    /// import --clear-owner`), its labels now naming this node, waits before this
+    /// node serves the group: until the old owner's data plane, frozen or cut off,
+    /// can no longer serve it (it renews its private-group lease only while its
+    /// labels name it: [`owner_lease`]). None for any other change.
+    fn takeover_wait(&self, change: &Change) -> Option<Duration> {
         let Change::DgImport {
             config,
             shared: false,
             owner_id,
         } = change
         else {
-            return;
+            return None;
         };
         if config.owner_id.is_empty() || config.owner_id == *owner_id {
-            return;
+            return None;
         }
         let wait = owner_lease::takeover_wait_ms(&self.file.cluster);
         log::warn!(
@@ -950,7 +1030,7 @@ impl Driver {
             config.name,
             config.owner_id
         );
-        std::thread::sleep(Duration::from_millis(wait));
+        Some(Duration::from_millis(wait))
     }
 
     fn check_disk_access(
@@ -996,7 +1076,9 @@ impl Driver {
         let desired = self.desired(shared, &self.private);
         let volumes = desired.volumes.len();
         let loaded = self.kernel.load(desired).map(|()| volumes);
+        self.takeover.loaded(shared);
         if let Some((txn, config)) = staged {
+            self.takeover.prepared(&config);
             let again = self.desired(&config, &self.private);
             if let Err(e) = self.kernel.prepare(again, true) {
                 log::error!(

@@ -60,6 +60,7 @@ mod resolve;
 pub mod resync;
 mod startup;
 mod taken;
+pub mod takeover;
 pub mod transport;
 
 pub use startup::run;
@@ -1030,13 +1031,18 @@ impl Daemon {
         Job::Leave
     }
 
-    /// The driver answered job `seq` (the oldest): its answer is noted, what waited
-    /// behind it is carried out, then the core gets the completion event.
+    /// The driver answered job `seq` (the oldest, or [`takeover::LATE`]): its answer
+    /// is noted, what waited behind it is carried out, then the core gets the
+    /// completion event.
     fn on_driver_done(&mut self, seq: u64, done: Done) {
-        let due = self.pipeline.done(seq).unwrap_or_else(|e| {
-            log::error!("node {}: {e} (a bug)", self.name);
-            Vec::new()
-        });
+        // A late answer (a takeover served after its wait) ends no job.
+        let due = match seq {
+            takeover::LATE => Vec::new(),
+            _ => self.pipeline.done(seq).unwrap_or_else(|e| {
+                log::error!("node {}: {e} (a bug)", self.name);
+                Vec::new()
+            }),
+        };
         let private_committed = matches!(done, Done::Private { result: Ok(()), .. });
         let event = self.complete(done);
         for item in due {

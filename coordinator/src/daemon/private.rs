@@ -176,7 +176,7 @@ fn union_entries(reads: &[Vec<(DirtyLogSection, Option<RecoverLog>)>]) -> Vec<Re
 /// did not stop cleanly, and the running data plane does not serve all of its
 /// volumes (`served`: the names it lists). That start may have been killed while a
 /// `dg import --clear-owner` waited out the old owner's private-group lease
-/// (`driver::wait_out_old_owner`): its labels already name this node, but the old
+/// (`daemon::takeover`): its labels already name this node, but the old
 /// owner's data plane, frozen or cut off, may still write the group for up to one
 /// lease. A start whose data plane serves the whole group had finished that wait
 /// (the data plane is given a taken group only after it), and a group without

@@ -212,7 +212,7 @@ impl Daemon {
             self.check_owner_gone(&dg, &owner, clear_owner)?;
             if shared && self.file.node(&owner).is_some() {
                 // Only a private import waits out the old owner's private-group
-                // lease before serving the group (driver::wait_out_old_owner).
+                // lease before serving the group (`daemon::takeover`).
                 return Err(self.refuse(format!(
                     "disk group {dg} is node {owner}'s private group: take it over with \
                      `dg import {dg} --clear-owner` (private, on this node), then `dg deport \

@@ -65,6 +65,7 @@ pub fn run(opts: Options) -> Result<(), String> {
         lease: lease.view(),
         owner: Arc::clone(&owner),
         private: private.disk_groups.clone(),
+        takeover: Default::default(),
     }
     .start()?;
     let start = super::clock::CoreClock::start();
