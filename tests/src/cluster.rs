@@ -19,7 +19,7 @@ use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Output, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use plexd_target::api::KernelClient;
@@ -220,11 +220,41 @@ pub struct Cluster {
     corosyncs: Option<Corosyncs>,
 }
 
+/// First port [`free_ports`] hands out, and how many it cycles through: below the
+/// kernel's ephemeral range (`ip_local_port_range`, 32768 up by default), so the
+/// local port of an outgoing connection (a peer's, a plexctl's, another test's) never
+/// takes one between its pick and the bind of the process it is for. Port 0 (an
+/// ephemeral one) did: "Address already in use" at a plexd's start.
+const PORT_BASE: u32 = 20_000;
+const PORT_SPAN: u32 = 12_000;
+
+/// `n` distinct ports free on 127.0.0.1 now, outside the ephemeral range; each
+/// test process starts at a place of its own (from its pid).
 fn free_ports(n: usize) -> Vec<u16> {
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(97) % PORT_SPAN,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
     // Hold every listener until all ports are known, so they differ.
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
-        .collect();
+    let mut listeners: Vec<TcpListener> = Vec::with_capacity(n);
+    for _ in 0..PORT_SPAN {
+        if listeners.len() == n {
+            break;
+        }
+        let port = PORT_BASE + NEXT.fetch_add(1, Ordering::Relaxed) % PORT_SPAN;
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port as u16)) {
+            listeners.push(l);
+        }
+    }
+    assert_eq!(
+        listeners.len(),
+        n,
+        "no {n} free ports on 127.0.0.1 from {PORT_BASE} to {}",
+        PORT_BASE + PORT_SPAN
+    );
     listeners
         .iter()
         .map(|l| l.local_addr().expect("local_addr").port())
