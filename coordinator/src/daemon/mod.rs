@@ -51,6 +51,7 @@ mod link;
 pub mod membership;
 pub mod model;
 pub mod model_codec;
+pub mod net;
 pub mod owner_lease;
 pub mod pipeline;
 pub mod print;

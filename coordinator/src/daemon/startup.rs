@@ -23,12 +23,13 @@ pub fn run(opts: Options) -> Result<(), String> {
         node_list: file.node_list(),
     };
     let refusals = transport::Refusals::default();
-    ctl::start(&me.address, tx.clone(), identity.clone(), refusals.clone())
+    let server = ctl::Server::bind(&me.address, tx.clone(), identity.clone(), refusals.clone())
         .map_err(|e| format!("node {}: {e}", me.name))?;
+    let inc = incarnation();
+    let (transport, senders) = new_transport(&file, &identity, inc, tx.clone(), refusals);
+    net::start(server, senders).map_err(|e| format!("node {}: {e}", me.name))?;
     start_signal_thread(signals, tx.clone());
     start_kernel_events(&kernel, tx.clone(), 0, &me.name);
-    let inc = incarnation();
-    let transport = start_transport(&file, &identity, inc, tx.clone(), refusals);
     let files = file.disk_files();
     let qdisk = start_quorum_disk(&file, &me, &files, &tx)?;
     #[cfg(feature = "corosync")]
@@ -170,21 +171,21 @@ fn connect_data_plane(
     Ok((target_child, kernel))
 }
 
-/// Starts the connections to the other nodes of the cluster file.
-fn start_transport(
+/// The connections to the other nodes of the cluster file, and their senders.
+fn new_transport(
     file: &ClusterFile,
     identity: &transport::Identity,
     inc: u64,
     tx: SyncSender<Input>,
     refusals: transport::Refusals,
-) -> transport::Transport {
+) -> (transport::Transport, Vec<transport::PeerTask>) {
     let peers = file
         .nodes
         .iter()
         .filter(|n| n.id != identity.me)
         .map(|n| (n.id, n.address.clone()))
         .collect();
-    transport::Transport::start(
+    transport::Transport::new(
         identity,
         inc,
         peers,
