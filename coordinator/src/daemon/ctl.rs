@@ -8,10 +8,10 @@
 //! [`Input::Peer`]. Nothing received here can panic the daemon:
 //! malformed input is an error answer or a logged, dropped message.
 
+use super::Inputs;
 use std::cell::Cell;
 use std::net::TcpListener;
 use std::rc::Rc;
-use std::sync::mpsc::SyncSender;
 use std::time::Duration;
 
 use capnp_rpc::{rpc_twoparty_capnp, twoparty, RpcSystem};
@@ -384,7 +384,7 @@ pub enum CtlReply {
 /// with `identity` before they deliver; refusals go to `refusals`.
 pub struct Server {
     listener: Async<TcpListener>,
-    inputs: SyncSender<Input>,
+    inputs: Inputs,
     identity: Identity,
     refusals: Refusals,
 }
@@ -393,7 +393,7 @@ impl Server {
     /// Binds `address`.
     pub fn bind(
         address: &str,
-        inputs: SyncSender<Input>,
+        inputs: Inputs,
         identity: Identity,
         refusals: Refusals,
     ) -> Result<Server, String> {
@@ -425,7 +425,7 @@ impl Server {
 async fn serve(
     ex2: Rc<LocalExecutor<'static>>,
     listener: Async<TcpListener>,
-    inputs: SyncSender<Input>,
+    inputs: Inputs,
     identity: Rc<Identity>,
     refusals: Refusals,
 ) {
@@ -476,7 +476,7 @@ async fn serve(
 }
 
 struct NodeServer {
-    inputs: SyncSender<Input>,
+    inputs: Inputs,
     identity: Rc<Identity>,
     refusals: Refusals,
     /// The peer that shook hands on this connection (`Peer.hello`).
@@ -1000,7 +1000,7 @@ impl peer::Server for NodeServer {
         // version or that does not decode; it is dropped like a lost message.
         match Message::read(p.get_message()?) {
             Ok(msg) => {
-                if self.inputs.send(Input::Peer { from, msg }).is_err() {
+                if self.inputs.send(Input::Peer { from, msg }).await.is_err() {
                     return Err(capnp::Error::failed("the daemon is stopping".into()));
                 }
             }

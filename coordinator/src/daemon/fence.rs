@@ -16,9 +16,9 @@
 //! node side (the driver thread's table), [`Fencer`] the copying side, used by a
 //! private group's resync thread.
 
+use super::Inputs;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::SyncSender;
 use std::time::{Duration, Instant};
 
 use plexd_target_api::{ClientError, ErrorCode, KernelClient};
@@ -221,7 +221,7 @@ fn next_token() -> u64 {
 /// side; the shared groups' fences are the core's, `core::resync`).
 pub struct Fencer {
     me: NodeId,
-    inputs: SyncSender<Input>,
+    inputs: Inputs,
 }
 
 /// What one fence call answers: whether the fence held (release) / was taken (hold).
@@ -229,14 +229,14 @@ type CallResult = Result<bool, String>;
 
 impl Fencer {
     /// A fencer of node `me` for its private groups.
-    pub fn new(me: NodeId, inputs: SyncSender<Input>) -> Fencer {
+    pub fn new(me: NodeId, inputs: Inputs) -> Fencer {
         Fencer { me, inputs }
     }
 
     fn call(&self, volume: &str, hold: bool, token: u64) -> CallResult {
         let (tx, rx) = smol::channel::bounded(1);
         self.inputs
-            .send(Input::Fence {
+            .send_blocking(Input::Fence {
                 volume: volume.to_string(),
                 hold,
                 token,

@@ -68,7 +68,6 @@ pub use startup::run;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -91,6 +90,10 @@ use startup::start_kernel_events;
 
 /// Inputs queued for the main loop before senders wait.
 pub const INPUT_QUEUE_DEPTH: usize = 4096;
+/// The main loop's input queue ([`INPUT_QUEUE_DEPTH`]): other threads send with
+/// `send_blocking` or `try_send`, tasks of the control thread ([`net`]) with `send`
+/// (awaited, so the main loop runs meanwhile) or `try_send`.
+pub type Inputs = smol::channel::Sender<Input>;
 /// How long `plexd` waits for its target's socket at start.
 pub const TARGET_WAIT: Duration = Duration::from_secs(10);
 /// Configurations remembered to recognise the disks' content.
@@ -268,7 +271,7 @@ struct Daemon {
     /// configuration read from the disks is recognised by them.
     history: std::collections::VecDeque<(TxnId, SharedConfig)>,
     tasks: resync::Tasks,
-    tx: SyncSender<Input>,
+    tx: Inputs,
     stopping: bool,
     /// `--spawn-target`: start plexd-target again when it is lost.
     spawn_target: bool,
@@ -347,7 +350,10 @@ impl TxnTimer {
 }
 
 impl Daemon {
-    fn main_loop(&mut self, rx: Receiver<Input>) {
+    /// Runs until a clean stop or the loss of the driver or the inputs, as a task of
+    /// the control thread ([`net::run`]): it waits for inputs without blocking the
+    /// thread, so the node's server and peer connections run meanwhile.
+    async fn main_loop(&mut self, rx: smol::channel::Receiver<Input>) {
         let tick =
             Duration::from_millis((self.file.cluster.heartbeat_interval_ms / 4).clamp(5, 100));
         let mut next_tick = Instant::now();
@@ -359,7 +365,7 @@ impl Daemon {
             let wait = until.saturating_duration_since(Instant::now());
             if self.pipeline.len() >= PIPELINE_MAX {
                 // Overloaded: take no more inputs until the driver caught up.
-                match self.driver.done_timeout(wait) {
+                match self.driver.done_within(wait).await {
                     Ok(Some((seq, done))) => self.on_driver_done(seq, done),
                     Ok(None) => {}
                     Err(e) => {
@@ -368,10 +374,15 @@ impl Daemon {
                     }
                 }
             } else {
-                match rx.recv_timeout(wait) {
-                    Ok(input) => self.on_input(input),
-                    Err(RecvTimeoutError::Timeout) => {}
-                    Err(RecvTimeoutError::Disconnected) => return,
+                let input = async { Some(rx.recv().await) };
+                let timeout = async {
+                    smol::Timer::after(wait).await;
+                    None
+                };
+                match smol::future::or(input, timeout).await {
+                    Some(Ok(input)) => self.on_input(input),
+                    None => {}
+                    Some(Err(_)) => return,
                 }
             }
             while let Some((seq, done)) = self.driver.try_done() {

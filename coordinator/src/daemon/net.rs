@@ -1,11 +1,14 @@
-//! The network thread: one `smol::LocalExecutor` runs the node's server (ctl calls
-//! and the peers' `Peer.deliver`, [`super::ctl`]) and the sender of every peer
-//! connection ([`super::transport`]). One thread for all of them: an event on any
-//! of their sockets is handled by the thread that polled it, not handed on to
-//! another (with a thread per connection, smol's shared reactor often woke one
-//! thread to wake the next), and a burst of messages to several peers costs one
-//! wake-up.
+//! The control thread: one `smol::LocalExecutor` runs the daemon's main loop, the
+//! node's server (ctl calls and the peers' `Peer.deliver`, [`super::ctl`]) and the
+//! sender of every peer connection ([`super::transport`]). A peer message goes from
+//! the socket to the main loop and from the main loop to the socket without a thread
+//! hand-off (with a thread each, a message crossed three or four threads on each
+//! node, smol's shared reactor thread often among them), and a burst of messages to
+//! several peers costs one wake-up. The main loop must not block the thread for
+//! long (it waits for inputs and the driver asynchronously); the slow work is the
+//! driver thread's.
 
+use std::future::Future;
 use std::rc::Rc;
 
 use smol::LocalExecutor;
@@ -13,17 +16,14 @@ use smol::LocalExecutor;
 use super::ctl::Server;
 use super::transport::PeerTask;
 
-/// Starts the network thread with `server` and the peers' `senders`.
-pub fn start(server: Server, senders: Vec<PeerTask>) -> Result<(), String> {
-    std::thread::Builder::new()
-        .name("net".into())
-        .spawn(move || {
-            let ex = Rc::new(LocalExecutor::new());
-            for s in senders {
-                ex.spawn(s.run()).detach();
-            }
-            smol::block_on(ex.run(server.serve(Rc::clone(&ex))));
-        })
-        .map(|_| ())
-        .map_err(|e| format!("cannot start the network thread: {e}"))
+/// Runs `main` (the main loop) on this thread with `server` and the peers'
+/// `senders` beside it, until `main` ends; the server and senders end with the
+/// process.
+pub fn run<T>(server: Server, senders: Vec<PeerTask>, main: impl Future<Output = T>) -> T {
+    let ex = Rc::new(LocalExecutor::new());
+    for s in senders {
+        ex.spawn(s.run()).detach();
+    }
+    ex.spawn(server.serve(Rc::clone(&ex))).detach();
+    smol::block_on(ex.run(main))
 }

@@ -17,10 +17,10 @@
 //! and the differing value, and shown by `cluster status` through [`Refusals`]), as
 //! if unreachable, and the sender retries at its longest backoff.
 
+use super::Inputs;
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -152,7 +152,7 @@ struct PeerHandle {
 pub struct PeerTask {
     link: Link,
     rx: smol::channel::Receiver<Message>,
-    inputs: SyncSender<Input>,
+    inputs: Inputs,
     max_backoff: Duration,
     kick: Arc<AtomicBool>,
 }
@@ -166,7 +166,7 @@ impl Transport {
         incarnation: u64,
         peers: Vec<(NodeId, String)>,
         max_backoff: Duration,
-        inputs: SyncSender<Input>,
+        inputs: Inputs,
         refusals: Refusals,
     ) -> (Transport, Vec<PeerTask>) {
         let me = identity.me;
@@ -314,7 +314,7 @@ impl PeerTask {
 async fn peer_task(
     link: Link,
     rx: smol::channel::Receiver<Message>,
-    inputs: SyncSender<Input>,
+    inputs: Inputs,
     max_backoff: Duration,
     kick: Arc<AtomicBool>,
 ) {
@@ -349,7 +349,7 @@ async fn peer_task(
         match ended {
             Ended::Delivered => {
                 log::warn!("transport: connection to node {peer} ({address}) lost");
-                if inputs.send(Input::ConnectionLost { peer }).is_err() {
+                if inputs.send(Input::ConnectionLost { peer }).await.is_err() {
                     return;
                 }
             }
