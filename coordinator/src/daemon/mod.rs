@@ -357,6 +357,10 @@ impl Daemon {
         let tick =
             Duration::from_millis((self.file.cluster.heartbeat_interval_ms / 4).clamp(5, 100));
         let mut next_tick = Instant::now();
+        // One timer, moved only when the deadline moves (once a tick): arming a
+        // timer wakes smol's reactor, so one per input would cost a wake-up each.
+        let mut timer = smol::Timer::never();
+        let mut armed: Option<Instant> = None;
         loop {
             let until = match &self.kernel_lost {
                 Some(l) => next_tick.min(l.next_try),
@@ -374,14 +378,19 @@ impl Daemon {
                     }
                 }
             } else {
+                if armed != Some(until) {
+                    timer.set_at(until);
+                    armed = Some(until);
+                }
                 let input = async { Some(rx.recv().await) };
                 let timeout = async {
-                    smol::Timer::after(wait).await;
+                    (&mut timer).await;
                     None
                 };
                 match smol::future::or(input, timeout).await {
                     Some(Ok(input)) => self.on_input(input),
-                    None => {}
+                    // A timer fires once: the next wait arms it again.
+                    None => armed = None,
                     Some(Err(_)) => return,
                 }
             }
