@@ -16,10 +16,10 @@
 //! this thread: they record what they saw in a thread-local the thread reads after
 //! each dispatch.
 
+use super::Inputs;
 use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -87,7 +87,7 @@ impl Monitor {
         me: NodeId,
         name: &str,
         nodes: Vec<(NodeId, String)>,
-        tx: SyncSender<Input>,
+        tx: Inputs,
     ) -> Result<Monitor, String> {
         let stop = Arc::new(AtomicBool::new(false));
         let t = Thread {
@@ -122,7 +122,7 @@ struct Thread {
     me: NodeId,
     name: String,
     nodes: Vec<(NodeId, String)>,
-    tx: SyncSender<Input>,
+    tx: Inputs,
     stop: Arc<AtomicBool>,
     /// The last view reported (a report is sent only when it changes).
     last: Option<View>,
@@ -167,7 +167,7 @@ impl Thread {
         self.last = Some(view.clone());
         let (members, quorate, detail) = view;
         self.tx
-            .send(Input::Monitor {
+            .send_blocking(Input::Monitor {
                 members,
                 quorate,
                 detail,

@@ -1,16 +1,17 @@
 //! The node's Cap'n Proto server: the public ctl API (`schema/ctl.capnp`) and the
 //! cluster protocol's `Peer.deliver` (`schema/cluster.capnp`) on one TCP address.
 //!
-//! The server runs on its own thread with a `smol::LocalExecutor` (RPC objects are
-//! `!Send`). It decodes each call into a [`CtlCall`] and hands it to the daemon's main
-//! loop (the only owner of the protocol core) with a one-shot reply channel; peer
-//! messages become [`Input::Peer`]. Nothing received here can panic the daemon:
+//! The server runs on the network thread's `smol::LocalExecutor` (RPC objects are
+//! `!Send`; [`super::net`]), beside the peer connections. It decodes each call into
+//! a [`CtlCall`] and hands it to the daemon's main loop (the only owner of the
+//! protocol core) with a one-shot reply channel; peer messages become
+//! [`Input::Peer`]. Nothing received here can panic the daemon:
 //! malformed input is an error answer or a logged, dropped message.
 
+use super::Inputs;
 use std::cell::Cell;
 use std::net::TcpListener;
 use std::rc::Rc;
-use std::sync::mpsc::SyncSender;
 use std::time::Duration;
 
 use capnp_rpc::{rpc_twoparty_capnp, twoparty, RpcSystem};
@@ -378,34 +379,58 @@ pub enum CtlReply {
     Error(RequestError),
 }
 
-/// Binds `address` and serves it from a new thread. Peers must shake hands
-/// (`Peer.hello`) with `identity` before they deliver; refusals go to `refusals`.
-pub fn start(
-    address: &str,
-    inputs: SyncSender<Input>,
+/// The node's server: its listening socket (bound at start, so a taken address is an
+/// error then) and what its connections need. Peers must shake hands (`Peer.hello`)
+/// with `identity` before they deliver; refusals go to `refusals`.
+pub struct Server {
+    listener: Async<TcpListener>,
+    inputs: Inputs,
     identity: Identity,
     refusals: Refusals,
-) -> Result<(), String> {
-    let listener =
-        TcpListener::bind(address).map_err(|e| format!("cannot listen on {address}: {e}"))?;
-    let listener = Async::new(listener).map_err(|e| format!("cannot listen on {address}: {e}"))?;
-    std::thread::Builder::new()
-        .name("ctl-server".into())
-        .spawn(move || serve(listener, inputs, Rc::new(identity), refusals))
-        .map_err(|e| format!("cannot start the server thread: {e}"))?;
-    Ok(())
 }
 
-fn serve(
+impl Server {
+    /// Binds `address`.
+    pub fn bind(
+        address: &str,
+        inputs: Inputs,
+        identity: Identity,
+        refusals: Refusals,
+    ) -> Result<Server, String> {
+        let listener =
+            TcpListener::bind(address).map_err(|e| format!("cannot listen on {address}: {e}"))?;
+        let listener =
+            Async::new(listener).map_err(|e| format!("cannot listen on {address}: {e}"))?;
+        Ok(Server {
+            listener,
+            inputs,
+            identity,
+            refusals,
+        })
+    }
+
+    /// Accepts and serves connections on `ex` (the network thread's executor) until
+    /// the process ends.
+    pub async fn serve(self, ex: Rc<LocalExecutor<'static>>) {
+        let Server {
+            listener,
+            inputs,
+            identity,
+            refusals,
+        } = self;
+        serve(ex, listener, inputs, Rc::new(identity), refusals).await
+    }
+}
+
+async fn serve(
+    ex2: Rc<LocalExecutor<'static>>,
     listener: Async<TcpListener>,
-    inputs: SyncSender<Input>,
+    inputs: Inputs,
     identity: Rc<Identity>,
     refusals: Refusals,
 ) {
-    let ex = Rc::new(LocalExecutor::new());
-    let ex2 = Rc::clone(&ex);
     let active = Rc::new(Cell::new(0usize));
-    smol::block_on(ex.run(async move {
+    {
         loop {
             let stream = match listener.accept().await {
                 Ok((s, _)) => s,
@@ -447,11 +472,11 @@ fn serve(
             })
             .detach();
         }
-    }));
+    }
 }
 
 struct NodeServer {
-    inputs: SyncSender<Input>,
+    inputs: Inputs,
     identity: Rc<Identity>,
     refusals: Refusals,
     /// The peer that shook hands on this connection (`Peer.hello`).
@@ -975,7 +1000,7 @@ impl peer::Server for NodeServer {
         // version or that does not decode; it is dropped like a lost message.
         match Message::read(p.get_message()?) {
             Ok(msg) => {
-                if self.inputs.send(Input::Peer { from, msg }).is_err() {
+                if self.inputs.send(Input::Peer { from, msg }).await.is_err() {
                     return Err(capnp::Error::failed("the daemon is stopping".into()));
                 }
             }

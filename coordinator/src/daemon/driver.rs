@@ -17,7 +17,7 @@
 //! private fences whose lease ran out.
 
 use std::path::PathBuf;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,7 +32,7 @@ use super::kernel::{Desired, Kernel};
 use super::model::SharedConfig;
 use super::owner_lease;
 use super::takeover::{self, Deferred, Takeover};
-use super::Input;
+use super::{Input, Inputs};
 use crate::core::{DiskRecord, ErrorKind, FenceToken, NodeId, RequestError, RequestId, TxnId};
 use crate::model::{Change, ClusterConfig, DiskGroupConfig, ExportProtocol};
 
@@ -307,7 +307,7 @@ pub enum Done {
 /// The main loop's side of the driver.
 pub struct DriverHandle {
     jobs: SyncSender<(u64, Job)>,
-    done: Receiver<(u64, Done)>,
+    done: smol::channel::Receiver<(u64, Done)>,
     next: u64,
 }
 
@@ -329,13 +329,20 @@ impl DriverHandle {
         self.done.try_recv().ok()
     }
 
-    /// The next answer, waiting at most `wait`; `Err` when the driver is gone.
-    pub fn done_timeout(&self, wait: Duration) -> Result<Option<(u64, Done)>, String> {
-        match self.done.recv_timeout(wait) {
-            Ok(d) => Ok(Some(d)),
-            Err(RecvTimeoutError::Timeout) => Ok(None),
-            Err(RecvTimeoutError::Disconnected) => Err("the driver thread is gone".into()),
-        }
+    /// The next answer, waiting at most `wait` (the control thread's other tasks run
+    /// meanwhile); `Err` when the driver is gone.
+    pub async fn done_within(&self, wait: Duration) -> Result<Option<(u64, Done)>, String> {
+        let answer = async {
+            match self.done.recv().await {
+                Ok(d) => Ok(Some(d)),
+                Err(_) => Err("the driver thread is gone".to_string()),
+            }
+        };
+        let timeout = async {
+            smol::Timer::after(wait).await;
+            Ok(None)
+        };
+        smol::future::or(answer, timeout).await
     }
 }
 
@@ -357,7 +364,7 @@ pub struct Driver {
     /// changed since).
     pub written: disks::Written,
     /// The main loop's input (wake-ups; kernel events of a new connection).
-    pub tx: SyncSender<Input>,
+    pub tx: Inputs,
     /// The failpoint armed in this process.
     pub failpoint: Option<Failpoint>,
     /// This node's lease as the main loop last published it (a master's disk
@@ -379,8 +386,9 @@ impl Driver {
     /// Starts the driver thread.
     pub fn start(self) -> Result<DriverHandle, String> {
         let (jobs_tx, jobs_rx) = mpsc::sync_channel(DRIVER_QUEUE_DEPTH);
-        // Holds at most one answer per job submitted: bounded by the job queue.
-        let (done_tx, done_rx) = mpsc::channel();
+        // Holds at most one answer per job submitted (and one late answer): bounded
+        // by the job queue.
+        let (done_tx, done_rx) = smol::channel::unbounded();
         let name = self.name.clone();
         std::thread::Builder::new()
             .name("driver".into())
@@ -393,14 +401,14 @@ impl Driver {
         })
     }
 
-    fn run(mut self, jobs: Receiver<(u64, Job)>, done: Sender<(u64, Done)>) {
+    fn run(mut self, jobs: Receiver<(u64, Job)>, done: smol::channel::Sender<(u64, Done)>) {
         let mut last_expiry = Instant::now();
         loop {
             let wait = self.takeover.wait(Instant::now(), FENCE_EXPIRY_PERIOD);
             match jobs.recv_timeout(wait) {
                 Ok((seq, job)) => {
                     let answer = self.execute(job);
-                    if done.send((seq, answer)).is_err() {
+                    if done.send_blocking((seq, answer)).is_err() {
                         return;
                     }
                     // A full input queue is being read anyway: the main loop
@@ -414,7 +422,7 @@ impl Driver {
                 let request = d.request;
                 let result = self.serve_takeover(d);
                 if done
-                    .send((takeover::LATE, Done::Private { request, result }))
+                    .send_blocking((takeover::LATE, Done::Private { request, result }))
                     .is_err()
                 {
                     return;

@@ -14,11 +14,11 @@
 //! whose section is cut short, makes the answer `Unreadable`: the volume is
 //! resynchronised whole, since the copy left may be a stale, retired one.
 
+use super::Inputs;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 
 use plexd_target_api::drl::{self, DirtyLog};
@@ -60,7 +60,7 @@ impl Reads {
         of: NodeId,
         sections: Vec<(DirtyLogSection, Vec<Option<Disk>>)>,
         files: Vec<PathBuf>,
-        inputs: SyncSender<Input>,
+        inputs: Inputs,
         hold: Option<std::time::Duration>,
     ) {
         let refuse = |why: String| -> Vec<DirtyLogRead> {
@@ -114,10 +114,13 @@ impl Reads {
     }
 }
 
-fn send(me: &str, inputs: &SyncSender<Input>, op: u64, results: Vec<DirtyLogRead>) {
+fn send(me: &str, inputs: &Inputs, op: u64, results: Vec<DirtyLogRead>) {
     // A full queue waits (this is a thread of its own); a closed one means the
     // main loop is gone.
-    if inputs.send(Input::DirtyLogs { op, results }).is_err() {
+    if inputs
+        .send_blocking(Input::DirtyLogs { op, results })
+        .is_err()
+    {
         log::info!("node {me}: dirty region log read {op} answered after the main loop stopped");
     }
 }

@@ -16,9 +16,9 @@
 //! node side (the driver thread's table), [`Fencer`] the copying side, used by a
 //! private group's resync thread.
 
+use super::Inputs;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::SyncSender;
 use std::time::{Duration, Instant};
 
 use plexd_target_api::{ClientError, ErrorCode, KernelClient};
@@ -221,7 +221,7 @@ fn next_token() -> u64 {
 /// side; the shared groups' fences are the core's, `core::resync`).
 pub struct Fencer {
     me: NodeId,
-    inputs: SyncSender<Input>,
+    inputs: Inputs,
 }
 
 /// What one fence call answers: whether the fence held (release) / was taken (hold).
@@ -229,14 +229,14 @@ type CallResult = Result<bool, String>;
 
 impl Fencer {
     /// A fencer of node `me` for its private groups.
-    pub fn new(me: NodeId, inputs: SyncSender<Input>) -> Fencer {
+    pub fn new(me: NodeId, inputs: Inputs) -> Fencer {
         Fencer { me, inputs }
     }
 
     fn call(&self, volume: &str, hold: bool, token: u64) -> CallResult {
         let (tx, rx) = smol::channel::bounded(1);
         self.inputs
-            .send(Input::Fence {
+            .send_blocking(Input::Fence {
                 volume: volume.to_string(),
                 hold,
                 token,
@@ -408,12 +408,12 @@ mod tests {
     /// Answers `n` fence calls as the driver would: holds succeed, and the
     /// releases answer `released` in turn (false: the fence was broken).
     fn driver(
-        rx: std::sync::mpsc::Receiver<Input>,
+        rx: smol::channel::Receiver<Input>,
         released: Vec<bool>,
     ) -> std::thread::JoinHandle<()> {
         std::thread::spawn(move || {
             let mut released = released.into_iter();
-            while let Ok(Input::Fence { hold, reply, .. }) = rx.recv() {
+            while let Ok(Input::Fence { hold, reply, .. }) = rx.recv_blocking() {
                 let held = hold || released.next().unwrap_or(true);
                 let _ = reply.try_send(Ok(held));
             }
@@ -422,7 +422,7 @@ mod tests {
 
     #[test]
     fn a_copy_refused_under_a_broken_fence_is_copied_again() {
-        let (tx, rx) = std::sync::mpsc::sync_channel(4);
+        let (tx, rx) = smol::channel::bounded(4);
         let d = driver(rx, vec![false, true]);
         let fencer = Fencer::new(2, tx);
         let mut calls = 0;
@@ -440,7 +440,7 @@ mod tests {
 
     #[test]
     fn a_copy_error_under_a_fence_that_held_ends_the_run() {
-        let (tx, rx) = std::sync::mpsc::sync_channel(4);
+        let (tx, rx) = smol::channel::bounded(4);
         let d = driver(rx, vec![true]);
         let fencer = Fencer::new(2, tx);
         let mut calls = 0;

@@ -51,6 +51,7 @@ mod link;
 pub mod membership;
 pub mod model;
 pub mod model_codec;
+pub mod net;
 pub mod owner_lease;
 pub mod pipeline;
 pub mod print;
@@ -67,7 +68,6 @@ pub use startup::run;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -90,6 +90,10 @@ use startup::start_kernel_events;
 
 /// Inputs queued for the main loop before senders wait.
 pub const INPUT_QUEUE_DEPTH: usize = 4096;
+/// The main loop's input queue ([`INPUT_QUEUE_DEPTH`]): other threads send with
+/// `send_blocking` or `try_send`, tasks of the control thread ([`net`]) with `send`
+/// (awaited, so the main loop runs meanwhile) or `try_send`.
+pub type Inputs = smol::channel::Sender<Input>;
 /// How long `plexd` waits for its target's socket at start.
 pub const TARGET_WAIT: Duration = Duration::from_secs(10);
 /// Configurations remembered to recognise the disks' content.
@@ -267,7 +271,7 @@ struct Daemon {
     /// configuration read from the disks is recognised by them.
     history: std::collections::VecDeque<(TxnId, SharedConfig)>,
     tasks: resync::Tasks,
-    tx: SyncSender<Input>,
+    tx: Inputs,
     stopping: bool,
     /// `--spawn-target`: start plexd-target again when it is lost.
     spawn_target: bool,
@@ -346,10 +350,17 @@ impl TxnTimer {
 }
 
 impl Daemon {
-    fn main_loop(&mut self, rx: Receiver<Input>) {
+    /// Runs until a clean stop or the loss of the driver or the inputs, as a task of
+    /// the control thread ([`net::run`]): it waits for inputs without blocking the
+    /// thread, so the node's server and peer connections run meanwhile.
+    async fn main_loop(&mut self, rx: smol::channel::Receiver<Input>) {
         let tick =
             Duration::from_millis((self.file.cluster.heartbeat_interval_ms / 4).clamp(5, 100));
         let mut next_tick = Instant::now();
+        // One timer, moved only when the deadline moves (once a tick): arming a
+        // timer wakes smol's reactor, so one per input would cost a wake-up each.
+        let mut timer = smol::Timer::never();
+        let mut armed: Option<Instant> = None;
         loop {
             let until = match &self.kernel_lost {
                 Some(l) => next_tick.min(l.next_try),
@@ -358,7 +369,7 @@ impl Daemon {
             let wait = until.saturating_duration_since(Instant::now());
             if self.pipeline.len() >= PIPELINE_MAX {
                 // Overloaded: take no more inputs until the driver caught up.
-                match self.driver.done_timeout(wait) {
+                match self.driver.done_within(wait).await {
                     Ok(Some((seq, done))) => self.on_driver_done(seq, done),
                     Ok(None) => {}
                     Err(e) => {
@@ -367,10 +378,20 @@ impl Daemon {
                     }
                 }
             } else {
-                match rx.recv_timeout(wait) {
-                    Ok(input) => self.on_input(input),
-                    Err(RecvTimeoutError::Timeout) => {}
-                    Err(RecvTimeoutError::Disconnected) => return,
+                if armed != Some(until) {
+                    timer.set_at(until);
+                    armed = Some(until);
+                }
+                let input = async { Some(rx.recv().await) };
+                let timeout = async {
+                    (&mut timer).await;
+                    None
+                };
+                match smol::future::or(input, timeout).await {
+                    Some(Ok(input)) => self.on_input(input),
+                    // A timer fires once: the next wait arms it again.
+                    None => armed = None,
+                    Some(Err(_)) => return,
                 }
             }
             while let Some((seq, done)) = self.driver.try_done() {

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::time::Instant;
 
-use super::Input;
+use super::{Input, Inputs};
 use crate::core::{QuorumDiskRecord, WRITE_DEADLINE};
 
 /// Size of the record's block.
@@ -156,7 +156,7 @@ impl QuorumDisk {
         node: &str,
         path: PathBuf,
         cluster_id: String,
-        inputs: SyncSender<Input>,
+        inputs: Inputs,
     ) -> Result<QuorumDisk, String> {
         let (tx, rx) = mpsc::sync_channel(QDISK_QUEUE_DEPTH);
         std::thread::Builder::new()
@@ -232,7 +232,7 @@ fn read_block(f: &File) -> Result<Vec<u8>, String> {
     Ok(b)
 }
 
-fn run(path: &Path, cluster_id: &str, rx: &Receiver<Request>, inputs: &SyncSender<Input>) {
+fn run(path: &Path, cluster_id: &str, rx: &Receiver<Request>, inputs: &Inputs) {
     let mut file: Option<File> = None;
     let what = |e: String| format!("quorum disk {}: {e}", path.display());
     while let Ok(req) = rx.recv() {
@@ -280,7 +280,7 @@ fn run(path: &Path, cluster_id: &str, rx: &Receiver<Request>, inputs: &SyncSende
         ) {
             file = None;
         }
-        if inputs.send(Input::QuorumDisk(done)).is_err() {
+        if inputs.send_blocking(Input::QuorumDisk(done)).is_err() {
             return;
         }
     }

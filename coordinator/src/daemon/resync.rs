@@ -15,9 +15,9 @@
 //! this node's own fence ([`super::fence`]) and runs `SetPlexState ACTIVE` as a
 //! private change.
 
+use super::Inputs;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -136,7 +136,7 @@ impl Job {
         socket: String,
         fencer: Fencer,
         cancel: Arc<AtomicBool>,
-        tx: SyncSender<Input>,
+        tx: Inputs,
     ) {
         let tx2 = tx.clone();
         let spawned = std::thread::Builder::new()
@@ -148,7 +148,7 @@ impl Job {
                 } else {
                     log::info!("resync task {task}: plex {} is in sync", self.plex);
                 }
-                let _ = tx.send(Input::Resync(Progress {
+                let _ = tx.send_blocking(Input::Resync(Progress {
                     task,
                     done_bytes: if result.is_ok() {
                         self.total_bytes()
@@ -159,7 +159,7 @@ impl Job {
                 }));
             });
         if let Err(e) = spawned {
-            let _ = tx2.send(Input::Resync(Progress {
+            let _ = tx2.send_blocking(Input::Resync(Progress {
                 task,
                 done_bytes: 0,
                 result: Some(Err(format!("cannot start the resync thread: {e}"))),
@@ -173,7 +173,7 @@ impl Job {
         socket: &str,
         fencer: &Fencer,
         cancel: &AtomicBool,
-        tx: &SyncSender<Input>,
+        tx: &Inputs,
     ) -> Result<(), String> {
         let k = KernelClient::connect(socket).map_err(|e| e.to_string())?;
         let mut done = 0u64;

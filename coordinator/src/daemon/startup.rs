@@ -15,7 +15,7 @@ pub fn run(opts: Options) -> Result<(), String> {
     let failpoint = failpoint_from_env()?;
     let signals = block_signals()?;
     let (target_child, mut kernel) = connect_data_plane(&opts, &file, &me)?;
-    let (tx, rx) = mpsc::sync_channel(INPUT_QUEUE_DEPTH);
+    let (tx, rx) = smol::channel::bounded(INPUT_QUEUE_DEPTH);
     let identity = transport::Identity {
         me: me.id,
         name: me.name.clone(),
@@ -23,12 +23,12 @@ pub fn run(opts: Options) -> Result<(), String> {
         node_list: file.node_list(),
     };
     let refusals = transport::Refusals::default();
-    ctl::start(&me.address, tx.clone(), identity.clone(), refusals.clone())
+    let server = ctl::Server::bind(&me.address, tx.clone(), identity.clone(), refusals.clone())
         .map_err(|e| format!("node {}: {e}", me.name))?;
+    let inc = incarnation();
+    let (transport, senders) = new_transport(&file, &identity, inc, tx.clone(), refusals);
     start_signal_thread(signals, tx.clone());
     start_kernel_events(&kernel, tx.clone(), 0, &me.name);
-    let inc = incarnation();
-    let transport = start_transport(&file, &identity, inc, tx.clone(), refusals);
     let files = file.disk_files();
     let qdisk = start_quorum_disk(&file, &me, &files, &tx)?;
     #[cfg(feature = "corosync")]
@@ -117,7 +117,7 @@ pub fn run(opts: Options) -> Result<(), String> {
     };
     // Private groups recovered at this start (SYNCING plexes) are copied now.
     d.after_config_change();
-    d.main_loop(rx);
+    net::run(server, senders, d.main_loop(rx));
     if d.stopping && d.stopped() {
         // A clean stop: the data plane stops serving private volumes (as it stopped
         // shared ones), and no recovery of the private groups follows at the next
@@ -170,21 +170,21 @@ fn connect_data_plane(
     Ok((target_child, kernel))
 }
 
-/// Starts the connections to the other nodes of the cluster file.
-fn start_transport(
+/// The connections to the other nodes of the cluster file, and their senders.
+fn new_transport(
     file: &ClusterFile,
     identity: &transport::Identity,
     inc: u64,
-    tx: SyncSender<Input>,
+    tx: Inputs,
     refusals: transport::Refusals,
-) -> transport::Transport {
+) -> (transport::Transport, Vec<transport::PeerTask>) {
     let peers = file
         .nodes
         .iter()
         .filter(|n| n.id != identity.me)
         .map(|n| (n.id, n.address.clone()))
         .collect();
-    transport::Transport::start(
+    transport::Transport::new(
         identity,
         inc,
         peers,
@@ -199,7 +199,7 @@ fn start_transport(
 fn start_corosync(
     file: &ClusterFile,
     me: &config::NodeEntry,
-    tx: &SyncSender<Input>,
+    tx: &Inputs,
 ) -> Result<Option<super::corosync::Monitor>, String> {
     if file.cluster.monitor != config::MONITOR_COROSYNC {
         return Ok(None);
@@ -219,7 +219,7 @@ fn start_quorum_disk(
     file: &ClusterFile,
     me: &config::NodeEntry,
     files: &[PathBuf],
-    tx: &SyncSender<Input>,
+    tx: &Inputs,
 ) -> Result<Option<qdisk::QuorumDisk>, String> {
     let Some(path) = &file.cluster.quorum_disk else {
         return Ok(None);
@@ -356,14 +356,14 @@ pub(super) fn block_signals() -> Result<nix::sys::signal::SigSet, String> {
     Ok(set)
 }
 
-pub(super) fn start_signal_thread(set: nix::sys::signal::SigSet, tx: SyncSender<Input>) {
+pub(super) fn start_signal_thread(set: nix::sys::signal::SigSet, tx: Inputs) {
     let spawned = std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || loop {
             match set.wait() {
                 Ok(sig) => {
                     log::info!("plexd: {sig} received; stopping cleanly");
-                    if tx.send(Input::Shutdown).is_err() {
+                    if tx.send_blocking(Input::Shutdown).is_err() {
                         return;
                     }
                 }
@@ -382,7 +382,7 @@ pub(super) fn start_signal_thread(set: nix::sys::signal::SigSet, tx: SyncSender<
 /// the thread that forwards them. The thread also watches the connection: when the
 /// subscription ends or an idle probe fails with a connection error, it sends one
 /// [`Input::KernelLost`] and ends.
-pub(super) fn start_kernel_events(kernel: &Kernel, tx: SyncSender<Input>, epoch: u64, node: &str) {
+pub(super) fn start_kernel_events(kernel: &Kernel, tx: Inputs, epoch: u64, node: &str) {
     let client = kernel.shared_client();
     let sub = match client.subscribe() {
         Ok(s) => s,
@@ -417,7 +417,7 @@ pub(super) fn start_kernel_events(kernel: &Kernel, tx: SyncSender<Input>, epoch:
                             ))
                         );
                         let ranges = failed.into_iter().collect();
-                        if tx.send(Input::PlexIoError { volume, plex, ranges }).is_err() {
+                        if tx.send_blocking(Input::PlexIoError { volume, plex, ranges }).is_err() {
                             return;
                         }
                     }
@@ -438,7 +438,7 @@ pub(super) fn start_kernel_events(kernel: &Kernel, tx: SyncSender<Input>, epoch:
                             scope_type,
                             parameters,
                         };
-                        if tx.send(input).is_err() {
+                        if tx.send_blocking(input).is_err() {
                             return;
                         }
                     }
@@ -454,7 +454,7 @@ pub(super) fn start_kernel_events(kernel: &Kernel, tx: SyncSender<Input>, epoch:
                 }
             };
             log::debug!("node {name}: kernel connection {epoch}: {reason}");
-            let _ = tx.send(Input::KernelLost { epoch, reason });
+            let _ = tx.send_blocking(Input::KernelLost { epoch, reason });
         });
     if let Err(e) = spawned {
         log::error!("node {node}: cannot start the kernel event thread: {e}");

@@ -4,9 +4,10 @@
 //! [`DELIVER_WINDOW`] calls in flight (a call's return is not waited for before the
 //! next; one timer per connection finds a call older than [`DELIVER_TIMEOUT`]).
 //!
-//! Each peer has a thread with a bounded queue ([`PEER_QUEUE_DEPTH`]). While a peer is
+//! Each peer has a task on the network thread ([`super::net`], beside the node's
+//! server) with a bounded queue ([`PEER_QUEUE_DEPTH`]). While a peer is
 //! unreachable its queued messages are dropped (as a lost network would), and the
-//! thread reconnects with a backoff from [`BACKOFF_MIN`] to [`BACKOFF_MAX`]. An
+//! task reconnects with a backoff from [`BACKOFF_MIN`] to [`BACKOFF_MAX`]. An
 //! established connection that breaks is reported once as `ConnectionLost`.
 //!
 //! Every connection starts with a handshake (`Peer.hello`): both nodes compare their
@@ -16,11 +17,10 @@
 //! and the differing value, and shown by `cluster status` through [`Refusals`]), as
 //! if unreachable, and the sender retries at its longest backoff.
 
+use super::Inputs;
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use capnp_rpc::{rpc_twoparty_capnp, twoparty, RpcSystem};
 use futures::AsyncReadExt;
 use plexd_proto::cluster_capnp::peer;
-use smol::{Async, LocalExecutor};
+use smol::{Async, Timer};
 
 use super::Input;
 use crate::core::{Message, NodeId, PROTOCOL_VERSION};
@@ -148,20 +148,31 @@ struct PeerHandle {
     kick: Arc<AtomicBool>,
 }
 
+/// One peer's sender, to run on the network thread ([`PeerTask::run`]).
+pub struct PeerTask {
+    link: Link,
+    rx: smol::channel::Receiver<Message>,
+    inputs: Inputs,
+    max_backoff: Duration,
+    kick: Arc<AtomicBool>,
+}
+
 impl Transport {
-    /// Starts a sender thread for every peer in `peers` (id, address); reconnects
-    /// back off up to `max_backoff` (at most [`BACKOFF_MAX`]).
-    pub fn start(
+    /// The transport to every peer in `peers` (id, address), and their sender tasks
+    /// for the network thread to run; reconnects back off up to `max_backoff` (at
+    /// most [`BACKOFF_MAX`]).
+    pub fn new(
         identity: &Identity,
         incarnation: u64,
         peers: Vec<(NodeId, String)>,
         max_backoff: Duration,
-        inputs: SyncSender<Input>,
+        inputs: Inputs,
         refusals: Refusals,
-    ) -> Transport {
+    ) -> (Transport, Vec<PeerTask>) {
         let me = identity.me;
         let max_backoff = max_backoff.clamp(BACKOFF_MIN, BACKOFF_MAX);
         let mut map = BTreeMap::new();
+        let mut tasks = Vec::new();
         for (id, address) in peers {
             let (tx, rx) = smol::channel::bounded(PEER_QUEUE_DEPTH);
             let inputs = inputs.clone();
@@ -174,21 +185,21 @@ impl Transport {
                 address,
                 refusals: refusals.clone(),
             };
-            let spawned = std::thread::Builder::new()
-                .name(format!("peer-{id}"))
-                .spawn(move || peer_thread(link, rx, inputs, max_backoff, k2));
-            match spawned {
-                Ok(_) => {
-                    map.insert(id, PeerHandle { tx, kick });
-                }
-                Err(e) => log::error!("transport: cannot start the thread for node {id}: {e}"),
-            }
+            tasks.push(PeerTask {
+                link,
+                rx,
+                inputs,
+                max_backoff,
+                kick: k2,
+            });
+            map.insert(id, PeerHandle { tx, kick });
         }
-        Transport {
+        let transport = Transport {
             me,
             peers: map,
             refusals,
-        }
+        };
+        (transport, tasks)
     }
 
     /// Why the handshake refused `peer` (either side), if it did.
@@ -241,14 +252,29 @@ fn resolve(address: &str) -> Option<SocketAddr> {
 }
 
 /// Sleeps `d`, or less if kicked.
-fn backoff_sleep(d: Duration, kick: &AtomicBool) {
+async fn backoff_sleep(d: Duration, kick: &AtomicBool) {
     let end = Instant::now() + d;
     while Instant::now() < end {
         if kick.swap(false, Ordering::Relaxed) {
             return;
         }
-        std::thread::sleep(KICK_POLL.min(end.saturating_duration_since(Instant::now())));
+        Timer::after(KICK_POLL.min(end.saturating_duration_since(Instant::now()))).await;
     }
+}
+
+/// Connects to `address` within [`CONNECT_TIMEOUT`].
+async fn connect(address: &str) -> Result<Async<TcpStream>, String> {
+    let addr = resolve(address).ok_or_else(|| "cannot resolve".to_string())?;
+    let connect = async {
+        Async::<TcpStream>::connect(addr)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    let timeout = async {
+        Timer::after(CONNECT_TIMEOUT).await;
+        Err("connection timed out".to_string())
+    };
+    smol::future::or(connect, timeout).await
 }
 
 /// One peer connection's fixed facts.
@@ -270,10 +296,25 @@ enum Ended {
     Refused,
 }
 
-fn peer_thread(
+impl PeerTask {
+    /// Connects, shakes hands and delivers the queued messages, reconnecting with a
+    /// backoff, until the transport is dropped.
+    pub async fn run(self) {
+        let PeerTask {
+            link,
+            rx,
+            inputs,
+            max_backoff,
+            kick,
+        } = self;
+        peer_task(link, rx, inputs, max_backoff, kick).await
+    }
+}
+
+async fn peer_task(
     link: Link,
     rx: smol::channel::Receiver<Message>,
-    inputs: SyncSender<Input>,
+    inputs: Inputs,
     max_backoff: Duration,
     kick: Arc<AtomicBool>,
 ) {
@@ -284,12 +325,7 @@ fn peer_thread(
         if rx.is_closed() {
             return;
         }
-        let stream = resolve(address)
-            .ok_or_else(|| "cannot resolve".to_string())
-            .and_then(|a| {
-                TcpStream::connect_timeout(&a, CONNECT_TIMEOUT).map_err(|e| e.to_string())
-            });
-        let stream = match stream {
+        let stream = match connect(address).await {
             Ok(s) => s,
             Err(e) => {
                 if !logged_down {
@@ -297,35 +333,35 @@ fn peer_thread(
                     logged_down = true;
                 }
                 while rx.try_recv().is_ok() {}
-                backoff_sleep(backoff, &kick);
+                backoff_sleep(backoff, &kick).await;
                 backoff = (backoff * 2).min(max_backoff);
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
+        let _ = stream.get_ref().set_nodelay(true);
         logged_down = false;
         backoff = BACKOFF_MIN;
         log::info!("transport: connected to node {peer} ({address})");
-        let ended = run_connection(&link, stream, &rx);
+        let ended = run_connection(&link, stream, &rx).await;
         if rx.is_closed() {
             return;
         }
         match ended {
             Ended::Delivered => {
                 log::warn!("transport: connection to node {peer} ({address}) lost");
-                if inputs.send(Input::ConnectionLost { peer }).is_err() {
+                if inputs.send(Input::ConnectionLost { peer }).await.is_err() {
                     return;
                 }
             }
             Ended::Refused => {
                 // Messages for a refused peer are dropped, as for an unreachable one.
                 while rx.try_recv().is_ok() {}
-                backoff_sleep(max_backoff, &kick);
+                backoff_sleep(max_backoff, &kick).await;
                 continue;
             }
             Ended::Idle => {}
         }
-        backoff_sleep(backoff, &kick);
+        backoff_sleep(backoff, &kick).await;
     }
 }
 
@@ -455,12 +491,12 @@ async fn deliver_all(
 }
 
 /// Shakes hands, then delivers queued messages until the connection breaks.
-fn run_connection(link: &Link, stream: TcpStream, rx: &smol::channel::Receiver<Message>) -> Ended {
-    let Ok(stream) = Async::new(stream) else {
-        return Ended::Idle;
-    };
+async fn run_connection(
+    link: &Link,
+    stream: Async<TcpStream>,
+    rx: &smol::channel::Receiver<Message>,
+) -> Ended {
     let (me, incarnation, peer) = (link.identity.me, link.incarnation, link.peer);
-    let ex = Rc::new(LocalExecutor::new());
     let (rpc, client) = client_connection::<peer::Client>(stream);
     let mut delivered = false;
     let mut refused = false;
@@ -498,7 +534,7 @@ fn run_connection(link: &Link, stream: TcpStream, rx: &smol::channel::Receiver<M
             log::debug!("transport: rpc ended: {e}");
         }
     };
-    smol::block_on(ex.run(smol::future::or(sender, conn)));
+    smol::future::or(sender, conn).await;
     if refused {
         Ended::Refused
     } else if delivered {
