@@ -772,6 +772,12 @@ impl Cluster {
         self.signal(i, Process::Coordinator, libc::SIGKILL, true);
     }
 
+    /// [`Cluster::sigkill_coordinator`] for node `i`'s plexd-target; reaped by the
+    /// next [`Cluster::kill_target`] or restart, or at drop.
+    pub fn sigkill_target(&self, i: usize) {
+        self.signal(i, Process::Target, libc::SIGKILL, true);
+    }
+
     /// `kill -9` of node `i`'s plexd-target only (its plexd keeps running).
     pub fn kill_target(&mut self, i: usize) {
         if let Some(p) = self.nodes[i].target.as_mut() {

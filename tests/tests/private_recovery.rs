@@ -206,6 +206,65 @@ fn take_over(c: &Cluster, i: usize) {
     );
 }
 
+/// The two slaves of a 3-node cluster: `o`, owner of [`DG`], frozen (SIGSTOP) once
+/// it serves [`VOL`] under its private-group lease, and `n`, which no longer sees
+/// it; `k_o` is o's data plane, `block` the first block o wrote to `bdev`. A frozen
+/// master would leave the view only after its lease (its private one out too), a
+/// frozen slave at once.
+struct FrozenOwner {
+    o: usize,
+    n: usize,
+    o_name: String,
+    n_name: String,
+    k_o: KernelClient,
+    bdev: String,
+    block: Vec<u8>,
+}
+
+/// See [`FrozenOwner`]; o's first block is written with `fill`.
+fn freeze_serving_owner(c: &mut Cluster, fill: u8) -> FrozenOwner {
+    let master = c.status(0)["master"].as_str().unwrap_or("?").to_string();
+    let slaves: Vec<usize> = (0..3).filter(|&i| c.nodes[i].name != master).collect();
+    let (o, n) = (slaves[0], slaves[1]);
+    let (o_name, n_name) = (c.nodes[o].name.clone(), c.nodes[n].name.clone());
+    create_private_group_on(c, o);
+    let (k_o, bdev, block) = serving_owner(c, o, fill);
+    c.freeze(o);
+    wait_until("o to leave n's view", RECOVERY_TIMEOUT, || {
+        let m = plexd_tests::members(&c.status(n));
+        match m.contains(&o_name) {
+            true => Err(format!("members {m:?}")),
+            false => Ok(()),
+        }
+    });
+    FrozenOwner {
+        o,
+        n,
+        o_name,
+        n_name,
+        k_o,
+        bdev,
+        block,
+    }
+}
+
+/// What node `n` logs once a takeover import has written the labels and waits out
+/// the old owner's lease.
+const TAKEOVER_WAITING: &str = "before serving it";
+
+/// Waits until node `n` has logged [`TAKEOVER_WAITING`] more than `before` times.
+fn wait_takeover_waiting(c: &Cluster, n: usize, before: usize) {
+    wait_until("n to wait out o's lease", RECOVERY_TIMEOUT, || {
+        match plexd_log(c, n).matches(TAKEOVER_WAITING).count() > before {
+            true => Ok(()),
+            false => Err(format!(
+                "{} has not written the labels yet",
+                c.nodes[n].name
+            )),
+        }
+    });
+}
+
 /// Writes to [`VOL`] through node 0 until node 0's processes are killed -9 under
 /// the writer; the write in flight at the kill is then made to differ on
 /// `VOL-02`'s disk file, as a node dying between its two plex writes leaves it.
@@ -463,31 +522,19 @@ fn an_importer_killed_while_waiting_out_the_old_owner_waits_again_at_its_restart
             ..ClusterOpts::default()
         },
     );
-    let master = c.status(0)["master"].as_str().unwrap_or("?").to_string();
-    let slaves: Vec<usize> = (0..3).filter(|&i| c.nodes[i].name != master).collect();
-    let (o, n) = (slaves[0], slaves[1]);
-    let (o_name, n_name) = (c.nodes[o].name.clone(), c.nodes[n].name.clone());
-    create_private_group_on(&c, o);
-    let (k0, bdev, block) = serving_owner(&c, o, 0x5a);
-
-    c.freeze(o);
-    wait_until("o to leave n's view", RECOVERY_TIMEOUT, || {
-        let m = plexd_tests::members(&c.status(n));
-        match m.contains(&o_name) {
-            true => Err(format!("members {m:?}")),
-            false => Ok(()),
-        }
-    });
-    let waiting = "before serving it";
-    let waits_before = plexd_log(&c, n).matches(waiting).count();
+    let FrozenOwner {
+        o,
+        n,
+        o_name,
+        n_name,
+        k_o: k0,
+        bdev,
+        block,
+    } = freeze_serving_owner(&mut c, 0x5a);
+    let waits_before = plexd_log(&c, n).matches(TAKEOVER_WAITING).count();
     std::thread::scope(|s| {
         let import = s.spawn(|| c.ctl(n, &format!("dg import {DG} --clear-owner")));
-        wait_until("n to wait out o's lease", RECOVERY_TIMEOUT, || {
-            match plexd_log(&c, n).matches(waiting).count() > waits_before {
-                true => Ok(()),
-                false => Err(format!("{n_name} has not written the labels yet").to_string()),
-            }
-        });
+        wait_takeover_waiting(&c, n, waits_before);
         c.sigkill_coordinator(n);
         let out = import.join().expect("the import's thread");
         assert!(
@@ -733,33 +780,21 @@ fn a_shared_change_through_the_importer_completes_while_it_waits_out_the_old_own
             ..ClusterOpts::default()
         },
     );
-    let master = c.status(0)["master"].as_str().unwrap_or("?").to_string();
-    let slaves: Vec<usize> = (0..3).filter(|&i| c.nodes[i].name != master).collect();
-    let (o, n) = (slaves[0], slaves[1]);
-    let (o_name, n_name) = (c.nodes[o].name.clone(), c.nodes[n].name.clone());
-    create_private_group_on(&c, o);
-    c.ctl_ok(n, "dg create dgs d0 d3 --shared");
-    c.ctl_ok(n, "vol create dgs vs 4M --layout concat");
-    let (k_o, bdev, block) = serving_owner(&c, o, 0x77);
-
-    c.freeze(o);
-    wait_until("o to leave n's view", RECOVERY_TIMEOUT, || {
-        let m = plexd_tests::members(&c.status(n));
-        match m.contains(&o_name) {
-            true => Err(format!("members {m:?}")),
-            false => Ok(()),
-        }
-    });
-    let waiting = "before serving it";
-    let waits_before = plexd_log(&c, n).matches(waiting).count();
+    c.ctl_ok(0, "dg create dgs d0 d3 --shared");
+    c.ctl_ok(0, "vol create dgs vs 4M --layout concat");
+    let FrozenOwner {
+        o,
+        n,
+        o_name,
+        n_name,
+        k_o,
+        bdev,
+        block,
+    } = freeze_serving_owner(&mut c, 0x77);
+    let waits_before = plexd_log(&c, n).matches(TAKEOVER_WAITING).count();
     std::thread::scope(|s| {
         let import = s.spawn(|| c.ctl(n, &format!("dg import {DG} --clear-owner")));
-        wait_until("n to wait out o's lease", RECOVERY_TIMEOUT, || {
-            match plexd_log(&c, n).matches(waiting).count() > waits_before {
-                true => Ok(()),
-                false => Err(format!("{n_name} has not written the labels yet")),
-            }
-        });
+        wait_takeover_waiting(&c, n, waits_before);
         let grown = c.ctl(n, "vol grow dgs vs 8M");
         let import_returned = import.is_finished();
         assert!(
@@ -791,5 +826,65 @@ fn a_shared_change_through_the_importer_completes_while_it_waits_out_the_old_own
     let on_n = c.write_pattern(n, DG, VOL, 0, 64 << 10);
     on_n.verify(&c.kernel(n))
         .expect("the new owner's write reads back through it");
+    c.thaw(o);
+}
+
+/// A data plane lost during a takeover's wait: the importer's plexd-target is
+/// killed -9 while its plexd waits out the frozen old owner's lease, and is still
+/// down when the wait ends. The import completes (the labels name the importer; the
+/// group is its own like its other groups), and the restarted data plane, loaded
+/// at the reconnection, serves the group: a write through it reads back, and the
+/// old owner's data plane fails the group's I/O.
+#[test]
+fn a_takeover_whose_data_plane_is_lost_during_the_wait_serves_the_group_once_it_is_back() {
+    let mut c = Cluster::start(
+        3,
+        ClusterOpts {
+            lease_ms: 5000,
+            ..ClusterOpts::default()
+        },
+    );
+    let FrozenOwner {
+        o,
+        n,
+        o_name,
+        n_name,
+        k_o,
+        bdev,
+        block,
+    } = freeze_serving_owner(&mut c, 0x3c);
+    let waits_before = plexd_log(&c, n).matches(TAKEOVER_WAITING).count();
+    let lost = "it is served when the data plane is back";
+    std::thread::scope(|s| {
+        let import = s.spawn(|| c.ctl(n, &format!("dg import {DG} --clear-owner")));
+        wait_takeover_waiting(&c, n, waits_before);
+        c.sigkill_target(n);
+        let out = import.join().expect("the import's thread");
+        assert!(
+            out.status.success(),
+            "the import whose data plane was lost during the wait: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+    assert!(
+        plexd_log(&c, n).contains(lost),
+        "{n_name} did not say the group waits for its data plane"
+    );
+    assert_eq!(
+        k_o.write(&bdev, 0, &block).unwrap(),
+        plexd_target::lease::FENCED_ERRNO,
+        "{o_name}'s frozen data plane still writes {bdev} after {n_name}'s import returned"
+    );
+    c.kill_target(n);
+    c.start_target(n);
+    c.wait_served(n, DG, VOL);
+    let on_n = c.write_pattern(n, DG, VOL, 0, 64 << 10);
+    on_n.verify(&c.kernel(n))
+        .expect("the new owner's write reads back through its restarted data plane");
+    let failed = c.status(n)["failed_disk_groups"].to_string();
+    assert!(
+        !failed.contains(DG),
+        "{n_name} lists {DG} as failed: {failed}"
+    );
     c.thaw(o);
 }

@@ -953,7 +953,9 @@ impl Driver {
     /// Serves a takeover import whose wait is over ([`takeover`]): the shared groups
     /// the data plane holds and the private groups after the import, staged and
     /// committed. Its labels already name this node: a data plane that refuses it
-    /// leaves the group unserved until plexd restarts (and imports it).
+    /// leaves the group unserved until plexd restarts (and imports it). A data plane
+    /// lost meanwhile refuses nothing: the group is this node's like its others, and
+    /// the reconnection loads it with them (the old owner's lease is out by now).
     fn serve_takeover(&mut self, d: Deferred) -> Result<(), RequestError> {
         let shared = self.takeover.shared();
         let desired = self.desired(&shared, &d.after.disk_groups);
@@ -961,6 +963,18 @@ impl Driver {
             .break_all(self.kernel.client(), "a private transaction");
         if let Err(e) = self.kernel.prepare(desired, true) {
             self.kernel.abort();
+            if self.kernel.lost() {
+                log::warn!(
+                    "node {}: disk group {}: taken over, but the data plane is lost ({e}); it \
+                     is served when the data plane is back",
+                    self.name,
+                    d.change.dg_name()
+                );
+                self.private = d.after.disk_groups;
+                self.owner
+                    .set_groups(owner_lease::owned(&self.private, &self.files()));
+                return Ok(());
+            }
             self.owner
                 .set_groups(owner_lease::owned(&self.private, &self.files()));
             let dg = d.change.dg_name();

@@ -381,6 +381,12 @@ impl Kernel {
         &self.client
     }
 
+    /// Whether the data plane behind the connection is gone (one probe call): a
+    /// failed kernel phase is then the loss, not a refusal.
+    pub fn lost(&self) -> bool {
+        self.client.info().is_err_and(|e| connection_lost(&e))
+    }
+
     fn existing(&self) -> Result<(BTreeSet<String>, BTreeSet<String>), String> {
         let bdevs = self.client.list_bdevs().map_err(err)?;
         let volumes: BTreeSet<String> = self
