@@ -211,6 +211,33 @@ impl Target {
         self.volumes.prepare(name, new, drain_timeout)
     }
 
+    /// [`Target::prepare`] without the wait, for a caller that awaits the drain
+    /// ([`crate::volume::Draining::drained`], bounded by its deadline) and then
+    /// calls [`Target::prepare_finish`].
+    pub fn prepare_start(
+        &self,
+        name: &str,
+        new: &VolumeSpec,
+        drain_timeout: Duration,
+    ) -> Result<crate::volume::Draining, TargetError> {
+        self.volumes.prepare_start(name, new, drain_timeout)
+    }
+
+    /// [`Target::quiesce`] without the wait (see [`Target::prepare_start`]).
+    pub fn quiesce_start(
+        &self,
+        name: &str,
+        drain_timeout: Duration,
+    ) -> Result<crate::volume::Draining, TargetError> {
+        self.volumes.quiesce_start(name, drain_timeout)
+    }
+
+    /// The end of a [`Target::prepare_start`] once its volume drained or its
+    /// deadline passed: what [`Target::prepare`] returns.
+    pub fn prepare_finish(&self, d: crate::volume::Draining) -> Result<Duration, TargetError> {
+        self.volumes.prepare_finish(d)
+    }
+
     /// Applies the staged layout on every reactor and resumes I/O.
     pub fn commit(&self, name: &str) -> Result<(), TargetError> {
         self.volumes.commit(name)

@@ -306,28 +306,29 @@ fn a_commit_does_not_wait_for_a_slow_reactor_and_it_resumes_with_the_new_layout(
     );
 }
 
-/// A reactor that first uses the volume after a prepare staged, but before that
-/// prepare's gate-closing message reached it, creates a channel born closed for
-/// that prepare; the message must then only collect its drain (it once tripped an
-/// assertion and took the reactor down, so the prepare timed out and every later
-/// I/O on that reactor hung).
+/// A prepare tells only the reactors that have a channel of the volume: one
+/// that has none (held busy inside a message here) is not waited for, and the
+/// channel it opens during the quiesce starts closed for it, then resumes with
+/// the committed layout.
 #[test]
-fn a_channel_created_between_the_stage_and_the_close_message_drains_and_resumes() {
-    channel_created_behind_a_close_message(false);
+fn a_prepare_does_not_wait_for_a_reactor_without_a_channel_and_one_opened_meanwhile_resumes() {
+    quiesce_beside_a_held_reactor(false);
 }
 
-/// As above, with the message of an earlier prepare (aborted: the reactor was too
-/// busy to drain in time) also still queued: it must not close the new gate.
+/// The close message of an earlier prepare (aborted: the reactor was too busy to
+/// drain in time) still queued behind a newer prepare's must not close the new
+/// gate; the newer prepare drains, commits and resumes.
 #[test]
 fn a_stale_close_message_of_an_aborted_prepare_leaves_a_newer_gate_alone() {
-    channel_created_behind_a_close_message(true);
+    quiesce_beside_a_held_reactor(true);
 }
 
-/// Reactor 1 is held inside a message while a prepare stages (after one that timed
-/// out, when `aborted_first`), then opens its first channel of the volume before
-/// it gets to the prepares' messages; the last prepare must drain, commit and
-/// resume on both reactors with its layout.
-fn channel_created_behind_a_close_message(aborted_first: bool) {
+/// Reactor 1 is held inside a message while a prepare stages. With `stale_first`
+/// it has a channel of the volume already, and an earlier prepare timed out on it
+/// (its close message stays queued ahead of the new one's); without, it opens its
+/// first channel once released, during the quiesce. The last prepare must
+/// complete, commit and resume on both reactors with its layout.
+fn quiesce_beside_a_held_reactor(stale_first: bool) {
     let t = two_reactor_target();
     t.add_bdev(MallocBdev::new("d0", 16 * MIB, 512).unwrap())
         .unwrap();
@@ -338,6 +339,15 @@ fn channel_created_behind_a_close_message(aborted_first: bool) {
     // One quiesce first, so the timeline has a commit to clear when the next starts.
     t.prepare("v", &spec, Duration::from_secs(5)).unwrap();
     t.commit("v").unwrap();
+    if stale_first {
+        let r = run_ios(
+            &h[1],
+            &vol,
+            vec![IoReq::read(0, 4096)],
+            Duration::from_secs(10),
+        );
+        assert!(r.unwrap()[0].status.is_ok(), "reactor 1's first read");
+    }
 
     // Reactor 1 waits inside a message, then opens its channel of the volume.
     let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
@@ -349,7 +359,7 @@ fn channel_created_behind_a_close_message(aborted_first: bool) {
     }))
     .map_err(|(e, _)| e)
     .unwrap();
-    if aborted_first {
+    if stale_first {
         let err = t
             .prepare("v", &spec, Duration::from_millis(200))
             .unwrap_err();
@@ -362,12 +372,27 @@ fn channel_created_behind_a_close_message(aborted_first: bool) {
     grown.size_bytes = 8 * MIB;
     grown.plexes[0].columns[0].push(sd("d0", 4 * MIB, 4 * MIB));
     let t2 = Arc::clone(&t);
-    let preparer = std::thread::spawn(move || t2.prepare("v", &grown, Duration::from_secs(10)));
-    // The prepare staged (its trace restarted); its message comes after ours.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while t.quiesce_timeline("v").unwrap().commit_returned.is_some() {
-        assert!(Instant::now() < deadline, "the prepare did not start");
-        std::thread::sleep(Duration::from_millis(1));
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let preparer = std::thread::spawn(move || {
+        let r = t2.prepare("v", &grown, Duration::from_secs(10));
+        let _ = done_tx.send(());
+        r
+    });
+    if stale_first {
+        // The prepare staged (its trace restarted); its message comes after ours.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while t.quiesce_timeline("v").unwrap().commit_returned.is_some() {
+            assert!(Instant::now() < deadline, "the prepare did not start");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(
+            done_rx.try_recv().is_err(),
+            "the prepare did not wait for reactor 1, which has a channel"
+        );
+    } else {
+        done_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the prepare waited for reactor 1, which has no channel of the volume");
     }
     go_tx.send(()).unwrap();
     opened_rx

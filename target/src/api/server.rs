@@ -2,8 +2,12 @@
 //!
 //! One control thread (`kernel-api`) runs a `smol::LocalExecutor`: Cap'n Proto RPC
 //! objects are `!Send`, so every connection's `RpcSystem` lives on that thread. Target
-//! calls that block (a prepare waits for drains, most calls broadcast to reactors) run
+//! calls that block (most calls broadcast to reactors and wait for their answers) run
 //! on `smol::unblock`'s thread pool, so one slow call never stalls other connections.
+//! The calls of a transaction's kernel phase do not: a prepare (or quiesce) is
+//! started here and its drain awaited here (the last reactor to drain wakes the
+//! task), and a commit, abort or resume publishes its end and waits for no
+//! reactor, so none of them costs a hop to a pool thread and back.
 //!
 //! The socket: a stale socket file (nobody answers on it) is removed at start; a live
 //! one (another target accepts a connection) is refused. On stop the file is removed
@@ -285,6 +289,25 @@ fn drain_timeout(ms: u32) -> Duration {
     }
 }
 
+/// A prepare or quiesce [`started`](crate::Target::prepare_start) on the control
+/// thread, its drain awaited there (the last reactor to drain wakes this task: no
+/// thread of the pool in between, nor does the wait hold up other calls) until its
+/// deadline, then finished.
+async fn drained(
+    svc: &KernelService,
+    started: Result<crate::volume::Draining, TargetError>,
+) -> Result<Duration, TargetError> {
+    let d = started?;
+    // No timer for a drain that is over (arming one wakes the I/O reactor's thread).
+    if !d.is_drained() {
+        let deadline = async {
+            smol::Timer::at(d.deadline()).await;
+        };
+        smol::future::or(d.drained(), deadline).await;
+    }
+    svc.target().prepare_finish(d)
+}
+
 /// Runs a blocking service call off the control thread.
 async fn blocking<T: Send + 'static>(
     svc: &Arc<KernelService>,
@@ -419,11 +442,8 @@ impl k::kernel::Server for KernelImpl {
         let name = text(p.get_volume())?;
         let spec = read_volume_spec(p.get_spec()?)?;
         let timeout = drain_timeout(p.get_drain_timeout_ms());
-        match blocking(&self.service, move |s| {
-            s.target().prepare(&name, &spec, timeout)
-        })
-        .await
-        {
+        let started = self.service.target().prepare_start(&name, &spec, timeout);
+        match drained(&self.service, started).await {
             Ok(d) => results.get().set_quiesce_us(d.as_micros() as u64),
             Err(e) => fail(self.conn, "prepare", &e, results.get().init_error()),
         }
@@ -436,7 +456,8 @@ impl k::kernel::Server for KernelImpl {
         mut results: k::kernel::CommitResults,
     ) -> Result<(), capnp::Error> {
         let name = text(params.get()?.get_volume())?;
-        if let Err(e) = blocking(&self.service, move |s| s.target().commit(&name)).await {
+        // On this thread: a commit publishes the layout and waits for no reactor.
+        if let Err(e) = self.service.target().commit(&name) {
             fail(self.conn, "commit", &e, results.get().init_error());
         }
         Ok(())
@@ -448,7 +469,8 @@ impl k::kernel::Server for KernelImpl {
         mut results: k::kernel::AbortResults,
     ) -> Result<(), capnp::Error> {
         let name = text(params.get()?.get_volume())?;
-        if let Err(e) = blocking(&self.service, move |s| s.target().abort(&name)).await {
+        // On this thread, like a commit: it waits for no reactor.
+        if let Err(e) = self.service.target().abort(&name) {
             fail(self.conn, "abort", &e, results.get().init_error());
         }
         Ok(())
@@ -462,7 +484,8 @@ impl k::kernel::Server for KernelImpl {
         let p = params.get()?;
         let name = text(p.get_volume())?;
         let timeout = drain_timeout(p.get_drain_timeout_ms());
-        match blocking(&self.service, move |s| s.target().quiesce(&name, timeout)).await {
+        let started = self.service.target().quiesce_start(&name, timeout);
+        match drained(&self.service, started).await {
             Ok(d) => results.get().set_quiesce_us(d.as_micros() as u64),
             Err(e) => fail(self.conn, "quiesce", &e, results.get().init_error()),
         }
@@ -475,7 +498,7 @@ impl k::kernel::Server for KernelImpl {
         mut results: k::kernel::ResumeResults,
     ) -> Result<(), capnp::Error> {
         let name = text(params.get()?.get_volume())?;
-        if let Err(e) = blocking(&self.service, move |s| s.target().abort(&name)).await {
+        if let Err(e) = self.service.target().abort(&name) {
             fail(self.conn, "resume", &e, results.get().init_error());
         }
         Ok(())

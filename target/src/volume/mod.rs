@@ -76,6 +76,24 @@ struct CtlState {
     /// Incremented by every prepare: the quiesce a gate is closed for, and the
     /// one a release ends.
     epoch: u64,
+    /// By reactor id: the reactors that opened a channel of the volume (set when
+    /// one is created, under this lock, never cleared). Only they are told of a
+    /// quiesce and of its end: a reactor without a channel has nothing to drain,
+    /// and a channel it opens later reads this state under the lock, so it starts
+    /// closed for a quiesce in progress, or with the layout a commit published.
+    channels: Vec<bool>,
+}
+
+impl CtlState {
+    /// The reactors to tell of a quiesce or its end, as of now ([`CtlState::channels`]).
+    fn reactors_with_channels(&self) -> Vec<bool> {
+        self.channels.clone()
+    }
+}
+
+/// Whether reactor `r` is in a [`CtlState::reactors_with_channels`] list.
+fn has_channel(list: &[bool], r: usize) -> bool {
+    list.get(r).copied().unwrap_or(false)
 }
 
 /// What every reactor shares about one volume (control path only).
@@ -178,7 +196,12 @@ impl Bdev for VolumeBdev {
         // Read under the lock so a channel created during a quiesce starts with a
         // closed gate and the current layout (it is never on the I/O path).
         let (layout, epoch, closed) = {
-            let c = self.shared.ctl();
+            let mut c = self.shared.ctl();
+            let r = reactor.id();
+            if c.channels.len() <= r {
+                c.channels.resize(r + 1, false);
+            }
+            c.channels[r] = true;
             (Arc::clone(&c.current), c.epoch, c.quiesced)
         };
         let ch = VolumeChannel::new(reactor, Arc::clone(&self.shared), layout, epoch, closed)?;
@@ -194,6 +217,37 @@ impl Bdev for VolumeBdev {
 /// The volumes of one target and everything the volume module keeps about them:
 /// the [`crate::Target`] holds one and calls it. It holds what it uses of the
 /// target: the [`Services`] (reactors, bdev registry, events) and the lease.
+/// A prepare whose gates are closing ([`crate::Target::prepare_start`]): await
+/// [`Draining::drained`] until [`Draining::deadline`], then hand it to
+/// [`crate::Target::prepare_finish`]. Dropped without that, the volume stays
+/// quiesced until an abort.
+pub struct Draining {
+    shared: Arc<VolumeShared>,
+    drain: Arc<quiesce::Countdown>,
+    started: Instant,
+    deadline: Instant,
+    drain_timeout: Duration,
+}
+
+impl Draining {
+    /// Completes once every reactor drained the volume (the last one wakes the
+    /// task: no thread in between); never while one has not.
+    pub async fn drained(&self) {
+        self.drain.done().await
+    }
+
+    /// When the prepare gives up on the reactors still draining.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// Whether every reactor drained already (none had to be asked, or all
+    /// answered): then there is nothing to await.
+    pub fn is_drained(&self) -> bool {
+        self.drain.outcome().is_ok()
+    }
+}
+
 pub struct Volumes {
     svc: Arc<Services>,
     lease: Arc<Lease>,
@@ -448,6 +502,7 @@ impl Volumes {
                 staged: None,
                 quiesced: false,
                 epoch: 0,
+                channels: Vec::new(),
             }),
             size_bytes: AtomicU64::new(spec.size_bytes),
             notify: Box::new(move |ev| match weak.upgrade() {
@@ -547,6 +602,23 @@ impl Volumes {
         new: &VolumeSpec,
         drain_timeout: Duration,
     ) -> Result<Duration, TargetError> {
+        let d = self.prepare_start(name, new, drain_timeout)?;
+        // The outcome is read again by prepare_finish: a late report still counts.
+        let _ = d.drain.wait(d.deadline);
+        self.prepare_finish(d)
+    }
+
+    /// The first half of [`Volumes::prepare`]: the layout staged, every
+    /// reactor asked to close its gate. Nothing here waits for a reactor (a
+    /// reactor whose message ring stays full delays it up to
+    /// `CONTROL_SEND_TIMEOUT`, then it fails); wait for [`Draining::drained`] or
+    /// its deadline, then call [`Volumes::prepare_finish`].
+    pub(crate) fn prepare_start(
+        &self,
+        name: &str,
+        new: &VolumeSpec,
+        drain_timeout: Duration,
+    ) -> Result<Draining, TargetError> {
         let started = Instant::now();
         let t = &self.svc;
         let shared = self.volume_shared(name)?;
@@ -559,14 +631,35 @@ impl Volumes {
         let mut staged = Layout::resolve(t, new)?;
         let current = shared.ctl().current.drl.clone();
         staged.drl = Self::drl_for(t, new, shared.id, current, &shared.drl_counters)?;
-        let epoch = Self::stage(&shared, Arc::new(staged))?;
+        let (epoch, told) = Self::stage(&shared, Arc::new(staged))?;
         shared.trace.start(started);
         let drain = quiesce::Countdown::new(t.reactors().len());
-        if let Err(e) = Self::close_gates(t, &shared, epoch, &drain) {
+        if let Err(e) = Self::close_gates(t, &shared, (epoch, &told), &drain) {
             self.abort_nowait(&shared);
             return Err(e);
         }
-        let busy = match drain.wait(started + drain_timeout) {
+        Ok(Draining {
+            shared,
+            drain,
+            started,
+            deadline: started + drain_timeout,
+            drain_timeout,
+        })
+    }
+
+    /// The second half of [`Volumes::prepare`], once every reactor drained
+    /// or the deadline passed: the time to the drain, or (reactors still busy)
+    /// the gates reopened without waiting and a timeout naming them.
+    pub(crate) fn prepare_finish(&self, d: Draining) -> Result<Duration, TargetError> {
+        let Draining {
+            shared,
+            drain,
+            started,
+            drain_timeout,
+            ..
+        } = d;
+        let name = &*shared.name;
+        let busy = match drain.outcome() {
             Ok(drained) => {
                 shared.trace.mark_at(quiesce::Step::Drained, drained);
                 shared.trace.mark(quiesce::Step::PrepareReturned);
@@ -619,9 +712,9 @@ impl Volumes {
     }
 
     /// Marks the volume quiesced (channels created from now on start closed) and
-    /// keeps `staged`; returns the new quiesce epoch. Refuses a second prepare and
-    /// a layout of another block size.
-    fn stage(shared: &VolumeShared, staged: Arc<Layout>) -> Result<u64, TargetError> {
+    /// keeps `staged`; returns the new quiesce epoch and the reactors that have a
+    /// channel to close. Refuses a second prepare and a layout of another block size.
+    fn stage(shared: &VolumeShared, staged: Arc<Layout>) -> Result<(u64, Vec<bool>), TargetError> {
         let name = &*shared.name;
         let mut c = shared.ctl();
         if c.quiesced {
@@ -643,20 +736,34 @@ impl Volumes {
         c.quiesced = true;
         c.epoch += 1;
         c.staged = Some(staged);
-        Ok(c.epoch)
+        Ok((c.epoch, c.reactors_with_channels()))
     }
 
-    /// Asks every reactor to close its gate for quiesce `epoch`; each reports to
-    /// `drain` once its in-flight count is zero (at once if it has no channel of
-    /// the volume), and the last one wakes the caller. The caller aborts on an error.
+    /// Asks every reactor in `told` (those with a channel of the volume when it
+    /// staged) to close its gate for quiesce `epoch`; each reports to `drain` once
+    /// its in-flight count is zero, and the last one wakes the caller. The others
+    /// are reported here: no message wakes a reactor that has nothing to drain. The
+    /// caller aborts on an error.
     fn close_gates(
         t: &Services,
         shared: &VolumeShared,
-        epoch: u64,
+        (epoch, told): (u64, &[bool]),
         drain: &Arc<quiesce::Countdown>,
     ) -> Result<(), TargetError> {
         let id = shared.id;
+        if !t
+            .reactors()
+            .handles()
+            .iter()
+            .any(|h| has_channel(told, h.id()))
+        {
+            shared.trace.mark(quiesce::Step::GatesClosed);
+        }
         for h in t.reactors().handles() {
+            if !has_channel(told, h.id()) {
+                drain.report(h.id());
+                continue;
+            }
             let drain = Arc::clone(drain);
             let msg: crate::reactor::Msg = Box::new(move |r| {
                 let ch = r.local::<LocalVolumes>().chans.borrow().get(&id).cloned();
@@ -701,9 +808,10 @@ impl Volumes {
                 epoch: c.epoch,
                 layout: Some(Arc::clone(&staged)),
             });
-            staged
+            (staged, c.reactors_with_channels())
         };
-        self.post_release(&shared);
+        let (layout, told) = layout;
+        self.post_release(&shared, &told);
         // The volume bdev's size follows the committed layout; its users (LUNs,
         // namespaces) hear of a change through their descriptors.
         let new_size = layout.spec.size_bytes;
@@ -722,13 +830,17 @@ impl Volumes {
         Ok(())
     }
 
-    /// Tells every reactor to apply the published release of `shared` (its gate
-    /// pollers may already have): the message wakes a sleeping reactor and comes
-    /// before any later control message. A reactor whose ring stays full still
-    /// applies it from its gate poller.
-    fn post_release(&self, shared: &VolumeShared) {
+    /// Tells every reactor in `told` (those with a channel of the volume when the
+    /// release was published) to apply the published release of `shared` (its
+    /// gate pollers may already have): the message wakes a sleeping reactor and
+    /// comes before any later control message. A reactor whose ring stays full
+    /// still applies it from its gate poller.
+    fn post_release(&self, shared: &VolumeShared, told: &[bool]) {
         let id = shared.id;
         for h in self.svc.reactors().handles() {
+            if !has_channel(told, h.id()) {
+                continue;
+            }
             let msg: crate::reactor::Msg = Box::new(move |r| {
                 let ch = r.local::<LocalVolumes>().chans.borrow().get(&id).cloned();
                 if let Some(c) = ch {
@@ -759,7 +871,7 @@ impl Volumes {
     /// a layout: every reactor reopens its gate with the old one as soon as it
     /// sees it (nobody waits for a reactor: one may be too busy to answer).
     fn abort_nowait(&self, shared: &VolumeShared) {
-        {
+        let told = {
             let mut c = shared.ctl();
             if !c.quiesced {
                 // Nothing to end (the last quiesce's release stands: a commit a
@@ -772,8 +884,9 @@ impl Volumes {
                 epoch: c.epoch,
                 layout: None,
             });
-        }
-        self.post_release(shared);
+            c.reactors_with_channels()
+        };
+        self.post_release(shared, &told);
     }
 
     /// Quiesces without a layout change (prepare with the current layout).
@@ -784,6 +897,16 @@ impl Volumes {
     ) -> Result<Duration, TargetError> {
         let spec = self.volume_shared(name)?.ctl().current.spec.clone();
         self.prepare(name, &spec, drain_timeout)
+    }
+
+    /// [`Volumes::quiesce`]'s first half ([`Volumes::prepare_start`]).
+    pub(crate) fn quiesce_start(
+        &self,
+        name: &str,
+        drain_timeout: Duration,
+    ) -> Result<Draining, TargetError> {
+        let spec = self.volume_shared(name)?.ctl().current.spec.clone();
+        self.prepare_start(name, &spec, drain_timeout)
     }
 
     /// Changes a plex's state without draining I/O (detach after an error,

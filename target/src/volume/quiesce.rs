@@ -11,8 +11,11 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::task::Poll;
 use std::thread::Thread;
 use std::time::{Duration, Instant};
+
+use futures::task::AtomicWaker;
 
 /// The steps of one quiesce, each as the time since the prepare call, `None`
 /// when the step did not happen (yet). Reactor steps are the last reactor's.
@@ -137,7 +140,10 @@ pub(crate) struct Release {
 
 /// Reactors that still have to report one step of a quiesce (their drain, or
 /// that they applied a commit or abort). The last reactor to report records the
-/// instant and wakes the waiting control thread itself: no message, no hop.
+/// instant and wakes the waiter itself: no message, no hop. The waiter is the
+/// thread that made it ([`Countdown::wait`]) or a task ([`Countdown::done`]: the
+/// kernel interface's control thread awaits a prepare's drain without a thread
+/// of the blocking pool in between).
 pub(crate) struct Countdown {
     /// Per reactor: it has not reported yet.
     pending: Box<[AtomicBool]>,
@@ -146,16 +152,20 @@ pub(crate) struct Countdown {
     done_at: OnceLock<Instant>,
     /// The thread waiting in [`Countdown::wait`].
     waiter: Thread,
+    /// The task awaiting [`Countdown::done`].
+    task: AtomicWaker,
 }
 
 impl Countdown {
-    /// A countdown of `reactors` reactors, waited on by the calling thread.
+    /// A countdown of `reactors` reactors, waited on by the calling thread (or
+    /// by a task on it).
     pub(crate) fn new(reactors: usize) -> Arc<Countdown> {
         Arc::new(Countdown {
             pending: (0..reactors).map(|_| AtomicBool::new(true)).collect(),
             left: AtomicUsize::new(reactors),
             done_at: OnceLock::new(),
             waiter: std::thread::current(),
+            task: AtomicWaker::new(),
         })
     }
 
@@ -168,6 +178,7 @@ impl Countdown {
         if p.swap(false, Ordering::AcqRel) && self.left.fetch_sub(1, Ordering::AcqRel) == 1 {
             let _ = self.done_at.set(Instant::now());
             self.waiter.unpark();
+            self.task.wake();
         }
     }
 
@@ -177,8 +188,8 @@ impl Countdown {
     pub(crate) fn wait(&self, deadline: Instant) -> Result<Instant, Vec<usize>> {
         let spin_until = Instant::now() + CALLER_SPIN;
         loop {
-            if let Some(at) = self.done_at.get() {
-                return Ok(*at);
+            if self.done_at.get().is_some() {
+                break;
             }
             let now = Instant::now();
             if now >= deadline {
@@ -191,11 +202,36 @@ impl Countdown {
                 std::thread::park_timeout(deadline - now);
             }
         }
+        self.outcome()
+    }
+
+    /// Completes once every reactor reported; never if one does not (the caller
+    /// bounds it with its deadline, then reads [`Countdown::outcome`]).
+    pub(crate) async fn done(&self) {
+        std::future::poll_fn(|cx| {
+            if self.done_at.get().is_some() {
+                return Poll::Ready(());
+            }
+            self.task.register(cx.waker());
+            // A report between the first look and the registration woke nobody.
+            match self.done_at.get() {
+                Some(_) => Poll::Ready(()),
+                None => Poll::Pending,
+            }
+        })
+        .await
+    }
+
+    /// When the last reactor reported, or the reactors that have not (yet).
+    pub(crate) fn outcome(&self) -> Result<Instant, Vec<usize>> {
+        if let Some(at) = self.done_at.get() {
+            return Ok(*at);
+        }
         let busy: Vec<usize> = (0..self.pending.len())
             .filter(|&r| self.pending[r].load(Ordering::Acquire))
             .collect();
         if busy.is_empty() {
-            // The last report came in as the deadline passed.
+            // The last report is being stamped as the deadline passed.
             return Ok(self.done_at.get().copied().unwrap_or_else(Instant::now));
         }
         Err(busy)
@@ -237,5 +273,31 @@ mod tests {
         assert!(c.wait(Instant::now()).is_ok(), "it did drain, late");
         let next = Countdown::new(2);
         assert_eq!(next.wait(Instant::now()).unwrap_err(), vec![0, 1]);
+    }
+
+    #[test]
+    fn a_task_awaiting_the_drain_is_woken_by_the_last_report_from_another_thread() {
+        let c = Countdown::new(2);
+        c.report(0);
+        let c2 = Arc::clone(&c);
+        let reporter = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            c2.report(1);
+        });
+        let woken = smol::block_on(smol::future::or(
+            async {
+                c.done().await;
+                true
+            },
+            async {
+                smol::Timer::after(Duration::from_secs(10)).await;
+                false
+            },
+        ));
+        reporter.join().unwrap();
+        assert!(woken, "the last report did not wake the task");
+        assert!(c.outcome().is_ok());
+        // Done already: completes at once.
+        smol::block_on(c.done());
     }
 }
