@@ -219,6 +219,21 @@ struct FrozenOwner {
     k_o: KernelClient,
     bdev: String,
     block: Vec<u8>,
+    /// How many times n had logged [`TAKEOVER_WAITING`] (see [`wait_takeover_waiting`]).
+    waits_before: usize,
+}
+
+/// The 3-node cluster of the takeover tests: a 5 s lease, long enough that what
+/// the importer does within the old owner's last lease (a kill and restart take a
+/// few hundred ms on a loaded machine) comes well within it.
+fn takeover_cluster() -> Cluster {
+    Cluster::start(
+        3,
+        ClusterOpts {
+            lease_ms: 5000,
+            ..ClusterOpts::default()
+        },
+    )
 }
 
 /// See [`FrozenOwner`]; o's first block is written with `fill`.
@@ -237,6 +252,7 @@ fn freeze_serving_owner(c: &mut Cluster, fill: u8) -> FrozenOwner {
             false => Ok(()),
         }
     });
+    let waits_before = plexd_log(c, n).matches(TAKEOVER_WAITING).count();
     FrozenOwner {
         o,
         n,
@@ -245,6 +261,7 @@ fn freeze_serving_owner(c: &mut Cluster, fill: u8) -> FrozenOwner {
         k_o,
         bdev,
         block,
+        waits_before,
     }
 }
 
@@ -513,15 +530,7 @@ fn a_frozen_owner_stops_writing_a_group_taken_over_with_clear_owner() {
 /// its private one is out too), a frozen slave at once.
 #[test]
 fn an_importer_killed_while_waiting_out_the_old_owner_waits_again_at_its_restart() {
-    // A lease long enough that n's restart comes well within o's last one (its
-    // kill and restart take a few hundred ms on a loaded machine).
-    let mut c = Cluster::start(
-        3,
-        ClusterOpts {
-            lease_ms: 5000,
-            ..ClusterOpts::default()
-        },
-    );
+    let mut c = takeover_cluster();
     let FrozenOwner {
         o,
         n,
@@ -530,8 +539,8 @@ fn an_importer_killed_while_waiting_out_the_old_owner_waits_again_at_its_restart
         k_o: k0,
         bdev,
         block,
+        waits_before,
     } = freeze_serving_owner(&mut c, 0x5a);
-    let waits_before = plexd_log(&c, n).matches(TAKEOVER_WAITING).count();
     std::thread::scope(|s| {
         let import = s.spawn(|| c.ctl(n, &format!("dg import {DG} --clear-owner")));
         wait_takeover_waiting(&c, n, waits_before);
@@ -773,13 +782,7 @@ fn an_owner_killed_before_dropping_a_group_taken_over_restarts_without_it() {
 /// fails the group's I/O.
 #[test]
 fn a_shared_change_through_the_importer_completes_while_it_waits_out_the_old_owner() {
-    let mut c = Cluster::start(
-        3,
-        ClusterOpts {
-            lease_ms: 5000,
-            ..ClusterOpts::default()
-        },
-    );
+    let mut c = takeover_cluster();
     c.ctl_ok(0, "dg create dgs d0 d3 --shared");
     c.ctl_ok(0, "vol create dgs vs 4M --layout concat");
     let FrozenOwner {
@@ -790,8 +793,8 @@ fn a_shared_change_through_the_importer_completes_while_it_waits_out_the_old_own
         k_o,
         bdev,
         block,
+        waits_before,
     } = freeze_serving_owner(&mut c, 0x77);
-    let waits_before = plexd_log(&c, n).matches(TAKEOVER_WAITING).count();
     std::thread::scope(|s| {
         let import = s.spawn(|| c.ctl(n, &format!("dg import {DG} --clear-owner")));
         wait_takeover_waiting(&c, n, waits_before);
@@ -837,13 +840,7 @@ fn a_shared_change_through_the_importer_completes_while_it_waits_out_the_old_own
 /// old owner's data plane fails the group's I/O.
 #[test]
 fn a_takeover_whose_data_plane_is_lost_during_the_wait_serves_the_group_once_it_is_back() {
-    let mut c = Cluster::start(
-        3,
-        ClusterOpts {
-            lease_ms: 5000,
-            ..ClusterOpts::default()
-        },
-    );
+    let mut c = takeover_cluster();
     let FrozenOwner {
         o,
         n,
@@ -852,8 +849,8 @@ fn a_takeover_whose_data_plane_is_lost_during_the_wait_serves_the_group_once_it_
         k_o,
         bdev,
         block,
+        waits_before,
     } = freeze_serving_owner(&mut c, 0x3c);
-    let waits_before = plexd_log(&c, n).matches(TAKEOVER_WAITING).count();
     let lost = "it is served when the data plane is back";
     std::thread::scope(|s| {
         let import = s.spawn(|| c.ctl(n, &format!("dg import {DG} --clear-owner")));
