@@ -19,7 +19,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::mpsc;
+use std::sync::{mpsc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -33,6 +33,7 @@ use crate::bdev::{BdevInfo, BdevRequest, Injection, IoKind, IoResult};
 use crate::convert::*;
 use crate::error::{ApiError, ErrorCode};
 use crate::info::{DetachPolicy, Event, LeaseStatus, TargetInfo, EVENT_QUEUE_DEPTH};
+use crate::inline::{Inline, PolledSocket, Stop};
 use crate::iscsi::{ChapConfig, LunConfig, SessionInfo, TargetNodeConfig};
 use crate::nvmf::{AnaState, ControllerInfo, NamespaceConfig, SubsystemConfig};
 use crate::scsi::alua::Alua;
@@ -98,6 +99,8 @@ pub struct KernelClient {
     path: String,
     jobs: Option<smol::channel::Sender<Job>>,
     thread: Option<JoinHandle<()>>,
+    /// Instead of `jobs`/`thread` for [`KernelClient::connect_inline`].
+    inline: Option<Mutex<Inline>>,
     call_timeout: Duration,
 }
 
@@ -267,6 +270,42 @@ impl KernelClient {
             path: shown,
             jobs: Some(jobs_tx),
             thread: Some(thread),
+            inline: None,
+            call_timeout: DEFAULT_CALL_TIMEOUT,
+        })
+    }
+
+    /// Connects to the target serving on `path` without a connection thread: a
+    /// call runs the connection on the calling thread until its answer, which
+    /// wakes that thread directly (it waits in `poll(2)` on the socket). One call
+    /// at a time (others wait their turn). For one caller on a latency path, the
+    /// coordinator's driver. It cannot [`KernelClient::subscribe`]: nothing reads
+    /// the connection between calls.
+    pub fn connect_inline(path: impl AsRef<Path>) -> Result<KernelClient, ClientError> {
+        let path_buf: PathBuf = path.as_ref().to_path_buf();
+        let shown = path_buf.display().to_string();
+        let connect_err = |reason: String| ClientError::Connect {
+            path: shown.clone(),
+            reason,
+        };
+        let stream = std::os::unix::net::UnixStream::connect(&path_buf)
+            .map_err(|e| connect_err(e.to_string()))?;
+        let wait_fd = stream
+            .try_clone()
+            .map(std::os::fd::OwnedFd::from)
+            .map_err(|e| connect_err(e.to_string()))?;
+        let (socket, wakers) = PolledSocket::new(stream).map_err(|e| connect_err(e.to_string()))?;
+        let (rpc, kernel) = rpc_system(socket);
+        let rpc = async move {
+            if let Err(e) = rpc.await {
+                log::info!("kernel client: connection ended: {e}");
+            }
+        };
+        Ok(KernelClient {
+            path: shown,
+            jobs: None,
+            thread: None,
+            inline: Some(Mutex::new(Inline::new(rpc, kernel, wakers, wait_fd))),
             call_timeout: DEFAULT_CALL_TIMEOUT,
         })
     }
@@ -306,6 +345,9 @@ impl KernelClient {
             + Send
             + 'static,
     ) -> Result<T, ClientError> {
+        if let Some(inline) = &self.inline {
+            return self.call_inline(inline, method, timeout, f);
+        }
         let (tx, rx) = mpsc::sync_channel(1);
         let path = self.path.clone();
         let job: Job = Box::new(move |kc: &k::kernel::Client| {
@@ -328,6 +370,32 @@ impl KernelClient {
                 timeout_ms: timeout.as_millis() as u64,
             }),
             Err(mpsc::RecvTimeoutError::Disconnected) => Err(closed()),
+        }
+    }
+
+    /// [`KernelClient::call`] of an inline client: the connection runs on this
+    /// thread until the answer or `timeout`.
+    fn call_inline<T>(
+        &self,
+        inline: &Mutex<Inline>,
+        method: &str,
+        timeout: Duration,
+        f: impl FnOnce(k::kernel::Client, String) -> LocalBoxFuture<'static, Result<T, ClientError>>,
+    ) -> Result<T, ClientError> {
+        let deadline = std::time::Instant::now() + timeout;
+        let conn = inline.lock().unwrap_or_else(|p| p.into_inner());
+        let call = f(conn.kernel.clone(), self.path.clone());
+        match conn.run(call, deadline) {
+            Ok(r) => r,
+            Err(Stop::Deadline) => Err(ClientError::Timeout {
+                path: self.path.clone(),
+                method: method.to_string(),
+                timeout_ms: timeout.as_millis() as u64,
+            }),
+            Err(Stop::Poll(e)) => Err(ClientError::Rpc {
+                path: self.path.clone(),
+                reason: format!("{method}: cannot wait for the socket: {e}"),
+            }),
         }
     }
 
@@ -552,6 +620,14 @@ impl KernelClient {
 
     /// Subscribes to the target's events (from now on).
     pub fn subscribe(&self) -> Result<Subscription, ClientError> {
+        if self.inline.is_some() {
+            return Err(ClientError::Rpc {
+                path: self.path.clone(),
+                reason: "subscribe: an inline client reads no events between its calls; \
+                         subscribe on a client made by KernelClient::connect"
+                    .into(),
+            });
+        }
         let (tx, rx) = smol::channel::bounded(EVENT_QUEUE_DEPTH);
         self.call("subscribe", self.call_timeout, move |kc, path| {
             Box::pin(async move {
@@ -1077,12 +1153,10 @@ impl Drop for KernelClient {
     }
 }
 
-fn run_connection(
-    stream: Async<std::os::unix::net::UnixStream>,
-    jobs: smol::channel::Receiver<Job>,
-) {
-    let ex = Rc::new(LocalExecutor::new());
-    let ex2 = Rc::clone(&ex);
+/// The RPC system of a connection over `stream`, and the target's bootstrap client.
+fn rpc_system(
+    stream: impl futures::AsyncRead + futures::AsyncWrite + 'static,
+) -> (RpcSystem<rpc_twoparty_capnp::Side>, k::kernel::Client) {
     let (reader, writer) = stream.split();
     let network = twoparty::VatNetwork::new(
         futures::io::BufReader::new(reader),
@@ -1092,6 +1166,16 @@ fn run_connection(
     );
     let mut rpc = RpcSystem::new(Box::new(network), None);
     let kernel: k::kernel::Client = rpc.bootstrap(rpc_twoparty_capnp::Side::Server);
+    (rpc, kernel)
+}
+
+fn run_connection(
+    stream: Async<std::os::unix::net::UnixStream>,
+    jobs: smol::channel::Receiver<Job>,
+) {
+    let ex = Rc::new(LocalExecutor::new());
+    let ex2 = Rc::clone(&ex);
+    let (rpc, kernel) = rpc_system(stream);
     smol::block_on(ex.run(async move {
         ex2.spawn(async move {
             if let Err(e) = rpc.await {

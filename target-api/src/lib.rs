@@ -25,6 +25,8 @@ pub mod convert;
 pub mod drl;
 pub mod error;
 pub mod info;
+#[cfg(feature = "client")]
+mod inline;
 pub mod iscsi;
 pub mod nvmf;
 pub mod scsi;

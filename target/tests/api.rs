@@ -557,3 +557,50 @@ fn renew_lease_and_lease_status_over_the_kernel_interface() {
     let e = k.renew_lease_until(u64::MAX).unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::Invalid), "{e}");
 }
+
+/// A client without a connection thread (`KernelClient::connect_inline`, the
+/// coordinator driver's): a whole transaction, 1 MiB writes and reads (larger
+/// than the socket buffer, so the client waits for the socket to be writable),
+/// calls from two threads at once (taken in turn), no subscription, and a call
+/// after the target died fails at once naming the lost connection, not at its
+/// timeout.
+#[test]
+fn an_inline_client_drives_a_transaction_and_fails_fast_when_the_target_dies() {
+    let mut t = start("api-inline");
+    let mut k = KernelClient::connect_inline(t.socket()).unwrap();
+    let mut spec = mirrored(&k);
+    let big = pattern(9, plexd_target::api::MAX_IO_BYTES as usize);
+    assert_eq!(k.write("v0", 0, &big).unwrap(), 0);
+    assert_eq!(
+        k.read("v0", 0, big.len() as u32).unwrap().data,
+        big,
+        "a 1 MiB read back through the inline client"
+    );
+    spec.size_bytes = 6 * MIB;
+    spec.plexes[0].columns[0].push(sd("m0", 4 * MIB, 2 * MIB));
+    spec.plexes[1].columns[0].push(sd("e1", 4 * MIB, 2 * MIB));
+    k.prepare("v0", &spec, Duration::from_secs(5)).unwrap();
+    k.commit("v0").unwrap();
+    assert_eq!(k.get_volume("v0").unwrap().0.size_bytes, 6 * MIB);
+
+    std::thread::scope(|s| {
+        let calls: Vec<_> = (0..2)
+            .map(|_| s.spawn(|| (0..50).try_for_each(|_| k.info().map(|_| ()))))
+            .collect();
+        for c in calls {
+            c.join().unwrap().expect("calls from two threads");
+        }
+    });
+    let e = k.subscribe().err().expect("an inline client subscribed");
+    assert!(e.to_string().contains("inline client"), "{e}");
+
+    t.signal_and_wait(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(10))
+        .unwrap();
+    // A timeout would be `ClientError::Timeout`: the lost connection is seen first.
+    k.set_call_timeout(Duration::from_secs(20));
+    let e = k.info().unwrap_err();
+    assert!(
+        matches!(e, plexd_target::api::ClientError::Rpc { .. }),
+        "a call to a dead target: {e:?}"
+    );
+}

@@ -234,9 +234,15 @@ struct Staged {
 
 /// The connection to this node's data plane and what it was last told.
 pub struct Kernel {
-    /// Shared with the event thread, which watches this very connection (see
-    /// [`Kernel::shared_client`]); replaced by [`Kernel::reconnect`].
-    client: Arc<KernelClient>,
+    /// The driver's calls, run on its own thread (no connection thread to hand
+    /// them to: [`KernelClient::connect_inline`]); replaced by [`Kernel::reconnect`].
+    client: KernelClient,
+    /// A second connection to the same target, opened just before `client`: the
+    /// event thread subscribes on it and probes it, the lease threads renew on it
+    /// ([`Kernel::shared_client`]). A target that restarts breaks both; one that
+    /// restarted between the two connects broke this one, whose loss starts the
+    /// reconnection of both.
+    events: Arc<KernelClient>,
     staged: Option<Staged>,
     /// What the data plane holds (volumes, disk bdevs, managed exports), as the last
     /// pruning commit without an error left it; `None` when not sure.
@@ -301,9 +307,10 @@ impl Kernel {
         let deadline = std::time::Instant::now() + wait;
         loop {
             match Kernel::open(socket) {
-                Ok(client) => {
+                Ok((client, events)) => {
                     return Ok(Kernel {
                         client,
+                        events,
                         staged: None,
                         known: None,
                         fault_injection: false,
@@ -323,15 +330,17 @@ impl Kernel {
     }
 
     /// One attempt to connect to the target at `socket` and set it up as at start:
-    /// detach policy `external`, leftover staged layouts dropped.
-    fn open(socket: &std::path::Path) -> Result<Arc<KernelClient>, String> {
-        let client = KernelClient::connect(socket).map_err(err)?;
+    /// detach policy `external`, leftover staged layouts dropped. Returns the
+    /// driver's connection and the shared one (see [`Kernel::events`]).
+    fn open(socket: &std::path::Path) -> Result<(KernelClient, Arc<KernelClient>), String> {
+        let events = Arc::new(KernelClient::connect(socket).map_err(err)?);
+        let client = KernelClient::connect_inline(socket).map_err(err)?;
         client
             .set_detach_policy(DetachPolicy::External)
             .map_err(|e| format!("cannot set the detach policy: {e}"))?;
         Kernel::drop_leftover_prepares(&client)?;
         check_time_namespace(&client);
-        Ok(Arc::new(client))
+        Ok((client, events))
     }
 
     /// One attempt to connect again to the same socket after the data plane was lost
@@ -340,17 +349,18 @@ impl Kernel {
     /// configuration again. Does not wait: a socket that does not answer is an error.
     pub fn reconnect(&mut self) -> Result<(), String> {
         let socket = std::path::PathBuf::from(self.client.path());
-        let client = Kernel::open(&socket)?;
+        let (client, events) = Kernel::open(&socket)?;
         self.client = client;
+        self.events = events;
         self.staged = None;
         self.known = None;
         Ok(())
     }
 
-    /// The connection, shared: the event thread subscribes on it and probes it, so a
-    /// dead connection is noticed even when no kernel phase runs.
+    /// The shared connection ([`Kernel::events`]): the event thread subscribes on it
+    /// and probes it, so a lost data plane is noticed even when no kernel phase runs.
     pub fn shared_client(&self) -> Arc<KernelClient> {
-        Arc::clone(&self.client)
+        Arc::clone(&self.events)
     }
 
     /// A previous coordinator that died in a kernel phase left volumes quiesced with a
