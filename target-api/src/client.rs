@@ -396,6 +396,10 @@ impl KernelClient {
                 path: self.path.clone(),
                 reason: format!("{method}: cannot wait for the socket: {e}"),
             }),
+            Err(Stop::HungUp) => Err(ClientError::Rpc {
+                path: self.path.clone(),
+                reason: format!("{method}: the connection was closed"),
+            }),
         }
     }
 

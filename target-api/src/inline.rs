@@ -114,6 +114,9 @@ pub(crate) enum Stop {
     Deadline,
     /// `poll(2)` failed.
     Poll(std::io::Error),
+    /// The socket hung up and no task of the connection waits on it any more, yet
+    /// the call has not completed (it would only spin until its deadline).
+    HungUp,
 }
 
 /// An inline connection: the executor holding its RPC system, and the socket's
@@ -205,15 +208,21 @@ impl Inline {
                 return Err(Stop::Poll(e));
             }
             let failed = pfd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0;
+            let mut woke = false;
             if pfd.revents & libc::POLLIN != 0 || failed {
                 if let Some(w) = self.wakers.read.borrow_mut().take() {
                     w.wake();
+                    woke = true;
                 }
             }
             if pfd.revents & libc::POLLOUT != 0 || failed {
                 if let Some(w) = self.wakers.write.borrow_mut().take() {
                     w.wake();
+                    woke = true;
                 }
+            }
+            if failed && !woke {
+                return Err(Stop::HungUp);
             }
         }
     }
