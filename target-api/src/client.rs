@@ -17,7 +17,7 @@
 //! Dropping the client closes the connection (and ends its event subscriptions).
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::rc::Rc;
 use std::sync::{mpsc, Mutex};
 use std::thread::JoinHandle;
@@ -252,14 +252,8 @@ macro_rules! name_call {
 impl KernelClient {
     /// Connects to the target serving on `path`.
     pub fn connect(path: impl AsRef<Path>) -> Result<KernelClient, ClientError> {
-        let path_buf: PathBuf = path.as_ref().to_path_buf();
-        let shown = path_buf.display().to_string();
-        let connect_err = |reason: String| ClientError::Connect {
-            path: shown.clone(),
-            reason,
-        };
-        let stream = std::os::unix::net::UnixStream::connect(&path_buf)
-            .map_err(|e| connect_err(e.to_string()))?;
+        let (stream, shown) = dial(path.as_ref())?;
+        let connect_err = |reason: String| connect_error(&shown, reason);
         let stream = Async::new(stream).map_err(|e| connect_err(e.to_string()))?;
         let (jobs_tx, jobs_rx) = smol::channel::bounded::<Job>(JOB_QUEUE_DEPTH);
         let thread = std::thread::Builder::new()
@@ -282,14 +276,8 @@ impl KernelClient {
     /// coordinator's driver. It cannot [`KernelClient::subscribe`]: nothing reads
     /// the connection between calls.
     pub fn connect_inline(path: impl AsRef<Path>) -> Result<KernelClient, ClientError> {
-        let path_buf: PathBuf = path.as_ref().to_path_buf();
-        let shown = path_buf.display().to_string();
-        let connect_err = |reason: String| ClientError::Connect {
-            path: shown.clone(),
-            reason,
-        };
-        let stream = std::os::unix::net::UnixStream::connect(&path_buf)
-            .map_err(|e| connect_err(e.to_string()))?;
+        let (stream, shown) = dial(path.as_ref())?;
+        let connect_err = |reason: String| connect_error(&shown, reason);
         let wait_fd = stream
             .try_clone()
             .map(std::os::fd::OwnedFd::from)
@@ -1154,6 +1142,22 @@ impl Drop for KernelClient {
                 );
             }
         }
+    }
+}
+
+/// The socket at `path`, connected, and the path as errors name it.
+fn dial(path: &Path) -> Result<(std::os::unix::net::UnixStream, String), ClientError> {
+    let shown = path.display().to_string();
+    let stream = std::os::unix::net::UnixStream::connect(path)
+        .map_err(|e| connect_error(&shown, e.to_string()))?;
+    Ok((stream, shown))
+}
+
+/// [`ClientError::Connect`] for the socket `path`.
+fn connect_error(path: &str, reason: String) -> ClientError {
+    ClientError::Connect {
+        path: path.to_string(),
+        reason,
     }
 }
 

@@ -282,6 +282,23 @@ fn wait_takeover_waiting(c: &Cluster, n: usize, before: usize) {
     });
 }
 
+/// Runs node `n`'s `dg import --clear-owner` of [`DG`] in a thread and, once `n`
+/// waits out the old owner's lease (it logged [`TAKEOVER_WAITING`] more than
+/// `waits_before` times), `during` with a probe of whether the import returned;
+/// then the import's output and what `during` returned.
+fn import_during<T>(
+    c: &Cluster,
+    (n, waits_before): (usize, usize),
+    during: impl FnOnce(&dyn Fn() -> bool) -> T,
+) -> (std::process::Output, T) {
+    std::thread::scope(|s| {
+        let import = s.spawn(|| c.ctl(n, &format!("dg import {DG} --clear-owner")));
+        wait_takeover_waiting(c, n, waits_before);
+        let got = during(&|| import.is_finished());
+        (import.join().expect("the import's thread"), got)
+    })
+}
+
 /// Writes to [`VOL`] through node 0 until node 0's processes are killed -9 under
 /// the writer; the write in flight at the kill is then made to differ on
 /// `VOL-02`'s disk file, as a node dying between its two plex writes leaves it.
@@ -541,16 +558,11 @@ fn an_importer_killed_while_waiting_out_the_old_owner_waits_again_at_its_restart
         block,
         waits_before,
     } = freeze_serving_owner(&mut c, 0x5a);
-    std::thread::scope(|s| {
-        let import = s.spawn(|| c.ctl(n, &format!("dg import {DG} --clear-owner")));
-        wait_takeover_waiting(&c, n, waits_before);
-        c.sigkill_coordinator(n);
-        let out = import.join().expect("the import's thread");
-        assert!(
-            !out.status.success(),
-            "the import of a killed plexd succeeded"
-        );
-    });
+    let (out, ()) = import_during(&c, (n, waits_before), |_| c.sigkill_coordinator(n));
+    assert!(
+        !out.status.success(),
+        "the import of a killed plexd succeeded"
+    );
     c.kill_coordinator(n);
     // Not start_coordinator: that waits for plexd to answer, by when the hold is
     // over; the data plane is watched from the restart on.
@@ -795,27 +807,23 @@ fn a_shared_change_through_the_importer_completes_while_it_waits_out_the_old_own
         block,
         waits_before,
     } = freeze_serving_owner(&mut c, 0x77);
-    std::thread::scope(|s| {
-        let import = s.spawn(|| c.ctl(n, &format!("dg import {DG} --clear-owner")));
-        wait_takeover_waiting(&c, n, waits_before);
-        let grown = c.ctl(n, "vol grow dgs vs 8M");
-        let import_returned = import.is_finished();
-        assert!(
-            grown.status.success(),
-            "vol grow through {n_name} during its takeover wait: {}",
-            String::from_utf8_lossy(&grown.stderr)
-        );
-        assert!(
-            !import_returned,
-            "the shared change through {n_name} waited for its takeover wait to end"
-        );
-        let out = import.join().expect("the import's thread");
-        assert!(
-            out.status.success(),
-            "the import: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    let (out, (grown, import_returned)) = import_during(&c, (n, waits_before), |returned| {
+        (c.ctl(n, "vol grow dgs vs 8M"), returned())
     });
+    assert!(
+        grown.status.success(),
+        "vol grow through {n_name} during its takeover wait: {}",
+        String::from_utf8_lossy(&grown.stderr)
+    );
+    assert!(
+        !import_returned,
+        "the shared change through {n_name} waited for its takeover wait to end"
+    );
+    assert!(
+        out.status.success(),
+        "the import: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(
         volume(&c.print(n), "dgs", "vs").unwrap()["size"],
         8 << 20,
@@ -852,17 +860,12 @@ fn a_takeover_whose_data_plane_is_lost_during_the_wait_serves_the_group_once_it_
         waits_before,
     } = freeze_serving_owner(&mut c, 0x3c);
     let lost = "it is served when the data plane is back";
-    std::thread::scope(|s| {
-        let import = s.spawn(|| c.ctl(n, &format!("dg import {DG} --clear-owner")));
-        wait_takeover_waiting(&c, n, waits_before);
-        c.sigkill_target(n);
-        let out = import.join().expect("the import's thread");
-        assert!(
-            out.status.success(),
-            "the import whose data plane was lost during the wait: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    });
+    let (out, ()) = import_during(&c, (n, waits_before), |_| c.sigkill_target(n));
+    assert!(
+        out.status.success(),
+        "the import whose data plane was lost during the wait: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         plexd_log(&c, n).contains(lost),
         "{n_name} did not say the group waits for its data plane"
