@@ -122,7 +122,7 @@ pub(crate) enum Stop {
 /// An inline connection: the executor holding its RPC system, and the socket's
 /// wakers and a second descriptor of the socket to wait on.
 pub(crate) struct Inline {
-    pub(crate) ex: LocalExecutor<'static>,
+    ex: LocalExecutor<'static>,
     pub(crate) kernel: plexd_proto::kernel_capnp::kernel::Client,
     wakers: Rc<SocketWakers>,
     wait_fd: OwnedFd,

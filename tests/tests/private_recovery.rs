@@ -163,6 +163,68 @@ fn create_private_group_on(c: &Cluster, i: usize) {
     c.wait_served(i, DG, VOL);
 }
 
+/// The second private group of node `i`'s tests, `dgq` (volume `q1` on its own
+/// disk d3): not taken over, so its owner must serve it again once it dropped
+/// [`DG`].
+fn create_second_group_on(c: &Cluster, i: usize) {
+    c.ctl_ok(i, "dg create dgq d3");
+    c.ctl_ok(i, "vol create dgq q1 4M");
+    c.wait_served(i, "dgq", "q1");
+}
+
+/// The volumes the data plane behind `k` holds.
+fn data_plane_volumes(k: &KernelClient) -> Result<Vec<String>, String> {
+    Ok(k.list_volumes()
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|v| v.name)
+        .collect())
+}
+
+/// Whether any of `names` is a volume of [`DG`].
+fn holds_group(names: &[String]) -> bool {
+    names.iter().any(|n| n.starts_with(&format!("{DG}.")))
+}
+
+/// Waits until node `who`'s data plane behind `k` holds no volume of [`DG`].
+fn wait_group_dropped(k: &KernelClient, who: &str) {
+    wait_until(
+        &format!("{who} to drop the taken group"),
+        RECOVERY_TIMEOUT,
+        || {
+            let names = data_plane_volumes(k)?;
+            match holds_group(&names) {
+                true => Err(format!("{who}'s data plane serves {names:?}")),
+                false => Ok(()),
+            }
+        },
+    );
+}
+
+/// Waits until node `who`'s data plane behind `k` writes `block` to `dgq.q1`
+/// again ([`create_second_group_on`]).
+fn wait_second_group_served(k: &KernelClient, block: &[u8], who: &str) {
+    wait_until(
+        &format!("{who} to serve its other private group again"),
+        RECOVERY_TIMEOUT,
+        || match k.write("dgq.q1", 0, block) {
+            Ok(0) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+}
+
+/// Node `i` refuses a change of [`DG`], which another node took over: to it the
+/// group does not exist.
+fn assert_refuses_taken_group(c: &Cluster, i: usize) {
+    let refused = c.ctl_err(i, &format!("vol create {DG} x 1M"));
+    assert!(
+        refused.contains("does not exist"),
+        "{} changes a group b took over: {refused}",
+        c.nodes[i].name
+    );
+}
+
 /// Waits until the data plane behind `k` holds a valid private-group lease.
 fn wait_private_lease(k: &KernelClient) {
     wait_until("the private-group lease", RECOVERY_TIMEOUT, || {
@@ -462,9 +524,7 @@ fn a_frozen_owner_stops_writing_a_group_taken_over_with_clear_owner() {
     let mut c = Cluster::start(3, ClusterOpts::default());
     create_private_group(&c);
     // A second private group of a's, on a disk of its own: not taken over.
-    c.ctl_ok(0, "dg create dgq d3");
-    c.ctl_ok(0, "vol create dgq q1 4M");
-    c.wait_served(0, "dgq", "q1");
+    create_second_group_on(&c, 0);
     let (k0, bdev, block) = serving_owner(&c, 0, 0xa5);
 
     c.freeze(0);
@@ -497,35 +557,13 @@ fn a_frozen_owner_stops_writing_a_group_taken_over_with_clear_owner() {
     });
     // a drops the taken group from its data plane (writing nothing to its disks),
     // then serves its other private group again under a renewed lease.
-    wait_until("a to drop the taken group", RECOVERY_TIMEOUT, || {
-        let names: Vec<String> = k0
-            .list_volumes()
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .map(|v| v.name)
-            .collect();
-        match names.iter().any(|n| n.starts_with(&format!("{DG}."))) {
-            true => Err(format!("a's data plane serves {names:?}")),
-            false => Ok(()),
-        }
-    });
+    wait_group_dropped(&k0, "a");
     assert!(
         !matches!(k0.write(&bdev, 0, &block), Ok(0)),
         "a's data plane writes {bdev} again after its coordinator thawed"
     );
-    wait_until(
-        "a to serve its other private group again",
-        RECOVERY_TIMEOUT,
-        || match k0.write("dgq.q1", 0, &block) {
-            Ok(0) => Ok(()),
-            other => Err(format!("{other:?}")),
-        },
-    );
-    let refused = c.ctl_err(0, &format!("vol create {DG} x 1M"));
-    assert!(
-        refused.contains("does not exist"),
-        "a changes a group b took over: {refused}"
-    );
+    wait_second_group_served(&k0, &block, "a");
+    assert_refuses_taken_group(&c, 0);
     assert!(
         c.status(0)["failed_disk_groups"]
             .to_string()
@@ -573,12 +611,7 @@ fn an_importer_killed_while_waiting_out_the_old_owner_waits_again_at_its_restart
         "n to serve the group it took over",
         RECOVERY_TIMEOUT,
         || {
-            let names: Vec<String> = k1
-                .list_volumes()
-                .map_err(|e| e.to_string())?
-                .into_iter()
-                .map(|v| v.name)
-                .collect();
+            let names = data_plane_volumes(&k1)?;
             match names.contains(&bdev) {
                 true => Ok(()),
                 false => Err(format!("{n_name}'s data plane serves {names:?}")),
@@ -650,9 +683,7 @@ fn a_partitioned_owner_drops_a_group_taken_over_and_serves_its_others() {
     let mut c = Cluster::start(3, opts);
     // The owner is c, a slave: it leaves the view one heartbeat timeout after the cut.
     create_private_group_on(&c, 2);
-    c.ctl_ok(2, "dg create dgq d3");
-    c.ctl_ok(2, "vol create dgq q1 4M");
-    c.wait_served(2, "dgq", "q1");
+    create_second_group_on(&c, 2);
     let (k2, bdev, block) = serving_owner(&c, 2, 0x5a);
 
     c.net().cut(2);
@@ -671,26 +702,8 @@ fn a_partitioned_owner_drops_a_group_taken_over_and_serves_its_others() {
     let on_b = c.write_pattern(1, DG, VOL, 0, 64 << 10);
 
     // Still cut off: c drops the taken group and serves dgq again.
-    wait_until("c to drop the taken group", RECOVERY_TIMEOUT, || {
-        let names: Vec<String> = k2
-            .list_volumes()
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .map(|v| v.name)
-            .collect();
-        match names.iter().any(|n| n.starts_with(&format!("{DG}."))) {
-            true => Err(format!("c's data plane serves {names:?}")),
-            false => Ok(()),
-        }
-    });
-    wait_until(
-        "c to serve its other private group again while cut off",
-        RECOVERY_TIMEOUT,
-        || match k2.write("dgq.q1", 0, &block) {
-            Ok(0) => Ok(()),
-            other => Err(format!("{other:?}")),
-        },
-    );
+    wait_group_dropped(&k2, "c");
+    wait_second_group_served(&k2, &block, "c (cut off)");
 
     c.net().heal(2);
     c.wait_joined(&[0, 1, 2]);
@@ -701,11 +714,7 @@ fn a_partitioned_owner_drops_a_group_taken_over_and_serves_its_others() {
         "c's status does not say the group was dropped: {}",
         c.status(2)
     );
-    let refused = c.ctl_err(2, &format!("vol create {DG} x 1M"));
-    assert!(
-        refused.contains("does not exist"),
-        "c changes a group b took over: {refused}"
-    );
+    assert_refuses_taken_group(&c, 2);
     assert!(
         !matches!(k2.write(&bdev, 0, &block), Ok(0)),
         "c's data plane writes {bdev} again after the heal"
@@ -730,9 +739,7 @@ fn a_partitioned_owner_drops_a_group_taken_over_and_serves_its_others() {
 fn an_owner_killed_before_dropping_a_group_taken_over_restarts_without_it() {
     let mut c = Cluster::start(3, ClusterOpts::default());
     create_private_group_on(&c, 2);
-    c.ctl_ok(2, "dg create dgq d3");
-    c.ctl_ok(2, "vol create dgq q1 4M");
-    c.wait_served(2, "dgq", "q1");
+    create_second_group_on(&c, 2);
     let (k2, bdev, block) = serving_owner(&c, 2, 0x69);
 
     c.freeze(2);
@@ -749,33 +756,17 @@ fn an_owner_killed_before_dropping_a_group_taken_over_restarts_without_it() {
     );
 
     c.restart_coordinator(2, None);
-    let names: Vec<String> = k2
-        .list_volumes()
-        .unwrap()
-        .into_iter()
-        .map(|v| v.name)
-        .collect();
+    let names = data_plane_volumes(&k2).unwrap();
     assert!(
-        !names.iter().any(|n| n.starts_with(&format!("{DG}."))),
+        !holds_group(&names),
         "c's restarted plexd left {DG}'s volumes in its data plane: {names:?}"
     );
     assert!(
         !matches!(k2.write(&bdev, 0, &block), Ok(0)),
         "c's data plane writes {bdev} after its restart"
     );
-    wait_until(
-        "c to serve its other private group again",
-        RECOVERY_TIMEOUT,
-        || match k2.write("dgq.q1", 0, &block) {
-            Ok(0) => Ok(()),
-            other => Err(format!("{other:?}")),
-        },
-    );
-    let refused = c.ctl_err(2, &format!("vol create {DG} x 1M"));
-    assert!(
-        refused.contains("does not exist"),
-        "c changes a group b took over: {refused}"
-    );
+    wait_second_group_served(&k2, &block, "c");
+    assert_refuses_taken_group(&c, 2);
     let log = plexd_log(&c, 2);
     assert!(
         !log.contains("left open by a start that did not stop cleanly"),

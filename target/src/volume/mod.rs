@@ -751,12 +751,8 @@ impl Volumes {
         drain: &Arc<quiesce::Countdown>,
     ) -> Result<(), TargetError> {
         let id = shared.id;
-        if !t
-            .reactors()
-            .handles()
-            .iter()
-            .any(|h| has_channel(told, h.id()))
-        {
+        if !told.contains(&true) {
+            // No reactor to close a gate: they are all "closed" now.
             shared.trace.mark(quiesce::Step::GatesClosed);
         }
         for h in t.reactors().handles() {
