@@ -168,3 +168,24 @@ struct Subdisk {
   column @4 :UInt32;            # 0 for concat plexes
   plexOffsetBytes @5 :UInt64;   # within the plex (concat) or the column (stripe)
 }
+
+# A change log record's payload (docs/ONDISK.md, "Change log"): the disk group's
+# configuration after one change, as the one before it plus what changed. Every
+# field of `group` but `volumes` is the new configuration's (`volumes` is empty);
+# the new volume list is `volumes`, in order: runs of volumes kept unchanged from
+# the configuration before, and volumes written out (new or changed).
+struct ConfigDelta {
+  formatVersion @0 :UInt32;     # 1, as DiskGroupConfig's
+  group @1 :DiskGroupConfig;
+  volumes @2 :List(VolumeRun);
+}
+
+struct VolumeRun {
+  union {
+    kept :group {               # the volumes before[start .. start + count]
+      start @0 :UInt32;
+      count @1 :UInt32;
+    }
+    volume @2 :Volume;          # a volume as it is after the change
+  }
+}

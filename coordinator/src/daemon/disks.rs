@@ -93,14 +93,16 @@ pub const MAX_WRITTEN_GROUPS: usize = 4096;
 /// ([`ondisk::write_config_after`]). The groups share their volumes with the
 /// configurations they came from.
 #[derive(Debug, Default)]
-pub struct Written(BTreeMap<String, DiskGroupConfig>);
+pub struct Written(BTreeMap<String, (DiskGroupConfig, u64)>);
 
 impl Written {
-    fn remember(&mut self, g: &DiskGroupConfig) {
+    /// `g` as transaction `txn` wrote it (a disk whose newest configuration that is
+    /// takes the next change as a change log record).
+    fn remember(&mut self, g: &DiskGroupConfig, txn: u64) {
         if self.0.len() >= MAX_WRITTEN_GROUPS && !self.0.contains_key(&g.id) {
             self.0.clear();
         }
-        self.0.insert(g.id.clone(), g.clone());
+        self.0.insert(g.id.clone(), (g.clone(), txn));
     }
 }
 
@@ -446,10 +448,10 @@ pub fn write_updates(
         match u {
             DiskUpdate::WriteConfig(dg) => {
                 let paths = local.disk_paths(dg);
-                let before = written.0.get(&dg.id);
+                let before = written.0.get(&dg.id).map(|(g, t)| (g, *t));
                 match ondisk::write_config_after(&paths, dg, before, txn, deadline) {
                     Ok(report) => {
-                        written.remember(dg);
+                        written.remember(dg, txn);
                         for (path, disk_id, what) in &report.repaired {
                             let name = dg
                                 .disks

@@ -28,7 +28,16 @@ pub fn encode_config(config: &DiskGroupConfig) -> Vec<u8> {
 
 /// Writes `config` into `root` (a slot's root, or a disk group inside another
 /// message: the cluster protocol's configurations reuse this encoding).
-pub fn write_group(config: &DiskGroupConfig, mut root: wire::disk_group_config::Builder<'_>) {
+pub fn write_group(config: &DiskGroupConfig, root: wire::disk_group_config::Builder<'_>) {
+    write_group_with(config, root, true)
+}
+
+/// [`write_group`], with its volumes or without them (a change log record's group).
+fn write_group_with(
+    config: &DiskGroupConfig,
+    mut root: wire::disk_group_config::Builder<'_>,
+    with_volumes: bool,
+) {
     root.set_format_version(CONFIG_FORMAT_VERSION);
     root.set_name(config.name.as_str());
     root.set_id(config.id.as_str());
@@ -39,9 +48,11 @@ pub fn write_group(config: &DiskGroupConfig, mut root: wire::disk_group_config::
     for (i, d) in (0..).zip(&config.disks) {
         write_disk(d, disks.reborrow().get(i));
     }
-    let mut volumes = root.reborrow().init_volumes(len_u32(config.volumes.len()));
-    for (i, v) in (0..).zip(&config.volumes) {
-        encode_volume(v, volumes.reborrow().get(i));
+    if with_volumes {
+        let mut volumes = root.reborrow().init_volumes(len_u32(config.volumes.len()));
+        for (i, v) in (0..).zip(&config.volumes) {
+            encode_volume(v, volumes.reborrow().get(i));
+        }
     }
     root.set_detach_policy(write_detach_policy(config.detach_policy));
     if !config.open_nodes.is_empty() {
@@ -362,6 +373,80 @@ pub fn decode_config(payload: &[u8]) -> Result<DiskGroupConfig, String> {
         .get_root::<wire::disk_group_config::Reader>()
         .map_err(|e| format!("bad root: {e}"))?;
     read_group(root).map_err(|e| format!("malformed configuration: {e}"))
+}
+
+/// One entry of a change log record's volume list (`VolumeRun`, docs/ONDISK.md
+/// "Change log"): volumes kept from the configuration before, or one written out.
+#[derive(Debug, Clone)]
+pub enum VolumeRun {
+    /// The volumes `before[start .. start + count]`, unchanged.
+    Kept { start: usize, count: usize },
+    /// A volume as it is after the change.
+    Volume(std::sync::Arc<Volume>),
+}
+
+/// Encodes a change log record's payload: every field of `after` but its volumes,
+/// and its volume list as `runs`.
+pub fn encode_delta(after: &DiskGroupConfig, runs: &[VolumeRun]) -> Vec<u8> {
+    let mut message = Builder::new_default();
+    let mut root: wire::config_delta::Builder<'_> = message.init_root();
+    root.set_format_version(CONFIG_FORMAT_VERSION);
+    write_group_with(after, root.reborrow().init_group(), false);
+    let mut list = root.init_volumes(len_u32(runs.len()));
+    for (i, run) in (0..).zip(runs) {
+        let b = list.reborrow().get(i);
+        match run {
+            VolumeRun::Kept { start, count } => {
+                let mut kept = b.init_kept();
+                kept.set_start(len_u32(*start));
+                kept.set_count(len_u32(*count));
+            }
+            VolumeRun::Volume(v) => encode_volume(v, b.init_volume()),
+        }
+    }
+    serialize::write_message_to_words(&message)
+}
+
+/// Decodes a change log record's payload: the configuration's fields but its
+/// volumes (`volumes` empty), and its volume list as runs.
+pub fn decode_delta(payload: &[u8]) -> Result<(DiskGroupConfig, Vec<VolumeRun>), String> {
+    let mut options = ReaderOptions::new();
+    options.traversal_limit_in_words(Some(TRAVERSAL_LIMIT_WORDS));
+    let mut slice = payload;
+    let message = serialize::read_message_from_flat_slice(&mut slice, options)
+        .map_err(|e| format!("not a Cap'n Proto message: {e}"))?;
+    if !slice.is_empty() {
+        return Err(format!("{} bytes after the message", slice.len()));
+    }
+    let read = || -> capnp::Result<(DiskGroupConfig, Vec<VolumeRun>)> {
+        let root = message.get_root::<wire::config_delta::Reader>()?;
+        let version = root.get_format_version();
+        if version == 0 || version > CONFIG_FORMAT_VERSION {
+            return Err(capnp::Error::failed(format!(
+                "change format version {version}, this plexd reads 1 to {CONFIG_FORMAT_VERSION}"
+            )));
+        }
+        let group = read_group(root.get_group()?)?;
+        if !group.volumes.is_empty() {
+            return Err(capnp::Error::failed(
+                "the group of a change lists volumes".into(),
+            ));
+        }
+        let mut runs = Vec::new();
+        for r in root.get_volumes()? {
+            runs.push(match r.which()? {
+                wire::volume_run::Kept(k) => VolumeRun::Kept {
+                    start: k.get_start() as usize,
+                    count: k.get_count() as usize,
+                },
+                wire::volume_run::Volume(v) => {
+                    VolumeRun::Volume(std::sync::Arc::new(decode_volume(v?)?))
+                }
+            });
+        }
+        Ok((group, runs))
+    };
+    read().map_err(|e| format!("malformed change: {e}"))
 }
 
 /// A text field as a `String`; text that is not UTF-8 is an error.

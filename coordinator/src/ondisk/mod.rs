@@ -23,6 +23,7 @@
 pub mod codec;
 pub mod label;
 pub mod layout;
+pub mod log;
 pub mod slot;
 
 #[cfg(test)]
@@ -397,6 +398,9 @@ pub fn discover(paths: &[PathBuf]) -> Discovery {
 pub struct WriteReport {
     /// Disks written, with the slot used.
     pub written: Vec<(PathBuf, usize)>,
+    /// Those of them that took the change as a change log record (the others a
+    /// checkpoint: the whole configuration).
+    pub logged: Vec<PathBuf>,
     /// Disks not written, with the reason.
     pub failed: Vec<(PathBuf, OnDiskError)>,
     /// Damaged copies the write replaced: (disk path, disk id, what: `label copy`,
@@ -568,13 +572,10 @@ impl Device {
         Ok(())
     }
 
-    /// Reads slot `index`'s header and payload and checks the payload's CRC: the
-    /// header and payload, or the slot's status when it is empty or invalid.
-    fn read_slot_bytes(
-        &self,
-        label: &Label,
-        index: usize,
-    ) -> Result<(SlotHeader, Vec<u8>), SlotStatus> {
+    /// Reads slot `index`: its checkpoint (header and payload, the payload's CRC
+    /// checked) and its change log up to the newest configuration's tail, or the
+    /// slot's status when it is empty or invalid.
+    fn read_slot_bytes(&self, label: &Label, index: usize) -> Result<SlotBytes, SlotStatus> {
         let invalid = |reason: String| SlotStatus::Invalid { reason };
         let offset = label.slot_offset_bytes(index);
         let what = format!("slot {index}");
@@ -596,54 +597,113 @@ impl Device {
                 header.seq, header.payload_crc
             )));
         }
-        Ok((header, payload))
+        let checkpoint = log::Tail {
+            seq: header.seq,
+            txn_id: header.txn_id,
+            link: slot::header_link(&block),
+            end_bytes: BLOCK_BYTES + header.payload_len_bytes.div_ceil(BLOCK_BYTES) * BLOCK_BYTES,
+            records: 0,
+            log_bytes: 0,
+        };
+        let (tail, records) = if header.version < 2 {
+            (checkpoint, Vec::new())
+        } else {
+            log::walk(
+                |at, len| {
+                    self.read_at(offset + at, len, &what)
+                        .map_err(|e| e.to_string())
+                },
+                checkpoint,
+                label.slot_len_bytes,
+                index as u32,
+                &header.dg_id,
+            )
+            .map_err(|reason| invalid(format!("checkpoint seq {}: {reason}", header.seq)))?
+        };
+        Ok(SlotBytes {
+            header,
+            payload,
+            tail,
+            records,
+        })
     }
 
-    /// Reads slot `index` for a writer: its status and, when valid, its header and
-    /// lineage. A payload [`VALIDATED`] knows is not decoded again.
+    /// Reads slot `index` for a writer: its status and, when valid, its checkpoint's
+    /// header, lineage and the newest configuration's tail. A checkpoint
+    /// [`VALIDATED`] knows is not decoded again, and log records are not decoded (a
+    /// record never changes the lineage: a change of it writes a checkpoint).
     fn read_slot_lineage(&self, label: &Label, index: usize) -> SlotRead {
-        let (header, payload) = match self.read_slot_bytes(label, index) {
+        let found = match self.read_slot_bytes(label, index) {
             Ok(found) => found,
             Err(status) => return (status, None),
         };
-        let key = SlotKey::of(&header);
+        let status = SlotStatus::Valid {
+            seq: found.tail.seq,
+            txn_id: found.tail.txn_id,
+            dg_id: found.header.dg_id.clone(),
+        };
+        let key = SlotKey::of(&found.header);
         if let Some(lineage) = validated(&key) {
-            let status = SlotStatus::Valid {
-                seq: header.seq,
-                txn_id: header.txn_id,
-                dg_id: header.dg_id.clone(),
-            };
-            return (status, Some((header, lineage)));
+            return (status, Some((found.header, lineage, found.tail)));
         }
-        match self.check_slot(header, &payload) {
-            (status, Some((header, config))) => {
-                let lineage = Lineage::of(&config);
-                (status, Some((header, lineage)))
-            }
-            (status, None) => (status, None),
-        }
-    }
-
-    /// Reads slot `index`: its status and, when valid, its configuration.
-    fn read_slot(
-        &self,
-        label: &Label,
-        index: usize,
-    ) -> (SlotStatus, Option<(SlotHeader, DiskGroupConfig)>) {
-        match self.read_slot_bytes(label, index) {
-            Ok((header, payload)) => self.check_slot(header, &payload),
+        match self.check_slot(&found.header, &found.payload) {
+            Ok(config) => (
+                status,
+                Some((found.header, Lineage::of(&config), found.tail)),
+            ),
             Err(status) => (status, None),
         }
     }
 
-    /// Decodes and validates a slot's payload (its CRC checked): its status and,
-    /// when valid, its configuration, which [`VALIDATED`] then remembers.
+    /// Reads slot `index`: its status and, when valid, its newest configuration's
+    /// tail and the configuration (the checkpoint with its log replayed).
+    fn read_slot(
+        &self,
+        label: &Label,
+        index: usize,
+    ) -> (SlotStatus, Option<(log::Tail, DiskGroupConfig)>) {
+        let found = match self.read_slot_bytes(label, index) {
+            Ok(found) => found,
+            Err(status) => return (status, None),
+        };
+        let checkpoint = match self.check_slot(&found.header, &found.payload) {
+            Ok(config) => config,
+            Err(status) => return (status, None),
+        };
+        let invalid = |reason: String| (SlotStatus::Invalid { reason }, None);
+        let config = if found.records.is_empty() {
+            checkpoint
+        } else {
+            let replayed = match log::replay(checkpoint, &found.records) {
+                Ok(c) => c,
+                Err(reason) => {
+                    return invalid(format!("checkpoint seq {}: {reason}", found.header.seq))
+                }
+            };
+            if let Err(e) = replayed.validate() {
+                return invalid(format!(
+                    "seq {}: configuration fails validation: {e}",
+                    found.tail.seq
+                ));
+            }
+            replayed
+        };
+        let status = SlotStatus::Valid {
+            seq: found.tail.seq,
+            txn_id: found.tail.txn_id,
+            dg_id: found.header.dg_id.clone(),
+        };
+        (status, Some((found.tail, config)))
+    }
+
+    /// Decodes and validates a checkpoint's payload (its CRC checked): its
+    /// configuration, which [`VALIDATED`] then remembers, or the slot's status.
     fn check_slot(
         &self,
-        header: SlotHeader,
+        header: &SlotHeader,
         payload: &[u8],
-    ) -> (SlotStatus, Option<(SlotHeader, DiskGroupConfig)>) {
-        let invalid = |reason: String| (SlotStatus::Invalid { reason }, None);
+    ) -> Result<DiskGroupConfig, SlotStatus> {
+        let invalid = |reason: String| Err(SlotStatus::Invalid { reason });
         let config = match decode_config(payload) {
             Ok(c) => c,
             Err(reason) => return invalid(format!("seq {}: {reason}", header.seq)),
@@ -660,14 +720,21 @@ impl Device {
                 header.seq
             ));
         }
-        remember_validated(SlotKey::of(&header), Lineage::of(&config));
-        let status = SlotStatus::Valid {
-            seq: header.seq,
-            txn_id: header.txn_id,
-            dg_id: header.dg_id.clone(),
-        };
-        (status, Some((header, config)))
+        remember_validated(SlotKey::of(header), Lineage::of(&config));
+        Ok(config)
     }
+}
+
+/// A slot as [`Device::read_slot_bytes`] reads it.
+struct SlotBytes {
+    /// The checkpoint's header.
+    header: SlotHeader,
+    /// The checkpoint's payload (CRC checked).
+    payload: Vec<u8>,
+    /// The newest configuration's tail: the checkpoint's, or its last record's.
+    tail: log::Tail,
+    /// The log records after the checkpoint.
+    records: Vec<log::Record>,
 }
 
 /// Reads and validates a disk's label (the valid copy with the higher generation).
@@ -853,7 +920,7 @@ pub fn write_config(
 pub fn write_config_after(
     paths: &[PathBuf],
     config: &DiskGroupConfig,
-    before: Option<&DiskGroupConfig>,
+    before: Option<(&DiskGroupConfig, u64)>,
     txn_id: u64,
     deadline: Option<std::time::Instant>,
 ) -> Result<WriteReport, OnDiskError> {
@@ -865,15 +932,31 @@ pub fn write_config_after(
         reason,
     };
     let valid = match before {
-        Some(b) => config.validate_after(b, "a disk write"),
+        Some((b, _)) => config.validate_after(b, "a disk write"),
         None => config.validate(),
     };
     valid.map_err(|e| bad_config(e.to_string()))?;
     label::check_label_str("disk group id", &config.id).map_err(bad_config)?;
     label::check_label_str("owner id", &config.owner_id).map_err(bad_config)?;
-    let payload = encode_config(config);
+    // The change as a log record's payload, for the disks whose newest
+    // configuration is `before` as this transaction wrote it; the whole
+    // configuration only when a disk needs a checkpoint.
+    let change = before
+        .filter(|(b, _)| config.seq == b.seq + 1 && Lineage::of(b) == Lineage::of(config))
+        .map(|(b, b_txn)| Change {
+            seq: b.seq,
+            txn_id: b_txn,
+            payload: codec::encode_delta(config, &log::volume_runs(&b.volumes, &config.volumes)),
+        });
+    let full = std::sync::OnceLock::new();
+    let payload = Payload {
+        config,
+        change: change.as_ref(),
+        full: &full,
+    };
     let mut report = WriteReport {
         written: Vec::new(),
+        logged: Vec::new(),
         failed: Vec::new(),
         repaired: Vec::new(),
     };
@@ -885,9 +968,9 @@ pub fn write_config_after(
             let handles: Vec<_> = chunk
                 .iter()
                 .skip(1)
-                .map(|path| scope.spawn(|| write_one(path, config, &payload, txn_id, deadline)))
+                .map(|path| scope.spawn(|| write_one(path, &payload, txn_id, deadline)))
                 .collect();
-            let first = write_one(&chunk[0], config, &payload, txn_id, deadline);
+            let first = write_one(&chunk[0], &payload, txn_id, deadline);
             std::iter::once(first)
                 .chain(handles.into_iter().zip(&chunk[1..]).map(|(h, path)| {
                     h.join().unwrap_or_else(|_| {
@@ -903,6 +986,9 @@ pub fn write_config_after(
             match result {
                 Ok(w) => {
                     report.written.push((path.clone(), w.slot));
+                    if w.logged {
+                        report.logged.push(path.clone());
+                    }
                     for what in w.repaired {
                         report
                             .repaired
@@ -949,46 +1035,94 @@ pub fn write_config_after(
 /// What [`write_one`] did on one disk.
 struct Written {
     slot: usize,
+    /// The change went into the slot's log (not a checkpoint).
+    logged: bool,
     disk_id: String,
     /// Damaged copies replaced.
     repaired: Vec<String>,
 }
 
-/// One slot as [`Device::read_slot_lineage`] finds it: its status and, when valid,
-/// its header and lineage.
-type SlotRead = (SlotStatus, Option<(SlotHeader, Lineage)>);
+/// A change as a log record's payload, and the configuration it changes: `seq` as
+/// transaction `txn_id` wrote it.
+struct Change {
+    seq: u64,
+    txn_id: u64,
+    payload: Vec<u8>,
+}
 
-/// Writes `config` (encoded as `payload`) into the slot of the disk at `path` that
-/// does not hold its newest configuration, then the label's disk group fields when
-/// they differ or a label copy is damaged.
+/// What [`write_one`] writes: the configuration, the change when it can be logged,
+/// and the whole configuration's encoding, made once by the first disk that needs
+/// a checkpoint.
+struct Payload<'a> {
+    config: &'a DiskGroupConfig,
+    change: Option<&'a Change>,
+    full: &'a std::sync::OnceLock<Vec<u8>>,
+}
+
+impl Payload<'_> {
+    fn full(&self) -> &[u8] {
+        self.full.get_or_init(|| encode_config(self.config))
+    }
+}
+
+/// One slot as [`Device::read_slot_lineage`] finds it: its status and, when valid,
+/// its checkpoint's header, its lineage and its newest configuration's tail.
+type SlotRead = (SlotStatus, Option<(SlotHeader, Lineage, log::Tail)>);
+
+/// Writes `payload` to the disk at `path`: as a record appended to the log of the
+/// slot holding the disk's newest configuration when that is the configuration the
+/// change was made from and the log has room (docs/ONDISK.md, "Change log"), else
+/// as a checkpoint into the slot that does not hold it; then the label's disk
+/// group fields when they differ or a label copy is damaged.
 fn write_one(
     path: &Path,
-    config: &DiskGroupConfig,
-    payload: &[u8],
+    payload: &Payload<'_>,
     txn_id: u64,
     deadline: Option<std::time::Instant>,
 ) -> Result<Written, OnDiskError> {
+    let config = payload.config;
     let device = Device::open(path, true)?;
     let (mut label, label_intact) = device.read_label_copies()?;
-    check_label_takes(&device, &label, config, payload)?;
+    check_label_takes(&device, &label, config)?;
     let slots: Vec<SlotRead> = (0..2)
         .map(|i| device.read_slot_lineage(&label, i))
         .collect();
     check_no_newer_epoch(&device, &slots, config, txn_id)?;
-    let (target, statuses) = choose_slot(&device, slots, config, txn_id)?;
-    let header = SlotHeader {
-        seq: config.seq,
-        txn_id,
-        payload_len_bytes: payload.len() as u64,
-        payload_crc: crc32c::crc32c(payload),
-        slot_index: target as u32,
-        dg_id: config.id.clone(),
+    let logged = payload
+        .change
+        .zip(log_into(&slots, payload.change, &label, config, txn_id));
+    let (target, buf, what) = match &logged {
+        Some((change, (slot, tail))) => {
+            let slot = *slot;
+            let record = log::RecordHeader {
+                seq: config.seq,
+                txn_id,
+                payload_len_bytes: change.payload.len() as u64,
+                payload_crc: crc32c::crc32c(&change.payload),
+                slot_index: slot as u32,
+                link: tail.link,
+                number: tail.records + 1,
+                dg_id: config.id.clone(),
+            };
+            let buf = record
+                .encode_with(&change.payload)
+                .map_err(|reason| device.refused(reason))?;
+            let at = label.slot_offset_bytes(slot) + tail.end_bytes;
+            (
+                slot,
+                (at, buf),
+                format!("slot {slot} change log record {}", record.number),
+            )
+        }
+        None => {
+            let full = payload.full();
+            check_slot_takes(&device, &label, config, full)?;
+            let target = choose_slot(&device, &slots, config, txn_id)?;
+            let buf = checkpoint_bytes(&device, config, full, txn_id, target)?;
+            let at = label.slot_offset_bytes(target);
+            (target, (at, buf), format!("slot {target}"))
+        }
     };
-    let mut buf = header.encode().map_err(|reason| device.refused(reason))?;
-    buf.extend_from_slice(payload);
-    let padded = (buf.len() as u64).div_ceil(BLOCK_BYTES) * BLOCK_BYTES;
-    buf.resize(padded as usize, 0);
-    let what = format!("slot {target}");
     // The last moment to give up: a writer stalled (frozen) past its deadline may
     // no longer hold the authority it started the write under.
     if deadline.is_some_and(|d| std::time::Instant::now() > d) {
@@ -999,13 +1133,36 @@ fn write_one(
             crate::core::WRITE_DEADLINE
         )));
     }
-    device.write_at(label.slot_offset_bytes(target), &buf, &what)?;
+    device.write_at(buf.0, &buf.1, &what)?;
     device.sync(&what)?;
-    // Encoded from a configuration `write_config` validated.
-    remember_validated(SlotKey::of(&header), Lineage::of(config));
     let mut repaired = Vec::new();
-    if let Some(SlotStatus::Invalid { reason }) = statuses.get(target) {
-        repaired.push(format!("slot {target} ({reason})"));
+    if logged.is_none() {
+        // Encoded from a configuration `write_config` validated.
+        remember_validated(
+            SlotKey {
+                dg_id: config.id.clone(),
+                seq: config.seq,
+                txn_id,
+                len: payload.full().len() as u64,
+                crc: crc32c::crc32c(payload.full()),
+            },
+            Lineage::of(config),
+        );
+        if let (SlotStatus::Invalid { reason }, _) = &slots[target] {
+            repaired.push(format!("slot {target} ({reason})"));
+        }
+        // A plexd before the change log reads a version 1 slot and not this one:
+        // the other slot gets this checkpoint too, so such a plexd finds nothing it
+        // reads rather than an older configuration.
+        let other = 1 - target;
+        let legacy =
+            matches!(&slots[other], (_, Some((h, l, _))) if h.version < 2 && l.id == config.id);
+        if legacy {
+            let what = format!("slot {other}");
+            let buf = checkpoint_bytes(&device, config, payload.full(), txn_id, other)?;
+            device.write_at(label.slot_offset_bytes(other), &buf, &what)?;
+            device.sync(&what)?;
+        }
     }
     let wanted = Some(LabelDiskGroup {
         id: config.id.clone(),
@@ -1024,18 +1181,70 @@ fn write_one(
     }
     Ok(Written {
         slot: target,
+        logged: logged.is_some(),
         disk_id: label.disk_id.clone(),
         repaired,
     })
 }
 
-/// Refuses to write `config` (`payload` bytes) to a disk that is not one of its
-/// group's, belongs to another group, or whose slots are too small.
+/// The slot whose log takes `change` and that log's tail: the slot holding the
+/// disk's newest configuration, when that is the configuration the change was made
+/// from (its seq and transaction), it is a version 2 checkpoint's, and its log has
+/// room for the record (at most [`log::MAX_LOG_RECORDS`] records, in the slot, and
+/// no more bytes than the checkpoint or [`log::MIN_LOG_BUDGET_BYTES`]).
+fn log_into(
+    slots: &[SlotRead],
+    change: Option<&Change>,
+    label: &Label,
+    config: &DiskGroupConfig,
+    txn_id: u64,
+) -> Option<(usize, log::Tail)> {
+    let change = change?;
+    let (index, _, _) = newest_of_group(slots, config, txn_id)?;
+    let (header, lineage, tail) = slots[index].1.as_ref()?;
+    let len = log::record_len(change.payload.len() as u64);
+    let checkpoint_bytes = tail.end_bytes - tail.log_bytes;
+    let fits = header.version >= 2
+        && *lineage == Lineage::of(config)
+        && tail.seq == change.seq
+        && tail.txn_id == change.txn_id
+        && tail.records < log::MAX_LOG_RECORDS
+        && tail.end_bytes + len <= label.slot_len_bytes
+        && tail.log_bytes + len <= checkpoint_bytes.max(log::MIN_LOG_BUDGET_BYTES);
+    fits.then(|| (index, tail.clone()))
+}
+
+/// A checkpoint of `config` (`full`, its encoding) for slot `slot`: header, payload
+/// and zeros to the next block.
+fn checkpoint_bytes(
+    device: &Device,
+    config: &DiskGroupConfig,
+    full: &[u8],
+    txn_id: u64,
+    slot: usize,
+) -> Result<Vec<u8>, OnDiskError> {
+    let header = SlotHeader {
+        version: SLOT_VERSION,
+        seq: config.seq,
+        txn_id,
+        payload_len_bytes: full.len() as u64,
+        payload_crc: crc32c::crc32c(full),
+        slot_index: slot as u32,
+        dg_id: config.id.clone(),
+    };
+    let mut buf = header.encode().map_err(|reason| device.refused(reason))?;
+    buf.extend_from_slice(full);
+    let padded = (buf.len() as u64).div_ceil(BLOCK_BYTES) * BLOCK_BYTES;
+    buf.resize(padded as usize, 0);
+    Ok(buf)
+}
+
+/// Refuses to write `config` to a disk that is not one of its group's or belongs
+/// to another group.
 fn check_label_takes(
     device: &Device,
     label: &Label,
     config: &DiskGroupConfig,
-    payload: &[u8],
 ) -> Result<(), OnDiskError> {
     if !config.disks.iter().any(|d| d.id == label.disk_id) {
         return Err(device.refused(format!(
@@ -1049,6 +1258,16 @@ fn check_label_takes(
             label.disk_name, g.name, g.id, config.name
         )));
     }
+    Ok(())
+}
+
+/// Refuses a checkpoint of `config` (`payload` bytes) the disk's slots cannot hold.
+fn check_slot_takes(
+    device: &Device,
+    label: &Label,
+    config: &DiskGroupConfig,
+    payload: &[u8],
+) -> Result<(), OnDiskError> {
     if payload.len() as u64 > label.max_payload_bytes() {
         return Err(device.refused(format!(
             "configuration of disk group {} is {} bytes, a slot holds {}",
@@ -1069,11 +1288,11 @@ fn check_no_newer_epoch(
     txn_id: u64,
 ) -> Result<(), OnDiskError> {
     let lineage = Lineage::of(config);
-    if let Some((header, _)) = slots
+    if let Some((_, _, header)) = slots
         .iter()
         .filter_map(|(_, found)| found.as_ref())
-        .filter(|(h, l)| l.same(&lineage) && txn_epoch(h.txn_id) > txn_epoch(txn_id))
-        .max_by_key(|(h, _)| (txn_epoch(h.txn_id), h.seq))
+        .filter(|(_, l, t)| l.same(&lineage) && txn_epoch(t.txn_id) > txn_epoch(txn_id))
+        .max_by_key(|(_, _, t)| (txn_epoch(t.txn_id), t.seq))
     {
         return Err(device.refused(format!(
             "holds configuration seq {} of disk group {} written in epoch {} by a master of a {} than this write's epoch {}",
@@ -1087,55 +1306,49 @@ fn check_no_newer_epoch(
     Ok(())
 }
 
-/// The slot to write `config` of transaction `txn_id` into: the one not holding
-/// the group's newest configuration. Refused when that is newer than `config`, or
-/// of its seq from another transaction. Returns the slot and every slot's status.
-fn choose_slot(
-    device: &Device,
-    slots: Vec<SlotRead>,
+/// The slot holding the group's newest configuration on this disk (index, seq,
+/// transaction), not counting a slot a write of `config` by transaction `txn_id`
+/// supersedes (a replaced master's stale lineage, see [`supersedes`]): that is no
+/// configuration to keep or to be refused by. Slot 0 on a tie.
+fn newest_of_group(
+    slots: &[SlotRead],
     config: &DiskGroupConfig,
     txn_id: u64,
-) -> Result<(usize, Vec<SlotStatus>), OnDiskError> {
-    // A slot this write supersedes (a replaced master's stale lineage, see
-    // [`supersedes`]) is no configuration to keep or to be refused by.
+) -> Option<(usize, u64, u64)> {
     let lineage = Lineage::of(config);
-    let superseded: Vec<bool> = slots
-        .iter()
-        .map(|(_, found)| {
-            found.as_ref().is_some_and(|(h, l)| {
-                l.same(&lineage) && supersedes((txn_id, config.seq), (h.txn_id, h.seq))
-            })
-        })
-        .collect();
-    let statuses: Vec<SlotStatus> = slots.into_iter().map(|(status, _)| status).collect();
-    let newest = statuses
+    slots
         .iter()
         .enumerate()
-        .filter(|(i, _)| !superseded[*i])
-        .filter_map(|(i, status)| match status {
-            SlotStatus::Valid { seq, txn_id, dg_id } if *dg_id == config.id => {
-                Some((i, *seq, *txn_id))
-            }
-            _ => None,
+        .filter_map(|(i, (_, found))| {
+            let (h, l, t) = found.as_ref()?;
+            let superseded =
+                l.same(&lineage) && supersedes((txn_id, config.seq), (t.txn_id, t.seq));
+            (h.dg_id == config.id && !superseded).then_some((i, t.seq, t.txn_id))
         })
-        .max_by_key(|(i, seq, _)| (*seq, std::cmp::Reverse(*i)));
-    let target = match newest {
-        None => 0,
-        Some((_, seq, _)) if seq > config.seq => {
-            return Err(device.refused(format!(
-                "holds configuration seq {seq} of disk group {}, newer than seq {} being written",
-                config.name, config.seq
-            )));
-        }
-        Some((_, seq, txn)) if seq == config.seq && txn != txn_id => {
-            return Err(device.refused(format!(
-                "holds configuration seq {seq} of disk group {} from transaction {txn}, not {txn_id}",
-                config.name
-            )));
-        }
-        Some((i, _, _)) => 1 - i,
-    };
-    Ok((target, statuses))
+        .max_by_key(|(i, seq, _)| (*seq, std::cmp::Reverse(*i)))
+}
+
+/// The slot to write a checkpoint of `config` of transaction `txn_id` into: the
+/// one not holding the group's newest configuration. Refused when that is newer
+/// than `config`, or of its seq from another transaction.
+fn choose_slot(
+    device: &Device,
+    slots: &[SlotRead],
+    config: &DiskGroupConfig,
+    txn_id: u64,
+) -> Result<usize, OnDiskError> {
+    match newest_of_group(slots, config, txn_id) {
+        None => Ok(0),
+        Some((_, seq, _)) if seq > config.seq => Err(device.refused(format!(
+            "holds configuration seq {seq} of disk group {}, newer than seq {} being written",
+            config.name, config.seq
+        ))),
+        Some((_, seq, txn)) if seq == config.seq && txn != txn_id => Err(device.refused(format!(
+            "holds configuration seq {seq} of disk group {} from transaction {txn}, not {txn_id}",
+            config.name
+        ))),
+        Some((i, _, _)) => Ok(1 - i),
+    }
 }
 
 /// Reads the disk group configuration from its disks: the newest valid slot across all
@@ -1166,9 +1379,9 @@ pub fn read_config_of(paths: &[PathBuf], dg_id: Option<&str>) -> Result<ConfigRe
             Ok((device, label)) => {
                 for index in 0..2 {
                     let (status, found) = device.read_slot(&label, index);
-                    if let Some((header, config)) = found {
-                        if dg_id.is_none_or_eq(&header.dg_id) {
-                            candidates.push((header.seq, header.txn_id, config, reports.len()));
+                    if let Some((tail, config)) = found {
+                        if dg_id.is_none_or_eq(&config.id) {
+                            candidates.push((tail.seq, tail.txn_id, config, reports.len()));
                         }
                     }
                     report.slots.push(status);

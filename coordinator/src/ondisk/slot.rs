@@ -6,17 +6,26 @@ use super::layout::BLOCK_BYTES;
 
 /// Magic at the start of a slot header.
 pub const SLOT_MAGIC: &[u8; 8] = b"PLEXDCFG";
-/// The slot header version this code writes and the newest it reads.
-pub const SLOT_VERSION: u32 = 1;
+/// The slot header version this code writes and the newest it reads. Version 2: a
+/// change log may follow the payload (docs/ONDISK.md, "Change log"); version 1
+/// (plexd before the log) has none.
+pub const SLOT_VERSION: u32 = 2;
 /// Payload encoding 1: one Cap'n Proto message, root `DiskGroupConfig` of
 /// `schema/ondisk.capnp`, standard framing, unpacked.
 pub const ENCODING_CAPNP: u32 = 1;
 /// The header's own CRC32C covers bytes `0..HEADER_CRC_OFFSET`.
 const HEADER_CRC_OFFSET: usize = 508;
 
+/// The stored CRC of an encoded header block: the first change log record's link.
+pub fn header_link(block: &[u8]) -> u32 {
+    get_u32(block, HEADER_CRC_OFFSET)
+}
+
 /// A decoded slot header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SlotHeader {
+    /// Slot format version (1: no change log follows the payload).
+    pub version: u32,
     /// Configuration sequence number (equals the payload's `seq`).
     pub seq: u64,
     /// Transaction that wrote it.
@@ -44,9 +53,12 @@ impl SlotHeader {
     /// Encodes the header into one block.
     pub fn encode(&self) -> Result<Vec<u8>, String> {
         check_label_str("disk group id", &self.dg_id)?;
+        if self.version == 0 || self.version > SLOT_VERSION {
+            return Err(format!("slot format version {}", self.version));
+        }
         let mut b = vec![0u8; BLOCK_BYTES as usize];
         b[0..8].copy_from_slice(SLOT_MAGIC);
-        b[8..12].copy_from_slice(&SLOT_VERSION.to_le_bytes());
+        b[8..12].copy_from_slice(&self.version.to_le_bytes());
         b[12..16].copy_from_slice(&ENCODING_CAPNP.to_le_bytes());
         b[16..24].copy_from_slice(&self.seq.to_le_bytes());
         b[24..32].copy_from_slice(&self.txn_id.to_le_bytes());
@@ -95,6 +107,7 @@ impl SlotHeader {
             return invalid(format!("unknown payload encoding {encoding}"));
         }
         let header = SlotHeader {
+            version,
             seq: get_u64(block, 16),
             txn_id: get_u64(block, 24),
             payload_len_bytes: get_u64(block, 32),
@@ -128,6 +141,7 @@ mod tests {
 
     fn sample() -> SlotHeader {
         SlotHeader {
+            version: SLOT_VERSION,
             seq: 42,
             txn_id: 7,
             payload_len_bytes: 1000,

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rand::{Rng, SeedableRng};
 
 use super::*;
-use crate::model::{apply, Change, ClusterConfig, VolumeLayout};
+use crate::model::{apply, Change, ClusterConfig, DetachPolicy, VolumeLayout};
 
 const DISK_BYTES: u64 = 64 << 20;
 
@@ -515,6 +515,9 @@ fn random_damage_to_the_private_region_never_panics() {
     let c2 = next(&c1, "v2");
     write_config(&paths, &c1.disk_groups[0], 1, None).unwrap();
     write_config(&paths, &c2.disk_groups[0], 2, None).unwrap();
+    // And a change log record after c2's checkpoint.
+    let c3 = next(&c2, "v3");
+    assert_eq!(write_change(&paths, &c2, 2, &c3, 3).logged.len(), 2);
     let private = DEFAULT_PRIVATE_REGION_BYTES as usize;
     let pristine: Vec<Vec<u8>> = paths
         .iter()
@@ -533,10 +536,12 @@ fn random_damage_to_the_private_region_never_panics() {
         }
         for _ in 0..rng.gen_range(1..8) {
             let p = &paths[rng.gen_range(0..paths.len())];
-            let offset = match rng.gen_range(0..4) {
+            let offset = match rng.gen_range(0..5) {
                 0 => rng.gen_range(0..2 * BLOCK_BYTES),
                 1 => slots[0] + rng.gen_range(0..2 * BLOCK_BYTES),
                 2 => slots[1] + rng.gen_range(0..2 * BLOCK_BYTES),
+                // The record after a checkpoint of at most two blocks.
+                3 => slots[rng.gen_range(0..2)] + rng.gen_range(2 * BLOCK_BYTES..4 * BLOCK_BYTES),
                 _ => rng.gen_range(0..private as u64 - 64),
             };
             let len = rng.gen_range(1..64);
@@ -544,9 +549,13 @@ fn random_damage_to_the_private_region_never_panics() {
             corrupt(p, offset, &junk);
         }
         match read_config(&paths) {
-            Ok(read) if read.config == c2.disk_groups[0] => newest += 1,
+            Ok(read) if read.config == c3.disk_groups[0] => newest += 1,
             Ok(read) => {
-                assert_eq!(read.config, c1.disk_groups[0]);
+                assert!(
+                    read.config == c2.disk_groups[0] || read.config == c1.disk_groups[0],
+                    "seq {}",
+                    read.seq
+                );
                 older += 1;
             }
             Err(e) => {
@@ -691,7 +700,7 @@ fn a_write_after_the_last_one_validates_the_change_and_refuses_a_broken_one() {
     write_config(&paths, g1, 1, None).unwrap();
     let c2 = next(&c1, "vol2");
     let g2 = &c2.disk_groups[0];
-    assert!(write_config_after(&paths, g2, Some(g1), 2, None)
+    assert!(write_config_after(&paths, g2, Some((g1, 1)), 2, None)
         .unwrap()
         .all_ok());
     assert_eq!(read_config(&paths).unwrap().seq, g2.seq);
@@ -704,7 +713,316 @@ fn a_write_after_the_last_one_validates_the_change_and_refuses_a_broken_one() {
     let sd = &mut bad.volume_mut(at).plexes[0].subdisks[0];
     sd.disk = vol1.disk;
     sd.disk_offset_bytes = vol1.disk_offset_bytes;
-    let err = write_config_after(&paths, &bad, Some(g2), 3, None).unwrap_err();
+    let err = write_config_after(&paths, &bad, Some((g2, 2)), 3, None).unwrap_err();
     assert!(matches!(err, OnDiskError::BadConfig { .. }), "{err}");
     assert_eq!(read_config(&paths).unwrap().seq, g2.seq);
+}
+
+/// The change that makes round `i` of the change log tests: a mix of creates,
+/// grows, removes and a group setting, so records keep, replace, drop and add
+/// volumes.
+fn log_change(c: &ClusterConfig, i: u64, rng: &mut rand::rngs::StdRng) -> ClusterConfig {
+    let g = &c.disk_groups[0];
+    let names: Vec<String> = g.volumes.iter().map(|v| v.name.clone()).collect();
+    let pick = |rng: &mut rand::rngs::StdRng| names[rng.gen_range(0..names.len())].clone();
+    let change = match rng.gen_range(0..6) {
+        0 | 1 => Change::VolCreate {
+            dg: "dg1".into(),
+            volume: format!("lv{i}"),
+            size_bytes: 1 << 20,
+            layout: VolumeLayout::Concat,
+            log: Default::default(),
+        },
+        2 | 3 => {
+            let volume = pick(rng);
+            let size = g.volume(&volume).unwrap().size_bytes;
+            Change::VolGrow {
+                dg: "dg1".into(),
+                volume,
+                new_size_bytes: size + 4096,
+            }
+        }
+        4 if names.len() > 2 => Change::VolRm {
+            dg: "dg1".into(),
+            volume: pick(rng),
+        },
+        _ => Change::DgSetDetachPolicy {
+            dg: "dg1".into(),
+            policy: if i % 2 == 0 {
+                DetachPolicy::Local
+            } else {
+                DetachPolicy::Global
+            },
+        },
+    };
+    c.apply(&change).unwrap()
+}
+
+/// Writes `after` as the change of `before` (written by transaction `before_txn`).
+fn write_change(
+    paths: &[PathBuf],
+    before: &ClusterConfig,
+    before_txn: u64,
+    after: &ClusterConfig,
+    txn: u64,
+) -> WriteReport {
+    write_config_after(
+        paths,
+        &after.disk_groups[0],
+        Some((&before.disk_groups[0], before_txn)),
+        txn,
+        None,
+    )
+    .unwrap()
+}
+
+#[test]
+fn small_changes_go_to_the_change_log_and_read_back_until_a_checkpoint() {
+    let dir = TempDir::new();
+    let (paths, mut c) = group(&dir, 2);
+    write_config(&paths, &c.disk_groups[0], 1, None).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x109);
+    let (mut logged, mut checkpoints, mut slot) = (0, 0, 0);
+    for i in 2..200u64 {
+        let after = log_change(&c, i, &mut rng);
+        let report = write_change(&paths, &c, i - 1, &after, i);
+        assert!(report.all_ok());
+        let used = report.written[0].1;
+        if report.logged.len() == paths.len() {
+            // A record goes into the slot holding the newest configuration.
+            assert_eq!(used, slot, "round {i}");
+            logged += 1;
+        } else {
+            assert!(report.logged.is_empty(), "round {i}: {:?}", report.logged);
+            assert_ne!(used, slot, "round {i}: a checkpoint goes to the other slot");
+            checkpoints += 1;
+        }
+        slot = used;
+        let read = read_config(&paths).unwrap();
+        assert_eq!(read.config, after.disk_groups[0], "round {i}");
+        assert_eq!((read.seq, read.txn_id), (after.disk_groups[0].seq, i));
+        assert!(read.disks.iter().all(|d| d.current));
+        c = after;
+    }
+    // The log holds at most MAX_LOG_RECORDS records (or its byte budget) between
+    // checkpoints.
+    assert!(
+        logged > 150 && checkpoints >= 3,
+        "logged {logged}, checkpoints {checkpoints}"
+    );
+}
+
+#[test]
+fn a_torn_record_ends_the_log_and_the_next_write_is_a_checkpoint() {
+    let dir = TempDir::new();
+    let (paths, c1) = group(&dir, 2);
+    write_config(&paths, &c1.disk_groups[0], 1, None).unwrap();
+    let c2 = next(&c1, "v2");
+    let c3 = next(&c2, "v3");
+    assert_eq!(write_change(&paths, &c1, 1, &c2, 2).logged.len(), 2);
+    let report = write_change(&paths, &c2, 2, &c3, 3);
+    assert_eq!(report.logged.len(), 2);
+    // Tear the second record on both disks: its payload's last bytes (the record
+    // after the checkpoint and the first record).
+    let slot = report.written[0].1;
+    for p in &paths {
+        let label = read_label(p).unwrap();
+        let checkpoint = read_config(&[p.clone()]).unwrap();
+        assert_eq!(checkpoint.seq, c3.disk_groups[0].seq);
+        let mut header = vec![0u8; 4096];
+        File::open(p)
+            .unwrap()
+            .read_exact_at(&mut header, label.slot_offset_bytes(slot))
+            .unwrap();
+        let payload_len = u64::from_le_bytes(header[32..40].try_into().unwrap());
+        let first = BLOCK_BYTES + payload_len.div_ceil(BLOCK_BYTES) * BLOCK_BYTES;
+        let mut rec = vec![0u8; 256];
+        File::open(p)
+            .unwrap()
+            .read_exact_at(&mut rec, label.slot_offset_bytes(slot) + first)
+            .unwrap();
+        let first_len = log::record_len(u64::from_le_bytes(rec[32..40].try_into().unwrap()));
+        let second = label.slot_offset_bytes(slot) + first + first_len;
+        corrupt(p, second + log::RECORD_HEADER_BYTES + 8, &[0xa5; 16]);
+    }
+    let read = read_config(&paths).unwrap();
+    assert_eq!(
+        read.config, c2.disk_groups[0],
+        "the torn record's change is lost, no more"
+    );
+    // The writer's memory says seq 3 of txn 3, the disks hold seq 2: the next change
+    // is not chained to a record that is not there.
+    let c4 = next(&c3, "v4");
+    let report = write_change(&paths, &c3, 3, &c4, 4);
+    assert!(report.logged.is_empty(), "{:?}", report.logged);
+    assert!(report.written.iter().all(|(_, s)| *s != slot));
+    assert_eq!(read_config(&paths).unwrap().config, c4.disk_groups[0]);
+    // And the log goes on from that checkpoint.
+    let c5 = next(&c4, "v5");
+    assert_eq!(write_change(&paths, &c4, 4, &c5, 5).logged.len(), 2);
+    assert_eq!(read_config(&paths).unwrap().config, c5.disk_groups[0]);
+}
+
+#[test]
+fn records_left_by_an_earlier_use_of_the_slot_do_not_extend_a_new_checkpoint() {
+    let dir = TempDir::new();
+    let (paths, mut c) = group(&dir, 1);
+    write_config(&paths, &c.disk_groups[0], 1, None).unwrap();
+    // Slot 1: a checkpoint and records; then slot 0 a checkpoint; then slot 1 a
+    // checkpoint again, over which the old records lie.
+    let mut txn = 1;
+    let mut history = vec![c.clone()];
+    for round in 0..3 {
+        let after = next(&c, &format!("r{round}"));
+        txn += 1;
+        // A write without the change: a checkpoint.
+        write_config(&paths, &after.disk_groups[0], txn, None).unwrap();
+        c = after;
+        for k in 0..3 {
+            let after = next(&c, &format!("r{round}k{k}"));
+            let r = write_change(&paths, &c, txn, &after, txn + 1);
+            assert_eq!(r.logged.len(), 1);
+            txn += 1;
+            c = after;
+            history.push(c.clone());
+        }
+    }
+    assert_eq!(read_config(&paths).unwrap().config, c.disk_groups[0]);
+    // A checkpoint of an older configuration into the slot holding the newest log
+    // (as a new master rewriting from scratch would not, but bytes can): the old
+    // records behind it are not its log.
+    let label = read_label(&paths[0]).unwrap();
+    let slot_bytes = |i: usize| {
+        let mut b = vec![0u8; 64 << 10];
+        File::open(&paths[0])
+            .unwrap()
+            .read_exact_at(&mut b, label.slot_offset_bytes(i))
+            .unwrap();
+        b
+    };
+    let newest = read_config(&paths).unwrap();
+    let holding = (0..2)
+        .find(|i| matches!(&newest.disks[0].slots[*i], SlotStatus::Valid { seq, .. } if *seq == newest.seq))
+        .unwrap();
+    let before = slot_bytes(holding);
+    // Rewrite only that slot's checkpoint block(s) with the same checkpoint bytes
+    // the other slot would hold, leaving the records behind it.
+    let other = 1 - holding;
+    let other_bytes = slot_bytes(other);
+    let mut header = other_bytes[..4096].to_vec();
+    header[44..48].copy_from_slice(&(holding as u32).to_le_bytes());
+    let crc = crc32c::crc32c(&header[..508]);
+    header[508..512].copy_from_slice(&crc.to_le_bytes());
+    let len = u64::from_le_bytes(header[32..40].try_into().unwrap());
+    let padded = (4096 + len.div_ceil(4096) * 4096) as usize;
+    let mut image = header;
+    image.extend_from_slice(&other_bytes[4096..padded]);
+    assert_ne!(&before[..padded], &image[..]);
+    corrupt(&paths[0], label.slot_offset_bytes(holding), &image);
+    let read = read_config(&paths).unwrap();
+    let other_seq = u64::from_le_bytes(other_bytes[16..24].try_into().unwrap());
+    assert!(read.seq < newest.seq);
+    assert!(
+        history
+            .iter()
+            .any(|h| h.disk_groups[0] == read.config && read.seq >= other_seq),
+        "read seq {} is a configuration that was written",
+        read.seq
+    );
+}
+
+#[test]
+fn a_linked_record_this_plexd_cannot_read_makes_its_slot_invalid() {
+    let dir = TempDir::new();
+    let (paths, c1) = group(&dir, 1);
+    write_config(&paths, &c1.disk_groups[0], 1, None).unwrap();
+    let c2 = next(&c1, "v2");
+    let slot = write_change(&paths, &c1, 1, &c2, 2).written[0].1;
+    let label = read_label(&paths[0]).unwrap();
+    let mut block = vec![0u8; 4096];
+    let f = File::open(&paths[0]).unwrap();
+    f.read_exact_at(&mut block, label.slot_offset_bytes(slot))
+        .unwrap();
+    let len = u64::from_le_bytes(block[32..40].try_into().unwrap());
+    let at = label.slot_offset_bytes(slot) + 4096 + len.div_ceil(4096) * 4096;
+    let mut rec = vec![0u8; 256];
+    f.read_exact_at(&mut rec, at).unwrap();
+    // A newer record format, its header CRC right: refused, never skipped.
+    rec[8..12].copy_from_slice(&9u32.to_le_bytes());
+    let crc = crc32c::crc32c(&rec[..252]);
+    rec[252..256].copy_from_slice(&crc.to_le_bytes());
+    corrupt(&paths[0], at, &rec);
+    // The slot is invalid as a whole (not read as its checkpoint alone, an older
+    // configuration); this disk's other slot was never written.
+    let err = read_config(&paths).unwrap_err().to_string();
+    assert!(
+        err.contains(&format!(
+            "slot {slot} invalid (checkpoint seq {}: change log record 1: format version 9",
+            c1.disk_groups[0].seq
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_disk_written_before_the_change_log_gets_version_2_in_both_slots() {
+    let dir = TempDir::new();
+    let (paths, c1) = group(&dir, 1);
+    write_config(&paths, &c1.disk_groups[0], 1, None).unwrap();
+    // Make slot 0 a version 1 checkpoint (an older plexd's), header CRC right.
+    let label = read_label(&paths[0]).unwrap();
+    let at = label.slot_offset_bytes(0);
+    let mut header = vec![0u8; 4096];
+    File::open(&paths[0])
+        .unwrap()
+        .read_exact_at(&mut header, at)
+        .unwrap();
+    header[8..12].copy_from_slice(&1u32.to_le_bytes());
+    let crc = crc32c::crc32c(&header[..508]);
+    header[508..512].copy_from_slice(&crc.to_le_bytes());
+    corrupt(&paths[0], at, &header);
+    assert_eq!(read_config(&paths).unwrap().config, c1.disk_groups[0]);
+    // No record goes after a version 1 checkpoint: an older plexd would not see it.
+    let c2 = next(&c1, "v2");
+    let report = write_change(&paths, &c1, 1, &c2, 2);
+    assert!(report.logged.is_empty());
+    assert_eq!(report.written[0].1, 1);
+    // Both slots now hold version 2 checkpoints of seq 2: an older plexd reads none
+    // of them rather than the older configuration.
+    for i in 0..2 {
+        let mut h = vec![0u8; 4096];
+        File::open(&paths[0])
+            .unwrap()
+            .read_exact_at(&mut h, label.slot_offset_bytes(i))
+            .unwrap();
+        let decoded = SlotHeader::decode(&h, i as u32, label.max_payload_bytes()).unwrap();
+        assert_eq!(
+            (decoded.version, decoded.seq),
+            (2, c2.disk_groups[0].seq),
+            "slot {i}"
+        );
+    }
+    let c3 = next(&c2, "v3");
+    assert_eq!(write_change(&paths, &c2, 2, &c3, 3).logged.len(), 1);
+    assert_eq!(read_config(&paths).unwrap().config, c3.disk_groups[0]);
+}
+
+#[test]
+fn a_change_not_made_from_the_disks_newest_configuration_is_a_checkpoint() {
+    let dir = TempDir::new();
+    let (paths, c1) = group(&dir, 2);
+    write_config(&paths, &c1.disk_groups[0], 1, None).unwrap();
+    let c2 = next(&c1, "v2");
+    // Another transaction wrote this seq: the change's base is not the disks'.
+    let r = write_change(&paths, &c1, 99, &c2, 2);
+    assert!(r.logged.is_empty());
+    assert_eq!(read_config(&paths).unwrap().config, c2.disk_groups[0]);
+    // A change of the lineage (owner) is a checkpoint too.
+    let mut c3 = c2.clone();
+    let g = &mut c3.disk_groups[0];
+    g.seq += 1;
+    g.owner_id = "cluster-2".into();
+    let r = write_change(&paths, &c2, 2, &c3, 3);
+    assert!(r.logged.is_empty());
+    assert_eq!(read_config(&paths).unwrap().config, c3.disk_groups[0]);
 }
