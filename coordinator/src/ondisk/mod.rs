@@ -9,13 +9,17 @@
 //!
 //! - The label says what the disk is (id, media name, geometry) and which disk group
 //!   holds it. Two copies; the valid one with the higher generation wins.
-//! - The two slots hold the disk group's whole configuration, written alternately:
-//!   a write goes to the slot that does not hold this disk's newest configuration,
-//!   then `fdatasync`. A torn write can only damage the slot being written.
-//! - Reading: the newest valid slot (highest sequence number) across all given disks is
-//!   the configuration. A slot is valid when its header magic, version, CRC, slot
-//!   index and length are right, the payload CRC matches, the payload decodes and the
-//!   decoded configuration passes [`DiskGroupConfig::validate`].
+//! - Each slot holds a checkpoint (the disk group's whole configuration) and a change
+//!   log after it ([`log`]). A small change appends a record to the log of the slot
+//!   holding this disk's newest configuration, when that is the configuration the
+//!   change was made from; otherwise the whole configuration goes to the slot that
+//!   does not hold it (the slots alternate), then `fdatasync`. A torn write can only
+//!   damage the record or the slot being written.
+//! - Reading: the newest valid slot (highest sequence number, its log replayed) across
+//!   all given disks is the configuration. A slot is valid when its header magic,
+//!   version, CRC, slot index and length are right, the payload CRC matches, the
+//!   payload decodes, its log replays and the configuration passes
+//!   [`DiskGroupConfig::validate`].
 //!
 //! Nothing here panics on disk content: every problem is a typed [`OnDiskError`] or a
 //! per-slot [`SlotStatus::Invalid`] with the reason. Byte layouts: docs/ONDISK.md.
