@@ -1026,3 +1026,56 @@ fn a_change_not_made_from_the_disks_newest_configuration_is_a_checkpoint() {
     assert!(r.logged.is_empty());
     assert_eq!(read_config(&paths).unwrap().config, c3.disk_groups[0]);
 }
+
+#[test]
+fn a_replaced_master_cannot_append_after_a_newer_masters_write() {
+    let dir = TempDir::new();
+    let (paths, c1) = group(&dir, 2);
+    write_config(&paths, &c1.disk_groups[0], txn(3, 1), None).unwrap();
+    // The master of epoch 3 logs seq 2.
+    let old2 = next(&c1, "old2");
+    assert_eq!(
+        write_change(&paths, &c1, txn(3, 1), &old2, txn(3, 2))
+            .logged
+            .len(),
+        2
+    );
+    // A new master (epoch 5), which never wrote this group, commits its own seq 2
+    // from seq 1 (the old master's seq 2 was never committed): a checkpoint.
+    let new2 = next(&c1, "new2");
+    let r = write_config_after(
+        &paths,
+        &new2.disk_groups[0],
+        Some((&c1.disk_groups[0], txn(3, 1))),
+        txn(5, 1),
+        None,
+    )
+    .unwrap();
+    assert!(r.logged.is_empty());
+    // The replaced master, frozen meanwhile, goes on from its seq 2: its record
+    // would chain to its own log, but the disks hold a newer epoch's configuration.
+    let old3 = next(&old2, "old3");
+    let err = write_config_after(
+        &paths,
+        &old3.disk_groups[0],
+        Some((&old2.disk_groups[0], txn(3, 2))),
+        txn(3, 3),
+        None,
+    )
+    .unwrap_err();
+    assert!(matches!(err, OnDiskError::NewerEpoch { .. }), "{err}");
+    let read = read_config(&paths).unwrap();
+    assert_eq!(
+        (read.config.clone(), read.txn_id),
+        (new2.disk_groups[0].clone(), txn(5, 1))
+    );
+    // The new master's next change is logged after its own checkpoint.
+    let new3 = next(&new2, "new3");
+    assert_eq!(
+        write_change(&paths, &new2, txn(5, 1), &new3, txn(5, 2))
+            .logged
+            .len(),
+        2
+    );
+    assert_eq!(read_config(&paths).unwrap().config, new3.disk_groups[0]);
+}
