@@ -221,9 +221,10 @@ interface Ctl {
   clusterStatus @1 () -> (status :ClusterStatus, error :Text, failure :CtlError);
   # The configuration (`config`). `dg` empty = every disk group. `json` and `text`
   # are the same rendered as plexctl's --json document and text tree, for a plexctl
-  # older than `config`; a client renders `config` itself (they will go).
-  print @2 (dg :Text) -> (json :Text, text :Text, error :Text, failure :CtlError,
-                          config :PrintedConfig);
+  # older than `config`, left empty when `configOnly` is set: a client that renders
+  # `config` itself sets it (they will go).
+  print @2 (dg :Text, configOnly :Bool) -> (json :Text, text :Text, error :Text,
+                                            failure :CtlError, config :PrintedConfig);
   # Writes a label (`disk init`). `name` empty = the file name without extension.
   diskInit @3 (path :Text, name :Text, force :Bool) -> (disk :DiskInfo, error :Text, failure :CtlError);
   diskList @4 () -> (disks :List(DiskInfo), error :Text, failure :CtlError);

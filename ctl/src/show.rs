@@ -8,9 +8,20 @@ use crate::connect::{check, rpc, text};
 use crate::failure::{CtlFailure, Failure};
 use plexd_proto::size::format_size_short as format_size;
 
-pub(crate) async fn print_json(client: &ctl::Client, dg: &str) -> Result<(Value, String), Failure> {
+pub(crate) async fn print_json(client: &ctl::Client, dg: &str) -> Result<Value, Failure> {
+    printed(client, dg, plexd_proto::print::json).await
+}
+
+/// The node's configuration (`print`), rendered by `render` (the JSON document or
+/// the text tree). The node sends only the structs (`configOnly`).
+async fn printed<T>(
+    client: &ctl::Client,
+    dg: &str,
+    render: impl FnOnce(c::printed_config::Reader<'_>) -> capnp::Result<T>,
+) -> Result<T, Failure> {
     let mut req = client.print_request();
     req.get().set_dg(dg);
+    req.get().set_config_only(true);
     let resp = req.send().promise.await.map_err(rpc)?;
     let r = resp.get().map_err(rpc)?;
     check(r.get_error(), r.has_failure().then(|| r.get_failure()))?;
@@ -21,12 +32,7 @@ pub(crate) async fn print_json(client: &ctl::Client, dg: &str) -> Result<(Value,
         )));
     }
     let config = r.get_config().map_err(rpc)?;
-    let malformed = |e: capnp::Error| format!("malformed print answer: {e}");
-    let json = plexd_proto::print::json(config).map_err(malformed)?;
-    Ok((
-        json,
-        plexd_proto::print::text_tree(config).map_err(malformed)?,
-    ))
+    render(config).map_err(|e| Failure::from(format!("malformed print answer: {e}")))
 }
 
 pub(crate) async fn status(client: &ctl::Client) -> Result<Value, Failure> {
@@ -161,7 +167,7 @@ pub(crate) async fn disk_list(client: &ctl::Client, json_out: bool) -> Result<St
 
 /// `dg list`: disk groups, failed ones included.
 pub(crate) async fn dg_list(client: &ctl::Client, json_out: bool) -> Result<String, Failure> {
-    let (v, _) = print_json(client, "").await?;
+    let v = print_json(client, "").await?;
     let groups: Vec<Value> = v["disk_groups"]
         .as_array()
         .cloned()
@@ -353,7 +359,7 @@ pub(crate) async fn vol_list(
     json_out: bool,
     dg: Option<String>,
 ) -> Result<String, Failure> {
-    let (v, _) = print_json(client, dg.as_deref().unwrap_or("")).await?;
+    let v = print_json(client, dg.as_deref().unwrap_or("")).await?;
     let mut vols = Vec::new();
     for g in v["disk_groups"].as_array().cloned().unwrap_or_default() {
         for vol in g["volumes"].as_array().cloned().unwrap_or_default() {
@@ -411,11 +417,14 @@ pub(crate) async fn print(
     json_out: bool,
     dg: Option<String>,
 ) -> Result<String, Failure> {
-    let (v, t) = print_json(client, dg.as_deref().unwrap_or("")).await?;
+    let dg = dg.as_deref().unwrap_or("");
     Ok(if json_out {
-        pretty_json(&v)
+        pretty_json(&print_json(client, dg).await?)
     } else {
-        t.trim_end().to_string()
+        printed(client, dg, plexd_proto::print::text_tree)
+            .await?
+            .trim_end()
+            .to_string()
     })
 }
 

@@ -785,6 +785,7 @@ impl ctl::Server for NodeServer {
         mut results: ctl::PrintResults,
     ) -> Result<(), capnp::Error> {
         let dg = text(params.get()?.get_dg())?;
+        let config_only = params.get()?.get_config_only();
         let object = if dg.is_empty() {
             String::new()
         } else {
@@ -795,10 +796,12 @@ impl ctl::Server for NodeServer {
                 let mut r = results.get();
                 let mut config = r.reborrow().init_config();
                 super::print::write(&groups, &failed, config.reborrow());
-                // The renderings for a plexctl older than `config`.
-                let (json, text) = super::print::render(config.into_reader())?;
-                r.set_json(json.as_str());
-                r.set_text(text.as_str());
+                if !config_only {
+                    // The renderings for a plexctl older than `config`.
+                    let (json, text) = super::print::render(config.into_reader())?;
+                    r.set_json(json.as_str());
+                    r.set_text(text.as_str());
+                }
             }
             other => answer_failure!(self, results, other, &object),
         }

@@ -748,7 +748,7 @@ fn log_change(c: &ClusterConfig, i: u64, rng: &mut rand::rngs::StdRng) -> Cluste
         },
         _ => Change::DgSetDetachPolicy {
             dg: "dg1".into(),
-            policy: if i % 2 == 0 {
+            policy: if i.is_multiple_of(2) {
                 DetachPolicy::Local
             } else {
                 DetachPolicy::Global
@@ -827,7 +827,7 @@ fn a_torn_record_ends_the_log_and_the_next_write_is_a_checkpoint() {
     let slot = report.written[0].1;
     for p in &paths {
         let label = read_label(p).unwrap();
-        let checkpoint = read_config(&[p.clone()]).unwrap();
+        let checkpoint = read_config(std::slice::from_ref(p)).unwrap();
         assert_eq!(checkpoint.seq, c3.disk_groups[0].seq);
         let mut header = vec![0u8; 4096];
         File::open(p)
