@@ -99,6 +99,18 @@ pub fn free_extents(dg: &DiskGroupConfig) -> Vec<(String, Vec<FreeExtent>)> {
         .collect()
 }
 
+/// `name` as a subdisk name `{disk}-{n:02}` (n ≥ 1, at least two digits, no other
+/// leading zero: exactly what `format!("{disk}-{n:02}")` makes): the disk name and n.
+fn subdisk_number(name: &str) -> Option<(&str, u64)> {
+    let (disk, digits) = name.rsplit_once('-')?;
+    let canonical = digits.len() == 2 || (digits.len() > 2 && !digits.starts_with('0'));
+    if !canonical || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    (n >= 1).then_some((disk, n))
+}
+
 fn align_up(value: u64) -> u64 {
     value
         .div_ceil(ALLOC_ALIGN_BYTES)
@@ -115,12 +127,11 @@ struct Allocator<'a> {
     dg: &'a DiskGroupConfig,
     /// Disk name → free extents sorted by offset; in the group's disk order.
     free: Vec<(String, Vec<FreeExtent>)>,
-    /// Object names in use (subdisk names must be unique in the group): the group's,
-    /// gathered at the first new subdisk (a grow that lengthens the last subdisk
-    /// needs none), and those this allocation gave.
-    names: Option<BTreeSet<&'a str>>,
-    /// Subdisk names this allocation gave.
-    given: BTreeSet<String>,
+    /// The numbers `n` of the object names `{disk}-{n:02}` in use, by disk name,
+    /// sorted (subdisk names must be unique in the group): the group's, gathered at
+    /// a disk's first new subdisk (a grow that lengthens the last subdisk needs
+    /// none), and those this allocation gave.
+    numbers: BTreeMap<String, Vec<u64>>,
 }
 
 /// A piece of a disk: (disk name, offset, length).
@@ -131,26 +142,26 @@ impl<'a> Allocator<'a> {
         Allocator {
             dg,
             free: free_extents(dg),
-            names: None,
-            given: BTreeSet::new(),
+            numbers: BTreeMap::new(),
         }
     }
 
-    /// Whether `name` names an object of the group or a subdisk given already.
-    fn name_used(&mut self, name: &str) -> bool {
-        let dg = self.dg;
-        let names = self.names.get_or_insert_with(|| {
-            let mut names = BTreeSet::new();
-            for v in &dg.volumes {
-                names.insert(v.name.as_str());
-                for p in &v.plexes {
-                    names.insert(p.name.as_str());
-                    names.extend(p.subdisks.iter().map(|sd| sd.name.as_str()));
-                }
-            }
-            names
+    /// The numbers in use of `disk`'s subdisk names ([`Self::numbers`]): one pass
+    /// over the group's object names, no name formatted.
+    fn numbers_in_use(dg: &DiskGroupConfig, disk: &str) -> Vec<u64> {
+        let names = dg.volumes.iter().flat_map(|v| {
+            std::iter::once(v.name.as_str()).chain(v.plexes.iter().flat_map(|p| {
+                std::iter::once(p.name.as_str()).chain(p.subdisks.iter().map(|sd| sd.name.as_str()))
+            }))
         });
-        names.contains(name) || self.given.contains(name)
+        let mut numbers: Vec<u64> = names
+            .filter_map(subdisk_number)
+            .filter(|(prefix, _)| *prefix == disk)
+            .map(|(_, n)| n)
+            .collect();
+        numbers.sort_unstable();
+        numbers.dedup();
+        numbers
     }
 
     fn disk_free(&self, disk: &str) -> u64 {
@@ -282,13 +293,38 @@ impl<'a> Allocator<'a> {
             .collect()
     }
 
+    /// Holds `name` (an object the change makes besides subdisks: a volume, a plex)
+    /// from being given to a subdisk.
+    fn reserve(&mut self, name: &str) {
+        if let Some((disk, n)) = subdisk_number(name) {
+            let dg = self.dg;
+            let list = self
+                .numbers
+                .entry(disk.to_string())
+                .or_insert_with(|| Self::numbers_in_use(dg, disk));
+            if let Err(at) = list.binary_search(&n) {
+                list.insert(at, n);
+            }
+        }
+    }
+
+    /// The next subdisk name on `disk`: `{disk}-{n:02}` with the lowest `n` ≥ 1 no
+    /// object of the group (or subdisk given already) is named with.
     fn next_subdisk_name(&mut self, disk: &str) -> String {
-        let name = (1..)
-            .map(|n| format!("{disk}-{n:02}"))
-            .find(|candidate| !self.name_used(candidate))
-            .unwrap_or_default();
-        self.given.insert(name.clone());
-        name
+        let dg = self.dg;
+        let list = self
+            .numbers
+            .entry(disk.to_string())
+            .or_insert_with(|| Self::numbers_in_use(dg, disk));
+        // The first gap in the sorted numbers 1, 2, ...
+        let n = list
+            .iter()
+            .zip(1u64..)
+            .find(|(used, want)| **used != *want)
+            .map_or(list.len() as u64 + 1, |(_, want)| want);
+        let at = list.partition_point(|x| *x < n);
+        list.insert(at, n);
+        format!("{disk}-{n:02}")
     }
 
     /// Appends `pieces` to column `column` of `plex`, merging a piece into the
@@ -449,7 +485,8 @@ fn volume_disks_except(plexes: &[Plex], except: usize) -> BTreeSet<String> {
         .collect()
 }
 
-fn plex_name(volume: &str, index: u32) -> String {
+/// The name of a new volume's plex `index` (0-based): `{volume}-01`, `{volume}-02`, ...
+pub fn plex_name(volume: &str, index: u32) -> String {
     format!("{volume}-{:02}", index + 1)
 }
 
@@ -478,6 +515,10 @@ pub fn allocate_volume(
         )));
     }
     let mut allocator = Allocator::new(dg);
+    allocator.reserve(volume);
+    for index in 0..mirrors {
+        allocator.reserve(&plex_name(volume, index));
+    }
     let mut plexes: Vec<Plex> = Vec::new();
     let mut used = BTreeSet::new();
     for index in 0..mirrors {
@@ -541,8 +582,15 @@ pub fn allocate_plex(
         .flat_map(|p| p.subdisks.iter().map(|sd| sd.disk.clone()))
         .collect();
     let mut allocator = Allocator::new(dg);
+    // The volume's next plex name no object of the group holds (a volume named like
+    // a disk has plexes named like that disk's subdisks).
+    let name = (1..)
+        .map(|n| format!("{}-{n:02}", v.name))
+        .find(|candidate| dg.object_named(candidate).is_none())
+        .unwrap_or_default();
+    allocator.reserve(&name);
     let plex = allocator
-        .new_plex(v.next_plex_name(), PlexState::Empty, layout, v.size_bytes, &used)
+        .new_plex(name, PlexState::Empty, layout, v.size_bytes, &used)
         .ok_or_else(|| AllocError {
             volume: volume.to_string(),
             reason: format!(
@@ -1153,6 +1201,26 @@ mod tests {
         assert_eq!(free[0].1[0].len_bytes, 10 * MIB - (1600 << 10));
     }
 
+    /// The subdisk name the allocator gives on `disk` the plain way: every candidate
+    /// `{disk}-01`, `{disk}-02`, ... against every object name of the group.
+    fn lowest_unused_name(g: &DiskGroupConfig, disk: &str, given: &[String]) -> String {
+        let names: BTreeSet<&str> = g
+            .volumes
+            .iter()
+            .flat_map(|v| {
+                std::iter::once(v.name.as_str()).chain(v.plexes.iter().flat_map(|p| {
+                    std::iter::once(p.name.as_str())
+                        .chain(p.subdisks.iter().map(|sd| sd.name.as_str()))
+                }))
+            })
+            .chain(given.iter().map(String::as_str))
+            .collect();
+        (1..)
+            .map(|n| format!("{disk}-{n:02}"))
+            .find(|c| !names.contains(c.as_str()))
+            .unwrap()
+    }
+
     #[test]
     fn random_change_sequences_keep_the_configuration_valid() {
         use rand::{Rng, SeedableRng};
@@ -1186,9 +1254,17 @@ mod tests {
                                 stripe_unit_bytes: 4096 << rng.gen_range(0..5),
                             },
                         };
+                        // Some volumes are named like subdisks (and like names
+                        // that only look so), which subdisk names must skip.
+                        let volume = match rng.gen_range(0..8) {
+                            0 => format!("disk0{}-{:02}", rng.gen_range(1..=6), step % 7 + 1),
+                            1 => format!("disk01-{:03}", step % 5),
+                            2 => format!("disk02-{}", step % 5),
+                            _ => format!("v{step}"),
+                        };
                         Change::VolCreate {
                             dg: "dg1".into(),
-                            volume: format!("v{step}"),
+                            volume,
                             size_bytes: rng.gen_range(1..40 * MIB),
                             layout,
                             log: Default::default(),
@@ -1250,6 +1326,22 @@ mod tests {
                         panic!("seed {seed} step {step}: {change:?}: {msg}")
                     }
                     Err(_) => {}
+                }
+                // The names the allocator would give next on each disk: the lowest
+                // numbers no object holds, as a plain search finds them.
+                let g = &c.disk_groups[0];
+                for (disk, _) in &disks {
+                    let mut a = Allocator::new(g);
+                    let mut given = Vec::new();
+                    for _ in 0..3 {
+                        let name = a.next_subdisk_name(disk);
+                        assert_eq!(
+                            name,
+                            lowest_unused_name(g, disk, &given),
+                            "seed {seed} step {step}"
+                        );
+                        given.push(name);
+                    }
                 }
             }
             assert!(applied >= 40, "seed {seed}: only {applied} changes applied");

@@ -602,6 +602,18 @@ fn vol_create(
         }
     }
     plex_layout.validate()?;
+    // Names are unique across the group's volumes, plexes and subdisks: the volume's
+    // and its plexes' must not be a subdisk's (or another volume's plex's).
+    let names = std::iter::once(volume.to_string())
+        .chain((0..mirrors).map(|index| alloc::plex_name(volume, index)));
+    for name in names {
+        if let Some(what) = dg.object_named(&name) {
+            return Err(ConfigError::Exists(format!(
+                "volume {volume}: the name {name} is in use in disk group {} ({what}); choose another volume name",
+                dg.name
+            )));
+        }
+    }
     if let LogPolicy::On { region_bytes } = log {
         // Checked for any layout, so that a bad --region-size is never ignored.
         alloc::log_geometry(volume, size, region_bytes)?;

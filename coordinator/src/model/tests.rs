@@ -193,6 +193,55 @@ fn add_and_remove_disks() {
 }
 
 #[test]
+fn names_like_subdisks_are_refused_or_skipped_never_given_twice() {
+    let c = cluster(&[("disk01", GIB), ("disk02", GIB)]);
+    let c = create_vol(&c, "vol01", 100 << 20, VolumeLayout::Concat).unwrap();
+    // A volume named like a subdisk there is, or whose first plex would be.
+    for (name, taken) in [("disk01-01", "disk01-01"), ("disk01", "disk01-01")] {
+        let err = create_vol(&c, name, 1 << 20, VolumeLayout::Concat).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "volume {name}: the name {taken} is in use in disk group dg1 (subdisk disk01-01 of volume vol01); choose another volume name"
+            )
+        );
+    }
+    // A volume named like a subdisk to come: the subdisk gets the next number.
+    let c = create_vol(&c, "disk01-02", 1 << 20, VolumeLayout::Concat).unwrap();
+    let sd = &c.disk_groups[0].volume("disk01-02").unwrap().plexes[0].subdisks[0];
+    assert_eq!(
+        (sd.disk.as_str(), sd.name.as_str()),
+        ("disk01", "disk01-03")
+    );
+    // A volume named like a disk: a plex added later skips its subdisks' names.
+    let c = create_vol(&c, "disk02", 1 << 20, VolumeLayout::Concat).unwrap();
+    let v = c.disk_groups[0].volume("disk02").unwrap();
+    assert_eq!(v.plexes[0].name, "disk02-01");
+    assert_eq!(v.plexes[0].subdisks[0].name, "disk01-04");
+    let c = c
+        .apply(&Change::PlexAdd {
+            dg: "dg1".into(),
+            volume: "disk02".into(),
+            layout: PlexLayout::Concat,
+        })
+        .unwrap();
+    let v = c.disk_groups[0].volume("disk02").unwrap();
+    let names: Vec<(&str, &str)> = v
+        .plexes
+        .iter()
+        .map(|p| (p.name.as_str(), p.subdisks[0].name.as_str()))
+        .collect();
+    // The new plex takes the volume's next plex name, disk02-02; its subdisk is on
+    // disk02 (a mirror's distinct disk), whose names disk02-01 and disk02-02 are the
+    // volume's plexes': it takes disk02-03.
+    assert_eq!(
+        names,
+        [("disk02-01", "disk01-04"), ("disk02-02", "disk02-03")]
+    );
+    c.disk_groups[0].validate().unwrap();
+}
+
+#[test]
 fn vol_create_names_plexes_and_subdisks_vxvm_style() {
     let c = cluster(&[("disk01", GIB), ("disk02", GIB)]);
     let c = create_vol(&c, "vol01", 100 << 20, VolumeLayout::Mirror { mirrors: 2 }).unwrap();

@@ -547,6 +547,26 @@ impl Volume {
 }
 
 impl DiskGroupConfig {
+    /// The object of the group named `name` (names are unique across volumes,
+    /// plexes and subdisks), described: `subdisk d2-01 of volume v1`.
+    pub fn object_named(&self, name: &str) -> Option<String> {
+        self.volumes.iter().find_map(|v| {
+            if v.name == name {
+                return Some(format!("volume {name}"));
+            }
+            v.plexes.iter().find_map(|p| {
+                if p.name == name {
+                    Some(format!("plex {name} of volume {}", v.name))
+                } else {
+                    p.subdisks
+                        .iter()
+                        .any(|sd| sd.name == name)
+                        .then(|| format!("subdisk {name} of volume {}", v.name))
+                }
+            })
+        })
+    }
+
     /// A disk by media name.
     pub fn disk(&self, name: &str) -> Option<&Disk> {
         self.disks.iter().find(|d| d.name == name)
