@@ -111,6 +111,89 @@ fn subdisk_number(name: &str) -> Option<(&str, u64)> {
     (n >= 1).then_some((disk, n))
 }
 
+/// The length of the free extent of `disk` starting exactly at `offset_bytes` (0:
+/// none), as [`free_extents`] would list it with `taken` used too: one pass over the
+/// disk's used extents, nothing sorted or allocated.
+fn free_run_at(dg: &DiskGroupConfig, disk: &str, offset_bytes: u64, taken: &[Piece]) -> u64 {
+    let Some(d) = dg.disk(disk) else {
+        return 0;
+    };
+    let start = align_up(d.public_offset_bytes);
+    let end = align_down(d.public_offset_bytes.saturating_add(d.public_len_bytes));
+    if offset_bytes < start || offset_bytes >= end {
+        return 0;
+    }
+    let subdisks = dg
+        .volumes
+        .iter()
+        .flat_map(|v| &v.plexes)
+        .flat_map(|p| &p.subdisks)
+        .filter(|sd| sd.disk == disk)
+        .map(|sd| (sd.disk_offset_bytes, sd.len_bytes));
+    let logs = dg
+        .volumes
+        .iter()
+        .filter_map(|v| v.log.as_ref())
+        .flat_map(|log| log.copies.iter().map(move |c| (c, log.len_bytes)))
+        .filter(|(c, _)| c.disk == disk)
+        .map(|(c, len)| (c.disk_offset_bytes, len));
+    let mine = taken
+        .iter()
+        .filter(|(d, _, _)| d == disk)
+        .map(|(_, offset, len)| (*offset, *len));
+    // Where the free run ends: the first used extent after `offset_bytes`; none
+    // may cover `offset_bytes` itself (a run starts only where used space ends,
+    // and the extent `offset_bytes` is the end of is not after it).
+    let mut run_end = end;
+    for (offset, len) in subdisks.chain(logs).chain(mine) {
+        if offset <= offset_bytes && offset_bytes < offset.saturating_add(len) {
+            return 0;
+        }
+        if offset > offset_bytes {
+            run_end = run_end.min(offset);
+        }
+    }
+    run_end - offset_bytes
+}
+
+/// [`free_extents`] of the group less the pieces `taken` from it.
+fn free_extents_less(dg: &DiskGroupConfig, taken: &[Piece]) -> Vec<(String, Vec<FreeExtent>)> {
+    let mut free = free_extents(dg);
+    for (disk, offset, len) in taken {
+        if let Some((_, extents)) = free.iter_mut().find(|(name, _)| name == disk) {
+            carve(extents, *offset, *len);
+        }
+    }
+    free
+}
+
+/// Removes `[offset, offset + len)` from `extents` (sorted, disjoint), splitting
+/// the extent that holds it.
+fn carve(extents: &mut Vec<FreeExtent>, offset: u64, len: u64) {
+    let cut_end = offset.saturating_add(len);
+    let mut out = Vec::with_capacity(extents.len() + 1);
+    for e in extents.drain(..) {
+        let e_end = e.offset_bytes.saturating_add(e.len_bytes);
+        if e_end <= offset || cut_end <= e.offset_bytes {
+            out.push(e);
+            continue;
+        }
+        if e.offset_bytes < offset {
+            out.push(FreeExtent {
+                offset_bytes: e.offset_bytes,
+                len_bytes: offset - e.offset_bytes,
+            });
+        }
+        if cut_end < e_end {
+            out.push(FreeExtent {
+                offset_bytes: cut_end,
+                len_bytes: e_end - cut_end,
+            });
+        }
+    }
+    *extents = out;
+}
+
 fn align_up(value: u64) -> u64 {
     value
         .div_ceil(ALLOC_ALIGN_BYTES)
@@ -125,8 +208,12 @@ fn align_down(value: u64) -> u64 {
 struct Allocator<'a> {
     /// The group allocated in.
     dg: &'a DiskGroupConfig,
-    /// Disk name → free extents sorted by offset; in the group's disk order.
-    free: Vec<(String, Vec<FreeExtent>)>,
+    /// Disk name → free extents sorted by offset, in the group's disk order: made
+    /// when a step first needs more than the free run right after a subdisk (a grow
+    /// in place needs none), less what was taken before it.
+    free: Option<Vec<(String, Vec<FreeExtent>)>>,
+    /// Pieces taken in place ([`Self::take_at`]) before `free` was made.
+    taken: Vec<Piece>,
     /// The numbers `n` of the object names `{disk}-{n:02}` in use, by disk name,
     /// sorted (subdisk names must be unique in the group): the group's, gathered at
     /// a disk's first new subdisk (a grow that lengthens the last subdisk needs
@@ -141,7 +228,8 @@ impl<'a> Allocator<'a> {
     fn new(dg: &'a DiskGroupConfig) -> Allocator<'a> {
         Allocator {
             dg,
-            free: free_extents(dg),
+            free: None,
+            taken: Vec::new(),
             numbers: BTreeMap::new(),
         }
     }
@@ -164,22 +252,50 @@ impl<'a> Allocator<'a> {
         numbers
     }
 
-    fn disk_free(&self, disk: &str) -> u64 {
+    /// The free extents of every disk ([`Self::free`]), made on first use.
+    fn free_map(&mut self) -> &mut Vec<(String, Vec<FreeExtent>)> {
+        let (dg, taken) = (self.dg, &self.taken);
         self.free
+            .get_or_insert_with(|| free_extents_less(dg, taken))
+    }
+
+    fn disk_free(&mut self, disk: &str) -> u64 {
+        self.free_map()
             .iter()
             .find(|(name, _)| name == disk)
             .map_or(0, |(_, e)| e.iter().map(|x| x.len_bytes).sum())
     }
 
     fn extents_mut(&mut self, disk: &str) -> Option<&mut Vec<FreeExtent>> {
-        self.free
+        self.free_map()
             .iter_mut()
             .find(|(name, _)| name == disk)
             .map(|(_, e)| e)
     }
 
     /// Takes up to `max_bytes` from the free extent starting exactly at `offset_bytes`.
+    /// Before the free map is made, that extent is found by one pass over the
+    /// disk's used extents ([`free_run_at`]), so a grow in place costs no map.
     fn take_at(&mut self, disk: &str, offset_bytes: u64, max_bytes: u64) -> u64 {
+        if self.free.is_none() {
+            let run = free_run_at(self.dg, disk, offset_bytes, &self.taken);
+            // Debug builds check the pass against the whole map.
+            debug_assert_eq!(
+                run,
+                free_extents_less(self.dg, &self.taken)
+                    .iter()
+                    .filter(|(name, _)| name == disk)
+                    .flat_map(|(_, e)| e)
+                    .find(|e| e.offset_bytes == offset_bytes)
+                    .map_or(0, |e| e.len_bytes),
+                "free run at {offset_bytes} on {disk}"
+            );
+            let taken = run.min(max_bytes);
+            if taken > 0 {
+                self.taken.push((disk.to_string(), offset_bytes, taken));
+            }
+            return taken;
+        }
         let Some(extents) = self.extents_mut(disk) else {
             return 0;
         };
@@ -228,12 +344,12 @@ impl<'a> Allocator<'a> {
     }
 
     /// Disks not in `excluded`, with their free bytes, in the group's disk order.
-    fn candidates(&self, excluded: &BTreeSet<String>) -> Vec<(String, u64)> {
-        self.free
+    fn candidates(&mut self, excluded: &BTreeSet<String>) -> Vec<(String, u64)> {
+        self.free_map()
             .iter()
             .filter(|(name, _)| !excluded.contains(name))
-            .map(|(name, _)| (name.clone(), self.disk_free(name)))
-            .filter(|(_, free)| *free > 0)
+            .map(|(name, e)| (name.clone(), e.iter().map(|x| x.len_bytes).sum()))
+            .filter(|(_, free): &(String, u64)| *free > 0)
             .collect()
     }
 
@@ -357,11 +473,11 @@ impl<'a> Allocator<'a> {
             .sort_by_key(|sd| (sd.column, sd.plex_offset_bytes));
     }
 
-    fn free_summary(&self) -> String {
+    fn free_summary(&mut self) -> String {
         let mut disks: Vec<(String, u64)> = self
-            .free
+            .free_map()
             .iter()
-            .map(|(name, _)| (name.clone(), self.disk_free(name)))
+            .map(|(name, e)| (name.clone(), e.iter().map(|x| x.len_bytes).sum()))
             .collect();
         disks.sort_by_key(|(_, free)| std::cmp::Reverse(*free));
         let listed: Vec<String> = disks
