@@ -123,34 +123,39 @@ fn free_run_at(dg: &DiskGroupConfig, disk: &str, offset_bytes: u64, taken: &[Pie
     if offset_bytes < start || offset_bytes >= end {
         return 0;
     }
+    // Every used extent as (disk, offset, length); the disk name is compared only
+    // for an extent whose offsets matter (it covers `offset_bytes`, or starts after
+    // it and before the run's end so far), which after the first few is rare.
     let subdisks = dg
         .volumes
         .iter()
         .flat_map(|v| &v.plexes)
         .flat_map(|p| &p.subdisks)
-        .filter(|sd| sd.disk == disk)
-        .map(|sd| (sd.disk_offset_bytes, sd.len_bytes));
+        .map(|sd| (sd.disk.as_str(), sd.disk_offset_bytes, sd.len_bytes));
     let logs = dg
         .volumes
         .iter()
         .filter_map(|v| v.log.as_ref())
-        .flat_map(|log| log.copies.iter().map(move |c| (c, log.len_bytes)))
-        .filter(|(c, _)| c.disk == disk)
-        .map(|(c, len)| (c.disk_offset_bytes, len));
+        .flat_map(|log| {
+            log.copies
+                .iter()
+                .map(move |c| (c.disk.as_str(), c.disk_offset_bytes, log.len_bytes))
+        });
     let mine = taken
         .iter()
-        .filter(|(d, _, _)| d == disk)
-        .map(|(_, offset, len)| (*offset, *len));
+        .map(|(d, offset, len)| (d.as_str(), *offset, *len));
     // Where the free run ends: the first used extent after `offset_bytes`; none
     // may cover `offset_bytes` itself (a run starts only where used space ends,
     // and the extent `offset_bytes` is the end of is not after it).
     let mut run_end = end;
-    for (offset, len) in subdisks.chain(logs).chain(mine) {
-        if offset <= offset_bytes && offset_bytes < offset.saturating_add(len) {
-            return 0;
-        }
-        if offset > offset_bytes {
-            run_end = run_end.min(offset);
+    for (on, offset, len) in subdisks.chain(logs).chain(mine) {
+        let covers = offset <= offset_bytes && offset_bytes < offset.saturating_add(len);
+        let bounds = offset > offset_bytes && offset < run_end;
+        if (covers || bounds) && on == disk {
+            if covers {
+                return 0;
+            }
+            run_end = offset;
         }
     }
     run_end - offset_bytes
