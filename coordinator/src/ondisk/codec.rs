@@ -358,9 +358,11 @@ fn decode_reservations(r: wire::reservations::Reader<'_>) -> capnp::Result<PrSta
     Ok(out)
 }
 
-/// Decodes a slot payload. Any malformed input is an error (the message says what),
-/// never a panic. Does not run [`DiskGroupConfig::validate`].
-pub fn decode_config(payload: &[u8]) -> Result<DiskGroupConfig, String> {
+/// A payload as one Cap'n Proto message (standard framing, no bytes after it),
+/// traversal bounded by [`TRAVERSAL_LIMIT_WORDS`].
+fn read_payload(
+    payload: &[u8],
+) -> Result<capnp::message::Reader<serialize::BufferSegments<&[u8]>>, String> {
     let mut options = ReaderOptions::new();
     options.traversal_limit_in_words(Some(TRAVERSAL_LIMIT_WORDS));
     let mut slice = payload;
@@ -369,6 +371,13 @@ pub fn decode_config(payload: &[u8]) -> Result<DiskGroupConfig, String> {
     if !slice.is_empty() {
         return Err(format!("{} bytes after the message", slice.len()));
     }
+    Ok(message)
+}
+
+/// Decodes a slot payload. Any malformed input is an error (the message says what),
+/// never a panic. Does not run [`DiskGroupConfig::validate`].
+pub fn decode_config(payload: &[u8]) -> Result<DiskGroupConfig, String> {
+    let message = read_payload(payload)?;
     let root = message
         .get_root::<wire::disk_group_config::Reader>()
         .map_err(|e| format!("bad root: {e}"))?;
@@ -410,14 +419,7 @@ pub fn encode_delta(after: &DiskGroupConfig, runs: &[VolumeRun]) -> Vec<u8> {
 /// Decodes a change log record's payload: the configuration's fields but its
 /// volumes (`volumes` empty), and its volume list as runs.
 pub fn decode_delta(payload: &[u8]) -> Result<(DiskGroupConfig, Vec<VolumeRun>), String> {
-    let mut options = ReaderOptions::new();
-    options.traversal_limit_in_words(Some(TRAVERSAL_LIMIT_WORDS));
-    let mut slice = payload;
-    let message = serialize::read_message_from_flat_slice(&mut slice, options)
-        .map_err(|e| format!("not a Cap'n Proto message: {e}"))?;
-    if !slice.is_empty() {
-        return Err(format!("{} bytes after the message", slice.len()));
-    }
+    let message = read_payload(payload)?;
     let read = || -> capnp::Result<(DiskGroupConfig, Vec<VolumeRun>)> {
         let root = message.get_root::<wire::config_delta::Reader>()?;
         let version = root.get_format_version();

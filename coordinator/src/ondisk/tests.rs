@@ -776,6 +776,20 @@ fn write_change(
     .unwrap()
 }
 
+/// Where the first change log record of `slot` of the disk at `path` is (from the
+/// device's start), and its header's bytes.
+fn first_record(path: &Path, slot: usize) -> (u64, Vec<u8>) {
+    let at = slot_offset(path, slot);
+    let f = File::open(path).unwrap();
+    let mut header = vec![0u8; BLOCK_BYTES as usize];
+    f.read_exact_at(&mut header, at).unwrap();
+    let payload_len = u64::from_le_bytes(header[32..40].try_into().unwrap());
+    let first = at + BLOCK_BYTES + payload_len.div_ceil(BLOCK_BYTES) * BLOCK_BYTES;
+    let mut rec = vec![0u8; log::RECORD_HEADER_BYTES as usize];
+    f.read_exact_at(&mut rec, first).unwrap();
+    (first, rec)
+}
+
 #[test]
 fn small_changes_go_to_the_change_log_and_read_back_until_a_checkpoint() {
     let dir = TempDir::new();
@@ -826,23 +840,10 @@ fn a_torn_record_ends_the_log_and_the_next_write_is_a_checkpoint() {
     // after the checkpoint and the first record).
     let slot = report.written[0].1;
     for p in &paths {
-        let label = read_label(p).unwrap();
         let checkpoint = read_config(std::slice::from_ref(p)).unwrap();
         assert_eq!(checkpoint.seq, c3.disk_groups[0].seq);
-        let mut header = vec![0u8; 4096];
-        File::open(p)
-            .unwrap()
-            .read_exact_at(&mut header, label.slot_offset_bytes(slot))
-            .unwrap();
-        let payload_len = u64::from_le_bytes(header[32..40].try_into().unwrap());
-        let first = BLOCK_BYTES + payload_len.div_ceil(BLOCK_BYTES) * BLOCK_BYTES;
-        let mut rec = vec![0u8; 256];
-        File::open(p)
-            .unwrap()
-            .read_exact_at(&mut rec, label.slot_offset_bytes(slot) + first)
-            .unwrap();
-        let first_len = log::record_len(u64::from_le_bytes(rec[32..40].try_into().unwrap()));
-        let second = label.slot_offset_bytes(slot) + first + first_len;
+        let (first, rec) = first_record(p, slot);
+        let second = first + log::record_len(u64::from_le_bytes(rec[32..40].try_into().unwrap()));
         corrupt(p, second + log::RECORD_HEADER_BYTES + 8, &[0xa5; 16]);
     }
     let read = read_config(&paths).unwrap();
@@ -938,15 +939,7 @@ fn a_linked_record_this_plexd_cannot_read_makes_its_slot_invalid() {
     write_config(&paths, &c1.disk_groups[0], 1, None).unwrap();
     let c2 = next(&c1, "v2");
     let slot = write_change(&paths, &c1, 1, &c2, 2).written[0].1;
-    let label = read_label(&paths[0]).unwrap();
-    let mut block = vec![0u8; 4096];
-    let f = File::open(&paths[0]).unwrap();
-    f.read_exact_at(&mut block, label.slot_offset_bytes(slot))
-        .unwrap();
-    let len = u64::from_le_bytes(block[32..40].try_into().unwrap());
-    let at = label.slot_offset_bytes(slot) + 4096 + len.div_ceil(4096) * 4096;
-    let mut rec = vec![0u8; 256];
-    f.read_exact_at(&mut rec, at).unwrap();
+    let (at, mut rec) = first_record(&paths[0], slot);
     // A newer record format, its header CRC right: refused, never skipped.
     rec[8..12].copy_from_slice(&9u32.to_le_bytes());
     let crc = crc32c::crc32c(&rec[..252]);
