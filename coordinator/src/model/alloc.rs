@@ -53,22 +53,8 @@ pub struct FreeExtent {
 /// The free extents of every disk of the group, in the group's disk order.
 pub fn free_extents(dg: &DiskGroupConfig) -> Vec<(String, Vec<FreeExtent>)> {
     let mut used: BTreeMap<&str, Vec<(u64, u64)>> = BTreeMap::new();
-    for sd in dg
-        .volumes
-        .iter()
-        .flat_map(|v| &v.plexes)
-        .flat_map(|p| &p.subdisks)
-    {
-        used.entry(sd.disk.as_str())
-            .or_default()
-            .push((sd.disk_offset_bytes, sd.len_bytes));
-    }
-    for log in dg.volumes.iter().filter_map(|v| v.log.as_ref()) {
-        for c in &log.copies {
-            used.entry(c.disk.as_str())
-                .or_default()
-                .push((c.disk_offset_bytes, log.len_bytes));
-        }
+    for (disk, offset, len) in dg.volumes.iter().flat_map(|v| v.used_extents()) {
+        used.entry(disk).or_default().push((offset, len));
     }
     dg.disks
         .iter()
@@ -123,24 +109,10 @@ fn free_run_at(dg: &DiskGroupConfig, disk: &str, offset_bytes: u64, taken: &[Pie
     if offset_bytes < start || offset_bytes >= end {
         return 0;
     }
-    // Every used extent as (disk, offset, length); the disk name is compared only
-    // for an extent whose offsets matter (it covers `offset_bytes`, or starts after
-    // it and before the run's end so far), which after the first few is rare.
-    let subdisks = dg
-        .volumes
-        .iter()
-        .flat_map(|v| &v.plexes)
-        .flat_map(|p| &p.subdisks)
-        .map(|sd| (sd.disk.as_str(), sd.disk_offset_bytes, sd.len_bytes));
-    let logs = dg
-        .volumes
-        .iter()
-        .filter_map(|v| v.log.as_ref())
-        .flat_map(|log| {
-            log.copies
-                .iter()
-                .map(move |c| (c.disk.as_str(), c.disk_offset_bytes, log.len_bytes))
-        });
+    // Every used extent; the disk name is compared only for an extent whose offsets
+    // matter (it covers `offset_bytes`, or starts after it and before the run's end
+    // so far), which after the first few is rare.
+    let used = dg.volumes.iter().flat_map(|v| v.used_extents());
     let mine = taken
         .iter()
         .map(|(d, offset, len)| (d.as_str(), *offset, *len));
@@ -148,7 +120,7 @@ fn free_run_at(dg: &DiskGroupConfig, disk: &str, offset_bytes: u64, taken: &[Pie
     // may cover `offset_bytes` itself (a run starts only where used space ends,
     // and the extent `offset_bytes` is the end of is not after it).
     let mut run_end = end;
-    for (on, offset, len) in subdisks.chain(logs).chain(mine) {
+    for (on, offset, len) in used.chain(mine) {
         let covers = offset <= offset_bytes && offset_bytes < offset.saturating_add(len);
         let bounds = offset > offset_bytes && offset < run_end;
         if (covers || bounds) && on == disk {
@@ -242,12 +214,10 @@ impl<'a> Allocator<'a> {
     /// The numbers in use of `disk`'s subdisk names ([`Self::numbers`]): one pass
     /// over the group's object names, no name formatted.
     fn numbers_in_use(dg: &DiskGroupConfig, disk: &str) -> Vec<u64> {
-        let names = dg.volumes.iter().flat_map(|v| {
-            std::iter::once(v.name.as_str()).chain(v.plexes.iter().flat_map(|p| {
-                std::iter::once(p.name.as_str()).chain(p.subdisks.iter().map(|sd| sd.name.as_str()))
-            }))
-        });
-        let mut numbers: Vec<u64> = names
+        let mut numbers: Vec<u64> = dg
+            .volumes
+            .iter()
+            .flat_map(|v| v.object_names())
             .filter_map(subdisk_number)
             .filter(|(prefix, _)| *prefix == disk)
             .map(|(_, n)| n)
@@ -264,11 +234,19 @@ impl<'a> Allocator<'a> {
             .get_or_insert_with(|| free_extents_less(dg, taken))
     }
 
-    fn disk_free(&mut self, disk: &str) -> u64 {
+    /// Every disk with its free bytes, in the group's disk order.
+    fn free_per_disk(&mut self) -> Vec<(String, u64)> {
         self.free_map()
             .iter()
+            .map(|(name, e)| (name.clone(), e.iter().map(|x| x.len_bytes).sum()))
+            .collect()
+    }
+
+    fn disk_free(&mut self, disk: &str) -> u64 {
+        self.free_per_disk()
+            .into_iter()
             .find(|(name, _)| name == disk)
-            .map_or(0, |(_, e)| e.iter().map(|x| x.len_bytes).sum())
+            .map_or(0, |(_, free)| free)
     }
 
     fn extents_mut(&mut self, disk: &str) -> Option<&mut Vec<FreeExtent>> {
@@ -350,11 +328,9 @@ impl<'a> Allocator<'a> {
 
     /// Disks not in `excluded`, with their free bytes, in the group's disk order.
     fn candidates(&mut self, excluded: &BTreeSet<String>) -> Vec<(String, u64)> {
-        self.free_map()
-            .iter()
-            .filter(|(name, _)| !excluded.contains(name))
-            .map(|(name, e)| (name.clone(), e.iter().map(|x| x.len_bytes).sum()))
-            .filter(|(_, free): &(String, u64)| *free > 0)
+        self.free_per_disk()
+            .into_iter()
+            .filter(|(name, free)| !excluded.contains(name) && *free > 0)
             .collect()
     }
 
@@ -414,15 +390,19 @@ impl<'a> Allocator<'a> {
             .collect()
     }
 
+    /// [`Self::numbers`] of `disk`, gathered on first use.
+    fn numbers_of(&mut self, disk: &str) -> &mut Vec<u64> {
+        let dg = self.dg;
+        self.numbers
+            .entry(disk.to_string())
+            .or_insert_with(|| Self::numbers_in_use(dg, disk))
+    }
+
     /// Holds `name` (an object the change makes besides subdisks: a volume, a plex)
     /// from being given to a subdisk.
     fn reserve(&mut self, name: &str) {
         if let Some((disk, n)) = subdisk_number(name) {
-            let dg = self.dg;
-            let list = self
-                .numbers
-                .entry(disk.to_string())
-                .or_insert_with(|| Self::numbers_in_use(dg, disk));
+            let list = self.numbers_of(disk);
             if let Err(at) = list.binary_search(&n) {
                 list.insert(at, n);
             }
@@ -432,11 +412,7 @@ impl<'a> Allocator<'a> {
     /// The next subdisk name on `disk`: `{disk}-{n:02}` with the lowest `n` ≥ 1 no
     /// object of the group (or subdisk given already) is named with.
     fn next_subdisk_name(&mut self, disk: &str) -> String {
-        let dg = self.dg;
-        let list = self
-            .numbers
-            .entry(disk.to_string())
-            .or_insert_with(|| Self::numbers_in_use(dg, disk));
+        let list = self.numbers_of(disk);
         // The first gap in the sorted numbers 1, 2, ...
         let n = list
             .iter()
@@ -479,11 +455,7 @@ impl<'a> Allocator<'a> {
     }
 
     fn free_summary(&mut self) -> String {
-        let mut disks: Vec<(String, u64)> = self
-            .free_map()
-            .iter()
-            .map(|(name, e)| (name.clone(), e.iter().map(|x| x.len_bytes).sum()))
-            .collect();
+        let mut disks = self.free_per_disk();
         disks.sort_by_key(|(_, free)| std::cmp::Reverse(*free));
         let listed: Vec<String> = disks
             .iter()
@@ -1328,12 +1300,7 @@ mod tests {
         let names: BTreeSet<&str> = g
             .volumes
             .iter()
-            .flat_map(|v| {
-                std::iter::once(v.name.as_str()).chain(v.plexes.iter().flat_map(|p| {
-                    std::iter::once(p.name.as_str())
-                        .chain(p.subdisks.iter().map(|sd| sd.name.as_str()))
-                }))
-            })
+            .flat_map(|v| v.object_names())
             .chain(given.iter().map(String::as_str))
             .collect();
         (1..)

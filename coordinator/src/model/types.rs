@@ -524,6 +524,34 @@ impl Plex {
 }
 
 impl Volume {
+    /// Its object names: its own, its plexes', its subdisks'.
+    pub fn object_names(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.name.as_str())
+            .chain(self.plexes.iter().map(|p| p.name.as_str()))
+            .chain(
+                self.plexes
+                    .iter()
+                    .flat_map(|p| &p.subdisks)
+                    .map(|sd| sd.name.as_str()),
+            )
+    }
+
+    /// The disk space it uses: (disk, offset, length) of each subdisk and of each
+    /// copy of its dirty region log.
+    pub fn used_extents(&self) -> impl Iterator<Item = (&str, u64, u64)> {
+        let subdisks = self
+            .plexes
+            .iter()
+            .flat_map(|p| &p.subdisks)
+            .map(|sd| (sd.disk.as_str(), sd.disk_offset_bytes, sd.len_bytes));
+        let logs = self.log.iter().flat_map(|log| {
+            log.copies
+                .iter()
+                .map(move |c| (c.disk.as_str(), c.disk_offset_bytes, log.len_bytes))
+        });
+        subdisks.chain(logs)
+    }
+
     /// A plex of this volume by name.
     pub fn plex(&self, name: &str) -> Option<&Plex> {
         self.plexes.iter().find(|p| p.name == name)

@@ -50,18 +50,6 @@ fn within(extents: &[Extent<'_>], e: &Extent<'_>) -> bool {
     })
 }
 
-/// A volume's object names: its own, its plexes', its subdisks'.
-fn object_names(v: &Volume) -> impl Iterator<Item = &str> {
-    std::iter::once(v.name.as_str())
-        .chain(v.plexes.iter().map(|p| p.name.as_str()))
-        .chain(
-            v.plexes
-                .iter()
-                .flat_map(|p| &p.subdisks)
-                .map(|sd| sd.name.as_str()),
-        )
-}
-
 /// A volume's extents: its subdisks', its log copies'.
 fn volume_extents(v: &Volume) -> impl Iterator<Item = Extent<'_>> {
     let subdisks = v.plexes.iter().flat_map(|p| &p.subdisks).map(|sd| {
@@ -202,7 +190,7 @@ impl DiskGroupConfig {
         let (mut names, mut log_ids, mut extents) = self.validate_volumes(changed)?;
         let mut held: Vec<Extent<'_>> = Vec::new();
         for v in gone {
-            for name in object_names(v) {
+            for name in v.object_names() {
                 names.remove(name);
             }
             if let Some(log) = &v.log {
@@ -249,7 +237,7 @@ impl DiskGroupConfig {
         added: &[Extent<'_>],
     ) -> Result<(), ConfigError> {
         if !names.is_empty() {
-            for name in object_names(v) {
+            for name in v.object_names() {
                 if names.contains(name) {
                     return self.invalid(format!("name {name} used twice"));
                 }

@@ -641,11 +641,7 @@ impl Device {
             Ok(found) => found,
             Err(status) => return (status, None),
         };
-        let status = SlotStatus::Valid {
-            seq: found.tail.seq,
-            txn_id: found.tail.txn_id,
-            dg_id: found.header.dg_id.clone(),
-        };
+        let status = found.status();
         let key = SlotKey::of(&found.header);
         if let Some(lineage) = validated(&key) {
             return (status, Some((found.header, lineage, found.tail)));
@@ -692,12 +688,7 @@ impl Device {
             }
             replayed
         };
-        let status = SlotStatus::Valid {
-            seq: found.tail.seq,
-            txn_id: found.tail.txn_id,
-            dg_id: found.header.dg_id.clone(),
-        };
-        (status, Some((found.tail, config)))
+        (found.status(), Some((found.tail, config)))
     }
 
     /// Decodes and validates a checkpoint's payload (its CRC checked): its
@@ -739,6 +730,17 @@ struct SlotBytes {
     tail: log::Tail,
     /// The log records after the checkpoint.
     records: Vec<log::Record>,
+}
+
+impl SlotBytes {
+    /// A valid slot's status: its newest configuration's seq and transaction.
+    fn status(&self) -> SlotStatus {
+        SlotStatus::Valid {
+            seq: self.tail.seq,
+            txn_id: self.tail.txn_id,
+            dg_id: self.header.dg_id.clone(),
+        }
+    }
 }
 
 /// Reads and validates a disk's label (the valid copy with the higher generation).
@@ -1094,7 +1096,9 @@ fn write_one(
     check_no_newer_epoch(&device, &slots, config, txn_id)?;
     let logged = payload
         .change
-        .zip(log_into(&slots, payload.change, &label, config, txn_id));
+        .and_then(|change| Some((change, log_into(&slots, change, &label, config, txn_id)?)));
+    // The checkpoint's header, when this write is one.
+    let mut written_checkpoint = None;
     let (target, buf, what) = match &logged {
         Some((change, (slot, tail))) => {
             let slot = *slot;
@@ -1122,7 +1126,8 @@ fn write_one(
             let full = payload.full();
             check_slot_takes(&device, &label, config, full)?;
             let target = choose_slot(&device, &slots, config, txn_id)?;
-            let buf = checkpoint_bytes(&device, config, full, txn_id, target)?;
+            let (header, buf) = checkpoint_bytes(&device, config, full, txn_id, target)?;
+            written_checkpoint = Some(header);
             let at = label.slot_offset_bytes(target);
             (target, (at, buf), format!("slot {target}"))
         }
@@ -1140,18 +1145,9 @@ fn write_one(
     device.write_at(buf.0, &buf.1, &what)?;
     device.sync(&what)?;
     let mut repaired = Vec::new();
-    if logged.is_none() {
+    if let Some(header) = &written_checkpoint {
         // Encoded from a configuration `write_config` validated.
-        remember_validated(
-            SlotKey {
-                dg_id: config.id.clone(),
-                seq: config.seq,
-                txn_id,
-                len: payload.full().len() as u64,
-                crc: crc32c::crc32c(payload.full()),
-            },
-            Lineage::of(config),
-        );
+        remember_validated(SlotKey::of(header), Lineage::of(config));
         if let (SlotStatus::Invalid { reason }, _) = &slots[target] {
             repaired.push(format!("slot {target} ({reason})"));
         }
@@ -1159,11 +1155,9 @@ fn write_one(
         // the other slot gets this checkpoint too, so such a plexd finds nothing it
         // reads rather than an older configuration.
         let other = 1 - target;
-        let legacy =
-            matches!(&slots[other], (_, Some((h, l, _))) if h.version < 2 && l.id == config.id);
-        if legacy {
+        if holds_version_1(&slots[other], config) {
             let what = format!("slot {other}");
-            let buf = checkpoint_bytes(&device, config, payload.full(), txn_id, other)?;
+            let (_, buf) = checkpoint_bytes(&device, config, payload.full(), txn_id, other)?;
             device.write_at(label.slot_offset_bytes(other), &buf, &what)?;
             device.sync(&what)?;
         }
@@ -1198,12 +1192,11 @@ fn write_one(
 /// no more bytes than the checkpoint or [`log::MIN_LOG_BUDGET_BYTES`]).
 fn log_into(
     slots: &[SlotRead],
-    change: Option<&Change>,
+    change: &Change,
     label: &Label,
     config: &DiskGroupConfig,
     txn_id: u64,
 ) -> Option<(usize, log::Tail)> {
-    let change = change?;
     let (index, _, _) = newest_of_group(slots, config, txn_id)?;
     let (header, lineage, tail) = slots[index].1.as_ref()?;
     let len = log::record_len(change.payload.len() as u64);
@@ -1218,15 +1211,21 @@ fn log_into(
     fits.then(|| (index, tail.clone()))
 }
 
-/// A checkpoint of `config` (`full`, its encoding) for slot `slot`: header, payload
-/// and zeros to the next block.
+/// `slot` holds a version 1 configuration of `config`'s group (one a plexd before
+/// the change log reads: docs/ONDISK.md, "Older plexd").
+fn holds_version_1(slot: &SlotRead, config: &DiskGroupConfig) -> bool {
+    matches!(slot, (_, Some((h, l, _))) if h.version < 2 && l.id == config.id)
+}
+
+/// A checkpoint of `config` (`full`, its encoding) for slot `slot`: its header, and
+/// the bytes to write (header, payload, zeros to the next block).
 fn checkpoint_bytes(
     device: &Device,
     config: &DiskGroupConfig,
     full: &[u8],
     txn_id: u64,
     slot: usize,
-) -> Result<Vec<u8>, OnDiskError> {
+) -> Result<(SlotHeader, Vec<u8>), OnDiskError> {
     let header = SlotHeader {
         version: SLOT_VERSION,
         seq: config.seq,
@@ -1240,7 +1239,7 @@ fn checkpoint_bytes(
     buf.extend_from_slice(full);
     let padded = (buf.len() as u64).div_ceil(BLOCK_BYTES) * BLOCK_BYTES;
     buf.resize(padded as usize, 0);
-    Ok(buf)
+    Ok((header, buf))
 }
 
 /// Refuses to write `config` to a disk that is not one of its group's or belongs

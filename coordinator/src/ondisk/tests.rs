@@ -923,6 +923,13 @@ fn records_left_by_an_earlier_use_of_the_slot_do_not_extend_a_new_checkpoint() {
     let read = read_config(&paths).unwrap();
     let other_seq = u64::from_le_bytes(other_bytes[16..24].try_into().unwrap());
     assert!(read.seq < newest.seq);
+    // The old records ended the transplanted checkpoint's log (they are not linked
+    // to it): its slot reads as that checkpoint alone, valid.
+    assert!(
+        matches!(&read.disks[0].slots[holding], SlotStatus::Valid { seq, .. } if *seq == other_seq),
+        "{:?}",
+        read.disks[0].slots[holding]
+    );
     assert!(
         history
             .iter()

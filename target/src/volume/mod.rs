@@ -603,6 +603,11 @@ impl Volumes {
         drain_timeout: Duration,
     ) -> Result<Duration, TargetError> {
         let d = self.prepare_start(name, new, drain_timeout)?;
+        self.wait_and_finish(d)
+    }
+
+    /// Blocks until `d` drained or its deadline, then [`Volumes::prepare_finish`].
+    fn wait_and_finish(&self, d: Draining) -> Result<Duration, TargetError> {
         // The outcome is read again by prepare_finish: a late report still counts.
         let _ = d.drain.wait(d.deadline);
         self.prepare_finish(d)
@@ -891,8 +896,8 @@ impl Volumes {
         name: &str,
         drain_timeout: Duration,
     ) -> Result<Duration, TargetError> {
-        let spec = self.volume_shared(name)?.ctl().current.spec.clone();
-        self.prepare(name, &spec, drain_timeout)
+        let d = self.quiesce_start(name, drain_timeout)?;
+        self.wait_and_finish(d)
     }
 
     /// [`Volumes::quiesce`]'s first half ([`Volumes::prepare_start`]).
