@@ -1201,7 +1201,11 @@ fn log_into(
     let (header, lineage, tail) = slots[index].1.as_ref()?;
     let len = log::record_len(change.payload.len() as u64);
     let checkpoint_bytes = tail.end_bytes - tail.log_bytes;
+    // No record either while the other slot holds a version 1 configuration of the
+    // group (a checkpoint's second copy that a crash kept from being written): the
+    // checkpoint this disk gets instead replaces it.
     let fits = header.version >= 2
+        && !holds_version_1(&slots[1 - index], config)
         && *lineage == Lineage::of(config)
         && tail.seq == change.seq
         && tail.txn_id == change.txn_id

@@ -1008,6 +1008,46 @@ fn a_disk_written_before_the_change_log_gets_version_2_in_both_slots() {
 }
 
 #[test]
+fn a_crash_before_the_second_copy_of_an_upgrade_leaves_no_record_after_it() {
+    let dir = TempDir::new();
+    let (paths, c1) = group(&dir, 1);
+    write_config(&paths, &c1.disk_groups[0], 1, None).unwrap();
+    let c2 = next(&c1, "v2");
+    write_config(&paths, &c2.disk_groups[0], 2, None).unwrap();
+    // What a crash between an upgrade's two checkpoint writes leaves: the newest
+    // configuration in a version 2 slot (1), the older one still version 1 (0).
+    let at = slot_offset(&paths[0], 0);
+    let mut header = vec![0u8; 4096];
+    File::open(&paths[0])
+        .unwrap()
+        .read_exact_at(&mut header, at)
+        .unwrap();
+    header[8..12].copy_from_slice(&1u32.to_le_bytes());
+    let crc = crc32c::crc32c(&header[..508]);
+    header[508..512].copy_from_slice(&crc.to_le_bytes());
+    corrupt(&paths[0], at, &header);
+    // The next change is a checkpoint into the version 1 slot, not a record an
+    // older plexd would miss while it still reads that slot.
+    let c3 = next(&c2, "v3");
+    let report = write_change(&paths, &c2, 2, &c3, 3);
+    assert!(report.logged.is_empty());
+    assert_eq!(report.written[0].1, 0);
+    let label = read_label(&paths[0]).unwrap();
+    for i in 0..2 {
+        let mut h = vec![0u8; 4096];
+        File::open(&paths[0])
+            .unwrap()
+            .read_exact_at(&mut h, label.slot_offset_bytes(i))
+            .unwrap();
+        let decoded = SlotHeader::decode(&h, i as u32, label.max_payload_bytes()).unwrap();
+        assert_eq!(decoded.version, 2, "slot {i}");
+    }
+    assert_eq!(read_config(&paths).unwrap().config, c3.disk_groups[0]);
+    let c4 = next(&c3, "v4");
+    assert_eq!(write_change(&paths, &c3, 3, &c4, 4).logged.len(), 1);
+}
+
+#[test]
 fn a_change_not_made_from_the_disks_newest_configuration_is_a_checkpoint() {
     let dir = TempDir::new();
     let (paths, c1) = group(&dir, 2);
