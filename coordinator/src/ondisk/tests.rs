@@ -776,6 +776,39 @@ fn write_change(
     .unwrap()
 }
 
+/// Rewrites the CRC32C at `crc_at` of a header block over the bytes before it.
+fn reseal(block: &mut [u8], crc_at: usize) {
+    let crc = crc32c::crc32c(&block[..crc_at]);
+    block[crc_at..crc_at + 4].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Makes `slot` of the disk at `path` a version 1 checkpoint (an older plexd's),
+/// its header CRC right.
+fn make_version_1(path: &Path, slot: usize) {
+    let at = slot_offset(path, slot);
+    let mut header = vec![0u8; BLOCK_BYTES as usize];
+    File::open(path)
+        .unwrap()
+        .read_exact_at(&mut header, at)
+        .unwrap();
+    header[8..12].copy_from_slice(&1u32.to_le_bytes());
+    reseal(&mut header, 508);
+    corrupt(path, at, &header);
+}
+
+/// Both slot headers of the disk at `path`, decoded.
+fn slot_headers(path: &Path) -> Vec<SlotHeader> {
+    let label = read_label(path).unwrap();
+    let f = File::open(path).unwrap();
+    (0..2)
+        .map(|i| {
+            let mut h = vec![0u8; BLOCK_BYTES as usize];
+            f.read_exact_at(&mut h, label.slot_offset_bytes(i)).unwrap();
+            SlotHeader::decode(&h, i as u32, label.max_payload_bytes()).unwrap()
+        })
+        .collect()
+}
+
 /// Where the first change log record of `slot` of the disk at `path` is (from the
 /// device's start), and its header's bytes.
 fn first_record(path: &Path, slot: usize) -> (u64, Vec<u8>) {
@@ -912,8 +945,7 @@ fn records_left_by_an_earlier_use_of_the_slot_do_not_extend_a_new_checkpoint() {
     let other_bytes = slot_bytes(other);
     let mut header = other_bytes[..4096].to_vec();
     header[44..48].copy_from_slice(&(holding as u32).to_le_bytes());
-    let crc = crc32c::crc32c(&header[..508]);
-    header[508..512].copy_from_slice(&crc.to_le_bytes());
+    reseal(&mut header, 508);
     let len = u64::from_le_bytes(header[32..40].try_into().unwrap());
     let padded = (4096 + len.div_ceil(4096) * 4096) as usize;
     let mut image = header;
@@ -949,8 +981,7 @@ fn a_linked_record_this_plexd_cannot_read_makes_its_slot_invalid() {
     let (at, mut rec) = first_record(&paths[0], slot);
     // A newer record format, its header CRC right: refused, never skipped.
     rec[8..12].copy_from_slice(&9u32.to_le_bytes());
-    let crc = crc32c::crc32c(&rec[..252]);
-    rec[252..256].copy_from_slice(&crc.to_le_bytes());
+    reseal(&mut rec, 252);
     corrupt(&paths[0], at, &rec);
     // The slot is invalid as a whole (not read as its checkpoint alone, an older
     // configuration); this disk's other slot was never written.
@@ -970,17 +1001,7 @@ fn a_disk_written_before_the_change_log_gets_version_2_in_both_slots() {
     let (paths, c1) = group(&dir, 1);
     write_config(&paths, &c1.disk_groups[0], 1, None).unwrap();
     // Make slot 0 a version 1 checkpoint (an older plexd's), header CRC right.
-    let label = read_label(&paths[0]).unwrap();
-    let at = label.slot_offset_bytes(0);
-    let mut header = vec![0u8; 4096];
-    File::open(&paths[0])
-        .unwrap()
-        .read_exact_at(&mut header, at)
-        .unwrap();
-    header[8..12].copy_from_slice(&1u32.to_le_bytes());
-    let crc = crc32c::crc32c(&header[..508]);
-    header[508..512].copy_from_slice(&crc.to_le_bytes());
-    corrupt(&paths[0], at, &header);
+    make_version_1(&paths[0], 0);
     assert_eq!(read_config(&paths).unwrap().config, c1.disk_groups[0]);
     // No record goes after a version 1 checkpoint: an older plexd would not see it.
     let c2 = next(&c1, "v2");
@@ -989,18 +1010,8 @@ fn a_disk_written_before_the_change_log_gets_version_2_in_both_slots() {
     assert_eq!(report.written[0].1, 1);
     // Both slots now hold version 2 checkpoints of seq 2: an older plexd reads none
     // of them rather than the older configuration.
-    for i in 0..2 {
-        let mut h = vec![0u8; 4096];
-        File::open(&paths[0])
-            .unwrap()
-            .read_exact_at(&mut h, label.slot_offset_bytes(i))
-            .unwrap();
-        let decoded = SlotHeader::decode(&h, i as u32, label.max_payload_bytes()).unwrap();
-        assert_eq!(
-            (decoded.version, decoded.seq),
-            (2, c2.disk_groups[0].seq),
-            "slot {i}"
-        );
+    for (i, h) in slot_headers(&paths[0]).iter().enumerate() {
+        assert_eq!((h.version, h.seq), (2, c2.disk_groups[0].seq), "slot {i}");
     }
     let c3 = next(&c2, "v3");
     assert_eq!(write_change(&paths, &c2, 2, &c3, 3).logged.len(), 1);
@@ -1016,31 +1027,15 @@ fn a_crash_before_the_second_copy_of_an_upgrade_leaves_no_record_after_it() {
     write_config(&paths, &c2.disk_groups[0], 2, None).unwrap();
     // What a crash between an upgrade's two checkpoint writes leaves: the newest
     // configuration in a version 2 slot (1), the older one still version 1 (0).
-    let at = slot_offset(&paths[0], 0);
-    let mut header = vec![0u8; 4096];
-    File::open(&paths[0])
-        .unwrap()
-        .read_exact_at(&mut header, at)
-        .unwrap();
-    header[8..12].copy_from_slice(&1u32.to_le_bytes());
-    let crc = crc32c::crc32c(&header[..508]);
-    header[508..512].copy_from_slice(&crc.to_le_bytes());
-    corrupt(&paths[0], at, &header);
+    make_version_1(&paths[0], 0);
     // The next change is a checkpoint into the version 1 slot, not a record an
     // older plexd would miss while it still reads that slot.
     let c3 = next(&c2, "v3");
     let report = write_change(&paths, &c2, 2, &c3, 3);
     assert!(report.logged.is_empty());
     assert_eq!(report.written[0].1, 0);
-    let label = read_label(&paths[0]).unwrap();
-    for i in 0..2 {
-        let mut h = vec![0u8; 4096];
-        File::open(&paths[0])
-            .unwrap()
-            .read_exact_at(&mut h, label.slot_offset_bytes(i))
-            .unwrap();
-        let decoded = SlotHeader::decode(&h, i as u32, label.max_payload_bytes()).unwrap();
-        assert_eq!(decoded.version, 2, "slot {i}");
+    for (i, h) in slot_headers(&paths[0]).iter().enumerate() {
+        assert_eq!(h.version, 2, "slot {i}");
     }
     assert_eq!(read_config(&paths).unwrap().config, c3.disk_groups[0]);
     let c4 = next(&c3, "v4");
