@@ -93,16 +93,16 @@ pub const MAX_WRITTEN_GROUPS: usize = 4096;
 /// ([`ondisk::write_config_after`]). The groups share their volumes with the
 /// configurations they came from.
 #[derive(Debug, Default)]
-pub struct Written(BTreeMap<String, (DiskGroupConfig, u64)>);
+pub struct Written(BTreeMap<String, (Arc<DiskGroupConfig>, u64)>);
 
 impl Written {
     /// `g` as transaction `txn` wrote it (a disk whose newest configuration that is
     /// takes the next change as a change log record).
-    fn remember(&mut self, g: &DiskGroupConfig, txn: u64) {
+    fn remember(&mut self, g: &Arc<DiskGroupConfig>, txn: u64) {
         if self.0.len() >= MAX_WRITTEN_GROUPS && !self.0.contains_key(&g.id) {
             self.0.clear();
         }
-        self.0.insert(g.id.clone(), (g.clone(), txn));
+        self.0.insert(g.id.clone(), (Arc::clone(g), txn));
     }
 }
 
@@ -448,7 +448,7 @@ pub fn write_updates(
         match u {
             DiskUpdate::WriteConfig(dg) => {
                 let paths = local.disk_paths(dg);
-                let before = written.0.get(&dg.id).map(|(g, t)| (g, *t));
+                let before = written.0.get(&dg.id).map(|(g, t)| (&**g, *t));
                 match ondisk::write_config_after(&paths, dg, before, txn, deadline) {
                     Ok(report) => {
                         written.remember(dg, txn);

@@ -181,9 +181,14 @@ impl SharedConfig {
             Ok(g) => g,
             Err(e) => return Some(Err(refusal(&e))),
         };
-        let updates = vec![DiskUpdate::WriteConfig(updated.clone())];
+        let updated = Arc::new(updated);
+        // The next change of this group validates against it, a grow allocates in
+        // it, and its disk write validates it against this one: all through its
+        // extent index, made from this group's.
+        crate::model::extents::remember(&updated, Some(&self.groups[index]));
+        let updates = vec![DiskUpdate::WriteConfig(Arc::clone(&updated))];
         let mut groups = self.groups.clone();
-        groups[index] = Arc::new(updated);
+        groups[index] = updated;
         Some(Ok(SharedConfig {
             seq: self.seq + 1,
             groups,

@@ -106,7 +106,7 @@ fn read_config(r: wire::shared_config::Reader<'_>) -> capnp::Result<SharedConfig
     for u in r.get_updates()? {
         use wire::disk_update::Which;
         updates.push(match u.which().map_err(|e| unknown("disk update", e))? {
-            Which::WriteConfig(g) => DiskUpdate::WriteConfig(disk::read_group(g?)?),
+            Which::WriteConfig(g) => DiskUpdate::WriteConfig(Arc::new(disk::read_group(g?)?)),
             Which::Release(d) => DiskUpdate::Release(disk::read_disk(d?)?),
         });
     }

@@ -240,8 +240,7 @@ fn write_groups(name: &str, groups: &[DiskGroupConfig], files: &[PathBuf], what:
     }
     let updates: Vec<DiskUpdate> = groups
         .iter()
-        .cloned()
-        .map(DiskUpdate::WriteConfig)
+        .map(|g| DiskUpdate::WriteConfig(std::sync::Arc::new(g.clone())))
         .collect();
     let names: Vec<&str> = groups.iter().map(|g| g.name.as_str()).collect();
     let mut repairs = disks::Repairs::default();

@@ -109,18 +109,44 @@ fn free_run_at(dg: &DiskGroupConfig, disk: &str, offset_bytes: u64, taken: &[Pie
     if offset_bytes < start || offset_bytes >= end {
         return 0;
     }
+    let mine = taken
+        .iter()
+        .map(|(d, offset, len)| (d.as_str(), *offset, *len));
+    // The group's index, when it has one ([`super::extents`]): the extent before
+    // `offset_bytes` (the only one that can cover it: they are disjoint) and the
+    // first after it are all that matter.
+    if let Some(index) = super::extents::cached(dg) {
+        let list = index.on(disk);
+        let i = list.partition_point(|u| u.offset <= offset_bytes);
+        let near = i
+            .checked_sub(1)
+            .map(|j| &list[j])
+            .into_iter()
+            .chain(list.get(i));
+        let used = near.map(|u| (disk, u.offset, u.len));
+        return run_from(disk, offset_bytes, end, used.chain(mine));
+    }
     // Every used extent; the disk name is compared only for an extent whose offsets
     // matter (it covers `offset_bytes`, or starts after it and before the run's end
     // so far), which after the first few is rare.
     let used = dg.volumes.iter().flat_map(|v| v.used_extents());
-    let mine = taken
-        .iter()
-        .map(|(d, offset, len)| (d.as_str(), *offset, *len));
+    run_from(disk, offset_bytes, end, used.chain(mine))
+}
+
+/// The free run of `disk` from `offset_bytes` up to `end` at most, given (among
+/// others) every used extent of the disk that covers `offset_bytes` or starts
+/// after it: 0 when one covers it, else up to the first that starts after it.
+fn run_from<'a>(
+    disk: &str,
+    offset_bytes: u64,
+    end: u64,
+    used: impl Iterator<Item = (&'a str, u64, u64)>,
+) -> u64 {
     // Where the free run ends: the first used extent after `offset_bytes`; none
     // may cover `offset_bytes` itself (a run starts only where used space ends,
     // and the extent `offset_bytes` is the end of is not after it).
     let mut run_end = end;
-    for (on, offset, len) in used.chain(mine) {
+    for (on, offset, len) in used {
         let covers = offset <= offset_bytes && offset_bytes < offset.saturating_add(len);
         let bounds = offset > offset_bytes && offset < run_end;
         if (covers || bounds) && on == disk {

@@ -1,6 +1,8 @@
 //! Configuration changes: what moves the model, which disk writes each needs, and
 //! the one-line description `plexctl` prints after a commit.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use super::*;
@@ -310,7 +312,7 @@ impl Change {
                 // Every shared group the change touched (its seq moved).
                 for g in after.disk_groups.iter().filter(|g| g.shared) {
                     if before.disk_group(&g.name).is_none_or(|b| b.seq != g.seq) {
-                        updates.push(DiskUpdate::WriteConfig(g.clone()));
+                        updates.push(DiskUpdate::WriteConfig(Arc::new(g.clone())));
                     }
                 }
             }
@@ -321,12 +323,12 @@ impl Change {
             }
             Change::DgDeport { .. } => {
                 if let Some(old) = old {
-                    updates.push(DiskUpdate::WriteConfig(old.deported()));
+                    updates.push(DiskUpdate::WriteConfig(Arc::new(old.deported())));
                 }
             }
             _ => {
                 if let Some(new) = after.disk_group(name) {
-                    updates.push(DiskUpdate::WriteConfig(new.clone()));
+                    updates.push(DiskUpdate::WriteConfig(Arc::new(new.clone())));
                 }
                 if let (Change::DgRmDisk { disk, .. }, Some(old)) = (self, old) {
                     if let Some(d) = old.disk(disk) {
@@ -343,8 +345,9 @@ impl Change {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DiskUpdate {
     /// Write this configuration (seq = `config.seq`) to every disk of the group,
-    /// updating labels whose disk group fields differ.
-    WriteConfig(DiskGroupConfig),
+    /// updating labels whose disk group fields differ. Shared with the model's
+    /// group where it is one (no copy of the volume list per change).
+    WriteConfig(Arc<DiskGroupConfig>),
     /// Clear the disk's disk group fields and slots (`ondisk::release_disk`).
     Release(Disk),
 }

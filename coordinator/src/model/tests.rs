@@ -375,7 +375,7 @@ fn deport_import_and_destroy() {
     assert_eq!(on_disk.owner_id, "");
     assert_eq!(on_disk.seq, 3);
     let import = Change::DgImport {
-        config: on_disk.clone(),
+        config: (**on_disk).clone(),
         shared: false,
         owner_id: "hostA".into(),
     };
@@ -1306,4 +1306,99 @@ fn random_changes_keep_every_group_valid() {
         }
     }
     assert!(applied > 300, "{applied} of 600 changes applied");
+}
+
+/// A group in the extent index's table ([`extents::remember`]), made from `before`'s.
+fn indexed(
+    g: DiskGroupConfig,
+    before: Option<&DiskGroupConfig>,
+) -> std::sync::Arc<DiskGroupConfig> {
+    let g = std::sync::Arc::new(g);
+    extents::remember(&g, before);
+    assert!(extents::cached(&g).is_some());
+    g
+}
+
+#[test]
+fn validate_change_through_the_extent_index_gives_the_walks_verdict() {
+    let base = group_of_every_layout(24);
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(21);
+    let (mut valid, mut invalid) = (0, 0);
+    for round in 0..2000 {
+        let mut before = indexed(base.clone(), None);
+        for _ in 0..rand::Rng::gen_range(&mut rng, 1..4) {
+            let mut after = (*before).clone();
+            random_edit(&mut after, &mut rng);
+            // `before` has an index; a copy of it (another allocation) has none,
+            // so the check walks the volumes.
+            let by_index = after.validate_change(&before);
+            let by_walk = after.validate_change(&(*before).clone());
+            let whole = after.validate();
+            assert_eq!(
+                (by_index.is_ok(), by_walk.is_ok()),
+                (whole.is_ok(), whole.is_ok()),
+                "round {round}: index {by_index:?}, walk {by_walk:?}, validate {whole:?}"
+            );
+            if whole.is_err() {
+                invalid += 1;
+                break;
+            }
+            valid += 1;
+            before = indexed(after, Some(&before));
+        }
+    }
+    assert!(
+        valid > 300 && invalid > 300,
+        "{valid} valid, {invalid} invalid"
+    );
+}
+
+#[test]
+fn changes_through_the_extent_index_apply_as_without_it() {
+    use rand::Rng;
+    let mut g = indexed(group_of_every_layout(12), None);
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(5);
+    let (mut applied, mut grown) = (0, 0);
+    for i in 0..600 {
+        let v = &g.volumes[rng.gen_range(0..g.volumes.len())];
+        let dg = "dg1".to_string();
+        let change = match rng.gen_range(0..6) {
+            0..=2 => Change::VolGrow {
+                dg,
+                volume: v.name.clone(),
+                new_size_bytes: v.size_bytes + 4096 * rng.gen_range(1..300),
+            },
+            3 => Change::VolShrink {
+                dg,
+                volume: v.name.clone(),
+                new_size_bytes: v.size_bytes.saturating_sub(4096 * rng.gen_range(1..100)),
+            },
+            4 if g.volumes.len() > 4 => Change::VolRm {
+                dg,
+                volume: v.name.clone(),
+            },
+            _ => Change::VolCreate {
+                dg,
+                volume: format!("new{i}"),
+                size_bytes: 4096 * rng.gen_range(1..2000),
+                layout: VolumeLayout::Mirror { mirrors: 2 },
+                log: LogPolicy::default(),
+            },
+        };
+        // The group in the table (grows find their free run in its index; the
+        // debug build checks each against the whole free map, and each derived
+        // index against one made from every volume), and a copy without an index.
+        let with_index = apply_dg(&g, &change);
+        let without = apply_dg(&(*g).clone(), &change);
+        assert_eq!(with_index, without, "change {i}: {change:?}");
+        if let Ok(next) = with_index {
+            grown += usize::from(matches!(change, Change::VolGrow { .. }));
+            applied += 1;
+            g = indexed(next, Some(&g));
+        }
+    }
+    assert!(
+        applied > 300 && grown > 150,
+        "{applied} applied, {grown} grows"
+    );
 }

@@ -80,7 +80,7 @@ fn volume_extents(v: &Volume) -> impl Iterator<Item = Extent<'_>> {
 /// removed. Both lists are walked side by side comparing pointers, a change
 /// replacing, adding or removing a volume in place; a volume met out of that order
 /// is taken as changed (checked whole: never wrong, only slower).
-fn left_alone<'a, 'b>(
+pub(super) fn left_alone<'a, 'b>(
     before: &'b [Arc<Volume>],
     after: &'a [Arc<Volume>],
 ) -> (Vec<&'a Volume>, Vec<&'a Volume>, Vec<&'b Volume>) {
@@ -171,6 +171,23 @@ impl DiskGroupConfig {
         let (names, log_ids, extents) = self.added(changed, &gone)?;
         if names.is_empty() && log_ids.is_empty() && extents.is_empty() {
             return Ok(());
+        }
+        // Only extents added (a grow's): looked up in `before`'s index when it has
+        // one, less the extents of the volumes the change replaced or removed (those
+        // of `before` that are not kept). An overlap found, or no index: the walk
+        // below, which also names what overlaps.
+        if names.is_empty() && log_ids.is_empty() {
+            if let Some(index) = super::extents::cached(before) {
+                let mut except: Vec<usize> =
+                    gone.iter().map(|v| super::extents::owner_of(v)).collect();
+                except.sort_unstable();
+                if !extents
+                    .iter()
+                    .any(|e| index.overlaps(e.0, e.1, e.2, &except))
+                {
+                    return Ok(());
+                }
+            }
         }
         for v in kept {
             self.check_kept(v, &names, &log_ids, &extents)?;
