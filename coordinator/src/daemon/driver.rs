@@ -1152,7 +1152,7 @@ pub fn desired_of(
     let local = disks::LocalDisks::scan(files);
     let all = || shared.iter().map(|g| &**g).chain(private.iter());
     let id = file.node(name).map_or(0, |n| n.id);
-    let mut d = Desired::of_cached(all(), id, specs);
+    let (mut d, extras) = Desired::of_cached_with_extras(all(), id, specs);
     // The disks at their paths on this node (nothing else of a group names a path:
     // the volumes name disk bdevs), without copying the groups.
     for g in all() {
@@ -1162,8 +1162,8 @@ pub fn desired_of(
                 .insert(crate::model::disk_bdev(&g.name, &disk.name), path);
         }
     }
-    d.exports = exports::desired(all(), name, portal);
-    d.nvmf = exports::desired_nvmf(all(), name, &nvmf_nodes);
+    d.exports = exports::desired(extras.iter().copied(), name, portal);
+    d.nvmf = exports::desired_nvmf(extras.iter().copied(), name, &nvmf_nodes);
     d.nvmf_node = exports::NvmfNode::of(file, name).unwrap_or_default();
     d
 }

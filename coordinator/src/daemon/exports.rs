@@ -32,7 +32,7 @@ use plexd_target_api::KernelClient;
 use super::config::{ClusterFile, MAX_NODES};
 use crate::core::{ErrorKind, RequestError};
 use crate::model::volume_bdev;
-use crate::model::{Change, DiskGroupConfig, Export, ExportProtocol};
+use crate::model::{Change, DiskGroupConfig, Export, ExportProtocol, Volume};
 
 /// Alias prefix of the iSCSI targets plexd creates.
 pub const ALIAS_PREFIX: &str = "plexd:";
@@ -65,30 +65,28 @@ pub fn portal_of<'a>(export: &'a Export, node_portal: &'a str) -> &'a str {
 }
 
 /// The iSCSI targets node `node` (whose own portal is `node_portal`) serves for
-/// `groups`, by IQN.
+/// `volumes` (each with its group: every volume with an export, at least), by IQN.
 pub fn desired<'a>(
-    groups: impl IntoIterator<Item = &'a DiskGroupConfig>,
+    volumes: impl IntoIterator<Item = (&'a DiskGroupConfig, &'a Volume)>,
     node: &str,
     node_portal: &str,
 ) -> BTreeMap<String, ExportSpec> {
     let mut out = BTreeMap::new();
-    for g in groups {
-        for v in &g.volumes {
-            for e in v
-                .exports
-                .iter()
-                .filter(|e| e.protocol == ExportProtocol::Iscsi && serves(e, node))
-            {
-                out.insert(
-                    e.iqn.clone(),
-                    ExportSpec {
-                        bdev: volume_bdev(&g.name, &v.name),
-                        device_id: format!("{}.{}", g.id, v.name),
-                        portal: portal_of(e, node_portal).to_string(),
-                        cluster_reservations: g.shared,
-                    },
-                );
-            }
+    for (g, v) in volumes {
+        for e in v
+            .exports
+            .iter()
+            .filter(|e| e.protocol == ExportProtocol::Iscsi && serves(e, node))
+        {
+            out.insert(
+                e.iqn.clone(),
+                ExportSpec {
+                    bdev: volume_bdev(&g.name, &v.name),
+                    device_id: format!("{}.{}", g.id, v.name),
+                    portal: portal_of(e, node_portal).to_string(),
+                    cluster_reservations: g.shared,
+                },
+            );
         }
     }
     out
@@ -352,36 +350,35 @@ pub struct NvmfSpec {
     pub peers: Vec<String>,
 }
 
-/// The NVM subsystems node `node` serves for `groups`, by NQN. `nodes`: every
-/// node of the cluster file as (name, nvmf_portal).
+/// The NVM subsystems node `node` serves for `volumes` (each with its group: every
+/// volume with an export, at least), by NQN. `nodes`: every node of the cluster
+/// file as (name, nvmf_portal).
 pub fn desired_nvmf<'a>(
-    groups: impl IntoIterator<Item = &'a DiskGroupConfig>,
+    volumes: impl IntoIterator<Item = (&'a DiskGroupConfig, &'a Volume)>,
     node: &str,
     nodes: &[(String, String)],
 ) -> BTreeMap<String, NvmfSpec> {
     let mut out = BTreeMap::new();
-    for g in groups {
-        for v in &g.volumes {
-            for e in v
-                .exports
+    for (g, v) in volumes {
+        for e in v
+            .exports
+            .iter()
+            .filter(|e| e.protocol == ExportProtocol::Nvmf && serves(e, node))
+        {
+            let peers = nodes
                 .iter()
-                .filter(|e| e.protocol == ExportProtocol::Nvmf && serves(e, node))
-            {
-                let peers = nodes
-                    .iter()
-                    .filter(|(name, _)| name != node && serves(e, name))
-                    .map(|(_, portal)| portal.clone())
-                    .collect();
-                out.insert(
-                    e.iqn.clone(),
-                    NvmfSpec {
-                        bdev: volume_bdev(&g.name, &v.name),
-                        identity: format!("{}.{}", g.id, v.name),
-                        hosts: e.hosts.clone(),
-                        peers,
-                    },
-                );
-            }
+                .filter(|(name, _)| name != node && serves(e, name))
+                .map(|(_, portal)| portal.clone())
+                .collect();
+            out.insert(
+                e.iqn.clone(),
+                NvmfSpec {
+                    bdev: volume_bdev(&g.name, &v.name),
+                    identity: format!("{}.{}", g.id, v.name),
+                    hosts: e.hosts.clone(),
+                    peers,
+                },
+            );
         }
     }
     out
@@ -677,6 +674,15 @@ fn check_no_nvmf_hosts(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every volume of `groups`, with its group.
+    fn every_volume(
+        groups: &[DiskGroupConfig],
+    ) -> impl Iterator<Item = (&DiskGroupConfig, &Volume)> {
+        groups
+            .iter()
+            .flat_map(|g| g.volumes.iter().map(move |v| (g, &**v)))
+    }
     use crate::model::test_support::cluster;
     use crate::model::VolumeLayout;
 
@@ -760,17 +766,17 @@ mod tests {
     #[test]
     fn every_node_or_the_named_ones_serve_an_export_with_one_identity() {
         let all = exported(&[], "");
-        let a = desired(&all, "a", "127.0.0.1:3260");
-        let b = desired(&all, "b", "127.0.0.1:3261");
+        let a = desired(every_volume(&all), "a", "127.0.0.1:3260");
+        let b = desired(every_volume(&all), "b", "127.0.0.1:3261");
         let iqn = "iqn.2026-11.io.plexd:test-1.dg1.vol1";
         assert_eq!(a[iqn].bdev, "dg1.vol1");
         assert_eq!(a[iqn].portal, "127.0.0.1:3260");
         assert_eq!(b[iqn].portal, "127.0.0.1:3261");
         assert_eq!(a[iqn].device_id, b[iqn].device_id, "multipath identity");
         let only_b = exported(&["b"], "127.0.0.1:3999");
-        assert!(desired(&only_b, "a", "127.0.0.1:3260").is_empty());
+        assert!(desired(every_volume(&only_b), "a", "127.0.0.1:3260").is_empty());
         assert_eq!(
-            desired(&only_b, "b", "127.0.0.1:3261")[iqn].portal,
+            desired(every_volume(&only_b), "b", "127.0.0.1:3261")[iqn].portal,
             "127.0.0.1:3999"
         );
     }
@@ -823,13 +829,16 @@ mod tests {
             .map(|(i, n)| (n.to_string(), format!("127.0.0.1:{}", 4420 + i)))
             .collect();
         let all = c.apply(&export(&[])).unwrap().disk_groups;
-        let a = desired_nvmf(&all, "a", &nodes);
-        let b = desired_nvmf(&all, "b", &nodes);
+        let a = desired_nvmf(every_volume(&all), "a", &nodes);
+        let b = desired_nvmf(every_volume(&all), "b", &nodes);
         assert_eq!(a[&nqn].bdev, "dg1.vol1");
         assert_eq!(a[&nqn].identity, b[&nqn].identity, "one namespace identity");
         assert_eq!(a[&nqn].peers, ["127.0.0.1:4421", "127.0.0.1:4422"]);
         assert_eq!(b[&nqn].peers, ["127.0.0.1:4420", "127.0.0.1:4422"]);
-        assert!(desired(&all, "a", "127.0.0.1:3260").is_empty(), "no iSCSI");
+        assert!(
+            desired(every_volume(&all), "a", "127.0.0.1:3260").is_empty(),
+            "no iSCSI"
+        );
         let sub = subsystem_of(&nqn, &a[&nqn]);
         assert!(managed_nvmf(&sub) && !sub.allow_any);
         assert_eq!(
@@ -837,9 +846,9 @@ mod tests {
             Some(a[&nqn].identity.as_str())
         );
         let bc = c.apply(&export(&["b", "c"])).unwrap().disk_groups;
-        assert!(desired_nvmf(&bc, "a", &nodes).is_empty());
+        assert!(desired_nvmf(every_volume(&bc), "a", &nodes).is_empty());
         assert_eq!(
-            desired_nvmf(&bc, "c", &nodes)[&nqn].peers,
+            desired_nvmf(every_volume(&bc), "c", &nodes)[&nqn].peers,
             ["127.0.0.1:4421"]
         );
     }

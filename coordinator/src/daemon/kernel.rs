@@ -80,25 +80,36 @@ impl Desired {
         node: u32,
         specs: &mut SpecCache,
     ) -> Desired {
+        Desired::of_cached_with_extras(groups, node, specs).0
+    }
+
+    /// [`Desired::of_cached`], and the volumes with exports or reservations (what
+    /// the exports are gathered from): the cache knows them, so no other volume is
+    /// read.
+    pub fn of_cached_with_extras<'a>(
+        groups: impl IntoIterator<Item = &'a DiskGroupConfig>,
+        node: u32,
+        specs: &mut SpecCache,
+    ) -> (Desired, Vec<(&'a DiskGroupConfig, &'a Volume)>) {
         let mut d = Desired::default();
+        let mut extras = Vec::new();
         specs.round += 1;
         for g in groups {
             for disk in &g.disks {
                 d.disks
                     .insert(disk_bdev(&g.name, &disk.name), disk.path.clone());
             }
-            specs.group_specs(g, node);
-            for v in g
-                .volumes
-                .iter()
-                .filter(|v| g.shared && !v.reservations.is_empty())
-            {
-                d.reservations
-                    .insert(volume_bdev(&g.name, &v.name), v.reservations.clone());
+            for i in specs.group_specs(g, node) {
+                let v = &*g.volumes[i];
+                if g.shared && !v.reservations.is_empty() {
+                    d.reservations
+                        .insert(volume_bdev(&g.name, &v.name), v.reservations.clone());
+                }
+                extras.push((g, v));
             }
         }
         d.volumes = specs.volumes();
-        d
+        (d, extras)
     }
 }
 
@@ -129,71 +140,86 @@ struct CachedGroup {
     /// (shared, detach policy, node) of the projection.
     context: Option<(bool, crate::model::DetachPolicy, u32)>,
     /// Each volume (held, so that its address names it while it is cached), its
-    /// bdev name and its spec, in the group's order.
+    /// bdev name, its spec and whether it has exports or reservations, in the
+    /// group's order.
     specs: Vec<CachedSpec>,
     round: u64,
 }
 
 /// See [`CachedGroup::specs`].
-type CachedSpec = (Arc<Volume>, Arc<str>, Arc<VolumeSpec>);
+type CachedSpec = (Arc<Volume>, Arc<str>, Arc<VolumeSpec>, bool);
 
 impl SpecCache {
     /// The specs of `g`'s volumes for node `node`, in the group's order: the cached
     /// one of each volume that is still the allocation it was projected from, in
-    /// the same context.
-    fn group_specs(&mut self, g: &DiskGroupConfig, node: u32) {
+    /// the same context. Returns the positions in `g.volumes` of the volumes with
+    /// exports or reservations. A cached entry is moved, not copied: no volume a
+    /// change left alone is read or has its counts touched.
+    fn group_specs(&mut self, g: &DiskGroupConfig, node: u32) -> Vec<usize> {
         let context = Some((g.shared, g.detach_policy, node));
         let round = self.round;
         let cached = self.groups.entry(g.name.clone()).or_default();
         let old = std::mem::take(&mut cached.specs);
-        let (old, mut unused) = if cached.context == context {
+        let (old, unused) = if cached.context == context {
             (old, Vec::new())
         } else {
             (Vec::new(), old)
         };
-        let mut taken = vec![false; old.len()];
+        let mut old: Vec<Option<CachedSpec>> = old.into_iter().map(Some).collect();
         let mut specs = Vec::with_capacity(g.volumes.len());
+        let mut extras = Vec::new();
         // The next cached volume not yet met: a volume in its place, or in the next
         // one (the cached volume there was removed), is the cached one.
         let mut next = 0;
-        for v in &g.volumes {
-            let same = |i: usize| old.get(i).filter(|(c, _, _)| Arc::ptr_eq(c, v));
-            let at = if same(next).is_some() {
+        for (i, v) in g.volumes.iter().enumerate() {
+            let same = |i: usize| {
+                old.get(i)
+                    .and_then(|c| c.as_ref())
+                    .is_some_and(|(c, ..)| Arc::ptr_eq(c, v))
+            };
+            let at = if same(next) {
                 Some(next)
-            } else if same(next + 1).is_some() {
+            } else if same(next + 1) {
                 Some(next + 1)
             } else {
                 None
             };
-            match at {
-                Some(i) => {
-                    next = i + 1;
-                    taken[i] = true;
-                    specs.push(old[i].clone());
+            let entry = match at.and_then(|at| Some((at, old[at].take()?))) {
+                Some((at, entry)) => {
+                    next = at + 1;
+                    entry
                 }
                 None => {
                     // Replaced (its cached self is passed) or new.
-                    if old.get(next).is_some_and(|(c, _, _)| c.name == v.name) {
+                    if old
+                        .get(next)
+                        .and_then(|c| c.as_ref())
+                        .is_some_and(|(c, ..)| c.name == v.name)
+                    {
                         next += 1;
                     }
                     let spec = Arc::new(g.volume_spec(v, node));
                     let name: Arc<str> = Arc::from(spec.name.as_str());
                     self.fresh.push((Arc::clone(&name), Arc::clone(&spec)));
-                    specs.push((Arc::clone(v), name, spec));
+                    let extra = !v.exports.is_empty() || !v.reservations.is_empty();
+                    (Arc::clone(v), name, spec, extra)
                 }
+            };
+            if entry.3 {
+                extras.push(i);
             }
+            specs.push(entry);
         }
-        unused.extend(
-            old.into_iter()
-                .zip(taken)
-                .filter(|(_, t)| !t)
-                .map(|(c, _)| c),
+        self.gone.extend(
+            unused
+                .into_iter()
+                .chain(old.into_iter().flatten())
+                .map(|(_, name, ..)| name),
         );
-        self.gone
-            .extend(unused.into_iter().map(|(_, name, _)| name));
         cached.context = context;
         cached.specs = specs;
         cached.round = round;
+        extras
     }
 
     /// Ends the current projection: drops the groups it did not see and returns
@@ -204,7 +230,7 @@ impl SpecCache {
         let gone = &mut self.gone;
         self.groups.retain(|_, g| {
             if g.round != round {
-                gone.extend(g.specs.drain(..).map(|(_, name, _)| name));
+                gone.extend(g.specs.drain(..).map(|(_, name, ..)| name));
             }
             g.round == round
         });
@@ -831,6 +857,76 @@ mod tests {
         assert!(only_states_differ(spec, &stale));
         stale.size_bytes += 512;
         assert!(!only_states_differ(spec, &stale));
+    }
+
+    #[test]
+    fn a_cached_projection_finds_every_export_and_reservation_without_reading_the_rest() {
+        use crate::daemon::exports;
+        use crate::model::{Export, ExportProtocol};
+        let export = |volume: &str, protocol| Change::VolExport {
+            dg: "dg1".into(),
+            volume: volume.into(),
+            export: Export {
+                protocol,
+                iqn: match protocol {
+                    ExportProtocol::Iscsi => format!("iqn.2026-12.io.plexd:{volume}"),
+                    ExportProtocol::Nvmf => format!("nqn.2026-12.io.plexd:{volume}"),
+                },
+                nodes: Vec::new(),
+                portal: String::new(),
+                hosts: Vec::new(),
+            },
+        };
+        let mut c = group_with(&[("v1", 1 << 20), ("v2", 1 << 20), ("v3", 1 << 20)]);
+        let mut specs = SpecCache::default();
+        let nodes = [("a".to_string(), "127.0.0.1:4420".to_string())];
+        let changes = [
+            export("v2", ExportProtocol::Iscsi),
+            Change::VolGrow {
+                dg: "dg1".into(),
+                volume: "v1".into(),
+                new_size_bytes: 2 << 20,
+            },
+            export("v3", ExportProtocol::Nvmf),
+            Change::VolUnexport {
+                dg: "dg1".into(),
+                volume: "v2".into(),
+                protocol: ExportProtocol::Iscsi,
+            },
+            export("v1", ExportProtocol::Iscsi),
+            Change::VolRm {
+                dg: "dg1".into(),
+                volume: "v2".into(),
+            },
+        ];
+        for change in changes {
+            c = apply(&c, &change).unwrap();
+            // A reservation on v3 from the second change on, set by hand (a host's
+            // PERSISTENT RESERVE OUT would).
+            let v3 = |v: &Arc<Volume>| v.name == "v3" && v.reservations.is_empty();
+            if let Some(v) = c.disk_groups[0].volumes.iter().position(v3) {
+                c.disk_groups[0].volume_mut(v).reservations.generation = 1;
+            }
+            let (d, extras) = Desired::of_cached_with_extras(&c.disk_groups, 1, &mut specs);
+            let g = &c.disk_groups[0];
+            let every: Vec<_> = g.volumes.iter().map(|v| (g, &**v)).collect();
+            let with: Vec<&str> = every
+                .iter()
+                .filter(|(_, v)| !v.exports.is_empty() || !v.reservations.is_empty())
+                .map(|(_, v)| v.name.as_str())
+                .collect();
+            let found: Vec<&str> = extras.iter().map(|(_, v)| v.name.as_str()).collect();
+            assert_eq!(found, with, "after {change:?}");
+            assert_eq!(d, Desired::of(&c.disk_groups, 1), "after {change:?}");
+            assert_eq!(
+                exports::desired(extras.iter().copied(), "a", "127.0.0.1:3260"),
+                exports::desired(every.iter().copied(), "a", "127.0.0.1:3260"),
+            );
+            assert_eq!(
+                exports::desired_nvmf(extras.iter().copied(), "a", &nodes),
+                exports::desired_nvmf(every.iter().copied(), "a", &nodes),
+            );
+        }
     }
 
     #[test]
