@@ -53,7 +53,10 @@ pub struct Desired {
     /// Disk bdev name → path.
     pub disks: BTreeMap<String, String>,
     /// Volume bdev name → spec (both shared with [`SpecCache`] and the staged phase).
-    pub volumes: BTreeMap<Arc<str>, Arc<VolumeSpec>>,
+    /// A persistent map: the cache's copy of it, the remembered one and the desired
+    /// one share every node a change did not touch, so taking a copy or dropping one
+    /// costs what the change touched, not the number of volumes.
+    pub volumes: imbl::OrdMap<Arc<str>, Arc<VolumeSpec>>,
     /// iSCSI targets this node serves, by IQN (see [`super::exports`]).
     pub exports: BTreeMap<String, super::exports::ExportSpec>,
     /// Persistent reservations of the shared volumes, by volume bdev name (empty
@@ -128,7 +131,7 @@ pub struct SpecCache {
     /// The current projection (groups of an earlier one are dropped after it).
     round: u64,
     /// Every cached spec by volume bdev name, as the last projection returned them.
-    volumes: BTreeMap<Arc<str>, Arc<VolumeSpec>>,
+    volumes: imbl::OrdMap<Arc<str>, Arc<VolumeSpec>>,
     /// The current projection's specs projected again, and the bdev names of the
     /// cached ones it did not take.
     fresh: Vec<(Arc<str>, Arc<VolumeSpec>)>,
@@ -225,7 +228,7 @@ impl SpecCache {
     /// Ends the current projection: drops the groups it did not see and returns
     /// every spec it took by bdev name (the last projection's map, less what is
     /// gone, with what was projected again).
-    fn volumes(&mut self) -> BTreeMap<Arc<str>, Arc<VolumeSpec>> {
+    fn volumes(&mut self) -> imbl::OrdMap<Arc<str>, Arc<VolumeSpec>> {
         let round = self.round;
         let gone = &mut self.gone;
         self.groups.retain(|_, g| {
