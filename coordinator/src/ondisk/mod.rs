@@ -580,6 +580,19 @@ impl Device {
     /// checked) and its change log up to the newest configuration's tail, or the
     /// slot's status when it is empty or invalid.
     fn read_slot_bytes(&self, label: &Label, index: usize) -> Result<SlotBytes, SlotStatus> {
+        self.read_slot_parts(label, index, true)
+    }
+
+    /// [`Self::read_slot_bytes`]; without `payload`, the checkpoint's payload is
+    /// neither read nor checked (left empty): its header and the change log after it
+    /// are (the log starts where the header says the payload ends, linked to the
+    /// header).
+    fn read_slot_parts(
+        &self,
+        label: &Label,
+        index: usize,
+        payload: bool,
+    ) -> Result<SlotBytes, SlotStatus> {
         let invalid = |reason: String| SlotStatus::Invalid { reason };
         let offset = label.slot_offset_bytes(index);
         let what = format!("slot {index}");
@@ -591,16 +604,21 @@ impl Device {
             Err(SlotProblem::Empty) => return Err(SlotStatus::Empty),
             Err(SlotProblem::Invalid(reason)) => return Err(invalid(reason)),
         };
-        let payload = self
-            .read_at(offset + BLOCK_BYTES, header.payload_len_bytes, &what)
-            .map_err(|e| invalid(e.to_string()))?;
-        let crc = crc32c::crc32c(&payload);
-        if crc != header.payload_crc {
-            return Err(invalid(format!(
-                "payload checksum mismatch (seq {}, stored {:#010x}, computed {crc:#010x}): torn or corrupt write",
-                header.seq, header.payload_crc
-            )));
-        }
+        let payload = if payload {
+            let payload = self
+                .read_at(offset + BLOCK_BYTES, header.payload_len_bytes, &what)
+                .map_err(|e| invalid(e.to_string()))?;
+            let crc = crc32c::crc32c(&payload);
+            if crc != header.payload_crc {
+                return Err(invalid(format!(
+                    "payload checksum mismatch (seq {}, stored {:#010x}, computed {crc:#010x}): torn or corrupt write",
+                    header.seq, header.payload_crc
+                )));
+            }
+            payload
+        } else {
+            Vec::new()
+        };
         let checkpoint = log::Tail {
             seq: header.seq,
             txn_id: header.txn_id,
@@ -652,6 +670,21 @@ impl Device {
                 Some((found.header, Lineage::of(&config), found.tail)),
             ),
             Err(status) => (status, None),
+        }
+    }
+
+    /// [`Self::read_slot_lineage`] without reading the checkpoint's payload, when
+    /// [`VALIDATED`] knows the checkpoint (else the whole read): for the slot a
+    /// change is not appended to (see [`read_slots`]). Its status says valid
+    /// without the payload's CRC checked.
+    fn read_slot_head(&self, label: &Label, index: usize) -> SlotRead {
+        let found = match self.read_slot_parts(label, index, false) {
+            Ok(found) => found,
+            Err(status) => return (status, None),
+        };
+        match validated(&SlotKey::of(&found.header)) {
+            Some(lineage) => (found.status(), Some((found.header, lineage, found.tail))),
+            None => self.read_slot_lineage(label, index),
         }
     }
 
@@ -1090,9 +1123,7 @@ fn write_one(
     let device = Device::open(path, true)?;
     let (mut label, label_intact) = device.read_label_copies()?;
     check_label_takes(&device, &label, config)?;
-    let slots: Vec<SlotRead> = (0..2)
-        .map(|i| device.read_slot_lineage(&label, i))
-        .collect();
+    let slots = read_slots(&device, &label, payload.change, config, txn_id);
     check_no_newer_epoch(&device, &slots, config, txn_id)?;
     let logged = payload
         .change
@@ -1213,6 +1244,34 @@ fn log_into(
         && tail.end_bytes + len <= label.slot_len_bytes
         && tail.log_bytes + len <= checkpoint_bytes.max(log::MIN_LOG_BUDGET_BYTES);
     fits.then(|| (index, tail.clone()))
+}
+
+/// Both slots of a disk for a write of `config` (transaction `txn_id`). A change
+/// that goes to a slot's change log needs only that slot whole (its checkpoint's
+/// payload read and its CRC checked: a damaged checkpoint gets no record after it);
+/// of the other slot, its header and change log tell its newest configuration (for
+/// the newest slot's choice, the newer-epoch refusal and the version check), and
+/// its payload is neither read nor checked: a record does not touch it, and the
+/// next checkpoint, which a damaged slot would need, is written into it after a
+/// whole read of both slots. Anything else (no change to log, no slot that takes
+/// it, a slot that fails its whole read): both slots whole.
+fn read_slots(
+    device: &Device,
+    label: &Label,
+    change: Option<&Change>,
+    config: &DiskGroupConfig,
+    txn_id: u64,
+) -> Vec<SlotRead> {
+    if let Some(change) = change {
+        let mut slots: Vec<SlotRead> = (0..2).map(|i| device.read_slot_head(label, i)).collect();
+        if let Some((slot, _)) = log_into(&slots, change, label, config, txn_id) {
+            slots[slot] = device.read_slot_lineage(label, slot);
+            if log_into(&slots, change, label, config, txn_id).is_some() {
+                return slots;
+            }
+        }
+    }
+    (0..2).map(|i| device.read_slot_lineage(label, i)).collect()
 }
 
 /// `slot` holds a version 1 configuration of `config`'s group (one a plexd before

@@ -1114,3 +1114,93 @@ fn a_replaced_master_cannot_append_after_a_newer_masters_write() {
     );
     assert_eq!(read_config(&paths).unwrap().config, new3.disk_groups[0]);
 }
+
+/// Two checkpoints on `paths` (c1 into slot 0, c2 into slot 1, txns 1 and 2), and
+/// the change after c2.
+fn two_checkpoints(dir: &TempDir) -> (Vec<PathBuf>, [ClusterConfig; 3]) {
+    let (paths, c1) = group(dir, 2);
+    let c2 = next(&c1, "v2");
+    write_config(&paths, &c1.disk_groups[0], 1, None).unwrap();
+    write_config(&paths, &c2.disk_groups[0], 2, None).unwrap();
+    for p in &paths {
+        assert_eq!(
+            slot_headers(p).iter().map(|h| h.seq).collect::<Vec<_>>(),
+            [c1.disk_groups[0].seq, c2.disk_groups[0].seq]
+        );
+    }
+    let c3 = next(&c2, "v3");
+    (paths, [c1, c2, c3])
+}
+
+/// Damages the checkpoint payload of `slot` on every disk of `paths` (its header
+/// stays intact).
+fn damage_checkpoint(paths: &[PathBuf], slot: usize) {
+    for p in paths {
+        corrupt(p, slot_offset(p, slot) + BLOCK_BYTES + 64, &[0x5a; 32]);
+    }
+}
+
+#[test]
+fn a_damaged_newest_checkpoint_gets_no_record_after_it() {
+    let dir = TempDir::new();
+    let (paths, [c1, c2, c3]) = two_checkpoints(&dir);
+    damage_checkpoint(&paths, 1);
+    // The writer remembers c2 as written by txn 2, and slot 1's header says so;
+    // its payload does not check: the change is a checkpoint, into slot 1 (the
+    // newest valid configuration, c1, is in slot 0), which repairs it.
+    let report = write_change(&paths, &c2, 2, &c3, 3);
+    assert!(report.logged.is_empty(), "{:?}", report.logged);
+    assert!(report.written.iter().all(|(_, s)| *s == 1));
+    assert_eq!(report.repaired.len(), 2, "{:?}", report.repaired);
+    assert!(report
+        .repaired
+        .iter()
+        .all(|(_, _, what)| what.contains("slot 1")));
+    let read = read_config(&paths).unwrap();
+    assert_eq!(read.config, c3.disk_groups[0]);
+    assert!(read.disks.iter().all(|d| d.current));
+    let _ = c1;
+}
+
+#[test]
+fn a_damaged_older_checkpoint_does_not_stop_the_log_and_the_next_checkpoint_repairs_it() {
+    let dir = TempDir::new();
+    let (paths, [_, c2, c3]) = two_checkpoints(&dir);
+    damage_checkpoint(&paths, 0);
+    // A record goes after slot 1's checkpoint (read whole); slot 0's payload is not
+    // read for it.
+    let report = write_change(&paths, &c2, 2, &c3, 3);
+    assert_eq!(report.logged.len(), 2, "{report:?}");
+    assert!(report.written.iter().all(|(_, s)| *s == 1));
+    assert!(report.repaired.is_empty());
+    let read = read_config(&paths).unwrap();
+    assert_eq!(read.config, c3.disk_groups[0]);
+    // The log fills; its checkpoint goes into slot 0 and replaces the damaged one.
+    let (mut before, mut txn) = (c3, 3);
+    loop {
+        let after = next(&before, &format!("w{txn}"));
+        let report = write_change(&paths, &before, txn, &after, txn + 1);
+        assert!(report.all_ok());
+        txn += 1;
+        before = after;
+        if report.logged.is_empty() {
+            assert!(report.written.iter().all(|(_, s)| *s == 0));
+            assert_eq!(report.repaired.len(), 2, "{:?}", report.repaired);
+            assert!(report
+                .repaired
+                .iter()
+                .all(|(_, _, what)| what.contains("slot 0")));
+            break;
+        }
+        assert!(
+            txn < 3 + 2 * u64::from(log::MAX_LOG_RECORDS),
+            "no checkpoint after {txn} changes"
+        );
+    }
+    let read = read_config(&paths).unwrap();
+    assert_eq!(read.config, before.disk_groups[0]);
+    for d in &read.disks {
+        let valid = |s: &SlotStatus| matches!(s, SlotStatus::Valid { .. });
+        assert!(d.slots.iter().all(valid), "{:?}", d.slots);
+    }
+}
