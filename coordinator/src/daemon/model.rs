@@ -182,10 +182,10 @@ impl SharedConfig {
             Err(e) => return Some(Err(refusal(&e))),
         };
         let updated = Arc::new(updated);
-        // The next change of this group validates against it, a grow allocates in
-        // it, and its disk write validates it against this one: all through its
-        // extent index, made from this group's.
-        crate::model::extents::remember(&updated, Some(&self.groups[index]));
+        // The next change of this group validates against it and allocates in it,
+        // and its disk write validates it against this one: all through its index
+        // (model::index), made from this group's.
+        crate::model::index::remember(&updated, Some(&self.groups[index]));
         let updates = vec![DiskUpdate::WriteConfig(Arc::clone(&updated))];
         let mut groups = self.groups.clone();
         groups[index] = updated;

@@ -52,10 +52,33 @@ pub struct FreeExtent {
 
 /// The free extents of every disk of the group, in the group's disk order.
 pub fn free_extents(dg: &DiskGroupConfig) -> Vec<(String, Vec<FreeExtent>)> {
+    // The group's index, when it has one ([`super::index`]): each disk's used
+    // extents, sorted already.
+    if let Some(index) = super::index::cached(dg) {
+        let free = free_between(dg, |disk| {
+            index.on(disk).iter().map(|u| (u.offset, u.len)).collect()
+        });
+        debug_assert_eq!(free, free_extents_walked(dg), "free extents of {}", dg.name);
+        return free;
+    }
+    free_extents_walked(dg)
+}
+
+/// [`free_extents`] from a walk over every volume.
+fn free_extents_walked(dg: &DiskGroupConfig) -> Vec<(String, Vec<FreeExtent>)> {
     let mut used: BTreeMap<&str, Vec<(u64, u64)>> = BTreeMap::new();
     for (disk, offset, len) in dg.volumes.iter().flat_map(|v| v.used_extents()) {
         used.entry(disk).or_default().push((offset, len));
     }
+    free_between(dg, |disk| used.remove(disk).unwrap_or_default())
+}
+
+/// The free extents of each disk of `dg` around the extents `used` gives for it
+/// (offset, length; in any order).
+fn free_between(
+    dg: &DiskGroupConfig,
+    mut used: impl FnMut(&str) -> Vec<(u64, u64)>,
+) -> Vec<(String, Vec<FreeExtent>)> {
     dg.disks
         .iter()
         .map(|d| {
@@ -63,7 +86,7 @@ pub fn free_extents(dg: &DiskGroupConfig) -> Vec<(String, Vec<FreeExtent>)> {
             let end = align_down(d.public_offset_bytes.saturating_add(d.public_len_bytes));
             let mut extents = Vec::new();
             let mut cursor = start;
-            let mut taken = used.remove(d.name.as_str()).unwrap_or_default();
+            let mut taken = used(d.name.as_str());
             taken.sort_unstable();
             for (offset, len) in taken {
                 if offset > cursor && cursor < end {
@@ -87,7 +110,7 @@ pub fn free_extents(dg: &DiskGroupConfig) -> Vec<(String, Vec<FreeExtent>)> {
 
 /// `name` as a subdisk name `{disk}-{n:02}` (n ≥ 1, at least two digits, no other
 /// leading zero: exactly what `format!("{disk}-{n:02}")` makes): the disk name and n.
-fn subdisk_number(name: &str) -> Option<(&str, u64)> {
+pub(super) fn subdisk_number(name: &str) -> Option<(&str, u64)> {
     let (disk, digits) = name.rsplit_once('-')?;
     let canonical = digits.len() == 2 || (digits.len() > 2 && !digits.starts_with('0'));
     if !canonical || !digits.bytes().all(|b| b.is_ascii_digit()) {
@@ -115,7 +138,7 @@ fn free_run_at(dg: &DiskGroupConfig, disk: &str, offset_bytes: u64, taken: &[Pie
     // The group's index, when it has one ([`super::extents`]): the extent before
     // `offset_bytes` (the only one that can cover it: they are disjoint) and the
     // first after it are all that matter.
-    if let Some(index) = super::extents::cached(dg) {
+    if let Some(index) = super::index::cached(dg) {
         let list = index.on(disk);
         let i = list.partition_point(|u| u.offset <= offset_bytes);
         let near = i
@@ -237,9 +260,25 @@ impl<'a> Allocator<'a> {
         }
     }
 
-    /// The numbers in use of `disk`'s subdisk names ([`Self::numbers`]): one pass
-    /// over the group's object names, no name formatted.
+    /// The numbers in use of `disk`'s subdisk names ([`Self::numbers`]): from the
+    /// group's index, or one pass over the group's object names, no name formatted.
     fn numbers_in_use(dg: &DiskGroupConfig, disk: &str) -> Vec<u64> {
+        // The group's index, when it has one ([`super::index`]).
+        if let Some(index) = super::index::cached(dg) {
+            let numbers = index.numbers(disk);
+            debug_assert_eq!(
+                numbers,
+                Self::numbers_walked(dg, disk),
+                "{disk} in {}",
+                dg.name
+            );
+            return numbers;
+        }
+        Self::numbers_walked(dg, disk)
+    }
+
+    /// [`Self::numbers_in_use`] from a walk over every object name.
+    fn numbers_walked(dg: &DiskGroupConfig, disk: &str) -> Vec<u64> {
         let mut numbers: Vec<u64> = dg
             .volumes
             .iter()

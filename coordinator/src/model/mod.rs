@@ -24,7 +24,7 @@
 //! | `error` | [`ConfigError`], [`validate_name`] |
 //! | `validate` | [`DiskGroupConfig::validate`]: every invariant of a group; [`DiskGroupConfig::validate_change`]: those a change can have broken |
 //! | `apply` | [`apply`], [`apply_dg`]: a change against the configuration |
-//! | [`extents`] | an index of a group's used extents by disk, for the groups held in an `Arc` |
+//! | [`index`] | an index of a group's extents, names and log ids, for the groups held in an `Arc` |
 //! | [`alloc`] | extent allocation for volumes, plexes and dirty region logs |
 //! | `recovery` | the open nodes of shared groups and the node-crash recovery of mirrors |
 //! | `project` | [`DiskGroupConfig::volume_specs`]: what the data plane builds, and its names of the group's objects |
@@ -34,7 +34,7 @@ mod apply;
 mod change;
 mod error;
 mod export;
-pub mod extents;
+pub mod index;
 mod project;
 mod recovery;
 mod types;

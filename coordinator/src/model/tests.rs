@@ -1308,19 +1308,19 @@ fn random_changes_keep_every_group_valid() {
     assert!(applied > 300, "{applied} of 600 changes applied");
 }
 
-/// A group in the extent index's table ([`extents::remember`]), made from `before`'s.
+/// A group in the index's table ([`index::remember`]), made from `before`'s.
 fn indexed(
     g: DiskGroupConfig,
     before: Option<&DiskGroupConfig>,
 ) -> std::sync::Arc<DiskGroupConfig> {
     let g = std::sync::Arc::new(g);
-    extents::remember(&g, before);
-    assert!(extents::cached(&g).is_some());
+    index::remember(&g, before);
+    assert!(index::cached(&g).is_some());
     g
 }
 
 #[test]
-fn validate_change_through_the_extent_index_gives_the_walks_verdict() {
+fn validate_change_through_the_group_index_gives_the_walks_verdict() {
     let base = group_of_every_layout(24);
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(21);
     let (mut valid, mut invalid) = (0, 0);
@@ -1354,7 +1354,7 @@ fn validate_change_through_the_extent_index_gives_the_walks_verdict() {
 }
 
 #[test]
-fn changes_through_the_extent_index_apply_as_without_it() {
+fn changes_through_the_group_index_apply_as_without_it() {
     use rand::Rng;
     let mut g = indexed(group_of_every_layout(12), None);
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(5);
@@ -1362,7 +1362,7 @@ fn changes_through_the_extent_index_apply_as_without_it() {
     for i in 0..600 {
         let v = &g.volumes[rng.gen_range(0..g.volumes.len())];
         let dg = "dg1".to_string();
-        let change = match rng.gen_range(0..6) {
+        let change = match rng.gen_range(0..7) {
             0..=2 => Change::VolGrow {
                 dg,
                 volume: v.name.clone(),
@@ -1376,6 +1376,11 @@ fn changes_through_the_extent_index_apply_as_without_it() {
             4 if g.volumes.len() > 4 => Change::VolRm {
                 dg,
                 volume: v.name.clone(),
+            },
+            5 => Change::PlexAdd {
+                dg,
+                volume: v.name.clone(),
+                layout: PlexLayout::Concat,
             },
             _ => Change::VolCreate {
                 dg,

@@ -172,21 +172,20 @@ impl DiskGroupConfig {
         if names.is_empty() && log_ids.is_empty() && extents.is_empty() {
             return Ok(());
         }
-        // Only extents added (a grow's): looked up in `before`'s index when it has
-        // one, less the extents of the volumes the change replaced or removed (those
-        // of `before` that are not kept). An overlap found, or no index: the walk
-        // below, which also names what overlaps.
-        if names.is_empty() && log_ids.is_empty() {
-            if let Some(index) = super::extents::cached(before) {
-                let mut except: Vec<usize> =
-                    gone.iter().map(|v| super::extents::owner_of(v)).collect();
-                except.sort_unstable();
-                if !extents
+        // What was added, looked up in `before`'s index when it has one, less what
+        // the volumes the change replaced or removed held (those of `before` that
+        // are not kept). A clash found (or a name's hash met), or no index: the
+        // walk below, which also names what clashes.
+        if let Some(index) = super::index::cached(before) {
+            let mut except: Vec<usize> = gone.iter().map(|v| super::index::owner_of(v)).collect();
+            except.sort_unstable();
+            let clash = names.iter().any(|n| index.may_hold_name(n, &except))
+                || log_ids.iter().any(|id| index.holds_log_id(*id, &except))
+                || extents
                     .iter()
-                    .any(|e| index.overlaps(e.0, e.1, e.2, &except))
-                {
-                    return Ok(());
-                }
+                    .any(|e| index.overlaps(e.0, e.1, e.2, &except));
+            if !clash {
+                return Ok(());
             }
         }
         for v in kept {
