@@ -41,8 +41,8 @@ pub const MAX_INDEXED: usize = 16;
 /// change is made from and the one it makes, and the one the disk write remembers.
 pub const MAX_INDEXED_PER_GROUP: usize = 3;
 
-/// One used extent of a disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One used extent of a disk (ordered by offset first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Used {
     /// Offset on the disk, bytes.
     pub offset: u64,
@@ -100,29 +100,38 @@ impl GroupIndex {
 
     /// The index of `after` from this one, the index of `before`: less the entries
     /// of `gone` (volumes of `before` that `after` does not hold), plus those of
-    /// `added` (volumes of `after` that `before` does not hold).
+    /// `added` (volumes of `after` that `before` does not hold). Each list is one
+    /// pass: what is kept (sorted already) merged with the few entries added.
     fn derive(&self, gone: &[&Volume], added: &[&Volume]) -> GroupIndex {
         let mut gone: Vec<usize> = gone.iter().map(|v| owner_of(v)).collect();
         gone.sort_unstable();
         let kept = |owner: usize| gone.binary_search(&owner).is_err();
-        let held = |list: &[Held]| list.iter().filter(|h| kept(h.owner)).copied().collect();
-        let mut index = GroupIndex {
-            disks: self
-                .disks
-                .iter()
-                .map(|(disk, used)| {
-                    let used = used.iter().filter(|u| kept(u.owner)).copied().collect();
-                    (disk.clone(), used)
-                })
-                .collect(),
-            names: held(&self.names),
-            numbers: held(&self.numbers),
-            log_ids: held(&self.log_ids),
-        };
+        let mut fresh = GroupIndex::default();
         for v in added {
-            index.add(v);
+            fresh.add(v);
         }
-        index.sort();
+        let mut disks: Vec<(String, Vec<Used>)> = self
+            .disks
+            .iter()
+            .map(|(disk, used)| {
+                let extra = fresh
+                    .disks
+                    .iter()
+                    .position(|(d, _)| d == disk)
+                    .map(|i| fresh.disks.swap_remove(i).1)
+                    .unwrap_or_default();
+                let used = merge(used, |u| kept(u.owner), extra);
+                (disk.clone(), used)
+            })
+            .collect();
+        disks.append(&mut fresh.disks);
+        let mut index = GroupIndex {
+            disks,
+            names: merge(&self.names, |h| kept(h.owner), fresh.names),
+            numbers: merge(&self.numbers, |h| kept(h.owner), fresh.numbers),
+            log_ids: merge(&self.log_ids, |h| kept(h.owner), fresh.log_ids),
+        };
+        index.sort_disks();
         index
     }
 
@@ -152,18 +161,22 @@ impl GroupIndex {
         }
     }
 
-    /// Every list sorted (mostly sorted already: a derived list has a few entries
-    /// appended), the disks by name, none empty: an index made either way is the
-    /// same.
+    /// Every list sorted: an index made from every volume.
     fn sort(&mut self) {
-        self.disks.retain(|(_, list)| !list.is_empty());
-        self.disks.sort_by(|a, b| a.0.cmp(&b.0));
         for (_, list) in &mut self.disks {
-            list.sort_by_key(|u| u.offset);
+            list.sort_unstable();
         }
         self.names.sort_unstable();
         self.numbers.sort_unstable();
         self.log_ids.sort_unstable();
+        self.sort_disks();
+    }
+
+    /// The disks by name, none without extents: an index made either way is the
+    /// same.
+    fn sort_disks(&mut self) {
+        self.disks.retain(|(_, list)| !list.is_empty());
+        self.disks.sort_by(|a, b| a.0.cmp(&b.0));
     }
 
     /// The used extents of `disk`, sorted by offset (empty: none).
@@ -219,6 +232,22 @@ impl GroupIndex {
         out.dedup();
         out
     }
+}
+
+/// The entries of `list` (sorted) that `keep` keeps, with `added` (any order)
+/// merged in: sorted, one pass.
+fn merge<T: Copy + Ord>(list: &[T], keep: impl Fn(&T) -> bool, mut added: Vec<T>) -> Vec<T> {
+    added.sort_unstable();
+    let mut out = Vec::with_capacity(list.len() + added.len());
+    let mut added = added.into_iter().peekable();
+    for k in list.iter().filter(|k| keep(k)) {
+        while let Some(a) = added.next_if(|a| a < k) {
+            out.push(a);
+        }
+        out.push(*k);
+    }
+    out.extend(added);
+    out
 }
 
 /// Whether `list` (sorted) holds `key` for an owner not among `except` (sorted).
