@@ -493,11 +493,14 @@ impl Kernel {
         let mut not_desired: Vec<String> = Vec::new();
         let mut staged = Staged::default();
         for (name, spec) in &desired.volumes {
+            // A name the two maps share is the same allocation (the desired map is
+            // the remembered one changed): compared by pointer, its text is not read.
             let remembered = known.as_mut().and_then(|it| {
-                while let Some((k, _)) = it.next_if(|(k, _)| *k < name) {
+                while let Some((k, _)) = it.next_if(|(k, _)| !Arc::ptr_eq(k, name) && *k < name) {
                     not_desired.push(k.to_string());
                 }
-                it.next_if(|(k, _)| *k == name).map(|(_, c)| c)
+                it.next_if(|(k, _)| Arc::ptr_eq(k, name) || *k == name)
+                    .map(|(_, c)| c)
             });
             let exists = match &listed {
                 Some(l) => l.contains(&**name),
