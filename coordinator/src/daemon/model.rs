@@ -34,9 +34,10 @@ thread_local! {
     static SYNCING: std::cell::RefCell<Vec<GroupSyncing>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// The SYNCING plexes of `g`'s volumes that have an ACTIVE plex to copy from: one
-/// pass over the group's volumes the first time a group is asked about, a pointer
-/// comparison each time after (the core asks on every event it handles).
+/// The SYNCING plexes of `g`'s volumes that have an ACTIVE plex to copy from: the
+/// first time a group is asked about, from its index ([`crate::model::index`]) or
+/// one pass over its volumes; a pointer comparison each time after (the core asks
+/// on every event it handles).
 fn group_syncing_plexes(g: &Arc<DiskGroupConfig>) -> Arc<Vec<SyncingPlex>> {
     let known = SYNCING.with_borrow(|memo| {
         memo.iter()
@@ -46,11 +47,44 @@ fn group_syncing_plexes(g: &Arc<DiskGroupConfig>) -> Arc<Vec<SyncingPlex>> {
     if let Some(s) = known {
         return s;
     }
-    let mut out = Vec::new();
-    for v in &g.volumes {
-        if !v.plexes.iter().any(|p| p.state == PlexState::Active) {
-            continue;
+    // The group's index, when it has one, names the volumes to look at (usually
+    // none): no other volume is read.
+    let out = match crate::model::index::cached(g) {
+        Some(index) => {
+            let owners = index.resyncing();
+            let found = if owners.is_empty() {
+                Vec::new()
+            } else {
+                let listed = |v: &&Arc<crate::model::Volume>| {
+                    owners
+                        .binary_search(&crate::model::index::owner_of(v))
+                        .is_ok()
+                };
+                syncing_of(g, g.volumes.iter().filter(listed).map(|v| &**v))
+            };
+            debug_assert_eq!(found, syncing_of(g, g.volumes.iter().map(|v| &**v)));
+            found
         }
+        None => syncing_of(g, g.volumes.iter().map(|v| &**v)),
+    };
+    let out = Arc::new(out);
+    SYNCING.with_borrow_mut(|memo| {
+        if memo.len() >= SYNCING_MEMO {
+            memo.remove(0);
+        }
+        memo.push((Arc::clone(g), Arc::clone(&out)));
+    });
+    out
+}
+
+/// The SYNCING plexes of `volumes` (of group `g`) that have an ACTIVE plex to copy
+/// from.
+fn syncing_of<'a>(
+    g: &DiskGroupConfig,
+    volumes: impl Iterator<Item = &'a crate::model::Volume>,
+) -> Vec<SyncingPlex> {
+    let mut out = Vec::new();
+    for v in volumes.filter(|v| crate::model::index::resyncs(v)) {
         for p in v.plexes.iter().filter(|p| p.state == PlexState::Syncing) {
             out.push(SyncingPlex {
                 dg: g.name.clone(),
@@ -61,13 +95,6 @@ fn group_syncing_plexes(g: &Arc<DiskGroupConfig>) -> Arc<Vec<SyncingPlex>> {
             });
         }
     }
-    let out = Arc::new(out);
-    SYNCING.with_borrow_mut(|memo| {
-        if memo.len() >= SYNCING_MEMO {
-            memo.remove(0);
-        }
-        memo.push((Arc::clone(g), Arc::clone(&out)));
-    });
     out
 }
 

@@ -29,7 +29,7 @@ use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
-use super::{DiskGroupConfig, Volume};
+use super::{DiskGroupConfig, PlexState, Volume};
 
 /// Configurations (with their indexes) the table holds, at most: a node's groups
 /// before and after a change, a disk write's record and the one before it, for a
@@ -73,11 +73,20 @@ pub struct GroupIndex {
     numbers: Vec<Held>,
     /// Every dirty region log id (`key`; `n` 0).
     log_ids: Vec<Held>,
+    /// The volumes with a SYNCING plex and an ACTIVE one to copy from (owners,
+    /// sorted): usually none.
+    syncing: Vec<usize>,
 }
 
 /// The address that names volume `v` in an index.
 pub fn owner_of(v: &Volume) -> usize {
     v as *const Volume as usize
+}
+
+/// Whether volume `v` has a SYNCING plex and an ACTIVE one to copy it from.
+pub fn resyncs(v: &Volume) -> bool {
+    v.plexes.iter().any(|p| p.state == PlexState::Active)
+        && v.plexes.iter().any(|p| p.state == PlexState::Syncing)
 }
 
 /// The hash a name is kept under.
@@ -130,6 +139,7 @@ impl GroupIndex {
             names: merge(&self.names, |h| kept(h.owner), fresh.names),
             numbers: merge(&self.numbers, |h| kept(h.owner), fresh.numbers),
             log_ids: merge(&self.log_ids, |h| kept(h.owner), fresh.log_ids),
+            syncing: merge(&self.syncing, |o| kept(*o), fresh.syncing),
         };
         index.sort_disks();
         index
@@ -159,6 +169,9 @@ impl GroupIndex {
                 owner,
             });
         }
+        if resyncs(v) {
+            self.syncing.push(owner);
+        }
     }
 
     /// Every list sorted: an index made from every volume.
@@ -169,6 +182,7 @@ impl GroupIndex {
         self.names.sort_unstable();
         self.numbers.sort_unstable();
         self.log_ids.sort_unstable();
+        self.syncing.sort_unstable();
         self.sort_disks();
     }
 
@@ -216,6 +230,12 @@ impl GroupIndex {
     /// Whether a volume not among `except` (owners, sorted) holds log id `id`.
     pub fn holds_log_id(&self, id: u64, except: &[usize]) -> bool {
         held_by_others(&self.log_ids, id, except)
+    }
+
+    /// The volumes with a SYNCING plex and an ACTIVE one to copy from, as owners
+    /// (sorted; compare with [`owner_of`]).
+    pub fn resyncing(&self) -> &[usize] {
+        &self.syncing
     }
 
     /// The numbers `n` of the object names `{prefix}-{n}` (as the allocator numbers
