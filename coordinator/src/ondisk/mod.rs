@@ -488,10 +488,23 @@ impl Device {
         let len = usize::try_from(len_bytes).map_err(|_| {
             self.io_error(format!("read {what}"), io::ErrorKind::InvalidInput.into())
         })?;
-        let mut buf = vec![0u8; len];
-        self.file
-            .read_exact_at(&mut buf, offset_bytes)
+        // Read into fresh capacity (no zeroing of a buffer the read overwrites: a
+        // checkpoint is megabytes at thousands of volumes). The file is this
+        // device's own descriptor, used by one thread.
+        let mut buf = Vec::with_capacity(len);
+        let mut file = &self.file;
+        file.seek(SeekFrom::Start(offset_bytes))
+            .and_then(|_| io::Read::read_to_end(&mut io::Read::take(file, len_bytes), &mut buf))
             .map_err(|e| self.io_error(format!("read {what}"), e))?;
+        if buf.len() != len {
+            return Err(self.io_error(
+                format!("read {what}"),
+                io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("{} of {len} bytes read at {offset_bytes}", buf.len()),
+                ),
+            ));
+        }
         Ok(buf)
     }
 
