@@ -108,8 +108,9 @@ fn free_between(
         .collect()
 }
 
-/// `name` as a subdisk name `{disk}-{n:02}` (n ≥ 1, at least two digits, no other
-/// leading zero: exactly what `format!("{disk}-{n:02}")` makes): the disk name and n.
+/// `name` as a numbered name `{prefix}-{n:02}` (n ≥ 1, at least two digits, no
+/// other leading zero: exactly what `format!("{prefix}-{n:02}")` makes), as subdisks
+/// (prefix: the disk) and plexes (prefix: the volume) are named: the prefix and n.
 pub(super) fn subdisk_number(name: &str) -> Option<(&str, u64)> {
     let (disk, digits) = name.rsplit_once('-')?;
     let canonical = digits.len() == 2 || (digits.len() > 2 && !digits.starts_with('0'));
@@ -121,8 +122,9 @@ pub(super) fn subdisk_number(name: &str) -> Option<(&str, u64)> {
 }
 
 /// The length of the free extent of `disk` starting exactly at `offset_bytes` (0:
-/// none), as [`free_extents`] would list it with `taken` used too: one pass over the
-/// disk's used extents, nothing sorted or allocated.
+/// none), as [`free_extents`] would list it with `taken` used too: two lookups in
+/// the group's index, or one pass over the used extents; nothing sorted or
+/// allocated.
 fn free_run_at(dg: &DiskGroupConfig, disk: &str, offset_bytes: u64, taken: &[Piece]) -> u64 {
     let Some(d) = dg.disk(disk) else {
         return 0;
@@ -135,7 +137,7 @@ fn free_run_at(dg: &DiskGroupConfig, disk: &str, offset_bytes: u64, taken: &[Pie
     let mine = taken
         .iter()
         .map(|(d, offset, len)| (d.as_str(), *offset, *len));
-    // The group's index, when it has one ([`super::extents`]): the extent before
+    // The group's index, when it has one ([`super::index`]): the extent before
     // `offset_bytes` (the only one that can cover it: they are disjoint) and the
     // first after it are all that matter.
     if let Some(index) = super::index::cached(dg) {
@@ -240,10 +242,11 @@ struct Allocator<'a> {
     free: Option<Vec<(String, Vec<FreeExtent>)>>,
     /// Pieces taken in place ([`Self::take_at`]) before `free` was made.
     taken: Vec<Piece>,
-    /// The numbers `n` of the object names `{disk}-{n:02}` in use, by disk name,
-    /// sorted (subdisk names must be unique in the group): the group's, gathered at
-    /// a disk's first new subdisk (a grow that lengthens the last subdisk needs
-    /// none), and those this allocation gave.
+    /// The numbers `n` of the object names `{prefix}-{n:02}` in use, by prefix (a
+    /// disk's name for its subdisks, a volume's for its plexes), sorted (object
+    /// names are unique in the group): the group's, gathered at a prefix's first new
+    /// name (a grow that lengthens the last subdisk needs none), and those this
+    /// allocation gave.
     numbers: BTreeMap<String, Vec<u64>>,
 }
 
@@ -260,31 +263,31 @@ impl<'a> Allocator<'a> {
         }
     }
 
-    /// The numbers in use of `disk`'s subdisk names ([`Self::numbers`]): from the
+    /// The numbers in use of the names `{prefix}-{nn}` ([`Self::numbers`]): from the
     /// group's index, or one pass over the group's object names, no name formatted.
-    fn numbers_in_use(dg: &DiskGroupConfig, disk: &str) -> Vec<u64> {
+    fn numbers_in_use(dg: &DiskGroupConfig, prefix: &str) -> Vec<u64> {
         // The group's index, when it has one ([`super::index`]).
         if let Some(index) = super::index::cached(dg) {
-            let numbers = index.numbers(disk);
+            let numbers = index.numbers(prefix);
             debug_assert_eq!(
                 numbers,
-                Self::numbers_walked(dg, disk),
-                "{disk} in {}",
+                Self::numbers_walked(dg, prefix),
+                "{prefix} in {}",
                 dg.name
             );
             return numbers;
         }
-        Self::numbers_walked(dg, disk)
+        Self::numbers_walked(dg, prefix)
     }
 
     /// [`Self::numbers_in_use`] from a walk over every object name.
-    fn numbers_walked(dg: &DiskGroupConfig, disk: &str) -> Vec<u64> {
+    fn numbers_walked(dg: &DiskGroupConfig, prefix: &str) -> Vec<u64> {
         let mut numbers: Vec<u64> = dg
             .volumes
             .iter()
             .flat_map(|v| v.object_names())
             .filter_map(subdisk_number)
-            .filter(|(prefix, _)| *prefix == disk)
+            .filter(|(p, _)| *p == prefix)
             .map(|(_, n)| n)
             .collect();
         numbers.sort_unstable();
@@ -455,12 +458,12 @@ impl<'a> Allocator<'a> {
             .collect()
     }
 
-    /// [`Self::numbers`] of `disk`, gathered on first use.
-    fn numbers_of(&mut self, disk: &str) -> &mut Vec<u64> {
+    /// [`Self::numbers`] of `prefix`, gathered on first use.
+    fn numbers_of(&mut self, prefix: &str) -> &mut Vec<u64> {
         let dg = self.dg;
         self.numbers
-            .entry(disk.to_string())
-            .or_insert_with(|| Self::numbers_in_use(dg, disk))
+            .entry(prefix.to_string())
+            .or_insert_with(|| Self::numbers_in_use(dg, prefix))
     }
 
     /// Holds `name` (an object the change makes besides subdisks: a volume, a plex)
@@ -474,10 +477,11 @@ impl<'a> Allocator<'a> {
         }
     }
 
-    /// The next subdisk name on `disk`: `{disk}-{n:02}` with the lowest `n` ≥ 1 no
-    /// object of the group (or subdisk given already) is named with.
-    fn next_subdisk_name(&mut self, disk: &str) -> String {
-        let list = self.numbers_of(disk);
+    /// The next name `{prefix}-{n:02}` with the lowest `n` ≥ 1 no object of the
+    /// group (or name given already) holds: a subdisk's on disk `prefix`, a new
+    /// plex's of volume `prefix`.
+    fn next_numbered_name(&mut self, prefix: &str) -> String {
+        let list = self.numbers_of(prefix);
         // The first gap in the sorted numbers 1, 2, ...
         let n = list
             .iter()
@@ -486,7 +490,7 @@ impl<'a> Allocator<'a> {
             .map_or(list.len() as u64 + 1, |(_, want)| want);
         let at = list.partition_point(|x| *x < n);
         list.insert(at, n);
-        format!("{disk}-{n:02}")
+        format!("{prefix}-{n:02}")
     }
 
     /// Appends `pieces` to column `column` of `plex`, merging a piece into the
@@ -503,7 +507,7 @@ impl<'a> Allocator<'a> {
                     sd.len_bytes = sd.len_bytes.saturating_add(len_bytes);
                 }
                 _ => {
-                    let name = self.next_subdisk_name(&disk);
+                    let name = self.next_numbered_name(&disk);
                     plex.subdisks.push(Subdisk {
                         name,
                         disk,
@@ -741,12 +745,8 @@ pub fn allocate_plex(
         .collect();
     let mut allocator = Allocator::new(dg);
     // The volume's next plex name no object of the group holds (a volume named like
-    // a disk has plexes named like that disk's subdisks).
-    let name = (1..)
-        .map(|n| format!("{}-{n:02}", v.name))
-        .find(|candidate| dg.object_named(candidate).is_none())
-        .unwrap_or_default();
-    allocator.reserve(&name);
+    // a disk has plexes named like that disk's subdisks): numbered as subdisks are.
+    let name = allocator.next_numbered_name(&v.name);
     let plex = allocator
         .new_plex(name, PlexState::Empty, layout, v.size_bytes, &used)
         .ok_or_else(|| AllocError {
@@ -1487,7 +1487,7 @@ mod tests {
                     let mut a = Allocator::new(g);
                     let mut given = Vec::new();
                     for _ in 0..3 {
-                        let name = a.next_subdisk_name(disk);
+                        let name = a.next_numbered_name(disk);
                         assert_eq!(
                             name,
                             lowest_unused_name(g, disk, &given),

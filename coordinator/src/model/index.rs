@@ -1,10 +1,11 @@
 //! An index of what a disk group's volumes hold that other volumes must not: their
 //! extents (subdisks and dirty region log copies) by disk and sorted by offset,
-//! their object names, the subdisk numbers those names use, their log ids; in flat
-//! sorted arrays. What a small change's validation
-//! ([`DiskGroupConfig::validate_change`]) and allocation (a grow's free run, the
-//! free-space map, a new subdisk's name) look up instead of walking every volume of
-//! the group (issue 12: a change costs O(change)).
+//! their object names, the numbers of the numbered names among them (`{prefix}-{nn}`,
+//! as subdisks and plexes are named), their log ids; in flat sorted arrays. What a
+//! small change's validation ([`DiskGroupConfig::validate_change`]), allocation (a
+//! grow's free run, the free-space map, a new subdisk's or plex's name) and name
+//! check ([`DiskGroupConfig::object_named`]) look up instead of walking every
+//! volume of the group (issue 12: a change costs O(change)).
 //!
 //! An index belongs to one configuration held in an `Arc` (the model's groups and
 //! the disk writes' records): [`remember`] keeps the pair in a small process-wide
@@ -68,8 +69,8 @@ pub struct GroupIndex {
     disks: Vec<(String, Vec<Used>)>,
     /// Every object name (volume, plex, subdisk), hashed (`n` 0).
     names: Vec<Held>,
-    /// Every object name of the form the allocator numbers subdisks with
-    /// (`{prefix}-{n}`): the prefix hashed, and `n`.
+    /// Every object name of the form the allocator numbers subdisks and plexes
+    /// with (`{prefix}-{n}`): the prefix hashed, and `n`.
     numbers: Vec<Held>,
     /// Every dirty region log id (`key`; `n` 0).
     log_ids: Vec<Held>,
@@ -239,8 +240,8 @@ impl GroupIndex {
     }
 
     /// The numbers `n` of the object names `{prefix}-{n}` (as the allocator numbers
-    /// subdisks) in use, sorted, each once; a number another prefix with the same
-    /// hash uses may be among them.
+    /// subdisks and plexes) in use, sorted, each once; a number another prefix with
+    /// the same hash uses may be among them.
     pub fn numbers(&self, prefix: &str) -> Vec<u64> {
         let key = hash_of(prefix);
         let from = self.numbers.partition_point(|h| h.key < key);

@@ -564,20 +564,22 @@ impl Volume {
             .filter(|p| p.state == PlexState::Active)
             .count()
     }
-
-    /// The next free plex name, `<volume>-NN`.
-    pub fn next_plex_name(&self) -> String {
-        (1..)
-            .map(|n| format!("{}-{n:02}", self.name))
-            .find(|candidate| self.plex(candidate).is_none())
-            .unwrap_or_default()
-    }
 }
 
 impl DiskGroupConfig {
     /// The object of the group named `name` (names are unique across volumes,
-    /// plexes and subdisks), described: `subdisk d2-01 of volume v1`.
+    /// plexes and subdisks), described: `subdisk d2-01 of volume v1`. A group with
+    /// an index ([`super::index`]) that holds no such name is not walked.
     pub fn object_named(&self, name: &str) -> Option<String> {
+        if super::index::cached(self).is_some_and(|i| !i.may_hold_name(name, &[])) {
+            debug_assert_eq!(self.object_named_walked(name), None, "{name}");
+            return None;
+        }
+        self.object_named_walked(name)
+    }
+
+    /// [`Self::object_named`] from a walk over every volume.
+    fn object_named_walked(&self, name: &str) -> Option<String> {
         self.volumes.iter().find_map(|v| {
             if v.name == name {
                 return Some(format!("volume {name}"));
