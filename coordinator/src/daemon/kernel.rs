@@ -142,15 +142,22 @@ pub struct SpecCache {
 struct CachedGroup {
     /// (shared, detach policy, node) of the projection.
     context: Option<(bool, crate::model::DetachPolicy, u32)>,
-    /// Each volume (held, so that its address names it while it is cached), its
-    /// bdev name, its spec and whether it has exports or reservations, in the
-    /// group's order.
+    /// Each volume projected, in the group's order (its spec is in
+    /// [`SpecCache::volumes`] under `name`).
     specs: Vec<CachedSpec>,
     round: u64,
 }
 
-/// See [`CachedGroup::specs`].
-type CachedSpec = (Arc<Volume>, Arc<str>, Arc<VolumeSpec>, bool);
+/// A volume [`SpecCache`] projected.
+#[derive(Debug)]
+struct CachedSpec {
+    /// The volume (held, so that its address names it while it is cached).
+    volume: Arc<Volume>,
+    /// Its bdev name.
+    name: Arc<str>,
+    /// It has exports or reservations.
+    extras: bool,
+}
 
 impl SpecCache {
     /// The specs of `g`'s volumes for node `node`, in the group's order: the cached
@@ -178,7 +185,7 @@ impl SpecCache {
             let same = |i: usize| {
                 old.get(i)
                     .and_then(|c| c.as_ref())
-                    .is_some_and(|(c, ..)| Arc::ptr_eq(c, v))
+                    .is_some_and(|c| Arc::ptr_eq(&c.volume, v))
             };
             let at = if same(next) {
                 Some(next)
@@ -197,18 +204,21 @@ impl SpecCache {
                     if old
                         .get(next)
                         .and_then(|c| c.as_ref())
-                        .is_some_and(|(c, ..)| c.name == v.name)
+                        .is_some_and(|c| c.volume.name == v.name)
                     {
                         next += 1;
                     }
                     let spec = Arc::new(g.volume_spec(v, node));
                     let name: Arc<str> = Arc::from(spec.name.as_str());
                     self.fresh.push((Arc::clone(&name), Arc::clone(&spec)));
-                    let extra = !v.exports.is_empty() || !v.reservations.is_empty();
-                    (Arc::clone(v), name, spec, extra)
+                    CachedSpec {
+                        volume: Arc::clone(v),
+                        name,
+                        extras: !v.exports.is_empty() || !v.reservations.is_empty(),
+                    }
                 }
             };
-            if entry.3 {
+            if entry.extras {
                 extras.push(i);
             }
             specs.push(entry);
@@ -217,7 +227,7 @@ impl SpecCache {
             unused
                 .into_iter()
                 .chain(old.into_iter().flatten())
-                .map(|(_, name, ..)| name),
+                .map(|c| c.name),
         );
         cached.context = context;
         cached.specs = specs;
@@ -233,7 +243,7 @@ impl SpecCache {
         let gone = &mut self.gone;
         self.groups.retain(|_, g| {
             if g.round != round {
-                gone.extend(g.specs.drain(..).map(|(_, name, ..)| name));
+                gone.extend(g.specs.drain(..).map(|c| c.name));
             }
             g.round == round
         });
