@@ -419,11 +419,14 @@ impl WriteReport {
     }
 }
 
-/// An open disk or disk file.
+/// An open disk or disk file, used by one thread: its reads move the descriptor's
+/// file position ([`Device::read_at`]), so it is not `Sync`.
 struct Device {
     file: File,
     path: PathBuf,
     size_bytes: u64,
+    /// Keeps `&Device` from crossing threads.
+    _one_thread: std::marker::PhantomData<std::cell::Cell<()>>,
 }
 
 impl Device {
@@ -458,6 +461,7 @@ impl Device {
             file,
             path: path.to_path_buf(),
             size_bytes,
+            _one_thread: std::marker::PhantomData,
         })
     }
 
@@ -490,7 +494,8 @@ impl Device {
         })?;
         // Read into fresh capacity (no zeroing of a buffer the read overwrites: a
         // checkpoint is megabytes at thousands of volumes). The file is this
-        // device's own descriptor, used by one thread.
+        // device's own descriptor, and a device is not `Sync`: the seek and the read
+        // cannot be split by another thread's.
         let mut buf = Vec::with_capacity(len);
         let mut file = &self.file;
         file.seek(SeekFrom::Start(offset_bytes))
