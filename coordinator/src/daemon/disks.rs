@@ -11,7 +11,7 @@ use crate::model::{Change, ClusterConfig, Disk, DiskGroupConfig, DiskUpdate};
 use crate::ondisk::{self, Label};
 
 use super::ctl::DiskOut;
-use super::model::{core_txn, disk_txn, SharedConfig};
+use super::model::{core_txn, SharedConfig};
 
 /// Where this node finds each disk, by the disk id in its label: a disk group records
 /// the path a disk had on the node that added it, but each node finds the disk by id
@@ -58,6 +58,117 @@ impl LocalDisks {
     /// `self.localize(g).disk_paths()` gives, without copying the group).
     pub fn disk_paths(&self, g: &DiskGroupConfig) -> Vec<PathBuf> {
         g.disks.iter().map(|d| self.path_of(d)).collect()
+    }
+}
+
+/// How long [`DiskFinder`] trusts the labels it read while nothing it can see
+/// changed: a label rewritten in place (same path, same file or device) by another
+/// host or tool is noticed at most this late.
+pub const LABELS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What identifies the file or device at a path without reading it: a path that
+/// now names another file or device (a device renamed, a file replaced) has
+/// another identity. A regular file's length is part of it; a device's is not
+/// (its node says 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+    rdev: u64,
+    len: u64,
+}
+
+impl FileId {
+    fn of(path: &Path) -> Option<FileId> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        Some(FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+            rdev: m.rdev(),
+            len: m.len(),
+        })
+    }
+}
+
+/// [`LocalDisks`] kept between transactions by the one thread that finds disks for
+/// the data plane and the disk writes (the driver). Reading every label on the
+/// node's `disk_paths` is O(disks the host sees), and on a block device each read
+/// goes to the device (its cached pages are dropped first): done per transaction on
+/// every node, it made a small change cost in proportion to the host's disks. The
+/// labels are read again only when:
+/// - the files `disk_paths` matches are not the same list, or one of them is now
+///   another file or device ([`FileId`], one `stat` each);
+/// - a disk the caller looks for is not among the labels read (a disk added or
+///   imported since, whose label this node has not read);
+/// - the labels are [`LABELS_MAX_AGE`] old;
+/// - [`DiskFinder::forget`] was called: a disk write failed on a disk (perhaps
+///   because its path now holds another disk).
+///
+/// A disk write reads the label of the disk it writes and refuses another disk's, so
+/// a path kept too long fails a write (and the labels are read again); it never
+/// writes to the wrong disk.
+#[derive(Debug, Default)]
+pub struct DiskFinder {
+    seen: Option<Seen>,
+    scans: u64,
+}
+
+#[derive(Debug)]
+struct Seen {
+    files: Vec<(PathBuf, Option<FileId>)>,
+    local: LocalDisks,
+    at: std::time::Instant,
+}
+
+impl DiskFinder {
+    /// Where this node finds the disks of `groups`, from `files` (the node's
+    /// `disk_paths` as matched now): the labels read before when they can still be
+    /// trusted, else read again.
+    pub fn locate<'a>(
+        &mut self,
+        files: &[PathBuf],
+        groups: impl IntoIterator<Item = &'a DiskGroupConfig>,
+        now: std::time::Instant,
+    ) -> &LocalDisks {
+        let ids: Vec<(PathBuf, Option<FileId>)> =
+            files.iter().map(|p| (p.clone(), FileId::of(p))).collect();
+        let fresh = self.seen.as_ref().is_some_and(|s| {
+            now.saturating_duration_since(s.at) < LABELS_MAX_AGE
+                && s.files == ids
+                && groups
+                    .into_iter()
+                    .flat_map(|g| g.disks.iter())
+                    .all(|d| s.local.0.contains_key(&d.id))
+        });
+        if !fresh {
+            self.scans += 1;
+            self.seen = Some(Seen {
+                local: LocalDisks::scan(files),
+                files: ids,
+                at: now,
+            });
+        }
+        &self.seen.as_ref().expect("set above").local
+    }
+
+    /// The next [`DiskFinder::locate`] reads the labels again.
+    pub fn forget(&mut self) {
+        self.seen = None;
+    }
+
+    /// After [`write_updates`] to where [`DiskFinder::locate`] said: a disk not
+    /// written (perhaps its path holds another disk now) makes the next look read
+    /// the labels again.
+    pub fn written(&mut self, result: &Result<Wrote, String>) {
+        if !matches!(result, Ok(w) if w.disks_failed == 0) {
+            self.forget();
+        }
+    }
+
+    /// How many times the labels were read.
+    pub fn scans(&self) -> u64 {
+        self.scans
     }
 }
 
@@ -430,20 +541,27 @@ pub fn read_shared(
     }))
 }
 
+/// What [`write_updates`] did, beyond the errors it returns.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Wrote {
+    /// Disks a group was written to but not this one (each logged with its reason).
+    pub disks_failed: usize,
+}
+
 /// Carries out a change's disk updates, written by transaction `txn` on node `node`,
-/// finding the disks by id on `files` (the node's `disk_paths`). Every damaged copy a
-/// write replaces is logged (node, disk, what) and counted in `repairs`; a group
-/// written before (`written`) is validated only where it changed since.
+/// finding the disks by id where `local` says. Every damaged copy a write replaces
+/// is logged (node, disk, what) and counted in `repairs`; a group written before
+/// (`written`) is validated only where it changed since.
 pub fn write_updates(
     updates: &[DiskUpdate],
     txn: u64,
     node: &str,
-    files: &[PathBuf],
+    local: &LocalDisks,
     (repairs, written): (&mut Repairs, &mut Written),
     deadline: Option<std::time::Instant>,
-) -> Result<(), String> {
+) -> Result<Wrote, String> {
     let mut errors = Vec::new();
-    let local = LocalDisks::scan(files);
+    let mut wrote = Wrote::default();
     for u in updates {
         match u {
             DiskUpdate::WriteConfig(dg) => {
@@ -466,6 +584,7 @@ pub fn write_updates(
                         );
                             repairs.count(disk_id);
                         }
+                        wrote.disks_failed += report.failed.len();
                         for (path, e) in &report.failed {
                             log::error!(
                                 "disk group {}: seq {} not written to {}: {e}",
@@ -490,30 +609,10 @@ pub fn write_updates(
         }
     }
     if errors.is_empty() {
-        Ok(())
+        Ok(wrote)
     } else {
         Err(errors.join("; "))
     }
-}
-
-/// Writes the core's record ([`crate::core::Action::WriteDisks`]) on node `node`,
-/// whose disks are `files`.
-/// No disk is written after `deadline` ([`crate::core::WRITE_DEADLINE`]).
-pub fn write_record(
-    record: &DiskRecord<SharedConfig>,
-    node: &str,
-    files: &[PathBuf],
-    memory: (&mut Repairs, &mut Written),
-    deadline: std::time::Instant,
-) -> Result<(), String> {
-    write_updates(
-        &record.config.updates,
-        disk_txn(record.txn),
-        node,
-        files,
-        memory,
-        Some(deadline),
-    )
 }
 
 /// A slave's (and the master's) local checks of a change: no private disk group of
@@ -583,6 +682,191 @@ pub fn check_disk(d: &Disk, local: &LocalDisks) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::VolumeLayout;
+    use std::time::{Duration, Instant};
+
+    /// A directory of disk files, removed on drop.
+    struct Dir(PathBuf);
+
+    impl Dir {
+        fn new(tag: &str) -> Dir {
+            let dir =
+                std::env::temp_dir().join(format!("plexd-disks-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Dir(dir)
+        }
+
+        /// A new sparse disk file `name`, initialised (a new file: another inode
+        /// than any file the path named before).
+        fn disk(&self, name: &str) -> (PathBuf, Label) {
+            let path = self.0.join(format!("{name}.img"));
+            let _ = std::fs::remove_file(&path);
+            std::fs::File::create(&path)
+                .unwrap()
+                .set_len(64 << 20)
+                .unwrap();
+            let label = ondisk::init_disk(&path, name, Default::default()).unwrap();
+            (path, label)
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// Shared group `dg1` over `disks`, with one mirrored volume.
+    fn group(disks: &[(PathBuf, Label)]) -> DiskGroupConfig {
+        let c = ClusterConfig::default()
+            .apply(&Change::DgCreate {
+                dg: "dg1".into(),
+                dg_id: crate::model::new_id(),
+                shared: true,
+                owner_id: "cluster-1".into(),
+                disks: disks.iter().map(|(p, l)| l.disk_record(p)).collect(),
+            })
+            .and_then(|c| {
+                c.apply(&Change::VolCreate {
+                    dg: "dg1".into(),
+                    volume: "vol1".into(),
+                    size_bytes: 1 << 20,
+                    layout: VolumeLayout::Mirror { mirrors: 2 },
+                    log: Default::default(),
+                })
+            })
+            .unwrap();
+        c.disk_groups[0].clone()
+    }
+
+    #[test]
+    fn the_finder_reads_the_labels_again_only_when_something_it_can_see_changed() {
+        let dir = Dir::new("finder");
+        let a = dir.disk("a");
+        let b = dir.disk("b");
+        let files = vec![a.0.clone(), b.0.clone()];
+        let g = group(&[a.clone(), b.clone()]);
+        let t0 = Instant::now();
+        let mut f = DiskFinder::default();
+        assert_eq!(f.locate(&files, [&g], t0).disk_paths(&g), files);
+        assert_eq!(f.scans(), 1);
+        // Nothing changed: the labels read before.
+        f.locate(&files, [&g], t0 + Duration::from_secs(1));
+        assert_eq!(f.scans(), 1);
+        // A disk file more matched by disk_paths.
+        let c = dir.disk("c");
+        let mut more = files.clone();
+        more.push(c.0.clone());
+        f.locate(&more, [&g], t0);
+        assert_eq!(f.scans(), 2);
+        f.locate(&more, [&g], t0);
+        assert_eq!(f.scans(), 2);
+        // Two paths that now name each other's file (devices renamed): the same
+        // paths, the same disks, each somewhere else.
+        let tmp = dir.0.join("swap");
+        std::fs::rename(&a.0, &tmp).unwrap();
+        std::fs::rename(&b.0, &a.0).unwrap();
+        std::fs::rename(&tmp, &b.0).unwrap();
+        let found = f.locate(&more, [&g], t0).disk_paths(&g);
+        assert_eq!(found, vec![b.0.clone(), a.0.clone()]);
+        assert_eq!(f.scans(), 3);
+        std::fs::rename(&a.0, &tmp).unwrap();
+        std::fs::rename(&b.0, &a.0).unwrap();
+        std::fs::rename(&tmp, &b.0).unwrap();
+        f.locate(&more, [&g], t0);
+        assert_eq!(f.scans(), 4);
+        // A path that now names another file: b's file replaced by a new disk d.
+        let d = dir.disk("b");
+        assert_ne!(d.1.disk_id, b.1.disk_id);
+        let gd = group(&[a.clone(), d.clone()]);
+        let found = f.locate(&more, [&gd], t0).disk_paths(&gd);
+        assert_eq!(found, vec![a.0.clone(), d.0.clone()]);
+        assert_eq!(f.scans(), 5);
+        // A disk no label names any more (b) is read for on every look, and given
+        // its recorded path.
+        let found = f.locate(&more, [&g], t0).disk_paths(&g);
+        assert_eq!(found, vec![a.0.clone(), b.0.clone()]);
+        assert_eq!(f.scans(), 6);
+        // A disk the caller looks for that was not among the labels read: c
+        // initialised again in place (same file, new id) is read for.
+        let c2 = ondisk::init_disk(
+            &c.0,
+            "c2",
+            ondisk::InitOptions {
+                force: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let gc = group(&[a.clone(), (c.0.clone(), c2.clone())]);
+        let found = f.locate(&more, [&gc], t0).disk_paths(&gc);
+        assert_eq!(found, vec![a.0.clone(), c.0.clone()]);
+        assert_eq!(f.scans(), 7);
+        f.locate(&more, [&gc], t0);
+        assert_eq!(f.scans(), 7);
+        // Old labels, or forgotten: read again.
+        f.locate(&more, [&gc], t0 + LABELS_MAX_AGE);
+        assert_eq!(f.scans(), 8);
+        f.forget();
+        f.locate(&more, [&gc], t0 + LABELS_MAX_AGE);
+        assert_eq!(f.scans(), 9);
+    }
+
+    #[test]
+    fn a_path_kept_after_its_disk_was_relabelled_fails_the_write_and_is_read_again() {
+        let dir = Dir::new("stale");
+        let a = dir.disk("a");
+        let b = dir.disk("b");
+        let files = vec![a.0.clone(), b.0.clone()];
+        let g = Arc::new(group(&[a.clone(), b.clone()]));
+        let t0 = Instant::now();
+        let mut f = DiskFinder::default();
+        let mut memory = (Repairs::default(), Written::default());
+        let write =
+            |f: &mut DiskFinder, memory: &mut (Repairs, Written), g: &Arc<DiskGroupConfig>| {
+                let local = f.locate(&files, [&**g], t0);
+                let memory = (&mut memory.0, &mut memory.1);
+                let updates = [DiskUpdate::WriteConfig(Arc::clone(g))];
+                let result = write_updates(&updates, 7, "n1", local, memory, None);
+                f.written(&result);
+                result
+            };
+        assert_eq!(
+            write(&mut f, &mut memory, &g),
+            Ok(Wrote { disks_failed: 0 })
+        );
+        assert_eq!(f.scans(), 1);
+        // b's file is given another disk's label in place (same file, as another
+        // host's tool would): the finder cannot see that, and still says b is there.
+        let x = dir.disk("x");
+        let mut label = vec![0u8; 8192];
+        std::os::unix::fs::FileExt::read_exact_at(
+            &std::fs::File::open(&x.0).unwrap(),
+            &mut label,
+            0,
+        )
+        .unwrap();
+        std::os::unix::fs::FileExt::write_all_at(
+            &std::fs::OpenOptions::new().write(true).open(&b.0).unwrap(),
+            &label,
+            0,
+        )
+        .unwrap();
+        let mut next = (*g).clone();
+        next.seq += 1;
+        let next = Arc::new(next);
+        // The write reads the label and refuses the other disk: nothing of the group
+        // lands on it, and the labels are read again next time.
+        assert_eq!(
+            write(&mut f, &mut memory, &next),
+            Ok(Wrote { disks_failed: 1 })
+        );
+        assert_eq!(ondisk::read_label(&b.0).unwrap().disk_name, "x");
+        let before = f.scans();
+        f.locate(&files, [&*next], t0);
+        assert_eq!(f.scans(), before + 1);
+    }
 
     #[test]
     fn missing_disk_is_reported_by_name() {

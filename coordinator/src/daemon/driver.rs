@@ -29,12 +29,12 @@ use super::exports;
 use super::failpoint::Failpoint;
 use super::fence::{Fences, Quiesce};
 use super::kernel::{Desired, Kernel};
-use super::model::SharedConfig;
+use super::model::{disk_txn, SharedConfig};
 use super::owner_lease;
 use super::takeover::{self, Deferred, Takeover};
 use super::{Input, Inputs};
 use crate::core::{DiskRecord, ErrorKind, FenceToken, NodeId, RequestError, RequestId, TxnId};
-use crate::model::{Change, ClusterConfig, DiskGroupConfig, ExportProtocol};
+use crate::model::{Change, ClusterConfig, DiskGroupConfig, DiskUpdate, ExportProtocol};
 
 /// Jobs submitted to the driver and not yet answered, at most; the main loop waits
 /// for the driver when it would submit more (see [`DriverHandle::submit`]).
@@ -380,6 +380,10 @@ pub struct Driver {
     /// A takeover import waiting out the old owner's lease, and the shared groups
     /// the data plane holds ([`takeover`]).
     pub takeover: Takeover,
+    /// Where this node finds its disks, kept between transactions
+    /// ([`disks::DiskFinder`]; a cell: [`Driver::desired`] reads `self.private`
+    /// while it looks).
+    pub finder: std::cell::RefCell<disks::DiskFinder>,
 }
 
 impl Driver {
@@ -460,13 +464,34 @@ impl Driver {
 
     fn desired(&self, shared: &[Arc<DiskGroupConfig>], private: &[DiskGroupConfig]) -> Desired {
         let mut specs = self.kernel.specs();
-        desired_of(
-            &self.files(),
-            &self.file,
-            &self.name,
-            (shared, private),
-            &mut specs,
-        )
+        let mut finder = self.finder.borrow_mut();
+        let groups = shared.iter().map(|g| &**g).chain(private.iter());
+        let local = finder.locate(&self.files(), groups, Instant::now());
+        desired_of(local, &self.file, &self.name, (shared, private), &mut specs)
+    }
+
+    /// `updates` written by transaction `txn` to the disks where the finder says
+    /// they are; a disk not written makes the finder read the labels again next
+    /// time (its path may hold another disk now).
+    fn write_updates(
+        &mut self,
+        updates: &[DiskUpdate],
+        txn: u64,
+        deadline: Option<Instant>,
+    ) -> Result<(), String> {
+        let mut repairs = self.repairs.lock().unwrap_or_else(|p| p.into_inner());
+        let mut finder = self.finder.borrow_mut();
+        let groups = updates.iter().filter_map(|u| match u {
+            DiskUpdate::WriteConfig(g) => Some(&**g),
+            DiskUpdate::Release(_) => None,
+        });
+        let local = finder.locate(&self.files(), groups, Instant::now());
+        let memory = (&mut *repairs, &mut self.written);
+        let result = disks::write_updates(updates, txn, &self.name, local, memory, deadline);
+        if !matches!(result, Ok(w) if w.disks_failed == 0) {
+            finder.forget();
+        }
+        result.map(|_| ())
     }
 
     /// Driver point `point`: sleeps when `PLEXD_FAILPOINT=<point>:sleep=<ms>` names it.
@@ -503,15 +528,12 @@ impl Driver {
         lease_extends: bool,
     ) -> Done {
         self.failpoint_sleep("driver.write_disks");
-        let mut repairs = self.repairs.lock().unwrap_or_else(|p| p.into_inner());
-        let files = self.files();
         let deadline = match self.lease.end().filter(|_| lease_extends) {
             Some(end) => end.max(deadline),
             None => deadline,
         };
-        let memory = (&mut *repairs, &mut self.written);
-        let result = disks::write_record(&record, &self.name, &files, memory, deadline);
-        drop(repairs);
+        let result =
+            self.write_updates(&record.config.updates, disk_txn(record.txn), Some(deadline));
         if let Err(e) = &result {
             log::error!(
                 "node {}: transaction {}: disk write failed: {e}",
@@ -880,7 +902,8 @@ impl Driver {
         txn: u64,
     ) -> Result<Option<Instant>, RequestError> {
         let updates = change.disk_updates(before, after);
-        let failed = |e: String| RequestError::new(ErrorKind::Failed, self.name.clone(), e);
+        let node = self.name.clone();
+        let failed = |e: String| RequestError::new(ErrorKind::Failed, node.clone(), e);
         if let Some(owner) = self.owner.taken(change.dg_name()) {
             let e = self.err(format!(
                 "disk group {}: its disks name {owner} as owner now (taken over): this node \
@@ -908,11 +931,7 @@ impl Driver {
         let files = self.files();
         self.owner
             .set_groups(owner_lease::owned(&same_owner(before, after), &files));
-        let mut repairs = self.repairs.lock().unwrap_or_else(|p| p.into_inner());
-        let memory = (&mut *repairs, &mut self.written);
-        let written = disks::write_updates(&updates, txn, &self.name, &files, memory, None);
-        drop(repairs);
-        if let Err(e) = written {
+        if let Err(e) = self.write_updates(&updates, txn, None) {
             self.kernel.abort();
             self.owner
                 .set_groups(owner_lease::owned(&self.private, &files));
@@ -1130,11 +1149,11 @@ fn same_owner(before: &ClusterConfig, after: &ClusterConfig) -> Vec<DiskGroupCon
 }
 
 /// The bdevs, volumes and exports node `name` of cluster file `file` serves for
-/// `shared` and `private` groups, each disk opened where this node finds it (by id
-/// on `files`, [`disks::LocalDisks`]); the volumes' specs are projected again only
+/// `shared` and `private` groups, each disk opened where `local` finds it (by id,
+/// [`disks::LocalDisks`]); the volumes' specs are projected again only
 /// for volumes `specs` has not seen ([`Desired::of_cached`]).
 pub fn desired_of(
-    files: &[PathBuf],
+    local: &disks::LocalDisks,
     file: &ClusterFile,
     name: &str,
     (shared, private): (&[Arc<DiskGroupConfig>], &[DiskGroupConfig]),
@@ -1149,7 +1168,6 @@ pub fn desired_of(
         .iter()
         .map(|n| (n.name.clone(), n.nvmf_portal().to_string()))
         .collect();
-    let local = disks::LocalDisks::scan(files);
     let all = || shared.iter().map(|g| &**g).chain(private.iter());
     let id = file.node(name).map_or(0, |n| n.id);
     let (mut d, extras) = Desired::of_cached_with_extras(all(), id, specs);

@@ -245,8 +245,9 @@ fn write_groups(name: &str, groups: &[DiskGroupConfig], files: &[PathBuf], what:
     let names: Vec<&str> = groups.iter().map(|g| g.name.as_str()).collect();
     let mut repairs = disks::Repairs::default();
     let memory = (&mut repairs, &mut disks::Written::default());
-    match disks::write_updates(&updates, incarnation(), name, files, memory, None) {
-        Ok(()) => log::info!("node {name}: private disk group(s) {names:?}: {what} record written"),
+    let local = disks::LocalDisks::scan(files);
+    match disks::write_updates(&updates, incarnation(), name, &local, memory, None) {
+        Ok(_) => log::info!("node {name}: private disk group(s) {names:?}: {what} record written"),
         Err(e) => log::error!(
             "node {name}: private disk group(s) {names:?}: cannot write the {what} record: {e}"
         ),

@@ -16,7 +16,6 @@ impl Daemon {
 
     /// Turns a plexctl command into a change: disks by media name, defaults.
     pub(super) fn resolve(&mut self, c: CtlChange) -> Result<Change, RequestError> {
-        let files = self.file.disk_files();
         Ok(match c {
             CtlChange::DgCreate {
                 dg,
@@ -24,7 +23,7 @@ impl Daemon {
                 shared,
             } => self.resolve_dg_create(dg, names, shared)?,
             CtlChange::DgAddDisk { dg, disk } => Change::DgAddDisk {
-                disk: disks::find_free_disk(&files, &disk, &self.name)
+                disk: disks::find_free_disk(&self.file.disk_files(), &disk, &self.name)
                     .map_err(|e| self.refused(e))?,
                 dg,
             },

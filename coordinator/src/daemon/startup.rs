@@ -66,6 +66,7 @@ pub fn run(opts: Options) -> Result<(), String> {
         owner: Arc::clone(&owner),
         private: private.disk_groups.clone(),
         takeover: Default::default(),
+        finder: Default::default(),
     }
     .start()?;
     let start = super::clock::CoreClock::start();
@@ -303,7 +304,8 @@ fn serve_private_groups(
     if groups.is_empty() {
         return;
     }
-    let desired = driver::desired_of(files, file, name, (&[], groups), &mut kernel.specs());
+    let local = disks::LocalDisks::scan(files);
+    let desired = driver::desired_of(&local, file, name, (&[], groups), &mut kernel.specs());
     if let Err(e) = kernel.prepare(desired, false) {
         log::error!("node {name}: cannot load the private disk groups: {e}");
         kernel.abort();
