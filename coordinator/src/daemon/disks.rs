@@ -68,14 +68,17 @@ pub const LABELS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(1
 
 /// What identifies the file or device at a path without reading it: a path that
 /// now names another file or device (a device renamed, a file replaced) has
-/// another identity. A regular file's length is part of it; a device's is not
-/// (its node says 0).
+/// another identity. The inode's birth time is part of it (a file or device node
+/// made again may get the inode number just freed, and a disk put where another
+/// was, the same device number), and a regular file's length (a device's node
+/// says 0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct FileId {
     dev: u64,
     ino: u64,
     rdev: u64,
     len: u64,
+    born: Option<std::time::SystemTime>,
 }
 
 impl FileId {
@@ -87,6 +90,7 @@ impl FileId {
             ino: m.ino(),
             rdev: m.rdev(),
             len: m.len(),
+            born: m.created().ok(),
         })
     }
 }
@@ -97,8 +101,12 @@ impl FileId {
 /// goes to the device (its cached pages are dropped first): done per transaction on
 /// every node, it made a small change cost in proportion to the host's disks. The
 /// labels are read again only when:
-/// - the files `disk_paths` matches are not the same list, or one of them is now
-///   another file or device ([`FileId`], one `stat` each);
+/// - a matched path may name another file or device now: a file was created,
+///   removed or renamed in the directory of a matched path or of what it resolves
+///   to (a symlink's target), as an inotify watch on those directories tells (one
+///   `read` that finds nothing: no glob, no `stat`); where inotify is refused, when
+///   the matched list is not the same or a path names another file or device
+///   ([`FileId`], one `stat` each);
 /// - a disk the caller looks for is not among the labels read (a disk added or
 ///   imported since, whose label this node has not read);
 /// - the labels are [`LABELS_MAX_AGE`] old;
@@ -108,44 +116,144 @@ impl FileId {
 /// A disk write reads the label of the disk it writes and refuses another disk's, so
 /// a path kept too long fails a write (and the labels are read again); it never
 /// writes to the wrong disk.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct DiskFinder {
     seen: Option<Seen>,
     scans: u64,
+    /// Watch the directories (false: compare identities only).
+    watching: bool,
+}
+
+impl Default for DiskFinder {
+    fn default() -> DiskFinder {
+        DiskFinder {
+            seen: None,
+            scans: 0,
+            watching: true,
+        }
+    }
 }
 
 #[derive(Debug)]
 struct Seen {
+    /// The matched paths and their identities (compared when there is no watch).
     files: Vec<(PathBuf, Option<FileId>)>,
+    watch: Option<DirWatch>,
     local: LocalDisks,
     at: std::time::Instant,
 }
 
+/// An inotify watch on the directories of a list of paths (and of what they
+/// resolve to): any entry created, removed or renamed in them, or a directory
+/// itself removed or moved, is a change.
+#[derive(Debug)]
+struct DirWatch(nix::sys::inotify::Inotify);
+
+impl DirWatch {
+    /// None when inotify refuses (no instance or watch left): the caller compares
+    /// identities instead.
+    fn new(files: &[PathBuf]) -> Option<DirWatch> {
+        use nix::sys::inotify::{AddWatchFlags as F, InitFlags, Inotify};
+        let mut dirs: Vec<PathBuf> = files
+            .iter()
+            .flat_map(|p| [Some(p.clone()), std::fs::canonicalize(p).ok()])
+            .flatten()
+            .filter_map(|p| p.parent().map(Path::to_path_buf))
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).ok()?;
+        let mask = F::IN_CREATE
+            | F::IN_DELETE
+            | F::IN_MOVED_FROM
+            | F::IN_MOVED_TO
+            | F::IN_DELETE_SELF
+            | F::IN_MOVE_SELF;
+        for dir in &dirs {
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
+            if let Err(e) = inotify.add_watch(dir, mask) {
+                log::debug!(
+                    "cannot watch {} ({e}): disk paths are compared by stat",
+                    dir.display()
+                );
+                return None;
+            }
+        }
+        Some(DirWatch(inotify))
+    }
+
+    /// Nothing changed since the watch was made (an overflow or an error is a
+    /// change).
+    fn quiet(&self) -> bool {
+        matches!(self.0.read_events(), Err(nix::errno::Errno::EAGAIN))
+    }
+}
+
+fn identities(files: &[PathBuf]) -> Vec<(PathBuf, Option<FileId>)> {
+    files.iter().map(|p| (p.clone(), FileId::of(p))).collect()
+}
+
 impl DiskFinder {
-    /// Where this node finds the disks of `groups`, from `files` (the node's
-    /// `disk_paths` as matched now): the labels read before when they can still be
-    /// trusted, else read again.
+    /// A finder that compares identities only (no inotify watch).
+    pub fn without_watch() -> DiskFinder {
+        DiskFinder {
+            watching: false,
+            ..Default::default()
+        }
+    }
+
+    /// Where this node finds the disks of `groups`, from `files` (lists the node's
+    /// `disk_paths` as matched now; not called when a watch says nothing changed):
+    /// the labels read before when they can still be trusted, else read again.
     pub fn locate<'a>(
         &mut self,
-        files: &[PathBuf],
+        files: impl FnOnce() -> Vec<PathBuf>,
         groups: impl IntoIterator<Item = &'a DiskGroupConfig>,
         now: std::time::Instant,
     ) -> &LocalDisks {
-        let ids: Vec<(PathBuf, Option<FileId>)> =
-            files.iter().map(|p| (p.clone(), FileId::of(p))).collect();
+        let mut files = Some(files);
+        let mut listed = None;
         let fresh = self.seen.as_ref().is_some_and(|s| {
             now.saturating_duration_since(s.at) < LABELS_MAX_AGE
-                && s.files == ids
                 && groups
                     .into_iter()
                     .flat_map(|g| g.disks.iter())
                     .all(|d| s.local.0.contains_key(&d.id))
+                && match &s.watch {
+                    Some(w) => w.quiet(),
+                    None => {
+                        let now_listed = files.take().map(|f| f()).unwrap_or_default();
+                        let same = s.files == identities(&now_listed);
+                        listed = Some(now_listed);
+                        same
+                    }
+                }
         });
         if !fresh {
+            let files = match (listed, files) {
+                (Some(l), _) => l,
+                (None, Some(f)) => f(),
+                (None, None) => Vec::new(),
+            };
+            // The watch first: a change while the labels are read is seen next time.
+            let watch = if self.watching {
+                DirWatch::new(&files)
+            } else {
+                None
+            };
             self.scans += 1;
             self.seen = Some(Seen {
-                local: LocalDisks::scan(files),
-                files: ids,
+                files: if watch.is_some() {
+                    Vec::new()
+                } else {
+                    identities(&files)
+                },
+                watch,
+                local: LocalDisks::scan(&files),
                 at: now,
             });
         }
@@ -742,25 +850,33 @@ mod tests {
 
     #[test]
     fn the_finder_reads_the_labels_again_only_when_something_it_can_see_changed() {
-        let dir = Dir::new("finder");
+        reads_again_only_on_a_change(DiskFinder::default(), "watch");
+    }
+
+    #[test]
+    fn the_finder_without_a_watch_reads_the_labels_again_only_when_an_identity_changed() {
+        reads_again_only_on_a_change(DiskFinder::without_watch(), "stat");
+    }
+
+    fn reads_again_only_on_a_change(mut f: DiskFinder, tag: &str) {
+        let dir = Dir::new(tag);
         let a = dir.disk("a");
         let b = dir.disk("b");
         let files = vec![a.0.clone(), b.0.clone()];
         let g = group(&[a.clone(), b.clone()]);
         let t0 = Instant::now();
-        let mut f = DiskFinder::default();
-        assert_eq!(f.locate(&files, [&g], t0).disk_paths(&g), files);
+        assert_eq!(f.locate(|| files.clone(), [&g], t0).disk_paths(&g), files);
         assert_eq!(f.scans(), 1);
         // Nothing changed: the labels read before.
-        f.locate(&files, [&g], t0 + Duration::from_secs(1));
+        f.locate(|| files.clone(), [&g], t0 + Duration::from_secs(1));
         assert_eq!(f.scans(), 1);
         // A disk file more matched by disk_paths.
         let c = dir.disk("c");
         let mut more = files.clone();
         more.push(c.0.clone());
-        f.locate(&more, [&g], t0);
+        f.locate(|| more.clone(), [&g], t0);
         assert_eq!(f.scans(), 2);
-        f.locate(&more, [&g], t0);
+        f.locate(|| more.clone(), [&g], t0);
         assert_eq!(f.scans(), 2);
         // Two paths that now name each other's file (devices renamed): the same
         // paths, the same disks, each somewhere else.
@@ -768,24 +884,24 @@ mod tests {
         std::fs::rename(&a.0, &tmp).unwrap();
         std::fs::rename(&b.0, &a.0).unwrap();
         std::fs::rename(&tmp, &b.0).unwrap();
-        let found = f.locate(&more, [&g], t0).disk_paths(&g);
+        let found = f.locate(|| more.clone(), [&g], t0).disk_paths(&g);
         assert_eq!(found, vec![b.0.clone(), a.0.clone()]);
         assert_eq!(f.scans(), 3);
         std::fs::rename(&a.0, &tmp).unwrap();
         std::fs::rename(&b.0, &a.0).unwrap();
         std::fs::rename(&tmp, &b.0).unwrap();
-        f.locate(&more, [&g], t0);
+        f.locate(|| more.clone(), [&g], t0);
         assert_eq!(f.scans(), 4);
         // A path that now names another file: b's file replaced by a new disk d.
         let d = dir.disk("b");
         assert_ne!(d.1.disk_id, b.1.disk_id);
         let gd = group(&[a.clone(), d.clone()]);
-        let found = f.locate(&more, [&gd], t0).disk_paths(&gd);
+        let found = f.locate(|| more.clone(), [&gd], t0).disk_paths(&gd);
         assert_eq!(found, vec![a.0.clone(), d.0.clone()]);
         assert_eq!(f.scans(), 5);
         // A disk no label names any more (b) is read for on every look, and given
         // its recorded path.
-        let found = f.locate(&more, [&g], t0).disk_paths(&g);
+        let found = f.locate(|| more.clone(), [&g], t0).disk_paths(&g);
         assert_eq!(found, vec![a.0.clone(), b.0.clone()]);
         assert_eq!(f.scans(), 6);
         // A disk the caller looks for that was not among the labels read: c
@@ -800,17 +916,36 @@ mod tests {
         )
         .unwrap();
         let gc = group(&[a.clone(), (c.0.clone(), c2.clone())]);
-        let found = f.locate(&more, [&gc], t0).disk_paths(&gc);
+        let found = f.locate(|| more.clone(), [&gc], t0).disk_paths(&gc);
         assert_eq!(found, vec![a.0.clone(), c.0.clone()]);
         assert_eq!(f.scans(), 7);
-        f.locate(&more, [&gc], t0);
+        f.locate(|| more.clone(), [&gc], t0);
         assert_eq!(f.scans(), 7);
         // Old labels, or forgotten: read again.
-        f.locate(&more, [&gc], t0 + LABELS_MAX_AGE);
+        f.locate(|| more.clone(), [&gc], t0 + LABELS_MAX_AGE);
         assert_eq!(f.scans(), 8);
         f.forget();
-        f.locate(&more, [&gc], t0 + LABELS_MAX_AGE);
+        f.locate(|| more.clone(), [&gc], t0 + LABELS_MAX_AGE);
         assert_eq!(f.scans(), 9);
+        // A matched symlink whose target, in another directory, is replaced (a
+        // device node made again): the labels are read again, the new disk found
+        // at the symlink.
+        let targets = Dir::new(&format!("{tag}-targets"));
+        let t = targets.disk("t");
+        let link = dir.0.join("link.img");
+        std::os::unix::fs::symlink(&t.0, &link).unwrap();
+        let mut linked = more.clone();
+        linked.push(link.clone());
+        let gt = group(&[a.clone(), (link.clone(), t.1.clone())]);
+        f.locate(|| linked.clone(), [&gt], t0 + LABELS_MAX_AGE);
+        assert_eq!(f.scans(), 10);
+        f.locate(|| linked.clone(), [&gt], t0 + LABELS_MAX_AGE);
+        assert_eq!(f.scans(), 10);
+        let t2 = targets.disk("t");
+        let gt2 = group(&[a.clone(), (link.clone(), t2.1.clone())]);
+        let found = f.locate(|| linked.clone(), [&gt], t0 + LABELS_MAX_AGE);
+        assert_eq!(found.path_of(&gt2.disks[1]), link);
+        assert_eq!(f.scans(), 11);
     }
 
     #[test]
@@ -825,7 +960,7 @@ mod tests {
         let mut memory = (Repairs::default(), Written::default());
         let write =
             |f: &mut DiskFinder, memory: &mut (Repairs, Written), g: &Arc<DiskGroupConfig>| {
-                let local = f.locate(&files, [&**g], t0);
+                let local = f.locate(|| files.clone(), [&**g], t0);
                 let memory = (&mut memory.0, &mut memory.1);
                 let updates = [DiskUpdate::WriteConfig(Arc::clone(g))];
                 let result = write_updates(&updates, 7, "n1", local, memory, None);
@@ -864,7 +999,7 @@ mod tests {
         );
         assert_eq!(ondisk::read_label(&b.0).unwrap().disk_name, "x");
         let before = f.scans();
-        f.locate(&files, [&*next], t0);
+        f.locate(|| files.clone(), [&*next], t0);
         assert_eq!(f.scans(), before + 1);
     }
 

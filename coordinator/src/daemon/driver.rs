@@ -466,7 +466,7 @@ impl Driver {
         let mut specs = self.kernel.specs();
         let mut finder = self.finder.borrow_mut();
         let groups = shared.iter().map(|g| &**g).chain(private.iter());
-        let local = finder.locate(&self.files(), groups, Instant::now());
+        let local = finder.locate(|| self.files(), groups, Instant::now());
         desired_of(local, &self.file, &self.name, (shared, private), &mut specs)
     }
 
@@ -485,12 +485,10 @@ impl Driver {
             DiskUpdate::WriteConfig(g) => Some(&**g),
             DiskUpdate::Release(_) => None,
         });
-        let local = finder.locate(&self.files(), groups, Instant::now());
+        let local = finder.locate(|| self.files(), groups, Instant::now());
         let memory = (&mut *repairs, &mut self.written);
         let result = disks::write_updates(updates, txn, &self.name, local, memory, deadline);
-        if !matches!(result, Ok(w) if w.disks_failed == 0) {
-            finder.forget();
-        }
+        finder.written(&result);
         result.map(|_| ())
     }
 
