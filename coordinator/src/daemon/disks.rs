@@ -99,7 +99,7 @@ impl FileId {
 /// the data plane and the disk writes (the driver). Reading every label on the
 /// node's `disk_paths` is O(disks the host sees), and on a block device each read
 /// goes to the device (its cached pages are dropped first): done per transaction on
-/// every node, it made a small change cost in proportion to the host's disks. The
+/// every node, it would make a small change cost in proportion to the host's disks. The
 /// labels are read again only when:
 /// - a matched path may name another file or device now: a file was created,
 ///   removed or renamed in the directory of a matched path or of what it resolves
