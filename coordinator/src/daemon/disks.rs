@@ -136,11 +136,38 @@ impl Default for DiskFinder {
 
 #[derive(Debug)]
 struct Seen {
-    /// The matched paths and their identities (compared when there is no watch).
-    files: Vec<(PathBuf, Option<FileId>)>,
-    watch: Option<DirWatch>,
+    sentinel: Sentinel,
     local: LocalDisks,
     at: std::time::Instant,
+}
+
+/// How a finder tells that a matched path may name another file or device now.
+#[derive(Debug)]
+enum Sentinel {
+    /// An inotify watch on the directories of the matched paths.
+    Watch(DirWatch),
+    /// The matched paths and their identities, compared with the paths matched
+    /// now (no watch).
+    Identities(Vec<(PathBuf, Option<FileId>)>),
+}
+
+impl Sentinel {
+    /// Made before the labels of `files` are read: a change while they are read is
+    /// seen next time.
+    fn new(files: &[PathBuf], watching: bool) -> Sentinel {
+        match watching.then(|| DirWatch::new(files)).flatten() {
+            Some(w) => Sentinel::Watch(w),
+            None => Sentinel::Identities(identities(files)),
+        }
+    }
+
+    /// Nothing that names a disk changed (`files`: the paths matched now).
+    fn unchanged(&self, files: impl Fn() -> Vec<PathBuf>) -> bool {
+        match self {
+            Sentinel::Watch(w) => w.quiet(),
+            Sentinel::Identities(seen) => *seen == identities(&files()),
+        }
+    }
 }
 
 /// An inotify watch on the directories of a list of paths (and of what they
@@ -211,48 +238,29 @@ impl DiskFinder {
     /// the labels read before when they can still be trusted, else read again.
     pub fn locate<'a>(
         &mut self,
-        files: impl FnOnce() -> Vec<PathBuf>,
+        files: impl Fn() -> Vec<PathBuf>,
         groups: impl IntoIterator<Item = &'a DiskGroupConfig>,
         now: std::time::Instant,
     ) -> &LocalDisks {
-        let mut files = Some(files);
-        let mut listed = None;
         let fresh = self.seen.as_ref().is_some_and(|s| {
             now.saturating_duration_since(s.at) < LABELS_MAX_AGE
                 && groups
                     .into_iter()
                     .flat_map(|g| g.disks.iter())
                     .all(|d| s.local.0.contains_key(&d.id))
-                && match &s.watch {
-                    Some(w) => w.quiet(),
-                    None => {
-                        let now_listed = files.take().map(|f| f()).unwrap_or_default();
-                        let same = s.files == identities(&now_listed);
-                        listed = Some(now_listed);
-                        same
-                    }
-                }
+                && s.sentinel.unchanged(&files)
         });
         if !fresh {
-            let files = match (listed, files) {
-                (Some(l), _) => l,
-                (None, Some(f)) => f(),
-                (None, None) => Vec::new(),
-            };
-            // The watch first: a change while the labels are read is seen next time.
-            let watch = if self.watching {
-                DirWatch::new(&files)
-            } else {
-                None
-            };
+            let files = files();
+            let sentinel = Sentinel::new(&files, self.watching);
             self.scans += 1;
+            log::debug!(
+                "disk labels on {} paths read again ({} times)",
+                files.len(),
+                self.scans
+            );
             self.seen = Some(Seen {
-                files: if watch.is_some() {
-                    Vec::new()
-                } else {
-                    identities(&files)
-                },
-                watch,
+                sentinel,
                 local: LocalDisks::scan(&files),
                 at: now,
             });

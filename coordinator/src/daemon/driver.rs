@@ -479,13 +479,13 @@ impl Driver {
         txn: u64,
         deadline: Option<Instant>,
     ) -> Result<(), String> {
-        let mut repairs = self.repairs.lock().unwrap_or_else(|p| p.into_inner());
         let mut finder = self.finder.borrow_mut();
         let groups = updates.iter().filter_map(|u| match u {
             DiskUpdate::WriteConfig(g) => Some(&**g),
             DiskUpdate::Release(_) => None,
         });
         let local = finder.locate(|| self.files(), groups, Instant::now());
+        let mut repairs = self.repairs.lock().unwrap_or_else(|p| p.into_inner());
         let memory = (&mut *repairs, &mut self.written);
         let result = disks::write_updates(updates, txn, &self.name, local, memory, deadline);
         finder.written(&result);
