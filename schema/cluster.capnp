@@ -1,13 +1,16 @@
 @0x85c21f2ae4bde6cd;
 # The cluster protocol between plexd coordinators (membership, transactions).
 #
-# Each node serves one TCP address; its bootstrap capability is a `Peer`, which
-# extends the public `Ctl` interface so plexctl and peers share the port. A node opens
-# one connection to every other configured node, shakes hands (`hello`) and calls
-# `deliver` for each protocol message, in order. The message is a `Message` struct
-# (the core's `Message`, coordinator/src/core/codec.rs); the configurations and
-# changes inside it are Cap'n Proto messages of their own (`SharedConfig`,
-# `ConfigChange` below, for plexd's model; the core does not look inside them).
+# Each node serves one TCP address: plexctl's Cap'n Proto RPC (the bootstrap
+# capability is a `Peer`, which extends the public `Ctl` interface) and the peer
+# streams share the port. A node opens one connection to every other configured node
+# as a peer stream (coordinator/src/daemon/peer_stream.rs, docs/PROTOCOL.md): 8 bytes
+# `PLXDPEER`, a handshake (`Peer.hello`'s parameters as one message, answered by its
+# results as one message), then each protocol message, in order and one way, as a
+# Cap'n Proto message whose root is a `Message` struct (the core's `Message`,
+# coordinator/src/core/codec.rs); the configurations and changes inside it are Cap'n
+# Proto messages of their own (`SharedConfig`, `ConfigChange` below, for plexd's
+# model; the core does not look inside them).
 #
 # Versioning and evolution (docs/PROTOCOL.md, "Messages"):
 # - Fields, message kinds and structs are only ever added, with new ordinals; never
@@ -20,7 +23,7 @@
 #   loss the protocol tolerates, or come with a new protocol version.
 # - `PROTOCOL_VERSION` (coordinator/src/core/codec.rs) is bumped when a node must
 #   not talk to an older one (a change the rules above cannot express). Nodes of
-#   different protocol versions refuse each other at `hello`, and a `Message` whose
+#   different protocol versions refuse each other at the handshake, and a `Message` whose
 #   `version` is not this node's is refused by the decoder. Version 1 is the first
 #   Cap'n Proto version; version 0 (an absent field) is the JSON protocol before it,
 #   which a version-1 node refuses at `hello`.
@@ -33,9 +36,9 @@ interface Peer extends(Ctl.Ctl) {
   # not implement it (the call fails; no version-0 node passes `hello` anyway).
   deliverJson @0 (from :UInt32, incarnation :UInt64, message :Data) -> ();
 
-  # One protocol message from node `from` (its incarnation). Refused on a connection
-  # without a successful `hello`; a message larger than MAX_MESSAGE_BYTES or that
-  # does not decode is dropped (logged).
+  # Retired in protocol version 3 (messages travel on the peer stream); a node
+  # answers every call with an error. Was: one protocol message from node `from`
+  # (its incarnation), after a successful `hello` on the connection.
   deliver @3 (from :UInt32, incarnation :UInt64, message :Message) -> ();
 
   # Retired: resync fences now travel as `deliver` messages (Message.fence...).
@@ -47,14 +50,15 @@ interface Peer extends(Ctl.Ctl) {
   fence @1 (from :UInt32, volume :Text, hold :Bool, token :UInt64,
             minTxnView :UInt64, minTxnN :UInt64) -> (error :Text, intact :Bool);
 
-  # The first call on a peer connection: node `from` says which cluster it belongs
-  # to (the cluster file's `id`), the node list it was started with (`id=name@
-  # address` per node in id order, comma-separated) and the protocol version it
-  # speaks. The callee answers with its own; `error` is non-empty when they differ
-  # (the callee then refuses every `deliver` on the connection and logs both nodes
-  # and the differing value); the caller compares the answer the same way, so a
-  # callee too old to know `protocolVersion` (it answers 0) is refused too.
-  # `deliver` is refused on a connection without a successful `hello`.
+  # The handshake: node `from` says which cluster it belongs to (the cluster file's
+  # `id`), the node list it was started with (`id=name@address` per node in id
+  # order, comma-separated) and the protocol version it speaks; the callee answers
+  # with its own, and `error` is non-empty when they differ (the callee logs both
+  # nodes and the differing value); the caller compares the answer the same way, so
+  # a callee too old to know `protocolVersion` (it answers 0) is refused too. Since
+  # protocol version 3 a peer stream carries these parameters and results as its
+  # first two messages; a call is made only by a node of an older release, and is
+  # answered (with its refusal).
   hello @2 (from :UInt32, clusterId :Text, nodeList :Text, protocolVersion :UInt32)
         -> (error :Text, clusterId :Text, nodeList :Text, protocolVersion :UInt32);
 }

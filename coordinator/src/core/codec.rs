@@ -2,7 +2,7 @@
 //! `schema/cluster.capnp`.
 //!
 //! Pure functions (no I/O): [`Message::write`] fills a Cap'n Proto builder (the
-//! daemon builds `Peer.deliver`'s parameter with it) and [`Message::read`] reads one
+//! daemon's peer stream writes each message's root with it) and [`Message::read`] reads one
 //! back; [`Message::encode`] and [`Message::decode`] do the same to and from bytes
 //! (one Cap'n Proto message, standard framing, unpacked), for the simulator and the
 //! tests. Configurations and changes inside messages stay the model's bytes
@@ -23,13 +23,15 @@ use super::messages::{
 };
 use super::ErrorKind;
 
-/// The protocol version this node speaks: sent in every [`Message`] and in
-/// `Peer.hello`. Nodes of different versions refuse each other; a message of another
+/// The protocol version this node speaks: sent in every [`Message`] and in the
+/// handshake (`Peer.hello`'s parameters). Nodes of different versions refuse each other; a message of another
 /// version does not decode. Bumped only for a change the schema's additive rules
 /// cannot express (see `schema/cluster.capnp`). 2: the dirty region log (a node of
 /// version 1 would apply `vol create` without the log and `NodeRecover` as a whole
-/// resync, so its configuration would differ from the master's).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// resync, so its configuration would differ from the master's). 3: the peer stream
+/// (`daemon::peer_stream`: messages on a one-way stream after a handshake, not one
+/// `Peer.deliver` call each; a version-2 node neither sends nor reads them).
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Most words a decoded message may make the reader traverse: the message size limit.
 const TRAVERSAL_LIMIT_WORDS: usize = MAX_MESSAGE_BYTES / 8;
@@ -70,7 +72,7 @@ impl Message {
         Message::read(root)
     }
 
-    /// Writes the message into `b` (e.g. `Peer.deliver`'s `message`), with this
+    /// Writes the message into `b` (a peer stream message's root), with this
     /// node's [`PROTOCOL_VERSION`].
     pub fn write(&self, mut b: wire::message::Builder<'_>) {
         b.set_version(PROTOCOL_VERSION);
@@ -144,8 +146,8 @@ impl Message {
         }
     }
 
-    /// Reads a message written by [`Message::write`] (e.g. `Peer.deliver`'s
-    /// `message`). An error says what is wrong: more than [`MAX_MESSAGE_BYTES`],
+    /// Reads a message written by [`Message::write`] (a peer stream message's
+    /// root). An error says what is wrong: more than [`MAX_MESSAGE_BYTES`],
     /// another protocol version, a kind this node does not know, a malformed field.
     pub fn read(r: wire::message::Reader<'_>) -> Result<Message, String> {
         let words = r

@@ -4,7 +4,7 @@
 //! produced by [`ConfigModel`](super::ConfigModel)'s encode functions, so this enum is
 //! not generic. On the wire a message is the `Message` struct of
 //! `schema/cluster.capnp` (`super::codec`: [`Message::write`]/[`Message::read`] for
-//! `Peer.deliver`, [`Message::encode`]/[`Message::decode`] for bytes); a field added
+//! the daemon's peer stream, [`Message::encode`]/[`Message::decode`] for bytes); a field added
 //! here is added there with a new ordinal, its default meaning what an older node did.
 
 use std::fmt;

@@ -1,5 +1,6 @@
-//! The node's Cap'n Proto server: the public ctl API (`schema/ctl.capnp`) and the
-//! cluster protocol's `Peer.deliver` (`schema/cluster.capnp`) on one TCP address.
+//! The node's server: the public ctl API (`schema/ctl.capnp`, Cap'n Proto RPC) and
+//! the peers' streams ([`super::peer_stream`]) on one TCP address; a connection's
+//! first 8 bytes tell which.
 //!
 //! The server runs on the network thread's `smol::LocalExecutor` (RPC objects are
 //! `!Send`; [`super::net`]), beside the peer connections. It decodes each call into
@@ -21,15 +22,13 @@ use plexd_proto::ctl_capnp::{self as c, ctl};
 use serde::Serialize;
 use smol::{Async, LocalExecutor};
 
+use super::peer_stream::{self, MAX_HELLO_BYTES};
 use super::transport::{Identity, Refusals};
 use super::Input;
-use crate::core::{ErrorKind, Message, RequestError, PROTOCOL_VERSION};
+use crate::core::{ErrorKind, RequestError, PROTOCOL_VERSION};
 
 /// Most connections (peers and clients) served at once.
 pub const MAX_CONNECTIONS: usize = 256;
-/// Most bytes of cluster id and node list a peer's hello may carry (they are kept
-/// and logged when they differ): far above what a cluster file of `MAX_NODES` makes.
-pub const MAX_HELLO_BYTES: usize = 64 * 1024;
 /// How long a ctl call waits for the main loop's answer (a change waits for its
 /// transaction).
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(120);
@@ -380,8 +379,8 @@ pub enum CtlReply {
 }
 
 /// The node's server: its listening socket (bound at start, so a taken address is an
-/// error then) and what its connections need. Peers must shake hands (`Peer.hello`)
-/// with `identity` before they deliver; refusals go to `refusals`.
+/// error then) and what its connections need. A peer stream must pass the handshake
+/// with `identity` before its messages are read; refusals go to `refusals`.
 pub struct Server {
     listener: Async<TcpListener>,
     inputs: Inputs,
@@ -407,6 +406,11 @@ impl Server {
             identity,
             refusals,
         })
+    }
+
+    /// The address it listens on (the port the system chose for port 0).
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.listener.get_ref().local_addr()
     }
 
     /// Accepts and serves connections on `ex` (the network thread's executor) until
@@ -452,21 +456,16 @@ async fn serve(
             let refusals = refusals.clone();
             ex2.spawn(async move {
                 let (reader, writer) = stream.split();
-                let network = twoparty::VatNetwork::new(
-                    futures::io::BufReader::new(reader),
-                    futures::io::BufWriter::new(writer),
-                    rpc_twoparty_capnp::Side::Server,
-                    Default::default(),
-                );
-                let node: peer::Client = capnp_rpc::new_client(NodeServer {
-                    inputs,
-                    identity,
-                    refusals,
-                    shaken: Cell::new(None),
-                });
-                let rpc = RpcSystem::new(Box::new(network), Some(node.client));
-                if let Err(e) = rpc.await {
-                    log::debug!("ctl server: connection ended: {e}");
+                let mut reader = futures::io::BufReader::new(reader);
+                // A peer stream or an RPC client (plexctl, a node of an older release):
+                // the first 8 bytes tell (peer_stream::is_peer_stream).
+                let mut prefix = [0u8; 8];
+                if reader.read_exact(&mut prefix).await.is_ok() {
+                    if peer_stream::is_peer_stream(&prefix) {
+                        peer_stream::serve(reader, writer, inputs, &identity, &refusals).await;
+                    } else {
+                        serve_rpc(prefix, reader, writer, inputs, identity, refusals).await;
+                    }
                 }
                 active.set(active.get().saturating_sub(1));
             })
@@ -475,12 +474,39 @@ async fn serve(
     }
 }
 
+/// Serves one Cap'n Proto RPC connection whose first 8 bytes were `prefix`.
+async fn serve_rpc<R, W>(
+    prefix: [u8; 8],
+    reader: R,
+    writer: W,
+    inputs: Inputs,
+    identity: Rc<Identity>,
+    refusals: Refusals,
+) where
+    R: futures::AsyncRead + Unpin + 'static,
+    W: futures::AsyncWrite + Unpin + 'static,
+{
+    let network = twoparty::VatNetwork::new(
+        futures::io::Cursor::new(prefix).chain(reader),
+        futures::io::BufWriter::new(writer),
+        rpc_twoparty_capnp::Side::Server,
+        Default::default(),
+    );
+    let node: peer::Client = capnp_rpc::new_client(NodeServer {
+        inputs,
+        identity,
+        refusals,
+    });
+    let rpc = RpcSystem::new(Box::new(network), Some(node.client));
+    if let Err(e) = rpc.await {
+        log::debug!("ctl server: connection ended: {e}");
+    }
+}
+
 struct NodeServer {
     inputs: Inputs,
     identity: Rc<Identity>,
     refusals: Refusals,
-    /// The peer that shook hands on this connection (`Peer.hello`).
-    shaken: Cell<Option<u32>>,
 }
 
 impl NodeServer {
@@ -988,31 +1014,15 @@ async fn master_tasks(addr: &str) -> Result<Vec<TaskOut>, String> {
 impl peer::Server for NodeServer {
     async fn deliver(
         self: Rc<Self>,
-        params: peer::DeliverParams,
+        _params: peer::DeliverParams,
         _: peer::DeliverResults,
     ) -> Result<(), capnp::Error> {
-        let p = params.get()?;
-        let from = p.get_from();
-        if self.shaken.get() != Some(from) {
-            return Err(capnp::Error::failed(format!(
-                "node {}: no handshake (Peer.hello) from node {from} on this connection",
-                self.identity.name
-            )));
-        }
-        // Message::read refuses a message over MAX_MESSAGE_BYTES, of another protocol
-        // version or that does not decode; it is dropped like a lost message.
-        match Message::read(p.get_message()?) {
-            Ok(msg) => {
-                if self.inputs.send(Input::Peer { from, msg }).await.is_err() {
-                    return Err(capnp::Error::failed("the daemon is stopping".into()));
-                }
-            }
-            Err(e) => log::warn!(
-                "cluster: node {}: message from node {from} dropped: {e}",
-                self.identity.name
-            ),
-        }
-        Ok(())
+        // Retired in protocol version 3: messages travel on a peer stream
+        // (`peer_stream`); a node that calls this has not passed `hello`.
+        Err(capnp::Error::failed(format!(
+            "node {}: Peer.deliver is retired: protocol messages travel on the peer stream (cluster protocol version {PROTOCOL_VERSION})",
+            self.identity.name
+        )))
     }
 
     async fn hello(
@@ -1020,14 +1030,21 @@ impl peer::Server for NodeServer {
         params: peer::HelloParams,
         mut results: peer::HelloResults,
     ) -> Result<(), capnp::Error> {
+        // Only a node of an older release (protocol version 2 or before) calls this:
+        // it is answered, and refused, with the reason, as on a peer stream.
         let p = params.get()?;
-        let from = p.get_from();
-        let cluster_id = text(p.get_cluster_id())?;
-        let node_list = text(p.get_node_list())?;
-        if cluster_id.len() + node_list.len() > MAX_HELLO_BYTES {
+        let hello = peer_stream::Hello {
+            from: p.get_from(),
+            cluster_id: text(p.get_cluster_id())?,
+            node_list: text(p.get_node_list())?,
+            protocol_version: p.get_protocol_version(),
+            error: String::new(),
+        };
+        if hello.cluster_id.len() + hello.node_list.len() > MAX_HELLO_BYTES {
             return Err(capnp::Error::failed(format!(
-                "hello from node {from}: {} bytes of identity, more than {MAX_HELLO_BYTES}",
-                cluster_id.len() + node_list.len()
+                "hello from node {}: {} bytes of identity, more than {MAX_HELLO_BYTES}",
+                hello.from,
+                hello.cluster_id.len() + hello.node_list.len()
             )));
         }
         let id = &self.identity;
@@ -1035,27 +1052,8 @@ impl peer::Server for NodeServer {
         r.set_cluster_id(id.cluster_id.as_str());
         r.set_node_list(id.node_list.as_str());
         r.set_protocol_version(PROTOCOL_VERSION);
-        match id.mismatch(&cluster_id, &node_list, p.get_protocol_version()) {
-            Some(why) => {
-                self.shaken.set(None);
-                if self.refusals.set(from, format!("refused: {why}")) {
-                    log::error!(
-                        "cluster: node {} (id {}) refuses node {from}: {why}; fix the cluster files (or run one plexd release) so they agree",
-                        id.name,
-                        id.me
-                    );
-                }
-                r.set_error(format!("node {} refuses node {from}: {why}", id.name).as_str());
-            }
-            None => {
-                self.shaken.set(Some(from));
-                if self.refusals.clear(from) {
-                    log::info!(
-                        "cluster: node {} accepts node {from} again: the cluster files and protocol versions agree",
-                        id.name
-                    );
-                }
-            }
+        if let Some(error) = peer_stream::judge(id, &self.refusals, &hello) {
+            r.set_error(error.as_str());
         }
         Ok(())
     }

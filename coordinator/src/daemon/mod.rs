@@ -3,9 +3,9 @@
 //! One main loop owns the core's [`Node`] and is the only place that feeds it events.
 //! Everything else talks to the main loop through one bounded queue of [`Input`]s:
 //!
-//! - `ctl` — the Cap'n Proto server on the node's address: the public ctl API and the
-//!   cluster protocol's `Peer.deliver` (peer messages become [`Input::Peer`]);
-//! - `transport` — one sender thread per peer (bounded queue, reconnect with backoff,
+//! - `ctl` — the server on the node's address: the public ctl API (Cap'n Proto RPC)
+//!   and the peers' streams ([`peer_stream`]; peer messages become [`Input::Peer`]);
+//! - `transport` — one sender task per peer (bounded queue, reconnect with backoff,
 //!   `ConnectionLost` when an established connection breaks);
 //! - a kernel event thread (plex I/O errors from the data plane; it also notices
 //!   when the connection to the data plane breaks: [`Input::KernelLost`]), a signal
@@ -53,6 +53,7 @@ pub mod model;
 pub mod model_codec;
 pub mod net;
 pub mod owner_lease;
+pub mod peer_stream;
 pub mod pipeline;
 pub mod print;
 mod private;

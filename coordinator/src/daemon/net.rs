@@ -1,5 +1,5 @@
 //! The control thread: one `smol::LocalExecutor` runs the daemon's main loop, the
-//! node's server (ctl calls and the peers' `Peer.deliver`, [`super::ctl`]) and the
+//! node's server (ctl calls and the peers' streams, [`super::ctl`]) and the
 //! sender of every peer connection ([`super::transport`]). A peer message goes from
 //! the socket to the main loop and from the main loop to the socket without a thread
 //! hand-off (with a thread each, a message crossed three or four threads on each

@@ -26,7 +26,7 @@ pub fn run(opts: Options) -> Result<(), String> {
     let server = ctl::Server::bind(&me.address, tx.clone(), identity.clone(), refusals.clone())
         .map_err(|e| format!("node {}: {e}", me.name))?;
     let inc = incarnation();
-    let (transport, senders) = new_transport(&file, &identity, inc, tx.clone(), refusals);
+    let (transport, senders) = new_transport(&file, &identity, tx.clone(), refusals);
     start_signal_thread(signals, tx.clone());
     start_kernel_events(&kernel, tx.clone(), 0, &me.name);
     let files = file.disk_files();
@@ -175,7 +175,6 @@ fn connect_data_plane(
 fn new_transport(
     file: &ClusterFile,
     identity: &transport::Identity,
-    inc: u64,
     tx: Inputs,
     refusals: transport::Refusals,
 ) -> (transport::Transport, Vec<transport::PeerTask>) {
@@ -187,7 +186,6 @@ fn new_transport(
         .collect();
     transport::Transport::new(
         identity,
-        inc,
         peers,
         Duration::from_millis(file.cluster.heartbeat_interval_ms),
         tx,

@@ -1,22 +1,27 @@
-//! The cluster transport: one outgoing Cap'n Proto connection per peer, over which
-//! this node calls `Peer.deliver` for every protocol message, in order (the message
-//! as `cluster.capnp`'s `Message` struct, written by [`Message::write`]), with up to
-//! [`DELIVER_WINDOW`] calls in flight (a call's return is not waited for before the
-//! next; one timer per connection finds a call older than [`DELIVER_TIMEOUT`]).
+//! The cluster transport: one outgoing TCP connection per peer, a peer stream
+//! ([`super::peer_stream`]): a handshake, then every protocol message for that peer,
+//! in order, one way, with no answer per message. What is queued when the sender
+//! wakes goes out in one write (up to [`BATCH_BYTES`]).
 //!
 //! Each peer has a task on the network thread ([`super::net`], beside the node's
 //! server) with a bounded queue ([`PEER_QUEUE_DEPTH`]). While a peer is
 //! unreachable its queued messages are dropped (as a lost network would), and the
 //! task reconnects with a backoff from [`BACKOFF_MIN`] to [`BACKOFF_MAX`]. An
-//! established connection that breaks is reported once as `ConnectionLost`.
+//! established connection that breaks is reported once as `ConnectionLost`. It
+//! breaks when a write fails or does not finish within [`SEND_TIMEOUT`] (the peer
+//! stopped reading: its queue is full, or it is frozen with a full socket buffer),
+//! when data stays unacknowledged by the peer's kernel that long (`TCP_USER_TIMEOUT`:
+//! a cut network), or when the peer closes it. A peer frozen with room in its
+//! socket buffer gets the messages late, in order, when it runs again: a delay the
+//! protocol tolerates as it tolerates any (docs/PROTOCOL.md); its silence is found
+//! by the heartbeat timeout.
 //!
-//! Every connection starts with a handshake (`Peer.hello`): both nodes compare their
+//! Every connection starts with a handshake: both nodes compare their
 //! cluster id, node list and cluster protocol version ([`Identity`]; nodes of
 //! different protocol versions do not talk). On a mismatch neither side delivers a
 //! message over it: the peer is refused (logged once per reason, naming both nodes
 //! and the differing value, and shown by `cluster status` through [`Refusals`]), as
 //! if unreachable, and the sender retries at its longest backoff.
-
 use super::Inputs;
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -26,10 +31,11 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use capnp_rpc::{rpc_twoparty_capnp, twoparty, RpcSystem};
-use futures::AsyncReadExt;
-use plexd_proto::cluster_capnp::peer;
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use nix::sys::socket::{setsockopt, sockopt};
 use smol::{Async, Timer};
 
+use super::peer_stream;
 use super::Input;
 use crate::core::{Message, NodeId, PROTOCOL_VERSION};
 
@@ -44,17 +50,12 @@ pub const BACKOFF_MAX: Duration = Duration::from_millis(1000);
 const KICK_POLL: Duration = Duration::from_millis(5);
 /// How long a connect attempt waits.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
-/// How long one `deliver` call may take before the connection is declared broken.
-pub const DELIVER_TIMEOUT: Duration = Duration::from_secs(5);
-/// `deliver` calls in flight on one connection at most: the sender does not wait for
-/// a call's return before it makes the next (Cap'n Proto delivers the calls on one
-/// capability in the order they were made), so a message never waits a round trip
-/// behind the one before it (a heartbeat, say).
-pub const DELIVER_WINDOW: usize = 64;
-/// How often the sender looks for a `deliver` older than [`DELIVER_TIMEOUT`]: one
-/// timer for the connection, not one per message (arming a timer wakes the I/O
-/// reactor's thread).
-const DELIVER_CHECK: Duration = Duration::from_millis(500);
+/// How long one write of queued messages may take, and how long sent data may stay
+/// unacknowledged by the peer's kernel, before the connection is declared broken.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most bytes of queued messages gathered into one write (a message larger than
+/// this goes alone).
+pub const BATCH_BYTES: usize = 256 * 1024;
 
 /// What the handshake compares: this node's id, name, cluster id and node list
 /// ([`super::config::ClusterFile::node_list`]).
@@ -163,7 +164,6 @@ impl Transport {
     /// most [`BACKOFF_MAX`]).
     pub fn new(
         identity: &Identity,
-        incarnation: u64,
         peers: Vec<(NodeId, String)>,
         max_backoff: Duration,
         inputs: Inputs,
@@ -180,7 +180,6 @@ impl Transport {
             let k2 = Arc::clone(&kick);
             let link = Link {
                 identity: identity.clone(),
-                incarnation,
                 peer: id,
                 address,
                 refusals: refusals.clone(),
@@ -280,7 +279,6 @@ async fn connect(address: &str) -> Result<Async<TcpStream>, String> {
 /// One peer connection's fixed facts.
 struct Link {
     identity: Identity,
-    incarnation: u64,
     peer: NodeId,
     address: String,
     refusals: Refusals,
@@ -288,7 +286,7 @@ struct Link {
 
 /// How a connection ended.
 enum Ended {
-    /// It never delivered a message (connect or RPC failure).
+    /// It never delivered a message (connect or handshake failure).
     Idle,
     /// It delivered at least one message, then broke.
     Delivered,
@@ -365,37 +363,29 @@ async fn peer_task(
     }
 }
 
-/// The handshake's answer.
+/// The handshake's outcome.
 enum Hello {
     Accepted,
     Refused(String),
     Failed(String),
 }
 
-/// Calls `Peer.hello` and compares the answer with this node's identity.
-async fn hello(link: &Link, client: &peer::Client) -> Hello {
-    let mut req = client.hello_request();
-    req.get().set_from(link.identity.me);
-    req.get().set_cluster_id(link.identity.cluster_id.as_str());
-    req.get().set_node_list(link.identity.node_list.as_str());
-    req.get().set_protocol_version(PROTOCOL_VERSION);
+/// Writes [`peer_stream::MAGIC`] and this node's handshake, reads the answer and
+/// compares it with this node's identity.
+async fn hello<R, W>(link: &Link, reader: R, mut writer: W) -> Hello
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let call = async {
-        let resp = req.send().promise.await.map_err(|e| e.to_string())?;
-        let r = resp.get().map_err(|e| e.to_string())?;
-        let text = |t: capnp::Result<capnp::text::Reader<'_>>| -> Result<String, String> {
-            t.map_err(|e| e.to_string())?
-                .to_string()
-                .map_err(|e| e.to_string())
-        };
-        Ok::<_, String>((
-            text(r.get_error())?,
-            text(r.get_cluster_id())?,
-            text(r.get_node_list())?,
-            r.get_protocol_version(),
-        ))
+        writer
+            .write_all(&peer_stream::encode_hello(&link.identity))
+            .await
+            .map_err(|e| e.to_string())?;
+        peer_stream::read_answer(reader).await
     };
     let timeout = async {
-        smol::Timer::after(DELIVER_TIMEOUT).await;
+        smol::Timer::after(peer_stream::HELLO_TIMEOUT).await;
         Err("hello timed out".to_string())
     };
     // The peer answers with its identity even when it refuses: judging it here the
@@ -403,141 +393,111 @@ async fn hello(link: &Link, client: &peer::Client) -> Hello {
     // one reason per peer (logged once), not two that alternate.
     match smol::future::or(call, timeout).await {
         Err(e) => Hello::Failed(e),
-        Ok((error, cluster_id, node_list, version)) => {
-            match link.identity.mismatch(&cluster_id, &node_list, version) {
-                Some(why) => Hello::Refused(format!("refused: {why}")),
-                None if !error.is_empty() => Hello::Refused(format!("refused by it: {error}")),
-                None => Hello::Accepted,
+        Ok(answer) => match link.identity.mismatch(
+            &answer.cluster_id,
+            &answer.node_list,
+            answer.protocol_version,
+        ) {
+            Some(why) => Hello::Refused(format!("refused: {why}")),
+            None if !answer.error.is_empty() => {
+                Hello::Refused(format!("refused by it: {}", answer.error))
             }
-        }
+            None => Hello::Accepted,
+        },
     }
 }
 
-/// What the sender waits for next ([`deliver_all`]).
-enum Next {
-    /// A message to deliver (None: the queue is closed).
-    Message(Option<Message>),
-    /// A call returned.
-    Returned(u64, Result<(), capnp::Error>),
-    /// Time to look for a call that takes too long.
-    Check,
-}
-
-/// Delivers the messages of `rx` in order with up to [`DELIVER_WINDOW`] calls in
-/// flight, until the queue closes or a call fails or takes longer than
-/// [`DELIVER_TIMEOUT`]; sets `delivered` once a call returned.
-async fn deliver_all(
-    me: NodeId,
-    incarnation: u64,
-    client: &peer::Client,
+/// Writes the messages of `rx` in order, each batch of what is queued (up to
+/// [`BATCH_BYTES`]) in one write, until the queue closes or a write fails or does
+/// not finish within [`SEND_TIMEOUT`]; sets `delivered` once a write finished.
+async fn send_all<W: AsyncWrite + Unpin>(
+    mut writer: W,
     rx: &smol::channel::Receiver<Message>,
     delivered: &mut bool,
 ) {
-    use futures::stream::{FuturesUnordered, StreamExt};
-    let mut in_flight = FuturesUnordered::new();
-    // Call number → when it was made (the first entry is the oldest in flight).
-    let mut started: BTreeMap<u64, Instant> = BTreeMap::new();
-    let mut check = smol::Timer::interval(DELIVER_CHECK);
-    for seq in 0u64.. {
-        let full = in_flight.len() >= DELIVER_WINDOW;
-        let message = async {
-            if full {
-                std::future::pending().await
-            } else {
-                Next::Message(rx.recv().await.ok())
-            }
+    let mut batch = Vec::new();
+    loop {
+        let Ok(first) = rx.recv().await else {
+            return;
         };
-        let returned = async {
-            match in_flight.next().await {
-                Some((n, r)) => Next::Returned(n, r),
-                None => std::future::pending().await,
-            }
-        };
-        let tick = async {
-            check.next().await;
-            Next::Check
-        };
-        match smol::future::or(returned, smol::future::or(message, tick)).await {
-            Next::Message(None) => return,
-            Next::Message(Some(msg)) => {
-                let mut req = client.deliver_request();
-                req.get().set_from(me);
-                req.get().set_incarnation(incarnation);
-                msg.write(req.get().init_message());
-                let promise = req.send().promise;
-                started.insert(seq, Instant::now());
-                in_flight.push(async move { (seq, promise.await.map(|_| ())) });
-            }
-            Next::Returned(n, Ok(())) => {
-                started.remove(&n);
-                *delivered = true;
-            }
-            Next::Returned(_, Err(e)) => {
-                log::debug!("transport: deliver failed: {e}");
-                return;
-            }
-            Next::Check => {
-                if started
-                    .values()
-                    .next()
-                    .is_some_and(|t| t.elapsed() > DELIVER_TIMEOUT)
-                {
-                    log::debug!("transport: deliver timed out");
-                    return;
-                }
-            }
+        batch.clear();
+        peer_stream::encode_message(&first, &mut batch);
+        while batch.len() < BATCH_BYTES {
+            let Ok(next) = rx.try_recv() else {
+                break;
+            };
+            peer_stream::encode_message(&next, &mut batch);
         }
+        let write = async { writer.write_all(&batch).await.map_err(|e| e.to_string()) };
+        let timeout = async {
+            Timer::after(SEND_TIMEOUT).await;
+            Err(format!("a write did not finish in {SEND_TIMEOUT:?}"))
+        };
+        if let Err(e) = smol::future::or(write, timeout).await {
+            log::debug!("transport: send failed: {e}");
+            return;
+        }
+        *delivered = true;
     }
 }
 
-/// Shakes hands, then delivers queued messages until the connection breaks.
+/// Waits until the server ends the stream (it writes nothing after its answer).
+async fn until_closed<R: AsyncRead + Unpin>(mut reader: R) {
+    let mut byte = [0u8; 1];
+    match reader.read(&mut byte).await {
+        Ok(0) => log::debug!("transport: the peer closed the stream"),
+        Ok(_) => log::warn!("transport: the peer wrote after its handshake; closing"),
+        Err(e) => log::debug!("transport: stream broke: {e}"),
+    }
+}
+
+/// Bounds how long sent data may stay unacknowledged by the peer's kernel (a cut
+/// network) before the kernel ends the connection.
+fn set_user_timeout(stream: &TcpStream) {
+    let ms = u32::try_from(SEND_TIMEOUT.as_millis()).unwrap_or(u32::MAX);
+    if let Err(e) = setsockopt(stream, sockopt::TcpUserTimeout, &ms) {
+        log::debug!("transport: TCP_USER_TIMEOUT: {e}");
+    }
+}
+
+/// Shakes hands, then sends queued messages until the connection breaks.
 async fn run_connection(
     link: &Link,
     stream: Async<TcpStream>,
     rx: &smol::channel::Receiver<Message>,
 ) -> Ended {
-    let (me, incarnation, peer) = (link.identity.me, link.incarnation, link.peer);
-    let (rpc, client) = client_connection::<peer::Client>(stream);
+    let (me, peer) = (link.identity.me, link.peer);
+    set_user_timeout(stream.get_ref());
+    let (reader, mut writer) = stream.split();
+    let mut reader = futures::io::BufReader::new(reader);
+    match hello(link, &mut reader, &mut writer).await {
+        Hello::Accepted => {
+            if link.refusals.clear(peer) {
+                log::info!(
+                    "transport: node {} and node {peer} ({}) agree on the cluster again",
+                    link.identity.name,
+                    link.address
+                );
+            }
+        }
+        Hello::Refused(why) => {
+            if link.refusals.set(peer, why.clone()) {
+                log::error!(
+                    "transport: node {} (id {me}) and node {peer} ({}): {why}; no messages are exchanged until the cluster files and protocol versions agree",
+                    link.identity.name,
+                    link.address
+                );
+            }
+            return Ended::Refused;
+        }
+        Hello::Failed(e) => {
+            log::debug!("transport: node {peer}: hello failed: {e}");
+            return Ended::Idle;
+        }
+    }
     let mut delivered = false;
-    let mut refused = false;
-    let sender = async {
-        match hello(link, &client).await {
-            Hello::Accepted => {
-                if link.refusals.clear(peer) {
-                    log::info!(
-                        "transport: node {} and node {peer} ({}) agree on the cluster again",
-                        link.identity.name,
-                        link.address
-                    );
-                }
-            }
-            Hello::Refused(why) => {
-                if link.refusals.set(peer, why.clone()) {
-                    log::error!(
-                        "transport: node {} (id {me}) and node {peer} ({}): {why}; no messages are exchanged until the cluster files and protocol versions agree",
-                        link.identity.name,
-                        link.address
-                    );
-                }
-                refused = true;
-                return;
-            }
-            Hello::Failed(e) => {
-                log::debug!("transport: node {peer}: hello failed: {e}");
-                return;
-            }
-        }
-        deliver_all(me, incarnation, &client, rx, &mut delivered).await;
-    };
-    let conn = async {
-        if let Err(e) = rpc.await {
-            log::debug!("transport: rpc ended: {e}");
-        }
-    };
-    smol::future::or(sender, conn).await;
-    if refused {
-        Ended::Refused
-    } else if delivered {
+    smol::future::or(send_all(writer, rx, &mut delivered), until_closed(reader)).await;
+    if delivered {
         Ended::Delivered
     } else {
         Ended::Idle
