@@ -434,6 +434,7 @@ async fn serve(
     refusals: Refusals,
 ) {
     let active = Rc::new(Cell::new(0usize));
+    let streams = Rc::new(peer_stream::Streams::default());
     {
         loop {
             let stream = match listener.accept().await {
@@ -454,6 +455,7 @@ async fn serve(
             let inputs = inputs.clone();
             let identity = Rc::clone(&identity);
             let refusals = refusals.clone();
+            let streams = Rc::clone(&streams);
             ex2.spawn(async move {
                 let (reader, writer) = stream.split();
                 let mut reader = futures::io::BufReader::new(reader);
@@ -462,7 +464,8 @@ async fn serve(
                 let mut prefix = [0u8; 8];
                 if reader.read_exact(&mut prefix).await.is_ok() {
                     if peer_stream::is_peer_stream(&prefix) {
-                        peer_stream::serve(reader, writer, inputs, &identity, &refusals).await;
+                        peer_stream::serve(reader, writer, inputs, &identity, &refusals, &streams)
+                            .await;
                     } else {
                         serve_rpc(prefix, reader, writer, inputs, identity, refusals).await;
                     }

@@ -35,6 +35,8 @@
 //! before it is read into memory. A message that frames well but does not decode
 //! is dropped (logged), like a lost message.
 
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use capnp::message::{Builder, ReaderOptions};
@@ -218,12 +220,48 @@ pub async fn read_message<R: AsyncRead + Unpin>(reader: R) -> Result<Read, Strin
     )
 }
 
+/// The newest accepted stream of each peer, on this node's server. A stream whose
+/// peer has since opened a newer one delivers nothing more: the sender opens a new
+/// connection only after it gave up the old one, so what the old one still holds
+/// is older than anything on the new one, and a message of an abandoned connection
+/// must not arrive after one of its successor's. Holds only peers of the node list
+/// (a handshake from any other id is refused).
+#[derive(Debug, Default)]
+pub struct Streams {
+    newest: RefCell<BTreeMap<NodeId, u64>>,
+    opened: Cell<u64>,
+}
+
+impl Streams {
+    /// Records a newly accepted stream of `peer`: its number.
+    fn open(&self, peer: NodeId) -> u64 {
+        let n = self.opened.get() + 1;
+        self.opened.set(n);
+        self.newest.borrow_mut().insert(peer, n);
+        n
+    }
+
+    /// Whether stream `n` is still `peer`'s newest.
+    fn is_newest(&self, peer: NodeId, n: u64) -> bool {
+        self.newest.borrow().get(&peer) == Some(&n)
+    }
+}
+
 /// Judges a caller's handshake as this node's server: `None` accepts it, `Some`
 /// is the error to answer. A refusal (and the first acceptance after one) is
 /// logged once and kept in `refusals` for `cluster status`.
 pub fn judge(identity: &Identity, refusals: &Refusals, hello: &Hello) -> Option<String> {
     let from = hello.from;
-    match identity.mismatch(&hello.cluster_id, &hello.node_list, hello.protocol_version) {
+    let not_a_peer = (!identity.is_peer(from)).then(|| {
+        format!(
+            "node id {from} is not another node of this node's list ({})",
+            identity.node_list
+        )
+    });
+    let why = identity
+        .mismatch(&hello.cluster_id, &hello.node_list, hello.protocol_version)
+        .or(not_a_peer);
+    match why {
         Some(why) => {
             if refusals.set(from, format!("refused: {why}")) {
                 log::error!(
@@ -247,15 +285,17 @@ pub fn judge(identity: &Identity, refusals: &Refusals, hello: &Hello) -> Option<
 }
 
 /// Serves one peer stream whose [`MAGIC`] was read: the handshake, then every
-/// message to the main loop as [`Input::Peer`], until the stream ends. The main
-/// loop's queue is bounded, so a busy node stops reading and the sender's writes
-/// wait (its timeout ends the connection if that lasts).
+/// message to the main loop as [`Input::Peer`], until the stream ends or its peer
+/// opens a newer one ([`Streams`]). The main loop's queue is bounded, so a busy
+/// node stops reading and the sender's writes wait (its timeout ends the connection
+/// if that lasts).
 pub async fn serve<R, W>(
     mut reader: R,
     mut writer: W,
     inputs: Inputs,
     identity: &Identity,
     refusals: &Refusals,
+    streams: &Streams,
 ) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -288,9 +328,16 @@ pub async fn serve<R, W>(
     if refused.is_some() {
         return;
     }
+    let stream = streams.open(from);
     loop {
         match read_message(&mut reader).await {
             Ok(Read::Message(msg)) => {
+                if !streams.is_newest(from, stream) {
+                    log::info!(
+                        "cluster: node {name}: a stream from node {from} ends unread: node {from} opened a newer one"
+                    );
+                    return;
+                }
                 if inputs.send(Input::Peer { from, msg }).await.is_err() {
                     return;
                 }
@@ -330,6 +377,14 @@ mod tests {
             name: ["", "a", "b", "c"][me as usize].into(),
             cluster_id: cluster_id.into(),
             node_list: NODES.into(),
+        }
+    }
+
+    /// Node a's identity under another id (the same cluster file otherwise).
+    fn identity_as(id: NodeId) -> Identity {
+        Identity {
+            me: id,
+            ..identity(1, "c1")
         }
     }
 
@@ -531,6 +586,46 @@ mod tests {
                 encode_message(&applied(3), &mut bytes);
                 s.write_all(&bytes).await.unwrap();
                 assert_eq!(next_peer(&rx).await, (1, applied(3)));
+            })
+        });
+    }
+
+    #[test]
+    fn a_stream_given_up_for_a_newer_one_delivers_nothing_more_and_only_peers_shake_hands() {
+        run(|ex| {
+            Box::pin(async move {
+                let (addr, rx, b_refusals) = serve_b(&ex);
+                let a = identity(1, "c1");
+                // Node a opens a stream, then another (as after giving the first up).
+                let mut old = Async::<TcpStream>::connect(addr).await.unwrap();
+                handshake(&mut old, &a).await;
+                let mut new = Async::<TcpStream>::connect(addr).await.unwrap();
+                handshake(&mut new, &a).await;
+                // What the old one still carries is not delivered; it is closed.
+                let mut bytes = Vec::new();
+                encode_message(&applied(1), &mut bytes);
+                old.write_all(&bytes).await.unwrap();
+                let mut byte = [0u8; 1];
+                let n = within("the old stream is closed", old.read(&mut byte)).await;
+                assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+                let mut bytes = Vec::new();
+                encode_message(&applied(2), &mut bytes);
+                new.write_all(&bytes).await.unwrap();
+                assert_eq!(next_peer(&rx).await, (1, applied(2)));
+                // A handshake in this node's own id, or one not in the list: refused.
+                for id in [2, 9] {
+                    let mut s = Async::<TcpStream>::connect(addr).await.unwrap();
+                    s.write_all(&encode_hello(&identity_as(id))).await.unwrap();
+                    let answer = within("answer", read_answer(&mut s)).await.unwrap();
+                    assert!(
+                        answer
+                            .error
+                            .contains(&format!("node id {id} is not another node")),
+                        "{}",
+                        answer.error
+                    );
+                    assert!(b_refusals.get(id).is_some());
+                }
             })
         });
     }

@@ -102,6 +102,16 @@ impl Identity {
         }
         None
     }
+
+    /// Whether `id` is another node of this node's list.
+    pub fn is_peer(&self, id: NodeId) -> bool {
+        id != self.me
+            && self
+                .node_list
+                .split(',')
+                .filter_map(|entry| entry.split_once('='))
+                .any(|(n, _)| n.parse::<NodeId>() == Ok(id))
+    }
 }
 
 /// Peers refused by the handshake (either side), with the reason; shared by the
