@@ -707,3 +707,77 @@ fn each_node_finds_a_disk_by_its_id_under_its_own_path() {
     // Every member's data plane serves the volume and reads both patterns back.
     c.check_invariants();
 }
+
+/// Where `disk list` on node `i` says disk `name` is.
+fn listed_path(c: &Cluster, i: usize, name: &str) -> String {
+    let disks = c.ctl_json(i, "disk list");
+    disks["disks"]
+        .as_array()
+        .expect("disks")
+        .iter()
+        .find(|d| d["name"] == name)
+        .and_then(|d| d["path"].as_str())
+        .unwrap_or_else(|| panic!("node {i}: {name} is not listed: {disks}"))
+        .to_string()
+}
+
+/// No node logged a copy of a group's configuration not written to a disk (a
+/// disk write to a path that no longer holds the disk fails that copy: the
+/// transaction still commits on the others, so only the log shows it).
+fn every_copy_written(c: &Cluster) {
+    for (i, node) in c.nodes.iter().enumerate() {
+        let log = std::fs::read_to_string(node.dir.join("plexd.log")).unwrap_or_default();
+        if let Some(line) = log.lines().find(|l| l.contains(" not written to ")) {
+            panic!("node {i}: {line}");
+        }
+    }
+}
+
+#[test]
+fn disks_renamed_and_swapped_under_a_running_cluster_are_found_by_their_labels() {
+    let mut c = Cluster::start(3, ClusterOpts::default());
+    let m = c.master();
+    let s = (m + 1) % 3;
+    c.shared_mirror(m, "dg1", "vol1", "16M");
+    let dir = c.dir.join("disks");
+    let (d0, d1) = (c.disks[0].clone(), c.disks[1].clone());
+    let rename = |from: &std::path::Path, to: &std::path::Path| {
+        std::fs::rename(from, to)
+            .unwrap_or_else(|e| panic!("rename {} {}: {e}", from.display(), to.display()))
+    };
+    // A device renamed under the running cluster (a hot-plug, a rescan): d0 goes
+    // on under another name that disk_paths still matches. Every node writes or
+    // serves through its own finder; changes through the master and a slave write
+    // both disks.
+    let sdx = dir.join("sdx.img");
+    rename(&d0, &sdx);
+    c.ctl_ok(m, "vol grow dg1 vol1 +4M");
+    c.ctl_ok(s, "vol grow dg1 vol1 +4M");
+    every_copy_written(&c);
+    for i in 0..3 {
+        assert!(listed_path(&c, i, "d0").ends_with("sdx.img"));
+    }
+    // The two names swapped: each path now holds the other disk. A new volume's
+    // plexes must land on the disks by their labels, not on the paths' old owners.
+    let tmp = dir.join("swap.tmp"); // not matched by disk_paths while it is a .tmp
+    rename(&sdx, &tmp);
+    rename(&d1, &sdx);
+    rename(&tmp, &d1);
+    c.ctl_ok(s, "vol create dg1 vol2 16M --layout mirror --mirrors 2");
+    c.write_pattern(m, "dg1", "vol2", 0, 1 << 20);
+    c.write_pattern(s, "dg1", "vol2", 4 << 20, 1 << 20);
+    c.ctl_ok(m, "vol grow dg1 vol1 +4M");
+    every_copy_written(&c);
+    for i in 0..3 {
+        assert!(listed_path(&c, i, "d0").ends_with("d1.img"));
+        assert!(listed_path(&c, i, "d1").ends_with("sdx.img"));
+    }
+    // Back under their first names (the invariants read the disks there), then a
+    // change, and every member serves both volumes with their data.
+    rename(&d1, &tmp);
+    rename(&sdx, &d1);
+    rename(&tmp, &d0);
+    c.ctl_ok(s, "vol grow dg1 vol2 +4M");
+    every_copy_written(&c);
+    c.check_invariants();
+}
