@@ -22,6 +22,7 @@
 //! message over it: the peer is refused (logged once per reason, naming both nodes
 //! and the differing value, and shown by `cluster status` through [`Refusals`]), as
 //! if unreachable, and the sender retries at its longest backoff.
+
 use super::Inputs;
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
