@@ -22,7 +22,7 @@ use plexd_proto::ctl_capnp::{self as c, ctl};
 use serde::Serialize;
 use smol::{Async, LocalExecutor};
 
-use super::peer_stream::{self, MAX_HELLO_BYTES};
+use super::peer_stream;
 use super::transport::{Identity, Refusals};
 use super::Input;
 use crate::core::{ErrorKind, RequestError, PROTOCOL_VERSION};
@@ -1043,11 +1043,10 @@ impl peer::Server for NodeServer {
             protocol_version: p.get_protocol_version(),
             error: String::new(),
         };
-        if hello.cluster_id.len() + hello.node_list.len() > MAX_HELLO_BYTES {
+        if let Err(e) = peer_stream::check_hello_size(&hello) {
             return Err(capnp::Error::failed(format!(
-                "hello from node {}: {} bytes of identity, more than {MAX_HELLO_BYTES}",
-                hello.from,
-                hello.cluster_id.len() + hello.node_list.len()
+                "hello from node {}: {e}",
+                hello.from
             )));
         }
         let id = &self.identity;

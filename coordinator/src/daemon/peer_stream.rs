@@ -40,7 +40,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use capnp::message::{Builder, ReaderOptions};
-use capnp::serialize;
+use capnp::serialize::{self, OwnedSegments};
 use futures::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use plexd_proto::cluster_capnp::{message as wire_message, peer};
 
@@ -102,10 +102,9 @@ fn message_options() -> ReaderOptions {
     o
 }
 
-fn text(r: capnp::Result<capnp::text::Reader<'_>>) -> Result<String, String> {
-    r.map_err(|e| e.to_string())?
-        .to_string()
-        .map_err(|e| format!("bad text: {e}"))
+fn text(r: capnp::Result<capnp::text::Reader<'_>>) -> capnp::Result<String> {
+    r?.to_string()
+        .map_err(|e| capnp::Error::failed(format!("bad text: {e}")))
 }
 
 /// The caller's first bytes: [`MAGIC`] and its handshake.
@@ -132,7 +131,8 @@ pub fn encode_answer(identity: &Identity, error: &str) -> Vec<u8> {
     serialize::write_message_to_words(&b)
 }
 
-fn check_hello_size(h: &Hello) -> Result<(), String> {
+/// Refuses a handshake of more than [`MAX_HELLO_BYTES`] of identity.
+pub fn check_hello_size(h: &Hello) -> Result<(), String> {
     let n = h.cluster_id.len() + h.node_list.len() + h.error.len();
     if n > MAX_HELLO_BYTES {
         return Err(format!(
@@ -142,42 +142,49 @@ fn check_hello_size(h: &Hello) -> Result<(), String> {
     Ok(())
 }
 
-/// Reads the caller's handshake (after [`MAGIC`]).
-pub async fn read_hello<R: AsyncRead + Unpin>(reader: R) -> Result<Hello, String> {
+/// Reads one handshake message and makes a [`Hello`] of it with `parse`; one over
+/// [`MAX_HELLO_BYTES`] is refused before it is read into memory, or after.
+async fn read_handshake<R, F>(reader: R, parse: F) -> Result<Hello, String>
+where
+    R: AsyncRead + Unpin,
+    F: FnOnce(&capnp::message::Reader<OwnedSegments>) -> capnp::Result<Hello>,
+{
     let m = capnp_futures::serialize::read_message(reader, hello_options())
         .await
         .map_err(|e| e.to_string())?;
-    let p = m
-        .get_root::<peer::hello_params::Reader>()
-        .map_err(|e| e.to_string())?;
-    let h = Hello {
-        from: p.get_from(),
-        cluster_id: text(p.get_cluster_id())?,
-        node_list: text(p.get_node_list())?,
-        protocol_version: p.get_protocol_version(),
-        error: String::new(),
-    };
+    let h = parse(&m).map_err(|e| e.to_string())?;
     check_hello_size(&h)?;
     Ok(h)
 }
 
+/// Reads the caller's handshake (after [`MAGIC`]).
+pub async fn read_hello<R: AsyncRead + Unpin>(reader: R) -> Result<Hello, String> {
+    read_handshake(reader, |m| {
+        let p = m.get_root::<peer::hello_params::Reader>()?;
+        Ok(Hello {
+            from: p.get_from(),
+            cluster_id: text(p.get_cluster_id())?,
+            node_list: text(p.get_node_list())?,
+            protocol_version: p.get_protocol_version(),
+            error: String::new(),
+        })
+    })
+    .await
+}
+
 /// Reads the server's answer.
 pub async fn read_answer<R: AsyncRead + Unpin>(reader: R) -> Result<Hello, String> {
-    let m = capnp_futures::serialize::read_message(reader, hello_options())
-        .await
-        .map_err(|e| e.to_string())?;
-    let r = m
-        .get_root::<peer::hello_results::Reader>()
-        .map_err(|e| e.to_string())?;
-    let h = Hello {
-        from: 0,
-        cluster_id: text(r.get_cluster_id())?,
-        node_list: text(r.get_node_list())?,
-        protocol_version: r.get_protocol_version(),
-        error: text(r.get_error())?,
-    };
-    check_hello_size(&h)?;
-    Ok(h)
+    read_handshake(reader, |m| {
+        let r = m.get_root::<peer::hello_results::Reader>()?;
+        Ok(Hello {
+            from: 0,
+            cluster_id: text(r.get_cluster_id())?,
+            node_list: text(r.get_node_list())?,
+            protocol_version: r.get_protocol_version(),
+            error: text(r.get_error())?,
+        })
+    })
+    .await
 }
 
 /// Appends `msg` to `out` as one message of the stream.
