@@ -393,6 +393,37 @@ fn a_frozen_master_is_replaced_and_rejoins_as_a_slave_when_it_wakes() {
     c.check_invariants();
 }
 
+/// A slave frozen (SIGSTOP) past the heartbeat timeout: the master removes it, its
+/// data plane fences once its lease is out, and a change goes on without it. What
+/// the others send it meanwhile waits in its socket buffer (a peer stream delivers
+/// late, in order, where calls timed out and dropped it). When it wakes it reads
+/// that backlog, stale views and all, rejoins and holds the change.
+#[test]
+fn a_frozen_slave_is_removed_and_rejoins_with_the_change_made_meanwhile() {
+    let mut c = cluster(false);
+    c.freeze(2);
+    let frozen = Instant::now();
+    let (fenced_after, _) = wait_fenced(&mut c, 2, frozen, true);
+    eprintln!(
+        "frozen slave: c's data plane fenced {} ms after the freeze",
+        fenced_after.as_millis()
+    );
+    c.ctl_retry_ok(0, VOL2, SETTLE);
+    c.write_pattern(1, "dg1", "vol2", 0, 1 << 20);
+    assert_eq!(c.wait_joined(&[0, 1]), 0, "a stays master without c");
+    // Frozen for 3 leases (longer if the change took longer): a deliberate duration,
+    // not a wait for a condition.
+    std::thread::sleep((3 * LEASE).saturating_sub(frozen.elapsed()));
+    c.thaw(2);
+    assert_eq!(c.wait_joined(&[0, 1, 2]), 0, "c rejoined a's cluster");
+    assert!(
+        has_volume(&c, 2, "vol2"),
+        "c holds the change made while it was frozen"
+    );
+    c.write_pattern(2, "dg1", "vol2", 4 << 20, 1 << 20);
+    c.check_invariants();
+}
+
 /// Most changes [`one_way_block`] asks before one must have gone through.
 const ONE_WAY_ATTEMPTS: usize = 20;
 
