@@ -1,11 +1,12 @@
 //! The cluster protocol's wire encoding: a [`Message`] as the `Message` struct of
 //! `schema/cluster.capnp`.
 //!
-//! Pure functions (no I/O): [`Message::write`] fills a Cap'n Proto builder (the
-//! daemon's peer stream writes each message's root with it) and [`Message::read`] reads one
-//! back; [`Message::encode`] and [`Message::decode`] do the same to and from bytes
-//! (one Cap'n Proto message, standard framing, unpacked), for the simulator and the
-//! tests. Configurations and changes inside messages stay the model's bytes
+//! Pure functions (no I/O): [`Message::write`] fills a Cap'n Proto builder and
+//! [`Message::read`] reads one back; [`Message::encode`] ([`Message::encode_into`])
+//! and [`Message::decode`] do the same to and from bytes (one Cap'n Proto message,
+//! standard framing, unpacked): the daemon's peer stream writes batches with
+//! `encode_into` and reads each framed message with [`Message::read_message`]; the
+//! simulator and the tests use the bytes too. Configurations and changes inside messages stay the model's bytes
 //! (`Data` fields), so the core is still not generic over its envelope.
 //!
 //! Malformed input (truncated, oversized, a pointer out of bounds, text that is not
@@ -40,9 +41,17 @@ impl Message {
     /// Serialises the message: one Cap'n Proto message whose root is
     /// `cluster.capnp` `Message`.
     pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// Appends [`Message::encode`]'s bytes to `out` (a peer stream's batch).
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
         let mut message = Builder::new_default();
         self.write(message.init_root());
-        serialize::write_message_to_words(&message)
+        // Writing into a Vec cannot fail.
+        let _ = serialize::write_message(out, &message);
     }
 
     /// Parses [`Message::encode`]'s bytes; malformed or oversized input is an error,
@@ -66,6 +75,14 @@ impl Message {
                 slice.len()
             ));
         }
+        Message::read_message(&message)
+    }
+
+    /// Reads the [`Message`] at the root of one Cap'n Proto message (read from a
+    /// flat slice, or from a peer stream), as [`Message::read`].
+    pub fn read_message<S: capnp::message::ReaderSegments>(
+        message: &capnp::message::Reader<S>,
+    ) -> Result<Message, String> {
         let root = message
             .get_root::<wire::message::Reader>()
             .map_err(|e| format!("malformed message: bad root: {e}"))?;

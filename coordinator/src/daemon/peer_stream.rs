@@ -42,7 +42,7 @@ use std::time::Duration;
 use capnp::message::{Builder, ReaderOptions};
 use capnp::serialize::{self, OwnedSegments};
 use futures::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use plexd_proto::cluster_capnp::{message as wire_message, peer};
+use plexd_proto::cluster_capnp::peer;
 
 use super::transport::{Identity, Refusals};
 use super::{Input, Inputs};
@@ -187,14 +187,6 @@ pub async fn read_answer<R: AsyncRead + Unpin>(reader: R) -> Result<Hello, Strin
     .await
 }
 
-/// Appends `msg` to `out` as one message of the stream.
-pub fn encode_message(msg: &Message, out: &mut Vec<u8>) {
-    let mut b = Builder::new_default();
-    msg.write(b.init_root::<wire_message::Builder>());
-    // Writing into a Vec cannot fail.
-    let _ = serialize::write_message(out, &b);
-}
-
 /// What [`read_message`] found.
 pub enum Read {
     /// A message.
@@ -215,16 +207,10 @@ pub async fn read_message<R: AsyncRead + Unpin>(reader: R) -> Result<Read, Strin
         return Ok(Read::End);
     };
     // Message::read refuses another protocol version or a malformed field.
-    Ok(
-        match m
-            .get_root::<wire_message::Reader>()
-            .map_err(|e| format!("malformed message: bad root: {e}"))
-            .and_then(Message::read)
-        {
-            Ok(msg) => Read::Message(msg),
-            Err(e) => Read::Undecodable(e),
-        },
-    )
+    Ok(match Message::read_message(&m) {
+        Ok(msg) => Read::Message(msg),
+        Err(e) => Read::Undecodable(e),
+    })
 }
 
 /// The newest accepted stream of each peer, on this node's server. A stream whose
@@ -462,6 +448,18 @@ mod tests {
         }
     }
 
+    /// Writes `msg` on the stream `s`.
+    async fn send(s: &mut Async<TcpStream>, msg: &Message) {
+        s.write_all(&msg.encode()).await.unwrap();
+    }
+
+    /// Asserts (within 10 s) that the server closes `s`.
+    async fn assert_closed(s: &mut Async<TcpStream>, what: &str) {
+        let mut byte = [0u8; 1];
+        let n = within(&format!("{what}: closed"), s.read(&mut byte)).await;
+        assert!(matches!(n, Ok(0) | Err(_)), "{what}: {n:?}");
+    }
+
     /// Writes `a`'s handshake on `s` and reads an accepting answer.
     async fn handshake(s: &mut Async<TcpStream>, a: &Identity) {
         s.write_all(&encode_hello(a)).await.unwrap();
@@ -564,34 +562,30 @@ mod tests {
                 handshake(&mut s, &a).await;
                 // A message of another protocol version frames well: dropped alone.
                 let mut b = Builder::new_default();
-                let mut root = b.init_root::<wire_message::Builder>();
+                let mut root = b.init_root::<plexd_proto::cluster_capnp::message::Builder>();
                 applied(1).write(root.reborrow());
                 root.set_version(PROTOCOL_VERSION + 1);
-                let mut bytes = serialize::write_message_to_words(&b);
-                encode_message(&applied(2), &mut bytes);
-                s.write_all(&bytes).await.unwrap();
+                s.write_all(&serialize::write_message_to_words(&b))
+                    .await
+                    .unwrap();
+                send(&mut s, &applied(2)).await;
                 assert_eq!(next_peer(&rx).await, (1, applied(2)));
                 // A frame larger than MAX_MESSAGE_BYTES ends the stream unread.
                 let words = (MAX_MESSAGE_BYTES / 8 + 1) as u32;
                 let mut frame = 0u32.to_le_bytes().to_vec();
                 frame.extend_from_slice(&words.to_le_bytes());
                 s.write_all(&frame).await.unwrap();
-                let mut byte = [0u8; 1];
-                let n = within("the server closes", s.read(&mut byte)).await;
-                assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+                assert_closed(&mut s, "the stream with an oversized frame").await;
                 // A handshake whose identity is too large: no answer, closed.
                 let mut s = Async::<TcpStream>::connect(addr).await.unwrap();
                 let mut big = a.clone();
                 big.node_list = "x".repeat(MAX_HELLO_BYTES + 1);
                 s.write_all(&encode_hello(&big)).await.unwrap();
-                let n = within("the server closes", s.read(&mut byte)).await;
-                assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+                assert_closed(&mut s, "the stream with an oversized handshake").await;
                 // The server goes on.
                 let mut s = Async::<TcpStream>::connect(addr).await.unwrap();
                 handshake(&mut s, &a).await;
-                let mut bytes = Vec::new();
-                encode_message(&applied(3), &mut bytes);
-                s.write_all(&bytes).await.unwrap();
+                send(&mut s, &applied(3)).await;
                 assert_eq!(next_peer(&rx).await, (1, applied(3)));
             })
         });
@@ -609,15 +603,9 @@ mod tests {
                 let mut new = Async::<TcpStream>::connect(addr).await.unwrap();
                 handshake(&mut new, &a).await;
                 // What the old one still carries is not delivered; it is closed.
-                let mut bytes = Vec::new();
-                encode_message(&applied(1), &mut bytes);
-                old.write_all(&bytes).await.unwrap();
-                let mut byte = [0u8; 1];
-                let n = within("the old stream is closed", old.read(&mut byte)).await;
-                assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
-                let mut bytes = Vec::new();
-                encode_message(&applied(2), &mut bytes);
-                new.write_all(&bytes).await.unwrap();
+                send(&mut old, &applied(1)).await;
+                assert_closed(&mut old, "the old stream").await;
+                send(&mut new, &applied(2)).await;
                 assert_eq!(next_peer(&rx).await, (1, applied(2)));
                 // A handshake in this node's own id, or one not in the list: refused.
                 for id in [2, 9] {

@@ -432,12 +432,12 @@ async fn send_all<W: AsyncWrite + Unpin>(
             return;
         };
         batch.clear();
-        peer_stream::encode_message(&first, &mut batch);
+        first.encode_into(&mut batch);
         while batch.len() < BATCH_BYTES {
             let Ok(next) = rx.try_recv() else {
                 break;
             };
-            peer_stream::encode_message(&next, &mut batch);
+            next.encode_into(&mut batch);
         }
         let write = async { writer.write_all(&batch).await.map_err(|e| e.to_string()) };
         let timeout = async {
