@@ -219,10 +219,30 @@ pub async fn read_message<R: AsyncRead + Unpin>(reader: R) -> Result<Read, Strin
 /// is older than anything on the new one, and a message of an abandoned connection
 /// must not arrive after one of its successor's. Holds only peers of the node list
 /// (a handshake from any other id is refused).
+///
+/// The check and the hand-over to the main loop are one step ([`Streams::deliver`]):
+/// the main loop's queue is bounded, so a stream can wait in its hand-over, and a
+/// newer stream's message must not overtake the message an older one is handing
+/// over (a send into a queue with room does not wait behind senders already
+/// waiting).
 #[derive(Debug, Default)]
 pub struct Streams {
     newest: RefCell<BTreeMap<NodeId, u64>>,
     opened: Cell<u64>,
+    /// Held by the stream handing a message over; one for every peer: they share
+    /// the queue, so when one waits for room every other would too.
+    handing: smol::lock::Mutex<()>,
+}
+
+/// What [`Streams::deliver`] did with a message.
+#[derive(Debug, PartialEq, Eq)]
+enum Delivery {
+    /// Handed to the main loop.
+    Delivered,
+    /// Not handed over: the peer opened a newer stream.
+    Superseded,
+    /// Not handed over: the main loop is gone.
+    Closed,
 }
 
 impl Streams {
@@ -237,6 +257,20 @@ impl Streams {
     /// Whether stream `n` is still `peer`'s newest.
     fn is_newest(&self, peer: NodeId, n: u64) -> bool {
         self.newest.borrow().get(&peer) == Some(&n)
+    }
+
+    /// Hands `msg`, read from `peer`'s stream `n`, to the main loop unless `peer`
+    /// opened a newer stream; waits for any hand-over in progress first, so
+    /// messages reach the main loop in the order of their streams.
+    async fn deliver(&self, peer: NodeId, n: u64, msg: Message, inputs: &Inputs) -> Delivery {
+        let _handing = self.handing.lock().await;
+        if !self.is_newest(peer, n) {
+            return Delivery::Superseded;
+        }
+        match inputs.send(Input::Peer { from: peer, msg }).await {
+            Ok(()) => Delivery::Delivered,
+            Err(_) => Delivery::Closed,
+        }
     }
 }
 
@@ -324,17 +358,16 @@ pub async fn serve<R, W>(
     let stream = streams.open(from);
     loop {
         match read_message(&mut reader).await {
-            Ok(Read::Message(msg)) => {
-                if !streams.is_newest(from, stream) {
+            Ok(Read::Message(msg)) => match streams.deliver(from, stream, msg, &inputs).await {
+                Delivery::Delivered => {}
+                Delivery::Superseded => {
                     log::info!(
                         "cluster: node {name}: a stream from node {from} ends unread: node {from} opened a newer one"
                     );
                     return;
                 }
-                if inputs.send(Input::Peer { from, msg }).await.is_err() {
-                    return;
-                }
-            }
+                Delivery::Closed => return,
+            },
             Ok(Read::Undecodable(e)) => {
                 log::warn!("cluster: node {name}: message from node {from} dropped: {e}")
             }
@@ -587,6 +620,50 @@ mod tests {
                 handshake(&mut s, &a).await;
                 send(&mut s, &applied(3)).await;
                 assert_eq!(next_peer(&rx).await, (1, applied(3)));
+            })
+        });
+    }
+
+    #[test]
+    fn a_newer_streams_message_waits_for_the_hand_over_of_an_older_ones() {
+        run(|_| {
+            Box::pin(async move {
+                let streams = Rc::new(Streams::default());
+                // The main loop's queue, full after one message.
+                let (tx, rx) = smol::channel::bounded(1);
+                let old = streams.open(1);
+                let d = streams.deliver(1, old, applied(1), &tx).await;
+                assert_eq!(d, Delivery::Delivered);
+                // The old stream's next message waits for room.
+                let mut second = Box::pin(streams.deliver(1, old, applied(2), &tx));
+                assert!(futures::poll!(second.as_mut()).is_pending());
+                // The peer opens a newer stream; room is made (the waiting old
+                // stream is woken, not yet run), and the new stream's first message
+                // is handed over at once: it must not go first.
+                let new = streams.open(1);
+                assert!(matches!(rx.try_recv(), Ok(Input::Peer { msg, .. }) if msg == applied(1)));
+                let mut first = Box::pin(streams.deliver(1, new, applied(3), &tx));
+                assert!(
+                    futures::poll!(first.as_mut()).is_pending(),
+                    "the new stream's message was handed over before the old one's"
+                );
+                let got = async {
+                    let mut got = Vec::new();
+                    for _ in 0..2 {
+                        got.push(next_peer(&rx).await);
+                    }
+                    got
+                };
+                let (d2, d3, got) = within("the hand-overs", async {
+                    futures::join!(second, first, got)
+                })
+                .await;
+                assert_eq!((d2, d3), (Delivery::Delivered, Delivery::Delivered));
+                assert_eq!(got, vec![(1, applied(2)), (1, applied(3))]);
+                // From here the old stream hands nothing over.
+                let d = streams.deliver(1, old, applied(4), &tx).await;
+                assert_eq!(d, Delivery::Superseded);
+                assert!(rx.is_empty());
             })
         });
     }
