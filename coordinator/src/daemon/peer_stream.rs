@@ -624,6 +624,93 @@ mod tests {
         });
     }
 
+    /// Accepts one connection on `listener`, reads its magic and handshake and
+    /// accepts it as node b.
+    async fn accept_as_b(listener: &Async<std::net::TcpListener>) -> Async<TcpStream> {
+        let (mut s, _) = within("a connection", listener.accept()).await.unwrap();
+        let mut magic = [0u8; 8];
+        within("the magic", s.read_exact(&mut magic)).await.unwrap();
+        assert!(is_peer_stream(&magic));
+        let hello = within("the handshake", read_hello(&mut s)).await.unwrap();
+        assert_eq!(hello.from, 1);
+        s.write_all(&encode_answer(&identity(2, "c1"), ""))
+            .await
+            .unwrap();
+        s
+    }
+
+    #[test]
+    fn a_peer_that_stops_reading_is_given_up_and_the_sender_connects_again() {
+        run(|ex| {
+            Box::pin(async move {
+                // Node b's stand-in, with a small receive buffer: its first
+                // connection shakes hands, then reads nothing (a stuck process).
+                let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                nix::sys::socket::setsockopt(&listener, nix::sys::socket::sockopt::RcvBuf, &4096)
+                    .unwrap();
+                let addr = listener.local_addr().unwrap();
+                let listener = Async::new(listener).unwrap();
+                let (tx, inputs) = smol::channel::bounded(64);
+                let (a, tasks) = Transport::new(
+                    &identity(1, "c1"),
+                    vec![(2, addr.to_string())],
+                    BACKOFF_MIN,
+                    tx,
+                    Refusals::default(),
+                );
+                for task in tasks {
+                    ex.spawn(task.run()).detach();
+                }
+                a.send(2, &applied(0));
+                let stuck = accept_as_b(&listener).await;
+                // Messages until the buffers are full and the sender's write waits;
+                // it must give the connection up (SEND_TIMEOUT, or the kernel's
+                // TCP_USER_TIMEOUT) and say so, however long the peer stays stuck.
+                let lost = async {
+                    loop {
+                        match inputs.recv().await {
+                            Ok(Input::ConnectionLost { peer }) => return peer,
+                            Ok(_) => {}
+                            Err(e) => panic!("inputs closed: {e}"),
+                        }
+                    }
+                };
+                let fill = async {
+                    for n in 1.. {
+                        for k in 0..512 {
+                            a.send(2, &applied(n * 512 + k));
+                        }
+                        smol::Timer::after(Duration::from_millis(10)).await;
+                    }
+                    unreachable!()
+                };
+                let deadline = async {
+                    smol::Timer::after(crate::daemon::transport::SEND_TIMEOUT * 4).await;
+                    panic!("the stuck connection was not given up in 4 x SEND_TIMEOUT");
+                };
+                let peer = smol::future::or(smol::future::or(lost, fill), deadline).await;
+                assert_eq!(peer, 2);
+                // It connects again and sends what its queue held (which filled
+                // while the write waited); what is sent after that arrives too.
+                let mut s = accept_as_b(&listener).await;
+                let first = within("the queued messages", read_message(&mut s)).await;
+                assert!(matches!(first, Ok(Read::Message(_))));
+                let marker = applied(u64::MAX);
+                a.send(2, &marker);
+                loop {
+                    match within("the marker", read_message(&mut s)).await {
+                        Ok(Read::Message(m)) if m == marker => break,
+                        Ok(Read::Message(_)) => {}
+                        Ok(Read::Undecodable(e)) => panic!("undecodable: {e}"),
+                        Ok(Read::End) => panic!("the new connection ended"),
+                        Err(e) => panic!("the new connection broke: {e}"),
+                    }
+                }
+                drop(stuck);
+            })
+        });
+    }
+
     #[test]
     fn a_newer_streams_message_waits_for_the_hand_over_of_an_older_ones() {
         run(|_| {

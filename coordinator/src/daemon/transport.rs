@@ -519,6 +519,59 @@ async fn run_connection(
 mod tests {
     use super::*;
 
+    /// A writer whose writes never finish (a peer that stopped reading, with every
+    /// buffer full).
+    struct Stuck;
+
+    impl AsyncWrite for Stuck {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            _: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            std::task::Poll::Pending
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Pending
+        }
+        fn poll_close(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Pending
+        }
+    }
+
+    #[test]
+    fn a_write_that_does_not_finish_in_send_timeout_ends_the_connection() {
+        // The kernel's TCP_USER_TIMEOUT ends a connection to a peer that stopped
+        // reading too (peer_stream's test of a stuck peer passes with either); this
+        // pins the sender's own bound.
+        let (tx, rx) = smol::channel::bounded(4);
+        tx.try_send(Message::Applied {
+            txn: crate::core::TxnId { view: 1, n: 1 },
+        })
+        .unwrap();
+        let mut delivered = false;
+        let began = std::time::Instant::now();
+        smol::block_on(smol::future::or(
+            send_all(Stuck, &rx, &mut delivered),
+            async {
+                Timer::after(SEND_TIMEOUT * 4).await;
+                panic!("send_all still waits after 4 x SEND_TIMEOUT");
+            },
+        ));
+        assert!(
+            began.elapsed() >= SEND_TIMEOUT,
+            "gave up after {:?}",
+            began.elapsed()
+        );
+        assert!(!delivered);
+    }
+
     #[test]
     fn hello_refuses_another_protocol_version() {
         let id = Identity {
