@@ -9,8 +9,11 @@
 //!   `plexctl` and `plexd`).
 //! - [`print`]: `plexctl print`'s JSON document and text tree, rendered from the ctl
 //!   API's `PrintedConfig`.
+//! - [`connection`]: the client side of a Cap'n Proto connection (plexctl's, the
+//!   coordinator's, the kernel interface's client), and a runner for one on the
+//!   calling thread without an I/O reactor.
 
-#![allow(clippy::all, missing_docs, unused_qualifications)]
+#![allow(missing_docs, unused_qualifications)]
 
 macro_rules! schema_mod {
     ($name:ident, $file:literal) => {
@@ -26,5 +29,6 @@ schema_mod!(cluster_capnp, "cluster_capnp.rs");
 schema_mod!(ctl_capnp, "ctl_capnp.rs");
 schema_mod!(ondisk_capnp, "ondisk_capnp.rs");
 
+pub mod connection;
 pub mod print;
 pub mod size;

@@ -77,8 +77,11 @@ fn layout(l: disk::plex_layout::Reader<'_>) -> (String, u32, u64) {
     }
 }
 
-/// A plex's ranges still to copy: (count, bytes, the ranges); None for none.
-fn resync_ranges(p: disk::plex::Reader<'_>) -> capnp::Result<Option<(u32, u64, Vec<[u64; 2]>)>> {
+/// A plex's ranges still to copy: how many, their bytes, and the ranges.
+type ResyncRanges = (u32, u64, Vec<[u64; 2]>);
+
+/// A plex's ranges still to copy; None for none.
+fn resync_ranges(p: disk::plex::Reader<'_>) -> capnp::Result<Option<ResyncRanges>> {
     let ranges = p.get_resync_ranges()?;
     if ranges.is_empty() {
         return Ok(None);

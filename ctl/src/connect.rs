@@ -1,13 +1,10 @@
 //! Finding a node and calling its ctl API (Cap'n Proto over TCP) with deadlines.
 
 use std::net::{TcpStream, ToSocketAddrs};
-use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use capnp_rpc::{rpc_twoparty_capnp, twoparty, RpcSystem};
-use futures::AsyncReadExt;
+use plexd_proto::connection::{self, Polled, Stop};
 use plexd_proto::ctl_capnp::{self as c, ctl};
-use smol::{Async, LocalExecutor};
 
 use crate::cli::Cli;
 use crate::failure::{CtlFailure, Failure};
@@ -90,7 +87,9 @@ pub(crate) fn connect(addrs: &[String]) -> Result<(TcpStream, String), Failure> 
     Err(Failure::Unreachable(last_addr, last))
 }
 
-/// Runs `f` with a ctl client on a local executor; returns the address asked too.
+/// Runs `f` with a ctl client on this thread; returns the address asked too. The
+/// connection runs without an I/O reactor ([`Polled`]): plexctl waits in `poll(2)`
+/// on its socket and starts no other thread.
 pub(crate) fn with_ctl<T: 'static>(
     addrs: &[String],
     call_timeout: Duration,
@@ -101,39 +100,29 @@ pub(crate) fn with_ctl<T: 'static>(
         Err(e) => return (addrs.last().cloned().unwrap_or_default(), Err(e)),
     };
     let _ = stream.set_nodelay(true);
-    let stream = match Async::new(stream) {
-        Ok(s) => s,
-        Err(e) => return (addr.clone(), Err(Failure::Lost(format!("{addr}: {e}")))),
+    let lost = |why: String| Failure::Lost(format!("{addr}: {why}"));
+    let (polled, socket) = match Polled::new(stream) {
+        Ok(c) => c,
+        Err(e) => return (addr.clone(), Err(lost(e.to_string()))),
     };
-    let (reader, writer) = stream.split();
-    let network = twoparty::VatNetwork::new(
-        futures::io::BufReader::new(reader),
-        futures::io::BufWriter::new(writer),
-        rpc_twoparty_capnp::Side::Client,
-        Default::default(),
-    );
-    let mut rpc = RpcSystem::new(Box::new(network), None);
-    let client: ctl::Client = rpc.bootstrap(rpc_twoparty_capnp::Side::Server);
-    let ex = Rc::new(LocalExecutor::new());
-    let addr2 = addr.clone();
-    let conn = async move {
-        let addr = addr2;
+    let (rpc, client) = connection::client::<ctl::Client>(socket);
+    let conn = async {
         let r = rpc.await;
-        Err(Failure::Lost(format!(
-            "{addr}: connection closed{}",
+        Err(lost(format!(
+            "connection closed{}",
             r.err().map(|e| format!(": {e}")).unwrap_or_default()
         )))
     };
-    let addr3 = addr.clone();
-    let timeout = async move {
-        smol::Timer::after(call_timeout).await;
-        Err(Failure::Lost(format!(
-            "{addr3}: no answer within {} s; the node may be hung or overloaded (see its log); a change may still complete: check with plexctl print",
+    let call = smol::future::or(f(client), conn);
+    let result = match polled.run(call, Instant::now() + call_timeout) {
+        Ok(r) => r,
+        Err(Stop::Deadline) => Err(lost(format!(
+            "no answer within {} s; the node may be hung or overloaded (see its log); a change may still complete: check with plexctl print",
             call_timeout.as_secs()
-        )))
+        ))),
+        Err(Stop::Poll(e)) => Err(lost(format!("cannot wait for the socket: {e}"))),
+        Err(Stop::HungUp) => Err(lost("connection closed".into())),
     };
-    let result =
-        smol::block_on(ex.run(smol::future::or(smol::future::or(f(client), conn), timeout)));
     (addr, result)
 }
 

@@ -23,9 +23,7 @@ use std::sync::{mpsc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use capnp_rpc::{rpc_twoparty_capnp, twoparty, RpcSystem};
 use futures::future::LocalBoxFuture;
-use futures::AsyncReadExt;
 use plexd_proto::kernel_capnp as k;
 use smol::{Async, LocalExecutor};
 
@@ -33,13 +31,14 @@ use crate::bdev::{BdevInfo, BdevRequest, Injection, IoKind, IoResult};
 use crate::convert::*;
 use crate::error::{ApiError, ErrorCode};
 use crate::info::{DetachPolicy, Event, LeaseStatus, TargetInfo, EVENT_QUEUE_DEPTH};
-use crate::inline::{Inline, PolledSocket, Stop};
+use crate::inline::Inline;
 use crate::iscsi::{ChapConfig, LunConfig, SessionInfo, TargetNodeConfig};
 use crate::nvmf::{AnaState, ControllerInfo, NamespaceConfig, SubsystemConfig};
 use crate::scsi::alua::Alua;
 use crate::scsi::pr::PrState;
 use crate::scsi::PrOutResult;
 use crate::volume::{PlexState, VolumeInfo, VolumeSpec};
+use plexd_proto::connection::{Polled, Stop};
 
 /// How long a call waits for its answer by default (a prepare adds its drain timeout).
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -278,12 +277,8 @@ impl KernelClient {
     pub fn connect_inline(path: impl AsRef<Path>) -> Result<KernelClient, ClientError> {
         let (stream, shown) = dial(path.as_ref())?;
         let connect_err = |reason: String| connect_error(&shown, reason);
-        let wait_fd = stream
-            .try_clone()
-            .map(std::os::fd::OwnedFd::from)
-            .map_err(|e| connect_err(e.to_string()))?;
-        let (socket, wakers) = PolledSocket::new(stream).map_err(|e| connect_err(e.to_string()))?;
-        let (rpc, kernel) = rpc_system(socket);
+        let (polled, socket) = Polled::new(stream).map_err(|e| connect_err(e.to_string()))?;
+        let (rpc, kernel) = plexd_proto::connection::client::<k::kernel::Client>(socket);
         let rpc = async move {
             if let Err(e) = rpc.await {
                 log::info!("kernel client: connection ended: {e}");
@@ -293,7 +288,7 @@ impl KernelClient {
             path: shown,
             jobs: None,
             thread: None,
-            inline: Some(Mutex::new(Inline::new(rpc, kernel, wakers, wait_fd))),
+            inline: Some(Mutex::new(Inline::new(polled, rpc, kernel))),
             call_timeout: DEFAULT_CALL_TIMEOUT,
         })
     }
@@ -1161,29 +1156,13 @@ fn connect_error(path: &str, reason: String) -> ClientError {
     }
 }
 
-/// The RPC system of a connection over `stream`, and the target's bootstrap client.
-fn rpc_system(
-    stream: impl futures::AsyncRead + futures::AsyncWrite + 'static,
-) -> (RpcSystem<rpc_twoparty_capnp::Side>, k::kernel::Client) {
-    let (reader, writer) = stream.split();
-    let network = twoparty::VatNetwork::new(
-        futures::io::BufReader::new(reader),
-        futures::io::BufWriter::new(writer),
-        rpc_twoparty_capnp::Side::Client,
-        Default::default(),
-    );
-    let mut rpc = RpcSystem::new(Box::new(network), None);
-    let kernel: k::kernel::Client = rpc.bootstrap(rpc_twoparty_capnp::Side::Server);
-    (rpc, kernel)
-}
-
 fn run_connection(
     stream: Async<std::os::unix::net::UnixStream>,
     jobs: smol::channel::Receiver<Job>,
 ) {
     let ex = Rc::new(LocalExecutor::new());
     let ex2 = Rc::clone(&ex);
-    let (rpc, kernel) = rpc_system(stream);
+    let (rpc, kernel) = plexd_proto::connection::client::<k::kernel::Client>(stream);
     smol::block_on(ex.run(async move {
         ex2.spawn(async move {
             if let Err(e) = rpc.await {

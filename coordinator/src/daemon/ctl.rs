@@ -972,7 +972,7 @@ async fn master_tasks(addr: &str) -> Result<Vec<TaskOut>, String> {
         let stream = Async::<std::net::TcpStream>::connect(sock)
             .await
             .map_err(|e| e.to_string())?;
-        let (rpc, client) = super::transport::client_connection::<ctl::Client>(stream);
+        let (rpc, client) = plexd_proto::connection::client::<ctl::Client>(stream);
         let call = async {
             let resp = client
                 .task_list_request()

@@ -557,8 +557,7 @@ mod tests {
             Box::pin(async move {
                 let (addr, _rx, b_refusals) = serve_b(&ex);
                 let stream = Async::<TcpStream>::connect(addr).await.expect("connect");
-                let (rpc, client) =
-                    crate::daemon::transport::client_connection::<peer::Client>(stream);
+                let (rpc, client) = plexd_proto::connection::client::<peer::Client>(stream);
                 ex.spawn(rpc).detach();
                 let mut req = client.hello_request();
                 req.get().set_from(1);

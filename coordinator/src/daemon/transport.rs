@@ -31,7 +31,6 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use capnp_rpc::{rpc_twoparty_capnp, twoparty, RpcSystem};
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use nix::sys::socket::{setsockopt, sockopt};
 use smol::{Async, Timer};
@@ -237,24 +236,6 @@ impl Transport {
             );
         }
     }
-}
-
-/// The client side of a Cap'n Proto connection to a node on `stream`: the RPC system
-/// (poll it, e.g. race it against the calls) and the node's bootstrap capability (a
-/// `Peer`, which is also a `Ctl`).
-pub fn client_connection<C: capnp::capability::FromClientHook>(
-    stream: Async<TcpStream>,
-) -> (RpcSystem<rpc_twoparty_capnp::Side>, C) {
-    let (reader, writer) = stream.split();
-    let network = twoparty::VatNetwork::new(
-        futures::io::BufReader::new(reader),
-        futures::io::BufWriter::new(writer),
-        rpc_twoparty_capnp::Side::Client,
-        Default::default(),
-    );
-    let mut rpc = RpcSystem::new(Box::new(network), None);
-    let client: C = rpc.bootstrap(rpc_twoparty_capnp::Side::Server);
-    (rpc, client)
 }
 
 fn resolve(address: &str) -> Option<SocketAddr> {
