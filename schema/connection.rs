@@ -205,7 +205,9 @@ impl Polled {
     /// Runs `call` (and the spawned tasks) on this thread until it completes or
     /// `deadline` passes. Between turns with nothing to run, it waits in `poll(2)`
     /// for the socket (readable, or writable when a write waits), so the answer
-    /// wakes this thread and no other.
+    /// wakes this thread and no other. Only the socket ends that wait: what runs
+    /// here must wait on nothing else (a smol timer, or a wake from another
+    /// thread, is seen only at the socket's next event or the deadline).
     pub fn run<T>(&self, call: impl Future<Output = T>, deadline: Instant) -> Result<T, Stop> {
         let flag = Arc::new(Flag(AtomicBool::new(true)));
         let waker = Waker::from(Arc::clone(&flag));
