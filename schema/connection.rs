@@ -1,5 +1,5 @@
 //! The client side of a Cap'n Proto connection, shared by every client of plexd's
-//! two interfaces (the kernel interface's [`crate::KernelClient`], the coordinator's
+//! two interfaces (the kernel interface's `KernelClient` in plexd-target-api, the coordinator's
 //! calls to a node, plexctl): [`client`] builds the RPC system over any byte stream,
 //! and [`Polled`] runs a connection on the calling thread without an I/O reactor.
 //!
