@@ -270,14 +270,7 @@ impl<M: ConfigModel> Node<M> {
     /// master is alive but no longer confirms it. A new view gets `lease_ms` to win
     /// its first lease.
     pub(super) fn check_lease(&mut self, now_ms: u64) {
-        if !matches!(self.state, State::Member) {
-            return;
-        }
-        let expired = match self.lease_until_ms() {
-            Some(until) => now_ms >= until,
-            None => now_ms >= self.view_since_ms + self.cfg.lease_ms,
-        };
-        if !expired {
+        if !self.lease_ran_out(now_ms) {
             return;
         }
         if self.is_master() {
@@ -334,6 +327,16 @@ impl<M: ConfigModel> Node<M> {
         self.quorum_reason = Some(truncate_reason(reason.clone()));
         self.master_fail_all(&reason);
         self.leave_cluster(now_ms, reason);
+    }
+
+    /// Whether this member's lease has run out at `now_ms` (a new view's first
+    /// lease counts from the view's start): what `check_lease` acts on at a tick.
+    pub(super) fn lease_ran_out(&self, now_ms: u64) -> bool {
+        matches!(self.state, State::Member)
+            && match self.lease_until_ms() {
+                Some(until) => now_ms >= until,
+                None => now_ms >= self.view_since_ms + self.cfg.lease_ms,
+            }
     }
 
     /// The master may commit at `now_ms`: it holds a lease and every lost node's

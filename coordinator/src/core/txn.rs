@@ -1295,6 +1295,18 @@ impl<M: ConfigModel> Node<M> {
         if !self.sent_by_my_master(from) {
             return;
         }
+        if self.lease_ran_out(self.clock_ms) {
+            // The master aborts a transaction whose successor left before
+            // acknowledging COMMIT once that node's lease has run out. A node past
+            // its lease (a process frozen that long, reading what was sent before)
+            // may hold such a COMMIT: it neither acknowledges nor applies it, and
+            // its next tick takes it out of the view it no longer holds a lease in.
+            log::warn!(
+                "node {}: COMMIT of transaction {txn} ignored: this node's lease has run out",
+                self.cfg.me
+            );
+            return;
+        }
         let prepared = self
             .slave_txn
             .as_ref()

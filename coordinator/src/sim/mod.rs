@@ -2634,11 +2634,18 @@ impl Sim {
             // A node out of the cluster may still hold a change the cluster then
             // aborted (a successor that applied COMMIT, lost its ack and was cut
             // off): its data plane serves nothing and it loads the committed
-            // configuration when it joins again. Members and serving data planes
-            // never hold a failed change.
+            // configuration when it joins again. So may a member whose lease ran
+            // out: one frozen since before the abort still believes it is a member
+            // (the master aborts only once that node's lease has run out); it acts
+            // on nothing until it learns it is out. Members holding a lease and
+            // serving data planes never hold a failed change.
+            let clock = Sim::clock(n.drift_ppm, self.now_ms);
+            let leased_member = member && core.lease_remaining_ms(clock) > 0;
             let serving = self.now_ms < n.kernel.lease_until_ms && !n.kernel.left;
             for tag in &self.failed {
-                if (member && core.config().has(*tag)) || (serving && n.kernel.active.has(*tag)) {
+                if (leased_member && core.config().has(*tag))
+                    || (serving && n.kernel.active.has(*tag))
+                {
                     return Err(format!(
                         "change {tag} failed but node {} applied it",
                         Sim::name(n.id)
