@@ -330,8 +330,9 @@ impl<M: ConfigModel> Node<M> {
     }
 
     /// Whether this member's lease has run out at `now_ms` (a new view's first
-    /// lease counts from the view's start): what `check_lease` acts on at a tick.
-    pub(super) fn lease_ran_out(&self, now_ms: u64) -> bool {
+    /// lease counts from the view's start): what `check_lease` acts on at a tick,
+    /// and why a slave ignores a `Commit`. False for a node that is not a member.
+    pub fn lease_ran_out(&self, now_ms: u64) -> bool {
         matches!(self.state, State::Member)
             && match self.lease_until_ms() {
                 Some(until) => now_ms >= until,

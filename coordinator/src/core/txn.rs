@@ -1299,8 +1299,9 @@ impl<M: ConfigModel> Node<M> {
             // The master aborts a transaction whose successor left before
             // acknowledging COMMIT once that node's lease has run out. A node past
             // its lease (a process frozen that long, reading what was sent before)
-            // may hold such a COMMIT: it neither acknowledges nor applies it, and
-            // its next tick takes it out of the view it no longer holds a lease in.
+            // may hold such a COMMIT: it neither acknowledges nor applies it. Its
+            // next tick acts on the lease gone (it leaves the view, or, suspecting
+            // its master, waits for a takeover that a newer view refuses).
             log::warn!(
                 "node {}: COMMIT of transaction {txn} ignored: this node's lease has run out",
                 self.cfg.me

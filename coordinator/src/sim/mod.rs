@@ -2636,11 +2636,12 @@ impl Sim {
             // off): its data plane serves nothing and it loads the committed
             // configuration when it joins again. So may a member whose lease ran
             // out: one frozen since before the abort still believes it is a member
-            // (the master aborts only once that node's lease has run out); it acts
-            // on nothing until it learns it is out. Members holding a lease and
-            // serving data planes never hold a failed change.
+            // (the master aborts only once that node's lease has run out); it
+            // applies no COMMIT past its lease (`lease_ran_out`, the core's own
+            // test) and loads the committed configuration when it joins again.
+            // Other members and serving data planes never hold a failed change.
             let clock = Sim::clock(n.drift_ppm, self.now_ms);
-            let leased_member = member && core.lease_remaining_ms(clock) > 0;
+            let leased_member = member && !core.lease_ran_out(clock);
             let serving = self.now_ms < n.kernel.lease_until_ms && !n.kernel.left;
             for tag in &self.failed {
                 if (leased_member && core.config().has(*tag))
