@@ -393,7 +393,7 @@ mod tests {
     use super::*;
     use crate::core::TxnId;
     use crate::daemon::ctl::Server;
-    use crate::daemon::transport::{Transport, BACKOFF_MIN};
+    use crate::daemon::transport::{Transport, BACKOFF_MIN, SEND_TIMEOUT};
 
     const NODES: &str = "1=a@127.0.0.1:1,2=b@127.0.0.1:2,3=c@127.0.0.1:3";
 
@@ -451,14 +451,15 @@ mod tests {
         (addr, rx, refusals)
     }
 
-    /// A transport of node `me` in cluster `cluster_id` to node b at `addr`.
+    /// A transport of node `me` in cluster `cluster_id` to node b at `addr`, and
+    /// the inputs it gives node `me`'s main loop (`ConnectionLost`).
     fn transport_to(
         ex: &Rc<LocalExecutor<'static>>,
         me: NodeId,
         cluster_id: &str,
         addr: SocketAddr,
-    ) -> (Transport, Refusals) {
-        let (tx, _rx) = smol::channel::bounded(64);
+    ) -> (Transport, Refusals, smol::channel::Receiver<Input>) {
+        let (tx, rx) = smol::channel::bounded(64);
         let refusals = Refusals::default();
         let (t, tasks) = Transport::new(
             &identity(me, cluster_id),
@@ -470,7 +471,7 @@ mod tests {
         for task in tasks {
             ex.spawn(task.run()).detach();
         }
-        (t, refusals)
+        (t, refusals, rx)
     }
 
     async fn next_peer(rx: &smol::channel::Receiver<Input>) -> (NodeId, Message) {
@@ -514,7 +515,7 @@ mod tests {
             Box::pin(async move {
                 let (addr, rx, b_refusals) = serve_b(&ex);
                 // Node c of another cluster: both sides refuse, with the reason.
-                let (c, c_refusals) = transport_to(&ex, 3, "other", addr);
+                let (c, c_refusals, _) = transport_to(&ex, 3, "other", addr);
                 c.send(2, &applied(999));
                 until("both sides refuse node c", || {
                     b_refusals.get(3).is_some() && c_refusals.get(2).is_some()
@@ -533,7 +534,7 @@ mod tests {
                 c.send(2, &applied(998));
                 // Node a of this cluster: its messages arrive in order (two rounds of
                 // as many as its queue holds), and none of c's.
-                let (a, a_refusals) = transport_to(&ex, 1, "c1", addr);
+                let (a, a_refusals, _) = transport_to(&ex, 1, "c1", addr);
                 let per_round = crate::daemon::transport::PEER_QUEUE_DEPTH as u64;
                 for round in 0..2 {
                     let first = round * per_round + 1;
@@ -649,17 +650,7 @@ mod tests {
                     .unwrap();
                 let addr = listener.local_addr().unwrap();
                 let listener = Async::new(listener).unwrap();
-                let (tx, inputs) = smol::channel::bounded(64);
-                let (a, tasks) = Transport::new(
-                    &identity(1, "c1"),
-                    vec![(2, addr.to_string())],
-                    BACKOFF_MIN,
-                    tx,
-                    Refusals::default(),
-                );
-                for task in tasks {
-                    ex.spawn(task.run()).detach();
-                }
+                let (a, _, inputs) = transport_to(&ex, 1, "c1", addr);
                 a.send(2, &applied(0));
                 let stuck = accept_as_b(&listener).await;
                 // Messages until the buffers are full and the sender's write waits;
@@ -684,7 +675,7 @@ mod tests {
                     unreachable!()
                 };
                 let deadline = async {
-                    smol::Timer::after(crate::daemon::transport::SEND_TIMEOUT * 4).await;
+                    smol::Timer::after(SEND_TIMEOUT * 4).await;
                     panic!("the stuck connection was not given up in 4 x SEND_TIMEOUT");
                 };
                 let peer = smol::future::or(smol::future::or(lost, fill), deadline).await;
@@ -714,7 +705,7 @@ mod tests {
     fn a_newer_streams_message_waits_for_the_hand_over_of_an_older_ones() {
         run(|_| {
             Box::pin(async move {
-                let streams = Rc::new(Streams::default());
+                let streams = Streams::default();
                 // The main loop's queue, full after one message.
                 let (tx, rx) = smol::channel::bounded(1);
                 let old = streams.open(1);
