@@ -12,6 +12,7 @@ use plexd_coordinator::ondisk;
 use plexd_tests::cluster::{
     CTL_TIMEOUT, EXIT_NO_QUORUM, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_USAGE,
 };
+use plexd_tests::plex_disk::plexd_log;
 use plexd_tests::proc::run_bounded;
 use plexd_tests::{group, volume, wait_until, Cluster, ClusterOpts};
 
@@ -554,7 +555,7 @@ fn a_node_with_another_cluster_file_is_refused_and_bad_files_do_not_start() {
             );
         }
         c.wait_joined(&[0, 1]);
-        let log = std::fs::read_to_string(c.nodes[0].dir.join("plexd.log")).unwrap_or_default();
+        let log = plexd_log(&c, 0);
         assert!(
             log.lines()
                 .any(|l| l.contains("node a (id 1)") && l.contains("node 3") && l.contains(why)),
@@ -642,7 +643,7 @@ fn a_repaired_copy_is_logged_and_counted() {
         .expect("d0")
         .clone();
     assert_eq!(d0["repairs"], 1, "{after}");
-    let log = std::fs::read_to_string(c.nodes[m].dir.join("plexd.log")).unwrap_or_default();
+    let log = plexd_log(&c, m);
     assert!(
         log.lines()
             .any(|l| l.contains(&format!("node {}", c.nodes[m].name))
@@ -726,9 +727,9 @@ fn listed_path(c: &Cluster, i: usize, name: &str) -> String {
 /// transaction still commits on the others, so only the log shows it).
 fn every_copy_written(c: &Cluster) {
     for (i, node) in c.nodes.iter().enumerate() {
-        let log = std::fs::read_to_string(node.dir.join("plexd.log")).unwrap_or_default();
+        let log = plexd_log(c, i);
         if let Some(line) = log.lines().find(|l| l.contains(" not written to ")) {
-            panic!("node {i}: {line}");
+            panic!("node {}: {line}", node.name);
         }
     }
 }
