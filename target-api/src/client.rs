@@ -24,6 +24,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use futures::future::LocalBoxFuture;
+use plexd_proto::connection::{Polled, Stop};
 use plexd_proto::kernel_capnp as k;
 use smol::{Async, LocalExecutor};
 
@@ -38,7 +39,6 @@ use crate::scsi::alua::Alua;
 use crate::scsi::pr::PrState;
 use crate::scsi::PrOutResult;
 use crate::volume::{PlexState, VolumeInfo, VolumeSpec};
-use plexd_proto::connection::{Polled, Stop};
 
 /// How long a call waits for its answer by default (a prepare adds its drain timeout).
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);

@@ -1,7 +1,7 @@
 //! plexd-target-api: what a controller needs to drive a plexd-target over its kernel
 //! interface (`schema/kernel.capnp`, `docs/KERNEL_INTERFACE.md`), without the data
-//! plane itself (no reactors, no io_uring): the coordinator's and plexctl's only
-//! dependency on it.
+//! plane itself (no reactors, no io_uring): the coordinator's only dependency on it
+//! (plexctl talks to plexd alone, through `ctl.capnp`).
 //!
 //! - [`client`]: [`KernelClient`], the blocking client (feature `client`, default).
 //! - [`convert`]: Rust types ⇄ Cap'n Proto builders and readers, shared with the
