@@ -120,6 +120,7 @@ struct Heartbeat {
   leased @12 :Bool;
   heard @13 :Echo;            # null = none
   diskVote @14 :Bool;         # the sender counts the quorum disk's vote
+  applied @15 :TxnId;         # slave to its master: newest txn its data plane applied; null = none
 }
 
 # A request as it travels from a slave to the master.

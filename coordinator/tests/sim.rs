@@ -106,14 +106,24 @@ fn random_schedules_keep_the_invariants() {
     );
 }
 
-/// Seeds beyond the default range that found protocol bugs (run over seeds
-/// 5,000,000 to 5,250,000): a designated successor frozen past its lease after
-/// the master sent it COMMIT, waking after the master aborted the transaction for
-/// want of its acknowledgement, applied that COMMIT (5179753, 5210940, 5243060,
-/// 5248738); the invariant counted a member frozen since before such an abort as
-/// holding the failed change (5096592). They pin the fix while the schedule
-/// generator stays as it is; a changed generator makes them ordinary seeds.
-const SEEDS_THAT_FOUND_BUGS: [u64; 5] = [5096592, 5179753, 5210940, 5243060, 5248738];
+/// Seeds beyond the default range that found bugs (runs over seeds 5,000,000 to
+/// 5,250,000 and 6,000,000 to 6,150,000):
+/// - a designated successor frozen past its lease after the master sent it
+///   COMMIT, waking after the master aborted the transaction for want of its
+///   acknowledgement, applied that COMMIT (5179753, 5210940, 5243060, 5248738);
+///   the invariant counted a member frozen since before such an abort as holding
+///   the failed change (5096592);
+/// - the simulator reordered the events of a node frozen again before it thawed:
+///   a stale corosync report read last kept it out for good (6023630).
+///
+/// Once the second fix changed the order of events, 5179753 and 5210940 still
+/// fail without the lease check and 6023630 without the fix; the others run
+/// another schedule now and stay as ordinary seeds. The same runs found a lost
+/// `Applied` and a dead start's view read late: their seeds no longer reach
+/// them, so scenario tests pin those
+/// (`a_lost_applied_is_told_again_by_the_slaves_heartbeat`,
+/// `a_dead_starts_view_read_after_a_thaw_is_left_for_the_new_start`).
+const SEEDS_THAT_FOUND_BUGS: [u64; 6] = [5096592, 5179753, 5210940, 5243060, 5248738, 6023630];
 
 #[test]
 fn seeds_that_found_bugs_keep_the_invariants() {
@@ -122,6 +132,59 @@ fn seeds_that_found_bugs_keep_the_invariants() {
             panic!("seed {seed}: {e}");
         }
     }
+}
+
+/// A master's restarted start numbers its views afresh, so its new view may take
+/// the id of a view its dead start made and sent to a node that froze before
+/// reading it. That node installs the dead start's view when it thaws; its
+/// master is gone, and the new start's first heartbeat (a newer incarnation)
+/// tells it so: it leaves and joins the new start's cluster. The invariant
+/// checker does not count such a view as a second view with its id (seed
+/// 5107003 before the other fixes changed its schedule).
+#[test]
+fn a_dead_starts_view_read_after_a_thaw_is_left_for_the_new_start() {
+    // A heartbeat timeout longer than the freeze: the first thing c reads when
+    // it thaws is the dead start's `View`, not its own timer finding a silent.
+    let mut sim = Sim::new(SimConfig {
+        trace: true,
+        connection_lost_percent: 0,
+        heartbeat_timeout_ms: 10_000,
+        ..SimConfig::new(3, 7)
+    });
+    sim.start(A);
+    sim.start(C);
+    let with_c = sim.run_until(5_000, |s| {
+        s.core(A)
+            .and_then(|c| c.view())
+            .is_some_and(|v| v.members == [A, C])
+    });
+    assert!(with_c, "a never made a view with c:\n{}", sim.trace_text());
+    let stale = sim.core(A).and_then(|c| c.view()).cloned().unwrap();
+    // c freezes with a's `View` on the way; a dies; its new start and b make
+    // a cluster, and number its views as a's dead start did.
+    sim.freeze(C, 60_000);
+    sim.crash(A);
+    sim.start(A);
+    sim.start(B);
+    let reused = sim.run_until(10_000, |s| {
+        s.all_members(&[A, B]) && s.core(A).and_then(|c| c.view()).map(|v| v.id) == Some(stale.id)
+    });
+    assert!(
+        reused,
+        "the new start did not reuse view id {}:\n{}",
+        stale.id,
+        sim.trace_text()
+    );
+    sim.thaw(C);
+    let whole = sim.run_until(5_000, |s| s.all_members(&[A, B, C]));
+    assert!(whole, "c did not join the new start:\n{}", sim.trace_text());
+    assert!(
+        sim.trace_text()
+            .contains(&format!("c installs view {stale:?}")),
+        "c never read the dead start's view:\n{}",
+        sim.trace_text()
+    );
+    assert_eq!(sim.violation(), None);
 }
 
 #[test]
@@ -2074,6 +2137,37 @@ fn an_answer_after_applied_goes_out_at_its_bound_without_a_report() {
     );
 }
 
+/// A slave's `Applied` lost on the way (dropped with a connection that died)
+/// holds the answer only until the slave's next heartbeat, which names the
+/// newest transaction its data plane applied. Before, the master waited
+/// `APPLIED_WAIT_MS` (20 s) for a report that nothing sent again (seeds 5068295,
+/// 6051043).
+#[test]
+fn a_lost_applied_is_told_again_by_the_slaves_heartbeat() {
+    let mut sim = traced_cluster(3);
+    let r = sim.create(A, "dg1", 1);
+    assert_eq!(answer(&mut sim, A, r), Ok(()));
+    settle(&mut sim, &[A, B, C]);
+    sim.hold(C, Hold::KernelCommit);
+    let r = destroy(&mut sim, A, "dg1").expect("a is up");
+    assert!(sim.run_until(1_000, |s| s.held(C) == 1));
+    // c's data plane applies the commit while everything c sends a is lost; the
+    // link is back before a's heartbeat timeout, so c stays a member.
+    sim.block(C, A);
+    sim.release(C);
+    sim.run_for(150);
+    assert_eq!(sim.reply(A, r), None, "answered without c's report");
+    sim.heal();
+    let answered = sim.run_until(1_000, |s| s.reply(A, r).is_some());
+    assert!(
+        answered,
+        "no answer within 1 s of the heal:\n{}",
+        sim.trace_text()
+    );
+    assert_eq!(sim.reply(A, r), Some(&Ok(())));
+    assert!(sim.all_members(&[A, B, C]), "{}", sim.trace_text());
+}
+
 // ---------------------------------------------------------------------------
 // An external cluster monitor (corosync, `core::monitor`): the simulator reports
 // each node's partition as corosync would, 1..=MAX_MONITOR_DELAY_MS after a change.
@@ -2103,6 +2197,29 @@ fn reason_has(sim: &Sim, id: u32, what: &str) -> bool {
     sim.core(id)
         .and_then(|c| c.status().last_reason)
         .is_some_and(|r| r.contains(what))
+}
+
+/// Events for a node frozen again before it thawed keep the order they came in
+/// (the simulator models a process's queue: SIGSTOP reorders nothing). Before,
+/// events deferred by the first freeze were deferred again behind those the
+/// second one deferred: c read corosync's stale "not quorate" after the newer
+/// "quorate", and with nothing new to report it stayed out of the cluster for
+/// good (seeds 5003484, 6023630 and nine more).
+#[test]
+fn a_node_frozen_twice_reads_its_events_in_the_order_they_came() {
+    let mut sim = monitored_cluster();
+    let all: std::collections::BTreeSet<u32> = [A, B, C].into();
+    sim.freeze(C, 1_000);
+    sim.send_monitor_view(C, [C].into(), false, "stale".into());
+    sim.run_for(MONITOR_ACTS_MS);
+    sim.freeze(C, 1_000);
+    sim.send_monitor_view(C, all.clone(), true, "newer".into());
+    assert_eq!(sim.monitor_truth(C), (all, true));
+    // Past the thaw: c has read both reports (and a has given c up).
+    sim.run_for(1_000 + MONITOR_ACTS_MS);
+    let whole = sim.run_until(5_000, |s| s.all_members(&[A, B, C]));
+    assert!(whole, "c did not come back:\n{}", sim.trace_text());
+    assert_eq!(sim.violation(), None);
 }
 
 #[test]

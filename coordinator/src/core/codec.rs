@@ -203,6 +203,7 @@ fn write_heartbeat(m: &Message, mut h: wire::heartbeat::Builder<'_>) {
         leased,
         heard,
         disk_vote,
+        applied,
     } = m
     else {
         unreachable!("write_heartbeat of {}", m.kind());
@@ -232,6 +233,9 @@ fn write_heartbeat(m: &Message, mut h: wire::heartbeat::Builder<'_>) {
         write_echo(e, h.reborrow().init_heard());
     }
     h.set_disk_vote(*disk_vote);
+    if let Some(t) = applied {
+        write_txn(t, h.reborrow().init_applied());
+    }
 }
 
 /// Writes a [`Message::Forward`].
@@ -631,6 +635,11 @@ fn read_heartbeat(h: wire::heartbeat::Reader<'_>) -> capnp::Result<Message> {
             None
         },
         disk_vote: h.get_disk_vote(),
+        applied: if h.has_applied() {
+            Some(read_txn(h.get_applied()?))
+        } else {
+            None
+        },
     })
 }
 
@@ -803,6 +812,7 @@ mod tests {
                     stamp_ms: 1,
                 }),
                 disk_vote: true,
+                applied: Some(txn(6, 4)),
             },
             Message::Heartbeat {
                 incarnation: 1,
@@ -818,6 +828,7 @@ mod tests {
                 leased: false,
                 heard: None,
                 disk_vote: false,
+                applied: None,
             },
             Message::Heartbeat {
                 incarnation: 1,
@@ -833,6 +844,7 @@ mod tests {
                 leased: false,
                 heard: None,
                 disk_vote: false,
+                applied: None,
             },
             Message::Forward {
                 request: RequestId(3),
@@ -1103,6 +1115,7 @@ mod tests {
                 leased: false,
                 heard: None,
                 disk_vote: false,
+                applied: None,
             })
         );
     }

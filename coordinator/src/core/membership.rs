@@ -83,6 +83,7 @@ impl<M: ConfigModel> Node<M> {
                     leased,
                     heard,
                     disk_vote,
+                    applied: self.applied_for(p),
                 },
             );
         }
@@ -378,6 +379,7 @@ impl<M: ConfigModel> Node<M> {
             leased,
             heard,
             disk_vote,
+            applied,
             ..
         } = msg
         else {
@@ -410,6 +412,9 @@ impl<M: ConfigModel> Node<M> {
         self.heartbeat_while_joining(now_ms, from, master, member);
         if self.is_master() && member && master == Some(me) {
             self.master_resend_view(now_ms, from, view_id);
+            if let Some(txn) = applied {
+                self.master_on_applied(from, txn);
+            }
         }
         if let Some((my_view, my_master)) = mine {
             // Healing: another master leads a newer view (it took over while this

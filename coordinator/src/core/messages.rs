@@ -190,6 +190,10 @@ pub enum Message {
         heard: Option<Echo>,
         /// The sender counts the quorum disk's vote (for `cluster status`).
         disk_vote: bool,
+        /// From a slave to its master: the newest transaction the slave's data
+        /// plane applied. It tells again what a lost [`Message::Applied`] said, so
+        /// a held answer does not wait out [`super::APPLIED_WAIT_MS`] for it.
+        applied: Option<TxnId>,
     },
     /// Slave → master: a client's request.
     Forward {

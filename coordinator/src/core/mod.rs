@@ -737,6 +737,9 @@ pub struct Node<M: ConfigModel> {
     max_view_seen: u64,
     master: Option<txn::MasterState<M>>,
     slave_txn: Option<txn::SlaveTxn<M>>,
+    /// The newest transaction this node's data plane applied; a slave's
+    /// heartbeats tell its master (a lost [`Message::Applied`] is told again).
+    applied_txn: Option<TxnId>,
     forwards: BTreeMap<RequestId, txn::Forward>,
     /// The master's record of which members failed which plex (local detach policy).
     failing: detach::FailingPlexes,
@@ -826,6 +829,7 @@ impl<M: ConfigModel> Node<M> {
             max_view_seen: 0,
             master: None,
             slave_txn: None,
+            applied_txn: None,
             forwards: BTreeMap::new(),
             failing: detach::FailingPlexes::default(),
             last_reason: None,

@@ -890,24 +890,40 @@ impl<M: ConfigModel> Node<M> {
         self.master_next(now_ms);
     }
 
-    /// Master: member `from`'s data plane applied the COMMIT of `txn`; the held
-    /// answer goes out once every member's did.
+    /// Master: member `from`'s data plane applied the COMMIT of `txn` (its
+    /// [`Message::Applied`], or its heartbeat's newest applied transaction). A data
+    /// plane applies commits in order, so every earlier held answer counts it too;
+    /// a held answer goes out once every member applied its transaction.
     pub(super) fn master_on_applied(&mut self, from: NodeId, txn: TxnId) {
         let Some(ms) = self.master.as_mut() else {
             return;
         };
         if let Some(t) = ms.txn.as_mut().filter(|t| t.id == txn) {
             t.applied.insert(from);
-            return;
         }
-        let Some(i) = ms.applied.iter().position(|w| w.txn == txn) else {
-            return;
-        };
-        ms.applied[i].waiting.remove(&from);
-        if ms.applied[i].waiting.is_empty() {
-            let w = ms.applied.remove(i);
-            self.finish_request(w.origin, Ok(()));
+        let mut done = Vec::new();
+        ms.applied.retain_mut(|w| {
+            if w.txn <= txn {
+                w.waiting.remove(&from);
+            }
+            let all = w.waiting.is_empty();
+            if all {
+                done.push(w.origin);
+            }
+            !all
+        });
+        for origin in done {
+            self.finish_request(origin, Ok(()));
         }
+    }
+
+    /// What this node's heartbeat to `peer` says its data plane applied: a
+    /// slave tells its master only.
+    pub(super) fn applied_for(&self, peer: NodeId) -> Option<TxnId> {
+        let to_my_master = matches!(self.state, State::Member)
+            && !self.is_master()
+            && self.view.as_ref().is_some_and(|v| v.master == peer);
+        self.applied_txn.filter(|_| to_my_master)
     }
 
     /// Master: held answers whose members left the view or did not report
@@ -949,6 +965,7 @@ impl<M: ConfigModel> Node<M> {
     /// This node's data plane applied the COMMIT of `txn`: a slave tells its
     /// master ([`Message::Applied`]); the master counts itself.
     pub(super) fn slave_on_kernel_committed(&mut self, txn: TxnId) {
+        self.applied_txn = self.applied_txn.max(Some(txn));
         if !matches!(self.state, State::Member) {
             return;
         }

@@ -250,6 +250,7 @@ mod tests {
             leased: false,
             heard: None,
             disk_vote: false,
+            applied: None,
         }
     }
 

@@ -789,7 +789,8 @@ impl Sim {
     pub fn freeze(&mut self, id: NodeId, ms: u64) {
         self.note(format!("freeze {} for {ms} ms", Sim::name(id)));
         let until = self.now_ms + ms;
-        self.node_mut(id).frozen_until_ms = until;
+        let n = self.node_mut(id);
+        n.frozen_until_ms = n.frozen_until_ms.max(until);
     }
 
     /// What node `id`'s cluster monitor says now: its members (up nodes whose
@@ -1403,8 +1404,11 @@ impl Sim {
         if let Some(t) = ev.target() {
             let until = self.node(t).frozen_until_ms;
             if until > self.now_ms {
-                self.push(until, ev);
-                self.deferred.insert((until, self.seq));
+                // The event keeps its sequence number: events that wait for the
+                // same thaw keep the order they came in, even those deferred twice
+                // (a node frozen again before it thawed).
+                self.queue.insert((until, seq), ev);
+                self.deferred.insert((until, seq));
                 return;
             }
         }
@@ -2140,6 +2144,18 @@ impl Sim {
                         // gone with it; the new start's reuse their ids.
                         self.views.remove(&view.id);
                         self.aborted.retain(|t| t.view != view.id);
+                    }
+                    // The other order: a node frozen with the dead start's `View` in
+                    // its queue installs it after the new start reused the id. Its
+                    // master is gone and the node learns so from the new start's
+                    // first heartbeat (a newer incarnation); the view is not one of
+                    // the cluster's, so it is neither registered nor compared.
+                    if view.incarnation(view.master) != Some(self.node(view.master).inc) {
+                        self.note(format!(
+                            "{name}'s view {} is of a dead start of its master",
+                            view.id
+                        ));
+                        continue;
                     }
                     match self.views.get_mut(&view.id) {
                         Some((v, _)) if *v != view => {
