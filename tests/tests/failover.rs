@@ -7,7 +7,8 @@
 use std::time::Duration;
 
 use plexd_tests::cluster::{EXIT_FAILED, EXIT_UNREACHABLE};
-use plexd_tests::{volume, wait_until, Cluster, ClusterOpts};
+use plexd_tests::plex_disk::plexd_log;
+use plexd_tests::{volume, wait_until, Cluster, ClusterOpts, NODE_NAMES};
 
 const CHANGE: &str = "vol create dg1 vol2 16M --layout mirror --mirrors 2";
 
@@ -99,6 +100,58 @@ fn master_loss_after_the_disk_write_completes_on_survivors() {
 #[test]
 fn master_loss_after_commit_sent_completes_on_survivors() {
     master_loss_after_commit_point(ClusterOpts::default(), "txn.after_commit_sent");
+}
+
+/// The designated successor b reads the master's COMMIT only once it is past its
+/// lease (`peer.commit:sleep`: b's control thread stops with the COMMIT unread, as
+/// in a process frozen by SIGSTOP). The master gives b up, waits out b's lease and
+/// aborts: the change fails, naming b. b, awake, neither acknowledges nor applies
+/// the COMMIT (docs/PROTOCOL.md, "Lost messages"), and joins again without it.
+#[test]
+fn a_successor_frozen_with_the_commit_unread_does_not_apply_the_aborted_change() {
+    let mut c = cluster();
+    c.restart_coordinator(1, Some("peer.commit:sleep=5000"));
+    assert_eq!(c.master(), 0);
+    let e = c.ctl_fails(2, CHANGE, &[EXIT_FAILED]);
+    assert!(
+        e.contains("node b") && e.contains("before acknowledging COMMIT"),
+        "the error names the successor and why: {e}"
+    );
+    let mut ignored = String::new();
+    wait_until(
+        "b to wake and read the COMMIT",
+        Duration::from_secs(15),
+        || {
+            let log = plexd_log(&c, 1);
+            let line = log
+                .lines()
+                .find(|l| l.contains("ignored: this node's lease has run out"));
+            match line.and_then(|l| l.split("COMMIT of transaction ").nth(1)) {
+                Some(rest) => {
+                    ignored = rest.split(' ').next().unwrap_or_default().to_string();
+                    Ok(())
+                }
+                None => Err("no COMMIT ignored yet".to_string()),
+            }
+        },
+    );
+    c.wait_joined(&[0, 1, 2]);
+    for i in [0, 1, 2] {
+        assert!(
+            !has_vol2(&c, i),
+            "node {} has the aborted change",
+            NODE_NAMES[i]
+        );
+    }
+    let applied = format!("transaction {ignored} committed");
+    for i in [0, 1, 2] {
+        assert!(
+            !plexd_log(&c, i).contains(&applied),
+            "node {} committed {ignored}, which the master aborted",
+            NODE_NAMES[i]
+        );
+    }
+    c.check_invariants();
 }
 
 fn slave_death_in_check_phase_fails_the_operation() {

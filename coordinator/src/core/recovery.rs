@@ -644,12 +644,19 @@ impl<M: ConfigModel> Node<M> {
         }
     }
 
+    /// Whether `txn` is the last of the master's own transactions (this
+    /// bookkeeping's, a resync's end) this node took part in: the daemon's
+    /// failpoints leave those alone ([`NodeConfig::bookkeeping_failpoints`]).
+    pub fn is_bookkeeping_txn(&self, txn: TxnId) -> bool {
+        self.recovery.bookkeeping_txn == Some(txn)
+    }
+
     /// A transaction's failpoint, unless it is the bookkeeping's own transaction and
     /// [`NodeConfig::bookkeeping_failpoints`] is off: an armed plexd then dies in the
     /// transaction a test asks for, not in the opens and recoveries that follow
     /// every restart.
     pub(super) fn txn_failpoint(&mut self, name: &'static str, txn: TxnId) {
-        if !self.cfg.bookkeeping_failpoints && self.recovery.bookkeeping_txn == Some(txn) {
+        if !self.cfg.bookkeeping_failpoints && self.is_bookkeeping_txn(txn) {
             return;
         }
         self.failpoint(name);

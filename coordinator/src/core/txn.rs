@@ -1365,6 +1365,12 @@ impl<M: ConfigModel> Node<M> {
             "commits apply in order"
         );
         self.out.push(Action::KernelCommit { txn: st.id });
+        log::info!(
+            "node {}: transaction {} committed (seq {})",
+            self.cfg.me,
+            st.id,
+            st.new_config.seq()
+        );
         if st.origin.node == self.cfg.me {
             if let Some(f) = self.forwards.get_mut(&st.origin.request) {
                 f.committed = true;

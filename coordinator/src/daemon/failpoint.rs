@@ -20,13 +20,16 @@ pub const FAILPOINT_EXIT_STATUS: i32 = 137;
 /// lease thread, between taking the lease to renew and sending it to the data
 /// plane: a process frozen mid-renewal) and `drl.read` (in the thread reading a
 /// lost node start's dirty region log sections, before it reads: a slow disk, a
-/// read pending while the process is frozen).
-pub const DRIVER_FAILPOINTS: [&str; 5] = [
+/// read pending while the process is frozen) and `peer.commit` (the control thread
+/// stops before the core reads a COMMIT from its master: a process frozen with the
+/// COMMIT unread; once, and not for the master's own bookkeeping transactions).
+pub const DRIVER_FAILPOINTS: [&str; 6] = [
     "driver.kernel_prepare",
     "driver.kernel_commit",
     "driver.write_disks",
     "lease.renew",
     "drl.read",
+    "peer.commit",
 ];
 
 /// Longest sleep a failpoint may ask for.

@@ -244,6 +244,8 @@ struct Daemon {
     start_open: crate::model::OpenNode,
     name: String,
     failpoint: Option<Failpoint>,
+    /// `peer.commit` has slept once ([`Daemon::commit_failpoint`]).
+    commit_slept: bool,
     node: Node<SharedConfig>,
     /// The driver thread: every slow action, in order.
     driver: DriverHandle,
@@ -442,6 +444,30 @@ impl Daemon {
         self.lease.publish(boot_ns, left_ms);
     }
 
+    /// `PLEXD_FAILPOINT=peer.commit:sleep=<ms>`: the control thread stops before
+    /// the core reads the COMMIT of `txn` (a test's change, not the bookkeeping's),
+    /// as in a process frozen with it unread; the core then reads it at the time it
+    /// wakes. Once per process.
+    fn commit_failpoint(&mut self, txn: TxnId) {
+        let Some(d) = self
+            .failpoint
+            .as_ref()
+            .and_then(|f| f.sleep_at("peer.commit"))
+        else {
+            return;
+        };
+        if self.commit_slept || self.node.is_bookkeeping_txn(txn) {
+            return;
+        }
+        self.commit_slept = true;
+        log::warn!(
+            "node {}: failpoint peer.commit: the COMMIT of transaction {txn} waits {} ms unread",
+            self.name,
+            d.as_millis()
+        );
+        std::thread::sleep(d);
+    }
+
     fn request_id(&mut self) -> RequestId {
         let id = RequestId(self.next_request);
         self.next_request += 1;
@@ -451,6 +477,9 @@ impl Daemon {
     fn on_input(&mut self, input: Input) {
         match input {
             Input::Peer { from, msg } => {
+                if let Message::Commit { txn } = &msg {
+                    self.commit_failpoint(*txn);
+                }
                 self.transport.kick(from);
                 if let Message::JoinOffer { config, .. } = &msg {
                     self.offered = SharedConfig::decode(config).ok();
