@@ -176,8 +176,20 @@ fn a_dead_starts_view_read_after_a_thaw_is_left_for_the_new_start() {
         sim.trace_text()
     );
     sim.thaw(C);
-    let whole = sim.run_until(5_000, |s| s.all_members(&[A, B, C]));
+    // Under the dead start's view c holds no lease (its stamps that master
+    // confirmed are older than the freeze): its data plane never serves under it.
+    let mut served_stale = false;
+    let whole = sim.run_until(5_000, |s| {
+        let in_stale = s.core(C).and_then(|c| c.view()) == Some(&stale);
+        served_stale |= in_stale && s.serving(C);
+        s.all_members(&[A, B, C])
+    });
     assert!(whole, "c did not join the new start:\n{}", sim.trace_text());
+    assert!(
+        !served_stale,
+        "c served under the dead start's view:\n{}",
+        sim.trace_text()
+    );
     assert!(
         sim.trace_text()
             .contains(&format!("c installs view {stale:?}")),
