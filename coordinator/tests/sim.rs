@@ -2102,6 +2102,21 @@ fn destroy(sim: &mut Sim, id: u32, name: &str) -> Option<RequestId> {
     )
 }
 
+/// A traced cluster of three whose dg1 is destroyed through node `via` while c's
+/// data plane holds that COMMIT (`Hold::KernelCommit`): the request, and the
+/// time it was sent.
+fn destroy_while_c_holds_its_commit(via: u32) -> (Sim, RequestId, u64) {
+    let mut sim = traced_cluster(3);
+    let r = sim.create(A, "dg1", 1);
+    assert_eq!(answer(&mut sim, A, r), Ok(()));
+    settle(&mut sim, &[A, B, C]);
+    sim.hold(C, Hold::KernelCommit);
+    let sent = sim.now_ms();
+    let r = destroy(&mut sim, via, "dg1").expect("the node is up");
+    assert!(sim.run_until(1_000, |s| s.held(C) == 1));
+    (sim, r, sent)
+}
+
 /// A change whose answer follows every member's apply (`answer_after_applied`;
 /// in plexd a shared volume's reservation change, whose preempt and abort ends
 /// the preempted hosts' commands on each node): the master holds the answer
@@ -2110,14 +2125,8 @@ fn destroy(sim: &mut Sim, id: u32, name: &str) -> Option<RequestId> {
 /// it, whatever the other slaves' data planes had done.
 #[test]
 fn an_answer_after_applied_waits_for_every_members_data_plane() {
-    let mut sim = traced_cluster(3);
-    let r = sim.create(A, "dg1", 1);
-    assert_eq!(answer(&mut sim, A, r), Ok(()));
-    settle(&mut sim, &[A, B, C]);
-    sim.hold(C, Hold::KernelCommit);
     // Through slave b: its own apply and the master's are not enough.
-    let r = destroy(&mut sim, B, "dg1").expect("b is up");
-    assert!(sim.run_until(1_000, |s| s.held(C) == 1));
+    let (mut sim, r, _) = destroy_while_c_holds_its_commit(B);
     assert!(
         !sim.run_until(2_000, |s| s.reply(B, r).is_some()),
         "answered while c's data plane had not applied the commit"
@@ -2133,13 +2142,7 @@ fn an_answer_after_applied_waits_for_every_members_data_plane() {
 #[test]
 fn an_answer_after_applied_goes_out_at_its_bound_without_a_report() {
     use plexd_coordinator::core::APPLIED_WAIT_MS;
-    let mut sim = traced_cluster(3);
-    let r = sim.create(A, "dg1", 1);
-    assert_eq!(answer(&mut sim, A, r), Ok(()));
-    settle(&mut sim, &[A, B, C]);
-    sim.hold(C, Hold::KernelCommit);
-    let r = destroy(&mut sim, A, "dg1").expect("a is up");
-    let start = sim.now_ms();
+    let (mut sim, r, start) = destroy_while_c_holds_its_commit(A);
     let answered = sim.run_until(APPLIED_WAIT_MS + 5_000, |s| s.reply(A, r).is_some());
     assert!(answered, "no answer:\n{}", sim.trace_text());
     assert_eq!(sim.reply(A, r), Some(&Ok(())));
@@ -2156,13 +2159,7 @@ fn an_answer_after_applied_goes_out_at_its_bound_without_a_report() {
 /// 6051043).
 #[test]
 fn a_lost_applied_is_told_again_by_the_slaves_heartbeat() {
-    let mut sim = traced_cluster(3);
-    let r = sim.create(A, "dg1", 1);
-    assert_eq!(answer(&mut sim, A, r), Ok(()));
-    settle(&mut sim, &[A, B, C]);
-    sim.hold(C, Hold::KernelCommit);
-    let r = destroy(&mut sim, A, "dg1").expect("a is up");
-    assert!(sim.run_until(1_000, |s| s.held(C) == 1));
+    let (mut sim, r, _) = destroy_while_c_holds_its_commit(A);
     // c's data plane applies the commit while everything c sends a is lost; the
     // link is back before a's heartbeat timeout, so c stays a member.
     sim.block(C, A);
