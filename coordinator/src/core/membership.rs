@@ -479,6 +479,10 @@ impl<M: ConfigModel> Node<M> {
             step: JoinStep::Requested,
         };
         self.joining_since_ms = now_ms;
+        // The join loads the master's configuration whole: what this data plane
+        // applied before says nothing of the transactions of the view it joins
+        // (a view id may come again after its master restarted).
+        self.applied_txn = None;
         let incarnation = self.cfg.incarnation;
         self.send(from, Message::JoinRequest { incarnation });
     }

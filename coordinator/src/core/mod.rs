@@ -737,8 +737,9 @@ pub struct Node<M: ConfigModel> {
     max_view_seen: u64,
     master: Option<txn::MasterState<M>>,
     slave_txn: Option<txn::SlaveTxn<M>>,
-    /// The newest transaction this node's data plane applied; a slave's
-    /// heartbeats tell its master (a lost [`Message::Applied`] is told again).
+    /// The newest transaction this node's data plane applied as a member since it
+    /// last asked to join; a slave's heartbeats tell its master (a lost
+    /// [`Message::Applied`] is told again).
     applied_txn: Option<TxnId>,
     forwards: BTreeMap<RequestId, txn::Forward>,
     /// The master's record of which members failed which plex (local detach policy).

@@ -965,10 +965,10 @@ impl<M: ConfigModel> Node<M> {
     /// This node's data plane applied the COMMIT of `txn`: a slave tells its
     /// master ([`Message::Applied`]); the master counts itself.
     pub(super) fn slave_on_kernel_committed(&mut self, txn: TxnId) {
-        self.applied_txn = self.applied_txn.max(Some(txn));
         if !matches!(self.state, State::Member) {
             return;
         }
+        self.applied_txn = self.applied_txn.max(Some(txn));
         if self.is_master() {
             let me = self.cfg.me;
             return self.master_on_applied(me, txn);
