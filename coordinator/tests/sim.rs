@@ -116,13 +116,13 @@ fn random_schedules_keep_the_invariants() {
 /// - the simulator reordered the events of a node frozen again before it thawed:
 ///   a stale corosync report read last kept it out for good (6023630).
 ///
-/// Once the second fix changed the order of events, 5179753 and 5210940 still
-/// fail without the lease check and 6023630 without the fix; the others run
-/// another schedule now and stay as ordinary seeds. The same runs found a lost
-/// `Applied` and a dead start's view read late: their seeds no longer reach
-/// them, so scenario tests pin those
-/// (`a_lost_applied_is_told_again_by_the_slaves_heartbeat`,
-/// `a_dead_starts_view_read_after_a_thaw_is_left_for_the_new_start`).
+/// Since the freeze fix and the buffered partitions changed the schedules,
+/// 5179753 and 5210940 still fail without the lease check; the others run
+/// another schedule now and stay as ordinary seeds. Scenario tests pin the
+/// freeze fix (`a_node_frozen_twice_reads_its_events_in_the_order_they_came`)
+/// and what the same runs found besides: a lost `Applied`
+/// (`a_lost_applied_is_told_again_by_the_slaves_heartbeat`) and a dead start's
+/// view read late (`a_dead_starts_view_read_after_a_thaw_is_left_for_the_new_start`).
 const SEEDS_THAT_FOUND_BUGS: [u64; 6] = [5096592, 5179753, 5210940, 5243060, 5248738, 6023630];
 
 #[test]

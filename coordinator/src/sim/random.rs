@@ -74,6 +74,11 @@ fn run(seed: u64, steps: u64, trace: bool) -> Result<RunStats, String> {
     let mut nodes = rng.gen_range(3..=5);
     let mid_batch_crashes = std::env::var("PLEXD_SIM_NO_MID_BATCH").is_err();
     let partitions = std::env::var("PLEXD_SIM_NO_PARTITIONS").is_err();
+    // Partitions that TCP connections outlive (the messages sent across them
+    // arrive at the heal), from a generator of their own;
+    // PLEXD_SIM_NO_BUFFERED=1 leaves them out.
+    let buffered = partitions && std::env::var("PLEXD_SIM_NO_BUFFERED").is_err();
+    let mut buffered_rng = StdRng::seed_from_u64(seed ^ 0xb0ff);
     // A quarter of the seeds configure a quorum disk, mostly on 2 or 4 nodes (the
     // clusters it is for: 2 nodes, 2|2 splits). Drawn from a generator of its own,
     // so the other seeds keep the schedules they had before the disk existed.
@@ -137,6 +142,9 @@ fn run(seed: u64, steps: u64, trace: bool) -> Result<RunStats, String> {
             inject_resync(&mut sim, &mut resync_rng);
         }
         inject_private(&mut sim, &mut private_rng);
+        if buffered {
+            inject_buffered_partition(&mut sim, &mut buffered_rng, &mut stats);
+        }
         if monitor {
             inject_monitor(&mut sim, &mut monitor_rng);
         }
@@ -283,6 +291,20 @@ fn inject_private(sim: &mut Sim, rng: &mut StdRng) {
     } else {
         let name = NAMES[rng.gen_range(0..NAMES.len())];
         sim.create_private(id, name, rng.gen_range(1..=2));
+    }
+}
+
+/// A random side cut off both ways with the messages across it kept and delivered
+/// at the heal (`Sim::partition_buffered`); the ordinary heal ends it.
+fn inject_buffered_partition(sim: &mut Sim, rng: &mut StdRng, stats: &mut RunStats) {
+    if !rng.gen_bool(0.004) {
+        return;
+    }
+    let ids = sim.ids();
+    let side: Vec<NodeId> = ids.iter().copied().filter(|_| rng.gen_bool(0.4)).collect();
+    if !side.is_empty() && side.len() < ids.len() {
+        sim.partition_buffered(&side);
+        stats.partitions += 1;
     }
 }
 
