@@ -861,11 +861,7 @@ impl<M: ConfigModel> Node<M> {
             txn: t.id,
             config: t.new_config,
         };
-        log::info!(
-            "node {me}: transaction {} committed (seq {})",
-            t.id,
-            self.committed.config.seq()
-        );
+        self.log_committed();
         let mut waiting: BTreeSet<NodeId> =
             t.participants.difference(&t.applied).copied().collect();
         waiting.insert(me);
@@ -1353,6 +1349,16 @@ impl<M: ConfigModel> Node<M> {
         }
     }
 
+    /// Logs the transaction this node (master or slave) just committed.
+    fn log_committed(&self) {
+        log::info!(
+            "node {}: transaction {} committed (seq {})",
+            self.cfg.me,
+            self.committed.txn,
+            self.committed.config.seq()
+        );
+    }
+
     /// Applies a prepared transaction on this node.
     pub(super) fn commit_locally(&mut self, st: SlaveTxn<M>) {
         assert!(
@@ -1365,12 +1371,6 @@ impl<M: ConfigModel> Node<M> {
             "commits apply in order"
         );
         self.out.push(Action::KernelCommit { txn: st.id });
-        log::info!(
-            "node {}: transaction {} committed (seq {})",
-            self.cfg.me,
-            st.id,
-            st.new_config.seq()
-        );
         if st.origin.node == self.cfg.me {
             if let Some(f) = self.forwards.get_mut(&st.origin.request) {
                 f.committed = true;
@@ -1383,6 +1383,7 @@ impl<M: ConfigModel> Node<M> {
                 config: st.new_config,
             },
         );
+        self.log_committed();
         let after = self.committed.config.clone();
         self.recovery_slave_commit(st.id, &before.config, &after);
     }

@@ -244,8 +244,6 @@ struct Daemon {
     start_open: crate::model::OpenNode,
     name: String,
     failpoint: Option<Failpoint>,
-    /// `peer.commit` has slept once ([`Daemon::commit_failpoint`]).
-    commit_slept: bool,
     node: Node<SharedConfig>,
     /// The driver thread: every slow action, in order.
     driver: DriverHandle,
@@ -447,7 +445,7 @@ impl Daemon {
     /// `PLEXD_FAILPOINT=peer.commit:sleep=<ms>`: the control thread stops before
     /// the core reads the COMMIT of `txn` (a test's change, not the bookkeeping's),
     /// as in a process frozen with it unread; the core then reads it at the time it
-    /// wakes. Once per process.
+    /// wakes. Once per process: it disarms itself.
     fn commit_failpoint(&mut self, txn: TxnId) {
         let Some(d) = self
             .failpoint
@@ -456,10 +454,10 @@ impl Daemon {
         else {
             return;
         };
-        if self.commit_slept || self.node.is_bookkeeping_txn(txn) {
+        if self.node.is_bookkeeping_txn(txn) {
             return;
         }
-        self.commit_slept = true;
+        self.failpoint = None;
         log::warn!(
             "node {}: failpoint peer.commit: the COMMIT of transaction {txn} waits {} ms unread",
             self.name,

@@ -79,7 +79,6 @@ pub fn run(opts: Options) -> Result<(), String> {
         start_open,
         name: me.name.clone(),
         failpoint,
-        commit_slept: false,
         node,
         driver,
         pipeline: Pipeline::default(),

@@ -785,6 +785,12 @@ impl Sim {
         }
     }
 
+    /// Whether the start of its master that made `view` is over (that node has
+    /// started again since): the view's master can no longer act.
+    fn of_dead_start(&self, view: &View) -> bool {
+        view.incarnation(view.master) != Some(self.node(view.master).inc)
+    }
+
     /// Freezes node `id` (SIGSTOP) for `ms`: its events wait until it thaws.
     pub fn freeze(&mut self, id: NodeId, ms: u64) {
         self.note(format!("freeze {} for {ms} ms", Sim::name(id)));
@@ -2137,7 +2143,7 @@ impl Sim {
                     let dead_start = self.views.get(&view.id).is_some_and(|(v, _)| {
                         v.master == view.master
                             && v.incarnation(v.master) != view.incarnation(view.master)
-                            && v.incarnation(v.master) != Some(self.node(v.master).inc)
+                            && self.of_dead_start(v)
                     });
                     if dead_start {
                         // The dead start's transactions (numbered by its view) are
@@ -2150,7 +2156,7 @@ impl Sim {
                     // master is gone and the node learns so from the new start's
                     // first heartbeat (a newer incarnation); the view is not one of
                     // the cluster's, so it is neither registered nor compared.
-                    if view.incarnation(view.master) != Some(self.node(view.master).inc) {
+                    if self.of_dead_start(&view) {
                         self.note(format!(
                             "{name}'s view {} is of a dead start of its master",
                             view.id
