@@ -114,7 +114,12 @@ fn random_schedules_keep_the_invariants() {
 ///   the invariant counted a member frozen since before such an abort as holding
 ///   the failed change (5096592);
 /// - the simulator reordered the events of a node frozen again before it thawed:
-///   a stale corosync report read last kept it out for good (6023630).
+///   a stale corosync report read last kept it out for good (6023630);
+/// - (run over 11,000,000 to 11,150,000) a master that formed alone with a
+///   configuration the other side then changed gained its first majority from
+///   the quorum disk's vote, not a join, so the disks were never checked, and it
+///   overwrote that change (11070931; the scenario
+///   `a_stale_master_whose_first_majority_is_the_quorum_disks_vote_checks_the_disks`).
 ///
 /// Since the freeze fix and the buffered partitions changed the schedules,
 /// 5179753 and 5210940 still fail without the lease check; the others run
@@ -123,7 +128,9 @@ fn random_schedules_keep_the_invariants() {
 /// and what the same runs found besides: a lost `Applied`
 /// (`a_lost_applied_is_told_again_by_the_slaves_heartbeat`) and a dead start's
 /// view read late (`a_dead_starts_view_read_after_a_thaw_is_left_for_the_new_start`).
-const SEEDS_THAT_FOUND_BUGS: [u64; 6] = [5096592, 5179753, 5210940, 5243060, 5248738, 6023630];
+const SEEDS_THAT_FOUND_BUGS: [u64; 7] = [
+    5096592, 5179753, 5210940, 5243060, 5248738, 6023630, 11070931,
+];
 
 #[test]
 fn seeds_that_found_bugs_keep_the_invariants() {
@@ -1405,6 +1412,172 @@ fn a_renewal_queued_through_a_freeze_never_overwrites_the_new_holder() {
     assert_eq!(sim.quorum_disk().map(|r| r.owner), Some(B));
     assert!(sim.counts_disk_vote(B));
     settle(&mut sim, &[A, B]);
+}
+
+/// Seed 11070931, made a scenario. 4 nodes and the disk: 5 votes, 3 needed.
+/// a starts forming while all are alive, and its read of the disks stalls; cut
+/// off, it acquires the quorum disk meanwhile (b, c and d never get to: their
+/// disk I/O stalls). b, c and d form a cluster and commit dg1. a's read completes:
+/// it forms alone with the configuration holding dg1, and b's cluster commits
+/// dg2. Returns the simulator at that point: a is a master holding an older
+/// configuration than the disks, and the quorum disk's vote starts counting for it a lease
+/// wait after its write.
+fn stale_master_acquiring_the_disk() -> Sim {
+    use plexd_coordinator::sim::{Hold, SimConfig};
+    let mut cfg = SimConfig::new(4, 11);
+    cfg.quorum_disk = true;
+    cfg.trace = true;
+    cfg.connection_lost_percent = 100;
+    let mut sim = Sim::new(cfg);
+    sim.hold(A, Hold::DisksRead);
+    sim.hold(A, Hold::QuorumDisk);
+    for id in [B, C, D] {
+        sim.hold(id, Hold::QuorumDisk);
+    }
+    for id in [A, B, C, D] {
+        sim.start(id);
+    }
+    assert!(
+        sim.run_until(3_000, |s| s.held_of(A, Hold::DisksRead) == 1),
+        "a starts forming:\n{}",
+        sim.trace_text()
+    );
+    sim.partition(&[A]);
+    assert!(
+        sim.run_until(5_000, |s| s.master() == Some(B)
+            && s.all_members(&[B, C, D])),
+        "b, c and d form a cluster:\n{}",
+        sim.trace_text()
+    );
+    let r = sim.create(B, "dg1", 1);
+    assert_eq!(answer(&mut sim, B, r), Ok(()));
+    sim.release_kind(A, Hold::QuorumDisk);
+    assert!(
+        sim.run_until(5_000, |s| s.quorum_disk().is_some_and(|r| r.owner == A)),
+        "a writes its quorum disk record:\n{}",
+        sim.trace_text()
+    );
+    sim.release_kind(A, Hold::DisksRead);
+    assert!(sim.run_until(500, |s| s.core(A).is_some_and(|c| c.role() == Role::Master)));
+    let r = sim.create(B, "dg2", 1);
+    assert_eq!(answer(&mut sim, B, r), Ok(()));
+    let stale = sim.core(A).map_or(0, |c| c.config().seq);
+    assert!(disk_seq(&sim) > stale, "a's seq {stale} is stale");
+    assert!(
+        !sim.counts_disk_vote(A),
+        "a's vote counts only a lease wait after its write:\n{}",
+        sim.trace_text()
+    );
+    sim
+}
+
+/// Whether node `id` holds a lease as master with a configuration older than the
+/// disks'.
+fn stale_and_leased(sim: &Sim, id: u32) -> bool {
+    sim.leased_master(id) && sim.core(id).is_some_and(|c| c.config().seq < disk_seq(sim))
+}
+
+/// The stale master's view gains a member without a majority, then its first
+/// majority from the quorum disk's vote (no join completes it, so the join's
+/// check never ran: the seed's bug, a change of b's cluster overwritten). b and
+/// c die, d leaves their cluster at once and joins a. The disks are read before
+/// the disk's vote counts: they hold dg2, so a abdicates, and the cluster forms
+/// again from the disks.
+#[test]
+fn a_stale_master_whose_first_majority_is_the_quorum_disks_vote_checks_the_disks() {
+    let mut sim = stale_master_acquiring_the_disk();
+    sim.crash(B);
+    sim.crash(C);
+    assert!(
+        sim.run_until(1_000, |s| s
+            .core(D)
+            .is_some_and(|c| c.role() != Role::Slave)),
+        "d leaves b's cluster:\n{}",
+        sim.trace_text()
+    );
+    // d joins a a while after it left: a's view, then without a lease, lasts a
+    // lease from the join, and the disks may be read a lease wait after d left.
+    sim.run_for(300);
+    sim.heal();
+    assert!(
+        sim.run_until(1_000, |s| s
+            .core(A)
+            .and_then(|c| c.view())
+            .is_some_and(|v| v.contains(D))),
+        "d joins a:\n{}",
+        sim.trace_text()
+    );
+    let r = sim.create(A, "dg3", 1);
+    let stale = sim.run_until(3_000, |s| {
+        stale_and_leased(s, A) || s.core(A).is_some_and(|c| c.role() != Role::Master)
+    });
+    assert!(stale, "a stays master:\n{}", sim.trace_text());
+    assert!(
+        !stale_and_leased(&sim, A),
+        "a holds a lease with an older configuration than the disks':\n{}",
+        sim.trace_text()
+    );
+    assert_eq!(sim.violation(), None, "{}", sim.trace_text());
+    assert!(
+        sim.logs()
+            .iter()
+            .any(|l| l
+                .contains("before the view's majority counted, the disks hold configuration seq")),
+        "a abdicates on the disk check:\n{}",
+        sim.trace_text()
+    );
+    let err = answer(&mut sim, A, r).unwrap_err();
+    assert!(err.contains("another cluster committed since"), "{err}");
+    sim.start(B);
+    sim.start(C);
+    settle(&mut sim, &[A, B, C, D]);
+    assert!(everywhere_has(&sim, &[A, B, C, D], "dg2"));
+    assert!(nowhere_has(&sim, "dg3"));
+}
+
+/// The seed's own order: d dies and restarts, and joins the stale master a; its
+/// restart remembers it may have been a member of b's cluster a lease ago, so
+/// the disks cannot be checked before a's view runs out of time without a lease:
+/// a abdicates without ever holding one.
+#[test]
+fn a_stale_master_gaining_the_disks_vote_after_a_restarted_node_joined_never_holds_a_lease() {
+    let mut sim = stale_master_acquiring_the_disk();
+    sim.crash(D);
+    sim.heal();
+    sim.partition(&[A, D]);
+    sim.start(D);
+    assert!(
+        sim.run_until(1_000, |s| s
+            .core(A)
+            .and_then(|c| c.view())
+            .is_some_and(|v| v.contains(D))),
+        "d joins a:\n{}",
+        sim.trace_text()
+    );
+    let r = sim.create(A, "dg3", 1);
+    let done = sim.run_until(3_000, |s| {
+        stale_and_leased(s, A) || s.core(A).is_some_and(|c| c.role() != Role::Master)
+    });
+    assert!(done, "a stays master:\n{}", sim.trace_text());
+    assert!(
+        !stale_and_leased(&sim, A),
+        "a holds a lease with an older configuration than the disks':\n{}",
+        sim.trace_text()
+    );
+    assert_eq!(sim.violation(), None, "{}", sim.trace_text());
+    assert!(
+        sim.logs()
+            .iter()
+            .any(|l| l.contains("its view has a majority, but the disks could not be checked")),
+        "a says why it holds no lease:\n{}",
+        sim.trace_text()
+    );
+    let err = answer(&mut sim, A, r).unwrap_err();
+    assert!(err.contains("disks could not be checked"), "{err}");
+    sim.heal();
+    settle(&mut sim, &[A, B, C, D]);
+    assert!(everywhere_has(&sim, &[A, B, C, D], "dg2"));
+    assert!(nowhere_has(&sim, "dg3"));
 }
 
 // ---------------------------------------------------------------------------

@@ -31,6 +31,7 @@ impl<M: ConfigModel> Node<M> {
                 self.state = State::Discovering { since_ms: now_ms };
             }
             State::Member if self.is_master() => {
+                self.master_check_majority(now_ms);
                 self.master_applied_timers(now_ms);
                 self.master_txn_timers(now_ms);
                 self.master_next(now_ms);
@@ -1076,12 +1077,7 @@ impl<M: ConfigModel> Node<M> {
                         asked_ms,
                     },
             } => self.takeover_decide(now_ms, confirmed_ms, asked_ms, result),
-            State::Member
-                if self
-                    .master
-                    .as_ref()
-                    .is_some_and(|ms| ms.verifying.is_some()) =>
-            {
+            State::Member if self.master.as_ref().is_some_and(|ms| ms.checking.is_some()) => {
                 self.master_disks_verified(now_ms, result)
             }
             _ => log::debug!("node {}: stale DisksRead ignored", self.cfg.me),
@@ -1226,7 +1222,11 @@ impl<M: ConfigModel> Node<M> {
         let view = self.make_view(self.next_view_id(old.id.max(self.max_view_seen)), members);
         self.state = State::Member;
         self.record_membership(now_ms);
-        self.master = Some(MasterState::new());
+        let mut ms = MasterState::new();
+        // The takeover read the disks with a majority's votes and wrote its
+        // configuration on them.
+        ms.majority_checked = true;
+        self.master = Some(ms);
         self.suspected.clear();
         // The takeover's write put this node's configuration on the disks.
         self.recovery_durable(self.committed.txn);
@@ -1449,7 +1449,10 @@ impl<M: ConfigModel> Node<M> {
         ms.joins.retain(|&j| j != peer);
         if ms.join.as_ref().is_some_and(|j| j.node == peer) {
             ms.join = None;
-            ms.verifying = None;
+            ms.ready_join = None;
+            if let Some(check) = ms.checking.as_mut() {
+                check.join = None;
+            }
             log::info!("node {}: join of node {peer} cancelled", self.cfg.me);
             self.master_advance(now_ms);
         }
@@ -1513,38 +1516,27 @@ impl<M: ConfigModel> Node<M> {
         let Some(ms) = self.master.as_mut() else {
             return;
         };
-        if ms.join != Some(txn::ActiveJoin { node: from, join }) || ms.verifying.is_some() {
+        if ms.join != Some(txn::ActiveJoin { node: from, join }) || ms.ready_join == Some(join) {
             log::warn!(
                 "node {}: stale JoinReady from node {from} ignored",
                 self.cfg.me
             );
             return;
         }
-        let verified = ms.verified_join.take() == Some(join);
+        ms.ready_join = Some(join);
+        self.master_check_majority(now_ms);
+    }
+
+    /// Adds the ready joiner `from` to the view.
+    fn master_complete_join(&mut self, now_ms: u64, from: NodeId) {
         let Some(view) = self.view.clone() else {
             return;
         };
-        let q = self.quorum();
-        let votes = self.votes_of(view.members.iter().copied()) + self.disk_vote(now_ms);
-        if !verified && !q.reached(votes) && q.reached(votes + self.votes_of([from])) {
-            // This join gives the view its first majority. The configuration was
-            // read from the disks when this node formed the cluster or took over;
-            // another cluster may have committed since (this node was cut off from
-            // it, waiting for joins). It is checked against the disks first.
-            if let Some(ms) = self.master.as_mut() {
-                ms.verifying = Some(join);
-            }
-            log::info!(
-                "node {}: node {from} gives the view its first majority; checking the disks first",
-                self.cfg.me
-            );
-            self.out.push(Action::ReadDisks);
-            return;
-        }
         let Some(ms) = self.master.as_mut() else {
             return;
         };
         ms.join = None;
+        ms.ready_join = None;
         // Its data plane now holds the committed configuration: whatever it served
         // before it left can no longer conflict.
         ms.fences.remove(&from);
@@ -1561,28 +1553,80 @@ impl<M: ConfigModel> Node<M> {
         self.master_next(now_ms);
     }
 
-    /// A master whose view lacks a majority may let in `joiner` now: unless that
-    /// gives the view its first majority, always. Otherwise only once every
-    /// member of the view it would make (this node aside) left any other cluster a
-    /// lease ago: a master of another cluster (which this node never heard of) can
-    /// hold a lease only while members of a majority confirm it, and every
-    /// majority includes one of them; its disk writes have landed by then, so the
-    /// disks read at the join are current.
-    pub(super) fn may_gain_majority_with(&self, now_ms: u64, joiner: NodeId) -> bool {
+    /// A view's first majority (docs/PROTOCOL.md): the configuration this master
+    /// holds was read from the disks when it formed or came with its join offer's
+    /// answer; another cluster may have committed since (this node was cut off
+    /// from it, or frozen). Before a majority counts (a join completing it, or the
+    /// quorum disk's vote starting to count), the disks are read and must still
+    /// hold this master's configuration; until then it holds no lease. The read
+    /// waits until every member (and the joiner) left any other cluster a lease
+    /// ago: that cluster's master has lost its lease and its disk writes have
+    /// landed. Called when a join is ready and at every tick; it also completes a
+    /// ready join that needs no check.
+    pub(super) fn master_check_majority(&mut self, now_ms: u64) {
+        let Some(view) = self.view.clone() else {
+            return;
+        };
+        let q = self.quorum();
+        let votes = self.votes_of(view.members.iter().copied()) + self.disk_vote(now_ms);
+        let Some(ms) = self.master.as_ref() else {
+            return;
+        };
+        if ms.checking.is_some() {
+            return;
+        }
+        let ready = ms
+            .join
+            .filter(|j| ms.ready_join == Some(j.join))
+            .map(|j| (j.node, j.join));
+        let gains = ready.is_some_and(|(node, _)| q.reached(votes + self.votes_of([node])));
+        let Some(ms) = self.master.as_mut() else {
+            return;
+        };
+        if !q.reached(votes) {
+            ms.majority_checked = false;
+        }
+        if ms.majority_checked || !(q.reached(votes) || gains) {
+            if let Some((node, _)) = ready {
+                self.master_complete_join(now_ms, node);
+            }
+            return;
+        }
+        let wait = self.cfg.lease_wait_ms();
+        if !self.left_other_clusters(now_ms, ready.map(|(node, _)| node), wait) {
+            return;
+        }
+        if let Some(ms) = self.master.as_mut() {
+            ms.checking = Some(txn::MajorityCheck {
+                join: ready.map(|(_, join)| join),
+            });
+        }
+        let why = match ready {
+            Some((node, _)) if !q.reached(votes) => {
+                format!("node {} gives the view its first majority", self.name(node))
+            }
+            _ => "the view has a majority".to_string(),
+        };
+        log::info!(
+            "node {}: {why}; checking the disks before it counts",
+            self.name(self.cfg.me)
+        );
+        self.out.push(Action::ReadDisks);
+    }
+
+    /// Whether every member of this master's view (this node aside) and `joiner`
+    /// left any other cluster `wait` ago: a master of another cluster (which this
+    /// node never heard of) can hold a lease only while members of a majority
+    /// confirm it, and every majority includes one of them or the quorum disk.
+    fn left_other_clusters(&self, now_ms: u64, joiner: Option<NodeId>, wait: u64) -> bool {
         let me = self.cfg.me;
         let Some(view) = self.view.as_ref() else {
             return false;
         };
-        let q = self.quorum();
-        let votes = self.votes_of(view.members.iter().copied()) + self.disk_vote(now_ms);
-        if q.reached(votes) || !q.reached(votes + self.votes_of([joiner])) {
-            return true;
-        }
-        let wait = self.cfg.lease_wait_ms();
         view.members
             .iter()
             .copied()
-            .chain([joiner])
+            .chain(joiner)
             .filter(|&m| m != me)
             .all(|m| {
                 self.peers.get(&m).is_some_and(|p| {
@@ -1592,10 +1636,26 @@ impl<M: ConfigModel> Node<M> {
             })
     }
 
-    /// The disks read before a join gives the view its first majority: the join
-    /// completes if they hold this master's configuration; otherwise another
-    /// cluster committed since this node read them, and it abdicates (it forms or
-    /// joins again, which loads the current configuration).
+    /// A master whose view lacks a majority may let in `joiner` now: unless that
+    /// gives the view its first majority, always; otherwise only once the check
+    /// of [`Self::master_check_majority`] could start.
+    pub(super) fn may_gain_majority_with(&self, now_ms: u64, joiner: NodeId) -> bool {
+        let Some(view) = self.view.as_ref() else {
+            return false;
+        };
+        let q = self.quorum();
+        let votes = self.votes_of(view.members.iter().copied()) + self.disk_vote(now_ms);
+        if q.reached(votes) || !q.reached(votes + self.votes_of([joiner])) {
+            return true;
+        }
+        self.left_other_clusters(now_ms, Some(joiner), self.cfg.lease_wait_ms())
+    }
+
+    /// The disks read for [`Self::master_check_majority`]: the majority counts
+    /// (and a join waiting on the check completes) if they hold this master's
+    /// configuration; otherwise another cluster committed since this node read
+    /// them, and it abdicates (it forms or joins again, which loads the current
+    /// configuration).
     fn master_disks_verified(
         &mut self,
         now_ms: u64,
@@ -1605,12 +1665,13 @@ impl<M: ConfigModel> Node<M> {
         let Some(ms) = self.master.as_mut() else {
             return;
         };
-        let Some(verifying) = ms.verifying.take() else {
+        let Some(check) = ms.checking.take() else {
             return;
         };
-        let Some(active) = ms.join.filter(|j| j.join == verifying) else {
-            return;
-        };
+        let joiner = ms
+            .join
+            .filter(|j| check.join == Some(j.join) && ms.ready_join == Some(j.join))
+            .map(|j| j.node);
         // Transaction and sequence number: what a driver reads back faithfully (the
         // daemon's configuration read from the disks lacks what only a commit
         // carries, so whole configurations would never compare equal).
@@ -1633,16 +1694,34 @@ impl<M: ConfigModel> Node<M> {
                 Ok(None) => "the disks hold no configuration".to_string(),
                 Err(e) => format!("the disks cannot be read: {e}"),
             };
+            let before = match joiner {
+                Some(node) => format!(
+                    "before node {} joined and gave the view a majority",
+                    self.name(node)
+                ),
+                None => "before the view's majority counted".to_string(),
+            };
             let reason = format!(
-                "node {}: before node {} joined and gave the view a majority, {what}; another cluster committed since this node read them",
-                self.name(me),
-                self.name(active.node)
+                "node {}: {before}, {what}; another cluster committed since this node read them",
+                self.name(me)
             );
             self.master_abdicate(now_ms, reason);
             return;
         }
-        ms.verified_join = Some(active.join);
-        self.master_on_join_ready(now_ms, active.node, active.join);
+        ms.majority_checked = true;
+        log::info!(
+            "node {}: the disks hold this master's configuration (seq {}, transaction {}); its majority counts",
+            self.name(me),
+            self.committed.config.seq(),
+            self.committed.txn
+        );
+        match joiner {
+            // The check's wait covered the joiner: it completes even where the
+            // view's majority needs it.
+            Some(node) => self.master_complete_join(now_ms, node),
+            None => self.master_check_majority(now_ms),
+        }
+        self.master_next(now_ms);
     }
 
     fn master_on_join_abandon(&mut self, now_ms: u64, from: NodeId, join: u64, reason: String) {
@@ -1656,7 +1735,10 @@ impl<M: ConfigModel> Node<M> {
             return;
         }
         ms.join = None;
-        ms.verifying = None;
+        ms.ready_join = None;
+        if let Some(check) = ms.checking.as_mut() {
+            check.join = None;
+        }
         let reason = truncate_reason(reason);
         let line = format!("node {} abandoned its join: {reason}", self.name(from));
         self.log(log::Level::Warn, line);

@@ -129,6 +129,10 @@ impl<M: ConfigModel> Node<M> {
     /// confirmed it (see the module doc), the quorum disk's vote counting until
     /// this node's hold of it runs out. None when they never have.
     fn master_lease_until(&self) -> Option<u64> {
+        // Not before its view's first majority was checked against the disks.
+        if !self.master.as_ref().is_some_and(|ms| ms.majority_checked) {
+            return None;
+        }
         let without = self.master_lease_with(0);
         let with_disk = self
             .disk_vote_until(self.clock_ms)
@@ -274,10 +278,19 @@ impl<M: ConfigModel> Node<M> {
             return;
         }
         if self.is_master() {
-            let reason = format!(
-                "{}; its lease ran out, so it gives up its view",
-                self.no_quorum_reason(now_ms)
-            );
+            let unchecked =
+                self.view_quorate() && self.master.as_ref().is_some_and(|ms| !ms.majority_checked);
+            let reason = if unchecked {
+                format!(
+                    "node {}: its view has a majority, but the disks could not be checked before it counts (a member was in another cluster within a lease), so it holds no lease and gives up its view",
+                    self.name(self.cfg.me)
+                )
+            } else {
+                format!(
+                    "{}; its lease ran out, so it gives up its view",
+                    self.no_quorum_reason(now_ms)
+                )
+            };
             self.master_abdicate(now_ms, reason);
             return;
         }

@@ -30,6 +30,15 @@ pub(super) struct ActiveJoin {
     pub(super) join: u64,
 }
 
+/// A read of the disks checking that a master's configuration is current before
+/// its view's first majority counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct MajorityCheck {
+    /// The ready join (by number) whose node the check's wait covered: the join
+    /// completes when the check passes.
+    pub(super) join: Option<u64>,
+}
+
 /// What only the master keeps.
 #[derive(Debug)]
 pub(super) struct MasterState<M: ConfigModel> {
@@ -43,12 +52,14 @@ pub(super) struct MasterState<M: ConfigModel> {
     pub(super) next_join: u64,
     /// Nodes that left the view → until when their leases may still hold.
     pub(super) fences: BTreeMap<NodeId, u64>,
-    /// The join (by number) that would give this master's view its first majority
-    /// is ready, and the disks are being read to check that its configuration is
-    /// current.
-    pub(super) verifying: Option<u64>,
-    /// That check passed for this join.
-    pub(super) verified_join: Option<u64>,
+    /// This master's configuration was found current on the disks since its view
+    /// last lacked a majority (or it took over, which wrote them): until then it
+    /// holds no lease (docs/PROTOCOL.md, "A view's first majority").
+    pub(super) majority_checked: bool,
+    /// The active join's `JoinReady` came; it waits for that check.
+    pub(super) ready_join: Option<u64>,
+    /// The disks are being read for that check.
+    pub(super) checking: Option<MajorityCheck>,
     /// Committed changes whose answer waits for the members' [`Message::Applied`]
     /// (at most [`MAX_APPLIED_WAITS`]).
     pub(super) applied: Vec<AppliedWait>,
@@ -64,8 +75,9 @@ impl<M: ConfigModel> MasterState<M> {
             next_txn: 0,
             next_join: 0,
             fences: BTreeMap::new(),
-            verifying: None,
-            verified_join: None,
+            majority_checked: false,
+            ready_join: None,
+            checking: None,
             applied: Vec::new(),
         }
     }

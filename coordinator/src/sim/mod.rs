@@ -134,6 +134,9 @@ pub enum Hold {
     Private,
     /// `DirtyLogsRead` (a slow or hung read of a dirty region log).
     LogRead,
+    /// `DisksRead` (a read of the configuration that stalls; the content is read
+    /// when it is delivered).
+    DisksRead,
 }
 
 /// Counts of interesting things a run went through (to see what it covered).
@@ -339,7 +342,7 @@ pub struct SimNode {
     /// The next client request id.
     next_request: u64,
     holds: BTreeSet<Hold>,
-    held: Vec<Event<ToyConfig>>,
+    held: Vec<(Hold, Event<ToyConfig>)>,
     /// Disk writes in flight, with their deadlines (the node's clock).
     pending_writes: Vec<(DiskRecord<ToyConfig>, (u64, bool))>,
     /// Quorum disk writes in flight: operation, record, deadline (the node's clock).
@@ -1102,12 +1105,23 @@ impl Sim {
 
     /// Delivers every held result of node `id` and stops holding.
     pub fn release(&mut self, id: NodeId) {
+        let kinds: Vec<Hold> = self.node(id).holds.iter().copied().collect();
+        for kind in kinds {
+            self.release_kind(id, kind);
+        }
+    }
+
+    /// Delivers the held results of `kind` of node `id` and stops holding them.
+    pub fn release_kind(&mut self, id: NodeId, kind: Hold) {
         let n = self.node_mut(id);
-        n.holds.clear();
-        let held = std::mem::take(&mut n.held);
+        n.holds.remove(&kind);
+        let (released, kept) = std::mem::take(&mut n.held)
+            .into_iter()
+            .partition(|(k, _)| *k == kind);
+        n.held = kept;
         let inc = n.inc;
         let now = self.now_ms;
-        for event in held {
+        for (_, event) in released {
             self.push(
                 now + 1,
                 SimEvent::Driver {
@@ -1122,6 +1136,15 @@ impl Sim {
     /// How many driver results node `id` holds back.
     pub fn held(&self, id: NodeId) -> usize {
         self.node(id).held.len()
+    }
+
+    /// How many driver results of `kind` node `id` holds back.
+    pub fn held_of(&self, id: NodeId, kind: Hold) -> usize {
+        self.node(id)
+            .held
+            .iter()
+            .filter(|(k, _)| *k == kind)
+            .count()
     }
 
     /// A new unique change tag.
@@ -1611,8 +1634,8 @@ impl Sim {
 
     fn driver_later(&mut self, id: NodeId, hold: Option<Hold>, event: Event<ToyConfig>) {
         let n = self.node(id);
-        if hold.is_some_and(|h| n.holds.contains(&h)) {
-            self.node_mut(id).held.push(event);
+        if let Some(h) = hold.filter(|h| n.holds.contains(h)) {
+            self.node_mut(id).held.push((h, event));
             return;
         }
         let inc = n.inc;
@@ -2109,7 +2132,11 @@ impl Sim {
                 }
                 Action::ReadDisks => {
                     // The content is read when the result is delivered.
-                    self.driver_later(id, None, Event::DisksRead { result: Ok(None) });
+                    self.driver_later(
+                        id,
+                        Some(Hold::DisksRead),
+                        Event::DisksRead { result: Ok(None) },
+                    );
                 }
                 Action::CheckDiskAccess { disks } => {
                     let missing = if self.node(id).disk_access_broken {
