@@ -1555,6 +1555,16 @@ fn a_stale_master_gaining_the_disks_vote_after_a_restarted_node_joined_never_hol
         sim.trace_text()
     );
     let r = sim.create(A, "dg3", 1);
+    assert!(
+        sim.run_until(2_000, |s| s.counts_disk_vote(A)),
+        "a's quorum disk vote counts:\n{}",
+        sim.trace_text()
+    );
+    let line = sim.core(A).map(|c| c.status_line(0)).unwrap_or_default();
+    assert!(
+        line.contains("checking the disks before the view's majority counts"),
+        "{line}"
+    );
     let done = sim.run_until(3_000, |s| {
         stale_and_leased(s, A) || s.core(A).is_some_and(|c| c.role() != Role::Master)
     });

@@ -2,7 +2,9 @@
 //!
 //! - A member: `member of view 7 with 3 nodes; ` and what its monitor says now:
 //!   `heartbeats: 3 of 3 votes reachable, 2 needed` (built-in) or the external
-//!   monitor's own words, `corosync: quorate; plexd running on a, b, c`.
+//!   monitor's own words, `corosync: quorate; plexd running on a, b, c`; a master
+//!   whose view's first majority waits for the disk check (docs/PROTOCOL.md,
+//!   "First majority") adds `checking the disks before the view's majority counts`.
 //! - Not a member: why it has no quorum now, if it has none (`node c: no quorum:
 //!   corosync: not running ...`), else `not a member (joining); ` and what its
 //!   monitor says; then its last failure with its age, `last failure 4.2 s ago:
@@ -42,12 +44,16 @@ impl<M: ConfigModel> Node<M> {
     pub fn status_line(&self, now_ms: u64) -> String {
         let now_ms = now_ms.max(self.clock_ms);
         if let (State::Member, Some(v)) = (&self.state, &self.view) {
-            return format!(
+            let mut line = format!(
                 "member of view {} with {} nodes; {}",
                 v.id,
                 v.members.len(),
                 self.quorum_line(now_ms)
             );
+            if self.view_quorate() && self.master.as_ref().is_some_and(|ms| !ms.majority_checked) {
+                line.push_str("; checking the disks before the view's majority counts");
+            }
+            return line;
         }
         let mut line = match self.quorum_denied(now_ms) {
             Some(reason) => reason,
