@@ -1590,6 +1590,92 @@ fn a_stale_master_gaining_the_disks_vote_after_a_restarted_node_joined_never_hol
     assert!(nowhere_has(&sim, "dg3"));
 }
 
+/// Seed 13013279, made a scenario. 4 nodes and the disk, a master holding it.
+/// Successor b applies the COMMIT of dg1 and its ack is lost; the network splits
+/// a, d | b, c. a (with d and the disk: 3 of 5) aborts dg1 once b's lease has run
+/// out and tells the client it was not applied. b, taking over with c, is one vote
+/// short and acquires the disk, which a keeps renewing, until a dies. Then b's
+/// takeover has its majority (b, c and the disk), a majority that meets a's only
+/// in the disk: b must not complete dg1.
+#[test]
+fn a_successor_taking_over_through_the_quorum_disk_never_completes_what_the_master_aborted() {
+    let (mut sim, r) = successor_cut_off_holding_its_commit();
+    let err = answer(&mut sim, A, r).unwrap_err();
+    assert!(err.contains("not applied"), "{err}");
+    assert!(sim
+        .core(B)
+        .is_some_and(|c| c.config().groups.contains_key("dg1")));
+    sim.crash(A);
+    let settled = sim.run_until(15_000, |s| {
+        s.violation().is_some() || (s.master() == Some(B) && s.leased_master(B))
+    });
+    assert_eq!(sim.violation(), None, "{}", sim.trace_text());
+    assert!(settled, "b leads a cluster:\n{}", sim.trace_text());
+    assert!(nowhere_has(&sim, "dg1"), "{}", sim.trace_text());
+    sim.heal();
+    sim.start(A);
+    settle(&mut sim, &[A, B, C, D]);
+    assert!(nowhere_has(&sim, "dg1"));
+}
+
+/// The same, with a's renewals of the disk stalled from the view that left b out
+/// on: the disk still names the view b knows, so a does not abort (b could not
+/// learn of it); its hold and lease run out, and the client hears that the
+/// outcome is unknown. b's takeover then completes dg1.
+#[test]
+fn a_master_whose_disk_does_not_name_its_view_leaves_the_outcome_to_the_successor() {
+    let (mut sim, r) = successor_cut_off_holding_its_commit();
+    assert!(sim.run_until(2_000, |s| s
+        .core(A)
+        .and_then(|c| c.view())
+        .is_some_and(|v| !v.contains(B))));
+    sim.hold(A, Hold::QuorumDisk);
+    let err = answer(&mut sim, A, r).unwrap_err();
+    assert!(
+        err.contains("outcome unknown"),
+        "{err}\n{}",
+        sim.trace_text()
+    );
+    sim.crash(A);
+    let settled = sim.run_until(15_000, |s| {
+        s.violation().is_some() || (s.master() == Some(B) && s.leased_master(B))
+    });
+    assert_eq!(sim.violation(), None, "{}", sim.trace_text());
+    assert!(settled, "b leads a cluster:\n{}", sim.trace_text());
+    sim.heal();
+    sim.start(A);
+    settle(&mut sim, &[A, B, C, D]);
+    assert!(everywhere_has(&sim, &[A, B, C, D], "dg1"));
+}
+
+/// 4 nodes and the disk, a master holding it: successor b applies the COMMIT of
+/// dg1 (request returned), its ack is lost, and the network splits a, d | b, c.
+fn successor_cut_off_holding_its_commit() -> (Sim, Option<RequestId>) {
+    let mut sim = disk_cluster(4);
+    settle_open(&mut sim, &[A, B, C, D]);
+    sim.hold(C, Hold::KernelPrepare);
+    let r = sim.create(A, "dg1", 1);
+    assert!(sim.run_until(1_000, |s| s.held(C) == 1));
+    sim.run_for(50);
+    for to in [A, C, D] {
+        sim.block(B, to);
+    }
+    sim.release(C);
+    assert!(
+        sim.run_until(1_000, |s| s
+            .node(B)
+            .kernel
+            .active
+            .groups
+            .contains_key("dg1")),
+        "b applies the COMMIT:\n{}",
+        sim.trace_text()
+    );
+    sim.heal();
+    sim.partition(&[A, D]);
+    (sim, r)
+}
+
 // ---------------------------------------------------------------------------
 // Resync under fences (core::resync). Volume v1 has four chunks (eight regions);
 // v1-02 is detached, then attached again (SYNCING) and resynced by the master.

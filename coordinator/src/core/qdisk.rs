@@ -2,9 +2,9 @@
 //! lease in the manner of sanlock, on a small shared file or device; cf. corosync's
 //! qdevice and VxVM's coordinator disks).
 //!
-//! The disk holds one record, [`QuorumDiskRecord`] `{owner, incarnation, counter}`
-//! (the driver adds the cluster id and a checksum; a torn or blank record reads as
-//! none: nobody). The rules (docs/PROTOCOL.md, "The quorum disk"):
+//! The disk holds one record, [`QuorumDiskRecord`] `{owner, incarnation, counter,
+//! view}` (the driver adds the cluster id and a checksum; a torn or blank record
+//! reads as none: nobody). The rules (docs/PROTOCOL.md, "The quorum disk"):
 //!
 //! - **Who holds it.** A master, a node forming a cluster or taking over; a node
 //!   that listens for a cluster only when the disk's vote is the one it lacks to
@@ -27,6 +27,13 @@
 //!   is longer). So at most one node counts the disk's vote at any time, and no
 //!   lease a holder gave out (a master's lease, its slaves' leases capped by it)
 //!   outlasts its hold.
+//! - **The view.** Every record names the newest view its writer had seen, and a
+//!   reader raises its own newest view to it. Two majorities may meet only in the
+//!   disk: a master that aborts what its lost successor may have applied does so
+//!   only once a renewal that started after the successor left (so names the view
+//!   without it) has landed ([`Node::lease_confirmed_since`]), so a successor that
+//!   acquires the disk later learns of that view and gives its takeover up
+//!   (docs/PROTOCOL.md, "Lost messages").
 //!
 //! All I/O is actions (one in flight at a time), results are events: the core stays
 //! pure and the simulator models the disk.
@@ -42,6 +49,16 @@ pub struct QuorumDiskRecord {
     pub incarnation: u64,
     /// Grows with every write of that start.
     pub counter: u64,
+    /// The newest view id its writer had seen when it wrote it.
+    pub view: u64,
+}
+
+impl QuorumDiskRecord {
+    /// Whether this is the record written by start `incarnation` of `owner` with
+    /// `counter` (whatever view it names).
+    pub fn is(&self, owner: NodeId, incarnation: u64, counter: u64) -> bool {
+        self.owner == owner && self.incarnation == incarnation && self.counter == counter
+    }
 }
 
 /// The quorum disk as a node sees it, for `cluster status`.
@@ -344,12 +361,19 @@ impl<M: ConfigModel> Node<M> {
         (!io.stale).then_some(io.kind)
     }
 
+    /// Our record with `counter`, naming the newest view this node has seen.
     fn qdisk_ours(&self, counter: u64) -> QuorumDiskRecord {
         QuorumDiskRecord {
             owner: self.cfg.me,
             incarnation: self.cfg.incarnation,
             counter,
+            view: self.max_view_seen,
         }
+    }
+
+    /// Whether `r` is our record with the counter of our last write.
+    fn qdisk_is_ours(&self, r: &QuorumDiskRecord) -> bool {
+        r.is(self.cfg.me, self.cfg.incarnation, self.qdisk.counter)
     }
 
     pub(super) fn on_qdisk_read(
@@ -364,6 +388,9 @@ impl<M: ConfigModel> Node<M> {
         if let Ok(r) = &result {
             self.qdisk.last_seen = *r;
             self.qdisk.last_error = None;
+            if let Some(r) = r {
+                self.max_view_seen = self.max_view_seen.max(r.view);
+            }
         }
         match (kind, self.qdisk.phase) {
             (IoKind::WatchRead { issued_ms }, Phase::Watching { seen, .. }) => {
@@ -459,7 +486,7 @@ impl<M: ConfigModel> Node<M> {
         result: Result<Option<QuorumDiskRecord>, String>,
     ) {
         match result {
-            Ok(Some(r)) if r == self.qdisk_ours(self.qdisk.counter) => {
+            Ok(Some(r)) if self.qdisk_is_ours(&r) => {
                 let counts_from_ms = wrote_ms + self.cfg.lease_wait_ms();
                 let line = format!(
                     "node {}: acquired the quorum disk; its vote counts in {} ms",
@@ -495,7 +522,7 @@ impl<M: ConfigModel> Node<M> {
         result: Result<Option<QuorumDiskRecord>, String>,
     ) {
         match result {
-            Ok(Some(r)) if r == self.qdisk_ours(self.qdisk.counter) => {
+            Ok(Some(r)) if self.qdisk_is_ours(&r) => {
                 self.qdisk.counter += 1;
                 let ours = self.qdisk_ours(self.qdisk.counter);
                 let window = write_window_ms(&self.cfg);

@@ -191,14 +191,21 @@ impl<M: ConfigModel> Node<M> {
             .map_or(0, |until| until.saturating_sub(now_ms))
     }
 
-    /// Whether this node holds a lease at `now_ms`.
     /// Master: a majority of the view (this node included) has confirmed a
-    /// heartbeat this node sent at or after `since_ms`.
+    /// heartbeat this node sent at or after `since_ms`. Where that majority needs
+    /// the quorum disk's vote, a renewal of the disk that started at or after
+    /// `since_ms` has landed too (the hold counts from a renewal's start). The
+    /// master aborts what a lost successor may have applied only then
+    /// (`Phase::SuccessorLost`, whose `since_ms` is when the view without the
+    /// successor was made): that renewal's record names that view, so a successor
+    /// whose majority meets this one only in the disk learns of it when it
+    /// acquires the disk, and gives its takeover up.
     pub(super) fn lease_confirmed_since(&self, since_ms: u64) -> bool {
         self.master_lease_until()
             .is_some_and(|until| until == u64::MAX || until - self.cfg.lease_ms >= since_ms)
     }
 
+    /// Whether this node holds a lease at `now_ms`.
     pub(super) fn has_lease(&self, now_ms: u64) -> bool {
         self.lease_until_ms().is_some_and(|until| now_ms < until)
     }

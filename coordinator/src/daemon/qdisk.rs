@@ -26,8 +26,9 @@ use crate::core::{QuorumDiskRecord, WRITE_DEADLINE};
 pub const QDISK_BLOCK_BYTES: usize = 4096;
 /// The record's magic.
 pub const QDISK_MAGIC: [u8; 8] = *b"PLEXDQD1";
-/// The record format's version.
-pub const QDISK_VERSION: u32 = 1;
+/// The record format's version (2: the record names a view; version 1's records,
+/// without it, are read as naming view 0).
+pub const QDISK_VERSION: u32 = 2;
 /// Longest cluster id the record holds, in bytes.
 pub const QDISK_MAX_CLUSTER_ID_BYTES: usize = 64;
 /// Requests queued for the thread at most (the core has one in flight at a time).
@@ -37,7 +38,10 @@ const OWNER_OFFSET: usize = 12;
 const INCARNATION_OFFSET: usize = 16;
 const COUNTER_OFFSET: usize = 24;
 const CLUSTER_ID_OFFSET: usize = 32;
-const CRC_OFFSET: usize = CLUSTER_ID_OFFSET + QDISK_MAX_CLUSTER_ID_BYTES;
+const VIEW_OFFSET: usize = CLUSTER_ID_OFFSET + QDISK_MAX_CLUSTER_ID_BYTES;
+const CRC_OFFSET: usize = VIEW_OFFSET + 8;
+/// Where version 1 kept its checksum (it had no view).
+const V1_CRC_OFFSET: usize = VIEW_OFFSET;
 
 /// The record of `cluster_id` as its block.
 pub fn encode(cluster_id: &str, r: &QuorumDiskRecord) -> Result<Vec<u8>, String> {
@@ -54,6 +58,7 @@ pub fn encode(cluster_id: &str, r: &QuorumDiskRecord) -> Result<Vec<u8>, String>
     b[INCARNATION_OFFSET..INCARNATION_OFFSET + 8].copy_from_slice(&r.incarnation.to_le_bytes());
     b[COUNTER_OFFSET..COUNTER_OFFSET + 8].copy_from_slice(&r.counter.to_le_bytes());
     b[CLUSTER_ID_OFFSET..CLUSTER_ID_OFFSET + id.len()].copy_from_slice(id);
+    b[VIEW_OFFSET..VIEW_OFFSET + 8].copy_from_slice(&r.view.to_le_bytes());
     let crc = crc32c::crc32c(&b[..CRC_OFFSET]);
     b[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_le_bytes());
     Ok(b)
@@ -84,18 +89,24 @@ pub fn decode(cluster_id: &str, block: &[u8]) -> Result<Option<QuorumDiskRecord>
     if block[..8] != QDISK_MAGIC {
         return Err("it is not blank and holds no plexd quorum disk record; refusing to use it (zero its first 4 KiB to make it one)".into());
     }
-    let crc = le_u32(block, CRC_OFFSET);
-    if crc != crc32c::crc32c(&block[..CRC_OFFSET]) {
+    // The version lies in the first sector with every other field, so a torn
+    // write leaves it whole.
+    let version = le_u32(block, 8);
+    let crc_offset = match version {
+        1 => V1_CRC_OFFSET,
+        QDISK_VERSION => CRC_OFFSET,
+        _ => {
+            return Err(format!(
+                "record version {version}, this plexd reads 1 and {QDISK_VERSION}"
+            ))
+        }
+    };
+    let crc = le_u32(block, crc_offset);
+    if crc != crc32c::crc32c(&block[..crc_offset]) {
         log::debug!("quorum disk record checksum mismatch: a torn write, nobody's");
         return Ok(None);
     }
-    let version = le_u32(block, 8);
-    if version != QDISK_VERSION {
-        return Err(format!(
-            "record version {version}, this plexd reads {QDISK_VERSION}"
-        ));
-    }
-    let id_field = &block[CLUSTER_ID_OFFSET..CRC_OFFSET];
+    let id_field = &block[CLUSTER_ID_OFFSET..VIEW_OFFSET];
     let id_len = id_field
         .iter()
         .position(|&x| x == 0)
@@ -110,6 +121,11 @@ pub fn decode(cluster_id: &str, block: &[u8]) -> Result<Option<QuorumDiskRecord>
         owner: le_u32(block, OWNER_OFFSET),
         incarnation: le_u64(block, INCARNATION_OFFSET),
         counter: le_u64(block, COUNTER_OFFSET),
+        view: if version == 1 {
+            0
+        } else {
+            le_u64(block, VIEW_OFFSET)
+        },
     }))
 }
 
@@ -295,6 +311,7 @@ mod tests {
             owner: 2,
             incarnation: 77,
             counter: 9,
+            view: 41,
         }
     }
 
@@ -318,5 +335,21 @@ mod tests {
             .unwrap_err()
             .contains("not blank"));
         assert!(encode(&"x".repeat(65), &rec()).is_err());
+    }
+
+    /// A version 1 record (before records named a view) reads as naming view 0;
+    /// an unknown version is refused.
+    #[test]
+    fn a_version_1_record_names_view_0_and_an_unknown_version_is_refused() {
+        let mut b = encode("demo-0001", &rec()).unwrap();
+        b[8..12].copy_from_slice(&1u32.to_le_bytes());
+        b[VIEW_OFFSET..VIEW_OFFSET + 12].fill(0);
+        let crc = crc32c::crc32c(&b[..V1_CRC_OFFSET]);
+        b[V1_CRC_OFFSET..V1_CRC_OFFSET + 4].copy_from_slice(&crc.to_le_bytes());
+        let old = QuorumDiskRecord { view: 0, ..rec() };
+        assert_eq!(decode("demo-0001", &b), Ok(Some(old)));
+        b[8..12].copy_from_slice(&3u32.to_le_bytes());
+        let e = decode("demo-0001", &b).unwrap_err();
+        assert!(e.contains("record version 3"), "{e}");
     }
 }

@@ -2597,6 +2597,8 @@ impl Sim {
     /// The fencing invariants, at every event:
     /// - a data plane that serves (its lease holds) holds a layout the cluster
     ///   committed, no older than the one before the newest on the disk;
+    /// - a master that holds a lease holds the newest configuration on the disk
+    ///   (the one before it only while its own transaction is in progress);
     /// - at most one master holds a lease at any time.
     fn check_fencing(&self) -> Result<(), String> {
         let newest = self.disk.as_ref().map_or(0, |d| d.config.seq);
@@ -2626,6 +2628,16 @@ impl Sim {
                 let clock = Sim::clock(n.drift_ppm, self.now_ms);
                 if core.role() == Role::Master && core.lease_remaining_ms(clock) > 0 {
                     leased_masters.push(Sim::name(n.id));
+                    // A master acts on the newest configuration: only its own
+                    // transaction's write may have landed before it applied it.
+                    let seq = core.config().seq;
+                    let behind = seq < newest && !(seq + 1 == newest && core.txn_in_progress());
+                    if behind {
+                        return Err(format!(
+                            "master {} holds a lease with seq {seq} while the disk holds seq {newest}",
+                            Sim::name(n.id)
+                        ));
+                    }
                 }
             }
         }
@@ -2688,9 +2700,14 @@ impl Sim {
             // (the master aborts only once that node's lease has run out); it
             // applies no COMMIT past its lease (`lease_ran_out`, the core's own
             // test) and loads the committed configuration when it joins again.
+            // A successor taking over holds no lease either: it may hold a change
+            // its master aborted (it applied the COMMIT, its ack was lost, and it
+            // was cut off), and its takeover must not write that change to the
+            // disk (checked above: a failed change on the disk).
             // Other members and serving data planes never hold a failed change.
             let clock = Sim::clock(n.drift_ppm, self.now_ms);
-            let leased_member = member && !core.lease_ran_out(clock);
+            let leased_member =
+                matches!(core.role(), Role::Master | Role::Slave) && !core.lease_ran_out(clock);
             let serving = self.now_ms < n.kernel.lease_until_ms && !n.kernel.left;
             for tag in &self.failed {
                 if (leased_member && core.config().has(*tag))
