@@ -1342,10 +1342,17 @@ fn four_nodes_split_two_two_leave_the_disk_holders_side_in_charge() {
         err.contains("quorum disk"),
         "the reason names the disk: {err}"
     );
+    heal_then_every_node_has(&mut sim, "dg1", "dg2");
+}
+
+/// Heals the network and settles every node in one idle view: each then holds
+/// `has`, and none `lacks`.
+fn heal_then_every_node_has(sim: &mut Sim, has: &str, lacks: &str) {
     sim.heal();
-    settle(&mut sim, &[A, B, C, D]);
-    assert!(everywhere_has(&sim, &[A, B, C, D], "dg1"));
-    assert!(nowhere_has(&sim, "dg2"));
+    let ids = sim.ids();
+    settle(sim, &ids);
+    assert!(everywhere_has(sim, &ids, has), "{}", sim.trace_text());
+    assert!(nowhere_has(sim, lacks), "{}", sim.trace_text());
 }
 
 #[test]
@@ -1471,6 +1478,41 @@ fn stale_master_acquiring_the_disk() -> Sim {
     sim
 }
 
+/// Runs until d is a member of a's view.
+fn until_d_joins_a(sim: &mut Sim) {
+    assert!(
+        sim.run_until(1_000, |s| s
+            .core(A)
+            .and_then(|c| c.view())
+            .is_some_and(|v| v.contains(D))),
+        "d joins a:\n{}",
+        sim.trace_text()
+    );
+}
+
+/// Runs until the stale master a gives its view up, which it must do without ever
+/// holding a lease, logging a line with `why`; request `r` (made to a) fails with
+/// an error containing `error`.
+fn a_gives_up_without_a_stale_lease(sim: &mut Sim, r: Option<RequestId>, why: &str, error: &str) {
+    let done = sim.run_until(3_000, |s| {
+        stale_and_leased(s, A) || s.core(A).is_some_and(|c| c.role() != Role::Master)
+    });
+    assert!(done, "a stays master:\n{}", sim.trace_text());
+    assert!(
+        !stale_and_leased(sim, A),
+        "a holds a lease with an older configuration than the disks':\n{}",
+        sim.trace_text()
+    );
+    assert_eq!(sim.violation(), None, "{}", sim.trace_text());
+    assert!(
+        sim.logs().iter().any(|l| l.contains(why)),
+        "a logs why it gives its view up ({why}):\n{}",
+        sim.trace_text()
+    );
+    let err = answer(sim, A, r).unwrap_err();
+    assert!(err.contains(error), "{err}");
+}
+
 /// Whether node `id` holds a lease as master with a configuration older than the
 /// disks'.
 fn stale_and_leased(sim: &Sim, id: u32) -> bool {
@@ -1499,40 +1541,17 @@ fn a_stale_master_whose_first_majority_is_the_quorum_disks_vote_checks_the_disks
     // lease from the join, and the disks may be read a lease wait after d left.
     sim.run_for(300);
     sim.heal();
-    assert!(
-        sim.run_until(1_000, |s| s
-            .core(A)
-            .and_then(|c| c.view())
-            .is_some_and(|v| v.contains(D))),
-        "d joins a:\n{}",
-        sim.trace_text()
-    );
+    until_d_joins_a(&mut sim);
     let r = sim.create(A, "dg3", 1);
-    let stale = sim.run_until(3_000, |s| {
-        stale_and_leased(s, A) || s.core(A).is_some_and(|c| c.role() != Role::Master)
-    });
-    assert!(stale, "a stays master:\n{}", sim.trace_text());
-    assert!(
-        !stale_and_leased(&sim, A),
-        "a holds a lease with an older configuration than the disks':\n{}",
-        sim.trace_text()
+    a_gives_up_without_a_stale_lease(
+        &mut sim,
+        r,
+        "before the view's majority counted, the disks hold configuration seq",
+        "another cluster committed since",
     );
-    assert_eq!(sim.violation(), None, "{}", sim.trace_text());
-    assert!(
-        sim.logs()
-            .iter()
-            .any(|l| l
-                .contains("before the view's majority counted, the disks hold configuration seq")),
-        "a abdicates on the disk check:\n{}",
-        sim.trace_text()
-    );
-    let err = answer(&mut sim, A, r).unwrap_err();
-    assert!(err.contains("another cluster committed since"), "{err}");
     sim.start(B);
     sim.start(C);
-    settle(&mut sim, &[A, B, C, D]);
-    assert!(everywhere_has(&sim, &[A, B, C, D], "dg2"));
-    assert!(nowhere_has(&sim, "dg3"));
+    heal_then_every_node_has(&mut sim, "dg2", "dg3");
 }
 
 /// The seed's own order: d dies and restarts, and joins the stale master a; its
@@ -1546,14 +1565,7 @@ fn a_stale_master_gaining_the_disks_vote_after_a_restarted_node_joined_never_hol
     sim.heal();
     sim.partition(&[A, D]);
     sim.start(D);
-    assert!(
-        sim.run_until(1_000, |s| s
-            .core(A)
-            .and_then(|c| c.view())
-            .is_some_and(|v| v.contains(D))),
-        "d joins a:\n{}",
-        sim.trace_text()
-    );
+    until_d_joins_a(&mut sim);
     let r = sim.create(A, "dg3", 1);
     assert!(
         sim.run_until(2_000, |s| s.counts_disk_vote(A)),
@@ -1565,29 +1577,13 @@ fn a_stale_master_gaining_the_disks_vote_after_a_restarted_node_joined_never_hol
         line.contains("checking the disks before the view's majority counts"),
         "{line}"
     );
-    let done = sim.run_until(3_000, |s| {
-        stale_and_leased(s, A) || s.core(A).is_some_and(|c| c.role() != Role::Master)
-    });
-    assert!(done, "a stays master:\n{}", sim.trace_text());
-    assert!(
-        !stale_and_leased(&sim, A),
-        "a holds a lease with an older configuration than the disks':\n{}",
-        sim.trace_text()
+    a_gives_up_without_a_stale_lease(
+        &mut sim,
+        r,
+        "its view has a majority, but the disks could not be checked",
+        "disks could not be checked",
     );
-    assert_eq!(sim.violation(), None, "{}", sim.trace_text());
-    assert!(
-        sim.logs()
-            .iter()
-            .any(|l| l.contains("its view has a majority, but the disks could not be checked")),
-        "a says why it holds no lease:\n{}",
-        sim.trace_text()
-    );
-    let err = answer(&mut sim, A, r).unwrap_err();
-    assert!(err.contains("disks could not be checked"), "{err}");
-    sim.heal();
-    settle(&mut sim, &[A, B, C, D]);
-    assert!(everywhere_has(&sim, &[A, B, C, D], "dg2"));
-    assert!(nowhere_has(&sim, "dg3"));
+    heal_then_every_node_has(&mut sim, "dg2", "dg3");
 }
 
 /// Seed 13013279, made a scenario. 4 nodes and the disk, a master holding it.
@@ -1605,17 +1601,7 @@ fn a_successor_taking_over_through_the_quorum_disk_never_completes_what_the_mast
     assert!(sim
         .core(B)
         .is_some_and(|c| c.config().groups.contains_key("dg1")));
-    sim.crash(A);
-    let settled = sim.run_until(15_000, |s| {
-        s.violation().is_some() || (s.master() == Some(B) && s.leased_master(B))
-    });
-    assert_eq!(sim.violation(), None, "{}", sim.trace_text());
-    assert!(settled, "b leads a cluster:\n{}", sim.trace_text());
-    assert!(nowhere_has(&sim, "dg1"), "{}", sim.trace_text());
-    sim.heal();
-    sim.start(A);
-    settle(&mut sim, &[A, B, C, D]);
-    assert!(nowhere_has(&sim, "dg1"));
+    a_dies_then_b_leads_then_a_rejoins(&mut sim, |s| nowhere_has(s, "dg1"));
 }
 
 /// The same, with a's renewals of the disk stalled from the view that left b out
@@ -1636,18 +1622,29 @@ fn a_master_whose_disk_does_not_name_its_view_leaves_the_outcome_to_the_successo
         "{err}\n{}",
         sim.trace_text()
     );
+    a_dies_then_b_leads_then_a_rejoins(&mut sim, |s| {
+        s.disk()
+            .is_some_and(|d| d.config.groups.contains_key("dg1"))
+    });
+    assert!(everywhere_has(&sim, &[A, B, C, D], "dg1"));
+}
+
+/// a dies; b comes to lead a cluster with a lease (the invariants hold all along,
+/// and `outcome` holds then); the network heals, a starts again, and every node
+/// settles in b's cluster, where `outcome` holds too.
+fn a_dies_then_b_leads_then_a_rejoins(sim: &mut Sim, outcome: impl Fn(&Sim) -> bool) {
     sim.crash(A);
     let settled = sim.run_until(15_000, |s| {
         s.violation().is_some() || (s.master() == Some(B) && s.leased_master(B))
     });
     assert_eq!(sim.violation(), None, "{}", sim.trace_text());
     assert!(settled, "b leads a cluster:\n{}", sim.trace_text());
+    assert!(outcome(sim), "{}", sim.trace_text());
     sim.heal();
     sim.start(A);
-    settle(&mut sim, &[A, B, C, D]);
-    assert!(everywhere_has(&sim, &[A, B, C, D], "dg1"));
+    settle(sim, &[A, B, C, D]);
+    assert!(outcome(sim), "{}", sim.trace_text());
 }
-
 /// 4 nodes and the disk, a master holding it: successor b applies the COMMIT of
 /// dg1 (request returned), its ack is lost, and the network splits a, d | b, c.
 fn successor_cut_off_holding_its_commit() -> (Sim, Option<RequestId>) {
