@@ -1592,8 +1592,7 @@ impl<M: ConfigModel> Node<M> {
             }
             return;
         }
-        let wait = self.cfg.lease_wait_ms();
-        if !self.left_other_clusters(now_ms, ready.map(|(node, _)| node), wait) {
+        if !self.left_other_clusters(now_ms, ready.map(|(node, _)| node)) {
             return;
         }
         if let Some(ms) = self.master.as_mut() {
@@ -1615,11 +1614,12 @@ impl<M: ConfigModel> Node<M> {
     }
 
     /// Whether every member of this master's view (this node aside) and `joiner`
-    /// left any other cluster `wait` ago: a master of another cluster (which this
-    /// node never heard of) can hold a lease only while members of a majority
+    /// left any other cluster `lease_wait` ago: a master of another cluster (which
+    /// this node never heard of) can hold a lease only while members of a majority
     /// confirm it, and every majority includes one of them or the quorum disk.
-    fn left_other_clusters(&self, now_ms: u64, joiner: Option<NodeId>, wait: u64) -> bool {
+    fn left_other_clusters(&self, now_ms: u64, joiner: Option<NodeId>) -> bool {
         let me = self.cfg.me;
+        let wait = self.cfg.lease_wait_ms();
         let Some(view) = self.view.as_ref() else {
             return false;
         };
@@ -1648,7 +1648,7 @@ impl<M: ConfigModel> Node<M> {
         if q.reached(votes) || !q.reached(votes + self.votes_of([joiner])) {
             return true;
         }
-        self.left_other_clusters(now_ms, Some(joiner), self.cfg.lease_wait_ms())
+        self.left_other_clusters(now_ms, Some(joiner))
     }
 
     /// The disks read for [`Self::master_check_majority`]: the majority counts
