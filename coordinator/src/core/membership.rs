@@ -1613,6 +1613,12 @@ impl<M: ConfigModel> Node<M> {
         self.out.push(Action::ReadDisks);
     }
 
+    /// Whether this master's view has a majority that does not count yet: the
+    /// check of [`Self::master_check_majority`] has not passed.
+    pub(super) fn majority_unchecked(&self) -> bool {
+        self.view_quorate() && self.master.as_ref().is_some_and(|ms| !ms.majority_checked)
+    }
+
     /// Whether every member of this master's view (this node aside) and `joiner`
     /// left any other cluster `lease_wait` ago: a master of another cluster (which
     /// this node never heard of) can hold a lease only while members of a majority

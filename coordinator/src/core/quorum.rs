@@ -285,11 +285,9 @@ impl<M: ConfigModel> Node<M> {
             return;
         }
         if self.is_master() {
-            let unchecked =
-                self.view_quorate() && self.master.as_ref().is_some_and(|ms| !ms.majority_checked);
-            let reason = if unchecked {
+            let reason = if self.majority_unchecked() {
                 format!(
-                    "node {}: its view has a majority, but the disks could not be checked before it counts (a member was in another cluster within a lease), so it holds no lease and gives up its view",
+                    "node {}: its view has a majority, but the disks could not be checked before it counts (a member was in another cluster within a lease, or the read did not complete), so it holds no lease and gives up its view",
                     self.name(self.cfg.me)
                 )
             } else {

@@ -50,7 +50,7 @@ impl<M: ConfigModel> Node<M> {
                 v.members.len(),
                 self.quorum_line(now_ms)
             );
-            if self.view_quorate() && self.master.as_ref().is_some_and(|ms| !ms.majority_checked) {
+            if self.majority_unchecked() {
                 line.push_str("; checking the disks before the view's majority counts");
             }
             return line;

@@ -54,7 +54,7 @@ pub(super) struct MasterState<M: ConfigModel> {
     pub(super) fences: BTreeMap<NodeId, u64>,
     /// This master's configuration was found current on the disks since its view
     /// last lacked a majority (or it took over, which wrote them): until then it
-    /// holds no lease (docs/PROTOCOL.md, "A view's first majority").
+    /// holds no lease (docs/PROTOCOL.md, "First majority").
     pub(super) majority_checked: bool,
     /// The active join's `JoinReady` came; it waits for that check.
     pub(super) ready_join: Option<u64>,
