@@ -3,7 +3,8 @@
 //! random seeds with crashes, restarts, joins, partitions and frozen processes.
 //!
 //! `PLEXD_SIM_SEED=N` runs that one seed (with its trace on failure);
-//! `PLEXD_SIM_NO_PARTITIONS=1` leaves partitions and freezes out of the schedules;
+//! `PLEXD_SIM_NO_PARTITIONS=1` leaves partitions and freezes out of the schedules,
+//! `PLEXD_SIM_NO_STALLS=1` the driver stalls (results held back for a while);
 //! `PLEXD_SIM_SEEDS=N` changes how many seeds the random test runs,
 //! `PLEXD_SIM_FIRST=N` the first of them (default 0), `PLEXD_SIM_ALL=1` runs every
 //! seed and names all failing ones at the end instead of stopping at the first,
@@ -46,6 +47,7 @@ fn random_schedules_keep_the_invariants() {
     let mut disk_seeds = 0;
     let mut resync_seeds = 0;
     let mut monitor_seeds = 0;
+    let mut stalls = 0;
     for &seed in &seeds {
         match run_seed(seed, steps) {
             Ok(s) => {
@@ -81,6 +83,7 @@ fn random_schedules_keep_the_invariants() {
                 disk_seeds += usize::from(s.quorum_disk);
                 monitor_seeds += usize::from(s.monitor);
                 resync_seeds += usize::from(s.resync);
+                stalls += s.stalls;
             }
             Err(e) if keep_going => {
                 eprintln!("seed {seed} FAILED: {}", e.lines().next().unwrap_or(""));
@@ -97,7 +100,7 @@ fn random_schedules_keep_the_invariants() {
         );
     }
     eprintln!(
-        "simulator coverage: {cov:?}; {disk_seeds} seeds with a quorum disk, {resync_seeds} with resyncs, {monitor_seeds} with corosync"
+        "simulator coverage: {cov:?}; {disk_seeds} seeds with a quorum disk, {resync_seeds} with resyncs, {monitor_seeds} with corosync; {stalls} driver stalls"
     );
     eprintln!(
         "simulator: {} seeds × {steps} steps, {events} events, {acked} changes acknowledged, {failed} refused, in {:.1} s",

@@ -139,6 +139,24 @@ pub enum Hold {
     DisksRead,
 }
 
+impl Hold {
+    /// Every kind, for schedules that stall one at random.
+    pub const ALL: [Hold; 12] = [
+        Hold::LocalCheck,
+        Hold::KernelPrepare,
+        Hold::KernelCommit,
+        Hold::DiskWrite,
+        Hold::DiskAccess,
+        Hold::KernelLoad,
+        Hold::QuorumDisk,
+        Hold::Quiesce,
+        Hold::Copy,
+        Hold::Private,
+        Hold::LogRead,
+        Hold::DisksRead,
+    ];
+}
+
 /// Counts of interesting things a run went through (to see what it covered).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Coverage {

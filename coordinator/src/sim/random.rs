@@ -19,6 +19,8 @@ pub struct RunStats {
     pub partitions: usize,
     /// Nodes frozen.
     pub freezes: usize,
+    /// Driver results of one kind held back for a while (stalls).
+    pub stalls: usize,
     /// Configuration sequence number at the end.
     pub final_seq: u64,
     /// What the run went through.
@@ -97,6 +99,12 @@ fn run(seed: u64, steps: u64, trace: bool) -> Result<RunStats, String> {
     // with its faults drawn from a generator of its own.
     let mut monitor_rng = StdRng::seed_from_u64(seed ^ 0xc0c0);
     let monitor = !quorum_disk && monitor_rng.gen_bool(MONITOR_PERCENT as f64 / 100.0);
+    // Driver results held back for a while (a slow disk, a stalled data plane, a
+    // quorum disk that hangs) while the node's control thread goes on, from a
+    // generator of their own; PLEXD_SIM_NO_STALLS=1 leaves them out.
+    let stalls = std::env::var("PLEXD_SIM_NO_STALLS").is_err();
+    let mut stall_rng = StdRng::seed_from_u64(seed ^ 0x57a1);
+    let mut stalled: Vec<(u64, NodeId, Hold)> = Vec::new();
     let mut cfg = SimConfig::new(nodes, seed);
     cfg.trace = trace;
     cfg.quorum_disk = quorum_disk;
@@ -148,6 +156,9 @@ fn run(seed: u64, steps: u64, trace: bool) -> Result<RunStats, String> {
         if monitor {
             inject_monitor(&mut sim, &mut monitor_rng);
         }
+        if stalls {
+            inject_stall(&mut sim, &mut stall_rng, &mut stalled, &mut stats);
+        }
         sim.run_for(10);
         if let Some(v) = sim.violation() {
             return Err(fail(&sim, step, v));
@@ -159,6 +170,7 @@ fn run(seed: u64, steps: u64, trace: bool) -> Result<RunStats, String> {
     sim.set_copy_fault_percent(0);
     for id in 1..=nodes {
         sim.thaw(id);
+        sim.release(id);
         sim.node_mut(id).armed = None;
         sim.node_mut(id).crash_after_sends = None;
         sim.set_disk_access_broken(id, false);
@@ -292,6 +304,37 @@ fn inject_private(sim: &mut Sim, rng: &mut StdRng) {
         let name = NAMES[rng.gen_range(0..NAMES.len())];
         sim.create_private(id, name, rng.gen_range(1..=2));
     }
+}
+
+/// Stall seeds' faults: now and then one kind of a random node's driver results
+/// ([`Hold`]: a configuration or quorum disk read or write, a data plane's prepare,
+/// commit or load, a local check, a resync's quiesce or copy...) is held back for
+/// up to three leases while its control thread goes on, then delivered; `stalled`
+/// holds the releases due.
+fn inject_stall(
+    sim: &mut Sim,
+    rng: &mut StdRng,
+    stalled: &mut Vec<(u64, NodeId, Hold)>,
+    stats: &mut RunStats,
+) {
+    let now = sim.now_ms();
+    stalled.retain(|&(at, id, kind)| {
+        let due = at <= now;
+        if due {
+            sim.release_kind(id, kind);
+        }
+        !due
+    });
+    if !rng.gen_bool(0.004) {
+        return;
+    }
+    let ids = sim.ids();
+    let id = ids[rng.gen_range(0..ids.len())];
+    let kind = Hold::ALL[rng.gen_range(0..Hold::ALL.len())];
+    let ms = rng.gen_range(50..=3 * sim.config().lease_ms);
+    sim.hold(id, kind);
+    stalled.push((now + ms, id, kind));
+    stats.stalls += 1;
 }
 
 /// A random side cut off both ways with the messages across it kept and delivered
