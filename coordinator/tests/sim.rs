@@ -380,6 +380,61 @@ fn master_loss_after_commit_point_completes_on_survivors() {
     }
 }
 
+/// The master dies right after writing the disks, and the designated successor,
+/// which acknowledged COMMIT and applied it, dies with it: no survivor received
+/// COMMIT. The next in the succession order takes over holding the change only
+/// prepared, finds it on the disks and completes it (DESIGN.md: the change is past
+/// its commit point), so the client hears it applied and every node ends up with
+/// it. Without the disks' word it would abort a change the disks already hold.
+#[test]
+fn a_successor_finding_the_change_on_the_disks_completes_it_after_the_designated_one_died() {
+    let mut sim = traced_cluster(5);
+    sim.arm_failpoint(A, "txn.after_disk_write");
+    let r = sim.create(E, "dg1", 2);
+    assert!(sim.run_until(2_000, |s| !s.is_up(A)));
+    assert!(
+        sim.disk()
+            .is_some_and(|d| d.config.groups.contains_key("dg1")),
+        "a died after its write landed"
+    );
+    assert!(
+        sim.core(B)
+            .is_some_and(|c| c.config().groups.contains_key("dg1")),
+        "b applied the COMMIT it acknowledged"
+    );
+    for id in [C, D, E] {
+        assert!(
+            !sim.core(id)
+                .is_some_and(|c| c.config().groups.contains_key("dg1")),
+            "node {id} received no COMMIT"
+        );
+    }
+    sim.crash(B);
+    assert_eq!(
+        answer(&mut sim, E, r),
+        Ok(()),
+        "the change is reported applied"
+    );
+    settle(&mut sim, &[C, D, E]);
+    assert_eq!(
+        sim.master(),
+        Some(C),
+        "c, next in the succession order, took over"
+    );
+    assert!(
+        sim.logs()
+            .iter()
+            .any(|l| l.starts_with("c: ") && l.contains("is on the disks; completing it")),
+        "c completed the change it held prepared: {:?}",
+        sim.logs()
+    );
+    assert!(everywhere_has(&sim, &[C, D, E], "dg1"));
+    sim.start(A);
+    sim.start(B);
+    settle(&mut sim, &[A, B, C, D, E]);
+    assert!(everywhere_has(&sim, &[A, B, C, D, E], "dg1"));
+}
+
 #[test]
 fn master_loss_before_commit_point_aborts() {
     for fp in [
