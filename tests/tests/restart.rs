@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use plexd_tests::cluster::without_seq;
 use plexd_tests::data::IoLoop;
+use plexd_tests::plex_disk::plexd_log;
 use plexd_tests::{Cluster, ClusterOpts, Pattern};
 
 #[test]
@@ -67,5 +68,46 @@ fn kill_9_of_every_process_then_restart_brings_back_exactly_the_last_committed_c
         log.contains("recovering the mirrors of node"),
         "a recovers the dead starts"
     );
+    c.check_invariants();
+}
+
+/// A node whose membership record cannot be written (a full or read-only state
+/// directory; here a directory where the record's temporary file goes) must not
+/// stay a member: a restart of its plexd would not know it may have confirmed the
+/// master's lease. Its plexd exits before sending anything the record was to cover
+/// (as if killed), the other nodes go on, a start is refused while the record still
+/// cannot be written, and once it can, the node rejoins.
+#[test]
+fn a_node_that_cannot_record_its_membership_exits_and_starts_again_only_once_it_can() {
+    let mut c = Cluster::start(3, ClusterOpts::default());
+    let b = 1;
+    let record = c.nodes[b]
+        .dir
+        .join(format!("plexd-node-{}.membership", c.nodes[b].id));
+    assert!(record.exists(), "b, a member, keeps {}", record.display());
+    let blocker = record.with_extension("membership.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    let status = c.wait_coordinator_exit(b);
+    assert_eq!(status.code(), Some(1), "b's plexd exits with an error");
+    let log = plexd_log(&c, b);
+    assert!(
+        log.contains("node b: cannot write the membership record")
+            && log.contains("plexd exits: a restart must know"),
+        "b's log says why it exits:\n{log}"
+    );
+    c.wait_joined(&[0, 2]);
+    c.ctl_ok(2, "dg create dg1 d0 d1 --shared");
+    // Started while the record still cannot be written: refused at once.
+    c.spawn_coordinator(b);
+    let status = c.wait_coordinator_exit(b);
+    assert!(!status.success(), "a start without a record is refused");
+    let log = plexd_log(&c, b);
+    assert!(
+        log.contains("plexd does not start without it"),
+        "b's log says why it does not start:\n{log}"
+    );
+    std::fs::remove_dir(&blocker).unwrap();
+    c.restart_coordinator(b, None);
+    c.ctl_ok(b, "vol create dg1 vol1 16M --layout concat");
     c.check_invariants();
 }

@@ -106,9 +106,24 @@ pub fn read_ago_ms(path: &Path) -> Option<u64> {
 
 /// Records at `path` that this node may be a member for `ahead_ms` from now.
 pub fn write(path: &Path, ahead_ms: u64) -> io::Result<()> {
-    let tmp = path.with_extension("membership.tmp");
+    let tmp = temporary(path);
     fs::write(&tmp, encode(&Clocks::now(), ahead_ms))?;
     fs::rename(&tmp, path)
+}
+
+/// Whether a record can be written next to `path` (the file [`write`] renames into
+/// place is created and removed; the record itself is left as it is: a start reads
+/// it first). A node that cannot record its membership must not become a member.
+pub fn check_writable(path: &Path) -> Result<(), String> {
+    let tmp = temporary(path);
+    fs::write(&tmp, b"")
+        .and_then(|()| fs::remove_file(&tmp))
+        .map_err(|e| format!("cannot write the membership record {}: {e}", path.display()))
+}
+
+/// The file a record is written to before it is renamed to `path`.
+fn temporary(path: &Path) -> PathBuf {
+    path.with_extension("membership.tmp")
 }
 
 #[cfg(test)]
@@ -121,6 +136,35 @@ mod tests {
             boot_ms,
             wall_ms,
         }
+    }
+
+    #[test]
+    fn a_record_that_cannot_be_written_is_found_before_the_record_is_touched() {
+        let dir = std::env::temp_dir().join(format!("plexd-membership-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("plexd-node-1.membership");
+        write(&path, 5_000).unwrap();
+        let before = fs::read_to_string(&path).unwrap();
+        assert_eq!(check_writable(&path), Ok(()));
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            before,
+            "the record is kept"
+        );
+        assert!(
+            !temporary(&path).exists(),
+            "the probe leaves nothing behind"
+        );
+        // A directory where the record's temporary file goes: every write fails.
+        fs::create_dir(temporary(&path)).unwrap();
+        let e = check_writable(&path).unwrap_err();
+        assert!(
+            e.starts_with("cannot write the membership record") && e.contains("plexd-node-1"),
+            "{e}"
+        );
+        assert!(write(&path, 5_000).is_err());
+        assert_eq!(fs::read_to_string(&path).unwrap(), before);
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

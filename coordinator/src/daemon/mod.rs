@@ -776,11 +776,17 @@ impl Daemon {
                 Op::Now(Action::RecordMembership { until_ms }) => {
                     let ahead = until_ms.saturating_sub(now_ms(self.start));
                     if let Err(e) = membership::write(&self.membership_path, ahead) {
+                        // The messages after it in this step may confirm a master's
+                        // lease, and a restart would not know of them: this process
+                        // stops before sending any (as if killed; its data plane's
+                        // lease runs out on its own). Its next start refuses to run
+                        // while the record cannot be written.
                         log::error!(
-                            "node {}: cannot write the membership record {}: {e}; a restart of this plexd would not know it was a member",
+                            "node {}: cannot write the membership record {}: {e}; plexd exits: a restart must know whether this node may have confirmed a master's lease",
                             self.name,
                             self.membership_path.display()
                         );
+                        std::process::exit(1);
                     }
                 }
                 Op::Now(Action::ReadQuorumDisk { op }) => {

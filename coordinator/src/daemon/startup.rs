@@ -12,6 +12,14 @@ use crate::model::DiskGroupConfig;
 /// them and exits non-zero).
 pub fn run(opts: Options) -> Result<(), String> {
     let (file, me) = this_node(&opts)?;
+    let membership_path =
+        membership::record_path(me.state_dir.as_deref(), &me.target_socket, me.id);
+    membership::check_writable(&membership_path).map_err(|e| {
+        format!(
+            "node {}: {e}; plexd does not start without it (a restart must know whether this node may have confirmed a master's lease)",
+            me.name
+        )
+    })?;
     let failpoint = failpoint_from_env()?;
     let signals = block_signals()?;
     let (target_child, mut kernel) = connect_data_plane(&opts, &file, &me)?;
@@ -70,7 +78,7 @@ pub fn run(opts: Options) -> Result<(), String> {
     }
     .start()?;
     let start = super::clock::CoreClock::start();
-    let (mut node, membership_path) = new_node(&file, &me, inc, start);
+    let mut node = new_node(&file, &me, inc, start, &membership_path);
     node.load_private(private);
     announce(&me);
     let mut d = Daemon {
@@ -313,17 +321,16 @@ fn serve_private_groups(
 }
 
 /// The protocol core of this start (incarnation `inc`, clock from `start`), told
-/// how long ago a previous start was a member; and where that is recorded.
+/// how long ago a previous start was a member (recorded at `membership_path`).
 fn new_node(
     file: &ClusterFile,
     me: &config::NodeEntry,
     inc: u64,
     start: super::clock::CoreClock,
-) -> (Node<SharedConfig>, PathBuf) {
-    let membership_path =
-        membership::record_path(me.state_dir.as_deref(), &me.target_socket, me.id);
+    membership_path: &std::path::Path,
+) -> Node<SharedConfig> {
     let mut node_config = file.node_config(me.id, inc);
-    node_config.member_ago_at_start_ms = membership::read_ago_ms(&membership_path);
+    node_config.member_ago_at_start_ms = membership::read_ago_ms(membership_path);
     if let Some(ago) = node_config.member_ago_at_start_ms {
         log::info!(
             "node {}: its previous start may have been a cluster member {ago} ms ago ({}): it counts as a member of another cluster until that lease has surely run out",
@@ -331,7 +338,7 @@ fn new_node(
             membership_path.display()
         );
     }
-    (Node::new(node_config, now_ms(start)), membership_path)
+    Node::new(node_config, now_ms(start))
 }
 
 /// Says on stdout and in the log that the node is up.
