@@ -4,7 +4,8 @@
 //!
 //! `PLEXD_SIM_SEED=N` runs that one seed (with its trace on failure);
 //! `PLEXD_SIM_NO_PARTITIONS=1` leaves partitions and freezes out of the schedules,
-//! `PLEXD_SIM_NO_STALLS=1` the driver stalls (results held back for a while);
+//! `PLEXD_SIM_NO_STALLS=1` the driver stalls (results held back for a while),
+//! `PLEXD_SIM_STALLS=N` starts one in N of 1,000 steps instead of 4;
 //! `PLEXD_SIM_SEEDS=N` changes how many seeds the random test runs,
 //! `PLEXD_SIM_FIRST=N` the first of them (default 0), `PLEXD_SIM_ALL=1` runs every
 //! seed and names all failing ones at the end instead of stopping at the first,

@@ -48,6 +48,10 @@ pub const QUORUM_DISK_PERCENT: u32 = 25;
 /// also take membership and quorum from a simulated external monitor (corosync).
 pub const MONITOR_PERCENT: u32 = 25;
 
+/// Chance (per 1,000) per 10 ms step that a node's driver stalls
+/// (`PLEXD_SIM_STALLS` sets another).
+pub const STALLS_PER_MILLE: u32 = 4;
+
 /// Chance (percent) per 10 ms step that a private change is asked of a random node.
 pub const PRIVATE_CHANGE_PERCENT: u32 = 3;
 
@@ -102,7 +106,13 @@ fn run(seed: u64, steps: u64, trace: bool) -> Result<RunStats, String> {
     // Driver results held back for a while (a slow disk, a stalled data plane, a
     // quorum disk that hangs) while the node's control thread goes on, from a
     // generator of their own; PLEXD_SIM_NO_STALLS=1 leaves them out.
+    // PLEXD_SIM_STALLS=N: N in 1,000 steps start one (default STALLS_PER_MILLE).
     let stalls = std::env::var("PLEXD_SIM_NO_STALLS").is_err();
+    let stall_rate = std::env::var("PLEXD_SIM_STALLS")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or(STALLS_PER_MILLE)
+        .min(1000);
     let mut stall_rng = StdRng::seed_from_u64(seed ^ 0x57a1);
     let mut stalled: Vec<(u64, NodeId, Hold)> = Vec::new();
     let mut cfg = SimConfig::new(nodes, seed);
@@ -157,7 +167,7 @@ fn run(seed: u64, steps: u64, trace: bool) -> Result<RunStats, String> {
             inject_monitor(&mut sim, &mut monitor_rng);
         }
         if stalls {
-            inject_stall(&mut sim, &mut stall_rng, &mut stalled, &mut stats);
+            inject_stall(&mut sim, &mut stall_rng, stall_rate, &mut stalled, &mut stats);
         }
         sim.run_for(10);
         if let Some(v) = sim.violation() {
@@ -314,6 +324,7 @@ fn inject_private(sim: &mut Sim, rng: &mut StdRng) {
 fn inject_stall(
     sim: &mut Sim,
     rng: &mut StdRng,
+    per_mille: u32,
     stalled: &mut Vec<(u64, NodeId, Hold)>,
     stats: &mut RunStats,
 ) {
@@ -325,7 +336,7 @@ fn inject_stall(
         }
         !due
     });
-    if !rng.gen_bool(0.004) {
+    if !rng.gen_bool(f64::from(per_mille) / 1000.0) {
         return;
     }
     let ids = sim.ids();
