@@ -111,12 +111,15 @@ pub fn write(path: &Path, ahead_ms: u64) -> io::Result<()> {
     fs::rename(&tmp, path)
 }
 
-/// Whether a record can be written next to `path` (the file [`write`] renames into
-/// place is created and removed; the record itself is left as it is: a start reads
-/// it first). A node that cannot record its membership must not become a member.
+/// Whether a record can be written next to `path` (its directory is created if
+/// missing; the file [`write`] renames into place is created and removed; the
+/// record itself is left as it is: a start reads it first). A node that cannot
+/// record its membership must not become a member.
 pub fn check_writable(path: &Path) -> Result<(), String> {
     let tmp = temporary(path);
-    fs::write(&tmp, b"")
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir)
+        .and_then(|()| fs::write(&tmp, b""))
         .and_then(|()| fs::remove_file(&tmp))
         .map_err(|e| format!("cannot write the membership record {}: {e}", path.display()))
 }
@@ -140,9 +143,11 @@ mod tests {
 
     #[test]
     fn a_record_that_cannot_be_written_is_found_before_the_record_is_touched() {
-        let dir = std::env::temp_dir().join(format!("plexd-membership-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
+        let dir =
+            std::env::temp_dir().join(format!("plexd-membership-probe-{}", std::process::id()));
         let path = dir.join("plexd-node-1.membership");
+        // A state directory that does not exist yet is made.
+        assert_eq!(check_writable(&path), Ok(()));
         write(&path, 5_000).unwrap();
         let before = fs::read_to_string(&path).unwrap();
         assert_eq!(check_writable(&path), Ok(()));

@@ -167,7 +167,13 @@ fn run(seed: u64, steps: u64, trace: bool) -> Result<RunStats, String> {
             inject_monitor(&mut sim, &mut monitor_rng);
         }
         if stalls {
-            inject_stall(&mut sim, &mut stall_rng, stall_rate, &mut stalled, &mut stats);
+            inject_stall(
+                &mut sim,
+                &mut stall_rng,
+                stall_rate,
+                &mut stalled,
+                &mut stats,
+            );
         }
         sim.run_for(10);
         if let Some(v) = sim.violation() {
