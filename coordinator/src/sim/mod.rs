@@ -1921,6 +1921,20 @@ impl Sim {
                         // A master's decision, whether or not the message arrives.
                         self.aborted.insert(*txn);
                     }
+                    if let Message::Heartbeat { echo: Some(_), .. } = &msg {
+                        // A confirmation (of a master's lease, or of a member by
+                        // its master): the sender's record must already say it may
+                        // be a member now, or a restart would not wait it out.
+                        let n = self.node(id);
+                        let clock = Sim::clock(n.drift_ppm, self.now_ms);
+                        if n.membership_record.is_none_or(|until| until < clock) {
+                            self.violate(format!(
+                                "{name} confirmed {} at {clock} ms on its clock, but its membership record ends at {:?}: a restart would not know",
+                                Sim::name(to),
+                                n.membership_record
+                            ));
+                        }
+                    }
                     if let Some(k) = self.node(id).crash_after_sends {
                         if k == 0 {
                             self.coverage.failpoint_crashes += 1;
