@@ -140,21 +140,12 @@ pub enum Hold {
 }
 
 impl Hold {
-    /// Every kind, for schedules that stall one at random.
-    pub const ALL: [Hold; 12] = [
-        Hold::LocalCheck,
-        Hold::KernelPrepare,
-        Hold::KernelCommit,
-        Hold::DiskWrite,
-        Hold::DiskAccess,
-        Hold::KernelLoad,
-        Hold::QuorumDisk,
-        Hold::Quiesce,
-        Hold::Copy,
-        Hold::Private,
-        Hold::LogRead,
-        Hold::DisksRead,
-    ];
+    /// Whether the daemon runs this kind's job on its driver thread (one job at a
+    /// time, in order); the quorum disk's I/O and the dirty region log reads have
+    /// threads of their own.
+    pub fn on_driver_thread(self) -> bool {
+        !matches!(self, Hold::QuorumDisk | Hold::LogRead)
+    }
 }
 
 /// Counts of interesting things a run went through (to see what it covered).
@@ -361,6 +352,10 @@ pub struct SimNode {
     next_request: u64,
     holds: BTreeSet<Hold>,
     held: Vec<(Hold, Event<ToyConfig>)>,
+    /// The driver thread is stalled ([`Sim::stall_driver`]).
+    driver_stalled: bool,
+    /// Results of the driver thread's jobs held back by a stall, in order.
+    stalled: Vec<Event<ToyConfig>>,
     /// Disk writes in flight, with their deadlines (the node's clock).
     pending_writes: Vec<(DiskRecord<ToyConfig>, (u64, bool))>,
     /// Quorum disk writes in flight: operation, record, deadline (the node's clock).
@@ -470,6 +465,8 @@ impl Sim {
                 next_request: 0,
                 holds: BTreeSet::new(),
                 held: Vec::new(),
+                driver_stalled: false,
+                stalled: Vec::new(),
                 pending_writes: Vec::new(),
                 pending_qdisk_writes: Vec::new(),
                 monitor_down_until_ms: 0,
@@ -729,6 +726,7 @@ impl Sim {
         n.kernel.private = n.private_disk.clone();
         n.core = Some(core);
         n.held.clear();
+        n.stalled.clear();
         n.monitor_sent = None;
         let inc = n.inc;
         self.note(format!("start {}", Sim::name(id)));
@@ -1067,6 +1065,7 @@ impl Sim {
         n.armed = None;
         n.crash_after_sends = None;
         n.held.clear();
+        n.stalled.clear();
         let dead: Vec<(NodeId, RequestId)> = self
             .pending
             .keys()
@@ -1140,6 +1139,34 @@ impl Sim {
         let inc = n.inc;
         let now = self.now_ms;
         for (_, event) in released {
+            self.push(
+                now + 1,
+                SimEvent::Driver {
+                    node: id,
+                    inc,
+                    event,
+                },
+            );
+        }
+    }
+
+    /// Stalls node `id`'s driver thread (a hung disk or data plane under the job it
+    /// runs) until [`Sim::unstall_driver`]: the results of its jobs are held back
+    /// and then delivered in the order the jobs were given, as the daemon's one
+    /// driver thread completes them. Unlike [`Sim::hold`] of one kind, no later job
+    /// completes before an earlier one.
+    pub fn stall_driver(&mut self, id: NodeId) {
+        self.node_mut(id).driver_stalled = true;
+    }
+
+    /// Ends a stall of node `id`'s driver thread: what it held comes, in order.
+    pub fn unstall_driver(&mut self, id: NodeId) {
+        let n = self.node_mut(id);
+        n.driver_stalled = false;
+        let stalled = std::mem::take(&mut n.stalled);
+        let inc = n.inc;
+        let now = self.now_ms;
+        for event in stalled {
             self.push(
                 now + 1,
                 SimEvent::Driver {
@@ -1654,6 +1681,10 @@ impl Sim {
         let n = self.node(id);
         if let Some(h) = hold.filter(|h| n.holds.contains(h)) {
             self.node_mut(id).held.push((h, event));
+            return;
+        }
+        if n.driver_stalled && hold.is_none_or(Hold::on_driver_thread) {
+            self.node_mut(id).stalled.push(event);
             return;
         }
         let inc = n.inc;

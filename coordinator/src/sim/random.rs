@@ -114,7 +114,7 @@ fn run(seed: u64, steps: u64, trace: bool) -> Result<RunStats, String> {
         .unwrap_or(STALLS_PER_MILLE)
         .min(1000);
     let mut stall_rng = StdRng::seed_from_u64(seed ^ 0x57a1);
-    let mut stalled: Vec<(u64, NodeId, Hold)> = Vec::new();
+    let mut stalled: Vec<(u64, NodeId, Stall)> = Vec::new();
     let mut cfg = SimConfig::new(nodes, seed);
     cfg.trace = trace;
     cfg.quorum_disk = quorum_disk;
@@ -186,6 +186,7 @@ fn run(seed: u64, steps: u64, trace: bool) -> Result<RunStats, String> {
     sim.set_copy_fault_percent(0);
     for id in 1..=nodes {
         sim.thaw(id);
+        sim.unstall_driver(id);
         sim.release(id);
         sim.node_mut(id).armed = None;
         sim.node_mut(id).crash_after_sends = None;
@@ -322,23 +323,36 @@ fn inject_private(sim: &mut Sim, rng: &mut StdRng) {
     }
 }
 
-/// Stall seeds' faults: now and then one kind of a random node's driver results
-/// ([`Hold`]: a configuration or quorum disk read or write, a data plane's prepare,
-/// commit or load, a local check, a resync's quiesce or copy...) is held back for
-/// up to three leases while its control thread goes on, then delivered; `stalled`
-/// holds the releases due.
+/// What a stall holds up.
+#[derive(Clone, Copy, Debug)]
+enum Stall {
+    /// The node's driver thread: its jobs' results come late and in order.
+    Driver,
+    /// A thread of its own (the quorum disk's, the dirty region log reads').
+    Thread(Hold),
+}
+
+/// Stalls: now and then a random node's driver thread (a configuration disk read
+/// or write, a data plane's prepare, commit or load, a local check, a resync's
+/// quiesce or copy, a private change: whatever job it runs and every one behind
+/// it), or its quorum disk or dirty region log thread, is held up for 50 ms to
+/// three leases while its control thread goes on, then delivers what it held, in
+/// order; `stalled` holds the ends due.
 fn inject_stall(
     sim: &mut Sim,
     rng: &mut StdRng,
     per_mille: u32,
-    stalled: &mut Vec<(u64, NodeId, Hold)>,
+    stalled: &mut Vec<(u64, NodeId, Stall)>,
     stats: &mut RunStats,
 ) {
     let now = sim.now_ms();
-    stalled.retain(|&(at, id, kind)| {
+    stalled.retain(|&(at, id, stall)| {
         let due = at <= now;
         if due {
-            sim.release_kind(id, kind);
+            match stall {
+                Stall::Driver => sim.unstall_driver(id),
+                Stall::Thread(kind) => sim.release_kind(id, kind),
+            }
         }
         !due
     });
@@ -347,10 +361,17 @@ fn inject_stall(
     }
     let ids = sim.ids();
     let id = ids[rng.gen_range(0..ids.len())];
-    let kind = Hold::ALL[rng.gen_range(0..Hold::ALL.len())];
+    let stall = match rng.gen_range(0..10) {
+        0 => Stall::Thread(Hold::QuorumDisk),
+        1 => Stall::Thread(Hold::LogRead),
+        _ => Stall::Driver,
+    };
     let ms = rng.gen_range(50..=3 * sim.config().lease_ms);
-    sim.hold(id, kind);
-    stalled.push((now + ms, id, kind));
+    match stall {
+        Stall::Driver => sim.stall_driver(id),
+        Stall::Thread(kind) => sim.hold(id, kind),
+    }
+    stalled.push((now + ms, id, stall));
     stats.stalls += 1;
 }
 
