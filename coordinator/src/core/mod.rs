@@ -456,10 +456,10 @@ pub enum Action<M: ConfigModel> {
         deadline_ms: u64,
         /// The deadline moves on with this node's lease as the driver last heard
         /// of it (a master's lease renewed while the write waited). A write that
-        /// waited through the loss of the lease never rides on a later one: every
-        /// lease won after a loss follows a driver job given after this write (the
-        /// disk check of a first majority, a takeover's write), and the driver runs
-        /// its jobs in order.
+        /// waited through this node's abdication never rides on a lease of a later
+        /// view: every master lease won after an abdication follows a driver job
+        /// given after this write (the disk check of a first majority, a takeover's
+        /// write), and the driver runs its jobs in order.
         lease_extends: bool,
     },
     /// Read the newest configuration record from the disks; answer with [`Event::DisksRead`].
