@@ -1136,9 +1136,15 @@ impl Sim {
             .into_iter()
             .partition(|(k, _)| *k == kind);
         n.held = kept;
-        let inc = n.inc;
+        self.deliver_now(id, released.into_iter().map(|(_, event)| event));
+    }
+
+    /// Delivers driver results of node `id`'s current start at the next
+    /// millisecond, in the order given.
+    fn deliver_now(&mut self, id: NodeId, events: impl IntoIterator<Item = Event<ToyConfig>>) {
+        let inc = self.node(id).inc;
         let now = self.now_ms;
-        for (_, event) in released {
+        for event in events {
             self.push(
                 now + 1,
                 SimEvent::Driver {
@@ -1164,18 +1170,7 @@ impl Sim {
         let n = self.node_mut(id);
         n.driver_stalled = false;
         let stalled = std::mem::take(&mut n.stalled);
-        let inc = n.inc;
-        let now = self.now_ms;
-        for event in stalled {
-            self.push(
-                now + 1,
-                SimEvent::Driver {
-                    node: id,
-                    inc,
-                    event,
-                },
-            );
-        }
+        self.deliver_now(id, stalled);
     }
 
     /// How many driver results node `id` holds back.
