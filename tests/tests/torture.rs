@@ -1,5 +1,6 @@
 //! A bounded randomised torture test: random changes on random nodes, coordinators
-//! killed at random failpoints or by `kill -9`, whole nodes killed, restarts, and the
+//! killed at random failpoints or by `kill -9`, whole nodes killed, coordinators
+//! frozen (SIGSTOP) through a change for up to two leases, restarts, and the
 //! invariants after every step. Prints its seed; `PLEXD_TORTURE_SEED=<seed>`
 //! reproduces a run, `PLEXD_TORTURE_STEPS` / `PLEXD_TORTURE_SECS` change its bounds.
 
@@ -10,6 +11,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
+use plexd_tests::cluster::LEASE_MS;
 use plexd_tests::{group, volume, Cluster, ClusterOpts};
 
 /// Default bounds: whichever comes first.
@@ -240,6 +242,7 @@ fn run(
         let node = rng.gen_range(0..c.nodes.len());
         let what = rng.gen_range(0..10);
         let mut note = String::new();
+        let mut frozen: Option<(usize, Instant)> = None;
         match what {
             0..=1 => {
                 let victim = rng.gen_range(0..c.nodes.len());
@@ -257,10 +260,24 @@ fn run(
                 note = format!("kill -9 of node {victim}; ");
                 c.kill_node(victim);
             }
+            4 => {
+                // A paused process (SIGSTOP): the master, a successor or a slave,
+                // through the change and past its lease or not.
+                let victim = rng.gen_range(0..c.nodes.len());
+                let ms = rng.gen_range(200..=2 * LEASE_MS);
+                note = format!("plexd {victim} frozen for {ms} ms; ");
+                c.freeze(victim);
+                frozen = Some((victim, Instant::now() + Duration::from_millis(ms)));
+            }
             _ => {}
         }
-        // A change on a live node (the issuing node is never the one just killed).
-        let live = c.live();
+        // A change on a live node (the issuing node is never the one just killed
+        // or frozen).
+        let live: Vec<usize> = c
+            .live()
+            .into_iter()
+            .filter(|&i| frozen.is_none_or(|(f, _)| f != i))
+            .collect();
         let issuer = live[node % live.len()];
         let out = c.ctl(issuer, &change.command());
         let code = out.status.code();
@@ -290,13 +307,26 @@ fn run(
             "step {step}: plexctl {} exited with {code:?}",
             change.command()
         );
+        // A frozen process wakes when its time is up (a bounded fault, not a wait
+        // for a condition) and rejoins.
+        if let Some((victim, until)) = frozen {
+            std::thread::sleep(until.saturating_duration_since(Instant::now()));
+            c.thaw(victim);
+        }
         // Whoever died (killed above, or at an armed failpoint) comes back disarmed.
         let someone_died = restart_dead(c);
+        if frozen.is_some() {
+            c.wait_all_joined();
+        }
         let after = c.agreed_print();
         forget_removed(c, &after);
         c.check_invariants();
         let applied = change.applied(&after);
-        if !someone_died {
+        // Through a freeze, an answer may not come (unreachable) or say the
+        // outcome is unknown: either outcome is then right.
+        let undecided =
+            frozen.is_some() && matches!(code, Some(EXIT_OUTCOME_UNKNOWN | EXIT_UNREACHABLE));
+        if !someone_died && !undecided {
             assert_eq!(
                 applied,
                 code == Some(0),
@@ -307,10 +337,11 @@ fn run(
         if !applied {
             // A node killed while serving has its mirrors recovered (all but one
             // plex SYNCING, then resynchronised; docs/PROTOCOL.md, "Node-crash
-            // recovery"): that moves sequence numbers and plex states on its own.
+            // recovery"): that moves sequence numbers and plex states on its own,
+            // and so may a node frozen out of the view.
             let groups = |p: &serde_json::Value| {
                 let g = plexd_tests::cluster::shared_groups(p);
-                if someone_died {
+                if someone_died || frozen.is_some() {
                     g.iter().map(without_recovery).collect()
                 } else {
                     g
