@@ -1,6 +1,7 @@
 //! A bounded randomised torture test: random changes on random nodes, coordinators
 //! killed at random failpoints or by `kill -9`, whole nodes killed, coordinators
-//! frozen (SIGSTOP) through a change for up to two leases, restarts, and the
+//! (alone or with their data plane) frozen (SIGSTOP) through a change for up to
+//! two leases, restarts, and the
 //! invariants after every step. Prints its seed; `PLEXD_TORTURE_SEED=<seed>`
 //! reproduces a run, `PLEXD_TORTURE_STEPS` / `PLEXD_TORTURE_SECS` change its bounds.
 
@@ -242,7 +243,7 @@ fn run(
         let node = rng.gen_range(0..c.nodes.len());
         let what = rng.gen_range(0..10);
         let mut note = String::new();
-        let mut frozen: Option<(usize, Instant)> = None;
+        let mut frozen: Option<(usize, bool, Instant)> = None;
         match what {
             0..=1 => {
                 let victim = rng.gen_range(0..c.nodes.len());
@@ -263,11 +264,19 @@ fn run(
             4 => {
                 // A paused process (SIGSTOP): the master, a successor or a slave,
                 // through the change and past its lease or not.
+                // Half the time with its data plane (a paused VM).
                 let victim = rng.gen_range(0..c.nodes.len());
                 let ms = rng.gen_range(200..=2 * LEASE_MS);
-                note = format!("plexd {victim} frozen for {ms} ms; ");
+                let whole = rng.gen_bool(0.5);
+                note = format!(
+                    "{} {victim} frozen for {ms} ms; ",
+                    if whole { "node" } else { "plexd" }
+                );
                 c.freeze(victim);
-                frozen = Some((victim, Instant::now() + Duration::from_millis(ms)));
+                if whole {
+                    c.freeze_target(victim);
+                }
+                frozen = Some((victim, whole, Instant::now() + Duration::from_millis(ms)));
             }
             _ => {}
         }
@@ -276,7 +285,7 @@ fn run(
         let live: Vec<usize> = c
             .live()
             .into_iter()
-            .filter(|&i| frozen.is_none_or(|(f, _)| f != i))
+            .filter(|&i| frozen.is_none_or(|(f, _, _)| f != i))
             .collect();
         let issuer = live[node % live.len()];
         let out = c.ctl(issuer, &change.command());
@@ -309,8 +318,11 @@ fn run(
         );
         // A frozen process wakes when its time is up (a bounded fault, not a wait
         // for a condition) and rejoins.
-        if let Some((victim, until)) = frozen {
+        if let Some((victim, whole, until)) = frozen {
             std::thread::sleep(until.saturating_duration_since(Instant::now()));
+            if whole {
+                c.thaw_target(victim);
+            }
             c.thaw(victim);
         }
         // Whoever died (killed above, or at an armed failpoint) comes back disarmed.
