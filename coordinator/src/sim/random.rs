@@ -19,7 +19,7 @@ pub struct RunStats {
     pub partitions: usize,
     /// Nodes frozen.
     pub freezes: usize,
-    /// Driver results of one kind held back for a while (stalls).
+    /// Stalls of a node's driver thread (or of its quorum disk or log thread).
     pub stalls: usize,
     /// Configuration sequence number at the end.
     pub final_seq: u64,
