@@ -4,9 +4,10 @@
 use std::time::Duration;
 
 use plexd_tests::cluster::without_seq;
+use plexd_tests::cluster::EXIT_NO_QUORUM;
 use plexd_tests::data::IoLoop;
 use plexd_tests::plex_disk::plexd_log;
-use plexd_tests::{Cluster, ClusterOpts, Pattern};
+use plexd_tests::{wait_until, Cluster, ClusterOpts, Pattern};
 
 #[test]
 fn restarting_a_coordinator_alone_never_interrupts_io() {
@@ -109,5 +110,70 @@ fn a_node_that_cannot_record_its_membership_exits_and_starts_again_only_once_it_
     std::fs::remove_dir(&blocker).unwrap();
     c.restart_coordinator(b, None);
     c.ctl_ok(b, "vol create dg1 vol1 16M --layout concat");
+    c.check_invariants();
+}
+
+/// Every process stops, and the cluster starts again without disk d1 (no node finds
+/// it). The node that forms reads dg1 from d0 alone and names the missing disk (a
+/// configuration write only d1 took would not be seen: docs/ONDISK.md, "What a disk
+/// that misses a write can lose"); the others refuse to join a configuration whose
+/// disk they cannot reach, so no majority forms and nothing changes on the older
+/// copy. With d1 back, the cluster forms whole.
+#[test]
+fn a_restart_without_one_of_a_groups_disks_forms_no_majority_until_it_is_back() {
+    let mut c = Cluster::start(3, ClusterOpts::default());
+    c.ctl_ok(0, "dg create dg1 d0 d1 --shared");
+    c.ctl_ok(0, "vol create dg1 vol1 16M --layout concat");
+    c.kill_all();
+    for i in 0..3 {
+        c.set_hidden_disks(i, &[1]);
+        c.start_target(i);
+        c.start_coordinator(i);
+    }
+    let refused = |status: &serde_json::Value, node: &str| {
+        status["nodes"].as_array().is_some_and(|nodes| {
+            nodes.iter().any(|n| {
+                n["name"] == node
+                    && n["reason"]
+                        .as_str()
+                        .is_some_and(|r| r.contains(&format!("cannot find disk d1 on node {node}")))
+            })
+        })
+    };
+    wait_until(
+        "b and c to refuse to join without d1",
+        Duration::from_secs(20),
+        || {
+            let status = c.try_ctl_json(0, "cluster status")?;
+            match refused(&status, "b") && refused(&status, "c") {
+                true => Ok(()),
+                false => Err(status.to_string()),
+            }
+        },
+    );
+    let log = plexd_log(&c, 0);
+    assert!(
+        log.lines()
+            .any(|l| l.contains("node a: disk group dg1: configuration seq")
+                && l.contains("read without its disk(s) d1,")),
+        "a names the disk it read dg1 without:\n{log}"
+    );
+    let e = c.ctl_fails(
+        0,
+        "vol create dg1 vol2 8M --layout concat",
+        &[EXIT_NO_QUORUM],
+    );
+    assert!(e.contains("no quorum"), "{e}");
+    c.kill_all();
+    for i in 0..3 {
+        c.set_hidden_disks(i, &[]);
+    }
+    c.restart_all();
+    let print = c.print(1);
+    assert!(
+        plexd_tests::volume(&print, "dg1", "vol1").is_some()
+            && plexd_tests::volume(&print, "dg1", "vol2").is_none(),
+        "dg1 is back as it was: {print}"
+    );
     c.check_invariants();
 }

@@ -578,6 +578,9 @@ pub fn discover(
     for g in found.groups {
         match g.config {
             Ok(read) => {
+                if let Some(warning) = read.missing_disks_warning() {
+                    log::warn!("node {host_id}: {warning}");
+                }
                 let c = read.config;
                 if c.shared && c.owner_id == cluster_id {
                     shared.push((c.clone(), read.txn_id));

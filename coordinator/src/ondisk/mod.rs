@@ -324,6 +324,22 @@ impl ConfigRead {
             .collect()
     }
 
+    /// What to warn of when the configuration was read without some of its disks
+    /// (none when all were found): a later configuration that only those disks
+    /// took is not seen (docs/ONDISK.md, "What a disk that misses a write can
+    /// lose").
+    pub fn missing_disks_warning(&self) -> Option<String> {
+        let missing = self.missing_disks();
+        (!missing.is_empty()).then(|| {
+            format!(
+                "disk group {}: configuration seq {} read without its disk(s) {}, not found on the disk paths; a later configuration that only they took is not seen, and is lost if the group goes on from this one (docs/ONDISK.md, \"What a disk that misses a write can lose\")",
+                self.config.name,
+                self.seq,
+                missing.join(", ")
+            )
+        })
+    }
+
     /// Media names of the configuration's disks not found among the disks given.
     pub fn missing_disks(&self) -> Vec<String> {
         self.config

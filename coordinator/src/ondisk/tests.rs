@@ -593,6 +593,7 @@ fn discover_groups_disks_and_finds_lagging_labels() {
     assert_eq!(&read.config, g);
     assert_eq!(read.member_paths(), paths);
     assert!(read.missing_disks().is_empty());
+    assert_eq!(read.missing_disks_warning(), None);
     // add-disk whose label update was lost: the slots still count.
     let c2 = c
         .apply(&Change::DgAddDisk {
@@ -610,9 +611,14 @@ fn discover_groups_disks_and_finds_lagging_labels() {
     let read = found.groups[0].config.as_ref().unwrap();
     assert_eq!(read.config, c2.disk_groups[0]);
     assert_eq!(read.member_paths().len(), 3);
-    // A missing disk is named.
+    // A missing disk is named, and warned of.
     let read = read_config(&paths).unwrap();
     assert_eq!(read.missing_disks(), ["disk03"]);
+    let warning = read.missing_disks_warning().unwrap();
+    assert!(
+        warning.starts_with("disk group dg1: configuration seq 3 read without its disk(s) disk03,"),
+        "{warning}"
+    );
 }
 
 #[test]
