@@ -2770,3 +2770,67 @@ fn under_heartbeats_the_status_line_says_what_holds_now() {
     settle(&mut sim, &[A, B, C]);
     assert!(status_line(&sim, A).starts_with("member of view "));
 }
+
+/// c, the designated successor of its view [a, c], takes over when a dies, and
+/// learns from b's answer of the newer view [a, b, c] (whose `View` never reached
+/// c) where b is the successor: c waits for b. b then dies too. c gives up waiting
+/// as soon as it sees b go, instead of waiting out the longest any successor may
+/// take (seed 25029430 with `PLEXD_SIM_STEPS=2000`: a quorum-disk cluster stayed
+/// without a master for 7 s that way, past the check's 10 s of quiet).
+#[test]
+fn a_slave_waiting_for_a_successor_that_died_gives_up_at_once() {
+    let mut sim = traced_cluster(3);
+    sim.crash(B);
+    assert!(sim.run_until(3_000, |s| [A, C].iter().all(|&id| s
+        .core(id)
+        .and_then(|c| c.view())
+        .is_some_and(|v| v.members == vec![A, C]))));
+    sim.block(A, C);
+    sim.start(B);
+    assert!(
+        sim.run_until(3_000, |s| s
+            .core(B)
+            .and_then(|c| c.view())
+            .is_some_and(|v| v.members == vec![A, B, C])),
+        "b joins a:\n{}",
+        sim.trace_text()
+    );
+    assert!(
+        sim.core(C)
+            .and_then(|c| c.view())
+            .is_some_and(|v| v.members == vec![A, C]),
+        "c never got the view with b:\n{}",
+        sim.trace_text()
+    );
+    sim.crash(A);
+    sim.heal();
+    let role = |s: &Sim| s.core(C).map(|c| c.role());
+    assert!(sim.run_until(2_000, |s| role(s) == Some(Role::TakingOver)));
+    // b's answer names view [a, b, c], whose successor is b: c waits for it.
+    assert!(
+        sim.run_until(2_000, |s| role(s) == Some(Role::Slave)),
+        "c waits for b:\n{}",
+        sim.trace_text()
+    );
+    let since = sim.now_ms();
+    sim.crash(B);
+    let left = sim.run_until(3_000, |s| {
+        s.logs().iter().any(|l| {
+            l.starts_with("c: ")
+                && l.contains("so is node b, the designated successor this node waited for")
+        })
+    });
+    assert!(left, "c gives up waiting for b:\n{}", sim.trace_text());
+    let waited = sim.now_ms() - since;
+    // At its first tick past its lease, not after the lease, a lease_wait and two
+    // heartbeat timeouts more that a successor may take.
+    let lease_end_bound = sim.config().lease_ms + sim.config().heartbeat_timeout_ms;
+    assert!(
+        waited <= lease_end_bound,
+        "c waited {waited} ms for a dead successor:\n{}",
+        sim.trace_text()
+    );
+    sim.start(A);
+    sim.start(B);
+    settle(&mut sim, &[A, B, C]);
+}

@@ -857,11 +857,13 @@ impl<M: ConfigModel> Node<M> {
             .filter(|m| self.peers.get(m).is_some_and(|p| p.gone))
             .collect();
         self.suspected.extend(gone);
-        if newest.successor(&self.suspected) != Some(me) {
+        let successor = newest.successor(&self.suspected);
+        if successor != Some(me) {
             log::info!(
                 "node {me}: not the designated successor in view {}; waiting for it",
                 newest.id
             );
+            self.awaited_successor = successor.map(|s| (s, newest.incarnation(s)));
             return;
         }
         self.takeover_count_votes(now_ms, newest, heard_master_ms, round, started_ms);
@@ -1287,6 +1289,7 @@ impl<M: ConfigModel> Node<M> {
             "view ids only grow"
         );
         self.max_view_seen = self.max_view_seen.max(view.id);
+        self.awaited_successor = None;
         let mut restarted = Vec::new();
         let mut alive = Vec::new();
         for (m, inc) in view.members.iter().zip(&view.incarnations) {
@@ -2003,6 +2006,7 @@ impl<M: ConfigModel> Node<M> {
         self.view = None;
         self.master = None;
         self.suspected.clear();
+        self.awaited_successor = None;
         self.slave_lease_until_ms = None;
         self.deposed.clear();
         self.grants.clear();

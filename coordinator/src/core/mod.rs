@@ -737,6 +737,9 @@ pub struct Node<M: ConfigModel> {
     peers: BTreeMap<NodeId, Peer>,
     /// Members of the current view this slave has seen go (for succession).
     suspected: BTreeSet<NodeId>,
+    /// The designated successor (and its start) this slave waits for, after a
+    /// takeover's answers showed a newer view whose successor is another node.
+    awaited_successor: Option<(NodeId, Option<u64>)>,
     last_heartbeat_ms: Option<u64>,
     max_view_seen: u64,
     master: Option<txn::MasterState<M>>,
@@ -830,6 +833,7 @@ impl<M: ConfigModel> Node<M> {
             },
             peers,
             suspected: BTreeSet::new(),
+            awaited_successor: None,
             last_heartbeat_ms: None,
             max_view_seen: 0,
             master: None,

@@ -322,6 +322,15 @@ impl<M: ConfigModel> Node<M> {
                     self.no_quorum_reason(now_ms)
                 );
                 self.leave_cluster(now_ms, reason);
+            } else if let Some(s) = self.awaited_successor_lost() {
+                // The successor it waits for died or started again (a new start
+                // takes nothing over): none is coming, and leaving is always safe.
+                let reason = format!(
+                    "{}; the master is gone and so is node {}, the designated successor this node waited for",
+                    self.no_quorum_reason(now_ms),
+                    self.name(s)
+                );
+                self.leave_cluster(now_ms, reason);
             }
         } else {
             let master = self.view.as_ref().map_or(0, |v| v.master);
@@ -331,6 +340,14 @@ impl<M: ConfigModel> Node<M> {
             );
             self.leave_cluster(now_ms, reason);
         }
+    }
+
+    /// The designated successor this slave waits for ([`Node::awaited_successor`]),
+    /// when it is gone or has started again since the view that named it.
+    fn awaited_successor_lost(&self) -> Option<NodeId> {
+        let (s, inc) = self.awaited_successor?;
+        let peer = self.peers.get(&s)?;
+        (peer.gone || (inc.is_some() && peer.incarnation != inc)).then_some(s)
     }
 
     /// The master leaves its view for want of quorum (or because a newer master
