@@ -317,6 +317,18 @@ pub fn volume<'a>(print: &'a Value, dg: &str, vol: &str) -> Option<&'a Value> {
         .find(|v| v["name"].as_str() == Some(vol))
 }
 
+/// Node `name`'s entry in a `--json cluster status`, if it is listed.
+pub fn status_node<'a>(status: &'a Value, name: &str) -> Option<&'a Value> {
+    status["nodes"]
+        .as_array()
+        .and_then(|ns| ns.iter().find(|n| n["name"] == name))
+}
+
+/// Node `name`'s `reason` in a `--json cluster status` (empty when it has none).
+pub fn node_reason(status: &Value, name: &str) -> Option<String> {
+    status_node(status, name).map(|n| n["reason"].as_str().unwrap_or("").to_string())
+}
+
 /// Names of the members in a `--json cluster status` (role master or slave).
 pub fn members(status: &Value) -> BTreeSet<String> {
     status["nodes"]

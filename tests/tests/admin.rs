@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use plexd_coordinator::ondisk;
 use plexd_tests::cluster::{
-    CTL_TIMEOUT, EXIT_NO_QUORUM, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_USAGE,
+    status_node, CTL_TIMEOUT, EXIT_NO_QUORUM, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_USAGE,
 };
 use plexd_tests::plex_disk::plexd_log;
 use plexd_tests::proc::run_bounded;
@@ -508,9 +508,8 @@ fn each_kind_of_failure_has_its_exit_status_and_json_error() {
 /// Node `i`'s status line for node `name` in `plexctl --json cluster status`.
 fn node_status(c: &Cluster, i: usize, name: &str) -> serde_json::Value {
     let s = c.status(i);
-    s["nodes"]
-        .as_array()
-        .and_then(|a| a.iter().find(|n| n["name"] == name).cloned())
+    status_node(&s, name)
+        .cloned()
         .unwrap_or_else(|| panic!("no node {name} in {s}"))
 }
 

@@ -3,6 +3,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use plexd_tests::cluster::node_reason;
 use plexd_tests::{members, wait_until, Cluster, ClusterOpts};
 
 fn names(list: &[&str]) -> BTreeSet<String> {
@@ -60,11 +61,7 @@ fn join_failure_names_the_missing_disk() {
         Duration::from_secs(15),
         || {
             let s = c.status(2);
-            let reason = s["nodes"]
-                .as_array()
-                .and_then(|ns| ns.iter().find(|n| n["name"] == "c"))
-                .map(|n| n["reason"].to_string())
-                .unwrap_or_default();
+            let reason = node_reason(&s, "c").unwrap_or_default();
             match reason.contains(want) {
                 true => Ok(()),
                 false => Err(format!("status on c: {s}")),

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use plexd_tests::cluster::without_seq;
-use plexd_tests::cluster::EXIT_NO_QUORUM;
+use plexd_tests::cluster::{node_reason, EXIT_NO_QUORUM};
 use plexd_tests::data::IoLoop;
 use plexd_tests::plex_disk::plexd_log;
 use plexd_tests::{wait_until, Cluster, ClusterOpts, Pattern};
@@ -131,14 +131,8 @@ fn a_restart_without_one_of_a_groups_disks_forms_no_majority_until_it_is_back() 
         c.start_coordinator(i);
     }
     let refused = |status: &serde_json::Value, node: &str| {
-        status["nodes"].as_array().is_some_and(|nodes| {
-            nodes.iter().any(|n| {
-                n["name"] == node
-                    && n["reason"]
-                        .as_str()
-                        .is_some_and(|r| r.contains(&format!("cannot find disk d1 on node {node}")))
-            })
-        })
+        node_reason(status, node)
+            .is_some_and(|r| r.contains(&format!("cannot find disk d1 on node {node}")))
     };
     wait_until(
         "b and c to refuse to join without d1",

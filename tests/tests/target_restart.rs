@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use plexd_target::api::Injection;
 use plexd_target::bdev::error::FailOn;
-use plexd_tests::cluster::EXIT_FAILED;
+use plexd_tests::cluster::{node_reason, EXIT_FAILED};
 use plexd_tests::{members, volume, wait_until, Cluster, ClusterOpts};
 
 /// How long a plexd gets to notice that its target died.
@@ -21,11 +21,7 @@ const DETACH_TIMEOUT: Duration = Duration::from_secs(5);
 fn own_reason(c: &Cluster, i: usize) -> Result<String, String> {
     let s = c.try_ctl_json(i, "cluster status")?;
     let me = &c.nodes[i].name;
-    s["nodes"]
-        .as_array()
-        .and_then(|ns| ns.iter().find(|n| n["name"] == me.as_str()))
-        .map(|n| n["reason"].as_str().unwrap_or("").to_string())
-        .ok_or_else(|| format!("node {me} is not in its own status: {s}"))
+    node_reason(&s, me).ok_or_else(|| format!("node {me} is not in its own status: {s}"))
 }
 
 /// The volumes node `i`'s target serves.
