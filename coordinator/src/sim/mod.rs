@@ -352,10 +352,9 @@ pub struct SimNode {
     next_request: u64,
     holds: BTreeSet<Hold>,
     held: Vec<(Hold, Event<ToyConfig>)>,
-    /// The driver thread is stalled ([`Sim::stall_driver`]).
-    driver_stalled: bool,
-    /// Results of the driver thread's jobs held back by a stall, in order.
-    stalled: Vec<Event<ToyConfig>>,
+    /// While the driver thread is stalled ([`Sim::stall_driver`]): the results of
+    /// its jobs held back, in order.
+    stalled: Option<Vec<Event<ToyConfig>>>,
     /// Disk writes in flight, with their deadlines (the node's clock).
     pending_writes: Vec<(DiskRecord<ToyConfig>, (u64, bool))>,
     /// Quorum disk writes in flight: operation, record, deadline (the node's clock).
@@ -465,8 +464,7 @@ impl Sim {
                 next_request: 0,
                 holds: BTreeSet::new(),
                 held: Vec::new(),
-                driver_stalled: false,
-                stalled: Vec::new(),
+                stalled: None,
                 pending_writes: Vec::new(),
                 pending_qdisk_writes: Vec::new(),
                 monitor_down_until_ms: 0,
@@ -726,7 +724,9 @@ impl Sim {
         n.kernel.private = n.private_disk.clone();
         n.core = Some(core);
         n.held.clear();
-        n.stalled.clear();
+        if let Some(stalled) = n.stalled.as_mut() {
+            stalled.clear();
+        }
         n.monitor_sent = None;
         let inc = n.inc;
         self.note(format!("start {}", Sim::name(id)));
@@ -1065,7 +1065,9 @@ impl Sim {
         n.armed = None;
         n.crash_after_sends = None;
         n.held.clear();
-        n.stalled.clear();
+        if let Some(stalled) = n.stalled.as_mut() {
+            stalled.clear();
+        }
         let dead: Vec<(NodeId, RequestId)> = self
             .pending
             .keys()
@@ -1162,14 +1164,12 @@ impl Sim {
     /// driver thread completes them. Unlike [`Sim::hold`] of one kind, no later job
     /// completes before an earlier one.
     pub fn stall_driver(&mut self, id: NodeId) {
-        self.node_mut(id).driver_stalled = true;
+        self.node_mut(id).stalled.get_or_insert_with(Vec::new);
     }
 
     /// Ends a stall of node `id`'s driver thread: what it held comes, in order.
     pub fn unstall_driver(&mut self, id: NodeId) {
-        let n = self.node_mut(id);
-        n.driver_stalled = false;
-        let stalled = std::mem::take(&mut n.stalled);
+        let stalled = self.node_mut(id).stalled.take().unwrap_or_default();
         self.deliver_now(id, stalled);
     }
 
@@ -1678,11 +1678,13 @@ impl Sim {
             self.node_mut(id).held.push((h, event));
             return;
         }
-        if n.driver_stalled && hold.is_none_or(Hold::on_driver_thread) {
-            self.node_mut(id).stalled.push(event);
-            return;
-        }
         let inc = n.inc;
+        if hold.is_none_or(Hold::on_driver_thread) {
+            if let Some(stalled) = self.node_mut(id).stalled.as_mut() {
+                stalled.push(event);
+                return;
+            }
+        }
         let at = self.now_ms + self.rng.gen_range(1..=self.cfg.max_driver_delay_ms);
         self.push(
             at,
