@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
+use plexd_coordinator::ondisk;
 use plexd_tests::cluster::without_seq;
-use plexd_tests::cluster::{node_reason, EXIT_NO_QUORUM};
+use plexd_tests::cluster::{node_reason, status_node, EXIT_NO_QUORUM};
 use plexd_tests::data::IoLoop;
 use plexd_tests::plex_disk::plexd_log;
 use plexd_tests::{wait_until, Cluster, ClusterOpts, Pattern};
@@ -169,5 +170,95 @@ fn a_restart_without_one_of_a_groups_disks_forms_no_majority_until_it_is_back() 
             && plexd_tests::volume(&print, "dg1", "vol2").is_none(),
         "dg1 is back as it was: {print}"
     );
+    c.check_invariants();
+}
+
+/// A full restart whose forming node (a, the lowest id) does not find the one disk
+/// that took the newest configuration write (d0 missed it; d1 is missing on a
+/// only): a forms from d0's older copy, but b and c find d1's newer one and refuse
+/// to join, so no majority goes on from the older copy (docs/ONDISK.md, "What a
+/// disk that misses a write can lose"). With d1 back on a, the newer configuration
+/// is the cluster's.
+#[test]
+fn a_forming_node_without_the_disk_that_took_the_newest_write_gets_no_majority() {
+    let mut c = Cluster::start(3, ClusterOpts::default());
+    c.ctl_ok(0, "dg create dg1 d0 d1 --shared");
+    c.ctl_ok(0, "vol create dg1 vol1 16M --layout concat");
+    // d0 misses the next write: its private region goes back to what it held
+    // before, as when its write failed.
+    let d0 = c.disks[0].clone();
+    let private_region = ondisk::read_label(&d0)
+        .expect("label of d0")
+        .private_region_bytes as usize;
+    let read_region = || {
+        let mut region = vec![0u8; private_region];
+        std::fs::File::open(&d0)
+            .and_then(|f| std::os::unix::fs::FileExt::read_exact_at(&f, &mut region, 0))
+            .expect("read d0's private region");
+        region
+    };
+    let before = read_region();
+    c.ctl_ok(0, "vol create dg1 vol2 8M --layout concat");
+    c.kill_all();
+    assert_ne!(read_region(), before, "vol2 was written to d0");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&d0)
+        .and_then(|f| std::os::unix::fs::FileExt::write_all_at(&f, &before, 0))
+        .expect("put back d0's older private region");
+    c.set_hidden_disks(0, &[1]);
+    for i in 0..3 {
+        c.start_target(i);
+        c.start_coordinator(i);
+    }
+    let refused = |status: &serde_json::Value, node: &str| {
+        node_reason(status, node).is_some_and(|r| {
+            r.contains(&format!(
+                "disk group dg1: disk(s) d1 on node {node} hold configuration seq"
+            )) && r.contains("the master read the disks without them")
+        })
+    };
+    wait_until(
+        "b and c to refuse a's older configuration",
+        Duration::from_secs(20),
+        || {
+            let status = c.try_ctl_json(0, "cluster status")?;
+            match refused(&status, "b") && refused(&status, "c") {
+                true => Ok(()),
+                false => Err(status.to_string()),
+            }
+        },
+    );
+    let e = c.ctl_fails(
+        0,
+        "vol create dg1 vol3 8M --layout concat",
+        &[EXIT_NO_QUORUM],
+    );
+    assert!(e.contains("no quorum"), "{e}");
+    // Stopping a is a way out: b forms from the newer copy, with c.
+    c.kill_node(0);
+    wait_until(
+        "b to form the cluster with c",
+        Duration::from_secs(30),
+        || {
+            let status = c.try_ctl_json(1, "cluster status")?;
+            let c_up = status_node(&status, "c").is_some_and(|n| n["state"] == "up");
+            match status["master"] == "b" && c_up {
+                true => Ok(()),
+                false => Err(status.to_string()),
+            }
+        },
+    );
+    c.ctl_ok(1, "vol create dg1 vol3 8M --layout concat");
+    let print = c.print(2);
+    assert!(
+        ["vol1", "vol2", "vol3"]
+            .iter()
+            .all(|v| plexd_tests::volume(&print, "dg1", v).is_some()),
+        "dg1 went on from the configuration with vol2: {print}"
+    );
+    // With d1 found again, a joins.
+    c.set_hidden_disks(0, &[]);
+    c.restart_node(0);
     c.check_invariants();
 }

@@ -1798,7 +1798,7 @@ impl<M: ConfigModel> Node<M> {
         }
     }
 
-    pub(super) fn on_disk_access_checked(&mut self, now_ms: u64, missing: Option<String>) {
+    pub(super) fn on_disk_access_checked(&mut self, now_ms: u64, refused: Option<String>) {
         let State::Joining {
             master,
             step: JoinStep::CheckingDisks { .. },
@@ -1818,8 +1818,7 @@ impl<M: ConfigModel> Node<M> {
         else {
             unreachable!()
         };
-        if let Some(disk) = missing {
-            let reason = format!("cannot find disk {disk} on node {}", self.name(self.cfg.me));
+        if let Some(reason) = refused {
             self.abandon_join(now_ms, master, join, reason);
             return;
         }

@@ -304,8 +304,10 @@ pub enum Event<M: ConfigModel> {
     },
     /// Result of [`Action::CheckDiskAccess`].
     DiskAccessChecked {
-        /// The first disk this node cannot open, if any.
-        missing: Option<String>,
+        /// Why this node cannot take the offered configuration, naming this node
+        /// (`cannot find disk d1 on node c`, or a newer configuration its disks
+        /// hold), if it cannot.
+        refused: Option<String>,
     },
     /// Result of [`Action::KernelLoad`].
     KernelLoaded {
@@ -482,7 +484,8 @@ pub enum Action<M: ConfigModel> {
         /// follows could overwrite a newer holder's record.
         deadline_ms: u64,
     },
-    /// Check that every disk can be opened from this node; answer with
+    /// Check that every disk can be opened from this node and that none holds a
+    /// newer configuration than the one offered; answer with
     /// [`Event::DiskAccessChecked`].
     CheckDiskAccess {
         /// Disk names.
@@ -927,7 +930,7 @@ impl<M: ConfigModel> Node<M> {
             Event::KernelCommitted { txn } => self.slave_on_kernel_committed(txn),
             Event::DiskWritten { txn, result } => self.on_disk_written(now_ms, txn, result),
             Event::DisksRead { result } => self.on_disks_read(now_ms, result),
-            Event::DiskAccessChecked { missing } => self.on_disk_access_checked(now_ms, missing),
+            Event::DiskAccessChecked { refused } => self.on_disk_access_checked(now_ms, refused),
             Event::KernelLoaded { result } => self.on_kernel_loaded(now_ms, result),
             Event::QuorumDiskRead { op, result } => self.on_qdisk_read(now_ms, op, result),
             Event::QuorumDiskWritten { op, result } => self.on_qdisk_written(now_ms, op, result),

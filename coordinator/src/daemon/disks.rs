@@ -11,7 +11,7 @@ use crate::model::{Change, ClusterConfig, Disk, DiskGroupConfig, DiskUpdate};
 use crate::ondisk::{self, Label};
 
 use super::ctl::DiskOut;
-use super::model::{core_txn, SharedConfig};
+use super::model::{core_txn, disk_txn, SharedConfig};
 
 /// Where this node finds each disk, by the disk id in its label: a disk group records
 /// the path a disk had on the node that added it, but each node finds the disk by id
@@ -660,6 +660,52 @@ pub fn read_shared(
     }))
 }
 
+/// Why this node must not take a join offer: the disks it finds on `files` hold a
+/// newer configuration of one of cluster `cluster_id`'s shared groups than the
+/// offer (`offered`, committed by transaction `offered_txn`): a higher seq of a
+/// group it holds, or a group it lacks written by a later transaction. The master
+/// read the disks without the ones that took those writes (a disk path missing on
+/// that node), and a join would carry its older copy on (docs/ONDISK.md, "What a
+/// disk that misses a write can lose"). The offer's own copies are on disks this
+/// node found (every disk the offer names, checked first), so a stale lineage's
+/// copy is dropped by the read and never taken for a newer one. Names this node
+/// (`node`); none when nothing is newer.
+pub fn newer_than_offered(
+    files: &[PathBuf],
+    cluster_id: &str,
+    node: &str,
+    offered: &SharedConfig,
+    offered_txn: TxnId,
+) -> Option<String> {
+    let offered_txn = disk_txn(offered_txn);
+    for g in ondisk::discover(files).groups {
+        let Ok(read) = g.config else {
+            continue;
+        };
+        let c = &read.config;
+        if !c.shared || c.owner_id != cluster_id {
+            continue;
+        }
+        let than = match offered.groups.iter().find(|o| o.id == c.id) {
+            Some(o) if read.seq > o.seq => format!("the offered seq {}", o.seq),
+            None if read.txn_id > offered_txn => format!(
+                "the offered configuration (transaction {}), which lacks the group",
+                core_txn(offered_txn)
+            ),
+            _ => continue,
+        };
+        let holders = read.holders();
+        return Some(format!(
+            "disk group {}: disk(s) {} on node {node} hold configuration seq {} (transaction {}), newer than {than}: the master read the disks without them",
+            c.name,
+            holders.join(", "),
+            read.seq,
+            core_txn(read.txn_id),
+        ));
+    }
+    None
+}
+
 /// What [`write_updates`] did, beyond the errors it returns.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Wrote {
@@ -1012,6 +1058,67 @@ mod tests {
         let before = f.scans();
         f.locate(|| files.clone(), [&*next], t0);
         assert_eq!(f.scans(), before + 1);
+    }
+
+    #[test]
+    fn a_join_offer_older_than_a_configuration_on_the_disks_is_refused() {
+        let dir = Dir::new("newer");
+        let a = dir.disk("a");
+        let b = dir.disk("b");
+        let files = vec![a.0.clone(), b.0.clone()];
+        let t = |view, n| TxnId { view, n };
+        let offer = |g: &DiskGroupConfig| SharedConfig {
+            seq: 1,
+            groups: vec![Arc::new(g.clone())],
+            ..Default::default()
+        };
+        let next = |g: &DiskGroupConfig| DiskGroupConfig {
+            seq: g.seq + 1,
+            ..g.clone()
+        };
+        let newer = |offered: &SharedConfig, txn: TxnId| {
+            newer_than_offered(&files, "cluster-1", "b", offered, txn)
+        };
+        let g1 = group(&[a.clone(), b.clone()]);
+        ondisk::write_config(&files, &g1, disk_txn(t(3, 1)), None).unwrap();
+        // The offer is what the disks hold.
+        assert_eq!(newer(&offer(&g1), t(3, 1)), None);
+        // The next seq reached disk a only; a master that read disk b alone offers
+        // the older copy, whatever transaction its newest group was written by.
+        let g2 = next(&g1);
+        ondisk::write_config(&files[..1], &g2, disk_txn(t(3, 2)), None).unwrap();
+        let want = format!(
+            "disk group dg1: disk(s) a on node b hold configuration seq {} (transaction 3.2), newer than the offered seq {}: the master read the disks without them",
+            g2.seq, g1.seq
+        );
+        assert_eq!(newer(&offer(&g1), t(3, 1)).as_deref(), Some(want.as_str()));
+        assert_eq!(newer(&offer(&g1), t(3, 9)).as_deref(), Some(want.as_str()));
+        assert_eq!(newer(&offer(&g2), t(3, 2)), None);
+        // Another cluster's group is not this offer's business.
+        assert_eq!(
+            newer_than_offered(&files, "cluster-2", "b", &offer(&g1), t(3, 1)),
+            None
+        );
+        // A group the offer lacks: newer when written after the offer's transaction
+        // (a group the master did not find), not a leftover of one removed since.
+        let none = SharedConfig::default();
+        let lacks = newer(&none, t(3, 1)).unwrap();
+        assert!(
+            lacks.contains(
+                "newer than the offered configuration (transaction 3.1), which lacks the group"
+            ),
+            "{lacks}"
+        );
+        assert_eq!(newer(&none, t(4, 1)), None);
+        // A replaced master (epoch 3) went on to a higher seq on disk a; the new
+        // master (epoch 5) wrote its own next seq to disk b only. Its offer is not
+        // refused: the read drops the stale lineage.
+        let g3 = next(&g2);
+        ondisk::write_config(&files[..1], &g3, disk_txn(t(3, 3)), None).unwrap();
+        let mut g2_new = g2.clone();
+        g2_new.detach_policy = crate::model::DetachPolicy::Local;
+        ondisk::write_config(&files[1..], &g2_new, disk_txn(t(5, 1)), None).unwrap();
+        assert_eq!(newer(&offer(&g2_new), t(5, 1)), None);
     }
 
     #[test]

@@ -103,8 +103,9 @@ pub enum Job {
     CheckDiskAccess {
         /// Disk media names.
         disks: Vec<String>,
-        /// The configuration of the join offer.
-        offered: Option<SharedConfig>,
+        /// The configuration of the join offer, with the transaction that
+        /// committed it.
+        offered: Option<(TxnId, SharedConfig)>,
     },
     /// This node left the cluster: drop a staged layout, fail writes held for a
     /// cluster decision; the shared volumes stay, fenced by the lease.
@@ -259,8 +260,8 @@ pub enum Done {
     },
     /// [`Job::CheckDiskAccess`].
     DiskAccessChecked {
-        /// The first disk that is missing, if any.
-        missing: Option<String>,
+        /// Why this node cannot take the offered configuration, if it cannot.
+        refused: Option<String>,
     },
     /// [`Job::Private`].
     Private {
@@ -692,7 +693,7 @@ impl Driver {
                 Done::DisksRead { result, failed }
             }
             Job::CheckDiskAccess { disks, offered } => Done::DiskAccessChecked {
-                missing: self.check_disk_access(&disks, offered.as_ref()),
+                refused: self.check_disk_access(&disks, offered.as_ref()),
             },
             Job::Leave => {
                 self.fences
@@ -1072,15 +1073,20 @@ impl Driver {
         Some(Duration::from_millis(wait))
     }
 
+    /// Why this node cannot take the offered configuration, naming this node: a
+    /// disk it names that this node cannot find, or a newer configuration on the
+    /// disks ([`disks::newer_than_offered`]).
     fn check_disk_access(
         &self,
         names: &[String],
-        offered: Option<&SharedConfig>,
+        offered: Option<&(TxnId, SharedConfig)>,
     ) -> Option<String> {
-        let Some(offered) = offered else {
-            return names.first().cloned();
+        let missing = |name: &str| format!("cannot find disk {name} on node {}", self.name);
+        let Some((offered_txn, offered)) = offered else {
+            return names.first().map(|n| missing(n));
         };
-        let local = disks::LocalDisks::scan(&self.files());
+        let files = self.files();
+        let local = disks::LocalDisks::scan(&files);
         for name in names {
             let disk = offered
                 .groups
@@ -1091,13 +1097,23 @@ impl Driver {
                 Some(d) => {
                     if let Err(e) = disks::check_disk(d, &local) {
                         log::error!("node {}: {e}", self.name);
-                        return Some(name.clone());
+                        return Some(missing(name));
                     }
                 }
-                None => return Some(name.clone()),
+                None => return Some(missing(name)),
             }
         }
-        None
+        let newer = disks::newer_than_offered(
+            &files,
+            &self.file.cluster.id,
+            &self.name,
+            offered,
+            *offered_txn,
+        );
+        if let Some(why) = &newer {
+            log::error!("node {}: join offer refused: {why}", self.name);
+        }
+        newer
     }
 
     /// One attempt to reconnect to the lost data plane. Once connected: events again

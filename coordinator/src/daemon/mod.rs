@@ -267,7 +267,7 @@ struct Daemon {
     pending: BTreeMap<RequestId, Pending>,
     staged: Option<(TxnId, SharedConfig)>,
     committed_txn: TxnId,
-    offered: Option<SharedConfig>,
+    offered: Option<(TxnId, SharedConfig)>,
     /// Configurations this node has held, newest last (at most [`HISTORY_LEN`]): a
     /// configuration read from the disks is recognised by them.
     history: std::collections::VecDeque<(TxnId, SharedConfig)>,
@@ -479,8 +479,11 @@ impl Daemon {
                     self.commit_failpoint(*txn);
                 }
                 self.transport.kick(from);
-                if let Message::JoinOffer { config, .. } = &msg {
-                    self.offered = SharedConfig::decode(config).ok();
+                if let Message::JoinOffer {
+                    config, config_txn, ..
+                } = &msg
+                {
+                    self.offered = SharedConfig::decode(config).ok().map(|c| (*config_txn, c));
                 }
                 self.feed(Event::Message { from, msg });
             }
@@ -1144,7 +1147,7 @@ impl Daemon {
                 self.set_failed(failed);
                 Some(Event::DisksRead { result })
             }
-            Done::DiskAccessChecked { missing } => Some(Event::DiskAccessChecked { missing }),
+            Done::DiskAccessChecked { refused } => Some(Event::DiskAccessChecked { refused }),
             Done::Private { request, result } => Some(Event::PrivateDone { request, result }),
             Done::Reconnected { epoch, result } => {
                 self.on_reconnected(epoch, result);

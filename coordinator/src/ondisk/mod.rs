@@ -340,6 +340,16 @@ impl ConfigRead {
         })
     }
 
+    /// Media names (as their labels say) of the disks given that hold the returned
+    /// configuration.
+    pub fn holders(&self) -> Vec<String> {
+        self.disks
+            .iter()
+            .filter(|r| r.current)
+            .filter_map(|r| r.label.as_ref().map(|l| l.disk_name.clone()))
+            .collect()
+    }
+
     /// Media names of the configuration's disks not found among the disks given.
     pub fn missing_disks(&self) -> Vec<String> {
         self.config

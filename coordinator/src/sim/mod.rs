@@ -2199,15 +2199,16 @@ impl Sim {
                     );
                 }
                 Action::CheckDiskAccess { disks } => {
-                    let missing = if self.node(id).disk_access_broken {
-                        disks.first().cloned()
-                    } else {
-                        None
+                    let refused = match disks.first() {
+                        Some(d) if self.node(id).disk_access_broken => {
+                            Some(format!("cannot find disk {d} on node {name}"))
+                        }
+                        _ => None,
                     };
                     self.driver_later(
                         id,
                         Some(Hold::DiskAccess),
-                        Event::DiskAccessChecked { missing },
+                        Event::DiskAccessChecked { refused },
                     );
                 }
                 Action::ViewChanged { view } => {
