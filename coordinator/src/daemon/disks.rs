@@ -666,10 +666,11 @@ pub fn read_shared(
 /// group it holds, or a group it lacks written by a later transaction. The master
 /// read the disks without the ones that took those writes (a disk path missing on
 /// that node), and a join would carry its older copy on (docs/ONDISK.md, "What a
-/// disk that misses a write can lose"). The offer's own copies are on disks this
-/// node found (every disk the offer names, checked first), so a stale lineage's
-/// copy is dropped by the read and never taken for a newer one. Names this node
-/// (`node`); none when nothing is newer.
+/// disk that misses a write can lose"). No configuration write runs during a join,
+/// so the offer's copy of a group is on a disk the offer names (checked first), or
+/// older copies are where its write reached no disk; either way the read drops a
+/// stale lineage's copy against a newer epoch's and never takes it for a newer
+/// one. Names this node (`node`); none when nothing is newer.
 pub fn newer_than_offered(
     files: &[PathBuf],
     cluster_id: &str,
