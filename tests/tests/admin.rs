@@ -781,3 +781,110 @@ fn disks_renamed_and_swapped_under_a_running_cluster_are_found_by_their_labels()
     every_copy_written(&c);
     c.check_invariants();
 }
+
+/// The disk extents of every plex of `dg.vol`, from a `--json print`.
+fn extents(print: &serde_json::Value, dg: &str, vol: &str) -> Vec<(String, u64, u64)> {
+    let v = volume(print, dg, vol).unwrap_or_else(|| panic!("no volume {dg}/{vol}: {print}"));
+    let mut out = Vec::new();
+    for p in v["plexes"].as_array().expect("plexes") {
+        for sd in p["subdisks"].as_array().expect("subdisks") {
+            out.push((
+                sd["disk"].as_str().expect("disk").to_string(),
+                sd["disk_offset"].as_u64().expect("disk_offset"),
+                sd["len"].as_u64().expect("len"),
+            ));
+        }
+    }
+    out
+}
+
+/// `dg.vol` reads as zeroes at `offset..offset + len` through the data plane of
+/// each node of `nodes`.
+fn reads_zeroes(c: &Cluster, nodes: &[usize], dg: &str, vol: &str, offset: u64, len: u64) {
+    let bdev = format!("{dg}.{vol}");
+    for &i in nodes {
+        c.wait_served(i, dg, vol);
+        let k = c.kernel(i);
+        let mut at = offset;
+        while at < offset + len {
+            let n = (1u64 << 20).min(offset + len - at);
+            let r = k.read(&bdev, at, n as u32).expect("read");
+            assert_eq!(r.status, 0, "node {i}: read {bdev} at {at}+{n}");
+            if let Some(p) = r.data.iter().position(|&b| b != 0) {
+                panic!(
+                    "node {i}: {bdev} at {}: byte {:#x}, not zero",
+                    at + p as u64,
+                    r.data[p]
+                );
+            }
+            at += n;
+        }
+    }
+}
+
+/// A volume's new space reads as zeroes, through every node and on every plex: a
+/// volume created over a removed one's extents, and a grow over what a shrink cut
+/// (docs/OPERATIONS.md, "New space reads as zeroes"). So no host reads another
+/// volume's old data, and the plexes of a mirror agree from the start. A shared
+/// group (the master zeroes) and a private one (its owner does).
+#[test]
+fn new_space_reads_as_zeroes_through_every_node_and_on_every_plex() {
+    let mut c = Cluster::start(3, ClusterOpts::default());
+    c.ctl_ok(0, "dg create dg1 d0 d1 --shared");
+    c.ctl_ok(1, "dg create dg2 d2 d3");
+    // Per group: the nodes that read it, the node that creates the new volume and
+    // the one that shrinks and grows it (a private group's changes go to its owner).
+    for (dg, readers, create, resize) in
+        [("dg1", &[0usize, 1, 2][..], 2, 0), ("dg2", &[1][..], 1, 1)]
+    {
+        c.ctl_ok(1, &format!("vol create {dg} old 8M --layout mirror"));
+        c.write_pattern(1, dg, "old", 0, 8 << 20);
+        let old = extents(&c.print(1), dg, "old");
+        c.ctl_ok(1, &format!("vol rm {dg} old"));
+        c.forget_volume(dg, "old");
+        c.ctl_ok(create, &format!("vol create {dg} new 8M --layout mirror"));
+        let print = c.print(1);
+        let new = extents(&print, dg, "new");
+        assert!(
+            new.iter().all(|(d, o, l)| old
+                .iter()
+                .any(|(od, oo, ol)| od == d && oo < &(o + l) && o < &(oo + ol))),
+            "the new volume lies over the old one's extents: old {old:?}, new {new:?}"
+        );
+        reads_zeroes(&c, readers, dg, "new", 0, 8 << 20);
+        for plex in ["new-01", "new-02"] {
+            let image = plexd_tests::plex_disk::plex_image(&print, dg, "new", plex).unwrap();
+            assert!(
+                image.iter().all(|&b| b == 0),
+                "{dg}: plex {plex} is not zeroes"
+            );
+        }
+        // A grow over the space a shrink cut.
+        c.write_pattern(1, dg, "new", 0, 8 << 20);
+        c.ctl_ok(resize, &format!("vol shrink {dg} new 4M"));
+        c.forget_volume(dg, "new");
+        c.ctl_ok(resize, &format!("vol grow {dg} new 8M"));
+        reads_zeroes(&c, readers, dg, "new", 4 << 20, 4 << 20);
+        let print = c.print(1);
+        let images: Vec<Vec<u8>> = ["new-01", "new-02"]
+            .iter()
+            .map(|p| plexd_tests::plex_disk::plex_image(&print, dg, "new", p).unwrap())
+            .collect();
+        assert!(
+            images[0] == images[1],
+            "{dg}: the plexes differ after the grow"
+        );
+        assert!(
+            images[0][4 << 20..].iter().all(|&b| b == 0),
+            "{dg}: the grown space is not zeroes"
+        );
+        let log = plexd_log(&c, if dg == "dg1" { 0 } else { 1 });
+        assert!(
+            log.contains(&format!(
+                "disk group {dg}: zeroed 8.0 MiB of new space of volume new"
+            )),
+            "the zeroing node logs it:\n{log}"
+        );
+    }
+    c.check_invariants();
+}

@@ -973,6 +973,13 @@ impl<M: ConfigModel> Node<M> {
         &self.committed.config
     }
 
+    /// The configuration transaction `txn` makes, while this node is its master
+    /// and it is under way.
+    pub fn master_txn_config(&self, txn: TxnId) -> Option<&M> {
+        let t = self.master.as_ref()?.txn.as_ref()?;
+        (t.id == txn).then_some(&t.new_config)
+    }
+
     /// The transaction that produced the committed configuration.
     pub fn config_txn(&self) -> TxnId {
         self.committed.txn

@@ -59,6 +59,12 @@ pub struct ClusterSection {
     /// shared counters on every I/O.
     #[serde(default)]
     pub fault_injection: bool,
+    /// Zero the disk space a `vol create` or `vol grow` gives a volume before the
+    /// change commits (`daemon::zero`): on by default. Off: new space holds what the
+    /// disks held (another volume's old data; a new mirror's plexes may differ
+    /// there until written), for storage that cannot zero fast.
+    #[serde(default = "default_zero_new_space")]
+    pub zero_new_space: bool,
     /// The quorum disk: a small file or block device every node reaches (not one of
     /// `disk_paths`' disks), whose lease gives one more vote to the node holding
     /// it (the master). plexd writes its first 4 KiB; a blank one is initialized,
@@ -89,6 +95,9 @@ fn default_join_retry_ms() -> u64 {
 }
 fn default_lease_ms() -> u64 {
     5000
+}
+fn default_zero_new_space() -> bool {
+    true
 }
 fn default_lease_margin_ms() -> u64 {
     crate::core::DEFAULT_LEASE_MARGIN_MS

@@ -32,9 +32,10 @@ use super::kernel::{Desired, Kernel};
 use super::model::{disk_txn, SharedConfig};
 use super::owner_lease;
 use super::takeover::{self, Deferred, Takeover};
+use super::zero;
 use super::{Input, Inputs};
 use crate::core::{DiskRecord, ErrorKind, FenceToken, NodeId, RequestError, RequestId, TxnId};
-use crate::model::{Change, ClusterConfig, DiskGroupConfig, DiskUpdate, ExportProtocol};
+use crate::model::{Change, ClusterConfig, DiskGroupConfig, DiskUpdate, ExportProtocol, NewSpace};
 
 /// Jobs submitted to the driver and not yet answered, at most; the main loop waits
 /// for the driver when it would submit more (see [`DriverHandle::submit`]).
@@ -61,6 +62,9 @@ pub enum Job {
         /// The change's disk group as it is now, if it exists (a shared group is
         /// not copied for it).
         group: Option<Arc<DiskGroupConfig>>,
+        /// The master's: the group after the change, and the space the change gives
+        /// a volume, zeroed once the checks pass ([`super::zero`]).
+        zero: Option<(Arc<DiskGroupConfig>, NewSpace)>,
     },
     /// Stage a transaction's configuration in the data plane (quiesce, drain).
     KernelPrepare {
@@ -671,7 +675,8 @@ impl Driver {
                 change,
                 private,
                 group,
-            } => self.local_check(txn, &change, &private, group.as_deref()),
+                zero,
+            } => self.local_check(txn, &change, &private, group.as_deref(), zero),
             Job::KernelPrepare { txn, shared } => self.kernel_prepare(txn, &shared),
             Job::KernelCommit { txn } => self.kernel_commit(txn),
             Job::KernelAbort { txn } => {
@@ -786,9 +791,14 @@ impl Driver {
         change: &Change,
         private: &ClusterConfig,
         group: Option<&DiskGroupConfig>,
+        zero: Option<(Arc<DiskGroupConfig>, NewSpace)>,
     ) -> Done {
         let result = disks::local_check(change, private, &self.files())
-            .and_then(|()| self.check_export(group, change));
+            .and_then(|()| self.check_export(group, change))
+            .and_then(|()| match zero {
+                Some((after, space)) => self.zero_new_space(&after, &space),
+                None => Ok(()),
+            });
         if let Err(e) = &result {
             log::warn!(
                 "node {}: transaction {txn}: local check refused: {e}",
@@ -796,6 +806,20 @@ impl Driver {
             );
         }
         Done::LocalChecked { txn, result }
+    }
+
+    /// Zeroes `space`, the space a change gives a volume of `after` (the group after
+    /// the change): [`super::zero`].
+    fn zero_new_space(
+        &self,
+        after: &DiskGroupConfig,
+        space: &NewSpace,
+    ) -> Result<(), RequestError> {
+        let local = disks::LocalDisks::scan(&self.files());
+        zero::zero_new_space(&self.name, after, space, &local).map_err(|e| {
+            log::error!("{e}");
+            RequestError::new(ErrorKind::Failed, self.name.clone(), e)
+        })
     }
 
     /// A transaction's kernel phase: stage the shared groups (with this node's private
@@ -915,6 +939,13 @@ impl Driver {
         disks::local_check(change, &ClusterConfig::default(), &self.files())
             .map_err(|e| e.on(&self.name))?;
         self.check_export(group.as_deref(), change)?;
+        let dg = change.dg_name();
+        let zeroes = self.file.cluster.zero_new_space;
+        if let Some(g) = after.disk_group(dg).filter(|_| zeroes) {
+            if let Some(space) = crate::model::new_data_space(change, before.disk_group(dg), g) {
+                self.zero_new_space(g, &space)?;
+            }
+        }
         let desired = self.desired(shared, &after.disk_groups);
         self.fences
             .break_all(self.kernel.client(), "a private transaction");

@@ -64,6 +64,7 @@ mod startup;
 mod taken;
 pub mod takeover;
 pub mod transport;
+pub mod zero;
 
 pub use startup::run;
 
@@ -1017,12 +1018,25 @@ impl Daemon {
                 let shared = &self.node.config().groups;
                 shared.iter().find(|g| g.name == change.dg_name()).cloned()
             });
-        if driver::local_check_reads(&change, group.as_deref(), &self.name) {
+        // The master zeroes the space the change gives a volume (`zero`).
+        let zero = self
+            .file
+            .cluster
+            .zero_new_space
+            .then_some(())
+            .and_then(|()| {
+                let after = self.node.master_txn_config(txn)?;
+                let after = after.groups.iter().find(|g| g.name == change.dg_name())?;
+                let space = crate::model::new_data_space(&change, group.as_deref(), after)?;
+                Some((Arc::clone(after), space))
+            });
+        if zero.is_some() || driver::local_check_reads(&change, group.as_deref(), &self.name) {
             return Some(Job::LocalCheck {
                 txn,
                 group,
                 private: self.node.private().clone(),
                 change,
+                zero,
             });
         }
         let result = disks::check_private_names(&change, self.node.private());

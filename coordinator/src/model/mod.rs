@@ -26,6 +26,7 @@
 //! | `apply` | [`apply`], [`apply_dg`]: a change against the configuration |
 //! | [`index`] | an index of a group's extents, names and log ids, for the groups held in an `Arc` |
 //! | [`alloc`] | extent allocation for volumes, plexes and dirty region logs |
+//! | `new_space` | [`new_data_space`]: the disk space a create or a grow gives a volume (zeroed before it commits) |
 //! | `recovery` | the open nodes of shared groups and the node-crash recovery of mirrors |
 //! | `project` | [`DiskGroupConfig::volume_specs`]: what the data plane builds, and its names of the group's objects |
 
@@ -35,6 +36,7 @@ mod change;
 mod error;
 mod export;
 pub mod index;
+mod new_space;
 mod project;
 mod recovery;
 mod types;
@@ -44,6 +46,7 @@ pub use apply::*;
 pub use change::*;
 pub use error::*;
 pub use export::*;
+pub use new_space::*;
 pub use project::*;
 pub use recovery::*;
 pub use types::*;
