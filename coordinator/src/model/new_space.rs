@@ -5,10 +5,10 @@
 //! volume's old data there and the plexes of a new mirror read the same.
 //!
 //! Only `vol create` and `vol grow` give data space this way. A new plex (`plex
-//! add`), a plex attached again and a subdisk moved by `dg rm-disk` are copied from
-//! an ACTIVE plex before they serve reads; a log's space is initialised by the data
-//! plane when the log id changes; `dg import` brings space that holds its own data,
-//! which must never be touched.
+//! add`: EMPTY, serving no reads) is copied from an ACTIVE plex when it is attached
+//! (SYNCING); a log's space is initialised by the data plane when the log id
+//! changes; `dg import` brings space that holds its own data, which must never be
+//! touched.
 
 use super::{Change, DiskGroupConfig, Volume};
 
