@@ -809,14 +809,18 @@ impl Driver {
     }
 
     /// Zeroes `space`, the space a change gives a volume of `after` (the group after
-    /// the change): [`super::zero`].
+    /// the change): [`super::zero`]. The disks are where the finder says (each label
+    /// is read again before it is written); a failure makes the finder read the
+    /// labels again next time.
     fn zero_new_space(
         &self,
         after: &DiskGroupConfig,
         space: &NewSpace,
     ) -> Result<(), RequestError> {
-        let local = disks::LocalDisks::scan(&self.files());
-        zero::zero_new_space(&self.name, after, space, &local).map_err(|e| {
+        let mut finder = self.finder.borrow_mut();
+        let local = finder.locate(|| self.files(), [after], Instant::now());
+        zero::zero_new_space(&self.name, after, space, local).map_err(|e| {
+            finder.forget();
             log::error!("{e}");
             RequestError::new(ErrorKind::Failed, self.name.clone(), e)
         })
