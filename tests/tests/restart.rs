@@ -131,21 +131,9 @@ fn a_restart_without_one_of_a_groups_disks_forms_no_majority_until_it_is_back() 
         c.start_target(i);
         c.start_coordinator(i);
     }
-    let refused = |status: &serde_json::Value, node: &str| {
-        node_reason(status, node)
-            .is_some_and(|r| r.contains(&format!("cannot find disk d1 on node {node}")))
-    };
-    wait_until(
-        "b and c to refuse to join without d1",
-        Duration::from_secs(20),
-        || {
-            let status = c.try_ctl_json(0, "cluster status")?;
-            match refused(&status, "b") && refused(&status, "c") {
-                true => Ok(()),
-                false => Err(status.to_string()),
-            }
-        },
-    );
+    wait_b_and_c_refuse(&c, "to join without d1", |node| {
+        format!("cannot find disk d1 on node {node}")
+    });
     let log = plexd_log(&c, 0);
     assert!(
         log.lines()
@@ -171,6 +159,25 @@ fn a_restart_without_one_of_a_groups_disks_forms_no_majority_until_it_is_back() 
         "dg1 is back as it was: {print}"
     );
     c.check_invariants();
+}
+
+/// Waits until nodes b and c both report a reason (their last join failure, as
+/// node a's `cluster status` shows it) that contains `reason(node)`.
+fn wait_b_and_c_refuse(c: &Cluster, what: &str, reason: impl Fn(&str) -> String) {
+    let refused = |status: &serde_json::Value, node: &str| {
+        node_reason(status, node).is_some_and(|r| r.contains(&reason(node)))
+    };
+    wait_until(
+        &format!("b and c to refuse {what}"),
+        Duration::from_secs(20),
+        || {
+            let status = c.try_ctl_json(0, "cluster status")?;
+            match refused(&status, "b") && refused(&status, "c") {
+                true => Ok(()),
+                false => Err(status.to_string()),
+            }
+        },
+    );
 }
 
 /// A full restart whose forming node (a, the lowest id) does not find the one disk
@@ -211,23 +218,14 @@ fn a_forming_node_without_the_disk_that_took_the_newest_write_gets_no_majority()
         c.start_target(i);
         c.start_coordinator(i);
     }
-    let refused = |status: &serde_json::Value, node: &str| {
-        node_reason(status, node).is_some_and(|r| {
-            r.contains(&format!(
-                "disk group dg1: disk(s) d1 on node {node} hold configuration seq"
-            )) && r.contains("the master read the disks without them")
-        })
-    };
-    wait_until(
-        "b and c to refuse a's older configuration",
-        Duration::from_secs(20),
-        || {
-            let status = c.try_ctl_json(0, "cluster status")?;
-            match refused(&status, "b") && refused(&status, "c") {
-                true => Ok(()),
-                false => Err(status.to_string()),
-            }
-        },
+    wait_b_and_c_refuse(&c, "a's older configuration", |node| {
+        format!("disk group dg1: disk(s) d1 on node {node} hold configuration seq")
+    });
+    let status = c.status(0);
+    assert!(
+        node_reason(&status, "b")
+            .is_some_and(|r| r.contains("the master read the disks without them")),
+        "{status}"
     );
     let e = c.ctl_fails(
         0,

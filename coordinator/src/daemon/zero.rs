@@ -255,20 +255,27 @@ fn zero_step(
 mod tests {
     use super::*;
 
+    /// A new empty file `plexd-<tag>-<pid>.img` in `dir`, open for reading and
+    /// writing.
+    fn scratch(dir: &Path, tag: &str) -> (std::path::PathBuf, File) {
+        let path = dir.join(format!("plexd-{tag}-{}.img", std::process::id()));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        (path, file)
+    }
+
     #[test]
     fn an_extent_reads_as_zeroes_and_nothing_around_it_changes() {
         for dir in [std::env::temp_dir(), "/dev/shm".into()] {
             if !dir.is_dir() {
                 continue;
             }
-            let path = dir.join(format!("plexd-zero-{}.img", std::process::id()));
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&path)
-                .unwrap();
+            let (path, file) = scratch(&dir, "zero");
             file.write_all_at(&vec![0xa5u8; 4 << 20], 0).unwrap();
             let how = zero_extent(&file, 1 << 20, 2 << 20, Instant::now() + ZERO_BUDGET).unwrap();
             let mut back = vec![0u8; 4 << 20];
@@ -295,14 +302,7 @@ mod tests {
             true => "/dev/shm".into(),
             false => std::env::temp_dir(),
         };
-        let path = dir.join(format!("plexd-zero-late-{}.img", std::process::id()));
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .unwrap();
+        let (path, file) = scratch(&dir, "zero-late");
         file.set_len(2 * ZERO_STEP_BYTES).unwrap();
         let late = zero_extent(&file, 0, 2 * ZERO_STEP_BYTES, Instant::now());
         let _ = std::fs::remove_file(&path);
