@@ -10,8 +10,11 @@
 //! private group its owner, before it stages the change.
 //!
 //! How, per disk, the first method it supports, in steps of at most
-//! [`ZERO_STEP_BYTES`]: for a file, `fallocate(ZERO_RANGE)` (file systems with
-//! unwritten extents), then `fallocate(PUNCH_HOLE)` (tmpfs); for a block device,
+//! [`ZERO_STEP_BYTES`]: for a file, only the parts that hold data (`SEEK_DATA`: a
+//! hole reads as zeroes and stays a hole, so a sparse disk file stays as thin as
+//! it was), with `fallocate(ZERO_RANGE)` (file systems with unwritten extents:
+//! allocated parts stay allocated), then `fallocate(PUNCH_HOLE)` (tmpfs); for a
+//! block device,
 //! `fallocate(PUNCH_HOLE)` (the device zeroes: WRITE ZEROES, or an UNMAP that reads
 //! back zeroes; never a fallback that writes), then `fallocate(ZERO_RANGE)` (the
 //! kernel writes zeroes); else plexd writes zeroes, then `fdatasync`. Zeroing is
@@ -33,6 +36,7 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::fcntl::{fallocate, FallocateFlags};
+use nix::unistd::{lseek, Whence};
 
 use super::disks::LocalDisks;
 use crate::model::{DiskGroupConfig, NewSpace};
@@ -57,6 +61,8 @@ pub enum Zeroed {
     PunchHole,
     /// Zeroes written.
     Written,
+    /// Nothing to do: a hole in a file, which reads as zeroes.
+    Hole,
 }
 
 /// Zeroes `space` (extents of `group`'s disks, found on this node by id through
@@ -170,9 +176,10 @@ fn open_disk(path: &Path, id: &str) -> Result<File, String> {
 pub enum ZeroError {
     /// An I/O error.
     Failed(String),
-    /// The deadline passed with `zeroed` bytes done, by method `how`.
+    /// The deadline passed with the extent's first `zeroed` bytes done, by method
+    /// `how`.
     OutOfTime {
-        /// Bytes zeroed.
+        /// Bytes from the extent's start that read as zeroes now.
         zeroed: u64,
         /// The method in use.
         how: Zeroed,
@@ -195,43 +202,82 @@ pub fn zero_extent(
         .is_block_device();
     let zero_range = FallocateFlags::FALLOC_FL_ZERO_RANGE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
     let punch = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
-    let order = match block {
-        true => [(punch, Zeroed::PunchHole), (zero_range, Zeroed::ZeroRange)],
-        false => [(zero_range, Zeroed::ZeroRange), (punch, Zeroed::PunchHole)],
+    let (order, segments) = match block {
+        true => (
+            [(punch, Zeroed::PunchHole), (zero_range, Zeroed::ZeroRange)],
+            vec![(offset, len)],
+        ),
+        false => (
+            [(zero_range, Zeroed::ZeroRange), (punch, Zeroed::PunchHole)],
+            data_segments(file, offset, len),
+        ),
     };
-    let mut how = Zeroed::Written;
-    let mut at = 0u64;
-    while at < len {
-        if at > 0 && Instant::now() >= deadline {
-            return Err(ZeroError::OutOfTime { zeroed: at, how });
+    let mut how = None;
+    for (start, n) in segments {
+        let mut at = 0u64;
+        while at < n {
+            if let Some(how) = how.filter(|_| Instant::now() >= deadline) {
+                let zeroed = start + at - offset;
+                return Err(ZeroError::OutOfTime { zeroed, how });
+            }
+            let step = (n - at).min(ZERO_STEP_BYTES);
+            how = Some(zero_step(file, start + at, step, &order, how)?);
+            at += step;
         }
-        let n = (len - at).min(ZERO_STEP_BYTES);
-        how = zero_step(file, offset + at, n, &order, how, at == 0)?;
-        at += n;
     }
-    if how == Zeroed::Written {
+    if how == Some(Zeroed::Written) {
         file.sync_data()
             .map_err(|e| ZeroError::Failed(format!("fdatasync: {e}")))?;
     }
-    Ok(how)
+    Ok(how.unwrap_or(Zeroed::Hole))
 }
 
-/// Zeroes one step: with `how` once it is known (`first`: try `order`, then write).
+/// The parts of `offset..offset + len` of file `file` that hold data (`SEEK_DATA`,
+/// `SEEK_HOLE`), as (offset, length): a hole already reads as zeroes and stays a
+/// hole (a sparse disk file stays as thin as it was). The whole range when the
+/// file system cannot say.
+fn data_segments(file: &File, offset: u64, len: u64) -> Vec<(u64, u64)> {
+    let fd = file.as_raw_fd();
+    let end = offset.saturating_add(len);
+    let mut out = Vec::new();
+    let mut pos = offset;
+    while pos < end {
+        let Ok(at) = i64::try_from(pos) else {
+            return vec![(offset, len)];
+        };
+        let data = match lseek(fd, at, Whence::SeekData) {
+            Ok(d) => d as u64,
+            Err(Errno::ENXIO) => break,
+            Err(_) => return vec![(offset, len)],
+        };
+        if data >= end {
+            break;
+        }
+        let hole = lseek(fd, data as i64, Whence::SeekHole).map_or(end, |h| h as u64);
+        let stop = hole.clamp(data + 1, end);
+        out.push((data, stop - data));
+        pos = stop;
+    }
+    out
+}
+
+/// Zeroes one step: with `how` once it is known (none: the first step, which tries
+/// `order`, then writes).
 fn zero_step(
     file: &File,
     offset: u64,
     len: u64,
     order: &[(FallocateFlags, Zeroed); 2],
-    how: Zeroed,
-    first: bool,
+    how: Option<Zeroed>,
 ) -> Result<Zeroed, ZeroError> {
     let range = match (i64::try_from(offset), i64::try_from(len)) {
         (Ok(o), Ok(n)) => (o, n),
         _ => return Err(ZeroError::Failed("offset or length out of range".into())),
     };
-    let tries: Vec<(FallocateFlags, Zeroed)> = match first {
-        true => order.to_vec(),
-        false => order.iter().copied().filter(|(_, z)| *z == how).collect(),
+    let first = how.is_none();
+    let tries: Vec<(FallocateFlags, Zeroed)> = match how {
+        None => order.to_vec(),
+        Some(how) => order.iter().copied().filter(|(_, z)| *z == how).collect(),
     };
     for (mode, z) in tries {
         match fallocate(file.as_raw_fd(), mode, range.0, range.1) {
@@ -304,12 +350,53 @@ mod tests {
         };
         let (path, file) = scratch(&dir, "zero-late");
         file.set_len(2 * ZERO_STEP_BYTES).unwrap();
+        // Data at the start and past the first step (the holes between need nothing).
+        let second = ZERO_STEP_BYTES + 4096;
+        for at in [0, second] {
+            file.write_all_at(&[0xa5u8; 4096], at).unwrap();
+        }
         let late = zero_extent(&file, 0, 2 * ZERO_STEP_BYTES, Instant::now());
+        let mut back = [0u8; 4096];
+        file.read_exact_at(&mut back, second).unwrap();
         let _ = std::fs::remove_file(&path);
-        // The first step is always taken; the second not.
+        // The first step is always taken; the next not, and says where it stopped.
         match late {
-            Err(ZeroError::OutOfTime { zeroed, .. }) => assert_eq!(zeroed, ZERO_STEP_BYTES),
+            Err(ZeroError::OutOfTime { zeroed, .. }) => assert_eq!(zeroed, second),
             other => panic!("{other:?}"),
+        }
+        assert!(back.iter().all(|&b| b == 0xa5));
+    }
+
+    #[test]
+    fn holes_of_a_sparse_disk_file_stay_holes() {
+        for dir in [std::env::temp_dir(), "/dev/shm".into()] {
+            if !dir.is_dir() {
+                continue;
+            }
+            let (path, file) = scratch(&dir, "zero-sparse");
+            file.set_len(8 << 20).unwrap();
+            file.write_all_at(&vec![0xa5u8; 1 << 20], 2 << 20).unwrap();
+            file.sync_all().unwrap();
+            let blocks = || file.metadata().unwrap().blocks();
+            let before = blocks();
+            // A hole: nothing to do.
+            let hole = zero_extent(&file, 4 << 20, 4 << 20, Instant::now() + ZERO_BUDGET);
+            // Data inside holes: only the data is zeroed.
+            let mixed = zero_extent(&file, 0, 8 << 20, Instant::now() + ZERO_BUDGET);
+            let mut back = vec![0u8; 8 << 20];
+            file.read_exact_at(&mut back, 0).unwrap();
+            let after = blocks();
+            let _ = std::fs::remove_file(&path);
+            assert_eq!(hole, Ok(Zeroed::Hole), "{dir:?}");
+            assert!(
+                matches!(mixed, Ok(Zeroed::ZeroRange | Zeroed::PunchHole)),
+                "{dir:?} {mixed:?}"
+            );
+            assert!(back.iter().all(|&b| b == 0), "{dir:?}");
+            assert!(
+                after <= before,
+                "{dir:?}: {before} blocks before, {after} after"
+            );
         }
     }
 }
