@@ -87,20 +87,7 @@ impl Pattern {
     }
 
     fn verify_chunk(&self, k: &KernelClient, off: u64, len: u64) -> Result<(), IoFail> {
-        let r = k
-            .read(&self.bdev, off, len as u32)
-            .map_err(|e| IoFail::other(format!("read {} at {off}+{len}: {e}", self.bdev)))?;
-        if r.status != 0 {
-            return Err(IoFail {
-                fenced: r.status == FENCED_ERRNO,
-                what: format!(
-                    "read {} at {off}+{len} via {}: errno {}",
-                    self.bdev,
-                    k.path(),
-                    r.status
-                ),
-            });
-        }
+        let r = read_chunk(k, &self.bdev, off, len)?;
         let want = pattern_bytes(self.seed, off, len as usize);
         if r.data != want {
             let at = r
@@ -132,6 +119,60 @@ impl Pattern {
         }
         Ok(())
     }
+}
+
+/// Reads `bdev` at `off..off + len` (at most [`CHUNK_BYTES`]) through `k`.
+fn read_chunk(
+    k: &KernelClient,
+    bdev: &str,
+    off: u64,
+    len: u64,
+) -> Result<plexd_target::api::IoResult, IoFail> {
+    let r = k
+        .read(bdev, off, len as u32)
+        .map_err(|e| IoFail::other(format!("read {bdev} at {off}+{len}: {e}")))?;
+    if r.status != 0 {
+        return Err(IoFail {
+            fenced: r.status == FENCED_ERRNO,
+            what: format!(
+                "read {bdev} at {off}+{len} via {}: errno {}",
+                k.path(),
+                r.status
+            ),
+        });
+    }
+    Ok(r)
+}
+
+/// Checks that `bdev` reads as zeroes at `offset..offset + len` through `k` (a
+/// [`CHUNK_BYTES`] read at a time, each waiting up to `fenced_for` while the data
+/// plane is fenced): the space a create or a grow gave a volume
+/// (docs/OPERATIONS.md, "New space reads as zeroes").
+pub fn verify_zeroes(
+    k: &KernelClient,
+    bdev: &str,
+    offset: u64,
+    len: u64,
+    fenced_for: Duration,
+) -> Result<(), String> {
+    let mut off = offset;
+    while off < offset + len {
+        let n = CHUNK_BYTES.min(offset + len - off);
+        served(fenced_for, || {
+            let r = read_chunk(k, bdev, off, n)?;
+            match r.data.iter().position(|&b| b != 0) {
+                None => Ok(()),
+                Some(at) => Err(IoFail::other(format!(
+                    "{bdev} via {}: byte {} is {:#x}, not zero",
+                    k.path(),
+                    off + at as u64,
+                    r.data[at]
+                ))),
+            }
+        })?;
+        off += n;
+    }
+    Ok(())
 }
 
 /// Why one chunk's I/O failed.

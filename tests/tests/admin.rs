@@ -801,24 +801,11 @@ fn extents(print: &serde_json::Value, dg: &str, vol: &str) -> Vec<(String, u64, 
 /// `dg.vol` reads as zeroes at `offset..offset + len` through the data plane of
 /// each node of `nodes`.
 fn reads_zeroes(c: &Cluster, nodes: &[usize], dg: &str, vol: &str, offset: u64, len: u64) {
-    let bdev = format!("{dg}.{vol}");
     for &i in nodes {
         c.wait_served(i, dg, vol);
-        let k = c.kernel(i);
-        let mut at = offset;
-        while at < offset + len {
-            let n = (1u64 << 20).min(offset + len - at);
-            let r = k.read(&bdev, at, n as u32).expect("read");
-            assert_eq!(r.status, 0, "node {i}: read {bdev} at {at}+{n}");
-            if let Some(p) = r.data.iter().position(|&b| b != 0) {
-                panic!(
-                    "node {i}: {bdev} at {}: byte {:#x}, not zero",
-                    at + p as u64,
-                    r.data[p]
-                );
-            }
-            at += n;
-        }
+        let bdev = format!("{dg}.{vol}");
+        plexd_tests::data::verify_zeroes(&c.kernel(i), &bdev, offset, len, SESSION_TIMEOUT)
+            .unwrap_or_else(|e| panic!("node {i}: {e}"));
     }
 }
 

@@ -110,6 +110,31 @@ fn volumes(print: &Value) -> Vec<(String, String, u64)> {
     out
 }
 
+/// The space this step's change gave a volume, when it was applied (a new volume
+/// whole, a grow's new end): `(dg, vol, from, to)`. It reads as zeroes
+/// (docs/OPERATIONS.md, "New space reads as zeroes"), also when the change went
+/// through a kill or a freeze.
+fn new_space(change: &Change, before: &Value, after: &Value) -> Option<(String, String, u64, u64)> {
+    let size = |p: &Value, dg: &str, vol: &str| {
+        volumes(p)
+            .into_iter()
+            .find(|(d, v, _)| d == dg && v == vol)
+            .map(|(_, _, s)| s)
+    };
+    match change {
+        Change::VolCreate { dg, vol, .. } => {
+            Some((dg.clone(), vol.clone(), 0, size(after, dg, vol)?))
+        }
+        Change::VolGrow { dg, vol, .. } => Some((
+            dg.clone(),
+            vol.clone(),
+            size(before, dg, vol)?,
+            size(after, dg, vol)?,
+        )),
+        _ => None,
+    }
+}
+
 /// Disks (by media name) that no shared group of `print` uses.
 fn free_disks(print: &Value, n_disks: usize) -> Vec<String> {
     let used = print.to_string();
@@ -364,6 +389,21 @@ fn run(
                 groups(&before),
                 "step {step}: a change that was not applied changed the configuration"
             );
+        }
+        // Its first and last MiB, through a random node, before any pattern.
+        if let Some((dg, vol, from, to)) = applied
+            .then(|| new_space(&change, &before, &after))
+            .flatten()
+        {
+            let node = rng.gen_range(0..c.nodes.len());
+            c.wait_served(node, &dg, &vol);
+            let k = c.kernel(node);
+            let bdev = format!("{dg}.{vol}");
+            let first = (to - from).min(1 << 20);
+            for at in [from, to - first] {
+                plexd_tests::data::verify_zeroes(&k, &bdev, at, first, Duration::from_secs(20))
+                    .unwrap_or_else(|e| panic!("step {step}: the new space of {bdev}: {e}"));
+            }
         }
         write_patterns(c, rng, &after);
     }
