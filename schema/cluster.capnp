@@ -372,6 +372,7 @@ struct ConfigChange {
       dg @23 :Text;
       volume @24 :Text;
       newSizeBytes @25 :UInt64;
+      force @67 :Bool;          # --force: also while hosts use the volume
     }
     volSetReadPolicy :group {
       dg @26 :Text;

@@ -139,7 +139,8 @@ struct Change {
     dgSet @17 :DgSet;
   }
   # `--force` of dgDestroy and dgDeport (end the group's exports; never while a host
-  # session is logged in) and of plexRm (remove an ACTIVE plex). Ignored by others.
+  # session is logged in), of plexRm (remove an ACTIVE plex) and of volShrink (also
+  # while hosts use the volume). Ignored by others.
   force @16 :Bool;
 }
 

@@ -249,11 +249,13 @@ fn vol_change(cmd: &VolCmd) -> Result<Option<ChangeBuilder>, Failure> {
                 x.set_region_bytes(region_bytes);
             })
         }
-        VolCmd::Grow { dg, vol, size } | VolCmd::Shrink { dg, vol, size } => {
+        VolCmd::Grow { dg, vol, size } | VolCmd::Shrink { dg, vol, size, .. } => {
             let grow = matches!(cmd, VolCmd::Grow { .. });
+            let force = matches!(cmd, VolCmd::Shrink { force: true, .. });
             let (size, relative) = parse_resize(size, grow)?;
             let (dg, vol) = (dg.clone(), vol.clone());
-            Box::new(move |b| {
+            Box::new(move |mut b| {
+                b.set_force(force);
                 let mut x = if grow {
                     b.init_vol_grow()
                 } else {

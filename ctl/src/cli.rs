@@ -252,7 +252,8 @@ pub(crate) enum VolCmd {
         size: String,
     },
     /// Shrinks a volume to SIZE, or by SIZE with `-SIZE` (data beyond the new end is
-    /// lost). Example: vol shrink dg1 vol1 -- -512M
+    /// lost). Refused while a host is logged in to (or connected to) an export of the
+    /// volume on any node, unless `--force`. Example: vol shrink dg1 vol1 -- -512M
     Shrink {
         /// Disk group.
         dg: String,
@@ -261,6 +262,10 @@ pub(crate) enum VolCmd {
         /// New size, or `-SIZE`.
         #[arg(allow_hyphen_values = true)]
         size: String,
+        /// Shrink also while hosts use the volume (they lose what they keep past the
+        /// new end: shrink that first, e.g. the file system).
+        #[arg(long)]
+        force: bool,
     },
     /// Removes a volume.
     Rm {

@@ -126,6 +126,16 @@ fn group_commands_refuse_an_exported_volume_and_never_cut_a_logged_in_host() {
             "{cmd}: {e}"
         );
     }
+    // A shrink would cut the host's data short: node b refuses it without --force,
+    // naming the host and what to do.
+    let e = c.ctl_err(0, "vol shrink dg1 vol1 16M");
+    assert!(
+        e.contains("node b")
+            && e.contains("volume vol1 is in use")
+            && e.contains("a shrink loses what the host keeps past the new end")
+            && e.contains("--force"),
+        "vol shrink: {e}"
+    );
     assert!(host.running(), "the host's I/O was cut");
     assert_eq!(
         c.agreed_print(),
@@ -133,6 +143,15 @@ fn group_commands_refuse_an_exported_volume_and_never_cut_a_logged_in_host() {
         "a refused command changed the configuration"
     );
     assert!(sessions(&c, 1, IQN) > 0, "the host session ended");
+    // With --force it shrinks under the host.
+    let done = c.ctl_ok(0, "vol shrink dg1 vol1 24M --force");
+    assert!(done.contains("vol1"), "{done}");
+    let print = c.agreed_print();
+    assert_eq!(
+        volume(&print, "dg1", "vol1").and_then(|v| v["size"].as_u64()),
+        Some(24 << 20),
+        "{print}"
+    );
 
     // Once the host has logged out, --force ends the exports and destroys the group.
     host.stop();

@@ -122,6 +122,8 @@ pub enum CtlChange {
         grow: bool,
         /// `+SIZE` / `-SIZE`: grow or shrink by `new_size_bytes`.
         relative: bool,
+        /// `vol shrink --force`: also while hosts use the volume.
+        force: bool,
     },
     /// `vol rm`.
     VolRm {
@@ -663,8 +665,8 @@ fn read_change(r: c::change::Reader<'_>) -> capnp::Result<CtlChange> {
             }
         }
         Which::VolCreate(x) => read_vol_create(x?)?,
-        Which::VolGrow(x) => read_vol_resize(x?, true)?,
-        Which::VolShrink(x) => read_vol_resize(x?, false)?,
+        Which::VolGrow(x) => read_vol_resize(x?, true, false)?,
+        Which::VolShrink(x) => read_vol_resize(x?, false, r.get_force())?,
         Which::VolRm(x) => {
             let (dg, volume) = read_dg_vol(x?)?;
             CtlChange::VolRm { dg, volume }
@@ -717,14 +719,19 @@ fn read_vol_create(x: c::vol_create::Reader<'_>) -> capnp::Result<CtlChange> {
     })
 }
 
-/// `vol grow` (`grow`) or `vol shrink`.
-fn read_vol_resize(x: c::vol_resize::Reader<'_>, grow: bool) -> capnp::Result<CtlChange> {
+/// `vol grow` (`grow`) or `vol shrink` (with its `--force`).
+fn read_vol_resize(
+    x: c::vol_resize::Reader<'_>,
+    grow: bool,
+    force: bool,
+) -> capnp::Result<CtlChange> {
     Ok(CtlChange::VolResize {
         dg: text(x.get_dg())?,
         volume: text(x.get_volume())?,
         new_size_bytes: x.get_new_size_bytes(),
         grow,
         relative: x.get_relative(),
+        force,
     })
 }
 

@@ -1242,7 +1242,7 @@ pub fn desired_of(
 /// ([`disks::check_private_names`]) reads nothing.
 pub fn local_check_reads(change: &Change, group: Option<&DiskGroupConfig>, name: &str) -> bool {
     !change.new_disks().is_empty()
-        || group.is_some_and(|g| !exports::volumes_taken_away(change, g).is_empty())
+        || group.is_some_and(|g| !exports::volumes_taken_away(change, g).0.is_empty())
         || matches!(change, Change::VolExport { export, .. } if exports::serves(export, name))
 }
 
@@ -1259,8 +1259,8 @@ pub fn check_export(
     change: &Change,
 ) -> Result<(), RequestError> {
     if let Some(g) = group {
-        let volumes = exports::volumes_taken_away(change, g);
-        exports::check_no_sessions(k, name, &g.name, &volumes)?;
+        let (volumes, taken) = exports::volumes_taken_away(change, g);
+        exports::check_no_sessions(k, name, &g.name, (&volumes, taken))?;
     }
     let Change::VolExport { export, .. } = change else {
         return Ok(());

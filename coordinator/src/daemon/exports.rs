@@ -526,18 +526,36 @@ pub fn check(k: &KernelClient, portal: &str) -> Result<(), String> {
         .map_err(|e| format!("iscsi portal {portal}: cannot listen: {e}"))
 }
 
+/// How a change takes volumes from the hosts that use them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taken {
+    /// Removed or given up (`vol rm`, `dg destroy`, `dg deport`).
+    Removed,
+    /// Cut short (`vol shrink` without `--force`).
+    CutShort,
+}
+
 /// The volumes a change would take away from hosts on this node (`dg destroy`,
-/// `dg deport`, `vol rm`): their bdev names with the volume names, given the
-/// node's group configuration `g` (the group the change is about).
-pub fn volumes_taken_away(change: &Change, g: &DiskGroupConfig) -> Vec<(String, String)> {
+/// `dg deport`, `vol rm`; a `vol shrink` without `--force` cuts one short): their
+/// bdev names with the volume names, given the node's group configuration `g` (the
+/// group the change is about), and how.
+pub fn volumes_taken_away(change: &Change, g: &DiskGroupConfig) -> (Vec<(String, String)>, Taken) {
+    let one = |volume: &String| vec![(volume_bdev(&g.name, volume), volume.clone())];
     match change {
-        Change::DgDestroy { .. } | Change::DgDeport { .. } => g
-            .volumes
-            .iter()
-            .map(|v| (volume_bdev(&g.name, &v.name), v.name.clone()))
-            .collect(),
-        Change::VolRm { volume, .. } => vec![(volume_bdev(&g.name, volume), volume.clone())],
-        _ => Vec::new(),
+        Change::DgDestroy { .. } | Change::DgDeport { .. } => (
+            g.volumes
+                .iter()
+                .map(|v| (volume_bdev(&g.name, &v.name), v.name.clone()))
+                .collect(),
+            Taken::Removed,
+        ),
+        Change::VolRm { volume, .. } => (one(volume), Taken::Removed),
+        Change::VolShrink {
+            volume,
+            force: false,
+            ..
+        } => (one(volume), Taken::CutShort),
+        _ => (Vec::new(), Taken::Removed),
     }
 }
 
@@ -550,13 +568,24 @@ pub fn check_no_sessions(
     k: &KernelClient,
     node: &str,
     dg: &str,
-    volumes: &[(String, String)],
+    (volumes, taken): (&[(String, String)], Taken),
 ) -> Result<(), RequestError> {
     if volumes.is_empty() {
         return Ok(());
     }
-    check_no_iscsi_sessions(k, node, dg, volumes)?;
-    check_no_nvmf_hosts(k, node, dg, volumes)
+    check_no_iscsi_sessions(k, node, dg, volumes, taken)?;
+    check_no_nvmf_hosts(k, node, dg, volumes, taken)
+}
+
+/// What to do about a host that uses a volume a change takes (`leave`: how the
+/// host logs out or disconnects).
+fn what_to_do(taken: Taken, leave: &str) -> String {
+    match taken {
+        Taken::Removed => format!("{leave} and retry"),
+        Taken::CutShort => format!(
+            "a shrink loses what the host keeps past the new end: shrink that first (its file system) and retry with --force, or {leave}"
+        ),
+    }
 }
 
 fn volume_of<'a>(volumes: &'a [(String, String)], bdev: &str) -> Option<&'a str> {
@@ -601,6 +630,7 @@ fn check_no_iscsi_sessions(
     node: &str,
     dg: &str,
     volumes: &[(String, String)],
+    taken: Taken,
 ) -> Result<(), RequestError> {
     let failed = |e: String| RequestError::new(ErrorKind::Failed, node, e);
     let targets = k
@@ -625,8 +655,12 @@ fn check_no_iscsi_sessions(
         return Ok(());
     };
     let more = more_note(count, "sessions");
+    let todo = what_to_do(
+        taken,
+        &format!("log the host out (iscsiadm -m node -T {iqn} --logout)"),
+    );
     Err(RequestError::new(ErrorKind::InUse, node, format!(
-        "node {node}: disk group {dg}: volume {volume} is in use: host {} ({}) is logged in to {iqn} on this node{more}; log the host out (iscsiadm -m node -T {iqn} --logout) and retry",
+        "node {node}: disk group {dg}: volume {volume} is in use: host {} ({}) is logged in to {iqn} on this node{more}; {todo}",
         s.initiator, s.peer
     )))
 }
@@ -636,6 +670,7 @@ fn check_no_nvmf_hosts(
     node: &str,
     dg: &str,
     volumes: &[(String, String)],
+    taken: Taken,
 ) -> Result<(), RequestError> {
     let failed = |e: String| RequestError::new(ErrorKind::Failed, node, e);
     let (subs, _) = k.nvmf_subsystems().map_err(|e| {
@@ -665,8 +700,12 @@ fn check_no_nvmf_hosts(
         return Ok(());
     };
     let more = more_note(count, "controllers");
+    let todo = what_to_do(
+        taken,
+        &format!("disconnect the host (nvme disconnect -n {nqn})"),
+    );
     Err(RequestError::new(ErrorKind::InUse, node, format!(
-        "node {node}: disk group {dg}: volume {volume} is in use: host {} ({}) is connected to {nqn} on this node (controller {}){more}; disconnect the host (nvme disconnect -n {nqn}) and retry",
+        "node {node}: disk group {dg}: volume {volume} is in use: host {} ({}) is connected to {nqn} on this node (controller {}){more}; {todo}",
         c.hostnqn, c.peer, c.cntlid
     )))
 }

@@ -304,11 +304,13 @@ fn write_vol_change(c: &Change, b: wire::config_change::Builder<'_>) {
             dg,
             volume,
             new_size_bytes,
+            force,
         } => {
             let mut g = b.init_vol_shrink();
             g.set_dg(dg.as_str());
             g.set_volume(volume.as_str());
             g.set_new_size_bytes(*new_size_bytes);
+            g.set_force(*force);
         }
         Change::VolSetReadPolicy { dg, volume, policy } => {
             let mut g = b.init_vol_set_read_policy();
@@ -516,6 +518,7 @@ fn read_vol_change(which: wire::config_change::WhichReader<'_>) -> capnp::Result
             dg: text(g.get_dg())?,
             volume: text(g.get_volume())?,
             new_size_bytes: g.get_new_size_bytes(),
+            force: g.get_force(),
         },
         Which::VolSetReadPolicy(g) => Change::VolSetReadPolicy {
             dg: text(g.get_dg())?,
@@ -844,6 +847,7 @@ mod tests {
                 dg: dg(),
                 volume: "v1".into(),
                 new_size_bytes: 32 << 20,
+                force: true,
             },
             Change::VolSetReadPolicy {
                 dg: dg(),

@@ -71,7 +71,8 @@ impl Daemon {
                 new_size_bytes,
                 grow,
                 relative,
-            } => self.resolve_vol_resize(dg, volume, new_size_bytes, grow, relative)?,
+                force,
+            } => self.resolve_vol_resize(dg, volume, new_size_bytes, (grow, relative, force))?,
             CtlChange::VolRm { dg, volume } => Change::VolRm { dg, volume },
             CtlChange::VolExport {
                 dg,
@@ -297,14 +298,14 @@ impl Daemon {
         }
     }
 
-    /// `vol grow` / `vol shrink`: a relative size against the committed one.
+    /// `vol grow` / `vol shrink`: a relative size against the committed one;
+    /// `force`: a shrink's `--force`.
     fn resolve_vol_resize(
         &self,
         dg: String,
         volume: String,
         new_size_bytes: u64,
-        grow: bool,
-        relative: bool,
+        (grow, relative, force): (bool, bool, bool),
     ) -> Result<Change, RequestError> {
         let new_size_bytes = if relative {
             let current = self
@@ -344,6 +345,7 @@ impl Daemon {
                 dg,
                 volume,
                 new_size_bytes,
+                force,
             }
         })
     }

@@ -1349,6 +1349,7 @@ mod tests {
                 dg: "dg1".into(),
                 volume: "vol1".into(),
                 new_size_bytes: 3 * MIB + 1000,
+                force: false,
             })
             .unwrap();
         let p = &plexes(&c, "vol1")[0];
@@ -1440,6 +1441,7 @@ mod tests {
                             dg: "dg1".into(),
                             volume,
                             new_size_bytes: rng.gen_range(1..=size),
+                            force: false,
                         }
                     }
                     7 => Change::PlexAdd {
@@ -1684,6 +1686,7 @@ mod tests {
                 dg: "dg1".into(),
                 volume: "vol1".into(),
                 new_size_bytes: GIB,
+                force: false,
             })
             .unwrap();
         assert_eq!(log_of(&shrunk, "vol1").unwrap(), first);

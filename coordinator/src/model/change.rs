@@ -102,6 +102,10 @@ pub enum Change {
         /// New size, smaller than the current one and larger than 0; rounded up to a
         /// multiple of 512.
         new_size_bytes: u64,
+        /// `--force`: also while hosts use the volume (each node's local check
+        /// refuses it otherwise).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        force: bool,
     },
     /// `dg set DG detach-policy=...`: the group's detach policy (a shared group's;
     /// a private group is refused `local`).

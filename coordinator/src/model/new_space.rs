@@ -173,6 +173,7 @@ mod tests {
             dg: "dg1".into(),
             volume: "vol1".into(),
             new_size_bytes: 4 << 20,
+            force: false,
         };
         let (c, new) = space(&c, &shrink);
         assert!(new.is_empty());

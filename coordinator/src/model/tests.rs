@@ -470,6 +470,7 @@ fn shrink_cuts_every_plex_and_read_policy_names_a_plex() {
             dg: "dg1".into(),
             volume: "vol1".into(),
             new_size_bytes: size,
+            force: false,
         })
     };
     let small = shrink(&c, 30 << 20).unwrap();
@@ -599,6 +600,7 @@ fn every_change_round_trips_through_json() {
             dg: dg(),
             volume: "v".into(),
             new_size_bytes: 1,
+            force: false,
         },
         Change::VolSetReadPolicy {
             dg: dg(),
@@ -1260,6 +1262,7 @@ fn random_change(g: &DiskGroupConfig, i: usize, rng: &mut rand::rngs::StdRng) ->
             dg,
             volume: v.name.clone(),
             new_size_bytes: v.size_bytes.saturating_sub(4096 * rng.gen_range(1..3)),
+            force: false,
         },
         2 => Change::PlexAdd {
             dg,
