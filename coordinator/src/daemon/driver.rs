@@ -1138,17 +1138,14 @@ impl Driver {
                 None => return Some(missing(name)),
             }
         }
-        let newer = disks::newer_than_offered(
+        // Logged by the core with the join it abandons.
+        disks::newer_than_offered(
             &files,
             &self.file.cluster.id,
             &self.name,
             offered,
             *offered_txn,
-        );
-        if let Some(why) = &newer {
-            log::error!("node {}: join offer refused: {why}", self.name);
-        }
-        newer
+        )
     }
 
     /// One attempt to reconnect to the lost data plane. Once connected: events again
