@@ -66,27 +66,17 @@ pub enum Zeroed {
 }
 
 /// Zeroes `space` (extents of `group`'s disks, found on this node by id through
-/// `local`). The error names the volume, the disk, its path and this node.
+/// `local`) within [`ZERO_BUDGET`]. The error names the volume, the disk, its path
+/// and this node.
 pub fn zero_new_space(
     node: &str,
     group: &DiskGroupConfig,
     space: &NewSpace,
     local: &LocalDisks,
 ) -> Result<(), String> {
-    zero_within(node, group, space, local, ZERO_BUDGET)
-}
-
-/// [`zero_new_space`] with a budget of `budget`.
-fn zero_within(
-    node: &str,
-    group: &DiskGroupConfig,
-    space: &NewSpace,
-    local: &LocalDisks,
-    budget: Duration,
-) -> Result<(), String> {
     let volume = &space.volume;
     let began = Instant::now();
-    let deadline = began + budget;
+    let deadline = began + ZERO_BUDGET;
     let mut how = Vec::new();
     let mut done = 0u64;
     for e in &space.extents {
@@ -100,15 +90,22 @@ fn zero_within(
             .disk(&e.disk)
             .ok_or_else(|| fail("the group has no such disk".into()))?;
         let path = local.path_of(d);
-        let file = open_disk(&path, &d.id).map_err(|e| fail(format!("{}: {e}", path.display())))?;
-        let at = |what: &str| {
-            format!(
-                "{} at {}+{}: {what}",
+        let late = |done: u64, how: &[Zeroed]| {
+            let rate = done as f64 / began.elapsed().as_secs_f64().max(1e-3);
+            let left = (space.bytes() - done) as f64 / rate.max(1.0);
+            fail(format!(
+                "{} of {} zeroed within {} s ({how:?}, {}/s: about {left:.0} s for all; {} next); the change was not made. Storage that cannot zero fast: set zero_new_space = false in the cluster file (new space then holds what the disks held)",
+                crate::size::format_size(done),
+                crate::size::format_size(space.bytes()),
+                ZERO_BUDGET.as_secs(),
+                crate::size::format_size(rate as u64),
                 path.display(),
-                e.offset_bytes,
-                e.len_bytes
-            )
+            ))
         };
+        if done > 0 && Instant::now() >= deadline {
+            return Err(late(done, &how));
+        }
+        let file = open_disk(&path, &d.id).map_err(|e| fail(format!("{}: {e}", path.display())))?;
         match zero_extent(&file, e.offset_bytes, e.len_bytes, deadline) {
             Ok(z) => {
                 done += e.len_bytes;
@@ -116,21 +113,19 @@ fn zero_within(
                     how.push(z);
                 }
             }
-            Err(ZeroError::Failed(what)) => return Err(fail(at(&what))),
-            Err(ZeroError::OutOfTime { zeroed, how }) => {
-                done += zeroed;
-                let secs = began.elapsed().as_secs_f64().max(1e-3);
-                let rate = done as f64 / secs;
-                let left = (space.bytes() - done) as f64 / rate.max(1.0);
+            Err(ZeroError::Failed(what)) => {
                 return Err(fail(format!(
-                    "{} of {} zeroed within {} s ({how:?} on {}, {}/s: about {:.0} s for all); the change was not made. Storage that cannot zero fast: set zero_new_space = false in the cluster file (new space then holds what the disks held)",
-                    crate::size::format_size(done),
-                    crate::size::format_size(space.bytes()),
-                    budget.as_secs(),
+                    "{} at {}+{}: {what}",
                     path.display(),
-                    crate::size::format_size(rate as u64),
-                    left
-                )));
+                    e.offset_bytes,
+                    e.len_bytes
+                )))
+            }
+            Err(ZeroError::OutOfTime { zeroed, how: z }) => {
+                if !how.contains(&z) {
+                    how.push(z);
+                }
+                return Err(late(done + zeroed, &how));
             }
         }
     }
