@@ -260,3 +260,58 @@ fn a_forming_node_without_the_disk_that_took_the_newest_write_gets_no_majority()
     c.restart_node(0);
     c.check_invariants();
 }
+
+/// A private group's disk that its node no longer finds (gone for good, or a path
+/// lost) keeps out only the group's volumes that use it: the node's data plane loads
+/// the rest, so the node still joins the cluster and serves the shared volumes and
+/// the group's other volumes. With the disk back, the volume is served again.
+#[test]
+fn a_private_groups_missing_disk_keeps_out_its_volumes_not_the_node() {
+    let mut c = Cluster::start(3, ClusterOpts::default());
+    c.shared_mirror(0, "dg1", "vol1", "16M");
+    c.ctl_ok(1, "dg create dg2 d2 d3");
+    c.ctl_ok(1, "vol create dg2 mirrored 8M --layout mirror");
+    c.ctl_ok(1, "vol create dg2 single 8M --layout concat");
+    // b's own volume: its pattern is b's to check (the invariants check every node).
+    let pattern = c.write_pattern(1, "dg2", "single", 0, 1 << 20);
+    c.forget_volume("dg2", "single");
+    // The disk of dg2 that `single` does not use goes missing on b.
+    let print = c.print(1);
+    let single = plexd_tests::volume(&print, "dg2", "single").expect("single");
+    let on_d2 = single["plexes"][0]["subdisks"][0]["disk"] == "d2";
+    let (lost, lost_name) = if on_d2 { (3, "d3") } else { (2, "d2") };
+    c.kill_node(1);
+    c.set_hidden_disks(1, &[lost]);
+    c.start_target(1);
+    c.start_coordinator(1);
+    c.wait_all_joined();
+    c.wait_served(1, "dg1", "vol1");
+    c.wait_served(1, "dg2", "single");
+    pattern.verify(&c.kernel(1)).expect("single's data on b");
+    let volumes: Vec<String> = c
+        .kernel(1)
+        .list_volumes()
+        .expect("volumes")
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
+    assert!(
+        !volumes.contains(&"dg2.mirrored".to_string()),
+        "b serves a volume without its disk: {volumes:?}"
+    );
+    let log = plexd_log(&c, 1);
+    assert!(
+        log.contains(&format!(
+            "node b: disk group dg2: disk(s) {lost_name} not found on the disk paths: volume(s) mirrored not served on this node"
+        )),
+        "b names the disk and the volume it leaves out:\n{log}"
+    );
+    // A shared change goes through b (its data plane takes it) meanwhile.
+    c.ctl_ok(0, "vol create dg1 vol2 8M --layout concat");
+    // With the disk back, b serves it again.
+    c.kill_node(1);
+    c.set_hidden_disks(1, &[]);
+    c.restart_node(1);
+    c.wait_served(1, "dg2", "mirrored");
+    c.check_invariants();
+}

@@ -32,6 +32,11 @@ impl LocalDisks {
         LocalDisks(map)
     }
 
+    /// Whether a file of disk `d`'s id is on this node's disk paths.
+    pub fn finds(&self, d: &Disk) -> bool {
+        self.0.contains_key(&d.id)
+    }
+
     /// The path of disk `d` on this node: the recorded path when a file of that id
     /// is there, else the first file whose label carries its id, else the recorded
     /// path (whose check then says what is wrong).

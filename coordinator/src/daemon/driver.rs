@@ -1214,7 +1214,16 @@ pub fn desired_of(
         .iter()
         .map(|n| (n.name.clone(), n.nvmf_portal().to_string()))
         .collect();
-    let all = || shared.iter().map(|g| &**g).chain(private.iter());
+    let private: Vec<std::borrow::Cow<'_, DiskGroupConfig>> = private
+        .iter()
+        .map(|g| servable_here(g, local, name))
+        .collect();
+    let all = || {
+        shared
+            .iter()
+            .map(|g| &**g)
+            .chain(private.iter().map(|g| &**g))
+    };
     let id = file.node(name).map_or(0, |n| n.id);
     let (mut d, extras) = Desired::of_cached_with_extras(all(), id, specs);
     // The disks at their paths on this node (nothing else of a group names a path:
@@ -1230,6 +1239,45 @@ pub fn desired_of(
     d.nvmf = exports::desired_nvmf(extras.iter().copied(), name, &nvmf_nodes);
     d.nvmf_node = exports::NvmfNode::of(file, name).unwrap_or_default();
     d
+}
+
+/// Private group `g` as node `node`'s data plane serves it: without the disks this
+/// node does not find (`local`) and the volumes that use one, each time logged
+/// naming them, so that a private group's dead disk keeps only those volumes from
+/// being served, not the node's other groups (nor, through a refused load, the node
+/// from joining the cluster). Shared groups are never cut: a node joins only when
+/// it finds every disk of them.
+fn servable_here<'a>(
+    g: &'a DiskGroupConfig,
+    local: &disks::LocalDisks,
+    node: &str,
+) -> std::borrow::Cow<'a, DiskGroupConfig> {
+    let missing: Vec<&str> = g
+        .disks
+        .iter()
+        .filter(|d| !local.finds(d))
+        .map(|d| d.name.as_str())
+        .collect();
+    if missing.is_empty() {
+        return std::borrow::Cow::Borrowed(g);
+    }
+    let mut served = g.clone();
+    served.disks.retain(|d| local.finds(d));
+    let mut left_out = Vec::new();
+    served.volumes.retain(|v| {
+        let uses = missing.iter().any(|d| v.uses_disk(d));
+        if uses {
+            left_out.push(v.name.clone());
+        }
+        !uses
+    });
+    log::warn!(
+        "node {node}: disk group {}: disk(s) {} not found on the disk paths: volume(s) {} not served on this node until they are (its other volumes are)",
+        g.name,
+        missing.join(", "),
+        if left_out.is_empty() { "none".to_string() } else { left_out.join(", ") },
+    );
+    std::borrow::Cow::Owned(served)
 }
 
 /// Whether the local check of `change` on node `name` reads this node's disks or

@@ -524,6 +524,15 @@ impl Plex {
 }
 
 impl Volume {
+    /// Whether a subdisk of one of its plexes, or a copy of its log, is on disk
+    /// `disk` (media name).
+    pub fn uses_disk(&self, disk: &str) -> bool {
+        self.plexes
+            .iter()
+            .any(|p| p.subdisks.iter().any(|sd| sd.disk == disk))
+            || self.log.as_ref().is_some_and(|l| l.on_disk(disk))
+    }
+
     /// Its object names: its own, its plexes', its subdisks'.
     pub fn object_names(&self) -> impl Iterator<Item = &str> {
         std::iter::once(self.name.as_str())
