@@ -166,6 +166,8 @@ impl Drop for TargetProcess {
             let _ = c.wait();
         }
         let _ = std::fs::remove_file(&self.socket);
+        // The NVMe-oF reservation state the target keeps beside its socket.
+        let _ = std::fs::remove_dir_all(self.socket.with_extension("nvmf-pr"));
         let _ = std::fs::remove_file(&self.stderr_path);
         let _ = std::fs::remove_file(&self.stdout_path);
     }
