@@ -1210,6 +1210,13 @@ impl Cluster {
         );
     }
 
+    /// The volumes node `i`'s plexd-target serves, by bdev name (`DG.VOL`).
+    pub fn target_volumes(&self, i: usize) -> Result<Vec<String>, String> {
+        let k = KernelClient::connect(&self.nodes[i].target_socket).map_err(|e| e.to_string())?;
+        let v = k.list_volumes().map_err(|e| e.to_string())?;
+        Ok(v.into_iter().map(|v| v.name).collect())
+    }
+
     /// A kernel interface client of node `i`'s plexd-target.
     pub fn kernel(&self, i: usize) -> KernelClient {
         KernelClient::connect(&self.nodes[i].target_socket)

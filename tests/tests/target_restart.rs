@@ -24,14 +24,6 @@ fn own_reason(c: &Cluster, i: usize) -> Result<String, String> {
     node_reason(&s, me).ok_or_else(|| format!("node {me} is not in its own status: {s}"))
 }
 
-/// The volumes node `i`'s target serves.
-fn target_volumes(c: &Cluster, i: usize) -> Result<Vec<String>, String> {
-    let k = plexd_target::api::KernelClient::connect(&c.nodes[i].target_socket)
-        .map_err(|e| e.to_string())?;
-    let v = k.list_volumes().map_err(|e| e.to_string())?;
-    Ok(v.into_iter().map(|v| v.name).collect())
-}
-
 /// Kills node `victim`'s plexd-target only, checks the cluster while it is down,
 /// starts it again and checks that the node's plexd brought it back.
 fn target_restart(victim: usize, is_master: bool) {
@@ -87,7 +79,7 @@ fn target_restart(victim: usize, is_master: bool) {
         &format!("node {name}'s new target to serve dg1.vol1 again"),
         RELOAD_TIMEOUT,
         || {
-            let v = target_volumes(&c, victim)?;
+            let v = c.target_volumes(victim)?;
             if v.iter().any(|v| v == "dg1.vol1") {
                 Ok(())
             } else {

@@ -944,9 +944,9 @@ impl Driver {
             .map_err(|e| e.on(&self.name))?;
         self.check_export(group.as_deref(), change)?;
         let dg = change.dg_name();
-        let zeroes = self.file.cluster.zero_new_space;
-        if let Some(g) = after.disk_group(dg).filter(|_| zeroes) {
-            if let Some(space) = crate::model::new_data_space(change, before.disk_group(dg), g) {
+        if let Some(g) = after.disk_group(dg) {
+            let cluster = &self.file.cluster;
+            if let Some(space) = zero::space_to_zero(cluster, change, before.disk_group(dg), g) {
                 self.zero_new_space(g, &space)?;
             }
         }

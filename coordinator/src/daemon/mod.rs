@@ -1019,17 +1019,11 @@ impl Daemon {
                 shared.iter().find(|g| g.name == change.dg_name()).cloned()
             });
         // The master zeroes the space the change gives a volume (`zero`).
-        let zero = self
-            .file
-            .cluster
-            .zero_new_space
-            .then_some(())
-            .and_then(|()| {
-                let after = self.node.master_txn_config(txn)?;
-                let after = after.groups.iter().find(|g| g.name == change.dg_name())?;
-                let space = crate::model::new_data_space(&change, group.as_deref(), after)?;
-                Some((Arc::clone(after), space))
-            });
+        let zero = self.node.master_txn_config(txn).and_then(|after| {
+            let after = after.groups.iter().find(|g| g.name == change.dg_name())?;
+            let space = zero::space_to_zero(&self.file.cluster, &change, group.as_deref(), after)?;
+            Some((Arc::clone(after), space))
+        });
         if zero.is_some() || driver::local_check_reads(&change, group.as_deref(), &self.name) {
             return Some(Job::LocalCheck {
                 txn,

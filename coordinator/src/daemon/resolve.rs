@@ -72,7 +72,23 @@ impl Daemon {
                 grow,
                 relative,
                 force,
-            } => self.resolve_vol_resize(dg, volume, new_size_bytes, (grow, relative, force))?,
+            } => {
+                let new_size_bytes =
+                    self.resolve_new_size(&dg, &volume, new_size_bytes, grow, relative)?;
+                match grow {
+                    true => Change::VolGrow {
+                        dg,
+                        volume,
+                        new_size_bytes,
+                    },
+                    false => Change::VolShrink {
+                        dg,
+                        volume,
+                        new_size_bytes,
+                        force,
+                    },
+                }
+            }
             CtlChange::VolRm { dg, volume } => Change::VolRm { dg, volume },
             CtlChange::VolExport {
                 dg,
@@ -298,55 +314,41 @@ impl Daemon {
         }
     }
 
-    /// `vol grow` / `vol shrink`: a relative size against the committed one;
-    /// `force`: a shrink's `--force`.
-    fn resolve_vol_resize(
+    /// The new size of `vol grow` / `vol shrink`: `+SIZE` / `-SIZE` (`relative`)
+    /// against the committed one.
+    fn resolve_new_size(
         &self,
-        dg: String,
-        volume: String,
+        dg: &str,
+        volume: &str,
         new_size_bytes: u64,
-        (grow, relative, force): (bool, bool, bool),
-    ) -> Result<Change, RequestError> {
-        let new_size_bytes = if relative {
-            let current = self
-                .group(&dg)
-                .and_then(|g| g.volume(&volume))
-                .map(|v| v.size_bytes)
-                .ok_or_else(|| {
-                    self.refuse_as(
-                        ErrorKind::NotFound,
-                        format!("volume {volume} does not exist in disk group {dg}"),
-                    )
-                })?;
-            let new = if grow {
-                current.checked_add(new_size_bytes)
-            } else {
-                current.checked_sub(new_size_bytes).filter(|&n| n > 0)
-            };
-            new.ok_or_else(|| {
-                self.refuse(format!(
-                    "volume {volume} of disk group {dg}: cannot {} {} by {}",
-                    if grow { "grow" } else { "shrink" },
-                    crate::size::format_size(current),
-                    crate::size::format_size(new_size_bytes)
-                ))
-            })?
+        grow: bool,
+        relative: bool,
+    ) -> Result<u64, RequestError> {
+        if !relative {
+            return Ok(new_size_bytes);
+        }
+        let current = self
+            .group(dg)
+            .and_then(|g| g.volume(volume))
+            .map(|v| v.size_bytes)
+            .ok_or_else(|| {
+                self.refuse_as(
+                    ErrorKind::NotFound,
+                    format!("volume {volume} does not exist in disk group {dg}"),
+                )
+            })?;
+        let new = if grow {
+            current.checked_add(new_size_bytes)
         } else {
-            new_size_bytes
+            current.checked_sub(new_size_bytes).filter(|&n| n > 0)
         };
-        Ok(if grow {
-            Change::VolGrow {
-                dg,
-                volume,
-                new_size_bytes,
-            }
-        } else {
-            Change::VolShrink {
-                dg,
-                volume,
-                new_size_bytes,
-                force,
-            }
+        new.ok_or_else(|| {
+            self.refuse(format!(
+                "volume {volume} of disk group {dg}: cannot {} {} by {}",
+                if grow { "grow" } else { "shrink" },
+                crate::size::format_size(current),
+                crate::size::format_size(new_size_bytes)
+            ))
         })
     }
 

@@ -14,10 +14,10 @@
 //! hole reads as zeroes and stays a hole, so a sparse disk file stays as thin as
 //! it was), with `fallocate(ZERO_RANGE)` (file systems with unwritten extents:
 //! allocated parts stay allocated), then `fallocate(PUNCH_HOLE)` (tmpfs); for a
-//! block device,
-//! `fallocate(PUNCH_HOLE)` (the device zeroes: WRITE ZEROES, or an UNMAP that reads
-//! back zeroes; never a fallback that writes), then `fallocate(ZERO_RANGE)` (the
-//! kernel writes zeroes); else plexd writes zeroes, then `fdatasync`. Zeroing is
+//! block device, `fallocate(PUNCH_HOLE)` (the device zeroes: WRITE ZEROES, or an
+//! UNMAP that reads back zeroes; never a fallback that writes), then
+//! `fallocate(ZERO_RANGE)` (the kernel writes zeroes); else plexd writes zeroes,
+//! then `fdatasync`. Zeroing is
 //! bounded by [`ZERO_BUDGET`], below the master's wait for CHECK answers: storage
 //! that zeroes more slowly fails the change with its rate and an estimate, and
 //! the cluster file's `zero_new_space = false` turns zeroing off (new space then
@@ -38,8 +38,9 @@ use nix::errno::Errno;
 use nix::fcntl::{fallocate, FallocateFlags};
 use nix::unistd::{lseek, Whence};
 
+use super::config::ClusterSection;
 use super::disks::LocalDisks;
-use crate::model::{DiskGroupConfig, NewSpace};
+use crate::model::{Change, DiskGroupConfig, NewSpace};
 use crate::ondisk;
 
 /// Largest write of the zero-writing fallback.
@@ -63,6 +64,22 @@ pub enum Zeroed {
     Written,
     /// Nothing to do: a hole in a file, which reads as zeroes.
     Hole,
+}
+
+/// The space `change` gives a volume of `after` (its group after the change;
+/// `before`: before it) that a node is to zero: none when the cluster file's
+/// `zero_new_space` is off, or the change gives none
+/// ([`crate::model::new_data_space`]).
+pub fn space_to_zero(
+    cluster: &ClusterSection,
+    change: &Change,
+    before: Option<&DiskGroupConfig>,
+    after: &DiskGroupConfig,
+) -> Option<NewSpace> {
+    if !cluster.zero_new_space {
+        return None;
+    }
+    crate::model::new_data_space(change, before, after)
 }
 
 /// Zeroes `space` (extents of `group`'s disks, found on this node by id through

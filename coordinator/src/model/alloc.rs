@@ -197,7 +197,7 @@ fn free_extents_less(dg: &DiskGroupConfig, taken: &[Piece]) -> Vec<(String, Vec<
 
 /// Removes `[offset, offset + len)` from `extents` (sorted, disjoint), splitting
 /// the extent that holds it.
-fn carve(extents: &mut Vec<FreeExtent>, offset: u64, len: u64) {
+pub(super) fn carve(extents: &mut Vec<FreeExtent>, offset: u64, len: u64) {
     let cut_end = offset.saturating_add(len);
     let mut out = Vec::with_capacity(extents.len() + 1);
     for e in extents.drain(..) {

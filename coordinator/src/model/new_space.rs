@@ -10,7 +10,8 @@
 //! changes; `dg import` brings space that holds its own data, which must never be
 //! touched.
 
-use super::{Change, DiskGroupConfig, Volume};
+use super::alloc::{carve, FreeExtent};
+use super::{Change, DiskGroupConfig};
 
 /// A range of one of a group's disks.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,32 +54,23 @@ pub fn new_data_space(
         _ => return None,
     };
     let v = after.volume(volume)?;
-    let old = before
+    let old: Vec<(&str, u64, u64)> = before
         .and_then(|b| b.volume(volume))
-        .map(data_extents)
+        .map(|o| o.subdisk_extents().collect())
         .unwrap_or_default();
     let mut out = Vec::new();
-    for e in data_extents(v) {
-        let mut pieces = vec![(e.offset_bytes, e.offset_bytes + e.len_bytes)];
-        for o in old.iter().filter(|o| o.disk == e.disk) {
-            let (o_start, o_end) = (o.offset_bytes, o.offset_bytes + o.len_bytes);
-            pieces = pieces
-                .into_iter()
-                .flat_map(|(s, t)| {
-                    if o_end <= s || t <= o_start {
-                        return vec![(s, t)];
-                    }
-                    [(s, o_start.max(s)), (o_end.min(t), t)]
-                        .into_iter()
-                        .filter(|(a, b)| a < b)
-                        .collect()
-                })
-                .collect();
+    for (disk, offset_bytes, len_bytes) in v.subdisk_extents() {
+        let mut pieces = vec![FreeExtent {
+            offset_bytes,
+            len_bytes,
+        }];
+        for &(_, o, l) in old.iter().filter(|(d, _, _)| *d == disk) {
+            carve(&mut pieces, o, l);
         }
-        out.extend(pieces.into_iter().map(|(s, t)| DiskExtent {
-            disk: e.disk.clone(),
-            offset_bytes: s,
-            len_bytes: t - s,
+        out.extend(pieces.into_iter().map(|p| DiskExtent {
+            disk: disk.to_string(),
+            offset_bytes: p.offset_bytes,
+            len_bytes: p.len_bytes,
         }));
     }
     out.sort_by(|a, b| (&a.disk, a.offset_bytes).cmp(&(&b.disk, b.offset_bytes)));
@@ -86,19 +78,6 @@ pub fn new_data_space(
         volume: volume.clone(),
         extents: out,
     })
-}
-
-/// The disk extents of every subdisk of `v`'s plexes (its data, not its log).
-fn data_extents(v: &Volume) -> Vec<DiskExtent> {
-    v.plexes
-        .iter()
-        .flat_map(|p| p.subdisks.iter())
-        .map(|sd| DiskExtent {
-            disk: sd.disk.clone(),
-            offset_bytes: sd.disk_offset_bytes,
-            len_bytes: sd.len_bytes,
-        })
-        .collect()
 }
 
 #[cfg(test)]

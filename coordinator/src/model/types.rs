@@ -527,10 +527,7 @@ impl Volume {
     /// Whether a subdisk of one of its plexes, or a copy of its log, is on disk
     /// `disk` (media name).
     pub fn uses_disk(&self, disk: &str) -> bool {
-        self.plexes
-            .iter()
-            .any(|p| p.subdisks.iter().any(|sd| sd.disk == disk))
-            || self.log.as_ref().is_some_and(|l| l.on_disk(disk))
+        self.used_extents().any(|(d, _, _)| d == disk)
     }
 
     /// Its object names: its own, its plexes', its subdisks'.
@@ -545,20 +542,24 @@ impl Volume {
             )
     }
 
+    /// The disk space its data uses: (disk, offset, length) of each subdisk of its
+    /// plexes.
+    pub fn subdisk_extents(&self) -> impl Iterator<Item = (&str, u64, u64)> {
+        self.plexes
+            .iter()
+            .flat_map(|p| &p.subdisks)
+            .map(|sd| (sd.disk.as_str(), sd.disk_offset_bytes, sd.len_bytes))
+    }
+
     /// The disk space it uses: (disk, offset, length) of each subdisk and of each
     /// copy of its dirty region log.
     pub fn used_extents(&self) -> impl Iterator<Item = (&str, u64, u64)> {
-        let subdisks = self
-            .plexes
-            .iter()
-            .flat_map(|p| &p.subdisks)
-            .map(|sd| (sd.disk.as_str(), sd.disk_offset_bytes, sd.len_bytes));
         let logs = self.log.iter().flat_map(|log| {
             log.copies
                 .iter()
                 .map(move |c| (c.disk.as_str(), c.disk_offset_bytes, log.len_bytes))
         });
-        subdisks.chain(logs)
+        self.subdisk_extents().chain(logs)
     }
 
     /// A plex of this volume by name.
