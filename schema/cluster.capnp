@@ -437,6 +437,11 @@ struct ConfigChange {
       plex @65 :Text;
       ranges @66 :List(Disk.ByteRange);
     }
+    dgFailDisk :group {         # `plexctl dg fail-disk DG DISK [--force]`
+      dg @68 :Text;
+      disk @69 :Text;
+      force @70 :Bool;          # also when a volume's only ACTIVE plexes are on it
+    }
   }
 }
 

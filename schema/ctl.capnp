@@ -137,10 +137,12 @@ struct Change {
     volExport @14 :VolExport;
     volUnexport @15 :VolUnexport;
     dgSet @17 :DgSet;
+    dgFailDisk @18 :DgDisk;    # record a disk failed (docs/OPERATIONS.md, "A disk that is gone for good")
   }
   # `--force` of dgDestroy and dgDeport (end the group's exports; never while a host
-  # session is logged in), of plexRm (remove an ACTIVE plex) and of volShrink (also
-  # while hosts use the volume). Ignored by others.
+  # session is logged in), of plexRm (remove an ACTIVE plex), of volShrink (also
+  # while hosts use the volume) and of dgFailDisk (also when a volume's only ACTIVE
+  # plexes are on the disk). Ignored by others.
   force @16 :Bool;
 }
 

@@ -45,6 +45,9 @@ struct Disk {
   sizeBytes @3 :UInt64;
   publicOffsetBytes @4 :UInt64;
   publicLenBytes @5 :UInt64;
+  failed @6 :Bool;              # recorded failed (`plexctl dg fail-disk`): no node needs
+                                # to find it, nothing is allocated or written on it, and
+                                # its plexes are STALE (docs/OPERATIONS.md)
 }
 
 enum VolumeState {

@@ -3,7 +3,7 @@
 //! with them; a node renders the same for the answer's older `json`/`text` fields.
 //!
 //! JSON shape (docs/OPERATIONS.md): `{"disk_groups": [{"name", "id", "shared", "seq",
-//! "owner", "detach_policy", "disks": [{"name", "id", "path", "size", "public_offset", "public_len"}],
+//! "owner", "detach_policy", "disks": [{"name", "id", "path", "size", "public_offset", "public_len", "failed" (only when true)}],
 //! "volumes": [{"name", "size", "state", "read_policy", "plexes": [{"name", "state",
 //! "layout", "columns", "stripe_unit", "subdisks": [{"name", "disk", "disk_offset",
 //! "len", "column", "plex_offset"}], "resync": {"ranges", "bytes", "list"}}],
@@ -100,14 +100,18 @@ pub fn json(c: printed_config::Reader<'_>) -> capnp::Result<Value> {
     for g in c.get_disk_groups()? {
         let mut disks = Vec::new();
         for d in g.get_disks()? {
-            disks.push(json!({
+            let mut disk = json!({
                 "name": text(d.get_name())?,
                 "id": text(d.get_id())?,
                 "path": text(d.get_path())?,
                 "size": d.get_size_bytes(),
                 "public_offset": d.get_public_offset_bytes(),
                 "public_len": d.get_public_len_bytes(),
-            }));
+            });
+            if d.get_failed() {
+                disk["failed"] = json!(true);
+            }
+            disks.push(disk);
         }
         let mut volumes = Vec::new();
         for v in g.get_volumes()? {
@@ -249,10 +253,11 @@ pub fn text_tree(c: printed_config::Reader<'_>) -> capnp::Result<String> {
         ));
         for d in g.get_disks()? {
             s.push_str(&format!(
-                "dm {:<12} {:<36} {}\n",
+                "dm {:<12} {:<36} {}{}\n",
                 text(d.get_name())?,
                 text(d.get_path())?,
-                format_size(d.get_public_len_bytes())
+                format_size(d.get_public_len_bytes()),
+                if d.get_failed() { " FAILED" } else { "" }
             ));
         }
         for v in g.get_volumes()? {

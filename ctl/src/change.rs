@@ -121,6 +121,15 @@ fn dg_change(cmd: &DgCmd) -> Result<Option<ChangeBuilder>, Failure> {
                 x.set_disk(disk.as_str());
             })
         }
+        DgCmd::FailDisk { dg, disk, force } => {
+            let (dg, disk, force) = (dg.clone(), disk.clone(), *force);
+            Box::new(move |mut b| {
+                b.set_force(force);
+                let mut x = b.init_dg_fail_disk();
+                x.set_dg(dg.as_str());
+                x.set_disk(disk.as_str());
+            })
+        }
         DgCmd::Destroy { dg, force } => {
             let (dg, force) = (dg.clone(), *force);
             Box::new(move |mut b| {

@@ -145,6 +145,21 @@ pub(crate) enum DgCmd {
         /// Disk media name.
         disk: String,
     },
+    /// Records a disk failed: its plexes become STALE, its log copies move to other
+    /// disks, and no node needs to find it any more. For a disk gone for good; when
+    /// the cluster cannot form because of it, give this command to the node that
+    /// formed (it waits in that node's queue, and the other nodes join without the
+    /// disk). Example: dg fail-disk dg1 d1
+    FailDisk {
+        /// Disk group.
+        dg: String,
+        /// Disk media name.
+        disk: String,
+        /// Also when a volume's only ACTIVE plexes are on the disk (that volume is
+        /// then served on no node).
+        #[arg(long)]
+        force: bool,
+    },
     /// Destroys the group and its volumes. Refused while a volume is exported
     /// (unexport first) or a host is logged in to one.
     Destroy {

@@ -1488,11 +1488,28 @@ impl<M: ConfigModel> Node<M> {
     /// Master: offers `node` the shared disk groups' configuration and their disks.
     pub(super) fn start_join(&mut self, node: NodeId) {
         let config = self.committed.config.encode();
-        let disks = self.committed.config.shared_disks();
+        let mut disks = self.committed.config.shared_disks();
         let config_txn = self.committed.txn;
         let Some(ms) = self.master.as_mut() else {
             return;
         };
+        let given_up: Vec<String> = ms
+            .queue
+            .iter()
+            .filter_map(|(_, req)| match req {
+                Request::Change(c) => Some(M::disks_given_up(c)),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        if !given_up.is_empty() {
+            log::warn!(
+                "node {}: offering node {node} to join without disk(s) {}: a queued change records them failed",
+                self.cfg.me,
+                given_up.join(", ")
+            );
+            disks.retain(|d| !given_up.contains(d));
+        }
         assert!(ms.join.is_none(), "one join at a time");
         ms.next_join += 1;
         let join = ms.next_join;

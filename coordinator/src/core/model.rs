@@ -125,6 +125,15 @@ pub trait ConfigModel: Clone + Eq + Debug + Default {
     /// The disks of the shared disk groups: a joiner must reach every one.
     fn shared_disks(&self) -> Vec<String>;
 
+    /// The disks `change` records as failed (which no node needs to find once it
+    /// commits). While such a change waits at the master, its join offers do not
+    /// ask joiners for them: the operator's word that a disk is gone for good lets
+    /// a cluster form that its absence kept from a majority. None by default.
+    fn disks_given_up(change: &Self::Change) -> Vec<String> {
+        let _ = change;
+        Vec::new()
+    }
+
     /// The change that detaches `plex` of `volume` after an I/O error (global detach
     /// policy). `Ok(None)`: nothing to do (already detached). An error refuses the
     /// detach, e.g. because it is the volume's last ACTIVE plex.

@@ -59,6 +59,15 @@ pub enum CtlChange {
         /// Disk media name.
         disk: String,
     },
+    /// `dg fail-disk DG DISK [--force]`.
+    DgFailDisk {
+        /// Group.
+        dg: String,
+        /// Disk media name.
+        disk: String,
+        /// Also when a volume's only ACTIVE plexes are on the disk.
+        force: bool,
+    },
     /// `dg destroy DG [--force]`.
     DgDestroy {
         /// Group.
@@ -189,7 +198,9 @@ impl CtlChange {
             | CtlChange::DgDeport { dg, .. }
             | CtlChange::DgImport { dg, .. }
             | CtlChange::DgSet { dg, .. } => format!("disk group {dg}"),
-            CtlChange::DgAddDisk { dg, disk } | CtlChange::DgRmDisk { dg, disk } => {
+            CtlChange::DgAddDisk { dg, disk }
+            | CtlChange::DgRmDisk { dg, disk }
+            | CtlChange::DgFailDisk { dg, disk, .. } => {
                 format!("disk {disk} in disk group {dg}")
             }
             CtlChange::VolCreate { dg, volume, .. }
@@ -640,6 +651,14 @@ fn read_change(r: c::change::Reader<'_>) -> capnp::Result<CtlChange> {
         Which::DgRmDisk(x) => {
             let (dg, disk) = read_dg_disk(x?)?;
             CtlChange::DgRmDisk { dg, disk }
+        }
+        Which::DgFailDisk(x) => {
+            let (dg, disk) = read_dg_disk(x?)?;
+            CtlChange::DgFailDisk {
+                dg,
+                disk,
+                force: r.get_force(),
+            }
         }
         Which::DgDestroy(x) => CtlChange::DgDestroy {
             dg: text(x)?,

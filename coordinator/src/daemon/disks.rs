@@ -59,10 +59,14 @@ impl LocalDisks {
         local
     }
 
-    /// The paths of `g`'s disks on this node, in the order of `g.disks` (what
-    /// `self.localize(g).disk_paths()` gives, without copying the group).
+    /// The paths on this node of `g`'s disks that take its configuration writes
+    /// (not those recorded failed), in the order of `g.disks`.
     pub fn disk_paths(&self, g: &DiskGroupConfig) -> Vec<PathBuf> {
-        g.disks.iter().map(|d| self.path_of(d)).collect()
+        g.disks
+            .iter()
+            .filter(|d| !d.failed)
+            .map(|d| self.path_of(d))
+            .collect()
     }
 }
 
@@ -1136,6 +1140,7 @@ mod tests {
             size_bytes: 0,
             public_offset_bytes: 0,
             public_len_bytes: 0,
+            failed: false,
         };
         let e = check_disk(&d, &LocalDisks::default()).unwrap_err();
         assert!(e.starts_with("cannot find disk d9"), "{e}");

@@ -1214,16 +1214,15 @@ pub fn desired_of(
         .iter()
         .map(|n| (n.name.clone(), n.nvmf_portal().to_string()))
         .collect();
+    let shared: Vec<std::borrow::Cow<'_, DiskGroupConfig>> = shared
+        .iter()
+        .map(|g| servable_here(g, local, name))
+        .collect();
     let private: Vec<std::borrow::Cow<'_, DiskGroupConfig>> = private
         .iter()
         .map(|g| servable_here(g, local, name))
         .collect();
-    let all = || {
-        shared
-            .iter()
-            .map(|g| &**g)
-            .chain(private.iter().map(|g| &**g))
-    };
+    let all = || shared.iter().chain(&private).map(|g| &**g);
     let id = file.node(name).map_or(0, |n| n.id);
     let (mut d, extras) = Desired::of_cached_with_extras(all(), id, specs);
     // The disks at their paths on this node (nothing else of a group names a path:
@@ -1241,42 +1240,72 @@ pub fn desired_of(
     d
 }
 
-/// Private group `g` as node `node`'s data plane serves it: without the disks this
-/// node does not find (`local`) and the volumes that use one, each time logged
-/// naming them, so that a private group's dead disk keeps only those volumes from
-/// being served, not the node's other groups (nor, through a refused load, the node
-/// from joining the cluster). Shared groups are never cut: a node joins only when
-/// it finds every disk of them.
+/// Group `g` as node `node`'s data plane serves it.
+/// - Without its disks recorded failed ([`crate::model::Disk::failed`]) and the
+///   plexes on them (STALE or EMPTY: they take no I/O); a volume left without an
+///   ACTIVE plex by that is not served.
+/// - Without the disks this node does not find (`local`) and the volumes that use
+///   one, each time logged naming them, so that a dead disk keeps only those
+///   volumes from being served, not the node's other groups (nor, through a
+///   refused load, the node from joining the cluster). A private group's disk is
+///   missing this way when it died; a shared group's only on the master that forms
+///   a cluster without it, and on the nodes that join while a change recording it
+///   failed waits (`ConfigModel::disks_given_up`): a joiner must find every other
+///   disk of the shared groups.
 fn servable_here<'a>(
     g: &'a DiskGroupConfig,
     local: &disks::LocalDisks,
     node: &str,
 ) -> std::borrow::Cow<'a, DiskGroupConfig> {
+    let failed = |d: &str| g.disk(d).is_some_and(|d| d.failed);
     let missing: Vec<&str> = g
         .disks
         .iter()
-        .filter(|d| !local.finds(d))
+        .filter(|d| !d.failed && !local.finds(d))
         .map(|d| d.name.as_str())
         .collect();
-    if missing.is_empty() {
+    if missing.is_empty() && !g.disks.iter().any(|d| d.failed) {
         return std::borrow::Cow::Borrowed(g);
     }
     let mut served = g.clone();
-    served.disks.retain(|d| local.finds(d));
+    served.disks.retain(|d| !d.failed && local.finds(d));
+    let mut cut = std::collections::BTreeSet::new();
+    for vi in 0..served.volumes.len() {
+        let on_failed = |p: &crate::model::Plex| p.subdisks.iter().any(|sd| failed(&sd.disk));
+        if served.volumes[vi].plexes.iter().any(on_failed) {
+            cut.insert(served.volumes[vi].name.clone());
+            let v = served.volume_mut(vi);
+            v.plexes.retain(|p| !on_failed(p));
+            if let crate::model::ReadPolicy::Prefer { plex } = &v.read_policy {
+                if !v.plexes.iter().any(|p| p.name == *plex) {
+                    v.read_policy = crate::model::ReadPolicy::Round;
+                }
+            }
+        }
+    }
     let mut left_out = Vec::new();
     served.volumes.retain(|v| {
-        let uses = missing.iter().any(|d| v.uses_disk(d));
-        if uses {
+        let keep = (v.active_plexes() > 0 || !cut.contains(&v.name))
+            && !missing.iter().any(|d| v.uses_disk(d));
+        if !keep {
             left_out.push(v.name.clone());
         }
-        !uses
+        keep
     });
-    log::warn!(
-        "node {node}: disk group {}: disk(s) {} not found on the disk paths: volume(s) {} not served on this node until they are (its other volumes are)",
-        g.name,
-        missing.join(", "),
-        if left_out.is_empty() { "none".to_string() } else { left_out.join(", ") },
-    );
+    if !missing.is_empty() {
+        log::warn!(
+            "node {node}: disk group {}: disk(s) {} not found on the disk paths: volume(s) {} not served on this node until they are (its other volumes are)",
+            g.name,
+            missing.join(", "),
+            if left_out.is_empty() { "none".to_string() } else { left_out.join(", ") },
+        );
+    } else if !left_out.is_empty() {
+        log::warn!(
+            "node {node}: disk group {}: volume(s) {} have no ACTIVE plex off the disk(s) recorded failed: not served",
+            g.name,
+            left_out.join(", "),
+        );
+    }
     std::borrow::Cow::Owned(served)
 }
 

@@ -817,6 +817,7 @@ mod tests {
             size_bytes: 65 << 20,
             public_offset_bytes: 1 << 20,
             public_len_bytes: 64 << 20,
+            failed: false,
         }
     }
 

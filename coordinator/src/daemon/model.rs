@@ -305,8 +305,15 @@ impl ConfigModel for SharedConfig {
     fn shared_disks(&self) -> Vec<String> {
         self.groups
             .iter()
-            .flat_map(|g| g.disks.iter().map(|d| d.name.clone()))
+            .flat_map(|g| g.disks.iter().filter(|d| !d.failed).map(|d| d.name.clone()))
             .collect()
+    }
+
+    fn disks_given_up(change: &Change) -> Vec<String> {
+        match change {
+            Change::DgFailDisk { disk, .. } => vec![disk.clone()],
+            _ => Vec::new(),
+        }
     }
 
     fn detach_plex(&self, volume: &str, plex: &str) -> Result<Option<Change>, RequestError> {
@@ -543,6 +550,7 @@ mod tests {
             size_bytes: 65 << 20,
             public_offset_bytes: 1 << 20,
             public_len_bytes: 64 << 20,
+            failed: false,
         }
     }
 

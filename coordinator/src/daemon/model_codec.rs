@@ -181,6 +181,7 @@ fn write_change(c: &Change, b: wire::config_change::Builder<'_>) {
         Change::DgCreate { .. }
         | Change::DgAddDisk { .. }
         | Change::DgRmDisk { .. }
+        | Change::DgFailDisk { .. }
         | Change::DgDestroy { .. }
         | Change::DgDeport { .. }
         | Change::DgImport { .. }
@@ -240,6 +241,12 @@ fn write_dg_change(c: &Change, b: wire::config_change::Builder<'_>) {
             let mut g = b.init_dg_rm_disk();
             g.set_dg(dg.as_str());
             g.set_disk(d.as_str());
+        }
+        Change::DgFailDisk { dg, disk: d, force } => {
+            let mut g = b.init_dg_fail_disk();
+            g.set_dg(dg.as_str());
+            g.set_disk(d.as_str());
+            g.set_force(*force);
         }
         Change::DgDestroy { dg, force } => {
             let mut g = b.init_dg_destroy();
@@ -412,6 +419,7 @@ fn read_change(r: wire::config_change::Reader<'_>) -> capnp::Result<Change> {
         Which::DgCreate(_)
         | Which::DgAddDisk(_)
         | Which::DgRmDisk(_)
+        | Which::DgFailDisk(_)
         | Which::DgDestroy(_)
         | Which::DgDeport(_)
         | Which::DgImport(_)
@@ -471,6 +479,11 @@ fn read_dg_change(which: wire::config_change::WhichReader<'_>) -> capnp::Result<
         Which::DgRmDisk(g) => Change::DgRmDisk {
             dg: text(g.get_dg())?,
             disk: text(g.get_disk())?,
+        },
+        Which::DgFailDisk(g) => Change::DgFailDisk {
+            dg: text(g.get_dg())?,
+            disk: text(g.get_disk())?,
+            force: g.get_force(),
         },
         Which::DgDestroy(g) => Change::DgDestroy {
             dg: text(g.get_dg())?,
@@ -672,6 +685,7 @@ mod tests {
             Change::DgCreate { .. } => "DgCreate",
             Change::DgAddDisk { .. } => "DgAddDisk",
             Change::DgRmDisk { .. } => "DgRmDisk",
+            Change::DgFailDisk { .. } => "DgFailDisk",
             Change::DgDestroy { .. } => "DgDestroy",
             Change::DgDeport { .. } => "DgDeport",
             Change::DgImport { .. } => "DgImport",
@@ -784,6 +798,11 @@ mod tests {
             Change::DgRmDisk {
                 dg: dg(),
                 disk: "d4".into(),
+            },
+            Change::DgFailDisk {
+                dg: dg(),
+                disk: "d1".into(),
+                force: true,
             },
             Change::DgDestroy {
                 dg: dg(),
@@ -990,7 +1009,7 @@ mod tests {
     fn every_change_round_trips() {
         let changes = changes();
         let names: std::collections::BTreeSet<_> = changes.iter().map(name).collect();
-        assert_eq!(names.len(), 24, "a sample of every change: {names:?}");
+        assert_eq!(names.len(), 25, "a sample of every change: {names:?}");
         for c in &changes {
             let bytes = encode_change(c);
             assert_eq!(decode_change(&bytes).as_ref(), Ok(c));

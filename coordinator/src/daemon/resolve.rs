@@ -28,6 +28,7 @@ impl Daemon {
                 dg,
             },
             CtlChange::DgRmDisk { dg, disk } => Change::DgRmDisk { dg, disk },
+            CtlChange::DgFailDisk { dg, disk, force } => Change::DgFailDisk { dg, disk, force },
             CtlChange::DgDestroy { dg, force } => Change::DgDestroy { dg, force },
             CtlChange::DgDeport { dg, force } => Change::DgDeport { dg, force },
             CtlChange::DgImport {

@@ -82,6 +82,10 @@ fn free_between(
     dg.disks
         .iter()
         .map(|d| {
+            if d.failed {
+                // Recorded failed: nothing is allocated on it.
+                return (d.name.clone(), Vec::new());
+            }
             let start = align_up(d.public_offset_bytes);
             let end = align_down(d.public_offset_bytes.saturating_add(d.public_len_bytes));
             let mut extents = Vec::new();

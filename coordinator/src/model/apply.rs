@@ -364,6 +364,7 @@ pub fn apply_dg(dg: &DiskGroupConfig, change: &Change) -> Result<DiskGroupConfig
     match change {
         Change::DgAddDisk { disk, .. } => dg_add_disk(dg, &mut next, disk)?,
         Change::DgRmDisk { disk, .. } => dg_rm_disk(dg, &mut next, disk)?,
+        Change::DgFailDisk { disk, force, .. } => dg_fail_disk(dg, &mut next, disk, *force)?,
         Change::VolCreate {
             volume,
             size_bytes,
@@ -517,7 +518,77 @@ fn dg_rm_disk(
         )));
     }
     next.disks.remove(index);
-    move_logs_off(dg, next, disk)
+    move_logs_off(dg, next, disk, NoRoom::Refuse)
+}
+
+/// Applies [`Change::DgFailDisk`] to `next` (a copy of `dg`).
+fn dg_fail_disk(
+    dg: &DiskGroupConfig,
+    next: &mut DiskGroupConfig,
+    disk: &str,
+    force: bool,
+) -> Result<(), ConfigError> {
+    let index = dg
+        .disks
+        .iter()
+        .position(|d| d.name == *disk)
+        .ok_or_else(|| not_found("disk", disk, format!(" in disk group {}", dg.name)))?;
+    if dg.disks[index].failed {
+        return Err(ConfigError::Exists(format!(
+            "disk {disk} of disk group {} is already recorded failed",
+            dg.name
+        )));
+    }
+    if !dg.disks.iter().any(|d| d.name != *disk && !d.failed) {
+        return Err(ConfigError::InUse(format!(
+            "disk {disk} is the last working disk of disk group {}: its configuration would be on no disk; bring a disk back or use dg destroy",
+            dg.name
+        )));
+    }
+    let on_disk = |p: &Plex| p.subdisks.iter().any(|sd| sd.disk == *disk);
+    if !force {
+        let lost: Vec<&str> = dg
+            .volumes
+            .iter()
+            .filter(|v| v.active_plexes() > 0)
+            .filter(|v| {
+                v.plexes
+                    .iter()
+                    .all(|p| p.state != PlexState::Active || on_disk(p))
+            })
+            .map(|v| v.name.as_str())
+            .collect();
+        if !lost.is_empty() {
+            return Err(ConfigError::InUse(format!(
+                "disk {disk} of disk group {} holds the only ACTIVE plex of volume(s) {}: their data is on that disk only, and recorded failed they are served on no node; bring the disk back, or fail it with --force to go on without them",
+                dg.name,
+                lost.join(", ")
+            )));
+        }
+    }
+    next.disks[index].failed = true;
+    for vi in 0..next.volumes.len() {
+        if !next.volumes[vi].plexes.iter().any(on_disk) {
+            continue;
+        }
+        for p in next.volume_mut(vi).plexes.iter_mut().filter(|p| on_disk(p)) {
+            if p.state.takes_writes() {
+                p.state = PlexState::Stale;
+                p.resync_ranges.clear();
+            }
+        }
+    }
+    move_logs_off(dg, next, disk, NoRoom::Drop)
+}
+
+/// What [`move_logs_off`] does with a log copy that no other disk has room for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum NoRoom {
+    /// Refuse the change.
+    Refuse,
+    /// Drop the copy (the log, when it was its only one; the volume then goes
+    /// without a dirty region log).
+    Drop,
 }
 
 /// Moves every dirty region log copy on `disk` (already removed from `next`, a copy
@@ -531,6 +602,7 @@ fn move_logs_off(
     dg: &DiskGroupConfig,
     next: &mut DiskGroupConfig,
     disk: &str,
+    no_room: NoRoom,
 ) -> Result<(), ConfigError> {
     let mut nth: u16 = 0;
     for vi in 0..next.volumes.len() {
@@ -551,14 +623,25 @@ fn move_logs_off(
             .filter(|c| c.disk != disk)
             .map(|c| c.disk.as_str())
             .collect();
-        let (to, offset) = alloc::place_log_copy(&without, &volume, log.len_bytes, &exclude)
-            .map_err(|e| {
-                ConfigError::InUse(format!(
+        let placed = alloc::place_log_copy(&without, &volume, log.len_bytes, &exclude);
+        let (to, offset) = match (placed, no_room) {
+            (Ok(place), _) => place,
+            (Err(e), NoRoom::Refuse) => {
+                return Err(ConfigError::InUse(format!(
                     "disk {disk} in disk group {} holds a copy of the dirty region log of volume \
                      {volume}, and the copy cannot move to another disk: {}",
                     dg.name, e.reason
-                ))
-            })?;
+                )))
+            }
+            (Err(_), NoRoom::Drop) => {
+                let mut kept = log;
+                kept.copies.remove(ci);
+                kept.log_id = alloc::new_log_id_nth(dg, nth);
+                nth = nth.saturating_add(1);
+                next.volume_mut(vi).log = (!kept.copies.is_empty()).then_some(kept);
+                continue;
+            }
+        };
         let mut moved = log;
         moved.copies[ci] = LogCopy {
             disk: to,
@@ -956,6 +1039,21 @@ fn plex_attach(
         return Err(ConfigError::Invalid(format!(
             "plex {plex}: volume {} has no ACTIVE plex to resynchronise from",
             v.name
+        )));
+    }
+    let failed: BTreeSet<&str> = v.plexes[pi]
+        .subdisks
+        .iter()
+        .filter(|sd| dg.disk(&sd.disk).is_some_and(|d| d.failed))
+        .map(|sd| sd.disk.as_str())
+        .collect();
+    if !failed.is_empty() {
+        return Err(ConfigError::InUse(format!(
+            "plex {plex} of volume {} has subdisks on disk(s) {} of disk group {}, recorded failed: remove the plex (plexctl plex rm {} {plex}) and add one on a working disk",
+            v.name,
+            failed.into_iter().collect::<Vec<_>>().join(", "),
+            dg.name,
+            dg.name
         )));
     }
     next.volume_mut(vi).plexes[pi].state = PlexState::Syncing;

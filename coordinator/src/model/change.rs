@@ -39,6 +39,23 @@ pub enum Change {
         /// Disk media name.
         disk: String,
     },
+    /// `dg fail-disk`: the disk is recorded failed ([`Disk::failed`]): every plex
+    /// with a subdisk on it becomes STALE, its dirty region log copies move to other
+    /// disks (a log that cannot move loses that copy, or the log when it was its
+    /// only one), nothing is allocated or written on it any more, and no node needs
+    /// to find it. Refused when a volume's only ACTIVE plexes are on it unless
+    /// `force` (that volume is then served nowhere). While it waits in the master's
+    /// queue, the master's join offers do not ask for the disk: this is how the
+    /// operator lets a cluster whose disk is gone for good form (docs/OPERATIONS.md).
+    DgFailDisk {
+        /// Group.
+        dg: String,
+        /// Disk media name.
+        disk: String,
+        /// `--force`: also when a volume's only ACTIVE plexes are on the disk.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        force: bool,
+    },
     /// `dg destroy`: the group and its volumes are gone; the disks are released.
     /// Refused while a volume is exported unless `force` (which ends the exports);
     /// every node also refuses it while a host session uses a volume (local check).
@@ -272,6 +289,7 @@ impl Change {
             Change::DgCreate { dg, .. }
             | Change::DgAddDisk { dg, .. }
             | Change::DgRmDisk { dg, .. }
+            | Change::DgFailDisk { dg, .. }
             | Change::DgDestroy { dg, .. }
             | Change::DgDeport { dg, .. }
             | Change::VolCreate { dg, .. }
@@ -300,7 +318,7 @@ impl Change {
         match self {
             Change::DgCreate { disks, .. } => disks.iter().collect(),
             Change::DgAddDisk { disk, .. } => vec![disk],
-            Change::DgImport { config, .. } => config.disks.iter().collect(),
+            Change::DgImport { config, .. } => config.disks.iter().filter(|d| !d.failed).collect(),
             _ => Vec::new(),
         }
     }
@@ -374,6 +392,7 @@ pub fn describe(change: &Change, after: Option<&DiskGroupConfig>) -> String {
             format_size(disk.public_len_bytes)
         ),
         Change::DgRmDisk { disk, .. } => format!("disk {disk} removed from disk group {dg}"),
+        Change::DgFailDisk { disk, .. } => describe_fail_disk(dg, disk, after),
         Change::DgDestroy { force, .. } => format!(
             "disk group {dg} destroyed, its disks released{}",
             exports_ended(*force)
@@ -550,6 +569,31 @@ fn describe_placement(v: &Volume) -> String {
 /// [`describe`] of a change that sized a volume: `headline`, then (when the volume
 /// still exists) after `sep` its size, any rounding of the `asked` size, and its
 /// placement.
+/// `disk d1 of disk group dg1 recorded failed: plex(es) vol1-02 STALE`.
+fn describe_fail_disk(dg: &str, disk: &str, after: Option<&DiskGroupConfig>) -> String {
+    let stale: Vec<&str> = after
+        .into_iter()
+        .flat_map(|g| &g.volumes)
+        .flat_map(|v| &v.plexes)
+        .filter(|p| p.subdisks.iter().any(|sd| sd.disk == disk))
+        .map(|p| p.name.as_str())
+        .collect();
+    let unserved: Vec<&str> = after
+        .into_iter()
+        .flat_map(|g| &g.volumes)
+        .filter(|v| v.active_plexes() == 0)
+        .map(|v| v.name.as_str())
+        .collect();
+    let mut line = format!("disk {disk} of disk group {dg} recorded failed");
+    if !stale.is_empty() {
+        line += &format!("; plex(es) {} STALE", stale.join(", "));
+    }
+    if !unserved.is_empty() {
+        line += &format!("; volume(s) {} have no ACTIVE plex", unserved.join(", "));
+    }
+    line
+}
+
 fn describe_sized(headline: String, sep: &str, asked: u64, sized: Option<&Volume>) -> String {
     match sized {
         Some(v) => format!(

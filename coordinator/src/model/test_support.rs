@@ -11,6 +11,7 @@ pub fn disk(name: &str, public_bytes: u64) -> Disk {
         size_bytes: (1 << 20) + public_bytes,
         public_offset_bytes: 1 << 20,
         public_len_bytes: public_bytes,
+        failed: false,
     }
 }
 

@@ -25,6 +25,11 @@ pub struct Disk {
     pub public_offset_bytes: u64,
     /// Length of the public region.
     pub public_len_bytes: u64,
+    /// Recorded failed ([`crate::model::Change::DgFailDisk`]): no node needs to find
+    /// it (a joiner is not asked for it), nothing is allocated on it, no
+    /// configuration is written to it, and its plexes are STALE.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub failed: bool,
 }
 
 /// A disk group's whole configuration: what the private region's slots store.

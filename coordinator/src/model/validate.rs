@@ -340,6 +340,13 @@ impl DiskGroupConfig {
             ));
         }
         for (i, copy) in log.copies.iter().enumerate() {
+            if self.disk(&copy.disk).is_some_and(|d| d.failed) {
+                return self.invalid(format!(
+                    "{}: a copy on disk {}, recorded failed",
+                    what(),
+                    copy.disk
+                ));
+            }
             if log.copies[..i].iter().any(|c| c.disk == copy.disk) {
                 return self.invalid(format!("{}: two copies on disk {}", what(), copy.disk));
             }
@@ -498,6 +505,18 @@ impl DiskGroupConfig {
                     "volume {}: plex {} shares a disk with another plex",
                     v.name, p.name
                 ));
+            }
+            if p.state.takes_writes() {
+                if let Some(d) = plex_disks
+                    .iter()
+                    .find(|d| self.disk(d).is_some_and(|d| d.failed))
+                {
+                    return self.invalid(format!(
+                        "plex {}: {} with a subdisk on disk {d}, recorded failed",
+                        p.name,
+                        p.state.as_str()
+                    ));
+                }
             }
             volume_disks.extend(plex_disks);
             if p.capacity_bytes() < v.size_bytes {

@@ -95,6 +95,7 @@ pub fn write_disk(d: &Disk, mut b: wire::disk::Builder<'_>) {
     b.set_size_bytes(d.size_bytes);
     b.set_public_offset_bytes(d.public_offset_bytes);
     b.set_public_len_bytes(d.public_len_bytes);
+    b.set_failed(d.failed);
 }
 
 /// Reads a disk record.
@@ -106,6 +107,7 @@ pub fn read_disk(d: wire::disk::Reader<'_>) -> capnp::Result<Disk> {
         size_bytes: d.get_size_bytes(),
         public_offset_bytes: d.get_public_offset_bytes(),
         public_len_bytes: d.get_public_len_bytes(),
+        failed: d.get_failed(),
     })
 }
 

@@ -350,11 +350,13 @@ impl ConfigRead {
             .collect()
     }
 
-    /// Media names of the configuration's disks not found among the disks given.
+    /// Media names of the configuration's disks not found among the disks given
+    /// (a disk recorded failed is not missing: nothing needs it).
     pub fn missing_disks(&self) -> Vec<String> {
         self.config
             .disks
             .iter()
+            .filter(|d| !d.failed)
             .filter(|d| {
                 !self
                     .disks
@@ -840,6 +842,7 @@ impl Label {
             size_bytes: self.disk_size_bytes,
             public_offset_bytes: self.public_offset_bytes,
             public_len_bytes: self.public_len_bytes,
+            failed: false,
         }
     }
 }
