@@ -309,3 +309,93 @@ fn a_private_groups_missing_disk_keeps_out_its_volumes_not_the_node() {
     c.wait_served(1, "dg2", "mirrored");
     c.check_invariants();
 }
+
+/// A shared group's disk gone for good while every node was down (d1 found on no
+/// node at the restart): b and c refuse to join without it, so no majority forms
+/// (a restart must not go on from a configuration that may be older than the one
+/// d1 took). `dg fail-disk` on the node that formed is the operator's word: while
+/// it waits there, the join offers leave d1 out, b and c join, and the change
+/// records d1 failed (its plexes STALE). The mirror is served from its other plex
+/// with its data on every node, the other group all along, the concat volume that
+/// lived on d1 nowhere; new space comes from d0; later restarts need no word; and
+/// d1 is taken out with `plex rm`, `vol rm` and `dg rm-disk`.
+#[test]
+fn a_shared_disk_gone_for_good_is_recorded_failed_and_the_cluster_goes_on_without_it() {
+    let mut c = Cluster::start(3, ClusterOpts::default());
+    // `cat` lives on d1 alone; `mir` mirrors over d0 and d1.
+    c.ctl_ok(0, "dg create dg1 d1 --shared");
+    c.ctl_ok(0, "vol create dg1 cat 8M --layout concat");
+    c.ctl_ok(0, "dg add-disk dg1 d0");
+    c.ctl_ok(0, "vol create dg1 mir 16M --layout mirror");
+    c.write_pattern(0, "dg1", "mir", 0, 1 << 20);
+    c.write_pattern(0, "dg1", "mir", 12 << 20, 1 << 20);
+    c.ctl_ok(0, "dg create dg2 d2 d3 --shared");
+    c.ctl_ok(0, "vol create dg2 other 8M --layout mirror");
+    c.write_pattern(0, "dg2", "other", 0, 1 << 20);
+    let (mir_on_d1, _) = c.plex_on(0, "dg1", "mir", "d1");
+    c.kill_all();
+    for i in 0..3 {
+        c.set_hidden_disks(i, &[1]);
+        c.start_target(i);
+        c.start_coordinator(i);
+    }
+    wait_b_and_c_refuse(&c, "to join without d1", |node| {
+        format!("cannot find disk d1 on node {node}")
+    });
+    // Refused at once (not after a wait for the majority): cat's data is on d1 only.
+    let e = c.ctl_err(0, "dg fail-disk dg1 d1");
+    assert!(
+        e.contains("node a:") && e.contains("holds the only ACTIVE plex of volume(s) cat"),
+        "{e}"
+    );
+    let out = c.ctl_ok(0, "dg fail-disk dg1 d1 --force");
+    assert!(
+        out.contains("disk d1 of disk group dg1 recorded failed")
+            && out.contains(&mir_on_d1)
+            && out.contains("volume(s) cat have no ACTIVE plex"),
+        "{out}"
+    );
+    c.wait_all_joined();
+    let print = c.print(1);
+    let d1 = plexd_tests::group(&print, "dg1").expect("dg1")["disks"]
+        .as_array()
+        .expect("disks")
+        .iter()
+        .find(|d| d["name"] == "d1")
+        .cloned()
+        .expect("d1 stays in dg1 until removed");
+    assert_eq!(d1["failed"], true, "{print}");
+    assert_eq!(c.plex_on(1, "dg1", "mir", "d1").1, "STALE");
+    assert_eq!(c.plex_on(1, "dg1", "cat", "d1").1, "STALE");
+    for i in 0..3 {
+        c.wait_served(i, "dg1", "mir");
+        c.wait_served(i, "dg2", "other");
+        let volumes = c.target_volumes(i).expect("volumes");
+        assert!(
+            !volumes.contains(&"dg1.cat".to_string()),
+            "node {i} serves a volume whose only plex is on a failed disk: {volumes:?}"
+        );
+    }
+    c.verify_patterns_on(&[0, 1, 2])
+        .expect("mir and other keep their data");
+    // New space never comes from the failed disk.
+    c.ctl_ok(2, "vol create dg1 fresh 8M --layout concat");
+    c.plex_on(0, "dg1", "fresh", "d0");
+    // A full restart with d1 still gone needs no word: nobody is asked for it.
+    c.kill_all();
+    c.restart_all();
+    c.wait_served(2, "dg1", "mir");
+    c.verify_patterns_on(&[0, 1, 2]).expect("after the restart");
+    // Taking d1 out for good.
+    let e = c.ctl_err(0, "dg rm-disk dg1 d1");
+    assert!(e.contains("holds subdisks of"), "{e}");
+    c.ctl_ok(0, &format!("plex rm dg1 {mir_on_d1}"));
+    c.ctl_ok(0, "vol rm dg1 cat");
+    c.ctl_ok(1, "dg rm-disk dg1 d1");
+    let print = c.print(0);
+    assert!(
+        !print.to_string().contains("\"d1\""),
+        "d1 is gone from dg1: {print}"
+    );
+    c.check_invariants();
+}

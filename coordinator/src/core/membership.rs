@@ -7,6 +7,7 @@ use txn::MasterState;
 impl<M: ConfigModel> Node<M> {
     pub(super) fn on_tick(&mut self, now_ms: u64) {
         self.apply_monitor(now_ms);
+        self.release_given_up(now_ms);
         self.maybe_heartbeat(now_ms);
         self.detect_silent_peers(now_ms);
         self.answer_takeover_queries(now_ms);
@@ -220,6 +221,8 @@ impl<M: ConfigModel> Node<M> {
             self.committed.config.seq()
         );
         self.log(log::Level::Info, line);
+        // Before any join offer: a held word leaves its disks out of them.
+        self.release_given_up(now_ms);
     }
 
     pub(super) fn on_message(&mut self, now_ms: u64, from: NodeId, msg: Message) {

@@ -10,6 +10,7 @@
 mod codec;
 pub mod detach;
 mod error;
+mod given_up;
 mod membership;
 mod messages;
 mod model;
@@ -754,6 +755,9 @@ pub struct Node<M: ConfigModel> {
     forwards: BTreeMap<RequestId, txn::Forward>,
     /// The master's record of which members failed which plex (local detach policy).
     failing: detach::FailingPlexes,
+    /// The operator's word that disks are gone for good, held while this node has
+    /// no majority (`core::given_up`).
+    held_word: Option<given_up::HeldWord<M>>,
     /// This node's last failure (to join, or to stay a member) and when it happened
     /// (set with `note_failure`).
     last_reason: Option<String>,
@@ -844,6 +848,7 @@ impl<M: ConfigModel> Node<M> {
             applied_txn: None,
             forwards: BTreeMap::new(),
             failing: detach::FailingPlexes::default(),
+            held_word: None,
             last_reason: None,
             last_reason_ms: now_ms,
             reasons: BTreeMap::new(),

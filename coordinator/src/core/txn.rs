@@ -161,7 +161,7 @@ impl<M: ConfigModel> Node<M> {
         self.name(self.cfg.me)
     }
 
-    fn reply(&mut self, request: RequestId, result: Result<(), RequestError>) {
+    pub(super) fn reply(&mut self, request: RequestId, result: Result<(), RequestError>) {
         if recovery::is_own(request) {
             return self.recovery_answer(request, result);
         }
@@ -1020,7 +1020,13 @@ impl<M: ConfigModel> Node<M> {
         for w in held {
             self.finish_request(w.origin, Ok(()));
         }
-        for (origin, _) in queued {
+        for (origin, req) in queued {
+            // The operator's word that a disk is gone waits on (`core::given_up`).
+            if let Request::Change(c) = req {
+                if origin.node == self.cfg.me && self.hold_given_up(origin.request, c) {
+                    continue;
+                }
+            }
             let e = format!("{reason}; the change was not applied");
             let e = RequestError::new(ErrorKind::NotMaster, self.me_name(), e);
             self.finish_request(origin, Err(e));

@@ -28,7 +28,9 @@ impl Daemon {
                 dg,
             },
             CtlChange::DgRmDisk { dg, disk } => Change::DgRmDisk { dg, disk },
-            CtlChange::DgFailDisk { dg, disk, force } => Change::DgFailDisk { dg, disk, force },
+            CtlChange::DgFailDisk { dg, disk, force } => {
+                self.resolve_dg_fail_disk(Change::DgFailDisk { dg, disk, force })?
+            }
             CtlChange::DgDestroy { dg, force } => Change::DgDestroy { dg, force },
             CtlChange::DgDeport { dg, force } => Change::DgDeport { dg, force },
             CtlChange::DgImport {
@@ -193,6 +195,25 @@ impl Daemon {
     /// has its mirrors recovered from their dirty region logs
     /// ([`private::recover_group`]) before the change is proposed, so the import
     /// serves it with the divergent plexes SYNCING.
+    /// `dg fail-disk`, checked against this node's copy of the group at once: it
+    /// may wait at a master without a majority until the other nodes join (which
+    /// is its point: docs/OPERATIONS.md, "A disk that is gone for good"), and a
+    /// change that will be refused should not wait with it. The master validates
+    /// it again when it runs.
+    fn resolve_dg_fail_disk(&self, change: Change) -> Result<Change, RequestError> {
+        let dg = change.dg_name();
+        let group = self
+            .node
+            .config()
+            .group(dg)
+            .or_else(|| self.node.private().disk_group(dg));
+        if let Some(g) = group {
+            crate::model::apply_dg(g, &change)
+                .map_err(|e| self.refuse_as(super::model::error_kind(&e), e))?;
+        }
+        Ok(change)
+    }
+
     fn resolve_dg_import(
         &mut self,
         dg: String,

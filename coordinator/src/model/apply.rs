@@ -546,16 +546,22 @@ fn dg_fail_disk(
         )));
     }
     let on_disk = |p: &Plex| p.subdisks.iter().any(|sd| sd.disk == *disk);
+    // What a plex off the disk can serve once those on it are STALE: an ACTIVE
+    // one, or a SYNCING one that copies only some ranges (a crashed node's dirty
+    // regions, or writes that failed on it): outside them it holds what the
+    // others do, and inside them what a crash or a failed write may leave. A
+    // whole-plex copy (an attach) holds nothing yet.
+    let serves = |p: &Plex| {
+        !on_disk(p)
+            && (p.state == PlexState::Active
+                || (p.state == PlexState::Syncing && !p.resync_ranges.is_empty()))
+    };
     if !force {
         let lost: Vec<&str> = dg
             .volumes
             .iter()
             .filter(|v| v.active_plexes() > 0)
-            .filter(|v| {
-                v.plexes
-                    .iter()
-                    .all(|p| p.state != PlexState::Active || on_disk(p))
-            })
+            .filter(|v| !v.plexes.iter().any(serves))
             .map(|v| v.name.as_str())
             .collect();
         if !lost.is_empty() {
@@ -571,9 +577,19 @@ fn dg_fail_disk(
         if !next.volumes[vi].plexes.iter().any(on_disk) {
             continue;
         }
-        for p in next.volume_mut(vi).plexes.iter_mut().filter(|p| on_disk(p)) {
+        let v = next.volume_mut(vi);
+        for p in v.plexes.iter_mut().filter(|p| on_disk(p)) {
             if p.state.takes_writes() {
                 p.state = PlexState::Stale;
+                p.resync_ranges.clear();
+            }
+        }
+        if v.active_plexes() == 0 {
+            // Its copy source was on the disk: a plex that copies only some
+            // ranges takes its place (what the copy would have mended is what a
+            // crash may leave).
+            if let Some(p) = v.plexes.iter_mut().find(|p| serves(p)) {
+                p.state = PlexState::Active;
                 p.resync_ranges.clear();
             }
         }

@@ -180,9 +180,13 @@ impl DiskGroupConfig {
     /// entry in `logs` (same log id) has no dirty range needs nothing; one with
     /// ranges keeps its first ACTIVE plex and makes the others SYNCING in those
     /// ranges; any other (no log, no entry: unreadable) keeps its first ACTIVE plex
-    /// and makes the others SYNCING whole. A plex SYNCING already in some ranges
-    /// gets the union (a whole one stays whole). Whether a plex changed (the seq is
-    /// the caller's).
+    /// and makes the others SYNCING in one range over the whole volume. A plex
+    /// SYNCING already in some ranges gets the union; one SYNCING with none (an
+    /// attach's whole copy) stays so. The whole range is written out, not left
+    /// empty: such a plex held the volume's data up to the writes in flight, which
+    /// an attached one never did (what [`Change::DgFailDisk`] may make ACTIVE when
+    /// the copy's source is lost). Whether a plex changed (the seq is the
+    /// caller's).
     fn recover_volumes(&mut self, logs: &[RecoverLog]) -> bool {
         let mut changed = false;
         for v in &mut self.volumes {
@@ -198,18 +202,19 @@ impl DiskGroupConfig {
                 continue;
             }
             let v = std::sync::Arc::make_mut(v);
+            let whole = vec![(0, v.size_bytes)];
             let mut first = true;
             for p in &mut v.plexes {
                 match p.state {
                     PlexState::Active if first => first = false,
                     PlexState::Active => {
                         p.state = PlexState::Syncing;
-                        p.resync_ranges = dirty.clone().unwrap_or_default();
+                        p.resync_ranges = dirty.clone().unwrap_or_else(|| whole.clone());
                         changed = true;
                     }
                     PlexState::Syncing if !p.resync_ranges.is_empty() => {
                         let ranges = match &dirty {
-                            None => Vec::new(),
+                            None => whole.clone(),
                             Some(d) => {
                                 let mut all = p.resync_ranges.clone();
                                 all.extend_from_slice(d);
@@ -429,12 +434,13 @@ mod tests {
         // all (unreadable, or an older node's change): the whole plex.
         for logs in [entry(0x78, vec![(0, r)]), vec![]] {
             let whole = apply(&c, &Change::NodeRecover { node: a, logs }).unwrap();
+            let all = vec![(0, 8 << 20)];
             assert_eq!(
                 plexes(&whole),
                 vec![
                     (PlexState::Active, vec![]),
-                    (PlexState::Syncing, vec![]),
-                    (PlexState::Syncing, vec![]),
+                    (PlexState::Syncing, all.clone()),
+                    (PlexState::Syncing, all),
                 ]
             );
         }
@@ -481,9 +487,10 @@ mod tests {
             },
         )
         .unwrap();
+        let all = vec![(0, 8 << 20)];
         assert_eq!(
             plexes(&whole)[1..],
-            [(PlexState::Syncing, vec![]), (PlexState::Syncing, vec![])]
+            [(PlexState::Syncing, all.clone()), (PlexState::Syncing, all)]
         );
         // The resync's end (ACTIVE) drops the ranges; so does a detach.
         let done = apply(
@@ -558,9 +565,10 @@ mod tests {
         for logs in [vec![], entry(0x78, vec![(r, r)])] {
             let mut whole = g.clone();
             assert!(whole.recover_private(&logs));
+            let size = whole.volumes[0].size_bytes;
             assert!(whole.volumes[0].plexes[1..]
                 .iter()
-                .all(|p| p.state == PlexState::Syncing && p.resync_ranges.is_empty()));
+                .all(|p| p.state == PlexState::Syncing && p.resync_ranges == [(0, size)]));
         }
     }
 }
