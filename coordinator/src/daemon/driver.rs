@@ -1120,6 +1120,18 @@ impl Driver {
         let Some((offered_txn, offered)) = offered else {
             return names.first().map(|n| missing(n));
         };
+        // With the group and the way out when the disk is gone for good.
+        let missing = |name: &str| {
+            let dg = offered
+                .groups
+                .iter()
+                .find(|g| g.disks.iter().any(|d| d.name == name))
+                .map_or("?", |g| g.name.as_str());
+            format!(
+                "{} (disk group {dg}; if it is gone for good, `plexctl dg fail-disk {dg} {name}` on the master records it failed)",
+                missing(name)
+            )
+        };
         let files = self.files();
         let local = disks::LocalDisks::scan(&files);
         for name in names {

@@ -1385,3 +1385,169 @@ fn changes_through_the_group_index_apply_as_without_it() {
         "{applied} applied, {grown} grows"
     );
 }
+
+/// `dg fail-disk` of `disk` in `dg1`.
+fn fail_disk(disk: &str, force: bool) -> Change {
+    Change::DgFailDisk {
+        dg: "dg1".into(),
+        disk: disk.into(),
+        force,
+    }
+}
+
+/// The disks a plex's subdisks are on.
+fn plex_disk(p: &Plex) -> &str {
+    &p.subdisks[0].disk
+}
+
+#[test]
+fn a_failed_disk_stales_its_plexes_moves_its_log_copy_and_takes_nothing_new() {
+    let c = cluster(&[("disk01", GIB), ("disk02", GIB), ("disk03", GIB)]);
+    let c = with_mirror(&c, "mir", 64 << 20, LogPolicy::default());
+    let before = c.disk_groups[0].volume("mir").unwrap().clone();
+    let gone = plex_disk(&before.plexes[0]).to_string();
+    let log = before.log.clone().expect("a mirror has a log");
+    assert!(log.copies.iter().any(|l| l.disk == gone), "{log:?}");
+    let c = c.apply(&fail_disk(&gone, false)).unwrap();
+    let g = &c.disk_groups[0];
+    assert!(g.disk(&gone).unwrap().failed);
+    let mir = g.volume("mir").unwrap();
+    assert_eq!(mir.plexes[0].state, PlexState::Stale);
+    assert_eq!(mir.plexes[1].state, PlexState::Active);
+    let moved = mir.log.as_ref().expect("the log stays");
+    assert!(moved.copies.iter().all(|l| l.disk != gone), "{moved:?}");
+    assert_eq!(moved.copies.len(), log.copies.len());
+    assert_ne!(moved.log_id, log.log_id, "a moved log gets a new id");
+    // Its configuration goes to the group's disks; nothing is released.
+    let updates = fail_disk(&gone, false).disk_updates(&ClusterConfig::default(), &c);
+    assert!(matches!(&updates[..], [DiskUpdate::WriteConfig(_)]));
+    // New space never comes from it.
+    let c = create_vol(&c, "cat", 512 << 20, VolumeLayout::Concat).unwrap();
+    let c = with_mirror(&c, "mir2", 64 << 20, LogPolicy::Off);
+    for v in &c.disk_groups[0].volumes[1..] {
+        assert!(
+            !v.uses_disk(&gone),
+            "{} uses the failed disk: {v:?}",
+            v.name
+        );
+    }
+    // Its plexes cannot be attached; it cannot be failed twice.
+    let stale = mir.plexes[0].name.clone();
+    let e = c
+        .apply(&Change::PlexAttach {
+            dg: "dg1".into(),
+            plex: stale.clone(),
+        })
+        .unwrap_err();
+    assert!(e.to_string().contains("recorded failed"), "{e}");
+    let e = c.apply(&fail_disk(&gone, false)).unwrap_err();
+    assert!(matches!(e, ConfigError::Exists(_)), "{e}");
+    // A plex on it is never made ACTIVE again (the model refuses the state).
+    let e = c
+        .apply(&Change::SetPlexState {
+            dg: "dg1".into(),
+            plex: stale.clone(),
+            state: PlexState::Active,
+        })
+        .unwrap_err();
+    assert!(e.to_string().contains("recorded failed"), "{e}");
+    // Taken out: its plex first, then the disk.
+    let c = c
+        .apply(&Change::PlexRm {
+            dg: "dg1".into(),
+            plex: stale,
+            force: false,
+        })
+        .unwrap();
+    let c = c
+        .apply(&Change::DgRmDisk {
+            dg: "dg1".into(),
+            disk: gone.clone(),
+        })
+        .unwrap();
+    assert!(c.disk_groups[0].disk(&gone).is_none());
+}
+
+#[test]
+fn failing_a_disk_refuses_to_lose_a_volume_unless_forced_and_never_its_last_working_one() {
+    let c = cluster(&[("disk01", GIB), ("disk02", GIB)]);
+    let c = create_vol(&c, "cat", 64 << 20, VolumeLayout::Concat).unwrap();
+    let on = plex_disk(&c.disk_groups[0].volumes[0].plexes[0]).to_string();
+    let e = c.apply(&fail_disk(&on, false)).unwrap_err();
+    assert!(
+        matches!(&e, ConfigError::InUse(m) if m.contains("the only ACTIVE plex of volume(s) cat")),
+        "{e}"
+    );
+    let forced = c.apply(&fail_disk(&on, true)).unwrap();
+    let cat = forced.disk_groups[0].volume("cat").unwrap();
+    assert_eq!(cat.active_plexes(), 0);
+    assert!(
+        describe(&fail_disk(&on, true), Some(&forced.disk_groups[0]))
+            .contains("volume(s) cat have no ACTIVE plex")
+    );
+    let other = if on == "disk01" { "disk02" } else { "disk01" };
+    let e = forced.apply(&fail_disk(other, true)).unwrap_err();
+    assert!(e.to_string().contains("the last working disk"), "{e}");
+}
+
+#[test]
+fn failing_the_source_of_a_copy_makes_a_ranged_copy_active_not_a_whole_one() {
+    let c = cluster(&[("disk01", GIB), ("disk02", GIB)]);
+    let c = with_mirror(&c, "mir", 64 << 20, LogPolicy::Off);
+    let v = c.disk_groups[0].volume("mir").unwrap().clone();
+    let (source, copy) = (&v.plexes[0], &v.plexes[1]);
+    let gone = plex_disk(source).to_string();
+    // A copy of some ranges (writes that failed on it, or a crash's dirty
+    // regions): outside them it holds the volume's data.
+    let ranged = c
+        .apply(&Change::PlexDiverged {
+            dg: "dg1".into(),
+            plex: copy.name.clone(),
+            ranges: vec![(0, 1 << 20)],
+        })
+        .unwrap();
+    let after = ranged.apply(&fail_disk(&gone, false)).unwrap();
+    let mir = after.disk_groups[0].volume("mir").unwrap();
+    assert_eq!(
+        (mir.plexes[1].state, mir.plexes[1].resync_ranges.len()),
+        (PlexState::Active, 0)
+    );
+    // A whole copy (an attach) holds nothing yet: the volume would be lost.
+    let detached = c
+        .apply(&Change::PlexDetach {
+            dg: "dg1".into(),
+            plex: copy.name.clone(),
+        })
+        .unwrap();
+    let whole = detached
+        .apply(&Change::PlexAttach {
+            dg: "dg1".into(),
+            plex: copy.name.clone(),
+        })
+        .unwrap();
+    let e = whole.apply(&fail_disk(&gone, false)).unwrap_err();
+    assert!(e.to_string().contains("volume(s) mir"), "{e}");
+    let forced = whole.apply(&fail_disk(&gone, true)).unwrap();
+    assert_eq!(
+        forced.disk_groups[0].volume("mir").unwrap().active_plexes(),
+        0
+    );
+}
+
+#[test]
+fn a_log_copy_with_nowhere_to_go_is_dropped_with_the_failed_disk() {
+    let c = cluster(&[("disk01", GIB), ("disk02", GIB)]);
+    let c = with_mirror(&c, "mir", 64 << 20, LogPolicy::default());
+    let log = c.disk_groups[0].volume("mir").unwrap().log.clone().unwrap();
+    assert_eq!(log.copies.len(), 2, "{log:?}");
+    let c = c.apply(&fail_disk("disk01", false)).unwrap();
+    let kept = c.disk_groups[0].volume("mir").unwrap().log.clone().unwrap();
+    assert_eq!(
+        kept.copies
+            .iter()
+            .map(|l| l.disk.as_str())
+            .collect::<Vec<_>>(),
+        ["disk02"]
+    );
+    assert_ne!(kept.log_id, log.log_id);
+}
