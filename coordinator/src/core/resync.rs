@@ -560,7 +560,8 @@ impl<M: ConfigModel> Node<M> {
                 p.dg,
                 p.bytes_to_copy(),
                 todo.len(),
-                if p.ranges.is_empty() {
+                // A recovery's whole resync is one range over the volume.
+                if p.ranges.is_empty() || todo == [(0, p.size_bytes)] {
                     " (the whole plex)"
                 } else {
                     " (dirty regions)"

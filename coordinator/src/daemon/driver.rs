@@ -472,7 +472,15 @@ impl Driver {
         let mut finder = self.finder.borrow_mut();
         let groups = shared.iter().map(|g| &**g).chain(private.iter());
         let local = finder.locate(|| self.files(), groups, Instant::now());
-        desired_of(local, &self.file, &self.name, (shared, private), &mut specs)
+        let held = |bdev: &str| self.kernel.holds_disk(bdev);
+        desired_of(
+            local,
+            &self.file,
+            &self.name,
+            (shared, private),
+            &mut specs,
+            &held,
+        )
     }
 
     /// `updates` written by transaction `txn` to the disks where the finder says
@@ -1209,13 +1217,15 @@ fn same_owner(before: &ClusterConfig, after: &ClusterConfig) -> Vec<DiskGroupCon
 /// The bdevs, volumes and exports node `name` of cluster file `file` serves for
 /// `shared` and `private` groups, each disk opened where `local` finds it (by id,
 /// [`disks::LocalDisks`]); the volumes' specs are projected again only
-/// for volumes `specs` has not seen ([`Desired::of_cached`]).
+/// for volumes `specs` has not seen ([`Desired::of_cached`]). `held`: whether the
+/// data plane already holds a disk bdev ([`servable_here`]).
 pub fn desired_of(
     local: &disks::LocalDisks,
     file: &ClusterFile,
     name: &str,
     (shared, private): (&[Arc<DiskGroupConfig>], &[DiskGroupConfig]),
     specs: &mut super::kernel::SpecCache,
+    held: &dyn Fn(&str) -> bool,
 ) -> Desired {
     let portal = file
         .node(name)
@@ -1228,11 +1238,11 @@ pub fn desired_of(
         .collect();
     let shared: Vec<std::borrow::Cow<'_, DiskGroupConfig>> = shared
         .iter()
-        .map(|g| servable_here(g, local, name))
+        .map(|g| servable_here(g, local, name, held))
         .collect();
     let private: Vec<std::borrow::Cow<'_, DiskGroupConfig>> = private
         .iter()
-        .map(|g| servable_here(g, local, name))
+        .map(|g| servable_here(g, local, name, held))
         .collect();
     let all = || shared.iter().chain(&private).map(|g| &**g);
     let id = file.node(name).map_or(0, |n| n.id);
@@ -1263,24 +1273,31 @@ pub fn desired_of(
 ///   missing this way when it died; a shared group's only on the master that forms
 ///   a cluster without it, and on the nodes that join while a change recording it
 ///   failed waits (`ConfigModel::disks_given_up`): a joiner must find every other
-///   disk of the shared groups.
+///   disk of the shared groups. A shared disk the data plane already holds
+///   (`held`, by bdev name) is not cut: a path gone from under a running member
+///   leaves its open disk serving as before (its I/O errors go through the detach
+///   policy).
 fn servable_here<'a>(
     g: &'a DiskGroupConfig,
     local: &disks::LocalDisks,
     node: &str,
+    held: &dyn Fn(&str) -> bool,
 ) -> std::borrow::Cow<'a, DiskGroupConfig> {
     let failed = |d: &str| g.disk(d).is_some_and(|d| d.failed);
     let missing: Vec<&str> = g
         .disks
         .iter()
         .filter(|d| !d.failed && !local.finds(d))
+        .filter(|d| !(g.shared && held(&crate::model::disk_bdev(&g.name, &d.name))))
         .map(|d| d.name.as_str())
         .collect();
     if missing.is_empty() && !g.disks.iter().any(|d| d.failed) {
         return std::borrow::Cow::Borrowed(g);
     }
     let mut served = g.clone();
-    served.disks.retain(|d| !d.failed && local.finds(d));
+    served
+        .disks
+        .retain(|d| !d.failed && !missing.contains(&d.name.as_str()));
     let mut cut = std::collections::BTreeSet::new();
     for vi in 0..served.volumes.len() {
         let on_failed = |p: &crate::model::Plex| p.subdisks.iter().any(|sd| failed(&sd.disk));

@@ -426,6 +426,14 @@ impl Kernel {
     }
 
     /// The client, for I/O (resync) and event subscriptions.
+    /// Whether the data plane holds disk bdev `bdev`, as far as this client knows
+    /// (false when not sure).
+    pub fn holds_disk(&self, bdev: &str) -> bool {
+        self.known
+            .as_ref()
+            .is_some_and(|k| k.disks.contains_key(bdev))
+    }
+
     pub fn client(&self) -> &KernelClient {
         &self.client
     }

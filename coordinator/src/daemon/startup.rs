@@ -311,7 +311,14 @@ fn serve_private_groups(
         return;
     }
     let local = disks::LocalDisks::scan(files);
-    let desired = driver::desired_of(&local, file, name, (&[], groups), &mut kernel.specs());
+    let desired = driver::desired_of(
+        &local,
+        file,
+        name,
+        (&[], groups),
+        &mut kernel.specs(),
+        &|_| false,
+    );
     if let Err(e) = kernel.prepare(desired, false) {
         log::error!("node {name}: cannot load the private disk groups: {e}");
         kernel.abort();
