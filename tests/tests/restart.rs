@@ -399,3 +399,58 @@ fn a_shared_disk_gone_for_good_is_recorded_failed_and_the_cluster_goes_on_withou
     );
     c.check_invariants();
 }
+
+/// While the cluster runs, a shared disk recorded failed (`dg fail-disk` with a
+/// majority, the disk dead on every node) lets a node that restarts without it
+/// rejoin: no joiner is asked for a failed disk. Before, the node's join was
+/// refused for the disk.
+#[test]
+fn a_disk_recorded_failed_while_the_cluster_runs_lets_a_node_without_it_rejoin() {
+    let mut c = Cluster::start(3, ClusterOpts::default());
+    c.shared_mirror(0, "dg1", "vol1", "16M");
+    c.kill_node(2);
+    c.set_hidden_disks(2, &[1]);
+    c.start_target(2);
+    c.start_coordinator(2);
+    wait_until("c to refuse to join without d1", Duration::from_secs(20), || {
+        let status = c.try_ctl_json(0, "cluster status")?;
+        match node_reason(&status, "c") {
+            Some(r) if r.contains("cannot find disk d1 on node c") => Ok(()),
+            r => Err(format!("{r:?}")),
+        }
+    });
+    let out = c.ctl_ok(1, "dg fail-disk dg1 d1");
+    assert!(out.contains("recorded failed"), "{out}");
+    c.wait_all_joined();
+    c.wait_served(2, "dg1", "vol1");
+    c.verify_patterns_on(&[0, 1, 2])
+        .expect("vol1's data through every node, c's from d0 alone");
+    c.check_invariants();
+}
+
+/// A private group's disk gone for good (its node restarts without it): the mirror
+/// that uses it is not served until the owner records the disk failed; then it is,
+/// from its other plex, with its data.
+#[test]
+fn a_private_groups_dead_disk_recorded_failed_serves_its_mirror_from_the_other_plex() {
+    let mut c = Cluster::start(3, ClusterOpts::default());
+    c.ctl_ok(1, "dg create dg2 d2 d3");
+    c.ctl_ok(1, "vol create dg2 mirrored 8M --layout mirror");
+    let pattern = c.write_pattern(1, "dg2", "mirrored", 0, 1 << 20);
+    c.forget_volume("dg2", "mirrored");
+    c.kill_node(1);
+    c.set_hidden_disks(1, &[3]);
+    c.start_target(1);
+    c.start_coordinator(1);
+    c.wait_all_joined();
+    let volumes = c.target_volumes(1).expect("volumes");
+    assert!(
+        !volumes.contains(&"dg2.mirrored".to_string()),
+        "b serves a mirror without its disk before the word: {volumes:?}"
+    );
+    let out = c.ctl_ok(1, "dg fail-disk dg2 d3");
+    assert!(out.contains("disk d3 of disk group dg2 recorded failed"), "{out}");
+    c.wait_served(1, "dg2", "mirrored");
+    pattern.verify(&c.kernel(1)).expect("mirrored's data on b");
+    assert_eq!(c.plex_on(1, "dg2", "mirrored", "d3").1, "STALE");
+}
