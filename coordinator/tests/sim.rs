@@ -2834,3 +2834,60 @@ fn a_slave_waiting_for_a_successor_that_died_gives_up_at_once() {
     sim.start(B);
     settle(&mut sim, &[A, B, C]);
 }
+
+/// After every node stopped, the group's disk is found by the node that forms (a)
+/// but by no other (the simulator has one disk; b and c cannot reach it): b and c
+/// refuse a's offers, so a's views get no majority and a abdicates again and
+/// again. The operator's `dg fail-disk`, asked of a, waits there across those
+/// abdications (`core::given_up`); once a queued it again, a's offers leave the
+/// disk out, b and c join, and the change commits: the disk is recorded failed,
+/// and later joins are not asked for it.
+#[test]
+fn a_disk_given_up_at_the_forming_node_outlives_its_abdications_and_lets_the_others_join() {
+    let mut sim = traced_cluster(3);
+    let r = sim.create(A, "dg1", 2);
+    assert_eq!(answer(&mut sim, A, r), Ok(()));
+    settle(&mut sim, &[A, B, C]);
+    for id in [A, B, C] {
+        sim.crash(id);
+    }
+    sim.set_disk_access_broken(B, true);
+    sim.set_disk_access_broken(C, true);
+    for id in [A, B, C] {
+        sim.start(id);
+    }
+    let refused = sim.run_until(10_000, |s| {
+        [B, C].iter().all(|&id| {
+            s.core(id).unwrap().status().last_reason.as_deref()
+                == Some(format!("cannot find disk dg1-disk on node {}", Sim::name(id)).as_str())
+        })
+    });
+    assert!(refused, "b and c refuse a's offers:\n{}", sim.trace_text());
+    let tag = sim.tag();
+    let r = sim
+        .submit(
+            A,
+            ToyChange::FailDisk {
+                tag,
+                name: "dg1".into(),
+            },
+        )
+        .expect("a is up");
+    let answered = sim.run_until(60_000, |s| s.reply(A, r).is_some());
+    assert!(answered, "no answer from a:\n{}", sim.trace_text());
+    assert_eq!(
+        sim.reply(A, r).cloned(),
+        Some(Ok(())),
+        "{}",
+        sim.trace_text()
+    );
+    assert_eq!(sim.violation(), None);
+    settle(&mut sim, &[A, B, C]);
+    for id in [A, B, C] {
+        assert!(sim.core(id).unwrap().config().groups["dg1"].disk_failed);
+    }
+    // A later join is not asked for the disk.
+    sim.crash(C);
+    sim.start(C);
+    settle(&mut sim, &[A, B, C]);
+}

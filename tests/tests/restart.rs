@@ -412,13 +412,17 @@ fn a_disk_recorded_failed_while_the_cluster_runs_lets_a_node_without_it_rejoin()
     c.set_hidden_disks(2, &[1]);
     c.start_target(2);
     c.start_coordinator(2);
-    wait_until("c to refuse to join without d1", Duration::from_secs(20), || {
-        let status = c.try_ctl_json(0, "cluster status")?;
-        match node_reason(&status, "c") {
-            Some(r) if r.contains("cannot find disk d1 on node c") => Ok(()),
-            r => Err(format!("{r:?}")),
-        }
-    });
+    wait_until(
+        "c to refuse to join without d1",
+        Duration::from_secs(20),
+        || {
+            let status = c.try_ctl_json(0, "cluster status")?;
+            match node_reason(&status, "c") {
+                Some(r) if r.contains("cannot find disk d1 on node c") => Ok(()),
+                r => Err(format!("{r:?}")),
+            }
+        },
+    );
     let out = c.ctl_ok(1, "dg fail-disk dg1 d1");
     assert!(out.contains("recorded failed"), "{out}");
     c.wait_all_joined();
@@ -449,7 +453,10 @@ fn a_private_groups_dead_disk_recorded_failed_serves_its_mirror_from_the_other_p
         "b serves a mirror without its disk before the word: {volumes:?}"
     );
     let out = c.ctl_ok(1, "dg fail-disk dg2 d3");
-    assert!(out.contains("disk d3 of disk group dg2 recorded failed"), "{out}");
+    assert!(
+        out.contains("disk d3 of disk group dg2 recorded failed"),
+        "{out}"
+    );
     c.wait_served(1, "dg2", "mirrored");
     pattern.verify(&c.kernel(1)).expect("mirrored's data on b");
     assert_eq!(c.plex_on(1, "dg2", "mirrored", "d3").1, "STALE");

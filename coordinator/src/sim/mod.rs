@@ -1200,6 +1200,7 @@ impl Sim {
             | ToyChange::CreatePrivate { tag, .. }
             | ToyChange::Destroy { tag, .. }
             | ToyChange::MoveLog { tag, .. }
+            | ToyChange::FailDisk { tag, .. }
             | ToyChange::Attach { tag, .. } => Some(*tag),
             ToyChange::Detach { .. }
             | ToyChange::SetActive { .. }

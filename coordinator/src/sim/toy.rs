@@ -32,6 +32,10 @@ pub struct ToyGroup {
     /// regions); a SYNCING plex not here is resynced whole.
     #[serde(default)]
     pub ranges: BTreeMap<String, Vec<(u64, u64)>>,
+    /// The group's disk is recorded failed ([`ToyChange::FailDisk`]): no joiner is
+    /// asked for it.
+    #[serde(default)]
+    pub disk_failed: bool,
 }
 
 /// The toy configuration.
@@ -69,6 +73,14 @@ pub enum ToyChange {
         /// The volume has a dirty region log (id: the tag).
         #[serde(default)]
         log: bool,
+    },
+    /// The group's disk is recorded failed (`dg fail-disk`): joiners are not asked
+    /// for it, and while this waits at a master, its offers leave it out.
+    FailDisk {
+        /// Unique tag.
+        tag: u64,
+        /// Group name (its disk is `<name>-disk`).
+        name: String,
     },
     /// The volume's dirty region log moves (`dg rm-disk` of its disk): a new log
     /// id (the tag), so every data plane starts a fresh section.
@@ -185,6 +197,17 @@ impl ToyConfig {
                 if next.groups.remove(name).is_none() {
                     return Err(format!("no disk group {name}"));
                 }
+                next.history.push(*tag);
+            }
+            ToyChange::FailDisk { tag, name } => {
+                let group = next
+                    .groups
+                    .get_mut(name)
+                    .ok_or_else(|| format!("no disk group {name}"))?;
+                if group.disk_failed {
+                    return Err(format!("disk {name}-disk is already recorded failed"));
+                }
+                group.disk_failed = true;
                 next.history.push(*tag);
             }
             ToyChange::MoveLog { tag, name } => {
@@ -383,9 +406,9 @@ impl ConfigModel for ToyConfig {
             | ToyChange::Open { .. }
             | ToyChange::Close { .. }
             | ToyChange::Recover { .. } => false,
-            ToyChange::Destroy { name, .. } | ToyChange::MoveLog { name, .. } => {
-                private.groups.contains_key(name)
-            }
+            ToyChange::Destroy { name, .. }
+            | ToyChange::MoveLog { name, .. }
+            | ToyChange::FailDisk { name, .. } => private.groups.contains_key(name),
             ToyChange::Attach { volume, .. }
             | ToyChange::SetActive { volume, .. }
             | ToyChange::Detach { volume, .. } => private.groups.contains_key(volume),
@@ -413,7 +436,18 @@ impl ConfigModel for ToyConfig {
     }
 
     fn shared_disks(&self) -> Vec<String> {
-        self.groups.keys().map(|g| format!("{g}-disk")).collect()
+        self.groups
+            .iter()
+            .filter(|(_, g)| !g.disk_failed)
+            .map(|(name, _)| format!("{name}-disk"))
+            .collect()
+    }
+
+    fn disks_given_up(change: &ToyChange) -> Vec<String> {
+        match change {
+            ToyChange::FailDisk { name, .. } => vec![format!("{name}-disk")],
+            _ => Vec::new(),
+        }
     }
 
     fn detach_plex(&self, volume: &str, plex: &str) -> Result<Option<ToyChange>, RequestError> {
