@@ -114,6 +114,10 @@ fn run(seed: u64, steps: u64, trace: bool) -> Result<RunStats, String> {
         .unwrap_or(STALLS_PER_MILLE)
         .min(1000);
     let mut stall_rng = StdRng::seed_from_u64(seed ^ 0x57a1);
+    // Now and then a node is told a group's disk is gone for good (`dg fail-disk`:
+    // held across its abdications, its offers leave the disk out), from a
+    // generator of its own.
+    let mut given_up_rng = StdRng::seed_from_u64(seed ^ 0x9b0d);
     let mut stalled: Vec<(u64, NodeId, Stall)> = Vec::new();
     let mut cfg = SimConfig::new(nodes, seed);
     cfg.trace = trace;
@@ -160,6 +164,7 @@ fn run(seed: u64, steps: u64, trace: bool) -> Result<RunStats, String> {
             inject_resync(&mut sim, &mut resync_rng);
         }
         inject_private(&mut sim, &mut private_rng);
+        inject_given_up(&mut sim, &mut given_up_rng);
         if buffered {
             inject_buffered_partition(&mut sim, &mut buffered_rng, &mut stats);
         }
@@ -322,6 +327,27 @@ fn inject_private(sim: &mut Sim, rng: &mut StdRng) {
         sim.create_private(id, name, rng.gen_range(1..=2));
     }
 }
+
+/// In [`GIVE_UP_PER_MILLE`] of 1,000 steps: a random up node is asked to record a
+/// random group's disk failed (`ToyChange::FailDisk`), whatever its role: a member
+/// queues or forwards it, a forming master holds it across abdications, others
+/// refuse it.
+fn inject_given_up(sim: &mut Sim, rng: &mut StdRng) {
+    if !rng.gen_bool(f64::from(GIVE_UP_PER_MILLE) / 1000.0) {
+        return;
+    }
+    let up: Vec<NodeId> = sim.ids().into_iter().filter(|&id| sim.is_up(id)).collect();
+    if up.is_empty() {
+        return;
+    }
+    let id = up[rng.gen_range(0..up.len())];
+    let name = NAMES[rng.gen_range(0..NAMES.len())].to_string();
+    let tag = sim.tag();
+    sim.submit(id, ToyChange::FailDisk { tag, name });
+}
+
+/// Steps in 1,000 that ask a node to record a disk failed ([`inject_given_up`]).
+const GIVE_UP_PER_MILLE: u32 = 2;
 
 /// What a stall holds up.
 #[derive(Clone, Copy, Debug)]
