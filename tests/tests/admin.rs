@@ -143,6 +143,16 @@ fn group_commands_refuse_an_exported_volume_and_never_cut_a_logged_in_host() {
         "a refused command changed the configuration"
     );
     assert!(sessions(&c, 1, IQN) > 0, "the host session ended");
+    // Recording failed the disk of vol1's only ACTIVE plex would leave vol1 served
+    // nowhere: node b refuses it under the host, --force or not.
+    let (on_d1, _) = c.plex_on(0, "dg1", "vol1", "d1");
+    c.ctl_ok(0, &format!("plex detach dg1 {on_d1}"));
+    let e = c.ctl_err(0, "dg fail-disk dg1 d0 --force");
+    assert!(
+        e.contains("node b") && e.contains("volume vol1 is in use") && e.contains("logout"),
+        "dg fail-disk: {e}"
+    );
+    assert!(host.running(), "the host's I/O was cut");
     // With --force it shrinks under the host.
     let done = c.ctl_ok(0, "vol shrink dg1 vol1 24M --force");
     assert!(done.contains("vol1"), "{done}");

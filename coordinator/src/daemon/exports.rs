@@ -536,7 +536,8 @@ pub enum Taken {
 }
 
 /// The volumes a change would take away from hosts on this node (`dg destroy`,
-/// `dg deport`, `vol rm`; a `vol shrink` without `--force` cuts one short): their
+/// `dg deport`, `vol rm`, `dg fail-disk --force` of the disk holding a volume's
+/// only ACTIVE plexes; a `vol shrink` without `--force` cuts one short): their
 /// bdev names with the volume names, given the node's group configuration `g` (the
 /// group the change is about), and how.
 pub fn volumes_taken_away(change: &Change, g: &DiskGroupConfig) -> (Vec<(String, String)>, Taken) {
@@ -550,6 +551,18 @@ pub fn volumes_taken_away(change: &Change, g: &DiskGroupConfig) -> (Vec<(String,
             Taken::Removed,
         ),
         Change::VolRm { volume, .. } => (one(volume), Taken::Removed),
+        Change::DgFailDisk { force: true, .. } => {
+            // Those left without an ACTIVE plex are served nowhere after it.
+            let after = crate::model::apply_dg(g, change);
+            let lost = after.iter().flat_map(|a| &a.volumes).filter(|v| {
+                v.active_plexes() == 0 && g.volume(&v.name).is_some_and(|b| b.active_plexes() > 0)
+            });
+            (
+                lost.map(|v| (volume_bdev(&g.name, &v.name), v.name.clone()))
+                    .collect(),
+                Taken::Removed,
+            )
+        }
         Change::VolShrink {
             volume,
             force: false,
@@ -932,5 +945,51 @@ mod tests {
         assert_eq!(ana_of(2, Some((1, members))), AnaState::NonOptimized);
         assert_eq!(ana_of(3, Some((1, members))), AnaState::Inaccessible);
         assert_eq!(ana_of(2, None), AnaState::Inaccessible);
+    }
+}
+
+#[cfg(test)]
+mod taken_tests {
+    use super::*;
+    use crate::model::test_support::{cluster, with_mirror};
+    use crate::model::{LogPolicy, PlexState};
+
+    #[test]
+    fn a_forced_fail_disk_takes_the_volumes_it_leaves_without_an_active_plex() {
+        let c = with_mirror(
+            &cluster(&[("d0", 1 << 30), ("d1", 1 << 30)]),
+            "vol1",
+            32 << 20,
+            LogPolicy::default(),
+        );
+        let fail = |disk: &str, force: bool| Change::DgFailDisk {
+            dg: "dg1".into(),
+            disk: disk.into(),
+            force,
+        };
+        let g = &c.disk_groups[0];
+        // A mirror keeps its other plex: nothing is taken.
+        assert!(volumes_taken_away(&fail("d0", true), g).0.is_empty());
+        let on_d1 = g.volumes[0]
+            .plexes
+            .iter()
+            .find(|p| p.subdisks[0].disk == "d1")
+            .unwrap();
+        let detached = c
+            .apply(&Change::PlexDetach {
+                dg: "dg1".into(),
+                plex: on_d1.name.clone(),
+            })
+            .unwrap();
+        let g = &detached.disk_groups[0];
+        assert!(g.volumes[0]
+            .plexes
+            .iter()
+            .any(|p| p.state == PlexState::Stale));
+        let (taken, how) = volumes_taken_away(&fail("d0", true), g);
+        assert_eq!(taken, [("dg1.vol1".to_string(), "vol1".to_string())]);
+        assert_eq!(how, Taken::Removed);
+        // Without --force the change is refused before any host is asked about.
+        assert!(volumes_taken_away(&fail("d0", false), g).0.is_empty());
     }
 }
