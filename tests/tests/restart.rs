@@ -126,11 +126,7 @@ fn a_restart_without_one_of_a_groups_disks_forms_no_majority_until_it_is_back() 
     c.ctl_ok(0, "dg create dg1 d0 d1 --shared");
     c.ctl_ok(0, "vol create dg1 vol1 16M --layout concat");
     c.kill_all();
-    for i in 0..3 {
-        c.set_hidden_disks(i, &[1]);
-        c.start_target(i);
-        c.start_coordinator(i);
-    }
+    start_without_disks(&mut c, &[0, 1, 2], &[1]);
     wait_b_and_c_refuse(&c, "to join without d1", |node| {
         format!("cannot find disk d1 on node {node}")
     });
@@ -159,6 +155,15 @@ fn a_restart_without_one_of_a_groups_disks_forms_no_majority_until_it_is_back() 
         "dg1 is back as it was: {print}"
     );
     c.check_invariants();
+}
+
+/// Starts `nodes` (stopped) with `disks` hidden from each (no path finds them).
+fn start_without_disks(c: &mut Cluster, nodes: &[usize], disks: &[usize]) {
+    for &i in nodes {
+        c.set_hidden_disks(i, disks);
+        c.start_target(i);
+        c.start_coordinator(i);
+    }
 }
 
 /// Waits until nodes b and c both report a reason (their last join failure, as
@@ -281,9 +286,7 @@ fn a_private_groups_missing_disk_keeps_out_its_volumes_not_the_node() {
     let on_d2 = single["plexes"][0]["subdisks"][0]["disk"] == "d2";
     let (lost, lost_name) = if on_d2 { (3, "d3") } else { (2, "d2") };
     c.kill_node(1);
-    c.set_hidden_disks(1, &[lost]);
-    c.start_target(1);
-    c.start_coordinator(1);
+    start_without_disks(&mut c, &[1], &[lost]);
     c.wait_all_joined();
     c.wait_served(1, "dg1", "vol1");
     c.wait_served(1, "dg2", "single");
@@ -334,11 +337,7 @@ fn a_shared_disk_gone_for_good_is_recorded_failed_and_the_cluster_goes_on_withou
     c.write_pattern(0, "dg2", "other", 0, 1 << 20);
     let (mir_on_d1, _) = c.plex_on(0, "dg1", "mir", "d1");
     c.kill_all();
-    for i in 0..3 {
-        c.set_hidden_disks(i, &[1]);
-        c.start_target(i);
-        c.start_coordinator(i);
-    }
+    start_without_disks(&mut c, &[0, 1, 2], &[1]);
     wait_b_and_c_refuse(&c, "to join without d1", |node| {
         format!("cannot find disk d1 on node {node}")
     });
@@ -409,9 +408,7 @@ fn a_disk_recorded_failed_while_the_cluster_runs_lets_a_node_without_it_rejoin()
     let mut c = Cluster::start(3, ClusterOpts::default());
     c.shared_mirror(0, "dg1", "vol1", "16M");
     c.kill_node(2);
-    c.set_hidden_disks(2, &[1]);
-    c.start_target(2);
-    c.start_coordinator(2);
+    start_without_disks(&mut c, &[2], &[1]);
     wait_until(
         "c to refuse to join without d1",
         Duration::from_secs(20),
@@ -443,9 +440,7 @@ fn a_private_groups_dead_disk_recorded_failed_serves_its_mirror_from_the_other_p
     let pattern = c.write_pattern(1, "dg2", "mirrored", 0, 1 << 20);
     c.forget_volume("dg2", "mirrored");
     c.kill_node(1);
-    c.set_hidden_disks(1, &[3]);
-    c.start_target(1);
-    c.start_coordinator(1);
+    start_without_disks(&mut c, &[1], &[3]);
     c.wait_all_joined();
     let volumes = c.target_volumes(1).expect("volumes");
     assert!(

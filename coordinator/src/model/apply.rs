@@ -486,17 +486,21 @@ fn dg_add_disk(
     Ok(())
 }
 
+/// The index of disk `disk` in `dg.disks`, or the error naming it.
+fn disk_index(dg: &DiskGroupConfig, disk: &str) -> Result<usize, ConfigError> {
+    dg.disks
+        .iter()
+        .position(|d| d.name == disk)
+        .ok_or_else(|| not_found("disk", disk, format!(" in disk group {}", dg.name)))
+}
+
 /// Applies [`Change::DgRmDisk`] to `next` (a copy of `dg`).
 fn dg_rm_disk(
     dg: &DiskGroupConfig,
     next: &mut DiskGroupConfig,
     disk: &str,
 ) -> Result<(), ConfigError> {
-    let index = dg
-        .disks
-        .iter()
-        .position(|d| d.name == *disk)
-        .ok_or_else(|| not_found("disk", disk, format!(" in disk group {}", dg.name)))?;
+    let index = disk_index(dg, disk)?;
     let users: Vec<String> = dg
         .volumes
         .iter()
@@ -528,11 +532,7 @@ fn dg_fail_disk(
     disk: &str,
     force: bool,
 ) -> Result<(), ConfigError> {
-    let index = dg
-        .disks
-        .iter()
-        .position(|d| d.name == *disk)
-        .ok_or_else(|| not_found("disk", disk, format!(" in disk group {}", dg.name)))?;
+    let index = disk_index(dg, disk)?;
     if dg.disks[index].failed {
         return Err(ConfigError::Exists(format!(
             "disk {disk} of disk group {} is already recorded failed",
