@@ -174,6 +174,7 @@ struct DiskInfo {
   sizeBytes @2 :UInt64;
   dg @3 :Text;       # empty if in no disk group
   state @4 :Text;    # online | free | deported | failed: <reason> | error: <reason>
+                     # (a disk `dg fail-disk` recorded failed: "failed: recorded failed ...")
   id @5 :Text;
   repairs @6 :UInt64; # label or configuration copies this node repaired on it since it started
 }

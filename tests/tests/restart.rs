@@ -422,6 +422,17 @@ fn a_disk_recorded_failed_while_the_cluster_runs_lets_a_node_without_it_rejoin()
     );
     let out = c.ctl_ok(1, "dg fail-disk dg1 d1");
     assert!(out.contains("recorded failed"), "{out}");
+    // A node that still finds the disk lists it as failed.
+    let list = c.ctl_json(0, "disk list");
+    let d1 = list["disks"]
+        .as_array()
+        .and_then(|l| l.iter().find(|d| d["name"] == "d1"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        d1["state"], "failed: recorded failed (plexctl dg fail-disk)",
+        "{list}"
+    );
     c.wait_all_joined();
     c.wait_served(2, "dg1", "vol1");
     c.verify_patterns_on(&[0, 1, 2])

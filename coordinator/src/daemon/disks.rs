@@ -496,8 +496,13 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
-/// `disk list`; disks of a `failed` group say so.
-pub fn list(files: &[PathBuf], failed: &[FailedGroup], repairs: &Repairs) -> Vec<DiskOut> {
+/// `disk list`; disks of a `failed` group say so, and so do the disks whose ids
+/// `recorded_failed` holds (`dg fail-disk`).
+pub fn list(
+    files: &[PathBuf],
+    (failed, recorded_failed): (&[FailedGroup], &std::collections::BTreeSet<&str>),
+    repairs: &Repairs,
+) -> Vec<DiskOut> {
     scan(files)
         .into_iter()
         .map(|(path, label)| match label {
@@ -514,6 +519,9 @@ pub fn list(files: &[PathBuf], failed: &[FailedGroup], repairs: &Repairs) -> Vec
                     None => "free".into(),
                     Some(g) => match failed.iter().find(|f| f.id == g.id) {
                         Some(f) => f.reason.clone(),
+                        None if recorded_failed.contains(l.disk_id.as_str()) => {
+                            "failed: recorded failed (plexctl dg fail-disk)".into()
+                        }
                         None if g.owner_id.is_empty() => "deported".into(),
                         None => "online".into(),
                     },

@@ -1352,7 +1352,15 @@ impl Daemon {
             CtlCall::DiskList => {
                 self.refresh_failed();
                 let repairs = self.repairs.lock().unwrap_or_else(|p| p.into_inner());
-                CtlReply::Disks(disks::list(&self.file.disk_files(), &self.failed, &repairs))
+                let shared = self.node.config().groups.iter().map(|g| &**g);
+                let recorded_failed = shared
+                    .chain(&self.node.private().disk_groups)
+                    .flat_map(|g| &g.disks)
+                    .filter(|d| d.failed)
+                    .map(|d| d.id.as_str())
+                    .collect();
+                let failed = (&self.failed[..], &recorded_failed);
+                CtlReply::Disks(disks::list(&self.file.disk_files(), failed, &repairs))
             }
             CtlCall::TaskList => {
                 let master = self
