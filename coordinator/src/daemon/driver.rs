@@ -389,6 +389,35 @@ pub struct Driver {
     /// ([`disks::DiskFinder`]; a cell: [`Driver::desired`] reads `self.private`
     /// while it looks).
     pub finder: std::cell::RefCell<disks::DiskFinder>,
+    /// What the loads last warned of, per disk group ([`servable_here`]).
+    pub warned: Warned,
+}
+
+/// Whether the data plane already holds a disk bdev (by name).
+pub type HeldDisk<'a> = &'a dyn Fn(&str) -> bool;
+
+/// The last warning [`desired_of`] logged for each disk group (the volumes a
+/// missing or failed disk keeps out): every load and kernel phase computes it
+/// again, and it is logged only when it changes.
+#[derive(Debug, Default)]
+pub struct Warned(std::cell::RefCell<std::collections::BTreeMap<String, String>>);
+
+impl Warned {
+    /// Logs `line` for group `dg` unless it was the last one logged for it; `None`:
+    /// nothing to warn of now (the next warning is logged again).
+    fn note(&self, dg: &str, line: Option<String>) {
+        let mut last = self.0.borrow_mut();
+        match line {
+            Some(line) if last.get(dg) != Some(&line) => {
+                log::warn!("{line}");
+                last.insert(dg.to_string(), line);
+            }
+            Some(_) => {}
+            None => {
+                last.remove(dg);
+            }
+        }
+    }
 }
 
 impl Driver {
@@ -473,14 +502,12 @@ impl Driver {
         let groups = shared.iter().map(|g| &**g).chain(private.iter());
         let local = finder.locate(|| self.files(), groups, Instant::now());
         let held = |bdev: &str| self.kernel.holds_disk(bdev);
-        desired_of(
-            local,
-            &self.file,
-            &self.name,
-            (shared, private),
-            &mut specs,
-            &held,
-        )
+        let node = (
+            self.name.as_str(),
+            &held as &dyn Fn(&str) -> bool,
+            &self.warned,
+        );
+        desired_of(local, &self.file, node, (shared, private), &mut specs)
     }
 
     /// `updates` written by transaction `txn` to the disks where the finder says
@@ -1217,15 +1244,15 @@ fn same_owner(before: &ClusterConfig, after: &ClusterConfig) -> Vec<DiskGroupCon
 /// The bdevs, volumes and exports node `name` of cluster file `file` serves for
 /// `shared` and `private` groups, each disk opened where `local` finds it (by id,
 /// [`disks::LocalDisks`]); the volumes' specs are projected again only
-/// for volumes `specs` has not seen ([`Desired::of_cached`]). `held`: whether the
-/// data plane already holds a disk bdev ([`servable_here`]).
+/// for volumes `specs` has not seen ([`Desired::of_cached`]). The node: its name,
+/// whether its data plane already holds a disk bdev, and what it last warned of
+/// ([`servable_here`]).
 pub fn desired_of(
     local: &disks::LocalDisks,
     file: &ClusterFile,
-    name: &str,
+    (name, held, warned): (&str, HeldDisk<'_>, &Warned),
     (shared, private): (&[Arc<DiskGroupConfig>], &[DiskGroupConfig]),
     specs: &mut super::kernel::SpecCache,
-    held: &dyn Fn(&str) -> bool,
 ) -> Desired {
     let portal = file
         .node(name)
@@ -1236,14 +1263,15 @@ pub fn desired_of(
         .iter()
         .map(|n| (n.name.clone(), n.nvmf_portal().to_string()))
         .collect();
-    let shared: Vec<std::borrow::Cow<'_, DiskGroupConfig>> = shared
-        .iter()
-        .map(|g| servable_here(g, local, name, held))
-        .collect();
-    let private: Vec<std::borrow::Cow<'_, DiskGroupConfig>> = private
-        .iter()
-        .map(|g| servable_here(g, local, name, held))
-        .collect();
+    let servable = |g| {
+        let (served, warning) = servable_here(g, local, name, held);
+        warned.note(&g.name, warning);
+        served
+    };
+    let shared: Vec<std::borrow::Cow<'_, DiskGroupConfig>> =
+        shared.iter().map(|g| servable(g)).collect();
+    let private: Vec<std::borrow::Cow<'_, DiskGroupConfig>> =
+        private.iter().map(servable).collect();
     let all = || shared.iter().chain(&private).map(|g| &**g);
     let id = file.node(name).map_or(0, |n| n.id);
     let (mut d, extras) = Desired::of_cached_with_extras(all(), id, specs);
@@ -1267,7 +1295,8 @@ pub fn desired_of(
 ///   plexes on them (STALE or EMPTY: they take no I/O); a volume left without an
 ///   ACTIVE plex by that is not served.
 /// - Without the disks this node does not find (`local`) and the volumes that use
-///   one, each time logged naming them, so that a dead disk keeps only those
+///   one, with a warning naming them (logged when it changes, [`Warned`]), so that
+///   a dead disk keeps only those
 ///   volumes from being served, not the node's other groups (nor, through a
 ///   refused load, the node from joining the cluster). A private group's disk is
 ///   missing this way when it died; a shared group's only on the master that forms
@@ -1282,7 +1311,7 @@ fn servable_here<'a>(
     local: &disks::LocalDisks,
     node: &str,
     held: &dyn Fn(&str) -> bool,
-) -> std::borrow::Cow<'a, DiskGroupConfig> {
+) -> (std::borrow::Cow<'a, DiskGroupConfig>, Option<String>) {
     let failed = |d: &str| g.disk(d).is_some_and(|d| d.failed);
     let missing: Vec<&str> = g
         .disks
@@ -1292,7 +1321,7 @@ fn servable_here<'a>(
         .map(|d| d.name.as_str())
         .collect();
     if missing.is_empty() && !g.disks.iter().any(|d| d.failed) {
-        return std::borrow::Cow::Borrowed(g);
+        return (std::borrow::Cow::Borrowed(g), None);
     }
     let mut served = g.clone();
     served
@@ -1321,21 +1350,23 @@ fn servable_here<'a>(
         }
         keep
     });
-    if !missing.is_empty() {
-        log::warn!(
+    let warning = if !missing.is_empty() {
+        Some(format!(
             "node {node}: disk group {}: disk(s) {} not found on the disk paths: volume(s) {} not served on this node until they are (its other volumes are)",
             g.name,
             missing.join(", "),
             if left_out.is_empty() { "none".to_string() } else { left_out.join(", ") },
-        );
+        ))
     } else if !left_out.is_empty() {
-        log::warn!(
+        Some(format!(
             "node {node}: disk group {}: volume(s) {} have no ACTIVE plex off the disk(s) recorded failed: not served",
             g.name,
             left_out.join(", "),
-        );
-    }
-    std::borrow::Cow::Owned(served)
+        ))
+    } else {
+        None
+    };
+    (std::borrow::Cow::Owned(served), warning)
 }
 
 /// Whether the local check of `change` on node `name` reads this node's disks or

@@ -75,6 +75,7 @@ pub fn run(opts: Options) -> Result<(), String> {
         private: private.disk_groups.clone(),
         takeover: Default::default(),
         finder: Default::default(),
+        warned: Default::default(),
     }
     .start()?;
     let start = super::clock::CoreClock::start();
@@ -311,14 +312,10 @@ fn serve_private_groups(
         return;
     }
     let local = disks::LocalDisks::scan(files);
-    let desired = driver::desired_of(
-        &local,
-        file,
-        name,
-        (&[], groups),
-        &mut kernel.specs(),
-        &|_| false,
-    );
+    let warned = driver::Warned::default();
+    let held = |_: &str| false;
+    let node = (name, &held as driver::HeldDisk, &warned);
+    let desired = driver::desired_of(&local, file, node, (&[], groups), &mut kernel.specs());
     if let Err(e) = kernel.prepare(desired, false) {
         log::error!("node {name}: cannot load the private disk groups: {e}");
         kernel.abort();
