@@ -2,7 +2,8 @@
 //! abdications of the node that forms the cluster (docs/OPERATIONS.md, "A disk that
 //! is gone for good"; docs/PROTOCOL.md, "Joining").
 //!
-//! A joiner must find every disk of the master's shared groups. After a full stop
+//! A joiner must find every disk of the master's shared groups (but those recorded
+//! failed). After a full stop
 //! with a disk that no node finds any more, the node that forms reads the groups
 //! without it, but no other node joins, so the forming node's first lease runs out
 //! and it abdicates, forms again, and so on. A change that records the disk failed
