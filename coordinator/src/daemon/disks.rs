@@ -32,6 +32,15 @@ impl LocalDisks {
         LocalDisks(map)
     }
 
+    /// A node that finds the disks of these ids (at made-up paths).
+    #[cfg(test)]
+    pub fn of_ids(ids: &[&str]) -> LocalDisks {
+        let found = ids
+            .iter()
+            .map(|id| (id.to_string(), vec![PathBuf::from(format!("/dev/{id}"))]));
+        LocalDisks(found.collect())
+    }
+
     /// Whether a file of disk `d`'s id is on this node's disk paths.
     pub fn finds(&self, d: &Disk) -> bool {
         self.0.contains_key(&d.id)

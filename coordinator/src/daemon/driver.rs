@@ -1413,7 +1413,78 @@ pub fn check_export(
 mod tests {
     use super::*;
     use crate::model::test_support::{cluster, with_mirror};
-    use crate::model::{Export, LogPolicy};
+    use crate::model::{Export, LogPolicy, VolumeLayout};
+
+    #[test]
+    fn a_group_is_served_without_its_missing_and_failed_disks_but_not_without_a_held_one() {
+        let c = with_mirror(
+            &cluster(&[("d0", 1 << 30), ("d1", 1 << 30)]),
+            "mir",
+            64 << 20,
+            LogPolicy::Off,
+        );
+        let c = c
+            .apply(&Change::VolCreate {
+                dg: "dg1".into(),
+                volume: "cat".into(),
+                size_bytes: 64 << 20,
+                layout: VolumeLayout::Concat,
+                log: LogPolicy::Off,
+            })
+            .unwrap();
+        let g = &c.disk_groups[0];
+        let cat_disk = g.volume("cat").unwrap().plexes[0].subdisks[0].disk.clone();
+        let (gone, kept) = if cat_disk == "d1" {
+            ("d1", "d0")
+        } else {
+            ("d0", "d1")
+        };
+        let id = |name: &str| g.disk(name).unwrap().id.clone();
+        let nothing_held = |_: &str| false;
+        let names =
+            |g: &DiskGroupConfig| g.volumes.iter().map(|v| v.name.clone()).collect::<Vec<_>>();
+        // Every disk found: the group as it is.
+        let all = disks::LocalDisks::of_ids(&[&id("d0"), &id("d1")]);
+        let (served, warning) = servable_here(g, &all, "a", &nothing_held);
+        assert!(matches!(served, std::borrow::Cow::Borrowed(_)) && warning.is_none());
+        // One missing: it and the volumes on it are left out, named in the warning.
+        let one = disks::LocalDisks::of_ids(&[&id(kept)]);
+        let (served, warning) = servable_here(g, &one, "a", &nothing_held);
+        assert!(
+            names(&served).is_empty(),
+            "both volumes use {gone}: {:?}",
+            names(&served)
+        );
+        let warning = warning.expect("a warning");
+        assert!(
+            warning.contains(&format!("disk(s) {gone} not found")) && warning.contains("mir, cat"),
+            "{warning}"
+        );
+        // A shared disk the data plane already holds is kept (a path gone from
+        // under a running member).
+        let bdev = crate::model::disk_bdev("dg1", gone);
+        let held = |b: &str| b == bdev;
+        let (served, warning) = servable_here(g, &one, "a", &held);
+        assert!(matches!(served, std::borrow::Cow::Borrowed(_)) && warning.is_none());
+        // Recorded failed: the mirror is served from its other plex; the concat
+        // volume, with no ACTIVE plex left, is not.
+        let failed = c
+            .apply(&Change::DgFailDisk {
+                dg: "dg1".into(),
+                disk: gone.into(),
+                force: true,
+            })
+            .unwrap();
+        let g = &failed.disk_groups[0];
+        for local in [&one, &all] {
+            let (served, warning) = servable_here(g, local, "a", &nothing_held);
+            assert_eq!(names(&served), ["mir"]);
+            let mir = served.volume("mir").unwrap();
+            assert_eq!(mir.plexes.len(), 1);
+            assert!(!mir.uses_disk(gone) && served.disk(gone).is_none());
+            assert!(warning.is_some_and(|w| w.contains("volume(s) cat have no ACTIVE plex")));
+        }
+    }
 
     #[test]
     fn only_a_local_check_that_reads_disks_or_the_data_plane_is_a_driver_job() {
