@@ -2838,10 +2838,11 @@ fn a_slave_waiting_for_a_successor_that_died_gives_up_at_once() {
 /// After every node stopped, the group's disk is found by the node that forms (a)
 /// but by no other (the simulator has one disk; b and c cannot reach it): b and c
 /// refuse a's offers, so a's views get no majority and a abdicates again and
-/// again. The operator's `dg fail-disk`, asked of a, waits there across those
-/// abdications (`core::given_up`); once a queued it again, a's offers leave the
-/// disk out, b and c join, and the change commits: the disk is recorded failed,
-/// and later joins are not asked for it.
+/// again. The operator's `dg fail-disk`, asked of a between two of its views,
+/// waits there across its abdications (`core::given_up`; `cluster status` says
+/// so); once a queued it again, a's offers leave the disk out, b and c join, and
+/// the change commits: the disk is recorded failed, and later joins are not asked
+/// for it.
 #[test]
 fn a_disk_given_up_at_the_forming_node_outlives_its_abdications_and_lets_the_others_join() {
     let mut sim = traced_cluster(3);
@@ -2863,6 +2864,11 @@ fn a_disk_given_up_at_the_forming_node_outlives_its_abdications_and_lets_the_oth
         })
     });
     assert!(refused, "b and c refuse a's offers:\n{}", sim.trace_text());
+    // Asked while a is between two of its views (it abdicated and forms again).
+    let between = sim.run_until(20_000, |s| {
+        matches!(s.core(A).unwrap().role(), Role::Discovering | Role::Forming)
+    });
+    assert!(between, "a abdicates:\n{}", sim.trace_text());
     let tag = sim.tag();
     let r = sim
         .submit(
@@ -2873,6 +2879,17 @@ fn a_disk_given_up_at_the_forming_node_outlives_its_abdications_and_lets_the_oth
             },
         )
         .expect("a is up");
+    let line = sim.core(A).unwrap().status_line(sim.now_ms());
+    assert!(
+        line.contains("holding the change that gives disk(s) dg1-disk up"),
+        "{line}"
+    );
+    assert!(sim.run_until(20_000, |s| s.core(A).unwrap().role() == Role::Master));
+    let line = sim.core(A).unwrap().status_line(sim.now_ms());
+    assert!(
+        line.contains("join offers leave disk(s) dg1-disk out") || sim.reply(A, r).is_some(),
+        "{line}"
+    );
     let answered = sim.run_until(60_000, |s| s.reply(A, r).is_some());
     assert!(answered, "no answer from a:\n{}", sim.trace_text());
     assert_eq!(

@@ -51,6 +51,40 @@ impl<M: ConfigModel> Node<M> {
         true
     }
 
+    /// The disks the changes waiting in this master's queue give up (its join
+    /// offers leave them out).
+    pub(super) fn queued_given_up(&self) -> Vec<String> {
+        self.master
+            .iter()
+            .flat_map(|ms| &ms.queue)
+            .filter_map(|(_, req)| match req {
+                Request::Change(c) => Some(M::disks_given_up(c)),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+
+    /// What `cluster status` says of the operator's word on this node: the disks
+    /// its join offers leave out while a change giving them up waits in its queue,
+    /// or the change it holds until it is a member again.
+    pub(super) fn given_up_status(&self, now_ms: u64) -> Option<String> {
+        if let Some(word) = &self.held_word {
+            return Some(format!(
+                "holding the change that gives disk(s) {} up until this node is a member ({} s left)",
+                M::disks_given_up(&word.change).join(", "),
+                word.until_ms.saturating_sub(now_ms).div_ceil(1000)
+            ));
+        }
+        let queued = self.queued_given_up();
+        (!queued.is_empty()).then(|| {
+            format!(
+                "join offers leave disk(s) {} out: a queued change records them failed",
+                queued.join(", ")
+            )
+        })
+    }
+
     /// Hands the held change in again once this node is a member (queued when it
     /// is the master, forwarded otherwise); answers it with why there is no
     /// majority when its wait is over.

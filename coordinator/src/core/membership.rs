@@ -1493,18 +1493,10 @@ impl<M: ConfigModel> Node<M> {
         let config = self.committed.config.encode();
         let mut disks = self.committed.config.shared_disks();
         let config_txn = self.committed.txn;
+        let given_up = self.queued_given_up();
         let Some(ms) = self.master.as_mut() else {
             return;
         };
-        let given_up: Vec<String> = ms
-            .queue
-            .iter()
-            .filter_map(|(_, req)| match req {
-                Request::Change(c) => Some(M::disks_given_up(c)),
-                _ => None,
-            })
-            .flatten()
-            .collect();
         if !given_up.is_empty() {
             log::warn!(
                 "node {}: offering node {node} to join without disk(s) {}: a queued change records them failed",

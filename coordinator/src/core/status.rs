@@ -4,10 +4,13 @@
 //!   `heartbeats: 3 of 3 votes reachable, 2 needed` (built-in) or the external
 //!   monitor's own words, `corosync: quorate; plexd running on a, b, c`; a master
 //!   whose view's first majority waits for the disk check (docs/PROTOCOL.md,
-//!   "First majority") adds `checking the disks before the view's majority counts`.
+//!   "First majority") adds `checking the disks before the view's majority counts`;
+//!   one whose queue holds a change giving disks up adds `join offers leave disk(s)
+//!   d1 out: ...` (`core::given_up`).
 //! - Not a member: why it has no quorum now, if it has none (`node c: no quorum:
 //!   corosync: not running ...`), else `not a member (joining); ` and what its
-//!   monitor says; then its last failure with its age, `last failure 4.2 s ago:
+//!   monitor says; `holding the change that gives disk(s) d1 up ...` while it holds
+//!   one (`core::given_up`); then its last failure with its age, `last failure 4.2 s ago:
 //!   cannot find disk d1 on node c`, if there was one (once, when it is the reason
 //!   already given).
 //!
@@ -53,7 +56,10 @@ impl<M: ConfigModel> Node<M> {
             if self.majority_unchecked() {
                 line.push_str("; checking the disks before the view's majority counts");
             }
-            return line;
+            if let Some(word) = self.given_up_status(now_ms) {
+                line.push_str(&format!("; {word}"));
+            }
+            return truncate_reason(line);
         }
         let mut line = match self.quorum_denied(now_ms) {
             Some(reason) => reason,
@@ -63,6 +69,9 @@ impl<M: ConfigModel> Node<M> {
                 self.quorum_line(now_ms)
             ),
         };
+        if let Some(word) = self.given_up_status(now_ms) {
+            line.push_str(&format!("; {word}"));
+        }
         if let Some(r) = &self.last_reason {
             let ago = format_age(now_ms.saturating_sub(self.last_reason_ms));
             if line == *r {

@@ -182,6 +182,15 @@ impl<M: ConfigModel> Node<M> {
         if self.is_master() {
             return self.master_enqueue(now_ms, Origin { node: me, request }, req);
         }
+        // Between two of its views, a node that forms the cluster again and again
+        // (no other node joins it) holds the operator's word too (`core::given_up`).
+        if let (State::Discovering { .. } | State::Forming, Request::Change(c)) =
+            (&self.state, &req)
+        {
+            if self.hold_given_up(request, c.clone()) {
+                return;
+            }
+        }
         let (kind, err) = match (&self.state, &self.view) {
             (State::Member, Some(view)) => {
                 let master = view.master;
