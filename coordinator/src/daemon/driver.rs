@@ -502,11 +502,7 @@ impl Driver {
         let groups = shared.iter().map(|g| &**g).chain(private.iter());
         let local = finder.locate(|| self.files(), groups, Instant::now());
         let held = |bdev: &str| self.kernel.holds_disk(bdev);
-        let node = (
-            self.name.as_str(),
-            &held as &dyn Fn(&str) -> bool,
-            &self.warned,
-        );
+        let node = (self.name.as_str(), &held as HeldDisk, &self.warned);
         desired_of(local, &self.file, node, (shared, private), &mut specs)
     }
 
@@ -1155,34 +1151,23 @@ impl Driver {
         let Some((offered_txn, offered)) = offered else {
             return names.first().map(|n| missing(n));
         };
-        // With the group and the way out when the disk is gone for good.
-        let missing = |name: &str| {
-            let dg = offered
-                .groups
-                .iter()
-                .find(|g| g.disks.iter().any(|d| d.name == name))
-                .map_or("?", |g| g.name.as_str());
-            format!(
-                "{} (disk group {dg}; if it is gone for good, `plexctl dg fail-disk {dg} {name}` on the master records it failed)",
-                missing(name)
-            )
-        };
         let files = self.files();
         let local = disks::LocalDisks::scan(&files);
         for name in names {
-            let disk = offered
+            let found = offered
                 .groups
                 .iter()
-                .flat_map(|g| g.disks.iter())
-                .find(|d| &d.name == name);
-            match disk {
-                Some(d) => {
-                    if let Err(e) = disks::check_disk(d, &local) {
-                        log::error!("node {}: {e}", self.name);
-                        return Some(missing(name));
-                    }
-                }
-                None => return Some(missing(name)),
+                .find_map(|g| g.disk(name).map(|d| (&g.name, d)));
+            let Some((dg, d)) = found else {
+                return Some(missing(name));
+            };
+            if let Err(e) = disks::check_disk(d, &local) {
+                log::error!("node {}: {e}", self.name);
+                // With the way out when the disk is gone for good.
+                return Some(format!(
+                    "{} (disk group {dg}; if it is gone for good, `plexctl dg fail-disk {dg} {name}` on the master records it failed)",
+                    missing(name)
+                ));
             }
         }
         // Logged by the core with the join it abandons.
@@ -1310,9 +1295,8 @@ fn servable_here<'a>(
     g: &'a DiskGroupConfig,
     local: &disks::LocalDisks,
     node: &str,
-    held: &dyn Fn(&str) -> bool,
+    held: HeldDisk<'_>,
 ) -> (std::borrow::Cow<'a, DiskGroupConfig>, Option<String>) {
-    let failed = |d: &str| g.disk(d).is_some_and(|d| d.failed);
     let missing: Vec<&str> = g
         .disks
         .iter()
@@ -1329,7 +1313,8 @@ fn servable_here<'a>(
         .retain(|d| !d.failed && !missing.contains(&d.name.as_str()));
     let mut cut = std::collections::BTreeSet::new();
     for vi in 0..served.volumes.len() {
-        let on_failed = |p: &crate::model::Plex| p.subdisks.iter().any(|sd| failed(&sd.disk));
+        let on_failed =
+            |p: &crate::model::Plex| p.subdisks.iter().any(|sd| g.disk_failed(&sd.disk));
         if served.volumes[vi].plexes.iter().any(on_failed) {
             cut.insert(served.volumes[vi].name.clone());
             let v = served.volume_mut(vi);

@@ -1060,7 +1060,7 @@ fn plex_attach(
     let failed: BTreeSet<&str> = v.plexes[pi]
         .subdisks
         .iter()
-        .filter(|sd| dg.disk(&sd.disk).is_some_and(|d| d.failed))
+        .filter(|sd| dg.disk_failed(&sd.disk))
         .map(|sd| sd.disk.as_str())
         .collect();
     if !failed.is_empty() {

@@ -617,6 +617,11 @@ impl DiskGroupConfig {
         self.disks.iter().find(|d| d.name == name)
     }
 
+    /// Whether disk `name` of the group is recorded failed ([`Disk::failed`]).
+    pub fn disk_failed(&self, name: &str) -> bool {
+        self.disk(name).is_some_and(|d| d.failed)
+    }
+
     /// The recorded paths of the group's disks (what `ondisk::write_config` takes).
     pub fn disk_paths(&self) -> Vec<std::path::PathBuf> {
         self.disks.iter().map(|d| d.path.clone().into()).collect()

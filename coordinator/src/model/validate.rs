@@ -340,7 +340,7 @@ impl DiskGroupConfig {
             ));
         }
         for (i, copy) in log.copies.iter().enumerate() {
-            if self.disk(&copy.disk).is_some_and(|d| d.failed) {
+            if self.disk_failed(&copy.disk) {
                 return self.invalid(format!(
                     "{}: a copy on disk {}, recorded failed",
                     what(),
@@ -507,10 +507,7 @@ impl DiskGroupConfig {
                 ));
             }
             if p.state.takes_writes() {
-                if let Some(d) = plex_disks
-                    .iter()
-                    .find(|d| self.disk(d).is_some_and(|d| d.failed))
-                {
+                if let Some(d) = plex_disks.iter().find(|d| self.disk_failed(d)) {
                     return self.invalid(format!(
                         "plex {}: {} with a subdisk on disk {d}, recorded failed",
                         p.name,
