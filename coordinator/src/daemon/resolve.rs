@@ -188,6 +188,19 @@ impl Daemon {
         })
     }
 
+    /// `dg fail-disk`, checked against this node's copy of the group at once: it
+    /// may wait at a master without a majority until the other nodes join (which
+    /// is its point: docs/OPERATIONS.md, "A disk that is gone for good"), and a
+    /// change that will be refused should not wait with it. The master validates
+    /// it again when it runs.
+    fn resolve_dg_fail_disk(&self, change: Change) -> Result<Change, RequestError> {
+        if let Some(g) = self.group(change.dg_name()) {
+            crate::model::apply_dg(g, &change)
+                .map_err(|e| self.refuse_as(super::model::error_kind(&e), e))?;
+        }
+        Ok(change)
+    }
+
     /// `dg import`: the group as found on this node's disk paths. A group whose
     /// record names another owner (a node, or another cluster) is refused unless
     /// `clear_owner`, and even then while that owner is a member of this view. A
@@ -195,25 +208,6 @@ impl Daemon {
     /// has its mirrors recovered from their dirty region logs
     /// ([`private::recover_group`]) before the change is proposed, so the import
     /// serves it with the divergent plexes SYNCING.
-    /// `dg fail-disk`, checked against this node's copy of the group at once: it
-    /// may wait at a master without a majority until the other nodes join (which
-    /// is its point: docs/OPERATIONS.md, "A disk that is gone for good"), and a
-    /// change that will be refused should not wait with it. The master validates
-    /// it again when it runs.
-    fn resolve_dg_fail_disk(&self, change: Change) -> Result<Change, RequestError> {
-        let dg = change.dg_name();
-        let group = self
-            .node
-            .config()
-            .group(dg)
-            .or_else(|| self.node.private().disk_group(dg));
-        if let Some(g) = group {
-            crate::model::apply_dg(g, &change)
-                .map_err(|e| self.refuse_as(super::model::error_kind(&e), e))?;
-        }
-        Ok(change)
-    }
-
     fn resolve_dg_import(
         &mut self,
         dg: String,
