@@ -115,6 +115,9 @@ fn global_a_write_failing_on_one_node_detaches_the_plex_everywhere_and_succeeds(
 fn local_a_write_failing_on_one_node_fails_there_only_and_the_plex_is_repaired() {
     let (mut c, m, a) = cluster("local");
     let bdev = "dg1.vol1";
+    // The write below goes to node a's data plane directly: wait until it serves
+    // the volume (its lease comes about a heartbeat after it joined).
+    c.wait_served(a, "dg1", "vol1");
     // Node a cannot write d1; the master can (so the repair copy works).
     fail_writes(&c, a, "d1", true);
     let seed = c.new_seed();
