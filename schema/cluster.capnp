@@ -442,6 +442,10 @@ struct ConfigChange {
       disk @69 :Text;
       force @70 :Bool;          # also when a volume's only ACTIVE plexes are on it
     }
+    dgReattachDisk :group {     # `plexctl dg reattach-disk DG DISK`
+      dg @71 :Text;
+      disk @72 :Disk.Disk;      # the group's record of the disk (every node finds it by id)
+    }
   }
 }
 

@@ -48,6 +48,16 @@ struct Disk {
   failed @6 :Bool;              # recorded failed (`plexctl dg fail-disk`): no node needs
                                 # to find it, nothing is allocated or written on it, and
                                 # its plexes are STALE (docs/OPERATIONS.md)
+  staled @7 :List(StaledPlex);  # while failed: the plexes on it that the failure made
+                                # STALE (what `plexctl dg reattach-disk` brings back)
+}
+
+# A plex that `dg fail-disk` made STALE (it took writes: ACTIVE or SYNCING).
+struct StaledPlex {
+  plex @0 :Text;
+  lastActive @1 :Bool;          # it was ACTIVE and the failure left its volume without
+                                # an ACTIVE plex: the volume was served nowhere since, so
+                                # the plex still holds its data (made ACTIVE again)
 }
 
 enum VolumeState {

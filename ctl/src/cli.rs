@@ -160,6 +160,16 @@ pub(crate) enum DgCmd {
         #[arg(long)]
         force: bool,
     },
+    /// A disk recorded failed is back: every node must find it again. The plexes
+    /// its failure made STALE come back: a volume's last ACTIVE plex ACTIVE again
+    /// (nothing wrote the volume since), the others SYNCING from an ACTIVE plex.
+    /// Example: dg reattach-disk dg1 d1
+    ReattachDisk {
+        /// Disk group.
+        dg: String,
+        /// Disk media name.
+        disk: String,
+    },
     /// Destroys the group and its volumes. Refused while a volume is exported
     /// (unexport first) or a host is logged in to one.
     Destroy {

@@ -68,6 +68,13 @@ pub enum CtlChange {
         /// Also when a volume's only ACTIVE plexes are on the disk.
         force: bool,
     },
+    /// `dg reattach-disk DG DISK`.
+    DgReattachDisk {
+        /// Group.
+        dg: String,
+        /// Disk media name.
+        disk: String,
+    },
     /// `dg destroy DG [--force]`.
     DgDestroy {
         /// Group.
@@ -200,7 +207,8 @@ impl CtlChange {
             | CtlChange::DgSet { dg, .. } => format!("disk group {dg}"),
             CtlChange::DgAddDisk { dg, disk }
             | CtlChange::DgRmDisk { dg, disk }
-            | CtlChange::DgFailDisk { dg, disk, .. } => {
+            | CtlChange::DgFailDisk { dg, disk, .. }
+            | CtlChange::DgReattachDisk { dg, disk } => {
                 format!("disk {disk} in disk group {dg}")
             }
             CtlChange::VolCreate { dg, volume, .. }
@@ -659,6 +667,10 @@ fn read_change(r: c::change::Reader<'_>) -> capnp::Result<CtlChange> {
                 disk,
                 force: r.get_force(),
             }
+        }
+        Which::DgReattachDisk(x) => {
+            let (dg, disk) = read_dg_disk(x?)?;
+            CtlChange::DgReattachDisk { dg, disk }
         }
         Which::DgDestroy(x) => CtlChange::DgDestroy {
             dg: text(x)?,

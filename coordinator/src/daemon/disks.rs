@@ -1158,6 +1158,7 @@ mod tests {
             public_offset_bytes: 0,
             public_len_bytes: 0,
             failed: false,
+            staled: Vec::new(),
         };
         let e = check_disk(&d, &LocalDisks::default()).unwrap_err();
         assert!(e.starts_with("cannot find disk d9"), "{e}");

@@ -551,6 +551,7 @@ mod tests {
             public_offset_bytes: 1 << 20,
             public_len_bytes: 64 << 20,
             failed: false,
+            staled: Vec::new(),
         }
     }
 

@@ -182,6 +182,7 @@ fn write_change(c: &Change, b: wire::config_change::Builder<'_>) {
         | Change::DgAddDisk { .. }
         | Change::DgRmDisk { .. }
         | Change::DgFailDisk { .. }
+        | Change::DgReattachDisk { .. }
         | Change::DgDestroy { .. }
         | Change::DgDeport { .. }
         | Change::DgImport { .. }
@@ -247,6 +248,11 @@ fn write_dg_change(c: &Change, b: wire::config_change::Builder<'_>) {
             g.set_dg(dg.as_str());
             g.set_disk(d.as_str());
             g.set_force(*force);
+        }
+        Change::DgReattachDisk { dg, disk: d } => {
+            let mut g = b.init_dg_reattach_disk();
+            g.set_dg(dg.as_str());
+            disk::write_disk(d, g.init_disk());
         }
         Change::DgDestroy { dg, force } => {
             let mut g = b.init_dg_destroy();
@@ -420,6 +426,7 @@ fn read_change(r: wire::config_change::Reader<'_>) -> capnp::Result<Change> {
         | Which::DgAddDisk(_)
         | Which::DgRmDisk(_)
         | Which::DgFailDisk(_)
+        | Which::DgReattachDisk(_)
         | Which::DgDestroy(_)
         | Which::DgDeport(_)
         | Which::DgImport(_)
@@ -484,6 +491,10 @@ fn read_dg_change(which: wire::config_change::WhichReader<'_>) -> capnp::Result<
             dg: text(g.get_dg())?,
             disk: text(g.get_disk())?,
             force: g.get_force(),
+        },
+        Which::DgReattachDisk(g) => Change::DgReattachDisk {
+            dg: text(g.get_dg())?,
+            disk: disk::read_disk(g.get_disk()?)?,
         },
         Which::DgDestroy(g) => Change::DgDestroy {
             dg: text(g.get_dg())?,
@@ -686,6 +697,7 @@ mod tests {
             Change::DgAddDisk { .. } => "DgAddDisk",
             Change::DgRmDisk { .. } => "DgRmDisk",
             Change::DgFailDisk { .. } => "DgFailDisk",
+            Change::DgReattachDisk { .. } => "DgReattachDisk",
             Change::DgDestroy { .. } => "DgDestroy",
             Change::DgDeport { .. } => "DgDeport",
             Change::DgImport { .. } => "DgImport",
@@ -803,6 +815,23 @@ mod tests {
                 dg: dg(),
                 disk: "d1".into(),
                 force: true,
+            },
+            Change::DgReattachDisk {
+                dg: dg(),
+                disk: crate::model::Disk {
+                    failed: true,
+                    staled: vec![
+                        crate::model::StaledPlex {
+                            plex: "v1-01".into(),
+                            last_active: true,
+                        },
+                        crate::model::StaledPlex {
+                            plex: "v2-02".into(),
+                            last_active: false,
+                        },
+                    ],
+                    ..disk("d1", 1 << 30)
+                },
             },
             Change::DgDestroy {
                 dg: dg(),
@@ -1009,7 +1038,7 @@ mod tests {
     fn every_change_round_trips() {
         let changes = changes();
         let names: std::collections::BTreeSet<_> = changes.iter().map(name).collect();
-        assert_eq!(names.len(), 25, "a sample of every change: {names:?}");
+        assert_eq!(names.len(), 26, "a sample of every change: {names:?}");
         for c in &changes {
             let bytes = encode_change(c);
             assert_eq!(decode_change(&bytes).as_ref(), Ok(c));

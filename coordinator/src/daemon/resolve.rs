@@ -31,6 +31,7 @@ impl Daemon {
             CtlChange::DgFailDisk { dg, disk, force } => {
                 self.resolve_dg_fail_disk(Change::DgFailDisk { dg, disk, force })?
             }
+            CtlChange::DgReattachDisk { dg, disk } => self.resolve_dg_reattach_disk(dg, disk)?,
             CtlChange::DgDestroy { dg, force } => Change::DgDestroy { dg, force },
             CtlChange::DgDeport { dg, force } => Change::DgDeport { dg, force },
             CtlChange::DgImport {
@@ -198,6 +199,31 @@ impl Daemon {
             crate::model::apply_dg(g, &change)
                 .map_err(|e| self.refuse_as(super::model::error_kind(&e), e))?;
         }
+        Ok(change)
+    }
+
+    /// `dg reattach-disk`: the change carries the group's record of the disk (as
+    /// this node's copy has it), so that every node's local check looks for the
+    /// disk by its id. The master validates it again when it runs.
+    fn resolve_dg_reattach_disk(&self, dg: String, disk: String) -> Result<Change, RequestError> {
+        let Some(g) = self.group(&dg) else {
+            return Err(self.refuse_as(
+                ErrorKind::NotFound,
+                format!("disk group {dg} does not exist"),
+            ));
+        };
+        let Some(record) = g.disk(&disk) else {
+            return Err(self.refuse_as(
+                ErrorKind::NotFound,
+                format!("disk {disk} does not exist in disk group {dg}"),
+            ));
+        };
+        let change = Change::DgReattachDisk {
+            disk: record.clone(),
+            dg,
+        };
+        crate::model::apply_dg(g, &change)
+            .map_err(|e| self.refuse_as(super::model::error_kind(&e), e))?;
         Ok(change)
     }
 

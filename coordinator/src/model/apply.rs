@@ -365,6 +365,7 @@ pub fn apply_dg(dg: &DiskGroupConfig, change: &Change) -> Result<DiskGroupConfig
         Change::DgAddDisk { disk, .. } => dg_add_disk(dg, &mut next, disk)?,
         Change::DgRmDisk { disk, .. } => dg_rm_disk(dg, &mut next, disk)?,
         Change::DgFailDisk { disk, force, .. } => dg_fail_disk(dg, &mut next, disk, *force)?,
+        Change::DgReattachDisk { disk, .. } => dg_reattach_disk(dg, &mut next, disk)?,
         Change::VolCreate {
             volume,
             size_bytes,
@@ -572,16 +573,28 @@ fn dg_fail_disk(
             )));
         }
     }
-    next.disks[index].failed = true;
+    let mut staled = Vec::new();
     for vi in 0..next.volumes.len() {
         if !next.volumes[vi].plexes.iter().any(on_disk) {
             continue;
         }
         let v = next.volume_mut(vi);
+        let first = staled.len();
         for p in v.plexes.iter_mut().filter(|p| on_disk(p)) {
             if p.state.takes_writes() {
+                staled.push(StaledPlex {
+                    plex: p.name.clone(),
+                    last_active: p.state == PlexState::Active,
+                });
                 p.state = PlexState::Stale;
                 p.resync_ranges.clear();
+            }
+        }
+        if v.active_plexes() > 0 || v.plexes.iter().any(serves) {
+            // The volume keeps (or gets, below) an ACTIVE plex that takes its
+            // writes from now on: none of its plexes here is its last.
+            for sp in &mut staled[first..] {
+                sp.last_active = false;
             }
         }
         if v.active_plexes() == 0 {
@@ -594,7 +607,76 @@ fn dg_fail_disk(
             }
         }
     }
+    next.disks[index].failed = true;
+    next.disks[index].staled = staled;
     move_logs_off(dg, next, disk, NoRoom::Drop)
+}
+
+/// Applies [`Change::DgReattachDisk`] to `next` (a copy of `dg`): the disk is no
+/// longer failed, and each plex its failure made STALE ([`Disk::staled`]) whose
+/// subdisks are all on working disks comes back: ACTIVE when it was its volume's
+/// last ACTIVE plex and the volume still has none (the volume was served nowhere
+/// since, so the plex holds its data), else SYNCING from the volume's ACTIVE plex
+/// (a whole copy). A plex without a source stays STALE, as do the plexes that were
+/// STALE before the failure (the operator's `plex attach` decides about those).
+fn dg_reattach_disk(
+    dg: &DiskGroupConfig,
+    next: &mut DiskGroupConfig,
+    disk: &Disk,
+) -> Result<(), ConfigError> {
+    let index = disk_index(dg, &disk.name)?;
+    let recorded = &dg.disks[index];
+    if !recorded.failed {
+        return Err(ConfigError::Invalid(format!(
+            "disk {} of disk group {} is not recorded failed: nothing to reattach",
+            disk.name, dg.name
+        )));
+    }
+    if recorded.id != disk.id {
+        return Err(ConfigError::Invalid(format!(
+            "disk {} of disk group {} has id {}, not {}",
+            disk.name, dg.name, recorded.id, disk.id
+        )));
+    }
+    next.disks[index].failed = false;
+    let staled = std::mem::take(&mut next.disks[index].staled);
+    let working =
+        |g: &DiskGroupConfig, p: &Plex| p.subdisks.iter().all(|sd| !g.disk_failed(&sd.disk));
+    for vi in 0..next.volumes.len() {
+        let here: Vec<&StaledPlex> = staled
+            .iter()
+            .filter(|sp| {
+                next.volumes[vi].plex(&sp.plex).is_some_and(|p| {
+                    p.state == PlexState::Stale && p.subdisks.iter().any(|sd| sd.disk == disk.name)
+                })
+            })
+            .collect();
+        if here.is_empty() {
+            continue;
+        }
+        let ok: Vec<bool> = next.volumes[vi]
+            .plexes
+            .iter()
+            .map(|p| working(next, p))
+            .collect();
+        let v = next.volume_mut(vi);
+        if v.active_plexes() == 0 {
+            for (p, ok) in v.plexes.iter_mut().zip(&ok) {
+                if *ok && here.iter().any(|sp| sp.last_active && sp.plex == p.name) {
+                    p.state = PlexState::Active;
+                }
+            }
+        }
+        if v.active_plexes() > 0 {
+            for (p, ok) in v.plexes.iter_mut().zip(&ok) {
+                if *ok && p.state == PlexState::Stale && here.iter().any(|sp| sp.plex == p.name) {
+                    p.state = PlexState::Syncing;
+                    p.resync_ranges.clear();
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// What [`move_logs_off`] does with a log copy that no other disk has room for.

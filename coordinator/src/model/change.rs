@@ -56,6 +56,19 @@ pub enum Change {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         force: bool,
     },
+    /// `dg reattach-disk`: a disk recorded failed ([`Change::DgFailDisk`]) is back.
+    /// Every node that takes part must find it (by the id the group records), the
+    /// configuration is written to it again, and the plexes its failure made STALE
+    /// ([`Disk::staled`]) come back: one that was its volume's last ACTIVE plex is
+    /// ACTIVE again while the volume has no other (nothing wrote the volume since),
+    /// the others SYNCING from an ACTIVE plex (a whole copy). Refused when the disk
+    /// is not recorded failed.
+    DgReattachDisk {
+        /// Group.
+        dg: String,
+        /// The group's record of the disk (its id: the one every node must find).
+        disk: Disk,
+    },
     /// `dg destroy`: the group and its volumes are gone; the disks are released.
     /// Refused while a volume is exported unless `force` (which ends the exports);
     /// every node also refuses it while a host session uses a volume (local check).
@@ -290,6 +303,7 @@ impl Change {
             | Change::DgAddDisk { dg, .. }
             | Change::DgRmDisk { dg, .. }
             | Change::DgFailDisk { dg, .. }
+            | Change::DgReattachDisk { dg, .. }
             | Change::DgDestroy { dg, .. }
             | Change::DgDeport { dg, .. }
             | Change::VolCreate { dg, .. }
@@ -317,7 +331,7 @@ impl Change {
     pub fn new_disks(&self) -> Vec<&Disk> {
         match self {
             Change::DgCreate { disks, .. } => disks.iter().collect(),
-            Change::DgAddDisk { disk, .. } => vec![disk],
+            Change::DgAddDisk { disk, .. } | Change::DgReattachDisk { disk, .. } => vec![disk],
             Change::DgImport { config, .. } => config.disks.iter().filter(|d| !d.failed).collect(),
             _ => Vec::new(),
         }
@@ -393,6 +407,7 @@ pub fn describe(change: &Change, after: Option<&DiskGroupConfig>) -> String {
         ),
         Change::DgRmDisk { disk, .. } => format!("disk {disk} removed from disk group {dg}"),
         Change::DgFailDisk { disk, .. } => describe_fail_disk(dg, disk, after),
+        Change::DgReattachDisk { disk, .. } => describe_reattach_disk(dg, &disk.name, after),
         Change::DgDestroy { force, .. } => format!(
             "disk group {dg} destroyed, its disks released{}",
             exports_ended(*force)
@@ -566,9 +581,6 @@ fn describe_placement(v: &Volume) -> String {
     format!("{plexes}{log}")
 }
 
-/// [`describe`] of a change that sized a volume: `headline`, then (when the volume
-/// still exists) after `sep` its size, any rounding of the `asked` size, and its
-/// placement.
 /// `disk d1 of disk group dg1 recorded failed: plex(es) vol1-02 STALE`.
 fn describe_fail_disk(dg: &str, disk: &str, after: Option<&DiskGroupConfig>) -> String {
     let stale: Vec<&str> = after
@@ -594,6 +606,34 @@ fn describe_fail_disk(dg: &str, disk: &str, after: Option<&DiskGroupConfig>) -> 
     line
 }
 
+/// `disk d1 of disk group dg1 reattached; plex(es) cat-01 ACTIVE; plex(es) mir-01
+/// SYNCING (see plexctl task list); plex(es) old-02 STALE`: the state of each plex
+/// on the disk after the change.
+fn describe_reattach_disk(dg: &str, disk: &str, after: Option<&DiskGroupConfig>) -> String {
+    let mut line = format!("disk {disk} of disk group {dg} reattached");
+    for (state, note) in [
+        (PlexState::Active, ""),
+        (PlexState::Syncing, " (see plexctl task list)"),
+        (PlexState::Stale, " (plexctl plex attach to copy them)"),
+        (PlexState::Empty, ""),
+    ] {
+        let plexes: Vec<&str> = after
+            .into_iter()
+            .flat_map(|g| &g.volumes)
+            .flat_map(|v| &v.plexes)
+            .filter(|p| p.state == state && p.subdisks.iter().any(|sd| sd.disk == disk))
+            .map(|p| p.name.as_str())
+            .collect();
+        if !plexes.is_empty() {
+            line += &format!("; plex(es) {} {}{note}", plexes.join(", "), state.as_str());
+        }
+    }
+    line
+}
+
+/// [`describe`] of a change that sized a volume: `headline`, then (when the volume
+/// still exists) after `sep` its size, any rounding of the `asked` size, and its
+/// placement.
 fn describe_sized(headline: String, sep: &str, asked: u64, sized: Option<&Volume>) -> String {
     match sized {
         Some(v) => format!(

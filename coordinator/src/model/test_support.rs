@@ -12,6 +12,7 @@ pub fn disk(name: &str, public_bytes: u64) -> Disk {
         public_offset_bytes: 1 << 20,
         public_len_bytes: public_bytes,
         failed: false,
+        staled: Vec::new(),
     }
 }
 

@@ -1551,3 +1551,117 @@ fn a_log_copy_with_nowhere_to_go_is_dropped_with_the_failed_disk() {
     );
     assert_ne!(kept.log_id, log.log_id);
 }
+
+fn reattach_disk(c: &ClusterConfig, disk: &str) -> Change {
+    Change::DgReattachDisk {
+        dg: "dg1".into(),
+        disk: c.disk_groups[0].disk(disk).unwrap().clone(),
+    }
+}
+
+#[test]
+fn a_reattached_disk_brings_back_a_lost_volumes_plex_active_copies_the_others_and_leaves_older_stale_ones(
+) {
+    let c = cluster(&[("disk01", GIB), ("disk02", GIB)]);
+    let c = create_vol(&c, "cat", 64 << 20, VolumeLayout::Concat).unwrap();
+    let on = plex_disk(&c.disk_groups[0].volume("cat").unwrap().plexes[0]).to_string();
+    let c = with_mirror(&c, "mir", 64 << 20, LogPolicy::Off);
+    let c = with_mirror(&c, "old", 64 << 20, LogPolicy::Off);
+    let plex_on = |c: &ClusterConfig, v: &str| {
+        let v = c.disk_groups[0].volume(v).unwrap();
+        v.plexes
+            .iter()
+            .find(|p| plex_disk(p) == on)
+            .unwrap()
+            .name
+            .clone()
+    };
+    let (mir_on, old_on) = (plex_on(&c, "mir"), plex_on(&c, "old"));
+    // A plex detached before the failure: the reattach leaves it to the operator.
+    let c = c
+        .apply(&Change::PlexDetach {
+            dg: "dg1".into(),
+            plex: old_on.clone(),
+        })
+        .unwrap();
+    let e = c.apply(&reattach_disk(&c, &on)).unwrap_err();
+    assert!(e.to_string().contains("is not recorded failed"), "{e}");
+    let failed = c.apply(&fail_disk(&on, true)).unwrap();
+    let d = failed.disk_groups[0].disk(&on).unwrap();
+    let cat_on = plex_on(&c, "cat");
+    assert_eq!(
+        d.staled,
+        vec![
+            StaledPlex {
+                plex: cat_on.clone(),
+                last_active: true
+            },
+            StaledPlex {
+                plex: mir_on.clone(),
+                last_active: false
+            },
+        ]
+    );
+    // The record is the disk's own: another id is refused.
+    let mut other = reattach_disk(&failed, &on);
+    if let Change::DgReattachDisk { disk, .. } = &mut other {
+        disk.id = "id-elsewhere".into();
+    }
+    let e = failed.apply(&other).unwrap_err();
+    assert!(e.to_string().contains("has id id-"), "{e}");
+    let back = failed.apply(&reattach_disk(&failed, &on)).unwrap();
+    let g = &back.disk_groups[0];
+    let d = g.disk(&on).unwrap();
+    assert!(!d.failed && d.staled.is_empty(), "{d:?}");
+    let state = |v: &str, p: &str| {
+        let p = g.volume(v).unwrap().plex(p).unwrap();
+        (p.state, p.resync_ranges.len())
+    };
+    assert_eq!(state("cat", &cat_on), (PlexState::Active, 0));
+    assert_eq!(
+        state("mir", &mir_on),
+        (PlexState::Syncing, 0),
+        "a whole copy"
+    );
+    assert_eq!(state("old", &old_on), (PlexState::Stale, 0));
+    let line = describe(&reattach_disk(&failed, &on), Some(g));
+    assert!(
+        line.contains(&format!("plex(es) {cat_on} ACTIVE")),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!("plex(es) {mir_on} SYNCING")),
+        "{line}"
+    );
+    assert!(line.contains(&format!("plex(es) {old_on} STALE")), "{line}");
+    // Nothing left of the failure: it can be failed again.
+    back.apply(&fail_disk(&on, true)).unwrap();
+}
+
+#[test]
+fn a_plex_whose_volume_went_on_without_it_is_never_revived_active() {
+    let c = cluster(&[("disk01", GIB), ("disk02", GIB), ("disk03", GIB)]);
+    let c = with_mirror(&c, "mir", 64 << 20, LogPolicy::Off);
+    let v = c.disk_groups[0].volume("mir").unwrap().clone();
+    let (first, second) = (plex_disk(&v.plexes[0]), plex_disk(&v.plexes[1]));
+    // The first disk fails while the other plex goes on taking writes; then the
+    // second fails too, forced: the volume has no ACTIVE plex.
+    let c = c.apply(&fail_disk(first, false)).unwrap();
+    let c = c.apply(&fail_disk(second, true)).unwrap();
+    assert_eq!(c.disk_groups[0].volume("mir").unwrap().active_plexes(), 0);
+    // The first disk back: its plex missed the writes the second took, and there
+    // is no source to copy from: it stays STALE.
+    let c = c.apply(&reattach_disk(&c, first)).unwrap();
+    let mir = c.disk_groups[0].volume("mir").unwrap();
+    assert_eq!(
+        (mir.plexes[0].state, mir.plexes[1].state),
+        (PlexState::Stale, PlexState::Stale)
+    );
+    // The second back: the last ACTIVE plex is ACTIVE again.
+    let c = c.apply(&reattach_disk(&c, second)).unwrap();
+    let mir = c.disk_groups[0].volume("mir").unwrap();
+    assert_eq!(
+        (mir.plexes[0].state, mir.plexes[1].state),
+        (PlexState::Stale, PlexState::Active)
+    );
+}

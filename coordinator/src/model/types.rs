@@ -30,6 +30,23 @@ pub struct Disk {
     /// configuration is written to it, and its plexes are STALE.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub failed: bool,
+    /// While [`Disk::failed`]: the plexes on the disk that the failure made STALE,
+    /// which [`crate::model::Change::DgReattachDisk`] brings back (empty otherwise).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub staled: Vec<StaledPlex>,
+}
+
+/// A plex that [`crate::model::Change::DgFailDisk`] made STALE (it took writes:
+/// ACTIVE or SYNCING), kept on its failed disk's record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StaledPlex {
+    /// Plex name.
+    pub plex: String,
+    /// It was ACTIVE and the failure left its volume without an ACTIVE plex: the
+    /// volume was served on no node since (nothing could write it), so the plex
+    /// still holds the volume's data and a reattach makes it ACTIVE again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub last_active: bool,
 }
 
 /// A disk group's whole configuration: what the private region's slots store.

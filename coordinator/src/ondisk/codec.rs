@@ -7,8 +7,8 @@ use plexd_proto::ondisk_capnp as wire;
 
 use crate::model::{
     DetachPolicy, Disk, DiskGroupConfig, Export, ExportProtocol, LogCopy, OpenNode, Plex,
-    PlexLayout, PlexState, PrState, ReadPolicy, Subdisk, Volume, VolumeLog, VolumeState,
-    MAX_LOG_COPIES, MAX_OPEN_NODES,
+    PlexLayout, PlexState, PrState, ReadPolicy, StaledPlex, Subdisk, Volume, VolumeLog,
+    VolumeState, MAX_LOG_COPIES, MAX_OPEN_NODES,
 };
 use plexd_target_api::scsi::pr::{Nexus, PrChange, Registration, Reservation, MAX_REGISTRATIONS};
 
@@ -96,6 +96,14 @@ pub fn write_disk(d: &Disk, mut b: wire::disk::Builder<'_>) {
     b.set_public_offset_bytes(d.public_offset_bytes);
     b.set_public_len_bytes(d.public_len_bytes);
     b.set_failed(d.failed);
+    if !d.staled.is_empty() {
+        let mut list = b.init_staled(len_u32(d.staled.len()));
+        for (i, p) in (0..).zip(&d.staled) {
+            let mut e = list.reborrow().get(i);
+            e.set_plex(p.plex.as_str());
+            e.set_last_active(p.last_active);
+        }
+    }
 }
 
 /// Reads a disk record.
@@ -108,6 +116,16 @@ pub fn read_disk(d: wire::disk::Reader<'_>) -> capnp::Result<Disk> {
         public_offset_bytes: d.get_public_offset_bytes(),
         public_len_bytes: d.get_public_len_bytes(),
         failed: d.get_failed(),
+        staled: d
+            .get_staled()?
+            .iter()
+            .map(|p| {
+                Ok(StaledPlex {
+                    plex: text(p.get_plex())?,
+                    last_active: p.get_last_active(),
+                })
+            })
+            .collect::<capnp::Result<_>>()?,
     })
 }
 

@@ -843,6 +843,7 @@ impl Label {
             public_offset_bytes: self.public_offset_bytes,
             public_len_bytes: self.public_len_bytes,
             failed: false,
+            staled: Vec::new(),
         }
     }
 }
