@@ -440,6 +440,84 @@ fn a_disk_recorded_failed_while_the_cluster_runs_lets_a_node_without_it_rejoin()
     c.check_invariants();
 }
 
+/// A disk recorded failed comes back (`dg reattach-disk`). d1 holds `cat` alone and
+/// one plex of `mir`; c restarts without d1 and the operator records it failed
+/// (forced: cat goes with it) so that c can join; mir takes writes its plex on d1
+/// misses. The reattach is refused while c does not find d1, naming c; with d1
+/// back on c it brings cat back ACTIVE with its data (nothing wrote cat since) and
+/// copies mir's plex on d1 from the other: read from that plex alone, mir has the
+/// writes it missed.
+#[test]
+fn a_failed_disk_that_comes_back_is_reattached_with_its_lost_volume_and_its_mirror_copied() {
+    let mut c = Cluster::start(3, ClusterOpts::default());
+    c.ctl_ok(0, "dg create dg1 d1 --shared");
+    c.ctl_ok(0, "vol create dg1 cat 8M --layout concat");
+    c.ctl_ok(0, "dg add-disk dg1 d0");
+    c.ctl_ok(0, "vol create dg1 mir 16M --layout mirror");
+    c.write_pattern(0, "dg1", "cat", 0, 1 << 20);
+    c.write_pattern(0, "dg1", "mir", 0, 1 << 20);
+    let (cat_on_d1, _) = c.plex_on(0, "dg1", "cat", "d1");
+    let (mir_on_d1, _) = c.plex_on(0, "dg1", "mir", "d1");
+    let (mir_on_d0, _) = c.plex_on(0, "dg1", "mir", "d0");
+    c.kill_node(2);
+    start_without_disks(&mut c, &[2], &[1]);
+    wait_until(
+        "c to refuse to join without d1",
+        Duration::from_secs(20),
+        || {
+            let status = c.try_ctl_json(0, "cluster status")?;
+            match node_reason(&status, "c") {
+                Some(r) if r.contains("cannot find disk d1 on node c") => Ok(()),
+                r => Err(format!("{r:?}")),
+            }
+        },
+    );
+    c.ctl_ok(1, "dg fail-disk dg1 d1 --force");
+    c.wait_all_joined();
+    // Writes the plex on d1 misses (the first overwrites the pattern at 0).
+    c.write_pattern(1, "dg1", "mir", 0, 1 << 20);
+    c.write_pattern(2, "dg1", "mir", 8 << 20, 1 << 20);
+    let e = c.ctl_err(0, "dg reattach-disk dg1 d1");
+    assert!(
+        e.contains("node c") && e.contains("cannot find disk d1"),
+        "{e}"
+    );
+    assert_eq!(
+        c.plex_on(0, "dg1", "cat", "d1").1,
+        "STALE",
+        "refused: nothing changed"
+    );
+    c.kill_node(2);
+    c.set_hidden_disks(2, &[]);
+    c.restart_node(2);
+    c.wait_all_joined();
+    let out = c.ctl_ok(0, "dg reattach-disk dg1 d1");
+    assert!(
+        out.contains("disk d1 of disk group dg1 reattached")
+            && out.contains(&format!("plex(es) {cat_on_d1} ACTIVE"))
+            && out.contains(&format!("plex(es) {mir_on_d1} SYNCING")),
+        "{out}"
+    );
+    wait_until(
+        "mir's plex on d1 to be copied",
+        Duration::from_secs(60),
+        || match c.plex_on(0, "dg1", "mir", "d1").1.as_str() {
+            "ACTIVE" => Ok(()),
+            s => Err(s.to_string()),
+        },
+    );
+    for i in 0..3 {
+        c.wait_served(i, "dg1", "cat");
+    }
+    c.verify_patterns_on(&[0, 1, 2])
+        .expect("cat's data from before the failure, mir's newest");
+    // The copy reached d1: mir read from that plex alone has what it missed.
+    c.ctl_ok(0, &format!("plex detach dg1 {mir_on_d0}"));
+    c.verify_patterns_on(&[0, 1, 2])
+        .expect("mir from its plex on d1 alone");
+    c.check_invariants();
+}
+
 /// A private group's disk gone for good (its node restarts without it): the mirror
 /// that uses it is not served until the owner records the disk failed; then it is,
 /// from its other plex, with its data.
