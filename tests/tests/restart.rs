@@ -544,4 +544,30 @@ fn a_private_groups_dead_disk_recorded_failed_serves_its_mirror_from_the_other_p
     c.wait_served(1, "dg2", "mirrored");
     pattern.verify(&c.kernel(1)).expect("mirrored's data on b");
     assert_eq!(c.plex_on(1, "dg2", "mirrored", "d3").1, "STALE");
+    // It comes back after all: refused until b finds it, then copied.
+    let e = c.ctl_err(1, "dg reattach-disk dg2 d3");
+    assert!(
+        e.contains("node b") && e.contains("cannot find disk d3"),
+        "{e}"
+    );
+    let newer = c.write_pattern(1, "dg2", "mirrored", 0, 1 << 20);
+    c.kill_node(1);
+    c.set_hidden_disks(1, &[]);
+    c.restart_node(1);
+    c.wait_all_joined();
+    let out = c.ctl_ok(1, "dg reattach-disk dg2 d3");
+    assert!(out.contains("SYNCING"), "{out}");
+    wait_until(
+        "mirrored's plex on d3 to be copied",
+        Duration::from_secs(60),
+        || match c.plex_on(1, "dg2", "mirrored", "d3").1.as_str() {
+            "ACTIVE" => Ok(()),
+            s => Err(s.to_string()),
+        },
+    );
+    let (other, _) = c.plex_on(1, "dg2", "mirrored", "d2");
+    c.ctl_ok(1, &format!("plex detach dg2 {other}"));
+    newer
+        .verify(&c.kernel(1))
+        .expect("mirrored from its plex on d3 alone");
 }
