@@ -2728,6 +2728,24 @@ fn under_corosync_the_status_line_says_what_holds_now() {
         l.starts_with("node c: no quorum: corosync: not running (since 1."),
         "{l}"
     );
+    // Asked to give a disk up meanwhile, c holds the word and says so after the
+    // reason, which it gives once.
+    let tag = sim.tag();
+    sim.submit(
+        C,
+        ToyChange::FailDisk {
+            tag,
+            name: "dg1".into(),
+        },
+    )
+    .expect("c is up");
+    let l = status_line(&sim, C);
+    assert!(
+        l.starts_with("node c: no quorum: corosync: not running (since 1.")
+            && l.contains(" s); holding the change that gives disk(s) dg1-disk up")
+            && l.matches("not running").count() == 1,
+        "{l}"
+    );
     let l = status_line(&sim, A);
     assert!(l.ends_with("with 2 nodes; corosync: 2 of 3 nodes"), "{l}");
     // Back, c is a member again and its line no longer names the failure.
@@ -2884,6 +2902,10 @@ fn a_disk_given_up_at_the_forming_node_outlives_its_abdications_and_lets_the_oth
         line.contains("holding the change that gives disk(s) dg1-disk up"),
         "{line}"
     );
+    // Each part once: the reason, the held word, the last failure (when another).
+    let parts: Vec<&str> = line.split("; ").collect();
+    let unique: std::collections::BTreeSet<&str> = parts.iter().copied().collect();
+    assert_eq!(unique.len(), parts.len(), "a part said twice: {line}");
     assert!(sim.run_until(20_000, |s| s.core(A).unwrap().role() == Role::Master));
     let line = sim.core(A).unwrap().status_line(sim.now_ms());
     assert!(

@@ -11,8 +11,8 @@
 //!   corosync: not running ...`), else `not a member (joining); ` and what its
 //!   monitor says; `holding the change that gives disk(s) d1 up ...` while it holds
 //!   one (`core::given_up`); then its last failure with its age, `last failure 4.2 s ago:
-//!   cannot find disk d1 on node c`, if there was one (once, when it is the reason
-//!   already given).
+//!   cannot find disk d1 on node c`, if there was one (once: when it is the reason
+//!   already given, only its age, `(since 4.2 s)`, right after that reason).
 //!
 //! A failure once reported stays in the line of a node that is out, with its age, so
 //! an operator sees both the state and the last thing that went wrong; a member's
@@ -69,16 +69,20 @@ impl<M: ConfigModel> Node<M> {
                 self.quorum_line(now_ms)
             ),
         };
+        // A last failure that is the reason given is said once, with its age,
+        // before the held word (compared with the reason alone).
+        let last = self.last_reason.as_ref().map(|r| {
+            let ago = format_age(now_ms.saturating_sub(self.last_reason_ms));
+            (r, ago, line == *r)
+        });
+        if let Some((_, ago, true)) = &last {
+            line.push_str(&format!(" (since {ago})"));
+        }
         if let Some(word) = self.given_up_status(now_ms) {
             line.push_str(&format!("; {word}"));
         }
-        if let Some(r) = &self.last_reason {
-            let ago = format_age(now_ms.saturating_sub(self.last_reason_ms));
-            if line == *r {
-                line.push_str(&format!(" (since {ago})"));
-            } else {
-                line.push_str(&format!("; last failure {ago} ago: {r}"));
-            }
+        if let Some((r, ago, false)) = &last {
+            line.push_str(&format!("; last failure {ago} ago: {r}"));
         }
         truncate_reason(line)
     }
