@@ -166,6 +166,37 @@ fn start_without_disks(c: &mut Cluster, nodes: &[usize], disks: &[usize]) {
     }
 }
 
+/// Restarts node c without disk d1 and waits until it is refused for it (a's
+/// `cluster status` gives c's reason).
+fn restart_c_without_d1(c: &mut Cluster) {
+    c.kill_node(2);
+    start_without_disks(c, &[2], &[1]);
+    wait_until(
+        "c to refuse to join without d1",
+        Duration::from_secs(20),
+        || {
+            let status = c.try_ctl_json(0, "cluster status")?;
+            match node_reason(&status, "c") {
+                Some(r) if r.contains("cannot find disk d1 on node c") => Ok(()),
+                r => Err(format!("{r:?}")),
+            }
+        },
+    );
+}
+
+/// Waits until volume `vol`'s plex on `disk` is ACTIVE, as node `i` shows it (a
+/// resync done).
+fn wait_plex_active(c: &Cluster, i: usize, dg: &str, vol: &str, disk: &str) {
+    wait_until(
+        &format!("{vol}'s plex on {disk} to be ACTIVE"),
+        Duration::from_secs(60),
+        || match c.plex_on(i, dg, vol, disk).1.as_str() {
+            "ACTIVE" => Ok(()),
+            s => Err(s.to_string()),
+        },
+    );
+}
+
 /// Waits until nodes b and c both report a reason (their last join failure, as
 /// node a's `cluster status` shows it) that contains `reason(node)`.
 fn wait_b_and_c_refuse(c: &Cluster, what: &str, reason: impl Fn(&str) -> String) {
@@ -407,19 +438,7 @@ fn a_shared_disk_gone_for_good_is_recorded_failed_and_the_cluster_goes_on_withou
 fn a_disk_recorded_failed_while_the_cluster_runs_lets_a_node_without_it_rejoin() {
     let mut c = Cluster::start(3, ClusterOpts::default());
     c.shared_mirror(0, "dg1", "vol1", "16M");
-    c.kill_node(2);
-    start_without_disks(&mut c, &[2], &[1]);
-    wait_until(
-        "c to refuse to join without d1",
-        Duration::from_secs(20),
-        || {
-            let status = c.try_ctl_json(0, "cluster status")?;
-            match node_reason(&status, "c") {
-                Some(r) if r.contains("cannot find disk d1 on node c") => Ok(()),
-                r => Err(format!("{r:?}")),
-            }
-        },
-    );
+    restart_c_without_d1(&mut c);
     let out = c.ctl_ok(1, "dg fail-disk dg1 d1");
     assert!(out.contains("recorded failed"), "{out}");
     // A node that still finds the disk lists it as failed.
@@ -459,19 +478,7 @@ fn a_failed_disk_that_comes_back_is_reattached_with_its_lost_volume_and_its_mirr
     let (cat_on_d1, _) = c.plex_on(0, "dg1", "cat", "d1");
     let (mir_on_d1, _) = c.plex_on(0, "dg1", "mir", "d1");
     let (mir_on_d0, _) = c.plex_on(0, "dg1", "mir", "d0");
-    c.kill_node(2);
-    start_without_disks(&mut c, &[2], &[1]);
-    wait_until(
-        "c to refuse to join without d1",
-        Duration::from_secs(20),
-        || {
-            let status = c.try_ctl_json(0, "cluster status")?;
-            match node_reason(&status, "c") {
-                Some(r) if r.contains("cannot find disk d1 on node c") => Ok(()),
-                r => Err(format!("{r:?}")),
-            }
-        },
-    );
+    restart_c_without_d1(&mut c);
     c.ctl_ok(1, "dg fail-disk dg1 d1 --force");
     c.wait_all_joined();
     // Writes the plex on d1 misses (the first overwrites the pattern at 0).
@@ -498,14 +505,7 @@ fn a_failed_disk_that_comes_back_is_reattached_with_its_lost_volume_and_its_mirr
             && out.contains(&format!("plex(es) {mir_on_d1} SYNCING")),
         "{out}"
     );
-    wait_until(
-        "mir's plex on d1 to be copied",
-        Duration::from_secs(60),
-        || match c.plex_on(0, "dg1", "mir", "d1").1.as_str() {
-            "ACTIVE" => Ok(()),
-            s => Err(s.to_string()),
-        },
-    );
+    wait_plex_active(&c, 0, "dg1", "mir", "d1");
     for i in 0..3 {
         c.wait_served(i, "dg1", "cat");
     }
@@ -557,14 +557,7 @@ fn a_private_groups_dead_disk_recorded_failed_serves_its_mirror_from_the_other_p
     c.wait_all_joined();
     let out = c.ctl_ok(1, "dg reattach-disk dg2 d3");
     assert!(out.contains("SYNCING"), "{out}");
-    wait_until(
-        "mirrored's plex on d3 to be copied",
-        Duration::from_secs(60),
-        || match c.plex_on(1, "dg2", "mirrored", "d3").1.as_str() {
-            "ACTIVE" => Ok(()),
-            s => Err(s.to_string()),
-        },
-    );
+    wait_plex_active(&c, 1, "dg2", "mirrored", "d3");
     let (other, _) = c.plex_on(1, "dg2", "mirrored", "d2");
     c.ctl_ok(1, &format!("plex detach dg2 {other}"));
     newer
