@@ -618,7 +618,9 @@ fn dg_fail_disk(
 /// last ACTIVE plex and the volume still has none (the volume was served nowhere
 /// since, so the plex holds its data), else SYNCING from the volume's ACTIVE plex
 /// (a whole copy). A plex without a source stays STALE, as do the plexes that were
-/// STALE before the failure (the operator's `plex attach` decides about those).
+/// STALE before the failure (the operator's `plex attach` decides about those). A
+/// plex with a subdisk on another disk still recorded failed stays STALE, and its
+/// entry moves to that disk's record: it comes back with that disk.
 fn dg_reattach_disk(
     dg: &DiskGroupConfig,
     next: &mut DiskGroupConfig,
@@ -659,6 +661,22 @@ fn dg_reattach_disk(
             .iter()
             .map(|p| working(next, p))
             .collect();
+        let waiting: Vec<(String, StaledPlex)> = next.volumes[vi]
+            .plexes
+            .iter()
+            .zip(&ok)
+            .filter(|(_, ok)| !**ok)
+            .filter_map(|(p, _)| {
+                let sp = here.iter().find(|sp| sp.plex == p.name)?;
+                let other = p.subdisks.iter().find(|sd| next.disk_failed(&sd.disk))?;
+                Some((other.disk.clone(), (*sp).clone()))
+            })
+            .collect();
+        for (other, sp) in waiting {
+            if let Some(d) = next.disks.iter_mut().find(|d| d.name == other) {
+                d.staled.push(sp);
+            }
+        }
         let v = next.volume_mut(vi);
         if v.active_plexes() == 0 {
             for (p, ok) in v.plexes.iter_mut().zip(&ok) {

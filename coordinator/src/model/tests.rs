@@ -1665,3 +1665,35 @@ fn a_plex_whose_volume_went_on_without_it_is_never_revived_active() {
         (PlexState::Stale, PlexState::Active)
     );
 }
+
+#[test]
+fn a_plex_across_two_failed_disks_comes_back_with_the_second() {
+    let c = cluster(&[
+        ("disk01", 64 << 20),
+        ("disk02", 64 << 20),
+        ("disk03", 64 << 20),
+    ]);
+    let c = create_vol(&c, "wide", 100 << 20, VolumeLayout::Concat).unwrap();
+    let plex = c.disk_groups[0].volume("wide").unwrap().plexes[0].clone();
+    let disks: Vec<String> = plex.disks().into_iter().map(str::to_string).collect();
+    assert_eq!(disks.len(), 2, "{plex:?}");
+    let c = c.apply(&fail_disk(&disks[0], true)).unwrap();
+    let c = c.apply(&fail_disk(&disks[1], true)).unwrap();
+    // The first disk back: the plex still has a subdisk on the second, failed.
+    let c = c.apply(&reattach_disk(&c, &disks[0])).unwrap();
+    let g = &c.disk_groups[0];
+    assert_eq!(g.volume("wide").unwrap().plexes[0].state, PlexState::Stale);
+    assert_eq!(
+        g.disk(&disks[1]).unwrap().staled,
+        vec![StaledPlex {
+            plex: plex.name.clone(),
+            last_active: true
+        }],
+        "the plex waits for the second disk"
+    );
+    let c = c.apply(&reattach_disk(&c, &disks[1])).unwrap();
+    assert_eq!(
+        c.disk_groups[0].volume("wide").unwrap().plexes[0].state,
+        PlexState::Active
+    );
+}

@@ -469,6 +469,12 @@ impl DiskGroupConfig {
                     d.name
                 ));
             }
+            if !d.failed && !d.staled.is_empty() {
+                return self.invalid(format!(
+                    "disk {}: plexes its failure made STALE, but it is not recorded failed",
+                    d.name
+                ));
+            }
         }
         Ok(())
     }
