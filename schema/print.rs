@@ -3,7 +3,8 @@
 //! with them; a node renders the same for the answer's older `json`/`text` fields.
 //!
 //! JSON shape (docs/OPERATIONS.md): `{"disk_groups": [{"name", "id", "shared", "seq",
-//! "owner", "detach_policy", "disks": [{"name", "id", "path", "size", "public_offset", "public_len", "failed" (only when true)}],
+//! "owner", "detach_policy", "disks": [{"name", "id", "path", "size", "public_offset", "public_len", "failed" (only when true), "staled": [{"plex", "last_active"}] (a failed
+//! disk's plexes that `dg reattach-disk` brings back; only when any)}],
 //! "volumes": [{"name", "size", "state", "read_policy", "plexes": [{"name", "state",
 //! "layout", "columns", "stripe_unit", "subdisks": [{"name", "disk", "disk_offset",
 //! "len", "column", "plex_offset"}], "resync": {"ranges", "bytes", "list"}}],
@@ -110,6 +111,17 @@ pub fn json(c: printed_config::Reader<'_>) -> capnp::Result<Value> {
             });
             if d.get_failed() {
                 disk["failed"] = json!(true);
+            }
+            let staled = d.get_staled()?;
+            if !staled.is_empty() {
+                let mut list = Vec::new();
+                for sp in staled {
+                    list.push(json!({
+                        "plex": text(sp.get_plex())?,
+                        "last_active": sp.get_last_active(),
+                    }));
+                }
+                disk["staled"] = json!(list);
             }
             disks.push(disk);
         }

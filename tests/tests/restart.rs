@@ -481,6 +481,20 @@ fn a_failed_disk_that_comes_back_is_reattached_with_its_lost_volume_and_its_mirr
     restart_c_without_d1(&mut c);
     c.ctl_ok(1, "dg fail-disk dg1 d1 --force");
     c.wait_all_joined();
+    let print = c.print(2);
+    let d1 = plexd_tests::group(&print, "dg1").expect("dg1")["disks"]
+        .as_array()
+        .and_then(|l| l.iter().find(|d| d["name"] == "d1"))
+        .cloned()
+        .expect("d1");
+    assert_eq!(
+        d1["staled"],
+        serde_json::json!([
+            {"plex": cat_on_d1, "last_active": true},
+            {"plex": mir_on_d1, "last_active": false},
+        ]),
+        "what a reattach brings back: {d1}"
+    );
     // Writes the plex on d1 misses (the first overwrites the pattern at 0).
     c.write_pattern(1, "dg1", "mir", 0, 1 << 20);
     c.write_pattern(2, "dg1", "mir", 8 << 20, 1 << 20);
