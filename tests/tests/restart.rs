@@ -411,6 +411,14 @@ fn a_shared_disk_gone_for_good_is_recorded_failed_and_the_cluster_goes_on_withou
     // New space never comes from the failed disk.
     c.ctl_ok(2, "vol create dg1 fresh 8M --layout concat");
     c.plex_on(0, "dg1", "fresh", "d0");
+    // The degraded mirror grows (its plex on d1 keeps the room it will need, and
+    // nothing is written to d1); the volume that has no ACTIVE plex does not.
+    c.ctl_ok(1, "vol grow dg1 mir 24M");
+    let e = c.ctl_err(0, "vol grow dg1 cat 16M");
+    assert!(
+        e.contains("volume cat") && e.contains("no ACTIVE plex"),
+        "{e}"
+    );
     // A full restart with d1 still gone needs no word: nobody is asked for it.
     c.kill_all();
     c.restart_all();

@@ -83,7 +83,8 @@ fn free_between(
         .iter()
         .map(|d| {
             if d.failed {
-                // Recorded failed: nothing is allocated on it.
+                // Recorded failed: nothing new is placed on it (a grow in place
+                // may still extend a STALE plex's subdisk there: `grow_volume`).
                 return (d.name.clone(), Vec::new());
             }
             let start = align_up(d.public_offset_bytes);

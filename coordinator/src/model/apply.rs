@@ -851,6 +851,14 @@ fn vol_resize(
     grow: bool,
 ) -> Result<(), ConfigError> {
     let vi = dg.volume_index(volume)?;
+    if dg.volumes[vi].active_plexes() == 0 {
+        // Only a forced `dg fail-disk` leaves a volume so; a reattach may bring its
+        // plex back ACTIVE as it was (never zeroed or copied since).
+        return Err(ConfigError::Invalid(format!(
+            "volume {volume} of disk group {} has no ACTIVE plex: it is served on no node and its size does not change until it has one (dg reattach-disk brings its disk back; vol rm removes it)",
+            dg.name
+        )));
+    }
     let size = checked_volume_size(volume, new_size_bytes)?;
     let current = dg.volumes[vi].size_bytes;
     if (grow && size <= current) || (!grow && size >= current) {

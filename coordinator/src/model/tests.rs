@@ -1697,3 +1697,44 @@ fn a_plex_across_two_failed_disks_comes_back_with_the_second() {
         PlexState::Active
     );
 }
+
+#[test]
+fn a_degraded_mirror_grows_without_touching_its_failed_disk_and_a_lost_volume_does_not() {
+    let c = cluster(&[("disk01", GIB), ("disk02", GIB)]);
+    let c = create_vol(&c, "cat", 64 << 20, VolumeLayout::Concat).unwrap();
+    let on = plex_disk(&c.disk_groups[0].volume("cat").unwrap().plexes[0]).to_string();
+    let c = with_mirror(&c, "mir", 64 << 20, LogPolicy::Off);
+    let c = c.apply(&fail_disk(&on, true)).unwrap();
+    let grow = |volume: &str| Change::VolGrow {
+        dg: "dg1".into(),
+        volume: volume.into(),
+        new_size_bytes: 128 << 20,
+    };
+    let grown = c.apply(&grow("mir")).unwrap();
+    let g = &grown.disk_groups[0];
+    let mir = g.volume("mir").unwrap();
+    // The STALE plex keeps the room it needs on the failed disk (in place); only
+    // the working disk's new space is to be zeroed.
+    let stale = mir.plexes.iter().find(|p| plex_disk(p) == on).unwrap();
+    assert_eq!(stale.state, PlexState::Stale);
+    assert_eq!(
+        stale.subdisks.iter().map(|sd| sd.len_bytes).sum::<u64>(),
+        128 << 20
+    );
+    let space = new_data_space(&grow("mir"), Some(&c.disk_groups[0]), g).expect("new space");
+    assert!(!space.extents.is_empty());
+    assert!(space.extents.iter().all(|e| e.disk != on), "{space:?}");
+    // A volume with no ACTIVE plex keeps its size.
+    for change in [
+        grow("cat"),
+        Change::VolShrink {
+            dg: "dg1".into(),
+            volume: "cat".into(),
+            new_size_bytes: 32 << 20,
+            force: true,
+        },
+    ] {
+        let e = c.apply(&change).unwrap_err();
+        assert!(e.to_string().contains("has no ACTIVE plex"), "{e}");
+    }
+}
