@@ -111,16 +111,11 @@ fn dg_change(cmd: &DgCmd) -> Result<Option<ChangeBuilder>, Failure> {
         DgCmd::AddDisk { dg, disk }
         | DgCmd::RmDisk { dg, disk }
         | DgCmd::ReattachDisk { dg, disk } => {
-            let kind = match cmd {
-                DgCmd::AddDisk { .. } => 0,
-                DgCmd::RmDisk { .. } => 1,
-                _ => 2,
-            };
-            let (dg, disk) = (dg.clone(), disk.clone());
+            let (dg, disk, cmd) = (dg.clone(), disk.clone(), cmd.clone());
             Box::new(move |b| {
-                let mut x = match kind {
-                    0 => b.init_dg_add_disk(),
-                    1 => b.init_dg_rm_disk(),
+                let mut x = match cmd {
+                    DgCmd::AddDisk { .. } => b.init_dg_add_disk(),
+                    DgCmd::RmDisk { .. } => b.init_dg_rm_disk(),
                     _ => b.init_dg_reattach_disk(),
                 };
                 x.set_dg(dg.as_str());

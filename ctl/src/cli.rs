@@ -118,7 +118,7 @@ pub(crate) enum DiskCmd {
     List,
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand, Debug, Clone)]
 pub(crate) enum DgCmd {
     /// Creates a disk group from initialised disks. Example: dg create dg1 d1 d2 --shared
     Create {
