@@ -2929,4 +2929,40 @@ fn a_disk_given_up_at_the_forming_node_outlives_its_abdications_and_lets_the_oth
     sim.crash(C);
     sim.start(C);
     settle(&mut sim, &[A, B, C]);
+    // The disk back (`dg reattach-disk`): refused while a member (c) cannot reach
+    // it, naming c; once every member can, it commits, and a joiner that cannot
+    // reach the disk is refused again.
+    sim.set_disk_access_broken(B, false);
+    let reattach = |sim: &mut Sim| {
+        let tag = sim.tag();
+        let r = sim.submit(
+            B,
+            ToyChange::ReattachDisk {
+                tag,
+                name: "dg1".into(),
+            },
+        );
+        answer(sim, B, r)
+    };
+    let e = reattach(&mut sim).expect_err("c cannot reach the disk");
+    assert!(e.contains("cannot find disk dg1-disk on node c"), "{e}");
+    sim.set_disk_access_broken(C, false);
+    assert_eq!(reattach(&mut sim), Ok(()));
+    settle(&mut sim, &[A, B, C]);
+    for id in [A, B, C] {
+        assert!(!sim.core(id).unwrap().config().groups["dg1"].disk_failed);
+    }
+    sim.set_disk_access_broken(C, true);
+    sim.crash(C);
+    sim.start(C);
+    let refused = sim.run_until(10_000, |s| {
+        s.core(C).unwrap().status().last_reason.as_deref()
+            == Some("cannot find disk dg1-disk on node c")
+    });
+    assert!(
+        refused,
+        "c is asked for the disk again:\n{}",
+        sim.trace_text()
+    );
+    assert_eq!(sim.violation(), None);
 }

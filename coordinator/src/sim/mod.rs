@@ -1201,6 +1201,7 @@ impl Sim {
             | ToyChange::Destroy { tag, .. }
             | ToyChange::MoveLog { tag, .. }
             | ToyChange::FailDisk { tag, .. }
+            | ToyChange::ReattachDisk { tag, .. }
             | ToyChange::Attach { tag, .. } => Some(*tag),
             ToyChange::Detach { .. }
             | ToyChange::SetActive { .. }
@@ -2051,6 +2052,15 @@ impl Sim {
                                 || private.groups.contains_key(dg) =>
                         {
                             Some(format!("disk group {dg} exists as a private disk group"))
+                        }
+                        // Every node that takes part must find the disk it brings back.
+                        ToyChange::ReattachDisk { name: dg, .. }
+                            if self.node(id).disk_access_broken =>
+                        {
+                            Some(format!(
+                                "cannot find disk {dg}-disk on node {}",
+                                Sim::name(id)
+                            ))
                         }
                         _ => None,
                     };

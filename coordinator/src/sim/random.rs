@@ -115,8 +115,8 @@ fn run(seed: u64, steps: u64, trace: bool) -> Result<RunStats, String> {
         .min(1000);
     let mut stall_rng = StdRng::seed_from_u64(seed ^ 0x57a1);
     // Now and then a node is told a group's disk is gone for good (`dg fail-disk`:
-    // held across its abdications, its offers leave the disk out), from a
-    // generator of its own.
+    // held across its abdications, its offers leave the disk out) or back (`dg
+    // reattach-disk`), from a generator of its own.
     let mut given_up_rng = StdRng::seed_from_u64(seed ^ 0x9b0d);
     let mut stalled: Vec<(u64, NodeId, Stall)> = Vec::new();
     let mut cfg = SimConfig::new(nodes, seed);
@@ -331,7 +331,8 @@ fn inject_private(sim: &mut Sim, rng: &mut StdRng) {
 /// In [`GIVE_UP_PER_MILLE`] of 1,000 steps: a random up node is asked to record a
 /// random group's disk failed (`ToyChange::FailDisk`), whatever its role: a member
 /// queues or forwards it, a forming master holds it across abdications, others
-/// refuse it.
+/// refuse it; or, half the time, to bring it back (`ToyChange::ReattachDisk`: every
+/// member's local check must reach the disk).
 fn inject_given_up(sim: &mut Sim, rng: &mut StdRng) {
     if !rng.gen_bool(f64::from(GIVE_UP_PER_MILLE) / 1000.0) {
         return;
@@ -343,7 +344,11 @@ fn inject_given_up(sim: &mut Sim, rng: &mut StdRng) {
     let id = up[rng.gen_range(0..up.len())];
     let name = NAMES[rng.gen_range(0..NAMES.len())].to_string();
     let tag = sim.tag();
-    sim.submit(id, ToyChange::FailDisk { tag, name });
+    if rng.gen_bool(0.5) {
+        sim.submit(id, ToyChange::FailDisk { tag, name });
+    } else {
+        sim.submit(id, ToyChange::ReattachDisk { tag, name });
+    }
 }
 
 /// Steps in 1,000 that ask a node to record a disk failed ([`inject_given_up`]).

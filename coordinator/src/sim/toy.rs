@@ -82,6 +82,14 @@ pub enum ToyChange {
         /// Group name (its disk is `<name>-disk`).
         name: String,
     },
+    /// The group's failed disk is back (`dg reattach-disk`): joiners are asked for
+    /// it again, and every node that takes part must find it (the local check).
+    ReattachDisk {
+        /// Unique tag.
+        tag: u64,
+        /// Group name (its disk is `<name>-disk`).
+        name: String,
+    },
     /// The volume's dirty region log moves (`dg rm-disk` of its disk): a new log
     /// id (the tag), so every data plane starts a fresh section.
     MoveLog {
@@ -208,6 +216,17 @@ impl ToyConfig {
                     return Err(format!("disk {name}-disk is already recorded failed"));
                 }
                 group.disk_failed = true;
+                next.history.push(*tag);
+            }
+            ToyChange::ReattachDisk { tag, name } => {
+                let group = next
+                    .groups
+                    .get_mut(name)
+                    .ok_or_else(|| format!("no disk group {name}"))?;
+                if !group.disk_failed {
+                    return Err(format!("disk {name}-disk is not recorded failed"));
+                }
+                group.disk_failed = false;
                 next.history.push(*tag);
             }
             ToyChange::MoveLog { tag, name } => {
@@ -408,7 +427,8 @@ impl ConfigModel for ToyConfig {
             | ToyChange::Recover { .. } => false,
             ToyChange::Destroy { name, .. }
             | ToyChange::MoveLog { name, .. }
-            | ToyChange::FailDisk { name, .. } => private.groups.contains_key(name),
+            | ToyChange::FailDisk { name, .. }
+            | ToyChange::ReattachDisk { name, .. } => private.groups.contains_key(name),
             ToyChange::Attach { volume, .. }
             | ToyChange::SetActive { volume, .. }
             | ToyChange::Detach { volume, .. } => private.groups.contains_key(volume),
