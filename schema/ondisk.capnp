@@ -46,7 +46,7 @@ struct Disk {
   publicOffsetBytes @4 :UInt64;
   publicLenBytes @5 :UInt64;
   failed @6 :Bool;              # recorded failed (`plexctl dg fail-disk`): no node needs
-                                # to find it, nothing new is placed or written on it, and
+                                # to find it, nothing is allocated or written on it, and
                                 # its plexes are STALE (docs/OPERATIONS.md)
   staled @7 :List(StaledPlex);  # while failed: the plexes on it that the failure made
                                 # STALE (what `plexctl dg reattach-disk` brings back)

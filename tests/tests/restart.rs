@@ -411,9 +411,14 @@ fn a_shared_disk_gone_for_good_is_recorded_failed_and_the_cluster_goes_on_withou
     // New space never comes from the failed disk.
     c.ctl_ok(2, "vol create dg1 fresh 8M --layout concat");
     c.plex_on(0, "dg1", "fresh", "d0");
-    // The degraded mirror grows (its plex on d1 keeps the room it will need, and
-    // nothing is written to d1); the volume that has no ACTIVE plex does not.
-    c.ctl_ok(1, "vol grow dg1 mir 24M");
+    // The degraded mirror cannot grow in a group of two disks (its plex on d1 could
+    // only grow on d1), and the answer says how to go on; the volume that has no
+    // ACTIVE plex never changes size.
+    let e = c.ctl_err(1, "vol grow dg1 mir 24M");
+    assert!(
+        e.contains("its disk d1 is recorded failed: `plex rm` the plex"),
+        "{e}"
+    );
     let e = c.ctl_err(0, "vol grow dg1 cat 16M");
     assert!(
         e.contains("volume cat") && e.contains("no ACTIVE plex"),
@@ -428,6 +433,7 @@ fn a_shared_disk_gone_for_good_is_recorded_failed_and_the_cluster_goes_on_withou
     let e = c.ctl_err(0, "dg rm-disk dg1 d1");
     assert!(e.contains("holds subdisks of"), "{e}");
     c.ctl_ok(0, &format!("plex rm dg1 {mir_on_d1}"));
+    c.ctl_ok(1, "vol grow dg1 mir 24M");
     c.ctl_ok(0, "vol rm dg1 cat");
     c.ctl_ok(1, "dg rm-disk dg1 d1");
     let print = c.print(0);

@@ -83,8 +83,7 @@ fn free_between(
         .iter()
         .map(|d| {
             if d.failed {
-                // Recorded failed: nothing new is placed on it (a grow in place
-                // may still extend a STALE plex's subdisk there: `grow_volume`).
+                // Recorded failed: nothing is allocated on it.
                 return (d.name.clone(), Vec::new());
             }
             let start = align_up(d.public_offset_bytes);
@@ -131,7 +130,8 @@ pub(super) fn subdisk_number(name: &str) -> Option<(&str, u64)> {
 /// the group's index, or one pass over the used extents; nothing sorted or
 /// allocated.
 fn free_run_at(dg: &DiskGroupConfig, disk: &str, offset_bytes: u64, taken: &[Piece]) -> u64 {
-    let Some(d) = dg.disk(disk) else {
+    // A disk recorded failed has no free space (as in [`free_between`]).
+    let Some(d) = dg.disk(disk).filter(|d| !d.failed) else {
         return 0;
     };
     let start = align_up(d.public_offset_bytes);
@@ -807,10 +807,22 @@ pub fn grow_volume(
                     PlexLayout::Concat => format!("plex {}", plex.name),
                     PlexLayout::Stripe { .. } => format!("column {column} of plex {}", plex.name),
                 };
+                // A plex on a disk recorded failed can only grow elsewhere.
+                let hint = plex
+                    .subdisks
+                    .iter()
+                    .find(|sd| dg.disk_failed(&sd.disk))
+                    .map(|sd| {
+                        format!(
+                            "; its disk {} is recorded failed: `plex rm` the plex, or `dg reattach-disk` the disk, first",
+                            sd.disk
+                        )
+                    })
+                    .unwrap_or_default();
                 return Err(AllocError {
                     volume: volume.to_string(),
                     reason: format!(
-                        "not enough free space to grow {which} by {} on disks its other plexes and columns do not use ({})",
+                        "not enough free space to grow {which} by {} on disks its other plexes and columns do not use ({}){hint}",
                         format_size(need),
                         allocator.free_summary()
                     ),

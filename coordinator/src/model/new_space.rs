@@ -4,10 +4,6 @@
 //! zeroes it before the change can commit (`daemon::zero`), so no host reads another
 //! volume's old data there and the plexes of a new mirror read the same.
 //!
-//! Space on a disk recorded failed is left out: only a STALE plex has it (a
-//! grow extends that plex's subdisk there in place), and that plex is copied whole
-//! from an ACTIVE one before it serves any read (`dg reattach-disk`).
-//!
 //! Only `vol create` and `vol grow` give data space this way. A new plex (`plex
 //! add`: EMPTY, serving no reads) is copied from an ACTIVE plex when it is attached
 //! (SYNCING); a log's space is initialised by the data plane when the log id
@@ -63,11 +59,7 @@ pub fn new_data_space(
         .map(|o| o.subdisk_extents().collect())
         .unwrap_or_default();
     let mut out = Vec::new();
-    // A failed disk is never written: the plex there is STALE and is copied whole
-    // before it serves a read (`dg reattach-disk`).
-    for (disk, offset_bytes, len_bytes) in
-        v.subdisk_extents().filter(|(d, ..)| !after.disk_failed(d))
-    {
+    for (disk, offset_bytes, len_bytes) in v.subdisk_extents() {
         let mut pieces = vec![FreeExtent {
             offset_bytes,
             len_bytes,

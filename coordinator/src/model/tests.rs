@@ -1699,31 +1699,25 @@ fn a_plex_across_two_failed_disks_comes_back_with_the_second() {
 }
 
 #[test]
-fn a_degraded_mirror_grows_without_touching_its_failed_disk_and_a_lost_volume_does_not() {
-    let c = cluster(&[("disk01", GIB), ("disk02", GIB)]);
-    let c = create_vol(&c, "cat", 64 << 20, VolumeLayout::Concat).unwrap();
-    let on = plex_disk(&c.disk_groups[0].volume("cat").unwrap().plexes[0]).to_string();
-    let c = with_mirror(&c, "mir", 64 << 20, LogPolicy::Off);
-    let c = c.apply(&fail_disk(&on, true)).unwrap();
+fn a_degraded_mirror_grows_off_its_failed_disk_and_a_lost_volume_does_not_grow() {
     let grow = |volume: &str| Change::VolGrow {
         dg: "dg1".into(),
         volume: volume.into(),
         new_size_bytes: 128 << 20,
     };
-    let grown = c.apply(&grow("mir")).unwrap();
-    let g = &grown.disk_groups[0];
-    let mir = g.volume("mir").unwrap();
-    // The STALE plex keeps the room it needs on the failed disk (in place); only
-    // the working disk's new space is to be zeroed.
-    let stale = mir.plexes.iter().find(|p| plex_disk(p) == on).unwrap();
-    assert_eq!(stale.state, PlexState::Stale);
-    assert_eq!(
-        stale.subdisks.iter().map(|sd| sd.len_bytes).sum::<u64>(),
-        128 << 20
+    // Two disks: the STALE plex could only grow on the failed one.
+    let c = cluster(&[("disk01", GIB), ("disk02", GIB)]);
+    let c = create_vol(&c, "cat", 64 << 20, VolumeLayout::Concat).unwrap();
+    let on = plex_disk(&c.disk_groups[0].volume("cat").unwrap().plexes[0]).to_string();
+    let c = with_mirror(&c, "mir", 64 << 20, LogPolicy::Off);
+    let c = c.apply(&fail_disk(&on, true)).unwrap();
+    let e = c.apply(&grow("mir")).unwrap_err();
+    assert!(
+        e.to_string().contains(&format!(
+            "its disk {on} is recorded failed: `plex rm` the plex"
+        )),
+        "{e}"
     );
-    let space = new_data_space(&grow("mir"), Some(&c.disk_groups[0]), g).expect("new space");
-    assert!(!space.extents.is_empty());
-    assert!(space.extents.iter().all(|e| e.disk != on), "{space:?}");
     // A volume with no ACTIVE plex keeps its size.
     for change in [
         grow("cat"),
@@ -1737,4 +1731,28 @@ fn a_degraded_mirror_grows_without_touching_its_failed_disk_and_a_lost_volume_do
         let e = c.apply(&change).unwrap_err();
         assert!(e.to_string().contains("has no ACTIVE plex"), "{e}");
     }
+    // Three disks: the STALE plex's new part goes on the third, never on the
+    // failed disk (whose free space follows the plex's subdisk there).
+    let c = cluster(&[("disk01", GIB), ("disk02", GIB), ("disk03", GIB)]);
+    let c = with_mirror(&c, "mir", 64 << 20, LogPolicy::Off);
+    let on = plex_disk(&c.disk_groups[0].volume("mir").unwrap().plexes[0]).to_string();
+    let c = c.apply(&fail_disk(&on, false)).unwrap();
+    let grown = c.apply(&grow("mir")).unwrap();
+    let g = &grown.disk_groups[0];
+    let mir = g.volume("mir").unwrap();
+    let before: u64 = c.disk_groups[0].volume("mir").unwrap().plexes[0]
+        .subdisks
+        .iter()
+        .filter(|sd| sd.disk == on)
+        .map(|sd| sd.len_bytes)
+        .sum();
+    let after: u64 = mir.plexes[0]
+        .subdisks
+        .iter()
+        .filter(|sd| sd.disk == on)
+        .map(|sd| sd.len_bytes)
+        .sum();
+    assert_eq!(after, before, "nothing new on the failed disk: {mir:?}");
+    let space = new_data_space(&grow("mir"), Some(&c.disk_groups[0]), g).expect("new space");
+    assert!(space.extents.iter().all(|e| e.disk != on), "{space:?}");
 }

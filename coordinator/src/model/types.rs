@@ -26,9 +26,8 @@ pub struct Disk {
     /// Length of the public region.
     pub public_len_bytes: u64,
     /// Recorded failed ([`crate::model::Change::DgFailDisk`]): no node needs to find
-    /// it (a joiner is not asked for it), no new subdisk or log is placed on it
-    /// (a grow extends a STALE plex's subdisk there in place, never written), no
-    /// configuration is written to it, and its plexes are STALE.
+    /// it (a joiner is not asked for it), nothing is allocated on it (a grow
+    /// neither), no configuration is written to it, and its plexes are STALE.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub failed: bool,
     /// While [`Disk::failed`]: the plexes on the disk that the failure made STALE,
