@@ -29,7 +29,7 @@ impl Daemon {
             },
             CtlChange::DgRmDisk { dg, disk } => Change::DgRmDisk { dg, disk },
             CtlChange::DgFailDisk { dg, disk, force } => {
-                self.resolve_dg_fail_disk(Change::DgFailDisk { dg, disk, force })?
+                self.checked_at_once(Change::DgFailDisk { dg, disk, force })?
             }
             CtlChange::DgReattachDisk { dg, disk } => self.resolve_dg_reattach_disk(dg, disk)?,
             CtlChange::DgDestroy { dg, force } => Change::DgDestroy { dg, force },
@@ -189,12 +189,12 @@ impl Daemon {
         })
     }
 
-    /// `dg fail-disk`, checked against this node's copy of the group at once: it
-    /// may wait at a master without a majority until the other nodes join (which
-    /// is its point: docs/OPERATIONS.md, "A disk that is gone for good"), and a
-    /// change that will be refused should not wait with it. The master validates
-    /// it again when it runs.
-    fn resolve_dg_fail_disk(&self, change: Change) -> Result<Change, RequestError> {
+    /// A change checked against this node's copy of its group at once (the master
+    /// validates it again when it runs). `dg fail-disk` may wait at a master
+    /// without a majority until the other nodes join (which is its point:
+    /// docs/OPERATIONS.md, "A disk that is gone for good"), and a change that will
+    /// be refused should not wait with it.
+    fn checked_at_once(&self, change: Change) -> Result<Change, RequestError> {
         if let Some(g) = self.group(change.dg_name()) {
             crate::model::apply_dg(g, &change)
                 .map_err(|e| self.refuse_as(super::model::error_kind(&e), e))?;
@@ -218,13 +218,10 @@ impl Daemon {
                 format!("disk {disk} does not exist in disk group {dg}"),
             ));
         };
-        let change = Change::DgReattachDisk {
+        self.checked_at_once(Change::DgReattachDisk {
             disk: record.clone(),
             dg,
-        };
-        crate::model::apply_dg(g, &change)
-            .map_err(|e| self.refuse_as(super::model::error_kind(&e), e))?;
-        Ok(change)
+        })
     }
 
     /// `dg import`: the group as found on this node's disk paths. A group whose

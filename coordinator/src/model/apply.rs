@@ -579,22 +579,17 @@ fn dg_fail_disk(
             continue;
         }
         let v = next.volume_mut(vi);
-        let first = staled.len();
+        // A plex off the disk keeps (or, below, takes) the volume's writes from
+        // now on: none of its plexes here is then its last ACTIVE one.
+        let kept = v.plexes.iter().any(serves);
         for p in v.plexes.iter_mut().filter(|p| on_disk(p)) {
             if p.state.takes_writes() {
                 staled.push(StaledPlex {
                     plex: p.name.clone(),
-                    last_active: p.state == PlexState::Active,
+                    last_active: p.state == PlexState::Active && !kept,
                 });
                 p.state = PlexState::Stale;
                 p.resync_ranges.clear();
-            }
-        }
-        if v.active_plexes() > 0 || v.plexes.iter().any(serves) {
-            // The volume keeps (or gets, below) an ACTIVE plex that takes its
-            // writes from now on: none of its plexes here is its last.
-            for sp in &mut staled[first..] {
-                sp.last_active = false;
             }
         }
         if v.active_plexes() == 0 {
@@ -642,52 +637,62 @@ fn dg_reattach_disk(
     }
     next.disks[index].failed = false;
     let staled = std::mem::take(&mut next.disks[index].staled);
-    let working =
-        |g: &DiskGroupConfig, p: &Plex| p.subdisks.iter().all(|sd| !g.disk_failed(&sd.disk));
     for vi in 0..next.volumes.len() {
-        let here: Vec<&StaledPlex> = staled
+        // The volume's plexes this disk's failure made STALE and that are still so
+        // here: (index, last ACTIVE).
+        let v = &next.volumes[vi];
+        let mine: Vec<(usize, bool)> = v
+            .plexes
             .iter()
-            .filter(|sp| {
-                next.volumes[vi].plex(&sp.plex).is_some_and(|p| {
-                    p.state == PlexState::Stale && p.subdisks.iter().any(|sd| sd.disk == disk.name)
-                })
+            .enumerate()
+            .filter(|(_, p)| {
+                p.state == PlexState::Stale && p.subdisks.iter().any(|sd| sd.disk == disk.name)
+            })
+            .filter_map(|(pi, p)| {
+                Some((pi, staled.iter().find(|sp| sp.plex == p.name)?.last_active))
             })
             .collect();
-        if here.is_empty() {
+        if mine.is_empty() {
             continue;
         }
-        let ok: Vec<bool> = next.volumes[vi]
-            .plexes
-            .iter()
-            .map(|p| working(next, p))
-            .collect();
-        let waiting: Vec<(String, StaledPlex)> = next.volumes[vi]
-            .plexes
-            .iter()
-            .zip(&ok)
-            .filter(|(_, ok)| !**ok)
-            .filter_map(|(p, _)| {
-                let sp = here.iter().find(|sp| sp.plex == p.name)?;
+        // One still on another failed disk waits on that disk's record.
+        let (back, waiting): (Vec<_>, Vec<_>) = mine.into_iter().partition(|&(pi, _)| {
+            v.plexes[pi]
+                .subdisks
+                .iter()
+                .all(|sd| !next.disk_failed(&sd.disk))
+        });
+        let moved: Vec<(String, StaledPlex)> = waiting
+            .into_iter()
+            .filter_map(|(pi, last_active)| {
+                let p = &v.plexes[pi];
                 let other = p.subdisks.iter().find(|sd| next.disk_failed(&sd.disk))?;
-                Some((other.disk.clone(), (*sp).clone()))
+                Some((
+                    other.disk.clone(),
+                    StaledPlex {
+                        plex: p.name.clone(),
+                        last_active,
+                    },
+                ))
             })
             .collect();
-        for (other, sp) in waiting {
-            if let Some(d) = next.disks.iter_mut().find(|d| d.name == other) {
-                d.staled.push(sp);
+        for (other, sp) in moved {
+            if let Some(i) = next.disks.iter().position(|d| d.name == other) {
+                next.disks[i].staled.push(sp);
             }
         }
         let v = next.volume_mut(vi);
         if v.active_plexes() == 0 {
-            for (p, ok) in v.plexes.iter_mut().zip(&ok) {
-                if *ok && here.iter().any(|sp| sp.last_active && sp.plex == p.name) {
-                    p.state = PlexState::Active;
+            for &(pi, last_active) in &back {
+                if last_active {
+                    v.plexes[pi].state = PlexState::Active;
                 }
             }
         }
         if v.active_plexes() > 0 {
-            for (p, ok) in v.plexes.iter_mut().zip(&ok) {
-                if *ok && p.state == PlexState::Stale && here.iter().any(|sp| sp.plex == p.name) {
+            for &(pi, _) in &back {
+                let p = &mut v.plexes[pi];
+                if p.state == PlexState::Stale {
                     p.state = PlexState::Syncing;
                     p.resync_ranges.clear();
                 }

@@ -207,26 +207,21 @@ impl ToyConfig {
                 }
                 next.history.push(*tag);
             }
-            ToyChange::FailDisk { tag, name } => {
+            ToyChange::FailDisk { tag, name } | ToyChange::ReattachDisk { tag, name } => {
+                let fail = matches!(change, ToyChange::FailDisk { .. });
                 let group = next
                     .groups
                     .get_mut(name)
                     .ok_or_else(|| format!("no disk group {name}"))?;
-                if group.disk_failed {
-                    return Err(format!("disk {name}-disk is already recorded failed"));
+                match (fail, group.disk_failed) {
+                    (true, true) => {
+                        return Err(format!("disk {name}-disk is already recorded failed"))
+                    }
+                    (false, false) => {
+                        return Err(format!("disk {name}-disk is not recorded failed"))
+                    }
+                    _ => group.disk_failed = fail,
                 }
-                group.disk_failed = true;
-                next.history.push(*tag);
-            }
-            ToyChange::ReattachDisk { tag, name } => {
-                let group = next
-                    .groups
-                    .get_mut(name)
-                    .ok_or_else(|| format!("no disk group {name}"))?;
-                if !group.disk_failed {
-                    return Err(format!("disk {name}-disk is not recorded failed"));
-                }
-                group.disk_failed = false;
                 next.history.push(*tag);
             }
             ToyChange::MoveLog { tag, name } => {
