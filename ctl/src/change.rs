@@ -110,7 +110,7 @@ fn dg_change(cmd: &DgCmd) -> Result<Option<ChangeBuilder>, Failure> {
         }
         DgCmd::AddDisk { dg, disk }
         | DgCmd::RmDisk { dg, disk }
-        | DgCmd::ReattachDisk { dg, disk } => {
+        | DgCmd::ReattachDisk { dg, disk, .. } => {
             let (dg, disk, cmd) = (dg.clone(), disk.clone(), cmd.clone());
             Box::new(move |b| {
                 let mut x = match cmd {
@@ -301,7 +301,7 @@ fn plex_change(cmd: &PlexCmd) -> Result<Option<ChangeBuilder>, Failure> {
             })
         }
         PlexCmd::Detach { dg, plex }
-        | PlexCmd::Attach { dg, plex }
+        | PlexCmd::Attach { dg, plex, .. }
         | PlexCmd::Rm { dg, plex, .. } => {
             let (op, force) = match cmd {
                 PlexCmd::Detach { .. } => (0, false),

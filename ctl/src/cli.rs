@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::failure::EXIT_CODES;
 
@@ -169,6 +169,8 @@ pub(crate) enum DgCmd {
         dg: String,
         /// Disk media name.
         disk: String,
+        #[command(flatten)]
+        wait: WaitArgs,
     },
     /// Destroys the group and its volumes. Refused while a volume is exported
     /// (unexport first) or a host is logged in to one.
@@ -336,6 +338,8 @@ pub(crate) enum PlexCmd {
         dg: String,
         /// Plex.
         plex: String,
+        #[command(flatten)]
+        wait: WaitArgs,
     },
     /// Removes a plex (an ACTIVE one only with `--force`; never the last ACTIVE one).
     Rm {
@@ -361,4 +365,33 @@ pub(crate) enum ClusterCmd {
 pub(crate) enum TaskCmd {
     /// Lists tasks with progress.
     List,
+    /// Waits until resyncs end, showing their progress: those of every plex of the
+    /// scope that is SYNCING now, or of the plex named with `--plex`. Exit status 0
+    /// when each plex is ACTIVE, 6 when one is not (detached, removed, its copy
+    /// failed), 4 when `--max-wait` runs out first. Example: task wait dg1 vol1
+    Wait {
+        /// Only this disk group.
+        dg: Option<String>,
+        /// Only this volume of the disk group.
+        vol: Option<String>,
+        /// Only this plex of the disk group, whatever its state now.
+        #[arg(long, requires = "dg")]
+        plex: Option<String>,
+        /// Give up waiting after SECS seconds (the copies go on).
+        #[arg(long, value_name = "SECS")]
+        max_wait: Option<u64>,
+    },
+}
+
+/// `--wait` of the commands that start resyncs.
+#[derive(Args, Debug, Clone, Default)]
+pub(crate) struct WaitArgs {
+    /// Wait until the resyncs the command starts end, showing their progress (as
+    /// `task wait`); exit status 6 when a plex does not become ACTIVE.
+    #[arg(long)]
+    pub(crate) wait: bool,
+    /// With `--wait`: give up waiting after SECS seconds (exit status 4; the copies
+    /// go on).
+    #[arg(long, value_name = "SECS", requires = "wait")]
+    pub(crate) max_wait: Option<u64>,
 }

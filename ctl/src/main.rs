@@ -5,6 +5,7 @@ mod cli;
 mod connect;
 mod failure;
 mod show;
+mod wait;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -56,6 +57,97 @@ async fn run(
     }
 }
 
+/// The resync wait a command asks for (`task wait`, or a change's `--wait`): its
+/// scope and how long at most.
+fn wait_of(cmd: &Cmd) -> Option<(wait::Scope, Option<Duration>)> {
+    let secs = |s: &Option<u64>| s.map(Duration::from_secs);
+    match cmd {
+        Cmd::Task(TaskCmd::Wait {
+            dg,
+            vol,
+            plex,
+            max_wait,
+        }) => Some((
+            wait::Scope {
+                dg: dg.clone(),
+                vol: vol.clone(),
+                plex: plex.clone(),
+            },
+            secs(max_wait),
+        )),
+        Cmd::Plex(PlexCmd::Attach { dg, plex, wait }) if wait.wait => Some((
+            wait::Scope {
+                dg: Some(dg.clone()),
+                vol: None,
+                plex: Some(plex.clone()),
+            },
+            secs(&wait.max_wait),
+        )),
+        Cmd::Dg(DgCmd::ReattachDisk { dg, wait, .. }) if wait.wait => Some((
+            wait::Scope {
+                dg: Some(dg.clone()),
+                ..wait::Scope::default()
+            },
+            secs(&wait.max_wait),
+        )),
+        _ => None,
+    }
+}
+
+/// What a wait prints: its text, or its JSON (`{"done", "wait"}` after a change,
+/// whose own answer `done` is then its `--json` document).
+fn wait_answer(done: Option<&str>, answer: &serde_json::Value, json_out: bool) -> String {
+    match (json_out, done) {
+        (false, _) => wait::render(answer),
+        (true, None) => serde_json::to_string_pretty(answer).unwrap_or_default(),
+        (true, Some(done)) => {
+            let done: serde_json::Value = serde_json::from_str(done).unwrap_or_default();
+            serde_json::to_string_pretty(&json!({ "done": done["done"], "wait": answer }))
+                .unwrap_or_default()
+        }
+    }
+}
+
+/// Asks a node of `addrs` for `cmd` (its `change`, if it is one), then for the wait
+/// it asks for. Returns the address asked last, the output, and whether a failure
+/// is the change's own (a lost answer is then "outcome unknown"): a failed wait
+/// after a change is not.
+fn ask(
+    cmd: Cmd,
+    change: Option<ChangeBuilder>,
+    json_out: bool,
+    addrs: &[String],
+    call_timeout: Duration,
+) -> (String, Result<String, Failure>, bool) {
+    let waits = wait_of(&cmd);
+    let is_change = change.is_some();
+    let wait = |done: Option<&str>, (scope, max_wait): &(wait::Scope, Option<Duration>)| {
+        let (addr, r) = wait::wait(addrs, call_timeout, scope, *max_wait, json_out);
+        (addr, r.map(|v| wait_answer(done, &v, json_out)))
+    };
+    if let (false, Some(w)) = (is_change, &waits) {
+        let (addr, r) = wait(None, w);
+        return (addr, r, false);
+    }
+    let (addr, result) = with_ctl(addrs, call_timeout, async move |client| {
+        run(cmd, change, json_out, client).await
+    });
+    match (result, waits) {
+        (Ok(done), Some(w)) => {
+            // The change is done: say so now, then wait for its resyncs.
+            if !json_out {
+                println!("{done}");
+            }
+            let (addr, r) = wait(Some(&done), &w);
+            if r.is_err() && json_out {
+                println!("{done}");
+            }
+            (addr, r, false)
+        }
+        (result, _) => (addr, result, is_change),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -81,7 +173,7 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     let json_out = cli.json;
-    let is_change = matches!(build_change(&cli.cmd), Ok(Some(_)));
+    let mut is_change = matches!(build_change(&cli.cmd), Ok(Some(_)));
     // Usage errors (a bad size...) are found before any node is asked.
     let (addr, result) = match build_change(&cli.cmd) {
         Err(e) => (String::new(), Err(e)),
@@ -89,9 +181,9 @@ fn main() -> ExitCode {
             Err(e) => (String::new(), Err(Failure::Usage(e))),
             Ok(addrs) => {
                 let call_timeout = cli.timeout.map(Duration::from_secs).unwrap_or(CALL_TIMEOUT);
-                with_ctl(&addrs, call_timeout, async move |client| {
-                    run(cli.cmd, change, json_out, client).await
-                })
+                let (addr, result, changes) = ask(cli.cmd, change, json_out, &addrs, call_timeout);
+                is_change = changes;
+                (addr, result)
             }
         },
     };

@@ -479,8 +479,9 @@ pub(crate) async fn cluster(
     Ok(out)
 }
 
-/// `task list`: resyncs with progress.
-pub(crate) async fn task_list(client: &ctl::Client, json_out: bool) -> Result<String, Failure> {
+/// The node's tasks (its own, and the master's when it is a slave) as `task list
+/// --json` shows each.
+pub(crate) async fn tasks(client: &ctl::Client) -> Result<Vec<Value>, Failure> {
     let resp = client
         .task_list_request()
         .send()
@@ -499,6 +500,28 @@ pub(crate) async fn task_list(client: &ctl::Client, json_out: bool) -> Result<St
             "bytes_per_second": t.get_bytes_per_second(), "eta_seconds": t.get_eta_seconds(),
         }));
     }
+    Ok(tasks)
+}
+
+/// A task's rate and time left, as `task list` shows them: `-` while no rate is
+/// known; no time left once it ended.
+pub(crate) fn rate_and_eta(t: &Value) -> (String, String) {
+    let u = |k: &str| t[k].as_u64().unwrap_or(0);
+    let rate = match u("bytes_per_second") {
+        0 => "-".to_string(),
+        r => format!("{}/s", format_size(r)),
+    };
+    let eta = match (u("eta_seconds"), t["state"] == "running") {
+        (0, true) => "-".to_string(),
+        (0, false) => String::new(),
+        (e, _) => format!("{}:{:02}:{:02}", e / 3600, e / 60 % 60, e % 60),
+    };
+    (rate, eta)
+}
+
+/// `task list`: resyncs with progress.
+pub(crate) async fn task_list(client: &ctl::Client, json_out: bool) -> Result<String, Failure> {
+    let tasks = tasks(client).await?;
     if json_out {
         return Ok(pretty_json(&json!({ "tasks": tasks })));
     }
@@ -509,15 +532,7 @@ pub(crate) async fn task_list(client: &ctl::Client, json_out: bool) -> Result<St
     for t in &tasks {
         let u = |k: &str| t[k].as_u64().unwrap_or(0);
         let pct = u("done").saturating_mul(100) / u("total").max(1);
-        let rate = match u("bytes_per_second") {
-            0 => "-".to_string(),
-            r => format!("{}/s", format_size(r)),
-        };
-        let eta = match (u("eta_seconds"), t["state"] == "running") {
-            (0, true) => "-".to_string(),
-            (0, false) => String::new(),
-            (e, _) => format!("{}:{:02}:{:02}", e / 3600, e / 60 % 60, e % 60),
-        };
+        let (rate, eta) = rate_and_eta(t);
         out.push_str(&format!(
             "\n{:<4} {:<7} {:<10} {:<12} {:<12} {:>5}% {:>21} {:>11} {:>8} {:<8} {}",
             s(&t["id"]),

@@ -583,9 +583,17 @@ fn a_private_groups_dead_disk_recorded_failed_serves_its_mirror_from_the_other_p
     c.set_hidden_disks(1, &[]);
     c.restart_node(1);
     c.wait_all_joined();
-    let out = c.ctl_ok(1, "dg reattach-disk dg2 d3");
-    assert!(out.contains("SYNCING"), "{out}");
-    wait_plex_active(&c, 1, "dg2", "mirrored", "d3");
+    // --wait: the answer comes once the copy (node b's own, a private group's) ended.
+    let out = c.ctl_ok(1, "dg reattach-disk dg2 d3 --wait");
+    let (plex, state) = c.plex_on(1, "dg2", "mirrored", "d3");
+    assert_eq!(state, "ACTIVE", "{out}");
+    assert!(
+        out.contains("SYNCING")
+            && out.contains(&format!(
+                "plex {plex} of volume mirrored (disk group dg2): ACTIVE"
+            )),
+        "{out}"
+    );
     let (other, _) = c.plex_on(1, "dg2", "mirrored", "d2");
     c.ctl_ok(1, &format!("plex detach dg2 {other}"));
     newer

@@ -68,3 +68,78 @@ fn resync_of_a_shared_mirror_keeps_the_writes_other_nodes_make_during_the_copy()
     c.ctl_ok(m, "plex detach dg1 vol1-01");
     c.check_invariants();
 }
+
+/// `plex attach --wait` and `task wait`: they return once the plex is ACTIVE (never
+/// while it is SYNCING), give up at `--max-wait` with exit status 4 (the copy goes
+/// on), and fail with exit status 6 naming the plex when it ends STALE (detached
+/// during the wait). Nothing to wait for, or a volume that does not exist, is said
+/// at once.
+#[test]
+fn a_wait_for_a_resync_returns_when_the_plex_is_active_and_says_why_when_it_is_not() {
+    let mut c = Cluster::start(3, ClusterOpts::default());
+    let m = c.master();
+    let (s1, s2) = ((m + 1) % 3, (m + 2) % 3);
+    c.shared_mirror(m, "dg1", "vol1", "8M");
+    let idle = c.ctl_ok(s1, "task wait");
+    assert!(idle.contains("nothing to wait for"), "{idle}");
+    let missing = c.ctl_err(s1, "task wait dg1 nosuch");
+    assert!(
+        missing.contains("volume nosuch of disk group dg1 does not exist"),
+        "{missing}"
+    );
+
+    c.ctl_ok(m, "plex detach dg1 vol1-02");
+    let k = c.kernel(m);
+    for disk in ["dg1.d0", "dg1.d1"] {
+        k.inject_error(disk, Injection::LatencyUs(COPY_LATENCY_US))
+            .unwrap();
+    }
+    // The copy takes at least 8 chunks × 2 × 100 ms: longer than the wait allows.
+    let out = c.ctl(s1, "plex attach dg1 vol1-02 --wait --max-wait 1");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stdout} {stderr}");
+    assert!(stdout.contains("attached: SYNCING"), "{stdout}");
+    assert!(
+        stderr.contains("still SYNCING after 1 s")
+            && stderr.contains("plex vol1-02 of volume vol1 (disk group dg1)"),
+        "{stderr}"
+    );
+    // A wait on another node ends with the copy: the plex is ACTIVE when it returns.
+    let done = c.ctl_ok(s2, "task wait dg1 vol1");
+    assert!(
+        done.contains("plex vol1-02 of volume vol1 (disk group dg1): ACTIVE"),
+        "{done}"
+    );
+    assert_eq!(plex_state(&c, s2, "vol1-02").unwrap(), "ACTIVE");
+
+    // Detached while a wait for it runs: the wait fails naming the plex.
+    c.ctl_ok(m, "plex detach dg1 vol1-02");
+    c.ctl_ok(s1, "plex attach dg1 vol1-02");
+    assert_eq!(plex_state(&c, s1, "vol1-02").unwrap(), "SYNCING");
+    let c_ref = &c;
+    let (code, error) = std::thread::scope(|s| {
+        let waiter = s.spawn(|| c_ref.ctl_json_err(s2, "task wait dg1 --plex vol1-02"));
+        c_ref.ctl_ok(s1, "plex detach dg1 vol1-02");
+        waiter.join().expect("the waiting plexctl")
+    });
+    assert_eq!(
+        (code, error["kind"].as_str(), error["object"].as_str()),
+        (6, Some("failed"), Some("vol1-02")),
+        "{error}"
+    );
+    let message = error["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("plex vol1-02 of volume vol1 (disk group dg1) is STALE, not ACTIVE"),
+        "{message}"
+    );
+    for disk in ["dg1.d0", "dg1.d1"] {
+        k.inject_error(disk, Injection::Clear).unwrap();
+    }
+    let back = c.ctl_ok(s2, "plex attach dg1 vol1-02 --wait");
+    assert!(
+        back.contains("vol1-02 of volume vol1 (disk group dg1): ACTIVE"),
+        "{back}"
+    );
+    c.check_invariants();
+}
