@@ -4,7 +4,9 @@
 //!
 //! Each round asks the node afresh, on a connection of its own (`print`, then
 //! `task list`), and pauses [`POLL`] between rounds, so plexctl holds no connection
-//! while it waits. The plexes waited for are fixed by the first round: the one
+//! while it waits; a round that cannot reach a node is asked again (at most
+//! [`MAX_FAILED_ROUNDS`] in a row), of the next node that answers when the cluster
+//! file names several. The plexes waited for are fixed by the first round: the one
 //! named with `--plex`, else every plex of the scope that is SYNCING then. The wait
 //! ends when none of them is SYNCING; it succeeds when each is ACTIVE.
 //!
@@ -27,6 +29,10 @@ use crate::show::{self, rate_and_eta, s};
 
 /// Pause between two rounds.
 const POLL: Duration = Duration::from_millis(500);
+/// Rounds in a row that may fail to reach a node (it died, or was restarted, while
+/// plexctl asked it) before the wait gives up: each round asks afresh, so with a
+/// cluster file the next one asks the next node that answers.
+const MAX_FAILED_ROUNDS: u32 = 3;
 /// Without a terminal, the first progress line after this long (a short wait
 /// prints none)...
 const FIRST_LINE_AFTER: Duration = Duration::from_secs(2);
@@ -280,15 +286,24 @@ pub(crate) fn wait(
     let mut shown = Shown::new(json_out);
     let mut awaited: Option<Vec<Key>> = None;
     let dg = scope.dg.clone().unwrap_or_default();
+    let mut failed_rounds = 0;
     let (addr, ended) = loop {
         let (addr, round) = ask(addrs, call_timeout, &dg);
         let round = match round {
             Ok(r) => r,
+            Err(Failure::Lost(_) | Failure::Unreachable(..))
+                if failed_rounds + 1 < MAX_FAILED_ROUNDS =>
+            {
+                failed_rounds += 1;
+                std::thread::sleep(POLL);
+                continue;
+            }
             Err(e) => {
                 shown.clear();
                 return (addr, Err(still_going(e)));
             }
         };
+        failed_rounds = 0;
         let plexes = match plexes_in(&round.print, scope) {
             Ok(p) => p,
             Err(Failure::Node(f)) => {

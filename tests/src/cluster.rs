@@ -935,6 +935,32 @@ impl Cluster {
         let mut ctl_args = vec!["--node".to_string(), node.addr.clone()];
         ctl_args.extend(args.iter().map(|a| a.to_string()));
         let (exe, ctl_args) = self.in_netns(i, &self.bins.plexctl, ctl_args);
+        self.run_ctl(&node.name, &node.addr, exe, ctl_args, args)
+    }
+
+    /// Runs `plexctl --cluster <the cluster file> ARGS`: plexctl asks the first node
+    /// of the file that answers (each call afresh). Loopback clusters only.
+    pub fn ctl_any(&self, args: &[&str]) -> Output {
+        assert!(self.netns.is_none(), "ctl_any: the nodes have namespaces");
+        let mut ctl_args = vec![
+            "--cluster".to_string(),
+            self.cluster_file.display().to_string(),
+        ];
+        ctl_args.extend(args.iter().map(|a| a.to_string()));
+        let exe = self.bins.plexctl.clone();
+        self.run_ctl("any", "(cluster file)", exe, ctl_args, args)
+    }
+
+    /// Runs plexctl (`exe ctl_args`) bounded by [`CTL_TIMEOUT`], logging it in the
+    /// cluster's ctl log under `name` / `addr`.
+    fn run_ctl(
+        &self,
+        name: &str,
+        addr: &str,
+        exe: PathBuf,
+        ctl_args: Vec<String>,
+        args: &[&str],
+    ) -> Output {
         let mut cmd = Command::new(exe);
         cmd.args(ctl_args)
             .stdin(Stdio::null())
@@ -949,7 +975,7 @@ impl Cluster {
         }
         let started = Instant::now();
         let out = crate::proc::run_bounded(&mut cmd, CTL_TIMEOUT)
-            .unwrap_or_else(|e| panic!("plexctl {} on node {}: {e}", args.join(" "), node.name));
+            .unwrap_or_else(|e| panic!("plexctl {} on node {name}: {e}", args.join(" ")));
         if let Ok(mut f) = OpenOptions::new()
             .create(true)
             .append(true)
@@ -957,10 +983,8 @@ impl Cluster {
         {
             let _ = writeln!(
                 f,
-                "[{}] {} ms: plexctl {} {} -> {}\n{}{}",
-                node.name,
+                "[{name}] {} ms: plexctl {addr} {} -> {}\n{}{}",
                 started.elapsed().as_millis(),
-                node.addr,
                 args.join(" "),
                 Proc::describe(Some(out.status)),
                 String::from_utf8_lossy(&out.stdout),

@@ -143,3 +143,51 @@ fn a_wait_for_a_resync_returns_when_the_plex_is_active_and_says_why_when_it_is_n
     );
     c.check_invariants();
 }
+
+/// `task wait` through the cluster file goes on when the master it asks dies in the
+/// middle of the copy: its next rounds ask the next node of the file, whose new
+/// master copies the plex again, and it ends when the plex is ACTIVE.
+#[test]
+fn a_wait_through_the_cluster_file_outlives_the_master_it_was_asking() {
+    let mut c = Cluster::start(3, ClusterOpts::default());
+    let m = c.master();
+    assert_eq!(m, 0, "node a, the first of the file (asked first), formed the cluster");
+    c.shared_mirror(m, "dg1", "vol1", "8M");
+    c.ctl_ok(m, "plex detach dg1 vol1-02");
+    let k = c.kernel(m);
+    for disk in ["dg1.d0", "dg1.d1"] {
+        k.inject_error(disk, Injection::LatencyUs(COPY_LATENCY_US))
+            .unwrap();
+    }
+    c.ctl_ok(1, "plex attach dg1 vol1-02");
+    let c_ref = &c;
+    let out = std::thread::scope(|s| {
+        let waiter = s.spawn(|| c_ref.ctl_any(&["task", "wait", "dg1", "vol1"]));
+        wait_until(
+            "node a's copy of vol1-02 to be under way",
+            Duration::from_secs(20),
+            || {
+                let tasks = c_ref.try_ctl_json(1, "task list")?;
+                let copied = tasks["tasks"].as_array().into_iter().flatten().any(|t| {
+                    t["plex"] == "vol1-02" && t["node"] == "a" && t["done"].as_u64() > Some(0)
+                });
+                copied.then_some(()).ok_or(format!("{tasks}"))
+            },
+        );
+        c_ref.sigkill_coordinator(m);
+        c_ref.sigkill_target(m);
+        waiter.join().expect("the waiting plexctl")
+    });
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && stdout.contains("plex vol1-02 of volume vol1 (disk group dg1): ACTIVE"),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(plex_state(&c, 1, "vol1-02").unwrap(), "ACTIVE");
+    c.kill_node(m);
+    c.restart_node(m);
+    c.wait_all_joined();
+    c.check_invariants();
+}
