@@ -1,10 +1,11 @@
 //! Membership: forming, electing, succession, and a join that cannot find a disk.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use plexd_tests::cluster::node_reason;
-use plexd_tests::{members, wait_until, Cluster, ClusterOpts};
+use plexd_tests::data::IoLoop;
+use plexd_tests::{members, wait_until, Cluster, ClusterOpts, Pattern};
 
 fn names(list: &[&str]) -> BTreeSet<String> {
     list.iter().map(|s| s.to_string()).collect()
@@ -133,4 +134,78 @@ fn a_joiner_that_dies_before_its_data_plane_loads_the_configuration_rejoins_late
 #[test]
 fn a_joiner_that_dies_after_its_data_plane_loaded_the_configuration_rejoins_later() {
     a_joiner_that_dies_in_its_join_rejoins_with_the_missed_change("join.after_kernel");
+}
+
+/// How long the whole cluster stays paused: more than two leases and four heartbeat
+/// timeouts of the test clusters (1.2 s, 600 ms), so every lease and every peer's
+/// heartbeat has run out when the processes run again.
+const WHOLE_PAUSE: Duration = Duration::from_millis(3000);
+
+/// The whole cluster paused at once (every plexd and plexd-target SIGSTOPped: a host
+/// stall, or one paused VM running every node) for longer than a lease, then
+/// resumed together. Every node wakes with every lease and heartbeat run out. The
+/// cluster must come back whole under one master that takes changes, host I/O
+/// through a slave must go on (failing only fenced, errno 108, while its node had
+/// no lease), and every node must read what was written.
+#[test]
+fn a_cluster_paused_whole_for_longer_than_a_lease_comes_back_with_one_master_and_its_data() {
+    let mut c = Cluster::start(3, ClusterOpts::default());
+    let m = c.master();
+    c.shared_mirror(m, "dg1", "vol1", "32M");
+    let s = (m + 1) % 3;
+    c.wait_served(s, "dg1", "vol1");
+    let region = Pattern {
+        bdev: "dg1.vol1".into(),
+        offset_bytes: 8 << 20,
+        len_bytes: 256 << 10,
+        seed: 5_000_000,
+    };
+    let io = IoLoop::start(c.nodes[s].target_socket.clone(), region).unwrap();
+    io.wait_more_rounds(2, Duration::from_secs(20));
+    for i in 0..3 {
+        c.freeze_target(i);
+        c.freeze(i);
+    }
+    let paused = Instant::now();
+    // The pause is the scenario (a fixed length, not a wait for a condition).
+    std::thread::sleep(WHOLE_PAUSE);
+    for i in 0..3 {
+        c.thaw(i);
+        c.thaw_target(i);
+    }
+    let master = c.wait_all_joined();
+    for i in 0..3 {
+        let st = c.status(i);
+        assert_eq!(
+            st["master"].as_str(),
+            Some(c.nodes[master].name.as_str()),
+            "node {i} after the pause: {st}"
+        );
+    }
+    c.ctl_retry_ok(
+        s,
+        "vol create dg1 vol2 8M --layout concat",
+        Duration::from_secs(30),
+    );
+    io.wait_more_rounds(3, Duration::from_secs(30));
+    let seen = io.stop();
+    let unfenced: Vec<&String> = seen
+        .errors
+        .iter()
+        .filter(|e| !e.contains("errno 108"))
+        .collect();
+    assert!(
+        unfenced.is_empty(),
+        "host I/O through node {} failed other than fenced after the pause: {unfenced:?}",
+        c.nodes[s].name
+    );
+    eprintln!(
+        "whole-cluster pause of {} ms: back under master {} after {} ms; {} I/O round(s) failed fenced",
+        WHOLE_PAUSE.as_millis(),
+        c.nodes[master].name,
+        paused.elapsed().as_millis(),
+        seen.error_count
+    );
+    c.record_pattern(seen.last.expect("the loop wrote"));
+    c.check_invariants();
 }

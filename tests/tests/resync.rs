@@ -151,7 +151,10 @@ fn a_wait_for_a_resync_returns_when_the_plex_is_active_and_says_why_when_it_is_n
 fn a_wait_through_the_cluster_file_outlives_the_master_it_was_asking() {
     let mut c = Cluster::start(3, ClusterOpts::default());
     let m = c.master();
-    assert_eq!(m, 0, "node a, the first of the file (asked first), formed the cluster");
+    assert_eq!(
+        m, 0,
+        "node a, the first of the file (asked first), formed the cluster"
+    );
     c.shared_mirror(m, "dg1", "vol1", "8M");
     c.ctl_ok(m, "plex detach dg1 vol1-02");
     let k = c.kernel(m);
