@@ -446,6 +446,10 @@ struct ConfigChange {
       dg @71 :Text;
       disk @72 :Disk.Disk;      # the group's record of the disk (every node finds it by id)
     }
+    dgEvacuate :group {         # `plexctl dg evacuate DG DISK`
+      dg @73 :Text;
+      disk @74 :Text;
+    }
   }
 }
 

@@ -139,6 +139,7 @@ struct Change {
     dgSet @17 :DgSet;
     dgFailDisk @18 :DgDisk;    # record a disk failed (docs/OPERATIONS.md, "A disk that is gone for good")
     dgReattachDisk @19 :DgDisk; # a disk recorded failed is back (docs/OPERATIONS.md, "A failed disk that comes back")
+    dgEvacuate @20 :DgDisk;    # move every plex off a disk (docs/OPERATIONS.md, "Moving data off a disk")
   }
   # `--force` of dgDestroy and dgDeport (end the group's exports; never while a host
   # session is logged in), of plexRm (remove an ACTIVE plex), of volShrink (also

@@ -166,6 +166,9 @@ struct Plex {
   subdisks @3 :List(Subdisk);
   resyncRanges @4 :List(ByteRange);  # a SYNCING plex: only these ranges need copying
                                      # (a node's dirty regions); empty = the whole plex
+  replaces @5 :Text;                 # `dg evacuate`: the plex of the same volume this
+                                     # one replaces; the change that makes this one
+                                     # ACTIVE removes it. Empty = none
 }
 
 struct ByteRange {

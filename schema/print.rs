@@ -152,6 +152,10 @@ pub fn json(c: printed_config::Reader<'_>) -> capnp::Result<Value> {
                 if let Some((count, bytes, list)) = resync_ranges(p)? {
                     plex["resync"] = json!({ "ranges": count, "bytes": bytes, "list": list });
                 }
+                let replaces = text(p.get_replaces())?;
+                if !replaces.is_empty() {
+                    plex["replaces"] = json!(replaces);
+                }
                 plexes.push(plex);
             }
             let mut exports = Vec::new();

@@ -110,12 +110,14 @@ fn dg_change(cmd: &DgCmd) -> Result<Option<ChangeBuilder>, Failure> {
         }
         DgCmd::AddDisk { dg, disk }
         | DgCmd::RmDisk { dg, disk }
-        | DgCmd::ReattachDisk { dg, disk, .. } => {
+        | DgCmd::ReattachDisk { dg, disk, .. }
+        | DgCmd::Evacuate { dg, disk, .. } => {
             let (dg, disk, cmd) = (dg.clone(), disk.clone(), cmd.clone());
             Box::new(move |b| {
                 let mut x = match cmd {
                     DgCmd::AddDisk { .. } => b.init_dg_add_disk(),
                     DgCmd::RmDisk { .. } => b.init_dg_rm_disk(),
+                    DgCmd::Evacuate { .. } => b.init_dg_evacuate(),
                     _ => b.init_dg_reattach_disk(),
                 };
                 x.set_dg(dg.as_str());

@@ -172,6 +172,19 @@ pub(crate) enum DgCmd {
         #[command(flatten)]
         wait: WaitArgs,
     },
+    /// Moves every plex off a disk (to empty it before `dg rm-disk`, or to rebuild
+    /// the plexes of a failed disk elsewhere): each gets a new plex of its layout on
+    /// disks its volume does not use, copied from an ACTIVE plex, which replaces it
+    /// once ACTIVE. Hosts keep using the volumes. Given again after an interruption,
+    /// it moves only the plexes not moving yet. Example: dg evacuate dg1 d1 --wait
+    Evacuate {
+        /// Disk group.
+        dg: String,
+        /// Disk media name.
+        disk: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
     /// Destroys the group and its volumes. Refused while a volume is exported
     /// (unexport first) or a host is logged in to one.
     Destroy {

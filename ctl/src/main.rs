@@ -83,13 +83,17 @@ fn wait_of(cmd: &Cmd) -> Option<(wait::Scope, Option<Duration>)> {
             },
             secs(&wait.max_wait),
         )),
-        Cmd::Dg(DgCmd::ReattachDisk { dg, wait, .. }) if wait.wait => Some((
-            wait::Scope {
-                dg: Some(dg.clone()),
-                ..wait::Scope::default()
-            },
-            secs(&wait.max_wait),
-        )),
+        Cmd::Dg(DgCmd::ReattachDisk { dg, wait, .. } | DgCmd::Evacuate { dg, wait, .. })
+            if wait.wait =>
+        {
+            Some((
+                wait::Scope {
+                    dg: Some(dg.clone()),
+                    ..wait::Scope::default()
+                },
+                secs(&wait.max_wait),
+            ))
+        }
         _ => None,
     }
 }

@@ -209,6 +209,7 @@ mod tests {
             read_policy: ReadPolicy::Round,
             plexes: vec![Plex {
                 resync_ranges: Vec::new(),
+                replaces: None,
                 name: format!("{name}-01"),
                 state: PlexState::Active,
                 layout: PlexLayout::Concat,

@@ -194,3 +194,134 @@ fn a_wait_through_the_cluster_file_outlives_the_master_it_was_asking() {
     c.wait_all_joined();
     c.check_invariants();
 }
+
+/// The disks a volume's plexes use, by plex name, as node `i` prints them.
+fn plex_disks(c: &Cluster, i: usize, vol: &str) -> Vec<(String, Vec<String>)> {
+    let p = c.print(i);
+    let v = plexd_tests::volume(&p, "dg1", vol)
+        .cloned()
+        .unwrap_or_default();
+    v["plexes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|pl| {
+            let disks = pl["subdisks"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|sd| sd["disk"].as_str().map(str::to_string))
+                .collect();
+            (pl["name"].as_str().unwrap_or("?").to_string(), disks)
+        })
+        .collect()
+}
+
+/// `dg evacuate` of a disk under host I/O, the master killed in the middle of the
+/// copies: the new master copies again, each replacement removes its plex on the
+/// disk once ACTIVE, the disk then leaves the group (`dg rm-disk`), and every node
+/// reads what was written, the I/O of the move included.
+#[test]
+fn a_disk_evacuated_under_host_io_moves_its_plexes_even_when_the_master_dies_mid_copy() {
+    let mut c = Cluster::start(3, ClusterOpts::default());
+    let m = c.master();
+    assert_eq!(m, 0, "node a formed the cluster");
+    c.shared_mirror(m, "dg1", "vol1", "16M");
+    c.ctl_ok(1, "dg add-disk dg1 d2");
+    c.ctl_ok(1, "vol create dg1 cat 8M --layout concat");
+    let from = plex_disks(&c, 1, "cat")[0].1[0].clone();
+    let vol1_from: Vec<String> = plex_disks(&c, 1, "vol1")
+        .into_iter()
+        .filter(|(_, disks)| disks.contains(&from))
+        .map(|(name, _)| name)
+        .collect();
+    assert_eq!(vol1_from.len(), 1, "vol1 has a plex on {from}");
+    c.write_pattern(1, "dg1", "cat", 0, 4 << 20);
+    c.write_pattern(2, "dg1", "vol1", 0, 4 << 20);
+    // Slow copies on the master, host I/O through c all along.
+    let k = c.kernel(m);
+    for disk in ["dg1.d0", "dg1.d1", "dg1.d2"] {
+        k.inject_error(disk, Injection::LatencyUs(COPY_LATENCY_US))
+            .unwrap();
+    }
+    let region = Pattern {
+        bdev: "dg1.vol1".into(),
+        offset_bytes: 8 << 20,
+        len_bytes: 256 << 10,
+        seed: 7_000_000,
+    };
+    c.wait_served(2, "dg1", "vol1");
+    let io = plexd_tests::data::IoLoop::start(c.nodes[2].target_socket.clone(), region).unwrap();
+    let out = c.ctl_ok(1, &format!("dg evacuate dg1 {from}"));
+    assert!(
+        out.contains(&format!("disk {from} of disk group dg1: moving plex(es)"))
+            && out.contains("cat-01 -> ")
+            && out.contains(&format!("{} -> ", vol1_from[0])),
+        "{out}"
+    );
+    let again = c.ctl_err(2, &format!("dg evacuate dg1 {from}"));
+    assert!(again.contains("are being moved already"), "{again}");
+    wait_until(
+        "node a's copies to be under way",
+        Duration::from_secs(20),
+        || {
+            let tasks = c.try_ctl_json(1, "task list")?;
+            // (progress is reported every 16 chunks: "running" is what shows)
+            let copying = tasks["tasks"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|t| t["node"] == "a" && t["state"] == "running");
+            copying.then_some(()).ok_or(format!("{tasks}"))
+        },
+    );
+    c.sigkill_coordinator(m);
+    c.sigkill_target(m);
+    let done = c.ctl_ok(1, "task wait dg1");
+    assert!(
+        done.contains("ACTIVE") && !done.contains("SYNCING"),
+        "{done}"
+    );
+    // The new master (b) copied both again, from the start.
+    let tasks = c.ctl_json(1, "task list");
+    for vol in ["cat", "vol1"] {
+        let by_b = tasks["tasks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|t| t["volume"] == vol && t["node"] == "b" && t["state"] == "done");
+        assert!(by_b, "{vol}'s copy ended on node b: {tasks}");
+    }
+    for vol in ["cat", "vol1"] {
+        let plexes = plex_disks(&c, 1, vol);
+        assert!(
+            plexes.iter().all(|(_, disks)| !disks.contains(&from)),
+            "{vol} still has a plex on {from}: {plexes:?}"
+        );
+        assert_eq!(
+            plexes.len(),
+            if vol == "cat" { 1 } else { 2 },
+            "{vol}: {plexes:?}"
+        );
+    }
+    let p = c.print(1);
+    assert!(!p.to_string().contains("\"replaces\""), "{p}");
+    c.ctl_ok(2, &format!("dg rm-disk dg1 {from}"));
+    io.wait_more_rounds(2, Duration::from_secs(30));
+    let seen = io.stop();
+    // Fenced (errno 108) only while c's lease waited for the new master.
+    let unfenced: Vec<&String> = seen
+        .errors
+        .iter()
+        .filter(|e| !e.contains("errno 108"))
+        .collect();
+    assert!(
+        unfenced.is_empty(),
+        "host I/O through c failed: {unfenced:?}"
+    );
+    c.record_pattern(seen.last.expect("the loop wrote"));
+    c.kill_node(m);
+    c.restart_node(m);
+    c.wait_all_joined();
+    c.check_invariants();
+}

@@ -75,6 +75,13 @@ pub enum CtlChange {
         /// Disk media name.
         disk: String,
     },
+    /// `dg evacuate DG DISK`.
+    DgEvacuate {
+        /// Group.
+        dg: String,
+        /// Disk media name.
+        disk: String,
+    },
     /// `dg destroy DG [--force]`.
     DgDestroy {
         /// Group.
@@ -208,7 +215,8 @@ impl CtlChange {
             CtlChange::DgAddDisk { dg, disk }
             | CtlChange::DgRmDisk { dg, disk }
             | CtlChange::DgFailDisk { dg, disk, .. }
-            | CtlChange::DgReattachDisk { dg, disk } => {
+            | CtlChange::DgReattachDisk { dg, disk }
+            | CtlChange::DgEvacuate { dg, disk } => {
                 format!("disk {disk} in disk group {dg}")
             }
             CtlChange::VolCreate { dg, volume, .. }
@@ -671,6 +679,10 @@ fn read_change(r: c::change::Reader<'_>) -> capnp::Result<CtlChange> {
         Which::DgReattachDisk(x) => {
             let (dg, disk) = read_dg_disk(x?)?;
             CtlChange::DgReattachDisk { dg, disk }
+        }
+        Which::DgEvacuate(x) => {
+            let (dg, disk) = read_dg_disk(x?)?;
+            CtlChange::DgEvacuate { dg, disk }
         }
         Which::DgDestroy(x) => CtlChange::DgDestroy {
             dg: text(x)?,

@@ -197,7 +197,8 @@ impl SharedConfig {
             | Change::PlexAttach { .. }
             | Change::PlexRm { .. }
             | Change::SetPlexState { .. }
-            | Change::PlexDiverged { .. } => {}
+            | Change::PlexDiverged { .. }
+            | Change::DgEvacuate { .. } => {}
             _ => return None,
         }
         let index = self

@@ -183,6 +183,7 @@ fn write_change(c: &Change, b: wire::config_change::Builder<'_>) {
         | Change::DgRmDisk { .. }
         | Change::DgFailDisk { .. }
         | Change::DgReattachDisk { .. }
+        | Change::DgEvacuate { .. }
         | Change::DgDestroy { .. }
         | Change::DgDeport { .. }
         | Change::DgImport { .. }
@@ -253,6 +254,11 @@ fn write_dg_change(c: &Change, b: wire::config_change::Builder<'_>) {
             let mut g = b.init_dg_reattach_disk();
             g.set_dg(dg.as_str());
             disk::write_disk(d, g.init_disk());
+        }
+        Change::DgEvacuate { dg, disk: d } => {
+            let mut g = b.init_dg_evacuate();
+            g.set_dg(dg.as_str());
+            g.set_disk(d.as_str());
         }
         Change::DgDestroy { dg, force } => {
             let mut g = b.init_dg_destroy();
@@ -427,6 +433,7 @@ fn read_change(r: wire::config_change::Reader<'_>) -> capnp::Result<Change> {
         | Which::DgRmDisk(_)
         | Which::DgFailDisk(_)
         | Which::DgReattachDisk(_)
+        | Which::DgEvacuate(_)
         | Which::DgDestroy(_)
         | Which::DgDeport(_)
         | Which::DgImport(_)
@@ -495,6 +502,10 @@ fn read_dg_change(which: wire::config_change::WhichReader<'_>) -> capnp::Result<
         Which::DgReattachDisk(g) => Change::DgReattachDisk {
             dg: text(g.get_dg())?,
             disk: disk::read_disk(g.get_disk()?)?,
+        },
+        Which::DgEvacuate(g) => Change::DgEvacuate {
+            dg: text(g.get_dg())?,
+            disk: text(g.get_disk())?,
         },
         Which::DgDestroy(g) => Change::DgDestroy {
             dg: text(g.get_dg())?,
@@ -698,6 +709,7 @@ mod tests {
             Change::DgRmDisk { .. } => "DgRmDisk",
             Change::DgFailDisk { .. } => "DgFailDisk",
             Change::DgReattachDisk { .. } => "DgReattachDisk",
+            Change::DgEvacuate { .. } => "DgEvacuate",
             Change::DgDestroy { .. } => "DgDestroy",
             Change::DgDeport { .. } => "DgDeport",
             Change::DgImport { .. } => "DgImport",
@@ -815,6 +827,10 @@ mod tests {
                 dg: dg(),
                 disk: "d1".into(),
                 force: true,
+            },
+            Change::DgEvacuate {
+                dg: dg(),
+                disk: "d2".into(),
             },
             Change::DgReattachDisk {
                 dg: dg(),
@@ -1038,7 +1054,7 @@ mod tests {
     fn every_change_round_trips() {
         let changes = changes();
         let names: std::collections::BTreeSet<_> = changes.iter().map(name).collect();
-        assert_eq!(names.len(), 26, "a sample of every change: {names:?}");
+        assert_eq!(names.len(), 27, "a sample of every change: {names:?}");
         for c in &changes {
             let bytes = encode_change(c);
             assert_eq!(decode_change(&bytes).as_ref(), Ok(c));

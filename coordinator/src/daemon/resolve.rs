@@ -28,6 +28,7 @@ impl Daemon {
                 dg,
             },
             CtlChange::DgRmDisk { dg, disk } => Change::DgRmDisk { dg, disk },
+            CtlChange::DgEvacuate { dg, disk } => Change::DgEvacuate { dg, disk },
             CtlChange::DgFailDisk { dg, disk, force } => {
                 self.checked_at_once(Change::DgFailDisk { dg, disk, force })?
             }

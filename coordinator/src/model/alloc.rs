@@ -550,6 +550,7 @@ impl<'a> Allocator<'a> {
         let column_bytes = layout.column_len_bytes(volume_bytes);
         let mut plex = Plex {
             resync_ranges: Vec::new(),
+            replaces: None,
             name,
             state,
             layout,

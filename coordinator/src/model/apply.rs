@@ -366,6 +366,7 @@ pub fn apply_dg(dg: &DiskGroupConfig, change: &Change) -> Result<DiskGroupConfig
         Change::DgRmDisk { disk, .. } => dg_rm_disk(dg, &mut next, disk)?,
         Change::DgFailDisk { disk, force, .. } => dg_fail_disk(dg, &mut next, disk, *force)?,
         Change::DgReattachDisk { disk, .. } => dg_reattach_disk(dg, &mut next, disk)?,
+        Change::DgEvacuate { disk, .. } => dg_evacuate(dg, &mut next, disk)?,
         Change::VolCreate {
             volume,
             size_bytes,
@@ -493,6 +494,72 @@ fn disk_index(dg: &DiskGroupConfig, disk: &str) -> Result<usize, ConfigError> {
         .iter()
         .position(|d| d.name == disk)
         .ok_or_else(|| not_found("disk", disk, format!(" in disk group {}", dg.name)))
+}
+
+/// Applies [`Change::DgEvacuate`] to `next` (a copy of `dg`): each plex on `disk`
+/// that no plex replaces yet gets a SYNCING replacement of its layout, allocated in
+/// `next` (so a second replacement never takes the first one's space or disks).
+fn dg_evacuate(
+    dg: &DiskGroupConfig,
+    next: &mut DiskGroupConfig,
+    disk: &str,
+) -> Result<(), ConfigError> {
+    disk_index(dg, disk)?;
+    let mut on_disk = 0;
+    let mut moving = 0;
+    for (vi, v) in dg.volumes.iter().enumerate() {
+        for p in v
+            .plexes
+            .iter()
+            .filter(|p| p.subdisks.iter().any(|sd| sd.disk == disk))
+        {
+            on_disk += 1;
+            if v.plexes
+                .iter()
+                .any(|q| q.replaces.as_ref() == Some(&p.name))
+            {
+                continue;
+            }
+            if v.active_plexes() == 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "volume {} of disk group {} has no ACTIVE plex to copy plex {} from: it cannot be moved off disk {disk} (dg reattach-disk brings its disk back; vol rm removes it)",
+                    v.name, dg.name, p.name
+                )));
+            }
+            if next.volumes[vi].plexes.len() >= MAX_PLEXES {
+                return Err(ConfigError::InUse(format!(
+                    "volume {} already has {MAX_PLEXES} plexes: plex {} cannot get a replacement off disk {disk} (plex rm one first)",
+                    v.name, p.name
+                )));
+            }
+            let mut plex = alloc::allocate_plex(next, &v.name, p.layout).map_err(|e| {
+                ConfigError::NoSpace(AllocError {
+                    reason: format!(
+                        "plex {} cannot move off disk {disk} of disk group {}: {} (dg add-disk a disk, then dg evacuate again)",
+                        p.name, dg.name, e.reason
+                    ),
+                    ..e
+                })
+            })?;
+            plex.state = PlexState::Syncing;
+            plex.replaces = Some(p.name.clone());
+            next.volume_mut(vi).plexes.push(plex);
+            moving += 1;
+        }
+    }
+    if moving == 0 {
+        return Err(ConfigError::Invalid(match on_disk {
+            0 => format!(
+                "disk {disk} of disk group {} holds no plex: nothing to evacuate",
+                dg.name
+            ),
+            n => format!(
+                "disk {disk} of disk group {}: its {n} plex(es) are being moved already (plexctl task wait {} waits for them)",
+                dg.name, dg.name
+            ),
+        }));
+    }
+    Ok(())
 }
 
 /// Applies [`Change::DgRmDisk`] to `next` (a copy of `dg`).
@@ -1216,17 +1283,28 @@ fn plex_rm(
             dg.name
         )));
     }
-    next.volume_mut(vi).plexes.remove(pi);
-    if next.volume_mut(vi).plexes.len() == 1 {
-        // Not mirrored any more: its log is freed (a plex added later brings a new one).
-        next.volume_mut(vi).log = None;
+    remove_plex(next, vi, plex);
+    Ok(())
+}
+
+/// Removes plex `plex` of volume `vi` of `next`: a volume left with one plex loses
+/// its log (a plex added later brings a new one), a read policy that preferred the
+/// plex goes back to round robin, and a move to replace it ([`Plex::replaces`]) is
+/// over.
+fn remove_plex(next: &mut DiskGroupConfig, vi: usize, plex: &str) {
+    let v = next.volume_mut(vi);
+    v.plexes.retain(|p| p.name != plex);
+    if v.plexes.len() == 1 {
+        v.log = None;
     }
-    if let ReadPolicy::Prefer { plex: preferred } = &v.read_policy {
-        if preferred == plex {
-            next.volume_mut(vi).read_policy = ReadPolicy::Round;
+    if matches!(&v.read_policy, ReadPolicy::Prefer { plex: preferred } if preferred == plex) {
+        v.read_policy = ReadPolicy::Round;
+    }
+    for p in &mut v.plexes {
+        if p.replaces.as_deref() == Some(plex) {
+            p.replaces = None;
         }
     }
-    Ok(())
 }
 
 /// Applies [`Change::SetPlexState`] to `next` (a copy of `dg`).
@@ -1244,5 +1322,11 @@ fn set_plex_state(
     // Ranges belong to one recovery's resync: any other state change (its end,
     // a detach, a new attach: whole) drops them.
     next.volume_mut(vi).plexes[pi].resync_ranges.clear();
+    if state == PlexState::Active {
+        // The end of a move (`dg evacuate`): the plex it replaces goes.
+        if let Some(old) = next.volume_mut(vi).plexes[pi].replaces.take() {
+            remove_plex(next, vi, &old);
+        }
+    }
     Ok(())
 }

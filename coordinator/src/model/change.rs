@@ -69,6 +69,20 @@ pub enum Change {
         /// The group's record of the disk (its id: the one every node must find).
         disk: Disk,
     },
+    /// `dg evacuate`: every plex with a subdisk on the disk that no plex replaces yet
+    /// gets a replacement: a new plex of its layout on disks its volume does not
+    /// use, SYNCING (a whole copy from an ACTIVE plex), that replaces it
+    /// ([`crate::model::Plex::replaces`]): the change that makes the new plex ACTIVE
+    /// (the copy's end) removes the old one. A plex already being replaced is left
+    /// as it is, so the command may be given again after an interruption. Refused
+    /// when no plex on the disk is left to move. Dirty region log copies stay on the
+    /// disk (`dg rm-disk` moves them).
+    DgEvacuate {
+        /// Group.
+        dg: String,
+        /// Disk media name.
+        disk: String,
+    },
     /// `dg destroy`: the group and its volumes are gone; the disks are released.
     /// Refused while a volume is exported unless `force` (which ends the exports);
     /// every node also refuses it while a host session uses a volume (local check).
@@ -304,6 +318,7 @@ impl Change {
             | Change::DgRmDisk { dg, .. }
             | Change::DgFailDisk { dg, .. }
             | Change::DgReattachDisk { dg, .. }
+            | Change::DgEvacuate { dg, .. }
             | Change::DgDestroy { dg, .. }
             | Change::DgDeport { dg, .. }
             | Change::VolCreate { dg, .. }
@@ -408,6 +423,7 @@ pub fn describe(change: &Change, after: Option<&DiskGroupConfig>) -> String {
         Change::DgRmDisk { disk, .. } => format!("disk {disk} removed from disk group {dg}"),
         Change::DgFailDisk { disk, .. } => describe_fail_disk(dg, disk, after),
         Change::DgReattachDisk { disk, .. } => describe_reattach_disk(dg, &disk.name, after),
+        Change::DgEvacuate { disk, .. } => describe_evacuate(dg, disk, after),
         Change::DgDestroy { force, .. } => format!(
             "disk group {dg} destroyed, its disks released{}",
             exports_ended(*force)
@@ -629,6 +645,39 @@ fn describe_reattach_disk(dg: &str, disk: &str, after: Option<&DiskGroupConfig>)
         }
     }
     line
+}
+
+/// [`describe`] of [`Change::DgEvacuate`]: each plex on the disk and the plex that
+/// replaces it.
+fn describe_evacuate(dg: &str, disk: &str, after: Option<&DiskGroupConfig>) -> String {
+    let moves: Vec<String> = after
+        .into_iter()
+        .flat_map(|g| &g.volumes)
+        .flat_map(|v| v.plexes.iter().map(move |p| (v, p)))
+        .filter_map(|(v, p)| {
+            let old = p.replaces.as_deref()?;
+            let on_disk = v
+                .plexes
+                .iter()
+                .any(|o| o.name == old && o.subdisks.iter().any(|sd| sd.disk == disk));
+            on_disk.then(|| format!("{old} -> {} ({})", p.name, describe_disks(p)))
+        })
+        .collect();
+    format!(
+        "disk {disk} of disk group {dg}: moving plex(es) {}: SYNCING, each replaces its plex on {disk} once ACTIVE (see plexctl task list)",
+        moves.join(", ")
+    )
+}
+
+/// The disks of a plex, in column order, e.g. `d2` or `d2+d3`.
+fn describe_disks(p: &Plex) -> String {
+    let mut disks: Vec<&str> = Vec::new();
+    for sd in &p.subdisks {
+        if !disks.contains(&sd.disk.as_str()) {
+            disks.push(&sd.disk);
+        }
+    }
+    format!("on {}", disks.join("+"))
 }
 
 /// [`describe`] of a change that sized a volume: `headline`, then (when the volume

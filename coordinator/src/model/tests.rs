@@ -1756,3 +1756,204 @@ fn a_degraded_mirror_grows_off_its_failed_disk_and_a_lost_volume_does_not_grow()
     let space = new_data_space(&grow("mir"), Some(&c.disk_groups[0]), g).expect("new space");
     assert!(space.extents.iter().all(|e| e.disk != on), "{space:?}");
 }
+
+fn evacuate(disk: &str) -> Change {
+    Change::DgEvacuate {
+        dg: "dg1".into(),
+        disk: disk.into(),
+    }
+}
+
+fn set_active(c: &ClusterConfig, plex: &str) -> ClusterConfig {
+    c.apply(&Change::SetPlexState {
+        dg: "dg1".into(),
+        plex: plex.into(),
+        state: PlexState::Active,
+    })
+    .unwrap()
+}
+
+/// The plex of `volume` that replaces `old`, if any.
+fn replacement<'a>(c: &'a ClusterConfig, volume: &str, old: &str) -> Option<&'a Plex> {
+    c.disk_groups[0]
+        .volume(volume)?
+        .plexes
+        .iter()
+        .find(|p| p.replaces.as_deref() == Some(old))
+}
+
+#[test]
+fn evacuating_a_disk_moves_each_plex_on_it_to_a_replacement_that_removes_it_once_active() {
+    let c = cluster(&[("d1", GIB), ("d2", GIB), ("d3", GIB), ("d4", GIB)]);
+    let c = create_vol(&c, "cat", 64 << 20, VolumeLayout::Concat).unwrap();
+    let on = plex_disk(&c.disk_groups[0].volume("cat").unwrap().plexes[0]).to_string();
+    let c = with_mirror(&c, "mir", 64 << 20, Default::default());
+    let mir_on: Vec<String> = c.disk_groups[0]
+        .volume("mir")
+        .unwrap()
+        .plexes
+        .iter()
+        .filter(|p| plex_disk(p) == on)
+        .map(|p| p.name.clone())
+        .collect();
+    assert_eq!(mir_on.len(), 1, "the mirror has a plex on {on} too");
+    let moved = c.apply(&evacuate(&on)).unwrap();
+    let g = &moved.disk_groups[0];
+    for (volume, old) in [("cat", "cat-01".to_string()), ("mir", mir_on[0].clone())] {
+        let new = replacement(&moved, volume, &old).expect("a replacement");
+        assert_eq!(new.state, PlexState::Syncing, "{new:?}");
+        assert!(new.resync_ranges.is_empty(), "a whole copy: {new:?}");
+        let others: BTreeSet<&str> = g
+            .volume(volume)
+            .unwrap()
+            .plexes
+            .iter()
+            .filter(|p| p.name != new.name)
+            .flat_map(|p| p.subdisks.iter().map(|sd| sd.disk.as_str()))
+            .collect();
+        assert!(
+            new.subdisks
+                .iter()
+                .all(|sd| sd.disk != on && !others.contains(sd.disk.as_str())),
+            "{new:?} shares a disk with {others:?}"
+        );
+    }
+    let text = describe(&evacuate(&on), Some(g));
+    assert!(
+        text.starts_with(&format!(
+            "disk {on} of disk group dg1: moving plex(es) cat-01 -> cat-02 (on "
+        )),
+        "{text}"
+    );
+    // Given again, it leaves the moves under way as they are.
+    let e = moved.apply(&evacuate(&on)).unwrap_err();
+    assert!(e.to_string().contains("are being moved already"), "{e}");
+    // The copies end: each old plex goes in the change that makes its replacement
+    // ACTIVE; the mirror keeps two plexes and its log.
+    let cat_new = replacement(&moved, "cat", "cat-01").unwrap().name.clone();
+    let mir_new = replacement(&moved, "mir", &mir_on[0]).unwrap().name.clone();
+    let done = set_active(&set_active(&moved, &cat_new), &mir_new);
+    let g = &done.disk_groups[0];
+    let cat = g.volume("cat").unwrap();
+    assert_eq!(
+        cat.plexes
+            .iter()
+            .map(|p| (p.name.as_str(), p.state, p.replaces.is_some()))
+            .collect::<Vec<_>>(),
+        [(cat_new.as_str(), PlexState::Active, false)]
+    );
+    let mir = g.volume("mir").unwrap();
+    assert_eq!(mir.plexes.len(), 2, "{mir:?}");
+    assert!(mir
+        .plexes
+        .iter()
+        .all(|p| p.state == PlexState::Active && p.replaces.is_none()));
+    assert!(mir.log.is_some());
+    assert!(g
+        .volumes
+        .iter()
+        .flat_map(|v| &v.plexes)
+        .all(|p| plex_disk(p) != on));
+    let e = done.apply(&evacuate(&on)).unwrap_err();
+    assert!(
+        e.to_string().contains("holds no plex: nothing to evacuate"),
+        "{e}"
+    );
+    // Empty now: the disk leaves the group (its log copies move).
+    done.apply(&Change::DgRmDisk {
+        dg: "dg1".into(),
+        disk: on.clone(),
+    })
+    .unwrap();
+}
+
+#[test]
+fn an_evacuation_needs_room_and_a_source_and_a_move_ends_with_its_old_or_new_plex() {
+    // A mirror over both disks of a group of two has nowhere to go.
+    let c = with_mirror(
+        &cluster(&[("d1", GIB), ("d2", GIB)]),
+        "mir",
+        64 << 20,
+        Default::default(),
+    );
+    let e = c.apply(&evacuate("d1")).unwrap_err();
+    assert!(
+        matches!(e, ConfigError::NoSpace(_))
+            && e.to_string()
+                .contains("mir-01 cannot move off disk d1 of disk group dg1"),
+        "{e}"
+    );
+    let e = c.apply(&evacuate("d9")).unwrap_err();
+    assert!(matches!(e, ConfigError::NotFound { .. }), "{e}");
+    // Three disks: the move of mir-01 from d1 to d3.
+    let c = with_mirror(
+        &cluster(&[("d1", GIB), ("d2", GIB), ("d3", GIB)]),
+        "mir",
+        64 << 20,
+        Default::default(),
+    );
+    let old = c.disk_groups[0]
+        .volume("mir")
+        .unwrap()
+        .plexes
+        .iter()
+        .find(|p| plex_disk(p) == "d1")
+        .unwrap()
+        .name
+        .clone();
+    let moving = c.apply(&evacuate("d1")).unwrap();
+    let new = replacement(&moving, "mir", &old).unwrap().name.clone();
+    // Detached, the replacement keeps its move; attached again and copied, it
+    // still ends it.
+    let detached = moving
+        .apply(&Change::PlexDetach {
+            dg: "dg1".into(),
+            plex: new.clone(),
+        })
+        .unwrap();
+    assert_eq!(
+        replacement(&detached, "mir", &old).map(|p| p.state),
+        Some(PlexState::Stale)
+    );
+    let again = detached
+        .apply(&Change::PlexAttach {
+            dg: "dg1".into(),
+            plex: new.clone(),
+        })
+        .unwrap();
+    let done = set_active(&again, &new);
+    let names: Vec<&str> = done.disk_groups[0]
+        .volume("mir")
+        .unwrap()
+        .plexes
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    assert!(
+        !names.contains(&old.as_str()) && names.contains(&new.as_str()),
+        "{names:?}"
+    );
+    // The old plex removed first (plex rm): the move is over, the new plex stays.
+    let removed = moving
+        .apply(&Change::PlexRm {
+            dg: "dg1".into(),
+            plex: old.clone(),
+            force: true,
+        })
+        .unwrap();
+    assert!(replacement(&removed, "mir", &old).is_none());
+    let done = set_active(&removed, &new);
+    assert_eq!(done.disk_groups[0].volume("mir").unwrap().plexes.len(), 2);
+    // A plex that replaces itself, or is ACTIVE and still replacing, is refused.
+    for (state, replaces) in [
+        (PlexState::Syncing, new.clone()),
+        (PlexState::Active, old.clone()),
+    ] {
+        let mut bad = moving.disk_groups[0].clone();
+        let v = bad.volume_mut(0);
+        let p = v.plexes.iter_mut().find(|p| p.name == new).unwrap();
+        p.state = state;
+        p.replaces = Some(replaces);
+        assert!(bad.validate().is_err(), "{state:?}");
+    }
+}

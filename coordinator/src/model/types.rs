@@ -364,6 +364,10 @@ pub struct Plex {
     /// plex. Empty for other states.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub resync_ranges: Vec<(u64, u64)>,
+    /// `dg evacuate`: the plex of the same volume this one replaces, removed by the
+    /// change that makes this one ACTIVE ([`crate::model::Change::DgEvacuate`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<String>,
 }
 
 /// A subdisk (`sd`): a contiguous extent of one disk's public region.

@@ -535,6 +535,25 @@ impl DiskGroupConfig {
                 self.validate_subdisk(sd, object_names, extents)?;
             }
             self.validate_resync_ranges(v, p)?;
+            self.validate_replaces(v, p)?;
+        }
+        Ok(())
+    }
+
+    /// A plex that replaces another (`dg evacuate`): that one is another plex of the
+    /// same volume, and this one is not ACTIVE yet (becoming ACTIVE ends the move).
+    fn validate_replaces(&self, v: &Volume, p: &Plex) -> Result<(), ConfigError> {
+        let Some(old) = &p.replaces else {
+            return Ok(());
+        };
+        if *old == p.name || !v.plexes.iter().any(|q| q.name == *old) {
+            return self.invalid(format!(
+                "plex {}: replaces {old}, which is not another plex of volume {}",
+                p.name, v.name
+            ));
+        }
+        if p.state == PlexState::Active {
+            return self.invalid(format!("plex {}: ACTIVE and still replacing {old}", p.name));
         }
         Ok(())
     }

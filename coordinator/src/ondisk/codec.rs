@@ -293,6 +293,9 @@ fn encode_volume(v: &Volume, mut b: wire::volume::Builder<'_>) {
         pb.set_name(p.name.as_str());
         pb.set_state(wire_plex_state(p.state));
         write_plex_layout(&p.layout, pb.reborrow().init_layout());
+        if let Some(old) = &p.replaces {
+            pb.set_replaces(old.as_str());
+        }
         if !p.resync_ranges.is_empty() {
             let mut rb = pb
                 .reborrow()
@@ -612,12 +615,14 @@ fn decode_plex(p: wire::plex::Reader<'_>) -> capnp::Result<Plex> {
         .iter()
         .map(|r| (r.get_offset_bytes(), r.get_len_bytes()))
         .collect();
+    let replaces = Some(text(p.get_replaces())?).filter(|r| !r.is_empty());
     Ok(Plex {
         name: text(p.get_name())?,
         state,
         layout,
         subdisks,
         resync_ranges,
+        replaces,
     })
 }
 

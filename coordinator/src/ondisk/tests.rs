@@ -189,6 +189,9 @@ fn a_dirty_region_log_and_resync_ranges_round_trip_through_the_disks() {
     );
     g.volume_mut(0).plexes[1].state = crate::model::PlexState::Syncing;
     g.volume_mut(0).plexes[1].resync_ranges = vec![(0, 512 << 10), (4 << 20, 1 << 20)];
+    // A plex that `dg evacuate` moves (replaces) reads back with its mark.
+    let first = g.volumes[0].plexes[0].name.clone();
+    g.volume_mut(0).plexes[1].replaces = Some(first.clone());
     g.validate().unwrap();
     write_config(&paths, &g, 18, None).unwrap();
     let read = read_config(&paths).unwrap();
@@ -198,6 +201,7 @@ fn a_dirty_region_log_and_resync_ranges_round_trip_through_the_disks() {
         read.config.volumes[0].plexes[1].resync_ranges,
         vec![(0, 512 << 10), (4 << 20, 1 << 20)]
     );
+    assert_eq!(read.config.volumes[0].plexes[1].replaces, Some(first));
     // A log of one copy (as every record of an older plexd) is written without
     // moreCopies and reads back as one copy.
     g.volume_mut(0).log.as_mut().unwrap().copies.truncate(1);
