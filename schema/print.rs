@@ -347,14 +347,18 @@ pub fn text_tree(c: printed_config::Reader<'_>) -> capnp::Result<String> {
                     "concat" => "CONCAT".to_string(),
                     other => other.to_string(),
                 };
-                let resync = match resync_ranges(p)? {
+                let mut notes = match resync_ranges(p)? {
                     Some((count, bytes, _)) => {
                         format!(" resync {count} ranges {} left", format_size(bytes))
                     }
                     None => String::new(),
                 };
+                let replaces = text(p.get_replaces())?;
+                if !replaces.is_empty() {
+                    notes += &format!(" replaces {replaces}");
+                }
                 s.push_str(&format!(
-                    "pl {:<12} {:<12} {:<8} {:<8} {}{resync}\n",
+                    "pl {:<12} {:<12} {:<8} {:<8} {}{notes}\n",
                     pname,
                     vname,
                     plex_state(p.get_state()),

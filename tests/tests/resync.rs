@@ -259,6 +259,8 @@ fn a_disk_evacuated_under_host_io_moves_its_plexes_even_when_the_master_dies_mid
             && out.contains(&format!("{} -> ", vol1_from[0])),
         "{out}"
     );
+    let tree = c.ctl_ok(2, "print dg1");
+    assert!(tree.contains("replaces cat-01"), "{tree}");
     let again = c.ctl_err(2, &format!("dg evacuate dg1 {from}"));
     assert!(again.contains("are being moved already"), "{again}");
     wait_until(

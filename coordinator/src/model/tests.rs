@@ -1957,3 +1957,35 @@ fn an_evacuation_needs_room_and_a_source_and_a_move_ends_with_its_old_or_new_ple
         assert!(bad.validate().is_err(), "{state:?}");
     }
 }
+
+#[test]
+fn evacuating_a_failed_disk_rebuilds_its_stale_plexes_elsewhere() {
+    let c = with_mirror(
+        &cluster(&[("d1", GIB), ("d2", GIB), ("d3", GIB)]),
+        "mir",
+        64 << 20,
+        Default::default(),
+    );
+    let on = plex_disk(&c.disk_groups[0].volume("mir").unwrap().plexes[0]).to_string();
+    let old = c.disk_groups[0].volume("mir").unwrap().plexes[0]
+        .name
+        .clone();
+    let failed = c.apply(&fail_disk(&on, false)).unwrap();
+    let moving = failed.apply(&evacuate(&on)).unwrap();
+    let new = replacement(&moving, "mir", &old).expect("a replacement");
+    assert_eq!(new.state, PlexState::Syncing);
+    assert!(new
+        .subdisks
+        .iter()
+        .all(|sd| !moving.disk_groups[0].disk_failed(&sd.disk)));
+    let done = set_active(&moving, &new.name.clone());
+    let mir = done.disk_groups[0].volume("mir").unwrap();
+    assert!(
+        mir.plexes.len() == 2
+            && mir
+                .plexes
+                .iter()
+                .all(|p| p.state == PlexState::Active && plex_disk(p) != on),
+        "{mir:?}"
+    );
+}
