@@ -27,7 +27,7 @@ use serde_json::Value;
 
 use crate::bins::Bins;
 use crate::corosync::Corosyncs;
-use crate::data::Pattern;
+use crate::data::{IoLoop, Pattern};
 use crate::netns::Netns;
 use crate::proc::{tail, touch, Proc, Spec};
 use crate::wait::{try_wait_until, wait_until};
@@ -1271,6 +1271,20 @@ impl Cluster {
             .retain(|q| !(q.bdev == p.bdev && q.offset_bytes == p.offset_bytes));
         self.patterns.push(p.clone());
         p
+    }
+
+    /// Host I/O through node `i`'s data plane once it serves `dg.vol`: an [`IoLoop`]
+    /// over 256 KiB at 8 MiB into the volume, its seeds counting up from `seed`.
+    pub fn start_io_loop(&self, i: usize, dg: &str, vol: &str, seed: u64) -> IoLoop {
+        self.wait_served(i, dg, vol);
+        let region = Pattern {
+            bdev: format!("{dg}.{vol}"),
+            offset_bytes: 8 << 20,
+            len_bytes: 256 << 10,
+            seed,
+        };
+        IoLoop::start(self.nodes[i].target_socket.clone(), region)
+            .unwrap_or_else(|e| panic!("node {}: I/O loop: {e}", self.nodes[i].name))
     }
 
     /// Waits until node `i`'s data plane serves `dg.vol` (a node serves shared

@@ -241,6 +241,18 @@ pub struct IoLoopResult {
     pub last: Option<Pattern>,
 }
 
+impl IoLoopResult {
+    /// The kept failures other than fenced (errno 108: the node's data plane held
+    /// no lease, as while a failover runs).
+    pub fn unfenced_errors(&self) -> Vec<&String> {
+        let fenced = format!("errno {FENCED_ERRNO}");
+        self.errors
+            .iter()
+            .filter(|e| !e.contains(&fenced))
+            .collect()
+    }
+}
+
 impl IoLoop {
     /// Starts the loop on `socket` (a plexd-target's) over `region`; seeds count up
     /// from `region.seed`.

@@ -4,8 +4,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use plexd_tests::cluster::node_reason;
-use plexd_tests::data::IoLoop;
-use plexd_tests::{members, wait_until, Cluster, ClusterOpts, Pattern};
+use plexd_tests::{members, wait_until, Cluster, ClusterOpts};
 
 fn names(list: &[&str]) -> BTreeSet<String> {
     list.iter().map(|s| s.to_string()).collect()
@@ -153,14 +152,7 @@ fn a_cluster_paused_whole_for_longer_than_a_lease_comes_back_with_one_master_and
     let m = c.master();
     c.shared_mirror(m, "dg1", "vol1", "32M");
     let s = (m + 1) % 3;
-    c.wait_served(s, "dg1", "vol1");
-    let region = Pattern {
-        bdev: "dg1.vol1".into(),
-        offset_bytes: 8 << 20,
-        len_bytes: 256 << 10,
-        seed: 5_000_000,
-    };
-    let io = IoLoop::start(c.nodes[s].target_socket.clone(), region).unwrap();
+    let io = c.start_io_loop(s, "dg1", "vol1", 5_000_000);
     io.wait_more_rounds(2, Duration::from_secs(20));
     for i in 0..3 {
         c.freeze_target(i);
@@ -189,11 +181,7 @@ fn a_cluster_paused_whole_for_longer_than_a_lease_comes_back_with_one_master_and
     );
     io.wait_more_rounds(3, Duration::from_secs(30));
     let seen = io.stop();
-    let unfenced: Vec<&String> = seen
-        .errors
-        .iter()
-        .filter(|e| !e.contains("errno 108"))
-        .collect();
+    let unfenced = seen.unfenced_errors();
     assert!(
         unfenced.is_empty(),
         "host I/O through node {} failed other than fenced after the pause: {unfenced:?}",

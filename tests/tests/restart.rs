@@ -6,9 +6,8 @@ use std::time::Duration;
 use plexd_coordinator::ondisk;
 use plexd_tests::cluster::without_seq;
 use plexd_tests::cluster::{node_reason, status_node, EXIT_NO_QUORUM};
-use plexd_tests::data::IoLoop;
 use plexd_tests::plex_disk::plexd_log;
-use plexd_tests::{wait_until, Cluster, ClusterOpts, Pattern};
+use plexd_tests::{wait_until, Cluster, ClusterOpts};
 
 #[test]
 fn restarting_a_coordinator_alone_never_interrupts_io() {
@@ -19,14 +18,7 @@ fn restarting_a_coordinator_alone_never_interrupts_io() {
     };
     let mut c = Cluster::start(3, opts);
     c.shared_mirror(0, "dg1", "vol1", "32M");
-    let region = Pattern {
-        bdev: "dg1.vol1".into(),
-        offset_bytes: 8 << 20,
-        len_bytes: 256 << 10,
-        seed: 1_000_000,
-    };
-    c.wait_served(1, "dg1", "vol1");
-    let io = IoLoop::start(c.nodes[1].target_socket.clone(), region).unwrap();
+    let io = c.start_io_loop(1, "dg1", "vol1", 1_000_000);
     let wait = Duration::from_secs(20);
     io.wait_more_rounds(3, wait);
     c.kill_coordinator(1);

@@ -244,14 +244,7 @@ fn a_disk_evacuated_under_host_io_moves_its_plexes_even_when_the_master_dies_mid
         k.inject_error(disk, Injection::LatencyUs(COPY_LATENCY_US))
             .unwrap();
     }
-    let region = Pattern {
-        bdev: "dg1.vol1".into(),
-        offset_bytes: 8 << 20,
-        len_bytes: 256 << 10,
-        seed: 7_000_000,
-    };
-    c.wait_served(2, "dg1", "vol1");
-    let io = plexd_tests::data::IoLoop::start(c.nodes[2].target_socket.clone(), region).unwrap();
+    let io = c.start_io_loop(2, "dg1", "vol1", 7_000_000);
     let out = c.ctl_ok(1, &format!("dg evacuate dg1 {from}"));
     assert!(
         out.contains(&format!("disk {from} of disk group dg1: moving plex(es)"))
@@ -312,11 +305,7 @@ fn a_disk_evacuated_under_host_io_moves_its_plexes_even_when_the_master_dies_mid
     io.wait_more_rounds(2, Duration::from_secs(30));
     let seen = io.stop();
     // Fenced (errno 108) only while c's lease waited for the new master.
-    let unfenced: Vec<&String> = seen
-        .errors
-        .iter()
-        .filter(|e| !e.contains("errno 108"))
-        .collect();
+    let unfenced = seen.unfenced_errors();
     assert!(
         unfenced.is_empty(),
         "host I/O through c failed: {unfenced:?}"

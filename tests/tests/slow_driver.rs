@@ -18,8 +18,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use plexd_tests::data::IoLoop;
-use plexd_tests::{members, wait_until, Cluster, ClusterOpts, Pattern};
+use plexd_tests::{members, wait_until, Cluster, ClusterOpts};
 use serde_json::Value;
 
 /// How long a plexd-target stays stopped (SIGSTOP) in the hung-target test: as
@@ -74,14 +73,7 @@ fn current_view(c: &Cluster) -> Value {
 /// loop through node `slow`'s target; checks the view and the I/O throughout.
 fn change_while_slow(c: &mut Cluster, on: usize, slow: usize, cmd: &str, point: &str) {
     let view = current_view(c);
-    let region = Pattern {
-        bdev: "dg1.vol1".into(),
-        offset_bytes: 8 << 20,
-        len_bytes: 256 << 10,
-        seed: 1_000_000,
-    };
-    c.wait_served(slow, "dg1", "vol1");
-    let io = IoLoop::start(c.nodes[slow].target_socket.clone(), region).unwrap();
+    let io = c.start_io_loop(slow, "dg1", "vol1", 1_000_000);
     io.wait_more_rounds(2, Duration::from_secs(20));
     let rounds_before = io.rounds();
     let began = Instant::now();
