@@ -874,7 +874,13 @@ impl Cluster {
             "the resync after plexd {}'s restart to end",
             self.nodes[i].name
         );
-        wait_until(&desc, RESTART_LEASE_TIMEOUT, || {
+        self.wait_no_syncing(i, &desc, RESTART_LEASE_TIMEOUT);
+    }
+
+    /// Waits (bounded by `timeout`) until node `i` shows no plex of a shared group
+    /// SYNCING: every resync under way ended (`what` names the wait).
+    pub fn wait_no_syncing(&self, i: usize, what: &str, timeout: Duration) {
+        wait_until(what, timeout, || {
             let p = self.try_ctl_json(i, "print")?;
             match shared_groups(&p)
                 .iter()

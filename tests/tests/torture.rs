@@ -61,6 +61,10 @@ enum Change {
     DgDestroy {
         dg: String,
     },
+    DgEvacuate {
+        dg: String,
+        disk: String,
+    },
 }
 
 impl Change {
@@ -78,10 +82,13 @@ impl Change {
                 format!("dg create {dg} {} --shared", disks.join(" "))
             }
             Change::DgDestroy { dg } => format!("dg destroy {dg}"),
+            Change::DgEvacuate { dg, disk } => format!("dg evacuate {dg} {disk}"),
         }
     }
 
-    fn applied(&self, print: &Value) -> bool {
+    /// Whether the change is in `print`, the configuration after it (`before`: the
+    /// one before it).
+    fn applied(&self, before: &Value, print: &Value) -> bool {
         match self {
             Change::VolCreate { dg, vol, .. } => volume(print, dg, vol).is_some(),
             Change::VolRm { dg, vol } => volume(print, dg, vol).is_none(),
@@ -90,8 +97,40 @@ impl Change {
             }
             Change::DgCreate { dg, .. } => group(print, dg).is_some(),
             Change::DgDestroy { dg } => group(print, dg).is_none(),
+            // A new replacement (still copying), or a plex that was on the disk gone
+            // (its replacement's copy already over): nothing else moves plexes.
+            Change::DgEvacuate { dg, disk } => {
+                let replacements = |p: &Value| -> Vec<String> {
+                    group_plexes(p, dg)
+                        .into_iter()
+                        .filter(|pl| pl.get("replaces").is_some())
+                        .filter_map(|pl| pl["name"].as_str().map(str::to_string))
+                        .collect()
+                };
+                let on_disk = |p: &Value| -> Vec<String> {
+                    group_plexes(p, dg)
+                        .into_iter()
+                        .filter(|pl| pl["subdisks"].to_string().contains(&format!("\"{disk}\"")))
+                        .filter_map(|pl| pl["name"].as_str().map(str::to_string))
+                        .collect()
+                };
+                let (was, now) = (replacements(before), replacements(print));
+                let still = on_disk(print);
+                now.iter().any(|r| !was.contains(r))
+                    || on_disk(before).iter().any(|p| !still.contains(p))
+            }
         }
     }
+}
+
+/// Every plex of group `dg` in `print`.
+fn group_plexes(print: &Value, dg: &str) -> Vec<Value> {
+    group(print, dg)
+        .and_then(|g| g["volumes"].as_array())
+        .into_iter()
+        .flatten()
+        .flat_map(|v| v["plexes"].as_array().cloned().unwrap_or_default())
+        .collect()
 }
 
 /// Volumes of the shared groups: (dg, vol, size in bytes).
@@ -153,7 +192,7 @@ fn random_change(rng: &mut StdRng, print: &Value, n_disks: usize, serial: u64) -
     let removable: Vec<&(String, String, u64)> =
         vols.iter().filter(|(_, v, _)| v != "vol1").collect();
     loop {
-        match rng.gen_range(0..10) {
+        match rng.gen_range(0..11) {
             0..=3 if vols.len() < MAX_VOLUMES => {
                 let layout = [
                     "--layout mirror --mirrors 2",
@@ -185,9 +224,16 @@ fn random_change(rng: &mut StdRng, print: &Value, n_disks: usize, serial: u64) -
             8 => {
                 let free = free_disks(print, n_disks);
                 if free.len() >= 2 {
+                    // Three disks when there are, half the time: room to evacuate
+                    // one of a mirror's disks.
+                    let n = if free.len() >= 3 && rng.gen_bool(0.5) {
+                        3
+                    } else {
+                        2
+                    };
                     return Change::DgCreate {
                         dg: format!("g{serial}"),
-                        disks: free[..2].to_vec(),
+                        disks: free[..n].to_vec(),
                     };
                 }
             }
@@ -200,6 +246,40 @@ fn random_change(rng: &mut StdRng, print: &Value, n_disks: usize, serial: u64) -
                     return Change::DgDestroy {
                         dg: empty[rng.gen_range(0..empty.len())].clone(),
                     };
+                }
+            }
+            10 => {
+                // A disk that holds a plex (refused when its volume has no room elsewhere).
+                let held: Vec<(String, String)> = groups
+                    .iter()
+                    .flat_map(|g| {
+                        group_plexes(print, g).into_iter().flat_map(move |pl| {
+                            let g = g.clone();
+                            pl["subdisks"]
+                                .as_array()
+                                .cloned()
+                                .unwrap_or_default()
+                                .into_iter()
+                                .filter_map(move |sd| {
+                                    Some((g.clone(), sd["disk"].as_str()?.to_string()))
+                                })
+                        })
+                    })
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                // dg1's mirror vol1 spans both its disks: an evacuation there is
+                // refused, so the other groups' disks come first.
+                let others: Vec<&(String, String)> =
+                    held.iter().filter(|(g, _)| g != "dg1").collect();
+                let pick = if others.is_empty() {
+                    held.iter().collect()
+                } else {
+                    others
+                };
+                if !pick.is_empty() {
+                    let (dg, disk) = pick[rng.gen_range(0..pick.len())].clone();
+                    return Change::DgEvacuate { dg, disk };
                 }
             }
             _ => {}
@@ -358,7 +438,7 @@ fn run(
         let after = c.agreed_print();
         forget_removed(c, &after);
         c.check_invariants();
-        let applied = change.applied(&after);
+        let applied = change.applied(&before, &after);
         // Through a freeze, an answer may not come (unreachable) or say the
         // outcome is unknown: either outcome is then right.
         let undecided =
@@ -405,6 +485,28 @@ fn run(
                     .unwrap_or_else(|e| panic!("step {step}: the new space of {bdev}: {e}"));
             }
         }
+        if applied && matches!(change, Change::DgEvacuate { .. }) {
+            // The moves end by themselves (each copy's end removes its old plex):
+            // the next step starts from a configuration at rest.
+            c.wait_no_syncing(
+                0,
+                &format!("step {step}: the evacuation's copies to end"),
+                Duration::from_secs(60),
+            );
+            let moved = c.agreed_print();
+            let waiting: Vec<Value> = plexd_tests::cluster::shared_groups(&moved)
+                .iter()
+                .filter_map(|g| g["name"].as_str())
+                .flat_map(|g| group_plexes(&moved, g))
+                .filter(|pl| pl.get("replaces").is_some())
+                .collect();
+            if !waiting.is_empty() {
+                // A replacement detached by an I/O error keeps its move (plex attach
+                // resumes it); the old plex stays meanwhile.
+                eprintln!("step {step}: a move waits on a detached replacement: {waiting:?}");
+            }
+            c.check_invariants();
+        }
         write_patterns(c, rng, &after);
     }
     max_steps
@@ -425,7 +527,12 @@ fn torture_random_changes_with_kills_at_random_failpoints_keep_the_invariants() 
         budget.as_secs()
     );
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut c = Cluster::start(3, ClusterOpts::default());
+    // Eight disks: room for groups of three, whose mirrors can be evacuated.
+    let opts = ClusterOpts {
+        disks: 8,
+        ..ClusterOpts::default()
+    };
+    let mut c = Cluster::start(3, opts);
     c.shared_mirror(0, "dg1", "vol1", "32M");
     let mut step = 0;
     let r = catch_unwind(AssertUnwindSafe(|| {
