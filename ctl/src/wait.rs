@@ -265,7 +265,7 @@ struct Round {
 }
 
 /// Asks `addrs` (the first that answers) for one round.
-fn ask(addrs: &[String], call_timeout: Duration, dg: &str) -> (String, Result<Round, Failure>) {
+fn ask(addrs: &[String], call_timeout: Duration, dg: &str) -> Answer {
     with_ctl(addrs, call_timeout, async move |client| {
         let print = show::print_json(&client, dg).await?;
         let tasks = show::tasks(&client).await?;
@@ -282,20 +282,43 @@ pub(crate) fn wait(
     max_wait: Option<Duration>,
     json_out: bool,
 ) -> (String, Result<Value, Failure>) {
-    let began = Instant::now();
-    let mut shown = Shown::new(json_out);
-    let mut awaited: Option<Vec<Key>> = None;
     let dg = scope.dg.clone().unwrap_or_default();
+    let rounds = Rounds {
+        ask: || ask(addrs, call_timeout, &dg),
+        pause: std::thread::sleep,
+    };
+    wait_rounds(rounds, scope, max_wait, Shown::new(json_out))
+}
+
+/// A round's answer and the address that gave it (or was tried last).
+type Answer = (String, Result<Round, Failure>);
+
+/// Where a wait's rounds come from and how it pauses between them (the node and
+/// the clock; a test gives its own).
+struct Rounds<A, P> {
+    ask: A,
+    pause: P,
+}
+
+/// [`wait`] over `rounds`, showing progress with `shown`.
+fn wait_rounds(
+    mut rounds: Rounds<impl FnMut() -> (String, Result<Round, Failure>), impl FnMut(Duration)>,
+    scope: &Scope,
+    max_wait: Option<Duration>,
+    mut shown: Shown,
+) -> (String, Result<Value, Failure>) {
+    let began = Instant::now();
+    let mut awaited: Option<Vec<Key>> = None;
     let mut failed_rounds = 0;
     let (addr, ended) = loop {
-        let (addr, round) = ask(addrs, call_timeout, &dg);
+        let (addr, round) = (rounds.ask)();
         let round = match round {
             Ok(r) => r,
             Err(Failure::Lost(_) | Failure::Unreachable(..))
                 if failed_rounds + 1 < MAX_FAILED_ROUNDS =>
             {
                 failed_rounds += 1;
-                std::thread::sleep(POLL);
+                (rounds.pause)(POLL);
                 continue;
             }
             Err(e) => {
@@ -377,7 +400,7 @@ pub(crate) fn wait(
             Some(m) => POLL.min(m.saturating_sub(began.elapsed())),
             None => POLL,
         };
-        std::thread::sleep(pause);
+        (rounds.pause)(pause);
     };
     shown.clear();
     let waited_ms = u64::try_from(began.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -574,6 +597,103 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// Rounds from a script: each answer in turn (a configuration with plex v1-02
+    /// in the state given, or a failure), never sleeping.
+    fn scripted(
+        script: Vec<Result<&'static str, Failure>>,
+    ) -> Rounds<impl FnMut() -> Answer, impl FnMut(Duration)> {
+        let mut script = script.into_iter();
+        Rounds {
+            ask: move || {
+                let answer = script
+                    .next()
+                    .expect("the wait asked once more than scripted");
+                let round = answer.map(|state| {
+                    let mut print = print();
+                    print["disk_groups"][0]["volumes"][0]["plexes"][1]["state"] = json!(state);
+                    Round {
+                        print,
+                        tasks: Vec::new(),
+                    }
+                });
+                ("127.0.0.1:1".to_string(), round)
+            },
+            pause: |_| {},
+        }
+    }
+
+    #[test]
+    fn a_wait_rides_out_two_unreachable_rounds_but_not_three() {
+        let lost = || Failure::Lost("connection closed".into());
+        let sc = || scope(Some("dg1"), Some("v1"), None);
+        // Syncing, two rounds lost (a node died mid-call), then ACTIVE: done.
+        let (_, r) = wait_rounds(
+            scripted(vec![Ok("SYNCING"), Err(lost()), Err(lost()), Ok("ACTIVE")]),
+            &sc(),
+            None,
+            Shown::Nothing,
+        );
+        assert_eq!(r.unwrap()["plexes"][0]["state"], "ACTIVE");
+        // Three in a row: the wait gives up, saying the copies go on.
+        let (_, r) = wait_rounds(
+            scripted(vec![Ok("SYNCING"), Err(lost()), Err(lost()), Err(lost())]),
+            &sc(),
+            None,
+            Shown::Nothing,
+        );
+        match r {
+            Err(Failure::Lost(m)) => assert!(m.contains("the resyncs go on"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        // A refusal is not retried.
+        let (_, r) = wait_rounds(
+            scripted(vec![Err(Failure::Usage("no".into()))]),
+            &sc(),
+            None,
+            Shown::Nothing,
+        );
+        assert!(matches!(r, Err(Failure::Usage(_))), "{r:?}");
+    }
+
+    #[test]
+    fn a_wait_ends_when_its_plexes_stop_syncing_or_its_time_is_up() {
+        let sc = || scope(Some("dg1"), Some("v1"), None);
+        // STALE at the end: failed, naming the plex.
+        let (_, r) = wait_rounds(
+            scripted(vec![Ok("SYNCING"), Ok("SYNCING"), Ok("STALE")]),
+            &sc(),
+            None,
+            Shown::Nothing,
+        );
+        match r {
+            Err(Failure::Node(f)) => {
+                assert_eq!((f.kind, f.object.as_str()), (c::ErrorKind::Failed, "v1-02"))
+            }
+            other => panic!("{other:?}"),
+        }
+        // No time to wait: busy, naming what still copies.
+        let (_, r) = wait_rounds(
+            scripted(vec![Ok("SYNCING")]),
+            &sc(),
+            Some(Duration::ZERO),
+            Shown::Nothing,
+        );
+        match r {
+            Err(Failure::Node(f)) => {
+                assert_eq!(f.kind, c::ErrorKind::Busy);
+                assert!(
+                    f.message.contains("plex v1-02 of volume v1"),
+                    "{}",
+                    f.message
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // Nothing SYNCING at the first round: nothing to wait for.
+        let (_, r) = wait_rounds(scripted(vec![Ok("ACTIVE")]), &sc(), None, Shown::Nothing);
+        assert!(r.unwrap()["plexes"].as_array().unwrap().is_empty());
     }
 
     #[test]
