@@ -519,6 +519,12 @@ pub(crate) fn rate_and_eta(t: &Value) -> (String, String) {
     (rate, eta)
 }
 
+/// A task's copied share of its total, in whole percent (at most 100).
+pub(crate) fn percent(t: &Value) -> u64 {
+    let u = |k: &str| t[k].as_u64().unwrap_or(0);
+    (u("done").saturating_mul(100) / u("total").max(1)).min(100)
+}
+
 /// `task list`: resyncs with progress.
 pub(crate) async fn task_list(client: &ctl::Client, json_out: bool) -> Result<String, Failure> {
     let tasks = tasks(client).await?;
@@ -531,7 +537,7 @@ pub(crate) async fn task_list(client: &ctl::Client, json_out: bool) -> Result<St
     );
     for t in &tasks {
         let u = |k: &str| t[k].as_u64().unwrap_or(0);
-        let pct = u("done").saturating_mul(100) / u("total").max(1);
+        let pct = percent(t);
         let (rate, eta) = rate_and_eta(t);
         out.push_str(&format!(
             "\n{:<4} {:<7} {:<10} {:<12} {:<12} {:>5}% {:>21} {:>11} {:>8} {:<8} {}",
@@ -540,7 +546,7 @@ pub(crate) async fn task_list(client: &ctl::Client, json_out: bool) -> Result<St
             s(&t["dg"]),
             s(&t["volume"]),
             s(&t["plex"]),
-            pct.min(100),
+            pct,
             format!("{}/{}", format_size(u("done")), format_size(u("total"))),
             rate,
             eta,

@@ -25,7 +25,7 @@ use serde_json::{json, Value};
 
 use crate::connect::with_ctl;
 use crate::failure::{CtlFailure, Failure};
-use crate::show::{self, rate_and_eta, s};
+use crate::show::{self, percent, rate_and_eta, s};
 
 /// Pause between two rounds.
 const POLL: Duration = Duration::from_millis(500);
@@ -234,10 +234,7 @@ impl Shown {
                         let task = task_of(tasks, k);
                         let pct = task
                             .filter(|t| t["state"] == "running")
-                            .map(|t| {
-                                let u = |x: &str| t[x].as_u64().unwrap_or(0);
-                                format!("{}% ", u("done").saturating_mul(100) / u("total").max(1))
-                            })
+                            .map(|t| format!("{}% ", percent(t)))
                             .unwrap_or_default();
                         format!("{}: {pct}{}", k.describe(), progress_text(task))
                     })

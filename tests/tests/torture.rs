@@ -100,20 +100,8 @@ impl Change {
             // A new replacement (still copying), or a plex that was on the disk gone
             // (its replacement's copy already over): nothing else moves plexes.
             Change::DgEvacuate { dg, disk } => {
-                let replacements = |p: &Value| -> Vec<String> {
-                    group_plexes(p, dg)
-                        .into_iter()
-                        .filter(|pl| pl.get("replaces").is_some())
-                        .filter_map(|pl| pl["name"].as_str().map(str::to_string))
-                        .collect()
-                };
-                let on_disk = |p: &Value| -> Vec<String> {
-                    group_plexes(p, dg)
-                        .into_iter()
-                        .filter(|pl| pl["subdisks"].to_string().contains(&format!("\"{disk}\"")))
-                        .filter_map(|pl| pl["name"].as_str().map(str::to_string))
-                        .collect()
-                };
+                let replacements = |p| plex_names(p, dg, |pl| pl.get("replaces").is_some());
+                let on_disk = |p| plex_names(p, dg, |pl| plex_disks(pl).contains(disk));
                 let (was, now) = (replacements(before), replacements(print));
                 let still = on_disk(print);
                 now.iter().any(|r| !was.contains(r))
@@ -130,6 +118,25 @@ fn group_plexes(print: &Value, dg: &str) -> Vec<Value> {
         .into_iter()
         .flatten()
         .flat_map(|v| v["plexes"].as_array().cloned().unwrap_or_default())
+        .collect()
+}
+
+/// The names of group `dg`'s plexes in `print` that `keep` keeps.
+fn plex_names(print: &Value, dg: &str, keep: impl Fn(&Value) -> bool) -> Vec<String> {
+    group_plexes(print, dg)
+        .iter()
+        .filter(|pl| keep(pl))
+        .filter_map(|pl| pl["name"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// The disks of a plex of `print --json`.
+fn plex_disks(pl: &Value) -> Vec<String> {
+    pl["subdisks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|sd| sd["disk"].as_str().map(str::to_string))
         .collect()
 }
 
@@ -252,19 +259,8 @@ fn random_change(rng: &mut StdRng, print: &Value, n_disks: usize, serial: u64) -
                 // A disk that holds a plex (refused when its volume has no room elsewhere).
                 let held: Vec<(String, String)> = groups
                     .iter()
-                    .flat_map(|g| {
-                        group_plexes(print, g).into_iter().flat_map(move |pl| {
-                            let g = g.clone();
-                            pl["subdisks"]
-                                .as_array()
-                                .cloned()
-                                .unwrap_or_default()
-                                .into_iter()
-                                .filter_map(move |sd| {
-                                    Some((g.clone(), sd["disk"].as_str()?.to_string()))
-                                })
-                        })
-                    })
+                    .flat_map(|g| group_plexes(print, g).into_iter().map(move |pl| (g, pl)))
+                    .flat_map(|(g, pl)| plex_disks(&pl).into_iter().map(move |d| (g.clone(), d)))
                     .collect::<std::collections::BTreeSet<_>>()
                     .into_iter()
                     .collect();
@@ -494,11 +490,10 @@ fn run(
                 Duration::from_secs(60),
             );
             let moved = c.agreed_print();
-            let waiting: Vec<Value> = plexd_tests::cluster::shared_groups(&moved)
+            let waiting: Vec<String> = plexd_tests::cluster::shared_groups(&moved)
                 .iter()
                 .filter_map(|g| g["name"].as_str())
-                .flat_map(|g| group_plexes(&moved, g))
-                .filter(|pl| pl.get("replaces").is_some())
+                .flat_map(|g| plex_names(&moved, g, |pl| pl.get("replaces").is_some()))
                 .collect();
             if !waiting.is_empty() {
                 // A replacement detached by an I/O error keeps its move (plex attach

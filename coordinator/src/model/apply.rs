@@ -508,11 +508,7 @@ fn dg_evacuate(
     let mut on_disk = 0;
     let mut moving = 0;
     for (vi, v) in dg.volumes.iter().enumerate() {
-        for p in v
-            .plexes
-            .iter()
-            .filter(|p| p.subdisks.iter().any(|sd| sd.disk == disk))
-        {
+        for p in v.plexes.iter().filter(|p| p.disks().contains(disk)) {
             on_disk += 1;
             if v.plexes
                 .iter()

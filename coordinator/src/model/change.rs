@@ -656,28 +656,15 @@ fn describe_evacuate(dg: &str, disk: &str, after: Option<&DiskGroupConfig>) -> S
         .flat_map(|v| v.plexes.iter().map(move |p| (v, p)))
         .filter_map(|(v, p)| {
             let old = p.replaces.as_deref()?;
-            let on_disk = v
-                .plexes
-                .iter()
-                .any(|o| o.name == old && o.subdisks.iter().any(|sd| sd.disk == disk));
-            on_disk.then(|| format!("{old} -> {} ({})", p.name, describe_disks(p)))
+            let on_disk = v.plex(old).is_some_and(|o| o.disks().contains(disk));
+            let to: Vec<&str> = p.disks().into_iter().collect();
+            on_disk.then(|| format!("{old} -> {} (on {})", p.name, to.join("+")))
         })
         .collect();
     format!(
         "disk {disk} of disk group {dg}: moving plex(es) {}: SYNCING, each replaces its plex on {disk} once ACTIVE (see plexctl task list)",
         moves.join(", ")
     )
-}
-
-/// The disks of a plex, in column order, e.g. `d2` or `d2+d3`.
-fn describe_disks(p: &Plex) -> String {
-    let mut disks: Vec<&str> = Vec::new();
-    for sd in &p.subdisks {
-        if !disks.contains(&sd.disk.as_str()) {
-            disks.push(&sd.disk);
-        }
-    }
-    format!("on {}", disks.join("+"))
 }
 
 /// [`describe`] of a change that sized a volume: `headline`, then (when the volume

@@ -546,7 +546,7 @@ impl DiskGroupConfig {
         let Some(old) = &p.replaces else {
             return Ok(());
         };
-        if *old == p.name || !v.plexes.iter().any(|q| q.name == *old) {
+        if *old == p.name || v.plex(old).is_none() {
             return self.invalid(format!(
                 "plex {}: replaces {old}, which is not another plex of volume {}",
                 p.name, v.name
