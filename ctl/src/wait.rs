@@ -4,9 +4,9 @@
 //!
 //! Each round asks the node afresh, on a connection of its own (`print`, then
 //! `task list`), and pauses [`POLL`] between rounds, so plexctl holds no connection
-//! while it waits; a round that cannot reach a node is asked again (at most
-//! [`MAX_FAILED_ROUNDS`] in a row), of the next node that answers when the cluster
-//! file names several. The plexes waited for are fixed by the first round: the one
+//! while it waits; a round that cannot reach a node is asked again, of the next
+//! node that answers when the cluster file names several, until
+//! [`MAX_FAILED_ROUNDS`] rounds in a row failed. The plexes waited for are fixed by the first round: the one
 //! named with `--plex`, else every plex of the scope that is SYNCING then. The wait
 //! ends when none of them is SYNCING; it succeeds when each is ACTIVE.
 //!
@@ -29,9 +29,9 @@ use crate::show::{self, percent, rate_and_eta, s};
 
 /// Pause between two rounds.
 const POLL: Duration = Duration::from_millis(500);
-/// Rounds in a row that may fail to reach a node (it died, or was restarted, while
-/// plexctl asked it) before the wait gives up: each round asks afresh, so with a
-/// cluster file the next one asks the next node that answers.
+/// The wait gives up at this many rounds in a row that could not reach a node (it
+/// died, or was restarted, while plexctl asked it): each round asks afresh, so with
+/// a cluster file the next one asks the next node that answers.
 const MAX_FAILED_ROUNDS: u32 = 3;
 /// Without a terminal, the first progress line after this long (a short wait
 /// prints none)...
