@@ -1226,6 +1226,130 @@ fn a_cut_off_masters_buffered_heartbeats_make_nobody_give_way_after_the_heal() {
     );
 }
 
+/// The whole cluster frozen at once for three heartbeat timeouts, less than a
+/// lease (a host or VM stall). Each node thaws with its own tick first, every peer
+/// unheard for longer than the timeout and their heartbeats still queued. The
+/// time a node did not run is not its peers' silence: nobody is declared gone,
+/// the view and its master stay, every data plane serves throughout, and a change
+/// commits right after. Without `count_out_own_stall` every node found the others
+/// gone at its first tick and the cluster broke up and formed again.
+#[test]
+fn a_cluster_frozen_whole_for_less_than_a_lease_keeps_its_view_and_serves_throughout() {
+    let mut sim = Sim::new(SimConfig {
+        trace: true,
+        lease_ms: 3_000,
+        ..SimConfig::new(3, 7)
+    });
+    for id in [A, B, C] {
+        sim.start(id);
+    }
+    settle_open(&mut sim, &[A, B, C]);
+    // A lease confirmed after the settle, so every one is a whole lease ahead.
+    sim.run_for(300);
+    let view = sim.core(A).and_then(|c| c.view()).cloned().expect("a view");
+    let logs = sim.logs().len();
+    for id in [A, B, C] {
+        sim.freeze(id, 1_500);
+    }
+    let mut unserved = Vec::new();
+    sim.run_until(3_500, |s| {
+        for id in [A, B, C] {
+            if !s.serving(id) && !unserved.contains(&id) {
+                unserved.push(id);
+            }
+        }
+        false
+    });
+    assert_eq!(sim.violation(), None, "{}", sim.trace_text());
+    assert!(
+        unserved.is_empty(),
+        "nodes {unserved:?} stopped serving across the freeze:\n{}",
+        sim.trace_text()
+    );
+    for id in [A, B, C] {
+        assert_eq!(
+            sim.core(id).and_then(|c| c.view()),
+            Some(&view),
+            "node {id} after the freeze:\n{}",
+            sim.trace_text()
+        );
+    }
+    let after = &sim.logs()[logs..];
+    assert!(
+        !after
+            .iter()
+            .any(|l| l.contains("is gone") || l.contains("left the cluster")),
+        "a node was found gone or left after the freeze:\n{}",
+        after.join("\n")
+    );
+    assert_eq!(
+        after
+            .iter()
+            .filter(|l| l.contains("did not run for"))
+            .count(),
+        3,
+        "each node notices its own stall once:\n{}",
+        after.join("\n")
+    );
+    let r = sim.create(B, "dg1", 1);
+    assert_eq!(answer(&mut sim, B, r), Ok(()));
+    settle(&mut sim, &[A, B, C]);
+    assert!(everywhere_has(&sim, &[A, B, C], "dg1"));
+}
+
+/// The other side of `count_out_own_stall`: a node that is slow rather than
+/// stopped (each of its events 150-170 ms after the last, past the 100 ms
+/// heartbeat interval) still finds a dead peer gone. Only the time beyond an
+/// interval per gap is left out of the peer's silence, so it keeps growing (here
+/// by about 120 of every 170 ms). Leaving the whole gap out, b found c gone only
+/// after more than 4 s.
+#[test]
+fn a_node_slow_at_every_step_still_finds_a_dead_peer_gone() {
+    let mut sim = Sim::new(SimConfig {
+        trace: true,
+        connection_lost_percent: 0,
+        lease_ms: 3_000,
+        ..SimConfig::new(3, 7)
+    });
+    for id in [A, B, C] {
+        sim.start(id);
+    }
+    settle_open(&mut sim, &[A, B, C]);
+    sim.crash(C);
+    let gone = "b: node b: node c is gone (no heartbeat within the timeout)";
+    let mut found_ms = None;
+    for round in 0..40 {
+        sim.freeze(B, 150);
+        sim.run_for(170);
+        if sim.logs().iter().any(|l| l.starts_with(gone)) {
+            found_ms = Some(170 * (round + 1));
+            break;
+        }
+    }
+    assert_eq!(sim.violation(), None, "{}", sim.trace_text());
+    let found_ms = found_ms.unwrap_or_else(|| {
+        panic!(
+            "slow b never found dead c gone in 40 slow steps:\n{}",
+            sim.trace_text()
+        )
+    });
+    assert!(
+        sim.logs()
+            .iter()
+            .any(|l| l.contains("b: node b: did not run for")),
+        "b did not notice its stalls:\n{}",
+        sim.trace_text()
+    );
+    // A peer's silence grows by about 120 of every 170 ms (an interval per gap
+    // and the 20 ms b runs): the 500 ms timeout is reached in about 850 ms.
+    // Leaving the whole gap out it grows by 20 and takes over 4 s.
+    assert!(
+        found_ms <= 2_000,
+        "slow b found dead c gone only {found_ms} ms after the crash (timeout 500 ms):\n{}",
+        sim.trace_text()
+    );
+}
+
 /// Seed 12664 (and 11 more of 100,000): b confirmed master a's lease, then crashed
 /// and restarted while a was frozen; with c (also restarted) it formed a new
 /// cluster inside a's lease, and both masters held leases at once. A member keeps

@@ -4,6 +4,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use plexd_tests::cluster::node_reason;
+use plexd_tests::plex_disk::plexd_log;
 use plexd_tests::{members, wait_until, Cluster, ClusterOpts};
 
 fn names(list: &[&str]) -> BTreeSet<String> {
@@ -193,6 +194,82 @@ fn a_cluster_paused_whole_for_longer_than_a_lease_comes_back_with_one_master_and
         c.nodes[master].name,
         paused.elapsed().as_millis(),
         seen.error_count
+    );
+    c.record_pattern(seen.last.expect("the loop wrote"));
+    c.check_invariants();
+}
+
+/// The lease of the short-pause test: longer than [`SHORT_PAUSE`] with room for
+/// the thaw, so every lease confirmed before the pause still holds after it.
+const SHORT_PAUSE_LEASE_MS: u64 = 4000;
+
+/// How long the whole cluster stays paused in the short-pause test: more than two
+/// heartbeat timeouts of the test clusters (600 ms), less than its lease.
+const SHORT_PAUSE: Duration = Duration::from_millis(1500);
+
+/// The whole cluster paused at once for longer than the heartbeat timeout but not
+/// as long as a lease (a host or VM stall of a second or two). Each node's first
+/// event after the pause is its own timer, with every peer unheard for longer than
+/// the timeout while their heartbeats wait unread in its sockets. That time is not
+/// the peers' silence, and no lease ran out: nothing has to change. The view and
+/// its master stay, no node leaves or is declared gone, host I/O through a slave
+/// never fails, and the master takes a change.
+#[test]
+fn a_cluster_paused_whole_for_less_than_a_lease_keeps_its_view_its_master_and_its_io() {
+    let mut c = Cluster::start(
+        3,
+        ClusterOpts {
+            lease_ms: SHORT_PAUSE_LEASE_MS,
+            ..ClusterOpts::default()
+        },
+    );
+    let m = c.master();
+    c.shared_mirror(m, "dg1", "vol1", "32M");
+    let before = c.status(m);
+    let s = (m + 1) % 3;
+    let io = c.start_io_loop(s, "dg1", "vol1", 6_000_000);
+    io.wait_more_rounds(2, Duration::from_secs(20));
+    let log_start: Vec<usize> = (0..3).map(|i| plexd_log(&c, i).len()).collect();
+    for i in 0..3 {
+        c.freeze_target(i);
+        c.freeze(i);
+    }
+    // The pause is the scenario (a fixed length, not a wait for a condition).
+    std::thread::sleep(SHORT_PAUSE);
+    for i in 0..3 {
+        c.thaw(i);
+        c.thaw_target(i);
+    }
+    io.wait_more_rounds(3, Duration::from_secs(30));
+    for i in 0..3 {
+        let st = c.status(i);
+        assert_eq!(
+            (&st["master"], &st["view"]),
+            (&before["master"], &before["view"]),
+            "node {} after a pause shorter than the lease: {st}\nbefore: {before}",
+            c.nodes[i].name
+        );
+        let log = plexd_log(&c, i);
+        let after = &log[log_start[i]..];
+        for churn in ["is gone", "left the cluster", "abdicating"] {
+            assert!(
+                !after.contains(churn),
+                "node {} logged \"{churn}\" after a pause shorter than the lease:\n{after}",
+                c.nodes[i].name
+            );
+        }
+        assert!(
+            after.contains("did not run for"),
+            "node {} did not notice its own pause:\n{after}",
+            c.nodes[i].name
+        );
+    }
+    c.ctl_ok(s, "vol create dg1 vol2 8M --layout concat");
+    let seen = io.stop();
+    assert_eq!(
+        seen.error_count, 0,
+        "host I/O through node {} failed across a pause shorter than the lease",
+        c.nodes[s].name
     );
     c.record_pattern(seen.last.expect("the loop wrote"));
     c.check_invariants();

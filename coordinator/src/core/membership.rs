@@ -102,6 +102,38 @@ impl<M: ConfigModel> Node<M> {
         })
     }
 
+    /// Called with every event, before it is handled: a node that handled no event
+    /// for longer than a heartbeat interval did not run (SIGSTOP, a host or VM
+    /// stall, a control thread held up), while its peers' heartbeats and answers
+    /// waited unread in its sockets. That time, less the interval, is not counted
+    /// as their silence: the peers' last-heard times move on by it, so the first
+    /// tick after the stall does not find every peer gone before their queued
+    /// heartbeats are read. (Counting the interval keeps a node that is merely
+    /// slow, every event a little late, finding a dead peer: its silence still
+    /// grows by an interval per gap.) Only this liveness judgement moves, and
+    /// only later (a peer that really died is found at most one heartbeat
+    /// timeout after the stall); a
+    /// lost node's fence, which counts from when it was last heard, only grows.
+    /// Leases, the reply timeout (longer than a default lease) and a takeover's
+    /// deadlines stay on the real clock.
+    pub(super) fn count_out_own_stall(&mut self, now_ms: u64) {
+        let stalled_ms = now_ms.saturating_sub(self.clock_ms);
+        let uncounted_ms = stalled_ms.saturating_sub(self.cfg.heartbeat_interval_ms);
+        if uncounted_ms == 0 {
+            return;
+        }
+        let line = format!(
+            "node {}: did not run for {stalled_ms} ms (frozen or stalled); {uncounted_ms} ms of it is not counted as its peers' silence",
+            self.name(self.cfg.me)
+        );
+        self.log(log::Level::Warn, line);
+        for p in self.peers.values_mut() {
+            if let Some(t) = p.last_heard_ms.as_mut() {
+                *t = t.saturating_add(uncounted_ms).min(now_ms);
+            }
+        }
+    }
+
     fn detect_silent_peers(&mut self, now_ms: u64) {
         let timeout_ms = self.cfg.heartbeat_timeout_ms;
         let silent: Vec<NodeId> = self

@@ -890,6 +890,7 @@ impl<M: ConfigModel> Node<M> {
             }
             return std::mem::take(&mut self.out);
         }
+        self.count_out_own_stall(now_ms);
         self.clock_ms = self.clock_ms.max(now_ms);
         self.record_membership(now_ms);
         match event {

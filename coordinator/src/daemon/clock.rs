@@ -3,8 +3,9 @@
 //! The core's milliseconds (heartbeat stamps, leases, timeouts) count from the start
 //! on `CLOCK_BOOTTIME`, which goes on counting while the system is suspended
 //! (`CLOCK_MONOTONIC`, behind `Instant`, stops): a node resumed from a suspend sees
-//! the time the other nodes saw pass, its lease ended and its peers silent, instead
-//! of serving on with a lease the cluster has waited out. The data plane's lease
+//! the time the other nodes saw pass and its lease ended, instead of serving on
+//! with a lease the cluster has waited out. (It does not count that time as its
+//! peers' silence: the core's `count_out_own_stall`.) The data plane's lease
 //! deadline (`renewLeaseUntil`) is on the same clock, which both processes share
 //! (one host, one boot, one time namespace: docs/KERNEL_INTERFACE.md).
 //! The driver's own deadlines stay `Instant`s, converted from the core's clock at
