@@ -12,7 +12,7 @@
 //! `poll(2)` on its own socket instead ([`Polled::run`]), so the answer wakes it and
 //! no other thread: plexctl then starts no helper thread at all.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -83,6 +83,8 @@ socket!(std::net::TcpStream);
 struct SocketWakers {
     read: RefCell<Option<Waker>>,
     write: RefCell<Option<Waker>>,
+    /// Some data came from the peer ([`Polled::heard`]).
+    heard: Cell<bool>,
 }
 
 /// A non-blocking socket read and written without an I/O reactor: a read or write
@@ -120,7 +122,11 @@ impl<S: Socket + Unpin> futures::AsyncRead for PolledSocket<S> {
         buf: &mut [u8],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
-        ready(&this.wakers.read, cx, || this.sock.read_some(buf))
+        let r = ready(&this.wakers.read, cx, || this.sock.read_some(buf));
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.wakers.heard.set(true);
+        }
+        r
     }
 }
 
@@ -195,6 +201,14 @@ impl Polled {
             wait_fd,
         };
         Ok((polled, socket))
+    }
+
+    /// Whether the peer has sent anything yet (an RPC peer answers the bootstrap at
+    /// once, so a peer that accepted the connection and sent nothing is frozen or
+    /// hung). Data is read by the connection's tasks, so a future that waits for
+    /// this must be polled after them (e.g. second in `smol::future::or`).
+    pub fn heard(&self) -> bool {
+        self.wakers.heard.get()
     }
 
     /// Runs `task` (e.g. the RPC system) whenever [`Polled::run`] runs.

@@ -1,6 +1,8 @@
 //! Finding a node and calling its ctl API (Cap'n Proto over TCP) with deadlines.
 
 use std::net::{TcpStream, ToSocketAddrs};
+use std::pin::pin;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use plexd_proto::connection::{self, Polled, Stop};
@@ -10,6 +12,9 @@ use crate::cli::Cli;
 use crate::failure::{CtlFailure, Failure};
 
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a node that accepted the connection has to answer its bootstrap before
+/// plexctl tries the next node, or says it waits for it ([`with_ctl`]).
+pub(crate) const ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long plexctl waits for an answer by default (`--timeout`): longer than a node
 /// waits for its own main loop (`CALL_TIMEOUT`, 120 s), so the node's own timeout
 /// message wins when it has one.
@@ -64,10 +69,12 @@ pub(crate) fn addresses(cli: &Cli) -> Result<Vec<String>, String> {
     }
 }
 
-pub(crate) fn connect(addrs: &[String]) -> Result<(TcpStream, String), Failure> {
+/// Connects to the first of `addrs` that accepts a TCP connection; returns it, its
+/// address and the addresses after it (the ones left to try).
+fn connect(addrs: &[String]) -> Result<(TcpStream, String, &[String]), Failure> {
     let mut last = String::new();
     let mut last_addr = String::new();
-    for a in addrs {
+    for (i, a) in addrs.iter().enumerate() {
         let sock = match a.to_socket_addrs().ok().and_then(|mut s| s.next()) {
             Some(s) => s,
             None => {
@@ -77,7 +84,7 @@ pub(crate) fn connect(addrs: &[String]) -> Result<(TcpStream, String), Failure> 
             }
         };
         match TcpStream::connect_timeout(&sock, CONNECT_TIMEOUT) {
-            Ok(s) => return Ok((s, a.clone())),
+            Ok(s) => return Ok((s, a.clone(), &addrs[i + 1..])),
             Err(e) => {
                 last = format!("cannot reach plexd at {a}: {e}");
                 last_addr = a.clone();
@@ -87,43 +94,118 @@ pub(crate) fn connect(addrs: &[String]) -> Result<(TcpStream, String), Failure> 
     Err(Failure::Unreachable(last_addr, last))
 }
 
+/// How [`with_ctl`] tells the user it moved on from, or waits for, a node that
+/// does not answer (on stderr; not with `--json`, whose stderr is its one error line).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Notices {
+    Shown,
+    Quiet,
+}
+
+impl Notices {
+    fn say(self, line: &str) {
+        if self == Notices::Shown {
+            eprintln!("plexctl: {line}");
+        }
+    }
+}
+
 /// Runs `f` with a ctl client on this thread; returns the address asked too. The
 /// connection runs without an I/O reactor ([`Polled`]): plexctl waits in `poll(2)`
 /// on its socket and starts no other thread.
+///
+/// A node can accept the TCP connection (its kernel does) and answer nothing: it is
+/// frozen (SIGSTOP, a stalled host) or hung. A node that runs answers the
+/// connection's bootstrap at once ([`Polled::heard`]):
+/// - while other nodes are left to try (`--cluster FILE` without `--node`), the
+///   command waits for that answer, at most [`ANSWER_TIMEOUT`] (one round trip), and
+///   a node that gives none is left for the next one having been asked nothing (a
+///   change thus goes to one node only);
+/// - the last node (or the only one, `--node`) is sent the command along with the
+///   bootstrap, and plexctl says so when nothing came from it after
+///   [`ANSWER_TIMEOUT`], then waits until `call_timeout`.
 pub(crate) fn with_ctl<T: 'static>(
     addrs: &[String],
     call_timeout: Duration,
+    notices: Notices,
     f: impl AsyncFnOnce(ctl::Client) -> Result<T, Failure>,
 ) -> (String, Result<T, Failure>) {
-    let (stream, addr) = match connect(addrs) {
-        Ok(c) => c,
-        Err(e) => return (addrs.last().cloned().unwrap_or_default(), Err(e)),
-    };
-    let _ = stream.set_nodelay(true);
-    let lost = |why: String| Failure::Lost(format!("{addr}: {why}"));
-    let (polled, socket) = match Polled::new(stream) {
-        Ok(c) => c,
-        Err(e) => return (addr.clone(), Err(lost(e.to_string()))),
-    };
-    let (rpc, client) = connection::client::<ctl::Client>(socket);
-    let conn = async {
-        let r = rpc.await;
-        Err(lost(format!(
-            "connection closed{}",
-            r.err().map(|e| format!(": {e}")).unwrap_or_default()
-        )))
-    };
-    let call = smol::future::or(f(client), conn);
-    let result = match polled.run(call, Instant::now() + call_timeout) {
-        Ok(r) => r,
-        Err(Stop::Deadline) => Err(lost(format!(
-            "no answer within {} s; the node may be hung or overloaded (see its log); a change may still complete: check with plexctl print",
-            call_timeout.as_secs()
-        ))),
-        Err(Stop::Poll(e)) => Err(lost(format!("cannot wait for the socket: {e}"))),
-        Err(Stop::HungUp) => Err(lost("connection closed".into())),
-    };
-    (addr, result)
+    let deadline = Instant::now() + call_timeout;
+    let mut candidates = addrs;
+    loop {
+        let (stream, addr, rest) = match connect(candidates) {
+            Ok(c) => c,
+            Err(e) => return (candidates.last().cloned().unwrap_or_default(), Err(e)),
+        };
+        let _ = stream.set_nodelay(true);
+        let lost = |why: String| Failure::Lost(format!("{addr}: {why}"));
+        let (polled, socket) = match Polled::new(stream) {
+            Ok(c) => c,
+            Err(e) => return (addr.clone(), Err(lost(e.to_string()))),
+        };
+        let (system, client) = connection::client::<ctl::Client>(socket);
+        let mut conn = pin!(async {
+            let r = system.await;
+            format!(
+                "connection closed{}",
+                r.err().map(|e| format!(": {e}")).unwrap_or_default()
+            )
+        });
+        let silent = |secs: f64| {
+            format!(
+                "{addr} accepted the connection but has not answered for {secs:.0} s (frozen or hung? see its log)"
+            )
+        };
+        // Polled after the connection's tasks, which read what comes.
+        let heard = || {
+            std::future::poll_fn(|_| match polled.heard() {
+                true => Poll::Ready(Ok(())),
+                false => Poll::Pending,
+            })
+        };
+        if !rest.is_empty() {
+            let answered = smol::future::or(async { Err(conn.as_mut().await) }, heard());
+            let why = match polled.run(answered, (Instant::now() + ANSWER_TIMEOUT).min(deadline)) {
+                Ok(Ok(())) => None,
+                Ok(Err(why)) => Some(why),
+                Err(Stop::HungUp) => Some("connection closed".to_string()),
+                Err(Stop::Poll(e)) => Some(format!("cannot wait for the socket: {e}")),
+                Err(Stop::Deadline) => Some(silent(ANSWER_TIMEOUT.as_secs_f64())),
+            };
+            if let Some(why) = why {
+                notices.say(&format!("{why}; trying {}", rest[0]));
+                candidates = rest;
+                continue;
+            }
+        }
+        let call = smol::future::or(f(client), async { Err(lost(conn.as_mut().await)) });
+        let mut call = pin!(call);
+        let began = Instant::now();
+        let mut ran = polled.run(call.as_mut(), (began + ANSWER_TIMEOUT).min(deadline));
+        if matches!(ran, Err(Stop::Deadline)) && Instant::now() < deadline {
+            if !polled.heard() {
+                notices.say(&format!(
+                    "{}; waiting for it up to {} s (--timeout)",
+                    silent(began.elapsed().as_secs_f64()),
+                    call_timeout.as_secs()
+                ));
+            }
+            ran = polled.run(call.as_mut(), deadline);
+        }
+        let result = match ran {
+            Ok(r) => r,
+            Err(Stop::Deadline) if !polled.heard() => {
+                Err(Failure::Lost(silent(began.elapsed().as_secs_f64())))
+            }
+            Err(Stop::Deadline) => Err(lost(format!(
+                "no answer within {} s; the node may be hung or overloaded (see its log)",
+                call_timeout.as_secs()
+            ))),
+            Err(Stop::Poll(e)) => Err(lost(format!("cannot wait for the socket: {e}"))),
+            Err(Stop::HungUp) => Err(lost("connection closed".into())),
+        };
+        return (addr, result);
+    }
 }
 
 pub(crate) fn rpc(e: capnp::Error) -> String {

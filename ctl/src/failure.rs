@@ -115,7 +115,12 @@ impl Failure {
                 node: a,
                 ..plain(c::ErrorKind::Unreachable, m)
             },
-            Failure::Lost(m) if change => plain(c::ErrorKind::OutcomeUnknown, m),
+            Failure::Lost(m) if change => plain(
+                c::ErrorKind::OutcomeUnknown,
+                format!(
+                    "{m}; the change may or may not have been applied: check with plexctl print"
+                ),
+            ),
             Failure::Lost(m) => plain(c::ErrorKind::Unreachable, m),
         }
     }

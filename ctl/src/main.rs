@@ -16,7 +16,7 @@ use serde_json::json;
 
 use change::{build_change, ChangeBuilder};
 use cli::*;
-use connect::{addresses, check, rpc, text, with_ctl, CALL_TIMEOUT};
+use connect::{addresses, check, rpc, text, with_ctl, Notices, CALL_TIMEOUT};
 use failure::{exit_code, kind_name, CtlFailure, Failure, EXIT_USAGE};
 
 /// Runs `cmd` on a node: `change` is its change request, built (and checked for
@@ -133,7 +133,12 @@ fn ask(
         let (addr, r) = wait(None, w);
         return (addr, r, false);
     }
-    let (addr, result) = with_ctl(addrs, call_timeout, async move |client| {
+    let notices = if json_out {
+        Notices::Quiet
+    } else {
+        Notices::Shown
+    };
+    let (addr, result) = with_ctl(addrs, call_timeout, notices, async move |client| {
         run(cmd, change, json_out, client).await
     });
     match (result, waits) {

@@ -23,7 +23,7 @@ use plexd_proto::ctl_capnp as c;
 use plexd_proto::size::format_size;
 use serde_json::{json, Value};
 
-use crate::connect::with_ctl;
+use crate::connect::{with_ctl, Notices};
 use crate::failure::{CtlFailure, Failure};
 use crate::show::{self, percent, rate_and_eta, s};
 
@@ -261,13 +261,21 @@ struct Round {
     tasks: Vec<Value>,
 }
 
-/// Asks `addrs` (the first that answers) for one round.
-fn ask(addrs: &[String], call_timeout: Duration, dg: &str) -> Answer {
-    with_ctl(addrs, call_timeout, async move |client| {
+/// Asks `addrs` (the first that answers) for one round, then puts the node that
+/// answered first for the next round (a frozen node is waited for once, not at
+/// every round). Quiet: the wait's own progress is what it shows.
+fn ask(addrs: &mut [String], call_timeout: Duration, dg: &str) -> Answer {
+    let (addr, round) = with_ctl(addrs, call_timeout, Notices::Quiet, async move |client| {
         let print = show::print_json(&client, dg).await?;
         let tasks = show::tasks(&client).await?;
         Ok(Round { print, tasks })
-    })
+    });
+    if round.is_ok() {
+        if let Some(i) = addrs.iter().position(|a| *a == addr) {
+            addrs[..=i].rotate_right(1);
+        }
+    }
+    (addr, round)
 }
 
 /// How a wait ended: the answer (`--json` shape: `{"plexes": [{"dg", "volume",
@@ -280,8 +288,9 @@ pub(crate) fn wait(
     json_out: bool,
 ) -> (String, Result<Value, Failure>) {
     let dg = scope.dg.clone().unwrap_or_default();
+    let mut order = addrs.to_vec();
     let rounds = Rounds {
-        ask: || ask(addrs, call_timeout, &dg),
+        ask: || ask(&mut order, call_timeout, &dg),
         pause: std::thread::sleep,
     };
     wait_rounds(rounds, scope, max_wait, Shown::new(json_out))
