@@ -920,10 +920,10 @@ fn volume_size(c: &Cluster, i: usize, dg: &str, vol: &str) -> u64 {
 
 /// A node frozen (SIGSTOP) still accepts TCP connections (its kernel does), so
 /// plexctl must not wait on it for its whole `--timeout`. Through the cluster file it
-/// moves on to the next node after 3 s without an answer to its bootstrap, having asked the frozen
-/// one nothing: a change is made once, even after the frozen node runs again. With
-/// `--node` it says the node does not answer, then gives up at `--timeout` (exit 3
-/// for a read).
+/// moves on to the next node after 3 s without an answer to its bootstrap, having
+/// asked the frozen one nothing: a change is made once, even after the frozen node
+/// runs again. With `--node` it says the node does not answer, then gives up at
+/// `--timeout` (exit 3 for a read).
 #[test]
 fn plexctl_moves_on_from_a_frozen_node_and_a_change_is_made_once() {
     let mut c = Cluster::start(3, ClusterOpts::default());
