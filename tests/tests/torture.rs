@@ -1,7 +1,8 @@
 //! A bounded randomised torture test: random changes on random nodes, coordinators
 //! killed at random failpoints or by `kill -9`, whole nodes killed, coordinators
 //! (alone or with their data plane) frozen (SIGSTOP) through a change for up to
-//! two leases, restarts, and the
+//! two leases, the whole cluster paused as long just before a change, restarts, and
+//! the
 //! invariants after every step. Prints its seed; `PLEXD_TORTURE_SEED=<seed>`
 //! reproduces a run, `PLEXD_TORTURE_STEPS` / `PLEXD_TORTURE_SECS` change its bounds.
 
@@ -345,6 +346,7 @@ fn run(
         let what = rng.gen_range(0..10);
         let mut note = String::new();
         let mut frozen: Option<(usize, bool, Instant)> = None;
+        let mut paused = false;
         match what {
             0..=1 => {
                 let victim = rng.gen_range(0..c.nodes.len());
@@ -378,6 +380,25 @@ fn run(
                     c.freeze_target(victim);
                 }
                 frozen = Some((victim, whole, Instant::now() + Duration::from_millis(ms)));
+            }
+            5 => {
+                // The whole cluster paused at once (every process: a host or VM
+                // stall), for less or more than the heartbeat timeout and the
+                // lease; the change goes to it as it runs again.
+                let ms = rng.gen_range(200..=2 * LEASE_MS);
+                note = format!("whole cluster paused for {ms} ms; ");
+                let all = c.live();
+                for &i in &all {
+                    c.freeze_target(i);
+                    c.freeze(i);
+                }
+                // The pause is the fault (a fixed length, not a wait for a condition).
+                std::thread::sleep(Duration::from_millis(ms));
+                for &i in &all {
+                    c.thaw(i);
+                    c.thaw_target(i);
+                }
+                paused = true;
             }
             _ => {}
         }
@@ -428,7 +449,8 @@ fn run(
         }
         // Whoever died (killed above, or at an armed failpoint) comes back disarmed.
         let someone_died = restart_dead(c);
-        if frozen.is_some() {
+        let disturbed = frozen.is_some() || paused;
+        if disturbed {
             c.wait_all_joined();
         }
         let after = c.agreed_print();
@@ -437,8 +459,7 @@ fn run(
         let applied = change.applied(&before, &after);
         // Through a freeze, an answer may not come (unreachable) or say the
         // outcome is unknown: either outcome is then right.
-        let undecided =
-            frozen.is_some() && matches!(code, Some(EXIT_OUTCOME_UNKNOWN | EXIT_UNREACHABLE));
+        let undecided = disturbed && matches!(code, Some(EXIT_OUTCOME_UNKNOWN | EXIT_UNREACHABLE));
         if !someone_died && !undecided {
             assert_eq!(
                 applied,
@@ -454,7 +475,7 @@ fn run(
             // and so may a node frozen out of the view.
             let groups = |p: &serde_json::Value| {
                 let g = plexd_tests::cluster::shared_groups(p);
-                if someone_died || frozen.is_some() {
+                if someone_died || disturbed {
                     g.iter().map(without_recovery).collect()
                 } else {
                     g
