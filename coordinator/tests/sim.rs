@@ -1297,6 +1297,42 @@ fn a_cluster_frozen_whole_for_less_than_a_lease_keeps_its_view_and_serves_throug
     assert!(everywhere_has(&sim, &[A, B, C], "dg1"));
 }
 
+/// Master a frozen past the heartbeat timeout but inside its lease: b and c find
+/// it gone and b starts a takeover, waiting out a's lease. Thawed, a no longer
+/// finds b and c gone at its first tick (`count_out_own_stall`): it stays master
+/// for what is left of its lease, though they no longer confirm it. A change asked
+/// of a at the thaw must then have one outcome everywhere: acknowledged and on
+/// every node and the disk, or refused and nowhere. Then a joins b's cluster.
+#[test]
+fn a_master_thawed_inside_its_lease_during_a_takeover_gives_one_outcome() {
+    for freeze_ms in [550, 700, 850] {
+        let mut sim = traced_cluster(3);
+        sim.freeze(A, freeze_ms);
+        sim.run_for(freeze_ms + 1);
+        let r = sim.create(A, "dg1", 1);
+        let outcome = answer(&mut sim, A, r);
+        settle(&mut sim, &[A, B, C]);
+        assert_eq!(sim.violation(), None, "{}", sim.trace_text());
+        match &outcome {
+            Ok(()) => assert!(
+                everywhere_has(&sim, &[A, B, C], "dg1"),
+                "frozen {freeze_ms} ms: acknowledged but not everywhere:\n{}",
+                sim.trace_text()
+            ),
+            Err(e) if e.contains("outcome unknown") => {}
+            Err(_) => assert!(
+                nowhere_has(&sim, "dg1"),
+                "frozen {freeze_ms} ms: refused ({outcome:?}) but applied somewhere:\n{}",
+                sim.trace_text()
+            ),
+        }
+        eprintln!(
+            "master frozen {freeze_ms} ms, change at the thaw: {outcome:?}; master now {:?}",
+            sim.master()
+        );
+    }
+}
+
 /// The other side of `count_out_own_stall`: a node that is slow rather than
 /// stopped (each of its events 150-170 ms after the last, past the 100 ms
 /// heartbeat interval) still finds a dead peer gone. Only the time beyond an
