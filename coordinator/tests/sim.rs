@@ -1291,6 +1291,17 @@ fn a_cluster_frozen_whole_for_less_than_a_lease_keeps_its_view_and_serves_throug
         "each node notices its own stall once:\n{}",
         after.join("\n")
     );
+    // `cluster status` says each node stalled.
+    for id in [A, B, C] {
+        let line = sim
+            .core(id)
+            .map(|c| c.status_line(sim.now_ms()))
+            .unwrap_or_default();
+        assert!(
+            line.contains("; last stall: did not run for 1.5 s ("),
+            "node {id}: {line}"
+        );
+    }
     let r = sim.create(B, "dg1", 1);
     assert_eq!(answer(&mut sim, B, r), Ok(()));
     settle(&mut sim, &[A, B, C]);

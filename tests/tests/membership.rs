@@ -263,6 +263,13 @@ fn a_cluster_paused_whole_for_less_than_a_lease_keeps_its_view_its_master_and_it
             "node {} did not notice its own pause:\n{after}",
             c.nodes[i].name
         );
+        // Its own line in `cluster status` says so too.
+        let reason = node_reason(&st, &c.nodes[i].name).unwrap_or_default();
+        assert!(
+            reason.contains("; last stall: did not run for 1.5 s ("),
+            "node {}: {reason}",
+            c.nodes[i].name
+        );
     }
     c.ctl_ok(s, "vol create dg1 vol2 8M --layout concat");
     let seen = io.stop();

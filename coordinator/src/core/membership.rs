@@ -127,6 +127,7 @@ impl<M: ConfigModel> Node<M> {
             self.name(self.cfg.me)
         );
         self.log(log::Level::Warn, line);
+        self.last_stall = Some((now_ms, stalled_ms));
         for p in self.peers.values_mut() {
             if let Some(t) = p.last_heard_ms.as_mut() {
                 *t = t.saturating_add(uncounted_ms).min(now_ms);

@@ -801,6 +801,9 @@ pub struct Node<M: ConfigModel> {
     monitor: Option<monitor::MonitorState>,
     /// The time of the event being handled (or the last one): this node's clock.
     clock_ms: u64,
+    /// This node's last stall (`count_out_own_stall`): when it ran again, and how
+    /// long it had not run (`cluster status` shows it for [`status::STALL_SHOWN_MS`]).
+    last_stall: Option<(u64, u64)>,
     stopping: bool,
     out: Vec<Action<M>>,
 }
@@ -870,6 +873,7 @@ impl<M: ConfigModel> Node<M> {
             recovery: recovery::Recovery::default(),
             monitor,
             clock_ms: now_ms,
+            last_stall: None,
             stopping: false,
             out: Vec::new(),
         }

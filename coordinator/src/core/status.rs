@@ -17,8 +17,15 @@
 //! A failure once reported stays in the line of a node that is out, with its age, so
 //! an operator sees both the state and the last thing that went wrong; a member's
 //! line shows only what holds (its log keeps the history).
+//!
+//! Either line ends with this node's last stall, for [`STALL_SHOWN_MS`] after it:
+//! `last stall: did not run for 1.5 s (40 s ago)` (a process stopped, a host that ran
+//! nothing: what makes a cluster break up and form again when it outlasts a lease).
 
 use super::*;
+
+/// How long `cluster status` shows a node's last stall.
+pub(super) const STALL_SHOWN_MS: u64 = 10 * 60 * 1000;
 
 impl Role {
     /// The role's name in `cluster status`: `master`, `slave`, `discovering`, ...
@@ -59,6 +66,7 @@ impl<M: ConfigModel> Node<M> {
             if let Some(word) = self.given_up_status(now_ms) {
                 line.push_str(&format!("; {word}"));
             }
+            self.push_stall(now_ms, &mut line);
             return truncate_reason(line);
         }
         let mut line = match self.quorum_denied(now_ms) {
@@ -84,7 +92,22 @@ impl<M: ConfigModel> Node<M> {
         if let Some((r, ago, false)) = &last {
             line.push_str(&format!("; last failure {ago} ago: {r}"));
         }
+        self.push_stall(now_ms, &mut line);
         truncate_reason(line)
+    }
+
+    /// Adds this node's last stall to `line`, for [`STALL_SHOWN_MS`] after it.
+    fn push_stall(&self, now_ms: u64, line: &mut String) {
+        if let Some((at, stalled)) = self.last_stall {
+            let ago = now_ms.saturating_sub(at);
+            if ago <= STALL_SHOWN_MS {
+                line.push_str(&format!(
+                    "; last stall: did not run for {} ({} ago)",
+                    format_age(stalled),
+                    format_age(ago)
+                ));
+            }
+        }
     }
 
     /// Why this node has no quorum now (the external monitor's verdict, or too few
