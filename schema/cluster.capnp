@@ -387,6 +387,7 @@ struct ConfigChange {
       dg @31 :Text;
       volume @32 :Text;
       layout @33 :Disk.PlexLayout;
+      disks @75 :List(Text);    # --disks: the disks the new plex may use; empty = any
     }
     plexDetach :group {
       dg @34 :Text;
@@ -446,9 +447,10 @@ struct ConfigChange {
       dg @71 :Text;
       disk @72 :Disk.Disk;      # the group's record of the disk (every node finds it by id)
     }
-    dgEvacuate :group {         # `plexctl dg evacuate DG DISK`
+    dgEvacuate :group {         # `plexctl dg evacuate DG DISK [--to DISK,...]`
       dg @73 :Text;
       disk @74 :Text;
+      to @76 :List(Text);       # the disks the replacements may use; empty = any
     }
   }
 }

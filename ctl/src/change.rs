@@ -39,6 +39,17 @@ pub(crate) fn parse_resize(s: &str, grow: bool) -> Result<(u64, bool), Failure> 
 /// Fills the `Change` of a change request.
 pub(crate) type ChangeBuilder = Box<dyn Fn(c::change::Builder<'_>)>;
 
+/// Sets the change's `disks` (the disks a new plex may use), when any are named.
+fn set_disks(b: c::change::Builder<'_>, disks: &[String]) {
+    if disks.is_empty() {
+        return;
+    }
+    let mut l = b.init_disks(disks.len() as u32);
+    for (i, d) in (0..).zip(disks) {
+        l.set(i, d.as_str());
+    }
+}
+
 /// The change request of `cmd`, checked for usage errors; `None` for read commands.
 pub(crate) fn build_change(cmd: &Cmd) -> Result<Option<ChangeBuilder>, Failure> {
     Ok(Some(match cmd {
@@ -113,7 +124,10 @@ fn dg_change(cmd: &DgCmd) -> Result<Option<ChangeBuilder>, Failure> {
         | DgCmd::ReattachDisk { dg, disk, .. }
         | DgCmd::Evacuate { dg, disk, .. } => {
             let (dg, disk, cmd) = (dg.clone(), disk.clone(), cmd.clone());
-            Box::new(move |b| {
+            Box::new(move |mut b| {
+                if let DgCmd::Evacuate { to, .. } = &cmd {
+                    set_disks(b.reborrow(), to);
+                }
                 let mut x = match cmd {
                     DgCmd::AddDisk { .. } => b.init_dg_add_disk(),
                     DgCmd::RmDisk { .. } => b.init_dg_rm_disk(),
@@ -294,9 +308,10 @@ fn vol_change(cmd: &VolCmd) -> Result<Option<ChangeBuilder>, Failure> {
 /// The change of a `plex` command (every one is a change).
 fn plex_change(cmd: &PlexCmd) -> Result<Option<ChangeBuilder>, Failure> {
     Ok(Some(match cmd {
-        PlexCmd::Add { dg, vol } => {
-            let (dg, vol) = (dg.clone(), vol.clone());
-            Box::new(move |b| {
+        PlexCmd::Add { dg, vol, disks } => {
+            let (dg, vol, disks) = (dg.clone(), vol.clone(), disks.clone());
+            Box::new(move |mut b| {
+                set_disks(b.reborrow(), &disks);
                 let mut x = b.init_plex_add();
                 x.set_dg(dg.as_str());
                 x.set_volume(vol.as_str());

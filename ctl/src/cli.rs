@@ -182,6 +182,10 @@ pub(crate) enum DgCmd {
         dg: String,
         /// Disk media name.
         disk: String,
+        /// The disks the replacements may use, e.g. --to d5,d6 (default: any disk
+        /// of the group the volume does not use).
+        #[arg(long, value_delimiter = ',', value_name = "DISK,...")]
+        to: Vec<String>,
         #[command(flatten)]
         wait: WaitArgs,
     },
@@ -331,12 +335,17 @@ pub(crate) enum VolCmd {
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum PlexCmd {
-    /// Adds an EMPTY plex to a volume (then `plex attach` it).
+    /// Adds an EMPTY plex to a volume (then `plex attach` it). Example: plex add dg1
+    /// vol1 --disks d5 (a mirror on another array).
     Add {
         /// Disk group.
         dg: String,
         /// Volume.
         vol: String,
+        /// The disks the new plex may use, e.g. --disks d5,d6 (default: any disk of
+        /// the group the volume does not use).
+        #[arg(long, value_delimiter = ',', value_name = "DISK,...")]
+        disks: Vec<String>,
     },
     /// Detaches a plex (STALE).
     Detach {

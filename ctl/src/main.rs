@@ -272,5 +272,19 @@ mod tests {
         assert!(c.json);
         assert!(build_change(&c.cmd).unwrap().is_none());
         assert!(Cli::try_parse_from(["plexctl", "dg", "create", "dg1"]).is_err());
+        // The disks a new plex may use: a comma-separated list.
+        let c = Cli::try_parse_from(["plexctl", "dg", "evacuate", "dg1", "d1", "--to", "d3,d4"])
+            .unwrap();
+        let Cmd::Dg(DgCmd::Evacuate { to, .. }) = &c.cmd else {
+            panic!("{:?}", c.cmd)
+        };
+        assert_eq!(to, &["d3", "d4"]);
+        let c =
+            Cli::try_parse_from(["plexctl", "plex", "add", "dg1", "v1", "--disks", "d5"]).unwrap();
+        let Cmd::Plex(PlexCmd::Add { disks, .. }) = &c.cmd else {
+            panic!("{:?}", c.cmd)
+        };
+        assert_eq!(disks, &["d5"]);
+        assert!(build_change(&c.cmd).unwrap().is_some());
     }
 }

@@ -245,6 +245,9 @@ fn a_disk_evacuated_under_host_io_moves_its_plexes_even_when_the_master_dies_mid
             .unwrap();
     }
     let io = c.start_io_loop(2, "dg1", "vol1", 7_000_000);
+    // --to reaches the master: naming the disk itself is refused, nothing moves.
+    let e = c.ctl_err(1, &format!("dg evacuate dg1 {from} --to {from}"));
+    assert!(e.contains("--to names the disk being evacuated"), "{e}");
     let out = c.ctl_ok(1, &format!("dg evacuate dg1 {from}"));
     assert!(
         out.contains(&format!("disk {from} of disk group dg1: moving plex(es)"))

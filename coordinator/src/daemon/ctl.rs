@@ -75,12 +75,14 @@ pub enum CtlChange {
         /// Disk media name.
         disk: String,
     },
-    /// `dg evacuate DG DISK`.
+    /// `dg evacuate DG DISK [--to DISK,...]`.
     DgEvacuate {
         /// Group.
         dg: String,
         /// Disk media name.
         disk: String,
+        /// The disks the replacements may use (empty: any).
+        to: Vec<String>,
     },
     /// `dg destroy DG [--force]`.
     DgDestroy {
@@ -161,6 +163,8 @@ pub enum CtlChange {
         dg: String,
         /// Volume.
         volume: String,
+        /// The disks the new plex may use (empty: any).
+        disks: Vec<String>,
     },
     /// `plex detach|attach|rm DG PLEX`.
     Plex {
@@ -216,13 +220,13 @@ impl CtlChange {
             | CtlChange::DgRmDisk { dg, disk }
             | CtlChange::DgFailDisk { dg, disk, .. }
             | CtlChange::DgReattachDisk { dg, disk }
-            | CtlChange::DgEvacuate { dg, disk } => {
+            | CtlChange::DgEvacuate { dg, disk, .. } => {
                 format!("disk {disk} in disk group {dg}")
             }
             CtlChange::VolCreate { dg, volume, .. }
             | CtlChange::VolResize { dg, volume, .. }
             | CtlChange::VolRm { dg, volume }
-            | CtlChange::PlexAdd { dg, volume }
+            | CtlChange::PlexAdd { dg, volume, .. }
             | CtlChange::VolExport { dg, volume, .. }
             | CtlChange::VolUnexport { dg, volume, .. } => {
                 format!("volume {volume} in disk group {dg}")
@@ -682,7 +686,8 @@ fn read_change(r: c::change::Reader<'_>) -> capnp::Result<CtlChange> {
         }
         Which::DgEvacuate(x) => {
             let (dg, disk) = read_dg_disk(x?)?;
-            CtlChange::DgEvacuate { dg, disk }
+            let to = text_list(r.get_disks())?;
+            CtlChange::DgEvacuate { dg, disk, to }
         }
         Which::DgDestroy(x) => CtlChange::DgDestroy {
             dg: text(x)?,
@@ -716,7 +721,8 @@ fn read_change(r: c::change::Reader<'_>) -> capnp::Result<CtlChange> {
         }
         Which::PlexAdd(x) => {
             let (dg, volume) = read_dg_vol(x?)?;
-            CtlChange::PlexAdd { dg, volume }
+            let disks = text_list(r.get_disks())?;
+            CtlChange::PlexAdd { dg, volume, disks }
         }
         Which::PlexDetach(x) => read_plex_op(x?, PlexOp::Detach, r.get_force())?,
         Which::PlexAttach(x) => read_plex_op(x?, PlexOp::Attach, r.get_force())?,

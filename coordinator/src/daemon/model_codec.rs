@@ -255,10 +255,11 @@ fn write_dg_change(c: &Change, b: wire::config_change::Builder<'_>) {
             g.set_dg(dg.as_str());
             disk::write_disk(d, g.init_disk());
         }
-        Change::DgEvacuate { dg, disk: d } => {
+        Change::DgEvacuate { dg, disk: d, to } => {
             let mut g = b.init_dg_evacuate();
             g.set_dg(dg.as_str());
             g.set_disk(d.as_str());
+            write_texts(to, g.init_to(len_u32(to.len())));
         }
         Change::DgDestroy { dg, force } => {
             let mut g = b.init_dg_destroy();
@@ -379,14 +380,27 @@ fn write_vol_change(c: &Change, b: wire::config_change::Builder<'_>) {
     }
 }
 
+/// Writes `texts` into `list` (made with their count).
+fn write_texts(texts: &[String], mut list: capnp::text_list::Builder<'_>) {
+    for (i, t) in (0..).zip(texts) {
+        list.set(i, t.as_str());
+    }
+}
+
 /// [`write_change`] of a plex change.
 fn write_plex_change(c: &Change, b: wire::config_change::Builder<'_>) {
     match c {
-        Change::PlexAdd { dg, volume, layout } => {
+        Change::PlexAdd {
+            dg,
+            volume,
+            layout,
+            disks,
+        } => {
             let mut g = b.init_plex_add();
             g.set_dg(dg.as_str());
             g.set_volume(volume.as_str());
-            disk::write_plex_layout(layout, g.init_layout());
+            disk::write_plex_layout(layout, g.reborrow().init_layout());
+            write_texts(disks, g.init_disks(len_u32(disks.len())));
         }
         Change::PlexDetach { dg, plex } => {
             let mut g = b.init_plex_detach();
@@ -506,6 +520,7 @@ fn read_dg_change(which: wire::config_change::WhichReader<'_>) -> capnp::Result<
         Which::DgEvacuate(g) => Change::DgEvacuate {
             dg: text(g.get_dg())?,
             disk: text(g.get_disk())?,
+            to: disk::texts(g.get_to())?,
         },
         Which::DgDestroy(g) => Change::DgDestroy {
             dg: text(g.get_dg())?,
@@ -595,6 +610,7 @@ fn read_plex_change(which: wire::config_change::WhichReader<'_>) -> capnp::Resul
             dg: text(g.get_dg())?,
             volume: text(g.get_volume())?,
             layout: disk::read_plex_layout(g.get_layout()?)?,
+            disks: disk::texts(g.get_disks())?,
         },
         Which::PlexDetach(g) => Change::PlexDetach {
             dg: text(g.get_dg())?,
@@ -831,6 +847,12 @@ mod tests {
             Change::DgEvacuate {
                 dg: dg(),
                 disk: "d2".into(),
+                to: vec!["d3".into(), "d4".into()],
+            },
+            Change::DgEvacuate {
+                dg: dg(),
+                disk: "d2".into(),
+                to: Vec::new(),
             },
             Change::DgReattachDisk {
                 dg: dg(),
@@ -947,11 +969,13 @@ mod tests {
                     columns: 2,
                     stripe_unit_bytes: 64 << 10,
                 },
+                disks: vec!["d1".into(), "d3".into()],
             },
             Change::PlexAdd {
                 dg: dg(),
                 volume: "v1".into(),
                 layout: PlexLayout::Concat,
+                disks: Vec::new(),
             },
             Change::PlexDetach {
                 dg: dg(),

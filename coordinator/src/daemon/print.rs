@@ -92,6 +92,7 @@ mod tests {
                     columns: 1,
                     stripe_unit_bytes: 64 << 10,
                 },
+                disks: Vec::new(),
             },
             Change::PlexDetach {
                 dg: "dg1".into(),

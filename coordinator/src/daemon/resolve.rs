@@ -28,7 +28,7 @@ impl Daemon {
                 dg,
             },
             CtlChange::DgRmDisk { dg, disk } => Change::DgRmDisk { dg, disk },
-            CtlChange::DgEvacuate { dg, disk } => Change::DgEvacuate { dg, disk },
+            CtlChange::DgEvacuate { dg, disk, to } => Change::DgEvacuate { dg, disk, to },
             CtlChange::DgFailDisk { dg, disk, force } => {
                 self.checked_at_once(Change::DgFailDisk { dg, disk, force })?
             }
@@ -115,14 +115,19 @@ impl Daemon {
                     .export_protocol(&protocol)
                     .map_err(|e| self.refused(e))?,
             },
-            CtlChange::PlexAdd { dg, volume } => {
+            CtlChange::PlexAdd { dg, volume, disks } => {
                 let layout = self
                     .group(&dg)
                     .and_then(|g| g.volume(&volume))
                     .and_then(|v| v.plexes.first())
                     .map(|p| p.layout)
                     .unwrap_or(PlexLayout::Concat);
-                Change::PlexAdd { dg, volume, layout }
+                Change::PlexAdd {
+                    dg,
+                    volume,
+                    layout,
+                    disks,
+                }
             }
             CtlChange::Plex {
                 dg,

@@ -732,11 +732,12 @@ fn describe(mirrors: u32, layout: PlexLayout, size_bytes: u64) -> String {
 }
 
 /// Places a new EMPTY plex for `volume` (for `plex add`) on disks none of its plexes
-/// use.
+/// use, and only on the disks of `only` when it names any (`--disks`, `--to`).
 pub fn allocate_plex(
     dg: &DiskGroupConfig,
     volume: &str,
     layout: PlexLayout,
+    only: &[String],
 ) -> Result<Plex, AllocError> {
     let Some(v) = dg.volume(volume) else {
         return Err(AllocError {
@@ -749,16 +750,26 @@ pub fn allocate_plex(
         .iter()
         .flat_map(|p| p.subdisks.iter().map(|sd| sd.disk.clone()))
         .collect();
+    let not_named = dg
+        .disks
+        .iter()
+        .filter(|d| !only.is_empty() && !only.contains(&d.name))
+        .map(|d| d.name.clone());
+    let excluded: BTreeSet<String> = used.iter().cloned().chain(not_named).collect();
+    let among = match only {
+        [] => String::new(),
+        named => format!(" among the disks named ({})", named.join(", ")),
+    };
     let mut allocator = Allocator::new(dg);
     // The volume's next plex name no object of the group holds (a volume named like
     // a disk has plexes named like that disk's subdisks): numbered as subdisks are.
     let name = allocator.next_numbered_name(&v.name);
     let plex = allocator
-        .new_plex(name, PlexState::Empty, layout, v.size_bytes, &used)
+        .new_plex(name, PlexState::Empty, layout, v.size_bytes, &excluded)
         .ok_or_else(|| AllocError {
             volume: volume.to_string(),
             reason: format!(
-                "not enough free space for another plex of {} on distinct disks (disks in use by the volume: {}; {})",
+                "not enough free space for another plex of {} on distinct disks{among} (disks in use by the volume: {}; {})",
                 describe(1, layout, v.size_bytes),
                 used.iter().cloned().collect::<Vec<_>>().join(", "),
                 allocator.free_summary()
@@ -1473,6 +1484,7 @@ mod tests {
                                 stripe_unit_bytes: 64 << 10,
                             }
                         },
+                        disks: Vec::new(),
                     },
                     8 => {
                         let volume = pick(&mut rng);
@@ -1866,6 +1878,7 @@ mod tests {
                 dg: "dg1".into(),
                 volume: "vol1".into(),
                 layout: PlexLayout::Concat,
+                disks: Vec::new(),
             })
             .unwrap();
         let log = log_of(&c, "vol1").unwrap();
@@ -1886,6 +1899,7 @@ mod tests {
                 dg: "dg1".into(),
                 volume: "off".into(),
                 layout: PlexLayout::Concat,
+                disks: Vec::new(),
             })
             .unwrap();
         assert_eq!(log_of(&c, "off"), None);

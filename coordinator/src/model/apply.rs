@@ -366,7 +366,7 @@ pub fn apply_dg(dg: &DiskGroupConfig, change: &Change) -> Result<DiskGroupConfig
         Change::DgRmDisk { disk, .. } => dg_rm_disk(dg, &mut next, disk)?,
         Change::DgFailDisk { disk, force, .. } => dg_fail_disk(dg, &mut next, disk, *force)?,
         Change::DgReattachDisk { disk, .. } => dg_reattach_disk(dg, &mut next, disk)?,
-        Change::DgEvacuate { disk, .. } => dg_evacuate(dg, &mut next, disk)?,
+        Change::DgEvacuate { disk, to, .. } => dg_evacuate(dg, &mut next, disk, to)?,
         Change::VolCreate {
             volume,
             size_bytes,
@@ -417,7 +417,12 @@ pub fn apply_dg(dg: &DiskGroupConfig, change: &Change) -> Result<DiskGroupConfig
         Change::VolUnexport {
             volume, protocol, ..
         } => vol_unexport(dg, &mut next, volume, *protocol)?,
-        Change::PlexAdd { volume, layout, .. } => plex_add(dg, &mut next, volume, *layout)?,
+        Change::PlexAdd {
+            volume,
+            layout,
+            disks,
+            ..
+        } => plex_add(dg, &mut next, volume, *layout, disks)?,
         Change::PlexDetach { plex, .. } => plex_detach(dg, &mut next, plex)?,
         Change::PlexAttach { plex, .. } => plex_attach(dg, &mut next, plex)?,
         Change::PlexRm { plex, force, .. } => plex_rm(dg, &mut next, plex, *force)?,
@@ -496,15 +501,45 @@ fn disk_index(dg: &DiskGroupConfig, disk: &str) -> Result<usize, ConfigError> {
         .ok_or_else(|| not_found("disk", disk, format!(" in disk group {}", dg.name)))
 }
 
+/// Checks the disks a command names for a new plex (`plex add --disks`, `dg
+/// evacuate --to`): each is a disk of the group, not recorded failed, named once.
+fn check_named_disks(dg: &DiskGroupConfig, named: &[String]) -> Result<(), ConfigError> {
+    for (i, name) in named.iter().enumerate() {
+        let d = &dg.disks[disk_index(dg, name)?];
+        if d.failed {
+            return Err(ConfigError::Invalid(format!(
+                "disk {name} of disk group {} is recorded failed: no new plex goes on it (dg reattach-disk brings it back)",
+                dg.name
+            )));
+        }
+        if named[..i].contains(name) {
+            return Err(ConfigError::Invalid(format!(
+                "disk {name} of disk group {} is named twice",
+                dg.name
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Applies [`Change::DgEvacuate`] to `next` (a copy of `dg`): each plex on `disk`
 /// that no plex replaces yet gets a SYNCING replacement of its layout, allocated in
-/// `next` (so a second replacement never takes the first one's space or disks).
+/// `next` (so a second replacement never takes the first one's space or disks), on
+/// the disks of `to` when it names any.
 fn dg_evacuate(
     dg: &DiskGroupConfig,
     next: &mut DiskGroupConfig,
     disk: &str,
+    to: &[String],
 ) -> Result<(), ConfigError> {
     disk_index(dg, disk)?;
+    check_named_disks(dg, to)?;
+    if to.iter().any(|d| d == disk) {
+        return Err(ConfigError::Invalid(format!(
+            "disk {disk} of disk group {}: --to names the disk being evacuated",
+            dg.name
+        )));
+    }
     let mut on_disk = 0;
     let mut moving = 0;
     for (vi, v) in dg.volumes.iter().enumerate() {
@@ -528,7 +563,7 @@ fn dg_evacuate(
                     v.name, p.name
                 )));
             }
-            let mut plex = alloc::allocate_plex(next, &v.name, p.layout).map_err(|e| {
+            let mut plex = alloc::allocate_plex(next, &v.name, p.layout, to).map_err(|e| {
                 ConfigError::NoSpace(AllocError {
                     reason: format!(
                         "plex {} cannot move off disk {disk} of disk group {}: {} (dg add-disk a disk, then dg evacuate again)",
@@ -1092,6 +1127,7 @@ fn plex_add(
     next: &mut DiskGroupConfig,
     volume: &str,
     layout: PlexLayout,
+    disks: &[String],
 ) -> Result<(), ConfigError> {
     let vi = dg.volume_index(volume)?;
     let v = &dg.volumes[vi];
@@ -1101,7 +1137,8 @@ fn plex_add(
         )));
     }
     layout.validate()?;
-    let plex = alloc::allocate_plex(dg, volume, layout)?;
+    check_named_disks(dg, disks)?;
+    let plex = alloc::allocate_plex(dg, volume, layout, disks)?;
     next.volume_mut(vi).plexes.push(plex);
     if v.log.is_none() && v.plexes.len() == 1 {
         // The volume becomes mirrored: it gets the default log (a volume created

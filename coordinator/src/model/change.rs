@@ -82,6 +82,8 @@ pub enum Change {
         dg: String,
         /// Disk media name.
         disk: String,
+        /// `--to`: the disks the replacements may use (empty: any disk of the group).
+        to: Vec<String>,
     },
     /// `dg destroy`: the group and its volumes are gone; the disks are released.
     /// Refused while a volume is exported unless `force` (which ends the exports);
@@ -183,6 +185,8 @@ pub enum Change {
         volume: String,
         /// Layout of the new plex.
         layout: PlexLayout,
+        /// `--disks`: the disks the new plex may use (empty: any disk of the group).
+        disks: Vec<String>,
     },
     /// `plex detach`: ACTIVE or SYNCING → STALE; never the last ACTIVE plex.
     PlexDetach {

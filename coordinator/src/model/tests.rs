@@ -223,6 +223,7 @@ fn names_like_subdisks_are_refused_or_skipped_never_given_twice() {
             dg: "dg1".into(),
             volume: "disk02".into(),
             layout: PlexLayout::Concat,
+            disks: Vec::new(),
         })
         .unwrap();
     let v = c.disk_groups[0].volume("disk02").unwrap();
@@ -346,6 +347,7 @@ fn plex_add_uses_other_disks_and_starts_empty() {
         dg: "dg1".into(),
         volume: "vol1".into(),
         layout: PlexLayout::Concat,
+        disks: Vec::new(),
     };
     let c = c.apply(&add).unwrap();
     let c = c.apply(&add).unwrap();
@@ -620,6 +622,7 @@ fn every_change_round_trips_through_json() {
                 columns: 2,
                 stripe_unit_bytes: 4096,
             },
+            disks: Vec::new(),
         },
         Change::PlexDetach {
             dg: dg(),
@@ -1268,6 +1271,7 @@ fn random_change(g: &DiskGroupConfig, i: usize, rng: &mut rand::rngs::StdRng) ->
             dg,
             volume: v.name.clone(),
             layout: PlexLayout::Concat,
+            disks: Vec::new(),
         },
         3 => Change::PlexDetach {
             dg,
@@ -1761,6 +1765,7 @@ fn evacuate(disk: &str) -> Change {
     Change::DgEvacuate {
         dg: "dg1".into(),
         disk: disk.into(),
+        to: Vec::new(),
     }
 }
 
@@ -1988,4 +1993,66 @@ fn evacuating_a_failed_disk_rebuilds_its_stale_plexes_elsewhere() {
                 .all(|p| p.state == PlexState::Active && plex_disk(p) != on),
         "{mir:?}"
     );
+}
+
+/// The disks `plex`'s subdisks are on.
+fn disks_of(p: &Plex) -> BTreeSet<String> {
+    p.subdisks.iter().map(|sd| sd.disk.clone()).collect()
+}
+
+#[test]
+fn plex_add_and_evacuate_place_new_plexes_only_on_the_disks_named() {
+    let c = cluster(&[("d1", GIB), ("d2", GIB), ("d3", GIB), ("d4", GIB)]);
+    let c = create_vol(&c, "cat", 64 << 20, VolumeLayout::Concat).unwrap();
+    let on = plex_disk(&c.disk_groups[0].volume("cat").unwrap().plexes[0]).to_string();
+    // Without --disks the allocator takes another disk than d4; with d4 named, the
+    // new plex goes there.
+    let add = |disks: &[&str]| Change::PlexAdd {
+        dg: "dg1".into(),
+        volume: "cat".into(),
+        layout: PlexLayout::Concat,
+        disks: disks.iter().map(|d| d.to_string()).collect(),
+    };
+    let anywhere = c.apply(&add(&[])).unwrap();
+    let new = &anywhere.disk_groups[0].volume("cat").unwrap().plexes[1];
+    assert!(!disks_of(new).contains("d4"), "{new:?}");
+    let added = c.apply(&add(&["d4"])).unwrap();
+    let new = &added.disk_groups[0].volume("cat").unwrap().plexes[1];
+    assert_eq!(disks_of(new), BTreeSet::from(["d4".to_string()]), "{new:?}");
+    // The disks named are the group's, working, each once; the volume's own disk
+    // gives no room for a second plex.
+    for (disks, want) in [
+        (vec!["d9"], "disk d9 does not exist in disk group dg1"),
+        (vec!["d4", "d4"], "disk d4 of disk group dg1 is named twice"),
+        (
+            vec![on.as_str()],
+            "not enough free space for another plex of 64.0 MiB on distinct disks among the disks named",
+        ),
+    ] {
+        let e = c.apply(&add(&disks)).unwrap_err().to_string();
+        assert!(e.contains(want), "{disks:?}: {e}");
+    }
+    let failed = c
+        .apply(&Change::DgFailDisk {
+            dg: "dg1".into(),
+            disk: "d3".into(),
+            force: false,
+        })
+        .unwrap();
+    let e = failed.apply(&add(&["d3"])).unwrap_err().to_string();
+    assert!(
+        e.contains("disk d3 of disk group dg1 is recorded failed"),
+        "{e}"
+    );
+    // dg evacuate --to: the replacement goes to a disk named, never to the source.
+    let to = |disks: &[&str]| Change::DgEvacuate {
+        dg: "dg1".into(),
+        disk: on.clone(),
+        to: disks.iter().map(|d| d.to_string()).collect(),
+    };
+    let moved = c.apply(&to(&["d3"])).unwrap();
+    let new = replacement(&moved, "cat", "cat-01").expect("a replacement");
+    assert_eq!(disks_of(new), BTreeSet::from(["d3".to_string()]), "{new:?}");
+    let e = c.apply(&to(&[on.as_str()])).unwrap_err().to_string();
+    assert!(e.contains("--to names the disk being evacuated"), "{e}");
 }

@@ -480,6 +480,11 @@ pub fn text(r: capnp::Result<capnp::text::Reader<'_>>) -> capnp::Result<String> 
         .map_err(|e| capnp::Error::failed(format!("text is not UTF-8: {e}")))
 }
 
+/// A list of UTF-8 texts ([`text`] each).
+pub fn texts(r: capnp::Result<capnp::text_list::Reader<'_>>) -> capnp::Result<Vec<String>> {
+    r?.iter().map(text).collect()
+}
+
 fn not_in_schema(what: &str, e: capnp::NotInSchema) -> capnp::Error {
     capnp::Error::failed(format!("unknown {what} {}", e.0))
 }
