@@ -362,6 +362,7 @@ struct ConfigChange {
       layout @19 :VolumeLayout;
       drlOff @60 :Bool;         # --drl off: no dirty region log
       regionBytes @61 :UInt64;  # the log's region size (0: the default, 512 KiB)
+      disks @77 :List(Text);    # --disks: the disks the plexes may use; empty = any
     }
     volGrow :group {
       dg @20 :Text;

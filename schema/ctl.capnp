@@ -146,8 +146,8 @@ struct Change {
   # while hosts use the volume) and of dgFailDisk (also when a volume's only ACTIVE
   # plexes are on the disk). Ignored by others.
   force @16 :Bool;
-  # The disks a new plex may use: `plex add --disks` and `dg evacuate --to` (empty =
-  # any disk of the group). Ignored by others.
+  # The disks new plexes may use: `vol create --disks`, `plex add --disks` and `dg
+  # evacuate --to` (empty = any disk of the group). Ignored by others.
   disks @21 :List(Text);
 }
 

@@ -217,6 +217,7 @@ fn vol_change(cmd: &VolCmd) -> Result<Option<ChangeBuilder>, Failure> {
             stripe_unit,
             drl,
             region_size,
+            disks,
         } => {
             let size = parse_size(size)?;
             let drl_off = *drl == Drl::Off;
@@ -250,14 +251,16 @@ fn vol_change(cmd: &VolCmd) -> Result<Option<ChangeBuilder>, Failure> {
                 },
                 None => 0,
             };
-            let (dg, vol, layout, mirrors, columns) = (
+            let (dg, vol, layout, mirrors, columns, disks) = (
                 dg.clone(),
                 vol.clone(),
                 *layout,
                 mirrors.unwrap_or(0),
                 columns.unwrap_or(0),
+                disks.clone(),
             );
-            Box::new(move |b| {
+            Box::new(move |mut b| {
+                set_disks(b.reborrow(), &disks);
                 let mut x = b.init_vol_create();
                 x.set_dg(dg.as_str());
                 x.set_volume(vol.as_str());

@@ -285,6 +285,10 @@ pub(crate) enum VolCmd {
         /// 64K to 1G).
         #[arg(long)]
         region_size: Option<String>,
+        /// The disks the plexes may use, e.g. --disks d1,d5 (a two-way mirror then
+        /// has a plex on each: one per array); default: any disk of the group.
+        #[arg(long, value_delimiter = ',', value_name = "DISK,...")]
+        disks: Vec<String>,
     },
     /// Grows a volume to SIZE, or by SIZE with `+SIZE`. Example: vol grow dg1 vol1 +1G
     Grow {

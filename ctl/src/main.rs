@@ -286,5 +286,13 @@ mod tests {
         };
         assert_eq!(disks, &["d5"]);
         assert!(build_change(&c.cmd).unwrap().is_some());
+        let c = Cli::try_parse_from([
+            "plexctl", "vol", "create", "dg1", "m", "1G", "--layout", "mirror", "--disks", "d1,d5",
+        ])
+        .unwrap();
+        let Cmd::Vol(VolCmd::Create { disks, .. }) = &c.cmd else {
+            panic!("{:?}", c.cmd)
+        };
+        assert_eq!(disks, &["d1", "d5"]);
     }
 }

@@ -134,6 +134,8 @@ pub enum CtlChange {
         drl_off: bool,
         /// `--region-size` (0 = default).
         region_bytes: u64,
+        /// `--disks`: the disks the plexes may use (empty: any).
+        disks: Vec<String>,
     },
     /// `vol grow` / `vol shrink`.
     VolResize {
@@ -712,7 +714,7 @@ fn read_change(r: c::change::Reader<'_>) -> capnp::Result<CtlChange> {
                 clear_owner: x.get_clear_owner(),
             }
         }
-        Which::VolCreate(x) => read_vol_create(x?)?,
+        Which::VolCreate(x) => read_vol_create(x?, text_list(r.get_disks())?)?,
         Which::VolGrow(x) => read_vol_resize(x?, true, false)?,
         Which::VolShrink(x) => read_vol_resize(x?, false, r.get_force())?,
         Which::VolRm(x) => {
@@ -749,7 +751,7 @@ fn read_dg_vol(x: c::dg_vol::Reader<'_>) -> capnp::Result<(String, String)> {
     Ok((text(x.get_dg())?, text(x.get_volume())?))
 }
 
-fn read_vol_create(x: c::vol_create::Reader<'_>) -> capnp::Result<CtlChange> {
+fn read_vol_create(x: c::vol_create::Reader<'_>, disks: Vec<String>) -> capnp::Result<CtlChange> {
     Ok(CtlChange::VolCreate {
         dg: text(x.get_dg())?,
         volume: text(x.get_volume())?,
@@ -765,6 +767,7 @@ fn read_vol_create(x: c::vol_create::Reader<'_>) -> capnp::Result<CtlChange> {
         stripe_unit_bytes: x.get_stripe_unit_bytes(),
         drl_off: x.get_drl_off(),
         region_bytes: x.get_region_bytes(),
+        disks,
     })
 }
 

@@ -926,6 +926,7 @@ mod tests {
                     size_bytes: 1 << 20,
                     layout: VolumeLayout::Mirror { mirrors: 2 },
                     log: Default::default(),
+                    disks: Vec::new(),
                 })
             })
             .unwrap();

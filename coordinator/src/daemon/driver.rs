@@ -1415,6 +1415,7 @@ mod tests {
                 size_bytes: 64 << 20,
                 layout: VolumeLayout::Concat,
                 log: LogPolicy::Off,
+                disks: Vec::new(),
             })
             .unwrap();
         let g = &c.disk_groups[0];

@@ -746,6 +746,7 @@ mod tests {
                 size_bytes: 16 << 20,
                 layout: VolumeLayout::Concat,
                 log: Default::default(),
+                disks: Vec::new(),
             })
             .unwrap()
             .apply(&Change::VolExport {
@@ -860,6 +861,7 @@ mod tests {
                 size_bytes: 16 << 20,
                 layout: VolumeLayout::Concat,
                 log: Default::default(),
+                disks: Vec::new(),
             })
             .unwrap();
         let nqn = default_nqn("Test-ID", "dg1", "vol1");

@@ -852,6 +852,7 @@ mod tests {
                     size_bytes: *size,
                     layout: VolumeLayout::Mirror { mirrors: 2 },
                     log: Default::default(),
+                    disks: Vec::new(),
                 },
             )
             .unwrap();

@@ -578,6 +578,7 @@ mod tests {
             size_bytes: 8 << 20,
             layout: VolumeLayout::Mirror { mirrors: 2 },
             log: Default::default(),
+            disks: Vec::new(),
         };
         let c2 = c1.validate_and_apply(&vol).unwrap();
         assert_eq!(c2.seq, 2);
@@ -615,6 +616,7 @@ mod tests {
             size_bytes: 8 << 20,
             layout: VolumeLayout::Mirror { mirrors: 2 },
             log: Default::default(),
+            disks: Vec::new(),
         };
         let grow = |name: &str, size: u64| Change::VolGrow {
             dg: "dg1".into(),

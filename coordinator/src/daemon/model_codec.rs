@@ -299,6 +299,7 @@ fn write_vol_change(c: &Change, b: wire::config_change::Builder<'_>) {
             size_bytes,
             layout,
             log,
+            disks,
         } => {
             let mut g = b.init_vol_create();
             g.set_dg(dg.as_str());
@@ -308,7 +309,8 @@ fn write_vol_change(c: &Change, b: wire::config_change::Builder<'_>) {
                 LogPolicy::Off => g.set_drl_off(true),
                 LogPolicy::On { region_bytes } => g.set_region_bytes(*region_bytes),
             }
-            write_layout(layout, g.init_layout());
+            write_layout(layout, g.reborrow().init_layout());
+            write_texts(disks, g.init_disks(len_u32(disks.len())));
         }
         Change::VolGrow {
             dg,
@@ -558,6 +560,7 @@ fn read_vol_change(which: wire::config_change::WhichReader<'_>) -> capnp::Result
                 (false, 0) => LogPolicy::default(),
                 (false, region_bytes) => LogPolicy::On { region_bytes },
             },
+            disks: disk::texts(g.get_disks())?,
         },
         Which::VolGrow(g) => Change::VolGrow {
             dg: text(g.get_dg())?,
@@ -770,6 +773,7 @@ mod tests {
                 size_bytes: 64 << 20,
                 layout: VolumeLayout::Mirror { mirrors: 2 },
                 log: Default::default(),
+                disks: Vec::new(),
             },
             Change::VolCreate {
                 dg: "dg1".into(),
@@ -781,6 +785,7 @@ mod tests {
                     stripe_unit_bytes: 64 << 10,
                 },
                 log: Default::default(),
+                disks: Vec::new(),
             },
             export(),
             Change::NodeOpen {
@@ -900,6 +905,7 @@ mod tests {
                     stripe_unit_bytes: 128 << 10,
                 },
                 log: Default::default(),
+                disks: Vec::new(),
             },
             Change::VolCreate {
                 dg: dg(),
@@ -907,6 +913,7 @@ mod tests {
                 size_bytes: 512,
                 layout: VolumeLayout::Concat,
                 log: Default::default(),
+                disks: Vec::new(),
             },
             Change::VolCreate {
                 dg: dg(),
@@ -914,6 +921,7 @@ mod tests {
                 size_bytes: 8 << 20,
                 layout: VolumeLayout::Mirror { mirrors: 3 },
                 log: LogPolicy::Off,
+                disks: vec!["d1".into(), "d4".into(), "d6".into()],
             },
             Change::VolCreate {
                 dg: dg(),
@@ -923,6 +931,7 @@ mod tests {
                 log: LogPolicy::On {
                     region_bytes: 1 << 20,
                 },
+                disks: Vec::new(),
             },
             Change::VolGrow {
                 dg: dg(),

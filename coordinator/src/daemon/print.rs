@@ -73,6 +73,7 @@ mod tests {
                 // Without a log: the renderings of before
                 // (print_shows_the_log_and_ranges_left shows one).
                 log: crate::model::LogPolicy::Off,
+                disks: Vec::new(),
             },
             Change::VolCreate {
                 dg: "dg1".into(),
@@ -84,6 +85,7 @@ mod tests {
                     stripe_unit_bytes: 128 << 10,
                 },
                 log: Default::default(),
+                disks: Vec::new(),
             },
             Change::PlexAdd {
                 dg: "dg1".into(),

@@ -58,6 +58,7 @@ impl Daemon {
                 stripe_unit_bytes,
                 drl_off,
                 region_bytes,
+                disks,
             } => Self::resolve_vol_create(
                 dg,
                 volume,
@@ -69,6 +70,7 @@ impl Daemon {
                     (false, 0) => crate::model::LogPolicy::default(),
                     (false, region_bytes) => crate::model::LogPolicy::On { region_bytes },
                 },
+                disks,
             ),
             CtlChange::VolResize {
                 dg,
@@ -329,6 +331,7 @@ impl Daemon {
         layout: LayoutKind,
         (mirrors, columns, stripe_unit_bytes): (u32, u32, u64),
         log: crate::model::LogPolicy,
+        disks: Vec<String>,
     ) -> Change {
         let mirrors = if mirrors == 0 { 2 } else { mirrors };
         let columns = if columns == 0 { 2 } else { columns };
@@ -356,6 +359,7 @@ impl Daemon {
             size_bytes,
             layout,
             log,
+            disks,
         }
     }
 

@@ -665,6 +665,7 @@ pub fn allocate_volume(
     volume: &str,
     size_bytes: u64,
     layout: VolumeLayout,
+    only: &[String],
 ) -> Result<Vec<Plex>, AllocError> {
     let (mirrors, plex_layout) = layout.plexes();
     let columns = plex_layout.columns();
@@ -673,13 +674,21 @@ pub fn allocate_volume(
         volume: volume.to_string(),
         reason,
     };
+    let need = if mirrors * columns == 1 { "s" } else { "" };
     if disks_needed > dg.disks.len() as u64 {
         return Err(error(format!(
-            "{} need{} {disks_needed} distinct disks, disk group {} has {}",
+            "{} need{need} {disks_needed} distinct disks, disk group {} has {}",
             describe(mirrors, plex_layout, size_bytes),
-            if mirrors * columns == 1 { "s" } else { "" },
             dg.name,
             dg.disks.len()
+        )));
+    }
+    if !only.is_empty() && disks_needed > only.len() as u64 {
+        return Err(error(format!(
+            "{} need{need} {disks_needed} distinct disks, {} named ({})",
+            describe(mirrors, plex_layout, size_bytes),
+            only.len(),
+            only.join(", ")
         )));
     }
     let mut allocator = Allocator::new(dg);
@@ -688,7 +697,9 @@ pub fn allocate_volume(
         allocator.reserve(&plex_name(volume, index));
     }
     let mut plexes: Vec<Plex> = Vec::new();
-    let mut used = BTreeSet::new();
+    // Disks not named are as good as used.
+    let mut used: BTreeSet<String> = not_named(dg, only).collect();
+    let among = among_named(only);
     for index in 0..mirrors {
         let placed = allocator.new_plex(
             plex_name(volume, index),
@@ -704,7 +715,7 @@ pub fn allocate_volume(
                 ""
             };
             return Err(error(format!(
-                "not enough free space for {}{distinct} ({})",
+                "not enough free space for {}{distinct}{among} ({})",
                 describe(mirrors, plex_layout, size_bytes),
                 allocator.free_summary()
             )));
@@ -714,6 +725,23 @@ pub fn allocate_volume(
         plexes.push(plex);
     }
     Ok(plexes)
+}
+
+/// The group's disks a command that names `only` leaves out (none when it names
+/// none: any disk will do).
+fn not_named<'a>(dg: &'a DiskGroupConfig, only: &'a [String]) -> impl Iterator<Item = String> + 'a {
+    dg.disks
+        .iter()
+        .filter(move |d| !only.is_empty() && !only.contains(&d.name))
+        .map(|d| d.name.clone())
+}
+
+/// ` among the disks named (d3, d4)` for a no-room message, when a command names any.
+fn among_named(only: &[String]) -> String {
+    match only {
+        [] => String::new(),
+        named => format!(" among the disks named ({})", named.join(", ")),
+    }
 }
 
 fn describe(mirrors: u32, layout: PlexLayout, size_bytes: u64) -> String {
@@ -750,16 +778,8 @@ pub fn allocate_plex(
         .iter()
         .flat_map(|p| p.subdisks.iter().map(|sd| sd.disk.clone()))
         .collect();
-    let not_named = dg
-        .disks
-        .iter()
-        .filter(|d| !only.is_empty() && !only.contains(&d.name))
-        .map(|d| d.name.clone());
-    let excluded: BTreeSet<String> = used.iter().cloned().chain(not_named).collect();
-    let among = match only {
-        [] => String::new(),
-        named => format!(" among the disks named ({})", named.join(", ")),
-    };
+    let excluded: BTreeSet<String> = used.iter().cloned().chain(not_named(dg, only)).collect();
+    let among = among_named(only);
     let mut allocator = Allocator::new(dg);
     // The volume's next plex name no object of the group holds (a volume named like
     // a disk has plexes named like that disk's subdisks): numbered as subdisks are.
@@ -1077,6 +1097,7 @@ mod tests {
             size_bytes: size,
             layout,
             log: Default::default(),
+            disks: Vec::new(),
         })
     }
 
@@ -1451,6 +1472,7 @@ mod tests {
                             size_bytes: rng.gen_range(1..40 * MIB),
                             layout,
                             log: Default::default(),
+                            disks: Vec::new(),
                         }
                     }
                     _ if names.is_empty() => continue,
@@ -1581,6 +1603,7 @@ mod tests {
             size_bytes: size,
             layout,
             log,
+            disks: Vec::new(),
         })
     }
 

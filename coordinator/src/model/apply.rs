@@ -372,8 +372,9 @@ pub fn apply_dg(dg: &DiskGroupConfig, change: &Change) -> Result<DiskGroupConfig
             size_bytes,
             layout,
             log,
+            disks,
             ..
-        } => vol_create(dg, &mut next, volume, *size_bytes, *layout, *log)?,
+        } => vol_create(dg, &mut next, volume, *size_bytes, *layout, *log, disks)?,
         Change::VolGrow {
             volume,
             new_size_bytes,
@@ -501,8 +502,9 @@ fn disk_index(dg: &DiskGroupConfig, disk: &str) -> Result<usize, ConfigError> {
         .ok_or_else(|| not_found("disk", disk, format!(" in disk group {}", dg.name)))
 }
 
-/// Checks the disks a command names for a new plex (`plex add --disks`, `dg
-/// evacuate --to`): each is a disk of the group, not recorded failed, named once.
+/// Checks the disks a command names for new plexes (`vol create --disks`, `plex add
+/// --disks`, `dg evacuate --to`): each is a disk of the group, not recorded failed,
+/// named once.
 fn check_named_disks(dg: &DiskGroupConfig, named: &[String]) -> Result<(), ConfigError> {
     for (i, name) in named.iter().enumerate() {
         let d = &dg.disks[disk_index(dg, name)?];
@@ -881,6 +883,7 @@ fn vol_create(
     size_bytes: u64,
     layout: VolumeLayout,
     log: LogPolicy,
+    disks: &[String],
 ) -> Result<(), ConfigError> {
     validate_name("volume", volume)?;
     if dg.volume(volume).is_some() || dg.find_plex(volume).is_some() {
@@ -920,7 +923,8 @@ fn vol_create(
         // Checked for any layout, so that a bad --region-size is never ignored.
         alloc::log_geometry(volume, size, region_bytes)?;
     }
-    let plexes = alloc::allocate_volume(dg, volume, size, layout)?;
+    check_named_disks(dg, disks)?;
+    let plexes = alloc::allocate_volume(dg, volume, size, layout, disks)?;
     next.volumes.push(Arc::new(Volume {
         log: None,
         name: volume.to_string(),

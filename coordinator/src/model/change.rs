@@ -83,6 +83,7 @@ pub enum Change {
         /// Disk media name.
         disk: String,
         /// `--to`: the disks the replacements may use (empty: any disk of the group).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
         to: Vec<String>,
     },
     /// `dg destroy`: the group and its volumes are gone; the disks are released.
@@ -127,6 +128,9 @@ pub enum Change {
         /// The dirty region log of a mirrored layout (ignored for one plex).
         #[serde(default, skip_serializing_if = "LogPolicy::is_default")]
         log: LogPolicy,
+        /// `--disks`: the disks the plexes may use (empty: any disk of the group).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        disks: Vec<String>,
     },
     /// `vol grow`: every plex is extended; a log too small for the new size gets a
     /// new place or larger regions (a new log id).
@@ -186,6 +190,7 @@ pub enum Change {
         /// Layout of the new plex.
         layout: PlexLayout,
         /// `--disks`: the disks the new plex may use (empty: any disk of the group).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
         disks: Vec<String>,
     },
     /// `plex detach`: ACTIVE or SYNCING → STALE; never the last ACTIVE plex.

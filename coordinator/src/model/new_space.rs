@@ -114,6 +114,7 @@ mod tests {
             size_bytes: 8 << 20,
             layout: VolumeLayout::Mirror { mirrors: 2 },
             log: Default::default(),
+            disks: Vec::new(),
         };
         let (c, new) = space(&c, &create);
         // Both plexes, one per disk, each the whole volume.

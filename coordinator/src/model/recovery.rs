@@ -262,6 +262,7 @@ mod tests {
                 size_bytes: 8 << 20,
                 layout: VolumeLayout::Mirror { mirrors: 2 },
                 log: Default::default(),
+                disks: Vec::new(),
             },
         )
         .unwrap();
@@ -360,6 +361,7 @@ mod tests {
                 size_bytes: 8 << 20,
                 layout: VolumeLayout::Mirror { mirrors: 3 },
                 log: LogPolicy::Off,
+                disks: Vec::new(),
             },
         )
         .unwrap();

@@ -46,6 +46,7 @@ pub fn with_mirror(
         size_bytes,
         layout: VolumeLayout::Mirror { mirrors: 2 },
         log,
+        disks: Vec::new(),
     })
     .unwrap()
 }

@@ -17,6 +17,7 @@ fn create_vol(
         size_bytes: size,
         layout,
         log: Default::default(),
+        disks: Vec::new(),
     })
 }
 
@@ -592,6 +593,7 @@ fn every_change_round_trips_through_json() {
                 stripe_unit_bytes: DEFAULT_STRIPE_UNIT_BYTES,
             },
             log: Default::default(),
+            disks: Vec::new(),
         },
         Change::VolGrow {
             dg: dg(),
@@ -723,6 +725,7 @@ fn nvmf_exports_check_their_nqns_and_hosts_and_sit_beside_iscsi() {
             size_bytes: 1 << 20,
             layout: VolumeLayout::Concat,
             log: Default::default(),
+            disks: Vec::new(),
         })
         .unwrap()
         .apply(&Change::VolExport {
@@ -784,6 +787,7 @@ fn an_export_is_unique_keeps_its_volume_and_ends_with_unexport() {
             size_bytes: 1 << 20,
             layout: VolumeLayout::Concat,
             log: Default::default(),
+            disks: Vec::new(),
         })
         .unwrap()
     };
@@ -893,6 +897,7 @@ fn describe_states_size_placement_and_rounding() {
         size_bytes: 513,
         layout: VolumeLayout::Mirror { mirrors: 2 },
         log: Default::default(),
+        disks: Vec::new(),
     };
     let after = c.apply(&change).unwrap();
     let text = describe(&change, after.disk_group("dg1"));
@@ -1139,6 +1144,7 @@ fn group_of_every_layout(n: usize) -> DiskGroupConfig {
                 size_bytes: (1 + i as u64 % 5) << 20,
                 layout: layouts[i % layouts.len()],
                 log,
+                disks: Vec::new(),
             })
             .unwrap();
     }
@@ -1296,6 +1302,7 @@ fn random_change(g: &DiskGroupConfig, i: usize, rng: &mut rand::rngs::StdRng) ->
             size_bytes: 4096 * rng.gen_range(1..2000),
             layout: VolumeLayout::Mirror { mirrors: 2 },
             log: LogPolicy::default(),
+            disks: Vec::new(),
         },
     }
 }
@@ -2055,4 +2062,47 @@ fn plex_add_and_evacuate_place_new_plexes_only_on_the_disks_named() {
     assert_eq!(disks_of(new), BTreeSet::from(["d3".to_string()]), "{new:?}");
     let e = c.apply(&to(&[on.as_str()])).unwrap_err().to_string();
     assert!(e.contains("--to names the disk being evacuated"), "{e}");
+}
+
+#[test]
+fn vol_create_places_its_plexes_only_on_the_disks_named() {
+    let c = cluster(&[("d1", GIB), ("d2", GIB), ("d3", GIB), ("d4", GIB)]);
+    let create = |disks: &[&str]| Change::VolCreate {
+        dg: "dg1".into(),
+        volume: "m".into(),
+        size_bytes: 64 << 20,
+        layout: VolumeLayout::Mirror { mirrors: 2 },
+        log: LogPolicy::Off,
+        disks: disks.iter().map(|d| d.to_string()).collect(),
+    };
+    // Without --disks the first disks with room (d1, d2); with d2 and d4 named, one
+    // plex on each.
+    let any = c.apply(&create(&[])).unwrap();
+    let on = |c: &ClusterConfig| -> Vec<BTreeSet<String>> {
+        c.disk_groups[0]
+            .volume("m")
+            .unwrap()
+            .plexes
+            .iter()
+            .map(disks_of)
+            .collect()
+    };
+    assert!(on(&any).iter().all(|d| !d.contains("d4")), "{:?}", on(&any));
+    let placed = c.apply(&create(&["d2", "d4"])).unwrap();
+    let mut got = on(&placed);
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            BTreeSet::from(["d2".to_string()]),
+            BTreeSet::from(["d4".to_string()])
+        ]
+    );
+    for (disks, want) in [
+        (vec!["d4"], "need 2 distinct disks, 1 named (d4)"),
+        (vec!["d1", "d9"], "disk d9 does not exist in disk group dg1"),
+    ] {
+        let e = c.apply(&create(&disks)).unwrap_err().to_string();
+        assert!(e.contains(want), "{disks:?}: {e}");
+    }
 }

@@ -656,6 +656,7 @@ mod tests {
                     stripe_unit_bytes: 128 << 10,
                 },
                 log: Default::default(),
+                disks: Vec::new(),
             })
             .unwrap();
         let c = c

@@ -74,6 +74,7 @@ fn group(dir: &TempDir, n: usize) -> (Vec<PathBuf>, ClusterConfig) {
                 mirrors: n.min(2) as u32,
             },
             log: Default::default(),
+            disks: Vec::new(),
         })
         .unwrap();
     (paths, c)
@@ -86,6 +87,7 @@ fn next(c: &ClusterConfig, volume: &str) -> ClusterConfig {
         size_bytes: 1 << 20,
         layout: VolumeLayout::Concat,
         log: Default::default(),
+        disks: Vec::new(),
     })
     .unwrap()
 }
@@ -742,6 +744,7 @@ fn log_change(c: &ClusterConfig, i: u64, rng: &mut rand::rngs::StdRng) -> Cluste
             size_bytes: 1 << 20,
             layout: VolumeLayout::Concat,
             log: Default::default(),
+            disks: Vec::new(),
         },
         2 | 3 => {
             let volume = pick(rng);
