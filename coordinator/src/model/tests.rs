@@ -2075,8 +2075,8 @@ fn vol_create_places_its_plexes_only_on_the_disks_named() {
         log: LogPolicy::Off,
         disks: disks.iter().map(|d| d.to_string()).collect(),
     };
-    // Without --disks the first disks with room (d1, d2); with d2 and d4 named, one
-    // plex on each.
+    // Without --disks the best fits, here the first equally free disks (d1, d2);
+    // with d2 and d4 named, one plex on each.
     let any = c.apply(&create(&[])).unwrap();
     let on = |c: &ClusterConfig| -> Vec<BTreeSet<String>> {
         c.disk_groups[0]
