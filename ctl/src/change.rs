@@ -39,14 +39,17 @@ pub(crate) fn parse_resize(s: &str, grow: bool) -> Result<(u64, bool), Failure> 
 /// Fills the `Change` of a change request.
 pub(crate) type ChangeBuilder = Box<dyn Fn(c::change::Builder<'_>)>;
 
+/// Fills `list` (made with `texts.len()` entries) with `texts`.
+fn fill(mut list: capnp::text_list::Builder<'_>, texts: &[String]) {
+    for (i, t) in (0..).zip(texts) {
+        list.set(i, t.as_str());
+    }
+}
+
 /// Sets the change's `disks` (the disks a new plex may use), when any are named.
 fn set_disks(b: c::change::Builder<'_>, disks: &[String]) {
-    if disks.is_empty() {
-        return;
-    }
-    let mut l = b.init_disks(disks.len() as u32);
-    for (i, d) in (0..).zip(disks) {
-        l.set(i, d.as_str());
+    if !disks.is_empty() {
+        fill(b.init_disks(disks.len() as u32), disks);
     }
 }
 
@@ -79,12 +82,7 @@ pub(crate) fn build_change(cmd: &Cmd) -> Result<Option<ChangeBuilder>, Failure> 
                 x.set_volume(vol.as_str());
                 x.set_iqn(name.as_str());
                 x.set_portal(portal.as_deref().unwrap_or(""));
-                {
-                    let mut h = x.reborrow().init_hosts(hosts.len() as u32);
-                    for (i, n) in hosts.iter().enumerate() {
-                        h.set(i as u32, n.as_str());
-                    }
-                }
+                fill(x.reborrow().init_hosts(hosts.len() as u32), &hosts);
                 let mut nodes = x.init_nodes(u32::from(on.is_some()));
                 if let Some(n) = &on {
                     nodes.set(0, n.as_str());
@@ -113,10 +111,7 @@ fn dg_change(cmd: &DgCmd) -> Result<Option<ChangeBuilder>, Failure> {
                 let mut x = b.init_dg_create();
                 x.set_dg(dg.as_str());
                 x.set_shared(shared);
-                let mut l = x.init_disks(disks.len() as u32);
-                for (i, d) in disks.iter().enumerate() {
-                    l.set(i as u32, d.as_str());
-                }
+                fill(x.init_disks(disks.len() as u32), &disks);
             })
         }
         DgCmd::AddDisk { dg, disk }

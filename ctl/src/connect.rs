@@ -165,12 +165,13 @@ pub(crate) fn with_ctl<T: 'static>(
         };
         if !rest.is_empty() {
             let answered = smol::future::or(async { Err(conn.as_mut().await) }, heard());
-            let why = match polled.run(answered, (Instant::now() + ANSWER_TIMEOUT).min(deadline)) {
+            let began = Instant::now();
+            let why = match polled.run(answered, (began + ANSWER_TIMEOUT).min(deadline)) {
                 Ok(Ok(())) => None,
                 Ok(Err(why)) => Some(why),
                 Err(Stop::HungUp) => Some("connection closed".to_string()),
                 Err(Stop::Poll(e)) => Some(format!("cannot wait for the socket: {e}")),
-                Err(Stop::Deadline) => Some(silent(ANSWER_TIMEOUT.as_secs_f64())),
+                Err(Stop::Deadline) => Some(silent(began.elapsed().as_secs_f64())),
             };
             if let Some(why) = why {
                 notices.say(&format!("{why}; trying {}", rest[0]));

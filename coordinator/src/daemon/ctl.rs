@@ -651,10 +651,6 @@ fn text(r: capnp::Result<capnp::text::Reader<'_>>) -> capnp::Result<String> {
         .map_err(|e| capnp::Error::failed(format!("bad text: {e}")))
 }
 
-fn text_list(r: capnp::Result<capnp::text_list::Reader<'_>>) -> capnp::Result<Vec<String>> {
-    r?.iter().map(text).collect()
-}
-
 fn read_change(r: c::change::Reader<'_>) -> capnp::Result<CtlChange> {
     use c::change::Which;
     Ok(match r.which()? {
@@ -662,7 +658,7 @@ fn read_change(r: c::change::Reader<'_>) -> capnp::Result<CtlChange> {
             let x = x?;
             CtlChange::DgCreate {
                 dg: text(x.get_dg())?,
-                disks: text_list(x.get_disks())?,
+                disks: crate::ondisk::codec::texts(x.get_disks())?,
                 shared: x.get_shared(),
             }
         }
@@ -688,7 +684,7 @@ fn read_change(r: c::change::Reader<'_>) -> capnp::Result<CtlChange> {
         }
         Which::DgEvacuate(x) => {
             let (dg, disk) = read_dg_disk(x?)?;
-            let to = text_list(r.get_disks())?;
+            let to = crate::ondisk::codec::texts(r.get_disks())?;
             CtlChange::DgEvacuate { dg, disk, to }
         }
         Which::DgDestroy(x) => CtlChange::DgDestroy {
@@ -714,7 +710,7 @@ fn read_change(r: c::change::Reader<'_>) -> capnp::Result<CtlChange> {
                 clear_owner: x.get_clear_owner(),
             }
         }
-        Which::VolCreate(x) => read_vol_create(x?, text_list(r.get_disks())?)?,
+        Which::VolCreate(x) => read_vol_create(x?, crate::ondisk::codec::texts(r.get_disks())?)?,
         Which::VolGrow(x) => read_vol_resize(x?, true, false)?,
         Which::VolShrink(x) => read_vol_resize(x?, false, r.get_force())?,
         Which::VolRm(x) => {
@@ -723,7 +719,7 @@ fn read_change(r: c::change::Reader<'_>) -> capnp::Result<CtlChange> {
         }
         Which::PlexAdd(x) => {
             let (dg, volume) = read_dg_vol(x?)?;
-            let disks = text_list(r.get_disks())?;
+            let disks = crate::ondisk::codec::texts(r.get_disks())?;
             CtlChange::PlexAdd { dg, volume, disks }
         }
         Which::PlexDetach(x) => read_plex_op(x?, PlexOp::Detach, r.get_force())?,
@@ -803,9 +799,9 @@ fn read_vol_export(x: c::vol_export::Reader<'_>) -> capnp::Result<CtlChange> {
         volume: text(x.get_volume())?,
         protocol: text(x.get_protocol())?,
         iqn: text(x.get_iqn())?,
-        nodes: text_list(x.get_nodes())?,
+        nodes: crate::ondisk::codec::texts(x.get_nodes())?,
         portal: text(x.get_portal())?,
-        hosts: text_list(x.get_hosts())?,
+        hosts: crate::ondisk::codec::texts(x.get_hosts())?,
     })
 }
 
