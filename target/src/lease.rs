@@ -10,25 +10,32 @@
 //!   the lease: a deadline is where it was computed, and one already past revokes.
 //!   Reactors keep the deadline also converted to their cached `Instant`
 //!   (`CLOCK_MONOTONIC`, read before the boot clock at receipt, so it is never later)
-//!   for the check on submit; their expiry poller compares `CLOCK_BOOTTIME` too, at
-//!   most once per [`BOOT_CHECK`] of their cached clock, so a host resumed from suspend
-//!   fences within about that much of its own loop time.
+//!   and to `CLOCK_MONOTONIC_COARSE`. Their expiry poller compares the cached clock and
+//!   `CLOCK_BOOTTIME` on every pass, so a host resumed from suspend fences within a
+//!   loop iteration. The check before new disk I/O reads the coarse clock itself
+//!   (`ReactorLease::fenced_now`): a reactor stalled in the middle of a loop
+//!   iteration (a stopped process, a paused VM) does not serve the I/O it takes in
+//!   after the stall on a cached clock from before it. What remains is a stall that
+//!   falls between that check and the `io_uring_enter` that hands the I/O to the
+//!   kernel (at most one loop iteration of work; after a suspend, the iteration
+//!   before the poller's pass); only a fence at the disk itself would close it.
 //! - Control side ([`Lease`], held by the [`crate::Target`], whose `renew_lease`,
 //!   `renew_lease_until` and `lease_status` call it): the deadline, a generation
 //!   bumped by every renewal, the expiry count.
 //!   [`crate::Target::renew_lease_until`] hands the new deadline to every reactor through its
 //!   mailbox and waits until each one has it.
 //! - Reactor side ([`ReactorLease`], one per scope in the reactor-local
-//!   [`ReactorLeases`]): the deadline and one `fenced` flag that the scope's
-//!   volumes' channels check on submit (a `Cell`: no lock, no
-//!   shared atomic on the I/O path). A poller flips the flag when the reactor's
+//!   [`ReactorLeases`]): the deadlines and one `fenced` flag that the scope's
+//!   volumes' channels check on submit, with the coarse clock read then (`Cell`s: no
+//!   lock, no shared atomic on the I/O path). A poller flips the flag when the reactor's
 //!   clock passes the deadline — also on an idle reactor, whose sleep is bounded by
 //!   the poller's deadline — and fails what waits on this reactor's volumes of the scope
 //!   (parked behind a closed gate, writes held for a plex detach). The reactor's
 //!   clock is refreshed once `BUSY_CLOCK_WORK` units of work have run (checked after
-//!   each loop iteration), so the expiry lags the deadline by at most one iteration
+//!   each loop iteration), so that failing lags the deadline by at most one iteration
 //!   plus that much work (about a millisecond on a loaded reactor; more when the
-//!   reactor thread itself is not scheduled).
+//!   reactor thread itself is not scheduled); new I/O is refused from the deadline
+//!   on by the check on submit.
 //! - Expiry is reported once per lease generation (the first reactor to see it):
 //!   one log line naming the fenced volumes, and [`Event::LeaseExpired`].
 //! - Watchers ([`LeaseWatcher`], registered with [`crate::Target::watch_lease`]; the
@@ -57,8 +64,10 @@ pub use plexd_target_api::info::{LeaseState, LeaseStatus};
 use std::cell::{Cell, RefCell};
 use std::rc::{Rc, Weak as RcWeak};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
+
+use nix::time::ClockId;
 
 use crate::error::TargetError;
 use crate::event::Event;
@@ -76,11 +85,6 @@ pub const MAX_LEASE: Duration = Duration::from_secs(3600);
 
 /// Most lease watchers registered at once on one target (a frontend each).
 pub const MAX_LEASE_WATCHERS: usize = 16;
-
-/// How often (of a reactor's cached clock) its expiry poller also reads
-/// `CLOCK_BOOTTIME`, which sees a system suspend that the reactors' monotonic clock
-/// does not.
-pub const BOOT_CHECK: Duration = Duration::from_millis(1);
 
 /// Which volumes a lease serves (see the module doc).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,10 +125,31 @@ impl LeaseScope {
 /// The host's `CLOCK_BOOTTIME` in nanoseconds: the clock of `renewLeaseUntil`
 /// deadlines. None if the clock cannot be read (not on Linux 2.6.39 or later).
 pub fn boottime_ns() -> Option<u64> {
-    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).ok()?;
+    clock_ns(ClockId::CLOCK_BOOTTIME)
+}
+
+/// `clock` in nanoseconds; None if it cannot be read.
+#[inline]
+fn clock_ns(clock: ClockId) -> Option<u64> {
+    let t = nix::time::clock_gettime(clock).ok()?;
     let secs = u64::try_from(t.tv_sec()).ok()?;
     let nanos = u64::try_from(t.tv_nsec()).ok()?;
     Some(secs.saturating_mul(1_000_000_000).saturating_add(nanos))
+}
+
+/// How much earlier than the deadline the check on submit fences, on
+/// `CLOCK_MONOTONIC_COARSE` (the monotonic clock as of the kernel's last tick, read
+/// without the time stamp counter: about 6 ns a read where `CLOCK_MONOTONIC` takes
+/// 20-25): twice that clock's resolution (a tick), so the check is never late.
+/// None if the coarse clock cannot be read (the check then reads `CLOCK_MONOTONIC`).
+fn coarse_slack_ns() -> Option<u64> {
+    static SLACK: OnceLock<Option<u64>> = OnceLock::new();
+    *SLACK.get_or_init(|| {
+        let res = nix::time::clock_getres(ClockId::CLOCK_MONOTONIC_COARSE).ok()?;
+        clock_ns(ClockId::CLOCK_MONOTONIC_COARSE)?;
+        let ns = u64::try_from(Duration::from(res).as_nanos()).ok()?;
+        Some(ns.saturating_mul(2))
+    })
 }
 
 /// Told when a target's shared volumes become fenced (`served` false) or served
@@ -422,8 +447,10 @@ pub(crate) struct ReactorLease {
     deadline: Cell<Option<Instant>>,
     /// The same deadline on `CLOCK_BOOTTIME` (ns), which the poller also compares.
     until_boot_ns: Cell<Option<u64>>,
-    /// When (cached clock) the poller last read `CLOCK_BOOTTIME`.
-    boot_checked: Cell<Option<Instant>>,
+    /// The same deadline on `CLOCK_MONOTONIC_COARSE` (ns), less [`coarse_slack_ns`]:
+    /// what the check on submit compares. None until granted, or when that clock
+    /// cannot be read.
+    until_coarse_ns: Cell<Option<u64>>,
     generation: Cell<u64>,
     /// Checked by the scope's volumes' channels on every submit. Until a lease is
     /// granted: true for shared volumes, false for private ones.
@@ -438,19 +465,33 @@ impl ReactorLease {
             scope,
             deadline: Cell::new(None),
             until_boot_ns: Cell::new(None),
-            boot_checked: Cell::new(None),
+            until_coarse_ns: Cell::new(None),
             generation: Cell::new(0),
             fenced: Cell::new(scope == LeaseScope::Shared),
             link: RefCell::new(None),
         }
     }
 
-    /// True while the scope's volumes must not be served on this reactor at `now` (the
-    /// reactor's cached clock). The deadline is compared too: the reactor may run
-    /// messages (new I/O) before its poller in the iteration the clock passes it.
+    /// True while the scope's volumes must not be served on this reactor, judged on
+    /// the clock read now rather than the reactor's cached one: the check before new
+    /// disk I/O starts. A reactor whose thread stalled in the middle of a loop
+    /// iteration (its process stopped, its VM paused) runs on with a cached clock
+    /// from before the stall until its loop reads the clock again, and the I/O it
+    /// takes in meanwhile can come long after the deadline, after another node took
+    /// over. Reads `CLOCK_MONOTONIC_COARSE` (one vDSO call of about 6 ns; it fences up
+    /// to [`coarse_slack_ns`] early, a few ms of a lease of seconds), or
+    /// `CLOCK_MONOTONIC` where that clock cannot be read; nothing while fenced or
+    /// never granted. A suspend, which the monotonic clocks do not count, is the
+    /// poller's (it compares the boot clock on every pass).
     #[inline]
-    pub(crate) fn fenced(&self, now: Instant) -> bool {
-        self.fenced.get() || self.deadline.get().is_some_and(|d| now >= d)
+    pub(crate) fn fenced_now(&self) -> bool {
+        if self.fenced.get() {
+            return true;
+        }
+        if let Some(until) = self.until_coarse_ns.get() {
+            return clock_ns(ClockId::CLOCK_MONOTONIC_COARSE).is_none_or(|now| now >= until);
+        }
+        self.deadline.get().is_some_and(|d| Instant::now() >= d)
     }
 
     /// Sets the flag; on the step from served to fenced, fails what waits on this
@@ -546,7 +587,7 @@ fn apply(
     l.generation.set(generation);
     l.deadline.set(Some(deadline));
     l.until_boot_ns.set(until_boot_ns);
-    l.boot_checked.set(None);
+    l.until_coarse_ns.set(coarse_deadline(deadline));
     let first = l.link.borrow_mut().replace((shared, target)).is_none();
     if first {
         r.add_poller(Rc::new(LeasePoller {
@@ -555,6 +596,17 @@ fn apply(
         }));
     }
     l.set_fenced(r, deadline <= Instant::now() || boot_past(until_boot_ns));
+}
+
+/// `deadline` on `CLOCK_MONOTONIC_COARSE` in ns, less [`coarse_slack_ns`]; None when
+/// that clock cannot be read.
+fn coarse_deadline(deadline: Instant) -> Option<u64> {
+    let slack = coarse_slack_ns()?;
+    // Instant is CLOCK_MONOTONIC, the clock the coarse one is a tick-grained copy of.
+    let left = deadline.saturating_duration_since(Instant::now());
+    let now = clock_ns(ClockId::CLOCK_MONOTONIC)?;
+    let left = u64::try_from(left.as_nanos()).unwrap_or(u64::MAX);
+    Some(now.saturating_add(left).saturating_sub(slack))
 }
 
 /// Fences the scope's volumes when the reactor's clock passes the deadline, and bounds
@@ -569,18 +621,9 @@ impl Poller for LeasePoller {
         if self.lease.fenced.get() {
             return 0;
         }
-        let mut past = self.lease.deadline.get().is_some_and(|d| now >= d);
-        if !past
-            && self
-                .lease
-                .boot_checked
-                .get()
-                .is_none_or(|at| now.saturating_duration_since(at) >= BOOT_CHECK)
-        {
-            // A suspended host's monotonic clock stood still: the boot clock did not.
-            self.lease.boot_checked.set(Some(now));
-            past = boot_past(self.lease.until_boot_ns.get());
-        }
+        // A suspended host's monotonic clock stood still: the boot clock did not.
+        let past = self.lease.deadline.get().is_some_and(|d| now >= d)
+            || boot_past(self.lease.until_boot_ns.get());
         if !past {
             return 0;
         }

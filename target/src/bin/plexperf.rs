@@ -18,6 +18,7 @@ use clap::Parser;
 use plexd_target::bdev::malloc::MallocBdev;
 use plexd_target::bdev::null::NullBdev;
 use plexd_target::bdev::uring::UringBdev;
+use plexd_target::lease::MAX_LEASE;
 use plexd_target::perf::{start_job, JobConfig, JobResult, Workload};
 use plexd_target::perf_nvmf::{parse_digests, run_nvmf_job, NvmfJobConfig, NvmfUrl};
 use plexd_target::reactor::{parse_cores, thread_cpu_ns, PollMode, ReactorConfig};
@@ -92,6 +93,10 @@ struct Args {
     /// Prepare/commit a layout change of the volume every MS milliseconds during the run
     #[arg(long)]
     quiesce_every: Option<u64>,
+    /// Make the --volume a shared one, served under a data-plane lease granted for
+    /// the run (as a cluster's volumes are: every submit checks the lease on the clock)
+    #[arg(long)]
+    shared: bool,
     /// Measure idle CPU for SECS seconds instead of running I/O
     #[arg(long)]
     idle: Option<f64>,
@@ -370,6 +375,22 @@ fn drl_spec(arg: &str, size_bytes: u64) -> Result<DirtyLogSpec, String> {
 
 /// Adds the `--bdev`s and the `--volume`; returns the name of the bdev to load
 /// (the volume, else the first bdev).
+/// Grants the data-plane lease for a run of `secs` seconds and a minute more, so
+/// it never runs out during the run (a lease is at most [`MAX_LEASE`]).
+fn grant_lease_for_run(t: &Target, secs: f64) -> Result<(), String> {
+    let want = Duration::from_secs_f64(secs.max(0.0)) + Duration::from_secs(60);
+    if want > MAX_LEASE {
+        return Err(format!(
+            "--shared: a run of {secs} s is too long (at most {} s: a lease lasts at most {} s)",
+            MAX_LEASE.as_secs() - 60,
+            MAX_LEASE.as_secs()
+        ));
+    }
+    let ms = u32::try_from(want.as_millis()).unwrap_or(u32::MAX);
+    t.renew_lease(ms).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
 fn build_bdevs(t: &Arc<Target>, args: &Args) -> Result<String, String> {
     if args.bdevs.is_empty() {
         return Err("no --bdev given (see --help)".into());
@@ -382,6 +403,10 @@ fn build_bdevs(t: &Arc<Target>, args: &Args) -> Result<String, String> {
             let mut spec = volume_spec(t, v)?;
             if let Some(d) = &args.drl {
                 spec.log = Some(drl_spec(d, spec.size_bytes)?);
+            }
+            spec.shared = args.shared;
+            if args.shared {
+                grant_lease_for_run(t, args.time)?;
             }
             t.create_volume(&spec).map_err(|e| e.to_string())?;
             VOLUME_NAME.to_string()
@@ -397,6 +422,9 @@ fn build_bdevs(t: &Arc<Target>, args: &Args) -> Result<String, String> {
     }
     if args.drl.is_some() && args.volume.is_none() {
         return Err("--drl needs --volume".into());
+    }
+    if args.shared && args.volume.is_none() {
+        return Err("--shared needs --volume".into());
     }
     Ok(target_name)
 }

@@ -492,11 +492,13 @@ impl VolumeChannel {
         self.recheck_held();
     }
 
-    /// True while this is a shared volume and the lease is not valid on this reactor.
+    /// True while the volume's lease is not valid on this reactor, on the clock as it
+    /// is now (see `ReactorLease::fenced_now`: a stalled reactor's cached clock is
+    /// not trusted).
     #[inline]
     fn fenced(&self) -> bool {
         let scope = LeaseScope::of_volume(self.is_shared.get());
-        self.leases.of(scope).fenced(self.reactor.now())
+        self.leases.of(scope).fenced_now()
     }
 
     /// The volume's lease ran out on this reactor: fails the I/O parked behind a
