@@ -1344,6 +1344,105 @@ fn a_master_thawed_inside_its_lease_during_a_takeover_gives_one_outcome() {
     }
 }
 
+/// A node frozen past its lease and cut off from the others while frozen wakes
+/// into the partition: the stall rule and a partition at once. Thawed, it leaves the
+/// frozen time out of its peers' silence (`count_out_own_stall`), so at first it
+/// still counts them as heard, while its lease, on the real clock, ran out during
+/// the freeze and the others have gone on without it. It must refuse a change asked
+/// of it at the thaw, serve nothing from the thaw to the heal, find itself alone
+/// within a few heartbeat timeouts, and rejoin after the heal with the others'
+/// change. Master and slave, with the partition dropping what it cuts and with it
+/// keeping that in buffers delivered at the heal (connections that outlive it).
+#[test]
+fn a_node_frozen_and_cut_off_meanwhile_wakes_into_the_partition_serving_and_changing_nothing() {
+    const LEASE_MS: u64 = 1_000; // SimConfig's default
+    for (frozen, buffered) in [(A, false), (A, true), (C, false), (C, true)] {
+        let what = format!(
+            "node {frozen} frozen and cut off ({})",
+            if buffered { "buffered" } else { "dropped" }
+        );
+        let mut sim = traced_cluster(3);
+        let others: Vec<u32> = [A, B, C].into_iter().filter(|&i| i != frozen).collect();
+        sim.freeze(frozen, 3 * LEASE_MS);
+        sim.run_for(100);
+        if buffered {
+            sim.partition_buffered(&[frozen]);
+        } else {
+            sim.partition(&[frozen]);
+        }
+        // The others go on without it (taking over first when it was master,
+        // waiting out its lease) and change.
+        // (`Sim::master` sees two quorate masters while the frozen one still thinks
+        // it leads.)
+        let master = |s: &Sim| others.iter().copied().find(|&i| quorate_master(s, i, 3));
+        let formed = sim.run_until(2_800, |s| {
+            master(s).is_some_and(|m| {
+                let view = s.core(m).and_then(|c| c.view());
+                view.is_some_and(|v| !v.contains(frozen))
+                    && others
+                        .iter()
+                        .all(|&i| s.core(i).is_some_and(|c| c.view() == view && c.is_idle()))
+            })
+        });
+        assert!(
+            formed,
+            "{what}: the others did not go on:\n{}",
+            sim.trace_text()
+        );
+        let m = master(&sim).expect("a master");
+        let r = sim.create(m, "dg1", 1);
+        assert_eq!(answer(&mut sim, m, r), Ok(()), "{what}");
+        // The thaw, inside the partition: a change asked of it at once is refused.
+        let logs = sim.logs().len();
+        let thaw_at = sim.run_until(3 * LEASE_MS, |s| {
+            s.node(frozen).frozen_until_ms <= s.now_ms()
+        });
+        assert!(thaw_at, "{what}: still frozen");
+        let r = sim.create(frozen, "dg2", 1);
+        let refused = answer(&mut sim, frozen, r);
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|e| !e.contains("outcome unknown")),
+            "{what}: a change asked at the thaw: {refused:?}\n{}",
+            sim.trace_text()
+        );
+        // Alone and not serving, from the thaw until the heal.
+        let mut served = false;
+        sim.run_until(2_000, |s| {
+            served |= s.serving(frozen);
+            false
+        });
+        assert!(
+            !served,
+            "{what}: it served after the thaw:\n{}",
+            sim.trace_text()
+        );
+        assert!(
+            !quorate_master(&sim, frozen, 3)
+                && !sim
+                    .core(frozen)
+                    .and_then(|c| c.view())
+                    .is_some_and(|v| v.members.len() > 1),
+            "{what}: 2 s after the thaw it still holds a view with others:\n{}",
+            sim.trace_text()
+        );
+        assert!(
+            sim.logs()[logs..]
+                .iter()
+                .any(|l| l.contains("did not run for")),
+            "{what}: it did not notice its stall:\n{}",
+            sim.trace_text()
+        );
+        assert_eq!(sim.violation(), None, "{what}:\n{}", sim.trace_text());
+        sim.heal();
+        settle(&mut sim, &[A, B, C]);
+        assert_eq!(sim.master(), Some(m), "{what}: the others' master leads");
+        assert!(everywhere_has(&sim, &[A, B, C], "dg1"), "{what}");
+        assert!(nowhere_has(&sim, "dg2"), "{what}");
+    }
+}
+
 /// The other side of `count_out_own_stall`: a node that is slow rather than
 /// stopped (each of its events 150-170 ms after the last, past the 100 ms
 /// heartbeat interval) still finds a dead peer gone. Only the time beyond an
