@@ -69,6 +69,11 @@ pub(crate) fn addresses(cli: &Cli) -> Result<Vec<String>, String> {
     }
 }
 
+/// Why a node was left: it accepted the connection, then closed it having answered
+/// nothing (a plexd dying as it starts, a proxy with nothing behind it).
+const CLOSED_UNANSWERED: &str =
+    "accepted the connection and closed it without answering (is plexd running there? see its log)";
+
 /// Connects to the first of `addrs` that accepts a TCP connection; returns it, its
 /// address and the addresses after it (the ones left to try).
 fn connect(addrs: &[String]) -> Result<(TcpStream, String, &[String]), Failure> {
@@ -168,9 +173,9 @@ pub(crate) fn with_ctl<T: 'static>(
             let began = Instant::now();
             let why = match polled.run(answered, (began + ANSWER_TIMEOUT).min(deadline)) {
                 Ok(Ok(())) => None,
-                Ok(Err(why)) => Some(why),
-                Err(Stop::HungUp) => Some("connection closed".to_string()),
-                Err(Stop::Poll(e)) => Some(format!("cannot wait for the socket: {e}")),
+                Ok(Err(why)) => Some(format!("{addr}: {why}")),
+                Err(Stop::HungUp) => Some(format!("{addr}: {CLOSED_UNANSWERED}")),
+                Err(Stop::Poll(e)) => Some(format!("{addr}: cannot wait for the socket: {e}")),
                 Err(Stop::Deadline) => Some(silent(began.elapsed().as_secs_f64())),
             };
             if let Some(why) = why {
@@ -194,6 +199,10 @@ pub(crate) fn with_ctl<T: 'static>(
             ran = polled.run(call.as_mut(), deadline);
         }
         let result = match ran {
+            // The call's own failure to get an answer (`rpc: Disconnected: ...`):
+            // named by the address, and by what happened if nothing ever came.
+            Ok(Err(Failure::Lost(_))) if !polled.heard() => Err(lost(CLOSED_UNANSWERED.into())),
+            Ok(Err(Failure::Lost(m))) if !m.starts_with(&addr) => Err(lost(m)),
             Ok(r) => r,
             Err(Stop::Deadline) if !polled.heard() => {
                 Err(Failure::Lost(silent(began.elapsed().as_secs_f64())))
@@ -203,6 +212,7 @@ pub(crate) fn with_ctl<T: 'static>(
                 call_timeout.as_secs()
             ))),
             Err(Stop::Poll(e)) => Err(lost(format!("cannot wait for the socket: {e}"))),
+            Err(Stop::HungUp) if !polled.heard() => Err(lost(CLOSED_UNANSWERED.into())),
             Err(Stop::HungUp) => Err(lost("connection closed".into())),
         };
         return (addr, result);

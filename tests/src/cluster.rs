@@ -947,11 +947,14 @@ impl Cluster {
     /// Runs `plexctl --cluster <the cluster file> ARGS`: plexctl asks the first node
     /// of the file that answers (each call afresh). Loopback clusters only.
     pub fn ctl_any(&self, args: &[&str]) -> Output {
+        self.ctl_cluster_file(&self.cluster_file, args)
+    }
+
+    /// Runs `plexctl --cluster FILE ARGS`, FILE a cluster file of the test's own
+    /// (the cluster's, edited). Loopback clusters only.
+    pub fn ctl_cluster_file(&self, file: &Path, args: &[&str]) -> Output {
         assert!(self.netns.is_none(), "ctl_any: the nodes have namespaces");
-        let mut ctl_args = vec![
-            "--cluster".to_string(),
-            self.cluster_file.display().to_string(),
-        ];
+        let mut ctl_args = vec!["--cluster".to_string(), file.display().to_string()];
         ctl_args.extend(args.iter().map(|a| a.to_string()));
         let exe = self.bins.plexctl.clone();
         self.run_ctl("any", "(cluster file)", exe, ctl_args, args)

@@ -918,6 +918,83 @@ fn volume_size(c: &Cluster, i: usize, dg: &str, vol: &str) -> u64 {
         .unwrap_or_else(|| panic!("node {i}: no size for {dg}/{vol}: {print}"))
 }
 
+/// A node address where something accepts a connection and closes it at once (a
+/// plexd that dies as it starts, a proxy with nothing behind it): plexctl through the
+/// cluster file says so, naming the address, and asks the next node; a change is
+/// made once. With only that node (`--node`) it fails with the reason, exit 3.
+#[test]
+fn plexctl_moves_on_from_a_node_that_closes_the_connection_at_once() {
+    use std::net::TcpListener;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let mut c = Cluster::start(3, ClusterOpts::default());
+    c.wait_all_joined();
+    c.ctl_ok(1, "dg create dg1 d0 d1 --shared");
+    c.ctl_ok(1, "vol create dg1 vol1 8M --layout mirror");
+
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let closer = listener.local_addr().unwrap().to_string();
+    let (stop, accepted) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let door = {
+        let (stop, accepted) = (Arc::clone(&stop), Arc::clone(&accepted));
+        std::thread::spawn(move || {
+            // Bounded: ends when told, or after a minute.
+            let end = std::time::Instant::now() + Duration::from_secs(60);
+            while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < end {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        accepted.fetch_add(1, Ordering::Relaxed);
+                        drop(conn);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        })
+    };
+    // The cluster file with node a's address taken by the closer: a comes first.
+    let text = std::fs::read_to_string(&c.cluster_file).unwrap();
+    let a = format!("address = {:?}", c.nodes[0].addr);
+    assert!(text.contains(&a), "{text}");
+    let file = c.dir.join("closer.toml");
+    std::fs::write(&file, text.replace(&a, &format!("address = {closer:?}"))).unwrap();
+    let b = &c.nodes[1].addr;
+
+    let out = c.ctl_cluster_file(&file, &["cluster", "status"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "status through the file: {err}");
+    assert!(
+        err.contains(&closer) && err.contains(&format!("trying {b}")),
+        "no notice naming {closer} and moving on to {b}: {err}"
+    );
+    let out = c.ctl_cluster_file(&file, &["vol", "grow", "dg1", "vol1", "+4M"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "grow through the file: {err}");
+    assert!(err.contains(&closer), "{err}");
+    for i in 0..3 {
+        assert_eq!(
+            volume_size(&c, i, "dg1", "vol1"),
+            12 << 20,
+            "node {i}: grown once"
+        );
+    }
+    // Nothing to move on to: a read fails at once with the reason.
+    let out = c.ctl_cluster_file(&file, &["--node", "a", "cluster", "status"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains(&closer), "the error names the address: {err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    stop.store(true, Ordering::Relaxed);
+    door.join().unwrap();
+    assert!(
+        accepted.load(Ordering::Relaxed) >= 3,
+        "plexctl did not try the closer each time"
+    );
+}
+
 /// A node frozen (SIGSTOP) still accepts TCP connections (its kernel does), so
 /// plexctl must not wait on it for its whole `--timeout`. Through the cluster file it
 /// moves on to the next node after 3 s without an answer to its bootstrap, having
