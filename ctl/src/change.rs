@@ -233,7 +233,9 @@ fn vol_change(cmd: &VolCmd) -> Result<Option<ChangeBuilder>, Failure> {
                 (None, _) => 0,
             };
             if size == 0 {
-                return Err(Failure::Usage(format!("volume {vol}: size 0")));
+                return Err(Failure::Usage(format!(
+                    "volume {vol}: size 0: a volume holds at least one 512-byte block"
+                )));
             }
             let su = match stripe_unit {
                 Some(s) => match parse_size(s)? {

@@ -145,15 +145,29 @@ fn ask(
         (Ok(done), Some(w)) => {
             // The change is done: say so now, then wait for its resyncs.
             if !json_out {
-                println!("{done}");
+                print_out(&done);
             }
             let (addr, r) = wait(Some(&done), &w);
             if r.is_err() && json_out {
-                println!("{done}");
+                print_out(&done);
             }
             (addr, r, false)
         }
         (result, _) => (addr, result, is_change),
+    }
+}
+
+/// Writes `text` and a newline to stdout. A reader that has gone (`plexctl print |
+/// head`) is no failure of the command: what it did stands, and plexctl ends as it
+/// would have (`println!` would panic). Another write error is said on stderr.
+fn print_out(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            eprintln!("plexctl: cannot write the answer to stdout: {e}");
+        }
+        _ => {}
     }
 }
 
@@ -199,7 +213,7 @@ fn main() -> ExitCode {
     match result {
         Ok(out) => {
             if !out.is_empty() {
-                println!("{out}");
+                print_out(&out);
             }
             ExitCode::SUCCESS
         }

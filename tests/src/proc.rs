@@ -281,9 +281,19 @@ pub fn touch(path: &Path) -> Result<(), String> {
 /// Runs `cmd` to completion with its output captured, in its own process group; past
 /// `timeout` the whole group is killed and the error says so. Never leaves a child.
 pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> Result<std::process::Output, String> {
+    run_bounded_to(cmd, Stdio::piped(), timeout)
+}
+
+/// [`run_bounded`] with the child's stdout going to `stdout` (the output's `stdout`
+/// is then empty unless it is `Stdio::piped()`).
+pub fn run_bounded_to(
+    cmd: &mut Command,
+    stdout: Stdio,
+    timeout: Duration,
+) -> Result<std::process::Output, String> {
     let child = cmd
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
+        .stdout(stdout)
         .stderr(Stdio::piped())
         .process_group(0)
         .spawn()

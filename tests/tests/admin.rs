@@ -13,7 +13,7 @@ use plexd_tests::cluster::{
     status_node, CTL_TIMEOUT, EXIT_NO_QUORUM, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_USAGE,
 };
 use plexd_tests::plex_disk::plexd_log;
-use plexd_tests::proc::run_bounded;
+use plexd_tests::proc::{run_bounded, run_bounded_to};
 use plexd_tests::{group, volume, wait_until, Cluster, ClusterOpts};
 
 const IQN: &str = "iqn.2026-11.io.plexd:test.dg1.vol1";
@@ -329,6 +329,37 @@ fn a_group_with_every_configuration_copy_damaged_is_failed_and_keeps_its_name_an
     }
     c.ctl_ok(0, "dg create dg1 d0 d1 --shared");
     c.check_invariants();
+}
+
+/// `plexctl print | head` where the reader has gone before plexctl writes: the
+/// command's answer is lost, which is no failure of plexctl's. It ends with its
+/// usual status and no panic (`println!` panicked on the broken pipe).
+#[test]
+fn plexctl_writing_into_a_closed_pipe_ends_quietly() {
+    let c = Cluster::start(1, ClusterOpts::default());
+    c.ctl_ok(0, "dg create dg1 d0 d1 --shared");
+    let plexctl = plexd_tests::bins::Bins::locate().unwrap().plexctl;
+    for args in [
+        &["print"][..],
+        &["--json", "print"],
+        &["vol", "create", "dg1", "v1", "1M"],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader); // gone before plexctl writes
+        let mut cmd = Command::new(&plexctl);
+        cmd.args(["--node", &c.nodes[0].addr]).args(args);
+        let out = run_bounded_to(&mut cmd, writer.into(), Duration::from_secs(30)).unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && !err.contains("panicked"),
+            "plexctl {args:?} into a closed pipe: {:?} {err}",
+            out.status
+        );
+    }
+    assert!(
+        volume(&c.print(0), "dg1", "v1").is_some(),
+        "the change stands"
+    );
 }
 
 #[test]
