@@ -17,7 +17,9 @@
 //! [`MAX_LOG_COPIES`] copies, each one extent of [`LOG_SECTIONS`] sections on a disk
 //! of its own: each preferably on a disk none of the volume's plexes use, else on
 //! any other disk with room (one copy when only one disk has room); each copy is
-//! used space like a subdisk.
+//! used space like a subdisk. A command that names disks (`vol create --disks`,
+//! `plex add --disks`) places the log on those (and, for a plex add, the disks the
+//! volume already uses) only.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -943,14 +945,16 @@ pub fn log_geometry(
 }
 
 /// Places one copy of a dirty region log of `len_bytes` for `volume` (whose
-/// plexes `dg` already holds as they will be) on a disk not in `exclude`: one
-/// aligned extent, the tightest fitting one on a disk none of the volume's plexes
-/// use, else the tightest on any disk. Returns (disk, offset).
+/// plexes `dg` already holds as they will be) on a disk not in `exclude`, and in
+/// `only` unless that is empty: one aligned extent, the tightest fitting one on a
+/// disk none of the volume's plexes use, else the tightest on any disk. Returns
+/// (disk, offset).
 pub fn place_log_copy(
     dg: &DiskGroupConfig,
     volume: &str,
     len_bytes: u64,
     exclude: &BTreeSet<&str>,
+    only: &[String],
 ) -> Result<(String, u64), AllocError> {
     let need = align_up(len_bytes);
     let volume_disks: BTreeSet<&str> = dg
@@ -964,6 +968,7 @@ pub fn place_log_copy(
         free.iter()
             .enumerate()
             .filter(|(_, (disk, _))| !exclude.contains(disk.as_str()))
+            .filter(|(_, (disk, _))| only.is_empty() || only.contains(disk))
             .filter(|(_, (disk, _))| volume_disks.contains(disk.as_str()) == own)
             .flat_map(|(order, (disk, extents))| {
                 extents
@@ -980,7 +985,7 @@ pub fn place_log_copy(
             volume: volume.to_string(),
             reason: format!(
                 "no free extent of {} for its dirty region log ({} sections of {}) on a disk \
-                 other than {}; {}",
+                 other than {}{}; {}",
                 format_size(need),
                 LOG_SECTIONS,
                 format_size(need / LOG_SECTIONS),
@@ -989,24 +994,26 @@ pub fn place_log_copy(
                 } else {
                     exclude.iter().copied().collect::<Vec<_>>().join(", ")
                 },
+                among_named(only),
                 Allocator::new(dg).free_summary()
             ),
         })
 }
 
-/// Places the copies of a dirty region log of `len_bytes` for `volume`: the first
-/// as [`place_log_copy`] (an error when no disk has room), then up to
-/// [`MAX_LOG_COPIES`] in all, each on a disk no earlier copy uses, as long as one
-/// has room.
+/// Places the copies of a dirty region log of `len_bytes` for `volume`, on the
+/// disks of `only` unless that is empty: the first as [`place_log_copy`] (an error
+/// when no disk has room), then up to [`MAX_LOG_COPIES`] in all, each on a disk no
+/// earlier copy uses, as long as one has room.
 pub fn place_log(
     dg: &DiskGroupConfig,
     volume: &str,
     len_bytes: u64,
+    only: &[String],
 ) -> Result<Vec<LogCopy>, AllocError> {
     let mut copies: Vec<LogCopy> = Vec::with_capacity(MAX_LOG_COPIES);
     while copies.len() < MAX_LOG_COPIES {
         let exclude: BTreeSet<&str> = copies.iter().map(|c| c.disk.as_str()).collect();
-        match place_log_copy(dg, volume, len_bytes, &exclude) {
+        match place_log_copy(dg, volume, len_bytes, &exclude, only) {
             Ok((disk, disk_offset_bytes)) => copies.push(LogCopy {
                 disk,
                 disk_offset_bytes,
@@ -1019,15 +1026,17 @@ pub fn place_log(
 }
 
 /// A new dirty region log with regions of `region_bytes` for `volume` of `dg`
-/// (the group with the volume's plexes placed, before the change's seq bump).
+/// (the group with the volume's plexes placed, before the change's seq bump), on
+/// the disks of `only` unless that is empty (a command that names disks).
 pub fn allocate_log(
     dg: &DiskGroupConfig,
     volume: &str,
     volume_bytes: u64,
     region_bytes: u64,
+    only: &[String],
 ) -> Result<VolumeLog, AllocError> {
     let (section_bytes, len_bytes) = log_geometry(volume, volume_bytes, region_bytes)?;
-    let copies = place_log(dg, volume, len_bytes)?;
+    let copies = place_log(dg, volume, len_bytes, only)?;
     Ok(VolumeLog {
         copies,
         len_bytes,
@@ -1057,7 +1066,7 @@ pub fn grow_log(
     if let Some(v) = without.volumes.iter_mut().find(|v| v.name == volume) {
         std::sync::Arc::make_mut(v).log = None;
     }
-    let moved = allocate_log(&without, volume, new_size_bytes, old.region_bytes);
+    let moved = allocate_log(&without, volume, new_size_bytes, old.region_bytes, &[]);
     if moved.is_ok() {
         return moved.map(Some);
     }

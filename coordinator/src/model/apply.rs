@@ -844,7 +844,7 @@ fn move_logs_off(
             .filter(|c| c.disk != disk)
             .map(|c| c.disk.as_str())
             .collect();
-        let placed = alloc::place_log_copy(&without, &volume, log.len_bytes, &exclude);
+        let placed = alloc::place_log_copy(&without, &volume, log.len_bytes, &exclude, &[]);
         let (to, offset) = match (placed, no_room) {
             (Ok(place), _) => place,
             (Err(e), NoRoom::Refuse) => {
@@ -936,11 +936,12 @@ fn vol_create(
         reservations: PrState::default(),
     }));
     if let (LogPolicy::On { region_bytes }, 2..) = (log, mirrors) {
-        let placed = alloc::allocate_log(next, volume, size, region_bytes).map_err(|mut e| {
-            e.reason
-                .push_str("; vol create --drl off makes the volume without a log");
-            e
-        })?;
+        let placed =
+            alloc::allocate_log(next, volume, size, region_bytes, disks).map_err(|mut e| {
+                e.reason
+                    .push_str("; vol create --drl off makes the volume without a log");
+                e
+            })?;
         if let Some(v) = next.volumes.last_mut() {
             Arc::make_mut(v).log = Some(placed);
         }
@@ -1146,12 +1147,26 @@ fn plex_add(
     next.volume_mut(vi).plexes.push(plex);
     if v.log.is_none() && v.plexes.len() == 1 {
         // The volume becomes mirrored: it gets the default log (a volume created
-        // mirrored with --drl off has two plexes or more and stays without).
+        // mirrored with --drl off has two plexes or more and stays without). With
+        // disks named, on those or the ones the volume already uses.
+        let only: Vec<String> = match disks {
+            [] => Vec::new(),
+            named => {
+                let mut only: BTreeSet<String> = named.iter().cloned().collect();
+                only.extend(
+                    v.plexes
+                        .iter()
+                        .flat_map(|p| p.subdisks.iter().map(|sd| sd.disk.clone())),
+                );
+                only.into_iter().collect()
+            }
+        };
         let log = alloc::allocate_log(
             next,
             volume,
             v.size_bytes,
             plexd_target_api::drl::DEFAULT_REGION_BYTES,
+            &only,
         )?;
         next.volume_mut(vi).log = Some(log);
     }

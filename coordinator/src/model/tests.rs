@@ -2105,4 +2105,65 @@ fn vol_create_places_its_plexes_only_on_the_disks_named() {
         let e = c.apply(&create(&disks)).unwrap_err().to_string();
         assert!(e.contains(want), "{disks:?}: {e}");
     }
+    // Its dirty region log too: without --disks the copies prefer disks the plexes
+    // do not use (d3, d4); with d2 and d4 named they stay on those.
+    let logged = |disks: &[&str]| Change::VolCreate {
+        dg: "dg1".into(),
+        volume: "m".into(),
+        size_bytes: 64 << 20,
+        layout: VolumeLayout::Mirror { mirrors: 2 },
+        log: LogPolicy::On {
+            region_bytes: plexd_target_api::drl::DEFAULT_REGION_BYTES,
+        },
+        disks: disks.iter().map(|d| d.to_string()).collect(),
+    };
+    let log_disks = |c: &ClusterConfig| -> BTreeSet<String> {
+        let v = c.disk_groups[0].volume("m").unwrap();
+        v.log
+            .as_ref()
+            .unwrap()
+            .copies
+            .iter()
+            .map(|c| c.disk.clone())
+            .collect()
+    };
+    let any = c.apply(&logged(&[])).unwrap();
+    assert_eq!(log_disks(&any), BTreeSet::from(["d3".into(), "d4".into()]));
+    let placed = c.apply(&logged(&["d2", "d4"])).unwrap();
+    assert_eq!(
+        log_disks(&placed),
+        BTreeSet::from(["d2".into(), "d4".into()])
+    );
+}
+
+/// A plex added with --disks to a one-plex volume makes it mirrored, and the new
+/// dirty region log goes on the disks named or the volume's own, never elsewhere.
+#[test]
+fn a_plex_added_with_disks_named_keeps_the_new_log_on_those_and_the_volumes_own() {
+    let c = cluster(&[("d1", GIB), ("d2", GIB), ("d3", GIB), ("d4", GIB)]);
+    let c = create_vol(&c, "cat", 64 << 20, VolumeLayout::Concat).unwrap();
+    let on = plex_disk(&c.disk_groups[0].volume("cat").unwrap().plexes[0]).to_string();
+    let named = if on == "d4" { "d3" } else { "d4" };
+    let added = c
+        .apply(&Change::PlexAdd {
+            dg: "dg1".into(),
+            volume: "cat".into(),
+            layout: PlexLayout::Concat,
+            disks: vec![named.to_string()],
+        })
+        .unwrap();
+    let v = added.disk_groups[0].volume("cat").unwrap();
+    let log: BTreeSet<String> = v
+        .log
+        .as_ref()
+        .expect("a log")
+        .copies
+        .iter()
+        .map(|c| c.disk.clone())
+        .collect();
+    assert_eq!(
+        log,
+        BTreeSet::from([on.clone(), named.to_string()]),
+        "{v:?}"
+    );
 }
