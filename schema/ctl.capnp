@@ -116,6 +116,13 @@ struct DgSet {
   detachPolicy @1 :Text;       # "global" | "local" (docs/OPERATIONS.md, "Plex I/O errors")
 }
 
+# `vol set DG VOL KEY=VALUE`: a volume's settings.
+struct VolSet {
+  dg @0 :Text;
+  volume @1 :Text;
+  readPolicy @2 :Text;         # "round" | "least-busy" | "prefer:PLEX" (docs/OPERATIONS.md, "Read policy")
+}
+
 # One configuration change; mirrors the coordinator's objects::Change, carrying the
 # fields of each plexctl command.
 struct Change {
@@ -140,6 +147,7 @@ struct Change {
     dgFailDisk @18 :DgDisk;    # record a disk failed (docs/OPERATIONS.md, "A disk that is gone for good")
     dgReattachDisk @19 :DgDisk; # a disk recorded failed is back (docs/OPERATIONS.md, "A failed disk that comes back")
     dgEvacuate @20 :DgDisk;    # move every plex off a disk (docs/OPERATIONS.md, "Moving data off a disk")
+    volSet @22 :VolSet;        # a volume's read policy
   }
   # `--force` of dgDestroy and dgDeport (end the group's exports; never while a host
   # session is logged in), of plexRm (remove an ACTIVE plex), of volShrink (also

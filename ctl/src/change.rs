@@ -301,6 +301,27 @@ fn vol_change(cmd: &VolCmd) -> Result<Option<ChangeBuilder>, Failure> {
                 x.set_volume(vol.as_str());
             })
         }
+        VolCmd::Set { dg, vol, settings } => {
+            let mut policy = String::new();
+            for s in settings {
+                match s.split_once('=') {
+                    // The node parses the value (and names the plex it lacks).
+                    Some(("read-policy", v)) if !v.is_empty() => policy = v.to_string(),
+                    _ => {
+                        return Err(Failure::Usage(format!(
+                            "{s:?}: vol set takes read-policy=round|least-busy|prefer:PLEX"
+                        )))
+                    }
+                }
+            }
+            let (dg, vol) = (dg.clone(), vol.clone());
+            Box::new(move |b| {
+                let mut x = b.init_vol_set();
+                x.set_dg(dg.as_str());
+                x.set_volume(vol.as_str());
+                x.set_read_policy(policy.as_str());
+            })
+        }
         _ => return Ok(None),
     }))
 }

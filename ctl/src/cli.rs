@@ -322,6 +322,22 @@ pub(crate) enum VolCmd {
         /// Volume.
         vol: String,
     },
+    /// Sets a volume's settings. Example: vol set dg1 vol1 read-policy=prefer:vol1-02
+    ///
+    /// read-policy: which ACTIVE plex of a mirror serves a read. round (the default):
+    /// each in turn. least-busy: the one with the fewest reads outstanding, each plex
+    /// serving a contiguous share of the volume while they are equally busy.
+    /// prefer:PLEX: that plex while it is ACTIVE (a plex on the nearer or faster
+    /// array), else the least busy.
+    Set {
+        /// Disk group.
+        dg: String,
+        /// Volume.
+        vol: String,
+        /// KEY=VALUE; the one key is read-policy (round | least-busy | prefer:PLEX).
+        #[arg(required = true)]
+        settings: Vec<String>,
+    },
     /// Lists volumes.
     List {
         /// Only this disk group.

@@ -331,6 +331,70 @@ fn a_group_with_every_configuration_copy_damaged_is_failed_and_keeps_its_name_an
     c.check_invariants();
 }
 
+/// `vol set DG VOL read-policy=...` (vxvol rdpol): the policy reaches every node's
+/// data plane and `print`; a plex the volume lacks, an unknown policy and an unknown
+/// key are refused naming them; removing the preferred plex makes the volume round
+/// robin again, everywhere.
+#[test]
+fn vol_set_read_policy_reaches_every_data_plane() {
+    use plexd_target_api::volume::ReadPolicy as K;
+    let mut c = Cluster::start(3, ClusterOpts::default());
+    c.wait_all_joined();
+    c.ctl_ok(1, "dg create dg1 d0 d1 d2 --shared");
+    c.ctl_ok(1, "vol create dg1 vol1 8M --layout mirror --mirrors 3");
+    let on_every_node = |want: K| {
+        for i in 0..3 {
+            let (info, _) = c.kernel(i).get_volume("dg1.vol1").unwrap();
+            assert_eq!(info.read_policy, want, "node {i}'s data plane");
+        }
+    };
+    on_every_node(K::Round);
+    let done = c.ctl_ok(2, "vol set dg1 vol1 read-policy=prefer:vol1-02");
+    assert!(
+        done.contains("volume vol1 of disk group dg1: read policy prefer:vol1-02"),
+        "{done}"
+    );
+    on_every_node(K::Prefer("vol1-02".into()));
+    assert_eq!(
+        volume(&c.print(0), "dg1", "vol1").unwrap()["read_policy"],
+        "prefer:vol1-02"
+    );
+    for (cmd, exit, want) in [
+        (
+            "vol set dg1 vol1 read-policy=prefer:vol1-09",
+            EXIT_REFUSED,
+            "plex vol1-09 does not exist in volume vol1",
+        ),
+        (
+            "vol set dg1 vol1 read-policy=fastest",
+            EXIT_REFUSED,
+            "unknown read policy \"fastest\"",
+        ),
+        (
+            "vol set dg1 vol9 read-policy=round",
+            EXIT_REFUSED,
+            "volume vol9 does not exist in disk group dg1",
+        ),
+        (
+            "vol set dg1 vol1 policy=round",
+            EXIT_USAGE,
+            "vol set takes read-policy=",
+        ),
+    ] {
+        let out = c.ctl(0, cmd);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(exit), "{cmd}: {err}");
+        assert!(err.contains(want), "{cmd}: {err}");
+    }
+    on_every_node(K::Prefer("vol1-02".into()));
+    c.ctl_ok(0, "vol set dg1 vol1 read-policy=least-busy");
+    on_every_node(K::LeastBusy);
+    c.ctl_ok(0, "vol set dg1 vol1 read-policy=prefer:vol1-03");
+    c.ctl_ok(0, "plex rm dg1 vol1-03 --force");
+    on_every_node(K::Round);
+    c.check_invariants();
+}
+
 /// `plexctl print | head` where the reader has gone before plexctl writes: the
 /// command's answer is lost, which is no failure of plexctl's. It ends with its
 /// usual status and no panic (`println!` panicked on the broken pipe).

@@ -105,6 +105,15 @@ pub enum CtlChange {
         /// `global` or `local` as typed (checked by the resolver).
         detach_policy: String,
     },
+    /// `vol set DG VOL read-policy=round|least-busy|prefer:PLEX`.
+    VolSet {
+        /// Group.
+        dg: String,
+        /// Volume.
+        volume: String,
+        /// The policy as typed (checked by the resolver).
+        read_policy: String,
+    },
     /// `dg import DG [--shared] [--clear-owner]`.
     DgImport {
         /// Group.
@@ -228,6 +237,7 @@ impl CtlChange {
             CtlChange::VolCreate { dg, volume, .. }
             | CtlChange::VolResize { dg, volume, .. }
             | CtlChange::VolRm { dg, volume }
+            | CtlChange::VolSet { dg, volume, .. }
             | CtlChange::PlexAdd { dg, volume, .. }
             | CtlChange::VolExport { dg, volume, .. }
             | CtlChange::VolUnexport { dg, volume, .. } => {
@@ -726,6 +736,14 @@ fn read_change(r: c::change::Reader<'_>) -> capnp::Result<CtlChange> {
         Which::PlexAttach(x) => read_plex_op(x?, PlexOp::Attach, r.get_force())?,
         Which::PlexRm(x) => read_plex_op(x?, PlexOp::Rm, r.get_force())?,
         Which::VolExport(x) => read_vol_export(x?)?,
+        Which::VolSet(x) => {
+            let x = x?;
+            CtlChange::VolSet {
+                dg: text(x.get_dg())?,
+                volume: text(x.get_volume())?,
+                read_policy: text(x.get_read_policy())?,
+            }
+        }
         Which::VolUnexport(x) => {
             let x = x?;
             CtlChange::VolUnexport {

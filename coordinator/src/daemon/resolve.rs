@@ -48,6 +48,19 @@ impl Daemon {
                 })?,
                 dg,
             },
+            CtlChange::VolSet {
+                dg,
+                volume,
+                read_policy,
+            } => Change::VolSetReadPolicy {
+                policy: crate::model::ReadPolicy::parse(&read_policy).map_err(|e| {
+                    self.refuse(format!(
+                        "volume {volume} in disk group {dg}: read-policy={read_policy:?}: {e}"
+                    ))
+                })?,
+                dg,
+                volume,
+            },
             CtlChange::VolCreate {
                 dg,
                 volume,

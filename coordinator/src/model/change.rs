@@ -470,8 +470,8 @@ pub fn describe(change: &Change, after: Option<&DiskGroupConfig>) -> String {
             *new_size_bytes,
             volume(name),
         ),
-        Change::VolSetReadPolicy { volume, .. } => {
-            format!("volume {volume} of disk group {dg}: read policy set")
+        Change::VolSetReadPolicy { volume, policy, .. } => {
+            format!("volume {volume} of disk group {dg}: read policy {}", policy.name())
         }
         Change::DgSetDetachPolicy { policy, .. } => {
             format!("disk group {dg}: detach policy {}", policy.as_str())

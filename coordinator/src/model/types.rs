@@ -141,7 +141,7 @@ pub enum VolumeState {
 pub enum ReadPolicy {
     /// Round robin over ACTIVE plexes.
     Round,
-    /// One preferred plex while it is ACTIVE, else round robin.
+    /// One preferred plex while it is ACTIVE, else the least busy.
     Prefer {
         /// Name of the preferred plex.
         plex: String,
@@ -150,6 +150,28 @@ pub enum ReadPolicy {
     /// plane's name too).
     #[serde(alias = "least-outstanding")]
     LeastBusy,
+}
+
+impl ReadPolicy {
+    /// Parses `round`, `least-busy` or `prefer:PLEX`, as the data plane does
+    /// (`plexd_target_api::volume::ReadPolicy::parse`: one spelling for both).
+    pub fn parse(s: &str) -> Result<ReadPolicy, String> {
+        use plexd_target_api::volume::ReadPolicy as K;
+        Ok(match K::parse(s)? {
+            K::Round => ReadPolicy::Round,
+            K::LeastBusy => ReadPolicy::LeastBusy,
+            K::Prefer(plex) => ReadPolicy::Prefer { plex },
+        })
+    }
+
+    /// The policy as [`ReadPolicy::parse`] takes it and `plexctl print` shows it.
+    pub fn name(&self) -> String {
+        match self {
+            ReadPolicy::Round => "round".into(),
+            ReadPolicy::LeastBusy => "least-busy".into(),
+            ReadPolicy::Prefer { plex } => format!("prefer:{plex}"),
+        }
+    }
 }
 
 /// A volume (`v`): a block device made of 1..=32 mirrored plexes.
