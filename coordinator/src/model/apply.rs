@@ -1375,9 +1375,17 @@ fn set_plex_state(
     // a detach, a new attach: whole) drops them.
     next.volume_mut(vi).plexes[pi].resync_ranges.clear();
     if state == PlexState::Active {
-        // The end of a move (`dg evacuate`): the plex it replaces goes.
+        // The end of a move (`dg evacuate`): the plex it replaces goes, and a read
+        // policy that preferred it prefers the replacement in its place.
         if let Some(old) = next.volume_mut(vi).plexes[pi].replaces.take() {
+            let preferred = matches!(&next.volumes[vi].read_policy,
+                ReadPolicy::Prefer { plex: p } if *p == old);
             remove_plex(next, vi, &old);
+            if preferred {
+                next.volume_mut(vi).read_policy = ReadPolicy::Prefer {
+                    plex: plex.to_string(),
+                };
+            }
         }
     }
     Ok(())

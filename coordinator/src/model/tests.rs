@@ -1794,6 +1794,47 @@ fn replacement<'a>(c: &'a ClusterConfig, volume: &str, old: &str) -> Option<&'a 
         .find(|p| p.replaces.as_deref() == Some(old))
 }
 
+/// `dg evacuate` moves a plex (as vxevac moves its subdisks): a read policy that
+/// preferred it prefers its replacement once that took its place; one preferring a
+/// plex that stays is left as it is.
+#[test]
+fn a_preferred_plex_moved_by_evacuate_stays_preferred_in_its_replacement() {
+    let c = cluster(&[("d1", GIB), ("d2", GIB), ("d3", GIB), ("d4", GIB)]);
+    let c = with_mirror(&c, "mir", 64 << 20, Default::default());
+    let plexes: Vec<(String, String)> = c.disk_groups[0]
+        .volume("mir")
+        .unwrap()
+        .plexes
+        .iter()
+        .map(|p| (p.name.clone(), plex_disk(p).to_string()))
+        .collect();
+    let prefer = |c: &ClusterConfig, plex: &str| {
+        c.apply(&Change::VolSetReadPolicy {
+            dg: "dg1".into(),
+            volume: "mir".into(),
+            policy: ReadPolicy::Prefer { plex: plex.into() },
+        })
+        .unwrap()
+    };
+    let policy = |c: &ClusterConfig| c.disk_groups[0].volume("mir").unwrap().read_policy.clone();
+    let (moving, on) = &plexes[0];
+    let (staying, _) = &plexes[1];
+    for preferred in [moving, staying] {
+        let moved = prefer(&c, preferred).apply(&evacuate(on)).unwrap();
+        let new = replacement(&moved, "mir", moving).unwrap().name.clone();
+        assert_eq!(
+            policy(&moved),
+            ReadPolicy::Prefer {
+                plex: preferred.clone()
+            },
+            "while the copy runs"
+        );
+        let done = set_active(&moved, &new);
+        let want = if preferred == moving { &new } else { staying };
+        assert_eq!(policy(&done), ReadPolicy::Prefer { plex: want.clone() });
+    }
+}
+
 #[test]
 fn evacuating_a_disk_moves_each_plex_on_it_to_a_replacement_that_removes_it_once_active() {
     let c = cluster(&[("d1", GIB), ("d2", GIB), ("d3", GIB), ("d4", GIB)]);
