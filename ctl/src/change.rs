@@ -157,25 +157,10 @@ fn dg_change(cmd: &DgCmd) -> Result<Option<ChangeBuilder>, Failure> {
             })
         }
         DgCmd::Set { dg, settings } => {
-            let mut policy = None;
-            for s in settings {
-                match s.split_once('=') {
-                    Some(("detach-policy", v @ ("global" | "local"))) => {
-                        policy = Some(v.to_string())
-                    }
-                    Some(("detach-policy", v)) => {
-                        return Err(Failure::Usage(format!(
-                            "detach-policy={v:?}: takes global or local"
-                        )))
-                    }
-                    _ => {
-                        return Err(Failure::Usage(format!(
-                            "{s:?}: dg set takes detach-policy=global|local"
-                        )))
-                    }
-                }
-            }
-            let (dg, policy) = (dg.clone(), policy.unwrap_or_default());
+            let policy = setting(settings, "dg set", "detach-policy", "global|local", |v| {
+                matches!(v, "global" | "local")
+            })?;
+            let dg = dg.clone();
             Box::new(move |b| {
                 let mut x = b.init_dg_set();
                 x.set_dg(dg.as_str());
@@ -302,18 +287,14 @@ fn vol_change(cmd: &VolCmd) -> Result<Option<ChangeBuilder>, Failure> {
             })
         }
         VolCmd::Set { dg, vol, settings } => {
-            let mut policy = String::new();
-            for s in settings {
-                match s.split_once('=') {
-                    // The node parses the value (and names the plex it lacks).
-                    Some(("read-policy", v)) if !v.is_empty() => policy = v.to_string(),
-                    _ => {
-                        return Err(Failure::Usage(format!(
-                            "{s:?}: vol set takes read-policy=round|least-busy|prefer:PLEX"
-                        )))
-                    }
-                }
-            }
+            // The node parses the value (and names the plex a volume lacks).
+            let policy = setting(
+                settings,
+                "vol set",
+                "read-policy",
+                "round|least-busy|prefer:PLEX",
+                |v| !v.is_empty(),
+            )?;
             let (dg, vol) = (dg.clone(), vol.clone());
             Box::new(move |b| {
                 let mut x = b.init_vol_set();
@@ -324,6 +305,29 @@ fn vol_change(cmd: &VolCmd) -> Result<Option<ChangeBuilder>, Failure> {
         }
         _ => return Ok(None),
     }))
+}
+
+/// The value of `key` among a `set` command's `KEY=VALUE` settings (the last one
+/// given): `cmd` takes that one key, with a value `valid` accepts (`values` says
+/// which). Anything else is a usage error naming it.
+fn setting(
+    settings: &[String],
+    cmd: &str,
+    key: &str,
+    values: &str,
+    valid: impl Fn(&str) -> bool,
+) -> Result<String, Failure> {
+    let mut value = String::new();
+    for s in settings {
+        match s.split_once('=') {
+            Some((k, v)) if k == key && valid(v) => value = v.to_string(),
+            Some((k, v)) if k == key => {
+                return Err(Failure::Usage(format!("{key}={v:?}: takes {values}")))
+            }
+            _ => return Err(Failure::Usage(format!("{s:?}: {cmd} takes {key}={values}"))),
+        }
+    }
+    Ok(value)
 }
 
 /// The change of a `plex` command (every one is a change).

@@ -69,6 +69,17 @@ fn volume(name: &str, size: u64, plexes: Vec<PlexSpec>, shared: bool) -> VolumeS
     }
 }
 
+/// A target with shared volume `sv` of `len` bytes, one concat plex on malloc bdev
+/// m0, no lease granted yet.
+fn shared_volume(len: u64) -> Arc<Target> {
+    let t = start();
+    t.add_bdev(MallocBdev::new("m0", len, 512).unwrap())
+        .unwrap();
+    t.create_volume(&volume("sv", len, vec![concat("sv-01", "m0", len)], true))
+        .unwrap();
+    t
+}
+
 /// Runs one I/O on `reactor` and returns how it ended (it must end).
 fn io(t: &Arc<Target>, reactor: usize, bdev: &str, req: IoReq) -> (IoStatus, Vec<u8>) {
     let b = t.bdev(bdev).unwrap();
@@ -340,16 +351,7 @@ const QD: u32 = 16;
 #[test]
 fn a_lease_running_out_under_load_fails_io_and_nothing_hangs() {
     use plexd_target::perf::{start_job, JobConfig, Workload};
-    let t = start();
-    t.add_bdev(MallocBdev::new("m0", 32 * MIB, 512).unwrap())
-        .unwrap();
-    t.create_volume(&volume(
-        "sv",
-        32 * MIB,
-        vec![concat("sv-01", "m0", 32 * MIB)],
-        true,
-    ))
-    .unwrap();
+    let t = shared_volume(32 * MIB);
     let events = t.subscribe();
     t.renew_lease(LONG_LEASE_MS).unwrap();
     let job = start_job(
@@ -412,16 +414,7 @@ fn a_lease_running_out_under_load_fails_io_and_nothing_hangs() {
 /// must not trust that clock while a lease is granted.
 #[test]
 fn io_a_reactor_takes_in_right_after_a_stall_past_the_lease_is_fenced() {
-    let t = start();
-    t.add_bdev(MallocBdev::new("m0", 8 * MIB, 512).unwrap())
-        .unwrap();
-    t.create_volume(&volume(
-        "sv",
-        8 * MIB,
-        vec![concat("sv-01", "m0", 8 * MIB)],
-        true,
-    ))
-    .unwrap();
+    let t = shared_volume(8 * MIB);
     let a = pattern(5, 4096);
     t.renew_lease(LONG_LEASE_MS).unwrap();
     assert_eq!(write(&t, 0, "sv", 0, &a), IoStatus::Success);
@@ -451,16 +444,7 @@ fn io_a_reactor_takes_in_right_after_a_stall_past_the_lease_is_fenced() {
 
 #[test]
 fn a_deadline_renewal_ends_at_its_deadline_however_late_it_arrives_and_a_past_one_revokes() {
-    let t = start();
-    t.add_bdev(MallocBdev::new("m0", 8 * MIB, 512).unwrap())
-        .unwrap();
-    t.create_volume(&volume(
-        "sv",
-        8 * MIB,
-        vec![concat("sv-01", "m0", 8 * MIB)],
-        true,
-    ))
-    .unwrap();
+    let t = shared_volume(8 * MIB);
     let events = t.subscribe();
     let a = pattern(4, 4096);
     let boot = || plexd_target::lease::boottime_ns().expect("CLOCK_BOOTTIME");
