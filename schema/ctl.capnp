@@ -201,7 +201,7 @@ struct Task {
   doneBytes @5 :UInt64;
   totalBytes @6 :UInt64;  # a resync: the sum of the plex's ranges still to copy when it has
                           # some (a crashed node's dirty regions), else the volume's size
-  state @7 :Text;    # running | done | failed: <reason>
+  state @7 :Text;    # running | done | stopped: <why> (no error of its own) | failed: <reason>
   node @8 :Text;
   bytesPerSecond @9 :UInt64;  # copied per second since the node running it saw it start; 0 = none yet
   etaSeconds @10 :UInt64;     # seconds left at that rate; 0 = done or no rate yet

@@ -133,6 +133,19 @@ fn a_wait_for_a_resync_returns_when_the_plex_is_active_and_says_why_when_it_is_n
         message.contains("plex vol1-02 of volume vol1 (disk group dg1) is STALE, not ACTIVE"),
         "{message}"
     );
+    // The task list says why that copy ended: stopped, no failure of its own.
+    let tasks = c.ctl_json(s2, "task list");
+    let states: Vec<&str> = tasks["tasks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| t["plex"] == "vol1-02")
+        .filter_map(|t| t["state"].as_str())
+        .collect();
+    assert!(
+        states.contains(&"stopped: plex vol1-02 was detached (STALE)"),
+        "{states:?}"
+    );
     for disk in ["dg1.d0", "dg1.d1"] {
         k.inject_error(disk, Injection::Clear).unwrap();
     }

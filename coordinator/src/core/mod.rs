@@ -595,10 +595,33 @@ pub enum Action<M: ConfigModel> {
         /// Bytes the copy covers: the plex's ranges still to copy when it has
         /// some, else the volume's size.
         total_bytes: u64,
-        /// Some once it ended here: Ok when every chunk is copied and the plex is no
-        /// longer SYNCING; the error when it stopped (plex detached, no longer master).
-        finished: Option<Result<(), String>>,
+        /// Some once it ended here.
+        finished: Option<ResyncEnd>,
     },
+}
+
+/// How a resync ended (`Action::ResyncProgress`, the task list's state).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResyncEnd {
+    /// Every chunk was copied and the plex is no longer SYNCING (`done`).
+    Done,
+    /// The copy stopped for no error of its own, and why (`stopped: ...`): the
+    /// plex was detached or removed, or its volume; a new master copies it; a
+    /// node's recovery starts it again.
+    Stopped(String),
+    /// The copy failed, and why (`failed: ...`).
+    Failed(String),
+}
+
+impl ResyncEnd {
+    /// The task list's state for it: `done`, `stopped: WHY` or `failed: WHY`.
+    pub fn state(&self) -> String {
+        match self {
+            ResyncEnd::Done => "done".into(),
+            ResyncEnd::Stopped(why) => format!("stopped: {why}"),
+            ResyncEnd::Failed(why) => format!("failed: {why}"),
+        }
+    }
 }
 
 /// A node's role, for `cluster status`.

@@ -182,6 +182,14 @@ pub trait ConfigModel: Clone + Eq + Debug + Default {
         Vec::new()
     }
 
+    /// What became of `plex`, no longer SYNCING, for the end of its resync:
+    /// `was detached (STALE)`, `was removed`, `was removed with its volume vol1`.
+    /// None by default (the core then says it is no longer SYNCING).
+    fn plex_fate(&self, plex: &SyncingPlex) -> Option<String> {
+        let _ = plex;
+        None
+    }
+
     /// The change that makes `plex` ACTIVE once every chunk of it was copied under a
     /// fence. `Ok(None)`: nothing to do (it is no longer SYNCING).
     fn resync_done(&self, plex: &SyncingPlex) -> Result<Option<Self::Change>, RequestError> {

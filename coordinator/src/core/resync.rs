@@ -474,7 +474,7 @@ impl<M: ConfigModel> Node<M> {
 
     // ---- copier (master) side ----
 
-    fn progress(&mut self, c: &SyncingPlex, done_bytes: u64, finished: Option<Result<(), String>>) {
+    fn progress(&mut self, c: &SyncingPlex, done_bytes: u64, finished: Option<ResyncEnd>) {
         self.out.push(Action::ResyncProgress {
             plex: c.clone(),
             done_bytes,
@@ -492,7 +492,7 @@ impl<M: ConfigModel> Node<M> {
                     self.name(self.cfg.me)
                 );
                 for (_, c) in std::mem::take(&mut self.copier.copies) {
-                    self.progress(&c.plex, c.offset, Some(Err(why.clone())));
+                    self.progress(&c.plex, c.offset, Some(ResyncEnd::Stopped(why.clone())));
                 }
             }
             self.copier.open_seen.clear();
@@ -526,22 +526,30 @@ impl<M: ConfigModel> Node<M> {
             let Some(c) = self.copier.copies.remove(&k) else {
                 continue;
             };
+            let no_longer = || {
+                let fate = self.committed.config.plex_fate(&c.plex);
+                ResyncEnd::Stopped(match fate {
+                    Some(fate) => format!("plex {} {fate}", c.plex.plex),
+                    None => format!("plex {} is no longer SYNCING", c.plex.plex),
+                })
+            };
             let finished = match &c.step {
-                Step::Done { .. } if recovered.is_none() => Ok(()),
-                Step::Done { .. } => Err(format!(
+                Step::Done { .. } if recovered.is_none() => ResyncEnd::Done,
+                Step::Done { .. } => ResyncEnd::Stopped(format!(
                     "plex {}: started again after a node's recovery",
                     c.plex.plex
                 )),
                 Step::Fencing(r) | Step::Copying(r) | Step::Releasing(r) => {
+                    let end = no_longer();
                     let token = r.token;
                     let me = self.cfg.me;
                     for &m in r.members.iter().filter(|&&m| m != me) {
                         self.send(m, Message::Release { token });
                     }
                     self.on_release(now_ms, self.cfg.me, token);
-                    Err(format!("plex {} is no longer SYNCING", c.plex.plex))
+                    end
                 }
-                Step::Idle { .. } => Err(format!("plex {} is no longer SYNCING", c.plex.plex)),
+                Step::Idle { .. } => no_longer(),
             };
             self.progress(&c.plex, c.offset, Some(finished));
         }

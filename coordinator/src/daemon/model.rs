@@ -357,6 +357,22 @@ impl ConfigModel for SharedConfig {
         out
     }
 
+    fn plex_fate(&self, p: &SyncingPlex) -> Option<String> {
+        use crate::model::PlexState;
+        let Some(g) = self.groups.iter().find(|g| g.name == p.dg) else {
+            return Some(format!("was removed with its disk group {}", p.dg));
+        };
+        let Some(v) = g.volume(&p.volume) else {
+            return Some(format!("was removed with its volume {}", p.volume));
+        };
+        Some(match v.plex(&p.plex).map(|x| x.state) {
+            None => "was removed".into(),
+            Some(PlexState::Stale) => "was detached (STALE)".into(),
+            Some(PlexState::Syncing) => return None,
+            Some(state) => format!("is {} now", state.as_str()),
+        })
+    }
+
     fn resync_done(&self, p: &SyncingPlex) -> Result<Option<Change>, RequestError> {
         let syncing = self.groups.iter().any(|g| {
             g.name == p.dg
@@ -563,6 +579,67 @@ mod tests {
             shared: true,
             owner_id: "demo".into(),
             disks: vec![disk("d1"), disk("d2")],
+        }
+    }
+
+    /// Why a resync ends without a failure of its own: what became of its plex.
+    #[test]
+    fn a_plex_no_longer_syncing_says_what_became_of_it() {
+        let c = SharedConfig::default()
+            .validate_and_apply(&create())
+            .unwrap();
+        let c = c
+            .validate_and_apply(&Change::VolCreate {
+                dg: "dg1".into(),
+                volume: "v1".into(),
+                size_bytes: 8 << 20,
+                layout: VolumeLayout::Mirror { mirrors: 2 },
+                log: Default::default(),
+                disks: Vec::new(),
+            })
+            .unwrap();
+        let p = |plex: &str, volume: &str| SyncingPlex {
+            dg: "dg1".into(),
+            volume: volume.into(),
+            plex: plex.into(),
+            size_bytes: 8 << 20,
+            ranges: Vec::new(),
+        };
+        let apply = |c: &SharedConfig, ch: Change| c.validate_and_apply(&ch).unwrap();
+        let detached = apply(
+            &c,
+            Change::PlexDetach {
+                dg: "dg1".into(),
+                plex: "v1-02".into(),
+            },
+        );
+        let syncing = apply(
+            &detached,
+            Change::PlexAttach {
+                dg: "dg1".into(),
+                plex: "v1-02".into(),
+            },
+        );
+        let removed = apply(
+            &detached,
+            Change::PlexRm {
+                dg: "dg1".into(),
+                plex: "v1-02".into(),
+                force: false,
+            },
+        );
+        for (config, plex, volume, fate) in [
+            (&detached, "v1-02", "v1", Some("was detached (STALE)")),
+            (&syncing, "v1-02", "v1", None),
+            (&c, "v1-02", "v1", Some("is ACTIVE now")),
+            (&removed, "v1-02", "v1", Some("was removed")),
+            (&c, "v9-01", "v9", Some("was removed with its volume v9")),
+        ] {
+            assert_eq!(
+                config.plex_fate(&p(plex, volume)).as_deref(),
+                fate,
+                "{plex}"
+            );
         }
     }
 

@@ -27,7 +27,7 @@ use plexd_target_api::KernelClient;
 use super::ctl::TaskOut;
 use super::fence::Fencer;
 use super::Input;
-use crate::core::{SyncingPlex, WRITE_DEADLINE};
+use crate::core::{ResyncEnd, SyncingPlex, WRITE_DEADLINE};
 use crate::model::{bound_ranges, volume_bdev, MAX_RECOVER_RANGES_PER_VOLUME};
 use crate::model::{DiskGroupConfig, Plex, PlexState, Volume};
 
@@ -46,7 +46,7 @@ pub struct Progress {
     /// Bytes copied.
     pub done_bytes: u64,
     /// `Some` when the task ended.
-    pub result: Option<Result<(), String>>,
+    pub result: Option<ResyncEnd>,
 }
 
 /// Copies `len` bytes of `volume` of `dg` at volume offset `offset` from its first
@@ -142,15 +142,23 @@ impl Job {
         let spawned = std::thread::Builder::new()
             .name(format!("resync-{task}"))
             .spawn(move || {
-                let result = self.copy(task, &socket, &fencer, &cancel, &tx);
-                if let Err(e) = &result {
-                    log::error!("resync task {task} of plex {}: {e}", self.plex);
-                } else {
-                    log::info!("resync task {task}: plex {} is in sync", self.plex);
-                }
+                let result = match self.copy(task, &socket, &fencer, &cancel, &tx) {
+                    Ok(()) => {
+                        log::info!("resync task {task}: plex {} is in sync", self.plex);
+                        ResyncEnd::Done
+                    }
+                    Err(e) if cancel.load(Ordering::Relaxed) => {
+                        log::info!("resync task {task} of plex {}: {e}", self.plex);
+                        ResyncEnd::Stopped(e)
+                    }
+                    Err(e) => {
+                        log::error!("resync task {task} of plex {}: {e}", self.plex);
+                        ResyncEnd::Failed(e)
+                    }
+                };
                 let _ = tx.send_blocking(Input::Resync(Progress {
                     task,
-                    done_bytes: if result.is_ok() {
+                    done_bytes: if result == ResyncEnd::Done {
                         self.total_bytes()
                     } else {
                         0
@@ -162,7 +170,9 @@ impl Job {
             let _ = tx2.send_blocking(Input::Resync(Progress {
                 task,
                 done_bytes: 0,
-                result: Some(Err(format!("cannot start the resync thread: {e}"))),
+                result: Some(ResyncEnd::Failed(format!(
+                    "cannot start the resync thread: {e}"
+                ))),
             }));
         }
     }
@@ -183,7 +193,7 @@ impl Job {
             let mut offset = start;
             while offset < end {
                 if cancel.load(Ordering::Relaxed) {
-                    return Err("cancelled".into());
+                    return Err("cancelled: plexd is stopping, left the cluster or lost its data plane; the copy starts over".into());
                 }
                 let n = CHUNK_BYTES.min(end - offset);
                 fencer.run(&self.volume, cancel, || {
@@ -339,7 +349,7 @@ impl Tasks {
         &mut self,
         p: &SyncingPlex,
         (done_bytes, total_bytes): (u64, u64),
-        finished: Option<Result<(), String>>,
+        finished: Option<ResyncEnd>,
         node: &str,
     ) {
         let running = self
@@ -373,6 +383,11 @@ impl Tasks {
                     p.plex,
                     p.volume
                 ),
+                state if state.starts_with("stopped") => log::info!(
+                    "node {node}: resync task {id}: plex {} of volume {}: {state}",
+                    p.plex,
+                    p.volume
+                ),
                 state => log::warn!(
                     "node {node}: resync task {id}: plex {} of volume {}: {state}",
                     p.plex,
@@ -400,14 +415,11 @@ impl Tasks {
                 t.out.done_bytes = p.done_bytes;
                 None
             }
-            Some(r) => {
-                t.out.state = match r {
-                    Ok(()) => {
-                        t.out.done_bytes = t.out.total_bytes;
-                        "done".into()
-                    }
-                    Err(e) => format!("failed: {e}"),
-                };
+            Some(end) => {
+                if *end == ResyncEnd::Done {
+                    t.out.done_bytes = t.out.total_bytes;
+                }
+                t.out.state = end.state();
                 Some(t.out.clone())
             }
         }
@@ -466,7 +478,7 @@ mod tests {
             .update(&Progress {
                 task: id,
                 done_bytes: 100,
-                result: Some(Ok(())),
+                result: Some(ResyncEnd::Done),
             })
             .unwrap();
         assert_eq!(end.state, "done");
@@ -504,7 +516,7 @@ mod tests {
             l[0]
         );
         assert!((10..=11).contains(&l[0].eta_seconds), "{:?}", l[0]);
-        t.progress(&plex, (100 * MIB, 100 * MIB), Some(Ok(())), "a");
+        t.progress(&plex, (100 * MIB, 100 * MIB), Some(ResyncEnd::Done), "a");
         let l = t.list_at(start + Duration::from_secs(3600));
         assert_eq!((l[0].state.as_str(), l[0].eta_seconds), ("done", 0));
         // The rate of a finished task stops at its end.

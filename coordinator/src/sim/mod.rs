@@ -1939,7 +1939,7 @@ impl Sim {
                         "{name} resync of {}/{}: {done_bytes} bytes, {finished:?}",
                         plex.volume, plex.plex
                     ));
-                    if finished == Some(Ok(())) {
+                    if finished == Some(crate::core::ResyncEnd::Done) {
                         self.coverage.resyncs_done += 1;
                     }
                 }
