@@ -14,7 +14,7 @@
 //!   `CLOCK_BOOTTIME` on every pass, so a host resumed from suspend fences within a
 //!   loop iteration. The check before new disk I/O reads the coarse clock itself
 //!   (`ReactorLease::fenced_now`): a reactor stalled in the middle of a loop
-//!   iteration (a stopped process, a paused VM) does not serve the I/O it takes in
+//!   iteration (a stopped process, a frozen cgroup) does not serve the I/O it takes in
 //!   after the stall on a cached clock from before it. What remains is a stall that
 //!   falls between that check and the `io_uring_enter` that hands the I/O to the
 //!   kernel (at most one loop iteration of work; after a suspend, the iteration
@@ -475,7 +475,7 @@ impl ReactorLease {
     /// True while the scope's volumes must not be served on this reactor, judged on
     /// the clock read now rather than the reactor's cached one: the check before new
     /// disk I/O starts. A reactor whose thread stalled in the middle of a loop
-    /// iteration (its process stopped, its VM paused) runs on with a cached clock
+    /// iteration (its process stopped or its cgroup frozen) runs on with a cached clock
     /// from before the stall until its loop reads the clock again, and the I/O it
     /// takes in meanwhile can come long after the deadline, after another node took
     /// over. Reads `CLOCK_MONOTONIC_COARSE` (one vDSO call of about 6 ns; it fences up

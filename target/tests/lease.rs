@@ -408,7 +408,7 @@ fn a_lease_running_out_under_load_fails_io_and_nothing_hangs() {
 }
 
 /// A reactor that did not run for longer than the lease, its thread stalled in the
-/// middle of a loop iteration (a process stopped by SIGSTOP, a paused VM), fences the
+/// middle of a loop iteration (a process stopped by SIGSTOP, a frozen cgroup), fences the
 /// I/O it takes in right after it runs again. Its cached clock is from before the
 /// stall, and another node may have taken over in the meantime: the check on submit
 /// must not trust that clock while a lease is granted.
