@@ -582,22 +582,25 @@ mod tests {
         }
     }
 
+    /// An 8 MiB two-way mirror v1 in dg1.
+    fn mirror_v1() -> Change {
+        Change::VolCreate {
+            dg: "dg1".into(),
+            volume: "v1".into(),
+            size_bytes: 8 << 20,
+            layout: VolumeLayout::Mirror { mirrors: 2 },
+            log: Default::default(),
+            disks: Vec::new(),
+        }
+    }
+
     /// Why a resync ends without a failure of its own: what became of its plex.
     #[test]
     fn a_plex_no_longer_syncing_says_what_became_of_it() {
         let c = SharedConfig::default()
             .validate_and_apply(&create())
             .unwrap();
-        let c = c
-            .validate_and_apply(&Change::VolCreate {
-                dg: "dg1".into(),
-                volume: "v1".into(),
-                size_bytes: 8 << 20,
-                layout: VolumeLayout::Mirror { mirrors: 2 },
-                log: Default::default(),
-                disks: Vec::new(),
-            })
-            .unwrap();
+        let c = c.validate_and_apply(&mirror_v1()).unwrap();
         let p = |plex: &str, volume: &str| SyncingPlex {
             dg: "dg1".into(),
             volume: volume.into(),
@@ -649,14 +652,7 @@ mod tests {
         let c1 = c0.validate_and_apply(&create()).unwrap();
         assert_eq!(c1.seq, 1);
         assert_eq!(c1.updates.len(), 1);
-        let vol = Change::VolCreate {
-            dg: "dg1".into(),
-            volume: "v1".into(),
-            size_bytes: 8 << 20,
-            layout: VolumeLayout::Mirror { mirrors: 2 },
-            log: Default::default(),
-            disks: Vec::new(),
-        };
+        let vol = mirror_v1();
         let c2 = c1.validate_and_apply(&vol).unwrap();
         assert_eq!(c2.seq, 2);
         assert_eq!(SharedConfig::decode(&c2.encode()).unwrap(), c2);
