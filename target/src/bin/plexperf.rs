@@ -373,8 +373,6 @@ fn drl_spec(arg: &str, size_bytes: u64) -> Result<DirtyLogSpec, String> {
     })
 }
 
-/// Adds the `--bdev`s and the `--volume`; returns the name of the bdev to load
-/// (the volume, else the first bdev).
 /// Grants the data-plane lease for a run of `secs` seconds and a minute more, so
 /// it never runs out during the run (a lease is at most [`MAX_LEASE`]).
 fn grant_lease_for_run(t: &Target, secs: f64) -> Result<(), String> {
@@ -391,6 +389,8 @@ fn grant_lease_for_run(t: &Target, secs: f64) -> Result<(), String> {
     Ok(())
 }
 
+/// Adds the `--bdev`s and the `--volume`; returns the name of the bdev to load
+/// (the volume, else the first bdev).
 fn build_bdevs(t: &Arc<Target>, args: &Args) -> Result<String, String> {
     if args.bdevs.is_empty() {
         return Err("no --bdev given (see --help)".into());
