@@ -58,11 +58,7 @@ pub(crate) async fn status(client: &ctl::Client) -> Result<Value, Failure> {
     }
     let mut failed = Vec::new();
     for f in s.get_failed_groups().map_err(rpc)? {
-        failed.push(Value::String(
-            f.map_err(rpc)?
-                .to_string()
-                .map_err(|e| format!("rpc: bad text: {e}"))?,
-        ));
+        failed.push(Value::String(text(f)?));
     }
     Ok(json!({
         "node": text(s.get_node())?,

@@ -26,6 +26,7 @@ use super::peer_stream;
 use super::transport::{Identity, Refusals};
 use super::Input;
 use crate::core::{ErrorKind, RequestError, PROTOCOL_VERSION};
+use crate::ondisk::codec::{text, texts};
 
 /// Most connections (peers and clients) served at once.
 pub const MAX_CONNECTIONS: usize = 256;
@@ -656,11 +657,6 @@ fn set_failure(mut b: c::ctl_error::Builder<'_>, e: &RequestError, node: &str, o
     b.set_message(e.message.as_str());
 }
 
-fn text(r: capnp::Result<capnp::text::Reader<'_>>) -> capnp::Result<String> {
-    r?.to_string()
-        .map_err(|e| capnp::Error::failed(format!("bad text: {e}")))
-}
-
 fn read_change(r: c::change::Reader<'_>) -> capnp::Result<CtlChange> {
     use c::change::Which;
     Ok(match r.which()? {
@@ -668,7 +664,7 @@ fn read_change(r: c::change::Reader<'_>) -> capnp::Result<CtlChange> {
             let x = x?;
             CtlChange::DgCreate {
                 dg: text(x.get_dg())?,
-                disks: crate::ondisk::codec::texts(x.get_disks())?,
+                disks: texts(x.get_disks())?,
                 shared: x.get_shared(),
             }
         }
@@ -694,7 +690,7 @@ fn read_change(r: c::change::Reader<'_>) -> capnp::Result<CtlChange> {
         }
         Which::DgEvacuate(x) => {
             let (dg, disk) = read_dg_disk(x?)?;
-            let to = crate::ondisk::codec::texts(r.get_disks())?;
+            let to = texts(r.get_disks())?;
             CtlChange::DgEvacuate { dg, disk, to }
         }
         Which::DgDestroy(x) => CtlChange::DgDestroy {
@@ -720,7 +716,7 @@ fn read_change(r: c::change::Reader<'_>) -> capnp::Result<CtlChange> {
                 clear_owner: x.get_clear_owner(),
             }
         }
-        Which::VolCreate(x) => read_vol_create(x?, crate::ondisk::codec::texts(r.get_disks())?)?,
+        Which::VolCreate(x) => read_vol_create(x?, texts(r.get_disks())?)?,
         Which::VolGrow(x) => read_vol_resize(x?, true, false)?,
         Which::VolShrink(x) => read_vol_resize(x?, false, r.get_force())?,
         Which::VolRm(x) => {
@@ -729,7 +725,7 @@ fn read_change(r: c::change::Reader<'_>) -> capnp::Result<CtlChange> {
         }
         Which::PlexAdd(x) => {
             let (dg, volume) = read_dg_vol(x?)?;
-            let disks = crate::ondisk::codec::texts(r.get_disks())?;
+            let disks = texts(r.get_disks())?;
             CtlChange::PlexAdd { dg, volume, disks }
         }
         Which::PlexDetach(x) => read_plex_op(x?, PlexOp::Detach, r.get_force())?,
@@ -817,9 +813,9 @@ fn read_vol_export(x: c::vol_export::Reader<'_>) -> capnp::Result<CtlChange> {
         volume: text(x.get_volume())?,
         protocol: text(x.get_protocol())?,
         iqn: text(x.get_iqn())?,
-        nodes: crate::ondisk::codec::texts(x.get_nodes())?,
+        nodes: texts(x.get_nodes())?,
         portal: text(x.get_portal())?,
-        hosts: crate::ondisk::codec::texts(x.get_hosts())?,
+        hosts: texts(x.get_hosts())?,
     })
 }
 

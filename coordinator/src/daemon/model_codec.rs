@@ -259,7 +259,7 @@ fn write_dg_change(c: &Change, b: wire::config_change::Builder<'_>) {
             let mut g = b.init_dg_evacuate();
             g.set_dg(dg.as_str());
             g.set_disk(d.as_str());
-            write_texts(to, g.init_to(len_u32(to.len())));
+            disk::write_texts(to, g.init_to(len_u32(to.len())));
         }
         Change::DgDestroy { dg, force } => {
             let mut g = b.init_dg_destroy();
@@ -310,7 +310,7 @@ fn write_vol_change(c: &Change, b: wire::config_change::Builder<'_>) {
                 LogPolicy::On { region_bytes } => g.set_region_bytes(*region_bytes),
             }
             write_layout(layout, g.reborrow().init_layout());
-            write_texts(disks, g.init_disks(len_u32(disks.len())));
+            disk::write_texts(disks, g.init_disks(len_u32(disks.len())));
         }
         Change::VolGrow {
             dg,
@@ -382,13 +382,6 @@ fn write_vol_change(c: &Change, b: wire::config_change::Builder<'_>) {
     }
 }
 
-/// Writes `texts` into `list` (made with their count).
-fn write_texts(texts: &[String], mut list: capnp::text_list::Builder<'_>) {
-    for (i, t) in (0..).zip(texts) {
-        list.set(i, t.as_str());
-    }
-}
-
 /// [`write_change`] of a plex change.
 fn write_plex_change(c: &Change, b: wire::config_change::Builder<'_>) {
     match c {
@@ -402,7 +395,7 @@ fn write_plex_change(c: &Change, b: wire::config_change::Builder<'_>) {
             g.set_dg(dg.as_str());
             g.set_volume(volume.as_str());
             disk::write_plex_layout(layout, g.reborrow().init_layout());
-            write_texts(disks, g.init_disks(len_u32(disks.len())));
+            disk::write_texts(disks, g.init_disks(len_u32(disks.len())));
         }
         Change::PlexDetach { dg, plex } => {
             let mut g = b.init_plex_detach();

@@ -47,6 +47,7 @@ use plexd_proto::cluster_capnp::peer;
 use super::transport::{Identity, Refusals};
 use super::{Input, Inputs};
 use crate::core::{Message, NodeId, MAX_MESSAGE_BYTES, PROTOCOL_VERSION};
+use crate::ondisk::codec::text;
 
 /// The first 8 bytes of a peer stream.
 pub const MAGIC: [u8; 8] = *b"PLXDPEER";
@@ -100,11 +101,6 @@ fn message_options() -> ReaderOptions {
     let mut o = ReaderOptions::new();
     o.traversal_limit_in_words(Some(MAX_MESSAGE_BYTES / 8));
     o
-}
-
-fn text(r: capnp::Result<capnp::text::Reader<'_>>) -> capnp::Result<String> {
-    r?.to_string()
-        .map_err(|e| capnp::Error::failed(format!("bad text: {e}")))
 }
 
 /// The caller's first bytes: [`MAGIC`] and its handshake.

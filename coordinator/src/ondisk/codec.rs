@@ -155,17 +155,9 @@ pub fn write_export(e: &Export, mut eb: wire::export::Builder<'_>) {
     eb.set_protocol(e.protocol.as_str());
     eb.set_iqn(e.iqn.as_str());
     eb.set_portal(e.portal.as_str());
-    {
-        let mut nodes = eb.reborrow().init_nodes(len_u32(e.nodes.len()));
-        for (j, n) in (0..).zip(&e.nodes) {
-            nodes.set(j, n.as_str());
-        }
-    }
+    write_texts(&e.nodes, eb.reborrow().init_nodes(len_u32(e.nodes.len())));
     if !e.hosts.is_empty() {
-        let mut hosts = eb.init_hosts(len_u32(e.hosts.len()));
-        for (j, h) in (0..).zip(&e.hosts) {
-            hosts.set(j, h.as_str());
-        }
+        write_texts(&e.hosts, eb.init_hosts(len_u32(e.hosts.len())));
     }
 }
 
@@ -483,6 +475,13 @@ pub fn text(r: capnp::Result<capnp::text::Reader<'_>>) -> capnp::Result<String> 
 /// A list of UTF-8 texts ([`text`] each).
 pub fn texts(r: capnp::Result<capnp::text_list::Reader<'_>>) -> capnp::Result<Vec<String>> {
     r?.iter().map(text).collect()
+}
+
+/// Writes `texts` into `list` (made with their count): [`texts`]' writer.
+pub fn write_texts(texts: &[String], mut list: capnp::text_list::Builder<'_>) {
+    for (i, t) in (0..).zip(texts) {
+        list.set(i, t.as_str());
+    }
 }
 
 fn not_in_schema(what: &str, e: capnp::NotInSchema) -> capnp::Error {
