@@ -83,10 +83,7 @@ pub(crate) fn build_change(cmd: &Cmd) -> Result<Option<ChangeBuilder>, Failure> 
                 x.set_iqn(name.as_str());
                 x.set_portal(portal.as_deref().unwrap_or(""));
                 fill(x.reborrow().init_hosts(hosts.len() as u32), &hosts);
-                let mut nodes = x.init_nodes(u32::from(on.is_some()));
-                if let Some(n) = &on {
-                    nodes.set(0, n.as_str());
-                }
+                fill(x.init_nodes(u32::from(on.is_some())), on.as_slice());
             })
         }
         Cmd::Unexport { protocol, dg, vol } => {

@@ -376,19 +376,20 @@ impl Tasks {
             done_bytes,
             result: finished,
         };
-        if let Some(t) = self.update(&progress) {
-            match &t.state[..] {
-                "done" => log::info!(
+        if let (Some(t), Some(end)) = (self.update(&progress), &progress.result) {
+            let state = t.state;
+            match end {
+                ResyncEnd::Done => log::info!(
                     "node {node}: resync task {id}: plex {} of volume {} is ACTIVE",
                     p.plex,
                     p.volume
                 ),
-                state if state.starts_with("stopped") => log::info!(
+                ResyncEnd::Stopped(_) => log::info!(
                     "node {node}: resync task {id}: plex {} of volume {}: {state}",
                     p.plex,
                     p.volume
                 ),
-                state => log::warn!(
+                ResyncEnd::Failed(_) => log::warn!(
                     "node {node}: resync task {id}: plex {} of volume {}: {state}",
                     p.plex,
                     p.volume

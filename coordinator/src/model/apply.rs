@@ -1149,18 +1149,11 @@ fn plex_add(
         // The volume becomes mirrored: it gets the default log (a volume created
         // mirrored with --drl off has two plexes or more and stays without). With
         // disks named, on those or the ones the volume already uses.
-        let only: Vec<String> = match disks {
-            [] => Vec::new(),
-            named => {
-                let mut only: BTreeSet<String> = named.iter().cloned().collect();
-                only.extend(
-                    v.plexes
-                        .iter()
-                        .flat_map(|p| p.subdisks.iter().map(|sd| sd.disk.clone())),
-                );
-                only.into_iter().collect()
-            }
-        };
+        let mut only: BTreeSet<&str> = disks.iter().map(String::as_str).collect();
+        if !only.is_empty() {
+            only.extend(v.plexes.iter().flat_map(Plex::disks));
+        }
+        let only: Vec<String> = only.into_iter().map(str::to_string).collect();
         let log = alloc::allocate_log(
             next,
             volume,

@@ -10,7 +10,7 @@
 
 use plexd_target_api::drl::{DirtyLogSpec, DrlCopy};
 use plexd_target_api::volume::{
-    PlexKind, PlexSpec, PlexState as KPlexState, ReadPolicy as KReadPolicy, SubdiskSpec, VolumeSpec,
+    PlexKind, PlexSpec, PlexState as KPlexState, SubdiskSpec, VolumeSpec,
 };
 
 use super::*;
@@ -102,11 +102,7 @@ impl DiskGroupConfig {
             name: volume_bdev(&self.name, &volume.name),
             size_bytes: volume.size_bytes,
             plexes,
-            read_policy: match &volume.read_policy {
-                ReadPolicy::Round => KReadPolicy::Round,
-                ReadPolicy::Prefer { plex } => KReadPolicy::Prefer(plex.clone()),
-                ReadPolicy::LeastBusy => KReadPolicy::LeastBusy,
-            },
+            read_policy: (&volume.read_policy).into(),
             shared: self.shared,
             local_detach: self.shared && self.detach_policy == DetachPolicy::Local,
         }

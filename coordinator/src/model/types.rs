@@ -156,12 +156,7 @@ impl ReadPolicy {
     /// Parses `round`, `least-busy` or `prefer:PLEX`, as the data plane does
     /// (`plexd_target_api::volume::ReadPolicy::parse`: one spelling for both).
     pub fn parse(s: &str) -> Result<ReadPolicy, String> {
-        use plexd_target_api::volume::ReadPolicy as K;
-        Ok(match K::parse(s)? {
-            K::Round => ReadPolicy::Round,
-            K::LeastBusy => ReadPolicy::LeastBusy,
-            K::Prefer(plex) => ReadPolicy::Prefer { plex },
-        })
+        plexd_target_api::volume::ReadPolicy::parse(s).map(ReadPolicy::from)
     }
 
     /// The policy as [`ReadPolicy::parse`] takes it and `plexctl print` shows it.
@@ -170,6 +165,30 @@ impl ReadPolicy {
             ReadPolicy::Round => "round".into(),
             ReadPolicy::LeastBusy => "least-busy".into(),
             ReadPolicy::Prefer { plex } => format!("prefer:{plex}"),
+        }
+    }
+}
+
+/// The data plane's policy of the same name.
+impl From<plexd_target_api::volume::ReadPolicy> for ReadPolicy {
+    fn from(p: plexd_target_api::volume::ReadPolicy) -> ReadPolicy {
+        use plexd_target_api::volume::ReadPolicy as K;
+        match p {
+            K::Round => ReadPolicy::Round,
+            K::LeastBusy => ReadPolicy::LeastBusy,
+            K::Prefer(plex) => ReadPolicy::Prefer { plex },
+        }
+    }
+}
+
+/// The policy as the data plane takes it (`project`).
+impl From<&ReadPolicy> for plexd_target_api::volume::ReadPolicy {
+    fn from(p: &ReadPolicy) -> plexd_target_api::volume::ReadPolicy {
+        use plexd_target_api::volume::ReadPolicy as K;
+        match p {
+            ReadPolicy::Round => K::Round,
+            ReadPolicy::LeastBusy => K::LeastBusy,
+            ReadPolicy::Prefer { plex } => K::Prefer(plex.clone()),
         }
     }
 }
